@@ -1,0 +1,38 @@
+"""
+Shared fixtures: C{hub} starts the real C{twistd -n mailhub} on loopback
+with a temp data directory and stops it after the test.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.hubprocess import HubProcess
+
+
+@pytest.fixture
+def start_hub(tmp_path):
+    """
+    A factory: C{start_hub(*args, users=..., data=...)} starts a hub and
+    returns its L{HubProcess}; every hub it started is stopped afterwards.
+    """
+    started: list[HubProcess] = []
+
+    def start(*args: str, users=("alice:secret", "bob:hungry"), data: str | None = None, env=None) -> HubProcess:
+        data_dir = data or str(tmp_path / f"hub{len(started)}")
+        os.makedirs(data_dir, exist_ok=True)
+        hub = HubProcess(data_dir, list(args), env=env, users=users)
+        started.append(hub)
+        return hub.start()
+
+    yield start
+    for hub in started:
+        hub.stop()
+
+
+@pytest.fixture
+def hub(start_hub):
+    """A hub with the default listeners and the accounts alice:secret, bob:hungry on localhost."""
+    return start_hub()

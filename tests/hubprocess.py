@@ -1,0 +1,146 @@
+"""
+Start the real C{twistd -n mailhub} for end-to-end tests.
+
+Every listener is given C{tcp:0:interface=127.0.0.1} unless the test says
+otherwise, and the ports the hub really bound are read from its
+C{mailhub ready {...}} log line: no port races, no sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Listener names the hub knows; each gets an ephemeral loopback port unless
+# the test passes its own --NAME or --no-NAME.
+LISTENERS = ["smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "ftp"]
+
+_READY = re.compile(r"mailhub ready (\{.*\})")
+
+
+class HubProcess:
+    """
+    One running hub. C{ports[name]} is where listener C{name} listens;
+    C{log} is everything it printed so far.
+    """
+
+    def __init__(self, data_dir: str, args: list[str] | None = None, env: dict | None = None, users=("alice:secret", "bob:hungry")):
+        self.data_dir = data_dir
+        self.args = list(args or [])
+        self.users = list(users)
+        self.extra_env = dict(env or {})
+        self.process: subprocess.Popen | None = None
+        self.ports: dict[str, int] = {}
+        self._log: list[str] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def log(self) -> str:
+        with self._lock:
+            return "".join(self._log)
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "mailhub", "--data", self.data_dir]
+        given = " ".join(self.args)
+        for name in LISTENERS:
+            if f"--{name} " not in given + " " and f"--{name}=" not in given and f"--no-{name}" not in given:
+                if _known_listener(name):
+                    args += [f"--{name}", "tcp:0:interface=127.0.0.1"]
+        if "--hostname" not in given:
+            args += ["--hostname", "mail.test"]
+        for user in self.users:
+            args += ["--user", user]
+        return args + self.args
+
+    def start(self, timeout: float = 30) -> "HubProcess":
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        env.update(self.extra_env)
+        self._ready.clear()
+        self.process = subprocess.Popen(
+            self.command(),
+            cwd=self.data_dir if os.path.isdir(self.data_dir) else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+            errors="replace",
+        )
+        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
+        self._reader.start()
+        if not self._ready.wait(timeout) or not self.ports and self.process.poll() is not None:
+            self.stop()
+            raise RuntimeError("mailhub did not start:\n" + self.log)
+        return self
+
+    def _read(self, process: subprocess.Popen) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            with self._lock:
+                self._log.append(line)
+            m = _READY.search(line)
+            if m:
+                self.ports = json.loads(m.group(1))
+                self._ready.set()
+        self._ready.set()  # exited: wake start() so it can report
+
+    def wait_for_log(self, pattern: str, timeout: float = 10) -> re.Match:
+        """
+        Wait until the hub has logged a line matching C{pattern}.
+        """
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            m = regex.search(self.log)
+            if m:
+                return m
+            time.sleep(0.02)
+        raise AssertionError(f"hub never logged {pattern!r}:\n{self.log[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """kill -9: no clean shutdown."""
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> "HubProcess":
+        self.stop()
+        with self._lock:
+            self._log.append("---- restart ----\n")
+        self.ports = {}
+        return self.start()
+
+    def maildir(self, address: str) -> str:
+        local, _, domain = address.partition("@")
+        return os.path.join(self.data_dir, "mail", domain or "localhost", local)
+
+
+def _known_listener(name: str) -> bool:
+    from twisted_mailhub import tap
+
+    return any(spec.name == name for module in tap._components() for spec in getattr(module, "listeners", []))

@@ -1,0 +1,122 @@
+"""
+The store backends keep the same promises (tests run on both).
+"""
+
+import os
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from twisted_mailhub.store.interfaces import DELETED, INBOX, SEEN, FolderExists, NoSuchFolder, BadFolderName
+from twisted_mailhub.store.maildir import MaildirStore, decode_folder, encode_folder
+from twisted_mailhub.store.memory import MemoryStore
+
+MESSAGE = b"From: a@b\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+class StoreContract:
+    def make_store(self):
+        raise NotImplementedError
+
+    def setUp(self):
+        self.store = self.make_store()
+
+    @defer.inlineCallbacks
+    def test_delivery_shows_in_inbox(self):
+        key = yield self.store.deliver("alice@example.org", MESSAGE)
+        folder = self.store.account("alice@example.org").folder(INBOX)
+        [info] = folder.messages()
+        self.assertEqual(info.key, key)
+        self.assertEqual(info.size, len(MESSAGE))
+        self.assertEqual(folder.read(info.uid), MESSAGE)
+
+    @defer.inlineCallbacks
+    def test_uids_ascend_and_are_not_reused(self):
+        folder = self.store.account("alice@example.org").folder(INBOX)
+        a = yield folder.append(MESSAGE)
+        b = yield folder.append(MESSAGE)
+        self.assertLess(a, b)
+        folder.expunge([b])
+        c = yield folder.append(MESSAGE)
+        self.assertGreater(c, b)
+
+    @defer.inlineCallbacks
+    def test_flags_and_listeners(self):
+        folder = self.store.account("alice@example.org").folder(INBOX)
+        changes = []
+        folder.add_listener(changes.append)
+        uid = yield folder.append(MESSAGE, ["\\seen", "$Important"])
+        self.assertEqual(folder.info(uid).flags, {SEEN, "$Important"})
+        folder.set_flags([uid], [DELETED], "add")
+        self.assertEqual(folder.info(uid).flags, {SEEN, DELETED, "$Important"})
+        folder.expunge([uid])
+        self.assertEqual([c.added for c in changes if c.added], [(uid,)])
+        self.assertEqual([c.flags for c in changes if c.flags], [(uid,)])
+        self.assertEqual([c.expunged for c in changes if c.expunged], [(uid,)])
+
+    @defer.inlineCallbacks
+    def test_folders(self):
+        account = self.store.account("alice@example.org")
+        account.create_folder("Work/Projects")
+        self.assertIn("Work", account.folders())
+        self.assertIn("Work/Projects", account.folders())
+        self.assertRaises(FolderExists, account.create_folder, "Work")
+        account.rename_folder("Work", "Job")
+        self.assertIn("Job/Projects", account.folders())
+        self.assertRaises(NoSuchFolder, account.folder, "Work/Projects")
+        uid = yield account.folder("Job/Projects").append(MESSAGE)
+        pairs = yield account.folder("Job/Projects").copy_to([uid], account.folder(INBOX))
+        self.assertEqual(len(pairs), 1)
+        self.assertEqual(account.folder(INBOX).read(pairs[0][1]), MESSAGE)
+        account.delete_folder("Job/Projects")
+        self.assertNotIn("Job/Projects", account.folders())
+
+    def test_bad_folder_names(self):
+        account = self.store.account("alice@example.org")
+        for bad in ("../x", "/abs", "a/../b", "a//b", ""):
+            self.assertRaises(BadFolderName, account.create_folder, bad)
+
+
+class MemoryStoreTests(StoreContract, unittest.TestCase):
+    def make_store(self):
+        return MemoryStore()
+
+
+class MaildirStoreTests(StoreContract, unittest.TestCase):
+    def make_store(self):
+        self.root = self.mktemp()
+        return MaildirStore(self.root, hostname="test")
+
+    @defer.inlineCallbacks
+    def test_delivery_lands_in_new_and_uids_survive_reopen(self):
+        key = yield self.store.deliver("alice@example.org", MESSAGE)
+        path = os.path.join(self.root, "example.org", "alice", "new", key)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), MESSAGE)
+        uids = [i.uid for i in self.store.account("alice@example.org").folder(INBOX).messages()]
+        again = MaildirStore(self.root, hostname="test").account("alice@example.org").folder(INBOX)
+        self.assertEqual([i.uid for i in again.messages()], uids)
+        self.assertEqual(again.uid_validity, self.store.account("alice@example.org").folder(INBOX).uid_validity)
+
+    @defer.inlineCallbacks
+    def test_outside_file_gets_a_uid(self):
+        folder = self.store.account("alice@example.org").folder(INBOX)
+        yield folder.append(MESSAGE)
+        with open(os.path.join(folder.path, "new", "123.outside"), "wb") as f:
+            f.write(b"x: y\r\n\r\nz\r\n")
+        infos = folder.messages()
+        self.assertEqual(len(infos), 2)
+        self.assertEqual(infos[-1].key, "123.outside")
+
+    @defer.inlineCallbacks
+    def test_flags_in_file_name(self):
+        folder = self.store.account("alice@example.org").folder(INBOX)
+        uid = yield folder.append(MESSAGE)
+        folder.set_flags([uid], [SEEN, "\\Flagged"], "replace")
+        names = os.listdir(os.path.join(folder.path, "cur"))
+        self.assertEqual(len(names), 1)
+        self.assertTrue(names[0].endswith(":2,FS"), names)
+
+    def test_folder_name_encoding_round_trips(self):
+        for name in ("Work/Projects", "v1.2", "100%"):
+            self.assertEqual(decode_folder(encode_folder(name)), name)

@@ -1,0 +1,259 @@
+# -*- test-case-name: tests.test_accounts -*-
+"""
+Accounts and the credential checker every protocol shares.
+
+An account is a mail address (C{localpart@domain}) with a password. The
+password is kept either in plain text, which allows the challenge-response
+mechanisms that need it (APOP, CRAM-MD5), or as an scrypt hash (stdlib
+C{hashlib.scrypt}), which only allows mechanisms that send the password
+itself (USER/PASS, LOGIN, PLAIN, AUTH PLAIN/LOGIN, FTP PASS).
+
+Login names are the full address, or the bare local part for the default
+(first) domain. Domains compare case-insensitively (RFC 5321 §2.4); local
+parts are kept as given but matched case-insensitively too, because people
+type them by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from typing import Iterable
+
+import attr
+from twisted.cred import credentials as _credentials
+from twisted.cred import error
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet import defer
+from zope.interface import implementer
+
+SCRYPT_PREFIX = "$scrypt$"
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """
+    Hash C{password} for an accounts file: C{$scrypt$n=16384,r=8,p=1$salt$hash}.
+    """
+    salt = salt if salt is not None else os.urandom(16)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P
+    )
+    b64 = lambda b: base64.b64encode(b).decode("ascii").rstrip("=")  # noqa: E731
+    return f"{SCRYPT_PREFIX}n={_SCRYPT_N},r={_SCRYPT_R},p={_SCRYPT_P}${b64(salt)}${b64(digest)}"
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def verify_hash(stored: str, password: bytes) -> bool:
+    """
+    Check C{password} against a C{hash_password} string, in constant time.
+    """
+    try:
+        params, salt, digest = stored[len(SCRYPT_PREFIX) :].split("$")
+        p = dict(kv.split("=") for kv in params.split(","))
+        want = _unb64(digest)
+        got = hashlib.scrypt(
+            password,
+            salt=_unb64(salt),
+            n=int(p["n"]),
+            r=int(p["r"]),
+            p=int(p["p"]),
+            dklen=len(want),
+        )
+    except (ValueError, KeyError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class Account:
+    """
+    One user of the hub: a mail address and its password (plain or hashed).
+    """
+
+    localpart: str
+    domain: str
+    password: str | None = attr.ib(default=None, repr=False)
+    password_hash: str | None = attr.ib(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"{self.localpart}@{self.domain}"
+
+    def check_password(self, password: bytes) -> bool:
+        """
+        Is C{password} (as sent by the client) this account's password?
+        """
+        if self.password is not None:
+            return hmac.compare_digest(self.password.encode("utf-8"), password)
+        if self.password_hash is not None:
+            return verify_hash(self.password_hash, password)
+        return False
+
+
+class AccountBook:
+    """
+    All accounts of the hub, and the rules that turn a login name or a mail
+    address into one.
+    """
+
+    def __init__(self, domains: Iterable[str]):
+        self.domains = [d.lower() for d in domains] or ["localhost"]
+        self._accounts: dict[str, Account] = {}
+
+    @property
+    def default_domain(self) -> str:
+        return self.domains[0]
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self.domains
+
+    def split(self, name: str) -> tuple[str, str]:
+        """
+        Split a login name or address into (localpart, domain), giving a bare
+        local part the default domain.
+        """
+        name = name.strip()
+        if "@" in name:
+            local, _, domain = name.rpartition("@")
+            return local, domain.lower().rstrip(".")
+        return name, self.default_domain
+
+    def add(self, name: str, password: str) -> Account:
+        """
+        Add an account from C{name} (address or bare local part) and a
+        password that is plain text or a C{hash_password} string.
+        """
+        local, domain = self.split(name)
+        if not local or any(c in local for c in "/\\\0") or local.startswith("."):
+            raise ValueError(f"not a usable mailbox name: {name!r}")
+        if domain not in self.domains:
+            # An account's domain is local by definition.
+            self.domains.append(domain)
+        if password.startswith(SCRYPT_PREFIX):
+            account = Account(local, domain, password_hash=password)
+        else:
+            account = Account(local, domain, password=password)
+        self._accounts[self._key(local, domain)] = account
+        return account
+
+    def load_file(self, path: str) -> int:
+        """
+        Read an accounts file: C{address:password} lines, C{#} comments.
+        Returns how many accounts were read.
+        """
+        count = 0
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                name, sep, password = line.partition(":")
+                if not sep:
+                    raise ValueError(f"{path}: expected address:password, got {line!r}")
+                self.add(name, password)
+                count += 1
+        return count
+
+    @staticmethod
+    def _key(local: str, domain: str) -> str:
+        return f"{local.lower()}@{domain.lower()}"
+
+    def find(self, name: str | bytes) -> Account | None:
+        """
+        The account a login name or mail address names, or L{None}.
+        """
+        if isinstance(name, bytes):
+            try:
+                name = name.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        local, domain = self.split(name)
+        return self._accounts.get(self._key(local, domain))
+
+    def __iter__(self):
+        return iter(self._accounts.values())
+
+    def __len__(self) -> int:
+        return len(self._accounts)
+
+
+@implementer(ICredentialsChecker)
+class AccountChecker:
+    """
+    The one credentials checker every protocol logs in through.
+
+    The avatar ID it returns is the account's canonical address (a L{str}).
+    Challenge-response credentials (APOP, CRAM-MD5: L{IUsernameHashedPassword})
+    need the plain password, so they fail for hashed accounts.
+    """
+
+    credentialInterfaces = (
+        _credentials.IUsernamePassword,
+        _credentials.IUsernameHashedPassword,
+    )
+
+    def __init__(self, accounts: AccountBook):
+        self.accounts = accounts
+
+    def requestAvatarId(self, credentials):
+        account = self.accounts.find(credentials.username)
+        if account is None:
+            return defer.fail(error.UnauthorizedLogin("no such account"))
+        if _credentials.IUsernamePassword.providedBy(credentials):
+            password = credentials.password
+            if isinstance(password, str):
+                password = password.encode("utf-8")
+            ok = account.check_password(password)
+        elif account.password is not None:
+            ok = _check_challenge(credentials, account.password.encode("utf-8"))
+        else:
+            ok = False
+        if ok:
+            return defer.succeed(account.address)
+        return defer.fail(error.UnauthorizedLogin("wrong password"))
+
+
+def _check_challenge(credentials, password: bytes) -> bool:
+    """
+    Check challenge-response credentials against a plain password.
+
+    Twisted's C{APOPCredentials.checkPassword} compares a str digest with the
+    bytes the client sent, so it never succeeds on Python 3; APOP
+    (RFC 1939 §7) is checked here instead, in constant time.
+    """
+    magic, digest = getattr(credentials, "magic", None), getattr(credentials, "digest", None)
+    if magic is not None and digest is not None:
+        if isinstance(magic, str):
+            magic = magic.encode("ascii")
+        if isinstance(digest, str):
+            digest = digest.encode("ascii", "replace")
+        want = hashlib.md5(magic + password).hexdigest().encode("ascii")
+        return hmac.compare_digest(want, digest.lower())
+    return bool(credentials.checkPassword(password))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    C{python -m twisted_mailhub.accounts hash}: print an scrypt hash of a
+    password read from the terminal, for an accounts file.
+    """
+    import getpass
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["hash"]:
+        print("usage: python -m twisted_mailhub.accounts hash", file=sys.stderr)
+        return 2
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    print(hash_password(password))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,249 @@
+# -*- test-case-name: tests.test_hub -*-
+"""
+The hub: what every listener shares (accounts, portal, store, TLS, limits),
+and the service that starts the listeners.
+
+Each protocol is a component module (see L{twisted_mailhub.tap.COMPONENTS})
+with three things: C{listeners}, rows of L{ListenerSpec} that become
+C{--NAME EP} / C{--no-NAME} options; C{option_parameters} and C{option_flags}
+for its other options; and C{install(hub)}, which registers its avatar
+factories with the realm and calls L{Hub.listen} for its listeners.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+from typing import Any, Iterable
+
+import attr
+from twisted.application import service
+from twisted.cred.portal import Portal
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import ISSLTransport
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from twisted_mailhub.accounts import AccountBook
+from twisted_mailhub.login import ClientPortal, LoginThrottle
+from twisted_mailhub.realm import MailhubRealm
+from twisted_mailhub.transcript import TranscriptFactory, next_connection_id
+
+log = Logger()
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class ListenerSpec:
+    """
+    One listener a component offers: C{--name EP} and C{--no-name}.
+
+    @ivar tls: C{"implicit"} for a listener that speaks TLS from the first
+        byte (the hub wraps the endpoint with its certificate), C{""}
+        otherwise.
+    """
+
+    name: str
+    default: str
+    help: str
+    tls: str = ""
+
+
+class TrustedNetworks:
+    """
+    The networks from which plaintext logins are allowed without TLS
+    (C{--trusted-networks}); never a grant to relay.
+    """
+
+    def __init__(self, spec: str):
+        self.networks = [ipaddress.ip_network(n.strip(), strict=False) for n in spec.split(",") if n.strip()]
+
+    def __contains__(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in n for n in self.networks)
+
+
+def peer_host(transport: Any) -> str:
+    peer = transport.getPeer()
+    return getattr(peer, "host", "")
+
+
+def is_secure(transport: Any) -> bool:
+    """
+    Does this connection run over TLS (implicit, or after STARTTLS)?
+    Sees through the transcript wrapper.
+    """
+    while transport is not None:
+        if ISSLTransport.providedBy(transport):
+            return True
+        transport = getattr(transport, "transport", None)
+    return False
+
+
+def set_nodelay(transport: Any) -> None:
+    """
+    TCP_NODELAY on an accepted connection: replies written in several
+    pieces would otherwise wait on Nagle's algorithm and the peer's delayed
+    ACK (stock Twisted POP3 does 23 messages/s because of it).
+    """
+    while transport is not None:
+        setter = getattr(transport, "setTcpNoDelay", None)
+        if setter is not None:
+            try:
+                setter(True)
+            except OSError:
+                pass
+            return
+        transport = getattr(transport, "transport", None)
+
+
+class Hub:
+    """
+    Everything the listeners share. Built by L{twisted_mailhub.tap.makeService}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        options: Any,
+        accounts: AccountBook,
+        store: Any,
+        data_dir: str,
+        hostname: str,
+        extra_checkers: Iterable[Any] = (),
+    ):
+        from twisted_mailhub.accounts import AccountChecker
+
+        self.reactor = reactor
+        self.options = options
+        self.accounts = accounts
+        self.store = store
+        self.data_dir = data_dir
+        self.hostname = hostname
+        self.realm = MailhubRealm(accounts)
+        self.portal = Portal(self.realm, [AccountChecker(accounts), *extra_checkers])
+        self.throttle = LoginThrottle(reactor)
+        self.trusted = TrustedNetworks(options.get("trusted-networks") or "127.0.0.0/8,::1/128")
+        self.max_message_size = int(options.get("max-message-size") or 25 * 1024 * 1024)
+        self.transcript = bool(options.get("transcript"))
+        self.filters: list[Any] = []
+        self.listening: dict[str, Any] = {}
+        self._listeners: list[tuple[str, str, Any, str]] = []
+        self._tls: Any = None
+        self.services = service.MultiService()
+
+    # -- TLS -------------------------------------------------------------
+
+    @property
+    def tls(self):
+        """
+        The server's TLS options (self-signed certificate made on first use).
+        """
+        if self._tls is None:
+            from twisted_mailhub.tls import server_context
+
+            self._tls = server_context(
+                self.data_dir, self.hostname, self.options.get("tls-cert"), self.options.get("tls-key")
+            )
+        return self._tls
+
+    # -- per connection ----------------------------------------------------
+
+    def client_portal(self, transport: Any, protocol: str) -> ClientPortal:
+        return ClientPortal(self.portal, self.throttle, peer_host(transport), protocol)
+
+    def is_trusted(self, transport: Any) -> bool:
+        return peer_host(transport) in self.trusted
+
+    def connection_made(self, protocol: Any, name: str) -> str:
+        """
+        What every accepted connection needs: TCP_NODELAY, a connection id,
+        and its own view of the portal as C{protocol.portal}.
+        """
+        set_nodelay(protocol.transport)
+        protocol.portal = self.client_portal(protocol.transport, name)
+        return next_connection_id(name)
+
+    # -- listeners -----------------------------------------------------------
+
+    def listen(self, name: str, description: str, factory: Any, tls: str = "") -> None:
+        """
+        Listen on strports C{description} with C{factory} once the hub
+        starts. With C{tls="implicit"}, every connection is TLS from its
+        first byte (RFC 8314).
+        """
+        factory.protocol_name = name
+        self._listeners.append((name, description, factory, tls))
+
+    def add_service(self, svc: service.IService) -> None:
+        svc.setServiceParent(self.services)
+
+
+class HubService(service.MultiService):
+    """
+    Starts every listener, then logs one C{mailhub ready} line with the
+    bound ports as JSON (tests read it to learn ports chosen with C{tcp:0}).
+    """
+
+    def __init__(self, hub: Hub):
+        service.MultiService.__init__(self)
+        self.hub = hub
+        self.ports: list[Any] = []
+        hub.services.setServiceParent(self)
+
+    def startService(self):
+        service.MultiService.startService(self)
+        hub = self.hub
+        starting = []
+        for name, description, factory, tls in hub._listeners:
+            wrapped = factory
+            if hub.transcript:
+                wrapped = TranscriptFactory(wrapped, name)
+            if tls == "implicit":
+                wrapped = TLSMemoryBIOFactory(hub.tls, False, wrapped)
+            endpoint = endpoints.serverFromString(hub.reactor, description)
+            d = endpoint.listen(wrapped)
+            d.addCallback(self._listening, name, description)
+            d.addErrback(self._failed, name, description)
+            starting.append(d)
+        defer.gatherResults(starting, consumeErrors=True).addCallback(self._ready)
+
+    def _listening(self, port, name, description):
+        self.ports.append(port)
+        address = port.getHost()
+        self.hub.listening[name] = address
+        log.info("{name} listening on {host}:{port} ({description})", name=name, host=address.host, port=address.port, description=description)
+        return True
+
+    def _failed(self, reason, name, description):
+        log.critical("cannot listen for {name} on {description}: {error}", name=name, description=description, error=reason.getErrorMessage())
+        if self.hub.reactor.running:
+            self.hub.reactor.stop()
+        return False
+
+    def _ready(self, results):
+        if not all(results):
+            return
+        ports = {name: address.port for name, address in self.hub.listening.items()}
+        log.info("mailhub ready {ports}", ports=json.dumps(ports, sort_keys=True))
+
+    def stopService(self):
+        ports, self.ports = self.ports, []
+        d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
+        d.addBoth(lambda _: service.MultiService.stopService(self))
+        return d
+
+
+def default_hostname() -> str:
+    return socket.getfqdn() or "localhost"
+
+
+def ensure_dir(path: str) -> str:
+    os.makedirs(path, exist_ok=True)
+    return path

@@ -1,0 +1,120 @@
+# -*- test-case-name: tests.test_login -*-
+"""
+How a client logs in: the shared portal, seen through a per-connection
+L{ClientPortal} that slows down failed logins.
+
+Every protocol's Twisted server calls C{self.portal.login(...)}; the hub gives
+each connection a L{ClientPortal} in place of the real portal, so password
+guessing is throttled the same way for SMTP AUTH, POP3, IMAP and FTP.
+
+Throttling: the n-th failure in a row from one client address, or against one
+account, is answered only after C{step * n} seconds (capped), so ten wrong
+passwords in a row take at least C{step * 55} seconds in all. A success resets
+the counters for that address and account, so the right password still works.
+Counters are forgotten after C{forget_after} seconds without a failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.cred import error
+from twisted.cred.portal import Portal
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class LoginThrottle:
+    """
+    Failure counters per client address and per login name.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        step: float = 0.1,
+        cap: float = 10.0,
+        forget_after: float = 900.0,
+    ):
+        self.clock = clock
+        self.step = step
+        self.cap = cap
+        self.forget_after = forget_after
+        # key -> (failures in a row, time of the last failure)
+        self._failures: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def _count(self, key: tuple[str, str]) -> int:
+        count, when = self._failures.get(key, (0, 0.0))
+        if count and self.clock.seconds() - when > self.forget_after:
+            del self._failures[key]
+            return 0
+        return count
+
+    def failed(self, address: str, username: str) -> float:
+        """
+        Record a failure; return how long to hold back its answer.
+        """
+        now = self.clock.seconds()
+        worst = 0
+        for key in (("ip", address), ("user", username.lower())):
+            count = self._count(key) + 1
+            self._failures[key] = (count, now)
+            worst = max(worst, count)
+        if len(self._failures) > 100_000:
+            # Bounded memory under a spray of addresses/names: drop the old.
+            cutoff = now - self.forget_after
+            self._failures = {k: v for k, v in self._failures.items() if v[1] > cutoff}
+        return min(self.cap, self.step * worst)
+
+    def succeeded(self, address: str, username: str) -> None:
+        self._failures.pop(("ip", address), None)
+        self._failures.pop(("user", username.lower()), None)
+
+
+class ClientPortal:
+    """
+    The portal as one connection sees it: L{Portal.login} with throttling,
+    and with the client's address for the log.
+    """
+
+    def __init__(self, portal: Portal, throttle: LoginThrottle, client_address: str, protocol: str):
+        self.portal = portal
+        self.throttle = throttle
+        self.client_address = client_address
+        self.protocol = protocol
+
+    def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
+        username = getattr(credentials, "username", b"")
+        if isinstance(username, bytes):
+            username = username.decode("utf-8", "replace")
+        d = self.portal.login(credentials, mind, *interfaces)
+
+        def ok(result):
+            self.throttle.succeeded(self.client_address, username)
+            log.info(
+                "{protocol} login {user} from {address}",
+                protocol=self.protocol,
+                user=username,
+                address=self.client_address,
+            )
+            return result
+
+        def failed(reason):
+            reason.trap(error.UnauthorizedLogin, error.UnhandledCredentials)
+            delay = self.throttle.failed(self.client_address, username)
+            log.info(
+                "{protocol} login failed for {user!r} from {address} (answer held {delay:.1f}s)",
+                protocol=self.protocol,
+                user=username,
+                address=self.client_address,
+                delay=delay,
+            )
+            return task.deferLater(self.throttle.clock, delay, lambda: reason)
+
+        return d.addCallbacks(ok, failed)
+
+    def listCredentialsInterfaces(self):
+        return self.portal.listCredentialsInterfaces()

@@ -1,0 +1,92 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+What the store backends share: folder-name rules and listener bookkeeping.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.logger import Logger
+
+from twisted_mailhub.store.interfaces import (
+    INBOX,
+    SYSTEM_FLAGS,
+    BadFolderName,
+    FolderChange,
+)
+
+log = Logger()
+
+# The hierarchy delimiter clients see (LIST/NAMESPACE).
+DELIMITER = "/"
+
+
+def normalize_folder_name(name: str) -> str:
+    """
+    The canonical form of a folder name: C{INBOX} in any case is C{INBOX};
+    no empty, C{.} or C{..} parts, no absolute names, no control characters.
+    """
+    if not name or name.startswith(DELIMITER) or "\\" in name or "\0" in name:
+        raise BadFolderName(f"bad folder name: {name!r}")
+    name = name.rstrip(DELIMITER)
+    parts = name.split(DELIMITER)
+    if parts[0].upper() == INBOX:
+        parts[0] = INBOX
+    for part in parts:
+        if part in ("", ".", "..") or part.startswith(".") or any(ord(c) < 32 for c in part):
+            raise BadFolderName(f"bad folder name: {name!r}")
+    return DELIMITER.join(parts)
+
+
+def split_flags(flags) -> tuple[frozenset[str], frozenset[str]]:
+    """
+    (system flags, keywords) of a flag set, system flags in canonical case.
+    """
+    system, keywords = set(), set()
+    canonical = {f.lower(): f for f in SYSTEM_FLAGS}
+    for flag in flags:
+        if flag.startswith("\\"):
+            if flag.lower() in canonical:
+                system.add(canonical[flag.lower()])
+        else:
+            keywords.add(flag)
+    return frozenset(system), frozenset(keywords)
+
+
+def apply_flags(current: frozenset[str], flags, mode: str) -> frozenset[str]:
+    system, keywords = split_flags(flags)
+    given = system | keywords
+    if mode == "replace":
+        return given
+    if mode == "add":
+        return current | given
+    if mode == "remove":
+        return current - given
+    raise ValueError(f"flag mode {mode!r}")
+
+
+class Listeners:
+    """
+    The listeners of one folder. A listener that raises is logged and kept
+    out of the way of the others.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[FolderChange], None]] = []
+
+    def add(self, listener: Callable[[FolderChange], None]) -> None:
+        self._listeners.append(listener)
+
+    def remove(self, listener: Callable[[FolderChange], None]) -> None:
+        try:
+            self._listeners.remove(listener)
+        except ValueError:
+            pass
+
+    def notify(self, change: FolderChange) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(change)
+            except Exception:
+                log.failure("folder listener {listener!r} failed", listener=listener)

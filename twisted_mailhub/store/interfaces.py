@@ -1,0 +1,246 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+What a mail store promises. Protocol adapters (SMTP delivery, POP3, IMAP)
+only ever call these; the Maildir backend is one implementation, the memory
+backend another, a plugin may add a third.
+
+Theory of operation:
+
+ - A store holds one L{IMailAccount} per address; an account holds folders
+   (L{IFolder}); C{INBOX} always exists and is where delivery goes.
+ - Messages are bytes exactly as they will be sent to a client: CRLF line
+   ends, dot-unstuffed. Their size is their length in octets on the wire.
+ - Each message in a folder has a UID: ascending, never reused while the
+   folder's C{uid_validity} stays the same (RFC 3501 §2.3.1.1).
+ - Anything that writes (deliver, append, copy) returns a L{Deferred} that
+   fires only once the data is durable where it will be read from.
+ - Changes made through one folder object, or by delivery, are announced to
+   every listener of that folder, so a second session (IMAP IDLE, another
+   POP3 client) sees them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO, Callable, Iterable, Sequence
+
+import attr
+from zope.interface import Attribute, Interface
+
+# The five system flags the store keeps (RFC 3501 §2.3.2); anything else in
+# a flag set is a keyword.
+SEEN = "\\Seen"
+ANSWERED = "\\Answered"
+FLAGGED = "\\Flagged"
+DELETED = "\\Deleted"
+DRAFT = "\\Draft"
+SYSTEM_FLAGS = (SEEN, ANSWERED, FLAGGED, DELETED, DRAFT)
+
+INBOX = "INBOX"
+
+
+class StoreError(Exception):
+    """A store operation could not be done; the message says why."""
+
+
+class NoSuchFolder(StoreError):
+    pass
+
+
+class FolderExists(StoreError):
+    pass
+
+
+class BadFolderName(StoreError):
+    pass
+
+
+class NoSuchMessage(StoreError):
+    pass
+
+
+@attr.s(auto_attribs=True, frozen=True, slots=True)
+class MessageInfo:
+    """
+    What a folder knows of a message without reading it.
+
+    @ivar uid: its UID in the folder.
+    @ivar key: a name for it that never changes while it exists (the Maildir
+        base name); POP3 UIDL uses it.
+    @ivar flags: system flags and keywords.
+    @ivar size: length in octets as sent to a client.
+    @ivar internal_date: when it arrived, seconds since the epoch.
+    """
+
+    uid: int
+    key: str
+    flags: frozenset[str]
+    size: int
+    internal_date: float
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class FolderChange:
+    """
+    What changed in a folder, as told to its listeners.
+
+    @ivar added: UIDs of new messages.
+    @ivar flags: UIDs whose flags changed.
+    @ivar expunged: UIDs that are gone.
+    @ivar origin: the object that made the change (a session may ignore its
+        own changes), or L{None} for delivery and outside changes.
+    """
+
+    added: tuple[int, ...] = ()
+    flags: tuple[int, ...] = ()
+    expunged: tuple[int, ...] = ()
+    origin: Any = None
+
+
+class IFolder(Interface):
+    """
+    One folder of one account: an ordered list of messages with UIDs.
+    """
+
+    name = Attribute("The folder's name as the user sees it, '/' separated, e.g. 'Work/Projects'.")
+    uid_validity = Attribute("UIDVALIDITY: an int that changes only if UIDs were lost.")
+    uid_next = Attribute("The UID the next message will get.")
+
+    def messages() -> Sequence[MessageInfo]:
+        """
+        The messages now in the folder, in ascending UID order. Picks up
+        messages that arrived since the last call.
+        """
+
+    def info(uid: int) -> MessageInfo:
+        """
+        The current L{MessageInfo} of one message; L{NoSuchMessage} if gone.
+        """
+
+    def read(uid: int) -> bytes:
+        """
+        The whole message; L{NoSuchMessage} if it is gone.
+        """
+
+    def open(uid: int) -> BinaryIO:
+        """
+        The message as a binary file open for reading (for large messages and
+        zero-copy sending); the caller closes it.
+        """
+
+    def path(uid: int) -> str | None:
+        """
+        The file that holds the message, for C{sendfile}, or L{None} when
+        the backend does not keep messages in files.
+        """
+
+    def append(message: bytes, flags: Iterable[str] = (), internal_date: float | None = None) -> Any:
+        """
+        Add a message. Returns a L{Deferred} that fires with its UID once it
+        is durable.
+        """
+
+    def set_flags(uids: Iterable[int], flags: Iterable[str], mode: str = "replace", origin: Any = None) -> dict[int, frozenset[str]]:
+        """
+        Change flags of messages: C{mode} is C{"replace"}, C{"add"} or
+        C{"remove"}. Returns the new flags of each message that still exists.
+        """
+
+    def expunge(uids: Iterable[int], origin: Any = None) -> list[int]:
+        """
+        Remove messages for good. Returns the UIDs removed, ascending.
+        """
+
+    def copy_to(uids: Iterable[int], destination: "IFolder") -> Any:
+        """
+        Copy messages, with their flags and internal dates, into
+        C{destination}. Returns a L{Deferred} firing with a list of
+        (source UID, new UID) pairs once the copies are durable.
+        """
+
+    def add_listener(listener: Callable[[FolderChange], None]) -> None:
+        """
+        Call C{listener} with a L{FolderChange} whenever this folder changes.
+        """
+
+    def remove_listener(listener: Callable[[FolderChange], None]) -> None:
+        """
+        Stop calling C{listener}.
+        """
+
+
+class IMailAccount(Interface):
+    """
+    The folders of one address.
+    """
+
+    address = Attribute("The account's address, localpart@domain.")
+
+    def folder(name: str) -> IFolder:
+        """
+        The folder called C{name} (C{INBOX} case-insensitively); raises
+        L{NoSuchFolder}.
+        """
+
+    def folders() -> list[str]:
+        """
+        Every folder's name, INBOX first.
+        """
+
+    def create_folder(name: str) -> IFolder:
+        """
+        Make a folder (and any missing parents); L{FolderExists} if it is
+        there, L{BadFolderName} for names that cannot be stored.
+        """
+
+    def delete_folder(name: str) -> None:
+        """
+        Remove a folder and its messages (not INBOX).
+        """
+
+    def rename_folder(old: str, new: str) -> None:
+        """
+        Rename a folder and its children.
+        """
+
+    def subscriptions() -> list[str]:
+        """
+        Subscribed folder names (IMAP LSUB).
+        """
+
+    def subscribe(name: str) -> None:
+        pass
+
+    def unsubscribe(name: str) -> None:
+        pass
+
+
+class IMailStore(Interface):
+    """
+    All mail of the hub.
+    """
+
+    def account(address: str) -> IMailAccount:
+        """
+        The folders of C{address}, created on first use.
+        """
+
+    def deliver(address: str, message: bytes) -> Any:
+        """
+        Put C{message} into the INBOX of C{address}. Returns a L{Deferred}
+        that fires with the message's key once it is durable there.
+        """
+
+
+class IMailStoreFactory(Interface):
+    """
+    A store backend, found with L{twisted.plugin.getPlugins} in
+    L{twisted_mailhub.plugins}; C{--store NAME} picks one.
+    """
+
+    name = Attribute("The name given to --store, e.g. 'maildir'.")
+    description = Attribute("One line for --help.")
+
+    def make_store(data_dir: str, reactor: Any) -> IMailStore:
+        """
+        Build the store, keeping its files under C{data_dir}.
+        """

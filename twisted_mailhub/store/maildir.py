@@ -1,0 +1,581 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The Maildir++ store: one Maildir per account at C{DATA/mail/<domain>/<localpart>/}.
+
+Rules (everything that changes the on-disk layout lives in this module):
+
+ - INBOX is the account's top Maildir; folder C{Work/Projects} is the
+   Maildir++ sub-folder C{.Work.Projects}. A C{.} or C{%} inside a name part
+   is stored as C{%2E} / C{%25} so that names map back one to one.
+ - A message file holds the message exactly as a client receives it (CRLF
+   line ends), so its size on the wire is its size on disk. Delivered files
+   are named C{<sec>.M<usec>P<pid>Q<n>.<host>,S=<size>} (the Maildir unique
+   name plus the Maildir++ size); the part before C{:2,} (the base name)
+   never changes and is the message's key (POP3 UIDL).
+ - Flags are the Maildir info letters after C{:2,}: D Draft, F Flagged,
+   R Answered, S Seen, T Deleted. Keywords are kept in the UID list.
+ - Each folder has a UID list, C{mailhub-uidlist}: a header line
+   C{mailhub-uidlist 1 <uidvalidity> <uidnext>}, then one line per message
+   C{<uid> <basename> <size> <internal date> [keyword...]}. New UIDs are
+   appended; an expunge or a keyword change rewrites it (tmp + rename).
+   If it is lost, UIDs are assigned anew with a new UIDVALIDITY.
+ - Files that appear in C{new/} or C{cur/} by other means (an outside MDA,
+   a restore) get UIDs the next time the folder is looked at; files that
+   vanish are reported as expunged.
+ - Writes that are acknowledged to a client (delivery, APPEND, COPY) go
+   through L{GroupCommitWriter}: fsynced before their Deferred fires. Flag
+   renames are not fsynced: losing a flag change in a power cut is the
+   trade every Maildir server makes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from typing import Any, Iterable
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from twisted_mailhub.store.base import (
+    DELIMITER,
+    Listeners,
+    apply_flags,
+    normalize_folder_name,
+    split_flags,
+)
+from twisted_mailhub.store.durable import GroupCommitWriter
+from twisted_mailhub.store.interfaces import (
+    DELETED,
+    DRAFT,
+    FLAGGED,
+    INBOX,
+    SEEN,
+    ANSWERED,
+    BadFolderName,
+    FolderChange,
+    FolderExists,
+    IFolder,
+    IMailAccount,
+    IMailStore,
+    MessageInfo,
+    NoSuchFolder,
+    NoSuchMessage,
+)
+
+log = Logger()
+
+UIDLIST = "mailhub-uidlist"
+SUBSCRIPTIONS = "subscriptions"
+_LETTERS = {"D": DRAFT, "F": FLAGGED, "R": ANSWERED, "S": SEEN, "T": DELETED}
+_FLAG_LETTER = {flag: letter for letter, flag in _LETTERS.items()}
+_counter = itertools.count(1)
+
+
+def _safe_hostname(name: str) -> str:
+    # Maildir spec: '/' and ':' in the host part are written as octal escapes.
+    return name.replace("/", "\\057").replace(":", "\\072")
+
+
+def unique_name(size: int, hostname: str | None = None, now: float | None = None) -> str:
+    """
+    A new Maildir file name (without info) for a message of C{size} octets.
+    """
+    now = time.time() if now is None else now
+    sec = int(now)
+    usec = int((now - sec) * 1_000_000)
+    host = _safe_hostname(hostname or socket.gethostname())
+    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{host},S={size}"
+
+
+def parse_info(filename: str) -> tuple[str, frozenset[str]]:
+    """
+    (base name, system flags) of a Maildir file name.
+    """
+    base, sep, info = filename.partition(":")
+    flags = frozenset()
+    if sep and info.startswith("2,"):
+        flags = frozenset(_LETTERS[c] for c in info[2:] if c in _LETTERS)
+    return base, flags
+
+
+def info_suffix(flags: Iterable[str]) -> str:
+    return ":2," + "".join(sorted(_FLAG_LETTER[f] for f in flags if f in _FLAG_LETTER))
+
+
+def _size_from_name(base: str) -> int | None:
+    for part in base.split(",")[1:]:
+        if part.startswith("S="):
+            try:
+                return int(part[2:])
+            except ValueError:
+                return None
+    return None
+
+
+def _date_from_name(base: str) -> float | None:
+    head = base.split(".", 1)[0]
+    return float(head) if head.isdigit() else None
+
+
+def encode_folder(name: str) -> str:
+    """C{Work/Projects} -> C{.Work.Projects} (the Maildir++ directory name)."""
+    parts = [p.replace("%", "%25").replace(".", "%2E") for p in name.split(DELIMITER)]
+    return "." + ".".join(parts)
+
+
+def decode_folder(dirname: str) -> str:
+    parts = dirname[1:].split(".")
+    return DELIMITER.join(p.replace("%2E", ".").replace("%25", "%") for p in parts)
+
+
+class _Entry:
+    __slots__ = ("info", "subdir", "filename", "keywords")
+
+    def __init__(self, info: MessageInfo, subdir: str, filename: str, keywords: frozenset[str]):
+        self.info = info
+        self.subdir = subdir
+        self.filename = filename
+        self.keywords = keywords
+
+
+@implementer(IFolder)
+class MaildirFolder:
+    """
+    One Maildir: its UID index in memory, kept in step with the directory.
+    """
+
+    def __init__(self, name: str, path: str, writer: GroupCommitWriter, hostname: str):
+        self.name = name
+        self.path = path
+        self.writer = writer
+        self.hostname = hostname
+        self._listeners = Listeners()
+        self._entries: dict[int, _Entry] = {}
+        self._by_base: dict[str, int] = {}
+        self._dir_mtimes: tuple[int, int] | None = None
+        self.uid_validity = 0
+        self.uid_next = 1
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(path, sub), exist_ok=True)
+        self._load_uidlist()
+        self._scan()
+
+    # -- the UID list ---------------------------------------------------
+
+    def _uidlist_path(self) -> str:
+        return os.path.join(self.path, UIDLIST)
+
+    def _load_uidlist(self) -> None:
+        self._known: dict[str, tuple[int, int, float, frozenset[str]]] = {}
+        try:
+            with open(self._uidlist_path(), encoding="utf-8") as f:
+                header = f.readline().split()
+                if len(header) != 4 or header[0] != UIDLIST:
+                    raise ValueError("bad header")
+                self.uid_validity, self.uid_next = int(header[2]), int(header[3])
+                for line in f:
+                    if not line.endswith("\n"):
+                        break  # torn last line of an interrupted append
+                    fields = line.split()
+                    uid, base, size, date = int(fields[0]), fields[1], int(fields[2]), float(fields[3])
+                    self._known[base] = (uid, size, date, frozenset(fields[4:]))
+                    self.uid_next = max(self.uid_next, uid + 1)
+        except FileNotFoundError:
+            self._new_uid_validity()
+        except (ValueError, IndexError, UnicodeDecodeError):
+            log.warn("UID list of {path} unreadable: UIDs assigned anew", path=self.path)
+            self._known = {}
+            self._new_uid_validity()
+
+    def _new_uid_validity(self) -> None:
+        self.uid_validity = max(int(time.time()), self.uid_validity + 1)
+        self.uid_next = 1
+        self._write_uidlist()
+
+    def _uidlist_line(self, entry: _Entry) -> str:
+        info = entry.info
+        words = [str(info.uid), entry.info.key, str(info.size), str(int(info.internal_date))]
+        words.extend(sorted(entry.keywords))
+        return " ".join(words) + "\n"
+
+    def _write_uidlist(self) -> None:
+        tmp = self._uidlist_path() + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n")
+            for uid in sorted(self._entries):
+                f.write(self._uidlist_line(self._entries[uid]))
+        os.replace(tmp, self._uidlist_path())
+
+    def _append_uidlist(self, entries: list[_Entry]) -> None:
+        # The header's uidnext is only a floor; loading takes the max of it
+        # and the UIDs listed, so appending lines keeps the file correct.
+        with open(self._uidlist_path(), "a", encoding="utf-8") as f:
+            f.write("".join(self._uidlist_line(e) for e in entries))
+
+    # -- keeping the index in step with the directory ---------------------
+
+    def _mtimes(self) -> tuple[int, int]:
+        return (
+            os.stat(os.path.join(self.path, "new")).st_mtime_ns,
+            os.stat(os.path.join(self.path, "cur")).st_mtime_ns,
+        )
+
+    def _scan(self, force: bool = False) -> None:
+        mtimes = self._mtimes()
+        if not force and mtimes == self._dir_mtimes:
+            return
+        self._dir_mtimes = mtimes
+        seen: dict[str, tuple[str, str]] = {}
+        for sub in ("new", "cur"):
+            for filename in os.listdir(os.path.join(self.path, sub)):
+                if filename.startswith("."):
+                    continue
+                base, _ = parse_info(filename)
+                seen[base] = (sub, filename)
+        added: list[_Entry] = []
+        # Existing entries: follow renames (flag changes by other programs).
+        gone = [uid for uid, e in self._entries.items() if e.info.key not in seen]
+        for uid, entry in self._entries.items():
+            where = seen.get(entry.info.key)
+            if where and where != (entry.subdir, entry.filename):
+                entry.subdir, entry.filename = where
+                _, system = parse_info(where[1])
+                entry.info = _with_flags(entry.info, system | entry.keywords)
+        for uid in gone:
+            entry = self._entries.pop(uid)
+            self._by_base.pop(entry.info.key, None)
+        fresh = []
+        for base, (sub, filename) in seen.items():
+            if base in self._by_base:
+                continue
+            known = self._known.pop(base, None)
+            if known is not None:
+                uid, size, date, keywords = known
+                _, system = parse_info(filename)
+                info = MessageInfo(uid, base, system | keywords, size, date)
+                self._add_entry(_Entry(info, sub, filename, keywords))
+            else:
+                fresh.append((base, sub, filename))
+        # Files we have never seen: UIDs in order of arrival.
+        fresh.sort(key=lambda t: (_date_from_name(t[0]) or 0, t[0]))
+        for base, sub, filename in fresh:
+            added.append(self._register(base, sub, filename))
+        if added:
+            self._append_uidlist(added)
+        if gone:
+            self._write_uidlist()
+        if added or gone:
+            self._listeners.notify(
+                FolderChange(added=tuple(e.info.uid for e in added), expunged=tuple(sorted(gone)))
+            )
+
+    def _add_entry(self, entry: _Entry) -> None:
+        self._entries[entry.info.uid] = entry
+        self._by_base[entry.info.key] = entry.info.uid
+
+    def _register(self, base: str, sub: str, filename: str, date: float | None = None) -> _Entry:
+        path = os.path.join(self.path, sub, filename)
+        size = _size_from_name(base)
+        if size is None or date is None:
+            st = os.stat(path)
+            size = st.st_size if size is None else size
+            date = st.st_mtime if date is None else date
+        _, system = parse_info(filename)
+        info = MessageInfo(self.uid_next, base, system, size, date)
+        self.uid_next += 1
+        entry = _Entry(info, sub, filename, frozenset())
+        self._add_entry(entry)
+        return entry
+
+    def _entry(self, uid: int) -> _Entry:
+        entry = self._entries.get(uid)
+        if entry is None:
+            raise NoSuchMessage(uid)
+        return entry
+
+    # -- IFolder --------------------------------------------------------
+
+    def messages(self):
+        self._scan()
+        return [self._entries[uid].info for uid in sorted(self._entries)]
+
+    def info(self, uid: int) -> MessageInfo:
+        return self._entry(uid).info
+
+    def path_of(self, entry: _Entry) -> str:
+        return os.path.join(self.path, entry.subdir, entry.filename)
+
+    def open(self, uid: int):
+        entry = self._entry(uid)
+        try:
+            return open(self.path_of(entry), "rb")
+        except FileNotFoundError:
+            # Renamed by someone else since we last looked: look again.
+            self._scan(force=True)
+            entry = self._entry(uid)
+            try:
+                return open(self.path_of(entry), "rb")
+            except FileNotFoundError:
+                raise NoSuchMessage(uid) from None
+
+    def read(self, uid: int) -> bytes:
+        with self.open(uid) as f:
+            return f.read()
+
+    def path(self, uid: int) -> str:
+        return self.path_of(self._entry(uid))
+
+    def deliver(self, message: bytes) -> defer.Deferred:
+        """
+        Write a new message into C{new/}; fires with its key when durable.
+        """
+        base = unique_name(len(message), self.hostname)
+        d = self.writer.write(
+            os.path.join(self.path, "tmp", base), os.path.join(self.path, "new", base), message
+        )
+        d.addCallback(lambda _: self._arrived(base, "new", base, time.time()))
+        return d.addCallback(lambda entry: entry.info.key)
+
+    def _arrived(self, base: str, sub: str, filename: str, date: float, keywords=frozenset()) -> _Entry:
+        uid = self._by_base.get(base)
+        if uid is not None:  # a scan found it first
+            return self._entries[uid]
+        entry = self._register(base, sub, filename, date)
+        if keywords:
+            entry.keywords = frozenset(keywords)
+            entry.info = _with_flags(entry.info, entry.info.flags | entry.keywords)
+        self._append_uidlist([entry])
+        self._listeners.notify(FolderChange(added=(entry.info.uid,)))
+        return entry
+
+    def append(self, message: bytes, flags: Iterable[str] = (), internal_date: float | None = None):
+        system, keywords = split_flags(flags)
+        date = time.time() if internal_date is None else internal_date
+        base = unique_name(len(message), self.hostname, now=date if internal_date is not None else None)
+        filename = base + info_suffix(system)
+
+        def write(fd: int) -> None:
+            view = memoryview(message)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.utime(fd, (date, date))
+
+        d = self.writer.write(
+            os.path.join(self.path, "tmp", base), os.path.join(self.path, "cur", filename), write
+        )
+        d.addCallback(lambda _: self._arrived(base, "cur", filename, date, keywords))
+        return d.addCallback(lambda entry: entry.info.uid)
+
+    def set_flags(self, uids, flags, mode="replace", origin=None):
+        result: dict[int, frozenset[str]] = {}
+        keywords_changed = False
+        for uid in uids:
+            entry = self._entries.get(uid)
+            if entry is None:
+                continue
+            new = apply_flags(entry.info.flags, flags, mode)
+            if new != entry.info.flags:
+                system, keywords = split_flags(new)
+                filename = entry.info.key + info_suffix(system)
+                if (entry.subdir, entry.filename) != ("cur", filename):
+                    try:
+                        os.rename(self.path_of(entry), os.path.join(self.path, "cur", filename))
+                    except FileNotFoundError:
+                        continue
+                    entry.subdir, entry.filename = "cur", filename
+                if keywords != entry.keywords:
+                    entry.keywords = keywords
+                    keywords_changed = True
+                entry.info = _with_flags(entry.info, new)
+            result[uid] = new
+        if keywords_changed:
+            self._write_uidlist()
+        try:
+            self._dir_mtimes = self._mtimes()  # our own renames are known
+        except OSError:
+            pass
+        if result:
+            self._listeners.notify(FolderChange(flags=tuple(sorted(result)), origin=origin))
+        return result
+
+    def expunge(self, uids, origin=None):
+        gone = []
+        for uid in sorted(set(uids)):
+            entry = self._entries.get(uid)
+            if entry is None:
+                continue
+            try:
+                os.unlink(self.path_of(entry))
+            except FileNotFoundError:
+                pass
+            del self._entries[uid]
+            self._by_base.pop(entry.info.key, None)
+            gone.append(uid)
+        if gone:
+            self._write_uidlist()
+            self._dir_mtimes = self._mtimes()
+            self._listeners.notify(FolderChange(expunged=tuple(gone), origin=origin))
+        return gone
+
+    def copy_to(self, uids, destination):
+        pairs: list[tuple[int, int]] = []
+        ds = []
+        for uid in sorted(set(uids)):
+            entry = self._entries.get(uid)
+            if entry is None:
+                continue
+            d = destination.append(self.read(uid), entry.info.flags, entry.info.internal_date)
+            d.addCallback(lambda new, uid=uid: pairs.append((uid, new)))
+            ds.append(d)
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: sorted(pairs))
+
+    def add_listener(self, listener):
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener):
+        self._listeners.remove(listener)
+
+
+def _with_flags(info: MessageInfo, flags: frozenset[str]) -> MessageInfo:
+    return MessageInfo(info.uid, info.key, flags, info.size, info.internal_date)
+
+
+@implementer(IMailAccount)
+class MaildirAccount:
+    def __init__(self, address: str, path: str, writer: GroupCommitWriter, hostname: str):
+        self.address = address
+        self.path = path
+        self.writer = writer
+        self.hostname = hostname
+        self._folders: dict[str, MaildirFolder] = {}
+        os.makedirs(path, exist_ok=True)
+
+    def _folder_path(self, name: str) -> str:
+        if name == INBOX:
+            return self.path
+        return os.path.join(self.path, encode_folder(name))
+
+    def folder(self, name: str) -> MaildirFolder:
+        name = normalize_folder_name(name)
+        folder = self._folders.get(name)
+        if folder is None:
+            path = self._folder_path(name)
+            if name != INBOX and not os.path.isdir(os.path.join(path, "cur")):
+                raise NoSuchFolder(name)
+            folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname)
+        return folder
+
+    def folders(self) -> list[str]:
+        names = []
+        for entry in os.listdir(self.path):
+            if entry.startswith(".") and entry not in (".", "..") and os.path.isdir(os.path.join(self.path, entry, "cur")):
+                names.append(decode_folder(entry))
+        return [INBOX] + sorted(names)
+
+    def create_folder(self, name: str) -> MaildirFolder:
+        name = normalize_folder_name(name)
+        if name == INBOX or os.path.isdir(os.path.join(self._folder_path(name), "cur")):
+            raise FolderExists(name)
+        parts = name.split(DELIMITER)
+        for i in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:i])
+            if parent != INBOX and not os.path.isdir(os.path.join(self._folder_path(parent), "cur")):
+                self.folder_create_plain(parent)
+        return self.folder_create_plain(name)
+
+    def folder_create_plain(self, name: str) -> MaildirFolder:
+        path = self._folder_path(name)
+        os.makedirs(path, exist_ok=True)
+        # Maildir++: a sub-folder holds a 'maildirfolder' marker file.
+        open(os.path.join(path, "maildirfolder"), "a").close()
+        folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname)
+        return folder
+
+    def delete_folder(self, name: str) -> None:
+        import shutil
+
+        name = normalize_folder_name(name)
+        if name == INBOX:
+            raise BadFolderName("INBOX cannot be deleted")
+        path = self._folder_path(name)
+        if not os.path.isdir(path):
+            raise NoSuchFolder(name)
+        shutil.rmtree(path)
+        self._folders.pop(name, None)
+        self.unsubscribe(name)
+
+    def rename_folder(self, old: str, new: str) -> None:
+        old, new = normalize_folder_name(old), normalize_folder_name(new)
+        if old == INBOX:
+            raise BadFolderName("renaming INBOX is not supported")
+        if not os.path.isdir(self._folder_path(old)):
+            raise NoSuchFolder(old)
+        if new == INBOX or os.path.isdir(self._folder_path(new)):
+            raise FolderExists(new)
+        moves = [n for n in self.folders() if n == old or n.startswith(old + DELIMITER)]
+        for name in moves:
+            target = new + name[len(old) :]
+            os.rename(self._folder_path(name), self._folder_path(target))
+            self._folders.pop(name, None)
+        parts = new.split(DELIMITER)
+        for i in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:i])
+            if not os.path.isdir(self._folder_path(parent)):
+                self.folder_create_plain(parent)
+
+    def _subscriptions_path(self) -> str:
+        return os.path.join(self.path, SUBSCRIPTIONS)
+
+    def subscriptions(self) -> list[str]:
+        try:
+            with open(self._subscriptions_path(), encoding="utf-8") as f:
+                return sorted({line.strip() for line in f if line.strip()})
+        except FileNotFoundError:
+            return []
+
+    def _write_subscriptions(self, names: Iterable[str]) -> None:
+        tmp = self._subscriptions_path() + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(n + "\n" for n in sorted(set(names))))
+        os.replace(tmp, self._subscriptions_path())
+
+    def subscribe(self, name: str) -> None:
+        self._write_subscriptions(self.subscriptions() + [normalize_folder_name(name)])
+
+    def unsubscribe(self, name: str) -> None:
+        name = normalize_folder_name(name)
+        self._write_subscriptions(n for n in self.subscriptions() if n != name)
+
+
+@implementer(IMailStore)
+class MaildirStore:
+    """
+    Every account's Maildir under C{root} (C{DATA/mail}).
+    """
+
+    def __init__(self, root: str, writer: GroupCommitWriter | None = None, hostname: str | None = None):
+        self.root = root
+        self.writer = writer or GroupCommitWriter()
+        self.hostname = hostname or socket.gethostname()
+        self._accounts: dict[str, MaildirAccount] = {}
+
+    def account_path(self, address: str) -> str:
+        local, _, domain = address.rpartition("@")
+        for part in (local, domain):
+            if not part or part in (".", "..") or "/" in part or "\0" in part:
+                raise BadFolderName(f"cannot store mail for {address!r}")
+        return os.path.join(self.root, domain.lower(), local.lower())
+
+    def account(self, address: str) -> MaildirAccount:
+        key = address.lower()
+        account = self._accounts.get(key)
+        if account is None:
+            account = self._accounts[key] = MaildirAccount(address, self.account_path(address), self.writer, self.hostname)
+        return account
+
+    def deliver(self, address: str, message: bytes) -> defer.Deferred:
+        return self.account(address).folder(INBOX).deliver(message)

@@ -1,0 +1,206 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+A mail store in memory: for tests and demos (C{--store memory}). Everything
+is gone when the process ends; "durable" means "in this dict".
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from typing import Any, Iterable
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from twisted_mailhub.store.base import (
+    DELIMITER,
+    Listeners,
+    apply_flags,
+    normalize_folder_name,
+    split_flags,
+)
+from twisted_mailhub.store.interfaces import (
+    INBOX,
+    FolderChange,
+    FolderExists,
+    IFolder,
+    IMailAccount,
+    IMailStore,
+    MessageInfo,
+    NoSuchFolder,
+    NoSuchMessage,
+)
+
+
+@implementer(IFolder)
+class MemoryFolder:
+    def __init__(self, name: str, clock: Any = None):
+        self.name = name
+        self.uid_validity = int(time.time())
+        self.uid_next = 1
+        self._infos: dict[int, MessageInfo] = {}
+        self._bodies: dict[int, bytes] = {}
+        self._listeners = Listeners()
+
+    def messages(self):
+        return [self._infos[uid] for uid in sorted(self._infos)]
+
+    def info(self, uid: int) -> MessageInfo:
+        try:
+            return self._infos[uid]
+        except KeyError:
+            raise NoSuchMessage(uid) from None
+
+    def read(self, uid: int) -> bytes:
+        try:
+            return self._bodies[uid]
+        except KeyError:
+            raise NoSuchMessage(uid) from None
+
+    def open(self, uid: int):
+        return io.BytesIO(self.read(uid))
+
+    def path(self, uid: int) -> None:
+        return None
+
+    def _add(self, message: bytes, flags, internal_date) -> int:
+        uid = self.uid_next
+        self.uid_next += 1
+        system, keywords = split_flags(flags)
+        self._infos[uid] = MessageInfo(
+            uid=uid,
+            key=uuid.uuid4().hex,
+            flags=system | keywords,
+            size=len(message),
+            internal_date=internal_date if internal_date is not None else time.time(),
+        )
+        self._bodies[uid] = bytes(message)
+        return uid
+
+    def append(self, message: bytes, flags: Iterable[str] = (), internal_date: float | None = None):
+        uid = self._add(message, flags, internal_date)
+        self._listeners.notify(FolderChange(added=(uid,)))
+        return defer.succeed(uid)
+
+    def set_flags(self, uids, flags, mode="replace", origin=None):
+        result = {}
+        for uid in uids:
+            info = self._infos.get(uid)
+            if info is None:
+                continue
+            new = apply_flags(info.flags, flags, mode)
+            if new != info.flags:
+                self._infos[uid] = MessageInfo(info.uid, info.key, new, info.size, info.internal_date)
+            result[uid] = new
+        changed = tuple(sorted(result))
+        if changed:
+            self._listeners.notify(FolderChange(flags=changed, origin=origin))
+        return result
+
+    def expunge(self, uids, origin=None):
+        gone = sorted(uid for uid in set(uids) if uid in self._infos)
+        for uid in gone:
+            del self._infos[uid]
+            del self._bodies[uid]
+        if gone:
+            self._listeners.notify(FolderChange(expunged=tuple(gone), origin=origin))
+        return gone
+
+    def copy_to(self, uids, destination):
+        pairs = []
+        ds = []
+        for uid in sorted(set(uids)):
+            info = self._infos.get(uid)
+            if info is None:
+                continue
+            d = destination.append(self._bodies[uid], info.flags, info.internal_date)
+            d.addCallback(lambda new, uid=uid: pairs.append((uid, new)))
+            ds.append(d)
+        return defer.gatherResults(ds).addCallback(lambda _: pairs)
+
+    def add_listener(self, listener):
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener):
+        self._listeners.remove(listener)
+
+
+@implementer(IMailAccount)
+class MemoryAccount:
+    def __init__(self, address: str):
+        self.address = address
+        self._folders: dict[str, MemoryFolder] = {INBOX: MemoryFolder(INBOX)}
+        self._subscriptions: set[str] = {INBOX}
+
+    def folder(self, name: str) -> MemoryFolder:
+        name = normalize_folder_name(name)
+        try:
+            return self._folders[name]
+        except KeyError:
+            raise NoSuchFolder(name) from None
+
+    def folders(self) -> list[str]:
+        return [INBOX] + sorted(n for n in self._folders if n != INBOX)
+
+    def create_folder(self, name: str) -> MemoryFolder:
+        name = normalize_folder_name(name)
+        if name in self._folders:
+            raise FolderExists(name)
+        parts = name.split(DELIMITER)
+        for i in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:i])
+            self._folders.setdefault(parent, MemoryFolder(parent))
+        folder = self._folders[name] = MemoryFolder(name)
+        return folder
+
+    def delete_folder(self, name: str) -> None:
+        name = normalize_folder_name(name)
+        if name == INBOX:
+            raise NoSuchFolder("INBOX cannot be deleted")
+        if name not in self._folders:
+            raise NoSuchFolder(name)
+        del self._folders[name]
+        self._subscriptions.discard(name)
+
+    def rename_folder(self, old: str, new: str) -> None:
+        old, new = normalize_folder_name(old), normalize_folder_name(new)
+        if old not in self._folders:
+            raise NoSuchFolder(old)
+        if new in self._folders:
+            raise FolderExists(new)
+        for name in [n for n in self._folders if n == old or n.startswith(old + DELIMITER)]:
+            folder = self._folders.pop(name)
+            folder.name = new + name[len(old) :]
+            self._folders[folder.name] = folder
+        if old == INBOX:
+            # RFC 3501 §6.3.5: renaming INBOX moves its messages and leaves
+            # an empty INBOX behind.
+            self._folders[INBOX] = MemoryFolder(INBOX)
+
+    def subscriptions(self) -> list[str]:
+        return sorted(self._subscriptions)
+
+    def subscribe(self, name: str) -> None:
+        self._subscriptions.add(normalize_folder_name(name))
+
+    def unsubscribe(self, name: str) -> None:
+        self._subscriptions.discard(normalize_folder_name(name))
+
+
+@implementer(IMailStore)
+class MemoryStore:
+    def __init__(self) -> None:
+        self._accounts: dict[str, MemoryAccount] = {}
+
+    def account(self, address: str) -> MemoryAccount:
+        key = address.lower()
+        if key not in self._accounts:
+            self._accounts[key] = MemoryAccount(address)
+        return self._accounts[key]
+
+    def deliver(self, address: str, message: bytes):
+        folder = self.account(address).folder(INBOX)
+        d = folder.append(message)
+        return d.addCallback(lambda uid: folder.info(uid).key)

@@ -1,0 +1,184 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The command line of C{twistd mailhub} and C{makeService}: build the store,
+the accounts and the portal, then let each component add its listeners.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from twisted.cred import strcred
+from twisted.python import usage
+
+from twisted_mailhub.hub import Hub, HubService, ListenerSpec, default_hostname
+
+# The protocol components, in the order their listeners start. Each is a
+# module with `listeners`, `option_parameters`, `option_flags` and
+# `install(hub)` (see twisted_mailhub.hub).
+COMPONENTS: list[str] = [
+]
+
+
+def _components():
+    return [importlib.import_module(name) for name in COMPONENTS]
+
+
+def _component_options():
+    parameters, flags = [], []
+    for module in _components():
+        for spec in getattr(module, "listeners", []):
+            parameters.append([spec.name, None, spec.default, spec.help])
+            flags.append([f"no-{spec.name}", None, f"Do not listen for {spec.name}."])
+        parameters.extend(getattr(module, "option_parameters", []))
+        flags.extend(getattr(module, "option_flags", []))
+    return parameters, flags
+
+
+_PARAMETERS, _FLAGS = _component_options()
+
+
+class Options(usage.Options, strcred.AuthOptionMixin):
+    synopsis = "[options]"
+    longdesc = (
+        "One process that is a small mail system and file server: SMTP, "
+        "submission, POP3, IMAP4 and FTP for the same accounts. Listeners "
+        "take strports endpoint descriptions (tcp:8025, "
+        "tcp:25:interface=127.0.0.1); implicit-TLS listeners take a plain "
+        "tcp: description and the hub adds its certificate."
+    )
+
+    optParameters = [
+        ["data", None, "mailhub-data", "State directory: mail store, FTP files, TLS certificate."],
+        ["hostname", None, None, "Name in greetings and Received: headers (default: this machine's FQDN)."],
+        ["store", None, "maildir", "Mail store backend (a store plugin's name: maildir, memory, ...)."],
+        ["tls-cert", None, None, "PEM certificate (and chain) for STARTTLS/STLS and TLS listeners (default: self-signed, made in DATA/tls on first start)."],
+        ["tls-key", None, None, "PEM private key for --tls-cert (default: in the --tls-cert file)."],
+        ["max-message-size", None, 25 * 1024 * 1024, "Largest message accepted, in octets (SMTP SIZE).", int],
+        ["trusted-networks", None, "127.0.0.0/8,::1/128", "Comma-separated CIDRs from which plaintext logins are allowed without TLS (never grants relay)."],
+    ] + _PARAMETERS
+
+    optFlags = [
+        ["transcript", None, "Log every session as C:/S: lines with a connection id, secrets masked."],
+    ] + _FLAGS
+
+    supportedInterfaces = None
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["domains"] = []
+        self["users"] = []
+        self["filters"] = []
+
+    def opt_domain(self, domain):
+        """
+        A local domain; repeatable. The first is the default domain, given to
+        bare login names (alice = alice@DEFAULT). Default: localhost.
+        """
+        self["domains"].append(domain.lower().rstrip("."))
+
+    def opt_user(self, spec):
+        """
+        An account, ADDRESS:PASSWORD; repeatable. A bare name gets the
+        default domain.
+        """
+        name, sep, password = spec.partition(":")
+        if not sep or not name:
+            raise usage.UsageError(f"--user wants ADDRESS:PASSWORD, got {spec!r}")
+        self["users"].append((name, password))
+
+    def opt_filter(self, name):
+        """
+        Turn on a delivery-filter plugin by name; repeatable, run in order.
+        """
+        self["filters"].append(name)
+
+    def postOptions(self):
+        if not self["domains"]:
+            self["domains"] = ["localhost"]
+        from twisted_mailhub.hub import TrustedNetworks
+
+        try:
+            TrustedNetworks(self["trusted-networks"])
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-networks: {e}")
+        if self["tls-key"] and not self["tls-cert"]:
+            raise usage.UsageError("--tls-key needs --tls-cert")
+        from twisted_mailhub.store import store_factories
+
+        if self["store"] not in store_factories():
+            raise usage.UsageError(
+                f"--store {self['store']!r}: not one of {', '.join(sorted(store_factories()))}"
+            )
+        from twisted_mailhub.filters import filter_plugins
+
+        found = filter_plugins()
+        for name in self["filters"]:
+            if name not in found:
+                raise usage.UsageError(f"--filter {name!r}: no such filter plugin (found: {', '.join(sorted(found)) or 'none'})")
+        for module in _components():
+            check = getattr(module, "check_options", None)
+            if check is not None:
+                check(self)
+
+
+def _accounts_and_checkers(options):
+    """
+    The account book from --domain/--user/--auth, and any --auth checkers
+    that are not account lists (they still work for login).
+    """
+    from twisted.cred.checkers import FilePasswordDB, InMemoryUsernamePasswordDatabaseDontUse
+
+    from twisted_mailhub.accounts import AccountBook
+
+    accounts = AccountBook(options["domains"])
+    extra = []
+    for checker in options.get("credCheckers", []):
+        if isinstance(checker, FilePasswordDB):
+            try:
+                accounts.load_file(checker.filename)
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--auth file:{checker.filename}: {e}")
+        elif isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+            for name, password in checker.users.items():
+                accounts.add(_text(name), _text(password))
+        else:
+            extra.append(checker)
+    for name, password in options["users"]:
+        try:
+            accounts.add(name, password)
+        except ValueError as e:
+            raise usage.UsageError(f"--user: {e}")
+    return accounts, extra
+
+
+def _text(value):
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def makeService(options):
+    from twisted.internet import reactor
+
+    from twisted_mailhub.filters import filter_plugins
+    from twisted_mailhub.store import store_factories
+
+    data_dir = os.path.abspath(options["data"])
+    os.makedirs(data_dir, exist_ok=True)
+    hostname = options["hostname"] or default_hostname()
+    accounts, extra_checkers = _accounts_and_checkers(options)
+    store = store_factories()[options["store"]].make_store(data_dir, reactor)
+    if hasattr(store, "hostname"):
+        store.hostname = hostname
+    hub = Hub(reactor, options, accounts, store, data_dir, hostname, extra_checkers)
+    found = filter_plugins()
+    hub.filters = [found[name] for name in options["filters"]]
+    for module in _components():
+        module.install(hub)
+    if not hub._listeners:
+        sys.stderr.write("mailhub: every listener is disabled; nothing to do\n")
+    return HubService(hub)
+
+
+__all__ = ["Options", "makeService", "ListenerSpec"]

@@ -1,0 +1,88 @@
+# -*- test-case-name: tests.test_tls -*-
+"""
+Certificates and TLS context factories.
+
+With no C{--tls-cert}, the hub makes a self-signed certificate for its
+hostname on first start (C{DATA/tls/cert.pem}, C{key.pem}) and reuses it,
+so a client that pinned it the first time keeps working. TLS 1.2 is the
+minimum (RFC 8996, RFC 8314 §4.1).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+
+from twisted.internet import ssl
+
+
+def make_self_signed(hostname: str, cert_path: str, key_path: str) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])])
+    alt_names: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost")]
+    alt_names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    alt_names.append(x509.IPAddress(ipaddress.ip_address("::1")))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    os.makedirs(os.path.dirname(cert_path), exist_ok=True)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def server_context(
+    data_dir: str, hostname: str, cert_path: str | None = None, key_path: str | None = None
+) -> ssl.CertificateOptions:
+    """
+    The server's TLS options: the given certificate, or the self-signed one
+    in C{data_dir} (made on first use).
+    """
+    if cert_path is None:
+        cert_path = os.path.join(data_dir, "tls", "cert.pem")
+        key_path = os.path.join(data_dir, "tls", "key.pem")
+        if not (os.path.exists(cert_path) and os.path.exists(key_path)):
+            make_self_signed(hostname, cert_path, key_path)
+    key_path = key_path or cert_path
+    with open(cert_path, "rb") as f:
+        cert_pem = f.read()
+    with open(key_path, "rb") as f:
+        key_pem = f.read()
+    certificate = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    chain = [c.original for c in _extra_certificates(cert_pem)]
+    return ssl.CertificateOptions(
+        privateKey=certificate.privateKey.original,
+        certificate=certificate.original,
+        extraCertChain=chain or None,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+    )
+
+
+def _extra_certificates(pem: bytes) -> list[ssl.Certificate]:
+    marker = b"-----BEGIN CERTIFICATE-----"
+    blocks = [marker + block for block in pem.split(marker)[1:]]
+    return [ssl.Certificate.loadPEM(b) for b in blocks[1:]]
