@@ -67,6 +67,7 @@ class HubProcess:
         env["PYTHONPATH"] = os.pathsep.join([ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env.update(self.extra_env)
         self._ready.clear()
+        self._said_ready = False
         self.process = subprocess.Popen(
             self.command(),
             cwd=self.data_dir if os.path.isdir(self.data_dir) else None,
@@ -79,7 +80,7 @@ class HubProcess:
         )
         self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
         self._reader.start()
-        if not self._ready.wait(timeout) or not self.ports and self.process.poll() is not None:
+        if not self._ready.wait(timeout) or not self._said_ready:
             self.stop()
             raise RuntimeError("mailhub did not start:\n" + self.log)
         return self
@@ -92,6 +93,7 @@ class HubProcess:
             m = _READY.search(line)
             if m:
                 self.ports = json.loads(m.group(1))
+                self._said_ready = True
                 self._ready.set()
         self._ready.set()  # exited: wake start() so it can report
 

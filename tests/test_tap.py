@@ -1,0 +1,99 @@
+"""
+The command line and the process: `twistd mailhub` as a user starts it.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from twisted.python import usage
+
+from tests.hubprocess import ROOT
+from twisted_mailhub import tap
+
+
+def twistd(*args, data=None, timeout=60):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=data,
+    )
+
+
+def test_twistd_lists_the_mailhub_plugin():
+    result = twistd("--help")
+    assert result.returncode == 0
+    assert "mailhub" in result.stdout
+
+
+def test_mailhub_help_lists_the_shared_options():
+    result = twistd("mailhub", "--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--data", "--hostname", "--domain", "--user", "--auth", "--store", "--tls-cert", "--max-message-size", "--trusted-networks", "--transcript"):
+        assert option in result.stdout, option
+
+
+def test_bad_options_are_usage_errors():
+    for args in (["--user", "nopassword"], ["--store", "nosuch"], ["--trusted-networks", "banana"], ["--filter", "nosuch"], ["--tls-key", "k.pem"]):
+        options = tap.Options()
+        with pytest.raises(usage.UsageError):
+            options.parseOptions(args)
+
+
+def test_accounts_from_user_and_auth_file(tmp_path):
+    accounts_file = tmp_path / "accounts"
+    accounts_file.write_text("carol@example.org:pw1\n")
+    options = tap.Options()
+    options.parseOptions(["--domain", "example.org", "--user", "alice:secret", "--auth", f"file:{accounts_file}", "--auth", "memory:dave:pw2"])
+    accounts, extra = tap._accounts_and_checkers(options)
+    assert {a.address for a in accounts} == {"alice@example.org", "carol@example.org", "dave@example.org"}
+    assert extra == []
+
+
+def test_hub_starts_with_no_listeners_and_says_ready(start_hub):
+    from tests.hubprocess import LISTENERS
+
+    hub = start_hub(*[f"--no-{name}" for name in LISTENERS if _offered(name)])
+    assert hub.ports == {}
+    assert "mailhub ready" in hub.log
+
+
+def test_self_signed_certificate_is_made_once_and_reused(start_hub, tmp_path):
+    from twisted_mailhub.tls import server_context
+
+    data = tmp_path / "d"
+    os.makedirs(data)
+    server_context(str(data), "mail.test")
+    cert = (data / "tls" / "cert.pem").read_bytes()
+    assert (data / "tls" / "key.pem").stat().st_mode & 0o077 == 0
+    server_context(str(data), "mail.test")
+    assert (data / "tls" / "cert.pem").read_bytes() == cert
+
+
+def test_listener_that_cannot_bind_stops_the_hub_with_a_clear_log(start_hub, tmp_path):
+    import socket
+
+    from tests.hubprocess import HubProcess
+
+    names = [s.name for m in tap._components() for s in getattr(m, "listeners", [])]
+    if not names:
+        pytest.skip("no protocol component installed yet")
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    data = tmp_path / "busy"
+    os.makedirs(data)
+    hub = HubProcess(str(data), [f"--{names[0]}", f"tcp:{port}:interface=127.0.0.1"])
+    try:
+        with pytest.raises(RuntimeError) as e:
+            hub.start(timeout=30)
+        assert f"cannot listen for {names[0]}" in str(e.value)
+    finally:
+        hub.stop()
+        blocker.close()
+
+
+def _offered(name):
+    return any(s.name == name for m in tap._components() for s in getattr(m, "listeners", []))
