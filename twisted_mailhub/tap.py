@@ -19,6 +19,7 @@ from twisted_mailhub.hub import Hub, HubService, ListenerSpec, default_hostname
 # module with `listeners`, `option_parameters`, `option_flags` and
 # `install(hub)` (see twisted_mailhub.hub).
 COMPONENTS: list[str] = [
+    "twisted_mailhub.smtp.component",
 ]
 
 

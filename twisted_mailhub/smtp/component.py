@@ -1,0 +1,52 @@
+# -*- test-case-name: tests.test_smtp_server -*-
+"""
+The SMTP component: the MX listener (STARTTLS), message submission
+(RFC 6409, AUTH required) and submission over implicit TLS (RFC 8314).
+"""
+
+from __future__ import annotations
+
+from twisted.mail import smtp
+from twisted.python import usage
+
+from twisted_mailhub.hub import ListenerSpec
+from twisted_mailhub.smtp.delivery import avatar_factory
+from twisted_mailhub.smtp.server import MailhubSMTPFactory
+
+listeners = [
+    ListenerSpec("smtp", "tcp:8025", "SMTP (MX) listener, strports endpoint (STARTTLS offered)."),
+    ListenerSpec("submission", "tcp:8587", "Message submission listener (RFC 6409): AUTH required."),
+    ListenerSpec("smtps", "tcp:8465", "Submission over implicit TLS (RFC 8314): AUTH required.", tls="implicit"),
+]
+
+option_parameters = [
+    ["max-recipients", None, 100, "Most recipients accepted for one SMTP message.", int],
+    ["smtp-idle-timeout", None, 300, "Seconds an SMTP client may stay silent (RFC 5321 §4.5.3.2 asks for at least 300).", int],
+    ["smtp-command-timeout", None, 120, "Seconds an SMTP client may take to send one command line.", int],
+    ["smtp-login-timeout", None, 300, "Seconds a submission client may take to authenticate.", int],
+]
+
+
+def check_options(options) -> None:
+    for name in ("max-recipients", "smtp-idle-timeout", "smtp-command-timeout", "smtp-login-timeout"):
+        if options[name] is not None and int(options[name]) < 1:
+            raise usage.UsageError(f"--{name} must be at least 1")
+
+
+def install(hub) -> None:
+    hub.realm.register(smtp.IMessageDelivery, avatar_factory)
+    if getattr(hub, "relay", None) is None:
+        # The outbound queue (another component) sets this when installed.
+        hub.relay = None
+    options = hub.options
+    settings = {
+        "max_recipients": int(options.get("max-recipients") or 100),
+        "idle_timeout": int(options.get("smtp-idle-timeout") or 300),
+        "command_timeout": int(options.get("smtp-command-timeout") or 120),
+        "login_timeout": int(options.get("smtp-login-timeout") or 300),
+    }
+    for spec in listeners:
+        if options.get(f"no-{spec.name}"):
+            continue
+        factory = MailhubSMTPFactory(hub, spec.name, require_auth=spec.name != "smtp", settings=settings)
+        hub.listen(spec.name, options.get(spec.name) or spec.default, factory, tls=spec.tls)

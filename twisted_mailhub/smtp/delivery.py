@@ -1,0 +1,270 @@
+# -*- test-case-name: tests.test_smtp_delivery -*-
+"""
+What happens to mail once the SMTP session has it: who may send to whom
+(relay policy), the headers every stored copy gets, delivery filters, and
+handing the message to the store (local recipients) or the outbound queue
+(C{hub.relay}, non-local recipients of an authenticated session).
+
+Rules:
+
+ - Unauthenticated mail goes only to existing accounts in local domains:
+   an unknown local user is C{550 5.1.1}, a foreign domain C{554 5.7.1
+   Relay access denied}. An authenticated session may name foreign
+   recipients only when an outbound queue is installed (C{hub.relay});
+   until then C{550 5.7.1 Relaying is not enabled on this hub}.
+ - Each stored copy gets C{Return-Path:} and its own C{Received:} trace
+   header (RFC 5321 §4.4) naming that recipient; relayed copies get one
+   C{Received:} without a C{for} clause, so Bcc recipients stay hidden.
+ - Mail from an authenticated session (submission, RFC 6409 §8) gets
+   C{Message-ID:} and C{Date:} when the client left them out.
+ - The client is told C{250} only when every copy is durable: the result
+   is a Deferred that fires after every store/queue Deferred has.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import itertools
+import os
+import re
+import time
+from typing import Any
+
+import attr
+from twisted.internet import defer
+from twisted.mail.smtp import IMessageDelivery
+from zope.interface import implementer
+
+from twisted_mailhub.filters import Envelope, Reject, Rewrite
+
+_queue_ids = itertools.count(1)
+
+
+def queue_id() -> str:
+    """
+    A short id for one accepted message, unique within this process and
+    unlikely to repeat across restarts (time + pid + counter, in hex).
+    """
+    return "%X%04X%05X" % (int(time.time()), os.getpid() & 0xFFFF, next(_queue_ids) & 0xFFFFF)
+
+
+_date_cache: list[Any] = [0, ""]
+
+
+def rfc5322_date() -> str:
+    """The current time as an RFC 5322 date, cached for the second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = email.utils.formatdate(now, localtime=True)
+    return _date_cache[1]
+
+
+@implementer(IMessageDelivery)
+@attr.s(auto_attribs=True)
+class AuthenticatedSender:
+    """
+    The avatar an SMTP AUTH login gets from the realm: the account the
+    session now speaks for. Policy itself is in L{RecipientPolicy}, which
+    only needs to know whether (and as whom) the session is logged in.
+    """
+
+    account: Any
+
+    @property
+    def address(self) -> str:
+        return self.account.address if self.account is not None else ""
+
+    # IMessageDelivery, for code that expects Twisted's interface; the
+    # mailhub SMTP server applies the same rules through RecipientPolicy.
+    def receivedHeader(self, helo, origin, recipients):
+        return None
+
+    def validateFrom(self, helo, origin):
+        return origin
+
+    def validateTo(self, user):
+        raise NotImplementedError("mailhub delivers through RecipientPolicy")
+
+
+def avatar_factory(account, mind):
+    return AuthenticatedSender(account), lambda: None
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class Verdict:
+    """
+    The answer to one RCPT: C{code}/C{text} to send, and whether the
+    recipient is C{"local"} (store) or C{"relay"} (outbound queue).
+    """
+
+    code: int
+    text: str
+    kind: str = ""
+    address: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.code < 300
+
+
+class RecipientPolicy:
+    def __init__(self, hub: Any):
+        self.hub = hub
+
+    def qualify(self, address: str) -> str:
+        """A bare local part gets the default domain (hand-typed sessions)."""
+        if "@" not in address:
+            return f"{address}@{self.hub.accounts.default_domain}"
+        return address
+
+    def check(self, address: str, authenticated: str | None) -> Verdict:
+        address = self.qualify(address)
+        local, _, domain = address.rpartition("@")
+        accounts = self.hub.accounts
+        if accounts.is_local_domain(domain):
+            account = accounts.find(address)
+            if account is None:
+                return Verdict(550, f"5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table")
+            return Verdict(250, "2.1.5 Ok", "local", account.address)
+        if not authenticated:
+            return Verdict(554, f"5.7.1 <{address}>: Relay access denied")
+        if getattr(self.hub, "relay", None) is None:
+            return Verdict(550, f"5.7.1 <{address}>: Relaying is not enabled on this hub")
+        return Verdict(250, "2.1.5 Ok", "relay", address)
+
+
+_HEADER_END = re.compile(rb"\r\n\r\n")
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:", re.I | re.M)
+_DATE = re.compile(rb"^date[ \t]*:", re.I | re.M)
+
+
+def header_block(message: bytes) -> bytes:
+    """The header section of a CRLF message (up to its first empty line)."""
+    if message.startswith(b"\r\n"):
+        return b""
+    m = _HEADER_END.search(message)
+    return message[: m.start() + 2] if m else message
+
+
+def add_submission_headers(message: bytes, hostname: str) -> bytes:
+    """
+    RFC 6409 §8.2, §8.3: a submission server may add a missing
+    C{Message-ID:} and C{Date:}.
+    """
+    headers = header_block(message)
+    extra = b""
+    if not _DATE.search(headers):
+        extra += b"Date: " + rfc5322_date().encode("ascii") + b"\r\n"
+    if not _MESSAGE_ID.search(headers):
+        extra += b"Message-ID: <%s@%s>\r\n" % (queue_id().encode("ascii") + os.urandom(4).hex().encode("ascii"), hostname.encode("ascii", "replace"))
+    return extra + message
+
+
+@attr.s(auto_attribs=True)
+class Session:
+    """
+    What the trace header needs to know of the session.
+    """
+
+    helo: str
+    client_ip: str
+    hostname: str
+    esmtp: bool
+    tls: bool
+    authenticated: str | None
+
+    @property
+    def with_protocol(self) -> str:
+        # RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA (both).
+        proto = "ESMTP" if self.esmtp else "SMTP"
+        if self.tls or self.authenticated:
+            proto = "ESMTP" + ("S" if self.tls else "") + ("A" if self.authenticated else "")
+        return proto
+
+    def received(self, qid: str, recipient: str | None) -> bytes:
+        """
+        RFC 5321 §4.4 trace line. No reverse DNS is looked up (the hub makes
+        no outside queries); loopback peers are called localhost.
+        """
+        ip = self.client_ip
+        rdns = "localhost" if ip.startswith("127.") or ip == "::1" else "unknown"
+        literal = f"IPv6:{ip}" if ":" in ip else ip
+        text = f"Received: from {self.helo or 'unknown'} ({rdns} [{literal}])\r\n\tby {self.hostname} with {self.with_protocol} id {qid}"
+        if recipient is not None:
+            text += f"\r\n\tfor <{recipient}>"
+        text += f"; {rfc5322_date()}\r\n"
+        return text.encode("ascii", "replace")
+
+
+async def _run_filters(filters, hook: str, *args) -> Any:
+    """
+    Run one hook of every filter in order; the first L{Reject} wins. At
+    end of data a L{Rewrite} replaces the message for the filters after it
+    and for the store. Returns a Reject, or the (maybe new) message.
+    """
+    message = args[-1] if hook == "end_of_data" else None
+    for f in filters:
+        method = getattr(f, hook, None)
+        if method is None:
+            continue
+        call_args = args[:-1] + (message,) if hook == "end_of_data" else args
+        result = await defer.maybeDeferred(method, *call_args)
+        if isinstance(result, Reject):
+            return result
+        if isinstance(result, Rewrite) and hook == "end_of_data":
+            message = result.message
+    return message
+
+
+def run_filters(filters, hook: str, *args) -> defer.Deferred:
+    return defer.Deferred.fromCoroutine(_run_filters(filters, hook, *args))
+
+
+def envelope_of(sender: str, recipients, session: Session) -> Envelope:
+    return Envelope(
+        sender=sender,
+        recipients=tuple(recipients),
+        client_address=session.client_ip,
+        helo=session.helo,
+        authenticated=session.authenticated,
+    )
+
+
+async def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> str:
+    """
+    Filters, headers, then store/queue every copy. Returns the queue id
+    once all are durable; raises L{Rejected} for a filter's L{Reject}.
+    """
+    envelope = envelope_of(sender, [r.address for r in recipients], session)
+    if hub.filters:
+        result = await run_filters(hub.filters, "end_of_data", envelope, message)
+        if isinstance(result, Reject):
+            raise Rejected(result.code, result.text)
+        message = result
+    if session.authenticated:
+        message = add_submission_headers(message, session.hostname)
+    qid = queue_id()
+    return_path = b"Return-Path: <" + sender.encode("ascii", "replace") + b">\r\n"
+    waits = []
+    local = [r.address for r in recipients if r.kind == "local"]
+    relay = [r.address for r in recipients if r.kind == "relay"]
+    for address in dict.fromkeys(local):
+        copy = return_path + session.received(qid, address) + message
+        waits.append(defer.maybeDeferred(hub.store.deliver, address, copy))
+    if relay:
+        copy = session.received(qid, None) + message
+        waits.append(defer.maybeDeferred(hub.relay.enqueue, sender, list(dict.fromkeys(relay)), copy))
+    await defer.gatherResults(waits, consumeErrors=True)
+    return qid
+
+
+def deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> defer.Deferred:
+    return defer.Deferred.fromCoroutine(_deliver(hub, session, sender, recipients, message))
+
+
+class Rejected(Exception):
+    def __init__(self, code: int, text: str):
+        Exception.__init__(self, code, text)
+        self.code = code
+        self.text = text

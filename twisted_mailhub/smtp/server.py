@@ -1,0 +1,665 @@
+# -*- test-case-name: tests.test_smtp_server -*-
+"""
+The SMTP server of the hub: L{MailhubSMTP}, a subclass of Twisted's
+L{twisted.mail.smtp.ESMTP}.
+
+What is kept from Twisted: the protocol class and its attributes
+(C{host}, C{ctx}, C{challengers}, C{startedTLS}, C{authenticated},
+C{portal}), the SASL challengers (C{CramMD5Credentials},
+C{smtp.LOGINCredentials}, C{PLAINCredentials}), C{IMessageDelivery} as the
+avatar interface, and L{TimeoutMixin} for the idle timeout. What is
+replaced, and why:
+
+ - Input framing. Stock ESMTP is a C{LineOnlyReceiver}: one Python call
+   per line of message data (slow), an over-long line buffered whole, and
+   no notion of bare LF versus CRLF (SMTP smuggling, CVE-2023-51764). Here
+   C{dataReceived} frames commands itself and takes DATA in chunks,
+   searching for the end-of-data mark with C{bytes.find}.
+ - Order of replies. Stock ESMTP runs the next pipelined command while an
+   earlier one still waits on a Deferred, so replies can come out of order
+   (Twisted #8126, #8128). Here a command that returns a Deferred holds
+   back all later input until it has answered.
+ - STARTTLS discards input that arrived with it (CVE-2011-0411); AUTH
+   PLAIN/LOGIN are offered only under TLS (RFC 4954 §4); MAIL/RCPT
+   parameters SIZE and BODY are honoured (RFC 1870, RFC 6152); EHLO
+   advertises what works; every reply carries an enhanced status code
+   (RFC 3463, RFC 2034); malformed or non-ASCII commands get C{500}.
+
+States (C{self.state}):
+
+ - C{COMMAND}: reading command lines.
+ - C{AUTH}: a SASL exchange is open; each line is a base64 response.
+ - C{DATA}: reading message data up to the end-of-data mark.
+ - C{CLOSING}: QUIT or a fatal limit was hit; input is ignored.
+
+Session line ends: the first command line decides. A session whose first
+line ends in CRLF is a I{CRLF session}: only C{<CRLF>.<CRLF>} ends DATA,
+and any bare CR or bare LF in the data gets the message refused after its
+end (nothing stored, no second message started). A session whose first
+line ends in a bare LF (someone typing with nc) is an I{LF session}: a
+line holding only C{.} ends DATA, and the message is stored with CRLF.
+
+The envelope (C{self.sender}, C{self.recipients}) is empty (no MAIL yet),
+has a sender (after MAIL), or a sender and recipients (after RCPT).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+from twisted.cred import credentials as _credentials
+from twisted.cred import error as cred_error
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.mail._cred import PLAINCredentials
+
+from twisted_mailhub.hub import is_secure, peer_host
+from twisted_mailhub.smtp.delivery import (
+    RecipientPolicy,
+    Rejected,
+    Session,
+    deliver,
+    envelope_of,
+    run_filters,
+)
+from twisted_mailhub.filters import Reject
+
+log = Logger()
+
+COMMAND = "COMMAND"
+AUTH = "AUTH"
+DATA = "DATA"
+CLOSING = "CLOSING"
+
+# RFC 5321 §4.5.3.1.4 asks for 512 octets per command line; AUTH lines
+# carry base64 (RFC 4954 §4 allows 12288), so commands get room to spare.
+MAX_LINE = 4096
+
+# While a command waits on a Deferred, later input is held back; past this
+# much the transport is paused so a flooding client cannot grow it.
+MAX_HELD = 256 * 1024
+
+_PATH = re.compile(r"\s*:?\s*(<[^<>]*>|[^\s<>]+)\s*(.*)$")
+_ADDRESS = re.compile(r"^[!-~]+$")
+
+HELP_TEXT = "2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH"
+
+
+class MailhubSMTP(smtp.ESMTP):
+    """
+    One SMTP connection. Set up by L{MailhubSMTPFactory.buildProtocol}.
+    """
+
+    hub: Any = None
+    listener = "smtp"
+    require_auth = False
+    max_recipients = 100
+    idle_timeout = 300
+    command_timeout = 120
+    data_timeout = 1800
+    login_timeout = 300
+
+    def __init__(self):
+        smtp.ESMTP.__init__(self, chal={})
+        self.state = COMMAND
+        self.crlf_session: bool | None = None
+        self._buf = b""
+        self._discarding_line = False
+        self._busy = False
+        self._in_loop = False
+        self._paused = False
+        self._line_started: float | None = None
+        self._login_timer = None
+        self.sender: str | None = None
+        self.recipients: list = []
+        self.helo = ""
+        self.esmtp = False
+        self.account = None
+        self.connection_id = "smtp"
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self):
+        hub = self.hub
+        self.connection_id = hub.connection_made(self, self.listener)
+        self.host = hub.hostname
+        self.ctx = None  # STARTTLS takes hub.tls when asked (made lazily)
+        self.policy = RecipientPolicy(hub)
+        self.client_ip = peer_host(self.transport)
+        self.callLater = hub.reactor.callLater
+        self.reply_raw(b"220 " + self.host + b" ESMTP\r\n")
+        self.setTimeout(self.idle_timeout)
+        if self.require_auth and self.login_timeout:
+            self._login_timer = hub.reactor.callLater(self.login_timeout, self._login_timed_out)
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        self.setTimeout(None)
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+        self.state = CLOSING
+        self._buf = b""
+
+    def timeoutConnection(self):
+        self.reply(421, "4.4.2 " + self.hub.hostname + " Error: timeout exceeded")
+        self.close()
+
+    def _login_timed_out(self):
+        self._login_timer = None
+        if not self.authenticated and self.state != CLOSING:
+            self.reply(421, "4.7.0 " + self.hub.hostname + " Error: too long without authentication")
+            self.close()
+
+    def close(self):
+        self.state = CLOSING
+        self._buf = b""
+        self.setTimeout(None)
+        self.transport.loseConnection()
+
+    @property
+    def secure(self) -> bool:
+        return self.startedTLS or is_secure(self.transport)
+
+    # -- output -------------------------------------------------------------
+
+    def reply_raw(self, data: bytes) -> None:
+        if self.state != CLOSING:
+            self.transport.write(data)
+
+    def reply(self, code: int, text: str, *more: str) -> None:
+        """
+        One reply, possibly multi-line (C{more} are the lines after the
+        first), written in one piece.
+        """
+        lines = (text,) + more
+        out = [f"{code}-{line}\r\n" for line in lines[:-1]]
+        out.append(f"{code} {lines[-1]}\r\n")
+        self.reply_raw("".join(out).encode("ascii", "replace"))
+
+    def sendCode(self, code, message=b""):
+        # Twisted's helpers call this; route through reply().
+        if isinstance(message, bytes):
+            message = message.decode("ascii", "replace")
+        lines = message.splitlines() or [""]
+        self.reply(code, *lines)
+
+    # -- input framing ------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == CLOSING:
+            return
+        self.resetTimeout()
+        now = self.hub.reactor.seconds()
+        if self.state == DATA:
+            if now - self._data_started > self.data_timeout:
+                self.reply(421, "4.4.2 " + self.hub.hostname + " Error: message took too long to send")
+                return self.close()
+        elif self._line_started is not None and now - self._line_started > self.command_timeout:
+            # A client trickling a command a byte at a time.
+            self.reply(421, "4.4.2 " + self.hub.hostname + " Error: command took too long to send")
+            return self.close()
+        self._buf = self._buf + data if self._buf else data
+        self._run()
+        if self._busy and len(self._buf) > MAX_HELD and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _run(self) -> None:
+        """
+        Handle buffered input until it runs out or a command must wait.
+        """
+        if self._in_loop:
+            return
+        self._in_loop = True
+        try:
+            while self._buf and not self._busy and self.state != CLOSING:
+                if self.state == DATA:
+                    self._data_chunk()
+                    continue
+                if self._discarding_line:
+                    i = self._buf.find(b"\n")
+                    if i < 0:
+                        self._buf = b""
+                        break
+                    self._buf = self._buf[i + 1 :]
+                    self._discarding_line = False
+                    continue
+                i = self._buf.find(b"\n")
+                if i < 0:
+                    if len(self._buf) > MAX_LINE:
+                        # RFC 5321 §4.5.3.1.4; an endless line is dropped as
+                        # it arrives rather than buffered.
+                        self._buf = b""
+                        self._discarding_line = True
+                        self._line_started = None
+                        self.reply(500, "5.5.2 Error: line too long")
+                    elif self._line_started is None:
+                        self._line_started = self.hub.reactor.seconds()
+                    break
+                line, self._buf = self._buf[:i], self._buf[i + 1 :]
+                self._line_started = None
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                    crlf = True
+                else:
+                    crlf = False
+                if self.crlf_session is None:
+                    self.crlf_session = crlf
+                if len(line) > MAX_LINE:
+                    self.reply(500, "5.5.2 Error: line too long")
+                    continue
+                if self.state == AUTH:
+                    result = self._auth_response(line)
+                else:
+                    result = self._command(line)
+                if isinstance(result, defer.Deferred):
+                    self._busy = True
+                    result.addErrback(self._internal_error)
+                    result.addBoth(self._resume)
+        finally:
+            self._in_loop = False
+
+    def _resume(self, _=None) -> None:
+        self._busy = False
+        if self._paused and self.state != CLOSING:
+            self._paused = False
+            self.transport.resumeProducing()
+        self._run()
+
+    def _internal_error(self, reason) -> None:
+        log.failure("{cid}: error handling a command", reason, cid=self.connection_id)
+        self.reply(451, "4.3.0 Error: local error in processing")
+
+    # -- commands -----------------------------------------------------------
+
+    def _command(self, raw: bytes):
+        try:
+            line = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return self.reply(500, "5.5.2 Error: command contains non-ASCII characters")
+        if "\r" in line or "\0" in line:
+            return self.reply(500, "5.5.2 Error: bad syntax (control characters in command)")
+        line = line.strip()
+        if not line:
+            return self.reply(500, "5.5.2 Error: bad syntax (empty command)")
+        verb, _, rest = line.partition(" ")
+        handler = getattr(self, "smtp_" + verb.upper(), None)
+        if handler is None:
+            return self.reply(500, f"5.5.2 Error: command {verb[:32]!r} not recognized; try HELP")
+        return handler(rest.strip())
+
+    def _reset_envelope(self) -> None:
+        self.sender = None
+        self.recipients = []
+
+    def smtp_HELO(self, rest: str):
+        if not rest:
+            return self.reply(501, "5.5.4 Syntax: HELO hostname")
+        self.helo, self.esmtp = rest.split()[0], False
+        self._reset_envelope()
+        self.reply(250, f"{self.hub.hostname}")
+
+    def smtp_EHLO(self, rest: str):
+        if not rest:
+            return self.reply(501, "5.5.4 Syntax: EHLO hostname")
+        self.helo, self.esmtp = rest.split()[0], True
+        self._reset_envelope()
+        lines = [
+            f"{self.hub.hostname} Hello {self.helo} [{self.client_ip}]",
+            f"SIZE {self.hub.max_message_size}",
+            "8BITMIME",
+            "PIPELINING",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if not self.secure and self.hub.tls is not None:
+            lines.append("STARTTLS")
+        lines.append("AUTH " + " ".join(self.mechanisms()))
+        lines.append("HELP")
+        self.reply(250, *lines)
+
+    def mechanisms(self) -> list[str]:
+        # RFC 4954 §4: no plaintext password mechanisms without TLS, on any
+        # listener, loopback included (RFC 8314).
+        if self.secure:
+            return ["PLAIN", "LOGIN", "CRAM-MD5"]
+        return ["CRAM-MD5"]
+
+    def smtp_NOOP(self, rest: str):
+        self.reply(250, "2.0.0 Ok")
+
+    def smtp_RSET(self, rest: str):
+        self._reset_envelope()
+        self.reply(250, "2.0.0 Ok")
+
+    def smtp_QUIT(self, rest: str):
+        self.reply(221, "2.0.0 Bye")
+        self.close()
+
+    def smtp_VRFY(self, rest: str):
+        # RFC 5321 §3.5.3: 252 rather than confirm or deny accounts.
+        if not rest:
+            return self.reply(501, "5.5.4 Syntax: VRFY address")
+        self.reply(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
+
+    def smtp_EXPN(self, rest: str):
+        self.reply(502, "5.5.1 Error: EXPN is not offered")
+
+    def smtp_HELP(self, rest: str):
+        self.reply(214, HELP_TEXT)
+
+    def smtp_STARTTLS(self, rest: str):
+        if rest:
+            return self.reply(501, "5.5.4 Syntax: STARTTLS")
+        if self.secure:
+            return self.reply(503, "5.5.1 Error: TLS already active")
+        try:
+            ctx = self.hub.tls
+        except Exception:
+            log.failure("no TLS context")
+            ctx = None
+        if ctx is None or not hasattr(self.transport, "startTLS"):
+            return self.reply(454, "4.7.0 TLS not available")
+        self.reply(220, "2.0.0 Ready to start TLS")
+        # CVE-2011-0411: anything the client sent after STARTTLS, before
+        # the handshake, was sent in the clear; it must not be executed.
+        self._buf = b""
+        # RFC 3207 §4.2: the session starts over; the client sends EHLO.
+        self.helo, self.esmtp = "", False
+        self._reset_envelope()
+        self.ctx = ctx
+        self.transport.startTLS(ctx)
+        self.startedTLS = True
+
+    # -- AUTH (RFC 4954) ------------------------------------------------------
+
+    def smtp_AUTH(self, rest: str):
+        if self.authenticated:
+            return self.reply(503, "5.5.1 Error: already authenticated")
+        if self.sender is not None:
+            return self.reply(503, "5.5.1 Error: AUTH not allowed during a mail transaction")
+        parts = rest.split()
+        if not parts or len(parts) > 2:
+            return self.reply(501, "5.5.4 Syntax: AUTH mechanism [initial-response]")
+        mechanism = parts[0].upper()
+        if mechanism in ("PLAIN", "LOGIN") and not self.secure:
+            return self.reply(538, "5.7.11 Encryption required for requested authentication mechanism; use STARTTLS first")
+        if mechanism == "PLAIN":
+            self.challenger = PLAINCredentials()
+        elif mechanism == "LOGIN":
+            self.challenger = smtp.LOGINCredentials()
+        elif mechanism == "CRAM-MD5":
+            self.challenger = _credentials.CramMD5Credentials(self.host)
+        else:
+            return self.reply(504, f"5.5.4 Unrecognized authentication type; offered: {' '.join(self.mechanisms())}")
+        self.state = AUTH
+        if len(parts) == 2 and mechanism != "CRAM-MD5":
+            # RFC 4954 §4: "=" is an empty initial response.
+            initial = b"" if parts[1] == "=" else parts[1].encode("ascii")
+            if mechanism == "LOGIN":
+                self.challenger.getChallenge()  # the user name prompt it answers
+            return self._auth_response(initial, initial_response=True)
+        self._challenge()
+
+    def _challenge(self):
+        challenge = self.challenger.getChallenge()
+        self.reply_raw(b"334 " + base64.b64encode(challenge) + b"\r\n")
+
+    def _auth_response(self, line: bytes, initial_response: bool = False):
+        if line.strip() == b"*":
+            self.state, self.challenger = COMMAND, None
+            return self.reply(501, "5.7.0 Authentication aborted")
+        try:
+            decoded = base64.b64decode(line.strip(), validate=True) if line.strip() else b""
+            self.challenger.setResponse(decoded)
+        except (binascii.Error, ValueError, Exception):
+            self.state, self.challenger = COMMAND, None
+            return self.reply(501, "5.5.2 Error: cannot decode the AUTH response (base64 expected)")
+        if self.challenger.moreChallenges():
+            return self._challenge()
+        self.state = COMMAND
+        d = self.portal.login(self.challenger, None, smtp.IMessageDelivery)
+        self.challenger = None
+        return d.addCallbacks(self._logged_in, self._login_failed)
+
+    def _logged_in(self, result):
+        interface, avatar, logout = result
+        self.authenticated = True
+        self.account = avatar.account
+        self._onLogout = logout
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
+        self.reply(235, "2.7.0 Authentication successful")
+
+    def _login_failed(self, reason):
+        if reason.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
+            return self.reply(535, "5.7.8 Error: authentication failed")
+        log.failure("{cid}: AUTH failed oddly", reason, cid=self.connection_id)
+        self.reply(454, "4.7.0 Temporary authentication failure")
+
+    @property
+    def authenticated_as(self) -> str | None:
+        return self.account.address if self.authenticated and self.account is not None else None
+
+    # -- the envelope ---------------------------------------------------------
+
+    def _session(self) -> Session:
+        return Session(self.helo, self.client_ip, self.hub.hostname, self.esmtp, self.secure, self.authenticated_as)
+
+    @staticmethod
+    def _parse_path(rest: str, keyword: str):
+        """
+        C{FROM:<a@b> SIZE=10}, C{FROM: <a@b>}, C{from a@b}: the path and its
+        parameters, or L{None} if it cannot be read.
+        """
+        if rest[: len(keyword)].upper() != keyword:
+            return None
+        m = _PATH.match(rest[len(keyword) :])
+        if m is None:
+            return None
+        path, params = m.group(1), m.group(2)
+        if path.startswith("<"):
+            path = path[1:-1].strip()
+        if path.startswith("@") and ":" in path:
+            path = path.split(":", 1)[1]  # RFC 5321 §4.1.2 source route
+        parsed = {}
+        for p in params.split():
+            key, _, value = p.partition("=")
+            parsed[key.upper()] = value
+        return path, parsed
+
+    def smtp_MAIL(self, rest: str):
+        if self.require_auth and not self.authenticated:
+            return self.reply(530, "5.7.0 Authentication required; AUTH first (after STARTTLS)")
+        if self.sender is not None:
+            return self.reply(503, "5.5.1 Error: nested MAIL command; RSET first")
+        parsed = self._parse_path(rest, "FROM")
+        if parsed is None:
+            return self.reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
+        path, params = parsed
+        if path and (not _ADDRESS.match(path) or path.count("@") > 1 or path.startswith("@") or path.endswith("@")):
+            return self.reply(553, f"5.1.7 <{path}>: Sender address rejected: bad address syntax")
+        for key, value in params.items():
+            if key == "SIZE":
+                if not value.isdigit():
+                    return self.reply(501, "5.5.4 Syntax: SIZE=<octets>")
+                if int(value) > self.hub.max_message_size:
+                    return self.reply(552, "5.3.4 Message size exceeds fixed limit")
+            elif key == "BODY":
+                if value.upper() not in ("7BIT", "8BITMIME"):
+                    return self.reply(555, f"5.5.4 Unsupported BODY={value}; use 7BIT or 8BITMIME")
+            elif key == "AUTH":
+                pass  # RFC 4954 §5: accepted and not passed on
+            else:
+                return self.reply(555, f"5.5.4 Unsupported option: {key}")
+        if path and "@" not in path:
+            path = self.policy.qualify(path)
+        if self.hub.filters:
+            envelope = envelope_of(path, (), self._session())
+            d = run_filters(self.hub.filters, "mail_from", envelope)
+            return d.addCallback(self._mail_filtered, path)
+        self._mail_ok(path)
+
+    def _mail_filtered(self, result, path):
+        if isinstance(result, Reject):
+            return self.reply(result.code, result.text)
+        self._mail_ok(path)
+
+    def _mail_ok(self, path):
+        self.sender = path
+        self.recipients = []
+        self.reply(250, "2.1.0 Ok")
+
+    def smtp_RCPT(self, rest: str):
+        if self.sender is None:
+            return self.reply(503, "5.5.1 Error: need MAIL command")
+        parsed = self._parse_path(rest, "TO")
+        if parsed is None:
+            return self.reply(501, "5.5.4 Syntax: RCPT TO:<address>")
+        path, params = parsed
+        if params:
+            return self.reply(555, f"5.5.4 Unsupported option: {next(iter(params))}")
+        if not path or not _ADDRESS.match(path) or path.count("@") > 1 or path.startswith("@") or path.endswith("@"):
+            return self.reply(553, f"5.1.3 <{path}>: Recipient address rejected: bad address syntax")
+        if len(self.recipients) >= self.max_recipients:
+            return self.reply(452, "4.5.3 Error: too many recipients")
+        verdict = self.policy.check(path, self.authenticated_as)
+        if not verdict.accepted:
+            return self.reply(verdict.code, verdict.text)
+        if self.hub.filters:
+            envelope = envelope_of(self.sender, [r.address for r in self.recipients], self._session())
+            d = run_filters(self.hub.filters, "rcpt_to", envelope, verdict.address)
+            return d.addCallback(self._rcpt_filtered, verdict)
+        self.recipients.append(verdict)
+        self.reply(250, verdict.text)
+
+    def _rcpt_filtered(self, result, verdict):
+        if isinstance(result, Reject):
+            return self.reply(result.code, result.text)
+        self.recipients.append(verdict)
+        self.reply(250, verdict.text)
+
+    # -- DATA -------------------------------------------------------------------
+
+    def smtp_DATA(self, rest: str):
+        if rest:
+            return self.reply(501, "5.5.4 Syntax: DATA")
+        if self.sender is None:
+            return self.reply(503, "5.5.1 Error: need MAIL command")
+        if not self.recipients:
+            return self.reply(503, "5.5.1 Error: need RCPT command")
+        self.state = DATA
+        self._data_started = self.hub.reactor.seconds()
+        self._too_big = False
+        self._scanned = 0
+        if self.crlf_session is False:
+            self._data = bytearray(b"\n")
+            self.reply(354, "End data with a line holding only a dot (.)")
+        else:
+            # The CRLF that ended DATA counts as the line end before a
+            # first line of ".".
+            self._data = bytearray(b"\r\n")
+            self.reply(354, "End data with <CR><LF>.<CR><LF>")
+
+    def _find_end(self) -> tuple[int, int]:
+        """(index of the end-of-data mark in self._data, its length) or (-1, 0)."""
+        data, start = self._data, self._scanned
+        if self.crlf_session is False:
+            a = data.find(b"\n.\n", start)
+            b = data.find(b"\n.\r\n", start)
+            if a >= 0 and (b < 0 or a < b):
+                return a, 3
+            if b >= 0:
+                return b, 4
+            return -1, 0
+        i = data.find(b"\r\n.\r\n", start)
+        return (i, 5) if i >= 0 else (-1, 0)
+
+    def _data_chunk(self) -> None:
+        """
+        Take the buffered input as message data. Past the size limit only
+        the last few octets are kept, to find the end of data.
+        """
+        self._data += self._buf
+        self._buf = b""
+        end, mark = self._find_end()
+        if end < 0:
+            self._scanned = max(0, len(self._data) - 4)
+            if len(self._data) - 6 > self.hub.max_message_size:
+                # RFC 5321 §4.5.3.1.7: refuse, but do not keep the excess.
+                self._too_big = True
+                self._data = self._data[-4:]
+                self._scanned = 0
+            return
+        head = 2 if self.crlf_session is not False else 1
+        # Everything up to and including the line end before ".".
+        body_end = end + (2 if self.crlf_session is not False else 1)
+        segment = bytes(self._data[:body_end])
+        self._buf = bytes(self._data[end + mark :])
+        self._data = bytearray()
+        self.state = COMMAND
+        self._busy = True
+        d = self._end_of_data(segment, head)
+        d.addErrback(self._internal_error)
+        d.addBoth(self._resume)
+
+    def _end_of_data(self, segment: bytes, head: int) -> defer.Deferred:
+        sender, recipients = self.sender, self.recipients
+        self._reset_envelope()
+        if self._too_big or len(segment) - head > self.hub.max_message_size:
+            self.reply(552, "5.3.4 Error: message too big for this hub")
+            return defer.succeed(None)
+        if self.crlf_session is not False:
+            # SMTP smuggling (CVE-2023-51764): in a CRLF session every CR
+            # and every LF must belong to a CRLF pair.
+            pairs = segment.count(b"\r\n")
+            if segment.count(b"\r") != pairs or segment.count(b"\n") != pairs:
+                self.reply(550, "5.5.2 Error: message refused: bare <CR> or <LF> in data (lines must end with <CR><LF>)")
+                return defer.succeed(None)
+        else:
+            segment = segment.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        # RFC 5321 §4.5.2: dot-unstuffing.
+        message = segment.replace(b"\r\n..", b"\r\n.")[2:]
+        d = deliver(self.hub, self._session(), sender, recipients, message)
+        d.addCallbacks(self._delivered, self._not_delivered)
+        return d
+
+    def _delivered(self, qid: str) -> None:
+        log.info("{cid}: queued as {qid}", cid=self.connection_id, qid=qid)
+        self.reply(250, f"2.0.0 Ok: queued as {qid}")
+
+    def _not_delivered(self, reason) -> None:
+        if reason.check(Rejected):
+            e = reason.value
+            return self.reply(e.code, e.text)
+        log.failure("{cid}: delivery failed", reason, cid=self.connection_id)
+        self.reply(451, "4.3.0 Error: local error in processing; message not stored")
+
+
+class MailhubSMTPFactory(protocol.ServerFactory):
+    """
+    Makes L{MailhubSMTP} connections for one listener.
+    """
+
+    protocol = MailhubSMTP
+    noisy = False
+
+    def __init__(self, hub: Any, listener: str, require_auth: bool = False, settings: dict | None = None):
+        self.hub = hub
+        self.listener = listener
+        self.require_auth = require_auth
+        self.settings = dict(settings or {})
+
+    def buildProtocol(self, addr):
+        p = self.protocol()
+        p.factory = self
+        p.hub = self.hub
+        p.listener = self.listener
+        p.require_auth = self.require_auth
+        for key, value in self.settings.items():
+            setattr(p, key, value)
+        return p
