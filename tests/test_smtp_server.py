@@ -1,0 +1,275 @@
+# -*- test-case-name: tests.test_smtp_server -*-
+"""
+The SMTP protocol's edges without sockets: StringTransport for the wire,
+task.Clock for time, a memory store or a hand-fired Deferred for delivery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import base64
+
+import pytest
+from twisted.internet import defer, task
+from twisted.internet.testing import StringTransport
+
+from twisted_mailhub.accounts import AccountBook
+from twisted_mailhub.filters import Reject, Rewrite
+from twisted_mailhub.hub import Hub
+from twisted_mailhub.smtp import component
+from twisted_mailhub.smtp.delivery import Session, add_submission_headers
+from twisted_mailhub.smtp.server import MAX_LINE, MailhubSMTPFactory
+from twisted_mailhub.store.memory import MemoryStore
+
+
+class HeldStore:
+    """A store whose deliveries wait until the test fires them."""
+
+    def __init__(self):
+        self.pending = []
+
+    def deliver(self, address, message):
+        d = defer.Deferred()
+        self.pending.append((address, message, d))
+        return d
+
+
+class Relay:
+    def __init__(self):
+        self.calls = []
+
+    def enqueue(self, sender, recipients, message):
+        d = defer.Deferred()
+        self.calls.append((sender, recipients, message, d))
+        return d
+
+
+@pytest.fixture
+def hub(tmp_path):
+    clock = task.Clock()
+    accounts = AccountBook(["localhost"])
+    accounts.add("alice", "secret")
+    accounts.add("bob", "hungry")
+    h = Hub(clock, {"max-message-size": 10_000}, accounts, MemoryStore(), str(tmp_path), "mail.test")
+    component.install(h)
+    return h
+
+
+def connect(hub, listener="smtp", require_auth=False, **settings):
+    factory = MailhubSMTPFactory(hub, listener, require_auth=require_auth, settings=settings)
+    proto = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=None)
+    transport.getPeer = lambda: type("Peer", (), {"host": "192.0.2.7", "port": 4000})()
+    proto.makeConnection(transport)
+    assert transport.value() == b"220 mail.test ESMTP\r\n"
+    transport.clear()
+    return proto, transport
+
+
+def said(transport) -> list[bytes]:
+    out = transport.value().split(b"\r\n")
+    transport.clear()
+    return [line for line in out if line]
+
+
+def test_idle_timeout_is_five_minutes_then_421(hub):
+    proto, transport = connect(hub)
+    hub.reactor.advance(299)
+    assert not transport.disconnecting
+    proto.dataReceived(b"NOOP\r\n")
+    hub.reactor.advance(299)
+    assert not transport.disconnecting
+    hub.reactor.advance(2)
+    assert said(transport)[-1] == b"421 4.4.2 mail.test Error: timeout exceeded"
+    assert transport.disconnecting
+
+
+def test_client_trickling_a_command_is_cut_off(hub):
+    proto, transport = connect(hub, command_timeout=120)
+    for byte in b"EHLO " + b"x" * 20:
+        proto.dataReceived(bytes([byte]))
+        hub.reactor.advance(10)  # never idle long enough for the idle timeout
+        if transport.disconnecting:
+            break
+    assert transport.disconnecting
+    assert said(transport) == [b"421 4.4.2 mail.test Error: command took too long to send"]
+
+
+def test_submission_client_that_never_authenticates_is_dropped(hub):
+    proto, transport = connect(hub, "submission", require_auth=True, login_timeout=60)
+    for _ in range(5):
+        proto.dataReceived(b"NOOP\r\n")
+        hub.reactor.advance(15)
+    assert transport.disconnecting
+    assert said(transport)[-1] == b"421 4.7.0 mail.test Error: too long without authentication"
+
+
+def test_endless_line_is_discarded_as_it_arrives(hub):
+    proto, transport = connect(hub)
+    for _ in range(50):
+        proto.dataReceived(b"y" * 100_000)
+        assert len(proto._buf) <= MAX_LINE
+    proto.dataReceived(b"tail\r\nNOOP\r\n")
+    assert said(transport) == [b"500 5.5.2 Error: line too long", b"250 2.0.0 Ok"]
+
+
+def test_excess_of_an_oversized_message_is_not_kept(hub):
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n")
+    transport.clear()
+    for _ in range(100):
+        proto.dataReceived(b"z" * 998 + b"\r\n")
+        assert len(proto._data) < 12_000
+    proto.dataReceived(b".\r\nNOOP\r\n")
+    assert said(transport) == [b"552 5.3.4 Error: message too big for this hub", b"250 2.0.0 Ok"]
+    assert hub.store.account("alice@localhost").folder("INBOX").messages() == []
+
+
+def test_end_of_data_split_across_packets(hub):
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n")
+    transport.clear()
+    for piece in (b"Subject: s\r\n\r\nbody\r", b"\n", b".", b"\r", b"\n"):
+        proto.dataReceived(piece)
+    [reply] = said(transport)
+    assert reply.startswith(b"250 2.0.0 Ok: queued as ")
+    folder = hub.store.account("alice@localhost").folder("INBOX")
+    [info] = folder.messages()
+    assert folder.read(info.uid).endswith(b"\r\nSubject: s\r\n\r\nbody\r\n")
+
+
+def test_empty_message(hub):
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n.\r\n")
+    assert said(transport)[-1].startswith(b"250 2.0.0 Ok: queued as ")
+    folder = hub.store.account("alice@localhost").folder("INBOX")
+    [info] = folder.messages()
+    assert folder.read(info.uid).startswith(b"Return-Path: <>\r\nReceived: from x (unknown [192.0.2.7])")
+
+
+def test_250_only_after_the_store_says_durable_and_later_input_waits(hub):
+    hub.store = store = HeldStore()
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@localhost>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n")
+    transport.clear()
+    proto.dataReceived(b"hi\r\n.\r\nNOOP\r\n")
+    assert transport.value() == b""  # neither the 250 nor the NOOP's reply yet
+    assert [a for a, _, _ in store.pending] == ["alice@localhost", "bob@localhost"]
+    store.pending[0][2].callback("k1")
+    assert transport.value() == b""
+    store.pending[1][2].callback("k2")
+    lines = said(transport)
+    assert lines[0].startswith(b"250 2.0.0 Ok: queued as ") and lines[1:] == [b"250 2.0.0 Ok"]
+
+
+def test_store_failure_is_451_and_the_session_goes_on(hub):
+    hub.store = store = HeldStore()
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\nhi\r\n.\r\n")
+    transport.clear()
+    store.pending[0][2].errback(OSError("disk full"))
+    assert said(transport) == [b"451 4.3.0 Error: local error in processing; message not stored"]
+    proto.dataReceived(b"NOOP\r\n")
+    assert said(transport) == [b"250 2.0.0 Ok"]
+
+
+class SlowFilter:
+    name = "slow"
+
+    def __init__(self):
+        self.waiting = []
+
+    def rcpt_to(self, envelope, recipient):
+        d = defer.Deferred()
+        self.waiting.append((recipient, d))
+        return d
+
+    def end_of_data(self, envelope, message):
+        if b"forbidden" in message:
+            return Reject(550, "5.7.1 Not that")
+        return Rewrite(b"X-Seen: yes\r\n" + message)
+
+
+def test_pipelined_replies_stay_in_order_while_a_filter_answers_later(hub):
+    """Twisted #8126/#8128: later commands must not overtake a pending one."""
+    slow = SlowFilter()
+    hub.filters = [slow]
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO x\r\n")
+    transport.clear()
+    proto.dataReceived(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<alice@localhost>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n")
+    assert said(transport) == [b"250 2.1.0 Ok"]
+    assert [r for r, _ in slow.waiting] == ["alice@localhost"]
+    slow.waiting[0][1].callback(Reject(550, "5.7.1 alice is on holiday"))
+    assert said(transport) == [b"550 5.7.1 alice is on holiday"]
+    slow.waiting[1][1].callback(None)
+    assert said(transport) == [b"250 2.1.5 Ok", b"354 End data with <CR><LF>.<CR><LF>"]
+    proto.dataReceived(b"Subject: x\r\n\r\nfine\r\n.\r\n")
+    assert said(transport)[0].startswith(b"250 2.0.0 Ok: queued as")
+    folder = hub.store.account("bob@localhost").folder("INBOX")
+    [info] = folder.messages()
+    assert b"\r\nX-Seen: yes\r\nSubject: x\r\n" in folder.read(info.uid)
+    assert hub.store.account("alice@localhost").folder("INBOX").messages() == []
+
+
+def cram_md5_login(proto, transport, user=b"alice", password=b"secret"):
+    proto.dataReceived(b"AUTH CRAM-MD5\r\n")
+    challenge = base64.b64decode(said(transport)[0][4:])
+    digest = hmac.new(password, challenge, hashlib.md5).hexdigest().encode()
+    proto.dataReceived(base64.b64encode(user + b" " + digest) + b"\r\n")
+    return said(transport)
+
+
+def test_cram_md5_works_without_tls_and_plain_does_not(hub):
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO x\r\n")
+    ehlo = said(transport)
+    assert b"250-AUTH CRAM-MD5" in ehlo and not any(b"PLAIN" in line for line in ehlo)
+    proto.dataReceived(b"AUTH LOGIN\r\n")
+    assert said(transport)[0].startswith(b"538 5.7.11")
+    assert cram_md5_login(proto, transport) == [b"235 2.7.0 Authentication successful"]
+    proto.dataReceived(b"AUTH CRAM-MD5\r\n")
+    assert said(transport) == [b"503 5.5.1 Error: already authenticated"]
+
+
+def test_authenticated_relay_goes_to_the_queue_and_250_waits_for_it(hub):
+    hub.relay = relay = Relay()
+    proto, transport = connect(hub, "submission", require_auth=True)
+    proto.dataReceived(b"EHLO laptop\r\n")
+    transport.clear()
+    cram_md5_login(proto, transport)
+    proto.dataReceived(b"MAIL FROM:<alice@localhost>\r\nRCPT TO:<pen.pal@example.com>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n")
+    assert said(transport) == [b"250 2.1.0 Ok", b"250 2.1.5 Ok", b"250 2.1.5 Ok", b"354 End data with <CR><LF>.<CR><LF>"]
+    proto.dataReceived(b"Subject: hello\r\n\r\nfrom alice\r\n.\r\n")
+    [(sender, recipients, message, d)] = relay.calls
+    assert sender == "alice@localhost" and recipients == ["pen.pal@example.com"]
+    assert message.startswith(b"Received: from laptop (unknown [192.0.2.7])\r\n\tby mail.test with ESMTPA id ")
+    assert b"for <" not in message  # no Bcc leaks into relayed copies
+    assert b"\r\nMessage-ID: <" in message and b"\r\nDate: " in message
+    assert transport.value() == b""
+    d.callback("Q123")
+    assert said(transport)[0].startswith(b"250 2.0.0 Ok: queued as ")
+
+
+def test_unauthenticated_foreign_recipient_never_reaches_the_queue(hub):
+    hub.relay = Relay()
+    proto, transport = connect(hub)
+    proto.dataReceived(b"HELO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n")
+    assert said(transport)[-1] == b"554 5.7.1 <b@example.com>: Relay access denied"
+
+
+def test_submission_headers_are_added_only_when_missing():
+    assert add_submission_headers(b"Date: x\r\nMessage-ID: <a@b>\r\n\r\nbody\r\n", "h") == b"Date: x\r\nMessage-ID: <a@b>\r\n\r\nbody\r\n"
+    added = add_submission_headers(b"Subject: s\r\n\r\nDate: in the body\r\n", "h")
+    assert added.startswith(b"Date: ") and b"\r\nMessage-ID: <" in added and added.endswith(b"@h>\r\nSubject: s\r\n\r\nDate: in the body\r\n")
+
+
+@pytest.mark.parametrize(
+    "esmtp,tls,auth,expected",
+    [(False, False, None, "SMTP"), (True, False, None, "ESMTP"), (True, True, None, "ESMTPS"), (True, False, "a@b", "ESMTPA"), (True, True, "a@b", "ESMTPSA")],
+)
+def test_received_header_names_the_protocol(esmtp, tls, auth, expected):
+    header = Session("helo.example", "::1", "mail.test", esmtp, tls, auth).received("ID1", "bob@localhost")
+    assert header.startswith(b"Received: from helo.example (localhost [IPv6:::1])\r\n\tby mail.test with %s id ID1\r\n\tfor <bob@localhost>; " % expected.encode())
+    assert header.endswith(b"\r\n")
