@@ -19,7 +19,10 @@ from twisted_mailhub.hub import Hub, HubService, ListenerSpec, default_hostname
 # module with `listeners`, `option_parameters`, `option_flags` and
 # `install(hub)` (see twisted_mailhub.hub).
 COMPONENTS: list[str] = [
+    "twisted_mailhub.queue.component",
     "twisted_mailhub.smtp.component",
+    "twisted_mailhub.pop3",
+    "twisted_mailhub.ftp.component",
 ]
 
 
@@ -123,6 +126,27 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             check = getattr(module, "check_options", None)
             if check is not None:
                 check(self)
+
+
+def _add_list_options(cls) -> None:
+    """
+    Components' repeatable options: each C{option_lists} row C{[name, help]}
+    becomes C{--name VALUE}, and every use appends to C{options[name]}.
+    """
+
+    def collector(name, doc):
+        def collect(self, value):
+            self.setdefault(name, []).append(value)
+
+        collect.__doc__ = doc
+        return collect
+
+    for module in _components():
+        for name, doc in getattr(module, "option_lists", []):
+            setattr(cls, "opt_" + name.replace("-", "_"), collector(name, doc))
+
+
+_add_list_options(Options)
 
 
 def _accounts_and_checkers(options):

@@ -1,0 +1,345 @@
+"""
+Unit tests for the POP3 component: the state machine and its edges, over
+StringTransport with a memory store and a Clock.
+"""
+
+import hashlib
+import io
+import re
+
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from twisted_mailhub import pop3
+from twisted_mailhub.accounts import AccountBook
+from twisted_mailhub.hub import Hub
+from twisted_mailhub.store.interfaces import INBOX, SEEN
+from twisted_mailhub.store.memory import MemoryStore
+
+TRUSTED = IPv4Address("TCP", "127.0.0.1", 40000)
+UNTRUSTED = IPv4Address("TCP", "192.0.2.7", 40000)
+
+
+class PausingTransport(StringTransport):
+    """A transport whose buffer is 'full' after every write."""
+
+    def write(self, data):
+        StringTransport.write(self, data)
+        if self.producer is not None:
+            self.producer.pauseProducing()
+
+
+class POP3TestCase(SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        accounts = AccountBook(["localhost"])
+        accounts.add("bob", "hungry")
+        accounts.add("alice", "secret")
+        self.store = MemoryStore()
+        options = {"trusted-networks": "127.0.0.0/8", "pop3-idle-timeout": 600}
+        self.hub = Hub(self.clock, options, accounts, self.store, "/nonexistent", "mail.test")
+        pop3.install(self.hub)
+        self.inbox = self.store.account("bob@localhost").folder(INBOX)
+
+    def put(self, *messages):
+        for m in messages:
+            self.successResultOf(self.inbox.append(m))
+
+    def connect(self, peer=TRUSTED, transport=None):
+        proto = pop3.POP3Factory(self.hub).buildProtocol(peer)
+        proto.factory.protocol_name = "pop3"
+        proto.callLater = self.clock.callLater
+        transport = transport or StringTransport(peerAddress=peer)
+        proto.makeConnection(transport)
+        self.addCleanup(self._drop, proto)
+        return proto, transport
+
+    def _drop(self, proto):
+        if not proto._closed:
+            proto.connectionLost(None)
+
+    def say(self, proto, transport, data):
+        transport.clear()
+        proto.dataReceived(data)
+        return transport.value()
+
+    def login(self, peer=TRUSTED):
+        proto, t = self.connect(peer)
+        self.assertEqual(self.say(proto, t, b"user bob\r\npass hungry\r\n")[:4], b"+OK ")
+        self.assertIs(proto.state, pop3.State.TRANSACTION)
+        t.clear()
+        return proto, t
+
+
+class AuthorizationTests(POP3TestCase):
+    def test_banner_carries_a_fresh_apop_timestamp_each_connection(self):
+        seen = set()
+        for _ in range(3):
+            _, t = self.connect()
+            m = re.match(rb"^\+OK mail\.test POP3 ready (<\d+\.[\d.a-f]+@mail\.test>)\r\n$", t.value())
+            self.assertIsNotNone(m, t.value())
+            seen.add(m.group(1))
+        self.assertEqual(len(seen), 3)
+
+    def test_textbook_lowercase_session(self):
+        self.put(b"Subject: one\r\n\r\nhello\r\n")
+        proto, t = self.connect()
+        self.assertEqual(self.say(proto, t, b"user bob\r\n"), b"+OK now send PASS for bob\r\n")
+        self.assertEqual(self.say(proto, t, b"pass hungry\r\n"), b"+OK bob@localhost has 1 messages (23 octets)\r\n")
+        self.assertEqual(self.say(proto, t, b"list\r\n"), b"+OK 1 messages (23 octets)\r\n1 23\r\n.\r\n")
+        self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"+OK 23 octets\r\nSubject: one\r\n\r\nhello\r\n.\r\n")
+        self.assertEqual(self.say(proto, t, b"quit\r\n"), b"+OK mail.test POP3 server signing off (0 messages deleted)\r\n")
+        self.assertTrue(t.disconnecting)
+
+    def test_bare_lf_lines_and_extra_spaces_work(self):
+        proto, t = self.connect()
+        self.assertEqual(self.say(proto, t, b"USER   bob\npass hungry\nstat\n"), b"+OK now send PASS for bob\r\n+OK bob@localhost has 0 messages (0 octets)\r\n+OK 0 0\r\n")
+
+    def test_wrong_password_is_an_auth_error_and_login_can_be_retried(self):
+        proto, t = self.connect()
+        self.say(proto, t, b"user bob\r\npass wrong\r\n")
+        self.clock.advance(10)  # the throttle holds the answer back
+        self.assertTrue(t.value().endswith(b"-ERR [AUTH] authentication failed\r\n"))
+        self.assertIs(proto.state, pop3.State.AUTHORIZATION)
+        self.assertEqual(self.say(proto, t, b"user bob\r\npass hungry\r\n")[-40:], b"+OK bob@localhost has 0 messages (0 octets)\r\n"[-40:])
+
+    def test_pipelined_commands_wait_for_a_held_back_login(self):
+        proto, t = self.connect()
+        out = self.say(proto, t, b"user bob\r\npass wrong\r\nuser bob\r\npass hungry\r\nstat\r\n")
+        # The failure is held back by the throttle; nothing after it runs yet.
+        self.assertEqual(out, b"+OK now send PASS for bob\r\n")
+        self.clock.advance(10)
+        self.assertEqual(
+            t.value(),
+            b"+OK now send PASS for bob\r\n-ERR [AUTH] authentication failed\r\n+OK now send PASS for bob\r\n"
+            b"+OK bob@localhost has 0 messages (0 octets)\r\n+OK 0 0\r\n",
+        )
+
+    def test_user_pass_refused_from_untrusted_network_without_tls(self):
+        proto, t = self.connect(UNTRUSTED)
+        out = self.say(proto, t, b"user bob\r\npass hungry\r\n")
+        self.assertEqual(out.count(b"-ERR [AUTH] plaintext login needs TLS on this connection: use STLS or APOP\r\n"), 2)
+        self.assertIs(proto.state, pop3.State.AUTHORIZATION)
+        self.assertNotIn(b"\r\nUSER\r\n", self.say(proto, t, b"capa\r\n"))
+
+    def test_apop_works_from_untrusted_network(self):
+        proto, t = self.connect(UNTRUSTED)
+        digest = hashlib.md5(proto.magic + b"hungry").hexdigest().encode()
+        self.assertEqual(self.say(proto, t, b"apop bob " + digest + b"\r\n"), b"+OK bob@localhost has 0 messages (0 octets)\r\n")
+
+    def test_apop_digest_of_another_connection_fails(self):
+        first, _ = self.connect(UNTRUSTED)
+        digest = hashlib.md5(first.magic + b"hungry").hexdigest().encode()
+        proto, t = self.connect(UNTRUSTED)
+        self.say(proto, t, b"APOP bob " + digest + b"\r\n")
+        self.clock.advance(10)
+        self.assertEqual(t.value(), b"-ERR [AUTH] authentication failed\r\n")
+
+    def test_capa_lists_exactly_what_works(self):
+        proto, t = self.connect()
+        caps = self.say(proto, t, b"CAPA\r\n").split(b"\r\n")
+        self.assertEqual(caps[0][:3], b"+OK")
+        self.assertEqual(caps[-2:], [b".", b""])
+        names = [c.split()[0] for c in caps[1:-2]]
+        self.assertEqual(sorted(names), sorted([b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"USER", b"IMPLEMENTATION"]))
+        for bogus in (b"CELERITY", b"AUSPEX", b"POTENCE", b"STLS", b"SASL"):
+            self.assertNotIn(bogus, names)  # no startTLS on a StringTransport
+
+    def test_commands_before_login_say_what_is_expected(self):
+        proto, t = self.connect()
+        self.assertEqual(self.say(proto, t, b"stat\r\n"), b"-ERR log in first (USER and PASS, or APOP); STAT comes after login\r\n")
+        self.assertEqual(self.say(proto, t, b"pass hungry\r\n"), b"-ERR send USER first, then PASS\r\n")
+        self.assertEqual(self.say(proto, t, b"apop bob\r\n"), b"-ERR APOP needs a name and a digest: APOP name md5hex(timestamp+password)\r\n")
+
+    def test_unknown_and_garbage_commands_get_err_and_session_goes_on(self):
+        proto, t = self.connect()
+        out = self.say(proto, t, b"FROB x\r\n\xff\xfe\x00\r\n\r\nnoop\r\n")
+        lines = out.split(b"\r\n")
+        self.assertTrue(lines[0].startswith(b"-ERR unknown command 'FROB'"))
+        self.assertTrue(lines[1].startswith(b"-ERR unknown command"))
+        self.assertTrue(lines[2].startswith(b"-ERR empty command"))
+        self.assertEqual(lines[3], b"+OK")
+
+    def test_over_long_line_is_refused_and_never_buffered_whole(self):
+        proto, t = self.connect()
+        t.clear()
+        for _ in range(100):
+            proto.dataReceived(b"x" * 1000)
+        self.assertLessEqual(len(proto._buffer), proto.max_line_length)
+        self.assertEqual(t.value(), b"")
+        self.assertEqual(self.say(proto, t, b"yyy\r\nnoop\r\n"), b"-ERR command line too long (at most 1024 octets)\r\n+OK\r\n")
+
+    def test_idle_client_is_logged_out_without_update(self):
+        self.put(b"a\r\n")
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"dele 1\r\n"), b"+OK message 1 deleted\r\n")
+        t.clear()
+        self.clock.advance(599)
+        self.assertFalse(t.disconnecting)
+        self.clock.advance(2)
+        self.assertEqual(t.value(), b"-ERR autologout: idle for 600 seconds, closing\r\n")
+        self.assertTrue(t.disconnecting)
+        proto.connectionLost(None)
+        self.assertEqual(len(self.inbox.messages()), 1)
+
+    def test_stls_unavailable_without_tls_transport_and_refused_after_login(self):
+        proto, t = self.connect()
+        self.assertEqual(self.say(proto, t, b"stls\r\n"), b"-ERR STLS is not available here\r\n")
+        self.say(proto, t, b"user bob\r\npass hungry\r\n")
+        self.assertEqual(self.say(proto, t, b"stls\r\n"), b"-ERR STLS is only allowed before login (RFC 2595)\r\n")
+        self.assertEqual(self.say(proto, t, b"user bob\r\n"), b"-ERR already logged in\r\n")
+
+
+class MaildropLockTests(POP3TestCase):
+    def test_second_session_gets_in_use_until_the_first_drops(self):
+        first, _ = self.login()
+        second, t = self.connect()
+        out = self.say(second, t, b"user bob\r\npass hungry\r\n")
+        self.assertTrue(out.endswith(b"-ERR [IN-USE] maildrop of bob@localhost is in use by another session\r\n"), out)
+        self.assertIs(second.state, pop3.State.AUTHORIZATION)
+        first.connectionLost(None)
+        out = self.say(second, t, b"user bob\r\npass hungry\r\n")
+        self.assertEqual(out, b"+OK now send PASS for bob\r\n+OK bob@localhost has 0 messages (0 octets)\r\n")
+        self.assertIs(second.state, pop3.State.TRANSACTION)
+
+    def test_lock_released_at_quit(self):
+        first, t1 = self.login()
+        self.say(first, t1, b"quit\r\n")
+        second, _ = self.login()
+        self.assertIs(second.state, pop3.State.TRANSACTION)
+
+    def test_login_finishing_after_the_client_left_releases_the_lock(self):
+        proto, t = self.connect()
+        self.say(proto, t, b"user bob\r\npass wrong\r\n")
+        proto.connectionLost(None)
+        self.clock.advance(10)
+        other, _ = self.login()
+        self.assertIs(other.state, pop3.State.TRANSACTION)
+
+
+class TransactionTests(POP3TestCase):
+    def test_dele_marks_rset_unmarks_quit_removes_and_marks_seen(self):
+        self.put(b"one\r\n", b"two\r\n", b"three\r\n")
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"dele 1\r\n"), b"+OK message 1 deleted\r\n")
+        self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"-ERR message 1 already deleted\r\n")
+        self.assertEqual(self.say(proto, t, b"stat\r\n"), b"+OK 2 12\r\n")
+        self.assertEqual(self.say(proto, t, b"list\r\n"), b"+OK 2 messages (12 octets)\r\n2 5\r\n3 7\r\n.\r\n")
+        self.assertEqual(self.say(proto, t, b"rset\r\n"), b"+OK maildrop has 3 messages (17 octets)\r\n")
+        self.say(proto, t, b"retr 3\r\ndele 2\r\n")
+        self.assertEqual(self.say(proto, t, b"quit\r\n"), b"+OK mail.test POP3 server signing off (1 messages deleted)\r\n")
+        infos = self.inbox.messages()
+        self.assertEqual([self.inbox.read(i.uid) for i in infos], [b"one\r\n", b"three\r\n"])
+        self.assertEqual([SEEN in i.flags for i in infos], [False, True])
+
+    def test_dropped_connection_removes_nothing_and_marks_nothing(self):
+        self.put(b"one\r\n")
+        proto, t = self.login()
+        self.say(proto, t, b"retr 1\r\ndele 1\r\n")
+        proto.connectionLost(None)
+        [info] = self.inbox.messages()
+        self.assertNotIn(SEEN, info.flags)
+
+    def test_bad_message_numbers(self):
+        self.put(b"one\r\n")
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"retr\r\n"), b"-ERR RETR needs one message number, e.g. RETR 1\r\n")
+        self.assertEqual(self.say(proto, t, b"retr 2\r\n"), b"-ERR no message 2 (the maildrop has 1 messages)\r\n")
+        self.assertEqual(self.say(proto, t, b"dele x\r\n"), b"-ERR no message x (the maildrop has 1 messages)\r\n")
+        self.assertEqual(self.say(proto, t, b"list 0\r\n"), b"-ERR no message 0 (the maildrop has 1 messages)\r\n")
+        self.assertEqual(self.say(proto, t, b"top 1\r\n"), b"-ERR TOP needs a message number and a line count, e.g. TOP 1 10\r\n")
+        self.assertEqual(self.say(proto, t, b"top 1 -1\r\n"), b"-ERR TOP needs a line count of 0 or more, e.g. TOP 1 10\r\n")
+        self.assertEqual(self.say(proto, t, b"list 1\r\n"), b"+OK 1 5\r\n")
+
+    def test_retr_byte_stuffs_and_adds_missing_line_end_in_one_write(self):
+        message = b".starts with dot\r\nmid\r\n..two dots\r\n.\r\nlast line no crlf"
+        self.put(message)
+        proto, t = self.login()
+        writes = []
+        t.write = lambda data: writes.append(data)
+        proto.dataReceived(b"retr 1\r\n")
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(
+            writes[0],
+            b"+OK %d octets\r\n..starts with dot\r\nmid\r\n...two dots\r\n..\r\nlast line no crlf\r\n.\r\n" % len(message),
+        )
+
+    def test_message_with_bare_lf_goes_out_with_crlf(self):
+        self.put(b"Subject: x\n\n.a\nb\n")
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"retr 1\r\n").split(b"\r\n", 1)[1], b"Subject: x\r\n\r\n..a\r\nb\r\n.\r\n")
+
+    def test_top_sends_headers_blank_line_and_n_lines(self):
+        self.put(b"A: 1\r\nB: 2\r\n\r\nl1\r\n.l2\r\nl3\r\n")
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"top 1 2\r\n"), b"+OK top of message follows\r\nA: 1\r\nB: 2\r\n\r\nl1\r\n..l2\r\n.\r\n")
+        self.assertEqual(self.say(proto, t, b"top 1 0\r\n"), b"+OK top of message follows\r\nA: 1\r\nB: 2\r\n\r\n.\r\n")
+        self.assertEqual(self.say(proto, t, b"top 1 99\r\n"), b"+OK top of message follows\r\nA: 1\r\nB: 2\r\n\r\nl1\r\n..l2\r\nl3\r\n.\r\n")
+
+    def test_uidl_is_the_store_key(self):
+        self.put(b"one\r\n", b"two\r\n")
+        keys = [i.key for i in self.inbox.messages()]
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"uidl\r\n"), b"+OK unique-id listing follows\r\n1 %s\r\n2 %s\r\n.\r\n" % (keys[0].encode(), keys[1].encode()))
+        self.assertEqual(self.say(proto, t, b"uidl 2\r\n"), b"+OK 2 %s\r\n" % keys[1].encode())
+
+    def test_unusable_key_gets_a_stable_digest_uidl(self):
+        self.assertEqual(pop3.uidl_of("abc"), "abc")
+        odd = "name with spaces"
+        self.assertEqual(pop3.uidl_of(odd), pop3.uidl_of(odd))
+        self.assertRegex(pop3.uidl_of(odd), r"^h[0-9a-f]{40}$")
+        self.assertRegex(pop3.uidl_of("x" * 71), r"^h[0-9a-f]{40}$")
+
+    def test_large_message_is_sent_as_the_client_reads(self):
+        body = b"".join(b".line %d\r\n" % i for i in range(5000))
+        self.put(body)
+        transport = PausingTransport(peerAddress=TRUSTED)
+        proto, t = self.connect(transport=transport)
+        proto.one_write_limit = 1000
+        proto.dataReceived(b"user bob\r\n")
+        proto.resumeProducing()
+        proto.dataReceived(b"pass hungry\r\n")
+        proto.resumeProducing()
+        t.clear()
+        proto.dataReceived(b"retr 1\r\nnoop\r\n")
+        rounds = 0
+        while proto._paused and rounds < 1000:
+            rounds += 1
+            proto.resumeProducing()
+        self.assertGreater(rounds, 2)  # it really went out in pieces
+        self.assertEqual(t.value(), b"+OK %d octets\r\n" % len(body) + pop3.stuff(body) + b".\r\n+OK\r\n")
+
+
+class StuffingTests(SynchronousTestCase):
+    def test_chunked_stuffing_equals_whole(self):
+        message = b".a\r\n\r\n.b\r\nc\rd\r\n" * 50 + b"bare\nlf\n.x\n" + b"end"
+        for size in (1, 2, 3, 5, 7, 64):
+            out = pop3._Outgoing(io.BytesIO(message))
+            out.chunk_size = size
+            pieces = []
+            while True:
+                chunk = out.next_chunk()
+                if chunk is None:
+                    break
+                pieces.append(chunk)
+            whole = pop3.stuff(message)
+            self.assertEqual(b"".join(pieces), whole + pop3.terminator(whole[-1:]), size)
+
+    def test_terminator(self):
+        self.assertEqual(pop3.terminator(b"\n"), b".\r\n")
+        self.assertEqual(pop3.terminator(b""), b".\r\n")
+        self.assertEqual(pop3.terminator(b"x"), b"\r\n.\r\n")
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_idle_timeout_option(self):
+        from twisted.python import usage
+
+        from twisted_mailhub import tap
+
+        options = tap.Options()
+        options.parseOptions(["--pop3-idle-timeout", "30"])
+        self.assertEqual(options["pop3-idle-timeout"], 30)
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--pop3-idle-timeout", "0"])

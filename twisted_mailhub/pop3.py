@@ -1,0 +1,805 @@
+# -*- test-case-name: tests.test_pop3 -*-
+"""
+POP3 (RFC 1939) and POP3 over TLS: the C{pop3} listener (STLS, RFC 2595)
+and the C{pop3s} listener (implicit TLS, RFC 8314), on Twisted's
+L{twisted.mail.pop3.POP3}.
+
+Twisted parses the login commands and checks them through the portal; the
+rest of the session is ours, because the stock server writes replies in many
+small pieces (23 RETR/s against Nagle), blocks pipelined commands in ways
+that let a slow login answer out of order, has no STLS, and advertises
+CAPA tokens that are not standards (CELERITY, AUSPEX, POTENCE).
+
+Theory of operation:
+
+ - A session is in one of three named states (RFC 1939 §3):
+   L{State.AUTHORIZATION} until a login succeeds, L{State.TRANSACTION}
+   while the maildrop is open, L{State.UPDATE} after QUIT. L{COMMANDS} is
+   the table of what each state accepts; a command outside it gets an
+   C{-ERR} that says what is expected instead.
+ - Lines end in CRLF or a bare LF (nc users), commands are case-insensitive
+   and arguments may be separated by several spaces. Lines are queued and
+   run one at a time, in order: a command that waits (a login, held back by
+   the throttle) holds the queue, so pipelined commands (RFC 2449
+   PIPELINING) are answered in the order they were sent. The protocol is the
+   transport's streaming producer: when the client stops reading, the queue
+   stops running, and when the queue is long, reading stops.
+ - A line longer than L{MailhubPOP3.max_line_length} is discarded as it
+   arrives and answered with C{-ERR}; the session goes on.
+ - The maildrop (L{Maildrop}) is a snapshot of the account's INBOX taken at
+   login, from the store's index only (no message is read). DELE marks, RSET
+   unmarks, QUIT (UPDATE) marks the retrieved messages C{\\Seen} in one batch
+   and expunges the marked ones; a dropped connection changes nothing. UIDL
+   is the store's message key, so it survives sessions and restarts.
+ - One session per maildrop (RFC 1939 §8): the realm refuses a second with
+   L{MaildropInUse}, answered C{-ERR [IN-USE]} (RFC 2449 §8.1.1); the lock
+   goes at QUIT or when the connection drops.
+ - USER/PASS only over TLS or from C{--trusted-networks}
+   (RFC 2595 §2.1); APOP (RFC 1939 §7) anywhere. The APOP timestamp in the
+   banner is new for every connection, so a captured digest cannot be
+   replayed. Every login goes through the connection's throttled portal.
+ - RETR sends the reply line, the byte-stuffed message and the terminating
+   dot in one write; a message over L{MailhubPOP3.one_write_limit} is sent
+   in chunks as the client reads them.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import hashlib
+import os
+import re
+import secrets
+import time
+from typing import Any, Callable, Iterable
+
+from twisted.cred import credentials as _credentials
+from twisted.cred import error as cred_error
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.mail import pop3 as _pop3
+from twisted.mail.pop3 import IMailbox
+from twisted.python import usage
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_mailhub.hub import ListenerSpec, is_secure
+from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError
+
+log = Logger()
+
+listeners = [
+    ListenerSpec("pop3", "tcp:8110", "POP3 listener (STLS, USER/PASS, APOP), strports endpoint."),
+    ListenerSpec("pop3s", "tcp:8995", "POP3 over implicit TLS (RFC 8314), plain tcp: endpoint.", tls="implicit"),
+]
+
+option_parameters = [
+    ["pop3-idle-timeout", None, 600, "Seconds a POP3 client may stay silent before it is logged out (RFC 1939 §3: at least 600).", int],
+]
+
+
+def check_options(options: Any) -> None:
+    if options["pop3-idle-timeout"] <= 0:
+        raise usage.UsageError("--pop3-idle-timeout must be a positive number of seconds")
+
+
+# -- the maildrop -----------------------------------------------------------
+
+
+class MaildropInUse(cred_error.LoginDenied):
+    """
+    Another session has this maildrop open (RFC 2449 §8.1.1 IN-USE). Not an
+    authentication failure: the throttle does not count it.
+    """
+
+
+_UIDL_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
+
+
+def uidl_of(key: str) -> str:
+    """
+    The UIDL of a message with store key C{key}: the key itself when it is a
+    valid unique-id (RFC 1939 §7: 1 to 70 characters 0x21-0x7E), otherwise
+    a digest of it, equally stable.
+    """
+    if _UIDL_OK.match(key):
+        return key
+    return "h" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+@implementer(IMailbox)
+class Maildrop:
+    """
+    One POP3 session's view of an INBOX (Twisted's L{IMailbox}: 0-based
+    indexes), taken when the session logs in.
+    """
+
+    loginDelay = 0
+    messageExpiration = None
+
+    def __init__(self, folder: Any, address: str):
+        self.folder = folder
+        self.address = address
+        # The store's index only: opening a maildrop reads no message.
+        self.infos = list(folder.messages())
+        self.uidls = [uidl_of(info.key) for info in self.infos]
+        self.deleted: set[int] = set()
+        self.retrieved: set[int] = set()
+        self.count = len(self.infos)
+        self.octets = sum(info.size for info in self.infos)
+
+    def check(self, index: int) -> None:
+        if not 0 <= index < len(self.infos):
+            raise ValueError(f"no message {index + 1}")
+
+    # -- IMailbox --------------------------------------------------------
+
+    def listMessages(self, i: int | None = None):
+        if i is None:
+            return [0 if n in self.deleted else info.size for n, info in enumerate(self.infos)]
+        self.check(i)
+        return 0 if i in self.deleted else self.infos[i].size
+
+    def getMessage(self, i: int):
+        self.check(i)
+        return self.folder.open(self.infos[i].uid)
+
+    def getUidl(self, i: int) -> bytes:
+        self.check(i)
+        return self.uidls[i].encode("ascii")
+
+    def deleteMessage(self, i: int) -> None:
+        self.check(i)
+        if i not in self.deleted:
+            self.deleted.add(i)
+            self.count -= 1
+            self.octets -= self.infos[i].size
+
+    def undeleteMessages(self) -> None:
+        self.deleted.clear()
+        self.count = len(self.infos)
+        self.octets = sum(info.size for info in self.infos)
+
+    def sync(self) -> list[int]:
+        """
+        The UPDATE state (RFC 1939 §6): mark what was retrieved C{\\Seen} in
+        one batch (never clearing it), then expunge what was deleted.
+        Returns the indexes that could not be removed.
+        """
+        seen = [self.infos[i].uid for i in sorted(self.retrieved - self.deleted)]
+        if seen:
+            try:
+                self.folder.set_flags(seen, [SEEN], "add", origin=self)
+            except (OSError, StoreError):
+                log.failure("POP3 could not mark retrieved messages seen in {address}", address=self.address)
+        if not self.deleted:
+            return []
+        uids = {self.infos[i].uid: i for i in self.deleted}
+        try:
+            gone = set(self.folder.expunge(sorted(uids), origin=self))
+        except (OSError, StoreError):
+            log.failure("POP3 could not expunge from {address}", address=self.address)
+            gone = set()
+        # A message someone else removed first is gone all the same.
+        present = {info.uid for info in self.folder.messages()}
+        return sorted(i for uid, i in uids.items() if uid not in gone and uid in present)
+
+
+class Maildrops:
+    """
+    The realm's maker of POP3 avatars, and the lock that keeps one session
+    per maildrop (RFC 1939 §8).
+    """
+
+    def __init__(self, store: Any):
+        self.store = store
+        self.in_use: set[str] = set()
+
+    def avatar(self, account: Any, mind: Any) -> tuple[Maildrop, Callable[[], None]]:
+        if account is None:
+            raise cred_error.UnauthorizedLogin("POP3 needs an account")
+        key = account.address.lower()
+        if key in self.in_use:
+            raise MaildropInUse(f"maildrop of {account.address} is in use by another session")
+        drop = Maildrop(self.store.account(account.address).folder(INBOX), account.address)
+        self.in_use.add(key)
+        released = []
+
+        def logout() -> None:
+            if not released:
+                released.append(True)
+                self.in_use.discard(key)
+
+        return drop, logout
+
+
+# -- byte-stuffing ------------------------------------------------------------
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_HEADER_END = re.compile(rb"\n\r?\n")
+
+
+def stuff(data: bytes, at_line_start: bool = True) -> bytes:
+    """
+    C{data} as a POP3 multi-line body (RFC 1939 §3): CRLF line ends, and a
+    "." doubled where it starts a line. C{at_line_start} says whether the
+    data follows a line end (for a message sent in chunks).
+    """
+    if data.count(b"\n") != data.count(b"\r\n"):
+        # Not stored with CRLF (an outside program put it there).
+        data = _BARE_LF.sub(b"\r\n", data)
+    data = data.replace(b"\n.", b"\n..")
+    if at_line_start and data[:1] == b".":
+        data = b"." + data
+    return data
+
+
+def terminator(last: bytes) -> bytes:
+    """The end of a multi-line reply after data whose last octet is C{last}."""
+    return b".\r\n" if last in (b"", b"\n") else b"\r\n.\r\n"
+
+
+def top_of(f: Any, lines: int, chunk: int = 65536) -> bytes:
+    """
+    The header, the blank line and the first C{lines} body lines of the
+    message in file C{f} (RFC 1939 §7 TOP), reading no more than needed.
+    """
+    buf = b""
+    while True:
+        data = f.read(chunk)
+        buf += data
+        m = _HEADER_END.search(buf)
+        if m is not None:
+            pos = m.end()
+            for _ in range(lines):
+                nl = buf.find(b"\n", pos)
+                if nl == -1:
+                    break
+                pos = nl + 1
+            else:
+                return buf[:pos]
+        if not data:
+            return buf
+
+
+class _Outgoing:
+    """A large message being sent in chunks as the client reads."""
+
+    chunk_size = 256 * 1024
+
+    def __init__(self, f: Any):
+        self.f = f
+        self.last = b"\n"
+        self.carry = b""
+
+    def next_chunk(self) -> bytes | None:
+        """The next stuffed chunk, the terminator at the end, then L{None}."""
+        if self.f is None:
+            return None
+        raw = self.f.read(self.chunk_size)
+        data, self.carry = self.carry + raw, b""
+        if not data:
+            self.close()
+            return terminator(self.last)
+        if raw and data.endswith(b"\r"):
+            # Keep a CR with the LF that may follow in the next chunk.
+            data, self.carry = data[:-1], b"\r"
+            if not data:
+                return b""
+        out = stuff(data, self.last == b"\n")
+        self.last = out[-1:]
+        return out
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+# -- the protocol -------------------------------------------------------------
+
+
+class State(enum.Enum):
+    AUTHORIZATION = "AUTHORIZATION"
+    TRANSACTION = "TRANSACTION"
+    UPDATE = "UPDATE"
+
+
+# What each state accepts (RFC 1939 §4-§6, RFC 2449 CAPA, RFC 2595 STLS).
+# NOOP is allowed before login too: people typing by hand try it first.
+COMMANDS: dict[State, frozenset[str]] = {
+    State.AUTHORIZATION: frozenset({"CAPA", "USER", "PASS", "APOP", "STLS", "AUTH", "NOOP", "QUIT"}),
+    State.TRANSACTION: frozenset({"CAPA", "STAT", "LIST", "RETR", "TOP", "UIDL", "DELE", "RSET", "NOOP", "QUIT"}),
+    State.UPDATE: frozenset(),
+}
+_KNOWN = frozenset().union(*COMMANDS.values())
+
+# A queued line that was too long to keep.
+_TOO_LONG = object()
+
+
+@implementer(IPushProducer)
+class MailhubPOP3(_pop3.POP3):
+    """
+    One POP3 session. Twisted's L{POP3} supplies the login plumbing
+    (L{authenticateUserPASS}, L{authenticateUserAPOP}, the idle timer);
+    command dispatch, replies and the transaction commands are ours.
+    """
+
+    # RFC 2449 §4 allows 255 octets; hand-typed input gets some slack.
+    max_line_length = 1024
+    # Messages up to this size go out in one write; larger ones in chunks.
+    one_write_limit = 1024 * 1024
+    # Stop reading from a client that has this many commands queued.
+    max_queued = 256
+    implementation = b"twisted-mailhub"
+
+    def __init__(self, hub: Any = None):
+        self.hub = hub
+        self.state = State.AUTHORIZATION
+        self._buffer = b""
+        self._discarding = False
+        self._lines: collections.deque = collections.deque()
+        self._waiting: defer.Deferred | None = None
+        self._outgoing: _Outgoing | None = None
+        self._paused = False
+        self._reading_paused = False
+        self._pumping = False
+        self._closed = False
+        self._user: bytes | None = None
+        if hub is not None:
+            self.timeOut = hub.options.get("pop3-idle-timeout") or 600
+        else:
+            self.timeOut = 600
+
+    # -- connection --------------------------------------------------------
+
+    def connectionMade(self):
+        if self.hub is not None:
+            self.connection_id = self.hub.connection_made(self, getattr(self.factory, "protocol_name", "pop3"))
+            hostname = self.hub.hostname
+        else:
+            self.connection_id = "pop3"
+            hostname = "localhost"
+        self.hostname = hostname
+        if self.magic is None:
+            self.magic = self.generateMagic()
+        self.transport.registerProducer(self, True)
+        self.setTimeout(self.timeOut)
+        self.reply_ok(b"%s POP3 ready %s" % (hostname.encode("ascii", "replace"), self.magic))
+
+    def generateMagic(self) -> bytes:
+        # RFC 1939 §7: <process-ID.clock@hostname>; the random part makes it
+        # unique per connection and unguessable, so a digest cannot be replayed.
+        host = getattr(self, "hostname", "localhost")
+        return f"<{os.getpid()}.{time.time_ns()}.{secrets.token_hex(6)}@{host}>".encode("ascii", "replace")
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        self._closed = True
+        self._lines.clear()
+        if self._outgoing is not None:
+            self._outgoing.close()
+            self._outgoing = None
+        # A dropped connection does not enter UPDATE (RFC 1939 §6): nothing
+        # deleted, nothing marked; Twisted's connectionLost releases the lock.
+        _pop3.POP3.connectionLost(self, reason)
+
+    def timeoutConnection(self):
+        self.reply_err(b"autologout: idle for %d seconds, closing" % self.timeOut)
+        self._close()
+
+    def _close(self) -> None:
+        self._lines.clear()
+        if self._outgoing is not None:
+            self._outgoing.close()
+            self._outgoing = None
+        # Unregister first: a paused streaming producer would hold the close.
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    # -- replies -------------------------------------------------------------
+
+    def reply_ok(self, text: bytes | str = b"") -> None:
+        if isinstance(text, str):
+            text = text.encode("utf-8")
+        self.transport.write(b"+OK " + text + b"\r\n" if text else b"+OK\r\n")
+
+    def reply_err(self, text: bytes | str) -> None:
+        if isinstance(text, str):
+            text = text.encode("utf-8")
+        self.transport.write(b"-ERR " + text + b"\r\n")
+
+    # Twisted's names, for its login callbacks.
+    def successResponse(self, message=""):
+        self.reply_ok(message if isinstance(message, (bytes, str)) else str(message))
+
+    def failResponse(self, message=b""):
+        self.reply_err(message if isinstance(message, (bytes, str)) else str(message))
+
+    # -- input: lines, queue, back-pressure -----------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed or self.state is State.UPDATE:
+            return
+        if self._discarding:
+            nl = data.find(b"\n")
+            if nl == -1:
+                return
+            data = data[nl + 1 :]
+            self._discarding = False
+            self._lines.append(_TOO_LONG)
+        lines = (self._buffer + data).split(b"\n")
+        self._buffer = lines.pop()
+        for line in lines:
+            if len(line) > self.max_line_length:
+                self._lines.append(_TOO_LONG)
+            else:
+                self._lines.append(line[:-1] if line.endswith(b"\r") else line)
+        if len(self._buffer) > self.max_line_length:
+            # An endless line is dropped as it comes, never kept whole.
+            self._buffer = b""
+            self._discarding = True
+        if lines:
+            self.resetTimeout()
+        if len(self._lines) > self.max_queued and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not (self._paused or self._closed or self._waiting is not None):
+                if self._outgoing is not None:
+                    chunk = self._outgoing.next_chunk()
+                    if chunk is None:
+                        self._outgoing = None
+                    else:
+                        self.transport.write(chunk)
+                        self.resetTimeout()
+                    continue
+                if not self._lines:
+                    break
+                self._run(self._lines.popleft())
+        finally:
+            self._pumping = False
+        if self._reading_paused and not self._closed and len(self._lines) < self.max_queued // 2:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    # IPushProducer: the transport says when the client is (not) reading.
+    def pauseProducing(self):
+        self._paused = True
+
+    def resumeProducing(self):
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self):
+        self._lines.clear()
+        if self._outgoing is not None:
+            self._outgoing.close()
+            self._outgoing = None
+
+    # -- dispatch -------------------------------------------------------------
+
+    def _run(self, line: Any) -> None:
+        if line is _TOO_LONG:
+            self.reply_err(b"command line too long (at most %d octets)" % self.max_line_length)
+            return
+        word, _, rest = line.lstrip(b" \t").partition(b" ")
+        command = word.upper()
+        if not command:
+            self.reply_err(b"empty command; try CAPA for the list of commands")
+            return
+        try:
+            name = command.decode("ascii")
+        except UnicodeDecodeError:
+            name = ""
+        if name not in _KNOWN:
+            shown = command[:40].decode("ascii", "replace")
+            self.reply_err(f"unknown command {shown!r}; try CAPA for the list of commands")
+            return
+        if name not in COMMANDS[self.state]:
+            self.reply_err(self._wrong_state(name))
+            return
+        handler = getattr(self, "pop_" + name)
+        try:
+            result = handler(rest if name == "PASS" else rest.strip())
+        except Exception:
+            log.failure("POP3 {command} failed", command=name)
+            self.reply_err(b"[SYS/TEMP] internal error; try again")
+            return
+        if isinstance(result, defer.Deferred):
+            self._waiting = result
+            result.addBoth(self._done_waiting, name)
+
+    def _done_waiting(self, result: Any, name: str) -> None:
+        self._waiting = None
+        if isinstance(result, Failure):
+            log.failure("POP3 {command} failed", result, command=name)
+            if not self._closed:
+                self.reply_err(b"[SYS/TEMP] internal error; try again")
+        self._pump()
+
+    def _wrong_state(self, name: str) -> str:
+        if self.state is State.AUTHORIZATION:
+            return f"log in first (USER and PASS, or APOP); {name} comes after login"
+        if name in ("USER", "PASS", "APOP", "AUTH"):
+            return "already logged in"
+        if name == "STLS":
+            return "STLS is only allowed before login (RFC 2595)"
+        return f"{name} is not allowed now"
+
+    # -- AUTHORIZATION ---------------------------------------------------------
+
+    def plaintext_allowed(self) -> bool:
+        """USER/PASS: over TLS, or from a trusted network (RFC 2595 §2.1)."""
+        if is_secure(self.transport):
+            return True
+        return self.hub is not None and self.hub.is_trusted(self.transport)
+
+    def can_start_tls(self) -> bool:
+        return (
+            self.hub is not None
+            and not is_secure(self.transport)
+            and getattr(self.transport, "startTLS", None) is not None
+        )
+
+    def capabilities(self) -> list[bytes]:
+        """CAPA (RFC 2449): exactly what works on this connection now."""
+        caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+        if self.state is State.AUTHORIZATION:
+            if self.plaintext_allowed():
+                caps.append(b"USER")
+            if self.can_start_tls():
+                caps.append(b"STLS")
+        caps.append(b"IMPLEMENTATION " + self.implementation)
+        return caps
+
+    def pop_CAPA(self, args: bytes) -> None:
+        self.transport.write(
+            b"+OK capability list follows\r\n" + b"".join(c + b"\r\n" for c in self.capabilities()) + b".\r\n"
+        )
+
+    def pop_STLS(self, args: bytes) -> None:
+        if is_secure(self.transport):
+            self.reply_err(b"already using TLS")
+            return
+        if not self.can_start_tls():
+            self.reply_err(b"STLS is not available here")
+            return
+        self.reply_ok(b"begin TLS negotiation")
+        # RFC 2595 §4 / CVE-2011-0411: anything the client sent after STLS
+        # before the handshake is discarded, never executed over TLS.
+        dropped = sum(len(x) for x in self._lines if x is not _TOO_LONG) + len(self._buffer)
+        if dropped:
+            log.info("{cid} discarded {n} octets pipelined after STLS", cid=self.connection_id, n=dropped)
+        self._lines.clear()
+        self._buffer = b""
+        self._discarding = False
+        self._user = None
+        self.transport.startTLS(self.hub.tls)
+
+    def pop_AUTH(self, args: bytes) -> None:
+        self.reply_err(b"no SASL mechanisms here; log in with USER and PASS, or APOP")
+
+    def pop_USER(self, args: bytes) -> None:
+        if not self.plaintext_allowed():
+            self.reply_err(b"[AUTH] plaintext login needs TLS on this connection: use STLS or APOP")
+            return
+        if not args:
+            self.reply_err(b"USER needs a name, e.g. USER bob")
+            return
+        self._user = args
+        self.reply_ok(b"now send PASS for " + args)
+
+    def pop_PASS(self, args: bytes) -> defer.Deferred | None:
+        if not self.plaintext_allowed():
+            self.reply_err(b"[AUTH] plaintext login needs TLS on this connection: use STLS or APOP")
+            return None
+        if self._user is None:
+            self.reply_err(b"send USER first, then PASS")
+            return None
+        user, self._user = self._user, None
+        # The password is the rest of the line as sent: it may hold spaces.
+        return self._login(defer.maybeDeferred(self.authenticateUserPASS, user, args), user)
+
+    def pop_APOP(self, args: bytes) -> defer.Deferred | None:
+        parts = args.split()
+        if len(parts) != 2:
+            self.reply_err(b"APOP needs a name and a digest: APOP name md5hex(timestamp+password)")
+            return None
+        user, digest = parts
+        return self._login(defer.maybeDeferred(self.authenticateUserAPOP, user, digest), user)
+
+    def _login(self, d: defer.Deferred, user: bytes) -> defer.Deferred:
+        def ok(result):
+            interface, drop, logout = result
+            if self._closed:
+                # The client left while the login was in flight.
+                logout()
+                return
+            self.mbox = drop
+            self._onLogout = logout
+            self.state = State.TRANSACTION
+            self.reply_ok(f"{drop.address} has {drop.count} messages ({drop.octets} octets)")
+
+        def failed(reason):
+            if self._closed:
+                return
+            if reason.check(MaildropInUse):
+                self.reply_err(b"[IN-USE] " + reason.getErrorMessage().encode("utf-8", "replace"))
+            elif reason.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
+                self.reply_err(b"[AUTH] authentication failed")
+            else:
+                log.failure("POP3 login for {user!r} failed", reason, user=user)
+                self.reply_err(b"[SYS/TEMP] login failed for a server problem; try again")
+
+        return d.addCallbacks(ok, failed)
+
+    # -- TRANSACTION -----------------------------------------------------------
+
+    def _number(self, name: str, args: bytes, deleted_ok: bool = False) -> int | None:
+        """
+        The 0-based index a message-number argument names, or L{None} after
+        an error reply that says what was expected.
+        """
+        words = args.split()
+        if len(words) != 1:
+            self.reply_err(f"{name} needs one message number, e.g. {name} 1")
+            return None
+        try:
+            number = int(words[0])
+        except ValueError:
+            number = 0
+        drop = self.mbox
+        if not 1 <= number <= len(drop.infos):
+            shown = words[0][:20].decode("ascii", "replace")
+            self.reply_err(f"no message {shown} (the maildrop has {len(drop.infos)} messages)")
+            return None
+        if not deleted_ok and number - 1 in drop.deleted:
+            self.reply_err(f"message {number} already deleted")
+            return None
+        return number - 1
+
+    def pop_STAT(self, args: bytes) -> None:
+        self.reply_ok(b"%d %d" % (self.mbox.count, self.mbox.octets))
+
+    def pop_LIST(self, args: bytes) -> None:
+        drop = self.mbox
+        if args:
+            i = self._number("LIST", args)
+            if i is not None:
+                self.reply_ok(b"%d %d" % (i + 1, drop.infos[i].size))
+            return
+        lines = [b"+OK %d messages (%d octets)\r\n" % (drop.count, drop.octets)]
+        deleted = drop.deleted
+        lines.extend(b"%d %d\r\n" % (n, info.size) for n, info in enumerate(drop.infos, 1) if n - 1 not in deleted)
+        lines.append(b".\r\n")
+        self.transport.write(b"".join(lines))
+
+    def pop_UIDL(self, args: bytes) -> None:
+        drop = self.mbox
+        if args:
+            i = self._number("UIDL", args)
+            if i is not None:
+                self.reply_ok(b"%d %s" % (i + 1, drop.uidls[i].encode("ascii")))
+            return
+        lines = [b"+OK unique-id listing follows\r\n"]
+        deleted = drop.deleted
+        lines.extend(b"%d %s\r\n" % (n, u.encode("ascii")) for n, u in enumerate(drop.uidls, 1) if n - 1 not in deleted)
+        lines.append(b".\r\n")
+        self.transport.write(b"".join(lines))
+
+    def _open(self, i: int) -> Any:
+        try:
+            return self.mbox.getMessage(i)
+        except (NoSuchMessage, FileNotFoundError):
+            self.reply_err(f"[SYS/TEMP] message {i + 1} was removed by another session")
+            return None
+
+    def pop_RETR(self, args: bytes) -> None:
+        i = self._number("RETR", args)
+        if i is None:
+            return
+        drop = self.mbox
+        size = drop.infos[i].size
+        f = self._open(i)
+        if f is None:
+            return
+        drop.retrieved.add(i)
+        head = b"+OK %d octets\r\n" % size
+        if size > self.one_write_limit:
+            self.transport.write(head)
+            self._outgoing = _Outgoing(f)
+            return
+        with f:
+            data = f.read()
+        body = stuff(data)
+        # One write: the reply line, the message and the terminator.
+        self.transport.write(head + body + terminator(body[-1:]))
+
+    def pop_TOP(self, args: bytes) -> None:
+        words = args.split()
+        if len(words) != 2:
+            self.reply_err(b"TOP needs a message number and a line count, e.g. TOP 1 10")
+            return
+        i = self._number("TOP", words[0])
+        if i is None:
+            return
+        try:
+            lines = int(words[1])
+            if lines < 0:
+                raise ValueError
+        except ValueError:
+            self.reply_err(b"TOP needs a line count of 0 or more, e.g. TOP 1 10")
+            return
+        f = self._open(i)
+        if f is None:
+            return
+        with f:
+            body = stuff(top_of(f, lines))
+        self.transport.write(b"+OK top of message follows\r\n" + body + terminator(body[-1:]))
+
+    def pop_DELE(self, args: bytes) -> None:
+        i = self._number("DELE", args)
+        if i is not None:
+            self.mbox.deleteMessage(i)
+            self.reply_ok(b"message %d deleted" % (i + 1))
+
+    def pop_RSET(self, args: bytes) -> None:
+        drop = self.mbox
+        drop.undeleteMessages()
+        self.reply_ok(b"maildrop has %d messages (%d octets)" % (drop.count, drop.octets))
+
+    def pop_NOOP(self, args: bytes) -> None:
+        self.reply_ok()
+
+    def pop_QUIT(self, args: bytes) -> None:
+        if self.state is State.TRANSACTION:
+            self.state = State.UPDATE
+            drop = self.mbox
+            left = drop.sync()
+            removed = len(drop.deleted) - len(left)
+            # The lock goes now, not when the socket closes: a client that
+            # reconnects at once must not find its own session in the way.
+            if self._onLogout is not None:
+                self._onLogout()
+                self._onLogout = None
+            if left:
+                self.reply_err(b"[SYS/TEMP] some deleted messages not removed: %s" % b" ".join(b"%d" % (i + 1) for i in left))
+            else:
+                self.reply_ok(b"%s POP3 server signing off (%d messages deleted)" % (self.hostname.encode("ascii", "replace"), removed))
+        else:
+            self.state = State.UPDATE
+            self.reply_ok(b"%s POP3 server signing off" % self.hostname.encode("ascii", "replace"))
+        self._close()
+
+
+class POP3Factory(protocol.ServerFactory):
+    """Makes a L{MailhubPOP3} per connection, all sharing one hub."""
+
+    noisy = False
+
+    def __init__(self, hub: Any):
+        self.hub = hub
+
+    def buildProtocol(self, addr):
+        p = MailhubPOP3(self.hub)
+        p.factory = self
+        return p
+
+
+def install(hub: Any) -> None:
+    maildrops = Maildrops(hub.store)
+    hub.pop3_maildrops = maildrops
+    hub.realm.register(IMailbox, maildrops.avatar)
+    for spec in listeners:
+        if hub.options.get(f"no-{spec.name}"):
+            continue
+        hub.listen(spec.name, hub.options.get(spec.name) or spec.default, POP3Factory(hub), tls=spec.tls)
