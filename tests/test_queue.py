@@ -1,0 +1,322 @@
+"""
+The outbound queue: its files, the retry schedule, DSNs, and the relay's
+decisions (retry, bounce, expire, warn), driven with task.Clock and a
+fake delivery so that days of retries take no time.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import shutil
+import tempfile
+
+from twisted.internet import defer, task
+from twisted.trial import unittest
+
+from twisted_mailhub.queue.client import DONE, Outcome
+from twisted_mailhub.queue.dsn import build_dsn, original_headers, status_of
+from twisted_mailhub.queue.mx import Hop, RouteError
+from twisted_mailhub.queue.relay import Relay
+from twisted_mailhub.queue.schedule import RetrySchedule, format_duration, parse_duration
+from twisted_mailhub.queue.storage import DELIVERED, FAILED, PENDING, QueueStorage, Recipient, make_entry
+
+MESSAGE = b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: lunch?\r\n\r\nAt noon.\r\n.dot line\r\n"
+
+
+class SyncWriter:
+    """GroupCommitWriter's contract, done at once (no threads under task.Clock)."""
+
+    def write(self, tmp_path, final_path, data):
+        with open(tmp_path, "wb") as f:
+            f.write(data)
+        os.rename(tmp_path, final_path)
+        return defer.succeed(final_path)
+
+
+def temp_dir(case: unittest.TestCase) -> str:
+    path = tempfile.mkdtemp(prefix="mailhub-queue-")
+    case.addCleanup(shutil.rmtree, path, True)
+    return os.path.join(path, "queue")
+
+
+class ScheduleTests(unittest.TestCase):
+    def test_durations(self):
+        self.assertEqual(parse_duration("90"), 90)
+        self.assertEqual(parse_duration("90s"), 90)
+        self.assertEqual(parse_duration("5m"), 300)
+        self.assertEqual(parse_duration("4h"), 14400)
+        self.assertEqual(parse_duration("5D"), 432000)
+        self.assertEqual(parse_duration("0.5s"), 0.5)
+        self.assertRaises(ValueError, parse_duration, "soon")
+        self.assertEqual(format_duration(432000), "5d")
+        self.assertEqual(format_duration(90), "90s")
+
+    def test_default_schedule_is_five_minutes_then_every_half_hour(self):
+        schedule = RetrySchedule.parse("5m,30m")
+        self.assertEqual([schedule.delay(n) for n in (1, 2, 3, 10)], [300, 1800, 1800, 1800])
+        self.assertEqual(str(schedule), "5m,30m")
+        self.assertRaises(ValueError, RetrySchedule.parse, "")
+        self.assertRaises(ValueError, RetrySchedule.parse, "0s")
+
+
+class StorageTests(unittest.TestCase):
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.storage = QueueStorage(self.dir, writer=SyncWriter())
+
+    @defer.inlineCallbacks
+    def test_message_and_state_survive_a_reload(self):
+        entry = make_entry("alice@a.test", ["bob@b.test", "carol@c.test"], len(MESSAGE), now=1000)
+        qid = yield self.storage.add(entry, MESSAGE)
+        entry.recipients[0].state = DELIVERED
+        entry.recipients[0].code = 250
+        yield self.storage.save(entry)
+        [loaded] = QueueStorage(self.dir, writer=SyncWriter()).load()
+        self.assertEqual(loaded.id, qid)
+        self.assertEqual(loaded, entry)
+        self.assertEqual([r.address for r in loaded.pending], ["carol@c.test"])
+        self.assertEqual(self.storage.read_message(qid), MESSAGE)
+
+    def test_load_removes_what_a_crash_left(self):
+        with open(os.path.join(self.dir, "abc.msg"), "wb") as f:
+            f.write(MESSAGE)  # never committed: no envelope
+        with open(os.path.join(self.dir, "def.env.tmp1-1"), "wb") as f:
+            f.write(b"{")
+        self.assertEqual(self.storage.load(), [])
+        self.assertEqual(sorted(os.listdir(self.dir)), [])
+
+    @defer.inlineCallbacks
+    def test_remove_deletes_both_files(self):
+        entry = make_entry("", ["x@b.test"], 3, now=1)
+        yield self.storage.add(entry, b"abc")
+        self.storage.remove(entry.id)
+        self.assertEqual(os.listdir(self.dir), [])
+
+    @defer.inlineCallbacks
+    def test_real_writer_fsyncs_before_the_deferred_fires(self):
+        storage = QueueStorage(temp_dir(self))
+        entry = make_entry("alice@a.test", ["bob@b.test"], len(MESSAGE))
+        qid = yield storage.add(entry, MESSAGE)
+        self.assertTrue(os.path.exists(os.path.join(storage.directory, qid + ".env")))
+        self.assertEqual(storage.read_message(qid), MESSAGE)
+
+
+class DSNTests(unittest.TestCase):
+    def test_bounce_is_a_multipart_report_with_the_original_headers(self):
+        entry = make_entry("alice@a.test", ["bob@b.test", "eve@b.test"], len(MESSAGE), now=1_700_000_000)
+        bob = Recipient("bob@b.test", FAILED, 550, "5.1.1 <bob@b.test>: no such user", "mx.b.test[127.0.0.1]:25")
+        raw = build_dsn(entry, [bob], MESSAGE, "mx.a.test", 1_700_000_100)
+        self.assertNotIn(b"\n", raw.replace(b"\r\n", b""))
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        self.assertEqual(msg.get_content_type(), "multipart/report")
+        self.assertEqual(msg.get_param("report-type"), "delivery-status")
+        self.assertEqual(msg["To"].addresses[0].addr_spec, "alice@a.test")
+        self.assertEqual(msg["Auto-Submitted"], "auto-replied")
+        text, status, headers = msg.get_payload()
+        self.assertIn("<bob@b.test>: 550 5.1.1", text.get_content())
+        self.assertEqual(status.get_content_type(), "message/delivery-status")
+        report = status.as_bytes().decode()
+        self.assertIn("Reporting-MTA: dns; mx.a.test", report)
+        self.assertIn("Final-Recipient: rfc822; bob@b.test", report)
+        self.assertIn("Action: failed", report)
+        self.assertIn("Status: 5.1.1", report)
+        self.assertIn("Diagnostic-Code: smtp; 550 5.1.1 <bob@b.test>: no such user", report)
+        self.assertNotIn("eve@b.test", report)
+        self.assertEqual(headers.get_content_type(), "text/rfc822-headers")
+        self.assertIn(b"Subject: lunch?", raw)
+        self.assertNotIn(b"At noon.", raw)  # headers only, not the body
+
+    def test_status_comes_from_the_reply_or_its_class(self):
+        self.assertEqual(status_of(Recipient("a@b", code=550, reply="5.7.1 no"), "x"), "5.7.1")
+        self.assertEqual(status_of(Recipient("a@b", code=550, reply="no way"), "x"), "5.0.0")
+        self.assertEqual(status_of(Recipient("a@b", code=0, reply="gave up"), "4.4.7"), "4.4.7")
+        self.assertEqual(original_headers(b"A: 1\nB: 2\n\nbody"), b"A: 1\r\nB: 2\r\n")
+
+
+class FakeRelay(Relay):
+    """
+    A relay whose delivery is a script: C{replies[address]} is a list of
+    outcomes, one per attempt (the last repeats); C{sent} records what
+    each attempt carried.
+    """
+
+    def __init__(self, storage, clock, replies, **kw):
+        self.delivered_here: list[tuple[str, bytes]] = []
+
+        def deliver_local(address, message):
+            self.delivered_here.append((address, message))
+            return defer.succeed("key")
+
+        Relay.__init__(
+            self,
+            clock,
+            storage,
+            router=None,
+            hostname="mx.a.test",
+            deliver_local=deliver_local,
+            is_local=lambda a: a.endswith("@a.test"),
+            **kw,
+        )
+        self.replies = replies
+        self.sent: list[tuple[str, str, tuple[str, ...]]] = []
+
+    async def _route(self, domain):
+        if domain == "nowhere.test":
+            return RouteError(550, "5.1.2", "domain nowhere.test does not exist")
+        return [Hop("mx." + domain, "127.0.0.1", 25)]
+
+    async def _send(self, hops, jobs, labels):
+        for job in jobs:
+            self.sent.append((job.id, job.sender, tuple(job.recipients)))
+            for r in job.recipients:
+                script = self.replies[r]
+                code, text = script.pop(0) if len(script) > 1 else script[0]
+                job.outcomes[r] = Outcome(code, text, str(hops[0]))
+            job.phase = DONE
+        return jobs
+
+
+class RelayTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clock.advance(1_700_000_000)
+        self.dir = temp_dir(self)
+        self.storage = QueueStorage(self.dir, writer=SyncWriter())
+
+    def relay(self, replies, **kw):
+        relay = FakeRelay(self.storage, self.clock, replies, **kw)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        return relay
+
+    def enqueue(self, relay, sender="alice@a.test", recipients=("bob@b.test",)):
+        d = relay.enqueue(sender, list(recipients), MESSAGE)
+        qid = self.successResultOf(d)
+        self.clock.advance(0)
+        return qid
+
+    def test_delivered_message_leaves_the_queue(self):
+        relay = self.relay({"bob@b.test": [(250, "2.0.0 ok")]})
+        qid = self.enqueue(relay)
+        self.assertEqual(relay.sent, [(qid, "alice@a.test", ("bob@b.test",))])
+        self.assertEqual(relay.entries, {})
+        self.assertEqual(os.listdir(self.dir), [])
+        self.assertEqual(relay.delivered_here, [])
+
+    def test_temporary_failure_retries_on_the_schedule(self):
+        relay = self.relay({"bob@b.test": [(451, "4.3.0 try later")] * 3 + [(250, "ok")]}, schedule=RetrySchedule([300, 1800]))
+        qid = self.enqueue(relay)
+        self.assertEqual(len(relay.sent), 1)
+        entry = relay.entries[qid]
+        self.assertEqual(entry.next_attempt, self.clock.seconds() + 300)
+        self.assertEqual([r.code for r in QueueStorage(self.dir, writer=SyncWriter()).load()[0].recipients], [451])
+        self.clock.advance(299)
+        self.assertEqual(len(relay.sent), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(relay.sent), 2)
+        self.clock.advance(1800)
+        self.assertEqual(len(relay.sent), 3)
+        self.clock.advance(1800)
+        self.assertEqual(len(relay.sent), 4)
+        self.assertEqual(relay.entries, {})
+
+    def test_permanent_failure_bounces_to_a_local_sender(self):
+        relay = self.relay({"bob@b.test": [(550, "5.1.1 no such user")]})
+        qid = self.enqueue(relay)
+        [(to, dsn)] = relay.delivered_here
+        self.assertEqual(to, "alice@a.test")
+        self.assertIn(b"Action: failed", dsn)
+        self.assertIn(b"Diagnostic-Code: smtp; 550 5.1.1 no such user", dsn)
+        self.assertIn(b"X-Mailhub-Queue-ID: " + qid.encode(), dsn)
+        self.assertEqual(relay.entries, {})
+
+    def test_bounce_for_a_remote_sender_is_queued_from_the_null_sender(self):
+        relay = self.relay({"bob@b.test": [(550, "5.1.1 no")], "carol@c.test": [(250, "ok")]})
+        self.enqueue(relay, sender="carol@c.test")
+        # The bounce went out as a new message from <> to carol.
+        self.assertEqual(relay.sent[-1][1:], ("", ("carol@c.test",)))
+        self.assertEqual(relay.entries, {})
+
+    def test_no_bounce_for_the_null_sender(self):
+        relay = self.relay({"bob@b.test": [(550, "5.1.1 no")]})
+        self.enqueue(relay, sender="")
+        self.assertEqual(len(relay.sent), 1)
+        self.assertEqual(relay.delivered_here, [])
+        self.assertEqual(relay.entries, {})
+
+    def test_a_recipient_that_got_250_is_not_sent_again(self):
+        relay = self.relay({"bob@b.test": [(250, "ok")], "eve@b.test": [(451, "busy"), (250, "ok")]})
+        qid = self.enqueue(relay, recipients=("bob@b.test", "eve@b.test"))
+        self.assertEqual(relay.sent, [(qid, "alice@a.test", ("bob@b.test", "eve@b.test"))])
+        # A restart (new relay on the same files) must remember bob's 250.
+        relay.stopService()
+        again = self.relay({"bob@b.test": [(250, "ok")], "eve@b.test": [(250, "ok")]})
+        self.clock.advance(300)
+        self.assertEqual(again.sent, [(qid, "alice@a.test", ("eve@b.test",))])
+        self.assertEqual(again.entries, {})
+
+    def test_expiry_bounces_with_4_4_7(self):
+        relay = self.relay({"bob@b.test": [(-1, "connection refused")]}, schedule=RetrySchedule([600]), lifetime=1000)
+        self.enqueue(relay)
+        self.clock.advance(600)
+        self.assertEqual(len(relay.sent), 2)
+        self.assertEqual(relay.delivered_here, [])
+        self.clock.advance(400)  # the last attempt is at the deadline, not after it
+        self.assertEqual(len(relay.sent), 3)
+        [(to, dsn)] = relay.delivered_here
+        self.assertIn(b"Status: 4.4.7", dsn)
+        self.assertIn(b"connection refused", dsn)
+        self.assertEqual(relay.entries, {})
+
+    def test_delay_warning_is_sent_once(self):
+        relay = self.relay({"bob@b.test": [(451, "later")]}, schedule=RetrySchedule([60]), delay_warning=100, lifetime=10_000)
+        self.enqueue(relay)
+        self.clock.advance(60)
+        self.assertEqual(relay.delivered_here, [])
+        for _ in range(5):
+            self.clock.advance(60)
+        [(to, dsn)] = relay.delivered_here
+        self.assertIn(b"Action: delayed", dsn)
+        self.assertIn(b"Will-Retry-Until:", dsn)
+        self.assertEqual(to, "alice@a.test")
+
+    def test_unknown_domain_bounces_without_a_connection(self):
+        relay = self.relay({})
+        self.enqueue(relay, recipients=("x@nowhere.test",))
+        self.assertEqual(relay.sent, [])
+        [(to, dsn)] = relay.delivered_here
+        self.assertIn(b"Status: 5.1.2", dsn)
+
+    def test_flush_and_remove(self):
+        relay = self.relay({"bob@b.test": [(451, "later")]})
+        qid = self.enqueue(relay)
+        self.assertEqual(relay.flush(), 1)
+        self.clock.advance(0)
+        self.assertEqual(len(relay.sent), 2)
+        self.assertTrue(relay.remove(qid))
+        self.assertFalse(relay.remove(qid))
+        self.assertEqual(os.listdir(self.dir), [])
+        self.clock.advance(3600)
+        self.assertEqual(len(relay.sent), 2)
+
+    def test_finished_entry_found_at_start_is_bounced_and_removed(self):
+        entry = make_entry("alice@a.test", ["bob@b.test"], len(MESSAGE), now=self.clock.seconds())
+        self.successResultOf(self.storage.add(entry, MESSAGE))
+        entry.recipients[0].state = FAILED
+        entry.recipients[0].code = 550
+        self.successResultOf(self.storage.save(entry))
+        relay = self.relay({})
+        self.assertEqual([a for a, _ in relay.delivered_here], ["alice@a.test"])
+        self.assertEqual(relay.sent, [])
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_pending_state_is_written_before_the_next_attempt(self):
+        relay = self.relay({"bob@b.test": [(421, "4.4.2 closing")]})
+        qid = self.enqueue(relay)
+        [entry] = QueueStorage(self.dir, writer=SyncWriter()).load()
+        self.assertEqual(entry.id, qid)
+        self.assertEqual(entry.recipients[0].state, PENDING)
+        self.assertEqual(entry.recipients[0].reply, "4.4.2 closing")
+        self.assertEqual(entry.attempts, 1)

@@ -1,0 +1,266 @@
+# -*- test-case-name: tests.test_queue_client -*-
+"""
+The outbound ESMTP client: one connection to one host carries every
+message queued for it (RFC 5321 §4.5.3; one transaction per message, RSET
+between them).
+
+It is Twisted's L{ESMTPClient} (EHLO with HELO fallback, STARTTLS, AUTH),
+with what a relaying MTA needs on top:
+
+ - C{MAIL FROM:<...> SIZE=n} when the server offers SIZE, and a message
+   larger than the server's announced limit is failed at once with
+   C{552 5.3.4} instead of being sent (RFC 1870 §6);
+ - the message is sent as it is stored (CRLF already) with only
+   dot-stuffing (RFC 5321 §4.5.2); Twisted's FileSender path would turn
+   CRLF into CR CR LF;
+ - per-recipient outcomes: each RCPT reply counts for its recipient, the
+   reply to the final dot for those accepted;
+ - STARTTLS is opportunistic (no certificate check, RFC 7435) unless
+   C{--relay-require-tls}, when a server without it is a temporary failure;
+ - with C{--transcript}, the session is logged as C:/S: lines with the
+   AUTH exchange masked.
+
+States (the C{phase} of a job): C{waiting} -> C{sending} -> C{done}. A job
+still C{waiting} when the connection ends was never tried on this host, so
+the caller may offer it to the next MX; a job C{sending} when the
+connection drops gets a temporary failure for its undecided recipients.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attr
+from twisted.internet import defer, protocol
+from twisted.mail import smtp
+from twisted.python import failure
+
+from twisted_mailhub.transcript import Transcriber, next_connection_id
+
+WAITING = "waiting"
+SENDING = "sending"
+DONE = "done"
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class Outcome:
+    """
+    What one recipient's attempt came to: the reply code (C{-1} when there
+    was no reply: the connection failed) and text.
+    """
+
+    code: int
+    reply: str
+    remote: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.reply}" if self.code > 0 else self.reply
+
+
+@attr.s(auto_attribs=True, eq=False)
+class Job:
+    """
+    One message for one destination: its sender, the recipients that go to
+    this destination, and the message bytes.
+    """
+
+    id: str
+    sender: str
+    recipients: list[str]
+    message: bytes
+    phase: str = WAITING
+    outcomes: dict[str, Outcome] = attr.ib(factory=dict)
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """
+    The DATA payload: dot-stuffed, CRLF terminated, then the final dot
+    (RFC 5321 §4.5.2).
+    """
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    if message.startswith(b"."):
+        message = b"." + message
+    return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+def _text(resp: Any) -> str:
+    if isinstance(resp, bytes):
+        resp = resp.decode("utf-8", "replace")
+    return " ".join(str(resp).split())
+
+
+class RelayClient(smtp.ESMTPClient):
+    """
+    Sends L{Job}s over one connection; see the module docstring.
+    """
+
+    timeout = 300  # RFC 5321 §4.5.3.2 suggests 5 minutes or more per reply
+    debug = False
+
+    def __init__(self, jobs: list[Job], remote: str, identity: str, secret: bytes | None = None,
+                 username: bytes | None = None, context: Any = None, require_tls: bool = False,
+                 transcript: bool = False):
+        smtp.ESMTPClient.__init__(self, secret, context, identity)
+        self.jobs = jobs
+        self.remote = remote
+        self.requireTransportSecurity = require_tls
+        self.extensions: dict[bytes, bytes | None] = {}
+        self.size_limit = 0
+        self.job: Job | None = None
+        self.error: Outcome | None = None
+        self.done = defer.Deferred()
+        self.transcriber = Transcriber(next_connection_id("relay")) if transcript else None
+        if secret is not None and username is not None:
+            self.requireAuthentication = True
+            self.registerAuthenticator(smtp.PLAINAuthenticator(username))
+            self.registerAuthenticator(smtp.LOGINAuthenticator(username))
+
+    # -- transcript ------------------------------------------------------
+
+    def sendLine(self, line: bytes) -> None:
+        if self.transcriber is not None:
+            self.transcriber.client_bytes(line + b"\r\n")
+        smtp.ESMTPClient.sendLine(self, line)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.transcriber is not None:
+            self.transcriber.server_bytes(data)
+        smtp.ESMTPClient.dataReceived(self, data)
+
+    # -- the session -----------------------------------------------------
+
+    def esmtpState_serverConfig(self, code, resp):
+        items = {}
+        for line in resp.splitlines():
+            e = line.split(None, 1)
+            if e:
+                items[e[0].upper()] = e[1] if len(e) > 1 else None
+        self.extensions = items
+        size = items.get(b"SIZE")
+        self.size_limit = int(size) if size and size.strip().isdigit() else 0
+        self.tryTLS(code, resp, items)
+
+    def smtpState_from(self, code, resp):
+        while True:
+            job = next((j for j in self.jobs if j.phase == WAITING), None)
+            if job is None:
+                self.job = None
+                self._from = None
+                self._disconnectFromServer()
+                return
+            if self.size_limit and len(job.message) > self.size_limit:
+                # RFC 1870 §6: do not send what the server said it will refuse.
+                refusal = Outcome(552, f"5.3.4 message is {len(job.message)} octets, {self.remote} takes at most {self.size_limit}", self.remote)
+                job.outcomes = {r: refusal for r in job.recipients}
+                job.phase = DONE
+                continue
+            break
+        job.phase = SENDING
+        self.job = job
+        self._from = job.sender
+        self._failresponse = self.smtpTransferFailed
+        line = b"MAIL FROM:" + smtp.quoteaddr(job.sender)
+        if b"SIZE" in self.extensions:
+            line += b" SIZE=%d" % len(job.message)
+        self.sendLine(line)
+        self._expected = [250]
+        self._okresponse = self.smtpState_to
+
+    def smtpState_msgSent(self, code, resp):
+        if self._from is not None:
+            self.sentMail(code, resp, len(self.successAddresses), self.toAddressesResult, self.log)
+        self.toAddressesResult = []
+        self._from = None
+        if any(j.phase == WAITING for j in self.jobs):
+            # RSET between transactions (RFC 5321 §4.1.1.5), not before QUIT.
+            self.sendLine(b"RSET")
+            self._expected = smtp.SUCCESS
+            self._okresponse = self.smtpState_from
+        else:
+            self.job = None
+            self._disconnectFromServer()
+
+    def getMailTo(self):
+        return list(self.job.recipients) if self.job else []
+
+    def smtpState_data(self, code, resp):
+        payload = dot_stuff(self.job.message)
+        if self.transcriber is not None:
+            self.transcriber.client_bytes(payload)
+        self.resetTimeout()
+        self.transport.write(payload)
+        self._expected = smtp.SUCCESS
+        self._okresponse = self.smtpState_msgSent
+
+    def sentMail(self, code, resp, numOk, addresses, log):
+        job = self.job
+        if job is None:
+            return
+        final = Outcome(code, _text(resp), self.remote)
+        outcomes = {}
+        for address, rcode, rresp in addresses:
+            address = address.decode("utf-8", "replace") if isinstance(address, bytes) else str(address)
+            outcomes[address] = Outcome(rcode, _text(rresp), self.remote) if rcode not in smtp.SUCCESS else final
+        for r in job.recipients:
+            outcomes.setdefault(r, final)
+        job.outcomes = outcomes
+        job.phase = DONE
+        self.job = None
+
+    def sendError(self, exc):
+        code = getattr(exc, "code", -1)
+        resp = getattr(exc, "resp", None) or str(exc)
+        if not isinstance(code, int) or not 400 <= code < 600:
+            code = -1
+        elif code >= 500:
+            # A session-level refusal (EHLO, STARTTLS, AUTH, a 5xx greeting)
+            # says nothing final about the recipients: try again later.
+            resp = f"{code} {_text(resp)}"
+            code = -1
+        self.error = Outcome(code, _text(resp), self.remote)
+        smtp.ESMTPClient.sendError(self, exc)
+
+    def connectionLost(self, reason=protocol.connectionDone):
+        smtp.ESMTPClient.connectionLost(self, reason)
+        if self.transcriber is not None:
+            self.transcriber._emit("S", b"[connection closed]")
+        lost = self.error or Outcome(-1, f"connection to {self.remote} lost: {_lost_reason(reason)}", self.remote)
+        for job in self.jobs:
+            if job.phase == SENDING:
+                for r in job.recipients:
+                    job.outcomes.setdefault(r, lost)
+                job.phase = DONE
+        if not self.done.called:
+            self.done.callback(self)
+
+
+def _lost_reason(reason: failure.Failure) -> str:
+    text = reason.getErrorMessage() if isinstance(reason, failure.Failure) else str(reason)
+    return re.sub(r"\s+", " ", text)[:200]
+
+
+class RelayClientFactory(protocol.ClientFactory):
+    """
+    Builds one L{RelayClient} for one connection attempt.
+    """
+
+    noisy = False
+
+    def __init__(self, make_client):
+        self.make_client = make_client
+        self.client: RelayClient | None = None
+
+    def buildProtocol(self, addr):
+        self.client = self.make_client()
+        self.client.factory = self
+        return self.client

@@ -1,0 +1,133 @@
+# -*- test-case-name: tests.test_queue_component -*-
+"""
+The outbound-mail component of the hub: its options and C{install(hub)},
+which sets C{hub.relay} (the L{Relay} the SMTP server hands mail for other
+domains to) and starts the queue with the hub.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer, ssl
+from twisted.logger import Logger
+from twisted.python import usage
+
+from twisted_mailhub.queue.admin import QueueControl
+from twisted_mailhub.queue.mx import Router, parse_host_port, parse_override
+from twisted_mailhub.queue.relay import Relay
+from twisted_mailhub.queue.schedule import RetrySchedule, parse_duration
+from twisted_mailhub.queue.storage import QueueStorage
+
+log = Logger(namespace="mailhub.relay")
+
+listeners: list = []
+
+option_parameters = [
+    ["smarthost", None, None, "Send all outbound mail through this relay, HOST:PORT, instead of looking up MX records."],
+    ["smarthost-auth", None, None, "USER:PASSWORD to log in to the smarthost with (AUTH PLAIN or LOGIN; after STARTTLS when offered)."],
+    ["retry-schedule", None, "5m,30m", "Waits between delivery attempts, comma-separated; the last repeats (5m,30m: after 5 minutes, then every 30)."],
+    ["queue-lifetime", None, "5d", "How long a message may stay queued before it is bounced (s, m, h, d)."],
+    ["delay-warning", None, "4h", "Tell the sender a message is delayed after this long (0: never)."],
+    ["dns-server", None, None, "HOST:PORT of the DNS server for MX lookups (default: the system's resolvers)."],
+    ["relay-port", None, 25, "The port outbound SMTP connects to on MX hosts.", int],
+]
+
+option_flags = [
+    ["relay-require-tls", None, "Deliver outbound mail only over STARTTLS (default: use it when offered)."],
+]
+
+# Repeatable options: each use adds to a list (see tap.py).
+option_lists = [
+    ["mx-override", "DOMAIN=HOST:PORT: deliver mail for DOMAIN (* for every domain) to HOST:PORT, no DNS; repeatable."],
+]
+
+
+def _config(options):
+    """
+    The relay settings from the command line; L{ValueError} says what is wrong.
+    """
+    config = {}
+    config["smarthost"] = parse_host_port(options["smarthost"], 25) if options.get("smarthost") else None
+    auth = options.get("smarthost-auth")
+    if auth:
+        user, sep, password = auth.partition(":")
+        if not sep or not user:
+            raise ValueError("--smarthost-auth wants USER:PASSWORD")
+        if not config["smarthost"]:
+            raise ValueError("--smarthost-auth needs --smarthost")
+        config["auth"] = (user.encode("utf-8"), password.encode("utf-8"))
+    else:
+        config["auth"] = None
+    config["schedule"] = RetrySchedule.parse(options.get("retry-schedule") or "5m,30m")
+    config["lifetime"] = parse_duration(options.get("queue-lifetime") or "5d")
+    if config["lifetime"] <= 0:
+        raise ValueError("--queue-lifetime must be positive")
+    config["delay_warning"] = parse_duration(options.get("delay-warning") or "0")
+    config["dns_server"] = parse_host_port(options["dns-server"], 53) if options.get("dns-server") else None
+    port = int(options.get("relay-port") or 25)
+    if not 0 < port < 65536:
+        raise ValueError("--relay-port must be a TCP port")
+    config["port"] = port
+    config["overrides"] = dict(parse_override(o) for o in options.get("mx-override") or [])
+    config["require_tls"] = bool(options.get("relay-require-tls"))
+    return config
+
+
+def check_options(options) -> None:
+    try:
+        _config(options)
+    except ValueError as e:
+        raise usage.UsageError(str(e))
+
+
+def make_resolver(dns_server, reactor):
+    from twisted.names import client
+
+    if dns_server is None:
+        return None  # the system's, made on first use
+    return client.Resolver(servers=[dns_server], reactor=reactor, timeout=(1, 3, 5))
+
+
+def install(hub) -> None:
+    config = _config(hub.options)
+    directory = os.path.join(hub.data_dir, "queue")
+    storage = QueueStorage(directory, reactor=hub.reactor)
+    router = Router(
+        make_resolver(config["dns_server"], hub.reactor),
+        port=config["port"],
+        overrides=config["overrides"],
+        smarthost=config["smarthost"],
+    )
+
+    def is_local(address: str) -> bool:
+        return hub.accounts.is_local_domain(address.rpartition("@")[2])
+
+    def deliver_local(address: str, message: bytes):
+        account = hub.accounts.find(address)
+        if account is None:
+            log.info("queue: no local account <{address}>; notice dropped", address=address)
+            return defer.succeed(None)
+        return hub.store.deliver(account.address, message)
+
+    relay = Relay(
+        hub.reactor,
+        storage,
+        router,
+        hub.hostname,
+        deliver_local,
+        is_local,
+        schedule=config["schedule"],
+        lifetime=config["lifetime"],
+        delay_warning=config["delay_warning"],
+        auth=config["auth"],
+        require_tls=config["require_tls"],
+        tls_context=ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2),
+        transcript=hub.transcript,
+    )
+    hub.relay = relay
+    # The control service takes the queue's lock, so it starts first.
+    hub.add_service(QueueControl(relay, directory, hub.reactor))
+    hub.add_service(relay)
+    route = f"smarthost {config['smarthost'][0]}:{config['smarthost'][1]}" if config["smarthost"] else "MX lookup"
+    log.info("queue: outbound mail by {route}, retries {schedule}, lifetime {lifetime}", route=route, schedule=str(config["schedule"]), lifetime=hub.options.get("queue-lifetime"))

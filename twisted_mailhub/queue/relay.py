@@ -1,0 +1,430 @@
+# -*- test-case-name: tests.test_queue -*-
+"""
+The relay: takes messages for other domains into the durable queue and
+delivers them, retrying on temporary failures and bouncing on permanent
+ones. This is L{Hub.relay<twisted_mailhub.hub.Hub>} once the queue
+component is installed; the SMTP server calls L{Relay.enqueue}.
+
+Theory of operation:
+
+ - L{Relay.enqueue} stores the message (L{QueueStorage.add}: on disk
+   before the Deferred fires, so the SMTP server answers 250 only then)
+   and wakes the scheduler.
+ - One timer: it fires when the earliest message is due. A run takes
+   every due message that is not already being sent, groups its pending
+   recipients by domain, routes each domain (L{Router}), and merges the
+   domains that route to the same hosts into one destination: one
+   connection per destination carries every message for it.
+ - Each recipient's outcome is recorded as soon as its message's attempt
+   ends: 2xx -> delivered; 5xx -> failed; 4xx, no connection, DNS trouble
+   -> still pending, next attempt after the L{RetrySchedule} step, never
+   later than the message's lifetime. The envelope is saved (durably)
+   before anything else happens, so no recipient is sent a message twice.
+ - At the end of its lifetime a message's pending recipients fail with
+   C{4.4.7}. When every recipient is final, the failed ones are reported
+   to the sender in one DSN (RFC 3464) — delivered straight into the
+   sender's INBOX when the sender is local, queued otherwise, and never
+   sent for the null sender C{<>} (no bounce loops, RFC 5321 §4.5.5).
+   After C{--delay-warning} a still-pending message earns one DSN with
+   C{Action: delayed}.
+ - Every attempt is logged in one line: queue id, destination, the host
+   chosen, and each recipient's reply.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+
+from twisted_mailhub.queue.client import DONE, Job, Outcome, RelayClient, RelayClientFactory
+from twisted_mailhub.queue.dsn import build_dsn
+from twisted_mailhub.queue.mx import Hop, RouteError, Router
+from twisted_mailhub.queue.schedule import RetrySchedule, format_duration
+from twisted_mailhub.queue.storage import DELIVERED, FAILED, QueuedMessage, QueueStorage, make_entry
+
+log = Logger(namespace="mailhub.relay")
+
+
+class Relay(service.Service):
+    """
+    The outbound queue and its scheduler; see the module docstring.
+
+    @ivar deliver_local: C{(address, message) -> Deferred}, how DSNs reach a
+        local sender (the hub's store).
+    @ivar is_local: C{address -> bool}, is an address one of ours.
+    """
+
+    name = "relay"
+
+    def __init__(
+        self,
+        reactor: Any,
+        storage: QueueStorage,
+        router: Router,
+        hostname: str,
+        deliver_local: Callable[[str, bytes], Any],
+        is_local: Callable[[str], bool],
+        schedule: RetrySchedule | None = None,
+        lifetime: float = 5 * 86400,
+        delay_warning: float = 4 * 3600,
+        auth: tuple[bytes, bytes] | None = None,
+        require_tls: bool = False,
+        tls_context: Any = None,
+        transcript: bool = False,
+        connect_timeout: float = 30,
+    ):
+        self.reactor = reactor
+        self.storage = storage
+        self.router = router
+        self.hostname = hostname
+        self.deliver_local = deliver_local
+        self.is_local = is_local
+        self.schedule = schedule or RetrySchedule([300, 1800])
+        self.lifetime = lifetime
+        self.delay_warning = delay_warning
+        self.auth = auth
+        self.require_tls = require_tls
+        self.tls_context = tls_context
+        self.transcript = transcript
+        self.connect_timeout = connect_timeout
+        self.entries: dict[str, QueuedMessage] = {}
+        self.in_flight: set[str] = set()
+        self._doomed: set[str] = set()
+        self._timer: Any = None
+        self._running: set[defer.Deferred] = set()
+        self.owns_queue = True  # False when another process holds the queue's lock
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    # -- the service -------------------------------------------------------
+
+    def startService(self):
+        service.Service.startService(self)
+        for entry in self.storage.load(clean=self.owns_queue):
+            self.entries[entry.id] = entry
+        if self.entries:
+            log.info("queue: {n} message(s) waiting from before", n=len(self.entries))
+        for entry in list(self.entries.values()):
+            if entry.finished:
+                # A crash after the last outcome was saved: finish the job.
+                self.in_flight.add(entry.id)
+                self._track(defer.ensureDeferred(self._finish(entry)))
+        self._reschedule()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- what the SMTP server and the admin command call --------------------
+
+    @defer.inlineCallbacks
+    def enqueue(self, sender: str, recipients: list[str], message: bytes):
+        """
+        Queue C{message} from C{sender} (C{""} for C{<>}) to C{recipients}.
+        The Deferred fires with the queue id once it is durable.
+        """
+        sender = _bare(sender)
+        entry = make_entry(sender, [_bare(r) for r in recipients], len(message), self.now())
+        yield self.storage.add(entry, message)
+        self.entries[entry.id] = entry
+        log.info("queue: {qid} queued from <{sender}> to {rcpts} ({size} octets)", qid=entry.id, sender=sender, rcpts=", ".join(f"<{r}>" for r in recipients), size=len(message))
+        self._reschedule()
+        return entry.id
+
+    def flush(self) -> int:
+        """
+        Make every queued message due now. Returns how many there are.
+        """
+        for entry in self.entries.values():
+            entry.next_attempt = min(entry.next_attempt, self.now())
+        self._reschedule()
+        return len(self.entries)
+
+    def remove(self, qid: str) -> bool:
+        """
+        Delete a queued message without a bounce. One being sent right now
+        is deleted as soon as that attempt ends.
+        """
+        if qid not in self.entries:
+            return False
+        if qid in self.in_flight:
+            self._doomed.add(qid)
+        else:
+            self._drop(qid)
+        log.info("queue: {qid} removed by the administrator", qid=qid)
+        return True
+
+    def _drop(self, qid: str) -> None:
+        self.storage.remove(qid)
+        self.entries.pop(qid, None)
+        self._doomed.discard(qid)
+
+    # -- the scheduler -----------------------------------------------------
+
+    def _reschedule(self) -> None:
+        if not self.running:
+            return
+        waiting = [e.next_attempt for e in self.entries.values() if e.id not in self.in_flight]
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if waiting:
+            delay = max(0.0, min(waiting) - self.now())
+            self._timer = self.reactor.callLater(delay, self._run)
+
+    def _track(self, d: defer.Deferred) -> defer.Deferred:
+        self._running.add(d)
+
+        def done(result):
+            self._running.discard(d)
+            return result
+
+        d.addBoth(done)
+        d.addErrback(lambda f: log.failure("queue: run failed", f))
+        return d
+
+    def _run(self) -> defer.Deferred:
+        self._timer = None
+        now = self.now()
+        due = [e for e in self.entries.values() if e.id not in self.in_flight and e.next_attempt <= now]
+        for entry in due:
+            self.in_flight.add(entry.id)
+        d = self._track(defer.ensureDeferred(self._attempt(due)))
+        self._reschedule()
+        return d
+
+    async def _attempt(self, due: list[QueuedMessage]) -> None:
+        if not due:
+            return
+        messages: dict[str, bytes] = {}
+        by_domain: dict[str, list[tuple[QueuedMessage, list[str]]]] = {}
+        settles = []
+        local_jobs = []
+        for entry in due:
+            try:
+                messages[entry.id] = self.storage.read_message(entry.id)
+            except OSError as e:
+                log.error("queue: {qid} cannot read its message: {error}", qid=entry.id, error=e)
+                entry.next_attempt = self.now() + self.schedule.delay(max(entry.attempts, 1))
+                self.in_flight.discard(entry.id)
+                continue
+            for r in entry.pending:
+                if self.is_local(r.address):
+                    local_jobs.append((entry, r.address))
+                else:
+                    by_domain.setdefault(r.domain, []).append((entry, [r.address]))
+        # Route every domain, then merge domains that share their hosts.
+        domains = list(by_domain)
+        routes = await defer.DeferredList([defer.ensureDeferred(self._route(d)) for d in domains])
+        destinations: dict[tuple, list[tuple[QueuedMessage, list[str], str]]] = {}
+        outcomes: dict[str, dict[str, Outcome]] = {e.id: {} for e in due}
+        for domain, (_, route) in zip(domains, routes):
+            if isinstance(route, RouteError):
+                for entry, rcpts in by_domain[domain]:
+                    outcome = Outcome(route.code, route.reply)
+                    for r in rcpts:
+                        outcomes[entry.id][r] = outcome
+                    log.info("relay {qid} <{sender}> to {domain}: no route: {reply}", qid=entry.id, sender=entry.sender, domain=domain, reply=str(outcome))
+                continue
+            key = tuple(route)
+            for entry, rcpts in by_domain[domain]:
+                destinations.setdefault(key, []).append((entry, rcpts, domain))
+        sends = []
+        for hops, items in destinations.items():
+            jobs: dict[str, Job] = {}
+            labels: dict[str, set[str]] = {}
+            for entry, rcpts, domain in items:
+                job = jobs.get(entry.id)
+                if job is None:
+                    job = jobs[entry.id] = Job(entry.id, entry.sender, [], messages[entry.id])
+                job.recipients.extend(rcpts)
+                labels.setdefault(entry.id, set()).add(domain)
+            sends.append(defer.ensureDeferred(self._send(list(hops), list(jobs.values()), labels)))
+        for entry, address in local_jobs:
+            sends.append(defer.ensureDeferred(self._deliver_here(entry, address, messages[entry.id], outcomes)))
+        for result in await defer.DeferredList(sends):
+            ok, jobs = result
+            if ok and jobs:
+                for job in jobs:
+                    outcomes[job.id].update(job.outcomes)
+        for entry in due:
+            if entry.id in messages:
+                settles.append(defer.ensureDeferred(self._settle(entry, outcomes[entry.id])))
+        await defer.DeferredList(settles)
+
+    async def _route(self, domain: str):
+        try:
+            return await self.router.route(domain)
+        except RouteError as e:
+            return e
+        except Exception as e:  # noqa: BLE001 - a resolver bug must not stop the queue
+            return RouteError(451, "4.4.3", f"routing {domain} failed: {e}")
+
+    async def _deliver_here(self, entry: QueuedMessage, address: str, message: bytes, outcomes) -> None:
+        try:
+            await self.deliver_local(address, message)
+        except Exception as e:  # noqa: BLE001
+            outcomes[entry.id][address] = Outcome(451, f"4.3.0 local delivery failed: {e}", self.hostname)
+        else:
+            outcomes[entry.id][address] = Outcome(250, "2.0.0 delivered locally", self.hostname)
+
+    def _connect(self, hop: Hop, factory: RelayClientFactory) -> defer.Deferred:
+        endpoint = endpoints.HostnameEndpoint(self.reactor, hop.address, hop.port, timeout=self.connect_timeout)
+        return endpoint.connect(factory)
+
+    def _make_client(self, jobs: list[Job], hop: Hop) -> RelayClient:
+        username, secret = self.auth if self.auth else (None, None)
+        return RelayClient(
+            jobs,
+            str(hop),
+            self.hostname,
+            secret=secret,
+            username=username,
+            context=self.tls_context,
+            require_tls=self.require_tls,
+            transcript=self.transcript,
+        )
+
+    async def _send(self, hops: list[Hop], jobs: list[Job], labels: dict[str, set[str]]) -> list[Job]:
+        """
+        Try the hosts in order until every job had its turn on one of them.
+        """
+        remaining = jobs
+        last: Outcome | None = None
+        for hop in hops:
+            factory = RelayClientFactory(lambda: self._make_client(remaining, hop))
+            try:
+                await self._connect(hop, factory)
+            except Exception as e:  # noqa: BLE001 - refused, timeout, unreachable
+                last = Outcome(-1, f"cannot connect to {hop}: {_reason(e)}", str(hop))
+                log.info("relay to {hop}: {reply}", hop=hop, reply=last.reply)
+                continue
+            client = factory.client
+            await client.done
+            for job in remaining:
+                if job.phase == DONE:
+                    self._log_attempt(job, labels, hop)
+            if client.error is not None:
+                last = client.error
+            remaining = [j for j in remaining if j.phase != DONE]
+            if not remaining:
+                break
+        for job in remaining:
+            failure = last or Outcome(-1, "no host to try")
+            job.outcomes = {r: failure for r in job.recipients}
+            job.phase = DONE
+            self._log_attempt(job, labels, None)
+        return jobs
+
+    def _log_attempt(self, job: Job, labels: dict[str, set[str]], hop: Hop | None) -> None:
+        replies = "; ".join(f"<{r}> {job.outcomes[r]}" for r in job.recipients if r in job.outcomes)
+        log.info(
+            "relay {qid} <{sender}> to {domain} via {mx}: {replies}",
+            qid=job.id,
+            sender=job.sender,
+            domain=",".join(sorted(labels.get(job.id, ()))),
+            mx=str(hop) if hop else "(no connection)",
+            replies=replies,
+        )
+
+    # -- outcomes ----------------------------------------------------------
+
+    async def _settle(self, entry: QueuedMessage, outcomes: dict[str, Outcome]) -> None:
+        try:
+            if entry.id in self._doomed:
+                self._drop(entry.id)
+                return
+            now = self.now()
+            for r in entry.pending:
+                outcome = outcomes.get(r.address)
+                if outcome is None:
+                    continue
+                r.attempts += 1
+                r.code, r.reply, r.remote = outcome.code, outcome.reply, outcome.remote
+                if outcome.delivered:
+                    r.state = DELIVERED
+                elif outcome.permanent:
+                    r.state = FAILED
+            entry.attempts += 1
+            deadline = entry.created + self.lifetime
+            if entry.pending and now >= deadline:
+                for r in entry.pending:
+                    last = f"{r.code} {r.reply}" if r.code > 0 else r.reply
+                    r.state = FAILED
+                    r.reply = f"4.4.7 gave up after {format_duration(self.lifetime)} in the queue; last try: {last or 'none'}"
+                    r.code = 0
+                log.info("queue: {qid} expired after {lifetime}", qid=entry.id, lifetime=format_duration(self.lifetime))
+            if not entry.finished:
+                entry.next_attempt = min(now + self.schedule.delay(entry.attempts), max(deadline, now))
+                if not entry.warned and self.delay_warning and now - entry.created >= self.delay_warning:
+                    await self._warn(entry, now, deadline)
+            await self.storage.save(entry)
+            if entry.finished:
+                await self._finish(entry)
+            elif entry.id in self._doomed:
+                self._drop(entry.id)
+        finally:
+            self.in_flight.discard(entry.id)
+            self._reschedule()
+
+    async def _warn(self, entry: QueuedMessage, now: float, deadline: float) -> None:
+        entry.warned = True
+        if not entry.sender:
+            return
+        original = self.storage.read_message(entry.id)
+        notice = build_dsn(entry, entry.pending, original, self.hostname, now, action="delayed", retry_until=deadline)
+        try:
+            await self._notify(entry.sender, notice)
+            log.info("queue: {qid} delayed, warning sent to <{sender}>", qid=entry.id, sender=entry.sender)
+        except Exception as e:  # noqa: BLE001 - a lost warning is not worth a retry
+            log.error("queue: {qid} delay warning failed: {error}", qid=entry.id, error=e)
+
+    async def _finish(self, entry: QueuedMessage) -> None:
+        """
+        Every recipient is final: bounce the failed ones, then forget it.
+        """
+        try:
+            failed = [r for r in entry.recipients if r.state == FAILED]
+            if failed and not entry.bounced:
+                if not entry.sender:
+                    log.info("queue: {qid} failed for {rcpts}; sender is <>, no bounce (RFC 5321 §4.5.5)", qid=entry.id, rcpts=", ".join(f"<{r.address}>" for r in failed))
+                else:
+                    notice = build_dsn(entry, failed, self.storage.read_message(entry.id), self.hostname, self.now())
+                    await self._notify(entry.sender, notice)
+                    log.info("queue: {qid} bounced to <{sender}> for {rcpts}", qid=entry.id, sender=entry.sender, rcpts=", ".join(f"<{r.address}>" for r in failed))
+                entry.bounced = True
+            delivered = sum(1 for r in entry.recipients if r.state == DELIVERED)
+            self._drop(entry.id)
+            log.info("queue: {qid} done: {ok} delivered, {bad} failed", qid=entry.id, ok=delivered, bad=len(failed))
+        finally:
+            self.in_flight.discard(entry.id)
+
+    async def _notify(self, address: str, notice: bytes) -> None:
+        if self.is_local(address):
+            await self.deliver_local(address, notice)
+        else:
+            await self.enqueue("", [address], notice)
+
+
+def _bare(address: str) -> str:
+    address = address.decode("utf-8") if isinstance(address, bytes) else str(address)
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    return address
+
+
+def _reason(e: Exception) -> str:
+    text = str(e) or e.__class__.__name__
+    return " ".join(text.split())[:200]
+
+
+def wall_clock() -> float:
+    return time.time()

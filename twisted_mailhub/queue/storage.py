@@ -1,0 +1,231 @@
+# -*- test-case-name: tests.test_queue -*-
+"""
+The outbound queue on disk, C{DATA/queue/}.
+
+Rules (everything that changes the queue's files lives in this module):
+
+ - A queued message is two files with the same id: C{<id>.msg}, the message
+   bytes exactly as they will be sent (CRLF line ends, not dot-stuffed),
+   written once; and C{<id>.env}, its envelope and per-recipient state as
+   JSON, rewritten whole after every delivery attempt.
+ - Every write is tmp -> fsync -> rename -> fsync dir (through
+   L{GroupCommitWriter}). The C{.msg} file is durable before the C{.env}
+   file is written, and the C{.env} rename is the commit point: a message
+   is queued once its C{.env} exists, and only then is the client told
+   C{250}.
+ - A recipient's state moves only forward: C{pending} -> C{delivered} or
+   C{failed}. It is saved right after the reply that decided it, so after
+   a crash a recipient that already got a 2xx is not sent the message
+   again (the window between the peer's 2xx and our fsync is the one every
+   MTA has; RFC 5321 §6.1 accepts a rare duplicate over a loss).
+ - A message's files are removed only once every recipient is final and
+   any bounce it owes has been stored. Orphans from a crash (a C{.msg}
+   without C{.env}, stray tmp files) are removed when the queue is loaded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from typing import Any, Iterable
+
+import attr
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from twisted_mailhub.store.durable import GroupCommitWriter
+
+log = Logger()
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+
+_counter = itertools.count(1)
+
+
+@attr.s(auto_attribs=True)
+class Recipient:
+    """
+    One envelope recipient and what has happened to it so far.
+
+    @ivar code: the last SMTP reply code (0 before any attempt; -1 when the
+        connection failed before a reply).
+    @ivar reply: the last reply text, or why there was none.
+    @ivar remote: the MX host that gave the last reply.
+    """
+
+    address: str
+    state: str = PENDING
+    code: int = 0
+    reply: str = ""
+    remote: str = ""
+    attempts: int = 0
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2].lower().rstrip(".")
+
+
+@attr.s(auto_attribs=True)
+class QueuedMessage:
+    """
+    One queued message: its envelope, its recipients' state and its timing.
+
+    @ivar sender: the envelope sender; C{""} is the null sender C{<>} (a
+        bounce), which never gets a bounce itself.
+    @ivar created: when it was queued (seconds since the epoch).
+    @ivar next_attempt: when it is due for its next delivery attempt.
+    @ivar warned: whether the delay warning has been sent.
+    @ivar bounced: whether the bounce for its failed recipients is stored
+        (so a crash before the files are removed does not bounce twice).
+    """
+
+    id: str
+    sender: str
+    recipients: list[Recipient]
+    created: float
+    next_attempt: float
+    size: int
+    attempts: int = 0
+    warned: bool = False
+    bounced: bool = False
+
+    @property
+    def pending(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.state == PENDING]
+
+    @property
+    def finished(self) -> bool:
+        return not self.pending
+
+    def to_json(self) -> bytes:
+        return json.dumps(attr.asdict(self), indent=1, sort_keys=True).encode("utf-8") + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "QueuedMessage":
+        raw = json.loads(data.decode("utf-8"))
+        raw["recipients"] = [Recipient(**r) for r in raw["recipients"]]
+        return cls(**raw)
+
+
+def new_queue_id(now: float) -> str:
+    """
+    A queue id: sortable by arrival, unique within this host.
+    """
+    return "%x%05x%03x" % (int(now), int((now % 1) * 1_000_000), (os.getpid() * 7 + next(_counter)) % 4096)
+
+
+class QueueStorage:
+    """
+    The files of the queue directory.
+    """
+
+    def __init__(self, directory: str, writer: Any = None, reactor: Any = None):
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self.writer = writer or GroupCommitWriter(reactor)
+        self._tmp = itertools.count(1)
+
+    def _path(self, qid: str, suffix: str) -> str:
+        return os.path.join(self.directory, qid + suffix)
+
+    def _tmp_path(self, qid: str, suffix: str) -> str:
+        return self._path(qid, f"{suffix}.tmp{os.getpid()}-{next(self._tmp)}")
+
+    def message_path(self, qid: str) -> str:
+        return self._path(qid, ".msg")
+
+    def read_message(self, qid: str) -> bytes:
+        with open(self.message_path(qid), "rb") as f:
+            return f.read()
+
+    @defer.inlineCallbacks
+    def add(self, entry: QueuedMessage, message: bytes):
+        """
+        Store a new message; the Deferred fires once both files are durable.
+        """
+        yield self.writer.write(self._tmp_path(entry.id, ".msg"), self.message_path(entry.id), message)
+        yield self.save(entry)
+        return entry.id
+
+    def save(self, entry: QueuedMessage) -> defer.Deferred:
+        """
+        Durably replace the envelope file of C{entry}.
+        """
+        return self.writer.write(self._tmp_path(entry.id, ".env"), self._path(entry.id, ".env"), entry.to_json())
+
+    def remove(self, qid: str) -> None:
+        """
+        Remove a message: the envelope first, so that a crash half-way leaves
+        an orphan C{.msg} (cleaned up at load), never an envelope without
+        its message.
+        """
+        for suffix in (".env", ".msg"):
+            try:
+                os.unlink(self._path(qid, suffix))
+            except FileNotFoundError:
+                pass
+
+    def load(self, clean: bool = True) -> list[QueuedMessage]:
+        """
+        Every queued message, oldest first; with C{clean}, also cleans up
+        what a crash left (only the process holding the queue's lock may).
+        """
+        return scan(self.directory, clean=clean)
+
+
+def scan(directory: str, clean: bool = False) -> list[QueuedMessage]:
+    """
+    The queued messages in C{directory}, oldest first. With C{clean}, also
+    remove tmp files and uncommitted messages (never while a hub runs on
+    it: they may be writes in progress).
+    """
+    entries = []
+    names = set(os.listdir(directory))
+    for name in sorted(names):
+        path = os.path.join(directory, name)
+        if ".tmp" in name:
+            if clean:
+                _unlink(path)
+        elif name.endswith(".msg") and name[:-4] + ".env" not in names:
+            if clean:
+                log.info("queue: removing {name}, never committed (no envelope)", name=name)
+                _unlink(path)
+        elif name.endswith(".env"):
+            qid = name[:-4]
+            if qid + ".msg" not in names:
+                if clean:
+                    log.error("queue: {qid} has an envelope but no message; dropped", qid=qid)
+                    _unlink(path)
+                continue
+            try:
+                with open(path, "rb") as f:
+                    entries.append(QueuedMessage.from_json(f.read()))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                log.error("queue: cannot read {name}: {error}; left in place", name=name, error=e)
+    entries.sort(key=lambda e: (e.created, e.id))
+    return entries
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def make_entry(sender: str, recipients: Iterable[str], size: int, now: float | None = None) -> QueuedMessage:
+    now = time.time() if now is None else now
+    return QueuedMessage(
+        id=new_queue_id(now),
+        sender=sender,
+        recipients=[Recipient(r) for r in recipients],
+        created=now,
+        next_attempt=now,
+        size=size,
+    )
