@@ -12,6 +12,16 @@ import pytest
 from tests.hubprocess import HubProcess
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """
+    Run every test in its own temp directory, so nothing a test writes by a
+    relative path (trial's mktemp, twistd's pid and log files) lands in the
+    checkout.
+    """
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def start_hub(tmp_path):
     """
