@@ -223,8 +223,9 @@ class HubService(service.MultiService):
 
     def _failed(self, reason, name, description):
         log.critical("cannot listen for {name} on {description}: {error}", name=name, description=description, error=reason.getErrorMessage())
-        if self.hub.reactor.running:
-            self.hub.reactor.stop()
+        # Listening starts before the reactor runs: stop it once it does, so
+        # twistd exits instead of serving half the protocols.
+        self.hub.reactor.callWhenRunning(self.hub.reactor.stop)
         return False
 
     def _ready(self, results):
