@@ -102,7 +102,7 @@ class MaildirStoreTests(StoreContract, unittest.TestCase):
     def test_outside_file_gets_a_uid(self):
         folder = self.store.account("alice@example.org").folder(INBOX)
         yield folder.append(MESSAGE)
-        with open(os.path.join(folder.path, "new", "123.outside"), "wb") as f:
+        with open(os.path.join(folder.directory, "new", "123.outside"), "wb") as f:
             f.write(b"x: y\r\n\r\nz\r\n")
         infos = folder.messages()
         self.assertEqual(len(infos), 2)
@@ -113,7 +113,7 @@ class MaildirStoreTests(StoreContract, unittest.TestCase):
         folder = self.store.account("alice@example.org").folder(INBOX)
         uid = yield folder.append(MESSAGE)
         folder.set_flags([uid], [SEEN, "\\Flagged"], "replace")
-        names = os.listdir(os.path.join(folder.path, "cur"))
+        names = os.listdir(os.path.join(folder.directory, "cur"))
         self.assertEqual(len(names), 1)
         self.assertTrue(names[0].endswith(":2,FS"), names)
 

@@ -22,6 +22,7 @@ COMPONENTS: list[str] = [
     "twisted_mailhub.queue.component",
     "twisted_mailhub.smtp.component",
     "twisted_mailhub.pop3",
+    "twisted_mailhub.imap",
     "twisted_mailhub.ftp.component",
 ]
 

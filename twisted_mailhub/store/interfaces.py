@@ -157,6 +157,13 @@ class IFolder(Interface):
         (source UID, new UID) pairs once the copies are durable.
         """
 
+    def take_new() -> list[int]:
+        """
+        Mark every message no session has seen yet as seen by one (Maildir:
+        move it from C{new/} to C{cur/}); return their UIDs, ascending. The
+        session that takes them reports them as IMAP C{\\Recent}.
+        """
+
     def add_listener(listener: Callable[[FolderChange], None]) -> None:
         """
         Call C{listener} with a L{FolderChange} whenever this folder changes.

@@ -91,14 +91,21 @@ def unique_name(size: int, hostname: str | None = None, now: float | None = None
     return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{host},S={size}"
 
 
+_EMPTY: frozenset[str] = frozenset()
+_flag_sets: dict[str, frozenset[str]] = {}
+
+
 def parse_info(filename: str) -> tuple[str, frozenset[str]]:
     """
-    (base name, system flags) of a Maildir file name.
+    (base name, system flags) of a Maildir file name. Flag sets are shared
+    between messages (a folder of 100,000 messages has a handful of them).
     """
     base, sep, info = filename.partition(":")
-    flags = frozenset()
-    if sep and info.startswith("2,"):
-        flags = frozenset(_LETTERS[c] for c in info[2:] if c in _LETTERS)
+    if not sep or not info.startswith("2,"):
+        return base, _EMPTY
+    flags = _flag_sets.get(info)
+    if flags is None:
+        flags = _flag_sets[info] = frozenset(_LETTERS[c] for c in info[2:] if c in _LETTERS)
     return base, flags
 
 
@@ -150,7 +157,7 @@ class MaildirFolder:
 
     def __init__(self, name: str, path: str, writer: GroupCommitWriter, hostname: str):
         self.name = name
-        self.path = path
+        self.directory = path
         self.writer = writer
         self.hostname = hostname
         self._listeners = Listeners()
@@ -167,7 +174,7 @@ class MaildirFolder:
     # -- the UID list ---------------------------------------------------
 
     def _uidlist_path(self) -> str:
-        return os.path.join(self.path, UIDLIST)
+        return os.path.join(self.directory, UIDLIST)
 
     def _load_uidlist(self) -> None:
         self._known: dict[str, tuple[int, int, float, frozenset[str]]] = {}
@@ -187,7 +194,7 @@ class MaildirFolder:
         except FileNotFoundError:
             self._new_uid_validity()
         except (ValueError, IndexError, UnicodeDecodeError):
-            log.warn("UID list of {path} unreadable: UIDs assigned anew", path=self.path)
+            log.warn("UID list of {path} unreadable: UIDs assigned anew", path=self.directory)
             self._known = {}
             self._new_uid_validity()
 
@@ -220,8 +227,8 @@ class MaildirFolder:
 
     def _mtimes(self) -> tuple[int, int]:
         return (
-            os.stat(os.path.join(self.path, "new")).st_mtime_ns,
-            os.stat(os.path.join(self.path, "cur")).st_mtime_ns,
+            os.stat(os.path.join(self.directory, "new")).st_mtime_ns,
+            os.stat(os.path.join(self.directory, "cur")).st_mtime_ns,
         )
 
     def _scan(self, force: bool = False) -> None:
@@ -231,7 +238,7 @@ class MaildirFolder:
         self._dir_mtimes = mtimes
         seen: dict[str, tuple[str, str]] = {}
         for sub in ("new", "cur"):
-            for filename in os.listdir(os.path.join(self.path, sub)):
+            for filename in os.listdir(os.path.join(self.directory, sub)):
                 if filename.startswith("."):
                     continue
                 base, _ = parse_info(filename)
@@ -263,7 +270,10 @@ class MaildirFolder:
         # Files we have never seen: UIDs in order of arrival.
         fresh.sort(key=lambda t: (_date_from_name(t[0]) or 0, t[0]))
         for base, sub, filename in fresh:
-            added.append(self._register(base, sub, filename))
+            try:
+                added.append(self._register(base, sub, filename))
+            except FileNotFoundError:
+                continue  # gone again (moved by another program): next scan
         if added:
             self._append_uidlist(added)
         if gone:
@@ -278,12 +288,15 @@ class MaildirFolder:
         self._by_base[entry.info.key] = entry.info.uid
 
     def _register(self, base: str, sub: str, filename: str, date: float | None = None) -> _Entry:
-        path = os.path.join(self.path, sub, filename)
+        path = os.path.join(self.directory, sub, filename)
         size = _size_from_name(base)
-        if size is None or date is None:
-            st = os.stat(path)
-            size = st.st_size if size is None else size
-            date = st.st_mtime if date is None else date
+        if size is None:
+            # Dropped in by another program: no S= in the name, and perhaps
+            # bare LF line ends. Store it as CRLF so that its size on disk
+            # is its size on the wire (RFC822.SIZE, POP3 LIST).
+            size = _to_crlf_in_place(path)
+        if date is None:
+            date = os.stat(path).st_mtime
         _, system = parse_info(filename)
         info = MessageInfo(self.uid_next, base, system, size, date)
         self.uid_next += 1
@@ -307,7 +320,7 @@ class MaildirFolder:
         return self._entry(uid).info
 
     def path_of(self, entry: _Entry) -> str:
-        return os.path.join(self.path, entry.subdir, entry.filename)
+        return os.path.join(self.directory, entry.subdir, entry.filename)
 
     def open(self, uid: int):
         entry = self._entry(uid)
@@ -335,7 +348,7 @@ class MaildirFolder:
         """
         base = unique_name(len(message), self.hostname)
         d = self.writer.write(
-            os.path.join(self.path, "tmp", base), os.path.join(self.path, "new", base), message
+            os.path.join(self.directory, "tmp", base), os.path.join(self.directory, "new", base), message
         )
         d.addCallback(lambda _: self._arrived(base, "new", base, time.time()))
         return d.addCallback(lambda entry: entry.info.key)
@@ -365,7 +378,7 @@ class MaildirFolder:
             os.utime(fd, (date, date))
 
         d = self.writer.write(
-            os.path.join(self.path, "tmp", base), os.path.join(self.path, "cur", filename), write
+            os.path.join(self.directory, "tmp", base), os.path.join(self.directory, "cur", filename), write
         )
         d.addCallback(lambda _: self._arrived(base, "cur", filename, date, keywords))
         return d.addCallback(lambda entry: entry.info.uid)
@@ -383,7 +396,7 @@ class MaildirFolder:
                 filename = entry.info.key + info_suffix(system)
                 if (entry.subdir, entry.filename) != ("cur", filename):
                     try:
-                        os.rename(self.path_of(entry), os.path.join(self.path, "cur", filename))
+                        os.rename(self.path_of(entry), os.path.join(self.directory, "cur", filename))
                     except FileNotFoundError:
                         continue
                     entry.subdir, entry.filename = "cur", filename
@@ -433,11 +446,64 @@ class MaildirFolder:
             ds.append(d)
         return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: sorted(pairs))
 
+    def take_new(self) -> list[int]:
+        """
+        Move every message still in C{new/} to C{cur/} (a session has now
+        seen it: Maildir's rule, and IMAP's \\Recent for that session).
+        Returns their UIDs, ascending.
+        """
+        self._scan()
+        taken = []
+        for uid, entry in self._entries.items():
+            if entry.subdir != "new":
+                continue
+            filename = entry.info.key + info_suffix(entry.info.flags)
+            try:
+                os.rename(self.path_of(entry), os.path.join(self.directory, "cur", filename))
+            except FileNotFoundError:
+                continue
+            entry.subdir, entry.filename = "cur", filename
+            taken.append(uid)
+        if taken:
+            self._dir_mtimes = self._mtimes()
+        return sorted(taken)
+
     def add_listener(self, listener):
         self._listeners.add(listener)
 
     def remove_listener(self, listener):
         self._listeners.remove(listener)
+
+
+def _to_crlf_in_place(path: str) -> int:
+    """
+    Rewrite a message file with CRLF line ends if it has bare LFs (tmp +
+    rename, keeping its name and mtime); return its size in octets.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    fixed = crlf(data)
+    if fixed is not data:
+        st = os.stat(path)
+        # tmp/ of the same Maildir: never mistaken for a message by a scan.
+        folder, name = os.path.split(os.path.dirname(path))[0], os.path.basename(path)
+        tmp = os.path.join(folder, "tmp", name + ".crlf")
+        with open(tmp, "wb") as f:
+            f.write(fixed)
+            f.flush()
+            os.fsync(f.fileno())
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.rename(tmp, path)
+    return len(fixed)
+
+
+def crlf(data: bytes) -> bytes:
+    """
+    C{data} with every bare LF made CRLF; C{data} itself if it had none.
+    """
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def _with_flags(info: MessageInfo, flags: frozenset[str]) -> MessageInfo:

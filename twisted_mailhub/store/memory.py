@@ -43,6 +43,7 @@ class MemoryFolder:
         self._infos: dict[int, MessageInfo] = {}
         self._bodies: dict[int, bytes] = {}
         self._listeners = Listeners()
+        self._new: set[int] = set()
 
     def messages(self):
         return [self._infos[uid] for uid in sorted(self._infos)]
@@ -77,6 +78,7 @@ class MemoryFolder:
             internal_date=internal_date if internal_date is not None else time.time(),
         )
         self._bodies[uid] = bytes(message)
+        self._new.add(uid)
         return uid
 
     def append(self, message: bytes, flags: Iterable[str] = (), internal_date: float | None = None):
@@ -119,6 +121,13 @@ class MemoryFolder:
             d.addCallback(lambda new, uid=uid: pairs.append((uid, new)))
             ds.append(d)
         return defer.gatherResults(ds).addCallback(lambda _: pairs)
+
+    def take_new(self) -> list[int]:
+        """
+        Messages no session has seen yet (IMAP \\Recent), now seen.
+        """
+        taken, self._new = sorted(self._new), set()
+        return [uid for uid in taken if uid in self._infos]
 
     def add_listener(self, listener):
         self._listeners.add(listener)

@@ -1,0 +1,282 @@
+# -*- test-case-name: tests.test_imap_search -*-
+"""
+IMAP SEARCH (RFC 3501 §6.4.4): search keys compiled into a predicate over
+the folder's index, reading message files only for the keys that need them.
+
+Theory of operation: L{compile_search} turns the parsed key list (Twisted's
+C{parseNestedParens}) into one Python function. Keys on flags, size, dates,
+UIDs and sequence numbers look only at L{MessageInfo}. Header keys (FROM,
+TO, SUBJECT, HEADER ...) read only a message's header, at most
+C{HEADER_READ} octets of the file, and remember the lowered value per
+folder and UID (L{HeaderCache}), so a second SEARCH FROM does not touch the
+disk; BODY and TEXT read the whole message. Matching is case-insensitive
+substring matching on the octets (RFC 3501: "substring"), after decoding
+RFC 2047 encoded words in headers.
+"""
+
+from __future__ import annotations
+
+import calendar
+import email.header
+import email.utils
+import os
+import re
+import time
+import weakref
+from typing import Any, Callable
+
+from twisted.mail.imap4 import IllegalClientResponse, MessageSet, parseIdList
+
+from twisted_mailhub.imap.message import split_header
+from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN
+
+HEADER_READ = 16384
+_MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_abbr) if m}
+_FOLD = re.compile(rb"\r?\n[ \t]+")
+
+
+class BadSearch(IllegalClientResponse):
+    pass
+
+
+def parse_date(value: bytes) -> tuple[int, int, int]:
+    """An IMAP date, C{1-Feb-1994}, as (year, month, day)."""
+    try:
+        day, month, year = value.decode("ascii").strip('"').split("-")
+        return int(year), _MONTHS[month.lower()], int(day)
+    except (ValueError, KeyError, UnicodeDecodeError):
+        raise BadSearch(f"bad date {value!r}: expected e.g. 1-Feb-1994") from None
+
+
+def _day(timestamp: float) -> tuple[int, int, int]:
+    t = time.localtime(timestamp)
+    return t.tm_year, t.tm_mon, t.tm_mday
+
+
+def _sent_day(candidate: "Candidate") -> tuple[int, int, int] | None:
+    value = candidate.header_value("date")
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value.decode("ascii", "replace"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed.year, parsed.month, parsed.day
+
+
+def _decode_words(value: bytes) -> bytes:
+    if b"=?" not in value:
+        return value
+    try:
+        text = str(email.header.make_header(email.header.decode_header(value.decode("ascii", "replace"))))
+    except (ValueError, LookupError, UnicodeError):
+        return value
+    return text.encode("utf-8", "replace")
+
+
+class HeaderCache:
+    """
+    Lowered, unfolded, decoded header values per folder, field and UID.
+    """
+
+    _folders: "weakref.WeakKeyDictionary[Any, dict[str, dict[int, bytes]]]" = weakref.WeakKeyDictionary()
+    limit = 200_000  # values kept per field and folder
+
+    @classmethod
+    def of(cls, folder: Any) -> dict[str, dict[int, bytes]]:
+        try:
+            return cls._folders.setdefault(folder, {})
+        except TypeError:
+            return {}
+
+
+class Candidate:
+    """
+    One message as SEARCH sees it; reads the file only when asked.
+    """
+
+    __slots__ = ("seq", "info", "recent", "_folder", "_cache", "_header", "_raw")
+
+    def __init__(self, seq: int, info: Any, recent: bool, folder: Any, cache: dict):
+        self.seq = seq
+        self.info = info
+        self.recent = recent
+        self._folder = folder
+        self._cache = cache
+        self._header: bytes | None = None
+        self._raw: bytes | None = None
+
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self._raw = self._folder.read(self.info.uid)
+        return self._raw
+
+    def header(self) -> bytes:
+        if self._header is None:
+            if self._raw is not None:
+                self._header = split_header(self._raw)[0]
+            else:
+                path = self._folder.path(self.info.uid)
+                if path is None:
+                    self._header = split_header(self.raw())[0]
+                else:
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        head = os.read(fd, HEADER_READ)
+                    finally:
+                        os.close(fd)
+                    header, body = split_header(head)
+                    self._header = header if body or len(head) < HEADER_READ else split_header(self.raw())[0]
+        return self._header
+
+    def header_value(self, name: str) -> bytes:
+        """All values of field C{name}, lowered and joined; b'' if none."""
+        per_field = self._cache.get(name)
+        if per_field is None:
+            per_field = self._cache[name] = {}
+        value = per_field.get(self.info.uid)
+        if value is None:
+            pattern = re.compile(rb"(?im)^" + re.escape(name.encode("ascii")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+            values = [_decode_words(_FOLD.sub(b" ", m.group(1)).strip()) for m in pattern.finditer(self.header())]
+            value = b"\n".join(values).lower()
+            if len(per_field) < HeaderCache.limit:
+                per_field[self.info.uid] = value
+        return value
+
+
+Predicate = Callable[[Candidate], bool]
+
+
+def _flag(flag: str, present: bool = True) -> Predicate:
+    return lambda c: (flag in c.info.flags) == present
+
+
+def _keyword(word: bytes, present: bool = True) -> Predicate:
+    text = word.decode("utf-8", "replace").lower()
+    return lambda c: any(f.lower() == text for f in c.info.flags) == present
+
+
+def _contains_header(name: str, needle: bytes) -> Predicate:
+    needle = needle.lower()
+    return lambda c: needle in c.header_value(name)
+
+
+def _has_header(name: str) -> Predicate:
+    pattern = re.compile(rb"(?im)^" + re.escape(name.encode("ascii")) + rb"[ \t]*:")
+    return lambda c: pattern.search(c.header()) is not None
+
+
+def _msgset(value: bytes, uid: bool, last_seq: int, last_uid: int) -> Predicate:
+    try:
+        mset: MessageSet = parseIdList(value)
+    except Exception:
+        raise BadSearch(f"bad message set {value!r}") from None
+    last = last_uid if uid else last_seq
+    ranges = [(last if lo is None else lo, last if hi is None else hi) for lo, hi in mset.ranges]
+    ranges = [(min(lo, hi), max(lo, hi)) for lo, hi in ranges]
+    if uid:
+        return lambda c: any(lo <= c.info.uid <= hi for lo, hi in ranges)
+    return lambda c: any(lo <= c.seq <= hi for lo, hi in ranges)
+
+
+_SIMPLE: dict[bytes, Predicate] = {
+    b"ALL": lambda c: True,
+    b"ANSWERED": _flag(ANSWERED),
+    b"DELETED": _flag(DELETED),
+    b"DRAFT": _flag(DRAFT),
+    b"FLAGGED": _flag(FLAGGED),
+    b"SEEN": _flag(SEEN),
+    b"UNANSWERED": _flag(ANSWERED, False),
+    b"UNDELETED": _flag(DELETED, False),
+    b"UNDRAFT": _flag(DRAFT, False),
+    b"UNFLAGGED": _flag(FLAGGED, False),
+    b"UNSEEN": _flag(SEEN, False),
+    b"RECENT": lambda c: c.recent,
+    b"OLD": lambda c: not c.recent,
+    b"NEW": lambda c: c.recent and SEEN not in c.info.flags,
+}
+_ADDRESS_HEADERS = {b"FROM": "from", b"TO": "to", b"CC": "cc", b"BCC": "bcc", b"SUBJECT": "subject"}
+
+
+def compile_search(keys: list, last_seq: int, last_uid: int) -> Predicate:
+    """
+    One predicate for a whole SEARCH key list (keys are ANDed).
+    """
+    tokens = list(keys)
+    if not tokens:
+        raise BadSearch("SEARCH needs at least one key, e.g. ALL")
+    position = [0]
+
+    def take(what: str) -> Any:
+        if position[0] >= len(tokens):
+            raise BadSearch(f"missing {what}")
+        token = tokens[position[0]]
+        position[0] += 1
+        return token
+
+    def take_string(what: str) -> bytes:
+        token = take(what)
+        if isinstance(token, list):
+            raise BadSearch(f"expected {what}, got a list")
+        return token
+
+    def one() -> Predicate:
+        token = take("search key")
+        if isinstance(token, list):
+            return compile_search(token, last_seq, last_uid) if token else (lambda c: True)
+        key = token.upper()
+        if key in _SIMPLE:
+            return _SIMPLE[key]
+        if key in _ADDRESS_HEADERS:
+            return _contains_header(_ADDRESS_HEADERS[key], take_string(f"a string after {key.decode()}"))
+        if key == b"HEADER":
+            name = take_string("a header field name after HEADER").decode("ascii", "replace").lower()
+            value = take_string("a string after HEADER field")
+            return _has_header(name) if not value else _contains_header(name, value)
+        if key in (b"KEYWORD", b"UNKEYWORD"):
+            return _keyword(take_string(f"a keyword after {key.decode()}"), key == b"KEYWORD")
+        if key in (b"BODY", b"TEXT"):
+            needle = take_string(f"a string after {key.decode()}").lower()
+            if key == b"BODY":
+                return lambda c: needle in split_header(c.raw())[1].lower()
+            return lambda c: needle in c.raw().lower()
+        if key in (b"LARGER", b"SMALLER"):
+            try:
+                n = int(take_string(f"a number after {key.decode()}"))
+            except ValueError:
+                raise BadSearch(f"{key.decode()} wants a number") from None
+            return (lambda c: c.info.size > n) if key == b"LARGER" else (lambda c: c.info.size < n)
+        if key in (b"SINCE", b"BEFORE", b"ON"):
+            day = parse_date(take_string(f"a date after {key.decode()}"))
+            if key == b"SINCE":
+                return lambda c: _day(c.info.internal_date) >= day
+            if key == b"BEFORE":
+                return lambda c: _day(c.info.internal_date) < day
+            return lambda c: _day(c.info.internal_date) == day
+        if key in (b"SENTSINCE", b"SENTBEFORE", b"SENTON"):
+            day = parse_date(take_string(f"a date after {key.decode()}"))
+            compare = {b"SENTSINCE": lambda a: a >= day, b"SENTBEFORE": lambda a: a < day, b"SENTON": lambda a: a == day}[key]
+
+            def sent(c: Candidate) -> bool:
+                d = _sent_day(c)
+                return d is not None and compare(d)
+
+            return sent
+        if key == b"NOT":
+            inner = one()
+            return lambda c: not inner(c)
+        if key == b"OR":
+            left, right = one(), one()
+            return lambda c: left(c) or right(c)
+        if key == b"UID":
+            return _msgset(take_string("a UID set after UID"), True, last_seq, last_uid)
+        if key[:1].isdigit() or key[:1] == b"*":
+            return _msgset(token, False, last_seq, last_uid)
+        raise BadSearch(f"unknown search key {token.decode('ascii', 'replace')!r}")
+
+    predicates = []
+    while position[0] < len(tokens):
+        predicates.append(one())
+    if len(predicates) == 1:
+        return predicates[0]
+    return lambda c: all(p(c) for p in predicates)
