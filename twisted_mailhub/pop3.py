@@ -576,9 +576,9 @@ class MailhubPOP3(_pop3.POP3):
         self.reply_ok(b"begin TLS negotiation")
         # RFC 2595 §4 / CVE-2011-0411: anything the client sent after STLS
         # before the handshake is discarded, never executed over TLS.
-        dropped = sum(len(x) for x in self._lines if x is not _TOO_LONG) + len(self._buffer)
+        dropped = len(self._lines) + bool(self._buffer or self._discarding)
         if dropped:
-            log.info("{cid} discarded {n} octets pipelined after STLS", cid=self.connection_id, n=dropped)
+            log.info("{cid} discarded {n} command lines pipelined after STLS", cid=self.connection_id, n=dropped)
         self._lines.clear()
         self._buffer = b""
         self._discarding = False

@@ -1,0 +1,352 @@
+"""
+End-to-end: the real C{twistd -n mailhub} spoken to with poplib, raw
+sockets and curl; results checked in the Maildirs on disk.
+
+Most tests share one hub and each uses an account of its own (the maildrop
+lock and DELE would otherwise get in each other's way); tests that need
+other options or a restart start their own.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import os
+import poplib
+import re
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from email.message import EmailMessage
+
+import pytest
+
+from tests.hubprocess import HubProcess
+
+USERS = ["bob:hungry"] + [f"user{i}:pw{i}" for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    h = HubProcess(str(tmp_path_factory.mktemp("pop3-hub")), users=USERS)
+    h.start()
+    yield h
+    h.stop()
+
+
+_serial = iter(range(10**6))
+
+
+def put(hub: HubProcess, address: str, message: bytes) -> str:
+    """Drop a message into the account's Maildir new/ the way an MDA does."""
+    new = os.path.join(hub.maildir(address), "new")
+    os.makedirs(new, exist_ok=True)
+    name = f"{int(time.time())}.M{next(_serial)}P{os.getpid()}.test,S={len(message)}"
+    with open(os.path.join(new, "tmp-" + name), "wb") as f:
+        f.write(message)
+    os.rename(os.path.join(new, "tmp-" + name), os.path.join(new, name))
+    return name
+
+
+def files(hub: HubProcess, address: str) -> list[str]:
+    root = hub.maildir(address)
+    return sorted(f for sub in ("new", "cur") for f in os.listdir(os.path.join(root, sub)))
+
+
+def tls_context(hub: HubProcess) -> ssl.SSLContext:
+    """Trust the hub's self-signed certificate, and check it (SAN 127.0.0.1)."""
+    return ssl.create_default_context(cafile=os.path.join(hub.data_dir, "tls", "cert.pem"))
+
+
+class Raw:
+    """A POP3 session typed the way a person does, over a plain socket."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        self.banner = self.line()
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError(self.buf)
+            self.buf += data
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def multi(self) -> list[bytes]:
+        lines = []
+        while (line := self.line()) != b".":
+            lines.append(line)
+        return lines
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def cmd(self, text: bytes, end: bytes = b"\r\n") -> bytes:
+        self.send(text + end)
+        return self.line()
+
+    def closed_by_server(self) -> bool:
+        return self.sock.recv(1) == b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_textbook_session_typed_in_lowercase(hub):
+    put(hub, "bob@localhost", b"From: alice@localhost\r\nSubject: lunch\r\n\r\nAt noon?\r\n")
+    s = Raw(hub.ports["pop3"])
+    assert re.fullmatch(rb"\+OK mail\.test POP3 ready <\d+\.[\d.a-f]+@mail\.test>", s.banner)
+    assert s.cmd(b"user bob") == b"+OK now send PASS for bob"
+    assert s.cmd(b"pass hungry") == b"+OK bob@localhost has 1 messages (51 octets)"
+    assert s.cmd(b"list") == b"+OK 1 messages (51 octets)"
+    assert s.multi() == [b"1 51"]
+    assert s.cmd(b"retr 1") == b"+OK 51 octets"
+    assert s.multi() == [b"From: alice@localhost", b"Subject: lunch", b"", b"At noon?"]
+    assert s.cmd(b"quit") == b"+OK mail.test POP3 server signing off (0 messages deleted)"
+    assert s.closed_by_server()
+
+
+def test_session_typed_with_bare_lf_like_nc(hub):
+    s = Raw(hub.ports["pop3"])
+    assert s.cmd(b"user user0", b"\n") == b"+OK now send PASS for user0"
+    assert s.cmd(b"pass pw0", b"\n").startswith(b"+OK user0@localhost has")
+    assert s.cmd(b"frob", b"\n") == b"-ERR unknown command 'FROB'; try CAPA for the list of commands"
+    assert s.cmd(b"noop", b"\n") == b"+OK"
+    s.close()
+
+
+def test_apop_login_computed_from_the_banner(hub):
+    put(hub, "user1@localhost", b"Subject: a\r\n\r\nb\r\n")
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"])
+    try:
+        assert p.apop("user1", "pw1").startswith(b"+OK user1@localhost has 1 messages")
+        assert p.retr(1)[1] == [b"Subject: a", b"", b"b"]
+    finally:
+        p.quit()
+
+
+def mime_message() -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "alice@localhost"
+    msg["To"] = "user2@localhost"
+    msg["Subject"] = "the binary attachment"
+    msg.set_content("See attached.\n.\n..a line starting with dots\n")
+    msg.add_attachment(bytes(range(256)) * 40, maintype="application", subtype="octet-stream", filename="blob.bin")
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def test_retr_is_byte_exact_for_multipart_mime_with_binary_attachment(hub):
+    message = mime_message()
+    assert b"\r\n.\r\n" in message and b"\r\n..a line" in message  # stuffing matters
+    put(hub, "user2@localhost", message)
+    s = Raw(hub.ports["pop3"])
+    s.cmd(b"user user2")
+    s.cmd(b"pass pw2")
+    assert s.cmd(b"retr 1") == b"+OK %d octets" % len(message)
+    # Read the raw multi-line reply and undo the byte-stuffing by hand.
+    while not s.buf.endswith(b"\r\n.\r\n"):
+        s.buf += s.sock.recv(65536)
+    raw = s.buf[: -len(b".\r\n")]
+    unstuffed = re.sub(rb"(?m)^\.", b"", raw)
+    assert unstuffed == message
+    s.close()
+
+
+def test_message_sent_over_smtp_arrives_whole_over_pop3(hub):
+    message = mime_message()
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"]) as c:
+        c.sendmail("alice@localhost", ["user3@localhost"], message)
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"])
+    p.user("user3")
+    p.pass_("pw3")
+    got = b"\r\n".join(p.retr(1)[1]) + b"\r\n"
+    p.quit()
+    # The hub adds its trace headers in front; the rest is byte for byte.
+    assert got.startswith(b"Return-Path: <alice@localhost>\r\n")
+    assert got.endswith(message)
+    parsed = email.message_from_bytes(got, policy=email.policy.default)
+    [attachment] = parsed.iter_attachments()
+    assert attachment.get_content() == bytes(range(256)) * 40
+
+
+def test_stls_then_login(hub):
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"])
+    assert {"STLS", "USER"} <= set(p.capa())
+    p.stls(tls_context(hub))
+    caps = p.capa()
+    assert "STLS" not in caps and "USER" in caps
+    assert "CELERITY" not in caps and "IMPLEMENTATION" in caps
+    assert p.user("user4").startswith(b"+OK")
+    assert p.pass_("pw4").startswith(b"+OK user4@localhost")
+    p.quit()
+
+
+def test_commands_pipelined_after_stls_are_discarded(hub):
+    s = Raw(hub.ports["pop3"])
+    # STLS and a login in one packet: the login must not run, in clear or in TLS.
+    s.send(b"STLS\r\nUSER user5\r\nPASS pw5\r\n")
+    assert s.line() == b"+OK begin TLS negotiation"
+    assert s.buf == b""
+    tls = tls_context(hub).wrap_socket(s.sock, server_hostname="127.0.0.1")
+    tls.sendall(b"STAT\r\n")
+    reply = tls.recv(4096)
+    assert reply == b"-ERR log in first (USER and PASS, or APOP); STAT comes after login\r\n"
+    tls.close()
+    hub.wait_for_log(r"pop3#\d+ discarded 2 command lines pipelined after STLS")
+
+
+def test_implicit_tls_on_pop3s(hub):
+    put(hub, "user6@localhost", b"Subject: over tls\r\n\r\nsecret stuff\r\n")
+    p = poplib.POP3_SSL("127.0.0.1", hub.ports["pop3s"], context=tls_context(hub))
+    assert b"POP3 ready" in p.getwelcome()
+    assert "STLS" not in p.capa()
+    p.user("user6")
+    p.pass_("pw6")
+    assert p.retr(1)[1] == [b"Subject: over tls", b"", b"secret stuff"]
+    p.quit()
+
+
+def test_dele_is_undone_when_connection_drops(hub):
+    name = put(hub, "user7@localhost", b"Subject: keep me\r\n\r\nx\r\n")
+    s = Raw(hub.ports["pop3"])
+    s.cmd(b"user user7")
+    s.cmd(b"pass pw7")
+    assert s.cmd(b"dele 1") == b"+OK message 1 deleted"
+    s.close()  # no QUIT
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"])
+    p.user("user7")
+    # The first session's lock goes when its connection is seen to drop.
+    for _ in range(100):
+        try:
+            p.pass_("pw7")
+            break
+        except poplib.error_proto as e:
+            assert b"[IN-USE]" in e.args[0]
+            p.user("user7")
+    assert p.stat() == (1, 23)
+    p.quit()
+    assert files(hub, "user7@localhost") == [name]
+
+
+def test_dele_and_quit_remove_the_file_and_retr_marks_seen(hub):
+    gone = put(hub, "user8@localhost", b"Subject: one\r\n\r\n1\r\n")
+    kept = put(hub, "user8@localhost", b"Subject: two\r\n\r\n2\r\n")
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"])
+    p.user("user8")
+    p.pass_("pw8")
+    p.retr(1)
+    p.retr(2)
+    p.dele(1)
+    assert p.quit() == b"+OK mail.test POP3 server signing off (1 messages deleted)"
+    root = hub.maildir("user8@localhost")
+    assert os.listdir(os.path.join(root, "new")) == []
+    assert os.listdir(os.path.join(root, "cur")) == [kept + ":2,S"]
+    assert gone not in files(hub, "user8@localhost")
+
+
+def test_second_session_gets_in_use_until_the_first_quits(hub):
+    first = poplib.POP3("127.0.0.1", hub.ports["pop3"])
+    first.user("user9")
+    first.pass_("pw9")
+    second = poplib.POP3("127.0.0.1", hub.ports["pop3"])
+    second.user("user9")
+    with pytest.raises(poplib.error_proto) as e:
+        second.pass_("pw9")
+    assert e.value.args[0] == b"-ERR [IN-USE] maildrop of user9@localhost is in use by another session"
+    assert "RESP-CODES" in second.capa()
+    first.quit()
+    second.user("user9")
+    assert second.pass_("pw9").startswith(b"+OK")
+    second.quit()
+
+
+def test_curl_fetches_a_message(hub):
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed (.ci/run installs it)")
+    message = b"Subject: via curl\r\n\r\nfetched by curl\r\n.leading dot\r\n"
+    put(hub, "user10@localhost", message)
+    out = subprocess.run(
+        [curl, "-sS", "--max-time", "20", f"pop3://127.0.0.1:{hub.ports['pop3']}/1", "-u", "user10:pw10"],
+        capture_output=True, timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == message
+
+
+def test_uidl_is_stable_across_a_restart(start_hub):
+    h = start_hub()
+    for i in range(3):
+        put(h, "bob@localhost", b"Subject: %d\r\n\r\nbody\r\n" % i)
+    p = poplib.POP3("127.0.0.1", h.ports["pop3"])
+    p.user("bob")
+    p.pass_("hungry")
+    before = p.uidl()[1]
+    p.retr(2)
+    p.quit()
+    h.restart()
+    p = poplib.POP3("127.0.0.1", h.ports["pop3"])
+    p.user("bob")
+    p.pass_("hungry")
+    after = p.uidl()[1]
+    p.quit()
+    assert len(before) == 3 and before == after
+
+
+def test_untrusted_network_refuses_user_pass_but_apop_works(start_hub):
+    h = start_hub("--trusted-networks", "10.0.0.0/8")
+    s = Raw(h.ports["pop3"])
+    s.send(b"CAPA\r\n")
+    assert s.line().startswith(b"+OK")
+    caps = s.multi()
+    assert b"USER" not in caps and b"STLS" in caps
+    assert s.cmd(b"user bob") == b"-ERR [AUTH] plaintext login needs TLS on this connection: use STLS or APOP"
+    assert s.cmd(b"pass hungry") == b"-ERR [AUTH] plaintext login needs TLS on this connection: use STLS or APOP"
+    stamp = re.search(rb"<[^>]+>", s.banner).group(0)
+    digest = hashlib.md5(stamp + b"hungry").hexdigest().encode()
+    assert s.cmd(b"apop bob " + digest) == b"+OK bob@localhost has 0 messages (0 octets)"
+    s.close()
+    # Over TLS the same network may use USER/PASS.
+    p = poplib.POP3("127.0.0.1", h.ports["pop3"])
+    p.stls(tls_context(h))
+    p.user("alice")
+    assert p.pass_("secret").startswith(b"+OK alice@localhost")
+    p.quit()
+
+
+def test_failed_logins_are_delayed_and_the_right_password_still_works(start_hub):
+    h = start_hub()
+    s = Raw(h.ports["pop3"])
+    started = time.monotonic()
+    for _ in range(5):
+        s.cmd(b"user bob")
+        assert s.cmd(b"pass wrong") == b"-ERR [AUTH] authentication failed"
+    # 0.1 + 0.2 + 0.3 + 0.4 + 0.5 seconds held back.
+    assert time.monotonic() - started >= 1.5
+    s.cmd(b"user bob")
+    assert s.cmd(b"pass hungry").startswith(b"+OK")
+    s.close()
+
+
+def test_idle_client_is_logged_out(start_hub):
+    h = start_hub("--pop3-idle-timeout", "1")
+    s = Raw(h.ports["pop3"])
+    assert s.line() == b"-ERR autologout: idle for 1 seconds, closing"
+    assert s.closed_by_server()
+
+
+def test_transcript_masks_the_password(start_hub):
+    h = start_hub("--transcript")
+    p = poplib.POP3("127.0.0.1", h.ports["pop3"])
+    p.user("bob")
+    p.pass_("hungry")
+    p.quit()
+    h.wait_for_log(r"pop3#\d+ C: PASS \*\*\*\*")
+    assert "hungry" not in h.log
