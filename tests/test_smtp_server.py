@@ -252,6 +252,16 @@ def test_authenticated_relay_goes_to_the_queue_and_250_waits_for_it(hub):
     assert said(transport)[0].startswith(b"250 2.0.0 Ok: queued as ")
 
 
+def test_authenticated_foreign_recipient_without_a_queue_is_refused(hub):
+    hub.relay = None
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO x\r\n")
+    transport.clear()
+    cram_md5_login(proto, transport)
+    proto.dataReceived(b"MAIL FROM:<alice@localhost>\r\nRCPT TO:<b@example.com>\r\n")
+    assert said(transport)[-1] == b"550 5.7.1 <b@example.com>: Relaying is not enabled on this hub"
+
+
 def test_unauthenticated_foreign_recipient_never_reaches_the_queue(hub):
     hub.relay = Relay()
     proto, transport = connect(hub)

@@ -231,17 +231,28 @@ def envelope_of(sender: str, recipients, session: Session) -> Envelope:
     )
 
 
-async def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> str:
+def deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> defer.Deferred:
     """
-    Filters, headers, then store/queue every copy. Returns the queue id
-    once all are durable; raises L{Rejected} for a filter's L{Reject}.
+    Filters, headers, then store/queue every copy. The Deferred fires with
+    the queue id once all are durable, or fails with L{Rejected} for a
+    filter's L{Reject}.
     """
-    envelope = envelope_of(sender, [r.address for r in recipients], session)
     if hub.filters:
-        result = await run_filters(hub.filters, "end_of_data", envelope, message)
-        if isinstance(result, Reject):
-            raise Rejected(result.code, result.text)
-        message = result
+        envelope = envelope_of(sender, [r.address for r in recipients], session)
+        d = run_filters(hub.filters, "end_of_data", envelope, message)
+        return d.addCallback(_filtered, hub, session, sender, recipients)
+    return _store(hub, session, sender, recipients, message)
+
+
+def _filtered(result, hub, session, sender, recipients):
+    if isinstance(result, Reject):
+        raise Rejected(result.code, result.text)
+    return _store(hub, session, sender, recipients, result)
+
+
+def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> defer.Deferred:
+    # Plain Deferreds rather than a coroutine: this runs once per message
+    # on the hot path.
     if session.authenticated:
         message = add_submission_headers(message, session.hostname)
     qid = queue_id()
@@ -255,12 +266,12 @@ async def _deliver(hub: Any, session: Session, sender: str, recipients: list[Ver
     if relay:
         copy = session.received(qid, None) + message
         waits.append(defer.maybeDeferred(hub.relay.enqueue, sender, list(dict.fromkeys(relay)), copy))
-    await defer.gatherResults(waits, consumeErrors=True)
-    return qid
-
-
-def deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> defer.Deferred:
-    return defer.Deferred.fromCoroutine(_deliver(hub, session, sender, recipients, message))
+    if len(waits) == 1:
+        d = waits[0]
+    else:
+        d = defer.gatherResults(waits, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+    return d.addCallback(lambda _: qid)
 
 
 class Rejected(Exception):

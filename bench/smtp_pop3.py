@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""
+Benchmark: SMTP messages/s into the hub (durable: fsynced in new/ before
+250), with aiosmtpd beside it in the same run for a ratio, and POP3 RETR
+messages/s on a 10,000-message maildrop.
+
+    python3 bench/smtp_pop3.py                  # everything
+    python3 bench/smtp_pop3.py --quick          # fewer messages
+    python3 bench/smtp_pop3.py --no-aiosmtpd --no-pop3
+
+Both SMTP servers get the same load from the same client: an asyncio
+client in this process, N connections, each sending MAIL/RCPT/DATA
+pipelined (both servers advertise PIPELINING) and then the message.
+Every accepted message is then looked for on disk by its X-Bench-Id
+header; a missing or wrong one fails the run.
+
+aiosmtpd's handler writes a Maildir the safe way, the same as the hub:
+tmp/ file, fsync, rename into new/, fsync new/. It runs twice: as the
+plain handler most aiosmtpd users write ("aiosmtpd": the write runs in
+handle_DATA, like aiosmtpd.handlers.Mailbox plus fsync), and handing each
+write to a 32-thread pool so concurrent fsyncs overlap ("aiosmtpd+thr").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.hubprocess import HubProcess  # noqa: E402
+
+AIOSMTPD_SERVER = r'''
+import asyncio, os, sys, time, socket, itertools
+from concurrent.futures import ThreadPoolExecutor
+from aiosmtpd.controller import Controller
+
+root = sys.argv[1]
+threaded = sys.argv[2] == "threads"
+for sub in ("tmp", "new", "cur"):
+    os.makedirs(os.path.join(root, sub), exist_ok=True)
+pool = ThreadPoolExecutor(max_workers=32)
+counter = itertools.count()
+host = socket.gethostname()
+
+def write(data):
+    name = "%d.%d_%d.%s" % (time.time(), os.getpid(), next(counter), host)
+    tmp = os.path.join(root, "tmp", name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, os.path.join(root, "new", name))
+    dfd = os.open(os.path.join(root, "new"), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        data = b"Return-Path: <" + envelope.mail_from.encode() + b">\r\n" + envelope.original_content
+        if threaded:
+            await asyncio.get_running_loop().run_in_executor(pool, write, data)
+        else:
+            write(data)
+        return "250 2.0.0 Ok"
+
+probe = socket.socket()
+probe.bind(("127.0.0.1", 0))
+port = probe.getsockname()[1]
+probe.close()
+controller = Controller(Handler(), hostname="127.0.0.1", port=port, data_size_limit=50 * 1024 * 1024)
+controller.start()
+print("PORT", port, flush=True)
+sys.stdin.read()
+controller.stop()
+'''
+
+
+class SMTPLoad:
+    """One client connection sending messages as fast as the server takes them."""
+
+    def __init__(self, port: int, rcpt: bytes, body: bytes):
+        self.port = port
+        self.rcpt = rcpt
+        self.body = body
+
+    async def _reply(self, reader) -> bytes:
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise ConnectionError("server closed")
+            if line[3:4] != b"-":
+                return line
+
+    async def run(self, ids) -> list[int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await self._reply(reader)
+        writer.write(b"EHLO bench.example\r\n")
+        await self._reply(reader)
+        accepted = []
+        envelope = b"MAIL FROM:<bench@example.org>\r\nRCPT TO:<" + self.rcpt + b">\r\nDATA\r\n"
+        for n in ids:
+            writer.write(envelope)
+            codes = [(await self._reply(reader))[:3] for _ in range(3)]
+            if codes != [b"250", b"250", b"354"]:
+                raise RuntimeError(f"envelope refused: {codes}")
+            writer.write(b"X-Bench-Id: %d\r\n" % n + self.body + b".\r\n")
+            r = await self._reply(reader)
+            if r.startswith(b"250"):
+                accepted.append(n)
+            else:
+                raise RuntimeError(f"message {n} refused: {r!r}")
+        writer.write(b"QUIT\r\n")
+        await self._reply(reader)
+        writer.close()
+        return accepted
+
+
+def make_body(size: int) -> bytes:
+    head = b"From: bench@example.org\r\nTo: bob@localhost\r\nSubject: benchmark\r\n\r\n"
+    line = b"The quick brown fox jumps over the lazy dog; 0123456789 ABCDEFGHIJKLMNOP.\r\n"
+    body = head
+    while len(body) + len(line) <= size - 20:
+        body += line
+    return body
+
+
+async def smtp_run(port: int, rcpt: bytes, clients: int, count: int, size: int) -> tuple[float, list[int]]:
+    body = make_body(size)
+    ids = list(range(count))
+    shares = [ids[i::clients] for i in range(clients)]
+    start = time.perf_counter()
+    results = await asyncio.gather(*(SMTPLoad(port, rcpt, body).run(share) for share in shares if share))
+    elapsed = time.perf_counter() - start
+    return elapsed, [n for r in results for n in r]
+
+
+_ID = re.compile(rb"\r\nX-Bench-Id: (\d+)\r\n")
+
+
+def verify_on_disk(maildir: str, accepted: list[int], size: int) -> None:
+    """Every accepted message is in the Maildir, complete."""
+    found = {}
+    for path in glob.glob(os.path.join(maildir, "new", "*")):
+        with open(path, "rb") as f:
+            data = f.read()
+        m = _ID.search(data)
+        if m:
+            found[int(m.group(1))] = data
+    missing = [n for n in accepted if n not in found]
+    if missing:
+        raise SystemExit(f"FAIL: {len(missing)} accepted messages not on disk in {maildir} (e.g. {missing[:5]})")
+    body = make_body(size)
+    bad = [n for n in accepted if not found[n].endswith(body)]
+    if bad:
+        raise SystemExit(f"FAIL: {len(bad)} messages damaged on disk (e.g. {bad[:5]})")
+
+
+def clear_maildir(maildir: str) -> None:
+    for path in glob.glob(os.path.join(maildir, "new", "*")):
+        os.unlink(path)
+
+
+def start_aiosmtpd(root: str, mode: str):
+    proc = subprocess.Popen([sys.executable, "-c", AIOSMTPD_SERVER, root, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("PORT"):
+        proc.kill()
+        raise SystemExit("aiosmtpd did not start")
+    return proc, int(line.split()[1])
+
+
+def pop3_bench(hub: HubProcess, messages: int, retrs: int) -> float:
+    """
+    Fill bob's maildrop by writing files into new/ directly, then time
+    RETR over one POP3 session (a raw client: one command, one reply).
+    """
+    maildir = hub.maildir("bob@localhost")
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    clear_maildir(maildir)
+    body = make_body(1024)
+    now = int(time.time())
+    for n in range(messages):
+        with open(os.path.join(maildir, "new", f"{now}.B{n}.bench"), "wb") as f:
+            f.write(b"X-Bench-Id: %d\r\n" % n + body)
+    sock = socket.create_connection(("127.0.0.1", hub.ports["pop3"]))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    f = sock.makefile("rb")
+    f.readline()
+    for cmd in (b"USER bob\r\n", b"PASS hungry\r\n"):
+        sock.sendall(cmd)
+        r = f.readline()
+        if not r.startswith(b"+OK"):
+            raise SystemExit(f"POP3 login failed: {r!r}")
+    sock.sendall(b"STAT\r\n")
+    stat = f.readline()
+    if int(stat.split()[1]) != messages:
+        raise SystemExit(f"POP3 STAT says {stat!r}, expected {messages} messages")
+    start = time.perf_counter()
+    for n in range(1, retrs + 1):
+        sock.sendall(b"RETR %d\r\n" % n)
+        r = f.readline()
+        if not r.startswith(b"+OK"):
+            raise SystemExit(f"RETR {n}: {r!r}")
+        while True:
+            line = f.readline()
+            if line == b".\r\n":
+                break
+            if not line:
+                raise SystemExit("POP3 connection closed")
+    elapsed = time.perf_counter() - start
+    sock.sendall(b"QUIT\r\n")
+    sock.close()
+    return retrs / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer messages per case")
+    parser.add_argument("--no-aiosmtpd", action="store_true")
+    parser.add_argument("--no-pop3", action="store_true")
+    parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir on the same disk as /var/tmp)")
+    args = parser.parse_args()
+
+    scale = 0.25 if args.quick else 1.0
+    cases = [  # (clients, size, messages)
+        (1, 1024, int(400 * scale)),
+        (32, 1024, int(6000 * scale)),
+        (1, 100 * 1024, int(200 * scale)),
+        (32, 100 * 1024, int(1600 * scale)),
+    ]
+    work = tempfile.mkdtemp(prefix="mailhub-bench-", dir=args.dir or "/var/tmp")
+    hub = HubProcess(os.path.join(work, "hub"))
+    os.makedirs(hub.data_dir)
+    hub.start()
+    peers = []  # (name, process, port, maildir)
+    try:
+        if not args.no_aiosmtpd:
+            for name, mode in (("aiosmtpd", "plain"), ("aiosmtpd+thr", "threads")):
+                root = os.path.join(work, name)
+                proc, port = start_aiosmtpd(root, mode)
+                peers.append((name, proc, port, root))
+        load = os.getloadavg()
+        print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; cpus: {os.cpu_count()}")
+        print(f"{'server':<13} {'clients':>7} {'size':>7} {'messages':>8} {'msgs/s':>9} {'hub is':>7}")
+        servers = [("mailhub", None, hub.ports["smtp"], hub.maildir("bob@localhost"))] + peers
+        for clients, size, count in cases:
+            rates = {}
+            for name, _, port, maildir in servers:
+                # warm up: connections, first-file directory creation
+                asyncio.run(smtp_run(port, b"bob@localhost", 1, 5, size))
+                clear_maildir(maildir)
+                elapsed, accepted = asyncio.run(smtp_run(port, b"bob@localhost", clients, count, size))
+                verify_on_disk(maildir, accepted, size)
+                clear_maildir(maildir)
+                rates[name] = len(accepted) / elapsed
+                ratio = "" if name == "mailhub" else f"{rates['mailhub'] / rates[name]:5.2f}x"
+                print(f"{name:<13} {clients:>7} {size:>7} {len(accepted):>8} {rates[name]:>9.0f} {ratio:>7}", flush=True)
+        if not args.no_pop3:
+            if "pop3" not in hub.ports:
+                print("pop3: the hub has no POP3 listener yet; skipped")
+            else:
+                messages = 10_000
+                rate = pop3_bench(hub, messages, int(messages * scale))
+                print(f"pop3 RETR on a {messages}-message maildrop: {rate:.0f} msgs/s")
+        load = os.getloadavg()
+        print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    finally:
+        hub.stop()
+        for _, proc, _, _ in peers:
+            proc.stdin.close()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
