@@ -320,3 +320,41 @@ class RelayTests(unittest.TestCase):
         self.assertEqual(entry.recipients[0].state, PENDING)
         self.assertEqual(entry.recipients[0].reply, "4.4.2 closing")
         self.assertEqual(entry.attempts, 1)
+
+
+class OptionTests(unittest.TestCase):
+    def parse(self, *args):
+        from twisted_mailhub import tap
+
+        options = tap.Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_relay_options_parse(self):
+        from twisted_mailhub.queue.component import _config
+
+        options = self.parse(
+            "--mx-override", "b.test=127.0.0.1:2525", "--mx-override", "*=10.0.0.1",
+            "--retry-schedule", "1s,2s", "--queue-lifetime", "1h", "--delay-warning", "0", "--relay-port", "2526",
+        )
+        config = _config(options)
+        self.assertEqual(config["overrides"], {"b.test": ("127.0.0.1", 2525), "*": ("10.0.0.1", 25)})
+        self.assertEqual(config["schedule"].steps, [1, 2])
+        self.assertEqual((config["lifetime"], config["delay_warning"], config["port"]), (3600, 0, 2526))
+        defaults = _config(self.parse())
+        self.assertEqual((defaults["schedule"].steps, defaults["lifetime"], defaults["delay_warning"]), ([300, 1800], 432000, 14400))
+        self.assertIsNone(defaults["smarthost"])
+
+    def test_bad_relay_options_are_usage_errors(self):
+        from twisted.python.usage import UsageError
+
+        for args in (
+            ["--smarthost-auth", "u:p"],
+            ["--smarthost", "relay.test:25", "--smarthost-auth", "nocolon"],
+            ["--smarthost", "relay.test:99999"],
+            ["--retry-schedule", "often"],
+            ["--queue-lifetime", "0"],
+            ["--mx-override", "b.test"],
+            ["--dns-server", "x:y"],
+        ):
+            self.assertRaises(UsageError, self.parse, *args)

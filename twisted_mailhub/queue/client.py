@@ -109,8 +109,10 @@ class RelayClient(smtp.ESMTPClient):
 
     def __init__(self, jobs: list[Job], remote: str, identity: str, secret: bytes | None = None,
                  username: bytes | None = None, context: Any = None, require_tls: bool = False,
-                 transcript: bool = False):
+                 transcript: bool = False, reactor: Any = None):
         smtp.ESMTPClient.__init__(self, secret, context, identity)
+        if reactor is not None:
+            self.callLater = reactor.callLater  # TimeoutMixin's clock
         self.jobs = jobs
         self.remote = remote
         self.requireTransportSecurity = require_tls

@@ -290,6 +290,7 @@ class Relay(service.Service):
             context=self.tls_context,
             require_tls=self.require_tls,
             transcript=self.transcript,
+            reactor=self.reactor,
         )
 
     async def _send(self, hops: list[Hop], jobs: list[Job], labels: dict[str, set[str]]) -> list[Job]:

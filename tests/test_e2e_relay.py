@@ -1,0 +1,246 @@
+"""
+Outbound mail end to end: two real hubs on loopback, A (a.test) relaying
+to B (b.test) through an MX answer from a twisted.names server the test
+starts, or through --smarthost. Clients are smtplib; what is checked is
+what users see: files in B's Maildir, the DSN in alice's INBOX, the queue
+directory, the admin command's output, the hub's log lines.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import glob
+import json
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.hubprocess import ROOT
+
+ALICE = "alice@a.test:secret"
+BOB = "bob@b.test:hungry"
+BODY = (
+    b"From: Alice <alice@a.test>\r\n"
+    b"To: Bob <bob@b.test>\r\n"
+    b"Subject: lunch at noon?\r\n"
+    b"\r\n"
+    b"Hi Bob,\r\n"
+    b".a line that starts with a dot\r\n"
+    b"..and one with two\r\n"
+    b"\r\n"
+    b"caf\xc3\xa9 at noon.\r\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dns_server():
+    """
+    A twisted.names server on a loopback UDP port with the zone of b.test:
+    MX 10 mx.b.test, mx.b.test A 127.0.0.1. Yields "127.0.0.1:PORT".
+    """
+    zones = {"b.test": {"b.test": [["MX", 10, "mx.b.test"]], "mx.b.test": [["A", "127.0.0.1"]]}}
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.test_queue_mx", json.dumps(zones)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("dns ready "), line + process.stdout.read()
+        yield f"127.0.0.1:{int(line.split()[2])}"
+    finally:
+        process.kill()
+        process.wait()
+
+
+def start_b(start_hub, *args):
+    return start_hub("--domain", "b.test", "--hostname", "mx.b.test", *args, users=[BOB])
+
+
+def start_a(start_hub, *args, data=None):
+    return start_hub("--domain", "a.test", "--hostname", "mx.a.test", *args, users=[ALICE], data=data)
+
+
+def submit(hub, recipients, message=BODY, sender="alice@a.test", login=("alice@a.test", "secret")):
+    with smtplib.SMTP("127.0.0.1", hub.ports["submission"], timeout=10) as client:
+        client.login(*login)
+        refused = client.sendmail(sender, recipients, message)
+    assert refused == {}
+
+
+def messages(hub, address) -> list[bytes]:
+    found = []
+    for path in sorted(glob.glob(os.path.join(hub.maildir(address), "new", "*")) + glob.glob(os.path.join(hub.maildir(address), "cur", "*"))):
+        with open(path, "rb") as f:
+            found.append(f.read())
+    return found
+
+
+def queued(hub) -> list[str]:
+    return sorted(glob.glob(os.path.join(hub.data_dir, "queue", "*.env")))
+
+
+def admin(hub, *args) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted_mailhub.queue", "--data", hub.data_dir, *args],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=30,
+    )
+    return result.stdout + result.stderr
+
+
+def test_mail_relayed_through_the_mx_arrives_intact_with_both_received_lines(start_hub, dns_server):
+    b = start_b(start_hub)
+    a = start_a(start_hub, "--dns-server", dns_server, "--relay-port", str(b.ports["smtp"]), "--transcript")
+    submit(a, ["bob@b.test"])
+    a.wait_for_log(r"queue: \S+ done: 1 delivered, 0 failed")
+    [got] = messages(b, "bob@b.test")
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert body == BODY.partition(b"\r\n\r\n")[2]
+    received = [line for line in head.split(b"\r\n") if line.startswith(b"Received:")]
+    assert len(received) == 2
+    assert b"by mx.b.test" in head and b"by mx.a.test" in head
+    assert b"Message-ID:" in head and b"Subject: lunch at noon?" in head
+    # The teaching view: one line per attempt naming the MX, and the transcript.
+    a.wait_for_log(rf"relay \S+ <alice@a.test> to b.test via mx.b.test\[127.0.0.1\]:{b.ports['smtp']}: <bob@b.test> 250")
+    a.wait_for_log(r"relay#\d+ C: MAIL FROM:<alice@a.test> SIZE=\d+")
+    a.wait_for_log(r"relay#\d+ C: STARTTLS")
+    assert queued(a) == []
+
+
+def test_b_down_keeps_the_message_queued_and_the_next_retry_delivers_it(start_hub, dns_server):
+    b_port = free_port()
+    a = start_a(start_hub, "--dns-server", dns_server, "--relay-port", str(b_port), "--retry-schedule", "1s")
+    submit(a, ["bob@b.test"])
+    a.wait_for_log(r"relay \S+ <alice@a.test> to b.test via \(no connection\): <bob@b.test> cannot connect to mx.b.test")
+    assert len(queued(a)) == 1
+    listing = admin(a, "list")
+    assert "<bob@b.test> pending: cannot connect" in listing and "1 message(s)" in listing
+    b = start_b(start_hub, "--smtp", f"tcp:{b_port}:interface=127.0.0.1")
+    a.wait_for_log(r"queue: \S+ done: 1 delivered", timeout=20)
+    assert len(messages(b, "bob@b.test")) == 1
+    assert queued(a) == []
+    assert "queue is empty" in admin(a, "list")
+
+
+def test_kill_9_between_accept_and_delivery_then_delivered_exactly_once(start_hub, dns_server):
+    b_port = free_port()
+    a = start_a(start_hub, "--dns-server", dns_server, "--relay-port", str(b_port), "--retry-schedule", "1s")
+    submit(a, ["bob@b.test"])
+    a.wait_for_log(r"relay \S+ .* cannot connect")
+    a.kill()
+    assert len(queued(a)) == 1
+    b = start_b(start_hub, "--smtp", f"tcp:{b_port}:interface=127.0.0.1")
+    a.start()
+    a.wait_for_log(r"queue: 1 message\(s\) waiting from before")
+    a.wait_for_log(r"queue: \S+ done: 1 delivered", timeout=20)
+    # Restart once more: nothing left to send again.
+    a.restart()
+    assert queued(a) == []
+    assert len(messages(b, "bob@b.test")) == 1
+
+
+def test_550_from_b_bounces_a_dsn_into_alices_inbox(start_hub, dns_server):
+    b = start_b(start_hub)
+    a = start_a(start_hub, "--dns-server", dns_server, "--relay-port", str(b.ports["smtp"]))
+    submit(a, ["bob@b.test", "nobody@b.test"])
+    a.wait_for_log(r"queue: \S+ bounced to <alice@a.test> for <nobody@b.test>")
+    assert len(messages(b, "bob@b.test")) == 1
+    [dsn] = messages(a, "alice@a.test")
+    report = email.message_from_bytes(dsn, policy=email.policy.default)
+    assert report.get_content_type() == "multipart/report"
+    text, status, headers = report.get_payload()
+    status = status.as_bytes().decode()
+    assert "Final-Recipient: rfc822; nobody@b.test" in status
+    assert "Action: failed" in status and "Status: 5.1.1" in status
+    assert "Diagnostic-Code: smtp; 550 5.1.1" in status
+    assert "bob@b.test" not in status  # delivered: not reported
+    assert b"Subject: lunch at noon?" in dsn
+    assert queued(a) == []
+
+
+def test_lifetime_expiry_bounces(start_hub, dns_server):
+    a = start_a(start_hub, "--dns-server", dns_server, "--relay-port", str(free_port()), "--retry-schedule", "1s", "--queue-lifetime", "2s")
+    submit(a, ["bob@b.test"])
+    a.wait_for_log(r"queue: \S+ expired after 2s", timeout=20)
+    a.wait_for_log(r"queue: \S+ bounced to <alice@a.test>")
+    [dsn] = messages(a, "alice@a.test")
+    assert b"Status: 4.4.7" in dsn and b"Action: failed" in dsn
+    assert b"gave up after 2s" in dsn
+    assert queued(a) == []
+
+
+def test_smarthost_with_auth(start_hub):
+    b = start_b(start_hub)
+    a = start_a(start_hub, "--smarthost", f"127.0.0.1:{b.ports['submission']}", "--smarthost-auth", "bob@b.test:hungry", "--transcript")
+    submit(a, ["bob@b.test"])
+    a.wait_for_log(r"queue: \S+ done: 1 delivered")
+    assert len(messages(b, "bob@b.test")) == 1
+    b.wait_for_log(r"submission login bob@b.test")
+    a.wait_for_log(r"relay#\d+ C: AUTH PLAIN \*\*\*\*")
+    assert "hungry" not in a.log
+
+
+def test_smarthost_refusing_the_login_keeps_the_message_queued(start_hub):
+    b = start_b(start_hub)
+    a = start_a(start_hub, "--smarthost", f"127.0.0.1:{b.ports['submission']}", "--smarthost-auth", "bob@b.test:wrong", "--retry-schedule", "1h")
+    submit(a, ["bob@b.test"])
+    a.wait_for_log(r"relay \S+ .* <bob@b.test> 535")
+    assert len(queued(a)) == 1
+    assert messages(a, "alice@a.test") == []  # no bounce for a login failure
+
+
+def test_unauthenticated_relay_is_refused(start_hub):
+    a = start_a(start_hub, "--mx-override", "b.test=127.0.0.1:9")
+    with smtplib.SMTP("127.0.0.1", a.ports["smtp"], timeout=10) as client:
+        client.ehlo("outside.test")
+        client.mail("mallory@evil.test")
+        code, text = client.rcpt("bob@b.test")
+    assert code == 554 and b"5.7.1" in text and b"Relay access denied" in text
+    assert queued(a) == []
+
+
+def test_bounce_for_the_null_sender_is_dropped_not_looped(start_hub, dns_server):
+    b = start_b(start_hub)
+    a = start_a(start_hub, "--dns-server", dns_server, "--relay-port", str(b.ports["smtp"]))
+    submit(a, ["nobody@b.test"], sender="")
+    a.wait_for_log(r"queue: \S+ failed for <nobody@b.test>; sender is <>, no bounce")
+    a.wait_for_log(r"queue: \S+ done: 0 delivered, 1 failed")
+    assert messages(a, "alice@a.test") == []
+    assert queued(a) == []
+
+
+def test_admin_flush_and_remove_on_a_running_hub(start_hub):
+    a = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{free_port()}", "--retry-schedule", "1h")
+    submit(a, ["bob@b.test"])
+    first = a.wait_for_log(r"relay (\S+) <alice@a.test> to b.test via \(no connection\)")
+    qid = first.group(1)
+    assert qid in admin(a, "list")
+    assert "flushing 1 message(s)" in admin(a, "flush")
+    # A second attempt, long before the 1h retry was due.
+    a.wait_for_log(rf"relay {qid} [^\n]*\n[\s\S]*relay {qid} ")
+    assert f"removed {qid}" in admin(a, "remove", qid)
+    assert "no message" in admin(a, "remove", qid)
+    assert queued(a) == []
+    assert "queue is empty" in admin(a, "list")
+
+
+def test_admin_command_works_on_a_stopped_hub(start_hub):
+    a = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{free_port()}", "--retry-schedule", "1h")
+    submit(a, ["bob@b.test"])
+    first = a.wait_for_log(r"relay (\S+) <alice@a.test>")
+    a.stop()
+    assert "1 message(s)" in admin(a, "list")
+    assert "will be tried as soon as the hub starts" in admin(a, "flush")
+    assert f"removed {first.group(1)}" in admin(a, "remove", first.group(1))
+    assert queued(a) == []

@@ -1,0 +1,170 @@
+"""
+The outbound ESMTP client, spoken to by a scripted server over a
+StringTransport: what it sends, and the outcome it records per recipient.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from twisted.internet.testing import StringTransport
+from twisted.python import failure
+from twisted.internet import error, task
+from twisted.trial import unittest
+
+from twisted_mailhub.queue.client import DONE, SENDING, WAITING, Job, RelayClient, dot_stuff
+
+EHLO_REPLY = b"250-mx.b.test\r\n250-SIZE 1000\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+
+
+def job(qid="q1", sender="alice@a.test", recipients=("bob@b.test",), message=b"Subject: x\r\n\r\nhi\r\n"):
+    return Job(qid, sender, list(recipients), message)
+
+
+class Session:
+    """A client on a StringTransport; C{reply} feeds a server line, C{sent} takes what the client wrote."""
+
+    def __init__(self, jobs, **kw):
+        self.clock = task.Clock()
+        self.client = RelayClient(jobs, "mx.b.test[127.0.0.1]:25", "mx.a.test", reactor=self.clock, **kw)
+        self.transport = StringTransport()
+        self.client.makeConnection(self.transport)
+
+    def reply(self, data: bytes) -> None:
+        self.client.dataReceived(data)
+
+    def sent(self) -> bytes:
+        value = self.transport.value()
+        self.transport.clear()
+        return value
+
+    def greet(self, ehlo=EHLO_REPLY):
+        self.reply(b"220 mx.b.test ESMTP\r\n")
+        assert self.sent() == b"EHLO mx.a.test\r\n"
+        self.reply(ehlo)
+
+
+class RelayClientTests(unittest.TestCase):
+    def test_two_messages_share_one_connection(self):
+        a = job("q1", recipients=("bob@b.test", "nobody@b.test"), message=b"Subject: one\r\n\r\n.leading dot\r\n")
+        b = job("q2", sender="", recipients=("carol@b.test",), message=b"Subject: two\r\n\r\nbody\r\n")
+        s = Session([a, b])
+        s.greet()
+        self.assertEqual(s.sent(), b"MAIL FROM:<alice@a.test> SIZE=%d\r\n" % len(a.message))
+        s.reply(b"250 2.1.0 ok\r\n")
+        self.assertEqual(s.sent(), b"RCPT TO:<bob@b.test>\r\n")
+        s.reply(b"250 2.1.5 ok\r\n")
+        self.assertEqual(s.sent(), b"RCPT TO:<nobody@b.test>\r\n")
+        s.reply(b"550 5.1.1 <nobody@b.test>: no such user\r\n")
+        self.assertEqual(s.sent(), b"DATA\r\n")
+        s.reply(b"354 go ahead\r\n")
+        self.assertEqual(s.sent(), b"Subject: one\r\n\r\n..leading dot\r\n.\r\n")
+        s.reply(b"250 2.0.0 queued as X\r\n")
+        self.assertEqual(a.phase, DONE)
+        self.assertEqual(a.outcomes["bob@b.test"].code, 250)
+        self.assertEqual(a.outcomes["nobody@b.test"].code, 550)
+        self.assertTrue(a.outcomes["nobody@b.test"].permanent)
+        self.assertEqual(a.outcomes["bob@b.test"].remote, "mx.b.test[127.0.0.1]:25")
+        # RSET between messages, then the null sender of the bounce.
+        self.assertEqual(s.sent(), b"RSET\r\n")
+        s.reply(b"250 ok\r\n")
+        self.assertEqual(s.sent(), b"MAIL FROM:<> SIZE=%d\r\n" % len(b.message))
+        s.reply(b"250 ok\r\n")
+        s.sent()
+        s.reply(b"250 ok\r\n")
+        self.assertEqual(s.sent(), b"DATA\r\n")
+        s.reply(b"354 go\r\n")
+        s.sent()
+        s.reply(b"451 4.3.0 disk full\r\n")
+        self.assertEqual(b.outcomes["carol@b.test"].code, 451)
+        self.assertFalse(b.outcomes["carol@b.test"].permanent)
+        # No RSET before QUIT.
+        self.assertEqual(s.sent(), b"QUIT\r\n")
+        s.reply(b"221 bye\r\n")
+        s.client.connectionLost(failure.Failure(error.ConnectionDone()))
+        self.assertTrue(s.client.done.called)
+
+    def test_message_over_the_servers_size_limit_is_refused_without_sending(self):
+        big = job("q1", message=b"x" * 2000 + b"\r\n")
+        small = job("q2")
+        s = Session([big, small])
+        s.greet()
+        self.assertEqual(s.sent(), b"MAIL FROM:<alice@a.test> SIZE=%d\r\n" % len(small.message))
+        self.assertEqual(big.phase, DONE)
+        self.assertEqual(big.outcomes["bob@b.test"].code, 552)
+        self.assertIn("5.3.4", big.outcomes["bob@b.test"].reply)
+
+    def test_no_size_parameter_when_the_server_does_not_offer_size(self):
+        s = Session([job()])
+        s.greet(b"250-mx.b.test\r\n250 8BITMIME\r\n")
+        self.assertEqual(s.sent(), b"MAIL FROM:<alice@a.test>\r\n")
+
+    def test_mail_from_refused_counts_for_every_recipient(self):
+        j = job(recipients=("bob@b.test", "eve@b.test"))
+        s = Session([j])
+        s.greet()
+        s.sent()
+        s.reply(b"451 4.7.1 greylisted, come back later\r\n")
+        self.assertEqual({r: o.code for r, o in j.outcomes.items()}, {"bob@b.test": 451, "eve@b.test": 451})
+        self.assertEqual(s.sent(), b"QUIT\r\n")
+
+    def test_connection_lost_during_data_is_a_temporary_failure(self):
+        sending, waiting = job("q1"), job("q2")
+        s = Session([sending, waiting])
+        s.greet()
+        s.reply(b"250 ok\r\n")
+        s.reply(b"250 ok\r\n")
+        s.reply(b"354 go\r\n")
+        self.assertEqual(sending.phase, SENDING)
+        s.client.connectionLost(failure.Failure(error.ConnectionLost("gone")))
+        self.assertEqual(sending.phase, DONE)
+        outcome = sending.outcomes["bob@b.test"]
+        self.assertEqual(outcome.code, -1)
+        self.assertFalse(outcome.permanent or outcome.delivered)
+        self.assertIn("lost", outcome.reply)
+        # Never tried: the caller may offer it to the next MX.
+        self.assertEqual(waiting.phase, WAITING)
+        self.assertEqual(waiting.outcomes, {})
+
+    def test_tls_required_but_not_offered_is_temporary(self):
+        j = job()
+        s = Session([j], require_tls=True, context=object())
+        s.greet()
+        s.client.connectionLost(failure.Failure(error.ConnectionDone()))
+        self.assertEqual(j.phase, WAITING)
+        self.assertEqual(s.client.error.code, -1)
+        self.assertIn("TLS", s.client.error.reply)
+
+    def test_starttls_when_offered(self):
+        s = Session([job()], context=object())
+        s.greet(b"250-mx.b.test\r\n250 STARTTLS\r\n")
+        self.assertEqual(s.sent(), b"STARTTLS\r\n")
+
+    def test_auth_plain_with_smarthost_credentials_and_transcript_masks_it(self):
+        from twisted.logger import globalLogPublisher
+
+        lines = []
+        globalLogPublisher.addObserver(lines.append)
+        self.addCleanup(globalLogPublisher.removeObserver, lines.append)
+        s = Session([job()], username=b"alice", secret=b"s3cret", transcript=True)
+        s.greet(b"250-relay.test\r\n250 AUTH PLAIN LOGIN\r\n")
+        # authzid, authcid, password (RFC 4616), base64
+        self.assertEqual(s.sent(), b"AUTH PLAIN " + base64.b64encode(b"alice\0alice\0s3cret") + b"\r\n")
+        s.reply(b"235 2.7.0 ok\r\n")
+        self.assertEqual(s.sent(), b"MAIL FROM:<alice@a.test>\r\n")
+        text = "\n".join(e.get("line", "") for e in lines if e.get("log_namespace") == "mailhub.transcript")
+        self.assertIn("AUTH PLAIN ****", text)
+        self.assertNotIn(base64.b64encode(b"alice\0alice\0s3cret").decode(), text)
+
+    def test_silent_server_times_out_as_a_temporary_failure(self):
+        j = job()
+        s = Session([j])
+        s.greet()
+        s.clock.advance(RelayClient.timeout + 1)
+        s.client.connectionLost(failure.Failure(error.ConnectionDone()))
+        self.assertEqual(j.outcomes["bob@b.test"].code, -1)
+        self.assertIn("Timeout", j.outcomes["bob@b.test"].reply)
+
+    def test_dot_stuffing(self):
+        self.assertEqual(dot_stuff(b".a\r\nb\r\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n")
+        self.assertEqual(dot_stuff(b"no newline"), b"no newline\r\n.\r\n")
