@@ -1,0 +1,99 @@
+# -*- test-case-name: tests.test_ftp_component -*-
+"""
+The FTP component: the C{ftp} listener, its options, and the realm's
+C{ftp.IFTPShell} avatar (a shell on the account's home in the virtual file
+system, or on the public folder, read-only, for anonymous logins).
+"""
+
+from __future__ import annotations
+
+from twisted.cred.checkers import AllowAnonymousAccess
+from twisted.protocols import ftp
+from twisted.python import usage
+
+from twisted_mailhub.hub import ListenerSpec
+
+listeners = [
+    ListenerSpec("ftp", "tcp:2121", "FTP control connections (RFC 959; AUTH TLS for FTPS)."),
+]
+
+option_parameters = [
+    ["ftp-data-port", None, None, "Source port of active-mode data connections (default: the control port - 1, i.e. 2120; 20 for 21)."],
+    ["passive-ports", None, None, "Passive data ports LO-HI (default: chosen by the OS)."],
+    ["passive-address", None, None, "Address announced in PASV replies (behind NAT)."],
+    ["ftp-banner", None, None, "Text of the FTP 220 greeting."],
+    ["ftp-filesystem", None, "disk", "FTP file system backend (a plugin's name: disk, ...)."],
+    ["ftp-max-per-ip", None, 20, "FTP control connections allowed from one address at once (0: no limit).", int],
+    ["ftp-idle-timeout", None, 600, "Seconds an FTP control connection may sit idle.", float],
+    ["ftp-data-timeout", None, 60, "Seconds to wait for, or on, an idle FTP data connection.", float],
+]
+
+option_flags = [
+    ["anonymous-ftp", None, "Allow anonymous FTP: read-only access to DATA/ftp/public/."],
+    ["ftp-require-tls", None, "Refuse FTP USER before AUTH TLS, except from --trusted-networks."],
+]
+
+
+def parse_port_range(spec: str) -> range:
+    low, sep, high = spec.partition("-")
+    try:
+        lo, hi = int(low), int(high if sep else low)
+    except ValueError:
+        raise usage.UsageError(f"--passive-ports wants LO-HI, got {spec!r}")
+    if not (1024 <= lo <= hi <= 65535):
+        raise usage.UsageError(f"--passive-ports {spec!r}: want 1024 <= LO <= HI <= 65535")
+    return range(lo, hi + 1)
+
+
+def check_options(options) -> None:
+    if options.get("passive-ports"):
+        parse_port_range(options["passive-ports"])
+    if options.get("ftp-data-port") is not None:
+        try:
+            port = int(options["ftp-data-port"])
+        except ValueError:
+            raise usage.UsageError("--ftp-data-port wants a port number")
+        if not 0 <= port <= 65535:
+            raise usage.UsageError("--ftp-data-port wants 0-65535 (0: ephemeral)")
+    from twisted_mailhub.ftp.vfs import filesystem_factories
+
+    found = filesystem_factories()
+    if options.get("ftp-filesystem", "disk") not in found:
+        raise usage.UsageError(f"--ftp-filesystem {options['ftp-filesystem']!r}: not one of {', '.join(sorted(found))}")
+
+
+def make_factory(hub):
+    from twisted_mailhub.ftp.server import MailhubFTPFactory
+
+    options = hub.options
+    data_port = options.get("ftp-data-port")
+    return MailhubFTPFactory(
+        hub,
+        banner=options.get("ftp-banner") or "",
+        anonymous=bool(options.get("anonymous-ftp")),
+        data_port=int(data_port) if data_port is not None else None,
+        passive_ports=parse_port_range(options["passive-ports"]) if options.get("passive-ports") else None,
+        passive_address=options.get("passive-address"),
+        require_tls=bool(options.get("ftp-require-tls")),
+        max_per_ip=int(options.get("ftp-max-per-ip") or 0),
+        idle_timeout=float(options.get("ftp-idle-timeout") or 600),
+        data_timeout=float(options.get("ftp-data-timeout") or 60),
+    )
+
+
+def install(hub) -> None:
+    from twisted_mailhub.ftp.vfs import filesystem_factories
+
+    filesystem = filesystem_factories()[hub.options.get("ftp-filesystem") or "disk"].make_filesystem(hub.data_dir)
+    anonymous = bool(hub.options.get("anonymous-ftp"))
+
+    def shell(account, mind):
+        if account is None and not anonymous:
+            raise ftp.AuthorizationError("anonymous FTP is off")
+        return filesystem.shell_for(account), lambda: None
+
+    hub.realm.register(ftp.IFTPShell, shell)
+    if anonymous:
+        hub.portal.registerChecker(AllowAnonymousAccess())
+    if not hub.options.get("no-ftp"):
+        hub.listen("ftp", hub.options.get("ftp") or "tcp:2121", make_factory(hub))

@@ -1,0 +1,578 @@
+# -*- test-case-name: tests.test_ftp_data -*-
+"""
+The FTP data channel: one data connection per transfer, passive or active.
+
+Rules (everything that changes the channel's state lives here):
+
+  state               event                    next state
+  ------------------  -----------------------  ------------------
+  IDLE                passive()                PASSIVE_LISTENING
+  IDLE                active()                 ACTIVE_READY
+  PASSIVE_LISTENING   client connects          PASSIVE_CONNECTED
+  PASSIVE_LISTENING   open()                   CONNECTING
+  PASSIVE_CONNECTED   open()                   TRANSFERRING
+  ACTIVE_READY        open()                   CONNECTING
+  CONNECTING          connected (TLS started)  TRANSFERRING
+  CONNECTING          timeout / refused        IDLE (open() fails: 425)
+  TRANSFERRING        finished / failed        IDLE
+  any                 abort() / reset()        IDLE
+
+Theory of operation. The control channel (L{twisted_mailhub.ftp.server})
+asks for a passive port (PASV/EPSV) or gives the client's address
+(PORT/EPRT); a transfer command then calls L{DataChannel.open}, which fires
+with a connected L{DataConnection} once the client connected to us (passive)
+or we connected to it (active). Passive connections from any address other
+than the control peer's are dropped (port stealing, RFC 2577 §5). Active
+connections are made from C{data_port} (RFC 959 §3.2: L-1) with
+SO_REUSEADDR so consecutive transfers can reuse it; if it cannot be bound
+(another process holds it), the log says so and an ephemeral port is used.
+
+With PROT P (RFC 4217 §9) the data connection starts TLS as the server on
+either side. A binary download of a regular file over plain TCP goes
+through C{os.sendfile} driven by the reactor's write readiness, so neither
+the reactor nor Python copies the bytes and no call blocks for the length
+of the file; everything else goes through a pull producer in large chunks.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import random
+import socket
+from typing import Any
+
+from twisted.internet import defer, error, protocol, tcp
+from twisted.internet.interfaces import IWriteDescriptor
+from twisted.logger import Logger
+from twisted.protocols import policies
+from zope.interface import implementer
+
+log = Logger()
+
+CHUNK = 256 * 1024
+SENDFILE_SLICE = 8 * 1024 * 1024
+SENDFILE_BUDGET = 64 * 1024 * 1024  # per reactor turn, so others get a go
+
+
+class DataState(enum.Enum):
+    IDLE = "idle"
+    PASSIVE_LISTENING = "passive-listening"
+    PASSIVE_CONNECTED = "passive-connected"
+    ACTIVE_READY = "active-ready"
+    CONNECTING = "connecting"
+    TRANSFERRING = "transferring"
+
+
+class TransferAborted(Exception):
+    """ABOR, or the control connection went away."""
+
+
+class TransferFailed(Exception):
+    """The data connection broke before the transfer was complete."""
+
+
+def same_host(a: str, b: str) -> bool:
+    """
+    Are C{a} and C{b} the same address (IPv4-mapped IPv6 and scope ids
+    seen through)?
+    """
+    def norm(h):
+        try:
+            ip = ipaddress.ip_address(h.split("%", 1)[0])
+        except ValueError:
+            return h
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        return ip
+
+    return norm(a) == norm(b)
+
+
+def to_crlf(data: bytes, held: bytes) -> tuple[bytes, bytes]:
+    """
+    TYPE A on the way out (RFC 959 §3.1.1.1): every line end becomes CRLF.
+    A trailing CR is held back until the next chunk shows what follows it.
+    """
+    data = held + data
+    held = b""
+    if data.endswith(b"\r"):
+        data, held = data[:-1], b"\r"
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), held
+
+
+def from_crlf(data: bytes, held: bytes) -> tuple[bytes, bytes]:
+    """
+    TYPE A on the way in: CRLF becomes the local LF.
+    """
+    data = held + data
+    held = b""
+    if data.endswith(b"\r"):
+        data, held = data[:-1], b"\r"
+    return data.replace(b"\r\n", b"\n"), held
+
+
+@implementer(IWriteDescriptor)
+class _SendfileWriter:
+    """
+    Registered with the reactor for write readiness on the data socket
+    while the TCP transport itself stands aside; each turn moves at most
+    L{SENDFILE_BUDGET} bytes with C{os.sendfile}.
+    """
+
+    def __init__(self, connection: "DataConnection", reader: Any):
+        self.connection = connection
+        self.reader = reader
+        self.sock_fd = connection.transport.getHandle().fileno()
+        self.file_fd = reader.fileno()
+        self.offset = reader.offset
+        self.sent = 0
+
+    def fileno(self) -> int:
+        return self.sock_fd
+
+    def logPrefix(self) -> str:
+        return "ftp-data-sendfile"
+
+    def doWrite(self):
+        budget = SENDFILE_BUDGET
+        while budget > 0:
+            try:
+                n = os.sendfile(self.sock_fd, self.file_fd, self.offset, SENDFILE_SLICE)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                return e
+            if n == 0:
+                self.connection._sendfile_done(self)
+                return None
+            self.offset += n
+            self.sent += n
+            budget -= n
+        self.connection.resetTimeout()
+        return None
+
+    def connectionLost(self, reason):
+        self.connection._sendfile_failed(self, reason)
+
+
+class _ChunkProducer:
+    """
+    A pull producer of a file's bytes in large chunks (TLS, TYPE A).
+    """
+
+    def __init__(self, connection: "DataConnection", reader: Any, ascii: bool):
+        self.connection = connection
+        self.reader = reader
+        self.ascii = ascii
+        self.held = b""
+        self.sent = 0
+        self.stopped = False
+
+    def resumeProducing(self):
+        if self.stopped:
+            return
+        chunk = self.reader.read(CHUNK)
+        if not chunk:
+            self.stopped = True
+            if self.held:
+                self.connection.transport.write(self.held)
+            self.connection.transport.unregisterProducer()
+            self.connection._finish_sending()
+            return
+        if self.ascii:
+            chunk, self.held = to_crlf(chunk, self.held)
+        self.sent += len(chunk)
+        self.connection.resetTimeout()
+        self.connection.transport.write(chunk)
+
+    def pauseProducing(self):
+        pass
+
+    def stopProducing(self):
+        self.stopped = True
+
+
+class DataConnection(protocol.Protocol, policies.TimeoutMixin):
+    """
+    One data connection (the DTP of RFC 959). It sends a listing or a file,
+    or receives a file, then closes. C{done} fires with the number of bytes
+    moved, or fails with L{TransferAborted} / L{TransferFailed}.
+    """
+
+    def __init__(self, channel: "DataChannel"):
+        self.channel = channel
+        self.done: defer.Deferred | None = None
+        self.tls = False
+        self.bytes = 0
+        self._writer = None
+        self._ascii = False
+        self._held = b""
+        self._early: list[bytes] = []
+        self._sendfile: _SendfileWriter | None = None
+        self._producer: _ChunkProducer | None = None
+        self._finished = False
+        self._lost = False
+
+    # -- connection --------------------------------------------------------
+
+    def connectionMade(self):
+        self.setTimeout(self.channel.timeout)
+        if self.channel.protect:
+            # RFC 4217 §9: the FTP server is the TLS server on the data
+            # connection whichever side opened it.
+            self.transport.startTLS(self.channel.tls, normal=not self.channel.active_mode)
+            self.tls = True
+        self.channel._connected(self)
+
+    def timeoutConnection(self):
+        log.info("ftp data connection idle for {t}s; closing", t=self.channel.timeout)
+        self._fail(TransferFailed("data connection timed out"))
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes):
+        self.resetTimeout()
+        if self._writer is None:
+            self._early.append(data)
+            return
+        self._write(data)
+
+    def _write(self, data: bytes):
+        if self._ascii:
+            data, self._held = from_crlf(data, self._held)
+        try:
+            self._writer.write(data)
+        except OSError as e:
+            self._fail(TransferFailed(f"write failed: {e.strerror}"))
+            self.transport.abortConnection()
+            return
+        self.bytes += len(data)
+
+    def connectionLost(self, reason):
+        self.setTimeout(None)
+        self._lost = True
+        if self._sendfile is not None:
+            self._stop_sendfile()
+        if self.done is None or self.done.called:
+            return
+        if self._writer is not None:
+            if self._held:
+                self._writer.write(self._held)
+                self._held = b""
+            if reason.check(error.ConnectionDone) or self.tls:
+                # End of file is the client closing (RFC 959 §3.4, stream mode).
+                self.done.callback(self.bytes)
+            else:
+                self.done.errback(TransferFailed(reason.getErrorMessage()))
+        elif self._finished:
+            self.done.callback(self.bytes)
+        else:
+            self.done.errback(TransferFailed("data connection closed by the client"))
+
+    def _fail(self, exc: Exception):
+        if self.done is not None and not self.done.called:
+            self.done.errback(exc)
+
+    # -- what a transfer does ------------------------------------------------
+
+    def send_bytes(self, data: bytes) -> defer.Deferred:
+        self.done = defer.Deferred()
+        self.bytes = len(data)
+        self._finished = True
+        self.transport.write(data)
+        self.transport.loseConnection()
+        return self.done
+
+    def send_file(self, reader: Any, ascii: bool) -> defer.Deferred:
+        self.done = defer.Deferred()
+        if not ascii and not self.tls and hasattr(reader, "fileno") and _plain_tcp(self.transport):
+            self._start_sendfile(reader)
+        else:
+            self._producer = _ChunkProducer(self, reader, ascii)
+            self.transport.registerProducer(self._producer, False)
+        return self.done
+
+    def receive(self, writer: Any, ascii: bool) -> defer.Deferred:
+        self.done = defer.Deferred()
+        self._writer = writer
+        self._ascii = ascii
+        handle = getattr(self.transport, "getHandle", None)
+        if handle is not None and not self.tls:
+            # Fewer, larger reads: STOR runs at disk speed, not at 64 KiB a turn.
+            self.transport.bufferSize = CHUNK
+        early, self._early = self._early, []
+        for data in early:
+            self._write(data)
+        if self._lost and not self.done.called:
+            self.done.callback(self.bytes)
+        return self.done
+
+    def abort(self):
+        self._fail(TransferAborted())
+        if self._sendfile is not None:
+            self._stop_sendfile()
+        if self._producer is not None:
+            self._producer.stopProducing()
+        if not self._lost:
+            self.transport.abortConnection()
+
+    # -- sendfile ------------------------------------------------------------
+
+    def _start_sendfile(self, reader):
+        # The transport has nothing buffered (nothing was written yet); it
+        # stops watching the socket while the sendfile writer does.
+        self.transport.stopReading()
+        self.transport.stopWriting()
+        self._sendfile = _SendfileWriter(self, reader)
+        self.channel.reactor.addWriter(self._sendfile)
+
+    def _stop_sendfile(self):
+        writer, self._sendfile = self._sendfile, None
+        if writer is not None:
+            self.channel.reactor.removeWriter(writer)
+            self.bytes = writer.sent
+
+    def _sendfile_done(self, writer):
+        self._stop_sendfile()
+        self.transport.startReading()
+        self._finish_sending()
+
+    def _sendfile_failed(self, writer, reason):
+        self._sendfile = None
+        self.bytes = writer.sent
+        self._fail(TransferFailed(f"data connection broke: {reason.getErrorMessage()}"))
+        if not self._lost:
+            self.transport.startReading()
+            self.transport.abortConnection()
+
+    def _finish_sending(self):
+        if self._producer is not None:
+            self.bytes = self._producer.sent
+        self._finished = True
+        self.transport.loseConnection()
+
+
+def data_tls_options(control: Any) -> Any:
+    """
+    TLS options for data connections, from the control channel's.
+
+    TLS 1.2 at most and no session tickets: a TLS 1.3 server sends its
+    tickets after the handshake, an uploading client never reads them, and
+    its close then becomes a reset that discards the end of the upload in
+    our kernel (seen with lftp/GnuTLS). In TLS 1.2 nothing follows the
+    handshake.
+    """
+    from twisted.internet import ssl
+
+    return ssl.CertificateOptions(
+        privateKey=control.privateKey,
+        certificate=control.certificate,
+        extraCertChain=control.extraCertChain,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        lowerMaximumSecurityTo=ssl.TLSVersion.TLSv1_2,
+    )
+
+
+def _plain_tcp(transport) -> bool:
+    return not getattr(transport, "TLS", False) and isinstance(transport, tcp.Connection)
+
+
+class _ReuseAddressClient(tcp.Client):
+    def createInternetSocket(self):
+        s = tcp.Client.createInternetSocket(self)
+        # RFC 959's fixed source port, reused transfer after transfer.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return s
+
+
+class _ReuseAddressConnector(tcp.Connector):
+    def _makeTransport(self):
+        return _ReuseAddressClient(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
+class _PassiveFactory(protocol.ServerFactory):
+    noisy = False
+
+    def __init__(self, channel: "DataChannel"):
+        self.channel = channel
+
+    def buildProtocol(self, addr):
+        if not same_host(addr.host, self.channel.peer_host):
+            # RFC 2577 §5 (port stealing): only the control peer may connect.
+            log.warn("ftp passive data connection from {host} refused (control peer is {peer})", host=addr.host, peer=self.channel.peer_host)
+            return None
+        if self.channel.state is not DataState.PASSIVE_LISTENING and self.channel.state is not DataState.CONNECTING:
+            return None
+        self.channel._stop_listening()
+        return DataConnection(self.channel)
+
+
+class _ActiveFactory(protocol.ClientFactory):
+    noisy = False
+
+    def __init__(self, channel: "DataChannel", bound: bool):
+        self.channel = channel
+        self.bound = bound
+
+    def buildProtocol(self, addr):
+        return DataConnection(self.channel)
+
+    def clientConnectionFailed(self, connector, reason):
+        self.channel._active_failed(reason, self.bound)
+
+
+class DataChannel:
+    """
+    The data side of one control connection.
+    """
+
+    def __init__(self, reactor, local_host: str, peer_host: str, data_port: int, timeout: float, tls=None):
+        self.reactor = reactor
+        self.local_host = local_host
+        self.peer_host = peer_host
+        self.data_port = data_port
+        self.timeout = timeout
+        self.tls = tls
+        self.protect = False
+        self.state = DataState.IDLE
+        self.active_mode = False
+        self.connection: DataConnection | None = None
+        self._port = None
+        self._address: tuple[str, int] | None = None
+        self._waiting: defer.Deferred | None = None
+        self._timer = None
+
+    def _enter(self, state: DataState):
+        self.state = state
+
+    # -- set up --------------------------------------------------------------
+
+    def passive(self, port_range: range | None) -> int:
+        """
+        Listen for the client (PASV/EPSV); return the port.
+        """
+        self.reset()
+        factory = _PassiveFactory(self)
+        candidates = list(port_range) if port_range else [0]
+        random.shuffle(candidates)
+        last = None
+        for port in candidates[:200]:
+            try:
+                self._port = self.reactor.listenTCP(port, factory, backlog=2, interface=self.local_host)
+                break
+            except error.CannotListenError as e:
+                last = e
+        else:
+            raise last or error.CannotListenError(self.local_host, 0, "no passive port free")
+        self.active_mode = False
+        self._enter(DataState.PASSIVE_LISTENING)
+        return self._port.getHost().port
+
+    def active(self, host: str, port: int) -> None:
+        """
+        Connect to the client when a transfer starts (PORT/EPRT).
+        """
+        self.reset()
+        self._address = (host, port)
+        self.active_mode = True
+        self._enter(DataState.ACTIVE_READY)
+
+    @property
+    def ready(self) -> bool:
+        return self.state in (DataState.PASSIVE_LISTENING, DataState.PASSIVE_CONNECTED, DataState.ACTIVE_READY)
+
+    def open(self) -> defer.Deferred:
+        """
+        A Deferred firing with the L{DataConnection} for a transfer.
+        """
+        if self.state is DataState.PASSIVE_CONNECTED:
+            self._enter(DataState.TRANSFERRING)
+            return defer.succeed(self.connection)
+        if not self.ready:
+            return defer.fail(TransferFailed("use PORT or PASV first"))
+        self._waiting = defer.Deferred()
+        self._timer = self.reactor.callLater(self.timeout, self._timed_out)
+        if self.state is DataState.ACTIVE_READY:
+            self._connect(bind=self.data_port > 0)
+        self._enter(DataState.CONNECTING)
+        return self._waiting
+
+    def _connect(self, bind: bool):
+        host, port = self._address
+        bind_address = (self.local_host, self.data_port) if bind else (self.local_host, 0)
+        factory = _ActiveFactory(self, bind)
+        connector = _ReuseAddressConnector(host, port, factory, self.timeout, bind_address, self.reactor)
+        connector.connect()
+
+    def _active_failed(self, reason, bound):
+        if self.state is not DataState.CONNECTING:
+            return
+        if bound and reason.check(error.ConnectBindError):
+            log.warn(
+                "ftp cannot send from data port {port} ({why}); using an ephemeral port",
+                port=self.data_port,
+                why=reason.getErrorMessage(),
+            )
+            self._connect(bind=False)
+            return
+        self._give_up(TransferFailed(f"cannot connect to {self._address[0]} port {self._address[1]}"))
+
+    def _timed_out(self):
+        self._timer = None
+        self._give_up(TransferFailed("the data connection was not made in time"))
+
+    def _give_up(self, exc):
+        waiting, self._waiting = self._waiting, None
+        self.reset()
+        if waiting is not None:
+            waiting.errback(exc)
+
+    def _connected(self, connection: DataConnection):
+        self.connection = connection
+        if self.state is DataState.CONNECTING:
+            self._enter(DataState.TRANSFERRING)
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            waiting, self._waiting = self._waiting, None
+            waiting.callback(connection)
+        else:
+            self._enter(DataState.PASSIVE_CONNECTED)
+
+    def _stop_listening(self):
+        port, self._port = self._port, None
+        if port is not None:
+            port.stopListening()
+
+    # -- tear down -------------------------------------------------------------
+
+    def finished(self):
+        """The transfer is over (either way): back to IDLE."""
+        self.connection = None
+        self._enter(DataState.IDLE)
+
+    def abort(self) -> bool:
+        """
+        Abort what is under way; True if a transfer or connection was.
+        """
+        busy = self.state in (DataState.CONNECTING, DataState.TRANSFERRING)
+        waiting, self._waiting = self._waiting, None
+        connection = self.connection
+        self.reset()
+        if waiting is not None:
+            waiting.errback(TransferAborted())
+        if connection is not None:
+            connection.abort()
+        return busy
+
+    def reset(self):
+        self._stop_listening()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        connection, self.connection = self.connection, None
+        if connection is not None and connection.done is None and connection.transport is not None:
+            connection.transport.loseConnection()
+        self._address = None
+        self._enter(DataState.IDLE)

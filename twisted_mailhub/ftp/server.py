@@ -1,0 +1,825 @@
+# -*- test-case-name: tests.test_ftp_server -*-
+"""
+The FTP control channel (the server-PI of RFC 959), on Twisted's
+L{ftp.FTP}.
+
+What Twisted's class gives us and we keep: its reply table, its path rules
+(C{toSegments}: C{..} above C{/} is refused), its login states (UNAUTH,
+INAUTH, AUTHED, RENAMING) and the plain commands that work there (CWD,
+CDUP, PWD, MKD, RMD, DELE, RNTO, SIZE, MDTM, TYPE, STRU, MODE, SYST, NOOP).
+
+What we replace, and why:
+  - Command dispatch. Twisted stops reading the control connection until a
+    command's Deferred fires, so ABOR (and STAT) can never reach a running
+    transfer. Here a transfer runs in the background; other commands wait
+    in a queue, while ABOR, STAT and QUIT are answered at once. Lines end
+    in LF or CRLF; Telnet IP/DM bytes before ABOR are skipped and
+    SO_OOBINLINE keeps an urgent byte in the stream (ftplib's C{abort()}).
+  - The data channel (L{twisted_mailhub.ftp.data}): active transfers from
+    the fixed data port, TLS data connections, sendfile, REST, APPE, STOU,
+    TYPE A conversion both ways.
+  - Listings: LIST, bare NLST, MLSD, MLST (RFC 3659), STAT with a path; no
+    globbing surprises with names containing C{-}.
+  - FTPS (RFC 4217): AUTH TLS, PBSZ, PROT, CCC refused; anything pipelined
+    after AUTH TLS in the same packet is discarded (injection).
+  - Security (RFC 2577): PORT/EPRT only to the control peer and to
+    unprivileged ports; passive connections only from the control peer;
+    failed logins slowed by the hub's throttled portal; a per-address
+    connection limit; idle timeouts on both channels.
+  - UTF-8 on the control channel (RFC 2640, OPTS UTF8 ON), a complete FEAT,
+    HELP, ACCT.
+"""
+
+from __future__ import annotations
+
+import collections
+import fnmatch
+import socket
+import stat as statmod
+import time
+
+from twisted.cred import credentials
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.protocols import ftp
+
+from twisted_mailhub.ftp.data import DataChannel, DataState, TransferAborted, TransferFailed, data_tls_options, same_host
+
+log = Logger()
+
+# What HELP lists and what the dispatcher knows.
+COMMANDS = (
+    "ABOR ACCT APPE AUTH CCC CDUP CWD DELE EPRT EPSV FEAT HELP LIST MDTM MKD MLSD MLST MODE "
+    "NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD QUIT REST RETR RMD RNFR RNTO SIZE STAT STOR "
+    "STOU STRU SYST TYPE USER XCUP XCWD XMKD XPWD XRMD"
+).split()
+
+FEATURES = (
+    "AUTH TLS",
+    "EPRT",
+    "EPSV",
+    "MDTM",
+    "MLST type*;size*;modify*;perm*;unique*;",
+    "PBSZ",
+    "PROT",
+    "REST STREAM",
+    "SIZE",
+    "TVFS",
+    "UTF8",
+)
+
+# Answered even while a transfer runs (RFC 959 §4.1.3: ABOR, STAT, QUIT).
+URGENT = {"ABOR", "STAT", "QUIT"}
+# Allowed before login.
+PUBLIC = {"FEAT", "QUIT", "HELP", "NOOP", "SYST", "AUTH", "PBSZ", "PROT", "OPTS", "CCC"}
+
+_TELNET = bytes([255, 244, 242])  # IAC, IP, DM (ftplib sends them before ABOR)
+MAX_QUEUED = 200
+
+
+def _close_quietly(thing):
+    close = getattr(thing, "discard", None) or getattr(thing, "close", None)
+    if close is not None:
+        close()
+    return thing
+
+
+def _facts_line(name: str, facts: dict) -> str:
+    return "".join(f"{k}={v};" for k, v in facts.items()) + " " + name
+
+
+class MailhubFTP(ftp.FTP):
+    """
+    One control connection.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 4096
+    _encoding = "utf-8"
+
+    def __init__(self):
+        self._queue: collections.deque = collections.deque()
+        self._busy = False
+        self._current = None  # (verb, path, connection) of the running transfer
+        self._discarding = False
+        self._restart = 0
+        self._utf8 = True
+        self._tls = False
+        self._pbsz = False
+        self.workingDirectory: list[str] = []
+        self.data: DataChannel | None = None
+        self.anonymous = False
+        self.address = "?"
+
+    # -- connection ----------------------------------------------------------
+
+    def connectionMade(self):
+        factory = self.factory
+        hub = factory.hub
+        self.state = self.UNAUTH
+        self.address = self.transport.getPeer().host
+        if not factory.admit(self):
+            self.sendLine(f"421 Too many connections from {self.address}; try again later.")
+            self.transport.loseConnection()
+            self.disconnected = True
+            return
+        hub.connection_made(self, "ftp")
+        handle = getattr(self.transport, "getHandle", None)
+        if handle is not None:
+            try:
+                handle().setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+            except (OSError, AttributeError):
+                pass
+        local = self.transport.getHost()
+        data_port = factory.data_port if factory.data_port is not None else local.port - 1
+        self.data = DataChannel(hub.reactor, local.host, self.address, data_port, factory.data_timeout, None)
+        self.setTimeout(factory.idle_timeout)
+        self.sendLine(f"220 {factory.banner}")
+
+    def connectionLost(self, reason):
+        self.factory.release(self)
+        if self.data is not None:
+            self.data.abort()
+        self.setTimeout(None)
+        self._queue.clear()
+        self.disconnected = True
+        logout = getattr(self, "_logout", None)
+        if logout is not None:
+            self._logout = None
+            logout()
+        self.shell = None
+
+    def timeoutConnection(self):
+        if self.data is not None and self.data.state is DataState.TRANSFERRING:
+            self.resetTimeout()  # the data channel has its own timeout
+            return
+        self.sendLine(f"421 No command for {self.factory.idle_timeout} seconds; closing the connection.")
+        self.transport.loseConnection()
+
+    def sendLine(self, line):
+        if isinstance(line, str):
+            line = line.encode("utf-8", "surrogateescape")
+        if self.transport is not None:
+            self.transport.write(line + b"\r\n")
+
+    def reply(self, key, *args):
+        self.sendLine(ftp.RESPONSE[key] % args)
+
+    def multiline(self, code: int, first: str, lines, last: str):
+        out = [f"{code}-{first}"] + [f" {line}" for line in lines] + [f"{code} {last}"]
+        self.sendLine("\r\n".join(out))
+
+    # -- command dispatch -------------------------------------------------------
+
+    def dataReceived(self, data):
+        # Lines that arrived in the same packet as AUTH TLS were discarded
+        # (RFC 4217 §15.2 injection); what comes next is inside TLS.
+        self._discarding = False
+        return ftp.FTP.dataReceived(self, data)
+
+    def lineLengthExceeded(self, line):
+        self.sendLine(f"500 Command line too long (at most {self.MAX_LENGTH} octets).")
+
+    def lineReceived(self, line: bytes):
+        if self._discarding or self.disconnected:
+            return
+        self.resetTimeout()
+        line = line.rstrip(b"\r").lstrip(_TELNET)
+        text = line.decode("utf-8", "surrogateescape")
+        verb, _, arg = text.lstrip().partition(" ")
+        verb = verb.upper()
+        if not verb:
+            return
+        if self._busy:
+            if verb in URGENT:
+                self._dispatch(verb, arg, urgent=True)
+            elif len(self._queue) < MAX_QUEUED:
+                self._queue.append((verb, arg))
+            else:
+                self.sendLine("421 Too many commands queued; closing the connection.")
+                self.transport.loseConnection()
+            return
+        self._dispatch(verb, arg)
+
+    def _dispatch(self, verb: str, arg: str, urgent: bool = False):
+        if not urgent:
+            self._busy = True
+        d = defer.maybeDeferred(self.processCommand, verb, arg)
+        d.addCallbacks(self._succeeded, self._failed, errbackArgs=(verb,))
+        if not urgent:
+            d.addBoth(self._next)
+        d.addErrback(lambda f: log.failure("ftp command {verb} failed", f, verb=verb))
+
+    def _succeeded(self, result):
+        if isinstance(result, tuple):
+            self.reply(*result)
+        elif isinstance(result, str) and result[:3].isdigit():
+            self.sendLine(result)
+        elif result is not None:
+            self.reply(result)
+
+    def _failed(self, failure, verb):
+        if failure.check(ftp.FTPCmdError):
+            self.sendLine(failure.value.response())
+        elif failure.check(ftp.InvalidPath):
+            self.sendLine("550 No such file or directory (that path leaves your home).")
+        else:
+            log.failure("ftp {verb} went wrong", failure, verb=verb)
+            self.sendLine(f"451 {verb} failed: local error in processing.")
+
+    def _next(self, _):
+        self._busy = False
+        while self._queue and not self._busy and not self.disconnected:
+            verb, arg = self._queue.popleft()
+            self._dispatch(verb, arg)
+
+    def processCommand(self, verb, arg=""):
+        if verb in ("XPWD", "XCWD", "XCUP", "XMKD", "XRMD"):
+            verb = verb[1:]
+        if self.state == self.UNAUTH or self.state == self.INAUTH:
+            if verb == "USER":
+                return self.ftp_USER(arg)
+            if verb == "PASS":
+                if self.state == self.UNAUTH:
+                    return "503 Login with USER first."
+                return self.ftp_PASS(arg)
+            if verb not in PUBLIC:
+                if verb not in COMMANDS:
+                    return f"500 '{verb}': command not understood."
+                return "530 Please login with USER and PASS."
+        elif self.state == self.RENAMING:
+            if verb != "RNTO" and verb not in URGENT:
+                self.state = self.AUTHED
+                del self._fromName
+                return "503 RNTO expected after RNFR; rename cancelled."
+        method = getattr(self, "ftp_" + verb, None)
+        if method is None or verb not in COMMANDS:
+            return f"500 '{verb}': command not understood (HELP lists the commands)."
+        try:
+            if arg:
+                return method(arg)
+            return method()
+        except TypeError as e:
+            if "argument" in str(e):
+                needs = "needs an argument" if not arg else "takes no argument"
+                return f"501 {verb} {needs}."
+            raise
+
+    # -- login -----------------------------------------------------------------
+
+    def ftp_USER(self, username=""):
+        if not username:
+            return "501 USER needs a name: USER alice"
+        if self.factory.require_tls and not self._tls and not self.factory.hub.is_trusted(self.transport):
+            return "530 TLS required: send AUTH TLS first (--ftp-require-tls)."
+        self._user = username
+        self.state = self.INAUTH
+        if self.factory.anonymous and username.lower() in ("anonymous", "ftp"):
+            return "331 Guest login ok, send your email address as password."
+        return f"331 Password required for {username}."
+
+    def ftp_PASS(self, password=""):
+        anonymous = self.factory.anonymous and self._user.lower() in ("anonymous", "ftp")
+        if anonymous:
+            creds = credentials.Anonymous()
+        else:
+            creds = credentials.UsernamePassword(self._user.encode("utf-8", "surrogateescape"), password.encode("utf-8", "surrogateescape"))
+        self.state = self.UNAUTH  # until the portal answers
+        user = self._user
+
+        def ok(result):
+            interface, avatar, logout = result
+            if self.disconnected:
+                logout()
+                return None
+            self.shell = avatar
+            self._logout = logout
+            self.anonymous = anonymous
+            self.workingDirectory = []
+            self.state = self.AUTHED
+            if anonymous:
+                return "230 Anonymous login ok; read-only access to the public folder."
+            return f"230 User {user} logged in; your home is /."
+
+        def failed(reason):
+            reason.trap(Exception)
+            self.state = self.UNAUTH
+            return "530 Login incorrect; try USER again."
+
+        return self.portal.login(creds, None, ftp.IFTPShell).addCallbacks(ok, failed)
+
+    def ftp_ACCT(self, account=""):
+        return "202 ACCT not needed here."
+
+    # -- plain commands -------------------------------------------------------
+
+    def ftp_SYST(self):
+        return "215 UNIX Type: L8"
+
+    def ftp_NOOP(self):
+        return "200 NOOP ok."
+
+    def ftp_QUIT(self):
+        if self.data is not None:
+            self.data.abort()
+        self.sendLine("221 Goodbye.")
+        self.transport.loseConnection()
+        self.disconnected = True
+
+    def ftp_HELP(self, arg=""):
+        if arg:
+            verb = arg.strip().upper()
+            if verb in COMMANDS:
+                return f"214 {verb} is supported (RFC 959, 2389, 2428, 3659, 4217)."
+            return f"502 Unknown command {verb}."
+        rows = [" ".join(COMMANDS[i : i + 10]) for i in range(0, len(COMMANDS), 10)]
+        self.multiline(214, "The following commands are recognized:", rows, "Help OK.")
+
+    def ftp_FEAT(self):
+        self.multiline(211, "Features:", FEATURES, "End")
+
+    def ftp_OPTS(self, option=""):
+        words = option.upper().split()
+        if words[:1] == ["UTF8"] and words[1:2] in (["ON"], []):
+            self._utf8 = True
+            return "200 UTF8 mode on; file names are UTF-8."
+        if words[:1] == ["UTF8"]:
+            return "504 UTF-8 is always on here."
+        if words[:1] == ["MLST"]:
+            return "200 MLST OPTS type;size;modify;perm;unique;"
+        return f"501 OPTS {option}: not understood (try OPTS UTF8 ON)."
+
+    def ftp_TYPE(self, type=""):
+        code = type.upper().split()
+        if code[:1] == ["A"] and code[1:] in ([], ["N"]):
+            self.binary = False
+            return "200 Type set to A (ASCII: line ends are converted)."
+        if code[:1] in (["I"], ["L"]) and code[1:] in ([], ["8"]):
+            self.binary = True
+            return "200 Type set to I (binary)."
+        return f"504 TYPE {type}: use TYPE A or TYPE I."
+
+    def ftp_MODE(self, mode=""):
+        if mode.upper() == "S":
+            return "200 Mode S (stream) ok."
+        return f"504 MODE {mode}: only MODE S."
+
+    def ftp_STRU(self, structure=""):
+        if structure.upper() == "F":
+            return "200 Structure F (file) ok."
+        return f"504 STRU {structure}: only STRU F."
+
+    def ftp_CWD(self, path="/"):
+        return ftp.FTP.ftp_CWD(self, path).addCallback(lambda _: f'250 Directory is now "{self._pwd()}".')
+
+    def ftp_PWD(self):
+        return f'257 "{self._pwd()}" is the current directory.'
+
+    def _pwd(self):
+        return ("/" + "/".join(self.workingDirectory)).replace('"', '""')
+
+    def ftp_MKD(self, path=""):
+        segments = self._segments(path)
+        shown = "/" + "/".join(segments)
+        return self.shell.makeDirectory(segments).addCallback(lambda _: f'257 "{shown}" created.')
+
+    def ftp_RNFR(self, fromName=""):
+        segments = self._segments(fromName)
+        if getattr(self.shell, "readonly", False):
+            raise ftp.PermissionDeniedError(fromName)
+
+        def exists(_):
+            self._fromName = fromName
+            self.state = self.RENAMING
+            return "350 Ready for RNTO."
+
+        return self.shell.stat(segments, ("size",)).addCallback(exists)
+
+    def ftp_RNTO(self, toName=""):
+        return ftp.FTP.ftp_RNTO(self, toName).addCallback(lambda _: "250 Renamed.")
+
+    def ftp_REST(self, offset=""):
+        try:
+            value = int(offset)
+            if value < 0:
+                raise ValueError
+        except ValueError:
+            return f"501 REST wants a byte offset, got {offset!r}."
+        self._restart = value
+        return f"350 Restarting at {value}; send STOR or RETR to go on."
+
+    def ftp_SIZE(self, path=""):
+        return ftp.FTP.ftp_SIZE(self, path)
+
+    def ftp_MDTM(self, path=""):
+        return ftp.FTP.ftp_MDTM(self, path)
+
+    def _segments(self, path: str) -> list[str]:
+        return ftp.toSegments(self.workingDirectory, path)
+
+    # -- FTPS (RFC 4217) ---------------------------------------------------------
+
+    def ftp_AUTH(self, mechanism=""):
+        if mechanism.upper() not in ("TLS", "TLS-C", "SSL"):
+            return f"504 AUTH {mechanism}: use AUTH TLS."
+        if self._tls:
+            return "503 TLS is already on."
+        self.sendLine("234 AUTH TLS ok; start the TLS handshake.")
+        # Whatever the client pipelined after AUTH TLS in plaintext is dropped.
+        self._discarding = True
+        self.clearLineBuffer()
+        self._queue.clear()
+        self.transport.startTLS(self.factory.hub.tls)
+        self._tls = True
+        # RFC 4217 §6: a new login is needed after AUTH.
+        if self.state != self.AUTHED:
+            self.state = self.UNAUTH
+        return None
+
+    def ftp_PBSZ(self, size=""):
+        if not self._tls:
+            return "503 PBSZ needs AUTH TLS first."
+        self._pbsz = True
+        return "200 PBSZ=0"
+
+    def ftp_PROT(self, level=""):
+        level = level.upper()
+        if not self._tls:
+            return "503 PROT needs AUTH TLS first."
+        if level == "P":
+            self.data.protect = True
+            self.data.tls = self.factory.data_tls
+            return "200 Protection level set to Private: data connections use TLS."
+        if level == "C":
+            self.data.protect = False
+            return "200 Protection level set to Clear."
+        return f"536 PROT {level}: only P and C."
+
+    def ftp_CCC(self):
+        return "533 CCC refused: the control channel stays encrypted."
+
+    # -- data channel set-up -------------------------------------------------------
+
+    def ftp_PASV(self):
+        if self._epsvAll:
+            return "503 EPSV ALL was given: use EPSV."
+        host = self.factory.passive_address or self.data.local_host
+        if ":" in host:
+            return "425 PASV is IPv4 only; use EPSV."
+        port = self._open_passive()
+        if isinstance(port, str):
+            return port
+        return f"227 Entering Passive Mode ({ftp.encodeHostPort(host, port)})."
+
+    def ftp_EPSV(self, protocol=""):
+        if protocol.upper() == "ALL":
+            self._epsvAll = True
+            return "200 EPSV ALL ok: PORT, EPRT and PASV are refused from now on."
+        if protocol and protocol not in ("1", "2"):
+            return "522 Network protocol not supported, use (1,2)."
+        port = self._open_passive()
+        if isinstance(port, str):
+            return port
+        return f"229 Entering Extended Passive Mode (|||{port}|)."
+
+    def _open_passive(self):
+        try:
+            return self.data.passive(self.factory.passive_ports)
+        except Exception as e:
+            log.warn("ftp cannot open a passive port: {e}", e=e)
+            return "425 Cannot open a passive port."
+
+    def ftp_PORT(self, address=""):
+        if self._epsvAll:
+            return "503 EPSV ALL was given: use EPSV."
+        try:
+            host, port = ftp.decodeHostPort(address)
+        except ValueError:
+            return "501 PORT wants h1,h2,h3,h4,p1,p2."
+        return self._set_active(host, port)
+
+    def ftp_EPRT(self, address=""):
+        if self._epsvAll:
+            return "503 EPSV ALL was given: use EPSV."
+        try:
+            family, host, port = ftp.decodeExtendedAddress(address)
+        except (ValueError, IndexError):
+            return "501 EPRT wants |1|h.o.s.t|port| or |2|::1|port|."
+        if family not in ("1", "2"):
+            return "522 Network protocol not supported, use (1,2)."
+        return self._set_active(host, port)
+
+    def _set_active(self, host: str, port: int):
+        # RFC 2577 §3 (FTP bounce): data only to the client itself, and
+        # never to a privileged port.
+        if not same_host(host, self.address):
+            log.warn("ftp PORT to {host} refused for {peer} (bounce)", host=host, peer=self.address)
+            return "500 Illegal PORT command: data connections go to your own address only."
+        if not 1024 <= port <= 65535:
+            return "504 Illegal PORT command: port must be 1024-65535."
+        self.data.active(host, port)
+        return "200 PORT command successful."
+
+    # -- transfers -----------------------------------------------------------------
+
+    def _transfer(self, verb, path, opened, run, first_line):
+        """
+        The shape every transfer shares: C{opened} (a Deferred from the
+        shell) must succeed, then 150, then the data connection, then
+        C{run(connection, opened_result)}, then 226 (or 425/426/451/452).
+        """
+        self._restart = 0
+        if not self.data.ready:
+            opened.addCallback(_close_quietly).addErrback(lambda _: None)
+            return "425 Use PORT, PASV, EPRT or EPSV first."
+        progress = {"opened": None, "connected": False}
+
+        def go(thing):
+            progress["opened"] = thing
+            self.sendLine(first_line(thing))
+            self._current = (verb, path, None)
+            return self.data.open().addCallback(connected, thing)
+
+        def connected(conn, thing):
+            progress["connected"] = True
+            self._current = (verb, path, conn)
+            return run(conn, thing)
+
+        def done(result):
+            self._current = None
+            self.data.finished()
+            return result if isinstance(result, str) else "226 Transfer complete."
+
+        def failed(reason):
+            if progress["opened"] is None:
+                return reason  # the shell said no: 550 and friends
+            self._current = None
+            self.data.finished()
+            if not progress["connected"]:
+                _close_quietly(progress["opened"])
+            if reason.check(TransferAborted):
+                return "426 Transfer aborted."
+            if reason.check(TransferFailed):
+                if not progress["connected"]:
+                    return f"425 Can't open data connection: {reason.getErrorMessage()}."
+                return f"426 Connection closed; transfer aborted ({reason.getErrorMessage()})."
+            if reason.check(OSError):
+                return f"452 Write error: {reason.value.strerror or reason.value}."
+            return reason
+
+        return opened.addCallback(go).addCallbacks(done, failed)
+
+    def ftp_RETR(self, path=""):
+        if not path:
+            return "501 RETR needs a file name."
+        segments = self._segments(path)
+        offset = self._restart
+        opened = self.shell.openForReadingAt(segments, offset)
+
+        def first(reader):
+            mode = "BINARY" if self.binary else "ASCII"
+            size = reader.size() if hasattr(reader, "size") else None
+            extra = f" ({size - offset} bytes)" if size is not None and self.binary else ""
+            return f"150 Opening {mode} mode data connection for {path}{extra}."
+
+        def run(conn, reader):
+            d = conn.send_file(reader, ascii=not self.binary)
+            return d.addBoth(lambda r: (reader.close(), r)[1])
+
+        return self._transfer("RETR", path, opened, run, first)
+
+    def _store(self, verb, path, segments, append):
+        offset = 0 if append else self._restart
+        opened = self.shell.openForWritingAt(segments, offset, append)
+
+        def first(writer):
+            mode = "BINARY" if self.binary else "ASCII"
+            if verb == "STOU":
+                return f"150 FILE: {segments[-1]}"
+            return f"150 Opening {mode} mode data connection for {path}."
+
+        def run(conn, writer):
+            d = conn.receive(writer, ascii=not self.binary)
+
+            def durable(n):
+                return writer.close().addCallback(lambda _: n)
+
+            def broken(reason):
+                # What arrived is kept (REST can resume it), made durable.
+                writer.close().addErrback(lambda _: None)
+                return reason
+
+            d.addCallbacks(durable, broken)
+            if verb == "STOU":
+                d.addCallback(lambda n: f"226 Transfer complete (unique file name: {segments[-1]}).")
+            return d
+
+        return self._transfer(verb, path, opened, run, first)
+
+    def ftp_STOR(self, path=""):
+        if not path:
+            return "501 STOR needs a file name."
+        return self._store("STOR", path, self._segments(path), append=False)
+
+    def ftp_APPE(self, path=""):
+        if not path:
+            return "501 APPE needs a file name."
+        return self._store("APPE", path, self._segments(path), append=True)
+
+    def ftp_STOU(self, path=""):
+        base = self._segments(path or "file")
+        if not self.data.ready:
+            return "425 Use PORT, PASV, EPRT or EPSV first."
+        return self.shell.uniqueName(base).addCallback(
+            lambda segments: self._store("STOU", "/".join(segments), segments, append=False)
+        )
+
+    def ftp_ABOR(self):
+        if self._current is not None or self.data.state in (DataState.CONNECTING, DataState.TRANSFERRING):
+            # The transfer's own reply (426) goes first, then ours.
+            self.data.abort()
+            self.sendLine("226 ABOR successful; the data connection is closed.")
+            return None
+        self.data.reset()
+        return "225 No transfer to abort."
+
+    # -- listings ---------------------------------------------------------------
+
+    LIST_KEYS = ("size", "directory", "permissions", "hardlinks", "modified")
+
+    def _listing_target(self, path):
+        # "LIST -la", "LIST -a dir": options ls would take are ignored.
+        words = path.split(" ")
+        while words and words[0].startswith("-") and len(words[0]) > 1:
+            words.pop(0)
+        path = " ".join(words)
+        segments = self._segments(path or ".")
+        pattern = None
+        if segments and any(c in segments[-1] for c in "*?["):
+            pattern = segments.pop()
+        return segments, pattern
+
+    def _send_listing(self, verb, path, lines_of):
+        segments, pattern = self._listing_target(path)
+        d = self.shell.list(segments, self.LIST_KEYS)
+
+        def filtered(entries):
+            if pattern is not None:
+                entries = [e for e in entries if fnmatch.fnmatchcase(e[0], pattern)]
+            return entries
+
+        opened = d.addCallback(filtered)
+
+        def run(conn, entries):
+            text = "".join(line + "\r\n" for line in lines_of(entries))
+            return conn.send_bytes(text.encode("utf-8", "surrogateescape"))
+
+        return self._transfer(verb, path, opened, run, lambda _: "150 Here comes the directory listing.")
+
+    def ftp_LIST(self, path=""):
+        return self._send_listing("LIST", path, lambda entries: [self._ls_line(n, f) for n, f in entries])
+
+    def ftp_NLST(self, path=""):
+        # A bare NLST lists the working directory (lftp's mirror needs it).
+        return self._send_listing("NLST", path, lambda entries: [n for n, f in entries])
+
+    def ftp_MLSD(self, path=""):
+        segments = self._segments(path or ".")
+        d = self.shell.stat(segments, ("directory",))
+
+        def is_dir(result):
+            if not result[0]:
+                raise ftp.IsNotADirectoryError(path)
+            return self.shell.list(segments, self.LIST_KEYS)
+
+        opened = d.addCallback(is_dir)
+
+        def run(conn, entries):
+            lines = [_facts_line(n, self._facts(f)) for n, f in entries]
+            return conn.send_bytes("".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape"))
+
+        return self._transfer("MLSD", path, opened, run, lambda _: "150 Here comes the machine listing.")
+
+    def ftp_MLST(self, path=""):
+        segments = self._segments(path or ".")
+        shown = "/" + "/".join(segments)
+
+        def answer(facts):
+            self.sendLine(f"250-Listing {shown}\r\n {_facts_line(shown, self._facts(facts))}\r\n250 End")
+
+        return self.shell.stat(segments, self.LIST_KEYS).addCallback(answer)
+
+    def ftp_STAT(self, path=""):
+        if not path:
+            if self._current is not None:
+                verb, name, conn = self._current
+                moved = conn.bytes if conn is not None else 0
+                self.multiline(213, "Status:", [f"{verb} {name}: {moved} bytes so far"], "End of status.")
+                return None
+            who = "anonymous" if self.anonymous else (getattr(self, "_user", None) if self.state == self.AUTHED else "not logged in")
+            lines = [
+                f"Connected from {self.address}",
+                f"Logged in as {who}",
+                f"TYPE: {'BINARY' if self.binary else 'ASCII'}; STRUcture: File; MODE: Stream",
+                f"Control channel: {'TLS' if self._tls else 'plain'}; data channel: {'TLS' if self.data.protect else 'clear'}",
+                f"Data channel: {self.data.state.value}",
+            ]
+            self.multiline(211, f"{self.factory.hub.hostname} FTP server status:", lines, "End of status.")
+            return None
+        if self.state != self.AUTHED:
+            return "530 Please login with USER and PASS."
+        segments, pattern = self._listing_target(path)
+
+        def answer(entries):
+            if pattern is not None:
+                entries = [e for e in entries if fnmatch.fnmatchcase(e[0], pattern)]
+            self.multiline(213, f"Status of {path}:", [self._ls_line(n, f) for n, f in entries], "End of status.")
+
+        return self.shell.list(segments, self.LIST_KEYS).addCallback(answer)
+
+    def _ls_line(self, name, facts):
+        size, directory, mode, links, modified = facts
+        if time.time() - modified < 180 * 86400:
+            when = time.strftime("%b %d %H:%M", time.gmtime(modified))
+        else:
+            when = time.strftime("%b %d  %Y", time.gmtime(modified))
+        return f"{statmod.filemode(mode)} {links:3d} ftp      ftp      {size:12d} {when} {name}"
+
+    def _perm(self, directory: bool) -> str:
+        readonly = getattr(self.shell, "readonly", False)
+        if directory:
+            return "el" if readonly else "eflcdmp"
+        return "r" if readonly else "adfrw"
+
+    def _facts(self, facts) -> dict:
+        size, directory, mode, links, modified = facts
+        out = {"type": "dir" if directory else "file"}
+        if not directory:
+            out["size"] = size
+        out["modify"] = time.strftime("%Y%m%d%H%M%S", time.gmtime(modified))
+        out["perm"] = self._perm(directory)
+        return out
+
+
+class MailhubFTPFactory(ftp.FTPFactory):
+    """
+    Builds L{MailhubFTP} for one listener, holding the options and the
+    per-address connection counts.
+    """
+
+    protocol = MailhubFTP
+
+    def __init__(self, hub, banner="", anonymous=False, data_port=None, passive_ports=None, passive_address=None,
+                 require_tls=False, max_per_ip=20, idle_timeout=600, data_timeout=60):
+        ftp.FTPFactory.__init__(self, None)
+        self.hub = hub
+        self.banner = banner or f"{hub.hostname} FTP server (twisted-mailhub) ready."
+        self.anonymous = anonymous
+        self.allowAnonymous = anonymous
+        self.data_port = data_port
+        self.passive_ports = passive_ports
+        self.passive_address = passive_address
+        self.require_tls = require_tls
+        self.max_per_ip = max_per_ip
+        self.idle_timeout = idle_timeout
+        self.data_timeout = data_timeout
+        self.per_address: dict[str, int] = {}
+        self._data_tls = None
+
+    @property
+    def data_tls(self):
+        if self._data_tls is None:
+            self._data_tls = data_tls_options(self.hub.tls)
+        return self._data_tls
+
+    def buildProtocol(self, addr):
+        p = self.protocol()
+        p.factory = self
+        return p
+
+    def admit(self, protocol) -> bool:
+        host = protocol.address
+        count = self.per_address.get(host, 0)
+        if self.max_per_ip and count >= self.max_per_ip:
+            log.warn("ftp connection from {host} refused: {n} already open", host=host, n=count)
+            protocol._admitted = False
+            return False
+        self.per_address[host] = count + 1
+        protocol._admitted = True
+        return True
+
+    def release(self, protocol) -> None:
+        if getattr(protocol, "_admitted", False):
+            protocol._admitted = False
+            host = protocol.address
+            count = self.per_address.get(host, 1) - 1
+            if count <= 0:
+                self.per_address.pop(host, None)
+            else:
+                self.per_address[host] = count
+
+    def stopFactory(self):
+        pass
+
+
+__all__ = ["MailhubFTP", "MailhubFTPFactory"]

@@ -1,0 +1,410 @@
+# -*- test-case-name: tests.test_ftp_vfs -*-
+"""
+The virtual file system FTP users see, and its on-disk backend.
+
+Rules:
+  - A file system backend is a plugin (L{IFileSystemFactory}, found in
+    C{twisted_mailhub.plugins}); C{--ftp-filesystem NAME} picks one, C{disk}
+    is the default. It hands out one L{IMailhubShell} per login: the avatar
+    the realm gives C{ftp.IFTPShell}.
+  - A shell sees a tree rooted at C{/}: the account's home
+    (C{DATA/ftp/<domain>/<localpart>/}, made on first login) or, for an
+    anonymous login, C{DATA/ftp/public/} read-only.
+  - Paths arrive as lists of segments (Twisted's C{toSegments} already
+    refused C{..} above C{/}). Nothing outside the root can be named: a
+    segment with a slash or NUL is refused, and every path is resolved
+    (symlinks included) and must stay inside the root, else 550
+    (L{ftp.PermissionDeniedError}).
+  - A read-only shell refuses every change with 550 Permission denied.
+  - Writes are made durable before the transfer is acknowledged: the
+    writer's C{close()} flushes and fsyncs in a thread so the reactor never
+    waits on the disk for the length of a file.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat as statmod
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.protocols import ftp
+from zope.interface import Attribute, Interface, implementer
+
+
+class IMailhubShell(ftp.IFTPShell):
+    """
+    L{ftp.IFTPShell} plus what the hub's FTP server adds: restart offsets,
+    append, unique names, and a read-only flag.
+    """
+
+    readonly = Attribute("True if every change is refused (anonymous).")
+
+    def openForReadingAt(path, offset):
+        """
+        Like C{openForReading}, starting at byte C{offset} (REST). The
+        reader may have C{fileno()}: the server then uses C{os.sendfile}.
+        """
+
+    def openForWritingAt(path, offset, append):
+        """
+        Like C{openForWriting}; write from C{offset} (REST) and truncate
+        there, or at the end with C{append} (APPE).
+        """
+
+    def uniqueName(path):
+        """
+        A Deferred firing with segments of a name that does not exist yet,
+        next to C{path} (STOU).
+        """
+
+
+class IFileSystem(Interface):
+    def shell_for(account):
+        """
+        The L{IMailhubShell} for C{account} (an L{Account}), or the
+        anonymous read-only one for L{None}.
+        """
+
+
+class IFileSystemFactory(Interface):
+    name = Attribute("The name given to --ftp-filesystem.")
+    description = Attribute("One line for --help.")
+
+    def make_filesystem(data_dir):
+        """
+        An L{IFileSystem} keeping its files under C{data_dir}.
+        """
+
+
+def filesystem_factories() -> dict[str, Any]:
+    from twisted.plugin import getPlugins
+
+    from twisted_mailhub import plugins
+
+    return {f.name: f for f in getPlugins(IFileSystemFactory, plugins)}
+
+
+class FileReader:
+    """
+    An open file to send: L{ftp.IReadFile} with C{fileno()} for sendfile.
+    """
+
+    def __init__(self, f, offset: int):
+        self.file = f
+        self.offset = offset
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def size(self) -> int:
+        return os.fstat(self.file.fileno()).st_size
+
+    def read(self, n: int) -> bytes:
+        return self.file.read(n)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def send(self, consumer):
+        from twisted.protocols.basic import FileSender
+
+        d = FileSender().beginFileTransfer(self.file, consumer)
+        return d.addBoth(lambda r: (self.close(), r)[1])
+
+
+class FileWriter:
+    """
+    A file being received: C{write()} as bytes arrive, C{close()} makes it
+    durable (fsync in a thread). L{ftp.IWriteFile}'s C{receive()} is kept
+    for Twisted's own callers.
+    """
+
+    def __init__(self, f):
+        self.file = f
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.written += len(data)
+
+    def receive(self):
+        return defer.succeed(ftp.FileConsumer(self.file))
+
+    def close(self) -> defer.Deferred:
+        def durable():
+            try:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            finally:
+                self.file.close()
+
+        return threads.deferToThread(durable)
+
+    def discard(self) -> None:
+        self.file.close()
+
+
+def _fail(e: OSError, segments) -> defer.Deferred:
+    path = "/" + "/".join(segments)
+    return ftp.errnoToFailure(e.errno, path)
+
+
+@implementer(IMailhubShell)
+class DiskShell:
+    """
+    An L{IMailhubShell} on a directory of the local disk.
+    """
+
+    def __init__(self, root: str, readonly: bool = False):
+        self.root = os.path.realpath(root)
+        self.readonly = readonly
+
+    # -- paths ----------------------------------------------------------
+
+    def real_path(self, segments, follow: bool = True) -> str:
+        """
+        The local path of C{segments}; L{ftp.PermissionDeniedError} if it
+        (or a symlink on the way) leads outside the root.
+        """
+        for s in segments:
+            if not s or "/" in s or "\0" in s or s in (".", ".."):
+                raise ftp.PermissionDeniedError("/" + "/".join(segments))
+        path = os.path.join(self.root, *segments)
+        # The parent must resolve inside the root; the last segment too
+        # unless it is the thing itself (a dangling link to delete).
+        check = os.path.realpath(path) if follow else os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if check != self.root and not check.startswith(self.root + os.sep):
+            raise ftp.PermissionDeniedError("/" + "/".join(segments))
+        return check if follow else path
+
+    def _guard(self, segments, follow=True):
+        try:
+            return self.real_path(segments, follow), None
+        except ftp.FTPCmdError as e:
+            return None, defer.fail(e)
+
+    def _write_guard(self, segments, follow=True):
+        if self.readonly:
+            return None, defer.fail(ftp.PermissionDeniedError("/" + "/".join(segments)))
+        return self._guard(segments, follow)
+
+    # -- IFTPShell ---------------------------------------------------------
+
+    def makeDirectory(self, path):
+        p, err = self._write_guard(path)
+        if err:
+            return err
+        try:
+            os.mkdir(p)
+        except OSError as e:
+            return _fail(e, path)
+        return defer.succeed(None)
+
+    def removeDirectory(self, path):
+        p, err = self._write_guard(path, follow=False)
+        if err:
+            return err
+        if not path:
+            return defer.fail(ftp.PermissionDeniedError("/"))
+        try:
+            if os.path.islink(p) or not os.path.isdir(p):
+                return defer.fail(ftp.IsNotADirectoryError("/" + "/".join(path)))
+            os.rmdir(p)
+        except OSError as e:
+            return _fail(e, path)
+        return defer.succeed(None)
+
+    def removeFile(self, path):
+        p, err = self._write_guard(path, follow=False)
+        if err:
+            return err
+        try:
+            if os.path.isdir(p) and not os.path.islink(p):
+                return defer.fail(ftp.IsADirectoryError("/" + "/".join(path)))
+            os.remove(p)
+        except OSError as e:
+            return _fail(e, path)
+        return defer.succeed(None)
+
+    def rename(self, fromPath, toPath):
+        a, err = self._write_guard(fromPath, follow=False)
+        if err:
+            return err
+        b, err = self._write_guard(toPath, follow=False)
+        if err:
+            return err
+        if not fromPath or not toPath:
+            return defer.fail(ftp.PermissionDeniedError("/"))
+        try:
+            os.rename(a, b)
+        except OSError as e:
+            return _fail(e, fromPath)
+        return defer.succeed(None)
+
+    def access(self, path):
+        p, err = self._guard(path)
+        if err:
+            return err
+        try:
+            if not os.path.isdir(p):
+                return defer.fail(ftp.IsNotADirectoryError("/" + "/".join(path)))
+            os.listdir(p)
+        except OSError as e:
+            return _fail(e, path)
+        return defer.succeed(None)
+
+    def stat(self, path, keys=()):
+        p, err = self._guard(path)
+        if err:
+            return err
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            return _fail(e, path)
+        return defer.succeed([self._fact(st, k) for k in keys])
+
+    def list(self, path, keys=()):
+        p, err = self._guard(path)
+        if err:
+            return err
+        try:
+            if not os.path.isdir(p):
+                st = os.stat(p)
+                return defer.succeed([(path[-1] if path else "/", [self._fact(st, k) for k in keys])])
+            names = sorted(os.listdir(p))
+        except OSError as e:
+            return _fail(e, path)
+        out = []
+        for name in names:
+            try:
+                # Links are shown as what they point to only when that is
+                # inside the root; others are left out of listings.
+                self.real_path(path + [name])
+                st = os.stat(os.path.join(p, name))
+            except (OSError, ftp.FTPCmdError):
+                continue
+            out.append((name, [self._fact(st, k) for k in keys]))
+        return defer.succeed(out)
+
+    def openForReading(self, path):
+        return self.openForReadingAt(path, 0)
+
+    def openForWriting(self, path):
+        return self.openForWritingAt(path, 0, False)
+
+    # -- IMailhubShell -----------------------------------------------------
+
+    def openForReadingAt(self, path, offset):
+        p, err = self._guard(path)
+        if err:
+            return err
+        try:
+            if os.path.isdir(p):
+                return defer.fail(ftp.IsADirectoryError("/" + "/".join(path)))
+            f = open(p, "rb", buffering=0)
+            if offset:
+                f.seek(offset)
+        except OSError as e:
+            return _fail(e, path)
+        return defer.succeed(FileReader(f, offset))
+
+    def openForWritingAt(self, path, offset, append):
+        p, err = self._write_guard(path)
+        if err:
+            return err
+        if not path:
+            return defer.fail(ftp.IsADirectoryError("/"))
+        try:
+            if os.path.isdir(p):
+                return defer.fail(ftp.IsADirectoryError("/" + "/".join(path)))
+            if append:
+                f = open(p, "ab")
+            elif offset:
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+                f = os.fdopen(fd, "wb")
+                f.seek(offset)
+                f.truncate(offset)
+            else:
+                f = open(p, "wb")
+        except OSError as e:
+            return _fail(e, path)
+        return defer.succeed(FileWriter(f))
+
+    def uniqueName(self, path):
+        if self.readonly:
+            return defer.fail(ftp.PermissionDeniedError("/" + "/".join(path)))
+        base = path[-1] if path else "file"
+        parent = path[:-1]
+        for n in range(1, 10000):
+            candidate = parent + [f"{base}.{n}"]
+            p, err = self._guard(candidate)
+            if err:
+                return err
+            if not os.path.lexists(p):
+                return defer.succeed(candidate)
+        return defer.fail(ftp.FileExistsError(base))
+
+    # -- facts ----------------------------------------------------------
+
+    def _fact(self, st: os.stat_result, key: str):
+        if key == "size":
+            return st.st_size
+        if key == "directory":
+            return statmod.S_ISDIR(st.st_mode)
+        if key == "permissions":
+            return st.st_mode
+        if key == "hardlinks":
+            return st.st_nlink
+        if key == "modified":
+            return st.st_mtime
+        if key == "owner":
+            try:
+                return pwd.getpwuid(st.st_uid).pw_name
+            except KeyError:
+                return str(st.st_uid)
+        if key == "group":
+            try:
+                return grp.getgrgid(st.st_gid).gr_name
+            except KeyError:
+                return str(st.st_gid)
+        if key == "unique":
+            return f"{st.st_dev:x}g{st.st_ino:x}"
+        if key == "writable":
+            return not self.readonly
+        raise ValueError(f"unknown fact {key!r}")
+
+
+@implementer(IFileSystem)
+class DiskFileSystem:
+    """
+    Homes under C{ROOT/<domain>/<localpart>/}, the public area under
+    C{ROOT/public/}.
+    """
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def home(self, account) -> str:
+        return os.path.join(self.root, account.domain.lower(), account.localpart)
+
+    def shell_for(self, account) -> DiskShell:
+        if account is None:
+            public = os.path.join(self.root, "public")
+            os.makedirs(public, exist_ok=True)
+            return DiskShell(public, readonly=True)
+        home = self.home(account)
+        os.makedirs(home, exist_ok=True)
+        return DiskShell(home)
+
+
+__all__ = [
+    "IMailhubShell",
+    "IFileSystem",
+    "IFileSystemFactory",
+    "DiskShell",
+    "DiskFileSystem",
+    "filesystem_factories",
+]
