@@ -104,8 +104,8 @@ def test_textbook_session_typed_in_lowercase(hub):
     s = Raw(hub.ports["pop3"])
     assert re.fullmatch(rb"\+OK mail\.test POP3 ready <\d+\.[\d.a-f]+@mail\.test>", s.banner)
     assert s.cmd(b"user bob") == b"+OK now send PASS for bob"
-    assert s.cmd(b"pass hungry") == b"+OK bob@localhost has 1 messages (51 octets)"
-    assert s.cmd(b"list") == b"+OK 1 messages (51 octets)"
+    assert s.cmd(b"pass hungry") == b"+OK bob@localhost has 1 message (51 octets)"
+    assert s.cmd(b"list") == b"+OK 1 message (51 octets)"
     assert s.multi() == [b"1 51"]
     assert s.cmd(b"retr 1") == b"+OK 51 octets"
     assert s.multi() == [b"From: alice@localhost", b"Subject: lunch", b"", b"At noon?"]
@@ -126,7 +126,7 @@ def test_apop_login_computed_from_the_banner(hub):
     put(hub, "user1@localhost", b"Subject: a\r\n\r\nb\r\n")
     p = poplib.POP3("127.0.0.1", hub.ports["pop3"])
     try:
-        assert p.apop("user1", "pw1").startswith(b"+OK user1@localhost has 1 messages")
+        assert p.apop("user1", "pw1").startswith(b"+OK user1@localhost has 1 message")
         assert p.retr(1)[1] == [b"Subject: a", b"", b"b"]
     finally:
         p.quit()
@@ -157,6 +157,31 @@ def test_retr_is_byte_exact_for_multipart_mime_with_binary_attachment(hub):
     unstuffed = re.sub(rb"(?m)^\.", b"", raw)
     assert unstuffed == message
     s.close()
+
+
+def big_message() -> bytes:
+    lines = [b"Subject: big\r\n", b"\r\n"]
+    lines += [b".%07d a line that starts with a dot, stuffed on the way out\r\n" % n for n in range(50_000)]
+    return b"".join(lines)
+
+
+@pytest.mark.parametrize("listener", ["pop3", "pop3s"])
+def test_large_message_streams_byte_exact(hub, listener):
+    message = big_message()
+    assert len(message) > 3 * 1024 * 1024  # over the one-write limit: sent in chunks
+    address = "user11@localhost"
+    put(hub, address, message)
+    if listener == "pop3":
+        p = poplib.POP3("127.0.0.1", hub.ports["pop3"])
+    else:
+        p = poplib.POP3_SSL("127.0.0.1", hub.ports["pop3s"], context=tls_context(hub))
+    p.user("user11")
+    p.pass_("pw11")
+    resp, lines, octets = p.retr(1)
+    assert b"\r\n".join(lines) + b"\r\n" == message
+    assert p.noop() == b"+OK"  # the session goes on after the stream
+    p.dele(1)
+    p.quit()
 
 
 def test_message_sent_over_smtp_arrives_whole_over_pop3(hub):
@@ -244,7 +269,7 @@ def test_dele_and_quit_remove_the_file_and_retr_marks_seen(hub):
     p.retr(1)
     p.retr(2)
     p.dele(1)
-    assert p.quit() == b"+OK mail.test POP3 server signing off (1 messages deleted)"
+    assert p.quit() == b"+OK mail.test POP3 server signing off (1 message deleted)"
     root = hub.maildir("user8@localhost")
     assert os.listdir(os.path.join(root, "new")) == []
     assert os.listdir(os.path.join(root, "cur")) == [kept + ":2,S"]

@@ -301,6 +301,12 @@ class _Outgoing:
 # -- the protocol -------------------------------------------------------------
 
 
+def messages(n: int) -> str:
+    """C{1 message}, C{2 messages}: replies read as English to a person typing."""
+    return "1 message" if n == 1 else f"{n} messages"
+
+
+
 class State(enum.Enum):
     AUTHORIZATION = "AUTHORIZATION"
     TRANSACTION = "TRANSACTION"
@@ -627,7 +633,7 @@ class MailhubPOP3(_pop3.POP3):
             self.mbox = drop
             self._onLogout = logout
             self.state = State.TRANSACTION
-            self.reply_ok(f"{drop.address} has {drop.count} messages ({drop.octets} octets)")
+            self.reply_ok(f"{drop.address} has {messages(drop.count)} ({drop.octets} octets)")
 
         def failed(reason):
             if self._closed:
@@ -660,7 +666,7 @@ class MailhubPOP3(_pop3.POP3):
         drop = self.mbox
         if not 1 <= number <= len(drop.infos):
             shown = words[0][:20].decode("ascii", "replace")
-            self.reply_err(f"no message {shown} (the maildrop has {len(drop.infos)} messages)")
+            self.reply_err(f"no message {shown} (the maildrop has {messages(len(drop.infos))})")
             return None
         if not deleted_ok and number - 1 in drop.deleted:
             self.reply_err(f"message {number} already deleted")
@@ -677,7 +683,7 @@ class MailhubPOP3(_pop3.POP3):
             if i is not None:
                 self.reply_ok(b"%d %d" % (i + 1, drop.infos[i].size))
             return
-        lines = [b"+OK %d messages (%d octets)\r\n" % (drop.count, drop.octets)]
+        lines = [b"+OK %s (%d octets)\r\n" % (messages(drop.count).encode(), drop.octets)]
         deleted = drop.deleted
         lines.extend(b"%d %d\r\n" % (n, info.size) for n, info in enumerate(drop.infos, 1) if n - 1 not in deleted)
         lines.append(b".\r\n")
@@ -755,7 +761,7 @@ class MailhubPOP3(_pop3.POP3):
     def pop_RSET(self, args: bytes) -> None:
         drop = self.mbox
         drop.undeleteMessages()
-        self.reply_ok(b"maildrop has %d messages (%d octets)" % (drop.count, drop.octets))
+        self.reply_ok(f"maildrop has {messages(drop.count)} ({drop.octets} octets)")
 
     def pop_NOOP(self, args: bytes) -> None:
         self.reply_ok()
@@ -774,7 +780,7 @@ class MailhubPOP3(_pop3.POP3):
             if left:
                 self.reply_err(b"[SYS/TEMP] some deleted messages not removed: %s" % b" ".join(b"%d" % (i + 1) for i in left))
             else:
-                self.reply_ok(b"%s POP3 server signing off (%d messages deleted)" % (self.hostname.encode("ascii", "replace"), removed))
+                self.reply_ok(f"{self.hostname} POP3 server signing off ({messages(removed)} deleted)")
         else:
             self.state = State.UPDATE
             self.reply_ok(b"%s POP3 server signing off" % self.hostname.encode("ascii", "replace"))
