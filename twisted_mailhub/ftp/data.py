@@ -44,7 +44,7 @@ import socket
 from typing import Any
 
 from twisted.internet import defer, error, protocol, tcp
-from twisted.internet.interfaces import IWriteDescriptor
+from twisted.internet.interfaces import IHandshakeListener, IWriteDescriptor
 from twisted.logger import Logger
 from twisted.protocols import policies
 from zope.interface import implementer
@@ -194,6 +194,7 @@ class _ChunkProducer:
         self.stopped = True
 
 
+@implementer(IHandshakeListener)
 class DataConnection(protocol.Protocol, policies.TimeoutMixin):
     """
     One data connection (the DTP of RFC 959). It sends a listing or a file,
@@ -222,8 +223,14 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         if self.channel.protect:
             # RFC 4217 §9: the FTP server is the TLS server on the data
             # connection whichever side opened it.
+            # The transfer starts once the handshake is done: closing a
+            # TLS connection before that (an empty listing) breaks it.
             self.transport.startTLS(self.channel.tls, normal=not self.channel.active_mode)
             self.tls = True
+            return
+        self.channel._connected(self)
+
+    def handshakeCompleted(self):
         self.channel._connected(self)
 
     def timeoutConnection(self):

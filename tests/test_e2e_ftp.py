@@ -1,0 +1,533 @@
+"""
+End-to-end FTP against the real C{twistd mailhub}, with ftplib, curl, lftp
+and raw sockets: what a user sees, and the files on disk.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+MB = 1024 * 1024
+
+
+def home(hub, user="alice", domain="localhost"):
+    return os.path.join(hub.data_dir, "ftp", domain, user)
+
+
+def login(hub, user="alice", password="secret", cls=ftplib.FTP, **kw) -> ftplib.FTP:
+    f = cls(timeout=30, **kw)
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login(user, password)
+    return f
+
+
+def tls_login(hub, user="alice", password="secret") -> ftplib.FTP_TLS:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    f = login(hub, user, password, cls=ftplib.FTP_TLS, context=ctx)
+    f.prot_p()
+    return f
+
+
+def retr(f: ftplib.FTP, name: str, rest=None) -> bytes:
+    out = io.BytesIO()
+    f.retrbinary(f"RETR {name}", out.write, rest=rest)
+    return out.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def random_50mb():
+    return os.urandom(50 * MB)
+
+
+def free_port_pair() -> int:
+    """A port P with P - 1 free too (for the RFC 959 L-1 data port)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port - 1))
+        except OSError:
+            continue
+        return port
+    pytest.skip("no free pair of adjacent ports")
+
+
+def control(hub) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", hub.ports["ftp"]), timeout=10)
+    s.makefile("rb").readline()
+    return s
+
+
+def ask(s: socket.socket, line: bytes) -> bytes:
+    s.sendall(line + b"\r\n")
+    return read_reply(s)
+
+
+def read_reply(s: socket.socket) -> bytes:
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+        lines = data.split(b"\r\n")
+        for line in lines[:-1]:
+            if len(line) >= 4 and line[:3].isdigit() and line[3:4] == b" ":
+                return data
+
+
+# -- login and the shared realm ------------------------------------------------
+
+
+def test_account_logs_in_over_ftp_pop3_and_smtp_auth(hub):
+    f = login(hub)
+    assert f.pwd() == "/"
+    f.storbinary("STOR hello.txt", io.BytesIO(b"hi\n"))
+    f.quit()
+    assert open(os.path.join(home(hub), "hello.txt"), "rb").read() == b"hi\n"
+    if "pop3" in hub.ports:
+        import poplib
+
+        p = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=10)
+        p.user("alice")
+        assert p.pass_("secret").startswith(b"+OK")
+        p.quit()
+    if "submission" in hub.ports:
+        import smtplib
+
+        s = smtplib.SMTP("127.0.0.1", hub.ports["submission"], timeout=10)
+        s.ehlo()
+        if "auth" not in s.esmtp_features:
+            s.starttls(context=ssl._create_unverified_context())
+            s.ehlo()
+        code, _ = s.login("alice", "secret")
+        assert code == 235
+        s.quit()
+
+
+def test_wrong_password_is_refused_and_slowed(hub):
+    f = ftplib.FTP(timeout=30)
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    with pytest.raises(ftplib.error_perm, match="530"):
+        f.login("alice", "wrong")
+    hub.wait_for_log(r"ftp login failed for 'alice'.*answer held")
+    f.login("alice", "secret")
+    assert f.pwd() == "/"
+
+
+def test_textbook_session_lowercase_and_bare_lf(hub):
+    s = control(hub)
+    s.sendall(b"user alice\n")
+    assert read_reply(s).startswith(b"331")
+    assert ask(s, b"pass secret").startswith(b"230")
+    assert ask(s, b"pwd").startswith(b'257 "/"')
+    assert ask(s, b"frob").startswith(b"500")
+    assert ask(s, b"syst").startswith(b"215 UNIX")
+    assert ask(s, b"acct x").startswith(b"202")
+    assert ask(s, b"quit").startswith(b"221")
+    s.close()
+
+
+def test_commands_before_login_get_530(hub):
+    s = control(hub)
+    assert ask(s, b"LIST").startswith(b"530")
+    assert ask(s, b"PASS x").startswith(b"503")
+    s.close()
+
+
+# -- transfers ------------------------------------------------------------------
+
+
+def test_50mb_round_trip_in_pasv_epsv_and_active_mode(hub, random_50mb):
+    f = login(hub)
+    want = sha(random_50mb)
+    for mode, name in (("pasv", "p.bin"), ("epsv", "e.bin"), ("active", "a.bin")):
+        f.set_pasv(mode != "active")
+        # ftplib uses EPSV only for IPv6; force it with a raw EPSV transfer.
+        if mode == "epsv":
+            f.af = socket.AF_INET6
+            f.storbinary(f"STOR {name}", io.BytesIO(random_50mb))
+            got = retr(f, name)
+            f.af = socket.AF_INET
+        else:
+            f.storbinary(f"STOR {name}", io.BytesIO(random_50mb))
+            got = retr(f, name)
+        assert sha(got) == want, mode
+        with open(os.path.join(home(hub), name), "rb") as disk:
+            assert sha(disk.read()) == want, mode
+    f.quit()
+
+
+def test_active_data_connection_comes_from_control_port_minus_one(start_hub):
+    port = free_port_pair()
+    hub = start_hub("--ftp", f"tcp:{port}:interface=127.0.0.1")
+    f = login(hub)
+    f.storbinary("STOR x", io.BytesIO(b"x" * 1000))
+    f.set_pasv(False)
+    for _ in range(3):  # SO_REUSEADDR: consecutive transfers reuse the port
+        conn, size = f.ntransfercmd("RETR x")
+        assert conn.getpeername()[1] == port - 1
+        assert conn.makefile("rb").read() == b"x" * 1000
+        conn.close()
+        assert f.voidresp().startswith("226")
+
+
+def test_active_falls_back_to_ephemeral_port_when_data_port_is_taken(start_hub):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    taken = holder.getsockname()[1]
+    try:
+        hub = start_hub("--ftp-data-port", str(taken))
+        f = login(hub)
+        f.storbinary("STOR x", io.BytesIO(b"abc"))
+        f.set_pasv(False)
+        assert retr(f, "x") == b"abc"
+        hub.wait_for_log(rf"cannot send from data port {taken}")
+    finally:
+        holder.close()
+
+
+def test_rest_resumes_retr_and_stor(hub):
+    data = os.urandom(300_000)
+    f = login(hub)
+    f.storbinary("STOR r.bin", io.BytesIO(data[:100_000]))
+    f.storbinary("STOR r.bin", io.BytesIO(data[100_000:]), rest=100_000)
+    assert open(os.path.join(home(hub), "r.bin"), "rb").read() == data
+    assert retr(f, "r.bin", rest=123_456) == data[123_456:]
+    assert f.size("r.bin") == 300_000
+
+
+def test_appe_appends(hub):
+    f = login(hub)
+    f.storbinary("STOR log.txt", io.BytesIO(b"one\n"))
+    f.storbinary("APPE log.txt", io.BytesIO(b"two\n"))
+    assert retr(f, "log.txt") == b"one\ntwo\n"
+
+
+def test_type_a_converts_lf_to_crlf_and_back(hub):
+    f = login(hub)
+    text = b"line one\nline two\n" + b"x" * 300_000 + b"\nend\n"
+    f.storbinary("STOR t.txt", io.BytesIO(text))
+    lines = []
+    f.sendcmd("TYPE A")
+    conn = f.transfercmd("RETR t.txt")
+    wire = conn.makefile("rb").read()
+    conn.close()
+    f.voidresp()
+    assert wire == text.replace(b"\n", b"\r\n")
+    f.storlines("STOR u.txt", io.BytesIO(b"a\r\nb\r\n"))
+    assert open(os.path.join(home(hub), "u.txt"), "rb").read() == b"a\nb\n"
+    del lines
+
+
+def test_stou_makes_a_new_name(hub):
+    f = login(hub)
+    f.storbinary("STOR f", io.BytesIO(b"1"))
+    f.voidcmd("TYPE I")
+    conn = f.transfercmd("STOU f")
+    conn.sendall(b"2")
+    conn.close()
+    assert "f.1" in f.voidresp()
+    assert open(os.path.join(home(hub), "f.1"), "rb").read() == b"2"
+
+
+def test_abor_mid_transfer_answers_426_then_226(hub, random_50mb):
+    f = login(hub)
+    f.storbinary("STOR big", io.BytesIO(random_50mb))
+    f.voidcmd("TYPE I")
+    conn = f.transfercmd("RETR big")
+    assert len(conn.recv(65536)) > 0
+    f.putcmd("ABOR")
+    first = f.getline()
+    second = f.getline()
+    assert first.startswith("426"), first
+    assert second.startswith("226"), second
+    conn.close()
+    assert f.pwd() == "/"
+    assert retr(f, "big")[:10] == random_50mb[:10]
+
+
+def test_abor_with_ftplib_abort_telnet_and_urgent_byte(hub, random_50mb):
+    f = login(hub)
+    f.storbinary("STOR big", io.BytesIO(random_50mb))
+    f.voidcmd("TYPE I")
+    conn = f.transfercmd("RETR big")
+    conn.recv(65536)
+    assert f.abort()[:3] in ("426", "226")
+    conn.close()
+    # whatever the second reply is, the session goes on
+    f.sock.settimeout(10)
+    rest = f.getline()
+    assert rest[:3] in ("226", "426")
+    assert f.sendcmd("NOOP").startswith("200")
+
+
+# -- listings and file management -------------------------------------------------
+
+
+def test_mlsd_mlst_and_list_show_the_facts(hub):
+    f = login(hub)
+    f.storbinary("STOR a.txt", io.BytesIO(b"12345"))
+    f.mkd("sub")
+    facts = dict(f.mlsd())
+    assert facts["a.txt"]["type"] == "file"
+    assert facts["a.txt"]["size"] == "5"
+    assert facts["a.txt"]["perm"] == "adfrw"
+    assert len(facts["a.txt"]["modify"]) == 14
+    assert facts["sub"]["type"] == "dir"
+    assert "250-" in f.sendcmd("MLST a.txt") or f.sendcmd("MLST a.txt").startswith("250")
+    assert "type=file;size=5;" in f.sendcmd("MLST a.txt")
+    lines = []
+    f.retrlines("LIST", lines.append)
+    assert any(line.startswith("-rw") and line.endswith(" a.txt") and " 5 " in line for line in lines)
+    assert any(line.startswith("d") and line.endswith(" sub") for line in lines)
+    feat = f.sendcmd("FEAT")
+    for ext in ("EPRT", "EPSV", "MDTM", "SIZE", "REST STREAM", "MLST type*", "UTF8", "AUTH TLS", "PBSZ", "PROT", "TVFS"):
+        assert ext in feat
+    assert f.sendcmd("OPTS UTF8 ON").startswith("200")
+    assert "RETR" in f.sendcmd("HELP")
+    assert "a.txt" in f.sendcmd("STAT a.txt")
+    assert f.sendcmd("STAT").startswith("211")
+
+
+def test_bare_nlst_and_nlst_dot_in_a_folder_with_a_dash(hub):
+    f = login(hub)
+    f.mkd("my-folder")
+    f.cwd("my-folder")
+    f.storbinary("STOR inside.txt", io.BytesIO(b"x"))
+    assert f.nlst() == ["inside.txt"]
+    assert f.nlst(".") == ["inside.txt"]
+    f.cwd("/")
+    assert f.nlst("*.none") == []
+
+
+def test_rename_delete_mkdir_rmdir(hub):
+    f = login(hub)
+    f.storbinary("STOR old.txt", io.BytesIO(b"data"))
+    f.rename("old.txt", "new.txt")
+    assert not os.path.exists(os.path.join(home(hub), "old.txt"))
+    assert open(os.path.join(home(hub), "new.txt"), "rb").read() == b"data"
+    f.delete("new.txt")
+    assert not os.path.exists(os.path.join(home(hub), "new.txt"))
+    assert f.mkd("dir") == "/dir"
+    assert os.path.isdir(os.path.join(home(hub), "dir"))
+    f.rmd("dir")
+    assert not os.path.exists(os.path.join(home(hub), "dir"))
+    with pytest.raises(ftplib.error_perm, match="550"):
+        f.delete("nothing")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        f.rename("nothing", "x")
+
+
+def test_traversal_absolute_and_symlinks_out_are_refused(hub):
+    f = login(hub)
+    with pytest.raises(ftplib.error_perm, match="550"):
+        f.cwd("../..")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        retr(f, "../../../tls/key.pem")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        retr(f, "/etc/passwd")
+    os.symlink("/etc", os.path.join(home(hub), "out"))
+    os.symlink("/etc/passwd", os.path.join(home(hub), "pw"))
+    with pytest.raises(ftplib.error_perm, match="550"):
+        f.cwd("out")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        retr(f, "pw")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        f.storbinary("STOR out/x", io.BytesIO(b"x"))
+    assert "pw" not in f.nlst()
+    # bob cannot see alice's files either
+    b = login(hub, "bob", "hungry")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        retr(b, "../alice/pw")
+
+
+def test_anonymous_is_read_only_on_the_public_folder(start_hub):
+    hub = start_hub("--anonymous-ftp")
+    public = os.path.join(hub.data_dir, "ftp", "public")
+    os.makedirs(public, exist_ok=True)
+    with open(os.path.join(public, "readme.txt"), "wb") as fp:
+        fp.write(b"welcome\n")
+    f = login(hub, "anonymous", "guest@example.org")
+    assert retr(f, "readme.txt") == b"welcome\n"
+    assert f.nlst() == ["readme.txt"]
+    for action in (
+        lambda: f.storbinary("STOR x", io.BytesIO(b"x")),
+        lambda: f.delete("readme.txt"),
+        lambda: f.mkd("d"),
+        lambda: f.sendcmd("RNFR readme.txt"),
+    ):
+        with pytest.raises(ftplib.error_perm, match="550 .*[Pp]ermission denied"):
+            action()
+    assert sorted(os.listdir(public)) == ["readme.txt"]
+
+
+def test_anonymous_is_refused_without_the_option(hub):
+    f = ftplib.FTP(timeout=10)
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    with pytest.raises(ftplib.error_perm, match="530"):
+        f.login("anonymous", "x@y")
+
+
+# -- security -----------------------------------------------------------------------
+
+
+def test_port_bounce_to_another_host_or_privileged_port_is_refused(hub):
+    trap = socket.socket()
+    trap.bind(("127.0.0.2", 0))
+    trap.listen(1)
+    trap.settimeout(0.5)
+    tport = trap.getsockname()[1]
+    f = login(hub)
+    f.storbinary("STOR x", io.BytesIO(b"x"))
+    with pytest.raises(ftplib.error_perm, match="^50[04]"):
+        f.sendcmd(f"PORT 127,0,0,2,{tport >> 8},{tport & 255}")
+    with pytest.raises(ftplib.error_perm, match="^50[04]"):
+        f.sendcmd(f"EPRT |1|127.0.0.2|{tport}|")
+    with pytest.raises(ftplib.error_perm, match="^504"):
+        f.sendcmd("PORT 127,0,0,1,0,25")
+    with pytest.raises(ftplib.error_temp, match="^425"):
+        f.sendcmd("RETR x")
+    with pytest.raises(socket.timeout):
+        trap.accept()
+    trap.close()
+
+
+def test_passive_connection_from_another_address_is_refused(hub):
+    f = login(hub)
+    f.storbinary("STOR x", io.BytesIO(b"payload"))
+    f.voidcmd("TYPE I")
+    host, port = ftplib.parse227(f.sendcmd("PASV"))
+    thief = socket.socket()
+    thief.bind(("127.0.0.2", 0))
+    thief.settimeout(5)
+    thief.connect((host, port))
+    assert thief.recv(100) == b""  # dropped at once
+    thief.close()
+    hub.wait_for_log(r"passive data connection from 127.0.0.2 refused")
+    conn = socket.create_connection((host, port), timeout=10)
+    f.sendcmd("RETR x")
+    assert conn.makefile("rb").read() == b"payload"
+    conn.close()
+    assert f.voidresp().startswith("226")
+
+
+def test_epsv_all_refuses_port_and_pasv(hub):
+    f = login(hub)
+    assert f.sendcmd("EPSV ALL").startswith("200")
+    with pytest.raises(ftplib.error_perm, match="503"):
+        f.sendcmd("PASV")
+    with pytest.raises(ftplib.error_perm, match="503"):
+        f.sendcmd("PORT 127,0,0,1,200,200")
+
+
+def test_connection_limit_per_address(start_hub):
+    hub = start_hub("--ftp-max-per-ip", "2")
+    a, b = control(hub), control(hub)
+    c = socket.create_connection(("127.0.0.1", hub.ports["ftp"]), timeout=10)
+    assert c.makefile("rb").readline().startswith(b"421")
+    a.close()
+    hub.wait_for_log(r"ftp connection from 127.0.0.1 refused")
+    b.close()
+    c.close()
+
+
+def test_idle_control_connection_is_closed(start_hub):
+    hub = start_hub("--ftp-idle-timeout", "1")
+    s = control(hub)
+    s.settimeout(10)
+    assert read_reply(s).startswith(b"421")
+    assert s.recv(100) == b""
+
+
+# -- FTPS -----------------------------------------------------------------------------
+
+
+def test_auth_tls_prot_p_round_trip_with_ftplib(hub, random_50mb):
+    f = tls_login(hub)
+    data = random_50mb[: 5 * MB]
+    f.storbinary("STOR s.bin", io.BytesIO(data))
+    assert sha(retr(f, "s.bin")) == sha(data)
+    f.set_pasv(False)
+    assert sha(retr(f, "s.bin")) == sha(data)
+    assert "data channel: TLS" in f.sendcmd("STAT")
+    f.quit()
+
+
+def test_commands_pipelined_after_auth_tls_are_discarded(hub):
+    s = control(hub)
+    s.sendall(b"AUTH TLS\r\nUSER alice\r\nPASS secret\r\n")
+    reply = s.recv(4096)
+    assert reply.startswith(b"234"), reply
+    ctx = ssl._create_unverified_context()
+    t = ctx.wrap_socket(s)
+    # USER/PASS sent in plaintext were dropped: still not logged in.
+    assert ask(t, b"PWD").startswith(b"530")
+    assert ask(t, b"USER alice").startswith(b"331")
+    assert ask(t, b"PASS secret").startswith(b"230")
+    t.close()
+
+
+def test_require_tls_refuses_user_before_auth_tls(start_hub):
+    hub = start_hub("--ftp-require-tls", "--trusted-networks", "10.9.9.0/24")
+    s = control(hub)
+    assert ask(s, b"USER alice").startswith(b"530")
+    s.close()
+    f = tls_login(hub)
+    assert f.pwd() == "/"
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
+def test_curl_plain_and_ssl_reqd(hub, tmp_path):
+    src = tmp_path / "up.bin"
+    src.write_bytes(os.urandom(3 * MB))
+    url = f"ftp://alice:secret@127.0.0.1:{hub.ports['ftp']}"
+    subprocess.run(["curl", "-sS", "-T", str(src), f"{url}/c.bin"], check=True, timeout=60)
+    got = subprocess.run(["curl", "-sS", f"{url}/c.bin"], check=True, capture_output=True, timeout=60).stdout
+    assert got == src.read_bytes()
+    got = subprocess.run(["curl", "-sS", "-P", "-", f"{url}/c.bin"], check=True, capture_output=True, timeout=60).stdout
+    assert got == src.read_bytes()
+    subprocess.run(["curl", "-sS", "--ssl-reqd", "-k", "-T", str(src), f"{url}/t.bin"], check=True, timeout=60)
+    got = subprocess.run(["curl", "-sS", "--ssl-reqd", "-k", f"{url}/t.bin"], check=True, capture_output=True, timeout=60).stdout
+    assert got == src.read_bytes()
+    ranged = subprocess.run(["curl", "-sS", "-C", "1000", f"{url}/c.bin"], check=True, capture_output=True, timeout=60).stdout
+    assert ranged == src.read_bytes()[1000:]
+
+
+@pytest.mark.skipif(not shutil.which("lftp"), reason="lftp is not installed")
+@pytest.mark.parametrize("passive", ["true", "false"])
+def test_lftp_ssl_force_put_get_and_mirror(hub, tmp_path, passive):
+    src = tmp_path / "src"
+    (src / "a-b").mkdir(parents=True)
+    (src / "a-b" / "one.bin").write_bytes(os.urandom(2 * MB))
+    (src / "two.txt").write_bytes(b"two\n")
+    back = tmp_path / "back"
+    script = (
+        "set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:verify-certificate no; "
+        f"set ftp:passive-mode {passive}; set net:max-retries 1; "
+        f"open -u alice,secret -p {hub.ports['ftp']} 127.0.0.1; "
+        f"mirror -R {src} up; mirror up {back}"
+    )
+    subprocess.run(["lftp", "-c", script], check=True, timeout=120, capture_output=True)
+    assert (back / "a-b" / "one.bin").read_bytes() == (src / "a-b" / "one.bin").read_bytes()
+    assert (back / "two.txt").read_bytes() == b"two\n"
+    assert open(os.path.join(home(hub), "up", "a-b", "one.bin"), "rb").read() == (src / "a-b" / "one.bin").read_bytes()
