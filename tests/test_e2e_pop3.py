@@ -27,7 +27,7 @@ import pytest
 
 from tests.hubprocess import HubProcess
 
-USERS = ["bob:hungry"] + [f"user{i}:pw{i}" for i in range(12)]
+USERS = ["bob:hungry"] + [f"user{i}:pw{i}" for i in range(12)] + [f"curl{i}:pw" for i in range(4)]
 
 
 @pytest.fixture(scope="module")
@@ -292,17 +292,23 @@ def test_second_session_gets_in_use_until_the_first_quits(hub):
     second.quit()
 
 
-def test_curl_fetches_a_message(hub):
+@pytest.mark.parametrize(
+    "n, login, sent",
+    [(0, None, b"> AUTH "), (1, "AUTH=PLAIN", b"> AUTH PLAIN"), (2, "AUTH=CRAM-MD5", b"> AUTH CRAM-MD5"), (3, "AUTH=+APOP", b"> APOP curl3 ")],
+)
+def test_curl_fetches_a_message(hub, n, login, sent):
+    """curl picks SASL, then APOP, then USER; each way in must work."""
     curl = shutil.which("curl")
     if curl is None:
         pytest.skip("curl is not installed (.ci/run installs it)")
     message = b"Subject: via curl\r\n\r\nfetched by curl\r\n.leading dot\r\n"
-    put(hub, "user10@localhost", message)
-    out = subprocess.run(
-        [curl, "-sS", "--max-time", "20", f"pop3://127.0.0.1:{hub.ports['pop3']}/1", "-u", "user10:pw10"],
-        capture_output=True, timeout=30,
-    )
+    put(hub, f"curl{n}@localhost", message)
+    args = [curl, "-v", "-sS", "--max-time", "20", f"pop3://127.0.0.1:{hub.ports['pop3']}/1", "-u", f"curl{n}:pw"]
+    if login:
+        args += ["--login-options", login]
+    out = subprocess.run(args, capture_output=True, timeout=30)
     assert out.returncode == 0, out.stderr
+    assert sent in out.stderr
     assert out.stdout == message
 
 

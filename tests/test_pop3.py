@@ -3,7 +3,9 @@ Unit tests for the POP3 component: the state machine and its edges, over
 StringTransport with a memory store and a Clock.
 """
 
+import base64
 import hashlib
+import hmac
 import io
 import re
 
@@ -143,8 +145,9 @@ class AuthorizationTests(POP3TestCase):
         self.assertEqual(caps[0][:3], b"+OK")
         self.assertEqual(caps[-2:], [b".", b""])
         names = [c.split()[0] for c in caps[1:-2]]
-        self.assertEqual(sorted(names), sorted([b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"USER", b"IMPLEMENTATION"]))
-        for bogus in (b"CELERITY", b"AUSPEX", b"POTENCE", b"STLS", b"SASL"):
+        self.assertEqual(sorted(names), sorted([b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"USER", b"SASL", b"IMPLEMENTATION"]))
+        self.assertIn(b"SASL PLAIN CRAM-MD5", caps)
+        for bogus in (b"CELERITY", b"AUSPEX", b"POTENCE", b"STLS"):
             self.assertNotIn(bogus, names)  # no startTLS on a StringTransport
 
     def test_commands_before_login_say_what_is_expected(self):
@@ -190,6 +193,46 @@ class AuthorizationTests(POP3TestCase):
         self.say(proto, t, b"user bob\r\npass hungry\r\n")
         self.assertEqual(self.say(proto, t, b"stls\r\n"), b"-ERR STLS is only allowed before login (RFC 2595)\r\n")
         self.assertEqual(self.say(proto, t, b"user bob\r\n"), b"-ERR already logged in\r\n")
+
+
+class SASLTests(POP3TestCase):
+    def test_auth_plain_with_initial_response(self):
+        proto, t = self.connect()
+        token = base64.b64encode(b"\0bob\0hungry")
+        self.assertEqual(self.say(proto, t, b"auth plain " + token + b"\r\n"), b"+OK bob@localhost has 0 messages (0 octets)\r\n")
+
+    def test_auth_plain_with_continuation_and_pipelined_stat(self):
+        proto, t = self.connect()
+        out = self.say(proto, t, b"AUTH PLAIN\r\n" + base64.b64encode(b"bob\0bob\0hungry") + b"\r\nSTAT\r\n")
+        self.assertEqual(out, b"+ \r\n+OK bob@localhost has 0 messages (0 octets)\r\n+OK 0 0\r\n")
+
+    def test_auth_cancelled_bad_base64_and_foreign_authzid(self):
+        proto, t = self.connect()
+        self.assertEqual(self.say(proto, t, b"AUTH PLAIN\r\n*\r\n"), b"+ \r\n-ERR authentication cancelled\r\n")
+        self.assertEqual(self.say(proto, t, b"AUTH PLAIN !!!\r\n"), b"-ERR SASL response is not valid base64\r\n")
+        token = base64.b64encode(b"alice\0bob\0hungry")
+        self.assertTrue(self.say(proto, t, b"AUTH PLAIN " + token + b"\r\n").startswith(b"-ERR [AUTH] AUTH PLAIN wants"))
+        self.assertTrue(self.say(proto, t, b"AUTH DIGEST-MD5\r\n").startswith(b"-ERR unsupported SASL mechanism 'DIGEST-MD5'"))
+        self.assertIs(proto.state, pop3.State.AUTHORIZATION)
+        self.assertEqual(self.say(proto, t, b"noop\r\n"), b"+OK\r\n")
+
+    def test_auth_plain_refused_untrusted_but_cram_md5_works(self):
+        proto, t = self.connect(UNTRUSTED)
+        self.assertIn(b"\r\nSASL CRAM-MD5\r\n", self.say(proto, t, b"capa\r\n"))
+        self.assertEqual(self.say(proto, t, b"auth\r\n"), b"+OK SASL mechanisms follow\r\nCRAM-MD5\r\n.\r\n")
+        token = base64.b64encode(b"\0bob\0hungry")
+        self.assertTrue(self.say(proto, t, b"AUTH PLAIN " + token + b"\r\n").startswith(b"-ERR [AUTH] AUTH PLAIN needs TLS"))
+        challenge = base64.b64decode(self.say(proto, t, b"AUTH CRAM-MD5\r\n")[2:])
+        digest = hmac.new(b"hungry", challenge, hashlib.md5).hexdigest().encode()
+        out = self.say(proto, t, base64.b64encode(b"bob " + digest) + b"\r\n")
+        self.assertEqual(out, b"+OK bob@localhost has 0 messages (0 octets)\r\n")
+
+    def test_wrong_cram_md5_digest_fails(self):
+        proto, t = self.connect()
+        self.say(proto, t, b"AUTH CRAM-MD5\r\n")
+        self.say(proto, t, base64.b64encode(b"bob " + b"0" * 32) + b"\r\n")
+        self.clock.advance(10)
+        self.assertEqual(t.value(), b"-ERR [AUTH] authentication failed\r\n")
 
 
 class MaildropLockTests(POP3TestCase):

@@ -34,8 +34,9 @@ Theory of operation:
  - One session per maildrop (RFC 1939 §8): the realm refuses a second with
    L{MaildropInUse}, answered C{-ERR [IN-USE]} (RFC 2449 §8.1.1); the lock
    goes at QUIT or when the connection drops.
- - USER/PASS only over TLS or from C{--trusted-networks}
-   (RFC 2595 §2.1); APOP (RFC 1939 §7) anywhere. The APOP timestamp in the
+ - USER/PASS and AUTH PLAIN only over TLS or from C{--trusted-networks}
+   (RFC 2595 §2.1); APOP (RFC 1939 §7) and AUTH CRAM-MD5 (RFC 5034)
+   anywhere. The APOP timestamp in the
    banner is new for every connection, so a captured digest cannot be
    replayed. Every login goes through the connection's throttled portal.
  - RETR sends the reply line, the byte-stuffed message and the terminating
@@ -45,6 +46,8 @@ Theory of operation:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import collections
 import enum
 import hashlib
@@ -355,6 +358,8 @@ class MailhubPOP3(_pop3.POP3):
         self._pumping = False
         self._closed = False
         self._user: bytes | None = None
+        # Set while AUTH waits for the client's next SASL line.
+        self._sasl: Callable[[bytes], Any] | None = None
         if hub is not None:
             self.timeOut = hub.options.get("pop3-idle-timeout") or 600
         else:
@@ -495,7 +500,12 @@ class MailhubPOP3(_pop3.POP3):
 
     def _run(self, line: Any) -> None:
         if line is _TOO_LONG:
+            self._sasl = None
             self.reply_err(b"command line too long (at most %d octets)" % self.max_line_length)
+            return
+        if self._sasl is not None:
+            handler, self._sasl = self._sasl, None
+            self._finish(lambda: handler(line), "AUTH")
             return
         word, _, rest = line.lstrip(b" \t").partition(b" ")
         command = word.upper()
@@ -514,8 +524,12 @@ class MailhubPOP3(_pop3.POP3):
             self.reply_err(self._wrong_state(name))
             return
         handler = getattr(self, "pop_" + name)
+        self._finish(lambda: handler(rest if name == "PASS" else rest.strip()), name)
+
+    def _finish(self, call: Any, name: str) -> None:
+        """Run a command; one that returns a Deferred holds the queue."""
         try:
-            result = handler(rest if name == "PASS" else rest.strip())
+            result = call() if callable(call) else call
         except Exception:
             log.failure("POP3 {command} failed", command=name)
             self.reply_err(b"[SYS/TEMP] internal error; try again")
@@ -564,6 +578,7 @@ class MailhubPOP3(_pop3.POP3):
                 caps.append(b"USER")
             if self.can_start_tls():
                 caps.append(b"STLS")
+            caps.append(b"SASL " + b" ".join(self.sasl_mechanisms()))
         caps.append(b"IMPLEMENTATION " + self.implementation)
         return caps
 
@@ -591,8 +606,73 @@ class MailhubPOP3(_pop3.POP3):
         self._user = None
         self.transport.startTLS(self.hub.tls)
 
-    def pop_AUTH(self, args: bytes) -> None:
-        self.reply_err(b"no SASL mechanisms here; log in with USER and PASS, or APOP")
+    def sasl_mechanisms(self) -> list[bytes]:
+        """
+        SASL mechanisms for AUTH (RFC 5034): PLAIN sends the password, so it
+        follows the USER/PASS rule; CRAM-MD5 is a challenge, allowed anywhere.
+        """
+        return ([b"PLAIN"] if self.plaintext_allowed() else []) + [b"CRAM-MD5"]
+
+    def pop_AUTH(self, args: bytes) -> defer.Deferred | None:
+        words = args.split()
+        if not words:
+            # Pre-RFC 5034 clients ask for the list this way.
+            self.transport.write(b"+OK SASL mechanisms follow\r\n" + b"".join(m + b"\r\n" for m in self.sasl_mechanisms()) + b".\r\n")
+            return None
+        mechanism, initial = words[0].upper(), (words[1] if len(words) > 1 else None)
+        if mechanism == b"PLAIN" and not self.plaintext_allowed():
+            self.reply_err(b"[AUTH] AUTH PLAIN needs TLS on this connection: use STLS, APOP or AUTH CRAM-MD5")
+            return None
+        if mechanism == b"PLAIN":
+            if initial is None:
+                self._sasl = self._sasl_plain
+                self.transport.write(b"+ \r\n")
+                return None
+            return self._sasl_plain(initial)
+        if mechanism == b"CRAM-MD5" and initial is None:
+            creds = _credentials.CramMD5Credentials(self.hostname.encode("ascii", "replace"))
+            challenge = creds.getChallenge()
+            self._sasl = lambda line: self._sasl_cram(creds, line)
+            self.transport.write(b"+ " + base64.b64encode(challenge) + b"\r\n")
+            return None
+        shown = mechanism[:30].decode("ascii", "replace")
+        self.reply_err(f"unsupported SASL mechanism {shown!r}; try one of: " + " ".join(m.decode() for m in self.sasl_mechanisms()))
+        return None
+
+    def _sasl_response(self, line: bytes) -> bytes | None:
+        """The decoded client response, or L{None} after an error reply."""
+        if line.strip() == b"*":
+            self.reply_err(b"authentication cancelled")
+            return None
+        try:
+            return base64.b64decode(line.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            self.reply_err(b"SASL response is not valid base64")
+            return None
+
+    def _sasl_plain(self, line: bytes) -> defer.Deferred | None:
+        response = self._sasl_response(line)
+        if response is None:
+            return None
+        parts = response.split(b"\0")
+        if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
+            # RFC 4616: authzid NUL authcid NUL passwd; we act for no one else.
+            self.reply_err(b"[AUTH] AUTH PLAIN wants authzid NUL user NUL password, with no other authzid")
+            return None
+        user, password = parts[1], parts[2]
+        return self._login(defer.maybeDeferred(self.authenticateUserPASS, user, password), user)
+
+    def _sasl_cram(self, creds: Any, line: bytes) -> defer.Deferred | None:
+        response = self._sasl_response(line)
+        if response is None:
+            return None
+        try:
+            creds.setResponse(response)
+        except ValueError:
+            self.reply_err(b"[AUTH] CRAM-MD5 wants: user hexdigest")
+            return None
+        d = self.portal.login(creds, None, IMailbox) if self.portal is not None else defer.fail(cred_error.UnauthorizedLogin())
+        return self._login(d, creds.username)
 
     def pop_USER(self, args: bytes) -> None:
         if not self.plaintext_allowed():
