@@ -285,6 +285,42 @@ class TransactionTests(POP3TestCase):
         [info] = self.inbox.messages()
         self.assertNotIn(SEEN, info.flags)
 
+    def test_opening_the_maildrop_reads_no_message(self):
+        self.put(b"one\r\n", b"two\r\n")
+        reads = []
+        real_read = self.inbox.read
+        self.inbox.read = lambda uid: reads.append(uid) or real_read(uid)
+        proto, t = self.login()
+        self.say(proto, t, b"stat\r\nlist\r\nuidl\r\ndele 1\r\nrset\r\n")
+        self.assertEqual(reads, [])
+        self.assertEqual(self.say(proto, t, b"retr 2\r\n"), b"+OK 5 octets\r\ntwo\r\n.\r\n")
+        self.assertEqual(reads, [self.inbox.messages()[1].uid])
+
+    def test_client_that_does_not_read_stops_being_read(self):
+        self.put(b"x" * 100 + b"\r\n")
+        transport = PausingTransport(peerAddress=TRUSTED)
+        proto, t = self.connect(transport=transport)
+        for line in (b"user bob\r\n", b"pass hungry\r\n"):
+            proto.resumeProducing()  # the client read the last reply
+            proto.dataReceived(line)
+        proto.resumeProducing()
+        self.assertIs(proto.state, pop3.State.TRANSACTION)
+        t.clear()
+        proto.dataReceived(b"retr 1\r\n" * 1000)
+        # One reply went out; the transport is full, so the rest wait, and
+        # the server stopped reading from the client.
+        self.assertEqual(t.value().count(b"+OK 102 octets"), 1)
+        self.assertEqual(t.producerState, "paused")
+        for _ in range(1000):
+            proto.resumeProducing()
+        self.assertEqual(t.value().count(b"+OK 102 octets"), 1000)
+        self.assertEqual(t.producerState, "producing")
+
+    def test_tab_separates_arguments_and_password_keeps_its_spaces(self):
+        self.hub.accounts.add("carol", "two words ")
+        proto, t = self.connect()
+        self.assertEqual(self.say(proto, t, b"user\tcarol\r\npass two words \r\n"), b"+OK now send PASS for carol\r\n+OK carol@localhost has 0 messages (0 octets)\r\n")
+
     def test_bad_message_numbers(self):
         self.put(b"one\r\n")
         proto, t = self.login()

@@ -507,7 +507,11 @@ class MailhubPOP3(_pop3.POP3):
             handler, self._sasl = self._sasl, None
             self._finish(lambda: handler(line), "AUTH")
             return
-        word, _, rest = line.lstrip(b" \t").partition(b" ")
+        line = line.lstrip(b" \t")
+        word = line.split(None, 1)[0] if line.strip() else b""
+        # After the command word and one separator: PASS keeps the rest as
+        # sent (a password may hold spaces); others strip it.
+        rest = line[len(word) + 1 :]
         command = word.upper()
         if not command:
             self.reply_err(b"empty command; try CAPA for the list of commands")
