@@ -204,6 +204,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
 
     def __init__(self, channel: "DataChannel"):
         self.channel = channel
+        self.callLater = channel.reactor.callLater  # TimeoutMixin's clock
         self.done: defer.Deferred | None = None
         self.tls = False
         self.bytes = 0

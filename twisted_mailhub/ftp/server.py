@@ -124,6 +124,7 @@ class MailhubFTP(ftp.FTP):
             self.disconnected = True
             return
         hub.connection_made(self, "ftp")
+        self.callLater = hub.reactor.callLater  # TimeoutMixin on the hub's clock
         handle = getattr(self.transport, "getHandle", None)
         if handle is not None:
             try:
@@ -529,12 +530,13 @@ class MailhubFTP(ftp.FTP):
         C{run(connection, opened_result)}, then 226 (or 425/426/451/452).
         """
         self._restart = 0
-        if not self.data.ready:
-            opened.addCallback(_close_quietly).addErrback(lambda _: None)
-            return "425 Use PORT, PASV, EPRT or EPSV first."
         progress = {"opened": None, "connected": False}
 
         def go(thing):
+            if not self.data.ready:
+                # Checked after the file: "no such file" is the more useful answer.
+                _close_quietly(thing)
+                return "425 Use PORT, PASV, EPRT or EPSV first."
             progress["opened"] = thing
             self.sendLine(first_line(thing))
             self._current = (verb, path, None)

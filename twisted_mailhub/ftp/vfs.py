@@ -118,17 +118,31 @@ class FileReader:
 class FileWriter:
     """
     A file being received: C{write()} as bytes arrive, C{close()} makes it
-    durable (fsync in a thread). L{ftp.IWriteFile}'s C{receive()} is kept
-    for Twisted's own callers.
+    durable (fsync in a thread). While a large file arrives, the bytes
+    already written are flushed to disk in a thread every L{SYNC_EVERY}
+    bytes, so the last fsync (the one the 226 waits for) is short.
+    L{ftp.IWriteFile}'s C{receive()} is kept for Twisted's own callers.
     """
+
+    SYNC_EVERY = 64 * 1024 * 1024
 
     def __init__(self, f):
         self.file = f
         self.written = 0
+        self._unsynced = 0
+        self._syncing: defer.Deferred | None = None
 
     def write(self, data: bytes) -> None:
         self.file.write(data)
         self.written += len(data)
+        self._unsynced += len(data)
+        if self._unsynced >= self.SYNC_EVERY and self._syncing is None:
+            self._unsynced = 0
+            self._syncing = threads.deferToThread(os.fdatasync, self.file.fileno())
+            self._syncing.addErrback(lambda _: None).addBoth(self._synced)
+
+    def _synced(self, _):
+        self._syncing = None
 
     def receive(self):
         return defer.succeed(ftp.FileConsumer(self.file))
@@ -141,7 +155,9 @@ class FileWriter:
             finally:
                 self.file.close()
 
-        return threads.deferToThread(durable)
+        # Never close the descriptor under a sync still running.
+        pending = self._syncing if self._syncing is not None else defer.succeed(None)
+        return pending.addCallback(lambda _: threads.deferToThread(durable))
 
     def discard(self) -> None:
         self.file.close()

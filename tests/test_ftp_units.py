@@ -1,0 +1,200 @@
+"""
+Unit tests for the FTP pieces: the virtual file system's confinement, TYPE A
+conversion at chunk edges, the data channel's states, and the control
+channel fed through StringTransport (no sockets).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols import ftp
+
+from twisted_mailhub.accounts import AccountBook
+from twisted_mailhub.ftp import component
+from twisted_mailhub.ftp.data import DataChannel, DataState, from_crlf, same_host, to_crlf
+from twisted_mailhub.ftp.server import MailhubFTPFactory
+from twisted_mailhub.ftp.vfs import DiskFileSystem, DiskShell, filesystem_factories
+from twisted_mailhub.hub import Hub
+from twisted_mailhub.store.memory import MemoryStore
+
+
+def result_of(d):
+    out = []
+    d.addBoth(out.append)
+    assert out, "Deferred did not fire"
+    return out[0]
+
+
+# -- virtual file system ---------------------------------------------------------
+
+
+def test_disk_plugin_is_found_and_makes_homes_on_first_login(tmp_path):
+    fs = filesystem_factories()["disk"].make_filesystem(str(tmp_path))
+    accounts = AccountBook(["localhost"])
+    alice = accounts.add("alice", "pw")
+    shell = fs.shell_for(alice)
+    assert os.path.isdir(tmp_path / "ftp" / "localhost" / "alice")
+    assert not shell.readonly
+    anon = fs.shell_for(None)
+    assert anon.readonly and os.path.isdir(tmp_path / "ftp" / "public")
+
+
+def test_shell_refuses_symlinks_out_and_odd_segments(tmp_path):
+    root = tmp_path / "home"
+    root.mkdir()
+    (tmp_path / "secret").write_bytes(b"s")
+    os.symlink(tmp_path / "secret", root / "link")
+    (root / "ok").write_bytes(b"fine")
+    os.symlink(root / "ok", root / "inside")
+    shell = DiskShell(str(root))
+    assert result_of(shell.openForReadingAt(["link"], 0)).check(ftp.PermissionDeniedError)
+    assert result_of(shell.openForReadingAt([".."], 0)).check(ftp.PermissionDeniedError)
+    assert result_of(shell.openForReadingAt(["a/b"], 0)).check(ftp.PermissionDeniedError)
+    assert result_of(shell.openForReadingAt(["inside"], 2)).read(10) == b"ne"
+    names = [n for n, _ in result_of(shell.list([], ("size",)))]
+    assert names == ["inside", "ok"]
+    # a dangling or outside link can still be deleted, not followed
+    assert result_of(shell.removeFile(["link"])) is None
+    assert (tmp_path / "secret").exists()
+
+
+def test_read_only_shell_refuses_every_change(tmp_path):
+    shell = DiskShell(str(tmp_path), readonly=True)
+    for d in (
+        shell.makeDirectory(["d"]),
+        shell.removeFile(["f"]),
+        shell.removeDirectory(["d"]),
+        shell.rename(["a"], ["b"]),
+        shell.openForWritingAt(["f"], 0, False),
+        shell.uniqueName(["f"]),
+    ):
+        assert result_of(d).check(ftp.PermissionDeniedError)
+    assert os.listdir(tmp_path) == []
+
+
+def test_writer_rest_truncates_and_append_appends(tmp_path):
+    shell = DiskShell(str(tmp_path))
+    (tmp_path / "f").write_bytes(b"0123456789")
+    w = result_of(shell.openForWritingAt(["f"], 4, False))
+    w.write(b"ab")
+    w.file.close()
+    assert (tmp_path / "f").read_bytes() == b"0123ab"
+    w = result_of(shell.openForWritingAt(["f"], 0, True))
+    w.write(b"!")
+    w.file.close()
+    assert (tmp_path / "f").read_bytes() == b"0123ab!"
+
+
+# -- TYPE A ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cut", range(0, 9))
+def test_type_a_conversion_survives_any_chunk_boundary(cut):
+    text = b"a\nb\r\nc\n"
+    out, held = to_crlf(text[:cut], b"")
+    more, held = to_crlf(text[cut:], held)
+    assert out + more + held == b"a\r\nb\r\nc\r\n"
+    wire = b"a\r\nb\r\nc\r\n"
+    out, held = from_crlf(wire[:cut], b"")
+    more, held = from_crlf(wire[cut:], held)
+    assert out + more + held == b"a\nb\nc\n"
+
+
+def test_same_host_sees_through_ipv4_mapped_addresses():
+    assert same_host("::ffff:127.0.0.1", "127.0.0.1")
+    assert not same_host("127.0.0.2", "127.0.0.1")
+
+
+# -- data channel states ------------------------------------------------------------
+
+
+def test_passive_channel_states_and_timeout():
+    reactor = MemoryReactorClock()
+    channel = DataChannel(reactor, "127.0.0.1", "127.0.0.1", 2120, timeout=5)
+    assert channel.state is DataState.IDLE
+    assert "PORT or PASV" in result_of(channel.open()).getErrorMessage()
+    channel.passive(None)
+    assert channel.state is DataState.PASSIVE_LISTENING
+    d = channel.open()
+    assert channel.state is DataState.CONNECTING
+    reactor.advance(5)
+    failure = result_of(d)
+    assert "not made in time" in failure.getErrorMessage()
+    assert channel.state is DataState.IDLE
+
+
+def test_active_channel_connects_from_the_data_port():
+    reactor = MemoryReactorClock()
+    channel = DataChannel(reactor, "127.0.0.1", "127.0.0.1", 2120, timeout=5)
+    channel.active("127.0.0.1", 40000)
+    assert channel.state is DataState.ACTIVE_READY
+    channel.open()
+    assert channel.state is DataState.CONNECTING
+    assert channel.abort() is True
+    assert channel.state is DataState.IDLE
+
+
+# -- control channel over StringTransport ----------------------------------------------
+
+
+@pytest.fixture
+def session(tmp_path):
+    clock = task.Clock()
+    accounts = AccountBook(["localhost"])
+    accounts.add("alice", "secret")
+    options = {"ftp-data-timeout": 5}
+    hub = Hub(clock, options, accounts, MemoryStore(), str(tmp_path), "mail.test")
+    component.install(hub)
+    factory = MailhubFTPFactory(hub, idle_timeout=30, data_timeout=5)
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000), hostAddress=IPv4Address("TCP", "127.0.0.1", 2121))
+    proto.makeConnection(transport)
+
+    def say(line: bytes) -> bytes:
+        transport.clear()
+        proto.dataReceived(line)
+        return transport.value()
+
+    return proto, transport, say, clock
+
+
+def test_greeting_lowercase_login_and_pwd(session):
+    proto, transport, say, clock = session
+    assert transport.value().startswith(b"220 mail.test")
+    assert say(b"user alice\r\n").startswith(b"331")
+    assert say(b"pass secret\n").startswith(b"230")
+    assert say(b"pwd\r\n") == b'257 "/" is the current directory.\r\n'
+    assert say(b"cwd ..\r\n").startswith(b"550")
+
+
+def test_transfer_without_port_or_pasv_is_425(session):
+    proto, transport, say, clock = session
+    say(b"USER alice\r\nPASS secret\r\n")
+    assert say(b"LIST\r\n").startswith(b"425")
+    assert say(b"RETR nothing\r\n").startswith(b"550")
+
+
+def test_idle_control_connection_times_out(session):
+    proto, transport, say, clock = session
+    transport.clear()
+    clock.advance(31)
+    assert transport.value().startswith(b"421")
+    assert transport.disconnecting
+
+
+def test_port_checks_are_made_before_any_connection(session):
+    proto, transport, say, clock = session
+    say(b"USER alice\r\nPASS secret\r\n")
+    assert say(b"PORT 10,0,0,1,200,1\r\n").startswith(b"500")
+    assert say(b"PORT 127,0,0,1,0,21\r\n").startswith(b"504")
+    assert say(b"PORT 127,0,0,1,200,1\r\n").startswith(b"200")
+    assert say(b"EPRT |2|::1|5000|\r\n").startswith(b"500")
+    assert say(b"REST x\r\n").startswith(b"501")
+    assert say(b"TYPE E\r\n").startswith(b"504")
+    assert say(b"MODE B\r\n").startswith(b"504")
+    assert say(b"ABOR\r\n").startswith(b"225")
