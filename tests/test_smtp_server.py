@@ -283,3 +283,26 @@ def test_received_header_names_the_protocol(esmtp, tls, auth, expected):
     header = Session("helo.example", "::1", "mail.test", esmtp, tls, auth).received("ID1", "bob@localhost")
     assert header.startswith(b"Received: from helo.example (localhost [IPv6:::1])\r\n\tby mail.test with %s id ID1\r\n\tfor <bob@localhost>; " % expected.encode())
     assert header.endswith(b"\r\n")
+
+
+def test_a_handler_bug_costs_one_reply_not_the_connection(hub, monkeypatch):
+    proto, transport = connect(hub)
+
+    def broken(rest):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(proto, "smtp_NOOP", broken)
+    proto.dataReceived(b"NOOP\r\nRSET\r\n")
+    assert said(transport) == [b"451 4.3.0 Error: local error in processing", b"250 2.0.0 Ok"]
+    assert not transport.disconnecting
+
+
+def test_plain_with_a_foreign_authorization_identity_is_refused(hub):
+    proto, transport = connect(hub)
+    proto.startedTLS = True  # as if after STARTTLS
+    proto.dataReceived(b"AUTH PLAIN " + base64.b64encode(b"bob\0alice\0secret") + b"\r\n")
+    assert said(transport) == [b"535 5.7.8 Error: authentication failed (authorization identity not allowed)"]
+    proto.dataReceived(b"AUTH PLAIN\r\n")
+    assert said(transport) == [b"334 "]
+    proto.dataReceived(base64.b64encode(b"alice\0alice\0secret") + b"\r\n")
+    assert said(transport) == [b"235 2.7.0 Authentication successful"]

@@ -252,10 +252,16 @@ class MailhubSMTP(smtp.ESMTP):
                 if len(line) > MAX_LINE:
                     self.reply(500, "5.5.2 Error: line too long")
                     continue
-                if self.state == AUTH:
-                    result = self._auth_response(line)
-                else:
-                    result = self._command(line)
+                try:
+                    if self.state == AUTH:
+                        result = self._auth_response(line)
+                    else:
+                        result = self._command(line)
+                except Exception:
+                    # A bug must cost one reply, not the connection.
+                    log.failure("{cid}: error handling {line!r}", cid=self.connection_id, line=line[:80])
+                    self.state = COMMAND if self.state == AUTH else self.state
+                    result = self.reply(451, "4.3.0 Error: local error in processing")
                 if isinstance(result, defer.Deferred):
                     self._busy = True
                     result.addErrback(self._internal_error)
@@ -414,10 +420,20 @@ class MailhubSMTP(smtp.ESMTP):
             return self.reply(501, "5.7.0 Authentication aborted")
         try:
             decoded = base64.b64decode(line.strip(), validate=True) if line.strip() else b""
-            self.challenger.setResponse(decoded)
-        except (binascii.Error, ValueError, Exception):
+        except (binascii.Error, ValueError):
             self.state, self.challenger = COMMAND, None
             return self.reply(501, "5.5.2 Error: cannot decode the AUTH response (base64 expected)")
+        try:
+            self.challenger.setResponse(decoded)
+        except Exception:
+            self.state, self.challenger = COMMAND, None
+            return self.reply(501, "5.5.2 Error: malformed AUTH response for this mechanism")
+        if isinstance(self.challenger, PLAINCredentials):
+            authzid = decoded.split(b"\0", 1)[0]
+            if authzid and authzid != self.challenger.username:
+                # RFC 4616 §2: acting for another identity is not offered.
+                self.state, self.challenger = COMMAND, None
+                return self.reply(535, "5.7.8 Error: authentication failed (authorization identity not allowed)")
         if self.challenger.moreChallenges():
             return self._challenge()
         self.state = COMMAND
