@@ -306,3 +306,13 @@ def test_plain_with_a_foreign_authorization_identity_is_refused(hub):
     assert said(transport) == [b"334 "]
     proto.dataReceived(base64.b64encode(b"alice\0alice\0secret") + b"\r\n")
     assert said(transport) == [b"235 2.7.0 Authentication successful"]
+
+
+def test_a_packet_of_many_pipelined_commands_is_answered_in_full(hub):
+    proto, transport = connect(hub)
+    proto.dataReceived(b"NOOP\r\n" * 20_000 + b"RSET\r\nNOO")
+    lines = said(transport)
+    assert len(lines) == 20_001 and lines[-1] == b"250 2.0.0 Ok"
+    assert proto._buf[proto._pos :] == b"NOO"
+    proto.dataReceived(b"P\r\n")
+    assert said(transport) == [b"250 2.0.0 Ok"]

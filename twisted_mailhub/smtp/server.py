@@ -107,7 +107,11 @@ class MailhubSMTP(smtp.ESMTP):
         smtp.ESMTP.__init__(self, chal={})
         self.state = COMMAND
         self.crlf_session: bool | None = None
+        # Unhandled input is self._buf[self._pos:]: lines are taken by moving
+        # _pos, so a packet of many pipelined commands is not copied once
+        # per command.
         self._buf = b""
+        self._pos = 0
         self._discarding_line = False
         self._busy = False
         self._in_loop = False
@@ -142,7 +146,7 @@ class MailhubSMTP(smtp.ESMTP):
             self._login_timer.cancel()
         self._login_timer = None
         self.state = CLOSING
-        self._buf = b""
+        self._buf, self._pos = b"", 0
 
     def timeoutConnection(self):
         self.reply(421, "4.4.2 " + self.hub.hostname + " Error: timeout exceeded")
@@ -156,7 +160,7 @@ class MailhubSMTP(smtp.ESMTP):
 
     def close(self):
         self.state = CLOSING
-        self._buf = b""
+        self._buf, self._pos = b"", 0
         self.setTimeout(None)
         self.transport.loseConnection()
 
@@ -202,9 +206,11 @@ class MailhubSMTP(smtp.ESMTP):
             # A client trickling a command a byte at a time.
             self.reply(421, "4.4.2 " + self.hub.hostname + " Error: command took too long to send")
             return self.close()
+        if self._pos:
+            self._buf, self._pos = self._buf[self._pos :], 0
         self._buf = self._buf + data if self._buf else data
         self._run()
-        if self._busy and len(self._buf) > MAX_HELD and not self._paused:
+        if self._busy and len(self._buf) - self._pos > MAX_HELD and not self._paused:
             self._paused = True
             self.transport.pauseProducing()
 
@@ -216,31 +222,31 @@ class MailhubSMTP(smtp.ESMTP):
             return
         self._in_loop = True
         try:
-            while self._buf and not self._busy and self.state != CLOSING:
+            while self._pos < len(self._buf) and not self._busy and self.state != CLOSING:
                 if self.state == DATA:
                     self._data_chunk()
                     continue
                 if self._discarding_line:
-                    i = self._buf.find(b"\n")
+                    i = self._buf.find(b"\n", self._pos)
                     if i < 0:
-                        self._buf = b""
+                        self._buf, self._pos = b"", 0
                         break
-                    self._buf = self._buf[i + 1 :]
+                    self._pos = i + 1
                     self._discarding_line = False
                     continue
-                i = self._buf.find(b"\n")
+                i = self._buf.find(b"\n", self._pos)
                 if i < 0:
-                    if len(self._buf) > MAX_LINE:
+                    if len(self._buf) - self._pos > MAX_LINE:
                         # RFC 5321 §4.5.3.1.4; an endless line is dropped as
                         # it arrives rather than buffered.
-                        self._buf = b""
+                        self._buf, self._pos = b"", 0
                         self._discarding_line = True
                         self._line_started = None
                         self.reply(500, "5.5.2 Error: line too long")
                     elif self._line_started is None:
                         self._line_started = self.hub.reactor.seconds()
                     break
-                line, self._buf = self._buf[:i], self._buf[i + 1 :]
+                line, self._pos = self._buf[self._pos : i], i + 1
                 self._line_started = None
                 if line.endswith(b"\r"):
                     line = line[:-1]
@@ -268,6 +274,8 @@ class MailhubSMTP(smtp.ESMTP):
                     result.addBoth(self._resume)
         finally:
             self._in_loop = False
+            if self._pos and self._pos >= len(self._buf):
+                self._buf, self._pos = b"", 0
 
     def _resume(self, _=None) -> None:
         self._busy = False
@@ -372,7 +380,7 @@ class MailhubSMTP(smtp.ESMTP):
         self.reply(220, "2.0.0 Ready to start TLS")
         # CVE-2011-0411: anything the client sent after STARTTLS, before
         # the handshake, was sent in the clear; it must not be executed.
-        self._buf = b""
+        self._buf, self._pos = b"", 0
         # RFC 3207 §4.2: the session starts over; the client sends EHLO.
         self.helo, self.esmtp = "", False
         self._reset_envelope()
@@ -600,8 +608,8 @@ class MailhubSMTP(smtp.ESMTP):
         Take the buffered input as message data. Past the size limit only
         the last few octets are kept, to find the end of data.
         """
-        self._data += self._buf
-        self._buf = b""
+        self._data += memoryview(self._buf)[self._pos :]
+        self._buf, self._pos = b"", 0
         end, mark = self._find_end()
         if end < 0:
             self._scanned = max(0, len(self._data) - 4)
@@ -615,7 +623,7 @@ class MailhubSMTP(smtp.ESMTP):
         # Everything up to and including the line end before ".".
         body_end = end + (2 if self.crlf_session is not False else 1)
         segment = bytes(self._data[:body_end])
-        self._buf = bytes(self._data[end + mark :])
+        self._buf, self._pos = bytes(self._data[end + mark :]), 0
         self._data = bytearray()
         self.state = COMMAND
         self._busy = True
