@@ -109,18 +109,21 @@ def login(server: Server) -> ftplib.FTP:
     return f
 
 
-def retr_speed(server: Server, name: str) -> float:
-    f = login(server)
-    buf = bytearray(4 * 1024 * 1024)
-    view = memoryview(buf)
-    start = time.perf_counter()
-    conn = f.transfercmd(f"RETR {name}")
+def drain(conn: socket.socket, buf: bytearray) -> int:
+    """Read a data connection to its end into a reused buffer; the count."""
     total = 0
     while True:
-        n = conn.recv_into(view)
+        n = conn.recv_into(buf)
         if not n:
-            break
+            return total
         total += n
+
+
+def retr_speed(server: Server, name: str) -> float:
+    f = login(server)
+    start = time.perf_counter()
+    conn = f.transfercmd(f"RETR {name}")
+    total = drain(conn, bytearray(4 * 1024 * 1024))
     conn.close()
     f.voidresp()
     elapsed = time.perf_counter() - start
@@ -153,13 +156,7 @@ def concurrent_retr(server: Server, clients: int, name: str, size: int) -> float
             barrier.wait()
             f = login(server)
             conn = f.transfercmd(f"RETR {name}")
-            got = 0
-            buf = bytearray(256 * 1024)
-            while True:
-                n = conn.recv_into(buf)
-                if not n:
-                    break
-                got += n
+            got = drain(conn, bytearray(256 * 1024))
             conn.close()
             f.voidresp()
             f.quit()

@@ -103,6 +103,7 @@ def test_account_logs_in_over_ftp_pop3_and_smtp_auth(hub):
     f.storbinary("STOR hello.txt", io.BytesIO(b"hi\n"))
     f.quit()
     assert open(os.path.join(home(hub), "hello.txt"), "rb").read() == b"hi\n"
+    assert "pop3" in hub.ports and "submission" in hub.ports, hub.ports
     if "pop3" in hub.ports:
         import poplib
 
@@ -174,6 +175,23 @@ def test_50mb_round_trip_in_pasv_epsv_and_active_mode(hub, random_50mb):
         with open(os.path.join(home(hub), name), "rb") as disk:
             assert sha(disk.read()) == want, mode
     f.quit()
+
+
+def test_ipv6_control_with_epsv_and_eprt(start_hub):
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    hub = start_hub("--ftp", "tcp6:0:interface=\\:\\:1")
+    f = ftplib.FTP(timeout=30)
+    f.connect("::1", hub.ports["ftp"])
+    f.login("alice", "secret")
+    f.storbinary("STOR six", io.BytesIO(b"over IPv6"))  # EPSV (ftplib's choice on IPv6)
+    assert retr(f, "six") == b"over IPv6"
+    f.set_pasv(False)  # EPRT |2|::1|port|
+    assert retr(f, "six") == b"over IPv6"
+    with pytest.raises(ftplib.error_temp, match="425"):
+        f.sendcmd("PASV")
 
 
 def test_active_data_connection_comes_from_control_port_minus_one(start_hub):

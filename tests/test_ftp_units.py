@@ -198,3 +198,9 @@ def test_port_checks_are_made_before_any_connection(session):
     assert say(b"TYPE E\r\n").startswith(b"504")
     assert say(b"MODE B\r\n").startswith(b"504")
     assert say(b"ABOR\r\n").startswith(b"225")
+
+
+def test_listener_gets_a_backlog_unless_it_names_one():
+    assert component.with_backlog("tcp:2121") == "tcp:2121:backlog=128"
+    assert component.with_backlog("tcp:21:backlog=5") == "tcp:21:backlog=5"
+    assert component.with_backlog("unix:/tmp/s") == "unix:/tmp/s"
