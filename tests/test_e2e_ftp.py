@@ -257,6 +257,29 @@ def test_type_a_converts_lf_to_crlf_and_back(hub):
     del lines
 
 
+def test_utf8_file_names(hub):
+    f = login(hub)
+    assert f.sendcmd("OPTS UTF8 ON").startswith("200")
+    f.storbinary("STOR café ü.txt", io.BytesIO(b"x"))
+    assert os.path.exists(os.path.join(home(hub), "café ü.txt"))
+    assert f.nlst() == ["café ü.txt"]
+
+
+def test_stat_during_a_transfer_reports_progress(hub, random_50mb):
+    f = login(hub)
+    f.storbinary("STOR big", io.BytesIO(random_50mb))
+    f.voidcmd("TYPE I")
+    conn = f.transfercmd("RETR big")
+    conn.recv(65536)
+    f.putcmd("STAT")
+    status = f.getmultiline()
+    assert status.startswith("213") and "RETR big" in status, status
+    while conn.recv(1 << 20):
+        pass
+    conn.close()
+    assert f.voidresp().startswith("226")
+
+
 def test_stou_makes_a_new_name(hub):
     f = login(hub)
     f.storbinary("STOR f", io.BytesIO(b"1"))

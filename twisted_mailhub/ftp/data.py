@@ -278,6 +278,14 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         else:
             self.done.errback(TransferFailed("data connection closed by the client"))
 
+    def progress(self) -> int:
+        """Bytes moved so far (STAT during a transfer)."""
+        if self._sendfile is not None:
+            return self._sendfile.sent
+        if self._producer is not None:
+            return self._producer.sent
+        return self.bytes
+
     def _fail(self, exc: Exception):
         if self.done is not None and not self.done.called:
             self.done.errback(exc)

@@ -59,7 +59,7 @@ FEATURES = (
     "EPRT",
     "EPSV",
     "MDTM",
-    "MLST type*;size*;modify*;perm*;unique*;",
+    "MLST type*;size*;modify*;perm*;",
     "PBSZ",
     "PROT",
     "REST STREAM",
@@ -347,7 +347,7 @@ class MailhubFTP(ftp.FTP):
         if words[:1] == ["UTF8"]:
             return "504 UTF-8 is always on here."
         if words[:1] == ["MLST"]:
-            return "200 MLST OPTS type;size;modify;perm;unique;"
+            return "200 MLST OPTS type;size;modify;perm;"
         return f"501 OPTS {option}: not understood (try OPTS UTF8 ON)."
 
     def ftp_TYPE(self, type=""):
@@ -715,7 +715,7 @@ class MailhubFTP(ftp.FTP):
         if not path:
             if self._current is not None:
                 verb, name, conn = self._current
-                moved = conn.bytes if conn is not None else 0
+                moved = conn.progress() if conn is not None else 0
                 self.multiline(213, "Status:", [f"{verb} {name}: {moved} bytes so far"], "End of status.")
                 return None
             who = "anonymous" if self.anonymous else (getattr(self, "_user", None) if self.state == self.AUTHED else "not logged in")

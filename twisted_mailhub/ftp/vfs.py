@@ -126,8 +126,9 @@ class FileWriter:
 
     SYNC_EVERY = 64 * 1024 * 1024
 
-    def __init__(self, f):
+    def __init__(self, f, path: str):
         self.file = f
+        self.path = path
         self.written = 0
         self._unsynced = 0
         self._syncing: defer.Deferred | None = None
@@ -154,6 +155,12 @@ class FileWriter:
                 os.fsync(self.file.fileno())
             finally:
                 self.file.close()
+            # A new file's name must survive a crash too.
+            directory = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
 
         # Never close the descriptor under a sync still running.
         pending = self._syncing if self._syncing is not None else defer.succeed(None)
@@ -347,7 +354,7 @@ class DiskShell:
                 f = open(p, "wb")
         except OSError as e:
             return _fail(e, path)
-        return defer.succeed(FileWriter(f))
+        return defer.succeed(FileWriter(f, p))
 
     def uniqueName(self, path):
         if self.readonly:
