@@ -265,12 +265,18 @@ def test_utf8_file_names(hub):
     assert f.nlst() == ["café ü.txt"]
 
 
-def test_stat_during_a_transfer_reports_progress(hub, random_50mb):
+def retr_under_way(hub, data: bytes):
+    """A logged-in client with a RETR of C{data} running; some bytes read."""
     f = login(hub)
-    f.storbinary("STOR big", io.BytesIO(random_50mb))
+    f.storbinary("STOR big", io.BytesIO(data))
     f.voidcmd("TYPE I")
     conn = f.transfercmd("RETR big")
-    conn.recv(65536)
+    assert len(conn.recv(65536)) > 0
+    return f, conn
+
+
+def test_stat_during_a_transfer_reports_progress(hub, random_50mb):
+    f, conn = retr_under_way(hub, random_50mb)
     f.putcmd("STAT")
     status = f.getmultiline()
     assert status.startswith("213") and "RETR big" in status, status
@@ -292,11 +298,7 @@ def test_stou_makes_a_new_name(hub):
 
 
 def test_abor_mid_transfer_answers_426_then_226(hub, random_50mb):
-    f = login(hub)
-    f.storbinary("STOR big", io.BytesIO(random_50mb))
-    f.voidcmd("TYPE I")
-    conn = f.transfercmd("RETR big")
-    assert len(conn.recv(65536)) > 0
+    f, conn = retr_under_way(hub, random_50mb)
     f.putcmd("ABOR")
     first = f.getline()
     second = f.getline()
@@ -308,17 +310,11 @@ def test_abor_mid_transfer_answers_426_then_226(hub, random_50mb):
 
 
 def test_abor_with_ftplib_abort_telnet_and_urgent_byte(hub, random_50mb):
-    f = login(hub)
-    f.storbinary("STOR big", io.BytesIO(random_50mb))
-    f.voidcmd("TYPE I")
-    conn = f.transfercmd("RETR big")
-    conn.recv(65536)
-    assert f.abort()[:3] in ("426", "226")
+    f, conn = retr_under_way(hub, random_50mb)
+    # ftplib sends ABOR with MSG_OOB: its last byte (LF) is urgent data.
+    assert f.abort().startswith("426")
     conn.close()
-    # whatever the second reply is, the session goes on
-    f.sock.settimeout(10)
-    rest = f.getline()
-    assert rest[:3] in ("226", "426")
+    assert f.getline().startswith("226")
     assert f.sendcmd("NOOP").startswith("200")
 
 

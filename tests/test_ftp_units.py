@@ -198,6 +198,8 @@ def test_port_checks_are_made_before_any_connection(session):
     assert say(b"TYPE E\r\n").startswith(b"504")
     assert say(b"MODE B\r\n").startswith(b"504")
     assert say(b"ABOR\r\n").startswith(b"225")
+    # Telnet IP and DM before ABOR (RFC 959 §4.1.3) are skipped.
+    assert say(b"\xff\xf4\xff\xf2ABOR\r\n").startswith(b"225")
 
 
 def test_listener_gets_a_backlog_unless_it_names_one():
