@@ -13,6 +13,7 @@ import email.policy
 import glob
 import json
 import os
+import re
 import smtplib
 import socket
 import subprocess
@@ -244,3 +245,85 @@ def test_admin_command_works_on_a_stopped_hub(start_hub):
     assert "will be tried as soon as the hub starts" in admin(a, "flush")
     assert f"removed {first.group(1)}" in admin(a, "remove", first.group(1))
     assert queued(a) == []
+
+
+class Collector:
+    """An aiosmtpd handler that keeps every envelope it is given."""
+
+    def __init__(self, refuse: dict | None = None):
+        self.envelopes = []
+        self.refuse = refuse or {}
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 2.0.0 thanks"
+
+
+@pytest.fixture
+def aiosmtpd_peer():
+    """A third-party SMTP server (aiosmtpd, no STARTTLS) on a loopback port."""
+    controller_mod = pytest.importorskip("aiosmtpd.controller")
+    handler = Collector(refuse={"gone@c.test": "550 5.1.1 no such mailbox"})
+    controller = controller_mod.Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield controller.port, handler
+    finally:
+        controller.stop()
+
+
+def test_relay_to_a_third_party_server_per_recipient(start_hub, aiosmtpd_peer):
+    port, peer = aiosmtpd_peer
+    a = start_a(start_hub, "--mx-override", f"c.test=127.0.0.1:{port}")
+    submit(a, ["carol@c.test", "gone@c.test", "dave@c.test"])
+    a.wait_for_log(r"queue: \S+ done: 2 delivered, 1 failed")
+    [(sender, rcpts, data)] = peer.envelopes
+    assert sender == "alice@a.test" and rcpts == ["carol@c.test", "dave@c.test"]
+    assert data.endswith(BODY.partition(b"\r\n\r\n")[2])
+    assert b"\r\n.a line that starts with a dot\r\n" in data  # dot-stuffing undone by the peer
+    [dsn] = messages(a, "alice@a.test")
+    assert b"Final-Recipient: rfc822; gone@c.test" in dsn
+    assert b"carol@c.test" not in dsn.partition(b"message/delivery-status")[2]
+
+
+def test_require_tls_keeps_mail_from_a_server_without_starttls(start_hub, aiosmtpd_peer):
+    port, peer = aiosmtpd_peer
+    a = start_a(start_hub, "--mx-override", f"c.test=127.0.0.1:{port}", "--relay-require-tls", "--retry-schedule", "1h")
+    submit(a, ["carol@c.test"])
+    a.wait_for_log(r"relay \S+ .* <carol@c.test> .*TLS")
+    assert peer.envelopes == []
+    assert len(queued(a)) == 1
+    assert messages(a, "alice@a.test") == []
+
+
+def test_backlog_for_one_host_goes_over_one_connection(start_hub):
+    b_port = free_port()
+    a = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{b_port}", "--retry-schedule", "1h")
+    for n in range(3):
+        submit(a, ["bob@b.test"], message=BODY + b"number %d\r\n" % n)
+    a.wait_for_log(r"(relay \S+ <alice@a.test> to b.test via \(no connection\)[^\n]*\n[\s\S]*){3}")
+    b = start_b(start_hub, "--smtp", f"tcp:{b_port}:interface=127.0.0.1", "--transcript")
+    assert "flushing 3 message(s)" in admin(a, "flush")
+    a.wait_for_log(r"(queue: \S+ done: 1 delivered[\s\S]*){3}")
+    assert len(messages(b, "bob@b.test")) == 3
+    assert len(re.findall(r"smtp#\d+ connected from", b.log)) == 1
+    assert len(re.findall(r"smtp#\d+ C: MAIL FROM", b.log, re.I)) == 3
+
+
+def test_delay_warning_then_delivery(start_hub):
+    b_port = free_port()
+    a = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{b_port}", "--retry-schedule", "1s", "--delay-warning", "1s")
+    submit(a, ["bob@b.test"])
+    a.wait_for_log(r"queue: \S+ delayed, warning sent to <alice@a.test>", timeout=20)
+    [warning] = messages(a, "alice@a.test")
+    assert b"Action: delayed" in warning and b"Will-Retry-Until:" in warning
+    b = start_b(start_hub, "--smtp", f"tcp:{b_port}:interface=127.0.0.1")
+    a.wait_for_log(r"queue: \S+ done: 1 delivered", timeout=20)
+    assert len(messages(b, "bob@b.test")) == 1
+    assert len(messages(a, "alice@a.test")) == 1  # one warning, no bounce

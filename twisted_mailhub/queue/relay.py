@@ -96,6 +96,7 @@ class Relay(service.Service):
         self._doomed: set[str] = set()
         self._timer: Any = None
         self._running: set[defer.Deferred] = set()
+        self._rescheduling = False
         self.owns_queue = True  # False when another process holds the queue's lock
 
     def now(self) -> float:
@@ -169,6 +170,16 @@ class Relay(service.Service):
     # -- the scheduler -----------------------------------------------------
 
     def _reschedule(self) -> None:
+        """
+        Set the timer for the earliest due message, once per reactor turn
+        (a run settles many messages; one scan of the queue is enough).
+        """
+        if self.running and not self._rescheduling:
+            self._rescheduling = True
+            self.reactor.callLater(0, self._set_timer)
+
+    def _set_timer(self) -> None:
+        self._rescheduling = False
         if not self.running:
             return
         waiting = [e.next_attempt for e in self.entries.values() if e.id not in self.in_flight]
