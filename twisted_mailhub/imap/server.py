@@ -321,7 +321,7 @@ class SelectedFolder:
     def poll(self) -> None:
         """Look for changes made outside this process (two stat calls)."""
         try:
-            self.folder.messages()
+            self.folder.refresh()
         except OSError:
             pass
 

@@ -111,6 +111,13 @@ class IFolder(Interface):
         messages that arrived since the last call.
         """
 
+    def refresh() -> None:
+        """
+        Pick up messages that arrived, vanished or changed flags by other
+        means (another program writing the Maildir); listeners hear of
+        them. Cheap when nothing changed (the Maildir: two C{stat} calls).
+        """
+
     def info(uid: int) -> MessageInfo:
         """
         The current L{MessageInfo} of one message; L{NoSuchMessage} if gone.

@@ -109,7 +109,17 @@ def parse_info(filename: str) -> tuple[str, frozenset[str]]:
     return base, flags
 
 
+_suffixes: dict[frozenset[str], str] = {}
+
+
 def info_suffix(flags: Iterable[str]) -> str:
+    if isinstance(flags, frozenset):
+        suffix = _suffixes.get(flags)
+        if suffix is None:
+            suffix = ":2," + "".join(sorted(_FLAG_LETTER[f] for f in flags if f in _FLAG_LETTER))
+            if len(_suffixes) < 4096:
+                _suffixes[flags] = suffix
+        return suffix
     return ":2," + "".join(sorted(_FLAG_LETTER[f] for f in flags if f in _FLAG_LETTER))
 
 
@@ -140,13 +150,32 @@ def decode_folder(dirname: str) -> str:
 
 
 class _Entry:
-    __slots__ = ("info", "subdir", "filename", "keywords")
+    """
+    One message of the index. Its file name is kept only when it is not
+    the canonical one (C{new/<key>} or C{cur/<key>:2,<flags>}): with
+    100,000 messages that is 10 MB less.
+    """
+
+    __slots__ = ("info", "subdir", "_name", "keywords")
 
     def __init__(self, info: MessageInfo, subdir: str, filename: str, keywords: frozenset[str]):
         self.info = info
-        self.subdir = subdir
-        self.filename = filename
+        self.subdir = "new" if subdir == "new" else "cur"
         self.keywords = keywords
+        self.filename = filename
+
+    def _canonical(self) -> str:
+        if self.subdir == "new":
+            return self.info.key
+        return self.info.key + info_suffix(self.info.flags)
+
+    @property
+    def filename(self) -> str:
+        return self._name if self._name is not None else self._canonical()
+
+    @filename.setter
+    def filename(self, name: str) -> None:
+        self._name = None if name == self._canonical() else name
 
 
 @implementer(IFolder)
@@ -189,7 +218,8 @@ class MaildirFolder:
                         break  # torn last line of an interrupted append
                     fields = line.split()
                     uid, base, size, date = int(fields[0]), fields[1], int(fields[2]), float(fields[3])
-                    self._known[base] = (uid, size, date, frozenset(fields[4:]))
+                    # (frozenset() is not a shared singleton: 216 bytes each)
+                    self._known[base] = (uid, size, date, frozenset(fields[4:]) if len(fields) > 4 else _EMPTY)
                     self.uid_next = max(self.uid_next, uid + 1)
         except FileNotFoundError:
             self._new_uid_validity()
@@ -263,7 +293,7 @@ class MaildirFolder:
             if known is not None:
                 uid, size, date, keywords = known
                 _, system = parse_info(filename)
-                info = MessageInfo(uid, base, system | keywords, size, date)
+                info = MessageInfo(uid, base, system | keywords if keywords else system, size, date)
                 self._add_entry(_Entry(info, sub, filename, keywords))
             else:
                 fresh.append((base, sub, filename))
@@ -274,6 +304,8 @@ class MaildirFolder:
                 added.append(self._register(base, sub, filename))
             except FileNotFoundError:
                 continue  # gone again (moved by another program): next scan
+        if self._known:
+            self._known = {}  # files listed but gone: forgotten (and the table freed)
         if added:
             self._append_uidlist(added)
         if gone:
@@ -300,7 +332,7 @@ class MaildirFolder:
         _, system = parse_info(filename)
         info = MessageInfo(self.uid_next, base, system, size, date)
         self.uid_next += 1
-        entry = _Entry(info, sub, filename, frozenset())
+        entry = _Entry(info, sub, filename, _EMPTY)
         self._add_entry(entry)
         return entry
 
@@ -311,6 +343,9 @@ class MaildirFolder:
         return entry
 
     # -- IFolder --------------------------------------------------------
+
+    def refresh(self) -> None:
+        self._scan()
 
     def messages(self):
         self._scan()

@@ -45,6 +45,9 @@ class MemoryFolder:
         self._listeners = Listeners()
         self._new: set[int] = set()
 
+    def refresh(self) -> None:
+        pass  # nothing changes behind our back
+
     def messages(self):
         return [self._infos[uid] for uid in sorted(self._infos)]
 

@@ -1,0 +1,164 @@
+"""
+IMAP benchmark: SELECT + FETCH 1:* (UID FLAGS RFC822.SIZE) on big folders,
+cold (first SELECT after a restart) and warm, FETCH BODY[] throughput,
+SEARCH FROM, and the server's RSS.
+
+    python3 bench/imap.py                 # 10,000 and 100,000 messages
+    python3 bench/imap.py --sizes 10000   # just one size
+
+The Maildir files are written directly (as an outside MDA would, already
+\\Seen, in cur/), then the real `twistd mailhub` is started; the first
+SELECT indexes them (reported as "first index"), the hub is restarted, and
+the timings after that are what a user sees every day. The client is a raw
+socket that reads until the tagged reply, so client parsing is not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.hubprocess import HubProcess  # noqa: E402
+
+SENDERS = ["alice@example.org", "bob@example.net", "carol@example.com", "dave@example.org", "erin@example.net"]
+
+
+def make_maildir(path: str, count: int) -> None:
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    start = int(time.time()) - count
+    cur = os.path.join(path, "cur")
+    for i in range(count):
+        body = (
+            f"From: Sender {i % 5} <{SENDERS[i % 5]}>\r\n"
+            f"To: alice@localhost\r\n"
+            f"Subject: message number {i}\r\n"
+            f"Message-ID: <{i}@bench>\r\n"
+            f"Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+            f"\r\n"
+            + "The quick brown fox jumps over the lazy dog.\r\n" * (4 + i % 8)
+        ).encode()
+        name = f"{start + i}.M{i}P1Q{i}.bench,S={len(body)}:2,S"
+        fd = os.open(os.path.join(cur, name), os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, body)
+        os.close(fd)
+        os.utime(os.path.join(cur, name), (start + i, start + i))
+
+
+class Client:
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.buf = b""
+        self.n = 0
+        self.until(b"\r\n")
+
+    def until(self, end: bytes) -> bytes:
+        while end not in self.buf:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise EOFError(self.buf[-200:])
+            self.buf += data
+        i = self.buf.index(end) + len(end)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def cmd(self, text: str) -> bytes:
+        self.n += 1
+        tag = b"t%d" % self.n
+        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
+        # Responses end at "\r\n<tag> "; the buffer starts with the "\r\n"
+        # that ended the previous reply, so an untagged-free reply matches too.
+        self.buf = b"\r\n" + self.buf
+        out = self.until(b"\r\n" + tag + b" ")
+        rest = self.until(b"\r\n")
+        if not rest.startswith(b"OK"):
+            raise RuntimeError(f"{text}: {rest!r}")
+        return out
+
+    def timed(self, text: str) -> tuple[float, bytes]:
+        t = time.perf_counter()
+        out = self.cmd(text)
+        return time.perf_counter() - t, out
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run(count: int) -> dict:
+    data = tempfile.mkdtemp(prefix=f"imapbench{count}-")
+    try:
+        t = time.perf_counter()
+        make_maildir(os.path.join(data, "mail", "localhost", "alice"), count)
+        made = time.perf_counter() - t
+        hub = HubProcess(data, ["--no-ftp"]).start()
+        try:
+            c = Client(hub.ports["imap"])
+            c.cmd("login alice secret")
+            first, _ = c.timed("select INBOX")
+            c.cmd("logout") if False else None
+            hub.restart()
+            c = Client(hub.ports["imap"])
+            c.cmd("login alice secret")
+            cold_select, _ = c.timed("select INBOX")
+            cold_fetch, out = c.timed("fetch 1:* (UID FLAGS RFC822.SIZE)")
+            assert out.count(b" FETCH (") == count, out[-300:]
+            c.cmd("unselect")
+            warm_select, _ = c.timed("select INBOX")
+            warm_fetch, _ = c.timed("fetch 1:* (UID FLAGS RFC822.SIZE)")
+            search_cold, out = c.timed("search FROM carol")
+            found = len(out.strip().split(b"\r\n")[0].split()) - 2
+            search_warm, _ = c.timed("search FROM carol")
+            n_body = min(count, 20000)
+            body_time, out = c.timed(f"fetch 1:{n_body} (BODY[])")
+            body_octets = len(out)
+            rss = rss_mb(hub.process.pid)
+        finally:
+            hub.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    return {
+        "messages": count,
+        "write files s": round(made, 2),
+        "first index (SELECT, no UID list yet) ms": round(first * 1000),
+        "cold SELECT ms": round(cold_select * 1000),
+        "cold FETCH 1:* ms": round(cold_fetch * 1000),
+        "cold SELECT+FETCH ms": round((cold_select + cold_fetch) * 1000),
+        "warm SELECT ms": round(warm_select * 1000),
+        "warm FETCH 1:* ms": round(warm_fetch * 1000),
+        "warm SELECT+FETCH ms": round((warm_select + warm_fetch) * 1000),
+        "SEARCH FROM first ms": round(search_cold * 1000),
+        "SEARCH FROM again ms": round(search_warm * 1000),
+        "SEARCH hits": found,
+        "FETCH BODY[] msgs/s": round(n_body / body_time),
+        "FETCH BODY[] MB/s": round(body_octets / body_time / 1e6, 1),
+        "server RSS MB": round(rss, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    args = parser.parse_args()
+    print("load:", open("/proc/loadavg").read().strip())
+    for count in [int(s) for s in args.sizes.split(",")]:
+        result = run(count)
+        for key, value in result.items():
+            print(f"{key:45s} {value}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
