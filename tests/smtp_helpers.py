@@ -11,7 +11,6 @@ import re
 import socket
 import ssl
 
-_REPLY_END = re.compile(rb"(?:^|\n)(\d{3}) [^\n]*\n$")
 
 
 class RawSMTP:

@@ -15,7 +15,6 @@ import email.policy
 import os
 import shutil
 import smtplib
-import ssl
 import subprocess
 import uuid
 from email.message import EmailMessage
@@ -23,7 +22,7 @@ from email.message import EmailMessage
 import pytest
 
 from tests.hubprocess import HubProcess
-from tests.smtp_helpers import RawSMTP, client_context, stored, stored_with, strip_trace
+from tests.smtp_helpers import RawSMTP, client_context, stored_with, strip_trace
 
 MAX_SIZE = 200_000
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_smtp_delivery -*-
+# -*- test-case-name: tests.test_smtp_server -*-
 """
 What happens to mail once the SMTP session has it: who may send to whom
 (relay policy), the headers every stored copy gets, delivery filters, and
