@@ -316,3 +316,15 @@ def test_a_packet_of_many_pipelined_commands_is_answered_in_full(hub):
     assert proto._buf[proto._pos :] == b"NOO"
     proto.dataReceived(b"P\r\n")
     assert said(transport) == [b"250 2.0.0 Ok"]
+
+
+def test_without_a_certificate_starttls_is_neither_offered_nor_crashes(hub, monkeypatch):
+    def no_certificate(self):
+        raise OSError("cannot write DATA/tls")
+
+    monkeypatch.setattr(Hub, "tls", property(no_certificate))
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO x\r\n")
+    assert not any(b"STARTTLS" in line for line in said(transport))
+    proto.dataReceived(b"STARTTLS\r\nNOOP\r\n")
+    assert said(transport) == [b"454 4.7.0 TLS not available", b"250 2.0.0 Ok"]

@@ -142,6 +142,9 @@ class MailhubSMTP(smtp.ESMTP):
 
     def connectionLost(self, reason=protocol.connectionDone):
         self.setTimeout(None)
+        logout, self._onLogout = self._onLogout, None
+        if logout is not None:
+            logout()
         if self._login_timer is not None and self._login_timer.active():
             self._login_timer.cancel()
         self._login_timer = None
@@ -329,7 +332,7 @@ class MailhubSMTP(smtp.ESMTP):
             "PIPELINING",
             "ENHANCEDSTATUSCODES",
         ]
-        if not self.secure and self.hub.tls is not None:
+        if not self.secure and self._tls_context() is not None:
             lines.append("STARTTLS")
         lines.append("AUTH " + " ".join(self.mechanisms()))
         lines.append("HELP")
@@ -370,11 +373,7 @@ class MailhubSMTP(smtp.ESMTP):
             return self.reply(501, "5.5.4 Syntax: STARTTLS")
         if self.secure:
             return self.reply(503, "5.5.1 Error: TLS already active")
-        try:
-            ctx = self.hub.tls
-        except Exception:
-            log.failure("no TLS context")
-            ctx = None
+        ctx = self._tls_context()
         if ctx is None or not hasattr(self.transport, "startTLS"):
             return self.reply(454, "4.7.0 TLS not available")
         self.reply(220, "2.0.0 Ready to start TLS")
@@ -387,6 +386,14 @@ class MailhubSMTP(smtp.ESMTP):
         self.ctx = ctx
         self.transport.startTLS(ctx)
         self.startedTLS = True
+
+    def _tls_context(self):
+        """The hub's TLS options, or None (and a log line) if it has none."""
+        try:
+            return self.hub.tls
+        except Exception:
+            log.failure("{cid}: no TLS certificate; STARTTLS not offered", cid=self.connection_id)
+            return None
 
     # -- AUTH (RFC 4954) ------------------------------------------------------
 
