@@ -160,6 +160,7 @@ class FakeRelay(Relay):
             **kw,
         )
         self.replies = replies
+        self.hold: defer.Deferred | None = None
         self.sent: list[tuple[str, str, tuple[str, ...]]] = []
 
     async def _route(self, domain):
@@ -168,6 +169,8 @@ class FakeRelay(Relay):
         return [Hop("mx." + domain, "127.0.0.1", 25)]
 
     async def _send(self, hops, jobs, labels):
+        if self.hold is not None:
+            await self.hold
         for job in jobs:
             self.sent.append((job.id, job.sender, tuple(job.recipients)))
             for r in job.recipients:
@@ -358,3 +361,33 @@ class OptionTests(unittest.TestCase):
             ["--dns-server", "x:y"],
         ):
             self.assertRaises(UsageError, self.parse, *args)
+
+
+class StopTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.storage = QueueStorage(temp_dir(self), writer=SyncWriter())
+
+    def test_stop_waits_for_an_attempt_under_way_to_save_its_outcome(self):
+        relay = FakeRelay(self.storage, self.clock, {"bob@b.test": [(250, "ok")]})
+        relay.hold = defer.Deferred()
+        relay.startService()
+        self.successResultOf(relay.enqueue("alice@a.test", ["bob@b.test"], MESSAGE))
+        self.clock.advance(0)
+        stopped = relay.stopService()
+        self.assertNoResult(stopped)
+        relay.hold.callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(self.storage.load(), [])  # the 250 was recorded, files gone
+
+    def test_stop_gives_up_waiting_after_the_grace_period(self):
+        relay = FakeRelay(self.storage, self.clock, {"bob@b.test": [(250, "ok")]}, stop_grace=5)
+        relay.hold = defer.Deferred()
+        relay.startService()
+        self.successResultOf(relay.enqueue("alice@a.test", ["bob@b.test"], MESSAGE))
+        self.clock.advance(0)
+        stopped = relay.stopService()
+        self.clock.advance(5)
+        self.successResultOf(stopped)
+        self.assertEqual(len(self.storage.load()), 1)  # still queued for next time
+        relay.hold.callback(None)

@@ -99,6 +99,11 @@ class RelayClientTests(unittest.TestCase):
         s.greet(b"250-mx.b.test\r\n250 8BITMIME\r\n")
         self.assertEqual(s.sent(), b"MAIL FROM:<alice@a.test>\r\n")
 
+    def test_8bit_message_is_announced_when_the_server_offers_8bitmime(self):
+        s = Session([job(message="Subject: café\r\n\r\nhi\r\n".encode())])
+        s.greet()
+        self.assertEqual(s.sent(), b"MAIL FROM:<alice@a.test> SIZE=22 BODY=8BITMIME\r\n")
+
     def test_mail_from_refused_counts_for_every_recipient(self):
         j = job(recipients=("bob@b.test", "eve@b.test"))
         s = Session([j])

@@ -174,6 +174,8 @@ class RelayClient(smtp.ESMTPClient):
         line = b"MAIL FROM:" + smtp.quoteaddr(job.sender)
         if b"SIZE" in self.extensions:
             line += b" SIZE=%d" % len(job.message)
+        if b"8BITMIME" in self.extensions and not job.message.isascii():
+            line += b" BODY=8BITMIME"  # RFC 6152 §3
         self.sendLine(line)
         self._expected = [250]
         self._okresponse = self.smtpState_to

@@ -76,6 +76,7 @@ class Relay(service.Service):
         tls_context: Any = None,
         transcript: bool = False,
         connect_timeout: float = 30,
+        stop_grace: float = 10,
     ):
         self.reactor = reactor
         self.storage = storage
@@ -91,6 +92,7 @@ class Relay(service.Service):
         self.tls_context = tls_context
         self.transcript = transcript
         self.connect_timeout = connect_timeout
+        self.stop_grace = stop_grace
         self.entries: dict[str, QueuedMessage] = {}
         self.in_flight: set[str] = set()
         self._doomed: set[str] = set()
@@ -118,10 +120,29 @@ class Relay(service.Service):
         self._reschedule()
 
     def stopService(self):
+        """
+        Stop starting attempts, and give the ones under way up to
+        C{stop_grace} seconds to finish and save their outcomes: a
+        recipient whose 250 came in just before shutdown must not be sent
+        the message again after the restart.
+        """
         service.Service.stopService(self)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if not self._running:
+            return None
+        log.info("queue: waiting up to {grace}s for {n} delivery run(s) to finish", grace=self.stop_grace, n=len(self._running))
+        stopped = defer.Deferred()
+
+        def done(_=None):
+            if not stopped.called:
+                stopped.callback(None)
+
+        giving_up = self.reactor.callLater(self.stop_grace, done)
+        defer.DeferredList(list(self._running)).addBoth(done)
+        stopped.addBoth(lambda _: giving_up.cancel() if giving_up.active() else None)
+        return stopped
 
     # -- what the SMTP server and the admin command call --------------------
 
