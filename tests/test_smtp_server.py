@@ -328,3 +328,17 @@ def test_without_a_certificate_starttls_is_neither_offered_nor_crashes(hub, monk
     assert not any(b"STARTTLS" in line for line in said(transport))
     proto.dataReceived(b"STARTTLS\r\nNOOP\r\n")
     assert said(transport) == [b"454 4.7.0 TLS not available", b"250 2.0.0 Ok"]
+
+
+def test_failed_logins_are_answered_later_and_later_and_hold_back_pipelined_input(hub):
+    proto, transport = connect(hub)
+    for attempt in range(1, 4):
+        assert cram_md5_login(proto, transport, password=b"wrong") == []
+        proto.dataReceived(b"NOOP\r\n")  # pipelined behind the pending AUTH
+        assert transport.value() == b""
+        hub.reactor.advance(0.1 * attempt - 0.01)
+        assert transport.value() == b""
+        hub.reactor.advance(0.01)
+        assert said(transport) == [b"535 5.7.8 Error: authentication failed", b"250 2.0.0 Ok"]
+    # The right password still works at once.
+    assert cram_md5_login(proto, transport) == [b"235 2.7.0 Authentication successful"]
