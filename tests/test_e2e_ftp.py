@@ -309,6 +309,24 @@ def test_abor_mid_transfer_answers_426_then_226(hub, random_50mb):
     assert retr(f, "big")[:10] == random_50mb[:10]
 
 
+def test_abor_during_an_upload_keeps_what_arrived(hub):
+    f = login(hub)
+    f.voidcmd("TYPE I")
+    conn = f.transfercmd("STOR part.bin")
+    conn.sendall(b"first part")
+    for _ in range(500):  # until the server says it has the bytes
+        if "10 bytes so far" in f.sendcmd("STAT"):
+            break
+    else:
+        pytest.fail("the server never counted the 10 bytes")
+    f.putcmd("ABOR")
+    assert f.getline().startswith("426")
+    assert f.getline().startswith("226")
+    conn.close()
+    assert open(os.path.join(home(hub), "part.bin"), "rb").read() == b"first part"
+    f.storbinary("STOR rest.bin", io.BytesIO(b"x"))
+
+
 def test_abor_with_ftplib_abort_telnet_and_urgent_byte(hub, random_50mb):
     f, conn = retr_under_way(hub, random_50mb)
     # ftplib sends ABOR with MSG_OOB: its last byte (LF) is urgent data.
@@ -568,3 +586,45 @@ def test_lftp_ssl_force_put_get_and_mirror(hub, tmp_path, passive):
     assert (back / "a-b" / "one.bin").read_bytes() == (src / "a-b" / "one.bin").read_bytes()
     assert (back / "two.txt").read_bytes() == b"two\n"
     assert open(os.path.join(home(hub), "up", "a-b", "one.bin"), "rb").read() == (src / "a-b" / "one.bin").read_bytes()
+
+
+def test_stalled_upload_is_cut_off_after_the_data_timeout(start_hub):
+    hub = start_hub("--ftp-data-timeout", "1")
+    f = login(hub)
+    f.voidcmd("TYPE I")
+    conn = f.transfercmd("STOR slow.bin")
+    conn.sendall(b"a little")
+    f.sock.settimeout(15)
+    assert f.getline().startswith("426")  # no more bytes for a second
+    conn.close()
+    assert f.pwd() == "/"
+    # what did arrive is kept, on disk before the 426 (REST can resume it)
+    assert open(os.path.join(home(hub), "slow.bin"), "rb").read() == b"a little"
+
+
+def test_passive_ports_address_and_banner_options(start_hub):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        low = probe.getsockname()[1]
+    hub = start_hub(
+        "--passive-ports", f"{low}-{low + 3}",
+        "--passive-address", "127.0.0.1",
+        "--ftp-banner", "Welcome to the class FTP server",
+    )
+    f = ftplib.FTP(timeout=30)
+    assert "Welcome to the class FTP server" in f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login("alice", "secret")
+    host, port = ftplib.parse227(f.sendcmd("PASV"))
+    assert host == "127.0.0.1" and low <= port <= low + 3
+    f.storbinary("STOR x", io.BytesIO(b"in range"))
+    assert retr(f, "x") == b"in range"
+
+
+def test_bad_passive_ports_option_is_a_usage_error():
+    from twisted.python import usage
+
+    from twisted_mailhub import tap
+
+    options = tap.Options()
+    with pytest.raises(usage.UsageError, match="passive-ports"):
+        options.parseOptions(["--passive-ports", "90-x"])

@@ -102,6 +102,7 @@ class MailhubFTP(ftp.FTP):
         self._busy = False
         self._current = None  # (verb, path, connection) of the running transfer
         self._discarding = False
+        self._abort_pending = False
         self._restart = 0
         self._utf8 = True
         self._tls = False
@@ -230,6 +231,9 @@ class MailhubFTP(ftp.FTP):
 
     def _next(self, _):
         self._busy = False
+        if self._abort_pending:
+            self._abort_pending = False
+            self.sendLine("226 ABOR successful; the data connection is closed.")
         while self._queue and not self._busy and not self.disconnected:
             verb, arg = self._queue.popleft()
             self._dispatch(verb, arg)
@@ -608,8 +612,7 @@ class MailhubFTP(ftp.FTP):
 
             def broken(reason):
                 # What arrived is kept (REST can resume it), made durable.
-                writer.close().addErrback(lambda _: None)
-                return reason
+                return writer.close().addBoth(lambda _: reason)
 
             d.addCallbacks(durable, broken)
             if verb == "STOU":
@@ -637,10 +640,12 @@ class MailhubFTP(ftp.FTP):
         )
 
     def ftp_ABOR(self):
-        if self._current is not None or self.data.state in (DataState.CONNECTING, DataState.TRANSFERRING):
-            # The transfer's own reply (426) goes first, then ours.
+        if self._current is not None:
+            # RFC 959 §4.1.3: the transfer's own reply (426) goes first, then
+            # ours; _next sends it once the transfer has answered (an
+            # upload answers only when what arrived is on disk).
+            self._abort_pending = True
             self.data.abort()
-            self.sendLine("226 ABOR successful; the data connection is closed.")
             return None
         self.data.reset()
         return "225 No transfer to abort."
