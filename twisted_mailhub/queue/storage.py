@@ -9,10 +9,10 @@ Rules (everything that changes the queue's files lives in this module):
    written once; and C{<id>.env}, its envelope and per-recipient state as
    JSON, rewritten whole after every delivery attempt.
  - Every write is tmp -> fsync -> rename -> fsync dir (through
-   L{GroupCommitWriter}). The C{.msg} file is durable before the C{.env}
-   file is written, and the C{.env} rename is the commit point: a message
-   is queued once its C{.env} exists, and only then is the client told
-   C{250}.
+   L{GroupCommitWriter}). A message is queued once both files are on
+   disk, and only then is the client told C{250}; a C{.env} without its
+   C{.msg} (a crash between the two renames) was never acknowledged and
+   is dropped at load, a C{.msg} without C{.env} likewise.
  - A recipient's state moves only forward: C{pending} -> C{delivered} or
    C{failed}. It is saved right after the reply that decided it, so after
    a crash a recipient that already got a 2xx is not sent the message
@@ -146,9 +146,17 @@ class QueueStorage:
     def add(self, entry: QueuedMessage, message: bytes):
         """
         Store a new message; the Deferred fires once both files are durable.
+
+        Both writes are handed to the writer at once, so under load they
+        share one batch (the C{.msg} first). Nothing is acknowledged before
+        both are on disk, and an envelope whose message did not make it
+        through a crash is dropped at load: it was never acknowledged.
         """
-        yield self.writer.write(self._tmp_path(entry.id, ".msg"), self.message_path(entry.id), message)
-        yield self.save(entry)
+        writes = [
+            self.writer.write(self._tmp_path(entry.id, ".msg"), self.message_path(entry.id), message),
+            self.save(entry),
+        ]
+        yield defer.gatherResults(writes, consumeErrors=True)
         return entry.id
 
     def save(self, entry: QueuedMessage) -> defer.Deferred:
