@@ -654,10 +654,16 @@ class IMAPServer(imap4.IMAP4Server):
         if f:
             return imap4.IMAP4Server.dispatchCommand(self, tag, cmd, rest, uid)
         name = cmd.decode("ascii", "replace").upper()
-        for state, need in (("select", b"select a mailbox first"), ("auth", b"log in first"), ("unauth", b"not after login")):
-            if getattr(self, f"{state}_{name}", None) is not None:
-                self.sendBadResponse(tag, cmd.upper() + b" not allowed now: " + need)
-                return
+        known = {state for state in ("unauth", "auth", "select") if getattr(self, f"{state}_{name}", None) is not None}
+        if known:
+            if self.state == "unauth":
+                need = b"log in first"
+            elif "select" in known and self.state == "auth":
+                need = b"select a mailbox first"
+            else:
+                need = b"only before login"
+            self.sendBadResponse(tag, cmd.upper() + b" not allowed now: " + need)
+            return
         self.sendBadResponse(tag, b"unknown command " + cmd[:40] + b": try CAPABILITY")
 
     def _respond(self, state, tag, message):
