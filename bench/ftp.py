@@ -72,21 +72,45 @@ class Server:
 
 
 class Hub(Server):
+    """
+    The real C{twistd mailhub}, logging to a file: a pipe read by a thread
+    in this process would tax the clients being timed (pyftpdlib logs
+    nothing).
+    """
+
     name = "mailhub"
 
     def __init__(self, data: str):
-        from tests.hubprocess import HubProcess
-
-        self.hubp = HubProcess(data, ["--ftp-max-per-ip", "0", "--ftp-idle-timeout", "3600"], users=("alice:secret",))
-        self.hubp.start()
-        self.process = self.hubp.process
+        os.makedirs(data, exist_ok=True)
+        logfile = os.path.join(data, "hub.log")
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+             f"--logfile={logfile}", "mailhub", "--data", data, "--user", "alice:secret", "--hostname", "bench.test",
+             "--ftp", "tcp:0:interface=127.0.0.1", "--ftp-max-per-ip", "0", "--ftp-idle-timeout", "3600"]
+            + [f"--no-{name}" for name in self._other_listeners()],
+            env=env, cwd=data,
+        )
         self.pid = self.process.pid
-        self.port = self.hubp.ports["ftp"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = open(logfile).read() if os.path.exists(logfile) else ""
+            m = re.search(r"mailhub ready (\{.*\})", text)
+            if m:
+                self.port = json.loads(m.group(1))["ftp"]
+                break
+            time.sleep(0.05)
+        else:
+            self.stop()
+            raise RuntimeError("mailhub did not start")
         self.home = os.path.join(data, "ftp", "localhost", "alice")
         os.makedirs(self.home, exist_ok=True)
 
-    def stop(self):
-        self.hubp.stop()
+    @staticmethod
+    def _other_listeners():
+        from twisted_mailhub import tap
+
+        return [spec.name for m in tap._components() for spec in getattr(m, "listeners", []) if spec.name != "ftp"]
 
 
 class Pyftpdlib(Server):

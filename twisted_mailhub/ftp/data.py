@@ -44,7 +44,7 @@ import socket
 from typing import Any
 
 from twisted.internet import defer, error, protocol, tcp
-from twisted.internet.interfaces import IHandshakeListener, IWriteDescriptor
+from twisted.internet.interfaces import IHandshakeListener, IReadDescriptor, IWriteDescriptor
 from twisted.logger import Logger
 from twisted.protocols import policies
 from zope.interface import implementer
@@ -407,20 +407,72 @@ class _ReuseAddressConnector(tcp.Connector):
         return _ReuseAddressClient(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
-class _PassiveFactory(protocol.ServerFactory):
+@implementer(IReadDescriptor)
+class _PassiveListener:
+    """
+    A listening socket for one passive data connection. Not a Twisted
+    C{Port}: that logs two lines for every transfer and costs a reactor turn
+    to close; this accepts one connection from the control peer, hands it
+    to the reactor with C{adoptStreamConnection}, and closes.
+    """
+
+    def __init__(self, channel: "DataChannel", host: str, port: int):
+        self.channel = channel
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind((host, port))
+            self.socket.listen(2)
+            self.socket.setblocking(False)
+        except OSError as e:
+            self.socket.close()
+            raise error.CannotListenError(host, port, e)
+        self.port = self.socket.getsockname()[1]
+        self.closed = False
+        channel.reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return -1 if self.closed else self.socket.fileno()
+
+    def logPrefix(self) -> str:
+        return "ftp-passive"
+
+    def doRead(self):
+        try:
+            skt, addr = self.socket.accept()
+        except OSError:
+            return None  # EAGAIN, or out of descriptors: keep listening
+        channel = self.channel
+        if not same_host(addr[0], channel.peer_host):
+            # RFC 2577 §5 (port stealing): only the control peer may connect.
+            log.warn("ftp passive data connection from {host} refused (control peer is {peer})", host=addr[0], peer=channel.peer_host)
+            skt.close()
+            return None
+        channel._stop_listening()
+        if channel.state is DataState.PASSIVE_LISTENING or channel.state is DataState.CONNECTING:
+            skt.setblocking(False)
+            channel.reactor.adoptStreamConnection(skt.fileno(), skt.family, _AdoptFactory(channel))
+        skt.close()  # adopted as a duplicate descriptor
+        return None
+
+    def connectionLost(self, reason):
+        self.close()
+
+    def close(self):
+        if not self.closed:
+            self.channel.reactor.removeReader(self)
+            self.closed = True
+            self.socket.close()
+
+
+class _AdoptFactory(protocol.Factory):
     noisy = False
 
     def __init__(self, channel: "DataChannel"):
         self.channel = channel
 
     def buildProtocol(self, addr):
-        if not same_host(addr.host, self.channel.peer_host):
-            # RFC 2577 §5 (port stealing): only the control peer may connect.
-            log.warn("ftp passive data connection from {host} refused (control peer is {peer})", host=addr.host, peer=self.channel.peer_host)
-            return None
-        if self.channel.state is not DataState.PASSIVE_LISTENING and self.channel.state is not DataState.CONNECTING:
-            return None
-        self.channel._stop_listening()
         return DataConnection(self.channel)
 
 
@@ -469,13 +521,12 @@ class DataChannel:
         Listen for the client (PASV/EPSV); return the port.
         """
         self.reset()
-        factory = _PassiveFactory(self)
         candidates = list(port_range) if port_range else [0]
         random.shuffle(candidates)
         last = None
         for port in candidates[:200]:
             try:
-                self._port = self.reactor.listenTCP(port, factory, backlog=2, interface=self.local_host)
+                self._port = _PassiveListener(self, self.local_host, port)
                 break
             except error.CannotListenError as e:
                 last = e
@@ -483,7 +534,7 @@ class DataChannel:
             raise last or error.CannotListenError(self.local_host, 0, "no passive port free")
         self.active_mode = False
         self._enter(DataState.PASSIVE_LISTENING)
-        return self._port.getHost().port
+        return self._port.port
 
     def active(self, host: str, port: int) -> None:
         """
@@ -559,7 +610,7 @@ class DataChannel:
     def _stop_listening(self):
         port, self._port = self._port, None
         if port is not None:
-            port.stopListening()
+            port.close()
 
     # -- tear down -------------------------------------------------------------
 
