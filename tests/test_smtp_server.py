@@ -342,3 +342,22 @@ def test_failed_logins_are_answered_later_and_later_and_hold_back_pipelined_inpu
         assert said(transport) == [b"535 5.7.8 Error: authentication failed", b"250 2.0.0 Ok"]
     # The right password still works at once.
     assert cram_md5_login(proto, transport) == [b"235 2.7.0 Authentication successful"]
+
+
+def test_hand_typed_variants_of_mail_and_rcpt(hub):
+    proto, transport = connect(hub)
+    proto.dataReceived(
+        b"helo  me\r\nmail\tfrom:<a@example.org>\r\nrset\r\nMail From : <a@example.org>\r\nrset\r\n"
+        b"MAIL FROM:<a@example.org>SIZE=10\r\nrcpt to:<@relay.example:bob@localhost>\r\nrcpt to: alice\r\n"
+    )
+    assert said(transport) == [
+        b"250 mail.test",
+        b"250 2.1.0 Ok",
+        b"250 2.0.0 Ok",
+        b"250 2.1.0 Ok",  # "From : <...>", spaces around the colon
+        b"250 2.0.0 Ok",
+        b"250 2.1.0 Ok",
+        b"250 2.1.5 Ok",
+        b"250 2.1.5 Ok",
+    ]
+    assert [r.address for r in proto.recipients] == ["bob@localhost", "alice@localhost"]

@@ -303,11 +303,11 @@ class MailhubSMTP(smtp.ESMTP):
         line = line.strip()
         if not line:
             return self.reply(500, "5.5.2 Error: bad syntax (empty command)")
-        verb, _, rest = line.partition(" ")
+        verb, *rest = line.split(None, 1)
         handler = getattr(self, "smtp_" + verb.upper(), None)
         if handler is None:
             return self.reply(500, f"5.5.2 Error: command {verb[:32]!r} not recognized; try HELP")
-        return handler(rest.strip())
+        return handler(rest[0] if rest else "")
 
     def _reset_envelope(self) -> None:
         self.sender = None
