@@ -44,13 +44,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+B_ZONE = {"b.test": {"b.test": [["MX", 10, "mx.b.test"]], "mx.b.test": [["A", "127.0.0.1"]]}}
+
+
 @pytest.fixture
-def dns_server():
+def dns_server(request):
     """
-    A twisted.names server on a loopback UDP port with the zone of b.test:
-    MX 10 mx.b.test, mx.b.test A 127.0.0.1. Yields "127.0.0.1:PORT".
+    A twisted.names server on a loopback UDP port, by default with the zone
+    of b.test (MX 10 mx.b.test, mx.b.test A 127.0.0.1); a test may give
+    its own zones with C{@pytest.mark.parametrize("dns_server", [zones],
+    indirect=True)}. Yields "127.0.0.1:PORT".
     """
-    zones = {"b.test": {"b.test": [["MX", 10, "mx.b.test"]], "mx.b.test": [["A", "127.0.0.1"]]}}
+    zones = getattr(request, "param", B_ZONE)
     env = dict(os.environ, PYTHONPATH=ROOT)
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.test_queue_mx", json.dumps(zones)],
@@ -117,6 +122,26 @@ def test_mail_relayed_through_the_mx_arrives_intact_with_both_received_lines(sta
     a.wait_for_log(r"relay#\d+ C: MAIL FROM:<alice@a.test> SIZE=\d+")
     a.wait_for_log(r"relay#\d+ C: STARTTLS")
     assert queued(a) == []
+
+
+TWO_MX = {
+    "b.test": {
+        "b.test": [["MX", 20, "backup.b.test"], ["MX", 10, "down.b.test"]],
+        # 127.0.0.2 is loopback too, but B listens on 127.0.0.1 only: refused.
+        "down.b.test": [["A", "127.0.0.2"]],
+        "backup.b.test": [["A", "127.0.0.1"]],
+    }
+}
+
+
+@pytest.mark.parametrize("dns_server", [TWO_MX], indirect=True)
+def test_first_mx_down_the_next_one_by_preference_takes_the_mail(start_hub, dns_server):
+    b = start_b(start_hub)
+    a = start_a(start_hub, "--dns-server", dns_server, "--relay-port", str(b.ports["smtp"]))
+    submit(a, ["bob@b.test"])
+    a.wait_for_log(rf"relay to down.b.test\[127.0.0.2\]:{b.ports['smtp']}: cannot connect")
+    a.wait_for_log(rf"relay \S+ <alice@a.test> to b.test via backup.b.test\[127.0.0.1\]:{b.ports['smtp']}: <bob@b.test> 250")
+    assert len(messages(b, "bob@b.test")) == 1
 
 
 def test_b_down_keeps_the_message_queued_and_the_next_retry_delivers_it(start_hub, dns_server):

@@ -292,6 +292,20 @@ class RelayTests(unittest.TestCase):
         [(to, dsn)] = relay.delivered_here
         self.assertIn(b"Status: 5.1.2", dsn)
 
+    def test_connections_are_limited_and_the_rest_wait_their_turn(self):
+        replies = {f"u@d{n}.test": [(250, "ok")] for n in range(3)}
+        relay = self.relay(replies, max_connections=2)
+        relay.hold = defer.Deferred()
+        for n in range(3):
+            self.successResultOf(relay.enqueue("alice@a.test", [f"u@d{n}.test"], MESSAGE))
+        self.clock.advance(0)
+        self.assertEqual(relay.connections.tokens, 0)
+        self.assertEqual(len(relay.connections.waiting), 1)
+        relay.hold.callback(None)
+        self.clock.advance(0)
+        self.assertEqual(len(relay.sent), 3)
+        self.assertEqual(relay.entries, {})
+
     def test_flush_and_remove(self):
         relay = self.relay({"bob@b.test": [(451, "later")]})
         qid = self.enqueue(relay)
@@ -359,6 +373,7 @@ class OptionTests(unittest.TestCase):
             ["--queue-lifetime", "0"],
             ["--mx-override", "b.test"],
             ["--dns-server", "x:y"],
+            ["--relay-connections", "0"],
         ):
             self.assertRaises(UsageError, self.parse, *args)
 

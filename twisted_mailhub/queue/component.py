@@ -31,6 +31,7 @@ option_parameters = [
     ["delay-warning", None, "4h", "Tell the sender a message is delayed after this long (0: never)."],
     ["dns-server", None, None, "HOST:PORT of the DNS server for MX lookups (default: the system's resolvers)."],
     ["relay-port", None, 25, "The port outbound SMTP connects to on MX hosts.", int],
+    ["relay-connections", None, 20, "Most outbound SMTP connections open at once.", int],
 ]
 
 option_flags = [
@@ -65,10 +66,15 @@ def _config(options):
         raise ValueError("--queue-lifetime must be positive")
     config["delay_warning"] = parse_duration(options.get("delay-warning") or "0")
     config["dns_server"] = parse_host_port(options["dns-server"], 53) if options.get("dns-server") else None
-    port = int(options.get("relay-port") or 25)
+    port = options.get("relay-port")
+    port = int(port) if port is not None else 25
     if not 0 < port < 65536:
         raise ValueError("--relay-port must be a TCP port")
     config["port"] = port
+    connections = options.get("relay-connections")
+    config["connections"] = int(connections) if connections is not None else 20
+    if config["connections"] < 1:
+        raise ValueError("--relay-connections must be at least 1")
     config["overrides"] = dict(parse_override(o) for o in options.get("mx-override") or [])
     config["require_tls"] = bool(options.get("relay-require-tls"))
     return config
@@ -124,6 +130,7 @@ def install(hub) -> None:
         require_tls=config["require_tls"],
         tls_context=ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2),
         transcript=hub.transcript,
+        max_connections=config["connections"],
     )
     hub.relay = relay
     # The control service takes the queue's lock, so it starts first.

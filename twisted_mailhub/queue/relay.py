@@ -77,6 +77,7 @@ class Relay(service.Service):
         transcript: bool = False,
         connect_timeout: float = 30,
         stop_grace: float = 10,
+        max_connections: int = 20,
     ):
         self.reactor = reactor
         self.storage = storage
@@ -93,6 +94,9 @@ class Relay(service.Service):
         self.transcript = transcript
         self.connect_timeout = connect_timeout
         self.stop_grace = stop_grace
+        # At most this many outbound connections at once; the destinations
+        # beyond it wait their turn (a big queue must not exhaust fds).
+        self.connections = defer.DeferredSemaphore(max(1, max_connections))
         self.entries: dict[str, QueuedMessage] = {}
         self.in_flight: set[str] = set()
         self._doomed: set[str] = set()
@@ -278,7 +282,7 @@ class Relay(service.Service):
                     job = jobs[entry.id] = Job(entry.id, entry.sender, [], messages[entry.id])
                 job.recipients.extend(rcpts)
                 labels.setdefault(entry.id, set()).add(domain)
-            sends.append(defer.ensureDeferred(self._send(list(hops), list(jobs.values()), labels)))
+            sends.append(self.connections.run(lambda h=list(hops), j=list(jobs.values()), lb=labels: defer.ensureDeferred(self._send(h, j, lb))))
         for entry, address in local_jobs:
             sends.append(defer.ensureDeferred(self._deliver_here(entry, address, messages[entry.id], outcomes)))
         for result in await defer.DeferredList(sends):
