@@ -361,3 +361,32 @@ def test_hand_typed_variants_of_mail_and_rcpt(hub):
         b"250 2.1.5 Ok",
     ]
     assert [r.address for r in proto.recipients] == ["bob@localhost", "alice@localhost"]
+
+
+def test_random_input_never_breaks_the_session(hub):
+    """Garbage, half commands and stray dots in any chunking: every reply
+    is a well-formed SMTP reply and the session still answers NOOP."""
+    import random
+
+    rng = random.Random(5321)
+    pieces = [
+        b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<alice@localhost>\r\n", b"DATA\r\n", b".\r\n",
+        b"\r\n", b"\n", b"\r", b".", b"..\r\n", b"AUTH CRAM-MD5\r\n", b"AUTH PLAIN\r\n", b"*\r\n",
+        b"\xff\xfe", b"\x00", b"EHLO x\r\n", b"HELO\r\n", b"RSET\r\n", b"MAIL FROM:<\r\n", b"RCPT TO:<>\r\n",
+        b"VRFY\r\n", b"x" * 5000, b"SIZE=99999999999\r\n", b"=\r\n", b"AAAA\r\n", b"STARTTLS\r\n",
+    ]
+    for _ in range(200):
+        proto, transport = connect(hub)
+        stream = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 30)))
+        i = 0
+        while i < len(stream):
+            n = rng.randint(1, 64)
+            proto.dataReceived(stream[i : i + n])
+            i += n
+        # Leave any DATA or SASL exchange, then the session must answer.
+        proto.dataReceived(b"\r\n.\r\n*\r\nRSET\r\nNOOP\r\n")
+        replies = said(transport)
+        assert all(line[:3].isdigit() and line[3:4] in (b" ", b"-") for line in replies), replies
+        assert not any(line.startswith(b"451") for line in replies), replies  # no handler failed
+        assert replies[-1] == b"250 2.0.0 Ok", replies[-5:]
+        assert not transport.disconnecting
