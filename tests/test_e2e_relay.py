@@ -352,3 +352,12 @@ def test_delay_warning_then_delivery(start_hub):
     a.wait_for_log(r"queue: \S+ done: 1 delivered", timeout=20)
     assert len(messages(b, "bob@b.test")) == 1
     assert len(messages(a, "alice@a.test")) == 1  # one warning, no bounce
+
+
+def test_second_hub_on_the_same_queue_does_not_deliver(start_hub, tmp_path):
+    data = str(tmp_path / "shared")
+    os.makedirs(data)
+    first = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{free_port()}", "--retry-schedule", "1h", data=data)
+    second = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{free_port()}", "--retry-schedule", "1h", data=data)
+    second.wait_for_log(r"queue: not delivering; another process holds \S+/lock")
+    assert "not delivering" not in first.log

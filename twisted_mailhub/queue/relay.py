@@ -112,7 +112,12 @@ class Relay(service.Service):
 
     def startService(self):
         service.Service.startService(self)
-        for entry in self.storage.load(clean=self.owns_queue):
+        if not self.owns_queue:
+            # Another hub runs on this queue: sending its messages too would
+            # deliver them twice. Accept nothing from the files, send nothing.
+            log.critical("queue: not delivering; another process holds {dir}/lock", dir=self.storage.directory)
+            return
+        for entry in self.storage.load():
             self.entries[entry.id] = entry
         if self.entries:
             log.info("queue: {n} message(s) waiting from before", n=len(self.entries))
@@ -205,7 +210,7 @@ class Relay(service.Service):
 
     def _set_timer(self) -> None:
         self._rescheduling = False
-        if not self.running:
+        if not self.running or not self.owns_queue:
             return
         waiting = [e.next_attempt for e in self.entries.values() if e.id not in self.in_flight]
         if self._timer is not None and self._timer.active():
