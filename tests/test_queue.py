@@ -329,6 +329,15 @@ class RelayTests(unittest.TestCase):
         self.assertEqual(relay.sent, [])
         self.assertEqual(os.listdir(self.dir), [])
 
+    def test_entry_that_already_bounced_is_not_bounced_again_at_start(self):
+        entry = make_entry("alice@a.test", ["bob@b.test"], len(MESSAGE), now=self.clock.seconds())
+        entry.recipients[0].state = FAILED
+        entry.bounced = True
+        self.successResultOf(self.storage.add(entry, MESSAGE))
+        relay = self.relay({})
+        self.assertEqual(relay.delivered_here, [])
+        self.assertEqual(os.listdir(self.dir), [])
+
     def test_pending_state_is_written_before_the_next_attempt(self):
         relay = self.relay({"bob@b.test": [(421, "4.4.2 closing")]})
         qid = self.enqueue(relay)

@@ -441,6 +441,10 @@ class Relay(service.Service):
                     notice = build_dsn(entry, failed, self.storage.read_message(entry.id), self.hostname, self.now())
                     await self._notify(entry.sender, notice)
                     log.info("queue: {qid} bounced to <{sender}> for {rcpts}", qid=entry.id, sender=entry.sender, rcpts=", ".join(f"<{r.address}>" for r in failed))
+                    # Removing files is not fsynced; should the envelope come
+                    # back after a crash, it must not bounce a second time.
+                    entry.bounced = True
+                    await self.storage.save(entry)
                 entry.bounced = True
             delivered = sum(1 for r in entry.recipients if r.state == DELIVERED)
             self._drop(entry.id)
