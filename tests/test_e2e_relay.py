@@ -116,7 +116,8 @@ def test_mail_relayed_through_the_mx_arrives_intact_with_both_received_lines(sta
     received = [line for line in head.split(b"\r\n") if line.startswith(b"Received:")]
     assert len(received) == 2
     assert b"by mx.b.test" in head and b"by mx.a.test" in head
-    assert b"Message-ID:" in head and b"Subject: lunch at noon?" in head
+    # Submission added what the client left out (RFC 6409 §8).
+    assert b"\r\nMessage-ID: <" in head and b"\r\nDate: " in head and b"Subject: lunch at noon?" in head
     # The teaching view: one line per attempt naming the MX, and the transcript.
     a.wait_for_log(rf"relay \S+ <alice@a.test> to b.test via mx.b.test\[127.0.0.1\]:{b.ports['smtp']}: <bob@b.test> 250")
     a.wait_for_log(r"relay#\d+ C: MAIL FROM:<alice@a.test> SIZE=\d+")

@@ -329,6 +329,18 @@ class RelayTests(unittest.TestCase):
         self.assertEqual(relay.sent, [])
         self.assertEqual(os.listdir(self.dir), [])
 
+    def test_bounce_that_cannot_be_stored_is_tried_again_later(self):
+        relay = self.relay({"bob@b.test": [(550, "5.1.1 no")]}, schedule=RetrySchedule([60]))
+        failing = [defer.fail(OSError("disk full"))]
+        relay.deliver_local = lambda address, message: failing.pop() if failing else defer.succeed(relay.delivered_here.append((address, message)))
+        self.enqueue(relay)
+        self.assertEqual(len(relay.entries), 1)  # kept: its bounce is owed
+        self.assertEqual(relay.delivered_here, [])
+        self.clock.advance(60)
+        self.assertEqual(len(relay.sent), 1)  # bob is not tried again
+        self.assertEqual([a for a, _ in relay.delivered_here], ["alice@a.test"])
+        self.assertEqual(relay.entries, {})
+
     def test_entry_that_already_bounced_is_not_bounced_again_at_start(self):
         entry = make_entry("alice@a.test", ["bob@b.test"], len(MESSAGE), now=self.clock.seconds())
         entry.recipients[0].state = FAILED

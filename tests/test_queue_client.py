@@ -170,6 +170,18 @@ class RelayClientTests(unittest.TestCase):
         self.assertEqual(j.outcomes["bob@b.test"].code, -1)
         self.assertIn("Timeout", j.outcomes["bob@b.test"].reply)
 
+    def test_garbage_from_the_server_is_a_temporary_failure(self):
+        j = job()
+        s = Session([j])
+        s.reply(b"220 hi\r\n")
+        s.sent()
+        s.reply(b"HTTP/1.1 400 Bad Request\r\n")
+        self.assertTrue(s.transport.disconnecting)
+        s.client.connectionLost(failure.Failure(error.ConnectionDone()))
+        self.assertEqual(j.phase, WAITING)  # never started: the next MX may take it
+        self.assertEqual(s.client.error.code, -1)
+        self.assertIn("Invalid response", s.client.error.reply)
+
     def test_dot_stuffing(self):
         self.assertEqual(dot_stuff(b".a\r\nb\r\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n")
         self.assertEqual(dot_stuff(b"no newline"), b"no newline\r\n.\r\n")

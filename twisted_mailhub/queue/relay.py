@@ -439,7 +439,14 @@ class Relay(service.Service):
                     log.info("queue: {qid} failed for {rcpts}; sender is <>, no bounce (RFC 5321 §4.5.5)", qid=entry.id, rcpts=", ".join(f"<{r.address}>" for r in failed))
                 else:
                     notice = build_dsn(entry, failed, self.storage.read_message(entry.id), self.hostname, self.now())
-                    await self._notify(entry.sender, notice)
+                    try:
+                        await self._notify(entry.sender, notice)
+                    except Exception as e:  # noqa: BLE001 - the store or the disk failed
+                        # Keep the message (and its outcomes) and try the
+                        # bounce again on the retry schedule.
+                        entry.next_attempt = self.now() + self.schedule.delay(max(entry.attempts, 1))
+                        log.error("queue: {qid} bounce to <{sender}> not stored ({error}); trying again later", qid=entry.id, sender=entry.sender, error=e)
+                        return
                     log.info("queue: {qid} bounced to <{sender}> for {rcpts}", qid=entry.id, sender=entry.sender, rcpts=", ".join(f"<{r.address}>" for r in failed))
                     # Removing files is not fsynced; should the envelope come
                     # back after a crash, it must not bounce a second time.
