@@ -79,6 +79,25 @@ class StorageTests(unittest.TestCase):
         self.assertEqual([r.address for r in loaded.pending], ["carol@c.test"])
         self.assertEqual(self.storage.read_message(qid), MESSAGE)
 
+    def test_add_fires_only_when_both_files_are_durable(self):
+        class HeldWriter(SyncWriter):
+            def __init__(self):
+                self.held = []
+
+            def write(self, tmp_path, final_path, data):
+                d = defer.Deferred()
+                self.held.append((d, final_path))
+                return d
+
+        writer = HeldWriter()
+        storage = QueueStorage(temp_dir(self), writer=writer)
+        d = storage.add(make_entry("alice@a.test", ["bob@b.test"], len(MESSAGE)), MESSAGE)
+        self.assertEqual([os.path.basename(p)[-4:] for _, p in writer.held], [".msg", ".env"])
+        writer.held[0][0].callback(None)
+        self.assertNoResult(d)  # the message alone is not queued yet
+        writer.held[1][0].callback(None)
+        self.assertTrue(self.successResultOf(d))
+
     def test_load_removes_what_a_crash_left(self):
         with open(os.path.join(self.dir, "abc.msg"), "wb") as f:
             f.write(MESSAGE)  # never committed: no envelope
