@@ -390,3 +390,24 @@ def test_random_input_never_breaks_the_session(hub):
         assert not any(line.startswith(b"451") for line in replies), replies  # no handler failed
         assert replies[-1] == b"250 2.0.0 Ok", replies[-5:]
         assert not transport.disconnecting
+
+
+def test_filters_see_submission_headers_already_added(hub):
+    seen = []
+
+    class Signer:
+        name = "signer"
+
+        def end_of_data(self, envelope, message):
+            seen.append((envelope.authenticated, message))
+
+    hub.filters = [Signer()]
+    proto, transport = connect(hub, "submission", require_auth=True)
+    proto.dataReceived(b"EHLO laptop\r\n")
+    transport.clear()
+    cram_md5_login(proto, transport)
+    proto.dataReceived(b"MAIL FROM:<alice@localhost>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\nSubject: s\r\n\r\nb\r\n.\r\n")
+    assert said(transport)[-1].startswith(b"250 2.0.0 Ok: queued as")
+    [(who, message)] = seen
+    assert who == "alice@localhost"
+    assert message.startswith(b"Date: ") and b"\r\nMessage-ID: <" in message and message.endswith(b"\r\nSubject: s\r\n\r\nb\r\n")

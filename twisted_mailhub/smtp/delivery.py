@@ -237,6 +237,10 @@ def deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], 
     the queue id once all are durable, or fails with L{Rejected} for a
     filter's L{Reject}.
     """
+    if session.authenticated:
+        # Before the filters, so that one that signs (DKIM) sees the
+        # message as it will be stored.
+        message = add_submission_headers(message, session.hostname)
     if hub.filters:
         envelope = envelope_of(sender, [r.address for r in recipients], session)
         d = run_filters(hub.filters, "end_of_data", envelope, message)
@@ -253,8 +257,6 @@ def _filtered(result, hub, session, sender, recipients):
 def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> defer.Deferred:
     # Plain Deferreds rather than a coroutine: this runs once per message
     # on the hot path.
-    if session.authenticated:
-        message = add_submission_headers(message, session.hostname)
     qid = queue_id()
     return_path = b"Return-Path: <" + sender.encode("ascii", "replace") + b">\r\n"
     waits = []
