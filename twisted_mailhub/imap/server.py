@@ -649,7 +649,12 @@ class IMAPServer(imap4.IMAP4Server):
 
     def dispatchCommand(self, tag, cmd, rest, uid=None):
         if self.selected is not None and uid is None:
+            # Bring the client up to date first, so that the command works
+            # on the messages it has been told about (RFC 3501 §5.2).
             self.selected.poll()
+            if self.selected.pending:
+                for line in self.selected.untagged(cmd.upper() not in _NO_EXPUNGE_DURING and cmd.upper() != b"UID"):
+                    self.transport.write(line)
         f = self.lookupCommand(cmd)
         if f:
             return imap4.IMAP4Server.dispatchCommand(self, tag, cmd, rest, uid)
@@ -1166,7 +1171,30 @@ class IMAPServer(imap4.IMAP4Server):
         self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n")
         self.sendPositiveResponse(tag, b"SEARCH completed")
 
-    select_SEARCH = (do_SEARCH, imap4.IMAP4Server.opt_charset, imap4.IMAP4Server.arg_searchkeys)
+    def arg_searchkeys(self, line, _before=b""):
+        """
+        Search keys, with literals anywhere in them (clients send a
+        non-ASCII string as C{{N}}; Twisted's parser wants one line).
+        """
+        m = _LITERAL.search(line)
+        if m is None:
+            try:
+                return imap4.parseNestedParens(_before + line), b""
+            except imap4.IllegalClientResponse:
+                raise
+            except Exception as e:
+                raise imap4.IllegalClientResponse(f"bad search keys: {e}") from None
+        head = _before + line[: m.start()]
+        d = self._stringLiteral(int(m.group(1).rstrip(b"+")))
+
+        def more(result):
+            data, rest = result
+            quoted = b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+            return self.arg_searchkeys(rest, head + quoted)
+
+        return d.addCallback(more)
+
+    select_SEARCH = (do_SEARCH, imap4.IMAP4Server.opt_charset, arg_searchkeys)
 
     # -- EXPUNGE, COPY, MOVE --------------------------------------------------------
 

@@ -1,0 +1,114 @@
+"""
+Message structure as IMAP shows it: parts cut from the raw bytes,
+BODYSTRUCTURE, ENVELOPE, sections; FETCH item parsing.
+"""
+
+import pytest
+from twisted.mail import imap4
+
+from twisted_mailhub.imap.message import Part, quote
+from twisted_mailhub.imap.server import parse_fetch_items, section_bytes
+
+NESTED = (
+    b"From: \"Carol Q.\" <carol@example.org>\r\n"
+    b"To: alice@localhost, Bob <bob@x.org>\r\n"
+    b"Subject: report\r\n"
+    b"Content-Type: multipart/mixed; boundary=\"outer\"\r\n"
+    b"\r\n"
+    b"preamble\r\n"
+    b"--outer\r\n"
+    b"Content-Type: multipart/alternative; boundary=inner\r\n"
+    b"\r\n"
+    b"--inner\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"\r\n"
+    b"plain\r\n"
+    b"--inner\r\n"
+    b"Content-Type: text/html\r\n"
+    b"\r\n"
+    b"<b>html</b>\r\n"
+    b"--inner--\r\n"
+    b"--outer\r\n"
+    b"Content-Type: application/octet-stream; name=x.bin\r\n"
+    b"Content-Transfer-Encoding: base64\r\n"
+    b"Content-Disposition: attachment; filename=x.bin\r\n"
+    b"\r\n"
+    b"AAECAw==\r\n"
+    b"--outer\r\n"
+    b"Content-Type: message/rfc822\r\n"
+    b"\r\n"
+    b"Subject: inner mail\r\n"
+    b"\r\n"
+    b"inner body\r\n"
+    b"--outer--\r\n"
+    b"epilogue\r\n"
+)
+
+
+def test_parts_are_cut_from_the_raw_octets():
+    msg = Part(NESTED)
+    assert len(msg.children) == 3
+    assert msg.find([1, 1]).body == b"plain"
+    assert msg.find([1, 2]).header == b"Content-Type: text/html\r\n\r\n"
+    assert msg.find([2]).body == b"AAECAw=="
+    assert msg.find([3]).message.get("subject") == "inner mail"
+    # a part inside an encapsulated message: 3.1 is the inner message's body
+    assert msg.find([3, 1]).body == b"inner body"  # the CRLF before --outer is the boundary's
+    with pytest.raises(KeyError):
+        msg.find([4])
+
+
+def test_bodystructure_of_nested_multipart():
+    bs = Part(NESTED).bodystructure()
+    assert bs.startswith(b'((("TEXT" "PLAIN" ("CHARSET" "utf-8") NIL NIL "7BIT" 5 1 ')
+    assert b'("TEXT" "HTML" NIL NIL NIL "7BIT" 11 1 ' in bs
+    assert b' "ALTERNATIVE" ("BOUNDARY" "inner") NIL NIL NIL)' in bs
+    assert b'("APPLICATION" "OCTET-STREAM" ("NAME" "x.bin") NIL NIL "BASE64" 8 NIL ("ATTACHMENT" ("FILENAME" "x.bin")) NIL NIL)' in bs
+    assert b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 33 (NIL "inner mail" ' in bs
+    assert b'("TEXT" "PLAIN" NIL NIL NIL "7BIT" 10 1 NIL NIL NIL NIL) 3 NIL NIL NIL NIL)' in bs
+    assert bs.endswith(b' "MIXED" ("BOUNDARY" "outer") NIL NIL NIL)')
+    assert bs.count(b"(") == bs.count(b")")
+    non_extended = Part(NESTED).bodystructure(extended=False)
+    assert b"BOUNDARY" not in non_extended
+
+
+def test_envelope_addresses_and_missing_fields():
+    env = Part(NESTED).envelope()
+    assert env.startswith(b'(NIL "report" (("Carol Q." NIL "carol" "example.org")) ')
+    assert b'((NIL NIL "alice" "localhost")("Bob" NIL "bob" "x.org"))' in env
+    assert env.endswith(b"NIL NIL NIL NIL)")
+
+
+def test_quote_uses_a_literal_for_8bit_and_line_breaks():
+    assert quote(None) == b"NIL"
+    assert quote('say "hi"') == b'"say \\"hi\\""'
+    assert quote("Grüße".encode()) == b"{7}\r\nGr\xc3\xbc\xc3\x9fe"
+
+
+def test_fetch_items_and_sections():
+    items = parse_fetch_items(b"(UID FLAGS BODY.PEEK[1.2.MIME] BODY[HEADER.FIELDS (From Subject)]<0.10> BODY[])")
+    assert [i.kind for i in items] == [b"UID", b"FLAGS", b"SECTION", b"SECTION", b"SECTION"]
+    mime, fields, whole = items[2:]
+    assert mime.peek and mime.label == b"BODY[1.2.MIME]" and not mime.sets_seen
+    assert fields.label == b"BODY[HEADER.FIELDS (FROM SUBJECT)]<0>" and fields.partial == (0, 10) and fields.sets_seen
+    msg = Part(NESTED)
+    assert section_bytes(msg, mime) == b"Content-Type: text/html\r\n\r\n"
+    assert section_bytes(msg, fields) == b"From: \"Carol Q.\" <carol@example.org>\r\nSubject: report\r\n\r\n"
+    assert section_bytes(msg, whole) == NESTED
+    [not_fields] = parse_fetch_items(b"BODY.PEEK[HEADER.FIELDS.NOT (To From Content-Type)]")
+    assert section_bytes(msg, not_fields) == b"Subject: report\r\n\r\n"
+    [inner_header] = parse_fetch_items(b"BODY.PEEK[3.HEADER]")
+    assert section_bytes(msg, inner_header) == b"Subject: inner mail\r\n\r\n"
+    assert [i.kind for i in parse_fetch_items(b"FAST")] == [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"]
+
+
+@pytest.mark.parametrize("bad", [b"", b"(FLAGS", b"(FROB)", b"BODY[MIME]", b"BODY[0]", b"BODY[HEADER.FIELDS]", b"BODY[TEXT (A)]"])
+def test_bad_fetch_items_are_refused(bad):
+    with pytest.raises(imap4.IllegalClientResponse):
+        parse_fetch_items(bad)
+
+
+def test_message_without_body_or_content_type():
+    msg = Part(b"Subject: only a header\r\n")
+    assert msg.header == b"Subject: only a header\r\n" and msg.body == b""
+    assert msg.bodystructure() == b'("TEXT" "PLAIN" NIL NIL NIL "7BIT" 0 0 NIL NIL NIL NIL)'

@@ -1,0 +1,157 @@
+"""
+The IMAP server's edges, without sockets: StringTransport in, bytes out,
+on the memory store, with task.Clock for time.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from twisted_mailhub import imap
+from twisted_mailhub.accounts import AccountBook
+from twisted_mailhub.hub import Hub
+from twisted_mailhub.imap.server import IMAPServer
+from twisted_mailhub.store.interfaces import INBOX
+from twisted_mailhub.store.memory import MemoryStore
+
+MESSAGE = b"From: bob@localhost\r\nSubject: Gr\xc3\xbc\xc3\x9fe\r\n\r\nhello\r\n"
+
+
+class ServerTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        accounts = AccountBook(["localhost"])
+        accounts.add("alice", "secret")
+        self.store = MemoryStore()
+        self.hub = Hub(self.clock, {"max-message-size": 1000}, accounts, self.store, self.mktemp(), "mail.test")
+        self.hub._tls = object()  # never used: no STARTTLS here
+        imap.install(self.hub)
+
+    def connect(self, host="127.0.0.1"):
+        server = IMAPServer(self.hub, "imap")
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 4321))
+        server.makeConnection(transport)
+        self.addCleanup(server.connectionLost, None)
+        return server, transport
+
+    def talk(self, server, transport, data: bytes) -> bytes:
+        transport.clear()
+        server.dataReceived(data)
+        return transport.value()
+
+    def logged_in(self, select=True):
+        server, transport = self.connect()
+        self.assertIn(b"a OK", self.talk(server, transport, b"a login alice secret\r\n"))
+        if select:
+            self.assertIn(b"b OK [READ-WRITE]", self.talk(server, transport, b"b select inbox\r\n"))
+        return server, transport
+
+    def test_literal_plus_needs_no_continuation(self):
+        server, transport = self.connect()
+        out = self.talk(server, transport, b"a LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n")
+        self.assertNotIn(b"+ ", out)
+        self.assertIn(b"a OK LOGIN succeeded", out)
+
+    def test_synchronizing_literal_gets_a_continuation(self):
+        server, transport = self.connect()
+        self.assertTrue(self.talk(server, transport, b"a LOGIN {5}\r\n").startswith(b"+ "))
+        self.assertTrue(self.talk(server, transport, b"alice {6}\r\n").startswith(b"+ "))
+        self.assertIn(b"a OK", self.talk(server, transport, b"secret\r\n"))
+
+    def test_negative_and_malformed_literal_sizes_are_bad(self):
+        server, transport = self.connect()
+        for size in (b"-1", b"1e9", b"", b"0x10", b"99999999999999999999999"):
+            out = self.talk(server, transport, b"a LOGIN {" + size + b"}\r\n")
+            self.assertTrue(out.startswith(b"a BAD malformed literal size") or out.startswith(b"a NO [TOOBIG]"), out)
+        self.assertIn(b"a OK", self.talk(server, transport, b"a login alice secret\r\n"))
+
+    def test_plaintext_login_needs_tls_from_untrusted_address(self):
+        server, transport = self.connect(host="192.0.2.7")
+        self.assertIn(b"LOGINDISABLED", transport.value())
+        self.assertNotIn(b"AUTH=PLAIN", transport.value())
+        out = self.talk(server, transport, b"a login alice secret\r\n")
+        self.assertTrue(out.startswith(b"a NO [PRIVACYREQUIRED]"), out)
+        out = self.talk(server, transport, b"b authenticate plain\r\n")
+        self.assertTrue(out.startswith(b"b NO [PRIVACYREQUIRED]"), out)
+
+    def test_append_limit_is_checked_before_reading(self):
+        server, transport = self.logged_in(select=False)
+        out = self.talk(server, transport, b"a append INBOX {1001}\r\n")
+        self.assertEqual(out, b"a NO [TOOBIG] literal of 1001 octets is over the limit of 1000\r\n")
+        out = self.talk(server, transport, b"b append INBOX {%d+}\r\n%s\r\n" % (len(MESSAGE), MESSAGE))
+        self.assertIn(b"b OK [APPENDUID", out)
+        self.assertEqual(self.store.account("alice@localhost").folder(INBOX).read(1), MESSAGE)
+
+    def test_idle_ends_only_on_done_and_reports_delivery_at_once(self):
+        server, transport = self.logged_in()
+        self.assertTrue(self.talk(server, transport, b"c idle\r\n").startswith(b"+ idling"))
+        self.assertEqual(self.talk(server, transport, b"c noop\r\n"), b"* BAD expected DONE to end IDLE\r\n")
+        transport.clear()
+        self.store.deliver("alice@localhost", MESSAGE)
+        self.assertEqual(transport.value(), b"* 1 EXISTS\r\n* 1 RECENT\r\n")
+        self.assertEqual(self.talk(server, transport, b"DONE\r\n"), b"c OK IDLE terminated\r\n")
+
+    def test_search_with_a_literal_string(self):
+        server, transport = self.logged_in()
+        self.store.deliver("alice@localhost", MESSAGE)
+        self.store.deliver("alice@localhost", b"Subject: other\r\n\r\nx\r\n")
+        out = self.talk(server, transport, b"s search charset utf-8 subject {6}\r\n")
+        self.assertEqual(out, b"* 2 EXISTS\r\n* 2 RECENT\r\n+ Ready for 6 octets of text\r\n")
+        out = self.talk(server, transport, "grüß".encode() + b"\r\n")
+        self.assertIn(b"* SEARCH 1\r\n", out)
+        self.assertIn(b"s OK SEARCH completed", out)
+
+    def test_expunge_by_another_session_waits_until_fetch_is_done(self):
+        a, ta = self.logged_in()
+        folder = self.store.account("alice@localhost").folder(INBOX)
+        for _ in range(3):
+            self.store.deliver("alice@localhost", MESSAGE)
+        self.talk(a, ta, b"n noop\r\n")
+        folder.expunge([1])
+        out = self.talk(a, ta, b"f fetch 3 (uid)\r\n")
+        self.assertEqual(out, b"* 3 FETCH (UID 3)\r\nf OK FETCH completed\r\n")
+        out = self.talk(a, ta, b"g noop\r\n")
+        self.assertEqual(out, b"* 1 EXPUNGE\r\ng OK NOOP completed\r\n")
+        out = self.talk(a, ta, b"h fetch 1:* (uid)\r\n")
+        self.assertEqual(out, b"* 1 FETCH (UID 2)\r\n* 2 FETCH (UID 3)\r\nh OK FETCH completed\r\n")
+
+    def test_commands_wait_while_a_fetch_is_streaming(self):
+        server, transport = self.logged_in()
+        for _ in range(3):
+            self.store.deliver("alice@localhost", b"x" * 200_000)
+        self.talk(server, transport, b"n noop\r\n")
+        # a transport that says "full" after the first write
+        writes = []
+
+        def write(data):
+            writes.append(data)
+            if len(writes) == 1:
+                transport.producer.pauseProducing()
+
+        transport.write = write
+        server.dataReceived(b"f fetch 1:* (body.peek[])\r\ng noop\r\n")
+        self.assertEqual(len(writes), 1)
+        self.assertFalse(any(b"g OK" in w for w in writes))
+        transport.producer.resumeProducing()
+        out = b"".join(writes)
+        self.assertEqual(out.count(b" FETCH (BODY[] {200000}"), 3)
+        self.assertLess(out.index(b"f OK FETCH completed"), out.index(b"g OK NOOP completed"))
+
+    def test_wrong_state_and_unknown_commands(self):
+        server, transport = self.connect()
+        self.assertEqual(self.talk(server, transport, b"a fetch 1 flags\r\n"), b"a BAD FETCH not allowed now: log in first\r\n")
+        self.assertEqual(self.talk(server, transport, b"b xyzzy\r\n"), b"b BAD unknown command XYZZY: try CAPABILITY\r\n")
+        self.talk(server, transport, b"c login alice secret\r\n")
+        self.assertEqual(self.talk(server, transport, b"d login alice secret\r\n"), b"d BAD LOGIN not allowed now: only before login\r\n")
+        self.assertEqual(self.talk(server, transport, b"e store 1 +flags (\\Seen)\r\n"), b"e BAD STORE not allowed now: select a mailbox first\r\n")
+
+    def test_examine_is_read_only(self):
+        server, transport = self.logged_in(select=False)
+        self.store.deliver("alice@localhost", MESSAGE)
+        self.assertIn(b"e OK [READ-ONLY]", self.talk(server, transport, b"e examine inbox\r\n"))
+        out = self.talk(server, transport, b"f fetch 1 (body[text])\r\n")
+        self.assertNotIn(b"\\Seen", out)
+        self.assertTrue(self.talk(server, transport, b"g store 1 +flags (\\Deleted)\r\n").startswith(b"g NO [READ-ONLY]"))
