@@ -630,3 +630,19 @@ def test_bad_passive_ports_option_is_a_usage_error():
     options = tap.Options()
     with pytest.raises(usage.UsageError, match="passive-ports"):
         options.parseOptions(["--passive-ports", "90-x"])
+
+
+def test_unused_passive_connection_that_closes_needs_a_new_pasv(hub):
+    f = login(hub)
+    f.storbinary("STOR x", io.BytesIO(b"x"))
+    host, port = ftplib.parse227(f.sendcmd("PASV"))
+    socket.create_connection((host, port), timeout=10).close()
+    hub_sees_it_closed = f.sendcmd("STAT")
+    for _ in range(500):  # until the hub has noticed the close
+        if "Data channel: idle" in hub_sees_it_closed:
+            break
+        hub_sees_it_closed = f.sendcmd("STAT")
+    assert "Data channel: idle" in hub_sees_it_closed
+    with pytest.raises(ftplib.error_temp, match="425"):
+        f.sendcmd("RETR x")
+    assert retr(f, "x") == b"x"  # ftplib sends a fresh PASV

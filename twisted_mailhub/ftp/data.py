@@ -262,7 +262,10 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         self._lost = True
         if self._sendfile is not None:
             self._stop_sendfile()
-        if self.done is None or self.done.called:
+        if self.done is None:
+            self.channel._lost_unused(self)
+            return
+        if self.done.called:
             return
         if self._writer is not None:
             if self._held:
@@ -596,6 +599,10 @@ class DataChannel:
             waiting.errback(exc)
 
     def _connected(self, connection: DataConnection):
+        if self.state is not DataState.CONNECTING and self.state is not DataState.PASSIVE_LISTENING:
+            # Too late: the wait timed out, or ABOR/PASV/PORT reset us.
+            connection.transport.abortConnection()
+            return
         self.connection = connection
         if self.state is DataState.CONNECTING:
             self._enter(DataState.TRANSFERRING)
@@ -606,6 +613,13 @@ class DataChannel:
             waiting.callback(connection)
         else:
             self._enter(DataState.PASSIVE_CONNECTED)
+
+    def _lost_unused(self, connection: DataConnection):
+        """A data connection closed before any transfer used it."""
+        if self.connection is connection:
+            self.connection = None
+            if self.state is DataState.PASSIVE_CONNECTED:
+                self._enter(DataState.IDLE)
 
     def _stop_listening(self):
         port, self._port = self._port, None
