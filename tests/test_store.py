@@ -120,3 +120,68 @@ class MaildirStoreTests(StoreContract, unittest.TestCase):
     def test_folder_name_encoding_round_trips(self):
         for name in ("Work/Projects", "v1.2", "100%"):
             self.assertEqual(decode_folder(encode_folder(name)), name)
+
+
+class MaildirIndexTests(unittest.TestCase):
+    """
+    What IMAP needs of the Maildir index beyond the shared contract.
+    """
+
+    def setUp(self):
+        self.root = self.mktemp()
+        self.store = MaildirStore(self.root, hostname="test")
+        self.folder = self.store.account("alice@example.org").folder(INBOX)
+
+    def reopen(self):
+        return MaildirStore(self.root, hostname="test").account("alice@example.org").folder(INBOX)
+
+    @defer.inlineCallbacks
+    def test_take_new_moves_delivered_mail_to_cur_once(self):
+        yield self.store.deliver("alice@example.org", MESSAGE)
+        [info] = self.folder.messages()
+        self.assertEqual(self.folder.take_new(), [info.uid])
+        self.assertEqual(self.folder.take_new(), [])
+        self.assertEqual(os.listdir(os.path.join(self.folder.directory, "new")), [])
+        self.assertEqual(os.listdir(os.path.join(self.folder.directory, "cur")), [info.key + ":2,"])
+        self.assertEqual(self.folder.read(info.uid), MESSAGE)
+        self.assertEqual(self.reopen().messages()[0].uid, info.uid)
+
+    def test_bare_lf_file_from_outside_is_stored_as_crlf(self):
+        changes = []
+        self.folder.add_listener(changes.append)
+        path = os.path.join(self.folder.directory, "new", "1700000000.outside")
+        with open(path, "wb") as f:
+            f.write(b"Subject: lf\n\nline\n")
+        self.folder.refresh()
+        [info] = self.folder.messages()
+        self.assertEqual(info.size, len(b"Subject: lf\r\n\r\nline\r\n"))
+        self.assertEqual(self.folder.read(info.uid), b"Subject: lf\r\n\r\nline\r\n")
+        self.assertEqual([c.added for c in changes], [(info.uid,)])
+        self.assertEqual(os.listdir(os.path.join(self.folder.directory, "tmp")), [])
+
+    @defer.inlineCallbacks
+    def test_keywords_and_flags_survive_reopen(self):
+        uid = yield self.folder.append(MESSAGE, ["\\Flagged", "$Work"])
+        self.folder.set_flags([uid], ["$Later"], "add")
+        again = self.reopen()
+        self.assertEqual(again.info(uid).flags, {"\\Flagged", "$Work", "$Later"})
+        self.assertEqual(again.uid_validity, self.folder.uid_validity)
+
+    @defer.inlineCallbacks
+    def test_lost_uid_list_means_new_uidvalidity(self):
+        yield self.folder.append(MESSAGE)
+        os.unlink(os.path.join(self.folder.directory, "mailhub-uidlist"))
+        again = self.reopen()
+        self.assertNotEqual(again.uid_validity, self.folder.uid_validity)
+        self.assertEqual(len(again.messages()), 1)
+
+    @defer.inlineCallbacks
+    def test_file_renamed_by_another_program_keeps_its_uid(self):
+        uid = yield self.folder.append(MESSAGE)
+        [name] = os.listdir(os.path.join(self.folder.directory, "cur"))
+        cur = os.path.join(self.folder.directory, "cur")
+        os.rename(os.path.join(cur, name), os.path.join(cur, name.split(":")[0] + ":2,ST"))
+        os.utime(cur, None)
+        self.folder.refresh()
+        self.assertEqual(self.folder.info(uid).flags, {"\\Seen", "\\Deleted"})
+        self.assertEqual(self.folder.read(uid), MESSAGE)

@@ -33,6 +33,7 @@ from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, 
 HEADER_READ = 16384
 _MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_abbr) if m}
 _FOLD = re.compile(rb"\r?\n[ \t]+")
+_FIELD: dict[str, re.Pattern[bytes]] = {}
 
 
 class BadSearch(IllegalClientResponse):
@@ -136,8 +137,10 @@ class Candidate:
             per_field = self._cache[name] = {}
         value = per_field.get(self.info.uid)
         if value is None:
-            pattern = re.compile(rb"(?im)^" + re.escape(name.encode("ascii")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)")
-            values = [_decode_words(_FOLD.sub(b" ", m.group(1)).strip()) for m in pattern.finditer(self.header())]
+            pattern = _FIELD.get(name)
+            if pattern is None:
+                pattern = _FIELD[name] = re.compile(rb"(?im)^" + re.escape(name.encode("ascii")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+            values = [_decode_words(_FOLD.sub(b" ", v).strip()) for v in pattern.findall(self.header())]
             value = b"\n".join(values).lower()
             if len(per_field) < HeaderCache.limit:
                 per_field[self.info.uid] = value

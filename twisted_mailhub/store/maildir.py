@@ -229,7 +229,15 @@ class MaildirFolder:
             self._new_uid_validity()
 
     def _new_uid_validity(self) -> None:
-        self.uid_validity = max(int(time.time()), self.uid_validity + 1)
+        # A lost list must not come back with the UIDVALIDITY it had
+        # (RFC 3501 §2.3.1.1): that was given when the list was made, and
+        # every later change to new/ or cur/ moved their ctime past it.
+        # An empty folder is simply new: the time will do.
+        subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur")]
+        latest = 0
+        if any(os.listdir(d) for d in subdirs):
+            latest = int(max(os.stat(d).st_ctime for d in subdirs)) + 1
+        self.uid_validity = max(int(time.time()), latest, self.uid_validity + 1)
         self.uid_next = 1
         self._write_uidlist()
 
