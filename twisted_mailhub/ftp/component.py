@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ftp_component -*-
+# -*- test-case-name: tests.test_ftp_units,tests.test_e2e_ftp -*-
 """
 The FTP component: the C{ftp} listener, its options, and the realm's
 C{ftp.IFTPShell} avatar (a shell on the account's home in the virtual file

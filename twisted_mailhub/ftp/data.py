@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ftp_data -*-
+# -*- test-case-name: tests.test_ftp_units,tests.test_e2e_ftp -*-
 """
 The FTP data channel: one data connection per transfer, passive or active.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ftp_server -*-
+# -*- test-case-name: tests.test_ftp_units,tests.test_e2e_ftp -*-
 """
 The FTP control channel (the server-PI of RFC 959), on Twisted's
 L{ftp.FTP}.
@@ -134,9 +134,7 @@ class MailhubFTP(ftp.FTP):
         self._discarding = False
         self._abort_pending = False
         self._restart = 0
-        self._utf8 = True
         self._tls = False
-        self._pbsz = False
         self.workingDirectory: list[str] = []
         self.data: DataChannel | None = None
         self.anonymous = False
@@ -376,8 +374,7 @@ class MailhubFTP(ftp.FTP):
     def ftp_OPTS(self, option=""):
         words = option.upper().split()
         if words[:1] == ["UTF8"] and words[1:2] in (["ON"], []):
-            self._utf8 = True
-            return "200 UTF8 mode on; file names are UTF-8."
+                return "200 UTF8 mode on; file names are UTF-8."
         if words[:1] == ["UTF8"]:
             return "504 UTF-8 is always on here."
         if words[:1] == ["MLST"]:
@@ -474,7 +471,6 @@ class MailhubFTP(ftp.FTP):
     def ftp_PBSZ(self, size=""):
         if not self._tls:
             return "503 PBSZ needs AUTH TLS first."
-        self._pbsz = True
         return "200 PBSZ=0"
 
     def ftp_PROT(self, level=""):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ftp_vfs -*-
+# -*- test-case-name: tests.test_ftp_units -*-
 """
 The virtual file system FTP users see, and its on-disk backend.
 
