@@ -16,8 +16,10 @@ import os
 import re
 import smtplib
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -362,3 +364,95 @@ def test_second_hub_on_the_same_queue_does_not_deliver(start_hub, tmp_path):
     second = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{free_port()}", "--retry-schedule", "1h", data=data)
     second.wait_for_log(r"queue: not delivering; another process holds \S+/lock")
     assert "not delivering" not in first.log
+
+
+class BrokenTLSPeer(socketserver.ThreadingTCPServer):
+    """
+    An SMTP server that offers STARTTLS, answers 220 and then sends junk
+    instead of a TLS handshake; without STARTTLS it takes mail normally.
+    """
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, junk_with_the_220=False):
+        self.junk_with_the_220 = junk_with_the_220
+        self.received: list[tuple[str, bytes]] = []
+        self.starttls_tries = 0
+        socketserver.ThreadingTCPServer.__init__(self, ("127.0.0.1", 0), self.Handler)
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self):
+            server = self.server
+            out = self.wfile
+            out.write(b"220 broken.test ESMTP\r\n")
+            sender = None
+            while True:
+                line = self.rfile.readline()
+                if not line:
+                    return
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    out.write(b"250-broken.test\r\n250 STARTTLS\r\n")
+                elif verb == b"STAR":
+                    server.starttls_tries += 1
+                    junk = b"this is not a TLS handshake\r\n" * 10
+                    if server.junk_with_the_220:
+                        out.write(b"220 go ahead\r\n" + junk)
+                        return
+                    out.write(b"220 go ahead\r\n")
+                    out.flush()
+                    self.request.recv(4096)  # the client's TLS hello
+                    self.request.sendall(junk)
+                    return
+                elif verb == b"MAIL":
+                    sender = line.decode().split("<", 1)[1].split(">", 1)[0]
+                    out.write(b"250 ok\r\n")
+                elif verb == b"RCPT":
+                    out.write(b"250 ok\r\n")
+                elif verb == b"DATA":
+                    out.write(b"354 go\r\n")
+                    data = b""
+                    for body_line in self.rfile:
+                        if body_line == b".\r\n":
+                            break
+                        data += body_line
+                    server.received.append((sender, data))
+                    out.write(b"250 2.0.0 taken\r\n")
+                elif verb == b"QUIT":
+                    out.write(b"221 bye\r\n")
+                    return
+                else:
+                    out.write(b"250 ok\r\n")
+
+
+@pytest.fixture(params=[False, True], ids=["junk-for-a-handshake", "junk-with-the-220"])
+def broken_tls_peer(request):
+    server = BrokenTLSPeer(junk_with_the_220=request.param)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_failed_starttls_falls_back_to_plain_text(start_hub, broken_tls_peer):
+    port = broken_tls_peer.server_address[1]
+    a = start_a(start_hub, "--mx-override", f"c.test=127.0.0.1:{port}", "--retry-schedule", "1h")
+    submit(a, ["carol@c.test"])
+    a.wait_for_log(r"queue: \S+ done: 1 delivered")
+    a.wait_for_log(r"STARTTLS with 127.0.0.1:\d+ failed: .*; trying again without TLS")
+    assert broken_tls_peer.starttls_tries == 1
+    [(sender, data)] = broken_tls_peer.received
+    assert sender == "alice@a.test" and data.endswith(b"\r\n..a line that starts with a dot\r\n...and one with two\r\n\r\ncaf\xc3\xa9 at noon.\r\n")
+
+
+def test_failed_starttls_with_require_tls_sends_nothing(start_hub, broken_tls_peer):
+    port = broken_tls_peer.server_address[1]
+    a = start_a(start_hub, "--mx-override", f"c.test=127.0.0.1:{port}", "--retry-schedule", "1h", "--relay-require-tls")
+    submit(a, ["carol@c.test"])
+    a.wait_for_log(r"relay \S+ <alice@a.test> to c.test via \(no connection\): <carol@c.test> STARTTLS with \S+ failed")
+    assert broken_tls_peer.received == []
+    assert len(queued(a)) == 1

@@ -121,6 +121,9 @@ class RelayClient(smtp.ESMTPClient):
         self.job: Job | None = None
         self.error: Outcome | None = None
         self.done = defer.Deferred()
+        # STARTTLS progress: "" (not tried), "handshake", "up". A connection
+        # lost in "handshake" is a server whose TLS we cannot speak.
+        self.tls_state = ""
         self.transcriber = Transcriber(next_connection_id("relay")) if transcript else None
         if secret is not None and username is not None:
             self.requireAuthentication = True
@@ -141,7 +144,13 @@ class RelayClient(smtp.ESMTPClient):
 
     # -- the session -----------------------------------------------------
 
+    def esmtpState_starttls(self, code, resp):
+        self.tls_state = "handshake"
+        smtp.ESMTPClient.esmtpState_starttls(self, code, resp)
+
     def esmtpState_serverConfig(self, code, resp):
+        if self.tls_state == "handshake":
+            self.tls_state = "up"  # the EHLO after STARTTLS came back over TLS
         items = {}
         for line in resp.splitlines():
             e = line.split(None, 1)
@@ -236,6 +245,9 @@ class RelayClient(smtp.ESMTPClient):
 
     def connectionLost(self, reason=protocol.connectionDone):
         smtp.ESMTPClient.connectionLost(self, reason)
+        if self.tls_state == "handshake":
+            why = self.error.reply if self.error is not None else _lost_reason(reason)
+            self.error = Outcome(-1, f"STARTTLS with {self.remote} failed: {why}", self.remote)
         if self.transcriber is not None:
             self.transcriber._emit("S", b"[connection closed]")
         lost = self.error or Outcome(-1, f"connection to {self.remote} lost: {_lost_reason(reason)}", self.remote)

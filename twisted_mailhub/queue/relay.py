@@ -98,6 +98,7 @@ class Relay(service.Service):
         # beyond it wait their turn (a big queue must not exhaust fds).
         self.connections = defer.DeferredSemaphore(max(1, max_connections))
         self.entries: dict[str, QueuedMessage] = {}
+        self._tls_broken: dict[tuple[str, int], float] = {}
         self.in_flight: set[str] = set()
         self._doomed: set[str] = set()
         self._timer: Any = None
@@ -320,7 +321,14 @@ class Relay(service.Service):
         endpoint = endpoints.HostnameEndpoint(self.reactor, hop.address, hop.port, timeout=self.connect_timeout)
         return endpoint.connect(factory)
 
-    def _make_client(self, jobs: list[Job], hop: Hop) -> RelayClient:
+    def _may_fall_back(self) -> bool:
+        return not self.require_tls and self.auth is None
+
+    def _tls_is_broken(self, hop: Hop) -> bool:
+        failed = self._tls_broken.get((hop.address, hop.port))
+        return failed is not None and self.now() - failed < 86400 and self._may_fall_back()
+
+    def _make_client(self, jobs: list[Job], hop: Hop, plain: bool = False) -> RelayClient:
         username, secret = self.auth if self.auth else (None, None)
         return RelayClient(
             jobs,
@@ -328,7 +336,7 @@ class Relay(service.Service):
             self.hostname,
             secret=secret,
             username=username,
-            context=self.tls_context,
+            context=None if plain else self.tls_context,
             require_tls=self.require_tls,
             transcript=self.transcript,
             reactor=self.reactor,
@@ -340,8 +348,10 @@ class Relay(service.Service):
         """
         remaining = jobs
         last: Outcome | None = None
-        for hop in hops:
-            factory = RelayClientFactory(lambda: self._make_client(remaining, hop))
+        tries = [(hop, self._tls_is_broken(hop)) for hop in hops]
+        while tries and remaining:
+            hop, plain = tries.pop(0)
+            factory = RelayClientFactory(lambda: self._make_client(remaining, hop, plain))
             try:
                 await self._connect(hop, factory)
             except Exception as e:  # noqa: BLE001 - refused, timeout, unreachable
@@ -356,8 +366,15 @@ class Relay(service.Service):
             if client.error is not None:
                 last = client.error
             remaining = [j for j in remaining if j.phase != DONE]
-            if not remaining:
-                break
+            if client.tls_state == "handshake" and not plain and self._may_fall_back():
+                # Opportunistic TLS (RFC 7435 §3): a server whose STARTTLS
+                # we cannot complete still gets the mail, in plain text, at
+                # once and for a day, rather than never. Never with
+                # --relay-require-tls, and never with smarthost credentials
+                # (breaking the handshake must not reveal the password).
+                self._tls_broken[(hop.address, hop.port)] = self.now()
+                log.info("relay to {hop}: {reply}; trying again without TLS", hop=hop, reply=client.error.reply)
+                tries.insert(0, (hop, True))
         for job in remaining:
             failure = last or Outcome(-1, "no host to try")
             job.outcomes = {r: failure for r in job.recipients}
