@@ -67,7 +67,7 @@ def _fsync_pool():
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
-        _pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="mailhub-fsync")
+        _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mailhub-fsync")
     return _pool
 
 
