@@ -140,6 +140,27 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(out.count(b" FETCH (BODY[] {200000}"), 3)
         self.assertLess(out.index(b"f OK FETCH completed"), out.index(b"g OK NOOP completed"))
 
+    def test_pipelined_literal_waits_whole_while_a_fetch_streams(self):
+        server, transport = self.logged_in()
+        self.store.deliver("alice@localhost", b"y" * 300_000)
+        self.talk(server, transport, b"n noop\r\n")
+        writes = []
+
+        def write(data):
+            writes.append(data)
+            if len(writes) == 1:
+                transport.producer.pauseProducing()
+
+        transport.write = write
+        appended = b"Subject: a\r\n\r\nline one\r\nline two\r\n"
+        server.dataReceived(b"f fetch 1 (body.peek[])\r\ng append INBOX {%d+}\r\n%s\r\nh noop\r\n" % (len(appended), appended))
+        transport.producer.resumeProducing()
+        out = b"".join(writes)
+        self.assertIn(b"g OK [APPENDUID", out)
+        self.assertIn(b"h OK NOOP completed", out)
+        self.assertNotIn(b"BAD", out)
+        self.assertEqual(self.store.account("alice@localhost").folder(INBOX).read(2), appended)
+
     def test_wrong_state_and_unknown_commands(self):
         server, transport = self.connect()
         self.assertEqual(self.talk(server, transport, b"a fetch 1 flags\r\n"), b"a BAD FETCH not allowed now: log in first\r\n")

@@ -27,8 +27,8 @@ Theory of operation:
    (RFC 3501 §7.4.1), so sequence numbers never shift under the client.
  - Responses to FETCH are written by L{ResponseStream}, a push producer, so
    a FETCH of 100,000 messages goes out at the speed of the socket without
-   holding them all in memory; commands that arrive meanwhile wait
-   (Twisted's C{blocked} queue).
+   holding them all in memory; commands that arrive meanwhile wait,
+   unread, until it is done.
  - Every literal size is checked before a single octet of it is read:
    malformed or negative sizes (GHSA-2qrf-pqgx-qh9v) are C{BAD}, and sizes
    over the limit (C{--max-message-size} for APPEND, a few KiB for anything
@@ -51,6 +51,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.mail import imap4
+from twisted.protocols import basic
 from zope.interface import implementer
 
 from twisted_mailhub.hub import is_secure
@@ -491,7 +492,7 @@ class IMAPServer(imap4.IMAP4Server):
     _nonsync: bool = False
     _idle_tag: bytes | None = None
     _idle_poll: Any = None
-    _streaming = False
+    _held = 0
 
     def __init__(self, hub: Any, listener: str):
         self.hub = hub
@@ -657,7 +658,16 @@ class IMAPServer(imap4.IMAP4Server):
                     self.transport.write(line)
         f = self.lookupCommand(cmd)
         if f:
-            return imap4.IMAP4Server.dispatchCommand(self, tag, cmd, rest, uid)
+            try:
+                return imap4.IMAP4Server.dispatchCommand(self, tag, cmd, rest, uid)
+            except (imap4.IllegalClientResponse, imap4.IllegalOperation, imap4.IllegalMailboxEncoding):
+                raise  # Twisted's parse_command answers these
+            except Exception:
+                # Twisted would answer "* BAD" with no tag and the client
+                # would wait for its tagged reply for ever.
+                log.failure("IMAP {command} failed", command=cmd)
+                self.sendBadResponse(tag, b"[SERVERBUG] " + cmd.upper() + b" failed; see the server log")
+                return None
         name = cmd.decode("ascii", "replace").upper()
         known = {state for state in ("unauth", "auth", "select") if getattr(self, f"{state}_{name}", None) is not None}
         if known:
@@ -1091,23 +1101,34 @@ class IMAPServer(imap4.IMAP4Server):
                     fields.append(b"FLAGS " + flags_text(info.flags, uid in recent))
             except NoSuchMessage:
                 continue  # expunged by another session; told at the next chance
+            except (OSError, StoreError):
+                log.failure("FETCH of UID {uid} in {folder} failed", uid=uid, folder=folder.name)
+                continue
             yield b"* %d FETCH (%s)\r\n" % (seq, b" ".join(fields))
 
     def _stream(self, pieces: Iterator[bytes], finished) -> None:
-        self.blocked = []
-        self._streaming = True
+        self._hold_input()
 
         def done():
-            self._streaming = False
             finished()
-            self._unblock()
+            self._release_input()
 
         ResponseStream(self.transport, pieces, done).start()
 
-    def _unblock(self):
-        if self.blocked is None:
-            return
-        imap4.IMAP4Server._unblock(self)
+    def _hold_input(self) -> None:
+        """
+        Read no more commands until this one is answered. LineReceiver
+        keeps what already arrived in its buffer, unsplit, so a literal in
+        a pipelined command is still read as raw octets afterwards (a
+        queue of split lines, Twisted's C{blocked}, would cut it at CRLFs).
+        """
+        self._held += 1
+        basic.LineReceiver.pauseProducing(self)
+
+    def _release_input(self) -> None:
+        self._held -= 1
+        if self._held == 0 and self.transport is not None and not self.transport.disconnecting:
+            basic.LineReceiver.resumeProducing(self)
 
     # -- STORE -----------------------------------------------------------------------
 
@@ -1232,7 +1253,7 @@ class IMAPServer(imap4.IMAP4Server):
         if destination is None:
             return
         uids = [u for _, u in targets]
-        self.blocked = []
+        self._hold_input()
         d = view.folder.copy_to(uids, destination)
 
         def copied(pairs):
@@ -1256,7 +1277,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendNegativeResponse(tag, b"[SERVERBUG] " + command + b" failed; nothing was removed")
 
         d.addCallbacks(copied, failed)
-        d.addBoth(lambda _: self._unblock())
+        d.addBoth(lambda _: self._release_input())
 
     select_COPY = (do_COPY, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_finalastring)
 
