@@ -32,8 +32,6 @@ from typing import Any
 
 import attr
 from twisted.internet import defer
-from twisted.mail.smtp import IMessageDelivery
-from zope.interface import implementer
 
 from twisted_mailhub.filters import Envelope, Reject, Rewrite
 
@@ -60,13 +58,15 @@ def rfc5322_date() -> str:
     return _date_cache[1]
 
 
-@implementer(IMessageDelivery)
 @attr.s(auto_attribs=True)
 class AuthenticatedSender:
     """
-    The avatar an SMTP AUTH login gets from the realm: the account the
-    session now speaks for. Policy itself is in L{RecipientPolicy}, which
-    only needs to know whether (and as whom) the session is logged in.
+    The avatar an SMTP AUTH login gets from the realm (registered for
+    C{smtp.IMessageDelivery}, the interface Twisted's SMTP servers ask the
+    portal for): the account the session now speaks for. It does not
+    implement Twisted's per-message delivery calls; the mailhub server
+    applies its rules through L{RecipientPolicy} and L{deliver}, which only
+    need to know whether, and as whom, the session is logged in.
     """
 
     account: Any
@@ -74,17 +74,6 @@ class AuthenticatedSender:
     @property
     def address(self) -> str:
         return self.account.address if self.account is not None else ""
-
-    # IMessageDelivery, for code that expects Twisted's interface; the
-    # mailhub SMTP server applies the same rules through RecipientPolicy.
-    def receivedHeader(self, helo, origin, recipients):
-        return None
-
-    def validateFrom(self, helo, origin):
-        return origin
-
-    def validateTo(self, user):
-        raise NotImplementedError("mailhub delivers through RecipientPolicy")
 
 
 def avatar_factory(account, mind):
