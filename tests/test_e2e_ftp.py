@@ -245,16 +245,16 @@ def test_type_a_converts_lf_to_crlf_and_back(hub):
     f = login(hub)
     text = b"line one\nline two\n" + b"x" * 300_000 + b"\nend\n"
     f.storbinary("STOR t.txt", io.BytesIO(text))
-    lines = []
     f.sendcmd("TYPE A")
     conn = f.transfercmd("RETR t.txt")
     wire = conn.makefile("rb").read()
     conn.close()
     f.voidresp()
     assert wire == text.replace(b"\n", b"\r\n")
+    with pytest.raises(ftplib.error_perm, match="550 .*TYPE I"):
+        f.size("t.txt")
     f.storlines("STOR u.txt", io.BytesIO(b"a\r\nb\r\n"))
     assert open(os.path.join(home(hub), "u.txt"), "rb").read() == b"a\nb\n"
-    del lines
 
 
 def test_utf8_file_names(hub):

@@ -441,6 +441,10 @@ class MailhubFTP(ftp.FTP):
         return f"350 Restarting at {value}; send STOR or RETR to go on."
 
     def ftp_SIZE(self, path=""):
+        if not self.binary:
+            # RFC 3659 §4: SIZE is the size as sent in the current TYPE; in
+            # TYPE A that means converting the whole file. Say so instead.
+            return "550 SIZE is exact only in binary mode: send TYPE I first."
         return ftp.FTP.ftp_SIZE(self, path)
 
     def ftp_MDTM(self, path=""):
