@@ -187,6 +187,21 @@ class AuthorizationTests(POP3TestCase):
         proto.connectionLost(None)
         self.assertEqual(len(self.inbox.messages()), 1)
 
+    def test_client_that_stops_reading_is_cut_off_without_a_reply(self):
+        self.put(b"x\r\n" * 1000)
+        transport = PausingTransport(peerAddress=TRUSTED)
+        proto, t = self.connect(transport=transport)
+        proto.one_write_limit = 100
+        for line in (b"user bob\r\n", b"pass hungry\r\n", b"retr 1\r\n"):
+            proto.resumeProducing()
+            proto.dataReceived(line)
+        self.assertIsNotNone(proto._outgoing)  # stuck mid-message
+        t.clear()
+        self.clock.advance(601)
+        self.assertEqual(t.value(), b"")  # no -ERR inside the message
+        self.assertTrue(t.disconnecting)
+        self.assertIsNone(proto._outgoing)
+
     def test_stls_unavailable_without_tls_transport_and_refused_after_login(self):
         proto, t = self.connect()
         self.assertEqual(self.say(proto, t, b"stls\r\n"), b"-ERR STLS is not available here\r\n")

@@ -398,6 +398,13 @@ class MailhubPOP3(_pop3.POP3):
         _pop3.POP3.connectionLost(self, reason)
 
     def timeoutConnection(self):
+        if self._paused or self._outgoing is not None:
+            # The client stopped reading (mid-message, perhaps): nothing more
+            # can be said to it, and a graceful close would wait forever.
+            self._lines.clear()
+            self.stopProducing()
+            self.transport.abortConnection()
+            return
         self.reply_err(b"autologout: idle for %d seconds, closing" % self.timeOut)
         self._close()
 
