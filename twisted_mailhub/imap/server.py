@@ -987,6 +987,9 @@ class IMAPServer(imap4.IMAP4Server):
             return
         data = crlf(message.read())
         flag_names = [f.decode("utf-8", "replace") for f in (flags or []) if isinstance(f, bytes)]
+        # Replies stay in command order: the next command is read once this
+        # message is on disk.
+        self._hold_input()
         d = folder.append(data, [f for f in flag_names if f.lower() != "\\recent"], internal_date)
 
         def done(uid):
@@ -997,6 +1000,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed: message not stored")
 
         d.addCallbacks(done, failed)
+        d.addBoth(lambda _: self._release_input())
 
     auth_APPEND = select_APPEND = (
         do_APPEND,
