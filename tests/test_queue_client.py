@@ -14,7 +14,8 @@ from twisted.trial import unittest
 
 from twisted_mailhub.queue.client import DONE, SENDING, WAITING, Job, RelayClient, dot_stuff
 
-EHLO_REPLY = b"250-mx.b.test\r\n250-SIZE 1000\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+EHLO_REPLY = b"250-mx.b.test\r\n250-SIZE 1000\r\n250 8BITMIME\r\n"
+PIPELINING = b"250-mx.b.test\r\n250-SIZE 1000\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
 
 
 def job(qid="q1", sender="alice@a.test", recipients=("bob@b.test",), message=b"Subject: x\r\n\r\nhi\r\n"):
@@ -83,6 +84,53 @@ class RelayClientTests(unittest.TestCase):
         s.reply(b"221 bye\r\n")
         s.client.connectionLost(failure.Failure(error.ConnectionDone()))
         self.assertTrue(s.client.done.called)
+
+    def test_pipelined_transactions_take_two_round_trips_each(self):
+        a = job("q1", recipients=("bob@b.test", "nobody@b.test"))
+        b = job("q2", recipients=("carol@b.test",))
+        s = Session([a, b])
+        s.greet(PIPELINING)
+        size = len(a.message)
+        self.assertEqual(s.sent(), b"MAIL FROM:<alice@a.test> SIZE=%d\r\nRCPT TO:<bob@b.test>\r\nRCPT TO:<nobody@b.test>\r\nDATA\r\n" % size)
+        s.reply(b"250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n354 go\r\n")
+        self.assertEqual(s.sent(), dot_stuff(a.message))
+        s.reply(b"250 2.0.0 queued\r\n")
+        self.assertEqual({r: o.code for r, o in a.outcomes.items()}, {"bob@b.test": 250, "nobody@b.test": 550})
+        self.assertEqual(s.sent(), b"RSET\r\nMAIL FROM:<alice@a.test> SIZE=%d\r\nRCPT TO:<carol@b.test>\r\nDATA\r\n" % size)
+        s.reply(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        s.sent()
+        s.reply(b"451 4.3.0 try later\r\n")
+        self.assertEqual(b.outcomes["carol@b.test"].code, 451)
+        self.assertEqual(s.sent(), b"QUIT\r\n")
+
+    def test_pipelined_mail_refused_counts_for_every_recipient(self):
+        j = job(recipients=("bob@b.test", "eve@b.test"))
+        s = Session([j])
+        s.greet(PIPELINING)
+        s.sent()
+        s.reply(b"451 4.7.1 greylisted\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n554 5.5.1 no valid recipients\r\n")
+        self.assertEqual({r: o.code for r, o in j.outcomes.items()}, {"bob@b.test": 451, "eve@b.test": 451})
+        self.assertEqual(s.sent(), b"QUIT\r\n")
+
+    def test_pipelined_no_recipient_accepted_then_data_refused(self):
+        j = job(recipients=("bob@b.test", "eve@b.test"))
+        s = Session([j])
+        s.greet(PIPELINING)
+        s.sent()
+        s.reply(b"250 ok\r\n550 5.1.1 no bob\r\n452 4.5.3 too many\r\n554 5.5.1 no valid recipients\r\n")
+        self.assertEqual({r: o.code for r, o in j.outcomes.items()}, {"bob@b.test": 550, "eve@b.test": 452})
+        self.assertEqual(s.sent(), b"QUIT\r\n")
+
+    def test_pipelined_data_accepted_with_no_recipients_sends_an_empty_body(self):
+        j = job(recipients=("bob@b.test",))
+        s = Session([j])
+        s.greet(PIPELINING)
+        s.sent()
+        s.reply(b"250 ok\r\n550 5.1.1 no bob\r\n354 go anyway\r\n")
+        self.assertEqual(s.sent(), b".\r\n")  # not the message
+        s.reply(b"554 5.5.1 nothing to deliver\r\n")
+        self.assertEqual(j.outcomes["bob@b.test"].code, 550)
+        self.assertEqual(s.sent(), b"QUIT\r\n")
 
     def test_message_over_the_servers_size_limit_is_refused_without_sending(self):
         big = job("q1", message=b"x" * 2000 + b"\r\n")
