@@ -103,23 +103,23 @@ class RelayClientTests(unittest.TestCase):
         self.assertEqual(b.outcomes["carol@b.test"].code, 451)
         self.assertEqual(s.sent(), b"QUIT\r\n")
 
-    def test_pipelined_mail_refused_counts_for_every_recipient(self):
+    def pipelined_outcomes(self, replies: bytes) -> dict[str, int]:
+        """Codes per recipient after one pipelined transaction to bob and eve got C{replies}."""
         j = job(recipients=("bob@b.test", "eve@b.test"))
         s = Session([j])
         s.greet(PIPELINING)
         s.sent()
-        s.reply(b"451 4.7.1 greylisted\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n554 5.5.1 no valid recipients\r\n")
-        self.assertEqual({r: o.code for r, o in j.outcomes.items()}, {"bob@b.test": 451, "eve@b.test": 451})
+        s.reply(replies)
         self.assertEqual(s.sent(), b"QUIT\r\n")
+        return {r: o.code for r, o in j.outcomes.items()}
+
+    def test_pipelined_mail_refused_counts_for_every_recipient(self):
+        codes = self.pipelined_outcomes(b"451 4.7.1 greylisted\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n554 5.5.1 no valid recipients\r\n")
+        self.assertEqual(codes, {"bob@b.test": 451, "eve@b.test": 451})
 
     def test_pipelined_no_recipient_accepted_then_data_refused(self):
-        j = job(recipients=("bob@b.test", "eve@b.test"))
-        s = Session([j])
-        s.greet(PIPELINING)
-        s.sent()
-        s.reply(b"250 ok\r\n550 5.1.1 no bob\r\n452 4.5.3 too many\r\n554 5.5.1 no valid recipients\r\n")
-        self.assertEqual({r: o.code for r, o in j.outcomes.items()}, {"bob@b.test": 550, "eve@b.test": 452})
-        self.assertEqual(s.sent(), b"QUIT\r\n")
+        codes = self.pipelined_outcomes(b"250 ok\r\n550 5.1.1 no bob\r\n452 4.5.3 too many\r\n554 5.5.1 no valid recipients\r\n")
+        self.assertEqual(codes, {"bob@b.test": 550, "eve@b.test": 452})
 
     def test_pipelined_data_accepted_with_no_recipients_sends_an_empty_body(self):
         j = job(recipients=("bob@b.test",))
