@@ -524,3 +524,29 @@ def test_imapclient_session(hub):
     assert client.search("SEEN") != []
     client.unselect_folder()
     client.logout()
+
+
+def test_curl_reads_a_message_and_lists_folders(hub):
+    import shutil
+    import subprocess
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed (.ci/run installs it)")
+    c = login(hub)
+    uid = append(c)
+    c.logout()
+    base = f"imap://alice:secret@127.0.0.1:{hub.ports['imap']}"
+    got = subprocess.run(["curl", "-sS", f"{base}/INBOX;UID={uid}"], capture_output=True, timeout=30)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == MESSAGE
+    listing = subprocess.run(["curl", "-sS", f"{base}/"], capture_output=True, timeout=30).stdout
+    assert b'"/" Sent' in listing or b'"/" "Sent"' in listing, listing
+
+
+def test_fetch_of_an_empty_folder(hub):
+    c = login(hub)
+    c.select("Drafts")
+    assert c.fetch("1:*", "(FLAGS)") == ("OK", [None])
+    with pytest.raises(imaplib.IMAP4.error, match="no message 1"):
+        c.fetch("1", "(FLAGS)")
+    c.logout()

@@ -399,6 +399,8 @@ class SelectedFolder:
                 spans.append((bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi)))
         else:
             for lo, hi in messages.ranges:
+                if count == 0 and (lo is None or hi is None):
+                    continue  # "1:*" of an empty folder names nothing
                 lo = count if lo is None else lo
                 hi = count if hi is None else hi
                 lo, hi = min(lo, hi), max(lo, hi)
@@ -801,14 +803,16 @@ class IMAPServer(imap4.IMAP4Server):
         except OSError as e:
             self._folder_error(tag, e)
             return
-        keywords = set()
+        keywords: set[str] = set()
+        flag_sets: set[frozenset] = set()  # the store shares them: few distinct
         first_unseen = 0
         info_of = folder.info
         for seq, uid in enumerate(view.uids, 1):
             flags = info_of(uid).flags
             if not first_unseen and SEEN not in flags:
                 first_unseen = seq
-            if len(flags) > 1 or (flags and next(iter(flags)) not in SYSTEM_FLAGS):
+            if flags not in flag_sets:
+                flag_sets.add(flags)
                 keywords.update(f for f in flags if f not in SYSTEM_FLAGS)
         flag_list = b" ".join([f.encode() for f in SYSTEM_FLAGS] + sorted(k.encode("utf-8") for k in keywords))
         lines = [
