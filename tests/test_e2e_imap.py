@@ -119,6 +119,16 @@ def test_folders_created_renamed_deleted(hub):
     c.logout()
 
 
+def test_rename_inbox_moves_its_messages(hub):
+    c = login(hub)
+    append(c)
+    append(c)
+    assert c.rename("INBOX", "Old")[0] == "OK"
+    assert b"MESSAGES 2" in c.status("Old", "(MESSAGES)")[1][0]
+    assert b"MESSAGES 0" in c.status("INBOX", "(MESSAGES)")[1][0]
+    c.logout()
+
+
 def test_append_reports_appenduid_and_stores_crlf_bytes(hub):
     c = login(hub)
     typ, data = c.append("INBOX", r"(\Flagged $Work)", None, b"Subject: lf only\n\nline one\nline two\n")

@@ -887,11 +887,39 @@ class IMAPServer(imap4.IMAP4Server):
 
     def do_RENAME(self, tag, old, new):
         try:
-            self._store().rename_folder(mailbox_name(old), mailbox_name(new))
+            old_name, new_name = mailbox_name(old), mailbox_name(new)
+            if old_name == INBOX and new_name != INBOX:
+                self._rename_inbox(tag, new_name)
+                return
+            self._store().rename_folder(old_name, new_name)
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             self._folder_error(tag, e)
             return
         self.sendPositiveResponse(tag, b"RENAME completed")
+
+    def _rename_inbox(self, tag: bytes, new_name: str) -> None:
+        """
+        RFC 3501 §6.3.5: renaming INBOX moves its messages to a new folder
+        and leaves INBOX empty. The copies are durable before INBOX loses
+        them.
+        """
+        store = self._store()
+        destination = store.create_folder(new_name)
+        inbox = store.folder(INBOX)
+        uids = [info.uid for info in inbox.messages()]
+        self._hold_input()
+        d = inbox.copy_to(uids, destination)
+
+        def copied(pairs):
+            inbox.expunge([s for s, _ in pairs], origin=None)
+            self.sendPositiveResponse(tag, b"RENAME completed: INBOX's messages moved, INBOX is empty")
+
+        def failed(reason):
+            log.failure("RENAME INBOX failed", reason)
+            self.sendNegativeResponse(tag, b"[SERVERBUG] RENAME failed; INBOX kept its messages")
+
+        d.addCallbacks(copied, failed)
+        d.addBoth(lambda _: self._release_input())
 
     auth_RENAME = select_RENAME = (do_RENAME, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
 
