@@ -646,3 +646,15 @@ def test_unused_passive_connection_that_closes_needs_a_new_pasv(hub):
     with pytest.raises(ftplib.error_temp, match="425"):
         f.sendcmd("RETR x")
     assert retr(f, "x") == b"x"  # ftplib sends a fresh PASV
+
+
+def test_upload_that_closes_before_its_stor_is_read_is_kept(hub):
+    f = login(hub)
+    f.voidcmd("TYPE I")
+    host, port = ftplib.parse227(f.sendcmd("PASV"))
+    data = socket.create_connection((host, port), timeout=10)
+    data.sendall(b"eager client")
+    data.close()  # before the server has even seen STOR
+    assert f.sendcmd("STOR eager.bin").startswith("150")
+    assert f.voidresp().startswith("226")
+    assert open(os.path.join(home(hub), "eager.bin"), "rb").read() == b"eager client"

@@ -52,6 +52,7 @@ from zope.interface import implementer
 log = Logger()
 
 CHUNK = 256 * 1024
+EARLY_LIMIT = 1024 * 1024  # bytes taken on a data connection before its command
 SENDFILE_SLICE = 8 * 1024 * 1024
 SENDFILE_BUDGET = 64 * 1024 * 1024  # per reactor turn, so others get a go
 
@@ -212,6 +213,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         self._ascii = False
         self._held = b""
         self._early: list[bytes] = []
+        self._early_bytes = 0
         self._sendfile: _SendfileWriter | None = None
         self._producer: _ChunkProducer | None = None
         self._finished = False
@@ -242,7 +244,12 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
     def dataReceived(self, data: bytes):
         self.resetTimeout()
         if self._writer is None:
+            # Bytes before the STOR that will take them (or junk on a
+            # download): kept, but the client is held back past EARLY_LIMIT.
             self._early.append(data)
+            self._early_bytes += len(data)
+            if self._early_bytes > EARLY_LIMIT:
+                self.transport.pauseProducing()
             return
         self._write(data)
 
@@ -263,7 +270,10 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         if self._sendfile is not None:
             self._stop_sendfile()
         if self.done is None:
-            self.channel._lost_unused(self)
+            if not self._early:
+                self.channel._lost_unused(self)
+            # else: a small upload that came and went before its STOR was
+            # read; receive() still takes it.
             return
         if self.done.called:
             return
@@ -323,6 +333,9 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         early, self._early = self._early, []
         for data in early:
             self._write(data)
+        if self._early_bytes > EARLY_LIMIT and not self._lost:
+            self.transport.resumeProducing()
+        self._early_bytes = 0
         if self._lost and not self.done.called:
             self.done.callback(self.bytes)
         return self.done
