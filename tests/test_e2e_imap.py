@@ -426,6 +426,26 @@ def test_logindisabled_without_tls_from_untrusted_address_then_starttls(start_hu
     c.logout()
 
 
+def test_commands_sent_with_starttls_in_the_clear_are_dropped(start_hub):
+    hub = start_hub("--trusted-networks", "10.99.0.0/16")
+    r = Raw(hub.ports["imap"])
+    r.send(b"a STARTTLS\r\nb LOGIN alice secret\r\n")
+    assert r.line() == b"a OK Begin TLS negotiation now"
+    assert r.buf == b""
+    tls = ssl._create_unverified_context().wrap_socket(r.sock)
+    tls.sendall(b"c NOOP\r\n")
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        reply += tls.recv(4096)
+    assert reply == b"c OK NOOP completed\r\n"  # b LOGIN was never run
+    tls.sendall(b"d CAPABILITY\r\n")
+    caps = b""
+    while b"d OK" not in caps:
+        caps += tls.recv(4096)
+    assert b"AUTH=PLAIN" in caps and b"LOGINDISABLED" not in caps
+    tls.close()
+
+
 def test_imaps_port_speaks_tls(hub):
     c = imaplib.IMAP4_SSL("127.0.0.1", hub.ports["imaps"], ssl_context=ssl._create_unverified_context())
     assert "STARTTLS" not in c.capabilities

@@ -549,6 +549,10 @@ class IMAPServer(imap4.IMAP4Server):
             return
         imap4.IMAP4Server.do_STARTTLS(self, tag)
         if self.startedTLS:
+            # Whatever came after STARTTLS in the same packet was sent in
+            # the clear: a man in the middle may have put it there
+            # (CVE-2011-0411, RFC 3501 §6.2.1). It is dropped, not obeyed.
+            self.clearLineBuffer()
             self.challengers = dict(self._plain)
 
     unauth_STARTTLS = (do_STARTTLS,)
