@@ -185,3 +185,13 @@ class MaildirIndexTests(unittest.TestCase):
         self.folder.refresh()
         self.assertEqual(self.folder.info(uid).flags, {"\\Seen", "\\Deleted"})
         self.assertEqual(self.folder.read(uid), MESSAGE)
+
+    @defer.inlineCallbacks
+    def test_own_flag_change_does_not_hide_an_outside_delivery(self):
+        uid = yield self.folder.append(MESSAGE)
+        self.folder.messages()
+        with open(os.path.join(self.folder.directory, "new", "1700000001.outside"), "wb") as f:
+            f.write(MESSAGE)
+        self.folder.set_flags([uid], ["\\Seen"], "add")
+        self.folder.refresh()
+        self.assertEqual(len(self.folder.messages()), 2)

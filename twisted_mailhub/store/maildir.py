@@ -426,9 +426,28 @@ class MaildirFolder:
         d.addCallback(lambda _: self._arrived(base, "cur", filename, date, keywords))
         return d.addCallback(lambda entry: entry.info.uid)
 
+    def _before_own_change(self) -> bool:
+        """
+        Are the directories as we last saw them? If not, another program
+        changed them and our own change must not hide that from the next
+        scan.
+        """
+        try:
+            return self._mtimes() == self._dir_mtimes
+        except OSError:
+            return False
+
+    def _after_own_change(self, was_current: bool) -> None:
+        if was_current:
+            try:
+                self._dir_mtimes = self._mtimes()  # our own renames are known
+            except OSError:
+                pass
+
     def set_flags(self, uids, flags, mode="replace", origin=None):
         result: dict[int, frozenset[str]] = {}
         keywords_changed = False
+        was_current = self._before_own_change()
         for uid in uids:
             entry = self._entries.get(uid)
             if entry is None:
@@ -450,16 +469,14 @@ class MaildirFolder:
             result[uid] = new
         if keywords_changed:
             self._write_uidlist()
-        try:
-            self._dir_mtimes = self._mtimes()  # our own renames are known
-        except OSError:
-            pass
+        self._after_own_change(was_current)
         if result:
             self._listeners.notify(FolderChange(flags=tuple(sorted(result)), origin=origin))
         return result
 
     def expunge(self, uids, origin=None):
         gone = []
+        was_current = self._before_own_change()
         for uid in sorted(set(uids)):
             entry = self._entries.get(uid)
             if entry is None:
@@ -473,7 +490,7 @@ class MaildirFolder:
             gone.append(uid)
         if gone:
             self._write_uidlist()
-            self._dir_mtimes = self._mtimes()
+            self._after_own_change(was_current)
             self._listeners.notify(FolderChange(expunged=tuple(gone), origin=origin))
         return gone
 
@@ -496,6 +513,7 @@ class MaildirFolder:
         Returns their UIDs, ascending.
         """
         self._scan()
+        was_current = self._before_own_change()
         taken = []
         for uid, entry in self._entries.items():
             if entry.subdir != "new":
@@ -508,7 +526,7 @@ class MaildirFolder:
             entry.subdir, entry.filename = "cur", filename
             taken.append(uid)
         if taken:
-            self._dir_mtimes = self._mtimes()
+            self._after_own_change(was_current)
         return sorted(taken)
 
     def add_listener(self, listener):
