@@ -276,6 +276,28 @@ def test_dele_and_quit_remove_the_file_and_retr_marks_seen(hub):
     assert gone not in files(hub, "user8@localhost")
 
 
+def test_imap_sees_what_pop3_retrieved_as_read(hub):
+    import imaplib
+
+    if "imap" not in hub.ports:
+        pytest.skip("no IMAP listener in this hub")
+    put(hub, "user10@localhost", b"Subject: read me\r\n\r\n1\r\n")
+    put(hub, "user10@localhost", b"Subject: leave me\r\n\r\n2\r\n")
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"])
+    p.user("user10")
+    p.pass_("pw10")
+    p.retr(1)
+    p.top(2, 0)  # TOP is a peek: not marked
+    p.quit()
+    m = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    m.login("user10", "pw10")
+    m.select("INBOX")
+    typ, data = m.fetch("1:2", "(FLAGS)")
+    m.logout()
+    assert typ == "OK"
+    assert b"\\Seen" in data[0] and b"\\Seen" not in data[1]
+
+
 def test_second_session_gets_in_use_until_the_first_quits(hub):
     first = poplib.POP3("127.0.0.1", hub.ports["pop3"])
     first.user("user9")

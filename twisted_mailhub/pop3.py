@@ -4,11 +4,14 @@ POP3 (RFC 1939) and POP3 over TLS: the C{pop3} listener (STLS, RFC 2595)
 and the C{pop3s} listener (implicit TLS, RFC 8314), on Twisted's
 L{twisted.mail.pop3.POP3}.
 
-Twisted parses the login commands and checks them through the portal; the
-rest of the session is ours, because the stock server writes replies in many
-small pieces (23 RETR/s against Nagle), blocks pipelined commands in ways
-that let a slow login answer out of order, has no STLS, and advertises
-CAPA tokens that are not standards (CELERITY, AUSPEX, POTENCE).
+Twisted's server supplies the login plumbing (credentials to the portal,
+the APOP challenge, the idle timer); command dispatch and the transaction
+commands are ours, because the stock server writes replies in many small
+pieces (22 RETR/s against Nagle), turns CRLF into CR CR LF in RETR, lets
+commands pipelined behind a slow login run before it is answered, has no
+STLS, lets a bad argument (C{DELE x}) raise out of C{dataReceived} and drop
+the connection, and advertises CAPA tokens that are not standards
+(CELERITY, AUSPEX, POTENCE).
 
 Theory of operation:
 
@@ -36,9 +39,10 @@ Theory of operation:
    goes at QUIT or when the connection drops.
  - USER/PASS and AUTH PLAIN only over TLS or from C{--trusted-networks}
    (RFC 2595 §2.1); APOP (RFC 1939 §7) and AUTH CRAM-MD5 (RFC 5034)
-   anywhere. The APOP timestamp in the
-   banner is new for every connection, so a captured digest cannot be
-   replayed. Every login goes through the connection's throttled portal.
+   anywhere. The APOP timestamp in the banner is new for every connection,
+   so a captured digest cannot be replayed. Every login goes through the
+   connection's throttled portal. STLS discards whatever the client sent
+   after it in the same packet (RFC 2595 §4, CVE-2011-0411).
  - RETR sends the reply line, the byte-stuffed message and the terminating
    dot in one write; a message over L{MailhubPOP3.one_write_limit} is sent
    in chunks as the client reads them.
