@@ -427,6 +427,31 @@ class StuffingTests(SynchronousTestCase):
         self.assertEqual(pop3.terminator(b"x"), b"\r\n.\r\n")
 
 
+class InstallTests(POP3TestCase):
+    def test_maildrop_provides_twisted_imailbox(self):
+        from twisted.mail.pop3 import IMailbox
+        from zope.interface.verify import verifyObject
+
+        self.put(b"one\r\n")
+        drop = pop3.Maildrop(self.inbox, "bob@localhost")
+        self.assertTrue(verifyObject(IMailbox, drop))
+        self.assertEqual(drop.listMessages(), [5])
+        self.assertEqual(drop.getMessage(0).read(), b"one\r\n")
+        self.assertRaises(ValueError, drop.getUidl, 1)
+
+    def test_no_pop3s_leaves_only_the_pop3_listener(self):
+        options = {"trusted-networks": "127.0.0.0/8", "pop3": "tcp:0", "pop3s": "tcp:0", "no-pop3s": True}
+        hub = Hub(self.clock, options, self.hub.accounts, self.store, "/nonexistent", "mail.test")
+        pop3.install(hub)
+        self.assertEqual([(name, tls) for name, _, _, tls in hub._listeners], [("pop3", "")])
+
+    def test_capa_names_the_implementation_and_version(self):
+        from twisted_mailhub import __version__
+
+        proto, t = self.connect()
+        self.assertIn(b"\r\nIMPLEMENTATION twisted-mailhub " + __version__.encode() + b"\r\n", self.say(proto, t, b"capa\r\n"))
+
+
 class OptionsTests(SynchronousTestCase):
     def test_idle_timeout_option(self):
         from twisted.python import usage

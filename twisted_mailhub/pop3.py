@@ -72,6 +72,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_mailhub import __version__
 from twisted_mailhub.hub import ListenerSpec, is_secure
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError
 
@@ -347,7 +348,7 @@ class MailhubPOP3(_pop3.POP3):
     one_write_limit = 1024 * 1024
     # Stop reading from a client that has this many commands queued.
     max_queued = 256
-    implementation = b"twisted-mailhub"
+    implementation = b"twisted-mailhub " + __version__.encode("ascii")
 
     def __init__(self, hub: Any = None):
         self.hub = hub
