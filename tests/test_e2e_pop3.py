@@ -395,11 +395,19 @@ def test_idle_client_is_logged_out(start_hub):
     assert s.closed_by_server()
 
 
-def test_transcript_masks_the_password(start_hub):
+def test_transcript_masks_the_password_also_after_stls(start_hub):
     h = start_hub("--transcript")
     p = poplib.POP3("127.0.0.1", h.ports["pop3"])
     p.user("bob")
     p.pass_("hungry")
     p.quit()
     h.wait_for_log(r"pop3#\d+ C: PASS \*\*\*\*")
-    assert "hungry" not in h.log
+    p = poplib.POP3("127.0.0.1", h.ports["pop3"])
+    p.stls(tls_context(h))
+    p.user("alice")
+    p.pass_("secret")
+    assert p.stat() == (0, 0)
+    p.quit()
+    h.wait_for_log(r"pop3#\d+ C: STLS")
+    h.wait_for_log(r"pop3#\d+ C: USER alice")
+    assert "hungry" not in h.log and "secret" not in h.log
