@@ -480,7 +480,10 @@ def test_passive_connection_from_another_address_is_refused(hub):
     thief.close()
     hub.wait_for_log(r"passive data connection from 127.0.0.2 refused")
     conn = socket.create_connection((host, port), timeout=10)
-    f.sendcmd("RETR x")
+    for _ in range(500):  # until the hub has accepted it
+        if "passive-connected" in f.sendcmd("STAT"):
+            break
+    assert f.sendcmd("RETR x").startswith("125")  # RFC 959: already open
     assert conn.makefile("rb").read() == b"payload"
     conn.close()
     assert f.voidresp().startswith("226")
@@ -655,6 +658,6 @@ def test_upload_that_closes_before_its_stor_is_read_is_kept(hub):
     data = socket.create_connection((host, port), timeout=10)
     data.sendall(b"eager client")
     data.close()  # before the server has even seen STOR
-    assert f.sendcmd("STOR eager.bin").startswith("150")
+    assert f.sendcmd("STOR eager.bin")[:3] in ("125", "150")  # 125 if already accepted
     assert f.voidresp().startswith("226")
     assert open(os.path.join(home(hub), "eager.bin"), "rb").read() == b"eager client"

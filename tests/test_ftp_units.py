@@ -206,3 +206,25 @@ def test_listener_gets_a_backlog_unless_it_names_one():
     assert component.with_backlog("tcp:2121") == "tcp:2121:backlog=128"
     assert component.with_backlog("tcp:21:backlog=5") == "tcp:21:backlog=5"
     assert component.with_backlog("unix:/tmp/s") == "unix:/tmp/s"
+
+
+def test_a_write_error_fails_the_upload_with_a_write_error():
+    import errno
+
+    from twisted.internet.testing import StringTransport as Transport
+
+    from twisted_mailhub.ftp.data import DataConnection, TransferWriteError
+
+    class FullDisk:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    channel = DataChannel(MemoryReactorClock(), "127.0.0.1", "127.0.0.1", 0, timeout=5)
+    conn = DataConnection(channel)
+    conn.makeConnection(Transport())
+    done = conn.receive(FullDisk(), ascii=False)
+    conn.dataReceived(b"data")
+    failure = result_of(done)
+    assert failure.check(TransferWriteError)
+    assert "No space left" in failure.getErrorMessage()
+    assert conn.transport.disconnecting or conn.transport.disconnected

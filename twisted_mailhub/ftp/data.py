@@ -74,6 +74,10 @@ class TransferFailed(Exception):
     """The data connection broke before the transfer was complete."""
 
 
+class TransferWriteError(TransferFailed):
+    """The file being received could not be written (disk full...)."""
+
+
 def same_host(a: str, b: str) -> bool:
     """
     Are C{a} and C{b} the same address (IPv4-mapped IPv6 and scope ids
@@ -259,7 +263,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         try:
             self._writer.write(data)
         except OSError as e:
-            self._fail(TransferFailed(f"write failed: {e.strerror}"))
+            self._fail(TransferWriteError(e.strerror or str(e)))
             self.transport.abortConnection()
             return
         self.bytes += len(data)

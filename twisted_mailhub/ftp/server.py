@@ -43,7 +43,15 @@ from twisted.internet import defer, tcp
 from twisted.logger import Logger
 from twisted.protocols import ftp
 
-from twisted_mailhub.ftp.data import DataChannel, DataState, TransferAborted, TransferFailed, data_tls_options, same_host
+from twisted_mailhub.ftp.data import (
+    DataChannel,
+    DataState,
+    TransferAborted,
+    TransferFailed,
+    TransferWriteError,
+    data_tls_options,
+    same_host,
+)
 
 log = Logger()
 
@@ -572,7 +580,10 @@ class MailhubFTP(ftp.FTP):
                 _close_quietly(thing)
                 return "425 Use PORT, PASV, EPRT or EPSV first."
             progress["opened"] = thing
-            self.sendLine(first_line(thing))
+            line = first_line(thing)
+            if self.data.state is DataState.PASSIVE_CONNECTED:
+                line = "125" + line[3:]  # RFC 959: the data connection is already open
+            self.sendLine(line)
             self._current = (verb, path, None)
             return self.data.open().addCallback(connected, thing)
 
@@ -595,6 +606,9 @@ class MailhubFTP(ftp.FTP):
                 _close_quietly(progress["opened"])
             if reason.check(TransferAborted):
                 return "426 Transfer aborted."
+            if reason.check(TransferWriteError):
+                # RFC 959 §4.2: 452, insufficient storage / cannot write.
+                return f"452 Requested action not taken: cannot write the file ({reason.getErrorMessage()})."
             if reason.check(TransferFailed):
                 if not progress["connected"]:
                     return f"425 Can't open data connection: {reason.getErrorMessage()}."
