@@ -411,3 +411,20 @@ def test_filters_see_submission_headers_already_added(hub):
     [(who, message)] = seen
     assert who == "alice@localhost"
     assert message.startswith(b"Date: ") and b"\r\nMessage-ID: <" in message and message.endswith(b"\r\nSubject: s\r\n\r\nb\r\n")
+
+
+def test_a_filter_cannot_fake_success_or_break_the_reply_format(hub):
+    class Sloppy:
+        name = "sloppy"
+
+        def mail_from(self, envelope):
+            return Reject(250, "5.7.1 looks\r\nlike\r\n250 success")
+
+    hub.filters = [Sloppy()]
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO x\r\n")
+    transport.clear()
+    proto.dataReceived(b"MAIL FROM:<a@example.org>\r\nNOOP\r\n")
+    assert said(transport) == [b"550 5.7.1 looks like 250 success", b"250 2.0.0 Ok"]
+    proto.dataReceived(b"RCPT TO:<alice@localhost>\r\n")
+    assert said(transport) == [b"503 5.5.1 Error: need MAIL command"]

@@ -187,6 +187,15 @@ class MailhubSMTP(smtp.ESMTP):
         out.append(f"{code} {lines[-1]}\r\n")
         self.reply_raw("".join(out).encode("ascii", "replace"))
 
+    def refuse(self, code: int, text: str) -> None:
+        """
+        A refusal a filter chose: always a 4xx/5xx (a filter's C{Reject(250,
+        ...)} must not look like success), on one line.
+        """
+        if not 400 <= code <= 599:
+            code = 550
+        self.reply(code, " ".join(str(text).split()) or "5.7.1 Refused")
+
     def sendCode(self, code, message=b""):
         # Twisted's helpers call this; route through reply().
         if isinstance(message, bytes):
@@ -537,7 +546,7 @@ class MailhubSMTP(smtp.ESMTP):
 
     def _mail_filtered(self, result, path):
         if isinstance(result, Reject):
-            return self.reply(result.code, result.text)
+            return self.refuse(result.code, result.text)
         self._mail_ok(path)
 
     def _mail_ok(self, path):
@@ -570,7 +579,7 @@ class MailhubSMTP(smtp.ESMTP):
 
     def _rcpt_filtered(self, result, verdict):
         if isinstance(result, Reject):
-            return self.reply(result.code, result.text)
+            return self.refuse(result.code, result.text)
         self.recipients.append(verdict)
         self.reply(250, verdict.text)
 
@@ -667,7 +676,7 @@ class MailhubSMTP(smtp.ESMTP):
     def _not_delivered(self, reason) -> None:
         if reason.check(Rejected):
             e = reason.value
-            return self.reply(e.code, e.text)
+            return self.refuse(e.code, e.text)
         log.failure("{cid}: delivery failed", reason, cid=self.connection_id)
         self.reply(451, "4.3.0 Error: local error in processing; message not stored")
 
