@@ -251,8 +251,11 @@ class MaildirFolder:
         tmp = self._uidlist_path() + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n")
-            for uid in sorted(self._entries):
-                f.write(self._uidlist_line(self._entries[uid]))
+            f.write("".join([self._uidlist_line(self._entries[uid]) for uid in sorted(self._entries)]))
+            # Synced: after an expunge this header's UIDNEXT is what keeps
+            # the expunged UIDs from being given again after a crash.
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self._uidlist_path())
 
     def _append_uidlist(self, entries: list[_Entry]) -> None:
