@@ -518,7 +518,10 @@ class MaildirFolder:
         self._scan()
         was_current = self._before_own_change()
         taken = []
-        for uid, entry in self._entries.items():
+        # Look only at what is in new/ (usually little), not at every entry.
+        in_new = (self._by_base.get(parse_info(name)[0]) for name in os.listdir(os.path.join(self.directory, "new")))
+        for uid in [u for u in in_new if u is not None]:
+            entry = self._entries[uid]
             if entry.subdir != "new":
                 continue
             filename = entry.info.key + info_suffix(entry.info.flags)
