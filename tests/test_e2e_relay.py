@@ -184,6 +184,7 @@ def test_550_from_b_bounces_a_dsn_into_alices_inbox(start_hub, dns_server):
     a = start_a(start_hub, "--dns-server", dns_server, "--relay-port", str(b.ports["smtp"]))
     submit(a, ["bob@b.test", "nobody@b.test"])
     a.wait_for_log(r"queue: \S+ bounced to <alice@a.test> for <nobody@b.test>")
+    a.wait_for_log(r"queue: \S+ done: 1 delivered, 1 failed")
     assert len(messages(b, "bob@b.test")) == 1
     [dsn] = messages(a, "alice@a.test")
     report = email.message_from_bytes(dsn, policy=email.policy.default)
@@ -203,6 +204,7 @@ def test_lifetime_expiry_bounces(start_hub, dns_server):
     submit(a, ["bob@b.test"])
     a.wait_for_log(r"queue: \S+ expired after 2s", timeout=20)
     a.wait_for_log(r"queue: \S+ bounced to <alice@a.test>")
+    a.wait_for_log(r"queue: \S+ done: 0 delivered, 1 failed")
     [dsn] = messages(a, "alice@a.test")
     assert b"Status: 4.4.7" in dsn and b"Action: failed" in dsn
     assert b"gave up after 2s" in dsn

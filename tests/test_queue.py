@@ -325,6 +325,21 @@ class RelayTests(unittest.TestCase):
         self.assertEqual(len(relay.sent), 3)
         self.assertEqual(relay.entries, {})
 
+    def test_recipients_in_local_domains_are_delivered_here(self):
+        relay = self.relay({"bob@b.test": [(250, "ok")]})
+        self.enqueue(relay, recipients=("carol@a.test", "bob@b.test"))
+        self.assertEqual([a for a, _ in relay.delivered_here], ["carol@a.test"])
+        self.assertEqual([rcpts for _, _, rcpts in relay.sent], [("bob@b.test",)])
+        self.assertEqual(relay.entries, {})
+
+    def test_more_than_100_recipients_go_in_several_transactions(self):
+        rcpts = [f"u{n}@b.test" for n in range(230)]
+        relay = self.relay({r: [(250, "ok")] for r in rcpts})
+        self.enqueue(relay, recipients=rcpts)
+        self.assertEqual([len(r) for _, _, r in relay.sent], [100, 100, 30])
+        self.assertEqual([r for _, _, batch in relay.sent for r in batch], rcpts)
+        self.assertEqual(relay.entries, {})
+
     def test_flush_and_remove(self):
         relay = self.relay({"bob@b.test": [(451, "later")]})
         qid = self.enqueue(relay)

@@ -48,6 +48,8 @@ from twisted_mailhub.queue.storage import DELIVERED, FAILED, QueuedMessage, Queu
 
 log = Logger(namespace="mailhub.relay")
 
+MAX_RECIPIENTS = 100
+
 
 class Relay(service.Service):
     """
@@ -288,7 +290,14 @@ class Relay(service.Service):
                     job = jobs[entry.id] = Job(entry.id, entry.sender, [], messages[entry.id])
                 job.recipients.extend(rcpts)
                 labels.setdefault(entry.id, set()).add(domain)
-            sends.append(self.connections.run(lambda h=list(hops), j=list(jobs.values()), lb=labels: defer.ensureDeferred(self._send(h, j, lb))))
+            # RFC 5321 §4.5.3.1.8: a server need take only 100 recipients
+            # per transaction, so more go as several transactions.
+            transactions = [
+                Job(job.id, job.sender, job.recipients[i : i + MAX_RECIPIENTS], job.message)
+                for job in jobs.values()
+                for i in range(0, len(job.recipients), MAX_RECIPIENTS)
+            ]
+            sends.append(self.connections.run(lambda h=list(hops), j=transactions, lb=labels: defer.ensureDeferred(self._send(h, j, lb))))
         for entry, address in local_jobs:
             sends.append(defer.ensureDeferred(self._deliver_here(entry, address, messages[entry.id], outcomes)))
         for result in await defer.DeferredList(sends):
