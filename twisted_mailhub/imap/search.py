@@ -121,7 +121,12 @@ class Candidate:
                 if path is None:
                     self._header = split_header(self.raw())[0]
                 else:
-                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        fd = os.open(path, os.O_RDONLY)
+                    except FileNotFoundError:
+                        # renamed by a flag change elsewhere: the store finds it
+                        self._header = split_header(self.raw())[0]
+                        return self._header
                     try:
                         head = os.read(fd, HEADER_READ)
                     finally:
