@@ -33,7 +33,6 @@ Theory of operation:
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 from twisted.application import service
@@ -504,6 +503,3 @@ def _reason(e: Exception) -> str:
     text = str(e) or e.__class__.__name__
     return " ".join(text.split())[:200]
 
-
-def wall_clock() -> float:
-    return time.time()
