@@ -122,6 +122,25 @@ def test_session_typed_with_bare_lf_like_nc(hub):
     s.close()
 
 
+def test_pipelined_commands_are_answered_in_order(hub):
+    put(hub, "user5@localhost", b"Subject: p\r\n\r\npipelined\r\n")
+    s = Raw(hub.ports["pop3"])
+    # A wrong password first: its answer is held back by the throttle, and
+    # nothing sent after it may overtake it.
+    s.send(b"USER user5\r\nPASS wrong\r\nUSER user5\r\nPASS pw5\r\nSTAT\r\nRETR 1\r\nQUIT\r\n")
+    assert [s.line() for _ in range(6)] == [
+        b"+OK now send PASS for user5",
+        b"-ERR [AUTH] authentication failed",
+        b"+OK now send PASS for user5",
+        b"+OK user5@localhost has 1 message (25 octets)",
+        b"+OK 1 25",
+        b"+OK 25 octets",
+    ]
+    assert s.multi() == [b"Subject: p", b"", b"pipelined"]
+    assert s.line().startswith(b"+OK mail.test POP3 server signing off")
+    assert s.closed_by_server()
+
+
 def test_apop_login_computed_from_the_banner(hub):
     put(hub, "user1@localhost", b"Subject: a\r\n\r\nb\r\n")
     p = poplib.POP3("127.0.0.1", hub.ports["pop3"])
