@@ -1,0 +1,79 @@
+"""
+SEARCH keys compiled into predicates, on the memory store.
+"""
+
+import calendar
+
+import pytest
+from twisted.mail.imap4 import parseNestedParens
+
+from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compile_search
+from twisted_mailhub.store.memory import MemoryFolder
+
+MESSAGES = [
+    (b"From: Ann <ann@a.org>\r\nTo: bob@b.org\r\nSubject: budget 2026\r\nDate: Mon, 2 Nov 2026 09:00:00 +0000\r\n\r\nnumbers inside\r\n", ["\\Seen"], (2026, 11, 2)),
+    (b"From: bob@b.org\r\nSubject: =?utf-8?q?R=C3=A9sum=C3=A9?=\r\nDate: Sun, 1 Mar 2020 09:00:00 +0000\r\nX-Tag:  folded\r\n value\r\n\r\nold " + b"x" * 3000 + b"\r\n", ["\\Flagged", "$Work"], (2020, 3, 1)),
+    (b"Subject: no sender\r\n\r\nshort\r\n", [], (2026, 11, 20)),
+]
+
+
+@pytest.fixture
+def folder():
+    f = MemoryFolder("INBOX")
+    for raw, flags, (y, m, d) in MESSAGES:
+        f.append(raw, flags, calendar.timegm((y, m, d, 12, 0, 0)))
+    return f
+
+
+def search(folder, text: bytes, recent=frozenset()) -> list[int]:
+    infos = folder.messages()
+    predicate = compile_search(parseNestedParens(text), len(infos), infos[-1].uid)
+    cache = HeaderCache.of(folder)
+    return [seq for seq, info in enumerate(infos, 1) if predicate(Candidate(seq, info, info.uid in recent, folder, cache))]
+
+
+@pytest.mark.parametrize(
+    "keys, expected",
+    [
+        (b"ALL", [1, 2, 3]),
+        (b"FROM ann", [1]),
+        (b'FROM "B.ORG"', [2]),
+        (b"TO bob", [1]),
+        (b'SUBJECT "r\xc3\xa9sum\xc3\xa9"', [2]),
+        (b"HEADER X-Tag \"folded value\"", [2]),
+        (b'HEADER X-Tag ""', [2]),
+        (b"BODY numbers", [1]),
+        (b"TEXT budget", [1]),
+        (b"SEEN", [1]),
+        (b"UNSEEN", [2, 3]),
+        (b"FLAGGED KEYWORD $work", [2]),
+        (b"UNKEYWORD $Work", [1, 3]),
+        (b"NOT FLAGGED", [1, 3]),
+        (b"OR SEEN FLAGGED", [1, 2]),
+        (b"(OR SEEN FLAGGED) NOT FROM ann", [2]),
+        (b"LARGER 1000", [2]),
+        (b"SMALLER 100", [3]),
+        (b"SINCE 1-Jan-2021", [1, 3]),
+        (b"BEFORE 2-Nov-2026", [2]),
+        (b"ON 20-Nov-2026", [3]),
+        (b"SENTBEFORE 1-Jan-2021", [2]),
+        (b"SENTSINCE 1-Jan-2021", [1]),
+        (b"2:*", [2, 3]),
+        (b"UID 1,3", [1, 3]),
+        (b"UID *", [3]),
+    ],
+)
+def test_search_keys(folder, keys, expected):
+    assert search(folder, keys) == expected
+
+
+def test_recent_and_new(folder):
+    assert search(folder, b"RECENT", recent={1, 3}) == [1, 3]
+    assert search(folder, b"NEW", recent={1, 3}) == [3]
+    assert search(folder, b"OLD", recent={1, 3}) == [2]
+
+
+@pytest.mark.parametrize("keys", [b"FROM", b"BEFORE yesterday", b"LARGER big", b"FROBNICATE", b"OR SEEN", b"NOT"])
+def test_bad_search_keys(folder, keys):
+    with pytest.raises(BadSearch):
+        search(folder, keys)
