@@ -360,6 +360,7 @@ def test_mlsd_mlst_and_list_show_the_facts(hub):
         assert ext in feat
     assert f.sendcmd("OPTS UTF8 ON").startswith("200")
     assert "RETR" in f.sendcmd("HELP")
+    assert f.sendcmd("HELP port") == "214 Syntax: PORT h1,h2,h3,h4,p1,p2: your address, port p1*256+p2"
     assert "a.txt" in f.sendcmd("STAT a.txt")
     assert f.sendcmd("STAT").startswith("211")
 

@@ -76,6 +76,33 @@ FEATURES = (
     "UTF8",
 )
 
+# HELP <command>: what a person typing the session needs to know.
+SYNTAX = {
+    "USER": "USER <name>, then PASS <password>",
+    "PASS": "PASS <password>, after USER",
+    "CWD": "CWD <directory>",
+    "LIST": "LIST [<path>], over a data connection (PASV or PORT first)",
+    "NLST": "NLST [<path>]: names only, over a data connection",
+    "MLSD": "MLSD [<directory>]: machine-readable facts, over a data connection",
+    "MLST": "MLST [<path>]: facts of one file, on the control connection",
+    "RETR": "RETR <file>, over a data connection (PASV or PORT first)",
+    "STOR": "STOR <file>, over a data connection (PASV or PORT first)",
+    "APPE": "APPE <file>: like STOR, appending",
+    "STOU": "STOU [<name>]: like STOR, under a new unique name",
+    "REST": "REST <offset>, then RETR or STOR to resume there",
+    "RNFR": "RNFR <old name>, then RNTO <new name>",
+    "RNTO": "RNTO <new name>, after RNFR",
+    "TYPE": "TYPE A (text, line ends converted) or TYPE I (binary)",
+    "PORT": "PORT h1,h2,h3,h4,p1,p2: your address, port p1*256+p2",
+    "EPRT": "EPRT |1|<IPv4>|<port>| or EPRT |2|<IPv6>|<port>|",
+    "PASV": "PASV: the server opens a port and tells you where",
+    "EPSV": "EPSV [1|2|ALL]: like PASV, answers only the port",
+    "AUTH": "AUTH TLS, then PBSZ 0 and PROT P for encrypted data",
+    "PROT": "PROT P (data in TLS) or PROT C (clear), after AUTH TLS",
+    "ABOR": "ABOR: stop the running transfer",
+    "STAT": "STAT: server status; STAT <path>: a listing on the control connection",
+}
+
 # Answered even while a transfer runs (RFC 959 §4.1.3: ABOR, STAT, QUIT).
 URGENT = {"ABOR", "STAT", "QUIT"}
 # Allowed before login.
@@ -371,7 +398,7 @@ class MailhubFTP(ftp.FTP):
         if arg:
             verb = arg.strip().upper()
             if verb in COMMANDS:
-                return f"214 {verb} is supported (RFC 959, 2389, 2428, 3659, 4217)."
+                return f"214 Syntax: {SYNTAX.get(verb, verb)}"
             return f"502 Unknown command {verb}."
         rows = [" ".join(COMMANDS[i : i + 10]) for i in range(0, len(COMMANDS), 10)]
         self.multiline(214, "The following commands are recognized:", rows, "Help OK.")
