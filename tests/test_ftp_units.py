@@ -198,6 +198,8 @@ def test_port_checks_are_made_before_any_connection(session):
     assert say(b"TYPE E\r\n").startswith(b"504")
     assert say(b"MODE B\r\n").startswith(b"504")
     assert say(b"ABOR\r\n").startswith(b"225")
+    assert say(b"RNTO x\r\n").startswith(b"503 RNTO needs RNFR first")
+    assert say(b"STOR\r\n").startswith(b"501")
     # Telnet IP and DM before ABOR (RFC 959 §4.1.3) are skipped.
     assert say(b"\xff\xf4\xff\xf2ABOR\r\n").startswith(b"225")
 
@@ -228,3 +230,22 @@ def test_a_write_error_fails_the_upload_with_a_write_error():
     assert failure.check(TransferWriteError)
     assert "No space left" in failure.getErrorMessage()
     assert conn.transport.disconnecting or conn.transport.disconnected
+
+
+@pytest.mark.parametrize("logged_in", [False, True])
+def test_no_command_in_any_form_is_an_internal_error(session, logged_in):
+    from twisted_mailhub.ftp.server import COMMANDS
+
+    proto, transport, say, clock = session
+    if logged_in:
+        say(b"USER alice\r\nPASS secret\r\n")
+    for verb in COMMANDS:
+        if verb in ("QUIT", "AUTH"):
+            continue
+        for arg in ("", " x", " ../../..", " -la", " 1,2,3", " |9|x|y|", " \xc3\xa9"):
+            reply = say(verb.lower().encode() + arg.encode("latin-1") + b"\r\n")
+            if verb == "RNFR" and reply.startswith(b"350"):
+                say(b"NOOP\r\n")  # leaves RENAMING
+            assert reply[:3].isdigit(), (verb, arg, reply)
+            assert not reply.startswith(b"451"), (verb, arg, reply)
+            assert not proto.disconnected

@@ -315,6 +315,8 @@ class MailhubFTP(ftp.FTP):
                 if verb not in COMMANDS:
                     return f"500 '{verb}': command not understood."
                 return "530 Please login with USER and PASS."
+        elif verb == "PASS":
+            return "503 Already logged in (USER to log in as someone else)."
         elif self.state == self.RENAMING:
             if verb != "RNTO" and verb not in URGENT:
                 self.state = self.AUTHED
@@ -463,6 +465,8 @@ class MailhubFTP(ftp.FTP):
         return self.shell.stat(segments, ("size",)).addCallback(exists)
 
     def ftp_RNTO(self, toName=""):
+        if self.state != self.RENAMING:
+            return "503 RNTO needs RNFR first: RNFR <old name>, then RNTO <new name>."
         return ftp.FTP.ftp_RNTO(self, toName).addCallback(lambda _: "250 Renamed.")
 
     def ftp_REST(self, offset=""):
