@@ -25,6 +25,7 @@ class ServerTests(unittest.TestCase):
         self.clock = task.Clock()
         accounts = AccountBook(["localhost"])
         accounts.add("alice", "secret")
+        accounts.add("quote", 'se"c\\ret')
         self.store = MemoryStore()
         self.hub = Hub(self.clock, {"max-message-size": 1000}, accounts, self.store, self.mktemp(), "mail.test")
         self.hub._tls = object()  # never used: no STARTTLS here
@@ -53,6 +54,11 @@ class ServerTests(unittest.TestCase):
         server, transport = self.connect()
         out = self.talk(server, transport, b"a LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n")
         self.assertNotIn(b"+ ", out)
+        self.assertIn(b"a OK LOGIN succeeded", out)
+
+    def test_quoted_password_with_escapes(self):
+        server, transport = self.connect()
+        out = self.talk(server, transport, b'a login "quote" "se\\"c\\\\ret"\r\n')
         self.assertIn(b"a OK LOGIN succeeded", out)
 
     def test_synchronizing_literal_gets_a_continuation(self):

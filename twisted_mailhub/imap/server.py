@@ -80,6 +80,8 @@ SMALL_LITERAL = 8192
 MAX_LINE = 65536
 IDLE_POLL = 0.5  # seconds between cheap looks at new/ and cur/ while IDLE
 
+_QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\.)*)"')
+_UNESCAPE = re.compile(rb"\\(.)")
 _LITERAL = re.compile(rb"\{([^{}]*)\}\Z")
 _LITERAL_SIZE = re.compile(rb"\A(\d{1,20})(\+?)\Z")
 _MONTH_NAMES = [calendar.month_abbr[i] for i in range(13)]
@@ -506,6 +508,27 @@ class IMAPServer(imap4.IMAP4Server):
         self._plain[b"PLAIN"] = imap4.PLAINCredentials
         self._plain[b"LOGIN"] = imap4.LOGINCredentials
 
+    # -- arguments ---------------------------------------------------------------
+
+    def arg_astring(self, line, final=False):
+        """
+        An astring (RFC 3501 §9): Twisted's, but a quoted string may hold
+        escaped quotes and backslashes (a password with a C{"} in it).
+        """
+        stripped = line.strip()
+        if stripped[:1] == b'"':
+            m = _QUOTED.match(stripped)
+            if m is None:
+                raise imap4.IllegalClientResponse("unmatched quotes: expected a closing \"")
+            rest = stripped[m.end() :]
+            if rest[:1] == b" ":
+                rest = rest[1:]
+            return _UNESCAPE.sub(rb"\1", m.group(1)), rest
+        return imap4.IMAP4Server.arg_astring(self, line, final)
+
+    def arg_finalastring(self, line):
+        return self.arg_astring(line, final=True)
+
     # -- connection ------------------------------------------------------------
 
     def connectionMade(self):
@@ -563,7 +586,7 @@ class IMAPServer(imap4.IMAP4Server):
             return
         imap4.IMAP4Server.do_LOGIN(self, tag, user, passwd)
 
-    unauth_LOGIN = (do_LOGIN, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
+    unauth_LOGIN = (do_LOGIN, arg_astring, arg_finalastring)
 
     def do_AUTHENTICATE(self, tag, args):
         mechanism = args.upper().strip()
@@ -834,8 +857,8 @@ class IMAPServer(imap4.IMAP4Server):
         self.state = "select"
         self.sendPositiveResponse(tag, (b"[READ-ONLY] " if readonly else b"[READ-WRITE] ") + command + b" completed")
 
-    auth_SELECT = select_SELECT = (do_SELECT, imap4.IMAP4Server.arg_finalastring, 0, b"SELECT")
-    auth_EXAMINE = select_EXAMINE = (do_SELECT, imap4.IMAP4Server.arg_finalastring, 1, b"EXAMINE")
+    auth_SELECT = select_SELECT = (do_SELECT, arg_finalastring, 0, b"SELECT")
+    auth_EXAMINE = select_EXAMINE = (do_SELECT, arg_finalastring, 1, b"EXAMINE")
 
     def _unselect(self) -> None:
         if self.selected is not None:
@@ -872,7 +895,7 @@ class IMAPServer(imap4.IMAP4Server):
             return
         self.sendPositiveResponse(tag, b"CREATE completed")
 
-    auth_CREATE = select_CREATE = (do_CREATE, imap4.IMAP4Server.arg_finalastring)
+    auth_CREATE = select_CREATE = (do_CREATE, arg_finalastring)
 
     def do_DELETE(self, tag, name):
         try:
@@ -887,7 +910,7 @@ class IMAPServer(imap4.IMAP4Server):
             return
         self.sendPositiveResponse(tag, b"DELETE completed")
 
-    auth_DELETE = select_DELETE = (do_DELETE, imap4.IMAP4Server.arg_finalastring)
+    auth_DELETE = select_DELETE = (do_DELETE, arg_finalastring)
 
     def do_RENAME(self, tag, old, new):
         try:
@@ -925,7 +948,7 @@ class IMAPServer(imap4.IMAP4Server):
         d.addCallbacks(copied, failed)
         d.addBoth(lambda _: self._release_input())
 
-    auth_RENAME = select_RENAME = (do_RENAME, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
+    auth_RENAME = select_RENAME = (do_RENAME, arg_astring, arg_finalastring)
 
     def do_SUBSCRIBE(self, tag, name, subscribe=1):
         try:
@@ -939,8 +962,8 @@ class IMAPServer(imap4.IMAP4Server):
             return
         self.sendPositiveResponse(tag, b"SUBSCRIBE completed" if subscribe else b"UNSUBSCRIBE completed")
 
-    auth_SUBSCRIBE = select_SUBSCRIBE = (do_SUBSCRIBE, imap4.IMAP4Server.arg_finalastring, 1)
-    auth_UNSUBSCRIBE = select_UNSUBSCRIBE = (do_SUBSCRIBE, imap4.IMAP4Server.arg_finalastring, 0)
+    auth_SUBSCRIBE = select_SUBSCRIBE = (do_SUBSCRIBE, arg_finalastring, 1)
+    auth_UNSUBSCRIBE = select_UNSUBSCRIBE = (do_SUBSCRIBE, arg_finalastring, 0)
 
     def do_LIST(self, tag, reference, pattern, subscribed=0, command=b"LIST"):
         try:
@@ -976,8 +999,8 @@ class IMAPServer(imap4.IMAP4Server):
         self.write_lines(lines)
         self.sendPositiveResponse(tag, command + b" completed")
 
-    auth_LIST = select_LIST = (do_LIST, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring, 0, b"LIST")
-    auth_LSUB = select_LSUB = (do_LIST, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring, 1, b"LSUB")
+    auth_LIST = select_LIST = (do_LIST, arg_astring, arg_finalastring, 0, b"LIST")
+    auth_LSUB = select_LSUB = (do_LIST, arg_astring, arg_finalastring, 1, b"LSUB")
 
     def do_STATUS(self, tag, name, items):
         try:
@@ -1008,7 +1031,7 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendUntaggedResponse(b"STATUS " + wire_name(folder.name) + b" (" + b" ".join(out) + b")")
         self.sendPositiveResponse(tag, b"STATUS completed")
 
-    auth_STATUS = select_STATUS = (do_STATUS, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_plist)
+    auth_STATUS = select_STATUS = (do_STATUS, arg_astring, imap4.IMAP4Server.arg_plist)
 
     # -- APPEND (RFC 3501 §6.3.11, UIDPLUS RFC 4315) ------------------------------------
 
@@ -1040,7 +1063,7 @@ class IMAPServer(imap4.IMAP4Server):
 
     auth_APPEND = select_APPEND = (
         do_APPEND,
-        imap4.IMAP4Server.arg_astring,
+        arg_astring,
         imap4.IMAP4Server.opt_plist,
         imap4.IMAP4Server.opt_datetime,
         imap4.IMAP4Server.arg_literal,
@@ -1319,12 +1342,12 @@ class IMAPServer(imap4.IMAP4Server):
         d.addCallbacks(copied, failed)
         d.addBoth(lambda _: self._release_input())
 
-    select_COPY = (do_COPY, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_finalastring)
+    select_COPY = (do_COPY, imap4.IMAP4Server.arg_seqset, arg_finalastring)
 
     def do_MOVE(self, tag, messages, name, uid=0):
         self.do_COPY(tag, messages, name, uid, move=True)
 
-    select_MOVE = (do_MOVE, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_finalastring)
+    select_MOVE = (do_MOVE, imap4.IMAP4Server.arg_seqset, arg_finalastring)
 
     def do_UID(self, tag, command, line):
         command = command.upper()
