@@ -195,3 +195,20 @@ class MaildirIndexTests(unittest.TestCase):
         self.folder.set_flags([uid], ["\\Seen"], "add")
         self.folder.refresh()
         self.assertEqual(len(self.folder.messages()), 2)
+
+    @defer.inlineCallbacks
+    def test_outside_flag_change_and_removal_are_announced(self):
+        changes = []
+        self.folder.add_listener(changes.append)
+        uid = yield self.folder.append(MESSAGE)
+        key = yield self.store.deliver("alice@example.org", MESSAGE)
+        delivered = self.folder.messages()[-1].uid
+        cur = os.path.join(self.folder.directory, "cur")
+        [name] = os.listdir(cur)
+        os.rename(os.path.join(cur, name), os.path.join(cur, name.split(":")[0] + ":2,F"))
+        self.folder.refresh()
+        self.assertEqual(changes[-1].flags, (uid,))
+        os.unlink(os.path.join(self.folder.directory, "new", key))  # only new/ changes
+        self.folder.refresh()
+        self.assertEqual(changes[-1].expunged, (delivered,))
+        self.assertEqual([i.uid for i in self.folder.messages()], [uid])

@@ -276,23 +276,37 @@ class MaildirFolder:
         mtimes = self._mtimes()
         if not force and mtimes == self._dir_mtimes:
             return
+        # Only new/ changed (a delivery): no file entered or left cur/
+        # without changing its mtime, so the big listing is not needed.
+        if not force and self._dir_mtimes is not None and mtimes[1] == self._dir_mtimes[1]:
+            subdirs: tuple[str, ...] = ("new",)
+        else:
+            subdirs = ("new", "cur")
         self._dir_mtimes = mtimes
         seen: dict[str, tuple[str, str]] = {}
-        for sub in ("new", "cur"):
+        for sub in subdirs:
             for filename in os.listdir(os.path.join(self.directory, sub)):
                 if filename.startswith("."):
                     continue
                 base, _ = parse_info(filename)
                 seen[base] = (sub, filename)
         added: list[_Entry] = []
+        gone: list[int] = []
+        flagged: list[int] = []
         # Existing entries: follow renames (flag changes by other programs).
-        gone = [uid for uid, e in self._entries.items() if e.info.key not in seen]
         for uid, entry in self._entries.items():
+            if entry.subdir not in subdirs:
+                continue
             where = seen.get(entry.info.key)
-            if where and where != (entry.subdir, entry.filename):
-                entry.subdir, entry.filename = where
+            if where is None:
+                gone.append(uid)
+            elif where != (entry.subdir, entry.filename):
                 _, system = parse_info(where[1])
-                entry.info = _with_flags(entry.info, system | entry.keywords)
+                flags = system | entry.keywords if entry.keywords else system
+                if flags != entry.info.flags:
+                    entry.info = _with_flags(entry.info, flags)
+                    flagged.append(uid)
+                entry.subdir, entry.filename = where
         for uid in gone:
             entry = self._entries.pop(uid)
             self._by_base.pop(entry.info.key, None)
@@ -321,9 +335,13 @@ class MaildirFolder:
             self._append_uidlist(added)
         if gone:
             self._write_uidlist()
-        if added or gone:
+        if added or gone or flagged:
             self._listeners.notify(
-                FolderChange(added=tuple(e.info.uid for e in added), expunged=tuple(sorted(gone)))
+                FolderChange(
+                    added=tuple(e.info.uid for e in added),
+                    flags=tuple(sorted(flagged)),
+                    expunged=tuple(sorted(gone)),
+                )
             )
 
     def _add_entry(self, entry: _Entry) -> None:
