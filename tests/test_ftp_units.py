@@ -204,12 +204,6 @@ def test_port_checks_are_made_before_any_connection(session):
     assert say(b"\xff\xf4\xff\xf2ABOR\r\n").startswith(b"225")
 
 
-def test_listener_gets_a_backlog_unless_it_names_one():
-    assert component.with_backlog("tcp:2121") == "tcp:2121:backlog=128"
-    assert component.with_backlog("tcp:21:backlog=5") == "tcp:21:backlog=5"
-    assert component.with_backlog("unix:/tmp/s") == "unix:/tmp/s"
-
-
 def test_a_write_error_fails_the_upload_with_a_write_error():
     import errno
 

@@ -1,7 +1,7 @@
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_mailhub.hub import TrustedNetworks, is_secure, set_nodelay
+from twisted_mailhub.hub import TrustedNetworks, is_secure, set_nodelay, with_backlog
 
 
 class TrustedNetworksTests(SynchronousTestCase):
@@ -34,3 +34,10 @@ class TransportHelperTests(SynchronousTestCase):
 
         set_nodelay(Wrapper())
         self.assertEqual(calls, [True])
+
+
+class BacklogTests(SynchronousTestCase):
+    def test_every_tcp_listener_gets_a_backlog_unless_it_names_one(self):
+        self.assertEqual(with_backlog("tcp:2121"), "tcp:2121:backlog=128")
+        self.assertEqual(with_backlog("tcp:21:backlog=5"), "tcp:21:backlog=5")
+        self.assertEqual(with_backlog("unix:/tmp/s"), "unix:/tmp/s")

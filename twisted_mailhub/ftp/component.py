@@ -81,22 +81,6 @@ def make_factory(hub):
     )
 
 
-LISTEN_BACKLOG = 128
-
-
-def with_backlog(description: str) -> str:
-    """
-    A TCP listener description with a listen backlog of L{LISTEN_BACKLOG}
-    unless it names one: with Twisted's 50, the 51st client connecting at
-    once waits a second for its SYN to be retried (100 concurrent clients
-    ran at a tenth of their speed).
-    """
-    kind = description.split(":", 1)[0]
-    if kind in ("tcp", "tcp6") and "backlog=" not in description:
-        return f"{description}:backlog={LISTEN_BACKLOG}"
-    return description
-
-
 def install(hub) -> None:
     from twisted_mailhub.ftp.vfs import filesystem_factories
 
@@ -112,4 +96,4 @@ def install(hub) -> None:
     if anonymous:
         hub.portal.registerChecker(AllowAnonymousAccess())
     if not hub.options.get("no-ftp"):
-        hub.listen("ftp", with_backlog(hub.options.get("ftp") or "tcp:2121"), make_factory(hub))
+        hub.listen("ftp", hub.options.get("ftp") or "tcp:2121", make_factory(hub))
