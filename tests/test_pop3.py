@@ -292,6 +292,18 @@ class TransactionTests(POP3TestCase):
         self.assertEqual([self.inbox.read(i.uid) for i in infos], [b"one\r\n", b"three\r\n"])
         self.assertEqual([SEEN in i.flags for i in infos], [False, True])
 
+    def test_quit_answers_only_once_deletions_are_durable(self):
+        from twisted.internet import defer
+
+        self.put(b"one\r\n", b"two\r\n")
+        flushed = defer.Deferred()
+        self.inbox.flush = lambda: flushed
+        proto, t = self.login()
+        self.say(proto, t, b"dele 1\r\n")
+        self.assertEqual(self.say(proto, t, b"quit\r\n"), b"")
+        flushed.callback(None)
+        self.assertEqual(t.value(), b"+OK mail.test POP3 server signing off (1 message deleted)\r\n")
+
     def test_dropped_connection_removes_nothing_and_marks_nothing(self):
         self.put(b"one\r\n")
         proto, t = self.login()

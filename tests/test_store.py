@@ -212,3 +212,20 @@ class MaildirIndexTests(unittest.TestCase):
         self.folder.refresh()
         self.assertEqual(changes[-1].expunged, (delivered,))
         self.assertEqual([i.uid for i in self.folder.messages()], [uid])
+
+
+class MaildirFlushTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_flush_fsyncs_the_folder_directories_after_an_expunge(self):
+        import twisted_mailhub.store.maildir as maildir_module
+
+        store = MaildirStore(self.mktemp(), hostname="test")
+        folder = store.account("alice@example.org").folder(INBOX)
+        uid = yield folder.append(MESSAGE)
+        synced = []
+        real = maildir_module.fsync_directory
+        self.patch(maildir_module, "fsync_directory", lambda path: (synced.append(os.path.basename(path)), real(path)))
+        folder.expunge([uid])
+        yield folder.flush()
+        self.assertEqual(sorted(synced), ["cur", "new"])
+        self.assertEqual(os.listdir(os.path.join(folder.directory, "cur")), [])

@@ -873,10 +873,23 @@ class MailhubPOP3(_pop3.POP3):
             if self._onLogout is not None:
                 self._onLogout()
                 self._onLogout = None
-            if left:
-                self.reply_err(b"[SYS/TEMP] some deleted messages not removed: %s" % b" ".join(b"%d" % (i + 1) for i in left))
-            else:
-                self.reply_ok(f"{self.hostname} POP3 server signing off ({messages(removed)} deleted)")
+            # The +OK promises the deletions happened (RFC 1939 §6): answer
+            # only once they are on disk.
+            d = defer.maybeDeferred(drop.folder.flush) if removed else defer.succeed(None)
+
+            def answer(_):
+                if left:
+                    self.reply_err(b"[SYS/TEMP] some deleted messages not removed: %s" % b" ".join(b"%d" % (i + 1) for i in left))
+                else:
+                    self.reply_ok(f"{self.hostname} POP3 server signing off ({messages(removed)} deleted)")
+                self._close()
+
+            def failed(reason):
+                log.failure("POP3 could not make deletions durable for {address}", reason, address=drop.address)
+                self.reply_err(b"[SYS/TEMP] deletions may not have reached the disk")
+                self._close()
+
+            return d.addCallbacks(answer, failed)
         else:
             self.state = State.UPDATE
             self.reply_ok(b"%s POP3 server signing off" % self.hostname.encode("ascii", "replace"))

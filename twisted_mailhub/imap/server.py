@@ -879,6 +879,8 @@ class IMAPServer(imap4.IMAP4Server):
             deleted = [uid for uid in view.uids if "\\Deleted" in _flags_or_empty(view.folder, uid)]
             if deleted:
                 view.folder.expunge(deleted, origin=self)
+                self._unselect()
+                return self._after_flush(view.folder, tag, b"CLOSE completed")
         self._unselect()
         self.sendPositiveResponse(tag, b"CLOSE completed")
 
@@ -1297,7 +1299,25 @@ class IMAPServer(imap4.IMAP4Server):
             candidates = [u for _, u in view.resolve(messages, True)]
         deleted = [u for u in candidates if "\\Deleted" in _flags_or_empty(view.folder, u)]
         self.write_lines(self._expunge(deleted))
-        self.sendPositiveResponse(tag, b"EXPUNGE completed")
+        if not deleted:
+            return self.sendPositiveResponse(tag, b"EXPUNGE completed")
+        self._after_flush(view.folder, tag, b"EXPUNGE completed")
+
+    def _after_flush(self, folder, tag, text: bytes) -> None:
+        """
+        Answer C{tag} once the folder's removals are on disk: the OK of
+        EXPUNGE, CLOSE or MOVE promises the messages are gone. Input waits
+        meanwhile, so replies stay in order.
+        """
+        self._hold_input()
+        d = defer.maybeDeferred(folder.flush)
+
+        def failed(reason):
+            log.failure("could not make an expunge durable", reason)
+            self.sendNegativeResponse(tag, b"[SERVERBUG] removal may not have reached the disk")
+
+        d.addCallbacks(lambda _: self.sendPositiveResponse(tag, text), failed)
+        d.addBoth(lambda _: self._release_input())
 
     select_EXPUNGE = (do_EXPUNGE,)
 
@@ -1331,7 +1351,10 @@ class IMAPServer(imap4.IMAP4Server):
                 if code:
                     self.sendUntaggedResponse(b"OK " + code.strip())
                 self.write_lines(self._expunge([s for s, _ in pairs]))
-                self.sendPositiveResponse(tag, b"MOVE completed")
+                return view.folder.flush().addCallbacks(
+                    lambda _: self.sendPositiveResponse(tag, b"MOVE completed"),
+                    lambda _: self.sendNegativeResponse(tag, b"[SERVERBUG] removal may not have reached the disk"),
+                )
             else:
                 self.sendPositiveResponse(tag, code + b"COPY completed")
 

@@ -155,6 +155,14 @@ class IFolder(Interface):
     def expunge(uids: Iterable[int], origin: Any = None) -> list[int]:
         """
         Remove messages for good. Returns the UIDs removed, ascending.
+        The removal is made durable by L{flush}.
+        """
+
+    def flush() -> Any:
+        """
+        Make every change so far (expunges, flag changes) durable. Returns a
+        L{Deferred} that fires once it is; a protocol that acknowledges a
+        removal (POP3 QUIT, IMAP EXPUNGE) waits for it.
         """
 
     def copy_to(uids: Iterable[int], destination: "IFolder") -> Any:

@@ -36,7 +36,7 @@ import socket
 import time
 from typing import Any, Iterable
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -47,7 +47,7 @@ from twisted_mailhub.store.base import (
     normalize_folder_name,
     split_flags,
 )
-from twisted_mailhub.store.durable import GroupCommitWriter
+from twisted_mailhub.store.durable import GroupCommitWriter, fsync_directory
 from twisted_mailhub.store.interfaces import (
     DELETED,
     DRAFT,
@@ -526,6 +526,20 @@ class MaildirFolder:
             d.addCallback(lambda new, uid=uid: pairs.append((uid, new)))
             ds.append(d)
         return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: sorted(pairs))
+
+    def flush(self) -> defer.Deferred:
+        """
+        fsync C{cur/} and C{new/} (in a worker thread), so that unlinks and
+        renames made so far survive a power cut.
+        """
+        directories = [os.path.join(self.directory, sub) for sub in ("cur", "new")]
+
+        def sync() -> None:
+            for directory in directories:
+                fsync_directory(directory)
+
+        reactor = self.writer.reactor
+        return threads.deferToThreadPool(reactor, reactor.getThreadPool(), sync)
 
     def take_new(self) -> list[int]:
         """
