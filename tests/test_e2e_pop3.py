@@ -430,3 +430,27 @@ def test_transcript_masks_the_password_also_after_stls(start_hub):
     h.wait_for_log(r"pop3#\d+ C: STLS")
     h.wait_for_log(r"pop3#\d+ C: USER alice")
     assert "hungry" not in h.log and "secret" not in h.log
+
+
+def test_session_piped_in_whole_and_half_closed_is_answered_in_full(start_hub):
+    """
+    `printf 'user bob\\npass hungry\\nlist\\nretr 1\\ndele 1\\nquit\\n' | nc -N`:
+    the client shuts down its side right after QUIT. Every command is still
+    answered, and the QUIT's deletion happens.
+    """
+    hub = start_hub()
+    put(hub, "bob@localhost", b"Subject: piped\r\n\r\nhello\r\n")
+    s = socket.create_connection(("127.0.0.1", hub.ports["pop3"]), timeout=10)
+    s.sendall(b"user bob\npass hungry\nlist\nretr 1\ndele 1\nquit\n")
+    s.shutdown(socket.SHUT_WR)
+    received = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    s.close()
+    assert b"Subject: piped" in received
+    assert received.rstrip().endswith(b"(1 message deleted)")
+    assert list(os.scandir(os.path.join(hub.maildir("bob@localhost"), "cur"))) == []
+    assert list(os.scandir(os.path.join(hub.maildir("bob@localhost"), "new"))) == []

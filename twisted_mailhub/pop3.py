@@ -64,7 +64,7 @@ from typing import Any, Callable, Iterable
 from twisted.cred import credentials as _credentials
 from twisted.cred import error as cred_error
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from twisted.mail import pop3 as _pop3
 from twisted.mail.pop3 import IMailbox
@@ -334,7 +334,7 @@ _KNOWN = frozenset().union(*COMMANDS.values())
 _TOO_LONG = object()
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class MailhubPOP3(_pop3.POP3):
     """
     One POP3 session. Twisted's L{POP3} supplies the login plumbing
@@ -362,6 +362,7 @@ class MailhubPOP3(_pop3.POP3):
         self._reading_paused = False
         self._pumping = False
         self._closed = False
+        self._input_ended = False
         self._user: bytes | None = None
         # Set while AUTH waits for the client's next SASL line.
         self._sasl: Callable[[bytes], Any] | None = None
@@ -493,6 +494,27 @@ class MailhubPOP3(_pop3.POP3):
         if self._reading_paused and not self._closed and len(self._lines) < self.max_queued // 2:
             self._reading_paused = False
             self.transport.resumeProducing()
+        if (
+            self._input_ended
+            and not (self._closed or self._lines or self._paused)
+            and self._waiting is None
+            and self._outgoing is None
+        ):
+            self._close()
+
+    # IHalfCloseableProtocol: a session piped in whole (`printf ... | nc -N`)
+    # shuts down its sending side after QUIT. Without this, Twisted would
+    # drop the connection at once and the replies (and a QUIT's deletions)
+    # with it; instead, answer everything that was sent, then close.
+    def readConnectionLost(self):
+        self._input_ended = True
+        if self._buffer and not self._discarding and self.state is not State.UPDATE:
+            line, self._buffer = self._buffer, b""
+            self._lines.append(line[:-1] if line.endswith(b"\r") else line)
+        self._pump()
+
+    def writeConnectionLost(self):
+        self.transport.loseConnection()
 
     # IPushProducer: the transport says when the client is (not) reading.
     def pauseProducing(self):
