@@ -177,6 +177,34 @@ def test_50mb_round_trip_in_pasv_epsv_and_active_mode(hub, random_50mb):
     f.quit()
 
 
+def test_downloads_back_to_back_each_whole_before_226_then_quit_closes(hub):
+    # The data connection is closed as soon as sendfile has sent the last
+    # byte and 226 follows; each PASV gets a fresh port that really listens.
+    body = os.urandom(MB + 123)
+    f = login(hub)  # makes the home
+    with open(os.path.join(home(hub), "twenty.bin"), "wb") as fp:
+        fp.write(body)
+    f.voidcmd("TYPE I")
+    ports = set()
+    for i in range(20):
+        reply = f.sendcmd("PASV") if i % 2 else f.sendcmd("EPSV")
+        port = ftplib.parse227(reply)[1] if i % 2 else ftplib.parse229(reply, ("127.0.0.1", 0))[1]
+        ports.add(port)
+        conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+        assert f.sendcmd("RETR twenty.bin").startswith("125")  # already connected
+        got = bytearray()
+        while chunk := conn.recv(1 << 20):
+            got += chunk
+        conn.close()
+        assert f.voidresp().startswith("226")
+        assert got == body
+    assert len(ports) > 10
+    f.sock.settimeout(10)
+    assert f.sendcmd("QUIT").startswith("221")
+    assert f.file.read() == ""  # closed by the server right after 221
+    f.close()
+
+
 def test_ipv6_control_with_epsv_and_eprt(start_hub):
     try:
         socket.socket(socket.AF_INET6).bind(("::1", 0))

@@ -7,6 +7,7 @@ channel fed through StringTransport (no sockets).
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 from twisted.internet import task
@@ -16,7 +17,9 @@ from twisted.protocols import ftp
 
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.ftp import component
-from twisted_mailhub.ftp.data import DataChannel, DataState, from_crlf, same_host, to_crlf
+from twisted.internet import error
+from twisted_mailhub.ftp import data as ftpdata
+from twisted_mailhub.ftp.data import DataChannel, DataState, close_now, from_crlf, port_candidates, same_host, to_crlf
 from twisted_mailhub.ftp.server import MailhubFTPFactory
 from twisted_mailhub.ftp.vfs import DiskFileSystem, DiskShell, filesystem_factories
 from twisted_mailhub.hub import Hub
@@ -126,6 +129,51 @@ def test_passive_channel_states_and_timeout():
     failure = result_of(d)
     assert "not made in time" in failure.getErrorMessage()
     assert channel.state is DataState.IDLE
+
+
+def test_passive_port_without_a_range_is_a_free_ephemeral_port_bound_by_number():
+    reactor = MemoryReactorClock()
+    channels = [DataChannel(reactor, "127.0.0.1", "127.0.0.1", 2120, timeout=5) for _ in range(3)]
+    ports = [c.passive(None) for c in channels]
+    assert len(set(ports)) == 3
+    for port, channel in zip(ports, channels):
+        assert port in ftpdata.EPHEMERAL_PORTS
+        with socket.create_connection(("127.0.0.1", port)):
+            pass  # it really listens
+        channel.reset()
+        assert channel.state is DataState.IDLE
+
+
+def test_passive_port_falls_back_to_the_kernel_when_no_tried_port_is_free(monkeypatch):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        monkeypatch.setattr(ftpdata, "EPHEMERAL_PORTS", range(port, port + 1))
+        channel = DataChannel(MemoryReactorClock(), "127.0.0.1", "127.0.0.1", 2120, timeout=5)
+        got = channel.passive(None)
+        assert got != port and got > 0
+        channel.reset()
+        # A configured range that is all taken is an error (425), not a
+        # port outside the range.
+        with pytest.raises(error.CannotListenError):
+            channel.passive(range(port, port + 1))
+    finally:
+        taken.close()
+
+
+def test_port_candidates_all_of_a_small_range_some_of_a_large_one():
+    assert sorted(port_candidates(range(5000, 5010))) == list(range(5000, 5010))
+    many = list(port_candidates(range(20000, 60000), tries=7))
+    assert len(many) == 7 and all(20000 <= p < 60000 for p in many)
+
+
+def test_close_now_leaves_a_buffered_connection_to_lose_connection():
+    transport = StringTransport()
+    transport.write(b"not yet sent")
+    close_now(transport)
+    assert transport.disconnecting  # loseConnection: the buffer goes first
 
 
 def test_active_channel_connects_from_the_data_port():

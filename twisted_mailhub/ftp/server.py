@@ -49,6 +49,7 @@ from twisted_mailhub.ftp.data import (
     TransferAborted,
     TransferFailed,
     TransferWriteError,
+    close_now,
     data_tls_options,
     same_host,
 )
@@ -393,8 +394,8 @@ class MailhubFTP(ftp.FTP):
         if self.data is not None:
             self.data.abort()
         self.sendLine("221 Goodbye.")
-        self.transport.loseConnection()
         self.disconnected = True
+        close_now(self.transport)
 
     def ftp_HELP(self, arg=""):
         if arg:
