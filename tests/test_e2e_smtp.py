@@ -74,6 +74,46 @@ def test_telnet_style_session_with_bare_lf_delivers(hub):
     assert len(stored_with(hub, "alice@localhost", b"second " + t)) == 1
 
 
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"], ids=["nc", "crlf"])
+def test_session_piped_in_whole_and_half_closed_is_answered_in_full(hub, line_end):
+    """
+    `printf 'helo me\\n...quit\\n' | nc -N host 8025`: the whole session in
+    one go, then the client shuts down its sending side. Every command is
+    answered (the 250 comes after the disk flush) and the message stored.
+    """
+    import socket
+
+    t = token()
+    session = [b"helo me", b"mail from: <student@example.org>", b"rcpt to: <bob@localhost>", b"data",
+               b"Subject: piped " + t, b"", b"hello", b".", b"quit"]
+    s = socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10)
+    s.sendall(line_end.join(session) + line_end)
+    s.shutdown(socket.SHUT_WR)
+    received = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    s.close()
+    replies = received.split(b"\r\n")
+    assert [r[:3] for r in replies if r] == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"], received
+    assert len(stored_with(hub, "bob@localhost", b"piped " + t)) == 1
+
+
+def test_message_cut_off_by_the_client_closing_is_not_stored(hub):
+    import socket
+
+    t = token()
+    s = socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10)
+    s.sendall(b"helo me\r\nmail from: <a@example.org>\r\nrcpt to: <bob@localhost>\r\ndata\r\nSubject: cut " + t + b"\r\n\r\nno end")
+    s.shutdown(socket.SHUT_WR)
+    while s.recv(65536):
+        pass
+    s.close()
+    assert stored_with(hub, "bob@localhost", b"cut " + t) == []
+
+
 def test_multipart_mime_with_base64_attachment_arrives_byte_exact(hub):
     t = token().decode()
     attachment = os.urandom(50_000)

@@ -53,8 +53,10 @@ from typing import Any
 from twisted.cred import credentials as _credentials
 from twisted.cred import error as cred_error
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.mail import smtp
+from zope.interface import implementer
 from twisted.mail._cred import PLAINCredentials
 
 from twisted_mailhub.hub import is_secure, peer_host
@@ -89,6 +91,7 @@ _ADDRESS = re.compile(r"^[!-~]+$")
 HELP_TEXT = "2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH"
 
 
+@implementer(IHalfCloseableProtocol)
 class MailhubSMTP(smtp.ESMTP):
     """
     One SMTP connection. Set up by L{MailhubSMTPFactory.buildProtocol}.
@@ -114,6 +117,7 @@ class MailhubSMTP(smtp.ESMTP):
         self._pos = 0
         self._discarding_line = False
         self._busy = False
+        self._input_ended = False
         self._in_loop = False
         self._paused = False
         self._line_started: float | None = None
@@ -295,6 +299,28 @@ class MailhubSMTP(smtp.ESMTP):
             self._paused = False
             self.transport.resumeProducing()
         self._run()
+        self._finish_if_input_ended()
+
+    # IHalfCloseableProtocol: a class pipes a whole session in
+    # (`printf 'helo me\n...quit\n' | nc -N host 8025`) and the client shuts
+    # down its sending side at once. Twisted would drop the connection on
+    # that EOF, losing the replies still to come (a delivery's 250 waits on
+    # the disk). Instead every command that arrived is answered, then the
+    # connection closes. A message cut off mid-DATA is not stored.
+    def readConnectionLost(self) -> None:
+        self._input_ended = True
+        if self.state == COMMAND and self._pos < len(self._buf) and not self._discarding_line:
+            # The last command line had no line end: take it as complete.
+            self._buf += b"\n" if self.crlf_session is False else b"\r\n"
+        self._run()
+        self._finish_if_input_ended()
+
+    def writeConnectionLost(self) -> None:
+        self.close()
+
+    def _finish_if_input_ended(self) -> None:
+        if self._input_ended and not self._busy and self.state != CLOSING:
+            self.close()
 
     def _internal_error(self, reason) -> None:
         log.failure("{cid}: error handling a command", reason, cid=self.connection_id)
