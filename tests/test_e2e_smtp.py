@@ -101,6 +101,22 @@ def test_session_piped_in_whole_and_half_closed_is_answered_in_full(hub, line_en
     assert len(stored_with(hub, "bob@localhost", b"piped " + t)) == 1
 
 
+def test_postmaster_is_always_accepted(hub):
+    """RFC 5321 §4.5.1: mail to postmaster (any case, with or without the domain) is accepted; it goes to the first account."""
+    t = token()
+    s = RawSMTP(hub.ports["smtp"])
+    assert s.command(b"HELO me").startswith(b"250")
+    assert s.command(b"MAIL FROM:<a@example.org>").startswith(b"250")
+    assert s.command(b"RCPT TO:<Postmaster>") == b"250 2.1.5 Ok"
+    assert s.command(b"RCPT TO:<POSTMASTER@localhost>") == b"250 2.1.5 Ok"
+    assert s.command(b"RCPT TO:<nobody@localhost>").startswith(b"550 5.1.1")
+    assert s.command(b"DATA").startswith(b"354")
+    s.send(b"Subject: for the postmaster " + t + b"\r\n\r\nhi\r\n.\r\n")
+    assert s.reply().startswith(b"250 2.0.0")
+    # Both recipients are the same mailbox: one copy.
+    assert len(stored_with(hub, "alice@localhost", b"postmaster " + t)) == 1
+
+
 def test_message_cut_off_by_the_client_closing_is_not_stored(hub):
     import socket
 

@@ -24,6 +24,7 @@ option_parameters = [
     ["smtp-idle-timeout", None, 300, "Seconds an SMTP client may stay silent (RFC 5321 §4.5.3.2 asks for at least 300).", int],
     ["smtp-command-timeout", None, 120, "Seconds an SMTP client may take to send one command line.", int],
     ["smtp-login-timeout", None, 300, "Seconds a submission client may take to authenticate.", int],
+    ["postmaster", None, None, "Account that gets mail for postmaster@<local domain> when no such account exists (RFC 5321 §4.5.1); default: the first account."],
 ]
 
 

@@ -107,12 +107,26 @@ class RecipientPolicy:
             return f"{address}@{self.hub.accounts.default_domain}"
         return address
 
+    def postmaster(self):
+        """
+        Who reads mail for postmaster@<local domain> when there is no such
+        account: RFC 5321 §4.5.1 says every SMTP server MUST accept it.
+        C{--postmaster}, else the first account.
+        """
+        accounts = self.hub.accounts
+        name = self.hub.options.get("postmaster")
+        if name:
+            return accounts.find(name)
+        return next(iter(accounts), None)
+
     def check(self, address: str, authenticated: str | None) -> Verdict:
         address = self.qualify(address)
         local, _, domain = address.rpartition("@")
         accounts = self.hub.accounts
         if accounts.is_local_domain(domain):
             account = accounts.find(address)
+            if account is None and local.lower() == "postmaster":
+                account = self.postmaster()
             if account is None:
                 return Verdict(550, f"5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table")
             return Verdict(250, "2.1.5 Ok", "local", account.address)
