@@ -191,7 +191,8 @@ def test_downloads_back_to_back_each_whole_before_226_then_quit_closes(hub):
         port = ftplib.parse227(reply)[1] if i % 2 else ftplib.parse229(reply, ("127.0.0.1", 0))[1]
         ports.add(port)
         conn = socket.create_connection(("127.0.0.1", port), timeout=30)
-        assert f.sendcmd("RETR twenty.bin").startswith("125")  # already connected
+        # 125 if the server took the connection before the command, else 150.
+        assert f.sendcmd("RETR twenty.bin")[:3] in ("125", "150")
         got = bytearray()
         while chunk := conn.recv(1 << 20):
             got += chunk

@@ -392,8 +392,15 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         # stops watching the socket while the sendfile writer does.
         self.transport.stopReading()
         self.transport.stopWriting()
-        self._sendfile = _SendfileWriter(self, reader)
-        self.channel.reactor.addWriter(self._sendfile)
+        writer = self._sendfile = _SendfileWriter(self, reader)
+        # Send at once: a fresh socket is writable, and a small file goes
+        # in one call and is closed in this turn, without asking the
+        # reactor to wake us when we can write. The rest is paced by it.
+        why = writer.doWrite()
+        if why is not None:
+            writer.connectionLost(failure.Failure(why))
+        elif self._sendfile is writer:
+            self.channel.reactor.addWriter(writer)
 
     def _stop_sendfile(self):
         writer, self._sendfile = self._sendfile, None
