@@ -6,7 +6,6 @@ imapclient and a raw socket (for IDLE and for bad input).
 from __future__ import annotations
 
 import base64
-import email
 import imaplib
 import os
 import poplib

@@ -59,7 +59,7 @@ import os
 import re
 import secrets
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from twisted.cred import credentials as _credentials
 from twisted.cred import error as cred_error

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import bisect
 import calendar
-import email.utils
 import re
 import time
 from typing import Any, Iterator

@@ -34,7 +34,7 @@ import itertools
 import os
 import socket
 import time
-from typing import Any, Iterable
+from typing import Iterable
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
