@@ -76,6 +76,21 @@ class POP3TestCase(SynchronousTestCase):
 
 
 class AuthorizationTests(POP3TestCase):
+    def test_client_that_never_logs_in_is_cut_off_even_if_it_keeps_talking(self):
+        proto, t = self.connect()
+        for _ in range(5):
+            self.clock.advance(59)
+            self.assertEqual(self.say(proto, t, b"noop\r\n"), b"+OK\r\n")
+        t.clear()
+        self.clock.advance(10)
+        self.assertEqual(t.value(), b"-ERR [AUTH] too long without logging in, closing\r\n")
+        self.assertTrue(t.disconnecting)
+
+    def test_login_timer_does_not_touch_a_logged_in_session(self):
+        proto, t = self.login()
+        self.clock.advance(400)
+        self.assertFalse(t.disconnecting)
+
     def test_banner_carries_a_fresh_apop_timestamp_each_connection(self):
         seen = set()
         for _ in range(3):

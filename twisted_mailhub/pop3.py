@@ -85,12 +85,14 @@ listeners = [
 
 option_parameters = [
     ["pop3-idle-timeout", None, 600, "Seconds a POP3 client may stay silent before it is logged out (RFC 1939 §3: at least 600).", int],
+    ["pop3-login-timeout", None, 300, "Seconds a POP3 client may take, in all, to log in.", int],
 ]
 
 
 def check_options(options: Any) -> None:
-    if options["pop3-idle-timeout"] <= 0:
-        raise usage.UsageError("--pop3-idle-timeout must be a positive number of seconds")
+    for name in ("pop3-idle-timeout", "pop3-login-timeout"):
+        if options[name] <= 0:
+            raise usage.UsageError(f"--{name} must be a positive number of seconds")
 
 
 # -- the maildrop -----------------------------------------------------------
@@ -368,8 +370,11 @@ class MailhubPOP3(_pop3.POP3):
         self._sasl: Callable[[bytes], Any] | None = None
         if hub is not None:
             self.timeOut = hub.options.get("pop3-idle-timeout") or 600
+            self.login_timeout = hub.options.get("pop3-login-timeout") or 300
         else:
             self.timeOut = 600
+            self.login_timeout = 300
+        self._login_timer: Any = None
 
     # -- connection --------------------------------------------------------
 
@@ -385,7 +390,17 @@ class MailhubPOP3(_pop3.POP3):
             self.magic = self.generateMagic()
         self.transport.registerProducer(self, True)
         self.setTimeout(self.timeOut)
+        # The idle timeout alone would let a client that sends a NOOP every
+        # few minutes sit in AUTHORIZATION for ever, holding a connection.
+        self._login_timer = self.callLater(self.login_timeout, self._login_timed_out)
         self.reply_ok(b"%s POP3 ready %s" % (hostname.encode("ascii", "replace"), self.magic))
+
+    def _login_timed_out(self) -> None:
+        self._login_timer = None
+        if self.state is State.AUTHORIZATION and not self._closed:
+            self._lines.clear()
+            self.reply_err(b"[AUTH] too long without logging in, closing")
+            self._close()
 
     def generateMagic(self) -> bytes:
         # RFC 1939 §7: <process-ID.clock@hostname>; the random part makes it
@@ -395,6 +410,9 @@ class MailhubPOP3(_pop3.POP3):
 
     def connectionLost(self, reason=protocol.connectionDone):
         self._closed = True
+        if self._login_timer is not None and self._login_timer.active():
+            self._login_timer.cancel()
+        self._login_timer = None
         self._lines.clear()
         if self._outgoing is not None:
             self._outgoing.close()
