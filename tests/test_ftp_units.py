@@ -10,7 +10,7 @@ import os
 import socket
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols import ftp
@@ -291,3 +291,20 @@ def test_no_command_in_any_form_is_an_internal_error(session, logged_in):
             assert reply[:3].isdigit(), (verb, arg, reply)
             assert not reply.startswith(b"451"), (verb, arg, reply)
             assert not proto.disconnected
+
+
+def test_pipelined_commands_answered_in_order_through_a_broken_and_a_slow_one(session, monkeypatch):
+    proto, transport, say, clock = session
+    say(b"USER alice\r\nPASS secret\r\n")
+    slow = defer.Deferred()
+    monkeypatch.setattr(proto, "ftp_SYST", lambda: 1 / 0, raising=False)
+    monkeypatch.setattr(proto, "ftp_HELP", lambda arg="": slow, raising=False)
+    out = say(b"NOOP\r\nSYST\r\nHELP\r\nTYPE I\r\nPWD\r\n")
+    lines = out.decode().splitlines()
+    # The broken command gets 451 and the queue goes on; the slow one
+    # holds what follows until it answers.
+    assert [line[:3] for line in lines] == ["200", "451"]
+    slow.callback("214 Done.")
+    lines = transport.value().decode().splitlines()
+    assert [line[:3] for line in lines] == ["200", "451", "214", "200", "257"]
+    assert not proto.disconnected

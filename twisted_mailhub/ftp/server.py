@@ -42,6 +42,7 @@ from twisted.cred import credentials
 from twisted.internet import defer, tcp
 from twisted.logger import Logger
 from twisted.protocols import ftp
+from twisted.python import failure
 
 from twisted_mailhub.ftp.data import (
     DataChannel,
@@ -270,11 +271,27 @@ class MailhubFTP(ftp.FTP):
     def _dispatch(self, verb: str, arg: str, urgent: bool = False):
         if not urgent:
             self._busy = True
-        d = defer.maybeDeferred(self.processCommand, verb, arg)
-        d.addCallbacks(self._succeeded, self._failed, errbackArgs=(verb,))
-        if not urgent:
-            d.addBoth(self._next)
-        d.addErrback(lambda f: log.failure("ftp command {verb} failed", f, verb=verb))
+        try:
+            result = self.processCommand(verb, arg)
+        except Exception:
+            result = failure.Failure()
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(self._succeeded, self._failed, errbackArgs=(verb,))
+            if not urgent:
+                result.addBoth(self._next)
+            result.addErrback(lambda f: log.failure("ftp command {verb} failed", f, verb=verb))
+            return
+        # Answered at once (most commands): the same steps without the
+        # Deferred chain, which costs half of a short command's time here.
+        try:
+            if isinstance(result, failure.Failure):
+                self._failed(result, verb)
+            else:
+                self._succeeded(result)
+            if not urgent:
+                self._next(None)
+        except Exception:
+            log.failure("ftp command {verb} failed", verb=verb)
 
     def _succeeded(self, result):
         if isinstance(result, tuple):
