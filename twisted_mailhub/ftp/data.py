@@ -115,6 +115,9 @@ def same_host(a: str, b: str) -> bool:
     Are C{a} and C{b} the same address (IPv4-mapped IPv6 and scope ids
     seen through)?
     """
+    if a == b:
+        return True
+
     def norm(h):
         try:
             ip = ipaddress.ip_address(h.split("%", 1)[0])
@@ -500,7 +503,7 @@ class _PassiveListener:
     A listening socket for one passive data connection. Not a Twisted
     C{Port}: that logs two lines for every transfer and costs a reactor turn
     to close; this accepts one connection from the control peer, hands it
-    to the reactor with C{adoptStreamConnection}, and closes.
+    to the reactor as a TCP transport, and closes.
     """
 
     def __init__(self, channel: "DataChannel", host: str, port: int):
@@ -541,10 +544,17 @@ class _PassiveListener:
             skt.close()
             return None
         channel._stop_listening()
-        if channel.state is DataState.PASSIVE_LISTENING or channel.state is DataState.CONNECTING:
-            skt.setblocking(False)
-            channel.reactor.adoptStreamConnection(skt.fileno(), skt.family, _AdoptFactory(channel))
-        skt.close()  # adopted as a duplicate descriptor
+        if channel.state is not DataState.PASSIVE_LISTENING and channel.state is not DataState.CONNECTING:
+            skt.close()
+            return None
+        # The accepted socket becomes a Twisted TCP transport as it is (what
+        # adoptStreamConnection does after duplicating the descriptor and
+        # asking the kernel for both addresses again).
+        skt.setblocking(False)
+        protocol = DataConnection(channel)
+        transport = tcp.Server(skt, protocol, addr, None, addr[1], channel.reactor)
+        transport.repstr = f"<DataConnection #{addr[1]} on {self.port}>"
+        protocol.makeConnection(transport)
         return None
 
     def connectionLost(self, reason):
@@ -555,16 +565,6 @@ class _PassiveListener:
             self.channel.reactor.removeReader(self)
             self.closed = True
             self.socket.close()
-
-
-class _AdoptFactory(protocol.Factory):
-    noisy = False
-
-    def __init__(self, channel: "DataChannel"):
-        self.channel = channel
-
-    def buildProtocol(self, addr):
-        return DataConnection(self.channel)
 
 
 class _ActiveFactory(protocol.ClientFactory):
