@@ -64,6 +64,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def time_wait() -> int:
+    """
+    TCP sockets in TIME_WAIT on this host. Every finished data connection
+    leaves one; with tens of thousands the kernel's search for a free port
+    (bind to port 0, as pyftpdlib's PASV does) gets slow, so the figure goes
+    with the results.
+    """
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                words = line.split()
+                return int(words[words.index("tw") + 1])
+    return 0
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -313,6 +328,7 @@ def main():
     results: dict[str, dict[str, float]] = {}
     runs: dict[str, dict[str, list[float]]] = {}
     servers = [Hub(os.path.join(work, "hub")), Pyftpdlib(os.path.join(work, "pyftpdlib"))]
+    tw_before = time_wait()
     try:
         for server in servers:
             results[server.name] = {}
@@ -360,6 +376,7 @@ def main():
             r["concurrent_cpu_ms_per_session"] = sum(runs[name]["cpu"]) * 1e3 / (args.clients * args.repeat)
     hub, ref = results["mailhub"], results["pyftpdlib"]
     print(f"loadavg {os.getloadavg()}; file {args.size_mb} MiB; {args.clients} clients x 1 MiB in {args.client_procs} client processes; {args.idle} idle; {args.repeat} runs")
+    print(f"TIME_WAIT sockets on this host: {tw_before} before, {time_wait()} after")
     print(f"{'metric':30} {'mailhub':>12} {'pyftpdlib':>12} {'ratio':>7}")
     for key in hub:
         ratio = hub[key] / ref[key] if ref[key] else float("nan")
