@@ -166,7 +166,9 @@ def test_passive_port_falls_back_to_the_kernel_when_no_tried_port_is_free(monkey
 def test_port_candidates_all_of_a_small_range_some_of_a_large_one():
     assert sorted(port_candidates(range(5000, 5010))) == list(range(5000, 5010))
     many = list(port_candidates(range(20000, 60000), tries=7))
-    assert len(many) == 7 and all(20000 <= p < 60000 for p in many)
+    assert len(set(many)) == 7 and all(20000 <= p < 60000 for p in many)
+    # A range just above the limit: every port tried is a different one.
+    assert sorted(port_candidates(range(6000, 6040), tries=40)) == list(range(6000, 6040))
 
 
 def test_close_now_leaves_a_buffered_connection_to_lose_connection():

@@ -65,7 +65,7 @@ CHUNK = 256 * 1024
 EARLY_LIMIT = 1024 * 1024  # bytes taken on a data connection before its command
 SENDFILE_SLICE = 8 * 1024 * 1024
 SENDFILE_BUDGET = 64 * 1024 * 1024  # per reactor turn, so others get a go
-PASSIVE_TRIES = 50  # random ports tried for one PASV before giving up
+PASSIVE_TRIES = 200  # ports tried for one PASV before giving up
 _random = random.SystemRandom()  # passive ports are not to be guessed
 
 
@@ -87,15 +87,22 @@ EPHEMERAL_PORTS = ephemeral_ports()
 
 def port_candidates(ports: range, tries: int = PASSIVE_TRIES):
     """
-    At most C{tries} ports of C{ports} in random order: all of a small
-    range, random draws from a large one (no list of 28,000 ports built
-    for each PASV).
+    Up to C{tries} different ports of C{ports} in random order, drawn one
+    at a time as they are needed (usually one is): no list of 28,000 ports
+    is built and shuffled for each PASV.
     """
-    if len(ports) <= tries:
+    n = len(ports)
+    if n <= 16:
         order = list(ports)
         _random.shuffle(order)
-        return order
-    return (ports[_random.randrange(len(ports))] for _ in range(tries))
+        yield from order
+        return
+    seen: set[int] = set()
+    while len(seen) < min(tries, n):
+        port = ports[_random.randrange(n)]
+        if port not in seen:
+            seen.add(port)
+            yield port
 
 
 class DataState(enum.Enum):
