@@ -41,3 +41,38 @@ class BacklogTests(SynchronousTestCase):
         self.assertEqual(with_backlog("tcp:2121"), "tcp:2121:backlog=128")
         self.assertEqual(with_backlog("tcp:21:backlog=5"), "tcp:21:backlog=5")
         self.assertEqual(with_backlog("unix:/tmp/s"), "unix:/tmp/s")
+
+
+class ConnectionIdTests(SynchronousTestCase):
+    def make_hub(self):
+        from twisted.internet import task
+
+        from twisted_mailhub.accounts import AccountBook
+        from twisted_mailhub.hub import Hub
+        from twisted_mailhub.store.memory import MemoryStore
+
+        return Hub(task.Clock(), {}, AccountBook(["localhost"]), MemoryStore(), "/nonexistent", "mail.test")
+
+    def test_a_transcribed_connection_keeps_the_transcript_id(self):
+        from twisted_mailhub.transcript import Transcriber
+
+        class Protocol:
+            pass
+
+        wrapper = StringTransport()
+        wrapper.transcriber = Transcriber("smtp#41")
+        p = Protocol()
+        p.transport = wrapper
+        self.assertEqual(self.make_hub().connection_made(p, "smtp"), "smtp#41")
+
+    def test_a_plain_connection_gets_a_fresh_id_and_its_own_portal(self):
+        class Protocol:
+            pass
+
+        hub = self.make_hub()
+        a, b = Protocol(), Protocol()
+        a.transport, b.transport = StringTransport(), StringTransport()
+        ida, idb = hub.connection_made(a, "pop3"), hub.connection_made(b, "pop3")
+        self.assertNotEqual(ida, idb)
+        self.assertTrue(ida.startswith("pop3#"))
+        self.assertIsNot(a.portal, b.portal)

@@ -184,6 +184,11 @@ class Hub:
         """
         set_nodelay(protocol.transport)
         protocol.portal = self.client_portal(protocol.transport, name)
+        # Under --transcript the wrapper has named the connection already:
+        # one id for the session's log lines and its C:/S: lines.
+        transcriber = getattr(protocol.transport, "transcriber", None)
+        if transcriber is not None:
+            return transcriber.connection_id
         return next_connection_id(name)
 
     # -- listeners -----------------------------------------------------------
