@@ -229,3 +229,11 @@ class MaildirFlushTests(unittest.TestCase):
         yield folder.flush()
         self.assertEqual(sorted(synced), ["cur", "new"])
         self.assertEqual(os.listdir(os.path.join(folder.directory, "cur")), [])
+
+
+class FolderNameLengthTests(unittest.TestCase):
+    def test_a_name_longer_than_a_directory_name_is_refused(self):
+        account = MaildirStore(self.mktemp(), hostname="test").account("alice@example.org")
+        self.assertRaises(BadFolderName, account.create_folder, "x" * 300)
+        self.assertRaises(BadFolderName, account.create_folder, "/".join(["abcdefghij"] * 30))
+        account.create_folder("x" * 200)

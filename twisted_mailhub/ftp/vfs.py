@@ -23,6 +23,7 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -170,9 +171,32 @@ class FileWriter:
         self.file.close()
 
 
+class FileActionError(ftp.FTPCmdError):
+    """
+    C{550} for file-system errors FTP has no name of its own for (a name
+    too long, a symlink loop, an I/O error): a reply, not a traceback.
+    """
+
+    errorCode = ftp.REQ_ACTN_NOT_TAKEN
+
+
+class StorageFullError(ftp.FTPCmdError):
+    """C{552}: the disk or the quota is full (RFC 959 §4.2)."""
+
+    errorCode = ftp.EXCEEDED_STORAGE_ALLOC
+
+
+_KNOWN_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
+
+
 def _fail(e: OSError, segments) -> defer.Deferred:
     path = "/" + "/".join(segments)
-    return ftp.errnoToFailure(e.errno, path)
+    if e.errno in _KNOWN_ERRNOS:
+        return ftp.errnoToFailure(e.errno, path)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return defer.fail(StorageFullError())
+    # Twisted's errnoToFailure would re-raise these as unknown errors.
+    return defer.fail(FileActionError(f"{path[:200]}: {e.strerror or 'error'}"))
 
 
 @implementer(IMailhubShell)

@@ -677,6 +677,11 @@ class IMAPServer(imap4.IMAP4Server):
     # -- dispatch, and telling the client about changes ------------------------------
 
     def dispatchCommand(self, tag, cmd, rest, uid=None):
+        if not cmd.isascii() or not tag.isascii():
+            # Twisted's lookupCommand decodes the name as ASCII and raises
+            # out of lineReceived (an unhandled error) for anything else.
+            self.sendBadResponse(tag if tag.isascii() else b"*", b"command names are ASCII (RFC 3501 section 9)")
+            return None
         if self.selected is not None and uid is None:
             # Bring the client up to date first, so that the command works
             # on the messages it has been told about (RFC 3501 §5.2).
@@ -802,7 +807,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendNegativeResponse(tag, b"[CANNOT] " + str(error).encode("utf-8", "replace"))
         else:
             self.sendNegativeResponse(tag, b"[SERVERBUG] " + str(error).encode("utf-8", "replace"))
-            log.failure("IMAP folder operation failed", error)
+            log.error("IMAP folder operation failed: {error!r}", error=error)
 
     def _folder(self, raw: bytes):
         return self._store().folder(mailbox_name(raw))
@@ -1394,3 +1399,41 @@ def _flags_or_empty(folder: Any, uid: int) -> frozenset:
         return folder.info(uid).flags
     except NoSuchMessage:
         return frozenset()
+
+
+def _argument_required(parser: Any) -> Any:
+    """
+    Twisted's argument parsers index the rest of the line; when an earlier
+    parser used it all up they get L{None} and raise C{TypeError}, which
+    Twisted answers as "Server error" with a traceback in the log
+    (C{STORE 1 +FLAGS} with no flag list). A missing argument is the
+    client's syntax error: C{BAD}.
+    """
+
+    def parse(self: Any, line: Any, *args: Any, **kwargs: Any) -> Any:
+        if line is None:
+            raise imap4.IllegalClientResponse("Missing argument")
+        return parser(self, line, *args, **kwargs)
+
+    parse.__name__ = parser.__name__
+    parse.__doc__ = parser.__doc__
+    return parse
+
+
+def _guard_command_tables(cls: Any) -> None:
+    # The command tables (C{select_STORE = (do_STORE, arg_seqset, ...)}) hold
+    # the parser functions themselves, so it is their entries that change.
+    for name in dir(cls):
+        if not name.startswith(("unauth_", "auth_", "select_", "logout_")):
+            continue
+        table = getattr(cls, name)
+        if not isinstance(table, tuple) or not table:
+            continue
+        guarded = (table[0],) + tuple(
+            _argument_required(p) if callable(p) and getattr(p, "__name__", "").startswith("arg_") else p
+            for p in table[1:]
+        )
+        setattr(cls, name, guarded)
+
+
+_guard_command_tables(IMAPServer)

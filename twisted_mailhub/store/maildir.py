@@ -622,7 +622,12 @@ class MaildirAccount:
     def _folder_path(self, name: str) -> str:
         if name == INBOX:
             return self.path
-        return os.path.join(self.path, encode_folder(name))
+        encoded = encode_folder(name)
+        if len(encoded.encode("utf-8")) > 255:
+            # A Maildir++ folder, its whole hierarchy included, is one
+            # directory name: NAME_MAX (255 octets) bounds it.
+            raise BadFolderName("mailbox name too long")
+        return os.path.join(self.path, encoded)
 
     def folder(self, name: str) -> MaildirFolder:
         name = normalize_folder_name(name)
