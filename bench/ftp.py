@@ -117,7 +117,8 @@ class Hub(Server):
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
              f"--logfile={logfile}", "mailhub", "--data", data, "--user", "alice:secret", "--hostname", "bench.test",
-             "--ftp", "tcp:0:interface=127.0.0.1", "--ftp-max-per-ip", "0", "--ftp-idle-timeout", "3600"]
+             "--ftp", "tcp:0:interface=127.0.0.1", "--ftp-max-per-ip", "0", "--ftp-idle-timeout", "3600",
+             "--max-connections", "0", "--max-connections-per-ip", "0"]
             + [f"--no-{name}" for name in self._other_listeners()],
             env=env, cwd=data,
         )

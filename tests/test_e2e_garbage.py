@@ -4,9 +4,10 @@ connection, never a crashed handler, and the hub keeps serving everyone.
 """
 
 import random
-import zlib
 import socket
 import ssl
+import time
+import zlib
 
 import pytest
 
@@ -118,3 +119,25 @@ def test_ftp_name_too_long_is_a_550(hub):
     assert b"\r\n550 " in said, said
     assert said.rstrip().endswith(b"200 NOOP ok.") or b"\r\n200 " in said, said
     assert "Traceback" not in hub.log
+
+
+def test_connection_limit_per_address_counts_every_listener(start_hub):
+    hub = start_hub("--max-connections-per-ip", "3")
+    held = [connect(hub, "pop3"), connect(hub, "imap"), connect(hub, "smtp")]
+    try:
+        for sock in held:
+            assert sock.recv(100)  # greeted
+        # The fourth, on any listener, is told why and closed.
+        assert greeting(hub, "smtp").startswith(b"421 4.7.0 Error: too many connections")
+        assert greeting(hub, "pop3").startswith(b"-ERR [SYS/TEMP] too many connections")
+        # One leaves; the next is welcome again.
+        held.pop().close()
+        # The hub counts the connection out when it sees the close.
+        deadline = time.monotonic() + 10
+        reply = greeting(hub, "pop3")
+        while not reply.startswith(b"+OK") and time.monotonic() < deadline:
+            reply = greeting(hub, "pop3")
+        assert reply.startswith(b"+OK"), reply
+    finally:
+        for sock in held:
+            sock.close()

@@ -76,3 +76,36 @@ class ConnectionIdTests(SynchronousTestCase):
         self.assertNotEqual(ida, idb)
         self.assertTrue(ida.startswith("pop3#"))
         self.assertIsNot(a.portal, b.portal)
+
+
+class ConnectionLimitsTests(SynchronousTestCase):
+    def test_per_ip_and_total(self):
+        from twisted_mailhub.hub import ConnectionLimits
+
+        limits = ConnectionLimits(total=3, per_ip=2)
+        self.assertTrue(limits.admit("192.0.2.1"))
+        self.assertTrue(limits.admit("192.0.2.1"))
+        self.assertFalse(limits.admit("192.0.2.1"))
+        self.assertTrue(limits.admit("192.0.2.2"))
+        self.assertFalse(limits.admit("192.0.2.3"))  # total reached
+        limits.release("192.0.2.1")
+        self.assertTrue(limits.admit("192.0.2.3"))
+        self.assertEqual(limits.by_ip, {"192.0.2.1": 1, "192.0.2.2": 1, "192.0.2.3": 1})
+
+    def test_limited_factory_releases_when_the_connection_closes(self):
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.internet.address import IPv4Address
+
+        from twisted_mailhub.hub import ConnectionLimits, LimitedFactory
+
+        limits = ConnectionLimits(total=0, per_ip=1)
+        factory = LimitedFactory(Factory.forProtocol(Protocol), limits, "pop3")
+        addr = IPv4Address("TCP", "192.0.2.1", 1234)
+        first = factory.buildProtocol(addr)
+        refused = factory.buildProtocol(addr)
+        t = StringTransport()
+        refused.makeConnection(t)
+        self.assertEqual(t.value(), b"-ERR [SYS/TEMP] too many connections from your address\r\n")
+        self.assertTrue(t.disconnecting)
+        first.connectionLost(None)
+        self.assertIsInstance(factory.buildProtocol(addr), Protocol)

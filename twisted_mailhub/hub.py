@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import attr
 from twisted.application import service
 from twisted.cred.portal import Portal
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, protocol
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -64,6 +64,98 @@ def with_backlog(description: str) -> str:
     if kind in ("tcp", "tcp6") and "backlog=" not in description:
         return f"{description}:backlog={LISTEN_BACKLOG}"
     return description
+
+
+# What a refused connection is told, in each protocol's own words.
+_TOO_MANY = {
+    "smtp": b"421 4.7.0 Error: too many connections from your address\r\n",
+    "pop3": b"-ERR [SYS/TEMP] too many connections from your address\r\n",
+    "imap": b"* BYE [UNAVAILABLE] too many connections from your address\r\n",
+    "ftp": b"421 Too many connections from your address.\r\n",
+}
+_PROTOCOL_FAMILY = {"submission": "smtp", "smtps": "smtp", "pop3s": "pop3", "imaps": "imap"}
+
+
+class _Refusal(protocol.Protocol):
+    def __init__(self, line: bytes):
+        self.line = line
+
+    def connectionMade(self):
+        self.transport.write(self.line)
+        self.transport.loseConnection()
+
+
+class ConnectionLimits:
+    """
+    C{--max-connections} and C{--max-connections-per-ip}, over every
+    listener together: a client over a limit gets its protocol's "too many
+    connections" reply and is closed before any protocol object is made.
+    Counting happens in the listener's factory, so it costs nothing once a
+    connection is accepted.
+    """
+
+    def __init__(self, total: int, per_ip: int):
+        self.total = total
+        self.per_ip = per_ip
+        self.open = 0
+        self.by_ip: dict[str, int] = {}
+
+    def admit(self, host: str) -> bool:
+        if self.total and self.open >= self.total:
+            return False
+        if self.per_ip and self.by_ip.get(host, 0) >= self.per_ip:
+            return False
+        self.open += 1
+        self.by_ip[host] = self.by_ip.get(host, 0) + 1
+        return True
+
+    def release(self, host: str) -> None:
+        self.open -= 1
+        left = self.by_ip.get(host, 1) - 1
+        if left > 0:
+            self.by_ip[host] = left
+        else:
+            self.by_ip.pop(host, None)
+
+
+class LimitedFactory(protocol.Factory):
+    """
+    Wraps a listener's factory: admits or refuses each connection, and
+    counts it out again when it closes.
+    """
+
+    def __init__(self, wrapped: Any, limits: ConnectionLimits, name: str):
+        self.wrapped = wrapped
+        self.limits = limits
+        self.name = name
+
+    def doStart(self):
+        self.wrapped.doStart()
+
+    def doStop(self):
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", "")
+        if not self.limits.admit(host):
+            log.info("{name}: refused a connection from {host}: too many connections", name=self.name, host=host)
+            family = _PROTOCOL_FAMILY.get(self.name, self.name)
+            return _Refusal(_TOO_MANY.get(family, b""))
+        built = self.wrapped.buildProtocol(addr)
+        if built is None:
+            self.limits.release(host)
+            return None
+        connection_lost = built.connectionLost
+        released = []
+
+        def lost(reason, connection_lost=connection_lost):
+            if not released:
+                released.append(True)
+                self.limits.release(host)
+            return connection_lost(reason)
+
+        built.connectionLost = lost
+        return built
 
 
 class TrustedNetworks:
@@ -147,6 +239,9 @@ class Hub:
         self.throttle = LoginThrottle(reactor)
         self.trusted = TrustedNetworks(options.get("trusted-networks") or "127.0.0.0/8,::1/128")
         self.max_message_size = int(options.get("max-message-size") or 25 * 1024 * 1024)
+        self.connection_limits = ConnectionLimits(
+            int(options.get("max-connections") or 0), int(options.get("max-connections-per-ip") or 0)
+        )
         self.transcript = bool(options.get("transcript"))
         self.filters: list[Any] = []
         self.listening: dict[str, Any] = {}
@@ -224,6 +319,8 @@ class HubService(service.MultiService):
         starting = []
         for name, description, factory, tls in hub._listeners:
             wrapped = factory
+            if hub.connection_limits.total or hub.connection_limits.per_ip:
+                wrapped = LimitedFactory(wrapped, hub.connection_limits, name)
             if hub.transcript:
                 wrapped = TranscriptFactory(wrapped, name)
             if tls == "implicit":

@@ -63,6 +63,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["tls-key", None, None, "PEM private key for --tls-cert (default: in the --tls-cert file)."],
         ["max-message-size", None, 25 * 1024 * 1024, "Largest message accepted, in octets (SMTP SIZE).", int],
         ["trusted-networks", None, "127.0.0.0/8,::1/128", "Comma-separated CIDRs from which plaintext logins are allowed without TLS (never grants relay)."],
+        ["max-connections", None, 2000, "Most client connections open at once, every listener together (0: no limit).", int],
+        ["max-connections-per-ip", None, 100, "Most client connections open at once from one address, every listener together (0: no limit).", int],
     ] + _PARAMETERS
 
     optFlags = [
