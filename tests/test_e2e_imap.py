@@ -579,3 +579,41 @@ def test_fetch_of_an_empty_folder(hub):
     with pytest.raises(imaplib.IMAP4.error, match="no message 1"):
         c.fetch("1", "(FLAGS)")
     c.logout()
+
+
+@pytest.mark.parametrize("how", ["delete", "rename"])
+def test_selected_folder_removed_by_another_session_ends_with_bye(hub, how):
+    """
+    Like Dovecot: message numbers in a folder that is gone mean nothing, so
+    the session is told why and closed, not left fetching empty results.
+    """
+    name = f"Gone-{how}"
+    b = login(hub)
+    assert b.create(name)[0] == "OK"
+    append(b, name)
+    a = Raw(hub.ports["imap"])
+    assert a.cmd(b"a1", b"LOGIN alice secret")[-1].startswith(b"a1 OK")
+    assert a.cmd(b"a2", b"SELECT " + name.encode())[-1].startswith(b"a2 OK")
+    if how == "delete":
+        assert b.delete(name)[0] == "OK"
+    else:
+        assert b.rename(name, name + "-new")[0] == "OK"
+    b.logout()
+    a.send(b"a3 FETCH 1 (FLAGS)\r\n")
+    assert a.line() == b"* BYE [UNAVAILABLE] selected mailbox " + name.encode() + b" was deleted or renamed; reconnect"
+    with pytest.raises(EOFError):
+        a.line()
+    assert "Traceback" not in hub.log
+
+
+def test_idle_on_a_folder_another_session_deletes_gets_bye(hub):
+    b = login(hub)
+    assert b.create("Gone-idle")[0] == "OK"
+    a = Raw(hub.ports["imap"])
+    a.cmd(b"a1", b"LOGIN alice secret")
+    a.cmd(b"a2", b"SELECT Gone-idle")
+    a.send(b"a3 IDLE\r\n")
+    assert a.line().startswith(b"+ ")
+    assert b.delete("Gone-idle")[0] == "OK"
+    b.logout()
+    assert a.line().startswith(b"* BYE [UNAVAILABLE] selected mailbox Gone-idle was deleted")

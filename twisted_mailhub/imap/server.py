@@ -321,9 +321,14 @@ class SelectedFolder:
         self.session.changes_arrived()
 
     def poll(self) -> None:
-        """Look for changes made outside this process (two stat calls)."""
+        """
+        Look for changes made outside this process (two stat calls).
+        Raises L{NoSuchFolder} once the folder is gone.
+        """
         try:
             self.folder.refresh()
+        except NoSuchFolder:
+            raise
         except OSError:
             pass
 
@@ -685,7 +690,10 @@ class IMAPServer(imap4.IMAP4Server):
         if self.selected is not None and uid is None:
             # Bring the client up to date first, so that the command works
             # on the messages it has been told about (RFC 3501 §5.2).
-            self.selected.poll()
+            try:
+                self.selected.poll()
+            except NoSuchFolder:
+                return self._selected_folder_gone()
             if self.selected.pending:
                 for line in self.selected.untagged(cmd.upper() not in _NO_EXPUNGE_DURING and cmd.upper() != b"UID"):
                     self.transport.write(line)
@@ -737,7 +745,7 @@ class IMAPServer(imap4.IMAP4Server):
         self.sendContinuationRequest(b"idling: send DONE to end")
         self.changes_arrived()
         if self.selected is not None:
-            self._idle_poll = task.LoopingCall(self.selected.poll)
+            self._idle_poll = task.LoopingCall(self._idle_check)
             self._idle_poll.clock = self.hub.reactor
             self._idle_poll.start(IDLE_POLL, now=False)
 
@@ -863,6 +871,26 @@ class IMAPServer(imap4.IMAP4Server):
 
     auth_SELECT = select_SELECT = (do_SELECT, arg_finalastring, 0, b"SELECT")
     auth_EXAMINE = select_EXAMINE = (do_SELECT, arg_finalastring, 1, b"EXAMINE")
+
+    def _idle_check(self) -> None:
+        try:
+            self.selected.poll()
+        except NoSuchFolder:
+            if self._idle_poll is not None and self._idle_poll.running:
+                self._idle_poll.stop()
+            self._selected_folder_gone()
+
+    def _selected_folder_gone(self) -> None:
+        """
+        Another session (or someone on the server) deleted or renamed the
+        selected folder. Its message numbers mean nothing any more and
+        RFC 3501 has no way to say so mid-session, so, like Dovecot, say
+        why and disconnect; the client reconnects and sees the new list.
+        """
+        name = self.selected.folder.name if self.selected is not None else ""
+        self._unselect()
+        self.sendUntaggedResponse(b"BYE [UNAVAILABLE] selected mailbox " + name.encode("utf-8", "replace") + b" was deleted or renamed; reconnect")
+        self.transport.loseConnection()
 
     def _unselect(self) -> None:
         if self.selected is not None:

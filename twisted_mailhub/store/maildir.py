@@ -267,10 +267,15 @@ class MaildirFolder:
     # -- keeping the index in step with the directory ---------------------
 
     def _mtimes(self) -> tuple[int, int]:
-        return (
-            os.stat(os.path.join(self.directory, "new")).st_mtime_ns,
-            os.stat(os.path.join(self.directory, "cur")).st_mtime_ns,
-        )
+        try:
+            return (
+                os.stat(os.path.join(self.directory, "new")).st_mtime_ns,
+                os.stat(os.path.join(self.directory, "cur")).st_mtime_ns,
+            )
+        except FileNotFoundError:
+            # Deleted or renamed (by another session, or by hand) while
+            # someone still holds this folder.
+            raise NoSuchFolder(f"{self.name} no longer exists") from None
 
     def _scan(self, force: bool = False) -> None:
         mtimes = self._mtimes()
