@@ -297,6 +297,17 @@ class Hub:
         factory.protocol_name = name
         self._listeners.append((name, description, factory, tls))
 
+    def listen_each(self, listeners: Iterable[ListenerSpec], make_factory: Any) -> None:
+        """
+        L{listen} on every one of a component's C{listeners} the command
+        line did not turn off (C{--no-NAME}), at C{--NAME} or its default;
+        C{make_factory(spec)} makes each listener's factory.
+        """
+        for spec in listeners:
+            if self.options.get(f"no-{spec.name}"):
+                continue
+            self.listen(spec.name, self.options.get(spec.name) or spec.default, make_factory(spec), tls=spec.tls)
+
     def add_service(self, svc: service.IService) -> None:
         svc.setServiceParent(self.services)
 

@@ -954,7 +954,4 @@ def install(hub: Any) -> None:
     maildrops = Maildrops(hub.store)
     hub.pop3_maildrops = maildrops
     hub.realm.register(IMailbox, maildrops.avatar)
-    for spec in listeners:
-        if hub.options.get(f"no-{spec.name}"):
-            continue
-        hub.listen(spec.name, hub.options.get(spec.name) or spec.default, POP3Factory(hub), tls=spec.tls)
+    hub.listen_each(listeners, lambda spec: POP3Factory(hub))

@@ -95,5 +95,4 @@ def install(hub) -> None:
     hub.realm.register(ftp.IFTPShell, shell)
     if anonymous:
         hub.portal.registerChecker(AllowAnonymousAccess())
-    if not hub.options.get("no-ftp"):
-        hub.listen("ftp", hub.options.get("ftp") or "tcp:2121", make_factory(hub))
+    hub.listen_each(listeners, lambda spec: make_factory(hub))

@@ -83,7 +83,4 @@ def install(hub: Any) -> None:
         return IMAPAvatar(store_account), lambda: None
 
     hub.realm.register(imap4.IAccount, avatar)
-    for spec in listeners:
-        if hub.options.get(f"no-{spec.name}"):
-            continue
-        hub.listen(spec.name, hub.options.get(spec.name) or spec.default, IMAPFactory(hub, spec.name), tls=spec.tls)
+    hub.listen_each(listeners, lambda spec: IMAPFactory(hub, spec.name))

@@ -46,8 +46,7 @@ def install(hub) -> None:
         "command_timeout": int(options.get("smtp-command-timeout") or 120),
         "login_timeout": int(options.get("smtp-login-timeout") or 300),
     }
-    for spec in listeners:
-        if options.get(f"no-{spec.name}"):
-            continue
-        factory = MailhubSMTPFactory(hub, spec.name, require_auth=spec.name != "smtp", settings=settings)
-        hub.listen(spec.name, options.get(spec.name) or spec.default, factory, tls=spec.tls)
+    hub.listen_each(
+        listeners,
+        lambda spec: MailhubSMTPFactory(hub, spec.name, require_auth=spec.name != "smtp", settings=settings),
+    )
