@@ -34,6 +34,8 @@ from twisted.internet import defer, threads
 from twisted.protocols import ftp
 from zope.interface import Attribute, Interface, implementer
 
+from twisted_mailhub.store.durable import fsync_directory
+
 
 class IMailhubShell(ftp.IFTPShell):
     """
@@ -157,11 +159,7 @@ class FileWriter:
             finally:
                 self.file.close()
             # A new file's name must survive a crash too.
-            directory = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            fsync_directory(os.path.dirname(self.path) or ".")
 
         # Never close the descriptor under a sync still running.
         pending = self._syncing if self._syncing is not None else defer.succeed(None)
