@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -140,6 +141,14 @@ class HubProcess:
     def maildir(self, address: str) -> str:
         local, _, domain = address.partition("@")
         return os.path.join(self.data_dir, "mail", domain or "localhost", local)
+
+
+def client_context() -> ssl.SSLContext:
+    """A client TLS context that accepts the hub's self-signed certificate."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def _known_listener(name: str) -> bool:

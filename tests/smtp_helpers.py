@@ -11,6 +11,7 @@ import re
 import socket
 import ssl
 
+from tests.hubprocess import client_context
 
 
 class RawSMTP:
@@ -62,13 +63,6 @@ class RawSMTP:
             self.sock.close()
         except OSError:
             pass
-
-
-def client_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # the hub's self-signed certificate
-    return ctx
 
 
 def stored(hub, address: str) -> list[bytes]:

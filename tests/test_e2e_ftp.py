@@ -11,10 +11,11 @@ import io
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 
 import pytest
+
+from tests.hubprocess import client_context
 
 MB = 1024 * 1024
 
@@ -31,10 +32,7 @@ def login(hub, user="alice", password="secret", cls=ftplib.FTP, **kw) -> ftplib.
 
 
 def tls_login(hub, user="alice", password="secret") -> ftplib.FTP_TLS:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    f = login(hub, user, password, cls=ftplib.FTP_TLS, context=ctx)
+    f = login(hub, user, password, cls=ftplib.FTP_TLS, context=client_context())
     f.prot_p()
     return f
 
@@ -117,7 +115,7 @@ def test_account_logs_in_over_ftp_pop3_and_smtp_auth(hub):
         s = smtplib.SMTP("127.0.0.1", hub.ports["submission"], timeout=10)
         s.ehlo()
         if "auth" not in s.esmtp_features:
-            s.starttls(context=ssl._create_unverified_context())
+            s.starttls(context=client_context())
             s.ehlo()
         code, _ = s.login("alice", "secret")
         assert code == 235
@@ -566,7 +564,7 @@ def test_commands_pipelined_after_auth_tls_are_discarded(hub):
     s.sendall(b"AUTH TLS\r\nUSER alice\r\nPASS secret\r\n")
     reply = s.recv(4096)
     assert reply.startswith(b"234"), reply
-    ctx = ssl._create_unverified_context()
+    ctx = client_context()
     t = ctx.wrap_socket(s)
     # USER/PASS sent in plaintext were dropped: still not logged in.
     assert ask(t, b"PWD").startswith(b"530")

@@ -11,6 +11,8 @@ import zlib
 
 import pytest
 
+from tests.hubprocess import client_context
+
 PLAIN = ["smtp", "submission", "pop3", "imap", "ftp"]
 IMPLICIT_TLS = ["smtps", "pop3s", "imaps"]
 
@@ -34,10 +36,7 @@ def payloads(seed: int):
 def connect(hub, name):
     sock = socket.create_connection(("127.0.0.1", hub.ports[name]), timeout=5)
     if name in IMPLICIT_TLS:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        sock = context.wrap_socket(sock)
+        sock = client_context().wrap_socket(sock)
     return sock
 
 

@@ -12,11 +12,12 @@ import poplib
 import re
 import smtplib
 import socket
-import ssl
 import time
 from email.message import EmailMessage
 
 import pytest
+
+from tests.hubprocess import client_context
 
 imaplib.Commands.setdefault("MOVE", ("SELECTED",))
 imaplib.Commands.setdefault("UNSELECT", ("SELECTED",))
@@ -419,7 +420,7 @@ def test_logindisabled_without_tls_from_untrusted_address_then_starttls(start_hu
     assert "AUTH=PLAIN" not in c.capabilities
     typ, data = c._simple_command("LOGIN", "alice", "secret")
     assert typ == "NO" and b"PRIVACYREQUIRED" in data[0]
-    c.starttls(ssl_context=ssl._create_unverified_context())
+    c.starttls(ssl_context=client_context())
     assert "LOGINDISABLED" not in c.capabilities and "AUTH=PLAIN" in c.capabilities
     assert c.login("alice", "secret")[0] == "OK"
     c.logout()
@@ -431,7 +432,7 @@ def test_commands_sent_with_starttls_in_the_clear_are_dropped(start_hub):
     r.send(b"a STARTTLS\r\nb LOGIN alice secret\r\n")
     assert r.line() == b"a OK Begin TLS negotiation now"
     assert r.buf == b""
-    tls = ssl._create_unverified_context().wrap_socket(r.sock)
+    tls = client_context().wrap_socket(r.sock)
     tls.sendall(b"c NOOP\r\n")
     reply = b""
     while not reply.endswith(b"\r\n"):
@@ -446,7 +447,7 @@ def test_commands_sent_with_starttls_in_the_clear_are_dropped(start_hub):
 
 
 def test_imaps_port_speaks_tls(hub):
-    c = imaplib.IMAP4_SSL("127.0.0.1", hub.ports["imaps"], ssl_context=ssl._create_unverified_context())
+    c = imaplib.IMAP4_SSL("127.0.0.1", hub.ports["imaps"], ssl_context=client_context())
     assert "STARTTLS" not in c.capabilities
     c.login("alice", "secret")
     append(c)

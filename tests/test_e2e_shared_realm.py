@@ -8,9 +8,8 @@ import imaplib
 import io
 import poplib
 import smtplib
-import ssl
 
-from tests.hubprocess import HubProcess
+from tests.hubprocess import HubProcess, client_context
 
 MESSAGE = (
     b"From: carol@example.org\r\n"
@@ -21,13 +20,6 @@ MESSAGE = (
 )
 
 
-def _tls_client():
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def test_an_account_given_once_works_on_every_protocol(start_hub, tmp_path):
     accounts = tmp_path / "accounts"
     accounts.write_text("dave@example.org:pw-dave\n")
@@ -35,7 +27,7 @@ def test_an_account_given_once_works_on_every_protocol(start_hub, tmp_path):
 
     # SMTP submission, AUTH PLAIN after STARTTLS, as dave.
     with smtplib.SMTP("127.0.0.1", hub.ports["submission"], timeout=10) as smtp:
-        smtp.starttls(context=_tls_client())
+        smtp.starttls(context=client_context())
         smtp.login("dave", "pw-dave")
         smtp.sendmail("dave@example.org", ["dave@example.org"], MESSAGE)
 

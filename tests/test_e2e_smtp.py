@@ -21,8 +21,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from tests.hubprocess import HubProcess
-from tests.smtp_helpers import RawSMTP, client_context, stored_with, strip_trace
+from tests.hubprocess import HubProcess, client_context
+from tests.smtp_helpers import RawSMTP, stored_with, strip_trace
 
 MAX_SIZE = 200_000
 

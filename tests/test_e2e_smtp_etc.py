@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from tests.hubprocess import ROOT, HubProcess
-from tests.smtp_helpers import client_context, stored_with
+from tests.hubprocess import ROOT, HubProcess, client_context
+from tests.smtp_helpers import stored_with
 from twisted_mailhub import tap
 
 

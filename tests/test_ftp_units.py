@@ -21,7 +21,7 @@ from twisted.internet import error
 from twisted_mailhub.ftp import data as ftpdata
 from twisted_mailhub.ftp.data import DataChannel, DataState, close_now, from_crlf, port_candidates, same_host, to_crlf
 from twisted_mailhub.ftp.server import MailhubFTPFactory
-from twisted_mailhub.ftp.vfs import DiskFileSystem, DiskShell, filesystem_factories
+from twisted_mailhub.ftp.vfs import DiskShell, filesystem_factories
 from twisted_mailhub.hub import Hub
 from twisted_mailhub.store.memory import MemoryStore
 

@@ -11,7 +11,7 @@ import smtplib
 
 from twisted.logger import globalLogPublisher
 
-from tests.smtp_helpers import client_context
+from tests.hubprocess import client_context
 from twisted_mailhub.transcript import Transcriber
 
 
