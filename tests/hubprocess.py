@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Listener names the hub knows; each gets an ephemeral loopback port unless
 # the test passes its own --NAME or --no-NAME.
-LISTENERS = ["smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "ftp"]
+LISTENERS = ["smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "ftp", "web", "webs"]
 
 _READY = re.compile(r"mailhub ready (\{.*\})")
 
@@ -54,7 +54,7 @@ class HubProcess:
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "mailhub", "--data", self.data_dir]
         given = " ".join(self.args)
         for name in LISTENERS:
-            if f"--{name} " not in given + " " and f"--{name}=" not in given and f"--no-{name}" not in given:
+            if f"--{name} " not in given + " " and f"--{name}=" not in given and f"--no-{name}" not in self.args:
                 if _known_listener(name):
                     args += [f"--{name}", "tcp:0:interface=127.0.0.1"]
         if "--hostname" not in given:

@@ -245,6 +245,9 @@ class Hub:
         self.transcript = bool(options.get("transcript"))
         self.filters: list[Any] = []
         self.listening: dict[str, Any] = {}
+        # Resources other components mount on the web listeners, by path
+        # (e.g. "api/v1"); see twisted_mailhub.web.site.
+        self.web_resources: dict[str, Any] = {}
         self._listeners: list[tuple[str, str, Any, str]] = []
         self._tls: Any = None
         self.services = service.MultiService()

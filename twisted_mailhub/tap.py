@@ -24,6 +24,7 @@ COMPONENTS: list[str] = [
     "twisted_mailhub.pop3",
     "twisted_mailhub.imap",
     "twisted_mailhub.ftp.component",
+    "twisted_mailhub.web",
 ]
 
 

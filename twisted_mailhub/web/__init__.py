@@ -1,0 +1,48 @@
+# -*- test-case-name: tests.test_web_login -*-
+"""
+The web component: C{--web} (HTTP, default C{tcp:8080}) and C{--webs}
+(HTTPS with the hub's certificate, default C{tcp:8443}), serving webmail,
+the message anatomy and the live teaching console for the same accounts,
+realm and store as every other protocol.
+
+Other components add resources with C{hub.web_resources["api/v1"] =
+resource}; see L{twisted_mailhub.web.site}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from twisted_mailhub.hub import ListenerSpec
+
+listeners = [
+    ListenerSpec("web", "tcp:8080", "Web listener (HTTP): webmail, message anatomy, live console."),
+    ListenerSpec("webs", "tcp:8443", "Web listener over implicit TLS (HTTPS) with the hub's certificate.", tls="implicit"),
+]
+
+option_parameters = [
+    ["web-session-timeout", None, 3600, "Seconds a browser session may stay idle before it must log in again.", int],
+]
+
+option_lists = [
+    ["teacher", "An account that sees every session in the console (repeatable)."],
+]
+
+
+def check_options(options: Any) -> None:
+    if int(options["web-session-timeout"]) < 1:
+        raise usage.UsageError("--web-session-timeout must be at least 1")
+
+
+def install(hub: Any) -> None:
+    from twisted_mailhub.web.avatar import IWebUser, avatar_factory, teacher_addresses
+    from twisted_mailhub.web.site import WebFace
+
+    teachers = teacher_addresses(hub.accounts, hub.options.get("teacher") or [])
+    hub.realm.register(IWebUser, avatar_factory(hub.store, teachers))
+    if not hasattr(hub, "web_resources"):
+        hub.web_resources = {}
+    hub.web = WebFace(hub, float(hub.options.get("web-session-timeout") or 3600))
+    hub.listen_each(listeners, lambda spec: hub.web.site(spec.name))

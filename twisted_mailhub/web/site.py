@@ -1,0 +1,386 @@
+# -*- test-case-name: tests.test_web_login -*-
+"""
+The HTTP side of the web face: the site, its security headers, login and
+logout, static files, and where other parts mount their resources.
+
+Theory of operation:
+
+ - One L{WebFace} per hub (C{hub.web}) holds the browser sessions and the
+   root resource; each web listener (C{--web}, C{--webs}) gets its own
+   L{server.Site} on that root.
+ - Every response carries the security headers of L{SECURITY_HEADERS}: a
+   Content-Security-Policy with no inline script and C{frame-ancestors
+   'none'}, C{nosniff}, no referrer.
+ - Login goes through the hub's portal and login throttle like every other
+   protocol (C{IWebUser} avatar). A password is accepted over plain HTTP only
+   from C{--trusted-networks}; anyone else is redirected to the C{--webs}
+   listener before a form is even shown.
+ - Other parts add pages with C{hub.web_resources[PATH] = resource}, e.g.
+   C{"api/v1"}: a request whose path starts with PATH goes to the resource
+   (with C{request.postpath} the rest). They find the signed-in user with
+   L{WebFace.user} and check a state-changing request with
+   L{WebFace.csrf_ok}. The dict may be filled before or after this
+   component installs: it is read at request time.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
+from twisted.logger import Logger
+from twisted.web import resource, server, static
+from twisted.web.template import tags
+
+from twisted_mailhub.hub import is_secure
+from twisted_mailhub.login import ClientPortal
+from twisted_mailhub.web.avatar import IWebUser
+from twisted_mailhub.web.pages import STATIC, post_form, render_page
+from twisted_mailhub.web.sessions import COOKIE_HTTP, COOKIE_HTTPS, SessionStore
+
+log = Logger()
+
+# 'self' covers the same origin's ws:/wss: in CSP Level 3 (Chromium, Firefox).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+SECURITY_HEADERS = {
+    b"content-security-policy": CONTENT_SECURITY_POLICY.encode("ascii"),
+    b"x-content-type-options": b"nosniff",
+    b"x-frame-options": b"DENY",
+    b"referrer-policy": b"no-referrer",
+    b"cross-origin-opener-policy": b"same-origin",
+    b"cache-control": b"no-store",
+}
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9.\-]{1,253}$|^\[[0-9A-Fa-f:.]+\]$")
+
+
+class WebRequest(server.Request):
+    """
+    A request that carries the security headers, whatever renders it.
+    """
+
+    def process(self):
+        for name, value in SECURITY_HEADERS.items():
+            self.setHeader(name, value)
+        server.Request.process(self)
+
+
+def client_host(request: Any) -> str:
+    """The client's IP address as a string ('' when unknown)."""
+    return getattr(request.getClientAddress(), "host", "") or ""
+
+
+def request_secure(request: Any) -> bool:
+    """Did C{request} come over TLS (the C{--webs} listener)?"""
+    return is_secure(request.channel.transport) if request.channel is not None else request.isSecure()
+
+
+def form_value(request: Any, name: str, default: str = "") -> str:
+    """A form field of a POST (or query argument) as text; C{default} if absent."""
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return default
+    return values[0].decode("utf-8", "replace")
+
+
+def redirect(request: Any, location: str, code: int = 303) -> bytes:
+    """Answer C{request} with a redirect to C{location}."""
+    request.setResponseCode(code)
+    request.setHeader(b"location", location.encode("utf-8"))
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return b"See " + location.encode("utf-8") + b"\n"
+
+
+def local_path(target: str, default: str = "/") -> str:
+    """C{target} if it is a path on this site (no scheme, no other host), else C{default}."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target and not any(c < " " for c in target):
+        return target
+    return default
+
+
+class StaticFiles(static.File):
+    """
+    The package's C{static/} folder: files only, no directory listings.
+    L{static.File} already refuses C{..} and separators in a segment.
+    """
+
+    def directoryListing(self):
+        return resource.NoResource("Not found.")
+
+    def createSimilarFile(self, path):
+        f = StaticFiles(path, self.defaultType, self.ignoredExts, self.registry)
+        f.processors = {}
+        f.indexNames = []
+        f.childNotFound = self.childNotFound
+        return f
+
+
+class WebFace:
+    """
+    The web face of one hub: sessions, pages, and the sites its listeners serve.
+
+    @ivar hub: the L{twisted_mailhub.hub.Hub}.
+    @ivar sessions: the L{SessionStore} of browser sessions.
+    @ivar pages: built-in resources by first path segment (C{mail}, C{console}, ...).
+    """
+
+    def __init__(self, hub: Any, idle_timeout: float = 3600.0):
+        self.hub = hub
+        self.sessions = SessionStore(hub.reactor, idle_timeout)
+        self.pages: dict[str, resource.Resource] = {}
+        self.root = Root(self)
+
+    def site(self, name: str) -> server.Site:
+        """A L{server.Site} for the listener called C{name}."""
+        site = server.Site(self.root, timeout=120)
+        site.requestFactory = WebRequest
+        site.displayTracebacks = False
+        return site
+
+    # -- sessions ----------------------------------------------------------
+
+    def session(self, request: Any):
+        """The request's L{WebSession} (logged in or not), or L{None}."""
+        cached = getattr(request, "_mailhub_session", False)
+        if cached is not False:
+            return cached
+        name = COOKIE_HTTPS if request_secure(request) else COOKIE_HTTP
+        found = self.sessions.get(request.getCookie(name))
+        request._mailhub_session = found
+        return found
+
+    def user(self, request: Any):
+        """The signed-in L{IWebUser} of C{request}, or L{None}."""
+        session = self.session(request)
+        return session.user if session is not None else None
+
+    def csrf_ok(self, request: Any) -> bool:
+        """
+        Does C{request} carry its session's CSRF token (form field C{csrf} or
+        header C{X-CSRF-Token})? A request without a session never does.
+        """
+        session = self.session(request)
+        if session is None:
+            return False
+        token = request.getHeader(b"x-csrf-token") or form_value(request, "csrf")
+        return session.csrf_ok(token)
+
+    def start_session(self, request: Any, user: Any = None, logout: Any = None):
+        """
+        A new session with a new id (the old one, if any, ends) and its
+        cookie set on C{request}.
+        """
+        old = self.session(request)
+        if old is not None:
+            self.sessions.end(old)
+        session = self.sessions.new(user, logout, client_host(request))
+        self._set_cookie(request, session.sid)
+        request._mailhub_session = session
+        return session
+
+    def end_session(self, request: Any) -> None:
+        session = self.session(request)
+        if session is not None:
+            self.sessions.end(session)
+        self._set_cookie(request, "", expire=True)
+        request._mailhub_session = None
+
+    def _set_cookie(self, request: Any, value: str, expire: bool = False) -> None:
+        secure = request_secure(request)
+        request.addCookie(
+            COOKIE_HTTPS if secure else COOKIE_HTTP,
+            value,
+            path=b"/",
+            secure=secure,
+            httpOnly=True,
+            sameSite="Strict",
+            max_age=b"0" if expire else None,
+        )
+
+    # -- transport rules -----------------------------------------------------
+
+    def plain_http_refused(self, request: Any) -> bool:
+        """
+        Plain HTTP from outside C{--trusted-networks} carries no password or
+        session: True (and the request answered with a redirect to HTTPS, or
+        a page saying why not) when C{request} is such a one.
+        """
+        if request_secure(request) or client_host(request) in self.hub.trusted:
+            return False
+        webs = self.hub.listening.get("webs")
+        if webs is None:
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.write(b"Log in over HTTPS: this hub takes passwords over plain HTTP only from its trusted networks, and it has no HTTPS listener.\n")
+            request.finish()
+            return True
+        host = (request.getRequestHostname() or b"").decode("ascii", "replace")
+        if not _HOSTNAME.match(host):
+            host = self.hub.hostname
+        target = f"https://{host}:{webs.port}{quote(request.uri.decode('utf-8', 'replace'), safe='/?&=%:@+,;')}"
+        request.write(redirect(request, target, code=302))
+        request.finish()
+        return True
+
+
+class Root(resource.Resource):
+    """
+    C{/}: the home page; children are the built-in pages, C{static/}, and
+    whatever is in C{hub.web_resources}.
+    """
+
+    def __init__(self, face: WebFace):
+        resource.Resource.__init__(self)
+        self.face = face
+        self.static = StaticFiles(STATIC.path)
+
+    def getChildWithDefault(self, path, request):
+        name = path.decode("utf-8", "replace")
+        if name == "static":
+            return self.static
+        if self.face.plain_http_refused(request):
+            return _Answered()
+        mounted = self._mounted(name, request)
+        if mounted is not None:
+            return mounted
+        if name == "":
+            return self
+        if name == "login":
+            return LoginPage(self.face)
+        if name == "logout":
+            return LogoutPage(self.face)
+        page = self.face.pages.get(name)
+        if page is not None:
+            return page
+        return resource.NoResource("No such page.")
+
+    def _mounted(self, name: str, request: Any):
+        extra = getattr(self.face.hub, "web_resources", {}) or {}
+        rest = [segment.decode("utf-8", "replace") for segment in request.postpath]
+        for key in sorted(extra, key=len, reverse=True):
+            parts = key.strip("/").split("/")
+            if [name] + rest[: len(parts) - 1] == parts:
+                for _ in parts[1:]:
+                    request.prepath.append(request.postpath.pop(0))
+                return extra[key]
+        return None
+
+    def render_GET(self, request):
+        session = self.face.session(request)
+        if session is None or session.user is None:
+            return redirect(request, "/login")
+        user = session.user
+        content = [
+            tags.p("Signed in as ", tags.strong(user.address), " (teacher: sees every session)." if user.is_teacher else "."),
+            tags.ul(
+                tags.li(tags.a("Mail", href="/mail"), ": your folders and messages."),
+                tags.li(tags.a("Console", href="/console"), ": live sessions on the hub, explained line by line."),
+            ),
+        ]
+        return render_page(request, "mailhub", content, session)
+
+
+class _Answered(resource.Resource):
+    """A request already answered (and finished) while routing it."""
+
+    isLeaf = True
+
+    def render(self, request):
+        return server.NOT_DONE_YET
+
+
+class LoginPage(resource.Resource):
+    """
+    C{/login}: the form (GET) and the login itself (POST), through the
+    hub's portal and failed-login throttle.
+    """
+
+    isLeaf = True
+
+    def __init__(self, face: WebFace):
+        resource.Resource.__init__(self)
+        self.face = face
+
+    def _form(self, request, session, message: str = "", code: int = 200, username: str = ""):
+        next_path = local_path(form_value(request, "next", "/"))
+        content = [
+            tags.p(message, class_="error", role="alert") if message else "",
+            post_form(
+                "/login",
+                session,
+                tags.input(type="hidden", name="next", value=next_path),
+                tags.label("Address ", tags.input(type="text", name="username", value=username, autocomplete="username", required="required", autofocus="autofocus")),
+                tags.label("Password ", tags.input(type="password", name="password", autocomplete="current-password", required="required")),
+                tags.button("Log in", type="submit"),
+                class_="login",
+            ),
+        ]
+        return render_page(request, "Log in", content, None, code=code)
+
+    def render_GET(self, request):
+        session = self.face.session(request)
+        if session is not None and session.user is not None:
+            return redirect(request, local_path(form_value(request, "next", "/")))
+        if session is None:
+            # A pre-login session, so the login form has a CSRF token too.
+            session = self.face.start_session(request)
+        return self._form(request, session)
+
+    def render_POST(self, request):
+        session = self.face.session(request)
+        if session is None or not self.face.csrf_ok(request):
+            session = self.face.start_session(request)
+            return self._form(request, session, "The form had expired; please log in again.", code=403)
+        username = form_value(request, "username").strip()
+        password = form_value(request, "password")
+        portal = ClientPortal(self.face.hub.portal, self.face.hub.throttle, client_host(request), "web")
+        d = portal.login(UsernamePassword(username.encode("utf-8"), password.encode("utf-8")), None, IWebUser)
+
+        def ok(result):
+            _, avatar, logout = result
+            self.face.start_session(request, avatar, logout)
+            request.write(redirect(request, local_path(form_value(request, "next", "/"))))
+            request.finish()
+
+        def failed(reason):
+            reason.trap(UnauthorizedLogin, UnhandledCredentials)
+            self._form(request, session, "Wrong address or password.", code=401, username=username)
+
+        def broken(reason):
+            log.failure("web login failed", reason)
+            request.setResponseCode(500)
+            request.write(b"The login could not be checked; try again later.\n")
+            request.finish()
+
+        d.addCallbacks(ok, failed).addErrback(broken)
+        return server.NOT_DONE_YET
+
+
+class LogoutPage(resource.Resource):
+    """C{/logout}: POST with the CSRF token ends the session."""
+
+    isLeaf = True
+
+    def __init__(self, face: WebFace):
+        resource.Resource.__init__(self)
+        self.face = face
+
+    def render_POST(self, request):
+        if not self.face.csrf_ok(request):
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"Missing or wrong CSRF token.\n"
+        self.face.end_session(request)
+        return redirect(request, "/login")
+
+    def render_GET(self, request):
+        session = self.face.session(request)
+        content = post_form("/logout", session, tags.button("Log out", type="submit"))
+        return render_page(request, "Log out", content, session)
