@@ -7,7 +7,7 @@ import pytest
 from twisted.mail import imap4
 
 from twisted_mailhub.imap.message import Part, quote
-from twisted_mailhub.imap.server import parse_fetch_items, section_bytes
+from twisted_mailhub.imap.fetch import parse_fetch_items, section_bytes
 
 NESTED = (
     b"From: \"Carol Q.\" <carol@example.org>\r\n"

@@ -25,10 +25,12 @@ import time
 import weakref
 from typing import Any, Callable
 
+from twisted.mail import imap4
 from twisted.mail.imap4 import IllegalClientResponse, MessageSet, parseIdList
 
 from twisted_mailhub.imap.message import split_header
-from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN
+from twisted_mailhub.imap.wire import LITERAL as _LITERAL
+from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, NoSuchMessage
 
 HEADER_READ = 16384
 _MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_abbr) if m}
@@ -288,3 +290,60 @@ def compile_search(keys: list, last_seq: int, last_uid: int) -> Predicate:
     if len(predicates) == 1:
         return predicates[0]
     return lambda c: all(p(c) for p in predicates)
+
+
+# -- the SEARCH command ----------------------------------------------------------
+
+
+class SearchCommands:
+    """SEARCH, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
+
+    def do_SEARCH(self, tag, charset, query, uid=0):
+        view = self.selected
+        if charset is not None and charset.upper() not in (b"US-ASCII", b"UTF-8"):
+            self.sendNegativeResponse(tag, b"[BADCHARSET (US-ASCII UTF-8)] charset not supported")
+            return
+        folder = view.folder
+        try:
+            predicate = compile_search(query, len(view.uids), view.uids[-1] if view.uids else 0)
+        except BadSearch as e:
+            self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
+            return
+        cache = HeaderCache.of(folder)
+        found = []
+        info_of = folder.info
+        recent = view.recent
+        for seq, u in enumerate(view.uids, 1):
+            try:
+                candidate = Candidate(seq, info_of(u), u in recent, folder, cache)
+                if predicate(candidate):
+                    found.append(u if uid else seq)
+            except (NoSuchMessage, FileNotFoundError):
+                continue
+        self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n")
+        self.sendPositiveResponse(tag, b"SEARCH completed")
+
+    def arg_searchkeys(self, line, _before=b""):
+        """
+        Search keys, with literals anywhere in them (clients send a
+        non-ASCII string as C{{N}}; Twisted's parser wants one line).
+        """
+        m = _LITERAL.search(line)
+        if m is None:
+            try:
+                return imap4.parseNestedParens(_before + line), b""
+            except imap4.IllegalClientResponse:
+                raise
+            except Exception as e:
+                raise imap4.IllegalClientResponse(f"bad search keys: {e}") from None
+        head = _before + line[: m.start()]
+        d = self._stringLiteral(int(m.group(1).rstrip(b"+")))
+
+        def more(result):
+            data, rest = result
+            quoted = b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+            return self.arg_searchkeys(rest, head + quoted)
+
+        return d.addCallback(more)
+
+    select_SEARCH = (do_SEARCH, imap4.IMAP4Server.opt_charset, arg_searchkeys)

@@ -1,0 +1,155 @@
+# -*- test-case-name: tests.test_e2e_imap -*-
+"""
+Commands that remove or copy messages of the selected folder (RFC 3501
+§6.4.2, §6.4.3, §6.4.7, §6.4.8; MOVE RFC 6851; UIDPLUS RFC 4315): CLOSE,
+EXPUNGE, UID EXPUNGE, COPY, MOVE, and the UID prefix.
+
+Rules:
+
+ - The tagged OK of EXPUNGE, CLOSE and MOVE promises the messages are gone:
+   it waits for the folder's flush.
+ - COPY answers once the copies are durable, with C{[COPYUID]}; MOVE sends
+   the COPYUID as an untagged OK, then the EXPUNGEs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.mail import imap4
+
+from twisted_mailhub.imap.wire import arg_finalastring
+from twisted_mailhub.store.interfaces import NoSuchMessage
+
+log = Logger()
+
+
+class ChangeCommands:
+    """CLOSE, EXPUNGE, COPY, MOVE and UID, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
+
+    def do_CLOSE(self, tag):
+        view = self.selected
+        if not view.readonly:
+            deleted = [uid for uid in view.uids if "\\Deleted" in _flags_or_empty(view.folder, uid)]
+            if deleted:
+                view.folder.expunge(deleted, origin=self)
+                self._unselect()
+                return self._after_flush(view.folder, tag, b"CLOSE completed")
+        self._unselect()
+        self.sendPositiveResponse(tag, b"CLOSE completed")
+
+    select_CLOSE = (do_CLOSE,)
+
+    def _expunge(self, uids: list[int]) -> list[bytes]:
+        view = self.selected
+        gone = view.folder.expunge(uids, origin=self)
+        return [b"* %d EXPUNGE\r\n" % view.forget(u) for u in gone if view.seq_of(u)]
+
+    def do_EXPUNGE(self, tag, messages=None, uid=0):
+        view = self.selected
+        if view.readonly:
+            self.sendNegativeResponse(tag, b"[READ-ONLY] mailbox was opened with EXAMINE")
+            return
+        candidates = view.uids
+        if messages is not None:
+            candidates = [u for _, u in view.resolve(messages, True)]
+        deleted = [u for u in candidates if "\\Deleted" in _flags_or_empty(view.folder, u)]
+        self.write_lines(self._expunge(deleted))
+        if not deleted:
+            return self.sendPositiveResponse(tag, b"EXPUNGE completed")
+        self._after_flush(view.folder, tag, b"EXPUNGE completed")
+
+    def _after_flush(self, folder, tag, text: bytes) -> None:
+        """
+        Answer C{tag} once the folder's removals are on disk: the OK of
+        EXPUNGE, CLOSE or MOVE promises the messages are gone. Input waits
+        meanwhile, so replies stay in order.
+        """
+        self._hold_input()
+        d = defer.maybeDeferred(folder.flush)
+
+        def failed(reason):
+            log.failure("could not make an expunge durable", reason)
+            self.sendNegativeResponse(tag, b"[SERVERBUG] removal may not have reached the disk")
+
+        d.addCallbacks(lambda _: self.sendPositiveResponse(tag, text), failed)
+        d.addBoth(lambda _: self._release_input())
+
+    select_EXPUNGE = (do_EXPUNGE,)
+
+    def do_COPY(self, tag, messages, name, uid=0, move=False):
+        view = self.selected
+        command = b"MOVE" if move else b"COPY"
+        if move and view.readonly:
+            self.sendNegativeResponse(tag, b"[READ-ONLY] mailbox was opened with EXAMINE")
+            return
+        try:
+            targets = view.resolve(messages, bool(uid))
+        except imap4.IllegalClientResponse as e:
+            self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
+            return
+        destination = self._target_folder(tag, name)
+        if destination is None:
+            return
+        uids = [u for _, u in targets]
+        self._hold_input()
+        d = view.folder.copy_to(uids, destination)
+
+        def copied(pairs):
+            code = b""
+            if pairs:
+                code = b"[COPYUID %d %s %s] " % (
+                    destination.uid_validity,
+                    b",".join(b"%d" % s for s, _ in pairs),
+                    b",".join(b"%d" % n for _, n in pairs),
+                )
+            if move:
+                if code:
+                    self.sendUntaggedResponse(b"OK " + code.strip())
+                self.write_lines(self._expunge([s for s, _ in pairs]))
+                return view.folder.flush().addCallbacks(
+                    lambda _: self.sendPositiveResponse(tag, b"MOVE completed"),
+                    lambda _: self.sendNegativeResponse(tag, b"[SERVERBUG] removal may not have reached the disk"),
+                )
+            else:
+                self.sendPositiveResponse(tag, code + b"COPY completed")
+
+        def failed(reason):
+            log.failure("{command} failed", reason, command=command.decode())
+            self.sendNegativeResponse(tag, b"[SERVERBUG] " + command + b" failed; nothing was removed")
+
+        d.addCallbacks(copied, failed)
+        d.addBoth(lambda _: self._release_input())
+
+    select_COPY = (do_COPY, imap4.IMAP4Server.arg_seqset, arg_finalastring)
+
+    def do_MOVE(self, tag, messages, name, uid=0):
+        self.do_COPY(tag, messages, name, uid, move=True)
+
+    select_MOVE = (do_MOVE, imap4.IMAP4Server.arg_seqset, arg_finalastring)
+
+    def do_UID(self, tag, command, line):
+        command = command.upper()
+        if command not in (b"FETCH", b"SEARCH", b"STORE", b"COPY", b"MOVE", b"EXPUNGE"):
+            self.sendBadResponse(tag, b"UID wants FETCH, SEARCH, STORE, COPY, MOVE or EXPUNGE")
+            return
+        if command == b"EXPUNGE":
+            try:
+                messages, rest = self.arg_seqset(line)
+            except imap4.IllegalClientResponse as e:
+                self.sendBadResponse(tag, b"UID EXPUNGE wants a UID set: " + str(e).encode())
+                return
+            self.do_EXPUNGE(tag, messages, uid=1)
+            return
+        self.dispatchCommand(tag, command, line, uid=1)
+
+    select_UID = (do_UID, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
+
+
+def _flags_or_empty(folder: Any, uid: int) -> frozenset:
+    try:
+        return folder.info(uid).flags
+    except NoSuchMessage:
+        return frozenset()

@@ -1,0 +1,353 @@
+# -*- test-case-name: tests.test_imap_message -*-
+"""
+FETCH and STORE (RFC 3501 §6.4.5, §6.4.6): parsing the data items, and
+writing the responses.
+
+Rules:
+
+ - A FETCH that asks only for UID, FLAGS, RFC822.SIZE and INTERNALDATE is
+   answered from the folder's index, without opening a message file; any
+   other item reads the message once, and structure (ENVELOPE,
+   BODYSTRUCTURE, sections) is parsed only then (L{message.Part}).
+ - Responses are written by L{ResponseStream}, a push producer, so a FETCH
+   of 100,000 messages goes out at the speed of the socket without holding
+   them all in memory; commands that arrive meanwhile wait, unread.
+ - A non-PEEK body section sets C{\\Seen} (unless the folder was opened
+   with EXAMINE) and the response then carries the new FLAGS.
+ - STORE answers with the new flags of each message unless C{.SILENT}.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.mail import imap4
+from zope.interface import implementer
+
+from twisted_mailhub.imap.message import Part
+from twisted_mailhub.imap.view import SelectedFolder
+from twisted_mailhub.imap.wire import flags_text, internal_date_text, literal
+from twisted_mailhub.store.interfaces import SEEN, NoSuchMessage, StoreError
+
+log = Logger()
+
+
+class FetchItem:
+    """
+    One FETCH data item: C{kind} is UID, FLAGS, INTERNALDATE, RFC822.SIZE,
+    ENVELOPE, BODYSTRUCTURE, BODY (structure without extensions), RFC822,
+    RFC822.HEADER, RFC822.TEXT or SECTION (a BODY[...] / BODY.PEEK[...]).
+    """
+
+    __slots__ = ("kind", "numbers", "spec", "fields", "partial", "peek", "label")
+
+    def __init__(self, kind: bytes, numbers=(), spec=b"", fields=(), partial=None, peek=True, label=b""):
+        self.kind = kind
+        self.numbers = tuple(numbers)
+        self.spec = spec
+        self.fields = tuple(fields)
+        self.partial = partial
+        self.peek = peek
+        self.label = label or kind
+
+    @property
+    def sets_seen(self) -> bool:
+        return (self.kind == b"SECTION" and not self.peek) or self.kind in (b"RFC822", b"RFC822.TEXT")
+
+
+_SIMPLE_ITEMS = {b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE", b"BODY", b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT"}
+_MACROS = {
+    b"ALL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"],
+    b"FAST": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"],
+    b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"],
+}
+_ITEM = re.compile(rb"(BODY\.PEEK|BODY)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?|([A-Za-z0-9.]+)", re.I)
+_SECTION = re.compile(rb"\A((?:\d+\.)*\d+)?\.?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?\s*(?:\((.*)\))?\s*\Z", re.I)
+
+
+def parse_fetch_items(text: bytes) -> list[FetchItem]:
+    text = text.strip()
+    if not text:
+        raise imap4.IllegalClientResponse("FETCH wants data items after the message set, e.g. (FLAGS UID)")
+    if text.startswith(b"("):
+        if not text.endswith(b")"):
+            raise imap4.IllegalClientResponse("FETCH item list: missing ')'")
+        text = text[1:-1]
+    items: list[FetchItem] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos : pos + 1] == b" ":
+            pos += 1
+            continue
+        m = _ITEM.match(text, pos)
+        if not m:
+            raise imap4.IllegalClientResponse(f"bad FETCH item at {text[pos:pos + 20]!r}")
+        pos = m.end()
+        if m.group(5):
+            name = m.group(5).upper()
+            if name in _MACROS:
+                items.extend(FetchItem(n) for n in _MACROS[name])
+            elif name in _SIMPLE_ITEMS:
+                items.append(FetchItem(name))
+            else:
+                raise imap4.IllegalClientResponse(f"unknown FETCH item {name.decode('ascii', 'replace')}")
+            continue
+        peek = m.group(1).upper() == b"BODY.PEEK"
+        s = _SECTION.match(m.group(2).strip())
+        if not s:
+            raise imap4.IllegalClientResponse(f"bad section [{m.group(2).decode('ascii', 'replace')}]")
+        numbers = [int(n) for n in s.group(1).split(b".")] if s.group(1) else []
+        if any(n < 1 for n in numbers):
+            raise imap4.IllegalClientResponse("section numbers start at 1")
+        spec = (s.group(2) or b"").upper()
+        fields = s.group(3)
+        if spec.startswith(b"HEADER.FIELDS"):
+            if fields is None or not fields.strip():
+                raise imap4.IllegalClientResponse(f"{spec.decode()} wants a list of field names, e.g. (From Subject)")
+            field_list = [f.strip(b'"') for f in fields.split()]
+        elif fields is not None:
+            raise imap4.IllegalClientResponse("only HEADER.FIELDS takes a list")
+        else:
+            field_list = []
+        if spec == b"MIME" and not numbers:
+            raise imap4.IllegalClientResponse("MIME needs a part number, e.g. BODY[1.MIME]")
+        section = b".".join(b"%d" % n for n in numbers)
+        if spec:
+            section = section + b"." + spec if section else spec
+        if field_list:
+            section += b" (" + b" ".join(f.upper() for f in field_list) + b")"
+        partial = None
+        label = b"BODY[" + section + b"]"
+        if m.group(3) is not None:
+            partial = (int(m.group(3)), int(m.group(4)))
+            label += b"<%d>" % partial[0]
+        items.append(FetchItem(b"SECTION", numbers, spec, [f.decode("ascii", "replace") for f in field_list], partial, peek, label))
+    if not items:
+        raise imap4.IllegalClientResponse("FETCH wants data items, e.g. (FLAGS UID)")
+    return items
+
+
+def section_bytes(message: Part, item: FetchItem) -> bytes:
+    """The octets of one BODY[section] (before any <partial>)."""
+    if not item.numbers:
+        target = message
+        if item.spec == b"":
+            return message.raw
+    else:
+        try:
+            target = message.find(item.numbers)
+        except KeyError:
+            return b""
+        if item.spec == b"":
+            return target.body
+        if item.spec == b"MIME":
+            return target.header
+        if target.message is None:
+            return b""
+        target = target.message
+    if item.spec == b"HEADER":
+        return target.header
+    if item.spec == b"TEXT":
+        return target.body
+    return target.header_fields(list(item.fields), negate=item.spec.endswith(b".NOT"))
+
+
+
+@implementer(IPushProducer)
+class ResponseStream:
+    """
+    Writes the pieces of a long response as fast as the transport takes
+    them, pausing when it says so.
+    """
+
+    chunk = 256 * 1024
+
+    def __init__(self, transport: Any, pieces: Iterator[bytes], finished: Any):
+        self.transport = transport
+        self.pieces = pieces
+        self.finished = finished
+        self.paused = False
+        self.running = False
+        self.stopped = False
+
+    def start(self) -> None:
+        self.transport.registerProducer(self, True)
+        self._run()
+
+    def _run(self) -> None:
+        if self.running:
+            return
+        self.running = True
+        try:
+            buffered: list[bytes] = []
+            size = 0
+            for piece in self.pieces:
+                buffered.append(piece)
+                size += len(piece)
+                if size >= self.chunk:
+                    self.transport.write(b"".join(buffered))
+                    buffered, size = [], 0
+                    if self.paused or self.stopped:
+                        return
+            if buffered:
+                self.transport.write(b"".join(buffered))
+        except Exception:
+            log.failure("writing a response failed")
+            self.stopped = True
+            self.transport.loseConnection()
+            return
+        finally:
+            self.running = False
+        self.transport.unregisterProducer()
+        if not self.stopped:
+            self.finished()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if not self.stopped:
+            self._run()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class FetchCommands:
+    """FETCH and STORE, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
+
+    def do_FETCH(self, tag, messages, query, uid=0):
+        view = self.selected
+        try:
+            items = parse_fetch_items(query)
+            targets = view.resolve(messages, bool(uid))
+        except imap4.IllegalClientResponse as e:
+            self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
+            return
+        if uid and not any(i.kind == b"UID" for i in items):
+            items.insert(0, FetchItem(b"UID"))
+        sets_seen = not view.readonly and any(i.sets_seen for i in items)
+        pieces = self._fetch_responses(view, targets, items, sets_seen)
+        self._stream(pieces, lambda: self.sendPositiveResponse(tag, b"FETCH completed"))
+
+    select_FETCH = (do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_line)
+
+    def _fetch_responses(self, view: SelectedFolder, targets, items, sets_seen) -> Iterator[bytes]:
+        folder = view.folder
+        info_of = folder.info
+        recent = view.recent
+        kinds = [i.kind for i in items]
+        cheap = {b"UID", b"FLAGS", b"RFC822.SIZE", b"INTERNALDATE"}
+        if all(k in cheap for k in kinds):
+            # The fast path: the index alone (SELECT + FETCH 1:* of 100k).
+            for seq, uid in targets:
+                try:
+                    info = info_of(uid)
+                except NoSuchMessage:
+                    continue
+                fields = []
+                for kind in kinds:
+                    if kind == b"UID":
+                        fields.append(b"UID %d" % uid)
+                    elif kind == b"FLAGS":
+                        fields.append(b"FLAGS " + flags_text(info.flags, uid in recent))
+                    elif kind == b"RFC822.SIZE":
+                        fields.append(b"RFC822.SIZE %d" % info.size)
+                    else:
+                        fields.append(b"INTERNALDATE " + internal_date_text(info.internal_date))
+                yield b"* %d FETCH (%s)\r\n" % (seq, b" ".join(fields))
+            return
+        for seq, uid in targets:
+            try:
+                info = info_of(uid)
+                raw = None
+                part = None
+                flags_changed = False
+                if sets_seen and SEEN not in info.flags:
+                    folder.set_flags([uid], [SEEN], "add", origin=self)
+                    info = info_of(uid)
+                    flags_changed = True
+                fields = []
+                for item in items:
+                    kind = item.kind
+                    if kind == b"UID":
+                        fields.append(b"UID %d" % uid)
+                    elif kind == b"FLAGS":
+                        fields.append(b"FLAGS " + flags_text(info.flags, uid in recent))
+                    elif kind == b"RFC822.SIZE":
+                        fields.append(b"RFC822.SIZE %d" % info.size)
+                    elif kind == b"INTERNALDATE":
+                        fields.append(b"INTERNALDATE " + internal_date_text(info.internal_date))
+                    else:
+                        if raw is None:
+                            raw = folder.read(uid)
+                        if kind == b"RFC822":
+                            fields.append(b"RFC822 " + literal(raw))
+                            continue
+                        if kind == b"SECTION" and not item.numbers and item.spec == b"" and item.partial is None:
+                            fields.append(b"BODY[] " + literal(raw))
+                            continue
+                        if part is None:
+                            part = Part(raw)
+                        if kind == b"ENVELOPE":
+                            fields.append(b"ENVELOPE " + part.envelope())
+                        elif kind == b"BODYSTRUCTURE":
+                            fields.append(b"BODYSTRUCTURE " + part.bodystructure(True))
+                        elif kind == b"BODY":
+                            fields.append(b"BODY " + part.bodystructure(False))
+                        elif kind == b"RFC822.HEADER":
+                            fields.append(b"RFC822.HEADER " + literal(part.header))
+                        elif kind == b"RFC822.TEXT":
+                            fields.append(b"RFC822.TEXT " + literal(part.body))
+                        else:
+                            data = section_bytes(part, item)
+                            if item.partial is not None:
+                                start, length = item.partial
+                                data = data[start : start + length]
+                            fields.append(item.label + b" " + literal(data))
+                if flags_changed and b"FLAGS" not in [i.kind for i in items]:
+                    fields.append(b"FLAGS " + flags_text(info.flags, uid in recent))
+            except NoSuchMessage:
+                continue  # expunged by another session; told at the next chance
+            except (OSError, StoreError):
+                log.failure("FETCH of UID {uid} in {folder} failed", uid=uid, folder=folder.name)
+                continue
+            yield b"* %d FETCH (%s)\r\n" % (seq, b" ".join(fields))
+
+
+    def do_STORE(self, tag, messages, mode, flags, uid=0):
+        view = self.selected
+        name = mode.upper()
+        silent = name.endswith(b".SILENT")
+        if silent:
+            name = name[: -len(b".SILENT")]
+        how = {b"FLAGS": "replace", b"+FLAGS": "add", b"-FLAGS": "remove"}.get(name)
+        if how is None:
+            self.sendBadResponse(tag, b"STORE wants FLAGS, +FLAGS or -FLAGS (with .SILENT), then a flag list")
+            return
+        if view.readonly:
+            self.sendNegativeResponse(tag, b"[READ-ONLY] mailbox was opened with EXAMINE")
+            return
+        try:
+            targets = view.resolve(messages, bool(uid))
+        except imap4.IllegalClientResponse as e:
+            self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
+            return
+        names = [f.decode("utf-8", "replace") for f in flags if f.lower() != b"\\recent"]
+        seq_of = dict((u, s) for s, u in targets)
+        result = view.folder.set_flags([u for _, u in targets], names, how, origin=self)
+        lines = []
+        if not silent:
+            for u in sorted(result):
+                if uid:
+                    lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq_of[u], u, flags_text(result[u], u in view.recent)))
+                else:
+                    lines.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq_of[u], flags_text(result[u], u in view.recent)))
+        self.write_lines(lines)
+        self.sendPositiveResponse(tag, b"STORE completed")
+
+    select_STORE = (do_STORE, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_flaglist)

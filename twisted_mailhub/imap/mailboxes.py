@@ -1,0 +1,356 @@
+# -*- test-case-name: tests.test_e2e_imap -*-
+"""
+Mailbox commands (RFC 3501 §6.3): SELECT, EXAMINE, UNSELECT, CREATE,
+DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS and APPEND.
+
+Rules:
+
+ - Names on the wire are modified UTF-7 (L{wire.mailbox_name}); the store
+   sees Unicode names with C{/} as the delimiter.
+ - A store error becomes a tagged C{NO} with an RFC 5530 response code
+   (C{[NONEXISTENT]}, C{[ALREADYEXISTS]}, C{[CANNOT]}, C{[TRYCREATE]} for
+   APPEND/COPY/MOVE, C{[SERVERBUG]} otherwise); never a traceback.
+ - APPEND answers only once the message is durable, with C{[APPENDUID]}
+   (RFC 4315); the next command is read after that.
+ - A selected folder deleted or renamed elsewhere ends the session with
+   C{BYE [UNAVAILABLE]}, as Dovecot does.
+"""
+
+from __future__ import annotations
+
+import re
+
+from twisted.logger import Logger
+from twisted.mail import imap4
+
+from twisted_mailhub.imap.view import SelectedFolder
+from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, mailbox_name, parse_internal_date, wire_name
+from twisted_mailhub.store.base import DELIMITER
+from twisted_mailhub.store.interfaces import (
+    INBOX,
+    SEEN,
+    SYSTEM_FLAGS,
+    BadFolderName,
+    FolderExists,
+    NoSuchFolder,
+    StoreError,
+)
+from twisted_mailhub.store.maildir import crlf
+
+log = Logger()
+
+# RFC 6154 special-use folders, made at first login.
+SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive"}
+
+
+def list_pattern(wildcard: str) -> re.Pattern[str]:
+    """
+    LIST's pattern as a regular expression over whole names: C{*} matches
+    anything, C{%} anything but the delimiter (RFC 3501 §6.3.8).
+    """
+    out = []
+    for piece in re.split(r"([*%])", wildcard):
+        if piece == "*":
+            out.append(".*")
+        elif piece == "%":
+            out.append("[^" + re.escape(DELIMITER) + "]*")
+        else:
+            out.append(re.escape(piece))
+    return re.compile("".join(out) + r"\Z", re.S)
+
+
+
+class MailboxCommands:
+    """Mailbox commands, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
+
+    def _store(self):
+        if self.store_account is None:
+            self.store_account = self.account.store_account
+        return self.store_account
+
+    # -- folders ------------------------------------------------------------------
+
+    def _folder_error(self, tag: bytes, error: Exception) -> None:
+        if isinstance(error, NoSuchFolder):
+            self.sendNegativeResponse(tag, b"[NONEXISTENT] no such mailbox: " + str(error).encode("utf-8", "replace"))
+        elif isinstance(error, FolderExists):
+            self.sendNegativeResponse(tag, b"[ALREADYEXISTS] mailbox exists: " + str(error).encode("utf-8", "replace"))
+        elif isinstance(error, (BadFolderName, imap4.IllegalMailboxEncoding)):
+            self.sendNegativeResponse(tag, b"[CANNOT] " + str(error).encode("utf-8", "replace"))
+        else:
+            self.sendNegativeResponse(tag, b"[SERVERBUG] " + str(error).encode("utf-8", "replace"))
+            log.error("IMAP folder operation failed: {error!r}", error=error)
+
+    def _folder(self, raw: bytes):
+        return self._store().folder(mailbox_name(raw))
+
+    def _target_folder(self, tag: bytes, name: bytes):
+        """The folder APPEND/COPY/MOVE write to, or None once told why not."""
+        try:
+            return self._folder(name)
+        except NoSuchFolder:
+            # RFC 3501 §6.3.11: TRYCREATE tells the client to CREATE and retry.
+            self.sendNegativeResponse(tag, b"[TRYCREATE] no such mailbox: create it first")
+        except (StoreError, imap4.IllegalMailboxEncoding) as e:
+            self._folder_error(tag, e)
+        return None
+
+    def do_SELECT(self, tag, name, readonly=0, command=b"SELECT"):
+        self._unselect()
+        try:
+            folder = self._folder(name)
+            view = SelectedFolder(self, folder, bool(readonly))
+        except (StoreError, imap4.IllegalMailboxEncoding) as e:
+            self._folder_error(tag, e)
+            return
+        except OSError as e:
+            self._folder_error(tag, e)
+            return
+        keywords: set[str] = set()
+        flag_sets: set[frozenset] = set()  # the store shares them: few distinct
+        first_unseen = 0
+        info_of = folder.info
+        for seq, uid in enumerate(view.uids, 1):
+            flags = info_of(uid).flags
+            if not first_unseen and SEEN not in flags:
+                first_unseen = seq
+            if flags not in flag_sets:
+                flag_sets.add(flags)
+                keywords.update(f for f in flags if f not in SYSTEM_FLAGS)
+        flag_list = b" ".join([f.encode() for f in SYSTEM_FLAGS] + sorted(k.encode("utf-8") for k in keywords))
+        lines = [
+            b"* FLAGS (" + flag_list + b")\r\n",
+            b"* OK [PERMANENTFLAGS (" + (b"" if readonly else flag_list + b" \\*") + b")] flags and keywords are kept\r\n",
+            b"* %d EXISTS\r\n" % len(view.uids),
+            b"* %d RECENT\r\n" % len(view.recent),
+        ]
+        if first_unseen:
+            lines.append(b"* OK [UNSEEN %d] first unseen\r\n" % first_unseen)
+        lines.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uid_validity)
+        lines.append(b"* OK [UIDNEXT %d] predicted next UID\r\n" % folder.uid_next)
+        self.write_lines(lines)
+        self.selected = view
+        self.state = "select"
+        self.sendPositiveResponse(tag, (b"[READ-ONLY] " if readonly else b"[READ-WRITE] ") + command + b" completed")
+
+    auth_SELECT = select_SELECT = (do_SELECT, arg_finalastring, 0, b"SELECT")
+    auth_EXAMINE = select_EXAMINE = (do_SELECT, arg_finalastring, 1, b"EXAMINE")
+
+    def _idle_check(self) -> None:
+        try:
+            self.selected.poll()
+        except NoSuchFolder:
+            if self._idle_poll is not None and self._idle_poll.running:
+                self._idle_poll.stop()
+            self._selected_folder_gone()
+
+    def _selected_folder_gone(self) -> None:
+        """
+        Another session (or someone on the server) deleted or renamed the
+        selected folder. Its message numbers mean nothing any more and
+        RFC 3501 has no way to say so mid-session, so, like Dovecot, say
+        why and disconnect; the client reconnects and sees the new list.
+        """
+        name = self.selected.folder.name if self.selected is not None else ""
+        self._unselect()
+        self.sendUntaggedResponse(b"BYE [UNAVAILABLE] selected mailbox " + name.encode("utf-8", "replace") + b" was deleted or renamed; reconnect")
+        self.transport.loseConnection()
+
+    def _unselect(self) -> None:
+        if self.selected is not None:
+            self.selected.close()
+            self.selected = None
+            if self.state == "select":
+                self.state = "auth"
+
+    def do_UNSELECT(self, tag):
+        self._unselect()
+        self.sendPositiveResponse(tag, b"UNSELECT completed")
+
+    select_UNSELECT = (do_UNSELECT,)
+
+
+    def do_CREATE(self, tag, name):
+        try:
+            folder_name = mailbox_name(name).rstrip(DELIMITER)
+            if folder_name == INBOX:
+                raise FolderExists(INBOX)
+            self._store().create_folder(folder_name)
+        except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
+            self._folder_error(tag, e)
+            return
+        self.sendPositiveResponse(tag, b"CREATE completed")
+
+    auth_CREATE = select_CREATE = (do_CREATE, arg_finalastring)
+
+    def do_DELETE(self, tag, name):
+        try:
+            folder_name = mailbox_name(name)
+            if folder_name == INBOX:
+                raise BadFolderName("INBOX cannot be deleted")
+            if self.selected is not None and self.selected.folder.name == folder_name:
+                self._unselect()
+            self._store().delete_folder(folder_name)
+        except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
+            self._folder_error(tag, e)
+            return
+        self.sendPositiveResponse(tag, b"DELETE completed")
+
+    auth_DELETE = select_DELETE = (do_DELETE, arg_finalastring)
+
+    def do_RENAME(self, tag, old, new):
+        try:
+            old_name, new_name = mailbox_name(old), mailbox_name(new)
+            if old_name == INBOX and new_name != INBOX:
+                self._rename_inbox(tag, new_name)
+                return
+            self._store().rename_folder(old_name, new_name)
+        except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
+            self._folder_error(tag, e)
+            return
+        self.sendPositiveResponse(tag, b"RENAME completed")
+
+    def _rename_inbox(self, tag: bytes, new_name: str) -> None:
+        """
+        RFC 3501 §6.3.5: renaming INBOX moves its messages to a new folder
+        and leaves INBOX empty. The copies are durable before INBOX loses
+        them.
+        """
+        store = self._store()
+        destination = store.create_folder(new_name)
+        inbox = store.folder(INBOX)
+        uids = [info.uid for info in inbox.messages()]
+        self._hold_input()
+        d = inbox.copy_to(uids, destination)
+
+        def copied(pairs):
+            inbox.expunge([s for s, _ in pairs], origin=None)
+            self.sendPositiveResponse(tag, b"RENAME completed: INBOX's messages moved, INBOX is empty")
+
+        def failed(reason):
+            log.failure("RENAME INBOX failed", reason)
+            self.sendNegativeResponse(tag, b"[SERVERBUG] RENAME failed; INBOX kept its messages")
+
+        d.addCallbacks(copied, failed)
+        d.addBoth(lambda _: self._release_input())
+
+    auth_RENAME = select_RENAME = (do_RENAME, arg_astring, arg_finalastring)
+
+    def do_SUBSCRIBE(self, tag, name, subscribe=1):
+        try:
+            folder_name = mailbox_name(name)
+            if subscribe:
+                self._store().subscribe(folder_name)
+            else:
+                self._store().unsubscribe(folder_name)
+        except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
+            self._folder_error(tag, e)
+            return
+        self.sendPositiveResponse(tag, b"SUBSCRIBE completed" if subscribe else b"UNSUBSCRIBE completed")
+
+    auth_SUBSCRIBE = select_SUBSCRIBE = (do_SUBSCRIBE, arg_finalastring, 1)
+    auth_UNSUBSCRIBE = select_UNSUBSCRIBE = (do_SUBSCRIBE, arg_finalastring, 0)
+
+    def do_LIST(self, tag, reference, pattern, subscribed=0, command=b"LIST"):
+        try:
+            reference_text = reference.decode("imap4-utf-7")
+            pattern_text = pattern.decode("imap4-utf-7")
+        except (UnicodeDecodeError, ValueError):
+            self.sendBadResponse(tag, command + b": mailbox names are modified UTF-7")
+            return
+        if not pattern_text and not subscribed:
+            # RFC 3501 §6.3.8: an empty pattern asks for the delimiter.
+            self.sendUntaggedResponse(b'LIST (\\Noselect) "' + DELIMITER.encode() + b'" ""')
+            self.sendPositiveResponse(tag, b"LIST completed")
+            return
+        full = reference_text + pattern_text
+        if full[:5].upper() == INBOX and (len(full) == 5 or full[5] in DELIMITER + "%*"):
+            full = INBOX + full[5:]
+        regex = list_pattern(full)
+        store = self._store()
+        names = store.folders()
+        shown = set(store.subscriptions()) if subscribed else None
+        lines = []
+        for name in names:
+            if shown is not None and name not in shown:
+                continue
+            if not regex.match(name):
+                continue
+            has_children = any(other.startswith(name + DELIMITER) for other in names)
+            attributes = [b"\\HasChildren" if has_children else b"\\HasNoChildren"]
+            special = SPECIAL_USE.get(name)
+            if special:
+                attributes.append(special.encode())
+            lines.append(b"* " + command + b" (" + b" ".join(attributes) + b') "' + DELIMITER.encode() + b'" ' + wire_name(name) + b"\r\n")
+        self.write_lines(lines)
+        self.sendPositiveResponse(tag, command + b" completed")
+
+    auth_LIST = select_LIST = (do_LIST, arg_astring, arg_finalastring, 0, b"LIST")
+    auth_LSUB = select_LSUB = (do_LIST, arg_astring, arg_finalastring, 1, b"LSUB")
+
+    def do_STATUS(self, tag, name, items):
+        try:
+            folder = self._folder(name)
+            infos = folder.messages()
+        except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
+            self._folder_error(tag, e)
+            return
+        out = []
+        for item in items:
+            key = item.upper() if isinstance(item, bytes) else b""
+            if key == b"MESSAGES":
+                value = len(infos)
+            elif key == b"RECENT":
+                value = 0
+                if self.selected is not None and self.selected.folder is folder:
+                    value = len(self.selected.recent)
+            elif key == b"UIDNEXT":
+                value = folder.uid_next
+            elif key == b"UIDVALIDITY":
+                value = folder.uid_validity
+            elif key == b"UNSEEN":
+                value = sum(1 for i in infos if SEEN not in i.flags)
+            else:
+                self.sendBadResponse(tag, b"unknown STATUS item " + key[:30] + b": use MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN")
+                return
+            out.append(key + b" %d" % value)
+        self.sendUntaggedResponse(b"STATUS " + wire_name(folder.name) + b" (" + b" ".join(out) + b")")
+        self.sendPositiveResponse(tag, b"STATUS completed")
+
+    auth_STATUS = select_STATUS = (do_STATUS, arg_astring, imap4.IMAP4Server.arg_plist)
+
+    # -- APPEND (RFC 3501 §6.3.11, UIDPLUS RFC 4315) ------------------------------------
+
+    def do_APPEND(self, tag, name, flags, date, message):
+        folder = self._target_folder(tag, name)
+        if folder is None:
+            return
+        try:
+            internal_date = parse_internal_date(date) if date else None
+        except imap4.IllegalClientResponse as e:
+            self.sendBadResponse(tag, str(e).encode())
+            return
+        data = crlf(message.read())
+        flag_names = [f.decode("utf-8", "replace") for f in (flags or []) if isinstance(f, bytes)]
+        # Replies stay in command order: the next command is read once this
+        # message is on disk.
+        self._hold_input()
+        d = folder.append(data, [f for f in flag_names if f.lower() != "\\recent"], internal_date)
+
+        def done(uid):
+            self.sendPositiveResponse(tag, b"[APPENDUID %d %d] APPEND completed" % (folder.uid_validity, uid))
+
+        def failed(reason):
+            log.failure("APPEND failed", reason)
+            self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed: message not stored")
+
+        d.addCallbacks(done, failed)
+        d.addBoth(lambda _: self._release_input())
+
+    auth_APPEND = select_APPEND = (
+        do_APPEND,
+        arg_astring,
+        imap4.IMAP4Server.opt_plist,
+        imap4.IMAP4Server.opt_datetime,
+        imap4.IMAP4Server.arg_literal,
+    )

@@ -1,0 +1,156 @@
+# -*- test-case-name: tests.test_imap_server -*-
+"""
+The selected-mailbox view (RFC 3501 §5.2, §7.4.1): what one session has
+been told about its selected folder, and the untagged responses that bring
+it up to date.
+
+Rules:
+
+ - The view's list of UIDs is the session's message sequence numbers; it
+   changes only when the client is told (C{EXISTS}, C{EXPUNGE}).
+ - Changes made by others (delivery, another session, an outside program
+   found by a directory scan) arrive through the folder's listener and wait
+   here; L{SelectedFolder.untagged} turns them into C{EXPUNGE}, C{EXISTS},
+   C{RECENT} and C{FETCH (FLAGS)} when the server may send them: before a
+   command's tagged reply, at once while IDLE, and never C{EXPUNGE} during
+   FETCH, STORE or SEARCH, so sequence numbers never shift under the client.
+ - A session's own flag changes and expunges are told by the command that
+   made them, not again here.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+from twisted.mail import imap4
+
+from twisted_mailhub.imap.wire import BadSequence, flags_text
+from twisted_mailhub.store.interfaces import NoSuchFolder, NoSuchMessage
+
+class SelectedFolder:
+    """
+    What one session has been told about its selected folder.
+    """
+
+    def __init__(self, session: Any, folder: Any, readonly: bool):
+        self.session = session
+        self.folder = folder
+        self.readonly = readonly
+        self.recent: set[int] = set(folder.take_new()) if not readonly else set()
+        self.uids = [info.uid for info in folder.messages()]
+        self._added: set[int] = set()
+        self._flags: set[int] = set()
+        self._expunged: set[int] = set()
+        folder.add_listener(self._changed)
+
+    def close(self) -> None:
+        self.folder.remove_listener(self._changed)
+
+    def _changed(self, change: Any) -> None:
+        self._added.update(change.added)
+        if change.origin is not self.session:
+            self._flags.update(change.flags)
+            self._expunged.update(change.expunged)
+        self.session.changes_arrived()
+
+    def poll(self) -> None:
+        """
+        Look for changes made outside this process (two stat calls).
+        Raises L{NoSuchFolder} once the folder is gone.
+        """
+        try:
+            self.folder.refresh()
+        except NoSuchFolder:
+            raise
+        except OSError:
+            pass
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._added or self._flags or self._expunged)
+
+    def seq_of(self, uid: int) -> int:
+        i = bisect.bisect_left(self.uids, uid)
+        if i < len(self.uids) and self.uids[i] == uid:
+            return i + 1
+        return 0
+
+    def forget(self, uid: int) -> int:
+        """Drop an expunged UID; return the sequence number it had (0 if none)."""
+        seq = self.seq_of(uid)
+        if seq:
+            del self.uids[seq - 1]
+            self.recent.discard(uid)
+        self._flags.discard(uid)
+        self._expunged.discard(uid)
+        return seq
+
+    def untagged(self, allow_expunge: bool) -> list[bytes]:
+        """The untagged responses that bring the client up to date."""
+        out: list[bytes] = []
+        if allow_expunge and self._expunged:
+            for uid in sorted(self._expunged):
+                seq = self.forget(uid)
+                if seq:
+                    out.append(b"* %d EXPUNGE\r\n" % seq)
+        if self._added:
+            last = self.uids[-1] if self.uids else 0
+            fresh = []
+            for uid in sorted(self._added):
+                if uid > last:
+                    try:
+                        self.folder.info(uid)
+                    except NoSuchMessage:
+                        continue
+                    fresh.append(uid)
+            self._added.clear()
+            if fresh:
+                if not self.readonly:
+                    self.recent.update(u for u in self.folder.take_new())
+                self.uids.extend(fresh)
+                out.append(b"* %d EXISTS\r\n" % len(self.uids))
+                out.append(b"* %d RECENT\r\n" % len(self.recent))
+        if self._flags:
+            for uid in sorted(self._flags):
+                seq = self.seq_of(uid)
+                if not seq:
+                    continue
+                try:
+                    info = self.folder.info(uid)
+                except NoSuchMessage:
+                    continue
+                out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, flags_text(info.flags, uid in self.recent)))
+            self._flags.clear()
+        return out
+
+    def resolve(self, messages: imap4.MessageSet, uid: bool) -> list[tuple[int, int]]:
+        """(sequence number, UID) of every message a set names, ascending."""
+        uids = self.uids
+        count = len(uids)
+        picked: set[int] | None = None
+        spans: list[tuple[int, int]] = []
+        if uid:
+            last = uids[-1] if uids else 0
+            for lo, hi in messages.ranges:
+                lo = last if lo is None else lo
+                hi = last if hi is None else hi
+                lo, hi = min(lo, hi), max(lo, hi)
+                spans.append((bisect.bisect_left(uids, lo), bisect.bisect_right(uids, hi)))
+        else:
+            for lo, hi in messages.ranges:
+                if count == 0 and (lo is None or hi is None):
+                    continue  # "1:*" of an empty folder names nothing
+                lo = count if lo is None else lo
+                hi = count if hi is None else hi
+                lo, hi = min(lo, hi), max(lo, hi)
+                if lo < 1 or hi > count:
+                    raise BadSequence(f"no message {hi if hi > count else lo}: the folder has {count}")
+                spans.append((lo - 1, hi))
+        if len(spans) == 1:
+            i, j = spans[0]
+            return [(k + 1, uids[k]) for k in range(i, j)]
+        picked = set()
+        for i, j in spans:
+            picked.update(range(i, j))
+        return [(k + 1, uids[k]) for k in sorted(picked)]

@@ -1,0 +1,167 @@
+# -*- test-case-name: tests.test_imap_server -*-
+"""
+IMAP wire forms (RFC 3501 §4, §9) shared by every command module: astrings
+with escapes, modified UTF-7 mailbox names, date-times, flag lists and
+literals, and the guard that makes a missing argument a tagged C{BAD}.
+
+Rules: nothing here knows a command or the store's state; a function takes
+bytes from the wire and gives Python values (or the reverse), raising
+L{imap4.IllegalClientResponse} with a message fit to show the client (never
+a Python repr).
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from typing import Any
+
+from twisted.mail import imap4
+
+from twisted_mailhub.imap.message import quote
+from twisted_mailhub.store.base import DELIMITER
+from twisted_mailhub.store.interfaces import INBOX, BadFolderName
+
+_QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\.)*)"')
+_UNESCAPE = re.compile(rb"\\(.)")
+LITERAL = re.compile(rb"\{([^{}]*)\}\Z")
+LITERAL_SIZE = re.compile(rb"\A(\d{1,20})(\+?)\Z")
+_MONTH_NAMES = [calendar.month_abbr[i] for i in range(13)]
+_MONTH_NUMBERS = {m.lower(): i for i, m in enumerate(_MONTH_NAMES) if m}
+
+
+class BadSequence(imap4.IllegalClientResponse):
+    pass
+
+
+def internal_date_text(timestamp: float) -> bytes:
+    t = time.gmtime(timestamp)
+    return b'"%02d-%s-%04d %02d:%02d:%02d +0000"' % (
+        t.tm_mday, _MONTH_NAMES[t.tm_mon].encode(), t.tm_year, t.tm_hour, t.tm_min, t.tm_sec,
+    )
+
+
+def parse_internal_date(text: bytes) -> float:
+    """An APPEND date-time, C{"17-Jul-1996 02:44:25 -0700"}, in seconds."""
+    m = re.match(rb'\s*(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\s*\Z', text)
+    if not m or m.group(2).decode().lower() not in _MONTH_NUMBERS:
+        raise imap4.IllegalClientResponse('bad date-time: expected e.g. "17-Jul-1996 02:44:25 -0700"')
+    day, month, year = int(m.group(1)), _MONTH_NUMBERS[m.group(2).decode().lower()], int(m.group(3))
+    hh, mm, ss = int(m.group(4)), int(m.group(5)), int(m.group(6))
+    offset = (int(m.group(8)) * 60 + int(m.group(9))) * 60 * (1 if m.group(7) == b"+" else -1)
+    return calendar.timegm((year, month, day, hh, mm, ss)) - offset
+
+
+_flag_text: dict[tuple[frozenset, bool], bytes] = {}
+
+
+def flags_text(flags: frozenset, recent: bool = False) -> bytes:
+    key = (flags, recent)
+    text = _flag_text.get(key)
+    if text is None:
+        words = sorted(f.encode("utf-8") for f in flags)
+        if recent:
+            words.append(b"\\Recent")
+        text = b"(" + b" ".join(words) + b")"
+        if len(_flag_text) < 10_000:
+            _flag_text[key] = text
+    return text
+
+
+def mailbox_name(raw: bytes | str) -> str:
+    """A mailbox name from the wire (modified UTF-7, RFC 3501 §5.1.3)."""
+    if isinstance(raw, str):
+        raw = raw.encode("ascii", "replace")
+    try:
+        name = raw.decode("imap4-utf-7")
+    except (UnicodeDecodeError, ValueError):
+        raise imap4.IllegalMailboxEncoding(raw.decode("ascii", "replace")) from None
+    if name.upper() == INBOX:
+        return INBOX
+    if name.startswith(DELIMITER) or ".." in name.split(DELIMITER) or name.startswith("~"):
+        raise BadFolderName(f"bad mailbox name {name!r}: no absolute names, no '..'")
+    return name
+
+
+def list_pattern(wildcard: str) -> re.Pattern[str]:
+    """
+    LIST's pattern as a regular expression over whole names: C{*} matches
+    anything, C{%} anything but the delimiter (RFC 3501 §6.3.8).
+    """
+    out = []
+    for piece in re.split(r"([*%])", wildcard):
+        if piece == "*":
+            out.append(".*")
+        elif piece == "%":
+            out.append("[^" + re.escape(DELIMITER) + "]*")
+        else:
+            out.append(re.escape(piece))
+    return re.compile("".join(out) + r"\Z", re.S)
+
+
+def wire_name(name: str) -> bytes:
+    encoded = name.encode("imap4-utf-7")
+    return quote(encoded)
+
+def literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+
+def arg_astring(self: Any, line: bytes, final: bool = False):
+    """
+    An astring (RFC 3501 §9): Twisted's, but a quoted string may hold
+    escaped quotes and backslashes (a password with a C{"} in it).
+    """
+    stripped = line.strip()
+    if stripped[:1] == b'"':
+        m = _QUOTED.match(stripped)
+        if m is None:
+            raise imap4.IllegalClientResponse("unmatched quotes: expected a closing \"")
+        rest = stripped[m.end() :]
+        if rest[:1] == b" ":
+            rest = rest[1:]
+        return _UNESCAPE.sub(rb"\1", m.group(1)), rest
+    return imap4.IMAP4Server.arg_astring(self, line, final)
+
+
+def arg_finalastring(self: Any, line: bytes):
+    return arg_astring(self, line, final=True)
+
+
+def _argument_required(parser: Any) -> Any:
+    """
+    Twisted's argument parsers index the rest of the line; when an earlier
+    parser used it all up they get L{None} and raise C{TypeError}, which
+    Twisted answers as "Server error" with a traceback in the log
+    (C{STORE 1 +FLAGS} with no flag list). A missing argument is the
+    client's syntax error: C{BAD}.
+    """
+
+    def parse(self: Any, line: Any, *args: Any, **kwargs: Any) -> Any:
+        if line is None:
+            raise imap4.IllegalClientResponse("Missing argument")
+        return parser(self, line, *args, **kwargs)
+
+    parse.__name__ = parser.__name__
+    parse.__doc__ = parser.__doc__
+    return parse
+
+
+def guard_command_tables(cls: Any) -> None:
+    # The command tables (C{select_STORE = (do_STORE, arg_seqset, ...)}) hold
+    # the parser functions themselves, so it is their entries that change.
+    for name in dir(cls):
+        if not name.startswith(("unauth_", "auth_", "select_", "logout_")):
+            continue
+        table = getattr(cls, name)
+        if not isinstance(table, tuple) or not table:
+            continue
+        guarded = (table[0],) + tuple(
+            _argument_required(p) if callable(p) and getattr(p, "__name__", "").startswith("arg_") else p
+            for p in table[1:]
+        )
+        setattr(cls, name, guarded)
+
+
