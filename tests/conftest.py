@@ -46,3 +46,32 @@ def start_hub(tmp_path):
 def hub(start_hub):
     """A hub with the default listeners and the accounts alice:secret, bob:hungry on localhost."""
     return start_hub()
+
+
+@pytest.fixture(scope="session")
+def postgresql():
+    """
+    A real PostgreSQL server (L{tests.pgserver.PostgresServer}) for the whole
+    test session. Without PostgreSQL installed the test is skipped, saying
+    so, except under CI (C{CI} set), where it fails: CI installs it.
+    """
+    from tests.pgserver import PostgresServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        message = "PostgreSQL is not installed (apt-get install postgresql): initdb not found"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    # fsync off: these tests check what the hub acknowledges after a hub
+    # crash (kill -9), never a crash of PostgreSQL itself, and the machine's
+    # disk is shared; the benchmark (bench/cluster.py) runs with fsync on.
+    server = PostgresServer(bindir, {"fsync": "off", "full_page_writes": "off"}).start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def pg_dsn(postgresql):
+    """The DSN of a new empty database on the session's PostgreSQL server."""
+    return postgresql.create_database()
