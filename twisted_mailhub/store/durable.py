@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.test_smtp_group_commit,tests.test_store_durability -*-
 """
 Durable file writes with group commit.
 
@@ -6,21 +6,33 @@ Rules: a write is acknowledged (its Deferred fires) only after the file's
 data is on disk, it has been renamed into place, and the directory that
 holds it is fsynced (tmp -> flush data -> rename -> fsync dir). A file is
 renamed only once its data is on disk, so whatever a crash leaves in the
-final place is complete. Everything that touches the disk runs in a worker
-thread, never in the reactor.
+final place is complete. A write may carry a L{Record}: a line appended
+to a log file (the Maildir UID list) that must be on disk before the
+write is acknowledged; it is appended before the flush and flushed with
+it, so it costs no flush of its own per message. Everything that touches
+the disk runs in a worker thread, never in the reactor.
 
 Theory of operation: writes queue up while one batch is on its way to disk;
 when that batch is done, everything queued meanwhile becomes the next batch.
-A lone write is not delayed: it starts a batch at once, and its data is
-flushed with fsync. A batch of several files on Linux is flushed with one
-syncfs(2) of their filesystem (one journal commit for all of them, where
-per-file fsyncs cost one commit each or, run concurrently, a convoy of
-threads); elsewhere their fsyncs run concurrently so that the commits
-merge. Each directory is fsynced once per batch. So 32 concurrent
-deliveries cost a few disk flushes rather than 32, and nothing is
-acknowledged before it is safe. syncfs also flushes other programs' dirty
-data on the same filesystem: a busy shared disk makes batches slower, not
-less safe.
+A lone write is not delayed: it starts a batch at once. A batch runs in
+four phases:
+
+ 1. write every file to its tmp name and append every record (one
+    C{write} per log file; a failed append is cut back to where it began,
+    so no partial line is left for the next append to be glued onto);
+ 2. flush: on Linux, several files with one syncfs(2) of their filesystem
+    (one journal commit for all of them); otherwise, and for a lone
+    write, one fsync per file and one fdatasync per log file, run
+    concurrently so that the filesystem merges their commits;
+ 3. rename each file whose data and record are on disk into place (the
+    point of no return);
+ 4. fsync each directory once; if that fails the renamed files are taken
+    back out, so that a failed write never stays where it would be read.
+
+So 32 concurrent deliveries cost a few disk flushes rather than 32, and
+nothing is acknowledged before it is safe. syncfs also flushes other
+programs' dirty data on the same filesystem: a busy shared disk makes
+batches slower, not less safe.
 """
 
 from __future__ import annotations
@@ -28,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
 from typing import Any, Callable
 
 import attr
@@ -37,29 +50,84 @@ from twisted.logger import Logger
 log = Logger()
 
 
+@attr.s(auto_attribs=True, eq=False)
+class Record:
+    """
+    A line to append to the log file C{path} (UTF-8 bytes ending in LF),
+    durable together with the write that carries it. C{lock} is held by
+    every writer of that file (the appends here, the rewrites of its
+    owner), so that an append never goes to a file that is being replaced.
+    """
+
+    path: str
+    line: bytes
+    lock: Any  # threading.Lock
+
+
 @attr.s(auto_attribs=True)
 class PendingWrite:
     tmp_path: str
     final_path: str
     data: bytes | Callable[[int], None]  # bytes, or a function that writes to an fd
     deferred: defer.Deferred = attr.ib(factory=defer.Deferred)
+    record: Record | None = None
 
 
-def _write_file(path: str, data, sync: bool = True) -> int:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _create_file(path: str, data) -> int:
+    """Create C{path} with C{data}; returns its open descriptor."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
     try:
         if callable(data):
             data(fd)
         else:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-        if sync:
-            os.fsync(fd)
-    finally:
+            _write_all(fd, data)
+    except BaseException:
         os.close(fd)
+        raise
     return fd
+
+
+def append_lines(path: str, data: bytes, sync: bool = False) -> int | None:
+    """
+    Append C{data} to C{path} in one go. If the write fails part way
+    (ENOSPC, EDQUOT, EIO) the file is cut back to its old length before
+    the error is raised, so no partial line stays behind. With C{sync}
+    the data is fdatasynced and None returned; otherwise the open
+    descriptor is returned for the caller to flush and close.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | _O_CLOEXEC)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise
+        if sync:
+            _fdatasync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if sync:
+        os.close(fd)
+        return None
+    return fd
+
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
 def fsync_directory(path: str) -> None:
@@ -98,107 +166,145 @@ def _sync_filesystem(path: str) -> None:
 
 
 _pool: Any = None
+_pool_lock = threading.Lock()
 
 
 def _fsync_pool():
     global _pool
-    if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
+    with _pool_lock:
+        if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-        _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mailhub-fsync")
+            _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mailhub-fsync")
     return _pool
 
 
-def _discard(item: PendingWrite) -> None:
+def _discard(path: str) -> None:
     try:
-        os.unlink(item.tmp_path)
+        os.unlink(path)
     except OSError:
         pass
 
 
-def _commit_with_syncfs(batch: list[PendingWrite]) -> list[BaseException | None]:
-    """
-    Write every file of the batch, flush their filesystems once each with
-    syncfs, then rename them into place.
-    """
-    outcome: list[BaseException | None] = [None] * len(batch)
-    devices: dict[int, str] = {}  # filesystem -> a directory on it
-    device_of: dict[str, int] = {}  # tmp directory -> filesystem
-    for i, item in enumerate(batch):
+def _close(fd: int | None) -> None:
+    if fd is not None:
         try:
-            _write_file(item.tmp_path, item.data, sync=False)
-            directory = os.path.dirname(item.tmp_path) or "."
-            if directory not in device_of:
-                device_of[directory] = os.stat(directory).st_dev
-                devices.setdefault(device_of[directory], directory)
-        except BaseException as e:  # noqa: B036 - reported to the caller
-            outcome[i] = e
-            _discard(item)
-    failed: dict[int, OSError] = {}
-    for device, directory in devices.items():
-        try:
-            _sync_filesystem(directory)
-        except OSError as e:
-            failed[device] = e
-    for i, item in enumerate(batch):
-        if outcome[i] is not None:
-            continue
-        try:
-            error = failed.get(device_of[os.path.dirname(item.tmp_path) or "."])
-            if error is not None:
-                raise error
-            os.rename(item.tmp_path, item.final_path)
-        except BaseException as e:  # noqa: B036 - reported to the caller
-            outcome[i] = e
-            _discard(item)
-    return outcome
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _commit_batch(batch: list[PendingWrite]) -> list[BaseException | None]:
     """
-    Runs in a worker thread: write, flush and rename every file of the
-    batch, then fsync each directory once. Returns one error (or None) per
-    write.
-    """
-    if len(batch) > 1 and _syncfs is not None:
-        outcome = _commit_with_syncfs(batch)
-    else:
-        outcome = _commit_with_fsync(batch)
-    directories: set[str] = set()
-    for i, item in enumerate(batch):
-        if outcome[i] is None:
-            directories.add(os.path.dirname(item.final_path))
-    for directory in directories:
-        try:
-            fsync_directory(directory)
-        except OSError as e:
-            for i, item in enumerate(batch):
-                if outcome[i] is None and os.path.dirname(item.final_path) == directory:
-                    outcome[i] = e
-    return outcome
-
-
-def _commit_with_fsync(batch: list[PendingWrite]) -> list[BaseException | None]:
-    """
-    Write, fsync and rename each file; several at the same time, so that
-    the filesystem merges their journal commits.
+    Runs in a worker thread: the four phases of the module docstring for
+    one batch. Returns one error (or None) per write.
     """
     outcome: list[BaseException | None] = [None] * len(batch)
-
-    def one(i: int) -> None:
-        item = batch[i]
-        try:
-            _write_file(item.tmp_path, item.data)
-            os.rename(item.tmp_path, item.final_path)
-        except BaseException as e:  # noqa: B036 - reported to the caller
-            outcome[i] = e
-            _discard(item)
-
-    if len(batch) > 1:
-        list(_fsync_pool().map(one, range(len(batch))))
-    else:
-        one(0)
+    fds: list[int | None] = [None] * len(batch)
+    logs: dict[str, list[int]] = {}  # log file -> indexes of the writes it carries
+    log_fds: dict[str, int] = {}
+    try:
+        # 1. data to tmp files, then records to their logs
+        for i, item in enumerate(batch):
+            try:
+                fds[i] = _create_file(item.tmp_path, item.data)
+            except BaseException as e:  # noqa: B036 - reported to the caller
+                outcome[i] = e
+                _discard(item.tmp_path)
+                continue
+            if item.record is not None:
+                logs.setdefault(item.record.path, []).append(i)
+        for path, members in logs.items():
+            lock = batch[members[0]].record.lock
+            try:
+                with lock:
+                    log_fds[path] = append_lines(path, b"".join(batch[i].record.line for i in members))
+            except BaseException as e:  # noqa: B036 - reported to the caller
+                for i in members:
+                    outcome[i] = e
+        # 2. flush
+        _flush(batch, outcome, fds, logs, log_fds)
+        # 3. rename into place
+        directories: dict[str, list[int]] = {}
+        for i, item in enumerate(batch):
+            _close(fds[i])
+            fds[i] = None
+            if outcome[i] is not None:
+                _discard(item.tmp_path)
+                continue
+            try:
+                os.rename(item.tmp_path, item.final_path)
+            except BaseException as e:  # noqa: B036 - reported to the caller
+                outcome[i] = e
+                _discard(item.tmp_path)
+                continue
+            directories.setdefault(os.path.dirname(item.final_path), []).append(i)
+        # 4. the directory entries
+        for directory, members in directories.items():
+            try:
+                fsync_directory(directory)
+            except OSError as e:
+                for i in members:
+                    outcome[i] = e
+                    _discard(batch[i].final_path)
+    finally:
+        for fd in fds:
+            _close(fd)
+        for fd in log_fds.values():
+            _close(fd)
     return outcome
+
+
+def _flush(batch, outcome, fds, logs, log_fds) -> None:
+    """Phase 2: the data of every live write and log on disk, or an error."""
+    live = [i for i in range(len(batch)) if outcome[i] is None]
+    if not live and not log_fds:
+        return
+    if len(live) > 1 and _syncfs is not None:
+        devices: dict[int, str] = {}  # filesystem -> a directory on it
+        device_of: dict[str, int] = {}  # tmp directory -> filesystem
+        for i in live:
+            directory = os.path.dirname(batch[i].tmp_path) or "."
+            if directory not in device_of:
+                device_of[directory] = os.fstat(fds[i]).st_dev
+                devices.setdefault(device_of[directory], directory)
+        for path, fd in log_fds.items():
+            device = os.fstat(fd).st_dev
+            if device not in devices:
+                devices[device] = os.path.dirname(path) or "."
+        failed: dict[int, OSError] = {}
+        for device, directory in devices.items():
+            try:
+                _sync_filesystem(directory)
+            except OSError as e:
+                failed[device] = e
+        for i in live:
+            error = failed.get(device_of[os.path.dirname(batch[i].tmp_path) or "."])
+            if error is not None:
+                outcome[i] = error
+        for path, fd in log_fds.items():
+            error = failed.get(os.fstat(fd).st_dev)
+            if error is not None:
+                for i in logs[path]:
+                    outcome[i] = outcome[i] or error
+        return
+    # One flush per file, concurrently.
+    jobs: list[tuple[Callable[[int], None], int, list[int]]] = [(os.fsync, fds[i], [i]) for i in live]
+    jobs += [(_fdatasync, fd, logs[path]) for path, fd in log_fds.items()]
+
+    def run(job) -> BaseException | None:
+        function, fd, _ = job
+        try:
+            function(fd)
+        except BaseException as e:  # noqa: B036 - reported to the caller
+            return e
+        return None
+
+    results = list(_fsync_pool().map(run, jobs)) if len(jobs) > 1 else [run(jobs[0])]
+    for (_, _, members), error in zip(jobs, results):
+        if error is not None:
+            for i in members:
+                outcome[i] = outcome[i] or error
 
 
 class GroupCommitWriter:
@@ -217,13 +323,16 @@ class GroupCommitWriter:
         self._busy = False
         self.batches = 0  # for tests and benchmarks: how many flushes ran
 
-    def write(self, tmp_path: str, final_path: str, data) -> defer.Deferred:
+    def write(self, tmp_path: str, final_path: str, data, record: Record | None = None) -> defer.Deferred:
         """
         Write C{data} (bytes, or a callable taking an fd) to C{tmp_path},
         then move it to C{final_path}. The Deferred fires with C{final_path}
-        once the file and its directory entry are on disk.
+        once the file, its directory entry and C{record} (if given) are on
+        disk; it fails with the C{OSError} that stopped it, and then
+        nothing is left at C{final_path} or C{tmp_path} (the record's line
+        may stay: its owner must accept lines whose file never came).
         """
-        item = PendingWrite(tmp_path, final_path, data)
+        item = PendingWrite(tmp_path, final_path, data, record=record)
         self._queue.append(item)
         if not self._busy:
             self._next_batch()

@@ -21,6 +21,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import errno
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 import attr
@@ -56,6 +57,34 @@ class BadFolderName(StoreError):
 
 class NoSuchMessage(StoreError):
     pass
+
+
+class InsufficientStorage(StoreError):
+    """
+    The disk (or the account's disk quota) is full: nothing was stored.
+    Protocols answer it as a temporary failure: SMTP C{452 4.3.1}
+    (RFC 3463), IMAP C{NO [OVERQUOTA]} (RFC 5530 §3), POP3
+    C{-ERR [SYS/TEMP]} (RFC 3206 §4).
+    """
+
+
+_NO_SPACE_ERRNOS = frozenset(e for e in (getattr(errno, "ENOSPC", None), getattr(errno, "EDQUOT", None)) if e is not None)
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """True for L{InsufficientStorage} and for C{OSError} ENOSPC / EDQUOT."""
+    if isinstance(error, InsufficientStorage):
+        return True
+    return isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS
+
+
+def storage_error(error: BaseException) -> BaseException:
+    """C{error} as the store reports it: ENOSPC / EDQUOT become L{InsufficientStorage}."""
+    if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+        new = InsufficientStorage("Insufficient system storage")
+        new.__cause__ = error
+        return new
+    return error
 
 
 @attr.s(auto_attribs=True, frozen=True, slots=True)

@@ -17,8 +17,20 @@ Rules (everything that changes the on-disk layout lives in this module):
  - Each folder has a UID list, C{mailhub-uidlist}: a header line
    C{mailhub-uidlist 1 <uidvalidity> <uidnext>}, then one line per message
    C{<uid> <basename> <size> <internal date> [keyword...]}. New UIDs are
-   appended; an expunge or a keyword change rewrites it (tmp + rename).
-   If it is lost, UIDs are assigned anew with a new UIDVALIDITY.
+   appended; an expunge or a keyword change rewrites it (tmp + fsync +
+   rename).
+ - A UID is durable before anything tells it to anyone: delivery and
+   APPEND reserve the UID, and the group commit appends its line and
+   flushes it together with the message (no flush of its own); the
+   message is announced (listeners, APPENDUID, SMTP 250) only after.
+   A line whose message never arrived (a crash, a failed write) is
+   forgotten at the next load; its UID is never given again.
+ - A damaged list (a torn last line, a run of NUL bytes that a power cut
+   left where an append had not reached the disk, a line that does not
+   parse) keeps its good lines and its UIDVALIDITY: messages it no longer
+   lists get new UIDs above UIDNEXT, and the list is rewritten clean.
+   Only a list that is truly lost (missing, or its header unreadable)
+   means UIDs assigned anew with a new UIDVALIDITY.
  - Files that appear in C{new/} or C{cur/} by other means (an outside MDA,
    a restore) get UIDs the next time the folder is looked at; files that
    vanish are reported as expunged.
@@ -33,6 +45,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import threading
 import time
 from typing import Iterable
 
@@ -47,7 +60,7 @@ from twisted_mailhub.store.base import (
     normalize_folder_name,
     split_flags,
 )
-from twisted_mailhub.store.durable import GroupCommitWriter, fsync_directory
+from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, fsync_directory
 from twisted_mailhub.store.interfaces import (
     DELETED,
     DRAFT,
@@ -64,6 +77,8 @@ from twisted_mailhub.store.interfaces import (
     MessageInfo,
     NoSuchFolder,
     NoSuchMessage,
+    StoreError,
+    storage_error,
 )
 
 log = Logger()
@@ -149,6 +164,38 @@ def decode_folder(dirname: str) -> str:
     return DELIMITER.join(p.replace("%2E", ".").replace("%25", "%") for p in parts)
 
 
+def _parse_header(line: bytes) -> tuple[int, int] | None:
+    """(UIDVALIDITY, UIDNEXT) of a UID list's first line, or None."""
+    try:
+        words = line.decode("ascii").split()
+        if len(words) != 4 or words[0] != UIDLIST:
+            return None
+        validity, uid_next = int(words[2]), int(words[3])
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return (validity, uid_next) if validity > 0 and uid_next > 0 else None
+
+
+def _parse_line(line: bytes) -> tuple[int, str, int, float, frozenset[str]] | None:
+    """(uid, base name, size, internal date, keywords) of one list line, or None."""
+    try:
+        fields = line.decode("utf-8").split(" ")
+        if len(fields) < 4 or b"\0" in line:
+            return None
+        uid, base, size, date = int(fields[0]), fields[1], int(fields[2]), float(fields[3])
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if uid <= 0 or size < 0 or not base or "/" in base or any(not k for k in fields[4:]):
+        return None
+    return uid, base, size, date, frozenset(fields[4:])
+
+
+def _format_line(uid: int, base: str, size: int, date: float, keywords: Iterable[str]) -> str:
+    words = [str(uid), base, str(size), str(int(date))]
+    words.extend(sorted(keywords))
+    return " ".join(words) + "\n"
+
+
 class _Entry:
     """
     One message of the index. Its file name is kept only when it is not
@@ -193,6 +240,11 @@ class MaildirFolder:
         self._entries: dict[int, _Entry] = {}
         self._by_base: dict[str, int] = {}
         self._dir_mtimes: tuple[int, int] | None = None
+        # Messages being written: UID reserved, line on its way to the list.
+        self._pending: dict[str, _Entry] = {}
+        # Held by every writer of the UID list (the group commit's worker
+        # thread appends to it).
+        self._uidlist_lock = threading.Lock()
         self.uid_validity = 0
         self.uid_next = 1
         for sub in ("cur", "new", "tmp"):
@@ -208,25 +260,54 @@ class MaildirFolder:
     def _load_uidlist(self) -> None:
         self._known: dict[str, tuple[int, int, float, frozenset[str]]] = {}
         try:
-            with open(self._uidlist_path(), encoding="utf-8") as f:
-                header = f.readline().split()
-                if len(header) != 4 or header[0] != UIDLIST:
-                    raise ValueError("bad header")
-                self.uid_validity, self.uid_next = int(header[2]), int(header[3])
-                for line in f:
-                    if not line.endswith("\n"):
-                        break  # torn last line of an interrupted append
-                    fields = line.split()
-                    uid, base, size, date = int(fields[0]), fields[1], int(fields[2]), float(fields[3])
-                    # (frozenset() is not a shared singleton: 216 bytes each)
-                    self._known[base] = (uid, size, date, frozenset(fields[4:]) if len(fields) > 4 else _EMPTY)
-                    self.uid_next = max(self.uid_next, uid + 1)
+            with open(self._uidlist_path(), "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             self._new_uid_validity()
-        except (ValueError, IndexError, UnicodeDecodeError):
-            log.warn("UID list of {path} unreadable: UIDs assigned anew", path=self.directory)
-            self._known = {}
+            return
+        lines = data.split(b"\n")
+        header = _parse_header(lines[0])
+        if header is None:
+            log.warn("UID list of {path} unreadable: UIDs assigned anew with a new UIDVALIDITY", path=self.directory)
             self._new_uid_validity()
+            return
+        self.uid_validity, self.uid_next = header
+        # Whatever follows the last LF is a torn append (or NULs).
+        dropped = 1 if lines[-1].strip(b"\0") else 0
+        damaged = bool(lines[-1])
+        uids: dict[int, str] = {}
+        for raw in lines[1:-1]:
+            line = raw.strip(b"\0")
+            if len(line) != len(raw):
+                damaged = True
+            parsed = _parse_line(line)
+            if parsed is not None and (uids.get(parsed[0], parsed[1]) != parsed[1] or self._known.get(parsed[1], parsed)[0] != parsed[0]):
+                parsed = None  # a UID or a message listed twice: the first stands
+            if parsed is None:
+                dropped += 1 if line else 0
+                damaged = True
+                continue
+            uid, base, size, date, keywords = parsed
+            uids[uid] = base
+            # (frozenset() is not a shared singleton: 216 bytes each)
+            self._known[base] = (uid, size, date, keywords or _EMPTY)
+            self.uid_next = max(self.uid_next, uid + 1)
+        if damaged:
+            log.warn(
+                "UID list of {path} was damaged (a torn or zero-filled end, as a crash leaves): "
+                "kept {kept} entries and UIDVALIDITY {validity}, dropped {dropped} line(s); "
+                "messages no longer listed get new UIDs from {uid_next}",
+                path=self.directory,
+                kept=len(self._known),
+                validity=self.uid_validity,
+                dropped=dropped,
+                uid_next=self.uid_next,
+            )
+            # Clean before anything is appended to it again.
+            lines_out = [
+                _format_line(uid, base, size, date, keywords) for base, (uid, size, date, keywords) in self._known.items()
+            ]
+            self._write_uidlist_text(sorted(lines_out, key=lambda line: int(line.split(" ", 1)[0])))
 
     def _new_uid_validity(self) -> None:
         # A lost list must not come back with the UIDVALIDITY it had
@@ -240,29 +321,64 @@ class MaildirFolder:
         self.uid_validity = max(int(time.time()), latest, self.uid_validity + 1)
         self.uid_next = 1
         self._write_uidlist()
+        # The list's name must survive a crash: UIDs are appended to it.
+        fsync_directory(self.directory)
 
     def _uidlist_line(self, entry: _Entry) -> str:
         info = entry.info
-        words = [str(info.uid), entry.info.key, str(info.size), str(int(info.internal_date))]
-        words.extend(sorted(entry.keywords))
-        return " ".join(words) + "\n"
+        return _format_line(info.uid, info.key, info.size, info.internal_date, entry.keywords)
 
     def _write_uidlist(self) -> None:
+        """
+        Rewrite the list from the index (and the UIDs being written), fsynced.
+        Raises L{InsufficientStorage} or C{OSError}; the old list then stays.
+        """
+        entries = list(self._entries.values()) + list(self._pending.values())
+        entries.sort(key=lambda e: e.info.uid)
+        self._write_uidlist_text([self._uidlist_line(e) for e in entries])
+
+    def _write_uidlist_text(self, lines: list[str]) -> None:
         tmp = self._uidlist_path() + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n")
-            f.write("".join([self._uidlist_line(self._entries[uid]) for uid in sorted(self._entries)]))
-            # Synced: after an expunge this header's UIDNEXT is what keeps
-            # the expunged UIDs from being given again after a crash.
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._uidlist_path())
+        text = f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n" + "".join(lines)
+        with self._uidlist_lock:
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(text)
+                    # Synced: after an expunge this header's UIDNEXT is what
+                    # keeps the expunged UIDs from being given again after a
+                    # crash.
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self._uidlist_path())
+            except OSError as e:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise storage_error(e) from e
+
+    def _rewrite_uidlist_after_removal(self) -> None:
+        """
+        After messages were removed: a list that cannot be rewritten now
+        (disk full) is still right where it matters (the lines of files
+        that are gone are forgotten at the next load, and they keep their
+        UIDs from being given again), so the removal stands.
+        """
+        try:
+            self._write_uidlist()
+        except (OSError, StoreError) as e:
+            log.warn("UID list of {path} not rewritten after a removal ({error}); it will be at the next change", path=self.directory, error=e.__cause__ or e)
 
     def _append_uidlist(self, entries: list[_Entry]) -> None:
-        # The header's uidnext is only a floor; loading takes the max of it
-        # and the UIDs listed, so appending lines keeps the file correct.
-        with open(self._uidlist_path(), "a", encoding="utf-8") as f:
-            f.write("".join(self._uidlist_line(e) for e in entries))
+        """
+        Append the lines of messages found by a scan (put there by another
+        program), fsynced, in the reactor: rare, and their UIDs are shown
+        to clients right after. The header's UIDNEXT is only a floor;
+        loading takes the max of it and the UIDs listed.
+        """
+        data = "".join(self._uidlist_line(e) for e in entries).encode("utf-8")
+        with self._uidlist_lock:
+            append_lines(self._uidlist_path(), data, sync=True)
 
     # -- keeping the index in step with the directory ---------------------
 
@@ -317,7 +433,7 @@ class MaildirFolder:
             self._by_base.pop(entry.info.key, None)
         fresh = []
         for base, (sub, filename) in seen.items():
-            if base in self._by_base:
+            if base in self._by_base or base in self._pending:
                 continue
             known = self._known.pop(base, None)
             if known is not None:
@@ -337,9 +453,18 @@ class MaildirFolder:
         if self._known:
             self._known = {}  # files listed but gone: forgotten (and the table freed)
         if added:
-            self._append_uidlist(added)
+            try:
+                self._append_uidlist(added)
+            except OSError as e:
+                # Not listed, so not shown: the next look tries again.
+                log.warn("UID list of {path}: {n} new message(s) not listed yet ({error})", path=self.directory, n=len(added), error=e)
+                for entry in added:
+                    self._entries.pop(entry.info.uid, None)
+                    self._by_base.pop(entry.info.key, None)
+                self._dir_mtimes = None
+                added = []
         if gone:
-            self._write_uidlist()
+            self._rewrite_uidlist_after_removal()
         if added or gone or flagged:
             self._listeners.notify(
                 FolderChange(
@@ -413,32 +538,49 @@ class MaildirFolder:
 
     def deliver(self, message: bytes) -> defer.Deferred:
         """
-        Write a new message into C{new/}; fires with its key when durable.
+        Write a new message into C{new/}; fires with its key when the
+        message and its UID are durable. Fails with L{InsufficientStorage}
+        when the disk is full, and then nothing was stored.
         """
         base = unique_name(len(message), self.hostname)
+        entry = self._reserve(base, "new", base, len(message), time.time(), _EMPTY)
         d = self.writer.write(
-            os.path.join(self.directory, "tmp", base), os.path.join(self.directory, "new", base), message
+            os.path.join(self.directory, "tmp", base), os.path.join(self.directory, "new", base), message, self._record(entry)
         )
-        d.addCallback(lambda _: self._arrived(base, "new", base, time.time()))
+        d.addCallbacks(self._arrived, self._not_stored, callbackArgs=(entry,), errbackArgs=(entry,))
         return d.addCallback(lambda entry: entry.info.key)
 
-    def _arrived(self, base: str, sub: str, filename: str, date: float, keywords=frozenset()) -> _Entry:
-        uid = self._by_base.get(base)
-        if uid is not None:  # a scan found it first
-            return self._entries[uid]
-        entry = self._register(base, sub, filename, date)
-        if keywords:
-            entry.keywords = frozenset(keywords)
-            entry.info = _with_flags(entry.info, entry.info.flags | entry.keywords)
-        self._append_uidlist([entry])
+    def _reserve(self, base: str, sub: str, filename: str, size: int, date: float, keywords: frozenset[str]) -> _Entry:
+        """The next UID for a message about to be written."""
+        _, system = parse_info(filename)
+        info = MessageInfo(self.uid_next, base, system | keywords if keywords else system, size, date)
+        self.uid_next += 1
+        entry = self._pending[base] = _Entry(info, sub, filename, keywords)
+        return entry
+
+    def _record(self, entry: _Entry) -> Record:
+        return Record(self._uidlist_path(), self._uidlist_line(entry).encode("utf-8"), self._uidlist_lock)
+
+    def _arrived(self, _, entry: _Entry) -> _Entry:
+        self._pending.pop(entry.info.key, None)
+        self._add_entry(entry)
         self._listeners.notify(FolderChange(added=(entry.info.uid,)))
         return entry
+
+    def _not_stored(self, failure, entry: _Entry):
+        # Its UID stays used: its line may be on disk already.
+        self._pending.pop(entry.info.key, None)
+        error = storage_error(failure.value)
+        if error is not failure.value:
+            raise error
+        return failure
 
     def append(self, message: bytes, flags: Iterable[str] = (), internal_date: float | None = None):
         system, keywords = split_flags(flags)
         date = time.time() if internal_date is None else internal_date
         base = unique_name(len(message), self.hostname, now=date if internal_date is not None else None)
         filename = base + info_suffix(system)
+        entry = self._reserve(base, "cur", filename, len(message), date, keywords)
 
         def write(fd: int) -> None:
             view = memoryview(message)
@@ -447,9 +589,9 @@ class MaildirFolder:
             os.utime(fd, (date, date))
 
         d = self.writer.write(
-            os.path.join(self.directory, "tmp", base), os.path.join(self.directory, "cur", filename), write
+            os.path.join(self.directory, "tmp", base), os.path.join(self.directory, "cur", filename), write, self._record(entry)
         )
-        d.addCallback(lambda _: self._arrived(base, "cur", filename, date, keywords))
+        d.addCallbacks(self._arrived, self._not_stored, callbackArgs=(entry,), errbackArgs=(entry,))
         return d.addCallback(lambda entry: entry.info.uid)
 
     def _before_own_change(self) -> bool:
@@ -515,7 +657,7 @@ class MaildirFolder:
             self._by_base.pop(entry.info.key, None)
             gone.append(uid)
         if gone:
-            self._write_uidlist()
+            self._rewrite_uidlist_after_removal()
             self._after_own_change(was_current)
             self._listeners.notify(FolderChange(expunged=tuple(gone), origin=origin))
         return gone
