@@ -108,7 +108,8 @@ class RouterTests(unittest.TestCase):
 class TestZone:
     """
     A twisted.names authority for one domain from a plain dict, for tests:
-    C{{"b.test": [("MX", 10, "mx.b.test")], "mx.b.test": [("A", "127.0.0.1")]}}.
+    C{{"b.test": [("MX", 10, "mx.b.test")], "mx.b.test": [("A", "127.0.0.1")]}};
+    C{("TXT", "v=spf1 -all")} gives a TXT record (long texts split).
     """
 
     @staticmethod
@@ -121,6 +122,10 @@ class TestZone:
                 return dns.Record_MX(args[0], args[1].encode())
             if kind == "A":
                 return dns.Record_A(args[0])
+            if kind == "TXT":
+                # RFC 1035 §3.3.14: strings of at most 255 octets each
+                text = args[0].encode()
+                return dns.Record_TXT(*[text[i:i + 255] for i in range(0, len(text), 255)])
             return dns.Record_AAAA(args[0])
 
         class Zone(authority.FileAuthority):

@@ -30,6 +30,10 @@ class Envelope:
     @ivar client_address: the peer's IP address.
     @ivar helo: what the client said in HELO/EHLO.
     @ivar authenticated: the account address if the session logged in.
+    @ivar authentication: at end of data, the sender-authentication results
+        of the built-in checks as sorted (method, result) pairs, e.g.
+        C{(("dkim", "pass"), ("dmarc", "pass"), ("spf", "softfail"))}
+        (RFC 8601 result names); empty for mail that was not checked.
     """
 
     sender: str
@@ -37,6 +41,7 @@ class Envelope:
     client_address: str = ""
     helo: str = ""
     authenticated: str | None = None
+    authentication: tuple[tuple[str, str], ...] = ()
 
 
 @attr.s(auto_attribs=True, frozen=True)
@@ -52,10 +57,14 @@ class Reject:
 @attr.s(auto_attribs=True, frozen=True)
 class Rewrite:
     """
-    Accept, storing C{message} in place of what the client sent.
+    Accept, storing C{message} in place of what the client sent. A filter
+    that learnt something about the message may also give the
+    C{envelope} the filters after it see (the built-in checks add their
+    results this way).
     """
 
     message: bytes
+    envelope: Envelope | None = None
 
 
 class IDeliveryFilter(Interface):

@@ -21,6 +21,7 @@ from twisted_mailhub.hub import Hub, HubService, ListenerSpec, default_hostname
 COMPONENTS: list[str] = [
     "twisted_mailhub.queue.component",
     "twisted_mailhub.smtp.component",
+    "twisted_mailhub.mailauth",
     "twisted_mailhub.pop3",
     "twisted_mailhub.imap",
     "twisted_mailhub.ftp.component",

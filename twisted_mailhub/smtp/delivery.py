@@ -211,12 +211,14 @@ async def _run_filters(filters, hook: str, *args) -> Any:
         method = getattr(f, hook, None)
         if method is None:
             continue
-        call_args = args[:-1] + (message,) if hook == "end_of_data" else args
+        call_args = (args[0], message) if hook == "end_of_data" else args
         result = await defer.maybeDeferred(method, *call_args)
         if isinstance(result, Reject):
             return result
         if isinstance(result, Rewrite) and hook == "end_of_data":
             message = result.message
+            if result.envelope is not None:
+                args = (result.envelope,) + args[1:]
     return message
 
 

@@ -1,0 +1,123 @@
+# -*- test-case-name: tests.test_mailauth -*-
+"""
+DKIM signing (RFC 6376) of mail that a logged-in account submits.
+
+Runs as the last end-of-data delivery filter, after every filter that may
+rewrite the message, so that nothing changes the signed bytes afterwards.
+The signing domain is the domain of the C{From:} header when it is local
+(that is the domain DMARC aligns with, RFC 7489 §3.1.1), else the envelope
+sender's, else the account's; mail whose domains are all foreign is left
+unsigned. Each message gets two signatures, C{rsa-sha256} and
+C{ed25519-sha256} (RFC 8463), both C{relaxed/relaxed}.
+
+dkimpy does the canonicalization and the cryptography. Its RSA is pure
+Python (several milliseconds a message), so signing runs on the
+L{MailauthPool}'s threads, not in the reactor.
+"""
+
+from __future__ import annotations
+
+from email.utils import getaddresses
+from typing import Any
+
+import dkim
+from twisted.internet import threads
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from twisted_mailhub.filters import Envelope, IDeliveryFilter, Rewrite
+from twisted_mailhub.mailauth.keys import SigningKey
+
+log = Logger()
+
+# RFC 6376 §5.4.1's recommended set, plus what DMARC and threads rely on.
+# A header named twice in h= and present once is "oversigned": nobody can
+# add a second From: or Subject: without breaking the signature.
+SIGNED_HEADERS = [
+    b"from", b"from", b"to", b"cc", b"subject", b"subject", b"date", b"message-id",
+    b"reply-to", b"in-reply-to", b"references", b"mime-version", b"content-type",
+    b"content-transfer-encoding", b"content-disposition", b"list-unsubscribe",
+]
+
+
+def header_from_domain(message: bytes) -> str | None:
+    """The domain of the (first) C{From:} header address, lower-cased, or None."""
+    head = message.split(b"\r\n\r\n", 1)[0]
+    lines = head.split(b"\r\n")
+    for i, line in enumerate(lines):
+        if line[:5].lower() == b"from:":
+            value = line[5:]
+            for cont in lines[i + 1:]:
+                if cont[:1] not in (b" ", b"\t"):
+                    break
+                value += cont
+            addresses = getaddresses([value.decode("utf-8", "replace")])
+            for _, address in addresses:
+                if "@" in address:
+                    return address.rpartition("@")[2].lower().rstrip(".")
+            return None
+    return None
+
+
+def sign(message: bytes, keys: list[SigningKey]) -> bytes:
+    """
+    The message with one C{DKIM-Signature:} field per key prepended.
+
+    @raise dkim.DKIMException: the message or a key is unusable.
+    """
+    fields = []
+    for key in keys:
+        fields.append(
+            dkim.sign(
+                message,
+                key.selector.encode("ascii"),
+                key.domain.encode("ascii"),
+                key.private,
+                canonicalize=(b"relaxed", b"relaxed"),
+                signature_algorithm=key.algorithm,
+                include_headers=SIGNED_HEADERS,
+            )
+        )
+    return b"".join(fields) + message
+
+
+@implementer(IPlugin, IDeliveryFilter)
+class DKIMSigner:
+    """
+    The built-in signing filter.
+
+    @ivar keys: local domain -> its keys (domains without keys are not signed).
+    """
+
+    name = "dkim-sign"
+
+    def __init__(self, keys: dict[str, list[SigningKey]], reactor: Any, pool: Any):
+        self.keys = keys
+        self.reactor = reactor
+        self.pool = pool
+
+    def signing_domain(self, envelope: Envelope, message: bytes) -> str | None:
+        for address in (header_from_domain(message), envelope.sender, envelope.authenticated):
+            if not address:
+                continue
+            domain = address.rpartition("@")[2].lower()
+            if domain in self.keys:
+                return domain
+        return None
+
+    def end_of_data(self, envelope: Envelope, message: bytes) -> Any:
+        if not envelope.authenticated:
+            return None
+        domain = self.signing_domain(envelope, message)
+        if domain is None:
+            return None
+        d = threads.deferToThreadPool(self.reactor, self.pool, sign, message, self.keys[domain])
+
+        def unsigned(failure):
+            # A message dkimpy cannot sign (e.g. no From:) goes out unsigned,
+            # as it would from a server without DKIM; it is not refused.
+            log.warn("dkim: not signing a message for {domain}: {why}", domain=domain, why=failure.getErrorMessage())
+            return message
+
+        return d.addCallbacks(Rewrite, lambda f: Rewrite(unsigned(f)))
