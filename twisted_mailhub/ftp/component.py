@@ -24,7 +24,9 @@ option_parameters = [
     ["ftp-banner", None, None, "Text of the FTP 220 greeting."],
     ["ftp-filesystem", None, "disk", "FTP file system backend (a plugin's name: disk, ...)."],
     ["ftp-max-per-ip", None, 20, "FTP control connections allowed from one address at once (0: no limit).", int],
-    ["ftp-idle-timeout", None, 600, "Seconds an FTP control connection may sit idle.", float],
+    ["ftp-idle-timeout", None, 300, "Seconds an FTP control connection may sit idle (300, as vsftpd and pyftpdlib).", float],
+    ["ftp-login-timeout", None, 300, "Seconds an FTP client may take, in all, to log in.", float],
+    ["ftp-command-timeout", None, 120, "Seconds an FTP client may take to send one command line.", float],
     ["ftp-data-timeout", None, 60, "Seconds to wait for, or on, an idle FTP data connection.", float],
 ]
 
@@ -46,6 +48,9 @@ def parse_port_range(spec: str) -> range:
 
 
 def check_options(options) -> None:
+    for name in ("ftp-idle-timeout", "ftp-login-timeout", "ftp-command-timeout", "ftp-data-timeout"):
+        if options.get(name) is not None and float(options[name]) <= 0:
+            raise usage.UsageError(f"--{name} must be a positive number of seconds")
     if options.get("passive-ports"):
         parse_port_range(options["passive-ports"])
     if options.get("ftp-data-port") is not None:
@@ -76,7 +81,9 @@ def make_factory(hub):
         passive_address=options.get("passive-address"),
         require_tls=bool(options.get("ftp-require-tls")),
         max_per_ip=int(options.get("ftp-max-per-ip") or 0),
-        idle_timeout=float(options.get("ftp-idle-timeout") or 600),
+        idle_timeout=float(options.get("ftp-idle-timeout") or 300),
+        login_timeout=float(options.get("ftp-login-timeout") or 300),
+        command_timeout=float(options.get("ftp-command-timeout") or 120),
         data_timeout=float(options.get("ftp-data-timeout") or 60),
     )
 

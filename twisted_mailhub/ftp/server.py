@@ -32,7 +32,6 @@ What we replace, and why:
 
 from __future__ import annotations
 
-import collections
 import fnmatch
 import socket
 import stat as statmod
@@ -40,9 +39,11 @@ import time
 
 from twisted.cred import credentials
 from twisted.internet import defer, tcp
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python import failure
+from zope.interface import implementer
 
 from twisted_mailhub.ftp.data import (
     DataChannel,
@@ -54,6 +55,7 @@ from twisted_mailhub.ftp.data import (
     data_tls_options,
     same_host,
 )
+from twisted_mailhub.lines import LineEngine
 
 log = Logger()
 
@@ -111,7 +113,13 @@ URGENT = {"ABOR", "STAT", "QUIT"}
 PUBLIC = {"FEAT", "QUIT", "HELP", "NOOP", "SYST", "AUTH", "PBSZ", "PROT", "OPTS", "CCC"}
 
 _TELNET = bytes([255, 244, 242])  # IAC, IP, DM (ftplib sends them before ABOR)
-MAX_QUEUED = 200
+_URGENT = {verb.encode("ascii") for verb in URGENT}
+
+
+def _is_urgent(line: bytes) -> bool:
+    """Whether a control line is ABOR, STAT or QUIT, answered even during a transfer."""
+    word = line.lstrip(_TELNET).lstrip()[:5]
+    return word[:4].upper() in _URGENT and word[4:5] in (b"", b" ")
 
 
 def write_now(transport, data: bytes) -> None:
@@ -155,20 +163,20 @@ def _facts_line(name: str, facts: dict) -> str:
     return "".join(f"{k}={v};" for k, v in facts.items()) + " " + name
 
 
+@implementer(IHalfCloseableProtocol)
 class MailhubFTP(ftp.FTP):
     """
-    One control connection.
+    One control connection. Lines come from a L{LineEngine}: framing,
+    order behind a command that waits, urgent commands (ABOR, STAT, QUIT)
+    while a transfer runs, back-pressure, half-close and the idle, line and
+    login timeouts are its rules; this class is about FTP.
     """
 
-    delimiter = b"\n"
     MAX_LENGTH = 4096
     _encoding = "utf-8"
 
     def __init__(self):
-        self._queue: collections.deque = collections.deque()
-        self._busy = False
         self._current = None  # (verb, path, connection) of the running transfer
-        self._discarding = False
         self._abort_pending = False
         self._restart = 0
         self._tls = False
@@ -176,6 +184,8 @@ class MailhubFTP(ftp.FTP):
         self.data: DataChannel | None = None
         self.anonymous = False
         self.address = "?"
+        self.lines: LineEngine | None = None
+        self.connection_id = "ftp"
 
     # -- connection ----------------------------------------------------------
 
@@ -189,8 +199,8 @@ class MailhubFTP(ftp.FTP):
             self.transport.loseConnection()
             self.disconnected = True
             return
-        hub.connection_made(self, "ftp")
-        self.callLater = hub.reactor.callLater  # TimeoutMixin on the hub's clock
+        self.connection_id = hub.connection_made(self, "ftp")
+        self.callLater = hub.reactor.callLater
         handle = getattr(self.transport, "getHandle", None)
         if handle is not None:
             try:
@@ -200,15 +210,23 @@ class MailhubFTP(ftp.FTP):
         local = self.transport.getHost()
         data_port = factory.data_port if factory.data_port is not None else local.port - 1
         self.data = DataChannel(hub.reactor, local.host, self.address, data_port, factory.data_timeout, None)
-        self.setTimeout(factory.idle_timeout)
+        self.lines = LineEngine(
+            self,
+            hub.reactor,
+            max_line=self.MAX_LENGTH,
+            idle_timeout=factory.idle_timeout,
+            line_timeout=factory.command_timeout,
+            urgent=_is_urgent,
+        )
         self.sendLine(f"220 {factory.banner}")
+        self.lines.start(self.transport, login_timeout=factory.login_timeout)
 
     def connectionLost(self, reason):
         self.factory.release(self)
         if self.data is not None:
             self.data.abort()
-        self.setTimeout(None)
-        self._queue.clear()
+        if self.lines is not None:
+            self.lines.connection_lost()
         self.disconnected = True
         logout = getattr(self, "_logout", None)
         if logout is not None:
@@ -216,12 +234,28 @@ class MailhubFTP(ftp.FTP):
             logout()
         self.shell = None
 
-    def timeoutConnection(self):
-        if self.data is not None and self.data.state is DataState.TRANSFERRING:
-            self.resetTimeout()  # the data channel has its own timeout
-            return
-        self.sendLine(f"421 No command for {self.factory.idle_timeout} seconds; closing the connection.")
-        self.transport.loseConnection()
+    def timed_out(self, kind: str) -> None:
+        """L{LineEngine} says a time limit passed (idle, line, login)."""
+        if kind == "idle":
+            if self.data is not None and self.data.state is DataState.TRANSFERRING:
+                self.lines.touch()  # the data channel has its own timeout
+                return
+            self.sendLine(f"421 No command for {self.lines.idle_timeout:g} seconds; closing the connection.")
+        elif kind == "login":
+            self.sendLine(f"421 Not logged in after {self.factory.login_timeout:g} seconds; closing the connection.")
+        else:
+            self.sendLine(f"421 A command line took over {self.lines.line_timeout:g} seconds to arrive; closing the connection.")
+        self.disconnected = True
+        self.lines.close()
+
+    def readConnectionLost(self):
+        # `printf 'USER ...\r\nQUIT\r\n' | nc -N`: answer all, then close.
+        if self.lines is not None:
+            self.lines.read_connection_lost()
+
+    def writeConnectionLost(self):
+        if self.lines is not None:
+            self.lines.write_connection_lost()
 
     def sendLine(self, line):
         if isinstance(line, str):
@@ -239,59 +273,38 @@ class MailhubFTP(ftp.FTP):
     # -- command dispatch -------------------------------------------------------
 
     def dataReceived(self, data):
-        # Lines that arrived in the same packet as AUTH TLS were discarded
-        # (RFC 4217 §15.2 injection); what comes next is inside TLS.
-        self._discarding = False
-        return ftp.FTP.dataReceived(self, data)
+        if self.lines is not None:
+            self.lines.data_received(data)
 
-    def lineLengthExceeded(self, line):
+    def line_too_long(self):
         self.sendLine(f"500 Command line too long (at most {self.MAX_LENGTH} octets).")
 
-    def lineReceived(self, line: bytes):
-        if self._discarding or self.disconnected:
-            return
-        self.resetTimeout()
-        line = line.rstrip(b"\r").lstrip(_TELNET)
+    def command_failed(self, reason):
+        self.sendLine("451 Requested action aborted: local error in processing.")
+
+    def line_received(self, line: bytes):
+        if self.disconnected:
+            return None
+        line = line.lstrip(_TELNET)
         text = line.decode("utf-8", "surrogateescape")
         verb, _, arg = text.lstrip().partition(" ")
         verb = verb.upper()
         if not verb:
-            return
-        if self._busy:
-            if verb in URGENT:
-                self._dispatch(verb, arg, urgent=True)
-            elif len(self._queue) < MAX_QUEUED:
-                self._queue.append((verb, arg))
-            else:
-                self.sendLine("421 Too many commands queued; closing the connection.")
-                self.transport.loseConnection()
-            return
-        self._dispatch(verb, arg)
-
-    def _dispatch(self, verb: str, arg: str, urgent: bool = False):
-        if not urgent:
-            self._busy = True
+            return None
         try:
             result = self.processCommand(verb, arg)
         except Exception:
             result = failure.Failure()
         if isinstance(result, defer.Deferred):
             result.addCallbacks(self._succeeded, self._failed, errbackArgs=(verb,))
-            if not urgent:
-                result.addBoth(self._next)
-            result.addErrback(lambda f: log.failure("ftp command {verb} failed", f, verb=verb))
-            return
+            return result.addBoth(self._after)
         # Answered at once (most commands): the same steps without the
         # Deferred chain, which costs half of a short command's time here.
-        try:
-            if isinstance(result, failure.Failure):
-                self._failed(result, verb)
-            else:
-                self._succeeded(result)
-            if not urgent:
-                self._next(None)
-        except Exception:
-            log.failure("ftp command {verb} failed", verb=verb)
+        if isinstance(result, failure.Failure):
+            self._failed(result, verb)
+        else:
+            self._succeeded(result)
+        return None
 
     def _succeeded(self, result):
         if isinstance(result, tuple):
@@ -310,14 +323,11 @@ class MailhubFTP(ftp.FTP):
             log.failure("ftp {verb} went wrong", failure, verb=verb)
             self.sendLine(f"451 {verb} failed: local error in processing.")
 
-    def _next(self, _):
-        self._busy = False
+    def _after(self, result):
         if self._abort_pending:
             self._abort_pending = False
             self.sendLine("226 ABOR successful; the data connection is closed.")
-        while self._queue and not self._busy and not self.disconnected:
-            verb, arg = self._queue.popleft()
-            self._dispatch(verb, arg)
+        return result
 
     def processCommand(self, verb, arg=""):
         if verb in ("XPWD", "XCWD", "XCUP", "XMKD", "XRMD"):
@@ -385,6 +395,7 @@ class MailhubFTP(ftp.FTP):
             self.anonymous = anonymous
             self.workingDirectory = []
             self.state = self.AUTHED
+            self.lines.logged_in()
             if anonymous:
                 return "230 Anonymous login ok; read-only access to the public folder."
             return f"230 User {user} logged in; your home is /."
@@ -412,6 +423,7 @@ class MailhubFTP(ftp.FTP):
             self.data.abort()
         self.sendLine("221 Goodbye.")
         self.disconnected = True
+        self.lines.stop()
         close_now(self.transport)
 
     def ftp_HELP(self, arg=""):
@@ -519,9 +531,7 @@ class MailhubFTP(ftp.FTP):
             return "503 TLS is already on."
         self.sendLine("234 AUTH TLS ok; start the TLS handshake.")
         # Whatever the client pipelined after AUTH TLS in plaintext is dropped.
-        self._discarding = True
-        self.clearLineBuffer()
-        self._queue.clear()
+        self.lines.discard_pending()
         self.transport.startTLS(self.factory.hub.tls)
         self._tls = True
         # RFC 4217 §6: a new login is needed after AUTH.
@@ -870,7 +880,8 @@ class MailhubFTPFactory(ftp.FTPFactory):
     protocol = MailhubFTP
 
     def __init__(self, hub, banner="", anonymous=False, data_port=None, passive_ports=None, passive_address=None,
-                 require_tls=False, max_per_ip=20, idle_timeout=600, data_timeout=60):
+                 require_tls=False, max_per_ip=20, idle_timeout=300, data_timeout=60, login_timeout=300,
+                 command_timeout=120):
         ftp.FTPFactory.__init__(self, None)
         self.hub = hub
         self.banner = banner or f"{hub.hostname} FTP server (twisted-mailhub) ready."
@@ -883,6 +894,8 @@ class MailhubFTPFactory(ftp.FTPFactory):
         self.max_per_ip = max_per_ip
         self.idle_timeout = idle_timeout
         self.data_timeout = data_timeout
+        self.login_timeout = login_timeout
+        self.command_timeout = command_timeout
         self.per_address: dict[str, int] = {}
         self._data_tls = None
 

@@ -1,0 +1,520 @@
+# -*- test-case-name: tests.test_lines -*-
+"""
+The line engine: how the hub's line protocols (SMTP, POP3, FTP) read
+commands, in one place.
+
+Each protocol owns a L{LineEngine}, feeds it what the transport delivers and
+answers the lines it is handed; everything about I{getting} lines is here:
+
+ ====================  =====================================================
+ rule                  what the engine does
+ ====================  =====================================================
+ framing               A line ends at LF; a CR before it is dropped and
+                       remembered (L{LineEngine.crlf}), so CRLF clients and
+                       people typing in nc both work. Lines are cut out of
+                       one buffer by index: a packet of many pipelined
+                       commands is not copied once per command.
+ over-long lines       A line longer than C{max_line} octets is dropped as
+                       it arrives (never buffered whole) and answered once,
+                       in its turn, by C{owner.line_too_long()}; the session
+                       goes on with the next line.
+ order                 One line at a time. A handler that returns a
+                       L{Deferred} holds back every later line until it
+                       fires, so pipelined commands are answered in the
+                       order they were sent (RFC 2920, RFC 2449).
+ urgent lines          With C{urgent(line)} given (FTP: ABOR, STAT, QUIT,
+                       RFC 959 §4.1.3), such a line is handled at once even
+                       while an earlier command waits.
+ raw input             L{LineEngine.start_raw} hands all input to a handler
+                       instead of framing it (SMTP DATA) until the handler
+                       says where its part ended.
+ handler errors        An exception, or a failed Deferred, is logged once
+                       with its traceback and answered by
+                       C{owner.command_failed()}; the session goes on.
+ back-pressure         The engine is the transport's streaming producer:
+                       while the client does not read its replies, no
+                       further line is handled; while lines wait (behind a
+                       slow command or an unread reply) past C{max_held}
+                       octets, the transport stops reading.
+ half-close            When the client shuts down its sending side
+                       (C{printf ... | nc -N}), an unfinished last line
+                       counts as a line, every line is answered, then
+                       C{owner.input_ended()} (default: close).
+ timeouts              idle: no input at all for C{idle_timeout} seconds;
+                       line: one line took longer than C{line_timeout} to
+                       arrive (a client trickling a byte at a time); login:
+                       C{login_timeout} seconds after the start without
+                       L{LineEngine.logged_in}; raw: raw input took longer
+                       than its own limit. Each calls
+                       C{owner.timed_out(kind)}, which answers and closes.
+ discarding            L{LineEngine.discard_pending} drops what is buffered
+                       (after STARTTLS, STLS, AUTH TLS: CVE-2011-0411).
+ quoting               L{quote} is how any reply shows the client's input:
+                       control characters visible (C{^H}), never raw;
+                       L{control_note} says that the line had one.
+ ====================  =====================================================
+
+What the owner provides: C{line_received(line: bytes)} returning L{None} or
+a L{Deferred}; C{line_too_long()}; C{command_failed(failure)};
+C{timed_out(kind: str)}; optionally C{input_ended()} and
+C{output_resumed()} (called when a client that stopped reading reads
+again). The owner declares L{IHalfCloseableProtocol} and passes
+C{readConnectionLost}/C{writeConnectionLost} on.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from typing import Any, Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = Logger()
+
+__all__ = ["LineEngine", "TOO_LONG", "quote", "control_note", "has_control"]
+
+
+class _TooLong:
+    """The place of a line that was too long to keep."""
+
+    def __repr__(self) -> str:
+        return "TOO_LONG"
+
+
+TOO_LONG = _TooLong()
+
+# -- quoting the client's input ------------------------------------------------
+
+# C0 controls, DEL, C1 controls, and bytes that were not UTF-8 (decoded
+# with surrogateescape).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff]")
+_NON_ASCII = re.compile("[^\x00-\x7f]")
+
+_NAMES = {
+    0x00: "a NUL",
+    0x07: "a bell",
+    0x08: "a backspace",
+    0x09: "a tab",
+    0x0A: "a line feed",
+    0x0D: "a carriage return",
+    0x1B: "an escape",
+    0x7F: "a delete",
+}
+
+
+def _show(m: re.Match) -> str:
+    c = ord(m.group())
+    if c < 0x20:
+        return "^" + chr(c + 0x40)
+    if c == 0x7F:
+        return "^?"
+    if c >= 0xDC80:
+        return f"<{c - 0xDC00:02X}>"  # an octet that was not UTF-8
+    return f"<U+{c:04X}>"
+
+
+def _text(data: str | bytes) -> str:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data).decode("utf-8", "surrogateescape")
+    return data
+
+
+def quote(data: str | bytes, limit: int = 64, ascii: bool = False) -> str:
+    """
+    C{data} (what the client sent: bytes, or text decoded with
+    C{surrogateescape}) as a reply may show it: control characters in caret
+    notation (a backspace is C{^H}, DEL C{^?}), C1 controls as C{<U+0085>},
+    octets that are not UTF-8 as C{<FF>}; with C{ascii=True} other non-ASCII
+    characters become C{?} (for protocols whose replies are ASCII). At most
+    C{limit} characters of the input are shown, then C{...}. Never raises.
+    """
+    text = _text(data)
+    cut = len(text) > limit
+    if cut:
+        text = text[:limit]
+    text = _CONTROL.sub(_show, text)
+    if ascii:
+        text = _NON_ASCII.sub("?", text)
+    return text + "..." if cut else text
+
+
+def has_control(data: str | bytes) -> bool:
+    """Whether C{data} holds a control character (or an octet not UTF-8)."""
+    return _CONTROL.search(_text(data)) is not None
+
+
+def control_note(data: str | bytes) -> str:
+    """
+    C{""}, or a sentence to end a reply with when C{data} held a control
+    character, naming the first one: C{" (the line contained a control
+    character: ^H, a backspace)"}. Typed in telnet, a backspace reaches the
+    server as a byte; the terminal then shows the line as corrected, and
+    without this note a correct-looking address would be refused.
+    """
+    text = _text(data)
+    m = _CONTROL.search(text)
+    if m is None:
+        return ""
+    c = ord(m.group())
+    name = _NAMES.get(c)
+    return f" (the line contained a control character: {_show(m)}{', ' + name if name else ''})"
+
+
+# -- the engine ------------------------------------------------------------------
+
+
+@implementer(IPushProducer)
+class LineEngine:
+    """
+    Reads command lines for one connection's C{owner} (see the module's
+    table of rules). C{clock} is the reactor (L{task.Clock} in tests);
+    times are in seconds, L{None} or 0 for no limit; sizes in octets.
+    """
+
+    def __init__(
+        self,
+        owner: Any,
+        clock: Any,
+        *,
+        max_line: int = 4096,
+        max_held: int = 256 * 1024,
+        idle_timeout: float | None = None,
+        line_timeout: float | None = None,
+        urgent: Callable[[bytes], bool] | None = None,
+    ):
+        self.owner = owner
+        self.clock = clock
+        self.max_line = max_line
+        self.max_held = max_held
+        self.idle_timeout = idle_timeout
+        self.line_timeout = line_timeout
+        self.urgent = urgent
+        self.transport: Any = None
+        #: Whether the line being handled ended in CRLF (L{None}: no line yet).
+        self.crlf: bool | None = None
+        #: Set while a handler's Deferred has not fired.
+        self.busy = False
+        #: Set while the client does not read (the transport paused us).
+        self.writing_paused = False
+        self.closed = False
+        self.input_ended = False
+        # Unhandled input is _buf[_pos:].
+        self._buf = b""
+        self._pos = 0
+        self._held: collections.deque = collections.deque()  # lines framed early (urgent mode)
+        self._discarding = False
+        self._raw: Callable | None = None
+        self._raw_started = 0.0
+        self._raw_timeout: float | None = None
+        self._line_started: float | None = None
+        self._last_input = 0.0
+        self._idle_call: Any = None
+        self._login_call: Any = None
+        self._reading_paused = False
+        self._in_loop = False
+
+    # -- the connection ----------------------------------------------------------
+
+    def start(self, transport: Any, login_timeout: float | None = None) -> None:
+        """
+        Call from C{connectionMade}: become the transport's producer and
+        start the idle and login timers.
+        """
+        self.transport = transport
+        transport.registerProducer(self, True)
+        self._last_input = self.clock.seconds()
+        if self.idle_timeout:
+            self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
+        if login_timeout:
+            self._login_call = self.clock.callLater(login_timeout, self._login_expired)
+
+    def logged_in(self) -> None:
+        """The session has logged in: the login deadline no longer applies."""
+        if self._login_call is not None and self._login_call.active():
+            self._login_call.cancel()
+        self._login_call = None
+
+    def set_idle_timeout(self, seconds: float | None) -> None:
+        """A new idle limit, counted from the last input."""
+        self.idle_timeout = seconds
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        if seconds and not self.closed and self.transport is not None:
+            left = max(0.0, self._last_input + seconds - self.clock.seconds())
+            self._idle_call = self.clock.callLater(left, self._idle_check)
+
+    def touch(self) -> None:
+        """Count now as activity (a data transfer in progress, say)."""
+        self._last_input = self.clock.seconds()
+
+    def stop(self) -> None:
+        """
+        No more input will be handled and no timer runs; the transport is
+        left to the caller. Called by L{close} and on C{connectionLost}.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self._buf, self._pos = b"", 0
+        self._held.clear()
+        self._raw = None
+        for call in (self._idle_call, self._login_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._login_call = None
+        if self.transport is not None:
+            try:
+                self.transport.unregisterProducer()
+            except Exception:  # a transport already gone
+                pass
+
+    def close(self) -> None:
+        """Stop, and close the connection once what was written is sent."""
+        self.stop()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Stop, and drop the connection now (a client that does not read)."""
+        self.stop()
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def connection_lost(self) -> None:
+        self.stop()
+
+    def read_connection_lost(self) -> None:
+        """
+        The client shut down its sending side: an unfinished last line is
+        taken as a line, everything is answered, then the owner is told.
+        """
+        self.input_ended = True
+        if self._raw is None and not self._discarding and self._pos < len(self._buf):
+            self._buf += b"\r\n" if self.crlf else b"\n"
+        self._run()
+
+    def write_connection_lost(self) -> None:
+        self.close()
+
+    def discard_pending(self) -> int:
+        """
+        Drop every buffered line not yet handled (RFC 3207 §4.2, RFC 2595 §4,
+        RFC 4217 §15.2: input that came with a STARTTLS must not be run
+        inside TLS). Returns how many octets were dropped.
+        """
+        dropped = len(self._buf) - self._pos + sum(len(line) for line, _ in self._held if line is not TOO_LONG)
+        self._buf, self._pos = b"", 0
+        self._held.clear()
+        self._discarding = False
+        self._line_started = None
+        return dropped
+
+    def start_raw(self, handler: Callable[[Any], Any], timeout: float | None = None) -> None:
+        """
+        From now on, hand input to C{handler(data)} instead of framing it;
+        C{data} is bytes or a memoryview valid only during the call. The
+        handler returns L{None} while it wants more, or C{(rest, result)}
+        when its part has ended: C{rest} (bytes after it) is framed as lines
+        again, and C{result} (L{None} or a L{Deferred}) counts as a line
+        handler's result. C{timeout}: seconds the raw part may take in all.
+        """
+        self._raw = handler
+        self._raw_timeout = timeout
+        self._raw_started = self.clock.seconds()
+
+    # -- input ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Take what the transport delivered, and handle what can be."""
+        if self.closed:
+            return
+        now = self._last_input = self.clock.seconds()
+        if self._raw is not None:
+            if self._raw_timeout and now - self._raw_started > self._raw_timeout:
+                return self.owner.timed_out("raw")
+        elif self._line_started is not None and self.line_timeout and now - self._line_started > self.line_timeout:
+            return self.owner.timed_out("line")
+        if self._pos:
+            self._buf, self._pos = self._buf[self._pos :], 0
+        self._buf = self._buf + data if self._buf else data
+        if self.busy and self.urgent is not None and self._raw is None:
+            self._frame_early()
+        self._run()
+        if (
+            not self._reading_paused
+            and not self.closed
+            and (self.busy or self.writing_paused)
+            and len(self._buf) - self._pos + 256 * len(self._held) > self.max_held
+        ):
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def _next_line(self) -> Any:
+        """
+        The next complete line from the buffer (without its line end, and
+        L{crlf} set), L{TOO_LONG}, or L{None} when none is complete.
+        """
+        buf, pos = self._buf, self._pos
+        if self._discarding:
+            i = buf.find(b"\n", pos)
+            if i < 0:
+                self._buf, self._pos = b"", 0
+                return None
+            self._discarding = False
+            pos = self._pos = i + 1
+        i = buf.find(b"\n", pos)
+        if i < 0:
+            if len(buf) - pos > self.max_line:
+                # An endless line is dropped as it comes, never kept whole.
+                self._buf, self._pos = b"", 0
+                self._discarding = True
+                self._line_started = None
+                return TOO_LONG
+            if self._line_started is None and pos < len(buf):
+                self._line_started = self.clock.seconds()
+            return None
+        self._pos = i + 1
+        self._line_started = None
+        if i > pos and buf[i - 1] == 13:
+            line = buf[pos : i - 1]
+            self.crlf = True
+        else:
+            line = buf[pos:i]
+            self.crlf = False
+        if len(line) > self.max_line:
+            return TOO_LONG
+        return line
+
+    def _frame_early(self) -> None:
+        """While a command waits: frame complete lines, running urgent ones now."""
+        while not self.closed:
+            line = self._next_line()
+            if line is None:
+                break
+            if line is not TOO_LONG and self.urgent(line):
+                self._dispatch(line, urgent=True)
+            else:
+                self._held.append((line, self.crlf))
+
+    def _run(self) -> None:
+        """Handle buffered input until it runs out or something must wait."""
+        if self._in_loop:
+            return
+        self._in_loop = True
+        try:
+            while not (self.busy or self.writing_paused or self.closed):
+                if self._held:
+                    line, self.crlf = self._held.popleft()
+                elif self._raw is not None:
+                    if self._pos >= len(self._buf):
+                        break
+                    buf, pos = self._buf, self._pos
+                    self._buf, self._pos = b"", 0
+                    ended = self._raw(memoryview(buf)[pos:] if pos else buf)
+                    if ended is None:
+                        continue
+                    self._raw = None
+                    rest, result = ended
+                    if rest:
+                        self._buf = rest + self._buf if self._buf else rest
+                    self._result(result)
+                    continue
+                else:
+                    line = self._next_line()
+                    if line is None:
+                        break
+                self._dispatch(line)
+        finally:
+            self._in_loop = False
+            if self._pos and self._pos >= len(self._buf):
+                self._buf, self._pos = b"", 0
+        if self._reading_paused and not self.closed and len(self._buf) - self._pos <= self.max_held // 2:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+        if self.input_ended and not (self.busy or self.closed or self._held) and (
+            self._raw is not None or self._pos >= len(self._buf)
+        ):
+            finished = getattr(self.owner, "input_ended", None)
+            if finished is not None:
+                finished()
+            else:
+                self.close()
+
+    def _dispatch(self, line: Any, urgent: bool = False) -> None:
+        try:
+            if line is TOO_LONG:
+                result = self.owner.line_too_long()
+            else:
+                result = self.owner.line_received(line)
+        except Exception:
+            self._failed(Failure())
+            return
+        if urgent:
+            if isinstance(result, defer.Deferred):
+                result.addErrback(self._failed)
+            return
+        self._result(result)
+
+    def _result(self, result: Any) -> None:
+        if isinstance(result, defer.Deferred):
+            self.busy = True
+            result.addErrback(self._failed)
+            result.addBoth(self._resume)
+
+    def _failed(self, reason: Failure) -> None:
+        log.failure(
+            "{cid}: error handling a command", reason, cid=getattr(self.owner, "connection_id", "?")
+        )
+        if not self.closed:
+            try:
+                self.owner.command_failed(reason)
+            except Exception:
+                log.failure("{cid}: error answering a failed command", cid=getattr(self.owner, "connection_id", "?"))
+
+    def _resume(self, _: Any = None) -> None:
+        self.busy = False
+        if not self.closed:
+            self._run()
+
+    # -- timers ----------------------------------------------------------------------
+
+    def _idle_check(self) -> None:
+        self._idle_call = None
+        if self.closed or not self.idle_timeout:
+            return
+        left = self._last_input + self.idle_timeout - self.clock.seconds()
+        if left > 0:
+            self._idle_call = self.clock.callLater(left, self._idle_check)
+            return
+        self.owner.timed_out("idle")
+        if not self.closed and self._idle_call is None and self.idle_timeout:
+            # The owner chose to go on (a transfer is running, say).
+            self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
+
+    def _login_expired(self) -> None:
+        self._login_call = None
+        if not self.closed:
+            self.owner.timed_out("login")
+
+    # -- IPushProducer: the transport says whether the client reads ----------------
+
+    def pauseProducing(self) -> None:
+        self.writing_paused = True
+
+    def resumeProducing(self) -> None:
+        self.writing_paused = False
+        if self.closed:
+            return
+        resumed = getattr(self.owner, "output_resumed", None)
+        if resumed is not None:
+            resumed()
+        self._run()
+
+    def stopProducing(self) -> None:
+        self.stop()
