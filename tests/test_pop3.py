@@ -185,9 +185,11 @@ class AuthorizationTests(POP3TestCase):
         t.clear()
         for _ in range(100):
             proto.dataReceived(b"x" * 1000)
-        self.assertLessEqual(len(proto._buffer), proto.max_line_length)
-        self.assertEqual(t.value(), b"")
-        self.assertEqual(self.say(proto, t, b"yyy\r\nnoop\r\n"), b"-ERR command line too long (at most 1024 octets)\r\n+OK\r\n")
+            self.assertLessEqual(len(proto.lines._buf), proto.max_line_length)
+        # Answered once, as soon as the line is too long (the same rule as
+        # SMTP and FTP: the line engine's); the rest of it is dropped.
+        self.assertEqual(t.value(), b"-ERR command line too long (at most 1024 octets)\r\n")
+        self.assertEqual(self.say(proto, t, b"yyy\r\nnoop\r\n"), b"+OK\r\n")
 
     def test_idle_client_is_logged_out_without_update(self):
         self.put(b"a\r\n")

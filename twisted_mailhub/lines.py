@@ -306,9 +306,10 @@ class LineEngine:
         """
         Drop every buffered line not yet handled (RFC 3207 §4.2, RFC 2595 §4,
         RFC 4217 §15.2: input that came with a STARTTLS must not be run
-        inside TLS). Returns how many octets were dropped.
+        inside TLS). Returns how many lines (a partial one too) were dropped.
         """
-        dropped = len(self._buf) - self._pos + sum(len(line) for line, _ in self._held if line is not TOO_LONG)
+        rest = self._buf[self._pos :]
+        dropped = rest.count(b"\n") + (1 if rest[-1:] not in (b"", b"\n") else 0) + len(self._held)
         self._buf, self._pos = b"", 0
         self._held.clear()
         self._discarding = False

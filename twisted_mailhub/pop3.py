@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import enum
 import hashlib
 import os
@@ -74,6 +73,7 @@ from zope.interface import implementer
 
 from twisted_mailhub import __version__
 from twisted_mailhub.hub import ListenerSpec, is_secure
+from twisted_mailhub.lines import LineEngine, control_note, quote
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError
 
 log = Logger()
@@ -86,11 +86,12 @@ listeners = [
 option_parameters = [
     ["pop3-idle-timeout", None, 600, "Seconds a POP3 client may stay silent before it is logged out (RFC 1939 §3: at least 600).", int],
     ["pop3-login-timeout", None, 300, "Seconds a POP3 client may take, in all, to log in.", int],
+    ["pop3-command-timeout", None, 120, "Seconds a POP3 client may take to send one command line.", int],
 ]
 
 
 def check_options(options: Any) -> None:
-    for name in ("pop3-idle-timeout", "pop3-login-timeout"):
+    for name in ("pop3-idle-timeout", "pop3-login-timeout", "pop3-command-timeout"):
         if options[name] <= 0:
             raise usage.UsageError(f"--{name} must be a positive number of seconds")
 
@@ -311,6 +312,12 @@ class _Outgoing:
 # -- the protocol -------------------------------------------------------------
 
 
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
 def messages(n: int) -> str:
     """C{1 message}, C{2 messages}: replies read as English to a person typing."""
     return "1 message" if n == 1 else f"{n} messages"
@@ -332,8 +339,6 @@ COMMANDS: dict[State, frozenset[str]] = {
 }
 _KNOWN = frozenset().union(*COMMANDS.values())
 
-# A queued line that was too long to keep.
-_TOO_LONG = object()
 
 
 @implementer(IPushProducer, IHalfCloseableProtocol)
@@ -348,33 +353,29 @@ class MailhubPOP3(_pop3.POP3):
     max_line_length = 1024
     # Messages up to this size go out in one write; larger ones in chunks.
     one_write_limit = 1024 * 1024
-    # Stop reading from a client that has this many commands queued.
-    max_queued = 256
+    # Stop reading from a client that has this many octets of commands
+    # waiting (behind a slow command, or while it does not read replies).
+    max_held = 4096
     implementation = b"twisted-mailhub " + __version__.encode("ascii")
 
     def __init__(self, hub: Any = None):
         self.hub = hub
         self.state = State.AUTHORIZATION
-        self._buffer = b""
-        self._discarding = False
-        self._lines: collections.deque = collections.deque()
-        self._waiting: defer.Deferred | None = None
+        self.lines: LineEngine | None = None
         self._outgoing: _Outgoing | None = None
-        self._paused = False
-        self._reading_paused = False
-        self._pumping = False
+        self._sending: defer.Deferred | None = None
         self._closed = False
-        self._input_ended = False
         self._user: bytes | None = None
         # Set while AUTH waits for the client's next SASL line.
         self._sasl: Callable[[bytes], Any] | None = None
         if hub is not None:
             self.timeOut = hub.options.get("pop3-idle-timeout") or 600
             self.login_timeout = hub.options.get("pop3-login-timeout") or 300
+            self.command_timeout = hub.options.get("pop3-command-timeout") or 120
         else:
             self.timeOut = 600
             self.login_timeout = 300
-        self._login_timer: Any = None
+            self.command_timeout = 120
 
     # -- connection --------------------------------------------------------
 
@@ -388,19 +389,37 @@ class MailhubPOP3(_pop3.POP3):
         self.hostname = hostname
         if self.magic is None:
             self.magic = self.generateMagic()
-        self.transport.registerProducer(self, True)
-        self.setTimeout(self.timeOut)
+        clock = self.hub.reactor if self.hub is not None else _reactor()
+        self.lines = LineEngine(
+            self,
+            clock,
+            max_line=self.max_line_length,
+            max_held=self.max_held,
+            idle_timeout=self.timeOut,
+            line_timeout=self.command_timeout,
+        )
+        self.reply_ok(b"%s POP3 ready %s" % (hostname.encode("ascii", "replace"), self.magic))
         # The idle timeout alone would let a client that sends a NOOP every
         # few minutes sit in AUTHORIZATION for ever, holding a connection.
-        self._login_timer = self.callLater(self.login_timeout, self._login_timed_out)
-        self.reply_ok(b"%s POP3 ready %s" % (hostname.encode("ascii", "replace"), self.magic))
+        self.lines.start(self.transport, login_timeout=self.login_timeout)
 
-    def _login_timed_out(self) -> None:
-        self._login_timer = None
-        if self.state is State.AUTHORIZATION and not self._closed:
-            self._lines.clear()
+    def timed_out(self, kind: str) -> None:
+        """L{LineEngine} says a time limit passed (idle, line, login)."""
+        if self._closed:
+            return
+        if kind == "login":
             self.reply_err(b"[AUTH] too long without logging in, closing")
-            self._close()
+        elif self.lines.writing_paused or self._outgoing is not None:
+            # The client stopped reading (mid-message, perhaps): nothing more
+            # can be said to it, and a graceful close would wait forever.
+            self._stop_sending()
+            self.lines.abort()
+            return
+        elif kind == "idle":
+            self.reply_err(b"autologout: idle for %d seconds, closing" % self.timeOut)
+        else:
+            self.reply_err(b"a command line took over %d seconds to arrive, closing" % self.command_timeout)
+        self._close()
 
     def generateMagic(self) -> bytes:
         # RFC 1939 §7: <process-ID.clock@hostname>; the random part makes it
@@ -410,36 +429,21 @@ class MailhubPOP3(_pop3.POP3):
 
     def connectionLost(self, reason=protocol.connectionDone):
         self._closed = True
-        if self._login_timer is not None and self._login_timer.active():
-            self._login_timer.cancel()
-        self._login_timer = None
-        self._lines.clear()
-        if self._outgoing is not None:
-            self._outgoing.close()
-            self._outgoing = None
+        if self.lines is not None:
+            self.lines.connection_lost()
+        self._stop_sending()
         # A dropped connection does not enter UPDATE (RFC 1939 §6): nothing
         # deleted, nothing marked; Twisted's connectionLost releases the lock.
         _pop3.POP3.connectionLost(self, reason)
 
-    def timeoutConnection(self):
-        if self._paused or self._outgoing is not None:
-            # The client stopped reading (mid-message, perhaps): nothing more
-            # can be said to it, and a graceful close would wait forever.
-            self._lines.clear()
-            self.stopProducing()
-            self.transport.abortConnection()
-            return
-        self.reply_err(b"autologout: idle for %d seconds, closing" % self.timeOut)
-        self._close()
-
     def _close(self) -> None:
-        self._lines.clear()
+        self._stop_sending()
+        self.lines.close()
+
+    def _stop_sending(self) -> None:
         if self._outgoing is not None:
             self._outgoing.close()
             self._outgoing = None
-        # Unregister first: a paused streaming producer would hold the close.
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
 
     # -- replies -------------------------------------------------------------
 
@@ -460,105 +464,66 @@ class MailhubPOP3(_pop3.POP3):
     def failResponse(self, message=b""):
         self.reply_err(message if isinstance(message, (bytes, str)) else str(message))
 
-    # -- input: lines, queue, back-pressure -----------------------------------
+    # -- input: the line engine's owner -----------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closed or self.state is State.UPDATE:
-            return
-        if self._discarding:
-            nl = data.find(b"\n")
-            if nl == -1:
-                return
-            data = data[nl + 1 :]
-            self._discarding = False
-            self._lines.append(_TOO_LONG)
-        lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()
-        for line in lines:
-            if len(line) > self.max_line_length:
-                self._lines.append(_TOO_LONG)
-            else:
-                self._lines.append(line[:-1] if line.endswith(b"\r") else line)
-        if len(self._buffer) > self.max_line_length:
-            # An endless line is dropped as it comes, never kept whole.
-            self._buffer = b""
-            self._discarding = True
-        if lines:
-            self.resetTimeout()
-        if len(self._lines) > self.max_queued and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pauseProducing()
-        self._pump()
-
-    def _pump(self) -> None:
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            while not (self._paused or self._closed or self._waiting is not None):
-                if self._outgoing is not None:
-                    chunk = self._outgoing.next_chunk()
-                    if chunk is None:
-                        self._outgoing = None
-                    else:
-                        self.transport.write(chunk)
-                        self.resetTimeout()
-                    continue
-                if not self._lines:
-                    break
-                self._run(self._lines.popleft())
-        finally:
-            self._pumping = False
-        if self._reading_paused and not self._closed and len(self._lines) < self.max_queued // 2:
-            self._reading_paused = False
-            self.transport.resumeProducing()
-        if (
-            self._input_ended
-            and not (self._closed or self._lines or self._paused)
-            and self._waiting is None
-            and self._outgoing is None
-        ):
-            self._close()
+        if self.state is not State.UPDATE:
+            self.lines.data_received(data)
 
     # IHalfCloseableProtocol: a session piped in whole (`printf ... | nc -N`)
-    # shuts down its sending side after QUIT. Without this, Twisted would
-    # drop the connection at once and the replies (and a QUIT's deletions)
-    # with it; instead, answer everything that was sent, then close.
+    # shuts down its sending side after QUIT; everything sent is answered
+    # (and a QUIT's deletions made) before the connection closes.
     def readConnectionLost(self):
-        self._input_ended = True
-        if self._buffer and not self._discarding and self.state is not State.UPDATE:
-            line, self._buffer = self._buffer, b""
-            self._lines.append(line[:-1] if line.endswith(b"\r") else line)
-        self._pump()
+        self.lines.read_connection_lost()
 
     def writeConnectionLost(self):
-        self.transport.loseConnection()
+        self.lines.write_connection_lost()
 
-    # IPushProducer: the transport says when the client is (not) reading.
+    # IPushProducer, for whoever holds the protocol: the engine is the
+    # transport's producer.
     def pauseProducing(self):
-        self._paused = True
+        self.lines.pauseProducing()
 
     def resumeProducing(self):
-        self._paused = False
-        self._pump()
+        self.lines.resumeProducing()
 
     def stopProducing(self):
-        self._lines.clear()
-        if self._outgoing is not None:
-            self._outgoing.close()
-            self._outgoing = None
+        self._stop_sending()
+        self.lines.stopProducing()
+
+    @property
+    def _paused(self) -> bool:
+        return self.lines is not None and self.lines.writing_paused
+
+    def output_resumed(self) -> None:
+        """The client reads again: send more of a large message."""
+        self._send_more()
+
+    def _send_more(self) -> None:
+        while self._outgoing is not None and not self.lines.writing_paused:
+            chunk = self._outgoing.next_chunk()
+            if chunk is None:
+                self._outgoing = None
+                break
+            self.transport.write(chunk)
+            self.lines.touch()
+        if self._outgoing is None and self._sending is not None:
+            d, self._sending = self._sending, None
+            d.callback(None)
+
+    def line_too_long(self) -> None:
+        self._sasl = None
+        self.reply_err(b"command line too long (at most %d octets)" % self.max_line_length)
+
+    def command_failed(self, reason: Failure) -> None:
+        self.reply_err(b"[SYS/TEMP] internal error; try again")
 
     # -- dispatch -------------------------------------------------------------
 
-    def _run(self, line: Any) -> None:
-        if line is _TOO_LONG:
-            self._sasl = None
-            self.reply_err(b"command line too long (at most %d octets)" % self.max_line_length)
-            return
+    def line_received(self, line: bytes) -> Any:
         if self._sasl is not None:
             handler, self._sasl = self._sasl, None
-            self._finish(lambda: handler(line), "AUTH")
-            return
+            return handler(line)
         line = line.lstrip(b" \t")
         word = line.split(None, 1)[0] if line.strip() else b""
         # After the command word and one separator: PASS keeps the rest as
@@ -567,40 +532,19 @@ class MailhubPOP3(_pop3.POP3):
         command = word.upper()
         if not command:
             self.reply_err(b"empty command; try CAPA for the list of commands")
-            return
+            return None
         try:
             name = command.decode("ascii")
         except UnicodeDecodeError:
             name = ""
         if name not in _KNOWN:
-            shown = command[:40].decode("ascii", "replace")
-            self.reply_err(f"unknown command {shown!r}; try CAPA for the list of commands")
-            return
+            self.reply_err(f"unknown command '{quote(command, 40, ascii=True)}'{control_note(command)}; try CAPA for the list of commands")
+            return None
         if name not in COMMANDS[self.state]:
             self.reply_err(self._wrong_state(name))
-            return
+            return None
         handler = getattr(self, "pop_" + name)
-        self._finish(lambda: handler(rest if name == "PASS" else rest.strip()), name)
-
-    def _finish(self, call: Any, name: str) -> None:
-        """Run a command; one that returns a Deferred holds the queue."""
-        try:
-            result = call() if callable(call) else call
-        except Exception:
-            log.failure("POP3 {command} failed", command=name)
-            self.reply_err(b"[SYS/TEMP] internal error; try again")
-            return
-        if isinstance(result, defer.Deferred):
-            self._waiting = result
-            result.addBoth(self._done_waiting, name)
-
-    def _done_waiting(self, result: Any, name: str) -> None:
-        self._waiting = None
-        if isinstance(result, Failure):
-            log.failure("POP3 {command} failed", result, command=name)
-            if not self._closed:
-                self.reply_err(b"[SYS/TEMP] internal error; try again")
-        self._pump()
+        return handler(rest if name == "PASS" else rest.strip())
 
     def _wrong_state(self, name: str) -> str:
         if self.state is State.AUTHORIZATION:
@@ -653,12 +597,9 @@ class MailhubPOP3(_pop3.POP3):
         self.reply_ok(b"begin TLS negotiation")
         # RFC 2595 §4 / CVE-2011-0411: anything the client sent after STLS
         # before the handshake is discarded, never executed over TLS.
-        dropped = len(self._lines) + bool(self._buffer or self._discarding)
+        dropped = self.lines.discard_pending()
         if dropped:
             log.info("{cid} discarded {n} command lines pipelined after STLS", cid=self.connection_id, n=dropped)
-        self._lines.clear()
-        self._buffer = b""
-        self._discarding = False
         self._user = None
         self.transport.startTLS(self.hub.tls)
 
@@ -691,8 +632,10 @@ class MailhubPOP3(_pop3.POP3):
             self._sasl = lambda line: self._sasl_cram(creds, line)
             self.transport.write(b"+ " + base64.b64encode(challenge) + b"\r\n")
             return None
-        shown = mechanism[:30].decode("ascii", "replace")
-        self.reply_err(f"unsupported SASL mechanism {shown!r}; try one of: " + " ".join(m.decode() for m in self.sasl_mechanisms()))
+        self.reply_err(
+            f"unsupported SASL mechanism '{quote(words[0], 30, ascii=True)}'{control_note(words[0])}; try one of: "
+            + " ".join(m.decode() for m in self.sasl_mechanisms())
+        )
         return None
 
     def _sasl_response(self, line: bytes) -> bytes | None:
@@ -738,7 +681,7 @@ class MailhubPOP3(_pop3.POP3):
             self.reply_err(b"USER needs a name, e.g. USER bob")
             return
         self._user = args
-        self.reply_ok(b"now send PASS for " + args)
+        self.reply_ok(f"now send PASS for {quote(args, 64, ascii=True)}{control_note(args)}")
 
     def pop_PASS(self, args: bytes) -> defer.Deferred | None:
         if not self.plaintext_allowed():
@@ -769,6 +712,7 @@ class MailhubPOP3(_pop3.POP3):
             self.mbox = drop
             self._onLogout = logout
             self.state = State.TRANSACTION
+            self.lines.logged_in()
             self.reply_ok(f"{drop.address} has {messages(drop.count)} ({drop.octets} octets)")
 
         def failed(reason):
@@ -801,8 +745,8 @@ class MailhubPOP3(_pop3.POP3):
             number = 0
         drop = self.mbox
         if not 1 <= number <= len(drop.infos):
-            shown = words[0][:20].decode("ascii", "replace")
-            self.reply_err(f"no message {shown} (the maildrop has {messages(len(drop.infos))})")
+            shown = quote(words[0], 20, ascii=True)
+            self.reply_err(f"no message {shown} (the maildrop has {messages(len(drop.infos))}){control_note(words[0])}")
             return None
         if not deleted_ok and number - 1 in drop.deleted:
             self.reply_err(f"message {number} already deleted")
@@ -845,7 +789,7 @@ class MailhubPOP3(_pop3.POP3):
             self.reply_err(f"[SYS/TEMP] message {i + 1} was removed by another session")
             return None
 
-    def pop_RETR(self, args: bytes) -> None:
+    def pop_RETR(self, args: bytes) -> defer.Deferred | None:
         i = self._number("RETR", args)
         if i is None:
             return
@@ -857,9 +801,13 @@ class MailhubPOP3(_pop3.POP3):
         drop.retrieved.add(i)
         head = b"+OK %d octets\r\n" % size
         if size > self.one_write_limit:
+            # Sent as the client reads; later commands wait for the end.
             self.transport.write(head)
             self._outgoing = _Outgoing(f)
-            return
+            self._sending = defer.Deferred()
+            d = self._sending
+            self._send_more()
+            return d
         with f:
             data = f.read()
         body = stuff(data)
