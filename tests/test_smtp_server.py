@@ -109,7 +109,7 @@ def test_endless_line_is_discarded_as_it_arrives(hub):
     proto, transport = connect(hub)
     for _ in range(50):
         proto.dataReceived(b"y" * 100_000)
-        assert len(proto._buf) <= MAX_LINE
+        assert len(proto.lines._buf) <= MAX_LINE
     proto.dataReceived(b"tail\r\nNOOP\r\n")
     assert said(transport) == [b"500 5.5.2 Error: line too long", b"250 2.0.0 Ok"]
 
@@ -313,7 +313,7 @@ def test_a_packet_of_many_pipelined_commands_is_answered_in_full(hub):
     proto.dataReceived(b"NOOP\r\n" * 20_000 + b"RSET\r\nNOO")
     lines = said(transport)
     assert len(lines) == 20_001 and lines[-1] == b"250 2.0.0 Ok"
-    assert proto._buf[proto._pos :] == b"NOO"
+    assert proto.lines._buf[proto.lines._pos :] == b"NOO"
     proto.dataReceived(b"P\r\n")
     assert said(transport) == [b"250 2.0.0 Ok"]
 

@@ -60,6 +60,7 @@ from zope.interface import implementer
 from twisted.mail._cred import PLAINCredentials
 
 from twisted_mailhub.hub import is_secure, peer_host
+from twisted_mailhub.lines import LineEngine, control_note, has_control, quote
 from twisted_mailhub.smtp.delivery import (
     RecipientPolicy,
     Rejected,
@@ -85,8 +86,26 @@ MAX_LINE = 4096
 # much the transport is paused so a flooding client cannot grow it.
 MAX_HELD = 256 * 1024
 
-_PATH = re.compile(r"\s*:?\s*(<[^<>]*>|[^\s<>]+)\s*(.*)$")
+# "FROM:<a@b>", and what people type: "from: <a@b>", "From : a@b". The
+# colon is required (RFC 5321 §4.1.1.2): "MAIL FROM a@b" is refused with
+# the right form rather than taught as correct.
+_PATH = re.compile(r"\s*:\s*(<[^<>]*>|[^\s<>]+)\s*(.*)$")
 _ADDRESS = re.compile(r"^[!-~]+$")
+
+def dot_unstuff(segment: bytes) -> bytes:
+    """
+    The message in C{segment}: DATA as received with CRLF line ends, after
+    the CRLF that ended the DATA command and before the final C{.}.
+    RFC 5321 §4.5.2: "If the first character is a period and there are
+    other characters on the line, the first character is deleted" -- from
+    every such line, not only from C{..}: C{..x} is C{.x}, and a C{.single}
+    that a client failed to stuff is C{single}, as Postfix stores it. Our
+    relay client stuffs every line that starts with a period
+    (L{twisted_mailhub.queue.client.dot_stuff}), so a message goes
+    through unchanged.
+    """
+    return segment.replace(b"\r\n.", b"\r\n")[2:]
+
 
 HELP_TEXT = "2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH"
 
@@ -110,18 +129,7 @@ class MailhubSMTP(smtp.ESMTP):
         smtp.ESMTP.__init__(self, chal={})
         self.state = COMMAND
         self.crlf_session: bool | None = None
-        # Unhandled input is self._buf[self._pos:]: lines are taken by moving
-        # _pos, so a packet of many pipelined commands is not copied once
-        # per command.
-        self._buf = b""
-        self._pos = 0
-        self._discarding_line = False
-        self._busy = False
-        self._input_ended = False
-        self._in_loop = False
-        self._paused = False
-        self._line_started: float | None = None
-        self._login_timer = None
+        self.lines: LineEngine | None = None
         self.sender: str | None = None
         self.recipients: list = []
         self.helo = ""
@@ -139,37 +147,43 @@ class MailhubSMTP(smtp.ESMTP):
         self.policy = RecipientPolicy(hub)
         self.client_ip = peer_host(self.transport)
         self.callLater = hub.reactor.callLater
+        self.lines = LineEngine(
+            self,
+            hub.reactor,
+            max_line=MAX_LINE,
+            max_held=MAX_HELD,
+            idle_timeout=self.idle_timeout,
+            line_timeout=self.command_timeout,
+        )
         self.reply_raw(b"220 " + self.host + b" ESMTP\r\n")
-        self.setTimeout(self.idle_timeout)
-        if self.require_auth and self.login_timeout:
-            self._login_timer = hub.reactor.callLater(self.login_timeout, self._login_timed_out)
+        self.lines.start(self.transport, login_timeout=self.login_timeout if self.require_auth else None)
 
     def connectionLost(self, reason=protocol.connectionDone):
-        self.setTimeout(None)
         logout, self._onLogout = self._onLogout, None
         if logout is not None:
             logout()
-        if self._login_timer is not None and self._login_timer.active():
-            self._login_timer.cancel()
-        self._login_timer = None
+        if self.lines is not None:
+            self.lines.connection_lost()
         self.state = CLOSING
-        self._buf, self._pos = b"", 0
 
-    def timeoutConnection(self):
-        self.reply(421, "4.4.2 " + self.hub.hostname + " Error: timeout exceeded")
-        self.close()
-
-    def _login_timed_out(self):
-        self._login_timer = None
-        if not self.authenticated and self.state != CLOSING:
+    def timed_out(self, kind: str) -> None:
+        """L{LineEngine} says a time limit passed (idle, line, login, raw: DATA)."""
+        if kind == "login":
+            if self.authenticated:
+                return
             self.reply(421, "4.7.0 " + self.hub.hostname + " Error: too long without authentication")
-            self.close()
+        elif kind == "line":
+            # A client trickling a command a byte at a time.
+            self.reply(421, "4.4.2 " + self.hub.hostname + " Error: command took too long to send")
+        elif kind == "raw":
+            self.reply(421, "4.4.2 " + self.hub.hostname + " Error: message took too long to send")
+        else:
+            self.reply(421, "4.4.2 " + self.hub.hostname + " Error: timeout exceeded")
+        self.close()
 
     def close(self):
         self.state = CLOSING
-        self._buf, self._pos = b"", 0
-        self.setTimeout(None)
-        self.transport.loseConnection()
+        self.lines.close()
 
     @property
     def secure(self) -> bool:
@@ -198,7 +212,7 @@ class MailhubSMTP(smtp.ESMTP):
         """
         if not 400 <= code <= 599:
             code = 550
-        self.reply(code, " ".join(str(text).split()) or "5.7.1 Refused")
+        self.reply(code, quote(" ".join(str(text).split()), 400, ascii=True) or "5.7.1 Refused")
 
     def sendCode(self, code, message=b""):
         # Twisted's helpers call this; route through reply().
@@ -207,99 +221,29 @@ class MailhubSMTP(smtp.ESMTP):
         lines = message.splitlines() or [""]
         self.reply(code, *lines)
 
-    # -- input framing ------------------------------------------------------
+    # -- input: the line engine's owner --------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state == CLOSING:
-            return
-        self.resetTimeout()
-        now = self.hub.reactor.seconds()
-        if self.state == DATA:
-            if now - self._data_started > self.data_timeout:
-                self.reply(421, "4.4.2 " + self.hub.hostname + " Error: message took too long to send")
-                return self.close()
-        elif self._line_started is not None and now - self._line_started > self.command_timeout:
-            # A client trickling a command a byte at a time.
-            self.reply(421, "4.4.2 " + self.hub.hostname + " Error: command took too long to send")
-            return self.close()
-        if self._pos:
-            self._buf, self._pos = self._buf[self._pos :], 0
-        self._buf = self._buf + data if self._buf else data
-        self._run()
-        if self._busy and len(self._buf) - self._pos > MAX_HELD and not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()
+        self.lines.data_received(data)
 
-    def _run(self) -> None:
-        """
-        Handle buffered input until it runs out or a command must wait.
-        """
-        if self._in_loop:
-            return
-        self._in_loop = True
-        try:
-            while self._pos < len(self._buf) and not self._busy and self.state != CLOSING:
-                if self.state == DATA:
-                    self._data_chunk()
-                    continue
-                if self._discarding_line:
-                    i = self._buf.find(b"\n", self._pos)
-                    if i < 0:
-                        self._buf, self._pos = b"", 0
-                        break
-                    self._pos = i + 1
-                    self._discarding_line = False
-                    continue
-                i = self._buf.find(b"\n", self._pos)
-                if i < 0:
-                    if len(self._buf) - self._pos > MAX_LINE:
-                        # RFC 5321 §4.5.3.1.4; an endless line is dropped as
-                        # it arrives rather than buffered.
-                        self._buf, self._pos = b"", 0
-                        self._discarding_line = True
-                        self._line_started = None
-                        self.reply(500, "5.5.2 Error: line too long")
-                    elif self._line_started is None:
-                        self._line_started = self.hub.reactor.seconds()
-                    break
-                line, self._pos = self._buf[self._pos : i], i + 1
-                self._line_started = None
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                    crlf = True
-                else:
-                    crlf = False
-                if self.crlf_session is None:
-                    self.crlf_session = crlf
-                if len(line) > MAX_LINE:
-                    self.reply(500, "5.5.2 Error: line too long")
-                    continue
-                try:
-                    if self.state == AUTH:
-                        result = self._auth_response(line)
-                    else:
-                        result = self._command(line)
-                except Exception:
-                    # A bug must cost one reply, not the connection.
-                    log.failure("{cid}: error handling {line!r}", cid=self.connection_id, line=line[:80])
-                    self.state = COMMAND if self.state == AUTH else self.state
-                    result = self.reply(451, "4.3.0 Error: local error in processing")
-                if isinstance(result, defer.Deferred):
-                    self._busy = True
-                    result.addErrback(self._internal_error)
-                    result.addBoth(self._resume)
-        finally:
-            self._in_loop = False
-            if self._pos and self._pos >= len(self._buf):
-                self._buf, self._pos = b"", 0
+    def line_received(self, line: bytes):
+        if self.crlf_session is None:
+            self.crlf_session = self.lines.crlf
+        if self.state == AUTH:
+            return self._auth_response(line)
+        if self.state == COMMAND:
+            return self._command(line)
+        return None
 
-    def _resume(self, _=None) -> None:
-        self._busy = False
-        if self._paused and self.state != CLOSING:
-            self._paused = False
-            self.transport.resumeProducing()
-        self._run()
-        self._finish_if_input_ended()
+    def line_too_long(self) -> None:
+        # RFC 5321 §4.5.3.1.4; an endless line is dropped as it arrives.
+        self.reply(500, "5.5.2 Error: line too long")
+
+    def command_failed(self, reason) -> None:
+        # A bug must cost one reply, not the connection.
+        if self.state == AUTH:
+            self.state, self.challenger = COMMAND, None
+        self.reply(451, "4.3.0 Error: local error in processing")
 
     # IHalfCloseableProtocol: a class pipes a whole session in
     # (`printf 'helo me\n...quit\n' | nc -N host 8025`) and the client shuts
@@ -308,23 +252,10 @@ class MailhubSMTP(smtp.ESMTP):
     # the disk). Instead every command that arrived is answered, then the
     # connection closes. A message cut off mid-DATA is not stored.
     def readConnectionLost(self) -> None:
-        self._input_ended = True
-        if self.state == COMMAND and self._pos < len(self._buf) and not self._discarding_line:
-            # The last command line had no line end: take it as complete.
-            self._buf += b"\n" if self.crlf_session is False else b"\r\n"
-        self._run()
-        self._finish_if_input_ended()
+        self.lines.read_connection_lost()
 
     def writeConnectionLost(self) -> None:
         self.close()
-
-    def _finish_if_input_ended(self) -> None:
-        if self._input_ended and not self._busy and self.state != CLOSING:
-            self.close()
-
-    def _internal_error(self, reason) -> None:
-        log.failure("{cid}: error handling a command", reason, cid=self.connection_id)
-        self.reply(451, "4.3.0 Error: local error in processing")
 
     # -- commands -----------------------------------------------------------
 
@@ -334,14 +265,14 @@ class MailhubSMTP(smtp.ESMTP):
         except UnicodeDecodeError:
             return self.reply(500, "5.5.2 Error: command contains non-ASCII characters")
         if "\r" in line or "\0" in line:
-            return self.reply(500, "5.5.2 Error: bad syntax (control characters in command)")
+            return self.reply(500, "5.5.2 Error: bad syntax" + control_note(line))
         line = line.strip()
         if not line:
             return self.reply(500, "5.5.2 Error: bad syntax (empty command)")
         verb, *rest = line.split(None, 1)
         handler = getattr(self, "smtp_" + verb.upper(), None)
         if handler is None:
-            return self.reply(500, f"5.5.2 Error: command {verb[:32]!r} not recognized; try HELP")
+            return self.reply(500, f"5.5.2 Error: command '{quote(verb, 32, ascii=True)}' not recognized; try HELP{control_note(verb)}")
         return handler(rest[0] if rest else "")
 
     def _reset_envelope(self) -> None:
@@ -349,19 +280,19 @@ class MailhubSMTP(smtp.ESMTP):
         self.recipients = []
 
     def smtp_HELO(self, rest: str):
-        if not rest:
-            return self.reply(501, "5.5.4 Syntax: HELO hostname")
+        if not rest or has_control(rest):
+            return self.reply(501, "5.5.4 Syntax: HELO hostname" + control_note(rest))
         self.helo, self.esmtp = rest.split()[0], False
         self._reset_envelope()
         self.reply(250, f"{self.hub.hostname}")
 
     def smtp_EHLO(self, rest: str):
-        if not rest:
-            return self.reply(501, "5.5.4 Syntax: EHLO hostname")
+        if not rest or has_control(rest):
+            return self.reply(501, "5.5.4 Syntax: EHLO hostname" + control_note(rest))
         self.helo, self.esmtp = rest.split()[0], True
         self._reset_envelope()
         lines = [
-            f"{self.hub.hostname} Hello {self.helo} [{self.client_ip}]",
+            f"{self.hub.hostname} Hello {quote(self.helo, 64, ascii=True)} [{self.client_ip}]",
             f"SIZE {self.hub.max_message_size}",
             "8BITMIME",
             "PIPELINING",
@@ -414,7 +345,7 @@ class MailhubSMTP(smtp.ESMTP):
         self.reply(220, "2.0.0 Ready to start TLS")
         # CVE-2011-0411: anything the client sent after STARTTLS, before
         # the handshake, was sent in the clear; it must not be executed.
-        self._buf, self._pos = b"", 0
+        self.lines.discard_pending()
         # RFC 3207 §4.2: the session starts over; the client sends EHLO.
         self.helo, self.esmtp = "", False
         self._reset_envelope()
@@ -496,9 +427,7 @@ class MailhubSMTP(smtp.ESMTP):
         self.authenticated = True
         self.account = avatar.account
         self._onLogout = logout
-        if self._login_timer is not None and self._login_timer.active():
-            self._login_timer.cancel()
-        self._login_timer = None
+        self.lines.logged_in()
         self.reply(235, "2.7.0 Authentication successful")
 
     def _login_failed(self, reason):
@@ -548,7 +477,9 @@ class MailhubSMTP(smtp.ESMTP):
             return self.reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
         path, params = parsed
         if path and (not _ADDRESS.match(path) or path.count("@") > 1 or path.startswith("@") or path.endswith("@")):
-            return self.reply(553, f"5.1.7 <{path}>: Sender address rejected: bad address syntax")
+            return self.reply(
+                553, f"5.1.7 <{quote(path, ascii=True)}>: Sender address rejected: bad address syntax{control_note(path)}"
+            )
         for key, value in params.items():
             if key == "SIZE":
                 if not value.isdigit():
@@ -557,11 +488,11 @@ class MailhubSMTP(smtp.ESMTP):
                     return self.reply(552, "5.3.4 Message size exceeds fixed limit")
             elif key == "BODY":
                 if value.upper() not in ("7BIT", "8BITMIME"):
-                    return self.reply(555, f"5.5.4 Unsupported BODY={value}; use 7BIT or 8BITMIME")
+                    return self.reply(555, f"5.5.4 Unsupported BODY={quote(value, 20, ascii=True)}; use 7BIT or 8BITMIME")
             elif key == "AUTH":
                 pass  # RFC 4954 §5: accepted and not passed on
             else:
-                return self.reply(555, f"5.5.4 Unsupported option: {key}")
+                return self.reply(555, f"5.5.4 Unsupported option: {quote(key, 32, ascii=True)}")
         if path and "@" not in path:
             path = self.policy.qualify(path)
         if self.hub.filters:
@@ -588,9 +519,11 @@ class MailhubSMTP(smtp.ESMTP):
             return self.reply(501, "5.5.4 Syntax: RCPT TO:<address>")
         path, params = parsed
         if params:
-            return self.reply(555, f"5.5.4 Unsupported option: {next(iter(params))}")
+            return self.reply(555, f"5.5.4 Unsupported option: {quote(next(iter(params)), 32, ascii=True)}")
         if not path or not _ADDRESS.match(path) or path.count("@") > 1 or path.startswith("@") or path.endswith("@"):
-            return self.reply(553, f"5.1.3 <{path}>: Recipient address rejected: bad address syntax")
+            return self.reply(
+                553, f"5.1.3 <{quote(path, ascii=True)}>: Recipient address rejected: bad address syntax{control_note(path)}"
+            )
         if len(self.recipients) >= self.max_recipients:
             return self.reply(452, "4.5.3 Error: too many recipients")
         verdict = self.policy.check(path, self.authenticated_as)
@@ -619,7 +552,7 @@ class MailhubSMTP(smtp.ESMTP):
         if not self.recipients:
             return self.reply(503, "5.5.1 Error: need RCPT command")
         self.state = DATA
-        self._data_started = self.hub.reactor.seconds()
+        self.lines.start_raw(self._data_chunk, timeout=self.data_timeout)
         self._too_big = False
         self._scanned = 0
         if self.crlf_session is False:
@@ -645,13 +578,13 @@ class MailhubSMTP(smtp.ESMTP):
         i = data.find(b"\r\n.\r\n", start)
         return (i, 5) if i >= 0 else (-1, 0)
 
-    def _data_chunk(self) -> None:
+    def _data_chunk(self, data) -> tuple[bytes, defer.Deferred] | None:
         """
-        Take the buffered input as message data. Past the size limit only
-        the last few octets are kept, to find the end of data.
+        Take input as message data (the line engine's raw handler). Past the
+        size limit only the last few octets are kept, to find the end of
+        data. At the end: the input after it, and the Deferred of the reply.
         """
-        self._data += memoryview(self._buf)[self._pos :]
-        self._buf, self._pos = b"", 0
+        self._data += data
         end, mark = self._find_end()
         if end < 0:
             self._scanned = max(0, len(self._data) - 4)
@@ -660,18 +593,15 @@ class MailhubSMTP(smtp.ESMTP):
                 self._too_big = True
                 self._data = self._data[-4:]
                 self._scanned = 0
-            return
+            return None
         head = 2 if self.crlf_session is not False else 1
         # Everything up to and including the line end before ".".
         body_end = end + (2 if self.crlf_session is not False else 1)
         segment = bytes(self._data[:body_end])
-        self._buf, self._pos = bytes(self._data[end + mark :]), 0
+        rest = bytes(self._data[end + mark :])
         self._data = bytearray()
         self.state = COMMAND
-        self._busy = True
-        d = self._end_of_data(segment, head)
-        d.addErrback(self._internal_error)
-        d.addBoth(self._resume)
+        return rest, self._end_of_data(segment, head)
 
     def _end_of_data(self, segment: bytes, head: int) -> defer.Deferred:
         sender, recipients = self.sender, self.recipients
@@ -688,8 +618,7 @@ class MailhubSMTP(smtp.ESMTP):
                 return defer.succeed(None)
         else:
             segment = segment.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-        # RFC 5321 §4.5.2: dot-unstuffing.
-        message = segment.replace(b"\r\n..", b"\r\n.")[2:]
+        message = dot_unstuff(segment)
         d = deliver(self.hub, self._session(), sender, recipients, message)
         d.addCallbacks(self._delivered, self._not_delivered)
         return d
