@@ -240,10 +240,11 @@ def test_idle_control_connection_times_out(session):
 def test_port_checks_are_made_before_any_connection(session):
     proto, transport, say, clock = session
     say(b"USER alice\r\nPASS secret\r\n")
-    assert say(b"PORT 10,0,0,1,200,1\r\n").startswith(b"500")
-    assert say(b"PORT 127,0,0,1,0,21\r\n").startswith(b"504")
+    # A bounce and a privileged port: the same code, each with its reason.
+    assert say(b"PORT 10,0,0,1,200,1\r\n") == b"504 PORT refused: data connections go to your own address only (RFC 2577).\r\n"
+    assert say(b"PORT 127,0,0,1,0,21\r\n") == b"504 PORT refused: the port must be 1024-65535, not a privileged port (RFC 2577).\r\n"
     assert say(b"PORT 127,0,0,1,200,1\r\n").startswith(b"200")
-    assert say(b"EPRT |2|::1|5000|\r\n").startswith(b"500")
+    assert say(b"EPRT |2|::1|5000|\r\n").startswith(b"504 EPRT refused: data connections go to your own address only")
     assert say(b"REST x\r\n").startswith(b"501")
     assert say(b"TYPE E\r\n").startswith(b"504")
     assert say(b"MODE B\r\n").startswith(b"504")

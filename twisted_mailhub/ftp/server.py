@@ -33,6 +33,7 @@ What we replace, and why:
 from __future__ import annotations
 
 import fnmatch
+import re
 import socket
 import stat as statmod
 import time
@@ -55,7 +56,7 @@ from twisted_mailhub.ftp.data import (
     data_tls_options,
     same_host,
 )
-from twisted_mailhub.lines import LineEngine
+from twisted_mailhub.lines import LineEngine, control_note, quote
 
 log = Logger()
 
@@ -150,6 +151,50 @@ def write_now(transport, data: bytes) -> None:
         if not data:
             return
     transport.write(data)
+
+
+class Refused(Exception):
+    """A command cannot go on; C{reply} is the whole reply line, worded already."""
+
+    def __init__(self, reply: str):
+        Exception.__init__(self, reply)
+        self.reply = reply
+
+
+# What an FTP error means, in words that follow the command and its path.
+_MEANINGS = {
+    ftp.FileNotFoundError: "no such file or directory",
+    ftp.IsNotADirectoryError: "not a directory",
+    ftp.IsADirectoryError: "is a directory",
+    ftp.PermissionDeniedError: "permission denied",
+    ftp.FileExistsError: "already exists",
+    ftp.AnonUserDeniedError: "anonymous users may not change files",
+}
+
+
+def _error_reply(verb: str, error: ftp.FTPCmdError) -> str:
+    """
+    The reply to C{verb} that failed with C{error}: its code, the command as
+    given, the path (quoted: control characters visible) and what went
+    wrong. Twisted's own texts name the wrong command (C{CWD nope} would
+    say "Cannot rmd").
+    """
+    code = ftp.RESPONSE[error.errorCode][:3]
+    args = [quote(str(a), 200) for a in getattr(error, "errorMessage", ())]
+    meaning = _MEANINGS.get(type(error))
+    if meaning is not None:
+        if type(error) is ftp.IsNotADirectoryError and verb in ("CWD", "XCWD"):
+            meaning = "no such directory"
+        where = f" {args[0]}" if args else ""
+        return f"{code} {verb}{where}: {meaning}."
+    try:
+        text = ftp.RESPONSE[error.errorCode] % tuple(args)
+    except TypeError:
+        text = ftp.RESPONSE[error.errorCode]
+    return f"{code} {verb}: {text[4:]}"
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def _close_quietly(thing):
@@ -315,10 +360,12 @@ class MailhubFTP(ftp.FTP):
             self.reply(result)
 
     def _failed(self, failure, verb):
-        if failure.check(ftp.FTPCmdError):
-            self.sendLine(failure.value.response())
+        if failure.check(Refused):
+            self.sendLine(failure.value.reply)
+        elif failure.check(ftp.FTPCmdError):
+            self.sendLine(_error_reply(verb, failure.value))
         elif failure.check(ftp.InvalidPath):
-            self.sendLine("550 No such file or directory (that path leaves your home).")
+            self.sendLine(f"550 {verb}: no such file or directory (that path leaves your home).")
         else:
             log.failure("ftp {verb} went wrong", failure, verb=verb)
             self.sendLine(f"451 {verb} failed: local error in processing.")
@@ -330,6 +377,14 @@ class MailhubFTP(ftp.FTP):
         return result
 
     def processCommand(self, verb, arg=""):
+        if _CONTROL.search(arg) is not None:
+            # RFC 959 §5.3.2: a pathname has no CR or LF (RFC 2640 allows
+            # only CR NUL); no argument needs another control character,
+            # and one typed by mistake (a backspace in telnet) would
+            # otherwise make a name that looks like another.
+            if "\r" in arg or "\n" in arg:
+                return f"501 {quote(verb, 20)}: a pathname or argument may not contain CR or LF (RFC 959 §5.3.2){control_note(arg)}."
+            return f"501 {quote(verb, 20)}: control characters are not allowed in arguments{control_note(arg)}."
         if verb in ("XPWD", "XCWD", "XCUP", "XMKD", "XRMD"):
             verb = verb[1:]
         if self.state == self.UNAUTH or self.state == self.INAUTH:
@@ -341,7 +396,7 @@ class MailhubFTP(ftp.FTP):
                 return self.ftp_PASS(arg)
             if verb not in PUBLIC:
                 if verb not in COMMANDS:
-                    return f"500 '{verb}': command not understood."
+                    return f"500 '{quote(verb, 20)}': command not understood."
                 return "530 Please login with USER and PASS."
         elif verb == "PASS":
             return "503 Already logged in (USER to log in as someone else)."
@@ -352,7 +407,7 @@ class MailhubFTP(ftp.FTP):
                 return "503 RNTO expected after RNFR; rename cancelled."
         method = getattr(self, "ftp_" + verb, None)
         if method is None or verb not in COMMANDS:
-            return f"500 '{verb}': command not understood (HELP lists the commands)."
+            return f"500 '{quote(verb, 20)}': command not understood (HELP lists the commands)."
         try:
             if arg:
                 return method(arg)
@@ -374,7 +429,7 @@ class MailhubFTP(ftp.FTP):
         self.state = self.INAUTH
         if self.factory.anonymous and username.lower() in ("anonymous", "ftp"):
             return "331 Guest login ok, send your email address as password."
-        return f"331 Password required for {username}."
+        return f"331 Password required for {quote(username)}."
 
     def ftp_PASS(self, password=""):
         anonymous = self.factory.anonymous and self._user.lower() in ("anonymous", "ftp")
@@ -398,7 +453,7 @@ class MailhubFTP(ftp.FTP):
             self.lines.logged_in()
             if anonymous:
                 return "230 Anonymous login ok; read-only access to the public folder."
-            return f"230 User {user} logged in; your home is /."
+            return f"230 User {quote(user)} logged in; your home is /."
 
         def failed(reason):
             reason.trap(Exception)
@@ -431,7 +486,7 @@ class MailhubFTP(ftp.FTP):
             verb = arg.strip().upper()
             if verb in COMMANDS:
                 return f"214 Syntax: {SYNTAX.get(verb, verb)}"
-            return f"502 Unknown command {verb}."
+            return f"502 Unknown command {quote(verb, 20)}."
         rows = [" ".join(COMMANDS[i : i + 10]) for i in range(0, len(COMMANDS), 10)]
         self.multiline(214, "The following commands are recognized:", rows, "Help OK.")
 
@@ -446,7 +501,7 @@ class MailhubFTP(ftp.FTP):
             return "504 UTF-8 is always on here."
         if words[:1] == ["MLST"]:
             return "200 MLST OPTS type;size;modify;perm;"
-        return f"501 OPTS {option}: not understood (try OPTS UTF8 ON)."
+        return f"501 OPTS {quote(option)}: not understood (try OPTS UTF8 ON)."
 
     def ftp_TYPE(self, type=""):
         code = type.upper().split()
@@ -456,17 +511,17 @@ class MailhubFTP(ftp.FTP):
         if code[:1] in (["I"], ["L"]) and code[1:] in ([], ["8"]):
             self.binary = True
             return "200 Type set to I (binary)."
-        return f"504 TYPE {type}: use TYPE A or TYPE I."
+        return f"504 TYPE {quote(type, 20)}: use TYPE A or TYPE I."
 
     def ftp_MODE(self, mode=""):
         if mode.upper() == "S":
             return "200 Mode S (stream) ok."
-        return f"504 MODE {mode}: only MODE S."
+        return f"504 MODE {quote(mode, 20)}: only MODE S."
 
     def ftp_STRU(self, structure=""):
         if structure.upper() == "F":
             return "200 Structure F (file) ok."
-        return f"504 STRU {structure}: only STRU F."
+        return f"504 STRU {quote(structure, 20)}: only STRU F."
 
     def ftp_CWD(self, path="/"):
         return ftp.FTP.ftp_CWD(self, path).addCallback(lambda _: f'250 Directory is now "{self._pwd()}".')
@@ -479,7 +534,8 @@ class MailhubFTP(ftp.FTP):
 
     def ftp_MKD(self, path=""):
         segments = self._segments(path)
-        shown = "/" + "/".join(segments)
+        # RFC 959 Appendix II: a quote inside the quoted name is doubled.
+        shown = ("/" + "/".join(segments)).replace('"', '""')
         return self.shell.makeDirectory(segments).addCallback(lambda _: f'257 "{shown}" created.')
 
     def ftp_RNFR(self, fromName=""):
@@ -497,7 +553,11 @@ class MailhubFTP(ftp.FTP):
     def ftp_RNTO(self, toName=""):
         if self.state != self.RENAMING:
             return "503 RNTO needs RNFR first: RNFR <old name>, then RNTO <new name>."
-        return ftp.FTP.ftp_RNTO(self, toName).addCallback(lambda _: "250 Renamed.")
+        def refused(reason):
+            reason.trap(ftp.IsNotADirectoryError, ftp.IsADirectoryError)
+            raise Refused(f"550 RNTO {quote(toName, 200)}: a directory cannot replace a file, nor a file a directory.")
+
+        return ftp.FTP.ftp_RNTO(self, toName).addCallbacks(lambda _: "250 Renamed.", refused)
 
     def ftp_REST(self, offset=""):
         try:
@@ -505,7 +565,7 @@ class MailhubFTP(ftp.FTP):
             if value < 0:
                 raise ValueError
         except ValueError:
-            return f"501 REST wants a byte offset, got {offset!r}."
+            return f'501 REST wants a byte offset, got "{quote(offset, 30)}".'
         self._restart = value
         return f"350 Restarting at {value}; send STOR or RETR to go on."
 
@@ -526,7 +586,7 @@ class MailhubFTP(ftp.FTP):
 
     def ftp_AUTH(self, mechanism=""):
         if mechanism.upper() not in ("TLS", "TLS-C", "SSL"):
-            return f"504 AUTH {mechanism}: use AUTH TLS."
+            return f"504 AUTH {quote(mechanism, 20)}: use AUTH TLS."
         if self._tls:
             return "503 TLS is already on."
         self.sendLine("234 AUTH TLS ok; start the TLS handshake.")
@@ -555,7 +615,7 @@ class MailhubFTP(ftp.FTP):
         if level == "C":
             self.data.protect = False
             return "200 Protection level set to Clear."
-        return f"536 PROT {level}: only P and C."
+        return f"536 PROT {quote(level, 20)}: only P and C."
 
     def ftp_CCC(self):
         return "533 CCC refused: the control channel stays encrypted."
@@ -609,18 +669,20 @@ class MailhubFTP(ftp.FTP):
             return "501 EPRT wants |1|h.o.s.t|port| or |2|::1|port|."
         if family not in ("1", "2"):
             return "522 Network protocol not supported, use (1,2)."
-        return self._set_active(host, port)
+        return self._set_active(host, port, "EPRT")
 
-    def _set_active(self, host: str, port: int):
+    def _set_active(self, host: str, port: int, verb: str = "PORT"):
         # RFC 2577 §3 (FTP bounce): data only to the client itself, and
         # never to a privileged port.
+        # Both refusals are 504 (RFC 2577 §3 suggests it for PORT to a
+        # privileged port), each with its reason.
         if not same_host(host, self.address):
             log.warn("ftp PORT to {host} refused for {peer} (bounce)", host=host, peer=self.address)
-            return "500 Illegal PORT command: data connections go to your own address only."
+            return f"504 {verb} refused: data connections go to your own address only (RFC 2577)."
         if not 1024 <= port <= 65535:
-            return "504 Illegal PORT command: port must be 1024-65535."
+            return f"504 {verb} refused: the port must be 1024-65535, not a privileged port (RFC 2577)."
         self.data.active(host, port)
-        return "200 PORT command successful."
+        return f"200 {verb} command successful."
 
     # -- transfers -----------------------------------------------------------------
 
@@ -684,12 +746,14 @@ class MailhubFTP(ftp.FTP):
         segments = self._segments(path)
         offset = self._restart
         opened = self.shell.openForReadingAt(segments, offset)
+        if offset:
+            opened.addCallback(self._check_restart, "RETR", path, offset)
 
         def first(reader):
             mode = "BINARY" if self.binary else "ASCII"
             size = reader.size() if hasattr(reader, "size") else None
             extra = f" ({size - offset} bytes)" if size is not None and self.binary else ""
-            return f"150 Opening {mode} mode data connection for {path}{extra}."
+            return f"150 Opening {mode} mode data connection for {quote(path, 200)}{extra}."
 
         def run(conn, reader):
             d = conn.send_file(reader, ascii=not self.binary)
@@ -697,15 +761,44 @@ class MailhubFTP(ftp.FTP):
 
         return self._transfer("RETR", path, opened, run, first)
 
+    def _check_restart(self, reader, verb, path, offset):
+        """
+        RFC 1123 §4.1.3.4: a restart marker past the end of the file is
+        refused with 554 (a download would send nothing, an upload would
+        leave a hole of NUL bytes).
+        """
+        size = reader.size() if hasattr(reader, "size") else None
+        if size is not None and offset > size:
+            _close_quietly(reader)
+            raise Refused(f"554 {verb} {quote(path, 200)}: restart point {offset} is past the end of the file ({size} bytes).")
+        return reader
+
     def _store(self, verb, path, segments, append):
-        offset = 0 if append else self._restart
-        opened = self.shell.openForWritingAt(segments, offset, append)
+        restart = self._restart
+        offset = 0 if append else restart
+        if restart:
+            d = self.shell.stat(segments, ("size",))
+
+            def size_known(facts):
+                if restart > facts[0]:
+                    raise Refused(
+                        f"554 {verb} {quote(path, 200)}: restart point {restart} is past the end of the file ({facts[0]} bytes)."
+                    )
+                return self.shell.openForWritingAt(segments, offset, append)
+
+            def missing(reason):
+                reason.trap(ftp.FileNotFoundError)
+                raise Refused(f"554 {verb} {quote(path, 200)}: restart point {restart} is past the end (no such file yet).")
+
+            opened = d.addCallbacks(size_known, missing)
+        else:
+            opened = self.shell.openForWritingAt(segments, offset, append)
 
         def first(writer):
             mode = "BINARY" if self.binary else "ASCII"
             if verb == "STOU":
-                return f"150 FILE: {segments[-1]}"
-            return f"150 Opening {mode} mode data connection for {path}."
+                return f"150 FILE: {quote(segments[-1], 200)}"
+            return f"150 Opening {mode} mode data connection for {quote(path, 200)}."
 
         def run(conn, writer):
             d = conn.receive(writer, ascii=not self.binary)
@@ -719,7 +812,7 @@ class MailhubFTP(ftp.FTP):
 
             d.addCallbacks(durable, broken)
             if verb == "STOU":
-                d.addCallback(lambda n: f"226 Transfer complete (unique file name: {segments[-1]}).")
+                d.addCallback(lambda n: f"226 Transfer complete (unique file name: {quote(segments[-1], 200)}).")
             return d
 
         return self._transfer(verb, path, opened, run, first)
@@ -843,7 +936,7 @@ class MailhubFTP(ftp.FTP):
         def answer(entries):
             if pattern is not None:
                 entries = [e for e in entries if fnmatch.fnmatchcase(e[0], pattern)]
-            self.multiline(213, f"Status of {path}:", [self._ls_line(n, f) for n, f in entries], "End of status.")
+            self.multiline(213, f"Status of {quote(path, 200)}:", [self._ls_line(n, f) for n, f in entries], "End of status.")
 
         return self.shell.list(segments, self.LIST_KEYS).addCallback(answer)
 
