@@ -426,10 +426,27 @@ class LineEngine:
                         self._buf = rest + self._buf if self._buf else rest
                     self._result(result)
                     continue
-                else:
+                elif self._discarding:
                     line = self._next_line()
                     if line is None:
                         break
+                else:
+                    # The common case, inline: a complete line within limits.
+                    buf, pos = self._buf, self._pos
+                    i = buf.find(b"\n", pos)
+                    if i < 0 or i - pos > self.max_line:
+                        line = self._next_line()
+                        if line is None:
+                            break
+                    else:
+                        self._pos = i + 1
+                        self._line_started = None
+                        if i > pos and buf[i - 1] == 13:
+                            line = buf[pos : i - 1]
+                            self.crlf = True
+                        else:
+                            line = buf[pos:i]
+                            self.crlf = False
                 self._dispatch(line)
         finally:
             self._in_loop = False
@@ -455,6 +472,8 @@ class LineEngine:
                 result = self.owner.line_received(line)
         except Exception:
             self._failed(Failure())
+            return
+        if result is None:
             return
         if urgent:
             if isinstance(result, defer.Deferred):
