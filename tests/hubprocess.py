@@ -20,9 +20,43 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Listener names the hub knows; each gets an ephemeral loopback port unless
-# the test passes its own --NAME or --no-NAME.
-LISTENERS = ["smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "ftp", "web", "webs"]
+
+
+def listener_names(pythonpath: str | None = None) -> list[str]:
+    """
+    Every listener the registered components offer (built-in and plugin
+    ones), as the hub started with C{pythonpath} in front sees them. Each
+    gets an ephemeral loopback port unless the test passes its own
+    C{--NAME} or C{--no-NAME}, so a new listener needs no edit here and a
+    test hub never binds a default port.
+    """
+    if not pythonpath:
+        from twisted_mailhub.components import listener_names as names
+
+        return names()
+    if pythonpath not in _NAMES_BY_PATH:
+        env = dict(os.environ, PYTHONPATH=_pythonpath(pythonpath))
+        out = subprocess.run(
+            [sys.executable, "-c", "from twisted_mailhub.components import listener_names; print(' '.join(listener_names()))"],
+            env=env, capture_output=True, text=True, check=True, timeout=60,
+        )
+        _NAMES_BY_PATH[pythonpath] = out.stdout.split()
+    return _NAMES_BY_PATH[pythonpath]
+
+
+_NAMES_BY_PATH: dict[str, list[str]] = {}
+
+
+def _pythonpath(extra: str | None) -> str:
+    """
+    The hub's PYTHONPATH: this checkout first, then a test's own entries
+    (e.g. a directory with third-party plugins), then the inherited one.
+    """
+    parts = [ROOT, extra, os.environ.get("PYTHONPATH")]
+    return os.pathsep.join(p for p in parts if p)
+
+# The built-in listeners and any plugin ones on this process's path.
+LISTENERS = listener_names()
 
 _READY = re.compile(r"mailhub ready (\{.*\})")
 
@@ -53,10 +87,9 @@ class HubProcess:
     def command(self) -> list[str]:
         args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "mailhub", "--data", self.data_dir]
         given = " ".join(self.args)
-        for name in LISTENERS:
+        for name in listener_names(self.extra_env.get("PYTHONPATH")):
             if f"--{name} " not in given + " " and f"--{name}=" not in given and f"--no-{name}" not in self.args:
-                if _known_listener(name):
-                    args += [f"--{name}", "tcp:0:interface=127.0.0.1"]
+                args += [f"--{name}", "tcp:0:interface=127.0.0.1"]
         if "--hostname" not in given:
             args += ["--hostname", "mail.test"]
         for user in self.users:
@@ -65,8 +98,8 @@ class HubProcess:
 
     def start(self, timeout: float = 30) -> "HubProcess":
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         env.update(self.extra_env)
+        env["PYTHONPATH"] = _pythonpath(self.extra_env.get("PYTHONPATH"))
         self._ready.clear()
         self._said_ready = False
         self.process = subprocess.Popen(
@@ -150,8 +183,3 @@ def client_context() -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
-
-def _known_listener(name: str) -> bool:
-    from twisted_mailhub import tap
-
-    return any(spec.name == name for module in tap._components() for spec in getattr(module, "listeners", []))

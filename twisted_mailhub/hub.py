@@ -3,8 +3,8 @@
 The hub: what every listener shares (accounts, portal, store, TLS, limits),
 and the service that starts the listeners.
 
-Each protocol is a component module (see L{twisted_mailhub.tap.COMPONENTS})
-with three things: C{listeners}, rows of L{ListenerSpec} that become
+Each protocol is a component (an IHubComponent plugin, see
+L{twisted_mailhub.components}) with three things: C{listeners}, rows of L{ListenerSpec} that become
 C{--NAME EP} / C{--no-NAME} options; C{option_parameters} and C{option_flags}
 for its other options; and C{install(hub)}, which registers its avatar
 factories with the realm and calls L{Hub.listen} for its listeners.

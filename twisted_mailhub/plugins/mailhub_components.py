@@ -1,0 +1,20 @@
+"""
+The built-in listener components, registered as plugins exactly as a
+third-party component would be (see L{twisted_mailhub.components}).
+
+A new component adds one line here (or ships its own plugin module); the
+order numbers leave room between them.
+"""
+
+from twisted_mailhub.components import ModuleComponent
+
+# The queue first: the SMTP component hands mail for other domains to the
+# relay the queue component sets up.
+queue = ModuleComponent("queue", "twisted_mailhub.queue.component", order=10)
+smtp = ModuleComponent("smtp", "twisted_mailhub.smtp.component", order=20)
+# DKIM signing and SPF/DKIM/DMARC checks on what the SMTP listeners accept
+mailauth = ModuleComponent("mailauth", "twisted_mailhub.mailauth", order=25)
+pop3 = ModuleComponent("pop3", "twisted_mailhub.pop3", order=30)
+imap = ModuleComponent("imap", "twisted_mailhub.imap", order=40)
+ftp = ModuleComponent("ftp", "twisted_mailhub.ftp.component", order=50)
+web = ModuleComponent("web", "twisted_mailhub.web", order=60)
