@@ -18,7 +18,7 @@ and C{--no-NAME}), C{option_parameters} / C{option_flags}, an optional
 C{check_options(options)}, and C{install(hub)}, which calls
 C{hub.listen_each} so that the hub binds the listener with its connection
 limits, transcript and TLS like every other. C{order} places it among the
-others (built-ins use 10-50).
+others (built-ins use 10-60).
 """
 
 from twisted.internet import protocol

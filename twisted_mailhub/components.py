@@ -26,7 +26,7 @@ L{ModuleComponent} turns a module that follows it into a plugin with one
 line, importing the module only when the hub needs it.
 
 Components start in a stable order: by C{order} (lower first), then by
-C{name}. The built-ins use 10-50 (the queue first, so that SMTP finds
+C{name}. The built-ins use 10-60 (the queue first, so that SMTP finds
 C{hub.relay}); a component with no C{order} gets L{DEFAULT_ORDER}. Two
 plugins with the same C{name}: the first in that order wins and the other
 is ignored with a log line.
@@ -52,7 +52,7 @@ class IHubComponent(Interface):
     """
 
     name = Attribute("Short unique name of the component, e.g. 'smtp'.")
-    order = Attribute("Start order: an int, lower starts first (built-ins use 10-50; default 100).")
+    order = Attribute("Start order: an int, lower starts first (built-ins use 10-60; default 100).")
     listeners = Attribute("List of twisted_mailhub.hub.ListenerSpec: the --NAME EP / --no-NAME listeners.")
     option_parameters = Attribute("usage.Options optParameters rows for its other options.")
     option_flags = Attribute("usage.Options optFlags rows.")
