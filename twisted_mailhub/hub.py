@@ -28,6 +28,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.login import ClientPortal, LoginThrottle
+from twisted_mailhub.metrics import HealthPage, HubMetrics, MetricsPage
 from twisted_mailhub.realm import MailhubRealm
 from twisted_mailhub.transcript import TranscriptFactory, next_connection_id
 
@@ -124,10 +125,11 @@ class LimitedFactory(protocol.Factory):
     counts it out again when it closes.
     """
 
-    def __init__(self, wrapped: Any, limits: ConnectionLimits, name: str):
+    def __init__(self, wrapped: Any, limits: ConnectionLimits, name: str, metrics: Any = None):
         self.wrapped = wrapped
         self.limits = limits
         self.name = name
+        self.metrics = metrics
 
     def doStart(self):
         self.wrapped.doStart()
@@ -139,6 +141,8 @@ class LimitedFactory(protocol.Factory):
         host = getattr(addr, "host", "")
         if not self.limits.admit(host):
             log.info("{name}: refused a connection from {host}: too many connections", name=self.name, host=host)
+            if self.metrics is not None:
+                self.metrics.refused.labels(self.name).inc()
             family = _PROTOCOL_FAMILY.get(self.name, self.name)
             return _Refusal(_TOO_MANY.get(family, b""))
         built = self.wrapped.buildProtocol(addr)
@@ -147,11 +151,17 @@ class LimitedFactory(protocol.Factory):
             return None
         connection_lost = built.connectionLost
         released = []
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.connections.labels(self.name).inc()
+            metrics.open.labels(self.name).inc()
 
         def lost(reason, connection_lost=connection_lost):
             if not released:
                 released.append(True)
                 self.limits.release(host)
+                if metrics is not None:
+                    metrics.open.labels(self.name).dec()
             return connection_lost(reason)
 
         built.connectionLost = lost
@@ -248,6 +258,10 @@ class Hub:
         # Resources other components mount on the web listeners, by path
         # (e.g. "api/v1"); see twisted_mailhub.web.site.
         self.web_resources: dict[str, Any] = {}
+        # Counters every part adds to; /metrics and /healthz for operators.
+        self.metrics = HubMetrics(self)
+        self.web_resources["metrics"] = MetricsPage(self)
+        self.web_resources["healthz"] = HealthPage(self)
         self._listeners: list[tuple[str, str, Any, str]] = []
         self._tls: Any = None
         self.services = service.MultiService()
@@ -270,7 +284,7 @@ class Hub:
     # -- per connection ----------------------------------------------------
 
     def client_portal(self, transport: Any, protocol: str) -> ClientPortal:
-        return ClientPortal(self.portal, self.throttle, peer_host(transport), protocol)
+        return ClientPortal(self.portal, self.throttle, peer_host(transport), protocol, self.metrics)
 
     def is_trusted(self, transport: Any) -> bool:
         return peer_host(transport) in self.trusted
@@ -334,7 +348,7 @@ class HubService(service.MultiService):
         for name, description, factory, tls in hub._listeners:
             wrapped = factory
             if hub.connection_limits.total or hub.connection_limits.per_ip:
-                wrapped = LimitedFactory(wrapped, hub.connection_limits, name)
+                wrapped = LimitedFactory(wrapped, hub.connection_limits, name, hub.metrics)
             if hub.transcript:
                 wrapped = TranscriptFactory(wrapped, name)
             if tls == "implicit":

@@ -80,11 +80,12 @@ class ClientPortal:
     and with the client's address for the log.
     """
 
-    def __init__(self, portal: Portal, throttle: LoginThrottle, client_address: str, protocol: str):
+    def __init__(self, portal: Portal, throttle: LoginThrottle, client_address: str, protocol: str, metrics: Any = None):
         self.portal = portal
         self.throttle = throttle
         self.client_address = client_address
         self.protocol = protocol
+        self.metrics = metrics
 
     def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
         username = getattr(credentials, "username", b"")
@@ -94,6 +95,8 @@ class ClientPortal:
 
         def ok(result):
             self.throttle.succeeded(self.client_address, username)
+            if self.metrics is not None:
+                self.metrics.logins.labels(self.protocol, "ok").inc()
             log.info(
                 "{protocol} login {user} from {address}",
                 protocol=self.protocol,
@@ -105,6 +108,8 @@ class ClientPortal:
         def failed(reason):
             reason.trap(error.UnauthorizedLogin, error.UnhandledCredentials)
             delay = self.throttle.failed(self.client_address, username)
+            if self.metrics is not None:
+                self.metrics.logins.labels(self.protocol, "failed").inc()
             log.info(
                 "{protocol} login failed for {user!r} from {address} (answer held {delay:.1f}s)",
                 protocol=self.protocol,

@@ -74,12 +74,39 @@ def server_context(
         key_pem = f.read()
     certificate = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
     chain = [c.original for c in _extra_certificates(cert_pem)]
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=certificate.privateKey.original,
         certificate=certificate.original,
         extraCertChain=chain or None,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
+    # The context is made once and kept by the options object.
+    options.getContext().set_alpn_select_callback(_select_application_protocol)
+    return options
+
+
+def _select_application_protocol(connection, offered: list[bytes]):
+    """
+    ALPN (RFC 7301) on the hub's listeners: the first protocol the listener
+    speaks that the client offered, else go on without ALPN.
+
+    Twisted's own callback answers an empty protocol when nothing matches,
+    which OpenSSL turns into an "internal error" alert: every browser and
+    curl (they offer h2 and http/1.1) then failed on --webs, and any mail
+    client that offers ALPN on the implicit-TLS listeners would too. RFC
+    7301 §3.2 lets a server that does not select a protocol go on.
+    """
+    from OpenSSL import SSL
+    from twisted.internet._sslverify import protosFromProtocol
+
+    try:
+        speaks = protosFromProtocol(connection.get_app_data(), ())
+    except Exception:
+        speaks = ()
+    for protocol in speaks:
+        if protocol in offered:
+            return protocol
+    return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
 def _extra_certificates(pem: bytes) -> list[ssl.Certificate]:

@@ -133,6 +133,7 @@ def install(hub) -> None:
         max_connections=config["connections"],
     )
     hub.relay = relay
+    relay.metrics = getattr(hub, "metrics", None)
     # The control service takes the queue's lock, so it starts first.
     hub.add_service(QueueControl(relay, directory, hub.reactor))
     hub.add_service(relay)

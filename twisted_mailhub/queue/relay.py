@@ -106,6 +106,7 @@ class Relay(service.Service):
         self._running: set[defer.Deferred] = set()
         self._rescheduling = False
         self.owns_queue = True  # False when another process holds the queue's lock
+        self.metrics: Any = None  # the hub's HubMetrics, set by the component
 
     def now(self) -> float:
         return self.reactor.seconds()
@@ -419,6 +420,9 @@ class Relay(service.Service):
                     r.state = DELIVERED
                 elif outcome.permanent:
                     r.state = FAILED
+                if self.metrics is not None:
+                    result = "delivered" if outcome.delivered else "bounced" if outcome.permanent else "deferred"
+                    self.metrics.relay_attempts.labels(result).inc()
             entry.attempts += 1
             deadline = entry.created + self.lifetime
             if entry.pending and now >= deadline:

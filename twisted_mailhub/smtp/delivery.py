@@ -240,8 +240,30 @@ def deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], 
     """
     Filters, headers, then store/queue every copy. The Deferred fires with
     the queue id once all are durable, or fails with L{Rejected} for a
-    filter's L{Reject}.
+    filter's L{Reject}. Counted in C{hub.metrics}: the result, the octets
+    and the time to durable.
     """
+    metrics = getattr(hub, "metrics", None)
+    if metrics is None:
+        return _deliver(hub, session, sender, recipients, message)
+    started = time.monotonic()
+    d = _deliver(hub, session, sender, recipients, message)
+
+    def accepted(qid):
+        metrics.messages.labels("accepted", "").inc()
+        metrics.message_octets.inc(len(message))
+        metrics.store_latency.observe(time.monotonic() - started)
+        return qid
+
+    def refused(failure):
+        reason = "filter" if failure.check(Rejected) else "store-error"
+        metrics.messages.labels("rejected", reason).inc()
+        return failure
+
+    return d.addCallbacks(accepted, refused)
+
+
+def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> defer.Deferred:
     if session.authenticated:
         # Before the filters, so that one that signs (DKIM) sees the
         # message as it will be stored.

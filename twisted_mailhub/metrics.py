@@ -1,0 +1,179 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+Metrics and health for operators: C{/metrics} (Prometheus text format, made
+by the C{prometheus_client} library) and C{/healthz} on the web listener.
+
+Every hub has one L{HubMetrics} (C{hub.metrics}) with its own registry, so
+two hubs in one process (tests) never share counters. Parts of the hub
+count at the one place each fact is known:
+
+ - connections accepted, refused and open per listener: the listener's
+   connection-limit wrapper (L{twisted_mailhub.hub.LimitedFactory});
+ - logins ok/failed per protocol: the throttled portal
+   (L{twisted_mailhub.login.ClientPortal});
+ - messages accepted/rejected and their octets, and the time from the end
+   of DATA to the message being durable: SMTP delivery;
+ - outbound delivery attempts by result: the relay queue;
+ - FTP transfers and octets: the FTP data connection.
+
+What is a reading of the present, not a count, is read when Prometheus
+asks (a custom collector): the outbound queue's length and its oldest
+message's age, the free space of the data folder, listeners bound.
+
+C{/metrics} answers clients in C{--trusted-networks} and logged-in
+teachers (C{--teacher}); everyone else gets 403. C{/healthz} answers
+anyone, with no detail beyond what failed: 200 C{ok} when every listener is
+bound and the data folder takes a write, else 503.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.web import resource
+
+
+class HubMetrics:
+    """
+    The hub's counters. Label values are listener and protocol names
+    (C{smtp}, C{pop3s}, ...) and short fixed words, never client input, so
+    the number of series stays bounded.
+    """
+
+    def __init__(self, hub: Any):
+        self.hub = hub
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.connections = Counter("mailhub_connections_accepted", "Client connections accepted, per listener.", ["listener"], registry=registry)
+        self.refused = Counter("mailhub_connections_refused", "Client connections refused for a connection limit, per listener.", ["listener"], registry=registry)
+        self.open = Gauge("mailhub_connections_open", "Client connections open now, per listener.", ["listener"], registry=registry)
+        self.logins = Counter("mailhub_logins", "Login attempts per protocol and result (ok, failed).", ["protocol", "result"], registry=registry)
+        self.messages = Counter("mailhub_messages", "Messages after DATA, by result (accepted, rejected) and reason.", ["result", "reason"], registry=registry)
+        self.message_octets = Counter("mailhub_message_octets_received", "Octets of accepted messages, as the client sent them.", registry=registry)
+        self.store_latency = Histogram(
+            "mailhub_delivery_durable_seconds",
+            "Seconds from the end of DATA to every copy being durable (store and queue).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.relay_attempts = Counter("mailhub_relay_attempts", "Outbound delivery attempts per recipient, by result (delivered, deferred, bounced).", ["result"], registry=registry)
+        self.ftp_transfers = Counter("mailhub_ftp_transfers", "FTP data transfers completed, by direction (download, upload, listing).", ["direction"], registry=registry)
+        self.ftp_octets = Counter("mailhub_ftp_octets", "Octets moved over FTP data connections, by direction.", ["direction"], registry=registry)
+        registry.register(_Readings(hub))
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format (version 0.0.4)."""
+        return generate_latest(self.registry)
+
+    def timed_delivery(self, d: Any, started: float) -> Any:
+        """Observe C{d}'s time to success from C{started} (C{time.monotonic()})."""
+
+        def done(result):
+            self.store_latency.observe(time.monotonic() - started)
+            return result
+
+        return d.addCallback(done)
+
+
+class _Readings:
+    """Values read when scraped: queue, disk, listeners."""
+
+    def __init__(self, hub: Any):
+        self.hub = hub
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        hub = self.hub
+        relay = getattr(hub, "relay", None)
+        entries = list(getattr(relay, "entries", {}).values()) if relay is not None else []
+        length = GaugeMetricFamily("mailhub_queue_messages", "Messages in the outbound queue.")
+        length.add_metric([], len(entries))
+        yield length
+        oldest = GaugeMetricFamily("mailhub_queue_oldest_seconds", "Age of the oldest message in the outbound queue (0 when empty).")
+        created = [getattr(e, "created", None) for e in entries]
+        created = [c for c in created if c]
+        oldest.add_metric([], max(0.0, time.time() - min(created)) if created else 0.0)
+        yield oldest
+        free = GaugeMetricFamily("mailhub_data_free_bytes", "Bytes free for the hub in the file system of its data folder.")
+        try:
+            st = os.statvfs(hub.data_dir)
+            free.add_metric([], st.f_bavail * st.f_frsize)
+        except OSError:
+            free.add_metric([], 0)
+        yield free
+        bound = GaugeMetricFamily("mailhub_listener_up", "1 when the listener is bound, per listener.", labels=["listener"])
+        for name, *_ in hub._listeners:
+            bound.add_metric([name], 1 if name in hub.listening else 0)
+        yield bound
+
+
+def health(hub: Any) -> tuple[bool, list[str]]:
+    """
+    (healthy, problems): every listener bound and the data folder takes a
+    write (a file made, fsynced and removed).
+    """
+    problems = [f"{name} is not listening" for name, *_ in hub._listeners if name not in hub.listening]
+    probe = os.path.join(hub.data_dir, f".healthz-{os.getpid()}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        problems.append(f"the data folder takes no write ({e.strerror or e})")
+    return not problems, problems
+
+
+class MetricsPage(resource.Resource):
+    """C{GET /metrics}: trusted networks and teachers only."""
+
+    isLeaf = True
+
+    def __init__(self, hub: Any):
+        resource.Resource.__init__(self)
+        self.hub = hub
+
+    def allowed(self, request) -> bool:
+        host = getattr(request.getClientAddress(), "host", "")
+        if host in self.hub.trusted:
+            return True
+        face = getattr(self.hub, "web", None)  # the web component's sessions
+        user = face.user(request) if face is not None else None
+        return bool(getattr(user, "is_teacher", False))
+
+    def render_GET(self, request):
+        request.setHeader(b"cache-control", b"no-store")
+        if not self.allowed(request):
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"403 Forbidden: /metrics is for --trusted-networks and teachers\n"
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return self.hub.metrics.exposition()
+
+
+class HealthPage(resource.Resource):
+    """C{GET /healthz}: 200 C{ok}, or 503 with what failed."""
+
+    isLeaf = True
+
+    def __init__(self, hub: Any):
+        resource.Resource.__init__(self)
+        self.hub = hub
+
+    def render_GET(self, request):
+        ok, problems = health(self.hub)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        if ok:
+            return b"ok\n"
+        request.setResponseCode(503)
+        return ("".join(p + "\n" for p in problems)).encode("utf-8")
