@@ -176,10 +176,15 @@ class Session:
     esmtp: bool
     tls: bool
     authenticated: str | None
+    # The transaction used SMTPUTF8 (RFC 6531).
+    utf8: bool = False
 
     @property
     def with_protocol(self) -> str:
-        # RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA (both).
+        # RFC 3848: ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA (both);
+        # RFC 6531 §3.7.3: UTF8SMTP, UTF8SMTPS, UTF8SMTPA, UTF8SMTPSA.
+        if self.utf8:
+            return "UTF8SMTP" + ("S" if self.tls else "") + ("A" if self.authenticated else "")
         proto = "ESMTP" if self.esmtp else "SMTP"
         if self.tls or self.authenticated:
             proto = "ESMTP" + ("S" if self.tls else "") + ("A" if self.authenticated else "")
@@ -197,7 +202,8 @@ class Session:
         if recipient is not None:
             text += f"\r\n\tfor <{recipient}>"
         text += f"; {rfc5322_date()}\r\n"
-        return text.encode("ascii", "replace")
+        # A UTF-8 address only in an SMTPUTF8 transaction (RFC 6532 §3.7).
+        return text.encode("utf-8" if self.utf8 else "ascii", "replace")
 
 
 async def _run_filters(filters, hook: str, *args) -> Any:
@@ -285,7 +291,8 @@ def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], m
     # Plain Deferreds rather than a coroutine: this runs once per message
     # on the hot path.
     qid = queue_id()
-    return_path = b"Return-Path: <" + sender.encode("ascii", "replace") + b">\r\n"
+    # A UTF-8 sender only came with SMTPUTF8 (RFC 6532 §3.7 allows it here).
+    return_path = b"Return-Path: <" + sender.encode("utf-8" if session.utf8 else "ascii", "replace") + b">\r\n"
     waits = []
     local = [r.address for r in recipients if r.kind == "local"]
     relay = [r.address for r in recipients if r.kind == "relay"]

@@ -91,6 +91,35 @@ MAX_HELD = 256 * 1024
 # the right form rather than taught as correct.
 _PATH = re.compile(r"\s*:\s*(<[^<>]*>|[^\s<>]+)\s*(.*)$")
 _ADDRESS = re.compile(r"^[!-~]+$")
+# RFC 6531 §3.3: with SMTPUTF8, a mailbox may hold UTF-8 characters (not
+# controls, C1 controls or spaces).
+_UTF8_ADDRESS = re.compile("^[!-~\u00a1-\U0010ffff]+$")
+
+
+def _address_ok(path: str, utf8: bool) -> bool:
+    """Whether C{path} is an address we can take (RFC 5321 §4.1.2, RFC 6531 §3.3)."""
+    if not (_UTF8_ADDRESS if utf8 else _ADDRESS).match(path):
+        return False
+    return path.count("@") <= 1 and not path.startswith("@") and not path.endswith("@")
+
+
+def _other_domain_form(address: str) -> str | None:
+    """
+    C{address} with its domain as an A-label if it was a U-label, or as a
+    U-label if it was an A-label (IDNA, RFC 5890), or L{None}: local
+    domains may be configured in either form.
+    """
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return None
+    try:
+        if domain.isascii():
+            other = domain.encode("ascii").decode("idna")
+        else:
+            other = domain.encode("idna").decode("ascii")
+    except (UnicodeError, ValueError):
+        return None
+    return f"{local}@{other}" if other.lower() != domain.lower() else None
 
 def dot_unstuff(segment: bytes) -> bytes:
     """
@@ -134,6 +163,8 @@ class MailhubSMTP(smtp.ESMTP):
         self.recipients: list = []
         self.helo = ""
         self.esmtp = False
+        # The current transaction's MAIL had SMTPUTF8 (RFC 6531 §3.4).
+        self.smtputf8 = False
         self.account = None
         self.connection_id = "smtp"
 
@@ -263,7 +294,14 @@ class MailhubSMTP(smtp.ESMTP):
         try:
             line = raw.decode("ascii")
         except UnicodeDecodeError:
-            return self.reply(500, "5.5.2 Error: command contains non-ASCII characters")
+            # RFC 6531 §3.3: UTF-8 only in the addresses of MAIL and RCPT,
+            # and only with SMTPUTF8 (checked there).
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = None
+            if line is None or line.lstrip()[:4].upper() not in ("MAIL", "RCPT"):
+                return self.reply(500, "5.5.2 Error: command contains non-ASCII characters")
         if "\r" in line or "\0" in line:
             return self.reply(500, "5.5.2 Error: bad syntax" + control_note(line))
         line = line.strip()
@@ -278,6 +316,7 @@ class MailhubSMTP(smtp.ESMTP):
     def _reset_envelope(self) -> None:
         self.sender = None
         self.recipients = []
+        self.smtputf8 = False
 
     def smtp_HELO(self, rest: str):
         if not rest or has_control(rest):
@@ -295,6 +334,7 @@ class MailhubSMTP(smtp.ESMTP):
             f"{self.hub.hostname} Hello {quote(self.helo, 64, ascii=True)} [{self.client_ip}]",
             f"SIZE {self.hub.max_message_size}",
             "8BITMIME",
+            "SMTPUTF8",
             "PIPELINING",
             "ENHANCEDSTATUSCODES",
         ]
@@ -443,7 +483,9 @@ class MailhubSMTP(smtp.ESMTP):
     # -- the envelope ---------------------------------------------------------
 
     def _session(self) -> Session:
-        return Session(self.helo, self.client_ip, self.hub.hostname, self.esmtp, self.secure, self.authenticated_as)
+        return Session(
+            self.helo, self.client_ip, self.hub.hostname, self.esmtp, self.secure, self.authenticated_as, self.smtputf8
+        )
 
     @staticmethod
     def _parse_path(rest: str, keyword: str):
@@ -476,7 +518,12 @@ class MailhubSMTP(smtp.ESMTP):
         if parsed is None:
             return self.reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
         path, params = parsed
-        if path and (not _ADDRESS.match(path) or path.count("@") > 1 or path.startswith("@") or path.endswith("@")):
+        utf8 = "SMTPUTF8" in params
+        if path and not path.isascii() and not utf8 and _address_ok(path, True):
+            return self.reply(
+                553, f"5.6.7 <{quote(path, ascii=True)}>: a non-ASCII address needs MAIL FROM:<...> SMTPUTF8 (RFC 6531)"
+            )
+        if path and not _address_ok(path, utf8):
             return self.reply(
                 553, f"5.1.7 <{quote(path, ascii=True)}>: Sender address rejected: bad address syntax{control_note(path)}"
             )
@@ -491,6 +538,9 @@ class MailhubSMTP(smtp.ESMTP):
                     return self.reply(555, f"5.5.4 Unsupported BODY={quote(value, 20, ascii=True)}; use 7BIT or 8BITMIME")
             elif key == "AUTH":
                 pass  # RFC 4954 §5: accepted and not passed on
+            elif key == "SMTPUTF8":
+                if value:
+                    return self.reply(501, "5.5.4 Syntax: SMTPUTF8 takes no value")
             else:
                 return self.reply(555, f"5.5.4 Unsupported option: {quote(key, 32, ascii=True)}")
         if path and "@" not in path:
@@ -498,17 +548,18 @@ class MailhubSMTP(smtp.ESMTP):
         if self.hub.filters:
             envelope = envelope_of(path, (), self._session())
             d = run_filters(self.hub.filters, "mail_from", envelope)
-            return d.addCallback(self._mail_filtered, path)
-        self._mail_ok(path)
+            return d.addCallback(self._mail_filtered, path, utf8)
+        self._mail_ok(path, utf8)
 
-    def _mail_filtered(self, result, path):
+    def _mail_filtered(self, result, path, utf8=False):
         if isinstance(result, Reject):
             return self.refuse(result.code, result.text)
-        self._mail_ok(path)
+        self._mail_ok(path, utf8)
 
-    def _mail_ok(self, path):
+    def _mail_ok(self, path, utf8=False):
         self.sender = path
         self.recipients = []
+        self.smtputf8 = utf8
         self.reply(250, "2.1.0 Ok")
 
     def smtp_RCPT(self, rest: str):
@@ -520,13 +571,25 @@ class MailhubSMTP(smtp.ESMTP):
         path, params = parsed
         if params:
             return self.reply(555, f"5.5.4 Unsupported option: {quote(next(iter(params)), 32, ascii=True)}")
-        if not path or not _ADDRESS.match(path) or path.count("@") > 1 or path.startswith("@") or path.endswith("@"):
+        if path and not path.isascii() and not self.smtputf8 and _address_ok(path, True):
+            return self.reply(
+                553, f"5.6.7 <{quote(path, ascii=True)}>: a non-ASCII address needs MAIL FROM:<...> SMTPUTF8 (RFC 6531)"
+            )
+        if not path or not _address_ok(path, self.smtputf8):
             return self.reply(
                 553, f"5.1.3 <{quote(path, ascii=True)}>: Recipient address rejected: bad address syntax{control_note(path)}"
             )
         if len(self.recipients) >= self.max_recipients:
             return self.reply(452, "4.5.3 Error: too many recipients")
         verdict = self.policy.check(path, self.authenticated_as)
+        if not verdict.accepted:
+            # The domain may be configured as an A-label and given as a
+            # U-label, or the other way round (RFC 5890).
+            other = _other_domain_form(self.policy.qualify(path))
+            if other is not None:
+                second = self.policy.check(other, self.authenticated_as)
+                if second.accepted and second.code == 250 and self.hub.accounts.is_local_domain(other.rpartition("@")[2]):
+                    verdict = second
         if not verdict.accepted:
             return self.reply(verdict.code, verdict.text)
         if self.hub.filters:
@@ -605,6 +668,7 @@ class MailhubSMTP(smtp.ESMTP):
 
     def _end_of_data(self, segment: bytes, head: int) -> defer.Deferred:
         sender, recipients = self.sender, self.recipients
+        session = self._session()
         self._reset_envelope()
         if self._too_big or len(segment) - head > self.hub.max_message_size:
             self.reply(552, "5.3.4 Error: message too big for this hub")
@@ -619,7 +683,7 @@ class MailhubSMTP(smtp.ESMTP):
         else:
             segment = segment.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         message = dot_unstuff(segment)
-        d = deliver(self.hub, self._session(), sender, recipients, message)
+        d = deliver(self.hub, session, sender, recipients, message)
         d.addCallbacks(self._delivered, self._not_delivered)
         return d
 

@@ -1,0 +1,79 @@
+"""
+SMTPUTF8 (RFC 6531) on the real hub, with smtplib: non-ASCII addresses on
+the MX and submission listeners, accounts with UTF-8 local parts, U-label
+and A-label domains; and what a session that did not ask for it sees.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import smtplib
+
+import pytest
+
+from tests.hubprocess import client_context
+
+USERS = ("alice:secret", "jöran:geheim", "grüße@exämple.test:pw")
+
+
+@pytest.fixture
+def hub(start_hub):
+    return start_hub("--domain", "localhost", users=USERS)
+
+
+def stored(hub, address: str) -> list[bytes]:
+    paths = glob.glob(os.path.join(hub.maildir(address), "new", "*"))
+    return [open(p, "rb").read() for p in sorted(paths)]
+
+
+MESSAGE = "From: Grüße <grüße@exämple.test>\r\nTo: jöran@localhost\r\nSubject: Grüße\r\n\r\nHallo Jöran!\r\n".encode("utf-8")
+
+
+def test_ehlo_offers_smtputf8_and_a_utf8_message_to_a_utf8_account_is_stored(hub):
+    s = smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=20)
+    s.ehlo("client.example")
+    assert s.has_extn("smtputf8")
+    refused = s.sendmail("grüße@exämple.test", ["jöran@localhost"], MESSAGE, mail_options=["SMTPUTF8"])
+    assert refused == {}
+    s.quit()
+    (message,) = stored(hub, "jöran@localhost")
+    assert message.endswith(MESSAGE)
+    assert "with UTF8SMTP".encode() in message
+    assert "for <jöran@localhost>".encode("utf-8") in message
+
+
+def test_a_u_label_domain_reaches_the_account_of_its_a_label_and_back(hub):
+    s = smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=20)
+    s.ehlo("client.example")
+    # The account is grüße@exämple.test; xn--exmple-cua.test is the same domain.
+    assert s.sendmail("alice@localhost", ["grüße@xn--exmple-cua.test"], b"Subject: a-label\r\n\r\nx\r\n", mail_options=["SMTPUTF8"]) == {}
+    s.quit()
+    assert len(stored(hub, "grüße@exämple.test")) == 1
+
+
+def test_submission_with_smtputf8_after_login(hub):
+    s = smtplib.SMTP("127.0.0.1", hub.ports["submission"], timeout=20)
+    s.ehlo("client.example")
+    s.starttls(context=client_context())
+    s.ehlo("client.example")
+    assert s.has_extn("smtputf8")
+    s.login("alice", "secret")
+    assert s.sendmail("alice@localhost", ["jöran@localhost"], b"Subject: sub\r\n\r\nx\r\n", mail_options=["SMTPUTF8"]) == {}
+    s.quit()
+    assert len(stored(hub, "jöran@localhost")) == 1
+
+
+def test_without_smtputf8_a_non_ascii_address_is_refused_with_5_6_7(hub):
+    s = smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=20)
+    s.ehlo("client.example")
+    s.command_encoding = "utf-8"  # raw UTF-8, as a client that ignores EHLO would send
+    code, text = s.docmd("MAIL FROM:<grüße@exämple.test>")
+    assert code == 553 and text.startswith(b"5.6.7") and b"SMTPUTF8" in text
+    assert s.docmd("MAIL FROM:<alice@localhost>")[0] == 250
+    code, text = s.docmd("RCPT TO:<jöran@localhost>")
+    assert code == 553 and text.startswith(b"5.6.7")
+    # Non-ASCII anywhere else is still a syntax error.
+    assert s.docmd("NOOP ü")[0] == 500
+    assert s.docmd("NOOP") == (250, b"2.0.0 Ok")
+    s.quit()
