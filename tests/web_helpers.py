@@ -89,3 +89,82 @@ class WebClient:
         if response.status == 303:
             self.get(response.header("Location"))  # as a browser would: the new session's token
         return response
+
+
+class LiveSocket:
+    """
+    A WebSocket client of C{/console/live} (wsproto over a plain socket),
+    with the browser's cookie; C{receive()} returns the next list of updates.
+    """
+
+    def __init__(self, client: WebClient, query: str = "", origin: str | None = None):
+        import json
+        import socket
+
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.events import AcceptConnection, RejectConnection, Request
+
+        self._json = json
+        self.sock = socket.create_connection(("127.0.0.1", client.hub.ports["web"]), timeout=10)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        host = f"127.0.0.1:{client.hub.ports['web']}"
+        headers = [(b"cookie", "; ".join(f"{k}={v}" for k, v in client.cookies.items()).encode())]
+        headers.append((b"origin", (origin or f"http://{host}").encode()))
+        self.sock.sendall(self.ws.send(Request(host=host, target="/console/live" + query, extra_headers=headers)))
+        self.accepted = None
+        self._messages: list = []
+        self._text = ""
+        while self.accepted is None:
+            data = self.sock.recv(65536)
+            if not data:
+                self.accepted = False
+                break
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, AcceptConnection):
+                    self.accepted = True
+                elif isinstance(event, RejectConnection):
+                    self.accepted = False
+                else:
+                    self._handle(event)
+
+    def _handle(self, event) -> None:
+        from wsproto.events import Ping, TextMessage
+
+        if isinstance(event, TextMessage):
+            self._text += event.data
+            if event.message_finished:
+                self._messages.append(self._json.loads(self._text))
+                self._text = ""
+        elif isinstance(event, Ping):
+            self.sock.sendall(self.ws.send(event.response()))
+
+    def receive(self, timeout: float = 10) -> list:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not self._messages:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no update from the console")
+            self.sock.settimeout(left)
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("console socket closed")
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                self._handle(event)
+        return self._messages.pop(0)
+
+    def wait_for(self, predicate, timeout: float = 10) -> dict:
+        """The first update for which C{predicate(update)} is true."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            for update in self.receive(max(0.01, deadline - time.monotonic())):
+                if predicate(update):
+                    return update
+
+    def close(self) -> None:
+        self.sock.close()

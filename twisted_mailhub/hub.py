@@ -30,7 +30,7 @@ from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.login import ClientPortal, LoginThrottle
 from twisted_mailhub.metrics import HealthPage, HubMetrics, MetricsPage
 from twisted_mailhub.realm import MailhubRealm
-from twisted_mailhub.transcript import TranscriptFactory, next_connection_id
+from twisted_mailhub.transcript import SessionEvents, TranscriptFactory, log_event, next_connection_id
 
 log = Logger()
 
@@ -253,6 +253,12 @@ class Hub:
             int(options.get("max-connections") or 0), int(options.get("max-connections-per-ip") or 0)
         )
         self.transcript = bool(options.get("transcript"))
+        # Session events (transcript.py): recorded for every listener when
+        # --transcript logs them or a component (the web console) reads them.
+        self.events = SessionEvents()
+        self.record_sessions = self.transcript
+        if self.transcript:
+            self.events.subscribe(log_event)
         self.filters: list[Any] = []
         self.listening: dict[str, Any] = {}
         # Resources other components mount on the web listeners, by path
@@ -349,8 +355,8 @@ class HubService(service.MultiService):
             wrapped = factory
             if hub.connection_limits.total or hub.connection_limits.per_ip:
                 wrapped = LimitedFactory(wrapped, hub.connection_limits, name, hub.metrics)
-            if hub.transcript:
-                wrapped = TranscriptFactory(wrapped, name)
+            if hub.record_sessions and getattr(factory, "record_sessions", True):
+                wrapped = TranscriptFactory(wrapped, name, hub.events)
             if tls == "implicit":
                 wrapped = TLSMemoryBIOFactory(hub.tls, False, wrapped)
             endpoint = endpoints.serverFromString(hub.reactor, with_backlog(description))

@@ -1,19 +1,42 @@
 # -*- test-case-name: tests.test_transcript -*-
 """
-Session transcripts: every line of a session logged as C:/S: with a
-connection id, the way textbooks print SMTP and POP3 dialogues.
+Session events: every session on every listener as data, and the
+C{--transcript} log made from them.
+
+Design rule 9: a protocol emits its session once, as events; the transcript
+log, the live console and metrics all read the same events.
+
+Theory of operation:
+
+ - L{SessionEvents} (one per hub, C{hub.events}) keeps the recent sessions
+   in bounded memory: at most C{max_sessions} L{SessionRecord}s (the oldest
+   closed ones go first) of at most C{max_lines} events each (the oldest
+   lines go first, counted in C{dropped}).
+ - An event is a tuple C{(seq, time, kind, text)}: C{kind} is C{"start"},
+   C{"C"} (client line), C{"S"} (server line), C{"tls"} (the session is
+   encrypted from here; text: version and cipher), C{"login"} (text: the
+   account), C{"data"} (an FTP data connection, text: who connected to
+   whom, bytes, duration), C{"end"}.
+ - Watchers (L{SessionEvents.subscribe}) are called with each new event.
+   With no watcher, an event costs one tuple appended to a deque.
+ - L{TranscriptFactory} wraps a listener's factory; its protocol turns the
+   bytes of a connection into masked C{C:}/C{S:} lines with L{Transcriber}.
 
 Secrets are masked: passwords (POP3/FTP C{PASS}, IMAP C{LOGIN}), SASL
 responses (anything the client sends while an AUTH/AUTHENTICATE exchange is
 open, and the initial response on the AUTH line). The body of an SMTP DATA
-is summarised in one line rather than logged.
+is summarised in one line rather than kept.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+import time
+from collections import OrderedDict, deque
+from typing import Any, Callable
 
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.protocols import policies
 
@@ -25,19 +48,187 @@ _AUTH = re.compile(rb"^(?:(\S+) )?(AUTH|AUTHENTICATE)\b", re.I)
 _AUTH_INITIAL = re.compile(rb"^((?:\S+ )?(?:AUTH|AUTHENTICATE) \S+) \S+", re.I)
 _PASS = re.compile(rb"^(PASS)\b.*", re.I)
 _LOGIN = re.compile(rb"^(\S+ LOGIN \S+) .*", re.I)
+# Control bytes other than tab are shown as \xNN, never raw.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+Event = tuple  # (seq: int, time: float, kind: str, text: str)
 
 
 def next_connection_id(protocol: str) -> str:
     return f"{protocol}#{next(_ids)}"
 
 
-class Transcriber:
+def _visible(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class SessionRecord:
     """
-    Turns the bytes of one session into masked C:/S: log lines.
+    One session's facts and its recent events.
+
+    @ivar id: the connection id, e.g. C{smtp#12}.
+    @ivar protocol: the listener's name (C{smtp}, C{pop3s}, C{relay}, ...).
+    @ivar client: C{(host, port)} of the client.
+    @ivar server: C{(host, port)} of the hub's end.
+    @ivar account: the address that logged in, C{""} before.
+    @ivar tls: C{"TLSv1.3 TLS_AES_256_GCM_SHA384"} once encrypted, else C{""}.
+    @ivar started: seconds since the epoch; C{ended} too, or L{None} while open.
+    @ivar dropped: how many old events were let go (C{max_lines}).
     """
 
-    def __init__(self, connection_id: str):
+    __slots__ = ("bus", "id", "protocol", "client", "server", "account", "tls", "started", "ended", "events", "dropped", "_seq")
+
+    def __init__(self, bus: "SessionEvents", id: str, protocol: str, client: tuple, server: tuple):
+        self.bus = bus
+        self.id = id
+        self.protocol = protocol
+        self.client = client
+        self.server = server
+        self.account = ""
+        self.tls = ""
+        self.started = bus.clock()
+        self.ended: float | None = None
+        self.events: deque = deque(maxlen=bus.max_lines)
+        self.dropped = 0
+        self._seq = 0
+
+    def add(self, kind: str, text: str) -> None:
+        """Record one event and tell the watchers."""
+        self._seq += 1
+        if len(self.events) == self.events.maxlen:
+            self.dropped += 1
+        event = (self._seq, self.bus.clock(), kind, text)
+        self.events.append(event)
+        if self.bus.watchers:
+            self.bus.publish(self, event)
+
+    def logged_in(self, account: str) -> None:
+        if self.bus.account_name is not None:
+            account = self.bus.account_name(account) or account
+        self.account = account
+        self.add("login", account)
+
+    def encrypted(self, description: str) -> None:
+        self.tls = description or "TLS"
+        self.add("tls", self.tls)
+
+    def closed(self) -> None:
+        if self.ended is None:
+            self.ended = self.bus.clock()
+            self.add("end", "closed")
+            self.bus.closed(self)
+
+    @property
+    def state(self) -> str:
+        return "open" if self.ended is None else "closed"
+
+    def summary(self) -> dict[str, Any]:
+        """The session's facts as a JSON-able dict (the console's list row)."""
+        end = self.ended if self.ended is not None else self.bus.clock()
+        return {
+            "id": self.id,
+            "protocol": self.protocol,
+            "client": f"{self.client[0]}:{self.client[1]}",
+            "server": f"{self.server[0]}:{self.server[1]}",
+            "account": self.account,
+            "tls": self.tls,
+            "started": self.started,
+            "duration": round(end - self.started, 3),
+            "state": self.state,
+            "lines": self._seq,
+        }
+
+
+class SessionEvents:
+    """
+    The session-event bus of one hub.
+
+    @param max_sessions: most sessions kept (open ones are never dropped).
+    @param max_lines: most events kept per session.
+    @param clock: a function returning seconds since the epoch.
+    """
+
+    def __init__(self, max_sessions: int = 1000, max_lines: int = 5000, clock: Callable[[], float] = time.time):
+        self.max_sessions = max_sessions
+        self.max_lines = max_lines
+        self.clock = clock
+        self.records: OrderedDict[str, SessionRecord] = OrderedDict()
+        self.watchers: list[Callable[[SessionRecord, Event], None]] = []
+        # Turns a login name into the account's address (a bare "alice"
+        # into "alice@example.org"); set by the hub.
+        self.account_name: Callable[[str], str | None] | None = None
+        self._closed = 0
+
+    def start(self, protocol: str, client: tuple = ("?", 0), server: tuple = ("?", 0), id: str | None = None) -> SessionRecord:
+        """A new session; its C{start} event names the two ends."""
+        record = SessionRecord(self, id or next_connection_id(protocol), protocol, client, server)
+        self.records[record.id] = record
+        if len(self.records) > self.max_sessions:
+            self._forget()
+        record.add("start", f"{client[0]}:{client[1]} -> {server[0]}:{server[1]}")
+        return record
+
+    def _forget(self) -> None:
+        for key in list(self.records):
+            if len(self.records) <= self.max_sessions:
+                return
+            if self.records[key].ended is not None:
+                del self.records[key]
+
+    def closed(self, record: SessionRecord) -> None:
+        if len(self.records) > self.max_sessions:
+            self._forget()
+
+    def get(self, id: str) -> SessionRecord | None:
+        return self.records.get(id)
+
+    def sessions(self) -> list[SessionRecord]:
+        """Every kept session, oldest first."""
+        return list(self.records.values())
+
+    def subscribe(self, watcher: Callable[[SessionRecord, Event], None]) -> None:
+        self.watchers.append(watcher)
+
+    def unsubscribe(self, watcher: Callable[[SessionRecord, Event], None]) -> None:
+        try:
+            self.watchers.remove(watcher)
+        except ValueError:
+            pass
+
+    def publish(self, record: SessionRecord, event: Event) -> None:
+        for watcher in list(self.watchers):
+            try:
+                watcher(record, event)
+            except Exception:
+                log.failure("a session-event watcher failed; dropped")
+                self.unsubscribe(watcher)
+
+
+def log_event(record: SessionRecord, event: Event) -> None:
+    """
+    The C{--transcript} watcher: each event as a log line with the
+    connection id (C{smtp#3 C: EHLO x}).
+    """
+    _, _, kind, text = event
+    if kind in ("C", "S"):
+        log.info("{cid} {who}: {line}", cid=record.id, who=kind, line=text)
+    elif kind == "start":
+        log.info("{cid} connected from {host}:{port}", cid=record.id, host=record.client[0], port=record.client[1])
+    elif kind == "end":
+        log.info("{cid} closed", cid=record.id)
+    else:
+        log.info("{cid} {kind}: {text}", cid=record.id, kind=kind, text=text)
+
+
+class Transcriber:
+    """
+    Turns the bytes of one session into masked C:/S: lines: events of
+    C{record} when given, else log lines.
+    """
+
+    def __init__(self, connection_id: str, record: SessionRecord | None = None):
         self.connection_id = connection_id
+        self.record = record
         self._client = b""
         self._server = b""
         self._in_sasl = False
@@ -46,8 +237,11 @@ class Transcriber:
         self._data_octets = 0
 
     def _emit(self, who: str, line: bytes) -> None:
-        text = line.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
-        log.info("{cid} {who}: {line}", cid=self.connection_id, who=who, line=text)
+        text = _visible(line.rstrip(b"\r\n").decode("utf-8", "backslashreplace"))
+        if self.record is not None:
+            self.record.add(who, text)
+        else:
+            log.info("{cid} {who}: {line}", cid=self.connection_id, who=who, line=text)
 
     def client_bytes(self, data: bytes) -> None:
         self._client += data
@@ -97,23 +291,93 @@ class Transcriber:
         self._emit("S", bare)
 
 
+def tls_description(transport: Any) -> str:
+    """
+    C{"TLSv1.3 TLS_AES_256_GCM_SHA384"} for a connection whose TLS
+    handshake is done, C{""} otherwise.
+    """
+    while transport is not None:
+        handle = getattr(transport, "getHandle", None)
+        if handle is not None:
+            try:
+                connection = handle()
+                version = connection.get_protocol_version_name()
+                cipher = connection.get_cipher_name()
+            except Exception:
+                connection = None
+            else:
+                if cipher:
+                    return f"{version} {cipher}"
+        transport = getattr(transport, "transport", None)
+    return ""
+
+
+class _RecordingPortal:
+    """
+    A connection's portal, seen through its session record: a successful
+    login becomes a C{login} event.
+    """
+
+    def __init__(self, portal: Any, record: SessionRecord):
+        self._portal = portal
+        self._record = record
+
+    def login(self, credentials: Any, mind: Any, *interfaces: Any):
+        d = self._portal.login(credentials, mind, *interfaces)
+
+        def ok(result):
+            name = getattr(credentials, "username", b"") or b""
+            if isinstance(name, bytes):
+                name = name.decode("utf-8", "replace")
+            avatar = result[1] if isinstance(result, tuple) and len(result) > 1 else None
+            address = getattr(avatar, "address", None) or getattr(getattr(avatar, "account", None), "address", None)
+            self._record.logged_in(address if isinstance(address, str) and address else name)
+            return result
+
+        return d.addCallback(ok)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._portal, name)
+
+
 class TranscriptProtocol(policies.ProtocolWrapper):
-    def makeConnection(self, transport):
-        policies.ProtocolWrapper.makeConnection(self, transport)
+    transcriber: Transcriber
+    record: SessionRecord
 
     def connectionMade(self):
         name = getattr(self.factory, "protocol_name", "conn")
-        self.transcriber = Transcriber(next_connection_id(name))
         peer = self.transport.getPeer()
-        log.info(
-            "{cid} connected from {host}:{port}",
-            cid=self.transcriber.connection_id,
-            host=getattr(peer, "host", "?"),
-            port=getattr(peer, "port", "?"),
+        host = self.transport.getHost()
+        self.record = self.factory.events.start(
+            name, (getattr(peer, "host", "?"), getattr(peer, "port", 0)), (getattr(host, "host", "?"), getattr(host, "port", 0))
         )
-        policies.ProtocolWrapper.connectionMade(self)
+        self.transcriber = Transcriber(self.record.id, self.record)
+        self._tls_pending = ISSLTransport.providedBy(self.transport)
+
+    def makeConnection(self, transport):
+        policies.ProtocolWrapper.makeConnection(self, transport)
+        # The wrapped protocol is connected now: hook its portal and its
+        # FTP data channel, so logins and data connections become events.
+        data = getattr(self.wrappedProtocol, "data", None)
+        if data is not None and hasattr(data, "on_data_connection"):
+            data.on_data_connection = self.record.add  # FTP data connections
+        portal = getattr(self.wrappedProtocol, "portal", None)
+        if portal is not None and not isinstance(portal, _RecordingPortal):
+            self.wrappedProtocol.portal = _RecordingPortal(portal, self.record)
+
+    def startTLS(self, context, *args, **kwargs):
+        self.transport.startTLS(context, *args, **kwargs)
+        self._tls_pending = True
+
+    def _tls_check(self):
+        description = tls_description(self.transport)
+        if description:
+            self._tls_pending = False
+            self.record.encrypted(description)
 
     def dataReceived(self, data):
+        if self._tls_pending:
+            self._tls_check()
         self.transcriber.client_bytes(data)
         policies.ProtocolWrapper.dataReceived(self, data)
 
@@ -126,13 +390,19 @@ class TranscriptProtocol(policies.ProtocolWrapper):
         policies.ProtocolWrapper.writeSequence(self, data)
 
     def connectionLost(self, reason):
-        log.info("{cid} closed", cid=self.transcriber.connection_id)
+        self.record.closed()
         policies.ProtocolWrapper.connectionLost(self, reason)
 
 
 class TranscriptFactory(policies.WrappingFactory):
+    """
+    Wraps a listener's factory so each connection is a session on the
+    event bus C{events}.
+    """
+
     protocol = TranscriptProtocol
 
-    def __init__(self, wrapped, protocol_name: str):
+    def __init__(self, wrapped, protocol_name: str, events: SessionEvents | None = None):
         policies.WrappingFactory.__init__(self, wrapped)
         self.protocol_name = protocol_name
+        self.events = events if events is not None else SessionEvents()

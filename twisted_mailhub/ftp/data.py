@@ -278,6 +278,8 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
 
     def connectionMade(self):
         self.setTimeout(self.channel.timeout)
+        self._opened = self.channel.reactor.seconds()
+        self._report_data_connection("open")
         if self.channel.protect:
             # RFC 4217 §9: the FTP server is the TLS server on the data
             # connection whichever side opened it.
@@ -319,9 +321,35 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
             return
         self.bytes += len(data)
 
+    def _report_data_connection(self, phase: str) -> None:
+        """
+        A session event for the console (design rule 9): who connected to
+        whom, and at the end how many bytes in how long.
+        """
+        report = self.channel.on_data_connection
+        if report is None or self.transport is None:
+            return
+        if phase == "open":
+            # Asked now: a closed socket no longer knows its addresses.
+            here, there = self.transport.getHost(), self.transport.getPeer()
+            self._ends = (
+                f"{getattr(here, 'host', '?')}:{getattr(here, 'port', '?')}",
+                f"{getattr(there, 'host', '?')}:{getattr(there, 'port', '?')}",
+            )
+        server, client = getattr(self, "_ends", ("?", "?"))
+        if phase == "open":
+            if self.channel.active_mode:
+                report("data", f"open: server {server} connected to client {client} (active mode)")
+            else:
+                report("data", f"open: client {client} connected to server {server} (passive mode)")
+        else:
+            seconds = self.channel.reactor.seconds() - self._opened
+            report("data", f"closed: server {server}, client {client}, {self.progress()} bytes in {seconds:.3f} s")
+
     def connectionLost(self, reason):
         self.setTimeout(None)
         self._lost = True
+        self._report_data_connection("closed")
         if self._sendfile is not None:
             self._stop_sendfile()
         if self.done is None:
@@ -610,6 +638,9 @@ class DataChannel:
         self.timeout = timeout
         self.tls = tls
         self.protect = False
+        # Called with ("data", text) as data connections open and close:
+        # the session-event bus sets it (transcript.py); None costs nothing.
+        self.on_data_connection = None
         self.state = DataState.IDLE
         self.active_mode = False
         self.connection: DataConnection | None = None

@@ -24,6 +24,8 @@ listeners = [
 
 option_parameters = [
     ["web-session-timeout", None, 3600, "Seconds a browser session may stay idle before it must log in again.", int],
+    ["console-sessions", None, 1000, "Recent sessions the live console keeps (open ones are always kept).", int],
+    ["console-lines", None, 5000, "Lines the live console keeps per session (the oldest go first).", int],
 ]
 
 option_lists = [
@@ -32,8 +34,9 @@ option_lists = [
 
 
 def check_options(options: Any) -> None:
-    if int(options["web-session-timeout"]) < 1:
-        raise usage.UsageError("--web-session-timeout must be at least 1")
+    for name in ("web-session-timeout", "console-sessions", "console-lines"):
+        if int(options[name]) < 1:
+            raise usage.UsageError(f"--{name} must be at least 1")
 
 
 def install(hub: Any) -> None:
@@ -45,4 +48,17 @@ def install(hub: Any) -> None:
     if not hasattr(hub, "web_resources"):
         hub.web_resources = {}
     hub.web = WebFace(hub, float(hub.options.get("web-session-timeout") or 3600))
+    from twisted_mailhub.web import console
+
+    # The console reads the session-event bus: every listener records.
+    hub.record_sessions = True
+    hub.events.max_sessions = int(hub.options.get("console-sessions") or 1000)
+    hub.events.max_lines = int(hub.options.get("console-lines") or 5000)
+
+    def account_name(name: str):
+        found = hub.accounts.find(name)
+        return found.address if found is not None else None
+
+    hub.events.account_name = account_name
+    console.install(hub.web)
     hub.listen_each(listeners, lambda spec: hub.web.site(spec.name))

@@ -50,7 +50,8 @@ class Layout(Element):
 
     @renderer
     def scripts(self, request, tag):
-        return [tags.script(src=f"/static/{name}", defer="defer") for name in self.script_names]
+        names = (["live.js"] if any(n in ("console.js", "session.js", "mail.js") for n in self.script_names) else []) + self.script_names
+        return [tags.script(src=f"/static/{name}", defer="defer") for name in names]
 
     @renderer
     def body_attributes(self, request, tag):

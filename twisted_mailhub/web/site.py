@@ -142,6 +142,7 @@ class WebFace:
         site = server.Site(self.root, timeout=120)
         site.requestFactory = WebRequest
         site.displayTracebacks = False
+        site.record_sessions = False  # the console's own traffic is not a session to watch
         return site
 
     # -- sessions ----------------------------------------------------------

@@ -1,0 +1,406 @@
+# -*- test-case-name: tests.test_web_console -*-
+"""
+The live teaching console: every session on the hub's listeners, updating
+live, and each session's lines streamed with one-line explanations.
+
+It reads the hub's session-event bus (C{hub.events}, L{twisted_mailhub.
+transcript}) and nothing else. A browser watches over a WebSocket
+(C{/console/live}, RFC 6455, L{twisted.web.websocket}); while nobody
+watches, the console costs nothing but the bus's deque appends.
+
+Who sees what: a teacher (C{--teacher}) sees every session; any other
+account sees the sessions that logged in as it and the sessions that come
+from the address its browser comes from.
+
+Pages:
+ - C{/console}: the session list.
+ - C{/console/session/ID}: one session, its lines and their meaning.
+ - C{/console/session/ID/transcript.txt}, C{.../transcript.md}: exports.
+ - C{/console/live}: the WebSocket (C{?session=ID&after=SEQ} for one session).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+from urllib.parse import quote
+
+from twisted.logger import Logger
+from twisted.web import resource, server
+from twisted.web.template import tags
+from twisted.web.websocket import WebSocketResource
+
+from twisted_mailhub.web.explain import FAMILY, explain
+from twisted_mailhub.web.pages import render_page
+from twisted_mailhub.web.site import client_host, form_value, redirect
+
+log = Logger()
+
+# Explanations of the events that are not protocol lines.
+EVENT_NOTES = {
+    "start": {"text": "a TCP connection opened: client address:port -> server address:port", "ref": "RFC 9293 §3.5", "url": "https://www.rfc-editor.org/rfc/rfc9293#section-3.5"},
+    "tls": {"text": "the TLS handshake is done: everything from here on is encrypted on the wire (shown here decrypted)", "ref": "RFC 8446 §2", "url": "https://www.rfc-editor.org/rfc/rfc8446#section-2"},
+    "login": {"text": "the session is now logged in as this account", "ref": "RFC 4422 §3", "url": "https://www.rfc-editor.org/rfc/rfc4422#section-3"},
+    "data": {"text": "an FTP data connection: separate from the control connection, one per transfer (active: the server connects from port L-1; passive: the client connects to the port the server gave)", "ref": "RFC 959 §3.2", "url": "https://www.rfc-editor.org/rfc/rfc959#section-3.2"},
+    "end": {"text": "the TCP connection closed", "ref": "RFC 9293 §3.6", "url": "https://www.rfc-editor.org/rfc/rfc9293#section-3.6"},
+}
+DATA_SUMMARY = {"text": "the message itself (headers, blank line, body), summarized here; a line with a lone '.' ends it", "ref": "RFC 5321 §4.5.2", "url": "https://www.rfc-editor.org/rfc/rfc5321#section-4.5.2"}
+
+# What makes a session's row in the list change.
+_LIST_KINDS = frozenset({"start", "login", "tls", "end"})
+SHOWN_SESSIONS = 300
+FLUSH_SECONDS = 0.1
+
+
+def event_explanation(record: Any, kind: str, text: str) -> dict[str, str] | None:
+    """The explanation of one event of C{record}, or L{None}."""
+    if kind in EVENT_NOTES:
+        return EVENT_NOTES[kind]
+    if kind == "C" and text.startswith("[message:"):
+        return DATA_SUMMARY
+    return explain(record.protocol, kind, text)
+
+
+def event_dict(record: Any, event: tuple) -> dict[str, Any]:
+    seq, when, kind, text = event
+    return {
+        "seq": seq,
+        "offset": round(when - record.started, 3),
+        "kind": kind,
+        "text": text,
+        "explain": event_explanation(record, kind, text),
+    }
+
+
+def can_see(user: Any, browser_address: str, record: Any) -> bool:
+    """
+    May C{user} (browsing from C{browser_address}) see session C{record}?
+    """
+    if user is None:
+        return False
+    if user.is_teacher:
+        return True
+    if record.account and record.account.lower() == user.address.lower():
+        return True
+    return record.client[0] == browser_address
+
+
+def session_url(record_id: str) -> str:
+    return "/console/session/" + quote(record_id, safe="")
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(seconds))
+
+
+def _session_row(record: Any):
+    s = record.summary()
+    return tags.tr(
+        tags.td(tags.a(s["id"], href=session_url(s["id"]))),
+        tags.td(s["protocol"]),
+        tags.td(s["client"]),
+        tags.td(s["account"] or "-"),
+        tags.td(s["tls"] or "no"),
+        tags.td(_when(s["started"])),
+        tags.td(f"{s['duration']:.1f} s"),
+        tags.td(s["state"]),
+        **{"data-id": s["id"], "class": s["state"]},
+    )
+
+
+class Console(resource.Resource):
+    """C{/console} and its children."""
+
+    def __init__(self, face: Any):
+        resource.Resource.__init__(self)
+        self.face = face
+        self.live = LiveSocket(face)
+
+    def getChild(self, path, request):
+        if path == b"live":
+            return self.live
+        if path == b"session" and request.postpath:
+            record_id = request.postpath.pop(0).decode("utf-8", "replace")
+            request.prepath.append(record_id.encode("utf-8"))
+            export = request.postpath.pop(0).decode("utf-8", "replace") if request.postpath else ""
+            return SessionPage(self.face, record_id, export)
+        if path == b"":
+            return self
+        return resource.NoResource("No such page.")
+
+    def render_GET(self, request):
+        session = self.face.session(request)
+        if session is None or session.user is None:
+            return redirect(request, "/login?next=/console")
+        browser = client_host(request)
+        records = [r for r in self.face.hub.events.sessions() if can_see(session.user, browser, r)]
+        records = records[-SHOWN_SESSIONS:][::-1]
+        scope = "every session on the hub" if session.user.is_teacher else f"your sessions (logged in as {session.user.address}, or from {browser})"
+        content = [
+            tags.p("Live: ", scope, ". New sessions appear at the top as they start; open one to watch its lines with their meaning.", class_="lead"),
+            tags.table(
+                tags.thead(tags.tr(*(tags.th(h) for h in ("session", "protocol", "client", "account", "TLS", "started", "duration", "state")))),
+                tags.tbody(*(_session_row(r) for r in records), id="sessions"),
+                class_="sessions",
+            ),
+        ]
+        return render_page(request, "Console", content, session, scripts=["console.js"], data={"page": "console"})
+
+
+class SessionPage(resource.Resource):
+    """One session: its lines, explained; or its export as text or Markdown."""
+
+    isLeaf = True
+
+    def __init__(self, face: Any, record_id: str, export: str):
+        resource.Resource.__init__(self)
+        self.face = face
+        self.record_id = record_id
+        self.export = export
+
+    def render_GET(self, request):
+        session = self.face.session(request)
+        if session is None or session.user is None:
+            return redirect(request, "/login?next=/console")
+        record = self.face.hub.events.get(self.record_id)
+        if record is None or not can_see(session.user, client_host(request), record):
+            # The same answer for "gone" and "not yours": nothing to learn.
+            return render_page(request, "No such session", tags.p("No such session, or it is not one of yours."), session, code=404)
+        if self.export == "transcript.txt":
+            return self._export(request, record, transcript_text(record), "text/plain", "txt")
+        if self.export == "transcript.md":
+            return self._export(request, record, transcript_markdown(record), "text/markdown", "md")
+        if self.export:
+            return render_page(request, "No such page", tags.p("No such page."), session, code=404)
+        events = [event_dict(record, e) for e in list(record.events)]
+        s = record.summary()
+        facts = tags.dl(
+            tags.dt("protocol"), tags.dd(s["protocol"]),
+            tags.dt("client"), tags.dd(s["client"]),
+            tags.dt("server"), tags.dd(s["server"]),
+            tags.dt("account"), tags.dd(s["account"] or "-", id="account"),
+            tags.dt("TLS"), tags.dd(s["tls"] or "no", id="tls"),
+            tags.dt("state"), tags.dd(s["state"], id="state"),
+            class_="facts",
+        )
+        note = tags.p(f"{record.dropped} older lines are no longer kept.", class_="note") if record.dropped else ""
+        content = [
+            facts,
+            tags.p(
+                tags.a("export as text", href=session_url(record.id) + "/transcript.txt"), " · ",
+                tags.a("export as Markdown", href=session_url(record.id) + "/transcript.md"), " · ",
+                tags.a("all sessions", href="/console"),
+            ),
+            note,
+            tags.table(
+                tags.thead(tags.tr(tags.th("time"), tags.th(""), tags.th("line"), tags.th("meaning"))),
+                tags.tbody(*(event_row(e) for e in events), id="lines"),
+                class_="lines",
+            ),
+        ]
+        last = events[-1]["seq"] if events else 0
+        return render_page(
+            request, f"Session {record.id}", content, session,
+            scripts=["session.js"], data={"page": "session", "session": record.id, "after": str(last)},
+        )
+
+    def _export(self, request, record, text: str, mime: str, ext: str) -> bytes:
+        request.setHeader(b"content-type", f"{mime}; charset=utf-8".encode("ascii"))
+        name = record.id.replace("#", "-")
+        request.setHeader(b"content-disposition", f'attachment; filename="{name}.{ext}"'.encode("ascii"))
+        return text.encode("utf-8")
+
+
+_KIND_LABEL = {"C": "C:", "S": "S:", "start": "--", "end": "--", "tls": "TLS", "login": "auth", "data": "data"}
+
+
+def event_row(e: dict[str, Any]):
+    meaning = ""
+    if e["explain"]:
+        meaning = [e["explain"]["text"], " (", tags.a(e["explain"]["ref"], href=e["explain"]["url"], rel="noreferrer", target="_blank"), ")"]
+    return tags.tr(
+        tags.td(f"+{e['offset']:.3f}s", class_="t"),
+        tags.td(_KIND_LABEL.get(e["kind"], e["kind"]), class_="k"),
+        tags.td(tags.code(e["text"]), class_="l"),
+        tags.td(meaning, class_="m"),
+        **{"class": "ev " + e["kind"], "data-seq": str(e["seq"])},
+    )
+
+
+def _heading(record: Any) -> list[str]:
+    s = record.summary()
+    return [
+        f"Session {s['id']} ({s['protocol']})",
+        f"client {s['client']} -> server {s['server']}",
+        f"account: {s['account'] or '-'}; TLS: {s['tls'] or 'no'}; started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s['started']))}; {s['duration']:.3f} s; {s['state']}",
+        "Secrets are masked (****).",
+    ]
+
+
+def transcript_text(record: Any) -> str:
+    """The session as annotated plain text (for handouts)."""
+    out = _heading(record) + [""]
+    for event in list(record.events):
+        e = event_dict(record, event)
+        line = f"+{e['offset']:8.3f}s {_KIND_LABEL.get(e['kind'], e['kind']):4} {e['text']}"
+        if e["explain"]:
+            line += f"\n{'':15}# {e['explain']['text']} ({e['explain']['ref']})"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _md_cell(text: str, code: bool = False) -> str:
+    # In a code span, text is literal (only a pipe must be escaped in a
+    # table); elsewhere markup characters are escaped.
+    text = text.replace("|", "\\|").replace("`", "'")
+    if not code:
+        text = text.replace("<", "&lt;").replace("*", "\\*").replace("_", "\\_")
+    return text
+
+
+def transcript_markdown(record: Any) -> str:
+    """The session as a Markdown table (for handouts)."""
+    head = _heading(record)
+    out = [f"# {_md_cell(head[0])}", ""] + [f"- {_md_cell(h)}" for h in head[1:]] + ["", "| time | | line | meaning |", "|---:|---|---|---|"]
+    for event in list(record.events):
+        e = event_dict(record, event)
+        meaning = ""
+        if e["explain"]:
+            meaning = f"{_md_cell(e['explain']['text'])} ([{e['explain']['ref']}]({e['explain']['url']}))"
+        line = f"`{_md_cell(e['text'], code=True)}`" if e["text"] else ""
+        out.append(f"| +{e['offset']:.3f}s | {_KIND_LABEL.get(e['kind'], e['kind'])} | {line} | {meaning} |")
+    return "\n".join(out) + "\n"
+
+
+class LiveSocket(resource.Resource):
+    """
+    C{/console/live}: the WebSocket. Only a signed-in browser of this very
+    site may open it (the cookie, and an C{Origin} naming this host, against
+    cross-site WebSocket hijacking).
+    """
+
+    isLeaf = True
+
+    def __init__(self, face: Any):
+        resource.Resource.__init__(self)
+        self.face = face
+        self.websocket = WebSocketResource(self)
+
+    def render_GET(self, request):
+        user = self.face.user(request)
+        if user is None or not _same_origin(request):
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"Not signed in.\n"
+        return self.websocket.render_GET(request)
+
+    def buildProtocol(self, request):
+        """WebSocketServerFactory: one watcher per socket."""
+        channel = request.channel
+        channel.setTimeout(None)
+        # The channel's own connectionLost (with the hub's connection
+        # counting) is replaced by the upgrade; keep calling it.
+        channel_lost = channel.connectionLost
+        watcher = ConsoleWatcher(
+            self.face.hub,
+            self.face.user(request),
+            client_host(request),
+            form_value(request, "session") or None,
+            int(form_value(request, "after", "0") or 0) if form_value(request, "after", "0").isdigit() else 0,
+            channel_lost,
+        )
+        return watcher
+
+
+def _same_origin(request: Any) -> bool:
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return True  # not a browser: no cookie theft to stop
+    host = request.getHeader(b"host") or b""
+    return origin.split(b"://", 1)[-1] == host
+
+
+class ConsoleWatcher:
+    """
+    One browser watching: the session list, or one session's lines. Sends
+    JSON arrays of updates, at most every L{FLUSH_SECONDS}.
+    """
+
+    def __init__(self, hub: Any, user: Any, browser: str, session_id: str | None, after: int, channel_lost: Any):
+        self.hub = hub
+        self.user = user
+        self.browser = browser
+        self.session_id = session_id
+        self.after = after
+        self.channel_lost = channel_lost
+        self.transport = None
+        self.pending: list[dict[str, Any]] = []
+        self.timer = None
+
+    # WebSocketProtocol
+    def negotiationStarted(self, transport):
+        self.transport = transport
+
+    def negotiationFinished(self):
+        events = self.hub.events
+        events.subscribe(self.event)
+        if self.session_id is not None:
+            record = events.get(self.session_id)
+            if record is not None and can_see(self.user, self.browser, record):
+                for event in list(record.events):
+                    if event[0] > self.after:
+                        self.pending.append({"type": "event", "session": record.id, **event_dict(record, event)})
+                self.pending.append({"type": "session", "session": record.summary()})
+        self._schedule()
+
+    def textMessageReceived(self, message):
+        pass
+
+    def bytesMessageReceived(self, data):
+        pass
+
+    def pongReceived(self, payload):
+        pass
+
+    def connectionLost(self, reason):
+        self.hub.events.unsubscribe(self.event)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        self.transport = None
+        lost, self.channel_lost = self.channel_lost, None
+        if lost is not None:
+            try:
+                lost(reason)
+            except Exception:
+                pass
+
+    # the bus
+    def event(self, record: Any, event: tuple) -> None:
+        kind = event[2]
+        if self.session_id is None:
+            if kind not in _LIST_KINDS or not can_see(self.user, self.browser, record):
+                return
+            self.pending.append({"type": "session", "session": record.summary()})
+        else:
+            if record.id != self.session_id or not can_see(self.user, self.browser, record):
+                return
+            self.pending.append({"type": "event", "session": record.id, **event_dict(record, event)})
+            if kind in _LIST_KINDS:
+                self.pending.append({"type": "session", "session": record.summary()})
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self.timer is None and self.pending and self.transport is not None:
+            self.timer = self.hub.reactor.callLater(FLUSH_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        self.timer = None
+        pending, self.pending = self.pending, []
+        if pending and self.transport is not None:
+            self.transport.sendTextMessage(json.dumps(pending))
+
+
+def install(face: Any) -> None:
+    face.pages["console"] = Console(face)

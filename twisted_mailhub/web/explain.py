@@ -1,0 +1,144 @@
+# -*- test-case-name: tests.test_web_explain -*-
+"""
+One-line explanations of protocol lines, for the live console and the
+exported transcripts.
+
+The explanations are data: one JSON table per protocol in C{explain/}
+(C{smtp.json}, C{pop3.json}, C{imap.json}, C{ftp.json}), each with
+C{commands} and C{replies} keyed by command name or reply code, and every
+entry naming its RFC section. This module only finds the key of a line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+from twisted_mailhub.web.pages import PACKAGE_DIR
+
+# Listener names -> the protocol whose table explains them.
+FAMILY = {
+    "smtp": "smtp", "submission": "smtp", "smtps": "smtp", "relay": "smtp",
+    "pop3": "pop3", "pop3s": "pop3",
+    "imap": "imap", "imaps": "imap",
+    "ftp": "ftp",
+}
+
+_CODE = re.compile(r"^([1-5]\d\d)(?:[ -]|$)")
+_RESPONSE_CODE = re.compile(r"\[([A-Za-z][A-Za-z0-9/-]*)")
+_IMAP_NUMBERED = re.compile(r"^\* \d+ ([A-Za-z]+)")
+_IMAP_UNTAGGED = re.compile(r"^\* ([A-Za-z]+)")
+_IMAP_TAGGED = re.compile(r"^[^\s*+]+ (OK|NO|BAD)\b", re.I)
+
+
+@lru_cache(maxsize=None)
+def table(protocol: str) -> dict[str, Any]:
+    """The explanation table of C{protocol} (C{smtp}, C{pop3}, C{imap}, C{ftp})."""
+    return json.loads(PACKAGE_DIR.child("explain").child(f"{protocol}.json").getContent())
+
+
+def _entry(found: dict[str, Any]) -> dict[str, str]:
+    rfc, section = found["rfc"], found["section"]
+    return {
+        "text": found["text"],
+        "ref": f"RFC {rfc} §{section}",
+        "url": f"https://www.rfc-editor.org/rfc/rfc{rfc}#section-{section}",
+    }
+
+
+def _join(first: dict[str, str] | None, second: dict[str, str] | None) -> dict[str, str] | None:
+    if first is None or second is None:
+        return first or second
+    return {"text": f"{first['text']}; {second['text']}", "ref": f"{first['ref']}, {second['ref']}", "url": first["url"]}
+
+
+def command_key(protocol: str, line: str) -> str | None:
+    """The command name a client line starts with (IMAP: after the tag)."""
+    words = line.split()
+    if not words or words[0].startswith("****") or line.startswith("["):
+        return None
+    if protocol == "imap":
+        if len(words) == 1:
+            return words[0].upper()  # DONE
+        name = words[1].upper()
+        if name == "UID" and len(words) > 2:
+            return "UID"
+        return name
+    return words[0].upper()
+
+
+def explain_command(protocol: str, line: str) -> dict[str, str] | None:
+    key = command_key(protocol, line)
+    if key is None:
+        return None
+    commands = table(protocol)["commands"]
+    found = commands.get(key)
+    if found is None:
+        return None
+    result = _entry(found)
+    words = line.split()
+    if protocol == "imap" and key == "UID" and len(words) > 2:
+        inner = commands.get(words[2].upper())
+        if inner is not None:
+            result = _join(result, _entry(inner))
+    return result
+
+
+def reply_keys(protocol: str, line: str) -> list[str]:
+    """The keys of a server line: its reply code or status, then a response code."""
+    keys: list[str] = []
+    if protocol in ("smtp", "ftp"):
+        m = _CODE.match(line)
+        if m:
+            keys.append(m.group(1))
+        return keys
+    if protocol == "pop3":
+        for status in ("+OK", "-ERR"):
+            if line.upper().startswith(status):
+                keys.append(status)
+                break
+        else:
+            if line == "+" or line.startswith("+ "):
+                keys.append("+")
+    else:  # imap
+        if line == "+" or line.startswith("+ "):
+            keys.append("+")
+        else:
+            m = _IMAP_NUMBERED.match(line) or _IMAP_UNTAGGED.match(line) or _IMAP_TAGGED.match(line)
+            if m:
+                keys.append(m.group(1).upper())
+    if keys:
+        m = _RESPONSE_CODE.search(line)
+        if m:
+            keys.append(f"[{m.group(1).upper()}]")
+    return keys
+
+
+def explain_reply(protocol: str, line: str) -> dict[str, str] | None:
+    replies = table(protocol)["replies"]
+    result = None
+    for key in reply_keys(protocol, line):
+        found = replies.get(key)
+        if found is not None:
+            result = _join(result, _entry(found))
+    return result
+
+
+def explain(listener: str, kind: str, text: str) -> dict[str, str] | None:
+    """
+    The explanation of one session event: C{{"text", "ref", "url"}} or
+    L{None} (a line with nothing to explain, an unknown command).
+
+    @param listener: the session's listener name (C{smtps}, C{pop3}, ...).
+    @param kind: C{"C"} or C{"S"} (other kinds are explained by the console).
+    """
+    protocol = FAMILY.get(listener)
+    if protocol is None:
+        return None
+    if kind == "C":
+        return explain_command(protocol, text)
+    if kind == "S":
+        return explain_reply(protocol, text)
+    return None

@@ -1,0 +1,49 @@
+// One session: its lines stream in with their explanations.
+"use strict";
+(function () {
+  var body = document.getElementById("lines");
+  if (!body) { return; }
+  var id = document.body.dataset.session;
+  var last = parseInt(document.body.dataset.after || "0", 10);
+  var labels = {C: "C:", S: "S:", start: "--", end: "--", tls: "TLS", login: "auth", data: "data"};
+  function add(e) {
+    if (e.seq <= last) { return; }
+    last = e.seq;
+    var tr = document.createElement("tr");
+    tr.className = "ev " + e.kind;
+    tr.dataset.seq = String(e.seq);
+    tr.appendChild(window.mailhubCell("+" + e.offset.toFixed(3) + "s", "t"));
+    tr.appendChild(window.mailhubCell(labels[e.kind] || e.kind, "k"));
+    var line = window.mailhubCell("", "l");
+    var code = document.createElement("code");
+    code.textContent = e.text;
+    line.appendChild(code);
+    tr.appendChild(line);
+    var meaning = window.mailhubCell("", "m");
+    if (e.explain) {
+      meaning.appendChild(document.createTextNode(e.explain.text + " ("));
+      var a = document.createElement("a");
+      a.href = e.explain.url;
+      a.rel = "noreferrer";
+      a.target = "_blank";
+      a.textContent = e.explain.ref;
+      meaning.appendChild(a);
+      meaning.appendChild(document.createTextNode(")"));
+    }
+    tr.appendChild(meaning);
+    body.appendChild(tr);
+    tr.scrollIntoView({block: "nearest"});
+  }
+  function facts(s) {
+    var set = function (name, v) { var el = document.getElementById(name); if (el) { el.textContent = v; } };
+    set("account", s.account || "-");
+    set("tls", s.tls || "no");
+    set("state", s.state);
+  }
+  window.mailhubLive("?session=" + encodeURIComponent(id) + "&after=" + last, function (updates) {
+    updates.forEach(function (u) {
+      if (u.type === "event" && u.session === id) { add(u); }
+      if (u.type === "session" && u.session.id === id) { facts(u.session); }
+    });
+  });
+})();
