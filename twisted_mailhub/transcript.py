@@ -36,9 +36,10 @@ import time
 from collections import OrderedDict, deque
 from typing import Any, Callable
 
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.logger import Logger
 from twisted.protocols import policies
+from zope.interface import alsoProvides
 
 log = Logger(namespace="mailhub.transcript")
 
@@ -356,6 +357,10 @@ class TranscriptProtocol(policies.ProtocolWrapper):
 
     def makeConnection(self, transport):
         policies.ProtocolWrapper.makeConnection(self, transport)
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            # A client that pipes a session in and shuts its sending side
+            # still gets every answer: pass the half-close through.
+            alsoProvides(self, IHalfCloseableProtocol)
         # The wrapped protocol is connected now: hook its portal and its
         # FTP data channel, so logins and data connections become events.
         data = getattr(self.wrappedProtocol, "data", None)
@@ -388,6 +393,12 @@ class TranscriptProtocol(policies.ProtocolWrapper):
     def writeSequence(self, data):
         self.transcriber.server_bytes(b"".join(data))
         policies.ProtocolWrapper.writeSequence(self, data)
+
+    def readConnectionLost(self):
+        self.wrappedProtocol.readConnectionLost()
+
+    def writeConnectionLost(self):
+        self.wrappedProtocol.writeConnectionLost()
 
     def connectionLost(self, reason):
         self.record.closed()
