@@ -357,10 +357,12 @@ class TranscriptProtocol(policies.ProtocolWrapper):
 
     def makeConnection(self, transport):
         policies.ProtocolWrapper.makeConnection(self, transport)
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            # A client that pipes a session in and shuts its sending side
-            # still gets every answer: pass the half-close through.
-            alsoProvides(self, IHalfCloseableProtocol)
+        # A client that pipes a session in and shuts its sending side still
+        # gets every answer: the half-close goes to a protocol that takes
+        # it; for any other, what is already written is sent, then the
+        # connection closes (a plain TCP transport would drop it at once).
+        self._half_close = IHalfCloseableProtocol.providedBy(self.wrappedProtocol)
+        alsoProvides(self, IHalfCloseableProtocol)
         # The wrapped protocol is connected now: hook its portal and its
         # FTP data channel, so logins and data connections become events.
         data = getattr(self.wrappedProtocol, "data", None)
@@ -395,10 +397,16 @@ class TranscriptProtocol(policies.ProtocolWrapper):
         policies.ProtocolWrapper.writeSequence(self, data)
 
     def readConnectionLost(self):
-        self.wrappedProtocol.readConnectionLost()
+        if self._half_close:
+            self.wrappedProtocol.readConnectionLost()
+        else:
+            self.transport.loseConnection()
 
     def writeConnectionLost(self):
-        self.wrappedProtocol.writeConnectionLost()
+        if self._half_close:
+            self.wrappedProtocol.writeConnectionLost()
+        else:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason):
         self.record.closed()
