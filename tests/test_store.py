@@ -4,6 +4,7 @@ The store backends keep the same promises (tests run on both).
 
 import os
 
+import pytest
 from twisted.internet import defer
 from twisted.trial import unittest
 
@@ -80,6 +81,22 @@ class StoreContract:
 class MemoryStoreTests(StoreContract, unittest.TestCase):
     def make_store(self):
         return MemoryStore()
+
+
+@pytest.fixture
+def _postgresql_dsn(request, pg_dsn):
+    """A new database on the session's PostgreSQL, as C{self.dsn}."""
+    request.instance.dsn = pg_dsn
+
+
+@pytest.mark.usefixtures("_postgresql_dsn")
+class PostgresStoreTests(StoreContract, unittest.TestCase):
+    def make_store(self):
+        from twisted_mailhub.store.postgresql import PostgresStore
+
+        store = PostgresStore(self.dsn)
+        self.addCleanup(store.close)
+        return store
 
 
 class MaildirStoreTests(StoreContract, unittest.TestCase):

@@ -62,7 +62,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     optParameters = [
         ["data", None, "mailhub-data", "State directory: mail store, FTP files, TLS certificate."],
         ["hostname", None, None, "Name in greetings and Received: headers (default: this machine's FQDN)."],
-        ["store", None, "maildir", "Mail store backend (a store plugin's name: maildir, memory, ...)."],
+        ["store", None, "maildir", "Mail store backend: a store plugin's name (maildir, memory, ...) or postgresql:DSN (a libpq connection string)."],
         ["tls-cert", None, None, "PEM certificate (and chain) for STARTTLS/STLS and TLS listeners (default: self-signed, made in DATA/tls on first start)."],
         ["tls-key", None, None, "PEM private key for --tls-cert (default: in the --tls-cert file)."],
         ["max-message-size", None, 25 * 1024 * 1024, "Largest message accepted, in octets (SMTP SIZE).", int],
@@ -117,12 +117,15 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError(f"--trusted-networks: {e}")
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
-        from twisted_mailhub.store import store_factories
+        from twisted_mailhub.store import split_store_spec, store_factories
 
-        if self["store"] not in store_factories():
+        store_name, store_argument = split_store_spec(self["store"])
+        if store_name not in store_factories():
             raise usage.UsageError(
-                f"--store {self['store']!r}: not one of {', '.join(sorted(store_factories()))}"
+                f"--store {store_name!r}: not one of {', '.join(sorted(store_factories()))}"
             )
+        if bool(store_argument) != bool(getattr(store_factories()[store_name], "takes_argument", False)):
+            raise usage.UsageError(f"--store {store_name}: " + ("takes no ':' argument" if store_argument else "needs ':' and its argument, e.g. postgresql:host=127.0.0.1 dbname=mailhub"))
         from twisted_mailhub.filters import filter_plugins
 
         found = filter_plugins()
@@ -194,13 +197,13 @@ def makeService(options):
     from twisted.internet import reactor
 
     from twisted_mailhub.filters import filter_plugins
-    from twisted_mailhub.store import store_factories
+    from twisted_mailhub.store import make_store
 
     data_dir = os.path.abspath(options["data"])
     os.makedirs(data_dir, exist_ok=True)
     hostname = options["hostname"] or default_hostname()
     accounts, extra_checkers = _accounts_and_checkers(options)
-    store = store_factories()[options["store"]].make_store(data_dir, reactor)
+    store = make_store(options["store"], data_dir, reactor)
     if hasattr(store, "hostname"):
         store.hostname = hostname
     hub = Hub(reactor, options, accounts, store, data_dir, hostname, extra_checkers)

@@ -1,0 +1,180 @@
+"""
+Several real hubs on one real PostgreSQL database (C{--store
+postgresql:DSN}), spoken to with real clients: what one hub stores the
+others serve, UIDs stay unique and dense however the deliveries are spread,
+and nothing acknowledged is lost when a hub is killed.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import poplib
+import re
+import smtplib
+import threading
+import time
+
+import psycopg
+import pytest
+
+from tests.test_e2e_imap import Raw, login
+
+MESSAGE = b"From: Bob <bob@localhost>\r\nTo: alice@localhost\r\nSubject: lunch\r\n\r\nAt noon?\r\n"
+
+
+@pytest.fixture
+def start_cluster(start_hub, pg_dsn):
+    """C{start_cluster(n)}: n hubs on one new database; returns them."""
+
+    def start(n: int, *args: str):
+        return [start_hub("--store", f"postgresql:{pg_dsn}", *args) for _ in range(n)]
+
+    return start
+
+
+def uids_in_inbox(dsn: str, address: str = "alice@localhost") -> list[int]:
+    with psycopg.connect(dsn) as conn:
+        return [
+            uid
+            for (uid,) in conn.execute(
+                "SELECT uid FROM mailbox_message JOIN mailbox ON mailbox.id = mailbox_id"
+                " JOIN account ON account.id = account_id WHERE address = %s AND name = 'INBOX' ORDER BY uid",
+                (address,),
+            )
+        ]
+
+
+def test_mail_delivered_on_one_hub_is_read_over_imap_and_pop3_on_another(start_cluster):
+    a, b = start_cluster(2)
+    with smtplib.SMTP("127.0.0.1", a.ports["smtp"]) as s:
+        s.sendmail("bob@localhost", ["alice@localhost"], MESSAGE)
+    c = login(b)
+    typ, data = c.select("INBOX")
+    assert data == [b"1"]
+    typ, data = c.uid("FETCH", "1", "(BODY.PEEK[] FLAGS)")
+    assert data[0][1].endswith(MESSAGE)
+    c.logout()
+    p = poplib.POP3("127.0.0.1", a.ports["pop3"])
+    p.user("alice")
+    p.pass_("secret")
+    assert p.stat()[0] == 1
+    assert b"\r\n".join(p.retr(1)[1]).endswith(MESSAGE.rstrip(b"\r\n"))
+    p.quit()
+
+
+def test_idle_on_hub_b_hears_of_a_delivery_on_hub_a_within_a_second(start_cluster):
+    a, b = start_cluster(2)
+    r = Raw(b.ports["imap"])
+    r.cmd(b"a", b"login alice secret")
+    r.cmd(b"b", b"select INBOX")
+    r.send(b"c idle\r\n")
+    assert r.line().startswith(b"+")
+    with smtplib.SMTP("127.0.0.1", a.ports["smtp"]) as s:
+        s.sendmail("bob@localhost", ["alice@localhost"], MESSAGE)
+    sent = time.monotonic()
+    line = r.line()
+    while not line.endswith(b"EXISTS"):
+        line = r.line()
+    delay = time.monotonic() - sent
+    assert line == b"* 1 EXISTS"
+    assert delay < 1.0, delay
+    r.send(b"DONE\r\n")
+    assert r.until_tag(b"c")[-1].startswith(b"c OK")
+    r.close()
+
+
+def test_flag_change_on_hub_a_reaches_a_session_on_hub_b(start_cluster):
+    a, b = start_cluster(2)
+    with smtplib.SMTP("127.0.0.1", a.ports["smtp"]) as s:
+        s.sendmail("bob@localhost", ["alice@localhost"], MESSAGE)
+    watcher = Raw(b.ports["imap"])
+    watcher.cmd(b"a", b"login alice secret")
+    watcher.cmd(b"b", b"select INBOX")
+    c = login(a)
+    c.select("INBOX")
+    c.uid("STORE", "1", "+FLAGS", r"(\Flagged)")
+    c.logout()
+    deadline = time.monotonic() + 5
+    seen = []
+    while time.monotonic() < deadline:
+        seen += watcher.cmd(b"n", b"noop")
+        if any(b"FETCH" in line and b"\\Flagged" in line for line in seen):
+            break
+    assert any(re.match(rb"\* 1 FETCH \(.*\\Flagged", line) for line in seen), seen
+    watcher.close()
+
+
+def test_32_smtp_clients_over_3_hubs_get_unique_dense_uids(start_cluster, pg_dsn):
+    hubs = start_cluster(3)
+    per_client = 600 // 32 + 1
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            hub = hubs[n % 3]
+            with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=60) as s:
+                for i in range(per_client):
+                    s.sendmail("bob@localhost", ["alice@localhost"], MESSAGE + b"%d/%d\r\n" % (n, i))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    workers = [threading.Thread(target=client, args=(n,)) for n in range(32)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert not errors, errors[:3]
+    total = 32 * per_client
+    assert uids_in_inbox(pg_dsn) == list(range(1, total + 1))
+
+
+def test_kill_9_of_a_hub_loses_no_acknowledged_message(start_cluster, pg_dsn):
+    a, b = start_cluster(2)
+    acknowledged = []
+    stop = threading.Event()
+
+    def sender() -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", a.ports["smtp"], timeout=30) as s:
+                for i in range(10_000):
+                    if stop.is_set():
+                        return
+                    s.sendmail("bob@localhost", ["alice@localhost"], MESSAGE + b"n=%d\r\n" % i)
+                    acknowledged.append(i)
+        except (smtplib.SMTPException, OSError):
+            pass  # the hub died under us
+
+    senders = [threading.Thread(target=sender) for _ in range(4)]
+    for t in senders:
+        t.start()
+    while len(acknowledged) < 40:
+        time.sleep(0.01)
+    a.kill()
+    stop.set()
+    for t in senders:
+        t.join(30)
+    c = login(b)
+    typ, data = c.select("INBOX")
+    stored = int(data[0])
+    c.logout()
+    assert stored >= len(acknowledged) > 0
+
+
+def test_delivery_when_the_database_is_down_gets_451_then_works_again(start_cluster, postgresql):
+    [a] = start_cluster(1)
+    with smtplib.SMTP("127.0.0.1", a.ports["smtp"]) as s:
+        s.sendmail("bob@localhost", ["alice@localhost"], MESSAGE)
+    postgresql.stop()
+    try:
+        with smtplib.SMTP("127.0.0.1", a.ports["smtp"]) as s:
+            with pytest.raises(smtplib.SMTPDataError) as e:
+                s.sendmail("bob@localhost", ["alice@localhost"], MESSAGE)
+            assert e.value.smtp_code == 451
+    finally:
+        postgresql.restart()
+    with smtplib.SMTP("127.0.0.1", a.ports["smtp"]) as s:
+        s.sendmail("bob@localhost", ["alice@localhost"], MESSAGE)
+    c = login(a)
+    typ, data = c.select("INBOX")
+    assert data == [b"2"]
+    c.logout()

@@ -1,0 +1,116 @@
+"""
+What the PostgreSQL store promises beyond the shared store contract
+(tests/test_store.py runs that contract on it too): its schema version,
+streamed big messages, two stores on one database, an unreachable database.
+"""
+
+import psycopg
+import pytest
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from tests.pgserver import free_port
+from twisted_mailhub.store import pgschema
+from twisted_mailhub.store.interfaces import INBOX, SEEN
+from twisted_mailhub.store.postgresql import PostgresStore, StoreUnavailable
+
+MESSAGE = b"From: a@b\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+@pytest.fixture
+def _postgresql_dsn(request, pg_dsn):
+    request.instance.dsn = pg_dsn
+
+
+@pytest.mark.usefixtures("_postgresql_dsn")
+class PostgresStoreTests(unittest.TestCase):
+    def store(self, **kwargs):
+        store = PostgresStore(self.dsn, **kwargs)
+        self.addCleanup(store.close)
+        return store
+
+    def test_a_new_database_gets_the_schema_and_its_version(self):
+        self.store()
+        with psycopg.connect(self.dsn) as conn:
+            self.assertEqual(pgschema.schema_version(conn), pgschema.SCHEMA_VERSION)
+            tables = {t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        self.assertTrue({"account", "mailbox", "message", "mailbox_message", "mailbox_change", "subscription"} <= tables)
+
+    def test_a_newer_schema_is_refused_at_start(self):
+        self.store()
+        with psycopg.connect(self.dsn) as conn:
+            conn.execute("UPDATE mailhub_schema SET version = %s", (pgschema.SCHEMA_VERSION + 1,))
+        with self.assertRaises(pgschema.SchemaError) as e:
+            PostgresStore(self.dsn)
+        self.assertIn("upgrade the hub", str(e.exception))
+
+    def test_an_empty_database_is_refused_when_not_told_to_create(self):
+        with self.assertRaises(pgschema.SchemaError) as e:
+            PostgresStore(self.dsn, create=False)
+        self.assertIn("mailhub-admin db upgrade", str(e.exception))
+
+    @defer.inlineCallbacks
+    def test_a_big_message_is_read_in_slices_byte_exact(self):
+        folder = self.store().account("alice@example.org").folder(INBOX)
+        big = b"Subject: big\r\n\r\n" + bytes(range(256)) * (3 * 1024 * 1024 // 256) + b"\r\n"
+        uid = yield folder.append(big)
+        with folder.open(uid) as f:
+            first = f.read(100)
+            rest = f.read()
+        self.assertEqual(first + rest, big)
+        self.assertEqual(folder.info(uid).size, len(big))
+
+    @defer.inlineCallbacks
+    def test_two_stores_on_one_database_never_give_the_same_uid(self):
+        a, b = self.store(), self.store()
+        results = yield defer.gatherResults(
+            [a.deliver("alice@example.org", MESSAGE) for _ in range(20)] + [b.deliver("alice@example.org", MESSAGE) for _ in range(20)]
+        )
+        self.assertEqual(len(set(results)), 40)
+        uids = [i.uid for i in a.account("alice@example.org").folder(INBOX).messages()]
+        self.assertEqual(uids, list(range(1, 41)))
+
+    @defer.inlineCallbacks
+    def test_a_change_through_one_store_is_announced_to_the_other(self):
+        a, b = self.store(), self.store()
+        b.start()
+        folder_b = b.account("alice@example.org").folder(INBOX)
+        heard = defer.Deferred()
+        folder_b.add_listener(lambda change: heard.called or heard.callback(change))
+        folder_a = a.account("alice@example.org").folder(INBOX)
+        uid = yield folder_a.append(MESSAGE)
+        change = yield heard
+        self.assertEqual(change.added, (uid,))
+        flagged = defer.Deferred()
+        folder_b.add_listener(lambda change: change.flags and not flagged.called and flagged.callback(change))
+        folder_a.set_flags([uid], [SEEN], "add")
+        change = yield flagged
+        self.assertEqual(change.flags, (uid,))
+        self.assertEqual(folder_b.info(uid).flags, {SEEN})
+
+    @defer.inlineCallbacks
+    def test_copies_share_one_message_row_and_the_last_expunge_drops_it(self):
+        account = self.store().account("alice@example.org")
+        inbox = account.folder(INBOX)
+        work = account.create_folder("Work")
+        uid = yield inbox.append(MESSAGE)
+        [(_, copied)] = yield inbox.copy_to([uid], work)
+
+        def messages():
+            with psycopg.connect(self.dsn) as conn:
+                return conn.execute("SELECT count(*) FROM message").fetchone()[0]
+
+        self.assertEqual(messages(), 1)
+        inbox.expunge([uid])
+        self.assertEqual(work.read(copied), MESSAGE)
+        self.assertEqual(messages(), 1)
+        work.expunge([copied])
+        self.assertEqual(messages(), 0)
+
+
+class UnreachableDatabaseTests(unittest.TestCase):
+    def test_a_database_that_cannot_be_reached_is_a_temporary_error(self):
+        dsn = f"postgresql://mailhub@127.0.0.1:{free_port()}/mailhub"
+        with self.assertRaises(StoreUnavailable) as e:
+            PostgresStore(dsn)
+        self.assertIn("cannot reach the mail database", str(e.exception))

@@ -1,0 +1,153 @@
+# -*- test-case-name: tests.test_pgstore -*-
+"""
+The PostgreSQL schema of the hub, its version, and how a database is
+brought up to it. One place for every table the PostgreSQL parts use (the
+mail store today; the queue, FTP files and accounts share the numbering).
+
+The tables, in the words of the mail store (RFC 3501 §2.3):
+
+ - C{account}: one row per address (lower case).
+ - C{mailbox}: one folder of one account, with its UID counters:
+   C{uid_validity}, C{uid_next} and C{highest_modseq}. A delivery takes its
+   UIDs with one C{UPDATE mailbox SET uid_next = uid_next + n ... RETURNING},
+   so two hubs can never hand out the same UID: the row lock orders them.
+ - C{message}: the bytes of a message, never changed after insert
+   (C{body} is stored uncompressed out of line, so a slice of a big message
+   is read without reading it all). Copies in several folders share it.
+ - C{mailbox_message}: a message placed in a folder, keyed by
+   (mailbox, uid), with its system flags, keywords, C{\\Recent} and the
+   C{key} POP3 UIDL shows (RFC 1939 §7).
+ - C{mailbox_change}: the change journal, one row per (mailbox, modseq):
+   which UIDs were added, changed flags or were expunged. Other hubs read it
+   after a C{NOTIFY mailhub_changes} to tell their sessions.
+ - C{subscription}: IMAP LSUB names (RFC 3501 §6.3.6).
+
+C{mailhub_schema} holds the version. A hub creates the tables in an empty
+database and upgrades an older schema at start; it refuses a newer one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+# The channel every change is announced on; the payload is
+# "<mailbox id> <modseq>" or "<mailbox id> gone".
+CHANNEL = "mailhub_changes"
+
+# Upgrades: MIGRATIONS[n] takes a database from version n to n + 1
+# (version 0 is an empty database).
+MIGRATIONS: dict[int, str] = {
+    0: """
+CREATE TABLE account (
+    id          bigserial PRIMARY KEY,
+    address     text NOT NULL UNIQUE            -- localpart@domain, lower case
+);
+
+CREATE TABLE mailbox (
+    id              bigserial PRIMARY KEY,
+    account_id      bigint NOT NULL REFERENCES account ON DELETE CASCADE,
+    name            text NOT NULL,              -- 'INBOX', 'Work/Projects'
+    uid_validity    bigint NOT NULL,
+    uid_next        bigint NOT NULL DEFAULT 1,
+    highest_modseq  bigint NOT NULL DEFAULT 0,
+    UNIQUE (account_id, name)
+);
+
+CREATE TABLE message (
+    id          bigserial PRIMARY KEY,
+    size        integer NOT NULL,               -- octets as sent to a client
+    body        bytea NOT NULL                  -- CRLF line ends, dot-unstuffed
+);
+-- Out of line and uncompressed: substring() of a big message reads only
+-- the pages it needs (streaming a 25 MB FETCH in slices).
+ALTER TABLE message ALTER COLUMN body SET STORAGE EXTERNAL;
+
+CREATE TABLE mailbox_message (
+    mailbox_id      bigint NOT NULL REFERENCES mailbox ON DELETE CASCADE,
+    uid             bigint NOT NULL,
+    message_id      bigint NOT NULL REFERENCES message,
+    key             text NOT NULL,              -- POP3 UIDL, Maildir base name
+    flags           text[] NOT NULL DEFAULT '{}',   -- system flags: \\Seen ...
+    keywords        text[] NOT NULL DEFAULT '{}',   -- $Label, ...
+    recent          boolean NOT NULL DEFAULT true,  -- no session has seen it yet
+    internal_date   double precision NOT NULL,      -- seconds since the epoch
+    modseq          bigint NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+);
+CREATE INDEX mailbox_message_message ON mailbox_message (message_id);
+CREATE INDEX mailbox_message_recent ON mailbox_message (mailbox_id) WHERE recent;
+
+CREATE TABLE mailbox_change (
+    mailbox_id  bigint NOT NULL REFERENCES mailbox ON DELETE CASCADE,
+    modseq      bigint NOT NULL,
+    kind        text NOT NULL CHECK (kind IN ('added', 'flags', 'expunged')),
+    uids        bigint[] NOT NULL,
+    at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (mailbox_id, modseq)
+);
+
+CREATE TABLE subscription (
+    account_id  bigint NOT NULL REFERENCES account ON DELETE CASCADE,
+    name        text NOT NULL,
+    PRIMARY KEY (account_id, name)
+);
+""",
+}
+
+
+class SchemaError(Exception):
+    """The database's schema is not one this hub can use."""
+
+
+def schema_version(conn: Any) -> int:
+    """
+    The version of the schema in the database behind C{conn} (a psycopg
+    connection); 0 for a database without the hub's tables.
+    """
+    exists = conn.execute("SELECT to_regclass('mailhub_schema') IS NOT NULL").fetchone()[0]
+    if not exists:
+        return 0
+    row = conn.execute("SELECT version FROM mailhub_schema").fetchone()
+    return row[0] if row else 0
+
+
+def upgrade(conn: Any) -> tuple[int, int]:
+    """
+    Bring the database up to L{SCHEMA_VERSION} in one transaction, holding
+    an advisory lock so that hubs starting together do it once. Returns
+    (version before, version after); raises L{SchemaError} for a schema
+    newer than this hub knows.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailhub_schema'))")
+        before = schema_version(conn)
+        if before > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the database has schema version {before}; this hub knows up to {SCHEMA_VERSION}: upgrade the hub"
+            )
+        if before == 0:
+            conn.execute("CREATE TABLE mailhub_schema (version integer NOT NULL)")
+            conn.execute("INSERT INTO mailhub_schema VALUES (0)")
+        for version in range(before, SCHEMA_VERSION):
+            conn.execute(MIGRATIONS[version])
+        conn.execute("UPDATE mailhub_schema SET version = %s", (SCHEMA_VERSION,))
+    return before, SCHEMA_VERSION
+
+
+def check(conn: Any, create: bool = True) -> None:
+    """
+    At start: upgrade an empty or older database when C{create}, else
+    raise L{SchemaError} unless it is at L{SCHEMA_VERSION}
+    (C{mailhub-admin db upgrade} does it by hand).
+    """
+    version = schema_version(conn)
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION or not create:
+        raise SchemaError(
+            f"the database has schema version {version}, this hub needs {SCHEMA_VERSION}"
+            + (": upgrade the hub" if version > SCHEMA_VERSION else ": run 'mailhub-admin db upgrade'")
+        )
+    upgrade(conn)
