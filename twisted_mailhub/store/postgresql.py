@@ -260,8 +260,12 @@ class GroupCommitter:
             conn = self._connection()
             committing = False
             try:
-                with conn.transaction() as tx:
-                    result = self._write(conn, batch)
+                # New accounts are made (and committed) before the batch, so
+                # that a cached account id always has its INBOX visible to
+                # every connection.
+                accounts = {w.address: self._account_id(conn, w.address) for w in batch if w.mailbox_id is None}
+                with conn.transaction():
+                    result = self._write(conn, batch, accounts)
                     committing = True
                 return result
             except psycopg.Error as e:
@@ -284,7 +288,7 @@ class GroupCommitter:
             found = self._account_ids[key] = ensure_account(conn, key)
         return found
 
-    def _write(self, conn: Any, batch: list[PendingWrite]) -> list:
+    def _write(self, conn: Any, batch: list[PendingWrite], accounts: dict[str, int]) -> list:
         # The bytes first, outside the mailbox row lock.
         with conn.cursor() as cursor:
             cursor.executemany(
@@ -302,10 +306,13 @@ class GroupCommitter:
         for i, write in enumerate(batch):
             mailbox_id = write.mailbox_id
             if mailbox_id is None:
-                account_id = self._account_id(conn, write.address)
-                mailbox_id = conn.execute(
+                account_id = accounts[write.address]
+                row = conn.execute(
                     "SELECT id FROM mailbox WHERE account_id = %s AND name = %s", (account_id, INBOX)
-                ).fetchone()[0]
+                ).fetchone()
+                if row is None:
+                    raise StoreError(f"{write.address} has no INBOX")
+                mailbox_id = row[0]
             groups.setdefault(mailbox_id, []).append(i)
         result: list = [None] * len(batch)
         rows = []
