@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import time
 
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -18,7 +20,7 @@ from twisted.trial import unittest
 from twisted_mailhub.store import durable
 from twisted_mailhub.store.durable import PendingWrite, Record
 from twisted_mailhub.store.interfaces import INBOX, InsufficientStorage
-from twisted_mailhub.store.maildir import UIDLIST, MaildirStore
+from twisted_mailhub.store.maildir import UIDLIST, MaildirStore, clean_tmp
 
 MESSAGE = b"From: a@b\r\nSubject: hi\r\n\r\nbody\r\n"
 ADDRESS = "alice@example.org"
@@ -245,3 +247,64 @@ class FullDiskTests(FolderCase):
         self.assertEqual([i.uid for i in self.folder.messages()], [keep])
         self.assertEqual([i.uid for i in self.reopen().messages()], [keep])
         self.flushLoggedErrors()
+
+
+class AllOrNothingCopyTests(FolderCase):
+    @defer.inlineCallbacks
+    def test_copy_that_runs_out_of_space_leaves_the_destination_as_it_was(self):
+        uids = []
+        for _ in range(3):
+            uids.append((yield self.folder.append(MESSAGE)))
+        destination = self.store.account(ADDRESS).create_folder("Archive")
+        real = destination.append
+        calls = []
+
+        def append(message, flags=(), internal_date=None):
+            calls.append(1)
+            if len(calls) == 2:
+                return defer.fail(InsufficientStorage("Insufficient system storage"))
+            return real(message, flags, internal_date)
+
+        destination.append = append
+        yield self.assertFailure(self.folder.copy_to(uids, destination), InsufficientStorage)
+        self.assertEqual(destination.messages(), [])
+        self.assertEqual(os.listdir(os.path.join(destination.directory, "cur")), [])
+
+
+class TmpCleaningTests(unittest.TestCase):
+    def setUp(self):
+        self.root = self.mktemp()
+        store = MaildirStore(self.root, hostname="mail.test")
+        self.account = store.account(ADDRESS)
+        self.inbox = self.account.folder(INBOX).directory
+        self.folder = self.account.create_folder("Work").directory
+
+    def leave(self, directory, name, age=0.0):
+        path = os.path.join(directory, "tmp", name)
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        if age:
+            then = time.time() - age
+            os.utime(path, (then, then))
+        return path
+
+    def dead_pid(self):
+        process = subprocess.Popen(["true"])
+        process.wait()
+        return process.pid
+
+    def test_files_of_dead_processes_of_this_host_go_at_once(self):
+        dead = self.leave(self.inbox, f"1700000000.M1P{self.dead_pid()}Q1.mail.test,S=7")
+        in_folder = self.leave(self.folder, f"1700000000.M2P{self.dead_pid()}Q2.mail.test,S=7")
+        mine = self.leave(self.inbox, f"1700000000.M3P{os.getpid()}Q3.mail.test,S=7")
+        other_host = self.leave(self.inbox, f"1700000000.M4P{self.dead_pid()}Q4.elsewhere,S=7")
+        self.assertEqual(clean_tmp(self.root, "mail.test"), (2, 0))
+        self.assertFalse(os.path.exists(dead) or os.path.exists(in_folder))
+        self.assertTrue(os.path.exists(mine) and os.path.exists(other_host))
+
+    def test_anything_older_than_36_hours_goes(self):
+        old = self.leave(self.inbox, "whatever.crlf", age=37 * 3600)
+        young = self.leave(self.inbox, "recent.crlf", age=35 * 3600)
+        self.assertEqual(clean_tmp(self.root, "mail.test"), (0, 1))
+        self.assertFalse(os.path.exists(old))
+        self.assertTrue(os.path.exists(young))

@@ -74,7 +74,7 @@ from zope.interface import implementer
 from twisted_mailhub import __version__
 from twisted_mailhub.hub import ListenerSpec, is_secure
 from twisted_mailhub.lines import LineEngine, control_note, quote
-from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError
+from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, is_out_of_space
 
 log = Logger()
 
@@ -546,6 +546,12 @@ class MailhubPOP3(_pop3.POP3):
         handler = getattr(self, "pop_" + name)
         return handler(rest if name == "PASS" else rest.strip())
 
+    def _storage_full(self, name: str, error: BaseException) -> None:
+        # RFC 3206 §4: SYS/TEMP, a problem of the server that may go away.
+        log.warn("POP3 {command} failed: insufficient system storage ({error})", command=name, error=error.__cause__ or error)
+        if not self._closed:
+            self.reply_err(b"[SYS/TEMP] insufficient system storage; try again later")
+
     def _wrong_state(self, name: str) -> str:
         if self.state is State.AUTHORIZATION:
             return f"log in first (USER and PASS, or APOP); {name} comes after login"
@@ -722,6 +728,8 @@ class MailhubPOP3(_pop3.POP3):
                 self.reply_err(b"[IN-USE] " + reason.getErrorMessage().encode("utf-8", "replace"))
             elif reason.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
                 self.reply_err(b"[AUTH] authentication failed")
+            elif is_out_of_space(reason.value):
+                self._storage_full("PASS", reason.value)
             else:
                 log.failure("POP3 login for {user!r} failed", reason, user=user)
                 self.reply_err(b"[SYS/TEMP] login failed for a server problem; try again")

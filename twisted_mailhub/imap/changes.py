@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 
 from twisted_mailhub.imap.wire import arg_finalastring
-from twisted_mailhub.store.interfaces import NoSuchMessage
+from twisted_mailhub.store.interfaces import NoSuchMessage, is_out_of_space
 
 log = Logger()
 
@@ -117,6 +117,11 @@ class ChangeCommands:
                 self.sendPositiveResponse(tag, code + b"COPY completed")
 
         def failed(reason):
+            if is_out_of_space(reason.value):
+                # RFC 5530 §3; the store took back the copies it had made.
+                log.warn("{command} not done: insufficient system storage ({error})", command=command.decode(), error=reason.value.__cause__ or reason.value)
+                self.sendNegativeResponse(tag, b"[OVERQUOTA] " + command + b" failed: not enough disk space; nothing was copied")
+                return
             log.failure("{command} failed", reason, command=command.decode())
             self.sendNegativeResponse(tag, b"[SERVERBUG] " + command + b" failed; nothing was removed")
 

@@ -34,6 +34,7 @@ from twisted_mailhub.store.interfaces import (
     FolderExists,
     NoSuchFolder,
     StoreError,
+    is_out_of_space,
 )
 from twisted_mailhub.store.maildir import crlf
 
@@ -341,6 +342,11 @@ class MailboxCommands:
             self.sendPositiveResponse(tag, b"[APPENDUID %d %d] APPEND completed" % (folder.uid_validity, uid))
 
         def failed(reason):
+            if is_out_of_space(reason.value):
+                # RFC 5530 §3: OVERQUOTA, as Dovecot answers a full disk.
+                log.warn("APPEND not stored: insufficient system storage ({error})", error=reason.value.__cause__ or reason.value)
+                self.sendNegativeResponse(tag, b"[OVERQUOTA] APPEND failed: not enough disk space, message not stored")
+                return
             log.failure("APPEND failed", reason)
             self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed: message not stored")
 

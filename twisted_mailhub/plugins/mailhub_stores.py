@@ -20,7 +20,9 @@ class _Maildir:
         from twisted_mailhub.store.durable import GroupCommitWriter
         from twisted_mailhub.store.maildir import MaildirStore
 
-        return MaildirStore(os.path.join(data_dir, "mail"), GroupCommitWriter(reactor))
+        store = MaildirStore(os.path.join(data_dir, "mail"), GroupCommitWriter(reactor))
+        store.start_cleaning()  # tmp/ leftovers: at start, then hourly
+        return store
 
 
 @implementer(IPlugin, IMailStoreFactory)

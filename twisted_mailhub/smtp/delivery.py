@@ -19,6 +19,9 @@ Rules:
    C{Message-ID:} and C{Date:} when the client left them out.
  - The client is told C{250} only when every copy is durable: the result
    is a Deferred that fires after every store/queue Deferred has.
+ - Every copy or none: when one copy cannot be stored (a full disk), the
+   copies already stored are removed before the failure is reported, so
+   a 4xx never leaves a copy that the client's retry would duplicate.
 """
 
 from __future__ import annotations
@@ -32,8 +35,13 @@ from typing import Any
 
 import attr
 from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from twisted_mailhub.filters import Envelope, Reject, Rewrite
+from twisted_mailhub.store.interfaces import INBOX
+
+log = Logger()
 
 _queue_ids = itertools.count(1)
 
@@ -288,26 +296,52 @@ def _filtered(result, hub, session, sender, recipients):
 
 
 def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> defer.Deferred:
-    # Plain Deferreds rather than a coroutine: this runs once per message
-    # on the hot path.
     qid = queue_id()
     # A UTF-8 sender only came with SMTPUTF8 (RFC 6532 §3.7 allows it here).
     return_path = b"Return-Path: <" + sender.encode("utf-8" if session.utf8 else "ascii", "replace") + b">\r\n"
-    waits = []
-    local = [r.address for r in recipients if r.kind == "local"]
-    relay = [r.address for r in recipients if r.kind == "relay"]
-    for address in dict.fromkeys(local):
-        copy = return_path + session.received(qid, address) + message
-        waits.append(defer.maybeDeferred(hub.store.deliver, address, copy))
-    if relay:
-        copy = session.received(qid, None) + message
-        waits.append(defer.maybeDeferred(hub.relay.enqueue, sender, list(dict.fromkeys(relay)), copy))
-    if len(waits) == 1:
-        d = waits[0]
-    else:
-        d = defer.gatherResults(waits, consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
-    return d.addCallback(lambda _: qid)
+    local = list(dict.fromkeys(r.address for r in recipients if r.kind == "local"))
+    relay = list(dict.fromkeys(r.address for r in recipients if r.kind == "relay"))
+    if len(local) == 1 and not relay:
+        # The hot path (one recipient): plain Deferreds, no coroutine.
+        copy = return_path + session.received(qid, local[0]) + message
+        return defer.maybeDeferred(hub.store.deliver, local[0], copy).addCallback(lambda _: qid)
+    return defer.Deferred.fromCoroutine(_store_all(hub, session, sender, local, relay, message, qid, return_path))
+
+
+async def _store_all(hub: Any, session: Session, sender: str, local: list[str], relay: list[str], message: bytes, qid: str, return_path: bytes) -> str:
+    """
+    Every copy or none (never a 4xx with a copy kept: the client's retry
+    would duplicate it). The local copies are stored together; if one
+    fails, those already stored are removed, durably, before the failure
+    is reported. The relayed copy is queued only once every local copy is
+    durable, so it never has to be taken back from a queue that may
+    already be sending it; if queueing it fails, the local copies go too.
+    """
+    waits = [defer.maybeDeferred(hub.store.deliver, a, return_path + session.received(qid, a) + message) for a in local]
+    results = await defer.DeferredList(waits, consumeErrors=True) if waits else []
+    stored = [(address, key) for address, (ok, key) in zip(local, results) if ok]
+    failures = [failure for ok, failure in results if not ok]
+    if not failures and relay:
+        try:
+            await defer.maybeDeferred(hub.relay.enqueue, sender, relay, session.received(qid, None) + message)
+        except Exception:
+            failures.append(Failure())
+    if failures:
+        await _withdraw(hub, stored, qid)
+        failures[0].raiseException()
+    return qid
+
+
+async def _withdraw(hub: Any, stored: list[tuple[str, str]], qid: str) -> None:
+    """Remove stored copies (address, key) of a message that is being refused."""
+    for address, key in stored:
+        try:
+            folder = hub.store.account(address).folder(INBOX)
+            uids = [info.uid for info in folder.messages() if info.key == key]
+            folder.expunge(uids)
+            await defer.maybeDeferred(folder.flush)
+        except Exception as e:
+            log.error("{qid}: copy for <{address}> could not be removed after another copy failed ({error})", qid=qid, address=address, error=e)
 
 
 class Rejected(Exception):

@@ -70,6 +70,7 @@ from twisted_mailhub.smtp.delivery import (
     run_filters,
 )
 from twisted_mailhub.filters import Reject
+from twisted_mailhub.store.interfaces import is_out_of_space
 
 log = Logger()
 
@@ -696,6 +697,10 @@ class MailhubSMTP(smtp.ESMTP):
         if reason.check(Rejected):
             e = reason.value
             return self.refuse(e.code, e.text)
+        if is_out_of_space(reason.value):
+            # RFC 3463 §3.4 (X.3.1): one line, no traceback; nothing was kept.
+            log.warn("{cid}: message not stored: insufficient system storage ({error})", cid=self.connection_id, error=reason.value.__cause__ or reason.value)
+            return self.reply(452, "4.3.1 Insufficient system storage")
         log.failure("{cid}: delivery failed", reason, cid=self.connection_id)
         self.reply(451, "4.3.0 Error: local error in processing; message not stored")
 

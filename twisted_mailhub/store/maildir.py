@@ -34,6 +34,11 @@ Rules (everything that changes the on-disk layout lives in this module):
  - Files that appear in C{new/} or C{cur/} by other means (an outside MDA,
    a restore) get UIDs the next time the folder is looked at; files that
    vanish are reported as expunged.
+ - C{tmp/} is cleaned when the hub starts and every hour
+   (L{clean_tmp}): a file that a process of this host left there and
+   that process is gone is removed at once (a crash cut its write short;
+   it was never acknowledged); anything older than 36 hours is removed
+   whoever wrote it (the Maildir convention's limit).
  - Writes that are acknowledged to a client (delivery, APPEND, COPY) go
    through L{GroupCommitWriter}: fsynced before their Deferred fires. Flag
    renames are not fsynced: losing a flag change in a power cut is the
@@ -44,6 +49,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 import threading
 import time
@@ -663,16 +669,32 @@ class MaildirFolder:
         return gone
 
     def copy_to(self, uids, destination):
-        pairs: list[tuple[int, int]] = []
+        """
+        Copy messages to C{destination}; fires with (source UID, new UID)
+        pairs once every copy is durable. All or nothing (RFC 3501 §6.4.7):
+        if one copy fails (a full disk), the copies made are expunged from
+        C{destination} before the failure is passed on.
+        """
+        sources: list[int] = []
         ds = []
         for uid in sorted(set(uids)):
             entry = self._entries.get(uid)
             if entry is None:
                 continue
-            d = destination.append(self.read(uid), entry.info.flags, entry.info.internal_date)
-            d.addCallback(lambda new, uid=uid: pairs.append((uid, new)))
-            ds.append(d)
-        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: sorted(pairs))
+            ds.append(destination.append(self.read(uid), entry.info.flags, entry.info.internal_date))
+            sources.append(uid)
+
+        def settled(results):
+            failures = [value for ok, value in results if not ok]
+            if not failures:
+                return sorted(zip(sources, (value for _, value in results)))
+            made = [value for ok, value in results if ok]
+            if made:
+                destination.expunge(made)
+                return destination.flush().addBoth(lambda _: failures[0])
+            return failures[0]
+
+        return defer.DeferredList(ds, consumeErrors=True).addCallback(settled)
 
     def flush(self) -> defer.Deferred:
         """
@@ -868,6 +890,71 @@ class MaildirAccount:
         self._write_subscriptions(n for n in self.subscriptions() if n != name)
 
 
+TMP_MAX_AGE = 36 * 3600  # seconds: the Maildir convention's limit for tmp/
+_TMP_NAME = re.compile(r"^\d+\.M\d+P(\d+)Q\d+\.(.+?),S=\d+")
+
+
+def _process_is_gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's): not ours to judge
+    return False
+
+
+def clean_tmp(root: str, hostname: str, now: float | None = None, max_age: float = TMP_MAX_AGE) -> tuple[int, int]:
+    """
+    Remove leftovers from the C{tmp/} folder of every Maildir under
+    C{root} (C{DATA/mail}): files written by a process of this host
+    (C{hostname}) that no longer runs, and files older than C{max_age}
+    seconds. Returns (files of dead processes, old files) removed.
+    Runs in a worker thread: it lists every Maildir.
+    """
+    now = time.time() if now is None else now
+    host = _safe_hostname(hostname)
+    dead = old = 0
+    for tmp in _tmp_folders(root):
+        try:
+            names = os.listdir(tmp)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(tmp, name)
+            m = _TMP_NAME.match(name)
+            try:
+                if m and m.group(2) == host and _process_is_gone(int(m.group(1))):
+                    os.unlink(path)
+                    dead += 1
+                elif now - os.lstat(path).st_mtime > max_age:
+                    os.unlink(path)
+                    old += 1
+            except OSError:
+                continue  # gone already, or not ours to remove
+    return dead, old
+
+
+def _tmp_folders(root: str):
+    """The C{tmp/} of every Maildir (INBOX and Maildir++ folders) under C{root}."""
+    for domain in _subdirectories(root):
+        for account in _subdirectories(domain):
+            yield os.path.join(account, "tmp")
+            for folder in _subdirectories(account):
+                if os.path.basename(folder).startswith("."):
+                    yield os.path.join(folder, "tmp")
+
+
+def _subdirectories(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            return [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
 @implementer(IMailStore)
 class MaildirStore:
     """
@@ -896,3 +983,37 @@ class MaildirStore:
 
     def deliver(self, address: str, message: bytes) -> defer.Deferred:
         return self.account(address).folder(INBOX).deliver(message)
+
+    def clean_tmp(self) -> defer.Deferred:
+        """
+        L{clean_tmp} of every Maildir, in a worker thread; logs one line
+        when it removed anything. Fires with (dead-process files, old files).
+        """
+        reactor = self.writer.reactor
+
+        def report(counts):
+            dead, old = counts
+            if dead or old:
+                log.info(
+                    "maildir tmp/: removed {n} leftover file(s): {dead} of processes that are gone, {old} older than 36 h",
+                    n=dead + old,
+                    dead=dead,
+                    old=old,
+                )
+            return counts
+
+        d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), clean_tmp, self.root, self.hostname)
+        return d.addCallback(report)
+
+    def start_cleaning(self, interval: float = 3600) -> None:
+        """Clean C{tmp/} once the reactor runs, then every C{interval} seconds."""
+        from twisted.internet import task
+
+        def run():
+            d = self.clean_tmp()
+            d.addErrback(lambda f: log.warn("maildir tmp/ cleaning failed: {error}", error=f.value))
+            return None
+
+        self._cleaning = task.LoopingCall(run)
+        self._cleaning.clock = self.writer.reactor
+        self.writer.reactor.callWhenRunning(self._cleaning.start, interval, now=True)

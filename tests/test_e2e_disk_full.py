@@ -1,0 +1,142 @@
+# -*- test-case-name: tests.test_e2e_disk_full -*-
+"""
+The real hub on a full disk (a small tmpfs as its data folder): every
+protocol answers a full disk with its own temporary-failure reply, logs
+one line and no traceback, and never keeps a copy it did not acknowledge
+(issue 8 items 13-15).
+"""
+
+from __future__ import annotations
+
+import errno
+import imaplib
+import os
+import poplib
+import shutil
+import smtplib
+import subprocess
+
+import pytest
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs, unmounted afterwards. Needs root (mount(8))."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    why = None
+    if os.geteuid() != 0:
+        why = "mounting a small tmpfs needs root"
+    elif shutil.which("mount") is None:
+        why = "no mount(8)"
+    else:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            why = f"cannot mount a tmpfs here: {done.stderr.strip()}"
+    if why:
+        if os.environ.get("CI") and os.geteuid() == 0:
+            pytest.fail(why)
+        pytest.skip(why)
+    yield str(path)
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+class Filler:
+    """Takes the free space of a filesystem, and gives some back."""
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, "filler")
+
+    def fill(self) -> None:
+        chunk = b"\0" * 65536
+        with open(self.path, "ab", buffering=0) as f:
+            while True:
+                try:
+                    f.write(chunk)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC
+                    break
+        # And the last few pages that a 64 KiB write could not take.
+        with open(self.path, "ab", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+
+    def leave(self, free: int) -> None:
+        """Give back C{free} octets (rounded to pages)."""
+        size = os.path.getsize(self.path)
+        os.truncate(self.path, max(0, size - free))
+
+
+def message(size: int) -> bytes:
+    line = b"x" * 76 + b"\r\n"
+    return b"Subject: big\r\n\r\n" + line * (size // len(line))
+
+
+def inbox_count(hub, user, password) -> int:
+    pop = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=10)
+    pop.user(user)
+    pop.pass_(password)
+    count = pop.stat()[0]
+    pop.quit()
+    return count
+
+
+def test_full_disk_gets_each_protocols_temporary_failure_and_keeps_no_unacknowledged_copy(small_disk, start_hub):
+    hub = start_hub(data=small_disk, users=("alice:secret", "bob:hungry", "carol:sesame"))
+    # Both maildrops exist before the disk fills.
+    assert inbox_count(hub, "alice", "secret") == 0
+    assert inbox_count(hub, "bob", "hungry") == 0
+    filler = Filler(small_disk)
+    filler.fill()
+
+    # SMTP, room for no copy: 452 (RFC 3463 X.3.1), the session goes on.
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail("judy@jbc.test", ["alice@localhost"], message(20_000))
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (452, b"4.3.1 Insufficient system storage")
+        assert smtp.noop()[0] == 250
+
+    # POP3: a first login needs to write the maildrop's UID list: -ERR [SYS/TEMP] (RFC 3206).
+    pop = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=10)
+    pop.user("carol")
+    with pytest.raises(poplib.error_proto) as refused:
+        pop.pass_("sesame")
+    assert refused.value.args[0] == b"-ERR [SYS/TEMP] insufficient system storage; try again later"
+    pop.quit()
+
+    # Room for one copy of two: 452 and no copy kept (the retry would duplicate it).
+    filler.leave(300_000)
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail("judy@jbc.test", ["alice@localhost", "bob@localhost"], message(200_000))
+        assert refused.value.smtp_code == 452
+    assert inbox_count(hub, "alice", "secret") == 0
+    assert inbox_count(hub, "bob", "hungry") == 0
+
+    # IMAP APPEND too big for what is left: NO [OVERQUOTA] (RFC 5530).
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    imap.login("alice", "secret")
+    status, data = imap.append("INBOX", None, None, message(600_000))
+    assert status == "NO" and data[0].startswith(b"[OVERQUOTA]"), data
+    assert imap.select("INBOX") == ("OK", [b"0"])
+    imap.logout()
+
+    # Room again: the same message goes through, one copy each.
+    os.unlink(filler.path)
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("judy@jbc.test", ["alice@localhost", "bob@localhost"], message(200_000))
+    assert inbox_count(hub, "alice", "secret") == 1
+    assert inbox_count(hub, "bob", "hungry") == 1
+
+    hub.wait_for_log(r"APPEND not stored: insufficient system storage")
+    log = hub.log
+    assert "Traceback" not in log
+    assert log.lower().count("insufficient system storage") == 4, log
+    # Nothing half-written left behind.
+    assert os.listdir(os.path.join(hub.maildir("alice@localhost"), "tmp")) == []
+    assert os.listdir(os.path.join(hub.maildir("alice@localhost"), "cur")) == []
