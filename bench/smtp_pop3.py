@@ -7,6 +7,14 @@ messages/s on a 10,000-message maildrop.
     python3 bench/smtp_pop3.py                  # everything
     python3 bench/smtp_pop3.py --quick          # fewer messages
     python3 bench/smtp_pop3.py --no-aiosmtpd --no-pop3
+    python3 bench/smtp_pop3.py --case 32:1024 --neighbour 2048   # with a neighbour writing
+
+With C{--neighbour MB} a neighbour process writes beside the servers for
+the whole run: C{dd} of MB MiB into a file on the same disk, unsynced,
+over and over (as logs, databases and backups do on a real server). A
+flush that writes back the whole filesystem (syncfs) pays for the
+neighbour's dirty pages; one that flushes only the server's own files
+does not.
 
 Reported per case: messages/s (median of alternating rounds), the hub's
 rate over each aiosmtpd's, and each server's CPU time per message (user +
@@ -34,6 +42,7 @@ import glob
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -270,6 +279,8 @@ def main() -> None:
     parser.add_argument("--no-aiosmtpd", action="store_true")
     parser.add_argument("--no-pop3", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="runs per server and case, alternating; the median is reported")
+    parser.add_argument("--case", action="append", default=None, metavar="CLIENTS:SIZE", help="only this case (repeatable), e.g. 32:1024")
+    parser.add_argument("--neighbour", type=int, default=0, metavar="MB", help="a dd writing MB MiB unsynced, over and over, beside the servers")
     parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir on the same disk as /var/tmp)")
     args = parser.parse_args()
 
@@ -280,6 +291,9 @@ def main() -> None:
         (1, 100 * 1024, int(200 * scale)),
         (32, 100 * 1024, int(1600 * scale)),
     ]
+    if args.case:
+        wanted = {tuple(int(x) for x in c.split(":")) for c in args.case}
+        cases = [c for c in cases if (c[0], c[1]) in wanted]
     work = tempfile.mkdtemp(prefix="mailhub-bench-", dir=args.dir or "/var/tmp")
     # Every measured run sends to a Maildir of its own, and nothing is
     # deleted until the end: right after mass deletions ext4's inode
@@ -290,7 +304,15 @@ def main() -> None:
     os.makedirs(hub.data_dir)
     hub.start()
     peers = []  # (name, process, port, maildir)
+    neighbour = None
     try:
+        if args.neighbour:
+            target = os.path.join(work, "neighbour")
+            neighbour = subprocess.Popen(
+                ["sh", "-c", f'while :; do dd if=/dev/zero of="$1" bs=1M count={args.neighbour} status=none; done', "sh", target],
+                start_new_session=True,  # its own process group: stopped with its dd
+            )
+            print(f"neighbour: dd of {args.neighbour} MiB, unsynced, over and over (pid {neighbour.pid})")
         if not args.no_aiosmtpd:
             for name, mode in (("aiosmtpd", "plain"), ("aiosmtpd+thr", "threads")):
                 root = os.path.join(work, name)
@@ -337,6 +359,9 @@ def main() -> None:
         load = os.getloadavg()
         print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     finally:
+        if neighbour is not None:
+            os.killpg(neighbour.pid, signal.SIGKILL)  # the group this script started
+            neighbour.wait()
         hub.stop()
         for _, proc, _, _ in peers:
             proc.stdin.close()

@@ -140,3 +140,28 @@ def test_full_disk_gets_each_protocols_temporary_failure_and_keeps_no_unacknowle
     # Nothing half-written left behind.
     assert os.listdir(os.path.join(hub.maildir("alice@localhost"), "tmp")) == []
     assert os.listdir(os.path.join(hub.maildir("alice@localhost"), "cur")) == []
+
+
+def test_ftp_upload_that_fills_the_disk_leaves_nothing_behind(small_disk, start_hub):
+    import ftplib
+    import io
+
+    hub = start_hub(data=small_disk)
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", hub.ports["ftp"], timeout=10)
+    ftp.login("alice", "secret")
+    home = os.path.join(small_disk, "ftp", "localhost", "alice")
+    filler = Filler(small_disk)
+    filler.fill()
+    filler.leave(500_000)
+    free_before = os.statvfs(small_disk).f_bavail
+    with pytest.raises(ftplib.error_temp, match="^452"):
+        ftp.storbinary("STOR big.bin", io.BytesIO(b"z" * MiB))
+    # Neither under its name nor hidden: the space is free again.
+    assert ftp.nlst() == []
+    assert os.listdir(home) == []
+    assert os.statvfs(small_disk).f_bavail == free_before
+    # And a file that fits goes through on the same session.
+    ftp.storbinary("STOR small.bin", io.BytesIO(b"s" * 1000))
+    assert ftp.nlst() == ["small.bin"]
+    ftp.quit()

@@ -336,7 +336,7 @@ def test_abor_mid_transfer_answers_426_then_226(hub, random_50mb):
     assert retr(f, "big")[:10] == random_50mb[:10]
 
 
-def test_abor_during_an_upload_keeps_what_arrived(hub):
+def test_abor_during_an_upload_keeps_what_arrived_hidden_for_rest_to_resume(hub):
     f = login(hub)
     f.voidcmd("TYPE I")
     conn = f.transfercmd("STOR part.bin")
@@ -350,8 +350,47 @@ def test_abor_during_an_upload_keeps_what_arrived(hub):
     assert f.getline().startswith("426")
     assert f.getline().startswith("226")
     conn.close()
-    assert open(os.path.join(home(hub), "part.bin"), "rb").read() == b"first part"
-    f.storbinary("STOR rest.bin", io.BytesIO(b"x"))
+    # Not there under its name (no client takes it for complete)...
+    assert f.nlst() == []
+    assert not os.path.exists(os.path.join(home(hub), "part.bin"))
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        f.retrbinary("RETR part.bin", lambda _: None)
+    # ...but SIZE says where to resume, and REST + STOR completes it.
+    assert f.size("part.bin") == 10
+    f.storbinary("STOR part.bin", io.BytesIO(b" and the rest"), rest=10)
+    assert f.nlst() == ["part.bin"]
+    assert open(os.path.join(home(hub), "part.bin"), "rb").read() == b"first part and the rest"
+    assert os.listdir(home(hub)) == ["part.bin"]
+
+
+def test_upload_cut_by_a_reset_data_connection_never_shows_under_its_name(hub):
+    import struct
+
+    f = login(hub)
+    f.voidcmd("TYPE I")
+    conn = f.transfercmd("STOR cut.bin")
+    conn.sendall(b"y" * 100_000)
+    for _ in range(500):  # until the server says it has the bytes
+        if "100000 bytes so far" in f.sendcmd("STAT"):
+            break
+    else:
+        pytest.fail("the server never counted the 100000 bytes")
+    # The client dies mid-upload: a reset, not the clean close that ends a file.
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+    assert f.getline().startswith("426")
+    assert "cut.bin" not in f.nlst()
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        f.retrbinary("RETR cut.bin", lambda _: None)
+    assert f.size("cut.bin") == 100_000  # where a REST would resume
+
+
+def test_appe_extends_a_complete_file_only_when_the_upload_completes(hub):
+    f = login(hub)
+    f.storbinary("STOR log.txt", io.BytesIO(b"line 1\n"))
+    f.storbinary("APPE log.txt", io.BytesIO(b"line 2\n"))
+    assert open(os.path.join(home(hub), "log.txt"), "rb").read() == b"line 1\nline 2\n"
+    assert os.listdir(home(hub)) == ["log.txt"]
 
 
 def test_abor_with_ftplib_abort_telnet_and_urgent_byte(hub, random_50mb):
@@ -631,8 +670,12 @@ def test_stalled_upload_is_cut_off_after_the_data_timeout(start_hub):
     assert f.getline().startswith("426")  # no more bytes for a second
     conn.close()
     assert f.pwd() == "/"
-    # what did arrive is kept, on disk before the 426 (REST can resume it)
-    assert open(os.path.join(home(hub), "slow.bin"), "rb").read() == b"a little"
+    # what did arrive is kept, hidden, on disk before the 426: REST resumes it
+    assert "slow.bin" not in f.nlst()
+    f.voidcmd("TYPE I")
+    assert f.size("slow.bin") == len(b"a little")
+    f.storbinary("STOR slow.bin", io.BytesIO(b" more"), rest=len(b"a little"))
+    assert open(os.path.join(home(hub), "slow.bin"), "rb").read() == b"a little more"
 
 
 def test_passive_ports_address_and_banner_options(start_hub):

@@ -21,7 +21,7 @@ from twisted.internet import error
 from twisted_mailhub.ftp import data as ftpdata
 from twisted_mailhub.ftp.data import DataChannel, DataState, close_now, from_crlf, port_candidates, same_host, to_crlf
 from twisted_mailhub.ftp.server import MailhubFTPFactory
-from twisted_mailhub.ftp.vfs import DiskShell, filesystem_factories
+from twisted_mailhub.ftp.vfs import DiskShell, filesystem_factories, partial_name
 from twisted_mailhub.hub import Hub
 from twisted_mailhub.store.memory import MemoryStore
 
@@ -80,17 +80,35 @@ def test_read_only_shell_refuses_every_change(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_writer_rest_truncates_and_append_appends(tmp_path):
+def test_writer_rest_and_append_work_on_a_hidden_copy_until_complete(tmp_path):
     shell = DiskShell(str(tmp_path))
     (tmp_path / "f").write_bytes(b"0123456789")
     w = result_of(shell.openForWritingAt(["f"], 4, False))
     w.write(b"ab")
+    w.file.flush()
+    # The complete file stays whole; the new version is hidden beside it.
+    assert (tmp_path / "f").read_bytes() == b"0123456789"
+    assert (tmp_path / partial_name("f")).read_bytes() == b"0123ab"
+    assert [name for name, _ in result_of(shell.list([], ("size",)))] == ["f"]
     w.file.close()
-    assert (tmp_path / "f").read_bytes() == b"0123ab"
+    # APPE after an interruption continues the partial file.
     w = result_of(shell.openForWritingAt(["f"], 0, True))
     w.write(b"!")
     w.file.close()
-    assert (tmp_path / "f").read_bytes() == b"0123ab!"
+    assert (tmp_path / partial_name("f")).read_bytes() == b"0123ab!"
+    # A plain STOR starts afresh.
+    w = result_of(shell.openForWritingAt(["f"], 0, False))
+    w.discard()
+    assert sorted(os.listdir(tmp_path)) == ["f"]
+
+
+def test_size_of_an_interrupted_upload_is_where_rest_resumes(tmp_path):
+    shell = DiskShell(str(tmp_path))
+    w = result_of(shell.openForWritingAt(["new"], 0, False))
+    w.write(b"x" * 1000)
+    w.file.close()
+    assert result_of(shell.stat(["new"], ("size",))) == [1000]
+    assert result_of(shell.openForReadingAt(["new"], 0)).check(ftp.FileNotFoundError)
 
 
 # -- TYPE A ------------------------------------------------------------------------

@@ -410,7 +410,7 @@ def test_filters_see_submission_headers_already_added(hub):
     assert said(transport)[-1].startswith(b"250 2.0.0 Ok: queued as")
     [(who, message)] = seen
     assert who == "alice@localhost"
-    assert message.startswith(b"Date: ") and b"\r\nMessage-ID: <" in message and message.endswith(b"\r\nSubject: s\r\n\r\nb\r\n")
+    assert message.startswith(b"From: <alice@localhost>\r\nDate: ") and b"\r\nMessage-ID: <" in message and message.endswith(b"\r\nSubject: s\r\n\r\nb\r\n")
 
 
 def test_a_filter_cannot_fake_success_or_break_the_reply_format(hub):

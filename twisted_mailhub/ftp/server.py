@@ -807,8 +807,10 @@ class MailhubFTP(ftp.FTP):
                 return writer.close().addCallback(lambda _: n)
 
             def broken(reason):
-                # What arrived is kept (REST can resume it), made durable.
-                return writer.close().addBoth(lambda _: reason)
+                # The file system decides what a broken upload leaves (the
+                # disk shell: nothing under the file's name; see ftp/vfs.py).
+                fail = getattr(writer, "fail", None)
+                return (fail(reason) if fail is not None else writer.close()).addBoth(lambda _: reason)
 
             d.addCallbacks(durable, broken)
             if verb == "STOU":

@@ -19,13 +19,25 @@ Rules:
   - Writes are made durable before the transfer is acknowledged: the
     writer's C{close()} flushes and fsyncs in a thread so the reactor never
     waits on the disk for the length of a file.
+  - Partial uploads are never seen under the file's name. An upload is
+    written to a hidden partial file beside it (L{partial_name}:
+    C{.NAME.mailhub-part}), left out of listings, and renamed over
+    C{NAME} only when complete and on disk (the 226). A write error (disk
+    full) removes the partial file at once. An interrupted upload (the
+    data or control connection lost, ABOR) keeps it, hidden, so that it
+    can be resumed: C{SIZE NAME} then answers the size received so far,
+    and C{REST <size>} + C{STOR NAME} continues it (C{APPE NAME} too).
+    REST or APPE on a complete file works on a copy of it, which replaces
+    it on success. A plain STOR starts the partial afresh.
 """
 
 from __future__ import annotations
 
 import errno
 import grp
+import hashlib
 import os
+import shutil
 import pwd
 import stat as statmod
 from typing import Any
@@ -118,20 +130,48 @@ class FileReader:
         return d.addBoth(lambda r: (self.close(), r)[1])
 
 
+PARTIAL_SUFFIX = ".mailhub-part"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def partial_name(name: str) -> str:
+    """The hidden name an upload of C{name} is written under until complete."""
+    hidden = "." + name + PARTIAL_SUFFIX
+    if len(os.fsencode(hidden)) > 255:  # NAME_MAX
+        hidden = "." + hashlib.sha256(os.fsencode(name)).hexdigest()[:40] + PARTIAL_SUFFIX
+    return hidden
+
+
+def is_partial_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class FileWriter:
     """
     A file being received: C{write()} as bytes arrive, C{close()} makes it
-    durable (fsync in a thread). While a large file arrives, the bytes
-    already written are flushed to disk in a thread every L{SYNC_EVERY}
-    bytes, so the last fsync (the one the 226 waits for) is short.
-    L{ftp.IWriteFile}'s C{receive()} is kept for Twisted's own callers.
+    durable (fsync in a thread) and, when it is written under a partial
+    name (C{final} given), renames it into place. While a large file
+    arrives, the bytes already written are flushed to disk in a thread
+    every L{SYNC_EVERY} bytes, so the last fsync (the one the 226 waits
+    for) is short. C{fail()} ends a broken upload; C{discard()} one that
+    never started. L{ftp.IWriteFile}'s C{receive()} is kept for Twisted's
+    own callers.
     """
 
     SYNC_EVERY = 64 * 1024 * 1024
 
-    def __init__(self, f, path: str):
+    def __init__(self, f, path: str, final: str | None = None, fresh: bool = True):
         self.file = f
         self.path = path
+        self.final = final
+        self.fresh = fresh  # the partial file was made by this upload
         self.written = 0
         self._unsynced = 0
         self._syncing: defer.Deferred | None = None
@@ -151,22 +191,65 @@ class FileWriter:
     def receive(self):
         return defer.succeed(ftp.FileConsumer(self.file))
 
-    def close(self) -> defer.Deferred:
-        def durable():
-            try:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-            finally:
-                self.file.close()
-            # A new file's name must survive a crash too.
-            fsync_directory(os.path.dirname(self.path) or ".")
-
+    def _after_sync(self, work) -> defer.Deferred:
         # Never close the descriptor under a sync still running.
         pending = self._syncing if self._syncing is not None else defer.succeed(None)
-        return pending.addCallback(lambda _: threads.deferToThread(durable))
+        return pending.addCallback(lambda _: threads.deferToThread(work))
+
+    def close(self) -> defer.Deferred:
+        """The upload is complete: on disk, then in place under its name."""
+
+        def durable():
+            try:
+                try:
+                    self.file.flush()
+                    os.fsync(self.file.fileno())
+                finally:
+                    self.file.close()
+                if self.final is not None:
+                    os.rename(self.path, self.final)
+            except OSError as e:
+                if e.errno in _NO_SPACE and self.final is not None:
+                    _unlink_quietly(self.path)  # it would keep the disk full
+                raise
+            # A new file's name must survive a crash too.
+            fsync_directory(os.path.dirname(self.final or self.path) or ".")
+
+        return self._after_sync(durable)
+
+    def fail(self, reason) -> defer.Deferred:
+        """
+        The upload broke. A write error (disk full) removes the partial
+        file; an interruption keeps it, on disk, for a REST to resume.
+        """
+        from twisted_mailhub.ftp.data import TransferWriteError
+
+        error = getattr(reason, "value", reason)
+        remove = isinstance(error, TransferWriteError) or getattr(error, "errno", None) in _NO_SPACE
+
+        def end():
+            try:
+                if not remove:
+                    self.file.flush()
+                    os.fsync(self.file.fileno())
+            finally:
+                try:
+                    self.file.close()
+                except OSError:
+                    pass
+                if remove and self.final is not None:
+                    _unlink_quietly(self.path)
+
+        return self._after_sync(end)
 
     def discard(self) -> None:
-        self.file.close()
+        """The upload never started (no data connection)."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        if self.fresh and self.final is not None:
+            _unlink_quietly(self.path)
 
 
 class FileActionError(ftp.FTPCmdError):
@@ -307,6 +390,14 @@ class DiskShell:
             return err
         try:
             st = os.stat(p)
+        except FileNotFoundError as e:
+            # SIZE of a name whose upload was interrupted: where REST resumes.
+            try:
+                if path and tuple(keys) == ("size",):
+                    return defer.succeed([os.stat(os.path.join(os.path.dirname(p), partial_name(path[-1]))).st_size])
+            except OSError:
+                pass
+            return _fail(e, path)
         except OSError as e:
             return _fail(e, path)
         return defer.succeed([self._fact(st, k) for k in keys])
@@ -319,7 +410,7 @@ class DiskShell:
             if not os.path.isdir(p):
                 st = os.stat(p)
                 return defer.succeed([(path[-1] if path else "/", [self._fact(st, k) for k in keys])])
-            names = sorted(os.listdir(p))
+            names = sorted(n for n in os.listdir(p) if not is_partial_name(n))
         except OSError as e:
             return _fail(e, path)
         out = []
@@ -362,21 +453,31 @@ class DiskShell:
             return err
         if not path:
             return defer.fail(ftp.IsADirectoryError("/"))
+        part = os.path.join(os.path.dirname(p), partial_name(os.path.basename(p)))
         try:
             if os.path.isdir(p):
                 return defer.fail(ftp.IsADirectoryError("/" + "/".join(path)))
+            resumed = bool(append or offset) and os.path.exists(part)
+            if (append or offset) and not resumed and os.path.isfile(p):
+                # Continue a complete file on a copy: it stays whole until
+                # the new version is.
+                shutil.copyfile(p, part)
+            elif not resumed:
+                _unlink_quietly(part)
             if append:
-                f = open(p, "ab")
+                f = open(part, "ab")
             elif offset:
-                fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
                 f = os.fdopen(fd, "wb")
                 f.seek(offset)
                 f.truncate(offset)
             else:
-                f = open(p, "wb")
+                f = open(part, "wb")
         except OSError as e:
+            if e.errno in _NO_SPACE:
+                _unlink_quietly(part)
             return _fail(e, path)
-        return defer.succeed(FileWriter(f, p))
+        return defer.succeed(FileWriter(f, part, final=p, fresh=not resumed))
 
     def uniqueName(self, path):
         if self.readonly:

@@ -15,8 +15,12 @@ Rules:
  - Each stored copy gets C{Return-Path:} and its own C{Received:} trace
    header (RFC 5321 §4.4) naming that recipient; relayed copies get one
    C{Received:} without a C{for} clause, so Bcc recipients stay hidden.
+ - A message whose data does not start with header fields (typed by
+   hand: C{Hello Me}) gets the empty line that separates header and
+   body, after the trace headers, before its first line that is not a
+   header field (as Postfix's cleanup does).
  - Mail from an authenticated session (submission, RFC 6409 §8) gets
-   C{Message-ID:} and C{Date:} when the client left them out.
+   C{From:}, C{Message-ID:} and C{Date:} when the client left them out.
  - The client is told C{250} only when every copy is durable: the result
    is a Deferred that fires after every store/queue Deferred has.
  - Every copy or none: when one copy cannot be stored (a full disk), the
@@ -158,13 +162,37 @@ def header_block(message: bytes) -> bytes:
     return message[: m.start() + 2] if m else message
 
 
-def add_submission_headers(message: bytes, hostname: str) -> bytes:
+# One header field and its continuation lines (RFC 5322 §2.2, §3.6.8:
+# field-name is 1*ftext, printable US-ASCII except ":").
+_HEADER_FIELDS = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+[ \t]*:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)*")
+_FROM = re.compile(rb"^from[ \t]*:", re.I | re.M)
+
+
+def separate_body(message: bytes) -> bytes:
+    """
+    The message with the empty line that ends its header section (RFC
+    5322 §2.1) where the client left it out: before the first line that
+    is not a header field, as Postfix's cleanup does. So a message typed
+    without headers (C{Hello Me}, the textbook DATA) is all body, and IMAP
+    C{BODY[TEXT]}, POP3 C{TOP n 0} and C{SEARCH BODY} find its text.
+    """
+    end = _HEADER_FIELDS.match(message).end()
+    if end == len(message) or message.startswith(b"\r\n", end):
+        return message
+    return message[:end] + b"\r\n" + message[end:]
+
+
+def add_submission_headers(message: bytes, hostname: str, sender: str = "") -> bytes:
     """
     RFC 6409 §8.2, §8.3: a submission server may add a missing
-    C{Message-ID:} and C{Date:}.
+    C{Message-ID:} and C{Date:}; and, as Postfix does for its own
+    submissions, a missing C{From:} (the envelope sender, RFC 5322 §3.6.2
+    makes it required).
     """
     headers = header_block(message)
     extra = b""
+    if sender and not _FROM.search(headers):
+        extra += b"From: <" + sender.encode("utf-8", "replace") + b">\r\n"  # ASCII unless SMTPUTF8
     if not _DATE.search(headers):
         extra += b"Date: " + rfc5322_date().encode("ascii") + b"\r\n"
     if not _MESSAGE_ID.search(headers):
@@ -278,10 +306,11 @@ def deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], 
 
 
 def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> defer.Deferred:
+    message = separate_body(message)
     if session.authenticated:
         # Before the filters, so that one that signs (DKIM) sees the
         # message as it will be stored.
-        message = add_submission_headers(message, session.hostname)
+        message = add_submission_headers(message, session.hostname, sender or session.authenticated)
     if hub.filters:
         envelope = envelope_of(sender, [r.address for r in recipients], session)
         d = run_filters(hub.filters, "end_of_data", envelope, message)
