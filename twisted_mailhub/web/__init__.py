@@ -61,4 +61,7 @@ def install(hub: Any) -> None:
 
     hub.events.account_name = account_name
     console.install(hub.web)
+    from twisted_mailhub.web import mail
+
+    mail.install(hub.web)
     hub.listen_each(listeners, lambda spec: hub.web.site(spec.name))

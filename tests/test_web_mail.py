@@ -1,0 +1,178 @@
+"""
+Webmail and the message anatomy end to end: mail sent over SMTP is read on
+the web, flags are shared with IMAP, compose goes through submission,
+hostile mail is defanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import re
+import smtplib
+import urllib.parse
+
+from tests.web_helpers import WebClient
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+def multipart_with_image() -> bytes:
+    b64 = base64.encodebytes(PNG).replace(b"\n", b"\r\n")
+    return (
+        b"From: =?UTF-8?B?w4lsb2lzZQ==?= <eloise@example.org>\r\n"
+        b"To: alice@localhost\r\n"
+        b"Subject: =?UTF-8?Q?caf=C3=A9_photo?=\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b1"\r\n'
+        b"\r\n"
+        b"--b1\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n"
+        b"\r\n"
+        b"Voil=C3=A0 the picture.\r\n"
+        b"--b1\r\n"
+        b"Content-Type: image/png\r\n"
+        b"Content-Transfer-Encoding: base64\r\n"
+        b"Content-Disposition: attachment; filename*=UTF-8''%C3%A9t%C3%A9.png\r\n"
+        b"\r\n" + b64 + b"--b1--\r\n"
+    )
+
+
+def send(hub, sender, recipients, message: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail(sender, recipients, message)
+
+
+def test_a_message_sent_over_smtp_is_listed_read_and_then_seen_by_imap(hub):
+    send(hub, "carol@example.org", ["alice@localhost"], b"From: Carol <carol@example.org>\r\nSubject: lunch?\r\n\r\nat noon\r\n")
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    listing = browser.get("/mail/INBOX")
+    assert listing.status == 200
+    assert re.search(r'<tr class="unread" data-uid="1">.*Carol &lt;carol@example.org&gt;.*lunch\?', listing.text)
+    assert re.search(r"INBOX \(1/1\)", listing.text)
+    page = browser.get("/mail/INBOX/1")
+    assert "at noon" in page.text and "<h1>lunch?</h1>" in page.text
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("alice", "secret")
+        imap.select("INBOX")
+        typ, data = imap.uid("FETCH", "1", "(FLAGS)")
+        assert b"\\Seen" in data[0]
+        imap.uid("STORE", "1", "+FLAGS", "(\\Flagged)")
+    finally:
+        imap.logout()
+    assert "★" in browser.get("/mail/INBOX").text
+
+
+def test_the_anatomy_shows_headers_raw_and_decoded_the_mime_tree_and_the_decoded_image(hub):
+    send(hub, "eloise@example.org", ["alice@localhost"], multipart_with_image())
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    page = browser.get("/mail/INBOX/1/anatomy")
+    assert page.status == 200
+    text = page.text
+    assert "=?UTF-8?Q?caf=C3=A9_photo?=" in text and "café photo" in text
+    assert "Éloise &lt;eloise@example.org&gt;" in text
+    assert "&lt;eloise@example.org&gt;</code> (MAIL FROM" in text
+    assert re.search(r"hop 1: </strong>[^<]+ → <strong>mail\.test</strong> with ESMTP", text)
+    assert "multipart/mixed" in text and "image/png" in text and "base64" in text and "quoted-printable" in text
+    assert "Voil=C3=A0 the picture." in text and "Voilà the picture." in text
+    assert '<img src="/mail/INBOX/1/part/2"' in text
+    assert '<span class="line">Subject: =?UTF-8?Q?caf=C3=A9_photo?=</span>' in text
+    image = browser.get("/mail/INBOX/1/part/2")
+    assert image.header("Content-Type") == "image/png" and image.body == PNG
+    download = browser.get("/mail/INBOX/1/part/2?download=1")
+    assert download.header("Content-Type") == "application/octet-stream"
+    assert "filename*=UTF-8''%C3%A9t%C3%A9.png" in download.header("Content-Disposition")
+    assert "été.png" in browser.get("/mail/INBOX/1").text
+
+
+def test_hostile_html_mail_is_shown_without_scripts_handlers_forms_or_remote_images(hub):
+    hostile = (
+        b"From: \"<script>alert('from')</script>\" <evil@example.org>\r\n"
+        b"Subject: <img src=x onerror=alert('subject')>\r\n"
+        b"Content-Type: text/html\r\n\r\n"
+        b"<p onmouseover=\"alert('p')\">hi <a href=\"javascript:alert('link')\">click</a>"
+        b"<script>alert('body')</script><svg><script>alert('svg')</script></svg>"
+        b"<form action=\"https://evil.example/\"><input name=password></form>"
+        b"<img src=\"https://tracker.example/pixel.png\"><div style=\"background:url(javascript:alert(1))\">x</div></p>\r\n"
+    )
+    send(hub, "evil@example.org", ["alice@localhost"], hostile)
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    page = browser.get("/mail/INBOX/1").text
+    listing = browser.get("/mail/INBOX").text
+    for text in (page, listing):
+        assert "<script>alert" not in text and "<img src=x" not in text
+        assert "&lt;img src=x onerror=alert('subject')&gt;" in text
+    body = page[page.index('class="body-html"'):]
+    assert "onmouseover" not in body and "javascript:" not in body and "<form" not in body
+    assert "tracker.example" not in body and "style=" not in body
+    assert "1 remote image(s) blocked" in page
+
+
+def test_compose_sends_through_submission_with_a_sent_copy_and_it_arrives_over_imap(hub):
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    browser.get("/mail/compose")
+    boundary = "XyZ"
+    parts = []
+    for name, value in (("csrf", browser.csrf), ("to", "bob"), ("subject", "from the web"), ("body", "hello bob")):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="attachment"; filename="notes.txt"\r\nContent-Type: text/plain\r\n\r\nattached words\r\n'.encode()
+    )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    sent = browser.request("POST", "/mail/compose", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert sent.status == 303, sent.text
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("bob", "hungry")
+        imap.select("INBOX")
+        typ, data = imap.uid("FETCH", "1", "(BODY.PEEK[])")
+        arrived = data[0][1]
+    finally:
+        imap.logout()
+    assert b"Subject: from the web" in arrived and b"hello bob" in arrived
+    assert b"by mail.test with ESMTPA" in arrived
+    assert b'filename="notes.txt"' in arrived
+    assert "from the web" in browser.get("/mail/Sent").text
+
+
+def test_delete_moves_to_trash_and_a_student_never_reads_another_accounts_mail(hub):
+    send(hub, "carol@example.org", ["bob@localhost"], b"Subject: for bob only\r\n\r\nbob's secret\r\n")
+    send(hub, "carol@example.org", ["alice@localhost"], b"Subject: for alice\r\n\r\nhers\r\n")
+    alice = WebClient(hub)
+    alice.login("alice", "secret")
+    assert "for bob only" not in alice.get("/mail/INBOX").text
+    page = alice.get("/mail/INBOX/1")
+    assert "hers" in page.text and "bob's secret" not in page.text
+    for path in ("/mail/INBOX/2", "/mail/INBOX/2/anatomy", "/mail/INBOX/2/raw", "/mail/..%2f..%2fbob@localhost/1", "/mail/INBOX/1/part/9"):
+        response = alice.get(path)
+        assert response.status == 404, path
+        assert "bob's secret" not in response.text
+    refused = alice.post("/mail/INBOX/1/action", {"action": "delete", "csrf": "forged"})
+    assert refused.status == 403
+    assert alice.post("/mail/INBOX/1/action", {"action": "delete"}).status == 303
+    assert "for alice" not in alice.get("/mail/INBOX").text
+    assert "for alice" in alice.get("/mail/Trash").text
+
+
+def test_the_message_list_pages_fifty_newest_first(start_hub):
+    hub = start_hub("--store", "memory")
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        for n in range(1, 56):
+            smtp.sendmail("carol@example.org", ["alice@localhost"], f"Subject: number {n}\r\n\r\nx\r\n".encode())
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    first = browser.get("/mail/INBOX").text
+    subjects = re.findall(r"number (\d+)</a>", first)
+    assert subjects[:2] == ["55", "54"] and len(subjects) == 50
+    second = browser.get("/mail/INBOX?page=2").text
+    assert re.findall(r"number (\d+)</a>", second) == ["5", "4", "3", "2", "1"]
+    state = browser.get("/mail/INBOX/state")
+    assert '"count": 55' in state.text

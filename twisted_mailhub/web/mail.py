@@ -1,0 +1,630 @@
+# -*- test-case-name: tests.test_web_mail -*-
+"""
+Webmail and the message anatomy: HTTP as a third way into the same
+mailboxes as IMAP and POP3 (the same store, so a flag set here is seen
+there at once, and the other way round).
+
+Pages (a folder name is one URL segment, percent-encoded):
+ - C{/mail/FOLDER?page=N}: folder list with unread/total counts, and 50
+   messages a page, newest first, unread in bold.
+ - C{/mail/FOLDER/UID}: the message (text; HTML sanitized, remote images
+   blocked until asked), its attachments; opening it sets C{\\Seen}.
+ - C{/mail/FOLDER/UID/anatomy}: raw source with line numbers, header table
+   (RFC 2047 raw and decoded), Received hops, envelope against header,
+   MIME tree, each part raw beside decoded.
+ - C{/mail/FOLDER/UID/part/N}: one part, decoded (attachments download
+   with their decoded names, RFC 6266); C{.../raw}: the whole message.
+ - C{POST /mail/FOLDER/UID/action}: move, delete (to Trash), flag.
+ - C{/mail/compose}: compose, reply, reply-all, forward; sent through the
+   same submission path as SMTP AUTH (relay rules, queue, Sent copy).
+ - C{/mail/FOLDER/state}: JSON the page polls, so new mail appears
+   without a reload.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.policy
+import json
+import math
+import time
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate, make_msgid
+from typing import Any
+from urllib.parse import quote
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+from twisted.web.template import tags
+
+from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, NoSuchFolder, NoSuchMessage, StoreError
+from twisted_mailhub.web import message as msgparse
+from twisted_mailhub.web.pages import post_form, render_page
+from twisted_mailhub.web.sanitize import sanitize_html
+from twisted_mailhub.web.site import client_host, form_value, redirect, request_secure
+
+log = Logger()
+
+PAGE_SIZE = 50
+TRASH = "Trash"
+SENT = "Sent"
+SAFE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+
+
+def folder_url(name: str) -> str:
+    return "/mail/" + quote(name, safe="")
+
+
+def message_url(folder: str, uid: int) -> str:
+    return f"{folder_url(folder)}/{uid}"
+
+
+def _size(octets: int) -> str:
+    if octets < 1024:
+        return f"{octets} B"
+    if octets < 1024 * 1024:
+        return f"{octets / 1024:.1f} KB"
+    return f"{octets / 1024 / 1024:.1f} MB"
+
+
+def _date(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
+
+
+def _not_found(request, session, what: str = "No such message or folder."):
+    return render_page(request, "Not found", tags.p(what), session, code=404)
+
+
+def _forbidden(request, text: bytes = b"Missing or wrong CSRF token.\n"):
+    request.setResponseCode(403)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return text
+
+
+class Mail(resource.Resource):
+    """C{/mail}: everything below needs a signed-in user; it sees only its own account."""
+
+    def __init__(self, face: Any):
+        resource.Resource.__init__(self)
+        self.face = face
+
+    def getChildWithDefault(self, path, request):
+        session = self.face.session(request)
+        if session is None or session.user is None:
+            return _Redirect("/login?next=" + quote(request.uri.decode("utf-8", "replace"), safe="/"))
+        name = path.decode("utf-8", "replace")
+        if name == "":
+            return _Redirect(folder_url(INBOX))
+        if name == "compose":
+            return Compose(self.face, session)
+        return FolderPages(self.face, session, name)
+
+
+class _Redirect(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, location: str):
+        resource.Resource.__init__(self)
+        self.location = location
+
+    def render(self, request):
+        return redirect(request, self.location)
+
+
+class FolderPages(resource.Resource):
+    """One folder of the signed-in account, and its messages."""
+
+    isLeaf = True
+
+    def __init__(self, face: Any, session: Any, name: str):
+        resource.Resource.__init__(self)
+        self.face = face
+        self.session = session
+        self.name = name
+
+    def _folder(self):
+        account = self.session.user.mail()
+        folder = account.folder(self.name)
+        folder.refresh()
+        return account, folder
+
+    def render_GET(self, request):
+        try:
+            account, folder = self._folder()
+        except (NoSuchFolder, StoreError):
+            return _not_found(request, self.session)
+        rest = [p.decode("utf-8", "replace") for p in request.postpath if p != b""]
+        if not rest:
+            return self.listing(request, account, folder)
+        if rest == ["state"]:
+            return self.state(request, folder)
+        if not rest[0].isdigit():
+            return _not_found(request, self.session)
+        uid = int(rest[0])
+        try:
+            info = folder.info(uid)
+        except NoSuchMessage:
+            return _not_found(request, self.session)
+        what = rest[1:]
+        if not what:
+            return self.read(request, folder, info)
+        if what == ["anatomy"]:
+            return self.anatomy(request, folder, info)
+        if what == ["raw"]:
+            request.setHeader(b"content-type", b"message/rfc822")
+            request.setHeader(b"content-disposition", f'attachment; filename="message-{uid}.eml"'.encode("ascii"))
+            return folder.read(uid)
+        if len(what) == 2 and what[0] == "part" and what[1].isdigit():
+            return self.part(request, folder, info, int(what[1]))
+        return _not_found(request, self.session)
+
+    def render_POST(self, request):
+        if not self.face.csrf_ok(request):
+            return _forbidden(request)
+        try:
+            account, folder = self._folder()
+        except (NoSuchFolder, StoreError):
+            return _not_found(request, self.session)
+        rest = [p.decode("utf-8", "replace") for p in request.postpath if p != b""]
+        if len(rest) != 2 or not rest[0].isdigit() or rest[1] != "action":
+            return _not_found(request, self.session)
+        uid = int(rest[0])
+        try:
+            folder.info(uid)
+        except NoSuchMessage:
+            return _not_found(request, self.session)
+        action = form_value(request, "action")
+        back = folder_url(self.name)
+        if action in ("flag", "unflag"):
+            folder.set_flags([uid], [FLAGGED], "add" if action == "flag" else "remove", origin=self)
+            folder.flush()
+            return redirect(request, message_url(self.name, uid))
+        if action in ("unread",):
+            folder.set_flags([uid], [SEEN], "remove", origin=self)
+            folder.flush()
+            return redirect(request, back)
+        if action in ("delete", "move"):
+            target_name = TRASH if action == "delete" else form_value(request, "target")
+            if action == "delete" and self.name == TRASH:
+                folder.expunge([uid], origin=self)
+                folder.flush()
+                return redirect(request, back)
+            try:
+                target = account.folder(target_name)
+            except NoSuchFolder:
+                if target_name != TRASH:
+                    return _not_found(request, self.session, "No such folder.")
+                target = account.create_folder(TRASH)
+            d = defer.maybeDeferred(folder.copy_to, [uid], target)
+
+            def copied(_):
+                folder.expunge([uid], origin=self)
+                return folder.flush()
+
+            def done(_):
+                request.write(redirect(request, back))
+                request.finish()
+
+            def failed(reason):
+                log.failure("web move failed", reason)
+                request.setResponseCode(500)
+                request.write(b"The message could not be moved.\n")
+                request.finish()
+
+            d.addCallback(copied).addCallbacks(done, failed)
+            return server.NOT_DONE_YET
+        return _forbidden(request, b"Unknown action.\n")
+
+    # -- pages -------------------------------------------------------------
+
+    def folder_list(self, account):
+        rows = []
+        for name in account.folders():
+            try:
+                f = account.folder(name)
+                infos = f.messages()
+            except StoreError:
+                continue
+            unread = sum(1 for i in infos if SEEN not in i.flags)
+            label = f"{name} ({unread}/{len(infos)})" if unread else f"{name} ({len(infos)})"
+            rows.append(tags.li(tags.a(label, href=folder_url(name)), class_="unread" if unread else "", **{"data-folder": name}))
+        return tags.nav(tags.ul(*rows), tags.p(tags.a("Compose", href="/mail/compose")), class_="folders")
+
+    def listing(self, request, account, folder):
+        infos = folder.messages()
+        pages = max(1, math.ceil(len(infos) / PAGE_SIZE))
+        page = form_value(request, "page", "1")
+        page = min(max(int(page) if page.isdigit() else 1, 1), pages)
+        newest_first = infos[::-1][(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        rows = []
+        for info in newest_first:
+            try:
+                with folder.open(info.uid) as f:
+                    head = f.read(msgparse.HEADER_PEEK)
+            except (NoSuchMessage, OSError):
+                continue
+            s = msgparse.summary(head)
+            rows.append(
+                tags.tr(
+                    tags.td("📎" if s.has_attachment else "", class_="att", title="has attachments" if s.has_attachment else ""),
+                    tags.td("★" if FLAGGED in info.flags else ""),
+                    tags.td(s.sender),
+                    tags.td(tags.a(s.subject, href=message_url(self.name, info.uid))),
+                    tags.td(_date(info.internal_date)),
+                    tags.td(_size(info.size)),
+                    class_="unread" if SEEN not in info.flags else "read",
+                    **{"data-uid": str(info.uid)},
+                )
+            )
+        nav = []
+        if page > 1:
+            nav.append(tags.a("« newer", href=f"{folder_url(self.name)}?page={page - 1}"))
+        nav.append(f" page {page} of {pages} ")
+        if page < pages:
+            nav.append(tags.a("older »", href=f"{folder_url(self.name)}?page={page + 1}"))
+        content = [
+            self.folder_list(account),
+            tags.section(
+                tags.p(*nav, class_="pager"),
+                tags.table(
+                    tags.thead(tags.tr(tags.th(""), tags.th(""), tags.th("from"), tags.th("subject"), tags.th("date"), tags.th("size"))),
+                    tags.tbody(*rows, id="messages"),
+                    class_="messages",
+                ),
+            ),
+        ]
+        return render_page(
+            request, self.name, content, self.session, scripts=["mail.js"],
+            data={"page": "folder", "folder": self.name, "uidnext": str(folder.uid_next), "count": str(len(infos))},
+        )
+
+    def state(self, request, folder):
+        infos = folder.messages()
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"uidnext": folder.uid_next, "count": len(infos), "unseen": sum(1 for i in infos if SEEN not in i.flags)}).encode()
+
+    def read(self, request, folder, info):
+        raw = folder.read(info.uid)
+        if SEEN not in info.flags:
+            # \Seen for IMAP and POP3 too: the same store.
+            folder.set_flags([info.uid], [SEEN], "add", origin=self)
+            folder.flush()
+        msg = msgparse.parse(raw)
+        all_parts = msgparse.parts(msg)
+        allow_remote = form_value(request, "remote-images") == "1"
+        body, blocked = self._body(msg, all_parts, info.uid, allow_remote)
+        if allow_remote:
+            request.setHeader(b"content-security-policy", request.responseHeaders.getRawHeaders(b"content-security-policy")[0].replace(b"img-src 'self' data:", b"img-src 'self' data: https: http:"))
+        env = msgparse.envelope_and_header(msg)
+        attachments = [
+            tags.li(tags.a(msgparse.filename(p) or f"part {i}", href=f"{message_url(self.name, info.uid)}/part/{i}", download=msgparse.filename(p) or f"part-{i}"), f" ({p.get_content_type()})")
+            for i, p in enumerate(all_parts)
+            if msgparse.is_attachment(p)
+        ]
+        uid = info.uid
+        here = message_url(self.name, uid)
+        actions = tags.div(
+            post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="delete"), tags.button("Delete", type="submit"), class_="inline"),
+            " ",
+            post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="unflag" if FLAGGED in info.flags else "flag"), tags.button("Unflag" if FLAGGED in info.flags else "Flag", type="submit"), class_="inline"),
+            " ",
+            post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="move"), tags.select(*(tags.option(n, value=n) for n in self.session.user.mail().folders() if n != self.name), name="target"), tags.button("Move", type="submit"), class_="inline"),
+            " ",
+            tags.a("Reply", href=f"/mail/compose?reply={quote(self.name, safe='')}/{uid}"), " · ",
+            tags.a("Reply all", href=f"/mail/compose?replyall={quote(self.name, safe='')}/{uid}"), " · ",
+            tags.a("Forward", href=f"/mail/compose?forward={quote(self.name, safe='')}/{uid}"), " · ",
+            tags.a("Anatomy", href=here + "/anatomy"), " · ",
+            tags.a("Source", href=here + "/raw"),
+            class_="actions",
+        )
+        content = [
+            actions,
+            tags.dl(
+                tags.dt("From"), tags.dd(env["from"]),
+                tags.dt("To"), tags.dd(env["to"]),
+                *([tags.dt("Cc"), tags.dd(env["cc"])] if env["cc"] else []),
+                tags.dt("Date"), tags.dd(msgparse.decoded(msg.get("Date"))),
+                class_="facts",
+            ),
+            tags.p(f"{blocked} remote image(s) blocked. ", tags.a("Load them", href=here + "?remote-images=1")) if blocked else "",
+            body,
+            tags.ul(*attachments, class_="attachments") if attachments else "",
+        ]
+        return render_page(request, msgparse.decoded(msg.get("Subject")) or "(no subject)", content, self.session)
+
+    def _body(self, msg, all_parts, uid, allow_remote):
+        html_part = text_part = None
+        for p in all_parts:
+            if msgparse.is_attachment(p) or p.is_multipart():
+                continue
+            kind = p.get_content_type()
+            if kind == "text/html" and html_part is None:
+                html_part = p
+            elif kind == "text/plain" and text_part is None:
+                text_part = p
+        if html_part is not None:
+            cids = {}
+            for i, p in enumerate(all_parts):
+                cid = (p.get("Content-ID") or "").strip().strip("<>")
+                if cid and p.get_content_type() in SAFE_IMAGES:
+                    cids[cid] = f"{message_url(self.name, uid)}/part/{i}"
+            return sanitize_html(msgparse.text_of(html_part), cids.get, allow_remote)
+        if text_part is not None:
+            return tags.pre(msgparse.text_of(text_part), class_="body-text"), 0
+        return tags.p("(no text)"), 0
+
+    def part(self, request, folder, info, index):
+        msg = msgparse.parse(folder.read(info.uid))
+        all_parts = msgparse.parts(msg)
+        if index >= len(all_parts) or all_parts[index].is_multipart():
+            return _not_found(request, self.session)
+        p = all_parts[index]
+        data = p.get_payload(decode=True) or b""
+        kind = p.get_content_type()
+        name = msgparse.filename(p) or f"part-{index}"
+        if kind in SAFE_IMAGES and form_value(request, "download") != "1":
+            request.setHeader(b"content-type", kind.encode("ascii"))
+            disposition = "inline"
+        else:
+            # Anything else (HTML, SVG, scripts...) only as a download.
+            request.setHeader(b"content-type", b"application/octet-stream")
+            disposition = "attachment"
+        ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in name)
+        request.setHeader(b"content-disposition", f"{disposition}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}".encode("ascii"))
+        return data
+
+    def anatomy(self, request, folder, info):
+        raw = folder.read(info.uid)
+        msg = msgparse.parse(raw)
+        text = raw.decode("utf-8", "replace")
+        lines = text.split("\r\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        source = tags.pre(*(tags.span(line, class_="line") for line in lines), class_="source")
+        headers = tags.table(
+            tags.thead(tags.tr(tags.th("field"), tags.th("as sent"), tags.th("decoded (RFC 2047)"))),
+            tags.tbody(*(tags.tr(tags.td(n), tags.td(tags.code(r)), tags.td(d if d != " ".join(r.split()) else "")) for n, r, d in msgparse.header_rows(msg))),
+            class_="headers",
+        )
+        hops = msgparse.received_hops(msg)
+        hop_items = []
+        previous = None
+        for n, hop in enumerate(hops, 1):
+            delay = ""
+            if hop["when"] is not None and previous is not None:
+                delay = f" (+{(hop['when'] - previous).total_seconds():.0f} s)"
+            if hop["when"] is not None:
+                previous = hop["when"]
+            hop_items.append(tags.li(
+                tags.strong(f"hop {n}: "), hop["from"] or "?", " → ", tags.strong(hop["by"] or "?"),
+                f" with {hop['with']}" if hop["with"] else "", f" id {hop['id']}" if hop["id"] else "",
+                f" for {hop['for']}" if hop["for"] else "", tags.br(), tags.small(hop["time"] + delay),
+            ))
+        env = msgparse.envelope_and_header(msg)
+        envelope = tags.table(
+            tags.thead(tags.tr(tags.th(""), tags.th("envelope (SMTP: what the servers used)"), tags.th("header (what the reader sees)"))),
+            tags.tbody(
+                tags.tr(tags.th("sender"), tags.td(tags.code(env["mail_from"] or "-"), " (MAIL FROM, kept as Return-Path:)"), tags.td(env["from"] or "-", " (From:)")),
+                tags.tr(tags.th("recipients"), tags.td(tags.code(env["rcpt_to"] or "-"), " (RCPT TO, from Received: for)"), tags.td((env["to"] or "-") + (f"; Cc: {env['cc']}" if env["cc"] else ""), " (To:/Cc:)")),
+            ),
+            class_="envelope",
+        )
+        mime_rows = []
+        part_views = []
+        all_parts = msgparse.parts(msg)
+        for row, p in zip(msgparse.tree(msg), all_parts):
+            mime_rows.append(tags.tr(
+                tags.td("\u2003" * row["depth"] + row["type"]), tags.td(row["encoding"]), tags.td(row["charset"] or "-"),
+                tags.td(_size(row["size"]) if not row["multipart"] else "-"), tags.td(row["filename"] or ""),
+            ))
+            if row["multipart"]:
+                continue
+            raw_payload = p.get_payload()
+            raw_text = raw_payload if isinstance(raw_payload, str) else ""
+            shown_raw = raw_text[:8000] + ("\n[... more]" if len(raw_text) > 8000 else "")
+            kind = p.get_content_type()
+            url = f"{message_url(self.name, info.uid)}/part/{row['index']}"
+            if kind in SAFE_IMAGES:
+                decoded_view = tags.img(src=url, alt=row["filename"] or kind, class_="decoded")
+            elif kind.startswith("text/"):
+                body = msgparse.text_of(p)
+                decoded_view = tags.pre(body[:8000] + ("\n[... more]" if len(body) > 8000 else ""))
+            else:
+                decoded_view = tags.p(tags.a("download the decoded part", href=url + "?download=1"))
+            part_views.append(tags.div(
+                tags.h3(f"part {row['index']}: {kind}", f" — {row['filename']}" if row["filename"] else ""),
+                tags.div(
+                    tags.div(tags.h4(f"as sent ({row['encoding']})"), tags.pre(shown_raw)),
+                    tags.div(tags.h4("decoded"), decoded_view),
+                    class_="sidebyside",
+                ),
+                class_="part",
+            ))
+        content = [
+            tags.p(tags.a("« back to the message", href=message_url(self.name, info.uid))),
+            tags.h2("Envelope and header"), envelope,
+            tags.h2("The path it took (Received:, oldest first)"), tags.ol(*hop_items, class_="hops") if hop_items else tags.p("No Received: lines."),
+            tags.h2("Header fields"), headers,
+            tags.h2("MIME tree"),
+            tags.table(tags.thead(tags.tr(tags.th("content type"), tags.th("transfer encoding"), tags.th("charset"), tags.th("size as sent"), tags.th("file name"))), tags.tbody(*mime_rows), class_="mime"),
+            tags.h2("Parts: as sent and decoded"), *part_views,
+            tags.h2(f"Raw source ({len(lines)} lines, {info.size} octets)"), source,
+        ]
+        return render_page(request, "Anatomy: " + (msgparse.decoded(msg.get("Subject")) or "(no subject)"), content, self.session)
+
+
+class Compose(resource.Resource):
+    """
+    C{/mail/compose}: the form (with reply/forward filled in) and sending,
+    through the same submission path as SMTP AUTH.
+    """
+
+    isLeaf = True
+
+    def __init__(self, face: Any, session: Any):
+        resource.Resource.__init__(self)
+        self.face = face
+        self.session = session
+
+    def _source(self, ref: str):
+        folder_name, _, uid = ref.rpartition("/")
+        if not uid.isdigit():
+            return None
+        try:
+            folder = self.session.user.mail().folder(folder_name)
+            return msgparse.parse(folder.read(int(uid))), folder_name, int(uid)
+        except (StoreError, NoSuchMessage):
+            return None
+
+    def render_GET(self, request):
+        to = cc = subject = body = ""
+        reference = ""
+        for mode in ("reply", "replyall", "forward"):
+            ref = form_value(request, mode)
+            if not ref:
+                continue
+            found = self._source(ref)
+            if found is None:
+                break
+            msg, _, _ = found
+            old_subject = msgparse.decoded(msg.get("Subject"))
+            quoted_text = ""
+            for p in msg.walk():
+                if p.get_content_type() == "text/plain" and not msgparse.is_attachment(p):
+                    quoted_text = msgparse.text_of(p)
+                    break
+            if mode == "forward":
+                subject = old_subject if old_subject.lower().startswith("fwd:") else f"Fwd: {old_subject}"
+                body = "\n\n---------- Forwarded message ----------\n" + f"From: {msgparse.decoded(msg.get('From'))}\nSubject: {old_subject}\n\n" + quoted_text
+            else:
+                subject = old_subject if old_subject.lower().startswith("re:") else f"Re: {old_subject}"
+                to = ", ".join(msgparse.addresses(str(msg.get("Reply-To") or msg.get("From") or "")))
+                if mode == "replyall":
+                    me = self.session.user.address.lower()
+                    others = msgparse.addresses(", ".join(str(v) for v in (msg.get_all("To") or []) + (msg.get_all("Cc") or [])))
+                    cc = ", ".join(a for a in dict.fromkeys(others) if a.lower() != me and a not in to)
+                body = "\n\n" + "\n".join("> " + line for line in quoted_text.splitlines())
+                reference = str(msg.get("Message-ID") or "")
+            break
+        form = post_form(
+            "/mail/compose",
+            self.session,
+            tags.input(type="hidden", name="in-reply-to", value=reference),
+            tags.label("To ", tags.input(type="text", name="to", value=to, size="60")),
+            tags.label("Cc ", tags.input(type="text", name="cc", value=cc, size="60")),
+            tags.label("Subject ", tags.input(type="text", name="subject", value=subject, size="60")),
+            tags.textarea(body, name="body", rows="16", cols="80"),
+            tags.label("Attachment ", tags.input(type="file", name="attachment", multiple="multiple")),
+            tags.button("Send", type="submit"),
+            enctype="multipart/form-data",
+            class_="compose",
+        )
+        return render_page(request, "Compose", form, self.session)
+
+    def render_POST(self, request):
+        fields, files = _form_data(request)
+        token = fields.get("csrf", "")
+        if not self.session.csrf_ok(token):
+            return _forbidden(request)
+        user = self.session.user
+        to = msgparse.addresses(fields.get("to", ""), bare=True)
+        cc = msgparse.addresses(fields.get("cc", ""), bare=True)
+        if not to and not cc:
+            return render_page(request, "Compose", tags.p("Give at least one recipient.", class_="error"), self.session, code=400)
+        message = EmailMessage(policy=email.policy.SMTP)
+        message["From"] = formataddr(("", user.address))
+        if to:
+            message["To"] = ", ".join(to)
+        if cc:
+            message["Cc"] = ", ".join(cc)
+        message["Subject"] = " ".join(fields.get("subject", "").split())
+        message["Date"] = formatdate(localtime=True)
+        message["Message-ID"] = make_msgid(domain=user.address.partition("@")[2] or None)
+        reply_to = fields.get("in-reply-to", "").strip()
+        if reply_to and "\r" not in reply_to and "\n" not in reply_to:
+            message["In-Reply-To"] = reply_to
+            message["References"] = reply_to
+        message.set_content(fields.get("body", "").replace("\r\n", "\n"))
+        for name, kind, data in files:
+            maintype, _, subtype = (kind or "application/octet-stream").partition("/")
+            message.add_attachment(data, maintype=maintype or "application", subtype=subtype or "octet-stream", filename=name)
+        raw = message.as_bytes()
+        d = submit(self.face.hub, user.address, to + cc, raw, client_host(request), request_secure(request))
+
+        def sent(refused):
+            if refused:
+                render_page(request, "Not sent to everyone", [tags.p("These recipients were refused:"), tags.ul(*(tags.li(f"{a}: {text}") for a, text in refused))], self.session, code=400)
+            else:
+                request.write(redirect(request, folder_url(INBOX)))
+                request.finish()
+
+        def failed(reason):
+            log.failure("web submission failed", reason)
+            request.setResponseCode(500)
+            request.write(b"The message could not be sent; try again later.\n")
+            request.finish()
+
+        d.addCallbacks(sent, failed)
+        return server.NOT_DONE_YET
+
+
+def _form_data(request) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
+    """
+    A POST's fields and uploaded files (name, type, bytes), read from the
+    multipart/form-data body with the email parser (it keeps file names,
+    which Twisted's C{request.args} drops).
+    """
+    content_type = request.getHeader(b"content-type") or b""
+    if not content_type.lower().startswith(b"multipart/form-data"):
+        return {k.decode(): v[0].decode("utf-8", "replace") for k, v in request.args.items()}, []
+    request.content.seek(0)
+    body = request.content.read()
+    parsed = email.message_from_bytes(b"Content-Type: " + content_type + b"\r\n\r\n" + body, policy=email.policy.HTTP)
+    fields: dict[str, str] = {}
+    files = []
+    for part in parsed.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        data = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            if data:
+                files.append((msgparse.filename(part) or "attachment", part.get_content_type(), data))
+        else:
+            fields[name] = data.decode("utf-8", "replace")
+    return fields, files
+
+
+def submit(hub: Any, sender: str, recipients: list[str], message: bytes, client_ip: str, tls: bool):
+    """
+    Send C{message} from the signed-in C{sender} as an SMTP AUTH client would:
+    the same recipient policy (relay only when logged in), the same
+    delivery (filters, Received:, store or queue), then a copy in C{Sent}
+    marked C{\\Seen}. Fires with the refused recipients as (address, reply).
+    """
+    from twisted_mailhub.smtp.delivery import RecipientPolicy, Session, deliver
+
+    policy = RecipientPolicy(hub)
+    verdicts = [policy.check(policy.qualify(a) if hasattr(policy, "qualify") else a, sender) for a in recipients]
+    accepted = [v for v in verdicts if v.accepted]
+    refused = [(a, f"{v.code} {v.text}") for a, v in zip(recipients, verdicts) if not v.accepted]
+    if not accepted:
+        return defer.succeed(refused)
+    session = Session(helo="webmail", client_ip=client_ip, hostname=hub.hostname, esmtp=True, tls=tls, authenticated=sender)
+    d = deliver(hub, session, sender, accepted, message)
+
+    def copy_to_sent(_):
+        account = hub.store.account(sender)
+        try:
+            folder = account.folder(SENT)
+        except NoSuchFolder:
+            folder = account.create_folder(SENT)
+        return folder.append(message, [SEEN])
+
+    return d.addCallback(copy_to_sent).addCallback(lambda _: refused)
+
+
+def install(face: Any) -> None:
+    face.pages["mail"] = Mail(face)
