@@ -70,6 +70,13 @@ def verify_hash(stored: str, password: bytes) -> bool:
     return hmac.compare_digest(got, want)
 
 
+class AccountsFileError(ValueError):
+    """
+    An accounts file that cannot be read or has a line that is not an
+    account; the message is one line naming the file and line number.
+    """
+
+
 @attr.s(auto_attribs=True, frozen=True)
 class Account:
     """
@@ -146,19 +153,48 @@ class AccountBook:
         """
         Read an accounts file: C{address:password} lines, C{#} comments.
         Returns how many accounts were read.
+
+        @raise AccountsFileError: the file cannot be read, or a line is not
+            an account (the message names the file and the line number and
+            never quotes the line, which may hold a password).
         """
         count = 0
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                name, sep, password = line.partition(":")
-                if not sep:
-                    raise ValueError(f"{path}: expected address:password, got {line!r}")
+        try:
+            f = open(path, encoding="utf-8")
+        except OSError as e:
+            raise AccountsFileError(f"{path}: cannot read it: {e.strerror or e}") from None
+        with f:
+            try:
+                lines = f.readlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise AccountsFileError(f"{path}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, password = line.partition(":")
+            if not sep:
+                raise AccountsFileError(f"{path}, line {number}: expected ADDRESS:PASSWORD (no ':' on the line)")
+            if not name.strip():
+                raise AccountsFileError(f"{path}, line {number}: expected ADDRESS:PASSWORD (no address before the ':')")
+            try:
                 self.add(name, password)
-                count += 1
+            except ValueError as e:
+                raise AccountsFileError(f"{path}, line {number}: {e}") from None
+            count += 1
         return count
+
+    def replace_with(self, other: "AccountBook") -> tuple[int, int]:
+        """
+        Take C{other}'s accounts and domains in place (a reload): every
+        checker and realm holding this book sees them at once.
+
+        @return: how many accounts were added and removed.
+        """
+        before, after = set(self._accounts), set(other._accounts)
+        self._accounts = dict(other._accounts)
+        self.domains = list(other.domains)
+        return len(after - before), len(before - after)
 
     @staticmethod
     def _key(local: str, domain: str) -> str:

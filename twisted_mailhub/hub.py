@@ -12,6 +12,7 @@ factories with the realm and calls L{Hub.listen} for its listeners.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -24,6 +25,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer, endpoints, protocol
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
+from twisted.python import failure
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from twisted_mailhub.accounts import AccountBook
@@ -49,6 +51,34 @@ class ListenerSpec:
     default: str
     help: str
     tls: str = ""
+    port_offset: int | None = None
+
+
+def moved_endpoint(spec: ListenerSpec, base: int | None) -> str:
+    """
+    C{spec}'s default endpoint with its port moved to C{base} + the
+    protocol's standard port (C{--port-base}): C{spec.port_offset}, or else
+    the default port minus 8000 (C{tcp:8025} is SMTP's 25). A default
+    outside 8000-8999 with no C{port_offset} is not moved.
+
+    @raise ValueError: the moved port is above 65535.
+    """
+    if base is None:
+        return spec.default
+    kind, sep, rest = spec.default.partition(":")
+    port_text, _, tail = rest.partition(":")
+    if kind not in ("tcp", "tcp6", "ssl") or not port_text.isdigit():
+        return spec.default
+    offset = spec.port_offset
+    if offset is None:
+        port = int(port_text)
+        if not 8000 <= port < 9000:
+            return spec.default
+        offset = port - 8000
+    moved = base + offset
+    if not 0 < moved <= 65535:
+        raise ValueError(f"{spec.name} would listen on port {moved}, beyond 65535")
+    return f"{kind}:{moved}" + (f":{tail}" if tail else "")
 
 
 LISTEN_BACKLOG = 128
@@ -271,6 +301,13 @@ class Hub:
         self._listeners: list[tuple[str, str, Any, str]] = []
         self._tls: Any = None
         self.services = service.MultiService()
+        self.has_other_checkers = bool(list(extra_checkers))
+        # (uid, gid) of twistd --uid/--gid: the data folder is given to them
+        # before privileges are dropped (see HubService).
+        self.run_as: tuple[int, int] | None = None
+        # Reads the accounts again (set by tap.makeService): returns a new
+        # AccountBook or raises ValueError/OSError with one line of why.
+        self.load_accounts: Any = None
 
     # -- TLS -------------------------------------------------------------
 
@@ -280,12 +317,43 @@ class Hub:
         The server's TLS options (self-signed certificate made on first use).
         """
         if self._tls is None:
-            from twisted_mailhub.tls import server_context
+            from twisted_mailhub.tls import ReloadableTLS
 
-            self._tls = server_context(
-                self.data_dir, self.hostname, self.options.get("tls-cert"), self.options.get("tls-key")
-            )
+            self._tls = ReloadableTLS(self._load_tls())
         return self._tls
+
+    def _load_tls(self):
+        from twisted_mailhub.tls import server_context
+
+        return server_context(self.data_dir, self.hostname, self.options.get("tls-cert"), self.options.get("tls-key"))
+
+    # -- SIGHUP ------------------------------------------------------------
+
+    def reload(self) -> None:
+        """
+        Read the accounts files and the TLS certificate again (on SIGHUP).
+        Sessions are untouched: an added account can log in at once, a
+        removed one cannot log in again. A file that cannot be read keeps
+        what is in use and logs why.
+        """
+        if self.load_accounts is not None:
+            try:
+                fresh = self.load_accounts()
+            except (OSError, ValueError) as e:
+                log.error("accounts not reloaded, keeping the {count} in use: {why}", count=len(self.accounts), why=str(e))
+            else:
+                added, removed = self.accounts.replace_with(fresh)
+                log.info(
+                    "accounts reloaded: {count} accounts (+{added} -{removed})",
+                    count=len(self.accounts), added=added, removed=removed,
+                )
+        if self._tls is not None:
+            try:
+                self._tls.replace(self._load_tls())
+            except Exception as e:  # any unreadable or mismatched PEM
+                log.error("TLS certificate not reloaded, keeping the one in use: {why}", why=str(e) or e.__class__.__name__)
+            else:
+                log.info("TLS certificate reloaded")
 
     # -- per connection ----------------------------------------------------
 
@@ -329,7 +397,8 @@ class Hub:
         for spec in listeners:
             if self.options.get(f"no-{spec.name}"):
                 continue
-            self.listen(spec.name, self.options.get(spec.name) or spec.default, make_factory(spec), tls=spec.tls)
+            description = self.options.get(spec.name) or moved_endpoint(spec, self.options.get("port-base"))
+            self.listen(spec.name, description, make_factory(spec), tls=spec.tls)
 
     def add_service(self, svc: service.IService) -> None:
         svc.setServiceParent(self.services)
@@ -337,20 +406,55 @@ class Hub:
 
 class HubService(service.MultiService):
     """
-    Starts every listener, then logs one C{mailhub ready} line with the
-    bound ports as JSON (tests read it to learn ports chosen with C{tcp:0}).
+    Binds every listener, starts the hub's services, and logs one
+    C{mailhub ready} line with the bound ports as JSON (tests read it to
+    learn ports chosen with C{tcp:0}).
+
+    Listeners are bound in L{privilegedStartService}, which C{twistd} calls
+    before it switches to C{--uid/--gid}, so privileged ports work; the data
+    folder is then handed to that user (L{give_data_to}). A listener that
+    cannot bind ends the start: one line per failed listener saying which
+    option, which endpoint, why and what to do, the listeners already bound
+    are closed, nothing else has started, and the process exits with status
+    1 (a daemonizing C{twistd} parent then reports failure too).
+
+    SIGHUP reloads the accounts files and the TLS certificate
+    (L{Hub.reload}) without touching a session.
     """
 
     def __init__(self, hub: Hub):
         service.MultiService.__init__(self)
         self.hub = hub
         self.ports: list[Any] = []
+        self._bound = False
+        self._pending: list[Any] = []
+        self._previous_sighup: Any = None
         hub.services.setServiceParent(self)
 
+    def privilegedStartService(self):
+        self._bind()
+        run_as = getattr(self.hub, "run_as", None)
+        if run_as is not None and os.geteuid() == 0:
+            from twisted_mailhub.privileges import give_data_to
+
+            self.hub.tls  # made now, while the files may still be written as root
+            give_data_to(self.hub.data_dir, *run_as)
+        service.MultiService.privilegedStartService(self)
+
     def startService(self):
+        if not self._bound:  # started without twistd (a .tac, a test)
+            self._bind()
         service.MultiService.startService(self)
+        self._install_sighup()
+        if self._pending:
+            defer.gatherResults(self._pending, consumeErrors=True).addCallback(self._ready)
+        else:
+            self._ready([True])
+
+    def _bind(self) -> None:
+        self._bound = True
         hub = self.hub
-        starting = []
+        failures = []
         for name, description, factory, tls in hub._listeners:
             wrapped = factory
             if hub.connection_limits.total or hub.connection_limits.per_ip:
@@ -359,38 +463,148 @@ class HubService(service.MultiService):
                 wrapped = TranscriptFactory(wrapped, name, hub.events)
             if tls == "implicit":
                 wrapped = TLSMemoryBIOFactory(hub.tls, False, wrapped)
-            endpoint = endpoints.serverFromString(hub.reactor, with_backlog(description))
+            try:
+                endpoint = endpoints.serverFromString(hub.reactor, with_backlog(description))
+            except (ValueError, KeyError, TypeError) as e:
+                failures.append((name, cannot_listen_line(name, description, e)))
+                continue
+            outcome: list[Any] = []
             d = endpoint.listen(wrapped)
-            d.addCallback(self._listening, name, description)
-            d.addErrback(self._failed, name, description)
-            starting.append(d)
-        defer.gatherResults(starting, consumeErrors=True).addCallback(self._ready)
+            d.addBoth(outcome.append)
+            if not outcome:
+                # An endpoint that binds later (not TCP, SSL or UNIX): its
+                # failure can only stop the reactor once it runs.
+                waiting = defer.Deferred()
+                d.addCallback(lambda _, o=outcome, n=name, desc=description, w=waiting: w.callback(self._late(o[0], n, desc)))
+                self._pending.append(waiting)
+            elif isinstance(outcome[0], failure.Failure):
+                failures.append((name, cannot_listen_line(name, description, outcome[0].value)))
+            else:
+                self._listening(outcome[0], name, description)
+        if failures:
+            for name, line in failures:
+                log.critical("{line}", line=line)
+            for port in self.ports:
+                port.stopListening()
+            self.ports = []
+            raise ListenFailed(", ".join(name for name, _ in failures))
 
     def _listening(self, port, name, description):
         self.ports.append(port)
         address = port.getHost()
         self.hub.listening[name] = address
-        log.info("{name} listening on {host}:{port} ({description})", name=name, host=address.host, port=address.port, description=description)
+        log.info("{name} listening on {host}:{port} ({description})", name=name, host=getattr(address, "host", address), port=getattr(address, "port", ""), description=description)
         return True
 
-    def _failed(self, reason, name, description):
-        log.critical("cannot listen for {name} on {description}: {error}", name=name, description=description, error=reason.getErrorMessage())
-        # Listening starts before the reactor runs: stop it once it does, so
-        # twistd exits instead of serving half the protocols.
-        self.hub.reactor.callWhenRunning(self.hub.reactor.stop)
-        return False
+    def _late(self, result, name, description):
+        if isinstance(result, failure.Failure):
+            log.critical("{line}", line=cannot_listen_line(name, description, result.value))
+            self.hub.reactor.callWhenRunning(self.hub.reactor.stop)
+            return False
+        return self._listening(result, name, description)
 
     def _ready(self, results):
         if not all(results):
             return
-        ports = {name: address.port for name, address in self.hub.listening.items()}
+        ports = {name: getattr(address, "port", 0) for name, address in self.hub.listening.items()}
         log.info("mailhub ready {ports}", ports=json.dumps(ports, sort_keys=True))
+        if not len(self.hub.accounts) and not self.hub.has_other_checkers:
+            log.warn(
+                "no accounts: nobody can log in and mail to local addresses is refused; "
+                "add --user ADDRESS:PASSWORD, or --auth file:FILE (mailhub-admin user add)"
+            )
+
+    def _install_sighup(self) -> None:
+        import signal
+
+        if not hasattr(signal, "SIGHUP"):
+            return
+        reactor = self.hub.reactor
+
+        def on_sighup(signum, frame):
+            reactor.callFromThread(self.hub.reload)
+
+        try:
+            self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
+        except ValueError:  # not the main thread (a test's reactor)
+            self._previous_sighup = None
 
     def stopService(self):
+        import signal
+
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         ports, self.ports = self.ports, []
         d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
         d.addBoth(lambda _: service.MultiService.stopService(self))
         return d
+
+
+class ListenFailed(Exception):
+    """
+    Listeners could not bind; each has been logged in one line. C{twistd}
+    passes this to a daemonizing parent, which then exits 1; in the
+    foreground the process exits 1 with no traceback (the log lines said
+    it all).
+    """
+
+    def __init__(self, names: str):
+        Exception.__init__(self, f"cannot listen for {names} (see the log)")
+        _quiet_exit_for(ListenFailed)
+
+
+def _quiet_exit_for(kind: type) -> None:
+    """
+    Let an uncaught C{kind} end the process with status 1 and no traceback.
+    """
+    import sys
+
+    previous = sys.excepthook
+    if getattr(previous, "quiet_for", None) is kind:
+        return
+
+    def hook(exc_type, value, tb):
+        if not issubclass(exc_type, kind):
+            previous(exc_type, value, tb)
+
+    hook.quiet_for = kind  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+# What to do when a listener cannot bind, by errno.
+_BIND_ADVICE = {
+    errno.EADDRINUSE: (
+        "the address is already in use (another program, or another hub, listens there)",
+        "stop that program, or give --{name} another endpoint (or every port at once: --port-base), or turn it off with --no-{name}",
+    ),
+    errno.EACCES: (
+        "permission denied (ports below 1024 need privileges)",
+        "start as root with twistd --uid/--gid (the hub binds first, then drops privileges), grant CAP_NET_BIND_SERVICE (etc/mailhub.service), or use a port above 1023",
+    ),
+    errno.EADDRNOTAVAIL: (
+        "that address is not one of this machine's",
+        "give --{name} an interface= this machine has (e.g. tcp:PORT:interface=127.0.0.1)",
+    ),
+}
+
+
+def cannot_listen_line(name: str, description: str, error: BaseException) -> str:
+    """
+    One line for a listener that could not bind: the option, the endpoint,
+    why (from the errno) and what to do. Never a traceback or a repr.
+    """
+    socket_error = getattr(error, "socketError", error)
+    code = getattr(socket_error, "errno", None)
+    if code in _BIND_ADVICE:
+        why, todo = _BIND_ADVICE[code]
+    elif isinstance(error, (ValueError, KeyError, TypeError)):
+        why = f"not a listener description ({error})"
+        todo = "give --{name} a strports endpoint such as tcp:PORT or tcp:PORT:interface=ADDRESS"
+    else:
+        why = getattr(socket_error, "strerror", None) or str(error) or error.__class__.__name__
+        todo = "check --{name}, or turn it off with --no-{name}"
+    return f"mailhub: cannot listen for {name} on {description} (--{name}): {why}; {todo.format(name=name)}"
 
 
 def default_hostname() -> str:

@@ -12,6 +12,7 @@ import sys
 from twisted.cred import strcred
 from twisted.python import usage
 
+from twisted_mailhub.accounts import AccountsFileError
 from twisted_mailhub.hub import Hub, HubService, ListenerSpec, default_hostname
 
 # Component modules that are not plugins yet (a helper's listener before
@@ -39,7 +40,9 @@ def _component_options():
     parameters, flags = [], []
     for module in _components():
         for spec in getattr(module, "listeners", []):
-            parameters.append([spec.name, None, spec.default, spec.help])
+            # No default here: postOptions fills it in, moved by --port-base
+            # unless the option was given.
+            parameters.append([spec.name, None, None, f"{spec.help} [default: {spec.default}]"])
             flags.append([f"no-{spec.name}", None, f"Do not listen for {spec.name}."])
         parameters.extend(getattr(module, "option_parameters", []))
         flags.extend(getattr(module, "option_flags", []))
@@ -68,6 +71,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["max-message-size", None, 25 * 1024 * 1024, "Largest message accepted, in octets (SMTP SIZE).", int],
         ["trusted-networks", None, "127.0.0.0/8,::1/128", "Comma-separated CIDRs from which plaintext logins are allowed without TLS (never grants relay)."],
         ["max-connections", None, 2000, "Most client connections open at once, every listener together (0: no limit).", int],
+        ["port-base", None, None, "Move every listener's default port at once: BASE + the protocol's standard port (SMTP BASE+25, submission BASE+587, POP3 BASE+110, IMAP BASE+143, FTP BASE+21, ...); for several hubs on one machine.", int],
         ["max-connections-per-ip", None, 100, "Most client connections open at once from one address, every listener together (0: no limit).", int],
     ] + _PARAMETERS
 
@@ -100,6 +104,19 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             raise usage.UsageError(f"--user wants ADDRESS:PASSWORD, got {spec!r}")
         self["users"].append((name, password))
 
+    def opt_auth(self, description):
+        kind, sep, path = description.partition(":")
+        if kind == "file" and sep and path:
+            # Read by the hub itself (with line numbers in its errors, and
+            # again on SIGHUP); strcred would print a warning of its own.
+            from twisted.cred.checkers import FilePasswordDB
+
+            self.addChecker(FilePasswordDB(path))
+            return
+        strcred.AuthOptionMixin.opt_auth(self, description)
+
+    opt_auth.__doc__ = strcred.AuthOptionMixin.opt_auth.__doc__
+
     def opt_filter(self, name):
         """
         Turn on a delivery-filter plugin by name; repeatable, run in order.
@@ -109,6 +126,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
     def postOptions(self):
         if not self["domains"]:
             self["domains"] = ["localhost"]
+        self._default_endpoints()
         from twisted_mailhub.hub import TrustedNetworks
 
         try:
@@ -136,6 +154,26 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             check = getattr(component, "check_options", None)
             if check is not None:
                 check(self)
+
+
+    def _default_endpoints(self) -> None:
+        """
+        Each listener not given on the command line gets its default
+        endpoint, moved by C{--port-base}.
+        """
+        from twisted_mailhub.hub import moved_endpoint
+
+        base = self["port-base"]
+        if base is not None and not 0 <= base <= 65535:
+            raise usage.UsageError("--port-base wants a number from 0 to 65535")
+        for component in _components():
+            for spec in getattr(component, "listeners", []):
+                if self.get(spec.name):
+                    continue
+                try:
+                    self[spec.name] = moved_endpoint(spec, base)
+                except ValueError as e:
+                    raise usage.UsageError(f"--port-base {base}: {e}")
 
 
 def _add_list_options(cls) -> None:
@@ -172,10 +210,8 @@ def _accounts_and_checkers(options):
     extra = []
     for checker in options.get("credCheckers", []):
         if isinstance(checker, FilePasswordDB):
-            try:
-                accounts.load_file(checker.filename)
-            except (OSError, ValueError) as e:
-                raise usage.UsageError(f"--auth file:{checker.filename}: {e}")
+            # AccountsFileError: one line with the file and line number
+            accounts.load_file(checker.filename)
         elif isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
             for name, password in checker.users.items():
                 accounts.add(_text(name), _text(password))
@@ -189,6 +225,25 @@ def _accounts_and_checkers(options):
     return accounts, extra
 
 
+def _run_as(options) -> tuple[int, int] | None:
+    """
+    The (uid, gid) C{twistd --uid/--gid} will switch to, or L{None}.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    uid, gid = parent.get("uid"), parent.get("gid")
+    if uid is None and gid is None:
+        return None
+    import pwd
+
+    if uid is None:
+        uid = os.getuid()
+    if gid is None:
+        gid = pwd.getpwuid(uid).pw_gid
+    return uid, gid
+
+
 def _text(value):
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
@@ -199,14 +254,22 @@ def makeService(options):
     from twisted_mailhub.filters import filter_plugins
     from twisted_mailhub.store import make_store
 
+    try:
+        accounts, extra_checkers = _accounts_and_checkers(options)
+    except AccountsFileError as e:
+        # One line, no traceback and no page of usage (twistd prints the
+        # whole help for a UsageError from parseOptions).
+        sys.stderr.write(f"mailhub: --auth: {e}\n")
+        raise SystemExit(2)
     data_dir = os.path.abspath(options["data"])
     os.makedirs(data_dir, exist_ok=True)
     hostname = options["hostname"] or default_hostname()
-    accounts, extra_checkers = _accounts_and_checkers(options)
     store = make_store(options["store"], data_dir, reactor)
     if hasattr(store, "hostname"):
         store.hostname = hostname
     hub = Hub(reactor, options, accounts, store, data_dir, hostname, extra_checkers)
+    hub.load_accounts = lambda: _accounts_and_checkers(options)[0]
+    hub.run_as = _run_as(options)
     found = filter_plugins()
     hub.filters = [found[name] for name in options["filters"]]
     for module in _components():

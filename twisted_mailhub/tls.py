@@ -15,6 +15,8 @@ import ipaddress
 import os
 
 from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
 
 
 def make_self_signed(hostname: str, cert_path: str, key_path: str) -> None:
@@ -113,3 +115,32 @@ def _extra_certificates(pem: bytes) -> list[ssl.Certificate]:
     marker = b"-----BEGIN CERTIFICATE-----"
     blocks = [marker + block for block in pem.split(marker)[1:]]
     return [ssl.Certificate.loadPEM(b) for b in blocks[1:]]
+
+
+@implementer(IOpenSSLContextFactory)
+class ReloadableTLS:
+    """
+    The server's TLS options, replaceable while the hub runs (SIGHUP): each
+    new TLS connection (implicit TLS, STARTTLS, STLS, AUTH TLS) takes the
+    current certificate; connections already up keep theirs.
+
+    It is an old-style context factory (C{getContext()}), which Twisted's
+    C{TLSMemoryBIOFactory} and C{startTLS} call once per connection; the
+    current options' other attributes (C{certificate}, C{privateKey}, ...)
+    are read through it.
+    """
+
+    def __init__(self, options: ssl.CertificateOptions):
+        self.current = options
+
+    def getContext(self):
+        return self.current.getContext()
+
+    def replace(self, options: ssl.CertificateOptions) -> None:
+        options.getContext()  # fails here, not in a client's handshake
+        self.current = options
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):  # not the options' interface declarations
+            raise AttributeError(name)
+        return getattr(self.current, name)

@@ -14,7 +14,7 @@ from twisted.python import usage
 from twisted_mailhub.hub import ListenerSpec
 
 listeners = [
-    ListenerSpec("ftp", "tcp:2121", "FTP control connections (RFC 959; AUTH TLS for FTPS)."),
+    ListenerSpec("ftp", "tcp:2121", "FTP control connections (RFC 959; AUTH TLS for FTPS).", port_offset=21),
 ]
 
 option_parameters = [

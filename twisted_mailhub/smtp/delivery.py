@@ -333,7 +333,9 @@ def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], m
     if len(local) == 1 and not relay:
         # The hot path (one recipient): plain Deferreds, no coroutine.
         copy = return_path + session.received(qid, local[0]) + message
-        return defer.maybeDeferred(hub.store.deliver, local[0], copy).addCallback(lambda _: qid)
+        d = defer.maybeDeferred(hub.store.deliver, local[0], copy)
+        d.addCallback(lambda key: _log_delivery(hub, qid, sender, [(local[0], key)], len(message), session.client_ip))
+        return d.addCallback(lambda _: qid)
     return defer.Deferred.fromCoroutine(_store_all(hub, session, sender, local, relay, message, qid, return_path))
 
 
@@ -358,6 +360,8 @@ async def _store_all(hub: Any, session: Session, sender: str, local: list[str], 
     if failures:
         await _withdraw(hub, stored, qid)
         failures[0].raiseException()
+    if stored:
+        _log_delivery(hub, qid, sender, stored, len(message), session.client_ip)
     return qid
 
 
@@ -371,6 +375,19 @@ async def _withdraw(hub: Any, stored: list[tuple[str, str]], qid: str) -> None:
             await defer.maybeDeferred(folder.flush)
         except Exception as e:
             log.error("{qid}: copy for <{address}> could not be removed after another copy failed ({error})", qid=qid, address=address, error=e)
+
+
+def _log_delivery(hub: Any, qid: str, sender: str, stored: list[tuple[str, str]], size: int, client: str) -> None:
+    """
+    One line per message delivered to local accounts, as Postfix logs
+    (queue id, envelope sender, recipients, size, where stored, client).
+    """
+    backend = (hub.options.get("store") or "store").split(":", 1)[0]  # never a DSN
+    where = ",".join(f"{backend}:{address}/INBOX/{key}" for address, key in stored)
+    log.info(
+        "delivered {qid} from=<{sender}> to={recipients} size={size} stored={where} client={client}",
+        qid=qid, sender=sender, recipients=",".join(f"<{a}>" for a, _ in stored), size=size, where=where, client=client or "-",
+    )
 
 
 class Rejected(Exception):
