@@ -1,0 +1,239 @@
+"""
+The web face in a real browser: Debian's headless Chromium driven with
+Selenium. Logs in, reads mail sent over SMTP, sends mail that arrives over
+IMAP, opens an anatomy with a decoded image, watches an SMTP session typed
+over a raw socket appear line by line with its explanations, checks that
+hostile mail and protocol lines run nothing and that a student cannot open
+another's session or message. Saves the README's screenshots in docs/.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import shutil
+import smtplib
+import socket
+import tempfile
+import urllib.parse
+
+import pytest
+
+from tests.hubprocess import ROOT, HubProcess
+from tests.test_web_mail import multipart_with_image
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
+
+if not (CHROMIUM and DRIVER):
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs chromium and chromium-driver (Debian packages) for the browser tests")
+    pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)", allow_module_level=True)
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+DOCS = os.path.join(ROOT, "docs")
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    data = str(tmp_path_factory.mktemp("browserhub"))
+    process = HubProcess(data, ["--teacher", "teacher"], users=("alice:secret", "bob:hungry", "teacher:chalk"))
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="mailhub-chromium-")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}", "--window-size=1280,900",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def base(hub) -> str:
+    return f"http://127.0.0.1:{hub.ports['web']}"
+
+
+def login(driver, hub, user: str, password: str) -> None:
+    driver.delete_all_cookies()
+    driver.get(base(hub) + "/login")
+    driver.find_element(By.NAME, "username").send_keys(user)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+    WebDriverWait(driver, 15).until(lambda d: "Signed in as" in d.page_source or "/login" not in d.current_url)
+
+
+def no_alert(driver) -> bool:
+    try:
+        driver.switch_to.alert
+    except NoAlertPresentException:
+        return True
+    return False
+
+
+def wait_text(driver, text: str, timeout: float = 15) -> None:
+    WebDriverWait(driver, timeout).until(lambda d: text in d.find_element(By.TAG_NAME, "body").text)
+
+
+def test_read_a_message_sent_over_smtp(hub, browser):
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("carol@example.org", ["alice@localhost"], b"From: Carol <carol@example.org>\r\nSubject: field trip\r\n\r\nBring a notebook.\r\n")
+    login(browser, hub, "alice", "secret")
+    browser.get(base(hub) + "/mail/INBOX")
+    browser.find_element(By.LINK_TEXT, "field trip").click()
+    wait_text(browser, "Bring a notebook.")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "field trip"
+
+
+def test_new_mail_appears_without_a_reload(hub, browser):
+    login(browser, hub, "alice", "secret")
+    browser.get(base(hub) + "/mail/INBOX")
+    marker = browser.find_element(By.TAG_NAME, "h1")
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("carol@example.org", ["alice@localhost"], b"Subject: arrived while watching\r\n\r\nhi\r\n")
+    wait_text(browser, "arrived while watching")
+    assert marker.is_displayed()  # the same page: no reload happened
+
+
+def test_a_message_composed_in_the_browser_arrives_over_imap(hub, browser):
+    login(browser, hub, "alice", "secret")
+    browser.get(base(hub) + "/mail/compose")
+    browser.find_element(By.NAME, "to").send_keys("bob@localhost")
+    browser.find_element(By.NAME, "subject").send_keys("sent from Chromium")
+    browser.find_element(By.NAME, "body").send_keys("typed in a browser")
+    browser.find_element(By.CSS_SELECTOR, "form.compose button").click()
+    WebDriverWait(browser, 15).until(lambda d: d.current_url.endswith("/mail/INBOX"))
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("bob", "hungry")
+        imap.select("INBOX")
+        typ, data = imap.search(None, "SUBJECT", '"sent from Chromium"')
+        [number] = data[0].split()
+        typ, fetched = imap.fetch(number, "(BODY.PEEK[TEXT])")
+        assert b"typed in a browser" in fetched[0][1]
+    finally:
+        imap.logout()
+
+
+def test_the_anatomy_of_a_multipart_message_shows_its_decoded_image(hub, browser):
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("eloise@example.org", ["bob@localhost"], multipart_with_image())
+    login(browser, hub, "bob", "hungry")
+    browser.get(base(hub) + "/mail/INBOX")
+    browser.find_element(By.PARTIAL_LINK_TEXT, "café photo").click()
+    browser.find_element(By.LINK_TEXT, "Anatomy").click()
+    wait_text(browser, "MIME tree")
+    image = browser.find_element(By.CSS_SELECTOR, "img.decoded")
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 1)
+    assert "Voilà the picture." in browser.page_source
+    os.makedirs(DOCS, exist_ok=True)
+    browser.save_screenshot(os.path.join(DOCS, "anatomy.png"))
+
+
+def test_a_live_smtp_session_typed_over_a_socket_appears_line_by_line_with_explanations(hub, browser):
+    login(browser, hub, "teacher", "chalk")
+    browser.get(base(hub) + "/console")
+    sock = socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10)
+    try:
+        sock.recv(1024)
+        WebDriverWait(browser, 15).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sessions tr.open td a"))
+        link = [a for a in browser.find_elements(By.CSS_SELECTOR, "#sessions tr.open td a") if a.text.startswith("smtp#")][0]
+        link.click()
+        wait_text(browser, "220 mail.test ESMTP")
+        for line, answer in ((b"HELO classroom.example", "250"), (b"MAIL FROM:<student@example.org>", "250 2.1.0"), (b"RCPT TO:<alice@localhost>", "250 2.1.5"), (b"DATA", "354")):
+            sock.sendall(line + b"\r\n")
+            sock.recv(1024)
+            wait_text(browser, line.decode())
+        wait_text(browser, "start mail input; end with <CRLF>.<CRLF>")
+        sock.sendall(b"Subject: typed by hand\r\n\r\nhello\r\n.\r\n")
+        sock.recv(1024)
+        wait_text(browser, "[message: 3 lines")
+        assert "RFC 5321 §4.1.1.4" in browser.find_element(By.ID, "lines").text
+        os.makedirs(DOCS, exist_ok=True)
+        browser.save_screenshot(os.path.join(DOCS, "console.png"))
+        sock.sendall(b"QUIT\r\n")
+        sock.recv(1024)
+        wait_text(browser, "the TCP connection closed")
+    finally:
+        sock.close()
+
+
+def test_hostile_subjects_html_and_protocol_lines_run_nothing(hub, browser):
+    hostile = (
+        b"From: \"<img src=x onerror=alert(1)>\" <evil@example.org>\r\n"
+        b"Subject: <script>alert('subject')</script><svg onload=alert(2)>\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="h"\r\n\r\n'
+        b"--h\r\nContent-Type: text/html\r\n\r\n"
+        b"<p onmouseover=alert(3)>hi</p><script>alert(4)</script><a href='javascript:alert(5)' id=js>x</a>"
+        b"<img src=x onerror=alert(6)><svg><script>alert(7)</script></svg><iframe src='javascript:alert(8)'></iframe>"
+        b"<div style='width:expression(alert(9))'>css</div><form><input name=p></form>\r\n"
+        b"--h\r\nContent-Type: image/svg+xml\r\nContent-Disposition: attachment; filename=\"<script>alert(10)</script>.svg\"\r\n\r\n"
+        b"<svg xmlns='http://www.w3.org/2000/svg' onload='alert(11)'><script>alert(12)</script></svg>\r\n"
+        b"--h--\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("evil@example.org", ["alice@localhost"], hostile)
+    with socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10) as sock:
+        sock.recv(1024)
+        sock.sendall(b"HELO <script>alert(13)</script><img src=x onerror=alert(14)>\r\nQUIT\r\n")
+        sock.recv(1024)
+    login(browser, hub, "alice", "secret")
+    browser.get(base(hub) + "/mail/INBOX")
+    assert no_alert(browser)
+    browser.find_element(By.PARTIAL_LINK_TEXT, "<script>alert('subject')</script>").click()
+    wait_text(browser, "hi")
+    assert no_alert(browser)
+    assert browser.execute_script("return document.querySelectorAll('.body-html script, .body-html form, .body-html iframe, .body-html [onmouseover], .body-html [onerror]').length") == 0
+    assert [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, ".body-html a")] == [None]
+    for link in browser.find_elements(By.CSS_SELECTOR, "ul.attachments a"):
+        assert link.get_attribute("download")
+    browser.find_element(By.LINK_TEXT, "Anatomy").click()
+    wait_text(browser, "MIME tree")
+    assert no_alert(browser)
+    browser.get(base(hub) + "/console")
+    sessions = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#sessions td a")]
+    shown_as_text = False
+    for session_id in sessions:
+        browser.get(base(hub) + "/console/session/" + urllib.parse.quote(session_id, safe=""))
+        assert no_alert(browser)
+        shown_as_text |= "HELO <script>alert(13)</script><img src=x onerror=alert(14)>" in browser.find_element(By.TAG_NAME, "body").text
+    assert shown_as_text  # the hostile line is there, as text
+
+
+def test_a_student_cannot_open_another_students_session_or_message(hub, browser):
+    with socket.create_connection(("127.0.0.1", hub.ports["pop3"]), timeout=10, source_address=("127.0.0.2", 0)) as pop:
+        reader = pop.makefile("rb")
+        reader.readline()
+        for line in (b"USER bob", b"PASS hungry", b"QUIT"):
+            pop.sendall(line + b"\r\n")
+            reader.readline()
+    login(browser, hub, "teacher", "chalk")
+    browser.get(base(hub) + "/console")
+    WebDriverWait(browser, 15).until(lambda d: [a for a in d.find_elements(By.CSS_SELECTOR, "#sessions td a") if a.text.startswith("pop3#")])
+    bobs = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#sessions td a") if a.text.startswith("pop3#")][0]
+    login(browser, hub, "alice", "secret")
+    browser.get(base(hub) + "/console")
+    assert bobs not in browser.find_element(By.ID, "sessions").text
+    browser.get(base(hub) + "/console/session/" + urllib.parse.quote(bobs, safe=""))
+    assert "not one of yours" in browser.page_source and "USER bob" not in browser.page_source
+    browser.get(base(hub) + "/mail/INBOX")
+    assert "sent from Chromium" not in browser.page_source  # bob's mail
