@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_smtp_group_commit -*-
 """
 The batch flush of store/durable.py that SMTP's messages/s rests on: a
-batch is written, flushed once (syncfs on Linux, concurrent fsyncs
-elsewhere), renamed into place; a failure costs only the writes it touched
-and never leaves a file in its final place.
+batch is written, flushed together (one syncfs on a quiet system; its own
+files only, with concurrent fsyncs, when neighbours have dirty data),
+renamed into place; a failure costs only the writes it touched and never
+leaves a file in its final place.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from twisted_mailhub.store import durable
 from twisted_mailhub.store.durable import PendingWrite
 
 
-@pytest.fixture(params=["syncfs", "fsync"])
+@pytest.fixture(params=["syncfs", "files", "files without writeback"])
 def flush(request, monkeypatch):
-    if request.param == "syncfs":
-        if durable._syncfs is None:
-            pytest.skip("no syncfs(2) on this system")
-    else:
-        monkeypatch.setattr(durable, "_syncfs", None)
-    return request.param
+    if request.param == "syncfs" and durable._syncfs is None:
+        pytest.skip("no syncfs(2) on this system")
+    if request.param == "files without writeback":
+        monkeypatch.setattr(durable, "_start_writeback", None)
+    return request.param.split()[0]
 
 
 def maildir(tmp_path):
@@ -40,7 +40,7 @@ def test_a_batch_lands_complete_in_its_final_place(tmp_path, flush):
     root = maildir(tmp_path)
     batch = writes(root, 5)
     batch.append(PendingWrite(str(root / "tmp" / "f"), str(root / "new" / "f"), lambda fd: os.write(fd, b"by fd\r\n")))
-    assert durable._commit_batch(batch) == [None] * 6
+    assert durable._commit_batch(batch, flush) == [None] * 6
     assert sorted(os.listdir(root / "new")) == ["f", "m0", "m1", "m2", "m3", "m4"]
     assert (root / "new" / "m3").read_bytes() == b"message 3\r\n"
     assert (root / "new" / "f").read_bytes() == b"by fd\r\n"
@@ -51,13 +51,59 @@ def test_one_failed_write_does_not_fail_the_others(tmp_path, flush):
     root = maildir(tmp_path)
     batch = writes(root, 3)
     batch.insert(1, PendingWrite(str(root / "missing" / "x"), str(root / "new" / "x"), b"lost"))
-    outcome = durable._commit_batch(batch)
+    outcome = durable._commit_batch(batch, flush)
     assert isinstance(outcome[1], FileNotFoundError)
     assert outcome[:1] + outcome[2:] == [None, None, None]
     assert sorted(os.listdir(root / "new")) == ["m0", "m1", "m2"]
 
 
-def test_a_failed_flush_fails_the_batch_and_renames_nothing(tmp_path, monkeypatch):
+def test_a_failed_flush_fails_its_write_and_renames_nothing_of_it(tmp_path, monkeypatch):
+    real = os.fsync
+    root = maildir(tmp_path)
+    batch = writes(root, 4)
+
+    def broken(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("m2"):
+            raise OSError(5, "Input/output error")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", broken)
+    outcome = durable._commit_batch(batch)
+    assert isinstance(outcome[2], OSError) and outcome[2].errno == 5
+    assert outcome[:2] + outcome[3:] == [None, None, None]
+    assert sorted(os.listdir(root / "new")) == ["m0", "m1", "m3"] and os.listdir(root / "tmp") == []
+
+
+def test_with_neighbours_dirty_a_batch_flushes_only_its_own_files(tmp_path, monkeypatch):
+    flushed = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[1])
+    root = maildir(tmp_path)
+    (tmp_path / "neighbour").write_bytes(b"dirty" * 1000)
+    assert durable._commit_batch(writes(root, 3), "files") == [None] * 3
+    assert sorted(os.path.basename(p) for p in flushed) == ["m0", "m1", "m2", "new"]
+
+
+def test_a_lone_write_starts_no_separate_writeback(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(durable, "_start_writeback", calls.append)
+    root = maildir(tmp_path)
+    assert durable._commit_batch(writes(root, 1)) == [None]
+    assert calls == [] and os.listdir(root / "new") == ["m0"]
+
+
+def test_a_quiet_system_is_flushed_with_one_syncfs_per_batch(tmp_path, monkeypatch):
+    if durable._syncfs is None:
+        pytest.skip("no syncfs(2) on this system")
+    calls = []
+    real = durable._sync_filesystem
+    monkeypatch.setattr(durable, "_sync_filesystem", lambda path: (calls.append(path), real(path))[1])
+    root = maildir(tmp_path)
+    assert durable._commit_batch(writes(root, 5), "syncfs") == [None] * 5
+    assert len(calls) == 1
+
+
+def test_a_failed_syncfs_fails_the_batch_and_renames_nothing(tmp_path, monkeypatch):
     if durable._syncfs is None:
         pytest.skip("no syncfs(2) on this system")
 
@@ -66,14 +112,13 @@ def test_a_failed_flush_fails_the_batch_and_renames_nothing(tmp_path, monkeypatc
 
     monkeypatch.setattr(durable, "_sync_filesystem", broken_sync)
     root = maildir(tmp_path)
-    outcome = durable._commit_batch(writes(root, 4))
+    outcome = durable._commit_batch(writes(root, 4), "syncfs")
     assert all(isinstance(e, OSError) and e.errno == 5 for e in outcome)
     assert os.listdir(root / "new") == [] and os.listdir(root / "tmp") == []
 
 
-def test_a_lone_write_is_fsynced_not_syncfsed(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(durable, "_sync_filesystem", calls.append)
-    root = maildir(tmp_path)
-    assert durable._commit_batch(writes(root, 1)) == [None]
-    assert calls == [] and os.listdir(root / "new") == ["m0"]
+@pytest.mark.parametrize("dirty, chosen", [(1 << 20, "syncfs"), (2 << 30, "files"), (None, "files")])
+def test_the_flush_is_chosen_by_how_much_the_neighbours_have_dirty(monkeypatch, dirty, chosen):
+    monkeypatch.setattr(durable, "_syncfs", durable._syncfs or (lambda fd: 0))
+    monkeypatch.setattr(durable, "_dirty_bytes", lambda: dirty)
+    assert durable.choose_flush() == chosen

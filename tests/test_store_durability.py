@@ -89,7 +89,6 @@ class UidListDurabilityTests(FolderCase):
         self.assertEqual(again.uid_validity, self.folder.uid_validity)
 
     def test_a_batch_with_uid_lines_costs_one_flush_per_file_and_one_per_list(self):
-        self.patch(durable, "_syncfs", None)
         flushed = []
         real_fsync, real_fdatasync = os.fsync, durable._fdatasync
         self.patch(os, "fsync", lambda fd: (flushed.append(_path_of(fd)), real_fsync(fd))[1])
@@ -108,18 +107,6 @@ class UidListDurabilityTests(FolderCase):
         self.assertEqual(len(flushed), 7)
         with open(self.uidlist, "rb") as f:
             self.assertEqual(f.read(), before + b"".join(w.record.line for w in batch))
-
-    def test_a_batch_with_uid_lines_is_one_syncfs_where_there_is_syncfs(self):
-        if durable._syncfs is None:
-            raise unittest.SkipTest("no syncfs(2) on this system")
-        calls = []
-        real = durable._sync_filesystem
-        self.patch(durable, "_sync_filesystem", lambda path: (calls.append(path), real(path))[1])
-        d = self.folder.directory
-        lock = self.folder._uidlist_lock
-        batch = [PendingWrite(f"{d}/tmp/m{i}", f"{d}/new/m{i}", MESSAGE, record=Record(self.uidlist, b"%d m%d 30 1\n" % (i + 1, i), lock)) for i in range(4)]
-        self.assertEqual(durable._commit_batch(batch), [None] * 4)
-        self.assertEqual(len(calls), 1)
 
 
 class DamagedUidListTests(FolderCase):
@@ -217,8 +204,6 @@ class FullDiskTests(FolderCase):
 
     @defer.inlineCallbacks
     def test_enospc_from_fsync_stores_nothing(self):
-        self.patch(durable, "_syncfs", None)
-
         def fsync(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -12,27 +12,33 @@ write is acknowledged; it is appended before the flush and flushed with
 it, so it costs no flush of its own per message. Everything that touches
 the disk runs in a worker thread, never in the reactor.
 
-Theory of operation: writes queue up while one batch is on its way to disk;
-when that batch is done, everything queued meanwhile becomes the next batch.
+Theory of operation: writes queue up while batches are on their way to disk;
+when one is done, what queued meanwhile becomes the next batch.
 A lone write is not delayed: it starts a batch at once. A batch runs in
 four phases:
 
  1. write every file to its tmp name and append every record (one
     C{write} per log file; a failed append is cut back to where it began,
     so no partial line is left for the next append to be glued onto);
- 2. flush: on Linux, several files with one syncfs(2) of their filesystem
-    (one journal commit for all of them); otherwise, and for a lone
-    write, one fsync per file and one fdatasync per log file, run
-    concurrently so that the filesystem merges their commits;
+ 2. flush (L{choose_flush}, per batch): when other programs have much
+    unsynced data (a neighbour writing logs, a database, a backup), only
+    the batch's own files: writeback of all of them is started
+    (sync_file_range on Linux), then each file is fsynced and each log
+    file fdatasynced on a small thread pool, concurrently, so that the
+    filesystem merges their journal commits, and up to four batches are
+    on their way at once; on a quiet system, one syncfs(2) of the
+    filesystem, which then costs about our own data in one commit and
+    far less CPU than a fsync per file;
  3. rename each file whose data and record are on disk into place (the
     point of no return);
  4. fsync each directory once; if that fails the renamed files are taken
     back out, so that a failed write never stays where it would be read.
 
-So 32 concurrent deliveries cost a few disk flushes rather than 32, and
-nothing is acknowledged before it is safe. syncfs also flushes other
-programs' dirty data on the same filesystem: a busy shared disk makes
-batches slower, not less safe.
+So 32 concurrent deliveries share a few journal commits rather than
+paying 32, and nothing is acknowledged before it is safe. Either way the
+cost of a batch is the hub's own data: a neighbour's gigabytes of dirty
+pages are never flushed with it (syncfs, which writes back every dirty
+page of the filesystem, is used only while there are few of them).
 """
 
 from __future__ import annotations
@@ -138,6 +144,31 @@ def fsync_directory(path: str) -> None:
         os.close(fd)
 
 
+def _find_sync_file_range() -> Callable[[int], None] | None:
+    """
+    A function that starts writeback of a file's dirty pages without
+    waiting (Linux sync_file_range(2), SYNC_FILE_RANGE_WRITE), or None.
+    It only makes the fsyncs that follow overlap; it promises nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    SYNC_FILE_RANGE_WRITE = 2
+
+    def start(fd: int) -> None:
+        function(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # errors show in the fsync
+
+    return start
+
+
+_start_writeback = _find_sync_file_range()
+
+
 def _find_syncfs() -> Callable[[int], int] | None:
     """libc's syncfs(2) (Linux 2.6.39; reports writeback errors since 5.8)."""
     if not sys.platform.startswith("linux"):
@@ -165,6 +196,39 @@ def _sync_filesystem(path: str) -> None:
         os.close(fd)
 
 
+# Above this much dirty data in the system (other programs' writes), a
+# whole-filesystem flush would pay for the neighbours: flush our own files.
+QUIET_DIRTY_BYTES = 64 * 1024 * 1024
+
+
+def _dirty_bytes() -> int | None:
+    """Dirty + under-writeback page cache of the whole system (Linux), or None."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    total = 0
+    for line in text.split(b"\n"):
+        if line.startswith((b"Dirty:", b"Writeback:")):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def choose_flush() -> str:
+    """
+    C{"syncfs"} when the system is quiet (little dirty data: a syncfs of
+    the filesystem then costs about our own data, in one journal commit),
+    else C{"files"}: fsync only our own files, so that a neighbour's
+    gigabytes of unsynced writes are not flushed with them.
+    """
+    if _syncfs is None:
+        return "files"
+    dirty = _dirty_bytes()
+    return "syncfs" if dirty is not None and dirty < QUIET_DIRTY_BYTES else "files"
+
+
+FLUSH_THREADS = 32
 _pool: Any = None
 _pool_lock = threading.Lock()
 
@@ -175,7 +239,9 @@ def _fsync_pool():
         if _pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mailhub-fsync")
+            # Threads that wait on the disk, not on the CPU: enough of them
+            # that one batch of concurrent deliveries flushes together.
+            _pool = ThreadPoolExecutor(max_workers=FLUSH_THREADS, thread_name_prefix="mailhub-fsync")
     return _pool
 
 
@@ -194,7 +260,7 @@ def _close(fd: int | None) -> None:
             pass
 
 
-def _commit_batch(batch: list[PendingWrite]) -> list[BaseException | None]:
+def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseException | None]:
     """
     Runs in a worker thread: the four phases of the module docstring for
     one batch. Returns one error (or None) per write.
@@ -223,7 +289,7 @@ def _commit_batch(batch: list[PendingWrite]) -> list[BaseException | None]:
                 for i in members:
                     outcome[i] = e
         # 2. flush
-        _flush(batch, outcome, fds, logs, log_fds)
+        _flush(batch, outcome, fds, logs, log_fds, flush)
         # 3. rename into place
         directories: dict[str, list[int]] = {}
         for i, item in enumerate(batch):
@@ -255,42 +321,27 @@ def _commit_batch(batch: list[PendingWrite]) -> list[BaseException | None]:
     return outcome
 
 
-def _flush(batch, outcome, fds, logs, log_fds) -> None:
-    """Phase 2: the data of every live write and log on disk, or an error."""
+def _flush(batch, outcome, fds, logs, log_fds, flush: str = "files") -> None:
+    """
+    Phase 2: the data of every live write and log on disk, or an error.
+    C{flush} C{"files"}: only the batch's own files are flushed:
+    writeback of all of them is started first (sync_file_range, where
+    there is one), then each is fsynced (fdatasync for the logs) on a
+    small thread pool, so that the disk sees them together and the
+    filesystem merges their journal commits. C{"syncfs"} (a quiet
+    system, see L{choose_flush}): one syncfs(2) per filesystem.
+    """
     live = [i for i in range(len(batch)) if outcome[i] is None]
-    if not live and not log_fds:
+    if flush == "syncfs" and _syncfs is not None and len(live) + len(log_fds) > 1:
+        _flush_filesystems(batch, outcome, fds, logs, log_fds, live)
         return
-    if len(live) > 1 and _syncfs is not None:
-        devices: dict[int, str] = {}  # filesystem -> a directory on it
-        device_of: dict[str, int] = {}  # tmp directory -> filesystem
-        for i in live:
-            directory = os.path.dirname(batch[i].tmp_path) or "."
-            if directory not in device_of:
-                device_of[directory] = os.fstat(fds[i]).st_dev
-                devices.setdefault(device_of[directory], directory)
-        for path, fd in log_fds.items():
-            device = os.fstat(fd).st_dev
-            if device not in devices:
-                devices[device] = os.path.dirname(path) or "."
-        failed: dict[int, OSError] = {}
-        for device, directory in devices.items():
-            try:
-                _sync_filesystem(directory)
-            except OSError as e:
-                failed[device] = e
-        for i in live:
-            error = failed.get(device_of[os.path.dirname(batch[i].tmp_path) or "."])
-            if error is not None:
-                outcome[i] = error
-        for path, fd in log_fds.items():
-            error = failed.get(os.fstat(fd).st_dev)
-            if error is not None:
-                for i in logs[path]:
-                    outcome[i] = outcome[i] or error
-        return
-    # One flush per file, concurrently.
     jobs: list[tuple[Callable[[int], None], int, list[int]]] = [(os.fsync, fds[i], [i]) for i in live]
     jobs += [(_fdatasync, fd, logs[path]) for path, fd in log_fds.items()]
+    if not jobs:
+        return
+    if len(jobs) > 1 and _start_writeback is not None:
+        for _, fd, _ in jobs:
+            _start_writeback(fd)
 
     def run(job) -> BaseException | None:
         function, fd, _ = job
@@ -307,20 +358,50 @@ def _flush(batch, outcome, fds, logs, log_fds) -> None:
                 outcome[i] = outcome[i] or error
 
 
+def _flush_filesystems(batch, outcome, fds, logs, log_fds, live) -> None:
+    """One syncfs(2) for each filesystem the batch wrote to."""
+    devices: dict[int, str] = {}  # filesystem -> a directory on it
+    device_of: dict[int, int] = {}  # write index -> filesystem
+    for i in live:
+        device_of[i] = os.fstat(fds[i]).st_dev
+        devices.setdefault(device_of[i], os.path.dirname(batch[i].tmp_path) or ".")
+    log_devices = {path: os.fstat(fd).st_dev for path, fd in log_fds.items()}
+    for path, device in log_devices.items():
+        devices.setdefault(device, os.path.dirname(path) or ".")
+    failed: dict[int, OSError] = {}
+    for device, directory in devices.items():
+        try:
+            _sync_filesystem(directory)
+        except OSError as e:
+            failed[device] = e
+    for i in live:
+        if device_of[i] in failed:
+            outcome[i] = failed[device_of[i]]
+    for path, device in log_devices.items():
+        if device in failed:
+            for i in logs[path]:
+                outcome[i] = outcome[i] or failed[device]
+
+
 class GroupCommitWriter:
     """
     Writes files durably, batching the flushes of concurrent writes.
     """
 
-    def __init__(self, reactor: Any = None, max_batch: int = 256):
+    def __init__(self, reactor: Any = None, max_batch: int = 256, in_flight: int = 4):
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self.reactor = reactor
         self.max_batch = max_batch
+        # Batches on their way to disk at once: they flush only their own
+        # files, so one need not wait for another (and a slow flush does
+        # not hold up the writes that queue behind it).
+        self.in_flight = in_flight
         self._queue: list[PendingWrite] = []
-        self._busy = False
+        self._running = 0
+        self._flush = "files"
         self.batches = 0  # for tests and benchmarks: how many flushes ran
 
     def write(self, tmp_path: str, final_path: str, data, record: Record | None = None) -> defer.Deferred:
@@ -334,18 +415,24 @@ class GroupCommitWriter:
         """
         item = PendingWrite(tmp_path, final_path, data, record=record)
         self._queue.append(item)
-        if not self._busy:
+        if self._running < self._limit():
             self._next_batch()
         return item.deferred
 
+    def _limit(self) -> int:
+        # syncfs flushes everything at once: one batch at a time is enough.
+        return 1 if self._flush == "syncfs" else self.in_flight
+
     def _next_batch(self) -> None:
         if not self._queue:
-            self._busy = False
             return
-        self._busy = True
-        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+        self._flush = choose_flush()
+        # Share what is queued among the batches that may start now.
+        size = max(1, min(self.max_batch, -(-len(self._queue) // max(1, self._limit() - self._running))))
+        batch, self._queue = self._queue[:size], self._queue[size:]
+        self._running += 1
         self.batches += 1
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), _commit_batch, batch)
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), _commit_batch, batch, self._flush)
 
         def done(outcome):
             for item, error in zip(batch, outcome):
@@ -359,5 +446,10 @@ class GroupCommitWriter:
                 if not item.deferred.called:
                     item.deferred.errback(reason)
 
+        def finished(_):
+            self._running -= 1
+            while self._queue and self._running < self._limit():
+                self._next_batch()
+
         d.addCallbacks(done, crashed)
-        d.addBoth(lambda _: self._next_batch())
+        d.addBoth(finished)
