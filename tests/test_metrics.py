@@ -62,6 +62,31 @@ def test_counters_move_as_mail_is_sent_and_logins_fail(hub):
     assert value(after, "mailhub_data_free_bytes") > 0
 
 
+def test_ftp_transfers_are_counted_by_direction_with_their_octets(hub):
+    import ftplib
+    import io
+
+    before = scrape(hub)
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", hub.ports["ftp"], timeout=10)
+    ftp.login("alice", "secret")
+    ftp.storbinary("STOR notes.txt", io.BytesIO(b"x" * 3000))
+    got = io.BytesIO()
+    ftp.retrbinary("RETR notes.txt", got.write)
+    ftp.nlst()
+    ftp.quit()
+    after = scrape(hub)
+
+    def moved(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("mailhub_ftp_transfers_total", direction="upload") == 1
+    assert moved("mailhub_ftp_transfers_total", direction="download") == 1
+    assert moved("mailhub_ftp_transfers_total", direction="listing") == 1
+    assert moved("mailhub_ftp_octets_total", direction="upload") == 3000
+    assert moved("mailhub_ftp_octets_total", direction="download") == 3000
+
+
 def test_metrics_are_refused_outside_the_trusted_networks(start_hub):
     import http.client
 

@@ -65,6 +65,14 @@ class HubMetrics:
         self.ftp_octets = Counter("mailhub_ftp_octets", "Octets moved over FTP data connections, by direction.", ["direction"], registry=registry)
         registry.register(_Readings(hub))
 
+    _FTP_DIRECTION = {"RETR": "download", "STOR": "upload", "APPE": "upload", "STOU": "upload"}
+
+    def ftp_transfer(self, verb: str, octets: int) -> None:
+        """One FTP transfer done: C{verb} (RETR, STOR, LIST...) moved C{octets}."""
+        direction = self._FTP_DIRECTION.get(verb.upper(), "listing")
+        self.ftp_transfers.labels(direction).inc()
+        self.ftp_octets.labels(direction).inc(max(0, int(octets)))
+
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (version 0.0.4)."""
         return generate_latest(self.registry)

@@ -716,6 +716,9 @@ class MailhubFTP(ftp.FTP):
         def done(result):
             self._current = None
             self.data.finished()
+            connection = progress["connected"] and self.data.connection
+            octets = result if isinstance(result, int) else (connection.progress() if connection else 0)
+            self.factory.hub.metrics.ftp_transfer(verb, octets)
             return result if isinstance(result, str) else "226 Transfer complete."
 
         def failed(reason):
