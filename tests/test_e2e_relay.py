@@ -57,7 +57,14 @@ def dns_server(request):
     its own zones with C{@pytest.mark.parametrize("dns_server", [zones],
     indirect=True)}. Yields "127.0.0.1:PORT".
     """
-    zones = getattr(request, "param", B_ZONE)
+    yield from loopback_dns(getattr(request, "param", B_ZONE))
+
+
+def loopback_dns(zones: dict):
+    """
+    Run the twisted.names server of L{tests.test_queue_mx} with C{zones} in
+    a process of its own; yields "127.0.0.1:PORT" and stops it afterwards.
+    """
     env = dict(os.environ, PYTHONPATH=ROOT)
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.test_queue_mx", json.dumps(zones)],

@@ -24,7 +24,7 @@ import dns.resolver
 import pytest
 
 from tests.hubprocess import ROOT
-from tests.test_e2e_relay import messages
+from tests.test_e2e_relay import loopback_dns, messages
 from twisted_mailhub.mailauth import keys
 from twisted_mailhub.mailauth.checks import strip_own_results
 from twisted_mailhub.mailauth.signing import header_from_domain
@@ -120,23 +120,7 @@ def signed_zones(request, tmp_path_factory):
 @pytest.fixture
 def dns_with_keys(signed_zones):
     """The loopback DNS server with a.test's fresh keys, b.test's MX and bank.test's policy."""
-    yield from _run_dns(signed_zones)
-
-
-def _run_dns(zones):
-    import json
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.test_queue_mx", json.dumps(zones)],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        line = process.stdout.readline()
-        assert line.startswith("dns ready "), line + process.stdout.read()
-        yield f"127.0.0.1:{int(line.split()[2])}"
-    finally:
-        process.kill()
-        process.wait()
+    yield from loopback_dns(signed_zones)
 
 
 def _resolver_at(server: str):
