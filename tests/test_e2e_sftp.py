@@ -1,0 +1,215 @@
+"""
+End-to-end SFTP against the real C{twistd mailhub}: OpenSSH's C{sftp},
+C{scp} and C{ssh}, and paramiko; the same files as FTP.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+paramiko = pytest.importorskip("paramiko")
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is missing in CI (.ci/run installs openssh-client and sshpass)")
+        pytest.skip(f"{tool} is not installed (apt-get install openssh-client sshpass)")
+    return path
+
+
+SSH_OPTIONS = [
+    "-F", "/dev/null",
+    "-o", "StrictHostKeyChecking=no",
+    "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "LogLevel=ERROR",
+    "-o", "ConnectTimeout=20",
+]
+PASSWORD_ONLY = ["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password"]
+
+
+def home(hub, user="alice"):
+    return os.path.join(hub.data_dir, "ftp", "localhost", user)
+
+
+def sftp_batch(hub, commands: str, password="secret", user="alice", extra=(), check=True, cwd=None) -> subprocess.CompletedProcess:
+    """Run OpenSSH's sftp in batch mode; the password through sshpass."""
+    _need("sftp")
+    # ssh takes the first value given for an option, and sftp's -b adds
+    # BatchMode=yes: the password options go first.
+    args = ["sftp", *SSH_OPTIONS, *extra]
+    if password is not None:
+        args = [_need("sshpass"), "-p", password] + args + PASSWORD_ONLY
+    args += ["-P", str(hub.ports["sftp"]), "-b", "-", f"{user}@127.0.0.1"]
+    done = subprocess.run(args, input=commands, capture_output=True, text=True, timeout=60, cwd=cwd)
+    if check and done.returncode != 0:
+        raise AssertionError(f"sftp failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def ftp_login(hub, user="alice", password="secret") -> ftplib.FTP:
+    f = ftplib.FTP(timeout=30)
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login(user, password)
+    return f
+
+
+def paramiko_client(hub, user="alice", password="secret") -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect("127.0.0.1", hub.ports["sftp"], username=user, password=password, allow_agent=False, look_for_keys=False, timeout=20)
+    return client
+
+
+def test_sftp_put_and_get_are_byte_exact_and_land_in_the_ftp_home(start_hub, tmp_path):
+    hub = start_hub()
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (tmp_path / "up.bin").write_bytes(data)
+    done = sftp_batch(hub, "put up.bin notes.bin\nls -l\nget notes.bin back.bin\n", cwd=tmp_path)
+    assert "notes.bin" in done.stdout
+    assert (tmp_path / "back.bin").read_bytes() == data
+    with open(os.path.join(home(hub), "notes.bin"), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_file_uploaded_with_ftp_downloads_byte_exact_with_sftp_and_back(start_hub, tmp_path):
+    hub = start_hub()
+    data = os.urandom(1024 * 1024 + 3)
+    f = ftp_login(hub)
+    f.storbinary("STOR from-ftp.bin", io.BytesIO(data))
+    sftp_batch(hub, "get from-ftp.bin got.bin\nput got.bin from-sftp.bin\n", cwd=tmp_path)
+    assert (tmp_path / "got.bin").read_bytes() == data
+    out = io.BytesIO()
+    f.retrbinary("RETR from-sftp.bin", out.write)
+    f.quit()
+    assert out.getvalue() == data
+
+
+def test_public_key_in_authorized_keys_logs_in(start_hub, tmp_path):
+    hub = start_hub()
+    key = tmp_path / "id_ed25519"
+    subprocess.run([_need("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
+    folder = os.path.join(hub.data_dir, "ssh", "authorized_keys")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "alice@localhost"), "w") as f:
+        f.write("# alice's laptop\n" + (tmp_path / "id_ed25519.pub").read_text())
+    keyed = ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(key), "-o", "PreferredAuthentications=publickey"]
+    done = sftp_batch(hub, "pwd\n", password=None, extra=keyed)
+    assert "Remote working directory: /" in done.stdout
+    # The same key is no key of bob's.
+    refused = sftp_batch(hub, "pwd\n", password=None, user="bob", extra=keyed, check=False)
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+
+
+def test_keyboard_interactive_password_logs_in(start_hub):
+    hub = start_hub()
+    kbd = ["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=keyboard-interactive"]
+    args = [_need("sshpass"), "-P", "Password", "-p", "secret", "sftp", *SSH_OPTIONS, *kbd, "-P", str(hub.ports["sftp"]), "-b", "-", "alice@127.0.0.1"]
+    done = subprocess.run(args, input="pwd\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Remote working directory: /" in done.stdout
+
+
+def test_symlink_and_dotdot_escapes_are_refused_as_in_ftp(start_hub, tmp_path):
+    hub = start_hub()
+    f = ftp_login(hub)  # makes the home
+    os.symlink("/etc", os.path.join(home(hub), "etc-link"))
+    os.symlink("/etc/hostname", os.path.join(home(hub), "hostname-link"))
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        f.retrbinary("RETR hostname-link", lambda _: None)
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        f.retrbinary("RETR ../../../etc/hostname", lambda _: None)
+    f.quit()
+    for path in ("hostname-link", "etc-link/hostname", "../../../etc/hostname", "/../etc/hostname"):
+        done = sftp_batch(hub, f"get {path} out\n", check=False, cwd=tmp_path)
+        assert done.returncode != 0, path
+        assert re.search(r"not found|Permission denied", done.stderr), done.stderr
+        assert not (tmp_path / "out").exists()
+    # The links are not listed either, as in FTP.
+    listing = sftp_batch(hub, "ls -1\n").stdout
+    assert "hostname-link" not in listing and "etc-link" not in listing
+
+
+def test_scp_works_over_sftp_and_legacy_scp_is_refused_with_a_message(start_hub, tmp_path):
+    hub = start_hub()
+    data = os.urandom(200_000)
+    (tmp_path / "a.bin").write_bytes(data)
+    scp = [_need("sshpass"), "-p", "secret", _need("scp"), *SSH_OPTIONS, *PASSWORD_ONLY, "-P", str(hub.ports["sftp"])]
+    subprocess.run(scp + [str(tmp_path / "a.bin"), "alice@127.0.0.1:copied.bin"], check=True, capture_output=True, timeout=60)
+    subprocess.run(scp + ["alice@127.0.0.1:copied.bin", str(tmp_path / "b.bin")], check=True, capture_output=True, timeout=60)
+    assert (tmp_path / "b.bin").read_bytes() == data
+    legacy = subprocess.run(scp + ["-O", str(tmp_path / "a.bin"), "alice@127.0.0.1:legacy.bin"], capture_output=True, text=True, timeout=60)
+    assert legacy.returncode != 0
+    assert "Legacy scp" in legacy.stderr and "SFTP" in legacy.stderr
+    assert not os.path.exists(os.path.join(home(hub), "legacy.bin"))
+
+
+def test_shell_command_and_port_forwarding_are_refused_with_a_message(start_hub):
+    hub = start_hub()
+    ssh = [_need("sshpass"), "-p", "secret", _need("ssh"), *SSH_OPTIONS, *PASSWORD_ONLY, "-p", str(hub.ports["sftp"]), "alice@127.0.0.1"]
+    done = subprocess.run(ssh + ["ls", "/"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "SFTP only" in done.stderr and "no shell" in done.stderr
+    # ssh keeps the first value of an option: LogLevel=INFO shows the reason.
+    forward = subprocess.run(ssh[:4] + ["-o", "LogLevel=INFO"] + ssh[4:-1] + ["-W", f"127.0.0.1:{hub.ports['ftp']}", "alice@127.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert forward.returncode != 0
+    assert "administratively prohibited" in forward.stderr and "SFTP only" in forward.stderr
+
+
+def test_paramiko_sees_the_vfs_rules(start_hub):
+    hub = start_hub()
+    client = paramiko_client(hub)
+    try:
+        sftp = client.open_sftp()
+        with sftp.open("one.txt", "wb") as f:
+            f.write(b"one\n")
+        with sftp.open("two.txt", "wb") as f:
+            f.write(b"two\n")
+        with pytest.raises(IOError):
+            sftp.rename("one.txt", "two.txt")  # plain RENAME never replaces
+        sftp.posix_rename("one.txt", "two.txt")
+        assert sftp.listdir(".") == ["two.txt"]
+        assert sftp.stat("two.txt").st_size == 4
+        with pytest.raises(IOError):
+            sftp.symlink("two.txt", "link")
+        with pytest.raises(IOError):
+            sftp.chmod("two.txt", 0o777)
+        sftp.mkdir("sub")
+        sftp.rmdir("sub")
+        sftp.remove("two.txt")
+        assert sftp.listdir(".") == []
+    finally:
+        client.close()
+
+
+def test_wrong_password_is_throttled_like_every_protocol(start_hub):
+    hub = start_hub()
+    for _ in range(3):
+        with pytest.raises(paramiko.AuthenticationException):
+            paramiko_client(hub, password="wrong")
+    hub.wait_for_log(r"sftp login failed for 'alice' from 127\.0\.0\.1 \(answer held 0\.3s\)")
+    paramiko_client(hub).close()
+    hub.wait_for_log(r"sftp login alice from 127\.0\.0\.1")
+
+
+def test_host_key_is_the_same_after_a_restart(start_hub):
+    hub = start_hub()
+    first = re.findall(r"sftp host key (\S+) (SHA256:\S+)", hub.log)
+    assert {kind for kind, _ in first} == {"ssh-ed25519", "ecdsa-sha2-nistp256"}
+    hub.restart()
+    after = re.findall(r"sftp host key (\S+) (SHA256:\S+)", hub.log.split("---- restart ----")[1])
+    assert after == first
+    # What a client sees is that key.
+    scan = subprocess.run([_need("ssh-keyscan"), "-p", str(hub.ports["sftp"]), "-t", "ed25519", "127.0.0.1"], capture_output=True, text=True, timeout=30)
+    line = next(l for l in scan.stdout.splitlines() if "ssh-ed25519" in l)
+    with open(os.path.join(hub.data_dir, "ssh", "ssh_host_ed25519_key.pub")) as f:
+        assert line.split()[2] == f.read().split()[1]

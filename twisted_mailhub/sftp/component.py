@@ -1,0 +1,75 @@
+# -*- test-case-name: tests.test_e2e_sftp -*-
+"""
+The SFTP component: the C{sftp} listener (SSH, port 8022 by default), its
+options, and the realm's C{IConchUser} avatar: the account's FTP home, from
+the same file-system plugin as FTP (C{--ftp-filesystem}).
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from twisted_mailhub.hub import ListenerSpec
+
+log = Logger()
+
+listeners = [
+    ListenerSpec("sftp", "tcp:8022", "SFTP over SSH (the account's FTP home; 22 needs root or CAP_NET_BIND_SERVICE)."),
+]
+
+option_parameters = [
+    ["sftp-max-handles", None, 256, "Open files and directories one SFTP session may hold.", int],
+    ["sftp-max-packet", None, 256 * 1024, "Largest SFTP request accepted, in bytes (a larger one ends the session).", int],
+    ["sftp-idle-timeout", None, 600, "Seconds an SSH connection may sit idle.", float],
+]
+
+option_lists = [
+    ["ssh-host-key", "An SSH host private key file (OpenSSH or PEM); repeatable. Default: Ed25519 and ECDSA keys made in DATA/ssh/ on first start."],
+]
+
+
+def check_options(options) -> None:
+    if int(options.get("sftp-max-handles") or 0) < 1:
+        raise usage.UsageError("--sftp-max-handles wants a number of 1 or more")
+    if not 1024 <= int(options.get("sftp-max-packet") or 0) <= 16 * 1024 * 1024:
+        raise usage.UsageError("--sftp-max-packet wants 1024 to 16777216 bytes")
+    for path in options.get("ssh-host-key") or []:
+        if not os.path.isfile(path):
+            raise usage.UsageError(f"--ssh-host-key {path!r}: no such file")
+
+
+def install(hub) -> None:
+    if hub.options.get("no-sftp"):
+        return
+    from twisted.conch.interfaces import IConchUser
+    from twisted.conch.ssh.keys import BadKeyError
+
+    from twisted_mailhub.ftp.vfs import filesystem_factories
+    from twisted_mailhub.sftp.keys import authorized_keys_checker, fingerprint, load_host_keys
+    from twisted_mailhub.sftp.ssh import MailhubSSHFactory, SFTPSettings, SFTPUser
+
+    try:
+        host_keys = load_host_keys(hub.data_dir, hub.options.get("ssh-host-key"))
+    except (OSError, BadKeyError, ValueError) as e:
+        raise usage.UsageError(f"--ssh-host-key: {e}")
+    for key in host_keys:
+        log.info("sftp host key {type} {fingerprint}", type=key.sshType().decode("ascii"), fingerprint=fingerprint(key))
+    filesystem = filesystem_factories()[hub.options.get("ftp-filesystem") or "disk"].make_filesystem(hub.data_dir)
+    settings = SFTPSettings(
+        hub,
+        max_handles=int(hub.options.get("sftp-max-handles") or 256),
+        max_packet=int(hub.options.get("sftp-max-packet") or 256 * 1024),
+        idle_timeout=float(hub.options.get("sftp-idle-timeout") or 600),
+    )
+
+    def avatar(account, mind):
+        if account is None:
+            raise LookupError("SFTP has no anonymous login")
+        return SFTPUser(filesystem.shell_for(account), settings, account.address), lambda: None
+
+    hub.realm.register(IConchUser, avatar)
+    hub.portal.registerChecker(authorized_keys_checker(hub.data_dir, hub.accounts))
+    hub.listen_each(listeners, lambda spec: MailhubSSHFactory(settings, host_keys))

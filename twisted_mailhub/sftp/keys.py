@@ -1,0 +1,170 @@
+# -*- test-case-name: tests.test_sftp_keys,tests.test_e2e_sftp -*-
+"""
+SSH keys: the server's host keys, and the users' authorized keys.
+
+Host keys live in C{DATA/ssh/}: C{ssh_host_ed25519_key} and
+C{ssh_host_ecdsa_key} (OpenSSH private-key format, mode 0600), made on
+first start and reused, so a client's C{known_hosts} stays valid across
+restarts. C{--ssh-host-key PATH} (repeatable) uses existing keys instead
+(any type Conch reads: Ed25519, ECDSA, RSA, which is then offered as
+C{rsa-sha2-256}/C{rsa-sha2-512}).
+
+A user's public keys are read from C{DATA/ssh/authorized_keys/<address>}
+(one OpenSSH C{authorized_keys} line each; options before the key type are
+ignored, comments and blank lines skipped), looked up at each login so a
+key added by hand works at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from twisted.conch.checkers import SSHPublicKeyChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.conch.ssh import keys
+from twisted.logger import Logger
+from zope.interface import implementer
+
+try:
+    from twisted.conch.checkers import IAuthorizedKeysDB
+except ImportError:  # pragma: no cover - older Twisted
+    IAuthorizedKeysDB = None
+
+log = Logger()
+
+HOST_KEY_FILES = {
+    "ssh_host_ed25519_key": lambda: ed25519.Ed25519PrivateKey.generate(),
+    "ssh_host_ecdsa_key": lambda: ec.generate_private_key(ec.SECP256R1()),
+}
+
+
+def fingerprint(key: keys.Key) -> str:
+    """C{SHA256:...} as C{ssh-keygen -l} and the first-connection prompt show it."""
+    digest = hashlib.sha256(key.public().blob()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def _write_private(path: str, private) -> None:
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    with open(path + ".pub", "wb") as f:
+        f.write(keys.Key(private).public().toString("openssh") + b"\n")
+
+
+def load_host_keys(data_dir: str, paths: list[str] | None = None) -> list[keys.Key]:
+    """
+    The host keys: those in C{paths}, or the ones in C{DATA/ssh/} (made on
+    first use). Raises L{keys.BadKeyError} or L{OSError} for a bad path.
+    """
+    if paths:
+        return [keys.Key.fromFile(path) for path in paths]
+    folder = os.path.join(data_dir, "ssh")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    found = []
+    for name, generate in HOST_KEY_FILES.items():
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            _write_private(path, generate())
+            log.info("sftp: made host key {path}", path=path)
+        found.append(keys.Key.fromFile(path))
+    return found
+
+
+@implementer(*([IAuthorizedKeysDB] if IAuthorizedKeysDB else []))
+class AuthorizedKeysFolder:
+    """
+    C{IAuthorizedKeysDB}: the keys in C{folder/<address>} for the account a
+    login name names (full address, or the bare local part for the default
+    domain); none for a name that is no account.
+    """
+
+    def __init__(self, folder: str, accounts):
+        self.folder = folder
+        self.accounts = accounts
+
+    def path_for(self, name: str | bytes) -> str | None:
+        account = self.accounts.find(name)
+        if account is None:
+            return None
+        address = account.address
+        if "/" in address or address.startswith("."):
+            return None
+        return os.path.join(self.folder, address)
+
+    def getAuthorizedKeys(self, username):
+        path = self.path_for(username)
+        if path is None:
+            return iter(())
+        try:
+            with open(path, "rb") as f:
+                lines = f.read(1024 * 1024).splitlines()
+        except OSError:
+            return iter(())
+        return iter([k for k in (parse_authorized_key(line) for line in lines) if k is not None])
+
+
+def parse_authorized_key(line: bytes) -> keys.Key | None:
+    """
+    The key of one C{authorized_keys} line, or L{None} for a comment, a
+    blank line or a key Conch cannot read. Leading options are skipped.
+    """
+    line = line.strip()
+    if not line or line.startswith(b"#"):
+        return None
+    fields = line.split()
+    for i, field in enumerate(fields[:-1]):
+        if field.startswith((b"ssh-", b"ecdsa-", b"sk-")):
+            try:
+                return keys.Key.fromString(b" ".join(fields[i:i + 2]))
+            except (keys.BadKeyError, ValueError, TypeError, IndexError):
+                return None
+    return None
+
+
+def authorized_keys_checker(data_dir: str, accounts) -> SSHPublicKeyChecker:
+    """The portal's checker for public keys (C{ISSHPrivateKey})."""
+    folder = os.path.join(data_dir, "ssh", "authorized_keys")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return PublicKeyChecker(AuthorizedKeysFolder(folder, accounts), accounts)
+
+
+class PublicKeyChecker(SSHPublicKeyChecker):
+    """Conch's checker, answering with the account's canonical address."""
+
+    def __init__(self, keydb, accounts):
+        SSHPublicKeyChecker.__init__(self, keydb)
+        self.accounts = accounts
+
+    def requestAvatarId(self, credentials):
+        from twisted.conch import error as conch_error
+        from twisted.internet import defer
+
+        if not credentials.signature:
+            # RFC 4252 §7: "would this key do?" Say yes only for a key that
+            # is authorized (Conch says yes to any key).
+            try:
+                key = keys.Key.fromString(credentials.blob)
+            except (keys.BadKeyError, ValueError):
+                return defer.fail(UnauthorizedLogin("unreadable key"))
+            if any(key == k for k in self._keydb.getAuthorizedKeys(credentials.username)):
+                return defer.fail(conch_error.ValidPublicKey())
+            return defer.fail(UnauthorizedLogin("key not authorized"))
+        d = SSHPublicKeyChecker.requestAvatarId(self, credentials)
+
+        def canonical(username):
+            account = self.accounts.find(username)
+            return account.address if account is not None else username
+
+        return d.addCallback(canonical)

@@ -1,0 +1,897 @@
+# -*- test-case-name: tests.test_sftp_protocol,tests.test_e2e_sftp -*-
+"""
+The SFTP server (draft-ietf-secsh-filexfer-02, "version 3", the one
+OpenSSH speaks) on the hub's virtual file system: the one bridge from SFTP
+requests onto an L{IMailhubShell}, the same shell an FTP login gets.
+
+Theory of operation:
+  - Bytes arrive from the SSH channel; packets are C{uint32 length, byte
+    type, payload}. A length over L{SFTPServer.max_packet} (or zero) cannot
+    be skipped safely, so it ends the session; anything shorter is parsed
+    with L{PacketReader}, which raises L{MalformedPacket} on a truncated or
+    inconsistent field (Conch's own parser relies on C{assert}s). A
+    malformed request gets C{SSH_FX_BAD_MESSAGE}.
+  - Requests are answered strictly in order, one at a time: a request
+    whose answer waits (a CLOSE waiting for fsync) holds the ones behind
+    it. That keeps pipelined WRITEs in order for backends that only append.
+  - Back-pressure: when the client stops reading and more than
+    L{SFTPServer.max_backlog} bytes of answers wait in the channel, requests
+    are no longer processed, and the channel holds the client's SSH window
+    (see L{twisted_mailhub.sftp.ssh.SFTPChannel}), so memory stays bounded.
+  - Paths are resolved exactly as FTP resolves them: Twisted's
+    C{ftp.toSegments} from C{/} (C{..} above C{/} refused as "no such
+    file"), then the shell confines every path (symlinks included).
+  - Every request and its answer is reported to C{observer} (the transcript
+    and the live console) as decoded text: C{OPEN /notes.txt WRITE|CREAT}
+    and C{handle 1}.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as statmod
+import struct
+import time
+from typing import Any, Callable
+
+from twisted.internet import defer, protocol, threads
+from twisted.logger import Logger
+from twisted.protocols import ftp
+from twisted.python import failure
+
+log = Logger()
+
+# Packet types (filexfer-02 §3).
+FXP_INIT, FXP_VERSION, FXP_OPEN, FXP_CLOSE, FXP_READ, FXP_WRITE = 1, 2, 3, 4, 5, 6
+FXP_LSTAT, FXP_FSTAT, FXP_SETSTAT, FXP_FSETSTAT, FXP_OPENDIR, FXP_READDIR = 7, 8, 9, 10, 11, 12
+FXP_REMOVE, FXP_MKDIR, FXP_RMDIR, FXP_REALPATH, FXP_STAT, FXP_RENAME = 13, 14, 15, 16, 17, 18
+FXP_READLINK, FXP_SYMLINK = 19, 20
+FXP_STATUS, FXP_HANDLE, FXP_DATA, FXP_NAME, FXP_ATTRS = 101, 102, 103, 104, 105
+FXP_EXTENDED, FXP_EXTENDED_REPLY = 200, 201
+
+# Status codes (filexfer-02 §7).
+FX_OK, FX_EOF, FX_NO_SUCH_FILE, FX_PERMISSION_DENIED, FX_FAILURE = 0, 1, 2, 3, 4
+FX_BAD_MESSAGE, FX_NO_CONNECTION, FX_CONNECTION_LOST, FX_OP_UNSUPPORTED = 5, 6, 7, 8
+
+STATUS_NAMES = {
+    FX_OK: "OK",
+    FX_EOF: "EOF",
+    FX_NO_SUCH_FILE: "NO_SUCH_FILE",
+    FX_PERMISSION_DENIED: "PERMISSION_DENIED",
+    FX_FAILURE: "FAILURE",
+    FX_BAD_MESSAGE: "BAD_MESSAGE",
+    FX_OP_UNSUPPORTED: "OP_UNSUPPORTED",
+}
+
+# Open flags (filexfer-02 §6.3).
+FXF_READ, FXF_WRITE, FXF_APPEND, FXF_CREAT, FXF_TRUNC, FXF_EXCL = 1, 2, 4, 8, 0x10, 0x20
+_FLAG_NAMES = [(FXF_READ, "READ"), (FXF_WRITE, "WRITE"), (FXF_APPEND, "APPEND"), (FXF_CREAT, "CREAT"), (FXF_TRUNC, "TRUNC"), (FXF_EXCL, "EXCL")]
+
+# Attribute flags (filexfer-02 §5).
+ATTR_SIZE, ATTR_UIDGID, ATTR_PERMISSIONS, ATTR_ACMODTIME, ATTR_EXTENDED = 1, 2, 4, 8, 0x80000000
+
+REQUEST_NAMES = {
+    FXP_INIT: "INIT", FXP_OPEN: "OPEN", FXP_CLOSE: "CLOSE", FXP_READ: "READ", FXP_WRITE: "WRITE",
+    FXP_LSTAT: "LSTAT", FXP_FSTAT: "FSTAT", FXP_SETSTAT: "SETSTAT", FXP_FSETSTAT: "FSETSTAT",
+    FXP_OPENDIR: "OPENDIR", FXP_READDIR: "READDIR", FXP_REMOVE: "REMOVE", FXP_MKDIR: "MKDIR",
+    FXP_RMDIR: "RMDIR", FXP_REALPATH: "REALPATH", FXP_STAT: "STAT", FXP_RENAME: "RENAME",
+    FXP_READLINK: "READLINK", FXP_SYMLINK: "SYMLINK", FXP_EXTENDED: "EXTENDED",
+}
+
+# OpenSSH's own limits (sftp-server.c): a client may send 256 KiB packets.
+MAX_PACKET = 256 * 1024
+MAX_READ = 255 * 1024
+MAX_HANDLES = 256
+MAX_BACKLOG = 1024 * 1024
+READDIR_BATCH = 100
+LIST_KEYS = ("size", "directory", "permissions", "hardlinks", "modified", "owner", "group")
+
+
+class MalformedPacket(Exception):
+    """A request whose fields do not add up (truncated, or a bad string)."""
+
+
+class SFTPError(Exception):
+    """An answer other than OK: C{code} (an C{FX_*}) and a message for people."""
+
+    def __init__(self, code: int, message: str):
+        Exception.__init__(self, code, message)
+        self.code = code
+        self.message = message
+
+
+class PacketReader:
+    """
+    Reads the fields of one SFTP payload (RFC 4251 §5 types); every read
+    past the end raises L{MalformedPacket} instead of an C{assert}.
+    """
+
+    def __init__(self, data: bytes):
+        self.data = memoryview(data)
+        self.pos = 0
+
+    def _take(self, n: int) -> memoryview:
+        end = self.pos + n
+        if n < 0 or end > len(self.data):
+            raise MalformedPacket("truncated")
+        chunk = self.data[self.pos:end]
+        self.pos = end
+        return chunk
+
+    def u8(self) -> int:
+        return self._take(1)[0]
+
+    def u32(self) -> int:
+        return struct.unpack(">I", self._take(4))[0]
+
+    def u64(self) -> int:
+        return struct.unpack(">Q", self._take(8))[0]
+
+    def string(self) -> bytes:
+        return bytes(self._take(self.u32()))
+
+    def text(self) -> str:
+        try:
+            return self.string().decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedPacket("a name that is not UTF-8")
+
+    def attrs(self) -> dict[str, Any]:
+        flags = self.u32()
+        attrs: dict[str, Any] = {}
+        if flags & ATTR_SIZE:
+            attrs["size"] = self.u64()
+        if flags & ATTR_UIDGID:
+            attrs["uid"], attrs["gid"] = self.u32(), self.u32()
+        if flags & ATTR_PERMISSIONS:
+            attrs["permissions"] = self.u32()
+        if flags & ATTR_ACMODTIME:
+            attrs["atime"], attrs["mtime"] = self.u32(), self.u32()
+        if flags & ATTR_EXTENDED:
+            count = self.u32()
+            if count > 1000:
+                raise MalformedPacket("too many extended attributes")
+            for _ in range(count):
+                self.string(), self.string()
+        return attrs
+
+    def end(self) -> None:
+        """Trailing bytes are tolerated (OpenSSH does); nothing to check."""
+
+
+def ns(data: bytes | str) -> bytes:
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return struct.pack(">I", len(data)) + data
+
+
+def pack_attrs(attrs: dict[str, Any]) -> bytes:
+    flags = 0
+    body = b""
+    if "size" in attrs:
+        flags |= ATTR_SIZE
+        body += struct.pack(">Q", attrs["size"])
+    if "permissions" in attrs:
+        flags |= ATTR_PERMISSIONS
+        body += struct.pack(">I", attrs["permissions"] & 0xFFFFFFFF)
+    if "mtime" in attrs:
+        flags |= ATTR_ACMODTIME
+        body += struct.pack(">II", int(attrs.get("atime", attrs["mtime"])) & 0xFFFFFFFF, int(attrs["mtime"]) & 0xFFFFFFFF)
+    return struct.pack(">I", flags) + body
+
+
+def facts_to_attrs(facts: dict[str, Any]) -> dict[str, Any]:
+    """The shell's FTP facts (C{size}, C{permissions}, ...) as SFTP attributes."""
+    mode = int(facts.get("permissions") or 0)
+    if not statmod.S_IFMT(mode):
+        mode |= statmod.S_IFDIR if facts.get("directory") else statmod.S_IFREG
+    attrs: dict[str, Any] = {"permissions": mode}
+    if facts.get("size") is not None:
+        attrs["size"] = int(facts["size"])
+    if facts.get("modified") is not None:
+        attrs["mtime"] = int(facts["modified"])
+    return attrs
+
+
+def long_name(name: str, facts: dict[str, Any]) -> str:
+    """The C{ls -l} line OpenSSH's client shows for C{ls -l} (filexfer-02 §7)."""
+    attrs = facts_to_attrs(facts)
+    modified = attrs.get("mtime", 0)
+    if abs(time.time() - modified) < 180 * 86400:
+        when = time.strftime("%b %d %H:%M", time.gmtime(modified))
+    else:
+        when = time.strftime("%b %d  %Y", time.gmtime(modified))
+    owner = str(facts.get("owner") or "ftp")[:16]
+    group = str(facts.get("group") or "ftp")[:16]
+    links = int(facts.get("hardlinks") or 1)
+    return f"{statmod.filemode(attrs['permissions'])} {links:3d} {owner:8} {group:8} {attrs.get('size', 0):12d} {when} {name}"
+
+
+def flag_names(flags: int) -> str:
+    return "|".join(name for bit, name in _FLAG_NAMES if flags & bit) or "0"
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """A name as the transcript shows it: control characters escaped, bounded."""
+    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
+
+
+class Handle:
+    """An open file or directory: what an SFTP handle string names."""
+
+    kind = "file"
+
+    def __init__(self, path: str, segments: list[str]):
+        self.path = path
+        self.segments = segments
+
+
+class ReadHandle(Handle):
+    def __init__(self, path, segments, reader):
+        Handle.__init__(self, path, segments)
+        self.reader = reader
+        self.position = 0
+        self.bytes = 0
+
+    def close(self) -> defer.Deferred:
+        close = getattr(self.reader, "close", None)
+        if close is not None:
+            close()
+        return defer.succeed(None)
+
+
+class WriteHandle(Handle):
+    def __init__(self, path, segments, writer, position: int):
+        Handle.__init__(self, path, segments)
+        self.writer = writer
+        self.position = position
+        self.bytes = 0
+
+    def close(self) -> defer.Deferred:
+        return defer.maybeDeferred(self.writer.close)
+
+    def abandon(self) -> None:
+        discard = getattr(self.writer, "discard", None)
+        if discard is not None:
+            discard()
+        else:
+            defer.maybeDeferred(self.writer.close).addErrback(lambda _: None)
+
+
+class DirHandle(Handle):
+    kind = "directory"
+
+    def __init__(self, path, segments, entries):
+        Handle.__init__(self, path, segments)
+        self.entries = entries
+
+    def close(self) -> defer.Deferred:
+        return defer.succeed(None)
+
+
+def _error_for(reason: failure.Failure, path: str) -> SFTPError | None:
+    """The SFTP status for a failure of the shell, as FTP would answer it."""
+    e = reason.value
+    if isinstance(e, SFTPError):
+        return e
+    if isinstance(e, ftp.InvalidPath):
+        return SFTPError(FX_NO_SUCH_FILE, f"{path}: no such file or directory (that path leaves your home)")
+    if isinstance(e, ftp.FileNotFoundError):
+        return SFTPError(FX_NO_SUCH_FILE, f"{path}: no such file or directory")
+    if isinstance(e, (ftp.PermissionDeniedError, ftp.AuthorizationError)):
+        return SFTPError(FX_PERMISSION_DENIED, f"{path}: permission denied")
+    if isinstance(e, ftp.IsADirectoryError):
+        return SFTPError(FX_FAILURE, f"{path}: is a directory")
+    if isinstance(e, ftp.IsNotADirectoryError):
+        return SFTPError(FX_FAILURE, f"{path}: not a directory")
+    if isinstance(e, ftp.FileExistsError):
+        return SFTPError(FX_FAILURE, f"{path}: already exists")
+    if isinstance(e, ftp.FTPCmdError):
+        # The FTP reply text without its code: "552 ..." -> the message.
+        text = e.response().split(" ", 1)[-1] if hasattr(e, "response") else ""
+        return SFTPError(FX_FAILURE, printable(text or "the file system refused"))
+    if isinstance(e, OSError):
+        return SFTPError(FX_FAILURE, f"{path}: {e.strerror or 'error'}")
+    return None
+
+
+class SFTPServer(protocol.Protocol):
+    """
+    One SFTP session on one shell (an L{IMailhubShell}).
+
+    @ivar observer: called as C{observer(request, answer)} with two lines
+        of text for each request answered (the transcript); or L{None}.
+    @ivar max_packet: the largest request accepted, in bytes; a longer one
+        ends the session (the stream cannot be resynchronised).
+    @ivar max_handles: open files and directories allowed at once; one
+        more gets C{SSH_FX_FAILURE "too many open handles"}.
+    @ivar max_read: the most bytes one READ answers (a READ asking for more
+        gets a short read, which filexfer-02 §6.4 allows).
+    """
+
+    def __init__(
+        self,
+        shell: Any,
+        observer: Callable[[str, str], None] | None = None,
+        max_packet: int = MAX_PACKET,
+        max_handles: int = MAX_HANDLES,
+        max_read: int = MAX_READ,
+        max_backlog: int = MAX_BACKLOG,
+    ):
+        self.shell = shell
+        self.observer = observer
+        self.max_packet = max_packet
+        self.max_handles = max_handles
+        self.max_read = max_read
+        self.max_backlog = max_backlog
+        self.handles: dict[bytes, Handle] = {}
+        self._next_handle = 1
+        self._buffer = bytearray()
+        self._busy = False
+        self._paused = False
+        self._initialised = False
+        self.closed = False
+        # Per-file summary for the transcript: path -> [reads, writes, bytes]
+        self.on_activity: Callable[[], None] | None = None
+
+    # -- the byte stream -------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        self._process()
+
+    def pauseProducing(self) -> None:
+        """The client is not reading: stop answering requests."""
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._process()
+
+    def backlog(self) -> int:
+        return int(getattr(self.transport, "backlog", lambda: 0)())
+
+    def _process(self) -> None:
+        while not self._busy and not self._paused and not self.closed:
+            if len(self._buffer) < 4:
+                return
+            (length,) = struct.unpack_from(">I", self._buffer)
+            if length == 0 or length > self.max_packet:
+                self._give_up(f"a request of {length} bytes (the limit is {self.max_packet})")
+                return
+            if len(self._buffer) < 4 + length:
+                return
+            packet = bytes(self._buffer[4:4 + length])
+            del self._buffer[:4 + length]
+            if self.on_activity is not None:
+                self.on_activity()
+            self._busy = True
+            d = self._dispatch(packet)
+            if d is None:
+                self._busy = False
+            else:
+                d.addBoth(self._done)
+                if self._busy:
+                    return
+
+    def _done(self, _):
+        self._busy = False
+        if self.backlog() > self.max_backlog:
+            self._paused = True
+        self._process()
+
+    def _give_up(self, why: str) -> None:
+        log.info("sftp: closing the session: {why}", why=why)
+        if self.observer is not None:
+            self.observer(f"[{why}]", "session closed")
+        self.closed = True
+        self._buffer = bytearray()
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason=failure.Failure(ConnectionError())) -> None:
+        self.closed = True
+        handles, self.handles = self.handles, {}
+        for handle in handles.values():
+            if isinstance(handle, WriteHandle):
+                handle.abandon()
+            else:
+                handle.close()
+
+    # -- answering ---------------------------------------------------------------
+
+    def _send(self, kind: int, payload: bytes) -> None:
+        if self.closed:
+            return
+        self.transport.write(struct.pack(">IB", len(payload) + 1, kind) + payload)
+        if self.backlog() > self.max_backlog:
+            self._paused = True
+
+    def _status(self, rid: int, code: int, message: str = "") -> None:
+        message = message or {FX_OK: "Success", FX_EOF: "End of file"}.get(code, STATUS_NAMES.get(code, "error"))
+        self._send(FXP_STATUS, struct.pack(">II", rid, code) + ns(message) + ns("en"))
+
+    def _dispatch(self, packet: bytes) -> defer.Deferred | None:
+        kind = packet[0]
+        reader = PacketReader(packet[1:])
+        name = REQUEST_NAMES.get(kind, f"type {kind}")
+        if kind == FXP_INIT:
+            return self._init(reader)
+        try:
+            rid = reader.u32()
+        except MalformedPacket:
+            # Without an id there is no one to answer: the stream is broken.
+            self._give_up(f"a {name} request too short to carry an id")
+            return None
+        if not self._initialised:
+            self._status(rid, FX_FAILURE, "send INIT first")
+            return None
+        method = getattr(self, f"fxp_{name}", None) if kind in REQUEST_NAMES else None
+        if method is None:
+            self._report(f"[unknown request {name}]", rid, SFTPError(FX_OP_UNSUPPORTED, f"request type {kind} is not supported"))
+            return None
+        try:
+            result = method(rid, reader)
+        except MalformedPacket as e:
+            self._report(f"{name} [malformed: {e}]", rid, SFTPError(FX_BAD_MESSAGE, f"malformed {name} request: {e}"))
+            return None
+        except SFTPError as e:
+            self._report(name, rid, e)
+            return None
+        if isinstance(result, defer.Deferred):
+            return result
+        return None
+
+    def _report(self, request: str, rid: int, error: SFTPError) -> None:
+        self._status(rid, error.code, error.message)
+        self._observe(request, f"{STATUS_NAMES.get(error.code, error.code)} {error.message}")
+
+    def _observe(self, request: str, answer: str) -> None:
+        if self.observer is not None:
+            self.observer(request, answer)
+
+    def _run(self, request: str, rid: int, path: str, d: defer.Deferred, answer: Callable[[Any], str | None]) -> defer.Deferred:
+        """
+        Answer C{rid} with what C{answer(result)} sends once C{d} fires (it
+        returns the transcript's text), or with the status for its failure.
+        """
+
+        def ok(result):
+            said = answer(result)
+            self._observe(request, said or "OK")
+
+        def failed(reason):
+            error = _error_for(reason, path)
+            if error is None:
+                log.failure("sftp {request} went wrong", reason, request=request)
+                error = SFTPError(FX_FAILURE, "local error in processing")
+            self._report(request, rid, error)
+
+        return d.addCallbacks(ok, failed)
+
+    # -- paths -------------------------------------------------------------------
+
+    def _segments(self, path: str) -> list[str]:
+        """Path segments from C{/} exactly as FTP makes them (C{toSegments})."""
+        if "\0" in path:
+            raise SFTPError(FX_NO_SUCH_FILE, "a path with a NUL byte")
+        try:
+            return ftp.toSegments([], path)
+        except ftp.InvalidPath:
+            raise SFTPError(FX_NO_SUCH_FILE, f"{printable(path)}: no such file or directory (that path leaves your home)")
+
+    @staticmethod
+    def _show(segments: list[str]) -> str:
+        return printable("/" + "/".join(segments))
+
+    def _new_handle(self, handle: Handle) -> bytes:
+        key = str(self._next_handle).encode()
+        self._next_handle += 1
+        self.handles[key] = handle
+        return key
+
+    def _handle(self, reader: PacketReader, kind: type) -> tuple[bytes, Any]:
+        key = reader.string()
+        handle = self.handles.get(key)
+        if handle is None or not isinstance(handle, kind):
+            raise SFTPError(FX_FAILURE, "no such open handle" if handle is None else f"that handle is not an open {kind.kind}")
+        return key, handle
+
+    def _room_for_handle(self) -> None:
+        if len(self.handles) >= self.max_handles:
+            raise SFTPError(FX_FAILURE, f"too many open handles (the limit is {self.max_handles}); close some first")
+
+    def _stat_facts(self, segments: list[str]) -> defer.Deferred:
+        return defer.maybeDeferred(self.shell.stat, segments, LIST_KEYS).addCallback(lambda values: dict(zip(LIST_KEYS, values)))
+
+    # -- requests ----------------------------------------------------------------
+
+    def _init(self, reader: PacketReader) -> None:
+        try:
+            version = reader.u32()
+        except MalformedPacket:
+            self._give_up("an INIT too short to carry a version")
+            return None
+        extensions = [
+            (b"posix-rename@openssh.com", b"1"),
+            (b"fsync@openssh.com", b"1"),
+            (b"limits@openssh.com", b"1"),
+        ]
+        if hasattr(self.shell, "root"):
+            extensions.append((b"statvfs@openssh.com", b"2"))
+        payload = struct.pack(">I", 3) + b"".join(ns(k) + ns(v) for k, v in extensions)
+        self._initialised = True
+        self._send(FXP_VERSION, payload)
+        self._observe(f"INIT version {version}", "VERSION 3")
+        return None
+
+    def fxp_OPEN(self, rid, reader):
+        path = reader.text()
+        flags = reader.u32()
+        reader.attrs()
+        segments = self._segments(path)
+        shown = self._show(segments)
+        request = f"OPEN {shown} {flag_names(flags)}"
+        self._room_for_handle()
+        if flags & FXF_READ and flags & FXF_WRITE:
+            raise SFTPError(FX_OP_UNSUPPORTED, "open a file for reading or for writing, not both (the file system streams files)")
+        if flags & FXF_WRITE or flags & (FXF_CREAT | FXF_TRUNC | FXF_APPEND):
+            d = self._open_for_writing(segments, shown, flags)
+        else:
+            d = defer.maybeDeferred(self.shell.openForReadingAt, segments, 0)
+            d.addCallback(lambda reader: ReadHandle(shown, segments, reader))
+
+        def opened(handle):
+            if self.closed:
+                handle.close() if not isinstance(handle, WriteHandle) else handle.abandon()
+                return "session closed"
+            key = self._new_handle(handle)
+            self._send(FXP_HANDLE, struct.pack(">I", rid) + ns(key))
+            return f"handle {key.decode()}"
+
+        return self._run(request, rid, shown, d, opened)
+
+    def _open_for_writing(self, segments, shown, flags) -> defer.Deferred:
+        def existing(facts):
+            return facts
+
+        def missing(reason):
+            reason.trap(ftp.FileNotFoundError)
+            return None
+
+        d = self._stat_facts(segments).addCallbacks(existing, missing)
+
+        def open_it(facts):
+            if facts is not None and facts.get("directory"):
+                raise SFTPError(FX_FAILURE, f"{shown}: is a directory")
+            if facts is not None and flags & FXF_EXCL and flags & FXF_CREAT:
+                raise SFTPError(FX_FAILURE, f"{shown}: already exists")
+            if facts is None and not flags & FXF_CREAT:
+                raise SFTPError(FX_NO_SUCH_FILE, f"{shown}: no such file")
+            if flags & FXF_APPEND:
+                start, append = int((facts or {}).get("size") or 0), True
+            elif flags & FXF_TRUNC or facts is None:
+                start, append = 0, False
+            else:
+                # Neither TRUNC nor APPEND: keep the contents (truncating at
+                # the current size changes nothing), write where asked.
+                start, append = int(facts.get("size") or 0), False
+            opening = defer.maybeDeferred(self.shell.openForWritingAt, segments, start, append)
+            return opening.addCallback(lambda writer: WriteHandle(shown, segments, writer, start))
+
+        return d.addCallback(open_it)
+
+    def fxp_CLOSE(self, rid, reader):
+        key = reader.string()
+        handle = self.handles.pop(key, None)
+        if handle is None:
+            raise SFTPError(FX_FAILURE, "no such open handle")
+        request = f"CLOSE handle {key.decode('ascii', 'replace')} ({handle.path})"
+        if isinstance(handle, WriteHandle):
+            request += f" [{handle.bytes} bytes written]"
+        elif isinstance(handle, ReadHandle):
+            request += f" [{handle.bytes} bytes read]"
+
+        def closed(_):
+            self._status(rid, FX_OK)
+            return "OK" + (" (on disk: fsync done)" if isinstance(handle, WriteHandle) else "")
+
+        return self._run(request, rid, handle.path, handle.close(), closed)
+
+    def fxp_READ(self, rid, reader):
+        key, handle = self._handle(reader, ReadHandle)
+        offset = reader.u64()
+        length = reader.u32()
+        request = f"READ handle {key.decode()} offset {offset} len {length}"
+        length = min(length, self.max_read)
+        d = defer.maybeDeferred(self._read, handle, offset, length)
+
+        def answer(data):
+            if not data:
+                self._status(rid, FX_EOF)
+                return "EOF"
+            handle.bytes += len(data)
+            self._send(FXP_DATA, struct.pack(">I", rid) + ns(data))
+            return f"DATA {len(data)} bytes"
+
+        return self._run(request, rid, handle.path, d, answer)
+
+    def _read(self, handle: ReadHandle, offset: int, length: int):
+        source = handle.reader
+        fileno = getattr(source, "fileno", None)
+        if fileno is not None:
+            return os.pread(fileno(), length, offset)
+        if offset != handle.position:
+            # A reader that only streams: reopen it at the new offset.
+            def reopened(reader):
+                getattr(handle.reader, "close", lambda: None)()
+                handle.reader, handle.position = reader, offset
+                return self._read(handle, offset, length)
+
+            return defer.maybeDeferred(self.shell.openForReadingAt, handle.segments, offset).addCallback(reopened)
+        data = source.read(length)
+
+        def advance(data):
+            handle.position += len(data)
+            return data
+
+        return defer.maybeDeferred(lambda: data).addCallback(advance)
+
+    def fxp_WRITE(self, rid, reader):
+        key, handle = self._handle(reader, WriteHandle)
+        offset = reader.u64()
+        data = reader.string()
+        request = f"WRITE handle {key.decode()} offset {offset} len {len(data)}"
+        writer = handle.writer
+        if offset != handle.position:
+            f = getattr(writer, "file", None)
+            if f is None or not hasattr(f, "seek"):
+                raise SFTPError(FX_OP_UNSUPPORTED, "this file system takes a file's bytes in order only")
+            f.seek(offset)
+        d = defer.maybeDeferred(writer.write, data)
+
+        def written(_):
+            handle.position = offset + len(data)
+            handle.bytes += len(data)
+            self._status(rid, FX_OK)
+            return "OK"
+
+        return self._run(request, rid, handle.path, d, written)
+
+    def _attrs_answer(self, rid):
+        def answer(facts):
+            self._send(FXP_ATTRS, struct.pack(">I", rid) + pack_attrs(facts_to_attrs(facts)))
+            mode = facts_to_attrs(facts)["permissions"]
+            return f"ATTRS {statmod.filemode(mode)} size {facts.get('size') or 0}"
+
+        return answer
+
+    def fxp_STAT(self, rid, reader, name="STAT"):
+        segments = self._segments(reader.text())
+        shown = self._show(segments)
+        return self._run(f"{name} {shown}", rid, shown, self._stat_facts(segments), self._attrs_answer(rid))
+
+    def fxp_LSTAT(self, rid, reader):
+        # The file system shows links as what they point to (as FTP lists
+        # them), so LSTAT is STAT.
+        return self.fxp_STAT(rid, reader, "LSTAT")
+
+    def fxp_FSTAT(self, rid, reader):
+        key = reader.string()
+        handle = self.handles.get(key)
+        if handle is None:
+            raise SFTPError(FX_FAILURE, "no such open handle")
+        request = f"FSTAT handle {key.decode()}"
+        if isinstance(handle, WriteHandle):
+            # Before close the bytes may sit in the writer's buffer.
+            facts = {"size": max(handle.position, handle.bytes), "permissions": 0o100644, "modified": time.time()}
+            return self._run(request, rid, handle.path, defer.succeed(facts), self._attrs_answer(rid))
+        return self._run(request, rid, handle.path, self._stat_facts(handle.segments), self._attrs_answer(rid))
+
+    def _setstat(self, rid, request, handle_or_segments, shown, attrs):
+        """
+        SETSTAT/FSETSTAT: a size truncates (OpenSSH's scp sets the size of
+        the file it has just written); permissions, owners and times belong
+        to the file system, which has no way to change them, as in FTP.
+        """
+        others = sorted(k for k in attrs if k != "size")
+        if others:
+            raise SFTPError(FX_OP_UNSUPPORTED, f"{shown}: this file system keeps its own permissions and times (asked to set {', '.join(others)})")
+        if "size" not in attrs:
+            self._status(rid, FX_OK)
+            self._observe(request, "OK (nothing to set)")
+            return None
+        size = attrs["size"]
+        request += f" size {size}"
+        if isinstance(handle_or_segments, WriteHandle):
+            f = getattr(handle_or_segments.writer, "file", None)
+            if f is None or not hasattr(f, "truncate"):
+                raise SFTPError(FX_OP_UNSUPPORTED, f"{shown}: this file system cannot change the size of a file being written")
+            f.flush()
+            f.truncate(size)
+            d = defer.succeed(None)
+        elif isinstance(handle_or_segments, Handle):
+            raise SFTPError(FX_PERMISSION_DENIED, f"{shown}: the file is open for reading")
+        else:
+            # Through the file system: opening for writing at SIZE
+            # truncates there (as FTP's REST + STOR does).
+            d = defer.maybeDeferred(self.shell.openForWritingAt, handle_or_segments, size, False)
+            d.addCallback(lambda writer: writer.close())
+        return self._simple_result(rid, request, shown, d)
+
+    def _simple_result(self, rid, request, shown, d):
+        def ok(_):
+            self._status(rid, FX_OK)
+            return "OK"
+
+        return self._run(request, rid, shown, d, ok)
+
+    def fxp_SETSTAT(self, rid, reader):
+        segments = self._segments(reader.text())
+        attrs = reader.attrs()
+        shown = self._show(segments)
+        return self._setstat(rid, f"SETSTAT {shown}", segments, shown, attrs)
+
+    def fxp_FSETSTAT(self, rid, reader):
+        key = reader.string()
+        attrs = reader.attrs()
+        handle = self.handles.get(key)
+        if handle is None:
+            raise SFTPError(FX_FAILURE, "no such open handle")
+        return self._setstat(rid, f"FSETSTAT handle {key.decode()}", handle, handle.path, attrs)
+
+    def fxp_OPENDIR(self, rid, reader):
+        segments = self._segments(reader.text())
+        shown = self._show(segments)
+        self._room_for_handle()
+        d = defer.maybeDeferred(self.shell.access, segments)
+        d.addCallback(lambda _: self.shell.list(segments, LIST_KEYS))
+
+        def opened(entries):
+            if self.closed:
+                return "session closed"
+            listing = [(".", None), ("..", None)] + [(name, dict(zip(LIST_KEYS, facts))) for name, facts in entries]
+            key = self._new_handle(DirHandle(shown, segments, listing))
+            self._send(FXP_HANDLE, struct.pack(">I", rid) + ns(key))
+            return f"handle {key.decode()} ({len(entries)} entries)"
+
+        return self._run(f"OPENDIR {shown}", rid, shown, d, opened)
+
+    def fxp_READDIR(self, rid, reader):
+        key, handle = self._handle(reader, DirHandle)
+        request = f"READDIR handle {key.decode()}"
+        if not handle.entries:
+            self._status(rid, FX_EOF)
+            self._observe(request, "EOF")
+            return None
+        batch, handle.entries = handle.entries[:READDIR_BATCH], handle.entries[READDIR_BATCH:]
+        dir_facts = {"directory": True, "permissions": statmod.S_IFDIR | 0o755, "size": 0, "modified": 0}
+        body = b""
+        for name, facts in batch:
+            facts = facts or dir_facts
+            body += ns(name) + ns(long_name(name, facts)) + pack_attrs(facts_to_attrs(facts))
+        self._send(FXP_NAME, struct.pack(">II", rid, len(batch)) + body)
+        self._observe(request, f"NAME {len(batch)} entries")
+        return None
+
+    def _simple(self, rid, request, shown, call, *args):
+        def ok(_):
+            self._status(rid, FX_OK)
+            return "OK"
+
+        return self._run(request, rid, shown, defer.maybeDeferred(call, *args), ok)
+
+    def fxp_REMOVE(self, rid, reader):
+        segments = self._segments(reader.text())
+        shown = self._show(segments)
+        return self._simple(rid, f"REMOVE {shown}", shown, self.shell.removeFile, segments)
+
+    def fxp_MKDIR(self, rid, reader):
+        segments = self._segments(reader.text())
+        reader.attrs()
+        shown = self._show(segments)
+        return self._simple(rid, f"MKDIR {shown}", shown, self.shell.makeDirectory, segments)
+
+    def fxp_RMDIR(self, rid, reader):
+        segments = self._segments(reader.text())
+        shown = self._show(segments)
+        return self._simple(rid, f"RMDIR {shown}", shown, self.shell.removeDirectory, segments)
+
+    def fxp_REALPATH(self, rid, reader):
+        path = reader.text()
+        segments = self._segments(path)
+        shown = "/" + "/".join(segments)
+        facts = {"directory": True, "permissions": statmod.S_IFDIR | 0o755, "size": 0, "modified": 0}
+        self._send(FXP_NAME, struct.pack(">II", rid, 1) + ns(shown) + ns(long_name(shown, facts)) + pack_attrs({}))
+        self._observe(f"REALPATH {printable(path)}", f"NAME {printable(shown)}")
+        return None
+
+    def fxp_RENAME(self, rid, reader, overwrite=False, name="RENAME"):
+        old = self._segments(reader.text())
+        new = self._segments(reader.text())
+        shown_old, shown_new = self._show(old), self._show(new)
+        request = f"{name} {shown_old} -> {shown_new}"
+        if overwrite:
+            return self._simple(rid, request, shown_old, self.shell.rename, old, new)
+        # filexfer-02 §6.5: RENAME does not replace an existing file.
+        d = self._stat_facts(new)
+
+        def exists(_):
+            raise SFTPError(FX_FAILURE, f"{shown_new}: already exists")
+
+        def free(reason):
+            reason.trap(ftp.FileNotFoundError)
+            return self.shell.rename(old, new)
+
+        d.addCallbacks(exists, free)
+
+        def ok(_):
+            self._status(rid, FX_OK)
+            return "OK"
+
+        return self._run(request, rid, shown_old, d, ok)
+
+    def fxp_READLINK(self, rid, reader):
+        shown = self._show(self._segments(reader.text()))
+        raise SFTPError(FX_OP_UNSUPPORTED, f"{shown}: this file system shows no symbolic links (as in FTP)")
+
+    def fxp_SYMLINK(self, rid, reader):
+        reader.text(), reader.text()
+        raise SFTPError(FX_OP_UNSUPPORTED, "this file system makes no symbolic links (as in FTP)")
+
+    # -- OpenSSH extensions (PROTOCOL in openssh-portable) ---------------------------
+
+    def fxp_EXTENDED(self, rid, reader):
+        name = reader.string().decode("ascii", "replace")
+        if name == "posix-rename@openssh.com":
+            return self.fxp_RENAME(rid, reader, overwrite=True, name="POSIX-RENAME")
+        if name == "fsync@openssh.com":
+            return self._fsync(rid, reader)
+        if name == "statvfs@openssh.com":
+            return self._statvfs(rid, reader)
+        if name == "limits@openssh.com":
+            payload = struct.pack(">IQQQQ", rid, self.max_packet, self.max_read, self.max_packet - 1024, self.max_handles)
+            self._send(FXP_EXTENDED_REPLY, payload)
+            self._observe("LIMITS", f"packet {self.max_packet} read {self.max_read} handles {self.max_handles}")
+            return None
+        if name == "hardlink@openssh.com":
+            raise SFTPError(FX_OP_UNSUPPORTED, "hard links are not offered by this file system")
+        raise SFTPError(FX_OP_UNSUPPORTED, f"extension {printable(name, 60)} is not supported")
+
+    def _fsync(self, rid, reader):
+        key, handle = self._handle(reader, WriteHandle)
+        f = getattr(handle.writer, "file", None)
+        request = f"FSYNC handle {key.decode()}"
+        if f is None:
+            raise SFTPError(FX_OP_UNSUPPORTED, "this file system syncs files when they are closed")
+
+        def sync():
+            f.flush()
+            os.fsync(f.fileno())
+
+        def ok(_):
+            self._status(rid, FX_OK)
+            return "OK (on disk)"
+
+        return self._run(request, rid, handle.path, threads.deferToThread(sync), ok)
+
+    def _statvfs(self, rid, reader):
+        segments = self._segments(reader.text())
+        shown = self._show(segments)
+        real = getattr(self.shell, "real_path", None)
+        if real is None:
+            raise SFTPError(FX_OP_UNSUPPORTED, "this file system has no free-space figures")
+        try:
+            st = os.statvfs(real(segments))
+        except ftp.FTPCmdError as e:
+            raise _error_for(failure.Failure(e), shown)
+        except OSError as e:
+            raise SFTPError(FX_NO_SUCH_FILE if e.errno == 2 else FX_FAILURE, f"{shown}: {e.strerror}")
+        flag = (1 if st.f_flag & os.ST_RDONLY else 0) | (2 if st.f_flag & os.ST_NOSUID else 0)
+        payload = struct.pack(
+            ">I11Q", rid, st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail,
+            st.f_files, st.f_ffree, st.f_favail, 0, flag, st.f_namemax,
+        )
+        self._send(FXP_EXTENDED_REPLY, payload)
+        self._observe(f"STATVFS {shown}", f"{st.f_bavail * st.f_frsize} bytes free")
+        return None

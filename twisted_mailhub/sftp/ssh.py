@@ -1,0 +1,384 @@
+# -*- test-case-name: tests.test_e2e_sftp,tests.test_sftp_protocol -*-
+"""
+The SSH server around the SFTP subsystem, on C{twisted.conch}.
+
+What this server offers (RFC 4254): one kind of channel, C{session}, and on
+it one subsystem, C{sftp}. A shell, a command (C{exec}, which legacy
+C{scp -O} uses) and port forwarding are each refused with a message the
+client prints. Users log in through the hub's portal and throttle like
+every other protocol: C{password}, C{keyboard-interactive} (one
+C{Password:} prompt) and C{publickey} (keys in
+C{DATA/ssh/authorized_keys/<address>}).
+
+Memory stays bounded when a client stops reading: an SFTP session that has
+more than its backlog of answers waiting stops processing requests, and
+its channel stops opening the client's window (L{MailhubConnection}), so
+the client cannot send more either.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from twisted.conch import avatar, error as conch_error, interfaces as conch_interfaces
+from twisted.conch.ssh import channel, common, connection, factory, transport, userauth
+from twisted.cred import credentials
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python import failure
+
+from twisted_mailhub.login import ClientPortal
+from twisted_mailhub.sftp.protocol import SFTPServer
+
+log = Logger()
+
+SFTP_ONLY = (
+    "This server offers SFTP only: no shell, no commands, no port forwarding.\r\n"
+    "Use: sftp -P PORT user@host (or scp, which speaks SFTP since OpenSSH 9.0).\r\n"
+)
+LEGACY_SCP = (
+    "Legacy scp (the old scp/rcp protocol, scp -O) is not offered: this server speaks SFTP only.\r\n"
+    "Drop -O: OpenSSH 9.0 and later scp use SFTP by default.\r\n"
+)
+MAX_CHANNELS = 10
+WINDOW = 2 * 1024 * 1024
+MAX_PACKET = 64 * 1024
+MSG_USERAUTH_INFO_REQUEST = 60
+
+
+class SFTPSettings:
+    """The limits and hooks every SFTP session of one listener shares."""
+
+    def __init__(self, hub: Any, max_handles: int, max_packet: int, idle_timeout: float):
+        self.hub = hub
+        self.max_handles = max_handles
+        self.max_packet = max_packet
+        self.idle_timeout = idle_timeout
+
+
+class ChannelTransport:
+    """What L{SFTPServer} writes to: the session channel, seen as a transport."""
+
+    def __init__(self, chan: "SFTPSessionChannel"):
+        self.channel = chan
+
+    def write(self, data: bytes) -> None:
+        self.channel.write(data)
+
+    def loseConnection(self) -> None:
+        self.channel.loseConnection()
+
+    def backlog(self) -> int:
+        return len(self.channel.buf)
+
+    def getPeer(self):
+        return self.channel.conn.transport.transport.getPeer()
+
+    def getHost(self):
+        return self.channel.conn.transport.transport.getHost()
+
+
+class SFTPSessionChannel(channel.SSHChannel):
+    """
+    A C{session} channel (RFC 4254 §6) that runs the C{sftp} subsystem and
+    refuses everything else with a message on stderr and exit status 1.
+    """
+
+    name = b"session"
+
+    def __init__(self, *args, **kw):
+        channel.SSHChannel.__init__(self, *args, **kw)
+        self.sftp: SFTPServer | None = None
+        self.refused = False
+
+    # -- requests --------------------------------------------------------------
+
+    def request_subsystem(self, data: bytes) -> int:
+        try:
+            name, _ = common.getNS(data)
+        except (struct.error, IndexError, ValueError):
+            return 0
+        if name != b"sftp" or self.sftp is not None or self.refused:
+            log.info("sftp: refused subsystem {name}", name=name.decode("ascii", "replace")[:40])
+            return 0
+        self.sftp = self.avatar.start_sftp(self)
+        self.sftp.makeConnection(ChannelTransport(self))
+        return 1
+
+    def request_shell(self, data: bytes) -> int:
+        return self._refuse(SFTP_ONLY, "a shell")
+
+    def request_exec(self, data: bytes) -> int:
+        try:
+            command, _ = common.getNS(data)
+        except (struct.error, IndexError, ValueError):
+            command = b""
+        if command.split(b" ", 1)[0] in (b"scp", b"/usr/bin/scp"):
+            return self._refuse(LEGACY_SCP, "legacy scp")
+        return self._refuse(SFTP_ONLY, "a command")
+
+    def request_pty_req(self, data: bytes) -> int:
+        # Accepted so that the refusal of the shell that follows is shown.
+        return 1
+
+    def request_env(self, data: bytes) -> int:
+        return 0
+
+    def _refuse(self, message: str, what: str) -> int:
+        if self.sftp is not None or self.refused:
+            return 0
+        self.refused = True
+        log.info("sftp: refused {what}", what=what)
+        from twisted.internet import reactor
+
+        # After the request's SUCCESS reply has gone out.
+        reactor.callLater(0, self._say_and_close, message)
+        return 1
+
+    def _say_and_close(self, message: str) -> None:
+        if self.closing or self.localClosed:
+            return
+        self.writeExtended(connection.EXTENDED_DATA_STDERR, message.encode("utf-8"))
+        self.conn.sendRequest(self, b"exit-status", struct.pack(">L", 1))
+        self.loseConnection()
+
+    # -- data ------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.sftp is not None:
+            self.sftp.dataReceived(data)
+
+    def holding_window(self) -> bool:
+        return self.sftp is not None and self.sftp._paused
+
+    def stopWriting(self) -> None:
+        if self.sftp is not None:
+            self.sftp.pauseProducing()
+
+    def startWriting(self) -> None:
+        if self.sftp is not None:
+            self.sftp.resumeProducing()
+            if not self.sftp._paused and self.localWindowLeft < self.localWindowSize // 2:
+                self.conn.adjustWindow(self, self.localWindowSize - self.localWindowLeft)
+
+    def eofReceived(self) -> None:
+        # A refused command's message is still on its way: close after it.
+        if not self.refused:
+            if self.sftp is not None:
+                # scp checks that ssh exited 0, i.e. that the subsystem did.
+                self.conn.sendRequest(self, b"exit-status", struct.pack(">L", 0))
+            self.loseConnection()
+
+    def closed(self) -> None:
+        if self.sftp is not None:
+            sftp, self.sftp = self.sftp, None
+            sftp.connectionLost()
+
+
+class MailhubConnection(connection.SSHConnection):
+    """
+    Conch's C{ssh-connection} service, except that a channel whose SFTP
+    session is paused (the client is not reading) gets no more window.
+    """
+
+    def adjustWindow(self, chan, bytesToAdd):
+        holding = getattr(chan, "holding_window", None)
+        if holding is not None and holding():
+            return
+        connection.SSHConnection.adjustWindow(self, chan, bytesToAdd)
+
+    def ssh_CHANNEL_DATA(self, packet):
+        # Conch indexes its channel table with the client's number and
+        # unpacks without checking the length: a bad packet is a protocol
+        # error, answered with a disconnect rather than a traceback.
+        try:
+            (number,) = struct.unpack(">L", packet[:4])
+        except struct.error:
+            number = None
+        if number not in self.channels:
+            self.transport.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"data for a channel that is not open")
+            return
+        connection.SSHConnection.ssh_CHANNEL_DATA(self, packet)
+
+
+class SFTPUser(avatar.ConchUser):
+    """
+    The avatar of one SSH login: the account's shell (the FTP home), and
+    the session channels it may open.
+    """
+
+    def __init__(self, shell: Any, settings: SFTPSettings, address: str):
+        avatar.ConchUser.__init__(self)
+        self.shell = shell
+        self.settings = settings
+        self.address = address
+        self.channelLookup[b"session"] = SFTPSessionChannel
+
+    def lookupChannel(self, channelType, windowSize, maxPacket, data):
+        if channelType != b"session":
+            log.info("sftp: refused a {kind} channel for {who}", kind=channelType.decode("ascii", "replace")[:40], who=self.address)
+            raise conch_error.ConchError(
+                "port forwarding and other channels are not offered: this server speaks SFTP only",
+                connection.OPEN_ADMINISTRATIVELY_PROHIBITED,
+            )
+        if len(self.conn.channels) >= MAX_CHANNELS:
+            raise conch_error.ConchError(f"at most {MAX_CHANNELS} sessions per connection", connection.OPEN_RESOURCE_SHORTAGE)
+        return SFTPSessionChannel(
+            localWindow=WINDOW,
+            localMaxPacket=MAX_PACKET,
+            remoteWindow=windowSize,
+            remoteMaxPacket=maxPacket,
+            data=data,
+            avatar=self,
+        )
+
+    def gotGlobalRequest(self, requestType, data):
+        log.info("sftp: refused global request {kind} (no port forwarding)", kind=requestType.decode("ascii", "replace")[:40])
+        return 0
+
+    def start_sftp(self, chan: SFTPSessionChannel) -> SFTPServer:
+        transport_ = chan.conn.transport
+        observer = getattr(transport_, "sftp_observer", None)
+        return SFTPServer(
+            self.shell,
+            observer=observer,
+            max_packet=self.settings.max_packet,
+            max_handles=self.settings.max_handles,
+        )
+
+
+class SSHClientPortal(ClientPortal):
+    """
+    The hub's throttled portal, except that the RFC 4252 §7 question "would
+    this public key do?" (a key without a signature) is no failed login.
+    """
+
+    def login(self, creds, mind, *interfaces):
+        if credentials.ISSHPrivateKey.providedBy(creds) and not creds.signature:
+            return self.portal.login(creds, mind, *interfaces)
+        return ClientPortal.login(self, creds, mind, *interfaces)
+
+
+class MailhubUserAuth(userauth.SSHUserAuthServer):
+    """
+    C{ssh-userauth} (RFC 4252) through the hub's portal: C{publickey},
+    C{password}, and C{keyboard-interactive} (RFC 4256) with one password
+    prompt. Failed logins are slowed by the hub's throttle alone.
+    """
+
+    passwordDelay = 0
+    attemptsBeforeDisconnect = 6
+
+    def serviceStarted(self):
+        userauth.SSHUserAuthServer.serviceStarted(self)
+        hub = self.transport.factory.settings.hub
+        self.portal = SSHClientPortal(hub.portal, hub.throttle, self.transport.peer_host, "sftp")
+        self.supportedAuthentications = [b"publickey", b"password", b"keyboard-interactive"]
+        self._kbd: defer.Deferred | None = None
+
+    def auth_keyboard_interactive(self, packet: bytes) -> defer.Deferred:
+        if self._kbd is not None:
+            return defer.fail(UnauthorizedLogin("a keyboard-interactive exchange is already open"))
+        self._kbd = defer.Deferred()
+        request = common.NS(b"") + common.NS(b"") + common.NS(b"") + struct.pack(">L", 1) + common.NS(b"Password: ") + b"\x00"
+        self.transport.sendPacket(MSG_USERAUTH_INFO_REQUEST, request)
+        user = self.user
+
+        def check(password: bytes):
+            creds = credentials.UsernamePassword(user, password)
+            return self.portal.login(creds, None, conch_interfaces.IConchUser)
+
+        return self._kbd.addCallback(check)
+
+    def ssh_USERAUTH_INFO_RESPONSE(self, packet: bytes) -> None:
+        d, self._kbd = self._kbd, None
+        if d is None:
+            return
+        try:
+            (count,) = struct.unpack(">L", packet[:4])
+            password, _ = common.getNS(packet[4:]) if count == 1 else (None, b"")
+        except (struct.error, IndexError, ValueError):
+            password = None
+        if password is None:
+            d.errback(UnauthorizedLogin("a keyboard-interactive answer without one password"))
+        else:
+            d.callback(password)
+
+    def ssh_USERAUTH_REQUEST(self, packet):
+        try:
+            common.getNS(packet, 3)
+        except (struct.error, IndexError, ValueError):
+            self.transport.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, b"malformed authentication request")
+            return None
+        return userauth.SSHUserAuthServer.ssh_USERAUTH_REQUEST(self, packet)
+
+    def _ebBadAuth(self, reason):
+        # Any failure below the portal (a malformed method payload) is a
+        # failed login, not a traceback in the log.
+        if not reason.check(conch_error.IgnoreAuthentication, UnauthorizedLogin, conch_error.ConchError):
+            reason = failure.Failure(UnauthorizedLogin("malformed authentication data"))
+        return userauth.SSHUserAuthServer._ebBadAuth(self, reason)
+
+
+class MailhubSSHTransport(transport.SSHServerTransport, TimeoutMixin):
+    """
+    The SSH transport of one client connection: the hub's connection id,
+    TCP_NODELAY, and the idle timeout.
+    """
+
+    ourVersionString = b"SSH-2.0-mailhub"
+
+    def connectionMade(self):
+        settings = self.factory.settings
+        self.peer_host = getattr(self.transport.getPeer(), "host", "")
+        self.connection_id = settings.hub.connection_made(self, "sftp")
+        self.sftp_observer = self.factory.make_observer(self)
+        transport.SSHServerTransport.connectionMade(self)
+        self.setTimeout(settings.idle_timeout or None)
+
+    def dataReceived(self, data):
+        self.resetTimeout()
+        transport.SSHServerTransport.dataReceived(self, data)
+
+    def timeoutConnection(self):
+        log.info("{cid}: idle for {seconds:.0f}s, disconnecting", cid=self.connection_id, seconds=self.factory.settings.idle_timeout)
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"idle timeout")
+
+    def connectionLost(self, reason):
+        self.setTimeout(None)
+        transport.SSHServerTransport.connectionLost(self, reason)
+        closing = getattr(self.sftp_observer, "session_closed", None)
+        if closing is not None:
+            closing()
+
+
+class MailhubSSHFactory(factory.SSHFactory):
+    """
+    The SSH listener's factory: host keys, and the services above.
+    """
+
+    protocol = MailhubSSHTransport
+    services = {
+        b"ssh-userauth": MailhubUserAuth,
+        b"ssh-connection": MailhubConnection,
+    }
+    # The transcript is written from decoded SFTP requests, not from the
+    # (encrypted) bytes: the hub must not wrap this factory's connections.
+    transcribes_itself = True
+
+    def __init__(self, settings: SFTPSettings, host_keys: list):
+        self.settings = settings
+        self.portal = settings.hub.portal
+        self.privateKeys = {key.sshType(): key for key in host_keys}
+        self.publicKeys = {key.sshType(): key.public() for key in host_keys}
+        self.primes = None
+
+    def make_observer(self, transport_: MailhubSSHTransport):
+        if not self.settings.hub.transcript:
+            return None
+        from twisted_mailhub.sftp.transcript import SFTPTranscript
+
+        return SFTPTranscript(transport_.connection_id)
