@@ -213,3 +213,76 @@ def test_host_key_is_the_same_after_a_restart(start_hub):
     line = next(l for l in scan.stdout.splitlines() if "ssh-ed25519" in l)
     with open(os.path.join(hub.data_dir, "ssh", "ssh_host_ed25519_key.pub")) as f:
         assert line.split()[2] == f.read().split()[1]
+
+
+def test_transcript_shows_decoded_sftp_requests_and_a_summary_per_file(start_hub, tmp_path):
+    hub = start_hub("--transcript")
+    (tmp_path / "notes.txt").write_bytes(b"x" * 32)
+    sftp_batch(hub, "put notes.txt /notes.txt\nget notes.txt back.txt\n", cwd=tmp_path)
+    hub.wait_for_log(r"SFTP session closed")
+    log = hub.log
+    assert re.search(r"sftp#\d+ C: OPEN /notes.txt WRITE\|CREAT\|TRUNC", log)
+    assert re.search(r"sftp#\d+ S: handle \d+", log)
+    assert re.search(r"sftp#\d+ C: WRITE handle \d+ offset 0 len 32\n.*S: OK", log)
+    assert re.search(r"sftp#\d+ \*: /notes.txt: downloaded 32 bytes and uploaded 32 bytes \(2 opens\)", log)
+    assert "secret" not in log.split("mailhub ready")[1]
+    # The encrypted bytes themselves are not transcribed.
+    assert not re.search(r"sftp#\d+ C: SSH-2.0", log)
+
+
+def test_garbage_inside_the_sftp_channel_gets_bad_message_and_the_hub_goes_on(start_hub):
+    import struct
+
+    hub = start_hub()
+    client = paramiko_client(hub)
+    try:
+        chan = client.get_transport().open_session()
+        chan.invoke_subsystem("sftp")
+        chan.sendall(struct.pack(">IBI", 5, 1, 3))  # INIT v3
+        version = chan.recv(4096)
+        assert version[4] == 2
+        # An OPEN whose path length runs past the packet.
+        body = bytes([3]) + struct.pack(">II", 9, 10_000) + b"abc"
+        chan.sendall(struct.pack(">I", len(body)) + body)
+        reply = chan.recv(4096)
+        assert reply[4] == 101 and struct.unpack(">II", reply[5:13]) == (9, 5)  # STATUS BAD_MESSAGE
+        # A packet over the limit ends the session, not the hub.
+        chan.sendall(struct.pack(">I", 100 * 1024 * 1024) + b"\x03")
+        assert chan.recv(4096) == b""
+    finally:
+        client.close()
+    paramiko_client(hub).close()
+    assert "Traceback" not in hub.log
+
+
+def test_thousands_of_handles_are_refused_past_the_limit(start_hub):
+    hub = start_hub("--sftp-max-handles", "50")
+    client = paramiko_client(hub)
+    try:
+        sftp = client.open_sftp()
+        with sftp.open("f", "wb") as f:
+            f.write(b"x")
+        handles = [sftp.open("f", "rb") for _ in range(50)]
+        with pytest.raises(IOError, match="too many open handles"):
+            for _ in range(2000):
+                handles.append(sftp.open("f", "rb"))
+        handles.pop().close()
+        sftp.open("f", "rb").close()
+    finally:
+        client.close()
+
+
+def test_idle_connection_is_closed_after_the_idle_timeout(start_hub):
+    hub = start_hub("--sftp-idle-timeout", "1")
+    client = paramiko_client(hub)
+    try:
+        client.open_sftp()
+        hub.wait_for_log(r"sftp#\d+: idle for 1s, disconnecting", timeout=20)
+        transport = client.get_transport()
+        for _ in range(200):
+            if not transport.is_active():
+                break
+            transport.join(0.05) if hasattr(transport, "join") else None
+        assert not transport.is_active()
+    finally:
+        client.close()

@@ -29,6 +29,7 @@ Theory of operation:
 from __future__ import annotations
 
 import os
+import re
 import stat as statmod
 import struct
 import time
@@ -85,6 +86,9 @@ MAX_HANDLES = 256
 MAX_BACKLOG = 1024 * 1024
 READDIR_BATCH = 100
 LIST_KEYS = ("size", "directory", "permissions", "hardlinks", "modified", "owner", "group")
+
+
+_EXTENSION_NAME = re.compile(r"[A-Za-z0-9@._-]{1,80}")
 
 
 class MalformedPacket(Exception):
@@ -293,6 +297,8 @@ def _error_for(reason: failure.Failure, path: str) -> SFTPError | None:
         return SFTPError(FX_FAILURE, printable(text or "the file system refused"))
     if isinstance(e, OSError):
         return SFTPError(FX_FAILURE, f"{path}: {e.strerror or 'error'}")
+    if isinstance(e, (OverflowError, ValueError)):
+        return SFTPError(FX_FAILURE, f"{path}: an offset or size out of range")
     return None
 
 
@@ -416,6 +422,10 @@ class SFTPServer(protocol.Protocol):
         reader = PacketReader(packet[1:])
         name = REQUEST_NAMES.get(kind, f"type {kind}")
         if kind == FXP_INIT:
+            if self._initialised:
+                # As OpenSSH's sftp-server: INIT once, at the start.
+                self._give_up("a second INIT")
+                return None
             return self._init(reader)
         try:
             rid = reader.u32()
@@ -437,6 +447,15 @@ class SFTPServer(protocol.Protocol):
             return None
         except SFTPError as e:
             self._report(name, rid, e)
+            return None
+        except (OverflowError, ValueError) as e:
+            # An offset or size past what the OS takes (2**63 and up).
+            self._report(name, rid, SFTPError(FX_FAILURE, "an offset or size out of range"))
+            log.info("sftp {name}: {error}", name=name, error=str(e))
+            return None
+        except Exception:
+            log.failure("sftp {name} went wrong", name=name)
+            self._report(name, rid, SFTPError(FX_FAILURE, "local error in processing"))
             return None
         if isinstance(result, defer.Deferred):
             return result
@@ -587,6 +606,9 @@ class SFTPServer(protocol.Protocol):
         if handle is None:
             raise SFTPError(FX_FAILURE, "no such open handle")
         request = f"CLOSE handle {key.decode('ascii', 'replace')} ({handle.path})"
+        closed_file = getattr(self.observer, "file_closed", None)
+        if closed_file is not None and not isinstance(handle, DirHandle):
+            closed_file(handle.path, handle.bytes if isinstance(handle, ReadHandle) else 0, handle.bytes if isinstance(handle, WriteHandle) else 0)
         if isinstance(handle, WriteHandle):
             request += f" [{handle.bytes} bytes written]"
         elif isinstance(handle, ReadHandle):
@@ -856,7 +878,8 @@ class SFTPServer(protocol.Protocol):
             return None
         if name == "hardlink@openssh.com":
             raise SFTPError(FX_OP_UNSUPPORTED, "hard links are not offered by this file system")
-        raise SFTPError(FX_OP_UNSUPPORTED, f"extension {printable(name, 60)} is not supported")
+        shown = name if _EXTENSION_NAME.fullmatch(name) else "with an unreadable name"
+        raise SFTPError(FX_OP_UNSUPPORTED, f"extension {shown[:80]} is not supported")
 
     def _fsync(self, rid, reader):
         key, handle = self._handle(reader, WriteHandle)
