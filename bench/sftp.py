@@ -13,8 +13,9 @@ Measures, for each server:
   - CLIENTS concurrent sftp processes each uploading its own 1 MiB file:
     wall time of the batch, and the sha256 of every file on the server.
   - the hub's RSS growth per idle authenticated SFTP session (IDLE paramiko
-    sessions with the sftp subsystem open); for sshd, the RSS of the two
-    processes (sshd session + sftp-server) each session adds.
+    sessions with the sftp subsystem open, measured first, on a fresh
+    hub); for sshd, the RSS of the processes (sshd session + sftp-server)
+    each session adds.
 Needs openssh-client and openssh-server (Debian). MB is 10^6 bytes. On a
 busy machine the figures vary: the two servers run in the same conditions,
 one right after the other, so the ratios are what to read.
@@ -273,6 +274,13 @@ def main() -> None:
         for s in servers:
             rows[s.name] = {"cipher": negotiated(s, key)}
             print(f"{s.name}: port {s.port}, cipher/MAC {rows[s.name]['cipher']}", flush=True)
+        # Idle sessions first, on fresh servers: after the transfers the
+        # hub's heap has free room that new sessions would fill unseen.
+        if "idle" in only:
+            for s in servers:
+                kb = idle_memory(s, key, args.idle)
+                rows[s.name]["idle_kb"] = kb
+                print(f"{s.name}: {kb:.0f} KB RSS per idle authenticated SFTP session ({args.idle} sessions)", flush=True)
         if only & {"get", "put"}:
             size = args.size_mb * 1024 * 1024
             source = os.path.join(folder, "big.src")
@@ -292,11 +300,6 @@ def main() -> None:
                 wall, good = concurrent_uploads(s, key, folder, args.clients)
                 rows[s.name].update(concurrent_wall=wall, concurrent_ok=good)
                 print(f"{s.name}: {args.clients} concurrent 1 MiB uploads in {wall:.2f} s, {good}/{args.clients} sha256 ok", flush=True)
-        if "idle" in only:
-            for s in servers:
-                kb = idle_memory(s, key, args.idle)
-                rows[s.name]["idle_kb"] = kb
-                print(f"{s.name}: {kb:.0f} KB RSS per idle authenticated SFTP session ({args.idle} sessions)", flush=True)
         print()
         print(json.dumps(rows, indent=1))
         if "put" in rows.get("mailhub", {}):

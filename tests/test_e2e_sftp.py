@@ -286,3 +286,22 @@ def test_idle_connection_is_closed_after_the_idle_timeout(start_hub):
         assert not transport.is_active()
     finally:
         client.close()
+
+
+def test_curl_and_lftp_speak_sftp_to_the_hub(start_hub, tmp_path):
+    hub = start_hub()
+    port = hub.ports["sftp"]
+    data = os.urandom(100_000)
+    (tmp_path / "c.bin").write_bytes(data)
+    curl = _need("curl")
+    if "sftp" not in subprocess.run([curl, "-V"], capture_output=True, text=True).stdout.split("Protocols:")[-1]:
+        pytest.skip("this curl is built without SFTP")
+    subprocess.run([curl, "-sS", "-k", "--user", "alice:secret", "-T", str(tmp_path / "c.bin"), f"sftp://127.0.0.1:{port}/by-curl.bin"], check=True, timeout=60)
+    got = subprocess.run([curl, "-sS", "-k", "--user", "alice:secret", f"sftp://127.0.0.1:{port}/by-curl.bin"], check=True, capture_output=True, timeout=60)
+    assert got.stdout == data
+    connect = "ssh -a -x -F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+    script = f"set sftp:connect-program '{connect}'; get by-curl.bin -o {tmp_path / 'by-lftp.bin'}; put {tmp_path / 'c.bin'} -o by-lftp.bin; bye"
+    subprocess.run([_need("lftp"), "-u", "alice,secret", "-e", script, f"sftp://127.0.0.1:{port}"], check=True, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (tmp_path / "by-lftp.bin").read_bytes() == data
+    with open(os.path.join(home(hub), "by-lftp.bin"), "rb") as f:
+        assert f.read() == data
