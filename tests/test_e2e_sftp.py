@@ -219,12 +219,14 @@ def test_transcript_shows_decoded_sftp_requests_and_a_summary_per_file(start_hub
     hub = start_hub("--transcript")
     (tmp_path / "notes.txt").write_bytes(b"x" * 32)
     sftp_batch(hub, "put notes.txt /notes.txt\nget notes.txt back.txt\n", cwd=tmp_path)
-    hub.wait_for_log(r"SFTP session closed")
+    hub.wait_for_log(r"sftp#\d+ sftp: SFTP session closed")
     log = hub.log
     assert re.search(r"sftp#\d+ C: OPEN /notes.txt WRITE\|CREAT\|TRUNC", log)
     assert re.search(r"sftp#\d+ S: handle \d+", log)
     assert re.search(r"sftp#\d+ C: WRITE handle \d+ offset 0 len 32\n.*S: OK", log)
-    assert re.search(r"sftp#\d+ \*: /notes.txt: downloaded 32 bytes and uploaded 32 bytes \(2 opens\)", log)
+    assert re.search(r"sftp#\d+ sftp: /notes.txt: downloaded 32 bytes and uploaded 32 bytes \(2 opens\)", log)
+    assert re.search(r"sftp#\d+ login: alice@localhost", log)
+    assert re.search(r"sftp#\d+ tls: SSH aes128-ctr hmac-sha2-256", log)
     assert "secret" not in log.split("mailhub ready")[1]
     # The encrypted bytes themselves are not transcribed.
     assert not re.search(r"sftp#\d+ C: SSH-2.0", log)
@@ -305,3 +307,15 @@ def test_curl_and_lftp_speak_sftp_to_the_hub(start_hub, tmp_path):
     assert (tmp_path / "by-lftp.bin").read_bytes() == data
     with open(os.path.join(home(hub), "by-lftp.bin"), "rb") as f:
         assert f.read() == data
+
+
+def test_ssh_host_key_option_uses_the_given_keys_rsa_included(start_hub, tmp_path):
+    key = tmp_path / "host_rsa"
+    subprocess.run([_need("ssh-keygen"), "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(key)], check=True, timeout=60)
+    hub = start_hub("--ssh-host-key", str(key))
+    fingerprint = subprocess.run([_need("ssh-keygen"), "-l", "-f", str(key) + ".pub"], capture_output=True, text=True, check=True).stdout.split()[1]
+    assert re.findall(r"sftp host key (\S+) (SHA256:\S+)", hub.log) == [("ssh-rsa", fingerprint)]
+    assert not os.path.exists(os.path.join(hub.data_dir, "ssh", "ssh_host_ed25519_key"))
+    # OpenSSH accepts it only as rsa-sha2-256/512 (ssh-rsa with SHA-1 is off by default).
+    done = sftp_batch(hub, "pwd\n", extra=["-o", "HostKeyAlgorithms=rsa-sha2-512,rsa-sha2-256"])
+    assert "Remote working directory: /" in done.stdout

@@ -363,6 +363,12 @@ class MailhubUserAuth(userauth.SSHUserAuthServer):
         else:
             d.callback(password)
 
+    def _cbFinishedAuth(self, result):
+        userauth.SSHUserAuthServer._cbFinishedAuth(self, result)
+        record = getattr(self.transport.sftp_observer, "record", None)
+        if record is not None:
+            record.logged_in(getattr(result[1], "address", ""))
+
     def ssh_USERAUTH_REQUEST(self, packet):
         try:
             common.getNS(packet, 3)
@@ -399,6 +405,13 @@ class MailhubSSHTransport(transport.SSHServerTransport, TimeoutMixin):
         self.resetTimeout()
         transport.SSHServerTransport.dataReceived(self, data)
 
+    def _newKeys(self):
+        transport.SSHServerTransport._newKeys(self)
+        record = getattr(self.sftp_observer, "record", None)
+        if record is not None and self.currentEncryptions is not None:
+            ciphers = self.currentEncryptions
+            record.encrypted(f"SSH {ciphers.outCipType.decode()} {ciphers.outMACType.decode()}")
+
     def timeoutConnection(self):
         log.info("{cid}: idle for {seconds:.0f}s, disconnecting", cid=self.connection_id, seconds=self.factory.settings.idle_timeout)
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"idle timeout")
@@ -421,9 +434,9 @@ class MailhubSSHFactory(factory.SSHFactory):
         b"ssh-userauth": MailhubUserAuth,
         b"ssh-connection": MailhubConnection,
     }
-    # The transcript is written from decoded SFTP requests, not from the
-    # (encrypted) bytes: the hub must not wrap this factory's connections.
-    transcribes_itself = True
+    # The session events are the decoded SFTP requests, not the (encrypted)
+    # bytes: the hub must not wrap this factory's connections.
+    record_sessions = False
 
     def __init__(self, settings: SFTPSettings, host_keys: list):
         self.settings = settings
@@ -433,8 +446,13 @@ class MailhubSSHFactory(factory.SSHFactory):
         self.primes = None
 
     def make_observer(self, transport_: MailhubSSHTransport):
-        if not self.settings.hub.transcript:
+        hub = self.settings.hub
+        if not getattr(hub, "record_sessions", False):
             return None
         from twisted_mailhub.sftp.transcript import SFTPTranscript
 
-        return SFTPTranscript(transport_.connection_id)
+        peer, host = transport_.transport.getPeer(), transport_.transport.getHost()
+        record = hub.events.start(
+            "sftp", (getattr(peer, "host", "?"), getattr(peer, "port", 0)), (getattr(host, "host", "?"), getattr(host, "port", 0)), id=transport_.connection_id
+        )
+        return SFTPTranscript(record)
