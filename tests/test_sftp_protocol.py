@@ -173,7 +173,13 @@ def test_close_of_an_upload_answers_only_after_the_writer_is_durable(session, mo
     assert status(answers(stub)[0][1])[1] == p.FX_OK
     durable = defer.Deferred()
     writer = server.handles[handle].writer
-    monkeypatch.setattr(writer, "close", lambda: (writer.file.close(), durable)[1])
+    def close_when_durable():
+        # The file system's own close, held until "the disk" says it is done.
+        writer.file.close()
+        final = getattr(writer, "final", None)
+        return durable.addCallback(lambda _: os.rename(writer.path, final) if final else None)
+
+    monkeypatch.setattr(writer, "close", close_when_durable)
     server.dataReceived(packet(p.FXP_CLOSE, u32(3), p.ns(handle)))
     server.dataReceived(packet(p.FXP_STAT, u32(4), p.ns("up")))
     assert answers(stub) == []  # neither the CLOSE nor what follows it
