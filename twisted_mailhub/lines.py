@@ -176,6 +176,14 @@ class LineEngine:
     times are in seconds, L{None} or 0 for no limit; sizes in octets.
     """
 
+    # One per connection: slots keep an idle connection small.
+    __slots__ = (
+        "owner", "clock", "max_line", "max_held", "idle_timeout", "line_timeout", "urgent", "transport",
+        "crlf", "busy", "writing_paused", "closed", "input_ended", "_buf", "_pos", "_held", "_discarding",
+        "_raw", "_raw_started", "_raw_timeout", "_line_started", "_last_input", "_idle_call", "_login_call",
+        "_reading_paused", "_in_loop",
+    )
+
     def __init__(
         self,
         owner: Any,
@@ -206,7 +214,8 @@ class LineEngine:
         # Unhandled input is _buf[_pos:].
         self._buf = b""
         self._pos = 0
-        self._held: collections.deque = collections.deque()  # lines framed early (urgent mode)
+        # Lines framed early (urgent mode): a deque once there is one.
+        self._held: Any = ()
         self._discarding = False
         self._raw: Callable | None = None
         self._raw_started = 0.0
@@ -262,7 +271,7 @@ class LineEngine:
             return
         self.closed = True
         self._buf, self._pos = b"", 0
-        self._held.clear()
+        self._held = ()
         self._raw = None
         for call in (self._idle_call, self._login_call):
             if call is not None and call.active():
@@ -311,7 +320,7 @@ class LineEngine:
         rest = self._buf[self._pos :]
         dropped = rest.count(b"\n") + (1 if rest[-1:] not in (b"", b"\n") else 0) + len(self._held)
         self._buf, self._pos = b"", 0
-        self._held.clear()
+        self._held = ()
         self._discarding = False
         self._line_started = None
         return dropped
@@ -401,6 +410,8 @@ class LineEngine:
             if line is not TOO_LONG and self.urgent(line):
                 self._dispatch(line, urgent=True)
             else:
+                if not self._held:
+                    self._held = collections.deque()
                 self._held.append((line, self.crlf))
 
     def _run(self) -> None:
