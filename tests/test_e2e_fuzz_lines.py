@@ -161,6 +161,7 @@ POP3_GRAMMAR = {
     b"APOP": b"bob 0123456789abcdef0123456789abcdef",
     b"STLS": b"",
     b"AUTH": b"CRAM-MD5",
+    b"UTF8": b"",
     b"STAT": b"",
     b"LIST": b"1",
     b"RETR": b"1",

@@ -77,3 +77,28 @@ def test_without_smtputf8_a_non_ascii_address_is_refused_with_5_6_7(hub):
     assert s.docmd("NOOP ü")[0] == 500
     assert s.docmd("NOOP") == (250, b"2.0.0 Ok")
     s.quit()
+
+
+def test_pop3_utf8_client_gets_the_message_as_sent_and_a_legacy_client_no_raw_8bit(hub):
+    import poplib
+
+    s = smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=20)
+    s.ehlo("client.example")
+    assert s.sendmail("grüße@exämple.test", ["jöran@localhost"], MESSAGE, mail_options=["SMTPUTF8"]) == {}
+    s.quit()
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=20)
+    assert "UTF8" in p.capa()
+    assert p.utf8().startswith(b"+OK")  # RFC 6856
+    p.user("jöran")
+    p.pass_("geheim")
+    lines = p.retr(1)[1]
+    assert "Subject: Grüße".encode() in lines
+    p.quit()
+    legacy = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=20)
+    legacy.user("jöran")
+    legacy.pass_("geheim")
+    lines = legacy.retr(1)[1]
+    header = lines[: lines.index(b"")]
+    assert all(line.isascii() for line in header), header
+    assert any(line.startswith(b"Subject: =?utf-8?b?") for line in header)
+    legacy.quit()

@@ -160,7 +160,7 @@ class AuthorizationTests(POP3TestCase):
         self.assertEqual(caps[0][:3], b"+OK")
         self.assertEqual(caps[-2:], [b".", b""])
         names = [c.split()[0] for c in caps[1:-2]]
-        self.assertEqual(sorted(names), sorted([b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"USER", b"SASL", b"IMPLEMENTATION"]))
+        self.assertEqual(sorted(names), sorted([b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"USER", b"SASL", b"IMPLEMENTATION", b"UTF8"]))
         self.assertIn(b"SASL PLAIN CRAM-MD5", caps)
         for bogus in (b"CELERITY", b"AUSPEX", b"POTENCE", b"STLS"):
             self.assertNotIn(bogus, names)  # no startTLS on a StringTransport
@@ -491,3 +491,46 @@ class OptionsTests(SynchronousTestCase):
         options.parseOptions(["--pop3-idle-timeout", "30"])
         self.assertEqual(options["pop3-idle-timeout"], 30)
         self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--pop3-idle-timeout", "0"])
+
+
+class UTF8Tests(POP3TestCase):
+    """RFC 6856: the UTF8 command, UTF-8 user names, and headers as stored or downgraded."""
+
+    MESSAGE = "From: Jöran <jöran@localhost>\r\nSubject: Grüße aus Köln\r\nX-Plain: ascii\r\n\r\nHallo, grüß dich\r\n".encode("utf-8")
+
+    def test_capa_offers_utf8_with_user_names(self):
+        proto, t = self.connect()
+        self.assertIn(b"\r\nUTF8 USER\r\n", self.say(proto, t, b"capa\r\n"))
+
+    def test_a_client_that_sent_utf8_gets_headers_as_stored(self):
+        self.put(self.MESSAGE)
+        proto, t = self.connect()
+        self.assertEqual(self.say(proto, t, b"utf8\r\n"), b"+OK UTF8 enabled: messages are sent with their UTF-8 headers as stored\r\n")
+        self.say(proto, t, b"user bob\r\npass hungry\r\n")
+        self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"+OK %d octets\r\n" % len(self.MESSAGE) + self.MESSAGE + b".\r\n")
+
+    def test_a_client_that_did_not_gets_encoded_words_and_never_raw_8bit_in_headers(self):
+        self.put(self.MESSAGE)
+        proto, t = self.login()
+        out = self.say(proto, t, b"retr 1\r\n")
+        header, _, body = out.partition(b"\r\n\r\n")
+        self.assertTrue(header.isascii(), header)
+        self.assertIn(b"X-Plain: ascii", header)
+        import email.header
+
+        subject = re.search(rb"Subject: (.*(?:\r\n .*)*)", header).group(1).decode()
+        self.assertEqual(str(email.header.make_header(email.header.decode_header(subject))), "Grüße aus Köln")
+        self.assertEqual(body, "Hallo, grüß dich\r\n".encode() + b".\r\n")  # the body as it is
+        top = self.say(proto, t, b"top 1 0\r\n")
+        self.assertTrue(top.isascii(), top)
+
+    def test_utf8_is_only_allowed_before_login(self):
+        proto, t = self.login()
+        self.assertTrue(self.say(proto, t, b"utf8\r\n").startswith(b"-ERR"))
+
+    def test_a_utf8_user_name_logs_in(self):
+        self.hub.accounts.add("jöran", "geheim")
+        proto, t = self.connect()
+        self.say(proto, t, b"utf8\r\n")
+        self.assertEqual(self.say(proto, t, "user jöran\r\n".encode()), "+OK now send PASS for jöran\r\n".encode())
+        self.assertEqual(self.say(proto, t, b"pass geheim\r\n"), "+OK jöran@localhost has 0 messages (0 octets)\r\n".encode())

@@ -247,6 +247,48 @@ def stuff(data: bytes, at_line_start: bool = True) -> bytes:
     return data
 
 
+def _encoded_words(text: str) -> str:
+    """C{text} as RFC 2047 B encoded-words of UTF-8, each at most 75 characters, folded."""
+    words, chunk = [], ""
+    for ch in text:
+        if len((chunk + ch).encode("utf-8")) > 45:  # 45 octets -> 60 base64 characters
+            words.append(chunk)
+            chunk = ""
+        chunk += ch
+    if chunk:
+        words.append(chunk)
+    return "\r\n ".join("=?utf-8?b?" + base64.b64encode(w.encode("utf-8")).decode("ascii") + "?=" for w in words)
+
+
+def downgrade(message: bytes) -> bytes:
+    """
+    C{message} for a session that did not send UTF8 (RFC 6856 §3): header
+    fields holding raw UTF-8 (RFC 6532) are sent as RFC 2047 encoded-words,
+    so such a client never sees raw 8-bit in a header; the body is left
+    alone (8-bit bodies were always allowed). A header that is all ASCII is
+    returned as it is (the common case costs one scan).
+    """
+    m = _HEADER_END.search(message)
+    end = m.start() if m is not None else len(message)
+    if end and message[end - 1 : end] == b"\r":
+        end -= 1
+    header = message[:end]
+    if header.isascii():
+        return message
+    out = []
+    for field in re.split(rb"\r?\n(?![ \t])", header):
+        if field.isascii():
+            out.append(field)
+            continue
+        name, colon, value = field.partition(b":")
+        if not colon or not name.isascii():
+            out.append(b"X-Downgraded: " + _encoded_words(field.decode("utf-8", "replace")).encode("ascii"))
+            continue
+        text = " ".join(value.decode("utf-8", "replace").split())
+        out.append(name + b": " + _encoded_words(text).encode("ascii"))
+    return b"\r\n".join(out) + message[end:]
+
+
 def terminator(last: bytes) -> bytes:
     """The end of a multi-line reply after data whose last octet is C{last}."""
     return b".\r\n" if last in (b"", b"\n") else b"\r\n.\r\n"
@@ -333,7 +375,7 @@ class State(enum.Enum):
 # What each state accepts (RFC 1939 §4-§6, RFC 2449 CAPA, RFC 2595 STLS).
 # NOOP is allowed before login too: people typing by hand try it first.
 COMMANDS: dict[State, frozenset[str]] = {
-    State.AUTHORIZATION: frozenset({"CAPA", "USER", "PASS", "APOP", "STLS", "AUTH", "NOOP", "QUIT"}),
+    State.AUTHORIZATION: frozenset({"CAPA", "USER", "PASS", "APOP", "STLS", "AUTH", "UTF8", "NOOP", "QUIT"}),
     State.TRANSACTION: frozenset({"CAPA", "STAT", "LIST", "RETR", "TOP", "UIDL", "DELE", "RSET", "NOOP", "QUIT"}),
     State.UPDATE: frozenset(),
 }
@@ -365,6 +407,8 @@ class MailhubPOP3(_pop3.POP3):
         self._outgoing: _Outgoing | None = None
         self._sending: defer.Deferred | None = None
         self._closed = False
+        # RFC 6856: the client sent UTF8 and takes UTF-8 headers as stored.
+        self.utf8 = False
         self._user: bytes | None = None
         # Set while AUTH waits for the client's next SASL line.
         self._sasl: Callable[[bytes], Any] | None = None
@@ -585,6 +629,8 @@ class MailhubPOP3(_pop3.POP3):
             if self.can_start_tls():
                 caps.append(b"STLS")
             caps.append(b"SASL " + b" ".join(self.sasl_mechanisms()))
+            # RFC 6856 §2: UTF8, and USER when USER/PASS take UTF-8 names.
+            caps.append(b"UTF8 USER" if self.plaintext_allowed() else b"UTF8")
         caps.append(b"IMPLEMENTATION " + self.implementation)
         return caps
 
@@ -608,6 +654,14 @@ class MailhubPOP3(_pop3.POP3):
             log.info("{cid} discarded {n} command lines pipelined after STLS", cid=self.connection_id, n=dropped)
         self._user = None
         self.transport.startTLS(self.hub.tls)
+
+    def pop_UTF8(self, args: bytes) -> None:
+        """RFC 6856 §2: UTF-8 in names and headers from now on."""
+        if args:
+            self.reply_err(b"UTF8 takes no argument")
+            return
+        self.utf8 = True
+        self.reply_ok(b"UTF8 enabled: messages are sent with their UTF-8 headers as stored")
 
     def sasl_mechanisms(self) -> list[bytes]:
         """
@@ -687,7 +741,7 @@ class MailhubPOP3(_pop3.POP3):
             self.reply_err(b"USER needs a name, e.g. USER bob")
             return
         self._user = args
-        self.reply_ok(f"now send PASS for {quote(args, 64, ascii=True)}{control_note(args)}")
+        self.reply_ok(f"now send PASS for {quote(args, 64, ascii=not self.utf8)}{control_note(args)}")
 
     def pop_PASS(self, args: bytes) -> defer.Deferred | None:
         if not self.plaintext_allowed():
@@ -808,6 +862,14 @@ class MailhubPOP3(_pop3.POP3):
             return
         drop.retrieved.add(i)
         head = b"+OK %d octets\r\n" % size
+        if not self.utf8 and size > self.one_write_limit:
+            start = f.read(65536)
+            f.seek(0)
+            m = _HEADER_END.search(start)
+            if not start[: m.start() if m else len(start)].isascii():
+                # Rare: a large message with UTF-8 headers, for a client
+                # that did not send UTF8: downgraded whole, in one write.
+                size = self.one_write_limit
         if size > self.one_write_limit:
             # Sent as the client reads; later commands wait for the end.
             self.transport.write(head)
@@ -818,6 +880,9 @@ class MailhubPOP3(_pop3.POP3):
             return d
         with f:
             data = f.read()
+        if not self.utf8:
+            data = downgrade(data)
+            head = b"+OK %d octets\r\n" % len(data)
         body = stuff(data)
         # One write: the reply line, the message and the terminator.
         self.transport.write(head + body + terminator(body[-1:]))
@@ -841,7 +906,8 @@ class MailhubPOP3(_pop3.POP3):
         if f is None:
             return
         with f:
-            body = stuff(top_of(f, lines))
+            top = top_of(f, lines)
+        body = stuff(top if self.utf8 else downgrade(top))
         self.transport.write(b"+OK top of message follows\r\n" + body + terminator(body[-1:]))
 
     def pop_DELE(self, args: bytes) -> None:
