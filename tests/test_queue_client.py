@@ -233,3 +233,39 @@ class RelayClientTests(unittest.TestCase):
     def test_dot_stuffing(self):
         self.assertEqual(dot_stuff(b".a\r\nb\r\n.\r\n"), b"..a\r\nb\r\n..\r\n.\r\n")
         self.assertEqual(dot_stuff(b"no newline"), b"no newline\r\n.\r\n")
+
+
+class SMTPUTF8Tests(unittest.TestCase):
+    """RFC 6531 §3.2 and §3.4: SMTPUTF8 when the next hop offers it, a DSN-worthy refusal when not."""
+
+    UTF8 = "Subject: Grüße\r\n\r\nhi\r\n".encode("utf-8")
+
+    def test_a_utf8_message_goes_with_smtputf8_when_offered(self):
+        j = job(sender="grüße@a.test", recipients=("jöran@b.test",), message=self.UTF8)
+        s = Session([j])
+        s.greet(b"250-mx.b.test\r\n250-SMTPUTF8\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+        self.assertEqual(
+            s.sent(),
+            "MAIL FROM:<grüße@a.test> SMTPUTF8 BODY=8BITMIME\r\nRCPT TO:<jöran@b.test>\r\nDATA\r\n".encode("utf-8"),
+        )
+
+    def test_without_smtputf8_the_message_is_refused_permanently_not_downgraded(self):
+        for sender, recipients, message in (
+            ("grüße@a.test", ("bob@b.test",), b"Subject: x\r\n\r\nhi\r\n"),
+            ("alice@a.test", ("jöran@b.test",), b"Subject: x\r\n\r\nhi\r\n"),
+        ):
+            j = job(sender=sender, recipients=recipients, message=message)
+            s = Session([j])
+            s.greet()
+            self.assertEqual(j.phase, DONE)
+            outcome = j.outcomes[recipients[0]]
+            self.assertTrue(outcome.permanent)
+            self.assertEqual(outcome.code, 553)
+            self.assertIn("5.6.7", outcome.reply)
+            self.assertNotIn(b"MAIL FROM", s.sent())
+
+    def test_an_ascii_message_with_an_8bit_body_needs_no_smtputf8(self):
+        j = job(message="Subject: x\r\n\r\nGrüße\r\n".encode("utf-8"))
+        s = Session([j])
+        s.greet()
+        self.assertEqual(s.sent(), b"MAIL FROM:<alice@a.test> SIZE=%d BODY=8BITMIME\r\n" % len(j.message))

@@ -95,6 +95,32 @@ def dot_stuff(message: bytes) -> bytes:
     return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
+def needs_smtputf8(job: "Job") -> bool:
+    """
+    Whether C{job} can only go with SMTPUTF8 (RFC 6531 §3.2): it has a
+    non-ASCII address. (Raw UTF-8 in a header alone is asked for with
+    SMTPUTF8 when the next hop offers it, see L{wants_smtputf8}, but still
+    sent with 8BITMIME when it does not, as mail with such headers always
+    was and as Postfix does.)
+    """
+    return not job.sender.isascii() or not all(r.isascii() for r in job.recipients)
+
+
+def wants_smtputf8(job: "Job") -> bool:
+    """Whether to ask for SMTPUTF8 when offered: a non-ASCII address or header (RFC 6532)."""
+    if needs_smtputf8(job):
+        return True
+    end = job.message.find(b"\r\n\r\n")
+    return not job.message[: end if end >= 0 else len(job.message)].isascii()
+
+
+def quote_path(address: str) -> bytes:
+    """C{<address>} for MAIL/RCPT, in UTF-8 when it is not ASCII (RFC 6531 §3.3)."""
+    if address.isascii():
+        return smtp.quoteaddr(address)
+    return b"<" + address.encode("utf-8") + b">"
+
+
 def _text(resp: Any) -> str:
     if isinstance(resp, bytes):
         resp = resp.decode("utf-8", "replace")
@@ -170,6 +196,16 @@ class RelayClient(smtp.ESMTPClient):
         """
         while True:
             job = next((j for j in self.jobs if j.phase == WAITING), None)
+            if job is not None and b"SMTPUTF8" not in self.extensions and needs_smtputf8(job):
+                # RFC 6531 §3.2: no downgrade; the sender gets a DSN.
+                refusal = Outcome(
+                    553,
+                    f"5.6.7 {self.remote} does not offer SMTPUTF8 and the message has a non-ASCII address (RFC 6531)",
+                    self.remote,
+                )
+                job.outcomes = {r: refusal for r in job.recipients}
+                job.phase = DONE
+                continue
             if job is None or not (self.size_limit and len(job.message) > self.size_limit):
                 return job
             refusal = Outcome(552, f"5.3.4 message is {len(job.message)} octets, {self.remote} takes at most {self.size_limit}", self.remote)
@@ -177,7 +213,9 @@ class RelayClient(smtp.ESMTPClient):
             job.phase = DONE
 
     def _mail_line(self, job: Job) -> bytes:
-        line = b"MAIL FROM:" + smtp.quoteaddr(job.sender)
+        line = b"MAIL FROM:" + quote_path(job.sender)
+        if b"SMTPUTF8" in self.extensions and wants_smtputf8(job):
+            line += b" SMTPUTF8"  # RFC 6531 §3.4
         if b"SIZE" in self.extensions:
             line += b" SIZE=%d" % len(job.message)
         if b"8BITMIME" in self.extensions and not job.message.isascii():
@@ -208,7 +246,7 @@ class RelayClient(smtp.ESMTPClient):
                 self.sendLine(b"RSET")
             self.sendLine(self._mail_line(job))
             for r in job.recipients:
-                self.sendLine(b"RCPT TO:" + smtp.quoteaddr(r))
+                self.sendLine(b"RCPT TO:" + quote_path(r))
             self.sendLine(b"DATA")
             self._expected = range(0, 1000)
             self._okresponse = self._failresponse = self._pipelined_reply
@@ -273,6 +311,25 @@ class RelayClient(smtp.ESMTPClient):
             return
         self.job = None
         self._disconnectFromServer()
+
+    def smtpState_toOrData(self, code, resp):
+        # Twisted's, with a UTF-8 path where SMTPUTF8 allows it (its
+        # quoteaddr takes ASCII only).
+        if self.lastAddress is not None:
+            self.toAddressesResult.append((self.lastAddress, code, resp))
+            if code in smtp.SUCCESS:
+                self.successAddresses.append(self.lastAddress)
+        try:
+            self.lastAddress = next(self.toAddresses)
+        except StopIteration:
+            if self.successAddresses:
+                self.sendLine(b"DATA")
+                self._expected = [354]
+                self._okresponse = self.smtpState_data
+            else:
+                return self.smtpState_msgSent(code, "No recipients accepted")
+        else:
+            self.sendLine(b"RCPT TO:" + quote_path(self.lastAddress))
 
     def getMailTo(self):
         return list(self.job.recipients) if self.job else []
