@@ -156,7 +156,13 @@ def test_ftp_upload_that_fills_the_disk_leaves_nothing_behind(small_disk, start_
     filler.leave(500_000)
     free_before = os.statvfs(small_disk).f_bavail
     with pytest.raises(ftplib.error_temp, match="^452"):
-        ftp.storbinary("STOR big.bin", io.BytesIO(b"z" * MiB))
+        try:
+            ftp.storbinary("STOR big.bin", io.BytesIO(b"z" * MiB))
+        except (ConnectionResetError, BrokenPipeError):
+            # The server closed the data connection at the write error while
+            # the client was still sending (a race on a busy machine): the
+            # 452 is still waiting on the control connection.
+            ftp.voidresp()
     # Neither under its name nor hidden: the space is free again.
     assert ftp.nlst() == []
     assert os.listdir(home) == []
