@@ -87,6 +87,8 @@ class Account:
     domain: str
     password: str | None = attr.ib(default=None, repr=False)
     password_hash: str | None = attr.ib(default=None, repr=False)
+    # octets of storage (twisted_mailhub.quota), None for the hub's --quota
+    quota: int | None = None
 
     @property
     def address(self) -> str:
@@ -131,11 +133,23 @@ class AccountBook:
             return local, domain.lower().rstrip(".")
         return name, self.default_domain
 
-    def add(self, name: str, password: str) -> Account:
+    def add(self, name: str, password: str, quota: int | None = None) -> Account:
         """
         Add an account from C{name} (address or bare local part) and a
-        password that is plain text or a C{hash_password} string.
+        password that is plain text or a C{hash_password} string. C{name}
+        may carry attributes after a C{;}: C{alice;quota=500M} gives the
+        account its own storage quota (L{twisted_mailhub.quota}).
+
+        @raise ValueError: a bad name or attribute.
         """
+        name, _, attributes = name.partition(";")
+        for attribute in filter(None, (a.strip() for a in attributes.split(";"))):
+            key, eq, value = attribute.partition("=")
+            if key.strip().lower() != "quota" or not eq:
+                raise ValueError(f"unknown account attribute {attribute!s} (known: quota=SIZE)")
+            from twisted_mailhub.quota import parse_size
+
+            quota = parse_size(value)
         local, domain = self.split(name)
         if not local or any(c in local for c in "/\\\0") or local.startswith("."):
             raise ValueError(f"not a usable mailbox name: {name!r}")
@@ -143,9 +157,9 @@ class AccountBook:
             # An account's domain is local by definition.
             self.domains.append(domain)
         if password.startswith(SCRYPT_PREFIX):
-            account = Account(local, domain, password_hash=password)
+            account = Account(local, domain, password_hash=password, quota=quota)
         else:
-            account = Account(local, domain, password=password)
+            account = Account(local, domain, password=password, quota=quota)
         self._accounts[self._key(local, domain)] = account
         return account
 

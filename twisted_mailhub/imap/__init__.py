@@ -34,8 +34,9 @@ class IMAPAvatar:
     used.
     """
 
-    def __init__(self, store_account: Any):
+    def __init__(self, store_account: Any, address: str | None = None):
         self.store_account = store_account
+        self.address = address
 
 
 def prepare_account(store_account: Any) -> None:
@@ -80,7 +81,7 @@ def install(hub: Any) -> None:
             prepare_account(store_account)
         except (StoreError, OSError):
             pass  # the session still works; LIST shows what exists
-        return IMAPAvatar(store_account), lambda: None
+        return IMAPAvatar(store_account, account.address), lambda: None
 
     hub.realm.register(imap4.IAccount, avatar)
     hub.listen_each(listeners, lambda spec: IMAPFactory(hub, spec.name))

@@ -120,7 +120,8 @@ class ChangeCommands:
             if is_out_of_space(reason.value):
                 # RFC 5530 §3; the store took back the copies it had made.
                 log.warn("{command} not done: insufficient system storage ({error})", command=command.decode(), error=reason.value.__cause__ or reason.value)
-                self.sendNegativeResponse(tag, b"[OVERQUOTA] " + command + b" failed: not enough disk space; nothing was copied")
+                why = getattr(reason.value, "reason", "not enough disk space").encode("utf-8")
+                self.sendNegativeResponse(tag, b"[OVERQUOTA] " + command + b" failed: " + why + b"; nothing was copied")
                 return
             log.failure("{command} failed", reason, command=command.decode())
             self.sendNegativeResponse(tag, b"[SERVERBUG] " + command + b" failed; nothing was removed")

@@ -345,7 +345,8 @@ class MailboxCommands:
             if is_out_of_space(reason.value):
                 # RFC 5530 §3: OVERQUOTA, as Dovecot answers a full disk.
                 log.warn("APPEND not stored: insufficient system storage ({error})", error=reason.value.__cause__ or reason.value)
-                self.sendNegativeResponse(tag, b"[OVERQUOTA] APPEND failed: not enough disk space, message not stored")
+                why = getattr(reason.value, "reason", "not enough disk space").encode("utf-8")
+                self.sendNegativeResponse(tag, b"[OVERQUOTA] APPEND failed: " + why + b", message not stored")
                 return
             log.failure("APPEND failed", reason)
             self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed: message not stored")

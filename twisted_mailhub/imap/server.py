@@ -56,6 +56,7 @@ from twisted_mailhub.imap.changes import ChangeCommands
 from twisted_mailhub.imap.extensions import EXTENSIONS, ExtensionCommands
 from twisted_mailhub.imap.fetch import FetchCommands, ResponseStream
 from twisted_mailhub.imap.mailboxes import SPECIAL_USE, MailboxCommands  # noqa: F401 (SPECIAL_USE: imap/__init__)
+from twisted_mailhub.imap.quota import QuotaCommands
 from twisted_mailhub.imap.search import SearchCommands
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
@@ -74,7 +75,7 @@ IDLE_POLL = 0.5  # seconds between cheap looks at new/ and cur/ while IDLE
 _NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH"}
 
 
-class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands, ExtensionCommands, imap4.IMAP4Server):
+class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands, ExtensionCommands, QuotaCommands, imap4.IMAP4Server):
     """
     One IMAP connection. C{hub} is the shared L{twisted_mailhub.hub.Hub}.
     """
@@ -143,6 +144,9 @@ class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands,
             caps[b"AUTH"] = sorted(self.challengers)
         for name in EXTENSIONS:
             caps[name] = None
+        if getattr(self.hub, "quotas", None) is not None:
+            caps[b"QUOTA"] = None  # RFC 9208, twisted_mailhub.imap.quota
+            caps[b"QUOTA=RES-STORAGE"] = None
         return caps
 
     def do_STARTTLS(self, tag):

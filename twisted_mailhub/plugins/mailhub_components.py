@@ -8,7 +8,9 @@ order numbers leave room between them.
 
 from twisted_mailhub.components import ModuleComponent
 
-# The queue first: the SMTP component hands mail for other domains to the
+# Quotas before everything: each component then gets the store with them.
+quota = ModuleComponent("quota", "twisted_mailhub.quota", order=5)
+# The queue next: the SMTP component hands mail for other domains to the
 # relay the queue component sets up.
 queue = ModuleComponent("queue", "twisted_mailhub.queue.component", order=10)
 smtp = ModuleComponent("smtp", "twisted_mailhub.smtp.component", order=20)

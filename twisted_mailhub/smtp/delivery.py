@@ -141,6 +141,10 @@ class RecipientPolicy:
                 account = self.postmaster()
             if account is None:
                 return Verdict(550, f"5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table")
+            quotas = getattr(self.hub, "quotas", None)
+            if quotas is not None and quotas.over(account.address):
+                # RFC 3463 §3.3 X.2.2: known to be full before any data is sent.
+                return Verdict(552, f"5.2.2 <{address}>: Mailbox full")
             return Verdict(250, "2.1.5 Ok", "local", account.address)
         if not authenticated:
             return Verdict(554, f"5.7.1 <{address}>: Relay access denied")

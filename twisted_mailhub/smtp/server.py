@@ -70,6 +70,7 @@ from twisted_mailhub.smtp.delivery import (
     run_filters,
 )
 from twisted_mailhub.filters import Reject
+from twisted_mailhub.quota import QuotaExceeded
 from twisted_mailhub.store.interfaces import is_out_of_space
 
 log = Logger()
@@ -697,6 +698,10 @@ class MailhubSMTP(smtp.ESMTP):
         if reason.check(Rejected):
             e = reason.value
             return self.refuse(e.code, e.text)
+        if reason.check(QuotaExceeded):
+            # RFC 3463 §3.3 (X.2.2): the message would not fit; nothing was kept.
+            log.info("{cid}: message refused: {why}", cid=self.connection_id, why=str(reason.value))
+            return self.reply(552, f"5.2.2 <{reason.value.address}>: Mailbox full")
         if is_out_of_space(reason.value):
             # RFC 3463 §3.4 (X.3.1): one line, no traceback; nothing was kept.
             log.warn("{cid}: message not stored: insufficient system storage ({error})", cid=self.connection_id, error=reason.value.__cause__ or reason.value)

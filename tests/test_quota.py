@@ -1,0 +1,128 @@
+"""
+Storage quotas (issue 14): --quota and an account's own ;quota=, enforced
+for SMTP (552 5.2.2 at RCPT when already full, at the end of DATA when the
+message would not fit), IMAP APPEND/COPY (NO [OVERQUOTA]), with a warning
+message at 90% and space freed by deletions found again.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import smtplib
+import time
+
+import pytest
+
+from twisted_mailhub.quota import format_size, parse_size
+
+
+def test_sizes_read_with_binary_multiples():
+    assert parse_size("1048576") == 1048576
+    assert parse_size("500M") == 500 * 1024 * 1024
+    assert parse_size("2g") == 2 * 1024**3
+    assert parse_size("1.5GiB") == int(1.5 * 1024**3)
+    assert parse_size("4k") == 4096
+    for bad in ("", "-1", "0", "12 parsecs", "M"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    assert format_size(3 * 1024 * 1024) == "3.0 MiB"
+
+
+def message(subject: str, octets: int) -> bytes:
+    head = f"From: judy@jbc.test\r\nSubject: {subject}\r\n\r\n".encode()
+    return head + b"x" * (octets - len(head) - 2) + b"\r\n"
+
+
+def inbox(hub, user="alice", password="secret"):
+    client = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    client.login(user, password)
+    client.select("INBOX")
+    return client
+
+
+def subjects(client) -> list[str]:
+    typ, data = client.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    return [part[1].decode().strip() for part in data if isinstance(part, tuple)]
+
+
+def test_smtp_refuses_what_does_not_fit_then_refuses_at_rcpt_once_full(start_hub):
+    # The trace headers the hub adds come on top of each message's size.
+    hub = start_hub("--quota", "8k")
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as client:
+        client.sendmail("judy@jbc.test", ["alice@localhost"], message("first", 5000))
+        with pytest.raises(smtplib.SMTPDataError) as full:
+            client.sendmail("judy@jbc.test", ["alice@localhost"], message("too big", 4000))
+        assert full.value.smtp_code == 552 and full.value.smtp_error.startswith(b"5.2.2")
+        client.rset()
+        # Another account has its own room: the quota is per account.
+        client.sendmail("judy@jbc.test", ["bob@localhost"], message("for bob", 4000))
+        # Past 90%: the warning arrives, and with it alice is full.
+        client.sendmail("judy@jbc.test", ["alice@localhost"], message("second", 2500))
+    imap = inbox(hub)
+    deadline = time.monotonic() + 10
+    while len(subjects(imap)) < 3 and time.monotonic() < deadline:
+        imap.noop()
+    got = subjects(imap)
+    assert got[:2] == ["Subject: first", "Subject: second"]
+    assert len(got) == 3 and got[2].startswith("Subject: Your mailbox is") and got[2].endswith("% full")
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as client:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            client.sendmail("judy@jbc.test", ["alice@localhost"], message("third", 100))
+        code, text = refused.value.recipients["alice@localhost"]
+        assert code == 552 and text.startswith(b"5.2.2") and b"Mailbox full" in text
+    # Deleting frees the space, and mail is taken again at once.
+    imap.store("1", "+FLAGS", "\\Deleted")
+    imap.expunge()
+    imap.logout()
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as client:
+        assert client.sendmail("judy@jbc.test", ["alice@localhost"], message("after cleanup", 1000)) == {}
+
+
+def test_imap_append_and_copy_over_quota_get_overquota(start_hub, tmp_path):
+    accounts = tmp_path / "accounts"
+    accounts.write_text("carol@localhost;quota=6k:pw\n")
+    hub = start_hub("--auth", f"file:{accounts}", users=())
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    imap.login("carol", "pw")
+    assert imap.append("INBOX", None, None, message("kept", 3500))[0] == "OK"
+    typ, data = imap.append("INBOX", None, None, message("no room", 4000))
+    assert typ == "NO" and data[0].startswith(b"[OVERQUOTA]") and b"mailbox full" in data[0], data
+    imap.create("Archive")
+    imap.select("INBOX")
+    typ, data = imap.copy("1", "Archive")
+    assert typ == "NO" and data[0].startswith(b"[OVERQUOTA]")
+    imap.select("Archive")
+    assert imap.search(None, "ALL")[1] == [b""]
+    imap.logout()
+
+
+def test_imap_quota_extension_reports_the_storage_root(start_hub, tmp_path):
+    accounts = tmp_path / "accounts"
+    accounts.write_text("carol@localhost;quota=64k:pw\ndave@localhost:pw\n")
+    hub = start_hub("--auth", f"file:{accounts}", users=())
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    imap.login("carol", "pw")
+    assert "QUOTA" in imap.capabilities and "QUOTA=RES-STORAGE" in imap.capabilities
+    imap.append("INBOX", None, None, message("some", 3000))
+    typ, data = imap.getquotaroot("INBOX")
+    assert typ == "OK"
+    roots, quotas = data
+    assert roots == [b'"INBOX" ""'] and quotas == [b'"" (STORAGE 3 64)'], data
+    typ, data = imap.getquota('""')
+    assert typ == "OK" and data == [b'"" (STORAGE 3 64)']
+    typ, data = imap._simple_command("SETQUOTA", '""', "(STORAGE 100)")
+    assert typ == "NO" and data[0].startswith(b"[NOPERM]"), data
+    imap.logout()
+    # An account with no limit has no quota root.
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    imap.login("dave", "pw")
+    typ, data = imap.getquotaroot("INBOX")
+    assert typ == "OK" and data[0] == [b'"INBOX"']
+    imap.logout()
+
+
+def test_no_quota_capability_without_quotas(hub):
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    imap.login("alice", "secret")
+    assert "QUOTA" not in imap.capabilities
+    imap.logout()

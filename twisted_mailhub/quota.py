@@ -1,0 +1,356 @@
+# -*- test-case-name: tests.test_quota -*-
+"""
+Storage quotas: C{--quota SIZE} for every account, or C{;quota=SIZE} on an
+account's line in an accounts file.
+
+Rules:
+
+ - What counts: the octets of every message in every folder of the account
+   (the sizes the store already knows, L{MessageInfo.size}), whatever the
+   backend. One implementation, as a wrapper around any L{IMailStore}
+   (L{QuotaStore}), so Maildir, memory and PostgreSQL stores all get it.
+ - When it is counted: once, the first time an account is asked about;
+   then each stored message adds its size. Deletions are not followed one
+   by one: the count is made again whenever a write would pass the limit,
+   and when it is older than C{RECOUNT} seconds, so space freed by a
+   deletion is found exactly when it matters. Nothing walks a mailbox on
+   each delivery.
+ - What is refused: a delivery, APPEND, COPY or MOVE that would take the
+   account past its limit raises L{QuotaExceeded}, a kind of
+   L{InsufficientStorage}: nothing is stored. SMTP answers C{552 5.2.2
+   Mailbox full} (RFC 3463 §3.3) at RCPT when the account is already over
+   and at the end of DATA otherwise; IMAP C{NO [OVERQUOTA]} (RFC 5530 §3).
+ - A warning: when a write takes an account to 90% of its limit or more,
+   it gets one message saying so (again only after it went below 90%).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import weakref
+from email.utils import formatdate, make_msgid
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import alsoProvides, providedBy
+
+from twisted_mailhub.store.interfaces import InsufficientStorage
+
+log = Logger()
+
+RECOUNT = 60.0  # seconds a count is trusted when nothing is near the limit
+WARN_AT = 0.9
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """
+    Octets from C{"500M"}, C{"2G"}, C{"1.5GiB"}, C{"100k"} or plain C{"1048576"}
+    (binary multiples: 1M is 1,048,576 octets).
+
+    @raise ValueError: not a size, or not positive.
+    """
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ValueError(f"{text!s} is not a size (examples: 500M, 2G, 1048576)")
+    octets = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if octets <= 0:
+        raise ValueError(f"{text!s}: a quota must be more than 0")
+    return octets
+
+
+def format_size(octets: int) -> str:
+    """C{1048576} -> C{"1.0 MiB"}, for messages people read."""
+    value = float(octets)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+class QuotaExceeded(InsufficientStorage):
+    """
+    The write would take C{address} past its quota: nothing was stored.
+
+    @ivar address: the account.
+    @ivar usage: octets it uses now.
+    @ivar limit: its quota in octets.
+    """
+
+    def __init__(self, address: str, usage: int, limit: int):
+        InsufficientStorage.__init__(self, f"Mailbox full: {address} uses {format_size(usage)} of {format_size(limit)}")
+        # what a protocol's reply says (IMAP: NO [OVERQUOTA] APPEND failed: ...)
+        self.reason = f"mailbox full ({format_size(usage)} of its {format_size(limit)} quota used)"
+        self.address = address
+        self.usage = usage
+        self.limit = limit
+
+
+class Quotas:
+    """
+    The limits and the counts.
+
+    @param store: the real store (counts read its folders).
+    @param default: octets for every account, or None for no limit.
+    @param accounts: the hub's L{AccountBook}; an account's own C{quota}
+        (octets) wins over C{default}.
+    @param clock: seconds, C{time.monotonic} by default.
+    """
+
+    def __init__(self, store: Any, default: int | None, accounts: Any, clock=time.monotonic):
+        self.store = store
+        self.default = default
+        self.accounts = accounts
+        self.clock = clock
+        self._usage: dict[str, tuple[int, float]] = {}
+        self._warned: set[str] = set()
+
+    def limit(self, address: str) -> int | None:
+        """The account's quota in octets, or None."""
+        account = self.accounts.find(address)
+        own = getattr(account, "quota", None) if account is not None else None
+        return own if own is not None else self.default
+
+    def count(self, address: str) -> int:
+        """Count C{address}'s octets now (every folder) and remember it."""
+        account = self.store.account(address)
+        total = 0
+        for name in account.folders():
+            try:
+                total += sum(info.size for info in account.folder(name).messages())
+            except Exception:  # a folder deleted while counting
+                continue
+        self._usage[address] = (total, self.clock())
+        return total
+
+    def usage(self, address: str) -> int:
+        """Octets C{address} uses (the remembered count while it is fresh)."""
+        known = self._usage.get(address)
+        if known is None or self.clock() - known[1] > RECOUNT:
+            return self.count(address)
+        return known[0]
+
+    def over(self, address: str) -> bool:
+        """Whether the account is at or past its limit now (SMTP RCPT)."""
+        limit = self.limit(address)
+        if limit is None:
+            return False
+        used = self.usage(address)
+        if used >= WARN_AT * limit:
+            used = self.count(address)  # near the limit: count what is really there
+        return used >= limit
+
+    def check(self, address: str, incoming: int) -> None:
+        """
+        @raise QuotaExceeded: C{incoming} more octets would pass the limit
+            (after counting again, so freed space is seen).
+        """
+        limit = self.limit(address)
+        if limit is None:
+            return
+        if self.usage(address) + incoming > limit:
+            used = self.count(address)
+            if used + incoming > limit:
+                raise QuotaExceeded(address, used, limit)
+
+    def _added(self, address: str, octets: int) -> None:
+        known = self._usage.get(address)
+        if known is not None:
+            self._usage[address] = (known[0] + octets, known[1])
+
+    def stored(self, address: str, octets: int) -> None:
+        """C{octets} were stored for C{address}; warn once at 90%."""
+        self._added(address, octets)
+        limit = self.limit(address)
+        if limit is None:
+            return
+        used = self.usage(address)
+        if used >= WARN_AT * limit:
+            if address not in self._warned:
+                self._warned.add(address)
+                self._warn(address, used, limit)
+        else:
+            self._warned.discard(address)
+
+    def _warn(self, address: str, used: int, limit: int) -> None:
+        domain = address.rpartition("@")[2] or "localhost"
+        text = (
+            f"From: Mail system <postmaster@{domain}>\r\n"
+            f"To: <{address}>\r\n"
+            f"Subject: Your mailbox is {int(100 * used / limit)}% full\r\n"
+            f"Date: {formatdate(localtime=False)}\r\n"
+            f"Message-ID: {make_msgid(domain=domain)}\r\n"
+            "Auto-Submitted: auto-generated\r\n"
+            "MIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            "\r\n"
+            f"Your mailbox uses {format_size(used)} of its {format_size(limit)}.\r\n"
+            "When it is full, new mail is refused and goes back to its senders.\r\n"
+            "Delete or move away messages you no longer need (and empty the Trash).\r\n"
+        ).encode("utf-8")
+        log.info("quota: {address} uses {used} of {limit}; warning sent", address=address, used=used, limit=limit)
+        # Past the quota check on purpose: the warning must arrive.
+        d = defer.maybeDeferred(self.store.deliver, address, text)
+        d.addCallback(lambda _: self._added(address, len(text)))
+        d.addErrback(lambda f: log.info("quota: the warning to {address} was not stored: {why}", address=address, why=f.getErrorMessage()))
+
+
+def _proxy(real: Any, proxy: Any) -> Any:
+    alsoProvides(proxy, *providedBy(real))
+    return proxy
+
+
+class _Passing:
+    """Everything not defined here goes to the real object."""
+
+    def __init__(self, real: Any):
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+class QuotaFolder(_Passing):
+    """A folder whose writes are checked against its account's quota."""
+
+    def __init__(self, real: Any, quotas: Quotas, address: str, store: "QuotaStore"):
+        _Passing.__init__(self, real)
+        self._quotas = quotas
+        self._address = address
+        self._store = store
+
+    def _checked(self, octets: int, write) -> defer.Deferred:
+        try:
+            self._quotas.check(self._address, octets)
+        except QuotaExceeded as e:
+            return defer.fail(e)
+        d = defer.maybeDeferred(write)
+
+        def stored(result):
+            self._quotas.stored(self._address, octets)
+            return result
+
+        return d.addCallback(stored)
+
+    def deliver(self, message: bytes) -> defer.Deferred:
+        return self._checked(len(message), lambda: self._real.deliver(message))
+
+    def append(self, message: bytes, *args: Any, **kwargs: Any) -> defer.Deferred:
+        return self._checked(len(message), lambda: self._real.append(message, *args, **kwargs))
+
+    def copy_to(self, uids, destination: Any) -> defer.Deferred:
+        uids = list(uids)
+        octets = 0
+        for uid in uids:
+            try:
+                octets += self._real.info(uid).size
+            except Exception:
+                continue
+        target = getattr(destination, "_real", destination)
+        address = getattr(destination, "_address", self._address)
+        try:
+            self._quotas.check(address, octets)
+        except QuotaExceeded as e:
+            return defer.fail(e)
+        d = defer.maybeDeferred(self._real.copy_to, uids, target)
+
+        def stored(result):
+            self._quotas.stored(address, octets)
+            return result
+
+        return d.addCallback(stored)
+
+
+class QuotaAccount(_Passing):
+    """An account whose folders are L{QuotaFolder}s."""
+
+    def __init__(self, real: Any, quotas: Quotas, address: str, store: "QuotaStore"):
+        _Passing.__init__(self, real)
+        self._quotas = quotas
+        self._address = address
+        self._store = store
+
+    def folder(self, name: str) -> Any:
+        return self._store._folder(self._real.folder(name), self._address)
+
+    def create_folder(self, name: str) -> Any:
+        return self._store._folder(self._real.create_folder(name), self._address)
+
+
+class QuotaStore(_Passing):
+    """
+    Any L{IMailStore} with quotas: C{deliver}, and the C{append} and
+    C{copy_to} of its folders, are checked; everything else is the real
+    store's. The same real folder always gets the same wrapper, so
+    identity checks (the selected folder, listeners) hold.
+    """
+
+    def __init__(self, real: Any, quotas: Quotas):
+        _Passing.__init__(self, real)
+        _proxy(real, self)
+        self.quotas = quotas
+        self._folders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._accounts: dict[str, QuotaAccount] = {}
+
+    def _folder(self, real: Any, address: str) -> QuotaFolder:
+        wrapped = self._folders.get(real)
+        if wrapped is None:
+            wrapped = self._folders[real] = _proxy(real, QuotaFolder(real, self.quotas, address, self))
+        return wrapped
+
+    def account(self, address: str) -> QuotaAccount:
+        real = self._real.account(address)
+        wrapped = self._accounts.get(address)
+        if wrapped is None or wrapped._real is not real:
+            wrapped = self._accounts[address] = _proxy(real, QuotaAccount(real, self.quotas, address, self))
+        return wrapped
+
+    def deliver(self, address: str, message: bytes) -> defer.Deferred:
+        try:
+            self.quotas.check(address, len(message))
+        except QuotaExceeded as e:
+            return defer.fail(e)
+        d = defer.maybeDeferred(self._real.deliver, address, message)
+
+        def stored(result):
+            self.quotas.stored(address, len(message))
+            return result
+
+        return d.addCallback(stored)
+
+
+# The hub component: no listener; it runs before every other component so
+# that each of them gets the store with quotas.
+listeners: list = []
+option_parameters = [
+    ["quota", None, None, "Storage quota of every account, e.g. 500M or 2G (default: none); an accounts-file line may set its own with address;quota=SIZE:password."],
+]
+
+
+def check_options(options: Any) -> None:
+    from twisted.python import usage
+
+    if options.get("quota"):
+        try:
+            parse_size(options["quota"])
+        except ValueError as e:
+            raise usage.UsageError(f"--quota: {e}")
+
+
+def install(hub: Any) -> None:
+    """
+    Put quotas around C{hub.store} when C{--quota} or any account's own
+    quota asks for them (with neither, the store is left as it is: no
+    cost at all).
+    """
+    default = hub.options.get("quota")
+    default = parse_size(default) if default else None
+    if default is None and not any(getattr(a, "quota", None) for a in hub.accounts):
+        return
+    hub.quotas = Quotas(hub.store, default, hub.accounts)
+    hub.store = QuotaStore(hub.store, hub.quotas)
