@@ -178,3 +178,37 @@ def test_delivery_when_the_database_is_down_gets_451_then_works_again(start_clus
     typ, data = c.select("INBOX")
     assert data == [b"2"]
     c.logout()
+
+
+def test_pop3_maildrop_in_use_on_one_hub_is_in_use_on_another(start_cluster):
+    a, b = start_cluster(2)
+    first = poplib.POP3("127.0.0.1", a.ports["pop3"])
+    first.user("alice")
+    first.pass_("secret")
+    second = poplib.POP3("127.0.0.1", b.ports["pop3"])
+    second.user("alice")
+    with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
+        second.pass_("secret")
+    second.quit()
+    first.quit()
+    third = poplib.POP3("127.0.0.1", b.ports["pop3"])
+    third.user("alice")
+    assert third.pass_("secret").startswith(b"+OK")
+    third.quit()
+
+
+def test_imap_when_the_database_is_down_says_unavailable_then_works_again(start_cluster, postgresql):
+    [a] = start_cluster(1)
+    c = login(a)
+    c.select("INBOX")
+    postgresql.stop()
+    try:
+        typ, data = c.create("Later")
+        assert typ == "NO" and data[0].startswith(b"[UNAVAILABLE]"), data
+        typ, data = c.noop()
+        assert typ == "OK", data  # the session goes on
+    finally:
+        postgresql.restart()
+    typ, data = c.create("Later")
+    assert typ == "OK", data
+    c.logout()

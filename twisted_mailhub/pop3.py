@@ -214,7 +214,16 @@ class Maildrops:
         key = account.address.lower()
         if key in self.in_use:
             raise MaildropInUse(f"maildrop of {account.address} is in use by another session")
-        drop = Maildrop(self.store.account(account.address).folder(INBOX), account.address)
+        # A store shared by several hubs (PostgreSQL) locks across them too.
+        lock_elsewhere = getattr(self.store, "lock_maildrop", None)
+        unlock = lock_elsewhere(key) if lock_elsewhere is not None else (lambda: None)
+        if unlock is None:
+            raise MaildropInUse(f"maildrop of {account.address} is in use by a session on another hub")
+        try:
+            drop = Maildrop(self.store.account(account.address).folder(INBOX), account.address)
+        except BaseException:
+            unlock()
+            raise
         self.in_use.add(key)
         released = []
 
@@ -222,6 +231,7 @@ class Maildrops:
             if not released:
                 released.append(True)
                 self.in_use.discard(key)
+                unlock()
 
         return drop, logout
 

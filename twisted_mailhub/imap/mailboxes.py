@@ -34,6 +34,7 @@ from twisted_mailhub.store.interfaces import (
     FolderExists,
     NoSuchFolder,
     StoreError,
+    StoreUnavailable,
     is_out_of_space,
 )
 from twisted_mailhub.store.maildir import crlf
@@ -78,6 +79,8 @@ class MailboxCommands:
             self.sendNegativeResponse(tag, b"[ALREADYEXISTS] mailbox exists: " + str(error).encode("utf-8", "replace"))
         elif isinstance(error, (BadFolderName, imap4.IllegalMailboxEncoding)):
             self.sendNegativeResponse(tag, b"[CANNOT] " + str(error).encode("utf-8", "replace"))
+        elif isinstance(error, StoreUnavailable):
+            self.sendNegativeResponse(tag, b"[UNAVAILABLE] the mail store cannot be reached now; try again")
         else:
             self.sendNegativeResponse(tag, b"[SERVERBUG] " + str(error).encode("utf-8", "replace"))
             log.error("IMAP folder operation failed: {error!r}", error=error)

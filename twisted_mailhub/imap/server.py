@@ -61,7 +61,7 @@ from twisted_mailhub.imap.search import SearchCommands
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import LITERAL_SIZE as _LITERAL_SIZE
-from twisted_mailhub.store.interfaces import NoSuchFolder
+from twisted_mailhub.store.interfaces import NoSuchFolder, StoreUnavailable
 
 log = Logger()
 
@@ -282,6 +282,10 @@ class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands,
                 return imap4.IMAP4Server.dispatchCommand(self, tag, cmd, rest, uid)
             except (imap4.IllegalClientResponse, imap4.IllegalOperation, imap4.IllegalMailboxEncoding):
                 raise  # Twisted's parse_command answers these
+            except StoreUnavailable:
+                # RFC 5530 §3: a temporary failure; the client may retry.
+                self.sendNegativeResponse(tag, b"[UNAVAILABLE] the mail store cannot be reached now; try again")
+                return None
             except Exception:
                 # Twisted would answer "* BAD" with no tag and the client
                 # would wait for its tagged reply for ever.

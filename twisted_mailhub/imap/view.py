@@ -26,7 +26,7 @@ from typing import Any
 from twisted.mail import imap4
 
 from twisted_mailhub.imap.wire import BadSequence, flags_text
-from twisted_mailhub.store.interfaces import NoSuchFolder, NoSuchMessage
+from twisted_mailhub.store.interfaces import NoSuchFolder, NoSuchMessage, StoreUnavailable
 
 class SelectedFolder:
     """
@@ -63,8 +63,8 @@ class SelectedFolder:
             self.folder.refresh()
         except NoSuchFolder:
             raise
-        except OSError:
-            pass
+        except (OSError, StoreUnavailable):
+            pass  # looked again at the next command
 
     @property
     def pending(self) -> bool:

@@ -68,6 +68,15 @@ class InsufficientStorage(StoreError):
     """
 
 
+class StoreUnavailable(StoreError):
+    """
+    The store cannot be reached now (its database is down or restarting):
+    nothing was done. Protocols answer it as a temporary failure: SMTP
+    C{451 4.3.0}, IMAP C{NO [UNAVAILABLE]} (RFC 5530 §3), POP3
+    C{-ERR [SYS/TEMP]} (RFC 3206 §4).
+    """
+
+
 _NO_SPACE_ERRNOS = frozenset(e for e in (getattr(errno, "ENOSPC", None), getattr(errno, "EDQUOT", None)) if e is not None)
 
 

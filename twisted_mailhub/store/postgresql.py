@@ -67,6 +67,7 @@ from twisted_mailhub.store.interfaces import (
     NoSuchFolder,
     NoSuchMessage,
     StoreError,
+    StoreUnavailable,
 )
 
 log = Logger()
@@ -77,10 +78,6 @@ BATCH_MOST = 256
 WRITERS = 4
 # Slice of a message read at a time by open().
 CHUNK = 256 * 1024
-
-
-class StoreUnavailable(StoreError):
-    """The database cannot be reached now; try again later (a temporary error)."""
 
 
 def _connect(dsn: str) -> Any:
@@ -845,6 +842,7 @@ class PostgresStore:
         self.dsn = dsn
         self.reactor = reactor
         self.db = Database(dsn)
+        self.locks = Database(dsn)  # holds POP3's advisory locks
         self.db.run(lambda conn: pgschema.check(conn, create))
         self.committer = GroupCommitter(self, reactor)
         self.listening = False
@@ -864,6 +862,32 @@ class PostgresStore:
             self._listener = None
         self.committer.close()
         self.db.close()
+        self.locks.close()
+
+    def lock_maildrop(self, address: str):
+        """
+        POP3's one session per maildrop (RFC 1939 §8) across every hub: a
+        session-level advisory lock on this hub's lock connection. Returns
+        a function that releases it, or L{None} if another hub holds it.
+        If the lock connection is lost, PostgreSQL drops its locks with it
+        (as it does when a hub dies), and the release does nothing.
+        """
+        key = address.lower()
+        taken = self.locks.run(
+            lambda c: c.execute("SELECT pg_try_advisory_lock(1, hashtext(%s))", (key,)).fetchone()[0]
+        )
+        if not taken:
+            return None
+        held = self.locks.connection()
+
+        def unlock() -> None:
+            if held is self.locks._conn and not held.closed:
+                try:
+                    held.execute("SELECT pg_advisory_unlock(1, hashtext(%s))", (key,))
+                except Exception:
+                    self.locks.close()
+
+        return unlock
 
     def account(self, address: str) -> PostgresAccount:
         key = address.lower()
