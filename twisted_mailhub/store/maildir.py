@@ -19,6 +19,14 @@ Rules (everything that changes the on-disk layout lives in this module):
    C{<uid> <basename> <size> <internal date> [keyword...]}. New UIDs are
    appended; an expunge or a keyword change rewrites it (tmp + fsync +
    rename).
+ - C{mailhub-index} beside it is a cache of the list's parse (marshal:
+   the octets of the list it covers, their CRC-32, UIDNEXT, and per
+   message UID, base name, size, date, keywords), written after a load
+   that parsed or appended at least L{INDEX_MIN_LINES} lines. A cold load
+   uses it only if its CRC matches the list's first octets exactly, and
+   then parses only the lines appended after them; anything else (a
+   rewrite, a line changed in place, a crash's NULs, a damaged index)
+   means a full parse. It is never synced: the list stays the authority.
  - A UID is durable before anything tells it to anyone: delivery and
    APPEND reserve the UID, and the group commit appends its line and
    flushes it together with the message (no flush of its own); the
@@ -47,13 +55,16 @@ Rules (everything that changes the on-disk layout lives in this module):
 
 from __future__ import annotations
 
+import gc
 import itertools
+import marshal
 import os
 import re
 import socket
 import threading
 import time
-from typing import Iterable
+import zlib
+from typing import Iterable, NamedTuple
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -90,6 +101,10 @@ from twisted_mailhub.store.interfaces import (
 log = Logger()
 
 UIDLIST = "mailhub-uidlist"
+# The parse of the UID list, cached (see L{_read_index}).
+INDEX = "mailhub-index"
+INDEX_MIN_LINES = 1000  # UID-list lines parsed at a load that make an index worth writing
+_INDEX_VERSION = 1
 SUBSCRIPTIONS = "subscriptions"
 _LETTERS = {"D": DRAFT, "F": FLAGGED, "R": ANSWERED, "S": SEEN, "T": DELETED}
 _FLAG_LETTER = {flag: letter for letter, flag in _LETTERS.items()}
@@ -128,6 +143,26 @@ def parse_info(filename: str) -> tuple[str, frozenset[str]]:
     if flags is None:
         flags = _flag_sets[info] = frozenset(_LETTERS[c] for c in info[2:] if c in _LETTERS)
     return base, flags
+
+
+_names: dict[str, tuple[frozenset[str], bool]] = {}
+
+
+def split_name(filename: str) -> tuple[str, frozenset[str], bool]:
+    """
+    (base name, system flags, whether the name is the canonical one for a
+    file in C{cur/}: C{<base>:2,<letters in order>}) of a Maildir file name.
+    """
+    base, sep, info = filename.partition(":")
+    if not sep:
+        return base, _EMPTY, False
+    known = _names.get(info)
+    if known is None:
+        flags = parse_info(filename)[1]
+        known = (flags, ":" + info == info_suffix(flags))
+        if len(_names) < 4096:
+            _names[info] = known
+    return base, known[0], known[1]
 
 
 _suffixes: dict[frozenset[str], str] = {}
@@ -202,6 +237,43 @@ def _format_line(uid: int, base: str, size: int, date: float, keywords: Iterable
     return " ".join(words) + "\n"
 
 
+class _IndexState(NamedTuple):
+    """The parse of a UID list prefix: its length and CRC-32, its entries, its UIDNEXT."""
+
+    length: int
+    crc: int
+    known: dict
+    uid_next: int
+    lines: int  # parsed or appended since the index last read
+
+
+def _read_index(path: str, uidlist: bytes):
+    """
+    (octets of C{uidlist} covered, UIDNEXT, {base: (uid, size, date,
+    keywords)}) from the index file at C{path}, or None when there is none
+    or it does not describe a prefix of C{uidlist} (CRC-32 over exactly
+    the octets it covers: a list rewritten, cut short or overwritten by a
+    crash no longer matches, and is parsed in full).
+    """
+    try:
+        with open(path, "rb") as f:
+            value = marshal.loads(f.read())
+        version, length, crc, uid_next, bases, uids, sizes, dates, keywords = value
+        if version != _INDEX_VERSION or not 0 < length <= len(uidlist) or uidlist[length - 1 : length] != b"\n":
+            return None
+        if zlib.crc32(memoryview(uidlist)[:length]) != crc:
+            return None
+        known = dict(zip(bases, zip(uids, sizes, dates, itertools.repeat(_EMPTY))))
+        for base, words in keywords.items():
+            uid, size, date, _ = known[base]
+            known[base] = (uid, size, date, frozenset(words))
+        if len(known) != len(bases):
+            return None
+        return length, uid_next, known
+    except (OSError, EOFError, ValueError, TypeError, KeyError):
+        return None
+
+
 class _Entry:
     """
     One message of the index. Its file name is kept only when it is not
@@ -257,6 +329,7 @@ class MaildirFolder:
             os.makedirs(os.path.join(path, sub), exist_ok=True)
         self._load_uidlist()
         self._scan()
+        self._write_index()
 
     # -- the UID list ---------------------------------------------------
 
@@ -265,29 +338,39 @@ class MaildirFolder:
 
     def _load_uidlist(self) -> None:
         self._known: dict[str, tuple[int, int, float, frozenset[str]]] = {}
+        self._index_state = None
         try:
             with open(self._uidlist_path(), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             self._new_uid_validity()
             return
-        lines = data.split(b"\n")
-        header = _parse_header(lines[0])
+        header = _parse_header(data.split(b"\n", 1)[0])
         if header is None:
             log.warn("UID list of {path} unreadable: UIDs assigned anew with a new UIDVALIDITY", path=self.directory)
             self._new_uid_validity()
             return
         self.uid_validity, self.uid_next = header
+        # The index holds the parse of a prefix of this very list (checked
+        # by its CRC): only what was appended after it is parsed here.
+        start = 0
+        cached = _read_index(os.path.join(self.directory, INDEX), data)
+        if cached is not None:
+            start, uid_next, self._known = cached
+            self.uid_next = max(self.uid_next, uid_next)
+        lines = data[start:].split(b"\n")
+        body = lines[1:-1] if start == 0 else lines[:-1]
         # Whatever follows the last LF is a torn append (or NULs).
         dropped = 1 if lines[-1].strip(b"\0") else 0
         damaged = bool(lines[-1])
-        uids: dict[int, str] = {}
-        for raw in lines[1:-1]:
+        known = self._known
+        uids: dict[int, str] = {value[0]: base for base, value in known.items()} if body else {}
+        for raw in body:
             line = raw.strip(b"\0")
             if len(line) != len(raw):
                 damaged = True
             parsed = _parse_line(line)
-            if parsed is not None and (uids.get(parsed[0], parsed[1]) != parsed[1] or self._known.get(parsed[1], parsed)[0] != parsed[0]):
+            if parsed is not None and (uids.get(parsed[0], parsed[1]) != parsed[1] or known.get(parsed[1], parsed)[0] != parsed[0]):
                 parsed = None  # a UID or a message listed twice: the first stands
             if parsed is None:
                 dropped += 1 if line else 0
@@ -296,8 +379,9 @@ class MaildirFolder:
             uid, base, size, date, keywords = parsed
             uids[uid] = base
             # (frozenset() is not a shared singleton: 216 bytes each)
-            self._known[base] = (uid, size, date, keywords or _EMPTY)
-            self.uid_next = max(self.uid_next, uid + 1)
+            known[base] = (uid, size, date, keywords or _EMPTY)
+            if uid >= self.uid_next:
+                self.uid_next = uid + 1
         if damaged:
             log.warn(
                 "UID list of {path} was damaged (a torn or zero-filled end, as a crash leaves): "
@@ -314,6 +398,40 @@ class MaildirFolder:
                 _format_line(uid, base, size, date, keywords) for base, (uid, size, date, keywords) in self._known.items()
             ]
             self._write_uidlist_text(sorted(lines_out, key=lambda line: int(line.split(" ", 1)[0])))
+        else:
+            # Remember the parse (before the scan takes entries out of it)
+            # and the octets it covers: the index, if worth writing.
+            self._index_state = _IndexState(len(data), zlib.crc32(data), dict(known), self.uid_next, len(body))
+
+    def _write_index(self) -> None:
+        """
+        Save the parse of the UID list as it is on disk now (the lines
+        loaded plus those the first scan appended) to C{mailhub-index}.
+        A cache only: not synced; a failure to write it is ignored.
+        """
+        state, self._index_state = self._index_state, None
+        if state is None or state.lines < INDEX_MIN_LINES:
+            return
+        try:
+            text = marshal.dumps(
+                (
+                    _INDEX_VERSION,
+                    state.length,
+                    state.crc,
+                    state.uid_next,
+                    list(state.known),
+                    [v[0] for v in state.known.values()],
+                    [v[1] for v in state.known.values()],
+                    [v[2] for v in state.known.values()],
+                    {base: sorted(v[3]) for base, v in state.known.items() if v[3]},
+                )
+            )
+            tmp = os.path.join(self.directory, INDEX + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(text)
+            os.replace(tmp, os.path.join(self.directory, INDEX))
+        except (OSError, ValueError) as e:
+            log.debug("index of {path} not written: {error}", path=self.directory, error=e)
 
     def _new_uid_validity(self) -> None:
         # A lost list must not come back with the UIDVALIDITY it had
@@ -329,6 +447,9 @@ class MaildirFolder:
         self._write_uidlist()
         # The list's name must survive a crash: UIDs are appended to it.
         fsync_directory(self.directory)
+        if not self._entries and not self._pending:
+            header = f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n".encode("ascii")
+            self._index_state = _IndexState(len(header), zlib.crc32(header), {}, self.uid_next, 0)
 
     def _uidlist_line(self, entry: _Entry) -> str:
         info = entry.info
@@ -385,6 +506,15 @@ class MaildirFolder:
         data = "".join(self._uidlist_line(e) for e in entries).encode("utf-8")
         with self._uidlist_lock:
             append_lines(self._uidlist_path(), data, sync=True)
+        state = self._index_state
+        if state is not None:
+            # The first scan of a load: the index covers these lines too.
+            known = state.known
+            for e in entries:
+                known[e.info.key] = (e.info.uid, e.info.size, e.info.internal_date, e.keywords)
+            self._index_state = _IndexState(
+                state.length + len(data), zlib.crc32(data, state.crc), known, max(state.uid_next, self.uid_next), state.lines + len(entries)
+            )
 
     # -- keeping the index in step with the directory ---------------------
 
@@ -410,13 +540,13 @@ class MaildirFolder:
         else:
             subdirs = ("new", "cur")
         self._dir_mtimes = mtimes
-        seen: dict[str, tuple[str, str]] = {}
+        seen: dict[str, tuple[str, str, frozenset[str], bool]] = {}
         for sub in subdirs:
             for filename in os.listdir(os.path.join(self.directory, sub)):
                 if filename.startswith("."):
                     continue
-                base, _ = parse_info(filename)
-                seen[base] = (sub, filename)
+                base, system, canonical = split_name(filename)
+                seen[base] = (sub, filename, system, canonical)
         added: list[_Entry] = []
         gone: list[int] = []
         flagged: list[int] = []
@@ -427,28 +557,45 @@ class MaildirFolder:
             where = seen.get(entry.info.key)
             if where is None:
                 gone.append(uid)
-            elif where != (entry.subdir, entry.filename):
-                _, system = parse_info(where[1])
+            elif where[:2] != (entry.subdir, entry.filename):
+                system = where[2]
                 flags = system | entry.keywords if entry.keywords else system
                 if flags != entry.info.flags:
                     entry.info = _with_flags(entry.info, flags)
                     flagged.append(uid)
-                entry.subdir, entry.filename = where
+                entry.subdir, entry.filename = where[:2]
         for uid in gone:
             entry = self._entries.pop(uid)
             self._by_base.pop(entry.info.key, None)
         fresh = []
-        for base, (sub, filename) in seen.items():
-            if base in self._by_base or base in self._pending:
-                continue
-            known = self._known.pop(base, None)
-            if known is not None:
-                uid, size, date, keywords = known
-                _, system = parse_info(filename)
-                info = MessageInfo(uid, base, system | keywords if keywords else system, size, date)
-                self._add_entry(_Entry(info, sub, filename, keywords))
-            else:
-                fresh.append((base, sub, filename))
+        by_base, pending, known_list, entries = self._by_base, self._pending, self._known, self._entries
+        # (100,000 entries made at a cold load: the cyclic GC would walk
+        # them again and again while they are made; none of them is a cycle)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for base, (sub, filename, system, canonical) in seen.items():
+                if base in by_base or base in pending:
+                    continue
+                known = known_list.pop(base, None)
+                if known is not None:
+                    uid, size, date, keywords = known
+                    entry = _Entry.__new__(_Entry)
+                    entry.info = MessageInfo(uid, base, system | keywords if keywords else system, size, date)
+                    entry.keywords = keywords
+                    if sub == "new":
+                        entry.subdir = "new"
+                        entry._name = None if filename == base else filename
+                    else:
+                        entry.subdir = "cur"
+                        entry._name = None if canonical else filename
+                    entries[uid] = entry
+                    by_base[base] = uid
+                else:
+                    fresh.append((base, sub, filename))
+        finally:
+            if collecting:
+                gc.enable()
         # Files we have never seen: UIDs in order of arrival.
         fresh.sort(key=lambda t: (_date_from_name(t[0]) or 0, t[0]))
         for base, sub, filename in fresh:

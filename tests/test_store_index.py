@@ -1,0 +1,141 @@
+# -*- test-case-name: tests.test_store_index -*-
+"""
+The Maildir index (C{mailhub-index}): a cached parse of the UID list, so
+that a cold load of a big folder parses only what was appended since. It
+is used only while it describes a prefix of the list byte for byte (a
+CRC-32 of exactly those octets); otherwise the list is parsed in full and
+the list, not the cache, decides.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from twisted_mailhub.store import maildir
+from twisted_mailhub.store.interfaces import INBOX
+from twisted_mailhub.store.maildir import INDEX, UIDLIST, MaildirStore
+
+MESSAGE = b"From: a@b\r\nSubject: hi\r\n\r\nbody\r\n"
+ADDRESS = "alice@example.org"
+
+
+class IndexTests(unittest.TestCase):
+    def setUp(self):
+        # Every load is worth an index here (the hub waits for 1,000 lines).
+        self.patch(maildir, "INDEX_MIN_LINES", 1)
+        self.parsed = 0
+        real = maildir._parse_line
+
+        def counting(line):
+            self.parsed += 1
+            return real(line)
+
+        self.patch(maildir, "_parse_line", counting)
+        self.root = self.mktemp()
+        self.folder = self.reopen()
+        self.uidlist = os.path.join(self.folder.directory, UIDLIST)
+        self.index = os.path.join(self.folder.directory, INDEX)
+
+    def reopen(self):
+        self.parsed = 0
+        return MaildirStore(self.root, hostname="test").account(ADDRESS).folder(INBOX)
+
+    def state(self, folder):
+        # (the list keeps whole seconds; a folder that wrote it, the fraction too)
+        return [(i.uid, i.key, sorted(i.flags), i.size, int(i.internal_date)) for i in folder.messages()]
+
+    @defer.inlineCallbacks
+    def deliver(self, n):
+        for _ in range(n):
+            yield self.folder.deliver(MESSAGE)
+
+    @defer.inlineCallbacks
+    def test_cold_load_from_the_index_parses_no_line_and_sees_the_same_messages(self):
+        yield self.deliver(4)
+        uid = self.folder.messages()[1].uid
+        self.folder.set_flags([uid], ["\\Seen", "$Later"], "add")
+        expected = self.state(self.folder)
+        first = self.reopen()  # parses the list, writes the index
+        self.assertEqual(self.parsed, 4)
+        self.assertTrue(os.path.exists(self.index))
+        second = self.reopen()
+        self.assertEqual(self.parsed, 0)
+        self.assertEqual(self.state(first), expected)
+        self.assertEqual(self.state(second), expected)
+        self.assertEqual((second.uid_validity, second.uid_next), (self.folder.uid_validity, self.folder.uid_next))
+
+    @defer.inlineCallbacks
+    def test_lines_appended_after_the_index_are_the_only_ones_parsed(self):
+        yield self.deliver(3)
+        self.reopen()
+        self.folder = self.reopen()
+        yield self.deliver(2)
+        again = self.reopen()
+        self.assertEqual(self.parsed, 2)
+        self.assertEqual(self.state(again), self.state(self.folder))
+        self.assertEqual(len(again.messages()), 5)
+
+    @defer.inlineCallbacks
+    def test_a_list_changed_in_place_is_parsed_in_full_and_wins_over_the_index(self):
+        yield self.deliver(3)
+        self.reopen()
+        with open(self.uidlist, "rb") as f:
+            text = f.read()
+        # Another program (or a crash) changed a line without changing the
+        # length: the index no longer describes these octets.
+        last = text.rstrip(b"\n").rsplit(b"\n", 1)[1]
+        changed = text.replace(last, b"9" + last[1:])
+        with open(self.uidlist, "wb") as f:
+            f.write(changed)
+        again = self.reopen()
+        self.assertEqual(self.parsed, 3)
+        self.assertIn(9, [i.uid for i in again.messages()])
+
+    @defer.inlineCallbacks
+    def test_an_expunge_rewrites_the_list_and_the_old_index_is_not_used(self):
+        yield self.deliver(3)
+        self.reopen()
+        self.folder = self.reopen()
+        gone = self.folder.messages()[0].uid
+        self.folder.expunge([gone])
+        again = self.reopen()
+        self.assertEqual(self.parsed, 2)
+        self.assertNotIn(gone, [i.uid for i in again.messages()])
+        self.assertEqual(self.state(again), self.state(self.folder))
+
+    @defer.inlineCallbacks
+    def test_a_damaged_index_file_is_ignored(self):
+        yield self.deliver(3)
+        expected = self.state(self.reopen())
+        with open(self.index, "r+b") as f:
+            f.seek(10)
+            f.write(b"\0garbage\xff")
+        again = self.reopen()
+        self.assertEqual(self.parsed, 3)
+        self.assertEqual(self.state(again), expected)
+
+    @defer.inlineCallbacks
+    def test_torn_tail_after_the_index_is_dropped_and_indexed_lines_kept(self):
+        yield self.deliver(3)
+        expected = self.state(self.reopen())
+        with open(self.uidlist, "ab") as f:
+            f.write(b"4 1700000000.M1P2Q3.tes")  # an append cut short
+        again = self.reopen()
+        self.assertEqual(self.state(again), expected)
+        with open(self.uidlist, "rb") as f:
+            self.assertNotIn(b"Q3.tes", f.read())
+
+    def test_files_indexed_at_the_first_scan_keep_their_uids_from_the_index(self):
+        cur = os.path.join(self.folder.directory, "cur")
+        for i in range(5):
+            with open(os.path.join(cur, f"17000000{i:02d}.M{i}P1Q{i}.mda,S={len(MESSAGE)}:2,S"), "wb") as f:
+                f.write(MESSAGE)
+        os.unlink(self.uidlist)  # lost: every file is given a UID at the first load
+        first = self.reopen()
+        self.assertEqual(len(first.messages()), 5)
+        again = self.reopen()
+        self.assertEqual(self.parsed, 0)
+        self.assertEqual(self.state(again), self.state(first))
