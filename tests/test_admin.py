@@ -1,0 +1,114 @@
+"""
+mailhub-admin: accounts from the command line, told to a running hub at once.
+"""
+
+import imaplib
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from tests.hubprocess import ROOT, listener_names
+from twisted_mailhub import admin
+from twisted_mailhub.accounts import AccountBook
+
+
+def mailhub_admin(*args, stdin=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "twisted_mailhub.admin", *args],
+        input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+
+
+def test_user_add_then_imap_login_works_at_once_on_a_running_hub(start_hub, tmp_path):
+    accounts = tmp_path / "accounts"
+    accounts.write_text("alice@localhost:secret\n")
+    pidfile = tmp_path / "hub.pid"
+    hub = start_hub("--auth", f"file:{accounts}", users=())
+    pidfile.write_text(str(hub.process.pid))  # what twistd writes without -n
+    result = mailhub_admin("user", "add", "carol@localhost", "--accounts", str(accounts), "--pidfile", str(pidfile), "--password-stdin", stdin="tea for two\n")
+    assert result.returncode == 0, result.stderr
+    assert f"told the hub (pid {hub.process.pid}) to reload its accounts" in result.stdout
+    hub.wait_for_log(r"accounts reloaded: 2 accounts \(\+1 -0\)")
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    assert c.login("carol@localhost", "tea for two")[0] == "OK"
+    c.logout()
+    # removed: cannot log in again
+    result = mailhub_admin("user", "remove", "carol", "--accounts", str(accounts), "--pidfile", str(pidfile))
+    assert result.returncode == 0, result.stderr
+    hub.wait_for_log(r"accounts reloaded: 1 accounts \(\+0 -1\)")
+    with pytest.raises(imaplib.IMAP4.error):
+        imaplib.IMAP4("127.0.0.1", hub.ports["imap"]).login("carol@localhost", "tea for two")
+
+
+def test_user_add_stores_an_scrypt_hash_in_a_0600_file(tmp_path):
+    accounts = tmp_path / "accounts"
+    result = mailhub_admin("user", "add", "dave@example.org", "--accounts", str(accounts), "--password-stdin", "--no-reload", stdin="s3cret\n")
+    assert result.returncode == 0, result.stderr
+    text = accounts.read_text()
+    assert text.startswith("dave@example.org:$scrypt$") and "s3cret" not in text
+    assert stat.S_IMODE(os.stat(accounts).st_mode) == 0o600
+    book = AccountBook(["example.org"])
+    book.load_file(str(accounts))
+    assert book.find("dave@example.org").check_password(b"s3cret")
+
+
+def test_user_passwd_list_and_the_errors_a_user_sees(tmp_path):
+    accounts = tmp_path / "accounts"
+    accounts.write_text("# class of 2026\nalice@localhost:secret\n")
+    result = mailhub_admin("user", "add", "alice", "--accounts", str(accounts), "--password-stdin", "--no-reload", stdin="x\n")
+    assert result.returncode == 1 and "alice already has an account" in result.stderr
+    result = mailhub_admin("user", "passwd", "alice", "--accounts", str(accounts), "--password-stdin", "--no-reload", stdin="new one\n")
+    assert result.returncode == 0, result.stderr
+    assert accounts.read_text().startswith("# class of 2026\nalice@localhost:$scrypt$")  # comments kept
+    listing = mailhub_admin("user", "list", "--accounts", str(accounts))
+    assert listing.stdout == "alice@localhost\tscrypt\n"
+    result = mailhub_admin("user", "remove", "nobody", "--accounts", str(accounts), "--no-reload")
+    assert result.returncode == 1 and result.stderr == f"mailhub-admin: no account nobody in {accounts}\n"
+    # no terminal and no --password-stdin: a clear refusal, nothing written
+    result = mailhub_admin("user", "add", "erin", "--accounts", str(accounts), "--no-reload", stdin="")
+    assert result.returncode == 1 and "--password-stdin" in result.stderr
+    assert "erin" not in accounts.read_text()
+    # no running hub: said so, still done
+    result = mailhub_admin("user", "add", "erin", "--accounts", str(accounts), "--pidfile", str(tmp_path / "none.pid"), "--password-stdin", stdin="pw\n")
+    assert result.returncode == 0 and "no running hub found" in result.stdout
+
+
+def test_password_asked_twice_must_match(tmp_path, monkeypatch):
+    answers = iter(["one", "two"])
+    monkeypatch.setattr(admin.getpass, "getpass", lambda prompt: next(answers))
+    monkeypatch.setattr(admin.sys.stdin, "isatty", lambda: True, raising=False)
+    accounts = tmp_path / "accounts"
+    status = admin.main(["user", "add", "frank", "--accounts", str(accounts), "--no-reload"])
+    assert status == 1
+    assert not accounts.exists()
+
+
+def test_queue_is_the_queue_command(tmp_path):
+    result = mailhub_admin("queue", "--data", str(tmp_path), "list")
+    legacy = subprocess.run([sys.executable, "-m", "twisted_mailhub.queue", "--data", str(tmp_path), "list"], capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert (result.returncode, result.stdout) == (legacy.returncode, legacy.stdout)
+
+
+def test_check_reports_what_a_start_would_refuse(tmp_path):
+    accounts = tmp_path / "accounts"
+    accounts.write_text("alice@localhost:secret\nbroken\n")
+    bad_cert = tmp_path / "cert.pem"
+    bad_cert.write_text("not a certificate\n")
+    result = mailhub_admin("check", "--data", str(tmp_path / "d"), "--auth", f"file:{accounts}", "--tls-cert", str(bad_cert), "--smtp", "tcp:0:interface=127.0.0.1")
+    assert result.returncode == 1
+    assert f"accounts: --auth: {accounts}, line 2: expected ADDRESS:PASSWORD" in result.stderr
+    assert f"TLS: --tls-cert {bad_cert}:" in result.stderr
+    accounts.write_text("alice@localhost:secret\n")
+    ok = mailhub_admin("check", "--data", str(tmp_path / "d"), "--auth", f"file:{accounts}", *sum(([f"--{n}", "tcp:0:interface=127.0.0.1"] for n in listener_names()), []))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "ok: the hub would start with these options\n"
+
+
+def test_dkim_show_is_offered_by_mailhub_admin(tmp_path):
+    result = mailhub_admin("dkim", "show", "--data", str(tmp_path), "--domain", "example.org", "--hostname", "mail.example.org")
+    assert result.returncode == 0, result.stderr
+    assert "_domainkey.example.org" in result.stdout

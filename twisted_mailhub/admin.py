@@ -1,0 +1,353 @@
+# -*- test-case-name: tests.test_admin -*-
+"""
+C{mailhub-admin}: the hub's administration from the command line.
+
+  - C{user add|remove|passwd|list}: edit an accounts file (the one given to
+    the hub with C{--auth file:PATH}); passwords are stored as scrypt hashes
+    unless C{--plain}; the file is rewritten atomically (a temporary file
+    in the same folder, fsynced, renamed) with mode 0600 and the old file's
+    owner, then a running hub is told to read it again (SIGHUP to the pid
+    in its pidfile), so the change works at once without a restart.
+  - C{queue list|flush|remove ID}: the outbound queue (the same command as
+    C{mailhub-queue} and C{python -m twisted_mailhub.queue}).
+  - C{dkim show|dns}: the DKIM keys and the DNS records to publish (see
+    L{twisted_mailhub.mailauth}).
+  - C{check [HUB OPTIONS]}: what a start with those options would refuse:
+    options, accounts files, the TLS certificate, listeners that cannot
+    bind; one line each, exit status 1 if any.
+
+Exit status: 0 done, 1 failed (the reason on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import signal
+import sys
+import tempfile
+
+from twisted_mailhub.accounts import SCRYPT_PREFIX, AccountBook, AccountsFileError, hash_password
+
+DEFAULT_ACCOUNTS = "mailhub-data/accounts"
+
+
+class AdminError(Exception):
+    """A failure to report as one line on stderr (exit status 1)."""
+
+
+# -- the accounts file ---------------------------------------------------------
+
+
+def read_lines(path: str) -> list[str]:
+    """
+    The accounts file's lines (without line ends); C{[]} if it does not exist
+    yet. It is checked as the hub would read it.
+    """
+    if not os.path.exists(path):
+        return []
+    AccountBook(["localhost"]).load_file(path)  # AccountsFileError: file, line
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def write_lines(path: str, lines: list[str]) -> None:
+    """
+    Replace the accounts file atomically: mode 0600, the old file's owner
+    and group (a hub that runs as another user must still read it).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        old = None
+    fd, tmp = tempfile.mkstemp(prefix=".accounts-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            if old is not None and os.geteuid() == 0:
+                os.fchown(f.fileno(), old.st_uid, old.st_gid)
+            f.write("".join(line + "\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _address_of(line: str) -> str | None:
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    return stripped.partition(":")[0].strip()
+
+
+def _same(book: AccountBook, a: str, b: str) -> bool:
+    return AccountBook._key(*book.split(a)) == AccountBook._key(*book.split(b))
+
+
+def _index(lines: list[str], address: str, default_domain: str) -> int | None:
+    book = AccountBook([default_domain])
+    for i, line in enumerate(lines):
+        name = _address_of(line)
+        if name is not None and _same(book, name, address):
+            return i
+    return None
+
+
+def _check_address(address: str) -> None:
+    if ":" in address or not address.strip() or any(c.isspace() or not c.isprintable() for c in address):
+        raise AdminError(f"not a usable account address: {address.encode('ascii', 'backslashreplace').decode()}")
+    local = address.rpartition("@")[0] if "@" in address else address
+    if not local or local.startswith(".") or any(c in local for c in "/\\"):
+        raise AdminError(f"not a usable mailbox name: {address}")
+
+
+def _password(args) -> str:
+    """
+    The new password: one line of stdin with C{--password-stdin}, else asked
+    twice on the terminal without echo.
+    """
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            raise AdminError("no terminal to ask for the password: give it on stdin with --password-stdin")
+        password = getpass.getpass(f"password for {args.address}: ")
+        if getpass.getpass("again: ") != password:
+            raise AdminError("the two passwords differ; nothing changed")
+    if not password:
+        raise AdminError("empty password; nothing changed")
+    if any(c in password for c in "\r\n\0"):
+        raise AdminError("a password cannot hold a line break or NUL")
+    return password
+
+
+def _entry(args, password: str, address: str | None = None) -> str:
+    address = address or args.address
+    if args.plain:
+        if password.startswith(SCRYPT_PREFIX):
+            raise AdminError(f"a plain password cannot start with {SCRYPT_PREFIX}")
+        return f"{address}:{password}"
+    return f"{address}:{hash_password(password)}"
+
+
+def user_add(args) -> str:
+    _check_address(args.address)
+    lines = read_lines(args.accounts)
+    if _index(lines, args.address, args.domain) is not None:
+        raise AdminError(f"{args.address} already has an account in {args.accounts} (change its password with: user passwd)")
+    lines.append(_entry(args, _password(args)))
+    write_lines(args.accounts, lines)
+    return f"added {args.address} to {args.accounts}"
+
+
+def user_passwd(args) -> str:
+    lines = read_lines(args.accounts)
+    i = _index(lines, args.address, args.domain)
+    if i is None:
+        raise AdminError(f"no account {args.address} in {args.accounts}")
+    lines[i] = _entry(args, _password(args), _address_of(lines[i]))
+    write_lines(args.accounts, lines)
+    return f"changed the password of {args.address} in {args.accounts}"
+
+
+def user_remove(args) -> str:
+    lines = read_lines(args.accounts)
+    i = _index(lines, args.address, args.domain)
+    if i is None:
+        raise AdminError(f"no account {args.address} in {args.accounts}")
+    del lines[i]
+    write_lines(args.accounts, lines)
+    return f"removed {args.address} from {args.accounts} (its mail stays in the data folder)"
+
+
+def user_list(args) -> str:
+    book = AccountBook([args.domain])
+    if os.path.exists(args.accounts):
+        book.load_file(args.accounts)
+    rows = []
+    for account in sorted(book, key=lambda a: (a.domain, a.localpart.lower())):
+        kind = "scrypt" if account.password_hash else "plain"
+        rows.append(f"{account.address}\t{kind}")
+    return "\n".join(rows) if rows else f"no accounts in {args.accounts}"
+
+
+# -- telling the hub -------------------------------------------------------------
+
+
+def tell_hub(pidfile: str) -> str:
+    """
+    SIGHUP to the hub whose pid is in C{pidfile}: it reads its accounts
+    files and certificate again. Says what happened, in one line.
+    """
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip())
+    except FileNotFoundError:
+        return f"no running hub found ({pidfile} does not exist): the change takes effect when the hub starts"
+    except (OSError, ValueError):
+        return f"{pidfile} holds no process id: reload the hub yourself (kill -HUP, or systemctl reload mailhub)"
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return f"no hub runs as pid {pid} ({pidfile} is stale): the change takes effect when the hub starts"
+    except PermissionError:
+        return f"not allowed to signal pid {pid}: reload the hub yourself (kill -HUP {pid}, or systemctl reload mailhub)"
+    return f"told the hub (pid {pid}) to reload its accounts"
+
+
+# -- check ---------------------------------------------------------------------------
+
+
+def check(hub_args: list[str]) -> list[str]:
+    """
+    What a C{twistd mailhub} start with C{hub_args} would refuse, one line
+    each; C{[]} when it would start.
+    """
+    from twisted.python import usage
+
+    from twisted_mailhub import tap
+    from twisted_mailhub.hub import cannot_listen_line, with_backlog
+
+    problems: list[str] = []
+    options = tap.Options()
+    try:
+        options.parseOptions(hub_args)
+    except usage.UsageError as e:
+        return [f"options: {e}"]
+    try:
+        accounts, extra = tap._accounts_and_checkers(options)
+    except (ValueError, usage.UsageError) as e:
+        problems.append(f"accounts: --auth: {e}")
+    else:
+        if not len(accounts) and not extra:
+            problems.append("accounts: none (nobody can log in; mail to local addresses is refused): add one with mailhub-admin user add")
+    if options["tls-cert"]:
+        from twisted_mailhub.tls import server_context
+
+        try:
+            server_context(os.path.abspath(options["data"]), "localhost", options["tls-cert"], options["tls-key"]).getContext()
+        except Exception as e:  # unreadable file, bad PEM, key not matching
+            problems.append(f"TLS: --tls-cert {options['tls-cert']}: {_why(e)}")
+    problems.extend(_unbindable(options, cannot_listen_line, with_backlog))
+    return problems
+
+
+def _why(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or str(error) or error.__class__.__name__
+
+
+def _unbindable(options, cannot_listen_line, with_backlog) -> list[str]:
+    """Try every TCP listener's address (bind, then close at once)."""
+    import socket
+
+    from twisted_mailhub import tap
+
+    lines = []
+    for component in tap._components():
+        for spec in getattr(component, "listeners", []):
+            if options.get(f"no-{spec.name}"):
+                continue
+            description = options[spec.name]
+            kind, _, rest = description.partition(":")
+            if kind not in ("tcp", "tcp6"):
+                continue
+            fields = rest.split(":")
+            params = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
+            host = params.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, int(fields[0])))
+            except (OSError, ValueError) as e:
+                lines.append("listeners: " + cannot_listen_line(spec.name, description, e).removeprefix("mailhub: "))
+            finally:
+                s.close()
+    return lines
+
+
+# -- the command line ------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailhub-admin", description="Administer a twisted-mailhub: accounts, the queue, a configuration check.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    user = commands.add_parser("user", help="add, remove, change or list accounts in an accounts file")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    for name, helptext in (("add", "add an account"), ("passwd", "change an account's password"), ("remove", "remove an account (its mail stays)"), ("list", "list the accounts")):
+        p = user_commands.add_parser(name, help=helptext)
+        if name != "list":
+            p.add_argument("address", help="the account's address (a bare name gets --domain)")
+        p.add_argument("--accounts", default=os.environ.get("MAILHUB_ACCOUNTS", DEFAULT_ACCOUNTS), help=f"the accounts file the hub reads with --auth file:PATH (default: $MAILHUB_ACCOUNTS or {DEFAULT_ACCOUNTS})")
+        p.add_argument("--domain", default="localhost", help="the hub's default domain, for bare names (default: localhost)")
+        if name in ("add", "passwd"):
+            p.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin (for scripts) instead of asking twice")
+            p.add_argument("--plain", action="store_true", help="store the password in plain text (needed for APOP and CRAM-MD5) instead of an scrypt hash")
+        if name != "list":
+            p.add_argument("--pidfile", default="twistd.pid", help="the running hub's pidfile, told to reload by SIGHUP (default: ./twistd.pid)")
+            p.add_argument("--no-reload", action="store_true", help="do not signal a running hub")
+
+    queue = commands.add_parser("queue", help="the outbound queue: list, flush, remove ID (as mailhub-queue)", add_help=False)
+    queue.add_argument("queue_args", nargs=argparse.REMAINDER)
+
+    commands.add_parser("dkim", help="DKIM keys and the DNS TXT records to publish: show", add_help=False)
+    check_command = commands.add_parser("check", help="check hub options, accounts, certificate and ports without starting", add_help=False)
+    check_command.add_argument("hub_args", nargs=argparse.REMAINDER, help="the options given to twistd mailhub")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    C{mailhub-admin COMMAND ...}; returns the exit status.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["queue"]:
+        from twisted_mailhub.queue.admin import main as queue_main
+
+        return queue_main(argv[1:])
+    if argv[:1] == ["dkim"]:
+        from twisted_mailhub.mailauth import main as dkim_main
+
+        return dkim_main(argv[1:])
+    if argv[:1] == ["check"]:
+        if argv[1:2] in (["-h"], ["--help"]):
+            print("usage: mailhub-admin check [twistd mailhub options...]\n\nPrints what a start with these options would refuse (options, accounts, TLS certificate, ports), one line each; exit status 1 if anything.")
+            return 0
+        problems = check(argv[1:])
+        for line in problems:
+            print(line, file=sys.stderr)
+        if not problems:
+            print("ok: the hub would start with these options")
+        return 1 if problems else 0
+    args = _parser().parse_args(argv)
+    actions = {"add": user_add, "passwd": user_passwd, "remove": user_remove, "list": user_list}
+    try:
+        print(actions[args.user_command](args))
+    except AdminError as e:
+        print(f"mailhub-admin: {e}", file=sys.stderr)
+        return 1
+    except AccountsFileError as e:
+        print(f"mailhub-admin: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"mailhub-admin: {getattr(e, 'filename', None) or args.accounts}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    if args.user_command != "list" and not args.no_reload:
+        print(tell_hub(args.pidfile))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
