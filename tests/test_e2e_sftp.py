@@ -319,3 +319,49 @@ def test_ssh_host_key_option_uses_the_given_keys_rsa_included(start_hub, tmp_pat
     # OpenSSH accepts it only as rsa-sha2-256/512 (ssh-rsa with SHA-1 is off by default).
     done = sftp_batch(hub, "pwd\n", extra=["-o", "HostKeyAlgorithms=rsa-sha2-512,rsa-sha2-256"])
     assert "Remote working directory: /" in done.stdout
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_client_that_never_reads_does_not_grow_the_hubs_memory(start_hub):
+    import struct
+
+    hub = start_hub()
+    client = paramiko_client(hub)
+    try:
+        sftp = client.open_sftp()
+        with sftp.open("big", "wb") as f:
+            f.write(os.urandom(4 * 1024 * 1024))
+        before = _rss_kb(hub.process.pid)
+        chan = client.get_transport().open_session()
+        chan.invoke_subsystem("sftp")
+        chan.sendall(struct.pack(">IBI", 5, 1, 3))
+        assert chan.recv(4096)[4] == 2
+        body = bytes([3]) + struct.pack(">I", 1) + struct.pack(">I", 3) + b"big" + struct.pack(">II", 1, 0)
+        chan.sendall(struct.pack(">I", len(body)) + body)
+        handle_reply = chan.recv(4096)
+        handle = handle_reply[13:13 + struct.unpack(">I", handle_reply[9:13])[0]]
+        # 100,000 READs of 255 KiB (25 GB of answers, 2.6 MB of requests:
+        # more than the 2 MiB window the hub gives) that the client never
+        # reads: paramiko opens no window for the answers until it does.
+        request = b"".join(
+            struct.pack(">IBI", 1 + 4 + 4 + len(handle) + 8 + 4, 5, 100 + i) + struct.pack(">I", len(handle)) + handle + struct.pack(">QI", 0, 255 * 1024)
+            for i in range(100_000)
+        )
+        chan.settimeout(2)
+        sent = 0
+        try:
+            while sent < len(request):
+                sent += chan.send(request[sent:sent + 32768])
+        except Exception:
+            pass  # the hub stopped opening the window: the client cannot send more
+        growth_mb = (_rss_kb(hub.process.pid) - before) / 1024
+        assert sent < len(request), "the hub kept opening the window to a client that does not read"
+        assert growth_mb < 60, f"the hub grew by {growth_mb:.0f} MB"
+        chan.close()
+    finally:
+        client.close()
+    paramiko_client(hub).close()  # and it serves the next one
