@@ -112,6 +112,25 @@ def test_a_handler_bug_and_a_failed_deferred_cost_one_reply_each():
     assert not o.lines.closed
 
 
+def test_a_failure_the_owner_knows_is_answered_without_a_traceback():
+    from twisted.logger import globalLogPublisher
+
+    from twisted_mailhub.store.interfaces import InsufficientStorage
+
+    o = Owner().start()
+    o.line_received = lambda line: defer.fail(InsufficientStorage("Insufficient system storage") if line == b"full" else ValueError("a bug"))
+    o.command_failed = lambda reason: (o.transport.write(b"452\n"), reason.check(InsufficientStorage) is not None)[1]
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        o.lines.data_received(b"full\nbug\n")
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert o.transport.value() == b"452\n452\n"
+    failures = [e for e in logged if "log_failure" in e]
+    assert len(failures) == 1 and failures[0]["log_failure"].check(ValueError)
+
+
 def test_raw_input_goes_to_the_raw_handler_until_it_ends():
     o = Owner().start()
     taken = []

@@ -28,9 +28,10 @@ answers the lines it is handed; everything about I{getting} lines is here:
  raw input             L{LineEngine.start_raw} hands all input to a handler
                        instead of framing it (SMTP DATA) until the handler
                        says where its part ended.
- handler errors        An exception, or a failed Deferred, is logged once
-                       with its traceback and answered by
-                       C{owner.command_failed()}; the session goes on.
+ handler errors        An exception, or a failed Deferred, is answered by
+                       C{owner.command_failed()} and logged once with its
+                       traceback, unless the owner knew it (a full disk:
+                       one line of its own); the session goes on.
  back-pressure         The engine is the transport's streaming producer:
                        while the client does not read its replies, no
                        further line is handled; while lines wait (behind a
@@ -55,7 +56,9 @@ answers the lines it is handed; everything about I{getting} lines is here:
  ====================  =====================================================
 
 What the owner provides: C{line_received(line: bytes)} returning L{None} or
-a L{Deferred}; C{line_too_long()}; C{command_failed(failure)};
+a L{Deferred}; C{line_too_long()}; C{command_failed(failure)} (returning
+True for a failure it answered and logged itself, e.g. a full disk: then no
+traceback is logged);
 C{timed_out(kind: str)}; optionally C{input_ended()} and
 C{output_resumed()} (called when a client that stopped reading reads
 again). The owner declares L{IHalfCloseableProtocol} and passes
@@ -499,14 +502,16 @@ class LineEngine:
             result.addBoth(self._resume)
 
     def _failed(self, reason: Failure) -> None:
-        log.failure(
-            "{cid}: error handling a command", reason, cid=getattr(self.owner, "connection_id", "?")
-        )
+        # The owner answers first; a failure it knows (disk full...) it has
+        # logged in one line itself, and returns True: no traceback then.
+        known = False
         if not self.closed:
             try:
-                self.owner.command_failed(reason)
+                known = bool(self.owner.command_failed(reason))
             except Exception:
                 log.failure("{cid}: error answering a failed command", cid=getattr(self.owner, "connection_id", "?"))
+        if not known:
+            log.failure("{cid}: error handling a command", reason, cid=getattr(self.owner, "connection_id", "?"))
 
     def _resume(self, _: Any = None) -> None:
         self.busy = False

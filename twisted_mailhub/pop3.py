@@ -569,8 +569,12 @@ class MailhubPOP3(_pop3.POP3):
         self._sasl = None
         self.reply_err(b"command line too long (at most %d octets)" % self.max_line_length)
 
-    def command_failed(self, reason: Failure) -> None:
+    def command_failed(self, reason: Failure) -> bool:
+        if is_out_of_space(reason.value):
+            self._storage_full("command", reason.value)
+            return True
         self.reply_err(b"[SYS/TEMP] internal error; try again")
+        return False
 
     # -- dispatch -------------------------------------------------------------
 

@@ -57,6 +57,7 @@ from twisted_mailhub.ftp.data import (
     same_host,
 )
 from twisted_mailhub.lines import LineEngine, control_note, quote
+from twisted_mailhub.store.interfaces import is_out_of_space
 
 log = Logger()
 
@@ -325,7 +326,13 @@ class MailhubFTP(ftp.FTP):
         self.sendLine(f"500 Command line too long (at most {self.MAX_LENGTH} octets).")
 
     def command_failed(self, reason):
+        if is_out_of_space(reason.value):
+            # RFC 959 §4.2: 452, insufficient storage; one log line, no traceback.
+            log.warn("ftp: insufficient system storage ({error})", error=reason.value.__cause__ or reason.value)
+            self.sendLine("452 Requested action not taken: insufficient storage space.")
+            return True
         self.sendLine("451 Requested action aborted: local error in processing.")
+        return False
 
     def line_received(self, line: bytes):
         if self.disconnected:

@@ -272,11 +272,17 @@ class MailhubSMTP(smtp.ESMTP):
         # RFC 5321 §4.5.3.1.4; an endless line is dropped as it arrives.
         self.reply(500, "5.5.2 Error: line too long")
 
-    def command_failed(self, reason) -> None:
+    def command_failed(self, reason) -> bool:
         # A bug must cost one reply, not the connection.
         if self.state == AUTH:
             self.state, self.challenger = COMMAND, None
+        if is_out_of_space(reason.value):
+            # RFC 3463 §3.4 (X.3.1): one log line, no traceback.
+            log.warn("{cid}: insufficient system storage ({error})", cid=self.connection_id, error=reason.value.__cause__ or reason.value)
+            self.reply(452, "4.3.1 Insufficient system storage")
+            return True
         self.reply(451, "4.3.0 Error: local error in processing")
+        return False
 
     # IHalfCloseableProtocol: a class pipes a whole session in
     # (`printf 'helo me\n...quit\n' | nc -N host 8025`) and the client shuts
