@@ -1,10 +1,13 @@
 """
 IMAP benchmark: SELECT + FETCH 1:* (UID FLAGS RFC822.SIZE) on big folders,
 cold (first SELECT after a restart) and warm, FETCH BODY[] throughput,
-SEARCH FROM, and the server's RSS.
+SEARCH FROM, and the server's RSS; the same on a private Dovecot
+(bench/dovecot.py) in the same run when it is installed (the RSS is then
+that of all its processes).
 
     python3 bench/imap.py                 # 10,000 and 100,000 messages
     python3 bench/imap.py --sizes 10000   # just one size
+    python3 bench/imap.py --no-dovecot    # the hub alone
 
 The Maildir files are written directly (as an outside MDA would, already
 \\Seen, in cur/), then the real `twistd mailhub` is started; the first
@@ -25,6 +28,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.dovecot import Dovecot  # noqa: E402
+from bench.dovecot import available as dovecot_available  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 SENDERS = ["alice@example.org", "bob@example.net", "carol@example.com", "dave@example.org", "erin@example.net"]
@@ -96,46 +101,37 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run(count: int) -> dict:
-    data = tempfile.mkdtemp(prefix=f"imapbench{count}-")
-    try:
-        t = time.perf_counter()
-        make_maildir(os.path.join(data, "mail", "localhost", "alice"), count)
-        made = time.perf_counter() - t
-        hub = HubProcess(data, ["--no-ftp"]).start()
-        # the first SELECT ever: no UID list yet, every file gets its UID
-        try:
-            c = Client(hub.ports["imap"])
-            c.cmd("login alice secret")
-            first, _ = c.timed("select INBOX")
-            hub.restart()
-            c = Client(hub.ports["imap"])
-            c.cmd("login alice secret")
-            cold_select, _ = c.timed("select INBOX")
-            cold_fetch, out = c.timed("fetch 1:* (UID FLAGS RFC822.SIZE)")
-            assert out.count(b" FETCH (") == count, out[-300:]
-            c.cmd("unselect")
-            warm_select, _ = c.timed("select INBOX")
-            warm_fetch, _ = c.timed("fetch 1:* (UID FLAGS RFC822.SIZE)")
-            search_cold, out = c.timed("search FROM carol")
-            found = len(out.strip().split(b"\r\n")[0].split()) - 2
-            search_warm, _ = c.timed("search FROM carol")
-            n_body = min(count, 20000)
-            body_time, out = c.timed(f"fetch 1:{n_body} (BODY[])")
-            body_octets = len(out)
-            rss = rss_mb(hub.process.pid)
-        finally:
-            hub.stop()
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
+def measure(port: int, restart, pid, count: int, user: str) -> dict:
+    """
+    The timings on one server: C{restart()} stops and starts it (its next
+    SELECT is cold), C{pid()} gives what to read the RSS of.
+    """
+    c = Client(port())
+    c.cmd(f"login {user} secret")
+    # the first SELECT ever: no UID list (index) yet, every file gets its UID
+    first, _ = c.timed("select INBOX")
+    restart()
+    c = Client(port())
+    c.cmd(f"login {user} secret")
+    cold_select, _ = c.timed("select INBOX")
+    cold_fetch, out = c.timed("fetch 1:* (UID FLAGS RFC822.SIZE)")
+    assert out.count(b" FETCH (") == count, out[-300:]
+    c.cmd("unselect")
+    warm_select, _ = c.timed("select INBOX")
+    warm_fetch, _ = c.timed("fetch 1:* (UID FLAGS RFC822.SIZE)")
+    search_cold, out = c.timed("search FROM carol")
+    found = len(out.strip().split(b"\r\n")[0].split()) - 2
+    search_warm, _ = c.timed("search FROM carol")
+    n_body = min(count, 20000)
+    body_time, out = c.timed(f"fetch 1:{n_body} (BODY[])")
+    body_octets = len(out)
+    rss = pid()
     return {
-        "messages": count,
-        "write files s": round(made, 2),
         "first index (SELECT, no UID list yet) ms": round(first * 1000),
         "cold SELECT ms": round(cold_select * 1000),
         "cold FETCH 1:* ms": round(cold_fetch * 1000),
         "cold SELECT+FETCH ms": round((cold_select + cold_fetch) * 1000),
-        "warm SELECT ms": round(warm_select * 1000),
+        "warm SELECT ms": round(warm_select * 1000, 1),
         "warm FETCH 1:* ms": round(warm_fetch * 1000),
         "warm SELECT+FETCH ms": round((warm_select + warm_fetch) * 1000),
         "SEARCH FROM first ms": round(search_cold * 1000),
@@ -147,16 +143,51 @@ def run(count: int) -> dict:
     }
 
 
+def run(count: int, peer: bool) -> dict[str, dict]:
+    data = tempfile.mkdtemp(prefix=f"imapbench{count}-")
+    results: dict[str, dict] = {}
+    try:
+        t = time.perf_counter()
+        make_maildir(os.path.join(data, "mail", "localhost", "alice"), count)
+        made = time.perf_counter() - t
+        hub = HubProcess(data, ["--no-ftp"]).start()
+        try:
+            results["mailhub"] = measure(lambda: hub.ports["imap"], hub.restart, lambda: rss_mb(hub.process.pid), count, "alice")
+        finally:
+            hub.stop()
+        results["mailhub"]["write files s"] = round(made, 2)
+        if peer:
+            # Dovecot on its own copy of the same messages (its files, its
+            # index), served as user nobody: the folder must let it through.
+            os.chmod(data, 0o755)
+            make_maildir(os.path.join(data, "dovecot"), count)
+            dovecot = Dovecot(os.path.join(data, "dovecot"), "alice", "secret").start()
+            try:
+                results["dovecot"] = measure(lambda: dovecot.ports["imap"], dovecot.restart, dovecot.rss_mb, count, "alice")
+            finally:
+                dovecot.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--no-dovecot", action="store_true", help="do not run Dovecot beside the hub")
     args = parser.parse_args()
+    peer = not args.no_dovecot and dovecot_available()
+    if not args.no_dovecot and not peer:
+        print("Dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d): the hub alone")
     print("load:", open("/proc/loadavg").read().strip())
     for count in [int(s) for s in args.sizes.split(",")]:
-        result = run(count)
-        for key, value in result.items():
-            print(f"{key:45s} {value}")
+        results = run(count, peer)
+        names = list(results)
+        print(f"{count} messages".ljust(45) + "".join(f"{name:>12s}" for name in names))
+        for key in results["mailhub"]:
+            print(f"{key:45s}" + "".join(f"{results[name].get(key, ''):>12}" for name in names))
         print()
+    print("load after:", open("/proc/loadavg").read().strip())
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 """
 Benchmark: POP3 RETR messages/s on a 10,000-message maildrop, the hub
 beside stock Twisted's POP3 server (twisted.mail.pop3.POP3 on
-twisted.mail.maildir.MaildirMailbox) serving the same Maildir.
+twisted.mail.maildir.MaildirMailbox) serving the same Maildir, and a
+private Dovecot (bench/dovecot.py, on its own copy) when it is installed.
+Also the cold first login + STAT: the server restarted, its index kept.
 
     python3 bench/pop3_retr.py                 # hub + stock Twisted with TCP_NODELAY
     python3 bench/pop3_retr.py --stock-nagle   # also stock Twisted as shipped (slow!)
@@ -33,6 +35,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.dovecot import Dovecot  # noqa: E402
+from bench.dovecot import available as dovecot_available  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 STOCK_SERVER = r'''
@@ -152,6 +156,10 @@ def run(port: int, messages: int, retrs: int, window: int, stock: bool = False) 
     if not r.startswith(b"+OK"):
         raise SystemExit(f"login failed: {r!r}")
     t = time.perf_counter()
+    if not c.cmd(b"STAT").startswith(b"+OK %d " % messages):
+        raise SystemExit("STAT failed")
+    out["stat s"] = time.perf_counter() - t
+    t = time.perf_counter()
     if not c.cmd(b"UIDL").startswith(b"+OK"):
         raise SystemExit("UIDL failed")
     uids = c.multi().count(b"\r\n")
@@ -185,6 +193,21 @@ def run(port: int, messages: int, retrs: int, window: int, stock: bool = False) 
     return out
 
 
+def login_stat(port: int, user: bytes, password: bytes, messages: int) -> dict[str, float]:
+    """First login + STAT of a session (after a restart: cold), then QUIT."""
+    c = Client(port)
+    c.cmd(b"USER " + user)
+    t = time.perf_counter()
+    if not c.cmd(b"PASS " + password).startswith(b"+OK"):
+        raise SystemExit("login failed")
+    if not c.cmd(b"STAT").startswith(b"+OK %d " % messages):
+        raise SystemExit("STAT failed")
+    elapsed = time.perf_counter() - t
+    c.cmd(b"QUIT")
+    c.sock.close()
+    return {"login+STAT s": elapsed}
+
+
 def start_stock(maildir: str, nodelay: bool):
     proc = subprocess.Popen(
         [sys.executable, "-c", STOCK_SERVER, maildir, "nodelay" if nodelay else "nagle"],
@@ -209,6 +232,7 @@ def main() -> None:
     parser.add_argument("--stock-retrs", type=int, default=2000, help="RETRs for stock Twisted with TCP_NODELAY")
     parser.add_argument("--stock-nagle", action="store_true", help="also time stock Twisted without TCP_NODELAY (about 23 RETR/s: 100 RETRs)")
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--no-dovecot", action="store_true", help="do not run Dovecot beside the hub")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="mailhub-pop3-bench-", dir=args.dir or "/var/tmp")
@@ -224,8 +248,26 @@ def main() -> None:
             # QUIT marked every message seen (renamed into cur/): a second
             # session reads the same maildrop in its steady state.
             show("mailhub (again)", run(hub.ports["pop3"], args.messages, args.messages, args.window))
+            for _ in range(3):
+                hub.restart()
+                show("mailhub (cold restart)", login_stat(hub.ports["pop3"], b"bob", b"hungry", args.messages))
         finally:
             hub.stop()
+        if not args.no_dovecot and dovecot_available():
+            # Dovecot on its own copy (its files, its index), served as nobody.
+            os.chmod(work, 0o755)
+            fill(os.path.join(work, "dovecot"), args.messages)
+            dovecot = Dovecot(os.path.join(work, "dovecot"), "bob", "hungry").start()
+            try:
+                show("dovecot (first login)", run(dovecot.ports["pop3"], args.messages, args.messages, args.window))
+                show("dovecot (again)", run(dovecot.ports["pop3"], args.messages, args.messages, args.window))
+                for _ in range(3):
+                    dovecot.restart()
+                    show("dovecot (cold restart)", login_stat(dovecot.ports["pop3"], b"bob", b"hungry", args.messages))
+            finally:
+                dovecot.stop()
+        elif not args.no_dovecot:
+            print("Dovecot is not installed (apt-get install dovecot-pop3d): no Dovecot figures")
         stock_dir = os.path.join(work, "stock")
         fill(stock_dir, args.messages)
         runs = [("twisted+nodelay", True, args.stock_retrs)]

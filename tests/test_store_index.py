@@ -139,3 +139,18 @@ class IndexTests(unittest.TestCase):
         again = self.reopen()
         self.assertEqual(self.parsed, 0)
         self.assertEqual(self.state(again), self.state(first))
+
+    @defer.inlineCallbacks
+    def test_cold_load_lists_a_message_found_in_both_new_and_cur_once_from_cur(self):
+        yield self.deliver(2)
+        info = self.folder.messages()[0]
+        new = os.path.join(self.folder.directory, "new", info.key)
+        with open(new, "rb") as f:
+            data = f.read()
+        # A copy left in cur/ (an interrupted move by another program)
+        with open(os.path.join(self.folder.directory, "cur", info.key + ":2,S"), "wb") as f:
+            f.write(data)
+        again = self.reopen()
+        infos = again.messages()
+        self.assertEqual([i.uid for i in infos], [i.uid for i in self.folder.messages()])
+        self.assertEqual(again.info(info.uid).flags, {"\\Seen"})

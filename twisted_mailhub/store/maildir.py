@@ -316,6 +316,9 @@ class MaildirFolder:
         self.hostname = hostname
         self._listeners = Listeners()
         self._entries: dict[int, _Entry] = {}
+        # Is _entries in UID order (as it is when every UID added is above
+        # the last)? Then messages() needs no sort.
+        self._in_order = True
         self._by_base: dict[str, int] = {}
         self._dir_mtimes: tuple[int, int] | None = None
         # Messages being written: UID reserved, line on its way to the list.
@@ -401,7 +404,7 @@ class MaildirFolder:
         else:
             # Remember the parse (before the scan takes entries out of it)
             # and the octets it covers: the index, if worth writing.
-            self._index_state = _IndexState(len(data), zlib.crc32(data), dict(known), self.uid_next, len(body))
+            self._index_state = _IndexState(len(data), zlib.crc32(data), known, self.uid_next, len(body))
 
     def _write_index(self) -> None:
         """
@@ -540,62 +543,14 @@ class MaildirFolder:
         else:
             subdirs = ("new", "cur")
         self._dir_mtimes = mtimes
-        seen: dict[str, tuple[str, str, frozenset[str], bool]] = {}
-        for sub in subdirs:
-            for filename in os.listdir(os.path.join(self.directory, sub)):
-                if filename.startswith("."):
-                    continue
-                base, system, canonical = split_name(filename)
-                seen[base] = (sub, filename, system, canonical)
+        if not self._entries and not self._pending:
+            # The first look (a cold load): entries straight from the listing.
+            fresh = self._first_look(subdirs)
+            gone: list[int] = []
+            flagged: list[int] = []
+        else:
+            fresh, gone, flagged = self._look_again(subdirs)
         added: list[_Entry] = []
-        gone: list[int] = []
-        flagged: list[int] = []
-        # Existing entries: follow renames (flag changes by other programs).
-        for uid, entry in self._entries.items():
-            if entry.subdir not in subdirs:
-                continue
-            where = seen.get(entry.info.key)
-            if where is None:
-                gone.append(uid)
-            elif where[:2] != (entry.subdir, entry.filename):
-                system = where[2]
-                flags = system | entry.keywords if entry.keywords else system
-                if flags != entry.info.flags:
-                    entry.info = _with_flags(entry.info, flags)
-                    flagged.append(uid)
-                entry.subdir, entry.filename = where[:2]
-        for uid in gone:
-            entry = self._entries.pop(uid)
-            self._by_base.pop(entry.info.key, None)
-        fresh = []
-        by_base, pending, known_list, entries = self._by_base, self._pending, self._known, self._entries
-        # (100,000 entries made at a cold load: the cyclic GC would walk
-        # them again and again while they are made; none of them is a cycle)
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            for base, (sub, filename, system, canonical) in seen.items():
-                if base in by_base or base in pending:
-                    continue
-                known = known_list.pop(base, None)
-                if known is not None:
-                    uid, size, date, keywords = known
-                    entry = _Entry.__new__(_Entry)
-                    entry.info = MessageInfo(uid, base, system | keywords if keywords else system, size, date)
-                    entry.keywords = keywords
-                    if sub == "new":
-                        entry.subdir = "new"
-                        entry._name = None if filename == base else filename
-                    else:
-                        entry.subdir = "cur"
-                        entry._name = None if canonical else filename
-                    entries[uid] = entry
-                    by_base[base] = uid
-                else:
-                    fresh.append((base, sub, filename))
-        finally:
-            if collecting:
-                gc.enable()
         # Files we have never seen: UIDs in order of arrival.
         fresh.sort(key=lambda t: (_date_from_name(t[0]) or 0, t[0]))
         for base, sub, filename in fresh:
@@ -603,8 +558,9 @@ class MaildirFolder:
                 added.append(self._register(base, sub, filename))
             except FileNotFoundError:
                 continue  # gone again (moved by another program): next scan
-        if self._known:
-            self._known = {}  # files listed but gone: forgotten (and the table freed)
+        # Files listed but gone are forgotten; the table is freed (it may
+        # still be the index's, which the list's parse is saved from).
+        self._known = {}
         if added:
             try:
                 self._append_uidlist(added)
@@ -627,8 +583,96 @@ class MaildirFolder:
                 )
             )
 
+    def _first_look(self, subdirs: tuple[str, ...]) -> list[tuple[str, str, str]]:
+        """
+        Entries for every listed file the UID list knows; returns (base,
+        subdir, file name) of the others. Builds no table of the listing:
+        a cold load of 100,000 messages keeps its peak memory down.
+        """
+        fresh: dict[str, tuple[str, str, str]] = {}
+        known_list, entries, by_base = self._known, self._entries, self._by_base
+        # (100,000 entries made at a cold load: the cyclic GC would walk
+        # them again and again while they are made; none of them is a cycle)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for sub in subdirs:
+                for filename in os.listdir(os.path.join(self.directory, sub)):
+                    if filename.startswith("."):
+                        continue
+                    base, system, canonical = split_name(filename)
+                    known = known_list.get(base)
+                    if known is None:
+                        fresh[base] = (base, sub, filename)  # in new/ and cur/: cur/ stands
+                        continue
+                    uid, size, date, keywords = known
+                    entry = _Entry.__new__(_Entry)
+                    entry.info = MessageInfo(uid, base, system | keywords if keywords else system, size, date)
+                    entry.keywords = keywords
+                    if sub == "new":
+                        entry.subdir = "new"
+                        entry._name = None if filename == base else filename
+                    else:
+                        entry.subdir = "cur"
+                        entry._name = None if canonical else filename
+                    entries[uid] = entry
+                    by_base[base] = uid
+            self._in_order = len(entries) < 2  # in listing order: sorted at the first messages()
+        finally:
+            if collecting:
+                gc.enable()
+        return list(fresh.values())
+
+    def _look_again(self, subdirs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]], list[int], list[int]]:
+        """
+        Follow what changed in C{subdirs} since the last look: renames
+        (flag changes by other programs) and vanished files are applied
+        to the index. Returns (files not indexed yet as (base, subdir,
+        file name), UIDs gone, UIDs whose flags changed).
+        """
+        seen: dict[str, tuple[str, str, frozenset[str]]] = {}
+        for sub in subdirs:
+            for filename in os.listdir(os.path.join(self.directory, sub)):
+                if filename.startswith("."):
+                    continue
+                base, system, _ = split_name(filename)
+                seen[base] = (sub, filename, system)
+        gone: list[int] = []
+        flagged: list[int] = []
+        for uid, entry in self._entries.items():
+            if entry.subdir not in subdirs:
+                continue
+            where = seen.get(entry.info.key)
+            if where is None:
+                gone.append(uid)
+            elif where[:2] != (entry.subdir, entry.filename):
+                system = where[2]
+                flags = system | entry.keywords if entry.keywords else system
+                if flags != entry.info.flags:
+                    entry.info = _with_flags(entry.info, flags)
+                    flagged.append(uid)
+                entry.subdir, entry.filename = where[:2]
+        for uid in gone:
+            entry = self._entries.pop(uid)
+            self._by_base.pop(entry.info.key, None)
+        fresh = []
+        for base, (sub, filename, system) in seen.items():
+            if base in self._by_base or base in self._pending:
+                continue
+            known = self._known.get(base)
+            if known is not None:
+                uid, size, date, keywords = known
+                info = MessageInfo(uid, base, system | keywords if keywords else system, size, date)
+                self._add_entry(_Entry(info, sub, filename, keywords))
+            else:
+                fresh.append((base, sub, filename))
+        return fresh, gone, flagged
+
     def _add_entry(self, entry: _Entry) -> None:
-        self._entries[entry.info.uid] = entry
+        uid = entry.info.uid
+        if self._in_order and self._entries and uid < next(reversed(self._entries)):
+            self._in_order = False
+        self._entries[uid] = entry
         self._by_base[entry.info.key] = entry.info.uid
 
     def _register(self, base: str, sub: str, filename: str, date: float | None = None) -> _Entry:
@@ -661,10 +705,16 @@ class MaildirFolder:
 
     def messages(self):
         self._scan()
-        return [self._entries[uid].info for uid in sorted(self._entries)]
+        if not self._in_order:
+            self._entries = {uid: self._entries[uid] for uid in sorted(self._entries)}
+            self._in_order = True
+        return [entry.info for entry in self._entries.values()]
 
     def info(self, uid: int) -> MessageInfo:
-        return self._entry(uid).info
+        try:
+            return self._entries[uid].info
+        except KeyError:
+            raise NoSuchMessage(uid) from None
 
     def path_of(self, entry: _Entry) -> str:
         return os.path.join(self.directory, entry.subdir, entry.filename)
