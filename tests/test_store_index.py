@@ -3,7 +3,7 @@
 The Maildir index (C{mailhub-index}): a cached parse of the UID list, so
 that a cold load of a big folder parses only what was appended since. It
 is used only while it describes a prefix of the list byte for byte (a
-CRC-32 of exactly those octets); otherwise the list is parsed in full and
+BLAKE2b digest of exactly those octets); otherwise the list is parsed in full and
 the list, not the cache, decides.
 """
 

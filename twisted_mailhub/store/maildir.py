@@ -20,10 +20,10 @@ Rules (everything that changes the on-disk layout lives in this module):
    appended; an expunge or a keyword change rewrites it (tmp + fsync +
    rename).
  - C{mailhub-index} beside it is a cache of the list's parse (marshal:
-   the octets of the list it covers, their CRC-32, UIDNEXT, and per
+   the octets of the list it covers, their BLAKE2b digest, UIDNEXT, and per
    message UID, base name, size, date, keywords), written after a load
    that parsed or appended at least L{INDEX_MIN_LINES} lines. A cold load
-   uses it only if its CRC matches the list's first octets exactly, and
+   uses it only if its digest matches the list's first octets, and
    then parses only the lines appended after them; anything else (a
    rewrite, a line changed in place, a crash's NULs, a damaged index)
    means a full parse. It is never synced: the list stays the authority.
@@ -56,6 +56,7 @@ Rules (everything that changes the on-disk layout lives in this module):
 from __future__ import annotations
 
 import gc
+import hashlib
 import itertools
 import marshal
 import os
@@ -63,8 +64,7 @@ import re
 import socket
 import threading
 import time
-import zlib
-from typing import Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -104,7 +104,7 @@ UIDLIST = "mailhub-uidlist"
 # The parse of the UID list, cached (see L{_read_index}).
 INDEX = "mailhub-index"
 INDEX_MIN_LINES = 1000  # UID-list lines parsed at a load that make an index worth writing
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2
 SUBSCRIPTIONS = "subscriptions"
 _LETTERS = {"D": DRAFT, "F": FLAGGED, "R": ANSWERED, "S": SEEN, "T": DELETED}
 _FLAG_LETTER = {flag: letter for letter, flag in _LETTERS.items()}
@@ -238,30 +238,35 @@ def _format_line(uid: int, base: str, size: int, date: float, keywords: Iterable
 
 
 class _IndexState(NamedTuple):
-    """The parse of a UID list prefix: its length and CRC-32, its entries, its UIDNEXT."""
+    """The parse of a UID list prefix: its length, a BLAKE2b hash of it (being fed), its entries, its UIDNEXT."""
 
     length: int
-    crc: int
+    digest: Any  # hashlib.blake2b
     known: dict
     uid_next: int
     lines: int  # parsed or appended since the index last read
+
+
+def _digest(data) -> Any:
+    """A BLAKE2b hash (128 bits) fed with C{data}: more can be added with update()."""
+    return hashlib.blake2b(data, digest_size=16)
 
 
 def _read_index(path: str, uidlist: bytes):
     """
     (octets of C{uidlist} covered, UIDNEXT, {base: (uid, size, date,
     keywords)}) from the index file at C{path}, or None when there is none
-    or it does not describe a prefix of C{uidlist} (CRC-32 over exactly
+    or it does not describe a prefix of C{uidlist} (a BLAKE2b digest of exactly
     the octets it covers: a list rewritten, cut short or overwritten by a
     crash no longer matches, and is parsed in full).
     """
     try:
         with open(path, "rb") as f:
             value = marshal.loads(f.read())
-        version, length, crc, uid_next, bases, uids, sizes, dates, keywords = value
+        version, length, digest, uid_next, bases, uids, sizes, dates, keywords = value
         if version != _INDEX_VERSION or not 0 < length <= len(uidlist) or uidlist[length - 1 : length] != b"\n":
             return None
-        if zlib.crc32(memoryview(uidlist)[:length]) != crc:
+        if _digest(memoryview(uidlist)[:length]).digest() != digest:
             return None
         known = dict(zip(bases, zip(uids, sizes, dates, itertools.repeat(_EMPTY))))
         for base, words in keywords.items():
@@ -355,7 +360,7 @@ class MaildirFolder:
             return
         self.uid_validity, self.uid_next = header
         # The index holds the parse of a prefix of this very list (checked
-        # by its CRC): only what was appended after it is parsed here.
+        # by its digest): only what was appended after it is parsed here.
         start = 0
         cached = _read_index(os.path.join(self.directory, INDEX), data)
         if cached is not None:
@@ -404,7 +409,7 @@ class MaildirFolder:
         else:
             # Remember the parse (before the scan takes entries out of it)
             # and the octets it covers: the index, if worth writing.
-            self._index_state = _IndexState(len(data), zlib.crc32(data), known, self.uid_next, len(body))
+            self._index_state = _IndexState(len(data), _digest(data), known, self.uid_next, len(body))
 
     def _write_index(self) -> None:
         """
@@ -420,7 +425,7 @@ class MaildirFolder:
                 (
                     _INDEX_VERSION,
                     state.length,
-                    state.crc,
+                    state.digest.digest(),
                     state.uid_next,
                     list(state.known),
                     [v[0] for v in state.known.values()],
@@ -452,7 +457,7 @@ class MaildirFolder:
         fsync_directory(self.directory)
         if not self._entries and not self._pending:
             header = f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n".encode("ascii")
-            self._index_state = _IndexState(len(header), zlib.crc32(header), {}, self.uid_next, 0)
+            self._index_state = _IndexState(len(header), _digest(header), {}, self.uid_next, 0)
 
     def _uidlist_line(self, entry: _Entry) -> str:
         info = entry.info
@@ -515,8 +520,9 @@ class MaildirFolder:
             known = state.known
             for e in entries:
                 known[e.info.key] = (e.info.uid, e.info.size, e.info.internal_date, e.keywords)
+            state.digest.update(data)
             self._index_state = _IndexState(
-                state.length + len(data), zlib.crc32(data, state.crc), known, max(state.uid_next, self.uid_next), state.lines + len(entries)
+                state.length + len(data), state.digest, known, max(state.uid_next, self.uid_next), state.lines + len(entries)
             )
 
     # -- keeping the index in step with the directory ---------------------
