@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""
+Benchmark: hubs on PostgreSQL (C{--store postgresql:DSN}), with the
+Maildir store measured beside them in the same run.
+
+    python3 bench/cluster.py                 # everything
+    python3 bench/cluster.py --quick         # fewer messages, a 20,000-message mailbox
+    python3 bench/cluster.py --only smtp,idle,fetch
+
+Parts:
+
+ - smtp: 32 SMTP clients sending 1 KB messages (pipelined envelope, as
+   bench/smtp_pop3.py) to one hub on Maildir, one hub on PostgreSQL, and
+   two hubs on the same database (clients split between them). Durable in
+   every case: Maildir fsyncs; PostgreSQL runs with C{fsync = on} and the
+   hub with C{synchronous_commit = on}. Reported: messages/s, and the CPU
+   seconds the hubs and PostgreSQL used per second of run (how much spare
+   CPU PostgreSQL had).
+ - idle: the delay from a message's C{250} on hub A to C{* n EXISTS} in an
+   IMAP IDLE session on hub B: median and 99th percentile.
+ - fetch: a mailbox of 100,000 messages put into the database directly,
+   then over IMAP: C{SELECT} + C{FETCH 1:* (UID FLAGS RFC822.SIZE)}, and
+   C{FETCH n:m BODY[]} messages/s.
+
+PostgreSQL is Debian's, started for the run by tests/pgserver.py into a
+temp folder (as the postgres user when root) and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pwd
+import socket
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from smtp_pop3 import cpu_seconds, smtp_run  # noqa: E402
+
+from tests.hubprocess import HubProcess  # noqa: E402
+from tests.pgserver import PostgresServer, find_bindir  # noqa: E402
+
+
+def postgres_cpu() -> float:
+    """CPU seconds used so far by every process of the postgres user."""
+    try:
+        uid = pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else os.geteuid()
+    except KeyError:
+        return 0.0
+    total = 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"postgres" not in f.read():
+                    continue
+        except OSError:
+            continue
+        total += cpu_seconds(int(pid))
+    return total
+
+
+def start_hubs(n: int, store: str, folder: str) -> list[HubProcess]:
+    hubs = []
+    for i in range(n):
+        data = os.path.join(folder, f"hub{i}-{time.monotonic_ns()}")
+        os.makedirs(data)
+        hubs.append(HubProcess(data, ["--store", store], users=["alice:secret", "bob:hungry"]).start())
+    return hubs
+
+
+def smtp_part(label: str, hubs: list[HubProcess], clients: int, count: int) -> float:
+    async def run():
+        shares = [count // clients] * clients
+        tasks = []
+        start = time.perf_counter()
+        for i, share in enumerate(shares):
+            hub = hubs[i % len(hubs)]
+            tasks.append(smtp_run(hub.ports["smtp"], b"alice@localhost", 1, share, 1024))
+        results = await asyncio.gather(*tasks)
+        return time.perf_counter() - start, sum(len(r[1]) for r in results)
+
+    hub_cpu = sum(cpu_seconds(h.process.pid) for h in hubs)
+    pg_cpu = postgres_cpu()
+    elapsed, accepted = asyncio.run(run())
+    hub_cpu = sum(cpu_seconds(h.process.pid) for h in hubs) - hub_cpu
+    pg_cpu = postgres_cpu() - pg_cpu
+    rate = accepted / elapsed
+    print(f"  {label:32s} {rate:8.0f} msgs/s  ({accepted} in {elapsed:.2f} s; hubs CPU {hub_cpu / elapsed:.2f} cores,"
+          f" PostgreSQL CPU {pg_cpu / elapsed:.2f} cores of {os.cpu_count()})", flush=True)
+    return rate
+
+
+class IdleClient:
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.buf = b""
+        self.line()
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError
+            self.buf += data
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def cmd(self, tag: bytes, text: bytes) -> None:
+        self.sock.sendall(tag + b" " + text + b"\r\n")
+        while not self.line().startswith(tag + b" "):
+            pass
+
+
+def idle_part(a: HubProcess, b: HubProcess, rounds: int) -> None:
+    import smtplib
+
+    c = IdleClient(b.ports["imap"])
+    c.cmd(b"a", b"login alice secret")
+    c.cmd(b"b", b"select INBOX")
+    c.sock.sendall(b"c idle\r\n")
+    assert c.line().startswith(b"+")
+    delays = []
+    with smtplib.SMTP("127.0.0.1", a.ports["smtp"]) as s:
+        for i in range(rounds):
+            s.sendmail("bob@localhost", ["alice@localhost"], b"Subject: idle %d\r\n\r\nx\r\n" % i)
+            sent = time.perf_counter()
+            while not c.line().endswith(b"EXISTS"):
+                pass
+            delays.append(time.perf_counter() - sent)
+    c.sock.sendall(b"DONE\r\n")
+    delays.sort()
+    p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+    print(f"  delivery on hub A -> IDLE EXISTS on hub B: median {statistics.median(delays) * 1000:.1f} ms,"
+          f" p99 {p99 * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms ({rounds} messages)", flush=True)
+
+
+def fill_mailbox(dsn: str, count: int) -> None:
+    """Put C{count} messages into a fresh account's INBOX with COPY."""
+    import psycopg
+
+    from twisted_mailhub.store.postgresql import PostgresStore
+
+    store = PostgresStore(dsn)
+    account_id = store.account("carol@localhost").account_id
+    store.close()
+    body = b"From: bench@example.org\r\nTo: carol@localhost\r\nSubject: stored\r\n\r\n" + b"x" * 900 + b"\r\n"
+    with psycopg.connect(dsn) as conn:
+        mailbox_id = conn.execute("SELECT id FROM mailbox WHERE account_id = %s AND name = 'INBOX'", (account_id,)).fetchone()[0]
+        start = conn.execute("SELECT coalesce(max(id), 0) FROM message").fetchone()[0]
+        with conn.cursor().copy("COPY message (id, size, body) FROM STDIN") as copy:
+            for i in range(count):
+                copy.write_row((start + 1 + i, len(body), body))
+        now = time.time()
+        with conn.cursor().copy(
+            "COPY mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq, recent) FROM STDIN"
+        ) as copy:
+            for i in range(count):
+                copy.write_row((mailbox_id, i + 1, start + 1 + i, f"bench{i}", ["\\Seen"] if i % 3 else [], [], now, 1, False))
+        conn.execute("SELECT setval('message_id_seq', %s)", (start + count,))
+        conn.execute("UPDATE mailbox SET uid_next = %s, highest_modseq = 1 WHERE id = %s", (count + 1, mailbox_id))
+        conn.execute("ANALYZE")
+
+
+def fetch_part(hub: HubProcess, dsn: str, count: int, bodies: int) -> None:
+    import imaplib
+
+    started = time.perf_counter()
+    fill_mailbox(dsn, count)
+    print(f"  filled a {count}-message mailbox in {time.perf_counter() - started:.1f} s", flush=True)
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    c.login("carol", "secret")
+    start = time.perf_counter()
+    typ, data = c.select("INBOX", readonly=True)
+    typ, data = c.fetch("1:*", "(UID FLAGS RFC822.SIZE)")
+    elapsed = time.perf_counter() - start
+    assert typ == "OK" and len(data) == count, (typ, len(data))
+    print(f"  SELECT + FETCH 1:* (UID FLAGS RFC822.SIZE) of {count}: {elapsed * 1000:.0f} ms", flush=True)
+    start = time.perf_counter()
+    typ, data = c.fetch(f"1:{bodies}", "(BODY.PEEK[])")
+    elapsed = time.perf_counter() - start
+    got = sum(1 for item in data if isinstance(item, tuple))
+    assert got == bodies, got
+    print(f"  FETCH 1:{bodies} BODY[]: {bodies / elapsed:.0f} msgs/s", flush=True)
+    c.logout()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default="smtp,idle,fetch")
+    parser.add_argument("--clients", type=int, default=32)
+    args = parser.parse_args()
+    parts = set(args.only.split(","))
+    count = 3200 if args.quick else 20000
+    mailbox = 20000 if args.quick else 100000
+    bindir = find_bindir()
+    if bindir is None:
+        raise SystemExit("PostgreSQL is not installed (apt-get install postgresql)")
+    folder = tempfile.mkdtemp(prefix="mailhub-cluster-")
+    # Durable: fsync on (PostgreSQL's default), unlike the tests.
+    server = PostgresServer(bindir, {"max_connections": "300", "shared_buffers": "256MB"}).start()
+    hubs: list[HubProcess] = []
+    try:
+        print(f"PostgreSQL on 127.0.0.1:{server.port} (fsync on); {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
+        if "smtp" in parts:
+            print(f"SMTP, {args.clients} clients, 1 KB messages, {count} per case:")
+            hubs = start_hubs(1, "maildir", folder)
+            smtp_part("one hub, Maildir", hubs, args.clients, count)
+            for h in hubs:
+                h.stop()
+            hubs = start_hubs(1, f"postgresql:{server.create_database()}", folder)
+            one = smtp_part("one hub, PostgreSQL", hubs, args.clients, count)
+            for h in hubs:
+                h.stop()
+            hubs = start_hubs(2, f"postgresql:{server.create_database()}", folder)
+            two = smtp_part("two hubs, one PostgreSQL", hubs, args.clients, count)
+            print(f"  two hubs / one hub: {two / one:.2f}x")
+            for h in hubs:
+                h.stop()
+        if "idle" in parts:
+            hubs = start_hubs(2, f"postgresql:{server.create_database()}", folder)
+            idle_part(hubs[0], hubs[1], 50 if args.quick else 200)
+            for h in hubs:
+                h.stop()
+        if "fetch" in parts:
+            dsn = server.create_database()
+            hubs = [
+                HubProcess(os.path.join(folder, "fetchhub"), ["--store", f"postgresql:{dsn}"], users=["carol:secret"])
+            ]
+            os.makedirs(hubs[0].data_dir)
+            hubs[0].start()
+            fetch_part(hubs[0], dsn, mailbox, 5000 if args.quick else 20000)
+    finally:
+        for h in hubs:
+            h.stop()
+        server.remove()
+
+
+if __name__ == "__main__":
+    main()
