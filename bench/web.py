@@ -13,7 +13,7 @@ Benchmark of the web face (issue 10's speed goals):
 Times 1 and 2 are the client's round trip on loopback (HTTP request to last
 byte), median of several requests after one warm-up (the first look at a
 folder builds its UID list). SMTP rounds alternate unwatched / watched
-(ABAB...) so a machine that gets busier mid-run does not favour one side;
+(ABBA..., after one warm-up round) so a machine that gets busier mid-run does not favour one side;
 each figure is the median of its rounds. The watcher is a WebSocket on the
 console's session list (as a teacher's projector), read as it arrives.
 """
@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from smtp_pop3 import smtp_run  # noqa: E402
+from smtp_pop3 import cpu_seconds, smtp_run  # noqa: E402
 
 from tests.hubprocess import HubProcess  # noqa: E402
 from tests.web_helpers import LiveSocket, WebClient  # noqa: E402
@@ -117,8 +117,12 @@ def main() -> None:
         teacher = WebClient(hub)
         teacher.login("alice", "secret")
         rates: dict[str, list[float]] = {"unwatched": [], "watched": []}
-        for _ in range(args.rounds):
-            for kind in ("unwatched", "watched"):
+        cpu: dict[str, list[float]] = {"unwatched": [], "watched": []}
+        asyncio.run(smtp_run(hub.ports["smtp"], b"bob@localhost", 32, args.smtp_messages, 1024))  # warm-up, not counted
+        for round_number in range(args.rounds):
+            # ABBA: neither side always runs second on a machine that warms up
+            order = ("unwatched", "watched") if round_number % 2 == 0 else ("watched", "unwatched")
+            for kind in order:
                 watcher = None
                 updates = [0]
                 if kind == "watched":
@@ -133,15 +137,19 @@ def main() -> None:
                             pass
 
                     threading.Thread(target=drain, daemon=True).start()
+                cpu_before = cpu_seconds(hub.process.pid)
                 elapsed, accepted = asyncio.run(smtp_run(hub.ports["smtp"], b"bob@localhost", 32, args.smtp_messages, 1024))
+                cpu[kind].append((cpu_seconds(hub.process.pid) - cpu_before) / len(accepted))
                 if len(accepted) != args.smtp_messages:
                     raise SystemExit("FAIL: messages refused")
                 rates[kind].append(len(accepted) / elapsed)
                 if watcher is not None:
                     watcher.close()
-                print(f"   SMTP round {kind:9}: {len(accepted) / elapsed:7.0f} messages/s" + (f" ({updates[0]} console updates received)" if watcher else ""), flush=True)
+                print(f"   SMTP round {kind:9}: {len(accepted) / elapsed:7.0f} messages/s, hub CPU {cpu[kind][-1] * 1e6:.0f} us/message" + (f" ({updates[0]} console updates received)" if watcher else ""), flush=True)
         plain, watched = statistics.median(rates["unwatched"]), statistics.median(rates["watched"])
         print(f"3. SMTP, 32 clients, 1 KB: unwatched {plain:.0f} msg/s, console watching {watched:.0f} msg/s ({(watched / plain - 1) * 100:+.1f}%)", flush=True)
+        cpu_plain, cpu_watched = statistics.median(cpu["unwatched"]), statistics.median(cpu["watched"])
+        print(f"   hub CPU per message: unwatched {cpu_plain * 1e6:.0f} us, watching {cpu_watched * 1e6:.0f} us ({(cpu_watched / cpu_plain - 1) * 100:+.1f}%)", flush=True)
     finally:
         hub.stop()
 

@@ -17,8 +17,9 @@ Theory of operation:
    encrypted from here; text: version and cipher), C{"login"} (text: the
    account), C{"data"} (an FTP data connection, text: who connected to
    whom, bytes, duration), C{"end"}.
- - Watchers (L{SessionEvents.subscribe}) are called with each new event.
-   With no watcher, an event costs one tuple appended to a deque.
+ - Watchers (L{SessionEvents.subscribe}) are called with each new event
+   they asked for: all, all but the lines (a session list), or one
+   session's. With no watcher, an event costs one tuple appended to a deque.
  - L{TranscriptFactory} wraps a listener's factory; its protocol turns the
    bytes of a connection into masked C{C:}/C{S:} lines with L{Transcriber}.
 
@@ -53,6 +54,7 @@ _LOGIN = re.compile(rb"^(\S+ LOGIN \S+) .*", re.I)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 Event = tuple  # (seq: int, time: float, kind: str, text: str)
+_LINE_KINDS = frozenset({"C", "S"})
 
 
 def next_connection_id(protocol: str) -> str:
@@ -98,10 +100,19 @@ class SessionRecord:
         self._seq += 1
         if len(self.events) == self.events.maxlen:
             self.dropped += 1
-        event = (self._seq, self.bus.clock(), kind, text)
+        bus = self.bus
+        event = (self._seq, bus.clock(), kind, text)
         self.events.append(event)
-        if self.bus.watchers:
-            self.bus.publish(self, event)
+        # Each kind of watcher pays only for what it asked for: a session
+        # list is not called for every line of every session.
+        if bus.watchers:
+            bus.publish(bus.watchers, self, event)
+        if bus.list_watchers and kind not in _LINE_KINDS:
+            bus.publish(bus.list_watchers, self, event)
+        if bus.session_watchers:
+            watching = bus.session_watchers.get(self.id)
+            if watching:
+                bus.publish(watching, self, event)
 
     def logged_in(self, account: str) -> None:
         if self.bus.account_name is not None:
@@ -154,7 +165,11 @@ class SessionEvents:
         self.max_lines = max_lines
         self.clock = clock
         self.records: OrderedDict[str, SessionRecord] = OrderedDict()
+        # Called with every event / with events other than C:/S: lines /
+        # with the events of one session.
         self.watchers: list[Callable[[SessionRecord, Event], None]] = []
+        self.list_watchers: list[Callable[[SessionRecord, Event], None]] = []
+        self.session_watchers: dict[str, list[Callable[[SessionRecord, Event], None]]] = {}
         # Turns a login name into the account's address (a bare "alice"
         # into "alice@example.org"); set by the hub.
         self.account_name: Callable[[str], str | None] | None = None
@@ -187,17 +202,28 @@ class SessionEvents:
         """Every kept session, oldest first."""
         return list(self.records.values())
 
-    def subscribe(self, watcher: Callable[[SessionRecord, Event], None]) -> None:
-        self.watchers.append(watcher)
+    def subscribe(self, watcher: Callable[[SessionRecord, Event], None], session: str | None = None, lines: bool = True) -> None:
+        """
+        Call C{watcher(record, event)} for each new event: of every session,
+        or only of C{session}; with C{lines=False} (a session list), for
+        every event but C{C:}/C{S:} lines.
+        """
+        if session is not None:
+            self.session_watchers.setdefault(session, []).append(watcher)
+        elif lines:
+            self.watchers.append(watcher)
+        else:
+            self.list_watchers.append(watcher)
 
     def unsubscribe(self, watcher: Callable[[SessionRecord, Event], None]) -> None:
-        try:
-            self.watchers.remove(watcher)
-        except ValueError:
-            pass
+        for group in [self.watchers, self.list_watchers, *self.session_watchers.values()]:
+            while watcher in group:
+                group.remove(watcher)
+        for key in [k for k, v in self.session_watchers.items() if not v]:
+            del self.session_watchers[key]
 
-    def publish(self, record: SessionRecord, event: Event) -> None:
-        for watcher in list(self.watchers):
+    def publish(self, watchers: list, record: SessionRecord, event: Event) -> None:
+        for watcher in list(watchers):
             try:
                 watcher(record, event)
             except Exception:

@@ -344,7 +344,7 @@ class ConsoleWatcher:
 
     def negotiationFinished(self):
         events = self.hub.events
-        events.subscribe(self.event)
+        events.subscribe(self.event, session=self.session_id, lines=self.session_id is not None)
         if self.session_id is not None:
             record = events.get(self.session_id)
             if record is not None and can_see(self.user, self.browser, record):
