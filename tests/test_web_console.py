@@ -188,3 +188,41 @@ def test_open_sessions_are_never_dropped_for_newer_ones():
     bus = SessionEvents(max_sessions=2, max_lines=5)
     open_ones = [bus.start("pop3", ("127.0.0.1", 2000 + i), ("127.0.0.1", 110)) for i in range(3)]
     assert [r.id for r in bus.sessions()] == [r.id for r in open_ones]
+
+
+def test_an_outbound_relay_session_shows_on_both_hubs_consoles(start_hub):
+    bob_hub = start_hub("--domain", "b.test", "--teacher", "bob@b.test", users=("bob@b.test:hungry",))
+    alice_hub = start_hub(
+        "--domain", "a.test", "--teacher", "alice@a.test", "--mx-override", f"b.test=127.0.0.1:{bob_hub.ports['smtp']}",
+        users=("alice@a.test:secret",),
+    )
+    import base64
+    import smtplib
+
+    from tests.hubprocess import client_context
+
+    with smtplib.SMTP("127.0.0.1", alice_hub.ports["submission"], timeout=10) as smtp:
+        smtp.starttls(context=client_context())
+        smtp.ehlo("alice.example")
+        assert smtp.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0alice@a.test\0secret").decode())[0] == 235
+        smtp.sendmail("alice@a.test", ["bob@b.test"], b"Subject: from Alice's server\r\n\r\nhi Bob\r\n")
+    alice = WebClient(alice_hub)
+    alice.login("alice@a.test", "secret")
+    bob = WebClient(bob_hub)
+    bob.login("bob@b.test", "hungry")
+    import time
+
+    deadline = time.monotonic() + 15
+    while True:
+        relays = re.findall(r'data-id="(relay#\d+)"', alice.get("/console").text)
+        arrivals = re.findall(r'data-id="(smtp#\d+)"', bob.get("/console").text)
+        if relays and arrivals or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # the queue sends on its own schedule: poll what a user would see
+    assert relays and arrivals
+    sent = alice.get("/console/session/" + urllib.parse.quote(relays[0], safe="")).text
+    assert f"127.0.0.1:{bob_hub.ports['smtp']}" in sent
+    assert "MAIL FROM:&lt;alice@a.test&gt;" in sent and "RCPT TO:&lt;bob@b.test&gt;" in sent
+    assert "RFC 5321 §4.1.1.2" in sent
+    received = bob.get("/console/session/" + urllib.parse.quote(arrivals[0], safe="")).text
+    assert "MAIL FROM:&lt;alice@a.test&gt;" in received

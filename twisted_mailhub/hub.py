@@ -287,6 +287,7 @@ class Hub:
         # --transcript logs them or a component (the web console) reads them.
         self.events = SessionEvents()
         self.record_sessions = self.transcript
+        self.events.recording = self.transcript
         if self.transcript:
             self.events.subscribe(log_event)
         self.filters: list[Any] = []

@@ -165,6 +165,9 @@ class SessionEvents:
         self.max_lines = max_lines
         self.clock = clock
         self.records: OrderedDict[str, SessionRecord] = OrderedDict()
+        # Does anyone read sessions (--transcript, the console)? Sessions
+        # the hub starts itself (outbound relay) are recorded only then.
+        self.recording = False
         # Called with every event / with events other than C:/S: lines /
         # with the events of one session.
         self.watchers: list[Callable[[SessionRecord, Event], None]] = []

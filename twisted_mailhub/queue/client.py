@@ -152,7 +152,15 @@ class RelayClient(smtp.ESMTPClient):
         # STARTTLS progress: "" (not tried), "handshake", "up". A connection
         # lost in "handshake" is a server whose TLS we cannot speak.
         self.tls_state = ""
-        self.transcriber = Transcriber(next_connection_id("relay")) if transcript else None
+        # transcript: True (log lines only), or the hub's session-event bus
+        # (the outbound session is a console session too, when it records).
+        self.transcriber = None
+        if transcript is True:
+            self.transcriber = Transcriber(next_connection_id("relay"))
+        elif transcript and getattr(transcript, "recording", False):
+            host, _, port = remote.rpartition(":")
+            record = transcript.start("relay", (identity if isinstance(identity, str) else identity.decode("ascii", "replace"), 0), (host or remote, port))
+            self.transcriber = Transcriber(record.id, record)
         if secret is not None and username is not None:
             self.requireAuthentication = True
             self.registerAuthenticator(smtp.PLAINAuthenticator(username))
@@ -179,6 +187,10 @@ class RelayClient(smtp.ESMTPClient):
     def esmtpState_serverConfig(self, code, resp):
         if self.tls_state == "handshake":
             self.tls_state = "up"  # the EHLO after STARTTLS came back over TLS
+            if self.transcriber is not None and self.transcriber.record is not None:
+                from twisted_mailhub.transcript import tls_description
+
+                self.transcriber.record.encrypted(tls_description(self.transport))
         items = {}
         for line in resp.splitlines():
             e = line.split(None, 1)
@@ -378,6 +390,8 @@ class RelayClient(smtp.ESMTPClient):
             self.error = Outcome(-1, f"STARTTLS with {self.remote} failed: {why}", self.remote)
         if self.transcriber is not None:
             self.transcriber._emit("S", b"[connection closed]")
+            if self.transcriber.record is not None:
+                self.transcriber.record.closed()
         lost = self.error or Outcome(-1, f"connection to {self.remote} lost: {_lost_reason(reason)}", self.remote)
         for job in self.jobs:
             if job.phase == SENDING:

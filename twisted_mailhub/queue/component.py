@@ -129,7 +129,9 @@ def install(hub) -> None:
         auth=config["auth"],
         require_tls=config["require_tls"],
         tls_context=ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2),
-        transcript=hub.transcript,
+        # the bus records relay sessions when --transcript or the console
+        # wants them (decided per connection: the web installs later)
+        transcript=hub.events if hasattr(hub, "events") else hub.transcript,
         max_connections=config["connections"],
     )
     hub.relay = relay

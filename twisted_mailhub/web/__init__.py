@@ -52,6 +52,7 @@ def install(hub: Any) -> None:
 
     # The console reads the session-event bus: every listener records.
     hub.record_sessions = True
+    hub.events.recording = True
     hub.events.max_sessions = int(hub.options.get("console-sessions") or 1000)
     hub.events.max_lines = int(hub.options.get("console-lines") or 5000)
 
