@@ -38,6 +38,19 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 DOCS = os.path.join(ROOT, "docs")
 
 
+def screenshot(driver, name: str) -> None:
+    """
+    Save the README's picture docs/NAME when it is missing or
+    MAILHUB_SCREENSHOTS=1 asks for new ones (so that an ordinary test run
+    leaves the checkout as it was); otherwise into a temp folder.
+    """
+    path = os.path.join(DOCS, name)
+    if os.path.exists(path) and os.environ.get("MAILHUB_SCREENSHOTS") != "1":
+        path = os.path.join(tempfile.gettempdir(), "mailhub-" + name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    assert driver.save_screenshot(path)
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     data = str(tmp_path_factory.mktemp("browserhub"))
@@ -144,8 +157,7 @@ def test_the_anatomy_of_a_multipart_message_shows_its_decoded_image(hub, browser
     image = browser.find_element(By.CSS_SELECTOR, "img.decoded")
     WebDriverWait(browser, 10).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 1)
     assert "Voilà the picture." in browser.page_source
-    os.makedirs(DOCS, exist_ok=True)
-    browser.save_screenshot(os.path.join(DOCS, "anatomy.png"))
+    screenshot(browser, "anatomy.png")
 
 
 def test_a_live_smtp_session_typed_over_a_socket_appears_line_by_line_with_explanations(hub, browser):
@@ -167,8 +179,7 @@ def test_a_live_smtp_session_typed_over_a_socket_appears_line_by_line_with_expla
         sock.recv(1024)
         wait_text(browser, "[message: 3 lines")
         assert "RFC 5321 §4.1.1.4" in browser.find_element(By.ID, "lines").text
-        os.makedirs(DOCS, exist_ok=True)
-        browser.save_screenshot(os.path.join(DOCS, "console.png"))
+        screenshot(browser, "console.png")
         sock.sendall(b"QUIT\r\n")
         sock.recv(1024)
         wait_text(browser, "the TCP connection closed")
