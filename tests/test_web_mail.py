@@ -176,3 +176,20 @@ def test_the_message_list_pages_fifty_newest_first(start_hub):
     assert re.findall(r"number (\d+)</a>", second) == ["5", "4", "3", "2", "1"]
     state = browser.get("/mail/INBOX/state")
     assert '"count": 55' in state.text
+
+
+def test_webmail_search_takes_words_and_imap_search_keys(hub):
+    send(hub, "carol@example.org", ["alice@localhost"], b"From: Carol <carol@example.org>\r\nSubject: lunch at noon\r\n\r\nthe usual place\r\n")
+    send(hub, "dave@example.org", ["alice@localhost"], b"From: Dave <dave@example.org>\r\nSubject: exam dates\r\n\r\nroom 2, the usual time\r\n")
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    words = browser.get("/mail/INBOX?q=" + urllib.parse.quote("usual place")).text
+    assert re.findall(r'data-uid="(\d+)"', words) == ["1"] and "1 message match" in words
+    keys = browser.get("/mail/INBOX?q=" + urllib.parse.quote('FROM dave SUBJECT "exam"')).text
+    assert re.findall(r'data-uid="(\d+)"', keys) == ["2"]
+    both = browser.get("/mail/INBOX?q=" + urllib.parse.quote("OR FROM carol FROM dave")).text
+    assert re.findall(r'data-uid="(\d+)"', both) == ["2", "1"]  # newest first
+    bad = browser.get("/mail/INBOX?q=" + urllib.parse.quote('SUBJECT "open'))
+    assert bad.status == 200 and "could not be read" in bad.text and "Traceback" not in bad.text
+    hostile = browser.get("/mail/INBOX?q=" + urllib.parse.quote('<script>alert(1)</script>')).text
+    assert "<script>alert(1)</script>" not in hostile and "&lt;script&gt;" in hostile

@@ -295,6 +295,58 @@ def compile_search(keys: list, last_seq: int, last_uid: int) -> Predicate:
 # -- the SEARCH command ----------------------------------------------------------
 
 
+# Words that start IMAP search keys (RFC 3501 §6.4.4); a query that starts
+# with none of them is taken as TEXT words (what people type in a box).
+_KEY_WORDS = frozenset(
+    b"ALL ANSWERED BCC BEFORE BODY CC DELETED DRAFT FLAGGED FROM HEADER KEYWORD LARGER NEW NOT OLD ON OR RECENT "
+    b"SEEN SENTBEFORE SENTON SENTSINCE SINCE SMALLER SUBJECT TEXT TO UID UNANSWERED UNDELETED UNDRAFT UNFLAGGED "
+    b"UNKEYWORD UNSEEN YOUNGER OLDER".split()
+)
+MAX_QUERY = 4096  # characters of one query from a web form or the API
+
+
+def search_messages(folder: Any, query: str) -> list[Any]:
+    """
+    The messages (L{MessageInfo}, in UID order) of C{folder} that match
+    C{query}: IMAP search keys (C{FROM alice SUBJECT "lunch"}, C{UNSEEN},
+    C{OR FROM a FROM b}, RFC 3501 §6.4.4) with the same engine as IMAP
+    SEARCH, or plain words, which match as C{TEXT} (anywhere in the
+    message). For the web face and its API.
+
+    @raise BadSearch: the keys do not parse (too long, open quote, unknown
+        key after a known first one...); its text says why.
+    """
+    query = query.strip()
+    if len(query) > MAX_QUERY:
+        raise BadSearch(f"a search may be at most {MAX_QUERY} characters")
+    raw = query.encode("utf-8")
+    first = raw.split(None, 1)[0].upper() if raw else b"ALL"
+    if first.lstrip(b"(") not in _KEY_WORDS and not first[:1].isdigit() and first[:1] != b"*":
+        raw = b"TEXT " + b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    infos = folder.messages()
+    try:
+        tokens = imap4.parseNestedParens(raw or b"ALL")
+        predicate = compile_search(tokens, len(infos), infos[-1].uid if infos else 0)
+    except RecursionError:
+        raise BadSearch("search keys nested too deeply") from None
+    except BadSearch:
+        raise
+    except (IllegalClientResponse, imap4.MismatchedNesting, imap4.MismatchedQuoting, ValueError, IndexError) as e:
+        text = e.args[0] if e.args else "unreadable"
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        raise BadSearch(f"not IMAP search keys (RFC 3501 §6.4.4): {' '.join(str(text).split())[:200]}") from None
+    cache = HeaderCache.of(folder)
+    found = []
+    for seq, info in enumerate(infos, 1):
+        try:
+            if predicate(Candidate(seq, info, False, folder, cache)):
+                found.append(info)
+        except (NoSuchMessage, FileNotFoundError):
+            continue
+    return found
+
+
 class SearchCommands:
     """SEARCH, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
 

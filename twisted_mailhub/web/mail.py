@@ -31,13 +31,14 @@ import time
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.template import tags
 
+from twisted_mailhub.imap.search import BadSearch, search_messages
 from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, NoSuchFolder, NoSuchMessage, StoreError
 from twisted_mailhub.web import message as msgparse
 from twisted_mailhub.web.pages import post_form, render_page
@@ -232,7 +233,16 @@ class FolderPages(resource.Resource):
         return tags.nav(tags.ul(*rows), tags.p(tags.a("Compose", href="/mail/compose")), class_="folders")
 
     def listing(self, request, account, folder):
-        infos = folder.messages()
+        # ?q=: words, or IMAP search keys, with the engine IMAP SEARCH uses.
+        query = form_value(request, "q", "").strip()
+        problem = ""
+        if query:
+            try:
+                infos = search_messages(folder, query)
+            except BadSearch as e:
+                infos, problem = [], str(e)
+        else:
+            infos = folder.messages()
         pages = max(1, math.ceil(len(infos) / PAGE_SIZE))
         page = form_value(request, "page", "1")
         page = min(max(int(page) if page.isdigit() else 1, 1), pages)
@@ -257,15 +267,28 @@ class FolderPages(resource.Resource):
                     **{"data-uid": str(info.uid)},
                 )
             )
+        keep = f"&q={quote_plus(query)}" if query else ""
         nav = []
         if page > 1:
-            nav.append(tags.a("« newer", href=f"{folder_url(self.name)}?page={page - 1}"))
+            nav.append(tags.a("« newer", href=f"{folder_url(self.name)}?page={page - 1}{keep}"))
         nav.append(f" page {page} of {pages} ")
         if page < pages:
-            nav.append(tags.a("older »", href=f"{folder_url(self.name)}?page={page + 1}"))
+            nav.append(tags.a("older »", href=f"{folder_url(self.name)}?page={page + 1}{keep}"))
+        search = tags.form(
+            tags.input(type="search", name="q", value=query, placeholder="words, or IMAP search keys: FROM alice UNSEEN", size="40"),
+            tags.button("Search", type="submit"),
+            method="get", action=folder_url(self.name), class_="search",
+        )
+        found = []
+        if problem:
+            found.append(tags.p(f"That search could not be read: {problem}", class_="error"))
+        elif query:
+            found.append(tags.p(f"{len(infos)} message{'s' if len(infos) != 1 else ''} match ", tags.code(query), "."))
         content = [
             self.folder_list(account),
             tags.section(
+                search,
+                *found,
                 tags.p(*nav, class_="pager"),
                 tags.table(
                     tags.thead(tags.tr(tags.th(""), tags.th(""), tags.th("from"), tags.th("subject"), tags.th("date"), tags.th("size"))),
