@@ -55,6 +55,10 @@ def test_a_typed_smtp_session_streams_live_with_explanations(hub):
         _reply(sock)
         summary = watching.wait_for(lambda u: u["type"] == "event" and u["text"].startswith("[message:"))
         assert summary["text"] == "[message: 3 lines, 22 octets]"
+        # The 250 links to the stored message, found in alice's own INBOX.
+        queued = watching.wait_for(lambda u: u["type"] == "event" and u["text"].startswith("250 2.0.0"))
+        found = browser.get(queued["link"]["url"])
+        assert re.findall(r'data-uid="(\d+)"', found.text) == ["1"] and "1 message match" in found.text
         _smtp_line(sock, b"quit")
         watching.wait_for(lambda u: u["type"] == "event" and u["kind"] == "end")
         watching.close()

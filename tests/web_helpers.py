@@ -162,9 +162,15 @@ class LiveSocket:
 
         deadline = time.monotonic() + timeout
         while True:
-            for update in self.receive(max(0.01, deadline - time.monotonic())):
+            # Updates come in batches; what follows a match in its batch is
+            # kept for the next wait, not dropped.
+            pending = getattr(self, "_pending", None) or self.receive(max(0.01, deadline - time.monotonic()))
+            while pending:
+                update = pending.pop(0)
                 if predicate(update):
+                    self._pending = pending
                     return update
+            self._pending = []
 
     def close(self) -> None:
         self.sock.close()

@@ -22,9 +22,10 @@ Pages:
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 from twisted.logger import Logger
 from twisted.web import resource, server
@@ -62,15 +63,38 @@ def event_explanation(record: Any, kind: str, text: str) -> dict[str, str] | Non
     return explain(record.protocol, kind, text)
 
 
+_QUEUED = re.compile(r"^250 .*queued as ([A-Za-z0-9._-]+)")
+
+
+def stored_message_link(record: Any, kind: str, text: str) -> dict[str, str] | None:
+    """
+    For the reply that accepted a message (C{250 ... queued as QID}): a
+    link that finds it, by the queue id in its C{Received:} field, in the
+    viewer's own INBOX (where its anatomy is one click away). Only the
+    viewer's own mail: a teacher sees sessions, not other people's mail.
+    """
+    if kind != "S" or FAMILY.get(record.protocol, record.protocol) != "smtp":
+        return None
+    m = _QUEUED.match(text)
+    if m is None:
+        return None
+    query = f'HEADER Received "id {m.group(1)}"'
+    return {"text": "find this message in your INBOX (and its anatomy)", "url": "/mail/INBOX?q=" + quote_plus(query)}
+
+
 def event_dict(record: Any, event: tuple) -> dict[str, Any]:
     seq, when, kind, text = event
-    return {
+    found = {
         "seq": seq,
         "offset": round(when - record.started, 3),
         "kind": kind,
         "text": text,
         "explain": event_explanation(record, kind, text),
     }
+    link = stored_message_link(record, kind, text)
+    if link is not None:
+        found["link"] = link
+    return found
 
 
 def can_see(user: Any, browser_address: str, record: Any) -> bool:
@@ -219,6 +243,8 @@ def event_row(e: dict[str, Any]):
     meaning = ""
     if e["explain"]:
         meaning = [e["explain"]["text"], " (", tags.a(e["explain"]["ref"], href=e["explain"]["url"], rel="noreferrer", target="_blank"), ")"]
+    if e.get("link"):
+        meaning = [meaning, " ", tags.a(e["link"]["text"], href=e["link"]["url"], class_="stored")]
     return tags.tr(
         tags.td(f"+{e['offset']:.3f}s", class_="t"),
         tags.td(_KIND_LABEL.get(e["kind"], e["kind"]), class_="k"),

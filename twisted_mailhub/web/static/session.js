@@ -30,6 +30,14 @@
       meaning.appendChild(a);
       meaning.appendChild(document.createTextNode(")"));
     }
+    if (e.link) {
+      var stored = document.createElement("a");
+      stored.href = e.link.url;
+      stored.className = "stored";
+      stored.textContent = e.link.text;
+      meaning.appendChild(document.createTextNode(" "));
+      meaning.appendChild(stored);
+    }
     tr.appendChild(meaning);
     body.appendChild(tr);
     tr.scrollIntoView({block: "nearest"});
