@@ -12,8 +12,11 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
+
+from tests.hubprocess import ROOT
 
 paramiko = pytest.importorskip("paramiko")
 
@@ -108,6 +111,22 @@ def test_public_key_in_authorized_keys_logs_in(start_hub, tmp_path):
     # The same key is no key of bob's.
     refused = sftp_batch(hub, "pwd\n", password=None, user="bob", extra=keyed, check=False)
     assert refused.returncode != 0 and "Permission denied" in refused.stderr
+
+
+def test_mailhub_admin_user_key_authorizes_a_key_for_sftp(start_hub, tmp_path):
+    hub = start_hub()
+    key = tmp_path / "id_ed25519"
+    subprocess.run([_need("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
+    admin = [sys.executable, "-m", "twisted_mailhub.admin", "user", "key", "alice", str(key) + ".pub", "--data", hub.data_dir]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run(admin, capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert done.returncode == 0 and "now logs in as alice@localhost" in done.stdout, done.stderr
+    again = subprocess.run(admin, capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert "already logs in" in again.stdout
+    bad = subprocess.run(admin[:6] + [str(key)] + admin[7:], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert bad.returncode == 1 and "not one OpenSSH public key line" in bad.stderr and "Traceback" not in bad.stderr
+    keyed = ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", str(key), "-o", "PreferredAuthentications=publickey"]
+    assert "Remote working directory: /" in sftp_batch(hub, "pwd\n", password=None, extra=keyed).stdout
 
 
 def test_keyboard_interactive_password_logs_in(start_hub):

@@ -2,6 +2,8 @@
 """
 C{mailhub-admin}: the hub's administration from the command line.
 
+  - C{user key ADDRESS KEYFILE}: authorize an OpenSSH public key for the
+    account's SFTP logins (C{DATA/ssh/authorized_keys/<address>}).
   - C{user add|remove|passwd|list}: edit an accounts file (the one given to
     the hub with C{--auth file:PATH}); passwords are stored as scrypt hashes
     unless C{--plain}; the file is rewritten atomically (a temporary file
@@ -171,6 +173,41 @@ def user_remove(args) -> str:
     return f"removed {args.address} from {args.accounts} (its mail stays in the data folder)"
 
 
+def user_key(args) -> str:
+    """
+    Authorize an OpenSSH public key for SFTP logins of an account: the
+    line is appended to C{DATA/ssh/authorized_keys/<address>} (read at
+    each login, so no reload is needed).
+    """
+    from twisted_mailhub.sftp.keys import parse_authorized_key
+
+    address = args.address if "@" in args.address else f"{args.address}@{args.domain}"
+    _check_address(address)
+    try:
+        with open(args.keyfile, "rb") as f:
+            lines = [line.strip() for line in f.read(64 * 1024).splitlines() if line.strip() and not line.startswith(b"#")]
+    except OSError as e:
+        raise AdminError(f"{args.keyfile}: {e.strerror or e}")
+    if len(lines) != 1 or parse_authorized_key(lines[0]) is None:
+        raise AdminError(f"{args.keyfile}: not one OpenSSH public key line (the .pub file ssh-keygen wrote)")
+    folder = os.path.join(args.data, "ssh", "authorized_keys")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    path = os.path.join(folder, address.lower())
+    existing = b""
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            existing = f.read()
+    if lines[0] in existing.splitlines():
+        return f"that key already logs in as {address} ({path})"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, (b"" if not existing or existing.endswith(b"\n") else b"\n") + lines[0] + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return f"the key in {args.keyfile} now logs in as {address} over SFTP ({path})"
+
+
 def user_list(args) -> str:
     book = AccountBook([args.domain])
     if os.path.exists(args.accounts):
@@ -299,6 +336,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--pidfile", default="twistd.pid", help="the running hub's pidfile, told to reload by SIGHUP (default: ./twistd.pid)")
             p.add_argument("--no-reload", action="store_true", help="do not signal a running hub")
 
+    key = user_commands.add_parser("key", help="authorize an OpenSSH public key for an account's SFTP logins")
+    key.add_argument("address", help="the account's address (a bare name gets --domain)")
+    key.add_argument("keyfile", help="the public key file (e.g. ~/.ssh/id_ed25519.pub)")
+    key.add_argument("--data", default="mailhub-data", help="the hub's data folder (default: ./mailhub-data)")
+    key.add_argument("--domain", default="localhost", help="the hub's default domain, for bare names (default: localhost)")
+
     queue = commands.add_parser("queue", help="the outbound queue: list, flush, remove ID (as mailhub-queue)", add_help=False)
     queue.add_argument("queue_args", nargs=argparse.REMAINDER)
 
@@ -332,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             print("ok: the hub would start with these options")
         return 1 if problems else 0
     args = _parser().parse_args(argv)
-    actions = {"add": user_add, "passwd": user_passwd, "remove": user_remove, "list": user_list}
+    actions = {"add": user_add, "passwd": user_passwd, "remove": user_remove, "list": user_list, "key": user_key}
     try:
         print(actions[args.user_command](args))
     except AdminError as e:
@@ -344,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"mailhub-admin: {getattr(e, 'filename', None) or args.accounts}: {e.strerror or e}", file=sys.stderr)
         return 1
-    if args.user_command != "list" and not args.no_reload:
+    if args.user_command not in ("list", "key") and not args.no_reload:
         print(tell_hub(args.pidfile))
     return 0
 
