@@ -81,7 +81,10 @@ CHUNK = 256 * 1024
 
 
 def _connect(dsn: str) -> Any:
-    import psycopg
+    try:
+        import psycopg
+    except ImportError:
+        raise SystemExit("mailhub: --store postgresql needs the PostgreSQL driver: python3 -m pip install 'twisted-mailhub[postgresql]' (psycopg 3)")
 
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
