@@ -1,0 +1,113 @@
+"""
+The pytest plugin used the way a user uses it: a throwaway project in a
+temp folder, with no conftest.py, whose tests take the C{mailhub} and
+C{mailhub_session} fixtures, run by pytest in a subprocess.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib
+import importlib.metadata
+import os
+import subprocess
+import sys
+import textwrap
+
+from twisted_mailhub.testing import PACKAGE_ROOT
+
+USER_TESTS = '''
+import io
+import smtplib
+from email.message import EmailMessage
+
+import pytest
+
+
+def welcome(to):
+    m = EmailMessage()
+    m["From"] = "app@example.com"
+    m["To"] = to
+    m["Subject"] = "Welcome"
+    m.set_content("Click to activate.")
+    return m
+
+
+def test_sends_over_starttls_then_reads_by_imap_and_ftp(mailhub):
+    with smtplib.SMTP(mailhub.host, mailhub.ports["submission"]) as s:
+        s.starttls(context=mailhub.ssl_context)
+        s.login("alice@example.com", "secret")
+        s.send_message(welcome("alice@example.com"))
+    got = mailhub.wait_for_message(to="alice@example.com", subject="Welcome", timeout=10)
+    assert got.text().strip() == "Click to activate."
+    imap = mailhub.imap("alice@example.com")
+    imap.select("INBOX")
+    assert imap.search(None, "SUBJECT", "Welcome")[1] == [b"1"]
+    imap.logout()
+    ftp = mailhub.ftp("alice@example.com")
+    ftp.storbinary("STOR report.txt", io.BytesIO(b"quarterly"))
+    ftp.quit()
+    assert mailhub.files("alice@example.com") == {"report.txt": b"quarterly"}
+
+
+@pytest.mark.mailhub(accounts=["carol@example.org:pw"], domains=["example.org"], options=["--no-ftp"])
+def test_marker_sets_accounts_domains_and_options(mailhub):
+    assert "ftp" not in mailhub.ports
+    with smtplib.SMTP(mailhub.host, mailhub.ports["smtp"]) as s:
+        s.send_message(welcome("carol@example.org"))
+    assert mailhub.wait_for_message(to="carol@example.org").subject == "Welcome"
+
+
+def test_session_hub_first(mailhub_session):
+    with smtplib.SMTP(mailhub_session.host, mailhub_session.ports["smtp"]) as s:
+        s.send_message(welcome("bob@example.com"))
+    mailhub_session.wait_for_message(to="bob@example.com")
+
+
+def test_session_hub_is_purged_between_tests(mailhub_session):
+    assert mailhub_session.messages("bob@example.com") == []
+'''
+
+PYTEST_INI = '''
+[pytest]
+mailhub_accounts = alice@example.com:secret bob@example.com:hungry
+mailhub_domains = example.com
+mailhub_options = --max-message-size 1000000
+'''
+
+
+def plugin_installed() -> bool:
+    return any(ep.value == "twisted_mailhub.pytest_plugin" for ep in importlib.metadata.entry_points(group="pytest11"))
+
+
+def test_throwaway_project_uses_the_fixtures_with_only_pytest_ini(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text(textwrap.dedent(PYTEST_INI))
+    (project / "test_mail.py").write_text(USER_TESTS)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    # Installed, the pytest11 entry point loads the plugin; from a checkout
+    # it is named on the command line instead.
+    load = [] if plugin_installed() else ["-p", "twisted_mailhub.pytest_plugin"]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *load, "test_mail.py"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "4 passed" in run.stdout
+    assert not any(p.name.startswith("mailhub") for p in tmp_path.iterdir())
+
+
+def test_setup_cfg_declares_the_pytest11_entry_point_to_the_plugin():
+    config = configparser.ConfigParser()
+    config.read(os.path.join(PACKAGE_ROOT, "setup.cfg"))
+    lines = config["options.entry_points"]["pytest11"].strip().splitlines()
+    entries = {name.strip(): value.strip() for name, value in (line.split("=", 1) for line in lines)}
+    module = importlib.import_module(entries["mailhub"])
+    assert callable(module.mailhub) and callable(module.mailhub_session)
+    assert callable(module.pytest_addoption)

@@ -1,0 +1,180 @@
+"""
+twisted_mailhub.testing.Mailhub, the controller shipped for users' tests:
+started as a user would (outside pytest's fixtures), spoken to with the
+standard library's clients.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import io
+import os
+import signal
+import smtplib
+import ssl
+from email.message import EmailMessage
+
+import pytest
+
+from twisted_mailhub.testing import Mailhub, MailhubStartError
+
+ALICE = "alice@example.com"
+
+
+def message(subject: str, to: str = ALICE, body: str = "hello\n") -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = ALICE
+    m["To"] = to
+    m["Subject"] = subject
+    m.set_content(body)
+    return m
+
+
+@pytest.fixture(scope="module")
+def shared():
+    with Mailhub(accounts=[f"{ALICE}:secret", "bob:hungry"], domains=["example.com"]) as hub:
+        yield hub
+
+
+@pytest.fixture
+def hub(shared):
+    shared.purge()
+    return shared
+
+
+def submit(hub: Mailhub, m: EmailMessage) -> None:
+    with smtplib.SMTP(hub.listeners["submission"].host, hub.listeners["submission"].port, timeout=10) as s:
+        s.starttls(context=hub.ssl_context)
+        s.login(ALICE, "secret")
+        s.send_message(m)
+
+
+def test_every_listener_has_a_loopback_host_and_a_bound_port(hub):
+    assert {"smtp", "submission", "pop3", "imap", "ftp"} <= set(hub.listeners)
+    for name, listener in hub.listeners.items():
+        assert listener.host == "127.0.0.1"
+        assert hub.ports[name] == listener.port > 0
+    assert hub.listeners["smtps"].tls == "implicit"
+
+
+def test_ssl_context_verifies_the_hubs_certificate_on_an_implicit_tls_listener(hub):
+    where = hub.listeners["imaps"]
+    client = imaplib.IMAP4_SSL(where.host, where.port, ssl_context=hub.ssl_context, timeout=10)
+    try:
+        assert client.sock.getpeercert()["subjectAltName"]
+        assert hub.ssl_context.verify_mode == ssl.CERT_REQUIRED and hub.ssl_context.check_hostname
+    finally:
+        client.logout()
+
+
+def test_message_sent_over_starttls_is_waited_for_and_read_raw_and_parsed(hub):
+    submit(hub, message("Welcome aboard", body="Click to activate.\n"))
+    got = hub.wait_for_message(to=ALICE, subject="Welcome", timeout=10)
+    assert got.subject == "Welcome aboard"
+    assert got.text() == "Click to activate.\n"
+    assert got["To"] == ALICE
+    assert got.raw.startswith(b"Return-Path: <alice@example.com>\r\n")
+    assert b"\r\n\r\nClick to activate.\r\n" in got.raw
+    [listed] = hub.messages(ALICE)
+    assert listed.raw == got.raw and listed.uid == got.uid
+    assert "\\Seen" not in listed.flags  # reading does not mark it read
+
+
+def test_wait_for_message_skips_messages_that_do_not_match(hub):
+    submit(hub, message("first"))
+    submit(hub, message("second", to="bob@example.com"))
+    got = hub.wait_for_message(to="bob@example.com", timeout=10)
+    assert got.account == "bob@example.com" and got.subject == "second"
+
+
+def test_wait_for_message_times_out_saying_what_arrived(hub):
+    submit(hub, message("something else"))
+    hub.wait_for_message(subject="something else", timeout=10)
+    with pytest.raises(TimeoutError) as caught:
+        hub.wait_for_message(to=ALICE, subject="never sent", timeout=0.3)
+    assert "never sent" in str(caught.value) and "something else" in str(caught.value)
+
+
+def test_messages_of_another_folder(hub):
+    client = hub.imap(ALICE)
+    try:
+        client.append("Sent", None, None, message("kept copy").as_bytes().replace(b"\n", b"\r\n"))
+    finally:
+        client.logout()
+    assert [m.subject for m in hub.messages(ALICE, folder="Sent")] == ["kept copy"]
+    assert hub.messages(ALICE) == []
+
+
+def test_files_gives_every_uploaded_file_by_path(hub):
+    client = hub.ftp(ALICE)
+    try:
+        client.mkd("reports")
+        client.storbinary("STOR reports/q1.csv", io.BytesIO(b"a,b\r\n1,2\r\n"))
+        client.storbinary("STOR notes.txt", io.BytesIO(b"hi"))
+    finally:
+        client.quit()
+    assert hub.files(ALICE) == {"notes.txt": b"hi", "reports/q1.csv": b"a,b\r\n1,2\r\n"}
+
+
+def test_purge_empties_mail_and_files_and_drops_made_folders(hub):
+    submit(hub, message("to be purged"))
+    hub.wait_for_message(subject="to be purged")
+    client = hub.imap(ALICE)
+    try:
+        client.create("Projects")
+    finally:
+        client.logout()
+    ftp = hub.ftp(ALICE)
+    try:
+        ftp.mkd("dir")
+        ftp.storbinary("STOR dir/f", io.BytesIO(b"x"))
+    finally:
+        ftp.quit()
+    hub.purge()
+    assert hub.messages(ALICE) == []
+    assert "Projects" not in hub.folders(ALICE) and "Sent" in hub.folders(ALICE)
+    assert hub.files(ALICE) == {}
+
+
+def test_add_account_keeps_ports_and_stored_mail(tmp_path):
+    with Mailhub(accounts=["alice:secret"], data_dir=str(tmp_path / "d")) as hub:
+        with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
+            s.send_message(message("before"), "someone@example.net", ["alice@localhost"])
+        ports = dict(hub.ports)
+        assert hub.add_account("carol", "pw") == "carol@localhost"
+        assert hub.ports == ports
+        with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
+            s.send_message(message("after", to="carol@localhost"), "someone@example.net", ["carol@localhost"])
+        assert hub.wait_for_message(to="carol@localhost").subject == "after"
+        assert [m.subject for m in hub.messages("alice")] == ["before"]
+
+
+def test_stop_ends_the_process_and_removes_the_temp_data_folder():
+    hub = Mailhub().start()
+    pid, data_dir = hub.pid, hub.data_dir
+    assert os.path.isdir(data_dir)
+    # twistd shuts down cleanly, then ends by the signal it was sent.
+    assert hub.stop() in (0, -signal.SIGTERM)
+    assert "Server Shut Down" in hub.log
+    assert not os.path.exists(data_dir)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_a_failing_start_raises_with_the_hubs_log_and_leaves_nothing():
+    hub = Mailhub("--store", "no-such-store")
+    with pytest.raises(MailhubStartError) as caught:
+        hub.start()
+    assert "no-such-store" in caught.value.log
+    assert "exited with status" in str(caught.value)
+    assert hub.process is None and not hub.data_dir
+
+
+def test_an_option_is_passed_through_to_the_hub():
+    with Mailhub("--no-ftp", "--max-message-size", "100") as hub:
+        assert "ftp" not in hub.ports
+        with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
+            with pytest.raises(smtplib.SMTPSenderRefused):
+                s.sendmail("x@example.net", ["alice@localhost"], b"Subject: big\r\n\r\n" + b"x" * 500)
+        with pytest.raises(RuntimeError, match="ftp listener"):
+            hub.files("alice")

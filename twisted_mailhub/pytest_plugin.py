@@ -1,0 +1,106 @@
+# -*- test-case-name: tests.test_pytest_plugin -*-
+"""
+The pytest plugin (entry point C{pytest11 = mailhub}): a real hub as a
+fixture.
+
+    def test_signup_sends_a_welcome(mailhub):
+        signup("alice@localhost", smtp_port=mailhub.ports["smtp"])
+        msg = mailhub.wait_for_message(to="alice@localhost", subject="Welcome")
+        assert "activate" in msg.text()
+
+Fixtures:
+
+ - C{mailhub}: a fresh L{twisted_mailhub.testing.Mailhub} for one test,
+   stopped (and its data folder removed) after it.
+ - C{mailhub_session}: one hub for the whole run, purged before every
+   test that uses it (faster; accounts added with C{add_account} stay).
+
+Configuration, the marker winning over C{pytest.ini}/C{pyproject.toml}:
+
+    [pytest]
+    mailhub_accounts = alice@example.com:secret bob@example.com:hungry
+    mailhub_domains = example.com
+    mailhub_options = --max-message-size 100000 --no-ftp
+
+    @pytest.mark.mailhub(accounts=["carol:pw"], domains=["example.org"], options=["--transcript"])
+    def test_...(mailhub): ...
+
+The marker applies to C{mailhub} only: the session hub is shared, so it
+takes the ini options.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import pytest
+
+from twisted_mailhub.testing import DEFAULT_ACCOUNTS, Mailhub
+
+_INI = {
+    "mailhub_accounts": "accounts of the mailhub fixtures, ADDRESS:PASSWORD separated by spaces (default: alice:secret bob:hungry)",
+    "mailhub_domains": "local domains of the mailhub fixtures, separated by spaces (the first is the default domain)",
+    "mailhub_options": "more twistd mailhub options for the mailhub fixtures, as on a command line",
+}
+
+
+def pytest_addoption(parser: Any) -> None:
+    for name, help_text in _INI.items():
+        parser.addini(name, help_text, default="")
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line(
+        "markers",
+        "mailhub(accounts=None, domains=None, options=None): how the mailhub fixture starts its hub "
+        "(accounts ADDRESS:PASSWORD, local domains, more twistd mailhub options)",
+    )
+
+
+def _settings(config: Any, marker: Any = None) -> dict[str, Any]:
+    accounts = config.getini("mailhub_accounts").split() or list(DEFAULT_ACCOUNTS)
+    domains = config.getini("mailhub_domains").split()
+    options = shlex.split(config.getini("mailhub_options"))
+    if marker is not None:
+        given = dict(marker.kwargs)
+        unknown = set(given) - {"accounts", "domains", "options"}
+        if unknown or marker.args:
+            raise pytest.UsageError(f"@pytest.mark.mailhub takes accounts=, domains=, options= (got {', '.join(sorted(unknown)) or 'positional arguments'})")
+        accounts = list(given.get("accounts", accounts))
+        domains = list(given.get("domains", domains))
+        options = [*options, *given.get("options", ())]
+    return {"accounts": accounts, "domains": domains, "options": options}
+
+
+def _start(settings: dict[str, Any], data_dir: str) -> Mailhub:
+    hub = Mailhub(*settings["options"], accounts=settings["accounts"], domains=settings["domains"], data_dir=data_dir)
+    hub._own_data_dir = True  # pytest's temp folder, but nothing of ours left in it
+    return hub.start()
+
+
+@pytest.fixture
+def mailhub(request: Any, tmp_path_factory: Any):
+    """A hub of its own for this test (see the module docstring)."""
+    settings = _settings(request.config, request.node.get_closest_marker("mailhub"))
+    hub = _start(settings, str(tmp_path_factory.mktemp("mailhub")))
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture(scope="session")
+def _mailhub_shared(request: Any, tmp_path_factory: Any):
+    hub = _start(_settings(request.config), str(tmp_path_factory.mktemp("mailhub-session")))
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture
+def mailhub_session(_mailhub_shared: Mailhub):
+    """The hub shared by the whole run, emptied before this test."""
+    _mailhub_shared.purge()
+    return _mailhub_shared

@@ -1,0 +1,717 @@
+# -*- test-case-name: tests.test_testing -*-
+"""
+A real hub for other people's tests: L{Mailhub}, a context manager that
+starts C{twistd -n mailhub} in a subprocess on free loopback ports, like
+aiosmtpd's C{Controller}, and reads back what arrived.
+
+    from twisted_mailhub.testing import Mailhub
+
+    with Mailhub(accounts=["alice@example.com:secret"]) as hub:
+        with smtplib.SMTP(hub.host, hub.ports["submission"]) as s:
+            s.starttls(context=hub.ssl_context)
+            s.login("alice@example.com", "secret")
+            s.sendmail("alice@example.com", ["alice@example.com"], msg)
+        got = hub.wait_for_message(to="alice@example.com", subject="Hi")
+
+Theory of operation:
+
+ - Every listener the hub knows gets C{tcp:0:interface=127.0.0.1} unless
+   the caller passes its own C{--NAME} or C{--no-NAME}; the ports the hub
+   really bound come from its C{mailhub ready {...}} log line. No port
+   races, no sleeps.
+ - The data folder is a fresh temp folder (removed on stop) unless one is
+   given. The TLS certificate is made there before the hub starts, so
+   L{Mailhub.ssl_context} trusts exactly that certificate (it names
+   C{127.0.0.1}, C{::1}, C{localhost} and the hub's hostname).
+ - The helpers read and change mail the way a user would, over the hub's
+   own IMAP and FTP listeners with the account's password: they work
+   for every store and file-system backend and see what a client sees.
+ - The hub is stopped by its PID (SIGTERM, then SIGKILL after a grace
+   period); a hub that does not get to C{mailhub ready} is stopped and
+   L{MailhubStartError} carries everything it logged.
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import email.policy
+import email.utils
+import ftplib
+import imaplib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Iterable
+
+import attr
+
+__all__ = ["Mailhub", "MailhubStartError", "Listener", "HubMessage", "DEFAULT_ACCOUNTS", "listener_names"]
+
+# The folder that holds the twisted_mailhub package: the hub subprocess
+# imports it from there even when it is not installed.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DEFAULT_ACCOUNTS = ("alice:secret", "bob:hungry")
+DEFAULT_HOSTNAME = "mail.test"
+
+_READY = re.compile(r"mailhub ready (\{.*\})")
+
+
+class MailhubStartError(RuntimeError):
+    """
+    The hub exited or did not log C{mailhub ready} in time; C{log} is
+    everything it printed (also in the message).
+    """
+
+    def __init__(self, message: str, log: str):
+        RuntimeError.__init__(self, f"{message}\n--- mailhub log ---\n{log}")
+        self.log = log
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class Listener:
+    """
+    Where one listener of a running hub answers.
+
+    @ivar tls: C{"implicit"} for a listener that is TLS from the first
+        byte (smtps, pop3s, imaps), C{""} for one that offers STARTTLS.
+    """
+
+    name: str
+    host: str
+    port: int
+    tls: str = ""
+
+
+@attr.s(auto_attribs=True, frozen=True)
+class HubMessage:
+    """
+    One stored message, as IMAP shows it.
+
+    @ivar raw: the message's octets exactly as stored (CRLF line ends,
+        with the hub's C{Return-Path:} and C{Received:} headers).
+    @ivar message: C{raw} parsed with C{email.policy.default} (see
+        L{parse_message}).
+    @ivar uid: its IMAP UID in C{folder}.
+    @ivar flags: its IMAP flags, e.g. C{frozenset({"\\\\Seen"})}.
+    """
+
+    account: str
+    folder: str
+    uid: int
+    flags: frozenset
+    raw: bytes
+    message: email.message.EmailMessage
+
+    @property
+    def subject(self) -> str:
+        return str(self.message.get("Subject", ""))
+
+    def __getitem__(self, header: str) -> Any:
+        """C{m["Subject"]}: a header of the parsed message (L{None} if absent)."""
+        return self.message[header]
+
+    def text(self) -> str:
+        """The plain-text body (the C{text/plain} part, decoded), or C{""}."""
+        part = self.message.get_body(preferencelist=("plain",))
+        return part.get_content() if part is not None else ""
+
+
+def listener_names(pythonpath: str | None = None) -> list[tuple[str, str]]:
+    """
+    C{(name, tls)} of every listener the registered components offer
+    (built-in and plugin ones), in the order the hub starts them, as a hub
+    started with C{pythonpath} in front of its path sees them (asked of a
+    Python with that path, once per path).
+    """
+    if not pythonpath:
+        from twisted_mailhub import tap
+
+        return [(spec.name, getattr(spec, "tls", "")) for c in tap._components() for spec in getattr(c, "listeners", [])]
+    if pythonpath not in _NAMES_BY_PATH:
+        env = dict(os.environ, PYTHONPATH=hub_pythonpath(pythonpath))
+        out = subprocess.run(
+            [sys.executable, "-c", "import json; from twisted_mailhub.testing import listener_names; print(json.dumps(listener_names()))"],
+            env=env, capture_output=True, text=True, check=True, timeout=60,
+        )
+        _NAMES_BY_PATH[pythonpath] = [tuple(pair) for pair in json.loads(out.stdout)]
+    return list(_NAMES_BY_PATH[pythonpath])
+
+
+_NAMES_BY_PATH: dict[str, list] = {}
+
+
+def hub_pythonpath(extra: str | None = None) -> str:
+    """
+    The hub's PYTHONPATH: the folder of this package first, then C{extra}
+    (e.g. a folder with third-party plugins), then the inherited one.
+    """
+    parts = [PACKAGE_ROOT, extra, os.environ.get("PYTHONPATH")]
+    return os.pathsep.join(p for p in parts if p)
+
+
+def _interface_of(description: str) -> str:
+    m = re.search(r"(?:^|:)interface=([^:]+|\[[^\]]+\])", description)
+    if m:
+        host = m.group(1).strip("[]").replace("\\:", ":")
+        return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    return "127.0.0.1"
+
+
+def _imap_quote(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_LIST_LINE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"(?:[^"\\]|\\.)*"|NIL) (?P<name>.+)$')
+
+
+class Mailhub:
+    """
+    A running C{twistd mailhub} for tests, in a subprocess.
+
+    C{Mailhub(*options, accounts=..., domains=..., data_dir=..., hostname=...)}:
+    C{options} go to C{twistd mailhub} as they are (C{"--max-message-size",
+    "1000"}, C{"--no-ftp"}, C{"--smtp", "tcp:2525"}). C{accounts} are
+    C{ADDRESS:PASSWORD} strings (a bare name gets the first domain).
+    Use it as a context manager, or call L{start} and L{stop}.
+
+    @ivar listeners: C{{name: Listener}} once started.
+    @ivar ports: C{{name: port}} once started.
+    @ivar data_dir: the hub's data folder.
+    """
+
+    def __init__(
+        self,
+        *options: str,
+        accounts: Iterable[str] = DEFAULT_ACCOUNTS,
+        domains: Iterable[str] = (),
+        data_dir: str | None = None,
+        hostname: str = DEFAULT_HOSTNAME,
+        env: dict[str, str] | None = None,
+        start_timeout: float = 30.0,
+        make_certificate: bool = True,
+    ):
+        self.options = [str(o) for o in options]
+        self.accounts: dict[str, str] = {}
+        self._account_specs: list[str] = []
+        self.domains = [d.lower() for d in domains]
+        self.make_certificate = make_certificate
+        for spec in accounts:
+            self._remember_account(spec)
+        self._own_data_dir = data_dir is None
+        self.data_dir = data_dir or ""
+        self.hostname = hostname
+        self.extra_env = dict(env or {})
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen | None = None
+        self.ports: dict[str, int] = {}
+        self.listeners: dict[str, Listener] = {}
+        self._fixed: dict[str, str] = {}
+        self._log: list[str] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._said_ready = False
+        self._reader: threading.Thread | None = None
+        self._ssl_context: ssl.SSLContext | None = None
+
+    # -- accounts ------------------------------------------------------------
+
+    def _default_domain(self) -> str:
+        if self.domains:
+            return self.domains[0]
+        for i, o in enumerate(self.options):
+            if o.startswith("--domain="):
+                return o.split("=", 1)[1].lower()
+            if o == "--domain" and i + 1 < len(self.options):
+                return self.options[i + 1].lower()
+        return "localhost"
+
+    def address_of(self, name: str) -> str:
+        """C{alice} -> C{alice@<first domain>}; a full address as it is."""
+        return name if "@" in name else f"{name}@{self._default_domain()}"
+
+    def _remember_account(self, spec: str) -> str:
+        name, sep, password = spec.partition(":")
+        if not sep or not name:
+            raise ValueError(f"an account is ADDRESS:PASSWORD, got {spec!r}")
+        address = self.address_of(name)
+        self.accounts[address.lower()] = password
+        self._account_specs.append(spec)
+        return address
+
+    def password_of(self, account: str) -> str:
+        address = self.address_of(account).lower()
+        try:
+            return self.accounts[address]
+        except KeyError:
+            raise KeyError(f"{account}: not an account this Mailhub made (known: {', '.join(sorted(self.accounts)) or 'none'})") from None
+
+    # -- the process -------------------------------------------------------------
+
+    @property
+    def log(self) -> str:
+        """Everything the hub has printed so far."""
+        with self._lock:
+            return "".join(self._log)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def host(self) -> str:
+        """The address the default listeners bind: C{127.0.0.1}."""
+        return "127.0.0.1"
+
+    def _given(self, option: str) -> bool:
+        return any(o == option or o.startswith(option + "=") for o in self.options)
+
+    def command(self) -> list[str]:
+        """The hub's command line (twistd run by this Python)."""
+        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "mailhub", "--data", self.data_dir]
+        for name, _tls in listener_names(self.extra_env.get("PYTHONPATH")):
+            if self._given(f"--{name}") or self._given(f"--no-{name}"):
+                continue
+            args += [f"--{name}", self._fixed.get(name, "tcp:0:interface=127.0.0.1")]
+        if not self._given("--hostname"):
+            args += ["--hostname", self.hostname]
+        for domain in self.domains:
+            args += ["--domain", domain]
+        for spec in self._account_specs:
+            args += ["--user", spec]
+        return args + self.options
+
+    def start(self, timeout: float | None = None) -> "Mailhub":
+        """
+        Start the hub and wait for C{mailhub ready}.
+
+        @param timeout: seconds to wait (default: C{start_timeout}).
+        @raise MailhubStartError: it exited, or was not ready within the
+            timeout (it is stopped first).
+        """
+        timeout = self.start_timeout if timeout is None else timeout
+        if self.process is not None:
+            raise RuntimeError("this Mailhub is running already")
+        if not self.data_dir:
+            self.data_dir = tempfile.mkdtemp(prefix="mailhub-")
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._make_certificate()
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
+        env["PYTHONPATH"] = hub_pythonpath(self.extra_env.get("PYTHONPATH"))
+        self._ready.clear()
+        self._said_ready = False
+        self.process = subprocess.Popen(
+            self.command(),
+            cwd=self.data_dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+            errors="replace",
+        )
+        self._reader = threading.Thread(target=self._read, args=(self.process,), name="mailhub-log", daemon=True)
+        self._reader.start()
+        if not self._ready.wait(timeout) or not self._said_ready:
+            exited = self.process.poll()
+            self.stop()
+            why = f"mailhub exited with status {exited} before it was ready" if exited is not None else f"mailhub was not ready within {timeout:g} s"
+            raise MailhubStartError(why, self.log)
+        return self
+
+    def _make_certificate(self) -> None:
+        if not self.make_certificate or self._given("--tls-cert"):
+            return
+        from twisted_mailhub.tls import make_self_signed
+
+        cert, key = self._certificate_paths()
+        if not (os.path.exists(cert) and os.path.exists(key)):
+            make_self_signed(self.hostname, cert, key)
+
+    def _certificate_paths(self) -> tuple[str, str]:
+        for i, o in enumerate(self.options):
+            if o.startswith("--tls-cert="):
+                return o.split("=", 1)[1], ""
+            if o == "--tls-cert" and i + 1 < len(self.options):
+                return self.options[i + 1], ""
+        return os.path.join(self.data_dir, "tls", "cert.pem"), os.path.join(self.data_dir, "tls", "key.pem")
+
+    def _read(self, process: subprocess.Popen) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            with self._lock:
+                self._log.append(line)
+            m = _READY.search(line)
+            if m and not self._said_ready:
+                self._found_ports(json.loads(m.group(1)))
+                self._said_ready = True
+                self._ready.set()
+        self._ready.set()  # exited: wake start() so it can report
+
+    def _found_ports(self, ports: dict[str, int]) -> None:
+        tls = dict(listener_names(self.extra_env.get("PYTHONPATH")))
+        descriptions = {}
+        for i, o in enumerate(self.options[:-1]):
+            if o.startswith("--") and o[2:] in ports:
+                descriptions[o[2:]] = self.options[i + 1]
+        self.ports = dict(ports)
+        self.listeners = {
+            name: Listener(name, _interface_of(descriptions.get(name, "")), port, tls.get(name, ""))
+            for name, port in ports.items()
+        }
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
+        """
+        Wait until the hub has logged a line matching the regular
+        expression C{pattern}; raise C{TimeoutError} with the log if not.
+        """
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while True:
+            m = regex.search(self.log)
+            if m:
+                return m
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"mailhub never logged {pattern!r} in {timeout:g} s:\n{self.log[-4000:]}")
+            time.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGTERM, remove_data: bool | None = None) -> int | None:
+        """
+        Stop the hub by its PID (C{sig}, then SIGKILL after 15 s) and wait
+        for it. Returns its exit status. A temp data folder this object
+        made is removed unless C{remove_data=False}.
+        """
+        code = None
+        if self.process is not None:
+            if self.process.poll() is None:
+                try:
+                    os.kill(self.process.pid, sig)
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.process.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            if self._reader is not None:
+                self._reader.join(5)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+            code = self.process.returncode
+            self.process = None
+        if remove_data if remove_data is not None else self._own_data_dir:
+            if self.data_dir and os.path.isdir(self.data_dir):
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+            if self._own_data_dir:
+                self.data_dir = ""
+        return code
+
+    def restart(self, same_ports: bool = True) -> "Mailhub":
+        """
+        Stop and start again on the same data folder and, by default, the
+        same ports (mail in a C{memory} store is lost).
+        """
+        if same_ports:
+            self._fixed = {name: f"tcp:{l.port}:interface={l.host}" for name, l in self.listeners.items() if not self._given(f"--{name}")}
+        self.stop(remove_data=False)
+        with self._lock:
+            self._log.append("---- restart ----\n")
+        try:
+            return self.start()
+        finally:
+            self._fixed = {}
+
+    def __enter__(self) -> "Mailhub":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    # -- TLS ---------------------------------------------------------------
+
+    @property
+    def certificate_path(self) -> str:
+        """The PEM file of the certificate the hub presents."""
+        return self._certificate_paths()[0]
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """
+        A client C{SSLContext} that trusts the hub's certificate and checks
+        it (hostname C{127.0.0.1}, C{localhost} or the hub's hostname).
+        """
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context(cafile=self.certificate_path)
+        return self._ssl_context
+
+    # -- reading and changing mail over IMAP -----------------------------------
+
+    def _listener(self, name: str) -> Listener:
+        if self.process is None:
+            raise RuntimeError("the hub is not running")
+        try:
+            return self.listeners[name]
+        except KeyError:
+            raise RuntimeError(f"this needs the hub's {name} listener, which is off (running: {', '.join(sorted(self.listeners))})") from None
+
+    def imap(self, account: str) -> imaplib.IMAP4:
+        """An IMAP4 client logged in as C{account} (STARTTLS when required)."""
+        where = self._listener("imap")
+        client = imaplib.IMAP4(where.host, where.port, timeout=30)
+        try:
+            if "LOGINDISABLED" in client.capabilities:
+                client.starttls(self.ssl_context)
+            client.login(self.address_of(account), self.password_of(account))
+        except BaseException:
+            client.shutdown()
+            raise
+        return client
+
+    def ftp(self, account: str) -> ftplib.FTP:
+        """An FTP client logged in as C{account}, in passive mode."""
+        where = self._listener("ftp")
+        client = ftplib.FTP(timeout=30)
+        client.connect(where.host, where.port)
+        try:
+            client.login(self.address_of(account), self.password_of(account))
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def messages(self, account: str, folder: str = "INBOX") -> list[HubMessage]:
+        """
+        Every message in C{folder} of C{account}, oldest first, read over
+        IMAP without setting C{\\Seen}.
+        """
+        client = self.imap(account)
+        try:
+            return self._fetch(client, account, folder, 1)
+        finally:
+            _logout(client)
+
+    def _fetch(self, client: imaplib.IMAP4, account: str, folder: str, first_uid: int) -> list[HubMessage]:
+        typ, data = client.select(_imap_quote(folder), readonly=True)
+        if typ != "OK":
+            raise KeyError(f"{account}: no folder {folder!r}")
+        typ, data = client.uid("FETCH", f"{first_uid}:*", "(UID FLAGS BODY.PEEK[])")
+        found = []
+        for item in data:
+            if not isinstance(item, tuple):
+                continue
+            head, raw = item
+            m = re.search(rb"UID (\d+)", head)
+            if m is None or int(m.group(1)) < first_uid:
+                continue  # n:* always names the last message
+            flags = re.search(rb"FLAGS \(([^)]*)\)", head)
+            found.append(
+                HubMessage(
+                    account=self.address_of(account),
+                    folder=folder,
+                    uid=int(m.group(1)),
+                    flags=frozenset(flags.group(1).decode("utf-8", "replace").split()) if flags else frozenset(),
+                    raw=raw,
+                    message=parse_message(raw),
+                )
+            )
+        return found
+
+    def wait_for_message(self, to: str | None = None, subject: str | re.Pattern | None = None, timeout: float = 10.0, folder: str = "INBOX") -> HubMessage:
+        """
+        The first message in C{folder} addressed C{to} (a C{To:}, C{Cc:},
+        C{Delivered-To:} or C{X-Original-To:} address, or the account it
+        was delivered to) whose subject contains C{subject} (a string) or
+        matches it (a compiled regular expression); waits for it to arrive.
+
+        @raise TimeoutError: none within C{timeout} seconds; the message
+            says what was there.
+        """
+        if to is not None and self.address_of(to).lower() in self.accounts:
+            candidates = [self.address_of(to).lower()]
+        else:
+            candidates = list(self.accounts)
+        clients = {account: self.imap(account) for account in candidates}
+        next_uid = dict.fromkeys(candidates, 1)
+        seen: list[HubMessage] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                for account, client in clients.items():
+                    for m in self._fetch(client, account, folder, next_uid[account]):
+                        next_uid[account] = max(next_uid[account], m.uid + 1)
+                        if _matches(m, to, subject):
+                            return m
+                        seen.append(m)
+                if time.monotonic() >= deadline:
+                    summary = "; ".join(f"{m.account} {m.subject!r}" for m in seen[-10:]) or "nothing"
+                    raise TimeoutError(f"no message to={to!r} subject={subject!r} in {folder} within {timeout:g} s (there: {summary})")
+                time.sleep(0.05)
+        finally:
+            for client in clients.values():
+                _logout(client)
+
+    def folders(self, account: str) -> list[str]:
+        """The names of C{account}'s folders, as IMAP LIST gives them."""
+        client = self.imap(account)
+        try:
+            return [name for name, _flags in _list_folders(client)]
+        finally:
+            _logout(client)
+
+    # -- files over FTP ----------------------------------------------------------
+
+    def files(self, account: str) -> dict[str, bytes]:
+        """
+        Every file in C{account}'s FTP home: C{{"dir/name": contents}}.
+        """
+        client = self.ftp(account)
+        found: dict[str, bytes] = {}
+        try:
+            for path, kind in _walk(client, ""):
+                if kind == "file":
+                    buffer = io.BytesIO()
+                    client.retrbinary(f"RETR /{path}", buffer.write)
+                    found[path] = buffer.getvalue()
+        finally:
+            _quit(client)
+        return found
+
+    # -- purge and accounts ------------------------------------------------------
+
+    def purge(self) -> None:
+        """
+        Empty every account this object knows: all messages expunged,
+        folders other than INBOX deleted, FTP homes emptied.
+        """
+        for account in self.accounts:
+            if "imap" in self.listeners:
+                client = self.imap(account)
+                try:
+                    for folder, flags in sorted(_list_folders(client), key=lambda f: len(f[0]), reverse=True):
+                        if folder.upper() == "INBOX" or flags & _SPECIAL_USE:
+                            # INBOX and the RFC 6154 folders the hub makes stay, empty.
+                            if client.select(_imap_quote(folder))[0] == "OK":
+                                client.store("1:*", "+FLAGS.SILENT", r"(\Deleted)")
+                                client.expunge()
+                                client.close()
+                        else:
+                            client.delete(_imap_quote(folder))
+                finally:
+                    _logout(client)
+            if "ftp" in self.listeners:
+                client = self.ftp(account)
+                try:
+                    for path, kind in reversed(list(_walk(client, ""))):
+                        if kind == "file":
+                            client.delete(f"/{path}")
+                        else:
+                            client.rmd(f"/{path}")
+                finally:
+                    _quit(client)
+
+    def add_account(self, address: str, password: str) -> str:
+        """
+        Add an account to the running hub (it restarts on the same ports
+        and data folder; mail in a C{memory} store is lost). Returns the
+        full address.
+        """
+        full = self._remember_account(f"{address}:{password}")
+        if self.process is not None:
+            self.restart()
+        return full
+
+
+def parse_message(raw: bytes) -> email.message.EmailMessage:
+    """
+    C{raw} (CRLF line ends, as stored) parsed with C{email.policy.default},
+    its lines ending in LF as Python text does.
+    """
+    return email.message_from_bytes(raw.replace(b"\r\n", b"\n"), policy=email.policy.default)
+
+
+def _matches(m: HubMessage, to: str | None, subject: str | re.Pattern | None) -> bool:
+    if subject is not None:
+        if isinstance(subject, re.Pattern):
+            if not subject.search(m.subject):
+                return False
+        elif subject not in m.subject:
+            return False
+    if to is not None:
+        want = to.lower()
+        if "@" not in want:
+            return m.account.lower().split("@")[0] == want
+        if m.account.lower() == want:
+            return True
+        addresses = []
+        for header in ("To", "Cc", "Delivered-To", "X-Original-To"):
+            for value in m.message.get_all(header, []):
+                addresses += [a for _n, a in email.utils.getaddresses([str(value)])]
+        return want in (a.lower() for a in addresses)
+    return True
+
+
+_SPECIAL_USE = frozenset(["\\archive", "\\drafts", "\\junk", "\\sent", "\\trash", "\\all", "\\flagged"])
+
+
+def _list_folders(client: imaplib.IMAP4) -> list[tuple[str, frozenset]]:
+    """(name, lowercased LIST flags) of every selectable folder."""
+    typ, data = client.list()
+    found = []
+    for line in data:
+        if isinstance(line, tuple):  # a literal name: (head, name)
+            head, name_bytes = line
+            m = _LIST_LINE.match(head + b"x")
+            flags = m.group("flags") if m else b""
+            name = name_bytes.decode("utf-8", "replace")
+        else:
+            m = _LIST_LINE.match(line or b"")
+            if m is None:
+                continue
+            flags = m.group("flags")
+            name = m.group("name").decode("utf-8", "replace")
+            if name.startswith('"'):
+                name = re.sub(r"\\(.)", r"\1", name[1:-1])
+        flag_set = frozenset(flags.decode("ascii", "replace").lower().split())
+        if "\\noselect" not in flag_set:
+            found.append((name, flag_set))
+    return found
+
+
+def _walk(client: ftplib.FTP, directory: str):
+    """(path, "file" | "dir") below C{directory}, parents before children."""
+    for name, facts in sorted(client.mlsd(f"/{directory}", facts=["type"])):
+        kind = facts.get("type", "").lower()
+        if kind in ("cdir", "pdir") or name in (".", ".."):
+            continue
+        path = f"{directory}/{name}" if directory else name
+        if kind == "dir":
+            yield path, "dir"
+            yield from _walk(client, path)
+        else:
+            yield path, "file"
+
+
+def _logout(client: imaplib.IMAP4) -> None:
+    try:
+        client.logout()
+    except (imaplib.IMAP4.error, OSError):
+        client.shutdown()
+
+
+def _quit(client: ftplib.FTP) -> None:
+    try:
+        client.quit()
+    except (ftplib.Error, OSError, EOFError):
+        client.close()
