@@ -326,6 +326,12 @@ class Mailhub:
         self._reader.start()
         if not self._ready.wait(timeout) or not self._said_ready:
             exited = self.process.poll()
+            if exited is None and self._ready.is_set():
+                # Its output ended: it is exiting; wait for its status.
+                try:
+                    exited = self.process.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
             self.stop()
             why = f"mailhub exited with status {exited} before it was ready" if exited is not None else f"mailhub was not ready within {timeout:g} s"
             raise MailhubStartError(why, self.log)
