@@ -11,9 +11,11 @@ import io
 import os
 import signal
 import smtplib
+import socket
 import ssl
 from email.message import EmailMessage
 
+import attr
 import pytest
 
 from twisted_mailhub.testing import Mailhub, MailhubStartError
@@ -136,17 +138,31 @@ def test_purge_empties_mail_and_files_and_drops_made_folders(hub):
     assert hub.files(ALICE) == {}
 
 
-def test_add_account_keeps_ports_and_stored_mail(tmp_path):
+def test_add_account_keeps_stored_mail_and_the_listeners(tmp_path):
     with Mailhub(accounts=["alice:secret"], data_dir=str(tmp_path / "d")) as hub:
         with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
             s.send_message(message("before"), "someone@example.net", ["alice@localhost"])
-        ports = dict(hub.ports)
+        names = set(hub.ports)
         assert hub.add_account("carol", "pw") == "carol@localhost"
-        assert hub.ports == ports
+        assert set(hub.ports) == names
         with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
             s.send_message(message("after", to="carol@localhost"), "someone@example.net", ["carol@localhost"])
         assert hub.wait_for_message(to="carol@localhost").subject == "after"
         assert [m.subject for m in hub.messages("alice")] == ["before"]
+
+
+def test_restart_comes_back_on_free_ports_when_an_old_one_was_taken(tmp_path):
+    with Mailhub("--no-ftp", accounts=["alice:secret"], data_dir=str(tmp_path / "d")) as hub:
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            taken = squatter.getsockname()[1]
+            # As if another process had taken pop3's port while it restarted.
+            hub.listeners["pop3"] = attr.evolve(hub.listeners["pop3"], port=taken)
+            hub.restart()
+            assert hub.ports["pop3"] != taken
+            assert "a port was taken; restart on free ports" in hub.log
+            assert hub.messages("alice") == []  # and it answers
 
 
 def test_stop_ends_the_process_and_removes_the_temp_data_folder():

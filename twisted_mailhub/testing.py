@@ -217,6 +217,7 @@ class Mailhub:
         self.ports: dict[str, int] = {}
         self.listeners: dict[str, Listener] = {}
         self._fixed: dict[str, str] = {}
+        self._restarting = False
         self._log: list[str] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -332,7 +333,7 @@ class Mailhub:
                     exited = self.process.wait(5)
                 except subprocess.TimeoutExpired:
                     pass
-            self.stop()
+            self.stop(remove_data=False if self._restarting else None)
             why = f"mailhub exited with status {exited} before it was ready" if exited is not None else f"mailhub was not ready within {timeout:g} s"
             raise MailhubStartError(why, self.log)
         return self
@@ -426,18 +427,31 @@ class Mailhub:
 
     def restart(self, same_ports: bool = True) -> "Mailhub":
         """
-        Stop and start again on the same data folder and, by default, the
-        same ports (mail in a C{memory} store is lost).
+        Stop and start again on the same data folder (mail in a C{memory}
+        store is lost). With C{same_ports}, each listener asks for the port
+        it had; if another process took one meanwhile, the hub comes back
+        on free ports instead: read C{ports} again after a restart.
         """
-        if same_ports:
-            self._fixed = {name: f"tcp:{l.port}:interface={l.host}" for name, l in self.listeners.items() if not self._given(f"--{name}")}
+        fixed = {name: f"tcp:{l.port}:interface={l.host}" for name, l in self.listeners.items() if not self._given(f"--{name}")}
         self.stop(remove_data=False)
         with self._lock:
             self._log.append("---- restart ----\n")
+        self._restarting = True
         try:
+            if same_ports:
+                self._fixed = fixed
+                try:
+                    return self.start()
+                except MailhubStartError as e:
+                    if "Address already in use" not in e.log:
+                        raise
+                    with self._lock:
+                        self._log.append("---- a port was taken; restart on free ports ----\n")
+                finally:
+                    self._fixed = {}
             return self.start()
         finally:
-            self._fixed = {}
+            self._restarting = False
 
     def __enter__(self) -> "Mailhub":
         return self.start()
@@ -629,9 +643,10 @@ class Mailhub:
 
     def add_account(self, address: str, password: str) -> str:
         """
-        Add an account to the running hub (it restarts on the same ports
-        and data folder; mail in a C{memory} store is lost). Returns the
-        full address.
+        Add an account to the running hub. Returns the full address. The
+        hub restarts on the same data folder (mail in a C{memory} store is
+        lost) and, unless another process took one of them meanwhile, the
+        same ports: read C{ports} again afterwards.
         """
         full = self._remember_account(f"{address}:{password}")
         if self.process is not None:

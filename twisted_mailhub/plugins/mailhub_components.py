@@ -14,6 +14,9 @@ quota = ModuleComponent("quota", "twisted_mailhub.quota", order=5)
 # relay the queue component sets up.
 queue = ModuleComponent("queue", "twisted_mailhub.queue.component", order=10)
 smtp = ModuleComponent("smtp", "twisted_mailhub.smtp.component", order=20)
+# --catch-all and --test-mode (fault injection) for the SMTP listeners
+catch_all = ModuleComponent("catch-all", "twisted_mailhub.smtp.catchall", order=21)
+test_mode = ModuleComponent("test-mode", "twisted_mailhub.smtp.faults", order=22)
 # DKIM signing and SPF/DKIM/DMARC checks on what the SMTP listeners accept
 mailauth = ModuleComponent("mailauth", "twisted_mailhub.mailauth", order=25)
 pop3 = ModuleComponent("pop3", "twisted_mailhub.pop3", order=30)

@@ -96,13 +96,22 @@ def avatar_factory(account, mind):
 class Verdict:
     """
     The answer to one RCPT: C{code}/C{text} to send, and whether the
-    recipient is C{"local"} (store) or C{"relay"} (outbound queue).
+    recipient is C{"local"} (store), C{"relay"} (outbound queue) or
+    C{"discard"} (a C{--test-mode} address with no catch-all: accepted,
+    not kept). C{original} is the recipient as the client gave it when
+    the mail goes elsewhere (C{--catch-all}), else C{""}.
     """
 
     code: int
     text: str
     kind: str = ""
     address: str = ""
+    original: str = ""
+
+    @property
+    def recipient(self) -> str:
+        """The envelope recipient as the client named it."""
+        return self.original or self.address
 
     @property
     def accepted(self) -> bool:
@@ -135,6 +144,18 @@ class RecipientPolicy:
         address = self.qualify(address)
         local, _, domain = address.rpartition("@")
         accounts = self.hub.accounts
+        catch_all = getattr(self.hub, "catch_all", None)
+        if getattr(self.hub, "test_mode", False) and accounts.find(address) is None:
+            from twisted_mailhub.smtp.faults import fault_of
+
+            if fault_of(address) is not None:
+                # Accepted here so that the fault filter sees it at RCPT.
+                if catch_all is not None:
+                    return Verdict(250, "2.1.5 Ok", "local", catch_all.address, original=address)
+                return Verdict(250, "2.1.5 Ok", "discard", "", original=address)
+        if catch_all is not None and accounts.find(address) is None:
+            # --catch-all: any other address, any domain; never relayed.
+            return Verdict(250, "2.1.5 Ok", "local", catch_all.address, original=address)
         if accounts.is_local_domain(domain):
             account = accounts.find(address)
             if account is None and local.lower() == "postmaster":
@@ -316,7 +337,7 @@ def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict],
         # message as it will be stored.
         message = add_submission_headers(message, session.hostname, sender or session.authenticated)
     if hub.filters:
-        envelope = envelope_of(sender, [r.address for r in recipients], session)
+        envelope = envelope_of(sender, [r.recipient for r in recipients], session)
         d = run_filters(hub.filters, "end_of_data", envelope, message)
         return d.addCallback(_filtered, hub, session, sender, recipients)
     return _store(hub, session, sender, recipients, message)
@@ -332,18 +353,31 @@ def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], m
     qid = queue_id()
     # A UTF-8 sender only came with SMTPUTF8 (RFC 6532 §3.7 allows it here).
     return_path = b"Return-Path: <" + sender.encode("utf-8" if session.utf8 else "ascii", "replace") + b">\r\n"
-    local = list(dict.fromkeys(r.address for r in recipients if r.kind == "local"))
+    # (account, original recipient): one copy each (--catch-all may bring
+    # several originals to one account).
+    local = list(dict.fromkeys((r.address, r.original) for r in recipients if r.kind == "local"))
     relay = list(dict.fromkeys(r.address for r in recipients if r.kind == "relay"))
     if len(local) == 1 and not relay:
         # The hot path (one recipient): plain Deferreds, no coroutine.
-        copy = return_path + session.received(qid, local[0]) + message
-        d = defer.maybeDeferred(hub.store.deliver, local[0], copy)
-        d.addCallback(lambda key: _log_delivery(hub, qid, sender, [(local[0], key)], len(message), session.client_ip))
+        address, original = local[0]
+        copy = _local_copy(session, qid, return_path, address, original, message)
+        d = defer.maybeDeferred(hub.store.deliver, address, copy)
+        d.addCallback(lambda key: _log_delivery(hub, qid, sender, [(address, key)], len(message), session.client_ip))
         return d.addCallback(lambda _: qid)
     return defer.Deferred.fromCoroutine(_store_all(hub, session, sender, local, relay, message, qid, return_path))
 
 
-async def _store_all(hub: Any, session: Session, sender: str, local: list[str], relay: list[str], message: bytes, qid: str, return_path: bytes) -> str:
+def _local_copy(session: Session, qid: str, return_path: bytes, address: str, original: str, message: bytes) -> bytes:
+    """The copy stored for C{address}: trace headers, then the message."""
+    if not original:
+        return return_path + session.received(qid, address) + message
+    # --catch-all: who it was for, as Postfix records it.
+    charset = "utf-8" if session.utf8 else "ascii"
+    trace = b"Delivered-To: <%s>\r\nX-Original-To: <%s>\r\n" % (address.encode(charset, "replace"), original.encode(charset, "replace"))
+    return return_path + trace + session.received(qid, original) + message
+
+
+async def _store_all(hub: Any, session: Session, sender: str, local: list[tuple[str, str]], relay: list[str], message: bytes, qid: str, return_path: bytes) -> str:
     """
     Every copy or none (never a 4xx with a copy kept: the client's retry
     would duplicate it). The local copies are stored together; if one
@@ -352,9 +386,9 @@ async def _store_all(hub: Any, session: Session, sender: str, local: list[str], 
     durable, so it never has to be taken back from a queue that may
     already be sending it; if queueing it fails, the local copies go too.
     """
-    waits = [defer.maybeDeferred(hub.store.deliver, a, return_path + session.received(qid, a) + message) for a in local]
+    waits = [defer.maybeDeferred(hub.store.deliver, a, _local_copy(session, qid, return_path, a, o, message)) for a, o in local]
     results = await defer.DeferredList(waits, consumeErrors=True) if waits else []
-    stored = [(address, key) for address, (ok, key) in zip(local, results) if ok]
+    stored = [(address, key) for (address, _original), (ok, key) in zip(local, results) if ok]
     failures = [failure for ok, failure in results if not ok]
     if not failures and relay:
         try:

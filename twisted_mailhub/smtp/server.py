@@ -246,6 +246,8 @@ class MailhubSMTP(smtp.ESMTP):
         if not 400 <= code <= 599:
             code = 550
         self.reply(code, quote(" ".join(str(text).split()), 400, ascii=True) or "5.7.1 Refused")
+        if code == 421:
+            self.close()  # RFC 5321 §3.8: 421 closes the channel
 
     def sendCode(self, code, message=b""):
         # Twisted's helpers call this; route through reply().
@@ -602,7 +604,7 @@ class MailhubSMTP(smtp.ESMTP):
             return self.reply(verdict.code, verdict.text)
         if self.hub.filters:
             envelope = envelope_of(self.sender, [r.address for r in self.recipients], self._session())
-            d = run_filters(self.hub.filters, "rcpt_to", envelope, verdict.address)
+            d = run_filters(self.hub.filters, "rcpt_to", envelope, verdict.recipient)
             return d.addCallback(self._rcpt_filtered, verdict)
         self.recipients.append(verdict)
         self.reply(250, verdict.text)
