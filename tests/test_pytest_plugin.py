@@ -17,11 +17,21 @@ import textwrap
 from twisted_mailhub.testing import PACKAGE_ROOT
 
 USER_TESTS = '''
+import base64
 import io
+import json
 import smtplib
+import urllib.request
 from email.message import EmailMessage
 
 import pytest
+
+
+def api(hub, path):
+    request = urllib.request.Request(f"http://{hub.host}:{hub.ports['web']}/api/v1{path}")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"alice@example.com:secret").decode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read()
 
 
 def welcome(to):
@@ -40,6 +50,8 @@ def test_sends_over_starttls_then_reads_by_imap_and_ftp(mailhub):
         s.send_message(welcome("alice@example.com"))
     got = mailhub.wait_for_message(to="alice@example.com", subject="Welcome", timeout=10)
     assert got.text().strip() == "Click to activate."
+    parsed = json.loads(api(mailhub, f"/accounts/me/folders/INBOX/messages/{got.uid}"))
+    assert parsed["envelope"]["subject"] == "Welcome" and parsed["text"].strip() == "Click to activate."
     imap = mailhub.imap("alice@example.com")
     imap.select("INBOX")
     assert imap.search(None, "SUBJECT", "Welcome")[1] == [b"1"]
@@ -47,6 +59,7 @@ def test_sends_over_starttls_then_reads_by_imap_and_ftp(mailhub):
     ftp = mailhub.ftp("alice@example.com")
     ftp.storbinary("STOR report.txt", io.BytesIO(b"quarterly"))
     ftp.quit()
+    assert api(mailhub, "/accounts/me/files/report.txt") == b"quarterly"
     assert mailhub.files("alice@example.com") == {"report.txt": b"quarterly"}
 
 

@@ -210,6 +210,15 @@ class AccountBook:
         self.domains = list(other.domains)
         return len(after - before), len(before - after)
 
+    def remove(self, name: str) -> Account | None:
+        """
+        Remove the account C{name} names (it can no longer log in or get
+        mail); return it, or L{None} if there was none. Its domain stays
+        local.
+        """
+        local, domain = self.split(name)
+        return self._accounts.pop(self._key(local, domain), None)
+
     @staticmethod
     def _key(local: str, domain: str) -> str:
         return f"{local.lower()}@{domain.lower()}"

@@ -23,5 +23,7 @@ pop3 = ModuleComponent("pop3", "twisted_mailhub.pop3", order=30)
 imap = ModuleComponent("imap", "twisted_mailhub.imap", order=40)
 ftp = ModuleComponent("ftp", "twisted_mailhub.ftp.component", order=50)
 web = ModuleComponent("web", "twisted_mailhub.web", order=60)
+# the JSON API under /api/v1 on the web listeners
+api = ModuleComponent("api", "twisted_mailhub.web.api", order=61)
 # SFTP over SSH (twisted.conch) on the FTP file system
 sftp = ModuleComponent("sftp", "twisted_mailhub.sftp.component", order=70)
