@@ -7,6 +7,8 @@ standard library's clients.
 from __future__ import annotations
 
 import imaplib
+import json
+import urllib.error
 import io
 import os
 import signal
@@ -105,6 +107,18 @@ def test_messages_of_another_folder(hub):
         client.logout()
     assert [m.subject for m in hub.messages(ALICE, folder="Sent")] == ["kept copy"]
     assert hub.messages(ALICE) == []
+
+
+def test_api_calls_the_json_api_as_an_account(hub):
+    submit(hub, message("via the api"))
+    hub.wait_for_message(subject="via the api")
+    listing = hub.api(ALICE, "GET", "/accounts/me/folders/INBOX/messages")
+    assert [m["subject"] for m in listing["messages"]] == ["via the api"]
+    hub.api(ALICE, "PUT", "/accounts/me/files/notes/a.txt", body=b"text")
+    assert hub.api(ALICE, "GET", "/accounts/me/files/notes/a.txt") == b"text"
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        hub.api(ALICE, "GET", "/accounts/me/folders/INBOX/messages/999")
+    assert caught.value.code == 404 and json.loads(caught.value.read())["error"]["code"] == "no_such_message"
 
 
 def test_files_gives_every_uploaded_file_by_path(hub):

@@ -33,6 +33,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import base64
 import email
 import email.message
 import email.policy
@@ -51,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from typing import Any, Iterable
 
 import attr
@@ -589,6 +591,30 @@ class Mailhub:
             return [name for name, _flags in _list_folders(client)]
         finally:
             _logout(client)
+
+    # -- the JSON API ------------------------------------------------------------
+
+    def api(self, account: str, method: str, path: str, json_body: Any = None, body: bytes | None = None) -> Any:
+        """
+        Call the hub's JSON API (C{/api/v1} on the C{web} listener) as
+        C{account}: C{hub.api("alice", "GET", "/accounts/me/folders")}.
+        Returns the decoded JSON, or the bytes of a reply that is not JSON.
+
+        @raise urllib.error.HTTPError: for an error reply (its body is the
+            API's JSON error).
+        """
+        where = self._listener("web")
+        data = body
+        headers = {"Authorization": "Basic " + base64.b64encode(f"{self.address_of(account)}:{self.password_of(account)}".encode("utf-8")).decode("ascii")}
+        if json_body is not None:
+            data = json.dumps(json_body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(f"http://{where.host}:{where.port}/api/v1{path}", data=data, method=method, headers=headers)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            payload = response.read()
+            if response.headers.get_content_type() == "application/json":
+                return json.loads(payload)
+            return payload
 
     # -- files over FTP ----------------------------------------------------------
 

@@ -43,7 +43,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.mail.imap4 import IllegalClientResponse, MismatchedNesting, parseNestedParens
+from twisted.mail.imap4 import IllegalClientResponse, MismatchedNesting, MismatchedQuoting, parseNestedParens
 from twisted.protocols import ftp
 from twisted.web import resource, server
 
@@ -60,6 +60,7 @@ MAX_LIMIT = 500
 DEFAULT_WAIT = 30.0
 MAX_WAIT = 300.0
 MAX_JSON_BODY = 1024 * 1024
+MAX_SEARCH = 4096
 
 _FLAG = re.compile(r"^\\?[!#$&'+\-.0-9:<>?@A-Z^_`a-z|~]{1,64}$")
 _ADDRESS = re.compile(r"^[^\s@/\\\x00-\x1f\x7f]{1,64}@[A-Za-z0-9.\-]{1,253}$|^[^\s@/\\\x00-\x1f\x7f]{1,64}$")
@@ -506,12 +507,19 @@ class ApiResource(resource.Resource):
         query = _arg(request, "search")
         if query is None or not query.strip():
             return None
+        if len(query) > MAX_SEARCH:
+            raise ApiError(400, "bad_search", f"search keys may be at most {MAX_SEARCH} characters")
         infos = folder.messages()
         try:
             tokens = parseNestedParens(query.encode("utf-8"))
             return compile_search(tokens, len(infos), infos[-1].uid if infos else 0)
-        except (BadSearch, IllegalClientResponse, MismatchedNesting, ValueError, IndexError) as e:
-            raise ApiError(400, "bad_search", f"not IMAP search keys (RFC 3501 §6.4.4): {e}") from None
+        except RecursionError:
+            raise ApiError(400, "bad_search", "search keys nested too deeply") from None
+        except (BadSearch, IllegalClientResponse, MismatchedNesting, MismatchedQuoting, ValueError, IndexError) as e:
+            text = e.args[0] if e.args else ""
+            if isinstance(text, bytes):
+                text = text.decode("utf-8", "replace")
+            raise ApiError(400, "bad_search", f"not IMAP search keys (RFC 3501 §6.4.4): {' '.join(str(text).split())[:200]}") from None
 
     def _matching(self, folder: Any, predicate, infos) -> list[Any]:
         if predicate is None:
