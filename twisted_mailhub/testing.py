@@ -445,7 +445,7 @@ class Mailhub:
                 try:
                     return self.start()
                 except MailhubStartError as e:
-                    if "Address already in use" not in e.log:
+                    if "already in use" not in e.log.lower():
                         raise
                     with self._lock:
                         self._log.append("---- a port was taken; restart on free ports ----\n")
