@@ -44,7 +44,7 @@ class HubProcess(Mailhub):
     """
 
     def __init__(self, data_dir: str, args: list[str] | None = None, env: dict | None = None, users=("alice:secret", "bob:hungry")):
-        Mailhub.__init__(self, *(args or []), accounts=users, data_dir=data_dir, env=env, make_certificate=False)
+        Mailhub.__init__(self, *(args or []), accounts=users, data_dir=data_dir, env=env, make_certificate=False, accounts_file=False)
 
     @property
     def args(self) -> list[str]:

@@ -152,17 +152,25 @@ def test_purge_empties_mail_and_files_and_drops_made_folders(hub):
     assert hub.files(ALICE) == {}
 
 
-def test_add_account_keeps_stored_mail_and_the_listeners(tmp_path):
+def test_add_account_takes_effect_without_a_restart(tmp_path):
     with Mailhub(accounts=["alice:secret"], data_dir=str(tmp_path / "d")) as hub:
         with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
             s.send_message(message("before"), "someone@example.net", ["alice@localhost"])
-        names = set(hub.ports)
+        pid, ports = hub.pid, dict(hub.ports)
         assert hub.add_account("carol", "pw") == "carol@localhost"
-        assert set(hub.ports) == names
+        assert (hub.pid, hub.ports) == (pid, ports)
         with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
             s.send_message(message("after", to="carol@localhost"), "someone@example.net", ["carol@localhost"])
         assert hub.wait_for_message(to="carol@localhost").subject == "after"
         assert [m.subject for m in hub.messages("alice")] == ["before"]
+
+
+def test_add_account_without_an_accounts_file_restarts_the_hub(tmp_path):
+    with Mailhub(accounts=["alice:secret"], accounts_file=False, data_dir=str(tmp_path / "d")) as hub:
+        pid = hub.pid
+        hub.add_account("carol", "pw")
+        assert hub.pid != pid
+        assert hub.messages("carol") == []
 
 
 def test_restart_comes_back_on_free_ports_when_an_old_one_was_taken(tmp_path):

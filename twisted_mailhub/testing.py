@@ -202,12 +202,14 @@ class Mailhub:
         env: dict[str, str] | None = None,
         start_timeout: float = 30.0,
         make_certificate: bool = True,
+        accounts_file: bool = True,
     ):
         self.options = [str(o) for o in options]
         self.accounts: dict[str, str] = {}
         self._account_specs: list[str] = []
         self.domains = [d.lower() for d in domains]
         self.make_certificate = make_certificate
+        self.accounts_file = accounts_file
         for spec in accounts:
             self._remember_account(spec)
         self._own_data_dir = data_dir is None
@@ -290,9 +292,23 @@ class Mailhub:
             args += ["--hostname", self.hostname]
         for domain in self.domains:
             args += ["--domain", domain]
-        for spec in self._account_specs:
-            args += ["--user", spec]
+        if self.accounts_file and self._account_specs:
+            args += ["--auth", f"file:{self._accounts_path()}"]
+        else:
+            for spec in self._account_specs:
+                args += ["--user", spec]
         return args + self.options
+
+    def _accounts_path(self) -> str:
+        return os.path.join(self.data_dir, "mailhub-accounts")
+
+    def _write_accounts(self) -> None:
+        """The accounts file the hub reads at start and on SIGHUP (mode 0600)."""
+        path = self._accounts_path()
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(spec + "\n" for spec in self._account_specs))
+        os.replace(path + ".tmp", path)
 
     def start(self, timeout: float | None = None) -> "Mailhub":
         """
@@ -309,6 +325,8 @@ class Mailhub:
             self.data_dir = tempfile.mkdtemp(prefix="mailhub-")
         os.makedirs(self.data_dir, exist_ok=True)
         self._make_certificate()
+        if self.accounts_file and self._account_specs:
+            self._write_accounts()
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
@@ -667,16 +685,29 @@ class Mailhub:
                 finally:
                     _quit(client)
 
-    def add_account(self, address: str, password: str) -> str:
+    def add_account(self, address: str, password: str, timeout: float = 10.0) -> str:
         """
-        Add an account to the running hub. Returns the full address. The
-        hub restarts on the same data folder (mail in a C{memory} store is
-        lost) and, unless another process took one of them meanwhile, the
-        same ports: read C{ports} again afterwards.
+        Add an account to the running hub; returns the full address. The
+        accounts are in a file the hub reads again on SIGHUP: the account
+        can log in and get mail once the hub has logged C{accounts
+        reloaded}, with no restart. (A C{Mailhub(accounts_file=False)}
+        restarts instead, on the same data folder and, unless another
+        process took one meanwhile, the same ports.)
         """
         full = self._remember_account(f"{address}:{password}")
-        if self.process is not None:
+        if self.process is None:
+            return full
+        if not self.accounts_file:
             self.restart()
+            return full
+        done = self.log.count("accounts reloaded")
+        self._write_accounts()
+        os.kill(self.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.log.count("accounts reloaded") <= done:
+            if time.monotonic() >= deadline or self.process.poll() is not None:
+                raise TimeoutError(f"mailhub did not reload its accounts within {timeout:g} s:\n{self.log[-4000:]}")
+            time.sleep(0.01)
         return full
 
 
