@@ -112,3 +112,26 @@ def test_dkim_show_is_offered_by_mailhub_admin(tmp_path):
     result = mailhub_admin("dkim", "show", "--data", str(tmp_path), "--domain", "example.org", "--hostname", "mail.example.org")
     assert result.returncode == 0, result.stderr
     assert "_domainkey.example.org" in result.stdout
+
+
+def accounts_hash(stdin):
+    return subprocess.run(
+        [sys.executable, "-m", "twisted_mailhub.accounts", "hash"],
+        input=stdin, capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+
+
+def test_accounts_hash_refuses_an_empty_password_and_its_hash_logs_in_on_a_hub(start_hub, tmp_path):
+    for empty in ("", "\n", "\r\n"):
+        result = accounts_hash(empty)
+        assert result.returncode == 1 and result.stdout == ""
+        assert "empty password" in result.stderr
+    result = accounts_hash("tea for two\n")
+    assert result.returncode == 0, result.stderr
+    accounts = tmp_path / "accounts"
+    accounts.write_text("carol@localhost:" + result.stdout.strip() + "\n")
+    hub = start_hub("--auth", f"file:{accounts}", users=())
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    assert c.login("carol", "tea for two")[0] == "OK"
+    c.logout()

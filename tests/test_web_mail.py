@@ -68,6 +68,19 @@ def test_a_message_sent_over_smtp_is_listed_read_and_then_seen_by_imap(hub):
     assert "★" in browser.get("/mail/INBOX").text
 
 
+def test_the_navigation_bars_mail_link_without_a_slash_leads_to_the_inbox_or_to_the_login(hub):
+    browser = WebClient(hub)
+    signed_out = browser.get("/mail")
+    assert signed_out.status == 303
+    assert signed_out.header("Location") == "/login?next=/mail"
+    browser.login("alice", "secret")
+    assert 'href="/mail"' in browser.get("/").text
+    signed_in = browser.get("/mail")
+    assert signed_in.status == 303
+    assert signed_in.header("Location") == "/mail/INBOX"
+    assert browser.get(signed_in.header("Location")).status == 200
+
+
 def test_the_anatomy_shows_headers_raw_and_decoded_the_mime_tree_and_the_decoded_image(hub):
     send(hub, "eloise@example.org", ["alice@localhost"], multipart_with_image())
     browser = WebClient(hub)

@@ -300,7 +300,9 @@ def _check_challenge(credentials, password: bytes) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """
     C{python -m twisted_mailhub.accounts hash}: print an scrypt hash of a
-    password read from the terminal, for an accounts file.
+    password read from the terminal (or one line of standard input), for an
+    accounts file. Returns the exit status: 0, 1 for an empty password
+    (nothing printed: it would be a login with no password), 2 for usage.
     """
     import getpass
     import sys
@@ -309,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] != ["hash"]:
         print("usage: python -m twisted_mailhub.accounts hash", file=sys.stderr)
         return 2
-    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        # As mailhub-admin: a hash of nothing would be a login with no password.
+        print("empty password: nothing printed", file=sys.stderr)
+        return 1
     print(hash_password(password))
     return 0
 

@@ -101,6 +101,13 @@ class Mail(resource.Resource):
             return Compose(self.face, session)
         return FolderPages(self.face, session, name)
 
+    def render(self, request):
+        """
+        C{/mail} itself (the navigation bar's "Mail" link, no trailing
+        slash): the same as C{/mail/}, INBOX, or the login page first.
+        """
+        return self.getChildWithDefault(b"", request).render(request)
+
 
 class _Redirect(resource.Resource):
     isLeaf = True
