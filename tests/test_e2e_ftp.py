@@ -732,3 +732,44 @@ def test_upload_that_closes_before_its_stor_is_read_is_kept(hub):
     assert f.sendcmd("STOR eager.bin")[:3] in ("125", "150")  # 125 if already accepted
     assert f.voidresp().startswith("226")
     assert open(os.path.join(home(hub), "eager.bin"), "rb").read() == b"eager client"
+
+
+def test_a_quit_pipelined_after_a_wrong_password_comes_after_the_530(hub):
+    # nc sends each typed line as it comes; a failed login's answer is held
+    # back (n-th failure: n x 0.1 s), and a QUIT arriving meanwhile must not
+    # overtake it and close the connection before the 530.
+    for n in range(1, 4):
+        s = control(hub)
+        assert ask(s, b"USER alice").startswith(b"331")
+        assert ask(s, b"PASS wrong").startswith(b"530")
+        s.close()
+    s = control(hub)
+    assert ask(s, b"USER alice").startswith(b"331")
+    s.sendall(b"PASS wrong\r\n")
+    hub.wait_for_log(r"ftp login failed for 'alice' from 127.0.0.1 \(answer held 0.4s\)")
+    s.sendall(b"QUIT\r\n")  # a packet of its own, while the 530 is held
+    replies = b""
+    while chunk := s.recv(4096):
+        replies += chunk
+    s.close()
+    assert [line[:3] for line in replies.split(b"\r\n") if line] == [b"530", b"221"]
+
+
+def test_mkd_rnfr_rnto_size_mdtm_without_a_name_get_501_and_size_of_a_directory_550(hub):
+    f = login(hub)
+    f.mkd("d")
+    s = control(hub)
+    assert ask(s, b"USER alice").startswith(b"331")
+    assert ask(s, b"PASS secret").startswith(b"230")
+    assert ask(s, b"CWD /d").startswith(b"250")
+    for verb in (b"MKD", b"RNFR", b"SIZE", b"MDTM"):
+        assert ask(s, verb).startswith(b"501 " + verb)
+    assert ask(s, b"RNFR /d").startswith(b"350")
+    assert ask(s, b"RNTO").startswith(b"501 RNTO needs the new name")
+    assert ask(s, b"RNTO /e").startswith(b"250")  # the RNFR still holds
+    assert ask(s, b"TYPE I").startswith(b"200")
+    assert ask(s, b"SIZE /e").rstrip() == b"550 SIZE /e: a directory, not a file."
+    assert ask(s, b"QUIT").startswith(b"221")
+    s.close()
+    assert os.path.isdir(os.path.join(home(hub), "e"))
+    f.quit()

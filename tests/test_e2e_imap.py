@@ -618,3 +618,30 @@ def test_idle_on_a_folder_another_session_deletes_gets_bye(hub):
     assert b.delete("Gone-idle")[0] == "OK"
     b.logout()
     assert a.line().startswith(b"* BYE [UNAVAILABLE] selected mailbox Gone-idle was deleted")
+
+
+def test_a_logout_pipelined_after_a_failed_login_comes_after_its_no(hub):
+    # The failed login's answer is held back (slowed down); the commands
+    # sent after it wait for it, so its NO is not lost when LOGOUT closes.
+    s = socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=10)
+    s.sendall(b"a LOGIN alice wrong\r\nb LOGIN alice secret\r\nc LOGOUT\r\n")
+    replies = b""
+    while chunk := s.recv(4096):
+        replies += chunk
+    s.close()
+    tagged = [line.split(b" ", 2)[:2] for line in replies.split(b"\r\n") if line and not line.startswith(b"*")]
+    assert tagged == [[b"a", b"NO"], [b"b", b"OK"], [b"c", b"OK"]]
+
+
+def test_a_control_character_in_a_command_name_is_named_not_echoed_raw(hub):
+    s = socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=10)
+    s.sendall(b"a NOOP\x01\r\nb\x1b NOOP\r\nc LOGOUT\r\n")
+    replies = b""
+    while chunk := s.recv(4096):
+        replies += chunk
+    s.close()
+    lines = replies.split(b"\r\n")
+    assert not any(0 < byte < 32 and byte not in (13, 10) for byte in replies)
+    assert b"a BAD control characters are not allowed in a tag or command name (the line contained a control character: ^A)" in lines
+    assert any(line.startswith(b"* BAD control characters") and b"^[" in line for line in lines)
+    assert b"c OK LOGOUT successful" in lines

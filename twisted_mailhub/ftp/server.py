@@ -262,7 +262,7 @@ class MailhubFTP(ftp.FTP):
             max_line=self.MAX_LENGTH,
             idle_timeout=factory.idle_timeout,
             line_timeout=factory.command_timeout,
-            urgent=_is_urgent,
+            urgent=self._urgent,
         )
         self.sendLine(f"220 {factory.banner}")
         self.lines.start(self.transport, login_timeout=factory.login_timeout)
@@ -425,6 +425,14 @@ class MailhubFTP(ftp.FTP):
                 return f"501 {verb} {needs}."
             raise
 
+    def _urgent(self, line: bytes) -> bool:
+        """
+        ABOR, STAT and QUIT jump ahead of a waiting command only once logged
+        in (a transfer may run); before, a pipelined QUIT waits for the
+        answer to PASS, which a failed login holds back, so the 530 is sent.
+        """
+        return self.state not in (self.UNAUTH, self.INAUTH) and _is_urgent(line)
+
     # -- login -----------------------------------------------------------------
 
     def ftp_USER(self, username=""):
@@ -540,12 +548,16 @@ class MailhubFTP(ftp.FTP):
         return ("/" + "/".join(self.workingDirectory)).replace('"', '""')
 
     def ftp_MKD(self, path=""):
+        if not path:
+            return "501 MKD needs a directory name."
         segments = self._segments(path)
         # RFC 959 Appendix II: a quote inside the quoted name is doubled.
         shown = ("/" + "/".join(segments)).replace('"', '""')
         return self.shell.makeDirectory(segments).addCallback(lambda _: f'257 "{shown}" created.')
 
     def ftp_RNFR(self, fromName=""):
+        if not fromName:
+            return "501 RNFR needs the name to rename."
         segments = self._segments(fromName)
         if getattr(self.shell, "readonly", False):
             raise ftp.PermissionDeniedError(fromName)
@@ -560,6 +572,8 @@ class MailhubFTP(ftp.FTP):
     def ftp_RNTO(self, toName=""):
         if self.state != self.RENAMING:
             return "503 RNTO needs RNFR first: RNFR <old name>, then RNTO <new name>."
+        if not toName:
+            return "501 RNTO needs the new name."
         def refused(reason):
             reason.trap(ftp.IsNotADirectoryError, ftp.IsADirectoryError)
             raise Refused(f"550 RNTO {quote(toName, 200)}: a directory cannot replace a file, nor a file a directory.")
@@ -581,9 +595,25 @@ class MailhubFTP(ftp.FTP):
             # RFC 3659 §4: SIZE is the size as sent in the current TYPE; in
             # TYPE A that means converting the whole file. Say so instead.
             return "550 SIZE is exact only in binary mode: send TYPE I first."
-        return ftp.FTP.ftp_SIZE(self, path)
+        if not path:
+            return "501 SIZE needs a file name."
+        try:
+            segments = self._segments(path)
+        except ftp.InvalidPath:
+            return ftp.FTP.ftp_SIZE(self, path)
+
+        def directory(result):
+            # RFC 3659 §4: the octets a RETR would send; a directory has none.
+            if result[0]:
+                raise Refused(f"550 SIZE {quote(path, 200)}: a directory, not a file.")
+
+        # A name that does not exist goes on to the size of its interrupted upload.
+        d = self.shell.stat(segments, ("directory",)).addCallbacks(directory, lambda _: None)
+        return d.addCallback(lambda _: ftp.FTP.ftp_SIZE(self, path))
 
     def ftp_MDTM(self, path=""):
+        if not path:
+            return "501 MDTM needs a file name."
         return ftp.FTP.ftp_MDTM(self, path)
 
     def _segments(self, path: str) -> list[str]:

@@ -49,6 +49,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.protocols import basic
+from twisted.python import failure
 
 from twisted_mailhub.hub import is_secure
 from twisted_mailhub.imap import wire
@@ -61,6 +62,7 @@ from twisted_mailhub.imap.search import SearchCommands
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import LITERAL_SIZE as _LITERAL_SIZE
+from twisted_mailhub.lines import control_note, has_control
 from twisted_mailhub.store.interfaces import NoSuchFolder, StoreUnavailable
 
 log = Logger()
@@ -167,7 +169,30 @@ class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands,
         if not self.plaintext_allowed():
             self.sendNegativeResponse(tag, b"[PRIVACYREQUIRED] LOGIN is disabled here: STARTTLS first")
             return
+        # A failed login is answered late (slowed down, login.py) from a
+        # Deferred while Twisted reads on: a pipelined LOGOUT would close the
+        # connection before the NO. Later commands wait for the answer.
+        if self.blocked is None:
+            self.blocked = []
         imap4.IMAP4Server.do_LOGIN(self, tag, user, passwd)
+
+    def authenticateLogin(self, user, passwd):
+        """
+        The portal's answer to LOGIN, as a Deferred to which Twisted adds
+        the callbacks that write the OK or NO; the commands held behind the
+        LOGIN go on once those have run.
+        """
+        answered = defer.Deferred()
+
+        def relay(result):
+            if isinstance(result, failure.Failure):
+                answered.errback(result)
+            else:
+                answered.callback(result)
+            self._unblock()
+
+        defer.maybeDeferred(imap4.IMAP4Server.authenticateLogin, self, user, passwd).addBoth(relay)
+        return answered
 
     unauth_LOGIN = (do_LOGIN, arg_astring, arg_finalastring)
 
@@ -265,6 +290,12 @@ class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands,
             # Twisted's lookupCommand decodes the name as ASCII and raises
             # out of lineReceived (an unhandled error) for anything else.
             self.sendBadResponse(tag if tag.isascii() else b"*", b"command names are ASCII (RFC 3501 section 9)")
+            return None
+        if has_control(tag) or has_control(cmd):
+            # RFC 3501 section 9: a tag and a command name are atoms; a control
+            # character typed by mistake is named, never echoed raw.
+            note = control_note(tag + b" " + cmd).encode("ascii", "replace")
+            self.sendBadResponse(b"*" if has_control(tag) else tag, b"control characters are not allowed in a tag or command name" + note)
             return None
         if self.selected is not None and uid is None:
             # Bring the client up to date first, so that the command works
