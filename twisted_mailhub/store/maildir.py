@@ -55,6 +55,7 @@ Rules (everything that changes the on-disk layout lives in this module):
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import hashlib
 import itertools
@@ -237,6 +238,30 @@ def _format_line(uid: int, base: str, size: int, date: float, keywords: Iterable
     return " ".join(words) + "\n"
 
 
+_libc: Any = None
+
+
+def give_back_memory() -> bool:
+    """
+    Return the C heap's free pages to the system (glibc's malloc_trim(3)):
+    the cold load of a big folder frees tens of MB of passing tables
+    that glibc would otherwise
+    keep (100,000 messages: 11-15 MB of RSS in-process, 4 MB in a hub that
+    then SELECTs, whose own passing lists come after). Costs about a millisecond. Returns False where there is no
+    glibc (nothing is done).
+    """
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc is False:
+        return False
+    _libc(0)
+    return True
+
+
 class _IndexState(NamedTuple):
     """The parse of a UID list prefix: its length, a BLAKE2b hash of it (being fed), its entries, its UIDNEXT."""
 
@@ -338,6 +363,8 @@ class MaildirFolder:
         self._load_uidlist()
         self._scan()
         self._write_index()
+        if len(self._entries) >= INDEX_MIN_LINES:
+            give_back_memory()
 
     # -- the UID list ---------------------------------------------------
 
