@@ -244,11 +244,11 @@ _libc: Any = None
 def give_back_memory() -> bool:
     """
     Return the C heap's free pages to the system (glibc's malloc_trim(3)):
-    the cold load of a big folder frees tens of MB of passing tables
-    that glibc would otherwise
-    keep (100,000 messages: 11-15 MB of RSS in-process, 4 MB in a hub that
-    then SELECTs, whose own passing lists come after). Costs about a millisecond. Returns False where there is no
-    glibc (nothing is done).
+    the cold load of a big folder frees tens of MB of passing tables that
+    glibc would otherwise keep (100,000 messages: 11-15 MB of RSS
+    in-process, 4 MB in a hub that then SELECTs, whose own passing lists
+    come after). Costs about a millisecond. Returns False where there is
+    no glibc (nothing is done).
     """
     global _libc
     if _libc is None:
