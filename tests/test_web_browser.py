@@ -248,3 +248,31 @@ def test_a_student_cannot_open_another_students_session_or_message(hub, browser)
     assert "not one of yours" in browser.page_source and "USER bob" not in browser.page_source
     browser.get(base(hub) + "/mail/INBOX")
     assert "sent from Chromium" not in browser.page_source  # bob's mail
+
+
+def test_an_active_mode_ftp_data_connection_from_port_l_minus_1_is_on_screen(browser, tmp_path):
+    import ftplib
+    import io
+
+    from tests.test_e2e_ftp import free_port_pair
+
+    port = free_port_pair()
+    ftphub = HubProcess(str(tmp_path), ["--ftp", f"tcp:{port}:interface=127.0.0.1"], users=("alice:secret",)).start()
+    try:
+        f = ftplib.FTP()
+        f.connect("127.0.0.1", port, timeout=10)
+        f.login("alice", "secret")
+        f.set_pasv(False)  # active mode: the server connects to the client
+        f.storbinary("STOR lesson.txt", io.BytesIO(b"x" * 1000))
+        f.quit()
+        login(browser, ftphub, "alice", "secret")
+        browser.get(base(ftphub) + "/console")
+        WebDriverWait(browser, 15).until(lambda d: [a for a in d.find_elements(By.CSS_SELECTOR, "#sessions td a") if a.text.startswith("ftp#")])
+        [link] = [a for a in browser.find_elements(By.CSS_SELECTOR, "#sessions td a") if a.text.startswith("ftp#")]
+        link.click()
+        wait_text(browser, f"open: server 127.0.0.1:{port - 1} connected to client 127.0.0.1:")
+        text = browser.find_element(By.TAG_NAME, "body").text
+        assert "(active mode)" in text and "1000 bytes in" in text
+        assert "PASS ****" in text and "secret" not in text
+    finally:
+        ftphub.stop()
