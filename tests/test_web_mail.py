@@ -206,3 +206,37 @@ def test_webmail_search_takes_words_and_imap_search_keys(hub):
     assert bad.status == 200 and "could not be read" in bad.text and "Traceback" not in bad.text
     hostile = browser.get("/mail/INBOX?q=" + urllib.parse.quote('<script>alert(1)</script>')).text
     assert "<script>alert(1)</script>" not in hostile and "&lt;script&gt;" in hostile
+
+
+def test_web_actions_reach_an_imap_session_in_idle_at_once(hub):
+    import socket
+
+    send(hub, "carol@example.org", ["alice@localhost"], b"Subject: first\r\n\r\none\r\n")
+    send(hub, "carol@example.org", ["alice@localhost"], b"Subject: second\r\n\r\ntwo\r\n")
+    imap = socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=10)
+    reader = imap.makefile("rb")
+
+    def until(prefix: bytes) -> list[bytes]:
+        lines = []
+        while True:
+            line = reader.readline()
+            assert line, lines
+            lines.append(line)
+            if line.startswith(prefix):
+                return lines
+
+    reader.readline()
+    imap.sendall(b"a LOGIN alice secret\r\na SELECT INBOX\r\n")
+    until(b"a OK [READ-WRITE]")
+    imap.sendall(b"i IDLE\r\n")
+    until(b"+ ")
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    assert browser.post("/mail/INBOX/1/action", {"action": "flag"}).status == 303
+    flagged = until(b"* 1 FETCH")
+    assert b"\\Flagged" in flagged[-1]
+    assert browser.post("/mail/INBOX/2/action", {"action": "delete"}).status == 303
+    until(b"* 2 EXPUNGE")
+    imap.sendall(b"DONE\r\nz LOGOUT\r\n")
+    until(b"z OK")
+    imap.close()
