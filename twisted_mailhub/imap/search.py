@@ -305,13 +305,13 @@ _KEY_WORDS = frozenset(
 MAX_QUERY = 4096  # characters of one query from a web form or the API
 
 
-def search_messages(folder: Any, query: str) -> list[Any]:
+def compile_query(folder: Any, query: str, words: bool = True) -> Predicate:
     """
-    The messages (L{MessageInfo}, in UID order) of C{folder} that match
-    C{query}: IMAP search keys (C{FROM alice SUBJECT "lunch"}, C{UNSEEN},
-    C{OR FROM a FROM b}, RFC 3501 §6.4.4) with the same engine as IMAP
-    SEARCH, or plain words, which match as C{TEXT} (anywhere in the
-    message). For the web face and its API.
+    A predicate for C{query}: IMAP search keys (C{FROM alice SUBJECT
+    "lunch"}, C{UNSEEN}, C{OR FROM a FROM b}, RFC 3501 §6.4.4) compiled by
+    the same engine as IMAP SEARCH, or, with C{words}, plain words, which
+    match as C{TEXT} (anywhere in the message): what people type in a
+    search box. For the web face (words) and its API (keys only).
 
     @raise BadSearch: the keys do not parse (too long, open quote, unknown
         key after a known first one...); its text says why.
@@ -321,12 +321,12 @@ def search_messages(folder: Any, query: str) -> list[Any]:
         raise BadSearch(f"a search may be at most {MAX_QUERY} characters")
     raw = query.encode("utf-8")
     first = raw.split(None, 1)[0].upper() if raw else b"ALL"
-    if first.lstrip(b"(") not in _KEY_WORDS and not first[:1].isdigit() and first[:1] != b"*":
+    if words and first.lstrip(b"(") not in _KEY_WORDS and not first[:1].isdigit() and first[:1] != b"*":
         raw = b"TEXT " + b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     infos = folder.messages()
     try:
         tokens = imap4.parseNestedParens(raw or b"ALL")
-        predicate = compile_search(tokens, len(infos), infos[-1].uid if infos else 0)
+        return compile_search(tokens, len(infos), infos[-1].uid if infos else 0)
     except RecursionError:
         raise BadSearch("search keys nested too deeply") from None
     except BadSearch:
@@ -336,6 +336,12 @@ def search_messages(folder: Any, query: str) -> list[Any]:
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
         raise BadSearch(f"not IMAP search keys (RFC 3501 §6.4.4): {' '.join(str(text).split())[:200]}") from None
+
+
+def matching(folder: Any, predicate: Predicate | None, infos: list[Any]) -> list[Any]:
+    """The L{MessageInfo}s of C{infos} (of C{folder}) that C{predicate} takes (all for None)."""
+    if predicate is None:
+        return list(infos)
     cache = HeaderCache.of(folder)
     found = []
     for seq, info in enumerate(infos, 1):
@@ -345,6 +351,17 @@ def search_messages(folder: Any, query: str) -> list[Any]:
         except (NoSuchMessage, FileNotFoundError):
             continue
     return found
+
+
+def search_messages(folder: Any, query: str) -> list[Any]:
+    """
+    The messages (L{MessageInfo}, in UID order) of C{folder} that match
+    C{query} (see L{compile_query}).
+
+    @raise BadSearch: the query does not parse.
+    """
+    predicate = compile_query(folder, query)
+    return matching(folder, predicate, folder.messages())
 
 
 class SearchCommands:

@@ -43,12 +43,11 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.mail.imap4 import IllegalClientResponse, MismatchedNesting, MismatchedQuoting, parseNestedParens
 from twisted.protocols import ftp
 from twisted.web import resource, server
 
 from twisted_mailhub.imap.message import split_header
-from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compile_search
+from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compile_query, matching
 from twisted_mailhub.login import ClientPortal
 from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, NoSuchFolder, NoSuchMessage, StoreError
 
@@ -60,7 +59,7 @@ MAX_LIMIT = 500
 DEFAULT_WAIT = 30.0
 MAX_WAIT = 300.0
 MAX_JSON_BODY = 1024 * 1024
-MAX_SEARCH = 4096
+
 
 _FLAG = re.compile(r"^\\?[!#$&'+\-.0-9:<>?@A-Z^_`a-z|~]{1,64}$")
 _ADDRESS = re.compile(r"^[^\s@/\\\x00-\x1f\x7f]{1,64}@[A-Za-z0-9.\-]{1,253}$|^[^\s@/\\\x00-\x1f\x7f]{1,64}$")
@@ -507,32 +506,13 @@ class ApiResource(resource.Resource):
         query = _arg(request, "search")
         if query is None or not query.strip():
             return None
-        if len(query) > MAX_SEARCH:
-            raise ApiError(400, "bad_search", f"search keys may be at most {MAX_SEARCH} characters")
-        infos = folder.messages()
         try:
-            tokens = parseNestedParens(query.encode("utf-8"))
-            return compile_search(tokens, len(infos), infos[-1].uid if infos else 0)
-        except RecursionError:
-            raise ApiError(400, "bad_search", "search keys nested too deeply") from None
-        except (BadSearch, IllegalClientResponse, MismatchedNesting, MismatchedQuoting, ValueError, IndexError) as e:
-            text = e.args[0] if e.args else ""
-            if isinstance(text, bytes):
-                text = text.decode("utf-8", "replace")
-            raise ApiError(400, "bad_search", f"not IMAP search keys (RFC 3501 §6.4.4): {' '.join(str(text).split())[:200]}") from None
+            return compile_query(folder, query, words=False)
+        except BadSearch as e:
+            raise ApiError(400, "bad_search", str(e)) from None
 
     def _matching(self, folder: Any, predicate, infos) -> list[Any]:
-        if predicate is None:
-            return list(infos)
-        cache = HeaderCache.of(folder)
-        found = []
-        for seq, info in enumerate(infos, 1):
-            try:
-                if predicate(Candidate(seq, info, False, folder, cache)):
-                    found.append(info)
-            except (NoSuchMessage, FileNotFoundError):
-                continue
-        return found
+        return matching(folder, predicate, infos)
 
     def _summary(self, folder: Any, info: Any, name: str) -> dict[str, Any]:
         try:
