@@ -645,3 +645,17 @@ def test_a_control_character_in_a_command_name_is_named_not_echoed_raw(hub):
     assert b"a BAD control characters are not allowed in a tag or command name (the line contained a control character: ^A)" in lines
     assert any(line.startswith(b"* BAD control characters") and b"^[" in line for line in lines)
     assert b"c OK LOGOUT successful" in lines
+
+
+def test_examine_says_its_permanent_flags_are_none_because_it_is_read_only(hub):
+    c = login(hub)
+    try:
+        typ, _ = c.select("INBOX", readonly=True)
+        assert typ == "OK"
+        said = [line for line in c.untagged_responses.get("OK", []) if line.startswith(b"[PERMANENTFLAGS")]
+        assert said == [b"[PERMANENTFLAGS ()] read-only (EXAMINE): flags cannot be changed"]
+        typ, _ = c.select("INBOX")
+        said = [line for line in c.untagged_responses.get("OK", []) if line.startswith(b"[PERMANENTFLAGS")]
+        assert said[-1].endswith(b"\\*)] flags and keywords are kept")
+    finally:
+        c.logout()

@@ -124,7 +124,9 @@ class MailboxCommands:
         flag_list = b" ".join([f.encode() for f in SYSTEM_FLAGS] + sorted(k.encode("utf-8") for k in keywords))
         lines = [
             b"* FLAGS (" + flag_list + b")\r\n",
-            b"* OK [PERMANENTFLAGS (" + (b"" if readonly else flag_list + b" \\*") + b")] flags and keywords are kept\r\n",
+            b"* OK [PERMANENTFLAGS ("
+            + (b")] read-only (EXAMINE): flags cannot be changed" if readonly else flag_list + b" \\*)] flags and keywords are kept")
+            + b"\r\n",
             b"* %d EXISTS\r\n" % len(view.uids),
             b"* %d RECENT\r\n" % len(view.recent),
         ]
