@@ -112,3 +112,28 @@ def test_message_without_body_or_content_type():
     msg = Part(b"Subject: only a header\r\n")
     assert msg.header == b"Subject: only a header\r\n" and msg.body == b""
     assert msg.bodystructure() == b'("TEXT" "PLAIN" NIL NIL NIL "7BIT" 0 0 NIL NIL NIL NIL)'
+
+
+def test_address_lists_keep_groups_routes_and_domainless_addresses():
+    from twisted_mailhub.imap.address import GroupEnd, GroupStart, Mailbox, parse_address_list
+
+    assert parse_address_list('Friends: a@x, "B\\" b" <b@y>;, <@r1,@r2:c@z>, nodomain') == [
+        GroupStart("Friends"),
+        Mailbox(None, None, "a", "x"),
+        Mailbox('B" b', None, "b", "y"),
+        GroupEnd(),
+        Mailbox(None, "@r1,@r2", "c", "z"),
+        Mailbox(None, None, "nodomain", ""),
+    ]
+    assert parse_address_list("<user (c)@ (d) domain.org>") == [Mailbox(None, None, "user", "domain.org")]
+    assert parse_address_list("") == []
+
+
+def test_mime_parameters_unfolded_and_rfc2231_joined():
+    from twisted_mailhub.imap.message import parameter_value, parse_parameters
+
+    assert parse_parameters('multipart/mixed;\r\n\tboundary="a;b" (note)') == ("multipart/mixed", [("boundary", "a;b")])
+    kind, params = parse_parameters("attachment; filename*0*=UTF-8''%C3%A9; filename*1=\"t.txt\"")
+    assert (kind, params) == ("attachment", [("filename*", "UTF-8''%C3%A9t.txt")])
+    assert parameter_value(params, "filename") == "ét.txt"
+    assert parse_parameters("attachment; filename*0=a; filename*1=b") == ("attachment", [("filename", "ab")])

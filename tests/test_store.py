@@ -56,6 +56,29 @@ class StoreContract:
         self.assertEqual([c.expunged for c in changes if c.expunged], [(uid,)])
 
     @defer.inlineCallbacks
+    def test_delivered_appended_and_copied_messages_are_recent_once(self):
+        account = self.store.account("alice@example.org")
+        inbox = account.folder(INBOX)
+        other = account.create_folder("Other")
+        yield self.store.deliver("alice@example.org", MESSAGE)
+        appended = yield inbox.append(MESSAGE, [SEEN])
+        [(_, copied)] = yield inbox.copy_to([appended], other)
+        self.assertEqual(len(inbox.recent()), 2)
+        self.assertEqual(inbox.recent(), inbox.recent())  # looking takes nothing
+        self.assertEqual(len(inbox.take_new()), 2)
+        self.assertEqual(inbox.take_new(), [])
+        self.assertEqual(inbox.recent(), [])
+        self.assertEqual(other.take_new(), [copied])
+
+    def test_uidvalidity_of_a_name_made_again_is_greater(self):
+        account = self.store.account("alice@example.org")
+        seen = [account.create_folder("Again").uid_validity]
+        for _ in range(3):  # within the same second
+            account.delete_folder("Again")
+            seen.append(account.create_folder("Again").uid_validity)
+        self.assertEqual(seen, sorted(set(seen)))
+
+    @defer.inlineCallbacks
     def test_folders(self):
         account = self.store.account("alice@example.org")
         account.create_folder("Work/Projects")
@@ -151,6 +174,12 @@ class MaildirIndexTests(unittest.TestCase):
 
     def reopen(self):
         return MaildirStore(self.root, hostname="test").account("alice@example.org").folder(INBOX)
+
+    def test_uidvalidity_of_a_name_made_again_is_greater_after_a_restart(self):
+        first = MaildirStore(self.root, hostname="test").account("alice@example.org").create_folder("Again")
+        MaildirStore(self.root, hostname="test").account("alice@example.org").delete_folder("Again")
+        again = MaildirStore(self.root, hostname="test").account("alice@example.org").create_folder("Again")
+        self.assertGreater(again.uid_validity, first.uid_validity)
 
     @defer.inlineCallbacks
     def test_take_new_moves_delivered_mail_to_cur_once(self):

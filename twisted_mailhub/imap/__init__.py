@@ -43,7 +43,7 @@ def prepare_account(store_account: Any) -> None:
     """
     Special-use folders (RFC 6154) and INBOX's subscription, on first login.
     """
-    from twisted_mailhub.imap.server import SPECIAL_USE
+    from twisted_mailhub.imap.mailboxes import SPECIAL_USE
 
     existing = set(store_account.folders())
     made = []

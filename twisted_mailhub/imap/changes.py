@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from twisted_mailhub.imap.wire import arg_finalastring
+from twisted_mailhub.imap.wire import arg_finalastring, client_text
 from twisted_mailhub.store.interfaces import NoSuchMessage, is_out_of_space
 
 log = Logger()
@@ -88,7 +88,7 @@ class ChangeCommands:
         try:
             targets = view.resolve(messages, bool(uid))
         except imap4.IllegalClientResponse as e:
-            self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
+            self.sendBadResponse(tag, client_text(str(e)))
             return
         destination = self._target_folder(tag, name)
         if destination is None:
@@ -107,7 +107,8 @@ class ChangeCommands:
                 )
             if move:
                 if code:
-                    self.sendUntaggedResponse(b"OK " + code.strip())
+                    # resp-text needs text after the code (RFC 3501 §9).
+                    self.sendUntaggedResponse(b"OK " + code + b"moved")
                 self.write_lines(self._expunge([s for s, _ in pairs]))
                 return view.folder.flush().addCallbacks(
                     lambda _: self.sendPositiveResponse(tag, b"MOVE completed"),
@@ -145,7 +146,7 @@ class ChangeCommands:
             try:
                 messages, rest = self.arg_seqset(line)
             except imap4.IllegalClientResponse as e:
-                self.sendBadResponse(tag, b"UID EXPUNGE wants a UID set: " + str(e).encode())
+                self.sendBadResponse(tag, b"UID EXPUNGE wants a UID set: " + client_text(str(e)))
                 return
             self.do_EXPUNGE(tag, messages, uid=1)
             return

@@ -7,6 +7,7 @@ Rules: an extension is advertised in L{EXTENSIONS} only once it fully
 works, with end-to-end tests. Each entry below names where it lives:
 
  - LITERAL+ (RFC 7888): literal reading in L{twisted_mailhub.imap.server}.
+ - SASL-IR (RFC 4959): C{do_AUTHENTICATE} in L{twisted_mailhub.imap.server}.
  - IDLE (RFC 2177): L{twisted_mailhub.imap.server}.
  - NAMESPACE (RFC 2342), ID (RFC 2971), ENABLE (RFC 5161): here.
  - UIDPLUS (RFC 4315), MOVE (RFC 6851), UNSELECT (RFC 3691):
@@ -20,7 +21,7 @@ from twisted.mail import imap4
 
 from twisted_mailhub.store.base import DELIMITER
 
-EXTENSIONS = (b"LITERAL+", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"ID", b"ENABLE", b"SPECIAL-USE", b"UNSELECT", b"CHILDREN")
+EXTENSIONS = (b"SASL-IR", b"LITERAL+", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"ID", b"ENABLE", b"SPECIAL-USE", b"UNSELECT", b"CHILDREN")
 
 
 class ExtensionCommands:

@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.view import SelectedFolder
-from twisted_mailhub.imap.wire import flags_text, internal_date_text, literal
+from twisted_mailhub.imap.wire import client_text, flags_text, shown, internal_date_text, literal
 from twisted_mailhub.store.interfaces import SEEN, NoSuchMessage, StoreError
 
 log = Logger()
@@ -84,7 +84,7 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
             continue
         m = _ITEM.match(text, pos)
         if not m:
-            raise imap4.IllegalClientResponse(f"bad FETCH item at {text[pos:pos + 20]!r}")
+            raise imap4.IllegalClientResponse("bad FETCH item at " + shown(text[pos:], 20))
         pos = m.end()
         if m.group(5):
             name = m.group(5).upper()
@@ -93,12 +93,12 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
             elif name in _SIMPLE_ITEMS:
                 items.append(FetchItem(name))
             else:
-                raise imap4.IllegalClientResponse(f"unknown FETCH item {name.decode('ascii', 'replace')}")
+                raise imap4.IllegalClientResponse("unknown FETCH item " + shown(name, 30))
             continue
         peek = m.group(1).upper() == b"BODY.PEEK"
         s = _SECTION.match(m.group(2).strip())
         if not s:
-            raise imap4.IllegalClientResponse(f"bad section [{m.group(2).decode('ascii', 'replace')}]")
+            raise imap4.IllegalClientResponse("bad section " + shown(b"[" + m.group(2) + b"]", 40))
         numbers = [int(n) for n in s.group(1).split(b".")] if s.group(1) else []
         if any(n < 1 for n in numbers):
             raise imap4.IllegalClientResponse("section numbers start at 1")
@@ -226,7 +226,7 @@ class FetchCommands:
             items = parse_fetch_items(query)
             targets = view.resolve(messages, bool(uid))
         except imap4.IllegalClientResponse as e:
-            self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
+            self.sendBadResponse(tag, client_text(str(e)))
             return
         if uid and not any(i.kind == b"UID" for i in items):
             items.insert(0, FetchItem(b"UID"))
@@ -335,12 +335,14 @@ class FetchCommands:
         try:
             targets = view.resolve(messages, bool(uid))
         except imap4.IllegalClientResponse as e:
-            self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
+            self.sendBadResponse(tag, client_text(str(e)))
             return
         names = [f.decode("utf-8", "replace") for f in flags if f.lower() != b"\\recent"]
         seq_of = dict((u, s) for s, u in targets)
         result = view.folder.set_flags([u for _, u in targets], names, how, origin=self)
         lines = []
+        if any([view.note_keywords(f) for f in result.values()]):
+            lines.extend(view.flag_lines())
         if not silent:
             for u in sorted(result):
                 if uid:

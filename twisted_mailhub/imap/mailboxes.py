@@ -24,12 +24,11 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 
 from twisted_mailhub.imap.view import SelectedFolder
-from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, mailbox_name, parse_internal_date, wire_name
+from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_mutf7, mailbox_name, shown, parse_internal_date, wire_name
 from twisted_mailhub.store.base import DELIMITER
 from twisted_mailhub.store.interfaces import (
     INBOX,
     SEEN,
-    SYSTEM_FLAGS,
     BadFolderName,
     FolderExists,
     NoSuchFolder,
@@ -74,15 +73,22 @@ class MailboxCommands:
 
     def _folder_error(self, tag: bytes, error: Exception) -> None:
         if isinstance(error, NoSuchFolder):
-            self.sendNegativeResponse(tag, b"[NONEXISTENT] no such mailbox: " + str(error).encode("utf-8", "replace"))
+            self.sendNegativeResponse(tag, b"[NONEXISTENT] no such mailbox: " + client_text(str(error)))
         elif isinstance(error, FolderExists):
-            self.sendNegativeResponse(tag, b"[ALREADYEXISTS] mailbox exists: " + str(error).encode("utf-8", "replace"))
-        elif isinstance(error, (BadFolderName, imap4.IllegalMailboxEncoding)):
-            self.sendNegativeResponse(tag, b"[CANNOT] " + str(error).encode("utf-8", "replace"))
+            self.sendNegativeResponse(tag, b"[ALREADYEXISTS] mailbox exists: " + client_text(str(error)))
+        elif isinstance(error, imap4.IllegalMailboxEncoding):
+            self.sendNegativeResponse(tag, b"[CANNOT] mailbox names are modified UTF-7 (RFC 3501 section 5.1.3)")
+        elif isinstance(error, BadFolderName):
+            text = str(error)
+            if text.startswith("bad folder name"):
+                # The store quotes the name as Python would: say the rule.
+                text = "bad mailbox name: no empty, '.' or '..' parts, no leading '.' or '/', no control characters"
+            self.sendNegativeResponse(tag, b"[CANNOT] " + client_text(text))
         elif isinstance(error, StoreUnavailable):
             self.sendNegativeResponse(tag, b"[UNAVAILABLE] the mail store cannot be reached now; try again")
         else:
-            self.sendNegativeResponse(tag, b"[SERVERBUG] " + str(error).encode("utf-8", "replace"))
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else "the store failed"
+            self.sendNegativeResponse(tag, b"[SERVERBUG] " + client_text(reason))
             log.error("IMAP folder operation failed: {error!r}", error=error)
 
     def _folder(self, raw: bytes):
@@ -110,7 +116,6 @@ class MailboxCommands:
         except OSError as e:
             self._folder_error(tag, e)
             return
-        keywords: set[str] = set()
         flag_sets: set[frozenset] = set()  # the store shares them: few distinct
         first_unseen = 0
         info_of = folder.info
@@ -120,13 +125,8 @@ class MailboxCommands:
                 first_unseen = seq
             if flags not in flag_sets:
                 flag_sets.add(flags)
-                keywords.update(f for f in flags if f not in SYSTEM_FLAGS)
-        flag_list = b" ".join([f.encode() for f in SYSTEM_FLAGS] + sorted(k.encode("utf-8") for k in keywords))
-        lines = [
-            b"* FLAGS (" + flag_list + b")\r\n",
-            b"* OK [PERMANENTFLAGS ("
-            + (b")] read-only (EXAMINE): flags cannot be changed" if readonly else flag_list + b" \\*)] flags and keywords are kept")
-            + b"\r\n",
+                view.note_keywords(flags)
+        lines = view.flag_lines() + [
             b"* %d EXISTS\r\n" % len(view.uids),
             b"* %d RECENT\r\n" % len(view.recent),
         ]
@@ -259,10 +259,12 @@ class MailboxCommands:
 
     def do_LIST(self, tag, reference, pattern, subscribed=0, command=b"LIST"):
         try:
-            reference_text = reference.decode("imap4-utf-7")
-            pattern_text = pattern.decode("imap4-utf-7")
-        except (UnicodeDecodeError, ValueError):
-            self.sendBadResponse(tag, command + b": mailbox names are modified UTF-7")
+            reference_text = decode_mutf7(reference)
+            pattern_text = decode_mutf7(pattern)
+        except imap4.IllegalMailboxEncoding:
+            # No mailbox has such a name (CREATE refuses it): nothing
+            # matches, as Dovecot answers.
+            self.sendPositiveResponse(tag, command + b" completed (no mailbox name matches a pattern that is not modified UTF-7)")
             return
         if not pattern_text and not subscribed:
             # RFC 3501 §6.3.8: an empty pattern asks for the delimiter.
@@ -274,22 +276,63 @@ class MailboxCommands:
             full = INBOX + full[5:]
         regex = list_pattern(full)
         store = self._store()
-        names = store.folders()
-        shown = set(store.subscriptions()) if subscribed else None
+        existing = store.folders()
         lines = []
-        for name in names:
-            if shown is not None and name not in shown:
-                continue
-            if not regex.match(name):
-                continue
-            has_children = any(other.startswith(name + DELIMITER) for other in names)
-            attributes = [b"\\HasChildren" if has_children else b"\\HasNoChildren"]
-            special = SPECIAL_USE.get(name)
-            if special:
-                attributes.append(special.encode())
+        for name, attributes in (self._lsub_entries(existing, store.subscriptions(), regex, "%" in full) if subscribed else self._list_entries(existing, regex)):
             lines.append(b"* " + command + b" (" + b" ".join(attributes) + b') "' + DELIMITER.encode() + b'" ' + wire_name(name) + b"\r\n")
         self.write_lines(lines)
         self.sendPositiveResponse(tag, command + b" completed")
+
+    @staticmethod
+    def _list_entries(existing: list[str], regex: re.Pattern[str]):
+        """
+        (name, attributes) of every mailbox LIST shows. A parent that does
+        not exist but has children (a DELETE of a folder with children,
+        RFC 3501 §6.3.4, or a child made by another program) is shown as
+        C{\\Noselect \\HasChildren}, so a client that walks the tree level by
+        level still reaches the children.
+        """
+        names = set(existing)
+        implied = set()
+        for name in existing:
+            parts = name.split(DELIMITER)
+            for i in range(1, len(parts)):
+                parent = DELIMITER.join(parts[:i])
+                if parent not in names:
+                    implied.add(parent)
+        parents = {name.rpartition(DELIMITER)[0] for name in names | implied if DELIMITER in name}
+        for name in sorted(names | implied, key=lambda n: (n != INBOX, n)):
+            if not regex.match(name):
+                continue
+            attributes = [b"\\HasChildren" if name in parents else b"\\HasNoChildren"]
+            if name in implied:
+                attributes.insert(0, b"\\Noselect")
+            special = SPECIAL_USE.get(name)
+            if special:
+                attributes.append(special.encode())
+            yield name, attributes
+
+    @staticmethod
+    def _lsub_entries(existing: list[str], subscribed: list[str], regex: re.Pattern[str], has_percent: bool):
+        """
+        (name, attributes) of every subscribed name LSUB shows. RFC 3501
+        §6.3.9: when C{%} stops a pattern above a subscribed name whose
+        parent is not subscribed, the parent is shown, C{\\Noselect}.
+        """
+        shown = {}
+        names = set(subscribed)
+        for name in subscribed:
+            if regex.match(name):
+                shown[name] = [] if name in existing else [b"\\Noselect"]
+            elif has_percent:
+                parts = name.split(DELIMITER)
+                for i in range(len(parts) - 1, 0, -1):
+                    parent = DELIMITER.join(parts[:i])
+                    if regex.match(parent) and parent not in names:
+                        shown.setdefault(parent, [b"\\Noselect"])
+                        break
+        for name in sorted(shown, key=lambda n: (n != INBOX, n)):
+            yield name, shown[name]
 
     auth_LIST = select_LIST = (do_LIST, arg_astring, arg_finalastring, 0, b"LIST")
     auth_LSUB = select_LSUB = (do_LIST, arg_astring, arg_finalastring, 1, b"LSUB")
@@ -307,9 +350,10 @@ class MailboxCommands:
             if key == b"MESSAGES":
                 value = len(infos)
             elif key == b"RECENT":
-                value = 0
+                recent = set(folder.recent())
                 if self.selected is not None and self.selected.folder is folder:
-                    value = len(self.selected.recent)
+                    recent |= self.selected.recent
+                value = len(recent)
             elif key == b"UIDNEXT":
                 value = folder.uid_next
             elif key == b"UIDVALIDITY":
@@ -317,7 +361,7 @@ class MailboxCommands:
             elif key == b"UNSEEN":
                 value = sum(1 for i in infos if SEEN not in i.flags)
             else:
-                self.sendBadResponse(tag, b"unknown STATUS item " + key[:30] + b": use MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN")
+                self.sendBadResponse(tag, b"unknown STATUS item " + client_text(shown(key, 30)) + b": use MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN")
                 return
             out.append(key + b" %d" % value)
         self.sendUntaggedResponse(b"STATUS " + wire_name(folder.name) + b" (" + b" ".join(out) + b")")
@@ -334,7 +378,7 @@ class MailboxCommands:
         try:
             internal_date = parse_internal_date(date) if date else None
         except imap4.IllegalClientResponse as e:
-            self.sendBadResponse(tag, str(e).encode())
+            self.sendBadResponse(tag, client_text(str(e)))
             return
         data = crlf(message.read())
         flag_names = [f.decode("utf-8", "replace") for f in (flags or []) if isinstance(f, bytes)]

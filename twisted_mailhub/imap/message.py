@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import email.utils
 import re
+import urllib.parse
 from typing import Iterable
+
+from twisted_mailhub.imap.address import GroupEnd, GroupStart, parse_address_list
 
 _header_parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -76,17 +78,20 @@ class Part:
         self.raw = raw
         self.header, self.body = split_header(raw)
         self.fields = _header_parser.parsebytes(self.header)
-        if self.fields.get("content-type") is None:
-            self.fields.set_default_type(default_type)
-        self.maintype = self.fields.get_content_maintype()
-        self.subtype = self.fields.get_content_subtype()
+        ctype, self.type_params = parse_parameters(self.get("content-type") or "")
+        maintype, _, subtype = ctype.lower().partition("/")
+        if not _is_token(maintype) or not _is_token(subtype):
+            # Missing or malformed: the default of RFC 2045 §5.2 (or
+            # message/rfc822 inside a multipart/digest, RFC 2046 §5.1.5).
+            maintype, _, subtype = default_type.partition("/")
+        self.maintype, self.subtype = maintype, subtype
         self.children: list[Part] = []
         self.message: Part | None = None
         if self.maintype == "multipart":
-            boundary = self.fields.get_param("boundary")
+            boundary = parameter_value(self.type_params, "boundary")
             child_default = "message/rfc822" if self.subtype == "digest" else "text/plain"
             if boundary:
-                self.children = [Part(p, child_default) for p in _split_multipart(self.body, str(boundary).encode("utf-8", "surrogateescape"))]
+                self.children = [Part(p, child_default) for p in _split_multipart(self.body, boundary.encode("utf-8", "surrogateescape"))]
         elif (self.maintype, self.subtype) == ("message", "rfc822"):
             self.message = Part(self.body)
 
@@ -138,54 +143,59 @@ class Part:
     # -- ENVELOPE and BODYSTRUCTURE (RFC 3501 §7.4.2) -----------------------
 
     def envelope(self) -> bytes:
-        def addresses(name: str, default: str | None = None) -> bytes:
-            values = self.fields.get_all(name) or ([] if default is None else self.fields.get_all(default) or [])
-            pairs = email.utils.getaddresses([header_text(v) or "" for v in values])
-            items = []
-            for display, address in pairs:
-                if not address and not display:
-                    continue
-                mailbox, _, host = address.rpartition("@") if "@" in address else (address, "", "")
-                items.append(b"(" + b" ".join([quote(display or None), b"NIL", quote(mailbox or None), quote(host or None)]) + b")")
-            return b"(" + b"".join(items) + b")" if items else b"NIL"
+        """ENVELOPE (RFC 3501 §7.4.2)."""
 
+        def addresses(name: str) -> list:
+            values = [header_text(v) or "" for v in self.fields.get_all(name) or []]
+            return parse_address_list(", ".join(values)) if values else []
+
+        def structure(items: list) -> bytes:
+            out = []
+            for item in items:
+                if isinstance(item, GroupStart):
+                    out.append(b"(NIL NIL " + quote(item.name) + b" NIL)")
+                elif isinstance(item, GroupEnd):
+                    out.append(b"(NIL NIL NIL NIL)")
+                else:
+                    out.append(b"(" + b" ".join([quote(item.name), quote(item.route), quote(item.local), quote(item.domain)]) + b")")
+            return b"(" + b"".join(out) + b")" if out else b"NIL"
+
+        sender_from = addresses("from")
+        # An empty or missing Sender or Reply-To is From (RFC 3501 §7.4.2).
+        sender = addresses("sender") or sender_from
+        reply_to = addresses("reply-to") or sender_from
         fields = [
             quote(self.get("date")),
             quote(self.get("subject")),
-            addresses("from"),
-            addresses("sender", "from"),
-            addresses("reply-to", "from"),
-            addresses("to"),
-            addresses("cc"),
-            addresses("bcc"),
+            structure(sender_from),
+            structure(sender),
+            structure(reply_to),
+            structure(addresses("to")),
+            structure(addresses("cc")),
+            structure(addresses("bcc")),
             quote(self.get("in-reply-to")),
             quote(self.get("message-id")),
         ]
         return b"(" + b" ".join(fields) + b")"
 
-    def _params(self) -> bytes:
-        params = self.fields.get_params(header="content-type") or []
+    @staticmethod
+    def _param_list(params: list[tuple[str, str]]) -> bytes:
         pairs = []
-        for key, value in params[1:]:
-            if isinstance(value, tuple):  # RFC 2231 value: keep it encoded as sent
-                value = email.utils.encode_rfc2231(value[2], value[0], value[1])
-            pairs += [quote(key.upper()), quote(email.utils.unquote(str(value)))]
+        for key, value in params:
+            pairs += [quote(key.upper()), quote(value)]
         return b"(" + b" ".join(pairs) + b")" if pairs else b"NIL"
 
+    def _params(self) -> bytes:
+        return self._param_list(self.type_params)
+
     def _disposition(self) -> bytes:
-        value = self.fields.get("content-disposition")
-        if value is None:
+        value = self.get("content-disposition")
+        if not value:
             return b"NIL"
-        params = self.fields.get_params(header="content-disposition") or []
-        if not params:
+        kind, params = parse_parameters(value)
+        if not kind:
             return b"NIL"
-        kind = params[0][0]
-        rest = []
-        for key, val in params[1:]:
-            if isinstance(val, tuple):
-                val = email.utils.encode_rfc2231(val[2], val[0], val[1])
-            rest += [quote(key.upper()), quote(email.utils.unquote(str(val)))]
-        return b"(" + quote(kind.upper()) + b" " + (b"(" + b" ".join(rest) + b")" if rest else b"NIL") + b")"
+        return b"(" + quote(kind.upper()) + b" " + self._param_list(params) + b")"
 
     def _language(self) -> bytes:
         value = self.get("content-language")
@@ -240,3 +250,118 @@ def _split_multipart(body: bytes, boundary: bytes) -> list[bytes]:
     if start is not None:
         parts.append(body[start:])  # no closing boundary: the rest is the last part
     return parts
+
+
+# -- MIME parameters (RFC 2045 §5.1, RFC 2231) -----------------------------------
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+\Z")
+_SECTION = re.compile(r"(.*?)\*(\d+)(\*?)\Z|(.*?)(\*)\Z")
+
+
+def _is_token(text: str) -> bool:
+    return bool(_TOKEN.match(text))
+
+
+def _split_outside_quotes(text: str) -> list[str]:
+    """C{text} cut at C{;} outside quoted strings, comments removed."""
+    pieces, current = [], []
+    i, n, depth = 0, len(text), 0
+    while i < n:
+        c = text[i]
+        if depth:
+            if c == "\\":
+                i += 1
+            elif c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+        elif c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            current.append(text[i : j + 1])
+            i = j
+        elif c == "(":
+            depth = 1
+        elif c == ";":
+            pieces.append("".join(current))
+            current = []
+        else:
+            current.append(c)
+        i += 1
+    pieces.append("".join(current))
+    return pieces
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if value.startswith('"'):
+        end = len(value) - 1 if value.endswith('"') and len(value) > 1 else len(value)
+        return re.sub(r"\\(.)", r"\1", value[1:end])
+    return value
+
+
+def parse_parameters(value: str) -> tuple[str, list[tuple[str, str]]]:
+    """
+    A Content-Type or Content-Disposition value, unfolded, as (the value
+    before the first C{;}, [(attribute, value), ...]). Quoted values are
+    unquoted, comments dropped. RFC 2231 continuations (C{name*0},
+    C{name*1*}, ...) are joined into one parameter: C{name} when no part
+    was extended, else C{name*} with the value still %-encoded after its
+    C{charset'language'} prefix, as it was sent (Dovecot does the same).
+    Attribute names are lowered.
+    """
+    pieces = _split_outside_quotes(header_text(value) or "")
+    head = "".join(pieces[0].split())
+    params: list[tuple[str, str]] = []
+    sections: dict[str, list[tuple[int, bool, str]]] = {}
+    for piece in pieces[1:]:
+        attribute, eq, raw = piece.partition("=")
+        attribute = attribute.strip().lower()
+        if not eq or not attribute:
+            continue
+        raw = _unquote(raw)
+        m = _SECTION.match(attribute)
+        if m and m.group(2) is not None:
+            name = m.group(1)
+            if name not in sections:
+                params.append((name, ""))  # its place in the order
+            sections.setdefault(name, []).append((int(m.group(2)), bool(m.group(3)), raw))
+        else:
+            params.append((attribute, raw))
+    if sections:
+        joined = []
+        for name, value in params:
+            parts = sections.get(name)
+            if parts is None or value:
+                joined.append((name, value))
+                continue
+            parts.sort()
+            if any(extended for _, extended, _ in parts):
+                text = ""
+                for index, extended, piece in parts:
+                    if not extended:
+                        piece = urllib.parse.quote(piece, safe="")
+                        if index == 0:
+                            piece = "''" + piece
+                    text += piece
+                joined.append((name + "*", text))
+            else:
+                joined.append((name, "".join(piece for _, _, piece in parts)))
+        params = joined
+    return head, params
+
+
+def parameter_value(params: list[tuple[str, str]], name: str) -> str | None:
+    """The decoded value of one parameter (RFC 2231 %-encoding undone)."""
+    for key, value in params:
+        if key == name:
+            return value
+        if key == name + "*":
+            charset, _, rest = value.partition("'")
+            _, _, encoded = rest.partition("'")
+            try:
+                return urllib.parse.unquote(encoded, encoding=charset or "utf-8", errors="replace")
+            except LookupError:
+                return urllib.parse.unquote(encoded, errors="replace")
+    return None

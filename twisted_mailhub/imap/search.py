@@ -28,8 +28,10 @@ from typing import Any, Callable
 from twisted.mail import imap4
 from twisted.mail.imap4 import IllegalClientResponse, MessageSet, parseIdList
 
+from twisted_mailhub.imap.address import searchable
 from twisted_mailhub.imap.message import split_header
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
+from twisted_mailhub.imap.wire import client_text, shown
 from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, NoSuchMessage
 
 HEADER_READ = 16384
@@ -48,7 +50,7 @@ def parse_date(value: bytes) -> tuple[int, int, int]:
         day, month, year = value.decode("ascii").strip('"').split("-")
         return int(year), _MONTHS[month.lower()], int(day)
     except (ValueError, KeyError, UnicodeDecodeError):
-        raise BadSearch(f"bad date {value!r}: expected e.g. 1-Feb-1994") from None
+        raise BadSearch("bad date " + shown(value, 30) + ": expected e.g. 1-Feb-1994") from None
 
 
 def _day(timestamp: float) -> tuple[int, int, int]:
@@ -171,6 +173,30 @@ def _contains_header(name: str, needle: bytes) -> Predicate:
     return lambda c: needle in c.header_value(name)
 
 
+def _contains_address(name: str, needle: bytes) -> Predicate:
+    """
+    FROM/TO/CC/BCC: the string in the header as written, or in its
+    addresses as parsed (comments and folding gone: C{<a (x)@ (y) b.org>}
+    is found by C{a@b.org}).
+    """
+    needle = needle.lower()
+    key = "address:" + name
+
+    def match(c: Candidate) -> bool:
+        raw = c.header_value(name)
+        if needle in raw:
+            return True
+        per_field = c._cache.setdefault(key, {})
+        parsed = per_field.get(c.info.uid)
+        if parsed is None:
+            parsed = searchable(raw.decode("utf-8", "replace").replace("\n", ", ")).encode("utf-8")
+            if len(per_field) < HeaderCache.limit:
+                per_field[c.info.uid] = parsed
+        return needle in parsed
+
+    return match
+
+
 def _has_header(name: str) -> Predicate:
     pattern = re.compile(rb"(?im)^" + re.escape(name.encode("ascii")) + rb"[ \t]*:")
     return lambda c: pattern.search(c.header()) is not None
@@ -180,7 +206,7 @@ def _msgset(value: bytes, uid: bool, last_seq: int, last_uid: int) -> Predicate:
     try:
         mset: MessageSet = parseIdList(value)
     except Exception:
-        raise BadSearch(f"bad message set {value!r}") from None
+        raise BadSearch("bad message set " + shown(value, 40) + ": expected e.g. 1:5,7") from None
     last = last_uid if uid else last_seq
     ranges = [(last if lo is None else lo, last if hi is None else hi) for lo, hi in mset.ranges]
     ranges = [(min(lo, hi), max(lo, hi)) for lo, hi in ranges]
@@ -205,14 +231,20 @@ _SIMPLE: dict[bytes, Predicate] = {
     b"OLD": lambda c: not c.recent,
     b"NEW": lambda c: c.recent and SEEN not in c.info.flags,
 }
-_ADDRESS_HEADERS = {b"FROM": "from", b"TO": "to", b"CC": "cc", b"BCC": "bcc", b"SUBJECT": "subject"}
+_ADDRESS_HEADERS = {b"FROM": "from", b"TO": "to", b"CC": "cc", b"BCC": "bcc"}
+
+
+def _astrings(tokens: list) -> list:
+    # Twisted's parser reads the atom NIL as None; where the grammar wants
+    # an astring (every SEARCH argument), NIL is the three letters.
+    return [_astrings(t) if isinstance(t, list) else (b"NIL" if t is None else t) for t in tokens]
 
 
 def compile_search(keys: list, last_seq: int, last_uid: int) -> Predicate:
     """
     One predicate for a whole SEARCH key list (keys are ANDed).
     """
-    tokens = list(keys)
+    tokens = _astrings(list(keys))
     if not tokens:
         raise BadSearch("SEARCH needs at least one key, e.g. ALL")
     position = [0]
@@ -237,8 +269,10 @@ def compile_search(keys: list, last_seq: int, last_uid: int) -> Predicate:
         key = token.upper()
         if key in _SIMPLE:
             return _SIMPLE[key]
+        if key == b"SUBJECT":
+            return _contains_header("subject", take_string("a string after SUBJECT"))
         if key in _ADDRESS_HEADERS:
-            return _contains_header(_ADDRESS_HEADERS[key], take_string(f"a string after {key.decode()}"))
+            return _contains_address(_ADDRESS_HEADERS[key], take_string(f"a string after {key.decode()}"))
         if key == b"HEADER":
             name = take_string("a header field name after HEADER").decode("ascii", "replace").lower()
             value = take_string("a string after HEADER field")
@@ -282,7 +316,7 @@ def compile_search(keys: list, last_seq: int, last_uid: int) -> Predicate:
             return _msgset(take_string("a UID set after UID"), True, last_seq, last_uid)
         if key[:1].isdigit() or key[:1] == b"*":
             return _msgset(token, False, last_seq, last_uid)
-        raise BadSearch(f"unknown search key {token.decode('ascii', 'replace')!r}")
+        raise BadSearch("unknown search key " + shown(token, 30))
 
     predicates = []
     while position[0] < len(tokens):
@@ -369,6 +403,9 @@ class SearchCommands:
 
     def do_SEARCH(self, tag, charset, query, uid=0):
         view = self.selected
+        if charset is not None and not charset.strip():
+            self.sendBadResponse(tag, b"SEARCH CHARSET wants a charset name, e.g. SEARCH CHARSET UTF-8 ALL")
+            return
         if charset is not None and charset.upper() not in (b"US-ASCII", b"UTF-8"):
             self.sendNegativeResponse(tag, b"[BADCHARSET (US-ASCII UTF-8)] charset not supported")
             return
@@ -376,7 +413,7 @@ class SearchCommands:
         try:
             predicate = compile_search(query, len(view.uids), view.uids[-1] if view.uids else 0)
         except BadSearch as e:
-            self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
+            self.sendBadResponse(tag, client_text(str(e)))
             return
         cache = HeaderCache.of(folder)
         found = []
@@ -403,8 +440,8 @@ class SearchCommands:
                 return imap4.parseNestedParens(_before + line), b""
             except imap4.IllegalClientResponse:
                 raise
-            except Exception as e:
-                raise imap4.IllegalClientResponse(f"bad search keys: {e}") from None
+            except Exception:
+                raise imap4.IllegalClientResponse("bad search keys: unbalanced parentheses or quotes") from None
         head = _before + line[: m.start()]
         d = self._stringLiteral(int(m.group(1).rstrip(b"+")))
 

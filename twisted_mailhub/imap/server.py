@@ -56,7 +56,7 @@ from twisted_mailhub.imap import wire
 from twisted_mailhub.imap.changes import ChangeCommands
 from twisted_mailhub.imap.extensions import EXTENSIONS, ExtensionCommands
 from twisted_mailhub.imap.fetch import FetchCommands, ResponseStream
-from twisted_mailhub.imap.mailboxes import SPECIAL_USE, MailboxCommands  # noqa: F401 (SPECIAL_USE: imap/__init__)
+from twisted_mailhub.imap.mailboxes import MailboxCommands
 from twisted_mailhub.imap.quota import QuotaCommands
 from twisted_mailhub.imap.search import SearchCommands
 from twisted_mailhub.imap.view import SelectedFolder
@@ -95,6 +95,7 @@ class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands,
     _idle_tag: bytes | None = None
     _idle_poll: Any = None
     _held = 0
+    _auth_tag: bytes = b"*"
 
     def __init__(self, hub: Any, listener: str):
         self.hub = hub
@@ -197,16 +198,36 @@ class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands,
     unauth_LOGIN = (do_LOGIN, arg_astring, arg_finalastring)
 
     def do_AUTHENTICATE(self, tag, args):
-        mechanism = args.upper().strip()
+        """
+        AUTHENTICATE (RFC 3501 §6.2.2), with an initial response on the
+        command line (SASL-IR, RFC 4959: C{=} for an empty one); a client
+        response of C{*} cancels with BAD.
+        """
+        words = args.split()
+        if not words or len(words) > 2:
+            self.sendBadResponse(tag, b"AUTHENTICATE wants a mechanism name and at most an initial response")
+            return
+        mechanism = words[0].upper()
         if mechanism in (b"PLAIN", b"LOGIN") and not self.plaintext_allowed():
             self.sendNegativeResponse(tag, b"[PRIVACYREQUIRED] AUTHENTICATE " + mechanism + b" is disabled here: STARTTLS first")
             return
         if mechanism not in self.challengers:
             self.sendNegativeResponse(tag, b"AUTHENTICATE mechanism not supported: use " + b", ".join(sorted(self.challengers)))
             return
-        imap4.IMAP4Server.do_AUTHENTICATE(self, tag, args)
+        self._auth_tag = tag
+        if len(words) == 1:
+            imap4.IMAP4Server.do_AUTHENTICATE(self, tag, mechanism)
+            return
+        if mechanism == b"CRAM-MD5":
+            self.sendBadResponse(tag, b"CRAM-MD5 starts with the server's challenge: no initial response")
+            return
+        challenger = self.challengers[mechanism]()
+        challenger.getChallenge()
+        initial = b"" if words[1] == b"=" else words[1]
+        d = defer.maybeDeferred(self._IMAP4Server__cbAuthChunk, initial, challenger, tag)
+        d.addErrback(self._IMAP4Server__ebAuthChunk, tag)
 
-    unauth_AUTHENTICATE = (do_AUTHENTICATE, imap4.IMAP4Server.arg_atom)
+    unauth_AUTHENTICATE = (do_AUTHENTICATE, imap4.IMAP4Server.arg_line)
 
     # -- reading lines: literal limits, IDLE --------------------------------------
 
@@ -217,6 +238,12 @@ class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands,
         if self.parseState == "idle":
             self.resetTimeout()
             self.parse_idle(line)
+            return
+        if self.parseState == "pending" and isinstance(self._pendingLiteral, defer.Deferred) and line.strip() == b"*":
+            # RFC 3501 §6.2.2: "*" cancels an AUTHENTICATE exchange.
+            self._pendingLiteral = None
+            self.parseState = "command"
+            self.sendBadResponse(self._auth_tag, b"AUTHENTICATE cancelled")
             return
         if self.parseState == "command":
             parts = line.split(None, 2)
@@ -274,7 +301,9 @@ class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands,
         if self._nonsync:
             self._nonsync = False
             return
-        imap4.IMAP4Server.sendContinuationRequest(self, msg)
+        # continue-req = "+" SP (resp-text / base64): the space even when
+        # the SASL challenge is empty (RFC 3501 §9).
+        self.sendLine(b"+ " + msg)
 
     def _stringLiteral(self, size):
         # Twisted's own limit (4096) would refuse a password or search
@@ -312,7 +341,7 @@ class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands,
             try:
                 return imap4.IMAP4Server.dispatchCommand(self, tag, cmd, rest, uid)
             except (imap4.IllegalClientResponse, imap4.IllegalOperation, imap4.IllegalMailboxEncoding):
-                raise  # Twisted's parse_command answers these
+                raise  # parse_command answers these
             except StoreUnavailable:
                 # RFC 5530 §3: a temporary failure; the client may retry.
                 self.sendNegativeResponse(tag, b"[UNAVAILABLE] the mail store cannot be reached now; try again")
@@ -334,7 +363,51 @@ class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands,
                 need = b"only before login"
             self.sendBadResponse(tag, cmd.upper() + b" not allowed now: " + need)
             return
-        self.sendBadResponse(tag, b"unknown command " + cmd[:40] + b": try CAPABILITY")
+        self.sendBadResponse(tag, b"unknown command " + wire.client_text(wire.shown(cmd, 40)[1:-1]) + b": try CAPABILITY")
+
+    def parse_command(self, line):
+        """
+        Twisted's, with every error told as a tagged reply in plain words
+        (its own quote the input as a Python C{b'...'}), and a tag that is
+        not a tag (RFC 3501 §9: no control characters) answered untagged.
+        """
+        args = line.split(None, 2)
+        if not args:
+            self.sendBadResponse(None, b"empty command line: expected a tag and a command")
+            return None
+        tag = args[0]
+        if any(c < 33 or c > 126 for c in tag) or b"+" in tag or tag == b"*":
+            self.sendBadResponse(None, b"bad tag " + wire.client_text(wire.shown(tag, 20)) + b": a tag is printable ASCII")
+            return None
+        if len(args) == 1:
+            self.sendBadResponse(tag, b"missing command after the tag")
+            return None
+        cmd = args[1].upper()
+        rest = args[2] if len(args) == 3 else None
+        try:
+            return self.dispatchCommand(tag, cmd, rest)
+        except Exception as e:
+            self._command_failed(e, tag, cmd)
+
+    def _command_failed(self, e: BaseException, tag: bytes, cmd: bytes) -> None:
+        if isinstance(e, imap4.IllegalClientResponse):
+            self.sendBadResponse(tag, wire.client_text(str(e)))
+        elif isinstance(e, imap4.IllegalMailboxEncoding):
+            self.sendNegativeResponse(tag, b"[CANNOT] mailbox names are modified UTF-7 (RFC 3501 section 5.1.3)")
+        elif isinstance(e, imap4.IllegalOperation):
+            self.sendNegativeResponse(tag, wire.client_text(str(e)))
+        else:
+            log.failure("IMAP {command} failed", command=cmd)
+            self.sendBadResponse(tag, b"[SERVERBUG] " + wire.client_text(wire.shown(cmd, 20)) + b" failed; see the server log")
+
+    def _IMAP4Server__ebDispatch(self, failure, tag):
+        # Errors of argument parsers and handlers that ran after a literal
+        # (Twisted's private errback, overridden by its mangled name).
+        if not failure.check(imap4.IllegalClientResponse, imap4.IllegalMailboxEncoding, imap4.IllegalOperation):
+            log.failure("IMAP {command} failed", failure, command=self._command)
+            self.sendBadResponse(tag, b"[SERVERBUG] " + wire.client_text(wire.shown(self._command, 20)) + b" failed; see the server log")
+            return
+        self._command_failed(failure.value, tag, self._command)
 
     def _respond(self, state, tag, message):
         if tag and tag != b"*" and state in (b"OK", b"NO") and self.selected is not None and self.selected.pending:

@@ -26,7 +26,7 @@ from typing import Any
 from twisted.mail import imap4
 
 from twisted_mailhub.imap.wire import BadSequence, flags_text
-from twisted_mailhub.store.interfaces import NoSuchFolder, NoSuchMessage, StoreUnavailable
+from twisted_mailhub.store.interfaces import SYSTEM_FLAGS, NoSuchFolder, NoSuchMessage, StoreUnavailable
 
 class SelectedFolder:
     """
@@ -37,12 +37,38 @@ class SelectedFolder:
         self.session = session
         self.folder = folder
         self.readonly = readonly
-        self.recent: set[int] = set(folder.take_new()) if not readonly else set()
+        # EXAMINE shows \Recent but leaves it for the next SELECT (RFC 3501
+        # §6.3.2: no change to the mailbox's state).
+        self.recent: set[int] = set(folder.take_new() if not readonly else folder.recent())
         self.uids = [info.uid for info in folder.messages()]
+        self.keywords: set[str] = set()  # as told in the last FLAGS response
         self._added: set[int] = set()
         self._flags: set[int] = set()
         self._expunged: set[int] = set()
         folder.add_listener(self._changed)
+
+    def note_keywords(self, flags: frozenset) -> bool:
+        """
+        Remember the keywords of a flag set; True if one was not yet in a
+        FLAGS response (RFC 3501 §7.2.6: the client must hear FLAGS again
+        before it sees the new keyword on a message).
+        """
+        fresh = [f for f in flags if not f.startswith("\\") and f not in self.keywords]
+        if fresh:
+            self.keywords.update(fresh)
+            return True
+        return False
+
+    def flag_lines(self) -> list[bytes]:
+        """The FLAGS response and PERMANENTFLAGS code for what is known now."""
+        flag_list = b" ".join([f.encode() for f in SYSTEM_FLAGS] + sorted(k.encode("utf-8") for k in self.keywords))
+        return [
+            b"* FLAGS (" + flag_list + b")\r\n",
+            # \* : clients may make new keywords (they are kept in the store).
+            b"* OK [PERMANENTFLAGS ("
+            + (b")] read-only (EXAMINE): flags cannot be changed" if self.readonly else flag_list + b" \\*)] flags and keywords are kept")
+            + b"\r\n",
+        ]
 
     def close(self) -> None:
         self.folder.remove_listener(self._changed)
@@ -106,8 +132,9 @@ class SelectedFolder:
                     fresh.append(uid)
             self._added.clear()
             if fresh:
-                if not self.readonly:
-                    self.recent.update(u for u in self.folder.take_new())
+                self.recent.update(self.folder.take_new() if not self.readonly else self.folder.recent())
+                if any([self.note_keywords(self.folder.info(u).flags) for u in fresh]):
+                    out.extend(self.flag_lines())
                 self.uids.extend(fresh)
                 out.append(b"* %d EXISTS\r\n" % len(self.uids))
                 out.append(b"* %d RECENT\r\n" % len(self.recent))
@@ -120,6 +147,8 @@ class SelectedFolder:
                     info = self.folder.info(uid)
                 except NoSuchMessage:
                     continue
+                if self.note_keywords(info.flags):
+                    out.extend(self.flag_lines())
                 out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, flags_text(info.flags, uid in self.recent)))
             self._flags.clear()
         return out

@@ -69,44 +69,77 @@ def flags_text(flags: frozenset, recent: bool = False) -> bytes:
     return text
 
 
+def decode_mutf7(raw: bytes) -> str:
+    """
+    Modified UTF-7 (RFC 3501 §5.1.3), strictly: Twisted's codec takes
+    C{&Jjo} (no closing C{-}) and C{&AGE-} (an encoded printable ASCII
+    character), which no client sends; a name is valid only when it is what
+    encoding its characters gives. Raises L{imap4.IllegalMailboxEncoding}.
+    """
+    try:
+        name = raw.decode("imap4-utf-7")
+        if name.encode("imap4-utf-7") == raw:
+            return name
+    except (UnicodeError, ValueError):
+        pass
+    raise imap4.IllegalMailboxEncoding(raw.decode("ascii", "replace"))
+
+
 def mailbox_name(raw: bytes | str) -> str:
     """A mailbox name from the wire (modified UTF-7, RFC 3501 §5.1.3)."""
     if isinstance(raw, str):
         raw = raw.encode("ascii", "replace")
-    try:
-        name = raw.decode("imap4-utf-7")
-    except (UnicodeDecodeError, ValueError):
-        raise imap4.IllegalMailboxEncoding(raw.decode("ascii", "replace")) from None
+    name = decode_mutf7(raw)
     if name.upper() == INBOX:
         return INBOX
     if name.startswith(DELIMITER) or ".." in name.split(DELIMITER) or name.startswith("~"):
-        raise BadFolderName(f"bad mailbox name {name!r}: no absolute names, no '..'")
+        raise BadFolderName("bad mailbox name " + shown(name) + ": no absolute names, no '..'")
     return name
-
-
-def list_pattern(wildcard: str) -> re.Pattern[str]:
-    """
-    LIST's pattern as a regular expression over whole names: C{*} matches
-    anything, C{%} anything but the delimiter (RFC 3501 §6.3.8).
-    """
-    out = []
-    for piece in re.split(r"([*%])", wildcard):
-        if piece == "*":
-            out.append(".*")
-        elif piece == "%":
-            out.append("[^" + re.escape(DELIMITER) + "]*")
-        else:
-            out.append(re.escape(piece))
-    return re.compile("".join(out) + r"\Z", re.S)
 
 
 def wire_name(name: str) -> bytes:
     encoded = name.encode("imap4-utf-7")
     return quote(encoded)
 
+
 def literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
+
+def shown(value: bytes | str, limit: int = 60) -> str:
+    """
+    Client input as a reply may quote it: in double quotes, cut at
+    C{limit} characters, a control character shown as C{^H} (and C{^?} for
+    DEL), anything outside printable ASCII as C{?}. Never a Python repr,
+    never a raw control byte (the terminal of a person typing would act
+    on it).
+    """
+    if isinstance(value, str):
+        value = value.encode("utf-8", "replace")
+    out = []
+    for c in value[:limit]:
+        if c < 32:
+            out.append("^" + chr(c + 64))
+        elif c == 127:
+            out.append("^?")
+        elif c > 126:
+            out.append("?")
+        else:
+            out.append(chr(c))
+    return '"' + "".join(out) + ('..."' if len(value) > limit else '"')
+
+
+_PY_BYTES = re.compile(r"""\bb(['"])(.*?)\1""")
+
+
+def client_text(message: str) -> bytes:
+    """
+    An error text fit for a tagged BAD/NO: Twisted's own parser messages
+    quote input as C{b'...'} (C{Too many arguments for command: b'x'}); this
+    shows it as C{"x"}, and keeps the reply ASCII without control bytes.
+    """
+    message = _PY_BYTES.sub(lambda m: '"' + m.group(2) + '"', message)
+    return "".join(c if 32 <= ord(c) < 127 else ("^" + chr(ord(c) + 64) if ord(c) < 32 else "?") for c in message).encode("ascii")
 
 
 def arg_astring(self: Any, line: bytes, final: bool = False):
@@ -141,8 +174,19 @@ def _argument_required(parser: Any) -> Any:
 
     def parse(self: Any, line: Any, *args: Any, **kwargs: Any) -> Any:
         if line is None:
+            # An earlier parser took the whole line. Twisted's opt_ parsers
+            # index it too (C{SEARCH} alone: TypeError in opt_charset).
+            if parser.__name__.startswith("opt_"):
+                return None, None
             raise imap4.IllegalClientResponse("Missing argument")
-        return parser(self, line, *args, **kwargs)
+        try:
+            return parser(self, line, *args, **kwargs)
+        except (imap4.IllegalClientResponse, imap4.IllegalMailboxEncoding, imap4.IllegalOperation):
+            raise
+        except (TypeError, ValueError, IndexError, AttributeError, UnicodeError):
+            # A Twisted parser tripping over a cut-short or wrong-typed
+            # argument is the client's syntax error, not a server error.
+            raise imap4.IllegalClientResponse("Missing or malformed argument") from None
 
     parse.__name__ = parser.__name__
     parse.__doc__ = parser.__doc__
@@ -159,7 +203,7 @@ def guard_command_tables(cls: Any) -> None:
         if not isinstance(table, tuple) or not table:
             continue
         guarded = (table[0],) + tuple(
-            _argument_required(p) if callable(p) and getattr(p, "__name__", "").startswith("arg_") else p
+            _argument_required(p) if callable(p) and getattr(p, "__name__", "").startswith(("arg_", "opt_")) else p
             for p in table[1:]
         )
         setattr(cls, name, guarded)

@@ -140,7 +140,10 @@ class IFolder(Interface):
     """
 
     name = Attribute("The folder's name as the user sees it, '/' separated, e.g. 'Work/Projects'.")
-    uid_validity = Attribute("UIDVALIDITY: an int that changes only if UIDs were lost.")
+    uid_validity = Attribute(
+        "UIDVALIDITY: an int that changes only if UIDs were lost, and is greater than"
+        " any value an earlier folder of the same name had (RFC 3501 §2.3.1.1)."
+    )
     uid_next = Attribute("The UID the next message will get.")
 
     def messages() -> Sequence[MessageInfo]:
@@ -212,9 +215,16 @@ class IFolder(Interface):
 
     def take_new() -> list[int]:
         """
-        Mark every message no session has seen yet as seen by one (Maildir:
+        Mark every message no session has been told of yet as told (Maildir:
         move it from C{new/} to C{cur/}); return their UIDs, ascending. The
-        session that takes them reports them as IMAP C{\\Recent}.
+        session that takes them reports them as IMAP C{\\Recent} (RFC 3501
+        §2.3.2): delivered, appended and copied messages alike.
+        """
+
+    def recent() -> list[int]:
+        """
+        The UIDs L{take_new} would return, without taking them (IMAP
+        EXAMINE and STATUS RECENT).
         """
 
     def add_listener(listener: Callable[[FolderChange], None]) -> None:

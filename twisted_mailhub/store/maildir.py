@@ -107,6 +107,7 @@ INDEX = "mailhub-index"
 INDEX_MIN_LINES = 1000  # UID-list lines parsed at a load that make an index worth writing
 _INDEX_VERSION = 2
 SUBSCRIPTIONS = "subscriptions"
+UIDVALIDITY_FILE = "mailhub-uidvalidity"  # the account's highest UIDVALIDITY so far
 _LETTERS = {"D": DRAFT, "F": FLAGGED, "R": ANSWERED, "S": SEEN, "T": DELETED}
 _FLAG_LETTER = {flag: letter for letter, flag in _LETTERS.items()}
 _counter = itertools.count(1)
@@ -339,8 +340,10 @@ class MaildirFolder:
     One Maildir: its UID index in memory, kept in step with the directory.
     """
 
-    def __init__(self, name: str, path: str, writer: GroupCommitWriter, hostname: str):
+    def __init__(self, name: str, path: str, writer: GroupCommitWriter, hostname: str, validity_path: str | None = None):
         self.name = name
+        self.validity_path = validity_path
+        self._recent: set[int] = set()  # IMAP \Recent, beside what is in new/
         self.directory = path
         self.writer = writer
         self.hostname = hostname
@@ -477,7 +480,8 @@ class MaildirFolder:
         latest = 0
         if any(os.listdir(d) for d in subdirs):
             latest = int(max(os.stat(d).st_ctime for d in subdirs)) + 1
-        self.uid_validity = max(int(time.time()), latest, self.uid_validity + 1)
+        self.uid_validity = max(int(time.time()), latest, self.uid_validity + 1, _last_uid_validity(self.validity_path) + 1)
+        _remember_uid_validity(self.validity_path, self.uid_validity)
         self.uid_next = 1
         self._write_uidlist()
         # The list's name must survive a crash: UIDs are appended to it.
@@ -589,6 +593,7 @@ class MaildirFolder:
         for base, sub, filename in fresh:
             try:
                 added.append(self._register(base, sub, filename))
+                self._recent.add(added[-1].info.uid)
             except FileNotFoundError:
                 continue  # gone again (moved by another program): next scan
         # Files listed but gone are forgotten; the table is freed (it may
@@ -800,6 +805,7 @@ class MaildirFolder:
     def _arrived(self, _, entry: _Entry) -> _Entry:
         self._pending.pop(entry.info.key, None)
         self._add_entry(entry)
+        self._recent.add(entry.info.uid)
         self._listeners.notify(FolderChange(added=(entry.info.uid,)))
         return entry
 
@@ -964,13 +970,51 @@ class MaildirFolder:
             taken.append(uid)
         if taken:
             self._after_own_change(was_current)
-        return sorted(taken)
+        # Appended and copied messages go straight to cur/ but are \Recent
+        # all the same (RFC 3501 §2.3.2).
+        taken_set = set(taken)
+        taken_set.update(uid for uid in self._recent if uid in self._entries)
+        self._recent = set()
+        return sorted(taken_set)
+
+    def recent(self) -> list[int]:
+        """What L{take_new} would return, without moving or taking anything."""
+        self._scan()
+        in_new = (self._by_base.get(parse_info(name)[0]) for name in os.listdir(os.path.join(self.directory, "new")))
+        found = {u for u in in_new if u is not None}
+        found.update(uid for uid in self._recent if uid in self._entries)
+        return sorted(found)
 
     def add_listener(self, listener):
         self._listeners.add(listener)
 
     def remove_listener(self, listener):
         self._listeners.remove(listener)
+
+
+def _last_uid_validity(path: str | None) -> int:
+    """The highest UIDVALIDITY given in the account (0 if none known)."""
+    if path is None:
+        return 0
+    try:
+        with open(path, encoding="ascii") as f:
+            return int(f.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _remember_uid_validity(path: str | None, value: int) -> None:
+    # RFC 3501 §2.3.1.1: a folder deleted and made again (even within the
+    # same second) must not get a UIDVALIDITY it had before. One counter per
+    # account, synced before the new folder's UID list names the value.
+    if path is None:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{value}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _to_crlf_in_place(path: str) -> int:
@@ -1035,8 +1079,11 @@ class MaildirAccount:
             path = self._folder_path(name)
             if name != INBOX and not os.path.isdir(os.path.join(path, "cur")):
                 raise NoSuchFolder(name)
-            folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname)
+            folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname, self._validity_path())
         return folder
+
+    def _validity_path(self) -> str:
+        return os.path.join(self.path, UIDVALIDITY_FILE)
 
     def folders(self) -> list[str]:
         names = []
@@ -1061,7 +1108,7 @@ class MaildirAccount:
         os.makedirs(path, exist_ok=True)
         # Maildir++: a sub-folder holds a 'maildirfolder' marker file.
         open(os.path.join(path, "maildirfolder"), "a").close()
-        folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname)
+        folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname, self._validity_path())
         return folder
 
     def delete_folder(self, name: str) -> None:

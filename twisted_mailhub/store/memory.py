@@ -36,9 +36,9 @@ from twisted_mailhub.store.interfaces import (
 
 @implementer(IFolder)
 class MemoryFolder:
-    def __init__(self, name: str, clock: Any = None):
+    def __init__(self, name: str, clock: Any = None, uid_validity: int | None = None):
         self.name = name
-        self.uid_validity = int(time.time())
+        self.uid_validity = int(time.time()) if uid_validity is None else uid_validity
         self.uid_next = 1
         self._infos: dict[int, MessageInfo] = {}
         self._bodies: dict[int, bytes] = {}
@@ -135,6 +135,9 @@ class MemoryFolder:
         taken, self._new = sorted(self._new), set()
         return [uid for uid in taken if uid in self._infos]
 
+    def recent(self) -> list[int]:
+        return sorted(uid for uid in self._new if uid in self._infos)
+
     def add_listener(self, listener):
         self._listeners.add(listener)
 
@@ -146,8 +149,15 @@ class MemoryFolder:
 class MemoryAccount:
     def __init__(self, address: str):
         self.address = address
-        self._folders: dict[str, MemoryFolder] = {INBOX: MemoryFolder(INBOX)}
+        self._last_validity = 0
+        self._folders: dict[str, MemoryFolder] = {INBOX: self._new_folder(INBOX)}
         self._subscriptions: set[str] = {INBOX}
+
+    def _new_folder(self, name: str) -> MemoryFolder:
+        # Each new folder's UIDVALIDITY is above every earlier one of the
+        # account, so a name deleted and made again never repeats one.
+        self._last_validity = max(int(time.time()), self._last_validity + 1)
+        return MemoryFolder(name, uid_validity=self._last_validity)
 
     def folder(self, name: str) -> MemoryFolder:
         name = normalize_folder_name(name)
@@ -166,8 +176,9 @@ class MemoryAccount:
         parts = name.split(DELIMITER)
         for i in range(1, len(parts)):
             parent = DELIMITER.join(parts[:i])
-            self._folders.setdefault(parent, MemoryFolder(parent))
-        folder = self._folders[name] = MemoryFolder(name)
+            if parent not in self._folders:
+                self._folders[parent] = self._new_folder(parent)
+        folder = self._folders[name] = self._new_folder(name)
         return folder
 
     def delete_folder(self, name: str) -> None:
@@ -192,7 +203,7 @@ class MemoryAccount:
         if old == INBOX:
             # RFC 3501 §6.3.5: renaming INBOX moves its messages and leaves
             # an empty INBOX behind.
-            self._folders[INBOX] = MemoryFolder(INBOX)
+            self._folders[INBOX] = self._new_folder(INBOX)
 
     def subscriptions(self) -> list[str]:
         return sorted(self._subscriptions)
