@@ -366,15 +366,24 @@ def ensure_account(conn: Any, address: str) -> int:
             return conn.execute("SELECT id FROM account WHERE address = %s", (address,)).fetchone()[0]
         conn.execute(
             "INSERT INTO mailbox (account_id, name, uid_validity) VALUES (%s, %s, %s)",
-            (row[0], INBOX, new_uid_validity()),
+            (row[0], INBOX, new_uid_validity(conn)),
         )
         conn.execute("INSERT INTO subscription (account_id, name) VALUES (%s, %s)", (row[0], INBOX))
         return row[0]
 
 
-def new_uid_validity() -> int:
-    """A UIDVALIDITY for a new folder: the time, in a 32-bit field (RFC 3501 §2.3.1.1)."""
-    return int(time.time()) & 0xFFFFFFFF or 1
+def new_uid_validity(conn: Any) -> int:
+    """
+    A UIDVALIDITY for a new folder: the time, or more, in a 32-bit field,
+    above every value given before in this database, so that a folder
+    deleted and made again within a second never repeats one (RFC 3501
+    §2.3.1.1). (Added by the IMAP lane: one sequence, made on first use.)
+    """
+    conn.execute("CREATE SEQUENCE IF NOT EXISTS mailhub_uid_validity")
+    row = conn.execute(
+        "SELECT setval('mailhub_uid_validity', GREATEST(nextval('mailhub_uid_validity'), %s))", (int(time.time()) & 0xFFFFFFFF,)
+    ).fetchone()
+    return row[0]
 
 
 _INFO = "SELECT uid, key, flags, keywords, size, internal_date FROM mailbox_message JOIN message ON message.id = message_id"
@@ -667,6 +676,12 @@ class PostgresFolder:
         )
         return sorted(uid for (uid,) in rows)
 
+    def recent(self) -> list[int]:
+        rows = self._run(
+            lambda c: c.execute("SELECT uid FROM mailbox_message WHERE mailbox_id = %s AND recent", (self.mailbox_id,)).fetchall()
+        )
+        return sorted(uid for (uid,) in rows)
+
 
 def _drop_orphans(conn: Any, message_ids: list[int]) -> None:
     """Delete message rows no folder refers to any more."""
@@ -715,13 +730,13 @@ class PostgresAccount:
                 for i in range(1, len(parts)):
                     conn.execute(
                         "INSERT INTO mailbox (account_id, name, uid_validity) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                        (self.account_id, DELIMITER.join(parts[:i]), new_uid_validity()),
+                        (self.account_id, DELIMITER.join(parts[:i]), new_uid_validity(conn)),
                     )
                 try:
                     with conn.transaction():
                         return conn.execute(
                             "INSERT INTO mailbox (account_id, name, uid_validity) VALUES (%s, %s, %s) RETURNING id, uid_validity",
-                            (self.account_id, name, new_uid_validity()),
+                            (self.account_id, name, new_uid_validity(conn)),
                         ).fetchone()
                 except psycopg.errors.UniqueViolation:
                     return None
@@ -789,14 +804,14 @@ class PostgresAccount:
                 for i in range(1, len(parts)):
                     conn.execute(
                         "INSERT INTO mailbox (account_id, name, uid_validity) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                        (self.account_id, DELIMITER.join(parts[:i]), new_uid_validity()),
+                        (self.account_id, DELIMITER.join(parts[:i]), new_uid_validity(conn)),
                     )
                 if old == INBOX:
                     # RFC 3501 §6.3.5: renaming INBOX moves its messages and
                     # leaves an empty INBOX behind.
                     conn.execute(
                         "INSERT INTO mailbox (account_id, name, uid_validity) VALUES (%s, %s, %s)",
-                        (self.account_id, INBOX, new_uid_validity()),
+                        (self.account_id, INBOX, new_uid_validity(conn)),
                     )
                 for mailbox_id, _ in rows:
                     conn.execute("SELECT pg_notify(%s, %s)", (pgschema.CHANNEL, f"{mailbox_id} gone"))
