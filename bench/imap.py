@@ -8,6 +8,7 @@ that of all its processes).
     python3 bench/imap.py                 # 10,000 and 100,000 messages
     python3 bench/imap.py --sizes 10000   # just one size
     python3 bench/imap.py --no-dovecot    # the hub alone
+    python3 bench/imap.py --mix           # mixed workload beside Dovecot (bench/imap_mix.py)
 
 The Maildir files are written directly (as an outside MDA would, already
 \\Seen, in cur/), then the real `twistd mailhub` is started; the first
@@ -175,7 +176,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--no-dovecot", action="store_true", help="do not run Dovecot beside the hub")
+    parser.add_argument("--mix", action="store_true", help="the mixed workload beside Dovecot instead")
+    parser.add_argument("--clients", type=int, default=10, help="--mix: client processes")
+    parser.add_argument("--seconds", type=float, default=10, help="--mix: seconds per server and mode")
+    parser.add_argument("--profile", action="store_true", help="--mix: py-spy the hub during its first run")
     args = parser.parse_args()
+    if args.mix:
+        from bench.imap_mix import main as mix
+
+        mix(args.clients, args.seconds, args.profile)
+        return
     peer = not args.no_dovecot and dovecot_available()
     if not args.no_dovecot and not peer:
         print("Dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d): the hub alone")

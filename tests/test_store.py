@@ -8,7 +8,7 @@ import pytest
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from twisted_mailhub.store.interfaces import DELETED, INBOX, SEEN, FolderExists, NoSuchFolder, BadFolderName
+from twisted_mailhub.store.interfaces import DELETED, INBOX, SEEN, BadFolderName, FolderExists, IModSeqFolder, NoSuchFolder, NoSuchMessage
 from twisted_mailhub.store.maildir import MaildirStore, decode_folder, encode_folder
 from twisted_mailhub.store.memory import MemoryStore
 
@@ -101,7 +101,30 @@ class StoreContract:
             self.assertRaises(BadFolderName, account.create_folder, bad)
 
 
-class MemoryStoreTests(StoreContract, unittest.TestCase):
+class ModSeqContract:
+    """RFC 7162 mod-sequences, on the backends that provide IModSeqFolder."""
+
+    @defer.inlineCallbacks
+    def test_every_change_takes_a_higher_modseq(self):
+        folder = self.store.account("alice@example.org").folder(INBOX)
+        self.assertTrue(IModSeqFolder.providedBy(folder))
+        start = folder.highest_modseq
+        a = yield folder.append(MESSAGE)
+        b = yield folder.append(MESSAGE)
+        self.assertLess(start, folder.modseq(a))
+        self.assertLess(folder.modseq(a), folder.modseq(b))
+        self.assertEqual(folder.highest_modseq, folder.modseq(b))
+        folder.set_flags([a], [SEEN], "add")
+        self.assertEqual(folder.modseq(a), folder.highest_modseq)
+        before = folder.highest_modseq
+        folder.set_flags([a], [SEEN], "add")  # no change: no new modseq
+        self.assertEqual(folder.highest_modseq, before)
+        folder.expunge([b])
+        self.assertGreater(folder.highest_modseq, before)
+        self.assertRaises(NoSuchMessage, folder.modseq, b)
+
+
+class MemoryStoreTests(StoreContract, ModSeqContract, unittest.TestCase):
     def make_store(self):
         return MemoryStore()
 
@@ -122,7 +145,7 @@ class PostgresStoreTests(StoreContract, unittest.TestCase):
         return store
 
 
-class MaildirStoreTests(StoreContract, unittest.TestCase):
+class MaildirStoreTests(StoreContract, ModSeqContract, unittest.TestCase):
     def make_store(self):
         self.root = self.mktemp()
         return MaildirStore(self.root, hostname="test")
@@ -174,6 +197,19 @@ class MaildirIndexTests(unittest.TestCase):
 
     def reopen(self):
         return MaildirStore(self.root, hostname="test").account("alice@example.org").folder(INBOX)
+
+    @defer.inlineCallbacks
+    def test_modseqs_survive_reopen_and_never_go_back(self):
+        uid = yield self.folder.append(MESSAGE)
+        self.folder.set_flags([uid], ["$Later"], "add")
+        kept = self.folder.modseq(uid)
+        os.truncate(os.path.join(self.folder.directory, "mailhub-modseq"), 0)  # even a lost log
+        again = self.reopen()
+        self.assertGreaterEqual(again.highest_modseq, kept)
+        again.set_flags([uid], ["$Other"], "add")
+        self.assertGreater(again.modseq(uid), kept)
+        third = self.reopen()
+        self.assertEqual(third.modseq(uid), again.modseq(uid))
 
     def test_uidvalidity_of_a_name_made_again_is_greater_after_a_restart(self):
         first = MaildirStore(self.root, hostname="test").account("alice@example.org").create_folder("Again")

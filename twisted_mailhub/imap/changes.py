@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
+from twisted_mailhub.imap.condstore import uid_set_text
 from twisted_mailhub.imap.wire import arg_finalastring, client_text
 from twisted_mailhub.store.interfaces import NoSuchMessage, is_out_of_space
 
@@ -45,6 +46,10 @@ class ChangeCommands:
     def _expunge(self, uids: list[int]) -> list[bytes]:
         view = self.selected
         gone = view.folder.expunge(uids, origin=self)
+        if self.qresync:
+            # RFC 7162 §3.2.10: VANISHED instead of EXPUNGE.
+            told = [u for u in gone if view.forget(u)]
+            return [b"* VANISHED " + uid_set_text(told) + b"\r\n"] if told else []
         return [b"* %d EXPUNGE\r\n" % view.forget(u) for u in gone if view.seq_of(u)]
 
     def do_EXPUNGE(self, tag, messages=None, uid=0):
@@ -139,8 +144,8 @@ class ChangeCommands:
 
     def do_UID(self, tag, command, line):
         command = command.upper()
-        if command not in (b"FETCH", b"SEARCH", b"STORE", b"COPY", b"MOVE", b"EXPUNGE"):
-            self.sendBadResponse(tag, b"UID wants FETCH, SEARCH, STORE, COPY, MOVE or EXPUNGE")
+        if command not in (b"FETCH", b"SEARCH", b"STORE", b"COPY", b"MOVE", b"EXPUNGE", b"SORT", b"THREAD"):
+            self.sendBadResponse(tag, b"UID wants FETCH, SEARCH, STORE, COPY, MOVE, EXPUNGE, SORT or THREAD")
             return
         if command == b"EXPUNGE":
             try:

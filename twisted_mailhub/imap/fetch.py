@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from twisted_mailhub.imap.condstore import has_modseqs, modseq_value, split_modifiers, uid_set_text, vanished_earlier
 from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import client_text, flags_text, shown, internal_date_text, literal
@@ -58,7 +59,7 @@ class FetchItem:
         return (self.kind == b"SECTION" and not self.peek) or self.kind in (b"RFC822", b"RFC822.TEXT")
 
 
-_SIMPLE_ITEMS = {b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE", b"BODY", b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT"}
+_SIMPLE_ITEMS = {b"MODSEQ", b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE", b"BODY", b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT"}
 _MACROS = {
     b"ALL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE"],
     b"FAST": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"],
@@ -223,16 +224,59 @@ class FetchCommands:
     def do_FETCH(self, tag, messages, query, uid=0):
         view = self.selected
         try:
+            query, modifiers = split_modifiers(query)
             items = parse_fetch_items(query)
             targets = view.resolve(messages, bool(uid))
+            since, vanished = self._fetch_modifiers(modifiers, bool(uid))
         except imap4.IllegalClientResponse as e:
             self.sendBadResponse(tag, client_text(str(e)))
             return
         if uid and not any(i.kind == b"UID" for i in items):
             items.insert(0, FetchItem(b"UID"))
+        kinds = {i.kind for i in items}
+        if b"MODSEQ" in kinds or since is not None:
+            self.condstore_used()
+        if self.condstore and has_modseqs(view.folder) and b"MODSEQ" not in kinds and (b"FLAGS" in kinds or since is not None):
+            items.append(FetchItem(b"MODSEQ"))  # RFC 7162 §3.1.4.1
+        elif b"MODSEQ" in kinds and not has_modseqs(view.folder):
+            self.sendBadResponse(tag, b"this mailbox keeps no MODSEQ")
+            return
+        if since is not None:
+            modseq = view.folder.modseq
+            kept = []
+            for seq, u in targets:
+                try:
+                    if modseq(u) > since:
+                        kept.append((seq, u))
+                except NoSuchMessage:
+                    continue
+            targets = kept
+        if vanished:
+            self.transport.write(vanished_earlier(view, messages))
         sets_seen = not view.readonly and any(i.sets_seen for i in items)
         pieces = self._fetch_responses(view, targets, items, sets_seen)
         self._stream(pieces, lambda: self.sendPositiveResponse(tag, b"FETCH completed"))
+
+    def _fetch_modifiers(self, modifiers: list, uid: bool) -> tuple[int | None, bool]:
+        """(CHANGEDSINCE value or None, VANISHED) of FETCH's modifiers (RFC 7162 §3.1.4, §3.2.6)."""
+        since = None
+        vanished = False
+        i = 0
+        while i < len(modifiers):
+            word = modifiers[i].upper() if isinstance(modifiers[i], bytes) else b""
+            if word == b"CHANGEDSINCE" and i + 1 < len(modifiers) and has_modseqs(self.selected.folder):
+                since = modseq_value(modifiers[i + 1], "CHANGEDSINCE")
+                i += 2
+            elif word == b"VANISHED" and self.qresync:
+                if not uid:
+                    raise imap4.IllegalClientResponse("VANISHED goes with UID FETCH only (RFC 7162 section 3.2.6)")
+                vanished = True
+                i += 1
+            else:
+                raise imap4.IllegalClientResponse("unknown FETCH modifier: use CHANGEDSINCE n [VANISHED]")
+        if vanished and since is None:
+            raise imap4.IllegalClientResponse("VANISHED needs CHANGEDSINCE")
+        return since, vanished
 
     select_FETCH = (do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_line)
 
@@ -241,7 +285,8 @@ class FetchCommands:
         info_of = folder.info
         recent = view.recent
         kinds = [i.kind for i in items]
-        cheap = {b"UID", b"FLAGS", b"RFC822.SIZE", b"INTERNALDATE"}
+        cheap = {b"UID", b"FLAGS", b"RFC822.SIZE", b"INTERNALDATE", b"MODSEQ"}
+        modseq = getattr(folder, "modseq", None)
         if all(k in cheap for k in kinds):
             # The fast path: the index alone (SELECT + FETCH 1:* of 100k).
             for seq, uid in targets:
@@ -257,6 +302,8 @@ class FetchCommands:
                         fields.append(b"FLAGS " + flags_text(info.flags, uid in recent))
                     elif kind == b"RFC822.SIZE":
                         fields.append(b"RFC822.SIZE %d" % info.size)
+                    elif kind == b"MODSEQ":
+                        fields.append(b"MODSEQ (%d)" % modseq(uid))
                     else:
                         fields.append(b"INTERNALDATE " + internal_date_text(info.internal_date))
                 yield b"* %d FETCH (%s)\r\n" % (seq, b" ".join(fields))
@@ -282,6 +329,8 @@ class FetchCommands:
                         fields.append(b"RFC822.SIZE %d" % info.size)
                     elif kind == b"INTERNALDATE":
                         fields.append(b"INTERNALDATE " + internal_date_text(info.internal_date))
+                    elif kind == b"MODSEQ":
+                        fields.append(b"MODSEQ (%d)" % modseq(uid))
                     else:
                         if raw is None:
                             raw = folder.read(uid)
@@ -309,8 +358,10 @@ class FetchCommands:
                                 start, length = item.partial
                                 data = data[start : start + length]
                             fields.append(item.label + b" " + literal(data))
-                if flags_changed and b"FLAGS" not in [i.kind for i in items]:
+                if flags_changed and b"FLAGS" not in kinds:
                     fields.append(b"FLAGS " + flags_text(info.flags, uid in recent))
+                    if self.condstore and modseq is not None and b"MODSEQ" not in kinds:
+                        fields.append(b"MODSEQ (%d)" % modseq(uid))
             except NoSuchMessage:
                 continue  # expunged by another session; told at the next chance
             except (OSError, StoreError):
@@ -319,8 +370,13 @@ class FetchCommands:
             yield b"* %d FETCH (%s)\r\n" % (seq, b" ".join(fields))
 
 
-    def do_STORE(self, tag, messages, mode, flags, uid=0):
+    def do_STORE(self, tag, messages, line, uid=0):
         view = self.selected
+        try:
+            unchanged_since, mode, flags = self._store_arguments(line)
+        except imap4.IllegalClientResponse as e:
+            self.sendBadResponse(tag, client_text(str(e)))
+            return
         name = mode.upper()
         silent = name.endswith(b".SILENT")
         if silent:
@@ -339,17 +395,56 @@ class FetchCommands:
             return
         names = [f.decode("utf-8", "replace") for f in flags if f.lower() != b"\\recent"]
         seq_of = dict((u, s) for s, u in targets)
-        result = view.folder.set_flags([u for _, u in targets], names, how, origin=self)
+        uids = [u for _, u in targets]
+        modified: list[int] = []
+        if unchanged_since is not None:
+            # RFC 7162 §3.1.3: a message changed since then is left alone.
+            self.condstore_used()
+            kept = []
+            for u in uids:
+                try:
+                    (modified if view.folder.modseq(u) > unchanged_since else kept).append(u)
+                except NoSuchMessage:
+                    continue
+            uids = kept
+        before = {u: view.folder.modseq(u) for u in uids} if silent and self.condstore and has_modseqs(view.folder) else {}
+        result = view.folder.set_flags(uids, names, how, origin=self)
         lines = []
         if any([view.note_keywords(f) for f in result.values()]):
             lines.extend(view.flag_lines())
-        if not silent:
-            for u in sorted(result):
-                if uid:
-                    lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq_of[u], u, flags_text(result[u], u in view.recent)))
-                else:
-                    lines.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq_of[u], flags_text(result[u], u in view.recent)))
+        for u in sorted(result):
+            prefix = b"* %d FETCH (" % seq_of[u] + (b"UID %d " % u if uid else b"")
+            if not silent:
+                lines.append(prefix + b"FLAGS " + flags_text(result[u], u in view.recent) + view.modseq_text(u) + b")\r\n")
+            elif before and view.folder.modseq(u) != before[u]:
+                # .SILENT still tells the new MODSEQ (RFC 7162 §3.1.3)
+                lines.append(prefix + view.modseq_text(u).strip() + b")\r\n")
         self.write_lines(lines)
+        if modified:
+            numbers = modified if uid else [seq_of[u] for u in modified]
+            self.sendPositiveResponse(tag, b"[MODIFIED " + uid_set_text(numbers) + b"] conditional STORE failed for some messages")
+            return
         self.sendPositiveResponse(tag, b"STORE completed")
 
-    select_STORE = (do_STORE, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_flaglist)
+    def _store_arguments(self, line: bytes) -> tuple[int | None, bytes, list]:
+        """STORE's [(UNCHANGEDSINCE n)] mode flag-list (RFC 3501 §6.4.6, RFC 7162 §3.1.3)."""
+        line = line.strip()
+        unchanged_since = None
+        if line.startswith(b"("):
+            end = line.find(b")")
+            if end < 0:
+                raise imap4.IllegalClientResponse("STORE modifiers: missing ')'")
+            words = line[1:end].split()
+            line = line[end + 1 :].strip()
+            if len(words) != 2 or words[0].upper() != b"UNCHANGEDSINCE" or not has_modseqs(self.selected.folder):
+                raise imap4.IllegalClientResponse("unknown STORE modifier: use (UNCHANGEDSINCE n)")
+            unchanged_since = modseq_value(words[1], "UNCHANGEDSINCE")
+        mode, _, rest = line.partition(b" ")
+        if not mode or not rest.strip():
+            raise imap4.IllegalClientResponse("STORE wants FLAGS, +FLAGS or -FLAGS (with .SILENT), then a flag list")
+        flags, extra = imap4.IMAP4Server.arg_flaglist(self, rest.strip())
+        if extra.strip():
+            raise imap4.IllegalClientResponse("STORE: unexpected text after the flag list")
+        return unchanged_since, mode, flags
+
+    select_STORE = (do_STORE, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_line)

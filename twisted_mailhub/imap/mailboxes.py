@@ -23,8 +23,9 @@ import re
 from twisted.logger import Logger
 from twisted.mail import imap4
 
+from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.view import SelectedFolder
-from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_mutf7, mailbox_name, shown, parse_internal_date, wire_name
+from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_mutf7, mailbox_name, opt_nested_list, shown, parse_internal_date, wire_name
 from twisted_mailhub.store.base import DELIMITER
 from twisted_mailhub.store.interfaces import (
     INBOX,
@@ -105,8 +106,17 @@ class MailboxCommands:
             self._folder_error(tag, e)
         return None
 
-    def do_SELECT(self, tag, name, readonly=0, command=b"SELECT"):
-        self._unselect()
+    def do_SELECT(self, tag, name, params=None, readonly=0, command=b"SELECT"):
+        try:
+            condstore, qresync = self.select_parameters(params)
+        except imap4.IllegalClientResponse as e:
+            self.sendBadResponse(tag, client_text(str(e)))
+            return
+        if self.selected is not None:
+            self._unselect()
+            # RFC 7162 §7: the old mailbox is closed before the new one's
+            # responses, so a client knows which they belong to.
+            self.sendUntaggedResponse(b"OK [CLOSED] previous mailbox closed")
         try:
             folder = self._folder(name)
             view = SelectedFolder(self, folder, bool(readonly))
@@ -134,13 +144,19 @@ class MailboxCommands:
             lines.append(b"* OK [UNSEEN %d] first unseen\r\n" % first_unseen)
         lines.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uid_validity)
         lines.append(b"* OK [UIDNEXT %d] predicted next UID\r\n" % folder.uid_next)
+        if has_modseqs(folder):
+            lines.append(b"* OK [HIGHESTMODSEQ %d] modseqs are kept\r\n" % folder.highest_modseq)
+            if condstore:
+                self.condstore_used()
+            if qresync is not None:
+                lines.extend(self.qresync_lines(view, qresync))
         self.write_lines(lines)
         self.selected = view
         self.state = "select"
         self.sendPositiveResponse(tag, (b"[READ-ONLY] " if readonly else b"[READ-WRITE] ") + command + b" completed")
 
-    auth_SELECT = select_SELECT = (do_SELECT, arg_finalastring, 0, b"SELECT")
-    auth_EXAMINE = select_EXAMINE = (do_SELECT, arg_finalastring, 1, b"EXAMINE")
+    auth_SELECT = select_SELECT = (do_SELECT, arg_astring, opt_nested_list, 0, b"SELECT")
+    auth_EXAMINE = select_EXAMINE = (do_SELECT, arg_astring, opt_nested_list, 1, b"EXAMINE")
 
     def _idle_check(self) -> None:
         try:
@@ -360,8 +376,11 @@ class MailboxCommands:
                 value = folder.uid_validity
             elif key == b"UNSEEN":
                 value = sum(1 for i in infos if SEEN not in i.flags)
+            elif key == b"HIGHESTMODSEQ" and has_modseqs(folder):
+                value = folder.highest_modseq
+                self.condstore_used()
             else:
-                self.sendBadResponse(tag, b"unknown STATUS item " + client_text(shown(key, 30)) + b": use MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN")
+                self.sendBadResponse(tag, b"unknown STATUS item " + client_text(shown(key, 30)) + b": use MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ")
                 return
             out.append(key + b" %d" % value)
         self.sendUntaggedResponse(b"STATUS " + wire_name(folder.name) + b" (" + b" ".join(out) + b")")

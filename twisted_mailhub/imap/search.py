@@ -29,7 +29,8 @@ from twisted.mail import imap4
 from twisted.mail.imap4 import IllegalClientResponse, MessageSet, parseIdList
 
 from twisted_mailhub.imap.address import searchable
-from twisted_mailhub.imap.message import split_header
+from twisted_mailhub.imap.condstore import has_modseqs, uid_set_text
+from twisted_mailhub.imap.message import quote, split_header
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import client_text, shown
 from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, NoSuchMessage
@@ -110,6 +111,9 @@ class Candidate:
         self._cache = cache
         self._header: bytes | None = None
         self._raw: bytes | None = None
+
+    def modseq(self) -> int:
+        return self._folder.modseq(self.info.uid)
 
     def raw(self) -> bytes:
         if self._raw is None:
@@ -312,6 +316,25 @@ def compile_search(keys: list, last_seq: int, last_uid: int) -> Predicate:
         if key == b"OR":
             left, right = one(), one()
             return lambda c: left(c) or right(c)
+        if key in (b"OLDER", b"YOUNGER"):
+            # WITHIN (RFC 5032): internal date at least / at most n seconds ago.
+            value = take_string(f"a number of seconds after {key.decode()}")
+            if not value.isdigit() or len(value) > 12:
+                raise BadSearch(f"{key.decode()} wants a number of seconds")
+            edge = time.time() - int(value)
+            if key == b"OLDER":
+                return lambda c: c.info.internal_date <= edge
+            return lambda c: c.info.internal_date >= edge
+        if key == b"MODSEQ":
+            # RFC 7162 §3.1.5: MODSEQ ["/flags/..." all|shared|priv] n
+            value = take_string("a modseq after MODSEQ")
+            if not value.isdigit():
+                take_string("an entry type after MODSEQ's entry name")
+                value = take_string("a modseq after MODSEQ")
+            if not value.isdigit() or len(value) > 19:
+                raise BadSearch("MODSEQ wants a number")
+            least = int(value)
+            return lambda c: c.modseq() >= least
         if key == b"UID":
             return _msgset(take_string("a UID set after UID"), True, last_seq, last_uid)
         if key[:1].isdigit() or key[:1] == b"*":
@@ -403,6 +426,11 @@ class SearchCommands:
 
     def do_SEARCH(self, tag, charset, query, uid=0):
         view = self.selected
+        try:
+            returns, charset, query = _search_options(charset, query)
+        except BadSearch as e:
+            self.sendBadResponse(tag, client_text(str(e)))
+            return
         if charset is not None and not charset.strip():
             self.sendBadResponse(tag, b"SEARCH CHARSET wants a charset name, e.g. SEARCH CHARSET UTF-8 ALL")
             return
@@ -410,6 +438,12 @@ class SearchCommands:
             self.sendNegativeResponse(tag, b"[BADCHARSET (US-ASCII UTF-8)] charset not supported")
             return
         folder = view.folder
+        by_modseq = _mentions(query, b"MODSEQ")
+        if by_modseq:
+            if not has_modseqs(folder):
+                self.sendBadResponse(tag, b"this mailbox keeps no MODSEQ")
+                return
+            self.condstore_used()
         try:
             predicate = compile_search(query, len(view.uids), view.uids[-1] if view.uids else 0)
         except BadSearch as e:
@@ -419,14 +453,21 @@ class SearchCommands:
         found = []
         info_of = folder.info
         recent = view.recent
+        top = 0
         for seq, u in enumerate(view.uids, 1):
             try:
                 candidate = Candidate(seq, info_of(u), u in recent, folder, cache)
                 if predicate(candidate):
                     found.append(u if uid else seq)
+                    if by_modseq:
+                        top = max(top, candidate.modseq())
             except (NoSuchMessage, FileNotFoundError):
                 continue
-        self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in found) + b"\r\n")
+        if returns is None:
+            modseq = b" (MODSEQ %d)" % top if top else b""
+            self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in found) + modseq + b"\r\n")
+        else:
+            self.transport.write(_esearch(tag, bool(uid), returns, found, top) + b"\r\n")
         self.sendPositiveResponse(tag, b"SEARCH completed")
 
     def arg_searchkeys(self, line, _before=b""):
@@ -453,3 +494,49 @@ class SearchCommands:
         return d.addCallback(more)
 
     select_SEARCH = (do_SEARCH, imap4.IMAP4Server.opt_charset, arg_searchkeys)
+
+
+# -- ESEARCH (RFC 4731) ------------------------------------------------------------
+
+_RETURN_OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT")
+
+
+def _search_options(charset: bytes | None, query: list) -> tuple[list | None, bytes | None, list]:
+    """
+    (RETURN options or None, charset, keys) of a SEARCH: C{RETURN (...)}
+    comes before C{CHARSET} (RFC 4731 §3), so Twisted's C{opt_charset} has
+    not seen the charset then.
+    """
+    if charset is None and query and isinstance(query[0], bytes) and query[0].upper() == b"RETURN":
+        if len(query) < 2 or not isinstance(query[1], list):
+            raise BadSearch("RETURN wants a list of options, e.g. RETURN (MIN MAX COUNT)")
+        options = [o.upper() if isinstance(o, bytes) else b"" for o in query[1]] or [b"ALL"]
+        for option in options:
+            if option not in _RETURN_OPTIONS:
+                raise BadSearch("unknown RETURN option: use MIN, MAX, ALL or COUNT")
+        query = query[2:]
+        if len(query) >= 2 and isinstance(query[0], bytes) and query[0].upper() == b"CHARSET":
+            charset = query[1] if isinstance(query[1], bytes) else b""
+            query = query[2:]
+        return options, charset, query
+    return None, charset, query
+
+
+def _mentions(query: list, word: bytes) -> bool:
+    return any(_mentions(t, word) if isinstance(t, list) else (isinstance(t, bytes) and t.upper() == word) for t in query)
+
+
+def _esearch(tag: bytes, uid: bool, options: list, found: list[int], modseq: int) -> bytes:
+    """The ESEARCH response (RFC 4731 §3.1): nothing but COUNT when none matched."""
+    out = b"* ESEARCH (TAG " + quote(tag) + b")" + (b" UID" if uid else b"")
+    if found and b"MIN" in options:
+        out += b" MIN %d" % min(found)
+    if found and b"MAX" in options:
+        out += b" MAX %d" % max(found)
+    if b"COUNT" in options:
+        out += b" COUNT %d" % len(found)
+    if found and b"ALL" in options:
+        out += b" ALL " + uid_set_text(found)
+    if found and modseq:
+        out += b" MODSEQ %d" % modseq
+    return out

@@ -23,10 +23,12 @@ Theory of operation:
 
      view.py        the selected-mailbox view and its untagged updates
      fetch.py       FETCH and STORE (structure itself: message.py)
-     search.py      SEARCH
+     search.py      SEARCH (ESEARCH, WITHIN)
+     sort.py        SORT and THREAD
      mailboxes.py   SELECT, LIST, STATUS, APPEND and the other mailbox commands
      changes.py     CLOSE, EXPUNGE, COPY, MOVE, UID
-     extensions.py  ID, ENABLE, NAMESPACE, and what CAPABILITY advertises
+     condstore.py   ENABLE, CONDSTORE and QRESYNC (modseqs in every command)
+     extensions.py  ID, NAMESPACE, and what CAPABILITY advertises
      wire.py        astrings, mailbox names, dates, flag lists, literals
 
  - Before a command runs, and before its tagged OK/NO, changes made by
@@ -54,11 +56,14 @@ from twisted.python import failure
 from twisted_mailhub.hub import is_secure
 from twisted_mailhub.imap import wire
 from twisted_mailhub.imap.changes import ChangeCommands
+from twisted_mailhub.imap import condstore, sort
+from twisted_mailhub.imap.condstore import CondStoreCommands
 from twisted_mailhub.imap.extensions import EXTENSIONS, ExtensionCommands
 from twisted_mailhub.imap.fetch import FetchCommands, ResponseStream
 from twisted_mailhub.imap.mailboxes import MailboxCommands
 from twisted_mailhub.imap.quota import QuotaCommands
 from twisted_mailhub.imap.search import SearchCommands
+from twisted_mailhub.imap.sort import SortCommands
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import LITERAL_SIZE as _LITERAL_SIZE
@@ -74,10 +79,12 @@ IDLE_POLL = 0.5  # seconds between cheap looks at new/ and cur/ while IDLE
 
 # Commands whose untagged EXPUNGE would shift sequence numbers under the
 # client (RFC 3501 §7.4.1).
-_NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH"}
+_NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
 
 
-class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands, ExtensionCommands, QuotaCommands, imap4.IMAP4Server):
+class IMAPServer(
+    FetchCommands, SearchCommands, SortCommands, MailboxCommands, ChangeCommands, CondStoreCommands, ExtensionCommands, QuotaCommands, imap4.IMAP4Server
+):
     """
     One IMAP connection. C{hub} is the shared L{twisted_mailhub.hub.Hub}.
     """
@@ -150,6 +157,11 @@ class IMAPServer(FetchCommands, SearchCommands, MailboxCommands, ChangeCommands,
         if getattr(self.hub, "quotas", None) is not None:
             caps[b"QUOTA"] = None  # RFC 9208, twisted_mailhub.imap.quota
             caps[b"QUOTA=RES-STORAGE"] = None
+        for name in sort.CAPABILITIES:
+            caps[name] = None
+        if self.modseq_offered():
+            for name in condstore.CAPABILITIES:
+                caps[name] = None
         return caps
 
     def do_STARTTLS(self, tag):

@@ -25,6 +25,7 @@ from typing import Any
 
 from twisted.mail import imap4
 
+from twisted_mailhub.imap.condstore import has_modseqs, uid_set_text
 from twisted_mailhub.imap.wire import BadSequence, flags_text
 from twisted_mailhub.store.interfaces import SYSTEM_FLAGS, NoSuchFolder, NoSuchMessage, StoreUnavailable
 
@@ -69,6 +70,15 @@ class SelectedFolder:
             + (b")] read-only (EXAMINE): flags cannot be changed" if self.readonly else flag_list + b" \\*)] flags and keywords are kept")
             + b"\r\n",
         ]
+
+    def modseq_text(self, uid: int) -> bytes:
+        """C{ MODSEQ (n)} for a FETCH response when the session wants it (RFC 7162 §3.1.4)."""
+        if getattr(self.session, "condstore", False) and has_modseqs(self.folder):
+            try:
+                return b" MODSEQ (%d)" % self.folder.modseq(uid)
+            except NoSuchMessage:
+                return b""
+        return b""
 
     def close(self) -> None:
         self.folder.remove_listener(self._changed)
@@ -116,6 +126,11 @@ class SelectedFolder:
         """The untagged responses that bring the client up to date."""
         out: list[bytes] = []
         if allow_expunge and self._expunged:
+            if getattr(self.session, "qresync", False):
+                # RFC 7162 §3.2.10: VANISHED instead of EXPUNGE.
+                vanished = [uid for uid in sorted(self._expunged) if self.forget(uid)]
+                if vanished:
+                    out.append(b"* VANISHED " + uid_set_text(vanished) + b"\r\n")
             for uid in sorted(self._expunged):
                 seq = self.forget(uid)
                 if seq:
@@ -149,7 +164,7 @@ class SelectedFolder:
                     continue
                 if self.note_keywords(info.flags):
                     out.extend(self.flag_lines())
-                out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, flags_text(info.flags, uid in self.recent)))
+                out.append(b"* %d FETCH (UID %d FLAGS %s%s)\r\n" % (seq, uid, flags_text(info.flags, uid in self.recent), self.modseq_text(uid)))
             self._flags.clear()
         return out
 

@@ -159,6 +159,39 @@ def arg_astring(self: Any, line: bytes, final: bool = False):
     return imap4.IMAP4Server.arg_astring(self, line, final)
 
 
+def opt_nested_list(self: Any, line: bytes):
+    """
+    An optional parenthesized list that may nest, e.g. SELECT's
+    C{(QRESYNC (67890007 90060115194045000 41:211))} (Twisted's C{opt_plist}
+    ends the list at the first C{)}). Returns (list or None, rest).
+    """
+    if not line.startswith(b"("):
+        return None, line
+    depth = 0
+    quoted = False
+    i = 0
+    while i < len(line):
+        c = line[i : i + 1]
+        if quoted:
+            if c == b"\\":
+                i += 1
+            elif c == b'"':
+                quoted = False
+        elif c == b'"':
+            quoted = True
+        elif c == b"(":
+            depth += 1
+        elif c == b")":
+            depth -= 1
+            if depth == 0:
+                try:
+                    return imap4.parseNestedParens(line[1:i]), line[i + 1 :].lstrip(b" ")
+                except Exception:
+                    raise imap4.IllegalClientResponse("bad parenthesized list") from None
+        i += 1
+    raise imap4.IllegalClientResponse("missing ')'")
+
+
 def arg_finalastring(self: Any, line: bytes):
     return arg_astring(self, line, final=True)
 
@@ -183,7 +216,7 @@ def _argument_required(parser: Any) -> Any:
             return parser(self, line, *args, **kwargs)
         except (imap4.IllegalClientResponse, imap4.IllegalMailboxEncoding, imap4.IllegalOperation):
             raise
-        except (TypeError, ValueError, IndexError, AttributeError, UnicodeError):
+        except Exception:
             # A Twisted parser tripping over a cut-short or wrong-typed
             # argument is the client's syntax error, not a server error.
             raise imap4.IllegalClientResponse("Missing or malformed argument") from None

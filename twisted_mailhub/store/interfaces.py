@@ -238,6 +238,23 @@ class IFolder(Interface):
         """
 
 
+class IModSeqFolder(IFolder):
+    """
+    A folder that keeps a mod-sequence per message (RFC 7162 CONDSTORE and
+    QRESYNC): every append, flag change and expunge takes a new value, and
+    values never go backwards, across restarts too. IMAP advertises
+    CONDSTORE and QRESYNC only on a store whose folders provide this.
+    """
+
+    highest_modseq = Attribute("HIGHESTMODSEQ: the highest mod-sequence given in this folder (an int >= 1).")
+
+    def modseq(uid: int) -> int:
+        """
+        The mod-sequence of a message's last change (>= 1); L{NoSuchMessage}
+        if it is gone.
+        """
+
+
 class IMailAccount(Interface):
     """
     The folders of one address.

@@ -92,6 +92,7 @@ from twisted_mailhub.store.interfaces import (
     IFolder,
     IMailAccount,
     IMailStore,
+    IModSeqFolder,
     MessageInfo,
     NoSuchFolder,
     NoSuchMessage,
@@ -107,6 +108,7 @@ INDEX = "mailhub-index"
 INDEX_MIN_LINES = 1000  # UID-list lines parsed at a load that make an index worth writing
 _INDEX_VERSION = 2
 SUBSCRIPTIONS = "subscriptions"
+MODSEQ_LOG = "mailhub-modseq"  # "<uid> <modseq>" per change, last wins (RFC 7162)
 UIDVALIDITY_FILE = "mailhub-uidvalidity"  # the account's highest UIDVALIDITY so far
 _LETTERS = {"D": DRAFT, "F": FLAGGED, "R": ANSWERED, "S": SEEN, "T": DELETED}
 _FLAG_LETTER = {flag: letter for letter, flag in _LETTERS.items()}
@@ -334,7 +336,7 @@ class _Entry:
         self._name = None if name == self._canonical() else name
 
 
-@implementer(IFolder)
+@implementer(IFolder, IModSeqFolder)
 class MaildirFolder:
     """
     One Maildir: its UID index in memory, kept in step with the directory.
@@ -363,6 +365,7 @@ class MaildirFolder:
         self.uid_next = 1
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(path, sub), exist_ok=True)
+        self._load_modseqs()
         self._load_uidlist()
         self._scan()
         self._write_index()
@@ -613,6 +616,7 @@ class MaildirFolder:
         if gone:
             self._rewrite_uidlist_after_removal()
         if added or gone or flagged:
+            self._bump([e.info.uid for e in added] + flagged, gone)
             self._listeners.notify(
                 FolderChange(
                     added=tuple(e.info.uid for e in added),
@@ -806,6 +810,7 @@ class MaildirFolder:
         self._pending.pop(entry.info.key, None)
         self._add_entry(entry)
         self._recent.add(entry.info.uid)
+        self._bump([entry.info.uid])
         self._listeners.notify(FolderChange(added=(entry.info.uid,)))
         return entry
 
@@ -856,6 +861,7 @@ class MaildirFolder:
 
     def set_flags(self, uids, flags, mode="replace", origin=None):
         result: dict[int, frozenset[str]] = {}
+        changed: list[int] = []
         keywords_changed = False
         was_current = self._before_own_change()
         for uid in uids:
@@ -876,7 +882,10 @@ class MaildirFolder:
                     entry.keywords = keywords
                     keywords_changed = True
                 entry.info = _with_flags(entry.info, new)
+                changed.append(uid)
             result[uid] = new
+        if changed:
+            self._bump(changed)
         if keywords_changed:
             self._write_uidlist()
         self._after_own_change(was_current)
@@ -901,6 +910,7 @@ class MaildirFolder:
         if gone:
             self._rewrite_uidlist_after_removal()
             self._after_own_change(was_current)
+            self._bump([], gone)
             self._listeners.notify(FolderChange(expunged=tuple(gone), origin=origin))
         return gone
 
@@ -977,6 +987,67 @@ class MaildirFolder:
         self._recent = set()
         return sorted(taken_set)
 
+    # -- mod-sequences (RFC 7162) ------------------------------------------
+    #
+    # Kept in their own log, apart from the UID list: a line per change,
+    # appended without fsync (like a flag rename; a change lost in a power
+    # cut loses its modseq with it). A new modseq is at least the time in
+    # milliseconds, and HIGHESTMODSEQ at load is at least the load time, so
+    # values never go backwards even when the log's tail is lost.
+
+    def _modseq_path(self) -> str:
+        return os.path.join(self.directory, MODSEQ_LOG)
+
+    def _load_modseqs(self) -> None:
+        self._modseqs: dict[int, int] = {}
+        top = 0
+        lines = 0
+        try:
+            with open(self._modseq_path(), encoding="ascii") as f:
+                for line in f:
+                    fields = line.split()
+                    if len(fields) != 2 or not line.endswith("\n"):
+                        continue  # a torn line
+                    try:
+                        uid, value = int(fields[0]), int(fields[1])
+                    except ValueError:
+                        continue
+                    lines += 1
+                    top = max(top, value)
+                    if uid > 0:
+                        self._modseqs[uid] = value
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        self._modseq_lines = lines
+        self.highest_modseq = max(top, _now_ms())
+
+    def _bump(self, uids: list[int], gone: Iterable[int] = ()) -> None:
+        value = max(self.highest_modseq + 1, _now_ms())
+        self.highest_modseq = value
+        for uid in gone:
+            self._modseqs.pop(uid, None)
+        for uid in uids:
+            self._modseqs[uid] = value
+        records = [f"{uid} {value}\n" for uid in uids] or [f"0 {value}\n"]
+        try:
+            if self._modseq_lines > 2 * len(self._entries) + 1000:
+                tmp = self._modseq_path() + ".tmp"
+                with open(tmp, "w", encoding="ascii") as f:
+                    f.write(f"0 {value}\n" + "".join(f"{u} {m}\n" for u, m in self._modseqs.items() if u in self._entries))
+                os.replace(tmp, self._modseq_path())
+                self._modseq_lines = len(self._modseqs) + 1
+            else:
+                with open(self._modseq_path(), "a", encoding="ascii") as f:
+                    f.write("".join(records))
+                self._modseq_lines += len(records)
+        except OSError as e:
+            # The change itself is made; its modseq then lives until restart.
+            log.warn("modseq log of {path} not written: {error}", path=self.directory, error=e.strerror)
+
+    def modseq(self, uid: int) -> int:
+        self._entry(uid)
+        return self._modseqs.get(uid, 1)
+
     def recent(self) -> list[int]:
         """What L{take_new} would return, without moving or taking anything."""
         self._scan()
@@ -990,6 +1061,10 @@ class MaildirFolder:
 
     def remove_listener(self, listener):
         self._listeners.remove(listener)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _last_uid_validity(path: str | None) -> int:

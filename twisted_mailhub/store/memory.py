@@ -28,13 +28,14 @@ from twisted_mailhub.store.interfaces import (
     IFolder,
     IMailAccount,
     IMailStore,
+    IModSeqFolder,
     MessageInfo,
     NoSuchFolder,
     NoSuchMessage,
 )
 
 
-@implementer(IFolder)
+@implementer(IFolder, IModSeqFolder)
 class MemoryFolder:
     def __init__(self, name: str, clock: Any = None, uid_validity: int | None = None):
         self.name = name
@@ -44,6 +45,17 @@ class MemoryFolder:
         self._bodies: dict[int, bytes] = {}
         self._listeners = Listeners()
         self._new: set[int] = set()
+        self.highest_modseq = 1
+        self._modseqs: dict[int, int] = {}
+
+    def _bump(self, uids) -> None:
+        self.highest_modseq += 1
+        for uid in uids:
+            self._modseqs[uid] = self.highest_modseq
+
+    def modseq(self, uid: int) -> int:
+        self.info(uid)
+        return self._modseqs.get(uid, 1)
 
     def refresh(self) -> None:
         pass  # nothing changes behind our back
@@ -82,6 +94,7 @@ class MemoryFolder:
         )
         self._bodies[uid] = bytes(message)
         self._new.add(uid)
+        self._bump([uid])
         return uid
 
     def append(self, message: bytes, flags: Iterable[str] = (), internal_date: float | None = None):
@@ -98,6 +111,7 @@ class MemoryFolder:
             new = apply_flags(info.flags, flags, mode)
             if new != info.flags:
                 self._infos[uid] = MessageInfo(info.uid, info.key, new, info.size, info.internal_date)
+                self._bump([uid])
             result[uid] = new
         changed = tuple(sorted(result))
         if changed:
@@ -109,6 +123,9 @@ class MemoryFolder:
         for uid in gone:
             del self._infos[uid]
             del self._bodies[uid]
+            self._modseqs.pop(uid, None)
+        if gone:
+            self._bump([])
         if gone:
             self._listeners.notify(FolderChange(expunged=tuple(gone), origin=origin))
         return gone
