@@ -538,6 +538,24 @@ class MaildirFolder:
         except (OSError, StoreError) as e:
             log.warn("UID list of {path} not rewritten after a removal ({error}); it will be at the next change", path=self.directory, error=e.__cause__ or e)
 
+    def _keywords_changed(self, entries: list[_Entry]) -> None:
+        """
+        Record new keywords by appending the messages' lines again (the
+        loader takes a message's last line), without fsync: a keyword is
+        kept like a flag in a file name, whose rename is not synced either,
+        and a torn tail is dropped at load. Rewriting and fsyncing the whole
+        list on every keyword STORE was the hub's top cost under a mixed
+        IMAP load. The list is compacted once the extra lines outgrow it.
+        """
+        self._keyword_lines = getattr(self, "_keyword_lines", 0) + len(entries)
+        if self._keyword_lines > len(self._entries) + 1000:
+            self._keyword_lines = 0
+            self._write_uidlist()
+            return
+        data = "".join(self._uidlist_line(e) for e in entries).encode("utf-8")
+        with self._uidlist_lock:
+            os.close(append_lines(self._uidlist_path(), data, sync=False))
+
     def _append_uidlist(self, entries: list[_Entry]) -> None:
         """
         Append the lines of messages found by a scan (put there by another
@@ -887,7 +905,7 @@ class MaildirFolder:
         if changed:
             self._bump(changed)
         if keywords_changed:
-            self._write_uidlist()
+            self._keywords_changed([self._entries[u] for u in changed if u in self._entries])
         self._after_own_change(was_current)
         if result:
             self._listeners.notify(FolderChange(flags=tuple(sorted(result)), origin=origin))
@@ -992,7 +1010,7 @@ class MaildirFolder:
     # Kept in their own log, apart from the UID list: a line per change,
     # appended without fsync (like a flag rename; a change lost in a power
     # cut loses its modseq with it). A new modseq is at least the time in
-    # milliseconds, and HIGHESTMODSEQ at load is at least the load time, so
+    # microseconds, and HIGHESTMODSEQ at load is at least the load time, so
     # values never go backwards even when the log's tail is lost.
 
     def _modseq_path(self) -> str:
@@ -1019,10 +1037,10 @@ class MaildirFolder:
         except (FileNotFoundError, UnicodeDecodeError):
             pass
         self._modseq_lines = lines
-        self.highest_modseq = max(top, _now_ms())
+        self.highest_modseq = max(top, _now_us())
 
     def _bump(self, uids: list[int], gone: Iterable[int] = ()) -> None:
-        value = max(self.highest_modseq + 1, _now_ms())
+        value = max(self.highest_modseq + 1, _now_us())
         self.highest_modseq = value
         for uid in gone:
             self._modseqs.pop(uid, None)
@@ -1063,8 +1081,10 @@ class MaildirFolder:
         self._listeners.remove(listener)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+def _now_us() -> int:
+    # Microseconds: no burst of changes outruns the clock, so a modseq log
+    # lost with its tail cannot make values go back after a restart.
+    return time.time_ns() // 1000
 
 
 def _last_uid_validity(path: str | None) -> int:
