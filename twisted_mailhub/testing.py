@@ -561,7 +561,8 @@ class Mailhub:
                     account=self.address_of(account),
                     folder=folder,
                     uid=int(m.group(1)),
-                    flags=frozenset(flags.group(1).decode("utf-8", "replace").split()) if flags else frozenset(),
+                    # \Recent belongs to an IMAP session (RFC 3501 §2.3.2), not to the message
+                    flags=frozenset(f for f in flags.group(1).decode("utf-8", "replace").split() if f != "\\Recent") if flags else frozenset(),
                     raw=raw,
                     message=parse_message(raw),
                 )
