@@ -94,7 +94,7 @@ def main() -> None:
     data_signed = os.path.join(work, "signed")
     os.makedirs(data_signed)
     out = subprocess.run(
-        [sys.executable, "-m", "twisted_mailhub.mailauth", "dns", "--data", data_signed, "--domain", "a.test", "--hostname", "mx.a.test"],
+        [sys.executable, "-m", "twisted_mailhub.mailauth", "make", "--data", data_signed, "--domain", "a.test", "--hostname", "mx.a.test"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, check=True,
     ).stdout
     import re

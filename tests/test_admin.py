@@ -109,7 +109,7 @@ def test_check_reports_what_a_start_would_refuse(tmp_path):
 
 
 def test_dkim_show_is_offered_by_mailhub_admin(tmp_path):
-    result = mailhub_admin("dkim", "show", "--data", str(tmp_path), "--domain", "example.org", "--hostname", "mail.example.org")
+    result = mailhub_admin("dkim", "make", "--data", str(tmp_path), "--domain", "example.org", "--hostname", "mail.example.org")
     assert result.returncode == 0, result.stderr
     assert "_domainkey.example.org" in result.stdout
 

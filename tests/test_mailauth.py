@@ -59,6 +59,21 @@ def test_zone_lines_split_long_records_into_255_octet_strings(tmp_path):
     assert '_dmarc.a.test. IN TXT "v=DMARC1; p=none; rua=mailto:postmaster@a.test"' in text
 
 
+def test_dkim_show_only_reads_and_make_makes_the_keys(tmp_path):
+    def admin(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "twisted_mailhub.admin", "dkim", *args, "--data", str(tmp_path), "--domain", "example.org", "--hostname", "mx.example.org"],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60,
+        )
+
+    shown = admin("show")
+    assert shown.returncode == 1 and "no DKIM keys" in shown.stderr and not (tmp_path / "dkim").exists()
+    made = admin("make")
+    assert made.returncode == 0 and "._domainkey.example.org. IN TXT" in made.stdout
+    again = admin("show")
+    assert again.returncode == 0 and again.stdout == made.stdout
+
+
 def test_forged_results_claiming_this_hub_are_removed_others_kept():
     message = (
         b"Authentication-Results: MX.B.test; spf=pass;\r\n\tdkim=pass\r\n"
@@ -78,7 +93,7 @@ def test_header_from_domain_reads_folded_and_named_addresses():
 def _publish(data_dir: str) -> list[list[str]]:
     """Make a.test's keys with the admin command and return them as zone records."""
     out = subprocess.run(
-        [sys.executable, "-m", "twisted_mailhub.mailauth", "dns", "--data", data_dir, "--domain", "a.test", "--hostname", "mx.a.test"],
+        [sys.executable, "-m", "twisted_mailhub.mailauth", "make", "--data", data_dir, "--domain", "a.test", "--hostname", "mx.a.test"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     records = []

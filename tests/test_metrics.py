@@ -121,3 +121,19 @@ def test_healthz_is_ok_until_the_data_folder_takes_no_write(hub):
         os.rename(moved, hub.data_dir)
     with urllib.request.urlopen(f"http://127.0.0.1:{hub.ports['web']}/healthz", timeout=10) as reply:
         assert reply.status == 200
+
+
+def test_web_and_sftp_logins_are_counted_too(hub):
+    import paramiko
+
+    from tests.web_helpers import WebClient
+
+    before = scrape(hub)
+    WebClient(hub).login("alice", "secret")
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect("127.0.0.1", hub.ports["sftp"], username="bob", password="hungry", look_for_keys=False, allow_agent=False, timeout=10)
+    client.close()
+    after = scrape(hub)
+    for protocol in ("web", "sftp"):
+        assert value(after, "mailhub_logins_total", protocol=protocol, result="ok") - value(before, "mailhub_logins_total", protocol=protocol, result="ok") == 1

@@ -54,6 +54,11 @@ def test_smtp_refuses_what_does_not_fit_then_refuses_at_rcpt_once_full(start_hub
             client.sendmail("judy@jbc.test", ["alice@localhost"], message("too big", 4000))
         assert full.value.smtp_code == 552 and full.value.smtp_error.startswith(b"5.2.2")
         client.rset()
+        # A message bigger than the whole quota is not "mailbox full".
+        with pytest.raises(smtplib.SMTPDataError) as huge:
+            client.sendmail("judy@jbc.test", ["alice@localhost"], message("huge", 9000))
+        assert huge.value.smtp_code == 552 and huge.value.smtp_error.startswith(b"5.2.3"), huge.value.smtp_error
+        client.rset()
         # Another account has its own room: the quota is per account.
         client.sendmail("judy@jbc.test", ["bob@localhost"], message("for bob", 4000))
         # Past 90%: the warning arrives, and with it alice is full.

@@ -12,7 +12,7 @@ C{mailhub-admin}: the hub's administration from the command line.
     in its pidfile), so the change works at once without a restart.
   - C{queue list|flush|remove ID}: the outbound queue (the same command as
     C{mailhub-queue} and C{python -m twisted_mailhub.queue}).
-  - C{dkim show|dns}: the DKIM keys and the DNS records to publish (see
+  - C{dkim show|make}: the DKIM keys and the DNS records to publish (see
     L{twisted_mailhub.mailauth}).
   - C{check [HUB OPTIONS]}: what a start with those options would refuse:
     options, accounts files, the TLS certificate, listeners that cannot
@@ -345,7 +345,7 @@ def _parser() -> argparse.ArgumentParser:
     queue = commands.add_parser("queue", help="the outbound queue: list, flush, remove ID (as mailhub-queue)", add_help=False)
     queue.add_argument("queue_args", nargs=argparse.REMAINDER)
 
-    commands.add_parser("dkim", help="DKIM keys and the DNS TXT records to publish: show", add_help=False)
+    commands.add_parser("dkim", help="DKIM keys and the DNS TXT records to publish: show, or make (missing keys first)", add_help=False)
     check_command = commands.add_parser("check", help="check hub options, accounts, certificate and ports without starting", add_help=False)
     check_command.add_argument("hub_args", nargs=argparse.REMAINDER, help="the options given to twistd mailhub")
     return parser

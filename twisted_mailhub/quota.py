@@ -82,13 +82,16 @@ class QuotaExceeded(InsufficientStorage):
     @ivar limit: its quota in octets.
     """
 
-    def __init__(self, address: str, usage: int, limit: int):
+    def __init__(self, address: str, usage: int, limit: int, incoming: int = 0):
         InsufficientStorage.__init__(self, f"Mailbox full: {address} uses {format_size(usage)} of {format_size(limit)}")
         # what a protocol's reply says (IMAP: NO [OVERQUOTA] APPEND failed: ...)
         self.reason = f"mailbox full ({format_size(usage)} of its {format_size(limit)} quota used)"
+        if incoming > limit:
+            self.reason = f"the message ({format_size(incoming)}) is larger than the whole quota ({format_size(limit)})"
         self.address = address
         self.usage = usage
         self.limit = limit
+        self.incoming = incoming
 
 
 class Quotas:
@@ -156,7 +159,7 @@ class Quotas:
         if self.usage(address) + incoming > limit:
             used = self.count(address)
             if used + incoming > limit:
-                raise QuotaExceeded(address, used, limit)
+                raise QuotaExceeded(address, used, limit, incoming)
 
     def _added(self, address: str, octets: int) -> None:
         known = self._usage.get(address)

@@ -10,8 +10,8 @@ delivery filters around the C{--filter} ones, the checks first (so every
 filter can read their results) and the signer last (so nothing rewrites
 a signed message).
 
-C{python -m twisted_mailhub.mailauth dns --data DIR} prints the DNS
-records each local domain should publish.
+C{mailhub-admin dkim show --data DIR} prints the DNS records each local
+domain should publish.
 """
 
 from __future__ import annotations
@@ -100,9 +100,12 @@ def install(hub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """
-    C{python -m twisted_mailhub.mailauth dns --data DIR [--hostname H]
-    [--domain D ...]}: print the TXT records to publish for each domain
-    that has keys (making them if a C{--domain} has none yet).
+    C{mailhub-admin dkim show|make --data DIR [--hostname H] [--domain D
+    ...]}: print the TXT records to publish for each domain that has keys.
+    C{show} only reads (a domain without keys is an error: the hub makes
+    them at start); C{make} first makes the keys of each C{--domain} that
+    has none (before the hub's first start, e.g. to publish DNS first).
+    Exit status 1 when a domain has no keys (show) or none is found.
     """
     import argparse
     import os
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from twisted_mailhub.mailauth import keys
 
     parser = argparse.ArgumentParser(prog="mailhub-admin dkim", description="DKIM keys and the DNS records to publish.")
-    parser.add_argument("action", choices=["show", "dns"], help="print each domain's DNS TXT records (DKIM, suggested SPF and DMARC)")
+    parser.add_argument("action", choices=["show", "make"], help="show: print each domain's DNS TXT records (DKIM, suggested SPF and DMARC); make: make missing keys first")
     parser.add_argument("--data", default="mailhub-data", help="the hub's data folder (default: ./mailhub-data)")
     parser.add_argument("--hostname", default=socket.getfqdn(), help="the hub's name, for the suggested SPF record")
     parser.add_argument("--domain", action="append", default=[], help="a local domain (default: every domain with keys)")
@@ -126,11 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     if not domains:
         print(f"no DKIM keys in {os.path.join(args.data, 'dkim')}: start the hub with a --domain, or name one with --domain", file=sys.stderr)
         return 1
+    missing = 0
     for domain in domains:
         if not keys.signs_for(domain):
             print(f"; {domain}: no DNS can be published for it, so it has no keys", file=sys.stderr)
             continue
+        if args.action == "show" and keys.existing_selector(args.data, domain) is None:
+            print(f"; {domain}: no DKIM keys in {keys.domain_dir(args.data, domain)} (the hub makes them at start; 'make' makes them now)", file=sys.stderr)
+            missing += 1
+            continue
         pair = keys.load_or_create(args.data, domain, args.dkim_selector)
         print(f"; {domain}")
         sys.stdout.write(keys.zone_lines(keys.dns_records(domain, pair, args.hostname)))
-    return 0
+    return 1 if missing else 0

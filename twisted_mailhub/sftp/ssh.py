@@ -331,7 +331,7 @@ class MailhubUserAuth(userauth.SSHUserAuthServer):
     def serviceStarted(self):
         userauth.SSHUserAuthServer.serviceStarted(self)
         hub = self.transport.factory.settings.hub
-        self.portal = SSHClientPortal(hub.portal, hub.throttle, self.transport.peer_host, "sftp")
+        self.portal = SSHClientPortal(hub.portal, hub.throttle, self.transport.peer_host, "sftp", hub.metrics)
         self.supportedAuthentications = [b"publickey", b"password", b"keyboard-interactive"]
         self._kbd: defer.Deferred | None = None
 

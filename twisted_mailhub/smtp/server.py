@@ -709,7 +709,11 @@ class MailhubSMTP(smtp.ESMTP):
         if reason.check(QuotaExceeded):
             # RFC 3463 §3.3 (X.2.2): the message would not fit; nothing was kept.
             log.info("{cid}: message refused: {why}", cid=self.connection_id, why=str(reason.value))
-            return self.reply(552, f"5.2.2 <{reason.value.address}>: Mailbox full")
+            e = reason.value
+            if e.incoming > e.limit:
+                # RFC 3463 §3.3 X.2.3: longer than the mailbox may ever take
+                return self.reply(552, f"5.2.3 <{e.address}>: Message larger than the mailbox's quota")
+            return self.reply(552, f"5.2.2 <{e.address}>: Mailbox full")
         if is_out_of_space(reason.value):
             # RFC 3463 §3.4 (X.3.1): one line, no traceback; nothing was kept.
             log.warn("{cid}: message not stored: insufficient system storage ({error})", cid=self.connection_id, error=reason.value.__cause__ or reason.value)

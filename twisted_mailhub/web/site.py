@@ -341,7 +341,7 @@ class LoginPage(resource.Resource):
             return self._form(request, session, "The form had expired; please log in again.", code=403)
         username = form_value(request, "username").strip()
         password = form_value(request, "password")
-        portal = ClientPortal(self.face.hub.portal, self.face.hub.throttle, client_host(request), "web")
+        portal = ClientPortal(self.face.hub.portal, self.face.hub.throttle, client_host(request), "web", self.face.hub.metrics)
         d = portal.login(UsernamePassword(username.encode("utf-8"), password.encode("utf-8")), None, IWebUser)
 
         def ok(result):
