@@ -17,6 +17,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from tests.rawclient import LineReader
 from tests.hubprocess import client_context
 
 imaplib.Commands.setdefault("MOVE", ("SELECTED",))
@@ -38,22 +39,13 @@ def code(data) -> bytes:
     return m.group(1) if m else b""
 
 
-class Raw:
+class Raw(LineReader):
     """A line-at-a-time IMAP client for what imaplib will not send."""
 
     def __init__(self, port: int, timeout: float = 10):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buf = b""
         self.greeting = self.line()
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError(self.buf)
-            self.buf += data
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)

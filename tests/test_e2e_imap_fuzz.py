@@ -13,6 +13,7 @@ import re
 import socket
 import time
 
+from tests.rawclient import LineReader
 from twisted_mailhub.imap.server import IMAPServer
 
 # Valid arguments of each command; the fuzzer derives the broken ones.
@@ -86,7 +87,7 @@ def variants(args: list[bytes]) -> list[list[bytes]]:
     return out
 
 
-class Session:
+class Session(LineReader):
     def __init__(self, port: int, state: str):
         self.port = port
         self.state = state
@@ -100,15 +101,6 @@ class Session:
             self.exchange(b"L", b"LOGIN alice secret")
         if self.state == "select":
             self.exchange(b"S", b"SELECT INBOX")
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError(self.buf)
-            self.buf += data
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
 
     def exchange(self, tag: bytes, text: bytes) -> list[bytes]:
         self.sock.sendall(tag + b" " + text + b"\r\n")

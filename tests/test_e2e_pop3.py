@@ -25,6 +25,7 @@ from email.message import EmailMessage
 
 import pytest
 
+from tests.rawclient import LineReader
 from tests.hubprocess import HubProcess
 
 USERS = ["bob:hungry"] + [f"user{i}:pw{i}" for i in range(12)] + [f"curl{i}:pw" for i in range(4)]
@@ -62,22 +63,13 @@ def tls_context(hub: HubProcess) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=os.path.join(hub.data_dir, "tls", "cert.pem"))
 
 
-class Raw:
+class Raw(LineReader):
     """A POP3 session typed the way a person does, over a plain socket."""
 
     def __init__(self, port: int):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.buf = b""
         self.banner = self.line()
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise EOFError(self.buf)
-            self.buf += data
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
 
     def multi(self) -> list[bytes]:
         lines = []
