@@ -126,16 +126,7 @@ class MailboxCommands:
         except OSError as e:
             self._folder_error(tag, e)
             return
-        flag_sets: set[frozenset] = set()  # the store shares them: few distinct
-        first_unseen = 0
-        info_of = folder.info
-        for seq, uid in enumerate(view.uids, 1):
-            flags = info_of(uid).flags
-            if not first_unseen and SEEN not in flags:
-                first_unseen = seq
-            if flags not in flag_sets:
-                flag_sets.add(flags)
-                view.note_keywords(flags)
+        first_unseen = view.first_unseen
         lines = view.flag_lines() + [
             b"* %d EXISTS\r\n" % len(view.uids),
             b"* %d RECENT\r\n" % len(view.recent),

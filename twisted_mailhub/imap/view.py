@@ -27,7 +27,7 @@ from twisted.mail import imap4
 
 from twisted_mailhub.imap.condstore import has_modseqs, uid_set_text
 from twisted_mailhub.imap.wire import BadSequence, flags_text
-from twisted_mailhub.store.interfaces import SYSTEM_FLAGS, NoSuchFolder, NoSuchMessage, StoreUnavailable
+from twisted_mailhub.store.interfaces import SEEN, SYSTEM_FLAGS, NoSuchFolder, NoSuchMessage, StoreUnavailable
 
 class SelectedFolder:
     """
@@ -41,8 +41,28 @@ class SelectedFolder:
         # EXAMINE shows \Recent but leaves it for the next SELECT (RFC 3501
         # §6.3.2: no change to the mailbox's state).
         self.recent: set[int] = set(folder.take_new() if not readonly else folder.recent())
-        self.uids = [info.uid for info in folder.messages()]
         self.keywords: set[str] = set()  # as told in the last FLAGS response
+        # The sequence numbers: a list of UIDs ascending (an array('I') when
+        # the store keeps one: copied in microseconds, 4 octets a message).
+        self.uids: Any
+        #: the sequence number of the first message without \Seen (0: none)
+        self.first_unseen = 0
+        selection = getattr(folder, "selection", None)
+        if selection is not None:
+            self.uids, first_unseen, keywords = selection()
+            self.keywords.update(keywords)
+            if first_unseen:
+                self.first_unseen = self.seq_of(first_unseen)
+        else:
+            infos = folder.messages()
+            self.uids = [info.uid for info in infos]
+            flag_sets: set[frozenset] = set()  # the store shares them: few distinct
+            for seq, info in enumerate(infos, 1):
+                if not self.first_unseen and SEEN not in info.flags:
+                    self.first_unseen = seq
+                if info.flags not in flag_sets:
+                    flag_sets.add(info.flags)
+                    self.note_keywords(info.flags)
         self._added: set[int] = set()
         self._flags: set[int] = set()
         self._expunged: set[int] = set()
