@@ -16,7 +16,9 @@ works, with end-to-end tests. Each entry below names where it lives:
  - SORT, THREAD=ORDEREDSUBJECT, THREAD=REFERENCES (RFC 5256): L{twisted_mailhub.imap.sort}.
  - UIDPLUS (RFC 4315), MOVE (RFC 6851), UNSELECT (RFC 3691):
    L{twisted_mailhub.imap.changes}, L{twisted_mailhub.imap.mailboxes}.
- - SPECIAL-USE (RFC 6154), CHILDREN (RFC 3348): L{twisted_mailhub.imap.mailboxes}.
+ - SPECIAL-USE (RFC 6154), CHILDREN (RFC 3348), LIST-EXTENDED (RFC 5258),
+   LIST-STATUS (RFC 5819): L{twisted_mailhub.imap.listing}.
+ - STATUS=SIZE (RFC 8438): L{twisted_mailhub.imap.mailboxes}.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from twisted_mailhub.store.base import DELIMITER
 EXTENSIONS = (
     b"SASL-IR", b"LITERAL+", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"ID", b"ENABLE", b"SPECIAL-USE", b"UNSELECT", b"CHILDREN",
     b"ESEARCH", b"WITHIN",
+    b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE",
 )
 
 

@@ -18,16 +18,16 @@ Rules:
 
 from __future__ import annotations
 
-import re
-
 from twisted.logger import Logger
 from twisted.mail import imap4
 
 from twisted_mailhub.imap.condstore import has_modseqs
+from twisted_mailhub.imap.listing import SPECIAL_USE  # noqa: F401 (imap/__init__ makes them)
 from twisted_mailhub.imap.view import SelectedFolder
-from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_mutf7, mailbox_name, opt_nested_list, shown, parse_internal_date, wire_name
+from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_name, mailbox_name, opt_nested_list, shown, parse_internal_date, wire_name
 from twisted_mailhub.store.base import DELIMITER
 from twisted_mailhub.store.interfaces import (
+    DELETED,
     INBOX,
     SEEN,
     BadFolderName,
@@ -41,25 +41,8 @@ from twisted_mailhub.store.maildir import crlf
 
 log = Logger()
 
-# RFC 6154 special-use folders, made at first login.
-SPECIAL_USE = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk", "Archive": "\\Archive"}
-
-
-def list_pattern(wildcard: str) -> re.Pattern[str]:
-    """
-    LIST's pattern as a regular expression over whole names: C{*} matches
-    anything, C{%} anything but the delimiter (RFC 3501 §6.3.8).
-    """
-    out = []
-    for piece in re.split(r"([*%])", wildcard):
-        if piece == "*":
-            out.append(".*")
-        elif piece == "%":
-            out.append("[^" + re.escape(DELIMITER) + "]*")
-        else:
-            out.append(re.escape(piece))
-    return re.compile("".join(out) + r"\Z", re.S)
-
+# STATUS items (RFC 3501 §6.3.10; SIZE RFC 8438, DELETED RFC 9051, HIGHESTMODSEQ RFC 7162)
+STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"SIZE", b"DELETED", b"HIGHESTMODSEQ")
 
 
 class MailboxCommands:
@@ -93,7 +76,7 @@ class MailboxCommands:
             log.error("IMAP folder operation failed: {error!r}", error=error)
 
     def _folder(self, raw: bytes):
-        return self._store().folder(mailbox_name(raw))
+        return self._store().folder(self.name_from_wire(raw))
 
     def _target_folder(self, tag: bytes, name: bytes):
         """The folder APPEND/COPY/MOVE write to, or None once told why not."""
@@ -185,7 +168,7 @@ class MailboxCommands:
 
     def do_CREATE(self, tag, name):
         try:
-            folder_name = mailbox_name(name).rstrip(DELIMITER)
+            folder_name = self.name_from_wire(name).rstrip(DELIMITER)
             if folder_name == INBOX:
                 raise FolderExists(INBOX)
             self._store().create_folder(folder_name)
@@ -198,7 +181,7 @@ class MailboxCommands:
 
     def do_DELETE(self, tag, name):
         try:
-            folder_name = mailbox_name(name)
+            folder_name = self.name_from_wire(name)
             if folder_name == INBOX:
                 raise BadFolderName("INBOX cannot be deleted")
             if self.selected is not None and self.selected.folder.name == folder_name:
@@ -213,7 +196,7 @@ class MailboxCommands:
 
     def do_RENAME(self, tag, old, new):
         try:
-            old_name, new_name = mailbox_name(old), mailbox_name(new)
+            old_name, new_name = self.name_from_wire(old), self.name_from_wire(new)
             if old_name == INBOX and new_name != INBOX:
                 self._rename_inbox(tag, new_name)
                 return
@@ -251,7 +234,7 @@ class MailboxCommands:
 
     def do_SUBSCRIBE(self, tag, name, subscribe=1):
         try:
-            folder_name = mailbox_name(name)
+            folder_name = self.name_from_wire(name)
             if subscribe:
                 self._store().subscribe(folder_name)
             else:
@@ -264,96 +247,36 @@ class MailboxCommands:
     auth_SUBSCRIBE = select_SUBSCRIBE = (do_SUBSCRIBE, arg_finalastring, 1)
     auth_UNSUBSCRIBE = select_UNSUBSCRIBE = (do_SUBSCRIBE, arg_finalastring, 0)
 
-    def do_LIST(self, tag, reference, pattern, subscribed=0, command=b"LIST"):
-        try:
-            reference_text = decode_mutf7(reference)
-            pattern_text = decode_mutf7(pattern)
-        except imap4.IllegalMailboxEncoding:
-            # No mailbox has such a name (CREATE refuses it): nothing
-            # matches, as Dovecot answers.
-            self.sendPositiveResponse(tag, command + b" completed (no mailbox name matches a pattern that is not modified UTF-7)")
-            return
-        if not pattern_text and not subscribed:
-            # RFC 3501 §6.3.8: an empty pattern asks for the delimiter.
-            self.sendUntaggedResponse(b'LIST (\\Noselect) "' + DELIMITER.encode() + b'" ""')
-            self.sendPositiveResponse(tag, b"LIST completed")
-            return
-        full = reference_text + pattern_text
-        if full[:5].upper() == INBOX and (len(full) == 5 or full[5] in DELIMITER + "%*"):
-            full = INBOX + full[5:]
-        regex = list_pattern(full)
-        store = self._store()
-        existing = store.folders()
-        lines = []
-        for name, attributes in (self._lsub_entries(existing, store.subscriptions(), regex, "%" in full) if subscribed else self._list_entries(existing, regex)):
-            lines.append(b"* " + command + b" (" + b" ".join(attributes) + b') "' + DELIMITER.encode() + b'" ' + wire_name(name) + b"\r\n")
-        self.write_lines(lines)
-        self.sendPositiveResponse(tag, command + b" completed")
-
-    @staticmethod
-    def _list_entries(existing: list[str], regex: re.Pattern[str]):
-        """
-        (name, attributes) of every mailbox LIST shows. A parent that does
-        not exist but has children (a DELETE of a folder with children,
-        RFC 3501 §6.3.4, or a child made by another program) is shown as
-        C{\\Noselect \\HasChildren}, so a client that walks the tree level by
-        level still reaches the children.
-        """
-        names = set(existing)
-        implied = set()
-        for name in existing:
-            parts = name.split(DELIMITER)
-            for i in range(1, len(parts)):
-                parent = DELIMITER.join(parts[:i])
-                if parent not in names:
-                    implied.add(parent)
-        parents = {name.rpartition(DELIMITER)[0] for name in names | implied if DELIMITER in name}
-        for name in sorted(names | implied, key=lambda n: (n != INBOX, n)):
-            if not regex.match(name):
-                continue
-            attributes = [b"\\HasChildren" if name in parents else b"\\HasNoChildren"]
-            if name in implied:
-                attributes.insert(0, b"\\Noselect")
-            special = SPECIAL_USE.get(name)
-            if special:
-                attributes.append(special.encode())
-            yield name, attributes
-
-    @staticmethod
-    def _lsub_entries(existing: list[str], subscribed: list[str], regex: re.Pattern[str], has_percent: bool):
-        """
-        (name, attributes) of every subscribed name LSUB shows. RFC 3501
-        §6.3.9: when C{%} stops a pattern above a subscribed name whose
-        parent is not subscribed, the parent is shown, C{\\Noselect}.
-        """
-        shown = {}
-        names = set(subscribed)
-        for name in subscribed:
-            if regex.match(name):
-                shown[name] = [] if name in existing else [b"\\Noselect"]
-            elif has_percent:
-                parts = name.split(DELIMITER)
-                for i in range(len(parts) - 1, 0, -1):
-                    parent = DELIMITER.join(parts[:i])
-                    if regex.match(parent) and parent not in names:
-                        shown.setdefault(parent, [b"\\Noselect"])
-                        break
-        for name in sorted(shown, key=lambda n: (n != INBOX, n)):
-            yield name, shown[name]
-
-    auth_LIST = select_LIST = (do_LIST, arg_astring, arg_finalastring, 0, b"LIST")
-    auth_LSUB = select_LSUB = (do_LIST, arg_astring, arg_finalastring, 1, b"LSUB")
-
     def do_STATUS(self, tag, name, items):
+        keys = [item.upper() if isinstance(item, bytes) else b"" for item in items]
         try:
-            folder = self._folder(name)
-            infos = folder.messages()
+            self.check_status_items(keys)
+        except imap4.IllegalClientResponse as e:
+            self.sendBadResponse(tag, client_text(str(e)))
+            return
+        try:
+            response = self.status_response(self._folder(name), keys)
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             self._folder_error(tag, e)
             return
+        self.sendUntaggedResponse(response)
+        self.sendPositiveResponse(tag, b"STATUS completed")
+
+    def check_status_items(self, keys: list[bytes]) -> None:
+        """
+        Raises L{imap4.IllegalClientResponse} for a STATUS item this
+        server does not know (RFC 3501 §6.3.10; SIZE: RFC 8438; DELETED:
+        RFC 9051 §6.3.11).
+        """
+        for key in keys:
+            if key not in STATUS_ITEMS:
+                raise imap4.IllegalClientResponse("unknown STATUS item " + shown(key, 30) + ": use " + " ".join(k.decode() for k in STATUS_ITEMS))
+
+    def status_response(self, folder, keys: list[bytes]) -> bytes:
+        """C{STATUS name (item value ...)} for STATUS and LIST-STATUS (RFC 5819)."""
+        infos = folder.messages()
         out = []
-        for item in items:
-            key = item.upper() if isinstance(item, bytes) else b""
+        for key in keys:
             if key == b"MESSAGES":
                 value = len(infos)
             elif key == b"RECENT":
@@ -367,15 +290,34 @@ class MailboxCommands:
                 value = folder.uid_validity
             elif key == b"UNSEEN":
                 value = sum(1 for i in infos if SEEN not in i.flags)
-            elif key == b"HIGHESTMODSEQ" and has_modseqs(folder):
+            elif key == b"SIZE":
+                value = sum(i.size for i in infos)
+            elif key == b"DELETED":
+                value = sum(1 for i in infos if DELETED in i.flags)
+            elif key == b"HIGHESTMODSEQ":
+                if not has_modseqs(folder):
+                    continue
                 value = folder.highest_modseq
                 self.condstore_used()
             else:
-                self.sendBadResponse(tag, b"unknown STATUS item " + client_text(shown(key, 30)) + b": use MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ")
-                return
+                continue
             out.append(key + b" %d" % value)
-        self.sendUntaggedResponse(b"STATUS " + wire_name(folder.name) + b" (" + b" ".join(out) + b")")
-        self.sendPositiveResponse(tag, b"STATUS completed")
+        return b"STATUS " + self.name_to_wire(folder.name) + b" (" + b" ".join(out) + b")"
+
+    # -- names on the wire: modified UTF-7, or UTF-8 after ENABLE UTF8=ACCEPT ----------
+
+    utf8_names = False
+
+    def name_from_wire(self, raw: bytes | str) -> str:
+        """A mailbox name from the wire (L{wire.mailbox_name})."""
+        return mailbox_name(raw, self.utf8_names)
+
+    def name_from_wire_pattern(self, raw: bytes) -> str:
+        """A LIST reference or pattern (no name checks; may be empty)."""
+        return decode_name(raw, self.utf8_names)
+
+    def name_to_wire(self, name: str) -> bytes:
+        return wire_name(name, self.utf8_names)
 
     auth_STATUS = select_STATUS = (do_STATUS, arg_astring, imap4.IMAP4Server.arg_plist)
 

@@ -85,11 +85,25 @@ def decode_mutf7(raw: bytes) -> str:
     raise imap4.IllegalMailboxEncoding(raw.decode("ascii", "replace"))
 
 
-def mailbox_name(raw: bytes | str) -> str:
-    """A mailbox name from the wire (modified UTF-7, RFC 3501 §5.1.3)."""
+def decode_name(raw: bytes, utf8: bool = False) -> str:
+    """
+    A name (or LIST pattern) from the wire: modified UTF-7, or UTF-8 for a
+    session that enabled UTF8=ACCEPT (RFC 6855 §3). Raises
+    L{imap4.IllegalMailboxEncoding}.
+    """
+    if not utf8:
+        return decode_mutf7(raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise imap4.IllegalMailboxEncoding(raw.decode("ascii", "replace")) from None
+
+
+def mailbox_name(raw: bytes | str, utf8: bool = False) -> str:
+    """A mailbox name from the wire (modified UTF-7, RFC 3501 §5.1.3; UTF-8, RFC 6855)."""
     if isinstance(raw, str):
-        raw = raw.encode("ascii", "replace")
-    name = decode_mutf7(raw)
+        raw = raw.encode("utf-8" if utf8 else "ascii", "replace")
+    name = decode_name(raw, utf8)
     if name.upper() == INBOX:
         return INBOX
     if name.startswith(DELIMITER) or ".." in name.split(DELIMITER) or name.startswith("~"):
@@ -97,7 +111,17 @@ def mailbox_name(raw: bytes | str) -> str:
     return name
 
 
-def wire_name(name: str) -> bytes:
+def wire_name(name: str, utf8: bool = False) -> bytes:
+    """
+    A mailbox name for a response: modified UTF-7 in a quoted string, or,
+    for a UTF8=ACCEPT session, UTF-8 in a quoted string (RFC 6855 §3:
+    utf8-quoted).
+    """
+    if utf8:
+        encoded = name.encode("utf-8")
+        if b"\r" not in encoded and b"\n" not in encoded and len(encoded) <= 1000:
+            return b'"' + encoded.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+        return quote(encoded)
     encoded = name.encode("imap4-utf-7")
     return quote(encoded)
 
