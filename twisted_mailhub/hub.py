@@ -309,6 +309,11 @@ class Hub:
         # Reads the accounts again (set by tap.makeService): returns a new
         # AccountBook or raises ValueError/OSError with one line of why.
         self.load_accounts: Any = None
+        # Under --workers, in a worker process: its link to the supervisor
+        # and the others, and adopt(name, endpoint, factory) listening on
+        # a socket the supervisor bound (twisted_mailhub.workers).
+        self.worker: Any = None
+        self.adopt: Any = None
 
     # -- TLS -------------------------------------------------------------
 
@@ -427,6 +432,7 @@ class HubService(service.MultiService):
         service.MultiService.__init__(self)
         self.hub = hub
         self.ports: list[Any] = []
+        self.bound: dict[str, Any] = {}  # listener name -> its port
         self._bound = False
         self._pending: list[Any] = []
         self._previous_sighup: Any = None
@@ -470,7 +476,7 @@ class HubService(service.MultiService):
                 failures.append((name, cannot_listen_line(name, description, e)))
                 continue
             outcome: list[Any] = []
-            d = endpoint.listen(wrapped)
+            d = endpoint.listen(wrapped) if hub.adopt is None else hub.adopt(name, endpoint, wrapped)
             d.addBoth(outcome.append)
             if not outcome:
                 # An endpoint that binds later (not TCP, SSL or UNIX): its
@@ -492,6 +498,7 @@ class HubService(service.MultiService):
 
     def _listening(self, port, name, description):
         self.ports.append(port)
+        self.bound[name] = port
         address = port.getHost()
         self.hub.listening[name] = address
         log.info("{name} listening on {host}:{port} ({description})", name=name, host=getattr(address, "host", address), port=getattr(address, "port", ""), description=description)
@@ -506,6 +513,9 @@ class HubService(service.MultiService):
 
     def _ready(self, results):
         if not all(results):
+            return
+        if self.hub.worker is not None:  # the supervisor says when all are
+            self.hub.reactor.callWhenRunning(self.hub.worker.out.send, b"R")
             return
         ports = {name: getattr(address, "port", 0) for name, address in self.hub.listening.items()}
         # Once the reactor runs (its SIGTERM handler is installed then): a

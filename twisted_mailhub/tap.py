@@ -73,6 +73,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["max-connections", None, 2000, "Most client connections open at once, every listener together (0: no limit).", int],
         ["port-base", None, None, "Move every listener's default port at once: BASE + the protocol's standard port (SMTP BASE+25, submission BASE+587, POP3 BASE+110, IMAP BASE+143, FTP BASE+21, ...); for several hubs on one machine.", int],
         ["max-connections-per-ip", None, 100, "Most client connections open at once from one address, every listener together (0: no limit).", int],
+        ["workers", None, "1", "Hub processes sharing the listeners and the store: a number, or auto (one per core); see the README's --workers section."],
     ] + _PARAMETERS
 
     optFlags = [
@@ -86,6 +87,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         self["domains"] = []
         self["users"] = []
         self["filters"] = []
+
+    def parseOptions(self, options=None):
+        # Kept for --workers: each worker process is given the same options.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        usage.Options.parseOptions(self, options)
 
     def opt_domain(self, domain):
         """
@@ -133,6 +139,12 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             TrustedNetworks(self["trusted-networks"])
         except ValueError as e:
             raise usage.UsageError(f"--trusted-networks: {e}")
+        from twisted_mailhub.workers import worker_count
+
+        try:
+            self["workers"] = worker_count(self["workers"])
+        except ValueError as e:
+            raise usage.UsageError(f"--workers {self['workers']}: {e}")
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         from twisted_mailhub.store import split_store_spec, store_factories
@@ -264,7 +276,12 @@ def makeService(options):
     data_dir = os.path.abspath(options["data"])
     os.makedirs(data_dir, exist_ok=True)
     hostname = options["hostname"] or default_hostname()
-    store = make_store(options["store"], data_dir, reactor)
+    from twisted_mailhub.workers import this_worker
+
+    # --workers N: this process only binds and supervises; the workers
+    # open the real store.
+    supervisor = int(options.get("workers") or 1) > 1 and this_worker() is None
+    store = make_store("memory" if supervisor else options["store"], data_dir, reactor)
     if hasattr(store, "hostname"):
         store.hostname = hostname
     hub = Hub(reactor, options, accounts, store, data_dir, hostname, extra_checkers)
@@ -276,6 +293,11 @@ def makeService(options):
         module.install(hub)
     if not hub._listeners:
         sys.stderr.write("mailhub: every listener is disabled; nothing to do\n")
+    if supervisor:
+        from twisted_mailhub.workers import WorkersService
+
+        argv = list(getattr(options, "argv", [])) + ["--data", data_dir]
+        return WorkersService(HubService(hub), int(options["workers"]), argv, os.getcwd())
     return HubService(hub)
 
 

@@ -79,6 +79,7 @@ from twisted_mailhub.store.base import (
     normalize_folder_name,
     split_flags,
 )
+from twisted_mailhub.store import shared
 from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, fsync_directory
 from twisted_mailhub.store.interfaces import (
     DELETED,
@@ -364,16 +365,29 @@ class MaildirFolder:
         # Messages being written: UID reserved, line on its way to the list.
         self._pending: dict[str, _Entry] = {}
         # Held by every writer of the UID list (the group commit's worker
-        # thread appends to it).
-        self._uidlist_lock = threading.Lock()
+        # thread appends to it); under --workers, by every process's
+        # (store/shared.py).
+        self._shared = shared.ENABLED
+        self._uidlist_lock: Any = threading.Lock()
         self.uid_validity = 0
         self.uid_next = 1
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(path, sub), exist_ok=True)
         self._load_modseqs()
-        self._load_uidlist()
-        self._scan()
-        self._write_index()
+        if self._shared:
+            self._uidlist_lock = shared.FolderLock(path)
+            self._elsewhere: dict[str, tuple] = {}  # other processes' lines, file not seen yet
+            self._list_position = shared.ListPosition()
+            with self._uidlist_lock:
+                self._load_uidlist()
+                self._list_position = shared.ListPosition.now(self._uidlist_path())
+                self._scan()
+                self._write_index()
+            shared.opened(self)
+        else:
+            self._load_uidlist()
+            self._scan()
+            self._write_index()
         if len(self._entries) >= INDEX_MIN_LINES:
             give_back_memory()
 
@@ -513,8 +527,12 @@ class MaildirFolder:
 
     def _write_uidlist_text(self, lines: list[str]) -> None:
         tmp = self._uidlist_path() + ".tmp"
-        text = f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n" + "".join(lines)
         with self._uidlist_lock:
+            if self._shared:
+                # Other processes' lines for messages still on their way stay.
+                shared.catch_up(self, _parse_line)
+                lines = shared.merged_lines(self, lines, _format_line)
+            text = f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n" + "".join(lines)
             try:
                 with open(tmp, "w", encoding="utf-8") as f:
                     f.write(text)
@@ -530,6 +548,8 @@ class MaildirFolder:
                 except OSError:
                     pass
                 raise storage_error(e) from e
+            if self._shared:
+                self._list_position = shared.ListPosition.now(self._uidlist_path())
 
     def _rewrite_uidlist_after_removal(self) -> None:
         """
@@ -578,8 +598,14 @@ class MaildirFolder:
             raise NoSuchFolder(f"{self.name} no longer exists") from None
 
     def _scan(self, force: bool = False) -> None:
+        if self._shared:
+            with self._uidlist_lock:
+                return self._scan_folder(force)
+        return self._scan_folder(force)
+
+    def _scan_folder(self, force: bool = False) -> None:
         mtimes = self._mtimes()
-        if not force and mtimes == self._dir_mtimes:
+        if not force and mtimes == self._dir_mtimes and not (self._shared and shared.recently_changed(mtimes)):
             return
         # Only new/ changed (a delivery): no file entered or left cur/
         # without changing its mtime, so the big listing is not needed.
@@ -595,6 +621,8 @@ class MaildirFolder:
             flagged: list[int] = []
         else:
             fresh, gone, flagged = self._look_again(subdirs)
+        if self._shared:
+            fresh = self._claim_listed(fresh, flagged)
         added: list[_Entry] = []
         # Files we have never seen: UIDs in order of arrival.
         fresh.sort(key=lambda t: (_date_from_name(t[0]) or 0, t[0]))
@@ -619,7 +647,7 @@ class MaildirFolder:
                     self._by_base.pop(entry.info.key, None)
                 self._dir_mtimes = None
                 added = []
-        if gone:
+        if gone and not self._shared:  # (under --workers, the remover rewrote it)
             self._rewrite_uidlist_after_removal()
         if added or gone or flagged:
             self._bump([e.info.uid for e in added] + flagged, gone)
@@ -717,6 +745,43 @@ class MaildirFolder:
                 fresh.append((base, sub, filename))
         return fresh, gone, flagged
 
+    def _claim_listed(self, fresh: list[tuple[str, str, str]], flagged: list[int]) -> list[tuple[str, str, str]]:
+        """
+        Under --workers: files another process wrote get the UID its line
+        gives them (L{shared.catch_up}); keywords another process changed
+        are taken (added to C{flagged}). Returns the files nobody listed.
+        """
+        keywords = shared.catch_up(self, _parse_line)
+        for base, words in keywords.items():
+            entry = self._entries.get(self._by_base.get(base, 0))
+            if entry is not None and entry.keywords != words:
+                system, _ = split_flags(entry.info.flags)
+                entry.keywords = words
+                entry.info = _with_flags(entry.info, frozenset(system) | words)
+                flagged.append(entry.info.uid)
+        unlisted = []
+        for base, sub, filename in fresh:
+            listed = self._elsewhere.pop(base, None)
+            if listed is None:
+                unlisted.append((base, sub, filename))
+                continue
+            uid, size, date, words = listed
+            _, system = parse_info(filename)
+            self._add_entry(_Entry(MessageInfo(uid, base, system | words if words else system, size, date), sub, filename, words))
+            self._recent.add(uid)
+            self._bump([uid])
+            self._listeners.notify(FolderChange(added=(uid,)))
+        return unlisted
+
+    def _next_uid(self) -> int:
+        """A new UID: this process's counter, or under --workers the folder's."""
+        if self._shared:
+            uid = self._uidlist_lock.take_uid(self.uid_next)
+        else:
+            uid = self.uid_next
+        self.uid_next = uid + 1
+        return uid
+
     def _add_entry(self, entry: _Entry) -> None:
         self._changes += 1
         uid = entry.info.uid
@@ -736,8 +801,7 @@ class MaildirFolder:
         if date is None:
             date = os.stat(path).st_mtime
         _, system = parse_info(filename)
-        info = MessageInfo(self.uid_next, base, system, size, date)
-        self.uid_next += 1
+        info = MessageInfo(self._next_uid(), base, system, size, date)
         entry = _Entry(info, sub, filename, _EMPTY)
         self._add_entry(entry)
         return entry
@@ -833,8 +897,7 @@ class MaildirFolder:
     def _reserve(self, base: str, sub: str, filename: str, size: int, date: float, keywords: frozenset[str]) -> _Entry:
         """The next UID for a message about to be written."""
         _, system = parse_info(filename)
-        info = MessageInfo(self.uid_next, base, system | keywords if keywords else system, size, date)
-        self.uid_next += 1
+        info = MessageInfo(self._next_uid(), base, system | keywords if keywords else system, size, date)
         entry = self._pending[base] = _Entry(info, sub, filename, keywords)
         return entry
 
@@ -847,6 +910,8 @@ class MaildirFolder:
         self._recent.add(entry.info.uid)
         self._bump([entry.info.uid])
         self._listeners.notify(FolderChange(added=(entry.info.uid,)))
+        if self._shared:
+            shared.tell_others(self.directory)
         return entry
 
     def _not_stored(self, failure, entry: _Entry):
@@ -926,6 +991,8 @@ class MaildirFolder:
         self._after_own_change(was_current)
         if result:
             self._listeners.notify(FolderChange(flags=tuple(sorted(result)), origin=origin))
+            if self._shared and changed:
+                shared.tell_others(self.directory)
         return result
 
     def expunge(self, uids, origin=None):
@@ -948,6 +1015,8 @@ class MaildirFolder:
             self._after_own_change(was_current)
             self._bump([], gone)
             self._listeners.notify(FolderChange(expunged=tuple(gone), origin=origin))
+            if self._shared:
+                shared.tell_others(self.directory)
         return gone
 
     def copy_to(self, uids, destination):

@@ -1,0 +1,244 @@
+# -*- test-case-name: tests.test_store_shared,tests.test_workers -*-
+"""
+One Maildir shared by several hub processes (C{--workers N}).
+
+With one process, a folder's UIDs come from a counter in memory and the
+UID list is only ever written by that process. With several, each
+process keeps its own index of a folder, so what the UIDs depend on is
+made safe across processes here; L{twisted_mailhub.store.maildir} calls
+in at a few points only when L{ENABLED} is set (a single hub pays
+nothing).
+
+Rules:
+
+ - Every writer of a folder's UID list holds L{FolderLock}: the
+   process's own thread lock, then an exclusive C{flock(2)} on
+   C{mailhub-uidlist.lock} beside the list. The group commit's appends,
+   the rewrites (expunge, keywords) and the appends of a scan all take
+   it, so an append never goes to a list that another process is
+   replacing.
+ - The lock file also holds the folder's next UID (ASCII digits), read and
+   raised under the lock for every UID given (L{FolderLock.take_uid}):
+   two processes delivering into one folder at once get distinct UIDs,
+   with no gap between them. The counter is never synced: a UID whose
+   line never reached the disk was never told to anyone, and the
+   list's own lines (synced with the message) set the floor at the next
+   load.
+ - A process learns of the other processes' messages from the UID list:
+   their line is appended (phase 1 of the group commit) before their file
+   is renamed into C{new/} or C{cur/} (phase 3), so a file that a scan
+   finds and the index does not know is looked up in the lines appended
+   since this process last read the list (L{catch_up}) before it is
+   taken for a file dropped in by another program (which gets a new UID).
+   Lines whose file is not there yet are kept until it is.
+ - A rewrite of the list by one process keeps every line another process
+   appended that it does not know (their messages still being written).
+ - A Maildir directory's mtime is kept by the kernel at the resolution of
+   its clock tick, so two changes within a tick can show one mtime: a
+   folder whose C{new/} or C{cur/} changed in the last
+   L{RECENT_NS} is looked at again even when its mtime is the one seen.
+ - Changes a process makes (a delivery, flags, an expunge) are announced
+   to the others (L{announce}, wired to the workers' bus by
+   L{twisted_mailhub.workers}); a process that has the folder open with
+   listeners (IMAP IDLE, a selected folder) looks again at once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+import weakref
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+log = Logger()
+
+# Set by the worker processes of --workers N (twisted_mailhub.workers).
+ENABLED = False
+LOCK_FILE = "mailhub-uidlist.lock"
+RECENT_NS = 100_000_000  # ns: a directory changed this recently is listed again (a few clock ticks)
+
+# Called with a folder's directory after this process changed it; set by
+# the workers' bus.
+announce: Callable[[str], None] | None = None
+
+# Open folders of this process, by directory (for notices from the others).
+_open: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class FolderLock:
+    """
+    The lock every writer of one folder's UID list holds, across threads
+    and processes; reentrant within a thread. Used as a context manager
+    (C{with lock:}), as C{threading.Lock} is.
+    """
+
+    def __init__(self, directory: str):
+        self.path = os.path.join(directory, LOCK_FILE)
+        self._thread = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> "FolderLock":
+        self._thread.acquire()
+        try:
+            if self._depth == 0:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread.release()
+            raise
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread.release()
+
+    def _counter(self) -> int:
+        text = os.pread(self._fd, 32, 0).strip()
+        return int(text) if text.isdigit() else 0
+
+    def take_uid(self, floor: int) -> int:
+        """
+        The next UID of the folder, at least C{floor} (this process's own
+        UIDNEXT), and the counter raised past it. Takes the lock.
+        """
+        with self:
+            uid = max(self._counter(), floor)
+            os.pwrite(self._fd, b"%d\n" % (uid + 1), 0)
+            return uid
+
+    def uid_next(self, floor: int) -> int:
+        """The folder's UIDNEXT as every process has given UIDs so far."""
+        with self:
+            return max(self._counter(), floor)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def opened(folder: Any) -> None:
+    """Remember an open folder, so that notices from other processes find it."""
+    _open[folder.directory] = folder
+
+
+def changed_elsewhere(directory: str) -> None:
+    """
+    Another process changed the folder at C{directory}: if this process
+    has it open with listeners, look at it now (they hear of it at once).
+    """
+    folder = _open.get(directory)
+    if folder is None or not folder._listeners:
+        return
+    try:
+        folder._scan(elsewhere=True)
+    except Exception as e:  # gone meanwhile, or a read error: the next look tells
+        log.debug("notice for {path}: {error}", path=directory, error=e)
+
+
+def tell_others(directory: str) -> None:
+    """Tell the other processes this folder changed (no-op when alone)."""
+    if announce is not None:
+        announce(directory)
+
+
+def recently_changed(mtimes: tuple[int, int]) -> bool:
+    """Did C{new/} or C{cur/} change within L{RECENT_NS}?"""
+    return time.time_ns() - max(mtimes) < RECENT_NS
+
+
+class ListPosition:
+    """
+    How far this process has read a folder's UID list: the file (inode)
+    and the octet offset of the first line not read yet.
+    """
+
+    __slots__ = ("inode", "offset")
+
+    def __init__(self, inode: int = 0, offset: int = 0):
+        self.inode = inode
+        self.offset = offset
+
+    @classmethod
+    def now(cls, path: str) -> "ListPosition":
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return cls()
+        return cls(st.st_ino, st.st_size)
+
+
+def catch_up(folder: Any, parse_line: Callable[[bytes], Any]) -> dict[str, tuple]:
+    """
+    Read the lines of C{folder}'s UID list that other processes appended
+    (or all of it, when another process rewrote it) since this process
+    last read it; the lines of messages the folder does not know yet are
+    added to C{folder._elsewhere} (base name -> (uid, size, date,
+    keywords)), and C{folder.uid_next} is raised past every UID listed.
+    Returns the keywords listed for messages the folder knows, by base
+    name, when the list was read whole (another process rewrote it: its
+    keyword changes), else an empty dict. Call with the folder's lock held.
+    """
+    path = folder._uidlist_path()
+    position: ListPosition = folder._list_position
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            whole = st.st_ino != position.inode or st.st_size < position.offset
+            start = 0 if whole else position.offset
+            f.seek(start)
+            data = f.read()
+    except FileNotFoundError:
+        return {}
+    end = data.rfind(b"\n") + 1
+    lines = data[:end].split(b"\n")[:-1]
+    if whole and lines:
+        lines = lines[1:]  # the header
+    folder._list_position = ListPosition(st.st_ino, start + end)
+    known_keywords: dict[str, frozenset] = {}
+    pending, by_base, elsewhere = folder._pending, folder._by_base, folder._elsewhere
+    if whole:
+        elsewhere.clear()
+    for raw in lines:
+        parsed = parse_line(raw)
+        if parsed is None:
+            continue
+        uid, base, size, date, keywords = parsed
+        if uid >= folder.uid_next:
+            folder.uid_next = uid + 1
+        if base in by_base:
+            if whole:
+                known_keywords[base] = keywords
+            continue
+        if base in pending:
+            continue
+        elsewhere[base] = (uid, size, date, keywords)
+    return known_keywords
+
+
+def merged_lines(folder: Any, own: list[str], format_line: Callable[..., str]) -> list[str]:
+    """
+    The lines of a rewrite of C{folder}'s list: C{own} (the messages this
+    process knows) and the lines of other processes' messages it has not
+    seen yet (their files may still be on the way), in UID order. Call
+    with the folder's lock held, after L{catch_up}.
+    """
+    mine = {int(line.split(" ", 1)[0]) for line in own}
+    extra = [
+        format_line(uid, base, size, date, keywords)
+        for base, (uid, size, date, keywords) in folder._elsewhere.items()
+        if uid not in mine
+    ]
+    if not extra:
+        return own
+    return sorted(own + extra, key=lambda line: int(line.split(" ", 1)[0]))

@@ -1,0 +1,503 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+C{--workers N}: N hub processes sharing the listening sockets and the store.
+
+One Twisted process uses one core. With C{--workers N} (C{auto}: one per
+core) the process C{twistd} starts becomes a supervisor:
+
+ - It binds every listener in C{privilegedStartService}, exactly as one hub
+   does (same errors, same exit status, C{--uid/--gid} after binding), and
+   never accepts on them itself.
+ - It starts N worker processes (C{python -m twisted_mailhub.workers}
+   with the same hub options), handing each the bound sockets as inherited
+   file descriptors (C{spawnProcess} C{childFDs}); each worker adopts them
+   (C{reactor.adoptStreamPort}) and the kernel spreads new connections
+   over the processes accepting on them. Passing the bound sockets rather
+   than C{SO_REUSEPORT}: the ports are bound once, with privileges, by the
+   one process that reports bind errors; C{tcp:0} gives every worker the
+   same port; and no other program can slip in a listener of its own on
+   the same port (C{SO_REUSEPORT} admits any process of the same user).
+ - It logs C{mailhub ready {ports}} once every worker is ready; a worker's
+   log lines come to it over a pipe and are logged with C{worker N} as
+   their system.
+ - SIGHUP is passed on to every worker (each reloads its accounts and
+   certificate); on SIGTERM or SIGINT the supervisor stops every worker
+   (SIGTERM, then SIGKILL after L{STOP_GRACE} seconds) and then exits as
+   one hub would, removing its pidfile. A worker that dies is logged with
+   its status and started again (after L{RESTART_DELAY} seconds if it
+   died within L{QUICK_DEATH} seconds of its start). A worker that exits
+   before the hub was ever ready ends the start: the supervisor stops
+   the others and exits with status 1.
+
+The bus. Each worker writes lines to the supervisor on its descriptor 3
+(C{L}: a log line; C{R}: ready; C{B}: a notice for the other workers) and
+reads the notices of the others on its standard input, which the
+supervisor closes when it goes (a worker whose supervisor is gone stops).
+Notices: a folder one worker changed (the others' IDLE sessions look at
+once, see L{twisted_mailhub.store.shared}), a failed or successful login
+(the throttle counts every worker's failures), a queued message (the
+worker that runs the queue takes it), and session events while a console
+watches (every worker's sessions on every worker's console).
+
+What is shared, and what is not, is in the README (C{--workers}).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.logger import LogLevel, Logger, formatEvent, globalLogPublisher
+from twisted.protocols.basic import LineOnlyReceiver
+
+log = Logger()
+
+ENV = "MAILHUB_WORKER"  # JSON: {"index": i, "count": N, "fds": {listener: fd}}
+FIRST_FD = 4
+STOP_GRACE = 10.0  # seconds a worker has to stop before SIGKILL
+RESTART_DELAY = 1.0
+QUICK_DEATH = 5.0
+
+
+def worker_count(text: str | int | None) -> int:
+    """
+    C{--workers}: a number of processes (1 = no workers, one process), or
+    C{auto} for one per core.
+
+    @raise ValueError: neither a positive number nor C{auto}.
+    """
+    if text is None or text == "":
+        return 1
+    if isinstance(text, int):
+        count = text
+    elif str(text).strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    else:
+        count = int(str(text).strip())
+    if count < 1:
+        raise ValueError("wants a number of processes, 1 or more, or auto")
+    return count
+
+
+def this_worker() -> dict | None:
+    """This process's worker description (index, count, fds), or None."""
+    text = os.environ.get(ENV)
+    return json.loads(text) if text else None
+
+
+# -- the supervisor ----------------------------------------------------------
+
+
+class _WorkerProcess(protocol.ProcessProtocol):
+    """The supervisor's end of one worker process."""
+
+    def __init__(self, supervisor: "WorkersService", index: int):
+        self.supervisor = supervisor
+        self.index = index
+        self.buffers: dict[int, bytes] = {}
+        self.ready = False
+        self.started = time.monotonic()
+        self.ended = defer.Deferred()
+        self.pid: int | None = None
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        buffered = self.buffers.get(fd, b"") + data
+        *lines, rest = buffered.split(b"\n")
+        self.buffers[fd] = rest
+        for line in lines:
+            if fd == 3:
+                self.supervisor.from_worker(self, line)
+            elif line.strip():
+                # Anything a worker printed outside the log.
+                log.info("worker {index}: {line}", index=self.index, line=line.decode("utf-8", "replace"), log_system=f"worker {self.index}")
+
+    def send(self, line: bytes) -> None:
+        if self.transport is not None and not self.ended.called:
+            try:
+                self.transport.writeToChild(0, line + b"\n")
+            except (OSError, KeyError):
+                pass
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(reason.value)
+        self.supervisor.ended(self, reason.value)
+
+
+class WorkersService(service.Service):
+    """
+    The supervisor of C{--workers N}: binds every listener, starts and
+    watches N worker processes, and carries the bus between them.
+
+    @param hub_service: the L{twisted_mailhub.hub.HubService} of a hub
+        built from the same options; only its binding is used here.
+    @param count: how many workers.
+    @param argv: the hub's command-line options, for the workers.
+    """
+
+    def __init__(self, hub_service: Any, count: int, argv: list[str], cwd: str):
+        self.hub_service = hub_service
+        self.hub = hub_service.hub
+        self.count = count
+        self.argv = argv
+        self.cwd = cwd
+        self.workers: dict[int, _WorkerProcess] = {}
+        self.fds: dict[str, int] = {}
+        self.was_ready = False
+        self.stopping = False
+        self.failed = False
+        self._previous_sighup: Any = None
+
+    def privilegedStartService(self) -> None:
+        hub_service = self.hub_service
+        hub_service._bind()
+        for name, port in hub_service.bound.items():
+            port.stopReading()  # the workers accept; this process never does
+            self.fds[name] = port.fileno()
+        run_as = getattr(self.hub, "run_as", None)
+        self.hub.tls  # the certificate is made once, here, before any worker
+        if run_as is not None and os.geteuid() == 0:
+            from twisted_mailhub.privileges import give_data_to
+
+            give_data_to(self.hub.data_dir, *run_as)
+        service.Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        if not self.fds and not self.hub_service._bound:
+            self.privilegedStartService()
+        service.Service.startService(self)
+        log.info("mailhub: starting {count} worker processes", count=self.count)
+        for index in range(self.count):
+            self.spawn(index)
+        try:
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        except ValueError:
+            self._previous_sighup = None
+
+    def _on_sighup(self, signum, frame) -> None:
+        self.hub.reactor.callFromThread(self.signal_all, signal.SIGHUP)
+
+    def signal_all(self, signum: int) -> None:
+        for worker in list(self.workers.values()):
+            try:
+                worker.transport.signalProcess(signum)
+            except Exception:  # ended meanwhile
+                pass
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP passed on to {n} worker(s)", n=len(self.workers))
+
+    def spawn(self, index: int) -> None:
+        reactor = self.hub.reactor
+        child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", 3: "r"}
+        inherited = {}
+        for offset, (name, fd) in enumerate(sorted(self.fds.items())):
+            child_fds[FIRST_FD + offset] = fd
+            inherited[name] = FIRST_FD + offset
+        env = dict(os.environ)
+        env[ENV] = json.dumps({"index": index, "count": self.count, "fds": inherited})
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        worker = _WorkerProcess(self, index)
+        args = [sys.executable, "-m", "twisted_mailhub.workers", *self.argv]
+        reactor.spawnProcess(worker, sys.executable, args, env=env, path=self.cwd, childFDs=child_fds)
+        self.workers[index] = worker
+        worker.pid = worker.transport.pid
+        log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
+
+    def from_worker(self, worker: _WorkerProcess, line: bytes) -> None:
+        kind, body = line[:1], line[1:]
+        if kind == b"B":
+            for other in list(self.workers.values()):
+                if other is not worker:
+                    other.send(line)
+        elif kind == b"L":
+            try:
+                when, level, namespace, text = json.loads(body)
+            except ValueError:
+                return
+            globalLogPublisher(
+                {
+                    "log_format": "{log_text}",
+                    "log_text": text,
+                    "log_level": LogLevel.levelWithName(level) if level in ("debug", "info", "warn", "error", "critical") else LogLevel.info,
+                    "log_namespace": namespace,
+                    "log_time": when,
+                    "log_system": f"worker {worker.index}",
+                }
+            )
+        elif kind == b"R":
+            worker.ready = True
+            worker.started = time.monotonic()
+            if not self.was_ready and all(w.ready for w in self.workers.values()) and len(self.workers) == self.count:
+                self.was_ready = True
+                self.hub_service._ready([True])
+
+    def ended(self, worker: _WorkerProcess, reason: Any) -> None:
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        status = getattr(reason, "exitCode", None)
+        signum = getattr(reason, "signal", None)
+        how = f"signal {signum}" if signum else f"status {status}"
+        if self.stopping:
+            log.info("worker {index} (pid {pid}) stopped ({how})", index=worker.index, pid=worker.pid, how=how)
+            return
+        if not self.was_ready:
+            # The start failed (its reason is in the worker's log lines):
+            # as one hub would, exit 1 with nothing left running.
+            log.critical("mailhub: worker {index} exited with {how} before the hub was ready; stopping", index=worker.index, how=how)
+            self.failed = True
+            _exit_status_on_shutdown(1)
+            self.hub.reactor.stop()
+            return
+        quick = time.monotonic() - worker.started < QUICK_DEATH
+        log.error(
+            "worker {index} died ({how}); starting it again{later}",
+            index=worker.index,
+            how=how,
+            later=f" in {RESTART_DELAY:g} s" if quick else "",
+        )
+        self.hub.reactor.callLater(RESTART_DELAY if quick else 0, self._restart, worker.index)
+
+    def _restart(self, index: int) -> None:
+        if not self.stopping and self.running and index not in self.workers:
+            self.spawn(index)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        self.stopping = True
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
+        workers = list(self.workers.values())
+        for worker in workers:
+            try:
+                worker.transport.signalProcess("TERM")
+            except Exception:
+                pass
+        reactor = self.hub.reactor
+
+        def kill_late():
+            for worker in workers:
+                if not worker.ended.called:
+                    log.warn("worker {index} did not stop in {grace:g} s; killing it", index=worker.index, grace=STOP_GRACE)
+                    try:
+                        worker.transport.signalProcess("KILL")
+                    except Exception:
+                        pass
+
+        late = reactor.callLater(STOP_GRACE, kill_late)
+        d = defer.DeferredList([w.ended for w in workers])
+
+        def done(_):
+            if late.active():
+                late.cancel()
+            for port in self.hub_service.ports:
+                port.stopListening()
+            self.hub_service.ports = []
+
+        return d.addBoth(done)
+
+
+def _exit_status_on_shutdown(status: int) -> None:
+    """
+    End the process with C{status} once twistd has shut down (its pidfile
+    removed): twistd itself always exits 0 after a reactor stop.
+    """
+    import atexit
+
+    atexit.register(os._exit, status)
+
+
+# -- a worker ----------------------------------------------------------------
+
+
+class _BusOut:
+    """A worker's lines to the supervisor (descriptor 3): from any thread."""
+
+    def __init__(self, fd: int = 3):
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.broken = False
+
+    def send(self, kind: bytes, body: bytes = b"") -> None:
+        if self.broken:
+            return
+        data = kind + body + b"\n"
+        with self.lock:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError:
+                self.broken = True
+
+    def log_observer(self, event: dict) -> None:
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            try:
+                text = f"{text}\n{failure.getTraceback()}"
+            except Exception:
+                pass
+        level = event.get("log_level", LogLevel.info)
+        self.send(
+            b"L",
+            json.dumps([event.get("log_time", time.time()), getattr(level, "name", "info"), event.get("log_namespace", "-"), text]).encode("utf-8"),
+        )
+
+
+class _BusIn(LineOnlyReceiver):
+    """A worker's end of the notices from the other workers (standard input)."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 16 * 1024 * 1024
+
+    def __init__(self, link: "WorkerLink"):
+        self.link = link
+
+    def lineReceived(self, line: bytes) -> None:
+        if line[:1] != b"B":
+            return
+        try:
+            notice = json.loads(line[1:])
+        except ValueError:
+            return
+        try:
+            self.link.received(notice)
+        except Exception:
+            log.failure("a notice from another worker failed")
+
+    def connectionLost(self, reason=None) -> None:
+        # The supervisor is gone: nothing would restart or stop us.
+        from twisted.internet import reactor
+
+        if reactor.running:
+            log.warn("the supervisor is gone; this worker stops")
+            reactor.stop()
+
+
+class WorkerLink:
+    """
+    What ties one worker to the supervisor and the other workers: the
+    notices it sends and what it does with theirs.
+    """
+
+    def __init__(self, hub: Any, index: int, count: int, out: _BusOut):
+        self.hub = hub
+        self.index = index
+        self.count = count
+        self.out = out
+
+    def broadcast(self, notice: dict) -> None:
+        self.out.send(b"B", json.dumps(notice, separators=(",", ":")).encode("utf-8"))
+
+    def received(self, notice: dict) -> None:
+        kind = notice.get("k")
+        handler = getattr(self, "on_" + str(kind), None)
+        if handler is not None:
+            handler(notice)
+
+    # -- folders ---------------------------------------------------------
+
+    def folder_changed(self, directory: str) -> None:
+        self.broadcast({"k": "folder", "d": directory})
+
+    def on_folder(self, notice: dict) -> None:
+        from twisted_mailhub.store import shared
+
+        shared.changed_elsewhere(notice["d"])
+
+
+def _one_at_a_time(port: Any) -> Any:
+    """
+    A shared listening socket accepts one connection per wake-up in each
+    worker (Twisted takes up to 100 at once, and grows that): every
+    worker is woken, and the one with the least to do takes the next
+    client, so 32 clients connecting at once are spread over the workers
+    rather than all taken by the first to wake.
+    """
+    read = port.doRead
+
+    def do_read():
+        port.numberAccepts = 1
+        return read()
+
+    port.doRead = do_read
+    return port
+
+
+def _adopt(reactor: Any, fds: dict[str, int]):
+    """
+    C{hub.adopt(name, endpoint, factory)} for a worker: listen on the
+    socket the supervisor bound for listener C{name}.
+    """
+    from twisted.internet.endpoints import SSL4ServerEndpoint
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    def adopt(name: str, endpoint: Any, factory: Any) -> defer.Deferred:
+        fd = fds.get(name)
+        if fd is None:
+            return endpoint.listen(factory)
+        if isinstance(endpoint, SSL4ServerEndpoint):
+            factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)
+        probe = socket.socket(fileno=os.dup(fd))
+        address_family = probe.family
+        probe.close()
+        return defer.execute(_one_at_a_time, reactor.adoptStreamPort(fd, address_family, factory))
+
+    return adopt
+
+
+def run_worker(argv: list[str]) -> None:
+    """
+    One worker: the hub of C{argv} (the options of C{twistd mailhub}) on
+    the sockets its supervisor passed, with its log going to the
+    supervisor.
+    """
+    from twisted.logger import globalLogBeginner
+
+    spec = this_worker()
+    if spec is None:
+        sys.stderr.write("twisted_mailhub.workers is started by twistd mailhub --workers N\n")
+        raise SystemExit(2)
+    out = _BusOut(3)
+    globalLogBeginner.beginLoggingTo([out.log_observer], redirectStandardIO=False, discardBuffer=True)
+    from twisted.application import app
+    from twisted.internet import reactor, stdio
+
+    from twisted_mailhub import tap
+    from twisted_mailhub.store import shared
+
+    options = tap.Options()
+    options.parseOptions(argv)
+    hub_service = tap.makeService(options)
+    hub = hub_service.hub
+    link = WorkerLink(hub, spec["index"], spec["count"], out)
+    hub.worker = link
+    hub.adopt = _adopt(reactor, {name: int(fd) for name, fd in spec["fds"].items()})
+    # The connection limits are divided between the workers (README).
+    limits = hub.connection_limits
+    count = max(1, int(spec["count"]))
+    limits.total = -(-limits.total // count) if limits.total else 0
+    limits.per_ip = -(-limits.per_ip // count) if limits.per_ip else 0
+    shared.ENABLED = True
+    shared.announce = link.folder_changed
+    stdio.StandardIO(_BusIn(link), stdin=0, stdout=1)
+    application = service.Application("mailhub-worker")
+    hub_service.setServiceParent(application)
+    service.IService(application).privilegedStartService()
+    app.startApplication(application, False)
+    # Ctrl-C reaches the whole process group: the supervisor stops us.
+    reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    run_worker(sys.argv[1:])
