@@ -212,3 +212,35 @@ def test_imap_when_the_database_is_down_says_unavailable_then_works_again(start_
     typ, data = c.create("Later")
     assert typ == "OK", data
     c.logout()
+
+
+def test_idle_on_hub_b_hears_of_flag_changes_and_expunges_made_on_hub_a_within_a_second(start_cluster):
+    a, b = start_cluster(2)
+    with smtplib.SMTP("127.0.0.1", a.ports["smtp"]) as s:
+        s.sendmail("bob@localhost", ["alice@localhost"], MESSAGE)
+        s.sendmail("bob@localhost", ["alice@localhost"], MESSAGE)
+    watcher = Raw(b.ports["imap"])
+    watcher.cmd(b"a", b"login alice secret")
+    watcher.cmd(b"b", b"select INBOX")
+    watcher.send(b"c idle\r\n")
+    assert watcher.line().startswith(b"+")
+    c = login(a)
+    c.select("INBOX")
+
+    def heard(pattern: bytes) -> float:
+        started = time.monotonic()
+        line = watcher.line()
+        while not re.match(pattern, line):
+            line = watcher.line()
+        return time.monotonic() - started
+
+    c.uid("STORE", "1", "+FLAGS", r"(\Flagged)")
+    assert heard(rb"\* 1 FETCH \(.*FLAGS \(.*\\Flagged") < 1.0
+    c.uid("STORE", "2", "+FLAGS", r"(\Deleted)")
+    assert heard(rb"\* 2 FETCH \(.*FLAGS \(.*\\Deleted") < 1.0
+    c.expunge()
+    assert heard(rb"\* 2 EXPUNGE") < 1.0
+    c.logout()
+    watcher.send(b"DONE\r\n")
+    assert watcher.until_tag(b"c")[-1].startswith(b"c OK")
+    watcher.close()

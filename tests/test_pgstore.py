@@ -89,6 +89,46 @@ class PostgresStoreTests(unittest.TestCase):
         self.assertEqual(folder_b.info(uid).flags, {SEEN})
 
     @defer.inlineCallbacks
+    def test_a_cached_folder_follows_appends_flag_changes_and_expunges_made_through_another_store(self):
+        a, b = self.store(), self.store()
+        folder_a = a.account("alice@example.org").folder(INBOX)
+        first = yield folder_a.append(MESSAGE)
+        folder_b = b.account("alice@example.org").folder(INBOX)
+        self.assertEqual([i.uid for i in folder_b.messages()], [first])
+        self.assertEqual(folder_b.cached, 1)
+        second = yield folder_a.append(MESSAGE + b"2\r\n", ["$Label"])
+        folder_a.set_flags([first], [SEEN], "add")
+        third = yield folder_a.append(MESSAGE)
+        folder_a.expunge([third])
+        infos = folder_b.messages()
+        self.assertEqual([(i.uid, i.flags, i.size) for i in infos], [(first, {SEEN}, len(MESSAGE)), (second, {"$Label"}, len(MESSAGE) + 3)])
+        self.assertEqual(folder_b.info(first).flags, {SEEN})
+        self.assertEqual(folder_b.read(second), MESSAGE + b"2\r\n")
+
+    @defer.inlineCallbacks
+    def test_a_listener_hears_of_another_stores_append_before_a_later_one_made_here(self):
+        a, b = self.store(), self.store()
+        folder_a = a.account("alice@example.org").folder(INBOX)
+        folder_b = b.account("alice@example.org").folder(INBOX)
+        folder_b.messages()
+        heard = []
+        folder_b.add_listener(lambda change: heard.append(change.added))
+        there = yield folder_a.append(MESSAGE)
+        here = yield folder_b.append(MESSAGE)
+        self.assertEqual(heard, [(there,), (here,)])
+        self.assertEqual([i.uid for i in folder_b.messages()], [there, here])
+
+    @defer.inlineCallbacks
+    def test_a_walk_up_the_folder_reads_every_body_exactly(self):
+        folder = self.store().account("alice@example.org").folder(INBOX)
+        bodies = [MESSAGE + b"%d\r\n" % n * (n % 7 + 1) for n in range(300)]
+        uids = yield defer.gatherResults([folder.append(body) for body in bodies])
+        folder.messages()
+        folder.expunge(uids[100:110])
+        kept = [(u, b) for u, b in zip(uids, bodies) if u not in uids[100:110]]
+        self.assertEqual([folder.read(u) for u, _ in kept], [b for _, b in kept])
+
+    @defer.inlineCallbacks
     def test_copies_share_one_message_row_and_the_last_expunge_drops_it(self):
         account = self.store().account("alice@example.org")
         inbox = account.folder(INBOX)

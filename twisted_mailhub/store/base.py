@@ -75,6 +75,9 @@ class Listeners:
     def __init__(self) -> None:
         self._listeners: list[Callable[[FolderChange], None]] = []
 
+    def __len__(self) -> int:
+        return len(self._listeners)
+
     def add(self, listener: Callable[[FolderChange], None]) -> None:
         self._listeners.append(listener)
 

@@ -19,6 +19,17 @@ Rules:
  - A database that cannot be reached gives L{StoreUnavailable} (a
    L{StoreError}): the protocols answer with a temporary error, never a
    success.
+ - Each folder object keeps a cache of its messages (UID, key, flags,
+   size, date; the C{message} id and modseq), loaded by its first
+   C{messages()} and kept current by the journal, so C{SELECT} and
+   C{FETCH 1:* (FLAGS)} read no rows once it is warm; C{messages()} costs
+   one look at the mailbox row's C{highest_modseq}. A hub keeps the caches
+   of the last L{KEEP_FOLDERS} folders read.
+ - Message bytes go through L{IMessageBlobs} (C{bytea} today). A FETCH
+   walking up a folder reads the next small messages in the same round
+   trip; L{PostgresFolder.open} reads a big one in L{CHUNK} slices.
+ - A group commit is one round trip: psycopg's pipeline mode sends BEGIN,
+   the bytes, one statement per mailbox and COMMIT together.
 
 How psycopg meets the reactor: L{IFolder}'s reads and flag changes are
 synchronous calls, so they run on one connection in the reactor thread
@@ -36,6 +47,8 @@ needs threads for the synchronous interface; the thread pool does not.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import io
 import threading
 import time
@@ -43,12 +56,14 @@ import uuid
 import weakref
 from typing import Any, Iterable
 
+import attr
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from twisted_mailhub.store import pgschema
+from twisted_mailhub.store.blobs import ByteaBlobs, IMessageBlobs
 from twisted_mailhub.store.base import (
     DELIMITER,
     Listeners,
@@ -76,8 +91,22 @@ log = Logger()
 BATCH_MOST = 256
 # Worker threads (and connections) for writes.
 WRITERS = 4
+# A writer connection idle this long (seconds) is checked before use.
+IDLE_PROBE = 1.0
 # Slice of a message read at a time by open().
 CHUNK = 256 * 1024
+# A FETCH walking up a folder reads the next messages with the one it asks
+# for: at most this many, this many octets in all, none bigger than this.
+READ_AHEAD_MOST = 256
+READ_AHEAD_BYTES = 4 * 1024 * 1024
+READ_AHEAD_ONE = 256 * 1024
+# A cached folder this many modseqs behind, with nobody listening, is read
+# again rather than caught up from the journal.
+RELOAD_GAP = 5000
+# Folders whose caches a hub keeps while no session has them open: at most
+# this many, holding at most this many messages in all.
+KEEP_FOLDERS = 64
+KEEP_MESSAGES = 1_000_000
 
 
 def _connect(dsn: str) -> Any:
@@ -175,6 +204,32 @@ def _bump(conn: Any, mailbox_id: int, kind: str, uids: list[int], uid_count: int
     return first, modseq
 
 
+# One mailbox's share of a group commit, in one statement: take the UIDs
+# and a modseq (the row lock orders writers of the mailbox), place the
+# messages (their bytes were queued just before by IMessageBlobs.put),
+# journal the change and queue its NOTIFY. No row comes back if the
+# mailbox is gone, or (for a delivery) if it is no longer the INBOX.
+_ADD_TO_MAILBOX = f"""
+WITH b AS (
+    UPDATE mailbox SET uid_next = uid_next + %(k)s, highest_modseq = highest_modseq + 1
+    WHERE id = %(mailbox)s AND (NOT %(inbox)s OR name = 'INBOX')
+    RETURNING uid_next - %(k)s AS first, highest_modseq AS modseq
+), w AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(keys)s::text[], %(flags)s::text[], %(keywords)s::text[], %(dates)s::float8[])
+        WITH ORDINALITY AS w(message_id, key, flags, keywords, internal_date, n)
+), placed AS (
+    INSERT INTO mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq)
+    SELECT %(mailbox)s, b.first + w.n - 1, w.message_id, w.key, string_to_array(w.flags, ' '),
+           string_to_array(w.keywords, ' '), w.internal_date, b.modseq
+    FROM b, w
+), journal AS (
+    INSERT INTO mailbox_change (mailbox_id, modseq, kind, uids)
+    SELECT %(mailbox)s, b.modseq, 'added', ARRAY(SELECT generate_series(b.first, b.first + %(k)s - 1)) FROM b
+)
+SELECT b.first, b.modseq, pg_notify('{pgschema.CHANNEL}', %(mailbox)s || ' ' || b.modseq) FROM b
+"""
+
+
 class PendingWrite:
     """One message waiting for a group commit."""
 
@@ -190,12 +245,24 @@ class PendingWrite:
         self.key = key
         self.deferred: defer.Deferred = defer.Deferred()
 
+    def info(self, uid: int) -> MessageInfo:
+        return MessageInfo(
+            uid=uid, key=self.key, flags=_flag_set(" ".join(self.flags + self.keywords)),
+            size=len(self.message), internal_date=self.internal_date,
+        )
+
+
+class _InboxMoved(Exception):
+    """A cached INBOX id is no longer the INBOX (it was renamed)."""
+
 
 class GroupCommitter:
     """
     Writes messages in worker threads, several per transaction when they
-    queue up. Each L{PendingWrite}'s Deferred fires with its
-    (mailbox id, UID, modseq) after COMMIT, or fails with a L{StoreError}.
+    queue up, in one round trip per transaction (psycopg's pipeline mode:
+    BEGIN, the bytes, one statement per mailbox, COMMIT). Each
+    L{PendingWrite}'s Deferred fires with its (mailbox id, UID, modseq)
+    after COMMIT, or fails with a L{StoreError}.
     """
 
     def __init__(self, store: "PostgresStore", reactor: Any, width: int = WRITERS):
@@ -209,6 +276,9 @@ class GroupCommitter:
         self._local = threading.local()
         self._connections: list[Any] = []
         self._account_ids: dict[str, int] = {}
+        self._inbox_ids: dict[str, int] = {}
+        self._ids: list[int] = []
+        self._ids_lock = threading.Lock()
 
     def submit(self, write: PendingWrite) -> defer.Deferred:
         self.pending.append(write)
@@ -226,16 +296,19 @@ class GroupCommitter:
         self.in_flight -= 1
         self._kick()
         if isinstance(result, list):
-            announced: set[tuple[int, int]] = set()
+            added: dict[tuple[int, int], list] = {}
+            for write, outcome in zip(batch, result):
+                if isinstance(outcome, Exception):
+                    continue
+                mailbox_id, uid, modseq, message_id = outcome
+                added.setdefault((mailbox_id, modseq), []).append((write.info(uid), message_id, modseq))
+            for (mailbox_id, modseq), entries in added.items():
+                self.store._added_here(mailbox_id, modseq, entries)
             for write, outcome in zip(batch, result):
                 if isinstance(outcome, Exception):
                     write.deferred.errback(outcome)
-                    continue
-                mailbox_id, uid, modseq, uids = outcome
-                if (mailbox_id, modseq) not in announced:
-                    announced.add((mailbox_id, modseq))
-                    self.store._announce(mailbox_id, modseq, FolderChange(added=tuple(uids)))
-                write.deferred.callback((mailbox_id, uid, modseq))
+                else:
+                    write.deferred.callback(outcome[:3])
         else:
             error = result.value
             if not isinstance(error, StoreError):
@@ -247,27 +320,43 @@ class GroupCommitter:
     # -- in a worker thread ----------------------------------------------
 
     def _connection(self) -> Any:
+        import psycopg
+
         conn = getattr(self._local, "conn", None)
+        now = time.monotonic()
+        if conn is not None and not conn.closed and now - self._local.used > IDLE_PROBE:
+            # Idle for a while: the server may have restarted since. A
+            # batch that fails half-sent cannot be retried (its COMMIT may
+            # have happened), so look before sending one.
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.Error:
+                conn.close()
         if conn is None or conn.closed:
             conn = self._local.conn = _connect(self.store.dsn)
             self._connections.append(conn)
+        self._local.used = now
         return conn
 
     def _write_batch(self, batch: list[PendingWrite]) -> list:
         import psycopg
 
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             conn = self._connection()
             committing = False
             try:
                 # New accounts are made (and committed) before the batch, so
                 # that a cached account id always has its INBOX visible to
                 # every connection.
-                accounts = {w.address: self._account_id(conn, w.address) for w in batch if w.mailbox_id is None}
-                with conn.transaction():
-                    result = self._write(conn, batch, accounts)
-                    committing = True
-                return result
+                for address in {w.address.lower() for w in batch if w.mailbox_id is None}:
+                    self._inbox_id(conn, address)
+                ids = self._message_ids(conn, len(batch))
+                committing = True
+                return self._write(conn, batch, ids)
+            except _InboxMoved:
+                continue  # the INBOX ids were forgotten: look them up again
+            except psycopg.errors.DeadlockDetected:
+                continue  # rolled back whole: do it again
             except psycopg.Error as e:
                 if not _is_connection_error(e):
                     raise StoreError(f"the mail database refused the message: {_reason(e)}") from None
@@ -277,68 +366,82 @@ class GroupCommitter:
                 except Exception:
                     pass
                 # A lost COMMIT may have happened: do not write twice.
-                if attempt == 2 or committing:
+                if attempt > 1 or committing:
                     raise StoreUnavailable(f"lost the mail database: {_reason(e)}") from None
-        raise AssertionError("unreachable")
+        raise StoreUnavailable("the mail database kept refusing the batch")
 
-    def _account_id(self, conn: Any, address: str) -> int:
-        key = address.lower()
-        found = self._account_ids.get(key)
+    def _message_ids(self, conn: Any, count: int) -> list[int]:
+        """C{count} new C{message} ids, taken from the sequence 1,024 at a time."""
+        with self._ids_lock:
+            if len(self._ids) < count:
+                rows = conn.execute("SELECT nextval('message_id_seq') FROM generate_series(1, %s)", (max(count, 1024),)).fetchall()
+                self._ids.extend(r[0] for r in rows)
+            taken, self._ids = self._ids[:count], self._ids[count:]
+        return taken
+
+    def _inbox_id(self, conn: Any, address: str) -> int:
+        found = self._inbox_ids.get(address)
         if found is None:
-            found = self._account_ids[key] = ensure_account(conn, key)
+            account_id = self._account_ids.get(address)
+            if account_id is None:
+                account_id = self._account_ids[address] = ensure_account(conn, address)
+            row = conn.execute("SELECT id FROM mailbox WHERE account_id = %s AND name = %s", (account_id, INBOX)).fetchone()
+            if row is None:
+                raise StoreError(f"{address} has no INBOX")
+            found = self._inbox_ids[address] = row[0]
         return found
 
-    def _write(self, conn: Any, batch: list[PendingWrite], accounts: dict[str, int]) -> list:
-        # The bytes first, outside the mailbox row lock.
-        with conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO message (size, body) VALUES (%s, %b) RETURNING id",
-                [(len(w.message), w.message) for w in batch],
-                returning=True,
-            )
-            message_ids = []
-            while True:
-                message_ids.append(cursor.fetchone()[0])
-                if not cursor.nextset():
-                    break
-        # Then the UIDs, one UPDATE per mailbox, in id order (no deadlocks).
-        groups: dict[int, list[int]] = {}
+    def _write(self, conn: Any, batch: list[PendingWrite], ids: list[int]) -> list:
+        # The UIDs: one statement per mailbox, in id order (no deadlocks).
+        groups: dict[tuple[int, bool], list[int]] = {}
         for i, write in enumerate(batch):
-            mailbox_id = write.mailbox_id
-            if mailbox_id is None:
-                account_id = accounts[write.address]
-                row = conn.execute(
-                    "SELECT id FROM mailbox WHERE account_id = %s AND name = %s", (account_id, INBOX)
-                ).fetchone()
-                if row is None:
-                    raise StoreError(f"{write.address} has no INBOX")
-                mailbox_id = row[0]
-            groups.setdefault(mailbox_id, []).append(i)
+            if write.mailbox_id is None:
+                groups.setdefault((self._inbox_ids[write.address.lower()], True), []).append(i)
+            else:
+                groups.setdefault((write.mailbox_id, False), []).append(i)
+        order = sorted(groups)
+        with conn.pipeline():
+            with conn.transaction():
+                self.store.blobs.put(conn, ids, [w.message for w in batch])
+                cursors = []
+                for mailbox_id, inbox in order:
+                    members = groups[mailbox_id, inbox]
+                    writes = [batch[i] for i in members]
+                    cursors.append(conn.execute(_ADD_TO_MAILBOX, {
+                        "mailbox": mailbox_id, "inbox": inbox, "k": len(members),
+                        "ids": [ids[i] for i in members],
+                        "keys": [w.key for w in writes],
+                        "flags": [" ".join(w.flags) for w in writes],
+                        "keywords": [" ".join(w.keywords) for w in writes],
+                        "dates": [w.internal_date for w in writes],
+                    }))
         result: list = [None] * len(batch)
-        rows = []
         orphans = []
-        for mailbox_id in sorted(groups):
-            members = groups[mailbox_id]
-            try:
-                first, modseq = _bump(conn, mailbox_id, "added", [], len(members))
-            except NoSuchFolder as e:
+        moved = False
+        for (mailbox_id, inbox), cursor in zip(order, cursors):
+            members = groups[mailbox_id, inbox]
+            row = cursor.fetchone()
+            if row is None:
+                orphans.extend(ids[i] for i in members)
+                if inbox:
+                    moved = True
+                    for i in members:
+                        self._inbox_ids.pop(batch[i].address.lower(), None)
                 for i in members:
-                    result[i] = e
-                    orphans.append(message_ids[i])
+                    result[i] = NoSuchFolder("the folder was deleted")
                 continue
-            uids = list(range(first, first + len(members)))
-            for uid, i in zip(uids, members):
-                w = batch[i]
-                rows.append((mailbox_id, uid, message_ids[i], w.key, w.flags, w.keywords, w.internal_date, modseq))
-                result[i] = (mailbox_id, uid, modseq, uids)
-        if rows:
-            with conn.cursor().copy(
-                "COPY mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq) FROM STDIN"
-            ) as copy:
-                for row in rows:
-                    copy.write_row(row)
+            first, modseq, _ = row
+            for n, i in enumerate(members):
+                result[i] = (mailbox_id, first + n, modseq, ids[i])
         if orphans:
-            conn.execute("DELETE FROM message WHERE id = ANY(%s)", (orphans,))
+            self.store.blobs.drop(conn, orphans)
+        if moved:
+            # Only the deliveries whose INBOX moved are done again: the rest
+            # committed.
+            again = [i for i, r in enumerate(result) if isinstance(r, NoSuchFolder) and batch[i].mailbox_id is None]
+            redo = self._write_batch([batch[i] for i in again])
+            for i, r in zip(again, redo):
+                result[i] = r
         return result
 
     def close(self) -> None:
@@ -386,12 +489,25 @@ def new_uid_validity(conn: Any) -> int:
     return row[0]
 
 
-_INFO = "SELECT uid, key, flags, keywords, size, internal_date FROM mailbox_message JOIN message ON message.id = message_id"
+# What the cache keeps of a message, read in one go: flags and keywords
+# joined by spaces (IMAP flags are atoms: no spaces), so that the 100,000
+# rows of a big mailbox come back as plain text fields, not arrays.
+_ROWS = (
+    "SELECT uid, key, array_to_string(flags || keywords, ' '), size, internal_date, message_id, mm.modseq"
+    " FROM mailbox_message mm JOIN message ON message.id = message_id WHERE mailbox_id = %s"
+)
+
+_flag_sets: dict[str, frozenset[str]] = {}
 
 
-def _info(row) -> MessageInfo:
-    uid, key, flags, keywords, size, internal_date = row
-    return MessageInfo(uid=uid, key=key, flags=frozenset(flags) | frozenset(keywords), size=size, internal_date=internal_date)
+def _flag_set(text: str) -> frozenset[str]:
+    """The flag set of a space-separated text, one shared object per distinct set."""
+    found = _flag_sets.get(text)
+    if found is None:
+        found = frozenset(text.split())
+        if len(_flag_sets) < 10_000:
+            _flag_sets[text] = found
+    return found
 
 
 class MessageReader(io.RawIOBase):
@@ -400,8 +516,8 @@ class MessageReader(io.RawIOBase):
     octets: a 25 MB message is never held whole.
     """
 
-    def __init__(self, db: Database, message_id: int, size: int):
-        self._db = db
+    def __init__(self, store: "PostgresStore", message_id: int, size: int):
+        self._store = store
         self._id = message_id
         self._size = size
         self._at = 0
@@ -424,14 +540,9 @@ class MessageReader(io.RawIOBase):
         want = min(len(buffer), CHUNK, self._size - self._at)
         if want <= 0:
             return 0
-        data = self._db.run(
-            lambda conn: conn.execute(
-                "SELECT substring(body FROM %s FOR %s) FROM message WHERE id = %s", (self._at + 1, want, self._id), binary=True
-            ).fetchone()
-        )
-        if data is None:
+        chunk = self._store.db.run(self._store.blobs.read, self._id, self._at, want)
+        if chunk is None:
             raise NoSuchMessage("the message is gone")
-        chunk = data[0]
         buffer[: len(chunk)] = chunk
         self._at += len(chunk)
         return len(chunk)
@@ -440,8 +551,19 @@ class MessageReader(io.RawIOBase):
 @implementer(IFolder)
 class PostgresFolder:
     """
-    One C{mailbox} row. Announces each modseq's change once to its
-    listeners, whether it was made here or on another hub.
+    One C{mailbox} row, with a cache of its messages (L{MessageInfo}, the
+    C{message} id and the modseq of each, by UID) that the change journal
+    keeps current: C{messages()} and C{info()} read no rows once it is
+    loaded.
+
+    The journal drives both the cache and the listeners: every change made
+    here is applied and announced at once; a change made by another hub is
+    found in the journal (after its C{NOTIFY}, or when C{messages()} sees
+    the mailbox's C{highest_modseq} ahead of the cache), its rows read again
+    by UID, applied, then announced, once per modseq. Rows read again are
+    the truth at that moment (an UID missing from them was expunged: UIDs
+    are never reused), and a row never replaces a newer one (its modseq),
+    so applying changes out of order still ends at the database's state.
     """
 
     def __init__(self, store: "PostgresStore", account: "PostgresAccount", mailbox_id: int, name: str, uid_validity: int, modseq: int):
@@ -452,8 +574,16 @@ class PostgresFolder:
         self.uid_validity = uid_validity
         self.gone = False
         self._listeners = Listeners()
-        self._watermark = modseq  # every modseq up to here is announced
+        self._watermark = modseq  # every modseq up to here is applied and announced
         self._announced: set[int] = set()  # and these above it
+        # The cache: None until first needed.
+        self._infos: dict[int, MessageInfo] | None = None
+        self._meta: dict[int, tuple[int, int]] = {}  # uid -> (message id, modseq)
+        self._list: list[MessageInfo] | None = None  # _infos in UID order, made when asked
+        # Read-ahead of small bodies for a FETCH that walks the folder.
+        self._bodies: dict[int, bytes] = {}
+        self._last_read = 0
+        self._ahead = 1
 
     def _run(self, function, *args):
         return self.store.db.run(function, *args)
@@ -465,6 +595,79 @@ class PostgresFolder:
             raise NoSuchFolder(self.name)
         return row[0]
 
+    # -- the cache ------------------------------------------------------------
+
+    @property
+    def cached(self) -> int:
+        """How many messages the cache holds (0 when not loaded)."""
+        return len(self._infos) if self._infos is not None else 0
+
+    def _load(self) -> None:
+        def load(conn):
+            # The mark first: rows read after it are at least that new; a
+            # journal entry applied again later changes nothing.
+            mark = conn.execute("SELECT highest_modseq FROM mailbox WHERE id = %s", (self.mailbox_id,)).fetchone()
+            if mark is None:
+                return None, []
+            return mark[0], conn.execute(_ROWS, (self.mailbox_id,)).fetchall()
+
+        mark, rows = self._run(load)
+        if mark is None:
+            self.gone = True
+            self._infos, self._meta = {}, {}
+            self._list = []
+            return
+        infos: dict[int, MessageInfo] = {}
+        meta: dict[int, tuple[int, int]] = {}
+        flag_set = _flag_set
+        for uid, key, flags, size, internal_date, message_id, modseq in rows:
+            infos[uid] = MessageInfo(uid=uid, key=key, flags=flag_set(flags), size=size, internal_date=internal_date)
+            meta[uid] = (message_id, modseq)
+        self._infos, self._meta, self._list = infos, meta, None
+        if mark > self._watermark:
+            # Changes between the folder's making and now: told to nobody
+            # yet, and listeners may be waiting for them.
+            self.catch_up()
+
+    def _put(self, info: MessageInfo, message_id: int, modseq: int) -> None:
+        if self._infos is None:
+            return
+        had = self._meta.get(info.uid)
+        if had is not None and had[1] > modseq:
+            return  # a newer row is here already
+        if had is None and self._list is not None and (not self._list or self._list[-1].uid < info.uid):
+            self._list.append(info)
+        else:
+            self._list = None
+        self._infos[info.uid] = info
+        self._meta[info.uid] = (message_id, modseq)
+
+    def _drop(self, uids: Iterable[int]) -> None:
+        self._bodies.clear()
+        if self._infos is None:
+            return
+        for uid in uids:
+            if self._infos.pop(uid, None) is not None:
+                del self._meta[uid]
+                self._list = None
+
+    def _reread(self, uids: list[int]) -> None:
+        """Read these UIDs' rows again into the cache (missing ones were expunged)."""
+        if self._infos is None or not uids:
+            return
+        rows = self._run(lambda c: c.execute(_ROWS + " AND uid = ANY(%s)", (self.mailbox_id, uids)).fetchall())
+        found = set()
+        for uid, key, flags, size, internal_date, message_id, modseq in rows:
+            found.add(uid)
+            self._put(MessageInfo(uid=uid, key=key, flags=_flag_set(flags), size=size, internal_date=internal_date), message_id, modseq)
+        self._drop(u for u in uids if u not in found)
+
+    def _ordered(self) -> list[MessageInfo]:
+        if self._list is None:
+            infos = self._infos or {}
+            self._list = [infos[uid] for uid in sorted(infos)]
+        return self._list
+
     # -- changes ------------------------------------------------------------
 
     def announce(self, modseq: int, change: FolderChange) -> None:
@@ -473,29 +676,52 @@ class PostgresFolder:
         self._announced.add(modseq)
         self._listeners.notify(change)
 
-    def catch_up(self) -> None:
-        """Tell the listeners of every journal entry not yet told."""
+    def catch_up(self, below: int | None = None) -> None:
+        """Apply and tell every journal entry not yet applied here (those below C{below})."""
         rows = self._run(
             lambda c: c.execute(
-                "SELECT modseq, kind, uids FROM mailbox_change WHERE mailbox_id = %s AND modseq > %s ORDER BY modseq",
-                (self.mailbox_id, self._watermark),
+                "SELECT modseq, kind, uids FROM mailbox_change WHERE mailbox_id = %s AND modseq > %s AND modseq < %s ORDER BY modseq",
+                (self.mailbox_id, self._watermark, below if below is not None else 2**62),
             ).fetchall()
         )
-        for modseq, kind, uids in rows:
+        fresh = [(modseq, kind, uids) for modseq, kind, uids in rows if modseq not in self._announced]
+        if not rows:
+            return
+        # The rows of every added or changed UID in one read, then the tale
+        # in modseq order.
+        self._reread(sorted({u for _, kind, uids in fresh if kind != "expunged" for u in uids}))
+        for modseq, kind, uids in fresh:
+            if kind == "expunged":
+                self._drop(uids)
             self.announce(modseq, FolderChange(**{kind: tuple(uids)}))
-        if rows:
-            self._watermark = max(self._watermark, rows[-1][0])
-            self._announced = {m for m in self._announced if m > self._watermark}
+        self._watermark = max(self._watermark, rows[-1][0])
+        self._announced = {m for m in self._announced if m > self._watermark}
+
+    def _sync(self) -> None:
+        """
+        One look at the mailbox row: catch up if another hub changed it
+        (its C{NOTIFY} may still be on the way); mark the folder gone if it
+        was deleted.
+        """
+        row = self._run(lambda c: c.execute("SELECT highest_modseq FROM mailbox WHERE id = %s", (self.mailbox_id,)).fetchone())
+        if row is None:
+            self.gone = True
+            self._drop(list(self._infos or ()))
+            return
+        if row[0] - self._watermark > RELOAD_GAP and not self._listeners:
+            # Far behind and nobody to tell: read it all again.
+            self._watermark, self._announced, self._infos = row[0], set(), None
+            self._load()
+        elif row[0] > self._watermark and any(m not in self._announced for m in range(self._watermark + 1, row[0] + 1)):
+            self.catch_up()
 
     def refresh(self) -> None:
         if self.gone:
             raise NoSuchFolder(self.name)
         if not self.store.listening:
-            exists = self._run(lambda c: c.execute("SELECT 1 FROM mailbox WHERE id = %s", (self.mailbox_id,)).fetchone())
-            if exists is None:
-                self.gone = True
+            self._sync()
+            if self.gone:
                 raise NoSuchFolder(self.name)
-            self.catch_up()
 
     def add_listener(self, listener) -> None:
         self._listeners.add(listener)
@@ -506,32 +732,34 @@ class PostgresFolder:
     # -- reading ------------------------------------------------------------
 
     def messages(self) -> list[MessageInfo]:
-        if not self.store.listening:
-            self.catch_up()
-        rows = self._run(
-            lambda c: c.execute(_INFO + " WHERE mailbox_id = %s ORDER BY uid", (self.mailbox_id,)).fetchall()
-        )
-        return [_info(row) for row in rows]
+        if self.gone:
+            return []
+        self.store._touch(self)
+        if self._infos is None:
+            self._load()
+        else:
+            self._sync()
+        return list(self._ordered())
 
     def info(self, uid: int) -> MessageInfo:
-        row = self._run(lambda c: c.execute(_INFO + " WHERE mailbox_id = %s AND uid = %s", (self.mailbox_id, uid)).fetchone())
+        if self._infos is not None:
+            found = self._infos.get(uid)
+            if found is None:
+                raise NoSuchMessage(uid)
+            return found
+        row = self._run(lambda c: c.execute(_ROWS + " AND uid = %s", (self.mailbox_id, uid)).fetchone())
         if row is None:
             raise NoSuchMessage(uid)
-        return _info(row)
+        uid, key, flags, size, internal_date, _, _ = row
+        return MessageInfo(uid=uid, key=key, flags=_flag_set(flags), size=size, internal_date=internal_date)
 
-    def read(self, uid: int) -> bytes:
-        row = self._run(
-            lambda c: c.execute(
-                "SELECT body FROM mailbox_message JOIN message ON message.id = message_id WHERE mailbox_id = %s AND uid = %s",
-                (self.mailbox_id, uid),
-                binary=True,
-            ).fetchone()
-        )
-        if row is None:
-            raise NoSuchMessage(uid)
-        return bytes(row[0])
-
-    def open(self, uid: int):
+    def _message_id(self, uid: int) -> tuple[int, int]:
+        """(message id, size) of a UID; L{NoSuchMessage} if it is gone."""
+        if self._infos is not None:
+            meta = self._meta.get(uid)
+            if meta is None:
+                raise NoSuchMessage(uid)
+            return meta[0], self._infos[uid].size
         row = self._run(
             lambda c: c.execute(
                 "SELECT message_id, size FROM mailbox_message JOIN message ON message.id = message_id WHERE mailbox_id = %s AND uid = %s",
@@ -540,7 +768,39 @@ class PostgresFolder:
         )
         if row is None:
             raise NoSuchMessage(uid)
-        return io.BufferedReader(MessageReader(self.store.db, row[0], row[1]), CHUNK)
+        return row[0], row[1]
+
+    def read(self, uid: int) -> bytes:
+        body = self._bodies.pop(uid, None)
+        if body is not None:
+            self._last_read = uid
+            return body
+        message_id, _ = self._message_id(uid)
+        wanted = {message_id: uid}
+        if self._infos is not None and self._last_read and uid > self._last_read:
+            # A walk up the folder (FETCH 1:* BODY[]): read the next small
+            # messages in the same round trip, more each time.
+            order = self._ordered()
+            at = bisect.bisect_left(order, uid, key=lambda i: i.uid) + 1
+            budget = READ_AHEAD_BYTES
+            for info in order[at : at + self._ahead]:
+                if info.size > READ_AHEAD_ONE or info.size > budget:
+                    break
+                budget -= info.size
+                wanted[self._meta[info.uid][0]] = info.uid
+            self._ahead = min(self._ahead * 4, READ_AHEAD_MOST)
+        else:
+            self._ahead = 4
+        bodies = self._run(self.store.blobs.get, list(wanted))
+        if message_id not in bodies:
+            raise NoSuchMessage(uid)
+        self._bodies = {wanted[m]: b for m, b in bodies.items() if m != message_id}
+        self._last_read = uid
+        return bodies[message_id]
+
+    def open(self, uid: int):
+        message_id, size = self._message_id(uid)
+        return io.BufferedReader(MessageReader(self.store, message_id, size), CHUNK)
 
     def path(self, uid: int) -> None:
         return None
@@ -554,6 +814,26 @@ class PostgresFolder:
             internal_date if internal_date is not None else time.time(), uuid.uuid4().hex,
         )
         return self.store.committer.submit(write).addCallback(lambda result: result[1])
+
+    def added_here(self, modseq: int, entries: list) -> None:
+        """Messages this hub just committed: (info, message id, modseq) each."""
+
+        def apply():
+            for info, message_id, m in entries:
+                self._put(info, message_id, m)
+
+        self._local(modseq, apply, FolderChange(added=tuple(e[0].uid for e in entries)))
+
+    def _local(self, modseq: int, apply, change: FolderChange) -> None:
+        """
+        A change committed here with C{modseq}: tell first what other hubs
+        committed before it (a session must hear of UID 7 before UID 8),
+        then apply and announce it.
+        """
+        if any(m not in self._announced for m in range(self._watermark + 1, modseq)):
+            self.catch_up(below=modseq)
+        apply()
+        self.announce(modseq, change)
 
     def set_flags(self, uids, flags, mode="replace", origin=None):
         wanted = sorted(set(uids))
@@ -591,7 +871,15 @@ class PostgresFolder:
 
         result, modseq, changed = self._run(change)
         if modseq is not None:
-            self.announce(modseq, FolderChange(flags=changed, origin=origin))
+
+            def apply():
+                for uid in changed:
+                    old = self._infos.get(uid) if self._infos is not None else None
+                    if old is not None:
+                        new = _flag_set(" ".join(sorted(result[uid])))
+                        self._put(attr.evolve(old, flags=new), self._meta[uid][0], modseq)
+
+            self._local(modseq, apply, FolderChange(flags=changed, origin=origin))
         return result
 
     def expunge(self, uids, origin=None):
@@ -609,12 +897,12 @@ class PostgresFolder:
                     return [], None
                 removed = sorted(uid for uid, _ in gone)
                 _, modseq = _bump(conn, self.mailbox_id, "expunged", removed)
-                _drop_orphans(conn, [m for _, m in gone])
+                self.store.blobs.drop(conn, [m for _, m in gone])
                 return removed, modseq
 
         removed, modseq = self._run(remove)
         if modseq is not None:
-            self.announce(modseq, FolderChange(expunged=tuple(removed), origin=origin))
+            self._local(modseq, lambda: self._drop(removed), FolderChange(expunged=tuple(removed), origin=origin))
         return removed
 
     def flush(self):
@@ -629,30 +917,37 @@ class PostgresFolder:
         def copy(conn):
             with conn.transaction():
                 rows = conn.execute(
-                    "SELECT uid, message_id, flags, keywords, internal_date FROM mailbox_message"
+                    "SELECT uid, message_id, flags, keywords, internal_date, size FROM mailbox_message"
+                    " JOIN message ON message.id = message_id"
                     " WHERE mailbox_id = %s AND uid = ANY(%s) ORDER BY uid",
                     (self.mailbox_id, wanted),
                 ).fetchall()
                 if not rows:
-                    return [], None, ()
+                    return [], None, []
                 first, modseq = _bump(conn, destination.mailbox_id, "added", [], len(rows))
                 pairs = []
+                entries = []
                 with conn.cursor().copy(
                     "COPY mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq) FROM STDIN"
                 ) as out:
-                    for n, (uid, message_id, flags, keywords, internal_date) in enumerate(rows):
-                        out.write_row((destination.mailbox_id, first + n, message_id, uuid.uuid4().hex, flags, keywords, internal_date, modseq))
+                    for n, (uid, message_id, flags, keywords, internal_date, size) in enumerate(rows):
+                        key = uuid.uuid4().hex
+                        out.write_row((destination.mailbox_id, first + n, message_id, key, flags, keywords, internal_date, modseq))
                         pairs.append((uid, first + n))
-                return pairs, modseq, tuple(new for _, new in pairs)
+                        info = MessageInfo(
+                            uid=first + n, key=key, flags=_flag_set(" ".join(flags + keywords)), size=size, internal_date=internal_date
+                        )
+                        entries.append((info, message_id, modseq))
+                return pairs, modseq, entries
 
         # A copy shares the message rows: no bytes move, so it is one short
         # transaction on the reactor's connection.
         try:
-            pairs, modseq, added = self._run(copy)
+            pairs, modseq, entries = self._run(copy)
         except StoreError as e:
             return defer.fail(e)
         if modseq is not None:
-            destination.announce(modseq, FolderChange(added=added))
+            destination.added_here(modseq, entries)
         return defer.succeed(pairs)
 
     def _copy_by_append(self, uids, destination):
@@ -681,16 +976,6 @@ class PostgresFolder:
             lambda c: c.execute("SELECT uid FROM mailbox_message WHERE mailbox_id = %s AND recent", (self.mailbox_id,)).fetchall()
         )
         return sorted(uid for (uid,) in rows)
-
-
-def _drop_orphans(conn: Any, message_ids: list[int]) -> None:
-    """Delete message rows no folder refers to any more."""
-    if message_ids:
-        conn.execute(
-            "DELETE FROM message m WHERE m.id = ANY(%s)"
-            " AND NOT EXISTS (SELECT 1 FROM mailbox_message mm WHERE mm.message_id = m.id)",
-            (list(set(message_ids)),),
-        )
 
 
 @implementer(IMailAccount)
@@ -777,7 +1062,7 @@ class PostgresAccount:
         mailbox_id = self._run(delete)
         if mailbox_id is None:
             raise NoSuchFolder(name)
-        self._run(_drop_orphans, messages)
+        self._run(self.store.blobs.drop, messages)
         self.store._gone(mailbox_id)
 
     def rename_folder(self, old: str, new: str) -> None:
@@ -852,7 +1137,7 @@ class PostgresStore:
     L{close} stops the worker threads and closes the connections.
     """
 
-    def __init__(self, dsn: str, reactor: Any = None, create: bool = True):
+    def __init__(self, dsn: str, reactor: Any = None, create: bool = True, blobs: IMessageBlobs | None = None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -862,9 +1147,13 @@ class PostgresStore:
         self.db = Database(dsn)
         self.locks = Database(dsn)  # holds POP3's advisory locks
         self.db.run(lambda conn: pgschema.check(conn, create))
+        self.blobs: IMessageBlobs = blobs if blobs is not None else ByteaBlobs()
         self.committer = GroupCommitter(self, reactor)
         self.listening = False
         self._folders: weakref.WeakValueDictionary[int, PostgresFolder] = weakref.WeakValueDictionary()
+        # The folders last read, kept (with their caches) when no session
+        # holds them: most recent last.
+        self._kept: collections.OrderedDict[int, PostgresFolder] = collections.OrderedDict()
         self._accounts: dict[str, int] = {}
         self._listener: ChangeListener | None = None
 
@@ -930,13 +1219,28 @@ class PostgresStore:
 
     def _gone(self, mailbox_id: int) -> None:
         folder = self._folders.pop(mailbox_id, None)
+        self._kept.pop(mailbox_id, None)
         if folder is not None:
             folder.gone = True
 
-    def _announce(self, mailbox_id: int, modseq: int, change: FolderChange) -> None:
+    def _touch(self, folder: PostgresFolder) -> None:
+        """Keep C{folder}'s cache (it was just read), dropping the least recent beyond the limits."""
+        kept = self._kept
+        kept[folder.mailbox_id] = folder
+        kept.move_to_end(folder.mailbox_id)
+        total = sum(f.cached for f in kept.values())
+        while len(kept) > 1 and (len(kept) > KEEP_FOLDERS or total > KEEP_MESSAGES):
+            _, dropped = kept.popitem(last=False)
+            total -= dropped.cached
+
+    def _added_here(self, mailbox_id: int, modseq: int, entries: list) -> None:
+        """A group commit placed C{entries} (info, message id, modseq) in a mailbox."""
         folder = self._folders.get(mailbox_id)
         if folder is not None:
-            folder.announce(modseq, change)
+            try:
+                folder.added_here(modseq, entries)
+            except StoreError:
+                pass  # caught up at its next read
 
     def _notified(self, payload: str) -> None:
         """A C{NOTIFY} from some hub (this one included)."""
@@ -949,7 +1253,8 @@ class PostgresStore:
             self._gone(mailbox_id)
             return
         folder = self._folders.get(mailbox_id)
-        if folder is None:
+        # A folder nobody listens to catches up when it is next read.
+        if folder is None or not folder._listeners:
             return
         try:
             if int(what) > folder._watermark:
@@ -962,6 +1267,8 @@ class PostgresStore:
         if on:
             # Notifications may have been missed while the connection was down.
             for folder in list(self._folders.values()):
+                if not folder._listeners:
+                    continue
                 try:
                     folder.catch_up()
                 except StoreError:

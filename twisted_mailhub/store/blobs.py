@@ -1,0 +1,89 @@
+# -*- test-case-name: tests.test_pgstore -*-
+"""
+Where the PostgreSQL store keeps a message's bytes: behind L{IMessageBlobs},
+a small interface, so that a later backend may put them elsewhere (an
+S3-compatible object store, say) while the C{message} row keeps the size
+and the rows that place a message in folders keep pointing at it.
+
+The one implementation here, L{ByteaBlobs}, keeps the bytes in the
+C{message.body} column (C{bytea}, stored out of line and uncompressed, so a
+slice of a big message reads only the pages it needs).
+
+Every call takes the caller's psycopg connection: writes happen inside the
+delivering transaction (the bytes are durable when the UID is), reads on
+whichever connection the caller holds. A blob is named by its C{message.id}
+(an int); blobs are never changed after L{IMessageBlobs.put}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from zope.interface import Interface, implementer
+
+
+class IMessageBlobs(Interface):
+    """The bytes of messages, named by their C{message} row's id."""
+
+    def put(conn: Any, ids: Sequence[int], bodies: Sequence[bytes]) -> None:
+        """
+        Store C{bodies} (each a message as sent to clients: CRLF line ends,
+        dot-unstuffed) under C{ids} (from C{message_id_seq}, taken by the
+        caller) in the transaction open on C{conn}. It returns nothing, so
+        it can be queued in a pipeline with the rest of a delivery: one
+        round trip for the whole batch.
+        """
+
+    def get(conn: Any, ids: Sequence[int]) -> dict[int, bytes]:
+        """
+        The whole bytes of each blob in C{ids} that exists, in one round
+        trip (missing ids are left out). Callers keep this to small
+        messages; big ones are read with L{read}.
+        """
+
+    def read(conn: Any, blob: int, offset: int, length: int) -> bytes | None:
+        """
+        Up to C{length} octets of one blob from C{offset} (0-based): fewer
+        at its end, C{b""} past it, L{None} if the blob is gone.
+        """
+
+    def drop(conn: Any, ids: Sequence[int]) -> None:
+        """
+        Delete the blobs in C{ids} that no folder refers to any more (the
+        last copy was expunged or its folder deleted).
+        """
+
+
+@implementer(IMessageBlobs)
+class ByteaBlobs:
+    """
+    Message bytes in the C{message.body} column (C{bytea}, out of line;
+    see L{twisted_mailhub.store.pgschema}).
+    """
+
+    def put(self, conn: Any, ids: Sequence[int], bodies: Sequence[bytes]) -> None:
+        if bodies:
+            conn.execute(
+                "INSERT INTO message (id, size, body) SELECT i, length(b), b FROM unnest(%s::bigint[], %b::bytea[]) AS t(i, b)",
+                (list(ids), list(bodies)),
+            )
+
+    def get(self, conn: Any, ids: Sequence[int]) -> dict[int, bytes]:
+        if not ids:
+            return {}
+        rows = conn.execute("SELECT id, body FROM message WHERE id = ANY(%s)", (list(ids),), binary=True).fetchall()
+        return {blob: bytes(body) for blob, body in rows}
+
+    def read(self, conn: Any, blob: int, offset: int, length: int) -> bytes | None:
+        row = conn.execute(
+            "SELECT substring(body FROM %s FOR %s) FROM message WHERE id = %s", (offset + 1, length, blob), binary=True
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def drop(self, conn: Any, ids: Sequence[int]) -> None:
+        if ids:
+            conn.execute(
+                "DELETE FROM message m WHERE m.id = ANY(%s)"
+                " AND NOT EXISTS (SELECT 1 FROM mailbox_message mm WHERE mm.message_id = m.id)",
+                (sorted(set(ids)),),
+            )
