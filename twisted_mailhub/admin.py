@@ -148,7 +148,8 @@ def user_add(args) -> str:
     lines = read_lines(args.accounts)
     if _index(lines, args.address, args.domain) is not None:
         raise AdminError(f"{args.address} already has an account in {args.accounts} (change its password with: user passwd)")
-    lines.append(_entry(args, _password(args)))
+    quota = getattr(args, "quota", None)
+    lines.append(_entry(args, _password(args), f"{args.address};quota={quota}" if quota else None))
     write_lines(args.accounts, lines)
     return f"added {args.address} to {args.accounts}"
 
@@ -332,6 +333,10 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("add", "passwd"):
             p.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin (for scripts) instead of asking twice")
             p.add_argument("--plain", action="store_true", help="store the password in plain text (needed for APOP and CRAM-MD5) instead of an scrypt hash")
+        # accounts in PostgreSQL instead of a file (twisted_mailhub.cluster.admin)
+        p.add_argument("--auth", default=None, help="postgresql:DSN: the accounts in the user_account table of that database (as the hub's --auth postgresql:DSN) instead of a file")
+        if name == "add":
+            p.add_argument("--quota", default=None, help="the account's own storage quota (e.g. 500M)")
         if name != "list":
             p.add_argument("--pidfile", default="twistd.pid", help="the running hub's pidfile, told to reload by SIGHUP (default: ./twistd.pid)")
             p.add_argument("--no-reload", action="store_true", help="do not signal a running hub")
@@ -345,6 +350,7 @@ def _parser() -> argparse.ArgumentParser:
     queue = commands.add_parser("queue", help="the outbound queue: list, flush, remove ID (as mailhub-queue)", add_help=False)
     queue.add_argument("queue_args", nargs=argparse.REMAINDER)
 
+    commands.add_parser("db", help="the PostgreSQL tables: upgrade (create or migrate) or version, with --dsn DSN", add_help=False)
     commands.add_parser("dkim", help="DKIM keys and the DNS TXT records to publish: show, or make (missing keys first)", add_help=False)
     check_command = commands.add_parser("check", help="check hub options, accounts, certificate and ports without starting", add_help=False)
     check_command.add_argument("hub_args", nargs=argparse.REMAINDER, help="the options given to twistd mailhub")
@@ -374,7 +380,22 @@ def main(argv: list[str] | None = None) -> int:
         if not problems:
             print("ok: the hub would start with these options")
         return 1 if problems else 0
+    if argv[:1] == ["db"]:
+        from twisted_mailhub.cluster.admin import db_main
+
+        return db_main(argv[1:])
     args = _parser().parse_args(argv)
+    if getattr(args, "auth", None):
+        from twisted_mailhub.cluster.admin import TableError, user_in_table
+
+        try:
+            if args.user_command == "add":
+                _check_address(args.address)
+            print(user_in_table(args, lambda a, address: _entry(a, _password(a), address)))
+        except (AdminError, TableError) as e:
+            print(f"mailhub-admin: {e}", file=sys.stderr)
+            return 1
+        return 0
     actions = {"add": user_add, "passwd": user_passwd, "remove": user_remove, "list": user_list, "key": user_key}
     try:
         print(actions[args.user_command](args))

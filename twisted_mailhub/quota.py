@@ -354,6 +354,8 @@ def install(hub: Any) -> None:
     default = hub.options.get("quota")
     default = parse_size(default) if default else None
     if default is None and not any(getattr(a, "quota", None) for a in hub.accounts):
-        return
+        # (accounts in a table may get a quota at any time: always count)
+        if not getattr(hub.accounts, "quotas_may_change", False):
+            return
     hub.quotas = Quotas(hub.store, default, hub.accounts)
     hub.store = QuotaStore(hub.store, hub.quotas)

@@ -218,9 +218,17 @@ def _accounts_and_checkers(options):
 
     from twisted_mailhub.accounts import AccountBook
 
-    accounts = AccountBook(options["domains"])
+    from twisted_mailhub.cluster.accounts import PostgresAccountsChecker
+
+    checkers = options.get("credCheckers", [])
+    # --auth postgresql:DSN: the book mirrors the table (cluster/accounts.py);
+    # accounts from files and --user are kept beside the table's.
+    in_table = [c for c in checkers if isinstance(c, PostgresAccountsChecker)]
+    accounts = in_table[0].account_book(options["domains"]) if in_table else AccountBook(options["domains"])
     extra = []
-    for checker in options.get("credCheckers", []):
+    for checker in checkers:
+        if isinstance(checker, PostgresAccountsChecker):
+            continue
         if isinstance(checker, FilePasswordDB):
             # AccountsFileError: one line with the file and line number
             accounts.load_file(checker.filename)
@@ -273,6 +281,8 @@ def makeService(options):
         # whole help for a UsageError from parseOptions).
         sys.stderr.write(f"mailhub: --auth: {e}\n")
         raise SystemExit(2)
+    if hasattr(accounts, "start"):
+        accounts.start()  # --auth postgresql: listen for changes to the table
     data_dir = os.path.abspath(options["data"])
     os.makedirs(data_dir, exist_ok=True)
     hostname = options["hostname"] or default_hostname()
