@@ -25,7 +25,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet import defer
 from twisted.mail import imap4
 
 _LITERAL_AT_END = re.compile(rb"(~?)\{(\d{1,20})\}\Z")

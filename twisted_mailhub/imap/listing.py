@@ -33,7 +33,6 @@ Rules:
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from twisted.mail import imap4
 

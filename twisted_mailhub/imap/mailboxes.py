@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_e2e_imap -*-
 """
 Mailbox commands (RFC 3501 §6.3): SELECT, EXAMINE, UNSELECT, CREATE,
-DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS and APPEND.
+DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE and STATUS.
 
 Rules:
 
@@ -10,8 +10,8 @@ Rules:
  - A store error becomes a tagged C{NO} with an RFC 5530 response code
    (C{[NONEXISTENT]}, C{[ALREADYEXISTS]}, C{[CANNOT]}, C{[TRYCREATE]} for
    APPEND/COPY/MOVE, C{[SERVERBUG]} otherwise); never a traceback.
- - APPEND answers only once the message is durable, with C{[APPENDUID]}
-   (RFC 4315); the next command is read after that.
+ - APPEND lives in L{twisted_mailhub.imap.append}, LIST and LSUB in
+   L{twisted_mailhub.imap.listing}.
  - A selected folder deleted or renamed elsewhere ends the session with
    C{BYE [UNAVAILABLE]}, as Dovecot does.
 """
@@ -24,7 +24,7 @@ from twisted.mail import imap4
 from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.listing import SPECIAL_USE  # noqa: F401 (imap/__init__ makes them)
 from twisted_mailhub.imap.view import SelectedFolder
-from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_name, mailbox_name, opt_nested_list, shown, parse_internal_date, wire_name
+from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_name, mailbox_name, opt_nested_list, shown, wire_name
 from twisted_mailhub.store.base import DELIMITER
 from twisted_mailhub.store.interfaces import (
     DELETED,
@@ -35,9 +35,7 @@ from twisted_mailhub.store.interfaces import (
     NoSuchFolder,
     StoreError,
     StoreUnavailable,
-    is_out_of_space,
 )
-from twisted_mailhub.store.maildir import crlf
 
 log = Logger()
 
@@ -320,45 +318,3 @@ class MailboxCommands:
         return wire_name(name, self.utf8_names)
 
     auth_STATUS = select_STATUS = (do_STATUS, arg_astring, imap4.IMAP4Server.arg_plist)
-
-    # -- APPEND (RFC 3501 §6.3.11, UIDPLUS RFC 4315) ------------------------------------
-
-    def do_APPEND(self, tag, name, flags, date, message):
-        folder = self._target_folder(tag, name)
-        if folder is None:
-            return
-        try:
-            internal_date = parse_internal_date(date) if date else None
-        except imap4.IllegalClientResponse as e:
-            self.sendBadResponse(tag, client_text(str(e)))
-            return
-        data = crlf(message.read())
-        flag_names = [f.decode("utf-8", "replace") for f in (flags or []) if isinstance(f, bytes)]
-        # Replies stay in command order: the next command is read once this
-        # message is on disk.
-        self._hold_input()
-        d = folder.append(data, [f for f in flag_names if f.lower() != "\\recent"], internal_date)
-
-        def done(uid):
-            self.sendPositiveResponse(tag, b"[APPENDUID %d %d] APPEND completed" % (folder.uid_validity, uid))
-
-        def failed(reason):
-            if is_out_of_space(reason.value):
-                # RFC 5530 §3: OVERQUOTA, as Dovecot answers a full disk.
-                log.warn("APPEND not stored: insufficient system storage ({error})", error=reason.value.__cause__ or reason.value)
-                why = getattr(reason.value, "reason", "not enough disk space").encode("utf-8")
-                self.sendNegativeResponse(tag, b"[OVERQUOTA] APPEND failed: " + why + b", message not stored")
-                return
-            log.failure("APPEND failed", reason)
-            self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed: message not stored")
-
-        d.addCallbacks(done, failed)
-        d.addBoth(lambda _: self._release_input())
-
-    auth_APPEND = select_APPEND = (
-        do_APPEND,
-        arg_astring,
-        imap4.IMAP4Server.opt_plist,
-        imap4.IMAP4Server.opt_datetime,
-        imap4.IMAP4Server.arg_literal,
-    )

@@ -27,6 +27,7 @@ Theory of operation:
      sort.py        SORT and THREAD
      mailboxes.py   SELECT, STATUS, APPEND and the other mailbox commands
      listing.py     LIST and LSUB (LIST-EXTENDED, LIST-STATUS)
+     append.py      APPEND (MULTIAPPEND, CATENATE with urls.py, literal8, UTF8)
      changes.py     CLOSE, EXPUNGE, COPY, MOVE, UID
      condstore.py   ENABLE, CONDSTORE and QRESYNC (modseqs in every command)
      extensions.py  ID, NAMESPACE, and what CAPABILITY advertises
@@ -62,6 +63,7 @@ from twisted_mailhub.imap.condstore import CondStoreCommands
 from twisted_mailhub.imap.extensions import EXTENSIONS, ExtensionCommands
 from twisted_mailhub.imap.fetch import FetchCommands, ResponseStream
 from twisted_mailhub.imap.listing import ListCommands
+from twisted_mailhub.imap.append import AppendCommands
 from twisted_mailhub.imap.mailboxes import MailboxCommands
 from twisted_mailhub.imap.quota import QuotaCommands
 from twisted_mailhub.imap.search import SearchCommands
@@ -85,7 +87,7 @@ _NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
 
 
 class IMAPServer(
-    FetchCommands, SearchCommands, SortCommands, ListCommands, MailboxCommands, ChangeCommands, CondStoreCommands, ExtensionCommands, QuotaCommands, imap4.IMAP4Server
+    FetchCommands, SearchCommands, SortCommands, ListCommands, AppendCommands, MailboxCommands, ChangeCommands, CondStoreCommands, ExtensionCommands, QuotaCommands, imap4.IMAP4Server
 ):
     """
     One IMAP connection. C{hub} is the shared L{twisted_mailhub.hub.Hub}.

@@ -1,0 +1,220 @@
+# -*- test-case-name: tests.test_e2e_imap_append -*-
+"""
+APPEND (RFC 3501 §6.3.11) with everything that extends it: UIDPLUS's
+APPENDUID (RFC 4315), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469), binary
+literals (literal8 C{~{n}}, RFC 3516 §4.4) and the UTF8 data item (RFC
+6855 §4).
+
+Grammar (RFC 4466 §2.1, with the extensions above)::
+
+    APPEND mailbox 1*( [flag-list] [date-time]
+                       ( literal / literal8
+                       / CATENATE (1*( URL url / TEXT literal ))
+                       / UTF8 (literal8) ) )
+
+Rules:
+
+ - All or nothing (RFC 3502 §3): every message is parsed, and every
+   CATENATE URL resolved, before any is stored; then all are written
+   together (one group commit) and the tagged OK comes only once every
+   one is durable. If one cannot be stored, those already stored are
+   expunged again and the reply is NO. Another session may see them
+   for that moment (the store has no transactions across messages).
+ - Quotas: the sum of the messages is checked against the account's
+   quota before anything is written, so a MULTIAPPEND that would not fit
+   stores nothing (C{NO [OVERQUOTA]}).
+ - C{OK [APPENDUID uidvalidity uid-set]}: one uid-set for all the
+   messages, in the order they were sent.
+ - Sizes: every literal is checked against C{--max-message-size} before
+   its first octet is read (the server's literal check); a message put
+   together by CATENATE that passes it is C{NO [TOOBIG]}.
+ - CATENATE: a TEXT part is taken as sent; a URL part is an IMAP URL of
+   one of the user's own messages (L{twisted_mailhub.imap.urls}), else
+   C{NO [BADURL url]}.
+ - Binary: a literal8 may hold any octet but NUL is refused, as RFC 3516
+   §4.4 allows a store that cannot keep binary content to do, with
+   C{NO [UNKNOWN-CTE]}; other 8-bit content is stored as sent. A NUL
+   in an ordinary literal is a syntax error (BAD).
+ - UTF8 (RFC 6855 §4): C{UTF8 (~{n})} only after ENABLE UTF8=ACCEPT
+   (else BAD); the message is stored as sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.mail import imap4
+
+from twisted_mailhub.imap.arguments import Atom, String, arg_everything
+from twisted_mailhub.imap.condstore import uid_set_text
+from twisted_mailhub.imap.urls import BadURL, read_url
+from twisted_mailhub.imap.wire import client_text, parse_internal_date, shown
+from twisted_mailhub.store.interfaces import is_out_of_space
+from twisted_mailhub.store.maildir import crlf
+
+log = Logger()
+
+
+class AppendMessage:
+    """One message of an APPEND: C{flags} (str), C{date} (seconds or None) and C{data} (bytes) or C{parts} (CATENATE's ("URL"|"TEXT", bytes))."""
+
+    def __init__(self) -> None:
+        self.flags: list[str] = []
+        self.date: float | None = None
+        self.data: bytes | None = None
+        self.parts: list[tuple[str, bytes]] = []
+        self.binary = False
+
+
+def parse_append(tree: list, utf8_enabled: bool) -> tuple[bytes, list[AppendMessage]]:
+    """
+    (mailbox as sent, messages) from L{arg_everything}'s tree of an
+    APPEND. Raises L{imap4.IllegalClientResponse}.
+    """
+    if not tree or not isinstance(tree[0], bytes):
+        raise imap4.IllegalClientResponse("APPEND wants a mailbox name, then a message as a literal")
+    mailbox = bytes(tree[0])
+    messages: list[AppendMessage] = []
+    i = 1
+    while i < len(tree):
+        message = AppendMessage()
+        if isinstance(tree[i], list):
+            for flag in tree[i]:
+                if not isinstance(flag, Atom):
+                    raise imap4.IllegalClientResponse("APPEND's flags are atoms, e.g. (\\Seen $Forwarded)")
+                if flag.lower() != b"\\recent":
+                    message.flags.append(flag.decode("utf-8", "replace"))
+            i += 1
+        if i < len(tree) and isinstance(tree[i], String) and not tree[i].literal:
+            message.date = parse_internal_date(bytes(tree[i]))
+            i += 1
+        if i >= len(tree):
+            raise imap4.IllegalClientResponse("APPEND: a message (a literal) must follow its flags and date")
+        item = tree[i]
+        if isinstance(item, String) and item.literal:
+            message.data = bytes(item)
+            message.binary = item.literal8
+            i += 1
+        elif isinstance(item, Atom) and item.upper() == b"CATENATE":
+            if i + 1 >= len(tree) or not isinstance(tree[i + 1], list) or not tree[i + 1]:
+                raise imap4.IllegalClientResponse("CATENATE wants a list of parts, e.g. CATENATE (URL \"/INBOX/;UID=1\" TEXT {5})")
+            message.parts = _catenate_parts(tree[i + 1])
+            message.binary = any(getattr(v, "literal8", False) for _, v in message.parts)
+            i += 2
+        elif isinstance(item, Atom) and item.upper() == b"UTF8":
+            if not utf8_enabled:
+                raise imap4.IllegalClientResponse("the UTF8 data item needs ENABLE UTF8=ACCEPT first (RFC 6855 section 4)")
+            given = tree[i + 1] if i + 1 < len(tree) else None
+            if not isinstance(given, list) or len(given) != 1 or not isinstance(given[0], String) or not given[0].literal8:
+                raise imap4.IllegalClientResponse("UTF8 wants one literal8 in parentheses: UTF8 (~{n})")
+            message.data = bytes(given[0])
+            i += 2
+        else:
+            raise imap4.IllegalClientResponse("APPEND: expected a message literal {n}, ~{n}, CATENATE or UTF8 at " + shown(bytes(item) if isinstance(item, bytes) else b"(...)", 30))
+        messages.append(message)
+    if not messages:
+        raise imap4.IllegalClientResponse("APPEND wants a message as a literal after the mailbox name")
+    return mailbox, messages
+
+
+def _catenate_parts(items: list) -> list[tuple[str, bytes]]:
+    parts = []
+    if len(items) % 2:
+        raise imap4.IllegalClientResponse("CATENATE parts come in pairs: URL url or TEXT literal")
+    for kind, value in zip(items[::2], items[1::2]):
+        name = kind.upper() if isinstance(kind, Atom) else b""
+        if name == b"URL" and isinstance(value, bytes):
+            parts.append(("URL", value))
+        elif name == b"TEXT" and isinstance(value, String) and value.literal:
+            parts.append(("TEXT", value))
+        else:
+            raise imap4.IllegalClientResponse("CATENATE parts are URL url or TEXT literal")
+    return parts
+
+
+class AppendCommands:
+    """APPEND, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
+
+    def do_APPEND(self, tag, tree):
+        try:
+            name, messages = parse_append(tree, self.utf8_names)
+        except imap4.IllegalClientResponse as e:
+            self.sendBadResponse(tag, client_text(str(e)))
+            return
+        folder = self._target_folder(tag, name)
+        if folder is None:
+            return
+        datas = []
+        for message in messages:
+            if message.parts:
+                pieces = []
+                for kind, value in message.parts:
+                    if kind == "TEXT":
+                        pieces.append(bytes(value))
+                        continue
+                    try:
+                        pieces.append(read_url(self, bytes(value)))
+                    except BadURL as e:
+                        self.sendNegativeResponse(tag, b"[BADURL " + _url_text(e.url) + b"] " + client_text(e.why) + b"; nothing appended")
+                        return
+                data = b"".join(pieces)
+            else:
+                data = message.data
+            if message.binary and b"\0" in data:
+                self.sendNegativeResponse(tag, b"[UNKNOWN-CTE] binary content with NUL octets cannot be stored here: send it base64-encoded; nothing appended")
+                return
+            if len(data) > self.hub.max_message_size:
+                self.sendNegativeResponse(tag, b"[TOOBIG] message of %d octets is over the limit of %d; nothing appended" % (len(data), self.hub.max_message_size))
+                return
+            datas.append(crlf(data))
+        quotas = getattr(self.hub, "quotas", None)
+        address = getattr(self.account, "address", None)
+        if quotas is not None and address is not None and len(datas) > 1:
+            try:
+                quotas.check(address, sum(len(d) for d in datas))
+            except Exception as e:
+                if is_out_of_space(e):
+                    why = getattr(e, "reason", "not enough space").encode("utf-8")
+                    self.sendNegativeResponse(tag, b"[OVERQUOTA] APPEND failed: " + why + b"; nothing appended")
+                    return
+                raise
+        # Replies stay in command order: the next command is read once
+        # these messages are on disk.
+        self._hold_input()
+        writes = [defer.maybeDeferred(folder.append, data, message.flags, message.date) for data, message in zip(datas, messages)]
+        d = defer.DeferredList(writes, consumeErrors=True)
+        d.addCallback(self._appended, tag, folder)
+        d.addErrback(lambda reason: (log.failure("APPEND failed", reason), self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed")))
+        d.addBoth(lambda _: self._release_input())
+
+    def _appended(self, results: list, tag: bytes, folder: Any) -> None:
+        uids = [value for ok, value in results if ok]
+        failures = [value for ok, value in results if not ok]
+        if not failures:
+            self.sendPositiveResponse(tag, b"[APPENDUID %d %s] APPEND completed" % (folder.uid_validity, uid_set_text(uids) if len(uids) > 1 else b"%d" % uids[0]))
+            return
+        if uids:
+            # All or nothing (RFC 3502 §3): take back what was stored.
+            try:
+                folder.expunge(uids, origin=None)
+            except Exception:
+                log.failure("APPEND: taking back {count} stored messages failed", count=len(uids))
+        reason = failures[0]
+        if is_out_of_space(reason.value):
+            # RFC 5530 §3: OVERQUOTA, as Dovecot answers a full disk.
+            log.warn("APPEND not stored: insufficient system storage ({error})", error=reason.value.__cause__ or reason.value)
+            why = getattr(reason.value, "reason", "not enough disk space").encode("utf-8")
+            self.sendNegativeResponse(tag, b"[OVERQUOTA] APPEND failed: " + why + (b", message not stored" if len(results) == 1 else b"; nothing appended"))
+            return
+        log.failure("APPEND failed", reason)
+        self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed: message not stored" if len(results) == 1 else b"[SERVERBUG] APPEND failed: nothing appended")
+
+    auth_APPEND = select_APPEND = (do_APPEND, arg_everything)
+
+
+def _url_text(url: bytes) -> bytes:
+    """A URL as the BADURL code shows it (RFC 4469 §6: an astring-like atom), printable ASCII only."""
+    text = bytes(c for c in url[:200] if 33 <= c < 127 and c not in b'[]"\\')
+    return text or b'""'
