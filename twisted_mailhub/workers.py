@@ -44,6 +44,8 @@ What is shared, and what is not, is in the README (C{--workers}).
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import json
 import os
 import signal
@@ -62,6 +64,9 @@ log = Logger()
 
 ENV = "MAILHUB_WORKER"  # JSON: {"index": i, "count": N, "fds": {listener: fd}}
 FIRST_FD = 4
+# Listeners served by worker 0 alone: the web face keeps browser sessions
+# in memory (a login must find its session on the next request).
+ONE_WORKER_LISTENERS = frozenset({"web", "webs"})
 STOP_GRACE = 10.0  # seconds a worker has to stop before SIGKILL
 RESTART_DELAY = 1.0
 QUICK_DEATH = 5.0
@@ -149,6 +154,7 @@ class WorkersService(service.Service):
         self.argv = argv
         self.cwd = cwd
         self.workers: dict[int, _WorkerProcess] = {}
+        self.generations: dict[int, int] = {}  # index -> how many times restarted
         self.fds: dict[str, int] = {}
         self.was_ready = False
         self.stopping = False
@@ -198,10 +204,14 @@ class WorkersService(service.Service):
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", 3: "r"}
         inherited = {}
         for offset, (name, fd) in enumerate(sorted(self.fds.items())):
+            if index and name in ONE_WORKER_LISTENERS:
+                continue
             child_fds[FIRST_FD + offset] = fd
             inherited[name] = FIRST_FD + offset
         env = dict(os.environ)
-        env[ENV] = json.dumps({"index": index, "count": self.count, "fds": inherited})
+        generation = self.generations[index] = self.generations.get(index, -1) + 1
+        web = any(name in ONE_WORKER_LISTENERS for name in self.fds)
+        env[ENV] = json.dumps({"index": index, "count": self.count, "fds": inherited, "generation": generation, "web": web})
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         worker = _WorkerProcess(self, index)
@@ -217,6 +227,10 @@ class WorkersService(service.Service):
             for other in list(self.workers.values()):
                 if other is not worker:
                     other.send(line)
+        elif kind == b"W":  # for the web face's worker only
+            web = self.workers.get(0)
+            if web is not None and web is not worker:
+                web.send(b"B" + body)
         elif kind == b"L":
             try:
                 when, level, namespace, text = json.loads(body)
@@ -389,11 +403,12 @@ class WorkerLink:
     notices it sends and what it does with theirs.
     """
 
-    def __init__(self, hub: Any, index: int, count: int, out: _BusOut):
+    def __init__(self, hub: Any, index: int, count: int, out: _BusOut, generation: int = 0):
         self.hub = hub
         self.index = index
         self.count = count
         self.out = out
+        self.generation = generation
 
     def broadcast(self, notice: dict) -> None:
         self.out.send(b"B", json.dumps(notice, separators=(",", ":")).encode("utf-8"))
@@ -413,6 +428,138 @@ class WorkerLink:
         from twisted_mailhub.store import shared
 
         shared.changed_elsewhere(notice["d"])
+
+    # -- the login throttle ---------------------------------------------------
+
+    def share_throttle(self) -> None:
+        """
+        Every worker counts every worker's failed logins: a failure or a
+        success here is told to the others, which count it too (the
+        answer is held where the login was tried).
+        """
+        throttle = self.hub.throttle
+        self._failed, self._succeeded = throttle.failed, throttle.succeeded
+
+        def failed(address: str, username: str) -> float:
+            self.broadcast({"k": "login", "ok": 0, "a": address, "u": username})
+            return self._failed(address, username)
+
+        def succeeded(address: str, username: str) -> None:
+            self.broadcast({"k": "login", "ok": 1, "a": address, "u": username})
+            return self._succeeded(address, username)
+
+        throttle.failed, throttle.succeeded = failed, succeeded
+
+    def on_login(self, notice: dict) -> None:
+        (self._succeeded if notice.get("ok") else self._failed)(str(notice["a"]), str(notice["u"]))
+
+    # -- the outbound queue ---------------------------------------------------
+
+    def share_queue(self) -> None:
+        """
+        One worker runs the queue (the one holding its lock, as between
+        two hubs); a message another worker queues is handed to it by its
+        queue id once its files are durable.
+        """
+        relay = getattr(self.hub, "relay", None)
+        if relay is None:
+            return
+        relay.worker_mode = True
+        enqueue = relay.enqueue
+
+        def handed_on(qid):
+            if not relay.owns_queue:
+                relay.entries.pop(qid, None)  # the runner has it now
+                self.broadcast({"k": "queued", "id": qid})
+            return qid
+
+        relay.enqueue = lambda *a, **kw: enqueue(*a, **kw).addCallback(handed_on)
+
+    def on_queued(self, notice: dict) -> None:
+        from twisted_mailhub.queue.storage import QueuedMessage
+
+        relay = getattr(self.hub, "relay", None)
+        qid = str(notice["id"])
+        if relay is None or not relay.owns_queue or not relay.running or qid in relay.entries:
+            return
+        if "/" in qid or qid.startswith("."):
+            return
+        try:
+            with open(os.path.join(relay.storage.directory, qid + ".env"), "rb") as f:
+                entry = QueuedMessage.from_json(f.read())
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            log.error("queue: {qid} from another worker cannot be read: {error}", qid=qid, error=e)
+            return
+        relay.entries[qid] = entry
+        relay._reschedule()
+
+    # -- session events (the console, --transcript) ----------------------------
+
+    def share_sessions(self) -> None:
+        """
+        While the hub records sessions for its web console, every session
+        event of workers 1..N-1 is sent to worker 0 (which alone serves
+        the web face), in one notice per reactor turn, and kept there as
+        if they were its own: its console sees every worker's sessions.
+        The transcript log (--transcript) shows each session once: the
+        worker that has it logs it.
+        """
+        from twisted_mailhub import transcript
+
+        events = self.hub.events
+        self.remote: set[str] = set()
+        self._outgoing: list = []
+        # Connection ids unique across workers (and a worker's restarts).
+        first = 1 + self.index + self.count * 1_000_000 * int(self.generation)
+        transcript._ids = itertools.count(first, self.count)
+        if self.index == 0:
+            if transcript.log_event in events.watchers:
+                events.unsubscribe(transcript.log_event)
+                remote = self.remote
+                events.subscribe(lambda record, event: None if record.id in remote else transcript.log_event(record, event))
+        elif self.web:
+            events.subscribe(self._forward)
+
+    def _forward(self, record: Any, event: tuple) -> None:
+        if record.id in self.remote or not self.hub.events.recording:
+            return
+        if not self._outgoing:
+            self.hub.reactor.callLater(0, self._send_sessions)
+        _, when, kind, text = event
+        item = [record.id, kind, text, when]
+        if kind == "start":
+            item.append([record.protocol, list(record.client), list(record.server)])
+        self._outgoing.append(item)
+
+    def _send_sessions(self) -> None:
+        items, self._outgoing = self._outgoing, []
+        if items:
+            self.out.send(b"W", json.dumps({"k": "sessions", "e": items}, separators=(",", ":")).encode("utf-8"))
+
+    def on_sessions(self, notice: dict) -> None:
+        events = self.hub.events
+        for item in notice["e"]:
+            id, kind, text = item[0], item[1], item[2]
+            record = events.get(id)
+            if record is None:
+                protocol, client, server = item[4] if len(item) > 4 else (id.split("#", 1)[0], ["?", 0], ["?", 0])
+                self.remote.add(id)
+                record = events.start(protocol, tuple(client), tuple(server), id=id)
+                if kind == "start":
+                    continue
+            if id not in self.remote:
+                continue
+            if kind == "login":
+                record.account = text
+                record.add("login", text)
+            elif kind == "tls":
+                record.encrypted(text)
+            elif kind == "end":
+                record.closed()
+                if len(self.remote) > 2 * events.max_sessions:
+                    self.remote = {i for i in self.remote if i in events.records}
+            else:
+                record.add(kind, text)
 
 
 def _one_at_a_time(port: Any) -> Any:
@@ -455,6 +602,39 @@ def _adopt(reactor: Any, fds: dict[str, int]):
     return adopt
 
 
+def maildrop_locker(store: Any):
+    """
+    POP3's one session per maildrop (RFC 1939 §8) across the workers: an
+    exclusive C{flock} on C{mailhub-pop3.lock} in the account's Maildir,
+    held while the session lasts (the kernel lets it go if the worker
+    dies). C{lock(address)} returns the function that releases it, or
+    L{None} when another session holds it.
+    """
+
+    def lock(address: str):
+        directory = store.account_path(address)
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(os.path.join(directory, "mailhub-pop3.lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        released = []
+
+        def unlock() -> None:
+            if not released:
+                released.append(True)
+                os.close(fd)
+
+        return unlock
+
+    return lock
+
+
 def run_worker(argv: list[str]) -> None:
     """
     One worker: the hub of C{argv} (the options of C{twistd mailhub}) on
@@ -477,10 +657,20 @@ def run_worker(argv: list[str]) -> None:
 
     options = tap.Options()
     options.parseOptions(argv)
+    if spec["index"]:
+        for name in ONE_WORKER_LISTENERS:
+            options[f"no-{name}"] = True
     hub_service = tap.makeService(options)
     hub = hub_service.hub
-    link = WorkerLink(hub, spec["index"], spec["count"], out)
+    link = WorkerLink(hub, spec["index"], spec["count"], out, spec.get("generation", 0))
+    link.web = bool(spec.get("web"))
     hub.worker = link
+    link.share_throttle()
+    link.share_queue()
+    link.share_sessions()
+    store = hub.store
+    if getattr(store, "lock_maildrop", None) is None and getattr(store, "account_path", None) is not None:
+        store.lock_maildrop = maildrop_locker(store)
     hub.adopt = _adopt(reactor, {name: int(fd) for name, fd in spec["fds"].items()})
     # The connection limits are divided between the workers (README).
     limits = hub.connection_limits

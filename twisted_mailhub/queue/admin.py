@@ -95,7 +95,9 @@ class QueueControl(service.Service):
         service.Service.startService(self)
         self._lock = take_lock(self.directory)
         self.relay.owns_queue = self._lock is not None
-        if self._lock is None:
+        if self._lock is None and getattr(self.relay, "worker_mode", False):
+            log.info("queue: run by another worker of this hub (--workers)")
+        elif self._lock is None:
             log.error("queue: {dir} is locked by another process; two hubs on one queue would send mail twice", dir=self.directory)
         os.makedirs(self.control, exist_ok=True)
         self._poll = task.LoopingCall(self.poll)
@@ -111,6 +113,8 @@ class QueueControl(service.Service):
             self._lock = None
 
     def poll(self) -> None:
+        if self._lock is None:
+            return  # the process holding the lock answers
         try:
             names = sorted(n for n in os.listdir(self.control) if n.endswith(".req"))
         except OSError:

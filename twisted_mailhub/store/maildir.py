@@ -751,6 +751,11 @@ class MaildirFolder:
         gives them (L{shared.catch_up}); keywords another process changed
         are taken (added to C{flagged}). Returns the files nobody listed.
         """
+        # Listed lines whose file is not there yet (another process is
+        # still writing it) are kept for when it is.
+        for base, listed in self._known.items():
+            if base not in self._by_base and base not in self._pending:
+                self._elsewhere[base] = listed
         keywords = shared.catch_up(self, _parse_line)
         for base, words in keywords.items():
             entry = self._entries.get(self._by_base.get(base, 0))

@@ -141,7 +141,7 @@ def changed_elsewhere(directory: str) -> None:
     if folder is None or not folder._listeners:
         return
     try:
-        folder._scan(elsewhere=True)
+        folder._scan()
     except Exception as e:  # gone meanwhile, or a read error: the next look tells
         log.debug("notice for {path}: {error}", path=directory, error=e)
 
