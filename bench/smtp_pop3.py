@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """
 Benchmark: SMTP messages/s into the hub (durable: fsynced in new/ before
-250), with aiosmtpd beside it in the same run for a ratio, and POP3 RETR
-messages/s on a 10,000-message maildrop.
+250), with aiosmtpd and Postfix beside it in the same run for ratios, and
+POP3 RETR messages/s on a 10,000-message maildrop.
 
     python3 bench/smtp_pop3.py                  # everything
     python3 bench/smtp_pop3.py --quick          # fewer messages
-    python3 bench/smtp_pop3.py --no-aiosmtpd --no-pop3
+    python3 bench/smtp_pop3.py --no-pipelining  # one command per round trip (smtplib)
+    python3 bench/smtp_pop3.py --no-aiosmtpd --no-postfix --no-pop3
     python3 bench/smtp_pop3.py --case 32:1024 --neighbour 2048   # with a neighbour writing
+    python3 bench/smtp_pop3.py --case 32:1024 --no-pop3 --py-spy /tmp/hub.txt   # where the hub's time goes
 
 With C{--neighbour MB} a neighbour process writes beside the servers for
 the whole run: C{dd} of MB MiB into a file on the same disk, unsynced,
@@ -21,11 +23,20 @@ rate over each aiosmtpd's, and each server's CPU time per message (user +
 system, all threads, from /proc), which moves far less than messages/s
 when other processes load the machine.
 
-Both SMTP servers get the same load from the same client: an asyncio
+Every SMTP server gets the same load from the same client: an asyncio
 client in this process, N connections, each sending MAIL/RCPT/DATA
-pipelined (both servers advertise PIPELINING) and then the message.
-Every accepted message is then looked for on disk by its X-Bench-Id
-header; a missing or wrong one fails the run.
+pipelined (every server advertises PIPELINING) and then the message; with
+C{--no-pipelining}, each command waits for its reply before the next is
+sent, as Python's smtplib and most scripts send mail. Every accepted
+message is then looked for on disk by its X-Bench-Id header; a missing or
+wrong one fails the run.
+
+Postfix (bench/postfix.py, when installed) is a private instance: its own
+configuration and queue under the run's temp folder, smtpd on a free
+loopback port, virtual(8) delivering each recipient to a Maildir; stopped
+by its master's PID at the end. Its 250 comes once the message is fsynced
+in its queue; its rate is timed to the 250s, its CPU per message counted
+(all its processes) until every message is in the Maildir.
 
 aiosmtpd's handler writes a Maildir the safe way, the same as the hub:
 tmp/ file, fsync, rename into new/, fsync new/. It runs twice: as the
@@ -53,6 +64,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.postfix import Postfix  # noqa: E402
+from bench.postfix import available as postfix_available  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 AIOSMTPD_SERVER = r'''
@@ -113,8 +126,9 @@ controller.stop()
 class SMTPLoad:
     """One client connection sending messages as fast as the server takes them."""
 
-    def __init__(self, port: int, rcpt: bytes, body: bytes):
+    def __init__(self, port: int, rcpt: bytes, body: bytes, pipelining: bool = True):
         self.port = port
+        self.pipelining = pipelining
         self.rcpt = rcpt
         self.body = body
 
@@ -134,10 +148,21 @@ class SMTPLoad:
         writer.write(b"EHLO bench.example\r\n")
         await self._reply(reader)
         accepted = []
-        envelope = b"MAIL FROM:<bench@example.org>\r\nRCPT TO:<" + self.rcpt + b">\r\nDATA\r\n"
+        commands = [b"MAIL FROM:<bench@example.org>\r\n", b"RCPT TO:<" + self.rcpt + b">\r\n", b"DATA\r\n"]
+        envelope = b"".join(commands)
         for n in ids:
-            writer.write(envelope)
-            codes = [(await self._reply(reader))[:3] for _ in range(3)]
+            if self.pipelining:
+                # RFC 2920: the envelope in one packet, then its three replies.
+                writer.write(envelope)
+                codes = [(await self._reply(reader))[:3] for _ in range(3)]
+            else:
+                # As smtplib does: one command, then wait for its reply.
+                codes = []
+                for command in commands:
+                    writer.write(command)
+                    codes.append((await self._reply(reader))[:3])
+                    if codes[-1] not in (b"250", b"354"):
+                        break
             if codes != [b"250", b"250", b"354"]:
                 raise RuntimeError(f"envelope refused: {codes}")
             writer.write(b"X-Bench-Id: %d\r\n" % n + self.body + b".\r\n")
@@ -161,12 +186,12 @@ def make_body(size: int) -> bytes:
     return body
 
 
-async def smtp_run(port: int, rcpt: bytes, clients: int, count: int, size: int) -> tuple[float, list[int]]:
+async def smtp_run(port: int, rcpt: bytes, clients: int, count: int, size: int, pipelining: bool = True) -> tuple[float, list[int]]:
     body = make_body(size)
     ids = list(range(count))
     shares = [ids[i::clients] for i in range(clients)]
     start = time.perf_counter()
-    results = await asyncio.gather(*(SMTPLoad(port, rcpt, body).run(share) for share in shares if share))
+    results = await asyncio.gather(*(SMTPLoad(port, rcpt, body, pipelining).run(share) for share in shares if share))
     elapsed = time.perf_counter() - start
     return elapsed, [n for r in results for n in r]
 
@@ -180,26 +205,50 @@ def verify_on_disk(maildir: str, accepted: list[int], size: int) -> None:
     for path in glob.glob(os.path.join(maildir, "new", "*")):
         with open(path, "rb") as f:
             data = f.read()
+        if b"\r\n" not in data:
+            data = data.replace(b"\n", b"\r\n")  # Postfix stores Unix line ends
         m = _ID.search(data)
         if m:
             found[int(m.group(1))] = data
     missing = [n for n in accepted if n not in found]
     if missing:
         raise SystemExit(f"FAIL: {len(missing)} accepted messages not on disk in {maildir} (e.g. {missing[:5]})")
-    body = make_body(size)
-    bad = [n for n in accepted if not found[n].endswith(body)]
+    head, _, text = make_body(size).partition(b"\r\n\r\n")
+    sent = head.split(b"\r\n")
+
+    def intact(data: bytes) -> bool:
+        # The body as sent, every header field sent (a server adds its own:
+        # Return-Path, Received; Postfix a Message-ID and Date as well).
+        got_head, _, got_text = data.partition(b"\r\n\r\n")
+        fields = set(got_head.split(b"\r\n"))
+        return got_text == text and all(field in fields for field in sent)
+
+    bad = [n for n in accepted if not intact(found[n])]
     if bad:
-        raise SystemExit(f"FAIL: {len(bad)} messages damaged on disk (e.g. {bad[:5]})")
+        raise SystemExit(f"FAIL: {len(bad)} messages damaged on disk in {maildir} (e.g. {bad[:5]})")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), or 0."""
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """
+    User + system CPU time of a process so far (Linux /proc), or 0; with
+    C{children}, of its whole tree: every live descendant, and the ones it
+    has reaped (Postfix's master and its daemons).
+    """
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except OSError:
+            kids = []
+        return ticks / os.sysconf("SC_CLK_TCK") + sum(cpu_seconds(k, True) for k in kids)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def clear_maildir(maildir: str) -> None:
@@ -276,11 +325,14 @@ def pop3_bench(hub: HubProcess, messages: int, retrs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer messages per case")
+    parser.add_argument("--no-pipelining", action="store_true", help="one command per round trip, as smtplib sends (default: the envelope pipelined, RFC 2920)")
     parser.add_argument("--no-aiosmtpd", action="store_true")
+    parser.add_argument("--no-postfix", action="store_true", help="do not run Postfix beside the hub")
     parser.add_argument("--no-pop3", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="runs per server and case, alternating; the median is reported")
     parser.add_argument("--case", action="append", default=None, metavar="CLIENTS:SIZE", help="only this case (repeatable), e.g. 32:1024")
     parser.add_argument("--neighbour", type=int, default=0, metavar="MB", help="a dd writing MB MiB unsynced, over and over, beside the servers")
+    parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub with py-spy during its measured runs: collapsed stacks of the thread holding the GIL (its Python work)")
     parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir on the same disk as /var/tmp)")
     args = parser.parse_args()
 
@@ -294,6 +346,7 @@ def main() -> None:
     if args.case:
         wanted = {tuple(int(x) for x in c.split(":")) for c in args.case}
         cases = [c for c in cases if (c[0], c[1]) in wanted]
+    pipelining = not args.no_pipelining
     work = tempfile.mkdtemp(prefix="mailhub-bench-", dir=args.dir or "/var/tmp")
     # Every measured run sends to a Maildir of its own, and nothing is
     # deleted until the end: right after mass deletions ext4's inode
@@ -304,7 +357,9 @@ def main() -> None:
     os.makedirs(hub.data_dir)
     hub.start()
     peers = []  # (name, process, port, maildir)
+    postfix = None
     neighbour = None
+    spy = None
     try:
         if args.neighbour:
             target = os.path.join(work, "neighbour")
@@ -318,11 +373,31 @@ def main() -> None:
                 root = os.path.join(work, name)
                 proc, port = start_aiosmtpd(root, mode)
                 peers.append((name, proc, port, root))
+        if not args.no_postfix:
+            if postfix_available():
+                os.chmod(work, 0o755)  # virtual(8) delivers as user postfix, below it
+                postfix = Postfix(os.path.join(work, "postfix"), ["warmup"] + recipients).start()
+            else:
+                print("Postfix is not installed (apt-get install postfix): no Postfix figures")
         load = os.getloadavg()
         print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; cpus: {os.cpu_count()}")
+        mode = "pipelined envelope (RFC 2920)" if pipelining else "no pipelining: one command per round trip"
+        print(f"client: {mode}; every message fsynced before its 250")
         print(f"{'server':<13} {'clients':>7} {'size':>7} {'messages':>8} {'msgs/s':>9} {'hub is':>7} {'cpu us/msg':>9}   (medians of {args.rounds} rounds)")
-        servers = [("mailhub", hub.process, hub.ports["smtp"], lambda local: hub.maildir(f"{local}@localhost"))]
-        servers += [(name, proc, port, lambda local, root=root: os.path.join(root, local)) for name, proc, port, root in peers]
+        # (name, pid, whole process tree?, port, maildir of a local part, wait until delivered)
+        servers = [("mailhub", hub.process.pid, False, hub.ports["smtp"], lambda local: hub.maildir(f"{local}@localhost"), None)]
+        servers += [(name, proc.pid, False, port, lambda local, root=root: os.path.join(root, local), None) for name, proc, port, root in peers]
+        if postfix is not None:
+            # Postfix's 250 means "in the queue, fsynced"; its Maildir
+            # delivery follows. Timed to the 250s; its CPU counted until
+            # every message is in the Maildir.
+            servers.append(("postfix", postfix.pid, True, postfix.port, postfix.maildir, postfix.wait_delivered))
+        if args.py_spy:
+            spy = subprocess.Popen(
+                ["py-spy", "record", "--gil", "-r", "200", "-f", "raw", "-o", args.py_spy, "--pid", str(hub.process.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1)
         for case, (clients, size, count) in enumerate(cases):
             rates: dict[str, list[float]] = {name: [] for name, *_ in servers}
             # The server's CPU time per message (user + system, all its
@@ -333,11 +408,15 @@ def main() -> None:
             # so that a burst of load from elsewhere does not decide a ratio.
             for r in range(args.rounds):
                 local = f"bench{case}r{r}"
-                for name, proc, port, maildir_of in servers:
-                    asyncio.run(smtp_run(port, b"warmup@localhost", 1, 5, size))
-                    before = cpu_seconds(proc.pid)
-                    elapsed, accepted = asyncio.run(smtp_run(port, local.encode() + b"@localhost", clients, count, size))
-                    cpu[name].append((cpu_seconds(proc.pid) - before) / max(1, len(accepted)))
+                for name, pid, tree, port, maildir_of, wait_delivered in servers:
+                    asyncio.run(smtp_run(port, b"warmup@localhost", 1, 5, size, pipelining))
+                    if wait_delivered is not None:
+                        wait_delivered("warmup", 5 * (1 + r + case * args.rounds))
+                    before = cpu_seconds(pid, tree)
+                    elapsed, accepted = asyncio.run(smtp_run(port, local.encode() + b"@localhost", clients, count, size, pipelining))
+                    if wait_delivered is not None:
+                        wait_delivered(local, len(accepted))
+                    cpu[name].append((cpu_seconds(pid, tree) - before) / max(1, len(accepted)))
                     verify_on_disk(maildir_of(local), accepted, size)
                     if len(accepted) != count:
                         raise SystemExit(f"FAIL: {name} accepted {len(accepted)} of {count}")
@@ -349,6 +428,11 @@ def main() -> None:
                 spread = "/".join(f"{r:.0f}" for r in rates[name])
                 per_message = statistics.median(cpu[name]) * 1e6
                 print(f"{name:<13} {clients:>7} {size:>7} {count:>8} {rate:>9.0f} {ratio:>7} {per_message:>9.0f}   rounds: {spread}", flush=True)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait()
+            spy = None
+            print(f"py-spy: the hub's stacks in {args.py_spy}")
         if not args.no_pop3:
             if "pop3" not in hub.ports:
                 print("pop3: the hub has no POP3 listener yet; skipped")
@@ -359,10 +443,15 @@ def main() -> None:
         load = os.getloadavg()
         print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait()
         if neighbour is not None:
             os.killpg(neighbour.pid, signal.SIGKILL)  # the group this script started
             neighbour.wait()
         hub.stop()
+        if postfix is not None:
+            postfix.stop()
         for _, proc, _, _ in peers:
             proc.stdin.close()
             try:

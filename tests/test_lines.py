@@ -255,3 +255,94 @@ def test_quote_keeps_plain_text_cuts_long_input_and_can_be_ascii_only():
 def test_control_note_names_the_first_control_character():
     assert control_note(b"a\x08b") == " (the line contained a control character: ^H, a backspace)"
     assert control_note(b"plain") == ""
+
+
+# -- replies leave at once ------------------------------------------------------
+
+
+class _Quiet:
+    """A protocol for a bare TCP transport: nothing to do."""
+
+    def dataReceived(self, data):
+        pass
+
+    def connectionLost(self, reason):
+        pass
+
+
+def _tcp_pair():
+    """
+    A Twisted TCP connection (tcp.Server over one end of a socket pair, on
+    a reactor that is never run) and the peer socket: what the transport
+    sends shows on the peer without a reactor turn.
+    """
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.testing import MemoryReactor
+
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    peer.settimeout(5)
+    conn = tcp.Server(ours, _Quiet(), ("127.0.0.1", 4000), None, 1, MemoryReactor())
+    return conn, peer
+
+
+def test_a_reply_on_a_plain_tcp_connection_is_sent_without_waiting_for_the_reactor():
+    from twisted_mailhub.lines import send_now
+
+    conn, peer = _tcp_pair()
+    try:
+        send_now(conn, b"250 2.0.0 Ok\r\n")
+        assert peer.recv(100) == b"250 2.0.0 Ok\r\n"
+        assert not conn._tempDataBuffer and not conn.dataBuffer  # nothing left for the reactor
+    finally:
+        peer.close()
+        conn.socket.close()
+
+
+def test_a_reply_behind_queued_output_waits_its_turn():
+    from twisted_mailhub.lines import flush_now, send_now
+
+    conn, peer = _tcp_pair()
+    try:
+        conn.write(b"first\r\n")  # queued for the reactor
+        send_now(conn, b"second\r\n")
+        peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            peer.recv(100)  # neither has jumped the queue
+        flush_now(conn)
+        peer.settimeout(5)
+        assert peer.recv(100) == b"first\r\nsecond\r\n"
+    finally:
+        peer.close()
+        conn.socket.close()
+
+
+def test_replies_to_pipelined_lines_leave_together_when_the_batch_is_done():
+    conn, peer = _tcp_pair()
+    owner = Owner()
+    owner.transport = conn
+    writes = []
+    sock = conn.socket
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(sock, name)
+
+        def send(self, data):
+            writes.append(bytes(data))
+            return sock.send(data)
+
+    conn.socket = Counting()
+    owner.line_received = lambda line: owner.lines.write(b"+OK " + line + b"\r\n")
+    try:
+        owner.start()
+        owner.lines.data_received(b"NOOP\r\nSTAT\r\nLIST 1\r\n")
+        assert writes == [b"+OK NOOP\r\n+OK STAT\r\n+OK LIST 1\r\n"]
+        owner.lines.data_received(b"QUIT\r\n")
+        assert writes[1:] == [b"+OK QUIT\r\n"]
+        assert peer.recv(200) == b"+OK NOOP\r\n+OK STAT\r\n+OK LIST 1\r\n+OK QUIT\r\n"
+    finally:
+        peer.close()
+        sock.close()

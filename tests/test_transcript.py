@@ -69,3 +69,72 @@ def test_transcript_of_a_real_session_masks_the_auth_secret(start_hub):
     assert re.search(cid + r" S: 235 2\.7\.0 Authentication successful", log)
     assert re.search(cid + r" C: \[message: \d+ lines, \d+ octets\]", log)
     assert secret not in log and "not in the log" not in log
+
+
+def _record(protocol: str):
+    from twisted_mailhub.transcript import SessionEvents, Transcriber
+
+    bus = SessionEvents()
+    record = bus.start(protocol, ("127.0.0.1", 4000), ("127.0.0.1", 110))
+    return bus, record, Transcriber(record.id, record)
+
+
+def _lines(record) -> list[str]:
+    return [f"{kind}: {text}" for _, _, kind, text in record.events if kind in ("C", "S")]
+
+
+def test_a_message_in_many_chunks_is_one_summary_line_even_with_its_end_split():
+    _, record, t = _record("smtp")
+    t.client_bytes(b"DATA\r\n")
+    t.server_bytes(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+    t.client_bytes(b"Subject: hi\r\n\r\nfirst li")
+    t.client_bytes(b"ne\r\n.. a stuffed line\r\n" + b"x" * 10000 + b"\r\nlast\r\n.\r")
+    t.client_bytes(b"\nQUIT\r\n")
+    t.server_bytes(b"250 2.0.0 Ok\r\n")
+    assert _lines(record) == [
+        "C: DATA",
+        "S: 354 End data with <CR><LF>.<CR><LF>",
+        f"C: [message: 6 lines, {13 + 2 + 12 + 19 + 10002 + 6} octets]",
+        "C: .",
+        "C: QUIT",
+        "S: 250 2.0.0 Ok",
+    ]
+
+
+def test_pop3_retr_and_top_answers_are_summarised_and_other_listings_kept_line_by_line():
+    _, record, t = _record("pop3")
+    t.server_bytes(b"+OK POP3 ready\r\n")
+    # Pipelined (RFC 2449): the answers come after all three commands.
+    t.client_bytes(b"RETR 1\r\nLIST\r\nTOP 2 0\r\n")
+    t.server_bytes(b"+OK 30 octets\r\nSubject: a\r\n\r\n..dot\r\n.\r\n+OK 2 messages\r\n1 30\r\n2 40\r\n.\r\n")
+    t.server_bytes(b"+OK top of message follows\r\nSubject: b\r\n\r\n.\r\n")
+    t.client_bytes(b"RETR 9\r\n")
+    t.server_bytes(b"-ERR no message 9 (the maildrop has 2 messages)\r\n")
+    assert _lines(record) == [
+        "S: +OK POP3 ready",
+        "C: RETR 1",
+        "C: LIST",
+        "C: TOP 2 0",
+        "S: +OK 30 octets",
+        "S: [message: 3 lines, 21 octets]",
+        "S: .",
+        "S: +OK 2 messages",
+        "S: 1 30",
+        "S: 2 40",
+        "S: .",
+        "S: +OK top of message follows",
+        "S: [message: 2 lines, 14 octets]",
+        "S: .",
+        "C: RETR 9",
+        "S: -ERR no message 9 (the maildrop has 2 messages)",
+    ]
+
+
+def test_lines_nobody_watched_are_shown_as_text_with_control_bytes_visible_when_read():
+    bus, record, t = _record("smtp")
+    t.client_bytes(b"HELO caf\xc3\xa9\x1b[31m\r\n")
+    seen = []
+    bus.subscribe(lambda r, e: seen.append(e[3]), session=record.id)
+    t.server_bytes(b"250 mail.test\r\n")
+    assert _lines(record) == ["C: HELO café\\x1b[31m", "S: 250 mail.test"]
+    assert seen == ["250 mail.test"]  # a watcher gets text at once

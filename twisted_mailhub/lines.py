@@ -48,6 +48,11 @@ answers the lines it is handed; everything about I{getting} lines is here:
                        L{LineEngine.logged_in}; raw: raw input took longer
                        than its own limit. Each calls
                        C{owner.timed_out(kind)}, which answers and closes.
+ replies               L{LineEngine.write} sends a reply at once (one
+                       C{send}, no reactor turn) when nothing waits before
+                       it on a plain TCP connection; replies to pipelined
+                       lines are gathered and sent together when the
+                       batch is done (L{send_now}, L{flush_now}).
  discarding            L{LineEngine.discard_pending} drops what is buffered
                        (after STARTTLS, STLS, AUTH TLS: CVE-2011-0411).
  quoting               L{quote} is how any reply shows the client's input:
@@ -71,15 +76,16 @@ import collections
 import re
 from typing import Any, Callable
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 log = Logger()
 
-__all__ = ["LineEngine", "TOO_LONG", "quote", "control_note", "has_control"]
+__all__ = ["LineEngine", "TOO_LONG", "quote", "control_note", "has_control", "send_now", "flush_now"]
 
 
 class _TooLong:
@@ -168,6 +174,84 @@ def control_note(data: str | bytes) -> str:
     return f" (the line contained a control character: {_show(m)}{', ' + name if name else ''})"
 
 
+# -- sending replies -----------------------------------------------------------
+#
+# Twisted's TCP transport keeps every write until the reactor's next turn
+# finds the socket writable: a reply costs a poll, two epoll_ctl calls and
+# the reactor's dispatch on top of its send(2). A line protocol answering
+# one command per round trip (smtplib, a POP3 client) pays that on every
+# command. Here a reply that nothing waits before goes out at once, in one
+# send; what the socket does not take is left to the transport as before,
+# so order, back-pressure and error handling stay Twisted's.
+
+
+def _plain_tcp(transport: Any) -> Any:
+    """C{transport} if it is a TCP connection without TLS, else L{None}."""
+    if isinstance(transport, tcp.Connection) and not transport.TLS:
+        return transport
+    return None
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} (bytes) to C{transport}, sending it now when the
+    connection is plain TCP and nothing written before is still waiting:
+    one C{send(2)}, no reactor turn. A wrapper that records what is sent
+    (the session transcript) is passed through by its own C{send_now};
+    TLS, test transports and anything else get C{transport.write(data)}.
+    Never raises for a connection that failed: the transport reports
+    that, as it does for any write.
+    """
+    while isinstance(transport, ProtocolWrapper):
+        own = getattr(transport, "send_now", None)
+        if own is not None:
+            return own(data)
+        if type(transport).write is not ProtocolWrapper.write:
+            break  # a wrapper that changes the bytes (TLS): its own write
+        transport = transport.transport
+    conn = _plain_tcp(transport)
+    if (
+        conn is not None
+        and data
+        and conn.connected
+        and not conn.disconnecting
+        and not conn._writeDisconnecting
+        and not conn._tempDataBuffer
+        and conn.offset >= len(conn.dataBuffer)
+    ):
+        try:
+            sent = conn.socket.send(data)
+        except OSError:
+            sent = 0  # full, or broken: the transport's write finds out which
+        if sent >= len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+def flush_now(transport: Any) -> None:
+    """
+    Send what is waiting in C{transport}'s buffer now, if it is (or wraps)
+    a plain TCP connection that is not closing, instead of on the
+    reactor's next turn: replies to a batch of pipelined commands leave in
+    one C{send(2)} when the batch is done. Anything the socket does not
+    take stays for the reactor.
+    """
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    conn = _plain_tcp(transport)
+    if (
+        conn is not None
+        and conn.connected
+        and not conn.disconnecting
+        and not conn._writeDisconnecting
+        and (conn._tempDataBuffer or conn.offset < len(conn.dataBuffer))
+    ):
+        # An error is left in place: the connection stays registered for
+        # writing, and the reactor's own doWrite reports it as usual.
+        conn.doWrite()
+
+
 # -- the engine ------------------------------------------------------------------
 
 
@@ -184,7 +268,7 @@ class LineEngine:
         "owner", "clock", "max_line", "max_held", "idle_timeout", "line_timeout", "urgent", "transport",
         "crlf", "busy", "writing_paused", "closed", "input_ended", "_buf", "_pos", "_held", "_discarding",
         "_raw", "_raw_started", "_raw_timeout", "_line_started", "_last_input", "_idle_call", "_login_call",
-        "_reading_paused", "_in_loop",
+        "_reading_paused", "_in_loop", "_batch_more",
     )
 
     def __init__(
@@ -229,6 +313,8 @@ class LineEngine:
         self._login_call: Any = None
         self._reading_paused = False
         self._in_loop = False
+        # While handling a line that has complete lines after it (pipelined).
+        self._batch_more = False
 
     # -- the connection ----------------------------------------------------------
 
@@ -313,6 +399,21 @@ class LineEngine:
 
     def write_connection_lost(self) -> None:
         self.close()
+
+    def write(self, data: bytes) -> None:
+        """
+        Send a reply (bytes). The reply to the last line at hand leaves at
+        once (L{send_now}); replies to pipelined lines with more behind
+        them wait in the transport and leave together, in one send, when
+        the batch is done.
+        """
+        transport = self.transport
+        if transport is None:  # before start(): the greeting
+            transport = self.owner.transport
+        if self._batch_more and self._in_loop:
+            transport.write(data)
+        else:
+            send_now(transport, data)
 
     def discard_pending(self) -> int:
         """
@@ -461,11 +562,16 @@ class LineEngine:
                         else:
                             line = buf[pos:i]
                             self.crlf = False
+                self._batch_more = bool(self._held) or self._buf.find(b"\n", self._pos) >= 0
                 self._dispatch(line)
         finally:
             self._in_loop = False
+            self._batch_more = False
             if self._pos and self._pos >= len(self._buf):
                 self._buf, self._pos = b"", 0
+        if self.transport is not None and not self.closed:
+            # What this batch wrote leaves now, not on the next reactor turn.
+            flush_now(self.transport)
         if self._reading_paused and not self.closed and len(self._buf) - self._pos <= self.max_held // 2:
             self._reading_paused = False
             self.transport.resumeProducing()

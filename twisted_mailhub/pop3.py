@@ -501,15 +501,22 @@ class MailhubPOP3(_pop3.POP3):
 
     # -- replies -------------------------------------------------------------
 
+    def write(self, data: bytes) -> None:
+        """A reply, sent through the line engine: at once, in one send."""
+        if self.lines is not None:
+            self.lines.write(data)
+        else:
+            self.transport.write(data)
+
     def reply_ok(self, text: bytes | str = b"") -> None:
         if isinstance(text, str):
             text = text.encode("utf-8")
-        self.transport.write(b"+OK " + text + b"\r\n" if text else b"+OK\r\n")
+        self.write(b"+OK " + text + b"\r\n" if text else b"+OK\r\n")
 
     def reply_err(self, text: bytes | str) -> None:
         if isinstance(text, str):
             text = text.encode("utf-8")
-        self.transport.write(b"-ERR " + text + b"\r\n")
+        self.write(b"-ERR " + text + b"\r\n")
 
     # Twisted's names, for its login callbacks.
     def successResponse(self, message=""):
@@ -649,7 +656,7 @@ class MailhubPOP3(_pop3.POP3):
         return caps
 
     def pop_CAPA(self, args: bytes) -> None:
-        self.transport.write(
+        self.write(
             b"+OK capability list follows\r\n" + b"".join(c + b"\r\n" for c in self.capabilities()) + b".\r\n"
         )
 
@@ -688,7 +695,7 @@ class MailhubPOP3(_pop3.POP3):
         words = args.split()
         if not words:
             # Pre-RFC 5034 clients ask for the list this way.
-            self.transport.write(b"+OK SASL mechanisms follow\r\n" + b"".join(m + b"\r\n" for m in self.sasl_mechanisms()) + b".\r\n")
+            self.write(b"+OK SASL mechanisms follow\r\n" + b"".join(m + b"\r\n" for m in self.sasl_mechanisms()) + b".\r\n")
             return None
         mechanism, initial = words[0].upper(), (words[1] if len(words) > 1 else None)
         if mechanism == b"PLAIN" and not self.plaintext_allowed():
@@ -697,14 +704,14 @@ class MailhubPOP3(_pop3.POP3):
         if mechanism == b"PLAIN":
             if initial is None:
                 self._sasl = self._sasl_plain
-                self.transport.write(b"+ \r\n")
+                self.write(b"+ \r\n")
                 return None
             return self._sasl_plain(initial)
         if mechanism == b"CRAM-MD5" and initial is None:
             creds = _credentials.CramMD5Credentials(self.hostname.encode("ascii", "replace"))
             challenge = creds.getChallenge()
             self._sasl = lambda line: self._sasl_cram(creds, line)
-            self.transport.write(b"+ " + base64.b64encode(challenge) + b"\r\n")
+            self.write(b"+ " + base64.b64encode(challenge) + b"\r\n")
             return None
         self.reply_err(
             f"unsupported SASL mechanism '{quote(words[0], 30, ascii=True)}'{control_note(words[0])}; try one of: "
@@ -843,7 +850,7 @@ class MailhubPOP3(_pop3.POP3):
         deleted = drop.deleted
         lines.extend(b"%d %d\r\n" % (n, info.size) for n, info in enumerate(drop.infos, 1) if n - 1 not in deleted)
         lines.append(b".\r\n")
-        self.transport.write(b"".join(lines))
+        self.write(b"".join(lines))
 
     def pop_UIDL(self, args: bytes) -> None:
         drop = self.mbox
@@ -856,7 +863,7 @@ class MailhubPOP3(_pop3.POP3):
         deleted = drop.deleted
         lines.extend(b"%d %s\r\n" % (n, u.encode("ascii")) for n, u in enumerate(drop.uidls, 1) if n - 1 not in deleted)
         lines.append(b".\r\n")
-        self.transport.write(b"".join(lines))
+        self.write(b"".join(lines))
 
     def _open(self, i: int) -> Any:
         try:
@@ -899,7 +906,7 @@ class MailhubPOP3(_pop3.POP3):
             head = b"+OK %d octets\r\n" % len(data)
         body = stuff(data)
         # One write: the reply line, the message and the terminator.
-        self.transport.write(head + body + terminator(body[-1:]))
+        self.write(head + body + terminator(body[-1:]))
 
     def pop_TOP(self, args: bytes) -> None:
         words = args.split()
@@ -922,7 +929,7 @@ class MailhubPOP3(_pop3.POP3):
         with f:
             top = top_of(f, lines)
         body = stuff(top if self.utf8 else downgrade(top))
-        self.transport.write(b"+OK top of message follows\r\n" + body + terminator(body[-1:]))
+        self.write(b"+OK top of message follows\r\n" + body + terminator(body[-1:]))
 
     def pop_DELE(self, args: bytes) -> None:
         i = self._number("DELE", args)

@@ -40,6 +40,8 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.logger import Logger
 from twisted.protocols import policies
+
+from twisted_mailhub.lines import send_now
 from zope.interface import alsoProvides
 
 log = Logger(namespace="mailhub.transcript")
@@ -65,6 +67,15 @@ def _visible(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+def line_text(line: bytes) -> str:
+    """
+    A line of a session (bytes, no line end) as it is shown: UTF-8, other
+    octets as C{\\xff}, control characters other than tab as C{\\x1b}.
+    """
+    text = line.decode("utf-8", "backslashreplace")
+    return _visible(text) if _CONTROL.search(text) else text
+
+
 class SessionRecord:
     """
     One session's facts and its recent events.
@@ -79,7 +90,7 @@ class SessionRecord:
     @ivar dropped: how many old events were let go (C{max_lines}).
     """
 
-    __slots__ = ("bus", "id", "protocol", "client", "server", "account", "tls", "started", "ended", "events", "dropped", "_seq")
+    __slots__ = ("bus", "id", "protocol", "client", "server", "account", "tls", "started", "ended", "_events", "_raw", "dropped", "_seq")
 
     def __init__(self, bus: "SessionEvents", id: str, protocol: str, client: tuple, server: tuple):
         self.bus = bus
@@ -91,18 +102,37 @@ class SessionRecord:
         self.tls = ""
         self.started = bus.clock()
         self.ended: float | None = None
-        self.events: deque = deque(maxlen=bus.max_lines)
+        self._events: deque = deque(maxlen=bus.max_lines)
+        # How many of the kept events still hold their line as bytes.
+        self._raw = 0
         self.dropped = 0
         self._seq = 0
+
+    @property
+    def events(self) -> deque:
+        """
+        The kept events, oldest first: C{(seq, time, kind, text)} tuples
+        (at most the bus's C{max_lines}).
+        """
+        if self._raw:
+            # Lines nobody has read yet are kept as bytes (add_line): made
+            # text now, once.
+            self._events = deque(
+                (e if e[3].__class__ is str else (e[0], e[1], e[2], line_text(e[3])) for e in self._events),
+                maxlen=self._events.maxlen,
+            )
+            self._raw = 0
+        return self._events
 
     def add(self, kind: str, text: str) -> None:
         """Record one event and tell the watchers."""
         self._seq += 1
-        if len(self.events) == self.events.maxlen:
+        events = self._events
+        if len(events) == events.maxlen:
             self.dropped += 1
         bus = self.bus
         event = (self._seq, bus.clock(), kind, text)
-        self.events.append(event)
+        events.append(event)
         # Each kind of watcher pays only for what it asked for: a session
         # list is not called for every line of every session.
         if bus.watchers:
@@ -113,6 +143,26 @@ class SessionRecord:
             watching = bus.session_watchers.get(self.id)
             if watching:
                 bus.publish(watching, self, event)
+
+    def add_line(self, kind: str, line: bytes) -> None:
+        """
+        Record a C:/S: line (bytes, no line end). With a watcher of lines
+        it is made text and published at once, as L{add} does; with none,
+        it is kept as bytes and made text only if someone reads it
+        (L{events}): a session nobody watches costs a tuple per line.
+        """
+        bus = self.bus
+        if bus.watchers or (bus.session_watchers and self.id in bus.session_watchers):
+            self.add(kind, line_text(line))
+            return
+        self._seq += 1
+        events = self._events
+        if len(events) == events.maxlen:
+            self.dropped += 1
+            if events[0][3].__class__ is not str:
+                self._raw -= 1
+        events.append((self._seq, bus.clock(), kind, line))
+        self._raw += 1
 
     def logged_in(self, account: str) -> None:
         if self.bus.account_name is not None:
@@ -254,6 +304,14 @@ class Transcriber:
     """
     Turns the bytes of one session into masked C:/S: lines: events of
     C{record} when given, else log lines.
+
+    Made to cost little, because every session on the hub goes through
+    one when the console or C{--transcript} is on: input is cut into
+    lines by index, never copied line by line; the lines of a message
+    (SMTP DATA from the client, a POP3 RETR or TOP answer from the
+    server) are counted with C{bytes.count} in whole chunks and become one
+    summary line; a line is turned into text only when someone reads it
+    (L{SessionRecord.add_line}).
     """
 
     def __init__(self, connection_id: str, record: SessionRecord | None = None):
@@ -262,63 +320,184 @@ class Transcriber:
         self._client = b""
         self._server = b""
         self._in_sasl = False
-        self._in_data = False
-        self._data_lines = 0
-        self._data_octets = 0
+        # The client is sending a message (SMTP DATA) up to a "." line.
+        self._in_data: _MessageLines | None = None
+        # The server is sending a message (POP3 RETR/TOP) up to a "." line.
+        self._out_data: _MessageLines | None = None
+        # POP3: for each command not yet answered, whether its +OK starts a
+        # message (RETR, TOP), in order (RFC 2449 pipelining).
+        protocol = record.protocol if record is not None else connection_id.partition("#")[0]
+        self._pop3: deque | None = deque(maxlen=256) if protocol in ("pop3", "pop3s") else None
 
     def _emit(self, who: str, line: bytes) -> None:
-        text = _visible(line.rstrip(b"\r\n").decode("utf-8", "backslashreplace"))
         if self.record is not None:
-            self.record.add(who, text)
+            self.record.add_line(who, line)
         else:
-            log.info("{cid} {who}: {line}", cid=self.connection_id, who=who, line=text)
+            log.info("{cid} {who}: {line}", cid=self.connection_id, who=who, line=line_text(line))
+
+    # -- the client's side ----------------------------------------------------
 
     def client_bytes(self, data: bytes) -> None:
-        self._client += data
-        while b"\n" in self._client:
-            line, _, self._client = self._client.partition(b"\n")
-            self._client_line(line)
-        if len(self._client) > 4096:
-            self._emit("C", self._client[:80] + b"... [over-long line]")
+        if self._client:
+            data = self._client + data
             self._client = b""
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._in_data:
+                pos, self._client = self._in_data.take(data, pos)
+                if not self._in_data.ended:
+                    return
+                self._emit("C", self._in_data.summary())
+                self._emit("C", b".")
+                self._in_data = None
+                continue
+            i = data.find(b"\n", pos)
+            if i < 0:
+                break
+            self._client_line(data[pos:i])
+            pos = i + 1
+        if pos < end:
+            rest = data[pos:] if pos else data
+            if len(rest) > 4096:
+                self._emit("C", rest[:80] + b"... [over-long line]")
+                rest = b""
+            self._client = rest
 
     def _client_line(self, line: bytes) -> None:
-        bare = line.rstrip(b"\r")
-        if self._in_data:
-            if bare == b".":
-                self._emit("C", b"[message: %d lines, %d octets]" % (self._data_lines, self._data_octets))
-                self._emit("C", b".")
-                self._in_data = False
-            else:
-                self._data_lines += 1
-                self._data_octets += len(line) + 1
-            return
+        bare = line[:-1] if line[-1:] == b"\r" else line
+        if bare[-1:] == b"\r":
+            bare = bare.rstrip(b"\r")
         if self._in_sasl:
             self._emit("C", b"**** (SASL response)")
             return
-        if _AUTH.match(bare):
+        # The masks look for AUTH, PASS and LOGIN: a line that holds none
+        # of them needs no regular expression.
+        upper = bare.upper()
+        if b"AUTH" in upper and _AUTH.match(bare):
             self._in_sasl = True
             bare = _AUTH_INITIAL.sub(rb"\1 ****", bare)
-        elif _PASS.match(bare):
+        elif upper.startswith(b"PASS") and _PASS.match(bare):
             bare = _PASS.sub(rb"\1 ****", bare)
-        elif _LOGIN.match(bare):
+        elif b" LOGIN " in upper and _LOGIN.match(bare):
             bare = _LOGIN.sub(rb"\1 ****", bare)
+        if self._pop3 is not None:
+            words = upper.split(None, 1)
+            self._pop3.append(bool(words) and words[0] in (b"RETR", b"TOP"))
         self._emit("C", bare)
 
+    # -- the server's side ------------------------------------------------------
+
     def server_bytes(self, data: bytes) -> None:
-        self._server += data
-        while b"\n" in self._server:
-            line, _, self._server = self._server.partition(b"\n")
-            self._server_line(line)
+        if self._server:
+            data = self._server + data
+            self._server = b""
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._out_data:
+                pos, self._server = self._out_data.take(data, pos)
+                if not self._out_data.ended:
+                    return
+                self._emit("S", self._out_data.summary())
+                self._emit("S", b".")
+                self._out_data = None
+                continue
+            i = data.find(b"\n", pos)
+            if i < 0:
+                break
+            self._server_line(data[pos:i])
+            pos = i + 1
+        if pos < end:
+            self._server = data[pos:] if pos else data
 
     def _server_line(self, line: bytes) -> None:
-        bare = line.rstrip(b"\r")
+        bare = line[:-1] if line[-1:] == b"\r" else line
+        if bare[-1:] == b"\r":
+            bare = bare.rstrip(b"\r")
         if bare.startswith(b"354"):
-            self._in_data = True
-            self._data_lines = self._data_octets = 0
+            self._in_data = _MessageLines()
         if self._in_sasl and not (bare.startswith(b"334") or bare.startswith(b"+ ") or bare == b"+"):
             self._in_sasl = False
+        if self._pop3 is not None and bare[:1] in (b"+", b"-") and bare[:2] != b"+ " and bare != b"+":
+            # A status line (RFC 1939 §3): the answer to the oldest command.
+            message = self._pop3.popleft() if self._pop3 else False
+            if message and bare.startswith(b"+OK"):
+                self._out_data = _MessageLines()
         self._emit("S", bare)
+
+
+class _MessageLines:
+    """
+    Counts the lines of a message going by (SMTP DATA, a POP3 RETR) up to
+    the "." line that ends it, a chunk at a time, with C{bytes.find} and
+    C{bytes.count}: no Python work per line.
+    """
+
+    __slots__ = ("lines", "octets", "ended", "_mid_line")
+
+    # A line of a message longer than this is counted and let go, not kept.
+    LONGEST = 4096
+
+    def __init__(self):
+        self.lines = 0
+        self.octets = 0
+        self.ended = False
+        self._mid_line = False
+
+    def take(self, data: bytes, pos: int) -> tuple[int, bytes]:
+        """
+        Count C{data[pos:]} (C{pos} at a line start, unless the last chunk
+        ended inside a line too long to keep). Returns where the session
+        goes on after the "." line (L{ended} is then set), or C{len(data)}
+        and the unfinished last line, to be given again with the next chunk.
+        """
+        end = len(data)
+        if self._mid_line:
+            i = data.find(b"\n", pos)
+            if i < 0:
+                self.octets += end - pos
+                return end, b""
+            self.lines += 1
+            self.octets += i + 1 - pos
+            self._mid_line = False
+            pos = i + 1
+        stop = _end_of_message(data, pos)
+        if stop is not None:
+            start, after = stop
+            self.lines += data.count(b"\n", pos, start)
+            self.octets += start - pos
+            self.ended = True
+            return after, b""
+        last = data.rfind(b"\n", pos)
+        if last >= 0:
+            self.lines += data.count(b"\n", pos, last + 1)
+            self.octets += last + 1 - pos
+            pos = last + 1
+        if end - pos > self.LONGEST:
+            self.octets += end - pos
+            self._mid_line = True
+            return end, b""
+        return end, data[pos:] if pos < end else b""
+
+    def summary(self) -> bytes:
+        return b"[message: %d lines, %d octets]" % (self.lines, self.octets)
+
+
+def _end_of_message(data: bytes, pos: int) -> tuple[int, int] | None:
+    """
+    Where the "." line that ends a message is in C{data[pos:]} (C{pos} at
+    a line start): (its start, the index after it), or L{None}.
+    """
+    if data.startswith(b".\r\n", pos):
+        return pos, pos + 3
+    if data.startswith(b".\n", pos):
+        return pos, pos + 2
+    a = data.find(b"\n.\r\n", pos)
+    b = data.find(b"\n.\n", pos, a + 3 if a >= 0 else len(data))
+    if b >= 0:
+        return b + 1, b + 3
+    if a >= 0:
+        return a + 1, a + 4
+    return None
 
 
 def tls_description(transport: Any) -> str:
@@ -419,7 +598,12 @@ class TranscriptProtocol(policies.ProtocolWrapper):
 
     def write(self, data):
         self.transcriber.server_bytes(data)
-        policies.ProtocolWrapper.write(self, data)
+        self.transport.write(data)
+
+    def send_now(self, data):
+        """L{twisted_mailhub.lines.send_now} through the transcript."""
+        self.transcriber.server_bytes(data)
+        send_now(self.transport, data)
 
     def writeSequence(self, data):
         self.transcriber.server_bytes(b"".join(data))

@@ -225,8 +225,10 @@ class MailhubSMTP(smtp.ESMTP):
     # -- output -------------------------------------------------------------
 
     def reply_raw(self, data: bytes) -> None:
+        # Through the line engine: out at once, one send per reply (a
+        # batch of pipelined commands' replies together).
         if self.state != CLOSING:
-            self.transport.write(data)
+            self.lines.write(data)
 
     def reply(self, code: int, text: str, *more: str) -> None:
         """

@@ -47,6 +47,8 @@ EVENT_NOTES = {
     "end": {"text": "the TCP connection closed", "ref": "RFC 9293 §3.6", "url": "https://www.rfc-editor.org/rfc/rfc9293#section-3.6"},
 }
 DATA_SUMMARY = {"text": "the message itself (headers, blank line, body), summarized here; a line with a lone '.' ends it", "ref": "RFC 5321 §4.5.2", "url": "https://www.rfc-editor.org/rfc/rfc5321#section-4.5.2"}
+# A POP3 RETR or TOP answer, summarised the same way by the transcript.
+RETR_SUMMARY = {"text": "the message itself (headers, blank line, body), byte-stuffed, summarized here; a line with a lone '.' ends it", "ref": "RFC 1939 §3", "url": "https://www.rfc-editor.org/rfc/rfc1939#section-3"}
 
 # What makes a session's row in the list change.
 _LIST_KINDS = frozenset({"start", "login", "tls", "end"})
@@ -60,6 +62,8 @@ def event_explanation(record: Any, kind: str, text: str) -> dict[str, str] | Non
         return EVENT_NOTES[kind]
     if kind == "C" and text.startswith("[message:"):
         return DATA_SUMMARY
+    if kind == "S" and text.startswith("[message:"):
+        return RETR_SUMMARY
     return explain(record.protocol, kind, text)
 
 
