@@ -145,15 +145,26 @@ def list_queue(directory: str, out=sys.stdout, now: float | None = None) -> int:
         out.write("queue is empty\n")
         return 0
     for e in entries:
-        age = format_duration(max(0, int(now - e.created)))
-        due = "now" if e.next_attempt <= now else "in " + format_duration(max(1, int(e.next_attempt - now)))
-        out.write(f"{e.id}  {e.size} octets  from <{e.sender}>  queued {age} ago, {e.attempts} attempt(s), next {due}\n")
-        for r in e.recipients:
-            mark = {PENDING: "pending", DELIVERED: "delivered", FAILED: "failed"}.get(r.state, r.state)
-            said = f"{r.code} {r.reply}" if r.code > 0 else r.reply
-            out.write(f"    <{r.address}> {mark}" + (f": {said}" if said else "") + "\n")
+        out.write(format_entry(e, now))
     out.write(f"{len(entries)} message(s)\n")
     return 0
+
+
+def format_entry(e: Any, now: float, holder: str | None = None) -> str:
+    """
+    One queued message as C{list} shows it: a line for the message, one per
+    recipient; C{holder} names the hub sending it now (PostgreSQL queue).
+    """
+    age = format_duration(max(0, int(now - e.created)))
+    due = "now" if e.next_attempt <= now else "in " + format_duration(max(1, int(e.next_attempt - now)))
+    if holder:
+        due = f"being sent by {holder}"
+    lines = [f"{e.id}  {e.size} octets  from <{e.sender}>  queued {age} ago, {e.attempts} attempt(s), next {due}\n"]
+    for r in e.recipients:
+        mark = {PENDING: "pending", DELIVERED: "delivered", FAILED: "failed"}.get(r.state, r.state)
+        said = f"{r.code} {r.reply}" if r.code > 0 else r.reply
+        lines.append(f"    <{r.address}> {mark}" + (f": {said}" if said else "") + "\n")
+    return "".join(lines)
 
 
 def _offline(directory: str, request: str) -> str:
@@ -220,7 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("flush", help="try every queued message now")
     remove = sub.add_parser("remove", help="delete a queued message, no bounce")
     remove.add_argument("id", help="queue id, as shown by list")
+    parser.add_argument("--queue", default=None, help="postgresql:DSN: the queue in that PostgreSQL database (the hubs' --queue postgresql, or --store postgresql:DSN) instead of the files under --data")
     args = parser.parse_args(argv)
+    if args.queue:
+        from twisted_mailhub.queue.pgqueue import main as table_main
+        from twisted_mailhub.queue.component import queue_dsn
+
+        dsn = queue_dsn(args.queue, None)
+        if dsn is None:
+            print(f"--queue {args.queue}: expected postgresql:DSN here", file=sys.stderr)
+            return 2
+        return table_main(dsn, args.command, getattr(args, "id", None))
     directory = os.path.join(os.path.abspath(args.data), "queue")
     if args.command == "list":
         return list_queue(directory)

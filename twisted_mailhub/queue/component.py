@@ -32,6 +32,7 @@ option_parameters = [
     ["dns-server", None, None, "HOST:PORT of the DNS server for MX lookups (default: the system's resolvers)."],
     ["relay-port", None, 25, "The port outbound SMTP connects to on MX hosts.", int],
     ["relay-connections", None, 20, "Most outbound SMTP connections open at once.", int],
+    ["queue", None, None, "Where the outbound queue is kept: disk (files under DATA/queue; the default) or postgresql[:DSN] (a table every hub on the database shares; the default with --store postgresql:DSN, whose database it uses)."],
 ]
 
 option_flags = [
@@ -80,9 +81,33 @@ def _config(options):
     return config
 
 
+def queue_dsn(queue: str | None, store: str | None) -> str | None:
+    """
+    The database of a PostgreSQL queue, or L{None} for the disk queue:
+    C{--queue postgresql:DSN}, or C{--queue postgresql} / no C{--queue}
+    with C{--store postgresql:DSN}.
+
+    @raise ValueError: a C{--queue} that is neither.
+    """
+    store_dsn = store.partition(":")[2] if store and store.startswith("postgresql:") else None
+    if queue is None:
+        return store_dsn
+    kind, sep, dsn = queue.partition(":")
+    if kind in ("disk", "maildir") and not sep:
+        return None
+    if kind == "postgresql":
+        if dsn.strip():
+            return dsn
+        if store_dsn:
+            return store_dsn
+        raise ValueError("--queue postgresql needs a DSN (postgresql:DSN) unless --store is postgresql:DSN")
+    raise ValueError(f"--queue {queue}: expected disk or postgresql[:DSN]")
+
+
 def check_options(options) -> None:
     try:
         _config(options)
+        queue_dsn(options.get("queue"), options.get("store"))
     except ValueError as e:
         raise usage.UsageError(str(e))
 
@@ -97,8 +122,22 @@ def make_resolver(dns_server, reactor):
 
 def install(hub) -> None:
     config = _config(hub.options)
+    dsn = queue_dsn(hub.options.get("queue"), hub.options.get("store"))
     directory = os.path.join(hub.data_dir, "queue")
-    storage = QueueStorage(directory, reactor=hub.reactor)
+    relay_class = Relay
+    if dsn is not None:
+        # Shared by every hub on the database (queue/pgqueue.py).
+        from twisted_mailhub.cluster.schema import SchemaError
+        from twisted_mailhub.queue.pgqueue import PostgresQueueStorage, PostgresRelay
+        from twisted_mailhub.store.interfaces import StoreError
+
+        try:
+            storage = PostgresQueueStorage(dsn, hub.reactor, owner=f"{hub.hostname}:{os.getpid()}")
+        except (StoreError, SchemaError) as e:
+            raise SystemExit(f"mailhub: --queue postgresql: {e}") from None
+        relay_class = PostgresRelay
+    else:
+        storage = QueueStorage(directory, reactor=hub.reactor)
     router = Router(
         make_resolver(config["dns_server"], hub.reactor),
         port=config["port"],
@@ -116,7 +155,7 @@ def install(hub) -> None:
             return defer.succeed(None)
         return hub.store.deliver(account.address, message)
 
-    relay = Relay(
+    relay = relay_class(
         hub.reactor,
         storage,
         router,
@@ -136,8 +175,10 @@ def install(hub) -> None:
     )
     hub.relay = relay
     relay.metrics = getattr(hub, "metrics", None)
-    # The control service takes the queue's lock, so it starts first.
-    hub.add_service(QueueControl(relay, directory, hub.reactor))
+    # The control service takes the queue's lock, so it starts first
+    # (the PostgreSQL queue has no lock: mailhub-admin queue uses the table).
+    if dsn is None:
+        hub.add_service(QueueControl(relay, directory, hub.reactor))
     hub.add_service(relay)
     route = f"smarthost {config['smarthost'][0]}:{config['smarthost'][1]}" if config["smarthost"] else "MX lookup"
     log.info("queue: outbound mail by {route}, retries {schedule}, lifetime {lifetime}", route=route, schedule=str(config["schedule"]), lifetime=hub.options.get("queue-lifetime"))
