@@ -22,7 +22,7 @@ option_parameters = [
     ["passive-ports", None, None, "Passive data ports LO-HI (default: chosen by the OS)."],
     ["passive-address", None, None, "Address announced in PASV replies (behind NAT)."],
     ["ftp-banner", None, None, "Text of the FTP 220 greeting."],
-    ["ftp-filesystem", None, "disk", "FTP file system backend (a plugin's name: disk, ...)."],
+    ["ftp-filesystem", None, "disk", "FTP and SFTP file system backend: a plugin's name (disk, ...), or postgresql[:DSN] (shared by every hub on the database; without DSN, the --store postgresql:DSN database)."],
     ["ftp-max-per-ip", None, 20, "FTP control connections allowed from one address at once (0: no limit).", int],
     ["ftp-idle-timeout", None, 300, "Seconds an FTP control connection may sit idle (300, as vsftpd and pyftpdlib).", float],
     ["ftp-login-timeout", None, 300, "Seconds an FTP client may take, in all, to log in.", float],
@@ -60,11 +60,11 @@ def check_options(options) -> None:
             raise usage.UsageError("--ftp-data-port wants a port number")
         if not 0 <= port <= 65535:
             raise usage.UsageError("--ftp-data-port wants 0-65535 (0: ephemeral)")
-    from twisted_mailhub.ftp.vfs import filesystem_factories
+    from twisted_mailhub.ftp.vfs import check_filesystem_option
 
-    found = filesystem_factories()
-    if options.get("ftp-filesystem", "disk") not in found:
-        raise usage.UsageError(f"--ftp-filesystem {options['ftp-filesystem']!r}: not one of {', '.join(sorted(found))}")
+    wrong = check_filesystem_option(options)
+    if wrong:
+        raise usage.UsageError(wrong)
 
 
 def make_factory(hub):
@@ -89,9 +89,9 @@ def make_factory(hub):
 
 
 def install(hub) -> None:
-    from twisted_mailhub.ftp.vfs import filesystem_factories
+    from twisted_mailhub.ftp.vfs import make_filesystem
 
-    filesystem = filesystem_factories()[hub.options.get("ftp-filesystem") or "disk"].make_filesystem(hub.data_dir)
+    filesystem = make_filesystem(hub.options, hub.data_dir)
     anonymous = bool(hub.options.get("anonymous-ftp"))
 
     def shell(account, mind):

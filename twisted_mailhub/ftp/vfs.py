@@ -94,6 +94,42 @@ class IFileSystemFactory(Interface):
         """
 
 
+def make_filesystem(options: Any, data_dir: str) -> Any:
+    """
+    The file system C{--ftp-filesystem NAME[:ARGUMENT]} names (one per
+    process: FTP and SFTP share it). C{postgresql} without a DSN takes the
+    store's (C{--store postgresql:DSN}).
+    """
+    spec = options.get("ftp-filesystem") or "disk"
+    name, _, argument = spec.partition(":")
+    if name == "postgresql" and not argument:
+        store = options.get("store") or ""
+        argument = store.partition(":")[2] if store.startswith("postgresql:") else ""
+    key = (name, argument, data_dir)
+    if key not in _made:
+        factory = filesystem_factories()[name]
+        _made[key] = factory.make_filesystem(data_dir, argument) if getattr(factory, "takes_argument", False) else factory.make_filesystem(data_dir)
+    return _made[key]
+
+
+_made: dict[tuple[str, str, str], Any] = {}
+
+
+def check_filesystem_option(options: Any) -> str | None:
+    """What is wrong with C{--ftp-filesystem}, or L{None}."""
+    spec = options.get("ftp-filesystem") or "disk"
+    name, sep, argument = spec.partition(":")
+    found = filesystem_factories()
+    if name not in found:
+        return f"--ftp-filesystem {spec!r}: not one of {', '.join(sorted(found))}"
+    takes = getattr(found[name], "takes_argument", False)
+    if sep and not takes:
+        return f"--ftp-filesystem {name}: takes no ':' argument"
+    if takes and not argument and not (options.get("store") or "").startswith("postgresql:"):
+        return f"--ftp-filesystem {name}: needs {name}:DSN (or --store postgresql:DSN, whose database it then uses)"
+    return None
+
+
 def filesystem_factories() -> dict[str, Any]:
     from twisted.plugin import getPlugins
 

@@ -47,7 +47,7 @@ def install(hub) -> None:
     from twisted.conch.interfaces import IConchUser
     from twisted.conch.ssh.keys import BadKeyError
 
-    from twisted_mailhub.ftp.vfs import filesystem_factories
+    from twisted_mailhub.ftp.vfs import make_filesystem
     from twisted_mailhub.sftp.keys import authorized_keys_checker, fingerprint, load_host_keys
     from twisted_mailhub.sftp.ssh import MailhubSSHFactory, SFTPSettings, SFTPUser
 
@@ -57,7 +57,7 @@ def install(hub) -> None:
         raise usage.UsageError(f"--ssh-host-key: {e}")
     for key in host_keys:
         log.info("sftp host key {type} {fingerprint}", type=key.sshType().decode("ascii"), fingerprint=fingerprint(key))
-    filesystem = filesystem_factories()[hub.options.get("ftp-filesystem") or "disk"].make_filesystem(hub.data_dir)
+    filesystem = make_filesystem(hub.options, hub.data_dir)
     settings = SFTPSettings(
         hub,
         max_handles=int(hub.options.get("sftp-max-handles") or 256),

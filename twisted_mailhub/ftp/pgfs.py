@@ -1,0 +1,597 @@
+# -*- test-case-name: tests.test_pgfs -*-
+"""
+The FTP/SFTP file system in PostgreSQL (C{--ftp-filesystem
+postgresql[:DSN]}): a file uploaded through one hub is there for every hub
+on the database.
+
+Rules (the C{ftp_node} table is described in
+L{twisted_mailhub.cluster.schema}):
+
+  - A folder is a row; a file is a row whose C{content} is a large
+    object, written and read in chunks (C{lo_put}, C{lo_get}), never held
+    whole in memory. The tree is the disk backend's: the root holds
+    C{<domain>/<localpart>} homes and C{public} (anonymous, read-only).
+  - A shell's root is its home row. A path is resolved by walking its
+    segments down from there, so nothing outside the home can be named;
+    segments that are empty, C{.}, C{..} or hold a slash or NUL are refused
+    with 550, as on disk. There are no links to follow.
+  - Uploads are the disk backend's (L{twisted_mailhub.ftp.vfs}): written
+    under the hidden partial name (C{.NAME.mailhub-part}, left out of
+    listings), and put in place under C{NAME} in one transaction when
+    complete; that COMMIT (C{synchronous_commit} on) comes before the
+    226. An interrupted upload keeps its partial row for REST/APPE to
+    resume; SIZE answers its size.
+  - How it meets the reactor: as the PostgreSQL mail store, short reads
+    and changes run on one connection in the reactor thread (well under a
+    millisecond on loopback); the chunks of an upload are written there too
+    without waiting for the disk (C{synchronous_commit} off for them), and
+    the final COMMIT, which waits for the disk, runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import stat as statmod
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.protocols import ftp
+from zope.interface import implementer
+
+from twisted_mailhub.cluster import schema
+from twisted_mailhub.cluster.database import Database, driver, reason
+from twisted_mailhub.ftp.vfs import FileActionError, IFileSystem, IMailhubShell, is_partial_name, partial_name
+from twisted_mailhub.store.interfaces import StoreError
+
+# Bytes per lo_get / lo_put.
+CHUNK = 256 * 1024
+# Bytes an upload gathers before it writes them.
+WRITE_EVERY = 1024 * 1024
+
+
+class _Node:
+    __slots__ = ("id", "is_folder", "size", "modified", "content")
+
+    def __init__(self, row):
+        self.id, self.is_folder, self.size, self.modified, self.content = row
+
+
+_COLUMNS = "id, is_folder, size, modified, content"
+
+
+def _child(conn: Any, parent: int, name: str) -> _Node | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM ftp_node WHERE parent_id = %s AND name = %s", (parent, name)).fetchone()
+    return _Node(row) if row else None
+
+
+def _ensure_folder(conn: Any, parent: int | None, name: str) -> int:
+    conn.execute(
+        "INSERT INTO ftp_node (parent_id, name, is_folder, modified) VALUES (%s, %s, true, %s) ON CONFLICT DO NOTHING",
+        (parent, name, time.time()),
+    )
+    if parent is None:
+        return conn.execute("SELECT id FROM ftp_node WHERE parent_id IS NULL AND name = %s", (name,)).fetchone()[0]
+    return conn.execute("SELECT id FROM ftp_node WHERE parent_id = %s AND name = %s", (parent, name)).fetchone()[0]
+
+
+def ensure_path(conn: Any, segments: list[str]) -> int:
+    """The id of the folder at C{segments} from the root, made if missing."""
+    node = _ensure_folder(conn, None, "")
+    for segment in segments:
+        node = _ensure_folder(conn, node, segment)
+    return node
+
+
+def _drop_content(conn: Any, oid: int | None) -> None:
+    if oid is not None:
+        conn.execute("SELECT lo_unlink(%s) WHERE EXISTS (SELECT 1 FROM pg_largeobject_metadata WHERE oid = %s)", (oid, oid))
+
+
+def _drop_subtree(conn: Any, node_id: int) -> None:
+    """Unlink the large objects under C{node_id} (its rows go by cascade)."""
+    conn.execute(
+        "WITH RECURSIVE tree(id, content) AS ("
+        " SELECT id, content FROM ftp_node WHERE id = %s"
+        " UNION ALL SELECT n.id, n.content FROM ftp_node n JOIN tree ON n.parent_id = tree.id)"
+        " SELECT lo_unlink(content) FROM tree WHERE content IS NOT NULL",
+        (node_id,),
+    )
+
+
+def _shown(segments) -> str:
+    return "/" + "/".join(segments)
+
+
+class _Trouble(Exception):
+    """Ends a shell call with an FTP error (carried as C{failure})."""
+
+    def __init__(self, failure: Exception):
+        self.failure = failure
+
+
+class PostgresReader:
+    """
+    A file to send, read in chunks from its large object: the synchronous
+    C{read(n)} the FTP data connection pulls, C{size()}, C{close()}.
+    """
+
+    def __init__(self, db: Database, oid: int | None, size: int, offset: int):
+        self.db = db
+        self.oid = oid
+        self._size = size
+        self.offset = offset
+
+    def size(self) -> int:
+        return self._size
+
+    def read(self, n: int) -> bytes:
+        if self.oid is None or self.offset >= self._size:
+            return b""
+        n = min(n, CHUNK, self._size - self.offset)
+        data = self.db.run_here(lambda conn: conn.execute("SELECT lo_get(%s, %s, %s)", (self.oid, self.offset, n)).fetchone()[0])
+        data = bytes(data or b"")
+        self.offset += len(data)
+        return data
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresWriter:
+    """
+    A file being received into the large object of its partial row; see
+    the module docstring. C{write()} as bytes arrive; C{close()} puts it in
+    place under its name (a Deferred that fires after COMMIT); C{fail()}
+    keeps what arrived for a REST; C{discard()} removes a fresh partial.
+    """
+
+    def __init__(self, shell: "PostgresShell", part_id: int, oid: int, offset: int, parent: int, name: str, fresh: bool):
+        self.shell = shell
+        self.db = shell.db
+        self.part_id = part_id
+        self.oid = oid
+        self.position = offset
+        self.parent = parent
+        self.name = name
+        self.fresh = fresh
+        self.written = 0
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+
+    def write(self, data: bytes) -> None:
+        self._held.append(bytes(data))
+        self._held_bytes += len(data)
+        self.written += len(data)
+        if self._held_bytes >= WRITE_EVERY:
+            self._write_held()
+
+    def _write_held(self) -> None:
+        if not self._held:
+            return
+        data = b"".join(self._held)
+        self._held, self._held_bytes = [], 0
+        at = self.position
+
+        def put(conn):
+            with conn.transaction():
+                # Not waited for: the COMMIT of close() flushes it too.
+                conn.execute("SET LOCAL synchronous_commit = off")
+                for i in range(0, len(data), CHUNK):
+                    conn.execute("SELECT lo_put(%s, %s, %s)", (self.oid, at + i, data[i : i + CHUNK]))
+                conn.execute("UPDATE ftp_node SET size = %s, modified = %s WHERE id = %s", (at + len(data), time.time(), self.part_id))
+
+        try:
+            self.db.run_here(put)
+        except StoreError as e:
+            raise OSError(f"the file database: {e}") from None
+        self.position += len(data)
+
+    def receive(self):
+        return defer.succeed(ftp.FileConsumer(self))
+
+    def registerProducer(self, producer, streaming):  # FileConsumer's target
+        pass
+
+    def unregisterProducer(self):
+        pass
+
+    def close(self) -> defer.Deferred:
+        """The upload is complete: in place under its name after COMMIT."""
+        try:
+            self._write_held()
+        except OSError as e:
+            return defer.fail(FileActionError(f"{self.name[:200]}: {e}"))
+        size = self.position
+
+        def put_in_place(conn):
+            with conn.transaction():
+                old = conn.execute(
+                    "SELECT id, is_folder, content FROM ftp_node WHERE parent_id = %s AND name = %s FOR UPDATE",
+                    (self.parent, self.name),
+                ).fetchone()
+                if old is not None:
+                    if old[1]:
+                        raise _Trouble(ftp.IsADirectoryError(self.name))
+                    _drop_content(conn, old[2])
+                    conn.execute("DELETE FROM ftp_node WHERE id = %s", (old[0],))
+                conn.execute(
+                    "UPDATE ftp_node SET name = %s, size = %s, modified = %s WHERE id = %s",
+                    (self.name, size, time.time(), self.part_id),
+                )
+
+        return self.shell._later(put_in_place)
+
+    def fail(self, reason) -> defer.Deferred:
+        """The upload broke: keep what arrived (hidden) for REST to resume."""
+        try:
+            self._write_held()
+        except OSError:
+            pass
+        return defer.succeed(None)
+
+    def discard(self) -> None:
+        """The upload never started."""
+        self._held = []
+        if self.fresh:
+            try:
+                self.db.run_here(lambda conn: self.shell._remove_node(conn, self.part_id, self.oid))
+            except StoreError:
+                pass
+
+
+@implementer(IMailhubShell)
+class PostgresShell:
+    """An L{IMailhubShell} whose root is one row of C{ftp_node}."""
+
+    def __init__(self, db: Database, root_id: int, readonly: bool = False):
+        self.db = db
+        self.root_id = root_id
+        self.readonly = readonly
+
+    # -- running ---------------------------------------------------------------
+
+    def _now(self, function, *args) -> defer.Deferred:
+        """C{function(conn, *args)} here and now, as a Deferred."""
+        psycopg = driver()
+        try:
+            return defer.succeed(self.db.run_here(function, *args))
+        except _Trouble as e:
+            return defer.fail(e.failure)
+        except ftp.FTPCmdError as e:
+            return defer.fail(e)
+        except StoreError as e:
+            return defer.fail(FileActionError(f"the file database: {e}"))
+        except psycopg.Error as e:
+            return defer.fail(FileActionError(f"the file database: {reason(e)}"))
+
+    def _later(self, function, *args) -> defer.Deferred:
+        """C{function(conn, *args)} in a worker thread (it waits for the disk)."""
+        psycopg = driver()
+
+        def translate(failure):
+            if failure.check(_Trouble):
+                return defer.fail(failure.value.failure)
+            if failure.check(StoreError):
+                return defer.fail(FileActionError(f"the file database: {failure.value}"))
+            if failure.check(psycopg.Error):
+                return defer.fail(FileActionError(f"the file database: {reason(failure.value)}"))
+            return failure
+
+        return self.db.run(function, *args).addErrback(translate)
+
+    # -- paths ---------------------------------------------------------------------
+
+    def _check(self, segments) -> None:
+        for s in segments:
+            if not s or "/" in s or "\0" in s or s in (".", ".."):
+                raise _Trouble(ftp.PermissionDeniedError(_shown(segments)))
+
+    def _resolve(self, conn, segments) -> _Node | None:
+        """The node at C{segments}, or L{None}; a file on the way is ENOTDIR."""
+        self._check(segments)
+        node = _Node(conn.execute(f"SELECT {_COLUMNS} FROM ftp_node WHERE id = %s", (self.root_id,)).fetchone())
+        for i, segment in enumerate(segments):
+            if not node.is_folder:
+                raise _Trouble(ftp.IsNotADirectoryError(_shown(segments[:i])))
+            node = _child(conn, node.id, segment)
+            if node is None:
+                return None
+        return node
+
+    def _existing(self, conn, segments) -> _Node:
+        node = self._resolve(conn, segments)
+        if node is None:
+            raise _Trouble(ftp.FileNotFoundError(_shown(segments)))
+        return node
+
+    def _parent(self, conn, segments) -> _Node:
+        """The folder that is to hold C{segments[-1]}."""
+        parent = self._existing(conn, segments[:-1])
+        if not parent.is_folder:
+            raise _Trouble(ftp.IsNotADirectoryError(_shown(segments[:-1])))
+        return parent
+
+    def _writable(self, segments) -> None:
+        if self.readonly:
+            raise _Trouble(ftp.PermissionDeniedError(_shown(segments)))
+        self._check(segments)
+
+    def _remove_node(self, conn, node_id: int, oid: int | None) -> None:
+        with conn.transaction():
+            _drop_content(conn, oid)
+            conn.execute("DELETE FROM ftp_node WHERE id = %s", (node_id,))
+
+    # -- IFTPShell ---------------------------------------------------------------
+
+    def makeDirectory(self, path):
+        def make(conn):
+            self._writable(path)
+            if not path:
+                raise _Trouble(ftp.FileExistsError("/"))
+            parent = self._parent(conn, path)
+            made = conn.execute(
+                "INSERT INTO ftp_node (parent_id, name, is_folder, modified) VALUES (%s, %s, true, %s)"
+                " ON CONFLICT DO NOTHING RETURNING id",
+                (parent.id, path[-1], time.time()),
+            ).fetchone()
+            if made is None:
+                raise _Trouble(ftp.FileExistsError(_shown(path)))
+
+        return self._now(make)
+
+    def removeDirectory(self, path):
+        def remove(conn):
+            self._writable(path)
+            if not path:
+                raise _Trouble(ftp.PermissionDeniedError("/"))
+            node = self._resolve(conn, path)
+            if node is None or not node.is_folder:
+                # (a missing name too, as the disk backend answers)
+                raise _Trouble(ftp.IsNotADirectoryError(_shown(path)))
+            # Only an empty folder, as rmdir(2); a hidden partial upload
+            # inside counts, as its file does on disk.
+            if conn.execute("SELECT 1 FROM ftp_node WHERE parent_id = %s LIMIT 1", (node.id,)).fetchone():
+                raise _Trouble(FileActionError(f"{_shown(path)[:200]}: Directory not empty"))
+            conn.execute("DELETE FROM ftp_node WHERE id = %s", (node.id,))
+
+        return self._now(remove)
+
+    def removeFile(self, path):
+        def remove(conn):
+            self._writable(path)
+            node = self._existing(conn, path)
+            if node.is_folder:
+                raise _Trouble(ftp.IsADirectoryError(_shown(path)))
+            self._remove_node(conn, node.id, node.content)
+
+        return self._now(remove)
+
+    def rename(self, fromPath, toPath):
+        def move(conn):
+            self._writable(fromPath)
+            self._writable(toPath)
+            if not fromPath or not toPath:
+                raise _Trouble(ftp.PermissionDeniedError("/"))
+            with conn.transaction():
+                node = self._existing(conn, fromPath)
+                parent = self._parent(conn, toPath)
+                if node.is_folder:
+                    # Not into itself (rename(2) says EINVAL).
+                    inside = conn.execute(
+                        "WITH RECURSIVE up(id, parent_id) AS (SELECT id, parent_id FROM ftp_node WHERE id = %s"
+                        " UNION ALL SELECT n.id, n.parent_id FROM ftp_node n JOIN up ON n.id = up.parent_id)"
+                        " SELECT 1 FROM up WHERE id = %s",
+                        (parent.id, node.id),
+                    ).fetchone()
+                    if inside:
+                        raise _Trouble(FileActionError(f"{_shown(toPath)[:200]}: Invalid argument"))
+                target = _child(conn, parent.id, toPath[-1])
+                if target is not None and target.id != node.id:
+                    if target.is_folder or node.is_folder:
+                        # rename(2) replaces only a file by a file (an empty
+                        # folder by a folder too; kept simple: refused).
+                        raise _Trouble(ftp.FileExistsError(_shown(toPath)))
+                    _drop_content(conn, target.content)
+                    conn.execute("DELETE FROM ftp_node WHERE id = %s", (target.id,))
+                conn.execute("UPDATE ftp_node SET parent_id = %s, name = %s WHERE id = %s", (parent.id, toPath[-1], node.id))
+
+        return self._now(move)
+
+    def access(self, path):
+        def look(conn):
+            node = self._existing(conn, path)
+            if not node.is_folder:
+                raise _Trouble(ftp.IsNotADirectoryError(_shown(path)))
+
+        return self._now(look)
+
+    def stat(self, path, keys=()):
+        def look(conn):
+            node = self._resolve(conn, path)
+            if node is None and path and tuple(keys) == ("size",):
+                # SIZE of a name whose upload was interrupted: where REST resumes.
+                parent = self._resolve(conn, path[:-1])
+                part = _child(conn, parent.id, partial_name(path[-1])) if parent is not None and parent.is_folder else None
+                if part is not None:
+                    return [part.size]
+            if node is None:
+                raise _Trouble(ftp.FileNotFoundError(_shown(path)))
+            return [self._fact(node, k) for k in keys]
+
+        return self._now(look)
+
+    def list(self, path, keys=()):
+        def look(conn):
+            node = self._existing(conn, path)
+            if not node.is_folder:
+                return [(path[-1] if path else "/", [self._fact(node, k) for k in keys])]
+            rows = conn.execute(f"SELECT name, {_COLUMNS} FROM ftp_node WHERE parent_id = %s ORDER BY name", (node.id,)).fetchall()
+            return [(name, [self._fact(_Node(rest), k) for k in keys]) for name, *rest in rows if not is_partial_name(name)]
+
+        return self._now(look)
+
+    def openForReading(self, path):
+        return self.openForReadingAt(path, 0)
+
+    def openForWriting(self, path):
+        return self.openForWritingAt(path, 0, False)
+
+    # -- IMailhubShell -------------------------------------------------------------
+
+    def openForReadingAt(self, path, offset):
+        def open_(conn):
+            node = self._existing(conn, path)
+            if node.is_folder:
+                raise _Trouble(ftp.IsADirectoryError(_shown(path)))
+            return PostgresReader(self.db, node.content, node.size, offset)
+
+        return self._now(open_)
+
+    def openForWritingAt(self, path, offset, append):
+        def open_(conn):
+            self._writable(path)
+            if not path:
+                raise _Trouble(ftp.IsADirectoryError("/"))
+            with conn.transaction():
+                parent = self._parent(conn, path)
+                name, hidden = path[-1], partial_name(path[-1])
+                final = _child(conn, parent.id, name)
+                if final is not None and final.is_folder:
+                    raise _Trouble(ftp.IsADirectoryError(_shown(path)))
+                part = _child(conn, parent.id, hidden)
+                resumed = bool(append or offset) and part is not None
+                if not resumed:
+                    if part is not None:
+                        self._remove_node(conn, part.id, part.content)
+                    oid = conn.execute("SELECT lo_create(0)").fetchone()[0]
+                    size = 0
+                    if (append or offset) and final is not None:
+                        # Continue a complete file on a copy: it stays whole
+                        # until the new version is.
+                        if final.content is not None:
+                            for at in range(0, final.size, CHUNK):
+                                conn.execute("SELECT lo_put(%s, %s, lo_get(%s, %s, %s))", (oid, at, final.content, at, CHUNK))
+                        size = final.size
+                    part_id = conn.execute(
+                        "INSERT INTO ftp_node (parent_id, name, is_folder, size, modified, content) VALUES (%s, %s, false, %s, %s, %s) RETURNING id",
+                        (parent.id, hidden, size, time.time(), oid),
+                    ).fetchone()[0]
+                    part = _Node((part_id, False, size, time.time(), oid))
+                start = part.size if append else offset
+                if start < part.size:
+                    conn.execute("SELECT lo_truncate(lo_open(%s, x'60000'::int), %s)", (part.content, start))
+                    conn.execute("UPDATE ftp_node SET size = %s WHERE id = %s", (start, part.id))
+                return PostgresWriter(self, part.id, part.content, start, parent.id, name, fresh=not resumed)
+
+        return self._now(open_)
+
+    def uniqueName(self, path):
+        def find(conn):
+            self._writable(path)
+            base = path[-1] if path else "file"
+            parent = self._parent(conn, path) if path else self._existing(conn, [])
+            for n in range(1, 10000):
+                if _child(conn, parent.id, f"{base}.{n}") is None:
+                    return path[:-1] + [f"{base}.{n}"]
+            raise _Trouble(ftp.FileExistsError(base))
+
+        return self._now(find)
+
+    # -- facts -----------------------------------------------------------------------
+
+    def _fact(self, node: _Node, key: str):
+        if key == "size":
+            return node.size if not node.is_folder else 0
+        if key == "directory":
+            return node.is_folder
+        if key == "permissions":
+            return (statmod.S_IFDIR | 0o755) if node.is_folder else (statmod.S_IFREG | 0o644)
+        if key == "hardlinks":
+            return 1
+        if key == "modified":
+            return node.modified
+        if key in ("owner", "group"):
+            return "mailhub"
+        if key == "unique":
+            return f"pg{node.id:x}"
+        if key == "writable":
+            return not self.readonly
+        raise ValueError(f"unknown fact {key!r}")
+
+
+@implementer(IFileSystem)
+class PostgresFileSystem:
+    """
+    Homes at C{<domain>/<localpart>} and the public area at C{public} in
+    the C{ftp_node} tree of the database at C{dsn}.
+    """
+
+    def __init__(self, dsn: str, reactor: Any = None):
+        self.db = Database(dsn, reactor, workers=2, what="the file database")
+        schema.ready(self.db)
+        self._homes: dict[tuple[str, ...], int] = {}
+
+    def _home(self, segments: tuple[str, ...]) -> int:
+        found = self._homes.get(segments)
+        if found is None:
+            def make(conn):
+                with conn.transaction():
+                    return ensure_path(conn, list(segments))
+
+            found = self._homes[segments] = self.db.run_here(make)
+        return found
+
+    @staticmethod
+    def home_segments(account) -> tuple[str, str]:
+        return (account.domain.lower(), account.localpart)
+
+    def shell_for(self, account) -> PostgresShell:
+        if account is None:
+            return PostgresShell(self.db, self._home(("public",)), readonly=True)
+        return PostgresShell(self.db, self._home(self.home_segments(account)))
+
+
+def copy_tree(conn: Any, local_root: str, segments: list[str]) -> tuple[int, int]:
+    """
+    Copy the files and folders under C{local_root} (a folder of the disk
+    backend) into the tree at C{segments}, in chunks; files already there
+    are replaced. Returns (folders, files) copied. Partial uploads and
+    links are left out.
+    """
+    import os
+
+    folders = files = 0
+    with conn.transaction():
+        top = ensure_path(conn, segments)
+    for here, dirnames, filenames in os.walk(local_root):
+        rel = os.path.relpath(here, local_root)
+        parts = [] if rel == "." else rel.split(os.sep)
+        with conn.transaction():
+            parent = ensure_path(conn, segments + parts) if parts else top
+        dirnames[:] = sorted(d for d in dirnames if not os.path.islink(os.path.join(here, d)))
+        folders += len(dirnames)
+        for name in sorted(filenames):
+            path = os.path.join(here, name)
+            if is_partial_name(name) or os.path.islink(path) or not os.path.isfile(path):
+                continue
+            with conn.transaction():
+                old = _child(conn, parent, name)
+                if old is not None:
+                    _drop_content(conn, old.content)
+                    conn.execute("DELETE FROM ftp_node WHERE id = %s", (old.id,))
+                oid = conn.execute("SELECT lo_create(0)").fetchone()[0]
+                size = 0
+                with open(path, "rb") as f:
+                    while True:
+                        chunk = f.read(CHUNK)
+                        if not chunk:
+                            break
+                        conn.execute("SELECT lo_put(%s, %s, %s)", (oid, size, chunk))
+                        size += len(chunk)
+                conn.execute(
+                    "INSERT INTO ftp_node (parent_id, name, is_folder, size, modified, content) VALUES (%s, %s, false, %s, %s, %s)",
+                    (parent, name, size, os.stat(path).st_mtime, oid),
+                )
+            files += 1
+    return folders, files
