@@ -163,3 +163,21 @@ def test_admin_on_the_table_says_what_is_wrong_in_one_line(pg_dsn):
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith("mailhub-admin: cannot reach the accounts database")
     assert "Traceback" not in unreachable.stderr
+
+
+# -- the login throttle ----------------------------------------------------------
+
+
+def test_login_failures_on_one_hub_count_on_another(pg_dsn, start_hub):
+    a = start_hub("--store", f"postgresql:{pg_dsn}")
+    b = start_hub("--store", f"postgresql:{pg_dsn}")
+    for n in range(3):
+        assert not imap_login_works(a, "alice", f"wrong{n}")
+    a.wait_for_log(r"login failed for 'alice' .*held 0\.3s")
+    # The fourth failure in a row is the fourth on hub B as well.
+    assert not imap_login_works(b, "alice", "wrong3")
+    b.wait_for_log(r"login failed for 'alice' .*held 0\.4s")
+    # and a success on B clears the count for both
+    assert imap_login_works(b, "alice", "secret")
+    assert not imap_login_works(a, "alice", "wrong4")
+    assert until(lambda: a.log.count("(answer held 0.1s)") == 2)  # a fresh count

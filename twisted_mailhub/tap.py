@@ -295,6 +295,12 @@ def makeService(options):
     if hasattr(store, "hostname"):
         store.hostname = hostname
     hub = Hub(reactor, options, accounts, store, data_dir, hostname, extra_checkers)
+    from twisted_mailhub.cluster.throttle import shared_throttle
+
+    # store or accounts in PostgreSQL: the throttle counts for every hub
+    shared = shared_throttle(options, reactor)
+    if shared is not None:
+        hub.throttle = shared
     hub.load_accounts = lambda: _accounts_and_checkers(options)[0]
     hub.run_as = _run_as(options)
     found = filter_plugins()
