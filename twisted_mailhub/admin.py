@@ -351,6 +351,7 @@ def _parser() -> argparse.ArgumentParser:
     queue.add_argument("queue_args", nargs=argparse.REMAINDER)
 
     commands.add_parser("db", help="the PostgreSQL tables: upgrade (create or migrate) or version, with --dsn DSN", add_help=False)
+    commands.add_parser("migrate", help="copy a data folder into PostgreSQL: --from DATA --to postgresql:DSN (UIDs, flags, UIDLs kept)", add_help=False)
     commands.add_parser("dkim", help="DKIM keys and the DNS TXT records to publish: show, or make (missing keys first)", add_help=False)
     check_command = commands.add_parser("check", help="check hub options, accounts, certificate and ports without starting", add_help=False)
     check_command.add_argument("hub_args", nargs=argparse.REMAINDER, help="the options given to twistd mailhub")
@@ -384,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         from twisted_mailhub.cluster.admin import db_main
 
         return db_main(argv[1:])
+    if argv[:1] == ["migrate"]:
+        from twisted_mailhub.cluster.migrate import main as migrate_main
+
+        return migrate_main(argv[1:])
     args = _parser().parse_args(argv)
     if getattr(args, "auth", None):
         from twisted_mailhub.cluster.admin import TableError, user_in_table
