@@ -1,0 +1,136 @@
+"""
+The example load balancer configuration (C{etc/haproxy-mailhub.cfg}) with
+Debian's HAProxy in front of two real hubs on one PostgreSQL database:
+the file is the README's, only its addresses and ports are made loopback
+and free; SMTP, submission, POP3 and IMAP work through it, and go on
+working when one hub is killed.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import poplib
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.hubprocess import ROOT
+from tests.test_e2e_relay import free_port
+
+EXAMPLE = os.path.join(ROOT, "etc", "haproxy-mailhub.cfg")
+
+
+def haproxy_binary() -> str:
+    found = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.path.exists(p)), None)
+    if found is None:
+        message = "HAProxy is not installed (apt-get install haproxy)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def loopback_config(example: str, hubs: list, fronts: dict[str, int]) -> str:
+    """
+    The example with each C{bind :PORT} on 127.0.0.1 and a free port
+    (C{fronts}: backend name -> port), each C{server hubN ADDR:PORT} on the
+    N-th test hub's port of that listener, and a C{maxconn} a test
+    process may have.
+    """
+    out, backend = [], None
+    for line in example.splitlines():
+        words = line.split()
+        if words[:1] in (["frontend"], ["backend"]):
+            backend = words[1]
+        if words[:1] == ["bind"]:
+            line = f"    bind 127.0.0.1:{fronts[backend]}"
+        elif words[:1] == ["server"]:
+            n = int(re.fullmatch(r"hub(\d+)", words[1]).group(1))
+            rest = " ".join(words[3:])
+            line = f"    server {words[1]} 127.0.0.1:{hubs[n - 1].ports[backend]} {rest}"
+        elif words[:1] == ["maxconn"]:
+            line = "    maxconn 200"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"haproxy did not listen on {port}: {process.stdout.read() if process.poll() is not None else ''}")
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def balanced(start_hub, pg_dsn, tmp_path):
+    """Two hubs on one database behind HAProxy: (hubs, front ports)."""
+    binary = haproxy_binary()
+    hubs = [start_hub("--store", f"postgresql:{pg_dsn}") for _ in range(2)]
+    with open(EXAMPLE) as f:
+        example = f.read()
+    backends = re.findall(r"^backend (\S+)", example, re.M)
+    assert set(backends) >= {"smtp", "submission", "imap", "pop3"}
+    fronts = {name: free_port() for name in backends}
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(loopback_config(example, hubs, fronts))
+    check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for port in fronts.values():
+            wait_for_port(port, process)
+        yield hubs, fronts
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def send(port: int, subject: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        s.sendmail("bob@localhost", ["alice@localhost"], f"Subject: {subject}\r\n\r\nthrough the balancer\r\n".encode())
+
+
+def subjects_over_imap(port: int) -> list[str]:
+    c = imaplib.IMAP4("127.0.0.1", port, timeout=10)
+    c.login("alice", "secret")
+    c.select("INBOX", readonly=True)
+    typ, data = c.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    c.logout()
+    return sorted(item[1].decode().strip() for item in data if isinstance(item, tuple))
+
+
+def test_smtp_imap_and_pop3_through_haproxy_go_on_with_a_hub_killed(balanced):
+    hubs, fronts = balanced
+    for n in range(4):  # leastconn spreads them over both hubs
+        send(fronts["smtp"], f"before {n}")
+    with smtplib.SMTP("127.0.0.1", fronts["submission"], timeout=10) as s:
+        s.login("alice", "secret")
+        s.sendmail("alice@localhost", ["alice@localhost"], b"Subject: submitted\r\n\r\nhi\r\n")
+    assert subjects_over_imap(fronts["imap"]) == [f"Subject: before {n}" for n in range(4)] + ["Subject: submitted"]
+    hubs[0].kill()  # kill -9: no goodbye to anyone
+    for n in range(4):  # every new connection reaches the hub that is left
+        send(fronts["smtp"], f"after {n}")
+    for _ in range(3):
+        got = subjects_over_imap(fronts["imap"])
+        assert len(got) == 9 and "Subject: after 3" in got
+    p = poplib.POP3("127.0.0.1", fronts["pop3"], timeout=10)
+    p.user("alice")
+    p.pass_("secret")
+    assert p.stat()[0] == 9
+    p.quit()
