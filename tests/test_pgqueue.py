@@ -194,6 +194,24 @@ def test_hubs_claiming_at_once_never_get_the_same_message(pg_dsn):
     assert holders == {owner: len(ids) for owner, ids in taken.items() if ids}
 
 
+def test_queueing_while_the_database_is_down_gets_451_then_works(start_hub, postgresql, sink):
+    port, peer = sink
+    dsn = postgresql.create_database()
+    a = start_hub("--queue", f"postgresql:{dsn}", "--mx-override", f"far.test=127.0.0.1:{port}", users=USERS)
+    postgresql.stop()
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            submit(a, "while down")
+        assert refused.value.smtp_code == 451
+    finally:
+        postgresql.restart()
+    submit(a, "after the restart")
+    assert until(lambda: [s for _, s in peer.accepted] == [b"Subject: after the restart"])
+    assert a.log.count("cannot look for due messages") <= 1  # said once, not every second
+    assert "message not stored: cannot reach the queue database" in a.log
+    assert "Traceback" not in a.log
+
+
 def test_disk_queue_stays_with_a_postgresql_store_when_asked(start_hub, pg_dsn):
     a = start_hub("--store", f"postgresql:{pg_dsn}", "--queue", "disk", users=USERS)
     assert "queue: in PostgreSQL" not in a.log

@@ -210,6 +210,7 @@ class PostgresRelay(Relay):
         self._poll: task.LoopingCall | None = None
         self._wanted = False
         self._claiming = False
+        self._db_down = False
 
     def startService(self):
         from twisted.application import service
@@ -288,8 +289,13 @@ class PostgresRelay(Relay):
             try:
                 due = await self.storage.claim(self.now(), most)
             except Exception as e:  # noqa: BLE001 - the database is down: try at the next poll
-                log.warn("queue: cannot look for due messages: {why}", why=str(e) or e.__class__.__name__)
+                if not self._db_down:
+                    log.warn("queue: cannot look for due messages ({why}); trying every {poll:g} s", why=str(e) or e.__class__.__name__, poll=self.poll_interval)
+                    self._db_down = True
                 return
+            if self._db_down:
+                log.info("queue: the database answers again")
+                self._db_down = False
         finally:
             self._claiming = False
         if not due:

@@ -720,6 +720,13 @@ class MailhubSMTP(smtp.ESMTP):
             # RFC 3463 §3.4 (X.3.1): one line, no traceback; nothing was kept.
             log.warn("{cid}: message not stored: insufficient system storage ({error})", cid=self.connection_id, error=reason.value.__cause__ or reason.value)
             return self.reply(452, "4.3.1 Insufficient system storage")
+        from twisted_mailhub.store.interfaces import StoreUnavailable
+
+        if reason.check(StoreUnavailable):
+            # The database of the store or the queue is down (RFC 3463 X.3.0,
+            # temporary): one line, no traceback; nothing was kept.
+            log.warn("{cid}: message not stored: {why}", cid=self.connection_id, why=str(reason.value))
+            return self.reply(451, "4.3.0 Mail system temporarily unavailable; message not stored, try again later")
         log.failure("{cid}: delivery failed", reason, cid=self.connection_id)
         self.reply(451, "4.3.0 Error: local error in processing; message not stored")
 
