@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from twisted_mailhub.imap.binary import UnknownCTE, binary_field
 from twisted_mailhub.imap.condstore import has_modseqs, modseq_value, split_modifiers, uid_set_text, vanished_earlier
 from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.view import SelectedFolder
@@ -56,7 +57,7 @@ class FetchItem:
 
     @property
     def sets_seen(self) -> bool:
-        return (self.kind == b"SECTION" and not self.peek) or self.kind in (b"RFC822", b"RFC822.TEXT")
+        return (self.kind in (b"SECTION", b"BINARY") and not self.peek) or self.kind in (b"RFC822", b"RFC822.TEXT")
 
 
 _SIMPLE_ITEMS = {b"MODSEQ", b"UID", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODYSTRUCTURE", b"BODY", b"RFC822", b"RFC822.HEADER", b"RFC822.TEXT"}
@@ -65,7 +66,8 @@ _MACROS = {
     b"FAST": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"],
     b"FULL": [b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE", b"ENVELOPE", b"BODY"],
 }
-_ITEM = re.compile(rb"(BODY\.PEEK|BODY)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?|([A-Za-z0-9.]+)", re.I)
+_ITEM = re.compile(rb"(BODY\.PEEK|BODY|BINARY\.PEEK|BINARY\.SIZE|BINARY)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?|([A-Za-z0-9.]+)", re.I)
+_BINARY_SECTION = re.compile(rb"\A\s*((?:[1-9]\d*\.)*[1-9]\d*)?\s*\Z")
 _SECTION = re.compile(rb"\A((?:\d+\.)*\d+)?\.?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?\s*(?:\((.*)\))?\s*\Z", re.I)
 
 
@@ -95,6 +97,9 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
                 items.append(FetchItem(name))
             else:
                 raise imap4.IllegalClientResponse("unknown FETCH item " + shown(name, 30))
+            continue
+        if m.group(1).upper().startswith(b"BINARY"):
+            items.append(_binary_item(m))  # RFC 3516, imap/binary.py
             continue
         peek = m.group(1).upper() == b"BODY.PEEK"
         s = _SECTION.match(m.group(2).strip())
@@ -129,6 +134,26 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
     if not items:
         raise imap4.IllegalClientResponse("FETCH wants data items, e.g. (FLAGS UID)")
     return items
+
+
+def _binary_item(m: re.Match) -> FetchItem:
+    """BINARY[...]<partial>, BINARY.PEEK[...] or BINARY.SIZE[...] (RFC 3516 §4.1): part numbers only."""
+    name = m.group(1).upper()
+    s = _BINARY_SECTION.match(m.group(2))
+    if not s:
+        raise imap4.IllegalClientResponse(name.decode() + " takes part numbers only, e.g. BINARY[1.2] (RFC 3516)")
+    numbers = [int(n) for n in s.group(1).split(b".")] if s.group(1) else []
+    section = b".".join(b"%d" % n for n in numbers)
+    if name == b"BINARY.SIZE":
+        if m.group(3) is not None:
+            raise imap4.IllegalClientResponse("BINARY.SIZE takes no <partial>")
+        return FetchItem(b"BINARY.SIZE", numbers, label=b"BINARY.SIZE[" + section + b"]")
+    partial = None
+    label = b"BINARY[" + section + b"]"
+    if m.group(3) is not None:
+        partial = (int(m.group(3)), int(m.group(4)))
+        label += b"<%d>" % partial[0]
+    return FetchItem(b"BINARY", numbers, partial=partial, peek=name == b"BINARY.PEEK", label=label)
 
 
 def section_bytes(message: Part, item: FetchItem) -> bytes:
@@ -255,7 +280,15 @@ class FetchCommands:
             self.transport.write(vanished_earlier(view, messages))
         sets_seen = not view.readonly and any(i.sets_seen for i in items)
         pieces = self._fetch_responses(view, targets, items, sets_seen)
-        self._stream(pieces, lambda: self.sendPositiveResponse(tag, b"FETCH completed"))
+        self._unknown_cte = None
+        self._stream(pieces, lambda: self._fetch_done(tag))
+
+    def _fetch_done(self, tag: bytes) -> None:
+        if self._unknown_cte is not None:
+            name = client_text(shown(self._unknown_cte, 30))
+            self.sendNegativeResponse(tag, b"[UNKNOWN-CTE] a part's Content-Transfer-Encoding " + name + b" cannot be decoded; use BODY[] for it")
+            return
+        self.sendPositiveResponse(tag, b"FETCH completed")
 
     def _fetch_modifiers(self, modifiers: list, uid: bool) -> tuple[int | None, bool]:
         """(CHANGEDSINCE value or None, VANISHED) of FETCH's modifiers (RFC 7162 §3.1.4, §3.2.6)."""
@@ -352,6 +385,8 @@ class FetchCommands:
                             fields.append(b"RFC822.HEADER " + literal(part.header))
                         elif kind == b"RFC822.TEXT":
                             fields.append(b"RFC822.TEXT " + literal(part.body))
+                        elif kind in (b"BINARY", b"BINARY.SIZE"):
+                            fields.append(binary_field(part, item))
                         else:
                             data = section_bytes(part, item)
                             if item.partial is not None:
@@ -364,6 +399,11 @@ class FetchCommands:
                         fields.append(b"MODSEQ (%d)" % modseq(uid))
             except NoSuchMessage:
                 continue  # expunged by another session; told at the next chance
+            except UnknownCTE as e:
+                # RFC 3516 §4.3: this message's response is left out and
+                # the command ends NO [UNKNOWN-CTE].
+                self._unknown_cte = e.name
+                continue
             except (OSError, StoreError):
                 log.failure("FETCH of UID {uid} in {folder} failed", uid=uid, folder=folder.name)
                 continue
