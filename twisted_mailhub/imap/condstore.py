@@ -134,16 +134,22 @@ class CondStoreCommands:
             return False
 
     def do_ENABLE(self, tag, args=None):
-        """ENABLE (RFC 5161): CONDSTORE and QRESYNC where modseqs exist."""
+        """
+        ENABLE (RFC 5161): CONDSTORE and QRESYNC where modseqs exist, and
+        the session modes of L{twisted_mailhub.imap.rev2} (IMAP4rev2,
+        UTF8=ACCEPT).
+        """
         words = (args or b"").upper().split()
         if not words:
             self.sendBadResponse(tag, b"ENABLE wants capability names, e.g. ENABLE QRESYNC")
             return
         offered = set(CAPABILITIES) if self.modseq_offered() else set()
-        fresh = [w for w in words if w in offered and w not in self.enabled]
+        modes = self.enable_offered()
+        fresh = [w for w in dict.fromkeys(words) if (w in offered or w in modes) and w not in self.enabled]
         # (QRESYNC implies CONDSTORE, §3.2.3: the condstore property says so.)
         self.enabled = frozenset(self.enabled | set(fresh))
-        self.sendUntaggedResponse(b"ENABLED" + b"".join(b" " + w for w in fresh))
+        self.enabled_now(fresh)
+        self.sendUntaggedResponse(b"ENABLED" + b"".join(b" " + modes.get(w, w) for w in fresh))
         self.sendPositiveResponse(tag, b"ENABLE completed")
 
     auth_ENABLE = select_ENABLE = (do_ENABLE, imap4.IMAP4Server.arg_line)

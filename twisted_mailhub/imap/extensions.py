@@ -19,6 +19,9 @@ works, with end-to-end tests. Each entry below names where it lives:
  - SPECIAL-USE (RFC 6154), CHILDREN (RFC 3348), LIST-EXTENDED (RFC 5258),
    LIST-STATUS (RFC 5819): L{twisted_mailhub.imap.listing}.
  - STATUS=SIZE (RFC 8438): L{twisted_mailhub.imap.mailboxes}.
+ - UTF8=ACCEPT (RFC 6855): L{twisted_mailhub.imap.utf8}; ENABLE of it and of
+   IMAP4rev2 (RFC 9051): L{twisted_mailhub.imap.rev2}.
+ - SEARCHRES (RFC 5182): L{twisted_mailhub.imap.searchres}.
  - BINARY (RFC 3516): L{twisted_mailhub.imap.binary} (FETCH), L{twisted_mailhub.imap.append} (literal8).
  - MULTIAPPEND (RFC 3502), CATENATE (RFC 4469): L{twisted_mailhub.imap.append},
    IMAP URLs in L{twisted_mailhub.imap.urls}.
@@ -34,7 +37,7 @@ EXTENSIONS = (
     b"SASL-IR", b"LITERAL+", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"ID", b"ENABLE", b"SPECIAL-USE", b"UNSELECT", b"CHILDREN",
     b"ESEARCH", b"WITHIN",
     b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"MULTIAPPEND", b"CATENATE",
-    b"BINARY",
+    b"BINARY", b"UTF8=ACCEPT", b"SEARCHRES", b"IMAP4rev2",
 )
 
 

@@ -366,7 +366,7 @@ class FetchCommands:
                         fields.append(b"MODSEQ (%d)" % modseq(uid))
                     else:
                         if raw is None:
-                            raw = folder.read(uid)
+                            raw = self.message_view(folder.read(uid))  # imap/utf8.py
                         if kind == b"RFC822":
                             fields.append(b"RFC822 " + literal(raw))
                             continue

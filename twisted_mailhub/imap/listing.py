@@ -200,8 +200,8 @@ class ListCommands:
         self.sendPositiveResponse(tag, command + b" completed")
 
     def rev2_names(self) -> bool:
-        """Does this session call a missing parent C{\\NonExistent} in a plain LIST?"""
-        return False
+        """Does this session call a missing parent C{\\NonExistent} in a plain LIST (IMAP4rev2)?"""
+        return bool(getattr(self, "rev2", False))
 
 
 def list_entries(existing: list[str], subscribed: set[str], regexes: list[re.Pattern[str]], request: ListRequest, nonexistent: bool = False):

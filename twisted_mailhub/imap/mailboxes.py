@@ -23,7 +23,6 @@ from twisted.mail import imap4
 
 from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.listing import SPECIAL_USE  # noqa: F401 (imap/__init__ makes them)
-from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_name, mailbox_name, opt_nested_list, shown, wire_name
 from twisted_mailhub.store.base import DELIMITER
 from twisted_mailhub.store.interfaces import (
@@ -100,7 +99,7 @@ class MailboxCommands:
             self.sendUntaggedResponse(b"OK [CLOSED] previous mailbox closed")
         try:
             folder = self._folder(name)
-            view = SelectedFolder(self, folder, bool(readonly))
+            view = self.view_class()(self, folder, bool(readonly))  # imap/rev2.py
         except (StoreError, imap4.IllegalMailboxEncoding) as e:
             self._folder_error(tag, e)
             return
@@ -110,8 +109,9 @@ class MailboxCommands:
         first_unseen = view.first_unseen
         lines = view.flag_lines() + [
             b"* %d EXISTS\r\n" % len(view.uids),
-            b"* %d RECENT\r\n" % len(view.recent),
         ]
+        if not self.rev2:
+            lines.append(b"* %d RECENT\r\n" % len(view.recent))  # none in IMAP4rev2
         if first_unseen:
             lines.append(b"* OK [UNSEEN %d] first unseen\r\n" % first_unseen)
         lines.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uid_validity)
@@ -267,7 +267,7 @@ class MailboxCommands:
         RFC 9051 §6.3.11).
         """
         for key in keys:
-            if key not in STATUS_ITEMS:
+            if key not in STATUS_ITEMS or (key == b"RECENT" and self.rev2):
                 raise imap4.IllegalClientResponse("unknown STATUS item " + shown(key, 30) + ": use " + " ".join(k.decode() for k in STATUS_ITEMS))
 
     def status_response(self, folder, keys: list[bytes]) -> bytes:
@@ -277,7 +277,7 @@ class MailboxCommands:
         for key in keys:
             if key == b"MESSAGES":
                 value = len(infos)
-            elif key == b"RECENT":
+            elif key == b"RECENT" and not self.rev2:
                 recent = set(folder.recent())
                 if self.selected is not None and self.selected.folder is folder:
                     recent |= self.selected.recent

@@ -28,6 +28,10 @@ Theory of operation:
      mailboxes.py   SELECT, STATUS, APPEND and the other mailbox commands
      listing.py     LIST and LSUB (LIST-EXTENDED, LIST-STATUS)
      append.py      APPEND (MULTIAPPEND, CATENATE with urls.py, literal8, UTF8)
+     binary.py      FETCH BINARY
+     utf8.py        UTF8=ACCEPT and the downgraded view of UTF-8 headers
+     rev2.py        ENABLE IMAP4rev2 / UTF8=ACCEPT and what rev2 changes
+     searchres.py   SEARCH RETURN (SAVE) and $
      changes.py     CLOSE, EXPUNGE, COPY, MOVE, UID
      condstore.py   ENABLE, CONDSTORE and QRESYNC (modseqs in every command)
      extensions.py  ID, NAMESPACE, and what CAPABILITY advertises
@@ -64,6 +68,9 @@ from twisted_mailhub.imap.extensions import EXTENSIONS, ExtensionCommands
 from twisted_mailhub.imap.fetch import FetchCommands, ResponseStream
 from twisted_mailhub.imap.listing import ListCommands
 from twisted_mailhub.imap.append import AppendCommands
+from twisted_mailhub.imap.rev2 import SessionModes
+from twisted_mailhub.imap.searchres import SearchResults
+from twisted_mailhub.imap.utf8 import Utf8Session
 from twisted_mailhub.imap.mailboxes import MailboxCommands
 from twisted_mailhub.imap.quota import QuotaCommands
 from twisted_mailhub.imap.search import SearchCommands
@@ -87,7 +94,7 @@ _NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
 
 
 class IMAPServer(
-    FetchCommands, SearchCommands, SortCommands, ListCommands, AppendCommands, MailboxCommands, ChangeCommands, CondStoreCommands, ExtensionCommands, QuotaCommands, imap4.IMAP4Server
+    FetchCommands, SearchCommands, SortCommands, ListCommands, AppendCommands, SessionModes, SearchResults, Utf8Session, MailboxCommands, ChangeCommands, CondStoreCommands, ExtensionCommands, QuotaCommands, imap4.IMAP4Server
 ):
     """
     One IMAP connection. C{hub} is the shared L{twisted_mailhub.hub.Hub}.
@@ -342,6 +349,12 @@ class IMAPServer(
             note = control_note(tag + b" " + cmd).encode("ascii", "replace")
             self.sendBadResponse(b"*" if has_control(tag) else tag, b"control characters are not allowed in a tag or command name" + note)
             return None
+        if self.selected is not None and rest and (self.rev2 or b"$" in rest or b"SAVE" in rest[:300].upper()):
+            # SEARCHRES (RFC 5182): $ and RETURN (SAVE), imap/searchres.py
+            rewritten = self.rewrite_saved(tag, cmd, rest, uid)
+            if rewritten is None:
+                return None
+            cmd, rest, uid = rewritten
         if self.selected is not None and uid is None:
             # Bring the client up to date first, so that the command works
             # on the messages it has been told about (RFC 3501 §5.2).

@@ -1,0 +1,128 @@
+"""
+IMAP4rev2 (RFC 9051) beside IMAP4rev1, and SEARCHRES (RFC 5182, part of
+rev2's base): the real hub over a raw socket and imaplib.
+"""
+
+from __future__ import annotations
+
+import imaplib
+
+from tests.test_e2e_imap_rfc import PLAIN, raw_append, raw_login, untagged
+
+
+def message(subject: bytes) -> bytes:
+    return b"From: bob@localhost\r\nSubject: " + subject + b"\r\n\r\nbody\r\n"
+
+
+def rev2_login(hub):
+    r = raw_login(hub)
+    assert r.cmd(b"e", b"ENABLE IMAP4rev2") == [b"* ENABLED IMAP4rev2", b"e OK ENABLE completed"]
+    return r
+
+
+def test_capability_advertises_rev2_beside_rev1_and_its_base_extensions(hub):
+    r = raw_login(hub)
+    caps = r.cmd(b"c", b"CAPABILITY")[0].split()
+    for name in [b"IMAP4rev1", b"IMAP4rev2", b"ENABLE", b"NAMESPACE", b"UNSELECT", b"UIDPLUS", b"ESEARCH", b"SEARCHRES", b"IDLE", b"SASL-IR",
+                 b"LIST-EXTENDED", b"LIST-STATUS", b"MOVE", b"LITERAL+", b"BINARY", b"SPECIAL-USE", b"STATUS=SIZE"]:
+        assert name in caps, name
+    r.close()
+
+
+def test_rev2_session_sees_no_recent_flag_or_response(hub):
+    r = rev2_login(hub)
+    raw_append(r, b"INBOX", PLAIN)
+    selected = r.cmd(b"s", b"SELECT INBOX")
+    assert not untagged(selected, rb"\* \d+ RECENT"), selected
+    assert b"* 1 EXISTS" in selected
+    assert r.cmd(b"f", b"FETCH 1 FLAGS")[0] == b"* 1 FETCH (FLAGS ())"
+    # a message arriving while selected: EXISTS, no RECENT
+    other = raw_login(hub)
+    raw_append(other, b"INBOX", PLAIN)
+    other.close()
+    noop = r.cmd(b"n", b"NOOP")
+    assert b"* 2 EXISTS" in noop and not untagged(noop, rb"\* \d+ RECENT"), noop
+    assert r.cmd(b"t", b"STATUS Sent (RECENT)")[-1].startswith(b"t BAD unknown STATUS item")
+    r.close()
+
+
+def test_rev1_session_still_gets_recent(hub):
+    r = raw_login(hub)
+    raw_append(r, b"INBOX", PLAIN)
+    assert b"* 1 RECENT" in r.cmd(b"s", b"SELECT INBOX")
+    r.close()
+
+
+def test_rev2_search_answers_esearch(hub):
+    r = rev2_login(hub)
+    for subject in (b"a", b"b", b"a"):
+        raw_append(r, b"INBOX", message(subject))
+    r.cmd(b"s", b"SELECT INBOX")
+    assert r.cmd(b"x", b"SEARCH SUBJECT a") == [b'* ESEARCH (TAG "x") ALL 1,3', b"x OK SEARCH completed"]
+    assert r.cmd(b"y", b"UID SEARCH SUBJECT zzz") == [b'* ESEARCH (TAG "y") UID', b"y OK SEARCH completed"]
+    assert r.cmd(b"z", b"SEARCH RETURN (COUNT) ALL")[0] == b'* ESEARCH (TAG "z") COUNT 3'
+    r.close()
+
+
+def test_rev2_names_are_utf8_and_missing_parents_nonexistent(hub):
+    r = rev2_login(hub)
+    assert r.cmd(b"c", 'CREATE "Bücher/Neu"'.encode())[-1].startswith(b"c OK")
+    lines = r.cmd(b"l", 'LIST "" "B*"'.encode())
+    assert lines[:-1] == ['* LIST (\\HasChildren) "/" "Bücher"'.encode(), '* LIST (\\HasNoChildren) "/" "Bücher/Neu"'.encode()], lines
+    r.cmd(b"d", 'DELETE "Bücher"'.encode())
+    assert '* LIST (\\NonExistent \\HasChildren) "/" "Bücher"'.encode() in r.cmd(b"m", 'LIST "" "Bücher"'.encode())
+    # LSUB is still accepted
+    assert r.cmd(b"u", b'LSUB "" "*"')[-1].startswith(b"u OK")
+    r.close()
+
+
+def test_rev2_keywords_like_forwarded_are_kept(hub):
+    r = rev2_login(hub)
+    raw_append(r, b"INBOX", PLAIN)
+    r.cmd(b"s", b"SELECT INBOX")
+    stored = r.cmd(b"k", b"STORE 1 +FLAGS ($Forwarded $Junk $MDNSent)")
+    assert b"* 1 FETCH (FLAGS ($Forwarded $Junk $MDNSent))" in stored, stored
+    r.close()
+
+
+def test_searchres_saves_a_result_for_later_commands(hub):
+    r = raw_login(hub)
+    for subject in (b"keep", b"drop", b"keep"):
+        raw_append(r, b"INBOX", message(subject))
+    r.cmd(b"s", b"SELECT INBOX")
+    assert r.cmd(b"a", b"SEARCH RETURN (SAVE) SUBJECT keep") == [b"a OK SEARCH completed (result saved)"]
+    fetched = r.cmd(b"b", b"FETCH $ (FLAGS)")
+    assert [line.split(b" FETCH")[0] for line in fetched[:-1]] == [b"* 1", b"* 3"], fetched
+    assert r.cmd(b"c", b"STORE $ +FLAGS.SILENT (\\Flagged)")[-1].startswith(b"c OK")
+    assert r.cmd(b"d", b"SEARCH FLAGGED")[0] == b"* SEARCH 1 3"
+    assert r.cmd(b"e", b"SEARCH NOT $")[0] == b"* SEARCH 2"
+    assert r.cmd(b"f", b"UID SEARCH RETURN (SAVE MIN) SUBJECT drop")[0] == b'* ESEARCH (TAG "f") UID MIN 2'
+    moved = r.cmd(b"g", b"MOVE $ Trash")
+    assert moved[-1].startswith(b"g OK") and b"* 2 EXPUNGE" in moved, moved
+    # the saved message is gone: $ is empty and commands on it do nothing
+    assert r.cmd(b"h", b"FETCH $ FLAGS") == [b"h OK FETCH completed"]
+    r.close()
+
+
+def test_searchres_is_empty_after_a_new_select(hub):
+    r = raw_login(hub)
+    raw_append(r, b"INBOX", PLAIN)
+    r.cmd(b"s", b"SELECT INBOX")
+    r.cmd(b"a", b"SEARCH RETURN (SAVE) ALL")
+    r.cmd(b"t", b"SELECT INBOX")
+    assert r.cmd(b"b", b"UID FETCH $ FLAGS") == [b"b OK FETCH completed"]
+    r.close()
+
+
+def test_imaplib_enables_rev2_and_searches(hub):
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    c.login("alice", "secret")
+    assert "IMAP4REV2" in c.capabilities
+    typ, data = c.enable("IMAP4rev2")
+    assert typ == "OK", data
+    c.append("INBOX", None, None, PLAIN)
+    c.select("INBOX")
+    typ, data = c._simple_command("SEARCH", "ALL")
+    assert typ == "OK"
+    assert c._untagged_response(typ, data, "ESEARCH")[1][0].endswith(b"ALL 1")
+    c.logout()

@@ -1,0 +1,116 @@
+"""
+UTF8=ACCEPT (RFC 6855) end to end: an SMTPUTF8 message delivered over
+SMTP, then read over IMAP by a session that enabled UTF8=ACCEPT (the
+header as sent) and by one that did not (a downgraded header: no raw
+8-bit); UTF-8 mailbox names; APPEND's UTF8 data item. The real hub,
+smtplib, imaplib and a raw socket.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import smtplib
+
+from tests.test_e2e_imap_rfc import raw_login
+from twisted_mailhub.imap.utf8 import downgrade
+
+SMTPUTF8_MESSAGE = (
+    "From: Jöran Grüße <jöran@exämple.test>\r\nTo: alice@localhost, Ann <ann@bücher.example>\r\n"
+    "Subject: Grüße aus München\r\nX-Note: spät\r\nMessage-ID: <m1@exämple.test>\r\n\r\nHallo!\r\n"
+).encode("utf-8")
+
+
+def deliver(hub) -> None:
+    s = smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=20)
+    s.ehlo("client.example")
+    assert s.sendmail("jöran@exämple.test", ["alice@localhost"], SMTPUTF8_MESSAGE, mail_options=["SMTPUTF8"]) == {}
+    s.quit()
+
+
+def fetch_literal(r, tag: bytes, command: bytes) -> tuple[bytes, list[bytes]]:
+    """(the octets of the first literal of the reply, every line)."""
+    r.send(tag + b" " + command + b"\r\n")
+    text = b""
+    lines = []
+    while True:
+        line = r.line()
+        lines.append(line)
+        m = re.search(rb"\{(\d+)\}$", line)
+        if m:
+            n = int(m.group(1))
+            while len(r.buf) < n:
+                r.buf += r.sock.recv(65536)
+            text, r.buf = (text or r.buf[:n]), r.buf[n:]
+            continue
+        if line.startswith(tag + b" "):
+            return text, lines
+
+
+def test_capability_and_enable_utf8_accept(hub):
+    r = raw_login(hub)
+    assert b"UTF8=ACCEPT" in r.cmd(b"c", b"CAPABILITY")[0].split()
+    assert r.cmd(b"e", b"ENABLE UTF8=ACCEPT") == [b"* ENABLED UTF8=ACCEPT", b"e OK ENABLE completed"]
+    assert r.cmd(b"f", b"ENABLE UTF8=ACCEPT") == [b"* ENABLED", b"f OK ENABLE completed"], "enabled once"
+    r.close()
+
+
+def test_utf8_session_gets_the_smtputf8_header_as_sent(hub):
+    deliver(hub)
+    r = raw_login(hub)
+    r.cmd(b"e", b"ENABLE UTF8=ACCEPT")
+    r.cmd(b"s", b"EXAMINE INBOX")
+    header, _ = fetch_literal(r, b"h", b"FETCH 1 BODY.PEEK[HEADER]")
+    assert header.endswith(SMTPUTF8_MESSAGE[: SMTPUTF8_MESSAGE.index(b"\r\n\r\n") + 4]), header
+    r.close()
+
+
+def test_legacy_session_gets_a_downgraded_header_and_envelope_without_raw_8bit(hub):
+    deliver(hub)
+    r = raw_login(hub)
+    r.cmd(b"s", b"EXAMINE INBOX")
+    header, _ = fetch_literal(r, b"h", b"FETCH 1 BODY.PEEK[HEADER]")
+    assert header.isascii(), header
+    assert b"Subject: =?utf-8?" in header and b"Downgraded-X-Note: =?utf-8?" in header
+    assert b"Ann <ann@xn--bcher-kva.example>" in header  # IDNA A-label for a UTF-8 domain
+    assert b" :;" in header  # a UTF-8 local part: an empty group named by the encoded address
+    whole, _ = fetch_literal(r, b"b", b"FETCH 1 BODY.PEEK[]")
+    assert whole.isascii() and whole.endswith(b"\r\n\r\nHallo!\r\n")
+    lines = r.cmd(b"v", b"FETCH 1 ENVELOPE")
+    assert all(line.isascii() for line in lines), lines
+    assert b'"=?utf-8?' in lines[0], lines
+    r.close()
+
+
+def test_imaplib_utf8_mode_creates_and_lists_utf8_mailbox_names(hub):
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    c.login("alice", "secret")
+    typ, data = c.enable("UTF8=ACCEPT")
+    assert typ == "OK", data
+    assert c.create('"Grüße & Co"')[0] == "OK"
+    typ, listing = c.list('""', '"Gr*"')
+    assert listing == ['(\\HasNoChildren) "/" "Grüße & Co"'.encode("utf-8")], listing
+    c.logout()
+    # a session without UTF8=ACCEPT sees the same mailbox in modified UTF-7
+    r = raw_login(hub)
+    assert r.cmd(b"l", b'LIST "" "Gr*"')[0] == b'* LIST (\\HasNoChildren) "/" "Gr&APwA3w-e &- Co"'
+    r.close()
+
+
+def test_append_utf8_data_item_needs_enable(hub):
+    r = raw_login(hub)
+    message = "Subject: Grüße\r\n\r\nhi\r\n".encode("utf-8")
+    r.send(b"a APPEND INBOX UTF8 (~{%d+}\r\n%s)\r\n" % (len(message), message))
+    assert r.until_tag(b"a")[-1].startswith(b"a BAD the UTF8 data item needs ENABLE UTF8=ACCEPT")
+    r.cmd(b"e", b"ENABLE UTF8=ACCEPT")
+    r.send(b"b APPEND INBOX (\\Seen) UTF8 (~{%d+}\r\n%s)\r\n" % (len(message), message))
+    assert r.until_tag(b"b")[-1].startswith(b"b OK [APPENDUID")
+    r.cmd(b"s", b"EXAMINE INBOX")
+    header, _ = fetch_literal(r, b"h", b"FETCH 1 BODY.PEEK[HEADER]")
+    assert header == "Subject: Grüße\r\n\r\n".encode("utf-8")
+    r.close()
+
+
+def test_an_ascii_message_is_not_changed_by_the_downgrade():
+    plain = b"From: a@b.example\r\nSubject: hi\r\n\r\nbody \xe9\r\n"
+    assert downgrade(plain) is plain

@@ -1,0 +1,134 @@
+# -*- test-case-name: tests.test_e2e_imap_rev2 -*-
+"""
+SEARCHRES (RFC 5182), part of the IMAP4rev2 base (RFC 9051 §6.4.4.1):
+C{SEARCH RETURN (SAVE ...)} keeps its result, and C{$} stands for it in a
+later command's message set.
+
+Rules:
+
+ - The result is kept as UIDs for the selected mailbox, so a message
+   expunged since drops out of it by itself (RFC 5182 §2.1); SELECT,
+   EXAMINE, UNSELECT and CLOSE start with an empty one.
+ - C{RETURN (SAVE)} alone answers no ESEARCH (§2.4); with other options
+   they are answered as usual. A SEARCH with SAVE that fails (BAD) leaves
+   the result empty (§2.1).
+ - C{$} is read in FETCH, STORE, COPY, MOVE, UID EXPUNGE (as their message
+   set) and in SEARCH, SORT and THREAD keys (as C{UID set}), by rewriting
+   the command before it runs: C{FETCH $ FLAGS} runs as C{UID FETCH uids
+   FLAGS} (so its FETCH responses also carry UID, which RFC 3501 §7.4.2
+   allows). An empty result makes a set no message has, so those
+   commands act on nothing and answer OK (§2.2).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted_mailhub.imap.condstore import uid_set_text
+
+# A UID no message has (RFC 3501 §2.3.1.1: UIDs are 32-bit and nonzero).
+NO_UID = b"4294967295"
+_SET_COMMANDS = {b"FETCH", b"STORE", b"COPY", b"MOVE", b"EXPUNGE"}
+_KEY_COMMANDS = {b"SEARCH", b"SORT", b"THREAD"}
+_RETURN = re.compile(rb"\A\s*RETURN\s*\(([^()]*)\)", re.I)
+_DOLLAR = re.compile(rb'"(?:[^"\\]|\\.)*"|(?<![^\s(])\$(?=[\s)]|\Z)')
+
+
+def _replace_dollar(text: bytes, replacement: bytes) -> tuple[bytes, bool]:
+    """Every C{$} outside quoted strings replaced; (text, whether any was)."""
+    found = False
+
+    def sub(m: re.Match) -> bytes:
+        nonlocal found
+        if m.group(0) == b"$":
+            found = True
+            return replacement
+        return m.group(0)
+
+    return _DOLLAR.sub(sub, text), found
+
+
+class SearchResults:
+    """SEARCHRES, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
+
+    _saved: tuple[Any, list[int]] | None = None
+
+    def saved_uids(self) -> list[int]:
+        """The saved result of the selected mailbox's view (empty after a new SELECT)."""
+        if self._saved is None or self._saved[0] is not self.selected:
+            return []
+        return self._saved[1]
+
+    def save_result(self, uids: list[int]) -> None:
+        self._saved = (self.selected, list(uids))
+
+    def rewrite_saved(self, tag: bytes, cmd: bytes, rest: bytes, uid: Any) -> tuple[bytes, bytes, Any] | None:
+        """
+        (cmd, rest, uid) with C{$} replaced by the saved result and a
+        SEARCH's SAVE option taken out (after saving), or None when the
+        command was answered here (C{SEARCH RETURN (SAVE)} alone). Called
+        before a command runs in the selected state.
+        """
+        name = cmd.upper()
+        if name == b"UID":
+            sub, _, tail = rest.partition(b" ")
+            if sub.upper() == b"EXPUNGE" and tail.strip() == b"$":
+                return cmd, b"EXPUNGE " + (uid_set_text(self.saved_uids()) or NO_UID), uid
+            return cmd, rest, uid
+        if name == b"SEARCH" and self.rev2 and not _RETURN.match(rest):
+            # IMAP4rev2 answers SEARCH with ESEARCH, ALL by default (RFC 9051 §6.4.4)
+            rest = b"RETURN (ALL) " + rest
+        if name == b"SEARCH":
+            m = _RETURN.match(rest)
+            if m and any(o.upper() == b"SAVE" for o in m.group(1).split()):
+                others = [o for o in m.group(1).split() if o.upper() != b"SAVE"]
+                keys = rest[m.end() :]
+                uids = self._run_search(keys)
+                self.save_result(uids or [])
+                if uids is not None:
+                    if not others:
+                        # RFC 5182 §2.4: SAVE alone answers no ESEARCH.
+                        self.sendPositiveResponse(tag, b"SEARCH completed (result saved)")
+                        return None
+                    rest = b"RETURN (" + b" ".join(others) + b")" + keys
+        if b"$" not in rest:
+            return cmd, rest, uid
+        saved = self.saved_uids()
+        uid_set = uid_set_text(saved) if saved else NO_UID
+        if name in _SET_COMMANDS:
+            first, _, tail = rest.partition(b" ")
+            if first == b"$":
+                return cmd, uid_set + (b" " + tail if tail else b""), 1
+            return cmd, rest, uid
+        if name in _KEY_COMMANDS:
+            rewritten, _ = _replace_dollar(rest, b"UID " + uid_set)
+            return cmd, rewritten, uid
+        return cmd, rest, uid
+
+    def _run_search(self, keys: bytes) -> list[int] | None:
+        """The UIDs the search keys match now, or None when they do not parse."""
+        from twisted.mail import imap4
+
+        from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compile_search
+
+        view = self.selected
+        text = keys.strip()
+        if text[:7].upper() == b"CHARSET":
+            text = text.split(None, 2)[2] if len(text.split(None, 2)) > 2 else b""
+        text, _ = _replace_dollar(text, b"UID " + (uid_set_text(self.saved_uids()) or NO_UID))
+        try:
+            query = imap4.parseNestedParens(text)
+            predicate = compile_search(query, len(view.uids), view.uids[-1] if view.uids else 0)
+        except (BadSearch, imap4.IllegalClientResponse, Exception):
+            return None
+        cache = HeaderCache.of(view.folder)
+        found = []
+        info_of = view.folder.info
+        for seq, u in enumerate(view.uids, 1):
+            try:
+                if predicate(Candidate(seq, info_of(u), u in view.recent, view.folder, cache)):
+                    found.append(u)
+            except Exception:
+                continue
+        return found
