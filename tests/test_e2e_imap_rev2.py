@@ -126,3 +126,22 @@ def test_imaplib_enables_rev2_and_searches(hub):
     assert typ == "OK"
     assert c._untagged_response(typ, data, "ESEARCH")[1][0].endswith(b"ALL 1")
     c.logout()
+
+
+def test_message_global_part_is_structured_like_message_rfc822(hub):
+    inner = "From: Jöran <jöran@exämple.test>\r\nSubject: Grüße\r\n\r\ninner text\r\n".encode("utf-8")
+    outer = (
+        b"From: bob@localhost\r\nSubject: forwarded\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n"
+        b"--b1\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--b1\r\nContent-Type: message/global\r\n\r\n" + inner + b"\r\n--b1--\r\n"
+    )
+    r = rev2_login(hub)
+    r.cmd(b"u", b"ENABLE UTF8=ACCEPT")
+    raw_append(r, b"INBOX", outer)
+    r.cmd(b"s", b"EXAMINE INBOX")
+    structure = b"\r\n".join(r.cmd(b"b", b"FETCH 1 BODYSTRUCTURE"))
+    # like message/rfc822: basic fields, then the inner ENVELOPE (its date NIL), structure, lines
+    assert b'("MESSAGE" "GLOBAL" NIL NIL NIL "7BIT" %d (NIL ' % len(inner) in structure, structure
+    assert structure.count(b'("TEXT" "PLAIN" NIL NIL NIL "7BIT" 12 1 ') == 2, structure  # the outer text and the inner one
+    lines = r.cmd(b"t", b"FETCH 1 BODY.PEEK[2.1]")
+    assert b"inner text" in b"\r\n".join(lines), lines
+    r.close()

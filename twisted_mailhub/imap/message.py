@@ -71,7 +71,7 @@ class Part:
     @ivar header: the header octets, with the empty line that ends them.
     @ivar body: the body octets.
     @ivar children: sub-parts of a multipart.
-    @ivar message: for message/rfc822, the encapsulated message.
+    @ivar message: for message/rfc822 and message/global, the encapsulated message.
     """
 
     def __init__(self, raw: bytes, default_type: str = "text/plain"):
@@ -92,7 +92,9 @@ class Part:
             child_default = "message/rfc822" if self.subtype == "digest" else "text/plain"
             if boundary:
                 self.children = [Part(p, child_default) for p in _split_multipart(self.body, boundary.encode("utf-8", "surrogateescape"))]
-        elif (self.maintype, self.subtype) == ("message", "rfc822"):
+        elif self.maintype == "message" and self.subtype in ("rfc822", "global"):
+            # message/global (RFC 6532 §3.7) is built like message/rfc822
+            # (RFC 9051 §7.5.2: both show envelope, structure and lines).
             self.message = Part(self.body)
 
     # -- sections (RFC 3501 §6.4.5) ---------------------------------------
