@@ -10,6 +10,7 @@ from twisted.trial import unittest
 
 from twisted_mailhub.store.interfaces import DELETED, INBOX, SEEN, BadFolderName, FolderExists, IModSeqFolder, NoSuchFolder, NoSuchMessage
 from twisted_mailhub.store.maildir import MaildirStore, decode_folder, encode_folder
+from twisted_mailhub.store import durable
 from twisted_mailhub.store.memory import MemoryStore
 
 MESSAGE = b"From: a@b\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -199,10 +200,25 @@ class MaildirIndexTests(unittest.TestCase):
         return MaildirStore(self.root, hostname="test").account("alice@example.org").folder(INBOX)
 
     @defer.inlineCallbacks
-    def test_keyword_changes_survive_reopen(self):
+    def test_keyword_changes_cost_no_flush_and_survive_reopen(self):
         uid = yield self.folder.append(MESSAGE, ["$First"])
+        synced = []
+        real = os.fsync, getattr(os, "fdatasync", None)
+
+        def recording(call):
+            def sync(fd):  # (other threads of the test run may sync too)
+                synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+                return call(fd)
+
+            return sync
+
+        self.patch(os, "fsync", recording(real[0]))
+        if real[1] is not None:
+            self.patch(os, "fdatasync", recording(real[1]))
+        self.patch(durable, "_fdatasync", recording(durable._fdatasync))
         for i in range(5):
             self.folder.set_flags([uid], [f"$Label{i}"], "add")
+        self.assertEqual([path for path in synced if path.startswith(self.folder.directory)], [])
         again = self.reopen()
         self.assertEqual(again.info(uid).flags, {"$First"} | {f"$Label{i}" for i in range(5)})
         self.assertEqual(again.uid_validity, self.folder.uid_validity)

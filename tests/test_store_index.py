@@ -60,7 +60,7 @@ class IndexTests(unittest.TestCase):
         self.folder.set_flags([uid], ["\\Seen", "$Later"], "add")
         expected = self.state(self.folder)
         first = self.reopen()  # parses the list, writes the index
-        self.assertEqual(self.parsed, 4)
+        self.assertEqual(self.parsed, 5)  # 4 messages, and the keyword change's line
         self.assertTrue(os.path.exists(self.index))
         second = self.reopen()
         self.assertEqual(self.parsed, 0)
@@ -96,16 +96,37 @@ class IndexTests(unittest.TestCase):
         self.assertIn(9, [i.uid for i in again.messages()])
 
     @defer.inlineCallbacks
-    def test_an_expunge_rewrites_the_list_and_the_old_index_is_not_used(self):
+    def test_an_expunge_leaves_the_list_and_its_index_and_the_message_stays_gone(self):
         yield self.deliver(3)
         self.reopen()
         self.folder = self.reopen()
+        with open(self.uidlist, "rb") as f:
+            before = f.read()
         gone = self.folder.messages()[0].uid
         self.folder.expunge([gone])
+        with open(self.uidlist, "rb") as f:
+            self.assertEqual(f.read(), before)  # no rewrite, no flush
         again = self.reopen()
-        self.assertEqual(self.parsed, 2)
+        self.assertEqual(self.parsed, 0)
         self.assertNotIn(gone, [i.uid for i in again.messages()])
         self.assertEqual(self.state(again), self.state(self.folder))
+
+    @defer.inlineCallbacks
+    def test_dead_lines_are_compacted_and_expunged_uids_are_never_given_again(self):
+        self.patch(maildir, "EXTRA_LINES_SLACK", 1)
+        yield self.deliver(6)
+        uids = [i.uid for i in self.folder.messages()]
+        for uid in uids[:3]:
+            self.folder.expunge([uid])
+        self.folder.expunge([uids[-1]])  # the highest UID: only the header remembers it now
+        with open(self.uidlist, "rb") as f:
+            text = f.read()
+        self.assertEqual(text.count(b"\n"), 1 + 2)  # rewritten: the header and the two left
+        again = self.reopen()
+        self.assertEqual([i.uid for i in again.messages()], uids[3:5])
+        self.folder = again
+        yield self.deliver(1)
+        self.assertEqual(self.folder.messages()[-1].uid, uids[-1] + 1)
 
     @defer.inlineCallbacks
     def test_a_damaged_index_file_is_ignored(self):
@@ -156,6 +177,60 @@ class IndexTests(unittest.TestCase):
         self.assertEqual([i.uid for i in infos], [i.uid for i in self.folder.messages()])
         self.assertEqual(again.info(info.uid).flags, {"\\Seen"})
 
+
+    @defer.inlineCallbacks
+    def test_keyword_lines_appended_after_the_index_are_taken_last_line_first(self):
+        yield self.deliver(3)
+        uid = self.folder.messages()[1].uid
+        self.folder.set_flags([uid], ["$One"], "add")
+        self.reopen()  # writes the index, which covers the $One line
+        self.folder = self.reopen()
+        self.folder.set_flags([uid], ["$Two"], "add")
+        self.folder.set_flags([uid], ["$One"], "remove")
+        expected = self.state(self.folder)
+        again = self.reopen()
+        self.assertEqual(self.parsed, 2)  # only the two lines after the index
+        self.assertEqual(self.state(again), expected)
+        self.assertEqual(again.info(uid).flags, {"$Two"})
+        self.assertEqual(len(again.messages()), 3)
+
+    @defer.inlineCallbacks
+    def test_repeated_keyword_lines_are_compacted_once_they_outnumber_the_messages(self):
+        self.patch(maildir, "EXTRA_LINES_SLACK", 4)
+        yield self.deliver(2)
+        uid = self.folder.messages()[0].uid
+        for i in range(6):
+            self.folder.set_flags([uid], [f"$K{i}"], "replace")
+        with open(self.uidlist, "rb") as f:
+            lines = f.read().splitlines()
+        # 1 header + 2 messages + at most 2 + 4 repeated lines before the rewrite
+        self.assertLessEqual(len(lines), 1 + 2 + 2 + 4)
+        again = self.reopen()
+        self.assertEqual(again.info(uid).flags, {"$K5"})
+        self.assertEqual(self.state(again), self.state(self.folder))
+
+    @defer.inlineCallbacks
+    def test_a_torn_keyword_line_loses_only_that_change(self):
+        yield self.deliver(2)
+        uid = self.folder.messages()[0].uid
+        self.folder.set_flags([uid], ["$Kept"], "add")
+        expected = self.state(self.folder)
+        with open(self.uidlist, "ab") as f:
+            f.write(b"%d %s 3" % (uid, self.folder.info(uid).key.encode()))  # a power cut mid-append
+        again = self.reopen()
+        self.assertEqual(self.state(again), expected)
+        self.assertEqual((again.uid_validity, again.uid_next), (self.folder.uid_validity, self.folder.uid_next))
+
+    def test_a_message_listed_under_a_second_uid_keeps_its_first(self):
+        with open(self.uidlist, "rb") as f:
+            header = f.read()
+        name = f"1700000000.M1P1Q1.mda,S={len(MESSAGE)}"
+        with open(os.path.join(self.folder.directory, "cur", name + ":2,S"), "wb") as f:
+            f.write(MESSAGE)
+        with open(self.uidlist, "wb") as f:
+            f.write(header + f"1 {name} {len(MESSAGE)} 1700000000\n7 {name} {len(MESSAGE)} 1700000000 $X\n".encode())
+        again = self.reopen()
+        self.assertEqual([(i.uid, sorted(i.flags)) for i in again.messages()], [(1, ["\\Seen"])])
 
 
 REAL_GIVE_BACK = maildir.give_back_memory

@@ -17,8 +17,14 @@ Rules (everything that changes the on-disk layout lives in this module):
  - Each folder has a UID list, C{mailhub-uidlist}: a header line
    C{mailhub-uidlist 1 <uidvalidity> <uidnext>}, then one line per message
    C{<uid> <basename> <size> <internal date> [keyword...]}. New UIDs are
-   appended; an expunge or a keyword change rewrites it (tmp + fsync +
-   rename).
+   appended. A keyword change appends the message's line again, not
+   synced (a keyword is kept like a flag in a file name, whose rename is
+   not synced either): the last line of a message wins. An expunge
+   leaves the lines of the removed messages (a line whose file is gone
+   is forgotten at load, and still keeps its UID from being given
+   again). The list is rewritten (tmp + fsync + rename) once such
+   repeated and dead lines outnumber the messages (plus
+   L{EXTRA_LINES_SLACK}).
  - C{mailhub-index} beside it is a cache of the list's parse (marshal:
    the octets of the list it covers, their BLAKE2b digest, UIDNEXT, and per
    message UID, base name, size, date, keywords), written after a load
@@ -108,6 +114,7 @@ UIDLIST = "mailhub-uidlist"
 # The parse of the UID list, cached (see L{_read_index}).
 INDEX = "mailhub-index"
 INDEX_MIN_LINES = 1000  # UID-list lines parsed at a load that make an index worth writing
+EXTRA_LINES_SLACK = 1000  # repeated lines (keyword changes) allowed beyond one per message
 _INDEX_VERSION = 2
 SUBSCRIPTIONS = "subscriptions"
 MODSEQ_LOG = "mailhub-modseq"  # "<uid> <modseq>" per change, last wins (RFC 7162)
@@ -369,6 +376,10 @@ class MaildirFolder:
         # (store/shared.py).
         self._shared = shared.ENABLED
         self._uidlist_lock: Any = threading.Lock()
+        # Lines of the list that repeat a message or name one that is gone
+        # (see _keywords_changed, _rewrite_uidlist_after_removal).
+        self._extra_lines = 0
+        self._list_lines = 0  # message lines of the list read at the load
         self.uid_validity = 0
         self.uid_next = 1
         for sub in ("cur", "new", "tmp"):
@@ -387,6 +398,8 @@ class MaildirFolder:
         else:
             self._load_uidlist()
             self._scan()
+            if self._extra_lines == 0:  # (not rewritten clean by the load)
+                self._extra_lines = max(0, self._list_lines - len(self._entries))
             self._write_index()
         if len(self._entries) >= INDEX_MIN_LINES:
             give_back_memory()
@@ -411,6 +424,7 @@ class MaildirFolder:
             self._new_uid_validity()
             return
         self.uid_validity, self.uid_next = header
+        self._list_lines = data.count(b"\n") - 1
         # The index holds the parse of a prefix of this very list (checked
         # by its digest): only what was appended after it is parsed here.
         start = 0
@@ -431,7 +445,10 @@ class MaildirFolder:
                 damaged = True
             parsed = _parse_line(line)
             if parsed is not None and (uids.get(parsed[0], parsed[1]) != parsed[1] or known.get(parsed[1], parsed)[0] != parsed[0]):
-                parsed = None  # a UID or a message listed twice: the first stands
+                # A UID given to two messages, or a message listed under
+                # two UIDs: the first stands. (The same message under the
+                # same UID again is a keyword change: the last line wins.)
+                parsed = None
             if parsed is None:
                 dropped += 1 if line else 0
                 damaged = True
@@ -525,6 +542,27 @@ class MaildirFolder:
         entries.sort(key=lambda e: e.info.uid)
         self._write_uidlist_text([self._uidlist_line(e) for e in entries])
 
+    def _keywords_changed(self, entries: list[_Entry]) -> None:
+        """
+        Record new keywords by appending the messages' lines again (the
+        loader takes a message's last line), without a flush: like a flag
+        rename, a keyword change lost in a power cut is the Maildir trade,
+        and a torn tail is dropped at load. (Rewriting and fsyncing the
+        whole list on every keyword STORE was the hub's top cost under a
+        mixed IMAP load.) The list is rewritten once the repeated lines
+        outnumber the messages. Raises as L{_write_uidlist} does.
+        """
+        self._extra_lines += len(entries)
+        if self._extra_lines > len(self._entries) + EXTRA_LINES_SLACK:
+            self._write_uidlist()
+            return
+        data = "".join(self._uidlist_line(e) for e in entries).encode("utf-8")
+        try:
+            with self._uidlist_lock:
+                os.close(append_lines(self._uidlist_path(), data, sync=False))
+        except OSError as e:
+            raise storage_error(e) from e
+
     def _write_uidlist_text(self, lines: list[str]) -> None:
         tmp = self._uidlist_path() + ".tmp"
         with self._uidlist_lock:
@@ -542,6 +580,7 @@ class MaildirFolder:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, self._uidlist_path())
+                self._extra_lines = 0
             except OSError as e:
                 try:
                     os.unlink(tmp)
@@ -551,13 +590,20 @@ class MaildirFolder:
             if self._shared:
                 self._list_position = shared.ListPosition.now(self._uidlist_path())
 
-    def _rewrite_uidlist_after_removal(self) -> None:
+    def _rewrite_uidlist_after_removal(self, removed: int) -> None:
         """
-        After messages were removed: a list that cannot be rewritten now
-        (disk full) is still right where it matters (the lines of files
-        that are gone are forgotten at the next load, and they keep their
-        UIDs from being given again), so the removal stands.
+        After C{removed} messages were removed. Their lines may stay: the
+        list is right without the rewrite (the lines of files that are
+        gone are forgotten at the next load, and they keep their UIDs from
+        being given again), so it is rewritten (tmp + fsync + rename) only
+        once such dead lines, with the repeated ones, outnumber the
+        messages: an expunge costs no flush of the list. A list that
+        cannot be rewritten then (disk full) stays as it is; the removal
+        stands.
         """
+        self._extra_lines += removed
+        if self._extra_lines <= len(self._entries) + EXTRA_LINES_SLACK:
+            return
         try:
             self._write_uidlist()
         except (OSError, StoreError) as e:
@@ -573,6 +619,7 @@ class MaildirFolder:
         data = "".join(self._uidlist_line(e) for e in entries).encode("utf-8")
         with self._uidlist_lock:
             append_lines(self._uidlist_path(), data, sync=True)
+        self._list_lines += len(entries)
         state = self._index_state
         if state is not None:
             # The first scan of a load: the index covers these lines too.
@@ -647,8 +694,8 @@ class MaildirFolder:
                     self._by_base.pop(entry.info.key, None)
                 self._dir_mtimes = None
                 added = []
-        if gone and not self._shared:  # (under --workers, the remover rewrote it)
-            self._rewrite_uidlist_after_removal()
+        if gone and not self._shared:  # (under --workers, the remover counted them)
+            self._rewrite_uidlist_after_removal(len(gone))
         if added or gone or flagged:
             self._bump([e.info.uid for e in added] + flagged, gone)
             self._listeners.notify(
@@ -967,7 +1014,7 @@ class MaildirFolder:
     def set_flags(self, uids, flags, mode="replace", origin=None):
         result: dict[int, frozenset[str]] = {}
         changed: list[int] = []
-        keywords_changed = False
+        keywords_changed: list[_Entry] = []
         was_current = self._before_own_change()
         for uid in uids:
             entry = self._entries.get(uid)
@@ -985,14 +1032,14 @@ class MaildirFolder:
                     entry.subdir, entry.filename = "cur", filename
                 if keywords != entry.keywords:
                     entry.keywords = keywords
-                    keywords_changed = True
+                    keywords_changed.append(entry)
                 entry.info = _with_flags(entry.info, new)
                 changed.append(uid)
             result[uid] = new
         if changed:
             self._bump(changed)
         if keywords_changed:
-            self._write_uidlist()
+            self._keywords_changed(keywords_changed)
         self._after_own_change(was_current)
         if result:
             self._listeners.notify(FolderChange(flags=tuple(sorted(result)), origin=origin))
@@ -1016,7 +1063,7 @@ class MaildirFolder:
             gone.append(uid)
             self._changes += 1
         if gone:
-            self._rewrite_uidlist_after_removal()
+            self._rewrite_uidlist_after_removal(len(gone))
             self._after_own_change(was_current)
             self._bump([], gone)
             self._listeners.notify(FolderChange(expunged=tuple(gone), origin=origin))

@@ -186,8 +186,8 @@ def catch_up(folder: Any, parse_line: Callable[[bytes], Any]) -> dict[str, tuple
     added to C{folder._elsewhere} (base name -> (uid, size, date,
     keywords)), and C{folder.uid_next} is raised past every UID listed.
     Returns the keywords listed for messages the folder knows, by base
-    name, when the list was read whole (another process rewrote it: its
-    keyword changes), else an empty dict. Call with the folder's lock held.
+    name (keyword changes: a message's line appended again, or a list
+    another process rewrote). Call with the folder's lock held.
     """
     path = folder._uidlist_path()
     position: ListPosition = folder._list_position
@@ -217,8 +217,9 @@ def catch_up(folder: Any, parse_line: Callable[[bytes], Any]) -> dict[str, tuple
         if uid >= folder.uid_next:
             folder.uid_next = uid + 1
         if base in by_base:
-            if whole:
-                known_keywords[base] = keywords
+            # A message it knows: its line again (a keyword change, appended
+            # or in a rewrite); the last line wins.
+            known_keywords[base] = keywords
             continue
         if base in pending:
             continue
