@@ -15,7 +15,7 @@ import platform
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from twisted_mailhub.store import maildir
+from twisted_mailhub.store import maildir, table
 from twisted_mailhub.store.interfaces import INBOX
 from twisted_mailhub.store.maildir import INDEX, UIDLIST, MaildirStore
 
@@ -110,6 +110,22 @@ class IndexTests(unittest.TestCase):
         self.assertEqual(self.parsed, 0)
         self.assertNotIn(gone, [i.uid for i in again.messages()])
         self.assertEqual(self.state(again), self.state(self.folder))
+
+    @defer.inlineCallbacks
+    def test_an_index_with_lines_of_expunged_messages_loads_in_uid_order(self):
+        yield self.deliver(6)
+        uids = [i.uid for i in self.folder.messages()]
+        self.folder.expunge(uids[1:3])  # their lines stay in the list
+        self.reopen()  # an index with their rows, not present
+        sorts = []
+        real = table.MessageTable.take
+        self.patch(table.MessageTable, "take", lambda rows, keep: (sorts.append(len(keep)), real(rows, keep))[1])
+        again = self.reopen()
+        self.assertEqual(self.parsed, 0)
+        self.assertEqual(sorts, [4])  # only the dead rows taken out, no sort
+        self.assertEqual(self.state(again), self.state(self.folder))
+        yield again.deliver(MESSAGE)
+        self.assertEqual(again.messages()[-1].uid, uids[-1] + 1)
 
     @defer.inlineCallbacks
     def test_dead_lines_are_compacted_and_expunged_uids_are_never_given_again(self):
@@ -231,6 +247,122 @@ class IndexTests(unittest.TestCase):
             f.write(header + f"1 {name} {len(MESSAGE)} 1700000000\n7 {name} {len(MESSAGE)} 1700000000 $X\n".encode())
         again = self.reopen()
         self.assertEqual([(i.uid, sorted(i.flags)) for i in again.messages()], [(1, ["\\Seen"])])
+
+
+class TrustedDirectoryTests(unittest.TestCase):
+    """
+    A cold load lists neither C{new/} nor C{cur/} when their mtimes are
+    the ones the index saw and had settled (as Dovecot trusts its index);
+    any change since (a delivery, a rename or removal by another program)
+    moves an mtime, and that directory is listed again.
+    """
+
+    def setUp(self):
+        self.patch(maildir, "INDEX_MIN_LINES", 1)
+        self.listed = []
+        real = os.listdir
+
+        def listing(path="."):
+            self.listed.append(os.path.basename(path))
+            return real(path)
+
+        self.patch(maildir.os, "listdir", listing)
+        self.root = self.mktemp()
+        self.folder = self.reopen()
+
+    def reopen(self):
+        self.listed.clear()
+        return MaildirStore(self.root, hostname="test").account(ADDRESS).folder(INBOX)
+
+    def settle(self):
+        """Make the directories look unchanged for a minute."""
+        for sub in ("new", "cur"):
+            path = os.path.join(self.folder.directory, sub)
+            then = os.stat(path).st_mtime_ns - 60 * 10**9
+            os.utime(path, ns=(then, then))
+
+    def state(self, folder):
+        return [(i.uid, i.key, sorted(i.flags), i.size, int(i.internal_date), folder.modseq(i.uid)) for i in folder.messages()]
+
+    @defer.inlineCallbacks
+    def fill(self):
+        for _ in range(4):
+            yield self.folder.deliver(MESSAGE)
+        self.folder.take_new()
+        uids = [i.uid for i in self.folder.messages()]
+        self.folder.set_flags(uids[:1], ["\\Seen", "$Later"], "add")
+        yield self.folder.deliver(MESSAGE)  # one left in new/
+        self.settle()
+        self.reopen()  # lists both, writes the index with their mtimes
+        return uids
+
+    @defer.inlineCallbacks
+    def test_a_cold_load_of_settled_directories_lists_neither_and_sees_the_same(self):
+        yield self.fill()
+        expected = self.state(self.folder)
+        again = self.reopen()
+        self.assertEqual([d for d in self.listed if d in ("new", "cur")], [])
+        self.assertEqual(self.state(again), expected)
+        self.assertEqual(again.recent(), [expected[-1][0]])
+        self.assertEqual(again.path(expected[0][0]), self.folder.path(expected[0][0]))
+
+    @defer.inlineCallbacks
+    def test_a_delivery_after_the_index_lists_only_new(self):
+        yield self.fill()
+        self.folder = self.reopen()
+        yield self.folder.deliver(MESSAGE)
+        again = self.reopen()
+        self.assertEqual([d for d in self.listed if d in ("new", "cur")], ["new"])
+        self.assertEqual(self.state(again), self.state(self.folder))
+
+    @defer.inlineCallbacks
+    def test_a_rename_by_another_program_after_the_index_is_seen(self):
+        uids = yield self.fill()
+        path = self.folder.path(uids[1])
+        os.rename(path, path + "F")  # <base>:2, -> <base>:2,F: flagged by another program
+        again = self.reopen()
+        self.assertIn("cur", self.listed)
+        self.assertEqual(again.info(uids[1]).flags, {"\\Flagged"})
+
+    @defer.inlineCallbacks
+    def test_a_file_removed_by_another_program_after_the_index_is_gone(self):
+        uids = yield self.fill()
+        os.unlink(self.folder.path(uids[2]))
+        again = self.reopen()
+        self.assertNotIn(uids[2], [i.uid for i in again.messages()])
+        self.assertEqual(len(again.messages()), 4)
+
+    @defer.inlineCallbacks
+    def test_directories_changed_just_before_the_index_was_written_are_listed(self):
+        for _ in range(2):
+            yield self.folder.deliver(MESSAGE)
+        self.reopen()  # the index, but new/ changed a moment ago: its mtime is not kept
+        self.reopen()
+        self.assertEqual(sorted(d for d in self.listed if d in ("new", "cur")), ["cur", "new"])
+
+    @defer.inlineCallbacks
+    def test_modseqs_come_from_the_index_and_the_log_after_it(self):
+        uids = yield self.fill()
+        self.folder = self.reopen()
+        self.folder.set_flags([uids[3]], ["$After"], "add")  # a log line after the index
+        expected = self.state(self.folder)
+        again = self.reopen()
+        self.assertEqual(self.state(again), expected)
+        self.assertGreater(again.modseq(uids[3]), again.modseq(uids[2]))
+        self.assertGreaterEqual(again.highest_modseq, max(m for *_, m in expected))
+
+    def test_a_first_scan_of_many_files_logs_their_modseqs_as_one_run(self):
+        cur = os.path.join(self.folder.directory, "cur")
+        for i in range(50):
+            with open(os.path.join(cur, f"17000000{i:02d}.M{i}P1Q{i}.mda,S={len(MESSAGE)}:2,S"), "wb") as f:
+                f.write(MESSAGE)
+        found = self.reopen()
+        with open(os.path.join(found.directory, maildir.MODSEQ_LOG), "rb") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 1)
+        self.assertEqual({found.modseq(i.uid) for i in found.messages()}, {found.highest_modseq})
+        again = self.reopen()
+        self.assertEqual(self.state(again), self.state(found))
 
 
 REAL_GIVE_BACK = maildir.give_back_memory

@@ -25,14 +25,25 @@ Rules (everything that changes the on-disk layout lives in this module):
    again). The list is rewritten (tmp + fsync + rename) once such
    repeated and dead lines outnumber the messages (plus
    L{EXTRA_LINES_SLACK}).
+ - In memory a folder is a L{MessageTable}: columns (arrays) in UID
+   order, not objects per message.
  - C{mailhub-index} beside it is a cache of the list's parse (marshal:
-   the octets of the list it covers, their BLAKE2b digest, UIDNEXT, and per
-   message UID, base name, size, date, keywords), written after a load
-   that parsed or appended at least L{INDEX_MIN_LINES} lines. A cold load
-   uses it only if its digest matches the list's first octets, and
-   then parses only the lines appended after them; anything else (a
-   rewrite, a line changed in place, a crash's NULs, a damaged index)
-   means a full parse. It is never synced: the list stays the authority.
+   the octets of the list it covers and their BLAKE2b digest, UIDNEXT,
+   the table's columns for every message listed, where each file was at
+   the load that wrote it, and the mod-sequences of the first octets of
+   the modseq log with their digest), written after a load that parsed,
+   listed or appended at least L{INDEX_MIN_LINES} lines. A cold load uses
+   it only if its digest matches the list's first octets, and then
+   parses only the lines appended after them; anything else (a rewrite,
+   a line changed in place, a crash's NULs, a damaged index) means a full
+   parse. It is never synced: the list stays the authority.
+ - The index also keeps the mtimes of C{new/} and C{cur/} as they were
+   at that load's look, if they had not changed for L{SETTLED} seconds
+   before it (so that no later change can share the mtime). A cold load
+   lists only a directory whose mtime is not the one kept (as Dovecot
+   trusts its index): every file that enters, leaves or is renamed in a
+   directory moves its mtime. Lines listed after the index are checked
+   by the listing only.
  - A UID is durable before anything tells it to anyone: delivery and
    APPEND reserve the UID, and the group commit appends its line and
    flushes it together with the message (no flush of its own); the
@@ -61,6 +72,7 @@ Rules (everything that changes the on-disk layout lives in this module):
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import gc
 import hashlib
@@ -86,6 +98,19 @@ from twisted_mailhub.store.base import (
     split_flags,
 )
 from twisted_mailhub.store import shared
+from twisted_mailhub.store.table import (
+    CLEAR_PRESENT,
+    IS_NEW,
+    IS_PRESENT,
+    NEW,
+    ODD,
+    PRESENT,
+    SET_PRESENT,
+    SUFFIXES,
+    SYSTEM_MASK,
+    MessageTable,
+    system_bits,
+)
 from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, fsync_directory
 from twisted_mailhub.store.interfaces import (
     DELETED,
@@ -115,7 +140,8 @@ UIDLIST = "mailhub-uidlist"
 INDEX = "mailhub-index"
 INDEX_MIN_LINES = 1000  # UID-list lines parsed at a load that make an index worth writing
 EXTRA_LINES_SLACK = 1000  # repeated lines (keyword changes) allowed beyond one per message
-_INDEX_VERSION = 2
+_INDEX_VERSION = 3
+SETTLED = 1.0  # seconds a directory must have been unchanged before a look for the index to trust its mtime (many clock ticks)
 SUBSCRIPTIONS = "subscriptions"
 MODSEQ_LOG = "mailhub-modseq"  # "<uid> <modseq>" per change, last wins (RFC 7162)
 UIDVALIDITY_FILE = "mailhub-uidvalidity"  # the account's highest UIDVALIDITY so far
@@ -275,13 +301,12 @@ def give_back_memory() -> bool:
 
 
 class _IndexState(NamedTuple):
-    """The parse of a UID list prefix: its length, a BLAKE2b hash of it (being fed), its entries, its UIDNEXT."""
+    """The UID list as this load left it on disk: its length, a BLAKE2b hash of it (being fed), its UIDNEXT, the work done."""
 
     length: int
     digest: Any  # hashlib.blake2b
-    known: dict
     uid_next: int
-    lines: int  # parsed or appended since the index last read
+    lines: int  # list lines parsed and files listed at this load
 
 
 def _digest(data) -> Any:
@@ -289,66 +314,105 @@ def _digest(data) -> Any:
     return hashlib.blake2b(data, digest_size=16)
 
 
-def _read_index(path: str, uidlist: bytes):
+class _Index(NamedTuple):
+    """What L{_read_index} found good in C{mailhub-index}."""
+
+    length: int  # octets of the UID list it covers
+    uid_next: int
+    rows: MessageTable  # every message the list names, with its file as last seen
+    mtimes: tuple[int, int] | None  # new/ and cur/ when their files were last seen (settled), or None
+    modseq_length: int  # octets of the modseq log its modseqs cover; -1: none
+    highest_modseq: int
+
+
+def _read_index(path: str, uidlist: bytes, modlog: bytes) -> _Index | None:
     """
-    (octets of C{uidlist} covered, UIDNEXT, {base: (uid, size, date,
-    keywords)}) from the index file at C{path}, or None when there is none
-    or it does not describe a prefix of C{uidlist} (a BLAKE2b digest of exactly
-    the octets it covers: a list rewritten, cut short or overwritten by a
-    crash no longer matches, and is parsed in full).
+    The index at C{path} if it describes a prefix of C{uidlist} (a BLAKE2b
+    digest of exactly the octets it covers: a list rewritten, cut short or
+    overwritten by a crash no longer matches, and is parsed in full); None
+    otherwise. Its mod-sequences are used only if it describes a prefix of
+    the modseq log C{modlog} the same way.
     """
     try:
         with open(path, "rb") as f:
             value = marshal.loads(f.read())
-        version, length, digest, uid_next, bases, uids, sizes, dates, keywords = value
+        (version, length, digest, uid_next, mtimes, mod_length, mod_digest, highest,
+         uids, names, sizes, dates, bits, kws, modseqs, keyword_sets, odd) = value
         if version != _INDEX_VERSION or not 0 < length <= len(uidlist) or uidlist[length - 1 : length] != b"\n":
             return None
         if _digest(memoryview(uidlist)[:length]).digest() != digest:
             return None
-        known = dict(zip(bases, zip(uids, sizes, dates, itertools.repeat(_EMPTY))))
-        for base, words in keywords.items():
-            uid, size, date, _ = known[base]
-            known[base] = (uid, size, date, frozenset(words))
-        if len(known) != len(bases):
+        rows = MessageTable()
+        rows.uids.frombytes(uids)
+        rows.set_names_text(names, len(rows.uids))
+        rows.sizes.frombytes(sizes)
+        rows.dates.frombytes(dates)
+        rows.bits = bytearray(bits)
+        rows.kws.frombytes(kws)
+        n = len(rows.uids)
+        if any(len(column) != n for column in (rows.sizes, rows.dates, rows.bits, rows.kws)):
             return None
-        return length, uid_next, known
-    except (OSError, EOFError, ValueError, TypeError, KeyError):
+        for words in keyword_sets[1:]:
+            rows.keyword_id(frozenset(words))
+        if len(rows.keyword_sets) != len(keyword_sets) or (n and max(rows.kws) >= len(keyword_sets)):
+            return None
+        rows.odd = dict(odd)
+        if not (0 <= mod_length <= len(modlog) and _digest(memoryview(modlog)[:mod_length]).digest() == mod_digest):
+            mod_length = -1
+        if mod_length >= 0:
+            rows.modseqs.frombytes(modseqs)
+            if len(rows.modseqs) != n:
+                return None
+        else:
+            rows.modseqs = array("Q", [1]) * n
+            highest = 0
+        rows.by_base = None  # made if asked for
+        rows.sort()
+        return _Index(length, uid_next, rows, tuple(mtimes) if mtimes else None, mod_length, highest)
+    except (OSError, EOFError, ValueError, TypeError, IndexError):
         return None
 
 
 class _Entry:
     """
-    One message of the index. Its file name is kept only when it is not
-    the canonical one (C{new/<key>} or C{cur/<key>:2,<flags>}): with
-    100,000 messages that is 10 MB less.
+    A message being written (its UID reserved, its line on the way to the
+    list): what it will be once it arrives.
     """
 
-    __slots__ = ("info", "subdir", "_name", "keywords")
+    __slots__ = ("info", "subdir", "filename", "keywords")
 
     def __init__(self, info: MessageInfo, subdir: str, filename: str, keywords: frozenset[str]):
         self.info = info
         self.subdir = "new" if subdir == "new" else "cur"
-        self.keywords = keywords
         self.filename = filename
+        self.keywords = keywords
 
-    def _canonical(self) -> str:
-        if self.subdir == "new":
-            return self.info.key
-        return self.info.key + info_suffix(self.info.flags)
 
-    @property
-    def filename(self) -> str:
-        return self._name if self._name is not None else self._canonical()
+_split_cache: dict[str, tuple[int, bool]] = {}
 
-    @filename.setter
-    def filename(self, name: str) -> None:
-        self._name = None if name == self._canonical() else name
+
+def _split(filename: str) -> tuple[str, int, bool]:
+    """
+    (base name, system flag bits, whether the name is the canonical one for
+    a file in C{cur/}: C{<base>:2,<letters in order>}) of a Maildir file name.
+    """
+    base, sep, info = filename.partition(":")
+    if not sep:
+        return base, 0, False
+    known = _split_cache.get(info)
+    if known is None:
+        system = system_bits(parse_info(filename)[1])
+        known = (system, ":" + info == SUFFIXES[system])
+        if len(_split_cache) < 4096:
+            _split_cache[info] = known
+    return base, known[0], known[1]
 
 
 @implementer(IFolder, IModSeqFolder)
 class MaildirFolder:
     """
-    One Maildir: its UID index in memory, kept in step with the directory.
+    One Maildir: its messages in memory (L{MessageTable}), kept in step
+    with the directory.
     """
 
     def __init__(self, name: str, path: str, writer: GroupCommitWriter, hostname: str, validity_path: str | None = None):
@@ -359,11 +423,7 @@ class MaildirFolder:
         self.writer = writer
         self.hostname = hostname
         self._listeners = Listeners()
-        self._entries: dict[int, _Entry] = {}
-        # Is _entries in UID order (as it is when every UID added is above
-        # the last)? Then messages() needs no sort.
-        self._in_order = True
-        self._by_base: dict[str, int] = {}
+        self._table = MessageTable()
         # Bumped by every change of the messages or their flags: what
         # selection() computed stays good while it is unchanged.
         self._changes = 0
@@ -380,38 +440,49 @@ class MaildirFolder:
         # (see _keywords_changed, _rewrite_uidlist_after_removal).
         self._extra_lines = 0
         self._list_lines = 0  # message lines of the list read at the load
+        self._hint = 0  # the row info() found last: FETCH 1:* asks in order
         self.uid_validity = 0
         self.uid_next = 1
         for sub in ("cur", "new", "tmp"):
             os.makedirs(os.path.join(path, sub), exist_ok=True)
-        self._load_modseqs()
+        # The load: the list's rows (self._rows, from the index and the
+        # lines after it), their mod-sequences, then the first look at the
+        # directories turns the rows whose files are there into the table.
         if self._shared:
             self._uidlist_lock = shared.FolderLock(path)
             self._elsewhere: dict[str, tuple] = {}  # other processes' lines, file not seen yet
             self._list_position = shared.ListPosition()
             with self._uidlist_lock:
-                self._load_uidlist()
+                self._load()
                 self._list_position = shared.ListPosition.now(self._uidlist_path())
-                self._scan()
-                self._write_index()
             shared.opened(self)
         else:
-            self._load_uidlist()
-            self._scan()
-            if self._extra_lines == 0:  # (not rewritten clean by the load)
-                self._extra_lines = max(0, self._list_lines - len(self._entries))
-            self._write_index()
-        if len(self._entries) >= INDEX_MIN_LINES:
+            self._load()
+        if len(self._table) >= INDEX_MIN_LINES:
             give_back_memory()
+
+    def _load(self) -> None:
+        modlog = self._read_modseq_log()
+        self._load_uidlist(modlog)
+        self._apply_modseq_log(modlog)
+        del modlog
+        self._scan_folder()
+        if self._extra_lines == 0:  # (not rewritten clean by the load)
+            self._extra_lines = max(0, self._list_lines - len(self._table))
+        self._write_index()
+        self._rows = self._dead = None
 
     # -- the UID list ---------------------------------------------------
 
     def _uidlist_path(self) -> str:
         return os.path.join(self.directory, UIDLIST)
 
-    def _load_uidlist(self) -> None:
-        self._known: dict[str, tuple[int, int, float, frozenset[str]]] = {}
-        self._index_state = None
+    def _load_uidlist(self, modlog: bytes) -> None:
+        self._rows = MessageTable()
+        self._dead: MessageTable | None = None
+        self._index_state: _IndexState | None = None
+        self._index: _Index | None = None
+        self._modseq_covered = -1
         try:
             with open(self._uidlist_path(), "rb") as f:
                 data = f.read()
@@ -428,79 +499,149 @@ class MaildirFolder:
         # The index holds the parse of a prefix of this very list (checked
         # by its digest): only what was appended after it is parsed here.
         start = 0
-        cached = _read_index(os.path.join(self.directory, INDEX), data)
-        if cached is not None:
-            start, uid_next, self._known = cached
-            self.uid_next = max(self.uid_next, uid_next)
+        index = _read_index(os.path.join(self.directory, INDEX), data, modlog)
+        if index is not None:
+            start = index.length
+            self._rows = index.rows
+            self._index = index
+            self._modseq_covered = index.modseq_length
+            self.uid_next = max(self.uid_next, index.uid_next)
+        rows = self._rows
         lines = data[start:].split(b"\n")
         body = lines[1:-1] if start == 0 else lines[:-1]
         # Whatever follows the last LF is a torn append (or NULs).
         dropped = 1 if lines[-1].strip(b"\0") else 0
         damaged = bool(lines[-1])
-        known = self._known
-        uids: dict[int, str] = {value[0]: base for base, value in known.items()} if body else {}
+        by_base: dict[str, int] | None = None
+        unsorted = False
+        listed_uids: set[int] | None = None  # made when a UID comes out of order
         for raw in body:
             line = raw.strip(b"\0")
             if len(line) != len(raw):
                 damaged = True
             parsed = _parse_line(line)
-            if parsed is not None and (uids.get(parsed[0], parsed[1]) != parsed[1] or known.get(parsed[1], parsed)[0] != parsed[0]):
-                # A UID given to two messages, or a message listed under
-                # two UIDs: the first stands. (The same message under the
-                # same UID again is a keyword change: the last line wins.)
-                parsed = None
             if parsed is None:
                 dropped += 1 if line else 0
                 damaged = True
                 continue
             uid, base, size, date, keywords = parsed
-            uids[uid] = base
-            # (frozenset() is not a shared singleton: 216 bytes each)
-            known[base] = (uid, size, date, keywords or _EMPTY)
+            i = -1 if unsorted else rows.position(uid)
+            if i >= 0 and rows.names[i] == base:
+                # The same message under the same UID again: a keyword
+                # change, and the last line wins.
+                rows.set_keywords(i, keywords)
+                continue
+            if by_base is None:
+                by_base = rows.by_base  # (100,000 names: made only when needed)
+            listed = by_base.get(base)
+            if listed is not None:
+                if listed != uid:
+                    # A message listed under a second UID: the first stands.
+                    dropped += 1
+                    damaged = True
+                    continue
+                # The same message under the same UID again: a keyword
+                # change, and the last line wins.
+                rows.set_keywords(rows.uids.index(uid) if unsorted else rows.position(uid), keywords)
+                continue
+            if rows.uids and uid <= rows.uids[-1]:
+                if listed_uids is None:
+                    listed_uids = set(rows.uids)
+                if uid in listed_uids:
+                    # A UID given to two messages: the first stands.
+                    dropped += 1
+                    damaged = True
+                    continue
+                unsorted = True
+            if listed_uids is not None:
+                listed_uids.add(uid)
+            rows.uids.append(uid)
+            rows.names.append(base)
+            rows.sizes.append(size)
+            rows.dates.append(date)
+            rows.bits.append(0)
+            rows.kws.append(rows.keyword_id(keywords) if keywords else 0)
+            rows.modseqs.append(1)
+            by_base[base] = uid
             if uid >= self.uid_next:
                 self.uid_next = uid + 1
+        if unsorted:
+            rows.sort()
         if damaged:
             log.warn(
                 "UID list of {path} was damaged (a torn or zero-filled end, as a crash leaves): "
                 "kept {kept} entries and UIDVALIDITY {validity}, dropped {dropped} line(s); "
                 "messages no longer listed get new UIDs from {uid_next}",
                 path=self.directory,
-                kept=len(self._known),
+                kept=len(rows),
                 validity=self.uid_validity,
                 dropped=dropped,
                 uid_next=self.uid_next,
             )
             # Clean before anything is appended to it again.
-            lines_out = [
-                _format_line(uid, base, size, date, keywords) for base, (uid, size, date, keywords) in self._known.items()
-            ]
-            self._write_uidlist_text(sorted(lines_out, key=lambda line: int(line.split(" ", 1)[0])))
+            self._write_uidlist_text([self._row_line(rows, i) for i in range(len(rows))])
+            self._index = None
         else:
-            # Remember the parse (before the scan takes entries out of it)
-            # and the octets it covers: the index, if worth writing.
-            self._index_state = _IndexState(len(data), _digest(data), known, self.uid_next, len(body))
+            # Remember the octets the rows describe: the index, if worth writing.
+            self._index_state = _IndexState(len(data), _digest(data), self.uid_next, len(body))
 
     def _write_index(self) -> None:
         """
-        Save the parse of the UID list as it is on disk now (the lines
-        loaded plus those the first scan appended) to C{mailhub-index}.
-        A cache only: not synced; a failure to write it is ignored.
+        Save the rows of the UID list as it is on disk now (the lines
+        loaded plus those the first scan appended), with where their files
+        were at the first look, to C{mailhub-index}. A cache only: not
+        synced; a failure to write it is ignored. The directories' mtimes
+        go with it only when they had not changed for a while before the
+        look: a later change within the file system's clock tick could
+        not be told apart otherwise.
         """
         state, self._index_state = self._index_state, None
         if state is None or state.lines < INDEX_MIN_LINES:
             return
+        table, dead = self._table, self._dead
+        mtimes = self._look_mtimes
+        if mtimes is not None and self._look_time - max(mtimes) / 1e9 < SETTLED:
+            mtimes = None
         try:
+            bits = table.bits.translate(SET_PRESENT)
+            modlog_length, modlog_digest = self._modseq_log_state()
+            columns = [table.uids, table.names, table.sizes, table.dates, bits, table.kws, table.modseqs]
+            if dead is not None and len(dead):
+                dead_bits = dead.bits.translate(CLEAR_PRESENT)
+                dead_kws = array("I", [table.keyword_id(dead.keyword_sets[k]) for k in dead.kws])
+                dead_columns = [dead.uids, dead.names, dead.sizes, dead.dates, dead_bits, dead_kws, dead.modseqs]
+                columns = [a + b for a, b in zip(columns, dead_columns)]
+                # In UID order, so that a load need not sort them.
+                order = sorted(range(len(columns[0])), key=columns[0].__getitem__)
+                columns = [
+                    bytearray(bytes(column[i] for i in order)) if isinstance(column, bytearray)
+                    else array(column.typecode, [column[i] for i in order]) if isinstance(column, array)
+                    else [column[i] for i in order]
+                    for column in columns
+                ]
+            uids, names, sizes, dates, bits, kws, modseqs = columns
+            odd = dict(table.odd)
+            if dead is not None:
+                odd.update(dead.odd)
             text = marshal.dumps(
                 (
                     _INDEX_VERSION,
                     state.length,
                     state.digest.digest(),
-                    state.uid_next,
-                    list(state.known),
-                    [v[0] for v in state.known.values()],
-                    [v[1] for v in state.known.values()],
-                    [v[2] for v in state.known.values()],
-                    {base: sorted(v[3]) for base, v in state.known.items() if v[3]},
+                    max(state.uid_next, self.uid_next),
+                    mtimes,
+                    modlog_length,
+                    modlog_digest,
+                    self.highest_modseq,
+                    uids.tobytes(),
+                    "\n".join(names),
+                    sizes.tobytes(),
+                    dates.tobytes(),
+                    bytes(bits),
+                    kws.tobytes(),
+                    modseqs.tobytes(),
+                    [sorted(k) for k in table.keyword_sets],
+                    odd,
                 )
             )
             tmp = os.path.join(self.directory, INDEX + ".tmp")
@@ -525,9 +666,12 @@ class MaildirFolder:
         self._write_uidlist()
         # The list's name must survive a crash: UIDs are appended to it.
         fsync_directory(self.directory)
-        if not self._entries and not self._pending:
+        if not len(self._table) and not self._pending:
             header = f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n".encode("ascii")
-            self._index_state = _IndexState(len(header), _digest(header), {}, self.uid_next, 0)
+            self._index_state = _IndexState(len(header), _digest(header), self.uid_next, 0)
+
+    def _row_line(self, table: MessageTable, i: int) -> str:
+        return _format_line(table.uids[i], table.names[i], table.sizes[i], table.dates[i], table.keywords(i))
 
     def _uidlist_line(self, entry: _Entry) -> str:
         info = entry.info
@@ -535,14 +679,17 @@ class MaildirFolder:
 
     def _write_uidlist(self) -> None:
         """
-        Rewrite the list from the index (and the UIDs being written), fsynced.
+        Rewrite the list from the table (and the UIDs being written), fsynced.
         Raises L{InsufficientStorage} or C{OSError}; the old list then stays.
         """
-        entries = list(self._entries.values()) + list(self._pending.values())
-        entries.sort(key=lambda e: e.info.uid)
-        self._write_uidlist_text([self._uidlist_line(e) for e in entries])
+        table = self._table
+        lines = [(table.uids[i], self._row_line(table, i)) for i in range(len(table))]
+        lines.extend((e.info.uid, self._uidlist_line(e)) for e in self._pending.values())
+        if self._pending:
+            lines.sort()
+        self._write_uidlist_text([line for _, line in lines])
 
-    def _keywords_changed(self, entries: list[_Entry]) -> None:
+    def _keywords_changed(self, positions: list[int]) -> None:
         """
         Record new keywords by appending the messages' lines again (the
         loader takes a message's last line), without a flush: like a flag
@@ -552,11 +699,11 @@ class MaildirFolder:
         mixed IMAP load.) The list is rewritten once the repeated lines
         outnumber the messages. Raises as L{_write_uidlist} does.
         """
-        self._extra_lines += len(entries)
-        if self._extra_lines > len(self._entries) + EXTRA_LINES_SLACK:
+        self._extra_lines += len(positions)
+        if self._extra_lines > len(self._table) + EXTRA_LINES_SLACK:
             self._write_uidlist()
             return
-        data = "".join(self._uidlist_line(e) for e in entries).encode("utf-8")
+        data = "".join(self._row_line(self._table, i) for i in positions).encode("utf-8")
         try:
             with self._uidlist_lock:
                 os.close(append_lines(self._uidlist_path(), data, sync=False))
@@ -602,36 +749,31 @@ class MaildirFolder:
         stands.
         """
         self._extra_lines += removed
-        if self._extra_lines <= len(self._entries) + EXTRA_LINES_SLACK:
+        if self._extra_lines <= len(self._table) + EXTRA_LINES_SLACK:
             return
         try:
             self._write_uidlist()
         except (OSError, StoreError) as e:
             log.warn("UID list of {path} not rewritten after a removal ({error}); it will be at the next change", path=self.directory, error=e.__cause__ or e)
 
-    def _append_uidlist(self, entries: list[_Entry]) -> None:
+    def _append_uidlist(self, positions: list[int]) -> None:
         """
         Append the lines of messages found by a scan (put there by another
         program), fsynced, in the reactor: rare, and their UIDs are shown
         to clients right after. The header's UIDNEXT is only a floor;
         loading takes the max of it and the UIDs listed.
         """
-        data = "".join(self._uidlist_line(e) for e in entries).encode("utf-8")
+        data = "".join(self._row_line(self._table, i) for i in positions).encode("utf-8")
         with self._uidlist_lock:
             append_lines(self._uidlist_path(), data, sync=True)
-        self._list_lines += len(entries)
+        self._list_lines += len(positions)
         state = self._index_state
         if state is not None:
             # The first scan of a load: the index covers these lines too.
-            known = state.known
-            for e in entries:
-                known[e.info.key] = (e.info.uid, e.info.size, e.info.internal_date, e.keywords)
             state.digest.update(data)
-            self._index_state = _IndexState(
-                state.length + len(data), state.digest, known, max(state.uid_next, self.uid_next), state.lines + len(entries)
-            )
+            self._index_state = _IndexState(state.length + len(data), state.digest, max(state.uid_next, self.uid_next), state.lines + len(positions))
 
-    # -- keeping the index in step with the directory ---------------------
+    # -- keeping the table in step with the directory ---------------------
 
     def _mtimes(self) -> tuple[int, int]:
         try:
@@ -644,16 +786,21 @@ class MaildirFolder:
             # someone still holds this folder.
             raise NoSuchFolder(f"{self.name} no longer exists") from None
 
-    def _scan(self, force: bool = False) -> None:
+    def _scan(self, force: bool = False, elsewhere: bool = False) -> None:
+        """
+        Look at the directories if they changed (C{force}: whatever their
+        mtimes say; C{elsewhere}: another process said it changed them).
+        """
         if self._shared:
             with self._uidlist_lock:
-                return self._scan_folder(force)
+                return self._scan_folder(force or elsewhere)
         return self._scan_folder(force)
 
     def _scan_folder(self, force: bool = False) -> None:
         mtimes = self._mtimes()
         if not force and mtimes == self._dir_mtimes and not (self._shared and shared.recently_changed(mtimes)):
             return
+        first = self._rows is not None
         # Only new/ changed (a delivery): no file entered or left cur/
         # without changing its mtime, so the big listing is not needed.
         if not force and self._dir_mtimes is not None and mtimes[1] == self._dir_mtimes[1]:
@@ -661,136 +808,179 @@ class MaildirFolder:
         else:
             subdirs = ("new", "cur")
         self._dir_mtimes = mtimes
-        if not self._entries and not self._pending:
-            # The first look (a cold load): entries straight from the listing.
-            fresh = self._first_look(subdirs)
+        if first:
+            # The first look (a cold load): the table straight from the rows.
+            self._look_mtimes, self._look_time = mtimes, time.time()
+            fresh = self._first_look(mtimes)
             gone: list[int] = []
             flagged: list[int] = []
         else:
             fresh, gone, flagged = self._look_again(subdirs)
         if self._shared:
             fresh = self._claim_listed(fresh, flagged)
-        added: list[_Entry] = []
+        added: list[int] = []
         # Files we have never seen: UIDs in order of arrival.
         fresh.sort(key=lambda t: (_date_from_name(t[0]) or 0, t[0]))
         for base, sub, filename in fresh:
             try:
-                added.append(self._register(base, sub, filename))
-                self._recent.add(added[-1].info.uid)
+                uid = self._register(base, sub, filename)
             except FileNotFoundError:
                 continue  # gone again (moved by another program): next scan
-        # Files listed but gone are forgotten; the table is freed (it may
-        # still be the index's, which the list's parse is saved from).
-        self._known = {}
+            added.append(uid)
+            self._recent.add(uid)
         if added:
+            table = self._table
             try:
-                self._append_uidlist(added)
+                self._append_uidlist([table.position(uid) for uid in added])
             except OSError as e:
                 # Not listed, so not shown: the next look tries again.
                 log.warn("UID list of {path}: {n} new message(s) not listed yet ({error})", path=self.directory, n=len(added), error=e)
+                table.remove(table.position(uid) for uid in added)
                 self._changes += 1
-                for entry in added:
-                    self._entries.pop(entry.info.uid, None)
-                    self._by_base.pop(entry.info.key, None)
                 self._dir_mtimes = None
                 added = []
         if gone and not self._shared:  # (under --workers, the remover counted them)
             self._rewrite_uidlist_after_removal(len(gone))
         if added or gone or flagged:
-            self._bump([e.info.uid for e in added] + flagged, gone)
+            self._bump(added + flagged, gone)
             self._listeners.notify(
                 FolderChange(
-                    added=tuple(e.info.uid for e in added),
+                    added=tuple(added),
                     flags=tuple(sorted(flagged)),
                     expunged=tuple(sorted(gone)),
                 )
             )
 
-    def _first_look(self, subdirs: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    def _first_look(self, mtimes: tuple[int, int]) -> list[tuple[str, str, str]]:
         """
-        Entries for every listed file the UID list knows; returns (base,
-        subdir, file name) of the others. Builds no table of the listing:
-        a cold load of 100,000 messages keeps its peak memory down.
+        The table from the rows of the list: those whose files are there.
+        A directory whose mtime is the one the index saw (settled) is not
+        listed: the index says where each of its files is, as Dovecot
+        trusts its own index. Returns (base, subdir, file name) of the
+        files the list does not know.
         """
+        rows = self._rows
+        self._rows = None
+        index = self._index
+        trusted = set()
+        # (Rows listed after the index are not PRESENT: only a listing
+        # finds their files, which moved a directory's mtime on arriving.)
+        if index is not None and index.mtimes is not None:
+            trusted = {sub for sub, old, now in zip(("new", "cur"), index.mtimes, mtimes) if old == now}
+        # Rows in a directory listed again are present only if found there.
+        if not trusted:
+            rows.bits = rows.bits.translate(CLEAR_PRESENT)
+        elif trusted == {"cur"}:
+            mask = rows.bits.translate(IS_NEW)
+            i = mask.find(1)
+            while i >= 0:
+                rows.bits[i] &= ~PRESENT & 0xFF
+                i = mask.find(1, i + 1)
+        elif trusted == {"new"}:
+            bits = rows.bits
+            for i in range(len(bits)):
+                if not bits[i] & NEW:
+                    bits[i] &= ~PRESENT & 0xFF
+        bits = rows.bits
         fresh: dict[str, tuple[str, str, str]] = {}
-        known_list, entries, by_base = self._known, self._entries, self._by_base
-        # (100,000 entries made at a cold load: the cyclic GC would walk
+        listed = 0
+        # (a cold load makes 100,000 strings: the cyclic GC would walk
         # them again and again while they are made; none of them is a cycle)
         collecting = gc.isenabled()
         gc.disable()
         try:
-            for sub in subdirs:
+            positions = None
+            for sub in ("new", "cur"):
+                if sub in trusted:
+                    continue
+                if positions is None:
+                    positions = dict(zip(rows.names, range(len(rows.names))))
+                in_new = sub == "new"
                 for filename in os.listdir(os.path.join(self.directory, sub)):
                     if filename.startswith("."):
                         continue
-                    base, system, canonical = split_name(filename)
-                    known = known_list.get(base)
-                    if known is None:
+                    listed += 1
+                    base, system, canonical = _split(filename)
+                    i = positions.get(base)
+                    if i is None:
                         fresh[base] = (base, sub, filename)  # in new/ and cur/: cur/ stands
                         continue
-                    uid, size, date, keywords = known
-                    entry = _Entry.__new__(_Entry)
-                    entry.info = MessageInfo(uid, base, system | keywords if keywords else system, size, date)
-                    entry.keywords = keywords
-                    if sub == "new":
-                        entry.subdir = "new"
-                        entry._name = None if filename == base else filename
+                    if in_new:
+                        if bits[i] & PRESENT:
+                            continue  # in cur/ too (trusted): cur/ stands
+                        canonical = filename == base
+                    uid = rows.uids[i]
+                    if canonical:
+                        bits[i] = PRESENT | system | (NEW if in_new else 0)
+                        rows.odd.pop(uid, None)
                     else:
-                        entry.subdir = "cur"
-                        entry._name = None if canonical else filename
-                    entries[uid] = entry
-                    by_base[base] = uid
-            self._in_order = len(entries) < 2  # in listing order: sorted at the first messages()
+                        bits[i] = PRESENT | system | (NEW if in_new else 0) | ODD
+                        rows.odd[uid] = filename
         finally:
             if collecting:
                 gc.enable()
+        if self._index_state is not None:
+            self._index_state = self._index_state._replace(lines=self._index_state.lines + listed)
+        if bits.translate(IS_PRESENT).count(1) != len(bits):
+            # Listed lines whose files are gone: kept for the index only.
+            self._dead = rows.subset([i for i in range(len(bits)) if not bits[i] & PRESENT])
+            rows.take([i for i in range(len(bits)) if bits[i] & PRESENT])
+        self._table = rows
+        self._changes += 1
         return list(fresh.values())
 
     def _look_again(self, subdirs: tuple[str, ...]) -> tuple[list[tuple[str, str, str]], list[int], list[int]]:
         """
         Follow what changed in C{subdirs} since the last look: renames
         (flag changes by other programs) and vanished files are applied
-        to the index. Returns (files not indexed yet as (base, subdir,
+        to the table. Returns (files not in it yet as (base, subdir,
         file name), UIDs gone, UIDs whose flags changed).
         """
-        seen: dict[str, tuple[str, str, frozenset[str]]] = {}
+        seen: dict[str, tuple[str, str, int]] = {}
         for sub in subdirs:
             for filename in os.listdir(os.path.join(self.directory, sub)):
                 if filename.startswith("."):
                     continue
-                base, system, _ = split_name(filename)
+                base, system, _ = _split(filename)
                 seen[base] = (sub, filename, system)
+        table = self._table
         gone: list[int] = []
+        gone_at: list[int] = []
         flagged: list[int] = []
-        for uid, entry in self._entries.items():
-            if entry.subdir not in subdirs:
-                continue
-            where = seen.get(entry.info.key)
+        bits = table.bits
+        if len(subdirs) == 2:
+            rows: Iterable[int] = range(len(table))
+        else:
+            rows = self._in_new()  # (a delivery: not a walk over every row)
+        for i in rows:
+            in_new = bits[i] & NEW
+            where = seen.get(table.names[i])
             if where is None:
-                gone.append(uid)
-            elif where[:2] != (entry.subdir, entry.filename):
-                system = where[2]
-                flags = system | entry.keywords if entry.keywords else system
-                if flags != entry.info.flags:
-                    entry.info = _with_flags(entry.info, flags)
-                    flagged.append(uid)
-                entry.subdir, entry.filename = where[:2]
-        self._changes += 1
-        for uid in gone:
-            entry = self._entries.pop(uid)
-            self._by_base.pop(entry.info.key, None)
-        fresh = []
-        for base, (sub, filename, system) in seen.items():
-            if base in self._by_base or base in self._pending:
+                gone.append(table.uids[i])
+                gone_at.append(i)
                 continue
-            known = self._known.get(base)
-            if known is not None:
-                uid, size, date, keywords = known
-                info = MessageInfo(uid, base, system | keywords if keywords else system, size, date)
-                self._add_entry(_Entry(info, sub, filename, keywords))
-            else:
-                fresh.append((base, sub, filename))
+            sub, filename, system = where
+            if sub != ("new" if in_new else "cur") or filename != table.filename(i):
+                before = bits[i] & SYSTEM_MASK
+                table.set_file(i, sub, filename, system)
+                if system != before:
+                    flagged.append(table.uids[i])
+        if gone_at:
+            table.remove(gone_at)
+        if gone or flagged:
+            self._changes += 1
+        fresh = []
+        by_base = table.by_base
+        for base, (sub, filename, _) in seen.items():
+            if base in by_base or base in self._pending:
+                continue
+            fresh.append((base, sub, filename))
         return fresh, gone, flagged
+
+    @property
+    def _by_base(self) -> dict[str, int]:
+        """{base name: UID} of the messages in the table (L{shared.catch_up} reads it)."""
+        return self._table.by_base
 
     def _claim_listed(self, fresh: list[tuple[str, str, str]], flagged: list[int]) -> list[tuple[str, str, str]]:
         """
@@ -798,19 +988,23 @@ class MaildirFolder:
         gives them (L{shared.catch_up}); keywords another process changed
         are taken (added to C{flagged}). Returns the files nobody listed.
         """
-        # Listed lines whose file is not there yet (another process is
-        # still writing it) are kept for when it is.
-        for base, listed in self._known.items():
-            if base not in self._by_base and base not in self._pending:
-                self._elsewhere[base] = listed
+        table = self._table
+        dead = self._dead
+        if dead is not None:
+            # (a load) Listed lines whose file is not there yet (another
+            # process is still writing it) are kept for when it is.
+            by_base = table.by_base
+            for i in range(len(dead)):
+                base = dead.names[i]
+                if base not in by_base and base not in self._pending:
+                    self._elsewhere[base] = (dead.uids[i], dead.sizes[i], dead.dates[i], dead.keywords(i))
         keywords = shared.catch_up(self, _parse_line)
         for base, words in keywords.items():
-            entry = self._entries.get(self._by_base.get(base, 0))
-            if entry is not None and entry.keywords != words:
-                system, _ = split_flags(entry.info.flags)
-                entry.keywords = words
-                entry.info = _with_flags(entry.info, frozenset(system) | words)
-                flagged.append(entry.info.uid)
+            i = table.position(table.by_base.get(base, 0))
+            if i >= 0 and table.keywords(i) != words:
+                table.set_keywords(i, words)
+                self._changes += 1
+                flagged.append(table.uids[i])
         unlisted = []
         for base, sub, filename in fresh:
             listed = self._elsewhere.pop(base, None)
@@ -818,8 +1012,8 @@ class MaildirFolder:
                 unlisted.append((base, sub, filename))
                 continue
             uid, size, date, words = listed
-            _, system = parse_info(filename)
-            self._add_entry(_Entry(MessageInfo(uid, base, system | words if words else system, size, date), sub, filename, words))
+            table.add(uid, base, size, date, words, sub, filename, _split(filename)[1])
+            self._changes += 1
             self._recent.add(uid)
             self._bump([uid])
             self._listeners.notify(FolderChange(added=(uid,)))
@@ -834,15 +1028,8 @@ class MaildirFolder:
         self.uid_next = uid + 1
         return uid
 
-    def _add_entry(self, entry: _Entry) -> None:
-        self._changes += 1
-        uid = entry.info.uid
-        if self._in_order and self._entries and uid < next(reversed(self._entries)):
-            self._in_order = False
-        self._entries[uid] = entry
-        self._by_base[entry.info.key] = entry.info.uid
-
-    def _register(self, base: str, sub: str, filename: str, date: float | None = None) -> _Entry:
+    def _register(self, base: str, sub: str, filename: str, date: float | None = None) -> int:
+        """A file found by a scan: the next UID; returns it."""
         path = os.path.join(self.directory, sub, filename)
         size = _size_from_name(base)
         if size is None:
@@ -852,76 +1039,66 @@ class MaildirFolder:
             size = _to_crlf_in_place(path)
         if date is None:
             date = os.stat(path).st_mtime
-        _, system = parse_info(filename)
-        info = MessageInfo(self._next_uid(), base, system, size, date)
-        entry = _Entry(info, sub, filename, _EMPTY)
-        self._add_entry(entry)
-        return entry
+        system = _split(filename)[1]
+        uid = self._next_uid()
+        self._table.add(uid, base, size, date, _EMPTY, sub, filename, system)
+        self._changes += 1
+        return uid
 
-    def _entry(self, uid: int) -> _Entry:
-        entry = self._entries.get(uid)
-        if entry is None:
+    def _position(self, uid: int) -> int:
+        """The table row of C{uid}; L{NoSuchMessage} if there is none."""
+        table = self._table
+        uids = table.uids
+        i = self._hint + 1
+        if i < len(uids) and uids[i] == uid:
+            self._hint = i
+            return i
+        i = table.position(uid)
+        if i < 0:
             raise NoSuchMessage(uid)
-        return entry
+        self._hint = i
+        return i
 
     # -- IFolder --------------------------------------------------------
 
     def refresh(self) -> None:
         self._scan()
 
-    def _sort(self) -> None:
-        if not self._in_order:
-            self._entries = {uid: self._entries[uid] for uid in sorted(self._entries)}
-            self._in_order = True
-
     def messages(self):
         self._scan()
-        self._sort()
-        return [entry.info for entry in self._entries.values()]
+        return self._table.all_infos()
 
     def selection(self) -> tuple[array, int, frozenset[str]]:
         """
-        What an IMAP SELECT tells (RFC 3501 §6.3.1), without a walk over
-        every message when nothing changed since the last one: (the UIDs
-        ascending, as a new C{array('I')} the caller may change; the UID of
-        the first message without C{\\Seen}, 0 if none; the keywords in
-        use). Picks up changes first, as L{messages} does.
+        What an IMAP SELECT tells (RFC 3501 §6.3.1), without a walk in
+        Python over every message: (the UIDs ascending, as a new
+        C{array('I')} the caller may change; the UID of the first message
+        without C{\\\\Seen}, 0 if none; the keywords in use). Picks up
+        changes first, as L{messages} does.
         """
         self._scan()
         cached = self._selection
         if cached is None or cached[0] != self._changes:
-            self._sort()
-            first_unseen = 0
-            flag_sets: set[frozenset[str]] = set()
-            for uid, entry in self._entries.items():
-                flags = entry.info.flags
-                if flags not in flag_sets:
-                    flag_sets.add(flags)
-                if not first_unseen and SEEN not in flags:
-                    first_unseen = uid
-            keywords = frozenset(f for flags in flag_sets for f in flags if not f.startswith("\\"))
-            cached = self._selection = (self._changes, array("I", self._entries), first_unseen, keywords)
-        return array("I", cached[1]), cached[2], cached[3]
+            table = self._table
+            cached = self._selection = (self._changes, table.first_unseen(), table.keywords_in_use())
+        return array("I", self._table.uids), cached[1], cached[2]
 
     def info(self, uid: int) -> MessageInfo:
-        try:
-            return self._entries[uid].info
-        except KeyError:
-            raise NoSuchMessage(uid) from None
+        return self._table.info(self._position(uid))
 
-    def path_of(self, entry: _Entry) -> str:
-        return os.path.join(self.directory, entry.subdir, entry.filename)
+    def _file(self, uid: int) -> str:
+        table = self._table
+        i = self._position(uid)
+        return os.path.join(self.directory, table.subdir(i), table.filename(i))
 
     def open(self, uid: int):
-        entry = self._entry(uid)
         try:
-            return open(self.path_of(entry), "rb")
+            return open(self._file(uid), "rb")
         except FileNotFoundError:
             # Renamed by someone else since we last looked: look again.
             self._scan(force=True)
-            entry = self._entry(uid)
             try:
-                return open(self.path_of(entry), "rb")
+                return open(self._file(uid), "rb")
             except FileNotFoundError:
                 raise NoSuchMessage(uid) from None
 
@@ -930,7 +1107,7 @@ class MaildirFolder:
             return f.read()
 
     def path(self, uid: int) -> str:
-        return self.path_of(self._entry(uid))
+        return self._file(uid)
 
     def deliver(self, message: bytes) -> defer.Deferred:
         """
@@ -958,10 +1135,12 @@ class MaildirFolder:
 
     def _arrived(self, _, entry: _Entry) -> _Entry:
         self._pending.pop(entry.info.key, None)
-        self._add_entry(entry)
-        self._recent.add(entry.info.uid)
-        self._bump([entry.info.uid])
-        self._listeners.notify(FolderChange(added=(entry.info.uid,)))
+        info = entry.info
+        self._table.add(info.uid, info.key, info.size, info.internal_date, entry.keywords, entry.subdir, entry.filename, _split(entry.filename)[1])
+        self._changes += 1
+        self._recent.add(info.uid)
+        self._bump([info.uid])
+        self._listeners.notify(FolderChange(added=(info.uid,)))
         if self._shared:
             shared.tell_others(self.directory)
         return entry
@@ -1014,29 +1193,33 @@ class MaildirFolder:
     def set_flags(self, uids, flags, mode="replace", origin=None):
         result: dict[int, frozenset[str]] = {}
         changed: list[int] = []
-        keywords_changed: list[_Entry] = []
+        keywords_changed: list[int] = []
         was_current = self._before_own_change()
+        table = self._table
         for uid in uids:
-            entry = self._entries.get(uid)
-            if entry is None:
+            i = table.position(uid)
+            if i < 0:
                 continue
-            new = apply_flags(entry.info.flags, flags, mode)
-            if new != entry.info.flags:
+            old = table.flags(i)
+            new = apply_flags(old, flags, mode)
+            if new != old:
                 system, keywords = split_flags(new)
-                filename = entry.info.key + info_suffix(system)
-                if (entry.subdir, entry.filename) != ("cur", filename):
+                bits = system_bits(system)
+                filename = table.names[i] + SUFFIXES[bits]
+                if table.bits[i] & NEW or table.filename(i) != filename:
                     try:
-                        os.rename(self.path_of(entry), os.path.join(self.directory, "cur", filename))
+                        os.rename(os.path.join(self.directory, table.subdir(i), table.filename(i)), os.path.join(self.directory, "cur", filename))
                     except FileNotFoundError:
                         continue
-                    entry.subdir, entry.filename = "cur", filename
-                if keywords != entry.keywords:
-                    entry.keywords = keywords
-                    keywords_changed.append(entry)
-                entry.info = _with_flags(entry.info, new)
+                table.set_file(i, "cur", filename, bits)
+                if keywords != table.keywords(i):
+                    table.set_keywords(i, frozenset(keywords))
+                    keywords_changed.append(i)
                 changed.append(uid)
+                new = table.flags(i)
             result[uid] = new
         if changed:
+            self._changes += 1
             self._bump(changed)
         if keywords_changed:
             self._keywords_changed(keywords_changed)
@@ -1049,20 +1232,22 @@ class MaildirFolder:
 
     def expunge(self, uids, origin=None):
         gone = []
+        at = []
         was_current = self._before_own_change()
+        table = self._table
         for uid in sorted(set(uids)):
-            entry = self._entries.get(uid)
-            if entry is None:
+            i = table.position(uid)
+            if i < 0:
                 continue
             try:
-                os.unlink(self.path_of(entry))
+                os.unlink(os.path.join(self.directory, table.subdir(i), table.filename(i)))
             except FileNotFoundError:
                 pass
-            del self._entries[uid]
-            self._by_base.pop(entry.info.key, None)
             gone.append(uid)
-            self._changes += 1
+            at.append(i)
         if gone:
+            table.remove(at)
+            self._changes += 1
             self._rewrite_uidlist_after_removal(len(gone))
             self._after_own_change(was_current)
             self._bump([], gone)
@@ -1080,11 +1265,13 @@ class MaildirFolder:
         """
         sources: list[int] = []
         ds = []
+        table = self._table
         for uid in sorted(set(uids)):
-            entry = self._entries.get(uid)
-            if entry is None:
+            i = table.position(uid)
+            if i < 0:
                 continue
-            ds.append(destination.append(self.read(uid), entry.info.flags, entry.info.internal_date))
+            info = table.info(i)
+            ds.append(destination.append(self.read(uid), info.flags, info.internal_date))
             sources.append(uid)
 
         def settled(results):
@@ -1113,6 +1300,20 @@ class MaildirFolder:
         reactor = self.writer.reactor
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), sync)
 
+    def _in_new(self) -> list[int]:
+        """
+        Rows whose files are in C{new/}, as the table says: callers look
+        first (L{_scan}), and the table is then in step with the
+        directory. No listing, and no table by name.
+        """
+        mask = self._table.bits.translate(IS_NEW)
+        found = []
+        i = mask.find(1)
+        while i >= 0:
+            found.append(i)
+            i = mask.find(1, i + 1)
+        return found
+
     def take_new(self) -> list[int]:
         """
         Move every message still in C{new/} to C{cur/} (a session has now
@@ -1122,78 +1323,110 @@ class MaildirFolder:
         self._scan()
         was_current = self._before_own_change()
         taken = []
-        # Look only at what is in new/ (usually little), not at every entry.
-        in_new = (self._by_base.get(parse_info(name)[0]) for name in os.listdir(os.path.join(self.directory, "new")))
-        for uid in [u for u in in_new if u is not None]:
-            entry = self._entries[uid]
-            if entry.subdir != "new":
-                continue
-            filename = entry.info.key + info_suffix(entry.info.flags)
+        table = self._table
+        for i in self._in_new():
+            system = table.bits[i] & SYSTEM_MASK
+            filename = table.names[i] + SUFFIXES[system]
             try:
-                os.rename(self.path_of(entry), os.path.join(self.directory, "cur", filename))
+                os.rename(os.path.join(self.directory, "new", table.filename(i)), os.path.join(self.directory, "cur", filename))
             except FileNotFoundError:
                 continue
-            entry.subdir, entry.filename = "cur", filename
-            taken.append(uid)
+            table.set_file(i, "cur", filename, system)
+            taken.append(table.uids[i])
         if taken:
             self._after_own_change(was_current)
         # Appended and copied messages go straight to cur/ but are \Recent
         # all the same (RFC 3501 §2.3.2).
         taken_set = set(taken)
-        taken_set.update(uid for uid in self._recent if uid in self._entries)
+        taken_set.update(uid for uid in self._recent if table.position(uid) >= 0)
         self._recent = set()
         return sorted(taken_set)
 
     # -- mod-sequences (RFC 7162) ------------------------------------------
     #
-    # Kept in their own log, apart from the UID list: a line per change,
-    # appended without fsync (like a flag rename; a change lost in a power
-    # cut loses its modseq with it). A new modseq is at least the time in
-    # microseconds, and HIGHESTMODSEQ at load is at least the load time, so
-    # values never go backwards even when the log's tail is lost.
+    # Kept in their own log, apart from the UID list: a line per change
+    # (C{<uid> <modseq>}, or C{<uid>:<uid> <modseq>} for a run of UIDs
+    # changed together, as a first scan gives), appended without fsync
+    # (like a flag rename; a change lost in a power cut loses its modseq
+    # with it). A new modseq is at least the time in microseconds, and
+    # HIGHESTMODSEQ at load is at least the load time, so values never go
+    # backwards even when the log's tail is lost. The index keeps the
+    # modseqs of the log's first octets (checked by their digest, as the
+    # list's), so a cold load parses only what came after.
 
     def _modseq_path(self) -> str:
         return os.path.join(self.directory, MODSEQ_LOG)
 
-    def _load_modseqs(self) -> None:
-        self._modseqs: dict[int, int] = {}
-        top = 0
-        lines = 0
+    def _read_modseq_log(self) -> bytes:
         try:
-            with open(self._modseq_path(), encoding="ascii") as f:
-                for line in f:
-                    fields = line.split()
-                    if len(fields) != 2 or not line.endswith("\n"):
-                        continue  # a torn line
-                    try:
-                        uid, value = int(fields[0]), int(fields[1])
-                    except ValueError:
-                        continue
-                    lines += 1
-                    top = max(top, value)
-                    if uid > 0:
-                        self._modseqs[uid] = value
-        except (FileNotFoundError, UnicodeDecodeError):
-            pass
-        self._modseq_lines = lines
+            with open(self._modseq_path(), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        self._modseq_lines = data.count(b"\n")
+        self._modseq_size = len(data)
+        return data
+
+    def _modseq_log_state(self) -> tuple[int, bytes]:
+        """(octets of the log as it is now, their digest) for the index."""
+        try:
+            with open(self._modseq_path(), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        end = data.rfind(b"\n") + 1
+        return end, _digest(memoryview(data)[:end]).digest()
+
+    def _apply_modseq_log(self, modlog: bytes) -> None:
+        """The log's lines after what the index covered, applied to the rows."""
+        rows = self._rows
+        top = self._index.highest_modseq if self._index is not None and self._modseq_covered >= 0 else 0
+        start = max(self._modseq_covered, 0)
+        if self._modseq_covered < 0:
+            rows.modseqs = array("Q", [1]) * len(rows)
+        modseqs = rows.modseqs
+        for line in modlog[start:].split(b"\n")[:-1]:
+            fields = line.split()
+            if len(fields) != 2:
+                continue  # a torn line
+            lo, colon, hi = fields[0].partition(b":")
+            try:
+                lo_uid, value = int(lo), int(fields[1])
+                hi_uid = int(hi) if colon else lo_uid
+            except ValueError:
+                continue
+            top = max(top, value)
+            if lo_uid <= 0:
+                continue
+            i = bisect.bisect_left(rows.uids, lo_uid)
+            j = bisect.bisect_right(rows.uids, hi_uid, i)
+            if j - i == 1:
+                modseqs[i] = value
+            elif j > i:
+                modseqs[i:j] = array("Q", [value]) * (j - i)
         self.highest_modseq = max(top, _now_us())
 
     def _bump(self, uids: list[int], gone: Iterable[int] = ()) -> None:
         self._changes += 1
         value = max(self.highest_modseq + 1, _now_us())
         self.highest_modseq = value
-        for uid in gone:
-            self._modseqs.pop(uid, None)
+        table = self._table
+        uids = sorted(uids)
         for uid in uids:
-            self._modseqs[uid] = value
-        records = [f"{uid} {value}\n" for uid in uids] or [f"0 {value}\n"]
+            i = table.position(uid)
+            if i >= 0:
+                table.modseqs[i] = value
+        if len(uids) > 1 and uids[-1] - uids[0] == len(uids) - 1:
+            records = [f"{uids[0]}:{uids[-1]} {value}\n"]  # a run (a first scan)
+        else:
+            records = [f"{uid} {value}\n" for uid in uids] or [f"0 {value}\n"]
         try:
-            if self._modseq_lines > 2 * len(self._entries) + 1000:
+            if self._modseq_lines > 2 * len(table) + 1000:
                 tmp = self._modseq_path() + ".tmp"
                 with open(tmp, "w", encoding="ascii") as f:
-                    f.write(f"0 {value}\n" + "".join(f"{u} {m}\n" for u, m in self._modseqs.items() if u in self._entries))
+                    f.write(f"0 {value}\n" + "".join(f"{u} {m}\n" for u, m in zip(table.uids, table.modseqs) if m > 1))
                 os.replace(tmp, self._modseq_path())
-                self._modseq_lines = len(self._modseqs) + 1
+                self._modseq_lines = sum(1 for m in table.modseqs if m > 1) + 1
             else:
                 with open(self._modseq_path(), "a", encoding="ascii") as f:
                     f.write("".join(records))
@@ -1203,15 +1436,14 @@ class MaildirFolder:
             log.warn("modseq log of {path} not written: {error}", path=self.directory, error=e.strerror)
 
     def modseq(self, uid: int) -> int:
-        self._entry(uid)
-        return self._modseqs.get(uid, 1)
+        return self._table.modseqs[self._position(uid)]
 
     def recent(self) -> list[int]:
         """What L{take_new} would return, without moving or taking anything."""
         self._scan()
-        in_new = (self._by_base.get(parse_info(name)[0]) for name in os.listdir(os.path.join(self.directory, "new")))
-        found = {u for u in in_new if u is not None}
-        found.update(uid for uid in self._recent if uid in self._entries)
+        table = self._table
+        found = {table.uids[i] for i in self._in_new()}
+        found.update(uid for uid in self._recent if table.position(uid) >= 0)
         return sorted(found)
 
     def add_listener(self, listener):

@@ -1,0 +1,77 @@
+# -*- test-case-name: tests.test_store_table -*-
+"""
+The column table of a folder's messages (L{MessageTable}): rows stay in
+UID order however they are added, flags and file names come back as they
+were put, and what SELECT asks for is computed over the columns.
+"""
+
+from __future__ import annotations
+
+from twisted.trial import unittest
+
+from twisted_mailhub.store.interfaces import FLAGGED, SEEN, MessageInfo
+from twisted_mailhub.store.table import MessageTable, system_bits
+
+
+def table_of(*uids):
+    table = MessageTable()
+    for uid in uids:
+        table.add(uid, f"m{uid}", 10 * uid, 1700000000.0 + uid, frozenset(), "cur", f"m{uid}:2,", 0)
+    return table
+
+
+class MessageTableTests(unittest.TestCase):
+    def test_rows_added_out_of_order_are_kept_in_uid_order(self):
+        table = table_of(5, 2, 9, 7)
+        self.assertEqual(list(table.uids), [2, 5, 7, 9])
+        self.assertEqual(table.names, ["m2", "m5", "m7", "m9"])
+        self.assertEqual(list(table.sizes), [20, 50, 70, 90])
+        self.assertEqual(table.position(7), 2)
+        self.assertEqual(table.position(6), -1)
+
+    def test_flags_and_keywords_come_back_as_given_and_sets_are_shared(self):
+        table = table_of(1, 2)
+        for i in range(2):
+            table.set_file(i, "cur", f"m{i + 1}:2,FS", system_bits({SEEN, FLAGGED}))
+            table.set_keywords(i, frozenset({"$Later"}))
+        self.assertEqual(table.flags(0), {SEEN, FLAGGED, "$Later"})
+        self.assertIs(table.flags(0), table.flags(1))
+        self.assertEqual(table.filename(0), "m1:2,FS")
+        self.assertEqual(table.info(1), MessageInfo(2, "m2", frozenset({SEEN, FLAGGED, "$Later"}), 20, 1700000002.0))
+
+    def test_a_name_that_is_not_canonical_is_kept_as_it_is(self):
+        table = table_of(1)
+        table.set_file(0, "new", "m1:2,S", system_bits({SEEN}))
+        self.assertEqual((table.subdir(0), table.filename(0)), ("new", "m1:2,S"))
+        table.set_file(0, "cur", "m1:2,S", system_bits({SEEN}))
+        self.assertEqual(table.odd, {})
+
+    def test_a_changed_row_gets_a_new_info_and_others_keep_theirs(self):
+        table = table_of(1, 2)
+        kept, old = table.info(0), table.info(1)
+        table.set_keywords(1, frozenset({"$X"}))
+        self.assertIs(table.info(0), kept)
+        self.assertEqual(table.info(1).flags, {"$X"})
+        self.assertEqual(old.flags, frozenset())
+
+    def test_removing_few_or_many_rows_keeps_the_columns_together(self):
+        for gone in ([1, 3], list(range(0, 200, 2))):
+            table = table_of(*range(1, 201))
+            table.info(5)
+            table.remove(gone)
+            left = [uid for i, uid in enumerate(range(1, 201)) if i not in gone]
+            self.assertEqual(list(table.uids), left)
+            self.assertEqual(table.names, [f"m{uid}" for uid in left])
+            self.assertEqual([table.info(i).size for i in range(len(table))], [10 * uid for uid in left])
+            self.assertEqual(table.by_base, {f"m{uid}": uid for uid in left})
+
+    def test_first_unseen_and_keywords_in_use(self):
+        table = table_of(1, 2, 3)
+        self.assertEqual(table.first_unseen(), 1)
+        for i in range(2):
+            table.set_file(i, "cur", f"m{i + 1}:2,S", system_bits({SEEN}))
+        table.set_keywords(2, frozenset({"$A", "$B"}))
+        self.assertEqual(table.first_unseen(), 3)
+        self.assertEqual(table.keywords_in_use(), {"$A", "$B"})
+        table.set_file(2, "cur", "m3:2,S", system_bits({SEEN}))
+        self.assertEqual(table.first_unseen(), 0)

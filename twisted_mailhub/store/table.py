@@ -1,0 +1,316 @@
+# -*- test-case-name: tests.test_store_table -*-
+"""
+The messages of one Maildir folder in memory, one column per field.
+
+Rules:
+
+ - Rows are kept in ascending UID order; a row's position is its index in
+   every column. A folder of 100,000 messages holds a few arrays and one
+   string per message (its base name) instead of several Python objects
+   per message: about 180 octets a message instead of 530, and a cold
+   load builds the columns from the index file in one read each.
+ - C{bits} holds, per message, the system flags (RFC 3501 §2.3.2: the
+   Maildir info letters D F R S T) and where its file is: in C{new/}
+   (L{NEW}), under a name that is not the canonical one (L{ODD}, the
+   name then kept in C{odd}), present on disk at the last look
+   (L{PRESENT}, used while loading).
+ - Keywords are interned: a message holds the number of its keyword set
+   in C{keyword_sets} (0: none). A folder has a handful of such sets.
+ - Flag sets (system flags and keywords together, as L{MessageInfo}
+   gives them) are shared frozensets: one per (system bits, keyword set).
+ - A row's L{MessageInfo} is made the first time it is asked for and
+   kept (C{infos}) until the row changes: FETCH 1:* of 100,000 messages
+   asks for every one, again and again, and making one costs more than
+   the rest of the answer's work for it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import operator
+from array import array
+from typing import Iterable
+
+from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, MessageInfo
+
+# Bits of a row's C{bits} octet.
+SYSTEM_BITS = {DRAFT: 1, FLAGGED: 2, ANSWERED: 4, SEEN: 8, DELETED: 16}
+SYSTEM_MASK = 31
+SEEN_BIT = 8
+NEW = 32  # the file is in new/
+ODD = 64  # its name is not <base> (new/) or <base>:2,<letters> (cur/)
+PRESENT = 128  # its file was found (while loading)
+
+_LETTER_OF_BIT = {1: "D", 2: "F", 4: "R", 8: "S", 16: "T"}
+SYSTEM_SETS: list[frozenset[str]] = [
+    frozenset(flag for flag, bit in SYSTEM_BITS.items() if value & bit) for value in range(32)
+]
+SUFFIXES: list[str] = [":2," + "".join(_LETTER_OF_BIT[b] for b in (1, 2, 4, 8, 16) if value & b) for value in range(32)]
+# Byte tables for bytes.translate, so that a walk over every row runs in C.
+UNSEEN_TABLE = bytes(0 if value & SEEN_BIT else 1 for value in range(256))  # 1: no \Seen
+IS_NEW = bytes(1 if value & NEW else 0 for value in range(256))
+IS_PRESENT = bytes(1 if value & PRESENT else 0 for value in range(256))
+SET_PRESENT = bytes(value | PRESENT for value in range(256))
+CLEAR_PRESENT = bytes(value & ~PRESENT for value in range(256))
+
+_EMPTY: frozenset[str] = frozenset()
+
+
+def system_bits(flags: Iterable[str]) -> int:
+    """The L{SYSTEM_BITS} of the system flags in C{flags} (others are ignored)."""
+    value = 0
+    for flag in flags:
+        value |= SYSTEM_BITS.get(flag, 0)
+    return value
+
+
+class MessageTable:
+    """
+    Rows of (UID, base name, size, internal date, flag bits, keyword set,
+    mod-sequence) in ascending UID order.
+
+    @ivar uids: C{array('I')}, ascending.
+    @ivar names: the base names (the Maildir unique name, the message's key);
+        from an index, kept as one string until first asked for (a SELECT
+        needs none of them).
+    @ivar sizes: C{array('Q')}, octets.
+    @ivar dates: C{array('d')}, seconds since the epoch.
+    @ivar bits: C{bytearray}: L{SYSTEM_BITS}, L{NEW}, L{ODD}, L{PRESENT}.
+    @ivar kws: C{array('I')}: the row's keyword set, an index into C{keyword_sets}.
+    @ivar modseqs: C{array('Q')}: the row's mod-sequence (RFC 7162), 1 if none given.
+    @ivar odd: {UID: file name} of the rows with L{ODD}.
+    @ivar by_base: {base name: UID}, made the first time it is asked for
+        (a cold load that lists no directory needs none).
+    @ivar infos: None, or per row its L{MessageInfo} (None until asked for).
+    """
+
+    def __init__(self) -> None:
+        self.uids = array("I")
+        self._names: list[str] | None = []
+        self._names_text = ""  # "\n"-joined names, while _names is None
+        self.sizes = array("Q")
+        self.dates = array("d")
+        self.bits = bytearray()
+        self.kws = array("I")
+        self.modseqs = array("Q")
+        self.odd: dict[int, str] = {}
+        self._by_base: dict[str, int] | None = {}
+        self.keyword_sets: list[frozenset[str]] = [_EMPTY]
+        self._keyword_ids: dict[frozenset[str], int] = {_EMPTY: 0}
+        self._flag_sets: dict[int, frozenset[str]] = {}
+        self.infos: list[MessageInfo | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    @property
+    def names(self) -> list[str]:
+        found = self._names
+        if found is None:
+            found = self._names = self._names_text.split("\n") if self._names_text else []
+            self._names_text = ""
+        return found
+
+    @names.setter
+    def names(self, value: list[str]) -> None:
+        self._names = value
+        self._names_text = ""
+
+    def set_names_text(self, text: str, count: int) -> None:
+        """The names as one "\\n"-joined string, split when first asked for. C{ValueError} if they are not C{count}."""
+        if (text.count("\n") + 1 if text else 0) != count:
+            raise ValueError("index names do not match its rows")
+        self._names = None
+        self._names_text = text
+
+    @property
+    def by_base(self) -> dict[str, int]:
+        found = self._by_base
+        if found is None:
+            found = self._by_base = dict(zip(self.names, self.uids))
+        return found
+
+    @by_base.setter
+    def by_base(self, value: dict[str, int] | None) -> None:
+        self._by_base = value
+
+    # -- finding rows ------------------------------------------------------
+
+    def position(self, uid: int) -> int:
+        """The row of C{uid}, or -1."""
+        uids = self.uids
+        i = bisect.bisect_left(uids, uid)
+        if i < len(uids) and uids[i] == uid:
+            return i
+        return -1
+
+    def keyword_id(self, keywords: frozenset[str]) -> int:
+        """The number of a keyword set (interned: made the first time)."""
+        found = self._keyword_ids.get(keywords)
+        if found is None:
+            found = self._keyword_ids[keywords] = len(self.keyword_sets)
+            self.keyword_sets.append(keywords)
+        return found
+
+    def flags(self, i: int) -> frozenset[str]:
+        """System flags and keywords of row C{i}, one shared frozenset per combination."""
+        key = (self.kws[i] << 5) | (self.bits[i] & SYSTEM_MASK)
+        found = self._flag_sets.get(key)
+        if found is None:
+            keywords = self.keyword_sets[key >> 5]
+            system = SYSTEM_SETS[key & SYSTEM_MASK]
+            found = self._flag_sets[key] = system | keywords if keywords else system
+        return found
+
+    def keywords(self, i: int) -> frozenset[str]:
+        return self.keyword_sets[self.kws[i]]
+
+    def info(self, i: int) -> MessageInfo:
+        infos = self.infos
+        if infos is None:
+            infos = self.infos = [None] * len(self.uids)
+        info = infos[i]
+        if info is None:
+            info = infos[i] = MessageInfo(self.uids[i], self.names[i], self.flags(i), self.sizes[i], self.dates[i])
+        return info
+
+    def all_infos(self) -> list[MessageInfo]:
+        """Every row's L{MessageInfo}, in UID order (a new list)."""
+        infos = self.infos
+        if infos is None or None in infos:
+            info = self.info
+            return [info(i) for i in range(len(self.uids))]
+        return list(infos)
+
+    def subdir(self, i: int) -> str:
+        return "new" if self.bits[i] & NEW else "cur"
+
+    def filename(self, i: int) -> str:
+        bits = self.bits[i]
+        if bits & ODD:
+            return self.odd[self.uids[i]]
+        if bits & NEW:
+            return self.names[i]
+        return self.names[i] + SUFFIXES[bits & SYSTEM_MASK]
+
+    # -- changing rows -----------------------------------------------------
+
+    def set_file(self, i: int, subdir: str, filename: str, system: int) -> None:
+        """Row C{i}'s file is now C{subdir}/C{filename} with the system flag bits C{system}."""
+        uid = self.uids[i]
+        bits = (self.bits[i] & PRESENT) | system | (NEW if subdir == "new" else 0)
+        canonical = self.names[i] if subdir == "new" else self.names[i] + SUFFIXES[system]
+        if filename == canonical:
+            self.odd.pop(uid, None)
+        else:
+            bits |= ODD
+            self.odd[uid] = filename
+        self.bits[i] = bits
+        if self.infos is not None:
+            self.infos[i] = None
+
+    def set_keywords(self, i: int, keywords: frozenset[str]) -> None:
+        self.kws[i] = self.keyword_id(keywords)
+        if self.infos is not None:
+            self.infos[i] = None
+
+    def add(self, uid: int, base: str, size: int, date: float, keywords: frozenset[str], subdir: str, filename: str, system: int, modseq: int = 1) -> int:
+        """Add a row (in its UID's place); returns its position."""
+        uids = self.uids
+        if not uids or uid > uids[-1]:
+            i = len(uids)
+            uids.append(uid)
+            self.names.append(base)
+            self.sizes.append(size)
+            self.dates.append(date)
+            self.bits.append(0)
+            self.kws.append(0)
+            self.modseqs.append(modseq)
+            if self.infos is not None:
+                self.infos.append(None)
+        else:
+            i = bisect.bisect_left(uids, uid)
+            uids.insert(i, uid)
+            self.names.insert(i, base)
+            self.sizes.insert(i, size)
+            self.dates.insert(i, date)
+            self.bits.insert(i, 0)
+            self.kws.insert(i, 0)
+            self.modseqs.insert(i, modseq)
+            if self.infos is not None:
+                self.infos.insert(i, None)
+        self.kws[i] = self.keyword_id(keywords)
+        self.set_file(i, subdir, filename, system)
+        if self._by_base is not None:
+            self._by_base[base] = uid
+        return i
+
+    def remove(self, positions: Iterable[int]) -> None:
+        """Drop the rows at C{positions}."""
+        positions = sorted(set(positions), reverse=True)
+        if not positions:
+            return
+        for i in positions:
+            if self._by_base is not None:
+                self._by_base.pop(self.names[i], None)
+            if self.bits[i] & ODD:
+                self.odd.pop(self.uids[i], None)
+        if len(positions) <= 64:
+            columns = [self.uids, self.names, self.sizes, self.dates, self.bits, self.kws, self.modseqs]
+            if self.infos is not None:
+                columns.append(self.infos)
+            for i in positions:
+                for column in columns:
+                    del column[i]
+            return
+        gone = set(positions)
+        keep = [i for i in range(len(self.uids)) if i not in gone]
+        self.take(keep)
+
+    def subset(self, keep: list[int]) -> "MessageTable":
+        """A new table of the rows at C{keep}, in that order (keyword sets shared)."""
+        other = MessageTable()
+        other.uids = array("I", [self.uids[i] for i in keep])
+        other.names = [self.names[i] for i in keep]
+        other.sizes = array("Q", [self.sizes[i] for i in keep])
+        other.dates = array("d", [self.dates[i] for i in keep])
+        bits = self.bits
+        other.bits = bytearray(bytes(bits[i] for i in keep))
+        other.kws = array("I", [self.kws[i] for i in keep])
+        other.modseqs = array("Q", [self.modseqs[i] for i in keep])
+        kept = set(other.uids) if self.odd else ()
+        other.odd = {uid: name for uid, name in self.odd.items() if uid in kept}
+        other._by_base = None
+        if self.infos is not None:
+            other.infos = [self.infos[i] for i in keep]
+        other.keyword_sets = self.keyword_sets
+        other._keyword_ids = self._keyword_ids
+        other._flag_sets = self._flag_sets
+        return other
+
+    def take(self, keep: list[int]) -> None:
+        """Keep only the rows at C{keep}, in that order."""
+        other = self.subset(keep)
+        self.uids, self.names, self.sizes, self.dates = other.uids, other.names, other.sizes, other.dates
+        self.bits, self.kws, self.modseqs, self.odd, self._by_base = other.bits, other.kws, other.modseqs, other.odd, None
+        self.infos = other.infos
+
+    def sort(self) -> None:
+        """Put the rows in UID order (after rows were added out of order)."""
+        uids = self.uids
+        if all(map(operator.lt, uids, itertools.islice(uids, 1, None))):
+            return
+        order = sorted(range(len(uids)), key=uids.__getitem__)
+        self.take(order)
+
+    # -- what SELECT needs -------------------------------------------------
+
+    def first_unseen(self) -> int:
+        """The UID of the first row without \\Seen, 0 if none."""
+        i = self.bits.translate(UNSEEN_TABLE).find(1)
+        return self.uids[i] if i >= 0 else 0
+
+    def keywords_in_use(self) -> frozenset[str]:
+        ids = set(self.kws)
+        return frozenset(k for i in ids for k in self.keyword_sets[i])
