@@ -301,10 +301,14 @@ def give_back_memory() -> bool:
 
 
 class _IndexState(NamedTuple):
-    """The UID list as this load left it on disk: its length, a BLAKE2b hash of it (being fed), its UIDNEXT, the work done."""
+    """
+    The UID list as this load left it on disk: its length, its octets (the
+    list read, then what the first scan appended: hashed only if the index
+    is written), its UIDNEXT, the work done.
+    """
 
     length: int
-    digest: Any  # hashlib.blake2b
+    chunks: list[bytes]
     uid_next: int
     lines: int  # list lines parsed and files listed at this load
 
@@ -583,7 +587,7 @@ class MaildirFolder:
             self._index = None
         else:
             # Remember the octets the rows describe: the index, if worth writing.
-            self._index_state = _IndexState(len(data), _digest(data), self.uid_next, len(body))
+            self._index_state = _IndexState(len(data), [data], self.uid_next, len(body))
 
     def _write_index(self) -> None:
         """
@@ -627,7 +631,7 @@ class MaildirFolder:
                 (
                     _INDEX_VERSION,
                     state.length,
-                    state.digest.digest(),
+                    _digest(b"".join(state.chunks) if len(state.chunks) > 1 else state.chunks[0]).digest(),
                     max(state.uid_next, self.uid_next),
                     mtimes,
                     modlog_length,
@@ -668,7 +672,7 @@ class MaildirFolder:
         fsync_directory(self.directory)
         if not len(self._table) and not self._pending:
             header = f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n".encode("ascii")
-            self._index_state = _IndexState(len(header), _digest(header), self.uid_next, 0)
+            self._index_state = _IndexState(len(header), [header], self.uid_next, 0)
 
     def _row_line(self, table: MessageTable, i: int) -> str:
         return _format_line(table.uids[i], table.names[i], table.sizes[i], table.dates[i], table.keywords(i))
@@ -770,8 +774,8 @@ class MaildirFolder:
         state = self._index_state
         if state is not None:
             # The first scan of a load: the index covers these lines too.
-            state.digest.update(data)
-            self._index_state = _IndexState(state.length + len(data), state.digest, max(state.uid_next, self.uid_next), state.lines + len(positions))
+            state.chunks.append(data)
+            self._index_state = _IndexState(state.length + len(data), state.chunks, max(state.uid_next, self.uid_next), state.lines + len(positions))
 
     # -- keeping the table in step with the directory ---------------------
 
