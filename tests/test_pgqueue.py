@@ -212,6 +212,29 @@ def test_queueing_while_the_database_is_down_gets_451_then_works(start_hub, post
     assert "Traceback" not in a.log
 
 
+def test_a_renewed_lease_keeps_a_message_from_other_hubs(pg_dsn):
+    from twisted_mailhub.cluster import schema
+    from twisted_mailhub.queue.pgqueue import _envelope, claim_due, renew_leases
+    from twisted_mailhub.queue.storage import make_entry
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        schema.upgrade(conn)
+        for qid in ("long", "stale"):
+            entry = make_entry("a@localhost", ["b@far.test"], 1, now=1000.0)
+            entry.id = qid
+            conn.execute(
+                "INSERT INTO queue_message (id, envelope, body, created, next_attempt) VALUES (%s, %s, %s, %s, %s)",
+                (qid, _envelope(entry), b"x", 1000.0, 1000.0),
+            )
+        # hub one takes both with a lease that has run out already ...
+        assert sorted(r[0] for r in claim_due(conn, "one", -1, 2000.0, 10)) == ["long", "stale"]
+        # ... but is still sending "long" and renews it
+        assert renew_leases(conn, "one", ["long"], 600) == 1
+        assert [r[0] for r in claim_due(conn, "two", 600, 2000.0, 10)] == ["stale"]
+        # a lease another hub holds now is not renewed by the first
+        assert renew_leases(conn, "one", ["stale"], 600) == 0
+
+
 def test_disk_queue_stays_with_a_postgresql_store_when_asked(start_hub, pg_dsn):
     a = start_hub("--store", f"postgresql:{pg_dsn}", "--queue", "disk", users=USERS)
     assert "queue: in PostgreSQL" not in a.log

@@ -14,9 +14,10 @@ the table is described in L{twisted_mailhub.cluster.schema}):
    FOR UPDATE SKIP LOCKED)} that writes a lease (C{leased_by},
    C{lease_until}): hubs claiming at the same moment skip each other's
    rows, and a row under an unexpired lease is not taken, so no two hubs
-   send one message at once. A hub that dies mid-attempt leaves its lease
-   to expire (L{LEASE}); then another hub takes the message, as the disk
-   queue's own hub would after a restart.
+   send one message at once. The sending hub renews its leases every
+   third of L{LEASE} while an attempt lasts. A hub that dies mid-attempt
+   leaves its lease to expire; then another hub takes the message, as the
+   disk queue's own hub would after a restart.
  - After an attempt the envelope is written back, under the lease, and
    the lease is let go, unless every recipient is final: then the row
    stays leased until the bounce is stored and the row deleted, so no
@@ -82,6 +83,17 @@ def claim_due(conn: Any, owner: str, lease: float, now: float, most: int) -> lis
         " RETURNING id, envelope, body",
         (owner, lease, now, most),
     ).fetchall()
+
+
+def renew_leases(conn: Any, owner: str, ids: list[str], lease: float) -> int:
+    """
+    Extend C{owner}'s lease on the messages C{ids} it is still sending by
+    C{lease} seconds from now; how many it still held.
+    """
+    return conn.execute(
+        "UPDATE queue_message SET lease_until = now() + make_interval(secs => %s) WHERE leased_by = %s AND id = ANY(%s)",
+        (lease, owner, ids),
+    ).rowcount
 
 
 class PostgresQueueStorage:
@@ -183,6 +195,10 @@ class PostgresQueueStorage:
         """Drop the bytes of a message this hub is done with for now."""
         self._bodies.pop(qid, None)
 
+    def renew(self, ids: list[str]) -> defer.Deferred:
+        """Extend this hub's lease on C{ids} (an attempt still under way)."""
+        return self.db.run(renew_leases, self.owner, ids, self.lease)
+
     def release_all(self) -> defer.Deferred:
         """At shutdown: let go of every unfinished message this hub holds."""
         return self.db.run(
@@ -211,6 +227,7 @@ class PostgresRelay(Relay):
         self._wanted = False
         self._claiming = False
         self._db_down = False
+        self._renewed = 0.0
 
     def startService(self):
         from twisted.application import service
@@ -267,6 +284,7 @@ class PostgresRelay(Relay):
         """Claim what is due (one claim at a time) and send it."""
         if not self.running:
             return
+        self._renew_if_due()
         if self._claiming:
             self._wanted = True
             return
@@ -275,6 +293,21 @@ class PostgresRelay(Relay):
             return  # busy: the next poll looks again
         self._claiming = True
         self._track(defer.ensureDeferred(self._claim_and_send(most)))
+
+    def _renew_if_due(self) -> None:
+        """
+        Every third of a lease, extend the leases of the messages still
+        being sent, so a long attempt (many MX hosts, a slow peer) never
+        lets another hub take the message while it is under way.
+        """
+        now = self.now()
+        if now - self._renewed < self.storage.lease / 3:
+            return
+        self._renewed = now
+        held = sorted(self.in_flight)
+        if held:
+            d = self.storage.renew(held)
+            d.addErrback(lambda f: log.warn("queue: leases not renewed ({why}); trying again later", why=f.getErrorMessage()))
 
     def hold_most(self) -> int:
         """
