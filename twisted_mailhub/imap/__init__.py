@@ -25,6 +25,9 @@ listeners = [
     ListenerSpec("imaps", "tcp:8993", "IMAP4 over implicit TLS endpoint.", tls="implicit"),
 ]
 
+# Time limits: login, command line, idle (twisted_mailhub.imap.deadlines).
+from twisted_mailhub.imap.deadlines import check_options, option_parameters  # noqa: E402,F401
+
 
 @implementer(imap4.IAccount)
 class IMAPAvatar:

@@ -64,6 +64,7 @@ from twisted_mailhub.imap import wire
 from twisted_mailhub.imap.changes import ChangeCommands
 from twisted_mailhub.imap import condstore, sort
 from twisted_mailhub.imap.condstore import CondStoreCommands
+from twisted_mailhub.imap.deadlines import SessionDeadlines
 from twisted_mailhub.imap.extensions import EXTENSIONS, ExtensionCommands
 from twisted_mailhub.imap.fetch import FetchCommands, ResponseStream
 from twisted_mailhub.imap.listing import ListCommands
@@ -144,6 +145,8 @@ class IMAPServer(
         imap4.IMAP4Server.connectionMade(self)
 
     def connectionLost(self, reason):
+        if getattr(self, "deadlines", None) is not None:
+            self.deadlines.stop()
         self._end_idle()
         self._unselect()
         imap4.IMAP4Server.connectionLost(self, reason)
@@ -251,6 +254,23 @@ class IMAPServer(
         d.addErrback(self._IMAP4Server__ebAuthChunk, tag)
 
     unauth_AUTHENTICATE = (do_AUTHENTICATE, imap4.IMAP4Server.arg_line)
+
+    # -- time limits: login, command line, idle (imap/deadlines.py) ----------------
+
+    @property
+    def callLater(self):
+        # TimeoutMixin's clock (the idle limits): the hub's reactor.
+        return self.hub.reactor.callLater
+
+    def makeConnection(self, transport):
+        self.deadlines = SessionDeadlines(self)
+        imap4.IMAP4Server.makeConnection(self, transport)
+        self.deadlines.start()
+
+    def dataReceived(self, data):
+        if self.deadlines.data_arriving(data):
+            imap4.IMAP4Server.dataReceived(self, data)
+            self.deadlines.data_handled(data)
 
     # -- reading lines: literal limits, IDLE --------------------------------------
 

@@ -24,6 +24,7 @@ option_parameters = [
     ["sftp-max-handles", None, 256, "Open files and directories one SFTP session may hold.", int],
     ["sftp-max-packet", None, 256 * 1024, "Largest SFTP request accepted, in bytes (a larger one ends the session).", int],
     ["sftp-idle-timeout", None, 600, "Seconds an SSH connection may sit idle.", float],
+    ["sftp-login-timeout", None, 120, "Seconds an SSH client may take, in all, to log in (sshd's LoginGraceTime).", float],
 ]
 
 option_lists = [
@@ -36,6 +37,9 @@ def check_options(options) -> None:
         raise usage.UsageError("--sftp-max-handles wants a number of 1 or more")
     if not 1024 <= int(options.get("sftp-max-packet") or 0) <= 16 * 1024 * 1024:
         raise usage.UsageError("--sftp-max-packet wants 1024 to 16777216 bytes")
+    for name in ("sftp-idle-timeout", "sftp-login-timeout"):
+        if float(options.get(name) or 0) <= 0:
+            raise usage.UsageError(f"--{name} must be a positive number of seconds")
     for path in options.get("ssh-host-key") or []:
         if not os.path.isfile(path):
             raise usage.UsageError(f"--ssh-host-key {path!r}: no such file")
@@ -63,6 +67,7 @@ def install(hub) -> None:
         max_handles=int(hub.options.get("sftp-max-handles") or 256),
         max_packet=int(hub.options.get("sftp-max-packet") or 256 * 1024),
         idle_timeout=float(hub.options.get("sftp-idle-timeout") or 600),
+        login_timeout=float(hub.options.get("sftp-login-timeout") or 120),
     )
 
     def avatar(account, mind):

@@ -53,11 +53,15 @@ MSG_USERAUTH_INFO_REQUEST = 60
 class SFTPSettings:
     """The limits and hooks every SFTP session of one listener shares."""
 
-    def __init__(self, hub: Any, max_handles: int, max_packet: int, idle_timeout: float):
+    def __init__(self, hub: Any, max_handles: int, max_packet: int, idle_timeout: float, login_timeout: float = 120.0):
         self.hub = hub
         self.max_handles = max_handles
         self.max_packet = max_packet
         self.idle_timeout = idle_timeout
+        #: Seconds from the connection to a successful login, as sshd's
+        #: LoginGraceTime (120 s): the idle timer alone is reset by any
+        #: octet, so a client trickling its key exchange would stay for ever.
+        self.login_timeout = login_timeout
 
 
 class ChannelTransport:
@@ -388,10 +392,16 @@ class MailhubUserAuth(userauth.SSHUserAuthServer):
 class MailhubSSHTransport(transport.SSHServerTransport, TimeoutMixin):
     """
     The SSH transport of one client connection: the hub's connection id,
-    TCP_NODELAY, and the idle timeout.
+    TCP_NODELAY, the idle timeout and the login grace time.
     """
 
     ourVersionString = b"SSH-2.0-mailhub"
+    _login_call: Any = None
+
+    @property
+    def callLater(self):
+        # TimeoutMixin's clock: the hub's reactor (a task.Clock in tests).
+        return self.factory.settings.hub.reactor.callLater
 
     def connectionMade(self):
         settings = self.factory.settings
@@ -400,6 +410,18 @@ class MailhubSSHTransport(transport.SSHServerTransport, TimeoutMixin):
         self.sftp_observer = self.factory.make_observer(self)
         transport.SSHServerTransport.connectionMade(self)
         self.setTimeout(settings.idle_timeout or None)
+        if settings.login_timeout:
+            self._login_call = self.callLater(settings.login_timeout, self._login_expired)
+
+    def _login_expired(self) -> None:
+        self._login_call = None
+        if getattr(self, "avatar", None) is not None or self.transport is None or self.transport.disconnecting:
+            return  # logged in (userauth set the avatar), or already going
+        seconds = self.factory.settings.login_timeout
+        log.info("{cid}: not logged in after {seconds:g}s, disconnecting", cid=self.connection_id, seconds=seconds)
+        # RFC 4253 §11.1: a DISCONNECT with a reason; before the key
+        # exchange ends it goes out in the clear, which SSH allows.
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"not logged in after %g seconds" % seconds)
 
     def dataReceived(self, data):
         self.resetTimeout()
@@ -418,6 +440,9 @@ class MailhubSSHTransport(transport.SSHServerTransport, TimeoutMixin):
 
     def connectionLost(self, reason):
         self.setTimeout(None)
+        if self._login_call is not None and self._login_call.active():
+            self._login_call.cancel()
+        self._login_call = None
         transport.SSHServerTransport.connectionLost(self, reason)
         closing = getattr(self.sftp_observer, "session_closed", None)
         if closing is not None:

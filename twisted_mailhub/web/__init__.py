@@ -33,10 +33,17 @@ option_lists = [
 ]
 
 
+# Slow-client limits: header fields, body, idle (twisted_mailhub.web.deadlines).
+from twisted_mailhub.web import deadlines as _deadlines  # noqa: E402
+
+option_parameters += _deadlines.option_parameters
+
+
 def check_options(options: Any) -> None:
     for name in ("web-session-timeout", "console-sessions", "console-lines"):
         if int(options[name]) < 1:
             raise usage.UsageError(f"--{name} must be at least 1")
+    _deadlines.check_options(options)
 
 
 def install(hub: Any) -> None:

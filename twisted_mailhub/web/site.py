@@ -139,7 +139,12 @@ class WebFace:
 
     def site(self, name: str) -> server.Site:
         """A L{server.Site} for the listener called C{name}."""
-        site = server.Site(self.root, timeout=120)
+        from twisted_mailhub.web import deadlines
+
+        options = getattr(self.hub, "options", None) or {}
+        site = deadlines.DeadlineSite(self.root, timeout=float(options.get("web-idle-timeout") or deadlines.IDLE_TIMEOUT), reactor=self.hub.reactor)
+        site.header_timeout = float(options.get("web-header-timeout") or deadlines.HEADER_TIMEOUT)
+        site.body_timeout = float(options.get("web-body-timeout") or deadlines.BODY_TIMEOUT)
         site.requestFactory = WebRequest
         site.displayTracebacks = False
         site.record_sessions = False  # the console's own traffic is not a session to watch

@@ -1,0 +1,152 @@
+"""
+IMAP time limits (issue 8 item 26): the login deadline, the command-line
+limit (literals excepted while they flow) and the idle limits, with
+task.Clock and StringTransport; and the same limits on the real hub, with a
+raw socket that trickles bytes.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from twisted_mailhub import imap
+from twisted_mailhub.accounts import AccountBook
+from twisted_mailhub.hub import Hub
+from twisted_mailhub.imap.server import IMAPServer
+from twisted_mailhub.store.memory import MemoryStore
+
+
+class DeadlineTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        accounts = AccountBook(["localhost"])
+        accounts.add("alice", "secret")
+        options = {"max-message-size": 1000, "imap-login-timeout": 300, "imap-command-timeout": 120, "imap-idle-timeout": 1800}
+        self.hub = Hub(self.clock, options, accounts, MemoryStore(), self.mktemp(), "mail.test")
+        self.hub._tls = object()
+        imap.install(self.hub)
+
+    def connect(self):
+        server = IMAPServer(self.hub, "imap")
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
+        server.makeConnection(transport)
+        self.addCleanup(server.connectionLost, None)
+        return server, transport
+
+    def test_busy_client_that_never_logs_in_is_closed_at_the_login_deadline(self):
+        server, transport = self.connect()
+        for _ in range(5):  # a NOOP every 59 s keeps the idle limit at bay
+            self.clock.advance(59)
+            server.dataReceived(b"n NOOP\r\n")
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(6)
+        self.assertIn(b"* BYE not logged in after 300 seconds", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_logged_in_client_is_not_held_to_the_login_deadline(self):
+        server, transport = self.connect()
+        server.dataReceived(b"a LOGIN alice secret\r\n")
+        self.assertIn(b"a OK", transport.value())
+        self.clock.advance(301)
+        self.assertNotIn(b"BYE", transport.value())
+        self.assertFalse(transport.disconnecting)
+
+    def test_trickled_command_line_is_cut_off(self):
+        server, transport = self.connect()
+        server.dataReceived(b"a LOGIN alice secret\r\n")
+        for byte in b"b SELECT INBOX":
+            server.dataReceived(bytes([byte]))
+            self.clock.advance(10)
+        self.assertIn(b"* BYE a command line took over 120 seconds to arrive", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_slow_literal_is_not_cut_by_the_command_line_limit(self):
+        server, transport = self.connect()
+        server.dataReceived(b"a LOGIN alice secret\r\n")
+        server.dataReceived(b"b APPEND INBOX {14}\r\n")
+        for chunk in (b"Subject: ", b"x\r\n", b"\r\n"):
+            self.clock.advance(100)
+            server.dataReceived(chunk)
+        self.clock.advance(100)
+        server.dataReceived(b"\r\n")
+        self.assertIn(b"b OK", transport.value())
+        self.assertFalse(transport.disconnecting)
+
+    def test_logged_in_client_is_logged_out_after_the_idle_limit(self):
+        server, transport = self.connect()
+        server.dataReceived(b"a LOGIN alice secret\r\n")
+        self.clock.advance(1799)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(2)
+        self.assertIn(b"* BYE", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_silent_client_before_login_is_closed_after_a_minute(self):
+        server, transport = self.connect()
+        self.clock.advance(61)
+        self.assertIn(b"* BYE", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+
+# -- the real hub ------------------------------------------------------------------
+
+
+def read_until_closed(s: socket.socket, limit: float = 20) -> bytes:
+    out = b""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_imap_client_sending_noops_without_logging_in_is_cut_off(start_hub):
+    hub = start_hub("--imap-login-timeout", "2", "--imap-command-timeout", "1")
+    s = socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=20)
+    start = time.monotonic()
+    s.recv(1024)
+    out = b""
+    while time.monotonic() - start < 10:
+        try:
+            s.sendall(b"n NOOP\r\n")
+        except OSError:
+            break
+        s.settimeout(0.3)
+        try:
+            chunk = s.recv(4096)
+        except socket.timeout:
+            continue
+        if not chunk:
+            break
+        out += chunk
+    s.settimeout(5)
+    out += read_until_closed(s, 5)
+    assert b"n OK" in out
+    assert b"* BYE not logged in after 2 seconds" in out
+    assert 1.5 < time.monotonic() - start < 10
+
+
+def test_imap_client_trickling_a_command_line_is_cut_off(start_hub):
+    hub = start_hub("--imap-login-timeout", "30", "--imap-command-timeout", "1")
+    s = socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=20)
+    s.recv(1024)
+    for byte in b"a LOGIN alice secret":
+        try:
+            s.sendall(bytes([byte]))
+        except OSError:
+            break
+        time.sleep(0.3)
+    out = read_until_closed(s)
+    assert b"* BYE a command line took over 1 seconds to arrive" in out
+    assert b"a OK" not in out

@@ -1,0 +1,122 @@
+"""
+Web listener time limits (issue 8 item 26's kind): a slowloris client
+trickling its header fields, or a body that never ends, gets 408 and is
+closed; with task.Clock, and on the real hub with raw sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+from twisted.web import resource
+
+from twisted_mailhub.web.deadlines import DeadlineSite
+
+
+class Hello(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"hello\n"
+
+    def render_POST(self, request):
+        return b"got %d\n" % len(request.content.read())
+
+
+class DeadlineChannelTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.site = DeadlineSite(Hello(), timeout=120, reactor=self.clock)
+        self.site.header_timeout = 20
+        self.site.body_timeout = 60
+
+    def connect(self):
+        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1234))
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, None)
+        return channel, transport
+
+    def test_trickled_header_fields_get_408_at_the_header_deadline(self):
+        channel, transport = self.connect()
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":
+            channel.dataReceived(bytes([byte]))
+            self.clock.advance(1)  # well inside the idle limit, every time
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n"))
+        self.assertIn(b"header fields did not arrive within 20 seconds", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_body_never_finished_gets_408_at_the_body_deadline(self):
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        self.clock.advance(59)
+        channel.dataReceived(b"d")
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(1.5)
+        self.assertIn(b"408 Request Timeout", transport.value())
+        self.assertIn(b"body did not arrive within 60 seconds", transport.value())
+
+    def test_prompt_requests_on_one_connection_are_answered_and_not_cut(self):
+        channel, transport = self.connect()
+        for _ in range(3):
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.clock.advance(19)
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        self.clock.advance(100)
+        out = transport.value()
+        self.assertEqual(out.count(b"HTTP/1.1 200 OK"), 4)
+        self.assertIn(b"got 3", out)
+        self.assertNotIn(b"408", out)
+        self.assertFalse(transport.disconnecting)
+
+    def test_client_that_does_not_read_the_408_is_dropped(self):
+        channel, transport = self.connect()
+        channel.dataReceived(b"GET / HT")
+        self.clock.advance(20)
+        self.assertTrue(transport.disconnecting)
+        self.clock.advance(15)
+        self.assertTrue(transport.disconnected)
+
+
+def read_until_closed(s: socket.socket, limit: float = 20) -> bytes:
+    out = b""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_web_slowloris_headers_and_unfinished_body_are_cut_off(start_hub):
+    hub = start_hub("--web-header-timeout", "1", "--web-body-timeout", "1")
+    start = time.monotonic()
+    slow = socket.create_connection(("127.0.0.1", hub.ports["web"]), timeout=20)
+    body = socket.create_connection(("127.0.0.1", hub.ports["web"]), timeout=20)
+    body.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nuser=al")
+    for byte in b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-a: b\r\n":
+        try:
+            slow.sendall(bytes([byte]))
+        except OSError:
+            break
+        time.sleep(0.1)
+    out = read_until_closed(slow)
+    assert out.startswith(b"HTTP/1.1 408 Request Timeout")
+    assert b"header fields did not arrive within 1 seconds" in out
+    out = read_until_closed(body)
+    assert out.startswith(b"HTTP/1.1 408 Request Timeout")
+    assert b"body did not arrive within 1 seconds" in out
+    assert time.monotonic() - start < 15
+    # The listener goes on serving prompt clients.
+    ok = socket.create_connection(("127.0.0.1", hub.ports["web"]), timeout=20)
+    ok.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert read_until_closed(ok).startswith(b"HTTP/1.1 200")
