@@ -291,7 +291,8 @@ def test_a_write_error_fails_the_upload_with_a_write_error():
     conn.dataReceived(b"data")
     failure = result_of(done)
     assert failure.check(TransferWriteError)
-    assert "No space left" in failure.getErrorMessage()
+    assert "no space left on the server's disk" in failure.getErrorMessage()
+    assert "No space left on device" not in failure.getErrorMessage()  # the hub's words, not the OS's
     assert conn.transport.disconnecting or conn.transport.disconnected
 
 

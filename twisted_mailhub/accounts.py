@@ -105,6 +105,26 @@ class Account:
         return False
 
 
+def unquote_local_part(local: str) -> str:
+    """
+    A local part given as a Quoted-string (RFC 5321 §4.1.2, RFC 5322
+    §3.4.1) as the text it quotes: C{"bob"} and C{"b\\ob"} are C{bob}, the
+    same mailbox (RFC 5321 §2.4 asks to compare the unquoted form). Anything
+    else is returned as given.
+    """
+    if len(local) < 2 or local[0] != '"' or local[-1] != '"':
+        return local
+    out = []
+    quoted = iter(local[1:-1])
+    for c in quoted:
+        if c == "\\":
+            c = next(quoted, "")
+        elif c == '"':
+            return local  # an unescaped quote inside: not one Quoted-string
+        out.append(c)
+    return "".join(out)
+
+
 class AccountBook:
     """
     All accounts of the hub, and the rules that turn a login name or a mail
@@ -130,8 +150,8 @@ class AccountBook:
         name = name.strip()
         if "@" in name:
             local, _, domain = name.rpartition("@")
-            return local, domain.lower().rstrip(".")
-        return name, self.default_domain
+            return unquote_local_part(local), domain.lower().rstrip(".")
+        return unquote_local_part(name), self.default_domain
 
     def add(self, name: str, password: str, quota: int | None = None) -> Account:
         """

@@ -453,6 +453,7 @@ class HubService(service.MultiService):
             self._bind()
         service.MultiService.startService(self)
         self._install_sighup()
+        self.hub.reactor.callWhenRunning(self._install_stop_signals)
         if self._pending:
             defer.gatherResults(self._pending, consumeErrors=True).addCallback(self._ready)
         else:
@@ -470,6 +471,7 @@ class HubService(service.MultiService):
                 wrapped = TranscriptFactory(wrapped, name, hub.events)
             if tls == "implicit":
                 wrapped = TLSMemoryBIOFactory(hub.tls, False, wrapped)
+            quiet_factory(wrapped, name)
             try:
                 endpoint = endpoints.serverFromString(hub.reactor, with_backlog(description))
             except (ValueError, KeyError, TypeError) as e:
@@ -543,6 +545,44 @@ class HubService(service.MultiService):
         except ValueError:  # not the main thread (a test's reactor)
             self._previous_sighup = None
 
+    def _install_stop_signals(self) -> None:
+        """
+        SIGTERM and SIGINT stop the hub once: a second one while it shuts
+        down (a supervisor and C{timeout} both sending SIGTERM, Ctrl-C
+        twice) is logged in a line, where Twisted's own handler would call
+        C{reactor.stop()} again and log a C{ReactorNotRunning} traceback.
+        Installed once the reactor runs, over Twisted's handlers.
+        """
+        import signal
+
+        reactor = self.hub.reactor
+        stopping: list[str] = []
+
+        def stop() -> None:
+            try:
+                reactor.stop()
+            except Exception:  # ReactorNotRunning: stopped by someone else already
+                pass
+
+        def on_signal(signum, frame):
+            name = signal.Signals(signum).name
+            if stopping:
+                reactor.callFromThread(log.info, "Received {name} again: already shutting down", name=name)
+                return
+            stopping.append(name)
+            if hasattr(reactor, "_exitSignal"):
+                # As Twisted's handler: twistd then ends by this signal.
+                reactor._exitSignal = signum
+            reactor.callFromThread(log.info, "Received {name}, shutting down.", name=name)
+            reactor.callFromThread(stop)
+
+        reactor.addSystemEventTrigger("before", "shutdown", stopping.append, "shutdown")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(signum, on_signal)
+            except ValueError:  # not the main thread (a test's reactor)
+                return
+
     def stopService(self):
         import signal
 
@@ -553,6 +593,22 @@ class HubService(service.MultiService):
         d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
         d.addBoth(lambda _: service.MultiService.stopService(self))
         return d
+
+
+def quiet_factory(factory: Any, name: str) -> None:
+    """
+    No object reprs in the log: Twisted logs C{Starting factory <... object
+    at 0x...>} for each noisy factory of a listener chain (ours, TLS,
+    transcript, limits) and names the listener by its class names; here
+    every factory in the chain is quiet and the listener is called C{name}
+    (C{smtp starting on 8025}).
+    """
+    factory.logPrefix = lambda: name
+    seen = 0
+    while factory is not None and seen < 8:
+        factory.noisy = False
+        factory = getattr(factory, "wrapped", None) or getattr(factory, "wrappedFactory", None)
+        seen += 1
 
 
 class ListenFailed(Exception):

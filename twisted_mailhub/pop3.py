@@ -99,6 +99,11 @@ def check_options(options: Any) -> None:
 # -- the maildrop -----------------------------------------------------------
 
 
+# Commands whose grammar has no argument at all: "STLS junk" is an error,
+# not a STLS.
+_NO_ARGUMENT = frozenset({"CAPA", "STLS", "STAT", "RSET", "NOOP", "QUIT"})
+
+
 class MaildropInUse(cred_error.LoginDenied):
     """
     Another session has this maildrop open (RFC 2449 §8.1.1 IN-USE). Not an
@@ -607,6 +612,10 @@ class MailhubPOP3(_pop3.POP3):
             return None
         if name not in COMMANDS[self.state]:
             self.reply_err(self._wrong_state(name))
+            return None
+        if name in _NO_ARGUMENT and rest.strip():
+            # RFC 1939 §5-6, RFC 2449 §5, RFC 2595 §4: these take none.
+            self.reply_err(f"syntax: {name} takes no argument")
             return None
         handler = getattr(self, "pop_" + name)
         return handler(rest if name == "PASS" else rest.strip())

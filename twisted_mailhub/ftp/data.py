@@ -316,7 +316,10 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         try:
             self._writer.write(data)
         except OSError as e:
-            self._fail(TransferWriteError(e.strerror or str(e)))
+            from twisted_mailhub.ftp.vfs import error_words
+
+            log.warn("ftp upload write failed: {error}", error=e.strerror or e.__class__.__name__)
+            self._fail(TransferWriteError(error_words(e)))
             self.transport.abortConnection()
             return
         self.bytes += len(data)
@@ -368,7 +371,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
                 # End of file is the client closing (RFC 959 §3.4, stream mode).
                 self.done.callback(self.bytes)
             else:
-                self.done.errback(TransferFailed(reason.getErrorMessage()))
+                self.done.errback(TransferFailed("the data connection broke"))
         elif self._finished:
             self.done.callback(self.bytes)
         else:
@@ -465,7 +468,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
     def _sendfile_failed(self, writer, reason):
         self._sendfile = None
         self.bytes = writer.sent
-        self._fail(TransferFailed(f"data connection broke: {reason.getErrorMessage()}"))
+        self._fail(TransferFailed("the data connection broke"))
         if not self._lost:
             self.transport.startReading()
             self.transport.abortConnection()

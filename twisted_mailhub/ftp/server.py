@@ -775,7 +775,10 @@ class MailhubFTP(ftp.FTP):
                     return f"425 Can't open data connection: {reason.getErrorMessage()}."
                 return f"426 Connection closed; transfer aborted ({reason.getErrorMessage()})."
             if reason.check(OSError):
-                return f"452 Write error: {reason.value.strerror or reason.value}."
+                from twisted_mailhub.ftp.vfs import error_words
+
+                log.warn("ftp upload failed: {error}", error=reason.value.strerror or reason.value.__class__.__name__)
+                return f"452 Write error: {error_words(reason.value)}."
             return reason
 
         return opened.addCallback(go).addCallbacks(done, failed)

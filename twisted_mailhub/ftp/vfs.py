@@ -43,10 +43,13 @@ import stat as statmod
 from typing import Any
 
 from twisted.internet import defer, threads
+from twisted.logger import Logger
 from twisted.protocols import ftp
 from zope.interface import Attribute, Interface, implementer
 
 from twisted_mailhub.store.durable import fsync_directory
+
+log = Logger()
 
 
 class IMailhubShell(ftp.IFTPShell):
@@ -306,14 +309,39 @@ class StorageFullError(ftp.FTPCmdError):
 _KNOWN_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
 
 
+# What the other errors mean, in the hub's words: a reply never carries
+# the OS's own text (strerror: "Invalid argument" says nothing to a user).
+_ERRNO_WORDS = {
+    errno.EINVAL: "not possible with these names (a folder cannot go inside itself)",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.ELOOP: "too many symbolic links",
+    errno.ENOTEMPTY: "the folder is not empty",
+    errno.EXDEV: "cannot move between file systems",
+    errno.EBUSY: "in use",
+    errno.EROFS: "the file system is read-only",
+    errno.EMLINK: "too many links",
+    errno.ETXTBSY: "in use",
+    errno.ENOSPC: "no space left on the server's disk",
+    errno.EDQUOT: "no space left on the server's disk",
+}
+
+
+def error_words(e: OSError) -> str:
+    """An OS error as the hub says it in a reply (never the OS's text)."""
+    return _ERRNO_WORDS.get(e.errno, "the server's file system refused it (its log says why)")
+
+
 def _fail(e: OSError, segments) -> defer.Deferred:
     path = "/" + "/".join(segments)
     if e.errno in _KNOWN_ERRNOS:
         return ftp.errnoToFailure(e.errno, path)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return defer.fail(StorageFullError())
+    if e.errno not in _ERRNO_WORDS:
+        log.warn("ftp file system error on {path}: {error}", path=path[:200], error=e.strerror or e.__class__.__name__)
     # Twisted's errnoToFailure would re-raise these as unknown errors.
-    return defer.fail(FileActionError(f"{path[:200]}: {e.strerror or 'error'}"))
+    shown = path if len(path) <= 80 else path[:77] + "..."
+    return defer.fail(FileActionError(f"{shown}: {error_words(e)}"))
 
 
 @implementer(IMailhubShell)

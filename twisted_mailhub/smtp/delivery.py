@@ -158,7 +158,7 @@ class RecipientPolicy:
             return Verdict(250, "2.1.5 Ok", "local", catch_all.address, original=address)
         if accounts.is_local_domain(domain):
             account = accounts.find(address)
-            if account is None and local.lower() == "postmaster":
+            if account is None and accounts.split(address)[0].lower() == "postmaster":
                 account = self.postmaster()
             if account is None:
                 return Verdict(550, f"5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table")

@@ -367,10 +367,14 @@ class MailhubSMTP(smtp.ESMTP):
         self.reply(250, "2.0.0 Ok")
 
     def smtp_RSET(self, rest: str):
+        if rest:  # RFC 5321 §4.1.1.5: "RSET" CRLF, no argument
+            return self.reply(501, "5.5.4 Syntax: RSET")
         self._reset_envelope()
         self.reply(250, "2.0.0 Ok")
 
     def smtp_QUIT(self, rest: str):
+        if rest:  # RFC 5321 §4.1.1.10: "QUIT" CRLF, no argument
+            return self.reply(501, "5.5.4 Syntax: QUIT")
         self.reply(221, "2.0.0 Bye")
         self.close()
 

@@ -71,6 +71,26 @@ class WebRequest(server.Request):
             self.setHeader(name, value)
         server.Request.process(self)
 
+    def render(self, resrc):
+        # The hub's own 404/405/501 answers, never Twisted's pages (errors.py).
+        from twisted_mailhub.web import errors
+
+        server.Request.render(self, errors.MethodGuard(errors.replace_error_page(resrc)))
+
+    def processingFailed(self, reason):
+        from twisted_mailhub.web import errors
+
+        log.failure("web: {method} {path} failed", reason, method=self.method.decode("ascii", "replace"), path=self.path.decode("utf-8", "replace")[:200])
+        if self.finished or self.startedWriting:
+            if not self.finished:
+                self.loseConnection()
+            return None
+        body = errors.answer(self, 500)
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+        return reason
+
 
 def client_host(request: Any) -> str:
     """The client's IP address as a string ('' when unknown)."""
