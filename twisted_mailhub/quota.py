@@ -20,6 +20,8 @@ Rules:
    L{InsufficientStorage}: nothing is stored. SMTP answers C{552 5.2.2
    Mailbox full} (RFC 3463 §3.3) at RCPT when the account is already over
    and at the end of DATA otherwise; IMAP C{NO [OVERQUOTA]} (RFC 5530 §3).
+ - Files: what the account uploads with FTP or SFTP counts too, against
+   the same limit (L{twisted_mailhub.filequota}).
  - A warning: when a write takes an account to 90% of its limit or more,
    it gets one message saying so (again only after it went below 90%).
 """
@@ -112,6 +114,9 @@ class Quotas:
         self.clock = clock
         self._usage: dict[str, tuple[int, float]] = {}
         self._warned: set[str] = set()
+        #: Octets of an account's files (FTP/SFTP uploads), set by
+        #: L{twisted_mailhub.filequota.register_files}; None: mail only.
+        self.file_usage: Any = None
 
     def limit(self, address: str) -> int | None:
         """The account's quota in octets, or None."""
@@ -128,6 +133,8 @@ class Quotas:
                 total += sum(info.size for info in account.folder(name).messages())
             except Exception:  # a folder deleted while counting
                 continue
+        if self.file_usage is not None:
+            total += self.file_usage(address)
         self._usage[address] = (total, self.clock())
         return total
 

@@ -94,10 +94,14 @@ def install(hub) -> None:
     filesystem = make_filesystem(hub.options, hub.data_dir)
     anonymous = bool(hub.options.get("anonymous-ftp"))
 
+    from twisted_mailhub.filequota import register_files, with_quota
+
+    register_files(hub, filesystem)
+
     def shell(account, mind):
         if account is None and not anonymous:
             raise ftp.AuthorizationError("anonymous FTP is off")
-        return filesystem.shell_for(account), lambda: None
+        return with_quota(filesystem.shell_for(account), hub, account), lambda: None
 
     hub.realm.register(ftp.IFTPShell, shell)
     if anonymous:

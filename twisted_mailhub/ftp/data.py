@@ -318,8 +318,12 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         except OSError as e:
             from twisted_mailhub.ftp.vfs import error_words
 
-            log.warn("ftp upload write failed: {error}", error=e.strerror or e.__class__.__name__)
-            self._fail(TransferWriteError(error_words(e)))
+            reason = getattr(e, "reason", None)  # the hub's own words (a quota)
+            if reason is None:
+                log.warn("ftp upload write failed: {error}", error=e.strerror or e.__class__.__name__)
+            error = TransferWriteError(reason or error_words(e))
+            error.errno = e.errno
+            self._fail(error)
             self.transport.abortConnection()
             return
         self.bytes += len(data)

@@ -33,6 +33,7 @@ What we replace, and why:
 from __future__ import annotations
 
 import fnmatch
+import errno
 import re
 import socket
 import stat as statmod
@@ -759,6 +760,11 @@ class MailhubFTP(ftp.FTP):
             return result if isinstance(result, str) else "226 Transfer complete."
 
         def failed(reason):
+            from twisted_mailhub.filequota import FileQuotaExceeded
+
+            if reason.check(FileQuotaExceeded):
+                # RFC 959 §4.2: 552, exceeded storage allocation.
+                return f"552 {verb} refused: {reason.value.reason}."
             if progress["opened"] is None:
                 return reason  # the shell said no: 550 and friends
             self._current = None
@@ -767,6 +773,8 @@ class MailhubFTP(ftp.FTP):
                 _close_quietly(progress["opened"])
             if reason.check(TransferAborted):
                 return "426 Transfer aborted."
+            if reason.check(TransferWriteError) and getattr(reason.value, "errno", None) == errno.EDQUOT:
+                return f"552 {verb} aborted: {reason.getErrorMessage()}; the partial file was removed."
             if reason.check(TransferWriteError):
                 # RFC 959 §4.2: 452, insufficient storage / cannot write.
                 return f"452 Requested action not taken: cannot write the file ({reason.getErrorMessage()})."

@@ -62,6 +62,9 @@ def install(hub) -> None:
     for key in host_keys:
         log.info("sftp host key {type} {fingerprint}", type=key.sshType().decode("ascii"), fingerprint=fingerprint(key))
     filesystem = make_filesystem(hub.options, hub.data_dir)
+    from twisted_mailhub.filequota import register_files, with_quota
+
+    register_files(hub, filesystem)  # uploads count against the quota
     settings = SFTPSettings(
         hub,
         max_handles=int(hub.options.get("sftp-max-handles") or 256),
@@ -73,7 +76,7 @@ def install(hub) -> None:
     def avatar(account, mind):
         if account is None:
             raise LookupError("SFTP has no anonymous login")
-        return SFTPUser(filesystem.shell_for(account), settings, account.address), lambda: None
+        return SFTPUser(with_quota(filesystem.shell_for(account), hub, account), settings, account.address), lambda: None
 
     hub.realm.register(IConchUser, avatar)
     hub.portal.registerChecker(authorized_keys_checker(hub.data_dir, hub.accounts))

@@ -296,7 +296,10 @@ def _error_for(reason: failure.Failure, path: str) -> SFTPError | None:
         text = e.response().split(" ", 1)[-1] if hasattr(e, "response") else ""
         return SFTPError(FX_FAILURE, printable(text or "the file system refused"))
     if isinstance(e, OSError):
-        return SFTPError(FX_FAILURE, f"{path}: {e.strerror or 'error'}")
+        from twisted_mailhub.ftp.vfs import error_words
+
+        # The hub's words (a quota: "quota exceeded: ..."), never the OS's.
+        return SFTPError(FX_FAILURE, f"{path}: {getattr(e, 'reason', None) or error_words(e)}")
     if isinstance(e, (OverflowError, ValueError)):
         return SFTPError(FX_FAILURE, f"{path}: an offset or size out of range")
     return None

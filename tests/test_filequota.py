@@ -1,0 +1,75 @@
+"""
+Issue 14: FTP and SFTP uploads count against the account's quota, with
+its mail: FTP 552 with a message, SFTP SSH_FX_FAILURE "quota exceeded",
+and the partial upload removed; on the real hub.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import smtplib
+
+import pytest
+
+
+def home(hub, user="alice"):
+    return os.path.join(hub.data_dir, "ftp", "localhost", user)
+
+
+def ftp_login(hub) -> ftplib.FTP:
+    f = ftplib.FTP(timeout=30)
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login("alice", "secret")
+    return f
+
+
+def test_ftp_and_sftp_uploads_stop_at_the_quota_and_leave_no_partial_file(start_hub):
+    paramiko = pytest.importorskip("paramiko")
+    hub = start_hub("--quota", "100k")
+    f = ftp_login(hub)
+    assert f.storbinary("STOR first.bin", io.BytesIO(b"a" * 60_000)).startswith("226")
+    with pytest.raises(ftplib.error_perm) as refused:
+        f.storbinary("STOR second.bin", io.BytesIO(b"b" * 60_000))
+    assert str(refused.value).startswith("552")
+    assert "quota exceeded" in str(refused.value) and "100.0 KiB" in str(refused.value)
+    assert sorted(os.listdir(home(hub))) == ["first.bin"]  # no second.bin, no hidden part
+    assert f.sendcmd("NOOP").startswith("200")  # the session goes on
+    f.quit()
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect("127.0.0.1", hub.ports["sftp"], username="alice", password="secret", allow_agent=False, look_for_keys=False, timeout=20)
+    sftp = client.open_sftp()
+    with pytest.raises(IOError) as failed:
+        with sftp.open("third.bin", "wb") as upload:
+            for _ in range(6):
+                upload.write(b"c" * 10_000)
+    assert "quota exceeded" in str(failed.value)
+    assert sorted(os.listdir(home(hub))) == ["first.bin"]
+    sftp.putfo(io.BytesIO(b"d" * 10_000), "small.bin")  # what fits still goes in
+    assert sorted(sftp.listdir(".")) == ["first.bin", "small.bin"]
+    client.close()
+
+    # Files and mail share one quota: 70 KB of files leave no room for 40 KB of mail.
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=20) as s:
+        s.ehlo("client.test")
+        s.mail("bob@localhost")
+        s.rcpt("alice@localhost")
+        code, text = s.data(b"Subject: big\r\n\r\n" + b"x" * 40_000 + b"\r\n")
+    assert code == 552, text
+
+
+def test_ftp_upload_when_already_over_quota_is_refused_before_the_transfer(start_hub):
+    hub = start_hub("--quota", "10k")
+    os.makedirs(home(hub), exist_ok=True)
+    with open(os.path.join(home(hub), "big.bin"), "wb") as out:
+        out.write(b"z" * 20_000)
+    f = ftp_login(hub)
+    f.set_pasv(True)
+    with pytest.raises(ftplib.error_perm) as refused:
+        f.storbinary("STOR more.bin", io.BytesIO(b"m"))
+    assert str(refused.value).startswith("552 STOR refused: quota exceeded")
+    assert "more.bin" not in os.listdir(home(hub))
+    f.quit()

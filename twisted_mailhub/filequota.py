@@ -1,0 +1,209 @@
+# -*- test-case-name: tests.test_filequota -*-
+"""
+Files count against an account's quota too (issue 14): what FTP and SFTP
+upload into the account's home is added to its mail (L{twisted_mailhub.quota}).
+
+Rules:
+
+ - One limit per account (C{--quota}, C{;quota=} in the accounts file) for
+   its messages and its files together. L{register_files} gives
+   L{Quotas} a way to count the files (the disk file system: every file
+   under the home; hidden partial uploads are not counted until complete).
+ - An upload is written through a L{QuotaWriter}: an octet that would take
+   the account past its limit (after a fresh count, so freed space is
+   seen) is not written; the upload fails with L{FileQuotaExceeded}, its
+   partial file is removed at once (the upload rules of
+   L{twisted_mailhub.ftp.vfs}: nothing under the file's name), and any
+   later write or close fails the same way. FTP answers C{552} (RFC 959
+   §4.2, "exceeded storage allocation"), SFTP C{SSH_FX_FAILURE} "quota
+   exceeded".
+ - A complete upload adds its octets to the account's count (and may send
+   the 90% warning, as a delivery does).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python import failure
+from twisted.logger import Logger
+
+from twisted_mailhub.quota import format_size
+
+log = Logger()
+
+
+class FileQuotaExceeded(OSError):
+    """
+    An upload would take C{address} past its quota: an C{OSError} with
+    C{errno.EDQUOT}, as a disk quota would give, carrying the hub's words
+    (C{reason}) for a reply.
+    """
+
+    def __init__(self, address: str, usage: int, limit: int):
+        self.reason = f"quota exceeded: {address} uses {format_size(usage)} of its {format_size(limit)}"
+        OSError.__init__(self, errno.EDQUOT, self.reason)
+        self.address = address
+        self.usage = usage
+        self.limit = limit
+
+
+def tree_size(root: str) -> int:
+    """Octets of every regular file under C{root} (hidden partial uploads left out)."""
+    from twisted_mailhub.ftp.vfs import is_partial_name
+
+    total = 0
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False) and not is_partial_name(entry.name):
+                    total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return total
+
+
+def register_files(hub: Any, filesystem: Any) -> None:
+    """
+    Let the hub's quotas count C{filesystem}'s files of each account (a file
+    system with C{home(account)}: the disk one). No quotas: nothing to do.
+    """
+    quotas = getattr(hub, "quotas", None)
+    home = getattr(filesystem, "home", None)
+    if quotas is None or home is None:
+        return
+
+    def file_usage(address: str) -> int:
+        account = hub.accounts.find(address)
+        return tree_size(home(account)) if account is not None else 0
+
+    quotas.file_usage = file_usage
+
+
+def with_quota(shell: Any, hub: Any, account: Any) -> Any:
+    """
+    C{shell} with every upload written through a L{QuotaWriter}, when the
+    hub has quotas and C{account} is an account (not anonymous).
+    """
+    quotas = getattr(hub, "quotas", None)
+    if quotas is None or account is None or getattr(shell, "readonly", False):
+        return shell
+    from zope.interface import alsoProvides, providedBy
+
+    proxy = QuotaShell(shell, quotas, account.address)
+    alsoProvides(proxy, *providedBy(shell))
+    return proxy
+
+
+class QuotaShell:
+    """A shell whose C{openForWriting}/C{openForWritingAt} writers count octets."""
+
+    def __init__(self, shell: Any, quotas: Any, address: str):
+        self._shell = shell
+        self._quotas = quotas
+        self._address = address
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shell, name)
+
+    def _wrap(self, opened: defer.Deferred) -> defer.Deferred:
+        return opened.addCallback(lambda writer: QuotaWriter(writer, self._quotas, self._address))
+
+    def openForWriting(self, path):
+        return self._wrap(defer.maybeDeferred(self._shell.openForWriting, path))
+
+    def openForWritingAt(self, path, offset, append):
+        quotas, address = self._quotas, self._address
+        if quotas.over(address):
+            # Full already: refuse before a data connection is made.
+            limit = quotas.limit(address) or 0
+            return defer.fail(FileQuotaExceeded(address, quotas.usage(address), limit))
+        return self._wrap(defer.maybeDeferred(self._shell.openForWritingAt, path, offset, append))
+
+
+class QuotaWriter:
+    """
+    A file-system writer (L{twisted_mailhub.ftp.vfs.FileWriter} or any
+    other) whose writes stop at the account's quota; see the module rules.
+    """
+
+    def __init__(self, writer: Any, quotas: Any, address: str):
+        self._writer = writer
+        self._quotas = quotas
+        self._address = address
+        self._limit = quotas.limit(address)
+        self._base = quotas.usage(address) if self._limit is not None else 0
+        self._counted = False
+        self.written = 0
+        self.failed: FileQuotaExceeded | None = None
+        self._ended: defer.Deferred | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+    def write(self, data: bytes) -> None:
+        if self.failed is not None:
+            raise self.failed
+        limit = self._limit
+        if limit is not None and self._base + self.written + len(data) > limit:
+            if not self._counted:
+                self._counted = True
+                self._base = self._quotas.count(self._address)
+            if self._base + self.written + len(data) > limit:
+                self.failed = FileQuotaExceeded(self._address, self._base + self.written, limit)
+                log.info("quota: upload for {address} stopped: {why}", address=self._address, why=self.failed.reason)
+                fail = getattr(self._writer, "fail", None)
+                if fail is not None:
+                    from twisted_mailhub.ftp.data import TransferWriteError
+
+                    # A write error: the partial file goes (ftp/vfs.py rules).
+                    self._ended = defer.maybeDeferred(fail, TransferWriteError(self.failed.reason))
+                    self._ended.addErrback(lambda _: None)
+                raise self.failed
+        self._writer.write(data)
+        self.written += len(data)
+
+    def _after_end(self) -> defer.Deferred:
+        # Fires once the partial file of a stopped upload is gone.
+        ended, done = self._ended, defer.Deferred()
+        if ended is None:
+            done.callback(None)
+        else:
+            ended.addBoth(lambda result: (done.callback(None), result)[1])
+        return done
+
+    def close(self) -> defer.Deferred:
+        if self.failed is not None:
+            failed = self.failed
+            return self._after_end().addCallback(lambda _: failure.Failure(failed))
+
+        def counted(result):
+            self._quotas.stored(self._address, self.written)
+            return result
+
+        return defer.maybeDeferred(self._writer.close).addCallback(counted)
+
+    def fail(self, reason: Any) -> defer.Deferred:
+        if self.failed is not None:
+            return self._after_end()  # ended already: the partial file is going
+        fail = getattr(self._writer, "fail", None)
+        if fail is None:
+            return defer.maybeDeferred(self._writer.close)
+        return defer.maybeDeferred(fail, reason)
+
+    def discard(self) -> None:
+        if self.failed is None:
+            discard = getattr(self._writer, "discard", None)
+            if discard is not None:
+                discard()
