@@ -471,6 +471,10 @@ class HubService(service.MultiService):
                 wrapped = TranscriptFactory(wrapped, name, hub.events)
             if tls == "implicit":
                 wrapped = TLSMemoryBIOFactory(hub.tls, False, wrapped)
+            # Octets in and out, per listener (/metrics).
+            from twisted_mailhub.metrics import ByteCountingFactory
+
+            wrapped = ByteCountingFactory(wrapped, hub.metrics.listener_bytes(name))
             quiet_factory(wrapped, name)
             try:
                 endpoint = endpoints.serverFromString(hub.reactor, with_backlog(description))

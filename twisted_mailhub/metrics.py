@@ -14,7 +14,12 @@ count at the one place each fact is known:
  - messages accepted/rejected and their octets, and the time from the end
    of DATA to the message being durable: SMTP delivery;
  - outbound delivery attempts by result: the relay queue;
- - FTP transfers and octets: the FTP data connection.
+ - FTP transfers and octets: the FTP data connection; SFTP's at each
+   file's CLOSE;
+ - octets in and out per listener: a counting wrapper around each
+   listener's outermost protocol (L{count_bytes});
+ - SMTP refusals by reason (relay denied, unknown user, quota, DMARC,
+   syntax, too big): the SMTP reply, by its enhanced status code.
 
 What is a reading of the present, not a count, is read when Prometheus
 asks (a custom collector): the outbound queue's length and its oldest
@@ -33,8 +38,9 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.internet import protocol
 from twisted.web import resource
 
 
@@ -63,6 +69,16 @@ class HubMetrics:
         self.relay_attempts = Counter("mailhub_relay_attempts", "Outbound delivery attempts per recipient, by result (delivered, deferred, bounced).", ["result"], registry=registry)
         self.ftp_transfers = Counter("mailhub_ftp_transfers", "FTP data transfers completed, by direction (download, upload, listing).", ["direction"], registry=registry)
         self.ftp_octets = Counter("mailhub_ftp_octets", "Octets moved over FTP data connections, by direction.", ["direction"], registry=registry)
+        self.sftp_transfers = Counter("mailhub_sftp_transfers", "SFTP files closed after a transfer, by direction (download, upload).", ["direction"], registry=registry)
+        self.sftp_octets = Counter("mailhub_sftp_octets", "Octets of files read or written over SFTP, by direction.", ["direction"], registry=registry)
+        self.rejections = Counter(
+            "mailhub_rejections",
+            "SMTP commands refused for good (5xx), by reason: relay_denied, unknown_user, quota, dmarc, syntax, too_big, policy.",
+            ["listener", "reason"],
+            registry=registry,
+        )
+        #: Octets on the wire per listener (L{count_bytes}), read when scraped.
+        self.bytes: dict[str, ByteCounts] = {}
         registry.register(_Readings(hub))
 
     _FTP_DIRECTION = {"RETR": "download", "STOR": "upload", "APPE": "upload", "STOU": "upload"}
@@ -72,6 +88,24 @@ class HubMetrics:
         direction = self._FTP_DIRECTION.get(verb.upper(), "listing")
         self.ftp_transfers.labels(direction).inc()
         self.ftp_octets.labels(direction).inc(max(0, int(octets)))
+
+    def sftp_transfer(self, direction: str, octets: int) -> None:
+        """One SFTP file closed: C{direction} is download or upload."""
+        self.sftp_transfers.labels(direction).inc()
+        self.sftp_octets.labels(direction).inc(max(0, int(octets)))
+
+    def smtp_refused(self, listener: str, code: int, text: str) -> None:
+        """An SMTP 5xx reply: counted by its reason when it has one of ours."""
+        reason = rejection_reason(code, text)
+        if reason is not None:
+            self.rejections.labels(listener, reason).inc()
+
+    def listener_bytes(self, name: str) -> "ByteCounts":
+        """The octet counts of listener C{name} (made on first use)."""
+        counts = self.bytes.get(name)
+        if counts is None:
+            counts = self.bytes[name] = ByteCounts()
+        return counts
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (version 0.0.4)."""
@@ -85,6 +119,109 @@ class HubMetrics:
             return result
 
         return d.addCallback(done)
+
+
+# Enhanced status codes (RFC 3463) of a refusal, and the reason they mean.
+_REASONS = {
+    "5.1.1": "unknown_user",
+    "5.2.2": "quota",
+    "5.2.3": "quota",
+    "5.3.4": "too_big",
+    "5.5.2": "syntax",
+    "5.5.4": "syntax",
+    "5.1.3": "syntax",
+    "5.1.7": "syntax",
+    "5.6.7": "syntax",
+}
+
+
+def rejection_reason(code: int, text: str) -> str | None:
+    """
+    Why an SMTP reply refused, as a metrics label, from its enhanced status
+    code (and for C{5.7.1}, its words); L{None} for a reply that is not a
+    refusal of ours (a 5xx for a wrong sequence, a failed AUTH...).
+    """
+    if not 500 <= code < 600:
+        return None
+    status = text.split(" ", 1)[0]
+    if status == "5.7.1":
+        if "Relay" in text:
+            return "relay_denied"
+        if "DMARC" in text:
+            return "dmarc"
+        return "policy"
+    return _REASONS.get(status)
+
+
+class ByteCounts:
+    """Octets received from and sent to the clients of one listener."""
+
+    __slots__ = ("received", "sent")
+
+    def __init__(self):
+        self.received = 0
+        self.sent = 0
+
+
+def count_bytes(protocol: Any, counts: ByteCounts) -> Any:
+    """
+    Count the octets C{protocol} (a listener's outermost protocol) receives
+    and writes, into C{counts}: plain integers, read when Prometheus
+    scrapes, so a connection costs one addition per read and per write.
+    Writes of a TLS layer started later (STARTTLS) bypass C{write} and are
+    counted once, as the plaintext the protocol wrote.
+    """
+    received = protocol.dataReceived
+    make = protocol.makeConnection
+
+    def dataReceived(data):
+        counts.received += len(data)
+        return received(data)
+
+    def makeConnection(transport):
+        write, write_sequence = transport.write, transport.writeSequence
+
+        def counted_write(data):
+            counts.sent += len(data)
+            return write(data)
+
+        def counted_sequence(iovec):
+            iovec = list(iovec)
+            counts.sent += sum(map(len, iovec))
+            return write_sequence(iovec)
+
+        try:
+            transport.write, transport.writeSequence = counted_write, counted_sequence
+        except AttributeError:  # a transport with slots: received only
+            pass
+        return make(transport)
+
+    protocol.dataReceived = dataReceived
+    protocol.makeConnection = makeConnection
+    return protocol
+
+
+class ByteCountingFactory(protocol.Factory):
+    """Wraps a listener's outermost factory: every connection's octets counted (L{count_bytes})."""
+
+    noisy = False
+
+    def __init__(self, wrapped: Any, counts: ByteCounts):
+        self.wrapped = wrapped
+        self.counts = counts
+
+    def logPrefix(self):
+        return self.wrapped.logPrefix() if hasattr(self.wrapped, "logPrefix") else self.wrapped.__class__.__name__
+
+    def doStart(self):
+        self.wrapped.doStart()
+
+    def doStop(self):
+        self.wrapped.doStop()
+
+    def buildProtocol(self, addr):
+        built = self.wrapped.buildProtocol(addr)
+        return count_bytes(built, self.counts) if built is not None else None
 
 
 class _Readings:
@@ -115,6 +252,11 @@ class _Readings:
         except OSError:
             free.add_metric([], 0)
         yield free
+        octets = CounterMetricFamily("mailhub_listener_octets", "Octets on the wire per listener and direction (received, sent; TLS listeners: encrypted).", labels=["listener", "direction"])
+        for name, counts in sorted(getattr(hub.metrics, "bytes", {}).items()):
+            octets.add_metric([name, "received"], counts.received)
+            octets.add_metric([name, "sent"], counts.sent)
+        yield octets
         bound = GaugeMetricFamily("mailhub_listener_up", "1 when the listener is bound, per listener.", labels=["listener"])
         for name, *_ in hub._listeners:
             bound.add_metric([name], 1 if name in hub.listening else 0)

@@ -618,6 +618,9 @@ class SFTPServer(protocol.Protocol):
             request += f" [{handle.bytes} bytes read]"
 
         def closed(_):
+            metrics = getattr(self, "metrics", None)
+            if metrics is not None and isinstance(handle, (ReadHandle, WriteHandle)):
+                metrics.sftp_transfer("upload" if isinstance(handle, WriteHandle) else "download", handle.bytes)
             self._status(rid, FX_OK)
             return "OK" + (" (on disk: fsync done)" if isinstance(handle, WriteHandle) else "")
 

@@ -302,12 +302,14 @@ class SFTPUser(avatar.ConchUser):
     def start_sftp(self, chan: SFTPSessionChannel) -> SFTPServer:
         transport_ = chan.conn.transport
         observer = getattr(transport_, "sftp_observer", None)
-        return SFTPServer(
+        server = SFTPServer(
             self.shell,
             observer=observer,
             max_packet=self.settings.max_packet,
             max_handles=self.settings.max_handles,
         )
+        server.metrics = getattr(self.settings.hub, "metrics", None)
+        return server
 
 
 class SSHClientPortal(ClientPortal):

@@ -235,6 +235,10 @@ class MailhubSMTP(smtp.ESMTP):
         One reply, possibly multi-line (C{more} are the lines after the
         first), written in one piece.
         """
+        if code >= 500:  # refusals by reason, for /metrics
+            metrics = getattr(self.hub, "metrics", None)
+            if metrics is not None:
+                metrics.smtp_refused(self.listener, code, text)
         lines = (text,) + more
         out = [f"{code}-{line}\r\n" for line in lines[:-1]]
         out.append(f"{code} {lines[-1]}\r\n")
