@@ -14,9 +14,11 @@ C{mailhub-admin}: the hub's administration from the command line.
     C{mailhub-queue} and C{python -m twisted_mailhub.queue}).
   - C{dkim show|make}: the DKIM keys and the DNS records to publish (see
     L{twisted_mailhub.mailauth}).
-  - C{check [HUB OPTIONS]}: what a start with those options would refuse:
-    options, accounts files, the TLS certificate, listeners that cannot
-    bind; one line each, exit status 1 if any.
+  - C{check [--no-dns] [HUB OPTIONS]}: what a start with those options
+    would refuse: options, accounts files, the TLS certificate, listeners
+    that cannot bind; and the local domains' DNS records (MX, SPF, DKIM
+    keys, DMARC; L{twisted_mailhub.dnscheck}) with C{--dns-server} when
+    given; one line each, exit status 1 if any.
 
 Exit status: 0 done, 1 failed (the reason on stderr), 2 usage error.
 """
@@ -247,10 +249,11 @@ def tell_hub(pidfile: str) -> str:
 # -- check ---------------------------------------------------------------------------
 
 
-def check(hub_args: list[str]) -> list[str]:
+def check(hub_args: list[str], dns: bool = True) -> list[str]:
     """
     What a C{twistd mailhub} start with C{hub_args} would refuse, one line
-    each; C{[]} when it would start.
+    each, and (C{dns}) what the local domains' DNS records would make fail
+    (L{twisted_mailhub.dnscheck}); C{[]} when all is well.
     """
     from twisted.python import usage
 
@@ -263,6 +266,7 @@ def check(hub_args: list[str]) -> list[str]:
         options.parseOptions(hub_args)
     except usage.UsageError as e:
         return [f"options: {e}"]
+    accounts = None
     try:
         accounts, extra = tap._accounts_and_checkers(options)
     except (ValueError, usage.UsageError) as e:
@@ -278,6 +282,14 @@ def check(hub_args: list[str]) -> list[str]:
         except Exception as e:  # unreadable file, bad PEM, key not matching
             problems.append(f"TLS: --tls-cert {options['tls-cert']}: {_why(e)}")
     problems.extend(_unbindable(options, cannot_listen_line, with_backlog))
+    if dns:
+        # The local domains' MX, SPF, DKIM and DMARC records (dnscheck.py),
+        # asked of --dns-server when given, as the hub itself would.
+        from twisted_mailhub.dnscheck import check_domains
+        from twisted_mailhub.hub import default_hostname
+
+        domains = list(options.get("domains") or []) + (list(accounts.domains) if accounts is not None else [])
+        problems.extend(check_domains(domains, options.get("dns-server"), options.get("hostname") or default_hostname(), os.path.abspath(options["data"])))
     return problems
 
 
@@ -373,9 +385,16 @@ def main(argv: list[str] | None = None) -> int:
         return dkim_main(argv[1:])
     if argv[:1] == ["check"]:
         if argv[1:2] in (["-h"], ["--help"]):
-            print("usage: mailhub-admin check [twistd mailhub options...]\n\nPrints what a start with these options would refuse (options, accounts, TLS certificate, ports), one line each; exit status 1 if anything.")
+            print(
+                "usage: mailhub-admin check [--no-dns] [twistd mailhub options...]\n\n"
+                "Prints what a start with these options would refuse (options, accounts, TLS certificate, ports) "
+                "and what the local domains' DNS records would make fail (MX, SPF, the DKIM keys in DATA/dkim, DMARC; "
+                "asked of --dns-server HOST:PORT when given), one line each; exit status 1 if anything. "
+                "--no-dns leaves out the DNS questions."
+            )
             return 0
-        problems = check(argv[1:])
+        rest = [a for a in argv[1:] if a != "--no-dns"]
+        problems = check(rest, dns=len(rest) == len(argv) - 1)
         for line in problems:
             print(line, file=sys.stderr)
         if not problems:
