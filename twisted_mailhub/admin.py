@@ -8,8 +8,12 @@ C{mailhub-admin}: the hub's administration from the command line.
     the hub with C{--auth file:PATH}); passwords are stored as scrypt hashes
     unless C{--plain}; the file is rewritten atomically (a temporary file
     in the same folder, fsynced, renamed) with mode 0600 and the old file's
-    owner, then a running hub is told to read it again (SIGHUP to the pid
-    in its pidfile), so the change works at once without a restart.
+    owner, then a running hub is told to read it again (through its
+    control socket, C{control.sock} beside the accounts file in DATA; else
+    SIGHUP to the pid in its pidfile), so the change works at once without
+    a restart.
+  - C{reload}, C{status} C{[--data DIR]}: ask the running hub through its
+    control socket C{DATA/control.sock} (L{twisted_mailhub.control}).
   - C{queue list|flush|remove ID}: the outbound queue (the same command as
     C{mailhub-queue} and C{python -m twisted_mailhub.queue}).
   - C{dkim show|make}: the DKIM keys and the DNS records to publish (see
@@ -225,11 +229,23 @@ def user_list(args) -> str:
 # -- telling the hub -------------------------------------------------------------
 
 
-def tell_hub(pidfile: str) -> str:
+def tell_hub(pidfile: str, control: str | None = None) -> str:
     """
-    SIGHUP to the hub whose pid is in C{pidfile}: it reads its accounts
-    files and certificate again. Says what happened, in one line.
+    Tell a running hub to read its accounts files and certificate again:
+    through its control socket C{control} when one answers there
+    (L{twisted_mailhub.control}: the hub says what it reloaded), else by
+    SIGHUP to the pid in C{pidfile}. Says what happened, in one line.
     """
+    if control:
+        from twisted_mailhub.control import ask
+
+        try:
+            answer = ask(control, "reload")
+        except (OSError, ValueError) as e:
+            answer = None
+            print(f"mailhub-admin: {control}: {getattr(e, 'strerror', None) or e}; trying the pidfile", file=sys.stderr)
+        if answer is not None and answer.get("ok"):
+            return "the hub (control socket) says: " + "; ".join(answer.get("said") or ["nothing to reload"])
     try:
         with open(pidfile) as f:
             pid = int(f.read().strip())
@@ -350,7 +366,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "add":
             p.add_argument("--quota", default=None, help="the account's own storage quota (e.g. 500M)")
         if name != "list":
-            p.add_argument("--pidfile", default="twistd.pid", help="the running hub's pidfile, told to reload by SIGHUP (default: ./twistd.pid)")
+            p.add_argument("--control-socket", default=None, help="the running hub's control socket, told to reload (default: control.sock beside the accounts file, i.e. in DATA)")
+            p.add_argument("--pidfile", default="twistd.pid", help="without a control socket: the running hub's pidfile, told to reload by SIGHUP (default: ./twistd.pid)")
             p.add_argument("--no-reload", action="store_true", help="do not signal a running hub")
 
     key = user_commands.add_parser("key", help="authorize an OpenSSH public key for an account's SFTP logins")
@@ -364,6 +381,8 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("db", help="the PostgreSQL tables: upgrade (create or migrate) or version, with --dsn DSN", add_help=False)
     commands.add_parser("migrate", help="copy a data folder into PostgreSQL: --from DATA --to postgresql:DSN (UIDs, flags, UIDLs kept)", add_help=False)
+    commands.add_parser("reload", help="tell the hub at --data DIR to read its accounts and certificate again (control socket)", add_help=False)
+    commands.add_parser("status", help="the hub at --data DIR: pid, uptime, listeners, connections (control socket)", add_help=False)
     commands.add_parser("dkim", help="DKIM keys and the DNS TXT records to publish: show, or make (missing keys first)", add_help=False)
     check_command = commands.add_parser("check", help="check hub options, accounts, certificate and ports without starting", add_help=False)
     check_command.add_argument("hub_args", nargs=argparse.REMAINDER, help="the options given to twistd mailhub")
@@ -379,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         from twisted_mailhub.queue.admin import main as queue_main
 
         return queue_main(argv[1:])
+    if argv[:1] in (["reload"], ["status"]):
+        return hub_command(argv[0], argv[1:])
     if argv[:1] == ["dkim"]:
         from twisted_mailhub.mailauth import main as dkim_main
 
@@ -433,7 +454,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mailhub-admin: {getattr(e, 'filename', None) or args.accounts}: {e.strerror or e}", file=sys.stderr)
         return 1
     if args.user_command not in ("list", "key") and not args.no_reload:
-        print(tell_hub(args.pidfile))
+        control = args.control_socket or os.path.join(os.path.dirname(os.path.abspath(args.accounts)), "control.sock")
+        print(tell_hub(args.pidfile, control))
+    return 0
+
+
+def hub_command(command: str, argv: list[str]) -> int:
+    """C{mailhub-admin reload|status [--data DIR]}: through the control socket."""
+    from twisted_mailhub.control import ask, socket_path
+
+    parser = argparse.ArgumentParser(prog=f"mailhub-admin {command}", description=f"{command} a running hub through DATA/control.sock")
+    parser.add_argument("--data", default="mailhub-data", help="the hub's data folder (default: ./mailhub-data)")
+    args = parser.parse_args(argv)
+    path = socket_path(args.data)
+    try:
+        answer = ask(path, command)
+    except (OSError, ValueError) as e:
+        print(f"mailhub-admin: {path}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        return 1
+    if answer is None:
+        print(f"mailhub-admin: no hub answers at {path} (is it running with --data {args.data}?)", file=sys.stderr)
+        return 1
+    if not answer.get("ok"):
+        print(f"mailhub-admin: {answer.get('error')}", file=sys.stderr)
+        return 1
+    if command == "reload":
+        print("\n".join(answer.get("said") or ["nothing to reload"]))
+    else:
+        print(f"pid {answer['pid']}, up {answer['uptime']:.0f} s, {answer['accounts']} accounts, {answer['connections_open']} connections open, {answer['queue']} queued")
+        for name, port in answer["listeners"].items():
+            print(f"  {name}\t{port}")
     return 0
 
 

@@ -335,31 +335,36 @@ class Hub:
 
     # -- SIGHUP ------------------------------------------------------------
 
-    def reload(self) -> None:
+    def reload(self) -> list[str]:
         """
-        Read the accounts files and the TLS certificate again (on SIGHUP).
-        Sessions are untouched: an added account can log in at once, a
-        removed one cannot log in again. A file that cannot be read keeps
-        what is in use and logs why.
+        Read the accounts files and the TLS certificate again (on SIGHUP, or
+        C{reload} on the control socket). Sessions are untouched: an added
+        account can log in at once, a removed one cannot log in again. A
+        file that cannot be read keeps what is in use and logs why.
+
+        @return: the lines logged, one per thing reloaded (or kept).
         """
+        said: list[str] = []
         if self.load_accounts is not None:
             try:
                 fresh = self.load_accounts()
             except (OSError, ValueError) as e:
-                log.error("accounts not reloaded, keeping the {count} in use: {why}", count=len(self.accounts), why=str(e))
+                said.append(f"accounts not reloaded, keeping the {len(self.accounts)} in use: {e}")
+                log.error("{line}", line=said[-1])
             else:
                 added, removed = self.accounts.replace_with(fresh)
-                log.info(
-                    "accounts reloaded: {count} accounts (+{added} -{removed})",
-                    count=len(self.accounts), added=added, removed=removed,
-                )
+                said.append(f"accounts reloaded: {len(self.accounts)} accounts (+{added} -{removed})")
+                log.info("{line}", line=said[-1])
         if self._tls is not None:
             try:
                 self._tls.replace(self._load_tls())
             except Exception as e:  # any unreadable or mismatched PEM
-                log.error("TLS certificate not reloaded, keeping the one in use: {why}", why=str(e) or e.__class__.__name__)
+                said.append(f"TLS certificate not reloaded, keeping the one in use: {str(e) or e.__class__.__name__}")
+                log.error("{line}", line=said[-1])
             else:
-                log.info("TLS certificate reloaded")
+                said.append("TLS certificate reloaded")
+                log.info("{line}", line=said[-1])
+        return said
 
     # -- per connection ----------------------------------------------------
 

@@ -27,3 +27,5 @@ web = ModuleComponent("web", "twisted_mailhub.web", order=60)
 api = ModuleComponent("api", "twisted_mailhub.web.api", order=61)
 # SFTP over SSH (twisted.conch) on the FTP file system
 sftp = ModuleComponent("sftp", "twisted_mailhub.sftp.component", order=70)
+# DATA/control.sock for mailhub-admin (reload, status): no listener option
+control = ModuleComponent("control", "twisted_mailhub.control", order=90)

@@ -1,0 +1,166 @@
+# -*- test-case-name: tests.test_control -*-
+"""
+The control socket (issue 14): C{DATA/control.sock}, a UNIX socket of mode
+0600 through which C{mailhub-admin} asks a running hub to reload or to say
+how it is, instead of a signal through a pidfile (which needs the right
+pidfile, and says nothing back).
+
+Protocol: one command per line, one JSON object per answer line.
+
+ ==========  ===============================================================
+ command     answer
+ ==========  ===============================================================
+ C{reload}   C{{"ok": true, "said": [lines]}}: what L{Hub.reload} did (the
+             accounts files and the certificate read again; sessions stay)
+ C{status}   C{{"ok": true, "pid", "uptime", "listeners": {name: port},
+             "connections_open", "accounts", "queue"}}
+ other       C{{"ok": false, "error": "..."}}
+ ==========  ===============================================================
+
+Only the user the hub runs as (and root) can connect: the socket's mode is
+0600 and it lives in the data folder. A lock file beside it
+(C{control.sock.lock}, Twisted's C{wantPID}) tells a stale socket of a dead
+hub from a live one: a second hub on the same data folder logs that the
+socket is taken and goes on without one. Under C{--workers} only the
+supervisor has one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import endpoints, protocol
+from twisted.logger import Logger
+from twisted.protocols import basic
+
+log = Logger()
+
+SOCKET_NAME = "control.sock"
+
+listeners: list = []
+
+
+def socket_path(data_dir: str) -> str:
+    """Where a hub with data folder C{data_dir} listens for control commands."""
+    return os.path.join(data_dir, SOCKET_NAME)
+
+
+class ControlProtocol(basic.LineReceiver):
+    """One C{mailhub-admin} connection."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1024
+
+    def lineReceived(self, line: bytes) -> None:
+        command = line.strip().decode("ascii", "replace").lower()
+        hub = self.factory.hub
+        if command == "reload":
+            answer = {"ok": True, "said": hub.reload()}
+        elif command == "status":
+            answer = {"ok": True, **status(hub, self.factory.started)}
+        else:
+            answer = {"ok": False, "error": "unknown command; known: reload, status"}
+        self.sendLine(json.dumps(answer, sort_keys=True).encode("utf-8"))
+
+    def lineLengthExceeded(self, line):
+        self.transport.loseConnection()
+
+
+def status(hub: Any, started: float) -> dict:
+    """What C{status} answers: the hub at a glance."""
+    relay = getattr(hub, "relay", None)
+    metrics = getattr(hub, "metrics", None)
+    open_now = 0
+    if metrics is not None:
+        for metric in metrics.open.collect():
+            open_now = int(sum(s.value for s in metric.samples))
+    return {
+        "pid": os.getpid(),
+        "uptime": round(time.monotonic() - started, 3),
+        "listeners": {name: getattr(address, "port", 0) for name, address in sorted(hub.listening.items())},
+        "connections_open": open_now,
+        "accounts": len(hub.accounts),
+        "queue": len(getattr(relay, "entries", {}) or {}) if relay is not None else 0,
+    }
+
+
+class ControlFactory(protocol.Factory):
+    protocol = ControlProtocol
+    noisy = False
+
+    def __init__(self, hub: Any):
+        self.hub = hub
+        self.started = time.monotonic()
+
+
+class ControlService(service.Service):
+    """Listens on C{DATA/control.sock} while the hub runs."""
+
+    def __init__(self, hub: Any):
+        self.hub = hub
+        self.port: Any = None
+
+    def startService(self):
+        service.Service.startService(self)
+        if getattr(self.hub, "worker", None) is not None:
+            return  # a worker: the supervisor answers
+        path = socket_path(self.hub.data_dir)
+        endpoint = endpoints.UNIXServerEndpoint(self.hub.reactor, path, mode=0o600, wantPID=True)
+        d = endpoint.listen(ControlFactory(self.hub))
+
+        def listening(port):
+            self.port = port
+            os.chmod(path, 0o600)  # whatever the umask was
+            log.info("control socket {path} (mailhub-admin reload, status)", path=path)
+
+        def taken(reason):
+            log.warn("no control socket: {path}: {why}", path=path, why=getattr(reason.value, "strerror", None) or reason.getErrorMessage())
+
+        d.addCallbacks(listening, taken)
+
+    def stopService(self):
+        service.Service.stopService(self)
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
+def install(hub: Any) -> None:
+    hub.add_service(ControlService(hub))
+
+
+def ask(data_dir_or_path: str, command: str, timeout: float = 10.0) -> dict | None:
+    """
+    Send C{command} to the hub listening at C{data_dir_or_path} (its data
+    folder, or the socket itself) and return its answer; L{None} when no
+    hub listens there (no socket, or a stale one).
+
+    @raise OSError: the socket exists but cannot be used (permissions).
+    """
+    import socket
+
+    path = data_dir_or_path if data_dir_or_path.endswith(".sock") else socket_path(data_dir_or_path)
+    if not os.path.exists(path):
+        return None
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return None
+        s.sendall(command.encode("ascii") + b"\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    finally:
+        s.close()
+    return json.loads(reply) if reply.strip() else None
