@@ -915,7 +915,11 @@ class SFTPServer(protocol.Protocol):
         except ftp.FTPCmdError as e:
             raise _error_for(failure.Failure(e), shown)
         except OSError as e:
-            raise SFTPError(FX_NO_SUCH_FILE if e.errno == 2 else FX_FAILURE, f"{shown}: {e.strerror}")
+            from twisted_mailhub.ftp.vfs import error_words
+
+            if e.errno == 2:
+                raise SFTPError(FX_NO_SUCH_FILE, f"{shown}: no such file or directory")
+            raise SFTPError(FX_FAILURE, f"{shown}: {error_words(e)}")
         flag = (1 if st.f_flag & os.ST_RDONLY else 0) | (2 if st.f_flag & os.ST_NOSUID else 0)
         payload = struct.pack(
             ">I11Q", rid, st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail,
