@@ -21,8 +21,9 @@ Only the user the hub runs as (and root) can connect: the socket's mode is
 0600 and it lives in the data folder. A lock file beside it
 (C{control.sock.lock}, Twisted's C{wantPID}) tells a stale socket of a dead
 hub from a live one: a second hub on the same data folder logs that the
-socket is taken and goes on without one. Under C{--workers} only the
-supervisor has one.
+socket is taken and goes on without one. Under C{--workers} there is
+none yet: C{mailhub-admin} then falls back to SIGHUP through the pidfile,
+which the supervisor passes on to every worker.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class ControlService(service.Service):
     def startService(self):
         service.Service.startService(self)
         if getattr(self.hub, "worker", None) is not None:
-            return  # a worker: the supervisor answers
+            return  # a worker: SIGHUP through the supervisor (module docstring)
         path = socket_path(self.hub.data_dir)
         endpoint = endpoints.UNIXServerEndpoint(self.hub.reactor, path, mode=0o600, wantPID=True)
         d = endpoint.listen(ControlFactory(self.hub))
