@@ -76,8 +76,23 @@ def rsa_sign(hash: Any, private_key: dict) -> bytes:
     return _openssl_key(private_key).sign(hash.digest(), padding.PKCS1v15(), utils.Prehashed(algorithm()))
 
 
-# dkimpy calls the name it imported into its package at signing time.
+_PARSED: dict[bytes, dict] = {}
+_pure_parse = dkim.crypto.parse_pem_private_key
+
+
+def parse_private_key(pem: bytes) -> dict:
+    """dkimpy's PEM parse (pure-Python ASN.1, 0.2 ms), once per key."""
+    parsed = _PARSED.get(pem)
+    if parsed is None:
+        if len(_PARSED) > 64:
+            _PARSED.clear()
+        parsed = _PARSED[pem] = _pure_parse(pem)
+    return parsed
+
+
+# dkimpy calls the names it imported into its package at signing time.
 dkim.RSASSA_PKCS1_v1_5_sign = rsa_sign
+dkim.parse_pem_private_key = parse_private_key
 
 # RFC 6376 §5.4.1's recommended set, plus what DMARC and threads rely on.
 # A header named twice in h= and present once is "oversigned": nobody can
