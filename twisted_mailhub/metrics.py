@@ -16,8 +16,8 @@ count at the one place each fact is known:
  - outbound delivery attempts by result: the relay queue;
  - FTP transfers and octets: the FTP data connection; SFTP's at each
    file's CLOSE;
- - octets in and out per listener: a counting wrapper around each
-   listener's outermost protocol (L{count_bytes});
+ - octets in and out per listener: counted at each connection's socket
+   (L{count_bytes});
  - SMTP refusals by reason (relay denied, unknown user, quota, DMARC,
    syntax, too big): the SMTP reply, by its enhanced status code.
 
@@ -163,40 +163,49 @@ class ByteCounts:
         self.sent = 0
 
 
+class _CountingSocket:
+    """
+    A connection's socket that counts what C{send} and C{recv} move: every
+    octet on the wire passes here once, whoever writes (Twisted's
+    transport, or a reply sent at once by L{twisted_mailhub.lines.send_now}),
+    TLS or not. Everything else is the socket's own.
+    """
+
+    __slots__ = ("_socket", "_counts")
+
+    def __init__(self, sock: Any, counts: "ByteCounts"):
+        self._socket = sock
+        self._counts = counts
+
+    def send(self, data, *flags):
+        sent = self._socket.send(data, *flags)
+        self._counts.sent += sent
+        return sent
+
+    def recv(self, size, *flags):
+        data = self._socket.recv(size, *flags)
+        self._counts.received += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._socket, name)
+
+
 def count_bytes(protocol: Any, counts: ByteCounts) -> Any:
     """
-    Count the octets C{protocol} (a listener's outermost protocol) receives
-    and writes, into C{counts}: plain integers, read when Prometheus
-    scrapes, so a connection costs one addition per read and per write.
-    Writes of a TLS layer started later (STARTTLS) bypass C{write} and are
-    counted once, as the plaintext the protocol wrote.
+    Count the octets of C{protocol}'s connection (a listener's outermost
+    protocol) into C{counts}, at its socket (L{_CountingSocket}): plain
+    integers read when Prometheus scrapes, one addition per system call.
+    A transport without a socket (a test's) is not counted.
     """
-    received = protocol.dataReceived
     make = protocol.makeConnection
 
-    def dataReceived(data):
-        counts.received += len(data)
-        return received(data)
-
     def makeConnection(transport):
-        write, write_sequence = transport.write, transport.writeSequence
-
-        def counted_write(data):
-            counts.sent += len(data)
-            return write(data)
-
-        def counted_sequence(iovec):
-            iovec = list(iovec)
-            counts.sent += sum(map(len, iovec))
-            return write_sequence(iovec)
-
-        try:
-            transport.write, transport.writeSequence = counted_write, counted_sequence
-        except AttributeError:  # a transport with slots: received only
-            pass
+        sock = getattr(transport, "socket", None)
+        if sock is not None and hasattr(sock, "send") and hasattr(sock, "recv"):
+            transport.socket = _CountingSocket(sock, counts)
         return make(transport)
 
-    protocol.dataReceived = dataReceived
     protocol.makeConnection = makeConnection
     return protocol
 
@@ -252,7 +261,7 @@ class _Readings:
         except OSError:
             free.add_metric([], 0)
         yield free
-        octets = CounterMetricFamily("mailhub_listener_octets", "Octets on the wire per listener and direction (received, sent; TLS listeners: encrypted).", labels=["listener", "direction"])
+        octets = CounterMetricFamily("mailhub_listener_octets", "Octets on the wire per listener and direction (received, sent), at the socket: TLS octets encrypted.", labels=["listener", "direction"])
         for name, counts in sorted(getattr(hub.metrics, "bytes", {}).items()):
             octets.add_metric([name, "received"], counts.received)
             octets.add_metric([name, "sent"], counts.sent)
