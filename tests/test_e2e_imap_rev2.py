@@ -46,6 +46,22 @@ def test_rev2_session_sees_no_recent_flag_or_response(hub):
     r.close()
 
 
+def test_rev2_select_returns_a_list_response_with_the_mailbox_name(hub):
+    # RFC 9051 §6.3.2: SELECT and EXAMINE MUST return LIST with the name.
+    r = rev2_login(hub)
+    r.cmd(b"c", "CREATE Café".encode())
+    assert b'* LIST () "/" "INBOX"' in r.cmd(b"s", b"SELECT inbox")
+    assert '* LIST () "/" "Café"'.encode() in r.cmd(b"x", "EXAMINE Café".encode())
+    r.close()
+
+
+def test_rev2_status_recent_refusal_does_not_offer_recent(hub):
+    r = rev2_login(hub)
+    bad = r.cmd(b"t", b"STATUS INBOX (RECENT)")[-1]
+    assert bad.startswith(b"t BAD unknown STATUS item") and b"RECENT" not in bad.split(b"use", 1)[1], bad
+    r.close()
+
+
 def test_rev1_session_still_gets_recent(hub):
     r = raw_login(hub)
     raw_append(r, b"INBOX", PLAIN)

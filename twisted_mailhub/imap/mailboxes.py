@@ -116,6 +116,10 @@ class MailboxCommands:
             lines.append(b"* OK [UNSEEN %d] first unseen\r\n" % first_unseen)
         lines.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uid_validity)
         lines.append(b"* OK [UIDNEXT %d] predicted next UID\r\n" % folder.uid_next)
+        if self.rev2:
+            # RFC 9051 §6.3.2: SELECT/EXAMINE MUST return a LIST response
+            # with the mailbox name (its attributes MAY be left out).
+            lines.append(b'* LIST () "' + DELIMITER.encode() + b'" ' + self.name_to_wire(folder.name) + b"\r\n")
         if has_modseqs(folder):
             lines.append(b"* OK [HIGHESTMODSEQ %d] modseqs are kept\r\n" % folder.highest_modseq)
             if condstore:
@@ -268,7 +272,8 @@ class MailboxCommands:
         """
         for key in keys:
             if key not in STATUS_ITEMS or (key == b"RECENT" and self.rev2):
-                raise imap4.IllegalClientResponse("unknown STATUS item " + shown(key, 30) + ": use " + " ".join(k.decode() for k in STATUS_ITEMS))
+                known = [k.decode() for k in STATUS_ITEMS if not (k == b"RECENT" and self.rev2)]
+                raise imap4.IllegalClientResponse("unknown STATUS item " + shown(key, 30) + ": use " + " ".join(known))
 
     def status_response(self, folder, keys: list[bytes]) -> bytes:
         """C{STATUS name (item value ...)} for STATUS and LIST-STATUS (RFC 5819)."""
