@@ -56,6 +56,16 @@ class ServerTests(unittest.TestCase):
         self.assertNotIn(b"+ ", out)
         self.assertIn(b"a OK LOGIN succeeded", out)
 
+    def test_refused_commands_literal_plus_octets_are_skipped_not_run(self):
+        # RFC 7888 §4: the octets of {n+} are the command's data even when
+        # the command is refused before reading them (wrong state, unknown).
+        server, transport = self.connect()
+        out = self.talk(server, transport, b"b APPEND INBOX {10+}\r\nx NOOP\r\nab\r\nc FOO {4+}\r\nab\r\n (\\Seen) {8+}\r\ny NOOP\r\n\r\n")
+        self.assertEqual(out, b"b BAD APPEND not allowed now: log in first\r\nc BAD unknown command FOO: try CAPABILITY\r\n")
+        server, transport = self.logged_in(select=False)
+        out = self.talk(server, transport, b"e FETCH 1 {10+}\r\nz NOOP\r\nab\r\nf NOOP\r\n")
+        self.assertEqual(out, b"e BAD FETCH not allowed now: select a mailbox first\r\nf OK NOOP completed\r\n")
+
     def test_quoted_password_with_escapes(self):
         server, transport = self.connect()
         out = self.talk(server, transport, b'a login "quote" "se\\"c\\\\ret"\r\n')

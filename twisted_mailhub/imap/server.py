@@ -94,6 +94,22 @@ IDLE_POLL = 0.5  # seconds between cheap looks at new/ and cur/ while IDLE
 _NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
 
 
+class _DiscardedLiteral:
+    """The octets of a refused command's non-synchronizing literal, read and dropped."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def write(self, data: bytes) -> bytes | None:
+        """Drops up to the octets left; returns what follows them once all are read."""
+        if len(data) < self.left:
+            self.left -= len(data)
+            return None
+        rest = data[self.left :]
+        self.left = 0
+        return rest
+
+
 class IMAPServer(
     FetchCommands, SearchCommands, SortCommands, ListCommands, AppendCommands, SessionModes, SearchResults, Utf8Session, MailboxCommands, ChangeCommands, CondStoreCommands, ExtensionCommands, QuotaCommands, imap4.IMAP4Server
 ):
@@ -282,6 +298,19 @@ class IMAPServer(
             self.resetTimeout()
             self.parse_idle(line)
             return
+        if self.parseState == "discard":
+            # the rest of a refused command's line, after a skipped literal
+            self._pendingLiteral = None
+            self.parseState = "command"
+            m = _LITERAL.search(line)
+            size = _LITERAL_SIZE.match(m.group(1)) if m else None
+            if size and size.group(2):
+                if int(size.group(1)) > self.hub.max_message_size:
+                    self.sendLine(b"* BYE literal of %d octets is over the limit of %d" % (int(size.group(1)), self.hub.max_message_size))
+                    self.transport.loseConnection()
+                    return
+                self._discard_literal(int(size.group(1)))
+            return
         if self.parseState == "pending" and isinstance(self._pendingLiteral, defer.Deferred) and line.strip() == b"*":
             # RFC 3501 §6.2.2: "*" cancels an AUTHENTICATE exchange.
             self._pendingLiteral = None
@@ -330,8 +359,21 @@ class IMAPServer(
                 imap4.IMAP4Server.lineReceived(self, line[: m.start()] + b"{%d}" % n)
             finally:
                 self._nonsync = False
+            if self.parseState == "command" and not self.blocked:
+                # The command was refused before it took its literal (wrong
+                # state, unknown command, bad argument): the octets are on
+                # their way all the same and are its data, never commands
+                # (RFC 7888 §4), so they and the rest of its line are skipped.
+                self._discard_literal(n)
             return False
         return True
+
+    def _discard_literal(self, n: int) -> None:
+        """Skip the C{n} octets of a refused command's LITERAL+, then the rest of its line."""
+        self.parseState = "discard"
+        if n:
+            self._pendingLiteral = _DiscardedLiteral(n)
+            self.setRawMode()
 
     def _abandon_command(self, state: bytes | None, message: bytes | None) -> None:
         self.parseState = "command"
