@@ -10,7 +10,9 @@ Also the cold first login + STAT: the server restarted, its index kept.
     python3 bench/pop3_retr.py --stock-nagle   # also stock Twisted as shipped (slow!)
     python3 bench/pop3_retr.py --messages 2000
 
-The client is a raw socket: one RETR, then read to the terminating dot,
+Reported per server: the rates, and its CPU time per RETR (user + system,
+its whole process tree), which moves far less than the rates when other
+processes load the machine. The client is a raw socket: one RETR, then read to the terminating dot,
 then the next ("sequential"); and a second pass keeping 16 RETRs in flight
 ("pipelined", RFC 2449 PIPELINING). Every reply is checked: its
 X-Bench-Id header must name the message asked for and its body must be
@@ -37,6 +39,7 @@ sys.path.insert(0, ROOT)
 
 from bench.dovecot import Dovecot  # noqa: E402
 from bench.dovecot import available as dovecot_available  # noqa: E402
+from bench.smtp_pop3 import cpu_seconds  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 STOCK_SERVER = r'''
@@ -146,7 +149,13 @@ def check(n: int, first: bytes, body: bytes, stock: bool = False) -> None:
         raise SystemExit(f"RETR {n}: body differs")
 
 
-def run(port: int, messages: int, retrs: int, window: int, stock: bool = False) -> dict[str, float]:
+def run(port: int, messages: int, retrs: int, window: int, stock: bool = False, pid: int | None = None) -> dict[str, float]:
+    """
+    One session: login, STAT, UIDL, C{retrs} RETRs one at a time, then
+    (C{window} > 1) again with C{window} in flight, QUIT. With C{pid}, the
+    server's CPU time per RETR (its whole process tree: Dovecot runs a
+    process per session) over both RETR passes.
+    """
     out: dict[str, float] = {}
     c = Client(port)
     c.cmd(b"USER bob")
@@ -168,6 +177,7 @@ def run(port: int, messages: int, retrs: int, window: int, stock: bool = False) 
         raise SystemExit(f"UIDL lists {uids} messages, expected {messages}")
     # Message numbers follow the order the server lists them; the bench ids
     # were written in that order (file names sort by it).
+    cpu = cpu_seconds(pid, True) if pid else 0.0
     t = time.perf_counter()
     for n in range(1, retrs + 1):
         first = c.cmd(b"RETR %d" % n)
@@ -186,6 +196,8 @@ def run(port: int, messages: int, retrs: int, window: int, stock: bool = False) 
                 c.sock.sendall(b"RETR %d\r\n" % sent)
                 sent += 1
         out["pipelined/s"] = retrs / (time.perf_counter() - t)
+    if pid:
+        out["cpu us/RETR"] = (cpu_seconds(pid, True) - cpu) / (retrs * (2 if window > 1 else 1)) * 1e6
     t = time.perf_counter()
     c.cmd(b"QUIT")
     out["quit s"] = time.perf_counter() - t
@@ -221,7 +233,7 @@ def start_stock(maildir: str, nodelay: bool):
 
 
 def show(name: str, result: dict[str, float]) -> None:
-    parts = [f"{k} {v:,.0f}" if k.endswith("/s") else f"{k} {v:.3f}" for k, v in result.items()]
+    parts = [f"{k} {v:,.0f}" if k.endswith("/s") or k.startswith("cpu") else f"{k} {v:.3f}" for k, v in result.items()]
     print(f"{name:<24} " + "  ".join(parts), flush=True)
 
 
@@ -244,10 +256,10 @@ def main() -> None:
         fill(hub.maildir("bob@localhost"), args.messages)
         hub.start()
         try:
-            show("mailhub (first login)", run(hub.ports["pop3"], args.messages, args.messages, args.window))
+            show("mailhub (first login)", run(hub.ports["pop3"], args.messages, args.messages, args.window, pid=hub.pid))
             # QUIT marked every message seen (renamed into cur/): a second
             # session reads the same maildrop in its steady state.
-            show("mailhub (again)", run(hub.ports["pop3"], args.messages, args.messages, args.window))
+            show("mailhub (again)", run(hub.ports["pop3"], args.messages, args.messages, args.window, pid=hub.pid))
             for _ in range(3):
                 hub.restart()
                 show("mailhub (cold restart)", login_stat(hub.ports["pop3"], b"bob", b"hungry", args.messages))
@@ -259,8 +271,8 @@ def main() -> None:
             fill(os.path.join(work, "dovecot"), args.messages)
             dovecot = Dovecot(os.path.join(work, "dovecot"), "bob", "hungry").start()
             try:
-                show("dovecot (first login)", run(dovecot.ports["pop3"], args.messages, args.messages, args.window))
-                show("dovecot (again)", run(dovecot.ports["pop3"], args.messages, args.messages, args.window))
+                show("dovecot (first login)", run(dovecot.ports["pop3"], args.messages, args.messages, args.window, pid=dovecot.pid))
+                show("dovecot (again)", run(dovecot.ports["pop3"], args.messages, args.messages, args.window, pid=dovecot.pid))
                 for _ in range(3):
                     dovecot.restart()
                     show("dovecot (cold restart)", login_stat(dovecot.ports["pop3"], b"bob", b"hungry", args.messages))

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import io
+import os
 import re
 
 from twisted.internet import task
@@ -433,6 +434,44 @@ class TransactionTests(POP3TestCase):
             proto.resumeProducing()
         self.assertGreater(rounds, 2)  # it really went out in pieces
         self.assertEqual(t.value(), b"+OK %d octets\r\n" % len(body) + pop3.stuff(body) + b".\r\n+OK\r\n")
+
+
+class MaildirRetrTests(POP3TestCase):
+    """RETR from a Maildir: the message file read directly, whatever another program does to it."""
+
+    def setUp(self):
+        POP3TestCase.setUp(self)
+        import tempfile
+
+        from twisted_mailhub.store.maildir import MaildirStore
+
+        root = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, root, True)
+        self.store = MaildirStore(root)
+        self.hub.store = self.store
+        pop3.install(self.hub)
+        self.maildir = self.store.account_path("bob@localhost")
+        for sub in ("tmp", "new", "cur"):
+            os.makedirs(os.path.join(self.maildir, sub), exist_ok=True)
+
+    def drop_in(self, name, data):
+        with open(os.path.join(self.maildir, "new", name), "wb") as f:
+            f.write(data)
+
+    def test_retr_reads_the_file_as_it_is_when_another_program_renamed_or_removed_it(self):
+        self.drop_in("1700000000.M1P1.host,S=20", b"Subject: a\r\n\r\n.one\r\n")
+        self.drop_in("1700000001.M1P1.host,S=20", b"Subject: b\r\n\r\ntwo\r\n")
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"+OK 20 octets\r\nSubject: a\r\n\r\n..one\r\n.\r\n")
+        # Another program marks it seen (new/ -> cur/ with :2,S): still there.
+        os.rename(
+            os.path.join(self.maildir, "new", "1700000000.M1P1.host,S=20"),
+            os.path.join(self.maildir, "cur", "1700000000.M1P1.host,S=20:2,S"),
+        )
+        self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"+OK 20 octets\r\nSubject: a\r\n\r\n..one\r\n.\r\n")
+        os.unlink(os.path.join(self.maildir, "new", "1700000001.M1P1.host,S=20"))
+        self.assertEqual(self.say(proto, t, b"retr 2\r\n"), b"-ERR [SYS/TEMP] message 2 was removed by another session\r\n")
+        self.assertEqual(self.say(proto, t, b"stat\r\n"), b"+OK 2 40\r\n")
 
 
 class StuffingTests(SynchronousTestCase):

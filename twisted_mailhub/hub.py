@@ -206,8 +206,19 @@ class TrustedNetworks:
 
     def __init__(self, spec: str):
         self.networks = [ipaddress.ip_network(n.strip(), strict=False) for n in spec.split(",") if n.strip()]
+        # Answers by host string: asked per message (sender checks) and
+        # per login, for the same few clients.
+        self._known: dict[str, bool] = {}
 
     def __contains__(self, host: str) -> bool:
+        known = self._known.get(host)
+        if known is None:
+            if len(self._known) >= 4096:
+                self._known.clear()
+            known = self._known[host] = self._lookup(host)
+        return known
+
+    def _lookup(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:

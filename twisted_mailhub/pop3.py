@@ -140,11 +140,50 @@ class Maildrop:
         self.address = address
         # The store's index only: opening a maildrop reads no message.
         self.infos = list(folder.messages())
-        self.uidls = [uidl_of(info.key) for info in self.infos]
+        self._uidls: list[str] | None = None
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
         self.count = len(self.infos)
         self.octets = sum(info.size for info in self.infos)
+
+    @property
+    def uidls(self) -> list[str]:
+        """Each message's UIDL, made at the first UIDL (the login needs none)."""
+        if self._uidls is None:
+            self._uidls = [uidl_of(info.key) for info in self.infos]
+        return self._uidls
+
+    def read(self, i: int) -> bytes:
+        """
+        The whole message C{i} (0-based): from its file with one read when
+        the store keeps it in a file (no file object), else from the store.
+        Raises L{NoSuchMessage} or C{FileNotFoundError} when it is gone.
+        """
+        self.check(i)
+        info = self.infos[i]
+        path = self.folder.path(info.uid)
+        if path is None:
+            return self.folder.read(info.uid)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            # Renamed by another program since the store last looked: the
+            # store finds it again (or says it is gone).
+            return self.folder.read(info.uid)
+        try:
+            data = os.read(fd, info.size + 1)
+            if len(data) > info.size:
+                # Longer than the index says (changed by hand): all of it.
+                parts = [data]
+                while True:
+                    more = os.read(fd, 1 << 20)
+                    if not more:
+                        break
+                    parts.append(more)
+                data = b"".join(parts)
+        finally:
+            os.close(fd)
+        return data
 
     def check(self, index: int) -> None:
         if not 0 <= index < len(self.infos):
@@ -878,8 +917,11 @@ class MailhubPOP3(_pop3.POP3):
         try:
             return self.mbox.getMessage(i)
         except (NoSuchMessage, FileNotFoundError):
-            self.reply_err(f"[SYS/TEMP] message {i + 1} was removed by another session")
+            self._gone(i)
             return None
+
+    def _gone(self, i: int) -> None:
+        self.reply_err(f"[SYS/TEMP] message {i + 1} was removed by another session")
 
     def pop_RETR(self, args: bytes) -> defer.Deferred | None:
         i = self._number("RETR", args)
@@ -887,12 +929,25 @@ class MailhubPOP3(_pop3.POP3):
             return
         drop = self.mbox
         size = drop.infos[i].size
+        if size <= self.one_write_limit:
+            # The common case: one read, one write (the reply line, the
+            # byte-stuffed message and the terminator).
+            try:
+                data = drop.read(i)
+            except (NoSuchMessage, FileNotFoundError):
+                return self._gone(i)
+            drop.retrieved.add(i)
+            if not self.utf8:
+                data = downgrade(data)
+            body = stuff(data)
+            self.write(b"+OK %d octets\r\n" % len(data) + body + terminator(body[-1:]))
+            return None
         f = self._open(i)
         if f is None:
             return
         drop.retrieved.add(i)
         head = b"+OK %d octets\r\n" % size
-        if not self.utf8 and size > self.one_write_limit:
+        if not self.utf8:
             start = f.read(65536)
             f.seek(0)
             m = _HEADER_END.search(start)

@@ -290,7 +290,16 @@ async def _run_filters(filters, hook: str, *args) -> Any:
 
 
 def run_filters(filters, hook: str, *args) -> defer.Deferred:
+    if not has_hook(filters, hook):
+        # Nothing to ask (most filters only look at the end of data): no
+        # coroutine per command.
+        return defer.succeed(args[-1] if hook == "end_of_data" else None)
     return defer.Deferred.fromCoroutine(_run_filters(filters, hook, *args))
+
+
+def has_hook(filters, hook: str) -> bool:
+    """Whether any of C{filters} implements C{hook} (C{mail_from}, C{rcpt_to}, C{end_of_data})."""
+    return any(getattr(f, hook, None) is not None for f in filters)
 
 
 def envelope_of(sender: str, recipients, session: Session) -> Envelope:

@@ -67,6 +67,7 @@ from twisted_mailhub.smtp.delivery import (
     Session,
     deliver,
     envelope_of,
+    has_hook,
     run_filters,
 )
 from twisted_mailhub.filters import Reject
@@ -169,6 +170,9 @@ class MailhubSMTP(smtp.ESMTP):
         self.smtputf8 = False
         self.account = None
         self.connection_id = "smtp"
+        # Whether a delivery filter looks at MAIL / RCPT (most only look
+        # at the message): if none does, those commands ask nobody.
+        self._mail_filters = self._rcpt_filters = False
 
     # -- connection ---------------------------------------------------------
 
@@ -179,6 +183,8 @@ class MailhubSMTP(smtp.ESMTP):
         self.ctx = None  # STARTTLS takes hub.tls when asked (made lazily)
         self.policy = RecipientPolicy(hub)
         self.client_ip = peer_host(self.transport)
+        self._mail_filters = has_hook(hub.filters, "mail_from")
+        self._rcpt_filters = has_hook(hub.filters, "rcpt_to")
         self.callLater = hub.reactor.callLater
         self.lines = LineEngine(
             self,
@@ -565,7 +571,7 @@ class MailhubSMTP(smtp.ESMTP):
                 return self.reply(555, f"5.5.4 Unsupported option: {quote(key, 32, ascii=True)}")
         if path and "@" not in path:
             path = self.policy.qualify(path)
-        if self.hub.filters:
+        if self._mail_filters:
             envelope = envelope_of(path, (), self._session())
             d = run_filters(self.hub.filters, "mail_from", envelope)
             return d.addCallback(self._mail_filtered, path, utf8)
@@ -612,7 +618,7 @@ class MailhubSMTP(smtp.ESMTP):
                     verdict = second
         if not verdict.accepted:
             return self.reply(verdict.code, verdict.text)
-        if self.hub.filters:
+        if self._rcpt_filters:
             envelope = envelope_of(self.sender, [r.address for r in self.recipients], self._session())
             d = run_filters(self.hub.filters, "rcpt_to", envelope, verdict.recipient)
             return d.addCallback(self._rcpt_filtered, verdict)
