@@ -549,6 +549,8 @@ class LineEngine:
                     # The common case, inline: a complete line within limits.
                     buf, pos = self._buf, self._pos
                     i = buf.find(b"\n", pos)
+                    if i < 0 and pos >= len(buf):
+                        break  # all handled: nothing to frame
                     if i < 0 or i - pos > self.max_line:
                         line = self._next_line()
                         if line is None:

@@ -138,19 +138,32 @@ class Maildrop:
     def __init__(self, folder: Any, address: str):
         self.folder = folder
         self.address = address
-        # The store's index only: opening a maildrop reads no message.
-        self.infos = list(folder.messages())
+        # The store's index only: opening a maildrop reads no message. A
+        # store that lists its messages as columns (C{listing()}: UIDs,
+        # sizes, keys) makes no object per message for a login.
+        listing = getattr(folder, "listing", None)
+        if listing is not None:
+            self.uids, self.sizes, self._keys = listing()
+        else:
+            infos = folder.messages()
+            self.uids = [info.uid for info in infos]
+            self.sizes = [info.size for info in infos]
+            self._keys = [info.key for info in infos]
         self._uidls: list[str] | None = None
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
-        self.count = len(self.infos)
-        self.octets = sum(info.size for info in self.infos)
+        self.count = len(self.uids)
+        self.octets = sum(self.sizes)
+
+    def __len__(self) -> int:
+        """Messages in the maildrop as taken at login, deleted ones too."""
+        return len(self.uids)
 
     @property
     def uidls(self) -> list[str]:
         """Each message's UIDL, made at the first UIDL (the login needs none)."""
         if self._uidls is None:
-            self._uidls = [uidl_of(info.key) for info in self.infos]
+            self._uidls = [uidl_of(key) for key in self._keys]
         return self._uidls
 
     def read(self, i: int) -> bytes:
@@ -160,19 +173,19 @@ class Maildrop:
         Raises L{NoSuchMessage} or C{FileNotFoundError} when it is gone.
         """
         self.check(i)
-        info = self.infos[i]
-        path = self.folder.path(info.uid)
+        uid, size = self.uids[i], self.sizes[i]
+        path = self.folder.path(uid)
         if path is None:
-            return self.folder.read(info.uid)
+            return self.folder.read(uid)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             # Renamed by another program since the store last looked: the
             # store finds it again (or says it is gone).
-            return self.folder.read(info.uid)
+            return self.folder.read(uid)
         try:
-            data = os.read(fd, info.size + 1)
-            if len(data) > info.size:
+            data = os.read(fd, size + 1)
+            if len(data) > size:
                 # Longer than the index says (changed by hand): all of it.
                 parts = [data]
                 while True:
@@ -186,20 +199,20 @@ class Maildrop:
         return data
 
     def check(self, index: int) -> None:
-        if not 0 <= index < len(self.infos):
+        if not 0 <= index < len(self.uids):
             raise ValueError(f"no message {index + 1}")
 
     # -- IMailbox --------------------------------------------------------
 
     def listMessages(self, i: int | None = None):
         if i is None:
-            return [0 if n in self.deleted else info.size for n, info in enumerate(self.infos)]
+            return [0 if n in self.deleted else size for n, size in enumerate(self.sizes)]
         self.check(i)
-        return 0 if i in self.deleted else self.infos[i].size
+        return 0 if i in self.deleted else self.sizes[i]
 
     def getMessage(self, i: int):
         self.check(i)
-        return self.folder.open(self.infos[i].uid)
+        return self.folder.open(self.uids[i])
 
     def getUidl(self, i: int) -> bytes:
         self.check(i)
@@ -210,12 +223,12 @@ class Maildrop:
         if i not in self.deleted:
             self.deleted.add(i)
             self.count -= 1
-            self.octets -= self.infos[i].size
+            self.octets -= self.sizes[i]
 
     def undeleteMessages(self) -> None:
         self.deleted.clear()
-        self.count = len(self.infos)
-        self.octets = sum(info.size for info in self.infos)
+        self.count = len(self.uids)
+        self.octets = sum(self.sizes)
 
     def sync(self) -> list[int]:
         """
@@ -223,7 +236,7 @@ class Maildrop:
         one batch (never clearing it), then expunge what was deleted.
         Returns the indexes that could not be removed.
         """
-        seen = [self.infos[i].uid for i in sorted(self.retrieved - self.deleted)]
+        seen = [self.uids[i] for i in sorted(self.retrieved - self.deleted)]
         if seen:
             try:
                 self.folder.set_flags(seen, [SEEN], "add", origin=self)
@@ -231,7 +244,7 @@ class Maildrop:
                 log.failure("POP3 could not mark retrieved messages seen in {address}", address=self.address)
         if not self.deleted:
             return []
-        uids = {self.infos[i].uid: i for i in self.deleted}
+        uids = {self.uids[i]: i for i in self.deleted}
         try:
             gone = set(self.folder.expunge(sorted(uids), origin=self))
         except (OSError, StoreError):
@@ -875,9 +888,9 @@ class MailhubPOP3(_pop3.POP3):
         except ValueError:
             number = 0
         drop = self.mbox
-        if not 1 <= number <= len(drop.infos):
+        if not 1 <= number <= len(drop):
             shown = quote(words[0], 20, ascii=True)
-            self.reply_err(f"no message {shown} (the maildrop has {messages(len(drop.infos))}){control_note(words[0])}")
+            self.reply_err(f"no message {shown} (the maildrop has {messages(len(drop))}){control_note(words[0])}")
             return None
         if not deleted_ok and number - 1 in drop.deleted:
             self.reply_err(f"message {number} already deleted")
@@ -892,11 +905,11 @@ class MailhubPOP3(_pop3.POP3):
         if args:
             i = self._number("LIST", args)
             if i is not None:
-                self.reply_ok(b"%d %d" % (i + 1, drop.infos[i].size))
+                self.reply_ok(b"%d %d" % (i + 1, drop.sizes[i]))
             return
         lines = [b"+OK %s (%d octets)\r\n" % (messages(drop.count).encode(), drop.octets)]
         deleted = drop.deleted
-        lines.extend(b"%d %d\r\n" % (n, info.size) for n, info in enumerate(drop.infos, 1) if n - 1 not in deleted)
+        lines.extend(b"%d %d\r\n" % (n, size) for n, size in enumerate(drop.sizes, 1) if n - 1 not in deleted)
         lines.append(b".\r\n")
         self.write(b"".join(lines))
 
@@ -928,7 +941,7 @@ class MailhubPOP3(_pop3.POP3):
         if i is None:
             return
         drop = self.mbox
-        size = drop.infos[i].size
+        size = drop.sizes[i]
         if size <= self.one_write_limit:
             # The common case: one read, one write (the reply line, the
             # byte-stuffed message and the terminator).
