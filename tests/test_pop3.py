@@ -474,6 +474,22 @@ class MaildirRetrTests(POP3TestCase):
         self.assertEqual(self.say(proto, t, b"stat\r\n"), b"+OK 2 40\r\n")
 
 
+    def test_a_session_on_a_maildir_never_asks_for_the_list_of_message_objects(self):
+        self.drop_in("1700000000.M1P1.host,S=5", b"one\r\n")
+        self.drop_in("1700000001.M1P1.host,S=5", b"two\r\n")
+        inbox = self.store.account("bob@localhost").folder(INBOX)
+        asked = []
+        real = inbox.messages
+        inbox.messages = lambda: asked.append(1) or real()
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"stat\r\nlist 2\r\nretr 2\r\n"), b"+OK 2 10\r\n+OK 2 5\r\n+OK 5 octets\r\ntwo\r\n.\r\n")
+        self.assertEqual(
+            self.say(proto, t, b"uidl\r\n"),
+            b"+OK unique-id listing follows\r\n1 1700000000.M1P1.host,S=5\r\n2 1700000001.M1P1.host,S=5\r\n.\r\n",
+        )
+        self.assertEqual(asked, [])
+
+
 class StuffingTests(SynchronousTestCase):
     def test_chunked_stuffing_equals_whole(self):
         message = b".a\r\n\r\n.b\r\nc\rd\r\n" * 50 + b"bare\nlf\n.x\n" + b"end"

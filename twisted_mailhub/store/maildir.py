@@ -1072,6 +1072,17 @@ class MaildirFolder:
         self._scan()
         return self._table.all_infos()
 
+    def listing(self) -> tuple[array, array, list[str]]:
+        """
+        What a POP3 login needs (RFC 1939 §5 STAT, LIST, UIDL), as columns,
+        without a L{MessageInfo} per message: (the UIDs ascending, their
+        sizes in octets, their keys), new sequences the caller may keep.
+        Picks up changes first, as L{messages} does.
+        """
+        self._scan()
+        table = self._table
+        return array("I", table.uids), array("Q", table.sizes), list(table.names)
+
     def selection(self) -> tuple[array, int, frozenset[str]]:
         """
         What an IMAP SELECT tells (RFC 3501 §6.3.1), without a walk in
