@@ -9,14 +9,18 @@ core) the process C{twistd} starts becomes a supervisor:
    does (same errors, same exit status, C{--uid/--gid} after binding), and
    never accepts on them itself.
  - It starts N worker processes (C{python -m twisted_mailhub.workers}
-   with the same hub options), handing each the bound sockets as inherited
+   with the same hub options), handing each its bound sockets as inherited
    file descriptors (C{spawnProcess} C{childFDs}); each worker adopts them
-   (C{reactor.adoptStreamPort}) and the kernel spreads new connections
-   over the processes accepting on them. Passing the bound sockets rather
-   than C{SO_REUSEPORT}: the ports are bound once, with privileges, by the
-   one process that reports bind errors; C{tcp:0} gives every worker the
-   same port; and no other program can slip in a listener of its own on
-   the same port (C{SO_REUSEPORT} admits any process of the same user).
+   (C{reactor.adoptStreamPort}). Both ways the brief offered, each for
+   what it is good at: the sockets are bound in this one process (with
+   privileges, before C{--uid}; one place reports a bind error; C{tcp:0}
+   gives every worker the same port), and a TCP listener is bound once
+   per worker in one C{SO_REUSEPORT} group (L{WorkersService._same_port})
+   so that the kernel spreads new connections evenly over the workers.
+   One socket shared by all workers was tried first: whichever worker woke
+   first took most of a burst of clients (32 at once: 3 to 1). While a
+   worker is being restarted, the connections the kernel gives its
+   socket wait in its backlog (the supervisor keeps it open).
  - It logs C{mailhub ready {ports}} once every worker is ready; a worker's
    log lines come to it over a pipe and are logged with C{worker N} as
    their system.
@@ -67,6 +71,8 @@ FIRST_FD = 4
 # Listeners served by worker 0 alone: the web face keeps browser sessions
 # in memory (a login must find its session on the next request).
 ONE_WORKER_LISTENERS = frozenset({"web", "webs"})
+WATCH_CHECK = 0.25  # seconds between worker 0's looks at whether a console is open
+_LINE_KINDS = frozenset({"C", "S"})
 STOP_GRACE = 10.0  # seconds a worker has to stop before SIGKILL
 RESTART_DELAY = 1.0
 QUICK_DEATH = 5.0
@@ -155,18 +161,36 @@ class WorkersService(service.Service):
         self.cwd = cwd
         self.workers: dict[int, _WorkerProcess] = {}
         self.generations: dict[int, int] = {}  # index -> how many times restarted
-        self.fds: dict[str, int] = {}
+        self.fds: dict[str, list[int]] = {}  # listener -> its socket for each worker (or one for all)
+        self.sockets: list[socket.socket] = []
         self.was_ready = False
         self.stopping = False
         self.failed = False
         self._previous_sighup: Any = None
 
     def privilegedStartService(self) -> None:
+        from twisted.internet import tcp
+
         hub_service = self.hub_service
-        hub_service._bind()
+        reuse_port = getattr(socket, "SO_REUSEPORT", None)
+        original = tcp.Port.createInternetSocket
+
+        def reusable(port):
+            made = original(port)
+            if reuse_port is not None:
+                made.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
+            return made
+
+        tcp.Port.createInternetSocket = reusable
+        try:
+            hub_service._bind()
+        finally:
+            tcp.Port.createInternetSocket = original
         for name, port in hub_service.bound.items():
             port.stopReading()  # the workers accept; this process never does
-            self.fds[name] = port.fileno()
+            self.fds[name] = [port.fileno()]
+            if reuse_port is not None and isinstance(port, tcp.Port) and name not in ONE_WORKER_LISTENERS:
+                self.fds[name] += [self._same_port(port, name).fileno() for _ in range(self.count - 1)]
         run_as = getattr(self.hub, "run_as", None)
         self.hub.tls  # the certificate is made once, here, before any worker
         if run_as is not None and os.geteuid() == 0:
@@ -174,6 +198,31 @@ class WorkersService(service.Service):
 
             give_data_to(self.hub.data_dir, *run_as)
         service.Service.privilegedStartService(self)
+
+    def _same_port(self, port: Any, name: str) -> socket.socket:
+        """
+        One more listening socket on C{port}'s address, in its
+        C{SO_REUSEPORT} group: the kernel spreads new connections evenly
+        over the group's sockets, one per worker.
+        """
+        made = socket.socket(port.addressFamily, socket.SOCK_STREAM)
+        try:
+            made.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            made.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if port.addressFamily == socket.AF_INET6:
+                v6only = port.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+                made.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+            made.bind(port.socket.getsockname())
+            made.listen(port.backlog)
+            made.setblocking(False)  # (adoptStreamPort expects it)
+        except OSError as e:
+            made.close()
+            from twisted_mailhub.hub import ListenFailed, cannot_listen_line
+
+            log.critical("{line}", line=cannot_listen_line(name, f"the port of {name} again, for a worker", e))
+            raise ListenFailed(name)
+        self.sockets.append(made)
+        return made
 
     def startService(self) -> None:
         if not self.fds and not self.hub_service._bound:
@@ -203,10 +252,10 @@ class WorkersService(service.Service):
         reactor = self.hub.reactor
         child_fds: dict[int, Any] = {0: "w", 1: "r", 2: "r", 3: "r"}
         inherited = {}
-        for offset, (name, fd) in enumerate(sorted(self.fds.items())):
+        for offset, (name, fds) in enumerate(sorted(self.fds.items())):
             if index and name in ONE_WORKER_LISTENERS:
                 continue
-            child_fds[FIRST_FD + offset] = fd
+            child_fds[FIRST_FD + offset] = fds[index % len(fds)]
             inherited[name] = FIRST_FD + offset
         env = dict(os.environ)
         generation = self.generations[index] = self.generations.get(index, -1) + 1
@@ -315,6 +364,9 @@ class WorkersService(service.Service):
             for port in self.hub_service.ports:
                 port.stopListening()
             self.hub_service.ports = []
+            for made in self.sockets:
+                made.close()
+            self.sockets = []
 
         return d.addBoth(done)
 
@@ -333,18 +385,34 @@ def _exit_status_on_shutdown(status: int) -> None:
 
 
 class _BusOut:
-    """A worker's lines to the supervisor (descriptor 3): from any thread."""
+    """
+    A worker's lines to the supervisor (descriptor 3), from any thread:
+    gathered and written once per reactor turn (a busy worker logs a line
+    per delivery; one write for many keeps the supervisor's share small).
+    """
 
     def __init__(self, fd: int = 3):
         self.fd = fd
         self.lock = threading.Lock()
         self.broken = False
+        self.waiting: list[bytes] = []
+        self.reactor: Any = None  # set once the worker's reactor is made
 
     def send(self, kind: bytes, body: bytes = b"") -> None:
         if self.broken:
             return
-        data = kind + body + b"\n"
         with self.lock:
+            self.waiting.append(kind + body + b"\n")
+            first = len(self.waiting) == 1
+        reactor = self.reactor
+        if reactor is None or not reactor.running:
+            self.flush()
+        elif first:
+            reactor.callFromThread(self.flush)
+
+    def flush(self) -> None:
+        with self.lock:
+            data, self.waiting = b"".join(self.waiting), []
             try:
                 view = memoryview(data)
                 while view:
@@ -409,6 +477,7 @@ class WorkerLink:
         self.count = count
         self.out = out
         self.generation = generation
+        self._changed: set[str] = set()
 
     def broadcast(self, notice: dict) -> None:
         self.out.send(b"B", json.dumps(notice, separators=(",", ":")).encode("utf-8"))
@@ -422,12 +491,24 @@ class WorkerLink:
     # -- folders ---------------------------------------------------------
 
     def folder_changed(self, directory: str) -> None:
-        self.broadcast({"k": "folder", "d": directory})
+        """
+        This worker changed a folder: the others hear of it at the end of
+        this reactor turn, once per folder however many changes it had.
+        """
+        if not self._changed:
+            self.hub.reactor.callLater(0, self._send_folders)
+        self._changed.add(directory)
 
-    def on_folder(self, notice: dict) -> None:
+    def _send_folders(self) -> None:
+        changed, self._changed = self._changed, set()
+        if changed:
+            self.broadcast({"k": "folders", "d": sorted(changed)})
+
+    def on_folders(self, notice: dict) -> None:
         from twisted_mailhub.store import shared
 
-        shared.changed_elsewhere(notice["d"])
+        for directory in notice["d"]:
+            shared.changed_elsewhere(str(directory))
 
     # -- the login throttle ---------------------------------------------------
 
@@ -497,12 +578,15 @@ class WorkerLink:
 
     def share_sessions(self) -> None:
         """
-        While the hub records sessions for its web console, every session
-        event of workers 1..N-1 is sent to worker 0 (which alone serves
+        While the hub records sessions for its web console, the session
+        events of workers 1..N-1 are sent to worker 0 (which alone serves
         the web face), in one notice per reactor turn, and kept there as
-        if they were its own: its console sees every worker's sessions.
-        The transcript log (--transcript) shows each session once: the
-        worker that has it logs it.
+        if they were its own: its console lists every worker's sessions.
+        A session's C{C:}/C{S:} lines are sent only while someone has the
+        console open (worker 0 says when: L{WATCH_CHECK}); the rest
+        (start, login, TLS, data connections, end) always. The transcript
+        log (--transcript) shows each session once: the worker that has it
+        logs it.
         """
         from twisted_mailhub import transcript
 
@@ -512,20 +596,41 @@ class WorkerLink:
         # Connection ids unique across workers (and a worker's restarts).
         first = 1 + self.index + self.count * 1_000_000 * int(self.generation)
         transcript._ids = itertools.count(first, self.count)
+        self.watched = False
         if self.index == 0:
             if transcript.log_event in events.watchers:
                 events.unsubscribe(transcript.log_event)
                 remote = self.remote
                 events.subscribe(lambda record, event: None if record.id in remote else transcript.log_event(record, event))
+            if self.web:
+                from twisted.internet import task
+
+                self._said = 0.0
+                self._watch = task.LoopingCall(self._check_watchers)
+                self._watch.clock = self.hub.reactor
+                self.hub.reactor.callWhenRunning(self._watch.start, WATCH_CHECK, now=True)
         elif self.web:
             events.subscribe(self._forward)
 
+    def _check_watchers(self) -> None:
+        events = self.hub.events
+        watched = bool(events.list_watchers or events.session_watchers)
+        now = self.hub.reactor.seconds()
+        # Said again now and then: a worker started since must hear it.
+        if watched != self.watched or (watched and now - self._said > 2.0):
+            self.watched = watched
+            self._said = now
+            self.broadcast({"k": "watch", "on": watched})
+
+    def on_watch(self, notice: dict) -> None:
+        self.watched = bool(notice.get("on"))
+
     def _forward(self, record: Any, event: tuple) -> None:
-        if record.id in self.remote or not self.hub.events.recording:
+        _, when, kind, text = event
+        if kind in _LINE_KINDS and not self.watched or record.id in self.remote or not self.hub.events.recording:
             return
         if not self._outgoing:
             self.hub.reactor.callLater(0, self._send_sessions)
-        _, when, kind, text = event
         item = [record.id, kind, text, when]
         if kind == "start":
             item.append([record.protocol, list(record.client), list(record.server)])
@@ -562,24 +667,6 @@ class WorkerLink:
                 record.add(kind, text)
 
 
-def _one_at_a_time(port: Any) -> Any:
-    """
-    A shared listening socket accepts one connection per wake-up in each
-    worker (Twisted takes up to 100 at once, and grows that): every
-    worker is woken, and the one with the least to do takes the next
-    client, so 32 clients connecting at once are spread over the workers
-    rather than all taken by the first to wake.
-    """
-    read = port.doRead
-
-    def do_read():
-        port.numberAccepts = 1
-        return read()
-
-    port.doRead = do_read
-    return port
-
-
 def _adopt(reactor: Any, fds: dict[str, int]):
     """
     C{hub.adopt(name, endpoint, factory)} for a worker: listen on the
@@ -594,10 +681,11 @@ def _adopt(reactor: Any, fds: dict[str, int]):
             return endpoint.listen(factory)
         if isinstance(endpoint, SSL4ServerEndpoint):
             factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)
+        os.set_blocking(fd, False)  # (adoptStreamPort expects it)
         probe = socket.socket(fileno=os.dup(fd))
         address_family = probe.family
         probe.close()
-        return defer.execute(_one_at_a_time, reactor.adoptStreamPort(fd, address_family, factory))
+        return defer.execute(reactor.adoptStreamPort, fd, address_family, factory)
 
     return adopt
 
@@ -651,6 +739,9 @@ def run_worker(argv: list[str]) -> None:
     globalLogBeginner.beginLoggingTo([out.log_observer], redirectStandardIO=False, discardBuffer=True)
     from twisted.application import app
     from twisted.internet import reactor, stdio
+
+    out.reactor = reactor
+    reactor.addSystemEventTrigger("after", "shutdown", out.flush)
 
     from twisted_mailhub import tap
     from twisted_mailhub.store import shared

@@ -1206,6 +1206,23 @@ class MaildirFolder:
                 pass
 
     def set_flags(self, uids, flags, mode="replace", origin=None):
+        if self._shared:
+            # Under --workers: what other workers changed is taken first,
+            # and none of them writes the list until this change is in it.
+            with self._uidlist_lock:
+                self._take_changes_elsewhere()
+                return self._set_flags(uids, flags, mode, origin)
+        return self._set_flags(uids, flags, mode, origin)
+
+    def _take_changes_elsewhere(self) -> None:
+        """Under --workers: the UID list's news from other workers, now."""
+        flagged: list[int] = []
+        self._claim_listed([], flagged)
+        if flagged:
+            self._bump(flagged)
+            self._listeners.notify(FolderChange(flags=tuple(sorted(flagged))))
+
+    def _set_flags(self, uids, flags, mode="replace", origin=None):
         result: dict[int, frozenset[str]] = {}
         changed: list[int] = []
         keywords_changed: list[int] = []
@@ -1246,6 +1263,13 @@ class MaildirFolder:
         return result
 
     def expunge(self, uids, origin=None):
+        if self._shared:
+            with self._uidlist_lock:
+                self._take_changes_elsewhere()
+                return self._expunge(uids, origin)
+        return self._expunge(uids, origin)
+
+    def _expunge(self, uids, origin=None):
         gone = []
         at = []
         was_current = self._before_own_change()

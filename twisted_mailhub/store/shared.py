@@ -135,10 +135,12 @@ def opened(folder: Any) -> None:
 def changed_elsewhere(directory: str) -> None:
     """
     Another process changed the folder at C{directory}: if this process
-    has it open with listeners, look at it now (they hear of it at once).
+    has it open with listeners (an IDLE or a selected folder), look at
+    it now, so that they hear of it at once. A folder nobody listens to
+    is looked at when it is next used, as always.
     """
     folder = _open.get(directory)
-    if folder is None or not folder._listeners:
+    if folder is None or not getattr(folder._listeners, "_listeners", True):
         return
     try:
         folder._scan()

@@ -1,0 +1,83 @@
+# -*- test-case-name: tests.test_store_shared -*-
+"""
+One Maildir folder written by two processes (C{--workers N},
+twisted_mailhub/store/shared.py): two store objects on one directory stand
+for two workers here, each with its own index and its own lock file
+descriptor (C{flock} locks belong to an open file, so they exclude each
+other as two processes' would).
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from twisted_mailhub.store import shared
+from twisted_mailhub.store.interfaces import INBOX
+from twisted_mailhub.store.maildir import UIDLIST, MaildirStore
+
+MESSAGE = b"From: a@b\r\nSubject: hi\r\n\r\nbody\r\n"
+ADDRESS = "alice@example.org"
+
+
+class SharedFolderTests(unittest.TestCase):
+    def setUp(self):
+        self.patch(shared, "ENABLED", True)
+        self.patch(shared, "announce", None)
+        self.root = self.mktemp()
+        self.a = MaildirStore(self.root, hostname="a").account(ADDRESS).folder(INBOX)
+        self.b = MaildirStore(self.root, hostname="b").account(ADDRESS).folder(INBOX)
+
+    def listed(self):
+        with open(os.path.join(self.a.directory, UIDLIST), encoding="utf-8") as f:
+            return sorted(int(line.split(" ", 1)[0]) for line in f.read().splitlines()[1:])
+
+    @defer.inlineCallbacks
+    def test_two_workers_delivering_at_once_give_distinct_dense_uids(self):
+        keys = yield defer.gatherResults([(self.a if n % 2 else self.b).deliver(MESSAGE) for n in range(20)])
+        self.assertEqual(self.listed(), list(range(1, 21)))
+        for folder in (self.a, self.b):
+            seen = {info.key: info.uid for info in folder.messages()}
+            self.assertEqual(sorted(seen), sorted(keys))
+            self.assertEqual(sorted(seen.values()), list(range(1, 21)))
+        # Both see each message under the same UID.
+        self.assertEqual({i.key: i.uid for i in self.a.messages()}, {i.key: i.uid for i in self.b.messages()})
+
+    @defer.inlineCallbacks
+    def test_a_message_whose_line_came_before_its_file_keeps_its_uid(self):
+        yield self.a.deliver(MESSAGE)
+        # Worker b has reserved UID 2 and appended its line; its file is
+        # not in new/ yet when a looks.
+        name = "1700000000.M1P99Q1.b,S=%d" % len(MESSAGE)
+        uid = self.b._next_uid()
+        with open(os.path.join(self.b.directory, UIDLIST), "a", encoding="utf-8") as f:
+            f.write(f"{uid} {name} {len(MESSAGE)} 1700000000\n")
+        self.assertEqual([i.uid for i in self.a.messages()], [1])
+        with open(os.path.join(self.a.directory, "new", name), "wb") as f:
+            f.write(MESSAGE)
+        self.a._dir_mtimes = None  # (the same clock tick: recently_changed covers it in a hub)
+        self.assertEqual([(i.uid, i.key) for i in self.a.messages()], [(1, self.a.messages()[0].key), (uid, name)])
+        self.assertEqual(uid, 2)
+        self.assertEqual(self.listed(), [1, 2])
+
+    @defer.inlineCallbacks
+    def test_a_rewrite_keeps_the_lines_of_messages_still_being_written_elsewhere(self):
+        yield self.a.deliver(MESSAGE)
+        yield self.a.deliver(MESSAGE)
+        name = "1700000000.M1P99Q2.b,S=%d" % len(MESSAGE)
+        uid = self.b._next_uid()
+        with open(os.path.join(self.b.directory, UIDLIST), "a", encoding="utf-8") as f:
+            f.write(f"{uid} {name} {len(MESSAGE)} 1700000000\n")
+        self.a.expunge([1])
+        self.a._write_uidlist()  # (as when dead lines outnumber the messages)
+        self.assertEqual(self.listed(), [2, uid])
+
+    @defer.inlineCallbacks
+    def test_a_keyword_set_by_another_worker_is_seen(self):
+        yield self.a.deliver(MESSAGE)
+        self.assertEqual([sorted(i.flags) for i in self.b.messages()], [[]])
+        self.b.set_flags([1], ["$Work"], "add")
+        self.a._dir_mtimes = None
+        self.assertEqual([sorted(i.flags) for i in self.a.messages()], [["$Work"]])
