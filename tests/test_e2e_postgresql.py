@@ -244,3 +244,117 @@ def test_idle_on_hub_b_hears_of_flag_changes_and_expunges_made_on_hub_a_within_a
     watcher.send(b"DONE\r\n")
     assert watcher.until_tag(b"c")[-1].startswith(b"c OK")
     watcher.close()
+
+
+def test_a_database_restarted_under_load_gives_temporary_errors_then_all_works_and_nothing_acknowledged_is_lost(start_cluster, postgresql, pg_dsn):
+    hubs = start_cluster(2)
+    acked: set[str] = set()  # Subject of every message a client was told is stored
+    errors: dict[str, list[str]] = {"smtp": [], "imap": [], "pop3": []}
+    after: dict[str, int] = {"smtp": 0, "imap": 0, "pop3": 0}  # successes since the restart
+    restarted = threading.Event()
+    stop = threading.Event()
+    broken: list[BaseException] = []
+
+    def ok(kind: str, subject: str | None = None) -> None:
+        if subject is not None:
+            acked.add(subject)
+        if restarted.is_set():
+            after[kind] += 1
+
+    def smtp_client(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                with smtplib.SMTP("127.0.0.1", hubs[n % 2].ports["smtp"], timeout=30) as s:
+                    while not stop.is_set():
+                        subject = f"smtp {n}-{i}"
+                        i += 1
+                        try:
+                            s.sendmail("bob@localhost", ["alice@localhost"], MESSAGE.replace(b"lunch", subject.encode()))
+                            ok("smtp", subject)
+                        except smtplib.SMTPRecipientsRefused as e:
+                            errors["smtp"] += [f"{code} {text!r}" for code, text in e.recipients.values()]
+                        except smtplib.SMTPResponseException as e:
+                            errors["smtp"].append(f"{e.smtp_code} {e.smtp_error!r}")
+                            if e.smtp_code == 421:
+                                break
+            except smtplib.SMTPServerDisconnected:
+                errors["smtp"].append("disconnected")
+            except BaseException as e:  # reported below
+                broken.append(e)
+                return
+
+    def imap_client() -> None:
+        i = 0
+        try:
+            c = login(hubs[1])
+            while not stop.is_set():
+                subject = f"imap {i}"
+                i += 1
+                typ, data = c.append("INBOX", None, None, MESSAGE.replace(b"lunch", subject.encode()))
+                if typ == "OK":
+                    ok("imap", subject)
+                else:
+                    errors["imap"].append(data[0].decode())
+                typ, data = c.select("INBOX")
+                if typ != "OK":
+                    errors["imap"].append(data[0].decode())
+            c.logout()
+        except BaseException as e:  # reported below
+            broken.append(e)
+
+    def pop3_client() -> None:
+        try:
+            while not stop.is_set():
+                p = poplib.POP3("127.0.0.1", hubs[0].ports["pop3"], timeout=30)
+                try:
+                    p.user("alice")
+                    p.pass_("secret")
+                    p.stat()
+                    ok("pop3")
+                except poplib.error_proto as e:
+                    errors["pop3"].append(e.args[0].decode())
+                p.quit()
+        except BaseException as e:  # reported below
+            broken.append(e)
+
+    def wait_for(what, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not broken:
+            if what():
+                return True
+            time.sleep(0.02)
+        return False
+
+    clients = [threading.Thread(target=smtp_client, args=(n,)) for n in range(4)]
+    clients += [threading.Thread(target=imap_client), threading.Thread(target=pop3_client)]
+    for t in clients:
+        t.start()
+    try:
+        assert wait_for(lambda: len(acked) >= 20, 30), broken
+        postgresql.stop()
+        try:
+            assert wait_for(lambda: all(errors.values()), 20), (errors, broken, hubs[1].log[-3000:])
+        finally:
+            restarted.set()
+            postgresql.restart()
+        assert wait_for(lambda: after["smtp"] >= 20 and after["imap"] >= 2 and after["pop3"] >= 2, 30), (after, errors, broken)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(30)
+    assert not broken, (broken, hubs[1].log[-3000:])
+    # Every refusal was a temporary one (RFC 5321 4xx, RFC 5530 UNAVAILABLE,
+    # RFC 3206 SYS/TEMP), and each kind of client saw one.
+    assert errors["smtp"] and all(e[:3] in ("451", "421") for e in errors["smtp"]), errors["smtp"]
+    assert errors["imap"] and all(e.startswith("[UNAVAILABLE]") for e in errors["imap"]), errors["imap"]
+    assert errors["pop3"] and all(e.startswith("-ERR [SYS/TEMP]") for e in errors["pop3"]), errors["pop3"]
+    with psycopg.connect(pg_dsn) as conn:
+        stored = {
+            m.group(1).decode()
+            for (head,) in conn.execute("SELECT body FROM message")
+            for m in [re.search(rb"Subject: (\w+ [\d-]+)\r\n", bytes(head))]
+            if m
+        }
+    lost = acked - stored
+    assert not lost, sorted(lost)[:10]

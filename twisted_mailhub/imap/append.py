@@ -51,7 +51,7 @@ from twisted_mailhub.imap.arguments import Atom, String, arg_everything
 from twisted_mailhub.imap.condstore import uid_set_text
 from twisted_mailhub.imap.urls import BadURL, read_url
 from twisted_mailhub.imap.wire import client_text, parse_internal_date, shown
-from twisted_mailhub.store.interfaces import is_out_of_space
+from twisted_mailhub.store.interfaces import StoreUnavailable, is_out_of_space
 from twisted_mailhub.store.maildir import crlf
 
 log = Logger()
@@ -207,6 +207,10 @@ class AppendCommands:
             log.warn("APPEND not stored: insufficient system storage ({error})", error=reason.value.__cause__ or reason.value)
             why = getattr(reason.value, "reason", "not enough disk space").encode("utf-8")
             self.sendNegativeResponse(tag, b"[OVERQUOTA] APPEND failed: " + why + (b", message not stored" if len(results) == 1 else b"; nothing appended"))
+            return
+        if isinstance(reason.value, StoreUnavailable):
+            # RFC 5530 §3: the store is down for now (pgstore lane).
+            self.sendNegativeResponse(tag, b"[UNAVAILABLE] APPEND failed: the mail store cannot be reached now, " + (b"message not stored" if len(results) == 1 else b"nothing appended") + b"; try again")
             return
         log.failure("APPEND failed", reason)
         self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed: message not stored" if len(results) == 1 else b"[SERVERBUG] APPEND failed: nothing appended")

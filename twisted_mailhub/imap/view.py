@@ -167,7 +167,10 @@ class SelectedFolder:
                     fresh.append(uid)
             self._added.clear()
             if fresh:
-                self.recent.update(self.folder.take_new() if not self.readonly else self.folder.recent())
+                try:
+                    self.recent.update(self.folder.take_new() if not self.readonly else self.folder.recent())
+                except StoreUnavailable:
+                    pass  # \Recent is told at the next chance; EXISTS now
                 if any([self.note_keywords(self.folder.info(u).flags) for u in fresh]):
                     out.extend(self.flag_lines())
                 self.uids.extend(fresh)
