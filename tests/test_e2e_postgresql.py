@@ -17,7 +17,7 @@ import time
 import psycopg
 import pytest
 
-from tests.test_e2e_imap import Raw, login
+from tests.test_e2e_imap import Raw, append, login
 
 MESSAGE = b"From: Bob <bob@localhost>\r\nTo: alice@localhost\r\nSubject: lunch\r\n\r\nAt noon?\r\n"
 
@@ -358,3 +358,18 @@ def test_a_database_restarted_under_load_gives_temporary_errors_then_all_works_a
         }
     lost = acked - stored
     assert not lost, sorted(lost)[:10]
+
+
+def test_a_big_message_is_fetched_byte_exact_in_slices(start_cluster):
+    [a] = start_cluster(1)
+    big = b"Subject: big\r\n\r\n" + b"".join(b"%07d " % n + bytes(range(33, 123)) + b"\r\n" for n in range(40_000))
+    c = login(a)
+    uid = append(c, message=big)
+    c.select("INBOX", readonly=True)
+    typ, data = c.uid("FETCH", str(uid), "(RFC822.SIZE BODY.PEEK[])")
+    assert typ == "OK"
+    assert data[0][1] == big
+    assert b"RFC822.SIZE %d" % len(big) in data[0][0]
+    typ, data = c.uid("FETCH", str(uid), "(BODY.PEEK[]<100.50>)")
+    assert data[0][1] == big[100:150]
+    c.logout()

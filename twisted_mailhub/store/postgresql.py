@@ -89,8 +89,11 @@ log = Logger()
 
 # Most writes one group-commit transaction takes.
 BATCH_MOST = 256
-# Worker threads (and connections) for writes.
-WRITERS = 4
+# Worker threads (and connections) for writes: one batch being committed
+# while the next gathers. More writers make smaller batches and cost more
+# CPU per message (bench/cluster.py: 1 writer 13-14 messages per commit,
+# 2 writers 8, 4 writers 5, at about the same rate on 2 busy cores).
+WRITERS = 2
 # A writer connection idle this long (seconds) is checked before use.
 IDLE_PROBE = 1.0
 # Slice of a message read at a time by open().
