@@ -10,7 +10,10 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from tests.pgserver import free_port
+from zope.interface.verify import verifyObject
+
 from twisted_mailhub.store import pgschema
+from twisted_mailhub.store.blobs import ByteaBlobs, IMessageBlobs
 from twisted_mailhub.store.interfaces import INBOX, SEEN
 from twisted_mailhub.store.postgresql import PostgresStore, StoreUnavailable
 
@@ -119,6 +122,18 @@ class PostgresStoreTests(unittest.TestCase):
         self.assertEqual([i.uid for i in folder_b.messages()], [there, here])
 
     @defer.inlineCallbacks
+    def test_the_selection_follows_the_cache(self):
+        folder = self.store().account("alice@example.org").folder(INBOX)
+        a = yield folder.append(MESSAGE, [SEEN])
+        b = yield folder.append(MESSAGE, ["$Work"])
+        uids, first_unseen, keywords = folder.selection()
+        self.assertEqual((list(uids), first_unseen, keywords), ([a, b], b, {"$Work"}))
+        folder.set_flags([b], [SEEN, "$Home"], "replace")
+        c = yield folder.append(MESSAGE)
+        uids, first_unseen, keywords = folder.selection()
+        self.assertEqual((list(uids), first_unseen, keywords), ([a, b, c], c, {"$Home"}))
+
+    @defer.inlineCallbacks
     def test_a_walk_up_the_folder_reads_every_body_exactly(self):
         folder = self.store().account("alice@example.org").folder(INBOX)
         bodies = [MESSAGE + b"%d\r\n" % n * (n % 7 + 1) for n in range(300)]
@@ -146,6 +161,56 @@ class PostgresStoreTests(unittest.TestCase):
         self.assertEqual(messages(), 1)
         work.expunge([copied])
         self.assertEqual(messages(), 0)
+
+
+class RecordingBlobs(ByteaBlobs):
+    """The bytea blobs, noting each call: what a second backend would see."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def put(self, conn, ids, bodies):
+        self.calls.append(("put", len(bodies), sum(len(b) for b in bodies)))
+        return ByteaBlobs.put(self, conn, ids, bodies)
+
+    def get(self, conn, ids):
+        self.calls.append(("get", len(ids)))
+        return ByteaBlobs.get(self, conn, ids)
+
+    def read(self, conn, blob, offset, length):
+        self.calls.append(("read", offset, length))
+        return ByteaBlobs.read(self, conn, blob, offset, length)
+
+    def drop(self, conn, ids):
+        self.calls.append(("drop", len(ids)))
+        return ByteaBlobs.drop(self, conn, ids)
+
+
+@pytest.mark.usefixtures("_postgresql_dsn")
+class BlobInterfaceTests(unittest.TestCase):
+    def test_the_bytea_blobs_provide_the_interface(self):
+        self.assertTrue(verifyObject(IMessageBlobs, ByteaBlobs()))
+
+    @defer.inlineCallbacks
+    def test_message_bytes_go_through_the_blobs_the_store_is_given(self):
+        blobs = RecordingBlobs()
+        store = PostgresStore(self.dsn, blobs=blobs)
+        self.addCleanup(store.close)
+        yield defer.gatherResults([store.deliver("alice@example.org", MESSAGE) for _ in range(3)])
+        self.assertEqual(sum(c[1] for c in blobs.calls if c[0] == "put"), 3)
+        self.assertEqual(sum(c[2] for c in blobs.calls if c[0] == "put"), 3 * len(MESSAGE))
+        folder = store.account("alice@example.org").folder(INBOX)
+        first = folder.messages()[0].uid
+        blobs.calls.clear()
+        self.assertEqual(folder.read(first), MESSAGE)
+        self.assertEqual(blobs.calls, [("get", 1)])
+        blobs.calls.clear()
+        with folder.open(first) as f:
+            self.assertEqual(f.read(), MESSAGE)
+        self.assertEqual(blobs.calls[0], ("read", 0, len(MESSAGE)))
+        blobs.calls.clear()
+        folder.expunge([first])
+        self.assertEqual(blobs.calls, [("drop", 1)])
 
 
 class UnreachableDatabaseTests(unittest.TestCase):
