@@ -92,11 +92,16 @@ log = Logger()
 
 # Most writes one group-commit transaction takes.
 BATCH_MOST = 256
-# Worker threads (and connections) for writes: one batch being committed
-# while the next gathers. More writers make smaller batches and cost more
-# CPU per message (bench/cluster.py: 1 writer 13-14 messages per commit,
-# 2 writers 8, 4 writers 5, at about the same rate on 2 busy cores).
+# Worker threads (and connections) for writes. The second takes a batch
+# only when GATHER messages wait or the first batch is slow: more writers
+# make smaller batches and cost more CPU per message (bench/cluster.py,
+# 32 clients: 1 writer 13 messages per commit, 2 writers 7-8, 4 writers 5;
+# 2 writers with GATHER 13, and the best rate of the three on 2 busy cores).
 WRITERS = 2
+# While a batch commits, the next starts at once only when this many
+# messages wait, or when the first has taken SLOW_BATCH seconds.
+GATHER = 32
+SLOW_BATCH = 0.02
 # A writer connection idle this long (seconds) is checked before use.
 IDLE_PROBE = 1.0
 # Slice of a message read at a time by open().
@@ -277,6 +282,8 @@ class GroupCommitter:
         self.width = width
         self.pending: list[PendingWrite] = []
         self.in_flight = 0
+        self._started: dict[int, float] = {}  # batch in flight -> when it started
+        self._timer: Any = None
         self.pool = ThreadPool(0, width, "mailhub-postgresql")
         self.pool.start()
         self._local = threading.local()
@@ -293,13 +300,24 @@ class GroupCommitter:
 
     def _kick(self) -> None:
         while self.pending and self.in_flight < self.width:
+            if self.in_flight and len(self.pending) < GATHER:
+                # A batch is committing: let the next one gather behind it
+                # (fewer, bigger transactions), unless that one is slow (a
+                # big message, a busy disk).
+                wait = min(self._started.values()) + SLOW_BATCH - self.reactor.seconds()
+                if wait > 0:
+                    if self._timer is None or not self._timer.active():
+                        self._timer = self.reactor.callLater(wait, self._kick)
+                    return
             batch, self.pending = self.pending[:BATCH_MOST], self.pending[BATCH_MOST:]
             self.in_flight += 1
+            self._started[id(batch)] = self.reactor.seconds()
             d = threads.deferToThreadPool(self.reactor, self.pool, self._write_batch, batch)
             d.addBoth(self._done, batch)
 
     def _done(self, result: Any, batch: list[PendingWrite]) -> None:
         self.in_flight -= 1
+        self._started.pop(id(batch), None)
         self._kick()
         if isinstance(result, list):
             added: dict[tuple[int, int], list] = {}
@@ -451,6 +469,8 @@ class GroupCommitter:
         return result
 
     def close(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         self.pool.stop()
         for conn in self._connections:
             try:
