@@ -372,4 +372,12 @@ def test_a_big_message_is_fetched_byte_exact_in_slices(start_cluster):
     assert b"RFC822.SIZE %d" % len(big) in data[0][0]
     typ, data = c.uid("FETCH", str(uid), "(BODY.PEEK[]<100.50>)")
     assert data[0][1] == big[100:150]
+    assert b"BODY[]<100>" in data[0][0]
+    pieces = []
+    for start in range(0, len(big), 1 << 20):  # as Thunderbird takes a big message
+        typ, data = c.uid("FETCH", str(uid), "(BODY.PEEK[]<%d.%d>)" % (start, 1 << 20))
+        pieces.append(data[0][1])
+    assert b"".join(pieces) == big
+    typ, data = c.uid("FETCH", str(uid), "(BODY.PEEK[]<%d.10>)" % (len(big) + 5))
+    assert data[0][1] == b""
     c.logout()

@@ -348,7 +348,7 @@ class FetchCommands:
             return
         # BODY[] / RFC822 of a big message, with nothing that needs its
         # structure: sent in slices from folder.open(), never held whole.
-        whole = {id(i) for i in items if i.kind == b"RFC822" or (i.kind == b"SECTION" and not i.numbers and i.spec == b"" and i.partial is None)}
+        whole = {id(i) for i in items if i.kind == b"RFC822" or (i.kind == b"SECTION" and not i.numbers and i.spec == b"")}
         streamable = bool(whole) and all(i.kind in cheap or id(i) in whole for i in items)
         for seq, uid in targets:
             try:
@@ -449,8 +449,15 @@ class FetchCommands:
         for n, item in enumerate(i for i in items if id(i) in whole):
             with folder.open(uid) as f:
                 size = f.seek(0, 2)
-                f.seek(0)
-                yield head + (b" " if fields or n else b"") + (b"RFC822" if item.kind == b"RFC822" else b"BODY[]") + b" {%d}\r\n" % size
+                start = 0
+                if item.partial is not None:
+                    # BODY[]<start.length>: a client taking a big message
+                    # in pieces reads only each piece (RFC 3501 §6.4.5).
+                    start = min(item.partial[0], size)
+                    size = min(item.partial[1], size - start)
+                f.seek(start)
+                label = b"RFC822" if item.kind == b"RFC822" else (item.label if item.partial is not None else b"BODY[]")
+                yield head + (b" " if fields or n else b"") + label + b" {%d}\r\n" % size
                 head = b""
                 left = size
                 while left > 0:
