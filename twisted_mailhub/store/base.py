@@ -75,7 +75,8 @@ class Listeners:
     def __init__(self) -> None:
         self._listeners: list[Callable[[FolderChange], None]] = []
 
-    def __len__(self) -> int:
+    def count(self) -> int:
+        """How many listeners there are."""
         return len(self._listeners)
 
     def add(self, listener: Callable[[FolderChange], None]) -> None:

@@ -753,7 +753,7 @@ class PostgresFolder:
             self.gone = True
             self._drop(list(self._infos or ()))
             return
-        if row[0] - self._watermark > RELOAD_GAP and not self._listeners:
+        if row[0] - self._watermark > RELOAD_GAP and not self._listeners.count():
             # Far behind and nobody to tell: read it all again.
             self._watermark, self._announced, self._infos = row[0], set(), None
             self._load()
@@ -1323,7 +1323,7 @@ class PostgresStore:
             return
         folder = self._folders.get(mailbox_id)
         # A folder nobody listens to catches up when it is next read.
-        if folder is None or not folder._listeners:
+        if folder is None or not folder._listeners.count():
             return
         try:
             if int(what) > folder._watermark:
@@ -1336,7 +1336,7 @@ class PostgresStore:
         if on:
             # Notifications may have been missed while the connection was down.
             for folder in list(self._folders.values()):
-                if not folder._listeners:
+                if not folder._listeners.count():
                     continue
                 try:
                     folder.catch_up()
