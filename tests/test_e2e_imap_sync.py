@@ -13,7 +13,6 @@ set), where it fails: CI installs them (.ci/run).
 
 from __future__ import annotations
 
-import email
 import imaplib
 import os
 import re
@@ -353,12 +352,18 @@ folderfilter = lambda name: name in ('INBOX', 'Projects')
 """
 
 
-def test_offlineimap_syncs_both_ways_twice_without_loss_or_duplicates(hub, tmp_path):
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "compress-deflate"])
+def test_offlineimap_syncs_both_ways_twice_without_loss_or_duplicates(start_hub, tmp_path, compressed):
+    """With C{usecompression}, offlineimap speaks COMPRESS=DEFLATE (RFC 4978) too."""
+    hub = start_hub("--transcript")
     offlineimap = need("offlineimap")
     root = tmp_path / "offlineimap"
     local = MaildirSide(str(root / "INBOX"))
     config = tmp_path / "offlineimaprc"
-    config.write_text(OFFLINEIMAP_CONFIG.format(port=hub.ports["imaps"], root=root, metadata=tmp_path / "offlineimap-state", cert=hub.certificate_path))
+    config.write_text(
+        OFFLINEIMAP_CONFIG.format(port=hub.ports["imaps"], root=root, metadata=tmp_path / "offlineimap-state", cert=hub.certificate_path)
+        + f"usecompression = {'yes' if compressed else 'no'}\n"
+    )
     env = dict(os.environ, HOME=str(tmp_path))
     log = []
 
@@ -366,4 +371,6 @@ def test_offlineimap_syncs_both_ways_twice_without_loss_or_duplicates(hub, tmp_p
         log.append(run([offlineimap, "-c", str(config), "-o", "-u", "basic"], str(tmp_path), env))
 
     exercise(hub, sync, local)
+    # the session log (plain lines above the compression layer) shows it was used
+    assert (" COMPRESS DEFLATE" in hub.log) == compressed
     exercise_new_folder(hub, sync, MaildirSide(str(root / "Projects")))

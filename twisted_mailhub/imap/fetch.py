@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from twisted_mailhub.imap import contexts
 from twisted_mailhub.imap.binary import UnknownCTE, binary_field
 from twisted_mailhub.imap.condstore import has_modseqs, modseq_value, split_modifiers, uid_set_text, vanished_earlier
 from twisted_mailhub.imap.message import Part
@@ -255,6 +256,7 @@ class FetchCommands:
         view = self.selected
         try:
             query, modifiers = split_modifiers(query)
+            modifiers, partial = contexts.take_partial(modifiers)  # RFC 9394
             items = parse_fetch_items(query)
             targets = view.resolve(messages, bool(uid))
             since, vanished = self._fetch_modifiers(modifiers, bool(uid))
@@ -281,6 +283,8 @@ class FetchCommands:
                 except NoSuchMessage:
                     continue
             targets = kept
+        if partial is not None:
+            targets = contexts.window(targets, partial)
         if vanished:
             self.transport.write(vanished_earlier(view, messages))
         sets_seen = not view.readonly and any(i.sets_seen for i in items)

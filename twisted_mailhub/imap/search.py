@@ -29,8 +29,8 @@ from twisted.mail import imap4
 from twisted.mail.imap4 import IllegalClientResponse, MessageSet, parseIdList
 
 from twisted_mailhub.imap.address import searchable
-from twisted_mailhub.imap.condstore import has_modseqs, uid_set_text
-from twisted_mailhub.imap.message import quote, split_header
+from twisted_mailhub.imap.condstore import has_modseqs
+from twisted_mailhub.imap.message import split_header
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import client_text, shown
 from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, NoSuchMessage
@@ -425,11 +425,21 @@ class SearchCommands:
     """SEARCH, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
 
     def do_SEARCH(self, tag, charset, query, uid=0):
+        """
+        SEARCH (RFC 3501 §6.4.4); with RETURN (...) ESEARCH (RFC 4731) and
+        the options of L{twisted_mailhub.imap.contexts} (PARTIAL, UPDATE).
+        """
+        from twisted_mailhub.imap import contexts
+
         view = self.selected
         try:
             returns, charset, query = _search_options(charset, query)
+            options = contexts.parse_return_options(returns) if returns is not None else None
         except BadSearch as e:
             self.sendBadResponse(tag, client_text(str(e)))
+            return
+        if options is not None and options.update and self.context_tag_in_use(tag):
+            self.sendBadResponse(tag, b"a live search already has this tag: use another, or CANCELUPDATE it")
             return
         if charset is not None and not charset.strip():
             self.sendBadResponse(tag, b"SEARCH CHARSET wants a charset name, e.g. SEARCH CHARSET UTF-8 ALL")
@@ -451,6 +461,7 @@ class SearchCommands:
             return
         cache = HeaderCache.of(folder)
         found = []
+        found_uids = []
         info_of = folder.info
         recent = view.recent
         top = 0
@@ -459,15 +470,18 @@ class SearchCommands:
                 candidate = Candidate(seq, info_of(u), u in recent, folder, cache)
                 if predicate(candidate):
                     found.append(u if uid else seq)
+                    found_uids.append(u)
                     if by_modseq:
                         top = max(top, candidate.modseq())
             except (NoSuchMessage, FileNotFoundError):
                 continue
-        if returns is None:
+        if options is None:
             modseq = b" (MODSEQ %d)" % top if top else b""
             self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in found) + modseq + b"\r\n")
         else:
-            self.transport.write(_esearch(tag, bool(uid), returns, found, top) + b"\r\n")
+            self.transport.write(contexts.esearch_response(tag, bool(uid), options, found, sort=False, modseq=top))
+            if options.update:
+                self.transport.write(self.start_context(tag, bool(uid), options, predicate, None, found_uids))
         self.sendPositiveResponse(tag, b"SEARCH completed")
 
     def arg_searchkeys(self, line, _before=b""):
@@ -496,24 +510,19 @@ class SearchCommands:
     select_SEARCH = (do_SEARCH, imap4.IMAP4Server.opt_charset, arg_searchkeys)
 
 
-# -- ESEARCH (RFC 4731) ------------------------------------------------------------
-
-_RETURN_OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT")
+# -- ESEARCH (RFC 4731): the RETURN options are read in twisted_mailhub.imap.contexts -----
 
 
 def _search_options(charset: bytes | None, query: list) -> tuple[list | None, bytes | None, list]:
     """
-    (RETURN options or None, charset, keys) of a SEARCH: C{RETURN (...)}
-    comes before C{CHARSET} (RFC 4731 §3), so Twisted's C{opt_charset} has
-    not seen the charset then.
+    (RETURN option list or None, charset, keys) of a SEARCH: C{RETURN
+    (...)} comes before C{CHARSET} (RFC 4731 §3), so Twisted's
+    C{opt_charset} has not seen the charset then.
     """
     if charset is None and query and isinstance(query[0], bytes) and query[0].upper() == b"RETURN":
         if len(query) < 2 or not isinstance(query[1], list):
             raise BadSearch("RETURN wants a list of options, e.g. RETURN (MIN MAX COUNT)")
-        options = [o.upper() if isinstance(o, bytes) else b"" for o in query[1]] or [b"ALL"]
-        for option in options:
-            if option not in _RETURN_OPTIONS:
-                raise BadSearch("unknown RETURN option: use MIN, MAX, ALL or COUNT")
+        options = query[1]
         query = query[2:]
         if len(query) >= 2 and isinstance(query[0], bytes) and query[0].upper() == b"CHARSET":
             charset = query[1] if isinstance(query[1], bytes) else b""
@@ -524,19 +533,3 @@ def _search_options(charset: bytes | None, query: list) -> tuple[list | None, by
 
 def _mentions(query: list, word: bytes) -> bool:
     return any(_mentions(t, word) if isinstance(t, list) else (isinstance(t, bytes) and t.upper() == word) for t in query)
-
-
-def _esearch(tag: bytes, uid: bool, options: list, found: list[int], modseq: int) -> bytes:
-    """The ESEARCH response (RFC 4731 §3.1): nothing but COUNT when none matched."""
-    out = b"* ESEARCH (TAG " + quote(tag) + b")" + (b" UID" if uid else b"")
-    if found and b"MIN" in options:
-        out += b" MIN %d" % min(found)
-    if found and b"MAX" in options:
-        out += b" MAX %d" % max(found)
-    if b"COUNT" in options:
-        out += b" COUNT %d" % len(found)
-    if found and b"ALL" in options:
-        out += b" ALL " + uid_set_text(found)
-    if found and modseq:
-        out += b" MODSEQ %d" % modseq
-    return out

@@ -35,6 +35,9 @@ Theory of operation:
      changes.py     CLOSE, EXPUNGE, COPY, MOVE, UID
      condstore.py   ENABLE, CONDSTORE and QRESYNC (modseqs in every command)
      extensions.py  ID, NAMESPACE, and what CAPABILITY advertises
+     compress.py    COMPRESS=DEFLATE (a layer under the session)
+     contexts.py    ESEARCH/ESORT return options, PARTIAL, live searches
+     notify.py      NOTIFY: notices about other mailboxes and events
      wire.py        astrings, mailbox names, dates, flag lists, literals
 
  - Before a command runs, and before its tagged OK/NO, changes made by
@@ -49,6 +52,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import bisect
 import re
 from typing import Any, Iterator
 
@@ -62,7 +66,10 @@ from twisted.python import failure
 from twisted_mailhub.hub import is_secure
 from twisted_mailhub.imap import wire
 from twisted_mailhub.imap.changes import ChangeCommands
-from twisted_mailhub.imap import condstore, sort
+from twisted_mailhub.imap import compress, condstore, contexts, notify, sort
+from twisted_mailhub.imap.compress import CompressCommands
+from twisted_mailhub.imap.contexts import ContextCommands
+from twisted_mailhub.imap.notify import NotifyCommands
 from twisted_mailhub.imap.condstore import CondStoreCommands
 from twisted_mailhub.imap.deadlines import SessionDeadlines
 from twisted_mailhub.imap.extensions import EXTENSIONS, ExtensionCommands
@@ -111,7 +118,8 @@ class _DiscardedLiteral:
 
 
 class IMAPServer(
-    FetchCommands, SearchCommands, SortCommands, ListCommands, AppendCommands, SessionModes, SearchResults, Utf8Session, MailboxCommands, ChangeCommands, CondStoreCommands, ExtensionCommands, QuotaCommands, imap4.IMAP4Server
+    FetchCommands, SearchCommands, SortCommands, ListCommands, AppendCommands, SessionModes, SearchResults, Utf8Session, MailboxCommands, ChangeCommands, CondStoreCommands, ExtensionCommands, QuotaCommands,
+    CompressCommands, ContextCommands, NotifyCommands, imap4.IMAP4Server
 ):
     """
     One IMAP connection. C{hub} is the shared L{twisted_mailhub.hub.Hub}.
@@ -130,6 +138,7 @@ class IMAPServer(
     _idle_tag: bytes | None = None
     _idle_poll: Any = None
     _held = 0
+    _in_command = 0
     _auth_tag: bytes = b"*"
 
     def __init__(self, hub: Any, listener: str):
@@ -164,6 +173,8 @@ class IMAPServer(
         if getattr(self, "deadlines", None) is not None:
             self.deadlines.stop()
         self._end_idle()
+        self.end_contexts()
+        self.end_notify()
         self._unselect()
         imap4.IMAP4Server.connectionLost(self, reason)
 
@@ -187,8 +198,11 @@ class IMAPServer(
         if getattr(self.hub, "quotas", None) is not None:
             caps[b"QUOTA"] = None  # RFC 9208, twisted_mailhub.imap.quota
             caps[b"QUOTA=RES-STORAGE"] = None
-        for name in sort.CAPABILITIES:
+        for name in sort.CAPABILITIES + contexts.CAPABILITIES + notify.CAPABILITIES:
             caps[name] = None
+        if self.state != "unauth":
+            for name in compress.CAPABILITIES:
+                caps[name] = None  # RFC 4978: after login
         if self.modseq_offered():
             for name in condstore.CAPABILITIES:
                 caps[name] = None
@@ -424,12 +438,13 @@ class IMAPServer(
                 self.selected.poll()
             except NoSuchFolder:
                 return self._selected_folder_gone()
-            if self.selected.pending:
-                for line in self.selected.untagged(cmd.upper() not in _NO_EXPUNGE_DURING and cmd.upper() != b"UID"):
-                    self.transport.write(line)
+            self.bring_up_to_date(cmd.upper() not in _NO_EXPUNGE_DURING and cmd.upper() != b"UID")
+        elif uid is None:
+            self.write_notices()
         f = self.lookupCommand(cmd)
         if f:
             try:
+                self._in_command += 1
                 return imap4.IMAP4Server.dispatchCommand(self, tag, cmd, rest, uid)
             except (imap4.IllegalClientResponse, imap4.IllegalOperation, imap4.IllegalMailboxEncoding):
                 raise  # parse_command answers these
@@ -443,6 +458,8 @@ class IMAPServer(
                 log.failure("IMAP {command} failed", command=cmd)
                 self.sendBadResponse(tag, b"[SERVERBUG] " + cmd.upper() + b" failed; see the server log")
                 return None
+            finally:
+                self._in_command -= 1
         name = cmd.decode("ascii", "replace").upper()
         known = {state for state in ("unauth", "auth", "select") if getattr(self, f"{state}_{name}", None) is not None}
         if known:
@@ -501,16 +518,54 @@ class IMAPServer(
         self._command_failed(failure.value, tag, self._command)
 
     def _respond(self, state, tag, message):
-        if tag and tag != b"*" and state in (b"OK", b"NO") and self.selected is not None and self.selected.pending:
-            allow = self._command not in _NO_EXPUNGE_DURING
-            for line in self.selected.untagged(allow):
-                self.transport.write(line)
+        if tag and tag != b"*" and state in (b"OK", b"NO"):
+            if self.selected is not None:
+                self.bring_up_to_date(self._command not in _NO_EXPUNGE_DURING)
+            else:
+                self.write_notices()
         imap4.IMAP4Server._respond(self, state, tag, message)
 
+    def bring_up_to_date(self, allow_expunge: bool) -> None:
+        """
+        The untagged updates of the selected mailbox (its view), then the
+        live searches' (contexts.py) and NOTIFY's (notify.py).
+        """
+        view = self.selected
+        if view.pending:
+            last = view.uids[-1] if view.uids else 0
+            self.transport.write(b"".join(view.untagged(allow_expunge)))
+            if self.notifier is not None and view.uids and view.uids[-1] > last:
+                self.transport.write(self.new_message_fetches(view.uids[bisect.bisect_right(view.uids, last) :]))
+        self.write_context_updates()
+        self.write_notices()
+
+    def idle_now(self) -> bool:
+        """May unsolicited responses go out now: no command running, none waiting?"""
+        return (
+            self._in_command == 0 and self._held == 0 and self.blocked is None and self.parseState in ("command", "idle")
+            and self.transport is not None and not self.transport.disconnecting
+        )
+
     def changes_arrived(self) -> None:
-        if self._idle_tag is not None and self.selected is not None:
-            for line in self.selected.untagged(True):
-                self.transport.write(line)
+        if self.selected is None:
+            return
+        if self._idle_tag is not None:
+            self.bring_up_to_date(True)
+            return
+        group = self.notify_selected()
+        if group is not None and self.idle_now():
+            # NOTIFY SELECTED (RFC 5465 section 5.1): told at once
+            self.bring_up_to_date(group.kind == "selected")
+
+    def notices_arrived(self) -> None:
+        """NOTIFY has something for other mailboxes (or polled the selected one)."""
+        if self._idle_tag is None and not self.idle_now():
+            return  # written before the next tagged reply
+        group = self.notify_selected()
+        if self.selected is not None and (self._idle_tag is not None or group is not None):
+            self.bring_up_to_date(self._idle_tag is not None or group.kind == "selected")
+        else:
+            self.write_notices()
 
     def write_lines(self, lines) -> None:
         self.transport.write(b"".join(lines))

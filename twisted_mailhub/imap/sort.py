@@ -28,6 +28,7 @@ from typing import Any
 
 from twisted.mail import imap4
 
+from twisted_mailhub.imap import contexts
 from twisted_mailhub.imap.address import Mailbox, parse_address_list
 from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, _astrings, compile_search
 from twisted_mailhub.imap.wire import client_text
@@ -128,6 +129,20 @@ def sort_messages(messages: list[_Message], criteria: list[tuple[bytes, bool]]) 
     for criterion, reverse in reversed(criteria):
         ordered.sort(key=lambda m: _key(m, criterion), reverse=reverse)
     return ordered
+
+
+def ordered_uids(view: Any, uids: list[int], criteria: list[tuple[bytes, bool]]) -> list[int]:
+    """C{uids} of the selected mailbox C{view} in the order of SORT C{criteria} (for live ESORT contexts)."""
+    folder = view.folder
+    cache = HeaderCache.of(folder)
+    messages = []
+    for u in uids:
+        seq = view.seq_of(u)
+        try:
+            messages.append(_Message(u, seq, Candidate(seq, folder.info(u), u in view.recent, folder, cache)))
+        except NoSuchMessage:
+            continue
+    return [m.number for m in sort_messages(messages, criteria)]
 
 
 # -- THREAD ---------------------------------------------------------------------------
@@ -289,7 +304,8 @@ def _chain(node: _Node) -> bytes:
 class SortCommands:
     """SORT and THREAD, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
 
-    def _matching(self, tag: bytes, charset: bytes, query: list, uid: bool) -> list[_Message] | None:
+    def _matching(self, tag: bytes, charset: bytes, query: list, uid: bool, keep: list | None = None) -> list[_Message] | None:
+        """The matching messages; C{keep} (a list) is given the predicate."""
         if charset.upper() not in (b"US-ASCII", b"UTF-8"):
             self.sendNegativeResponse(tag, b"[BADCHARSET (US-ASCII UTF-8)] charset not supported")
             return None
@@ -299,6 +315,8 @@ class SortCommands:
         except BadSearch as e:
             self.sendBadResponse(tag, client_text(str(e)))
             return None
+        if keep is not None:
+            keep.append(predicate)
         folder = view.folder
         cache = HeaderCache.of(folder)
         found = []
@@ -311,7 +329,19 @@ class SortCommands:
                 continue
         return found
 
-    def do_SORT(self, tag, criteria, charset, query, uid=0):
+    def do_SORT(self, tag, program, charset, query, uid=0):
+        """SORT (RFC 5256), and with RETURN (...) ESORT (RFC 5267 §3, twisted_mailhub.imap.contexts)."""
+        returns, criteria = program
+        options = None
+        if returns is not None:
+            try:
+                options = contexts.parse_return_options(returns)
+            except BadSearch as e:
+                self.sendBadResponse(tag, client_text(str(e)))
+                return
+            if options.update and self.context_tag_in_use(tag):
+                self.sendBadResponse(tag, b"a live search already has this tag: use another, or CANCELUPDATE it")
+                return
         if not criteria:
             self.sendBadResponse(tag, b"SORT wants criteria in parentheses, e.g. SORT (DATE) UTF-8 ALL")
             return
@@ -330,11 +360,18 @@ class SortCommands:
         if reverse:
             self.sendBadResponse(tag, b"REVERSE must come before a criterion")
             return
-        found = self._matching(tag, charset, _astrings(query), bool(uid))
+        keep: list = []
+        found = self._matching(tag, charset, _astrings(query), bool(uid), keep)
         if found is None:
             return
         ordered = sort_messages(found, parsed)
-        self.transport.write(b"* SORT" + b"".join(b" %d" % m.number for m in ordered) + b"\r\n")
+        if options is None:
+            self.transport.write(b"* SORT" + b"".join(b" %d" % m.number for m in ordered) + b"\r\n")
+        else:
+            self.transport.write(contexts.esearch_response(tag, bool(uid), options, [m.number for m in ordered], sort=True))
+            if options.update:
+                uids = [m.candidate.info.uid for m in ordered]
+                self.transport.write(self.start_context(tag, bool(uid), options, keep[0], parsed, uids))
         self.sendPositiveResponse(tag, b"SORT completed")
 
     def do_THREAD(self, tag, algorithm, charset, query, uid=0):
@@ -354,5 +391,13 @@ class SortCommands:
 
         return SearchCommands.arg_searchkeys(self, line)
 
-    select_SORT = (do_SORT, imap4.IMAP4Server.arg_plist, imap4.IMAP4Server.arg_atom, arg_sortkeys)
+    def arg_sort_program(self, line):
+        """C{[RETURN (options)] (criteria)}: ((options or None, criteria), rest)."""
+        returns = None
+        if line[:7].upper() == b"RETURN ":
+            returns, line = imap4.IMAP4Server.arg_plist(self, line[7:].lstrip())
+        criteria, rest = imap4.IMAP4Server.arg_plist(self, line)
+        return (returns, criteria), rest
+
+    select_SORT = (do_SORT, arg_sort_program, imap4.IMAP4Server.arg_atom, arg_sortkeys)
     select_THREAD = (do_THREAD, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_atom, arg_sortkeys)

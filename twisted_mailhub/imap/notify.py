@@ -1,0 +1,482 @@
+# -*- test-case-name: tests.test_e2e_imap_notify -*-
+"""
+NOTIFY (RFC 5465): the client says which mailboxes it cares about and
+which events; the server tells it as they happen, without IDLE and
+without polling.
+
+Rules:
+
+ - C{NOTIFY SET [STATUS] (filter events) ...} replaces what was set before;
+   C{NOTIFY NONE} ends it. Filters: SELECTED, SELECTED-DELAYED, INBOXES
+   (INBOX: the only mailbox mail is delivered to), PERSONAL (every
+   mailbox), SUBSCRIBED, SUBTREE (mailboxes and everything below them),
+   MAILBOXES (exactly these). A mailbox takes the events of the first
+   filter that covers it. Events: MessageNew [(fetch-att ...)],
+   MessageExpunge, FlagChange, MailboxName, SubscriptionChange, or NONE.
+ - BAD (RFC 5465 §5, §6.1): MessageNew without MessageExpunge or the other
+   way round; FlagChange without both; mailbox events, or two of them,
+   with SELECTED/SELECTED-DELAYED; fetch attributes anywhere but after
+   MessageNew of a selected filter; an empty event or mailbox list; SET
+   without a filter. AnnotationChange, MailboxMetadataChange and
+   ServerMetadataChange (no METADATA or ANNOTATE here) and unknown events
+   get C{NO [BADEVENT (MessageNew MessageExpunge FlagChange MailboxName
+   SubscriptionChange)]}.
+ - The selected mailbox, under SELECTED: its EXISTS, EXPUNGE (VANISHED)
+   and FETCH (FLAGS) come at once when no command is running, as during
+   IDLE; under SELECTED-DELAYED, EXPUNGE waits for a command that may
+   carry it (RFC 5465 §5.1). MessageNew's fetch attributes are sent as a
+   FETCH of each new message after its EXISTS (never setting \\Seen).
+   Without a selected filter the selected mailbox is told as in IMAP4rev1
+   (before tagged replies, and during IDLE).
+ - Other mailboxes: new and expunged messages as C{* STATUS name
+   (MESSAGES n UIDNEXT n UNSEEN n)}, flag changes as C{(UNSEEN n)}, with
+   HIGHESTMODSEQ for a CONDSTORE session (what Dovecot sends). STATUS in
+   SET first sends that for each such mailbox (UIDVALIDITY too).
+ - MailboxName: C{* LIST () "/" name} for a new mailbox and C{* LIST
+   (\\NonExistent) "/" name} for a deleted one (a rename is both).
+   SubscriptionChange: C{* LIST (\\Subscribed) "/" name} or C{* LIST () "/"
+   name}.
+ - Where the notices come from: the store's folder listeners
+   (L{IFolder.add_listener}) for messages, at once for changes made in
+   this process; a look every L{POLL} seconds at the mailbox list, the
+   subscriptions and each watched folder (C{refresh}, two stat calls) for
+   the rest (other processes, the web face, mail dropped into a Maildir).
+ - Notices are written when no command is running; otherwise they wait
+   for the next place untagged responses may go (before a tagged reply).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import task
+from twisted.logger import Logger
+from twisted.mail import imap4
+
+from twisted_mailhub.imap.condstore import has_modseqs
+from twisted_mailhub.imap.wire import client_text, mailbox_name, shown, wire_name
+from twisted_mailhub.store.base import DELIMITER
+from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchFolder, StoreError
+
+log = Logger()
+
+CAPABILITIES = (b"NOTIFY",)
+SUPPORTED = ("MessageNew", "MessageExpunge", "FlagChange", "MailboxName", "SubscriptionChange")
+_KNOWN = {name.upper(): name for name in SUPPORTED + ("AnnotationChange", "MailboxMetadataChange", "ServerMetadataChange")}
+_MESSAGE_EVENTS = {"MessageNew", "MessageExpunge", "FlagChange", "AnnotationChange"}
+_SELECTED = (b"SELECTED", b"SELECTED-DELAYED")
+_FILTERS = _SELECTED + (b"INBOXES", b"PERSONAL", b"SUBSCRIBED", b"SUBTREE", b"MAILBOXES")
+POLL = 0.5  # seconds between looks at what the listeners cannot see
+
+
+class NotifyError(Exception):
+    """A NOTIFY command refused: C{state} is b"BAD" or b"NO", C{text} the reason."""
+
+    def __init__(self, state: bytes, text: bytes):
+        Exception.__init__(self, text)
+        self.state = state
+        self.text = text
+
+
+def _bad(text: str) -> NotifyError:
+    return NotifyError(b"BAD", client_text(text))
+
+
+class EventGroup:
+    """
+    One C{(filter events)} of NOTIFY SET: C{kind} is the filter in lower
+    case, C{names} its mailboxes (SUBTREE, MAILBOXES), C{events} the event
+    names, C{fetch} MessageNew's fetch attributes (bytes, or None).
+    """
+
+    def __init__(self, kind: str, names: list[str], events: frozenset, fetch: bytes | None):
+        self.kind = kind
+        self.names = names
+        self.events = events
+        self.fetch = fetch
+
+    @property
+    def selected(self) -> bool:
+        return self.kind in ("selected", "selected-delayed")
+
+    def covers(self, name: str, subscriptions: set[str]) -> bool:
+        """Does this (non-selected) filter name mailbox C{name}?"""
+        if self.kind == "personal":
+            return True
+        if self.kind == "inboxes":
+            return name == INBOX
+        if self.kind == "subscribed":
+            return name in subscriptions
+        if self.kind == "mailboxes":
+            return name in self.names
+        if self.kind == "subtree":
+            return any(name == top or name.startswith(top + DELIMITER) for top in self.names)
+        return False
+
+
+def _fetch_text(items: list) -> bytes:
+    """A parsed fetch-att list back as the text FETCH takes: C{(UID FLAGS BODY.PEEK[HEADER])}."""
+    parts = []
+    for item in items:
+        if isinstance(item, list):
+            parts.append(b"(" + _fetch_text(item)[1:-1] + b")")
+        elif isinstance(item, bytes):
+            parts.append(item)
+        else:
+            raise _bad("bad fetch attribute after MessageNew")
+    return b"(" + b" ".join(parts) + b")"
+
+
+def parse_notify(tokens: list) -> tuple[list[EventGroup], bool] | None:
+    """
+    The parsed words of a NOTIFY command (after its name): None for
+    C{NONE}, else (event groups, whether STATUS was asked for).
+
+    @raise NotifyError: BAD or NO, with the reason (see the module's rules).
+    """
+    if not tokens or not isinstance(tokens[0], bytes):
+        raise _bad("NOTIFY wants SET or NONE")
+    verb = tokens[0].upper()
+    if verb == b"NONE":
+        if len(tokens) != 1:
+            raise _bad("nothing may follow NOTIFY NONE")
+        return None
+    if verb != b"SET":
+        raise _bad("NOTIFY wants SET or NONE")
+    rest = tokens[1:]
+    status = False
+    if rest and isinstance(rest[0], bytes) and rest[0].upper() == b"STATUS":
+        status = True
+        rest = rest[1:]
+    if not rest:
+        raise _bad("NOTIFY SET wants at least one (filter events) group")
+    groups: list[EventGroup] = []
+    unsupported = False
+    for group in rest:
+        if not isinstance(group, list) or len(group) < 2:
+            raise _bad("each NOTIFY group is (filter events), e.g. (SELECTED (MessageNew MessageExpunge))")
+        kind = group[0].upper() if isinstance(group[0], bytes) else b""
+        if kind not in _FILTERS:
+            raise _bad("unknown NOTIFY filter: use SELECTED, SELECTED-DELAYED, INBOXES, PERSONAL, SUBSCRIBED, SUBTREE or MAILBOXES")
+        names: list[str] = []
+        position = 1
+        if kind in (b"SUBTREE", b"MAILBOXES"):
+            given = group[1]
+            given = given if isinstance(given, list) else [given]
+            if not given or not all(isinstance(n, bytes) for n in given):
+                raise _bad(kind.decode() + " wants one mailbox or a list of them")
+            try:
+                names = [mailbox_name(n) for n in given]
+            except imap4.IllegalMailboxEncoding:
+                raise _bad("mailbox names are modified UTF-7 (RFC 3501 section 5.1.3)") from None
+            position = 2
+        if len(group) != position + 1:
+            raise _bad("each NOTIFY group is (filter [mailboxes] events)")
+        events_token = group[position]
+        selected = kind in _SELECTED
+        if selected and any(g.selected for g in groups):
+            raise _bad("only one SELECTED or SELECTED-DELAYED group (RFC 5465 section 6.1)")
+        events: set[str] = set()
+        fetch = None
+        if isinstance(events_token, bytes) and events_token.upper() == b"NONE":
+            pass
+        elif isinstance(events_token, list) and events_token:
+            i = 0
+            while i < len(events_token):
+                word = events_token[i]
+                if not isinstance(word, bytes):
+                    raise _bad("fetch attributes go right after MessageNew")
+                name = _KNOWN.get(word.decode("ascii", "replace").upper())
+                if name is None or name not in SUPPORTED:
+                    unsupported = True
+                    name = name or word.decode("ascii", "replace")
+                if i + 1 < len(events_token) and isinstance(events_token[i + 1], list):
+                    if name != "MessageNew" or not selected:
+                        raise _bad("fetch attributes are allowed only after MessageNew of SELECTED or SELECTED-DELAYED (RFC 5465 section 5.1)")
+                    fetch = _fetch_text(events_token[i + 1])
+                    i += 1
+                if selected and name in _KNOWN.values() and name not in _MESSAGE_EVENTS:
+                    raise _bad(name + " cannot be asked for the selected mailbox (RFC 5465 section 6.1)")
+                events.add(name)
+                i += 1
+        else:
+            raise _bad("events are a list, e.g. (MessageNew MessageExpunge), or NONE")
+        if ("MessageNew" in events) != ("MessageExpunge" in events):
+            raise _bad("MessageNew and MessageExpunge go together (RFC 5465 section 5)")
+        if ({"FlagChange", "AnnotationChange"} & events) and "MessageNew" not in events:
+            raise _bad("FlagChange needs MessageNew and MessageExpunge (RFC 5465 section 5)")
+        groups.append(EventGroup(kind.decode().lower(), names, frozenset(events), fetch))
+    if unsupported:
+        raise NotifyError(b"NO", b"[BADEVENT (" + b" ".join(e.encode() for e in SUPPORTED) + b")] these events are not available here")
+    return groups, status
+
+
+class Notifier:
+    """
+    One session's NOTIFY SET: which mailboxes it watches and the notices
+    waiting to be written.
+    """
+
+    def __init__(self, session: Any, groups: list[EventGroup]):
+        self.session = session
+        self.groups = groups
+        self.selected_group = next((g for g in groups if g.selected), None)
+        self.others = [g for g in groups if not g.selected]
+        self.account = session._store()
+        self.folders = set(self._list_folders())
+        self.subscriptions = set(self._list_subscriptions())
+        self.watched: dict[str, tuple[Any, Any]] = {}
+        self.lines: list[bytes] = []  # LIST notices, in order
+        self.status: dict[str, set[bytes]] = {}  # mailbox -> STATUS items to send
+        self._watch(initial=True)
+        self.poller = task.LoopingCall(self.poll)
+        self.poller.clock = session.hub.reactor
+        self.poller.start(POLL, now=False)
+
+    # -- what is watched ------------------------------------------------------------
+
+    def _list_folders(self) -> list[str]:
+        try:
+            return list(self.account.folders())
+        except (StoreError, OSError):
+            return list(getattr(self, "folders", ()))
+
+    def _list_subscriptions(self) -> list[str]:
+        try:
+            return list(self.account.subscriptions())
+        except (StoreError, OSError):
+            return list(getattr(self, "subscriptions", ()))
+
+    def group_of(self, name: str) -> EventGroup | None:
+        """The first non-selected filter covering mailbox C{name}."""
+        for group in self.others:
+            if group.covers(name, self.subscriptions):
+                return group
+        return None
+
+    def message_events(self, name: str) -> frozenset:
+        group = self.group_of(name)
+        return group.events if group is not None else frozenset()
+
+    def _watch(self, initial: bool = False) -> None:
+        """
+        Listen to the mailboxes with message events. One found later (made
+        since) may have had messages put in before the listener was there:
+        its STATUS is sent then.
+        """
+        wanted = {name for name in self.folders if self.message_events(name) & _MESSAGE_EVENTS}
+        for name in list(self.watched):
+            if name not in wanted:
+                folder, listener = self.watched.pop(name)
+                folder.remove_listener(listener)
+        for name in wanted - set(self.watched):
+            try:
+                folder = self.account.folder(name)
+            except (StoreError, OSError):
+                continue
+
+            def listener(change, name=name):
+                self.folder_changed(name, change)
+
+            folder.add_listener(listener)
+            self.watched[name] = (folder, listener)
+            if not initial and "MessageNew" in self.message_events(name) and not self._is_selected(name):
+                try:
+                    if folder.messages():
+                        self.status.setdefault(name, set()).update((b"MESSAGES", b"UIDNEXT", b"UNSEEN"))
+                except (StoreError, OSError):
+                    pass
+
+    def close(self) -> None:
+        if self.poller.running:
+            self.poller.stop()
+        for folder, listener in self.watched.values():
+            folder.remove_listener(listener)
+        self.watched.clear()
+        self.lines.clear()
+        self.status.clear()
+
+    # -- notices ---------------------------------------------------------------------
+
+    def _is_selected(self, name: str) -> bool:
+        view = self.session.selected
+        return view is not None and view.folder.name == name
+
+    def folder_changed(self, name: str, change: Any) -> None:
+        """A store notice for a watched mailbox other than the selected one."""
+        if self._is_selected(name):
+            return  # the selected mailbox is told by its view
+        events = self.message_events(name)
+        items = self.status.setdefault(name, set())
+        if (change.added and "MessageNew" in events) or (change.expunged and "MessageExpunge" in events):
+            items.update((b"MESSAGES", b"UIDNEXT", b"UNSEEN"))
+        if change.flags and "FlagChange" in events:
+            items.add(b"UNSEEN")
+        if items and getattr(self.session, "condstore", False):
+            items.add(b"HIGHESTMODSEQ")
+        if not items:
+            del self.status[name]
+            return
+        self.session.notices_arrived()
+
+    def status_all(self) -> None:
+        """NOTIFY SET STATUS: the state of every watched mailbox but the selected one."""
+        for name in sorted(self.watched):
+            if not self._is_selected(name):
+                self.status.setdefault(name, set()).update((b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN"))
+                if getattr(self.session, "condstore", False):
+                    self.status[name].add(b"HIGHESTMODSEQ")
+
+    def poll(self) -> None:
+        """What the listeners cannot see: the mailbox list, subscriptions, other processes."""
+        try:
+            self._poll()
+        except Exception:
+            log.failure("NOTIFY: looking for changes failed")
+
+    def _poll(self) -> None:
+        folders = set(self._list_folders())
+        if folders != self.folders:
+            for name in sorted(folders - self.folders):
+                if "MailboxName" in self.message_events(name):
+                    self.lines.append(b"* LIST () " + _delimiter() + b" " + wire_name(name) + b"\r\n")
+            for name in sorted(self.folders - folders):
+                if "MailboxName" in self.message_events(name):
+                    self.lines.append(b"* LIST (\\NonExistent) " + _delimiter() + b" " + wire_name(name) + b"\r\n")
+            self.folders = folders
+        subscriptions = set(self._list_subscriptions())
+        if subscriptions != self.subscriptions:
+            changed = subscriptions ^ self.subscriptions
+            before = self.subscriptions
+            self.subscriptions = subscriptions
+            for name in sorted(changed):
+                if "SubscriptionChange" in self.message_events(name) or (
+                    name in before and any(g.kind == "subscribed" and "SubscriptionChange" in g.events for g in self.others)
+                ):
+                    attributes = b"(\\Subscribed)" if name in subscriptions else b"()"
+                    self.lines.append(b"* LIST " + attributes + b" " + _delimiter() + b" " + wire_name(name) + b"\r\n")
+        self._watch()
+        for name, (folder, _) in list(self.watched.items()):
+            try:
+                folder.refresh()  # changes from outside arrive through the listener
+            except (StoreError, OSError, NoSuchFolder):
+                continue
+        session = self.session
+        if self.selected_group is not None and session.selected is not None:
+            try:
+                session.selected.poll()
+            except NoSuchFolder:
+                pass  # told at the next command
+        session.notices_arrived()
+
+    def take(self) -> list[bytes]:
+        """The notices to write now (LIST lines, then one STATUS per mailbox)."""
+        out, self.lines = self.lines, []
+        pending, self.status = self.status, {}
+        for name, items in pending.items():
+            line = self._status_line(name, items)
+            if line:
+                out.append(line)
+        return out
+
+    def _status_line(self, name: str, items: set[bytes]) -> bytes:
+        try:
+            folder = self.account.folder(name)
+            infos = folder.messages()
+        except (StoreError, OSError):
+            return b""
+        values = []
+        for item in (b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"HIGHESTMODSEQ"):
+            if item not in items:
+                continue
+            if item == b"MESSAGES":
+                value = len(infos)
+            elif item == b"UIDNEXT":
+                value = folder.uid_next
+            elif item == b"UIDVALIDITY":
+                value = folder.uid_validity
+            elif item == b"UNSEEN":
+                value = sum(1 for i in infos if SEEN not in i.flags)
+            elif has_modseqs(folder):
+                value = folder.highest_modseq
+            else:
+                continue
+            values.append(item + b" %d" % value)
+        return b"* STATUS " + wire_name(name) + b" (" + b" ".join(values) + b")\r\n"
+
+
+def _delimiter() -> bytes:
+    return b'"' + DELIMITER.encode() + b'"'
+
+
+class NotifyCommands:
+    """NOTIFY, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
+
+    notifier: Notifier | None = None
+
+    def do_NOTIFY(self, tag, line):
+        try:
+            tokens = imap4.parseNestedParens(line or b"")
+        except Exception:
+            self.sendBadResponse(tag, b"NOTIFY: unbalanced parentheses or quotes in " + client_text(shown(line or b"", 40)))
+            return
+        try:
+            parsed = parse_notify(tokens)
+        except NotifyError as e:
+            (self.sendBadResponse if e.state == b"BAD" else self.sendNegativeResponse)(tag, e.text)
+            return
+        self.end_notify()
+        if parsed is None:
+            self.sendPositiveResponse(tag, b"NOTIFY NONE completed: no more notices")
+            return
+        groups, status = parsed
+        from twisted_mailhub.imap.fetch import parse_fetch_items
+
+        for group in groups:
+            if group.fetch is not None:
+                try:
+                    parse_fetch_items(group.fetch)
+                except imap4.IllegalClientResponse as e:
+                    self.sendBadResponse(tag, b"MessageNew's fetch attributes: " + client_text(str(e)))
+                    return
+        self.notifier = Notifier(self, groups)
+        if status:
+            self.notifier.status_all()
+            self.transport.write(b"".join(self.notifier.take()))
+        self.sendPositiveResponse(tag, b"NOTIFY completed")
+
+    auth_NOTIFY = select_NOTIFY = (do_NOTIFY, imap4.IMAP4Server.arg_line)
+
+    def end_notify(self) -> None:
+        if self.notifier is not None:
+            self.notifier.close()
+            self.notifier = None
+
+    def notify_selected(self) -> EventGroup | None:
+        """The SELECTED or SELECTED-DELAYED group, when the selected mailbox is told at once."""
+        notifier = self.notifier
+        if notifier is None or notifier.selected_group is None or not notifier.selected_group.events:
+            return None
+        return notifier.selected_group
+
+    def write_notices(self) -> None:
+        """Write what NOTIFY has waiting (LIST and STATUS of other mailboxes)."""
+        if self.notifier is not None:
+            lines = self.notifier.take()
+            if lines:
+                self.transport.write(b"".join(lines))
+
+    def new_message_fetches(self, uids: list[int]) -> bytes:
+        """MessageNew's fetch attributes (RFC 5465 §5.2) for messages just told in EXISTS."""
+        group = self.notify_selected()
+        if group is None or group.fetch is None or not uids or self.selected is None:
+            return b""
+        from twisted_mailhub.imap.fetch import parse_fetch_items
+
+        view = self.selected
+        try:
+            items = parse_fetch_items(group.fetch)
+        except imap4.IllegalClientResponse:
+            return b""
+        targets = [(view.seq_of(u), u) for u in uids if view.seq_of(u)]
+        return b"".join(self._fetch_responses(view, targets, items, False))
