@@ -87,6 +87,8 @@ def test_concurrent_delivery_through_two_workers_gives_unique_dense_uids(start_h
     connections, each = 16, 8
     assert _send_many(hub, connections, each) == []
     total = connections * each
+    # The workers' log lines reach the hub's log a little after the 250s.
+    hub.wait_for_log(r"(?s)(?:\[worker \d\] delivered .*?){%d}" % total)
     # Both processes delivered, at once ...
     deadline = time.monotonic() + 10
     while len(delivering := re.findall(r"\[worker (\d)\] delivered ", hub.log)) < total and time.monotonic() < deadline:
