@@ -92,7 +92,10 @@ def worker_count(text: str | int | None) -> int:
     elif str(text).strip().lower() == "auto":
         return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     else:
-        count = int(str(text).strip())
+        try:
+            count = int(str(text).strip())
+        except ValueError:
+            count = 0  # not a number: the one message below, never int()'s words
     if count < 1:
         raise ValueError("wants a number of processes, 1 or more, or auto")
     return count
