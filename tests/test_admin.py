@@ -93,6 +93,13 @@ def test_queue_is_the_queue_command(tmp_path):
     assert (result.returncode, result.stdout) == (legacy.returncode, legacy.stdout)
 
 
+def test_queue_with_a_bad_queue_option_is_one_line_not_a_traceback(tmp_path):
+    for queue, said in (("bogus", "--queue bogus: expected disk or postgresql[:DSN]"), ("postgresql", "--queue postgresql needs a DSN")):
+        result = mailhub_admin("queue", "--queue", queue, "list")
+        assert result.returncode == 2
+        assert result.stderr.startswith(said) and "Traceback" not in result.stderr, result.stderr
+
+
 def test_check_reports_what_a_start_would_refuse(tmp_path):
     accounts = tmp_path / "accounts"
     accounts.write_text("alice@localhost:secret\nbroken\n")

@@ -237,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         from twisted_mailhub.queue.pgqueue import main as table_main
         from twisted_mailhub.queue.component import queue_dsn
 
-        dsn = queue_dsn(args.queue, None)
+        try:
+            dsn = queue_dsn(args.queue, None)
+        except ValueError as e:  # one line, like the hub's own option errors
+            print(e, file=sys.stderr)
+            return 2
         if dsn is None:
             print(f"--queue {args.queue}: expected postgresql:DSN here", file=sys.stderr)
             return 2
