@@ -76,7 +76,7 @@ import collections
 import re
 from typing import Any, Callable
 
-from twisted.internet import defer, tcp
+from twisted.internet import abstract, defer, tcp
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -185,9 +185,27 @@ def control_note(data: str | bytes) -> str:
 # so order, back-pressure and error handling stay Twisted's.
 
 
+def _buffers_known() -> bool:
+    """
+    Whether this Twisted keeps a TCP connection's unsent output where
+    L{send_now} and L{flush_now} look: C{dataBuffer}, C{offset},
+    C{_tempDataBuffer} and C{_writeDisconnecting} of
+    L{twisted.internet.abstract.FileDescriptor} (Twisted 22 to 25). Some
+    are private: if a later Twisted moves them, replies take the
+    transport's ordinary C{write} instead of failing.
+    """
+    fd = abstract.FileDescriptor
+    return all(hasattr(fd, name) for name in ("dataBuffer", "offset", "_writeDisconnecting", "doWrite")) and (
+        "_tempDataBuffer" in fd.__init__.__code__.co_names
+    )
+
+
+_BUFFERS_KNOWN = _buffers_known()
+
+
 def _plain_tcp(transport: Any) -> Any:
     """C{transport} if it is a TCP connection without TLS, else L{None}."""
-    if isinstance(transport, tcp.Connection) and not transport.TLS:
+    if _BUFFERS_KNOWN and isinstance(transport, tcp.Connection) and not transport.TLS:
         return transport
     return None
 
