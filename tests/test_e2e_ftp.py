@@ -773,3 +773,19 @@ def test_mkd_rnfr_rnto_size_mdtm_without_a_name_get_501_and_size_of_a_directory_
     s.close()
     assert os.path.isdir(os.path.join(home(hub), "e"))
     f.quit()
+
+
+def test_rnto_out_of_the_home_names_the_new_name_and_keeps_the_file(hub):
+    f = login(hub)
+    f.storbinary("STOR y.bin", io.BytesIO(b"data"))
+    s = control(hub)
+    assert ask(s, b"USER alice").startswith(b"331")
+    assert ask(s, b"PASS secret").startswith(b"230")
+    assert ask(s, b"RNFR y.bin").startswith(b"350")
+    reply = ask(s, b"RNTO ../../x").rstrip()
+    assert reply == b"550 RNTO ../../x: that path leaves your home; y.bin stays where it is.", reply
+    assert ask(s, b"RNTO z.bin").startswith(b"503")  # the RNFR is spent
+    assert ask(s, b"QUIT").startswith(b"221")
+    s.close()
+    assert open(os.path.join(home(hub), "y.bin"), "rb").read() == b"data"
+    f.quit()

@@ -575,6 +575,15 @@ class MailhubFTP(ftp.FTP):
             return "503 RNTO needs RNFR first: RNFR <old name>, then RNTO <new name>."
         if not toName:
             return "501 RNTO needs the new name."
+        try:
+            self._segments(toName)
+        except ftp.InvalidPath:
+            # Twisted's RNTO would report the *old* name as missing.
+            from_name = self._fromName
+            del self._fromName
+            self.state = self.AUTHED
+            return f"550 RNTO {quote(toName, 200)}: that path leaves your home; {quote(from_name, 200)} stays where it is."
+
         def refused(reason):
             reason.trap(ftp.IsNotADirectoryError, ftp.IsADirectoryError)
             raise Refused(f"550 RNTO {quote(toName, 200)}: a directory cannot replace a file, nor a file a directory.")
