@@ -116,3 +116,8 @@ def test_migrate_says_what_is_wrong_in_one_line(tmp_path, pg_dsn):
     down = admin("migrate", "--from", str(tmp_path / "d"), "--to", "postgresql:postgresql://x@127.0.0.1:1/none")
     assert down.returncode == 1 and down.stderr.startswith("mailhub-admin migrate: cannot reach the database")
     assert "Traceback" not in down.stderr
+    # The URL alone, without the "postgresql:" prefix the hub's options
+    # use, is taken as the URL it is (not libpq's 'missing "="').
+    bare = admin("migrate", "--from", str(tmp_path / "d"), "--to", "postgresql://x@127.0.0.1:1/none")
+    assert bare.returncode == 1 and bare.stderr.startswith("mailhub-admin migrate: cannot reach the database"), bare.stderr
+    assert 'missing "="' not in bare.stderr

@@ -219,3 +219,13 @@ class UnreachableDatabaseTests(unittest.TestCase):
         with self.assertRaises(StoreUnavailable) as e:
             PostgresStore(dsn)
         self.assertIn("cannot reach the mail database", str(e.exception))
+
+
+def test_a_bare_postgresql_url_after_the_prefix_is_given_back_as_the_url():
+    # --store postgresql://mailhub@db/mailhub leaves "//mailhub@db/mailhub"
+    # after the "postgresql:" prefix: libpq must get the URL back.
+    from twisted_mailhub.store.postgresql import libpq_dsn
+
+    assert libpq_dsn("//mailhub@db.example.org/mailhub") == "postgresql://mailhub@db.example.org/mailhub"
+    assert libpq_dsn("postgresql://mailhub@db/mailhub") == "postgresql://mailhub@db/mailhub"
+    assert libpq_dsn("host=127.0.0.1 port=5432 dbname=mailhub") == "host=127.0.0.1 port=5432 dbname=mailhub"

@@ -21,6 +21,7 @@ from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
 from twisted_mailhub.store.interfaces import StoreUnavailable
+from twisted_mailhub.store.postgresql import libpq_dsn
 
 CONNECT_TIMEOUT = 5
 
@@ -61,7 +62,7 @@ def connect(dsn: str, what: str = "the database") -> Any:
     """
     psycopg = driver()
     try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, connect_timeout=CONNECT_TIMEOUT)
     except psycopg.Error as e:
         raise StoreUnavailable(f"cannot reach {what}: {reason(e)}") from None
     conn.execute("SET synchronous_commit = on")
@@ -169,7 +170,7 @@ def listen_forever(dsn: str, channel: str, on_notice: Callable[[Any], None], on_
     while not stopping.is_set():
         conn = None
         try:
-            conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+            conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, connect_timeout=CONNECT_TIMEOUT)
             conn.execute(f"LISTEN {channel}")
             if down:
                 log.info("{channel}: listening again", channel=channel)

@@ -120,6 +120,18 @@ KEEP_FOLDERS = 64
 KEEP_MESSAGES = 1_000_000
 
 
+def libpq_dsn(dsn: str) -> str:
+    """
+    The libpq connection string (C{str}) for the DSN part of an option
+    such as C{--store postgresql:DSN}. A user who writes the URL alone
+    (C{--store postgresql://mailhub@db/mailhub}, C{--to postgresql://...})
+    leaves C{//mailhub@db/mailhub} after the C{postgresql:} prefix: that is
+    given back as the URL it was. Anything else is returned unchanged
+    (C{host=... dbname=...}, or a full C{postgresql://} URL).
+    """
+    return "postgresql:" + dsn if dsn.startswith("//") else dsn
+
+
 def _connect(dsn: str) -> Any:
     try:
         import psycopg
@@ -127,7 +139,7 @@ def _connect(dsn: str) -> Any:
         raise SystemExit("mailhub: --store postgresql needs the PostgreSQL driver: python3 -m pip install 'twisted-mailhub[postgresql]' (psycopg 3)")
 
     try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, connect_timeout=5)
     except psycopg.Error as e:
         raise StoreUnavailable(f"cannot reach the mail database: {_reason(e)}") from None
     # Acknowledged means committed to disk on the server (RFC 5321 §6.1).
@@ -1371,7 +1383,7 @@ class ChangeListener:
         pause = 0.1
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self.store.dsn, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(libpq_dsn(self.store.dsn), autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {pgschema.CHANNEL}")
                     reactor.callFromThread(self.store._listening, True)
                     pause = 0.1
