@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted_mailhub.store import pgschema
+
 SCHEMA_VERSION = 1
 
 # NOTIFY channels
@@ -97,33 +99,24 @@ def schema_version(conn: Any) -> int:
     The version of these tables in the database behind C{conn}; 0 when
     they are not there.
     """
-    exists = conn.execute("SELECT to_regclass('mailhub_cluster_schema') IS NOT NULL").fetchone()[0]
-    if not exists:
-        return 0
-    row = conn.execute("SELECT version FROM mailhub_cluster_schema").fetchone()
-    return row[0] if row else 0
+    return pgschema.table_version(conn, "mailhub_cluster_schema")
 
 
 def upgrade(conn: Any) -> tuple[int, int]:
     """
     Bring the tables up to L{SCHEMA_VERSION} in one transaction under an
-    advisory lock (hubs starting together do it once). Returns (version
-    before, version after); L{SchemaError} for a newer version.
+    advisory lock (hubs starting together do it once; the store's
+    L{pgschema.migrate}). Returns (version before, version after);
+    L{SchemaError} for a newer version.
     """
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailhub_cluster_schema'))")
-        before = schema_version(conn)
-        if before > SCHEMA_VERSION:
-            raise SchemaError(
-                f"the database's cluster tables are at version {before}; this hub knows up to {SCHEMA_VERSION}: upgrade the hub"
-            )
-        if before == 0:
-            conn.execute("CREATE TABLE mailhub_cluster_schema (version integer NOT NULL)")
-            conn.execute("INSERT INTO mailhub_cluster_schema VALUES (0)")
-        for version in range(before, SCHEMA_VERSION):
-            conn.execute(MIGRATIONS[version])
-        conn.execute("UPDATE mailhub_cluster_schema SET version = %s", (SCHEMA_VERSION,))
-    return before, SCHEMA_VERSION
+    return pgschema.migrate(
+        conn,
+        "mailhub_cluster_schema",
+        MIGRATIONS,
+        SCHEMA_VERSION,
+        "the database's cluster tables are at version {before}; this hub knows up to {known}: upgrade the hub",
+        SchemaError,
+    )
 
 
 def check(conn: Any) -> None:

@@ -101,39 +101,66 @@ class SchemaError(Exception):
     """The database's schema is not one this hub can use."""
 
 
+def table_version(conn: Any, table: str) -> int:
+    """
+    The version kept in the one-row version table C{table} (C{str}, a
+    trusted name such as C{mailhub_schema}) of the database behind C{conn}
+    (a psycopg connection); 0 when that table is not there.
+    """
+    exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+    if not exists:
+        return 0
+    row = conn.execute(f"SELECT version FROM {table}").fetchone()
+    return row[0] if row else 0
+
+
+def migrate(
+    conn: Any, table: str, migrations: dict[int, str], known: int, newer: str, error: type[Exception] = SchemaError
+) -> tuple[int, int]:
+    """
+    Bring the database behind C{conn} to version C{known}: run
+    C{migrations[v]} (SQL text taking version v to v + 1) for each step it
+    has not had, recording the version in the one-row table C{table}, in
+    one transaction under an advisory lock on C{table}'s name (hubs
+    starting together do it once). Returns (version before, C{known}).
+    Raises C{error} with C{newer} (a format string taking C{before} and
+    C{known}) when the database is newer than C{known}.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+        before = table_version(conn, table)
+        if before > known:
+            raise error(newer.format(before=before, known=known))
+        if before == 0:
+            conn.execute(f"CREATE TABLE {table} (version integer NOT NULL)")
+            conn.execute(f"INSERT INTO {table} VALUES (0)")
+        for version in range(before, known):
+            conn.execute(migrations[version])
+        conn.execute(f"UPDATE {table} SET version = %s", (known,))
+    return before, known
+
+
 def schema_version(conn: Any) -> int:
     """
     The version of the schema in the database behind C{conn} (a psycopg
     connection); 0 for a database without the hub's tables.
     """
-    exists = conn.execute("SELECT to_regclass('mailhub_schema') IS NOT NULL").fetchone()[0]
-    if not exists:
-        return 0
-    row = conn.execute("SELECT version FROM mailhub_schema").fetchone()
-    return row[0] if row else 0
+    return table_version(conn, "mailhub_schema")
 
 
 def upgrade(conn: Any) -> tuple[int, int]:
     """
-    Bring the database up to L{SCHEMA_VERSION} in one transaction, holding
-    an advisory lock so that hubs starting together do it once. Returns
+    Bring the database up to L{SCHEMA_VERSION} (L{migrate}). Returns
     (version before, version after); raises L{SchemaError} for a schema
     newer than this hub knows.
     """
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('mailhub_schema'))")
-        before = schema_version(conn)
-        if before > SCHEMA_VERSION:
-            raise SchemaError(
-                f"the database has schema version {before}; this hub knows up to {SCHEMA_VERSION}: upgrade the hub"
-            )
-        if before == 0:
-            conn.execute("CREATE TABLE mailhub_schema (version integer NOT NULL)")
-            conn.execute("INSERT INTO mailhub_schema VALUES (0)")
-        for version in range(before, SCHEMA_VERSION):
-            conn.execute(MIGRATIONS[version])
-        conn.execute("UPDATE mailhub_schema SET version = %s", (SCHEMA_VERSION,))
-    return before, SCHEMA_VERSION
+    return migrate(
+        conn,
+        "mailhub_schema",
+        MIGRATIONS,
+        SCHEMA_VERSION,
+        "the database has schema version {before}; this hub knows up to {known}: upgrade the hub",
+    )
 
 
 def check(conn: Any, create: bool = True) -> None:
