@@ -1,9 +1,13 @@
 """
 The CRLF line reader the raw-socket tests share (IMAP, POP3, the fuzzers):
-for what a library client will not send.
+for what a library client will not send; and reading until the server
+closes (the timeout tests).
 """
 
 from __future__ import annotations
+
+import socket
+import time
 
 
 class LineReader:
@@ -24,3 +28,21 @@ class LineReader:
             self.buf += data
         line, _, self.buf = self.buf.partition(b"\r\n")
         return line
+
+
+def read_until_closed(s: socket.socket, limit: float = 20) -> bytes:
+    """
+    Everything C{s} receives until the server closes the connection (or
+    resets it), or C{limit} seconds pass; the bytes, as received.
+    """
+    out = b""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out

@@ -10,26 +10,13 @@ import socket
 import time
 
 import pytest
+from tests.rawclient import read_until_closed
 
 
 def connect(hub, listener: str) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", hub.ports[listener]), timeout=20)
     s.settimeout(20)
     return s
-
-
-def read_until_closed(s: socket.socket, limit: float = 20) -> bytes:
-    out = b""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            chunk = s.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not chunk:
-            break
-        out += chunk
-    return out
 
 
 def piped(hub, listener: str, session: bytes) -> bytes:

@@ -21,6 +21,8 @@ from twisted_mailhub.hub import Hub
 from twisted_mailhub.imap.server import IMAPServer
 from twisted_mailhub.store.memory import MemoryStore
 
+from tests.rawclient import read_until_closed
+
 
 class DeadlineTests(unittest.TestCase):
     def setUp(self):
@@ -95,20 +97,6 @@ class DeadlineTests(unittest.TestCase):
 
 
 # -- the real hub ------------------------------------------------------------------
-
-
-def read_until_closed(s: socket.socket, limit: float = 20) -> bytes:
-    out = b""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            chunk = s.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not chunk:
-            break
-        out += chunk
-    return out
 
 
 def test_imap_client_sending_noops_without_logging_in_is_cut_off(start_hub):

@@ -17,6 +17,8 @@ from twisted.web import resource
 
 from twisted_mailhub.web.deadlines import DeadlineSite
 
+from tests.rawclient import read_until_closed
+
 
 class Hello(resource.Resource):
     isLeaf = True
@@ -81,20 +83,6 @@ class DeadlineChannelTests(unittest.TestCase):
         self.assertTrue(transport.disconnecting)
         self.clock.advance(15)
         self.assertTrue(transport.disconnected)
-
-
-def read_until_closed(s: socket.socket, limit: float = 20) -> bytes:
-    out = b""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            chunk = s.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not chunk:
-            break
-        out += chunk
-    return out
 
 
 def test_web_slowloris_headers_and_unfinished_body_are_cut_off(start_hub):
