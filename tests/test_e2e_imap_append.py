@@ -145,3 +145,52 @@ def test_literal8_append_keeps_8bit_and_refuses_nul_with_unknown_cte(hub):
     r.cmd(b"s", b"SELECT INBOX")
     assert eight_bit in b"\r\n".join(r.cmd(b"f", b"FETCH 1 BODY.PEEK[]")) + b"\r\n"
     r.close()
+
+
+# -- empty messages: refused as Dovecot refuses them ("NO Can't save a zero byte message") --
+
+
+def test_append_of_an_empty_literal_is_refused_and_stores_nothing(hub):
+    r = raw_login(hub)
+    r.send(b"e APPEND INBOX {0}\r\n")
+    assert r.line().startswith(b"+ ")
+    r.send(b"\r\n")
+    reply = r.until_tag(b"e")[-1]
+    assert reply.startswith(b"e NO ") and b"empty message" in reply, reply
+    r.send(b"e2 APPEND INBOX {0+}\r\n\r\n")
+    assert r.until_tag(b"e2")[-1].startswith(b"e2 NO "), "non-synchronising literal"
+    assert count(r) == 0
+    assert r.cmd(b"n", b"NOOP")[-1].startswith(b"n OK")  # the session goes on
+    r.close()
+
+
+def test_multiappend_with_one_empty_message_appends_nothing(hub):
+    r = raw_login(hub)
+    first = message(1)
+    r.send(b"m APPEND INBOX {%d+}\r\n%s {0+}\r\n\r\n" % (len(first), first))
+    reply = r.until_tag(b"m")[-1]
+    assert reply.startswith(b"m NO ") and b"nothing appended" in reply, reply
+    assert count(r) == 0
+    r.close()
+
+
+def test_catenate_that_adds_up_to_no_octets_is_refused(hub):
+    r = raw_login(hub)
+    r.send(b"c APPEND INBOX CATENATE (TEXT {0+}\r\n)\r\n")
+    reply = r.until_tag(b"c")[-1]
+    assert reply.startswith(b"c NO ") and b"empty message" in reply, reply
+    assert count(r) == 0
+    r.close()
+
+
+def test_smtp_data_with_no_content_is_stored_with_its_trace_header_not_empty(hub):
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"]) as smtp:
+        smtp.sendmail("bob@localhost", ["alice@localhost"], b"")
+    r = raw_login(hub)
+    r.cmd(b"s", b"SELECT INBOX")
+    fetched = r.cmd(b"f", b"FETCH 1 (RFC822.SIZE BODY.PEEK[HEADER])")
+    size = int(re.search(rb"RFC822.SIZE (\d+)", fetched[0]).group(1))
+    assert size > 0 and b"Received: " in b"\r\n".join(fetched)
+    r.close()

@@ -35,6 +35,9 @@ Rules:
    §4.4 allows a store that cannot keep binary content to do, with
    C{NO [UNKNOWN-CTE]}; other 8-bit content is stored as sent. A NUL
    in an ordinary literal is a syntax error (BAD).
+ - An empty message (C{{0}}, or a CATENATE that adds up to no octets)
+   is refused with C{NO}, as Dovecot refuses it ("Can't save a zero
+   byte message"); in a MULTIAPPEND that refuses the whole command.
  - UTF8 (RFC 6855 §4): C{UTF8 (~{n})} only after ENABLE UTF8=ACCEPT
    (else BAD); the message is stored as sent.
 """
@@ -164,6 +167,12 @@ class AppendCommands:
                 data = message.data
             if message.binary and b"\0" in data:
                 self.sendNegativeResponse(tag, b"[UNKNOWN-CTE] binary content with NUL octets cannot be stored here: send it base64-encoded; nothing appended")
+                return
+            if not data:
+                # Dovecot: "NO Can't save a zero byte message". An empty
+                # message has no header (RFC 5322 §3.6 wants From and
+                # Date); nothing could read it back as mail.
+                self.sendNegativeResponse(tag, b"empty message (0 octets) not stored" + (b"; nothing appended" if len(messages) > 1 else b""))
                 return
             if len(data) > self.hub.max_message_size:
                 self.sendNegativeResponse(tag, b"[TOOBIG] message of %d octets is over the limit of %d; nothing appended" % (len(data), self.hub.max_message_size))
