@@ -161,3 +161,48 @@ def test_message_global_part_is_structured_like_message_rfc822(hub):
     lines = r.cmd(b"t", b"FETCH 1 BODY.PEEK[2.1]")
     assert b"inner text" in b"\r\n".join(lines), lines
     r.close()
+
+
+def test_delete_of_a_noselect_parent_with_children_is_no_haschildren(hub):
+    r = rev2_login(hub)
+    assert r.cmd(b"c", b"CREATE p/c")[-1].startswith(b"c OK")
+    # p exists as a mailbox (CREATE made it): deleting it is allowed and
+    # leaves the name as the \Noselect parent of p/c (RFC 9051 §6.3.5).
+    assert r.cmd(b"d", b"DELETE p")[-1].startswith(b"d OK")
+    assert b'* LIST (\\NonExistent \\HasChildren) "/" "p"' in r.cmd(b"l", b'LIST "" p RETURN (CHILDREN)')
+    again = r.cmd(b"d2", b"DELETE p")[-1]
+    assert again.startswith(b"d2 NO [HASCHILDREN] "), again
+    assert b'"p/c"' in b"\n".join(r.cmd(b"l2", b'LIST "" *'))  # the child is untouched
+    assert r.cmd(b"d3", b"DELETE nothing/here")[-1].startswith(b"d3 NO [NONEXISTENT]")
+    r.close()
+
+
+def test_rev1_session_also_gets_haschildren_for_a_noselect_parent(hub):
+    r = raw_login(hub)
+    r.cmd(b"c", b"CREATE q/c")
+    r.cmd(b"d", b"DELETE q")
+    assert r.cmd(b"d2", b"DELETE q")[-1].startswith(b"d2 NO [HASCHILDREN] ")
+    r.close()
+
+
+def test_rev2_rename_answers_list_with_oldname_for_each_mailbox_moved(hub):
+    r = rev2_login(hub)
+    r.cmd(b"c", "CREATE Reisen/Zürich".encode())
+    reply = r.cmd(b"r", b"RENAME Reisen Trips")
+    assert reply == [
+        b'* LIST () "/" "Trips" ("OLDNAME" ("Reisen"))',
+        '* LIST () "/" "Trips/Zürich" ("OLDNAME" ("Reisen/Zürich"))'.encode(),
+        b"r OK RENAME completed",
+    ], reply
+    # an IMAP4rev1 session is told nothing new (rev1 has no OLDNAME)
+    plain = raw_login(hub)
+    assert plain.cmd(b"r", b"RENAME Trips Travel") == [b"r OK RENAME completed"]
+    plain.close()
+    r.close()
+
+
+def test_rev2_create_of_a_canonicalised_name_says_oldname(hub):
+    r = rev2_login(hub)
+    assert r.cmd(b"c", b"CREATE Projects/") == [b'* LIST () "/" "Projects" ("OLDNAME" ("Projects/"))', b"c OK CREATE completed"]
+    assert r.cmd(b"c2", b"CREATE Plain") == [b"c2 OK CREATE completed"]
+    r.close()

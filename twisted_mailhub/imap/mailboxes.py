@@ -12,6 +12,12 @@ Rules:
    APPEND/COPY/MOVE, C{[SERVERBUG]} otherwise); never a traceback.
  - APPEND lives in L{twisted_mailhub.imap.append}, LIST and LSUB in
    L{twisted_mailhub.imap.listing}.
+ - DELETE of a name that is only the parent of other mailboxes
+   (\\Noselect) is C{NO [HASCHILDREN]} (RFC 9051 §6.3.5, §7.1); a mailbox
+   with children is deleted and its name stays as C{\\Noselect}.
+ - IMAP4rev2 sessions get C{* LIST () "/" new ("OLDNAME" (old))} after a
+   RENAME (one per mailbox moved) and after a CREATE whose name was
+   canonicalised (RFC 9051 §7.3.1).
  - A selected folder deleted or renamed elsewhere ends the session with
    C{BYE [UNAVAILABLE]}, as Dovecot does.
 """
@@ -24,7 +30,7 @@ from twisted.mail import imap4
 from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.listing import SPECIAL_USE  # noqa: F401 (imap/__init__ makes them)
 from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_name, mailbox_name, opt_nested_list, shown, wire_name
-from twisted_mailhub.store.base import DELIMITER
+from twisted_mailhub.store.base import DELIMITER, normalize_folder_name
 from twisted_mailhub.store.interfaces import (
     DELETED,
     INBOX,
@@ -170,14 +176,31 @@ class MailboxCommands:
 
     def do_CREATE(self, tag, name):
         try:
-            folder_name = self.name_from_wire(name).rstrip(DELIMITER)
+            given = self.name_from_wire(name)
+            folder_name = given.rstrip(DELIMITER)
             if folder_name == INBOX:
                 raise FolderExists(INBOX)
-            self._store().create_folder(folder_name)
+            created = self._store().create_folder(folder_name).name
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             self._folder_error(tag, e)
             return
+        if self.rev2 and created != given:
+            # RFC 9051 §6.3.4: the name was canonicalised (a trailing
+            # delimiter dropped, inbox/ made INBOX/): say which name the
+            # mailbox has, with the one given as OLDNAME.
+            self.sendUntaggedResponse(self.oldname_list(created, given))
         self.sendPositiveResponse(tag, b"CREATE completed")
+
+    def oldname_list(self, name: str, old: str) -> bytes:
+        """C{LIST () "/" name ("OLDNAME" (old))}: RFC 9051 §7.3.1 (and RFC 5465 §5.4 for NOTIFY)."""
+        return b'LIST () "' + DELIMITER.encode() + b'" ' + self.name_to_wire(name) + b' ("OLDNAME" (' + self.name_to_wire(old) + b"))"
+
+    def _has_children(self, name: str) -> bool:
+        prefix = name + DELIMITER
+        try:
+            return any(other.startswith(prefix) for other in self._store().folders())
+        except (StoreError, OSError):
+            return False
 
     auth_CREATE = select_CREATE = (do_CREATE, arg_finalastring)
 
@@ -189,6 +212,16 @@ class MailboxCommands:
             if self.selected is not None and self.selected.folder.name == folder_name:
                 self._unselect()
             self._store().delete_folder(folder_name)
+        except NoSuchFolder as e:
+            if self._has_children(self.name_from_wire(name).rstrip(DELIMITER)):
+                # RFC 9051 §6.3.5 (RFC 3501 §6.3.4): a \Noselect name with
+                # inferiors cannot be deleted; HASCHILDREN (RFC 9051 §7.1)
+                # says why. A mailbox that has children is deleted and its
+                # name stays as \Noselect (the alternative §6.3.5 allows).
+                self.sendNegativeResponse(tag, b"[HASCHILDREN] " + client_text(self.name_from_wire(name)) + b" is no mailbox (\\Noselect), only the parent of others: delete those first")
+                return
+            self._folder_error(tag, e)
+            return
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             self._folder_error(tag, e)
             return
@@ -202,10 +235,18 @@ class MailboxCommands:
             if old_name == INBOX and new_name != INBOX:
                 self._rename_inbox(tag, new_name)
                 return
-            self._store().rename_folder(old_name, new_name)
+            store = self._store()
+            moved = [n for n in store.folders() if n.startswith(old_name + DELIMITER)] if self.rev2 else []
+            store.rename_folder(old_name, new_name)
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             self._folder_error(tag, e)
             return
+        if self.rev2:
+            # RFC 9051 §7.3.1: the new name with its old one as OLDNAME,
+            # for the mailbox and each inferior that moved with it.
+            self.sendUntaggedResponse(self.oldname_list(normalize_folder_name(new_name), normalize_folder_name(old_name)))
+            for child in moved:
+                self.sendUntaggedResponse(self.oldname_list(normalize_folder_name(new_name) + child[len(old_name):], child))
         self.sendPositiveResponse(tag, b"RENAME completed")
 
     def _rename_inbox(self, tag: bytes, new_name: str) -> None:
