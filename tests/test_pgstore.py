@@ -52,6 +52,55 @@ class PostgresStoreTests(unittest.TestCase):
             PostgresStore(self.dsn, create=False)
         self.assertIn("mailhub-admin db upgrade", str(e.exception))
 
+    def test_a_version_1_database_is_upgraded_and_each_placed_message_gets_its_size(self):
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            pgschema.migrate(conn, "mailhub_schema", pgschema.MIGRATIONS, 1, "")
+            conn.execute("INSERT INTO account (address) VALUES ('alice@example.org')")
+            conn.execute("INSERT INTO mailbox (account_id, name, uid_validity, uid_next, highest_modseq) SELECT id, 'INBOX', 7, 2, 1 FROM account")
+            conn.execute("INSERT INTO message (id, size, body) VALUES (5, %s, %s)", (len(MESSAGE), MESSAGE))
+            conn.execute(
+                "INSERT INTO mailbox_message (mailbox_id, uid, message_id, key, internal_date, modseq) SELECT id, 1, 5, 'k1', 0, 1 FROM mailbox"
+            )
+        folder = self.store().account("alice@example.org").folder(INBOX)
+        with psycopg.connect(self.dsn) as conn:
+            self.assertEqual(pgschema.schema_version(conn), pgschema.SCHEMA_VERSION)
+        self.assertEqual([(i.uid, i.key, i.size) for i in folder.messages()], [(1, "k1", len(MESSAGE))])
+        self.assertEqual(folder.read(1), MESSAGE)
+
+    @defer.inlineCallbacks
+    def test_a_folder_read_cold_shows_every_message_as_it_was_written(self):
+        writer = self.store().account("alice@example.org").folder(INBOX)
+        flag_sets = [[], [SEEN], ["\\Flagged", "$Label"], ["$Work", "$Home"], [SEEN, "\\Answered", "\\Deleted", "\\Draft"]]
+        for n in range(50):
+            yield writer.append(MESSAGE + b"x" * n, flag_sets[n % len(flag_sets)], internal_date=1_700_000_000.25 + n)
+        writer.expunge([3, 4])
+        written = writer.messages()
+        # Another store (another hub) reads the folder from the database.
+        cold = self.store().account("alice@example.org").folder(INBOX)
+        got = cold.messages()
+        self.assertEqual(
+            [(i.uid, i.key, set(i.flags), i.size, i.internal_date) for i in got],
+            [(i.uid, i.key, set(i.flags), i.size, i.internal_date) for i in written],
+        )
+        self.assertEqual(len(got), 48)
+        by_uid = {i.uid: i for i in got}
+        self.assertEqual(set(by_uid[2].flags), {SEEN})
+        self.assertEqual(set(by_uid[8].flags), {"\\Flagged", "$Label"})
+        uids, first_unseen, keywords = cold.selection()
+        self.assertEqual((list(uids), first_unseen, keywords), ([i.uid for i in written], 1, {"$Label", "$Work", "$Home"}))
+        uids, sizes, keys = cold.listing()
+        self.assertEqual(list(zip(uids, sizes, keys)), [(i.uid, i.size, i.key) for i in written])
+        self.assertEqual(cold.read(50), MESSAGE + b"x" * 49)
+
+    @defer.inlineCallbacks
+    def test_an_empty_folder_read_cold_is_empty(self):
+        self.store().account("alice@example.org")
+        folder = self.store().account("alice@example.org").folder(INBOX)
+        self.assertEqual(folder.messages(), [])
+        self.assertEqual([list(c) for c in folder.listing()], [[], [], []])
+        uid = yield folder.append(MESSAGE, [SEEN])
+        self.assertEqual([(i.uid, i.flags) for i in folder.messages()], [(uid, {SEEN})])
+
     @defer.inlineCallbacks
     def test_a_big_message_is_read_in_slices_byte_exact(self):
         folder = self.store().account("alice@example.org").folder(INBOX)

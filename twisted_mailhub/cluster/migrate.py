@@ -92,9 +92,10 @@ def copy_account(conn: Any, store: Any, address: str) -> tuple[int, int] | None:
                 ).fetchone()[0]
                 system, keywords = split_flags(info.flags)
                 conn.execute(
-                    "INSERT INTO mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, recent, internal_date, modseq)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (mailbox_id, info.uid, message_id, info.key, sorted(system), sorted(keywords), info.uid in recent, info.internal_date, modseqs[info.uid]),
+                    "INSERT INTO mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, recent, internal_date, modseq, size)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (mailbox_id, info.uid, message_id, info.key, sorted(system), sorted(keywords), info.uid in recent, info.internal_date,
+                     modseqs[info.uid], len(body)),
                 )
                 messages += 1
             folders += 1

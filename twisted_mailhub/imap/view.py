@@ -216,7 +216,8 @@ class SelectedFolder:
                 spans.append((lo - 1, hi))
         if len(spans) == 1:
             i, j = spans[0]
-            return [(k + 1, uids[k]) for k in range(i, j)]
+            # zip in C: FETCH 1:* of 100,000 names every message.
+            return list(zip(range(i + 1, j + 1), uids[i:j]))
         picked = set()
         for i, j in spans:
             picked.update(range(i, j))

@@ -47,10 +47,9 @@ needs threads for the synchronous interface; the thread pool does not.
 
 from __future__ import annotations
 
-import bisect
 import collections
-import gc
 import io
+import itertools
 import threading
 import time
 import uuid
@@ -58,14 +57,14 @@ import weakref
 from array import array
 from typing import Any, Iterable
 
-import attr
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from twisted_mailhub.store import pgschema
+from twisted_mailhub.store import pgcache, pgschema
 from twisted_mailhub.store.blobs import ByteaBlobs, IMessageBlobs
+from twisted_mailhub.store.pgcache import FolderCache, flag_set
 from twisted_mailhub.store.base import (
     DELIMITER,
     Listeners,
@@ -75,7 +74,6 @@ from twisted_mailhub.store.base import (
 )
 from twisted_mailhub.store.interfaces import (
     INBOX,
-    SEEN,
     FolderChange,
     FolderExists,
     IFolder,
@@ -238,12 +236,13 @@ WITH b AS (
     WHERE id = %(mailbox)s AND (NOT %(inbox)s OR name = 'INBOX')
     RETURNING uid_next - %(k)s AS first, highest_modseq AS modseq
 ), w AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(keys)s::text[], %(flags)s::text[], %(keywords)s::text[], %(dates)s::float8[])
-        WITH ORDINALITY AS w(message_id, key, flags, keywords, internal_date, n)
+    SELECT * FROM unnest(%(ids)s::bigint[], %(keys)s::text[], %(flags)s::text[], %(keywords)s::text[], %(dates)s::float8[],
+                         %(sizes)s::int4[])
+        WITH ORDINALITY AS w(message_id, key, flags, keywords, internal_date, size, n)
 ), placed AS (
-    INSERT INTO mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq)
+    INSERT INTO mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq, size)
     SELECT %(mailbox)s, b.first + w.n - 1, w.message_id, w.key, string_to_array(w.flags, ' '),
-           string_to_array(w.keywords, ' '), w.internal_date, b.modseq
+           string_to_array(w.keywords, ' '), w.internal_date, b.modseq, w.size
     FROM b, w
 ), journal AS (
     INSERT INTO mailbox_change (mailbox_id, modseq, kind, uids)
@@ -270,7 +269,7 @@ class PendingWrite:
 
     def info(self, uid: int) -> MessageInfo:
         return MessageInfo(
-            uid=uid, key=self.key, flags=_flag_set(" ".join(self.flags + self.keywords)),
+            uid=uid, key=self.key, flags=flag_set(" ".join(self.flags + self.keywords)),
             size=len(self.message), internal_date=self.internal_date,
         )
 
@@ -450,6 +449,7 @@ class GroupCommitter:
                         "flags": [" ".join(w.flags) for w in writes],
                         "keywords": [" ".join(w.keywords) for w in writes],
                         "dates": [w.internal_date for w in writes],
+                        "sizes": [len(w.message) for w in writes],
                     }))
         result: list = [None] * len(batch)
         orphans = []
@@ -527,27 +527,6 @@ def new_uid_validity(conn: Any) -> int:
     return row[0]
 
 
-# What the cache keeps of a message, read in one go: flags and keywords
-# joined by spaces (IMAP flags are atoms: no spaces), so that the 100,000
-# rows of a big mailbox come back as plain text fields, not arrays.
-_ROWS = (
-    "SELECT uid, key, array_to_string(flags || keywords, ' '), size, internal_date, message_id, mm.modseq"
-    " FROM mailbox_message mm JOIN message ON message.id = message_id WHERE mailbox_id = %s"
-)
-
-_flag_sets: dict[str, frozenset[str]] = {}
-
-
-def _flag_set(text: str) -> frozenset[str]:
-    """The flag set of a space-separated text, one shared object per distinct set."""
-    found = _flag_sets.get(text)
-    if found is None:
-        found = frozenset(text.split())
-        if len(_flag_sets) < 10_000:
-            _flag_sets[text] = found
-    return found
-
-
 class MessageReader(io.RawIOBase):
     """
     One message's bytes read from the database in slices of L{CHUNK}
@@ -589,10 +568,11 @@ class MessageReader(io.RawIOBase):
 @implementer(IFolder)
 class PostgresFolder:
     """
-    One C{mailbox} row, with a cache of its messages (L{MessageInfo}, the
-    C{message} id and the modseq of each, by UID) that the change journal
-    keeps current: C{messages()} and C{info()} read no rows once it is
-    loaded.
+    One C{mailbox} row, with a cache of its messages (a
+    L{twisted_mailhub.store.pgcache.FolderCache}: UID, key, flags, size,
+    date, C{message} id and modseq of each, as columns) that the change
+    journal keeps current: C{messages()} and C{info()} read no rows once it
+    is loaded, and loading it is one statement.
 
     The journal drives both the cache and the listeners: every change made
     here is applied and announced at once; a change made by another hub is
@@ -615,12 +595,10 @@ class PostgresFolder:
         self._watermark = modseq  # every modseq up to here is applied and announced
         self._announced: set[int] = set()  # and these above it
         # The cache: None until first needed.
-        self._infos: dict[int, MessageInfo] | None = None
-        self._meta: dict[int, tuple[int, int]] = {}  # uid -> (message id, modseq)
-        self._list: list[MessageInfo] | None = None  # _infos in UID order, made when asked
+        self._table: FolderCache | None = None
         self._version = 0  # counts changes to the cache
         self._mark = 0  # highest_modseq when the cache was read
-        self._selection: tuple | None = None  # (version, UIDs, first unseen, keywords)
+        self._selection: tuple | None = None  # (version, first unseen, keywords)
         # Read-ahead of small bodies for a FETCH that walks the folder.
         self._bodies: dict[int, bytes] = {}
         self._last_read = 0
@@ -641,89 +619,47 @@ class PostgresFolder:
     @property
     def cached(self) -> int:
         """How many messages the cache holds (0 when not loaded)."""
-        return len(self._infos) if self._infos is not None else 0
+        return len(self._table) if self._table is not None else 0
 
     def _load(self) -> None:
-        def load(conn):
-            # The mark first: rows read after it are at least that new; a
-            # journal entry applied again later changes nothing.
-            mark = conn.execute("SELECT highest_modseq FROM mailbox WHERE id = %s", (self.mailbox_id,)).fetchone()
-            if mark is None:
-                return None, []
-            return mark[0], conn.execute(_ROWS, (self.mailbox_id,)).fetchall()
-
-        # The 100,000 rows of a big mailbox and their MessageInfos are
-        # new objects the collector would walk again and again (three
-        # times the time); none of them refers to another.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            self._fill(*self._run(load))
-        finally:
-            if collecting:
-                gc.enable()
+        # One statement, one snapshot: the mark and the rows agree (a
+        # journal entry applied again later changes nothing).
+        row = self._run(lambda c: c.execute(pgcache.SUMMARY, (self.mailbox_id,), binary=True).fetchone())
+        if row is None:
+            self.gone = True
+            self._table = FolderCache()
+            self._mark = 0
+            return
+        self._table = FolderCache.from_summary(row[1:])
+        self._mark = row[0]
+        self._version += 1
         if self._watermark < self._mark:
             # Changes between the folder's making and now: told to nobody
             # yet, and listeners may be waiting for them.
             self.catch_up()
 
-    def _fill(self, mark, rows) -> None:
-        if mark is None:
-            self.gone = True
-            self._infos, self._meta = {}, {}
-            self._list = []
-            self._mark = 0
-            return
-        infos: dict[int, MessageInfo] = {}
-        meta: dict[int, tuple[int, int]] = {}
-        flag_set = _flag_set
-        for uid, key, flags, size, internal_date, message_id, modseq in rows:
-            infos[uid] = MessageInfo(uid=uid, key=key, flags=flag_set(flags), size=size, internal_date=internal_date)
-            meta[uid] = (message_id, modseq)
-        self._infos, self._meta, self._list = infos, meta, None
-        self._mark = mark
-        self._version += 1
-
     def _put(self, info: MessageInfo, message_id: int, modseq: int) -> None:
-        if self._infos is None:
-            return
-        had = self._meta.get(info.uid)
-        if had is not None and had[1] > modseq:
-            return  # a newer row is here already
-        if had is None and self._list is not None and (not self._list or self._list[-1].uid < info.uid):
-            self._list.append(info)
-        else:
-            self._list = None
-        self._infos[info.uid] = info
-        self._meta[info.uid] = (message_id, modseq)
-        self._version += 1
+        if self._table is not None and self._table.put(
+            info.uid, info.key, info.flags, info.size, info.internal_date, message_id, modseq
+        ):
+            self._version += 1
 
     def _drop(self, uids: Iterable[int]) -> None:
         self._bodies.clear()
-        if self._infos is None:
-            return
-        for uid in uids:
-            if self._infos.pop(uid, None) is not None:
-                del self._meta[uid]
-                self._list = None
-                self._version += 1
+        if self._table is not None and self._table.drop(uids):
+            self._version += 1
 
     def _reread(self, uids: list[int]) -> None:
         """Read these UIDs' rows again into the cache (missing ones were expunged)."""
-        if self._infos is None or not uids:
+        if self._table is None or not uids:
             return
-        rows = self._run(lambda c: c.execute(_ROWS + " AND uid = ANY(%s)", (self.mailbox_id, uids)).fetchall())
+        rows = self._run(lambda c: c.execute(pgcache.ROWS + " AND uid = ANY(%s)", (self.mailbox_id, uids)).fetchall())
         found = set()
         for uid, key, flags, size, internal_date, message_id, modseq in rows:
             found.add(uid)
-            self._put(MessageInfo(uid=uid, key=key, flags=_flag_set(flags), size=size, internal_date=internal_date), message_id, modseq)
-        self._drop(u for u in uids if u not in found)
-
-    def _ordered(self) -> list[MessageInfo]:
-        if self._list is None:
-            infos = self._infos or {}
-            self._list = [infos[uid] for uid in sorted(infos)]
-        return self._list
+            if self._table.put(uid, key, flag_set(flags), size, internal_date, message_id, modseq):
+                self._version += 1
+        self._drop([u for u in uids if u not in found])
 
     # -- changes ------------------------------------------------------------
 
@@ -763,11 +699,11 @@ class PostgresFolder:
         row = self._run(lambda c: c.execute("SELECT highest_modseq FROM mailbox WHERE id = %s", (self.mailbox_id,)).fetchone())
         if row is None:
             self.gone = True
-            self._drop(list(self._infos or ()))
+            self._drop(list(self._table.uids) if self._table is not None else [])
             return
         if row[0] - self._watermark > RELOAD_GAP and not self._listeners.count():
             # Far behind and nobody to tell: read it all again.
-            self._watermark, self._announced, self._infos = row[0], set(), None
+            self._watermark, self._announced, self._table = row[0], set(), None
             self._load()
         elif row[0] > self._watermark and any(m not in self._announced for m in range(self._watermark + 1, row[0] + 1)):
             self.catch_up()
@@ -788,62 +724,63 @@ class PostgresFolder:
 
     # -- reading ------------------------------------------------------------
 
-    def messages(self) -> list[MessageInfo]:
-        if self.gone:
-            return []
+    def _cache(self) -> FolderCache:
+        """The cache, loaded or caught up (as L{messages} does)."""
         self.store._touch(self)
-        if self._infos is None:
+        if self._table is None:
             self._load()
         else:
             self._sync()
-        return list(self._ordered())
+        return self._table if self._table is not None else FolderCache()
+
+    def messages(self) -> list[MessageInfo]:
+        if self.gone:
+            return []
+        return self._cache().all_infos()
+
+    def listing(self) -> tuple[array, array, list[str]]:
+        """
+        What a POP3 login needs (RFC 1939 §5 STAT, LIST, UIDL), as columns,
+        without a L{MessageInfo} per message: (the UIDs ascending, their
+        sizes in octets, their keys), new sequences the caller may keep.
+        Catches up first, as L{messages} does.
+        """
+        if self.gone:
+            return array("I"), array("Q"), []
+        table = self._cache()
+        return array("I", table.uids), array("Q", table.sizes), list(table.names)
 
     def selection(self) -> tuple[array, int, frozenset[str]]:
         """
-        What an IMAP SELECT tells (RFC 3501 §6.3.1), from the cache and
-        without a walk over every message when nothing changed since the
-        last one: (the UIDs ascending, as a new C{array('I')} the caller may
+        What an IMAP SELECT tells (RFC 3501 §6.3.1), from the cache's
+        columns: (the UIDs ascending, as a new C{array('I')} the caller may
         change; the UID of the first message without C{\\Seen}, 0 if none;
         the keywords in use). Catches up first, as L{messages} does.
         """
-        self.messages()
+        if self.gone:
+            return array("I"), 0, frozenset()
+        table = self._cache()
         cached = self._selection
         if cached is None or cached[0] != self._version:
-            first_unseen = 0
-            flag_sets: set[frozenset[str]] = set()
-            order = self._ordered()
-            for info in order:
-                flags = info.flags
-                if flags not in flag_sets:
-                    flag_sets.add(flags)
-                if not first_unseen and SEEN not in flags:
-                    first_unseen = info.uid
-            keywords = frozenset(f for flags in flag_sets for f in flags if not f.startswith("\\"))
-            cached = self._selection = (self._version, array("I", [info.uid for info in order]), first_unseen, keywords)
-        return array("I", cached[1]), cached[2], cached[3]
+            cached = self._selection = (self._version, table.first_unseen(), table.keywords_in_use())
+        return array("I", table.uids), cached[1], cached[2]
 
     def info(self, uid: int) -> MessageInfo:
-        if self._infos is not None:
-            found = self._infos.get(uid)
-            if found is None:
-                raise NoSuchMessage(uid)
-            return found
-        row = self._run(lambda c: c.execute(_ROWS + " AND uid = %s", (self.mailbox_id, uid)).fetchone())
+        if self._table is not None:
+            return self._table.info_of(uid)
+        row = self._run(lambda c: c.execute(pgcache.ROWS + " AND uid = %s", (self.mailbox_id, uid)).fetchone())
         if row is None:
             raise NoSuchMessage(uid)
         uid, key, flags, size, internal_date, _, _ = row
-        return MessageInfo(uid=uid, key=key, flags=_flag_set(flags), size=size, internal_date=internal_date)
+        return MessageInfo(uid=uid, key=key, flags=flag_set(flags), size=size, internal_date=internal_date)
 
     def _message_id(self, uid: int) -> tuple[int, int]:
         """(message id, size) of a UID; L{NoSuchMessage} if it is gone."""
-        if self._infos is not None:
-            meta = self._meta.get(uid)
-            if meta is None:
-                raise NoSuchMessage(uid)
-            return meta[0], self._infos[uid].size
+        if self._table is not None:
+            return self._table.message_of(uid)
         row = self._run(
             lambda c: c.execute(
-                "SELECT message_id, size FROM mailbox_message JOIN message ON message.id = message_id WHERE mailbox_id = %s AND uid = %s",
+                "SELECT message_id, size FROM mailbox_message WHERE mailbox_id = %s AND uid = %s",
                 (self.mailbox_id, uid),
             ).fetchone()
         )
@@ -858,17 +795,15 @@ class PostgresFolder:
             return body
         message_id, _ = self._message_id(uid)
         wanted = {message_id: uid}
-        if self._infos is not None and self._last_read and uid > self._last_read:
+        if self._table is not None and self._last_read and uid > self._last_read:
             # A walk up the folder (FETCH 1:* BODY[]): read the next small
             # messages in the same round trip, more each time.
-            order = self._ordered()
-            at = bisect.bisect_left(order, uid, key=lambda i: i.uid) + 1
             budget = READ_AHEAD_BYTES
-            for info in order[at : at + self._ahead]:
-                if info.size > READ_AHEAD_ONE or info.size > budget:
+            for next_uid, next_id, size in itertools.islice(self._table.following(uid), self._ahead):
+                if size > READ_AHEAD_ONE or size > budget:
                     break
-                budget -= info.size
-                wanted[self._meta[info.uid][0]] = info.uid
+                budget -= size
+                wanted[next_id] = next_uid
             self._ahead = min(self._ahead * 4, READ_AHEAD_MOST)
         else:
             self._ahead = 4
@@ -954,11 +889,13 @@ class PostgresFolder:
         if modseq is not None:
 
             def apply():
+                table = self._table
+                if table is None:
+                    return
                 for uid in changed:
-                    old = self._infos.get(uid) if self._infos is not None else None
-                    if old is not None:
-                        new = _flag_set(" ".join(sorted(result[uid])))
-                        self._put(attr.evolve(old, flags=new), self._meta[uid][0], modseq)
+                    i = table.position(uid)
+                    if i >= 0 and table.put(uid, "", frozenset(result[uid]), 0, 0.0, 0, modseq):
+                        self._version += 1
 
             self._local(modseq, apply, FolderChange(flags=changed, origin=origin))
         return result
@@ -999,7 +936,6 @@ class PostgresFolder:
             with conn.transaction():
                 rows = conn.execute(
                     "SELECT uid, message_id, flags, keywords, internal_date, size FROM mailbox_message"
-                    " JOIN message ON message.id = message_id"
                     " WHERE mailbox_id = %s AND uid = ANY(%s) ORDER BY uid",
                     (self.mailbox_id, wanted),
                 ).fetchall()
@@ -1009,14 +945,14 @@ class PostgresFolder:
                 pairs = []
                 entries = []
                 with conn.cursor().copy(
-                    "COPY mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq) FROM STDIN"
+                    "COPY mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq, size) FROM STDIN"
                 ) as out:
                     for n, (uid, message_id, flags, keywords, internal_date, size) in enumerate(rows):
                         key = uuid.uuid4().hex
-                        out.write_row((destination.mailbox_id, first + n, message_id, key, flags, keywords, internal_date, modseq))
+                        out.write_row((destination.mailbox_id, first + n, message_id, key, flags, keywords, internal_date, modseq, size))
                         pairs.append((uid, first + n))
                         info = MessageInfo(
-                            uid=first + n, key=key, flags=_flag_set(" ".join(flags + keywords)), size=size, internal_date=internal_date
+                            uid=first + n, key=key, flags=flag_set(" ".join(flags + keywords)), size=size, internal_date=internal_date
                         )
                         entries.append((info, message_id, modseq))
                 return pairs, modseq, entries
