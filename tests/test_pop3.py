@@ -19,6 +19,8 @@ from twisted_mailhub import pop3
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.hub import Hub
 from twisted_mailhub.store.interfaces import INBOX, SEEN
+from twisted_mailhub.store import wireform
+from twisted_mailhub.store.maildir import MaildirStore
 from twisted_mailhub.store.memory import MemoryStore
 
 TRUSTED = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -445,7 +447,7 @@ class MaildirRetrTests(POP3TestCase):
 
         from twisted_mailhub.store.maildir import MaildirStore
 
-        root = tempfile.mkdtemp()
+        root = self.root = tempfile.mkdtemp()
         self.addCleanup(__import__("shutil").rmtree, root, True)
         self.store = MaildirStore(root)
         self.hub.store = self.store
@@ -488,6 +490,45 @@ class MaildirRetrTests(POP3TestCase):
             b"+OK unique-id listing follows\r\n1 1700000000.M1P1.host,S=5\r\n2 1700000001.M1P1.host,S=5\r\n.\r\n",
         )
         self.assertEqual(asked, [])
+
+
+    def test_a_message_stored_in_wire_form_is_sent_as_it_is_and_never_scanned_again(self):
+        message = b"Subject: a\r\n\r\nbody. no dot starts a line\r\n"
+        name = "1700000000.M1P1.host,S=%d" % len(message)
+        self.drop_in(name, message)
+        scans = []
+        real = wireform.wire_lines
+        self.patch(wireform, "wire_lines", lambda data: scans.append(data) or real(data))
+        expected = b"+OK %d octets\r\n" % len(message) + message + b".\r\n"
+        for _ in range(2):
+            proto, t = self.login()
+            self.assertEqual(self.say(proto, t, b"retr 1\r\nretr 1\r\n"), expected * 2)
+            self.assertEqual(self.say(proto, t, b"quit\r\n")[:4], b"+OK ")
+            # The next session is another process, with the facts on disk.
+            self.store = self.hub.store = MaildirStore(self.root)
+        self.assertEqual(scans, [message])
+        self.assertTrue(os.path.exists(os.path.join(self.maildir, wireform.FILE)))
+
+    def test_a_message_that_needs_stuffing_is_stuffed_every_time(self):
+        self.drop_in("1700000000.M1P1.host,S=23", b"Subject: a\r\n\r\n.one\r\n.\r\n")
+        expected = b"+OK 23 octets\r\nSubject: a\r\n\r\n..one\r\n..\r\n.\r\n"
+        for _ in range(2):
+            proto, t = self.login()
+            self.assertEqual(self.say(proto, t, b"retr 1\r\nretr 1\r\n"), expected * 2)
+            self.assertEqual(self.say(proto, t, b"quit\r\n")[:4], b"+OK ")
+            self.store = self.hub.store = MaildirStore(self.root)
+
+    def test_a_message_rewritten_by_hand_to_another_length_is_checked_again(self):
+        name = "1700000000.M1P1.host,S=19"
+        self.drop_in(name, b"Subject: a\r\n\r\none\r\n")
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"+OK 19 octets\r\nSubject: a\r\n\r\none\r\n.\r\n")
+        self.say(proto, t, b"quit\r\n")
+        # QUIT marked it seen: it is in cur/ now.
+        with open(os.path.join(self.maildir, "cur", name + ":2,S"), "wb") as f:
+            f.write(b"Subject: a\r\n\r\n.one\r\n")
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"+OK 20 octets\r\nSubject: a\r\n\r\n..one\r\n.\r\n")
 
 
 class StuffingTests(SynchronousTestCase):

@@ -130,6 +130,23 @@ def test_pop3_retr_and_top_answers_are_summarised_and_other_listings_kept_line_b
     ]
 
 
+def test_a_pop3_answer_recorded_from_its_facts_reads_as_one_recorded_from_its_bytes():
+    message = b"Subject: a\r\n\r\nbody\r\n"
+    answers = [b"+OK 20 octets\r\n" + message + b".\r\n", b"+OK 2 messages\r\n1 20\r\n2 40\r\n.\r\n"]
+    _, from_bytes, t = _record("pop3")
+    t.client_bytes(b"RETR 1\r\nLIST\r\n")
+    t.server_bytes(answers[0])
+    t.server_bytes(answers[1])
+    _, from_facts, t = _record("pop3")
+    t.client_bytes(b"RETR 1\r\nLIST\r\n")
+    assert t.server_message(b"+OK 20 octets", message.count(b"\n"), len(message))
+    # A LIST answer is not a message: it is recorded from its bytes.
+    assert not t.server_message(b"+OK 2 messages", 2, 10)
+    t.server_bytes(answers[1])
+    assert _lines(from_facts) == _lines(from_bytes)
+    assert _lines(from_facts)[2:5] == ["S: +OK 20 octets", "S: [message: 3 lines, 20 octets]", "S: ."]
+
+
 def test_lines_nobody_watched_are_shown_as_text_with_control_bytes_visible_when_read():
     bus, record, t = _record("smtp")
     t.client_bytes(b"HELO caf\xc3\xa9\x1b[31m\r\n")

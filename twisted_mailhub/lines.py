@@ -418,16 +418,19 @@ class LineEngine:
     def write_connection_lost(self) -> None:
         self.close()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, transport: Any = None) -> None:
         """
         Send a reply (bytes). The reply to the last line at hand leaves at
         once (L{send_now}); replies to pipelined lines with more behind
         them wait in the transport and leave together, in one send, when
-        the batch is done.
+        the batch is done. C{transport}: the one to write to instead of
+        the engine's (one that a wrapper of it writes to, when the wrapper
+        has already seen the reply: the session transcript).
         """
-        transport = self.transport
-        if transport is None:  # before start(): the greeting
-            transport = self.owner.transport
+        if transport is None:
+            transport = self.transport
+            if transport is None:  # before start(): the greeting
+                transport = self.owner.transport
         if self._batch_more and self._in_loop:
             transport.write(data)
         else:

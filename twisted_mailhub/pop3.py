@@ -75,6 +75,7 @@ from twisted_mailhub import __version__
 from twisted_mailhub.hub import ListenerSpec, is_secure
 from twisted_mailhub.lines import LineEngine, control_note, quote
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, is_out_of_space
+from twisted_mailhub.store.wireform import WireForms
 
 log = Logger()
 
@@ -110,6 +111,8 @@ class MaildropInUse(cred_error.LoginDenied):
     authentication failure: the throttle does not count it.
     """
 
+
+_O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 _UIDL_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
 
@@ -150,6 +153,12 @@ class Maildrop:
             self.sizes = [info.size for info in infos]
             self._keys = [info.key for info in infos]
         self._uidls: list[str] | None = None
+        # Each message's file, found the first time it is read.
+        self._paths: dict[int, str] = {}
+        # Which messages need no byte-stuffing (store/wireform.py): the
+        # folder's facts, kept across sessions, or this session's own.
+        forms = getattr(folder, "wire_forms", None)
+        self.wire_forms = forms() if forms is not None else WireForms(None)
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
         self.count = len(self.uids)
@@ -173,16 +182,20 @@ class Maildrop:
         Raises L{NoSuchMessage} or C{FileNotFoundError} when it is gone.
         """
         self.check(i)
-        uid, size = self.uids[i], self.sizes[i]
-        path = self.folder.path(uid)
+        size = self.sizes[i]
+        path = self._paths.get(i)
         if path is None:
-            return self.folder.read(uid)
+            path = self.folder.path(self.uids[i])
+            if path is None:
+                return self.folder.read(self.uids[i])
+            self._paths[i] = path
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, _O_READ)
         except FileNotFoundError:
             # Renamed by another program since the store last looked: the
             # store finds it again (or says it is gone).
-            return self.folder.read(uid)
+            self._paths.pop(i, None)
+            return self.folder.read(self.uids[i])
         try:
             data = os.read(fd, size + 1)
             if len(data) > size:
@@ -197,6 +210,15 @@ class Maildrop:
         finally:
             os.close(fd)
         return data
+
+    def wire_lines(self, i: int, data: bytes) -> int | None:
+        """
+        The line count of message C{i} whose bytes are C{data} when it is
+        stored in wire form (no byte-stuffing, CRLF, an ASCII header: sent
+        as it is), else L{None}; known from the folder's facts, or learned
+        now and kept.
+        """
+        return self.wire_forms.lines_of(self._keys[i], data)
 
     def check(self, index: int) -> None:
         if not 0 <= index < len(self.uids):
@@ -236,6 +258,8 @@ class Maildrop:
         one batch (never clearing it), then expunge what was deleted.
         Returns the indexes that could not be removed.
         """
+        keys = self._keys
+        self.wire_forms.save(keys[i] for i in range(len(keys)) if i not in self.deleted)
         seen = [self.uids[i] for i in sorted(self.retrieved - self.deleted)]
         if seen:
             try:
@@ -564,6 +588,22 @@ class MailhubPOP3(_pop3.POP3):
             self.lines.write(data)
         else:
             self.transport.write(data)
+
+    def write_message(self, status: bytes, message: bytes, lines: int) -> None:
+        """
+        A multi-line reply (RETR, TOP) in one write: the status line
+        C{status} (no line end), C{message} of C{lines} lines, which needs
+        no byte-stuffing and ends in CRLF, and the terminating ".". The
+        session transcript records it from these facts, without reading
+        the message again.
+        """
+        data = status + b"\r\n" + message + b".\r\n"
+        record = getattr(self.transport, "record_message", None)
+        past = record(status, lines, len(message)) if record is not None else None
+        if self.lines is None:
+            (past or self.transport).write(data)
+        else:
+            self.lines.write(data, past)
 
     def reply_ok(self, text: bytes | str = b"") -> None:
         if isinstance(text, str):
@@ -950,6 +990,11 @@ class MailhubPOP3(_pop3.POP3):
             except (NoSuchMessage, FileNotFoundError):
                 return self._gone(i)
             drop.retrieved.add(i)
+            lines = drop.wire_lines(i, data)
+            if lines is not None:
+                # Stored as it is sent: no scan, no copy but the one write.
+                self.write_message(b"+OK %d octets" % len(data), data, lines)
+                return None
             if not self.utf8:
                 data = downgrade(data)
             body = stuff(data)

@@ -409,6 +409,24 @@ class Transcriber:
         if pos < end:
             self._server = data[pos:] if pos else data
 
+    def server_message(self, status: bytes, lines: int, octets: int) -> bool:
+        """
+        Record a POP3 RETR or TOP answer from its facts instead of its
+        bytes: the status line C{status} (no line end), then C{lines} lines
+        and C{octets} octets of message that need no byte-stuffing, then
+        ".": the events L{server_bytes} would make of it, without a scan of
+        the message. Returns False, recording nothing, when it cannot (the
+        reply would not start a line, or its command was not RETR or TOP):
+        then the bytes go through L{server_bytes}.
+        """
+        if self._server or self._out_data is not None or not self._pop3 or not self._pop3[0]:
+            return False
+        self._server_line(status)
+        self._out_data = None
+        self._emit("S", b"[message: %d lines, %d octets]" % (lines, octets))
+        self._emit("S", b".")
+        return True
+
     def _server_line(self, line: bytes) -> None:
         bare = line[:-1] if line[-1:] == b"\r" else line
         if bare[-1:] == b"\r":
@@ -604,6 +622,15 @@ class TranscriptProtocol(policies.ProtocolWrapper):
         """L{twisted_mailhub.lines.send_now} through the transcript."""
         self.transcriber.server_bytes(data)
         send_now(self.transport, data)
+
+    def record_message(self, status: bytes, lines: int, octets: int) -> Any:
+        """
+        A POP3 RETR or TOP answer about to be written whole, recorded from
+        its facts (L{Transcriber.server_message}): returns the transport to
+        write its bytes to, past this recorder, or L{None} when they must
+        be written through it (L{write}).
+        """
+        return self.transport if self.transcriber.server_message(status, lines, octets) else None
 
     def writeSequence(self, data):
         self.transcriber.server_bytes(b"".join(data))

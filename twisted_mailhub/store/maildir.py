@@ -112,6 +112,7 @@ from twisted_mailhub.store.table import (
     system_bits,
 )
 from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, fsync_directory
+from twisted_mailhub.store.wireform import WireForms
 from twisted_mailhub.store.interfaces import (
     DELETED,
     DRAFT,
@@ -445,6 +446,7 @@ class MaildirFolder:
         self._extra_lines = 0
         self._list_lines = 0  # message lines of the list read at the load
         self._hint = 0  # the row info() found last: FETCH 1:* asks in order
+        self._wire_forms: WireForms | None = None  # POP3's cache, made when first asked for
         self.uid_validity = 0
         self.uid_next = 1
         for sub in ("cur", "new", "tmp"):
@@ -1123,6 +1125,13 @@ class MaildirFolder:
 
     def path(self, uid: int) -> str:
         return self._file(uid)
+
+    def wire_forms(self) -> WireForms:
+        """Which messages are stored as POP3 sends them (L{twisted_mailhub.store.wireform})."""
+        found = self._wire_forms
+        if found is None:
+            found = self._wire_forms = WireForms(self.directory)
+        return found
 
     def deliver(self, message: bytes) -> defer.Deferred:
         """

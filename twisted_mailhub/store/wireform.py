@@ -1,0 +1,159 @@
+# -*- test-case-name: tests.test_store_wireform -*-
+"""
+Which messages of a folder are stored exactly as POP3 sends them, so that
+RETR can send the file's bytes without reading them first.
+
+A POP3 multi-line reply (RFC 1939 §3) has CRLF line ends and a "." doubled
+where it starts a line; a session that did not send UTF8 gets 8-bit header
+fields as encoded-words (RFC 6856 §3). A message is in I{wire form} when it
+needs none of that: every line ends in CRLF (the last one too), no line
+starts with ".", and its header is ASCII. Most mail is: the store writes
+CRLF, and SMTP has already dot-stuffed and un-stuffed it.
+
+Finding that out costs several scans of the message; the answer never
+changes, because a Maildir message's content is fixed under its base name
+(only its flags, in the file name, change). So it is learned once, on the
+first RETR, and kept per folder in memory and in C{mailhub-wireform}
+beside the UID list, as Dovecot keeps its "no dot-stuffing needed" cache
+field. With the fact, RETR costs no scan, and the session transcript
+counts the message's lines from the fact instead of from the bytes.
+
+Rules:
+
+ - A fact is C{base name -> (line count, length)}, or the length alone
+   for a message that is not in wire form (so it is not checked again
+   either), packed in one int (L{WireForms.known}). It holds only while
+   the file has that length: a file edited by hand to another length is
+   checked again. (One edited by hand to the same length is trusted, as
+   Dovecot trusts its cache.)
+ - C{mailhub-wireform} is a cache, never the authority: it is written
+   (temporary file and rename, not synced) when a session that learned
+   something ends, holding only the messages that session still lists; a
+   file that is missing, damaged or of another version is ignored and
+   the facts are learned again.
+ - Under C{--workers} each process keeps its own facts and the last
+   writer's file wins: every fact in any version of it is true.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+from typing import Iterable
+
+from twisted.logger import Logger
+
+log = Logger()
+
+FILE = "mailhub-wireform"
+_VERSION = 1
+# A fact packs a message's line count above its length (below 1 TiB).
+_SHIFT = 40
+_LENGTH = (1 << _SHIFT) - 1
+
+
+def wire_lines(data: bytes) -> int | None:
+    """
+    The number of lines of C{data} (a whole message) when it is in wire
+    form (see the module), else L{None}.
+    """
+    if data[-2:] != b"\r\n" or data[:1] == b"." or b"\n." in data:
+        return None
+    lines = data.count(b"\n")
+    if data.count(b"\r\n") != lines:
+        return None
+    end = data.find(b"\r\n\r\n")
+    if not (data[:end] if end >= 0 else data).isascii():
+        return None
+    return lines
+
+
+class WireForms:
+    """
+    The wire-form facts of one folder (see the module): C{known} maps a
+    base name to C{lines << 40 | length} for a message in wire form, or
+    C{-1 - length} for one that is not (L{lines_of} reads them). C{directory} is the Maildir the cache
+    file lives in, or L{None} for facts kept in memory only (a store
+    without files).
+    """
+
+    __slots__ = ("directory", "path", "_known", "_learned")
+
+    def __init__(self, directory: str | None):
+        self.directory = directory
+        self.path = os.path.join(directory, FILE) if directory is not None else None
+        self._known: dict[str, int] | None = None
+        self._learned = False
+
+    @property
+    def known(self) -> dict[str, int]:
+        """The facts, read from the cache file the first time they are asked for."""
+        known = self._known
+        if known is None:
+            known = self._known = self._read()
+        return known
+
+    def _read(self) -> dict[str, int]:
+        if self.path is None:
+            return {}
+        try:
+            with open(self.path, "rb") as f:
+                version, known = marshal.loads(f.read())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, EOFError, TypeError):
+            log.info("ignoring an unreadable POP3 wire-form cache {path}", path=self.path)
+            return {}
+        if version != _VERSION or type(known) is not dict:
+            return {}
+        return known
+
+    def lines_of(self, key: str, data: bytes) -> int | None:
+        """
+        The line count of C{data}, the message stored under C{key}, when
+        it is in wire form, else L{None}: from the facts, or learned now.
+        """
+        fact = self.known.get(key)
+        if fact is not None:
+            if fact >= 0:
+                if fact & _LENGTH == len(data):
+                    return fact >> _SHIFT
+            elif -1 - fact == len(data):
+                return None
+        return self.learn(key, data)
+
+    def learn(self, key: str, data: bytes) -> int | None:
+        """
+        Check C{data}, the message stored under C{key}, and remember the
+        answer (see L{known}): its line count when it is in wire form, else
+        L{None}.
+        """
+        lines = wire_lines(data)
+        self.known[key] = -1 - len(data) if lines is None else (lines << _SHIFT) | len(data)
+        self._learned = True
+        return lines
+
+    def save(self, keys: Iterable[str]) -> None:
+        """
+        Write the cache file if something was learned since the last
+        save, with the facts of C{keys} only (the messages still there).
+        Never raises: a cache that cannot be written is only a cache.
+        """
+        if not self._learned or self.path is None:
+            return
+        self._learned = False
+        known = self.known
+        keep = {key: known[key] for key in keys if key in known}
+        # Written in the Maildir's tmp/ (its cleaning removes what a crash
+        # leaves there), then renamed into place.
+        tmp = os.path.join(self.directory, "tmp", f"{FILE}.{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(marshal.dumps((_VERSION, keep)))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.info("could not write the POP3 wire-form cache {path}: {error}", path=self.path, error=e.strerror or e)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
