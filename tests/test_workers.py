@@ -20,6 +20,7 @@ import urllib.parse
 
 import pytest
 
+from tests.hubprocess import HubProcess
 from twisted_mailhub.workers import worker_count
 
 
@@ -359,3 +360,100 @@ def test_the_console_shows_sessions_of_every_worker(start_hub):
 
 def _even(ids: list[str]) -> list[str]:
     return [id for id in ids if int(id.split("#")[1]) % 2 == 0]
+
+
+# -- stopped by a signal to the whole process group ---------------------------
+
+
+class _OwnGroupHub(HubProcess):
+    """
+    A hub started as the leader of a process group of its own (through
+    C{setsid}, which execs in place: the hub's pid is the group's id), so
+    that a test can signal the group as C{timeout}, a shell's Ctrl-C or
+    C{kill -TERM -- -PGID} do, without signalling pytest.
+    """
+
+    def command(self) -> list[str]:
+        return ["setsid"] + HubProcess.command(self)
+
+
+def test_sigterm_to_the_process_group_stops_every_time_cleanly(tmp_path):
+    # Each round: SIGTERM twice to the whole group, one shortly after the
+    # other (timeout(1) signals the hub, then its group), while SMTP clients are
+    # delivering through both workers (their log lines flow to the
+    # supervisor as the signals land). Every process gets the signal
+    # directly, the workers once more from the supervisor.
+    for round in range(3):
+        hub = _OwnGroupHub(str(tmp_path / f"group{round}"), ["--workers", "2"])
+        try:
+            hub.start()
+        except BaseException:
+            hub.stop()
+            raise
+        stop = threading.Event()
+
+        def busy(port=hub.ports["smtp"]):
+            while not stop.is_set():
+                try:
+                    with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
+                        s.sendmail("sender@example.org", ["alice@localhost"], "Subject: busy\r\n\r\nhi\r\n")
+                except (OSError, smtplib.SMTPException):
+                    return  # the hub went
+
+        clients = [threading.Thread(target=busy) for _ in range(4)]
+        for t in clients:
+            t.start()
+        try:
+            assert os.getpgid(hub.process.pid) == hub.process.pid
+            hub.wait_for_log(r"\[worker 0\] delivered")
+            hub.wait_for_log(r"\[worker 1\] delivered")
+            started = time.monotonic()
+            os.killpg(hub.process.pid, signal.SIGTERM)
+            # (a moment later, or the kernel merges it with the first)
+            time.sleep((0.005, 0.02, 0.05)[round])
+            os.killpg(hub.process.pid, signal.SIGTERM)
+            hub.process.wait(15)
+            took = time.monotonic() - started
+        finally:
+            stop.set()
+            status = hub.stop(signal.SIGKILL, remove_data=False)  # (only if it still runs)
+            for t in clients:
+                t.join(10)
+        log = hub.log
+        # Ends as one hub stopped by SIGTERM, at once, with both workers.
+        assert status == -signal.SIGTERM, log[-3000:]
+        assert took < 5, log[-3000:]
+        assert "Server Shut Down." in log
+        assert len(re.findall(r"worker \d \(pid \d+\) stopped \(status 0\)", log)) == 2, log[-3000:]
+        assert "did not stop" not in log
+        assert "Traceback" not in log and "ReactorNotRunning" not in log, log[-3000:]
+        # One "Received SIGTERM, shutting down." per process; the rest
+        # are told as repeats.
+        assert len(re.findall(r"\] Received SIGTERM, shutting down\.", log)) == 3, log[-3000:]
+
+
+def test_a_worker_log_line_sent_from_a_signal_handler_inside_a_flush_does_not_hang():
+    # A signal handler runs in the main thread between any two bytecodes,
+    # also while that thread is writing the worker's log lines: a line it
+    # logs then must neither wait for the lock its own thread holds (the
+    # worker hung until killed) nor land inside another line.
+    from twisted_mailhub.workers import _BusOut
+
+    read, write = os.pipe()
+    out = _BusOut(write)
+    done = threading.Event()
+
+    def writer() -> None:
+        with out.lock:  # as inside flush()
+            out.flushing = True
+            out.send(b"L", b"from a handler")  # (no reactor: writes at once)
+            out.flushing = False
+        out.send(b"L", b"next")
+        done.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    assert done.wait(5), "a line sent inside a flush waited for the flush's own lock"
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        assert f.read() == b"Lfrom a handler\nLnext\n"

@@ -27,7 +27,9 @@ core) the process C{twistd} starts becomes a supervisor:
  - SIGHUP is passed on to every worker (each reloads its accounts and
    certificate); on SIGTERM or SIGINT the supervisor stops every worker
    (SIGTERM, then SIGKILL after L{STOP_GRACE} seconds) and then exits as
-   one hub would, removing its pidfile. A worker that dies is logged with
+   one hub would, removing its pidfile. A signal to the whole process
+   group reaches every process directly too: each stops once
+   (L{StopSignals}). A worker that dies is logged with
    its status and started again (after L{RESTART_DELAY} seconds if it
    died within L{QUICK_DEATH} seconds of its start). A worker that exits
    before the hub was ever ready ends the start: the supervisor stops
@@ -105,6 +107,73 @@ def this_worker() -> dict | None:
     """This process's worker description (index, count, fds), or None."""
     text = os.environ.get(ENV)
     return json.loads(text) if text else None
+
+
+# -- stopping on a signal ------------------------------------------------------
+
+
+class StopSignals:
+    """
+    SIGTERM and SIGINT stop this process once, whoever sends them and how
+    often: C{timeout} and a shell's Ctrl-C signal the whole process group
+    (the supervisor and every worker at once) and the supervisor passes
+    SIGTERM on to each worker as well, so a process commonly gets two.
+
+    What Twisted's own handler does wrong here, each seen as a failed
+    stop of C{--workers 2} by a process-group SIGTERM: a second signal
+    calls C{reactor.stop()} again (a C{ReactorNotRunning} traceback), and
+    it logs inside the signal handler, which runs in the main thread
+    between any two bytecodes: when that thread was holding the lock of
+    a worker's log pipe (L{_BusOut}), the handler waited for it forever
+    and the worker was killed after L{STOP_GRACE} seconds.
+
+    The handler here only records the signal and hands everything else
+    (the log line, C{reactor.stop()}) to the reactor with
+    C{callFromThread} (a list append and a write to the waker's pipe).
+    It is installed before the reactor runs (a signal that arrives while
+    the process starts is not lost nor fatal: the reactor stops as soon
+    as it runs) and given to Twisted as the reactor's C{sigTerm} and
+    C{sigInt}, so that Twisted's installation at start keeps it.
+
+    @ivar received: the first signal's number, or L{None}.
+    @param on_first: called in the signal handler at the first signal
+        (keep it to setting a flag).
+    """
+
+    def __init__(self, reactor: Any, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT), on_first: Any = None):
+        self.reactor = reactor
+        self.signals = signals
+        self.on_first = on_first
+        self.received: int | None = None
+
+    def install(self) -> None:
+        """Install (again) as the handler of each signal; main thread only."""
+        for signum in self.signals:
+            signal.signal(signum, self.handle)
+        if signal.SIGTERM in self.signals:
+            self.reactor.sigTerm = self.handle
+        if signal.SIGINT in self.signals:
+            self.reactor.sigInt = self.handle
+
+    def handle(self, signum: int, frame: Any = None) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            self.reactor.callFromThread(log.info, "Received {name} again: already shutting down", name=name)
+            return
+        self.received = signum
+        # As Twisted's handler: twistd then ends by this signal.
+        self.reactor._exitSignal = signum
+        if self.on_first is not None:
+            self.on_first()
+        self.reactor.callFromThread(log.info, "Received {name}, shutting down.", name=name)
+        self.reactor.callFromThread(self._stop)
+
+    def _stop(self) -> None:
+        if self.reactor.running and not getattr(self.reactor, "_stopped", False):
+            self.reactor.stop()
+        elif not self.reactor.running:
+            # Still starting: stop as soon as it runs.
+            self.reactor.callWhenRunning(self._stop)
 
 
 # -- the supervisor ----------------------------------------------------------
@@ -231,6 +300,15 @@ class WorkersService(service.Service):
         if not self.fds and not self.hub_service._bound:
             self.privilegedStartService()
         service.Service.startService(self)
+        reactor = self.hub.reactor
+        self.stop_signals = StopSignals(reactor, on_first=self._signalled)
+        try:
+            self.stop_signals.install()
+        except ValueError:  # not the main thread (a test's reactor)
+            pass
+        else:
+            # Over the handlers Twisted and HubService install at start.
+            reactor.callWhenRunning(self.stop_signals.install)
         log.info("mailhub: starting {count} worker processes", count=self.count)
         for index in range(self.count):
             self.spawn(index)
@@ -238,6 +316,12 @@ class WorkersService(service.Service):
             self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
         except ValueError:
             self._previous_sighup = None
+
+    def _signalled(self) -> None:
+        # In the signal handler: the workers the same signal reached
+        # directly may end before stopService runs; that is this stop,
+        # not a failed start or a death to restart from.
+        self.stopping = True
 
     def _on_sighup(self, signum, frame) -> None:
         self.hub.reactor.callFromThread(self.signal_all, signal.SIGHUP)
@@ -301,7 +385,7 @@ class WorkersService(service.Service):
         elif kind == b"R":
             worker.ready = True
             worker.started = time.monotonic()
-            if not self.was_ready and all(w.ready for w in self.workers.values()) and len(self.workers) == self.count:
+            if not self.was_ready and not self.stopping and all(w.ready for w in self.workers.values()) and len(self.workers) == self.count:
                 self.was_ready = True
                 self.hub_service._ready([True])
 
@@ -318,9 +402,11 @@ class WorkersService(service.Service):
             # The start failed (its reason is in the worker's log lines):
             # as one hub would, exit 1 with nothing left running.
             log.critical("mailhub: worker {index} exited with {how} before the hub was ready; stopping", index=worker.index, how=how)
-            self.failed = True
+            self.failed = self.stopping = True
             _exit_status_on_shutdown(1)
-            self.hub.reactor.stop()
+            reactor = self.hub.reactor
+            if reactor.running and not getattr(reactor, "_stopped", False):
+                reactor.stop()
             return
         quick = time.monotonic() - worker.started < QUICK_DEATH
         log.error(
@@ -396,8 +482,11 @@ class _BusOut:
 
     def __init__(self, fd: int = 3):
         self.fd = fd
-        self.lock = threading.Lock()
+        # Reentrant: anything that logs from a signal handler runs in the
+        # main thread, maybe while that thread is inside send() or flush().
+        self.lock = threading.RLock()
         self.broken = False
+        self.flushing = False
         self.waiting: list[bytes] = []
         self.reactor: Any = None  # set once the worker's reactor is made
 
@@ -415,6 +504,12 @@ class _BusOut:
 
     def flush(self) -> None:
         with self.lock:
+            if self.flushing:
+                # Reentered (a signal handler while this thread writes):
+                # never between the octets of a line; the next flush
+                # takes what waits.
+                return
+            self.flushing = True
             data, self.waiting = b"".join(self.waiting), []
             try:
                 view = memoryview(data)
@@ -422,6 +517,8 @@ class _BusOut:
                     view = view[os.write(self.fd, view) :]
             except OSError:
                 self.broken = True
+            finally:
+                self.flushing = False
 
     def log_observer(self, event: dict) -> None:
         text = formatEvent(event)
@@ -738,10 +835,17 @@ def run_worker(argv: list[str]) -> None:
     if spec is None:
         sys.stderr.write("twisted_mailhub.workers is started by twistd mailhub --workers N\n")
         raise SystemExit(2)
+    # Ctrl-C reaches the whole process group: the supervisor stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from twisted.internet import reactor
+
+    # SIGTERM stops this worker once, from the first moment (StopSignals).
+    stop_signals = StopSignals(reactor, (signal.SIGTERM,))
+    stop_signals.install()
     out = _BusOut(3)
     globalLogBeginner.beginLoggingTo([out.log_observer], redirectStandardIO=False, discardBuffer=True)
     from twisted.application import app
-    from twisted.internet import reactor, stdio
+    from twisted.internet import stdio
 
     out.reactor = reactor
     reactor.addSystemEventTrigger("after", "shutdown", out.flush)
@@ -755,6 +859,11 @@ def run_worker(argv: list[str]) -> None:
         for name in ONE_WORKER_LISTENERS:
             options[f"no-{name}"] = True
     hub_service = tap.makeService(options)
+    if stop_signals.received is not None:
+        # Stopped while it started (the longest part is above), before it
+        # served anything: nothing to shut down.
+        out.flush()
+        os._exit(0)
     hub = hub_service.hub
     link = WorkerLink(hub, spec["index"], spec["count"], out, spec.get("generation", 0))
     link.web = bool(spec.get("web"))
@@ -778,9 +887,20 @@ def run_worker(argv: list[str]) -> None:
     hub_service.setServiceParent(application)
     service.IService(application).privilegedStartService()
     app.startApplication(application, False)
-    # Ctrl-C reaches the whole process group: the supervisor stops us.
-    reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    # Over the handler HubService installs once the reactor runs.
+    reactor.callWhenRunning(stop_signals.install)
     reactor.run()
+    # Stopped: every shutdown trigger has run (deliveries flushed, files
+    # closed, the last log lines written). Tearing the interpreter down
+    # object by object took half a second of a loaded core per worker
+    # for nothing; end here (atexit functions still run).
+    import atexit
+
+    out.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(0)
 
 
 if __name__ == "__main__":
