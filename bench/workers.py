@@ -130,7 +130,8 @@ def hub_pids(hub: HubProcess) -> list[int]:
     return pids
 
 
-def cpu_seconds(pids: list[int]) -> float:
+def cpu_seconds(pids: list[int], system_only: bool = False) -> float:
+    """CPU seconds (user + system, or system only) of the processes C{pids}."""
     total = 0.0
     for pid in pids:
         try:
@@ -138,7 +139,7 @@ def cpu_seconds(pids: list[int]) -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total += (int(fields[12]) + (0 if system_only else int(fields[11]))) / os.sysconf("SC_CLK_TCK")
     return total
 
 
@@ -171,17 +172,24 @@ def main() -> None:
             for s, (name, hub) in enumerate(hubs.items()):
                 rcpt = f"r{r}s{s}@localhost"
                 pids = hub_pids(hub)
-                before = cpu_seconds(pids)
+                before = [cpu_seconds([p]) for p in pids]
+                system_before = cpu_seconds(pids, system_only=True)
+                client_before = time.process_time()
                 elapsed, accepted = asyncio.run(smtp_run(hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, args.size, not args.no_pipelining))
-                used = cpu_seconds(pids) - before
-                if len(pids) > 1:
-                    each = ", ".join(f"{cpu_seconds([p]):.1f}" for p in pids)
+                client = time.process_time() - client_before
+                each = [cpu_seconds([p]) - b for p, b in zip(pids, before)]
+                used = sum(each)
+                system = cpu_seconds(pids, system_only=True) - system_before
                 verify(hub.maildir(rcpt), accepted)
                 rate = len(accepted) / elapsed
                 results[name].append(rate)
                 cpu[name].append(used / len(accepted) * 1e6)
-                print(f"  round {r + 1} {name:>12}: {rate:8.0f} msg/s, {used / len(accepted) * 1e6:5.0f} µs CPU/msg"
-                      + (f" (CPU s so far, supervisor then workers: {each})" if len(pids) > 1 else ""))
+                share = ""
+                if len(pids) > 1:
+                    share = " = supervisor " + " + workers ".join(
+                        [f"{each[0] / len(accepted) * 1e6:.0f}", " + ".join(f"{e / len(accepted) * 1e6:.0f}" for e in each[1:])])
+                print(f"  round {r + 1} {name:>12}: {rate:8.0f} msg/s, {used / len(accepted) * 1e6:5.0f} µs hub CPU/msg{share}"
+                      f" (system {system / len(accepted) * 1e6:.0f}; the client used {client / len(accepted) * 1e6:.0f})")
         spread = {}
         many = list(hubs.values())[1]
         for index in re.findall(r"\[worker (\d+)\] delivered ", many.log):
@@ -192,7 +200,7 @@ def main() -> None:
     one, other = (statistics.median(v) for v in results.values())
     print()
     for name in hubs:
-        print(f"{name:>12}: median {statistics.median(results[name]):8.0f} msg/s, {statistics.median(cpu[name]):5.0f} µs CPU/msg")
+        print(f"{name:>12}: median {statistics.median(results[name]):8.0f} msg/s, {statistics.median(cpu[name]):5.0f} µs hub CPU/msg (every process of the hub, user + system)")
     print(f"ratio: {other / one:.2f}x   (deliveries per worker: {dict(sorted(spread.items()))})")
 
 

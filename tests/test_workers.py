@@ -457,3 +457,158 @@ def test_a_worker_log_line_sent_from_a_signal_handler_inside_a_flush_does_not_ha
     os.close(write)
     with os.fdopen(read, "rb") as f:
         assert f.read() == b"Lfrom a handler\nLnext\n"
+
+
+# -- /metrics, the control socket, quotas and modseqs across workers ------------
+
+
+def test_metrics_add_up_every_workers_counters(start_hub):
+    from tests.test_metrics import scrape, value
+
+    hub = start_hub("--workers", "2")
+    sent = {0: 2, 1: 3}
+    for index, count in sent.items():
+        with on_worker(hub, index, smtp_client(hub)) as smtp:
+            for n in range(count):
+                smtp.sendmail("judy@jbc.test", ["alice@localhost"], f"Subject: w{index} {n}\r\n\r\nhello\r\n")
+    # A wrong password on worker 1 (the web face, and so /metrics, is worker 0's).
+    client = on_worker(hub, 1, pop3_client(hub))
+    client.user("alice")
+    with pytest.raises(poplib.error_proto):
+        client.pass_("wrong")
+    client.close()
+    deadline = time.monotonic() + 10
+    while len(re.findall(r"\[worker \d\] delivered ", hub.log)) < 5 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    samples = scrape(hub)
+    assert value(samples, "mailhub_workers_counted") == 2
+    assert value(samples, "mailhub_messages_total", result="accepted", reason="") == 5
+    assert value(samples, "mailhub_delivery_durable_seconds_count") == 5
+    assert value(samples, "mailhub_logins_total", protocol="pop3", result="failed") == 1
+    # on_worker's dropped tries count too: at least one per worker served.
+    assert value(samples, "mailhub_connections_accepted_total", listener="smtp") >= 2
+    assert value(samples, "mailhub_listener_up", listener="smtp") == 1
+    # A worker that dies and is started again: its counts stay in the sums.
+    dead = _worker_pids(hub)[1]
+    os.kill(dead, signal.SIGKILL)
+    hub.wait_for_log(r"worker 1 started \(pid (?!%d\))\d+\)" % dead)
+    hub.wait_for_log(r"mailhub: worker 1 .*ready|\[worker 1\] .*imap listening on", timeout=20)
+    deadline = time.monotonic() + 10
+    while value(samples := scrape(hub), "mailhub_workers_counted") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert value(samples, "mailhub_messages_total", result="accepted", reason="") == 5
+    assert value(samples, "mailhub_logins_total", protocol="pop3", result="failed") == 1
+
+
+def test_control_socket_under_workers_lists_them_and_reloads_each(start_hub, tmp_path):
+    from tests.test_control import mailhub_admin
+
+    data = tmp_path / "data"
+    data.mkdir()
+    accounts = data / "accounts"
+    accounts.write_text("alice@localhost:secret\n")
+    hub = start_hub("--workers", "2", "--auth", f"file:{accounts}", users=(), data=str(data))
+    pids = _worker_pids(hub)
+    status = mailhub_admin("status", "--data", str(data))
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"pid {hub.pid}, up ")
+    assert f"  smtp\t{hub.ports['smtp']}" in status.stdout
+    for index, pid in pids.items():
+        assert re.search(rf"^  worker {index}: pid {pid}, up \d+ s, \d+ connections open, 0 queued$", status.stdout, re.M), status.stdout
+    # mailhub-admin user add reloads every worker through the socket.
+    added = mailhub_admin("user", "add", "carol@localhost", "--accounts", str(accounts), "--pidfile", str(tmp_path / "none.pid"), "--password-stdin", stdin="tea for two\n")
+    assert added.returncode == 0, added.stderr
+    assert "worker 0: accounts reloaded: 2 accounts (+1 -0)" in added.stdout
+    assert "worker 1: accounts reloaded: 2 accounts (+1 -0)" in added.stdout
+    for index in (0, 1):
+        client = on_worker(hub, index, pop3_client(hub))
+        client.user("carol")
+        assert client.pass_("tea for two").startswith(b"+OK")
+        client.quit()
+
+
+def test_quota_counts_what_every_worker_stored(start_hub):
+    hub = start_hub("--workers", "2", "--quota", "10k")
+    filler = "x" * 70 + "\r\n"
+    with on_worker(hub, 0, smtp_client(hub)) as smtp:
+        smtp.sendmail("judy@jbc.test", ["alice@localhost"], "Subject: small\r\n\r\nhi\r\n")  # worker 0 counts alice now
+    with on_worker(hub, 1, smtp_client(hub)) as smtp:
+        smtp.sendmail("judy@jbc.test", ["alice@localhost"], "Subject: big\r\n\r\n" + filler * 80)  # ~5.8 KB
+    with on_worker(hub, 0, smtp_client(hub)) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail("judy@jbc.test", ["alice@localhost"], "Subject: too much\r\n\r\n" + filler * 60)  # ~4.4 KB
+    assert refused.value.smtp_code == 552 and b"5.2.2" in refused.value.smtp_error
+    # What was stored is what was accepted: two messages, under 10 KiB.
+    maildir = hub.maildir("alice@localhost")
+    sizes = [os.path.getsize(p) for sub in ("new", "cur") for p in (os.path.join(maildir, sub, n) for n in os.listdir(os.path.join(maildir, sub)))]
+    assert len(sizes) == 2 and sum(sizes) <= 10 * 1024
+
+
+def _modseqs(data: list) -> dict[int, int]:
+    found = {}
+    for item in data:
+        text = item.decode() if isinstance(item, bytes) else str(item)
+        m = re.search(r"UID (\d+).*MODSEQ \((\d+)\)|MODSEQ \((\d+)\).*UID (\d+)", text)
+        if m:
+            uid, modseq = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+            found[int(uid)] = int(modseq)
+    return found
+
+
+def test_modseqs_grow_across_workers_and_every_worker_tells_the_same(start_hub):
+    hub = start_hub("--workers", "2")
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        for n in range(4):
+            smtp.sendmail("judy@jbc.test", ["alice@localhost"], f"Subject: {n}\r\n\r\nhi\r\n")
+    sessions = []
+    for index in (0, 1):
+        m = on_worker(hub, index, lambda timeout: imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=timeout))
+        m.login("alice", "secret")
+        m._simple_command("ENABLE", "CONDSTORE")
+        m.select("INBOX")
+        sessions.append(m)
+    try:
+        given = []
+        # Changes made in turn through worker 0 and worker 1, on the same
+        # and on different messages.
+        for step, (index, uid, flag) in enumerate([(0, 1, "\\Seen"), (1, 1, "\\Flagged"), (1, 2, "\\Seen"), (0, 3, "$Work"), (1, 3, "\\Answered"), (0, 2, "\\Flagged")]):
+            typ, data = sessions[index].uid("STORE", str(uid), "+FLAGS", f"({flag})")
+            assert typ == "OK", data
+            given.append(_modseqs(data)[uid])
+        # Each change got a modseq above every one before it, whichever
+        # worker made it.
+        assert given == sorted(given) and len(set(given)) == len(given), given
+        # Both workers tell every message's modseq alike, and HIGHESTMODSEQ.
+        seen = []
+        for m in sessions:
+            m.noop()
+            typ, data = m.uid("FETCH", "1:*", "(MODSEQ)")
+            seen.append(_modseqs(data))
+        assert seen[0] == seen[1], seen
+        assert seen[0][1] == given[1] and seen[0][3] == given[4] and seen[0][2] == given[5]
+        highest = [int(re.search(rb"HIGHESTMODSEQ (\d+)", m.status("INBOX", "(HIGHESTMODSEQ)")[1][0]).group(1)) for m in sessions]
+        assert highest[0] == highest[1] == given[-1], (highest, given)
+    finally:
+        for m in sessions:
+            m.logout()
+
+
+def test_merged_metrics_sum_counts_and_take_one_reading_of_shared_facts():
+    from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from twisted_mailhub.metrics import format_exposition, merge_expositions, parse_exposition
+
+    def worker(accepted: int, free: int, up: int) -> str:
+        registry = CollectorRegistry()
+        Counter("mailhub_messages", "Messages.", ["result"], registry=registry).labels("accepted").inc(accepted)
+        Gauge("mailhub_data_free_bytes", "Free.", registry=registry).set(free)
+        Gauge("mailhub_listener_up", "Up.", ["listener"], registry=registry).labels("smtp").set(up)
+        return generate_latest(registry).decode()
+
+    merged = format_exposition(merge_expositions([parse_exposition(worker(2, 100, 1)), parse_exposition(worker(3, 90, 0))]), workers=2)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(merged.decode()) for s in f.samples}
+    assert samples[("mailhub_messages_total", (("result", "accepted"),))] == 5
+    assert samples[("mailhub_data_free_bytes", ())] == 100
+    assert samples[("mailhub_listener_up", (("listener", "smtp"),))] == 0  # down in one worker is down
+    assert samples[("mailhub_workers_counted", ())] == 2

@@ -484,6 +484,8 @@ def hub_command(command: str, argv: list[str]) -> int:
         print(f"pid {answer['pid']}, up {answer['uptime']:.0f} s, {answer['accounts']} accounts, {answer['connections_open']} connections open, {answer['queue']} queued")
         for name, port in answer["listeners"].items():
             print(f"  {name}\t{port}")
+        for worker in answer.get("workers") or []:  # --workers
+            print(f"  worker {worker['index']}: pid {worker['pid']}, up {worker['uptime']:.0f} s, {worker['connections_open']} connections open, {worker['queue']} queued")
     return 0
 
 

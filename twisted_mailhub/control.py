@@ -21,9 +21,12 @@ Only the user the hub runs as (and root) can connect: the socket's mode is
 0600 and it lives in the data folder. A lock file beside it
 (C{control.sock.lock}, Twisted's C{wantPID}) tells a stale socket of a dead
 hub from a live one: a second hub on the same data folder logs that the
-socket is taken and goes on without one. Under C{--workers} there is
-none yet: C{mailhub-admin} then falls back to SIGHUP through the pidfile,
-which the supervisor passes on to every worker.
+socket is taken and goes on without one. Under C{--workers} the
+supervisor listens and asks every worker
+(L{twisted_mailhub.workers.WorkersControlFactory}): C{reload} reloads each
+(its lines prefixed C{worker N:}), C{status} adds up their connections and
+queues and lists them under C{"workers"} (index, pid, uptime,
+connections, queue).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import time
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import endpoints, protocol
+from twisted.internet import defer, endpoints, protocol
 from twisted.logger import Logger
 from twisted.protocols import basic
 
@@ -58,14 +61,13 @@ class ControlProtocol(basic.LineReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         command = line.strip().decode("ascii", "replace").lower()
-        hub = self.factory.hub
-        if command == "reload":
-            answer = {"ok": True, "said": hub.reload()}
-        elif command == "status":
-            answer = {"ok": True, **status(hub, self.factory.started)}
-        else:
-            answer = {"ok": False, "error": "unknown command; known: reload, status"}
-        self.sendLine(json.dumps(answer, sort_keys=True).encode("utf-8"))
+        d = defer.maybeDeferred(self.factory.answer, command)
+        d.addErrback(lambda f: (log.failure("control command {command}", f, command=command), {"ok": False, "error": "the hub could not answer; see its log"})[1])
+        d.addCallback(self._answer)
+
+    def _answer(self, answer: dict) -> None:
+        if self.transport is not None and self.transport.connected:
+            self.sendLine(json.dumps(answer, sort_keys=True).encode("utf-8"))
 
     def lineLengthExceeded(self, line):
         self.transport.loseConnection()
@@ -89,7 +91,12 @@ def status(hub: Any, started: float) -> dict:
     }
 
 
+UNKNOWN = {"ok": False, "error": "unknown command; known: reload, status"}
+
+
 class ControlFactory(protocol.Factory):
+    """The commands of one hub process (L{answer})."""
+
     protocol = ControlProtocol
     noisy = False
 
@@ -97,21 +104,31 @@ class ControlFactory(protocol.Factory):
         self.hub = hub
         self.started = time.monotonic()
 
+    def answer(self, command: str) -> dict | defer.Deferred:
+        """The answer to C{command} (a dict, or a Deferred of one)."""
+        hub = self.hub
+        if command == "reload":
+            return {"ok": True, "said": hub.reload()}
+        if command == "status":
+            return {"ok": True, **status(hub, self.started)}
+        return dict(UNKNOWN)
+
 
 class ControlService(service.Service):
     """Listens on C{DATA/control.sock} while the hub runs."""
 
-    def __init__(self, hub: Any):
+    def __init__(self, hub: Any, factory: ControlFactory | None = None):
         self.hub = hub
+        self.factory = factory
         self.port: Any = None
 
     def startService(self):
         service.Service.startService(self)
         if getattr(self.hub, "worker", None) is not None:
-            return  # a worker: SIGHUP through the supervisor (module docstring)
+            return  # a worker: the supervisor listens (module docstring)
         path = socket_path(self.hub.data_dir)
         endpoint = endpoints.UNIXServerEndpoint(self.hub.reactor, path, mode=0o600, wantPID=True)
-        d = endpoint.listen(ControlFactory(self.hub))
+        d = endpoint.listen(self.factory or ControlFactory(self.hub))
 
         def listening(port):
             self.port = port

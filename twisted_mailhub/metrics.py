@@ -292,6 +292,84 @@ def health(hub: Any) -> tuple[bool, list[str]]:
     return not problems, problems
 
 
+# -- --workers: one page for every worker's counters ---------------------------
+#
+# Under --workers the web face is worker 0's, but every worker counts its
+# own connections, logins and messages. On a scrape worker 0 asks the
+# supervisor, which asks every worker for its exposition
+# (L{twisted_mailhub.workers.WorkersService.merged_metrics}) and adds them
+# up here: a sample is the sum of the workers' samples with the same name
+# and labels, except readings that are one fact seen by every worker
+# (L{_SAME_FOR_ALL}) and creation times (the earliest). The counters of a
+# worker that ended stay in the sums as it last told them, so a restart
+# never makes a counter go back.
+
+# Readings every worker makes of one thing: the largest (or for
+# "listener up", the smallest: down in any worker is down) is the truth.
+_SAME_FOR_ALL = {"mailhub_data_free_bytes": max, "mailhub_queue_oldest_seconds": max, "mailhub_listener_up": min}
+
+Exposition = "dict[str, tuple[str, str, dict[tuple, float]]]"
+
+
+def parse_exposition(text: str) -> dict:
+    """
+    A text exposition as {family: (type, help, {(sample name, labels):
+    value})}, labels as a sorted tuple of pairs.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    parsed: dict = {}
+    for family in text_string_to_metric_families(text):
+        samples = parsed.setdefault(family.name, (family.type, family.documentation, {}))[2]
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return parsed
+
+
+def _combine(family: str) -> Any:
+    if family.endswith("_created"):
+        return min
+    return _SAME_FOR_ALL.get(family, lambda a, b: a + b)
+
+
+def merge_expositions(parts: list) -> dict:
+    """The workers' parsed expositions (L{parse_exposition}) as one."""
+    merged: dict = {}
+    for part in parts:
+        for name, (kind, doc, samples) in part.items():
+            into = merged.setdefault(name, (kind, doc, {}))[2]
+            combine = _combine(name)
+            for key, value in samples.items():
+                into[key] = combine(into[key], value) if key in into else value
+    return merged
+
+
+def counters_only(parsed: dict) -> dict:
+    """What of a worker's exposition stays counted after it ended."""
+    return {name: family for name, family in parsed.items() if family[0] in ("counter", "histogram", "summary")}
+
+
+def format_exposition(merged: dict, workers: int | None = None) -> bytes:
+    """A merged exposition in the Prometheus text format (version 0.0.4)."""
+    from prometheus_client.core import Metric
+
+    class _Merged:
+        def collect(self):
+            for name, (kind, doc, samples) in sorted(merged.items()):
+                metric = Metric(name, doc, kind)
+                for (sample, labels), value in samples.items():
+                    metric.add_sample(sample, dict(labels), value)
+                yield metric
+            if workers is not None:
+                answering = GaugeMetricFamily("mailhub_workers_counted", "Worker processes (--workers) whose counters this page adds up.")
+                answering.add_metric([], workers)
+                yield answering
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Merged())
+    return generate_latest(registry)
+
+
 class MetricsPage(resource.Resource):
     """C{GET /metrics}: trusted networks and teachers only."""
 
@@ -316,7 +394,20 @@ class MetricsPage(resource.Resource):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"403 Forbidden: /metrics is for --trusted-networks and teachers\n"
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
-        return self.hub.metrics.exposition()
+        worker = getattr(self.hub, "worker", None)
+        if worker is None:
+            return self.hub.metrics.exposition()
+        # --workers: every worker's counters, added up by the supervisor.
+        from twisted.web.server import NOT_DONE_YET
+
+        def answer(text):
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            request.write(text.encode("utf-8") if isinstance(text, str) else self.hub.metrics.exposition())
+            request.finish()
+
+        worker.ask_supervisor("metrics").addCallback(answer)
+        return NOT_DONE_YET
 
 
 class HealthPage(resource.Resource):

@@ -24,10 +24,19 @@ Rules:
    the same limit (L{twisted_mailhub.filequota}).
  - A warning: when a write takes an account to 90% of its limit or more,
    it gets one message saying so (again only after it went below 90%).
+ - Under C{--workers} (a Maildir shared by several processes) the count
+   is kept where every worker reads it, as Maildir++'s C{maildirsize}
+   does: C{mailhub-quota} in the account's Maildir, the count and the
+   time it was made on the first line, then a C{+octets} line appended
+   for each message stored by any worker (L{SharedUsage}). A worker's
+   check reads the file (a few hundred octets), so what another worker
+   stored a moment ago counts.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import time
 import weakref
@@ -124,6 +133,17 @@ class Quotas:
         own = getattr(account, "quota", None) if account is not None else None
         return own if own is not None else self.default
 
+    def _shared(self, address: str) -> "SharedUsage | None":
+        """The count in the account's Maildir, under --workers; else None."""
+        from twisted_mailhub.store import shared
+
+        if not shared.ENABLED or not hasattr(self.store, "account_path"):
+            return None
+        try:
+            return SharedUsage(self.store.account_path(address))
+        except Exception:  # a name no Maildir is made for
+            return None
+
     def count(self, address: str) -> int:
         """Count C{address}'s octets now (every folder) and remember it."""
         account = self.store.account(address)
@@ -136,10 +156,17 @@ class Quotas:
         if self.file_usage is not None:
             total += self.file_usage(address)
         self._usage[address] = (total, self.clock())
+        usage = self._shared(address)
+        if usage is not None:
+            usage.write(total)
         return total
 
     def usage(self, address: str) -> int:
         """Octets C{address} uses (the remembered count while it is fresh)."""
+        usage = self._shared(address)
+        if usage is not None:
+            total = usage.read(RECOUNT)
+            return self.count(address) if total is None else total
         known = self._usage.get(address)
         if known is None or self.clock() - known[1] > RECOUNT:
             return self.count(address)
@@ -169,6 +196,10 @@ class Quotas:
                 raise QuotaExceeded(address, used, limit, incoming)
 
     def _added(self, address: str, octets: int) -> None:
+        usage = self._shared(address) if self.limit(address) is not None else None
+        if usage is not None:
+            usage.add(octets)
+            return
         known = self._usage.get(address)
         if known is not None:
             self._usage[address] = (known[0] + octets, known[1])
@@ -208,6 +239,64 @@ class Quotas:
         d = defer.maybeDeferred(self.store.deliver, address, text)
         d.addCallback(lambda _: self._added(address, len(text)))
         d.addErrback(lambda f: log.info("quota: the warning to {address} was not stored: {why}", address=address, why=f.getErrorMessage()))
+
+
+class SharedUsage:
+    """
+    An account's usage as every process of C{--workers} sees it: the file
+    C{mailhub-quota} in its Maildir (first line C{<octets> <unix time of
+    the count>}, then one C{+<octets>} line per message stored since),
+    read and written under C{flock(2)}.
+    """
+
+    NAME = "mailhub-quota"
+
+    def __init__(self, maildir: str):
+        self.path = os.path.join(maildir, self.NAME)
+
+    def read(self, fresh_for: float) -> int | None:
+        """The usage, or None when there is no count younger than C{fresh_for} s."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            data = os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
+        lines = data.split(b"\n")
+        head = lines[0].split()
+        try:
+            total, when = int(head[0]), float(head[1])
+            total += sum(int(line) for line in lines[1:] if line.startswith(b"+") and line[1:].isdigit())
+        except (IndexError, ValueError):
+            return None
+        if time.time() - when > fresh_for or len(data) >= 1 << 20:
+            return None
+        return total
+
+    def write(self, total: int) -> None:
+        """A new count (C{total} octets, now)."""
+        self._locked(lambda fd: (os.ftruncate(fd, 0), os.pwrite(fd, b"%d %.3f\n" % (total, time.time()), 0)))
+
+    def add(self, octets: int) -> None:
+        """C{octets} more stored (only counted on top of a count made before)."""
+        self._locked(lambda fd: os.fstat(fd).st_size and os.write(fd, b"+%d\n" % octets), append=True)
+
+    def _locked(self, action: Any, append: bool = False) -> None:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | _CLOEXEC | (os.O_APPEND if append else 0), 0o600)
+        except FileNotFoundError:  # no Maildir yet: nothing counted
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            action(fd)
+        finally:
+            os.close(fd)
+
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def _proxy(real: Any, proxy: Any) -> Any:

@@ -54,6 +54,7 @@ import fcntl
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -78,6 +79,8 @@ _LINE_KINDS = frozenset({"C", "S"})
 STOP_GRACE = 10.0  # seconds a worker has to stop before SIGKILL
 RESTART_DELAY = 1.0
 QUICK_DEATH = 5.0
+_LOG_ESCAPES = re.compile(r"\\\\|\\n")
+ASK_TIMEOUT = 5.0  # seconds the supervisor waits for the workers' answers
 
 
 def worker_count(text: str | int | None) -> int:
@@ -107,6 +110,56 @@ def this_worker() -> dict | None:
     """This process's worker description (index, count, fds), or None."""
     text = os.environ.get(ENV)
     return json.loads(text) if text else None
+
+
+# -- the control socket under --workers ------------------------------------------
+
+
+def _control_factory(supervisor: "WorkersService") -> Any:
+    from twisted_mailhub import control
+
+    class WorkersControlFactory(control.ControlFactory):
+        """
+        C{DATA/control.sock} of a C{--workers} hub: the supervisor asks
+        every worker (L{WorkersService.ask}) and answers for the hub.
+        """
+
+        def answer(self, command: str) -> Any:
+            if command == "reload":
+                return supervisor.ask("reload").addCallback(self._reloaded)
+            if command == "status":
+                return supervisor.ask("status").addCallback(self._status)
+            return dict(control.UNKNOWN)
+
+        def _reloaded(self, answers: dict) -> dict:
+            said = [f"worker {index}: {line}" for index, lines in answers.items() for line in (lines or [])]
+            if len(answers) < supervisor.count:
+                said.append(f"{supervisor.count - len(answers)} worker(s) did not answer")
+            return {"ok": True, "said": said}
+
+        def _status(self, answers: dict) -> dict:
+            workers = []
+            for index, answer in answers.items():
+                if isinstance(answer, dict):
+                    workers.append({"index": index, **{k: answer.get(k) for k in ("pid", "uptime", "connections_open", "queue", "accounts")}})
+            listeners = {}
+            for name, port in sorted(supervisor.hub_service.bound.items()):
+                try:
+                    listeners[name] = port.getHost().port
+                except Exception:
+                    listeners[name] = 0
+            return {
+                "ok": True,
+                "pid": os.getpid(),
+                "uptime": round(time.monotonic() - supervisor.started_at, 3),
+                "listeners": listeners,
+                "connections_open": sum(w["connections_open"] or 0 for w in workers),
+                "accounts": max((w["accounts"] or 0 for w in workers), default=0),
+                "queue": sum(w["queue"] or 0 for w in workers),
+                "workers": workers,
+            }
+
+    return WorkersControlFactory(supervisor.hub)
 
 
 # -- stopping on a signal ------------------------------------------------------
@@ -214,6 +267,35 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.supervisor.ended(self, reason.value)
 
 
+class _Question:
+    """One L{WorkersService.ask}: the answers so far and who is left."""
+
+    def __init__(self, supervisor: "WorkersService", number: int, waiting: list[int]):
+        self.supervisor = supervisor
+        self.number = number
+        self.waiting = set(waiting)
+        self.answers: dict[int, Any] = {}
+        self.d = defer.Deferred()
+        self.timer: Any = None
+
+    def answered(self, index: int, answer: Any, gone: bool = False) -> None:
+        if index not in self.waiting:
+            return
+        self.waiting.discard(index)
+        if not gone:
+            self.answers[index] = answer
+        if not self.waiting:
+            self.finish()
+
+    def finish(self) -> None:
+        if self.d.called:
+            return
+        self.supervisor._asked.pop(self.number, None)
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.d.callback(dict(sorted(self.answers.items())))
+
+
 class WorkersService(service.Service):
     """
     The supervisor of C{--workers N}: binds every listener, starts and
@@ -239,6 +321,14 @@ class WorkersService(service.Service):
         self.stopping = False
         self.failed = False
         self._previous_sighup: Any = None
+        self.started_at = time.monotonic()
+        self._questions = itertools.count(1)
+        self._asked: dict[int, _Question] = {}
+        # /metrics: each worker's last counters, and those of workers that
+        # ended (so that a restart never makes a sum go back).
+        self.metrics_last: dict[int, Any] = {}
+        self.metrics_retired: Any = None
+        self.control: Any = None
 
     def privilegedStartService(self) -> None:
         from twisted.internet import tcp
@@ -309,6 +399,10 @@ class WorkersService(service.Service):
         else:
             # Over the handlers Twisted and HubService install at start.
             reactor.callWhenRunning(self.stop_signals.install)
+        from twisted_mailhub.control import ControlService
+
+        self.control = ControlService(self.hub, _control_factory(self))
+        self.control.startService()
         log.info("mailhub: starting {count} worker processes", count=self.count)
         for index in range(self.count):
             self.spawn(index)
@@ -369,9 +463,12 @@ class WorkersService(service.Service):
                 web.send(b"B" + body)
         elif kind == b"L":
             try:
-                when, level, namespace, text = json.loads(body)
+                when, level, namespace, text = body.decode("utf-8", "replace").split(" ", 3)
+                when = float(when)
             except ValueError:
                 return
+            if "\\" in text:
+                text = _LOG_ESCAPES.sub(lambda m: "\n" if m.group(0) == "\\n" else "\\", text)
             globalLogPublisher(
                 {
                     "log_format": "{log_text}",
@@ -382,6 +479,20 @@ class WorkersService(service.Service):
                     "log_system": f"worker {worker.index}",
                 }
             )
+        elif kind == b"A":  # a worker's answer to ask()
+            try:
+                answer = json.loads(body)
+                question = self._asked.get(int(answer["id"]))
+            except (ValueError, KeyError, TypeError):
+                return
+            if question is not None:
+                question.answered(worker.index, answer.get("a"))
+        elif kind == b"Q":  # a worker asks about every worker (its /metrics)
+            try:
+                asked = json.loads(body)
+            except ValueError:
+                return
+            self.answer_worker(worker, asked)
         elif kind == b"R":
             worker.ready = True
             worker.started = time.monotonic()
@@ -389,9 +500,65 @@ class WorkersService(service.Service):
                 self.was_ready = True
                 self.hub_service._ready([True])
 
+    # -- questions to every worker (control socket, /metrics) -------------
+
+    def ask(self, question: str, timeout: float = ASK_TIMEOUT) -> defer.Deferred:
+        """
+        Ask every live worker C{question} (C{status}, C{reload},
+        C{metrics}: L{WorkerLink.answers}); fires with {worker index:
+        answer} once each has answered, ended, or C{timeout} seconds
+        passed (a worker that did not answer is left out).
+        """
+        number = next(self._questions)
+        asked = self._asked[number] = _Question(self, number, [w.index for w in self.workers.values() if w.ready])
+        line = b"B" + json.dumps({"k": "ask", "id": number, "q": question}, separators=(",", ":")).encode("utf-8")
+        for worker in list(self.workers.values()):
+            if worker.ready:
+                worker.send(line)
+        asked.timer = self.hub.reactor.callLater(timeout, asked.finish)
+        if not asked.waiting:
+            asked.finish()
+        return asked.d
+
+    def answer_worker(self, worker: _WorkerProcess, asked: dict) -> None:
+        """A worker's question about every worker: only C{metrics} (merged)."""
+
+        def reply(answer: Any) -> None:
+            worker.send(b"B" + json.dumps({"k": "answer", "id": asked.get("id"), "a": answer}, separators=(",", ":")).encode("utf-8"))
+
+        if asked.get("q") != "metrics":
+            reply(None)
+            return
+        self.merged_metrics().addCallback(reply)
+
+    def merged_metrics(self) -> defer.Deferred:
+        """Every worker's C{/metrics} as one exposition (text)."""
+        from twisted_mailhub import metrics
+
+        def merge(answers: dict) -> str:
+            parsed = {}
+            for index, text in answers.items():
+                if isinstance(text, str):
+                    parsed[index] = self.metrics_last[index] = metrics.parse_exposition(text)
+            parts = list(parsed.values())
+            if self.metrics_retired is not None:
+                parts.append(self.metrics_retired)
+            return metrics.format_exposition(metrics.merge_expositions(parts), workers=len(parsed)).decode("utf-8")
+
+        return self.ask("metrics").addCallback(merge)
+
     def ended(self, worker: _WorkerProcess, reason: Any) -> None:
         if self.workers.get(worker.index) is worker:
             del self.workers[worker.index]
+        for question in list(self._asked.values()):
+            question.answered(worker.index, None, gone=True)
+        last = self.metrics_last.pop(worker.index, None)
+        if last is not None:
+            from twisted_mailhub import metrics
+
+            # Its counters stay in the sums (as of the last scrape).
+            kept = [p for p in (self.metrics_retired, metrics.counters_only(last)) if p is not None]
+            self.metrics_retired = metrics.merge_expositions(kept)
         status = getattr(reason, "exitCode", None)
         signum = getattr(reason, "signal", None)
         how = f"signal {signum}" if signum else f"status {status}"
@@ -424,6 +591,9 @@ class WorkersService(service.Service):
     def stopService(self):
         service.Service.stopService(self)
         self.stopping = True
+        if self.control is not None:
+            self.control.stopService()
+            self.control = None
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
@@ -529,9 +699,12 @@ class _BusOut:
             except Exception:
                 pass
         level = event.get("log_level", LogLevel.info)
+        # L<time> <level> <namespace> <text, \\ and LF escaped>: cheaper
+        # than JSON on both ends (a busy worker logs a line per message).
         self.send(
             b"L",
-            json.dumps([event.get("log_time", time.time()), getattr(level, "name", "info"), event.get("log_namespace", "-"), text]).encode("utf-8"),
+            f"{event.get('log_time') or time.time():.6f} {getattr(level, 'name', 'info')} {event.get('log_namespace', '-')} "
+            f"{text.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}".encode("utf-8", "replace"),
         )
 
 
@@ -578,9 +751,51 @@ class WorkerLink:
         self.out = out
         self.generation = generation
         self._changed: set[str] = set()
+        self.started = time.monotonic()
+        self._numbers = itertools.count(1)
+        self._waiting: dict[int, defer.Deferred] = {}
 
     def broadcast(self, notice: dict) -> None:
         self.out.send(b"B", json.dumps(notice, separators=(",", ":")).encode("utf-8"))
+
+    # -- questions from the supervisor, and to it -----------------------------
+
+    def answers(self, question: str) -> Any:
+        """
+        This worker's answer to the supervisor's C{question}: C{status}
+        (L{twisted_mailhub.control.status}), C{reload} (what
+        L{Hub.reload} said), C{metrics} (this worker's exposition).
+        """
+        from twisted_mailhub import control
+
+        hub = self.hub
+        if question == "status":
+            return control.status(hub, self.started)
+        if question == "reload":
+            return hub.reload()
+        if question == "metrics":
+            return hub.metrics.exposition().decode("utf-8")
+        return None
+
+    def on_ask(self, notice: dict) -> None:
+        try:
+            answer = self.answers(str(notice.get("q")))
+        except Exception:
+            log.failure("question {q} from the supervisor", q=notice.get("q"))
+            answer = None
+        self.out.send(b"A", json.dumps({"id": notice.get("id"), "a": answer}, separators=(",", ":")).encode("utf-8"))
+
+    def ask_supervisor(self, question: str) -> defer.Deferred:
+        """What the supervisor answers about every worker (C{metrics})."""
+        number = next(self._numbers)
+        d = self._waiting[number] = defer.Deferred()
+        self.out.send(b"Q", json.dumps({"id": number, "q": question}, separators=(",", ":")).encode("utf-8"))
+        return d
+
+    def on_answer(self, notice: dict) -> None:
+        d = self._waiting.pop(notice.get("id"), None)
+        if d is not None:
+            d.callback(notice.get("a"))
 
     def received(self, notice: dict) -> None:
         kind = notice.get("k")
@@ -710,7 +925,9 @@ class WorkerLink:
                 self._watch.clock = self.hub.reactor
                 self.hub.reactor.callWhenRunning(self._watch.start, WATCH_CHECK, now=True)
         elif self.web:
-            events.subscribe(self._forward)
+            # Sessions' starts, logins and ends only, while nobody watches:
+            # a C:/S: line then costs this worker nothing (on_watch).
+            events.subscribe(self._forward, lines=False)
 
     def _check_watchers(self) -> None:
         events = self.hub.events
@@ -723,7 +940,12 @@ class WorkerLink:
             self.broadcast({"k": "watch", "on": watched})
 
     def on_watch(self, notice: dict) -> None:
-        self.watched = bool(notice.get("on"))
+        watched = bool(notice.get("on"))
+        if watched != self.watched and self.index and self.web:
+            events = self.hub.events
+            events.unsubscribe(self._forward)
+            events.subscribe(self._forward, lines=watched)
+        self.watched = watched
 
     def _forward(self, record: Any, event: tuple) -> None:
         _, when, kind, text = event

@@ -458,9 +458,11 @@ class MaildirFolder:
             self._uidlist_lock = shared.FolderLock(path)
             self._elsewhere: dict[str, tuple] = {}  # other processes' lines, file not seen yet
             self._list_position = shared.ListPosition()
+            self._from_log: set[int] = set()  # UIDs whose modseq another process logged (this look)
             with self._uidlist_lock:
                 self._load()
                 self._list_position = shared.ListPosition.now(self._uidlist_path())
+                self._modseq_position = shared.ListPosition.now(self._modseq_path())
             shared.opened(self)
         else:
             self._load()
@@ -799,7 +801,11 @@ class MaildirFolder:
         """
         if self._shared:
             with self._uidlist_lock:
-                return self._scan_folder(force or elsewhere)
+                self._catch_up_modseqs()
+                try:
+                    return self._scan_folder(force or elsewhere)
+                finally:
+                    self._from_log.clear()
         return self._scan_folder(force)
 
     def _scan_folder(self, force: bool = False) -> None:
@@ -848,7 +854,7 @@ class MaildirFolder:
         if gone and not self._shared:  # (under --workers, the remover counted them)
             self._rewrite_uidlist_after_removal(len(gone))
         if added or gone or flagged:
-            self._bump(added + flagged, gone)
+            self._bump(added + flagged, gone, observed=True)
             self._listeners.notify(
                 FolderChange(
                     added=tuple(added),
@@ -1021,7 +1027,7 @@ class MaildirFolder:
             table.add(uid, base, size, date, words, sub, filename, _split(filename)[1])
             self._changes += 1
             self._recent.add(uid)
-            self._bump([uid])
+            self._bump([uid], observed=True)
             self._listeners.notify(FolderChange(added=(uid,)))
         return unlisted
 
@@ -1226,10 +1232,14 @@ class MaildirFolder:
     def _take_changes_elsewhere(self) -> None:
         """Under --workers: the UID list's news from other workers, now."""
         flagged: list[int] = []
-        self._claim_listed([], flagged)
-        if flagged:
-            self._bump(flagged)
-            self._listeners.notify(FolderChange(flags=tuple(sorted(flagged))))
+        self._catch_up_modseqs()
+        try:
+            self._claim_listed([], flagged)
+            if flagged:
+                self._bump(flagged, observed=True)
+                self._listeners.notify(FolderChange(flags=tuple(sorted(flagged))))
+        finally:
+            self._from_log.clear()
 
     def _set_flags(self, uids, flags, mode="replace", origin=None):
         result: dict[int, frozenset[str]] = {}
@@ -1454,9 +1464,63 @@ class MaildirFolder:
                 modseqs[i:j] = array("Q", [value]) * (j - i)
         self.highest_modseq = max(top, _now_us())
 
-    def _bump(self, uids: list[int], gone: Iterable[int] = ()) -> None:
+    def _catch_up_modseqs(self) -> None:
+        """
+        Under --workers: the modseqs other processes logged since this one
+        last read the log, taken for their messages (L{shared}). Call
+        with the folder's lock held.
+        """
+        data, whole, self._modseq_position = shared.modseq_log_tail(self._modseq_path(), self._modseq_position)
+        if not data:
+            return
+        table = self._table
+        uids, modseqs, top = table.uids, table.modseqs, self.highest_modseq
+        for line in data.split(b"\n")[:-1]:
+            fields = line.split()
+            if len(fields) != 2:
+                continue
+            lo, colon, hi = fields[0].partition(b":")
+            try:
+                lo_uid, value = int(lo), int(fields[1])
+                hi_uid = int(hi) if colon else lo_uid
+            except ValueError:
+                continue
+            top = max(top, value)
+            if lo_uid <= 0:
+                continue
+            i = bisect.bisect_left(uids, lo_uid)
+            j = bisect.bisect_right(uids, hi_uid, i)
+            for k in range(i, j):
+                if value > modseqs[k]:
+                    modseqs[k] = value
+                    self._from_log.add(uids[k])
+        if top > self.highest_modseq:
+            self.highest_modseq = top
+            self._changes += 1
+
+    def _bump(self, uids: list[int], gone: Iterable[int] = (), observed: bool = False) -> None:
+        """
+        New modseqs for C{uids} changed (and C{gone} expunged), logged.
+        C{observed}: changes this process found rather than made; under
+        --workers those another process logged keep its value.
+        """
+        if self._shared:
+            with self._uidlist_lock:
+                self._catch_up_modseqs()
+                if observed:
+                    uids = [uid for uid in uids if uid not in self._from_log]
+                    if not uids and not gone:
+                        return
+                self._bump_now(uids, gone)
+                self._modseq_position = shared.ListPosition.now(self._modseq_path())
+            return
+        self._bump_now(uids, gone)
+
+    def _bump_now(self, uids: list[int], gone: Iterable[int] = ()) -> None:
         self._changes += 1
         value = max(self.highest_modseq + 1, _now_us())
+        if self._shared:
+            value = self._uidlist_lock.take_modseq(value)
         self.highest_modseq = value
         table = self._table
         uids = sorted(uids)

@@ -37,6 +37,12 @@ Rules:
    its clock tick, so two changes within a tick can show one mtime: a
    folder whose C{new/} or C{cur/} changed in the last
    L{RECENT_NS} is looked at again even when its mtime is the one seen.
+ - Mod-sequences (RFC 7162) come from a second counter in the same lock
+   file (L{FolderLock.take_modseq}), taken and logged under the lock: no
+   two changes share one, and they grow in the order of the log. A
+   process reads the lines the others appended to the modseq log
+   (L{modseq_log_tail}) whenever it looks at the folder, and takes their
+   values for those messages instead of giving the change a new one.
  - Changes a process makes (a delivery, flags, an expunge) are announced
    to the others (L{announce}, wired to the workers' bus by
    L{twisted_mailhub.workers}); a process that has the folder open with
@@ -102,9 +108,19 @@ class FolderLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._thread.release()
 
+    def _counters(self) -> tuple[int, int]:
+        """(next UID, highest modseq given) as the lock file holds them."""
+        fields = os.pread(self._fd, 64, 0).split()
+        uid = int(fields[0]) if fields and fields[0].isdigit() else 0
+        modseq = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+        return uid, modseq
+
     def _counter(self) -> int:
-        text = os.pread(self._fd, 32, 0).strip()
-        return int(text) if text.isdigit() else 0
+        return self._counters()[0]
+
+    def _write(self, uid: int, modseq: int) -> None:
+        # Same length or longer each time (both only grow): no stale tail.
+        os.pwrite(self._fd, b"%d %d\n" % (uid, modseq), 0)
 
     def take_uid(self, floor: int) -> int:
         """
@@ -112,9 +128,23 @@ class FolderLock:
         UIDNEXT), and the counter raised past it. Takes the lock.
         """
         with self:
-            uid = max(self._counter(), floor)
-            os.pwrite(self._fd, b"%d\n" % (uid + 1), 0)
+            uid, modseq = self._counters()
+            uid = max(uid, floor)
+            self._write(uid + 1, modseq)
             return uid
+
+    def take_modseq(self, floor: int) -> int:
+        """
+        A new mod-sequence for a change in the folder (RFC 7162): above
+        every one any process gave in it, and at least C{floor}. Takes the
+        lock; call with it held while the change is logged, so that the
+        log's order is the values' order.
+        """
+        with self:
+            uid, modseq = self._counters()
+            modseq = max(modseq + 1, floor)
+            self._write(uid, modseq)
+            return modseq
 
     def uid_next(self, floor: int) -> int:
         """The folder's UIDNEXT as every process has given UIDs so far."""
@@ -227,6 +257,28 @@ def catch_up(folder: Any, parse_line: Callable[[bytes], Any]) -> dict[str, tuple
             continue
         elsewhere[base] = (uid, size, date, keywords)
     return known_keywords
+
+
+def modseq_log_tail(path: str, position: ListPosition) -> tuple[bytes, bool, ListPosition]:
+    """
+    The lines of a folder's modseq log after C{position} (C{whole}: all of
+    it, when another process rewrote it), and the position after them.
+    Call with the folder's lock held.
+    """
+    try:
+        st = os.stat(path)
+        if st.st_ino == position.inode and st.st_size == position.offset:
+            return b"", False, position  # (the usual case: one stat)
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            whole = st.st_ino != position.inode or st.st_size < position.offset
+            start = 0 if whole else position.offset
+            f.seek(start)
+            data = f.read()
+    except FileNotFoundError:
+        return b"", False, ListPosition()
+    end = data.rfind(b"\n") + 1
+    return data[:end], whole, ListPosition(st.st_ino, start + end)
 
 
 def merged_lines(folder: Any, own: list[str], format_line: Callable[..., str]) -> list[str]:
