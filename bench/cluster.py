@@ -5,7 +5,7 @@ Maildir store measured beside them in the same run.
 
     python3 bench/cluster.py                 # everything
     python3 bench/cluster.py --quick         # fewer messages, a 20,000-message mailbox
-    python3 bench/cluster.py --only smtp,idle,fetch
+    python3 bench/cluster.py --only smtp,store,idle,fetch
 
 Parts:
 
@@ -16,6 +16,10 @@ Parts:
    hub with C{synchronous_commit = on}. Reported: messages/s, and the CPU
    seconds the hubs and PostgreSQL used per second of run (how much spare
    CPU PostgreSQL had).
+ - store: the store alone, without SMTP: C{--clients} loops in one
+   process deliver 1 KB messages straight through
+   C{PostgresStore.deliver} (group commit, fsync on). Reported: messages/s
+   and that process's CPU per message: the store's share of a hub's.
  - idle: the delay from a message's C{250} on hub A to C{* n EXISTS} in an
    IMAP IDLE session on hub B: median and 99th percentile.
  - fetch: a mailbox of 100,000 messages put into the database directly,
@@ -31,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import pwd
 import socket
 import statistics
 import sys
@@ -49,26 +52,51 @@ from tests.hubprocess import HubProcess  # noqa: E402
 from tests.pgserver import PostgresServer, find_bindir  # noqa: E402
 
 
-def postgres_cpu() -> float:
-    """CPU seconds used so far by every process of the postgres user."""
-    try:
-        uid = pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else os.geteuid()
-    except KeyError:
-        return 0.0
-    total = 0.0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != uid:
+class PostgresCPU:
+    """
+    CPU used by one PostgreSQL server's processes (its postmaster and the
+    postmaster's children), read from /proc: other servers on the machine
+    (other benchmarks, tests) are not counted.
+    """
+
+    def __init__(self, server: PostgresServer):
+        self.server = server
+
+    def _postmaster(self) -> int:
+        with open(os.path.join(self.server.data, "postmaster.pid")) as f:
+            return int(f.readline())
+
+    def snapshot(self) -> dict[int, tuple[str, float]]:
+        """pid -> (what it is: "backend" for a client's connection, else its title, CPU seconds so far)."""
+        postmaster = self._postmaster()
+        found: dict[int, tuple[str, float]] = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
                 continue
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"postgres" not in f.read():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(pid) != postmaster and int(fields[1]) != postmaster:
                     continue
-        except OSError:
-            continue
-        total += cpu_seconds(int(pid))
-    return total
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    title = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except (OSError, IndexError, ValueError):
+                continue
+            kind = "backend" if "127.0.0.1(" in title else ("postmaster" if int(pid) == postmaster else title.replace("postgres: ", ""))
+            found[int(pid)] = (kind, cpu_seconds(int(pid)))
+        return found
+
+    @staticmethod
+    def used(before: dict, after: dict) -> tuple[float, float, float]:
+        """(all, client backends, the busiest backend) CPU seconds between two snapshots."""
+        total = backends = busiest = 0.0
+        for pid, (kind, cpu) in after.items():
+            spent = cpu - before.get(pid, (kind, 0.0))[1]
+            total += spent
+            if kind == "backend":
+                backends += spent
+                busiest = max(busiest, spent)
+        return total, backends, busiest
 
 
 def start_hubs(n: int, store: str, folder: str) -> list[HubProcess]:
@@ -88,7 +116,13 @@ def transactions(dsn: str) -> int:
         return conn.execute("SELECT txid_current()").fetchone()[0]
 
 
-def smtp_part(label: str, hubs: list[HubProcess], clients: int, count: int, dsn: str | None = None) -> float:
+def smtp_part(label: str, hubs: list[HubProcess], clients: int, count: int, pg: PostgresCPU | None = None, dsn: str | None = None) -> dict:
+    """
+    C{clients} SMTP clients (spread over C{hubs}) send C{count} 1 KB
+    messages. Prints and returns the rate and the CPU per message (µs) of
+    each hub, of PostgreSQL (all its processes; its client backends; the
+    busiest backend) and of the clients (this process).
+    """
     async def run():
         shares = [count // clients] * clients
         tasks = []
@@ -97,22 +131,97 @@ def smtp_part(label: str, hubs: list[HubProcess], clients: int, count: int, dsn:
             hub = hubs[i % len(hubs)]
             tasks.append(smtp_run(hub.ports["smtp"], b"alice@localhost", 1, share, 1024))
         results = await asyncio.gather(*tasks)
-        return time.perf_counter() - start, sum(len(r[1]) for r in results)
+        per_hub = [sum(len(r[1]) for i, r in enumerate(results) if i % len(hubs) == h) for h in range(len(hubs))]
+        return time.perf_counter() - start, per_hub
 
-    hub_cpu = sum(cpu_seconds(h.process.pid) for h in hubs)
-    pg_cpu = postgres_cpu()
+    hub_cpu = [cpu_seconds(h.process.pid) for h in hubs]
+    pg_before = pg.snapshot() if pg else {}
     own_cpu = time.process_time()
     xids = transactions(dsn) if dsn else 0
-    elapsed, accepted = asyncio.run(run())
+    elapsed, per_hub = asyncio.run(run())
+    accepted = sum(per_hub)
     own_cpu = time.process_time() - own_cpu
-    hub_cpu = sum(cpu_seconds(h.process.pid) for h in hubs) - hub_cpu
-    pg_cpu = postgres_cpu() - pg_cpu
+    hub_cpu = [cpu_seconds(h.process.pid) - c for h, c in zip(hubs, hub_cpu)]
+    pg_all, pg_backends, pg_busiest = PostgresCPU.used(pg_before, pg.snapshot()) if pg else (0.0, 0.0, 0.0)
     commits = transactions(dsn) - xids - 1 if dsn else 0
     rate = accepted / elapsed
-    print(f"  {label:28s} {rate:6.0f} msgs/s  ({accepted} in {elapsed:.2f} s; CPU in cores: hubs {hub_cpu / elapsed:.2f},"
-          f" PostgreSQL {pg_cpu / elapsed:.2f}, clients {own_cpu / elapsed:.2f}, of {os.cpu_count()}"
+    per = 1e6 / max(accepted, 1)
+    result = {
+        # Each hub's CPU per message it took.
+        "rate": rate, "hub_us": [c * 1e6 / max(n, 1) for c, n in zip(hub_cpu, per_hub)], "pg_us": pg_all * per, "pg_backends_us": pg_backends * per,
+        "pg_busiest_us": pg_busiest * per, "clients_us": own_cpu * per,
+        "cores": (sum(hub_cpu) + pg_all + own_cpu) / elapsed,
+    }
+    print(f"  {label:28s} {rate:6.0f} msgs/s  ({accepted} in {elapsed:.2f} s; CPU in cores: hubs {sum(hub_cpu) / elapsed:.2f},"
+          f" PostgreSQL {pg_all / elapsed:.2f}, clients {own_cpu / elapsed:.2f}, of {os.cpu_count()}"
           + (f"; {accepted / max(commits, 1):.1f} messages per commit" if dsn else "") + ")", flush=True)
-    return rate
+    print(f"  {'':28s} CPU per message: {'hub' if len(hubs) == 1 else 'each hub'} {' / '.join(f'{u:.0f}' for u in result['hub_us'])} µs"
+          + (f", PostgreSQL {result['pg_us']:.0f} µs (client backends {result['pg_backends_us']:.0f}, the busiest"
+             f" {result['pg_busiest_us']:.0f})" if pg else "")
+          + f", clients {result['clients_us']:.0f} µs", flush=True)
+    return result
+
+
+def predict(one: dict, two: dict) -> None:
+    """
+    What the CPU per message says about two hubs against one: the ceiling
+    of this machine's cores, and the ratio on a machine with spare cores.
+    """
+    cores = os.cpu_count() or 1
+    per_message = one["hub_us"][0] + one["pg_us"] + one["clients_us"]  # µs of CPU, all parts
+    ceiling = cores * 1e6 / per_message
+    hub_alone = 1e6 / one["hub_us"][0]
+    print(f"  CPU per message, one hub -> two hubs: hub {one['hub_us'][0]:.0f} -> {' / '.join(f'{u:.0f}' for u in two['hub_us'])} µs,"
+          f" PostgreSQL {one['pg_us']:.0f} -> {two['pg_us']:.0f} µs (busiest backend {one['pg_busiest_us']:.0f} -> {two['pg_busiest_us']:.0f})",
+          flush=True)
+    print(f"  this machine: {cores} cores, the one-hub run kept {one['cores']:.2f} busy; hub + PostgreSQL + clients = {per_message:.0f} µs"
+          f" a message, so with all {cores} cores free no number of hubs passes ~{ceiling:.0f} msgs/s here ({ceiling / one['rate']:.2f}x the one-hub rate)", flush=True)
+    # With spare cores each hub (one reactor thread) has a core of its own
+    # and the clients theirs; what two hubs share is PostgreSQL, whose
+    # backends are one per connection (each hub's writers have their own).
+    pg_cores = 2 * one["rate"] * one["pg_us"] / 1e6
+    predicted = min(2.0, 2.0 / max(pg_cores, 1e-9))  # PostgreSQL given one core of its own
+    print(f"  with spare cores (a core per hub and for the clients, one for PostgreSQL): one hub alone tops out near"
+          f" {hub_alone:.0f} msgs/s (a core / its CPU per message); two hubs at twice the one-hub rate need {pg_cores:.2f}"
+          f" cores of PostgreSQL: predicted two hubs / one hub ~{predicted:.1f}x (measured here {two['rate'] / one['rate']:.2f}x,"
+          f" bound by these {cores} cores)", flush=True)
+
+
+def store_load(dsn: str, clients: int, count: int) -> None:
+    """
+    (In a child process: it runs Twisted's reactor.) C{clients} loops
+    deliver C{count} messages in all through L{PostgresStore.deliver}, each
+    waiting for its last to commit; prints one line.
+    """
+    from twisted.internet import defer, reactor
+
+    from twisted_mailhub.store.postgresql import PostgresStore
+
+    store = PostgresStore(dsn)
+    store.start()
+    message = b"From: bench@example.org\r\nTo: alice@localhost\r\nSubject: load\r\n\r\n" + b"x" * 950 + b"\r\n"
+
+    @defer.inlineCallbacks
+    def loop(n):
+        for _ in range(n):
+            yield store.deliver("alice@localhost", message)
+
+    @defer.inlineCallbacks
+    def run():
+        try:
+            yield defer.gatherResults([loop(10) for _ in range(clients)])  # warm: connections, account
+            cpu, start = time.process_time(), time.perf_counter()
+            yield defer.gatherResults([loop(count // clients) for _ in range(clients)])
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+            done = count // clients * clients
+            print(f"  the store alone ({clients} delivery loops, no SMTP): {done / elapsed:6.0f} msgs/s,"
+                  f" its CPU {cpu / done * 1e6:.0f} µs a message", flush=True)
+        finally:
+            store.close()
+            reactor.stop()
+
+    reactor.callWhenRunning(run)
+    reactor.run()
 
 
 class IdleClient:
@@ -187,7 +296,7 @@ def fill_mailbox(dsn: str, count: int) -> None:
         conn.execute("ANALYZE")
 
 
-def fetch_part(hub: HubProcess, dsn: str, count: int, bodies: int) -> None:
+def fetch_part(hub: HubProcess, dsn: str, count: int, bodies: int, pg: PostgresCPU) -> None:
     started = time.perf_counter()
     fill_mailbox(dsn, count)
     print(f"  filled a {count}-message mailbox in {time.perf_counter() - started:.1f} s", flush=True)
@@ -215,7 +324,7 @@ def fetch_part(hub: HubProcess, dsn: str, count: int, bodies: int) -> None:
     until(b"a", b"")
 
     for label in ("first, cache cold", "again, cache warm"):
-        hub_cpu, pg_cpu = cpu_seconds(hub.process.pid), postgres_cpu()
+        hub_cpu, pg_cpu = cpu_seconds(hub.process.pid), pg.snapshot()
         start = time.perf_counter()
         sock.sendall(b"s EXAMINE INBOX\r\n")
         until(b"s", b"EXISTS")
@@ -229,7 +338,7 @@ def fetch_part(hub: HubProcess, dsn: str, count: int, bodies: int) -> None:
         # busy machine.
         print(f"  SELECT + FETCH 1:* (UID FLAGS RFC822.SIZE) of {count}, {label}: {(done - start) * 1000:.0f} ms"
               f" (SELECT {(selected - start) * 1000:.0f} ms; hub CPU {(cpu_seconds(hub.process.pid) - hub_cpu) * 1000:.0f} ms,"
-              f" of it SELECT {(select_cpu - hub_cpu) * 1000:.0f}; PostgreSQL CPU {(postgres_cpu() - pg_cpu) * 1000:.0f} ms)", flush=True)
+              f" of it SELECT {(select_cpu - hub_cpu) * 1000:.0f}; PostgreSQL CPU {PostgresCPU.used(pg_cpu, pg.snapshot())[0] * 1000:.0f} ms)", flush=True)
     start = time.perf_counter()
     sock.sendall(b"g FETCH 1:%d BODY.PEEK[]\r\n" % bodies)
     got = until(b"g", b" FETCH (")
@@ -242,11 +351,15 @@ def fetch_part(hub: HubProcess, dsn: str, count: int, bodies: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="smtp,idle,fetch")
+    parser.add_argument("--only", default="smtp,store,idle,fetch")
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--store-load", metavar="DSN", help=argparse.SUPPRESS)  # the child of the store part
     args = parser.parse_args()
-    parts = set(args.only.split(","))
     count = 3200 if args.quick else 20000
+    if args.store_load:
+        store_load(args.store_load, args.clients, count)
+        return
+    parts = set(args.only.split(","))
     mailbox = 20000 if args.quick else 100000
     bindir = find_bindir()
     if bindir is None:
@@ -254,6 +367,7 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="mailhub-cluster-")
     # Durable: fsync on (PostgreSQL's default), unlike the tests.
     server = PostgresServer(bindir, {"max_connections": "300", "shared_buffers": "256MB"}).start()
+    pg = PostgresCPU(server)
     hubs: list[HubProcess] = []
     try:
         print(f"PostgreSQL on 127.0.0.1:{server.port} (fsync on); {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
@@ -265,15 +379,21 @@ def main() -> None:
                 h.stop()
             dsn = server.create_database()
             hubs = start_hubs(1, f"postgresql:{dsn}", folder)
-            one = smtp_part("one hub, PostgreSQL", hubs, args.clients, count, dsn)
+            one = smtp_part("one hub, PostgreSQL", hubs, args.clients, count, pg, dsn)
             for h in hubs:
                 h.stop()
             dsn = server.create_database()
             hubs = start_hubs(2, f"postgresql:{dsn}", folder)
-            two = smtp_part("two hubs, one PostgreSQL", hubs, args.clients, count, dsn)
-            print(f"  two hubs / one hub: {two / one:.2f}x")
+            two = smtp_part("two hubs, one PostgreSQL", hubs, args.clients, count, pg, dsn)
+            print(f"  two hubs / one hub: {two['rate'] / one['rate']:.2f}x")
+            predict(one, two)
             for h in hubs:
                 h.stop()
+        if "store" in parts:
+            import subprocess
+
+            subprocess.run([sys.executable, os.path.abspath(__file__), "--store-load", server.create_database(), "--clients",
+                            str(args.clients)] + (["--quick"] if args.quick else []), check=True)
         if "idle" in parts:
             hubs = start_hubs(2, f"postgresql:{server.create_database()}", folder)
             idle_part(hubs[0], hubs[1], 50 if args.quick else 200)
@@ -286,7 +406,7 @@ def main() -> None:
             ]
             os.makedirs(hubs[0].data_dir)
             hubs[0].start()
-            fetch_part(hubs[0], dsn, mailbox, 5000 if args.quick else 20000)
+            fetch_part(hubs[0], dsn, mailbox, 5000 if args.quick else 20000, pg)
     finally:
         for h in hubs:
             h.stop()

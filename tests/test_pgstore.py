@@ -4,6 +4,8 @@ What the PostgreSQL store promises beyond the shared store contract
 streamed big messages, two stores on one database, an unreachable database.
 """
 
+import time
+
 import psycopg
 import pytest
 from twisted.internet import defer
@@ -100,6 +102,35 @@ class PostgresStoreTests(unittest.TestCase):
         self.assertEqual([list(c) for c in folder.listing()], [[], [], []])
         uid = yield folder.append(MESSAGE, [SEEN])
         self.assertEqual([(i.uid, i.flags) for i in folder.messages()], [(uid, {SEEN})])
+
+    @defer.inlineCallbacks
+    def test_writes_queued_behind_a_committing_batch_commit_without_a_turn_of_the_reactor(self):
+        folder = self.store().account("alice@example.org").folder(INBOX)
+        yield folder.append(MESSAGE)  # the writer's connection is made
+        # The first starts a batch; the rest queue behind it. The reactor
+        # is then held (this test does not return to it) while the
+        # database is watched: the writer goes on to the queued ones itself.
+        writes = [folder.append(MESSAGE) for _ in range(10)]
+        deadline = time.monotonic() + 10
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while conn.execute("SELECT count(*) FROM mailbox_message").fetchone()[0] < 11 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            placed = conn.execute("SELECT count(*) FROM mailbox_message").fetchone()[0]
+        self.assertEqual(placed, 11)
+        uids = yield defer.gatherResults(writes)
+        self.assertEqual(sorted(uids), list(range(2, 12)))
+
+    @defer.inlineCallbacks
+    def test_message_keys_are_unique_and_fit_a_pop3_uidl(self):
+        a, b = self.store(), self.store()
+        yield defer.gatherResults([a.deliver("alice@example.org", MESSAGE) for _ in range(5)] + [b.deliver("alice@example.org", MESSAGE) for _ in range(5)])
+        folder = a.account("alice@example.org").folder(INBOX)
+        yield folder.append(MESSAGE)
+        keys = [i.key for i in folder.messages()]
+        self.assertEqual(len(set(keys)), 11)
+        for key in keys:
+            # RFC 1939 §7: 1 to 70 characters in the range 0x21 to 0x7E.
+            self.assertRegex(key, r"^[0-9a-f]{21,70}$")
 
     @defer.inlineCallbacks
     def test_a_big_message_is_read_in_slices_byte_exact(self):
