@@ -50,6 +50,46 @@ class ServerTests(unittest.TestCase):
             self.assertIn(b"b OK [READ-WRITE]", self.talk(server, transport, b"b select inbox\r\n"))
         return server, transport
 
+    def test_replies_to_what_one_read_brought_leave_in_one_send_without_a_reactor_turn(self):
+        # A Twisted TCP connection over a loopback socket, on a reactor
+        # never run: what reaches the peer was sent without waiting for a turn.
+        import socket
+
+        from twisted.internet import tcp
+        from twisted.internet.testing import MemoryReactor
+
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            peer = socket.create_connection(listener.getsockname(), timeout=5)
+            ours, _ = listener.accept()
+        self.addCleanup(peer.close)
+        ours.setblocking(False)
+        sends = []
+
+        class Counting:
+            def __getattr__(self, name):
+                return getattr(ours, name)
+
+            def send(self, data):
+                sends.append(bytes(data))
+                return ours.send(data)
+
+        server = IMAPServer(self.hub, "imap")
+        conn = tcp.Server(Counting(), server, ("127.0.0.1", 4000), None, 1, MemoryReactor())
+        self.addCleanup(ours.close)
+        server.makeConnection(conn)
+        self.addCleanup(server.connectionLost, None)
+        self.assertEqual(len(sends), 1)
+        self.assertTrue(sends[0].startswith(b"* OK"))
+        server.dataReceived(b"a LOGIN alice secret\r\nb SELECT INBOX\r\nc NOOP\r\n")
+        self.assertEqual(len(sends), 2)  # three replies, one send(2)
+        received = b""
+        while b"c OK" not in received:
+            received += peer.recv(65536)
+        self.assertIn(b"a OK", received)
+        self.assertIn(b"b OK [READ-WRITE]", received)
+        self.assertFalse(conn._tempDataBuffer or conn.dataBuffer)  # nothing left for the reactor
+        self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+
     def test_literal_plus_needs_no_continuation(self):
         server, transport = self.connect()
         out = self.talk(server, transport, b"a LOGIN {5+}\r\nalice {6+}\r\nsecret\r\n")

@@ -86,7 +86,7 @@ from twisted_mailhub.imap.sort import SortCommands
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import LITERAL_SIZE as _LITERAL_SIZE
-from twisted_mailhub.lines import control_note, has_control
+from twisted_mailhub.lines import control_note, flush_now, has_control
 from twisted_mailhub.store.interfaces import NoSuchFolder, StoreUnavailable
 
 log = Logger()
@@ -139,6 +139,7 @@ class IMAPServer(
     _idle_poll: Any = None
     _held = 0
     _in_command = 0
+    _reading = 0  # dataReceived calls under way (LineReceiver re-enters it)
     _auth_tag: bytes = b"*"
 
     def __init__(self, hub: Any, listener: str):
@@ -296,11 +297,31 @@ class IMAPServer(
         self.deadlines = SessionDeadlines(self)
         imap4.IMAP4Server.makeConnection(self, transport)
         self.deadlines.start()
+        self.flush_replies()  # the greeting
 
     def dataReceived(self, data):
         if self.deadlines.data_arriving(data):
-            imap4.IMAP4Server.dataReceived(self, data)
+            self._reading += 1
+            try:
+                imap4.IMAP4Server.dataReceived(self, data)
+            finally:
+                self._reading -= 1
             self.deadlines.data_handled(data)
+        if not self._reading:
+            self.flush_replies()
+
+    def flush_replies(self) -> None:
+        """
+        Send the replies written so far now, together, instead of on the
+        reactor's next turn: the answers to everything one read brought in
+        leave in one send(2), before the reactor reads the next client
+        (L{twisted_mailhub.lines.flush_now}; under COMPRESS after the
+        burst's sync flush). A no-op for TLS and test transports.
+        """
+        if self.compression is not None:
+            self.compression.flush()
+        if self.transport is not None:
+            flush_now(self.transport)
 
     # -- reading lines: literal limits, IDLE --------------------------------------
 
@@ -524,6 +545,10 @@ class IMAPServer(
             else:
                 self.write_notices()
         imap4.IMAP4Server._respond(self, state, tag, message)
+        if not self._reading and tag and tag != b"*":
+            # A reply that a Deferred finished (a durable APPEND or COPY, a
+            # slowed-down failed login): sent now, not a reactor turn later.
+            self.flush_replies()
 
     def bring_up_to_date(self, allow_expunge: bool) -> None:
         """
