@@ -155,3 +155,50 @@ def test_lines_nobody_watched_are_shown_as_text_with_control_bytes_visible_when_
     t.server_bytes(b"250 mail.test\r\n")
     assert _lines(record) == ["C: HELO café\\x1b[31m", "S: 250 mail.test"]
     assert seen == ["250 mail.test"]  # a watcher gets text at once
+
+
+def test_imap_fetch_body_literals_are_one_summary_line_each_even_split_across_writes():
+    _, record, t = _record("imap")
+    t.client_bytes(b"a1 FETCH 1:2 (BODY.PEEK[] FLAGS)\r\n")
+    body = b"Subject: secret plans\r\n\r\nline\r\n" * 20
+    t.server_bytes(b"* 1 FETCH (BODY[] {%d}\r\n" % len(body) + body[:100])
+    t.server_bytes(body[100:] + b" FLAGS (\\Seen))\r\n* 2 FETCH (BINARY[] ~{0}\r\n)\r\n")
+    t.server_bytes(b"a1 OK FETCH completed\r\n")
+    assert _lines(record) == [
+        "C: a1 FETCH 1:2 (BODY.PEEK[] FLAGS)",
+        "S: * 1 FETCH (BODY[] {%d}" % len(body),
+        "S: [literal: %d octets]" % len(body),
+        "S:  FLAGS (\\Seen))",
+        "S: * 2 FETCH (BINARY[] ~{0}",
+        "S: )",
+        "S: a1 OK FETCH completed",
+    ]
+
+
+def test_imap_client_literals_are_summarised_a_synchronizing_one_only_once_the_server_says_go_ahead():
+    _, record, t = _record("imaps")
+    message = b"From: a@b\r\n\r\nhello\r\nworld\r\n"
+    t.client_bytes(b"a1 APPEND INBOX {%d+}\r\n" % len(message) + message[:5])
+    t.client_bytes(message[5:] + b"\r\na2 LOGIN alice {6}\r\n")
+    t.server_bytes(b"a1 OK [APPENDUID 1 1] APPEND completed\r\n+ Ready for additional command text\r\n")
+    t.client_bytes(b"secret\r\n")
+    t.server_bytes(b"a2 OK LOGIN completed\r\n")
+    # refused before the literal was sent: the client sends its next command, not the literal
+    t.client_bytes(b"a3 SEARCH TEXT {100000}\r\n")
+    t.server_bytes(b"a3 NO [TOOBIG] literal of 100000 octets is over the limit of 8192\r\n")
+    t.client_bytes(b"a4 NOOP\r\n")
+    assert _lines(record) == [
+        "C: a1 APPEND INBOX {%d+}" % len(message),
+        "C: [literal: %d octets]" % len(message),
+        "C: ",
+        "C: a2 LOGIN alice ****",
+        "S: a1 OK [APPENDUID 1 1] APPEND completed",
+        "S: + Ready for additional command text",
+        "C: [literal: 6 octets]",
+        "C: ",
+        "S: a2 OK LOGIN completed",
+        "C: a3 SEARCH TEXT {100000}",
+        "S: a3 NO [TOOBIG] literal of 100000 octets is over the limit of 8192",
+        "C: a4 NOOP",
+    ]
+    assert not any("secret" in line or "hello" in line for line in _lines(record))

@@ -52,6 +52,8 @@ _AUTH = re.compile(rb"^(?:(\S+) )?(AUTH|AUTHENTICATE)\b", re.I)
 _AUTH_INITIAL = re.compile(rb"^((?:\S+ )?(?:AUTH|AUTHENTICATE) \S+) \S+", re.I)
 _PASS = re.compile(rb"^(PASS)\b.*", re.I)
 _LOGIN = re.compile(rb"^(\S+ LOGIN \S+) .*", re.I)
+# An IMAP line that ends in a literal's size (RFC 3501 §4.3, LITERAL+ RFC 7888, literal8 RFC 3516).
+_IMAP_LITERAL = re.compile(rb"~?\{(\d{1,20})(\+?)\}$")
 # Control bytes other than tab are shown as \xNN, never raw.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -310,7 +312,10 @@ class Transcriber:
     lines by index, never copied line by line; the lines of a message
     (SMTP DATA from the client, a POP3 RETR or TOP answer from the
     server) are counted with C{bytes.count} in whole chunks and become one
-    summary line; a line is turned into text only when someone reads it
+    summary line; the octets of an IMAP literal (a FETCH body, an APPEND
+    message, a string sent as a literal: RFC 3501 §4.3) are skipped by
+    their count and become one C{[literal: N octets]} line; a line is
+    turned into text only when someone reads it
     (L{SessionRecord.add_line}).
     """
 
@@ -328,6 +333,14 @@ class Transcriber:
         # message (RETR, TOP), in order (RFC 2449 pipelining).
         protocol = record.protocol if record is not None else connection_id.partition("#")[0]
         self._pop3: deque | None = deque(maxlen=256) if protocol in ("pop3", "pop3s") else None
+        # IMAP literals: octets still to skip in each direction (and the
+        # literal's size, for its summary line), and a client's
+        # synchronizing literal announced but not yet accepted by a "+".
+        self._imap = protocol.startswith("imap")
+        self._in_literal = self._in_literal_size = 0
+        self._out_literal = self._out_literal_size = 0
+        self._client_sync = 0
+        self._client_sync_tag = b""
 
     def _emit(self, who: str, line: bytes) -> None:
         if self.record is not None:
@@ -343,6 +356,14 @@ class Transcriber:
             self._client = b""
         pos, end = 0, len(data)
         while pos < end:
+            if self._in_literal:
+                take = min(self._in_literal, end - pos)
+                self._in_literal -= take
+                pos += take
+                if self._in_literal:
+                    return
+                self._emit("C", b"[literal: %d octets]" % self._in_literal_size)
+                continue
             if self._in_data:
                 pos, self._client = self._in_data.take(data, pos)
                 if not self._in_data.ended:
@@ -384,6 +405,29 @@ class Transcriber:
             words = upper.split(None, 1)
             self._pop3.append(bool(words) and words[0] in (b"RETR", b"TOP"))
         self._emit("C", bare)
+        if self._imap:
+            self._client_literal(line)
+
+    def _client_literal(self, line: bytes) -> None:
+        """
+        An IMAP client line (unmasked) that ends in C{{N+}}: the next N
+        octets are a literal; one that ends in C{{N}}: they are once the
+        server says C{+} (a client that sends another line first did not
+        wait, and its literal is read as lines).
+        """
+        self._client_sync = 0
+        bare = line.rstrip(b"\r")
+        if bare[-1:] != b"}":
+            return
+        m = _IMAP_LITERAL.search(bare)
+        if m is None:
+            return
+        n = int(m.group(1))
+        if m.group(2):
+            self._in_literal = self._in_literal_size = n
+        else:
+            self._client_sync = n
+            self._client_sync_tag = bare.split(b" ", 1)[0] + b" "
 
     # -- the server's side ------------------------------------------------------
 
@@ -393,6 +437,14 @@ class Transcriber:
             self._server = b""
         pos, end = 0, len(data)
         while pos < end:
+            if self._out_literal:
+                take = min(self._out_literal, end - pos)
+                self._out_literal -= take
+                pos += take
+                if self._out_literal:
+                    return
+                self._emit("S", b"[literal: %d octets]" % self._out_literal_size)
+                continue
             if self._out_data:
                 pos, self._server = self._out_data.take(data, pos)
                 if not self._out_data.ended:
@@ -441,6 +493,18 @@ class Transcriber:
             if message and bare.startswith(b"+OK"):
                 self._out_data = _MessageLines()
         self._emit("S", bare)
+        if self._imap:
+            if self._client_sync:
+                if bare[:1] == b"+":
+                    # The server accepts the client's synchronizing literal.
+                    self._in_literal = self._in_literal_size = self._client_sync
+                    self._client_sync = 0
+                elif bare.startswith(self._client_sync_tag):
+                    self._client_sync = 0  # refused: no literal follows
+            if bare[-1:] == b"}":
+                m = _IMAP_LITERAL.search(bare)
+                if m is not None:
+                    self._out_literal = self._out_literal_size = int(m.group(1))
 
 
 class _MessageLines:
