@@ -22,18 +22,27 @@ class TransportHelperTests(SynchronousTestCase):
     def test_plain_transport_is_not_secure(self):
         self.assertFalse(is_secure(StringTransport()))
 
-    def test_nodelay_reaches_the_socket_through_wrappers(self):
-        calls = []
+    def test_nodelay_reaches_the_socket_through_wrappers_and_leaves_unix_sockets_alone(self):
+        import socket
 
-        class Socketish:
-            def setTcpNoDelay(self, on):
-                calls.append(on)
+        class Connection:
+            def __init__(self, sock):
+                self.socket = sock
 
         class Wrapper:
-            transport = Socketish()
+            def __init__(self, transport):
+                self.transport = transport
 
-        set_nodelay(Wrapper())
-        self.assertEqual(calls, [True])
+        with socket.create_server(("127.0.0.1", 0)) as listener, socket.create_connection(listener.getsockname()) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                self.assertEqual(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 0)
+                set_nodelay(Wrapper(Wrapper(Connection(accepted))))
+                self.assertEqual(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+        a, b = socket.socketpair()
+        with a, b:
+            set_nodelay(Wrapper(Connection(a)))  # no TCP_NODELAY on a UNIX socket, and no error
+        set_nodelay(StringTransport())  # a test transport has no socket
 
 
 class BacklogTests(SynchronousTestCase):

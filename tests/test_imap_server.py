@@ -88,7 +88,6 @@ class ServerTests(unittest.TestCase):
         self.assertIn(b"a OK", received)
         self.assertIn(b"b OK [READ-WRITE]", received)
         self.assertFalse(conn._tempDataBuffer or conn.dataBuffer)  # nothing left for the reactor
-        self.assertEqual(ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
 
     def test_literal_plus_needs_no_continuation(self):
         server, transport = self.connect()
