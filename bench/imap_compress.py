@@ -4,10 +4,13 @@ reads a mailbox of a few hundred varied messages (bench/imap_mix.py's) with
 `FETCH 1:* BODY.PEEK[]` and `FETCH 1:* (UID FLAGS ENVELOPE)`, in the
 clear and after COMPRESS DEFLATE, and reports octets on the wire and
 seconds. Dovecot (Debian's, private configuration, bench/dovecot.py) runs
-with its imap_zlib plugin.
+with its imap_zlib plugin. "CPU ms" is the server's CPU time for the
+command (the hub's process; Dovecot's processes together), from /proc:
+when "seconds" is well above it, the time went waiting (on the network,
+on the scheduler of a busy machine), not working.
 
     python3 bench/imap_compress.py                 # 3 rounds
-    python3 bench/imap_compress.py --rounds 5
+    python3 bench/imap_compress.py --rounds 20       # finer CPU figures
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import zlib
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench.dovecot as dovecot_module  # noqa: E402
+from bench.cpu import cpu_seconds  # noqa: E402
 from bench.imap_mix import MESSAGES, make_maildir  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
@@ -74,8 +78,12 @@ class Client:
         self.deflate = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
 
 
-def measure(port: int, compressed: bool, rounds: int) -> dict[str, tuple[float, int, int]]:
-    """Per command: (median seconds, wire octets, plain octets)."""
+def measure(port: int, compressed: bool, rounds: int, pid: int = 0) -> dict[str, tuple[float, int, int, float]]:
+    """
+    Per command: (median seconds, wire octets, plain octets, server CPU
+    seconds of process tree C{pid}: the mean over the rounds, since /proc
+    counts in ticks of 10 ms).
+    """
     c = Client(port)
     c.command(b"LOGIN alice secret")
     if compressed:
@@ -84,14 +92,16 @@ def measure(port: int, compressed: bool, rounds: int) -> dict[str, tuple[float, 
     out = {}
     for name, text in COMMANDS:
         times = []
+        before_cpu = cpu_seconds(pid, tree=True) if pid else 0.0
         for _ in range(rounds):
             before_wire = c.wire_in
             t = time.perf_counter()
             body = c.command(text)
             times.append(time.perf_counter() - t)
             wire = c.wire_in - before_wire
+        cpu = (cpu_seconds(pid, tree=True) - before_cpu) / rounds if pid else 0.0
         times.sort()
-        out[name] = (times[len(times) // 2], wire, len(body))
+        out[name] = (times[len(times) // 2], wire, len(body), cpu)
     c.command(b"LOGOUT")
     return out
 
@@ -122,12 +132,12 @@ def main() -> None:
                     raise
                 time.sleep(0.2)
         print(f"{MESSAGES} messages, median of {args.rounds} rounds")
-        print(f"{'server':8} {'mode':8} {'command':10} {'seconds':>8} {'wire KB':>9} {'plain KB':>9} {'ratio':>6}")
-        for server, port in (("hub", hub.ports["imap"]), ("dovecot", peer.ports["imap"])):
+        print(f"{'server':8} {'mode':8} {'command':10} {'seconds':>8} {'CPU ms':>7} {'wire KB':>9} {'plain KB':>9} {'ratio':>6}")
+        for server, port, pid in (("hub", hub.ports["imap"], hub.process.pid), ("dovecot", peer.ports["imap"], peer.pid)):
             for compressed in (False, True):
-                for name, (seconds, wire, plain) in measure(port, compressed, args.rounds).items():
+                for name, (seconds, wire, plain, cpu) in measure(port, compressed, args.rounds, pid).items():
                     mode = "DEFLATE" if compressed else "plain"
-                    print(f"{server:8} {mode:8} {name:10} {seconds:8.3f} {wire / 1024:9.0f} {plain / 1024:9.0f} {wire / max(plain, 1):6.2f}")
+                    print(f"{server:8} {mode:8} {name:10} {seconds:8.3f} {cpu * 1000:7.1f} {wire / 1024:9.0f} {plain / 1024:9.0f} {wire / max(plain, 1):6.2f}")
     finally:
         if peer is not None:
             peer.stop()
