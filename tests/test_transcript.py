@@ -202,3 +202,20 @@ def test_imap_client_literals_are_summarised_a_synchronizing_one_only_once_the_s
         "C: a4 NOOP",
     ]
     assert not any("secret" in line or "hello" in line for line in _lines(record))
+
+
+def test_imap_untagged_responses_written_together_are_kept_line_by_line_in_order_and_bounded():
+    from twisted_mailhub.transcript import SessionEvents, Transcriber
+
+    bus = SessionEvents(max_lines=5)
+    record = bus.start("imap", ("127.0.0.1", 4000), ("127.0.0.1", 143))
+    t = Transcriber(record.id, record)
+    t.client_bytes(b"a1 FETCH 1:6 (UID FLAGS)\r\n")
+    t.server_bytes(b"".join(b"* %d FETCH (UID %d FLAGS (\\Seen \x1b))\r\n" % (i, i) for i in range(1, 7)) + b"a1 OK FETCH completed\r\n")
+    assert _lines(record) == [f"S: * {i} FETCH (UID {i} FLAGS (\\Seen \\x1b))" for i in range(3, 7)] + ["S: a1 OK FETCH completed"]
+    assert [e[0] for e in record.events] == [5, 6, 7, 8, 9]  # seq: the start, the client line, then the 7 server lines
+    assert record.dropped == 4
+    seen = []
+    bus.subscribe(lambda r, e: seen.append(e[3]), session=record.id)
+    t.server_bytes(b"* 7 EXISTS\r\n* 1 RECENT\r\n")
+    assert seen == ["* 7 EXISTS", "* 1 RECENT"]  # a watcher gets each line at once

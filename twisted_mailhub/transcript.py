@@ -32,6 +32,7 @@ is summarised in one line rather than kept.
 from __future__ import annotations
 
 import itertools
+from itertools import repeat
 import re
 import time
 from collections import OrderedDict, deque
@@ -165,6 +166,31 @@ class SessionRecord:
                 self._raw -= 1
         events.append((self._seq, bus.clock(), kind, line))
         self._raw += 1
+
+    def add_lines(self, kind: str, lines: list[bytes]) -> None:
+        """
+        Record several C:/S: lines at once (bytes, no line ends), as
+        L{add_line} does each: with nobody watching, in one C{extend} of
+        the deque (an untagged FETCH of every message is hundreds of lines).
+        """
+        bus = self.bus
+        if bus.watchers or (bus.session_watchers and self.id in bus.session_watchers):
+            for line in lines:
+                self.add(kind, line_text(line))
+            return
+        events = self._events
+        n = len(lines)
+        over = len(events) + n - events.maxlen
+        if over > 0:
+            self.dropped += over
+            if n > events.maxlen:
+                self._seq += n - events.maxlen
+                lines = lines[n - events.maxlen :]
+                n = events.maxlen
+        seq = self._seq
+        events.extend(zip(range(seq + 1, seq + n + 1), repeat(bus.clock()), repeat(kind), lines))
+        self._seq = seq + n
+        self._raw += n  # (at most: some may have been let go; only "any left?" matters)
 
     def logged_in(self, account: str) -> None:
         if self.bus.account_name is not None:
@@ -432,6 +458,22 @@ class Transcriber:
     # -- the server's side ------------------------------------------------------
 
     def server_bytes(self, data: bytes) -> None:
+        if (
+            self._imap
+            and self.record is not None
+            and not (self._server or self._out_literal or self._in_sasl or self._client_sync)
+            and data[-2:] == b"\r\n"
+            and b"}\r\n" not in data
+        ):
+            # IMAP responses with no literal and no state to follow (an
+            # untagged FETCH per message): the lines in one go.
+            n = data.count(b"\n")
+            if n == data.count(b"\r\n"):
+                if n == 1:
+                    self.record.add_line("S", data[:-2])
+                else:
+                    self.record.add_lines("S", data[:-2].split(b"\r\n"))
+                return
         if self._server:
             data = self._server + data
             self._server = b""
