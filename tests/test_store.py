@@ -339,6 +339,35 @@ class MaildirFlushTests(unittest.TestCase):
         self.assertEqual(os.listdir(os.path.join(folder.directory, "cur")), [])
 
 
+class MaildirExpungeTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_an_expunged_file_leaves_cur_at_once_and_is_unlinked_from_tmp_in_a_worker_thread(self):
+        import threading
+
+        import twisted_mailhub.store.maildir as maildir_module
+
+        store = MaildirStore(self.mktemp(), hostname="test")
+        folder = store.account("alice@example.org").folder(INBOX)
+        uid = yield folder.append(MESSAGE)
+        handed = []
+        real = maildir_module._unlink_later
+        self.patch(maildir_module, "_unlink_later", lambda reactor, paths: handed.append((list(paths), real(reactor, paths))) or handed[-1][1])
+        unlinked = []
+        real_unlink = os.unlink
+        self.patch(maildir_module.os, "unlink", lambda path: (unlinked.append(threading.current_thread() is threading.main_thread()), real_unlink(path))[1])
+        self.assertEqual(folder.expunge([uid]), [uid])
+        for sub in ("cur", "new"):
+            self.assertEqual(os.listdir(os.path.join(folder.directory, sub)), [])  # gone for every reader now
+        [([parked], done)] = handed
+        self.assertEqual(os.path.dirname(parked), os.path.join(folder.directory, "tmp"))
+        self.assertRegex(os.path.basename(parked), maildir_module._TMP_NAME)  # this process's: clean_tmp removes it after a crash
+        folder.refresh()
+        self.assertEqual(folder.messages(), [])
+        yield done
+        self.assertEqual(os.listdir(os.path.join(folder.directory, "tmp")), [])
+        self.assertEqual(unlinked, [False])  # not in the reactor's thread
+
+
 class FolderNameLengthTests(unittest.TestCase):
     def test_a_name_longer_than_a_directory_name_is_refused(self):
         account = MaildirStore(self.mktemp(), hostname="test").account("alice@example.org")

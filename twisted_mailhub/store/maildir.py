@@ -59,6 +59,10 @@ Rules (everything that changes the on-disk layout lives in this module):
  - Files that appear in C{new/} or C{cur/} by other means (an outside MDA,
    a restore) get UIDs the next time the folder is looked at; files that
    vanish are reported as expunged.
+ - An expunge renames the message's file into C{tmp/} under a name of
+   this process (gone from C{new/} and C{cur/} for every reader at once)
+   and unlinks it there in a worker thread: freeing a file's blocks can
+   wait on the file system's journal, and the reactor does not wait.
  - C{tmp/} is cleaned when the hub starts and every hour
    (L{clean_tmp}): a file that a process of this host left there and
    that process is gone is removed at once (a crash cut its write short;
@@ -1126,8 +1130,20 @@ class MaildirFolder:
                 raise NoSuchMessage(uid) from None
 
     def read(self, uid: int) -> bytes:
-        with self.open(uid) as f:
-            return f.read()
+        # os-level: open, fstat, one read, close (a file object would add
+        # an isatty ioctl, seeks and a second fstat per message).
+        try:
+            fd = os.open(self._file(uid), os.O_RDONLY)
+        except FileNotFoundError:
+            self._scan(force=True)  # renamed by someone else: look again
+            try:
+                fd = os.open(self._file(uid), os.O_RDONLY)
+            except FileNotFoundError:
+                raise NoSuchMessage(uid) from None
+        try:
+            return _read_whole(fd)
+        finally:
+            os.close(fd)
 
     def path(self, uid: int) -> str:
         return self._file(uid)
@@ -1291,18 +1307,36 @@ class MaildirFolder:
     def _expunge(self, uids, origin=None):
         gone = []
         at = []
+        trash = []
         was_current = self._before_own_change()
         table = self._table
+        tmp = os.path.join(self.directory, "tmp")
         for uid in sorted(set(uids)):
             i = table.position(uid)
             if i < 0:
                 continue
+            # Out of cur/ (or new/) by a rename into tmp/, under a name of
+            # this process: gone for every reader at once, as an unlink
+            # would be, but without freeing the file's blocks here, which
+            # on a journaling file system can wait a millisecond for the
+            # journal behind other fsyncs. The unlink follows in a worker
+            # thread; after a crash, clean_tmp removes what it left.
+            path = os.path.join(self.directory, table.subdir(i), table.filename(i))
+            away = os.path.join(tmp, unique_name(table.sizes[i], self.hostname))
             try:
-                os.unlink(os.path.join(self.directory, table.subdir(i), table.filename(i)))
+                os.rename(path, away)
+                trash.append(away)
             except FileNotFoundError:
                 pass
+            except OSError:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
             gone.append(uid)
             at.append(i)
+        if trash:
+            _unlink_later(self.writer.reactor, trash)
         if gone:
             table.remove(at)
             self._changes += 1
@@ -1540,8 +1574,12 @@ class MaildirFolder:
                 os.replace(tmp, self._modseq_path())
                 self._modseq_lines = sum(1 for m in table.modseqs if m > 1) + 1
             else:
-                with open(self._modseq_path(), "a", encoding="ascii") as f:
-                    f.write("".join(records))
+                # (os-level: no text and buffer objects for one short line)
+                fd = os.open(self._modseq_path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+                try:
+                    os.write(fd, "".join(records).encode("ascii"))
+                finally:
+                    os.close(fd)
                 self._modseq_lines += len(records)
         except OSError as e:
             # The change itself is made; its modseq then lives until restart.
@@ -1563,6 +1601,38 @@ class MaildirFolder:
 
     def remove_listener(self, listener):
         self._listeners.remove(listener)
+
+
+def _read_whole(fd: int) -> bytes:
+    """Everything in the file open at C{fd}: one read when its size is the one fstat gives."""
+    size = os.fstat(fd).st_size
+    data = os.read(fd, size + 1)  # one octet more than the size: a short read is the end
+    if len(data) <= size:
+        return data
+    chunks = [data]
+    while True:
+        more = os.read(fd, 1 << 20)
+        if not more:
+            return b"".join(chunks)
+        chunks.append(more)
+
+
+def _unlink_later(reactor: Any, paths: list[str]) -> defer.Deferred:
+    """
+    Unlink C{paths} (expunged messages already moved to C{tmp/}) in a
+    worker thread; the Deferred fires when done (a failure is logged).
+    """
+
+    def unlink() -> None:
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), unlink)
+    d.addErrback(lambda f: log.warn("expunged files not removed from tmp/ ({error}); clean_tmp will", error=f.getErrorMessage()))
+    return d
 
 
 def _now_us() -> int:
