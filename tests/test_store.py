@@ -137,7 +137,7 @@ def _postgresql_dsn(request, pg_dsn):
 
 
 @pytest.mark.usefixtures("_postgresql_dsn")
-class PostgresStoreTests(StoreContract, unittest.TestCase):
+class PostgresStoreTests(StoreContract, ModSeqContract, unittest.TestCase):
     def make_store(self):
         from twisted_mailhub.store.postgresql import PostgresStore
 

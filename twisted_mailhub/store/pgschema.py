@@ -21,7 +21,8 @@ The tables, in the words of the mail store (RFC 3501 §2.3):
    then reads this one table, not a join over every message).
  - C{mailbox_change}: the change journal, one row per (mailbox, modseq):
    which UIDs were added, changed flags or were expunged. Other hubs read it
-   after a C{NOTIFY mailhub_changes} to tell their sessions.
+   after a C{NOTIFY mailhub_changes} to tell their sessions. Entries older
+   than C{--journal-retention} are pruned (L{twisted_mailhub.store.pgjournal}).
  - C{subscription}: IMAP LSUB names (RFC 3501 §6.3.6).
 
 C{mailhub_schema} holds the version. A hub creates the tables in an empty

@@ -82,9 +82,9 @@ from twisted_mailhub.store.interfaces import (
     INBOX,
     FolderChange,
     FolderExists,
-    IFolder,
     IMailAccount,
     IMailStore,
+    IModSeqFolder,
     MessageInfo,
     NoSuchFolder,
     NoSuchMessage,
@@ -620,7 +620,7 @@ class MessageReader(io.RawIOBase):
         return len(chunk)
 
 
-@implementer(IFolder)
+@implementer(IModSeqFolder)
 class PostgresFolder:
     """
     One C{mailbox} row, with a cache of its messages (a
@@ -719,7 +719,12 @@ class PostgresFolder:
         self._listeners.notify(change)
 
     def catch_up(self, below: int | None = None) -> None:
-        """Apply and tell every journal entry not yet applied here (those below C{below})."""
+        """
+        Apply and tell every journal entry not yet applied here (those
+        below C{below}). When the journal no longer holds one of them (it
+        was pruned: L{twisted_mailhub.store.pgjournal}), the folder is read
+        again instead and the difference told (L{_resync}).
+        """
         rows = self._run(
             lambda c: c.execute(
                 "SELECT modseq, kind, uids FROM mailbox_change WHERE mailbox_id = %s AND modseq > %s AND modseq < %s ORDER BY modseq",
@@ -727,6 +732,9 @@ class PostgresFolder:
             ).fetchall()
         )
         fresh = [(modseq, kind, uids) for modseq, kind, uids in rows if modseq not in self._announced]
+        if self._journal_pruned(rows, fresh, below):
+            self._resync()
+            return
         if not rows:
             return
         # The rows of every added or changed UID in one read, then the tale
@@ -738,6 +746,63 @@ class PostgresFolder:
             self.announce(modseq, FolderChange(**{kind: tuple(uids)}))
         self._watermark = max(self._watermark, rows[-1][0])
         self._announced = {m for m in self._announced if m > self._watermark}
+
+    def _journal_pruned(self, rows: list, fresh: list, below: int | None) -> bool:
+        """
+        Does the journal miss a modseq this folder has not told yet? Every
+        change takes the next modseq and journals it in the same
+        transaction, and one mailbox's changes commit in modseq order, so
+        the untold modseqs up to the last row read (or below C{below}) are
+        all in the journal unless pruning took them.
+        """
+        if below is not None:
+            top = below
+        elif fresh:
+            top = fresh[-1][0]
+        elif rows:
+            return False
+        else:
+            row = self._run(lambda c: c.execute("SELECT highest_modseq FROM mailbox WHERE id = %s", (self.mailbox_id,)).fetchone())
+            if row is None:
+                return False
+            top = row[0] + 1
+        have = {modseq for modseq, _, _ in fresh}
+        announced = self._announced
+        return any(m not in have and m not in announced for m in range(self._watermark + 1, top))
+
+    def _resync(self) -> None:
+        """
+        The journal was pruned past this folder's watermark: read it again
+        (one statement, as L{_load}) and tell its listeners what differs
+        from the cache, as a full resync would (RFC 7162 §3.2.5.1; a
+        session is told by EXPUNGE, EXISTS and FETCH FLAGS).
+        """
+        before = self._table
+        row = self._run(lambda c: c.execute(pgcache.SUMMARY, (self.mailbox_id,), binary=True).fetchone())
+        if row is None:
+            self.gone = True
+            self._drop(list(before.uids) if before is not None else [])
+            return
+        log.info(
+            "mailbox {mailbox}: the change journal was pruned past modseq {modseq}; read the folder again",
+            mailbox=self.mailbox_id, modseq=self._watermark,
+        )
+        self._bodies.clear()
+        self._table = table = FolderCache.from_summary(row[1:])
+        self._mark = row[0]
+        self._version += 1
+        self._watermark, self._announced = max(self._watermark, row[0]), set()
+        if before is None:
+            return
+        old = dict(zip(before.uids, before.modseqs))
+        now = dict(zip(table.uids, table.modseqs))
+        change = FolderChange(
+            added=tuple(u for u in table.uids if u not in old),
+            flags=tuple(u for u in table.uids if u in old and now[u] != old[u]),
+            expunged=tuple(u for u in before.uids if u not in now),
+        )
+        if change.added or change.flags or change.expunged:
+            self._listeners.notify(change)
 
     def _sync(self) -> None:
         """
@@ -772,6 +837,34 @@ class PostgresFolder:
         self._listeners.remove(listener)
 
     # -- reading ------------------------------------------------------------
+
+    # -- mod-sequences (RFC 7162) --------------------------------------------
+    # A modseq shown to a client is the stored one + 1: a folder nothing
+    # has changed yet stores 0 and shows 1 (RFC 7162 has no 0), and its
+    # first change shows 2.
+
+    @property
+    def highest_modseq(self) -> int:
+        """HIGHESTMODSEQ: the highest modseq this hub has told its sessions of (after a look for newer)."""
+        if self._table is None:
+            row = self._run(lambda c: c.execute("SELECT highest_modseq FROM mailbox WHERE id = %s", (self.mailbox_id,)).fetchone())
+            if row is None:
+                raise NoSuchFolder(self.name)
+            return row[0] + 1
+        self._sync()
+        told = self._watermark
+        while told + 1 in self._announced:
+            told += 1
+        return told + 1
+
+    def modseq(self, uid: int) -> int:
+        """The modseq of a message's last change; L{NoSuchMessage} if it is gone."""
+        if self._table is not None:
+            return self._table.modseqs[self._table.row(uid)] + 1
+        row = self._run(lambda c: c.execute("SELECT modseq FROM mailbox_message WHERE mailbox_id = %s AND uid = %s", (self.mailbox_id, uid)).fetchone())
+        if row is None:
+            raise NoSuchMessage(uid)
+        return row[0] + 1
 
     def _cache(self) -> FolderCache:
         """The cache, loaded or caught up (as L{messages} does)."""
