@@ -74,7 +74,8 @@ from zope.interface import implementer
 from twisted_mailhub import __version__
 from twisted_mailhub.hub import ListenerSpec, is_secure
 from twisted_mailhub.lines import LineEngine, control_note, quote
-from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, is_out_of_space
+from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
+from twisted_mailhub.store.outage import refused
 from twisted_mailhub.store.wireform import WireForms
 
 log = Logger()
@@ -498,6 +499,7 @@ class MailhubPOP3(_pop3.POP3):
         self._outgoing: _Outgoing | None = None
         self._sending: defer.Deferred | None = None
         self._closed = False
+        self._command_name = ""  # the command being answered, for log lines
         # RFC 6856: the client sent UTF8 and takes UTF-8 headers as stored.
         self.utf8 = False
         self._user: bytes | None = None
@@ -677,6 +679,11 @@ class MailhubPOP3(_pop3.POP3):
         if is_out_of_space(reason.value):
             self._storage_full("command", reason.value)
             return True
+        if reason.check(StoreUnavailable):
+            # RFC 3206 §4: SYS/TEMP, and one log line (store/outage.py).
+            refused("pop3", self._command_name or "command", reason.value)
+            self.reply_err(b"[SYS/TEMP] the mail store cannot be reached now; try again")
+            return True
         self.reply_err(b"[SYS/TEMP] internal error; try again")
         return False
 
@@ -710,6 +717,7 @@ class MailhubPOP3(_pop3.POP3):
             self.reply_err(f"syntax: {name} takes no argument")
             return None
         handler = getattr(self, "pop_" + name)
+        self._command_name = name
         return handler(rest if name == "PASS" else rest.strip())
 
     def _storage_full(self, name: str, error: BaseException) -> None:
@@ -874,7 +882,7 @@ class MailhubPOP3(_pop3.POP3):
             return None
         user, self._user = self._user, None
         # The password is the rest of the line as sent: it may hold spaces.
-        return self._login(defer.maybeDeferred(self.authenticateUserPASS, user, args), user)
+        return self._login(defer.maybeDeferred(self.authenticateUserPASS, user, args), user, "PASS")
 
     def pop_APOP(self, args: bytes) -> defer.Deferred | None:
         parts = args.split()
@@ -882,9 +890,9 @@ class MailhubPOP3(_pop3.POP3):
             self.reply_err(b"APOP needs a name and a digest: APOP name md5hex(timestamp+password)")
             return None
         user, digest = parts
-        return self._login(defer.maybeDeferred(self.authenticateUserAPOP, user, digest), user)
+        return self._login(defer.maybeDeferred(self.authenticateUserAPOP, user, digest), user, "APOP")
 
-    def _login(self, d: defer.Deferred, user: bytes) -> defer.Deferred:
+    def _login(self, d: defer.Deferred, user: bytes, command: str = "AUTH") -> defer.Deferred:
         def ok(result):
             interface, drop, logout = result
             if self._closed:
@@ -906,6 +914,9 @@ class MailhubPOP3(_pop3.POP3):
                 self.reply_err(b"[AUTH] authentication failed")
             elif is_out_of_space(reason.value):
                 self._storage_full("PASS", reason.value)
+            elif reason.check(StoreUnavailable):
+                refused("pop3", command, reason.value)
+                self.reply_err(b"[SYS/TEMP] the mail store cannot be reached now; try again")
             else:
                 log.failure("POP3 login for {user!r} failed", reason, user=user)
                 self.reply_err(b"[SYS/TEMP] login failed for a server problem; try again")

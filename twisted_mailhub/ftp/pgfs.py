@@ -41,8 +41,8 @@ from zope.interface import implementer
 
 from twisted_mailhub.cluster import schema
 from twisted_mailhub.cluster.database import Database, driver, reason
-from twisted_mailhub.ftp.vfs import FileActionError, IFileSystem, IMailhubShell, is_partial_name, partial_name
-from twisted_mailhub.store.interfaces import StoreError
+from twisted_mailhub.ftp.vfs import FileActionError, FileSystemUnavailable, IFileSystem, IMailhubShell, is_partial_name, partial_name
+from twisted_mailhub.store.interfaces import StoreError, StoreUnavailable
 
 # Bytes per lo_get / lo_put.
 CHUNK = 256 * 1024
@@ -260,6 +260,8 @@ class PostgresShell:
             return defer.fail(e.failure)
         except ftp.FTPCmdError as e:
             return defer.fail(e)
+        except StoreUnavailable as e:
+            return defer.fail(FileSystemUnavailable(str(e)))
         except StoreError as e:
             return defer.fail(FileActionError(f"the file database: {e}"))
         except psycopg.Error as e:
@@ -272,6 +274,8 @@ class PostgresShell:
         def translate(failure):
             if failure.check(_Trouble):
                 return defer.fail(failure.value.failure)
+            if failure.check(StoreUnavailable):
+                return defer.fail(FileSystemUnavailable(str(failure.value)))
             if failure.check(StoreError):
                 return defer.fail(FileActionError(f"the file database: {failure.value}"))
             if failure.check(psycopg.Error):

@@ -57,6 +57,7 @@ from twisted_mailhub.ftp.data import (
     data_tls_options,
     same_host,
 )
+from twisted_mailhub.ftp.vfs import FileSystemUnavailable
 from twisted_mailhub.lines import LineEngine, control_note, quote
 from twisted_mailhub.store.interfaces import is_out_of_space
 
@@ -171,6 +172,7 @@ _MEANINGS = {
     ftp.PermissionDeniedError: "permission denied",
     ftp.FileExistsError: "already exists",
     ftp.AnonUserDeniedError: "anonymous users may not change files",
+    FileSystemUnavailable: "the file store cannot be reached now; try again later",
 }
 
 
@@ -370,6 +372,11 @@ class MailhubFTP(ftp.FTP):
     def _failed(self, failure, verb):
         if failure.check(Refused):
             self.sendLine(failure.value.reply)
+        elif failure.check(FileSystemUnavailable):
+            from twisted_mailhub.store.outage import refused
+
+            refused("ftp", verb, failure.value)
+            self.sendLine(_error_reply(verb, failure.value))
         elif failure.check(ftp.FTPCmdError):
             self.sendLine(_error_reply(verb, failure.value))
         elif failure.check(ftp.InvalidPath):

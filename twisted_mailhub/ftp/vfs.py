@@ -300,6 +300,23 @@ class FileActionError(ftp.FTPCmdError):
     errorCode = ftp.REQ_ACTN_NOT_TAKEN
 
 
+class FileSystemUnavailable(ftp.FTPCmdError):
+    """
+    C{451}, a temporary error (RFC 959 §4.2): the file system's database
+    cannot be reached now. C{reason} says why, for the log only; the reply
+    does not show it.
+    """
+
+    errorCode = ftp.REQ_ACTN_ABRTD_LOCAL_ERR
+
+    def __init__(self, reason: str = ""):
+        ftp.FTPCmdError.__init__(self)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason or "the file store cannot be reached"
+
+
 class StorageFullError(ftp.FTPCmdError):
     """C{552}: the disk or the quota is full (RFC 959 §4.2)."""
 

@@ -33,7 +33,7 @@ from twisted_mailhub.imap.condstore import has_modseqs, modseq_value, split_modi
 from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import client_text, flags_text, shown, internal_date_text, literal
-from twisted_mailhub.store.interfaces import SEEN, NoSuchMessage, StoreError
+from twisted_mailhub.store.interfaces import SEEN, NoSuchMessage, StoreError, StoreUnavailable
 
 log = Logger()
 
@@ -290,9 +290,15 @@ class FetchCommands:
         sets_seen = not view.readonly and any(i.sets_seen for i in items)
         pieces = self._fetch_responses(view, targets, items, sets_seen)
         self._unknown_cte = None
+        self._fetch_unavailable = None
         self._stream(pieces, lambda: self._fetch_done(tag))
 
     def _fetch_done(self, tag: bytes) -> None:
+        unavailable = getattr(self, "_fetch_unavailable", None)
+        if unavailable is not None:
+            self._fetch_unavailable = None
+            self._store_unavailable(tag, b"FETCH", unavailable)
+            return
         if self._unknown_cte is not None:
             name = client_text(shown(self._unknown_cte, 30))
             self.sendNegativeResponse(tag, b"[UNKNOWN-CTE] a part's Content-Transfer-Encoding " + name + b" cannot be decoded; use BODY[] for it")
@@ -420,6 +426,10 @@ class FetchCommands:
                 # the command ends NO [UNKNOWN-CTE].
                 self._unknown_cte = e.name
                 continue
+            except StoreUnavailable as e:
+                # The rest would fail alike: the command ends NO [UNAVAILABLE].
+                self._fetch_unavailable = e
+                return
             except (OSError, StoreError):
                 log.failure("FETCH of UID {uid} in {folder} failed", uid=uid, folder=folder.name)
                 continue

@@ -72,7 +72,7 @@ class MailboxCommands:
                 text = "bad mailbox name: no empty, '.' or '..' parts, no leading '.' or '/', no control characters"
             self.sendNegativeResponse(tag, b"[CANNOT] " + client_text(text))
         elif isinstance(error, StoreUnavailable):
-            self.sendNegativeResponse(tag, b"[UNAVAILABLE] the mail store cannot be reached now; try again")
+            self._store_unavailable(tag, getattr(self, "_command", b"") or b"command", error)
         else:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else "the store failed"
             self.sendNegativeResponse(tag, b"[SERVERBUG] " + client_text(reason))

@@ -469,9 +469,9 @@ class IMAPServer(
                 return imap4.IMAP4Server.dispatchCommand(self, tag, cmd, rest, uid)
             except (imap4.IllegalClientResponse, imap4.IllegalOperation, imap4.IllegalMailboxEncoding):
                 raise  # parse_command answers these
-            except StoreUnavailable:
+            except StoreUnavailable as e:
                 # RFC 5530 §3: a temporary failure; the client may retry.
-                self.sendNegativeResponse(tag, b"[UNAVAILABLE] the mail store cannot be reached now; try again")
+                self._store_unavailable(tag, cmd, e)
                 return None
             except Exception:
                 # Twisted would answer "* BAD" with no tag and the client
@@ -518,8 +518,18 @@ class IMAPServer(
         except Exception as e:
             self._command_failed(e, tag, cmd)
 
+    def _store_unavailable(self, tag: bytes, cmd: bytes, e: BaseException) -> None:
+        """C{NO [UNAVAILABLE]} (RFC 5530 §3) and one log line (store/outage.py), no traceback."""
+        from twisted_mailhub.store.outage import refused
+
+        name = cmd.decode("ascii", "replace") if isinstance(cmd, bytes) else str(cmd)
+        refused("imap", "".join(c for c in name if c.isalnum() or c in "-.")[:20].upper() or "a command", e)
+        self.sendNegativeResponse(tag, b"[UNAVAILABLE] the mail store cannot be reached now; try again")
+
     def _command_failed(self, e: BaseException, tag: bytes, cmd: bytes) -> None:
-        if isinstance(e, imap4.IllegalClientResponse):
+        if isinstance(e, StoreUnavailable):
+            self._store_unavailable(tag, cmd, e)
+        elif isinstance(e, imap4.IllegalClientResponse):
             self.sendBadResponse(tag, wire.client_text(str(e)))
         elif isinstance(e, imap4.IllegalMailboxEncoding):
             self.sendNegativeResponse(tag, b"[CANNOT] mailbox names are modified UTF-7 (RFC 3501 section 5.1.3)")
@@ -532,7 +542,7 @@ class IMAPServer(
     def _IMAP4Server__ebDispatch(self, failure, tag):
         # Errors of argument parsers and handlers that ran after a literal
         # (Twisted's private errback, overridden by its mangled name).
-        if not failure.check(imap4.IllegalClientResponse, imap4.IllegalMailboxEncoding, imap4.IllegalOperation):
+        if not failure.check(imap4.IllegalClientResponse, imap4.IllegalMailboxEncoding, imap4.IllegalOperation, StoreUnavailable):
             log.failure("IMAP {command} failed", failure, command=self._command)
             self.sendBadResponse(tag, b"[SERVERBUG] " + wire.client_text(wire.shown(self._command, 20)) + b" failed; see the server log")
             return

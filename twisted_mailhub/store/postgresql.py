@@ -55,6 +55,7 @@ from __future__ import annotations
 import collections
 import io
 import itertools
+import logging
 import threading
 import time
 import uuid
@@ -93,6 +94,10 @@ from twisted_mailhub.store.interfaces import (
 )
 
 log = Logger()
+# psycopg logs "error ignored terminating <psycopg.Pipeline ...>" (an
+# object's repr, on stderr) when a group commit's connection is lost; the
+# failed writes are already told in one line each (store/outage.py).
+logging.getLogger("psycopg").addFilter(lambda record: not str(record.msg).startswith("error ignored terminating"))
 
 # Most writes one group-commit transaction takes.
 BATCH_MOST = 256
