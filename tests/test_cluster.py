@@ -181,3 +181,36 @@ def test_login_failures_on_one_hub_count_on_another(pg_dsn, start_hub):
     assert imap_login_works(b, "alice", "secret")
     assert not imap_login_works(a, "alice", "wrong4")
     assert until(lambda: a.log.count("(answer held 0.1s)") == 2)  # a fresh count
+
+
+def test_accounts_added_and_removed_through_the_web_api_are_rows_every_hub_sees(pg_dsn, start_hub, postgresql):
+    from tests.test_api import call
+
+    a = start_hub("--auth", f"postgresql:{pg_dsn}", "--teacher", "teacher", users=("teacher:chalk",))
+    b = start_hub("--auth", f"postgresql:{pg_dsn}", users=())
+    teacher = ("teacher@localhost", "chalk")
+    added = call(a, "POST", "/accounts", auth=teacher, json_body={"address": "gina@localhost", "password": "pw"})
+    assert added.status == 201, added.body
+    with psycopg.connect(pg_dsn) as conn:
+        (stored,) = conn.execute("SELECT password FROM user_account WHERE address = 'gina@localhost'").fetchone()
+    assert stored.startswith("$scrypt$")  # never the plain password
+    assert imap_login_works(b, "gina", "pw")
+    assert imap_login_works(a, "gina", "pw")
+    # a second add of the address, in any case, is refused
+    again = call(a, "POST", "/accounts", auth=teacher, json_body={"address": "GINA@localhost", "password": "x"})
+    assert again.status == 409 and again.json()["error"]["code"] == "account_exists", again.body
+    removed = call(a, "DELETE", "/accounts/gina@localhost", auth=teacher)
+    assert removed.status == 200, removed.body
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM user_account WHERE lower(address) = 'gina@localhost'").fetchone()[0] == 0
+    assert not imap_login_works(a, "gina", "pw")
+    assert until(lambda: not imap_login_works(b, "gina", "pw"))
+    # The database down: 503, nothing changed, no traceback.
+    postgresql.stop()
+    try:
+        refused = call(a, "POST", "/accounts", auth=teacher, json_body={"address": "hal@localhost", "password": "pw"})
+    finally:
+        postgresql.restart()
+    assert refused.status == 503 and refused.json()["error"]["code"] == "unavailable", refused.body
+    assert not imap_login_works(b, "hal", "pw")
+    assert "Traceback" not in a.log

@@ -252,6 +252,7 @@ def test_a_database_restarted_under_load_gives_temporary_errors_then_all_works_a
     errors: dict[str, list[str]] = {"smtp": [], "imap": [], "pop3": []}
     after: dict[str, int] = {"smtp": 0, "imap": 0, "pop3": 0}  # successes since the restart
     restarted = threading.Event()
+    imap_in = threading.Event()  # the IMAP client logged in (before the database stops)
     stop = threading.Event()
     broken: list[BaseException] = []
 
@@ -288,6 +289,7 @@ def test_a_database_restarted_under_load_gives_temporary_errors_then_all_works_a
         i = 0
         try:
             c = login(hubs[1])
+            imap_in.set()
             while not stop.is_set():
                 subject = f"imap {i}"
                 i += 1
@@ -331,7 +333,7 @@ def test_a_database_restarted_under_load_gives_temporary_errors_then_all_works_a
     for t in clients:
         t.start()
     try:
-        assert wait_for(lambda: len(acked) >= 20, 30), broken
+        assert wait_for(lambda: len(acked) >= 20 and imap_in.is_set(), 30), broken
         postgresql.stop()
         try:
             assert wait_for(lambda: all(errors.values()), 20), (errors, broken, hubs[1].log[-3000:])

@@ -46,9 +46,10 @@ def test_while_the_database_is_down_each_protocol_refuses_with_a_temporary_error
             typ, data = imap._simple_command(command, *args)
             assert typ == "NO" and data[-1].startswith(b"[UNAVAILABLE]"), (command, data)
         assert imap.noop()[0] == "OK"
+        typ, data = imap.select("INBOX")
+        assert typ == "NO" and data[0].startswith(b"[UNAVAILABLE]"), data
         fresh = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
-        fresh.login("alice", "secret")
-        typ, data = fresh.select("INBOX")
+        typ, data = fresh._simple_command("LOGIN", "bob", "hungry")
         assert typ == "NO" and data[0].startswith(b"[UNAVAILABLE]"), data
         fresh.logout()
         # POP3: -ERR [SYS/TEMP] for a message body and for a new login.
@@ -69,9 +70,10 @@ def test_while_the_database_is_down_each_protocol_refuses_with_a_temporary_error
     during = hub.log[before:]
     assert "Traceback" not in during, during
     assert " at 0x" not in during, during
-    for words in ("smtp", "imap: FETCH", "imap: STORE", "imap: CREATE", "imap: SELECT", "pop3: RETR", "pop3: PASS", "ftp: NLST", "ftp: STOR", "ftp: MKD"):
+    for words in ("smtp", "imap: FETCH", "imap: STORE", "imap: CREATE", "imap: SELECT", "imap: LOGIN", "pop3: RETR", "pop3: PASS", "ftp: NLST", "ftp: STOR", "ftp: MKD"):
         assert any(words in line and "cannot be reached" in line or words == "smtp" and "message not stored" in line for line in during.splitlines()), (words, during)
     # Back: the same sessions and new ones work.
+    assert imap.select("INBOX")[0] == "OK"
     typ, data = imap.fetch("1", "(BODY[])")
     assert typ == "OK" and b"Subject: hi" in data[0][1]
     imap.logout()

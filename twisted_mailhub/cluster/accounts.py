@@ -26,10 +26,11 @@ from typing import Any, Iterable
 
 from twisted.cred import credentials as _credentials
 from twisted.cred.checkers import ICredentialsChecker
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from twisted_mailhub.accounts import Account, AccountBook, AccountChecker
+from twisted_mailhub.accounts import Account, AccountBook, AccountChecker, hash_password
 from twisted_mailhub.cluster import schema
 from twisted_mailhub.cluster.database import Database, listen_forever
 from twisted_mailhub.store.interfaces import StoreError
@@ -74,12 +75,17 @@ def delete_account(conn: Any, address: str) -> bool:
     return conn.execute("DELETE FROM user_account WHERE lower(address) = lower(%s)", (address,)).rowcount > 0
 
 
+class AccountExists(Exception):
+    """The address has a row in C{user_account} already."""
+
+
 class PostgresAccountBook(AccountBook):
     """
     An L{AccountBook} that mirrors the C{user_account} table (see the
     module docstring). L{add} and L{remove} change only this hub's own
-    accounts (C{--user}, accounts files); the table is changed with SQL or
-    C{mailhub-admin}.
+    accounts (C{--user}, accounts files); the table is changed with SQL,
+    C{mailhub-admin}, or L{add_to_table} and L{remove_from_table} (the web
+    API's account writes).
     """
 
     # a row may get a quota at any time (twisted_mailhub.quota counts always)
@@ -155,6 +161,57 @@ class PostgresAccountBook(AccountBook):
         local, domain = self.split(name)
         self._local.pop(self._key(local, domain), None)
         return AccountBook.remove(self, name)
+
+    def add_to_table(self, name: str, password: str) -> defer.Deferred:
+        """
+        Add a C{user_account} row for C{name} (an address or a bare local
+        part) with C{password} as an scrypt hash, as C{mailhub-admin user
+        add} does: every hub on the database sees it. A Deferred of the
+        L{Account}, here at once; it fails with L{ValueError} for a name
+        that is no mailbox, L{AccountExists}, or L{StoreError} when the
+        database cannot be reached.
+        """
+        local, domain = self.split(name)
+        if not local or any(c in local for c in "/\\\0;") or local.startswith("."):
+            return defer.fail(ValueError(f"not a usable mailbox name: {name!r}"))
+        address = f"{local}@{domain}"
+
+        def insert(conn):
+            stored = hash_password(password)  # scrypt: 50 ms of CPU, here in a thread
+            return stored if insert_account(conn, address, stored) else None
+
+        def inserted(stored):
+            if stored is None:
+                raise AccountExists(address)
+            account = self._account((address, stored, None))
+            key = self._key(account.localpart, account.domain)
+            self._table[key] = account
+            self._accounts[key] = self._local.get(key, account)
+            self._misses.pop(key, None)
+            log.info("accounts: {address} added to the user_account table", address=address)
+            return account
+
+        return self.db.run(insert).addCallback(inserted)
+
+    def remove_from_table(self, name: str) -> defer.Deferred:
+        """
+        Delete C{name}'s C{user_account} row, so it can log in on no hub
+        (its mail stays); an account of this hub's own (C{--user}, an
+        accounts file) is removed here too. A Deferred of whether there was
+        anything to remove; L{StoreError} when the database cannot be
+        reached.
+        """
+        local, domain = self.split(name)
+        key = self._key(local, domain)
+
+        def deleted(gone):
+            self._table.pop(key, None)
+            local_one = self.remove(name)
+            if gone:
+                log.info("accounts: {address} removed from the user_account table", address=f"{local}@{domain}")
+            return bool(gone or local_one)
+
+        return self.db.run(delete_account, f"{local}@{domain}").addCallback(deleted)
 
     def replace_with(self, other: AccountBook) -> tuple[int, int]:
         if other is self:

@@ -539,6 +539,21 @@ class IMAPServer(
             log.failure("IMAP {command} failed", command=cmd)
             self.sendBadResponse(tag, b"[SERVERBUG] " + wire.client_text(wire.shown(cmd, 20)) + b" failed; see the server log")
 
+    def _IMAP4Server__ebLogin(self, failure, tag):
+        # LOGIN while the store cannot be reached (the account's folders
+        # are looked up at login): NO [UNAVAILABLE], not Twisted's BAD
+        # "Server error" with a traceback in the log.
+        if failure.check(StoreUnavailable):
+            self._store_unavailable(tag, b"LOGIN", failure.value)
+            return
+        imap4.IMAP4Server._IMAP4Server__ebLogin(self, failure, tag)
+
+    def _IMAP4Server__ebAuthResp(self, failure, tag):
+        if failure.check(StoreUnavailable):
+            self._store_unavailable(tag, b"AUTHENTICATE", failure.value)
+            return
+        imap4.IMAP4Server._IMAP4Server__ebAuthResp(self, failure, tag)
+
     def _IMAP4Server__ebDispatch(self, failure, tag):
         # Errors of argument parsers and handlers that ran after a literal
         # (Twisted's private errback, overridden by its mangled name).

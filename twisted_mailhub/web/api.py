@@ -442,18 +442,44 @@ class ApiResource(resource.Resource):
             raise ApiError(400, "bad_password", "password must be a non-empty string on one line")
         if self.hub.accounts.find(address) is not None:
             raise ApiError(409, "account_exists", "that account exists already")
+        # --auth postgresql: a row of user_account, which every hub sees.
+        in_table = getattr(self.hub.accounts, "add_to_table", None)
         try:
-            account = self.hub.accounts.add(address, password)
+            if in_table is not None:
+                from twisted_mailhub.cluster.accounts import AccountExists
+
+                try:
+                    account = await in_table(address, password)
+                except AccountExists:
+                    raise ApiError(409, "account_exists", "that account exists already") from None
+                except StoreError as e:
+                    raise self._accounts_unavailable(e) from None
+            else:
+                account = self.hub.accounts.add(address, password)
         except ValueError as e:
             raise ApiError(400, "bad_address", str(e)) from None
         log.info("API: {admin} added the account {address}", admin=caller.address, address=account.address)
         return 201, {"address": account.address}
 
+    @staticmethod
+    def _accounts_unavailable(error: Exception) -> ApiError:
+        from twisted_mailhub.store.outage import refused
+
+        refused("api", "account change", error)
+        return ApiError(503, "unavailable", "the accounts database cannot be reached now; nothing was changed, try again")
+
     async def api_account_remove(self, request, caller, account):
         found = self.hub.accounts.find(account) if _ADDRESS.match(account) else None
         if found is None:
             raise ApiError(404, "no_such_account", "no such account")
-        self.hub.accounts.remove(found.address)
+        in_table = getattr(self.hub.accounts, "remove_from_table", None)
+        if in_table is not None:
+            try:
+                await in_table(found.address)
+            except StoreError as e:
+                raise self._accounts_unavailable(e) from None
+        else:
+            self.hub.accounts.remove(found.address)
         for token, holder in list(self.tokens.items()):
             if holder.address.lower() == found.address.lower():
                 del self.tokens[token]

@@ -23,7 +23,7 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    words = {400: "Bad input", 401: "Not logged in", 403: "Not allowed", 404: "Not found", 405: "Wrong method", 409: "Conflict", 413: "Too large"}
+    words = {400: "Bad input", 401: "Not logged in", 403: "Not allowed", 404: "Not found", 405: "Wrong method", 409: "Conflict", 413: "Too large", 503: "The accounts database cannot be reached now (--auth postgresql); nothing changed, try again"}
     return {str(c): _json(_ERROR, words[c]) for c in codes}
 
 
@@ -100,14 +100,14 @@ def document() -> dict[str, Any]:
         "/accounts": {
             "get": _op("Every account (admin)", {"200": _json(_obj(["accounts"], accounts={"type": "array", "items": _STR})), **_errors(401, 403)}, tag="admin"),
             "post": _op(
-                "Add an account at run time (admin)",
-                {"201": _json(_obj(["address"], address=_STR)), **_errors(400, 401, 403, 409, 413)},
+                "Add an account at run time (admin); with --auth postgresql, a user_account row every hub sees",
+                {"201": _json(_obj(["address"], address=_STR)), **_errors(400, 401, 403, 409, 413, 503)},
                 body=_json_body(_obj(["address", "password"], address=_STR, password=_STR)),
                 tag="admin",
             ),
         },
         "/accounts/{account}": {
-            "delete": _op("Remove an account at run time; its mail and files stay on disk (admin)", {"200": _json(_obj(["removed"], removed=_STR)), **_errors(401, 403, 404)}, [_ACCOUNT], tag="admin"),
+            "delete": _op("Remove an account at run time; its mail and files stay on disk (admin)", {"200": _json(_obj(["removed"], removed=_STR)), **_errors(401, 403, 404, 503)}, [_ACCOUNT], tag="admin"),
         },
         "/purge": {"post": _op("Expunge every message and delete every file of every account (admin)", {"200": _json(_obj(["messages", "files"], messages=_INT, files=_INT)), **_errors(401, 403)}, tag="admin")},
         "/accounts/{account}/folders": {
