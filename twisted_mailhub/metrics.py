@@ -245,14 +245,24 @@ class _Readings:
     def collect(self):
         hub = self.hub
         relay = getattr(hub, "relay", None)
-        entries = list(getattr(relay, "entries", {}).values()) if relay is not None else []
-        length = GaugeMetricFamily("mailhub_queue_messages", "Messages in the outbound queue.")
-        length.add_metric([], len(entries))
+        length = GaugeMetricFamily("mailhub_queue_messages", "Messages in the outbound queue (--queue postgresql: every hub's, from the table).")
+        oldest = GaugeMetricFamily("mailhub_queue_oldest_seconds", "Age of the oldest message in the outbound queue (0 when empty; --queue postgresql: of every hub's).")
+        summary = getattr(relay, "queue_summary", None)
+        if summary is not None:
+            # A queue several hubs share (queue/pgqueue.py): the table, not
+            # what this hub holds; no sample while the database is away.
+            found = summary()
+            if found is not None:
+                count, first = found
+                length.add_metric([], count)
+                oldest.add_metric([], max(0.0, time.time() - first) if first else 0.0)
+        else:
+            entries = list(getattr(relay, "entries", {}).values()) if relay is not None else []
+            length.add_metric([], len(entries))
+            created = [getattr(e, "created", None) for e in entries]
+            created = [c for c in created if c]
+            oldest.add_metric([], max(0.0, time.time() - min(created)) if created else 0.0)
         yield length
-        oldest = GaugeMetricFamily("mailhub_queue_oldest_seconds", "Age of the oldest message in the outbound queue (0 when empty).")
-        created = [getattr(e, "created", None) for e in entries]
-        created = [c for c in created if c]
-        oldest.add_metric([], max(0.0, time.time() - min(created)) if created else 0.0)
         yield oldest
         free = GaugeMetricFamily("mailhub_data_free_bytes", "Bytes free for the hub in the file system of its data folder.")
         try:

@@ -14,7 +14,14 @@ What is copied, and what stays the same:
    objects in the C{ftp_node} tree (L{twisted_mailhub.ftp.pgfs});
  - the outbound queue (C{DATA/queue/}), recipients' state included;
  - with C{--accounts FILE}, the accounts of an accounts file into
-   C{user_account} (for C{--auth postgresql:DSN}).
+   C{user_account} (for C{--auth postgresql:DSN});
+ - with C{--keys-to NEWDATA} (once per hub), the hub's identity, which
+   lives in files, not in the database: the SSH host keys (C{DATA/ssh/}:
+   clients' C{known_hosts} stay valid), the DKIM keys (C{DATA/dkim/}: the
+   published DNS records stay right) and the TLS certificate
+   (C{DATA/tls/}). Without it, the command says which folders to copy
+   where. A file already in NEWDATA with other content is left alone and
+   named (a hub's identity is never overwritten silently).
 
 An account that already has mail in the database is left alone (said in
 the output), so a second run copies only what the first did not. Stop the
@@ -150,7 +157,51 @@ def copy_accounts_file(conn: Any, path: str, domain: str) -> tuple[int, int]:
     return added, there
 
 
-def migrate(data: str, dsn: str, accounts_file: str | None = None, domain: str = "localhost", say: Callable[[str], None] = print) -> None:
+# The folders of a data folder that hold the hub's identity.
+IDENTITY = (
+    ("ssh", "SSH host keys"),
+    ("dkim", "DKIM keys"),
+    ("tls", "TLS certificate and key"),
+)
+
+
+def identity_files(data: str) -> list[str]:
+    """The files under C{data}'s identity folders (L{IDENTITY}), relative to C{data}."""
+    found = []
+    for folder, _ in IDENTITY:
+        top = os.path.join(data, folder)
+        for root, dirs, files in os.walk(top):
+            dirs.sort()
+            for name in sorted(files):
+                found.append(os.path.relpath(os.path.join(root, name), data))
+    return found
+
+
+def copy_identity(data: str, target: str) -> tuple[list[str], list[str]]:
+    """
+    Copy the identity files of C{data} into the data folder C{target}
+    (made if missing), keeping their modes (private keys stay 0600) and
+    making each folder 0700. Returns (copied or already the same, left
+    alone because C{target} has a different file there).
+    """
+    import filecmp
+    import shutil
+
+    copied, kept = [], []
+    for relative in identity_files(data):
+        source, destination = os.path.join(data, relative), os.path.join(target, relative)
+        folder = os.path.dirname(destination)
+        if not os.path.isdir(folder):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        if os.path.exists(destination):
+            (copied if filecmp.cmp(source, destination, shallow=False) else kept).append(relative)
+            continue
+        shutil.copy2(source, destination)
+        copied.append(relative)
+    return copied, kept
+
+
+def migrate(data: str, dsn: str, accounts_file: str | None = None, domain: str = "localhost", say: Callable[[str], None] = print, keys_to: list[str] | None = None) -> None:
     """
     Copy the data folder C{data} into the database at C{dsn} (see the
     module docstring), saying what was done, a line at a time.
@@ -185,7 +236,28 @@ def migrate(data: str, dsn: str, accounts_file: str | None = None, domain: str =
         queued = copy_queue(conn, os.path.join(data, "queue"))
         if queued:
             say(f"queue: {queued} message(s)")
-        say(f"done: {total} message(s) copied; start the hubs with --store postgresql:DSN --ftp-filesystem postgresql")
+    _identity(data, keys_to or [], say)
+    say(f"done: {total} message(s) copied; start the hubs with --store postgresql:DSN --ftp-filesystem postgresql")
+
+
+def _identity(data: str, targets: list[str], say: Callable[[str], None]) -> None:
+    """Copy, or say where to copy, the hub's identity files (L{copy_identity})."""
+    present = [(folder, what) for folder, what in IDENTITY if any(f.startswith(folder + os.sep) for f in identity_files(data))]
+    if not present:
+        return
+    named = ", ".join(f"{what} ({os.path.join(data, folder)}/)" for folder, what in present)
+    if not targets:
+        say(
+            f"identity: not in the database: copy {named} into the data folder (--data) of every hub, "
+            "so clients see the same SSH host key and certificate and DKIM signatures match the DNS records; "
+            "or run again with --keys-to NEWDATA for each hub"
+        )
+        return
+    for target in targets:
+        copied, kept = copy_identity(data, target)
+        say(f"identity: {len(copied)} file(s) of {named} in {target}")
+        for relative in kept:
+            say(f"identity: {os.path.join(target, relative)} differs from {os.path.join(data, relative)}; left alone")
 
 
 def main(argv: list[str]) -> int:
@@ -198,6 +270,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--to", dest="dsn", required=True, help="postgresql:DSN, the database the hubs will use")
     parser.add_argument("--accounts", default=None, help="also copy this accounts file into the user_account table (for --auth postgresql:DSN)")
     parser.add_argument("--domain", default="localhost", help="the default domain of --accounts, for bare names (default: localhost)")
+    parser.add_argument(
+        "--keys-to", action="append", default=[], metavar="NEWDATA",
+        help="also copy the SSH host keys, DKIM keys and TLS certificate into this new hub's data folder (repeat for each hub)",
+    )
     args = parser.parse_args(argv)
     if not args.dsn.startswith("postgresql:") or not args.dsn.partition(":")[2].strip():
         print(f"mailhub-admin migrate: --to {args.dsn}: expected postgresql:DSN", file=sys.stderr)
@@ -211,9 +287,12 @@ def main(argv: list[str]) -> int:
 
     psycopg = driver()
     try:
-        migrate(args.data, dsn, args.accounts, args.domain)
+        migrate(args.data, dsn, args.accounts, args.domain, keys_to=args.keys_to)
     except (StoreError, pgschema.SchemaError, schema.SchemaError, AccountsFileError) as e:
         print(f"mailhub-admin migrate: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"mailhub-admin migrate: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 1
     except psycopg.Error as e:
         print(f"mailhub-admin migrate: the database: {reason(e)}; what was copied before stays", file=sys.stderr)

@@ -309,6 +309,25 @@ class PostgresRelay(Relay):
             d = self.storage.renew(held)
             d.addErrback(lambda f: log.warn("queue: leases not renewed ({why}); trying again later", why=f.getErrorMessage()))
 
+    def queue_summary(self) -> tuple[int, float | None] | None:
+        """
+        The whole queue, every hub's messages, read from the table now:
+        (messages, when the oldest was queued, in seconds since the epoch,
+        or L{None} when there is none); L{None} while the database cannot
+        be reached (the last look for due messages failed), so a scrape
+        never waits for a connection timeout.
+        """
+        if self._db_down:
+            return None
+        try:
+            count, oldest = self.storage.db.run_here(
+                lambda conn: conn.execute("SELECT count(*), min(created) FROM queue_message WHERE NOT removed").fetchone()
+            )
+        except Exception as e:  # noqa: BLE001 - a metric is left out, never a failed scrape
+            log.warn("queue: cannot count the queue for /metrics ({why})", why=str(e) or e.__class__.__name__)
+            return None
+        return count, oldest
+
     def hold_most(self) -> int:
         """
         Most messages this hub holds at once: a few per outbound connection
