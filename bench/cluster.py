@@ -6,6 +6,7 @@ Maildir store measured beside them in the same run.
     python3 bench/cluster.py                 # everything
     python3 bench/cluster.py --quick         # fewer messages, a 20,000-message mailbox
     python3 bench/cluster.py --only smtp,store,idle,fetch
+    python3 bench/cluster.py --quick --only smtp --rounds 3
 
 Parts:
 
@@ -162,29 +163,28 @@ def smtp_part(label: str, hubs: list[HubProcess], clients: int, count: int, pg: 
     return result
 
 
-def predict(one: dict, two: dict) -> None:
+def predict(one: dict, half: dict, two: dict) -> None:
     """
-    What the CPU per message says about two hubs against one: the ceiling
-    of this machine's cores, and the ratio on a machine with spare cores.
+    What the CPU per message says about two hubs against one. Two hubs
+    share nothing but PostgreSQL: each serves half the clients as one hub
+    serving half the clients does (C{half}), as long as it has a core to
+    itself and PostgreSQL has spare CPU. On a machine with spare cores, then,
+    two hubs / one hub = 2 x (one hub, half the clients) / (one hub, all).
     """
     cores = os.cpu_count() or 1
     per_message = one["hub_us"][0] + one["pg_us"] + one["clients_us"]  # µs of CPU, all parts
     ceiling = cores * 1e6 / per_message
-    hub_alone = 1e6 / one["hub_us"][0]
-    print(f"  CPU per message, one hub -> two hubs: hub {one['hub_us'][0]:.0f} -> {' / '.join(f'{u:.0f}' for u in two['hub_us'])} µs,"
-          f" PostgreSQL {one['pg_us']:.0f} -> {two['pg_us']:.0f} µs (busiest backend {one['pg_busiest_us']:.0f} -> {two['pg_busiest_us']:.0f})",
-          flush=True)
-    print(f"  this machine: {cores} cores, the one-hub run kept {one['cores']:.2f} busy; hub + PostgreSQL + clients = {per_message:.0f} µs"
-          f" a message, so with all {cores} cores free no number of hubs passes ~{ceiling:.0f} msgs/s here ({ceiling / one['rate']:.2f}x the one-hub rate)", flush=True)
-    # With spare cores each hub (one reactor thread) has a core of its own
-    # and the clients theirs; what two hubs share is PostgreSQL, whose
-    # backends are one per connection (each hub's writers have their own).
-    pg_cores = 2 * one["rate"] * one["pg_us"] / 1e6
-    predicted = min(2.0, 2.0 / max(pg_cores, 1e-9))  # PostgreSQL given one core of its own
-    print(f"  with spare cores (a core per hub and for the clients, one for PostgreSQL): one hub alone tops out near"
-          f" {hub_alone:.0f} msgs/s (a core / its CPU per message); two hubs at twice the one-hub rate need {pg_cores:.2f}"
-          f" cores of PostgreSQL: predicted two hubs / one hub ~{predicted:.1f}x (measured here {two['rate'] / one['rate']:.2f}x,"
-          f" bound by these {cores} cores)", flush=True)
+    print(f"  CPU per message: one hub {one['hub_us'][0]:.0f} µs" + (f", {half['hub_us'][0]:.0f} µs with half the clients" if half is not one else "") + ";"
+          f" each of two hubs {' / '.join(f'{u:.0f}' for u in two['hub_us'])} µs; PostgreSQL {one['pg_us']:.0f} -> {two['pg_us']:.0f} µs"
+          f" ({one['pg_busiest_us']:.0f} -> {two['pg_busiest_us']:.0f} in its busiest backend)", flush=True)
+    print(f"  this machine: {cores} cores; hub + PostgreSQL + clients = {per_message:.0f} µs of CPU a message, so even with every core"
+          f" free no number of hubs passes ~{ceiling:.0f} msgs/s here ({ceiling / one['rate']:.2f}x the one-hub rate)", flush=True)
+    pg_cores = 2 * half["rate"] * two["pg_us"] / 1e6
+    print(f"  with spare cores (a core per hub, the clients and PostgreSQL their own): two hubs ~ 2 x {half['rate']:.0f} msgs/s"
+          f" (one hub with {'half the' if half is not one else 'as many'} clients), PostgreSQL then busy {pg_cores:.2f} cores: predicted two hubs / one hub"
+          f" ~{min(2.0, 2 * half['rate'] / one['rate']):.2f}x (measured here {two['rate'] / one['rate']:.2f}x)", flush=True)
+    if half is not one:
+        print("  (with the same clients spread over two hubs each hub has half the load to batch: see --clients-per-hub)", flush=True)
 
 
 def store_load(dsn: str, clients: int, count: int) -> None:
@@ -353,6 +353,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default="smtp,store,idle,fetch")
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1, help="SMTP: measure each case this many times")
+    parser.add_argument("--clients-per-hub", action="store_true",
+                        help="SMTP: two hubs get --clients each (the load grows with the hubs), not --clients between them")
     parser.add_argument("--store-load", metavar="DSN", help=argparse.SUPPRESS)  # the child of the store part
     args = parser.parse_args()
     count = 3200 if args.quick else 20000
@@ -372,23 +375,33 @@ def main() -> None:
     try:
         print(f"PostgreSQL on 127.0.0.1:{server.port} (fsync on); {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
         if "smtp" in parts:
-            print(f"SMTP, {args.clients} clients, 1 KB messages, {count} per case:")
-            hubs = start_hubs(1, "maildir", folder)
-            smtp_part("one hub, Maildir", hubs, args.clients, count)
-            for h in hubs:
-                h.stop()
+            print(f"SMTP, {args.clients} clients, 1 KB messages, {count} per case"
+                  + (f", {args.rounds} rounds of each (the median round is used below)" if args.rounds > 1 else "") + ":")
+
+            def rounds(label, n, store, pg=None, dsn=None, clients=args.clients):
+                running = start_hubs(n, store, folder)
+                try:
+                    results = [smtp_part(label + (f", round {r + 1}" if args.rounds > 1 else ""), running, clients, count, pg, dsn)
+                               for r in range(args.rounds)]
+                finally:
+                    for h in running:
+                        h.stop()
+                return sorted(results, key=lambda r: r["rate"])[len(results) // 2]
+
+            rounds("one hub, Maildir", 1, "maildir")
             dsn = server.create_database()
-            hubs = start_hubs(1, f"postgresql:{dsn}", folder)
-            one = smtp_part("one hub, PostgreSQL", hubs, args.clients, count, pg, dsn)
-            for h in hubs:
-                h.stop()
+            one = rounds("one hub, PostgreSQL", 1, f"postgresql:{dsn}", pg, dsn)
+            if args.clients_per_hub:
+                half = one  # each of two hubs serves as many clients as the one hub did
+            else:
+                # What each of two hubs serves: half the clients.
+                dsn = server.create_database()
+                half = rounds(f"one hub, {args.clients // 2} clients", 1, f"postgresql:{dsn}", pg, dsn, args.clients // 2)
             dsn = server.create_database()
-            hubs = start_hubs(2, f"postgresql:{dsn}", folder)
-            two = smtp_part("two hubs, one PostgreSQL", hubs, args.clients, count, pg, dsn)
+            two = rounds(f"two hubs, one PostgreSQL{f', {2 * args.clients} clients' if args.clients_per_hub else ''}", 2,
+                         f"postgresql:{dsn}", pg, dsn, 2 * args.clients if args.clients_per_hub else args.clients)
             print(f"  two hubs / one hub: {two['rate'] / one['rate']:.2f}x")
-            predict(one, two)
-            for h in hubs:
-                h.stop()
+            predict(one, half, two)
         if "store" in parts:
             import subprocess
 

@@ -104,3 +104,17 @@ def test_a_walk_up_the_folder_finds_each_row_and_what_follows():
     assert list(cache.following(3)) == [(5, 15, 500), (4_000_000_000, 2**40, 7)]
     with pytest.raises(NoSuchMessage):
         cache.info_of(3)
+
+
+def test_a_walk_from_the_first_row_makes_every_info_at_once_and_later_changes_show():
+    cache = FolderCache.from_summary(summary(ROWS))
+    assert cache.infos is None
+    assert cache.info_of(1).key == "k1"
+    assert cache.infos is not None and None not in cache.infos
+    assert [i.uid for i in cache.all_infos()] == [1, 2, 5, 4_000_000_000]
+    cache.put(3, "k3", frozenset({SEEN}), 300, 3.5, 13, 10)
+    cache.put(2, "k2", frozenset({"$New"}), 200, 2.5, 12, 11)
+    assert [(i.uid, set(i.flags)) for i in cache.all_infos()] == [
+        (1, set()), (2, {"$New"}), (3, {SEEN}), (5, {SEEN, "\\Flagged", "$Label"}), (4_000_000_000, {"$Work"})
+    ]
+    assert cache.info_of(3).size == 300

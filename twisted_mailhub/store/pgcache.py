@@ -26,6 +26,7 @@ Rules:
 from __future__ import annotations
 
 import bisect
+import gc
 import sys
 from array import array
 from typing import Any, Iterable, Iterator
@@ -151,13 +152,37 @@ class FolderCache(MessageTable):
 
     def info_of(self, uid: int) -> MessageInfo:
         """The L{MessageInfo} of C{uid}; L{NoSuchMessage} if it is not here."""
-        i = self.row(uid)
+        # row(), written out: FETCH 1:* of 100,000 messages asks this of
+        # every one, and a warm FETCH is little else.
+        uids = self.uids
+        i = self._hint + 1
+        if i >= len(uids) or uids[i] != uid:
+            i = self.position(uid)
+            if i < 0:
+                raise NoSuchMessage(uid)
+        self._hint = i
         infos = self.infos
-        if infos is not None:
-            found = infos[i]
-            if found is not None:
-                return found
-        return self.info(i)
+        if infos is None:
+            if i == 0:
+                # A walk from the first row (FETCH 1:*): all of them at once.
+                return self.all_infos()[0]
+            return self.info(i)
+        return infos[i] or self.info(i)
+
+    def all_infos(self) -> list[MessageInfo]:
+        """Every row's L{MessageInfo}, in UID order (a new list), made in one pass when none are yet."""
+        if self.infos is None and self.uids:
+            # One map in C over the columns, the collector held off while
+            # 100,000 objects that refer to nothing new are made.
+            flags = self.flags
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                self.infos = list(map(MessageInfo, self.uids, self.names, map(flags, range(len(self.uids))), self.sizes, self.dates))
+            finally:
+                if collecting:
+                    gc.enable()
+        return MessageTable.all_infos(self)
 
     def message_of(self, uid: int) -> tuple[int, int]:
         """(message id, size) of C{uid}; L{NoSuchMessage} if it is not here."""
@@ -175,7 +200,9 @@ class FolderCache(MessageTable):
     def put(self, uid: int, key: str, flags: frozenset[str], size: int, date: float, message_id: int, modseq: int) -> bool:
         """
         Add or update the row of C{uid} unless a newer one (higher
-        C{modseq}) is here already. True if the row changed.
+        C{modseq}) is here already: a row already here takes only the new
+        flags and modseq (a message's other fields never change). True if
+        the row changed.
         """
         system = system_bits(flags)
         keywords = _keywords(flags)
