@@ -149,6 +149,27 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"* 1 EXISTS\r\n* 1 RECENT\r\n")
         self.assertEqual(self.talk(server, transport, b"DONE\r\n"), b"c OK IDLE terminated\r\n")
 
+    def test_envelope_and_bodystructure_fetched_again_are_answered_without_reading_the_message(self):
+        server, transport = self.logged_in()
+        self.store.deliver("alice@localhost", MESSAGE)
+        self.store.deliver("alice@localhost", b"Subject: other\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n")
+        folder = self.store.account("alice@localhost").folder(INBOX)
+        reads = []
+        real = folder.read
+        self.patch(folder, "read", lambda uid: (reads.append(uid), real(uid))[1])
+        first = self.talk(server, transport, b"f1 FETCH 1:2 (ENVELOPE BODYSTRUCTURE BODY)\r\n")
+        self.assertEqual(reads, [1, 2])
+        self.assertIn(b'"=?utf-8?b?R3LDvMOfZQ==?="', first)  # downgraded (RFC 6857)
+        self.assertIn(b'"MIXED"', first)
+        again = self.talk(server, transport, b"f2 FETCH 1:2 (ENVELOPE BODYSTRUCTURE BODY)\r\n")
+        self.assertEqual(reads, [1, 2])  # not read again
+        self.assertEqual(again, first.replace(b"* 2 EXISTS\r\n* 2 RECENT\r\n", b"").replace(b"f1 ", b"f2 "))
+        # A session that enabled UTF8=ACCEPT sees the header undowngraded: its own entries.
+        self.assertIn(b"OK", self.talk(server, transport, b"e ENABLE UTF8=ACCEPT\r\n"))
+        utf8 = self.talk(server, transport, b"f3 FETCH 1 (ENVELOPE)\r\n")
+        self.assertEqual(reads, [1, 2, 1])
+        self.assertNotIn(b"=?utf-8?", utf8)
+
     def test_search_with_a_literal_string(self):
         server, transport = self.logged_in()
         self.store.deliver("alice@localhost", MESSAGE)

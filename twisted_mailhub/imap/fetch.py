@@ -8,7 +8,10 @@ Rules:
  - A FETCH that asks only for UID, FLAGS, RFC822.SIZE and INTERNALDATE is
    answered from the folder's index, without opening a message file; any
    other item reads the message once, and structure (ENVELOPE,
-   BODYSTRUCTURE, sections) is parsed only then (L{message.Part}).
+   BODYSTRUCTURE, sections) is parsed only then (L{message.Part}). The
+   ENVELOPE, BODYSTRUCTURE and BODY of the last L{STRUCTURE_CACHE}
+   messages asked for are remembered for every session (per folder,
+   message key and UTF-8 view), so asking again reads nothing.
  - Responses are written by L{ResponseStream}, a push producer, so a FETCH
    of 100,000 messages goes out at the speed of the socket without holding
    them all in memory; commands that arrive meanwhile wait, unread.
@@ -19,7 +22,9 @@ Rules:
 
 from __future__ import annotations
 
+import itertools
 import re
+import weakref
 from typing import Any, Iterator
 
 from twisted.internet.interfaces import IPushProducer
@@ -41,6 +46,33 @@ log = Logger()
 # slices of STREAM_SLICE rather than read whole.
 STREAM_OVER = 1024 * 1024
 STREAM_SLICE = 256 * 1024
+
+# ENVELOPE, BODYSTRUCTURE and BODY of recently fetched messages: a stored
+# message never changes, and reading and parsing it costs ~100 µs (Dovecot
+# keeps these in its index cache). Shared by every session; bounded, the
+# oldest entry goes first.
+STRUCTURE_CACHE = 2048
+_STRUCTURE_KINDS = frozenset({b"ENVELOPE", b"BODYSTRUCTURE", b"BODY"})
+_structures: dict[tuple, bytes] = {}
+_folder_tokens: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+_next_token = itertools.count(1)
+
+
+def _folder_token(folder: Any) -> int | None:
+    """A number for C{folder} never given to another folder object (None: not cacheable)."""
+    try:
+        token = _folder_tokens.get(folder)
+        if token is None:
+            token = _folder_tokens[folder] = next(_next_token)
+        return token
+    except TypeError:
+        return None
+
+
+def _remember(key: tuple, value: bytes) -> None:
+    if len(_structures) >= STRUCTURE_CACHE:
+        del _structures[next(iter(_structures))]
+    _structures[key] = value
 
 
 class FetchItem:
@@ -335,6 +367,29 @@ class FetchCommands:
         kinds = [i.kind for i in items]
         cheap = {b"UID", b"FLAGS", b"RFC822.SIZE", b"INTERNALDATE", b"MODSEQ"}
         modseq = getattr(folder, "modseq", None)
+        if kinds == [b"UID", b"FLAGS"] or kinds == [b"FLAGS"] or kinds == [b"UID", b"FLAGS", b"MODSEQ"]:
+            # The commonest (a client's resync): one format per message, and
+            # the responses given on in runs of a few hundred.
+            with_uid = kinds[0] == b"UID"
+            with_modseq = kinds[-1] == b"MODSEQ"
+            run: list[bytes] = []
+            for seq, uid in targets:
+                try:
+                    flags = info_of(uid).flags
+                except NoSuchMessage:
+                    continue
+                if with_modseq:
+                    run.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (seq, uid, flags_text(flags, uid in recent), modseq(uid)))
+                elif with_uid:
+                    run.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, flags_text(flags, uid in recent)))
+                else:
+                    run.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, flags_text(flags, uid in recent)))
+                if len(run) == 512:
+                    yield b"".join(run)
+                    run = []
+            if run:
+                yield b"".join(run)
+            return
         if all(k in cheap for k in kinds):
             # The fast path: the index alone (SELECT + FETCH 1:* of 100k).
             for seq, uid in targets:
@@ -360,6 +415,8 @@ class FetchCommands:
         # structure: sent in slices from folder.open(), never held whole.
         whole = {id(i) for i in items if i.kind == b"RFC822" or (i.kind == b"SECTION" and not i.numbers and i.spec == b"")}
         streamable = bool(whole) and all(i.kind in cheap or id(i) in whole for i in items)
+        token = _folder_token(folder) if any(k in _STRUCTURE_KINDS for k in kinds) else None
+        utf8 = self.utf8_accept
         for seq, uid in targets:
             try:
                 info = info_of(uid)
@@ -387,6 +444,18 @@ class FetchCommands:
                     elif kind == b"MODSEQ":
                         fields.append(b"MODSEQ (%d)" % modseq(uid))
                     else:
+                        if kind in _STRUCTURE_KINDS and token is not None:
+                            remembered = (token, info.key, info.size, kind, utf8)
+                            value = _structures.get(remembered)
+                            if value is None:
+                                if part is None:
+                                    if raw is None:
+                                        raw = self.message_view(folder.read(uid))  # imap/utf8.py
+                                    part = Part(raw)
+                                value = part.envelope() if kind == b"ENVELOPE" else part.bodystructure(kind == b"BODYSTRUCTURE")
+                                _remember(remembered, value)
+                            fields.append(kind + b" " + value)
+                            continue
                         if raw is None:
                             raw = self.message_view(folder.read(uid))  # imap/utf8.py
                         if kind == b"RFC822":

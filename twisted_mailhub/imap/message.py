@@ -85,17 +85,33 @@ class Part:
             # message/rfc822 inside a multipart/digest, RFC 2046 §5.1.5).
             maintype, _, subtype = default_type.partition("/")
         self.maintype, self.subtype = maintype, subtype
-        self.children: list[Part] = []
-        self.message: Part | None = None
-        if self.maintype == "multipart":
-            boundary = parameter_value(self.type_params, "boundary")
-            child_default = "message/rfc822" if self.subtype == "digest" else "text/plain"
-            if boundary:
-                self.children = [Part(p, child_default) for p in _split_multipart(self.body, boundary.encode("utf-8", "surrogateescape"))]
-        elif self.maintype == "message" and self.subtype in ("rfc822", "global"):
+        self._children: list[Part] | None = None
+        self._message: Part | None | bool = False  # False: not looked at yet
+
+    # Sub-parts are cut and parsed when first asked for: ENVELOPE and the
+    # header sections need only the top header.
+
+    @property
+    def children(self) -> "list[Part]":
+        """The parts of a multipart (RFC 2046 §5.1), in order; [] for any other type."""
+        if self._children is None:
+            children: list[Part] = []
+            if self.maintype == "multipart":
+                boundary = parameter_value(self.type_params, "boundary")
+                child_default = "message/rfc822" if self.subtype == "digest" else "text/plain"
+                if boundary:
+                    children = [Part(p, child_default) for p in _split_multipart(self.body, boundary.encode("utf-8", "surrogateescape"))]
+            self._children = children
+        return self._children
+
+    @property
+    def message(self) -> "Part | None":
+        """For message/rfc822 and message/global, the encapsulated message; else None."""
+        if self._message is False:
             # message/global (RFC 6532 §3.7) is built like message/rfc822
             # (RFC 9051 §7.5.2: both show envelope, structure and lines).
-            self.message = Part(self.body)
+            self._message = Part(self.body) if self.maintype == "message" and self.subtype in ("rfc822", "global") else None
+        return self._message
 
     # -- sections (RFC 3501 §6.4.5) ---------------------------------------
 
