@@ -6,7 +6,8 @@ and against Debian's Dovecot run beside it in the same run (a private
 configuration on a loopback port, passwd-file userdb, Maildir; stopped by
 its PID), both on a mailbox of a few hundred varied messages. Reports
 commands/s and per-command latency percentiles, with and without
-pipelining.
+pipelining; and each server's CPU per command (the hub's process, all of
+Dovecot's processes), which a busy machine disturbs far less.
 
     python3 bench/imap.py --mix                      # 10 clients, 10 s each way
     python3 bench/imap.py --mix --clients 4 --seconds 5 --profile
@@ -30,6 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.cpu import cpu_seconds  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 MESSAGES = 300
@@ -232,8 +234,10 @@ def client(port: int, seconds: float, pipeline: bool, seed: int, queue) -> None:
     queue.put((latencies, errors))
 
 
-def measure(port: int, clients: int, seconds: float, pipeline: bool) -> dict:
+def measure(port: int, clients: int, seconds: float, pipeline: bool, pid: int = 0) -> dict:
+    """Run the clients; with C{pid}, also the CPU seconds that server process (and its children) used."""
     queue = multiprocessing.Queue()
+    cpu_before = cpu_seconds(pid, tree=True) if pid else 0.0
     procs = [multiprocessing.Process(target=client, args=(port, seconds, pipeline, i, queue)) for i in range(clients)]
     t0 = time.perf_counter()
     for p in procs:
@@ -242,6 +246,7 @@ def measure(port: int, clients: int, seconds: float, pipeline: bool) -> dict:
     for p in procs:
         p.join()
     elapsed = time.perf_counter() - t0
+    cpu = cpu_seconds(pid, tree=True) - cpu_before if pid else 0.0
     merged: dict[str, list[float]] = {}
     errors = 0
     for latencies, e in results:
@@ -249,7 +254,7 @@ def measure(port: int, clients: int, seconds: float, pipeline: bool) -> dict:
         for name, values in latencies.items():
             merged.setdefault(name, []).extend(values)
     every = sorted(v for values in merged.values() for v in values)
-    return {"commands/s": len(every) / elapsed, "errors": errors, "all": every, "by": merged}
+    return {"commands/s": len(every) / elapsed, "errors": errors, "all": every, "by": merged, "cpu": cpu}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -259,7 +264,8 @@ def pct(values: list[float], p: float) -> float:
 
 def report(name: str, result: dict) -> None:
     every = result["all"]
-    print(f"{name:28s} {result['commands/s']:8.0f} commands/s  p50 {pct(every, .5):6.1f} ms  p90 {pct(every, .9):6.1f} ms  p99 {pct(every, .99):6.1f} ms  errors {result['errors']}")
+    cpu = f"  CPU {result['cpu'] * 1e6 / len(every):5.0f} µs/command" if result.get("cpu") and every else ""
+    print(f"{name:28s} {result['commands/s']:8.0f} commands/s  p50 {pct(every, .5):6.1f} ms  p90 {pct(every, .9):6.1f} ms  p99 {pct(every, .99):6.1f} ms  errors {result['errors']}{cpu}")
     for command in sorted(result["by"]):
         values = result["by"][command]
         print(f"    {command:14s} n={len(values):6d}  p50 {pct(values, .5):6.1f} ms  p90 {pct(values, .9):6.1f} ms")
@@ -317,10 +323,10 @@ def main(clients: int, seconds: float, with_profile: bool) -> None:
             spy = None
             if with_profile and not pipeline:
                 spy, spy_out = profile(hub.process.pid, seconds)
-            report(f"hub, {mode}", measure(hub.ports["imap"], clients, seconds, pipeline))
+            report(f"hub, {mode}", measure(hub.ports["imap"], clients, seconds, pipeline, hub.process.pid))
             if spy is not None:
                 spy.wait()
-            report(f"dovecot, {mode}", measure(dovecot.port, clients, seconds, pipeline))
+            report(f"dovecot, {mode}", measure(dovecot.port, clients, seconds, pipeline, dovecot.process.pid))
             if spy is not None and os.path.exists(spy_out):
                 print_profile(spy_out)
     finally:
