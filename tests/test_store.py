@@ -368,6 +368,45 @@ class MaildirExpungeTests(unittest.TestCase):
         self.assertEqual(unlinked, [False])  # not in the reactor's thread
 
 
+class MaildirOwnAppendTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_the_next_look_after_an_own_append_lists_nothing_but_still_sees_a_change_made_by_hand(self):
+        import twisted_mailhub.store.maildir as maildir_module
+
+        store = MaildirStore(self.mktemp(), hostname="test")
+        folder = store.account("alice@example.org").folder(INBOX)
+        first = yield folder.append(MESSAGE)
+        folder.refresh()
+        listed = []
+        real = maildir_module.os.listdir
+        self.patch(maildir_module.os, "listdir", lambda path: (listed.append(os.path.basename(path)), real(path))[1])
+        second = yield folder.append(MESSAGE, ["\\Seen"])
+        folder.refresh()
+        self.assertEqual(listed, [])  # our own rename into cur/ needs no listing
+        self.assertEqual([i.uid for i in folder.messages()], [first, second])
+        # another program renames a file (a flag change by hand): the next look lists and sees it
+        name = [n for n in real(os.path.join(folder.directory, "cur")) if not n.endswith("S")][0]
+        os.rename(os.path.join(folder.directory, "cur", name), os.path.join(folder.directory, "cur", name.split(":")[0] + ":2,F"))
+        folder.refresh()
+        self.assertIn("cur", listed)
+        self.assertIn("\\Flagged", folder.info(first).flags)
+
+
+class MaildirDeletedTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_deleted_uids_are_the_messages_flagged_deleted_from_the_flag_column(self):
+        folder = MaildirStore(self.mktemp(), hostname="test").account("alice@example.org").folder(INBOX)
+        uids = []
+        for flags in ([], ["\\Deleted"], ["\\Seen"], ["\\Seen", "\\Deleted", "$Work"], []):
+            uids.append((yield folder.append(MESSAGE, flags)))
+        folder.set_flags([uids[4]], [DELETED], "add")
+        folder.set_flags([uids[1]], [DELETED], "remove")
+        infos = []
+        self.patch(folder._table, "info", lambda i: infos.append(i))
+        self.assertEqual(folder.deleted_uids(), [uids[3], uids[4]])
+        self.assertEqual(infos, [])  # no MessageInfo made
+
+
 class FolderNameLengthTests(unittest.TestCase):
     def test_a_name_longer_than_a_directory_name_is_refused(self):
         account = MaildirStore(self.mktemp(), hostname="test").account("alice@example.org")

@@ -33,7 +33,7 @@ class ChangeCommands:
     def do_CLOSE(self, tag):
         view = self.selected
         if not view.readonly:
-            deleted = [uid for uid in view.uids if "\\Deleted" in _flags_or_empty(view.folder, uid)]
+            deleted = _deleted(view)
             if deleted:
                 view.folder.expunge(deleted, origin=self)
                 self._unselect()
@@ -57,10 +57,12 @@ class ChangeCommands:
         if view.readonly:
             self.sendNegativeResponse(tag, b"[READ-ONLY] mailbox was opened with EXAMINE")
             return
-        candidates = view.uids
+        marked = _deleted(view)
         if messages is not None:
-            candidates = [u for _, u in view.resolve(messages, True)]
-        deleted = [u for u in candidates if "\\Deleted" in _flags_or_empty(view.folder, u)]
+            chosen = {u for _, u in view.resolve(messages, True)}
+            deleted = [u for u in marked if u in chosen]
+        else:
+            deleted = marked
         self.write_lines(self._expunge(deleted))
         if not deleted:
             return self.sendPositiveResponse(tag, b"EXPUNGE completed")
@@ -158,6 +160,15 @@ class ChangeCommands:
         self.dispatchCommand(tag, command, line, uid=1)
 
     select_UID = (do_UID, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
+
+
+def _deleted(view: Any) -> list[int]:
+    """The UIDs of the view (those the client was told of) flagged \\Deleted, ascending."""
+    marked = getattr(view.folder, "deleted_uids", None)
+    if marked is not None:
+        # From the store's flag column (Maildir): no MessageInfo per message.
+        return [u for u in marked() if view.seq_of(u)]
+    return [u for u in view.uids if "\\Deleted" in _flags_or_empty(view.folder, u)]
 
 
 def _flags_or_empty(folder: Any, uid: int) -> frozenset:

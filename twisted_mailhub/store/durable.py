@@ -77,6 +77,10 @@ class PendingWrite:
     data: bytes | Callable[[int], None]  # bytes, or a function that writes to an fd
     deferred: defer.Deferred = attr.ib(factory=defer.Deferred)
     record: Record | None = None
+    # Moves tmp_path to final_path in phase 3 instead of os.rename, in the
+    # worker thread (the Maildir store notes the directory's mtime around
+    # its own rename there, so its next look needs no listing).
+    rename: Callable[[str, str], None] | None = None
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -299,7 +303,7 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
                 _discard(item.tmp_path)
                 continue
             try:
-                os.rename(item.tmp_path, item.final_path)
+                (item.rename or os.rename)(item.tmp_path, item.final_path)
             except BaseException as e:  # noqa: B036 - reported to the caller
                 outcome[i] = e
                 _discard(item.tmp_path)
@@ -404,16 +408,18 @@ class GroupCommitWriter:
         self._flush = "files"
         self.batches = 0  # for tests and benchmarks: how many flushes ran
 
-    def write(self, tmp_path: str, final_path: str, data, record: Record | None = None) -> defer.Deferred:
+    def write(self, tmp_path: str, final_path: str, data, record: Record | None = None, rename: Callable[[str, str], None] | None = None) -> defer.Deferred:
         """
         Write C{data} (bytes, or a callable taking an fd) to C{tmp_path},
-        then move it to C{final_path}. The Deferred fires with C{final_path}
-        once the file, its directory entry and C{record} (if given) are on
-        disk; it fails with the C{OSError} that stopped it, and then
-        nothing is left at C{final_path} or C{tmp_path} (the record's line
-        may stay: its owner must accept lines whose file never came).
+        then move it to C{final_path} (with C{rename(tmp, final)} if given,
+        in the worker thread; else C{os.rename}). The Deferred fires with
+        C{final_path} once the file, its directory entry and C{record} (if
+        given) are on disk; it fails with the C{OSError} that stopped it,
+        and then nothing is left at C{final_path} or C{tmp_path} (the
+        record's line may stay: its owner must accept lines whose file
+        never came).
         """
-        item = PendingWrite(tmp_path, final_path, data, record=record)
+        item = PendingWrite(tmp_path, final_path, data, record=record, rename=rename)
         self._queue.append(item)
         if self._running < self._limit():
             self._next_batch()

@@ -88,6 +88,7 @@ import socket
 import threading
 import time
 from array import array
+from collections import deque
 from typing import Any, Iterable, NamedTuple
 
 from twisted.internet import defer, threads
@@ -440,6 +441,9 @@ class MaildirFolder:
         self._dir_mtimes: tuple[int, int] | None = None
         # Messages being written: UID reserved, line on its way to the list.
         self._pending: dict[str, _Entry] = {}
+        # (mtimes before, mtimes after) of each of our own renames into
+        # place, made by the group commit's thread (L{_place}).
+        self._placed: deque = deque()
         # Held by every writer of the UID list (the group commit's worker
         # thread appends to it); under --workers, by every process's
         # (store/shared.py).
@@ -813,6 +817,8 @@ class MaildirFolder:
         return self._scan_folder(force)
 
     def _scan_folder(self, force: bool = False) -> None:
+        if self._placed:
+            self._take_placed()
         mtimes = self._mtimes()
         if not force and mtimes == self._dir_mtimes and not (self._shared and shared.recently_changed(mtimes)):
             return
@@ -1113,6 +1119,21 @@ class MaildirFolder:
     def info(self, uid: int) -> MessageInfo:
         return self._table.info(self._position(uid))
 
+    def deleted_uids(self) -> list[int]:
+        """
+        The UIDs of the messages flagged C{\\Deleted}, ascending (what an
+        IMAP EXPUNGE or CLOSE removes), from the flag column: no
+        L{MessageInfo} per message. As the table stands: no look first.
+        """
+        table = self._table
+        marks = table.bits.translate(_IS_DELETED)
+        found = []
+        i = marks.find(1)
+        while i >= 0:
+            found.append(table.uids[i])
+            i = marks.find(1, i + 1)
+        return found
+
     def _file(self, uid: int) -> str:
         table = self._table
         i = self._position(uid)
@@ -1179,8 +1200,21 @@ class MaildirFolder:
     def _record(self, entry: _Entry) -> Record:
         return Record(self._uidlist_path(), self._uidlist_line(entry).encode("utf-8"), self._uidlist_lock)
 
+    def _take_placed(self) -> None:
+        """
+        Our own renames into place (L{_place}) that follow the last look
+        with nothing in between move the mtimes we know: nothing to list
+        for them. (A file placed but not yet taken in is in C{_pending},
+        which a listing skips.)
+        """
+        while self._placed:
+            before, after = self._placed.popleft()
+            if before is not None and before == self._dir_mtimes:
+                self._dir_mtimes = after
+
     def _arrived(self, _, entry: _Entry) -> _Entry:
         self._pending.pop(entry.info.key, None)
+        self._take_placed()
         info = entry.info
         self._table.add(info.uid, info.key, info.size, info.internal_date, entry.keywords, entry.subdir, entry.filename, _split(entry.filename)[1])
         self._changes += 1
@@ -1213,10 +1247,30 @@ class MaildirFolder:
             os.utime(fd, (date, date))
 
         d = self.writer.write(
-            os.path.join(self.directory, "tmp", base), os.path.join(self.directory, "cur", filename), write, self._record(entry)
+            os.path.join(self.directory, "tmp", base), os.path.join(self.directory, "cur", filename), write, self._record(entry),
+            rename=None if self._shared else self._place,
         )
         d.addCallbacks(self._arrived, self._not_stored, callbackArgs=(entry,), errbackArgs=(entry,))
         return d.addCallback(lambda entry: entry.info.uid)
+
+    def _place(self, tmp: str, final: str) -> None:
+        """
+        The group commit's rename of an appended message (in its worker
+        thread), with the directories' mtimes just before and just after:
+        L{_arrived} then knows whether the only change since its last look
+        was this one, and the next look needs no listing (as
+        L{_before_own_change} / L{_after_own_change} do for renames made in
+        the reactor).
+        """
+        try:
+            before = self._mtimes()
+        except (OSError, StoreError):
+            before = None
+        os.rename(tmp, final)
+        try:
+            self._placed.append((before, self._mtimes()))
+        except (OSError, StoreError):
+            pass
 
     def _before_own_change(self) -> bool:
         """
@@ -1224,6 +1278,8 @@ class MaildirFolder:
         changed them and our own change must not hide that from the next
         scan.
         """
+        if self._placed:
+            self._take_placed()
         try:
             return self._mtimes() == self._dir_mtimes
         except OSError:
@@ -1601,6 +1657,9 @@ class MaildirFolder:
 
     def remove_listener(self, listener):
         self._listeners.remove(listener)
+
+
+_IS_DELETED = bytes(1 if value & system_bits(frozenset({"\\Deleted"})) else 0 for value in range(256))
 
 
 def _read_whole(fd: int) -> bytes:
