@@ -11,6 +11,7 @@ Junk, Archive) are created and subscribed.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from twisted.internet import protocol
@@ -78,10 +79,19 @@ class IMAPFactory(protocol.ServerFactory):
 
 
 def install(hub: Any) -> None:
+    # Accounts already prepared by this process: a login does not list the
+    # account's folders again (a listing and a stat per folder).
+    prepared: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
     def avatar(account, mind):
         store_account = hub.store.account(account.address)
         try:
-            prepare_account(store_account)
+            if store_account not in prepared:
+                prepare_account(store_account)
+                try:
+                    prepared.add(store_account)
+                except TypeError:
+                    pass  # an account object that takes no weak reference: prepared each time
         except (StoreError, OSError):
             pass  # the session still works; LIST shows what exists
         return IMAPAvatar(store_account, account.address), lambda: None
