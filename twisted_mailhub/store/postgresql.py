@@ -247,13 +247,14 @@ WITH b AS (
     WHERE id = %(mailbox)s AND (NOT %(inbox)s OR name = 'INBOX')
     RETURNING uid_next - %(k)s AS first, highest_modseq AS modseq
 ), w AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(keys)s::text[], %(flags)s::text[], %(keywords)s::text[], %(dates)s::float8[],
-                         %(sizes)s::int4[])
-        WITH ORDINALITY AS w(message_id, key, flags, keywords, internal_date, size, n)
+    SELECT * FROM unnest(
+        string_to_array(%(ids)s, ',')::bigint[], string_to_array(%(keys)s, E'\n'), string_to_array(%(flags)s, E'\n'),
+        string_to_array(%(keywords)s, E'\n'), string_to_array(%(dates)s, ',')::float8[], string_to_array(%(sizes)s, ',')::int4[]
+    ) WITH ORDINALITY AS w(message_id, key, flags, keywords, internal_date, size, n)
 ), placed AS (
     INSERT INTO mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq, size)
-    SELECT %(mailbox)s, b.first + w.n - 1, w.message_id, w.key, string_to_array(w.flags, ' '),
-           string_to_array(w.keywords, ' '), w.internal_date, b.modseq, w.size
+    SELECT %(mailbox)s, b.first + w.n - 1, w.message_id, w.key, coalesce(string_to_array(w.flags, ' '), '{{}}'),
+           coalesce(string_to_array(w.keywords, ' '), '{{}}'), w.internal_date, b.modseq, w.size
     FROM b, w
 ), journal AS (
     INSERT INTO mailbox_change (mailbox_id, modseq, kind, uids)
@@ -504,12 +505,15 @@ class GroupCommitter:
                     writes = [batch[i] for i in members]
                     cursors.append(conn.execute(_ADD_TO_MAILBOX, {
                         "mailbox": mailbox_id, "inbox": inbox, "k": len(members),
-                        "ids": [ids[i] for i in members],
-                        "keys": [w.key for w in writes],
-                        "flags": [" ".join(w.flags) for w in writes],
-                        "keywords": [" ".join(w.keywords) for w in writes],
-                        "dates": [w.internal_date for w in writes],
-                        "sizes": [len(w.message) for w in writes],
+                        # Columns as one text each (one string to send, not
+                        # a list psycopg adapts item by item): keys and
+                        # flags have no newline, numbers no comma.
+                        "ids": ",".join([str(ids[i]) for i in members]),
+                        "keys": "\n".join([w.key for w in writes]),
+                        "flags": "\n".join([" ".join(w.flags) for w in writes]),
+                        "keywords": "\n".join([" ".join(w.keywords) for w in writes]),
+                        "dates": ",".join([repr(w.internal_date) for w in writes]),
+                        "sizes": ",".join([str(len(w.message)) for w in writes]),
                     }))
         result: list = [None] * len(batch)
         orphans = []
