@@ -356,3 +356,82 @@ def test_replies_to_pipelined_lines_leave_together_when_the_batch_is_done():
     finally:
         peer.close()
         sock.close()
+
+
+def _counting(conn):
+    """Count every send(2) on C{conn}'s socket: (list of what each sent)."""
+    writes = []
+    sock = conn.socket
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(sock, name)
+
+        def send(self, data):
+            writes.append(bytes(data))
+            return sock.send(data)
+
+    conn.socket = Counting()
+    return writes, sock
+
+
+def test_gathered_replies_to_a_pipelined_batch_leave_in_one_send_past_the_transport_buffer():
+    conn, peer = _tcp_pair()
+    owner = Owner(gather=True)
+    owner.transport = conn
+    writes, sock = _counting(conn)
+    owner.line_received = lambda line: owner.lines.write(b"250 " + line + b"\r\n")
+    try:
+        owner.start()
+        owner.lines.data_received(b"MAIL\r\nRCPT\r\nDATA\r\n")
+        assert writes == [b"250 MAIL\r\n250 RCPT\r\n250 DATA\r\n"]
+        # Never queued in the transport: it was not registered for writing
+        # (no epoll_ctl to start and stop).
+        assert conn not in conn.reactor.writers
+        assert not conn._tempDataBuffer and not conn.dataBuffer
+        owner.lines.data_received(b"NOOP\r\n")
+        assert writes[1:] == [b"250 NOOP\r\n"]
+        assert peer.recv(200) == b"250 MAIL\r\n250 RCPT\r\n250 DATA\r\n250 NOOP\r\n"
+    finally:
+        peer.close()
+        sock.close()
+
+
+def test_gathered_replies_leave_before_starttls_discards_the_rest():
+    # STARTTLS: its 220 must leave in the clear before TLS starts, even in
+    # the middle of a pipelined batch (whose rest is dropped, CVE-2011-0411).
+    owner = Owner(gather=True).start()
+    events = []
+
+    def received(line):
+        owner.lines.write(b"reply " + line + b"\n")
+        if line == b"STARTTLS":
+            owner.lines.discard_pending()
+            events.append(("tls starts after", owner.transport.value()))
+
+    owner.line_received = received
+    owner.lines.data_received(b"NOOP\nSTARTTLS\nMAIL injected\n")
+    assert events == [("tls starts after", b"reply NOOP\nreply STARTTLS\n")]
+    assert owner.transport.value() == b"reply NOOP\nreply STARTTLS\n"
+
+
+def test_gathered_replies_leave_before_the_connection_is_closed():
+    owner = Owner(gather=True).start()
+
+    def received(line):
+        owner.lines.write(b"221 " + line + b"\n")
+        if line == b"QUIT":
+            owner.lines.close()
+
+    owner.line_received = received
+    owner.lines.data_received(b"NOOP\nQUIT\nNOOP\n")
+    assert owner.transport.value() == b"221 NOOP\n221 QUIT\n"
+    assert owner.transport.disconnecting
+
+
+def test_a_reply_written_later_by_a_waiting_command_is_not_held_back():
+    owner = Owner(gather=True).start()
+    owner.lines.data_received(b"NOOP\nwait1\n")
+    assert owner.transport.value() == b"ok NOOP\n"
+    owner.lines.write(b"250 late\n")  # a Deferred's reply, outside any batch
+    assert owner.transport.value() == b"ok NOOP\n250 late\n"

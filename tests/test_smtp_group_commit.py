@@ -122,3 +122,92 @@ def test_the_flush_is_chosen_by_how_much_the_neighbours_have_dirty(monkeypatch, 
     monkeypatch.setattr(durable, "_syncfs", durable._syncfs or (lambda fd: 0))
     monkeypatch.setattr(durable, "_dirty_bytes", lambda: dirty)
     assert durable.choose_flush() == chosen
+
+
+class _InlineReactor:
+    """
+    A reactor for L{durable.GroupCommitWriter} whose thread pool runs each
+    batch at once (in this thread) and whose results come back at once:
+    a batch is done when C{write} returns, or, with C{hold}, when
+    L{release} is called.
+    """
+
+    def __init__(self, hold: bool = False):
+        from twisted.internet import task
+
+        self.clock = task.Clock()
+        self.callLater = self.clock.callLater
+        self.hold = hold
+        self.held: list = []
+
+    def getThreadPool(self):
+        return self
+
+    def callInThreadWithCallback(self, on_result, function, *args, **kwargs):
+        self.held.append(lambda: on_result(True, function(*args, **kwargs)))
+        if not self.hold:
+            self.release()
+
+    def release(self):
+        held, self.held = self.held, []
+        for done in held:
+            done()
+
+    def callFromThread(self, function, *args, **kwargs):
+        function(*args, **kwargs)
+
+
+def test_every_write_of_a_batch_has_arrived_and_after_batch_ran_before_any_deferred_fires(tmp_path):
+    root = maildir(tmp_path)
+    reactor = _InlineReactor(hold=True)
+    writer = durable.GroupCommitWriter(reactor, in_flight=1)
+    seen = []
+    shared = []
+
+    def arrived(n):
+        seen.append(("arrived", n))
+        if not shared:
+            writer.after_batch(lambda: seen.append("after batch"))
+            shared.append(n)
+
+    ds = [writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x", arrived=lambda n=n: arrived(n)) for n in range(3)]
+    for n, d in enumerate(ds):
+        d.addCallback(lambda path, n=n: seen.append(("fired", n, list(seen))))
+    reactor.release()  # the first batch (m0) is done; it takes the rest as the next batch
+    reactor.release()
+    assert seen[:3] == [("arrived", 0), "after batch", ("fired", 0, [("arrived", 0), "after batch"])]
+    # The second batch: both arrivals before either Deferred.
+    assert [e[:2] for e in seen[3:]] == [
+        ("arrived", 1), ("arrived", 2), ("fired", 1), ("fired", 2),
+    ]
+    assert sorted(os.listdir(root / "new")) == ["m0", "m1", "m2"]
+
+
+def test_a_write_whose_arrival_bookkeeping_fails_reports_that_failure(tmp_path):
+    root = maildir(tmp_path)
+    writer = durable.GroupCommitWriter(_InlineReactor())
+
+    def broken():
+        raise ValueError("bookkeeping")
+
+    failures = []
+    writer.write(str(root / "tmp" / "m"), str(root / "new" / "m"), b"x", arrived=broken).addErrback(failures.append)
+    ok = []
+    writer.write(str(root / "tmp" / "n"), str(root / "new" / "n"), b"y").addCallback(ok.append)
+    assert [f.value.args for f in failures] == [("bookkeeping",)]
+    assert ok == [str(root / "new" / "n")]
+
+
+def test_the_flush_is_chosen_once_per_choice_period_not_once_per_batch(tmp_path, monkeypatch):
+    root = maildir(tmp_path)
+    asked = []
+    monkeypatch.setattr(durable, "choose_flush", lambda: asked.append(1) or "files")
+    now = [1000.0]
+    monkeypatch.setattr(durable.time, "monotonic", lambda: now[0])
+    writer = durable.GroupCommitWriter(_InlineReactor())
+    for n in range(5):
+        writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x")
+    assert len(asked) == 1 and writer.batches == 5
+    now[0] += durable.CHOICE_SECONDS
+    writer.write(str(root / "tmp" / "late"), str(root / "new" / "late"), b"x")
+    assert len(asked) == 2

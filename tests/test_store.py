@@ -163,6 +163,30 @@ class MaildirStoreTests(StoreContract, ModSeqContract, unittest.TestCase):
         self.assertEqual(again.uid_validity, self.store.account("alice@example.org").folder(INBOX).uid_validity)
 
     @defer.inlineCallbacks
+    def test_deliveries_modseq_lines_are_written_once_per_batch_before_delivery_is_reported(self):
+        folder = self.store.account("alice@example.org").folder(INBOX)
+        log = os.path.join(folder.directory, "mailhub-modseq")
+        appends = []
+        real = folder._append_modseqs
+        folder._append_modseqs = lambda records, value: appends.append(len(records)) or real(records, value)
+        batches = folder.writer.batches
+        logged_when_reported = []
+
+        def reported(key):
+            uid = [i.uid for i in folder.messages() if i.key == key][0]
+            with open(log) as f:
+                logged_when_reported.append(f"{uid} {folder.modseq(uid)}\n" in f.read())
+
+        yield defer.gatherResults([folder.deliver(MESSAGE).addCallback(reported) for _ in range(6)])
+        self.assertEqual(logged_when_reported, [True] * 6)
+        self.assertEqual(sum(appends), 6)
+        self.assertEqual(len(appends), folder.writer.batches - batches)
+        modseqs = {i.uid: folder.modseq(i.uid) for i in folder.messages()}
+        self.assertEqual(len(set(modseqs.values())), 6)
+        again = MaildirStore(self.root, hostname="test").account("alice@example.org").folder(INBOX)
+        self.assertEqual({i.uid: again.modseq(i.uid) for i in again.messages()}, modseqs)
+
+    @defer.inlineCallbacks
     def test_outside_file_gets_a_uid(self):
         folder = self.store.account("alice@example.org").folder(INBOX)
         yield folder.append(MESSAGE)

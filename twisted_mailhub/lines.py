@@ -52,7 +52,11 @@ answers the lines it is handed; everything about I{getting} lines is here:
                        C{send}, no reactor turn) when nothing waits before
                        it on a plain TCP connection; replies to pipelined
                        lines are gathered and sent together when the
-                       batch is done (L{send_now}, L{flush_now}).
+                       batch is done (L{send_now}, L{flush_now}). With
+                       C{gather=True} (an owner that writes only through
+                       the engine) they are gathered in the engine and
+                       leave in one L{send_now}, without a pass through
+                       the transport's buffer and its two C{epoll_ctl}.
  discarding            L{LineEngine.discard_pending} drops what is buffered
                        (after STARTTLS, STLS, AUTH TLS: CVE-2011-0411).
  quoting               L{quote} is how any reply shows the client's input:
@@ -286,7 +290,7 @@ class LineEngine:
         "owner", "clock", "max_line", "max_held", "idle_timeout", "line_timeout", "urgent", "transport",
         "crlf", "busy", "writing_paused", "closed", "input_ended", "_buf", "_pos", "_held", "_discarding",
         "_raw", "_raw_started", "_raw_timeout", "_line_started", "_last_input", "_idle_call", "_login_call",
-        "_reading_paused", "_in_loop", "_batch_more",
+        "_reading_paused", "_in_loop", "_batch_more", "_gathered",
     )
 
     def __init__(
@@ -299,6 +303,7 @@ class LineEngine:
         idle_timeout: float | None = None,
         line_timeout: float | None = None,
         urgent: Callable[[bytes], bool] | None = None,
+        gather: bool = False,
     ):
         self.owner = owner
         self.clock = clock
@@ -333,6 +338,11 @@ class LineEngine:
         self._in_loop = False
         # While handling a line that has complete lines after it (pipelined).
         self._batch_more = False
+        # gather=True: replies to a pipelined batch, sent when it is done.
+        # Only for an owner whose every write goes through L{write} (and
+        # that calls L{discard_pending} before starting TLS): a write
+        # straight to the transport would overtake them.
+        self._gathered: list[bytes] | None = [] if gather else None
 
     # -- the connection ----------------------------------------------------------
 
@@ -378,6 +388,8 @@ class LineEngine:
             return
         self.closed = True
         self._buf, self._pos = b"", 0
+        if self._gathered:
+            self._gathered.clear()
         self._held = ()
         self._raw = None
         for call in (self._idle_call, self._login_call):
@@ -392,6 +404,7 @@ class LineEngine:
 
     def close(self) -> None:
         """Stop, and close the connection once what was written is sent."""
+        self._send_gathered()
         self.stop()
         if self.transport is not None:
             self.transport.loseConnection()
@@ -428,13 +441,31 @@ class LineEngine:
         has already seen the reply: the session transcript).
         """
         if transport is None:
+            if self._in_loop and self._gathered is not None:
+                # Out when the batch is done (the end of _run), in one send.
+                self._gathered.append(data)
+                return
             transport = self.transport
             if transport is None:  # before start(): the greeting
                 transport = self.owner.transport
+        elif self._gathered:
+            self._send_gathered()  # what was gathered leaves first
         if self._batch_more and self._in_loop:
             transport.write(data)
         else:
+            if self._gathered:
+                self._send_gathered()
             send_now(transport, data)
+
+    def _send_gathered(self) -> None:
+        """Send the replies gathered from a pipelined batch, in one piece."""
+        gathered = self._gathered
+        if gathered and self.transport is not None and not self.closed:
+            data = gathered[0] if len(gathered) == 1 else b"".join(gathered)
+            gathered.clear()
+            send_now(self.transport, data)
+        elif gathered:
+            gathered.clear()
 
     def discard_pending(self) -> int:
         """
@@ -442,6 +473,8 @@ class LineEngine:
         RFC 4217 §15.2: input that came with a STARTTLS must not be run
         inside TLS). Returns how many lines (a partial one too) were dropped.
         """
+        # What was answered before leaves first (in the clear, before TLS).
+        self._send_gathered()
         rest = self._buf[self._pos :]
         dropped = rest.count(b"\n") + (1 if rest[-1:] not in (b"", b"\n") else 0) + len(self._held)
         self._buf, self._pos = b"", 0
@@ -594,7 +627,10 @@ class LineEngine:
                 self._buf, self._pos = b"", 0
         if self.transport is not None and not self.closed:
             # What this batch wrote leaves now, not on the next reactor turn.
-            flush_now(self.transport)
+            if self._gathered:
+                self._send_gathered()
+            else:
+                flush_now(self.transport)
         if self._reading_paused and not self.closed and len(self._buf) - self._pos <= self.max_held // 2:
             self._reading_paused = False
             self.transport.resumeProducing()

@@ -193,6 +193,7 @@ class MailhubSMTP(smtp.ESMTP):
             max_held=MAX_HELD,
             idle_timeout=self.idle_timeout,
             line_timeout=self.command_timeout,
+            gather=True,  # every reply goes through self.lines (reply_raw)
         )
         self.reply_raw(b"220 " + self.host + b" ESMTP\r\n")
         self.lines.start(self.transport, login_timeout=self.login_timeout if self.require_auth else None)

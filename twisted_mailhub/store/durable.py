@@ -47,11 +47,13 @@ import ctypes
 import os
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 import attr
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger()
 
@@ -81,6 +83,7 @@ class PendingWrite:
     # worker thread (the Maildir store notes the directory's mtime around
     # its own rename there, so its next look needs no listing).
     rename: Callable[[str, str], None] | None = None
+    arrived: Callable[[], Any] | None = None
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -199,6 +202,9 @@ def _sync_filesystem(path: str) -> None:
     finally:
         os.close(fd)
 
+
+# How long a choice of flush (choose_flush) stands: it reads /proc/meminfo.
+CHOICE_SECONDS = 0.1
 
 # Above this much dirty data in the system (other programs' writes), a
 # whole-filesystem flush would pay for the neighbours: flush our own files.
@@ -406,9 +412,40 @@ class GroupCommitWriter:
         self._queue: list[PendingWrite] = []
         self._running = 0
         self._flush = "files"
+        self._flush_chosen = -1.0  # time.monotonic() of the last choose_flush()
+        self._after: list[Callable[[], None]] = []
+        self._finishing = False
         self.batches = 0  # for tests and benchmarks: how many flushes ran
 
-    def write(self, tmp_path: str, final_path: str, data, record: Record | None = None, rename: Callable[[str, str], None] | None = None) -> defer.Deferred:
+    def after_batch(self, function: Callable[[], None]) -> None:
+        """
+        Call C{function()} once, after the C{arrived} calls of the batch
+        being finished now and before any of its Deferreds fires (called
+        at another time: on the reactor's next turn). Work that the writes
+        of one batch share is so done once, before anyone hears of them
+        (the Maildir's modseq log lines).
+        """
+        self._after.append(function)
+        if not self._finishing and len(self._after) == 1:
+            self.reactor.callLater(0, self._run_after)
+
+    def _run_after(self) -> None:
+        after, self._after = self._after, []
+        for function in after:
+            try:
+                function()
+            except Exception:
+                log.failure("after a group commit")
+
+    def write(
+        self,
+        tmp_path: str,
+        final_path: str,
+        data,
+        record: Record | None = None,
+        rename: Callable[[str, str], None] | None = None,
+        arrived: Callable[[], Any] | None = None,
+    ) -> defer.Deferred:
         """
         Write C{data} (bytes, or a callable taking an fd) to C{tmp_path},
         then move it to C{final_path} (with C{rename(tmp, final)} if given,
@@ -417,9 +454,12 @@ class GroupCommitWriter:
         given) are on disk; it fails with the C{OSError} that stopped it,
         and then nothing is left at C{final_path} or C{tmp_path} (the
         record's line may stay: its owner must accept lines whose file
-        never came).
+        never came). C{arrived()}, if given, is called once the write is
+        durable, with those of the other writes of its batch, before any
+        Deferred of the batch fires (the owner's bookkeeping; if it
+        raises, the Deferred fails with that).
         """
-        item = PendingWrite(tmp_path, final_path, data, record=record, rename=rename)
+        item = PendingWrite(tmp_path, final_path, data, record=record, rename=rename, arrived=arrived)
         self._queue.append(item)
         if self._running < self._limit():
             self._next_batch()
@@ -432,7 +472,10 @@ class GroupCommitWriter:
     def _next_batch(self) -> None:
         if not self._queue:
             return
-        self._flush = choose_flush()
+        now = time.monotonic()
+        if now - self._flush_chosen >= CHOICE_SECONDS:
+            # Read from /proc in the reactor thread: not for every batch.
+            self._flush, self._flush_chosen = choose_flush(), now
         # Share what is queued among the batches that may start now.
         size = max(1, min(self.max_batch, -(-len(self._queue) // max(1, self._limit() - self._running))))
         batch, self._queue = self._queue[:size], self._queue[size:]
@@ -441,7 +484,24 @@ class GroupCommitWriter:
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), _commit_batch, batch, self._flush)
 
         def done(outcome):
-            for item, error in zip(batch, outcome):
+            # The owners' bookkeeping for every write, then what they share
+            # (after_batch), and only then the Deferreds, whose callbacks
+            # may tell clients.
+            results: list[Any] = []
+            self._finishing = True
+            try:
+                for item, error in zip(batch, outcome):
+                    if error is None and item.arrived is not None:
+                        try:
+                            item.arrived()
+                        except BaseException:  # noqa: B036 - reported to the caller
+                            error = Failure()
+                    results.append(error)
+            finally:
+                self._finishing = False
+                if self._after:
+                    self._run_after()
+            for item, error in zip(batch, results):
                 if error is None:
                     item.deferred.callback(item.final_path)
                 else:

@@ -444,6 +444,8 @@ class MaildirFolder:
         # (mtimes before, mtimes after) of each of our own renames into
         # place, made by the group commit's thread (L{_place}).
         self._placed: deque = deque()
+        # Modseq log lines of delivered messages not appended yet (_bump_arrived).
+        self._arrivals: list[str] = []
         # Held by every writer of the UID list (the group commit's worker
         # thread appends to it); under --workers, by every process's
         # (store/shared.py).
@@ -1184,11 +1186,12 @@ class MaildirFolder:
         """
         base = unique_name(len(message), self.hostname)
         entry = self._reserve(base, "new", base, len(message), time.time(), _EMPTY)
+        directory = self.directory
         d = self.writer.write(
-            os.path.join(self.directory, "tmp", base), os.path.join(self.directory, "new", base), message, self._record(entry)
+            f"{directory}/tmp/{base}", f"{directory}/new/{base}", message, self._record(entry), arrived=lambda: self._arrived(None, entry)
         )
-        d.addCallbacks(self._arrived, self._not_stored, callbackArgs=(entry,), errbackArgs=(entry,))
-        return d.addCallback(lambda entry: entry.info.key)
+        d.addCallbacks(lambda _: base, self._not_stored, errbackArgs=(entry,))
+        return d
 
     def _reserve(self, base: str, sub: str, filename: str, size: int, date: float, keywords: frozenset[str]) -> _Entry:
         """The next UID for a message about to be written."""
@@ -1219,8 +1222,9 @@ class MaildirFolder:
         self._table.add(info.uid, info.key, info.size, info.internal_date, entry.keywords, entry.subdir, entry.filename, _split(entry.filename)[1])
         self._changes += 1
         self._recent.add(info.uid)
-        self._bump([info.uid])
-        self._listeners.notify(FolderChange(added=(info.uid,)))
+        self._bump_arrived(info.uid)
+        if self._listeners.count():
+            self._listeners.notify(FolderChange(added=(info.uid,)))
         if self._shared:
             shared.tell_others(self.directory)
         return entry
@@ -1249,9 +1253,10 @@ class MaildirFolder:
         d = self.writer.write(
             os.path.join(self.directory, "tmp", base), os.path.join(self.directory, "cur", filename), write, self._record(entry),
             rename=None if self._shared else self._place,
+            arrived=lambda: self._arrived(None, entry),
         )
-        d.addCallbacks(self._arrived, self._not_stored, callbackArgs=(entry,), errbackArgs=(entry,))
-        return d.addCallback(lambda entry: entry.info.uid)
+        d.addCallbacks(lambda _: entry.info.uid, self._not_stored, errbackArgs=(entry,))
+        return d
 
     def _place(self, tmp: str, final: str) -> None:
         """
@@ -1517,6 +1522,7 @@ class MaildirFolder:
 
     def _modseq_log_state(self) -> tuple[int, bytes]:
         """(octets of the log as it is now, their digest) for the index."""
+        self._write_arrivals()
         try:
             with open(self._modseq_path(), "rb") as f:
                 data = f.read()
@@ -1553,6 +1559,44 @@ class MaildirFolder:
             elif j > i:
                 modseqs[i:j] = array("Q", [value]) * (j - i)
         self.highest_modseq = max(top, _now_us())
+
+    def _bump_arrived(self, uid: int) -> None:
+        """
+        L{_bump} for a message just delivered (row C{uid} just added): its
+        mod-sequence is given now; its line in the modseq log is appended
+        with those of the other arrivals of the same group commit, once
+        the writer has run that batch's callbacks (one append per batch,
+        not one per message; L{_write_arrivals}).
+        """
+        if self._shared:
+            # Under --workers a modseq comes from the folder's shared clock,
+            # under its lock (store/shared.py): as for any other change.
+            self._bump([uid])
+            return
+        self._changes += 1
+        value = max(self.highest_modseq + 1, _now_us())
+        self.highest_modseq = value
+        table = self._table
+        i = len(table) - 1
+        if i < 0 or table.uids[i] != uid:
+            i = table.position(uid)
+        if i >= 0:
+            table.modseqs[i] = value
+        pending = self._arrivals
+        if not pending:
+            later = getattr(self.writer, "after_batch", None)
+            if later is None:
+                pending.append(f"{uid} {value}\n")
+                self._write_arrivals()
+                return
+            later(self._write_arrivals)
+        pending.append(f"{uid} {value}\n")
+
+    def _write_arrivals(self) -> None:
+        """Append the modseq lines of arrivals not written yet (L{_bump_arrived})."""
+        if self._arrivals:
+            records, self._arrivals = self._arrivals, []
+            self._append_modseqs(records, self.highest_modseq)
 
     def _catch_up_modseqs(self) -> None:
         """
@@ -1594,6 +1638,7 @@ class MaildirFolder:
         C{observed}: changes this process found rather than made; under
         --workers those another process logged keep its value.
         """
+        self._write_arrivals()  # the log stays in the order of the changes
         if self._shared:
             with self._uidlist_lock:
                 self._catch_up_modseqs()
@@ -1622,6 +1667,11 @@ class MaildirFolder:
             records = [f"{uids[0]}:{uids[-1]} {value}\n"]  # a run (a first scan)
         else:
             records = [f"{uid} {value}\n" for uid in uids] or [f"0 {value}\n"]
+        self._append_modseqs(records, value)
+
+    def _append_modseqs(self, records: list[str], value: int) -> None:
+        """Append C{records} to the modseq log, or rewrite it compacted (top modseq C{value})."""
+        table = self._table
         try:
             if self._modseq_lines > 2 * len(table) + 1000:
                 tmp = self._modseq_path() + ".tmp"
@@ -1781,6 +1831,10 @@ class MaildirAccount:
         return os.path.join(self.path, encoded)
 
     def folder(self, name: str) -> MaildirFolder:
+        if name == INBOX:  # every delivery: the canonical name, looked up at once
+            folder = self._folders.get(INBOX)
+            if folder is not None:
+                return folder
         name = normalize_folder_name(name)
         folder = self._folders.get(name)
         if folder is None:
