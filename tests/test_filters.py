@@ -65,6 +65,38 @@ def test_missing_hook_accepts():
     assert _result(run_filters([OnlyRcpt()], "end_of_data", Envelope("s"), b"m")) == b"m"
 
 
+def test_filters_that_answer_at_once_run_without_a_coroutine(monkeypatch):
+    from twisted_mailhub.smtp import delivery
+
+    def no_coroutine(*args):
+        raise AssertionError("a coroutine for filters that answered at once")
+
+    monkeypatch.setattr(delivery, "_run_the_rest", no_coroutine)
+    first, second = Recorder("a"), Recorder("b", Rewrite(b"X: 1\r\nm"))
+    assert _result(run_filters([first, second], "end_of_data", Envelope("s"), b"m")) == b"X: 1\r\nm"
+
+
+def test_after_a_filter_that_waits_the_rest_run_in_order_with_its_answer():
+    waiting = defer.Deferred()
+    first = Recorder("a", waiting)
+    second = Recorder("b", Rewrite(b"X-B: 2\r\nY\r\nm"))
+    third = Recorder("c")
+    d = run_filters([first, second, third], "end_of_data", Envelope("s"), b"m")
+    assert not d.called and second.seen == []
+    waiting.callback(Rewrite(b"Y\r\nm"))
+    assert _result(d) == b"X-B: 2\r\nY\r\nm"
+    assert second.seen == [b"Y\r\nm"] and third.seen == [b"X-B: 2\r\nY\r\nm"]
+
+
+def test_a_filter_that_raises_fails_the_deferred():
+    class Broken:
+        def end_of_data(self, envelope, message):
+            raise RuntimeError("bug")
+
+    failure = _result(run_filters([Broken()], "end_of_data", Envelope("s"), b"m"))
+    assert failure.check(RuntimeError)
+
+
 @pytest.fixture
 def plugin_path(tmp_path):
     plugins = tmp_path / "plugins"

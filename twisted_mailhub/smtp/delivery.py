@@ -55,7 +55,14 @@ def queue_id() -> str:
     A short id for one accepted message, unique within this process and
     unlikely to repeat across restarts (time + pid + counter, in hex).
     """
-    return "%X%04X%05X" % (int(time.time()), os.getpid() & 0xFFFF, next(_queue_ids) & 0xFFFFF)
+    return "%X%04X%05X" % (int(time.time()), _pid[0] & 0xFFFF, next(_queue_ids) & 0xFFFFF)
+
+
+# This process's id, asked once (and again in a child after a fork), not
+# with a system call per message.
+_pid = [os.getpid()]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 _date_cache: list[Any] = [0, ""]
@@ -267,34 +274,64 @@ class Session:
         return text.encode("utf-8" if self.utf8 else "ascii", "replace")
 
 
-async def _run_filters(filters, hook: str, *args) -> Any:
+def run_filters(filters, hook: str, *args) -> defer.Deferred:
     """
     Run one hook of every filter in order; the first L{Reject} wins. At
-    end of data a L{Rewrite} replaces the message for the filters after it
-    and for the store. Returns a Reject, or the (maybe new) message.
+    end of data a L{Rewrite} replaces the message (and maybe the envelope)
+    for the filters after it and for the store. The Deferred fires with a
+    Reject, or the (maybe new) message (L{None} for the other hooks); it
+    fails with what a filter raised. Filters that answer at once are run
+    in a plain loop (most do, most of the time: a trusted client, no key
+    to sign with); only from the first Deferred on does a coroutine wait.
     """
     message = args[-1] if hook == "end_of_data" else None
-    for f in filters:
-        method = getattr(f, hook, None)
+    try:
+        step = _run_at_once(filters, hook, 0, args, message)
+    except Exception:
+        return defer.fail()
+    if step[0] is None:
+        return defer.succeed(step[1])
+    return defer.Deferred.fromCoroutine(_run_the_rest(filters, hook, *step))
+
+
+def _run_at_once(filters, hook: str, start: int, args: tuple, message: Any) -> tuple:
+    """
+    Run C{filters[start:]} while each answers at once: C{(None, outcome)}
+    when all have answered or one refused (a L{Reject}, or the message),
+    or C{(index, deferred, args, message)} for the filter that answered
+    with a Deferred.
+    """
+    end_of_data = hook == "end_of_data"
+    for i in range(start, len(filters)):
+        method = getattr(filters[i], hook, None)
         if method is None:
             continue
-        call_args = (args[0], message) if hook == "end_of_data" else args
-        result = await defer.maybeDeferred(method, *call_args)
+        result = method(args[0], message) if end_of_data else method(*args)
+        if isinstance(result, defer.Deferred):
+            return i, result, args, message
         if isinstance(result, Reject):
-            return result
-        if isinstance(result, Rewrite) and hook == "end_of_data":
+            return None, result
+        if end_of_data and isinstance(result, Rewrite):
             message = result.message
             if result.envelope is not None:
                 args = (result.envelope,) + args[1:]
-    return message
+    return None, message
 
 
-def run_filters(filters, hook: str, *args) -> defer.Deferred:
-    if not has_hook(filters, hook):
-        # Nothing to ask (most filters only look at the end of data): no
-        # coroutine per command.
-        return defer.succeed(args[-1] if hook == "end_of_data" else None)
-    return defer.Deferred.fromCoroutine(_run_filters(filters, hook, *args))
+async def _run_the_rest(filters, hook: str, i: int, pending: defer.Deferred, args: tuple, message: Any) -> Any:
+    """L{run_filters} from a filter that answered with a Deferred."""
+    while True:
+        result = await pending
+        if isinstance(result, Reject):
+            return result
+        if hook == "end_of_data" and isinstance(result, Rewrite):
+            message = result.message
+            if result.envelope is not None:
+                args = (result.envelope,) + args[1:]
+        step = _run_at_once(filters, hook, i + 1, args, message)
+        if step[0] is None:
+            return step[1]
+        i, pending, args, message = step
 
 
 def has_hook(filters, hook: str) -> bool:
@@ -371,8 +408,12 @@ def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], m
         address, original = local[0]
         copy = _local_copy(session, qid, return_path, address, original, message)
         d = defer.maybeDeferred(hub.store.deliver, address, copy)
-        d.addCallback(lambda key: _log_delivery(hub, qid, sender, [(address, key)], len(message), session.client_ip))
-        return d.addCallback(lambda _: qid)
+
+        def stored(key: str) -> str:
+            _log_delivery(hub, qid, sender, [(address, key)], len(message), session.client_ip)
+            return qid
+
+        return d.addCallback(stored)
     return defer.Deferred.fromCoroutine(_store_all(hub, session, sender, local, relay, message, qid, return_path))
 
 

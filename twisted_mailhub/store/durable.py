@@ -372,9 +372,14 @@ def _flush_filesystems(batch, outcome, fds, logs, log_fds, live) -> None:
     """One syncfs(2) for each filesystem the batch wrote to."""
     devices: dict[int, str] = {}  # filesystem -> a directory on it
     device_of: dict[int, int] = {}  # write index -> filesystem
+    by_directory: dict[str, int] = {}  # a new file is on its directory's filesystem
     for i in live:
-        device_of[i] = os.fstat(fds[i]).st_dev
-        devices.setdefault(device_of[i], os.path.dirname(batch[i].tmp_path) or ".")
+        directory = os.path.dirname(batch[i].tmp_path) or "."
+        device = by_directory.get(directory)
+        if device is None:
+            device = by_directory[directory] = os.fstat(fds[i]).st_dev
+        device_of[i] = device
+        devices.setdefault(device, directory)
     log_devices = {path: os.fstat(fd).st_dev for path, fd in log_fds.items()}
     for path, device in log_devices.items():
         devices.setdefault(device, os.path.dirname(path) or ".")

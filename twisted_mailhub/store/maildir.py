@@ -169,7 +169,14 @@ def unique_name(size: int, hostname: str | None = None, now: float | None = None
     sec = int(now)
     usec = int((now - sec) * 1_000_000)
     host = _safe_hostname(hostname or socket.gethostname())
-    return f"{sec}.M{usec}P{os.getpid()}Q{next(_counter)}.{host},S={size}"
+    return f"{sec}.M{usec}P{_pid[0]}Q{next(_counter)}.{host},S={size}"
+
+
+# This process's id, asked once (and again in a child after a fork): the
+# Maildir name of every message carries it.
+_pid = [os.getpid()]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 _EMPTY: frozenset[str] = frozenset()
