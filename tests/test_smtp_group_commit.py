@@ -146,12 +146,19 @@ class _InlineReactor:
     def callInThreadWithCallback(self, on_result, function, *args, **kwargs):
         self.held.append(lambda: on_result(True, function(*args, **kwargs)))
         if not self.hold:
-            self.release()
+            held, self.held = self.held, []
+            for done in held:
+                done()
 
     def release(self):
+        self.clock.advance(0)  # batches start at the end of the reactor's turn
         held, self.held = self.held, []
         for done in held:
             done()
+
+    def turn(self):
+        """The end of the reactor's turn: batches due start (and, without hold, finish)."""
+        self.clock.advance(0)
 
     def callFromThread(self, function, *args, **kwargs):
         function(*args, **kwargs)
@@ -170,17 +177,32 @@ def test_every_write_of_a_batch_has_arrived_and_after_batch_ran_before_any_defer
             writer.after_batch(lambda: seen.append("after batch"))
             shared.append(n)
 
-    ds = [writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x", arrived=lambda n=n: arrived(n)) for n in range(3)]
-    for n, d in enumerate(ds):
-        d.addCallback(lambda path, n=n: seen.append(("fired", n, list(seen))))
-    reactor.release()  # the first batch (m0) is done; it takes the rest as the next batch
+    def write(n):
+        d = writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x", arrived=lambda: arrived(n))
+        d.addCallback(lambda path: seen.append(("fired", n, list(seen))))
+
+    write(0)
+    reactor.turn()  # the batch of m0 is on its way
+    write(1)
+    write(2)
+    reactor.release()  # m0 is done; m1 and m2, queued meanwhile, are the next batch
     reactor.release()
     assert seen[:3] == [("arrived", 0), "after batch", ("fired", 0, [("arrived", 0), "after batch"])]
     # The second batch: both arrivals before either Deferred.
-    assert [e[:2] for e in seen[3:]] == [
-        ("arrived", 1), ("arrived", 2), ("fired", 1), ("fired", 2),
-    ]
+    assert [e[:2] for e in seen[3:]] == [("arrived", 1), ("arrived", 2), ("fired", 1), ("fired", 2)]
     assert sorted(os.listdir(root / "new")) == ["m0", "m1", "m2"]
+
+
+def test_the_writes_of_one_reactor_turn_go_to_disk_as_one_batch(tmp_path):
+    root = maildir(tmp_path)
+    reactor = _InlineReactor()
+    writer = durable.GroupCommitWriter(reactor)
+    done = []
+    for n in range(5):
+        writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x").addCallback(done.append)
+    assert done == [] and writer.batches == 0  # not one alone, then four behind it
+    reactor.turn()
+    assert writer.batches == 1 and len(done) == 5
 
 
 def test_a_write_whose_arrival_bookkeeping_fails_reports_that_failure(tmp_path):
@@ -194,6 +216,7 @@ def test_a_write_whose_arrival_bookkeeping_fails_reports_that_failure(tmp_path):
     writer.write(str(root / "tmp" / "m"), str(root / "new" / "m"), b"x", arrived=broken).addErrback(failures.append)
     ok = []
     writer.write(str(root / "tmp" / "n"), str(root / "new" / "n"), b"y").addCallback(ok.append)
+    writer.reactor.turn()
     assert [f.value.args for f in failures] == [("bookkeeping",)]
     assert ok == [str(root / "new" / "n")]
 
@@ -207,7 +230,9 @@ def test_the_flush_is_chosen_once_per_choice_period_not_once_per_batch(tmp_path,
     writer = durable.GroupCommitWriter(_InlineReactor())
     for n in range(5):
         writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x")
+        writer.reactor.turn()
     assert len(asked) == 1 and writer.batches == 5
     now[0] += durable.CHOICE_SECONDS
     writer.write(str(root / "tmp" / "late"), str(root / "new" / "late"), b"x")
+    writer.reactor.turn()
     assert len(asked) == 2
