@@ -246,6 +246,9 @@ class MailhubSMTP(smtp.ESMTP):
             metrics = getattr(self.hub, "metrics", None)
             if metrics is not None:
                 metrics.smtp_refused(self.listener, code, text)
+        if not more:  # most replies: one line
+            self.reply_raw(f"{code} {text}\r\n".encode("ascii", "replace"))
+            return
         lines = (text,) + more
         out = [f"{code}-{line}\r\n" for line in lines[:-1]]
         out.append(f"{code} {lines[-1]}\r\n")
