@@ -316,7 +316,9 @@ def health(hub: Any) -> tuple[bool, list[str]]:
 
 # Readings every worker makes of one thing: the largest (or for
 # "listener up", the smallest: down in any worker is down) is the truth.
-_SAME_FOR_ALL = {"mailhub_data_free_bytes": max, "mailhub_queue_oldest_seconds": max, "mailhub_listener_up": min}
+# The queue's length too: on disk one worker holds the queue (the others
+# count 0); on PostgreSQL every worker counts the whole table.
+_SAME_FOR_ALL = {"mailhub_data_free_bytes": max, "mailhub_queue_oldest_seconds": max, "mailhub_queue_messages": max, "mailhub_listener_up": min}
 
 Exposition = "dict[str, tuple[str, str, dict[tuple, float]]]"
 

@@ -21,6 +21,12 @@ L{twisted_mailhub.cluster.schema}):
     complete; that COMMIT (C{synchronous_commit} on) comes before the
     226. An interrupted upload keeps its partial row for REST/APPE to
     resume; SIZE answers its size.
+  - SFTP may write at any offset, in any order (a client keeps many
+    WRITEs in flight and need not send them in order):
+    L{PostgresWriter.write_at}. Bytes that continue the ones gathered are
+    gathered with them; others are written where they belong
+    (C{lo_put} fills a gap with zeros until its bytes come); the file's
+    size is the end of the furthest write.
   - How it meets the reactor: as the PostgreSQL mail store, short reads
     and changes run on one connection in the reactor thread (well under a
     millisecond on loopback); the chunks of an upload are written there too
@@ -151,13 +157,25 @@ class PostgresWriter:
         self.db = shell.db
         self.part_id = part_id
         self.oid = oid
-        self.position = offset
+        self.position = offset  # where the gathered bytes go
+        self.end = offset  # the file's size: the end of the furthest write
         self.parent = parent
         self.name = name
         self.fresh = fresh
         self.written = 0
         self._held: list[bytes] = []
         self._held_bytes = 0
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        """
+        SFTP's WRITE (draft-ietf-secsh-filexfer-02 §6.4): C{data} at
+        C{offset}, whatever was written before. Raises C{OSError} when the
+        database cannot be reached.
+        """
+        if offset != self.position + self._held_bytes:
+            self._write_held()
+            self.position = offset
+        self.write(data)
 
     def write(self, data: bytes) -> None:
         self._held.append(bytes(data))
@@ -172,6 +190,7 @@ class PostgresWriter:
         data = b"".join(self._held)
         self._held, self._held_bytes = [], 0
         at = self.position
+        end = max(self.end, at + len(data))
 
         def put(conn):
             with conn.transaction():
@@ -179,13 +198,14 @@ class PostgresWriter:
                 conn.execute("SET LOCAL synchronous_commit = off")
                 for i in range(0, len(data), CHUNK):
                     conn.execute("SELECT lo_put(%s, %s, %s)", (self.oid, at + i, data[i : i + CHUNK]))
-                conn.execute("UPDATE ftp_node SET size = %s, modified = %s WHERE id = %s", (at + len(data), time.time(), self.part_id))
+                conn.execute("UPDATE ftp_node SET size = %s, modified = %s WHERE id = %s", (end, time.time(), self.part_id))
 
         try:
             self.db.run_here(put)
         except StoreError as e:
             raise OSError(f"the file database: {e}") from None
-        self.position += len(data)
+        self.position = at + len(data)
+        self.end = end
 
     def receive(self):
         return defer.succeed(ftp.FileConsumer(self))
@@ -202,7 +222,7 @@ class PostgresWriter:
             self._write_held()
         except OSError as e:
             return defer.fail(FileActionError(f"{self.name[:200]}: {e}"))
-        size = self.position
+        size = self.end
 
         def put_in_place(conn):
             with conn.transaction():

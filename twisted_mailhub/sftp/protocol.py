@@ -13,7 +13,8 @@ Theory of operation:
     malformed request gets C{SSH_FX_BAD_MESSAGE}.
   - Requests are answered strictly in order, one at a time: a request
     whose answer waits (a CLOSE waiting for fsync) holds the ones behind
-    it. That keeps pipelined WRITEs in order for backends that only append.
+    it. A WRITE at any offset goes to the writer's C{write_at} when it has
+    one (the PostgreSQL file system), else to a seek of its file (disk).
   - Back-pressure: when the client stops reading and more than
     L{SFTPServer.max_backlog} bytes of answers wait in the channel, requests
     are no longer processed, and the channel holds the client's SSH window
@@ -250,6 +251,7 @@ class WriteHandle(Handle):
         Handle.__init__(self, path, segments)
         self.writer = writer
         self.position = position
+        self.end = position  # the end of the furthest write (FSTAT's size)
         self.bytes = 0
 
     def close(self) -> defer.Deferred:
@@ -671,15 +673,21 @@ class SFTPServer(protocol.Protocol):
         data = reader.string()
         request = f"WRITE handle {key.decode()} offset {offset} len {len(data)}"
         writer = handle.writer
-        if offset != handle.position:
-            f = getattr(writer, "file", None)
-            if f is None or not hasattr(f, "seek"):
-                raise SFTPError(FX_OP_UNSUPPORTED, "this file system takes a file's bytes in order only")
-            f.seek(offset)
-        d = defer.maybeDeferred(writer.write, data)
+        write_at = getattr(writer, "write_at", None)
+        if write_at is not None:
+            # A writer that takes bytes at any offset (ftp/pgfs.py).
+            d = defer.maybeDeferred(write_at, offset, data)
+        else:
+            if offset != handle.position:
+                f = getattr(writer, "file", None)
+                if f is None or not hasattr(f, "seek"):
+                    raise SFTPError(FX_OP_UNSUPPORTED, "this file system takes a file's bytes in order only")
+                f.seek(offset)
+            d = defer.maybeDeferred(writer.write, data)
 
         def written(_):
             handle.position = offset + len(data)
+            handle.end = max(handle.end, handle.position)
             handle.bytes += len(data)
             self._status(rid, FX_OK)
             return "OK"
@@ -712,7 +720,7 @@ class SFTPServer(protocol.Protocol):
         request = f"FSTAT handle {key.decode()}"
         if isinstance(handle, WriteHandle):
             # Before close the bytes may sit in the writer's buffer.
-            facts = {"size": max(handle.position, handle.bytes), "permissions": 0o100644, "modified": time.time()}
+            facts = {"size": max(handle.end, handle.bytes), "permissions": 0o100644, "modified": time.time()}
             return self._run(request, rid, handle.path, defer.succeed(facts), self._attrs_answer(rid))
         return self._run(request, rid, handle.path, self._stat_facts(handle.segments), self._attrs_answer(rid))
 
