@@ -612,3 +612,24 @@ def test_merged_metrics_sum_counts_and_take_one_reading_of_shared_facts():
     assert samples[("mailhub_data_free_bytes", ())] == 100
     assert samples[("mailhub_listener_up", (("listener", "smtp"),))] == 0  # down in one worker is down
     assert samples[("mailhub_workers_counted", ())] == 2
+
+
+def test_a_unix_socket_listener_is_shared_by_the_workers(start_hub, tmp_path):
+    # A UNIX socket cannot join an SO_REUSEPORT group: it is bound once and
+    # every worker accepts on it (found by breaker: the start failed with
+    # "Operation not supported").
+    path = str(tmp_path / "smtp.sock")
+    hub = start_hub("--workers", "2", "--smtp", f"unix:{path}")
+    for n in range(4):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(path)
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"220 ")
+        s.sendall(b"HELO unix\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n")
+        replies = [f.readline() for _ in range(4)]
+        assert [r[:3] for r in replies] == [b"250", b"250", b"250", b"354"], replies
+        s.sendall(b"Subject: over unix %d\r\n\r\nhi\r\n.\r\nQUIT\r\n" % n)
+        assert f.readline().startswith(b"250 ")
+        s.close()
+    assert len(_imap_uids(hub.ports["imap"])) == 4

@@ -74,6 +74,10 @@ FIRST_FD = 4
 # Listeners served by worker 0 alone: the web face keeps browser sessions
 # in memory (a login must find its session on the next request).
 ONE_WORKER_LISTENERS = frozenset({"web", "webs"})
+# The address families whose listeners are bound once per worker in one
+# SO_REUSEPORT group; any other (a UNIX socket) is one socket every worker
+# accepts on.
+_INTERNET = (socket.AF_INET, socket.AF_INET6)
 WATCH_CHECK = 0.25  # seconds between worker 0's looks at whether a console is open
 _LINE_KINDS = frozenset({"C", "S"})
 STOP_GRACE = 10.0  # seconds a worker has to stop before SIGKILL
@@ -339,7 +343,9 @@ class WorkersService(service.Service):
 
         def reusable(port):
             made = original(port)
-            if reuse_port is not None:
+            # (twisted's unix.Port is a tcp.Port too: a UNIX socket has no
+            # SO_REUSEPORT group; it is bound once and shared by the workers)
+            if reuse_port is not None and port.addressFamily in _INTERNET:
                 made.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
             return made
 
@@ -351,7 +357,7 @@ class WorkersService(service.Service):
         for name, port in hub_service.bound.items():
             port.stopReading()  # the workers accept; this process never does
             self.fds[name] = [port.fileno()]
-            if reuse_port is not None and isinstance(port, tcp.Port) and name not in ONE_WORKER_LISTENERS:
+            if reuse_port is not None and getattr(port, "addressFamily", None) in _INTERNET and name not in ONE_WORKER_LISTENERS:
                 self.fds[name] += [self._same_port(port, name).fileno() for _ in range(self.count - 1)]
         run_as = getattr(self.hub, "run_as", None)
         self.hub.tls  # the certificate is made once, here, before any worker
