@@ -219,3 +219,29 @@ def test_imap_untagged_responses_written_together_are_kept_line_by_line_in_order
     bus.subscribe(lambda r, e: seen.append(e[3]), session=record.id)
     t.server_bytes(b"* 7 EXISTS\r\n* 1 RECENT\r\n")
     assert seen == ["* 7 EXISTS", "* 1 RECENT"]  # a watcher gets each line at once
+
+
+def test_a_password_is_masked_however_the_client_spaces_or_splits_the_line():
+    # Found by breaker: the hub accepts these lines (IMAP and POP3 split
+    # on any run of blanks; a user name may be an IMAP literal), and the
+    # transcript showed the password in each.
+    _, record, t = _record("imap")
+    t.client_bytes(b"a1 LOGIN {5+}\r\nalice s3cretA\r\n")
+    t.client_bytes(b"a2  LOGIN alice s3cretB\r\n")
+    t.client_bytes(b"a3 LOGIN alice\t s3cretC\r\n")
+    t.client_bytes(b"a4\tLOGIN alice s3cretD\r\n")
+    t.client_bytes(b"a5  AUTHENTICATE PLAIN czNjcmV0RQ==\r\n")
+    t.server_bytes(b"a5 NO [AUTHENTICATIONFAILED] wrong password\r\n")
+    t.client_bytes(b"a6 LOGIN {5}\r\n")
+    t.server_bytes(b"+ Ready for additional command text\r\n")
+    t.client_bytes(b"alice {7}\r\n")
+    t.server_bytes(b"+ Ready for additional command text\r\n")
+    t.client_bytes(b"s3cretF\r\n")
+    t.client_bytes(b"a7 NOOP\r\n")
+    lines = _lines(record)
+    assert not any("s3cret" in line or "czNjcmV0" in line for line in lines), lines
+    assert "C: a7 NOOP" in lines and "C: a2  LOGIN alice ****" in lines
+    _, record, t = _record("pop3")
+    t.client_bytes(b"USER alice\r\n PASS s3cretG\r\n\tpass s3cretH\r\n")
+    lines = _lines(record)
+    assert not any("s3cret" in line for line in lines), lines

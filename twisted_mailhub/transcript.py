@@ -49,10 +49,15 @@ log = Logger(namespace="mailhub.transcript")
 
 _ids = itertools.count(1)
 
-_AUTH = re.compile(rb"^(?:(\S+) )?(AUTH|AUTHENTICATE)\b", re.I)
-_AUTH_INITIAL = re.compile(rb"^((?:\S+ )?(?:AUTH|AUTHENTICATE) \S+) \S+", re.I)
-_PASS = re.compile(rb"^(PASS)\b.*", re.I)
-_LOGIN = re.compile(rb"^(\S+ LOGIN \S+) .*", re.I)
+# (Any run of blanks between words, before the first too: the protocols
+# split their lines so, and a password must be masked however typed.)
+_AUTH = re.compile(rb"^[ \t]*(?:(\S+)[ \t]+)?(AUTH|AUTHENTICATE)\b", re.I)
+_AUTH_INITIAL = re.compile(rb"^([ \t]*(?:\S+[ \t]+)?(?:AUTH|AUTHENTICATE)[ \t]+\S+)[ \t]+\S.*", re.I)
+_PASS = re.compile(rb"^([ \t]*PASS)\b.*", re.I)
+_LOGIN = re.compile(rb"^([ \t]*\S+[ \t]+(?:UID[ \t]+)?LOGIN[ \t]+\S+)[ \t].*", re.I)
+# An IMAP LOGIN whose user name is a literal: the password is on the line
+# that follows the literal.
+_LOGIN_LITERAL = re.compile(rb"^[ \t]*\S+[ \t]+LOGIN[ \t]+~?\{\d{1,20}\+?\}$", re.I)
 # An IMAP line that ends in a literal's size (RFC 3501 §4.3, LITERAL+ RFC 7888, literal8 RFC 3516).
 _IMAP_LITERAL = re.compile(rb"~?\{(\d{1,20})(\+?)\}$")
 # Control bytes other than tab are shown as \xNN, never raw.
@@ -372,6 +377,7 @@ class Transcriber:
         self._out_literal = self._out_literal_size = 0
         self._client_sync = 0
         self._client_sync_tag = b""
+        self._login_rest = False
 
     def _emit(self, who: str, line: bytes) -> None:
         if self.record is not None:
@@ -422,16 +428,26 @@ class Transcriber:
         if self._in_sasl:
             self._emit("C", b"**** (SASL response)")
             return
+        if self._login_rest:
+            # The rest of a LOGIN after its user name's literal (breaker).
+            self._login_rest = False
+            self._emit("C", b" ****" if bare.strip() else bare)
+            if self._imap:
+                self._client_literal(line)
+            return
         # The masks look for AUTH, PASS and LOGIN: a line that holds none
         # of them needs no regular expression.
         upper = bare.upper()
         if b"AUTH" in upper and _AUTH.match(bare):
             self._in_sasl = True
             bare = _AUTH_INITIAL.sub(rb"\1 ****", bare)
-        elif upper.startswith(b"PASS") and _PASS.match(bare):
+        elif b"PASS" in upper[:16] and _PASS.match(bare):
             bare = _PASS.sub(rb"\1 ****", bare)
-        elif b" LOGIN " in upper and _LOGIN.match(bare):
-            bare = _LOGIN.sub(rb"\1 ****", bare)
+        elif b"LOGIN" in upper:
+            if _LOGIN.match(bare):
+                bare = _LOGIN.sub(rb"\1 ****", bare)
+            elif self._imap and _LOGIN_LITERAL.match(bare):
+                self._login_rest = True
         if self._pop3 is not None:
             words = upper.split(None, 1)
             self._pop3.append(bool(words) and words[0] in (b"RETR", b"TOP"))
