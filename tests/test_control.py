@@ -60,3 +60,17 @@ def test_admin_says_when_no_hub_answers(tmp_path):
     result = mailhub_admin("status", "--data", str(tmp_path))
     assert result.returncode == 1
     assert "no hub answers at" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reload_that_keeps_the_old_accounts_exits_non_zero(start_hub, tmp_path):
+    # Found by breaker: a deploy script's `mailhub-admin reload` after a
+    # broken edit printed "accounts not reloaded" and exited 0.
+    data = tmp_path / "data"
+    data.mkdir()
+    accounts = data / "accounts"
+    accounts.write_text("alice@localhost:secret\n")
+    start_hub("--auth", f"file:{accounts}", users=(), data=str(data))
+    accounts.write_text("alice@localhost:secret\na line without a colon\n")
+    reload = mailhub_admin("reload", "--data", str(data))
+    assert reload.returncode == 1
+    assert "accounts not reloaded, keeping the 1 in use" in reload.stdout and "line 2" in reload.stdout

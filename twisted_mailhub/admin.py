@@ -479,7 +479,11 @@ def hub_command(command: str, argv: list[str]) -> int:
         print(f"mailhub-admin: {answer.get('error')}", file=sys.stderr)
         return 1
     if command == "reload":
-        print("\n".join(answer.get("said") or ["nothing to reload"]))
+        said = answer.get("said") or ["nothing to reload"]
+        print("\n".join(said))
+        # A reload that kept the old accounts or certificate (or a worker
+        # that did not answer) is a failure for the script that asked.
+        return 1 if any("not reloaded" in line or "did not answer" in line for line in said) else 0
     else:
         print(f"pid {answer['pid']}, up {answer['uptime']:.0f} s, {answer['accounts']} accounts, {answer['connections_open']} connections open, {answer['queue']} queued")
         for name, port in answer["listeners"].items():
