@@ -137,3 +137,35 @@ def test_mime_parameters_unfolded_and_rfc2231_joined():
     assert (kind, params) == ("attachment", [("filename*", "UTF-8''%C3%A9t.txt")])
     assert parameter_value(params, "filename") == "ét.txt"
     assert parse_parameters("attachment; filename*0=a; filename*1=b") == ("attachment", [("filename", "ab")])
+
+
+def test_a_streamed_fetch_whose_message_cannot_be_read_midway_ends_no_not_ok():
+    # Found by breaker: the literal promised is filled with blanks (its
+    # length was sent), and the command then answered OK, so the client
+    # kept a body of blanks as the message.
+    import io
+
+    from twisted_mailhub.imap.fetch import FetchCommands, parse_fetch_items
+
+    class Broken(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() >= 10:
+                raise OSError(5, "Input/output error")
+            return io.BytesIO.read(self, min(n, 10))
+
+    class Folder:
+        name = "INBOX"
+
+        def open(self, uid):
+            return Broken(b"x" * 100)
+
+    class Info:
+        flags = ()
+        size = 100
+
+    session = FetchCommands()
+    items = parse_fetch_items(b"BODY[]")
+    sent = b"".join(session._streamed(Folder(), 1, 7, Info(), items, {id(items[0])}, set(), False, None))
+    assert sent.startswith(b"* 1 FETCH (BODY[] {100}\r\n" + b"x" * 10)
+    assert len(sent) == len(b"* 1 FETCH (BODY[] {100}\r\n") + 100 + 3
+    assert session._fetch_failed.startswith(b"[SERVERBUG] ")

@@ -284,6 +284,9 @@ class ResponseStream:
 class FetchCommands:
     """FETCH and STORE, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
 
+    # The tagged NO of a FETCH some of whose messages could not be read.
+    _fetch_failed: bytes | None = None
+
     def do_FETCH(self, tag, messages, query, uid=0):
         view = self.selected
         try:
@@ -322,7 +325,7 @@ class FetchCommands:
         sets_seen = not view.readonly and any(i.sets_seen for i in items)
         pieces = self._fetch_responses(view, targets, items, sets_seen)
         self._unknown_cte = None
-        self._fetch_unavailable = None
+        self._fetch_unavailable = self._fetch_failed = None
         self._stream(pieces, lambda: self._fetch_done(tag))
 
     def _fetch_done(self, tag: bytes) -> None:
@@ -330,6 +333,9 @@ class FetchCommands:
         if unavailable is not None:
             self._fetch_unavailable = None
             self._store_unavailable(tag, b"FETCH", unavailable)
+            return
+        if self._fetch_failed is not None:
+            self.sendNegativeResponse(tag, self._fetch_failed)
             return
         if self._unknown_cte is not None:
             name = client_text(shown(self._unknown_cte, 30))
@@ -501,6 +507,8 @@ class FetchCommands:
                 return
             except (OSError, StoreError):
                 log.failure("FETCH of UID {uid} in {folder} failed", uid=uid, folder=folder.name)
+                # Never OK with a message left out (breaker).
+                self._fetch_failed = self._fetch_failed or b"[SERVERBUG] some messages could not be read; see the server log"
                 continue
             yield b"* %d FETCH (%s)\r\n" % (seq, b" ".join(fields))
 
@@ -551,8 +559,10 @@ class FetchCommands:
                         data = b""
                     if not data:
                         # Gone or shorter under us: the literal's length
-                        # was promised, so it is filled.
+                        # was promised, so it is filled, and the command
+                        # ends NO, not OK over a body of blanks (breaker).
                         data = b" " * min(STREAM_SLICE, left)
+                        self._fetch_failed = self._fetch_failed or b"[SERVERBUG] a message changed or could not be read while it was sent; fetch it again"
                     left -= len(data)
                     yield data
         yield b")\r\n"
