@@ -122,6 +122,10 @@ class Quotas:
         self.accounts = accounts
         self.clock = clock
         self._usage: dict[str, tuple[int, float]] = {}
+        # Octets of writes that passed the check and are being stored, per
+        # account: counted by the next check, so that messages arriving at
+        # once cannot all pass on the same free space (breaker).
+        self._pending: dict[str, int] = {}
         self._warned: set[str] = set()
         #: Octets of an account's files (FTP/SFTP uploads), set by
         #: L{twisted_mailhub.filequota.register_files}; None: mail only.
@@ -190,10 +194,39 @@ class Quotas:
         limit = self.limit(address)
         if limit is None:
             return
-        if self.usage(address) + incoming > limit:
+        pending = self._pending.get(address, 0)
+        if self.usage(address) + pending + incoming > limit:
             used = self.count(address)
-            if used + incoming > limit:
-                raise QuotaExceeded(address, used, limit, incoming)
+            if used + pending + incoming > limit:
+                raise QuotaExceeded(address, used + pending, limit, incoming)
+
+    def reserve(self, address: str, incoming: int, write: Any) -> defer.Deferred:
+        """
+        L{check} C{incoming} octets for C{address}, then run C{write} (a
+        Deferred or a value) with them counted as in flight until it ends,
+        and L{stored} when it succeeds.
+
+        @raise QuotaExceeded: through the Deferred, when they do not fit.
+        """
+        try:
+            self.check(address, incoming)
+        except QuotaExceeded as e:
+            return defer.fail(e)
+        self._pending[address] = self._pending.get(address, 0) + incoming
+
+        def release(result):
+            left = self._pending.get(address, 0) - incoming
+            if left > 0:
+                self._pending[address] = left
+            else:
+                self._pending.pop(address, None)
+            return result
+
+        def stored(result):
+            self.stored(address, incoming)
+            return result
+
+        return defer.maybeDeferred(write).addBoth(release).addCallback(stored)
 
     def _added(self, address: str, octets: int) -> None:
         usage = self._shared(address) if self.limit(address) is not None else None
@@ -324,17 +357,7 @@ class QuotaFolder(_Passing):
         self._store = store
 
     def _checked(self, octets: int, write) -> defer.Deferred:
-        try:
-            self._quotas.check(self._address, octets)
-        except QuotaExceeded as e:
-            return defer.fail(e)
-        d = defer.maybeDeferred(write)
-
-        def stored(result):
-            self._quotas.stored(self._address, octets)
-            return result
-
-        return d.addCallback(stored)
+        return self._quotas.reserve(self._address, octets, write)
 
     def deliver(self, message: bytes) -> defer.Deferred:
         return self._checked(len(message), lambda: self._real.deliver(message))
@@ -410,17 +433,7 @@ class QuotaStore(_Passing):
         return wrapped
 
     def deliver(self, address: str, message: bytes) -> defer.Deferred:
-        try:
-            self.quotas.check(address, len(message))
-        except QuotaExceeded as e:
-            return defer.fail(e)
-        d = defer.maybeDeferred(self._real.deliver, address, message)
-
-        def stored(result):
-            self.quotas.stored(address, len(message))
-            return result
-
-        return d.addCallback(stored)
+        return self.quotas.reserve(address, len(message), lambda: self._real.deliver(address, message))
 
 
 # The hub component: no listener; it runs before every other component so
