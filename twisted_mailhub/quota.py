@@ -375,17 +375,7 @@ class QuotaFolder(_Passing):
                 continue
         target = getattr(destination, "_real", destination)
         address = getattr(destination, "_address", self._address)
-        try:
-            self._quotas.check(address, octets)
-        except QuotaExceeded as e:
-            return defer.fail(e)
-        d = defer.maybeDeferred(self._real.copy_to, uids, target)
-
-        def stored(result):
-            self._quotas.stored(address, octets)
-            return result
-
-        return d.addCallback(stored)
+        return self._quotas.reserve(address, octets, lambda: self._real.copy_to(uids, target))
 
 
 class QuotaAccount(_Passing):
