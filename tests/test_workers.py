@@ -633,3 +633,36 @@ def test_a_unix_socket_listener_is_shared_by_the_workers(start_hub, tmp_path):
         assert f.readline().startswith(b"250 ")
         s.close()
     assert len(_imap_uids(hub.ports["imap"])) == 4
+
+
+def test_a_sighup_while_the_workers_start_does_not_end_the_start(start_hub, tmp_path):
+    # Found by breaker: a SIGHUP in the second or so between the workers'
+    # spawn and their handlers (mailhub-admin user add, a logrotate
+    # postrotate, systemd reload as the hub starts) killed them with
+    # SIGHUP's default action, and the supervisor then stopped the start.
+    hub = HubProcess(str(tmp_path / "data"), ["--workers", "2"])
+    os.makedirs(hub.data_dir)
+    errors: list[BaseException] = []
+
+    def start():
+        try:
+            hub.start()
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "worker 1 started" not in hub.log and starting.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(hub.process.pid, signal.SIGHUP)
+        starting.join(60)
+        assert not errors, errors
+        # Each worker reloads once it is ready: the SIGHUP is not lost.
+        hub.wait_for_log(r"\[worker 0\] accounts reloaded")
+        hub.wait_for_log(r"\[worker 1\] accounts reloaded")
+        assert "exited with signal" not in hub.log, hub.log[-3000:]
+        assert _imap_uids(hub.ports["imap"]) == []
+    finally:
+        hub.stop()

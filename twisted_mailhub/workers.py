@@ -244,6 +244,8 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.index = index
         self.buffers: dict[int, bytes] = {}
         self.ready = False
+        # A SIGHUP that came while it was starting, passed on once ready.
+        self.hup_pending = False
         self.started = time.monotonic()
         self.ended = defer.Deferred()
         self.pid: int | None = None
@@ -409,13 +411,15 @@ class WorkersService(service.Service):
 
         self.control = ControlService(self.hub, _control_factory(self))
         self.control.startService()
-        log.info("mailhub: starting {count} worker processes", count=self.count)
-        for index in range(self.count):
-            self.spawn(index)
+        # (before the workers start: a SIGHUP in between would end this
+        # process, SIGHUP's default)
         try:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
         except ValueError:
             self._previous_sighup = None
+        log.info("mailhub: starting {count} worker processes", count=self.count)
+        for index in range(self.count):
+            self.spawn(index)
 
     def _signalled(self) -> None:
         # In the signal handler: the workers the same signal reached
@@ -428,6 +432,12 @@ class WorkersService(service.Service):
 
     def signal_all(self, signum: int) -> None:
         for worker in list(self.workers.values()):
+            if signum == signal.SIGHUP and not worker.ready:
+                # A worker still starting has no SIGHUP handler yet: the
+                # signal would end it (and a start in progress with it).
+                # It gets the SIGHUP once it is ready (breaker).
+                worker.hup_pending = True
+                continue
             try:
                 worker.transport.signalProcess(signum)
             except Exception:  # ended meanwhile
@@ -502,6 +512,12 @@ class WorkersService(service.Service):
         elif kind == b"R":
             worker.ready = True
             worker.started = time.monotonic()
+            if worker.hup_pending:
+                worker.hup_pending = False
+                try:
+                    worker.transport.signalProcess(signal.SIGHUP)
+                except Exception:  # ended meanwhile
+                    pass
             if not self.was_ready and not self.stopping and all(w.ready for w in self.workers.values()) and len(self.workers) == self.count:
                 self.was_ready = True
                 self.hub_service._ready([True])
