@@ -79,6 +79,16 @@ def test_envelope_addresses_and_missing_fields():
     assert env.endswith(b"NIL NIL NIL NIL)")
 
 
+def test_envelope_keeps_utf8_header_octets_as_written():
+    # RFC 6532 headers (SMTPUTF8 mail): ENVELOPE gives the octets as
+    # stored (UTF8=ACCEPT sessions), never U+FFFD replacement characters.
+    raw = "From: Jürgen <j@example.org>\r\nSubject: Grüße aus Köln\r\n\r\nhallo\r\n".encode()
+    env = Part(raw).envelope()
+    assert "{17}\r\nGrüße aus Köln".encode() in env
+    assert "{7}\r\nJürgen".encode() in env
+    assert "\ufffd".encode() not in env
+
+
 def test_quote_uses_a_literal_for_8bit_and_line_breaks():
     assert quote(None) == b"NIL"
     assert quote('say "hi"') == b'"say \\"hi\\""'

@@ -116,7 +116,19 @@ class Part:
     # -- sections (RFC 3501 §6.4.5) ---------------------------------------
 
     def get(self, name: str) -> str | None:
-        return header_text(self.fields.get(name))
+        """
+        The first NAME field's value unfolded, or None. 8-bit octets (an
+        RFC 6532 UTF-8 header) come back as the parser read them
+        (surrogate-escaped), so L{quote} gives back the very octets:
+        compat32's C{get} would turn them into U+FFFD.
+        """
+        values = self.raw_all(name)
+        return header_text(values[0]) if values else None
+
+    def raw_all(self, name: str) -> list[str]:
+        """Every NAME field's value as written (str, 8-bit octets surrogate-escaped), in order."""
+        name = name.lower()
+        return [v for k, v in self.fields.raw_items() if k.lower() == name]
 
     def find(self, numbers: Iterable[int]) -> "Part":
         """
@@ -164,7 +176,7 @@ class Part:
         """ENVELOPE (RFC 3501 §7.4.2)."""
 
         def addresses(name: str) -> list:
-            values = [header_text(v) or "" for v in self.fields.get_all(name) or []]
+            values = [header_text(v) or "" for v in self.raw_all(name)]
             return parse_address_list(", ".join(values)) if values else []
 
         def structure(items: list) -> bytes:
