@@ -9,6 +9,7 @@ Also the cold first login + STAT: the server restarted, its index kept.
     python3 bench/pop3_retr.py                 # hub + stock Twisted with TCP_NODELAY
     python3 bench/pop3_retr.py --stock-nagle   # also stock Twisted as shipped (slow!)
     python3 bench/pop3_retr.py --messages 2000
+    python3 bench/pop3_retr.py --messages 10000 --stock-retrs 200   # the figures in the notes
 
 Reported per server: the rates, and its CPU time per RETR (user + system,
 its whole process tree), which moves far less than the rates when other
@@ -18,7 +19,9 @@ figure the notes compare). The client is a raw socket: one RETR, then read to th
 then the next ("sequential"); and a second pass keeping 16 RETRs in flight
 ("pipelined", RFC 2449 PIPELINING). Every reply is checked: its
 X-Bench-Id header must name the message asked for and its body must be
-right, so a fast wrong answer fails the run. (Stock Twisted needs two
+right, so a fast wrong answer fails the run. Then, in the second session,
+C{--tops} TOP commands one at a time, and C{--sessions} connections that
+each log in, RETR one message and QUIT. (Stock Twisted needs two
 fixes to run at all: its MaildirMailbox opens messages in text mode, and
 its RETR turns CRLF into CR CR LF, which the check forgives.) Also timed: the login (opening
 the maildrop), UIDL of the whole maildrop, and QUIT (which marks the
@@ -151,12 +154,12 @@ def check(n: int, first: bytes, body: bytes, stock: bool = False) -> None:
         raise SystemExit(f"RETR {n}: body differs")
 
 
-def run(port: int, messages: int, retrs: int, window: int, stock: bool = False, pid: int | None = None) -> dict[str, float]:
+def run(port: int, messages: int, retrs: int, window: int, stock: bool = False, pid: int | None = None, tops: int = 0) -> dict[str, float]:
     """
     One session: login, STAT, UIDL, C{retrs} RETRs one at a time, then
-    (C{window} > 1) again with C{window} in flight, QUIT. With C{pid}, the
-    server's CPU time per RETR (its whole process tree: Dovecot runs a
-    process per session) over both RETR passes.
+    (C{window} > 1) again with C{window} in flight, C{tops} TOPs, QUIT.
+    With C{pid}, the server's CPU time per RETR (its whole process tree:
+    Dovecot runs a process per session) over both RETR passes, and per TOP.
     """
     out: dict[str, float] = {}
     c = Client(port)
@@ -205,6 +208,18 @@ def run(port: int, messages: int, retrs: int, window: int, stock: bool = False, 
             out["cpu us/pipelined"] = (cpu_seconds(pid, True) - cpu) / retrs * 1e6
     if pid:
         out["cpu us/RETR"] = (cpu_seconds(pid, True) - start) / (retrs * (2 if window > 1 else 1)) * 1e6
+    if tops:
+        # TOP n 5 (RFC 1939 §7), one at a time: the header and 5 lines.
+        cpu = cpu_seconds(pid, True) if pid else 0.0
+        t = time.perf_counter()
+        for n in range(1, tops + 1):
+            first = c.cmd(b"TOP %d 5" % n)
+            top = c.multi()
+            if not first.startswith(b"+OK") or not top.startswith(b"X-Bench-Id: %d\r\n" % n) or top.count(b"\r\n") != 8:
+                raise SystemExit(f"TOP {n}: wrong answer {first!r} {top[:40]!r}")
+        out["TOP/s"] = tops / (time.perf_counter() - t)
+        if pid:
+            out["cpu us/TOP"] = (cpu_seconds(pid, True) - cpu) / tops * 1e6
     t = time.perf_counter()
     c.cmd(b"QUIT")
     out["quit s"] = time.perf_counter() - t
@@ -225,6 +240,29 @@ def login_stat(port: int, user: bytes, password: bytes, messages: int) -> dict[s
     c.cmd(b"QUIT")
     c.sock.close()
     return {"login+STAT s": elapsed}
+
+
+def one_message_sessions(port: int, sessions: int, pid: int | None = None) -> dict[str, float]:
+    """
+    C{sessions} connections one after another, each: banner, USER, PASS,
+    RETR of one message, QUIT (a client that collects what is new). The
+    sessions per second and, with C{pid}, the server's CPU time per session.
+    """
+    cpu = cpu_seconds(pid, True) if pid else 0.0
+    t = time.perf_counter()
+    for k in range(sessions):
+        c = Client(port)
+        c.cmd(b"USER bob")
+        if not c.cmd(b"PASS hungry").startswith(b"+OK"):
+            raise SystemExit("login failed")
+        n = k % 100 + 1
+        check(n, c.cmd(b"RETR %d" % n), c.multi())
+        c.cmd(b"QUIT")
+        c.sock.close()
+    out = {"sessions/s": sessions / (time.perf_counter() - t)}
+    if pid:
+        out["cpu us/session"] = (cpu_seconds(pid, True) - cpu) / sessions * 1e6
+    return out
 
 
 def start_stock(maildir: str, nodelay: bool):
@@ -250,6 +288,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=16, help="RETRs in flight in the pipelined pass")
     parser.add_argument("--stock-retrs", type=int, default=2000, help="RETRs for stock Twisted with TCP_NODELAY")
     parser.add_argument("--stock-nagle", action="store_true", help="also time stock Twisted without TCP_NODELAY (about 23 RETR/s: 100 RETRs)")
+    parser.add_argument("--tops", type=int, default=2000, help="TOP n 5 commands, one at a time, after the RETR passes")
+    parser.add_argument("--sessions", type=int, default=300, help="connections of login, one RETR, QUIT")
     parser.add_argument("--dir", default=None)
     parser.add_argument("--no-dovecot", action="store_true", help="do not run Dovecot beside the hub")
     args = parser.parse_args()
@@ -266,7 +306,8 @@ def main() -> None:
             show("mailhub (first login)", run(hub.ports["pop3"], args.messages, args.messages, args.window, pid=hub.pid))
             # QUIT marked every message seen (renamed into cur/): a second
             # session reads the same maildrop in its steady state.
-            show("mailhub (again)", run(hub.ports["pop3"], args.messages, args.messages, args.window, pid=hub.pid))
+            show("mailhub (again)", run(hub.ports["pop3"], args.messages, args.messages, args.window, pid=hub.pid, tops=min(args.tops, args.messages)))
+            show("mailhub (1 RETR/conn.)", one_message_sessions(hub.ports["pop3"], args.sessions, pid=hub.pid))
             for _ in range(3):
                 hub.restart()
                 show("mailhub (cold restart)", login_stat(hub.ports["pop3"], b"bob", b"hungry", args.messages))
@@ -279,7 +320,8 @@ def main() -> None:
             dovecot = Dovecot(os.path.join(work, "dovecot"), "bob", "hungry").start()
             try:
                 show("dovecot (first login)", run(dovecot.ports["pop3"], args.messages, args.messages, args.window, pid=dovecot.pid))
-                show("dovecot (again)", run(dovecot.ports["pop3"], args.messages, args.messages, args.window, pid=dovecot.pid))
+                show("dovecot (again)", run(dovecot.ports["pop3"], args.messages, args.messages, args.window, pid=dovecot.pid, tops=min(args.tops, args.messages)))
+                show("dovecot (1 RETR/conn.)", one_message_sessions(dovecot.ports["pop3"], args.sessions, pid=dovecot.pid))
                 for _ in range(3):
                     dovecot.restart()
                     show("dovecot (cold restart)", login_stat(dovecot.ports["pop3"], b"bob", b"hungry", args.messages))

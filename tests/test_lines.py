@@ -66,6 +66,22 @@ def test_crlf_and_bare_lf_lines_are_both_lines_and_the_end_is_remembered():
     assert ends == [(b"a", True), (b"b", False), (b"c", True)]
 
 
+def test_lines_one_per_packet_are_taken_as_they_are_in_one_packet():
+    lines = [b"\n", b"\r\n", b"a\r\n", b"b\n", b"c\r\r\n", b"x" * 10 + b"\r\n", b"x" * 11 + b"\n", b"y" * 11 + b"\r\n", b"\r\n"]
+    seen = []
+    for packets in ([b"".join(lines)], lines):
+        o = Owner(max_line=10).start()
+        got = []
+        o.line_received = lambda line: got.append((line, o.lines.crlf))
+        o.line_too_long = lambda: got.append(("too long", None))
+        for packet in packets:
+            o.lines.data_received(packet)
+        seen.append(got)
+    assert seen[0] == seen[1]
+    assert seen[1][:5] == [(b"", False), (b"", True), (b"a", True), (b"b", False), (b"c\r", True)]
+    assert ("too long", None) in seen[1]
+
+
 def test_a_line_split_over_many_packets_is_one_line():
     o = Owner().start()
     for byte in b"hello\r\n":

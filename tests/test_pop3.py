@@ -509,6 +509,26 @@ class MaildirRetrTests(POP3TestCase):
         self.assertEqual(scans, [message])
         self.assertTrue(os.path.exists(os.path.join(self.maildir, wireform.FILE)))
 
+    def test_top_of_a_message_stored_in_wire_form_is_its_first_lines_as_stored(self):
+        message = b"A: 1\r\nB: 2\r\n\r\nl1\r\nl2 .x\r\nl3\r\n"
+        self.drop_in("1700000000.M1P1.host,S=%d" % len(message), message)
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"top 1 2\r\n"), b"+OK top of message follows\r\nA: 1\r\nB: 2\r\n\r\nl1\r\nl2 .x\r\n.\r\n")
+        self.assertEqual(self.say(proto, t, b"top 1 0\r\n"), b"+OK top of message follows\r\nA: 1\r\nB: 2\r\n\r\n.\r\n")
+        self.assertEqual(self.say(proto, t, b"top 1 99\r\n"), b"+OK top of message follows\r\n" + message + b".\r\n")
+        self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"+OK %d octets\r\n" % len(message) + message + b".\r\n")
+
+    def test_a_session_leaves_no_descriptor_open_after_quit_or_a_dropped_connection(self):
+        self.drop_in("1700000000.M1P1.host,S=5", b"one\r\n")
+        before = sorted(os.listdir("/proc/self/fd"))
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"retr 1\r\nquit\r\n"), b"+OK 5 octets\r\none\r\n.\r\n+OK mail.test POP3 server signing off (0 messages deleted)\r\n")
+        self.assertEqual(sorted(os.listdir("/proc/self/fd")), before)
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"+OK 5 octets\r\none\r\n.\r\n")
+        proto.connectionLost(None)
+        self.assertEqual(sorted(os.listdir("/proc/self/fd")), before)
+
     def test_a_message_that_needs_stuffing_is_stuffed_every_time(self):
         self.drop_in("1700000000.M1P1.host,S=23", b"Subject: a\r\n\r\n.one\r\n.\r\n")
         expected = b"+OK 23 octets\r\nSubject: a\r\n\r\n..one\r\n..\r\n.\r\n"

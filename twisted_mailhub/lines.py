@@ -231,9 +231,12 @@ def send_now(transport: Any, data: bytes) -> None:
         if type(transport).write is not ProtocolWrapper.write:
             break  # a wrapper that changes the bytes (TLS): its own write
         transport = transport.transport
-    conn = _plain_tcp(transport)
+    conn = transport
     if (
-        conn is not None
+        # _plain_tcp, inline: this runs once per reply.
+        _BUFFERS_KNOWN
+        and isinstance(conn, tcp.Connection)
+        and not conn.TLS
         and data
         and conn.connected
         and not conn.disconnecting
@@ -261,13 +264,16 @@ def flush_now(transport: Any) -> None:
     """
     while isinstance(transport, ProtocolWrapper):
         transport = transport.transport
-    conn = _plain_tcp(transport)
+    conn = transport
     if (
-        conn is not None
+        # Nothing waiting (the common case) is found first.
+        _BUFFERS_KNOWN
+        and isinstance(conn, tcp.Connection)
+        and (conn._tempDataBuffer or conn.offset < len(conn.dataBuffer))
+        and not conn.TLS
         and conn.connected
         and not conn.disconnecting
         and not conn._writeDisconnecting
-        and (conn._tempDataBuffer or conn.offset < len(conn.dataBuffer))
     ):
         # An error is left in place: the connection stays registered for
         # writing, and the reactor's own doWrite reports it as usual.
@@ -508,6 +514,23 @@ class LineEngine:
                 return self.owner.timed_out("raw")
         elif self._line_started is not None and self.line_timeout and now - self._line_started > self.line_timeout:
             return self.owner.timed_out("line")
+        if (
+            not self._buf
+            and 0 <= data.find(b"\n") == len(data) - 1
+            and len(data) <= self.max_line + 1
+            and not (self.busy or self.writing_paused or self._in_loop or self._held or self._discarding or self._raw is not None)
+        ):
+            # The common case, one whole command line with nothing before
+            # it: handled as _run would, without its loop.
+            self._line_started = None
+            self.crlf = data[-2:-1] == b"\r"
+            self._in_loop = True
+            try:
+                self._dispatch(data[:-2] if self.crlf else data[:-1])
+            finally:
+                self._in_loop = False
+            self._after_run()
+            return
         if self._pos:
             self._buf, self._pos = self._buf[self._pos :], 0
         self._buf = self._buf + data if self._buf else data
@@ -625,6 +648,10 @@ class LineEngine:
             self._batch_more = False
             if self._pos and self._pos >= len(self._buf):
                 self._buf, self._pos = b"", 0
+        self._after_run()
+
+    def _after_run(self) -> None:
+        """What follows a batch of lines: send, read again, end."""
         if self.transport is not None and not self.closed:
             # What this batch wrote leaves now, not on the next reactor turn.
             if self._gathered:

@@ -54,6 +54,7 @@ import base64
 import binascii
 import enum
 import hashlib
+import io
 import os
 import re
 import secrets
@@ -147,12 +148,13 @@ class Maildrop:
         # sizes, keys) makes no object per message for a login.
         listing = getattr(folder, "listing", None)
         if listing is not None:
-            self.uids, self.sizes, self._keys = listing()
+            # The store's keys: UIDL, and the names of the wire-form facts.
+            self.uids, self.sizes, self.keys = listing()
         else:
             infos = folder.messages()
             self.uids = [info.uid for info in infos]
             self.sizes = [info.size for info in infos]
-            self._keys = [info.key for info in infos]
+            self.keys = [info.key for info in infos]
         self._uidls: list[str] | None = None
         # Each message's file, found the first time it is read.
         self._paths: dict[int, str] = {}
@@ -173,7 +175,7 @@ class Maildrop:
     def uidls(self) -> list[str]:
         """Each message's UIDL, made at the first UIDL (the login needs none)."""
         if self._uidls is None:
-            self._uidls = [uidl_of(key) for key in self._keys]
+            self._uidls = [uidl_of(key) for key in self.keys]
         return self._uidls
 
     def read(self, i: int) -> bytes:
@@ -182,7 +184,8 @@ class Maildrop:
         the store keeps it in a file (no file object), else from the store.
         Raises L{NoSuchMessage} or C{FileNotFoundError} when it is gone.
         """
-        self.check(i)
+        if not 0 <= i < len(self.uids):
+            raise ValueError(f"no message {i + 1}")
         size = self.sizes[i]
         path = self._paths.get(i)
         if path is None:
@@ -212,6 +215,10 @@ class Maildrop:
             os.close(fd)
         return data
 
+    def close(self) -> None:
+        """The session is over: forget the files it found."""
+        self._paths.clear()
+
     def wire_lines(self, i: int, data: bytes) -> int | None:
         """
         The line count of message C{i} whose bytes are C{data} when it is
@@ -219,7 +226,7 @@ class Maildrop:
         as it is), else L{None}; known from the folder's facts, or learned
         now and kept.
         """
-        return self.wire_forms.lines_of(self._keys[i], data)
+        return self.wire_forms.lines_of(self.keys[i], data)
 
     def check(self, index: int) -> None:
         if not 0 <= index < len(self.uids):
@@ -259,7 +266,7 @@ class Maildrop:
         one batch (never clearing it), then expunge what was deleted.
         Returns the indexes that could not be removed.
         """
-        keys = self._keys
+        keys = self.keys
         self.wire_forms.save(keys[i] for i in range(len(keys)) if i not in self.deleted)
         seen = [self.uids[i] for i in sorted(self.retrieved - self.deleted)]
         if seen:
@@ -312,6 +319,7 @@ class Maildrops:
         def logout() -> None:
             if not released:
                 released.append(True)
+                drop.close()
                 self.in_use.discard(key)
                 unlock()
 
@@ -472,6 +480,8 @@ COMMANDS: dict[State, frozenset[str]] = {
     State.UPDATE: frozenset(),
 }
 _KNOWN = frozenset().union(*COMMANDS.values())
+# TRANSACTION commands that take an argument, by their word as sent.
+_WITH_ARGUMENT = {word.encode("ascii"): "pop_" + word for word in ("RETR", "TOP", "DELE", "LIST", "UIDL")}
 
 
 
@@ -503,6 +513,7 @@ class MailhubPOP3(_pop3.POP3):
         # RFC 6856: the client sent UTF8 and takes UTF-8 headers as stored.
         self.utf8 = False
         self._user: bytes | None = None
+        self._record_message: Callable | None = None
         # Set while AUTH waits for the client's next SASL line.
         self._sasl: Callable[[bytes], Any] | None = None
         if hub is not None:
@@ -524,6 +535,8 @@ class MailhubPOP3(_pop3.POP3):
             self.connection_id = "pop3"
             hostname = "localhost"
         self.hostname = hostname
+        # The session transcript's way to record a RETR answer from its facts.
+        self._record_message = getattr(self.transport, "record_message", None)
         if self.magic is None:
             self.magic = self.generateMagic()
         clock = self.hub.reactor if self.hub is not None else _reactor()
@@ -600,7 +613,7 @@ class MailhubPOP3(_pop3.POP3):
         the message again.
         """
         data = status + b"\r\n" + message + b".\r\n"
-        record = getattr(self.transport, "record_message", None)
+        record = self._record_message
         past = record(status, lines, len(message)) if record is not None else None
         if self.lines is None:
             (past or self.transport).write(data)
@@ -693,6 +706,12 @@ class MailhubPOP3(_pop3.POP3):
         if self._sasl is not None:
             handler, self._sasl = self._sasl, None
             return handler(line)
+        if self.state is State.TRANSACTION:
+            # The common case, "RETR 12": straight to its handler.
+            word, _, rest = line.partition(b" ")
+            name = _WITH_ARGUMENT.get(word.upper())
+            if name is not None:
+                return getattr(self, name)(rest.strip())
         line = line.lstrip(b" \t")
         word = line.split(None, 1)[0] if line.strip() else b""
         # After the command word and one separator: PASS keeps the rest as
@@ -988,10 +1007,13 @@ class MailhubPOP3(_pop3.POP3):
         self.reply_err(f"[SYS/TEMP] message {i + 1} was removed by another session")
 
     def pop_RETR(self, args: bytes) -> defer.Deferred | None:
-        i = self._number("RETR", args)
-        if i is None:
-            return
         drop = self.mbox
+        # "RETR 12" of a message not deleted; anything else is answered by _number.
+        i = int(args) - 1 if args.isdigit() else -1
+        if not 0 <= i < len(drop.uids) or i in drop.deleted:
+            i = self._number("RETR", args)
+            if i is None:
+                return
         size = drop.sizes[i]
         if size <= self.one_write_limit:
             # The common case: one read, one write (the reply line, the
@@ -1001,7 +1023,7 @@ class MailhubPOP3(_pop3.POP3):
             except (NoSuchMessage, FileNotFoundError):
                 return self._gone(i)
             drop.retrieved.add(i)
-            lines = drop.wire_lines(i, data)
+            lines = drop.wire_forms.lines_of(drop.keys[i], data)
             if lines is not None:
                 # Stored as it is sent: no scan, no copy but the one write.
                 self.write_message(b"+OK %d octets" % len(data), data, lines)
@@ -1056,11 +1078,24 @@ class MailhubPOP3(_pop3.POP3):
         except ValueError:
             self.reply_err(b"TOP needs a line count of 0 or more, e.g. TOP 1 10")
             return
-        f = self._open(i)
-        if f is None:
-            return
-        with f:
-            top = top_of(f, lines)
+        drop = self.mbox
+        if drop.sizes[i] <= self.one_write_limit:
+            # One read, as RETR does.
+            try:
+                data = drop.read(i)
+            except (NoSuchMessage, FileNotFoundError):
+                return self._gone(i)
+            top = top_of(io.BytesIO(data), lines)
+            if drop.wire_lines(i, data) is not None:
+                # Stored as it is sent: so are its first lines.
+                self.write_message(b"+OK top of message follows", top, top.count(b"\n"))
+                return
+        else:
+            f = self._open(i)
+            if f is None:
+                return
+            with f:
+                top = top_of(f, lines)
         body = stuff(top if self.utf8 else downgrade(top))
         self.write(b"+OK top of message follows\r\n" + body + terminator(body[-1:]))
 

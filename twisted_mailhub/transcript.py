@@ -64,6 +64,8 @@ _IMAP_LITERAL = re.compile(rb"~?\{(\d{1,20})(\+?)\}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 Event = tuple  # (seq: int, time: float, kind: str, text: str)
+# POP3 commands whose +OK answer carries a message (RFC 1939 §7), as split.
+_MESSAGE_COMMANDS = ([b"RETR"], [b"TOP"])
 _LINE_KINDS = frozenset({"C", "S"})
 
 
@@ -163,14 +165,12 @@ class SessionRecord:
         if bus.watchers or (bus.session_watchers and self.id in bus.session_watchers):
             self.add(kind, line_text(line))
             return
-        self._seq += 1
         events = self._events
         if len(events) == events.maxlen:
             self.dropped += 1
-            if events[0][3].__class__ is not str:
-                self._raw -= 1
+        self._seq += 1
         events.append((self._seq, bus.clock(), kind, line))
-        self._raw += 1
+        self._raw += 1  # (at most, as in add_lines: only "any left?" matters)
 
     def add_lines(self, kind: str, lines: list[bytes]) -> None:
         """
@@ -378,6 +378,8 @@ class Transcriber:
         self._client_sync = 0
         self._client_sync_tag = b""
         self._login_rest = False
+        if record is not None:
+            self._emit = record.add_line  # one call less per line
 
     def _emit(self, who: str, line: bytes) -> None:
         if self.record is not None:
@@ -388,6 +390,10 @@ class Transcriber:
     # -- the client's side ----------------------------------------------------
 
     def client_bytes(self, data: bytes) -> None:
+        if 0 <= data.find(b"\n") == len(data) - 1 and not (self._client or self._in_data or self._in_literal):
+            # The common case: one whole command line.
+            self._client_line(data[:-1])
+            return
         if self._client:
             data = self._client + data
             self._client = b""
@@ -422,9 +428,7 @@ class Transcriber:
             self._client = rest
 
     def _client_line(self, line: bytes) -> None:
-        bare = line[:-1] if line[-1:] == b"\r" else line
-        if bare[-1:] == b"\r":
-            bare = bare.rstrip(b"\r")
+        bare = line.rstrip(b"\r")
         if self._in_sasl:
             self._emit("C", b"**** (SASL response)")
             return
@@ -449,8 +453,7 @@ class Transcriber:
             elif self._imap and _LOGIN_LITERAL.match(bare):
                 self._login_rest = True
         if self._pop3 is not None:
-            words = upper.split(None, 1)
-            self._pop3.append(bool(words) and words[0] in (b"RETR", b"TOP"))
+            self._pop3.append(upper.split(None, 1)[:1] in _MESSAGE_COMMANDS)
         self._emit("C", bare)
         if self._imap:
             self._client_literal(line)
@@ -534,12 +537,18 @@ class Transcriber:
         reply would not start a line, or its command was not RETR or TOP):
         then the bytes go through L{server_bytes}.
         """
-        if self._server or self._out_data is not None or not self._pop3 or not self._pop3[0]:
+        pending = self._pop3
+        if self._server or self._out_data is not None or not pending or not pending[0]:
             return False
-        self._server_line(status)
-        self._out_data = None
-        self._emit("S", b"[message: %d lines, %d octets]" % (lines, octets))
-        self._emit("S", b".")
+        # What _server_line does for a status line that starts a message.
+        pending.popleft()
+        self._in_sasl = False
+        summary = b"[message: %d lines, %d octets]" % (lines, octets)
+        if self.record is not None:
+            self.record.add_lines("S", (status, summary, b"."))
+        else:
+            for line in (status, summary, b"."):
+                self._emit("S", line)
         return True
 
     def _server_line(self, line: bytes) -> None:
@@ -741,7 +750,7 @@ class TranscriptProtocol(policies.ProtocolWrapper):
         if self._tls_pending:
             self._tls_check()
         self.transcriber.client_bytes(data)
-        policies.ProtocolWrapper.dataReceived(self, data)
+        self.wrappedProtocol.dataReceived(data)
 
     def write(self, data):
         self.transcriber.server_bytes(data)

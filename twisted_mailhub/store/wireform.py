@@ -113,7 +113,8 @@ class WireForms:
         The line count of C{data}, the message stored under C{key}, when
         it is in wire form, else L{None}: from the facts, or learned now.
         """
-        fact = self.known.get(key)
+        known = self._known
+        fact = (known if known is not None else self.known).get(key)
         if fact is not None:
             if fact >= 0:
                 if fact & _LENGTH == len(data):
