@@ -147,6 +147,15 @@ def test_a_pop3_answer_recorded_from_its_facts_reads_as_one_recorded_from_its_by
     assert _lines(from_facts)[2:5] == ["S: +OK 20 octets", "S: [message: 3 lines, 20 octets]", "S: ."]
 
 
+def test_a_pop3_listing_line_of_message_354_is_not_taken_for_smtp_data():
+    _, record, t = _record("pop3")
+    t.client_bytes(b"UIDL\r\n")
+    t.server_bytes(b"+OK unique-id listing follows\r\n353 a\r\n354 b\r\n.\r\n")
+    t.client_bytes(b"RETR 354\r\n")
+    assert t.server_message(b"+OK 20 octets", 3, 20)
+    assert _lines(record)[-5:] == ["S: .", "C: RETR 354", "S: +OK 20 octets", "S: [message: 3 lines, 20 octets]", "S: ."]
+
+
 def test_lines_nobody_watched_are_shown_as_text_with_control_bytes_visible_when_read():
     bus, record, t = _record("smtp")
     t.client_bytes(b"HELO caf\xc3\xa9\x1b[31m\r\n")

@@ -481,7 +481,7 @@ COMMANDS: dict[State, frozenset[str]] = {
 }
 _KNOWN = frozenset().union(*COMMANDS.values())
 # TRANSACTION commands that take an argument, by their word as sent.
-_WITH_ARGUMENT = {word.encode("ascii"): "pop_" + word for word in ("RETR", "TOP", "DELE", "LIST", "UIDL")}
+_WITH_ARGUMENT = {word.encode("ascii"): word for word in ("RETR", "TOP", "DELE", "LIST", "UIDL")}
 
 
 
@@ -711,7 +711,8 @@ class MailhubPOP3(_pop3.POP3):
             word, _, rest = line.partition(b" ")
             name = _WITH_ARGUMENT.get(word.upper())
             if name is not None:
-                return getattr(self, name)(rest.strip())
+                self._command_name = name
+                return getattr(self, "pop_" + name)(rest.strip())
         line = line.lstrip(b" \t")
         word = line.split(None, 1)[0] if line.strip() else b""
         # After the command word and one separator: PASS keeps the rest as

@@ -555,7 +555,9 @@ class Transcriber:
         bare = line[:-1] if line[-1:] == b"\r" else line
         if bare[-1:] == b"\r":
             bare = bare.rstrip(b"\r")
-        if bare.startswith(b"354"):
+        if bare.startswith(b"354") and self._pop3 is None and not self._imap:
+            # SMTP's go-ahead for DATA (RFC 5321 §4.2.2); in POP3 a UIDL or
+            # LIST line of message 354, in IMAP a reply to the tag "354".
             self._in_data = _MessageLines()
         if self._in_sasl and not (bare.startswith(b"334") or bare.startswith(b"+ ") or bare == b"+"):
             self._in_sasl = False
