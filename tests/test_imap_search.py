@@ -7,7 +7,7 @@ import calendar
 import pytest
 from twisted.mail.imap4 import parseNestedParens
 
-from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compile_search
+from twisted_mailhub.imap.search import BadSearch, Candidate, FieldValues, HeaderCache, compile_search
 from twisted_mailhub.store.memory import MemoryFolder
 
 MESSAGES = [
@@ -77,3 +77,21 @@ def test_recent_and_new(folder):
 def test_bad_search_keys(folder, keys):
     with pytest.raises(BadSearch):
         search(folder, keys)
+
+
+def test_header_values_are_kept_per_uid_in_any_order_and_shared_when_equal():
+    values = FieldValues()
+    for uid in (5, 9, 2, 7):
+        values.put(uid, b"sender %d" % (uid % 2))
+    assert [values.get(uid) for uid in (2, 5, 7, 9)] == [b"sender 0", b"sender 1", b"sender 1", b"sender 1"]
+    assert values.get(3) is None and values.get(10) is None
+    assert len(values) == 4
+    assert bytes(values.blob) == b"sender 1sender 0"  # each distinct value once
+
+
+def test_a_second_search_reads_no_file(folder, monkeypatch):
+    assert search(folder, b"FROM ann") == [1]
+    monkeypatch.setattr(folder, "read", lambda uid: pytest.fail("a message was read again"))
+    monkeypatch.setattr(folder, "path", lambda uid: pytest.fail("a message was read again"))
+    assert search(folder, b"FROM ann") == [1]
+    assert search(folder, b"FROM a.org") == [1]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from twisted_mailhub.store.interfaces import FLAGGED, SEEN, MessageInfo
-from twisted_mailhub.store.table import MessageTable, system_bits
+from twisted_mailhub.store.table import MessageTable, NameColumn, system_bits
 
 
 def table_of(*uids):
@@ -24,7 +24,7 @@ class MessageTableTests(unittest.TestCase):
     def test_rows_added_out_of_order_are_kept_in_uid_order(self):
         table = table_of(5, 2, 9, 7)
         self.assertEqual(list(table.uids), [2, 5, 7, 9])
-        self.assertEqual(table.names, ["m2", "m5", "m7", "m9"])
+        self.assertEqual(list(table.names), ["m2", "m5", "m7", "m9"])
         self.assertEqual(list(table.sizes), [20, 50, 70, 90])
         self.assertEqual(table.position(7), 2)
         self.assertEqual(table.position(6), -1)
@@ -50,8 +50,9 @@ class MessageTableTests(unittest.TestCase):
         table = table_of(1, 2)
         kept, old = table.info(0), table.info(1)
         table.set_keywords(1, frozenset({"$X"}))
-        self.assertIs(table.info(0), kept)
+        self.assertEqual(table.info(0), kept)
         self.assertEqual(table.info(1).flags, {"$X"})
+        self.assertEqual(table.summary(1), (frozenset({"$X"}), 20, 1700000002.0))
         self.assertEqual(old.flags, frozenset())
 
     def test_removing_few_or_many_rows_keeps_the_columns_together(self):
@@ -61,7 +62,7 @@ class MessageTableTests(unittest.TestCase):
             table.remove(gone)
             left = [uid for i, uid in enumerate(range(1, 201)) if i not in gone]
             self.assertEqual(list(table.uids), left)
-            self.assertEqual(table.names, [f"m{uid}" for uid in left])
+            self.assertEqual(list(table.names), [f"m{uid}" for uid in left])
             self.assertEqual([table.info(i).size for i in range(len(table))], [10 * uid for uid in left])
             self.assertEqual(table.by_base, {f"m{uid}": uid for uid in left})
 
@@ -75,3 +76,41 @@ class MessageTableTests(unittest.TestCase):
         self.assertEqual(table.keywords_in_use(), {"$A", "$B"})
         table.set_file(2, "cur", "m3:2,S", system_bits({SEEN}))
         self.assertEqual(table.first_unseen(), 0)
+
+
+class NameColumnTests(unittest.TestCase):
+    """The base names as one block of octets: they come back as put, whatever was done to the rows."""
+
+    def test_names_come_back_after_appends_inserts_and_deletes(self):
+        names = ["1700000000.M1P2Q3.host,S=10", "caf\u00e9", "undecodable\udcff", "b"]
+        column = NameColumn(names)
+        column.insert(1, "inserted")
+        names.insert(1, "inserted")
+        del column[0]
+        del names[0]
+        column.append("last")
+        names.append("last")
+        self.assertEqual([column[i] for i in range(len(column))], names)
+        self.assertEqual(list(column), names)
+        self.assertEqual(column.text(), "\n".join(names))
+
+    def test_an_index_text_is_split_only_when_a_name_is_asked_for(self):
+        column = NameColumn.from_text("a\nbb\nccc", 3)
+        self.assertEqual(len(column), 3)
+        self.assertEqual(column.text(), "a\nbb\nccc")
+        self.assertEqual(column[2], "ccc")
+        column.append("d")
+        self.assertEqual(list(column), ["a", "bb", "ccc", "d"])
+        self.assertRaises(ValueError, NameColumn.from_text, "a\nb", 3)
+
+    def test_removed_names_are_dropped_from_the_block_once_they_outnumber_the_rest(self):
+        column = NameColumn(f"name{i}" for i in range(100))
+        size = len(column._blob)
+        for _ in range(60):
+            del column[0]
+        self.assertEqual(list(column), [f"name{i}" for i in range(60, 100)])
+        self.assertLess(len(column._blob), size / 2)
+
+    def test_a_subset_keeps_the_rows_asked_for_in_that_order(self):
+        column = NameColumn(["a", "b", "c", "d"])
+        self.assertEqual(list(column.subset([3, 0, 2])), ["d", "a", "c"])

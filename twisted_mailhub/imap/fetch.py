@@ -220,6 +220,16 @@ def section_bytes(message: Part, item: FetchItem) -> bytes:
 
 
 
+def _summary_of(info_of):
+    """C{summary(uid)} -> (flags, size, internal date) for a store that has only C{info(uid)}."""
+
+    def summary(uid: int) -> tuple[frozenset, int, float]:
+        info = info_of(uid)
+        return info.flags, info.size, info.internal_date
+
+    return summary
+
+
 @implementer(IPushProducer)
 class ResponseStream:
     """
@@ -397,10 +407,13 @@ class FetchCommands:
                 yield b"".join(run)
             return
         if all(k in cheap for k in kinds):
-            # The fast path: the index alone (SELECT + FETCH 1:* of 100k).
+            # The fast path: the index alone (SELECT + FETCH 1:* of 100k),
+            # read from the store's columns where it has them (no
+            # MessageInfo made, none kept).
+            summary = getattr(folder, "summary", None) or _summary_of(info_of)
             for seq, uid in targets:
                 try:
-                    info = info_of(uid)
+                    flags, size, date = summary(uid)
                 except NoSuchMessage:
                     continue
                 fields = []
@@ -408,13 +421,13 @@ class FetchCommands:
                     if kind == b"UID":
                         fields.append(b"UID %d" % uid)
                     elif kind == b"FLAGS":
-                        fields.append(b"FLAGS " + flags_text(info.flags, uid in recent))
+                        fields.append(b"FLAGS " + flags_text(flags, uid in recent))
                     elif kind == b"RFC822.SIZE":
-                        fields.append(b"RFC822.SIZE %d" % info.size)
+                        fields.append(b"RFC822.SIZE %d" % size)
                     elif kind == b"MODSEQ":
                         fields.append(b"MODSEQ (%d)" % modseq(uid))
                     else:
-                        fields.append(b"INTERNALDATE " + internal_date_text(info.internal_date))
+                        fields.append(b"INTERNALDATE " + internal_date_text(date))
                 yield b"* %d FETCH (%s)\r\n" % (seq, b" ".join(fields))
             return
         # BODY[] / RFC822 of a big message, with nothing that needs its

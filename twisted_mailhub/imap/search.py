@@ -16,6 +16,7 @@ RFC 2047 encoded words in headers.
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import email.header
 import email.utils
@@ -23,6 +24,7 @@ import os
 import re
 import time
 import weakref
+from array import array
 from typing import Any, Callable
 
 from twisted.mail import imap4
@@ -80,16 +82,71 @@ def _decode_words(value: bytes) -> bytes:
     return text.encode("utf-8", "replace")
 
 
-class HeaderCache:
+class FieldValues:
     """
-    Lowered, unfolded, decoded header values per folder, field and UID.
+    One field's searchable values in one folder, by UID, packed: the UIDs
+    ascending in an C{array('I')}, each value's place in one block of
+    octets in two more, a value already in the block (the same sender on
+    thousands of messages) stored once. About 12 octets a message plus the
+    distinct values, where a dict of UID to bytes costs about 140: SEARCH
+    FROM over 100,000 messages keeps 2 MB instead of 20.
     """
 
-    _folders: "weakref.WeakKeyDictionary[Any, dict[str, dict[int, bytes]]]" = weakref.WeakKeyDictionary()
+    __slots__ = ("uids", "starts", "lengths", "blob", "_known")
+
+    def __init__(self) -> None:
+        self.uids = array("I")
+        self.starts = array("I")
+        self.lengths = array("I")
+        self.blob = bytearray()
+        self._known: dict[bytes, int] = {}  # value -> its start, for the first distinct ones
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def get(self, uid: int) -> bytes | None:
+        """The value kept for C{uid}, or None."""
+        uids = self.uids
+        i = bisect.bisect_left(uids, uid)
+        if i < len(uids) and uids[i] == uid:
+            start = self.starts[i]
+            return bytes(self.blob[start : start + self.lengths[i]])
+        return None
+
+    def put(self, uid: int, value: bytes) -> None:
+        """Keep C{value} for C{uid} (not yet kept)."""
+        start = self._known.get(value)
+        if start is None:
+            blob = self.blob
+            start = len(blob)
+            if start + len(value) >= 1 << 32:
+                return  # (4 GB of values: not kept)
+            blob += value
+            if len(self._known) < 8192:
+                self._known[value] = start
+        uids = self.uids
+        if not uids or uid > uids[-1]:
+            uids.append(uid)
+            self.starts.append(start)
+            self.lengths.append(len(value))
+        else:
+            i = bisect.bisect_left(uids, uid)
+            uids.insert(i, uid)
+            self.starts.insert(i, start)
+            self.lengths.insert(i, len(value))
+
+
+class HeaderCache:
+    """
+    Lowered, unfolded, decoded header values per folder and field
+    (L{FieldValues}, by UID).
+    """
+
+    _folders: "weakref.WeakKeyDictionary[Any, dict[str, FieldValues]]" = weakref.WeakKeyDictionary()
     limit = 200_000  # values kept per field and folder
 
     @classmethod
-    def of(cls, folder: Any) -> dict[str, dict[int, bytes]]:
+    def of(cls, folder: Any) -> dict[str, FieldValues]:
         try:
             return cls._folders.setdefault(folder, {})
         except TypeError:
@@ -147,7 +204,7 @@ class Candidate:
         """All values of field C{name}, lowered and joined; b'' if none."""
         per_field = self._cache.get(name)
         if per_field is None:
-            per_field = self._cache[name] = {}
+            per_field = self._cache[name] = FieldValues()
         value = per_field.get(self.info.uid)
         if value is None:
             pattern = _FIELD.get(name)
@@ -156,7 +213,7 @@ class Candidate:
             values = [_decode_words(_FOLD.sub(b" ", v).strip()) for v in pattern.findall(self.header())]
             value = b"\n".join(values).lower()
             if len(per_field) < HeaderCache.limit:
-                per_field[self.info.uid] = value
+                per_field.put(self.info.uid, value)
         return value
 
 
@@ -190,12 +247,14 @@ def _contains_address(name: str, needle: bytes) -> Predicate:
         raw = c.header_value(name)
         if needle in raw:
             return True
-        per_field = c._cache.setdefault(key, {})
+        per_field = c._cache.get(key)
+        if per_field is None:
+            per_field = c._cache[key] = FieldValues()
         parsed = per_field.get(c.info.uid)
         if parsed is None:
             parsed = searchable(raw.decode("utf-8", "replace").replace("\n", ", ")).encode("utf-8")
             if len(per_field) < HeaderCache.limit:
-                per_field[c.info.uid] = parsed
+                per_field.put(c.info.uid, parsed)
         return needle in parsed
 
     return match

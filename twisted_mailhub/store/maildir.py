@@ -114,6 +114,7 @@ from twisted_mailhub.store.table import (
     SUFFIXES,
     SYSTEM_MASK,
     MessageTable,
+    NameColumn,
     system_bits,
 )
 from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, fsync_directory
@@ -634,7 +635,8 @@ class MaildirFolder:
             if dead is not None and len(dead):
                 dead_bits = dead.bits.translate(CLEAR_PRESENT)
                 dead_kws = array("I", [table.keyword_id(dead.keyword_sets[k]) for k in dead.kws])
-                dead_columns = [dead.uids, dead.names, dead.sizes, dead.dates, dead_bits, dead_kws, dead.modseqs]
+                dead_columns = [dead.uids, list(dead.names), dead.sizes, dead.dates, dead_bits, dead_kws, dead.modseqs]
+                columns[1] = list(table.names)
                 columns = [a + b for a, b in zip(columns, dead_columns)]
                 # In UID order, so that a load need not sort them.
                 order = sorted(range(len(columns[0])), key=columns[0].__getitem__)
@@ -659,7 +661,7 @@ class MaildirFolder:
                     modlog_digest,
                     self.highest_modseq,
                     uids.tobytes(),
-                    "\n".join(names),
+                    names.text() if isinstance(names, NameColumn) else "\n".join(names),
                     sizes.tobytes(),
                     dates.tobytes(),
                     bytes(bits),
@@ -1142,6 +1144,14 @@ class MaildirFolder:
             found.append(table.uids[i])
             i = marks.find(1, i + 1)
         return found
+
+    def summary(self, uid: int) -> tuple[frozenset[str], int, float]:
+        """
+        (flags, size in octets, internal date) of C{uid} from the columns,
+        without a L{MessageInfo} (what FETCH 1:* of UID FLAGS RFC822.SIZE
+        INTERNALDATE needs of each message). L{NoSuchMessage} if none.
+        """
+        return self._table.summary(self._position(uid))
 
     def _file(self, uid: int) -> str:
         table = self._table

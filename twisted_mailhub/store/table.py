@@ -5,10 +5,11 @@ The messages of one Maildir folder in memory, one column per field.
 Rules:
 
  - Rows are kept in ascending UID order; a row's position is its index in
-   every column. A folder of 100,000 messages holds a few arrays and one
-   string per message (its base name) instead of several Python objects
-   per message: about 180 octets a message instead of 530, and a cold
-   load builds the columns from the index file in one read each.
+   every column. A folder of 100,000 messages holds a few arrays and its
+   base names as one block of octets (L{NameColumn}) instead of several
+   Python objects per message: about 80 octets a message instead of 530,
+   and a cold load builds the columns from the index file in one read
+   each.
  - C{bits} holds, per message, the system flags (RFC 3501 §2.3.2: the
    Maildir info letters D F R S T) and where its file is: in C{new/}
    (L{NEW}), under a name that is not the canonical one (L{ODD}, the
@@ -18,10 +19,9 @@ Rules:
    in C{keyword_sets} (0: none). A folder has a handful of such sets.
  - Flag sets (system flags and keywords together, as L{MessageInfo}
    gives them) are shared frozensets: one per (system bits, keyword set).
- - A row's L{MessageInfo} is made the first time it is asked for and
-   kept (C{infos}) until the row changes: FETCH 1:* of 100,000 messages
-   asks for every one, again and again, and making one costs more than
-   the rest of the answer's work for it.
+ - A row's L{MessageInfo} is made each time it is asked for and not kept
+   (100,000 of them are about 30 MB); what FETCH 1:* needs of every row
+   is read from the columns (L{MessageTable.summary}) without one.
 """
 
 from __future__ import annotations
@@ -64,6 +64,125 @@ def system_bits(flags: Iterable[str]) -> int:
         value |= SYSTEM_BITS.get(flag, 0)
     return value
 
+class NameColumn:
+    """
+    The base names of a table's rows as one block of octets: each name
+    (UTF-8, file-system undecodable octets kept as they are, as
+    C{os.fsencode} does) followed by a NUL (which no file name holds),
+    and where each row's name starts.
+    About 45 octets a name instead of a Python string and a list slot
+    (about 100); C{names[i]} makes the string when asked.
+
+    Names of removed rows stay in the block until they are as many as
+    the live ones, then the block is written anew. An index's
+    LF-joined names are kept as that one string until a name is first
+    asked for (a SELECT needs none).
+    """
+
+    __slots__ = ("_blob", "_starts", "_dead", "_ordered", "_text", "_count")
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self._blob = bytearray()
+        self._starts = array("Q")
+        self._dead = 0  # octets of names no row points to
+        self._ordered = True  # the block is the rows' names in row order, nothing else
+        self._text: str | None = None  # LF-joined names not yet turned into the block
+        self._count = 0
+        for name in names:
+            self.append(name)
+
+    @classmethod
+    def from_text(cls, text: str, count: int) -> "NameColumn":
+        """C{count} names joined by LF (as the index keeps them). C{ValueError} if they are not C{count}."""
+        if (text.count("\n") + 1 if text else 0) != count:
+            raise ValueError("index names do not match its rows")
+        column = cls()
+        if count:
+            column._text, column._count = text, count
+        return column
+
+    def _unpack(self) -> None:
+        text, self._text = self._text, None
+        blob = self._blob = bytearray(text.replace("\n", "\0").encode("utf-8", "surrogateescape"))
+        blob.append(0)
+        # The starts: 0, then one past each NUL (sums run in C, no loop here).
+        ends = itertools.accumulate(map((1).__add__, map(len, blob.split(b"\0")[:-1])))
+        self._starts = array("Q", itertools.chain((0,), ends))
+        self._starts.pop()
+
+    def __len__(self) -> int:
+        return self._count if self._text is not None else len(self._starts)
+
+    def __getitem__(self, i: int) -> str:
+        if self._text is not None:
+            self._unpack()
+        start = self._starts[i]
+        blob = self._blob
+        return blob[start : blob.index(0, start)].decode("utf-8", "surrogateescape")
+
+    def __iter__(self):
+        if self._text is not None:
+            return iter(self._text.split("\n"))
+        if self._ordered:
+            return iter(self._blob[:-1].decode("utf-8", "surrogateescape").split("\0") if self._starts else ())
+        return map(self.__getitem__, range(len(self._starts)))
+
+    def __repr__(self) -> str:
+        return f"NameColumn({list(self)!r})"
+
+    def text(self) -> str:
+        """The names joined by LF (as the index keeps them)."""
+        if self._text is not None:
+            return self._text
+        return "\n".join(self)
+
+    def _place(self, name: str) -> int:
+        if self._text is not None:
+            self._unpack()
+        blob = self._blob
+        start = len(blob)
+        blob += name.encode("utf-8", "surrogateescape")
+        blob.append(0)
+        return start
+
+    def append(self, name: str) -> None:
+        start = self._place(name)  # (first: it may make _starts)
+        self._starts.append(start)
+
+    def insert(self, i: int, name: str) -> None:
+        start = self._place(name)
+        self._starts.insert(i, start)
+        if i < len(self._starts) - 1:
+            self._ordered = False
+
+    def __delitem__(self, i: int) -> None:
+        if self._text is not None:
+            self._unpack()
+        starts = self._starts
+        start = starts[i]
+        self._dead += self._blob.index(0, start) + 1 - start
+        del starts[i]
+        if self._dead > len(self._blob) - self._dead:
+            self._compact()
+        else:
+            self._ordered = False
+
+    def subset(self, keep: list[int]) -> "NameColumn":
+        """A new column of the names at C{keep}, in that order."""
+        other = NameColumn()
+        if self._text is not None:
+            self._unpack()
+        blob, starts = self._blob, self._starts
+        parts = [blob[starts[i] : blob.index(0, starts[i]) + 1] for i in keep]
+        other._blob = bytearray(b"".join(parts))
+        other._starts = array("Q", itertools.accumulate(map(len, parts), initial=0))
+        other._starts.pop()
+        return other
+
+    def _compact(self) -> None:
+        fresh = self.subset(range(len(self._starts)))
+        self._blob, self._starts, self._dead, self._ordered = fresh._blob, fresh._starts, 0, True
+
 
 class MessageTable:
     """
@@ -71,9 +190,8 @@ class MessageTable:
     mod-sequence) in ascending UID order.
 
     @ivar uids: C{array('I')}, ascending.
-    @ivar names: the base names (the Maildir unique name, the message's key);
-        from an index, kept as one string until first asked for (a SELECT
-        needs none of them).
+    @ivar names: the base names (the Maildir unique name, the message's
+        key), a L{NameColumn}.
     @ivar sizes: C{array('Q')}, octets.
     @ivar dates: C{array('d')}, seconds since the epoch.
     @ivar bits: C{bytearray}: L{SYSTEM_BITS}, L{NEW}, L{ODD}, L{PRESENT}.
@@ -82,13 +200,11 @@ class MessageTable:
     @ivar odd: {UID: file name} of the rows with L{ODD}.
     @ivar by_base: {base name: UID}, made the first time it is asked for
         (a cold load that lists no directory needs none).
-    @ivar infos: None, or per row its L{MessageInfo} (None until asked for).
     """
 
     def __init__(self) -> None:
         self.uids = array("I")
-        self._names: list[str] | None = []
-        self._names_text = ""  # "\n"-joined names, while _names is None
+        self.names = NameColumn()
         self.sizes = array("Q")
         self.dates = array("d")
         self.bits = bytearray()
@@ -99,30 +215,13 @@ class MessageTable:
         self.keyword_sets: list[frozenset[str]] = [_EMPTY]
         self._keyword_ids: dict[frozenset[str], int] = {_EMPTY: 0}
         self._flag_sets: dict[int, frozenset[str]] = {}
-        self.infos: list[MessageInfo | None] | None = None
 
     def __len__(self) -> int:
         return len(self.uids)
 
-    @property
-    def names(self) -> list[str]:
-        found = self._names
-        if found is None:
-            found = self._names = self._names_text.split("\n") if self._names_text else []
-            self._names_text = ""
-        return found
-
-    @names.setter
-    def names(self, value: list[str]) -> None:
-        self._names = value
-        self._names_text = ""
-
     def set_names_text(self, text: str, count: int) -> None:
-        """The names as one "\\n"-joined string, split when first asked for. C{ValueError} if they are not C{count}."""
-        if (text.count("\n") + 1 if text else 0) != count:
-            raise ValueError("index names do not match its rows")
-        self._names = None
-        self._names_text = text
+        """The names as one "\\n"-joined string (as an index keeps them). C{ValueError} if they are not C{count}."""
+        self.names = NameColumn.from_text(text, count)
 
     @property
     def by_base(self) -> dict[str, int]:
@@ -167,21 +266,17 @@ class MessageTable:
         return self.keyword_sets[self.kws[i]]
 
     def info(self, i: int) -> MessageInfo:
-        infos = self.infos
-        if infos is None:
-            infos = self.infos = [None] * len(self.uids)
-        info = infos[i]
-        if info is None:
-            info = infos[i] = MessageInfo(self.uids[i], self.names[i], self.flags(i), self.sizes[i], self.dates[i])
-        return info
+        """Row C{i} as a new L{MessageInfo}."""
+        return MessageInfo(self.uids[i], self.names[i], self.flags(i), self.sizes[i], self.dates[i])
+
+    def summary(self, i: int) -> tuple[frozenset[str], int, float]:
+        """(flags, size in octets, internal date) of row C{i}: what FETCH 1:* asks of every row, without its name."""
+        return self.flags(i), self.sizes[i], self.dates[i]
 
     def all_infos(self) -> list[MessageInfo]:
         """Every row's L{MessageInfo}, in UID order (a new list)."""
-        infos = self.infos
-        if infos is None or None in infos:
-            info = self.info
-            return [info(i) for i in range(len(self.uids))]
-        return list(infos)
+        info = self.info
+        return [info(i) for i in range(len(self.uids))]
 
     def subdir(self, i: int) -> str:
         return "new" if self.bits[i] & NEW else "cur"
@@ -207,13 +302,9 @@ class MessageTable:
             bits |= ODD
             self.odd[uid] = filename
         self.bits[i] = bits
-        if self.infos is not None:
-            self.infos[i] = None
 
     def set_keywords(self, i: int, keywords: frozenset[str]) -> None:
         self.kws[i] = self.keyword_id(keywords)
-        if self.infos is not None:
-            self.infos[i] = None
 
     def add(self, uid: int, base: str, size: int, date: float, keywords: frozenset[str], subdir: str, filename: str, system: int, modseq: int = 1) -> int:
         """Add a row (in its UID's place); returns its position."""
@@ -227,8 +318,6 @@ class MessageTable:
             self.bits.append(0)
             self.kws.append(0)
             self.modseqs.append(modseq)
-            if self.infos is not None:
-                self.infos.append(None)
         else:
             i = bisect.bisect_left(uids, uid)
             uids.insert(i, uid)
@@ -238,8 +327,6 @@ class MessageTable:
             self.bits.insert(i, 0)
             self.kws.insert(i, 0)
             self.modseqs.insert(i, modseq)
-            if self.infos is not None:
-                self.infos.insert(i, None)
         self.kws[i] = self.keyword_id(keywords)
         self.set_file(i, subdir, filename, system)
         if self._by_base is not None:
@@ -258,8 +345,6 @@ class MessageTable:
                 self.odd.pop(self.uids[i], None)
         if len(positions) <= 64:
             columns = [self.uids, self.names, self.sizes, self.dates, self.bits, self.kws, self.modseqs]
-            if self.infos is not None:
-                columns.append(self.infos)
             for i in positions:
                 for column in columns:
                     del column[i]
@@ -272,7 +357,7 @@ class MessageTable:
         """A new table of the rows at C{keep}, in that order (keyword sets shared)."""
         other = MessageTable()
         other.uids = array("I", [self.uids[i] for i in keep])
-        other.names = [self.names[i] for i in keep]
+        other.names = self.names.subset(keep)
         other.sizes = array("Q", [self.sizes[i] for i in keep])
         other.dates = array("d", [self.dates[i] for i in keep])
         bits = self.bits
@@ -282,8 +367,6 @@ class MessageTable:
         kept = set(other.uids) if self.odd else ()
         other.odd = {uid: name for uid, name in self.odd.items() if uid in kept}
         other._by_base = None
-        if self.infos is not None:
-            other.infos = [self.infos[i] for i in keep]
         other.keyword_sets = self.keyword_sets
         other._keyword_ids = self._keyword_ids
         other._flag_sets = self._flag_sets
@@ -294,7 +377,6 @@ class MessageTable:
         other = self.subset(keep)
         self.uids, self.names, self.sizes, self.dates = other.uids, other.names, other.sizes, other.dates
         self.bits, self.kws, self.modseqs, self.odd, self._by_base = other.bits, other.kws, other.modseqs, other.odd, None
-        self.infos = other.infos
 
     def sort(self) -> None:
         """Put the rows in UID order (after rows were added out of order)."""
