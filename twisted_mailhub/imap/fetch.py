@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from zope.interface import implementer
 
+from twisted_mailhub.heap import after_walk
 from twisted_mailhub.imap import contexts
 from twisted_mailhub.imap.binary import UnknownCTE, binary_field
 from twisted_mailhub.imap.condstore import has_modseqs, modseq_value, split_modifiers, uid_set_text, vanished_earlier
@@ -336,9 +337,11 @@ class FetchCommands:
         pieces = self._fetch_responses(view, targets, items, sets_seen)
         self._unknown_cte = None
         self._fetch_unavailable = self._fetch_failed = None
-        self._stream(pieces, lambda: self._fetch_done(tag))
+        walked = len(targets)
+        self._stream(pieces, lambda: self._fetch_done(tag, walked))
 
-    def _fetch_done(self, tag: bytes) -> None:
+    def _fetch_done(self, tag: bytes, walked: int = 0) -> None:
+        after_walk(walked)  # (the response buffers of FETCH 1:* of a big folder)
         unavailable = getattr(self, "_fetch_unavailable", None)
         if unavailable is not None:
             self._fetch_unavailable = None

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from twisted.mail import imap4
 from twisted.mail.imap4 import IllegalClientResponse, MessageSet, parseIdList
 
+from twisted_mailhub.heap import after_walk
 from twisted_mailhub.imap.address import searchable
 from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.message import split_header
@@ -534,6 +535,7 @@ class SearchCommands:
                         top = max(top, candidate.modseq())
             except (NoSuchMessage, FileNotFoundError):
                 continue
+        after_walk(len(view.uids))  # (the headers read for a big folder)
         if options is None:
             modseq = b" (MODSEQ %d)" % top if top else b""
             self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in found) + modseq + b"\r\n")

@@ -82,8 +82,8 @@ def install(hub) -> None:
 
         server = options.get("dns-server")
         deadline = float(options.get("sender-check-timeout") or checks.DEADLINE)
-        checks.configure_dns(parse_host_port(server, 53) if server else None, deadline)
-        hub.filters.insert(0, checks.InboundChecks(hub, pool, bool(options.get("dmarc-reject")), deadline))
+        dns_server = parse_host_port(server, 53) if server else None
+        hub.filters.insert(0, checks.InboundChecks(hub, pool, bool(options.get("dmarc-reject")), deadline, dns_server))
     if sign:
         found = {}
         for domain in local_domains(hub):

@@ -234,11 +234,15 @@ class InboundChecks:
 
     name = "mail-auth"
 
-    def __init__(self, hub: Any, pool: Any, dmarc_reject: bool = False, deadline: float = DEADLINE):
+    def __init__(self, hub: Any, pool: Any, dmarc_reject: bool = False, deadline: float = DEADLINE, dns_server: Any = False):
         self.hub = hub
         self.pool = pool
         self.dmarc_reject = dmarc_reject
         self.deadline = deadline
+        # (host, port) or None (the system's) for L{configure_dns}, done
+        # before the first check: a hub that checks nothing never imports
+        # dnspython (about 3 MB). False: left as it is.
+        self._dns_server = dns_server
 
     def applies(self, envelope: Envelope) -> bool:
         return not envelope.authenticated and envelope.client_address not in self.hub.trusted
@@ -246,6 +250,9 @@ class InboundChecks:
     def end_of_data(self, envelope: Envelope, message: bytes) -> Any:
         if not self.applies(envelope):
             return None
+        if self._dns_server is not False:
+            configure_dns(self._dns_server, self.deadline)
+            self._dns_server = False
         authserv_id = self.hub.hostname
         message = strip_own_results(message, authserv_id)
         d = threads.deferToThreadPool(

@@ -21,10 +21,10 @@ not in the reactor.
 
 from __future__ import annotations
 
+import threading
 from email.utils import getaddresses
 from typing import Any
 
-import dkim
 from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
@@ -38,7 +38,33 @@ log = Logger()
 # -- RSA through OpenSSL ---------------------------------------------------------
 
 _OPENSSL_KEYS: dict[int, Any] = {}
-_pure_rsa_sign = dkim.crypto.RSASSA_PKCS1_v1_5_sign
+_pure_rsa_sign: Any = None  # dkimpy's own, kept when it is first imported
+_pure_parse: Any = None
+_dkim: Any = None
+_dkim_lock = threading.Lock()
+
+
+def dkimpy() -> Any:
+    """
+    The C{dkim} module, imported the first time a message is signed (a hub
+    whose domains sign nothing never holds it: with dnspython and PyNaCl,
+    about 4 MB), with its RSA step and key parse pointed at
+    L{rsa_sign} and L{parse_private_key}: dkimpy calls the names it
+    imported into its package at signing time.
+    """
+    global _dkim, _pure_rsa_sign, _pure_parse
+    if _dkim is None:
+        with _dkim_lock:
+            if _dkim is None:
+                import dkim
+                import dkim.crypto
+
+                _pure_rsa_sign = dkim.crypto.RSASSA_PKCS1_v1_5_sign
+                _pure_parse = dkim.crypto.parse_pem_private_key
+                dkim.RSASSA_PKCS1_v1_5_sign = rsa_sign
+                dkim.parse_pem_private_key = parse_private_key
+                _dkim = dkim
+    return _dkim
 
 
 def _openssl_key(private_key: dict) -> Any:
@@ -77,7 +103,6 @@ def rsa_sign(hash: Any, private_key: dict) -> bytes:
 
 
 _PARSED: dict[bytes, dict] = {}
-_pure_parse = dkim.crypto.parse_pem_private_key
 
 
 def parse_private_key(pem: bytes) -> dict:
@@ -89,10 +114,6 @@ def parse_private_key(pem: bytes) -> dict:
         parsed = _PARSED[pem] = _pure_parse(pem)
     return parsed
 
-
-# dkimpy calls the names it imported into its package at signing time.
-dkim.RSASSA_PKCS1_v1_5_sign = rsa_sign
-dkim.parse_pem_private_key = parse_private_key
 
 # RFC 6376 §5.4.1's recommended set, plus what DMARC and threads rely on.
 # A header named twice in h= and present once is "oversigned": nobody can
@@ -129,6 +150,7 @@ def sign(message: bytes, keys: list[SigningKey]) -> bytes:
 
     @raise dkim.DKIMException: the message or a key is unusable.
     """
+    dkim = dkimpy()
     fields = []
     for key in keys:
         fields.append(
@@ -175,6 +197,7 @@ class DKIMSigner:
         domain = self.signing_domain(envelope, message)
         if domain is None:
             return None
+        dkimpy()  # (imported here, in the reactor's thread, the first time)
         d = threads.deferToThreadPool(self.reactor, self.pool, sign, message, self.keys[domain])
 
         def unsigned(failure):

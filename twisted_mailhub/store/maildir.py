@@ -77,7 +77,6 @@ Rules (everything that changes the on-disk layout lives in this module):
 from __future__ import annotations
 
 import bisect
-import ctypes
 import gc
 import hashlib
 import itertools
@@ -95,6 +94,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from twisted_mailhub.heap import give_back_memory  # (after a big folder's load; tests replace it here)
 from twisted_mailhub.store.base import (
     DELIMITER,
     Listeners,
@@ -288,30 +288,6 @@ def _format_line(uid: int, base: str, size: int, date: float, keywords: Iterable
     words = [str(uid), base, str(size), str(int(date))]
     words.extend(sorted(keywords))
     return " ".join(words) + "\n"
-
-
-_libc: Any = None
-
-
-def give_back_memory() -> bool:
-    """
-    Return the C heap's free pages to the system (glibc's malloc_trim(3)):
-    the cold load of a big folder frees tens of MB of passing tables that
-    glibc would otherwise keep (100,000 messages: 11-15 MB of RSS
-    in-process, 4 MB in a hub that then SELECTs, whose own passing lists
-    come after). Costs about a millisecond. Returns False where there is
-    no glibc (nothing is done).
-    """
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc is False:
-        return False
-    _libc(0)
-    return True
 
 
 class _IndexState(NamedTuple):

@@ -30,7 +30,6 @@ from urllib.parse import quote, quote_plus
 from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.template import tags
-from twisted.web.websocket import WebSocketResource
 
 from twisted_mailhub.web.explain import FAMILY, explain
 from twisted_mailhub.web.pages import render_page
@@ -315,7 +314,20 @@ class LiveSocket(resource.Resource):
     def __init__(self, face: Any):
         resource.Resource.__init__(self)
         self.face = face
-        self.websocket = WebSocketResource(self)
+        self._websocket: Any = None
+
+    @property
+    def websocket(self) -> Any:
+        """
+        The WebSocket upgrade (L{twisted.web.websocket}), made at the first
+        watcher: a hub whose console nobody opens does not hold wsproto and
+        h11 (about 4 MB).
+        """
+        if self._websocket is None:
+            from twisted.web.websocket import WebSocketResource
+
+            self._websocket = WebSocketResource(self)
+        return self._websocket
 
     def render_GET(self, request):
         user = self.face.user(request)
