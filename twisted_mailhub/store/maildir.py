@@ -115,6 +115,7 @@ from twisted_mailhub.store.table import (
     SYSTEM_MASK,
     MessageTable,
     NameColumn,
+    Row,
     system_bits,
 )
 from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, fsync_directory
@@ -288,6 +289,9 @@ def _format_line(uid: int, base: str, size: int, date: float, keywords: Iterable
     words = [str(uid), base, str(size), str(int(date))]
     words.extend(sorted(keywords))
     return " ".join(words) + "\n"
+
+
+_new_row = tuple.__new__
 
 
 class _IndexState(NamedTuple):
@@ -1120,6 +1124,18 @@ class MaildirFolder:
             found.append(table.uids[i])
             i = marks.find(1, i + 1)
         return found
+
+    def row(self, uid: int) -> Row:
+        """
+        C{uid}'s UID, flags, size and internal date (a L{Row}: what SEARCH
+        reads of each message, without the key a L{MessageInfo} carries).
+        L{NoSuchMessage} if none.
+        """
+        table = self._table
+        i = self._position(uid)
+        # (table.row(i), written out: SEARCH asks this of every message)
+        flags = table._flag_sets.get((table.kws[i] << 5) | (table.bits[i] & SYSTEM_MASK)) or table.flags(i)
+        return _new_row(Row, (uid, flags, table.sizes[i], table.dates[i]))
 
     def summary(self, uid: int) -> tuple[frozenset[str], int, float]:
         """

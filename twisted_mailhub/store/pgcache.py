@@ -212,7 +212,7 @@ class FolderCache(MessageTable):
                 return False
             self.bits[i] = system
             self.modseqs[i] = modseq
-            self.set_keywords(i, keywords)  # forgets the row's MessageInfo
+            self.set_keywords(i, keywords)
             return True
         i = self.add(uid, key, size, date, keywords, "cur", key + SUFFIXES[system], system, modseq)
         if i == len(self.message_ids):

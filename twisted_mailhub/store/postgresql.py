@@ -925,6 +925,17 @@ class PostgresFolder:
         uid, key, flags, size, internal_date, _, _ = row
         return MessageInfo(uid=uid, key=key, flags=flag_set(flags), size=size, internal_date=internal_date)
 
+    def summary(self, uid: int) -> tuple[frozenset[str], int, float]:
+        """
+        (flags, size in octets, internal date) of C{uid}, from the cache's
+        columns when it is loaded (FETCH 1:* of UID FLAGS RFC822.SIZE
+        makes no L{MessageInfo}). L{NoSuchMessage} if none.
+        """
+        if self._table is not None:
+            return self._table.summary(self._table.row(uid))
+        info = self.info(uid)
+        return info.flags, info.size, info.internal_date
+
     def _message_id(self, uid: int) -> tuple[int, int]:
         """(message id, size) of a UID; L{NoSuchMessage} if it is gone."""
         if self._table is not None:

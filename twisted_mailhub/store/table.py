@@ -21,7 +21,9 @@ Rules:
    gives them) are shared frozensets: one per (system bits, keyword set).
  - A row's L{MessageInfo} is made each time it is asked for and not kept
    (100,000 of them are about 30 MB); what FETCH 1:* needs of every row
-   is read from the columns (L{MessageTable.summary}) without one.
+   is read from the columns (L{MessageTable.summary}) without one. A
+   table that keeps them anyway (C{infos}, filled by its owner: the
+   PostgreSQL folder cache) has the row's dropped when the row changes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import bisect
 import itertools
 import operator
 from array import array
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, MessageInfo
 
@@ -63,6 +65,19 @@ def system_bits(flags: Iterable[str]) -> int:
     for flag in flags:
         value |= SYSTEM_BITS.get(flag, 0)
     return value
+
+class Row(NamedTuple):
+    """
+    A message as SEARCH reads it: a L{MessageInfo} without its key (the
+    base name, which only a file's path needs), made in a quarter of the
+    time and kept by nobody.
+    """
+
+    uid: int
+    flags: frozenset[str]
+    size: int
+    internal_date: float
+
 
 class NameColumn:
     """
@@ -192,6 +207,8 @@ class MessageTable:
     @ivar uids: C{array('I')}, ascending.
     @ivar names: the base names (the Maildir unique name, the message's
         key), a L{NameColumn}.
+    @ivar infos: None, or per row its L{MessageInfo} or None, when the
+        table's owner keeps them (never the Maildir store).
     @ivar sizes: C{array('Q')}, octets.
     @ivar dates: C{array('d')}, seconds since the epoch.
     @ivar bits: C{bytearray}: L{SYSTEM_BITS}, L{NEW}, L{ODD}, L{PRESENT}.
@@ -215,6 +232,7 @@ class MessageTable:
         self.keyword_sets: list[frozenset[str]] = [_EMPTY]
         self._keyword_ids: dict[frozenset[str], int] = {_EMPTY: 0}
         self._flag_sets: dict[int, frozenset[str]] = {}
+        self.infos: list[MessageInfo | None] | None = None
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -266,7 +284,12 @@ class MessageTable:
         return self.keyword_sets[self.kws[i]]
 
     def info(self, i: int) -> MessageInfo:
-        """Row C{i} as a new L{MessageInfo}."""
+        """Row C{i} as a L{MessageInfo}: the kept one if C{infos} has it, else a new one (not kept)."""
+        infos = self.infos
+        if infos is not None:
+            found = infos[i]
+            if found is not None:
+                return found
         return MessageInfo(self.uids[i], self.names[i], self.flags(i), self.sizes[i], self.dates[i])
 
     def summary(self, i: int) -> tuple[frozenset[str], int, float]:
@@ -275,6 +298,9 @@ class MessageTable:
 
     def all_infos(self) -> list[MessageInfo]:
         """Every row's L{MessageInfo}, in UID order (a new list)."""
+        infos = self.infos
+        if infos is not None and None not in infos:
+            return list(infos)
         info = self.info
         return [info(i) for i in range(len(self.uids))]
 
@@ -302,9 +328,13 @@ class MessageTable:
             bits |= ODD
             self.odd[uid] = filename
         self.bits[i] = bits
+        if self.infos is not None:
+            self.infos[i] = None
 
     def set_keywords(self, i: int, keywords: frozenset[str]) -> None:
         self.kws[i] = self.keyword_id(keywords)
+        if self.infos is not None:
+            self.infos[i] = None
 
     def add(self, uid: int, base: str, size: int, date: float, keywords: frozenset[str], subdir: str, filename: str, system: int, modseq: int = 1) -> int:
         """Add a row (in its UID's place); returns its position."""
@@ -318,6 +348,8 @@ class MessageTable:
             self.bits.append(0)
             self.kws.append(0)
             self.modseqs.append(modseq)
+            if self.infos is not None:
+                self.infos.append(None)
         else:
             i = bisect.bisect_left(uids, uid)
             uids.insert(i, uid)
@@ -327,6 +359,8 @@ class MessageTable:
             self.bits.insert(i, 0)
             self.kws.insert(i, 0)
             self.modseqs.insert(i, modseq)
+            if self.infos is not None:
+                self.infos.insert(i, None)
         self.kws[i] = self.keyword_id(keywords)
         self.set_file(i, subdir, filename, system)
         if self._by_base is not None:
@@ -345,6 +379,8 @@ class MessageTable:
                 self.odd.pop(self.uids[i], None)
         if len(positions) <= 64:
             columns = [self.uids, self.names, self.sizes, self.dates, self.bits, self.kws, self.modseqs]
+            if self.infos is not None:
+                columns.append(self.infos)
             for i in positions:
                 for column in columns:
                     del column[i]
@@ -367,6 +403,8 @@ class MessageTable:
         kept = set(other.uids) if self.odd else ()
         other.odd = {uid: name for uid, name in self.odd.items() if uid in kept}
         other._by_base = None
+        if self.infos is not None:
+            other.infos = [self.infos[i] for i in keep]
         other.keyword_sets = self.keyword_sets
         other._keyword_ids = self._keyword_ids
         other._flag_sets = self._flag_sets
@@ -377,6 +415,7 @@ class MessageTable:
         other = self.subset(keep)
         self.uids, self.names, self.sizes, self.dates = other.uids, other.names, other.sizes, other.dates
         self.bits, self.kws, self.modseqs, self.odd, self._by_base = other.bits, other.kws, other.modseqs, other.odd, None
+        self.infos = other.infos
 
     def sort(self) -> None:
         """Put the rows in UID order (after rows were added out of order)."""
