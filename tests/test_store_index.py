@@ -80,6 +80,19 @@ class IndexTests(unittest.TestCase):
         self.assertEqual(len(again.messages()), 5)
 
     @defer.inlineCallbacks
+    def test_a_load_that_parsed_lines_after_the_index_keeps_no_table_of_names(self):
+        # (made to parse them; kept, 100,000 names would be about 14 MB)
+        yield self.deliver(3)
+        self.reopen()
+        self.folder = self.reopen()
+        yield self.deliver(2)
+        again = self.reopen()
+        self.assertEqual(self.parsed, 2)
+        self.assertIsNone(again._table._by_base)
+        self.assertEqual(len(again.messages()), 5)
+        self.assertEqual(again._by_base, {i.key: i.uid for i in again.messages()})  # made again when asked
+
+    @defer.inlineCallbacks
     def test_a_list_changed_in_place_is_parsed_in_full_and_wins_over_the_index(self):
         yield self.deliver(3)
         self.reopen()

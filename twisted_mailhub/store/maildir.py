@@ -477,6 +477,10 @@ class MaildirFolder:
             self._extra_lines = max(0, self._list_lines - len(self._table))
         self._write_index()
         self._rows = self._dead = None
+        # The {base name: UID} table the load may have made (lines after
+        # the index) is a passing one: 100,000 names are about 14 MB. A
+        # later look at the directories makes it again if it needs it.
+        self._table.by_base = None
 
     # -- the UID list ---------------------------------------------------
 
