@@ -391,10 +391,11 @@ class FetchCommands:
             # the responses given on in runs of a few hundred.
             with_uid = kinds[0] == b"UID"
             with_modseq = kinds[-1] == b"MODSEQ"
+            summary = getattr(folder, "summary", None) or _summary_of(info_of)  # (the columns: no MessageInfo)
             run: list[bytes] = []
             for seq, uid in targets:
                 try:
-                    flags = info_of(uid).flags
+                    flags = summary(uid)[0]
                 except NoSuchMessage:
                     continue
                 if with_modseq:
