@@ -151,3 +151,80 @@ def test_bad_notify_commands_are_refused_and_unsupported_events_named(hub):
         )
     assert r.cmd(b"z", b"NOTIFY NONE")[-1].startswith(b"z OK")
     r.close()
+
+
+def drop_into_maildir(folder_dir: str, message: bytes, name: str) -> None:
+    """What another program (procmail, a --workers peer) does: write in tmp/, rename into new/."""
+    import os
+
+    os.makedirs(os.path.join(folder_dir, "tmp"), exist_ok=True)
+    tmp = os.path.join(folder_dir, "tmp", name)
+    with open(tmp, "wb") as f:
+        f.write(message)
+    os.rename(tmp, os.path.join(folder_dir, "new", name))
+
+
+def test_a_rename_is_told_as_mailboxname_with_oldname_for_each_mailbox(hub):
+    a, b = raw_login(hub), raw_login(hub)
+    b.cmd(b"c", b"CREATE Projects/2024")
+    notify(a, b"SET (PERSONAL " + EVERYTHING + b")")
+    assert b.cmd(b"r", b"RENAME Projects Work/Projects")[-1].startswith(b"r OK")
+    told = sorted(a.line() for _ in range(3))
+    # RFC 5465 §5.4: the new name with the old one as OLDNAME (RFC 5258 §3);
+    # the parent RENAME made is a new mailbox. Nothing is told as deleted.
+    assert told == [
+        b'* LIST () "/" "Work"',
+        b'* LIST () "/" "Work/Projects" ("OLDNAME" ("Projects"))',
+        b'* LIST () "/" "Work/Projects/2024" ("OLDNAME" ("Projects/2024"))',
+    ], told
+    assert a.cmd(b"n", b"NOOP") == [b"n OK NOOP completed"]  # nothing else was waiting
+    a.close()
+    b.close()
+
+
+def test_a_rename_in_the_maildir_by_another_program_is_told_with_oldname(hub):
+    import os
+
+    a, b = raw_login(hub), raw_login(hub)
+    b.cmd(b"c", b"CREATE Old")
+    b.close()
+    notify(a, b"SET (PERSONAL (MailboxName))")
+    root = hub.maildir("alice@localhost")
+    os.rename(os.path.join(root, ".Old"), os.path.join(root, ".New"))
+    assert a.line() == b'* LIST () "/" "New" ("OLDNAME" ("Old"))'
+    a.close()
+
+
+def test_a_message_dropped_into_the_maildir_is_told_without_a_command(hub):
+    a = raw_login(hub)
+    raw_append(a, b"Archive", MESSAGE)
+    notify(a, b"SET (PERSONAL (MessageNew MessageExpunge))")
+    drop_into_maildir(hub.maildir("alice@localhost") + "/.Archive", MESSAGE, "1700000000.outside.host")
+    assert a.line() == b'* STATUS "Archive" (MESSAGES 2 UIDNEXT 3 UNSEEN 2)'
+    a.close()
+
+
+def test_idle_hears_a_message_dropped_into_the_selected_maildir(hub):
+    a = raw_login(hub)
+    a.cmd(b"s", b"SELECT INBOX")
+    a.send(b"i IDLE\r\n")
+    assert a.line().startswith(b"+ ")
+    drop_into_maildir(hub.maildir("alice@localhost"), MESSAGE, "1700000001.outside.host")
+    assert a.line() == b"* 1 EXISTS"
+    a.send(b"DONE\r\n")
+    assert a.until_tag(b"i")[-1].startswith(b"i OK")
+    a.close()
+
+
+def test_idle_on_a_mailbox_renamed_by_another_program_says_bye(hub):
+    import os
+
+    a = raw_login(hub)
+    a.cmd(b"c", b"CREATE Doomed")
+    a.cmd(b"s", b"SELECT Doomed")
+    a.send(b"i IDLE\r\n")
+    assert a.line().startswith(b"+ ")
+    root = hub.maildir("alice@localhost")
+    os.rename(os.path.join(root, ".Doomed"), os.path.join(root, ".Saved"))
+    assert a.line().startswith(b"* BYE [UNAVAILABLE] selected mailbox Doomed was deleted or renamed")
+    a.close()

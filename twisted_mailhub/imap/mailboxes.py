@@ -31,6 +31,7 @@ from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.listing import SPECIAL_USE  # noqa: F401 (imap/__init__ makes them)
 from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_name, mailbox_name, opt_nested_list, shown, wire_name
 from twisted_mailhub.store.base import DELIMITER, normalize_folder_name
+from twisted_mailhub.store.watch import ChangeSignal, account_paths, folder_paths
 from twisted_mailhub.store.interfaces import (
     DELETED,
     INBOX,
@@ -43,6 +44,11 @@ from twisted_mailhub.store.interfaces import (
 )
 
 log = Logger()
+
+
+def _folder_entry(name: bytes) -> bool:
+    """Is this entry of a Maildir++ account's directory a folder (C{.Name})?"""
+    return name.startswith(b".")
 
 # STATUS items (RFC 3501 §6.3.10; SIZE RFC 8438, DELETED RFC 9051, HIGHESTMODSEQ RFC 7162)
 STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"SIZE", b"DELETED", b"HIGHESTMODSEQ")
@@ -134,6 +140,8 @@ class MailboxCommands:
                 lines.extend(self.qresync_lines(view, qresync))
         self.write_lines(lines)
         self.selected = view
+        if self.notifier is not None:
+            self.notifier.selection_changed()
         self.state = "select"
         self.sendPositiveResponse(tag, (b"[READ-ONLY] " if readonly else b"[READ-WRITE] ") + command + b" completed")
 
@@ -166,6 +174,18 @@ class MailboxCommands:
             self.selected = None
             if self.state == "select":
                 self.state = "auth"
+            if self.notifier is not None:
+                self.notifier.selection_changed()
+
+    def idle_signal(self, interval: float) -> ChangeSignal:
+        """
+        While IDLE: what tells of changes to the selected folder made
+        outside this process, at once (inotify on its C{new/} and C{cur/},
+        and on the account's directory for a rename or delete of it), or
+        by a look every C{interval} seconds where the store has no such
+        signal (L{twisted_mailhub.store.watch}).
+        """
+        return ChangeSignal(self.hub.reactor, folder_paths(self.selected.folder), self._idle_check, interval, more=(account_paths(self._store()), _folder_entry))
 
     def do_UNSELECT(self, tag):
         self._unselect()

@@ -32,15 +32,22 @@ Rules:
    (MESSAGES n UIDNEXT n UNSEEN n)}, flag changes as C{(UNSEEN n)}, with
    HIGHESTMODSEQ for a CONDSTORE session (what Dovecot sends). STATUS in
    SET first sends that for each such mailbox (UIDVALIDITY too).
- - MailboxName: C{* LIST () "/" name} for a new mailbox and C{* LIST
-   (\\NonExistent) "/" name} for a deleted one (a rename is both).
-   SubscriptionChange: C{* LIST (\\Subscribed) "/" name} or C{* LIST () "/"
-   name}.
+ - MailboxName: C{* LIST () "/" name} for a new mailbox, C{* LIST
+   (\\NonExistent) "/" name} for a deleted one and C{* LIST () "/" new
+   ("OLDNAME" (old))} for a renamed one, each inferior included (RFC 5465
+   §5.4): a name that left the list and one that joined it with the same
+   identity (the store's C{folder_identity}: a Maildir folder's directory
+   inode) are one rename, whoever made it. SubscriptionChange: C{* LIST
+   (\\Subscribed) "/" name} or C{* LIST () "/" name}.
  - Where the notices come from: the store's folder listeners
    (L{IFolder.add_listener}) for messages, at once for changes made in
-   this process; a look every L{POLL} seconds at the mailbox list, the
-   subscriptions and each watched folder (C{refresh}, two stat calls) for
-   the rest (other processes, the web face, mail dropped into a Maildir).
+   this process; for the rest (other C{--workers} processes, the web
+   face, mail dropped into a Maildir, a folder renamed with C{mv}) the
+   store's change signal (L{twisted_mailhub.store.watch}: inotify on the
+   account's directory and each watched folder's C{new/} and C{cur/}),
+   and where it has none (PostgreSQL, memory, not Linux) a look every
+   L{POLL} seconds at the mailbox list, the subscriptions and each
+   watched folder (C{refresh}, two stat calls).
  - Notices are written when no command is running; otherwise they wait
    for the next place untagged responses may go (before a tagged reply).
 """
@@ -49,7 +56,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import task
 from twisted.logger import Logger
 from twisted.mail import imap4
 
@@ -57,6 +63,7 @@ from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.wire import client_text, mailbox_name, shown, wire_name
 from twisted_mailhub.store.base import DELIMITER
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchFolder, StoreError
+from twisted_mailhub.store.watch import ChangeSignal, account_paths, folder_paths
 
 log = Logger()
 
@@ -66,7 +73,13 @@ _KNOWN = {name.upper(): name for name in SUPPORTED + ("AnnotationChange", "Mailb
 _MESSAGE_EVENTS = {"MessageNew", "MessageExpunge", "FlagChange", "AnnotationChange"}
 _SELECTED = (b"SELECTED", b"SELECTED-DELAYED")
 _FILTERS = _SELECTED + (b"INBOXES", b"PERSONAL", b"SUBSCRIBED", b"SUBTREE", b"MAILBOXES")
-POLL = 0.5  # seconds between looks at what the listeners cannot see
+POLL = 0.5  # seconds between looks at what the listeners cannot see, where nothing signals a change
+SUBSCRIPTIONS = b"subscriptions"  # the Maildir++ account's subscriptions file (store/maildir.py)
+
+
+def _account_entry(name: bytes) -> bool:
+    """Does a change of this entry of the account's directory change the mailbox list or the subscriptions?"""
+    return name.startswith(b".") or name.startswith(SUBSCRIPTIONS)
 
 
 class NotifyError(Exception):
@@ -226,12 +239,17 @@ class Notifier:
         self.folders = set(self._list_folders())
         self.subscriptions = set(self._list_subscriptions())
         self.watched: dict[str, tuple[Any, Any]] = {}
+        self.identities = self._identities(self.folders)
         self.lines: list[bytes] = []  # LIST notices, in order
         self.status: dict[str, set[bytes]] = {}  # mailbox -> STATUS items to send
+        self.reactor = session.hub.reactor
+        self.signals: dict[str, ChangeSignal] = {}  # watched folder -> its change signal
+        self.selected_signal: ChangeSignal | None = None
         self._watch(initial=True)
-        self.poller = task.LoopingCall(self.poll)
-        self.poller.clock = session.hub.reactor
-        self.poller.start(POLL, now=False)
+        # The mailbox list and the subscriptions: the account's directory
+        # (inotify), else a look every POLL seconds at everything.
+        self.poller = ChangeSignal(self.reactor, account_paths(self.account), self.poll, POLL, names=_account_entry)
+        self.selection_changed()
 
     # -- what is watched ------------------------------------------------------------
 
@@ -240,6 +258,18 @@ class Notifier:
             return list(self.account.folders())
         except (StoreError, OSError):
             return list(getattr(self, "folders", ()))
+
+    def _identities(self, names) -> dict[str, Any]:
+        """What each folder keeps across a RENAME (the store's C{folder_identity}), where the store can say."""
+        identity = getattr(self.account, "folder_identity", None)
+        if identity is None:
+            return {}
+        found = {}
+        for name in names:
+            value = identity(name)
+            if value is not None:
+                found[name] = value
+        return found
 
     def _list_subscriptions(self) -> list[str]:
         try:
@@ -269,6 +299,9 @@ class Notifier:
             if name not in wanted:
                 folder, listener = self.watched.pop(name)
                 folder.remove_listener(listener)
+                signal = self.signals.pop(name, None)
+                if signal is not None:
+                    signal.stop()
         for name in wanted - set(self.watched):
             try:
                 folder = self.account.folder(name)
@@ -280,6 +313,13 @@ class Notifier:
 
             folder.add_listener(listener)
             self.watched[name] = (folder, listener)
+            paths = folder_paths(folder)
+            if paths:
+                # Changes from outside this process: the folder's own
+                # directories tell (inotify); refresh() then reaches the
+                # listener. Folders with no directories are looked at by
+                # poll().
+                self.signals[name] = ChangeSignal(self.reactor, paths, lambda folder=folder: self._refresh(folder), POLL)
             if not initial and "MessageNew" in self.message_events(name) and not self._is_selected(name):
                 try:
                     if folder.messages():
@@ -287,9 +327,44 @@ class Notifier:
                 except (StoreError, OSError):
                     pass
 
+    def _refresh(self, folder: Any) -> None:
+        try:
+            folder.refresh()  # what changed arrives through the listener
+        except (StoreError, OSError, NoSuchFolder):
+            pass  # the mailbox list tells (poll)
+
+    def selection_changed(self) -> None:
+        """
+        SELECT, EXAMINE, UNSELECT or CLOSE happened: under a SELECTED
+        filter the selected mailbox's outside changes are told at once,
+        so its directories are watched (or looked at every POLL seconds).
+        """
+        if self.selected_signal is not None:
+            self.selected_signal.stop()
+            self.selected_signal = None
+        view = self.session.selected
+        if self.selected_group is None or view is None:
+            return
+        self.selected_signal = ChangeSignal(self.reactor, folder_paths(view.folder), self._selected_changed, POLL)
+
+    def _selected_changed(self) -> None:
+        session = self.session
+        if session.selected is None:
+            return
+        try:
+            session.selected.poll()
+        except NoSuchFolder:
+            return  # told at the next command
+        session.notices_arrived()
+
     def close(self) -> None:
-        if self.poller.running:
-            self.poller.stop()
+        self.poller.stop()
+        if self.selected_signal is not None:
+            self.selected_signal.stop()
+            self.selected_signal = None
+        for signal in self.signals.values():
+            signal.stop()
+        self.signals.clear()
         for folder, listener in self.watched.values():
             folder.remove_listener(listener)
         self.watched.clear()
@@ -337,12 +412,7 @@ class Notifier:
     def _poll(self) -> None:
         folders = set(self._list_folders())
         if folders != self.folders:
-            for name in sorted(folders - self.folders):
-                if "MailboxName" in self.message_events(name):
-                    self.lines.append(b"* LIST () " + _delimiter() + b" " + wire_name(name) + b"\r\n")
-            for name in sorted(self.folders - folders):
-                if "MailboxName" in self.message_events(name):
-                    self.lines.append(b"* LIST (\\NonExistent) " + _delimiter() + b" " + wire_name(name) + b"\r\n")
+            self._mailbox_names(self.folders, folders)
             self.folders = folders
         subscriptions = set(self._list_subscriptions())
         if subscriptions != self.subscriptions:
@@ -357,17 +427,42 @@ class Notifier:
                     self.lines.append(b"* LIST " + attributes + b" " + _delimiter() + b" " + wire_name(name) + b"\r\n")
         self._watch()
         for name, (folder, _) in list(self.watched.items()):
-            try:
-                folder.refresh()  # changes from outside arrive through the listener
-            except (StoreError, OSError, NoSuchFolder):
-                continue
+            if name not in self.signals:
+                self._refresh(folder)  # no directories to watch: look
         session = self.session
-        if self.selected_group is not None and session.selected is not None:
+        if self.selected_group is not None and session.selected is not None and (self.selected_signal is None or self.selected_signal.polling):
             try:
                 session.selected.poll()
             except NoSuchFolder:
                 pass  # told at the next command
         session.notices_arrived()
+
+    def _mailbox_names(self, before: set[str], after: set[str]) -> None:
+        """
+        MailboxName (RFC 5465 §5.4) for what changed in the mailbox list: a
+        mailbox that left one name and appeared under another with the same
+        identity (L{_identities}) was renamed, C{* LIST () "/" new
+        ("OLDNAME" (old))}; the rest were created or deleted.
+        """
+        born = sorted(after - before)
+        gone = sorted(before - after)
+        new_identities = self._identities(born)
+        by_identity = {self.identities[name]: name for name in gone if name in self.identities}
+        renamed_from = set()
+        for name in born:
+            old = by_identity.get(new_identities.get(name))
+            if old is not None:
+                renamed_from.add(old)
+                if "MailboxName" in self.message_events(name) or "MailboxName" in self.message_events(old):
+                    self.lines.append(b"* LIST () " + _delimiter() + b" " + wire_name(name) + b' ("OLDNAME" (' + wire_name(old) + b"))\r\n")
+            elif "MailboxName" in self.message_events(name):
+                self.lines.append(b"* LIST () " + _delimiter() + b" " + wire_name(name) + b"\r\n")
+        for name in gone:
+            if name not in renamed_from and "MailboxName" in self.message_events(name):
+                self.lines.append(b"* LIST (\\NonExistent) " + _delimiter() + b" " + wire_name(name) + b"\r\n")
+        for name in gone:
+            self.identities.pop(name, None)
+        self.identities.update(new_identities)
 
     def take(self) -> list[bytes]:
         """The notices to write now (LIST lines, then one STATUS per mailbox)."""

@@ -57,7 +57,7 @@ import re
 from typing import Any, Iterator
 
 from twisted.cred.credentials import CramMD5Credentials
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.protocols import basic
@@ -628,9 +628,7 @@ class IMAPServer(
         self.sendContinuationRequest(b"idling: send DONE to end")
         self.changes_arrived()
         if self.selected is not None:
-            self._idle_poll = task.LoopingCall(self._idle_check)
-            self._idle_poll.clock = self.hub.reactor
-            self._idle_poll.start(IDLE_POLL, now=False)
+            self._idle_poll = self.idle_signal(IDLE_POLL)  # imap/mailboxes.py: inotify, else a poll
 
     auth_IDLE = select_IDLE = (do_IDLE,)
 

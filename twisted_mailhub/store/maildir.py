@@ -1918,6 +1918,17 @@ class MaildirAccount:
             if not os.path.isdir(self._folder_path(parent)):
                 self.folder_create_plain(parent)
 
+    def folder_identity(self, name: str) -> int | None:
+        """
+        What stays when a folder is renamed and differs from any other
+        folder's (its directory's inode), so NOTIFY can tell a RENAME
+        from a DELETE and a CREATE (RFC 5465 §5.4); None when it is gone.
+        """
+        try:
+            return os.stat(self._folder_path(normalize_folder_name(name))).st_ino
+        except (OSError, StoreError):
+            return None
+
     def _subscriptions_path(self) -> str:
         return os.path.join(self.path, SUBSCRIPTIONS)
 

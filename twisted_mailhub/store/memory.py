@@ -222,6 +222,11 @@ class MemoryAccount:
             # an empty INBOX behind.
             self._folders[INBOX] = self._new_folder(INBOX)
 
+    def folder_identity(self, name: str) -> int | None:
+        """The folder object's identity: it moves with a RENAME (see L{MaildirAccount.folder_identity}); None when gone."""
+        folder = self._folders.get(name)
+        return None if folder is None else id(folder)
+
     def subscriptions(self) -> list[str]:
         return sorted(self._subscriptions)
 
