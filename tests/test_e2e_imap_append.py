@@ -194,3 +194,39 @@ def test_smtp_data_with_no_content_is_stored_with_its_trace_header_not_empty(hub
     size = int(re.search(rb"RFC822.SIZE (\d+)", fetched[0]).group(1))
     assert size > 0 and b"Received: " in b"\r\n".join(fetched)
     r.close()
+
+
+# -- a MULTIAPPEND that fails midway is never seen (RFC 3502 §3) ------------------------
+
+from tests.test_e2e_disk_full import Filler, small_disk  # noqa: E402,F401 (the fixture)
+
+
+def test_multiappend_failing_midway_on_a_full_disk_is_never_seen_by_another_session(small_disk, start_hub):
+    import os
+
+    hub = start_hub(data=small_disk)
+    watcher, writer = raw_login(hub), raw_login(hub)
+    watcher.cmd(b"s", b"SELECT INBOX")
+    watcher.send(b"i IDLE\r\n")
+    assert watcher.line().startswith(b"+ ")
+    filler = Filler(small_disk)
+    filler.fill()
+    filler.leave(300_000)
+    small, big = message(1, 20_000), message(2, 600_000)
+    # the first and last fit in what is left, the second does not
+    writer.send(b"m APPEND INBOX {%d+}\r\n%s {%d+}\r\n%s {%d+}\r\n%s\r\n" % (len(small), small, len(big), big, len(small), small))
+    reply = writer.until_tag(b"m")[-1]
+    assert reply.startswith(b"m NO [OVERQUOTA]") and b"nothing appended" in reply, reply
+    watcher.send(b"DONE\r\n")
+    seen = watcher.until_tag(b"i")
+    assert seen == [b"i OK IDLE terminated"], seen  # no EXISTS, no EXPUNGE, ever
+    os.unlink(filler.path)
+    assert count(writer) == 0
+    maildir = hub.maildir("alice@localhost")
+    assert os.listdir(os.path.join(maildir, "cur")) == [] and os.listdir(os.path.join(maildir, "tmp")) == []
+    # with room again the same set goes in whole
+    writer.send(b"m2 APPEND INBOX {%d+}\r\n%s {%d+}\r\n%s\r\n" % (len(small), small, len(small), small))
+    assert re.match(rb"m2 OK \[APPENDUID \d+ \d+:\d+\]", writer.until_tag(b"m2")[-1])
+    assert count(writer) == 2
+    watcher.close()
+    writer.close()

@@ -16,10 +16,14 @@ Rules:
 
  - All or nothing (RFC 3502 §3): every message is parsed, and every
    CATENATE URL resolved, before any is stored; then all are written
-   together (one group commit) and the tagged OK comes only once every
-   one is durable. If one cannot be stored, those already stored are
-   expunged again and the reply is NO. Another session may see them
-   for that moment (the store has no transactions across messages).
+   together and the tagged OK comes only once every one is durable.
+   On a Maildir the set is one group of the group commit
+   (C{MaildirFolder.append_many}): no message is renamed into C{cur/},
+   indexed or told to a listener unless all were written and flushed,
+   so another session (of this process or another) never sees a part
+   of a set that failed. Elsewhere (memory, PostgreSQL), and if a
+   rename itself fails, those already stored are expunged again and the
+   reply is NO.
  - Quotas: the sum of the messages is checked against the account's
    quota before anything is written, so a MULTIAPPEND that would not fit
    stores nothing (C{NO [OVERQUOTA]}).
@@ -192,8 +196,12 @@ class AppendCommands:
         # Replies stay in command order: the next command is read once
         # these messages are on disk.
         self._hold_input()
-        writes = [defer.maybeDeferred(folder.append, data, message.flags, message.date) for data, message in zip(datas, messages)]
-        d = defer.DeferredList(writes, consumeErrors=True)
+        if len(datas) > 1 and hasattr(folder, "append_many"):
+            # Written as one group: visible to others all at once or not at all.
+            d = defer.maybeDeferred(folder.append_many, [(data, message.flags, message.date) for data, message in zip(datas, messages)])
+        else:
+            writes = [defer.maybeDeferred(folder.append, data, message.flags, message.date) for data, message in zip(datas, messages)]
+            d = defer.DeferredList(writes, consumeErrors=True)
         d.addCallback(self._appended, tag, folder)
         d.addErrback(lambda reason: (log.failure("APPEND failed", reason), self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed")))
         d.addBoth(lambda _: self._release_input())

@@ -87,6 +87,7 @@ class PendingWrite:
     # its own rename there, so its next look needs no listing).
     rename: Callable[[str, str], None] | None = None
     arrived: Callable[[], Any] | None = None
+    group: Any = None  # writes renamed into place all together or not at all (write_group)
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -303,6 +304,7 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
                     outcome[i] = e
         # 2. flush
         _flush(batch, outcome, fds, logs, log_fds, flush)
+        _fail_groups(batch, outcome)
         # 3. rename into place
         directories: dict[str, list[int]] = {}
         for i, item in enumerate(batch):
@@ -332,6 +334,15 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
         for fd in log_fds.values():
             _close(fd)
     return outcome
+
+
+def _fail_groups(batch: list[PendingWrite], outcome: list[BaseException | None]) -> None:
+    """Before the renames: every write of a group one of whose writes failed fails with that error (L{GroupCommitWriter.write_group})."""
+    failed = {id(item.group): error for item, error in zip(batch, outcome) if error is not None and item.group is not None}
+    if failed:
+        for i, item in enumerate(batch):
+            if outcome[i] is None and item.group is not None and id(item.group) in failed:
+                outcome[i] = failed[id(item.group)]
 
 
 def _flush(batch, outcome, fds, logs, log_fds, flush: str = "files") -> None:
@@ -481,6 +492,25 @@ class GroupCommitWriter:
         while self._queue and self._running < self._limit():
             self._next_batch()
 
+    def write_group(self, writes: list[tuple]) -> list[defer.Deferred]:
+        """
+        L{write} for several files (C{(tmp_path, final_path, data, record[,
+        rename[, arrived]])} each) that become visible together: they go to disk in one batch
+        and none is renamed into place unless every one was written and
+        flushed; otherwise each fails with the first error (MULTIAPPEND,
+        RFC 3502 §3). One Deferred per write, in order.
+        """
+        group = object()
+        items = [
+            PendingWrite(w[0], w[1], w[2], record=w[3], rename=w[4] if len(w) > 4 else None, arrived=w[5] if len(w) > 5 else None, group=group)
+            for w in writes
+        ]
+        self._queue.extend(items)
+        if self._running < self._limit() and not self._starting:
+            self._starting = True
+            self.reactor.callLater(0, self._start_batches)
+        return [item.deferred for item in items]
+
     def _limit(self) -> int:
         # syncfs flushes everything at once: one batch at a time is enough.
         return 1 if self._flush == "syncfs" else self.in_flight
@@ -494,6 +524,8 @@ class GroupCommitWriter:
             self._flush, self._flush_chosen = choose_flush(), now
         # Share what is queued among the batches that may start now.
         size = max(1, min(self.max_batch, -(-len(self._queue) // max(1, self._limit() - self._running))))
+        while size < len(self._queue) and self._queue[size].group is not None and self._queue[size].group is self._queue[size - 1].group:
+            size += 1  # a group stays in one batch (write_group)
         batch, self._queue = self._queue[:size], self._queue[size:]
         self._running += 1
         self.batches += 1

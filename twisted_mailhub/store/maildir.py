@@ -1251,6 +1251,13 @@ class MaildirFolder:
         return failure
 
     def append(self, message: bytes, flags: Iterable[str] = (), internal_date: float | None = None):
+        entry, write = self._append_write(message, flags, internal_date)
+        d = self.writer.write(*write[:4], rename=write[4], arrived=write[5])
+        d.addCallbacks(lambda _: entry.info.uid, self._not_stored, errbackArgs=(entry,))
+        return d
+
+    def _append_write(self, message: bytes, flags: Iterable[str], internal_date: float | None) -> tuple[_Entry, tuple]:
+        """A message's UID reserved, and its write for the group commit (tmp path, cur/ path, writer, UID line, rename, arrived)."""
         system, keywords = split_flags(flags)
         date = time.time() if internal_date is None else internal_date
         base = unique_name(len(message), self.hostname, now=date if internal_date is not None else None)
@@ -1263,13 +1270,26 @@ class MaildirFolder:
                 view = view[os.write(fd, view) :]
             os.utime(fd, (date, date))
 
-        d = self.writer.write(
+        return entry, (
             os.path.join(self.directory, "tmp", base), os.path.join(self.directory, "cur", filename), write, self._record(entry),
-            rename=None if self._shared else self._place,
-            arrived=lambda: self._arrived(None, entry),
+            None if self._shared else self._place,
+            lambda: self._arrived(None, entry),  # with its batch, before any Deferred fires
         )
-        d.addCallbacks(lambda _: entry.info.uid, self._not_stored, errbackArgs=(entry,))
-        return d
+
+    def append_many(self, messages: list[tuple[bytes, Iterable[str], float | None]]) -> defer.Deferred:
+        """
+        MULTIAPPEND (RFC 3502 §3): C{messages} as (octets, flags, internal
+        date or None), written as one group
+        (L{GroupCommitWriter.write_group}): none reaches C{cur/}, the index
+        or a listener unless all are durable, so another session never
+        sees a part of a set that failed. Fires with one C{(True, uid)} or
+        C{(False, Failure)} per message, as L{defer.DeferredList} does.
+        """
+        prepared = [self._append_write(message, flags, date) for message, flags, date in messages]
+        deferreds = self.writer.write_group([write for _, write in prepared])
+        for d, (entry, _) in zip(deferreds, prepared):
+            d.addCallbacks(lambda _, entry=entry: entry.info.uid, self._not_stored, errbackArgs=(entry,))
+        return defer.DeferredList(deferreds, consumeErrors=True)
 
     def _place(self, tmp: str, final: str) -> None:
         """
