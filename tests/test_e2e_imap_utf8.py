@@ -114,3 +114,52 @@ def test_append_utf8_data_item_needs_enable(hub):
 def test_an_ascii_message_is_not_changed_by_the_downgrade():
     plain = b"From: a@b.example\r\nSubject: hi\r\n\r\nbody \xe9\r\n"
     assert downgrade(plain) is plain
+
+
+FORWARD = (
+    b"From: a@localhost\r\nSubject: fwd\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n"
+    b"--XX\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nsee below \xc3\xa4\r\n"
+    b"--XX\r\nContent-Type: message/rfc822\r\n\r\n" + "From: Jöran <j@exämple.test>\r\nSubject: Grüße\r\n\r\nInnen\r\n".encode("utf-8")
+    + b"--XX\r\nContent-Type: message/global\r\n\r\n" + "Subject: Übersicht\r\n\r\nglobal\r\n".encode("utf-8")
+    + b"--XX\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"r\xc3\xa9sum\xc3\xa9.pdf\"\r\n\r\nPDF\r\n--XX--\r\n"
+)
+
+
+def headers_of(message: bytes) -> list[bytes]:
+    """Every header block of a message: the top one and each MIME part's (what the downgrade must leave ASCII)."""
+    from twisted_mailhub.imap.message import Part
+
+    out, todo = [], [Part(message)]
+    while todo:
+        part = todo.pop()
+        out.append(part.header)
+        todo += part.children + ([part.message] if part.message else [])
+    return out
+
+
+def test_legacy_session_gets_nested_headers_downgraded_and_rfc822_size_of_what_it_gets(hub):
+    writer = raw_login(hub)
+    writer.cmd(b"e", b"ENABLE UTF8=ACCEPT")
+    writer.send(b"a APPEND INBOX UTF8 (~{%d+}\r\n%s)\r\n" % (len(FORWARD), FORWARD))
+    assert writer.until_tag(b"a")[-1].startswith(b"a OK")
+    deliver(hub)  # and one by SMTPUTF8
+    legacy = raw_login(hub)
+    legacy.cmd(b"s", b"EXAMINE INBOX")
+    for n in (1, 2):
+        whole, lines = fetch_literal(legacy, b"f%d" % n, b"FETCH %d (RFC822.SIZE BODY.PEEK[])" % n)
+        size = int(re.search(rb"RFC822.SIZE (\d+)", lines[0]).group(1))
+        assert size == len(whole), (n, size, len(whole))
+        assert all(header.isascii() for header in headers_of(whole)), whole
+        # the cheap path (only index columns) says the same
+        assert b"RFC822.SIZE %d" % size in legacy.cmd(b"c%d" % n, b"FETCH %d RFC822.SIZE" % n)[0]
+    whole, _ = fetch_literal(legacy, b"g", b"FETCH 1 BODY.PEEK[]")
+    assert b"Subject: =?utf-8?b?" in whole and b"filename*=utf-8''r%C3%A9sum%C3%A9.pdf" in whole
+    assert b"see below \xc3\xa4" in whole  # bodies are never touched
+    structure = legacy.cmd(b"b", b"FETCH 1 BODYSTRUCTURE")[0]
+    assert b'("FILENAME*" "utf-8\'\'r%C3%A9sum%C3%A9.pdf")' in structure.upper() or b"R%C3%A9SUM%C3%A9.PDF" in structure.upper(), structure
+    # a UTF8=ACCEPT session gets the message as stored, and its stored size
+    writer.cmd(b"s", b"EXAMINE INBOX")
+    whole, lines = fetch_literal(writer, b"h", b"FETCH 1 (RFC822.SIZE BODY.PEEK[])")
+    assert whole == FORWARD and b"RFC822.SIZE %d" % len(FORWARD) in lines[0]
+    legacy.close()
+    writer.close()

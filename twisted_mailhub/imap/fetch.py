@@ -37,6 +37,7 @@ from twisted_mailhub.imap import contexts
 from twisted_mailhub.imap.binary import UnknownCTE, binary_field
 from twisted_mailhub.imap.condstore import has_modseqs, modseq_value, split_modifiers, uid_set_text, vanished_earlier
 from twisted_mailhub.imap.message import Part
+from twisted_mailhub.imap.utf8 import shown_sizes
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import client_text, flags_text, shown, internal_date_text, literal
 from twisted_mailhub.store.interfaces import SEEN, NoSuchMessage, StoreError, StoreUnavailable
@@ -410,6 +411,8 @@ class FetchCommands:
             if run:
                 yield b"".join(run)
             return
+        # imap/utf8.py: UID -> size as downgraded, for a session without UTF8=ACCEPT (usually empty)
+        ascii_sizes = shown_sizes(folder) if not self.utf8_accept and b"RFC822.SIZE" in kinds else None
         if all(k in cheap for k in kinds):
             # The fast path: the index alone (SELECT + FETCH 1:* of 100k),
             # read from the store's columns where it has them (no
@@ -427,7 +430,7 @@ class FetchCommands:
                     elif kind == b"FLAGS":
                         fields.append(b"FLAGS " + flags_text(flags, uid in recent))
                     elif kind == b"RFC822.SIZE":
-                        fields.append(b"RFC822.SIZE %d" % size)
+                        fields.append(b"RFC822.SIZE %d" % (ascii_sizes.get(uid, size) if ascii_sizes else size))
                     elif kind == b"MODSEQ":
                         fields.append(b"MODSEQ (%d)" % modseq(uid))
                     else:
@@ -440,6 +443,8 @@ class FetchCommands:
         streamable = bool(whole) and all(i.kind in cheap or id(i) in whole for i in items)
         token = _folder_token(folder) if any(k in _STRUCTURE_KINDS for k in kinds) else None
         utf8 = self.utf8_accept
+        if streamable and ascii_sizes is None and not self.utf8_accept:
+            ascii_sizes = shown_sizes(folder)  # those are downgraded whole, not streamed
         for seq, uid in targets:
             try:
                 info = info_of(uid)
@@ -450,7 +455,7 @@ class FetchCommands:
                     folder.set_flags([uid], [SEEN], "add", origin=self)
                     info = info_of(uid)
                     flags_changed = True
-                if streamable and info.size >= STREAM_OVER:
+                if streamable and info.size >= STREAM_OVER and not (ascii_sizes and uid in ascii_sizes):
                     yield from self._streamed(folder, seq, uid, info, items, whole, recent, flags_changed, modseq)
                     continue
                 fields = []
@@ -461,7 +466,7 @@ class FetchCommands:
                     elif kind == b"FLAGS":
                         fields.append(b"FLAGS " + flags_text(info.flags, uid in recent))
                     elif kind == b"RFC822.SIZE":
-                        fields.append(b"RFC822.SIZE %d" % info.size)
+                        fields.append(b"RFC822.SIZE %d" % (ascii_sizes.get(uid, info.size) if ascii_sizes else info.size))
                     elif kind == b"INTERNALDATE":
                         fields.append(b"INTERNALDATE " + internal_date_text(info.internal_date))
                     elif kind == b"MODSEQ":

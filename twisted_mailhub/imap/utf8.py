@@ -21,18 +21,33 @@ Rules:
    C{Downgraded-Name:} with its value encoded. ENVELOPE, BODY[HEADER...],
    RFC822.HEADER and BODY[] are all built from that view, so no quoted
    string or header ever carries raw 8-bit to such a client.
- - Limits: the header of the top-level message is downgraded, not the
-   headers of MIME parts; RFC822.SIZE stays the stored size (the index
-   answers it without reading the message), so for such a message it
-   differs from the length of the downgraded BODY[].
+ - Every header is downgraded: the message's, each MIME part's and
+   each encapsulated message's (message/rfc822 and message/global),
+   at any depth up to L{MAX_DEPTH}; in Content-Type and
+   Content-Disposition a UTF-8 parameter value becomes an RFC 2231 one
+   (C{filename*=utf-8''%..}) rather than a renamed field, so the part
+   keeps its type and name. Bodies are never touched.
+ - RFC822.SIZE is the length of what the session gets: a message the
+   downgrade changes is stored (Maildir) with that length in its name
+   (C{,D=n} beside C{S=n}, L{shown_size_field}), so FETCH 1:* RFC822.SIZE
+   still reads no message; L{shown_sizes} keeps them per folder. Such a
+   message is never streamed raw to a session without UTF8=ACCEPT.
+ - Limits: a file another program put into the Maildir has no C{D=}:
+   its RFC822.SIZE is the stored size; the PostgreSQL and memory stores
+   have no names either.
 """
 
 from __future__ import annotations
 
 import email.header
 import email.utils
+import re
+import urllib.parse
+import weakref
+from typing import Any
 
-from twisted_mailhub.imap.message import split_header
+from twisted_mailhub.imap.message import parameter_value, parse_parameters, split_header
+from twisted_mailhub.store.interfaces import StoreError
 
 ADDRESS_FIELDS = {b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc", b"resent-from", b"resent-sender", b"resent-to", b"resent-cc", b"resent-bcc", b"return-path", b"delivered-to"}
 UNSTRUCTURED_FIELDS = {b"subject", b"comments", b"keywords", b"content-description", b"thread-topic"}
@@ -88,16 +103,30 @@ def _fields(header: bytes) -> list[bytes]:
     return fields
 
 
-def downgrade(raw: bytes) -> bytes:
-    """
-    The message as a session without UTF8=ACCEPT sees it: C{raw} itself
-    when its header is ASCII, else with the header downgraded (see the
-    module's rules).
-    """
-    end = raw.find(b"\r\n\r\n")
-    if (raw if end < 0 else raw[:end]).isascii():
-        return raw  # the usual case: one scan of the header, no copy of the message
-    header, body = split_header(raw)
+MIME_FIELDS = {b"content-type", b"content-disposition"}
+MAX_DEPTH = 32  # MIME nesting followed (a message of nested parts past it is left as it is deeper down)
+
+
+def _parameter(name: str, value: str) -> str:
+    """One MIME parameter in ASCII: quoted, or RFC 2231 C{name*=utf-8''%..} for a UTF-8 value (RFC 6857 §3.2)."""
+    if name.endswith("*"):
+        return name + "=" + value  # already RFC 2231, as sent (ASCII)
+    if value.isascii():
+        return name + '="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return name + "*=utf-8''" + urllib.parse.quote(value, safe="")
+
+
+def _downgrade_mime(text: str) -> bytes:
+    """A Content-Type or Content-Disposition value with UTF-8 parameters as RFC 2231 ones."""
+    head, params = parse_parameters(text)
+    out = [head.encode("ascii", "replace").replace(b"?", b"")] + [_parameter(name, value).encode("ascii") for name, value in params]
+    return b"; ".join(out)
+
+
+def downgrade_header(header: bytes) -> bytes:
+    """One header block (the empty line that ends it included) in ASCII (RFC 6857 §3; see the module's rules)."""
+    if header.isascii():
+        return header
     out = []
     for field in _fields(header):
         if field.isascii() or field.strip() == b"":
@@ -112,11 +141,149 @@ def downgrade(raw: bytes) -> bytes:
             new = downgrade_addresses(text)
         elif key in UNSTRUCTURED_FIELDS:
             new = encoded_words(text, len(name) + 2)
+        elif key in MIME_FIELDS:
+            new = _downgrade_mime(text)
         else:
             name = b"Downgraded-" + name.strip()
             new = encoded_words(text, len(name) + 2)
         out.append(name + b": " + new + b"\r\n")
-    return b"".join(out) + body
+    return b"".join(out)
+
+
+def _content_type(header: bytes) -> tuple[str, bytes | None]:
+    """(type/subtype in lower case or "", multipart boundary) of one header block."""
+    for field in _fields(header):
+        name, colon, value = field.partition(b":")
+        if colon and name.strip().lower() == b"content-type":
+            ctype, params = parse_parameters(b" ".join(value.split()).decode("utf-8", "replace"))
+            boundary = parameter_value(params, "boundary")
+            return ctype.lower(), boundary.encode("utf-8", "surrogateescape") if boundary else None
+    return "", None
+
+
+def _downgrade_entity(raw: bytes, default_type: str, depth: int) -> bytes:
+    """One MIME entity with its header and every nested header downgraded; all other octets kept (C{raw} itself when nothing changes)."""
+    if raw.isascii():
+        return raw
+    header, body = split_header(raw)
+    new_header = downgrade_header(header)
+    new_body = body
+    if depth < MAX_DEPTH and not body.isascii():
+        ctype, boundary = _content_type(header)
+        ctype = ctype or default_type
+        if ctype.startswith("multipart/") and boundary:
+            new_body = _downgrade_parts(body, boundary, "message/rfc822" if ctype == "multipart/digest" else "text/plain", depth)
+        elif ctype in ("message/rfc822", "message/global"):
+            new_body = _downgrade_entity(body, "text/plain", depth + 1)  # the encapsulated message's header too
+    if new_header is header and new_body is body:
+        return raw
+    return new_header + new_body
+
+
+def _downgrade_parts(body: bytes, boundary: bytes, child_default: str, depth: int) -> bytes:
+    """A multipart body with each part downgraded (L{_downgrade_entity}); preamble, delimiters and epilogue kept; C{body} itself when no part changes."""
+    delimiter = re.compile(rb"(?:\A|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|\Z)")
+    pieces: list[bytes] = []
+    changed = False
+    start = None  # where the current part begins
+    done = 0  # what is in pieces already
+    for m in delimiter.finditer(body):
+        if start is not None:
+            part = body[start : m.start()]
+            new = _downgrade_entity(part, child_default, depth + 1)
+            changed = changed or new is not part
+            pieces += [body[done:start], new]
+            done = m.start()
+        start = None if m.group(1) else m.end()
+        if start is None:
+            break
+    if start is not None:  # no closing delimiter: the rest is the last part
+        part = body[start:]
+        new = _downgrade_entity(part, child_default, depth + 1)
+        changed = changed or new is not part
+        pieces += [body[done:start], new]
+        done = len(body)
+    if not changed:
+        return body
+    pieces.append(body[done:])
+    return b"".join(pieces)
+
+
+def downgrade(raw: bytes) -> bytes:
+    """
+    The message as a session without UTF8=ACCEPT sees it: C{raw} itself
+    when it is all ASCII or only its bodies hold 8-bit octets, else with
+    every header that holds them downgraded, the top-level one and those
+    of MIME parts and encapsulated messages (see the module's rules).
+    """
+    if raw.isascii():
+        return raw  # the usual case: one scan, no copy of the message
+    return _downgrade_entity(raw, "text/plain", 0)
+
+
+def needs_downgrade(raw: bytes) -> bool:
+    """Would L{downgrade} change these octets?"""
+    return not raw.isascii() and downgrade(raw) != raw
+
+
+SHOWN_SIZE_FIELD = ",D="  # in a Maildir base name: the size as downgraded (store/maildir.py)
+_shown: "weakref.WeakKeyDictionary[Any, tuple[int, dict[int, int]]]" = weakref.WeakKeyDictionary()
+
+
+def shown_size_field(message: bytes) -> str:
+    """
+    C{",D=<octets>"} for a message L{downgrade} changes (its size as a
+    session without UTF8=ACCEPT sees it, kept in its Maildir name as
+    C{S=} keeps the stored size), else C{""}. One scan for ASCII mail.
+    """
+    if message.isascii():
+        return ""
+    shown = downgrade(message)
+    return "" if shown == message else SHOWN_SIZE_FIELD + str(len(shown))
+
+
+def _size_in_name(key: str) -> int | None:
+    i = key.find(SHOWN_SIZE_FIELD)
+    if i < 0:
+        return None
+    digits = key[i + len(SHOWN_SIZE_FIELD) :].split(",", 1)[0].split(":", 1)[0]
+    return int(digits) if digits.isdigit() else None
+
+
+def shown_sizes(folder: Any) -> dict[int, int]:
+    """
+    UID -> size as a session without UTF8=ACCEPT sees the message, for the
+    messages of C{folder} whose name carries it (L{shown_size_field});
+    usually empty. Kept per folder and brought up to date from the UIDs
+    given since the last look (a message's name never gains the field
+    later), so a FETCH pays a dictionary look-up only when there is one.
+    """
+    listing = getattr(folder, "listing", None)
+    uid_next = getattr(folder, "uid_next", None)
+    if listing is None or uid_next is None:
+        return {}
+    known = _shown.get(folder)
+    if known is not None and known[0] == uid_next:
+        return known[1]
+    if known is not None and uid_next - known[0] <= 1000:
+        sizes = known[1]
+        for uid in range(known[0], uid_next):
+            try:
+                size = _size_in_name(folder.info(uid).key)
+            except (StoreError, OSError):
+                continue
+            if size is not None:
+                sizes[uid] = size
+    else:
+        uids, _, keys = listing()
+        sizes = {}
+        for uid, key in zip(uids, keys):
+            if SHOWN_SIZE_FIELD in key:
+                size = _size_in_name(key)
+                if size is not None:
+                    sizes[uid] = size
+    _shown[folder] = (uid_next, sizes)
+    return sizes
 
 
 class Utf8Session:

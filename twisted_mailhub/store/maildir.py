@@ -181,6 +181,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
+def _shown_size_field(message: bytes) -> str:
+    """
+    C{",D=<octets>"} for a message whose headers a client without
+    UTF8=ACCEPT sees downgraded (RFC 6857): that size, beside C{S=}, so
+    RFC822.SIZE needs no read (imap/utf8.py); C{""} for ASCII mail (one
+    scan).
+    """
+    if message.isascii():
+        return ""
+    from twisted_mailhub.imap.utf8 import shown_size_field  # 8-bit mail only
+
+    return shown_size_field(message)
+
+
 _EMPTY: frozenset[str] = frozenset()
 _flag_sets: dict[str, frozenset[str]] = {}
 
@@ -1197,7 +1211,7 @@ class MaildirFolder:
         message and its UID are durable. Fails with L{InsufficientStorage}
         when the disk is full, and then nothing was stored.
         """
-        base = unique_name(len(message), self.hostname)
+        base = unique_name(len(message), self.hostname) + _shown_size_field(message)
         entry = self._reserve(base, "new", base, len(message), time.time(), _EMPTY)
         directory = self.directory
         d = self.writer.write(
@@ -1260,7 +1274,7 @@ class MaildirFolder:
         """A message's UID reserved, and its write for the group commit (tmp path, cur/ path, writer, UID line, rename, arrived)."""
         system, keywords = split_flags(flags)
         date = time.time() if internal_date is None else internal_date
-        base = unique_name(len(message), self.hostname, now=date if internal_date is not None else None)
+        base = unique_name(len(message), self.hostname, now=date if internal_date is not None else None) + _shown_size_field(message)
         filename = base + info_suffix(system)
         entry = self._reserve(base, "cur", filename, len(message), date, keywords)
 
