@@ -176,3 +176,81 @@ def test_fetch_partial_modifier_takes_a_window_of_the_set(hub):
     assert [line.split()[1] for line in lines[:-1]] == [b"2", b"3"], lines
     assert r.cmd(b"c", b"FETCH 1:* (UID) (PARTIAL 0:2)")[-1].startswith(b"c BAD ")
     r.close()
+
+
+# -- CONTEXT=SORT (RFC 5267 §4): a client applying the updates keeps the sorted list ----
+
+
+def expand(text: bytes) -> list[int]:
+    """An ESORT ALL set in result order: C{5:3,7} is 5 4 3 7 (RFC 5267 §3.2)."""
+    out = []
+    for piece in text.split(b","):
+        a, _, b = piece.partition(b":")
+        first, last = int(a), int(b or a)
+        out += list(range(first, last + 1)) if first <= last else list(range(first, last - 1, -1))
+    return out
+
+
+def apply_update(model: list[int], line: bytes) -> None:
+    """What a CONTEXT=SORT client does with one ESEARCH update (RFC 5267 §4.3)."""
+    removed = re.search(rb"REMOVEFROM \((\d+) ([\d:,]+)\)", line)
+    if removed:
+        gone = set(expand(removed.group(2)))
+        model[:] = [u for u in model if u not in gone]
+    added = re.search(rb"ADDTO \(([\d ]+)\)", line)
+    if added:
+        numbers = [int(n) for n in added.group(1).split()]
+        for position, uid in zip(numbers[::2], numbers[1::2]):
+            assert position >= 1, line  # a sorted context gives real positions
+            model.insert(position - 1, uid)
+
+
+def test_capability_advertises_context_sort(hub):
+    r = raw_login(hub)
+    caps = r.cmd(b"c", b"CAPABILITY")[0].split()
+    assert b"CONTEXT=SORT" in caps and b"CONTEXT=SEARCH" in caps and b"ESORT" in caps
+    r.close()
+
+
+def test_sort_update_applied_by_the_client_matches_a_fresh_sort_after_every_change(hub):
+    a, b = raw_login(hub), raw_login(hub)
+    for subject in ["mike", "bravo", "oscar", "delta"]:
+        raw_append(a, b"INBOX", note(subject))
+    a.cmd(b"s", b"SELECT INBOX")
+    b.cmd(b"s", b"SELECT INBOX")
+    query = b"(REVERSE SUBJECT) UTF-8 UNSEEN"
+    lines = a.cmd(b"S1", b"UID SORT RETURN (UPDATE ALL) " + query)
+    model = expand(re.search(rb"ALL ([\d:,]+)", esearch(lines)[0]).group(1))
+
+    def fresh() -> list[int]:
+        line = esearch(a.cmd(b"chk", b"UID SORT RETURN (ALL) " + query))[0]
+        m = re.search(rb"ALL ([\d:,]+)", line)
+        return expand(m.group(1)) if m else []
+
+    changes = [
+        # several new messages at once, landing at different positions
+        lambda: b.send(b"m APPEND INBOX {%d+}\r\n%s {%d+}\r\n%s {%d+}\r\n%s\r\n" % tuple(x for s in ("alpha", "zulu", "kilo") for x in (len(note(s)), note(s)))) or b.until_tag(b"m"),
+        lambda: b.cmd(b"f1", b"UID STORE 2,3 +FLAGS (\\Seen)"),  # leave the context
+        lambda: b.cmd(b"f2", b"UID STORE 2 -FLAGS (\\Seen)"),  # and come back
+        lambda: (b.cmd(b"d", b"UID STORE 1 +FLAGS.SILENT (\\Deleted)"), b.cmd(b"x", b"EXPUNGE")),
+        lambda: raw_append(b, b"INBOX", note("lima")),
+    ]
+    for change in changes:
+        change()
+        for line in esearch(a.cmd(b"n", b"NOOP")):
+            assert line.startswith(b'* ESEARCH (TAG "S1") UID'), line
+            apply_update(model, line)
+        assert model == fresh(), (model, fresh())
+    a.close()
+    b.close()
+
+
+def test_sort_update_with_partial_is_answered_but_not_kept_live(hub):
+    # RFC 5267 §4.1 lets a server decline updates: NOUPDATE, not a wrong window.
+    r = raw_login(hub)
+    fill(r, 3)
+    lines = r.cmd(b"p", b"SORT RETURN (UPDATE PARTIAL 1:2) (SUBJECT) UTF-8 ALL")
+    assert lines[-1].startswith(b"p OK"), lines
+    assert b'* NO [NOUPDATE "p"]' in b"\n".join(lines) and esearch(lines), lines
+    assert r.cmd(b"c", b'CANCELUPDATE "p"')[-1].startswith(b"c BAD"), "no live context with that tag"
+    r.close()

@@ -27,6 +27,12 @@ Rules:
    after its EXISTS. An expunged message leaves a UID context with
    REMOVEFROM after its EXPUNGE/VANISHED; a context of sequence numbers
    learns it from the EXPUNGE alone (its number is gone).
+ - CONTEXT=SORT (RFC 5267 §4): a live SORT's ADDTO gives each new
+   member its position in the sorted result (pairs in ascending order, so
+   a client inserting them one after the other gets the order a new SORT
+   gives); REMOVEFROM uses position 0 (the client finds the message).
+   Sort keys never change once a message is stored, so only membership
+   moves a message. A PARTIAL result is not kept live (C{NO [NOUPDATE]}).
  - At most L{MAX_CONTEXTS} live contexts per session; past that the search
    is answered and C{* NO [NOUPDATE "tag"]} says it will not be updated. A
    tag in use by a live context may not start another (BAD).
@@ -46,7 +52,7 @@ from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache
 from twisted_mailhub.imap.wire import client_text, shown
 from twisted_mailhub.store.interfaces import NoSuchMessage
 
-CAPABILITIES = (b"CONTEXT=SEARCH", b"ESORT", b"PARTIAL")
+CAPABILITIES = (b"CONTEXT=SEARCH", b"CONTEXT=SORT", b"ESORT", b"PARTIAL")
 MAX_CONTEXTS = 10
 _OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT", b"PARTIAL", b"UPDATE", b"CONTEXT")
 _MAX_POSITION = 2**32 - 1
@@ -359,6 +365,11 @@ class ContextCommands:
         Keep a search live (RFC 5267 §4.2). Returns the untagged NO
         [NOUPDATE] line when it is refused, else b"".
         """
+        if options.partial is not None:
+            # Which changes would move a window's edges is left undefined
+            # (RFC 5267 §4.4, RFC 9394): declined as §4.1 allows, rather
+            # than updates the client cannot place.
+            return b"* NO [NOUPDATE " + quote(tag) + b"] a PARTIAL result is not kept live: ask for ALL, MIN, MAX or COUNT with UPDATE\r\n"
         contexts = self.live_contexts()
         if contexts is None:
             contexts = self._search_contexts = SearchContexts(self.selected, self.changes_arrived)

@@ -26,7 +26,7 @@ works, with end-to-end tests. Each entry below names where it lives:
  - MULTIAPPEND (RFC 3502), CATENATE (RFC 4469): L{twisted_mailhub.imap.append},
    IMAP URLs in L{twisted_mailhub.imap.urls}.
  - COMPRESS=DEFLATE (RFC 4978): L{twisted_mailhub.imap.compress} (after login).
- - CONTEXT=SEARCH, ESORT (RFC 5267), PARTIAL (RFC 9394): L{twisted_mailhub.imap.contexts}.
+ - CONTEXT=SEARCH, CONTEXT=SORT, ESORT (RFC 5267), PARTIAL (RFC 9394): L{twisted_mailhub.imap.contexts}.
  - NOTIFY (RFC 5465): L{twisted_mailhub.imap.notify}.
 """
 
