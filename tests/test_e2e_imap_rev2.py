@@ -206,3 +206,24 @@ def test_rev2_create_of_a_canonicalised_name_says_oldname(hub):
     assert r.cmd(b"c", b"CREATE Projects/") == [b'* LIST () "/" "Projects" ("OLDNAME" ("Projects/"))', b"c OK CREATE completed"]
     assert r.cmd(b"c2", b"CREATE Plain") == [b"c2 OK CREATE completed"]
     r.close()
+
+
+def test_wrong_password_is_authenticationfailed_for_login_and_authenticate(hub):
+    import base64
+
+    from tests.test_e2e_imap import Raw
+
+    r = Raw(hub.ports["imap"])
+    assert r.cmd(b"l", b"LOGIN alice wrong")[-1].startswith(b"l NO [AUTHENTICATIONFAILED] ")
+    ir = base64.b64encode(b"\0alice\0wrong")
+    assert r.cmd(b"a", b"AUTHENTICATE PLAIN " + ir)[-1].startswith(b"a NO [AUTHENTICATIONFAILED] ")
+    assert r.cmd(b"l2", b"LOGIN alice secret")[-1].startswith(b"l2 OK")
+    r.close()
+
+
+def test_rename_of_a_mailbox_under_itself_is_cannot(hub):
+    r = raw_login(hub)
+    r.cmd(b"c", b"CREATE foo")
+    assert r.cmd(b"r", b"RENAME foo foo/bar")[-1].startswith(b"r NO [CANNOT] ")
+    assert b'"foo/bar"' not in b"\n".join(r.cmd(b"l", b'LIST "" *'))
+    r.close()

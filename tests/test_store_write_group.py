@@ -44,6 +44,7 @@ def test_a_group_is_never_split_between_batches(tmp_path, monkeypatch):
         return defer.Deferred()  # never done: what queues meanwhile waits
 
     monkeypatch.setattr(durable.threads, "deferToThreadPool", capture)
+    monkeypatch.setattr(durable, "choose_flush", lambda: "files")  # two batches may be on their way
 
     class Reactor:
         def getThreadPool(self):

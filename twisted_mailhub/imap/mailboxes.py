@@ -255,6 +255,10 @@ class MailboxCommands:
             if old_name == INBOX and new_name != INBOX:
                 self._rename_inbox(tag, new_name)
                 return
+            if normalize_folder_name(new_name).startswith(normalize_folder_name(old_name) + DELIMITER):
+                # Dovecot: "Can't rename mailbox under its own child".
+                self.sendNegativeResponse(tag, b"[CANNOT] a mailbox cannot be renamed under itself")
+                return
             store = self._store()
             moved = [n for n in store.folders() if n.startswith(old_name + DELIMITER)] if self.rev2 else []
             store.rename_folder(old_name, new_name)

@@ -23,11 +23,19 @@ Rules: a session speaks IMAP4rev1 until C{ENABLE IMAP4rev2}; from then on
     C{$Phishing} are ordinary keywords (PERMANENTFLAGS has C{\\*}).
  8. RFC822, RFC822.HEADER, RFC822.TEXT, CHECK and LSUB, deprecated in
     rev2, still work.
+ 9. Response codes of §7.1 for both revisions: C{[AUTHENTICATIONFAILED]}
+    for a wrong password (LOGIN and AUTHENTICATE), C{[HASCHILDREN]} for
+    DELETE of a name that is only a parent, C{[CANNOT]} for a RENAME of a
+    mailbox under itself (L{twisted_mailhub.imap.mailboxes}); after RENAME
+    (and a canonicalised CREATE) a rev2 session gets C{LIST} with OLDNAME.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.mail import imap4
 
 from twisted_mailhub.imap.view import SelectedFolder
 
@@ -75,3 +83,19 @@ class SessionModes:
 
     def view_class(self) -> type:
         return Rev2View if self.rev2 else SelectedFolder
+
+    # RFC 5530 §3 / RFC 9051 §7.1: a wrong user name or password is
+    # AUTHENTICATIONFAILED (what Dovecot answers), in place of Twisted's
+    # bare "LOGIN failed" / "Authentication failed: unauthorized".
+
+    def _IMAP4Server__ebLogin(self, reason: Any, tag: bytes) -> None:
+        if reason.check(UnauthorizedLogin):
+            self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] LOGIN failed: wrong user name or password")
+            return
+        imap4.IMAP4Server._IMAP4Server__ebLogin(self, reason, tag)
+
+    def _IMAP4Server__ebAuthResp(self, reason: Any, tag: bytes) -> None:
+        if reason.check(UnauthorizedLogin):
+            self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] AUTHENTICATE failed: wrong user name or password")
+            return
+        imap4.IMAP4Server._IMAP4Server__ebAuthResp(self, reason, tag)
