@@ -230,3 +230,29 @@ def test_multiappend_failing_midway_on_a_full_disk_is_never_seen_by_another_sess
     assert count(writer) == 2
     watcher.close()
     writer.close()
+
+
+def test_copy_failing_midway_on_a_full_disk_is_never_seen_in_the_destination(small_disk, start_hub):
+    import os
+
+    hub = start_hub(data=small_disk)
+    writer, watcher = raw_login(hub), raw_login(hub)
+    for n, pad in ((1, 20_000), (2, 600_000), (3, 20_000)):
+        raw_append(writer, b"INBOX", message(n, pad))
+    writer.cmd(b"c", b"CREATE Kept")
+    watcher.cmd(b"s", b"SELECT Kept")
+    watcher.send(b"i IDLE\r\n")
+    assert watcher.line().startswith(b"+ ")
+    filler = Filler(small_disk)
+    filler.fill()
+    filler.leave(300_000)
+    writer.cmd(b"s", b"SELECT INBOX")
+    reply = writer.cmd(b"k", b"COPY 1:3 Kept")[-1]
+    assert reply.startswith(b"k NO [OVERQUOTA]") and b"nothing was copied" in reply, reply
+    watcher.send(b"DONE\r\n")
+    assert watcher.until_tag(b"i") == [b"i OK IDLE terminated"]  # no EXISTS, no EXPUNGE
+    os.unlink(filler.path)
+    assert count(writer, b"Kept") == 0
+    assert os.listdir(os.path.join(hub.maildir("alice@localhost"), ".Kept", "cur")) == []
+    watcher.close()
+    writer.close()

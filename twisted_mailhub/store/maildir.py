@@ -1460,19 +1460,27 @@ class MaildirFolder:
         """
         Copy messages to C{destination}; fires with (source UID, new UID)
         pairs once every copy is durable. All or nothing (RFC 3501 §6.4.7):
-        if one copy fails (a full disk), the copies made are expunged from
+        a Maildir destination takes the copies as one write group
+        (L{append_many}), so none appears unless all do; elsewhere, if one
+        copy fails (a full disk), the copies made are expunged from
         C{destination} before the failure is passed on.
         """
         sources: list[int] = []
-        ds = []
+        copies = []
         table = self._table
         for uid in sorted(set(uids)):
             i = table.position(uid)
             if i < 0:
                 continue
             info = table.info(i)
-            ds.append(destination.append(self.read(uid), info.flags, info.internal_date))
+            copies.append((self.read(uid), info.flags, info.internal_date))
             sources.append(uid)
+        if len(copies) > 1 and hasattr(destination, "append_many"):
+            # One write group: the copies appear in the destination together
+            # or not at all (never EXISTS then EXPUNGE for another session).
+            d = destination.append_many(copies)
+        else:
+            d = defer.DeferredList([destination.append(*copy) for copy in copies], consumeErrors=True)
 
         def settled(results):
             failures = [value for ok, value in results if not ok]
@@ -1484,7 +1492,7 @@ class MaildirFolder:
                 return destination.flush().addBoth(lambda _: failures[0])
             return failures[0]
 
-        return defer.DeferredList(ds, consumeErrors=True).addCallback(settled)
+        return d.addCallback(settled)
 
     def flush(self) -> defer.Deferred:
         """
