@@ -8,9 +8,9 @@ half second.
 Rules:
 
  - L{ChangeSignal}C{(reactor, paths, callback, interval)}: C{callback()}
-   runs once in a later reactor turn after any event in one of C{paths}
-   (directories; events inside them, not below), many events in one turn
-   give one call. C{stop()} ends it.
+   runs once, L{GATHER} seconds after an event in one of C{paths}
+   (directories; events inside them, not below); the events meanwhile
+   give no further call. C{stop()} ends it.
  - Linux: one inotify descriptor per process
    (L{twisted.internet.inotify.INotify}) carries every watch; a directory
    watched by several signals is watched once. Twisted closes the whole
@@ -44,6 +44,10 @@ from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
 log = Logger()
+
+# Seconds the events after a first one are gathered for one call: a burst
+# of deliveries (each a rename into new/) costs one look, not one each.
+GATHER = 0.01
 
 def _inotify_module() -> Any:
     if not sys.platform.startswith("linux"):
@@ -187,7 +191,7 @@ class ChangeSignal:
         names = self.filters.get(path) if path is not None else None
         if names is not None and name is not None and not names(name):
             return
-        self._call = self.reactor.callLater(0, self._fire)
+        self._call = self.reactor.callLater(GATHER, self._fire)
 
     def _fire(self) -> None:
         self._call = None
