@@ -228,3 +228,16 @@ def test_idle_on_a_mailbox_renamed_by_another_program_says_bye(hub):
     os.rename(os.path.join(root, ".Doomed"), os.path.join(root, ".Saved"))
     assert a.line().startswith(b"* BYE [UNAVAILABLE] selected mailbox Doomed was deleted or renamed")
     a.close()
+
+
+def test_a_delete_and_a_create_at_once_are_not_taken_for_a_rename(hub):
+    a, b = raw_login(hub), raw_login(hub)
+    b.cmd(b"c", b"CREATE Gone")
+    notify(a, b"SET (PERSONAL (MailboxName))")
+    # pipelined: both changes land before the notifier looks
+    b.send(b"d DELETE Gone\r\nc2 CREATE Fresh\r\n")
+    assert b.until_tag(b"c2")[-1].startswith(b"c2 OK")
+    told = sorted([a.line(), a.line()])
+    assert told == [b'* LIST () "/" "Fresh"', b'* LIST (\\NonExistent) "/" "Gone"'], told
+    a.close()
+    b.close()

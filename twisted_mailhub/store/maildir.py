@@ -1960,16 +1960,26 @@ class MaildirAccount:
             if not os.path.isdir(self._folder_path(parent)):
                 self.folder_create_plain(parent)
 
-    def folder_identity(self, name: str) -> int | None:
+    def folder_identity(self, name: str) -> tuple | None:
         """
         What stays when a folder is renamed and differs from any other
-        folder's (its directory's inode), so NOTIFY can tell a RENAME
-        from a DELETE and a CREATE (RFC 5465 §5.4); None when it is gone.
+        folder's, now or later (its directory's inode, and the UIDVALIDITY
+        at the head of its UID list: a folder made where one was deleted
+        may get the inode back, never the UIDVALIDITY), so NOTIFY can tell
+        a RENAME from a DELETE and a CREATE (RFC 5465 §5.4); None when it
+        is gone.
         """
         try:
-            return os.stat(self._folder_path(normalize_folder_name(name))).st_ino
+            path = self._folder_path(normalize_folder_name(name))
+            inode = os.stat(path).st_ino
         except (OSError, StoreError):
             return None
+        try:
+            with open(os.path.join(path, UIDLIST), "rb") as f:
+                head = f.readline(200).split()
+        except OSError:
+            head = []
+        return (inode, head[2] if len(head) > 2 else b"")
 
     def _subscriptions_path(self) -> str:
         return os.path.join(self.path, SUBSCRIPTIONS)
