@@ -49,6 +49,7 @@ log = Logger()
 # of deliveries (each a rename into new/) costs one look, not one each.
 GATHER = 0.01
 
+
 def _inotify_module() -> Any:
     if not sys.platform.startswith("linux"):
         return None
@@ -74,7 +75,6 @@ class _Watcher:
     def _open(self) -> Any:
         if self.notifier is None:
             watcher = self
-
             base = self.module.INotify
 
             class _Descriptor(base):
@@ -110,8 +110,8 @@ class _Watcher:
         if self.notifier is not None:
             try:
                 self.notifier.ignore(FilePath(path))
-            except (KeyError, OSError, Exception):
-                pass  # already gone with its directory
+            except Exception:  # KeyError, INotifyError: gone with its directory
+                pass
 
     def _event(self, watch: Any, filepath: Any, mask: int) -> None:
         path = watch.path.path
