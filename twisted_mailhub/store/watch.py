@@ -8,9 +8,9 @@ half second.
 Rules:
 
  - L{ChangeSignal}C{(reactor, paths, callback, interval)}: C{callback()}
-   runs once, L{GATHER} seconds after an event in one of C{paths}
-   (directories; events inside them, not below); the events meanwhile
-   give no further call. C{stop()} ends it.
+   runs once in the reactor turn after an event in one of C{paths}
+   (directories; events inside them, not below); the events read
+   meanwhile give no further call (L{GATHER}). C{stop()} ends it.
  - Linux: one inotify descriptor per process
    (L{twisted.internet.inotify.INotify}) carries every watch; a directory
    watched by several signals is watched once. Twisted closes the whole
@@ -45,9 +45,10 @@ from twisted.python.filepath import FilePath
 
 log = Logger()
 
-# Seconds the events after a first one are gathered for one call: a burst
-# of deliveries (each a rename into new/) costs one look, not one each.
-GATHER = 0.01
+# Seconds the events after a first one are gathered for one call (0: the
+# events read in one reactor turn give one call; a longer wait would add
+# its length to every notice).
+GATHER = 0.0
 
 
 def _inotify_module() -> Any:
