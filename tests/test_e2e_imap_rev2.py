@@ -227,3 +227,20 @@ def test_rename_of_a_mailbox_under_itself_is_cannot(hub):
     assert r.cmd(b"r", b"RENAME foo foo/bar")[-1].startswith(b"r NO [CANNOT] ")
     assert b'"foo/bar"' not in b"\n".join(r.cmd(b"l", b'LIST "" *'))
     r.close()
+
+
+def test_fetch_of_a_message_expunged_by_another_session_says_expungeissued(hub):
+    a, b = raw_login(hub), raw_login(hub)
+    raw_append(a, b"INBOX", PLAIN)
+    raw_append(a, b"INBOX", PLAIN)
+    a.cmd(b"s", b"SELECT INBOX")
+    b.cmd(b"s", b"SELECT INBOX")
+    b.cmd(b"d", b"STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.cmd(b"x", b"EXPUNGE")
+    reply = a.cmd(b"f", b"FETCH 1:2 FLAGS")
+    # RFC 9051 §7.1 (Dovecot: "OK [EXPUNGEISSUED] Some messages were already expunged")
+    assert reply[-1].startswith(b"f OK [EXPUNGEISSUED] "), reply
+    assert b"* 1 EXPUNGE" in a.cmd(b"n", b"NOOP")
+    assert a.cmd(b"f2", b"FETCH 1 FLAGS")[-1] == b"f2 OK FETCH completed"
+    a.close()
+    b.close()

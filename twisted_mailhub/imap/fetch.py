@@ -298,6 +298,7 @@ class FetchCommands:
 
     # The tagged NO of a FETCH some of whose messages could not be read.
     _fetch_failed: bytes | None = None
+    _expunge_issued = False  # a message of the FETCH was expunged by another session (RFC 9051 §7.1)
 
     def do_FETCH(self, tag, messages, query, uid=0):
         view = self.selected
@@ -339,6 +340,7 @@ class FetchCommands:
         self._unknown_cte = None
         self._fetch_unavailable = self._fetch_failed = None
         walked = len(targets)
+        self._expunge_issued = False
         self._stream(pieces, lambda: self._fetch_done(tag, walked))
 
     def _fetch_done(self, tag: bytes, walked: int = 0) -> None:
@@ -354,6 +356,11 @@ class FetchCommands:
         if self._unknown_cte is not None:
             name = client_text(shown(self._unknown_cte, 30))
             self.sendNegativeResponse(tag, b"[UNKNOWN-CTE] a part's Content-Transfer-Encoding " + name + b" cannot be decoded; use BODY[] for it")
+            return
+        if self._expunge_issued:
+            # RFC 9051 §7.1 (as Dovecot): messages expunged by another
+            # session were left out; the client learns which at its NOOP.
+            self.sendPositiveResponse(tag, b"[EXPUNGEISSUED] FETCH completed; some messages were expunged meanwhile")
             return
         self.sendPositiveResponse(tag, b"FETCH completed")
 
@@ -422,6 +429,7 @@ class FetchCommands:
                 try:
                     flags, size, date = summary(uid)
                 except NoSuchMessage:
+                    self._expunge_issued = True
                     continue
                 fields = []
                 for kind in kinds:
@@ -517,7 +525,8 @@ class FetchCommands:
                     if self.condstore and modseq is not None and b"MODSEQ" not in kinds:
                         fields.append(b"MODSEQ (%d)" % modseq(uid))
             except NoSuchMessage:
-                continue  # expunged by another session; told at the next chance
+                self._expunge_issued = True  # expunged by another session; told at the next chance
+                continue
             except UnknownCTE as e:
                 # RFC 3516 §4.3: this message's response is left out and
                 # the command ends NO [UNKNOWN-CTE].
