@@ -241,16 +241,18 @@ class AllOrNothingCopyTests(FolderCase):
         for _ in range(3):
             uids.append((yield self.folder.append(MESSAGE)))
         destination = self.store.account(ADDRESS).create_folder("Archive")
-        real = destination.append
+        real = durable._create_file
         calls = []
 
-        def append(message, flags=(), internal_date=None):
-            calls.append(1)
-            if len(calls) == 2:
-                return defer.fail(InsufficientStorage("Insufficient system storage"))
-            return real(message, flags, internal_date)
+        def create(path, data):
+            # the disk fills up at the second copy
+            if path.startswith(destination.directory):
+                calls.append(path)
+                if len(calls) == 2:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            return real(path, data)
 
-        destination.append = append
+        self.patch(durable, "_create_file", create)
         yield self.assertFailure(self.folder.copy_to(uids, destination), InsufficientStorage)
         self.assertEqual(destination.messages(), [])
         self.assertEqual(os.listdir(os.path.join(destination.directory, "cur")), [])
