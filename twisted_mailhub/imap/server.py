@@ -546,13 +546,13 @@ class IMAPServer(
         if failure.check(StoreUnavailable):
             self._store_unavailable(tag, b"LOGIN", failure.value)
             return
-        imap4.IMAP4Server._IMAP4Server__ebLogin(self, failure, tag)
+        super()._IMAP4Server__ebLogin(failure, tag)  # imap/rev2.py: [AUTHENTICATIONFAILED]
 
     def _IMAP4Server__ebAuthResp(self, failure, tag):
         if failure.check(StoreUnavailable):
             self._store_unavailable(tag, b"AUTHENTICATE", failure.value)
             return
-        imap4.IMAP4Server._IMAP4Server__ebAuthResp(self, failure, tag)
+        super()._IMAP4Server__ebAuthResp(failure, tag)  # imap/rev2.py: [AUTHENTICATIONFAILED]
 
     def _IMAP4Server__ebDispatch(self, failure, tag):
         # Errors of argument parsers and handlers that ran after a literal
