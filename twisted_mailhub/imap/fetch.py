@@ -405,6 +405,7 @@ class FetchCommands:
                 try:
                     flags = summary(uid)[0]
                 except NoSuchMessage:
+                    self._expunge_issued = True
                     continue
                 if with_modseq:
                     run.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (seq, uid, flags_text(flags, uid in recent), modseq(uid)))
