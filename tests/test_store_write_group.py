@@ -50,6 +50,9 @@ def test_a_group_is_never_split_between_batches(tmp_path, monkeypatch):
         def getThreadPool(self):
             return None
 
+        def callLater(self, delay, function, *args):
+            function(*args)  # batches start at once here
+
     writer = GroupCommitWriter(Reactor(), max_batch=2, in_flight=2)
     root = str(tmp_path)
     writer.write(root + "/t", root + "/lone", b"x")
