@@ -257,7 +257,13 @@ def shown_sizes(folder: Any) -> dict[int, int]:
     usually empty. Kept per folder and brought up to date from the UIDs
     given since the last look (a message's name never gains the field
     later), so a FETCH pays a dictionary look-up only when there is one.
+    Only for a folder that keeps the field in its names
+    (C{shown_sizes_in_names}, the Maildir store); others give C{{}} and
+    are never asked for anything (the PostgreSQL store's C{uid_next} is a
+    query).
     """
+    if not getattr(folder, "shown_sizes_in_names", False):
+        return {}
     listing = getattr(folder, "listing", None)
     uid_next = getattr(folder, "uid_next", None)
     if listing is None or uid_next is None:

@@ -427,6 +427,10 @@ class MaildirFolder:
     with the directory.
     """
 
+    # A message's size as a session without UTF8=ACCEPT sees it is kept in
+    # its file name (",D=", imap/utf8.shown_size_field), read by shown_sizes.
+    shown_sizes_in_names = True
+
     def __init__(self, name: str, path: str, writer: GroupCommitWriter, hostname: str, validity_path: str | None = None):
         self.name = name
         self.validity_path = validity_path
