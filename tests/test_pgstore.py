@@ -309,3 +309,35 @@ def test_a_bare_postgresql_url_after_the_prefix_is_given_back_as_the_url():
     assert libpq_dsn("//mailhub@db.example.org/mailhub") == "postgresql://mailhub@db.example.org/mailhub"
     assert libpq_dsn("postgresql://mailhub@db/mailhub") == "postgresql://mailhub@db/mailhub"
     assert libpq_dsn("host=127.0.0.1 port=5432 dbname=mailhub") == "host=127.0.0.1 port=5432 dbname=mailhub"
+
+
+def test_hubs_starting_together_on_an_empty_database_make_the_schema_once(pg_dsn):
+    # Two --workers (or two hubs) starting at once: each looks for the
+    # schema (check()), then upgrades under the lock; the one that waited
+    # must see the tables the other made, not create them again
+    # (DuplicateTable "mailhub_schema" was seen in CI).
+    import threading
+
+    from twisted_mailhub.store.postgresql import libpq_dsn
+
+    connections = [psycopg.connect(libpq_dsn(pg_dsn), autocommit=True) for _ in range(4)]
+    for conn in connections:
+        assert pgschema.schema_version(conn) == 0  # each backend has looked, as check() does
+    start, errors = threading.Barrier(len(connections)), []
+
+    def upgrade(conn):
+        start.wait()
+        try:
+            pgschema.check(conn)
+        except Exception as e:  # the failure under test
+            errors.append(e)
+
+    threads = [threading.Thread(target=upgrade, args=(c,)) for c in connections]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    for conn in connections:
+        assert pgschema.schema_version(conn) == pgschema.SCHEMA_VERSION
+        conn.close()

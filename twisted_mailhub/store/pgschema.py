@@ -132,22 +132,37 @@ def migrate(
     Bring the database behind C{conn} to version C{known}: run
     C{migrations[v]} (SQL text taking version v to v + 1) for each step it
     has not had, recording the version in the one-row table C{table}, in
-    one transaction under an advisory lock on C{table}'s name (hubs
-    starting together do it once). Returns (version before, C{known}).
+    one transaction, under a session advisory lock on C{table}'s name
+    taken before that transaction starts (hubs and workers starting
+    together do it once). Returns (version before, C{known}).
     Raises C{error} with C{newer} (a format string taking C{before} and
     C{known}) when the database is newer than C{known}.
     """
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
-        before = table_version(conn, table)
-        if before > known:
-            raise error(newer.format(before=before, known=known))
-        if before == 0:
-            conn.execute(f"CREATE TABLE {table} (version integer NOT NULL)")
-            conn.execute(f"INSERT INTO {table} VALUES (0)")
-        for version in range(before, known):
-            conn.execute(migrations[version])
-        conn.execute(f"UPDATE {table} SET version = %s", (known,))
+    # The lock is taken before the transaction starts, not inside it: a
+    # backend that looked for the table earlier (check()) keeps a cached
+    # "no such table" until its next transaction starts, so a hub that
+    # waited inside a transaction for another to create the tables would
+    # not see them and create them again (DuplicateTable: two --workers
+    # starting on an empty database).
+    conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (table,))
+    try:
+        if not conn.autocommit:
+            conn.commit()
+        with conn.transaction():
+            before = table_version(conn, table)
+            if before > known:
+                raise error(newer.format(before=before, known=known))
+            if before == 0:
+                conn.execute(f"CREATE TABLE {table} (version integer NOT NULL)")
+                conn.execute(f"INSERT INTO {table} VALUES (0)")
+            for version in range(before, known):
+                conn.execute(migrations[version])
+            conn.execute(f"UPDATE {table} SET version = %s", (known,))
+    finally:
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (table,))
+            if not conn.autocommit:
+                conn.commit()
     return before, known
 
 
