@@ -88,7 +88,7 @@ import threading
 import time
 from array import array
 from collections import deque
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -418,6 +418,26 @@ def _split(filename: str) -> tuple[str, int, bool]:
         if len(_split_cache) < 4096:
             _split_cache[info] = known
     return base, known[0], known[1]
+
+
+def _modseq_log_ranges(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """
+    The whole lines of a modseq log (C{b"UID MODSEQ"} or
+    C{b"LOUID:HIUID MODSEQ"}, one per line) as C{(lo_uid, hi_uid, modseq)};
+    a torn last line (no newline) and a malformed line are skipped.
+    C{lo_uid} 0 is a line that only raises the highest modseq.
+    """
+    for line in data.split(b"\n")[:-1]:
+        fields = line.split()
+        if len(fields) != 2:
+            continue  # a torn line
+        lo, colon, hi = fields[0].partition(b":")
+        try:
+            lo_uid, value = int(lo), int(fields[1])
+            hi_uid = int(hi) if colon else lo_uid
+        except ValueError:
+            continue
+        yield lo_uid, hi_uid, value
 
 
 @implementer(IFolder, IModSeqFolder)
@@ -1598,16 +1618,7 @@ class MaildirFolder:
         if self._modseq_covered < 0:
             rows.modseqs = array("Q", [1]) * len(rows)
         modseqs = rows.modseqs
-        for line in modlog[start:].split(b"\n")[:-1]:
-            fields = line.split()
-            if len(fields) != 2:
-                continue  # a torn line
-            lo, colon, hi = fields[0].partition(b":")
-            try:
-                lo_uid, value = int(lo), int(fields[1])
-                hi_uid = int(hi) if colon else lo_uid
-            except ValueError:
-                continue
+        for lo_uid, hi_uid, value in _modseq_log_ranges(modlog[start:]):
             top = max(top, value)
             if lo_uid <= 0:
                 continue
@@ -1668,16 +1679,7 @@ class MaildirFolder:
             return
         table = self._table
         uids, modseqs, top = table.uids, table.modseqs, self.highest_modseq
-        for line in data.split(b"\n")[:-1]:
-            fields = line.split()
-            if len(fields) != 2:
-                continue
-            lo, colon, hi = fields[0].partition(b":")
-            try:
-                lo_uid, value = int(lo), int(fields[1])
-                hi_uid = int(hi) if colon else lo_uid
-            except ValueError:
-                continue
+        for lo_uid, hi_uid, value in _modseq_log_ranges(data):
             top = max(top, value)
             if lo_uid <= 0:
                 continue
