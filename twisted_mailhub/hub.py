@@ -31,7 +31,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.login import ClientPortal, LoginThrottle
-from twisted_mailhub.metrics import HealthPage, HubMetrics, MetricsPage
+from twisted_mailhub.metrics import HealthPage, HubMetrics, MetricsPage, count_socket
 from twisted_mailhub.realm import MailhubRealm
 from twisted_mailhub.transcript import SessionEvents, TranscriptFactory, log_event, next_connection_id
 
@@ -267,17 +267,21 @@ def set_nodelay(transport: Any) -> None:
         transport = getattr(transport, "transport", None)
 
 
-class NoDelayFactory(protocol.Factory):
+class ListenerFactory(protocol.Factory):
     """
-    Wraps a listener's outermost factory: every connection it accepts gets
-    TCP_NODELAY (L{set_nodelay}) before any protocol sees it, whatever the
-    listener speaks (mail, FTP, SSH, web) and whether or not it is TLS.
+    Wraps a listener's outermost factory: every connection it accepts is
+    handed to each of C{hooks} (callables taking the transport) before any
+    protocol sees it, whatever the listener speaks (mail, FTP, SSH, web)
+    and whether or not it is TLS. The hub gives every listener
+    L{set_nodelay} and the byte counter of C{/metrics}
+    (L{twisted_mailhub.metrics.count_socket}).
     """
 
     noisy = False
 
-    def __init__(self, wrapped: Any):
+    def __init__(self, wrapped: Any, *hooks: Any):
         self.wrapped = wrapped
+        self.hooks = hooks
 
     def logPrefix(self):
         return self.wrapped.logPrefix() if hasattr(self.wrapped, "logPrefix") else self.wrapped.__class__.__name__
@@ -292,10 +296,11 @@ class NoDelayFactory(protocol.Factory):
         built = self.wrapped.buildProtocol(addr)
         if built is None:
             return None
-        make = built.makeConnection
+        make, hooks = built.makeConnection, self.hooks
 
         def makeConnection(transport):
-            set_nodelay(transport)
+            for hook in hooks:
+                hook(transport)
             return make(transport)
 
         built.makeConnection = makeConnection
@@ -429,7 +434,7 @@ class Hub:
         """
         What every accepted connection needs: a connection id, and its own
         view of the portal as C{protocol.portal} (TCP_NODELAY it has from
-        its listener, L{NoDelayFactory}).
+        its listener, L{ListenerFactory}).
         """
         protocol.portal = self.client_portal(protocol.transport, name)
         # Under --transcript the wrapper has named the connection already:
@@ -527,10 +532,9 @@ class HubService(service.MultiService):
                 wrapped = TranscriptFactory(wrapped, name, hub.events)
             if tls == "implicit":
                 wrapped = TLSMemoryBIOFactory(hub.tls, False, wrapped)
-            # Octets in and out, per listener (/metrics).
-            from twisted_mailhub.metrics import ByteCountingFactory
-
-            wrapped = NoDelayFactory(ByteCountingFactory(wrapped, hub.metrics.listener_bytes(name)))
+            # TCP_NODELAY, and octets in and out per listener (/metrics).
+            counts = hub.metrics.listener_bytes(name)
+            wrapped = ListenerFactory(wrapped, set_nodelay, lambda transport, counts=counts: count_socket(transport, counts))
             quiet_factory(wrapped, name)
             try:
                 endpoint = endpoints.serverFromString(hub.reactor, with_backlog(description))

@@ -17,7 +17,7 @@ count at the one place each fact is known:
  - FTP transfers and octets: the FTP data connection; SFTP's at each
    file's CLOSE;
  - octets in and out per listener: counted at each connection's socket
-   (L{count_bytes});
+   (L{count_socket});
  - SMTP refusals by reason (relay denied, unknown user, quota, DMARC,
    syntax, too big): the SMTP reply, by its enhanced status code.
 
@@ -40,7 +40,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.internet import protocol
 from twisted.web import resource
 
 
@@ -77,7 +76,7 @@ class HubMetrics:
             ["listener", "reason"],
             registry=registry,
         )
-        #: Octets on the wire per listener (L{count_bytes}), read when scraped.
+        #: Octets on the wire per listener (L{count_socket}), read when scraped.
         self.bytes: dict[str, ByteCounts] = {}
         registry.register(_Readings(hub))
 
@@ -191,46 +190,17 @@ class _CountingSocket:
         return getattr(self._socket, name)
 
 
-def count_bytes(protocol: Any, counts: ByteCounts) -> Any:
+def count_socket(transport: Any, counts: ByteCounts) -> None:
     """
-    Count the octets of C{protocol}'s connection (a listener's outermost
-    protocol) into C{counts}, at its socket (L{_CountingSocket}): plain
-    integers read when Prometheus scrapes, one addition per system call.
-    A transport without a socket (a test's) is not counted.
+    Count the octets of an accepted connection (C{transport}, before its
+    protocol sees it; a hook of L{twisted_mailhub.hub.ListenerFactory})
+    into C{counts}, at its socket (L{_CountingSocket}): plain integers
+    read when Prometheus scrapes, one addition per system call. A
+    transport without a socket (a test's) is not counted.
     """
-    make = protocol.makeConnection
-
-    def makeConnection(transport):
-        sock = getattr(transport, "socket", None)
-        if sock is not None and hasattr(sock, "send") and hasattr(sock, "recv"):
-            transport.socket = _CountingSocket(sock, counts)
-        return make(transport)
-
-    protocol.makeConnection = makeConnection
-    return protocol
-
-
-class ByteCountingFactory(protocol.Factory):
-    """Wraps a listener's outermost factory: every connection's octets counted (L{count_bytes})."""
-
-    noisy = False
-
-    def __init__(self, wrapped: Any, counts: ByteCounts):
-        self.wrapped = wrapped
-        self.counts = counts
-
-    def logPrefix(self):
-        return self.wrapped.logPrefix() if hasattr(self.wrapped, "logPrefix") else self.wrapped.__class__.__name__
-
-    def doStart(self):
-        self.wrapped.doStart()
-
-    def doStop(self):
-        self.wrapped.doStop()
-
-    def buildProtocol(self, addr):
-        built = self.wrapped.buildProtocol(addr)
-        return count_bytes(built, self.counts) if built is not None else None
+    sock = getattr(transport, "socket", None)
+    if sock is not None and hasattr(sock, "send") and hasattr(sock, "recv"):
+        transport.socket = _CountingSocket(sock, counts)
 
 
 class _Readings:
