@@ -97,3 +97,32 @@ def test_listener_that_cannot_bind_stops_the_hub_with_a_clear_log(start_hub, tmp
 
 def _offered(name):
     return any(s.name == name for m in tap._components() for s in getattr(m, "listeners", []))
+
+
+@pytest.mark.parametrize("option", ["--max-connections", "--max-connections-per-ip", "--ftp-max-per-ip", "--smtp-idle-timeout", "--sftp-max-handles", "--port-base", "--max-message-size"])
+@pytest.mark.parametrize("value", ["abc", "-3", "1e3", "7\x08"])
+def test_a_number_option_given_something_else_names_the_option_without_python_text(option, value):
+    options = tap.Options()
+    with pytest.raises(usage.UsageError) as caught:
+        options.parseOptions([option, value])
+    message = str(caught.value)
+    assert message.startswith(f"{option} wants a whole number"), message
+    assert "int()" not in message and "literal" not in message and "\x08" not in message
+
+
+def test_a_negative_connection_limit_is_refused_not_taken_as_refuse_everyone():
+    # --max-connections -3 used to start a hub that answered every
+    # connection with "too many connections".
+    result = twistd("-n", "--pidfile=", "mailhub", "--max-connections", "-3", "--no-ftp")
+    assert result.returncode != 0
+    assert "--max-connections wants a whole number (0, 1, 2, ...), not -3" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_max_message_size_zero_is_refused_not_silently_the_default():
+    # 0 became 25 MiB without a word, and a negative size was advertised as
+    # "250-SIZE -1" (RFC 1870 allows only digits).
+    for value in ("0", "-1"):
+        options = tap.Options()
+        with pytest.raises(usage.UsageError, match="--max-message-size wants a"):
+            options.parseOptions(["--max-message-size", value])

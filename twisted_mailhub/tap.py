@@ -52,6 +52,36 @@ def _component_options():
 _PARAMETERS, _FLAGS = _component_options()
 
 
+def _whole_number(name: str):
+    """
+    The coerce of a number option C{--NAME}: a whole number, 0 or more.
+
+    Anything else is a L{usage.UsageError} that names the option and shows
+    what was given (not Python's C{invalid literal for int() with base 10}),
+    and a minus sign is refused here, so no limit or count is ever negative.
+    """
+
+    def coerce(value: str) -> int:
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()):
+            from twisted_mailhub.lines import quote
+
+            raise usage.UsageError(f"--{name} wants a whole number (0, 1, 2, ...), not {quote(value) or 'nothing'}")
+        return int(text)
+
+    coerce.coerceDoc = ""
+    return coerce
+
+
+def _number_rows(rows: list) -> list:
+    """
+    C{rows} (C{optParameters}) with every C{int} coerce replaced by
+    L{_whole_number} for that option, so every component's number options
+    say the same clear thing about bad input.
+    """
+    return [row[:4] + [_whole_number(row[0])] + row[5:] if len(row) > 4 and row[4] is int else row for row in rows]
+
+
 class Options(usage.Options, strcred.AuthOptionMixin):
     synopsis = "[options]"
     longdesc = (
@@ -75,6 +105,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["max-connections-per-ip", None, 100, "Most client connections open at once from one address, every listener together (0: no limit).", int],
         ["workers", None, "1", "Hub processes sharing the listeners and the store: a number, or auto (one per core); see the README's --workers section."],
     ] + _PARAMETERS
+    optParameters = _number_rows(optParameters)
 
     optFlags = [
         ["transcript", None, "Log every session as C:/S: lines with a connection id, secrets masked."],
@@ -175,6 +206,10 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """
         from twisted_mailhub.hub import moved_endpoint
 
+        if self["max-message-size"] < 1:
+            # 0 silently meant the 25 MiB default, and SMTP SIZE (RFC 1870)
+            # has no way to say a smaller limit than one octet.
+            raise usage.UsageError("--max-message-size wants a number of octets, 1 or more")
         base = self["port-base"]
         if base is not None and not 0 <= base <= 65535:
             raise usage.UsageError("--port-base wants a number from 0 to 65535")
