@@ -7,6 +7,7 @@ Maildir store measured beside them in the same run.
     python3 bench/cluster.py --quick         # fewer messages, a 20,000-message mailbox
     python3 bench/cluster.py --only smtp,store,idle,fetch
     python3 bench/cluster.py --quick --only smtp --rounds 3
+    python3 bench/cluster.py --quick --only smtp --client smtp-source --pin
 
 Parts:
 
@@ -16,7 +17,14 @@ Parts:
    every case: Maildir fsyncs; PostgreSQL runs with C{fsync = on} and the
    hub with C{synchronous_commit = on}. Reported: messages/s, and the CPU
    seconds the hubs and PostgreSQL used per second of run (how much spare
-   CPU PostgreSQL had).
+   CPU PostgreSQL had). C{--client smtp-source} drives the load with
+   Postfix's C load generator (/usr/sbin/smtp-source: one command at a
+   time, little CPU of its own) instead of this script's asyncio client
+   (pipelined envelope, 60-80 µs of Python CPU per message). C{--pin}
+   gives each hub a CPU of its own (taskset: hub i on CPU i) and puts
+   PostgreSQL and the client on the last CPU, so that one hub never shares
+   its core with them; with two hubs on two cores the second hub shares
+   its core with PostgreSQL and the client (all a 2-core machine allows).
  - store: the store alone, without SMTP: C{--clients} loops in one
    process deliver 1 KB messages straight through
    C{PostgresStore.deliver} (group commit, fsync on). Reported: messages/s
@@ -100,13 +108,65 @@ class PostgresCPU:
         return total, backends, busiest
 
 
-def start_hubs(n: int, store: str, folder: str) -> list[HubProcess]:
+def pin(pid: int, cpu: int) -> None:
+    """Keep process C{pid} and all its threads (and the children it forks later) on CPU C{cpu}."""
+    import subprocess
+
+    subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
+def start_hubs(n: int, store: str, folder: str, pinned: bool = False) -> list[HubProcess]:
     hubs = []
     for i in range(n):
         data = os.path.join(folder, f"hub{i}-{time.monotonic_ns()}")
         os.makedirs(data)
         hubs.append(HubProcess(data, ["--store", store], users=["alice:secret", "bob:hungry"]).start())
+        if pinned:
+            pin(hubs[-1].process.pid, i % (os.cpu_count() or 1))
     return hubs
+
+
+def stored(hubs: list[HubProcess], dsn: str | None) -> int:
+    """Messages in alice's INBOX: in the database, or in the (first) hub's Maildir."""
+    if dsn:
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            return conn.execute("SELECT count(*) FROM mailbox_message").fetchone()[0]
+    maildir = hubs[0].maildir("alice@localhost")
+    return sum(len(os.listdir(os.path.join(maildir, sub))) for sub in ("new", "cur") if os.path.isdir(os.path.join(maildir, sub)))
+
+
+def smtp_source_run(hubs: list[HubProcess], clients: int, count: int, cpu: int | None) -> tuple[float, float]:
+    """
+    Postfix's smtp-source sends C{count} messages of 1 KB over C{clients}
+    sessions spread over C{hubs} (one smtp-source per hub), each session
+    sending its messages over one connection (-d). Returns (seconds, the
+    CPU seconds smtp-source used).
+    """
+    import resource
+    import subprocess
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    runs = []
+    for i, hub in enumerate(hubs):
+        sessions = clients // len(hubs) + (1 if i < clients % len(hubs) else 0)
+        command = [SMTP_SOURCE, "-d", "-s", str(sessions), "-m", str(count // len(hubs)), "-l", "1000",
+                   "-f", "bob@localhost", "-t", "alice@localhost", "-M", "localhost", f"127.0.0.1:{hub.ports['smtp']}"]
+        if cpu is not None:
+            command = ["taskset", "-c", str(cpu)] + command
+        runs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    for run in runs:
+        _, err = run.communicate()
+        if run.returncode:
+            raise SystemExit(f"smtp-source failed: {err.decode(errors='replace').strip()}")
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
 
 
 def transactions(dsn: str) -> int:
@@ -117,12 +177,13 @@ def transactions(dsn: str) -> int:
         return conn.execute("SELECT txid_current()").fetchone()[0]
 
 
-def smtp_part(label: str, hubs: list[HubProcess], clients: int, count: int, pg: PostgresCPU | None = None, dsn: str | None = None) -> dict:
+def smtp_part(label: str, hubs: list[HubProcess], clients: int, count: int, pg: PostgresCPU | None = None, dsn: str | None = None,
+              client: str = "asyncio", client_cpu: int | None = None) -> dict:
     """
     C{clients} SMTP clients (spread over C{hubs}) send C{count} 1 KB
     messages. Prints and returns the rate and the CPU per message (µs) of
     each hub, of PostgreSQL (all its processes; its client backends; the
-    busiest backend) and of the clients (this process).
+    busiest backend) and of the clients (this process, or smtp-source).
     """
     async def run():
         shares = [count // clients] * clients
@@ -139,9 +200,16 @@ def smtp_part(label: str, hubs: list[HubProcess], clients: int, count: int, pg: 
     pg_before = pg.snapshot() if pg else {}
     own_cpu = time.process_time()
     xids = transactions(dsn) if dsn else 0
-    elapsed, per_hub = asyncio.run(run())
-    accepted = sum(per_hub)
-    own_cpu = time.process_time() - own_cpu
+    if client == "smtp-source":
+        # Counted where they land: smtp-source prints no per-message result.
+        already = stored(hubs, dsn)
+        elapsed, own_cpu = smtp_source_run(hubs, clients, count, client_cpu)
+        accepted = stored(hubs, dsn) - already
+        per_hub = [accepted // len(hubs)] * len(hubs)  # each hub was sent the same share
+    else:
+        elapsed, per_hub = asyncio.run(run())
+        accepted = sum(per_hub)
+        own_cpu = time.process_time() - own_cpu
     hub_cpu = [cpu_seconds(h.process.pid) - c for h, c in zip(hubs, hub_cpu)]
     pg_all, pg_backends, pg_busiest = PostgresCPU.used(pg_before, pg.snapshot()) if pg else (0.0, 0.0, 0.0)
     commits = transactions(dsn) - xids - 1 if dsn else 0
@@ -356,6 +424,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="SMTP: measure each case this many times")
     parser.add_argument("--clients-per-hub", action="store_true",
                         help="SMTP: two hubs get --clients each (the load grows with the hubs), not --clients between them")
+    parser.add_argument("--client", choices=("asyncio", "smtp-source"), default="asyncio",
+                        help="SMTP: the load generator: this script's asyncio client (pipelined envelope) or Postfix's smtp-source (C, little CPU)")
+    parser.add_argument("--pin", action="store_true",
+                        help="SMTP: taskset each hub onto a CPU of its own (hub i on CPU i), PostgreSQL and the client onto the last CPU")
     parser.add_argument("--store-load", metavar="DSN", help=argparse.SUPPRESS)  # the child of the store part
     args = parser.parse_args()
     count = 3200 if args.quick else 20000
@@ -371,17 +443,26 @@ def main() -> None:
     # Durable: fsync on (PostgreSQL's default), unlike the tests.
     server = PostgresServer(bindir, {"max_connections": "300", "shared_buffers": "256MB"}).start()
     pg = PostgresCPU(server)
+    last_cpu = (os.cpu_count() or 1) - 1
+    if args.pin:
+        # The postmaster's backends are forked later and inherit it.
+        pin(pg._postmaster(), last_cpu)
+        os.sched_setaffinity(0, {last_cpu})  # the asyncio client
+    if args.client == "smtp-source" and not os.access(SMTP_SOURCE, os.X_OK):
+        raise SystemExit(f"--client smtp-source: {SMTP_SOURCE} is missing (apt-get install postfix)")
     hubs: list[HubProcess] = []
     try:
-        print(f"PostgreSQL on 127.0.0.1:{server.port} (fsync on); {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
+        print(f"PostgreSQL on 127.0.0.1:{server.port} (fsync on); {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f};"
+              f" client {args.client}" + (f"; pinned: hub i on CPU i, PostgreSQL and the client on CPU {last_cpu}" if args.pin else ""))
         if "smtp" in parts:
             print(f"SMTP, {args.clients} clients, 1 KB messages, {count} per case"
                   + (f", {args.rounds} rounds of each (the median round is used below)" if args.rounds > 1 else "") + ":")
 
             def rounds(label, n, store, pg=None, dsn=None, clients=args.clients):
-                running = start_hubs(n, store, folder)
+                running = start_hubs(n, store, folder, args.pin)
                 try:
-                    results = [smtp_part(label + (f", round {r + 1}" if args.rounds > 1 else ""), running, clients, count, pg, dsn)
+                    results = [smtp_part(label + (f", round {r + 1}" if args.rounds > 1 else ""), running, clients, count, pg, dsn,
+                                         args.client, last_cpu if args.pin else None)
                                for r in range(args.rounds)]
                 finally:
                     for h in running:
