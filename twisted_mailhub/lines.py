@@ -282,6 +282,10 @@ def flush_now(transport: Any) -> None:
 
 # -- the engine ------------------------------------------------------------------
 
+# gather=True: replies of a batch are sent without waiting for its end
+# once they hold more than this many octets.
+_GATHER_OCTETS = 64 * 1024
+
 
 @implementer(IPushProducer)
 class LineEngine:
@@ -296,7 +300,8 @@ class LineEngine:
         "owner", "clock", "max_line", "max_held", "idle_timeout", "line_timeout", "urgent", "transport",
         "crlf", "busy", "writing_paused", "closed", "input_ended", "_buf", "_pos", "_held", "_discarding",
         "_raw", "_raw_started", "_raw_timeout", "_line_started", "_last_input", "_idle_call", "_login_call",
-        "_reading_paused", "_in_loop", "_batch_more", "_gathered",
+        "_reading_paused", "_in_loop", "_batch_more", "_gathered", "_sink",
+        "_gathered_octets",
     )
 
     def __init__(
@@ -349,6 +354,10 @@ class LineEngine:
         # that calls L{discard_pending} before starting TLS): a write
         # straight to the transport would overtake them.
         self._gathered: list[bytes] | None = [] if gather else None
+        # Where the gathered replies go: the transport the writes named
+        # (L{write}'s C{transport}), L{None} for the engine's own.
+        self._sink: Any = None
+        self._gathered_octets = 0
 
     # -- the connection ----------------------------------------------------------
 
@@ -446,11 +455,22 @@ class LineEngine:
         the engine's (one that a wrapper of it writes to, when the wrapper
         has already seen the reply: the session transcript).
         """
+        gathered = self._gathered
+        if gathered is not None and self._in_loop:
+            # Out when the batch is done (the end of _run), in one send,
+            # to one transport: a write to another sends what came first.
+            if transport is not self._sink:
+                if gathered:
+                    self._send_gathered()
+                self._sink = transport
+            gathered.append(data)
+            held = self._gathered_octets = self._gathered_octets + len(data)
+            if held > _GATHER_OCTETS:
+                # Sent now, so that a client that does not read pauses the
+                # batch (back-pressure) before much is held here.
+                self._send_gathered()
+            return
         if transport is None:
-            if self._in_loop and self._gathered is not None:
-                # Out when the batch is done (the end of _run), in one send.
-                self._gathered.append(data)
-                return
             transport = self.transport
             if transport is None:  # before start(): the greeting
                 transport = self.owner.transport
@@ -466,12 +486,22 @@ class LineEngine:
     def _send_gathered(self) -> None:
         """Send the replies gathered from a pipelined batch, in one piece."""
         gathered = self._gathered
+        self._gathered_octets = 0
         if gathered and self.transport is not None and not self.closed:
             data = gathered[0] if len(gathered) == 1 else b"".join(gathered)
             gathered.clear()
-            send_now(self.transport, data)
+            send_now(self._sink or self.transport, data)
         elif gathered:
             gathered.clear()
+
+    def flush(self) -> None:
+        """
+        Send the replies gathered so far now (C{gather=True}): for an owner
+        about to write to the transport itself (a large message streamed
+        as the client reads it), so that nothing overtakes them.
+        """
+        if self._gathered:
+            self._send_gathered()
 
     def discard_pending(self) -> int:
         """

@@ -514,6 +514,7 @@ class MailhubPOP3(_pop3.POP3):
         self.utf8 = False
         self._user: bytes | None = None
         self._record_message: Callable | None = None
+        self._record_reply: Callable | None = None
         # Set while AUTH waits for the client's next SASL line.
         self._sasl: Callable[[bytes], Any] | None = None
         if hub is not None:
@@ -537,6 +538,9 @@ class MailhubPOP3(_pop3.POP3):
         self.hostname = hostname
         # The session transcript's way to record a RETR answer from its facts.
         self._record_message = getattr(self.transport, "record_message", None)
+        # And of any other reply, recorded when written (replies to
+        # pipelined commands leave together, at the end of the batch).
+        self._record_reply = getattr(self.transport, "record_reply", None)
         if self.magic is None:
             self.magic = self.generateMagic()
         clock = self.hub.reactor if self.hub is not None else _reactor()
@@ -547,6 +551,9 @@ class MailhubPOP3(_pop3.POP3):
             max_held=self.max_held,
             idle_timeout=self.timeOut,
             line_timeout=self.command_timeout,
+            # Every reply goes through write()/write_message(); a large
+            # message streamed to the transport is preceded by a flush().
+            gather=True,
         )
         self.reply_ok(b"%s POP3 ready %s" % (hostname.encode("ascii", "replace"), self.magic))
         # The idle timeout alone would let a client that sends a NOOP every
@@ -598,9 +605,13 @@ class MailhubPOP3(_pop3.POP3):
     # -- replies -------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """A reply, sent through the line engine: at once, in one send."""
+        """
+        A reply, sent through the line engine: at once, in one send, or
+        with the other replies of a pipelined batch at its end.
+        """
         if self.lines is not None:
-            self.lines.write(data)
+            record = self._record_reply
+            self.lines.write(data, record(data) if record is not None else None)
         else:
             self.transport.write(data)
 
@@ -615,8 +626,10 @@ class MailhubPOP3(_pop3.POP3):
         data = status + b"\r\n" + message + b".\r\n"
         record = self._record_message
         past = record(status, lines, len(message)) if record is not None else None
-        if self.lines is None:
-            (past or self.transport).write(data)
+        if past is None:
+            self.write(data)
+        elif self.lines is None:
+            past.write(data)
         else:
             self.lines.write(data, past)
 
@@ -673,6 +686,8 @@ class MailhubPOP3(_pop3.POP3):
         self._send_more()
 
     def _send_more(self) -> None:
+        # What was answered before goes first (and may pause us).
+        self.lines.flush()
         while self._outgoing is not None and not self.lines.writing_paused:
             chunk = self._outgoing.next_chunk()
             if chunk is None:
@@ -1049,7 +1064,7 @@ class MailhubPOP3(_pop3.POP3):
                 size = self.one_write_limit
         if size > self.one_write_limit:
             # Sent as the client reads; later commands wait for the end.
-            self.transport.write(head)
+            self.write(head)
             self._outgoing = _Outgoing(f)
             self._sending = defer.Deferred()
             d = self._sending

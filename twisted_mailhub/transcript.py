@@ -440,14 +440,16 @@ class Transcriber:
                 self._client_literal(line)
             return
         # The masks look for AUTH, PASS and LOGIN: a line that holds none
-        # of them needs no regular expression.
+        # of them needs no regular expression. (find, not "in": bytes'
+        # "in" first tries its operand as an int and builds a TypeError,
+        # about 1,800 instructions each time.)
         upper = bare.upper()
-        if b"AUTH" in upper and _AUTH.match(bare):
+        if upper.find(b"AUTH") >= 0 and _AUTH.match(bare):
             self._in_sasl = True
             bare = _AUTH_INITIAL.sub(rb"\1 ****", bare)
-        elif b"PASS" in upper[:16] and _PASS.match(bare):
+        elif upper.find(b"PASS", 0, 16) >= 0 and _PASS.match(bare):
             bare = _PASS.sub(rb"\1 ****", bare)
-        elif b"LOGIN" in upper:
+        elif upper.find(b"LOGIN") >= 0:
             if _LOGIN.match(bare):
                 bare = _LOGIN.sub(rb"\1 ****", bare)
             elif self._imap and _LOGIN_LITERAL.match(bare):
@@ -487,7 +489,7 @@ class Transcriber:
             and self.record is not None
             and not (self._server or self._out_literal or self._in_sasl or self._client_sync)
             and data[-2:] == b"\r\n"
-            and b"}\r\n" not in data
+            and data.find(b"}\r\n") < 0
         ):
             # IMAP responses with no literal and no state to follow (an
             # untagged FETCH per message): the lines in one go.
@@ -771,6 +773,16 @@ class TranscriptProtocol(policies.ProtocolWrapper):
         be written through it (L{write}).
         """
         return self.transport if self.transcriber.server_message(status, lines, octets) else None
+
+    def record_reply(self, data: bytes) -> Any:
+        """
+        Record C{data} (bytes the protocol is about to send) now, as
+        L{write} would, and return the transport to write them to, past
+        this recorder: a protocol that gathers its replies and sends them
+        together later (POP3) keeps the transcript in the order written.
+        """
+        self.transcriber.server_bytes(data)
+        return self.transport
 
     def writeSequence(self, data):
         self.transcriber.server_bytes(b"".join(data))

@@ -57,7 +57,7 @@ def wire_lines(data: bytes) -> int | None:
     The number of lines of C{data} (a whole message) when it is in wire
     form (see the module), else L{None}.
     """
-    if data[-2:] != b"\r\n" or data[:1] == b"." or b"\n." in data:
+    if data[-2:] != b"\r\n" or data[:1] == b"." or data.find(b"\n.") >= 0:
         return None
     lines = data.count(b"\n")
     if data.count(b"\r\n") != lines:
