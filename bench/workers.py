@@ -7,11 +7,13 @@ the message and its UID are fsynced).
     python3 bench/workers.py                       # 32 clients, 1 KB, --workers 2 vs 1
     python3 bench/workers.py --workers 2 --messages 4000 --rounds 3
     python3 bench/workers.py --no-pipelining       # one command per round trip
+    python3 bench/workers.py --client asyncio      # the Python client instead of bench/smtpload.c
 
-Both hubs get the same load from the same client: an asyncio client in
-this process, C clients, each sending MAIL/RCPT/DATA pipelined (or, with
-C{--no-pipelining}, one command per round trip, as smtplib does) and then
-the message, all to one mailbox (so the workers share one folder's UID
+Both hubs get the same load from the same client: C{bench/smtpload.c}
+(compiled here with C{cc}; C{--client asyncio}: an asyncio client in this
+process) with C connections, each sending MAIL/RCPT/DATA pipelined (or,
+with C{--no-pipelining}, one command per round trip, as smtplib does) and
+then the message, all to one mailbox (so the workers share one folder's UID
 list: the case that needs the cross-process lock). Rounds alternate
 between the two hubs; the median is reported, with the hub's CPU time per
 message (every process of the hub: supervisor and workers, user +
@@ -21,7 +23,13 @@ folder's UIDs must be 1..N with no duplicate: a missing, damaged or
 doubly numbered message fails the run.
 
 The client runs on the same machine: on 2 cores, the hub's workers
-compete with it (and with anything else running) for the CPU.
+compete with it (and with anything else running) for the CPU. That is why
+the default client is a small C program: about 20 µs of CPU per message
+pipelined (nearly all of it the kernel's loopback TCP, which is charged
+to the sender), against 50-70 µs for the asyncio client, so that it does
+not take the second core from the workers. Each round prints the
+client's CPU per message too, and each hub process's split between its
+reactor thread and its other threads (the group commit's flushes).
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ import glob
 import os
 import re
 import socket
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -119,6 +129,60 @@ def verify(maildir: str, accepted: list[int]) -> None:
         raise SystemExit(f"FAIL: the UIDs of {maildir} are not 1..{len(accepted)} once each")
 
 
+def build_client(work: str) -> str | None:
+    """bench/smtpload.c compiled into C{work}; None without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    program = os.path.join(work, "smtpload")
+    subprocess.run([cc, "-O2", "-o", program, os.path.join(ROOT, "bench", "smtpload.c")], check=True)
+    return program
+
+
+def c_run(program: str, body_path: str, port: int, rcpt: bytes, clients: int, count: int, pipelining: bool) -> tuple[float, list[int], float]:
+    """
+    One round with the C client: (seconds, the ids of the messages
+    accepted, the client's CPU seconds). Any refusal ends the run.
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(
+            [program, "127.0.0.1", str(port), str(clients), str(count), rcpt.decode(), body_path, "1" if pipelining else "0"],
+            stdout=out,
+            stderr=err,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        said, complaint = out.read().strip(), err.read().strip()
+    words = said.split()
+    if process.returncode != 0 or len(words) < 4 or int(words[1]) != count:
+        raise SystemExit(f"FAIL: the client exited with {process.returncode}: {complaint or said}")
+    return float(words[3]), list(range(count)), usage.ru_utime + usage.ru_stime
+
+
+def thread_split(pid: int) -> tuple[float, float]:
+    """CPU seconds of C{pid}'s main (reactor) thread and of its other threads."""
+    main = other = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0, 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if int(tid) == pid:
+            main += used
+        else:
+            other += used
+    return main, other
+
+
 def hub_pids(hub: HubProcess) -> list[int]:
     """The hub's process and its children (the workers)."""
     pids = [hub.process.pid]
@@ -151,6 +215,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=3000, help="per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-pipelining", action="store_true")
+    parser.add_argument("--client", choices=("c", "asyncio"), default="c", help="the load generator: bench/smtpload.c (default; built with cc) or the asyncio client in this process")
     parser.add_argument("--hub-arg", action="append", default=[], help="one more option for both hubs (repeatable), e.g. --hub-arg=--no-web")
     parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir under /var/tmp)")
     args = parser.parse_args()
@@ -160,6 +225,12 @@ def main() -> None:
         "1 process": HubProcess(os.path.join(work, "one"), list(args.hub_arg), users=users),
         f"--workers {args.workers}": HubProcess(os.path.join(work, "many"), ["--workers", str(args.workers), *args.hub_arg], users=users),
     }
+    program = build_client(work) if args.client == "c" else None
+    if args.client == "c" and program is None:
+        print("no C compiler (cc): using the asyncio client")
+    body_path = os.path.join(work, "body")
+    with open(body_path, "wb") as f:
+        f.write(make_body(args.size))
     results: dict[str, list[float]] = {name: [] for name in hubs}
     cpu: dict[str, list[float]] = {name: [] for name in hubs}
     try:
@@ -174,10 +245,15 @@ def main() -> None:
                 pids = hub_pids(hub)
                 before = [cpu_seconds([p]) for p in pids]
                 system_before = cpu_seconds(pids, system_only=True)
-                client_before = time.process_time()
-                elapsed, accepted = asyncio.run(smtp_run(hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, args.size, not args.no_pipelining))
-                client = time.process_time() - client_before
+                split_before = [thread_split(p) for p in pids]
+                if program is not None:
+                    elapsed, accepted, client = c_run(program, body_path, hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, not args.no_pipelining)
+                else:
+                    client_before = time.process_time()
+                    elapsed, accepted = asyncio.run(smtp_run(hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, args.size, not args.no_pipelining))
+                    client = time.process_time() - client_before
                 each = [cpu_seconds([p]) - b for p, b in zip(pids, before)]
+                split = [tuple(a - b for a, b in zip(thread_split(p), sb)) for p, sb in zip(pids, split_before)]
                 used = sum(each)
                 system = cpu_seconds(pids, system_only=True) - system_before
                 verify(hub.maildir(rcpt), accepted)
@@ -188,8 +264,9 @@ def main() -> None:
                 if len(pids) > 1:
                     share = " = supervisor " + " + workers ".join(
                         [f"{each[0] / len(accepted) * 1e6:.0f}", " + ".join(f"{e / len(accepted) * 1e6:.0f}" for e in each[1:])])
+                threads = ", ".join(f"{m / len(accepted) * 1e6:.0f}+{o / len(accepted) * 1e6:.0f}" for m, o in split)
                 print(f"  round {r + 1} {name:>12}: {rate:8.0f} msg/s, {used / len(accepted) * 1e6:5.0f} µs hub CPU/msg{share}"
-                      f" (system {system / len(accepted) * 1e6:.0f}; the client used {client / len(accepted) * 1e6:.0f})")
+                      f" (system {system / len(accepted) * 1e6:.0f}; reactor+other threads per process {threads}; the client used {client / len(accepted) * 1e6:.0f})")
         spread = {}
         many = list(hubs.values())[1]
         for index in re.findall(r"\[worker (\d+)\] delivered ", many.log):

@@ -81,3 +81,30 @@ class SharedFolderTests(unittest.TestCase):
         self.b.set_flags([1], ["$Work"], "add")
         self.a._dir_mtimes = None
         self.assertEqual([sorted(i.flags) for i in self.a.messages()], [["$Work"]])
+
+    @defer.inlineCallbacks
+    def test_arrivals_of_one_batch_take_the_shared_modseq_counter_once_and_are_told_with_their_modseqs(self):
+        takes = []
+        take_modseq = shared.FolderLock.take_modseq
+
+        def counted(lock, floor, count=1):
+            takes.append(count)
+            return take_modseq(lock, floor, count) if count != 1 else take_modseq(lock, floor)
+
+        self.patch(shared.FolderLock, "take_modseq", counted)
+        heard = []
+        self.a.add_listener(lambda change: heard.extend((uid, self.a.modseq(uid)) for uid in change.added))
+        yield defer.gatherResults([self.a.deliver(MESSAGE) for _ in range(10)])
+        uids = [uid for uid, _ in heard]
+        values = [value for _, value in heard]
+        self.assertEqual(sorted(uids), list(range(1, 11)))
+        # Each its own modseq, told with it (RFC 7162 §3.1.4), one take of
+        # the counter per batch, and the other worker reads the same ones.
+        self.assertEqual(len(set(values)), 10)
+        self.assertEqual(sum(takes), 10)
+        self.assertLessEqual(len(takes), self.a.writer.batches)
+        with open(os.path.join(self.a.directory, shared.LOCK_FILE), "rb") as f:
+            self.assertEqual(int(f.read().split()[1]), max(values))
+        self.b.messages()
+        self.a.messages()
+        self.assertEqual({uid: self.b.modseq(uid) for uid in uids}, {uid: self.a.modseq(uid) for uid in uids})

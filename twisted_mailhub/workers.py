@@ -66,6 +66,7 @@ from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.logger import LogLevel, Logger, formatEvent, globalLogPublisher
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.threadable import isInIOThread
 
 log = Logger()
 
@@ -692,7 +693,14 @@ class _BusOut:
         if reactor is None or not reactor.running:
             self.flush()
         elif first:
-            reactor.callFromThread(self.flush)
+            # At the end of this reactor turn. From the reactor's own thread
+            # (nearly always) callLater: callFromThread would also write to
+            # the reactor's waker pipe and read it back, two system calls
+            # and a wake-up per turn for nothing.
+            if isInIOThread():
+                reactor.callLater(0, self.flush)
+            else:
+                reactor.callFromThread(self.flush)
 
     def flush(self) -> None:
         with self.lock:

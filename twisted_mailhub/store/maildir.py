@@ -470,8 +470,9 @@ class MaildirFolder:
         # (mtimes before, mtimes after) of each of our own renames into
         # place, made by the group commit's thread (L{_place}).
         self._placed: deque = deque()
-        # Modseq log lines of delivered messages not appended yet (_bump_arrived).
-        self._arrivals: list[str] = []
+        # Modseq log lines of delivered messages not appended yet
+        # (_bump_arrived); under --workers, their UIDs.
+        self._arrivals: list = []
         # Held by every writer of the UID list (the group commit's worker
         # thread appends to it); under --workers, by every process's
         # (store/shared.py).
@@ -1274,10 +1275,10 @@ class MaildirFolder:
         self._changes += 1
         self._recent.add(info.uid)
         self._bump_arrived(info.uid)
+        if self._shared:
+            return entry  # its listeners and the other workers hear of it with its batch (_write_shared_arrivals)
         if self._listeners.count():
             self._listeners.notify(FolderChange(added=(info.uid,)))
-        if self._shared:
-            shared.tell_others(self.directory)
         return entry
 
     def _not_stored(self, failure, entry: _Entry):
@@ -1640,8 +1641,15 @@ class MaildirFolder:
         """
         if self._shared:
             # Under --workers a modseq comes from the folder's shared clock,
-            # under its lock (store/shared.py): as for any other change.
-            self._bump([uid])
+            # under its lock (store/shared.py): taken once for the batch's
+            # arrivals (_write_shared_arrivals), not once per message.
+            pending = self._arrivals
+            later = getattr(self.writer, "after_batch", None)
+            if not pending and later is not None:
+                later(self._write_arrivals)
+            pending.append(uid)
+            if later is None:
+                self._write_arrivals()
             return
         self._changes += 1
         value = max(self.highest_modseq + 1, _now_us())
@@ -1665,8 +1673,39 @@ class MaildirFolder:
     def _write_arrivals(self) -> None:
         """Append the modseq lines of arrivals not written yet (L{_bump_arrived})."""
         if self._arrivals:
+            if self._shared:
+                self._write_shared_arrivals()
+                return
             records, self._arrivals = self._arrivals, []
             self._append_modseqs(records, self.highest_modseq)
+
+    def _write_shared_arrivals(self) -> None:
+        """
+        Under --workers: the arrivals of one group commit (their UIDs in
+        C{_arrivals}) get consecutive mod-sequences from the folder's
+        shared counter and their log lines in one append, under one hold
+        of the folder's lock, as one change; then this process's
+        listeners and the other workers hear of them, once for the batch.
+        Runs before any of the batch's Deferreds fires (after_batch).
+        """
+        uids, self._arrivals = self._arrivals, []
+        table = self._table
+        with self._uidlist_lock:
+            self._catch_up_modseqs()
+            self._changes += 1
+            first = self._uidlist_lock.take_modseq(max(self.highest_modseq + 1, _now_us()), len(uids))
+            records = []
+            for value, uid in enumerate(uids, first):
+                i = table.position(uid)
+                if i >= 0:
+                    table.modseqs[i] = value
+                records.append(f"{uid} {value}\n")
+            self.highest_modseq = first + len(uids) - 1
+            self._append_modseqs(records, self.highest_modseq)
+            self._modseq_position = shared.ListPosition.now(self._modseq_path())
+        if self._listeners.count():
+            self._listeners.notify(FolderChange(added=tuple(uids)))
+        shared.tell_others(self.directory)
 
     def _catch_up_modseqs(self) -> None:
         """

@@ -39,7 +39,8 @@ Rules:
    L{RECENT_NS} is looked at again even when its mtime is the one seen.
  - Mod-sequences (RFC 7162) come from a second counter in the same lock
    file (L{FolderLock.take_modseq}), taken and logged under the lock: no
-   two changes share one, and they grow in the order of the log. A
+   two changes share one, and they grow in the order of the log (the
+   arrivals of one group commit take consecutive values in one go). A
    process reads the lines the others appended to the modseq log
    (L{modseq_log_tail}) whenever it looks at the folder, and takes their
    values for those messages instead of giving the change a new one.
@@ -133,17 +134,19 @@ class FolderLock:
             self._write(uid + 1, modseq)
             return uid
 
-    def take_modseq(self, floor: int) -> int:
+    def take_modseq(self, floor: int, count: int = 1) -> int:
         """
         A new mod-sequence for a change in the folder (RFC 7162): above
-        every one any process gave in it, and at least C{floor}. Takes the
-        lock; call with it held while the change is logged, so that the
-        log's order is the values' order.
+        every one any process gave in it, and at least C{floor}. With
+        C{count}, that many consecutive values, the first returned (the
+        arrivals of one group commit: one look at the counter for all).
+        Takes the lock; call with it held while the change is logged, so
+        that the log's order is the values' order.
         """
         with self:
             uid, modseq = self._counters()
             modseq = max(modseq + 1, floor)
-            self._write(uid, modseq)
+            self._write(uid, modseq + count - 1)
             return modseq
 
     def uid_next(self, floor: int) -> int:
