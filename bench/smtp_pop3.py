@@ -10,6 +10,7 @@ POP3 RETR messages/s on a 10,000-message maildrop.
     python3 bench/smtp_pop3.py --no-aiosmtpd --no-postfix --no-pop3
     python3 bench/smtp_pop3.py --case 32:1024 --neighbour 2048   # with a neighbour writing
     python3 bench/smtp_pop3.py --case 32:1024 --no-pop3 --py-spy /tmp/hub.txt   # where the hub's time goes
+    python3 bench/smtp_pop3.py --client smtp-source --case 32:1024 --no-pop3    # Postfix's C load generator
 
 With C{--neighbour MB} a neighbour process writes beside the servers for
 the whole run: C{dd} of MB MiB into a file on the same disk, unsynced,
@@ -30,6 +31,17 @@ C{--no-pipelining}, each command waits for its reply before the next is
 sent, as Python's smtplib and most scripts send mail. Every accepted
 message is then looked for on disk by its X-Bench-Id header; a missing or
 wrong one fails the run.
+
+The client is Python too, on the same two cores as the servers: its CPU
+per message is printed beside theirs (column "client"), so a reader can
+see when it, not a server, sets the pace. With C{--client smtp-source}
+the load comes from Postfix's C load generator instead
+(/usr/sbin/smtp-source, in Debian's postfix package: C{-s N -d}, N
+sessions each sending message after message; it does not pipeline, so
+this is the one-command-per-round-trip mode). It sends the same message
+(C{-F}) with no X-Bench-Id: the run checks that as many messages as were
+sent are on disk, each intact, and that smtp-source saw every reply it
+expected (it stops at the first other reply).
 
 Postfix (bench/postfix.py, when installed) is a private instance: its own
 configuration and queue under the run's temp folder, smtpd on a free
@@ -178,6 +190,59 @@ class SMTPLoad:
         await self._reply(reader)
         writer.close()
         return accepted
+
+
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+
+
+def smtp_source_run(port: int, rcpt: bytes, clients: int, count: int, size: int, work: str) -> tuple[float, list[int], float]:
+    """
+    Send C{count} messages with Postfix's smtp-source over C{clients}
+    sessions kept open (C{-d}), the message of L{make_body} (C{-F}).
+    Returns (seconds, C{range(count)} as the accepted ones, smtp-source's
+    CPU seconds); raises L{SystemExit} when it reports a failure (it
+    stops at the first reply it did not expect).
+    """
+    message = os.path.join(work, f"smtp-source-{size}.txt")
+    if not os.path.exists(message):
+        with open(message, "wb") as f:
+            f.write(make_body(size).replace(b"\r\n", b"\n"))  # it ends each line with CRLF itself
+    before = os.times()
+    start = time.perf_counter()
+    done = subprocess.run(
+        [SMTP_SOURCE, "-s", str(clients), "-m", str(count), "-d", "-F", message, "-f", "bench@example.org",
+         "-t", rcpt.decode(), "-M", "bench.example", f"127.0.0.1:{port}"],
+        capture_output=True, text=True,
+    )
+    elapsed = time.perf_counter() - start
+    after = os.times()
+    if done.returncode != 0:
+        raise SystemExit(f"FAIL: smtp-source exited {done.returncode}: {(done.stdout + done.stderr)[-500:]}")
+    cpu = after.children_user + after.children_system - before.children_user - before.children_system
+    return elapsed, list(range(count)), cpu
+
+
+def verify_count_on_disk(maildir: str, count: int, size: int) -> None:
+    """
+    Exactly C{count} messages in the Maildir, each the message sent, intact
+    (smtp-source's runs: it ends every message with an empty line of its
+    own before the ".").
+    """
+    paths = glob.glob(os.path.join(maildir, "new", "*"))
+    if len(paths) != count:
+        raise SystemExit(f"FAIL: {len(paths)} messages on disk in {maildir}, {count} sent")
+    head, _, text = make_body(size).partition(b"\r\n\r\n")
+    text += b"\r\n"
+    sent = head.split(b"\r\n")
+    for path in paths:
+        with open(path, "rb") as f:
+            data = f.read()
+        if b"\r\n" not in data:
+            data = data.replace(b"\n", b"\r\n")  # Postfix stores Unix line ends
+        got_head, _, got_text = data.partition(b"\r\n\r\n")
+        fields = set(got_head.split(b"\r\n"))
+        if got_text != text or not all(field in fields for field in sent):
+            raise SystemExit(f"FAIL: a message damaged on disk: {path}")
 
 
 def make_body(size: int) -> bytes:
@@ -337,7 +402,15 @@ def main() -> None:
     parser.add_argument("--neighbour", type=int, default=0, metavar="MB", help="a dd writing MB MiB unsynced, over and over, beside the servers")
     parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub with py-spy during its measured runs: collapsed stacks of the thread holding the GIL (its Python work)")
     parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir on the same disk as /var/tmp)")
+    parser.add_argument(
+        "--client", choices=("asyncio", "smtp-source"), default="asyncio",
+        help="the load generator: this script's asyncio client (default), or Postfix's C smtp-source (little CPU; no pipelining)",
+    )
     args = parser.parse_args()
+    if args.client == "smtp-source":
+        if not os.access(SMTP_SOURCE, os.X_OK):
+            raise SystemExit(f"{SMTP_SOURCE} is not installed (apt-get install postfix)")
+        args.no_pipelining = True  # smtp-source waits for each reply
 
     scale = 0.25 if args.quick else 1.0
     cases = [  # (clients, size, messages)
@@ -385,8 +458,12 @@ def main() -> None:
         load = os.getloadavg()
         print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; cpus: {os.cpu_count()}")
         mode = "pipelined envelope (RFC 2920)" if pipelining else "no pipelining: one command per round trip"
-        print(f"client: {mode}; every message fsynced before its 250")
-        print(f"{'server':<13} {'clients':>7} {'size':>7} {'messages':>8} {'msgs/s':>9} {'hub is':>7} {'cpu us/msg':>9}   (medians of {args.rounds} rounds)")
+        client = "Postfix's smtp-source (C)" if args.client == "smtp-source" else "asyncio (Python, this process)"
+        print(f"client: {client}, {mode}; every message fsynced before its 250")
+        print(
+            f"{'server':<13} {'clients':>7} {'size':>7} {'messages':>8} {'msgs/s':>9} {'hub is':>7} {'cpu us/msg':>9} {'client':>7}"
+            f"   (medians of {args.rounds} rounds; cpu: the server's, client: the load generator's, per message)"
+        )
         # (name, pid, whole process tree?, port, maildir of a local part, wait until delivered)
         servers = [("mailhub", hub.process.pid, False, hub.ports["smtp"], lambda local: hub.maildir(f"{local}@localhost"), None)]
         servers += [(name, proc.pid, False, port, lambda local, root=root: os.path.join(root, local), None) for name, proc, port, root in peers]
@@ -407,6 +484,7 @@ def main() -> None:
             # threads): unlike messages/s it hardly moves with the load that
             # other processes put on the machine.
             cpu: dict[str, list[float]] = {name: [] for name, *_ in servers}
+            client_cpu: dict[str, list[float]] = {name: [] for name, *_ in servers}
             # Rounds alternate between the servers, and the median counts,
             # so that a burst of load from elsewhere does not decide a ratio.
             for r in range(args.rounds):
@@ -417,13 +495,23 @@ def main() -> None:
                         wait_delivered("warmup", 5 * (1 + r + case * args.rounds))
                     before = cpu_seconds(pid, tree)
                     started = time.perf_counter()
-                    elapsed, accepted = asyncio.run(smtp_run(port, local.encode() + b"@localhost", clients, count, size, pipelining))
+                    if args.client == "smtp-source":
+                        elapsed, accepted, used = smtp_source_run(port, local.encode() + b"@localhost", clients, count, size, work)
+                    else:
+                        mine = os.times()
+                        elapsed, accepted = asyncio.run(smtp_run(port, local.encode() + b"@localhost", clients, count, size, pipelining))
+                        now = os.times()
+                        used = now.user + now.system - mine.user - mine.system
                     if wait_delivered is not None:
                         # Timed to the Maildir, as the hub's 250 is.
                         wait_delivered(local, len(accepted))
                         elapsed = time.perf_counter() - started
                     cpu[name].append((cpu_seconds(pid, tree) - before) / max(1, len(accepted)))
-                    verify_on_disk(maildir_of(local), accepted, size)
+                    client_cpu[name].append(used / max(1, len(accepted)))
+                    if args.client == "smtp-source":
+                        verify_count_on_disk(maildir_of(local), count, size)
+                    else:
+                        verify_on_disk(maildir_of(local), accepted, size)
                     if len(accepted) != count:
                         raise SystemExit(f"FAIL: {name} accepted {len(accepted)} of {count}")
                     rates[name].append(len(accepted) / elapsed)
@@ -433,7 +521,8 @@ def main() -> None:
                 ratio = "" if name == "mailhub" else f"{hub_rate / rate:5.2f}x"
                 spread = "/".join(f"{r:.0f}" for r in rates[name])
                 per_message = statistics.median(cpu[name]) * 1e6
-                print(f"{name:<13} {clients:>7} {size:>7} {count:>8} {rate:>9.0f} {ratio:>7} {per_message:>9.0f}   rounds: {spread}", flush=True)
+                by_client = statistics.median(client_cpu[name]) * 1e6
+                print(f"{name:<13} {clients:>7} {size:>7} {count:>8} {rate:>9.0f} {ratio:>7} {per_message:>9.0f} {by_client:>7.0f}   rounds: {spread}", flush=True)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait()
