@@ -254,3 +254,47 @@ def test_a_password_is_masked_however_the_client_spaces_or_splits_the_line():
     t.client_bytes(b"USER alice\r\n PASS s3cretG\r\n\tpass s3cretH\r\n")
     lines = _lines(record)
     assert not any("s3cret" in line for line in lines), lines
+
+
+def _fed(protocol: str, chunks: list[tuple[str, bytes]], one_line_at_a_time: bool) -> list[str]:
+    """The C:/S: lines of a session whose bytes came in C{chunks}, or one line per write."""
+    _, record, t = _record(protocol)
+    for who, data in chunks:
+        feed = t.client_bytes if who == "C" else t.server_bytes
+        if one_line_at_a_time:
+            for line in data.splitlines(keepends=True):
+                feed(line)
+        else:
+            feed(data)
+    return _lines(record)
+
+
+def test_lines_sent_together_are_recorded_as_when_sent_one_at_a_time():
+    # What a pipelining client and the replies gathered for it write: the
+    # lines recorded (masks, the DATA summary) are those of one write per line.
+    session = [
+        ("S", b"220 mail.test ESMTP\r\n"),
+        ("C", b"EHLO a.example\r\n"),
+        ("S", b"250-mail.test Hello\r\n250-PIPELINING\r\n250 HELP\r\n"),
+        ("C", b"MAIL FROM:<a@b>\r\nRCPT TO:<bob@mail.test>\r\nDATA\r\n"),
+        ("S", b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"),
+        ("C", b"Subject: x\r\n\r\nbody\r\n.\r\n"),
+        ("S", b"250 2.0.0 Ok: queued as 1\r\n"),
+        ("C", b"RSET\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nNOOP\r\n"),
+        ("S", b"250 2.0.0 Ok\r\n535 5.7.8 Error: authentication failed\r\n250 2.0.0 Ok\r\n"),
+        ("C", b"NOOP\r\nUSER x\r\nPASS secret\r\n"),
+        ("C", b"ODD\rLINE\r\nNEXT\r\n"),
+        ("S", b"500 5.5.2 Error\r\n500 5.5.2 Error\r\n"),
+        ("C", b"QUIT\r\n"),
+        ("S", b"221 2.0.0 Bye\r\n"),
+    ]
+    together = _fed("smtp", session, one_line_at_a_time=False)
+    assert together == _fed("smtp", session, one_line_at_a_time=True)
+    assert "C: RCPT TO:<bob@mail.test>" in together
+    assert "C: [message: 3 lines, 20 octets]" in together
+    assert "C: AUTH PLAIN ****" in together and "C: PASS ****" in together
+    assert not any("secret" in line or "AGFsaWNl" in line for line in together)
+    ftp = [("C", b"USER anonymous\r\nPASS me@example\r\nPWD\r\n"), ("S", b"331 ok\r\n230 ok\r\n257 \"/\"\r\n")]
+    assert _fed("ftp", ftp, False) == _fed("ftp", ftp, True) == [
+        "C: USER anonymous", "C: PASS ****", "C: PWD", "S: 331 ok", "S: 230 ok", 'S: 257 "/"'
+    ]

@@ -252,6 +252,13 @@ class AccountBook:
                 name = name.decode("utf-8")
             except UnicodeDecodeError:
                 return None
+        elif '"' not in name and not name[:1].isspace() and not name[-1:].isspace():
+            # An address already in its key's form (lower case, no quotes,
+            # no trailing dot: what RCPT hands over for every message) is
+            # its own key; anything else is normalised below.
+            account = self._accounts.get(name)
+            if account is not None:
+                return account
         local, domain = self.split(name)
         return self._accounts.get(self._key(local, domain))
 

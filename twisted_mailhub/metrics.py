@@ -58,6 +58,8 @@ class HubMetrics:
         self.open = Gauge("mailhub_connections_open", "Client connections open now, per listener.", ["listener"], registry=registry)
         self.logins = Counter("mailhub_logins", "Login attempts per protocol and result (ok, failed).", ["protocol", "result"], registry=registry)
         self.messages = Counter("mailhub_messages", "Messages after DATA, by result (accepted, rejected) and reason.", ["result", "reason"], registry=registry)
+        # The series counted once per accepted message, looked up once.
+        self.accepted_messages = self.messages.labels("accepted", "")
         self.message_octets = Counter("mailhub_message_octets_received", "Octets of accepted messages, as the client sent them.", registry=registry)
         self.store_latency = Histogram(
             "mailhub_delivery_durable_seconds",

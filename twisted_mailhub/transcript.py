@@ -378,6 +378,9 @@ class Transcriber:
         self._client_sync = 0
         self._client_sync_tag = b""
         self._login_rest = False
+        # Recorded, and neither POP3 nor IMAP (SMTP, FTP...): whole CRLF
+        # lines may take the shortcuts of client_bytes and server_bytes.
+        self._plain = record is not None and self._pop3 is None and not self._imap
         if record is not None:
             self._emit = record.add_line  # one call less per line
 
@@ -394,6 +397,20 @@ class Transcriber:
             # The common case: one whole command line.
             self._client_line(data[:-1])
             return
+        if (
+            self._plain
+            and not (self._client or self._in_data or self._in_sasl or self._login_rest)
+            and data[-2:] == b"\r\n"
+            and data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r")
+        ):
+            # Whole CRLF command lines sent together (an SMTP envelope,
+            # RFC 2920) of a protocol that is neither POP3 nor IMAP: with
+            # no secret to mask in them, they are recorded in one go, as
+            # _client_line would record each.
+            upper = data.upper()
+            if b"AUTH" not in upper and b"PASS" not in upper and b"LOGIN" not in upper:
+                self.record.add_lines("C", data[:-2].split(b"\r\n"))
+                return
         if self._client:
             data = self._client + data
             self._client = b""
@@ -411,8 +428,11 @@ class Transcriber:
                 pos, self._client = self._in_data.take(data, pos)
                 if not self._in_data.ended:
                     return
-                self._emit("C", self._in_data.summary())
-                self._emit("C", b".")
+                if self.record is not None:
+                    self.record.add_lines("C", (self._in_data.summary(), b"."))
+                else:
+                    self._emit("C", self._in_data.summary())
+                    self._emit("C", b".")
                 self._in_data = None
                 continue
             i = data.find(b"\n", pos)
@@ -484,6 +504,25 @@ class Transcriber:
     # -- the server's side ------------------------------------------------------
 
     def server_bytes(self, data: bytes) -> None:
+        if (
+            self._plain
+            and not (self._server or self._in_sasl)
+            and data[-2:] == b"\r\n"
+            and data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r")
+        ):
+            # Whole CRLF reply lines of a protocol that is neither POP3 nor
+            # IMAP (SMTP's replies to a pipelined envelope, FTP's): recorded
+            # in one go, as _server_line would record each.
+            if data.find(b"\n") == len(data) - 1:
+                self.record.add_line("S", data[:-2])
+                if data.startswith(b"354"):
+                    self._in_data = _MessageLines()  # SMTP's go-ahead for DATA (RFC 5321 §4.2.2)
+                return
+            lines = data[:-2].split(b"\r\n")
+            self.record.add_lines("S", lines)
+            if b"354" in data and any(line.startswith(b"354") for line in lines):
+                self._in_data = _MessageLines()
+            return
         if (
             self._imap
             and self.record is not None

@@ -173,6 +173,7 @@ class MailhubSMTP(smtp.ESMTP):
         # Whether a delivery filter looks at MAIL / RCPT (most only look
         # at the message): if none does, those commands ask nobody.
         self._mail_filters = self._rcpt_filters = False
+        self._implicit_tls = False
 
     # -- connection ---------------------------------------------------------
 
@@ -183,6 +184,8 @@ class MailhubSMTP(smtp.ESMTP):
         self.ctx = None  # STARTTLS takes hub.tls when asked (made lazily)
         self.policy = RecipientPolicy(hub)
         self.client_ip = peer_host(self.transport)
+        # TLS from the first octet (smtps) is known now; STARTTLS sets startedTLS.
+        self._implicit_tls = is_secure(self.transport)
         self._mail_filters = has_hook(hub.filters, "mail_from")
         self._rcpt_filters = has_hook(hub.filters, "rcpt_to")
         self.callLater = hub.reactor.callLater
@@ -227,7 +230,7 @@ class MailhubSMTP(smtp.ESMTP):
 
     @property
     def secure(self) -> bool:
-        return self.startedTLS or is_secure(self.transport)
+        return self.startedTLS or self._implicit_tls
 
     # -- output -------------------------------------------------------------
 
