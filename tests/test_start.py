@@ -205,7 +205,8 @@ def test_systemd_unit_verifies():
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "mailhub.service")
         with open(path, "w") as f:
-            f.write(unit.replace("/usr/local/bin/twistd", twistd_path))
+            admin_path = shutil.which("mailhub-admin") or sys.executable
+            f.write(unit.replace("/usr/local/bin/twistd", twistd_path).replace("/usr/local/bin/mailhub-admin", admin_path))
         result = subprocess.run([analyze, "verify", path], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "mailhub.service" not in result.stderr, result.stderr

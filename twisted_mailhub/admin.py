@@ -487,7 +487,8 @@ def hub_command(command: str, argv: list[str]) -> int:
     else:
         print(f"pid {answer['pid']}, up {answer['uptime']:.0f} s, {answer['accounts']} accounts, {answer['connections_open']} connections open, {answer['queue']} queued")
         for name, port in answer["listeners"].items():
-            print(f"  {name}\t{port}")
+            # a UNIX-socket listener is shown by its path, as --NAME takes it
+            print(f"  {name}\t{port if isinstance(port, int) else 'unix:' + str(port)}")
         for worker in answer.get("workers") or []:  # --workers
             print(f"  worker {worker['index']}: pid {worker['pid']}, up {worker['uptime']:.0f} s, {worker['connections_open']} connections open, {worker['queue']} queued")
     return 0

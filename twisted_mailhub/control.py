@@ -75,6 +75,8 @@ class ControlProtocol(basic.LineReceiver):
 
 def status(hub: Any, started: float) -> dict:
     """What C{status} answers: the hub at a glance."""
+    from twisted_mailhub.hub import bound_at
+
     relay = getattr(hub, "relay", None)
     metrics = getattr(hub, "metrics", None)
     open_now = 0
@@ -84,7 +86,7 @@ def status(hub: Any, started: float) -> dict:
     return {
         "pid": os.getpid(),
         "uptime": round(time.monotonic() - started, 3),
-        "listeners": {name: getattr(address, "port", 0) for name, address in sorted(hub.listening.items())},
+        "listeners": {name: bound_at(address) for name, address in sorted(hub.listening.items())},
         "connections_open": open_now,
         "accounts": len(hub.accounts),
         "queue": len(getattr(relay, "entries", {}) or {}) if relay is not None else 0,

@@ -229,6 +229,27 @@ class TrustedNetworks:
         return any(address in n for n in self.networks)
 
 
+def bound_at(address: Any) -> int | str:
+    """
+    Where a listener is, as C{mailhub ready}, C{mailhub-admin status} and
+    the log show it: the port of an IPv4/IPv6 listener (an C{int}), the
+    path of a UNIX-socket listener (a C{str}; a UNIX socket has no port).
+    """
+    path = getattr(address, "name", None)
+    if path is not None and not hasattr(address, "port"):
+        return os.fsdecode(path)
+    return getattr(address, "port", 0)
+
+
+def listening_line(address: Any) -> str:
+    """C{HOST:PORT} of an IPv4/IPv6 listener (C{[HOST]:PORT} for IPv6), or a UNIX socket's C{unix:PATH}."""
+    where = bound_at(address)
+    if isinstance(where, str):
+        return f"unix:{where}"
+    host = getattr(address, "host", "")
+    return f"[{host}]:{where}" if ":" in host else f"{host}:{where}"
+
+
 def peer_host(transport: Any) -> str:
     peer = transport.getPeer()
     return getattr(peer, "host", "")
@@ -567,7 +588,7 @@ class HubService(service.MultiService):
         self.bound[name] = port
         address = port.getHost()
         self.hub.listening[name] = address
-        log.info("{name} listening on {host}:{port} ({description})", name=name, host=getattr(address, "host", address), port=getattr(address, "port", ""), description=description)
+        log.info("{name} listening on {where} ({description})", name=name, where=listening_line(address), description=description)
         return True
 
     def _late(self, result, name, description):
@@ -591,7 +612,7 @@ class HubService(service.MultiService):
         if self.hub.worker is not None:  # the supervisor says when all are
             self.hub.reactor.callWhenRunning(self.hub.worker.out.send, b"R")
             return
-        ports = {name: getattr(address, "port", 0) for name, address in self.hub.listening.items()}
+        ports = {name: bound_at(address) for name, address in self.hub.listening.items()}
         # Once the reactor runs (its SIGTERM handler is installed then): a
         # harness that stops the hub as soon as it reads this line gets a
         # clean shutdown, not the default action of the signal.
@@ -605,6 +626,8 @@ class HubService(service.MultiService):
     def _install_sighup(self) -> None:
         import signal
 
+        from twisted_mailhub import sighup
+
         if not hasattr(signal, "SIGHUP"):
             return
         reactor = self.hub.reactor
@@ -612,8 +635,12 @@ class HubService(service.MultiService):
         def on_sighup(signum, frame):
             reactor.callFromThread(self.hub.reload)
 
+        # Held since the process started (twisted_mailhub.sighup): one
+        # that came meanwhile is acted on now.
+        if sighup.held():
+            log.info("a SIGHUP came while the hub started: reloading once it runs")
         try:
-            self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
+            self._previous_sighup = sighup.release(on_sighup)
         except ValueError:  # not the main thread (a test's reactor)
             self._previous_sighup = None
 

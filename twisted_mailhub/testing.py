@@ -85,13 +85,15 @@ class Listener:
     """
     Where one listener of a running hub answers.
 
+    @ivar port: its port; for a UNIX-socket listener (C{unix:PATH}), the
+        socket's path (a C{str}).
     @ivar tls: C{"implicit"} for a listener that is TLS from the first
         byte (smtps, pop3s, imaps), C{""} for one that offers STARTTLS.
     """
 
     name: str
     host: str
-    port: int
+    port: int | str
     tls: str = ""
 
 
@@ -188,7 +190,8 @@ class Mailhub:
     Use it as a context manager, or call L{start} and L{stop}.
 
     @ivar listeners: C{{name: Listener}} once started.
-    @ivar ports: C{{name: port}} once started.
+    @ivar ports: C{{name: port}} once started (a UNIX-socket listener's
+        path instead of a port).
     @ivar data_dir: the hub's data folder.
     """
 

@@ -68,6 +68,8 @@ from twisted.logger import LogLevel, Logger, formatEvent, globalLogPublisher
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.threadable import isInIOThread
 
+from twisted_mailhub import sighup
+
 log = Logger()
 
 ENV = "MAILHUB_WORKER"  # JSON: {"index": i, "count": N, "fds": {listener: fd}}
@@ -147,10 +149,12 @@ def _control_factory(supervisor: "WorkersService") -> Any:
             for index, answer in answers.items():
                 if isinstance(answer, dict):
                     workers.append({"index": index, **{k: answer.get(k) for k in ("pid", "uptime", "connections_open", "queue", "accounts")}})
+            from twisted_mailhub.hub import bound_at
+
             listeners = {}
             for name, port in sorted(supervisor.hub_service.bound.items()):
                 try:
-                    listeners[name] = port.getHost().port
+                    listeners[name] = bound_at(port.getHost())
                 except Exception:
                     listeners[name] = 0
             return {
@@ -414,8 +418,10 @@ class WorkersService(service.Service):
         self.control.startService()
         # (before the workers start: a SIGHUP in between would end this
         # process, SIGHUP's default)
+        # (held since this process started: one noted meanwhile is passed
+        # on to each worker once it is ready, twisted_mailhub.sighup)
         try:
-            self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+            self._previous_sighup = sighup.release(self._on_sighup)
         except ValueError:
             self._previous_sighup = None
         log.info("mailhub: starting {count} worker processes", count=self.count)
