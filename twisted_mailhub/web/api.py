@@ -49,7 +49,8 @@ from twisted.web import resource, server
 from twisted_mailhub.imap.message import split_header
 from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compile_query, matching
 from twisted_mailhub.login import ClientPortal
-from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, NoSuchFolder, NoSuchMessage, StoreError
+from twisted_mailhub.ftp.vfs import FileSystemUnavailable, StorageFullError
+from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, NoSuchFolder, NoSuchMessage, StoreError, is_out_of_space
 
 log = Logger()
 
@@ -796,6 +797,10 @@ class ApiResource(resource.Resource):
             raise ApiError(409, "not_a_folder", "a part of that path is a file") from None
         except ftp.FileExistsError:
             raise ApiError(409, "exists", "that exists already") from None
+        except StorageFullError as e:
+            raise _no_room(e) from None
+        except FileSystemUnavailable:
+            raise ApiError(503, "unavailable", "the file store cannot be reached now; try again") from None
         except ftp.FTPCmdError as e:
             text = " ".join(str(e.args[0] if e.args else "").split()) or "the file system refused"
             raise ApiError(400, "file_error", text[:200]) from None
@@ -840,13 +845,24 @@ class ApiResource(resource.Resource):
         request.content.seek(0)
         data = request.content.read()
         writer = await self._ftp(shell.openForWriting(segments))
-        if hasattr(writer, "write"):
-            writer.write(data)
-        else:
-            consumer = await writer.receive()
-            consumer.write(data)
-            consumer.unregisterProducer()
-        await self._ftp(defer.maybeDeferred(writer.close))
+        try:
+            if hasattr(writer, "write"):
+                writer.write(data)
+            else:
+                consumer = await writer.receive()
+                consumer.write(data)
+                consumer.unregisterProducer()
+            await self._ftp(defer.maybeDeferred(writer.close))
+        except OSError as e:
+            # The upload rules of FTP (ftp/vfs.py): a write that failed
+            # leaves nothing under the file's name, and a disk-full one
+            # not even the hidden partial file that would keep it full.
+            fail = getattr(writer, "fail", None)
+            if fail is not None:
+                await defer.maybeDeferred(fail, e)
+            if is_out_of_space(e):
+                raise _no_room(e) from None
+            raise
         return 201, {"path": "/".join(segments), "size": len(data)}
 
     async def api_file_delete(self, request, caller, account, path):
@@ -858,6 +874,16 @@ class ApiResource(resource.Resource):
         else:
             await self._ftp(shell.removeFile(segments))
         return {"deleted": "/".join(segments)}
+
+
+def _no_room(error: BaseException) -> ApiError:
+    """
+    C{507 Insufficient Storage} (RFC 4918 §11.5) for an upload the disk or
+    the account's quota had no room for; one log line, no traceback.
+    """
+    reason = getattr(error, "reason", None) or "no room on the server's disk for that file"
+    log.warn("API upload not stored: {reason}", reason=reason)
+    return ApiError(507, "insufficient_storage", f"{reason}; nothing was stored")
 
 
 @attr.s(auto_attribs=True)
