@@ -41,6 +41,7 @@ from twisted_mailhub.store.interfaces import (
     NoSuchFolder,
     StoreError,
     StoreUnavailable,
+    is_out_of_space,
 )
 
 log = Logger()
@@ -79,6 +80,11 @@ class MailboxCommands:
             self.sendNegativeResponse(tag, b"[CANNOT] " + client_text(text))
         elif isinstance(error, StoreUnavailable):
             self._store_unavailable(tag, getattr(self, "_command", b"") or b"command", error)
+        elif is_out_of_space(error):
+            # Opening a folder the first time writes its UID list: a full
+            # disk is a temporary condition (RFC 5530 §3), one log line.
+            log.warn("IMAP folder not opened: insufficient system storage ({error})", error=getattr(error, "__cause__", None) or error)
+            self.sendNegativeResponse(tag, b"[UNAVAILABLE] the server's disk is full; try again later")
         else:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else "the store failed"
             self.sendNegativeResponse(tag, b"[SERVERBUG] " + client_text(reason))
@@ -94,8 +100,13 @@ class MailboxCommands:
         except NoSuchFolder:
             # RFC 3501 §6.3.11: TRYCREATE tells the client to CREATE and retry.
             self.sendNegativeResponse(tag, b"[TRYCREATE] no such mailbox: create it first")
-        except (StoreError, imap4.IllegalMailboxEncoding) as e:
-            self._folder_error(tag, e)
+        except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
+            if is_out_of_space(e):
+                # RFC 5530 §3, as APPEND answers a full disk once the folder is open.
+                log.warn("IMAP write not done: insufficient system storage ({error})", error=getattr(e, "__cause__", None) or e)
+                self.sendNegativeResponse(tag, b"[OVERQUOTA] not enough disk space on the server; nothing stored")
+            else:
+                self._folder_error(tag, e)
         return None
 
     def do_SELECT(self, tag, name, params=None, readonly=0, command=b"SELECT"):

@@ -43,7 +43,7 @@ class QuotaCommands:
     def do_GETQUOTAROOT(self, tag, name):
         try:
             self._folder(name)
-        except (StoreError, imap4.IllegalMailboxEncoding) as e:
+        except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             return self._folder_error(tag, e)
         quota = self._quota_of_account()
         # the name as the client gave it (modified UTF-7), quoted
