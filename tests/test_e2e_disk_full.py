@@ -171,3 +171,61 @@ def test_ftp_upload_that_fills_the_disk_leaves_nothing_behind(small_disk, start_
     ftp.storbinary("STOR small.bin", io.BytesIO(b"s" * 1000))
     assert ftp.nlst() == ["small.bin"]
     ftp.quit()
+
+
+def test_api_upload_that_fills_the_disk_is_a_507_and_leaves_nothing_behind(small_disk, start_hub):
+    import json
+    import urllib.error
+    import urllib.request
+    import base64
+
+    hub = start_hub(data=small_disk)
+    home = os.path.join(small_disk, "ftp", "localhost", "alice")
+    filler = Filler(small_disk)
+    filler.fill()
+    filler.leave(500_000)
+    free_before = os.statvfs(small_disk).f_bavail
+    auth = {"Authorization": "Basic " + base64.b64encode(b"alice:secret").decode()}
+    request = urllib.request.Request(f"http://127.0.0.1:{hub.ports['web']}/api/v1/accounts/me/files/big.bin", data=b"z" * MiB, method="PUT", headers=auth)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 507
+    error = json.loads(refused.value.read())["error"]
+    assert error["code"] == "insufficient_storage"
+    assert "nothing was stored" in error["message"]
+    # Neither under its name nor as a hidden partial file: the space is free again.
+    assert os.listdir(home) == []
+    assert os.statvfs(small_disk).f_bavail == free_before
+    # A file that fits goes through.
+    small = urllib.request.Request(request.full_url.replace("big.bin", "small.bin"), data=b"s" * 1000, method="PUT", headers=auth)
+    with urllib.request.urlopen(small, timeout=30) as reply:
+        assert reply.status == 201
+    assert os.listdir(home) == ["small.bin"]
+    hub.wait_for_log(r"API upload not stored")
+    assert "Traceback" not in hub.log
+
+
+def test_imap_on_a_disk_full_before_a_folder_was_first_opened_answers_no_and_goes_on(small_disk, start_hub):
+    # Opening a folder the first time writes its UID list. On a full disk
+    # APPEND got "BAD [SERVERBUG]" with a traceback in the log, COPY and
+    # GETQUOTAROOT too.
+    hub = start_hub(data=small_disk)
+    filler = Filler(small_disk)
+    filler.fill()
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    imap.login("alice", "secret")
+    status, data = imap.append("INBOX", None, None, b"Subject: x\r\n\r\nhello\r\n")
+    assert status == "NO" and data[0].startswith(b"[OVERQUOTA]"), data
+    status, data = imap.select("INBOX")
+    assert status == "NO" and data[0] == b"[UNAVAILABLE] the server's disk is full; try again later", data
+    typ, data = imap._simple_command("GETQUOTAROOT", "INBOX")
+    assert typ == "NO", data
+    assert imap.noop()[0] == "OK"
+    # Room again: the same session appends and selects.
+    os.unlink(filler.path)
+    status, data = imap.append("INBOX", None, None, b"Subject: x\r\n\r\nhello\r\n")
+    assert status == "OK", data
+    assert imap.select("INBOX") == ("OK", [b"1"])
+    imap.logout()
+    assert "Traceback" not in hub.log
+    assert "Unhandled" not in hub.log
