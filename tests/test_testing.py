@@ -216,3 +216,26 @@ def test_an_option_is_passed_through_to_the_hub():
                 s.sendmail("x@example.net", ["alice@localhost"], b"Subject: big\r\n\r\n" + b"x" * 500)
         with pytest.raises(RuntimeError, match="ftp listener"):
             hub.files("alice")
+
+
+def test_an_account_with_a_utf8_name_reads_its_mail_and_folders_as_stored(tmp_path):
+    # imap(), messages(), wait_for_message() and purge() raised
+    # UnicodeEncodeError for zoë (imaplib's LOGIN is ASCII), and .raw of an
+    # SMTPUTF8 message was its RFC 6857 downgrade, not the stored bytes.
+    zoe = "zoë@example.com"
+    with Mailhub("--no-sftp", accounts=[f"{zoe}:pässword", "bob:hungry"], domains=["example.com"], data_dir=str(tmp_path / "data")) as hub:
+        body = "From: Jörg <jörg@example.com>\r\nTo: zoë@example.com\r\nSubject: Grüße\r\n\r\nHallo\r\n".encode("utf-8")
+        with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
+            s.sendmail("jörg@example.com", [zoe], body, mail_options=["SMTPUTF8"])
+        found = hub.wait_for_message(to=zoe, subject="Grüße", timeout=10)
+        assert found.raw.endswith(body)
+        assert found.message["From"] == "Jörg <jörg@example.com>"
+        client = hub.imap(zoe)
+        assert client.create("Entw&APw-rfe")[0] == "OK"  # modified UTF-7 (RFC 3501 §5.1.3)
+        assert client.append("Entw&APw-rfe", None, None, b"Subject: draft\r\n\r\nx\r\n")[0] == "OK"
+        client.logout()
+        assert [m.subject for m in hub.messages(zoe, "Entwürfe")] == ["draft"]
+        assert "Entwürfe" in hub.folders(zoe)
+        hub.purge()
+        assert hub.messages(zoe) == []
+        assert "Entwürfe" not in hub.folders(zoe)

@@ -516,7 +516,13 @@ class Mailhub:
         try:
             if "LOGINDISABLED" in client.capabilities:
                 client.starttls(self.ssl_context)
-            client.login(self.address_of(account), self.password_of(account))
+            user, password = self.address_of(account), self.password_of(account)
+            if user.isascii() and password.isascii():
+                client.login(user, password)
+            else:
+                # imaplib sends LOGIN's strings as ASCII; SASL PLAIN carries
+                # UTF-8 (RFC 4616), so an account named zoë@ logs in too.
+                client.authenticate("PLAIN", lambda _: f"\0{user}\0{password}".encode("utf-8"))
         except BaseException:
             client.shutdown()
             raise
@@ -534,12 +540,29 @@ class Mailhub:
             raise
         return client
 
+    def _utf8_imap(self, account: str) -> imaplib.IMAP4:
+        """
+        L{imap} with UTF-8 enabled (RFC 6855) for the kit's own reads:
+        messages come as stored (an SMTPUTF8 message's header is not
+        downgraded to encoded-words, so C{.raw} is the stored bytes) and
+        folder names are UTF-8 (C{Entwürfe}). Not for the user's client:
+        imaplib's APPEND in UTF-8 mode puts C{UTF8 (} inside the literal.
+        """
+        client = self.imap(account)
+        if "UTF8=ACCEPT" in client.capabilities:
+            try:
+                client.enable("UTF8=ACCEPT")
+            except BaseException:
+                _logout(client)
+                raise
+        return client
+
     def messages(self, account: str, folder: str = "INBOX") -> list[HubMessage]:
         """
         Every message in C{folder} of C{account}, oldest first, read over
         IMAP without setting C{\\Seen}.
         """
-        client = self.imap(account)
+        client = self._utf8_imap(account)
         try:
             return self._fetch(client, account, folder, 1)
         finally:
@@ -586,7 +609,7 @@ class Mailhub:
             candidates = [self.address_of(to).lower()]
         else:
             candidates = list(self.accounts)
-        clients = {account: self.imap(account) for account in candidates}
+        clients = {account: self._utf8_imap(account) for account in candidates}
         next_uid = dict.fromkeys(candidates, 1)
         seen: list[HubMessage] = []
         deadline = time.monotonic() + timeout
@@ -608,7 +631,7 @@ class Mailhub:
 
     def folders(self, account: str) -> list[str]:
         """The names of C{account}'s folders, as IMAP LIST gives them."""
-        client = self.imap(account)
+        client = self._utf8_imap(account)
         try:
             return [name for name, _flags in _list_folders(client)]
         finally:
@@ -665,7 +688,7 @@ class Mailhub:
         """
         for account in self.accounts:
             if "imap" in self.listeners:
-                client = self.imap(account)
+                client = self._utf8_imap(account)
                 try:
                     for folder, flags in sorted(_list_folders(client), key=lambda f: len(f[0]), reverse=True):
                         if folder.upper() == "INBOX" or flags & _SPECIAL_USE:
