@@ -74,3 +74,15 @@ class AccountBookTests(SynchronousTestCase):
         for bad in ("../x", ".hidden", "a/b", ""):
             with self.assertRaises(ValueError):
                 self.book.add(bad, "pw")
+
+    def test_an_address_without_a_usable_domain_is_refused(self):
+        # "a@" was an account of the domain "": its every login failed with
+        # a traceback and "-ERR [SYS/TEMP]" (the store has no folder for it).
+        for bad in ("a@", "a@.", "a@.example.org", "a@x..org", "a@x/y", "a@x y", "a@x\x1by"):
+            with self.assertRaises(ValueError) as caught:
+                self.book.add(bad, "pw")
+            self.assertIn("not a usable domain after the @", str(caught.exception))
+            self.assertNotIn("\x1b", str(caught.exception))
+        self.assertNotIn("", self.book.domains)
+        for good in ("b@example.org.", "c@exämple.test", "d@[127.0.0.1]"):
+            self.book.add(good, "pw")

@@ -142,3 +142,23 @@ def test_accounts_hash_refuses_an_empty_password_and_its_hash_logs_in_on_a_hub(s
     c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
     assert c.login("carol", "tea for two")[0] == "OK"
     c.logout()
+
+
+def test_user_add_refuses_an_address_with_nothing_usable_after_the_at(tmp_path):
+    accounts = tmp_path / "accounts"
+    for bad in ("carol@", "carol@.", "carol@a..b"):
+        result = mailhub_admin("user", "add", bad, "--accounts", str(accounts), "--password-stdin", "--no-reload", stdin="pw\n")
+        assert result.returncode == 1, result.stdout
+        assert result.stderr == f"mailhub-admin: not a usable domain after the @ in {bad} (want e.g. alice@example.org, or a bare alice for the default domain)\n"
+    assert not accounts.exists() or "carol" not in accounts.read_text()
+
+
+def test_a_hub_refuses_to_start_with_an_accounts_line_without_a_domain(tmp_path):
+    accounts = tmp_path / "accounts"
+    accounts.write_text("alice:secret\ncarol@:pw\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted_mailhub.admin", "check", "--data", str(tmp_path / "data"), "--no-dns", "--auth", f"file:{accounts}"],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert result.returncode == 1
+    assert f"{accounts}, line 2: not a usable domain after the @ in carol@" in result.stdout + result.stderr

@@ -125,6 +125,18 @@ def unquote_local_part(local: str) -> str:
     return "".join(out)
 
 
+def usable_domain(domain: str) -> bool:
+    """
+    Whether C{domain} (lowercased, without a final dot) can be an
+    account's domain: not empty, no empty or C{..} label, no C{/}, C{\\},
+    blank or control character (it names a folder of the store). A
+    U-label (RFC 6531: C{exämple.test}) or an address literal is fine.
+    """
+    if not domain or domain.startswith(".") or ".." in domain:
+        return False
+    return not any(c in "/\\" or c.isspace() or not c.isprintable() for c in domain)
+
+
 class AccountBook:
     """
     All accounts of the hub, and the rules that turn a login name or a mail
@@ -173,6 +185,12 @@ class AccountBook:
         local, domain = self.split(name)
         if not local or any(c in local for c in "/\\\0") or local.startswith("."):
             raise ValueError(f"not a usable mailbox name: {name!r}")
+        if not usable_domain(domain):
+            # "alice@" became an account of the domain "" that every login
+            # then failed on with a traceback (the store has no folder for it).
+            from twisted_mailhub.lines import quote
+
+            raise ValueError(f"not a usable domain after the @ in {quote(name, 200)} (want e.g. alice@example.org, or a bare alice for the default domain)")
         if domain not in self.domains:
             # An account's domain is local by definition.
             self.domains.append(domain)

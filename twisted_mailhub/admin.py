@@ -36,7 +36,7 @@ import signal
 import sys
 import tempfile
 
-from twisted_mailhub.accounts import SCRYPT_PREFIX, AccountBook, AccountsFileError, hash_password
+from twisted_mailhub.accounts import SCRYPT_PREFIX, AccountBook, AccountsFileError, hash_password, usable_domain
 
 DEFAULT_ACCOUNTS = "mailhub-data/accounts"
 
@@ -118,6 +118,8 @@ def _check_address(address: str) -> None:
     local = address.rpartition("@")[0] if "@" in address else address
     if not local or local.startswith(".") or any(c in local for c in "/\\"):
         raise AdminError(f"not a usable mailbox name: {address}")
+    if "@" in address and not usable_domain(address.rpartition("@")[2].lower().rstrip(".")):
+        raise AdminError(f"not a usable domain after the @ in {address} (want e.g. alice@example.org, or a bare alice for the default domain)")
 
 
 def _password(args) -> str:
