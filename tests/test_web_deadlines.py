@@ -84,6 +84,55 @@ class DeadlineChannelTests(unittest.TestCase):
         self.clock.advance(15)
         self.assertTrue(transport.disconnected)
 
+    def test_a_body_declared_over_the_size_limit_gets_413_and_is_not_read(self):
+        # Twisted keeps a body in a temporary file until it is complete:
+        # one request of any Content-Length, logged in or not, filled the disk.
+        self.site.max_body = 1000
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000000\r\n\r\n" + b"z" * 5000)
+        out = transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 413 Content Too Large\r\n"), out)
+        self.assertIn(b"a request body may be at most 1000 octets", out)
+        self.assertNotIn(b"got", out)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_chunked_body_over_the_size_limit_gets_413(self):
+        from twisted_mailhub.web.site import WebRequest
+
+        self.site.max_body = 1000
+        self.site.requestFactory = WebRequest
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(3):
+            channel.dataReceived(b"190\r\n" + b"z" * 400 + b"\r\n")
+        out = transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 413 Content Too Large\r\n"), out)
+        self.assertNotIn(b"got", out)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_body_at_the_size_limit_is_taken(self):
+        self.site.max_body = 1000
+        channel, transport = self.connect()
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"z" * 1000)
+        self.assertIn(b"got 1000", transport.value())
+
+
+def test_an_unauthenticated_request_with_a_huge_body_is_refused_before_it_is_read(start_hub):
+    hub = start_hub()
+    s = socket.create_connection(("127.0.0.1", hub.ports["web"]), timeout=20)
+    s.sendall(b"PUT /api/v1/accounts/me/files/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50000000000\r\n\r\n")
+    try:
+        s.sendall(b"z" * 65536)
+    except OSError:
+        pass  # closed already: the answer is waiting
+    out = read_until_closed(s)
+    assert out.startswith(b"HTTP/1.1 413 Content Too Large"), out[:200]
+    assert b"a request body may be at most 67108864 octets (64 MiB)" in out
+    # A body that fits is still taken (and answered as before: not logged in).
+    ok = socket.create_connection(("127.0.0.1", hub.ports["web"]), timeout=20)
+    ok.sendall(b"PUT /api/v1/accounts/me/files/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc")
+    assert read_until_closed(ok).startswith(b"HTTP/1.1 401")
+
 
 def test_web_slowloris_headers_and_unfinished_body_are_cut_off(start_hub):
     hub = start_hub("--web-header-timeout", "1", "--web-body-timeout", "1")

@@ -18,6 +18,12 @@ ever. Here, on top of it:
                 chunked) must be complete within C{--web-body-timeout}.
  idle           C{--web-idle-timeout}: no octet at all, between requests
                 or within one (Twisted's C{timeOut}).
+ body size      A body over L{max_body} octets (Content-Length, or
+                chunks adding up) gets C{413 Content Too Large} (RFC 9110
+                §15.5.14) before more of it is read: Twisted keeps a body
+                in a temporary file until the request is complete, so
+                anyone, logged in or not, could fill the disk with one
+                request.
  =============  ==========================================================
 
 A client over a limit gets C{408 Request Timeout} (RFC 9110 §15.5.9) and
@@ -40,6 +46,7 @@ HEADER_TIMEOUT = 20.0
 BODY_TIMEOUT = 120.0
 IDLE_TIMEOUT = 120.0
 ABORT_AFTER = 15.0
+MAX_BODY = 64 * 1024 * 1024
 
 option_parameters = [
     ["web-header-timeout", None, HEADER_TIMEOUT, "Seconds a web client may take to send a request's line and header fields.", float],
@@ -75,6 +82,9 @@ class DeadlineChannel(http.HTTPChannel):
         http.HTTPChannel.dataReceived(self, data)
 
     def allHeadersReceived(self):
+        if self.length is not None and self.length > self.factory.max_body:
+            self._too_large()
+            return
         http.HTTPChannel.allHeadersReceived(self)
         if self._deadline is not None and self._deadline.active():
             self._deadline_kind = "body"
@@ -96,10 +106,26 @@ class DeadlineChannel(http.HTTPChannel):
         seconds = self.factory.header_timeout if self._deadline_kind == "header fields" else self.factory.body_timeout
         peer = getattr(self.transport.getPeer(), "host", "?")
         log.info("web: {peer} took over {seconds:g}s to send a request's {kind}, closing", peer=peer, seconds=seconds, kind=self._deadline_kind)
-        body = f"408 Request Timeout: the request's {self._deadline_kind} did not arrive within {seconds:g} seconds.\n".encode("ascii")
+        self._refuse(b"408 Request Timeout", f"408 Request Timeout: the request's {self._deadline_kind} did not arrive within {seconds:g} seconds.\n")
+
+    def _too_large(self) -> None:
+        """The request's body is over C{factory.max_body}: 413, read no more of it."""
+        if self.transport is None or self.transport.disconnecting:
+            return
+        self._cancel_deadline()
+        peer = getattr(self.transport.getPeer(), "host", "?")
+        limit = self.factory.max_body
+        log.info("web: {peer} sent a request body over {limit} octets, refused", peer=peer, limit=limit)
+        self._refuse(b"413 Content Too Large", f"413 Content Too Large: a request body may be at most {limit} octets ({limit // (1024 * 1024)} MiB); use FTP or SFTP for bigger files.\n")
+
+    refused = False  # answered and closing: the rest of what arrives is dropped
+
+    def _refuse(self, status: bytes, text: str) -> None:
+        self.refused = True
+        body = text.encode("ascii")
         self.setTimeout(None)
         self.transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
         )
         # Nothing more is read from this client; drop it if it does not
@@ -116,11 +142,21 @@ class DeadlineChannel(http.HTTPChannel):
         http.HTTPChannel.connectionLost(self, reason)
 
 
+def max_body(max_message_size: int) -> int:
+    """
+    The largest request body the web listeners take, in octets: room for a
+    message of C{--max-message-size} sent from the webmail (or its
+    attachments base64-encoded), and at least 64 MiB for API uploads.
+    """
+    return max(2 * max_message_size, MAX_BODY)
+
+
 class DeadlineSite(server.Site):
     """A L{server.Site} whose connections are L{DeadlineChannel}s."""
 
     header_timeout = HEADER_TIMEOUT
     body_timeout = BODY_TIMEOUT
+    max_body = MAX_BODY
 
     def protocol(self):
         return http._GenericHTTPChannelProtocol(DeadlineChannel())

@@ -71,6 +71,20 @@ class WebRequest(server.Request):
             self.setHeader(name, value)
         server.Request.process(self)
 
+    _body_octets = 0
+
+    def handleContentChunk(self, data):
+        # A chunked body has no Content-Length to refuse at once: count it.
+        channel = self.channel
+        if getattr(channel, "refused", False):
+            return  # answered 413/408; the rest of this read is dropped
+        self._body_octets += len(data)
+        limit = getattr(getattr(channel, "factory", None), "max_body", None)
+        if limit is not None and self._body_octets > limit and hasattr(channel, "_too_large"):
+            channel._too_large()
+            return
+        server.Request.handleContentChunk(self, data)
+
     def render(self, resrc):
         # The hub's own 404/405/501 answers, never Twisted's pages (errors.py).
         from twisted_mailhub.web import errors
@@ -165,6 +179,7 @@ class WebFace:
         site = deadlines.DeadlineSite(self.root, timeout=float(options.get("web-idle-timeout") or deadlines.IDLE_TIMEOUT), reactor=self.hub.reactor)
         site.header_timeout = float(options.get("web-header-timeout") or deadlines.HEADER_TIMEOUT)
         site.body_timeout = float(options.get("web-body-timeout") or deadlines.BODY_TIMEOUT)
+        site.max_body = deadlines.max_body(int(getattr(self.hub, "max_message_size", 0) or 0))
         site.requestFactory = WebRequest
         site.displayTracebacks = False
         site.record_sessions = False  # the console's own traffic is not a session to watch
