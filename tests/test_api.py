@@ -447,3 +447,37 @@ def test_mailpit_message_list_and_message_shapes(hub):
 
 def test_no_request_in_this_module_left_a_traceback(shared):
     assert "Traceback" not in shared.log
+
+
+def test_a_message_of_thousands_of_parts_does_not_stop_other_clients_while_the_api_parses_it(hub):
+    # The standard library's parser takes seconds over 3,000 MIME parts; it
+    # ran in the reactor, so every other client of every protocol waited.
+    parts = b"".join(b"--zz\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"f%d.bin\"\r\n\r\nabc\r\n" % i for i in range(3000))
+    raw = b"From: a@example.net\r\nTo: alice@localhost\r\nSubject: many parts\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n" + parts + b"--zz--\r\n"
+    with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
+        s.sendmail("a@example.net", ["alice@localhost"], raw)
+    uid = hub.wait_for_message(to="alice@localhost", subject="many parts", timeout=10).uid
+    imap = hub.imap("bob")
+    logins = hub.log.count("api login alice")
+    result = {}
+
+    def fetch():
+        started = time.monotonic()
+        result["reply"] = call(hub, "GET", f"/accounts/me/folders/INBOX/messages/{uid}")
+        result["seconds"] = time.monotonic() - started
+
+    worker = threading.Thread(target=fetch)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while hub.log.count("api login alice") == logins and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the hub has the request (its login line)
+    started = time.monotonic()
+    assert imap.noop()[0] == "OK"
+    noop = time.monotonic() - started
+    worker.join(120)
+    imap.logout()
+    reply = result["reply"]
+    assert reply.status == 200
+    assert len(reply.json()["attachments"]) == 3000
+    # The IMAP client was answered while the parse went on, not after it.
+    assert noop < result["seconds"] / 3, (noop, result["seconds"])
