@@ -534,6 +534,24 @@ def test_port_bounce_to_another_host_or_privileged_port_is_refused(hub):
     trap.close()
 
 
+def test_eprt_to_a_number_that_is_no_port_is_a_syntax_error_that_says_so(hub):
+    # It was "504 ... the port must be 1024-65535, not a privileged port".
+    f = login(hub)
+    with pytest.raises(ftplib.error_perm) as refused:
+        f.sendcmd("EPRT |1|127.0.0.1|99999|")
+    assert str(refused.value) == "501 EPRT: 99999 is not a TCP port (1024-65535)."
+    assert f.sendcmd("NOOP").startswith("200")
+
+
+def test_allo_is_taken_as_noop(hub):
+    # RFC 1123 §4.1.2.13: a server must accept ALLO (it may do nothing).
+    f = login(hub)
+    assert f.sendcmd("ALLO 1000").startswith("202 ")
+    f.storbinary("STOR allo.bin", io.BytesIO(b"x" * 1000))
+    assert f.size("allo.bin") == 1000
+    assert "ALLO" in f.sendcmd("HELP")
+
+
 def test_passive_connection_from_another_address_is_refused(hub):
     f = login(hub)
     f.storbinary("STOR x", io.BytesIO(b"payload"))

@@ -27,7 +27,7 @@ What we replace, and why:
     failed logins slowed by the hub's throttled portal; a per-address
     connection limit; idle timeouts on both channels.
   - UTF-8 on the control channel (RFC 2640, OPTS UTF8 ON), a complete FEAT,
-    HELP, ACCT.
+    HELP, ACCT, ALLO (as NOOP, RFC 1123 §4.1.2.13).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ log = Logger()
 
 # What HELP lists and what the dispatcher knows.
 COMMANDS = (
-    "ABOR ACCT APPE AUTH CCC CDUP CWD DELE EPRT EPSV FEAT HELP LIST MDTM MKD MLSD MLST MODE "
+    "ABOR ACCT ALLO APPE AUTH CCC CDUP CWD DELE EPRT EPSV FEAT HELP LIST MDTM MKD MLSD MLST MODE "
     "NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD QUIT REST RETR RMD RNFR RNTO SIZE STAT STOR "
     "STOU STRU SYST TYPE USER XCUP XCWD XMKD XPWD XRMD"
 ).split()
@@ -488,6 +488,12 @@ class MailhubFTP(ftp.FTP):
     def ftp_ACCT(self, account=""):
         return "202 ACCT not needed here."
 
+    def ftp_ALLO(self, size=""):
+        # RFC 1123 §4.1.2.13: a server must take ALLO, and may treat it
+        # as NOOP (RFC 959 §4.1.3 allows 202); some clients send it before
+        # every STOR and gave up on "500 command not understood".
+        return "202 ALLO not needed here: no storage is reserved in advance."
+
     # -- plain commands -------------------------------------------------------
 
     def ftp_SYST(self):
@@ -733,7 +739,9 @@ class MailhubFTP(ftp.FTP):
         if not same_host(host, self.address):
             log.warn("ftp PORT to {host} refused for {peer} (bounce)", host=host, peer=self.address)
             return f"504 {verb} refused: data connections go to your own address only (RFC 2577)."
-        if not 1024 <= port <= 65535:
+        if port > 65535:
+            return f"501 {verb}: {port} is not a TCP port (1024-65535)."
+        if port < 1024:
             return f"504 {verb} refused: the port must be 1024-65535, not a privileged port (RFC 2577)."
         self.data.active(host, port)
         return f"200 {verb} command successful."
