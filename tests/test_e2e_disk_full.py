@@ -229,3 +229,35 @@ def test_imap_on_a_disk_full_before_a_folder_was_first_opened_answers_no_and_goe
     imap.logout()
     assert "Traceback" not in hub.log
     assert "Unhandled" not in hub.log
+
+
+def test_sftp_upload_that_fills_the_disk_leaves_nothing_behind(small_disk, start_hub):
+    # After a WRITE failed on the full disk, the client's CLOSE put what
+    # had been written (0 bytes here) in place under the file's name.
+    paramiko = pytest.importorskip("paramiko")
+    hub = start_hub(data=small_disk)
+    home = os.path.join(small_disk, "ftp", "localhost", "alice")
+    transport = paramiko.Transport(("127.0.0.1", hub.ports["sftp"]))
+    transport.connect(username="alice", password="secret")
+    sftp = paramiko.SFTPClient.from_transport(transport)
+    filler = Filler(small_disk)
+    filler.fill()
+    filler.leave(500_000)
+    free_before = os.statvfs(small_disk).f_bavail
+    f = sftp.open("big.bin", "wb")
+    f.set_pipelined(False)
+    with pytest.raises(OSError) as refused:
+        for _ in range(16):
+            f.write(b"z" * 65536)
+    assert "no space left on the server's disk" in str(refused.value)
+    f.close()  # paramiko drops CLOSE's error status; the listing below shows the outcome
+    # Neither under its name nor hidden: the space is free again.
+    assert sftp.listdir(".") == []
+    assert os.listdir(home) == []
+    assert os.statvfs(small_disk).f_bavail == free_before
+    # And a file that fits goes through on the same session.
+    with sftp.open("small.bin", "wb") as g:
+        g.write(b"s" * 1000)
+    assert sftp.listdir(".") == ["small.bin"]
+    transport.close()
+    assert "Traceback" not in hub.log

@@ -253,9 +253,29 @@ class WriteHandle(Handle):
         self.position = position
         self.end = position  # the end of the furthest write (FSTAT's size)
         self.bytes = 0
+        self.failed: BaseException | None = None  # the error of a WRITE that failed
 
     def close(self) -> defer.Deferred:
-        return defer.maybeDeferred(self.writer.close)
+        """
+        The upload is complete: durable, then under its name. After a WRITE
+        that failed (a full disk) it is not: the writer's C{fail} ends it as
+        FTP ends a broken STOR (ftp/vfs.py: nothing under the file's name,
+        and no hidden partial file either when the disk is full), and the
+        CLOSE fails with the reason instead of putting a truncated file in
+        place.
+        """
+        fail = getattr(self.writer, "fail", None)
+        if self.failed is None or fail is None:
+            return defer.maybeDeferred(self.writer.close)
+        error = self.failed
+
+        def refuse(_):
+            from twisted_mailhub.ftp.vfs import error_words
+
+            why = getattr(error, "reason", None) or (error_words(error) if isinstance(error, OSError) else "a write failed")
+            raise SFTPError(FX_FAILURE, f"{self.path}: not stored: an earlier write failed ({why})")
+
+        return defer.maybeDeferred(fail, error).addBoth(refuse)
 
     def abandon(self) -> None:
         discard = getattr(self.writer, "discard", None)
@@ -684,6 +704,12 @@ class SFTPServer(protocol.Protocol):
                     raise SFTPError(FX_OP_UNSUPPORTED, "this file system takes a file's bytes in order only")
                 f.seek(offset)
             d = defer.maybeDeferred(writer.write, data)
+
+        def remember(reason):
+            handle.failed = reason.value
+            return reason
+
+        d.addErrback(remember)
 
         def written(_):
             handle.position = offset + len(data)
