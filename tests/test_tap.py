@@ -126,3 +126,35 @@ def test_max_message_size_zero_is_refused_not_silently_the_default():
         options = tap.Options()
         with pytest.raises(usage.UsageError, match="--max-message-size wants a"):
             options.parseOptions(["--max-message-size", value])
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--hostname", "x\r\n250 injected"], "--hostname wants a host name such as mail.example.org, not x^M^J250 injected"),
+    (["--hostname", "bad name"], "--hostname wants a host name"),
+    (["--hostname", ""], "--hostname wants a host name"),
+    (["--ftp-banner", "hi\r\n230 fake"], "--ftp-banner is one line of text, without control characters"),
+    (["--domain", ""], "--domain wants a domain name such as example.org, not nothing"),
+    (["--domain", "a b"], "--domain wants a domain name"),
+    (["--domain", "../etc"], "--domain wants a domain name"),
+])
+def test_a_greeting_name_or_domain_that_would_break_a_reply_is_a_usage_error(args, says):
+    # A CR LF in --hostname or --ftp-banner wrote reply lines of its own
+    # into every greeting ("220 x" then "250 injected"); --domain "" made
+    # a local domain no account of could log in.
+    options = tap.Options()
+    with pytest.raises(usage.UsageError) as caught:
+        options.parseOptions(args)
+    assert str(caught.value).startswith(says), str(caught.value)
+    assert "\r" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--user", ".hidden:pw"], "mailhub: --user: not a usable mailbox name"),
+    (["--user", "a@:pw"], "mailhub: --user: not a usable domain after the @ in a@"),
+    (["--auth", "memory:../x:pw"], "mailhub: --auth memory: not a usable mailbox name"),
+])
+def test_an_account_name_that_cannot_be_stored_is_one_line_not_a_traceback(args, says, tmp_path):
+    result = twistd("-n", "--pidfile=", "mailhub", "--data", str(tmp_path / "data"), *args, data=str(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(says), result.stderr
+    assert "Traceback" not in result.stderr

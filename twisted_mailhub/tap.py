@@ -129,7 +129,14 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         A local domain; repeatable. The first is the default domain, given to
         bare login names (alice = alice@DEFAULT). Default: localhost.
         """
-        self["domains"].append(domain.lower().rstrip("."))
+        from twisted_mailhub.accounts import usable_domain
+        from twisted_mailhub.lines import quote
+
+        domain = domain.strip().lower().rstrip(".")
+        if not usable_domain(domain):
+            # "" or "a b" became a local domain; accounts of it could never log in.
+            raise usage.UsageError(f"--domain wants a domain name such as example.org, not {quote(domain) or 'nothing'}")
+        self["domains"].append(domain)
 
     def opt_user(self, spec):
         """
@@ -176,6 +183,13 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["workers"] = worker_count(self["workers"])
         except ValueError as e:
             raise usage.UsageError(f"--workers {self['workers']}: {e}")
+        hostname = self["hostname"]
+        if hostname is not None and (not hostname.strip() or any(c.isspace() or not c.isprintable() or c in "/\\<>" for c in hostname)):
+            from twisted_mailhub.lines import quote
+
+            # It is every greeting's first word: a CR LF in it wrote reply
+            # lines of its own ("220 x" then "250 injected").
+            raise usage.UsageError(f"--hostname wants a host name such as mail.example.org, not {quote(hostname) or 'nothing'}")
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         from twisted_mailhub.store import split_store_spec, store_factories
@@ -269,7 +283,10 @@ def _accounts_and_checkers(options):
             accounts.load_file(checker.filename)
         elif isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
             for name, password in checker.users.items():
-                accounts.add(_text(name), _text(password))
+                try:
+                    accounts.add(_text(name), _text(password))
+                except ValueError as e:
+                    raise usage.UsageError(f"--auth memory: {e}")
         else:
             extra.append(checker)
     for name, password in options["users"]:
@@ -315,6 +332,11 @@ def makeService(options):
         # One line, no traceback and no page of usage (twistd prints the
         # whole help for a UsageError from parseOptions).
         sys.stderr.write(f"mailhub: --auth: {e}\n")
+        raise SystemExit(2)
+    except usage.UsageError as e:
+        # A bad --user or --auth memory: name: twistd catches a UsageError
+        # only from parseOptions, so here it was a traceback.
+        sys.stderr.write(f"mailhub: {e}\n")
         raise SystemExit(2)
     if hasattr(accounts, "start"):
         accounts.start()  # --auth postgresql: listen for changes to the table

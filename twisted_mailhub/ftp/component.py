@@ -51,6 +51,12 @@ def check_options(options) -> None:
     for name in ("ftp-idle-timeout", "ftp-login-timeout", "ftp-command-timeout", "ftp-data-timeout"):
         if options.get(name) is not None and float(options[name]) <= 0:
             raise usage.UsageError(f"--{name} must be a positive number of seconds")
+    banner = options.get("ftp-banner")
+    if banner and any(not c.isprintable() for c in banner):
+        from twisted_mailhub.lines import control_note
+
+        # A CR LF in it wrote reply lines of its own ("220 hi", "230 fake").
+        raise usage.UsageError(f"--ftp-banner is one line of text, without control characters{control_note(banner)}")
     if options.get("passive-ports"):
         parse_port_range(options["passive-ports"])
     if options.get("ftp-data-port") is not None:
