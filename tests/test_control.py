@@ -74,3 +74,15 @@ def test_reload_that_keeps_the_old_accounts_exits_non_zero(start_hub, tmp_path):
     reload = mailhub_admin("reload", "--data", str(data))
     assert reload.returncode == 1
     assert "accounts not reloaded, keeping the 1 in use" in reload.stdout and "line 2" in reload.stdout
+
+
+def test_a_second_hub_on_the_same_data_folder_says_whose_control_socket_it_is(start_hub):
+    first = start_hub()
+    second = start_hub(data=first.data_dir)
+    line = second.wait_for_log(r"no control socket: .*")
+    assert "another running hub on this data folder has it" in line.group(0)
+    assert "b'" not in line.group(0) and "Couldn't listen" not in line.group(0)
+    # The first hub's socket is the one mailhub-admin reaches.
+    status = mailhub_admin("status", "--data", first.data_dir)
+    assert status.returncode == 0, status.stderr
+    assert str(first.pid) in status.stdout

@@ -138,7 +138,15 @@ class ControlService(service.Service):
             log.info("control socket {path} (mailhub-admin reload, status)", path=path)
 
         def taken(reason):
-            log.warn("no control socket: {path}: {why}", path=path, why=getattr(reason.value, "strerror", None) or reason.getErrorMessage())
+            error = getattr(reason.value, "socketError", None)
+            if isinstance(error, str) and "lock" in error.lower():
+                # wantPID: another live process holds PATH.lock (Twisted's
+                # own words were "Couldn't listen on any:b'PATH': Cannot
+                # acquire lock.", a Python repr).
+                why = "another running hub on this data folder has it; mailhub-admin status and reload reach that hub, not this one (give each hub its own --data)"
+            else:
+                why = getattr(reason.value, "strerror", None) or getattr(error, "strerror", None) or str(error or "") or "it cannot be made"
+            log.warn("no control socket: {path}: {why}", path=path, why=why)
 
         d.addCallbacks(listening, taken)
 
