@@ -461,3 +461,15 @@ class StopTests(unittest.TestCase):
         self.successResultOf(stopped)
         self.assertEqual(len(self.storage.load()), 1)  # still queued for next time
         relay.hold.callback(None)
+
+
+def test_queue_list_of_a_data_folder_without_a_queue_says_so_not_empty(tmp_path, capsys):
+    # A mistyped --data answered "queue is empty" and exit 0.
+    from twisted_mailhub.queue.admin import main
+
+    assert main(["--data", str(tmp_path / "no-such-data"), "list"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"no queue at {tmp_path / 'no-such-data' / 'queue'} (is --data the hub's data folder?)\n"
+    os.makedirs(tmp_path / "data" / "queue")
+    assert main(["--data", str(tmp_path / "data"), "list"]) == 0
+    assert capsys.readouterr().err == ""

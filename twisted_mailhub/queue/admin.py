@@ -247,11 +247,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return table_main(dsn, args.command, getattr(args, "id", None))
     directory = os.path.join(os.path.abspath(args.data), "queue")
+    if not os.path.isdir(directory):
+        # "queue is empty" for a mistyped --data told a wrong thing.
+        print(f"no queue at {directory} (is --data the hub's data folder?)", file=sys.stderr)
+        return 1
     if args.command == "list":
         return list_queue(directory)
-    if not os.path.isdir(directory):
-        print(f"no queue at {directory}", file=sys.stderr)
-        return 1
     ok, answer = request(directory, "flush" if args.command == "flush" else f"remove {args.id}")
     print(answer)
     return 0 if ok and not answer.startswith(("no message", "unknown")) else 1
