@@ -28,7 +28,7 @@ import pytest
 from tests.rawclient import LineReader
 from tests.hubprocess import HubProcess
 
-USERS = ["bob:hungry"] + [f"user{i}:pw{i}" for i in range(12)] + [f"curl{i}:pw" for i in range(4)]
+USERS = ["bob:hungry"] + [f"user{i}:pw{i}" for i in range(14)] + [f"curl{i}:pw" for i in range(4)]
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +167,66 @@ def test_retr_is_byte_exact_for_multipart_mime_with_binary_attachment(hub):
     raw = s.buf[: -len(b".\r\n")]
     unstuffed = re.sub(rb"(?m)^\.", b"", raw)
     assert unstuffed == message
+    s.close()
+
+
+def test_files_another_program_wrote_with_bare_lf_or_cr_are_counted_and_sent_as_crlf(hub):
+    # An MDA that stores LF line ends and counts them in S= (Courier), and
+    # an old Mac mailer's bare CR: the sizes in the greeting, LIST and RETR
+    # are the octets the client receives (RFC 1939 §11), and no CR or LF
+    # stands alone on the wire.
+    sent = [
+        b"Subject: lf\n\nline one\n.dot line\nlast\n",
+        b"Subject: cr\r\n\r\nbare\rCR here\r\n.dot\r\n",
+        b"Subject: both\r\n\r\nmixed\nends\rhere\r\n",
+    ]
+    for message in sent:
+        put(hub, "user12@localhost", message)
+    wire = [re.sub(rb"\r\n|\r|\n", b"\r\n", m) for m in sent]
+    pop = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=10)
+    try:
+        pop.user("user12")
+        assert pop.pass_("pw12") == b"+OK user12@localhost has 3 messages (%d octets)" % sum(map(len, wire))
+        resp, listing, _ = pop.list()
+        assert listing == [b"%d %d" % (n, len(m)) for n, m in enumerate(wire, 1)]
+        for n, m in enumerate(wire, 1):
+            resp, lines, octets = pop.retr(n)
+            assert resp == b"+OK %d octets" % len(m)
+            assert octets == len(m)  # counted by poplib as received, unstuffed
+            assert b"\r\n".join(lines) + b"\r\n" == m
+    finally:
+        pop.quit()
+    s = Raw(hub.ports["pop3"])
+    s.cmd(b"user user12")
+    s.cmd(b"pass pw12")
+    s.send(b"RETR 1\r\nRETR 2\r\nRETR 3\r\nQUIT\r\n")
+    while not s.buf.endswith(b"signing off (0 messages deleted)\r\n"):
+        s.buf += s.sock.recv(65536)
+    assert s.buf.count(b"\r") == s.buf.count(b"\n") == s.buf.count(b"\r\n")
+    s.close()
+
+
+def test_many_pipelined_retrs_are_answered_in_order_each_whole(hub):
+    bodies = [b"Subject: m%d\r\n\r\n%s\r\n" % (n, b"x" * (n * 37)) for n in range(1, 41)]
+    for body in bodies:
+        put(hub, "user13@localhost", body)
+    s = Raw(hub.ports["pop3"])
+    s.cmd(b"user user13")
+    s.cmd(b"pass pw13")
+    # One send: the hub answers the whole batch together (gathered).
+    order = list(range(40, 0, -1))
+    s.send(b"".join(b"RETR %d\r\n" % n for n in order) + b"NOOP\r\n")
+    together = {}
+    for n in order:
+        status, body = s.line(), b"\r\n".join(s.multi()) + b"\r\n"
+        assert status == b"+OK %d octets" % len(body)
+        together[n] = body
+    assert s.line() == b"+OK"
+    assert sorted(together.values()) == sorted(bodies)
+    # The same answers as one RETR at a time.
+    for n in order:
+        assert s.cmd(b"RETR %d" % n) == b"+OK %d octets" % len(together[n])
+        assert b"\r\n".join(s.multi()) + b"\r\n" == together[n]
     s.close()
 
 

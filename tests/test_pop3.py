@@ -553,6 +553,30 @@ class MaildirRetrTests(POP3TestCase):
         self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"+OK 20 octets\r\nSubject: a\r\n\r\n..one\r\n.\r\n")
 
 
+    def test_a_file_with_bare_lf_under_an_lf_size_is_listed_and_sent_at_its_size_on_the_wire(self):
+        # Another program's file (Courier maildrop: S= counts LF ends).
+        message = b"Subject: a\n\nline one\n.dot\n"
+        self.drop_in("1700000000.M1P1.host,S=%d" % len(message), message)
+        wire = b"Subject: a\r\n\r\nline one\r\n.dot\r\n"
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"list\r\nstat\r\n"), b"+OK 1 message (%d octets)\r\n1 %d\r\n.\r\n+OK 1 %d\r\n" % ((len(wire),) * 3))
+        self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"+OK %d octets\r\n" % len(wire) + wire.replace(b"\n.", b"\n..") + b".\r\n")
+
+    def test_a_bare_cr_is_sent_as_a_line_end_and_counted_so(self):
+        message = b"Subject: a\r\n\r\nold\rmac\r\n.x\rend\r\n"
+        self.drop_in("1700000000.M1P1.host,S=%d" % len(message), message)
+        wire = b"Subject: a\r\n\r\nold\r\nmac\r\n.x\r\nend\r\n"
+        for _ in range(2):  # learning it, then from the facts
+            proto, t = self.login()
+            self.assertEqual(self.say(proto, t, b"list 1\r\n"), b"+OK 1 %d\r\n" % len(wire))
+            sent = self.say(proto, t, b"retr 1\r\n")
+            self.assertEqual(sent, b"+OK %d octets\r\n" % len(wire) + wire.replace(b"\n.", b"\n..") + b".\r\n")
+            self.assertEqual(sent.count(b"\r"), sent.count(b"\r\n"))
+            self.assertEqual(self.say(proto, t, b"top 1 1\r\n"), b"+OK top of message follows\r\nSubject: a\r\n\r\nold\r\n.\r\n")
+            self.say(proto, t, b"quit\r\n")
+            self.store = self.hub.store = MaildirStore(self.root)
+
+
 class StuffingTests(SynchronousTestCase):
     def test_chunked_stuffing_equals_whole(self):
         message = b".a\r\n\r\n.b\r\nc\rd\r\n" * 50 + b"bare\nlf\n.x\n" + b"end"

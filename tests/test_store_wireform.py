@@ -21,6 +21,8 @@ class WireLinesTests(SynchronousTestCase):
             b".Subject: a\r\n\r\nx\r\n",  # the first line too
             b"Subject: a\n\nbare lf\n",  # line ends
             b"Subject: a\r\n\r\nmixed\nends\r\n",
+            b"Subject: a\r\n\r\na bare\rCR\r\n",  # sent as a line end
+            b"Subject: a\r\n\r\nends in a CR\r\n\r",
             b"Subject: a\r\n\r\nno line end at the end",
             "Subject: Grüße\r\n\r\nx\r\n".encode("utf-8"),  # an 8-bit header (RFC 6856 downgrade)
             b"",
@@ -29,6 +31,16 @@ class WireLinesTests(SynchronousTestCase):
 
     def test_eight_bit_body_under_an_ascii_header_is_in_wire_form(self):
         self.assertEqual(wireform.wire_lines("Subject: a\r\n\r\nGrüße\r\n".encode("utf-8")), 3)
+
+
+class WireSizeTests(SynchronousTestCase):
+    def test_size_on_the_wire_counts_every_line_end_as_crlf(self):
+        self.assertEqual(wireform.wire_size(b"a\r\nb\r\n"), 6)
+        self.assertEqual(wireform.wire_size(b"a\nb\n"), 6)
+        self.assertEqual(wireform.wire_size(b"a\rb\r\nc\n"), 9)
+        self.assertEqual(wireform.wire_size(b"a\n\rb"), 6)  # LF then CR: two line ends
+        self.assertEqual(wireform.wire_size(b".x\r\n"), 4)  # stuffing is not counted
+        self.assertEqual(wireform.wire_size(b""), 0)
 
 
 class WireFormsTests(SynchronousTestCase):
@@ -60,6 +72,24 @@ class WireFormsTests(SynchronousTestCase):
         self.assertIsNone(forms.lines_of("a", b".xy\r\n"))
         self.assertEqual(forms.lines_of("a", b"x\r\ny\r\n"), 2)
         self.assertEqual(scans, [b"x\r\n", b".xy\r\n", b"x\r\ny\r\n"])
+
+    def test_the_size_on_the_wire_of_every_message_is_known_and_kept(self):
+        forms = wireform.WireForms(self.directory)
+        self.assertIsNone(forms.size_of("a"))
+        forms.learn("a", b"x\r\n")
+        forms.learn("b", b"lf\nonly\n")
+        forms.learn("c", b".dot\r\n")
+        forms.save(["a", "b", "c"])
+        again = wireform.WireForms(self.directory)
+        self.assertEqual([again.size_of(k) for k in "abc"], [3, 10, 6])
+        self.assertIsNone(again.lines_of("b", b"lf\nonly\n"))
+
+    def test_a_cache_of_the_first_version_is_learned_again(self):
+        import marshal
+
+        with open(os.path.join(self.directory, wireform.FILE), "wb") as f:
+            f.write(marshal.dumps((1, {"b": -1 - 8})))
+        self.assertEqual(wireform.WireForms(self.directory).known, {})
 
     def test_nothing_is_written_when_nothing_was_learned(self):
         wireform.WireForms(self.directory).save(["a"])

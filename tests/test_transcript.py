@@ -147,6 +147,33 @@ def test_a_pop3_answer_recorded_from_its_facts_reads_as_one_recorded_from_its_by
     assert _lines(from_facts)[2:5] == ["S: +OK 20 octets", "S: [message: 3 lines, 20 octets]", "S: ."]
 
 
+def test_a_pipelined_batch_of_numbered_pop3_commands_is_recorded_as_the_same_lines_sent_one_by_one():
+    batch = b"RETR 1\r\ndele 1\nList 2\r\nretr 2\r\nUIDL 2\r\n"
+    answers = [
+        b"+OK 20 octets\r\nSubject: a\r\n\r\nbody\r\n.\r\n",
+        b"+OK message 1 deleted\r\n",
+        b"+OK 2 40\r\n",
+        b"+OK 20 octets\r\nSubject: b\r\n\r\nbody\r\n.\r\n",
+        b"+OK 2 abc\r\n",
+    ]
+    _, together, t = _record("pop3")
+    t.client_bytes(batch)
+    for answer in answers:
+        t.server_bytes(answer)
+    _, alone, t = _record("pop3")
+    for line in batch.splitlines(keepends=True):
+        t.client_bytes(line)
+    for answer in answers:
+        t.server_bytes(answer)
+    assert _lines(together) == _lines(alone)
+    assert _lines(together)[:5] == ["C: RETR 1", "C: dele 1", "C: List 2", "C: retr 2", "C: UIDL 2"]
+    assert _lines(together).count("S: [message: 3 lines, 20 octets]") == 2
+    # A password is never in such a batch: PASS takes the masking path.
+    _, masked, t = _record("pop3")
+    t.client_bytes(b"USER bob\r\nPASS 1234\r\n")
+    assert _lines(masked) == ["C: USER bob", "C: PASS ****"]
+
+
 def test_a_pop3_listing_line_of_message_354_is_not_taken_for_smtp_data():
     _, record, t = _record("pop3")
     t.client_bytes(b"UIDL\r\n")

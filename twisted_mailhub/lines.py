@@ -630,6 +630,8 @@ class LineEngine:
         if self._in_loop:
             return
         self._in_loop = True
+        gather = self._gathered is not None
+        line_received = self.owner.line_received
         try:
             while not (self.busy or self.writing_paused or self.closed):
                 if self._held:
@@ -671,7 +673,21 @@ class LineEngine:
                         else:
                             line = buf[pos:i]
                             self.crlf = False
-                self._batch_more = bool(self._held) or self._buf.find(b"\n", self._pos) >= 0
+                if gather:
+                    # Replies are gathered (write): no need to know
+                    # whether more lines follow. A plain line is handed
+                    # over here, as _dispatch would.
+                    if line is not TOO_LONG:
+                        try:
+                            result = line_received(line)
+                        except Exception:
+                            self._failed(Failure())
+                            continue
+                        if result is not None:
+                            self._result(result)
+                        continue
+                else:
+                    self._batch_more = bool(self._held) or self._buf.find(b"\n", self._pos) >= 0
                 self._dispatch(line)
         finally:
             self._in_loop = False

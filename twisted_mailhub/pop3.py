@@ -58,6 +58,7 @@ import io
 import os
 import re
 import secrets
+import sys
 import time
 from typing import Any, Callable
 
@@ -143,7 +144,8 @@ class Maildrop:
     def __init__(self, folder: Any, address: str):
         self.folder = folder
         self.address = address
-        # The store's index only: opening a maildrop reads no message. A
+        # The store's index (and the wire-form facts): opening a maildrop
+        # reads no message it has counted before (_sizes_on_the_wire). A
         # store that lists its messages as columns (C{listing()}: UIDs,
         # sizes, keys) makes no object per message for a login.
         listing = getattr(folder, "listing", None)
@@ -162,6 +164,9 @@ class Maildrop:
         # folder's facts, kept across sessions, or this session's own.
         forms = getattr(folder, "wire_forms", None)
         self.wire_forms = forms() if forms is not None else WireForms(None)
+        if self.wire_forms.directory is not None:
+            # Files another program may have written: counted as sent.
+            self._sizes_on_the_wire()
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
         self.count = len(self.uids)
@@ -177,6 +182,34 @@ class Maildrop:
         if self._uidls is None:
             self._uidls = [uidl_of(key) for key in self.keys]
         return self._uidls
+
+    # A message longer than this is not read at login to learn its size.
+    learn_limit = 1024 * 1024
+
+    def _sizes_on_the_wire(self) -> None:
+        """
+        Make C{sizes} what RETR will send (RFC 1939 §11: CRLF line ends,
+        before byte-stuffing), not the store's count, which for a file
+        another program wrote with bare LF (or CR) line ends is smaller:
+        from the folder's facts, and for a message never read before,
+        from its bytes, read once now and remembered (as Dovecot counts
+        the "virtual size" of such mail at the first POP3 login).
+        """
+        forms = self.wire_forms
+        known = forms.known
+        sizes, keys = self.sizes, self.keys
+        for i in range(len(keys)):
+            fact = known.get(keys[i])
+            if fact is None:
+                if sizes[i] > self.learn_limit:
+                    continue
+                try:
+                    forms.learn(keys[i], self.read(i))
+                except (NoSuchMessage, OSError, StoreError):
+                    continue  # gone: RETR will say so
+                fact = known[keys[i]]
+            if fact < 0:
+                sizes[i] = forms.size_of(keys[i])
 
     def read(self, i: int) -> bytes:
         """
@@ -328,19 +361,31 @@ class Maildrops:
 
 # -- byte-stuffing ------------------------------------------------------------
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 _HEADER_END = re.compile(rb"\n\r?\n")
+
+
+def crlf_lines(data: bytes) -> bytes:
+    """
+    C{data} with every line end CRLF (RFC 1939 §3): a bare LF or a bare
+    CR, as another program may store them, becomes CRLF, so no lone CR
+    reaches the client (RFC 5322 §2.3); C{data} itself when it has none.
+    Its length is the size RFC 1939 counts (L{wireform.wire_size}).
+    """
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
+        return data
+    return _LINE_END.sub(b"\r\n", data)
 
 
 def stuff(data: bytes, at_line_start: bool = True) -> bytes:
     """
-    C{data} as a POP3 multi-line body (RFC 1939 §3): CRLF line ends, and a
-    "." doubled where it starts a line. C{at_line_start} says whether the
-    data follows a line end (for a message sent in chunks).
+    C{data} as a POP3 multi-line body (RFC 1939 §3): CRLF line ends (see
+    L{crlf_lines}), and a "." doubled where it starts a line.
+    C{at_line_start} says whether the data follows a line end (for a
+    message sent in chunks).
     """
-    if data.count(b"\n") != data.count(b"\r\n"):
-        # Not stored with CRLF (an outside program put it there).
-        data = _BARE_LF.sub(b"\r\n", data)
+    data = crlf_lines(data)
     data = data.replace(b"\n.", b"\n..")
     if at_line_start and data[:1] == b".":
         data = b"." + data
@@ -481,7 +526,14 @@ COMMANDS: dict[State, frozenset[str]] = {
 }
 _KNOWN = frozenset().union(*COMMANDS.values())
 # TRANSACTION commands that take an argument, by their word as sent.
-_WITH_ARGUMENT = {word.encode("ascii"): word for word in ("RETR", "TOP", "DELE", "LIST", "UIDL")}
+# TRANSACTION commands that take an argument, by their word as sent
+# (upper or lower case; others are made upper): the command's name and its
+# handler's.
+_WITH_ARGUMENT = {
+    sent: (word, sys.intern("pop_" + word))
+    for word in ("RETR", "TOP", "DELE", "LIST", "UIDL")
+    for sent in (word.encode("ascii"), word.lower().encode("ascii"))
+}
 
 
 
@@ -724,10 +776,10 @@ class MailhubPOP3(_pop3.POP3):
         if self.state is State.TRANSACTION:
             # The common case, "RETR 12": straight to its handler.
             word, _, rest = line.partition(b" ")
-            name = _WITH_ARGUMENT.get(word.upper())
-            if name is not None:
-                self._command_name = name
-                return getattr(self, "pop_" + name)(rest.strip())
+            command = _WITH_ARGUMENT.get(word) or _WITH_ARGUMENT.get(word.upper())
+            if command is not None:
+                self._command_name = command[0]
+                return getattr(self, command[1])(rest if rest.isdigit() else rest.strip())
         line = line.lstrip(b" \t")
         word = line.split(None, 1)[0] if line.strip() else b""
         # After the command word and one separator: PASS keeps the rest as
@@ -1046,6 +1098,8 @@ class MailhubPOP3(_pop3.POP3):
                 return None
             if not self.utf8:
                 data = downgrade(data)
+            # The octets counted are those sent, before stuffing (RFC 1939 §11).
+            data = crlf_lines(data)
             body = stuff(data)
             self.write(b"+OK %d octets\r\n" % len(data) + body + terminator(body[-1:]))
             return None
@@ -1074,7 +1128,8 @@ class MailhubPOP3(_pop3.POP3):
             data = f.read()
         if not self.utf8:
             data = downgrade(data)
-            head = b"+OK %d octets\r\n" % len(data)
+        data = crlf_lines(data)
+        head = b"+OK %d octets\r\n" % len(data)
         body = stuff(data)
         # One write: the reply line, the message and the terminator.
         self.write(head + body + terminator(body[-1:]))
@@ -1101,7 +1156,8 @@ class MailhubPOP3(_pop3.POP3):
                 data = drop.read(i)
             except (NoSuchMessage, FileNotFoundError):
                 return self._gone(i)
-            top = top_of(io.BytesIO(data), lines)
+            # Lines as RETR sends them: a bare CR ends one too.
+            top = top_of(io.BytesIO(crlf_lines(data)), lines)
             if drop.wire_lines(i, data) is not None:
                 # Stored as it is sent: so are its first lines.
                 self.write_message(b"+OK top of message follows", top, top.count(b"\n"))

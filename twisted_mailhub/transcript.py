@@ -66,6 +66,11 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 Event = tuple  # (seq: int, time: float, kind: str, text: str)
 # POP3 commands whose +OK answer carries a message (RFC 1939 §7), as split.
 _MESSAGE_COMMANDS = ([b"RETR"], [b"TOP"])
+# POP3 lines of a command and a message number ("RETR 12"), which no mask
+# touches; and those that are all RETR (whose +OK answer carries a message).
+_POP3_NUMBERED = re.compile(rb"(?:(?:RETR|DELE|LIST|UIDL) [0-9]{1,20}\r?\n)+", re.I)
+_POP3_RETRS = re.compile(rb"(?:RETR [0-9]{1,20}\r?\n)+", re.I)
+_NUMBERED = {b"RETR": True, b"DELE": False, b"LIST": False, b"UIDL": False}
 _LINE_KINDS = frozenset({"C", "S"})
 
 
@@ -196,6 +201,26 @@ class SessionRecord:
         events.extend(zip(range(seq + 1, seq + n + 1), repeat(bus.clock()), repeat(kind), lines))
         self._seq = seq + n
         self._raw += n  # (at most: some may have been let go; only "any left?" matters)
+
+    def add_answer(self, status: bytes, summary: bytes) -> None:
+        """
+        Record the server's answer that carries a message (POP3 RETR,
+        TOP) as its three S: lines, C{status}, C{summary} and C{.}, as
+        L{add_lines} would: the commonest answer, in one step.
+        """
+        bus = self.bus
+        events = self._events
+        if bus.watchers or (bus.session_watchers and self.id in bus.session_watchers) or events.maxlen < 3:
+            self.add_lines("S", (status, summary, b"."))
+            return
+        over = len(events) + 3 - events.maxlen
+        if over > 0:
+            self.dropped += over
+        seq = self._seq
+        now = bus.clock()
+        events.extend(((seq + 1, now, "S", status), (seq + 2, now, "S", summary), (seq + 3, now, "S", b".")))
+        self._seq = seq + 3
+        self._raw += 3
 
     def logged_in(self, account: str) -> None:
         if self.bus.account_name is not None:
@@ -393,6 +418,29 @@ class Transcriber:
     # -- the client's side ----------------------------------------------------
 
     def client_bytes(self, data: bytes) -> None:
+        pending = self._pop3
+        if (
+            pending is not None
+            and data.find(b"\n") < len(data) - 1
+            and data[-1:] == b"\n"
+            and not (self._client or self._in_sasl or self._login_rest)
+            and _POP3_NUMBERED.fullmatch(data) is not None
+        ):
+            # A pipelined batch of POP3 lines of a command and a message
+            # number ("RETR 12"): no mask applies, so they are recorded in
+            # one step, each with whether its answer carries a message.
+            if _POP3_RETRS.fullmatch(data) is not None:
+                pending.extend(repeat(True, data.count(b"\n")))
+            else:
+                pending.extend(line[:4].upper() == b"RETR" for line in data.splitlines())
+            if data.find(b"\r") >= 0:
+                data = data.replace(b"\r\n", b"\n")
+            if self.record is not None:
+                self.record.add_lines("C", data[:-1].split(b"\n"))
+            else:
+                for line in data[:-1].split(b"\n"):
+                    self._emit("C", line)
+            return
         if 0 <= data.find(b"\n") == len(data) - 1 and not (self._client or self._in_data or self._in_literal):
             # The common case: one whole command line.
             self._client_line(data[:-1])
@@ -449,6 +497,16 @@ class Transcriber:
 
     def _client_line(self, line: bytes) -> None:
         bare = line.rstrip(b"\r")
+        pending = self._pop3
+        if pending is not None and not (self._in_sasl or self._login_rest):
+            # The common POP3 line, "RETR 12": no mask, no expression.
+            word, _, number = bare.partition(b" ")
+            if number.isdigit():
+                message = _NUMBERED.get(word.upper())
+                if message is not None:
+                    pending.append(message)
+                    self._emit("C", bare)
+                    return
         if self._in_sasl:
             self._emit("C", b"**** (SASL response)")
             return
@@ -586,7 +644,7 @@ class Transcriber:
         self._in_sasl = False
         summary = b"[message: %d lines, %d octets]" % (lines, octets)
         if self.record is not None:
-            self.record.add_lines("S", (status, summary, b"."))
+            self.record.add_answer(status, summary)
         else:
             for line in (status, summary, b"."):
                 self._emit("S", line)

@@ -6,8 +6,8 @@ RETR can send the file's bytes without reading them first.
 A POP3 multi-line reply (RFC 1939 §3) has CRLF line ends and a "." doubled
 where it starts a line; a session that did not send UTF8 gets 8-bit header
 fields as encoded-words (RFC 6856 §3). A message is in I{wire form} when it
-needs none of that: every line ends in CRLF (the last one too), no line
-starts with ".", and its header is ASCII. Most mail is: the store writes
+needs none of that: every line ends in CRLF (the last one too), no CR or
+LF stands alone, no line starts with ".", and its header is ASCII. Most mail is: the store writes
 CRLF, and SMTP has already dot-stuffed and un-stuffed it.
 
 Finding that out costs several scans of the message; the answer never
@@ -20,9 +20,12 @@ counts the message's lines from the fact instead of from the bytes.
 
 Rules:
 
- - A fact is C{base name -> (line count, length)}, or the length alone
-   for a message that is not in wire form (so it is not checked again
-   either), packed in one int (L{WireForms.known}). It holds only while
+ - A fact is C{base name -> (line count, length)}, or C{(size on the
+   wire, length)} for a message that is not in wire form (so it is not
+   checked again either), packed in one int (L{WireForms.known}). The
+   size on the wire is what RFC 1939 counts (§11): the message with every
+   line end as CRLF, a bare LF or a bare CR (another program's file)
+   counted as two octets, before byte-stuffing. A fact holds only while
    the file has that length: a file edited by hand to another length is
    checked again. (One edited by hand to the same length is trusted, as
    Dovecot trusts its cache.)
@@ -46,8 +49,9 @@ from twisted.logger import Logger
 log = Logger()
 
 FILE = "mailhub-wireform"
-_VERSION = 1
-# A fact packs a message's line count above its length (below 1 TiB).
+_VERSION = 2  # 1: no size on the wire in the facts of other messages
+# A fact packs a message's line count (or its size on the wire) above its
+# length (below 1 TiB).
 _SHIFT = 40
 _LENGTH = (1 << _SHIFT) - 1
 
@@ -60,19 +64,30 @@ def wire_lines(data: bytes) -> int | None:
     if data[-2:] != b"\r\n" or data[:1] == b"." or data.find(b"\n.") >= 0:
         return None
     lines = data.count(b"\n")
-    if data.count(b"\r\n") != lines:
-        return None
+    if data.count(b"\r\n") != lines or data.count(b"\r") != lines:
+        return None  # a bare LF or a bare CR
     end = data.find(b"\r\n\r\n")
     if not (data[:end] if end >= 0 else data).isascii():
         return None
     return lines
 
 
+def wire_size(data: bytes) -> int:
+    """
+    The size of C{data} (a whole message) as POP3 sends it (RFC 1939
+    §11): every line end as CRLF, a bare LF or a bare CR counting two
+    octets; byte-stuffing not counted.
+    """
+    crlf = data.count(b"\r\n")
+    return len(data) + (data.count(b"\r") - crlf) + (data.count(b"\n") - crlf)
+
+
 class WireForms:
     """
     The wire-form facts of one folder (see the module): C{known} maps a
     base name to C{lines << 40 | length} for a message in wire form, or
-    C{-1 - length} for one that is not (L{lines_of} reads them). C{directory} is the Maildir the cache
+    C{-1 - (size on the wire << 40 | length)} for one that is not
+    (L{lines_of} and L{size_of} read them). C{directory} is the Maildir the cache
     file lives in, or L{None} for facts kept in memory only (a store
     without files).
     """
@@ -119,9 +134,19 @@ class WireForms:
             if fact >= 0:
                 if fact & _LENGTH == len(data):
                     return fact >> _SHIFT
-            elif -1 - fact == len(data):
+            elif (-1 - fact) & _LENGTH == len(data):
                 return None
         return self.learn(key, data)
+
+    def size_of(self, key: str) -> int | None:
+        """
+        The size on the wire (see L{wire_size}) of the message stored
+        under C{key}, or L{None} when nothing is known of it.
+        """
+        fact = self.known.get(key)
+        if fact is None:
+            return None
+        return fact & _LENGTH if fact >= 0 else (-1 - fact) >> _SHIFT
 
     def learn(self, key: str, data: bytes) -> int | None:
         """
@@ -130,7 +155,10 @@ class WireForms:
         L{None}.
         """
         lines = wire_lines(data)
-        self.known[key] = -1 - len(data) if lines is None else (lines << _SHIFT) | len(data)
+        if lines is None:
+            self.known[key] = -1 - (wire_size(data) << _SHIFT | len(data))
+        else:
+            self.known[key] = (lines << _SHIFT) | len(data)
         self._learned = True
         return lines
 
