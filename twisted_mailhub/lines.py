@@ -553,12 +553,22 @@ class LineEngine:
             # The common case, one whole command line with nothing before
             # it: handled as _run would, without its loop.
             self._line_started = None
-            self.crlf = data[-2:-1] == b"\r"
+            crlf = self.crlf = data[-2:-1] == b"\r"
             self._in_loop = True
             try:
-                self._dispatch(data[:-2] if self.crlf else data[:-1])
+                result = self.owner.line_received(data[:-2] if crlf else data[:-1])
+            except Exception:
+                result = None
+                self._failed(Failure())
             finally:
                 self._in_loop = False
+            if result is not None:
+                self._result(result)
+            gathered = self._gathered
+            if gathered and not (self._reading_paused or self.input_ended):
+                # What _after_run does in this case: the reply leaves now.
+                self._send_gathered()
+                return
             self._after_run()
             return
         if self._pos:

@@ -145,7 +145,7 @@ class Maildrop:
         self.folder = folder
         self.address = address
         # The store's index (and the wire-form facts): opening a maildrop
-        # reads no message it has counted before (_sizes_on_the_wire). A
+        # reads no message it has counted before (sizes_on_the_wire). A
         # store that lists its messages as columns (C{listing()}: UIDs,
         # sizes, keys) makes no object per message for a login.
         listing = getattr(folder, "listing", None)
@@ -165,8 +165,11 @@ class Maildrop:
         forms = getattr(folder, "wire_forms", None)
         self.wire_forms = forms() if forms is not None else WireForms(None)
         if self.wire_forms.directory is not None:
-            # Files another program may have written: counted as sent.
-            self._sizes_on_the_wire()
+            # Files another program may have written with bare LF or CR
+            # line ends count as sent (RFC 1939 §11), not as stored: such
+            # a message never read before is read once now (as Dovecot
+            # counts the "virtual size" at the first POP3 login).
+            self.wire_forms.sizes_on_the_wire(self.keys, self.sizes, self.read, self.learn_limit)
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
         self.count = len(self.uids)
@@ -185,31 +188,6 @@ class Maildrop:
 
     # A message longer than this is not read at login to learn its size.
     learn_limit = 1024 * 1024
-
-    def _sizes_on_the_wire(self) -> None:
-        """
-        Make C{sizes} what RETR will send (RFC 1939 §11: CRLF line ends,
-        before byte-stuffing), not the store's count, which for a file
-        another program wrote with bare LF (or CR) line ends is smaller:
-        from the folder's facts, and for a message never read before,
-        from its bytes, read once now and remembered (as Dovecot counts
-        the "virtual size" of such mail at the first POP3 login).
-        """
-        forms = self.wire_forms
-        known = forms.known
-        sizes, keys = self.sizes, self.keys
-        for i in range(len(keys)):
-            fact = known.get(keys[i])
-            if fact is None:
-                if sizes[i] > self.learn_limit:
-                    continue
-                try:
-                    forms.learn(keys[i], self.read(i))
-                except (NoSuchMessage, OSError, StoreError):
-                    continue  # gone: RETR will say so
-                fact = known[keys[i]]
-            if fact < 0:
-                sizes[i] = forms.size_of(keys[i])
 
     def read(self, i: int) -> bytes:
         """
@@ -675,7 +653,7 @@ class MailhubPOP3(_pop3.POP3):
         session transcript records it from these facts, without reading
         the message again.
         """
-        data = status + b"\r\n" + message + b".\r\n"
+        data = b"".join((status, b"\r\n", message, b".\r\n"))
         record = self._record_message
         past = record(status, lines, len(message)) if record is not None else None
         if past is None:

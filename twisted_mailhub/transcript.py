@@ -70,7 +70,7 @@ _MESSAGE_COMMANDS = ([b"RETR"], [b"TOP"])
 # touches; and those that are all RETR (whose +OK answer carries a message).
 _POP3_NUMBERED = re.compile(rb"(?:(?:RETR|DELE|LIST|UIDL) [0-9]{1,20}\r?\n)+", re.I)
 _POP3_RETRS = re.compile(rb"(?:RETR [0-9]{1,20}\r?\n)+", re.I)
-_NUMBERED = {b"RETR": True, b"DELE": False, b"LIST": False, b"UIDL": False}
+_NUMBERED = {word: word[:4].upper() == b"RETR" for word in (b"RETR", b"DELE", b"LIST", b"UIDL", b"retr", b"dele", b"list", b"uidl")}
 _LINE_KINDS = frozenset({"C", "S"})
 
 
@@ -403,6 +403,9 @@ class Transcriber:
         self._client_sync = 0
         self._client_sync_tag = b""
         self._login_rest = False
+        # Where the protocol's bytes go past the recorder (set by
+        # TranscriptProtocol), for record_message.
+        self.past: Any = None
         # Recorded, and neither POP3 nor IMAP (SMTP, FTP...): whole CRLF
         # lines may take the shortcuts of client_bytes and server_bytes.
         self._plain = record is not None and self._pop3 is None and not self._imap
@@ -419,9 +422,23 @@ class Transcriber:
 
     def client_bytes(self, data: bytes) -> None:
         pending = self._pop3
+        if pending is not None and data.find(b"\n") == len(data) - 1 and not (self._client or self._in_sasl or self._login_rest):
+            # One POP3 line; the commonest, "RETR 12", without a mask or an
+            # expression (as _client_line would record it).
+            bare = data[:-2] if data[-2:-1] == b"\r" else data[:-1]
+            word, _, number = bare.partition(b" ")
+            if number.isdigit():
+                message = _NUMBERED.get(word)
+                if message is None:
+                    message = _NUMBERED.get(word.upper())
+                if message is not None:
+                    pending.append(message)
+                    self._emit("C", bare)
+                    return
+            self._client_line(data[:-1])
+            return
         if (
             pending is not None
-            and data.find(b"\n") < len(data) - 1
             and data[-1:] == b"\n"
             and not (self._client or self._in_sasl or self._login_rest)
             and _POP3_NUMBERED.fullmatch(data) is not None
@@ -499,7 +516,8 @@ class Transcriber:
         bare = line.rstrip(b"\r")
         pending = self._pop3
         if pending is not None and not (self._in_sasl or self._login_rest):
-            # The common POP3 line, "RETR 12": no mask, no expression.
+            # A POP3 line of a pipelined batch, "RETR 12": no mask, no
+            # expression.
             word, _, number = bare.partition(b" ")
             if number.isdigit():
                 message = _NUMBERED.get(word.upper())
@@ -625,6 +643,19 @@ class Transcriber:
             pos = i + 1
         if pos < end:
             self._server = data[pos:] if pos else data
+
+    def record_message(self, status: bytes, lines: int, octets: int) -> Any:
+        """
+        L{server_message}, for L{TranscriptProtocol.record_message}: the
+        transport to write the answer to past the recorder (C{past}), or
+        L{None} when it was not recorded.
+        """
+        return self.past if self.server_message(status, lines, octets) else None
+
+    def record_reply(self, data: bytes) -> Any:
+        """L{server_bytes}, for L{TranscriptProtocol.record_reply}: returns C{past}."""
+        self.server_bytes(data)
+        return self.past
 
     def server_message(self, status: bytes, lines: int, octets: int) -> bool:
         """
@@ -820,6 +851,11 @@ class TranscriptProtocol(policies.ProtocolWrapper):
         )
         self.transcriber = Transcriber(self.record.id, self.record)
         self._tls_pending = ISSLTransport.providedBy(self.transport)
+        # POP3 looks this up once per connection: the transcriber's own,
+        # one call and no lookup through this wrapper per message.
+        self.transcriber.past = self.transport
+        self.record_message = self.transcriber.record_message
+        self.record_reply = self.transcriber.record_reply
 
     def makeConnection(self, transport):
         policies.ProtocolWrapper.makeConnection(self, transport)
@@ -867,7 +903,8 @@ class TranscriptProtocol(policies.ProtocolWrapper):
         A POP3 RETR or TOP answer about to be written whole, recorded from
         its facts (L{Transcriber.server_message}): returns the transport to
         write its bytes to, past this recorder, or L{None} when they must
-        be written through it (L{write}).
+        be written through it (L{write}). (L{connectionMade} puts the
+        transcriber's own in its place: one call per answer.)
         """
         return self.transport if self.transcriber.server_message(status, lines, octets) else None
 
@@ -879,7 +916,7 @@ class TranscriptProtocol(policies.ProtocolWrapper):
         together later (POP3) keeps the transcript in the order written.
         """
         self.transcriber.server_bytes(data)
-        return self.transport
+        return self.transport  # (connectionMade puts the transcriber's own in its place)
 
     def writeSequence(self, data):
         self.transcriber.server_bytes(b"".join(data))

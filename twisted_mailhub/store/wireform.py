@@ -42,9 +42,11 @@ from __future__ import annotations
 
 import marshal
 import os
-from typing import Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.logger import Logger
+
+from twisted_mailhub.store.interfaces import StoreError
 
 log = Logger()
 
@@ -92,13 +94,16 @@ class WireForms:
     without files).
     """
 
-    __slots__ = ("directory", "path", "_known", "_learned")
+    __slots__ = ("directory", "path", "_known", "_learned", "_odd")
 
     def __init__(self, directory: str | None):
         self.directory = directory
         self.path = os.path.join(directory, FILE) if directory is not None else None
         self._known: dict[str, int] | None = None
         self._learned = False
+        # The facts of messages whose size on the wire is not their length
+        # (bare LF or CR line ends): key -> size on the wire.
+        self._odd: dict[str, int] = {}
 
     @property
     def known(self) -> dict[str, int]:
@@ -106,7 +111,15 @@ class WireForms:
         known = self._known
         if known is None:
             known = self._known = self._read()
+            for key, fact in known.items():
+                if fact < 0:
+                    self._note_odd(key, fact)
         return known
+
+    def _note_odd(self, key: str, fact: int) -> None:
+        f = -1 - fact
+        if f >> _SHIFT != f & _LENGTH:
+            self._odd[key] = f >> _SHIFT
 
     def _read(self) -> dict[str, int]:
         if self.path is None:
@@ -155,12 +168,40 @@ class WireForms:
         L{None}.
         """
         lines = wire_lines(data)
+        self._odd.pop(key, None)
         if lines is None:
-            self.known[key] = -1 - (wire_size(data) << _SHIFT | len(data))
+            fact = self.known[key] = -1 - (wire_size(data) << _SHIFT | len(data))
+            self._note_odd(key, fact)
         else:
             self.known[key] = (lines << _SHIFT) | len(data)
         self._learned = True
         return lines
+
+    def sizes_on_the_wire(self, keys: Sequence[str], sizes: Any, read: Callable[[int], bytes], limit: int) -> None:
+        """
+        Make C{sizes} (the store's counts of the messages stored under
+        C{keys}, changed in place) the sizes on the wire (L{wire_size}):
+        from the facts, and for a message without one, from its bytes,
+        C{read(i)}, learned now (unless the store counts it over C{limit}
+        octets; one that cannot be read keeps the store's count). With
+        every fact known and no odd one (the usual case) this costs one
+        pass in C over C{keys}.
+        """
+        known = self.known
+        if not all(map(known.__contains__, keys)):
+            for i, key in enumerate(keys):
+                if key not in known and sizes[i] <= limit:
+                    try:
+                        data = read(i)
+                    except (OSError, StoreError, ValueError):
+                        continue  # gone, or not readable: RETR will say so
+                    self.learn(key, data)
+        odd = self._odd
+        if odd:
+            for i, key in enumerate(keys):
+                size = odd.get(key)
+                if size is not None:
+                    sizes[i] = size
 
     def save(self, keys: Iterable[str]) -> None:
         """
