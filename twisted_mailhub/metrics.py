@@ -170,23 +170,30 @@ class _CountingSocket:
     octet on the wire passes here once, whoever writes (Twisted's
     transport, or a reply sent at once by L{twisted_mailhub.lines.send_now}),
     TLS or not. Everything else is the socket's own.
+
+    C{send} and C{recv} are closures over the socket's own methods and the
+    counts, kept in slots: a call looks nothing up through C{__getattr__}
+    (which every attribute of a class that has one goes through).
     """
 
-    __slots__ = ("_socket", "_counts")
+    __slots__ = ("_socket", "send", "recv")
 
     def __init__(self, sock: Any, counts: "ByteCounts"):
         self._socket = sock
-        self._counts = counts
+        send_raw, recv_raw = sock.send, sock.recv
 
-    def send(self, data, *flags):
-        sent = self._socket.send(data, *flags)
-        self._counts.sent += sent
-        return sent
+        def send(data, *flags):
+            sent = send_raw(data, *flags)
+            counts.sent += sent
+            return sent
 
-    def recv(self, size, *flags):
-        data = self._socket.recv(size, *flags)
-        self._counts.received += len(data)
-        return data
+        def recv(size, *flags):
+            data = recv_raw(size, *flags)
+            counts.received += len(data)
+            return data
+
+        self.send = send
+        self.recv = recv
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._socket, name)

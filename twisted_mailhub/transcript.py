@@ -647,10 +647,23 @@ class Transcriber:
     def record_message(self, status: bytes, lines: int, octets: int) -> Any:
         """
         L{server_message}, for L{TranscriptProtocol.record_message}: the
-        transport to write the answer to past the recorder (C{past}), or
-        L{None} when it was not recorded.
+        transport to write the answer to past the recorder (C{past}; True
+        when there is none), or L{None} when it was not recorded.
         """
-        return self.past if self.server_message(status, lines, octets) else None
+        pending = self._pop3
+        if self._server or self._out_data is not None or not pending or not pending[0]:
+            return None
+        # What _server_line does for a status line that starts a message.
+        pending.popleft()
+        self._in_sasl = False
+        summary = b"[message: %d lines, %d octets]" % (lines, octets)
+        if self.record is not None:
+            self.record.add_answer(status, summary)
+        else:
+            for line in (status, summary, b"."):
+                self._emit("S", line)
+        past = self.past
+        return True if past is None else past
 
     def record_reply(self, data: bytes) -> Any:
         """L{server_bytes}, for L{TranscriptProtocol.record_reply}: returns C{past}."""
@@ -667,19 +680,7 @@ class Transcriber:
         reply would not start a line, or its command was not RETR or TOP):
         then the bytes go through L{server_bytes}.
         """
-        pending = self._pop3
-        if self._server or self._out_data is not None or not pending or not pending[0]:
-            return False
-        # What _server_line does for a status line that starts a message.
-        pending.popleft()
-        self._in_sasl = False
-        summary = b"[message: %d lines, %d octets]" % (lines, octets)
-        if self.record is not None:
-            self.record.add_answer(status, summary)
-        else:
-            for line in (status, summary, b"."):
-                self._emit("S", line)
-        return True
+        return self.record_message(status, lines, octets) is not None
 
     def _server_line(self, line: bytes) -> None:
         bare = line[:-1] if line[-1:] == b"\r" else line
@@ -856,6 +857,22 @@ class TranscriptProtocol(policies.ProtocolWrapper):
         self.transcriber.past = self.transport
         self.record_message = self.transcriber.record_message
         self.record_reply = self.transcriber.record_reply
+        if not self._tls_pending:
+            self._plain_input()
+
+    def _plain_input(self) -> None:
+        """
+        Until TLS starts: each read recorded and handed on by a closure, in
+        this wrapper's place, with no look-up through its C{__getattr__}.
+        """
+        transcribe = self.transcriber.client_bytes
+        protocol = self.wrappedProtocol
+
+        def dataReceived(data):
+            transcribe(data)
+            protocol.dataReceived(data)
+
+        self.dataReceived = dataReceived
 
     def makeConnection(self, transport):
         policies.ProtocolWrapper.makeConnection(self, transport)
@@ -876,6 +893,7 @@ class TranscriptProtocol(policies.ProtocolWrapper):
     def startTLS(self, context, *args, **kwargs):
         self.transport.startTLS(context, *args, **kwargs)
         self._tls_pending = True
+        self.__dict__.pop("dataReceived", None)  # the method, which looks for the handshake
 
     def _tls_check(self):
         description = tls_description(self.transport)
