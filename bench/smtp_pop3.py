@@ -10,6 +10,7 @@ POP3 RETR messages/s on a 10,000-message maildrop.
     python3 bench/smtp_pop3.py --no-aiosmtpd --no-postfix --no-pop3
     python3 bench/smtp_pop3.py --case 32:1024 --neighbour 2048   # with a neighbour writing
     python3 bench/smtp_pop3.py --case 32:1024 --no-pop3 --py-spy /tmp/hub.txt   # where the hub's time goes
+    python3 bench/smtp_pop3.py --client c --case 32:1024 --no-pop3              # bench/smtpload.c: C, pipelined or not
     python3 bench/smtp_pop3.py --client smtp-source --case 32:1024 --no-pop3    # Postfix's C load generator
 
 With C{--neighbour MB} a neighbour process writes beside the servers for
@@ -34,7 +35,10 @@ wrong one fails the run.
 
 The client is Python too, on the same two cores as the servers: its CPU
 per message is printed beside theirs (column "client"), so a reader can
-see when it, not a server, sets the pace. With C{--client smtp-source}
+see when it, not a server, sets the pace. With C{--client c} the same
+load (X-Bench-Id and all, pipelined or not) comes from bench/smtpload.c,
+compiled with cc into the run's folder: an epoll loop in C that takes a
+fraction of the asyncio client's CPU. With C{--client smtp-source}
 the load comes from Postfix's C load generator instead
 (/usr/sbin/smtp-source, in Debian's postfix package: C{-s N -d}, N
 sessions each sending message after message; it does not pipeline, so
@@ -403,8 +407,8 @@ def main() -> None:
     parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub with py-spy during its measured runs: collapsed stacks of the thread holding the GIL (its Python work)")
     parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir on the same disk as /var/tmp)")
     parser.add_argument(
-        "--client", choices=("asyncio", "smtp-source"), default="asyncio",
-        help="the load generator: this script's asyncio client (default), or Postfix's C smtp-source (little CPU; no pipelining)",
+        "--client", choices=("asyncio", "c", "smtp-source"), default="asyncio",
+        help="the load generator: this script's asyncio client (default), bench/smtpload.c (C, little CPU), or Postfix's C smtp-source (no pipelining)",
     )
     args = parser.parse_args()
     if args.client == "smtp-source":
@@ -424,6 +428,13 @@ def main() -> None:
         cases = [c for c in cases if (c[0], c[1]) in wanted]
     pipelining = not args.no_pipelining
     work = tempfile.mkdtemp(prefix="mailhub-bench-", dir=args.dir or "/var/tmp")
+    c_client = None
+    if args.client == "c":
+        from bench.workers import build_client
+
+        c_client = build_client(work)
+        if c_client is None:
+            raise SystemExit("--client c needs a C compiler (cc)")
     # Every measured run sends to a Maildir of its own, and nothing is
     # deleted until the end: right after mass deletions ext4's inode
     # allocator crawls (recently_deleted()), which would slow whichever
@@ -458,7 +469,7 @@ def main() -> None:
         load = os.getloadavg()
         print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; cpus: {os.cpu_count()}")
         mode = "pipelined envelope (RFC 2920)" if pipelining else "no pipelining: one command per round trip"
-        client = "Postfix's smtp-source (C)" if args.client == "smtp-source" else "asyncio (Python, this process)"
+        client = {"smtp-source": "Postfix's smtp-source (C)", "c": "bench/smtpload.c (C)"}.get(args.client, "asyncio (Python, this process)")
         print(f"client: {client}, {mode}; every message fsynced before its 250")
         print(
             f"{'server':<13} {'clients':>7} {'size':>7} {'messages':>8} {'msgs/s':>9} {'hub is':>7} {'cpu us/msg':>9} {'client':>7}"
@@ -497,6 +508,14 @@ def main() -> None:
                     started = time.perf_counter()
                     if args.client == "smtp-source":
                         elapsed, accepted, used = smtp_source_run(port, local.encode() + b"@localhost", clients, count, size, work)
+                    elif c_client is not None:
+                        from bench.workers import c_run
+
+                        body_path = os.path.join(work, f"body-{size}.eml")
+                        if not os.path.exists(body_path):
+                            with open(body_path, "wb") as f:
+                                f.write(make_body(size))
+                        elapsed, accepted, used = c_run(c_client, body_path, port, local.encode() + b"@localhost", clients, count, pipelining)
                     else:
                         mine = os.times()
                         elapsed, accepted = asyncio.run(smtp_run(port, local.encode() + b"@localhost", clients, count, size, pipelining))

@@ -473,7 +473,7 @@ class Transcriber:
             # no secret to mask in them, they are recorded in one go, as
             # _client_line would record each.
             upper = data.upper()
-            if b"AUTH" not in upper and b"PASS" not in upper and b"LOGIN" not in upper:
+            if upper.find(b"AUTH") < 0 and upper.find(b"PASS") < 0 and upper.find(b"LOGIN") < 0:
                 self.record.add_lines("C", data[:-2].split(b"\r\n"))
                 return
         if self._client:
@@ -596,7 +596,7 @@ class Transcriber:
                 return
             lines = data[:-2].split(b"\r\n")
             self.record.add_lines("S", lines)
-            if b"354" in data and any(line.startswith(b"354") for line in lines):
+            if data.find(b"354") >= 0 and any(line.startswith(b"354") for line in lines):
                 self._in_data = _MessageLines()
             return
         if (
