@@ -236,3 +236,22 @@ def test_the_flush_is_chosen_once_per_choice_period_not_once_per_batch(tmp_path,
     writer.write(str(root / "tmp" / "late"), str(root / "new" / "late"), b"x")
     writer.reactor.turn()
     assert len(asked) == 2
+
+
+def test_on_a_quiet_system_a_second_batch_starts_while_the_first_is_still_on_its_way(tmp_path, monkeypatch):
+    # A batch is two journal commits in a row (data, then the renames'
+    # directory): the next batch's flush overlaps the first one's second
+    # commit instead of waiting for it; a third waits.
+    root = maildir(tmp_path)
+    monkeypatch.setattr(durable, "choose_flush", lambda: "syncfs")
+    reactor = _InlineReactor(hold=True)
+    writer = durable.GroupCommitWriter(reactor)
+    done = []
+    for n in range(3):
+        writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x").addCallback(done.append)
+        reactor.turn()
+    assert writer.batches == durable.SYNCFS_IN_FLIGHT == 2 and len(reactor.held) == 2
+    reactor.release()
+    assert writer.batches == 3 and len(done) == 2
+    reactor.release()
+    assert sorted(os.listdir(root / "new")) == ["m0", "m1", "m2"] and len(done) == 3

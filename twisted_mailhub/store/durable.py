@@ -31,7 +31,8 @@ waits no longer than that turn. A batch runs in four phases:
     filesystem merges their journal commits, and up to four batches are
     on their way at once; on a quiet system, one syncfs(2) of the
     filesystem, which then costs about our own data in one commit and
-    far less CPU than a fsync per file;
+    far less CPU than a fsync per file (two such batches on their way at
+    once, so that one's directory fsync overlaps the other's syncfs);
  3. rename each file whose data and record are on disk into place (the
     point of no return);
  4. fsync each directory once; if that fails the renamed files are taken
@@ -412,6 +413,10 @@ def _flush_filesystems(batch, outcome, fds, logs, log_fds, live) -> None:
                 outcome[i] = outcome[i] or failed[device]
 
 
+# Batches on their way to disk at once while the flush is a syncfs(2).
+SYNCFS_IN_FLIGHT = 2
+
+
 class GroupCommitWriter:
     """
     Writes files durably, batching the flushes of concurrent writes.
@@ -512,8 +517,13 @@ class GroupCommitWriter:
         return [item.deferred for item in items]
 
     def _limit(self) -> int:
-        # syncfs flushes everything at once: one batch at a time is enough.
-        return 1 if self._flush == "syncfs" else self.in_flight
+        # syncfs flushes everything at once, but a batch is two journal
+        # commits in a row (its data, then its renames' directories): with
+        # a second batch on its way, the one's directory fsync and the
+        # other's syncfs overlap instead of waiting in turn (32 clients on
+        # a disk, load 8-10: without pipelining 1,303 -> 1,670 msg/s,
+        # pipelined 1,350 -> 2,549).
+        return min(SYNCFS_IN_FLIGHT, self.in_flight) if self._flush == "syncfs" else self.in_flight
 
     def _next_batch(self) -> None:
         if not self._queue:
@@ -523,7 +533,12 @@ class GroupCommitWriter:
             # Read from /proc in the reactor thread: not for every batch.
             self._flush, self._flush_chosen = choose_flush(), now
         # Share what is queued among the batches that may start now.
-        size = max(1, min(self.max_batch, -(-len(self._queue) // max(1, self._limit() - self._running))))
+        if self._flush == "syncfs":
+            # One syncfs flushes whatever is queued: all of it in one batch
+            # (a second batch takes what comes meanwhile).
+            size = min(self.max_batch, len(self._queue))
+        else:
+            size = max(1, min(self.max_batch, -(-len(self._queue) // max(1, self._limit() - self._running))))
         while size < len(self._queue) and self._queue[size].group is not None and self._queue[size].group is self._queue[size - 1].group:
             size += 1  # a group stays in one batch (write_group)
         batch, self._queue = self._queue[:size], self._queue[size:]
