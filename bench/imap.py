@@ -13,6 +13,8 @@ count once per process; "shared pages once" counts each shared page once
     python3 bench/imap.py --sizes 10000   # just one size
     python3 bench/imap.py --no-dovecot    # the hub alone
     python3 bench/imap.py --mix           # mixed workload beside Dovecot (bench/imap_mix.py)
+    python3 bench/imap.py --sizes 20000 --body-only --body-rounds 5   # FETCH BODY[] alone
+    python3 bench/imap.py --sizes 20000 --body-only --py-spy /tmp/hub.txt  # where the hub's time goes
 
 The Maildir files are written directly (as an outside MDA would, already
 \\Seen, in cur/), then the real `twistd mailhub` is started; the first
@@ -28,13 +30,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.cpu import cpu_seconds  # noqa: E402
 from bench.dovecot import Dovecot  # noqa: E402
 from bench.dovecot import available as dovecot_available  # noqa: E402
 from bench.dovecot import memory_once_mb  # noqa: E402
@@ -66,20 +71,33 @@ def make_maildir(path: str, count: int) -> None:
 
 
 class Client:
+    """
+    A raw IMAP client that reads until the tagged reply. Linear in the
+    size of the reply (a bytearray, and each search starts where the last
+    one could not match), so a 20 MB FETCH BODY[] measures the server,
+    not the client.
+    """
+
     def __init__(self, port: int):
         self.sock = socket.create_connection(("127.0.0.1", port))
-        self.buf = b""
+        self.buf = bytearray()
         self.n = 0
         self.until(b"\r\n")
 
     def until(self, end: bytes) -> bytes:
-        while end not in self.buf:
+        start = 0
+        while True:
+            i = self.buf.find(end, start)
+            if i >= 0:
+                break
+            start = max(0, len(self.buf) - len(end) + 1)
             data = self.sock.recv(1 << 20)
             if not data:
-                raise EOFError(self.buf[-200:])
+                raise EOFError(bytes(self.buf[-200:]))
             self.buf += data
-        i = self.buf.index(end) + len(end)
-        out, self.buf = self.buf[:i], self.buf[i:]
+        i += len(end)
+        out = bytes(self.buf[:i])
+        del self.buf[:i]
         return out
 
     def cmd(self, text: str) -> bytes:
@@ -88,7 +106,7 @@ class Client:
         self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
         # Responses end at "\r\n<tag> "; the buffer starts with the "\r\n"
         # that ended the previous reply, so an untagged-free reply matches too.
-        self.buf = b"\r\n" + self.buf
+        self.buf[:0] = b"\r\n"
         out = self.until(b"\r\n" + tag + b" ")
         rest = self.until(b"\r\n")
         if not rest.startswith(b"OK"):
@@ -109,13 +127,51 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def measure(port: int, restart, pid, count: int, user: str, once=None) -> dict:
+def fetch_bodies(c: Client, count: int, rounds: int, cpu, spy=None) -> dict:
+    """
+    C{rounds} times FETCH 1:n (BODY[]) of n = min(count, 20,000) messages
+    on a selected session: the median rate, the best, and the server's
+    CPU per message (C{cpu()}: its CPU seconds so far, all its processes).
+    C{spy(seconds_hint)} is started before the rounds (py-spy) and its
+    result's C{wait()} called after them.
+    """
+    n_body = min(count, 20000)
+    rates, cpus, octets = [], [], 0
+    recorder = spy() if spy is not None else None
+    for _ in range(rounds):
+        before = cpu()
+        body_time, out = c.timed(f"fetch 1:{n_body} (BODY[])")
+        cpus.append(cpu() - before)
+        assert out.count(b" FETCH (") == n_body, out[-300:]
+        octets = len(out)
+        rates.append(n_body / body_time)
+    if recorder is not None:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait()
+    rates.sort()
+    cpus.sort()
+    return {
+        "FETCH BODY[] msgs/s": round(rates[len(rates) // 2]),
+        "FETCH BODY[] msgs/s, best round": round(rates[-1]),
+        "FETCH BODY[] MB/s": round(octets * rates[len(rates) // 2] / n_body / 1e6, 1),
+        "FETCH BODY[] server CPU µs/msg": round(cpus[len(cpus) // 2] * 1e6 / n_body, 1),
+    }
+
+
+def measure(port: int, restart, pid, count: int, user: str, once=None, cpu=None, rounds: int = 3, body_only: bool = False, spy=None) -> dict:
     """
     The timings on one server: C{restart()} stops and starts it (its next
     SELECT is cold), C{pid()} gives its RSS (MB; a sum over its processes
     when it has several), C{once()} its memory with each shared page
-    counted once (MB).
+    counted once (MB), C{cpu()} its CPU seconds so far. C{body_only}: just
+    the FETCH BODY[] rounds (L{fetch_bodies}).
     """
+    if body_only:
+        c = Client(port())
+        c.cmd(f"login {user} secret")
+        c.cmd("select INBOX")
+        c.cmd(f"fetch 1:{min(count, 20000)} (BODY.PEEK[])")  # the files in the page cache, for both servers
+        return fetch_bodies(c, count, rounds, cpu, spy)
     c = Client(port())
     c.cmd(f"login {user} secret")
     # the first SELECT ever: no UID list (index) yet, every file gets its UID
@@ -132,9 +188,7 @@ def measure(port: int, restart, pid, count: int, user: str, once=None) -> dict:
     search_cold, out = c.timed("search FROM carol")
     found = len(out.strip().split(b"\r\n")[0].split()) - 2
     search_warm, _ = c.timed("search FROM carol")
-    n_body = min(count, 20000)
-    body_time, out = c.timed(f"fetch 1:{n_body} (BODY[])")
-    body_octets = len(out)
+    bodies = fetch_bodies(c, count, rounds, cpu, spy)
     rss = pid()
     rss_once = once() if once is not None else rss
     # Restarted again: the index the last start wrote, the directories
@@ -156,14 +210,13 @@ def measure(port: int, restart, pid, count: int, user: str, once=None) -> dict:
         "SEARCH FROM first ms": round(search_cold * 1000),
         "SEARCH FROM again ms": round(search_warm * 1000),
         "SEARCH hits": found,
-        "FETCH BODY[] msgs/s": round(n_body / body_time),
-        "FETCH BODY[] MB/s": round(body_octets / body_time / 1e6, 1),
+        **bodies,
         "server RSS MB": round(rss, 1),
         "server memory, shared pages once MB": round(rss_once, 1),
     }
 
 
-def run(count: int, peer: bool) -> dict[str, dict]:
+def run(count: int, peer: bool, rounds: int = 3, body_only: bool = False, py_spy: str | None = None) -> dict[str, dict]:
     data = tempfile.mkdtemp(prefix=f"imapbench{count}-")
     results: dict[str, dict] = {}
     try:
@@ -172,8 +225,25 @@ def run(count: int, peer: bool) -> dict[str, dict]:
         made = time.perf_counter() - t
         hub = HubProcess(data, ["--no-ftp"]).start()
         try:
+            spy = None
+            if py_spy:
+                # the thread holding the GIL: the hub's Python work
+                spy = lambda: subprocess.Popen(  # noqa: E731
+                    ["py-spy", "record", "--gil", "-r", "200", "-f", "raw", "-o", py_spy, "--pid", str(hub.process.pid)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             results["mailhub"] = measure(
-                lambda: hub.ports["imap"], hub.restart, lambda: rss_mb(hub.process.pid), count, "alice", lambda: memory_once_mb([hub.process.pid])
+                lambda: hub.ports["imap"],
+                hub.restart,
+                lambda: rss_mb(hub.process.pid),
+                count,
+                "alice",
+                lambda: memory_once_mb([hub.process.pid]),
+                cpu=lambda: cpu_seconds(hub.process.pid),
+                rounds=rounds,
+                body_only=body_only,
+                spy=spy,
             )
         finally:
             hub.stop()
@@ -185,7 +255,17 @@ def run(count: int, peer: bool) -> dict[str, dict]:
             make_maildir(os.path.join(data, "dovecot"), count)
             dovecot = Dovecot(os.path.join(data, "dovecot"), "alice", "secret").start()
             try:
-                results["dovecot"] = measure(lambda: dovecot.ports["imap"], dovecot.restart, dovecot.rss_mb, count, "alice", dovecot.memory_once_mb)
+                results["dovecot"] = measure(
+                    lambda: dovecot.ports["imap"],
+                    dovecot.restart,
+                    dovecot.rss_mb,
+                    count,
+                    "alice",
+                    dovecot.memory_once_mb,
+                    cpu=lambda: cpu_seconds(dovecot.pid, tree=True),
+                    rounds=rounds,
+                    body_only=body_only,
+                )
             finally:
                 dovecot.stop()
     finally:
@@ -201,6 +281,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10, help="--mix: client processes")
     parser.add_argument("--seconds", type=float, default=10, help="--mix: seconds per server and mode")
     parser.add_argument("--profile", action="store_true", help="--mix: py-spy the hub during its first run")
+    parser.add_argument("--body-rounds", type=int, default=3, help="rounds of FETCH BODY[] (the median is shown)")
+    parser.add_argument("--body-only", action="store_true", help="only the FETCH BODY[] rounds (no restarts, SEARCH or memory)")
+    parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub with py-spy during its FETCH BODY[] rounds (collapsed stacks)")
     args = parser.parse_args()
     if args.mix:
         from bench.imap_mix import main as mix
@@ -212,7 +295,7 @@ def main() -> None:
         print("Dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d): the hub alone")
     print("load:", open("/proc/loadavg").read().strip())
     for count in [int(s) for s in args.sizes.split(",")]:
-        results = run(count, peer)
+        results = run(count, peer, args.body_rounds, args.body_only, args.py_spy)
         names = list(results)
         print(f"{count} messages".ljust(45) + "".join(f"{name:>12s}" for name in names))
         for key in results["mailhub"]:

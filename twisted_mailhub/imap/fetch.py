@@ -39,7 +39,7 @@ from twisted_mailhub.imap.condstore import has_modseqs, modseq_value, split_modi
 from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.utf8 import shown_sizes
 from twisted_mailhub.imap.view import SelectedFolder
-from twisted_mailhub.imap.wire import client_text, flags_text, shown, internal_date_text, literal
+from twisted_mailhub.imap.wire import client_text, flags_text, shown, internal_date_text
 from twisted_mailhub.store.interfaces import SEEN, NoSuchMessage, StoreError, StoreUnavailable
 
 log = Logger()
@@ -232,11 +232,68 @@ def _summary_of(info_of):
     return summary
 
 
+class _Summary:
+    """What FETCH reads of a message from the store's columns (flags, size, internal date): a L{MessageInfo} without its key."""
+
+    __slots__ = ("flags", "size", "internal_date")
+
+    def __init__(self, flags: frozenset, size: int, internal_date: float):
+        self.flags = flags
+        self.size = size
+        self.internal_date = internal_date
+
+
+def described(seq: int, fields: list) -> tuple[bytes, list[bytes] | None] | bytes:
+    """
+    The untagged FETCH response of message C{seq} (RFC 3501 §7.4.2) made
+    of C{fields}: each an item's octets (C{b"UID 4"}), or a literal as
+    (its label, its octets). Returns (the response, the lines the session
+    transcript records of it: what L{transcript.Transcriber.server_bytes}
+    would make of the octets, without reading them again), or the octets
+    alone when a field holds a line end of its own (a literal inside an
+    ENVELOPE or BINARY[]): the transcript reads those.
+    """
+    if len(fields) == 1 and type(fields[0]) is tuple:
+        # (FETCH n BODY[] alone: the commonest of these)
+        label, data = fields[0]
+        n = len(data)
+        line = b"* %d FETCH (%s {%d}" % (seq, label, n)
+        return b"".join((line, b"\r\n", data, b")\r\n")), [line, b"[literal: %d octets]" % n, b")"] if n else [line, b")"]
+    parts: list[bytes] = []
+    lines: list[bytes] = []
+    line = b"* %d FETCH (" % seq
+    plain = True
+    for n, field in enumerate(fields):
+        if n:
+            line += b" "
+        if type(field) is tuple:
+            label, data = field
+            size = len(data)
+            line += b"%s {%d}" % (label, size)
+            parts += (line, b"\r\n", data)
+            lines.append(line)
+            if size:
+                lines.append(b"[literal: %d octets]" % size)
+            line = b""
+        else:
+            if plain and b"\n" in field:
+                plain = False
+            line += field
+    line += b")"
+    parts += (line, b"\r\n")
+    data = b"".join(parts)
+    if not plain:
+        return data
+    lines.append(line)
+    return data, lines
+
+
 @implementer(IPushProducer)
 class ResponseStream:
     """
     Writes the pieces of a long response as fast as the transport takes
-    them, pausing when it says so.
+    them, pausing when it says so. A piece is octets, or (octets, their
+    transcript lines) for whole responses described by L{described}.
     """
 
     chunk = 256 * 1024
@@ -248,6 +305,7 @@ class ResponseStream:
         self.paused = False
         self.running = False
         self.stopped = False
+        self.record = getattr(transport, "record_responses", None)
 
     def start(self) -> None:
         self.transport.registerProducer(self, True)
@@ -259,17 +317,27 @@ class ResponseStream:
         self.running = True
         try:
             buffered: list[bytes] = []
+            # The transcript lines of what is buffered, while every piece
+            # came with them (None once one came without: its bytes are
+            # then read by the transcript, as any write is).
+            described: list[bytes] | None = []
             size = 0
             for piece in self.pieces:
+                if type(piece) is tuple:
+                    piece, lines = piece
+                    if described is not None:
+                        described += lines
+                else:
+                    described = None
                 buffered.append(piece)
                 size += len(piece)
                 if size >= self.chunk:
-                    self.transport.write(b"".join(buffered))
-                    buffered, size = [], 0
+                    self._write(b"".join(buffered), described)
+                    buffered, size, described = [], 0, []
                     if self.paused or self.stopped:
                         return
             if buffered:
-                self.transport.write(b"".join(buffered))
+                self._write(b"".join(buffered), described)
         except Exception:
             log.failure("writing a response failed")
             self.stopped = True
@@ -280,6 +348,13 @@ class ResponseStream:
         self.transport.unregisterProducer()
         if not self.stopped:
             self.finished()
+
+    def _write(self, data: bytes, described: list[bytes] | None) -> None:
+        """C{data}, recorded by the session transcript from C{described} when it can (L{transcript.TranscriptProtocol.record_responses})."""
+        transport = self.transport
+        if described is not None and self.record is not None:
+            transport = self.record(described) or transport
+        transport.write(data)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -454,20 +529,27 @@ class FetchCommands:
         utf8 = self.utf8_accept
         if streamable and ascii_sizes is None and not self.utf8_accept:
             ascii_sizes = shown_sizes(folder)  # those are downgraded whole, not streamed
+        # Without ENVELOPE/BODYSTRUCTURE/BODY (whose cache is keyed by the
+        # message's key), the columns give flags, size and date: no
+        # MessageInfo made per message.
+        summary = getattr(folder, "summary", None) if token is None else None
         for seq, uid in targets:
             try:
-                info = info_of(uid)
+                if summary is not None:
+                    info = _Summary(*summary(uid))
+                else:
+                    info = info_of(uid)
                 raw = None
                 part = None
                 flags_changed = False
                 if sets_seen and SEEN not in info.flags:
                     folder.set_flags([uid], [SEEN], "add", origin=self)
-                    info = info_of(uid)
+                    info = _Summary(*summary(uid)) if summary is not None else info_of(uid)
                     flags_changed = True
                 if streamable and info.size >= STREAM_OVER and not (ascii_sizes and uid in ascii_sizes):
                     yield from self._streamed(folder, seq, uid, info, items, whole, recent, flags_changed, modseq)
                     continue
-                fields = []
+                fields: list = []
                 for item in items:
                     kind = item.kind
                     if kind == b"UID":
@@ -495,11 +577,12 @@ class FetchCommands:
                             continue
                         if raw is None:
                             raw = self.message_view(folder.read(uid))  # imap/utf8.py
+                        # (a literal: (its label, its octets); see described())
                         if kind == b"RFC822":
-                            fields.append(b"RFC822 " + literal(raw))
+                            fields.append((b"RFC822", raw))
                             continue
                         if kind == b"SECTION" and not item.numbers and item.spec == b"" and item.partial is None:
-                            fields.append(b"BODY[] " + literal(raw))
+                            fields.append((b"BODY[]", raw))
                             continue
                         if part is None:
                             part = Part(raw)
@@ -510,9 +593,9 @@ class FetchCommands:
                         elif kind == b"BODY":
                             fields.append(b"BODY " + part.bodystructure(False))
                         elif kind == b"RFC822.HEADER":
-                            fields.append(b"RFC822.HEADER " + literal(part.header))
+                            fields.append((b"RFC822.HEADER", part.header))
                         elif kind == b"RFC822.TEXT":
-                            fields.append(b"RFC822.TEXT " + literal(part.body))
+                            fields.append((b"RFC822.TEXT", part.body))
                         elif kind in (b"BINARY", b"BINARY.SIZE"):
                             fields.append(binary_field(part, item))
                         else:
@@ -520,7 +603,7 @@ class FetchCommands:
                             if item.partial is not None:
                                 start, length = item.partial
                                 data = data[start : start + length]
-                            fields.append(item.label + b" " + literal(data))
+                            fields.append((item.label, data))
                 if flags_changed and b"FLAGS" not in kinds:
                     fields.append(b"FLAGS " + flags_text(info.flags, uid in recent))
                     if self.condstore and modseq is not None and b"MODSEQ" not in kinds:
@@ -542,7 +625,7 @@ class FetchCommands:
                 # Never OK with a message left out (breaker).
                 self._fetch_failed = self._fetch_failed or b"[SERVERBUG] some messages could not be read; see the server log"
                 continue
-            yield b"* %d FETCH (%s)\r\n" % (seq, b" ".join(fields))
+            yield described(seq, fields)
 
 
     def _streamed(self, folder, seq, uid, info, items, whole, recent, flags_changed, modseq) -> Iterator[bytes]:

@@ -1109,6 +1109,9 @@ class MaildirFolder:
         if i < len(uids) and uids[i] == uid:
             self._hint = i
             return i
+        i -= 1
+        if 0 <= i < len(uids) and uids[i] == uid:
+            return i  # (the same again: FETCH asks for its flags, then its file)
         i = table.position(uid)
         if i < 0:
             raise NoSuchMessage(uid)
@@ -1191,7 +1194,7 @@ class MaildirFolder:
     def _file(self, uid: int) -> str:
         table = self._table
         i = self._position(uid)
-        return os.path.join(self.directory, table.subdir(i), table.filename(i))
+        return self.directory + ("/new/" if table.bits[i] & NEW else "/cur/") + table.filename(i)
 
     def open(self, uid: int):
         try:
@@ -1205,18 +1208,24 @@ class MaildirFolder:
                 raise NoSuchMessage(uid) from None
 
     def read(self, uid: int) -> bytes:
-        # os-level: open, fstat, one read, close (a file object would add
-        # an isatty ioctl, seeks and a second fstat per message).
+        # os-level: open, one read of the size the table knows (one octet
+        # more: a short read is the end; a file grown since is read on),
+        # close. A file object would add an isatty ioctl, seeks and fstats.
+        table = self._table
+        i = self._position(uid)
         try:
-            fd = os.open(self._file(uid), os.O_RDONLY)
+            fd = os.open(self.directory + ("/new/" if table.bits[i] & NEW else "/cur/") + table.filename(i), os.O_RDONLY)
         except FileNotFoundError:
             self._scan(force=True)  # renamed by someone else: look again
             try:
                 fd = os.open(self._file(uid), os.O_RDONLY)
             except FileNotFoundError:
                 raise NoSuchMessage(uid) from None
+            size = None
+        else:
+            size = table.sizes[i]
         try:
-            return _read_whole(fd)
+            return _read_whole(fd, size)
         finally:
             os.close(fd)
 
@@ -1812,9 +1821,13 @@ class MaildirFolder:
 _IS_DELETED = bytes(1 if value & system_bits(frozenset({"\\Deleted"})) else 0 for value in range(256))
 
 
-def _read_whole(fd: int) -> bytes:
-    """Everything in the file open at C{fd}: one read when its size is the one fstat gives."""
-    size = os.fstat(fd).st_size
+def _read_whole(fd: int, size: int | None = None) -> bytes:
+    """
+    Everything in the file open at C{fd}: one read when its size is
+    C{size} (octets; when not given, the one fstat gives).
+    """
+    if size is None:
+        size = os.fstat(fd).st_size
     data = os.read(fd, size + 1)  # one octet more than the size: a short read is the end
     if len(data) <= size:
         return data
