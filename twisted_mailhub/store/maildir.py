@@ -875,6 +875,7 @@ class MaildirFolder:
         if self._shared:
             fresh = self._claim_listed(fresh, flagged)
         added: list[int] = []
+        offered: list[int] = []
         # Files we have never seen: UIDs in order of arrival.
         fresh.sort(key=lambda t: (_date_from_name(t[0]) or 0, t[0]))
         for base, sub, filename in fresh:
@@ -883,7 +884,10 @@ class MaildirFolder:
             except FileNotFoundError:
                 continue  # gone again (moved by another program): next scan
             added.append(uid)
-            self._recent.add(uid)
+            if not self._shared:
+                self._recent.add(uid)
+            elif sub == "cur":
+                offered.append(uid)  # (one in new/ is claimed by its rename)
         if added:
             table = self._table
             try:
@@ -895,6 +899,9 @@ class MaildirFolder:
                 self._changes += 1
                 self._dir_mtimes = None
                 added = []
+                offered = []
+        if offered:
+            shared.offer_recent(self._uidlist_lock, offered)
         if gone and not self._shared:  # (under --workers, the remover counted them)
             self._rewrite_uidlist_after_removal(len(gone))
         if added or gone or flagged:
@@ -1070,7 +1077,7 @@ class MaildirFolder:
             uid, size, date, words = listed
             table.add(uid, base, size, date, words, sub, filename, _split(filename)[1])
             self._changes += 1
-            self._recent.add(uid)
+            # (not \Recent here: the process that wrote it offered it, shared.claim_recent)
             self._bump([uid], observed=True)
             self._listeners.notify(FolderChange(added=(uid,)))
         return unlisted
@@ -1282,7 +1289,10 @@ class MaildirFolder:
         info = entry.info
         self._table.add(info.uid, info.key, info.size, info.internal_date, entry.keywords, entry.subdir, entry.filename, _split(entry.filename)[1])
         self._changes += 1
-        self._recent.add(info.uid)
+        if not self._shared:
+            self._recent.add(info.uid)
+        elif entry.subdir == "cur":
+            shared.offer_recent(self._uidlist_lock, [info.uid])  # (one in new/ is claimed by its rename)
         self._bump_arrived(info.uid)
         if self._shared:
             return entry  # its listeners and the other workers hear of it with its batch (_write_shared_arrivals)
@@ -1578,11 +1588,21 @@ class MaildirFolder:
         if taken:
             self._after_own_change(was_current)
         # Appended and copied messages go straight to cur/ but are \Recent
-        # all the same (RFC 3501 §2.3.2).
+        # all the same (RFC 3501 §2.3.2); under --workers, to the first
+        # session of any process (shared.claim_recent).
         taken_set = set(taken)
-        taken_set.update(uid for uid in self._recent if table.position(uid) >= 0)
+        if self._shared:
+            taken_set.update(self._offered_recent(take=True))
+        else:
+            taken_set.update(uid for uid in self._recent if table.position(uid) >= 0)
         self._recent = set()
         return sorted(taken_set)
+
+    def _offered_recent(self, take: bool) -> list[int]:
+        """Under --workers: the messages offered as \\Recent that this process knows (L{shared.claim_recent})."""
+        table = self._table
+        pending = {listed[0] for listed in self._elsewhere.values()}
+        return shared.claim_recent(self._uidlist_lock, lambda uid: table.position(uid) >= 0, pending, take)
 
     # -- mod-sequences (RFC 7162) ------------------------------------------
     #
@@ -1808,7 +1828,10 @@ class MaildirFolder:
         self._scan()
         table = self._table
         found = {table.uids[i] for i in self._in_new()}
-        found.update(uid for uid in self._recent if table.position(uid) >= 0)
+        if self._shared:
+            found.update(self._offered_recent(take=False))
+        else:
+            found.update(uid for uid in self._recent if table.position(uid) >= 0)
         return sorted(found)
 
     def add_listener(self, listener):

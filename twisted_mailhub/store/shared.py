@@ -44,6 +44,14 @@ Rules:
    process reads the lines the others appended to the modseq log
    (L{modseq_log_tail}) whenever it looks at the folder, and takes their
    values for those messages instead of giving the change a new one.
+ - IMAP's C{\\Recent} (RFC 3501 §2.3.2: one session sees a message as
+   recent) is claimed once across the processes: a message in C{new/} by
+   the rename that moves it to C{cur/} (only one rename succeeds); one a
+   process put straight into C{cur/} (APPEND, COPY, MOVE; a file another
+   program dropped there) by its UID in C{mailhub-recent} beside the
+   list, offered by that process (L{offer_recent}) and taken out by the
+   first process whose session claims it (L{claim_recent}), under the
+   lock.
  - Changes a process makes (a delivery, flags, an expunge) are announced
    to the others (L{announce}, wired to the workers' bus by
    L{twisted_mailhub.workers}); a process that has the folder open with
@@ -158,6 +166,69 @@ class FolderLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+RECENT_FILE = "mailhub-recent"
+
+
+def _recent_path(lock: FolderLock) -> str:
+    return os.path.join(os.path.dirname(lock.path), RECENT_FILE)
+
+
+def _read_recent(path: str) -> list[int]:
+    try:
+        with open(path, "rb") as f:
+            return [int(word) for word in f.read().split() if word.isdigit()]
+    except FileNotFoundError:
+        return []
+
+
+def offer_recent(lock: FolderLock, uids: list[int]) -> None:
+    """
+    Offer C{uids} (messages this process put into C{cur/}) as C{\\Recent}
+    to the first session of any process that claims them. Takes C{lock}.
+    A failure to write is logged: those messages are then recent to no
+    session, which is all it costs.
+    """
+    if not uids:
+        return
+    with lock:
+        try:
+            fd = os.open(_recent_path(lock), os.O_WRONLY | os.O_APPEND | os.O_CREAT | _O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, b"".join(b"%d\n" % uid for uid in uids))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warn("{path}: \\Recent not offered ({error})", path=_recent_path(lock), error=e.strerror)
+
+
+def claim_recent(lock: FolderLock, known: Callable[[int], bool], pending: set[int], take: bool = True) -> list[int]:
+    """
+    The offered UIDs (L{offer_recent}) of the messages this process knows
+    (C{known(uid)}), ascending; with C{take}, taken out of the offer so no
+    other process's session sees them as recent too. UIDs of messages
+    this process does not know are left in the offer if C{pending} holds
+    them (listed by another process, file still being written), else
+    dropped (expunged meanwhile). Takes C{lock}.
+    """
+    path = _recent_path(lock)
+    with lock:
+        offered = _read_recent(path)
+        if not offered:
+            return []
+        claimed = sorted({uid for uid in offered if known(uid)})
+        if take:
+            left = [uid for uid in offered if not known(uid) and uid in pending]
+            try:
+                if left:
+                    with open(path, "wb") as f:
+                        f.write(b"".join(b"%d\n" % uid for uid in left))
+                else:
+                    os.unlink(path)
+            except OSError as e:
+                log.warn("{path}: claimed \\Recent not taken out ({error})", path=path, error=e.strerror)
+        return claimed
 
 
 def opened(folder: Any) -> None:
