@@ -464,7 +464,7 @@ class MaildirRetrTests(POP3TestCase):
 
     def test_retr_reads_the_file_as_it_is_when_another_program_renamed_or_removed_it(self):
         self.drop_in("1700000000.M1P1.host,S=20", b"Subject: a\r\n\r\n.one\r\n")
-        self.drop_in("1700000001.M1P1.host,S=20", b"Subject: b\r\n\r\ntwo\r\n")
+        self.drop_in("1700000001.M1P1.host,S=20", b"Subject: b\r\n\r\ntwo!\r\n")
         proto, t = self.login()
         self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"+OK 20 octets\r\nSubject: a\r\n\r\n..one\r\n.\r\n")
         # Another program marks it seen (new/ -> cur/ with :2,S): still there.

@@ -247,16 +247,6 @@ def info_suffix(flags: Iterable[str]) -> str:
     return ":2," + "".join(sorted(_FLAG_LETTER[f] for f in flags if f in _FLAG_LETTER))
 
 
-def _size_from_name(base: str) -> int | None:
-    for part in base.split(",")[1:]:
-        if part.startswith("S="):
-            try:
-                return int(part[2:])
-            except ValueError:
-                return None
-    return None
-
-
 def _date_from_name(base: str) -> float | None:
     head = base.split(".", 1)[0]
     return float(head) if head.isdigit() else None
@@ -1092,16 +1082,27 @@ class MaildirFolder:
         return uid
 
     def _register(self, base: str, sub: str, filename: str, date: float | None = None) -> int:
-        """A file found by a scan: the next UID; returns it."""
+        """
+        A file found by a scan (put there by another program, or listed
+        nowhere): the next UID; returns it. Its name's C{S=} is not taken
+        on trust: another MDA (maildrop, Dovecot's LDA) stores bare LF line
+        ends and gives their size there. The file is read once: made CRLF
+        in place if it has bare LFs, so that its size on disk is its size
+        on the wire (RFC822.SIZE, POP3 LIST, what BODY[] sends); and an
+        8-bit message gets C{,D=} in its name, as the hub's own do
+        (L{_shown_size_field}), so RFC822.SIZE tells a session without
+        UTF8=ACCEPT the size of what it receives.
+        """
         path = os.path.join(self.directory, sub, filename)
-        size = _size_from_name(base)
-        if size is None:
-            # Dropped in by another program: no S= in the name, and perhaps
-            # bare LF line ends. Store it as CRLF so that its size on disk
-            # is its size on the wire (RFC822.SIZE, POP3 LIST).
-            size = _to_crlf_in_place(path)
+        size, shown, mtime = _to_crlf_in_place(path)
         if date is None:
-            date = os.stat(path).st_mtime
+            date = mtime
+        if shown and "," + shown[1:] + "," not in base + ",":
+            # (base names never change once given: this one is new to us)
+            new_base = base + shown
+            new_filename = new_base + filename[len(base) :]
+            os.rename(path, os.path.join(self.directory, sub, new_filename))
+            base, filename = new_base, new_filename
         system = _split(filename)[1]
         uid = self._next_uid()
         self._table.add(uid, base, size, date, _EMPTY, sub, filename, system)
@@ -1911,16 +1912,21 @@ def _remember_uid_validity(path: str | None, value: int) -> None:
     os.replace(tmp, path)
 
 
-def _to_crlf_in_place(path: str) -> int:
+def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
     """
     Rewrite a message file with CRLF line ends if it has bare LFs (tmp +
-    rename, keeping its name and mtime); return its size in octets.
+    rename, keeping its name and mtime); return its size in octets, its
+    L{_shown_size_field} and its mtime.
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        data = _read_whole(fd, st.st_size)
+    finally:
+        os.close(fd)
     fixed = crlf(data)
+    shown = _shown_size_field(fixed)
     if fixed is not data:
-        st = os.stat(path)
         # tmp/ of the same Maildir: never mistaken for a message by a scan.
         folder, name = os.path.split(os.path.dirname(path))[0], os.path.basename(path)
         tmp = os.path.join(folder, "tmp", name + ".crlf")
@@ -1930,7 +1936,7 @@ def _to_crlf_in_place(path: str) -> int:
             os.fsync(f.fileno())
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.rename(tmp, path)
-    return len(fixed)
+    return len(fixed), shown, st.st_mtime
 
 
 def crlf(data: bytes) -> bytes:
