@@ -24,6 +24,8 @@ Rules:
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.logger import Logger
 from twisted.mail import imap4
 
@@ -31,7 +33,7 @@ from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.listing import SPECIAL_USE  # noqa: F401 (imap/__init__ makes them)
 from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_name, mailbox_name, opt_nested_list, shown, wire_name
 from twisted_mailhub.store.base import DELIMITER, normalize_folder_name
-from twisted_mailhub.store.watch import ChangeSignal, account_paths, folder_paths
+from twisted_mailhub.store.watch import ChangeSignal, account_paths, change_signal, folder_paths
 from twisted_mailhub.store.interfaces import (
     DELETED,
     INBOX,
@@ -188,15 +190,21 @@ class MailboxCommands:
             if self.notifier is not None:
                 self.notifier.selection_changed()
 
-    def idle_signal(self, interval: float) -> ChangeSignal:
+    def idle_signal(self, interval: float) -> Any:
         """
         While IDLE: what tells of changes to the selected folder made
         outside this process, at once (inotify on its C{new/} and C{cur/},
-        and on the account's directory for a rename or delete of it), or
-        by a look every C{interval} seconds where the store has no such
-        signal (L{twisted_mailhub.store.watch}).
+        and on the account's directory for a rename or delete of it; the
+        store's own push on PostgreSQL and memory), or by a look every
+        C{interval} seconds where the store has no such signal
+        (L{twisted_mailhub.store.watch}).
         """
-        return ChangeSignal(self.hub.reactor, folder_paths(self.selected.folder), self._idle_check, interval, more=(account_paths(self._store()), _folder_entry))
+        folder = self.selected.folder
+        paths = folder_paths(folder)
+        if not paths:
+            # PostgreSQL, memory: the store pushes (or polls where it must)
+            return change_signal(self.hub.reactor, folder, paths, self._idle_check, interval)
+        return ChangeSignal(self.hub.reactor, paths, self._idle_check, interval, more=(account_paths(self._store()), _folder_entry))
 
     def do_UNSELECT(self, tag):
         self._unselect()

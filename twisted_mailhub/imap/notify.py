@@ -45,7 +45,9 @@ Rules:
    face, mail dropped into a Maildir, a folder renamed with C{mv}) the
    store's change signal (L{twisted_mailhub.store.watch}: inotify on the
    account's directory and each watched folder's C{new/} and C{cur/}),
-   and where it has none (PostgreSQL, memory, not Linux) a look every
+   or the store's push (memory: everything; PostgreSQL: the selected
+   mailbox deleted or renamed), and where there is none (PostgreSQL's
+   mailbox list, not Linux) a look every
    L{POLL} seconds at the mailbox list, the subscriptions and each
    watched folder (C{refresh}, two stat calls).
  - Notices are written when no command is running; otherwise they wait
@@ -63,7 +65,7 @@ from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.wire import client_text, mailbox_name, shown, wire_name
 from twisted_mailhub.store.base import DELIMITER
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchFolder, StoreError
-from twisted_mailhub.store.watch import ChangeSignal, account_paths, folder_paths
+from twisted_mailhub.store.watch import ChangeSignal, account_paths, change_signal, folder_paths
 
 log = Logger()
 
@@ -244,11 +246,12 @@ class Notifier:
         self.status: dict[str, set[bytes]] = {}  # mailbox -> STATUS items to send
         self.reactor = session.hub.reactor
         self.signals: dict[str, ChangeSignal] = {}  # watched folder -> its change signal
-        self.selected_signal: ChangeSignal | None = None
+        self.selected_signal: Any = None  # a ChangeSignal or StoreSignal
         self._watch(initial=True)
         # The mailbox list and the subscriptions: the account's directory
         # (inotify), else a look every POLL seconds at everything.
-        self.poller = ChangeSignal(self.reactor, account_paths(self.account), self.poll, POLL, names=_account_entry)
+        # (the memory store pushes: L{twisted_mailhub.store.watch.change_signal})
+        self.poller = change_signal(self.reactor, self.account, account_paths(self.account), self.poll, POLL, names=_account_entry)
         self.selection_changed()
 
     # -- what is watched ------------------------------------------------------------
@@ -345,7 +348,7 @@ class Notifier:
         view = self.session.selected
         if self.selected_group is None or view is None:
             return
-        self.selected_signal = ChangeSignal(self.reactor, folder_paths(view.folder), self._selected_changed, POLL)
+        self.selected_signal = change_signal(self.reactor, view.folder, folder_paths(view.folder), self._selected_changed, POLL)
 
     def _selected_changed(self) -> None:
         session = self.session

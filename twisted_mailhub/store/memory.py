@@ -2,6 +2,13 @@
 """
 A mail store in memory: for tests and demos (C{--store memory}). Everything
 is gone when the process ends; "durable" means "in this dict".
+
+Every change happens in this process, so nothing is looked for: a
+folder's listeners hear of its messages at once, and
+C{watch_changes(callback)} (L{twisted_mailhub.store.watch.StoreSignal})
+is called when a folder is deleted (it is then gone: C{refresh} raises
+L{NoSuchFolder}) and, on an account, when its folder list or
+subscriptions change. IDLE and NOTIFY need no poll.
 """
 
 from __future__ import annotations
@@ -35,6 +42,14 @@ from twisted_mailhub.store.interfaces import (
 )
 
 
+class _Watchers(set):
+    """The callbacks of L{StoreSignal}s on a folder or an account; C{tell()} calls each."""
+
+    def tell(self) -> None:
+        for callback in list(self):
+            callback()
+
+
 @implementer(IFolder, IModSeqFolder)
 class MemoryFolder:
     def __init__(self, name: str, clock: Any = None, uid_validity: int | None = None):
@@ -47,6 +62,10 @@ class MemoryFolder:
         self._new: set[int] = set()
         self.highest_modseq = 1
         self._modseqs: dict[int, int] = {}
+        self.gone = False
+        self._watchers = _Watchers()
+        self.watch_changes = self._watchers.add
+        self.unwatch_changes = self._watchers.discard
 
     def _bump(self, uids) -> None:
         self.highest_modseq += 1
@@ -58,7 +77,9 @@ class MemoryFolder:
         return self._modseqs.get(uid, 1)
 
     def refresh(self) -> None:
-        pass  # nothing changes behind our back
+        # Nothing changes behind our back; a deleted folder is gone.
+        if self.gone:
+            raise NoSuchFolder(self.name)
 
     def messages(self):
         return [self._infos[uid] for uid in sorted(self._infos)]
@@ -169,6 +190,9 @@ class MemoryAccount:
         self._last_validity = 0
         self._folders: dict[str, MemoryFolder] = {INBOX: self._new_folder(INBOX)}
         self._subscriptions: set[str] = {INBOX}
+        self._watchers = _Watchers()  # told of folder list and subscription changes
+        self.watch_changes = self._watchers.add
+        self.unwatch_changes = self._watchers.discard
 
     def _new_folder(self, name: str) -> MemoryFolder:
         # Each new folder's UIDVALIDITY is above every earlier one of the
@@ -196,6 +220,7 @@ class MemoryAccount:
             if parent not in self._folders:
                 self._folders[parent] = self._new_folder(parent)
         folder = self._folders[name] = self._new_folder(name)
+        self._watchers.tell()
         return folder
 
     def delete_folder(self, name: str) -> None:
@@ -204,8 +229,11 @@ class MemoryAccount:
             raise NoSuchFolder("INBOX cannot be deleted")
         if name not in self._folders:
             raise NoSuchFolder(name)
-        del self._folders[name]
+        folder = self._folders.pop(name)
         self._subscriptions.discard(name)
+        folder.gone = True
+        folder._watchers.tell()
+        self._watchers.tell()
 
     def rename_folder(self, old: str, new: str) -> None:
         old, new = normalize_folder_name(old), normalize_folder_name(new)
@@ -221,6 +249,7 @@ class MemoryAccount:
             # RFC 3501 §6.3.5: renaming INBOX moves its messages and leaves
             # an empty INBOX behind.
             self._folders[INBOX] = self._new_folder(INBOX)
+        self._watchers.tell()
 
     def folder_identity(self, name: str) -> int | None:
         """The folder object's identity: it moves with a RENAME (see L{MaildirAccount.folder_identity}); None when gone."""
@@ -232,9 +261,11 @@ class MemoryAccount:
 
     def subscribe(self, name: str) -> None:
         self._subscriptions.add(normalize_folder_name(name))
+        self._watchers.tell()
 
     def unsubscribe(self, name: str) -> None:
         self._subscriptions.discard(normalize_folder_name(name))
+        self._watchers.tell()
 
 
 @implementer(IMailStore)

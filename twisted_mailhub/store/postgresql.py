@@ -127,6 +127,9 @@ RELOAD_GAP = 5000
 # this many, holding at most this many messages in all.
 KEEP_FOLDERS = 64
 KEEP_MESSAGES = 1_000_000
+# While the LISTEN connection is down, a folder's watchers
+# (watch_changes: IDLE) are called this often (seconds), so they look.
+DEAF_POLL = 0.5
 
 
 def libpq_dsn(dsn: str) -> str:
@@ -845,6 +848,19 @@ class PostgresFolder:
     def remove_listener(self, listener) -> None:
         self._listeners.remove(listener)
 
+    def watch_changes(self, callback) -> None:
+        """
+        Call C{callback()} when this folder is deleted or renamed, by any
+        hub (its C{NOTIFY}), and every L{DEAF_POLL} seconds while the
+        C{LISTEN} connection is down (the caller then looks: C{refresh}).
+        Its messages' changes reach the listeners anyway. For IDLE
+        (L{twisted_mailhub.store.watch.StoreSignal}): no poll.
+        """
+        self.store._watch(self.mailbox_id, callback)
+
+    def unwatch_changes(self, callback) -> None:
+        self.store._unwatch(self.mailbox_id, callback)
+
     # -- reading ------------------------------------------------------------
 
     # -- mod-sequences (RFC 7162) --------------------------------------------
@@ -1291,6 +1307,21 @@ class PostgresAccount:
         for mailbox_id in moved:
             self.store._gone(mailbox_id)
 
+    def folder_identity(self, name: str) -> tuple[int, int] | None:
+        """
+        What a folder keeps across a RENAME, by any hub: its C{mailbox}
+        row's id (RENAME changes the row's name only) and UIDVALIDITY; None
+        when there is no such folder or the database cannot say. NOTIFY
+        tells a rename with it (imap/notify.py: MailboxName with OLDNAME).
+        """
+        try:
+            row = self._run(
+                lambda c: c.execute("SELECT id, uid_validity FROM mailbox WHERE account_id = %s AND name = %s", (self.account_id, normalize_folder_name(name))).fetchone()
+            )
+        except StoreError:
+            return None
+        return (row[0], row[1]) if row is not None else None
+
     def subscriptions(self) -> list[str]:
         rows = self._run(lambda c: c.execute("SELECT name FROM subscription WHERE account_id = %s ORDER BY name", (self.account_id,)).fetchall())
         return [n for (n,) in rows]
@@ -1335,6 +1366,9 @@ class PostgresStore:
         self._kept: collections.OrderedDict[int, PostgresFolder] = collections.OrderedDict()
         self._accounts: dict[str, int] = {}
         self._listener: ChangeListener | None = None
+        # watch_changes: mailbox id -> callbacks; and their poll while deaf
+        self._watchers: dict[int, set] = {}
+        self._deaf_poll: Any = None
 
     def start(self) -> None:
         """Listen for changes made by other hubs."""
@@ -1343,6 +1377,8 @@ class PostgresStore:
             self._listener.start()
 
     def close(self) -> None:
+        self._watchers.clear()
+        self._poll_while_deaf()
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
@@ -1401,6 +1437,46 @@ class PostgresStore:
         self._kept.pop(mailbox_id, None)
         if folder is not None:
             folder.gone = True
+        self._tell_watchers(self._watchers.get(mailbox_id, ()))
+
+    # -- watch_changes -----------------------------------------------------------
+
+    def _watch(self, mailbox_id: int, callback) -> None:
+        self._watchers.setdefault(mailbox_id, set()).add(callback)
+        self._poll_while_deaf()
+
+    def _unwatch(self, mailbox_id: int, callback) -> None:
+        callbacks = self._watchers.get(mailbox_id)
+        if callbacks is not None:
+            callbacks.discard(callback)
+            if not callbacks:
+                del self._watchers[mailbox_id]
+        self._poll_while_deaf()
+
+    def _tell_watchers(self, callbacks) -> None:
+        for callback in list(callbacks):
+            try:
+                callback()
+            except Exception:
+                log.failure("a folder watcher failed")
+
+    def _tell_every_watcher(self) -> None:
+        for callbacks in list(self._watchers.values()):
+            self._tell_watchers(callbacks)
+
+    def _poll_while_deaf(self) -> None:
+        """Call every watcher each L{DEAF_POLL} seconds while not listening and someone watches; else not."""
+        wanted = bool(self._watchers) and not self.listening
+        if wanted and self._deaf_poll is None:
+            from twisted.internet import task
+
+            self._deaf_poll = task.LoopingCall(self._tell_every_watcher)
+            self._deaf_poll.clock = self.reactor
+            self._deaf_poll.start(DEAF_POLL, now=False)
+        elif not wanted and self._deaf_poll is not None:
+            if self._deaf_poll.running:
+                self._deaf_poll.stop()
+            self._deaf_poll = None
 
     def _touch(self, folder: PostgresFolder) -> None:
         """Keep C{folder}'s cache (it was just read), dropping the least recent beyond the limits."""
@@ -1442,7 +1518,9 @@ class PostgresStore:
             pass
 
     def _listening(self, on: bool) -> None:
+        was = self.listening
         self.listening = on
+        self._poll_while_deaf()
         if on:
             # Notifications may have been missed while the connection was down.
             for folder in list(self._folders.values()):
@@ -1452,6 +1530,8 @@ class PostgresStore:
                     folder.catch_up()
                 except StoreError:
                     pass
+            if not was:
+                self._tell_every_watcher()  # (a folder may have gone meanwhile: they look)
 
 
 class ChangeListener:

@@ -28,6 +28,13 @@ Rules:
    file matter there). C{more=(paths, names)} adds directories with
    their own filter (IDLE: the folder's C{new/} and C{cur/}, all
    entries, and the account's directory, folder entries only).
+ - Stores with no directories push instead (L{StoreSignal}): a folder
+   or account that has C{watch_changes(callback)} /
+   C{unwatch_changes(callback)} calls back itself when something its
+   listeners cannot tell happened (the folder deleted or renamed; the
+   PostgreSQL store also every half second while its C{LISTEN}
+   connection is down, the memory store never needs to). L{change_signal}
+   picks: inotify for directories, else the store's push, else the poll.
  - The callback must be cheap when nothing changed (a folder's
    C{refresh()} is two stat calls) and must not raise; what it raises is
    logged.
@@ -217,6 +224,48 @@ class ChangeSignal:
         if self._watcher is not None:
             for path in self.paths:
                 self._watcher.remove(path, self)
+
+
+class StoreSignal:
+    """
+    Calls C{callback()} when C{source} (a folder or account of a store
+    with no directories: PostgreSQL, memory) says it changed in a way its
+    listeners do not tell; the same face as L{ChangeSignal}.
+    """
+
+    polling = False
+
+    def __init__(self, source: Any, callback: Callable[[], None]):
+        self.source = source
+        self.callback = callback
+        self.running = True
+        source.watch_changes(self._fire)
+
+    def _fire(self) -> None:
+        if not self.running:
+            return
+        try:
+            self.callback()
+        except Exception:
+            log.failure("a change signal's callback failed")
+
+    def stop(self) -> None:
+        """No more calls."""
+        if self.running:
+            self.running = False
+            self.source.unwatch_changes(self._fire)
+
+
+def change_signal(reactor: Any, source: Any, paths: list[str], callback: Callable[[], None], interval: float, **options: Any) -> Any:
+    """
+    What tells of C{source}'s changes made outside this session: inotify
+    on C{paths} (L{ChangeSignal}); where there are none, the store's own
+    push (L{StoreSignal}) if it has one; else a look every C{interval}
+    seconds.
+    """
+    if not paths and hasattr(source, "watch_changes"):
+        return StoreSignal(source, callback)
+    return ChangeSignal(reactor, paths, callback, interval, **options)
 
 
 def folder_paths(folder: Any) -> list[str]:
