@@ -108,3 +108,26 @@ class SharedFolderTests(unittest.TestCase):
         self.b.messages()
         self.a.messages()
         self.assertEqual({uid: self.b.modseq(uid) for uid in uids}, {uid: self.a.modseq(uid) for uid in uids})
+
+    @defer.inlineCallbacks
+    def test_a_batch_of_deliveries_is_numbered_in_the_group_commit_with_one_look_at_the_shared_counter(self):
+        import threading
+
+        takes = []
+        take_uid = shared.FolderLock.take_uid
+
+        def counted(lock, floor, count=1):
+            takes.append((count, threading.current_thread() is threading.main_thread()))
+            return take_uid(lock, floor, count) if count != 1 else take_uid(lock, floor)
+
+        self.patch(shared.FolderLock, "take_uid", counted)
+        yield self.b.deliver(MESSAGE)
+        takes.clear()
+        keys = yield defer.gatherResults([self.a.deliver(MESSAGE) for _ in range(10)])
+        # UIDs 2..11 after b's 1, each once, and the reactor took none of
+        # them: the batch's thread did, one take per batch.
+        self.assertEqual(self.listed(), list(range(1, 12)))
+        self.assertEqual(sorted(info.uid for info in self.a.messages() if info.key in keys), list(range(2, 12)))
+        self.assertEqual(sum(count for count, _ in takes), 10)
+        self.assertEqual([in_reactor for _, in_reactor in takes if in_reactor], [])
+        self.assertLessEqual(len(takes), self.a.writer.batches)

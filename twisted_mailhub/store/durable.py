@@ -74,6 +74,13 @@ class Record:
     path: str
     line: bytes
     lock: Any  # threading.Lock
+    # Called in the batch's thread with C{lock} held, just before the lines
+    # are appended, with every record of the batch that shares this one's
+    # file and lock and whose write reached its tmp file: it may fill in
+    # their C{line}s (under --workers the Maildir numbers the batch's
+    # messages there, one look at the folder's shared counter per batch).
+    prepare: Callable[[list["Record"]], None] | None = None
+    subject: Any = None  # what C{prepare} reads (the Maildir's entry)
 
 
 @attr.s(auto_attribs=True)
@@ -282,8 +289,8 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
     """
     outcome: list[BaseException | None] = [None] * len(batch)
     fds: list[int | None] = [None] * len(batch)
-    logs: dict[str, list[int]] = {}  # log file -> indexes of the writes it carries
-    log_fds: dict[str, int] = {}
+    logs: dict[tuple[str, int], list[int]] = {}  # (log file, its lock) -> indexes of the writes it carries
+    log_fds: dict[tuple[str, int], int] = {}
     try:
         # 1. data to tmp files, then records to their logs
         for i, item in enumerate(batch):
@@ -294,12 +301,14 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
                 _discard(item.tmp_path)
                 continue
             if item.record is not None:
-                logs.setdefault(item.record.path, []).append(i)
-        for path, members in logs.items():
-            lock = batch[members[0]].record.lock
+                logs.setdefault((item.record.path, id(item.record.lock)), []).append(i)
+        for key, members in logs.items():
+            first = batch[members[0]].record
             try:
-                with lock:
-                    log_fds[path] = append_lines(path, b"".join(batch[i].record.line for i in members))
+                with first.lock:
+                    if first.prepare is not None:
+                        first.prepare([batch[i].record for i in members])
+                    log_fds[key] = append_lines(first.path, b"".join(batch[i].record.line for i in members))
             except BaseException as e:  # noqa: B036 - reported to the caller
                 for i in members:
                     outcome[i] = e
@@ -361,7 +370,7 @@ def _flush(batch, outcome, fds, logs, log_fds, flush: str = "files") -> None:
         _flush_filesystems(batch, outcome, fds, logs, log_fds, live)
         return
     jobs: list[tuple[Callable[[int], None], int, list[int]]] = [(os.fsync, fds[i], [i]) for i in live]
-    jobs += [(_fdatasync, fd, logs[path]) for path, fd in log_fds.items()]
+    jobs += [(_fdatasync, fd, logs[key]) for key, fd in log_fds.items()]
     if not jobs:
         return
     if len(jobs) > 1 and _start_writeback is not None:
@@ -395,8 +404,8 @@ def _flush_filesystems(batch, outcome, fds, logs, log_fds, live) -> None:
             device = by_directory[directory] = os.fstat(fds[i]).st_dev
         device_of[i] = device
         devices.setdefault(device, directory)
-    log_devices = {path: os.fstat(fd).st_dev for path, fd in log_fds.items()}
-    for path, device in log_devices.items():
+    log_devices = {key: os.fstat(fd).st_dev for key, fd in log_fds.items()}
+    for (path, _), device in log_devices.items():
         devices.setdefault(device, os.path.dirname(path) or ".")
     failed: dict[int, OSError] = {}
     for device, directory in devices.items():
@@ -407,9 +416,9 @@ def _flush_filesystems(batch, outcome, fds, logs, log_fds, live) -> None:
     for i in live:
         if device_of[i] in failed:
             outcome[i] = failed[device_of[i]]
-    for path, device in log_devices.items():
+    for key, device in log_devices.items():
         if device in failed:
-            for i in logs[path]:
+            for i in logs[key]:
                 outcome[i] = outcome[i] or failed[device]
 
 

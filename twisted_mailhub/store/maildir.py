@@ -722,9 +722,19 @@ class MaildirFolder:
         Rewrite the list from the table (and the UIDs being written), fsynced.
         Raises L{InsufficientStorage} or C{OSError}; the old list then stays.
         """
+        if self._shared:
+            # The group commit's thread numbers messages under this lock:
+            # their lines are read with it held (one not numbered yet has
+            # no line yet, and gets it in the new list).
+            with self._uidlist_lock:
+                self._write_uidlist_from_table()
+            return
+        self._write_uidlist_from_table()
+
+    def _write_uidlist_from_table(self) -> None:
         table = self._table
         lines = [(table.uids[i], self._row_line(table, i)) for i in range(len(table))]
-        lines.extend((e.info.uid, self._uidlist_line(e)) for e in self._pending.values())
+        lines.extend((e.info.uid, self._uidlist_line(e)) for e in list(self._pending.values()) if e.info.uid)
         if self._pending:
             lines.sort()
         self._write_uidlist_text([line for _, line in lines])
@@ -1263,14 +1273,38 @@ class MaildirFolder:
         return d
 
     def _reserve(self, base: str, sub: str, filename: str, size: int, date: float, keywords: frozenset[str]) -> _Entry:
-        """The next UID for a message about to be written."""
+        """
+        The next UID for a message about to be written. Under --workers it
+        is 0 until the group commit numbers the message with the others of
+        its batch (L{_number_records}).
+        """
         _, system = parse_info(filename)
-        info = MessageInfo(self._next_uid(), base, system | keywords if keywords else system, size, date)
+        info = MessageInfo(0 if self._shared else self._next_uid(), base, system | keywords if keywords else system, size, date)
         entry = self._pending[base] = _Entry(info, sub, filename, keywords)
         return entry
 
     def _record(self, entry: _Entry) -> Record:
+        if self._shared:
+            return Record(self._uidlist_path(), b"", self._uidlist_lock, prepare=self._number_records, subject=entry)
         return Record(self._uidlist_path(), self._uidlist_line(entry).encode("utf-8"), self._uidlist_lock)
+
+    def _number_records(self, records: list[Record]) -> None:
+        """
+        Under --workers: UIDs for the messages of one group commit whose
+        files are written (C{records}' entries), in the batch's thread with
+        the folder's lock held, just before their lines are appended: one
+        look at the folder's shared counter for the batch
+        (L{shared.FolderLock.take_uid}), so they are unique and dense
+        across the workers, and the reactor takes no lock per message.
+        """
+        first = self._uidlist_lock.take_uid(self.uid_next, len(records))
+        for uid, record in enumerate(records, first):
+            entry = record.subject
+            info = entry.info
+            entry.info = MessageInfo(uid, info.key, info.flags, info.size, info.internal_date)
+            record.line = self._uidlist_line(entry).encode("utf-8")
+        if first + len(records) > self.uid_next:
+            self.uid_next = first + len(records)
 
     def _take_placed(self) -> None:
         """

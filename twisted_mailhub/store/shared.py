@@ -20,7 +20,11 @@ Rules:
  - The lock file also holds the folder's next UID (ASCII digits), read and
    raised under the lock for every UID given (L{FolderLock.take_uid}):
    two processes delivering into one folder at once get distinct UIDs,
-   with no gap between them. The counter is never synced: a UID whose
+   with no gap between them. A delivered or appended message gets its
+   UID in the group commit's thread, under the lock, when its line is
+   appended (C{Record.prepare}): one look at the counter for the
+   batch, none in the reactor, and a write that failed before its line
+   took no UID. The counter is never synced: a UID whose
    line never reached the disk was never told to anyone, and the
    list's own lines (synced with the message) set the floor at the next
    load.
@@ -131,15 +135,17 @@ class FolderLock:
         # Same length or longer each time (both only grow): no stale tail.
         os.pwrite(self._fd, b"%d %d\n" % (uid, modseq), 0)
 
-    def take_uid(self, floor: int) -> int:
+    def take_uid(self, floor: int, count: int = 1) -> int:
         """
         The next UID of the folder, at least C{floor} (this process's own
-        UIDNEXT), and the counter raised past it. Takes the lock.
+        UIDNEXT), and the counter raised past it; with C{count}, that many
+        consecutive UIDs, the first returned (the messages of one group
+        commit). Takes the lock.
         """
         with self:
             uid, modseq = self._counters()
             uid = max(uid, floor)
-            self._write(uid + 1, modseq)
+            self._write(uid + count, modseq)
             return uid
 
     def take_modseq(self, floor: int, count: int = 1) -> int:
