@@ -30,6 +30,14 @@ to the sender), against 50-70 µs for the asyncio client, so that it does
 not take the second core from the workers. Each round prints the
 client's CPU per message too, and each hub process's split between its
 reactor thread and its other threads (the group commit's flushes).
+
+At the end the script predicts each hub's rate from the CPU it used,
+for 2, 3 and 4 cores given to the hub alone: one process cannot go
+faster than its reactor thread (one core), N workers than the cores
+their CPU per message fills. On this 2-core machine, shared with the
+client and whatever else runs, the measured ratio is bounded by that:
+one process uses a core and part of the second, so two workers can at
+best fill the part that was left.
 """
 
 from __future__ import annotations
@@ -233,6 +241,7 @@ def main() -> None:
         f.write(make_body(args.size))
     results: dict[str, list[float]] = {name: [] for name in hubs}
     cpu: dict[str, list[float]] = {name: [] for name in hubs}
+    busiest: dict[str, list[float]] = {name: [] for name in hubs}  # µs/msg of the reactor thread that bounds the rate
     try:
         for hub in hubs.values():
             hub.start()
@@ -260,6 +269,12 @@ def main() -> None:
                 rate = len(accepted) / elapsed
                 results[name].append(rate)
                 cpu[name].append(used / len(accepted) * 1e6)
+                # The reactor thread that bounds the rate: one process's own;
+                # with workers, the supervisor's, or the workers' together
+                # shared out (a client whose worker is busy waits, the
+                # others' clients send on: the load goes where a core is free).
+                reactors = [m / len(accepted) * 1e6 for m, _ in split]
+                busiest[name].append(reactors[0] if len(reactors) == 1 else max(reactors[0], sum(reactors[1:]) / (len(reactors) - 1)))
                 share = ""
                 if len(pids) > 1:
                     share = " = supervisor " + " + workers ".join(
@@ -279,6 +294,12 @@ def main() -> None:
     for name in hubs:
         print(f"{name:>12}: median {statistics.median(results[name]):8.0f} msg/s, {statistics.median(cpu[name]):5.0f} µs hub CPU/msg (every process of the hub, user + system)")
     print(f"ratio: {other / one:.2f}x   (deliveries per worker: {dict(sorted(spread.items()))})")
+    print()
+    print("predicted from the CPU each used (the client on other cores): msg/s at most =")
+    print("  min(cores / hub CPU per message, 1 / a reactor thread's CPU per message (the workers' mean))")
+    for cores in (2, 3, 4):
+        rates = [min(cores / statistics.median(cpu[name]), 1 / statistics.median(busiest[name])) * 1e6 for name in hubs]
+        print(f"  {cores} cores for the hub: " + ", ".join(f"{name} {rate:.0f}" for name, rate in zip(hubs, rates)) + f"; ratio {rates[1] / rates[0]:.2f}x")
 
 
 if __name__ == "__main__":
