@@ -1755,8 +1755,13 @@ class MaildirFolder:
         uids, self._arrivals = self._arrivals, []
         table = self._table
         with self._uidlist_lock:
-            self._catch_up_modseqs()
+            compact = self._modseq_lines > 2 * len(table) + 1000
+            if compact:
+                self._catch_up_modseqs()  # (the rewrite keeps what the others logged)
             self._changes += 1
+            # The shared counter puts these above every value any worker
+            # gave: the others' lines need not be read first (the next look
+            # at the folder reads them, _catch_up_modseqs).
             first = self._uidlist_lock.take_modseq(max(self.highest_modseq + 1, _now_us()), len(uids))
             records = []
             for value, uid in enumerate(uids, first):
@@ -1765,11 +1770,37 @@ class MaildirFolder:
                     table.modseqs[i] = value
                 records.append(f"{uid} {value}\n")
             self.highest_modseq = first + len(uids) - 1
-            self._append_modseqs(records, self.highest_modseq)
-            self._modseq_position = shared.ListPosition.now(self._modseq_path())
+            if compact:
+                self._append_modseqs(records, self.highest_modseq)
+                self._modseq_position = shared.ListPosition.now(self._modseq_path())
+            else:
+                self._append_own_modseqs(records)
         if self._listeners.count():
             self._listeners.notify(FolderChange(added=tuple(uids)))
         shared.tell_others(self.directory)
+
+    def _append_own_modseqs(self, records: list[str]) -> None:
+        """
+        Under --workers, with the folder's lock held: append C{records} to
+        the modseq log; the position read so far moves past them only when
+        nothing of the others' lies between (else the next catch-up reads
+        theirs, and these again, which changes nothing).
+        """
+        data = "".join(records).encode("ascii")
+        try:
+            fd = os.open(self._modseq_path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                os.write(fd, data)
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warn("modseq log of {path} not written: {error}", path=self.directory, error=e.strerror)
+            return
+        self._modseq_lines += len(records)
+        position = self._modseq_position
+        if st.st_ino == position.inode and st.st_size - len(data) == position.offset:
+            self._modseq_position = shared.ListPosition(st.st_ino, st.st_size)
 
     def _catch_up_modseqs(self) -> None:
         """
