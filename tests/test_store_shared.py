@@ -131,3 +131,23 @@ class SharedFolderTests(unittest.TestCase):
         self.assertEqual(sum(count for count, _ in takes), 10)
         self.assertEqual([in_reactor for _, in_reactor in takes if in_reactor], [])
         self.assertLessEqual(len(takes), self.a.writer.batches)
+
+    @defer.inlineCallbacks
+    def test_a_delivery_that_fails_before_its_line_leaves_no_gap_in_the_uids(self):
+        from twisted_mailhub.store import durable
+
+        create = durable._create_file
+        calls = []
+
+        def second_fails(path, data):
+            calls.append(path)
+            if len(calls) == 2:
+                raise OSError(28, "No space left on device", path)
+            return create(path, data)
+
+        self.patch(durable, "_create_file", second_fails)
+        results = yield defer.DeferredList([self.a.deliver(MESSAGE) for _ in range(3)], consumeErrors=True)
+        self.assertEqual([ok for ok, _ in results], [True, False, True])
+        # The two stored messages are 1 and 2, as every worker sees them.
+        self.assertEqual(self.listed(), [1, 2])
+        self.assertEqual(sorted(info.uid for info in self.b.messages()), [1, 2])
