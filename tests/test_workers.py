@@ -459,6 +459,38 @@ def test_a_worker_log_line_sent_from_a_signal_handler_inside_a_flush_does_not_ha
         assert f.read() == b"Lfrom a handler\nLnext\n"
 
 
+def test_folder_notices_leave_at_the_end_of_the_turn_then_at_most_once_per_gap():
+    # A worker's "this folder changed" notices: the first at once (end of
+    # the reactor turn), then under steady delivery at most one per
+    # NOTICE_GAP carrying every folder changed meanwhile, none lost.
+    import json
+    from types import SimpleNamespace
+
+    from twisted.internet import task
+
+    from twisted_mailhub.workers import NOTICE_GAP, WorkerLink
+
+    clock = task.Clock()
+    sent = []
+    out = SimpleNamespace(send=lambda kind, body: sent.append((kind, json.loads(body))))
+    link = WorkerLink(SimpleNamespace(reactor=clock), 1, 2, out)
+    link.folder_changed("/mail/a")
+    link.folder_changed("/mail/a")
+    clock.advance(0)
+    assert sent == [(b"B", {"k": "folders", "d": ["/mail/a"]})]
+    clock.advance(NOTICE_GAP / 4)
+    link.folder_changed("/mail/b")
+    link.folder_changed("/mail/a")
+    clock.advance(0)
+    assert len(sent) == 1
+    clock.advance(NOTICE_GAP)
+    assert sent[1:] == [(b"B", {"k": "folders", "d": ["/mail/a", "/mail/b"]})]
+    clock.advance(1.0)
+    link.folder_changed("/mail/c")
+    clock.advance(0)
+    assert sent[2:] == [(b"B", {"k": "folders", "d": ["/mail/c"]})]
+
+
 # -- /metrics, the control socket, quotas and modseqs across workers ------------
 
 

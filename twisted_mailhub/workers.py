@@ -88,6 +88,7 @@ RESTART_DELAY = 1.0
 QUICK_DEATH = 5.0
 _LOG_ESCAPES = re.compile(r"\\\\|\\n")
 ASK_TIMEOUT = 5.0  # seconds the supervisor waits for the workers' answers
+NOTICE_GAP = 0.02  # seconds between two folder notices of one worker (WorkerLink.folder_changed)
 
 
 def worker_count(text: str | int | None) -> int:
@@ -787,6 +788,8 @@ class WorkerLink:
         self.out = out
         self.generation = generation
         self._changed: set[str] = set()
+        self._notice: Any = None  # the pending call of _send_folders
+        self._noticed = float("-inf")  # when the last folder notice left
         self.started = time.monotonic()
         self._numbers = itertools.count(1)
         self._waiting: dict[int, defer.Deferred] = {}
@@ -844,13 +847,21 @@ class WorkerLink:
     def folder_changed(self, directory: str) -> None:
         """
         This worker changed a folder: the others hear of it at the end of
-        this reactor turn, once per folder however many changes it had.
+        this reactor turn, once per folder however many changes it had,
+        and at most once per L{NOTICE_GAP} seconds: under steady
+        delivery a notice per group commit cost every process a wake-up
+        and a relayed line, and an IDLE session on another worker hears
+        of a Maildir's new files from inotify anyway (store/watch.py;
+        the notice is what tells it where inotify is refused).
         """
-        if not self._changed:
-            self.hub.reactor.callLater(0, self._send_folders)
         self._changed.add(directory)
+        if self._notice is None:
+            reactor = self.hub.reactor
+            self._notice = reactor.callLater(max(0.0, self._noticed + NOTICE_GAP - reactor.seconds()), self._send_folders)
 
     def _send_folders(self) -> None:
+        self._notice = None
+        self._noticed = self.hub.reactor.seconds()
         changed, self._changed = self._changed, set()
         if changed:
             self.broadcast({"k": "folders", "d": sorted(changed)})
