@@ -407,12 +407,14 @@ def fetch_part(hub: HubProcess, dsn: str, count: int, bodies: int, pg: PostgresC
         print(f"  SELECT + FETCH 1:* (UID FLAGS RFC822.SIZE) of {count}, {label}: {(done - start) * 1000:.0f} ms"
               f" (SELECT {(selected - start) * 1000:.0f} ms; hub CPU {(cpu_seconds(hub.process.pid) - hub_cpu) * 1000:.0f} ms,"
               f" of it SELECT {(select_cpu - hub_cpu) * 1000:.0f}; PostgreSQL CPU {PostgresCPU.used(pg_cpu, pg.snapshot())[0] * 1000:.0f} ms)", flush=True)
-    start = time.perf_counter()
-    sock.sendall(b"g FETCH 1:%d BODY.PEEK[]\r\n" % bodies)
-    got = until(b"g", b" FETCH (")
-    elapsed = time.perf_counter() - start
-    assert got == bodies, got
-    print(f"  FETCH 1:{bodies} BODY.PEEK[]: {bodies / elapsed:.0f} msgs/s", flush=True)
+    for _ in range(3):
+        hub_cpu = cpu_seconds(hub.process.pid)
+        start = time.perf_counter()
+        sock.sendall(b"g FETCH 1:%d BODY.PEEK[]\r\n" % bodies)
+        got = until(b"g", b" FETCH (")
+        elapsed = time.perf_counter() - start
+        assert got == bodies, got
+        print(f"  FETCH 1:{bodies} BODY.PEEK[]: {bodies / elapsed:.0f} msgs/s, hub CPU {(cpu_seconds(hub.process.pid) - hub_cpu) * 1e6 / bodies:.1f} µs/msg", flush=True)
     sock.close()
 
 
