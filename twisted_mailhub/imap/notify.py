@@ -264,6 +264,9 @@ class Notifier:
 
     def _identities(self, names) -> dict[str, Any]:
         """What each folder keeps across a RENAME (the store's C{folder_identity}), where the store can say."""
+        many = getattr(self.account, "folder_identities", None)
+        if many is not None:
+            return many(list(names))  # (PostgreSQL: one query, not one per folder)
         identity = getattr(self.account, "folder_identity", None)
         if identity is None:
             return {}
