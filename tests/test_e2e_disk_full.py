@@ -261,3 +261,25 @@ def test_sftp_upload_that_fills_the_disk_leaves_nothing_behind(small_disk, start
     assert sftp.listdir(".") == ["small.bin"]
     transport.close()
     assert "Traceback" not in hub.log
+
+
+def test_relayed_mail_on_a_full_disk_is_452_and_nothing_stays_in_the_queue(small_disk, start_hub):
+    # Queueing for another domain was "451 4.3.0 local error in processing"
+    # with a traceback (the write's error came wrapped in a FirstError).
+    import ssl
+
+    hub = start_hub("--mx-override", "*=127.0.0.1:9", data=small_disk)
+    queue = os.path.join(small_disk, "queue")
+    before = sorted(os.listdir(queue))
+    filler = Filler(small_disk)
+    filler.fill()
+    with smtplib.SMTP("127.0.0.1", hub.ports["submission"], timeout=10) as smtp:
+        smtp.starttls(context=ssl._create_unverified_context())
+        smtp.login("alice", "secret")
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail("alice@localhost", ["someone@example.test"], message(20_000))
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (452, b"4.3.1 Insufficient system storage")
+        assert smtp.noop()[0] == 250
+    assert sorted(os.listdir(queue)) == before
+    hub.wait_for_log(r"insufficient system storage")
+    assert "Traceback" not in hub.log

@@ -36,6 +36,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from twisted_mailhub.store.durable import GroupCommitWriter
+from twisted_mailhub.store.interfaces import storage_error
 
 log = Logger()
 
@@ -156,7 +157,16 @@ class QueueStorage:
             self.writer.write(self._tmp_path(entry.id, ".msg"), self.message_path(entry.id), message),
             self.save(entry),
         ]
-        yield defer.gatherResults(writes, consumeErrors=True)
+        try:
+            yield defer.gatherResults(writes, consumeErrors=True)
+        except defer.FirstError as e:
+            # Neither half of a refused message stays (a full disk would
+            # keep it full), and the caller sees the write's own error: a
+            # full disk is InsufficientStorage (SMTP 452 4.3.1), where the
+            # FirstError around it was a "451 local error" and a traceback.
+            yield defer.gatherResults([w for w in writes if not w.called] or [defer.succeed(None)], consumeErrors=True).addErrback(lambda _: None)
+            self.remove(entry.id)
+            raise storage_error(e.subFailure.value)
         return entry.id
 
     def save(self, entry: QueuedMessage) -> defer.Deferred:
