@@ -283,3 +283,21 @@ def test_relayed_mail_on_a_full_disk_is_452_and_nothing_stays_in_the_queue(small
     assert sorted(os.listdir(queue)) == before
     hub.wait_for_log(r"insufficient system storage")
     assert "Traceback" not in hub.log
+
+
+def test_webmail_compose_on_a_full_disk_says_so_without_a_traceback(small_disk, start_hub):
+    # It was a bare "500 The message could not be sent" and a critical
+    # traceback in the log.
+    from tests.web_helpers import WebClient
+
+    hub = start_hub(data=small_disk)
+    browser = WebClient(hub)
+    assert browser.login("alice", "secret").status == 303
+    browser.get("/mail/compose")
+    filler = Filler(small_disk)
+    filler.fill()
+    page = browser.post("/mail/compose", {"to": "bob@localhost", "subject": "full", "body": "x" * 1000})
+    assert page.status == 507
+    assert "The server&#x27;s disk is full: the message was not sent" in page.text or "The server's disk is full: the message was not sent" in page.text
+    hub.wait_for_log(r"web submission not sent: insufficient system storage")
+    assert "Traceback" not in hub.log

@@ -39,7 +39,7 @@ from twisted.web import resource, server
 from twisted.web.template import tags
 
 from twisted_mailhub.imap.search import BadSearch, search_messages
-from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, NoSuchFolder, NoSuchMessage, StoreError
+from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, NoSuchFolder, NoSuchMessage, StoreError, is_out_of_space
 from twisted_mailhub.web import message as msgparse
 from twisted_mailhub.web.pages import post_form, render_page
 from twisted_mailhub.web.sanitize import sanitize_html
@@ -590,6 +590,14 @@ class Compose(resource.Resource):
                 request.finish()
 
         def failed(reason):
+            error = reason.value
+            if isinstance(error, defer.FirstError):
+                error = error.subFailure.value
+            if is_out_of_space(error):
+                # As SMTP answers it (452 4.3.1): one line, no traceback.
+                log.warn("web submission not sent: insufficient system storage ({error})", error=getattr(error, "__cause__", None) or error)
+                render_page(request, "Not sent", tags.p("The server's disk is full: the message was not sent. Try again later.", class_="error"), self.session, code=507)
+                return
             log.failure("web submission failed", reason)
             request.setResponseCode(500)
             request.write(b"The message could not be sent; try again later.\n")
