@@ -301,3 +301,37 @@ def test_webmail_compose_on_a_full_disk_says_so_without_a_traceback(small_disk, 
     assert "The server&#x27;s disk is full: the message was not sent" in page.text or "The server's disk is full: the message was not sent" in page.text
     hub.wait_for_log(r"web submission not sent: insufficient system storage")
     assert "Traceback" not in hub.log
+
+
+def test_webmail_and_api_on_a_disk_full_before_the_inbox_was_first_opened_are_507(small_disk, start_hub):
+    # Opening a folder the first time writes its UID list: /mail/INBOX and
+    # the API's folder listing were a 500 page and a critical traceback.
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+
+    from tests.web_helpers import WebClient
+
+    hub = start_hub(data=small_disk)
+    browser = WebClient(hub)
+    assert browser.login("alice", "secret").status == 303
+    filler = Filler(small_disk)
+    filler.fill()
+    page = browser.get("/mail/INBOX")
+    assert page.status == 507
+    assert "The server&#x27;s disk is full" in page.text or "The server's disk is full" in page.text
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{hub.ports['web']}/api/v1/accounts/me/folders",
+        headers={"Authorization": "Basic " + base64.b64encode(b"bob:hungry").decode()},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 507
+    assert json.loads(refused.value.read())["error"]["code"] == "insufficient_storage"
+    # Room again: both work.
+    os.unlink(filler.path)
+    assert browser.get("/mail/INBOX").status == 200
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        assert json.loads(reply.read())["folders"][0]["name"] == "INBOX"
+    assert "Traceback" not in hub.log

@@ -330,10 +330,17 @@ class ApiResource(resource.Resource):
             status, body = e.status, _dumps({"error": {"status": e.status, "code": e.code, "message": e.message}})
             if e.status == 401:
                 extra = {b"www-authenticate": b'Basic realm="mailhub", charset="UTF-8"'}
-        except Exception:
-            log.failure("API: {method} {path} failed", method=request.method, path=request.path)
-            status = 500
-            body = _dumps({"error": {"status": 500, "code": "internal_error", "message": "internal error; the hub's log says more"}})
+        except Exception as e:
+            if is_out_of_space(e):
+                # A folder opened the first time writes its UID list, flags
+                # are written...: a full disk is 507, one line, no traceback.
+                log.warn("API: {method} {path}: insufficient system storage ({error})", method=request.method.decode("ascii", "replace"), path=request.path.decode("utf-8", "replace")[:200], error=e)
+                status = 507
+                body = _dumps({"error": {"status": 507, "code": "insufficient_storage", "message": "the server's disk is full: nothing was changed; try again later"}})
+            else:
+                log.failure("API: {method} {path} failed", method=request.method, path=request.path)
+                status = 500
+                body = _dumps({"error": {"status": 500, "code": "internal_error", "message": "internal error; the hub's log says more"}})
         if request.finished or getattr(request, "_disconnected", False):
             return
         request.setResponseCode(status)

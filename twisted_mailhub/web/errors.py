@@ -39,6 +39,7 @@ _NAMES = {
     405: ("Method not allowed", "method_not_allowed"),
     500: ("Server error", "internal_error"),
     501: ("Not implemented", "not_implemented"),
+    507: ("Insufficient storage", "insufficient_storage"),
 }
 
 # A line of what to do, by status.
@@ -47,6 +48,7 @@ _ADVICE = {
     405: "This address does not take that method.",
     501: "The web listener does not know this HTTP method.",
     500: "Something went wrong on the server; its log says more.",
+    507: "The server's disk is full: nothing was changed. Try again later.",
 }
 
 

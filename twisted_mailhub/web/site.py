@@ -92,8 +92,23 @@ class WebRequest(server.Request):
         server.Request.render(self, errors.MethodGuard(errors.replace_error_page(resrc)))
 
     def processingFailed(self, reason):
+        from twisted_mailhub.store.interfaces import is_out_of_space
         from twisted_mailhub.web import errors
 
+        if is_out_of_space(reason.value):
+            # A page that has to write (a folder opened the first time
+            # writes its UID list) on a full disk: 507, one line, no
+            # traceback, as every protocol answers it.
+            log.warn("web: {method} {path}: insufficient system storage ({error})", method=self.method.decode("ascii", "replace"), path=self.path.decode("utf-8", "replace")[:200], error=reason.value)
+            if self.finished or self.startedWriting:
+                if not self.finished:
+                    self.loseConnection()
+                return None
+            body = errors.answer(self, 507)
+            self.setHeader(b"content-length", b"%d" % len(body))
+            self.write(body)
+            self.finish()
+            return None
         log.failure("web: {method} {path} failed", reason, method=self.method.decode("ascii", "replace"), path=self.path.decode("utf-8", "replace")[:200])
         if self.finished or self.startedWriting:
             if not self.finished:
