@@ -79,6 +79,18 @@ def test_bad_search_keys(folder, keys):
         search(folder, keys)
 
 
+@pytest.mark.parametrize("keys", [b"OR " * 3000 + b"ALL " * 3001, b"NOT " * 3000 + b"ALL", b"(NOT " * 150 + b"ALL" + b")" * 150])
+def test_search_keys_nested_too_deep_are_bad_search_not_a_recursion_error(folder, keys):
+    # 3,000 nested ORs raised RecursionError: "BAD [SERVERBUG]" and a traceback.
+    with pytest.raises(BadSearch, match="nested too deep"):
+        search(folder, keys)
+
+
+def test_search_keys_nested_a_hundred_deep_still_work(folder):
+    assert search(folder, b"NOT " * 100 + b"ALL") == [1, 2, 3]
+    assert search(folder, b"OR " * 50 + b"SEEN " * 51) == [1]
+
+
 def test_header_values_are_kept_per_uid_in_any_order_and_shared_when_equal():
     values = FieldValues()
     for uid in (5, 9, 2, 7):

@@ -308,10 +308,21 @@ def _astrings(tokens: list) -> list:
     return [_astrings(t) if isinstance(t, list) else (b"NIL" if t is None else t) for t in tokens]
 
 
-def compile_search(keys: list, last_seq: int, last_uid: int) -> Predicate:
+# How deep NOT, OR and parenthesised lists may nest: far beyond what a
+# person or a client writes, and far below Python's recursion limit (3,000
+# nested ORs raised RecursionError: "BAD [SERVERBUG]" and a traceback).
+MAX_NESTING = 100
+
+
+def compile_search(keys: list, last_seq: int, last_uid: int, depth: int = 0) -> Predicate:
     """
     One predicate for a whole SEARCH key list (keys are ANDed).
+
+    @raise BadSearch: keys that are not RFC 3501 §6.4.4 search keys, or
+        nested more than L{MAX_NESTING} deep.
     """
+    if depth > MAX_NESTING:
+        raise BadSearch(f"search keys nested too deep (at most {MAX_NESTING} levels of NOT, OR and parentheses)")
     tokens = _astrings(list(keys))
     if not tokens:
         raise BadSearch("SEARCH needs at least one key, e.g. ALL")
@@ -330,10 +341,12 @@ def compile_search(keys: list, last_seq: int, last_uid: int) -> Predicate:
             raise BadSearch(f"expected {what}, got a list")
         return token
 
-    def one() -> Predicate:
+    def one(level: int = depth) -> Predicate:
+        if level > MAX_NESTING:
+            raise BadSearch(f"search keys nested too deep (at most {MAX_NESTING} levels of NOT, OR and parentheses)")
         token = take("search key")
         if isinstance(token, list):
-            return compile_search(token, last_seq, last_uid) if token else (lambda c: True)
+            return compile_search(token, last_seq, last_uid, level + 1) if token else (lambda c: True)
         key = token.upper()
         if key in _SIMPLE:
             return _SIMPLE[key]
@@ -375,10 +388,10 @@ def compile_search(keys: list, last_seq: int, last_uid: int) -> Predicate:
 
             return sent
         if key == b"NOT":
-            inner = one()
+            inner = one(level + 1)
             return lambda c: not inner(c)
         if key == b"OR":
-            left, right = one(), one()
+            left, right = one(level + 1), one(level + 1)
             return lambda c: left(c) or right(c)
         if key in (b"OLDER", b"YOUNGER"):
             # WITHIN (RFC 5032): internal date at least / at most n seconds ago.
