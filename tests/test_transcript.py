@@ -168,6 +168,17 @@ def test_a_pipelined_batch_of_numbered_pop3_commands_is_recorded_as_the_same_lin
     assert _lines(together) == _lines(alone)
     assert _lines(together)[:5] == ["C: RETR 1", "C: dele 1", "C: List 2", "C: retr 2", "C: UIDL 2"]
     assert _lines(together).count("S: [message: 3 lines, 20 octets]") == 2
+    # A batch of RETRs only (the commonest) and one with a line that is not.
+    for odd in (b"", b"RETR \r\n", b"RETR 1 2\r\n", b"XRETR 1\r\n"):
+        batch = b"RETR 1\r\nretr 2\n" + odd
+        _, together, t1 = _record("pop3")
+        t1.client_bytes(batch)
+        _, alone, t2 = _record("pop3")
+        for line in batch.splitlines(keepends=True):
+            t2.client_bytes(line)
+        assert _lines(together) == _lines(alone)
+        # Which answers will carry a message: the same either way.
+        assert list(t1._pop3) == list(t2._pop3) == [True, True] + ([odd[:5] == b"RETR "] if odd else [])
     # A password is never in such a batch: PASS takes the masking path.
     _, masked, t = _record("pop3")
     t.client_bytes(b"USER bob\r\nPASS 1234\r\n")
