@@ -10,6 +10,8 @@ Also the cold first login + STAT: the server restarted, its index kept.
     python3 bench/pop3_retr.py --stock-nagle   # also stock Twisted as shipped (slow!)
     python3 bench/pop3_retr.py --messages 2000
     python3 bench/pop3_retr.py --messages 10000 --stock-retrs 200   # the figures in the notes
+    python3 bench/pop3_retr.py --messages 10000 --rounds 5 --no-stock --tops 0 --sessions 0
+        # also the hub and Dovecot taking turns, 5 sessions each: medians
 
 Reported per server: the rates, and its CPU time per RETR (user + system,
 its whole process tree), which moves far less than the rates when other
@@ -265,6 +267,38 @@ def one_message_sessions(port: int, sessions: int, pid: int | None = None) -> di
     return out
 
 
+def take_turns(servers: list[tuple[str, int, int]], messages: int, window: int, rounds: int) -> None:
+    """
+    C{rounds} sessions of each server (name, POP3 port, PID) in turn, each
+    RETR pass one at a time and C{window} in flight (as L{run}): on a busy
+    machine the load then falls on every server alike. Prints each one's
+    medians, then the first server's ratio to each other one: rates
+    (higher is better) and CPU per RETR.
+    """
+    import statistics
+
+    keys = ("sequential/s", "pipelined/s", "cpu us/seq", "cpu us/pipelined")
+    seen: dict[str, dict[str, list[float]]] = {name: {k: [] for k in keys} for name, _, _ in servers}
+    for _ in range(rounds):
+        for name, port, pid in servers:
+            result = run(port, messages, messages, window, pid=pid)
+            for k in keys:
+                seen[name][k].append(result[k])
+    medians = {name: {k: statistics.median(v) for k, v in got.items()} for name, got in seen.items()}
+    for name, m in medians.items():
+        show(f"{name} (median of {rounds})", m)
+    first, ours = servers[0][0], medians[servers[0][0]]
+    for name, _, _ in servers[1:]:
+        theirs = medians[name]
+        print(
+            f"{first} / {name}: one RETR at a time {ours['sequential/s'] / theirs['sequential/s']:.2f}x"
+            f" (CPU {ours['cpu us/seq']:.1f} vs {theirs['cpu us/seq']:.1f} us),"
+            f" {window} in flight {ours['pipelined/s'] / theirs['pipelined/s']:.2f}x"
+            f" (CPU {ours['cpu us/pipelined']:.1f} vs {theirs['cpu us/pipelined']:.1f} us)",
+            flush=True,
+        )
+
+
 def start_stock(maildir: str, nodelay: bool):
     proc = subprocess.Popen(
         [sys.executable, "-c", STOCK_SERVER, maildir, "nodelay" if nodelay else "nagle"],
@@ -292,6 +326,11 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=300, help="connections of login, one RETR, QUIT")
     parser.add_argument("--dir", default=None)
     parser.add_argument("--no-dovecot", action="store_true", help="do not run Dovecot beside the hub")
+    parser.add_argument("--no-stock", action="store_true", help="do not run stock Twisted")
+    parser.add_argument(
+        "--rounds", type=int, default=0,
+        help="then N sessions of the hub and of Dovecot taking turns (both running), and their medians",
+    )
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="mailhub-pop3-bench-", dir=args.dir or "/var/tmp")
@@ -302,36 +341,45 @@ def main() -> None:
         os.makedirs(hub.data_dir)
         fill(hub.maildir("bob@localhost"), args.messages)
         hub.start()
+        dovecot = None
         try:
             show("mailhub (first login)", run(hub.ports["pop3"], args.messages, args.messages, args.window, pid=hub.pid))
             # QUIT marked every message seen (renamed into cur/): a second
             # session reads the same maildrop in its steady state.
             show("mailhub (again)", run(hub.ports["pop3"], args.messages, args.messages, args.window, pid=hub.pid, tops=min(args.tops, args.messages)))
-            show("mailhub (1 RETR/conn.)", one_message_sessions(hub.ports["pop3"], args.sessions, pid=hub.pid))
+            if args.sessions:
+                show("mailhub (1 RETR/conn.)", one_message_sessions(hub.ports["pop3"], args.sessions, pid=hub.pid))
             for _ in range(3):
                 hub.restart()
                 show("mailhub (cold restart)", login_stat(hub.ports["pop3"], b"bob", b"hungry", args.messages))
-        finally:
-            hub.stop()
-        if not args.no_dovecot and dovecot_available():
-            # Dovecot on its own copy (its files, its index), served as nobody.
-            os.chmod(work, 0o755)
-            fill(os.path.join(work, "dovecot"), args.messages)
-            dovecot = Dovecot(os.path.join(work, "dovecot"), "bob", "hungry").start()
-            try:
+            if not args.rounds:
+                hub.stop()
+            if not args.no_dovecot and dovecot_available():
+                # Dovecot on its own copy (its files, its index), served as nobody.
+                os.chmod(work, 0o755)
+                fill(os.path.join(work, "dovecot"), args.messages)
+                dovecot = Dovecot(os.path.join(work, "dovecot"), "bob", "hungry").start()
                 show("dovecot (first login)", run(dovecot.ports["pop3"], args.messages, args.messages, args.window, pid=dovecot.pid))
                 show("dovecot (again)", run(dovecot.ports["pop3"], args.messages, args.messages, args.window, pid=dovecot.pid, tops=min(args.tops, args.messages)))
-                show("dovecot (1 RETR/conn.)", one_message_sessions(dovecot.ports["pop3"], args.sessions, pid=dovecot.pid))
+                if args.sessions:
+                    show("dovecot (1 RETR/conn.)", one_message_sessions(dovecot.ports["pop3"], args.sessions, pid=dovecot.pid))
                 for _ in range(3):
                     dovecot.restart()
                     show("dovecot (cold restart)", login_stat(dovecot.ports["pop3"], b"bob", b"hungry", args.messages))
-            finally:
+                if args.rounds:
+                    take_turns(
+                        [("mailhub", hub.ports["pop3"], hub.pid), ("dovecot", dovecot.ports["pop3"], dovecot.pid)],
+                        args.messages, args.window, args.rounds,
+                    )
+            elif not args.no_dovecot:
+                print("Dovecot is not installed (apt-get install dovecot-pop3d): no Dovecot figures")
+        finally:
+            hub.stop()
+            if dovecot is not None:
                 dovecot.stop()
-        elif not args.no_dovecot:
-            print("Dovecot is not installed (apt-get install dovecot-pop3d): no Dovecot figures")
         stock_dir = os.path.join(work, "stock")
         fill(stock_dir, args.messages)
-        runs = [("twisted+nodelay", True, args.stock_retrs)]
+        runs = [] if args.no_stock else [("twisted+nodelay", True, args.stock_retrs)]
         if args.stock_nagle:
             runs.append(("twisted (as shipped)", False, 100))
         for name, nodelay, retrs in runs:
