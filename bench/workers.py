@@ -29,7 +29,10 @@ pipelined (nearly all of it the kernel's loopback TCP, which is charged
 to the sender), against 50-70 µs for the asyncio client, so that it does
 not take the second core from the workers. Each round prints the
 client's CPU per message too, and each hub process's split between its
-reactor thread and its other threads (the group commit's flushes).
+reactor thread and its other threads (the group commit's flushes), and
+how much dirty data the system had: above 64 MB (the neighbours writing)
+the hub fsyncs each file instead of one syncfs per batch, which changes
+the CPU per message a lot.
 
 At the end the script predicts each hub's rate from the CPU it used,
 for 2, 3 and 4 cores given to the hub alone: one process cannot go
@@ -59,6 +62,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tests.hubprocess import HubProcess  # noqa: E402
+from twisted_mailhub.store.durable import QUIET_DIRTY_BYTES  # noqa: E402
 
 
 def make_body(size: int) -> bytes:
@@ -169,6 +173,24 @@ def c_run(program: str, body_path: str, port: int, rcpt: bytes, clients: int, co
     return float(words[3]), list(range(count)), usage.ru_utime + usage.ru_stime
 
 
+def dirty_megabytes() -> float:
+    """
+    The system's dirty and under-writeback page cache in MB: above
+    durable.QUIET_DIRTY_BYTES (the neighbours are writing) the hub fsyncs
+    each file, below it one syncfs per batch, and CPU per message differs
+    a lot between the two.
+    """
+    total = 0
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith((b"Dirty:", b"Writeback:")):
+                    total += int(line.split()[1])
+    except OSError:
+        return 0.0
+    return total / 1024
+
+
 def thread_split(pid: int) -> tuple[float, float]:
     """CPU seconds of C{pid}'s main (reactor) thread and of its other threads."""
     main = other = 0.0
@@ -255,6 +277,7 @@ def main() -> None:
                 before = [cpu_seconds([p]) for p in pids]
                 system_before = cpu_seconds(pids, system_only=True)
                 split_before = [thread_split(p) for p in pids]
+                dirty_before = dirty_megabytes()
                 if program is not None:
                     elapsed, accepted, client = c_run(program, body_path, hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, not args.no_pipelining)
                 else:
@@ -280,8 +303,10 @@ def main() -> None:
                     share = " = supervisor " + " + workers ".join(
                         [f"{each[0] / len(accepted) * 1e6:.0f}", " + ".join(f"{e / len(accepted) * 1e6:.0f}" for e in each[1:])])
                 threads = ", ".join(f"{m / len(accepted) * 1e6:.0f}+{o / len(accepted) * 1e6:.0f}" for m, o in split)
+                dirty = max(dirty_before, dirty_megabytes())
                 print(f"  round {r + 1} {name:>12}: {rate:8.0f} msg/s, {used / len(accepted) * 1e6:5.0f} µs hub CPU/msg{share}"
-                      f" (system {system / len(accepted) * 1e6:.0f}; reactor+other threads per process {threads}; the client used {client / len(accepted) * 1e6:.0f})")
+                      f" (system {system / len(accepted) * 1e6:.0f}; reactor+other threads per process {threads}; the client used {client / len(accepted) * 1e6:.0f};"
+                      f" dirty {dirty:.0f} MB: {'per-file fsync' if dirty * 2**20 >= QUIET_DIRTY_BYTES else 'syncfs'})")
         spread = {}
         many = list(hubs.values())[1]
         for index in re.findall(r"\[worker (\d+)\] delivered ", many.log):
