@@ -577,6 +577,15 @@ class MaildirRetrTests(POP3TestCase):
             self.store = self.hub.store = MaildirStore(self.root)
 
 
+    def test_a_dropped_in_file_with_bare_cr_is_made_crlf_on_disk_when_first_found(self):
+        name = "1700000000.M1P1.host,S=19"
+        self.drop_in(name, b"Subject: a\r\n\r\nx\ry\r\n")
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"list 1\r\n"), b"+OK 1 20\r\n")
+        with open(os.path.join(self.maildir, "new", name), "rb") as f:
+            self.assertEqual(f.read(), b"Subject: a\r\n\r\nx\r\ny\r\n")
+
+
 class StuffingTests(SynchronousTestCase):
     def test_chunked_stuffing_equals_whole(self):
         message = b".a\r\n\r\n.b\r\nc\rd\r\n" * 50 + b"bare\nlf\n.x\n" + b"end"

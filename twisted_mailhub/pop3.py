@@ -144,8 +144,8 @@ class Maildrop:
     def __init__(self, folder: Any, address: str):
         self.folder = folder
         self.address = address
-        # The store's index (and the wire-form facts): opening a maildrop
-        # reads no message it has counted before (sizes_on_the_wire). A
+        # The store's index (and the wire-form facts) only: opening a
+        # maildrop reads no message. A
         # store that lists its messages as columns (C{listing()}: UIDs,
         # sizes, keys) makes no object per message for a login.
         listing = getattr(folder, "listing", None)
@@ -164,12 +164,11 @@ class Maildrop:
         # folder's facts, kept across sessions, or this session's own.
         forms = getattr(folder, "wire_forms", None)
         self.wire_forms = forms() if forms is not None else WireForms(None)
-        if self.wire_forms.directory is not None:
-            # Files another program may have written with bare LF or CR
-            # line ends count as sent (RFC 1939 §11), not as stored: such
-            # a message never read before is read once now (as Dovecot
-            # counts the "virtual size" at the first POP3 login).
-            self.wire_forms.sizes_on_the_wire(self.keys, self.sizes, self.read, self.learn_limit)
+        # A message learned (at a RETR) to have bare LF or CR line ends
+        # counts as sent (RFC 1939 §11), not as stored. (The Maildir store
+        # makes a file another program puts in CRLF when it first finds
+        # it; this is for one it had listed before.)
+        self.wire_forms.sizes_on_the_wire(self.keys, self.sizes)
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
         self.count = len(self.uids)
@@ -185,9 +184,6 @@ class Maildrop:
         if self._uidls is None:
             self._uidls = [uidl_of(key) for key in self.keys]
         return self._uidls
-
-    # A message longer than this is not read at login to learn its size.
-    learn_limit = 1024 * 1024
 
     def read(self, i: int) -> bytes:
         """

@@ -1097,7 +1097,7 @@ class MaildirFolder:
         nowhere): the next UID; returns it. Its name's C{S=} is not taken
         on trust: another MDA (maildrop, Dovecot's LDA) stores bare LF line
         ends and gives their size there. The file is read once: made CRLF
-        in place if it has bare LFs, so that its size on disk is its size
+        in place if it has bare LFs (or bare CRs), so that its size on disk is its size
         on the wire (RFC822.SIZE, POP3 LIST, what BODY[] sends); and an
         8-bit message gets C{,D=} in its name, as the hub's own do
         (L{_shown_size_field}), so RFC822.SIZE tells a session without
@@ -1979,7 +1979,7 @@ def _remember_uid_validity(path: str | None, value: int) -> None:
 
 def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
     """
-    Rewrite a message file with CRLF line ends if it has bare LFs (tmp +
+    Rewrite a message file with CRLF line ends if it has bare LFs or CRs (tmp +
     rename, keeping its name and mtime); return its size in octets, its
     L{_shown_size_field} and its mtime.
     """
@@ -1989,7 +1989,7 @@ def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
         data = _read_whole(fd, st.st_size)
     finally:
         os.close(fd)
-    fixed = crlf(data)
+    fixed = crlf(data, bare_cr=True)
     shown = _shown_size_field(fixed)
     if fixed is not data:
         # tmp/ of the same Maildir: never mistaken for a message by a scan.
@@ -2004,12 +2004,20 @@ def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
     return len(fixed), shown, st.st_mtime
 
 
-def crlf(data: bytes) -> bytes:
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def crlf(data: bytes, bare_cr: bool = False) -> bytes:
     """
-    C{data} with every bare LF made CRLF; C{data} itself if it had none.
+    C{data} with every bare LF made CRLF, and with C{bare_cr} every bare
+    CR too (an old Mac mailer's line end, which no client must get alone:
+    RFC 5322 §2.3); C{data} itself if it had none.
     """
-    if data.count(b"\n") == data.count(b"\r\n"):
+    pairs = data.count(b"\r\n")
+    if data.count(b"\n") == pairs and not (bare_cr and data.count(b"\r") != pairs):
         return data
+    if bare_cr:
+        return _LINE_END.sub(b"\r\n", data)
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 

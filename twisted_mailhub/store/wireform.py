@@ -42,11 +42,10 @@ from __future__ import annotations
 
 import marshal
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from twisted.logger import Logger
 
-from twisted_mailhub.store.interfaces import StoreError
 
 log = Logger()
 
@@ -177,25 +176,15 @@ class WireForms:
         self._learned = True
         return lines
 
-    def sizes_on_the_wire(self, keys: Sequence[str], sizes: Any, read: Callable[[int], bytes], limit: int) -> None:
+    def sizes_on_the_wire(self, keys: Sequence[str], sizes: Any) -> None:
         """
-        Make C{sizes} (the store's counts of the messages stored under
-        C{keys}, changed in place) the sizes on the wire (L{wire_size}):
-        from the facts, and for a message without one, from its bytes,
-        C{read(i)}, learned now (unless the store counts it over C{limit}
-        octets; one that cannot be read keeps the store's count). With
-        every fact known and no odd one (the usual case) this costs one
-        pass in C over C{keys}.
+        Correct C{sizes} (the store's counts of the messages stored under
+        C{keys}, changed in place) to the sizes on the wire (L{wire_size})
+        of the messages learned to differ: nothing to do, and no pass over
+        C{keys}, in the usual case.
         """
-        known = self.known
-        if not all(map(known.__contains__, keys)):
-            for i, key in enumerate(keys):
-                if key not in known and sizes[i] <= limit:
-                    try:
-                        data = read(i)
-                    except (OSError, StoreError, ValueError):
-                        continue  # gone, or not readable: RETR will say so
-                    self.learn(key, data)
+        if self._known is None:
+            self.known  # the cache file, read once per process
         odd = self._odd
         if odd:
             for i, key in enumerate(keys):
