@@ -9,9 +9,9 @@ The one implementation here, L{ByteaBlobs}, keeps the bytes in the
 C{message.body} column (C{bytea}, stored out of line and uncompressed, so a
 slice of a big message reads only the pages it needs).
 
-Every call takes the caller's psycopg connection: writes happen inside the
-delivering transaction (the bytes are durable when the UID is), reads on
-whichever connection the caller holds. A blob is named by its C{message.id}
+A write is a statement the group commit sends inside the delivering
+transaction (the bytes are durable when the UID is); reads and deletes take
+the caller's psycopg connection. A blob is named by its C{message.id}
 (an int); blobs are never changed after L{IMessageBlobs.put}.
 """
 
@@ -25,13 +25,17 @@ from zope.interface import Interface, implementer
 class IMessageBlobs(Interface):
     """The bytes of messages, named by their C{message} row's id."""
 
-    def put(conn: Any, ids: Sequence[int], bodies: Sequence[bytes]) -> None:
+    def put(ids: Sequence[int], bodies: Sequence[bytes]) -> tuple[str, list]:
         """
-        Store C{bodies} (each a message as sent to clients: CRLF line ends,
-        dot-unstuffed) under C{ids} (from C{message_id_seq}, taken by the
-        caller) in the transaction open on C{conn}. It returns nothing, so
-        it can be queued in a pipeline with the rest of a delivery: one
-        round trip for the whole batch.
+        The statement that stores C{bodies} (each a message as sent to
+        clients: CRLF line ends, dot-unstuffed) under C{ids} (from
+        C{message_id_seq}, taken by the caller): (its SQL, with C{$1},
+        C{$2}, ... for parameters; the parameters: C{bytes} are sent as
+        binary C{bytea}, C{str} as text). The group commit sends it in the
+        delivering transaction, before the statements that place the
+        messages in folders, in the same round trip as the rest of the
+        batch; the SQL text should not change from call to call (each
+        connection prepares it once).
         """
 
     def get(conn: Any, ids: Sequence[int]) -> dict[int, bytes]:
@@ -61,17 +65,17 @@ class ByteaBlobs:
     see L{twisted_mailhub.store.pgschema}).
     """
 
-    def put(self, conn: Any, ids: Sequence[int], bodies: Sequence[bytes]) -> None:
-        if bodies:
-            # One bytea of every body end to end and their lengths as one
-            # text: two values to send, not a list adapted item by item.
-            conn.execute(
-                "INSERT INTO message (id, size, body)"
-                " SELECT i, n, substring(%b FROM (s - n + 1)::int4 FOR n)"
-                " FROM (SELECT i, n, sum(n) OVER (ORDER BY o) AS s"
-                "       FROM unnest(string_to_array(%s, ',')::bigint[], string_to_array(%s, ',')::int4[]) WITH ORDINALITY AS t(i, n, o)) AS t",
-                (b"".join(bodies), ",".join(map(str, ids)), ",".join([str(len(b)) for b in bodies])),
-            )
+    # Every body end to end as one bytea, with their ids and lengths as one
+    # text each: three values to send, not lists adapted item by item.
+    PUT = (
+        "INSERT INTO message (id, size, body)"
+        " SELECT i, n, substring($1::bytea FROM (s - n + 1)::int4 FOR n)"
+        " FROM (SELECT i, n, sum(n) OVER (ORDER BY o) AS s"
+        "       FROM unnest(string_to_array($2::text, ',')::bigint[], string_to_array($3::text, ',')::int4[]) WITH ORDINALITY AS t(i, n, o)) AS t"
+    )
+
+    def put(self, ids: Sequence[int], bodies: Sequence[bytes]) -> tuple[str, list]:
+        return self.PUT, [b"".join(bodies), ",".join(map(str, ids)), ",".join([str(len(b)) for b in bodies])]
 
     def get(self, conn: Any, ids: Sequence[int]) -> dict[int, bytes]:
         if not ids:

@@ -28,26 +28,26 @@ Rules:
  - Message bytes go through L{IMessageBlobs} (C{bytea} today). A FETCH
    walking up a folder reads the next small messages in the same round
    trip; L{PostgresFolder.open} reads a big one in L{CHUNK} slices.
- - A group commit is one round trip: psycopg's pipeline mode sends BEGIN,
-   the bytes, one statement per mailbox and COMMIT together.
+ - A group commit is one round trip: libpq's pipeline mode sends the
+   bytes, one statement per mailbox and a Sync together, and the
+   statements before a Sync commit as one transaction.
 
 How psycopg meets the reactor: L{IFolder}'s reads and flag changes are
 synchronous calls, so they run on one connection in the reactor thread
 (a few hundred microseconds on loopback). Deliveries, APPEND and COPY,
-which wait for a disk flush, run in a small pool of worker threads with a
-connection each (Twisted's C{adbapi} model, without its one-call-one-
-transaction limit): while the workers are busy, new writes queue and the
-next free worker commits all of them in one transaction (group commit, as
-L{twisted_mailhub.store.durable} does for Maildir). A worker that has
-committed a batch hands its outcome to the reactor and takes what queued
-meanwhile itself, so the database is not left idle while the reactor is
-busy (bench/cluster.py, 32 SMTP clients: the hub's CPU per message fell
-from ~330 to ~260 µs, the writer was idle 29 % of the run before, the gaps
-being the reactor's turn between batches). A thread that sleeps
-on the C{LISTEN} connection hands notifications to the reactor. The
-asyncio reactor would let psycopg's async connections run in the reactor
-thread, but it changes the reactor under every other listener and still
-needs threads for the synchronous interface; the thread pool does not.
+which wait for a disk flush, go to the group commit (L{GroupCommitter}):
+while a batch commits, new writes queue and the next batch takes all of
+them in one transaction (as L{twisted_mailhub.store.durable} does for
+Maildir). Its connections run in libpq's non-blocking pipeline mode,
+driven by the reactor like any socket, with prepared statements: no
+thread, so no lock, no hand-over between threads and no contention for
+the GIL with the reactor (bench/cluster.py, 32 SMTP clients: the hub's
+CPU per message fell from ~220-250 to ~160-210 µs against the worker
+threads used before, PostgreSQL's from ~50-60 to ~40-55). Only making a
+connection blocks, and it happens in a thread. A thread that sleeps on
+the C{LISTEN} connection hands notifications to the reactor. The asyncio
+reactor would let psycopg's async connections run in the reactor thread,
+but it changes the reactor under every other listener.
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ import collections
 import io
 import itertools
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -101,7 +103,7 @@ logging.getLogger("psycopg").addFilter(lambda record: not str(record.msg).starts
 
 # Most writes one group-commit transaction takes.
 BATCH_MOST = 256
-# Worker threads (and connections) for writes. The second takes a batch
+# Connections for writes (the group commit's). The second takes a batch
 # only when GATHER messages wait or the first batch is slow: more writers
 # make smaller batches and cost more CPU per message (bench/cluster.py,
 # 32 clients: 1 writer 13 messages per commit, 2 writers 7-8, 4 writers 5;
@@ -111,8 +113,6 @@ WRITERS = 2
 # messages wait, or when the first has taken SLOW_BATCH seconds.
 GATHER = 32
 SLOW_BATCH = 0.02
-# A writer connection idle this long (seconds) is checked before use.
-IDLE_PROBE = 1.0
 # Slice of a message read at a time by open().
 CHUNK = 256 * 1024
 # A FETCH walking up a folder reads the next messages with the one it asks
@@ -244,26 +244,30 @@ def _bump(conn: Any, mailbox_id: int, kind: str, uids: list[int], uid_count: int
 # messages (their bytes were queued just before by IMessageBlobs.put),
 # journal the change and queue its NOTIFY. No row comes back if the
 # mailbox is gone, or (for a delivery) if it is no longer the INBOX.
+# Parameters (text): $1 the mailbox id, $2 "t" for a delivery to the
+# INBOX, $3 how many messages, then one text per column: $4 message ids
+# and $8 dates and $9 sizes joined by commas, $5 keys, $6 flags and
+# $7 keywords (each space-separated) joined by newlines.
 _ADD_TO_MAILBOX = f"""
 WITH b AS (
-    UPDATE mailbox SET uid_next = uid_next + %(k)s, highest_modseq = highest_modseq + 1
-    WHERE id = %(mailbox)s AND (NOT %(inbox)s OR name = 'INBOX')
-    RETURNING uid_next - %(k)s AS first, highest_modseq AS modseq
+    UPDATE mailbox SET uid_next = uid_next + $3::int4, highest_modseq = highest_modseq + 1
+    WHERE id = $1::int8 AND (NOT $2::bool OR name = 'INBOX')
+    RETURNING uid_next - $3::int4 AS first, highest_modseq AS modseq
 ), w AS (
     SELECT * FROM unnest(
-        string_to_array(%(ids)s, ',')::bigint[], string_to_array(%(keys)s, E'\n'), string_to_array(%(flags)s, E'\n'),
-        string_to_array(%(keywords)s, E'\n'), string_to_array(%(dates)s, ',')::float8[], string_to_array(%(sizes)s, ',')::int4[]
+        string_to_array($4::text, ',')::bigint[], string_to_array($5::text, E'\\n'), string_to_array($6::text, E'\\n'),
+        string_to_array($7::text, E'\\n'), string_to_array($8::text, ',')::float8[], string_to_array($9::text, ',')::int4[]
     ) WITH ORDINALITY AS w(message_id, key, flags, keywords, internal_date, size, n)
 ), placed AS (
     INSERT INTO mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq, size)
-    SELECT %(mailbox)s, b.first + w.n - 1, w.message_id, w.key, coalesce(string_to_array(w.flags, ' '), '{{}}'),
+    SELECT $1::int8, b.first + w.n - 1, w.message_id, w.key, coalesce(string_to_array(w.flags, ' '), '{{}}'),
            coalesce(string_to_array(w.keywords, ' '), '{{}}'), w.internal_date, b.modseq, w.size
     FROM b, w
 ), journal AS (
     INSERT INTO mailbox_change (mailbox_id, modseq, kind, uids)
-    SELECT %(mailbox)s, b.modseq, 'added', ARRAY(SELECT generate_series(b.first, b.first + %(k)s - 1)) FROM b
+    SELECT $1::int8, b.modseq, 'added', ARRAY(SELECT generate_series(b.first, b.first + $3::int4 - 1)) FROM b
 )
-SELECT b.first, b.modseq, pg_notify('{pgschema.CHANNEL}', %(mailbox)s || ' ' || b.modseq) FROM b
+SELECT b.first, b.modseq, pg_notify('{pgschema.CHANNEL}', $1::int8::text || ' ' || b.modseq) FROM b
 """
 
 
@@ -305,97 +309,74 @@ class _InboxMoved(Exception):
 
 class GroupCommitter:
     """
-    Writes messages in worker threads, several per transaction when they
-    queue up, in one round trip per transaction (psycopg's pipeline mode:
-    BEGIN, the bytes, one statement per mailbox, COMMIT). Each
-    L{PendingWrite}'s Deferred fires with its (mailbox id, UID, modseq)
-    after COMMIT, or fails with a L{StoreError}.
+    Writes messages several per transaction when they queue up, each
+    transaction one round trip, without a thread: the reactor drives up to
+    C{width} connections in libpq's pipeline mode (non-blocking). A batch
+    is sent as the blob statement, one statement per mailbox and a Sync:
+    the statements between two Syncs run as one implicit transaction,
+    committed at the Sync (PostgreSQL protocol, "Pipelining"), so a
+    failing statement rolls the whole batch back. The reply is read when
+    the connection's socket is readable, and the next batch goes out in
+    the same call. Each L{PendingWrite}'s Deferred fires with its (mailbox
+    id, UID, modseq) after COMMIT, or fails with a L{StoreError}.
+
+    Only making a connection blocks, so it happens in a thread; new
+    accounts and fresh message ids (1,024 at a time) are read on the
+    reactor's own connection.
     """
 
     def __init__(self, store: "PostgresStore", reactor: Any, width: int = WRITERS):
         self.store = store
         self.reactor = reactor
         self.width = width
-        # Shared by the reactor (submit) and the writers (take): under _lock.
-        self._lock = threading.Lock()
         self.pending: list[PendingWrite] = []
-        self.in_flight = 0  # writers running
-        self._started: dict[object, float] = {}  # writer -> when its batch began (time.monotonic)
+        self.slots = [CommitConnection(self) for _ in range(width)]
         self._timer: Any = None
-        self.pool = ThreadPool(0, width, "mailhub-postgresql")
-        self.pool.start()
-        self._local = threading.local()
-        self._connections: list[Any] = []
+        self._pool: ThreadPool | None = None
         self._account_ids: dict[str, int] = {}
         self._inbox_ids: dict[str, int] = {}
         self._ids: list[int] = []
-        self._ids_lock = threading.Lock()
+        self._closed = False
 
     def submit(self, write: PendingWrite) -> defer.Deferred:
-        with self._lock:
-            self.pending.append(write)
-            idle = self.in_flight < self.width
-        if idle:
-            self._kick()
+        self.pending.append(write)
+        self._kick()
         return write.deferred
 
     def _take(self, now: float) -> list[PendingWrite] | None:
         """
-        (Under _lock.) The next batch for a writer, or None: nothing waits,
-        or a batch is committing and the next should gather behind it
-        (fewer, bigger transactions) unless that one is slow (a big
-        message, a busy disk) or GATHER messages wait.
+        The next batch for a free connection, or None: nothing waits, or a
+        batch is committing and the next should gather behind it (fewer,
+        bigger transactions) unless that one is slow (a big message, a busy
+        disk) or GATHER messages wait.
         """
         if not self.pending:
             return None
-        if self._started and len(self.pending) < GATHER and min(self._started.values()) + SLOW_BATCH > now:
+        started = [slot.started for slot in self.slots if slot.batch is not None]
+        if started and len(self.pending) < GATHER and min(started) + SLOW_BATCH > now:
             return None
         batch, self.pending = self.pending[:BATCH_MOST], self.pending[BATCH_MOST:]
         return batch
 
     def _kick(self) -> None:
-        """Start writers for what waits, up to C{width} (reactor thread)."""
-        starting = []
-        wait = None
-        with self._lock:
-            while self.in_flight < self.width:
-                now = time.monotonic()
-                batch = self._take(now)
-                if batch is None:
-                    if self.pending and self._started:
-                        wait = min(self._started.values()) + SLOW_BATCH - now
-                    break
-                writer = object()
-                self.in_flight += 1
-                self._started[writer] = now
-                starting.append((writer, batch))
-        for writer, batch in starting:
-            self.pool.callInThread(self._writer, writer, batch)
-        if wait is not None and (self._timer is None or not self._timer.active()):
-            self._timer = self.reactor.callLater(max(wait, 0.001), self._kick)
-
-    def _writer(self, writer: object, batch: list[PendingWrite]) -> None:
-        """
-        (A worker thread.) Commit C{batch}, hand its outcome to the reactor,
-        and go on with what queued meanwhile without a trip through the
-        reactor: the database is never left idle while messages wait.
-        """
-        while True:
-            try:
-                result: Any = self._write_batch(batch)
-            except BaseException:
-                result = Failure()
-            self.reactor.callFromThread(self._done, result, batch)
-            with self._lock:
-                del self._started[writer]
-                now = time.monotonic()
-                batch = self._take(now)
-                if batch is None:
-                    self.in_flight -= 1
-                    return
-                self._started[writer] = now
+        """Give what waits to the free connections, as far as L{_take} allows."""
+        if self._closed:
+            return
+        for slot in self.slots:
+            if slot.batch is not None:
+                continue
+            now = time.monotonic()
+            batch = self._take(now)
+            if batch is None:
+                if self.pending and (self._timer is None or not self._timer.active()):
+                    started = [s.started for s in self.slots if s.batch is not None]
+                    if started:
+                        self._timer = self.reactor.callLater(max(min(started) + SLOW_BATCH - now, 0.001), self._kick)
+                return
+            slot.start(batch, now)
 
     def _done(self, result: Any, batch: list[PendingWrite]) -> None:
+        """A batch's outcome: a list (one (mailbox id, UID, modseq, message id) or exception per write), or a Failure."""
         if isinstance(result, list):
             added: dict[tuple[int, int], list] = {}
             for write, outcome in zip(batch, result):
@@ -416,147 +397,378 @@ class GroupCommitter:
             for write in batch:
                 write.deferred.errback(error)
 
-    # -- in a worker thread ----------------------------------------------
+    def _again(self, writes: list[PendingWrite]) -> None:
+        """Send these writes again, ahead of what waits (a deadlock rolled them back; their INBOX moved)."""
+        self.pending[:0] = writes
 
-    def _connection(self) -> Any:
-        import psycopg
+    # -- what a batch needs before it is sent (the reactor's connection) ----
 
-        conn = getattr(self._local, "conn", None)
-        now = time.monotonic()
-        if conn is not None and not conn.closed and now - self._local.used > IDLE_PROBE:
-            # Idle for a while: the server may have restarted since. A
-            # batch that fails half-sent cannot be retried (its COMMIT may
-            # have happened), so look before sending one.
-            try:
-                conn.execute("SELECT 1")
-            except psycopg.Error:
-                conn.close()
-        if conn is None or conn.closed:
-            conn = self._local.conn = _connect(self.store.dsn)
-            self._connections.append(conn)
-        self._local.used = now
-        return conn
-
-    def _write_batch(self, batch: list[PendingWrite]) -> list:
-        import psycopg
-
-        for attempt in (1, 2, 3):
-            conn = self._connection()
-            committing = False
-            try:
-                # New accounts are made (and committed) before the batch, so
-                # that a cached account id always has its INBOX visible to
-                # every connection.
-                for address in {w.address.lower() for w in batch if w.mailbox_id is None}:
-                    self._inbox_id(conn, address)
-                ids = self._message_ids(conn, len(batch))
-                committing = True
-                return self._write(conn, batch, ids)
-            except _InboxMoved:
-                continue  # the INBOX ids were forgotten: look them up again
-            except psycopg.errors.DeadlockDetected:
-                continue  # rolled back whole: do it again
-            except psycopg.Error as e:
-                if not _is_connection_error(e):
-                    raise StoreError(f"the mail database refused the message: {_reason(e)}") from None
-                self._local.conn = None
-                try:
-                    conn.close()
-                except Exception:
-                    pass
-                # A lost COMMIT may have happened: do not write twice.
-                if attempt > 1 or committing:
-                    raise StoreUnavailable(f"lost the mail database: {_reason(e)}") from None
-        raise StoreUnavailable("the mail database kept refusing the batch")
-
-    def _message_ids(self, conn: Any, count: int) -> list[int]:
+    def _message_ids(self, count: int) -> list[int]:
         """C{count} new C{message} ids, taken from the sequence 1,024 at a time."""
-        with self._ids_lock:
-            if len(self._ids) < count:
-                rows = conn.execute("SELECT nextval('message_id_seq') FROM generate_series(1, %s)", (max(count, 1024),)).fetchall()
-                self._ids.extend(r[0] for r in rows)
-            taken, self._ids = self._ids[:count], self._ids[count:]
+        if len(self._ids) < count:
+            rows = self.store.db.run(
+                lambda c: c.execute("SELECT nextval('message_id_seq') FROM generate_series(1, %s)", (max(count, 1024),)).fetchall()
+            )
+            self._ids.extend(r[0] for r in rows)
+        taken, self._ids = self._ids[:count], self._ids[count:]
         return taken
 
-    def _inbox_id(self, conn: Any, address: str) -> int:
+    def _inbox_id(self, address: str) -> int:
+        """
+        The INBOX id of C{address}'s account, which is made (and committed)
+        first if new, so that a cached id always has its INBOX visible to
+        every connection.
+        """
         found = self._inbox_ids.get(address)
         if found is None:
             account_id = self._account_ids.get(address)
             if account_id is None:
-                account_id = self._account_ids[address] = ensure_account(conn, address)
-            row = conn.execute("SELECT id FROM mailbox WHERE account_id = %s AND name = %s", (account_id, INBOX)).fetchone()
+                account_id = self._account_ids[address] = self.store.db.run(ensure_account, address)
+            row = self.store.db.run(
+                lambda c: c.execute("SELECT id FROM mailbox WHERE account_id = %s AND name = %s", (account_id, INBOX)).fetchone()
+            )
             if row is None:
                 raise StoreError(f"{address} has no INBOX")
             found = self._inbox_ids[address] = row[0]
         return found
 
-    def _write(self, conn: Any, batch: list[PendingWrite], ids: list[int]) -> list:
-        # The UIDs: one statement per mailbox, in id order (no deadlocks).
+    def statements(self, batch: list[PendingWrite]) -> tuple[list, list]:
+        """
+        What a batch sends: (statements, mailboxes). Each statement is
+        (SQL, parameters, what its reply means: None, or the (mailbox id,
+        is the INBOX, indexes of its writes, message ids) it places);
+        mailboxes in id order (so that two hubs never deadlock).
+        """
         groups: dict[tuple[int, bool], list[int]] = {}
         for i, write in enumerate(batch):
             if write.mailbox_id is None:
-                groups.setdefault((self._inbox_ids[write.address.lower()], True), []).append(i)
+                groups.setdefault((self._inbox_id(write.address.lower()), True), []).append(i)
             else:
                 groups.setdefault((write.mailbox_id, False), []).append(i)
-        order = sorted(groups)
-        with conn.pipeline():
-            with conn.transaction():
-                self.store.blobs.put(conn, ids, [w.message for w in batch])
-                cursors = []
-                for mailbox_id, inbox in order:
-                    members = groups[mailbox_id, inbox]
-                    writes = [batch[i] for i in members]
-                    cursors.append(conn.execute(_ADD_TO_MAILBOX, {
-                        "mailbox": mailbox_id, "inbox": inbox, "k": len(members),
-                        # Columns as one text each (one string to send, not
-                        # a list psycopg adapts item by item): keys and
-                        # flags have no newline, numbers no comma.
-                        "ids": ",".join([str(ids[i]) for i in members]),
-                        "keys": "\n".join([w.key for w in writes]),
-                        "flags": "\n".join([" ".join(w.flags) for w in writes]),
-                        "keywords": "\n".join([" ".join(w.keywords) for w in writes]),
-                        "dates": ",".join([repr(w.internal_date) for w in writes]),
-                        "sizes": ",".join([str(len(w.message)) for w in writes]),
-                    }))
-        result: list = [None] * len(batch)
-        orphans = []
-        moved = False
-        for (mailbox_id, inbox), cursor in zip(order, cursors):
+        ids = self._message_ids(len(batch))
+        statements: list = [self.store.blobs.put(ids, [w.message for w in batch]) + (None,)]
+        for mailbox_id, inbox in sorted(groups):
             members = groups[mailbox_id, inbox]
-            row = cursor.fetchone()
-            if row is None:
-                orphans.extend(ids[i] for i in members)
-                if inbox:
-                    moved = True
-                    for i in members:
-                        self._inbox_ids.pop(batch[i].address.lower(), None)
-                for i in members:
-                    result[i] = NoSuchFolder("the folder was deleted")
+            writes = [batch[i] for i in members]
+            # Columns as one text each (one value to send, not a list):
+            # keys and flags have no newline, numbers no comma.
+            params = [
+                str(mailbox_id), "t" if inbox else "f", str(len(members)),
+                ",".join([str(ids[i]) for i in members]),
+                "\n".join([w.key for w in writes]),
+                "\n".join([" ".join(w.flags) for w in writes]),
+                "\n".join([" ".join(w.keywords) for w in writes]),
+                ",".join([repr(w.internal_date) for w in writes]),
+                ",".join([str(len(w.message)) for w in writes]),
+            ]
+            statements.append((_ADD_TO_MAILBOX, params, (mailbox_id, inbox, members, [ids[i] for i in members])))
+        return statements, ids
+
+    def outcome(self, batch: list[PendingWrite], statements: list, replies: list) -> list:
+        """
+        Each write's outcome from the replies of a committed batch (one
+        row each per mailbox statement, none if its mailbox is gone or no
+        longer the INBOX): (mailbox id, UID, modseq, message id), or
+        L{NoSuchFolder}. Deliveries whose INBOX was renamed meanwhile are
+        sent again (their INBOX looked up again) and left out: None.
+        """
+        result: list = [None] * len(batch)
+        orphans: list[int] = []
+        again: list[int] = []
+        for (_, _, placing), row in zip(statements, replies):
+            if placing is None:
                 continue
-            first, modseq, _ = row
-            for n, i in enumerate(members):
-                result[i] = (mailbox_id, first + n, modseq, ids[i])
+            mailbox_id, inbox, members, ids = placing
+            if row is None:
+                orphans.extend(ids)
+                for i in members:
+                    if inbox:
+                        self._inbox_ids.pop(batch[i].address.lower(), None)
+                        again.append(i)
+                    else:
+                        result[i] = NoSuchFolder("the folder was deleted")
+                continue
+            first, modseq = row
+            for n, (i, message_id) in enumerate(zip(members, ids)):
+                result[i] = (mailbox_id, first + n, modseq, message_id)
         if orphans:
-            self.store.blobs.drop(conn, orphans)
-        if moved:
-            # Only the deliveries whose INBOX moved are done again: the rest
-            # committed.
-            again = [i for i, r in enumerate(result) if isinstance(r, NoSuchFolder) and batch[i].mailbox_id is None]
-            redo = self._write_batch([batch[i] for i in again])
-            for i, r in zip(again, redo):
-                result[i] = r
+            try:
+                self.store.db.run(self.store.blobs.drop, orphans)
+            except StoreError:
+                pass  # bytes no folder shows: harmless until the next expunge
+        if again:
+            self._again([batch[i] for i in again])
         return result
 
+    def connect(self) -> defer.Deferred:
+        """A new connection for the group commit, made in a thread (it blocks)."""
+        if self._pool is None:
+            self._pool = ThreadPool(0, 1, "mailhub-postgresql-connect")
+            self._pool.start()
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(self.reactor, self._pool, _connect, self.store.dsn)
+
     def close(self) -> None:
+        self._closed = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        self.pool.stop()
-        for conn in self._connections:
-            try:
-                conn.close()
-            except Exception:
-                pass
-        self._connections = []
+        for slot in self.slots:
+            slot.close()
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
+
+
+_statement_numbers = itertools.count(1)
+
+
+class CommitConnection:
+    """
+    One connection of the L{GroupCommitter}, in libpq's pipeline mode,
+    non-blocking, read and written by the reactor (an C{IReadDescriptor}
+    and C{IWriteDescriptor}). It is watched for reading all the time, so a
+    server that closes it (a restart) is noticed before the next batch.
+    """
+
+    def __init__(self, committer: GroupCommitter):
+        self.committer = committer
+        self.conn: Any = None  # the psycopg Connection, None until made
+        self.pgconn: Any = None
+        self.batch: list[PendingWrite] | None = None
+        self.started = 0.0
+        self._socket: socket.socket | None = None
+        self._fd = -1
+        self._statements: list = []
+        self._replies: list = []
+        self._last: Any = None
+        self._sent = False
+        self._attempt = 0
+        self._prepared: dict[str, bytes] = {}
+        self._expect: list[bool] = []  # per reply awaited: is it a statement's (else a Parse's)
+
+    # -- IReadDescriptor / IWriteDescriptor --------------------------------
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "mailhub-postgresql"
+
+    def doRead(self) -> None:
+        import psycopg
+
+        if self.batch is None:
+            # Nothing was asked: the server is ending the connection (a
+            # restart, an administrator). Make a new one for the next batch.
+            self._drop()
+            return
+        try:
+            self.pgconn.consume_input()
+            self._collect()
+        except psycopg.Error as e:
+            self._lost(e)
+
+    def doWrite(self) -> None:
+        import psycopg
+
+        try:
+            if self.pgconn.flush() == 0:
+                self.committer.reactor.removeWriter(self)
+                self._sent = True
+        except psycopg.Error as e:
+            self._lost(e)
+
+    def connectionLost(self, reason) -> None:
+        self._lost(reason.value)
+
+    # -- a batch ------------------------------------------------------------
+
+    def start(self, batch: list[PendingWrite], now: float) -> None:
+        """Commit C{batch} on this connection, making it first if needed."""
+        self.batch, self.started, self._attempt = batch, now, 1
+        if self.conn is not None and not self._quiet():
+            self._drop()
+        if self.conn is None:
+            self.committer.connect().addCallbacks(self._made, self._not_made)
+        else:
+            self._send()
+
+    def _quiet(self) -> bool:
+        """
+        Nothing waits to be read: the server has not ended the connection
+        since the last batch (the reactor may not have seen it yet). A
+        batch sent on an ended connection could not be sent again, as its
+        COMMIT might have happened.
+        """
+        try:
+            self._socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # data, or b"" at its end
+            return False
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+    def _made(self, conn: Any) -> None:
+        if self.committer._closed:
+            conn.close()
+            return
+        self.conn, self.pgconn = conn, conn.pgconn
+        self.pgconn.nonblocking = 1
+        self.pgconn.enter_pipeline_mode()
+        # The reactor watches a duplicate of the socket: libpq closes its
+        # own descriptor when the connection fails, and the reactor must
+        # still be able to forget this one.
+        self._socket = socket.socket(fileno=os.dup(self.pgconn.socket))
+        self._fd = self._socket.fileno()
+        self._prepared = {}
+        self.committer.reactor.addReader(self)
+        if self.batch is not None:
+            self._send()
+
+    def _not_made(self, reason) -> None:
+        self._finish(reason)
+
+    def _send(self) -> None:
+        import psycopg
+
+        batch = self.batch
+        try:
+            statements, _ = self.committer.statements(batch)
+        except BaseException:
+            self._finish(Failure())
+            return
+        self._statements, self._replies, self._last, self._sent = statements, [], None, False
+        expect = self._expect = []
+        pgconn = self.pgconn
+        try:
+            for sql, params, _ in statements:
+                name = self._prepared.get(sql)
+                if name is None:
+                    name = self._prepared[sql] = b"mailhub_%d" % next(_statement_numbers)
+                    pgconn.send_prepare(name, sql.encode())
+                    expect.append(False)  # the Parse's reply, not kept
+                values = [p if isinstance(p, bytes) else p.encode() for p in params]
+                pgconn.send_query_prepared(name, values, param_formats=[1 if isinstance(p, bytes) else 0 for p in params])
+                expect.append(True)
+            pgconn.pipeline_sync()
+            if pgconn.flush():
+                self.committer.reactor.addWriter(self)
+            else:
+                self._sent = True
+        except psycopg.Error as e:
+            self._lost(e)
+
+    def _collect(self) -> None:
+        """Read the replies that have come (for the one batch in flight); the batch is done at its Sync."""
+        import psycopg
+        from psycopg import pq
+
+        pgconn = self.pgconn
+        while self.batch is not None and not pgconn.is_busy():
+            result = pgconn.get_result()
+            if result is None:
+                # The end of one statement's replies (or a Parse's).
+                if not self._expect:
+                    raise psycopg.OperationalError("the mail database sent a reply nothing asked for")
+                if self._expect.pop(0):
+                    self._replies.append(self._last)
+                elif self._last is not None and self._last.status == pq.ExecStatus.FATAL_ERROR:
+                    self._replies.append(self._last)  # told as the batch's error
+                self._last = None
+                continue
+            if result.status == pq.ExecStatus.PIPELINE_SYNC:
+                # Its callbacks may send the next batch, even on this
+                # connection: its replies are read at the next doRead.
+                self._committed()
+                return
+            if result.status == pq.ExecStatus.FATAL_ERROR and (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").startswith((b"08", b"57P")):
+                # The server is ending the connection (a shutdown, an
+                # administrator): whether the batch committed is unknown.
+                raise psycopg.OperationalError(result.error_message.decode(errors="replace").strip().removeprefix("FATAL:").strip())
+            self._last = result
+
+    def _committed(self) -> None:
+        """The Sync's reply: the batch committed, or was rolled back whole by its first error."""
+        from psycopg import pq
+
+        batch, statements = self.batch, self._statements
+        replies = self._replies
+        failed = next((r for r in replies if r is not None and r.status == pq.ExecStatus.FATAL_ERROR), None)
+        if failed is not None:
+            # A Parse of the batch may have failed with it: prepare afresh
+            # (under new names) next time.
+            self._prepared = {}
+            state = (failed.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
+            reason = failed.error_message.decode(errors="replace").strip().splitlines()
+            reason = reason[0].removeprefix("ERROR:").strip() if reason else state
+            if state == "40P01" and self._attempt < 3:
+                # A deadlock rolled it back whole: do it again.
+                self.batch = None
+                self.committer._again(batch)
+                self._next()
+                return
+            if state.startswith(("08", "57P")):
+                self._finish(Failure(StoreUnavailable(f"lost the mail database: {reason}")))
+            else:
+                self._finish(Failure(StoreError(f"the mail database refused the message: {reason}")))
+            return
+        rows = []
+        for (_, _, placing), reply in zip(statements, replies):
+            if placing is None:
+                rows.append(None)
+            elif reply is None or reply.ntuples == 0:
+                rows.append(None)
+            else:
+                rows.append((int(reply.get_value(0, 0)), int(reply.get_value(0, 1))))
+        try:
+            result = self.committer.outcome(batch, statements, rows)
+        except BaseException:
+            self._finish(Failure())
+            return
+        kept = [(w, r) for w, r in zip(batch, result) if r is not None]
+        self.batch = None
+        self.committer._done([r for _, r in kept], [w for w, _ in kept])
+        self._next()
+
+    def _finish(self, result: Any) -> None:
+        batch, self.batch = self.batch, None
+        if batch:
+            self.committer._done(result, batch)
+        self._next()
+
+    def _next(self) -> None:
+        self.committer._kick()
+
+    def _lost(self, error: BaseException) -> None:
+        """The connection failed: a batch not yet wholly sent is sent again on a new one; one sent may have committed."""
+        sent = self._sent
+        self._drop()
+        if self.batch is None:
+            return
+        if not sent and self._attempt < 2:
+            self._attempt += 1
+            self.committer.connect().addCallbacks(self._made, self._not_made)
+            return
+        self._finish(Failure(StoreUnavailable(f"lost the mail database: {_reason(error)}")))
+
+    def _drop(self) -> None:
+        """Forget the connection (closed, or broken)."""
+        if self.conn is None:
+            return
+        reactor = self.committer.reactor
+        reactor.removeReader(self)
+        reactor.removeWriter(self)
+        self._socket.close()
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+        self.conn = self.pgconn = None
+        self._fd = -1
+
+    def close(self) -> None:
+        self._drop()
 
 
 def ensure_account(conn: Any, address: str) -> int:
