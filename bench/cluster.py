@@ -169,6 +169,17 @@ def smtp_source_run(hubs: list[HubProcess], clients: int, count: int, cpu: int |
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 
 
+def idle_ticks() -> list[int]:
+    """Each CPU's idle + iowait time so far (/proc/stat, in clock ticks)."""
+    out = []
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                out.append(int(fields[3]) + int(fields[4]))
+    return out
+
+
 def transactions(dsn: str) -> int:
     """The database's transaction counter (each write transaction takes one id)."""
     import psycopg
@@ -196,6 +207,7 @@ def smtp_part(label: str, hubs: list[HubProcess], clients: int, count: int, pg: 
         per_hub = [sum(len(r[1]) for i, r in enumerate(results) if i % len(hubs) == h) for h in range(len(hubs))]
         return time.perf_counter() - start, per_hub
 
+    idle = idle_ticks()
     hub_cpu = [cpu_seconds(h.process.pid) for h in hubs]
     pg_before = pg.snapshot() if pg else {}
     own_cpu = time.process_time()
@@ -211,6 +223,8 @@ def smtp_part(label: str, hubs: list[HubProcess], clients: int, count: int, pg: 
         accepted = sum(per_hub)
         own_cpu = time.process_time() - own_cpu
     hub_cpu = [cpu_seconds(h.process.pid) - c for h, c in zip(hubs, hub_cpu)]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = [(b - a) / tick / elapsed for a, b in zip(idle, idle_ticks())]
     pg_all, pg_backends, pg_busiest = PostgresCPU.used(pg_before, pg.snapshot()) if pg else (0.0, 0.0, 0.0)
     commits = transactions(dsn) - xids - 1 if dsn else 0
     rate = accepted / elapsed
@@ -219,7 +233,7 @@ def smtp_part(label: str, hubs: list[HubProcess], clients: int, count: int, pg: 
         # Each hub's CPU per message it took.
         "rate": rate, "hub_us": [c * 1e6 / max(n, 1) for c, n in zip(hub_cpu, per_hub)], "pg_us": pg_all * per, "pg_backends_us": pg_backends * per,
         "pg_busiest_us": pg_busiest * per, "clients_us": own_cpu * per,
-        "cores": (sum(hub_cpu) + pg_all + own_cpu) / elapsed,
+        "cores": (sum(hub_cpu) + pg_all + own_cpu) / elapsed, "idle": sum(idle),
     }
     print(f"  {label:28s} {rate:6.0f} msgs/s  ({accepted} in {elapsed:.2f} s; CPU in cores: hubs {sum(hub_cpu) / elapsed:.2f},"
           f" PostgreSQL {pg_all / elapsed:.2f}, clients {own_cpu / elapsed:.2f}, of {os.cpu_count()}"
@@ -228,6 +242,10 @@ def smtp_part(label: str, hubs: list[HubProcess], clients: int, count: int, pg: 
           + (f", PostgreSQL {result['pg_us']:.0f} µs (client backends {result['pg_backends_us']:.0f}, the busiest"
              f" {result['pg_busiest_us']:.0f})" if pg else "")
           + f", clients {result['clients_us']:.0f} µs", flush=True)
+    # What nobody used: with other work on the machine this is what tells
+    # whether the hubs and PostgreSQL were starved of CPU.
+    print(f"  {'':28s} idle CPU during the run: {' + '.join(f'{i:.2f}' for i in idle)} = {sum(idle):.2f} of {len(idle)} cores;"
+          f" load average {os.getloadavg()[0]:.1f}", flush=True)
     return result
 
 

@@ -6,7 +6,7 @@ streamed big messages, two stores on one database, an unreachable database.
 
 import psycopg
 import pytest
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from tests.pgserver import free_port
@@ -18,6 +18,16 @@ from twisted_mailhub.store.interfaces import INBOX, SEEN
 from twisted_mailhub.store.postgresql import PostgresStore, StoreUnavailable
 
 MESSAGE = b"From: a@b\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+@defer.inlineCallbacks
+def until(condition, seconds=10.0):
+    """Turn the reactor (0.01 s at a time) until C{condition()} is true; fail after C{seconds}."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"not true after {seconds} s: {condition}")
 
 
 @pytest.fixture
@@ -182,6 +192,22 @@ class PostgresStoreTests(unittest.TestCase):
         change = yield flagged
         self.assertEqual(change.flags, (uid,))
         self.assertEqual(folder_b.info(uid).flags, {SEEN})
+
+    @defer.inlineCallbacks
+    def test_a_listen_connection_the_server_ends_is_made_again_and_what_changed_meanwhile_is_told(self):
+        a, b = self.store(), self.store()
+        b.start()
+        folder_b = b.account("alice@example.org").folder(INBOX)
+        folder_b.messages()
+        heard = []
+        folder_b.add_listener(heard.append)
+        yield until(lambda: b.listening)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s, 5000)", (b._listener.pgconn.backend_pid,))
+        yield until(lambda: not b.listening)
+        uid = yield a.account("alice@example.org").folder(INBOX).append(MESSAGE)
+        yield until(lambda: b.listening and heard)
+        self.assertEqual([change.added for change in heard], [(uid,)])
 
     @defer.inlineCallbacks
     def test_a_cached_folder_follows_appends_flag_changes_and_expunges_made_through_another_store(self):

@@ -44,8 +44,8 @@ thread, so no lock, no hand-over between threads and no contention for
 the GIL with the reactor (bench/cluster.py, 32 SMTP clients: the hub's
 CPU per message fell from ~220-250 to ~160-210 µs against the worker
 threads used before, PostgreSQL's from ~50-60 to ~40-55). Only making a
-connection blocks, and it happens in a thread. A thread that sleeps on
-the C{LISTEN} connection hands notifications to the reactor. The asyncio
+connection blocks, and it happens in a thread. The C{LISTEN} connection
+is read by the reactor too (L{ChangeListener}). The asyncio
 reactor would let psycopg's async connections run in the reactor thread,
 but it changes the reactor under every other listener.
 """
@@ -58,7 +58,6 @@ import itertools
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 import weakref
@@ -728,8 +727,10 @@ class CommitConnection:
             return
         kept = [(w, r) for w, r in zip(batch, result) if r is not None]
         self.batch = None
-        self.committer._done([r for _, r in kept], [w for w, _ in kept])
+        # The next batch goes out first: the database flushes it while the
+        # replies to this one are made.
         self._next()
+        self.committer._done([r for _, r in kept], [w for w, _ in kept])
 
     def _finish(self, result: Any) -> None:
         batch, self.batch = self.batch, None
@@ -1570,7 +1571,7 @@ class PostgresStore:
     """
     All mail of every hub that shares the database at C{dsn} (a libpq
     connection string). L{start} begins listening for other hubs' changes;
-    L{close} stops the worker threads and closes the connections.
+    L{close} stops listening and closes the connections.
     """
 
     def __init__(self, dsn: str, reactor: Any = None, create: bool = True, blobs: IMessageBlobs | None = None):
@@ -1762,40 +1763,118 @@ class PostgresStore:
 
 class ChangeListener:
     """
-    A thread that sits on a C{LISTEN mailhub_changes} connection and hands
-    each notification to the reactor; it reconnects when the connection is
-    lost (with a pause that grows to 5 s), and the store catches up from the
-    journal once it is back.
+    The C{LISTEN mailhub_changes} connection, read by the reactor like any
+    socket (no thread: a thread woken at every commit of every hub would
+    contend with the reactor for the GIL). Each notification goes to
+    L{PostgresStore._notified}. When the connection is lost it is made
+    again (in a thread, as making it blocks) after a pause that grows to
+    5 s, and the store catches up from the journal once it is back.
     """
 
-    def __init__(self, store: PostgresStore):
+    def __init__(self, store: "PostgresStore"):
         self.store = store
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mailhub-postgresql-listen", daemon=True)
+        self.conn: Any = None
+        self.pgconn: Any = None
+        self._socket: socket.socket | None = None
+        self._pause = 0.1
+        self._stopping = False
+        self._retry: Any = None
+        self._pool: ThreadPool | None = None
 
     def start(self) -> None:
-        self._thread.start()
+        self._pool = ThreadPool(0, 1, "mailhub-postgresql-listen")
+        self._pool.start()
+        self._open()
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(3)
+        self._stopping = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._drop()
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
 
-    def _run(self) -> None:
+    def _open(self) -> None:
+        from twisted.internet.threads import deferToThreadPool
+
+        self._retry = None
+        if self._stopping or self._pool is None:
+            return
+        deferToThreadPool(self.store.reactor, self._pool, self._connect, self.store.dsn).addCallbacks(self._opened, self._failed)
+
+    @staticmethod
+    def _connect(dsn: str) -> Any:
+        """(In a thread.) A connection that listens for every hub's changes."""
         import psycopg
 
-        reactor = self.store.reactor
-        pause = 0.1
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(libpq_dsn(self.store.dsn), autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(f"LISTEN {pgschema.CHANNEL}")
-                    reactor.callFromThread(self.store._listening, True)
-                    pause = 0.1
-                    while not self._stopping.is_set():
-                        for notify in conn.notifies(timeout=0.5):
-                            reactor.callFromThread(self.store._notified, notify.payload)
-            except psycopg.Error as e:
-                log.warn("lost the LISTEN connection to the mail database: {reason}", reason=_reason(e))
-            reactor.callFromThread(self.store._listening, False)
-            self._stopping.wait(pause)
-            pause = min(pause * 2, 5.0)
+        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, connect_timeout=5)
+        try:
+            conn.execute(f"LISTEN {pgschema.CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _opened(self, conn: Any) -> None:
+        if self._stopping:
+            conn.close()
+            return
+        self.conn, self.pgconn = conn, conn.pgconn
+        self.pgconn.nonblocking = 1
+        # A duplicate of the socket for the reactor: libpq closes its own
+        # when the connection fails (see CommitConnection).
+        self._socket = socket.socket(fileno=os.dup(self.pgconn.socket))
+        self.store.reactor.addReader(self)
+        self._pause = 0.1
+        self.store._listening(True)
+        self.doRead()  # what came while it was handed over
+
+    def _failed(self, reason) -> None:
+        error = reason.value
+        log.warn("lost the LISTEN connection to the mail database: {reason}", reason=_reason(error))
+        self.store._listening(False)
+        if not self._stopping:
+            self._retry = self.store.reactor.callLater(self._pause, self._open)
+            self._pause = min(self._pause * 2, 5.0)
+
+    # -- IReadDescriptor -------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self._socket.fileno() if self._socket is not None else -1
+
+    def logPrefix(self) -> str:
+        return "mailhub-postgresql-listen"
+
+    def doRead(self) -> None:
+        import psycopg
+
+        pgconn = self.pgconn
+        try:
+            pgconn.consume_input()
+            while True:
+                notify = pgconn.notifies()
+                if notify is None:
+                    break
+                self.store._notified(notify.extra.decode())
+                if self.pgconn is not pgconn:
+                    return  # stopped meanwhile
+        except psycopg.Error as e:
+            self._drop()
+            self._failed(Failure(e))
+
+    def connectionLost(self, reason) -> None:
+        self._drop()
+        self._failed(reason)
+
+    def _drop(self) -> None:
+        if self.conn is None:
+            return
+        self.store.reactor.removeReader(self)
+        self._socket.close()
+        self._socket = None
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+        self.conn = self.pgconn = None
