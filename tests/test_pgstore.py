@@ -14,7 +14,7 @@ from zope.interface.verify import verifyObject
 
 from twisted_mailhub.store import pgschema
 from twisted_mailhub.store.blobs import ByteaBlobs, IMessageBlobs
-from twisted_mailhub.store.interfaces import INBOX, SEEN
+from twisted_mailhub.store.interfaces import INBOX, SEEN, StoreError
 from twisted_mailhub.store.postgresql import PostgresStore, StoreUnavailable
 
 MESSAGE = b"From: a@b\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -304,8 +304,38 @@ class RecordingBlobs(ByteaBlobs):
         return ByteaBlobs.drop(self, conn, ids)
 
 
+class FailingOnceBlobs(ByteaBlobs):
+    """The bytea blobs, whose first write is a statement the database refuses."""
+
+    def __init__(self):
+        self.failed = False
+
+    def put(self, ids, bodies):
+        if not self.failed:
+            self.failed = True
+            return "INSERT INTO message (id, size, body) SELECT $1::int8, 1 / 0, ''", [str(ids[0])]
+        return ByteaBlobs.put(self, ids, bodies)
+
+
 @pytest.mark.usefixtures("_postgresql_dsn")
 class BlobInterfaceTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_batch_the_database_refuses_is_rolled_back_whole_and_the_next_one_commits(self):
+        store = PostgresStore(self.dsn, blobs=FailingOnceBlobs())
+        self.addCleanup(store.close)
+        folder = store.account("alice@example.org").folder(INBOX)
+        with self.assertRaises(StoreError) as e:
+            yield folder.append(MESSAGE)
+        self.assertNotIsInstance(e.exception, StoreUnavailable)  # not a temporary outage
+        self.assertIn("refused the message: division by zero", str(e.exception))
+        # Nothing of it stayed: no message, no UID taken, no journal entry.
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            self.assertEqual(conn.execute("SELECT count(*) FROM message").fetchone()[0], 0)
+            self.assertEqual(conn.execute("SELECT count(*) FROM mailbox_change").fetchone()[0], 0)
+        uid = yield folder.append(MESSAGE)
+        self.assertEqual(uid, 1)
+        self.assertEqual(folder.read(uid), MESSAGE)
+
     def test_the_bytea_blobs_provide_the_interface(self):
         self.assertTrue(verifyObject(IMessageBlobs, ByteaBlobs()))
 
