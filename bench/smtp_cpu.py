@@ -9,6 +9,7 @@ peers; the same client as bench/smtp_pop3.py.
     python3 bench/smtp_cpu.py --no-pipelining
     python3 bench/smtp_cpu.py --dir /dev/shm           # data on tmpfs: no disk in the figure
     python3 bench/smtp_cpu.py --py-spy /tmp/hub.txt    # where the reactor thread's time goes
+    python3 bench/smtp_cpu.py --log-ab                 # and a hub on Twisted's text log observer, rounds alternating
 
 On a machine shared with other work, file creation on a busy ext4 can cost
 hundreds of microseconds of kernel CPU per file (its inode allocator), in
@@ -25,6 +26,7 @@ import asyncio
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.smtp_pop3 import smtp_run  # noqa: E402
+from bench.twisted_log import twisted_log_hub  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 
@@ -59,19 +62,28 @@ def main() -> None:
     parser.add_argument("--no-pipelining", action="store_true", help="one command per round trip, as smtplib sends")
     parser.add_argument("--dir", default="/var/tmp", help="where the hub's data folder goes (default /var/tmp; /dev/shm: tmpfs)")
     parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub's threads with py-spy (raw stacks, the GIL holder's) during the rounds")
+    parser.add_argument("--log-ab", action="store_true", help="also a hub logging through Twisted's text observer (twistd --logger), rounds alternating; medians of both")
     args = parser.parse_args()
 
     pipelining = not args.no_pipelining
     work = tempfile.mkdtemp(prefix="mailhub-cpu-", dir=args.dir)
     names = [f"r{n}" for n in range(args.rounds)]
-    hub = HubProcess(os.path.join(work, "hub"), users=["warmup:x"] + [f"{name}:x" for name in names])
-    os.makedirs(hub.data_dir)
-    hub.start()
+    users = ["warmup:x"] + [f"{name}:x" for name in names]
+    hub = HubProcess(os.path.join(work, "hub"), users=users)
+    hubs = {"hub": hub}
+    if args.log_ab:
+        hubs["Twisted's log"] = twisted_log_hub(os.path.join(work, "twisted-log"), users=users)
+    for each in hubs.values():
+        os.makedirs(each.data_dir)
+        each.start()
     pid = hub.process.pid
     tick = os.sysconf("SC_CLK_TCK")
     spy = None
+    reactor_us: dict[str, list[float]] = {label: [] for label in hubs}
+    all_us: dict[str, list[float]] = {label: [] for label in hubs}
     try:
-        asyncio.run(smtp_run(hub.ports["smtp"], b"warmup@localhost", 4, 200, args.size, pipelining))
+        for each in hubs.values():
+            asyncio.run(smtp_run(each.ports["smtp"], b"warmup@localhost", 4, 200, args.size, pipelining))
         if args.py_spy:
             spy = subprocess.Popen(
                 ["py-spy", "record", "--threads", "--gil", "-r", "250", "-f", "raw", "-o", args.py_spy, "--pid", str(pid)],
@@ -80,7 +92,8 @@ def main() -> None:
             time.sleep(1)
         mode = "pipelined envelope" if pipelining else "no pipelining"
         print(f"{args.clients} clients, {args.size} octets, {mode}, data in {args.dir}; CPU in microseconds per message")
-        for name in names:
+        for name, (label, hub) in ((name, pair) for name in names for pair in hubs.items()):
+            pid = hub.process.pid
             load = os.getloadavg()[0]
             before = thread_ticks(pid)
             elapsed, accepted = asyncio.run(
@@ -97,17 +110,23 @@ def main() -> None:
             main_user = after[str(pid)][0] - before[str(pid)][0]
             main_system = after[str(pid)][1] - before[str(pid)][1]
             others = user + system - main_user - main_system
+            reactor_us[label].append(us(main_user + main_system))
+            all_us[label].append(us(user + system))
             print(
-                f"{len(accepted) / elapsed:7.0f} msg/s  all threads {us(user + system):5.0f} (user {us(user):4.0f}, system {us(system):4.0f});"
+                (f"{label:>14}: " if args.log_ab else "") + f"{len(accepted) / elapsed:7.0f} msg/s  all threads {us(user + system):5.0f} (user {us(user):4.0f}, system {us(system):4.0f});"
                 f"  reactor thread {us(main_user + main_system):4.0f} (user {us(main_user):4.0f}, system {us(main_system):4.0f});"
                 f"  flush threads {us(others):4.0f};  load {load:.1f}",
                 flush=True,
             )
+        if args.log_ab:
+            for label in hubs:
+                print(f"{label:>14}: median reactor thread {statistics.median(reactor_us[label]):4.0f}, all threads {statistics.median(all_us[label]):4.0f} µs CPU/msg")
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait()
-        hub.stop()
+        for each in hubs.values():
+            each.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

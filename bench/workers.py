@@ -8,6 +8,7 @@ the message and its UID are fsynced).
     python3 bench/workers.py --workers 2 --messages 4000 --rounds 3
     python3 bench/workers.py --no-pipelining       # one command per round trip
     python3 bench/workers.py --client asyncio      # the Python client instead of bench/smtpload.c
+    python3 bench/workers.py --log-ab              # and --workers N logging through Twisted's observer (the old log relay)
 
 Both hubs get the same load from the same client: C{bench/smtpload.c}
 (compiled here with C{cc}; C{--client asyncio}: an asyncio client in this
@@ -61,6 +62,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.twisted_log import twisted_log_hub  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 from twisted_mailhub.store.durable import QUIET_DIRTY_BYTES  # noqa: E402
 
@@ -248,13 +250,16 @@ def main() -> None:
     parser.add_argument("--client", choices=("c", "asyncio"), default="c", help="the load generator: bench/smtpload.c (default; built with cc) or the asyncio client in this process")
     parser.add_argument("--hub-arg", action="append", default=[], help="one more option for both hubs (repeatable), e.g. --hub-arg=--no-web")
     parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir under /var/tmp)")
+    parser.add_argument("--log-ab", action="store_true", help="a third hub: --workers N logging through Twisted's text observer (twistd --logger: the workers' log events relayed and formatted by the supervisor, as before the hub's own observer)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="mailhub-bench-workers-", dir=args.dir or "/var/tmp")
-    users = ["warmup:x"] + [f"r{r}s{s}:x" for r in range(args.rounds) for s in range(2)]
+    users = ["warmup:x"] + [f"r{r}s{s}:x" for r in range(args.rounds) for s in range(3)]
     hubs = {
         "1 process": HubProcess(os.path.join(work, "one"), list(args.hub_arg), users=users),
         f"--workers {args.workers}": HubProcess(os.path.join(work, "many"), ["--workers", str(args.workers), *args.hub_arg], users=users),
     }
+    if args.log_ab:
+        hubs[f"--workers {args.workers}, Twisted's log"] = twisted_log_hub(os.path.join(work, "many-twisted-log"), ["--workers", str(args.workers), *args.hub_arg], users=users)
     program = build_client(work) if args.client == "c" else None
     if args.client == "c" and program is None:
         print("no C compiler (cc): using the asyncio client")
@@ -264,6 +269,7 @@ def main() -> None:
     results: dict[str, list[float]] = {name: [] for name in hubs}
     cpu: dict[str, list[float]] = {name: [] for name in hubs}
     busiest: dict[str, list[float]] = {name: [] for name in hubs}  # µs/msg of the reactor thread that bounds the rate
+    supervisor: dict[str, list[float]] = {name: [] for name in hubs}
     try:
         for hub in hubs.values():
             hub.start()
@@ -300,6 +306,7 @@ def main() -> None:
                 busiest[name].append(reactors[0] if len(reactors) == 1 else max(reactors[0], sum(reactors[1:]) / (len(reactors) - 1)))
                 share = ""
                 if len(pids) > 1:
+                    supervisor[name].append(each[0] / len(accepted) * 1e6)
                     share = " = supervisor " + " + workers ".join(
                         [f"{each[0] / len(accepted) * 1e6:.0f}", " + ".join(f"{e / len(accepted) * 1e6:.0f}" for e in each[1:])])
                 threads = ", ".join(f"{m / len(accepted) * 1e6:.0f}+{o / len(accepted) * 1e6:.0f}" for m, o in split)
@@ -314,10 +321,11 @@ def main() -> None:
     finally:
         for hub in hubs.values():
             hub.stop()
-    one, other = (statistics.median(v) for v in results.values())
+    one, other = (statistics.median(v) for v in list(results.values())[:2])
     print()
     for name in hubs:
-        print(f"{name:>12}: median {statistics.median(results[name]):8.0f} msg/s, {statistics.median(cpu[name]):5.0f} µs hub CPU/msg (every process of the hub, user + system)")
+        of_supervisor = f", of which the supervisor {statistics.median(supervisor[name]):.0f}" if supervisor[name] else ""
+        print(f"{name:>12}: median {statistics.median(results[name]):8.0f} msg/s, {statistics.median(cpu[name]):5.0f} µs hub CPU/msg (every process of the hub, user + system){of_supervisor}")
     print(f"ratio: {other / one:.2f}x   (deliveries per worker: {dict(sorted(spread.items()))})")
     print()
     print("predicted from the CPU each used (the client on other cores): msg/s at most =")

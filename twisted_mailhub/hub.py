@@ -31,6 +31,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.login import ClientPortal, LoginThrottle
+from twisted_mailhub.logobserver import OffersLogObserver
 from twisted_mailhub.metrics import HealthPage, HubMetrics, MetricsPage, count_socket
 from twisted_mailhub.realm import MailhubRealm
 from twisted_mailhub.transcript import SessionEvents, TranscriptFactory, log_event, next_connection_id
@@ -492,7 +493,7 @@ class Hub:
         svc.setServiceParent(self.services)
 
 
-class HubService(service.MultiService):
+class HubService(OffersLogObserver, service.MultiService):
     """
     Binds every listener, starts the hub's services, and logs one
     C{mailhub ready} line with the bound ports as JSON (tests read it to

@@ -370,8 +370,15 @@ def makeService(options):
         from twisted_mailhub.workers import WorkersService
 
         argv = list(getattr(options, "argv", [])) + ["--data", data_dir]
-        return WorkersService(HubService(hub), int(options["workers"]), argv, os.getcwd())
-    return HubService(hub)
+        top = WorkersService(HubService(hub), int(options["workers"]), argv, os.getcwd())
+    else:
+        top = HubService(hub)
+    from twisted_mailhub.logobserver import for_twistd
+
+    # twistd logs through the hub's own observer (same lines, less CPU)
+    # unless it was given --logger or --syslog.
+    top.log_observer = for_twistd(options, reactor)
+    return top
 
 
 __all__ = ["Options", "makeService", "ListenerSpec"]

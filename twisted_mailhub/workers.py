@@ -36,7 +36,9 @@ core) the process C{twistd} starts becomes a supervisor:
    the others and exits with status 1.
 
 The bus. Each worker writes lines to the supervisor on its descriptor 3
-(C{L}: a log line; C{R}: ready; C{B}: a notice for the other workers) and
+(C{T}: a log line as it is to be written; C{L}: a log event, when the
+supervisor logs through C{--logger} or C{--syslog}; C{R}: ready; C{B}: a
+notice for the other workers) and
 reads the notices of the others on its standard input, which the
 supervisor closes when it goes (a worker whose supervisor is gone stops).
 Notices: a folder one worker changed (the others' IDLE sessions look at
@@ -69,6 +71,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.threadable import isInIOThread
 
 from twisted_mailhub import sighup
+from twisted_mailhub.logobserver import OffersLogObserver
 
 log = Logger()
 
@@ -89,6 +92,7 @@ QUICK_DEATH = 5.0
 _LOG_ESCAPES = re.compile(r"\\\\|\\n")
 ASK_TIMEOUT = 5.0  # seconds the supervisor waits for the workers' answers
 NOTICE_GAP = 0.02  # seconds between two folder notices of one worker (WorkerLink.folder_changed)
+LOG_DELAY = 0.05  # seconds a worker's log lines wait for company on the bus
 
 
 def worker_count(text: str | int | None) -> int:
@@ -257,15 +261,43 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.pid: int | None = None
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        buffered = self.buffers.get(fd, b"") + data
+        buffered = self.buffers.get(fd, b"") + data if fd in self.buffers else data
         *lines, rest = buffered.split(b"\n")
-        self.buffers[fd] = rest
+        if rest:
+            self.buffers[fd] = rest
+        else:
+            self.buffers.pop(fd, None)
+        if fd == 3:
+            self._from_bus(lines)
+            return
         for line in lines:
-            if fd == 3:
-                self.supervisor.from_worker(self, line)
-            elif line.strip():
+            if line.strip():
                 # Anything a worker printed outside the log.
                 log.info("worker {index}: {line}", index=self.index, line=line.decode("utf-8", "replace"), log_system=f"worker {self.index}")
+
+    def _from_bus(self, lines: list[bytes]) -> None:
+        """
+        The worker's bus lines in order. Its log lines (C{T}, continued by
+        lines starting with a tab: a traceback) are made in the worker as
+        they are to be written; each run of them is written in one go,
+        without looking into them: per message, this relay costs a few
+        slices and a list append, not a log event formatted again.
+        """
+        supervisor = self.supervisor
+        text: list[bytes] = []
+        for line in lines:
+            kind = line[:1]
+            if kind == b"T":
+                text.append(line[1:])
+            elif kind == b"\t":  # (bus lines of every other kind start with a letter)
+                text.append(line)
+            else:
+                if text:
+                    supervisor.write_log_lines(text)
+                    text = []
+                supervisor.from_worker(self, line)
+        if text:
+            supervisor.write_log_lines(text)
 
     def send(self, line: bytes) -> None:
         if self.transport is not None and not self.ended.called:
@@ -308,7 +340,7 @@ class _Question:
         self.d.callback(dict(sorted(self.answers.items())))
 
 
-class WorkersService(service.Service):
+class WorkersService(OffersLogObserver, service.Service):
     """
     The supervisor of C{--workers N}: binds every listener, starts and
     watches N worker processes, and carries the bus between them.
@@ -405,6 +437,10 @@ class WorkersService(service.Service):
             self.privilegedStartService()
         service.Service.startService(self)
         reactor = self.hub.reactor
+        if self.log_observer is not None:
+            # Every worker's lines pass here: one write per LOG_DELAY, not
+            # one per turn in which a worker said something.
+            self.log_observer.buffer.delay = LOG_DELAY
         self.stop_signals = StopSignals(reactor, on_first=self._signalled)
         try:
             self.stop_signals.install()
@@ -465,7 +501,12 @@ class WorkersService(service.Service):
         env = dict(os.environ)
         generation = self.generations[index] = self.generations.get(index, -1) + 1
         web = any(name in ONE_WORKER_LISTENERS for name in self.fds)
-        env[ENV] = json.dumps({"index": index, "count": self.count, "fds": inherited, "generation": generation, "web": web})
+        spec = {"index": index, "count": self.count, "fds": inherited, "generation": generation, "web": web}
+        if self.log_observer is not None:
+            # The worker makes its log lines as they are to be written
+            # (T); with --logger or --syslog it sends log events (L).
+            spec["lines"] = True
+        env[ENV] = json.dumps(spec)
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         worker = _WorkerProcess(self, index)
@@ -474,6 +515,16 @@ class WorkersService(service.Service):
         self.workers[index] = worker
         worker.pid = worker.transport.pid
         log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
+
+    def write_log_lines(self, lines: list[bytes]) -> None:
+        """Log lines a worker made (without their line feeds), written as they are."""
+        observer = self.log_observer
+        lines.append(b"")
+        if observer is not None:
+            observer.write_lines(b"\n".join(lines))
+        else:  # (only if the observer went away after the worker started)
+            for line in b"\n".join(lines).decode("utf-8", "replace").splitlines():
+                log.info("{line}", line=line)
 
     def from_worker(self, worker: _WorkerProcess, line: bytes) -> None:
         kind, body = line[:1], line[1:]
@@ -678,6 +729,8 @@ class _BusOut:
     A worker's lines to the supervisor (descriptor 3), from any thread:
     gathered and written once per reactor turn (a busy worker logs a line
     per delivery; one write for many keeps the supervisor's share small).
+    Log lines alone wait up to L{LOG_DELAY} seconds for company; any other
+    line takes them along at the end of its turn, in order.
     """
 
     def __init__(self, fd: int = 3):
@@ -688,26 +741,42 @@ class _BusOut:
         self.broken = False
         self.flushing = False
         self.waiting: list[bytes] = []
+        self.soon = False  # a flush at the end of this turn is on its way
+        self.later = False  # a flush in LOG_DELAY seconds is on its way
         self.reactor: Any = None  # set once the worker's reactor is made
 
     def send(self, kind: bytes, body: bytes = b"") -> None:
+        self._queue(kind + body + b"\n", urgent=True)
+
+    def add(self, line: str) -> None:
+        """A log line (ending in a line feed) as it is to be written (C{T})."""
+        self._queue(b"T" + line.encode("utf-8", "backslashreplace"), urgent=False)
+
+    def _queue(self, data: bytes, urgent: bool) -> None:
         if self.broken:
             return
         with self.lock:
-            self.waiting.append(kind + body + b"\n")
-            first = len(self.waiting) == 1
+            self.waiting.append(data)
+            if urgent:
+                scheduled, self.soon = self.soon, True
+            else:
+                scheduled, self.later = self.soon or self.later, True
         reactor = self.reactor
         if reactor is None or not reactor.running:
             self.flush()
-        elif first:
-            # At the end of this reactor turn. From the reactor's own thread
-            # (nearly always) callLater: callFromThread would also write to
-            # the reactor's waker pipe and read it back, two system calls
-            # and a wake-up per turn for nothing.
-            if isInIOThread():
-                reactor.callLater(0, self.flush)
-            else:
-                reactor.callFromThread(self.flush)
+        elif scheduled:
+            return
+        elif not isInIOThread():
+            reactor.callFromThread(self._schedule, urgent)
+        else:
+            self._schedule(urgent)
+
+    def _schedule(self, urgent: bool) -> None:
+        reactor = self.reactor
+        if reactor is None or not reactor.running:
+            self.flush()
+        else:
+            reactor.callLater(0 if urgent else LOG_DELAY, self.flush)
 
     def flush(self) -> None:
         with self.lock:
@@ -717,6 +786,7 @@ class _BusOut:
                 # takes what waits.
                 return
             self.flushing = True
+            self.soon = self.later = False
             data, self.waiting = b"".join(self.waiting), []
             try:
                 view = memoryview(data)
@@ -728,6 +798,10 @@ class _BusOut:
                 self.flushing = False
 
     def log_observer(self, event: dict) -> None:
+        """
+        A log event for a supervisor that logs through C{--logger} or
+        C{--syslog} (C{L}): it publishes it again as an event.
+        """
         text = formatEvent(event)
         failure = event.get("log_failure")
         if failure is not None:
@@ -737,7 +811,7 @@ class _BusOut:
                 pass
         level = event.get("log_level", LogLevel.info)
         # L<time> <level> <namespace> <text, \\ and LF escaped>: cheaper
-        # than JSON on both ends (a busy worker logs a line per message).
+        # than JSON on both ends.
         self.send(
             b"L",
             f"{event.get('log_time') or time.time():.6f} {getattr(level, 'name', 'info')} {event.get('log_namespace', '-')} "
@@ -1112,7 +1186,14 @@ def run_worker(argv: list[str]) -> None:
     stop_signals = StopSignals(reactor, (signal.SIGTERM,))
     stop_signals.install()
     out = _BusOut(3)
-    globalLogBeginner.beginLoggingTo([out.log_observer], redirectStandardIO=False, discardBuffer=True)
+    if spec.get("lines"):
+        from twisted_mailhub.logobserver import ClassicLines, HubLogObserver
+
+        # Each line made here, as the supervisor's log shows it.
+        observer: Any = HubLogObserver(out, ClassicLines(system=f"worker {spec['index']}"))
+    else:
+        observer = out.log_observer
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
     from twisted.application import app
     from twisted.internet import stdio
 

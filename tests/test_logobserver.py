@@ -1,0 +1,365 @@
+"""
+The hub's own log observer (twisted_mailhub.logobserver): the same lines
+as Twisted's text observer, gathered per reactor turn; what twistd logs to
+by default (-n standard output, --logfile, SIGUSR1 rotation), and what it
+leaves to Twisted (--logger, --syslog).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from twisted.internet import task
+from twisted.logger import Logger, LogLevel, LogPublisher, textFileLogObserver
+from twisted.python import log as legacy_log
+from twisted.python.failure import Failure
+
+from tests.hubprocess import ROOT, listener_names
+from twisted_mailhub.logobserver import ClassicLines, HubLogObserver, LineBuffer, OffersLogObserver, for_twistd
+
+
+class FakeReactor(task.Clock):
+    """A clock that says it runs, and runs callFromThread's calls when told."""
+
+    running = True
+
+    def __init__(self):
+        task.Clock.__init__(self)
+        self.from_threads = []
+        self.triggers = []
+
+    def callFromThread(self, f, *args):
+        self.from_threads.append((f, args))
+
+    def addSystemEventTrigger(self, phase, event, f, *args):
+        self.triggers.append((phase, event, f))
+
+
+def _events() -> list[dict]:
+    """Events of every shape the hub and Twisted log."""
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        failure = Failure()
+    now = 1764460000.25
+    base = {"log_time": now, "log_namespace": "twisted_mailhub.smtp.delivery", "log_level": LogLevel.info}
+    return [
+        dict(base, log_format="{delivered}", delivered="delivered 1A2B from=<a@b> to=<c@localhost> size=10 stored=maildir:c@localhost/INBOX/x client=127.0.0.1"),
+        dict(base, log_format="{n:>5} {word!r} {d[k]} {o.real}", n=3, word="w", d={"k": "v"}, o=2),
+        dict(base, log_format="{f()} called", f=lambda: "a function"),
+        dict(base, log_format="{missing} field"),
+        dict(base, log_format="positional {0}"),
+        dict(base, log_format=b"bytes {x}", x=1),
+        dict(base, log_format="two\nlines\nhere"),
+        dict(base, log_format="with system", log_system="worker 1"),
+        dict(base, log_format="system not text", log_system=7),
+        dict(base, log_format="no time", log_time=None),
+        {"log_format": "nothing but a format"},
+        dict(base, log_format=None),
+        dict(base, log_format=""),
+        dict(base, log_format="it failed: {why}", why="zero", log_failure=failure),
+        dict(base, log_format=None, log_failure=failure),
+        dict(base, log_format="ünïcödé {x}", x="ß", log_time=now + 1.5),
+        dict(base, log_format="stamp again", log_time=now + 0.7),
+    ]
+
+
+def _twisted_text(events: list[dict]) -> bytes:
+    out = io.BytesIO()
+    observer = textFileLogObserver(out)
+    for event in events:
+        observer(dict(event))
+    return out.getvalue()
+
+
+def _hub_text(events: list[dict], system: str | None = None) -> bytes:
+    out = io.BytesIO()
+    observer = HubLogObserver(LineBuffer(out.write), ClassicLines(system=system))
+    for event in events:
+        observer(dict(event))
+    return out.getvalue()
+
+
+def test_lines_are_exactly_twisteds_text_observer_lines():
+    expected = _twisted_text(_events())
+    assert b"Traceback" in expected and b"Unable to format event" in expected  # the test covers them
+    assert _hub_text(_events()) == expected
+
+
+def test_legacy_log_msg_and_err_lines_are_twisteds():
+    published: list[dict] = []
+    publisher = LogPublisher(published.append)
+    legacy = legacy_log.LogPublisher(publisher, publisher)
+    legacy.msg("legacy", "message", system="proto,1,127.0.0.1")
+    try:
+        raise ValueError("legacy failure")
+    except ValueError:
+        legacy.msg(failure=Failure(), isError=1, why="while testing")
+    assert _hub_text(published) == _twisted_text(published)
+
+
+def test_a_workers_lines_show_its_system():
+    events = _events()
+    renamed = [dict(e, log_system="worker 3") for e in events]
+    assert _hub_text(events, system="worker 3") == _twisted_text(renamed)
+
+
+def test_time_stamp_is_made_once_per_second():
+    lines = ClassicLines()
+    first = lines.stamp(1764460000.1)
+    assert lines.stamp(1764460000.9) is first
+    assert lines.stamp(1764460001.0) != first
+
+
+def test_lines_of_one_reactor_turn_are_written_at_once():
+    writes: list[bytes] = []
+    reactor = FakeReactor()
+    observer = HubLogObserver(LineBuffer(writes.append, reactor=reactor))
+    log = Logger(namespace="test", observer=observer)
+    for n in range(5):
+        log.info("line {n}", n=n)
+    assert writes == []
+    reactor.advance(0)
+    assert len(writes) == 1
+    assert [re.sub(r"^\S+ ", "", line) for line in writes[0].decode().splitlines()] == [f"[test#info] line {n}" for n in range(5)]
+    log.info("next turn")
+    reactor.advance(0)
+    assert len(writes) == 2 and writes[1].endswith(b"[test#info] next turn\n")
+
+
+def test_lines_are_written_at_once_while_the_reactor_does_not_run():
+    writes: list[bytes] = []
+    reactor = FakeReactor()
+    reactor.running = False
+    observer = HubLogObserver(LineBuffer(writes.append, reactor=reactor))
+    observer({"log_format": "before the start", "log_time": None})
+    observer({"log_format": "and another", "log_time": None})
+    assert len(writes) == 2
+
+
+def test_lines_waiting_when_the_reactor_stops_are_written():
+    writes: list[bytes] = []
+    reactor = FakeReactor()
+    observer = HubLogObserver(LineBuffer(writes.append))
+    observer.start(reactor)
+    observer({"log_format": "during shutdown", "log_time": None})
+    assert writes == []
+    [(phase, event, flush)] = reactor.triggers
+    assert (phase, event) == ("after", "shutdown")
+    flush()
+    assert writes == [b"- [-#-] during shutdown\n"]
+    reactor.running = False
+    observer({"log_format": "Server Shut Down.", "log_time": None})
+    assert writes[-1] == b"- [-#-] Server Shut Down.\n"
+
+
+def test_a_line_from_another_thread_is_written_by_the_reactor():
+    writes: list[bytes] = []
+    reactor = FakeReactor()
+    observer = HubLogObserver(LineBuffer(writes.append, reactor=reactor))
+    thread = threading.Thread(target=observer, args=({"log_format": "from a thread", "log_time": None},))
+    thread.start()
+    thread.join()
+    assert writes == [] and len(reactor.from_threads) == 1
+    f, args = reactor.from_threads[0]
+    f(*args)  # the reactor runs it, then the turn ends
+    reactor.advance(0)
+    assert writes == [b"- [-#-] from a thread\n"]
+
+
+def test_a_failing_destination_does_not_stop_the_hub():
+    def broken(data):
+        raise OSError(28, "No space left on device")
+
+    observer = HubLogObserver(LineBuffer(broken))
+    observer({"log_format": "one", "log_time": None})
+    observer({"log_format": "two", "log_time": None})
+    assert observer.buffer.broken is not None
+
+
+class _TwistdOptions(dict):
+    """twistd's ServerOptions as the plugin's options see it (their parent)."""
+
+
+class _PluginOptions(dict):
+    def __init__(self, **twistd):
+        dict.__init__(self)
+        self.parent = _TwistdOptions({"logger": None, "syslog": 0, "nodaemon": 0, "logfile": None, "prefix": "twisted"}, **twistd)
+
+
+def test_twistd_gets_the_hub_observer_on_standard_output_with_n(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    observer = for_twistd(_PluginOptions(nodaemon=1), FakeReactor())
+    assert observer is not None and observer.logfile is None
+    observer.buffer.reactor.running = False
+    observer({"log_format": "to stdout", "log_time": None})
+    assert out.getvalue() == "- [-#-] to stdout\n"
+
+
+def test_twistd_gets_the_hub_observer_on_its_logfile(tmp_path):
+    path = tmp_path / "hub.log"
+    observer = for_twistd(_PluginOptions(logfile=str(path)), FakeReactor())
+    assert observer is not None and observer.logfile.path == str(path)
+    observer.buffer.reactor.running = False
+    observer({"log_format": "to the file", "log_time": None})
+    assert path.read_text() == "- [-#-] to the file\n"
+
+
+@pytest.mark.parametrize("twistd_options", [{"logger": "some.module.observer"}, {"syslog": 1}, {"logfile": "-"}])
+def test_twistd_keeps_its_own_observer_for_logger_syslog_and_a_daemon_on_stdout(twistd_options):
+    assert for_twistd(_PluginOptions(**twistd_options), FakeReactor()) is None
+
+
+def test_without_twistd_there_is_no_observer():
+    assert for_twistd({"data": "x"}) is None
+
+
+def test_the_application_is_given_the_observer_as_its_component():
+    from twisted.application import service
+    from twisted.logger import ILogObserver
+
+    class Top(OffersLogObserver, service.Service):
+        pass
+
+    top = Top()
+    top.log_observer = HubLogObserver(LineBuffer(io.BytesIO().write))
+    application = service.Application("mailhub")
+    top.setServiceParent(application)
+    assert application.getComponent(ILogObserver) is top.log_observer
+    assert top.parent is service.IServiceCollection(application)
+
+
+# -- the real twistd ----------------------------------------------------------
+
+
+def _start_twistd(tmp_path, *twistd_args: str) -> tuple[subprocess.Popen, dict]:
+    args = []
+    for name in listener_names():
+        args += [f"--{name}", "tcp:0:interface=127.0.0.1"]
+    command = [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", *twistd_args,
+        "mailhub", "--data", str(tmp_path / "d"), "--user", "alice:secret", *args,
+    ]
+    process = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    return process, {}
+
+
+def _wait_for(path, pattern: str, timeout: float = 30.0) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        found = re.search(pattern, text)
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{pattern!r} not in {path}:\n{text[-3000:]}")
+        time.sleep(0.02)
+
+
+def test_logfile_gets_every_line_and_sigusr1_rotates_it(tmp_path):
+    path = tmp_path / "hub.log"
+    process, _ = _start_twistd(tmp_path, f"--logfile={path}")
+    try:
+        ports = json.loads(_wait_for(path, r"mailhub ready (\{.*\})").group(1))
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as client:
+            client.sendmail("judy@example.org", ["alice@localhost"], b"Subject: one\r\n\r\nbefore rotation\r\n")
+        _wait_for(path, r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[twisted_mailhub\.smtp\.delivery#info\] delivered \w+ from=<judy@example.org> to=<alice@localhost>")
+        process.send_signal(signal.SIGUSR1)
+        rotated = tmp_path / "hub.log.1"
+        deadline = time.monotonic() + 10
+        while not rotated.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "delivered" in rotated.read_text()
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as client:
+            client.sendmail("kim@example.org", ["alice@localhost"], b"Subject: two\r\n\r\nafter rotation\r\n")
+        _wait_for(path, r"delivered \w+ from=<kim@example.org>")
+        assert "kim@example.org" not in rotated.read_text()
+        assert "judy@example.org" not in path.read_text()
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGTERM  # twistd ends by the signal it got
+    assert path.read_text().rstrip("\n").endswith("Server Shut Down.")
+    # with --logfile nothing goes to standard output
+    assert output == b""
+
+
+# -- --workers: the log relay ---------------------------------------------------
+
+
+def test_a_workers_log_lines_wait_for_company_but_go_before_its_next_notice():
+    from twisted_mailhub.workers import LOG_DELAY, _BusOut
+
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    reactor = FakeReactor()
+    out = _BusOut(write)
+    out.reactor = reactor
+    observer = HubLogObserver(out, ClassicLines(system="worker 1"))
+    observer({"log_format": "delivered {n}", "n": 1, "log_time": None})
+    reactor.advance(0)
+    with pytest.raises(BlockingIOError):
+        os.read(read, 4096)  # alone, it waits
+    reactor.advance(LOG_DELAY)
+    assert os.read(read, 4096) == b"T- [worker 1] delivered 1\n"
+    observer({"log_format": "delivered {n}", "n": 2, "log_time": None})
+    out.send(b"R")  # a notice takes the line along, in order
+    reactor.advance(0)
+    assert os.read(read, 4096) == b"T- [worker 1] delivered 2\nR\n"
+    os.close(read)
+    os.close(write)
+
+
+def test_the_supervisor_writes_a_workers_lines_as_they_are_in_order_with_its_notices():
+    from twisted_mailhub.workers import _WorkerProcess
+
+    class Supervisor:
+        def __init__(self):
+            self.done = []
+            out = io.BytesIO()
+            self.out = out
+            self.log_observer = HubLogObserver(LineBuffer(out.write))
+
+        def write_log_lines(self, lines):
+            from twisted_mailhub.workers import WorkersService
+
+            WorkersService.write_log_lines(self, lines)
+            self.done.append(("log", self.out.getvalue()))
+
+        def from_worker(self, worker, line):
+            self.done.append(("notice", line))
+
+    supervisor = Supervisor()
+    worker = _WorkerProcess(supervisor, 1)
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        failure = Failure()
+    lines = ClassicLines(system="worker 1")
+    first = lines({"log_format": "it failed", "log_failure": failure, "log_time": None})
+    second = lines({"log_format": "delivered 2", "log_time": None})
+    stream = b"T" + first.encode() + b"B{}\nT" + second.encode() + b"R\n"
+    # as the pipe gives it: in pieces cut anywhere
+    for at in range(0, len(stream), 7):
+        worker.childDataReceived(3, stream[at : at + 7])
+    kinds = [kind for n, (kind, _) in enumerate(supervisor.done) if n == 0 or supervisor.done[n - 1][0] != kind]
+    assert kinds == ["log", "notice", "log", "notice"]
+    assert [line for kind, line in supervisor.done if kind == "notice"] == [b"B{}", b"R"]
+    # each notice comes after the lines logged before it
+    assert supervisor.done[[kind for kind, _ in supervisor.done].index("notice") - 1][1] == first.encode()
+    expected = _twisted_text(
+        [{"log_format": "it failed", "log_failure": failure, "log_time": None, "log_system": "worker 1"}, {"log_format": "delivered 2", "log_time": None, "log_system": "worker 1"}]
+    )
+    assert supervisor.out.getvalue() == expected
+    assert b"ZeroDivisionError" in expected and b"\n\t" in expected
