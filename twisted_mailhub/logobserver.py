@@ -92,8 +92,9 @@ class ClassicLines:
     def __init__(self, time_format: str | None = timeFormatRFC3339, system: str | None = None) -> None:
         self.time_format = time_format
         self.system = system
-        self._second: int | None = None
-        self._stamp = "-"
+        # (second, its stamp): one tuple, so that a thread never pairs a
+        # second with another thread's stamp.
+        self._stamp: tuple[int | None, str] = (None, "-")
 
     def stamp(self, when: float | None) -> str:
         """
@@ -103,10 +104,10 @@ class ClassicLines:
         if when is None or self.time_format is None:
             return "-"
         second = int(when)
-        if second != self._second:
-            self._stamp = formatTime(when, self.time_format)
-            self._second = second
-        return self._stamp
+        cached = self._stamp
+        if cached[0] != second:
+            cached = self._stamp = (second, formatTime(when, self.time_format))
+        return cached[1]
 
     def __call__(self, event: dict) -> str | None:
         """
