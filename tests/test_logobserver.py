@@ -41,6 +41,13 @@ class FakeReactor(task.Clock):
     def callFromThread(self, f, *args):
         self.from_threads.append((f, args))
 
+    def turn(self, seconds: float = 0) -> None:
+        """What the reactor does next: the calls from threads, then the timed calls due."""
+        calls, self.from_threads = self.from_threads, []
+        for f, args in calls:
+            f(*args)
+        self.advance(seconds)
+
     def addSystemEventTrigger(self, phase, event, f, *args):
         self.triggers.append((phase, event, f))
 
@@ -308,14 +315,14 @@ def test_a_workers_log_lines_wait_for_company_but_go_before_its_next_notice():
     out.reactor = reactor
     observer = HubLogObserver(out, ClassicLines(system="worker 1"))
     observer({"log_format": "delivered {n}", "n": 1, "log_time": None})
-    reactor.advance(0)
+    reactor.turn()
     with pytest.raises(BlockingIOError):
         os.read(read, 4096)  # alone, it waits
-    reactor.advance(LOG_DELAY)
+    reactor.turn(LOG_DELAY)
     assert os.read(read, 4096) == b"T- [worker 1] delivered 1\n"
     observer({"log_format": "delivered {n}", "n": 2, "log_time": None})
     out.send(b"R")  # a notice takes the line along, in order
-    reactor.advance(0)
+    reactor.turn()
     assert os.read(read, 4096) == b"T- [worker 1] delivered 2\nR\n"
     os.close(read)
     os.close(write)
