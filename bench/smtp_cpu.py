@@ -9,7 +9,7 @@ peers; the same client as bench/smtp_pop3.py.
     python3 bench/smtp_cpu.py --no-pipelining
     python3 bench/smtp_cpu.py --dir /dev/shm           # data on tmpfs: no disk in the figure
     python3 bench/smtp_cpu.py --py-spy /tmp/hub.txt    # where the reactor thread's time goes
-    python3 bench/smtp_cpu.py --log-ab                 # and a hub on Twisted's text log observer, rounds alternating
+    python3 bench/smtp_cpu.py --log-ab                 # and hubs on Twisted's text log observer and on none, rounds alternating
 
 On a machine shared with other work, file creation on a busy ext4 can cost
 hundreds of microseconds of kernel CPU per file (its inode allocator), in
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--no-pipelining", action="store_true", help="one command per round trip, as smtplib sends")
     parser.add_argument("--dir", default="/var/tmp", help="where the hub's data folder goes (default /var/tmp; /dev/shm: tmpfs)")
     parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub's threads with py-spy (raw stacks, the GIL holder's) during the rounds")
-    parser.add_argument("--log-ab", action="store_true", help="also a hub logging through Twisted's text observer (twistd --logger), rounds alternating; medians of both")
+    parser.add_argument("--log-ab", action="store_true", help="also a hub logging through Twisted's text observer and one logging nothing (twistd --logger), rounds alternating; medians of each")
     args = parser.parse_args()
 
     pipelining = not args.no_pipelining
@@ -73,6 +73,7 @@ def main() -> None:
     hubs = {"hub": hub}
     if args.log_ab:
         hubs["Twisted's log"] = twisted_log_hub(os.path.join(work, "twisted-log"), users=users)
+        hubs["no log"] = twisted_log_hub(os.path.join(work, "no-log"), logger="bench.twisted_log.nothing", users=users)
     for each in hubs.values():
         os.makedirs(each.data_dir)
         each.start()

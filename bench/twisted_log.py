@@ -19,14 +19,38 @@ def observer() -> FileLogObserver:
     return textFileLogObserver(sys.stdout)
 
 
-def twisted_log_hub(*args: Any, **kwargs: Any) -> Any:
-    """A L{tests.hubprocess.HubProcess} whose twistd logs through L{observer} (C{--logger})."""
+def nothing() -> Any:
+    """
+    An observer that writes nothing but the C{mailhub ready} line (which
+    the bench needs to find the ports): the floor, to tell what logging
+    itself costs.
+    """
+    from zope.interface import provider
+
+    from twisted.logger import ILogObserver, formatEvent
+
+    out = sys.stdout  # (before twistd puts a log in its place)
+
+    @provider(ILogObserver)
+    def ready_only(event: dict) -> None:
+        if (event.get("log_format") or "").startswith("mailhub ready"):
+            out.write(f"- [-] {formatEvent(event)}\n")
+            out.flush()
+
+    return ready_only
+
+
+def twisted_log_hub(*args: Any, logger: str = "bench.twisted_log.observer", **kwargs: Any) -> Any:
+    """
+    A L{tests.hubprocess.HubProcess} whose twistd logs through C{logger}
+    (C{--logger}; by default L{observer}, Twisted's; L{nothing}: no log).
+    """
     from tests.hubprocess import HubProcess
 
     class TwistedLogHub(HubProcess):
         def command(self) -> list[str]:
             line = HubProcess.command(self)
             at = line.index("--pidfile=") + 1
-            return line[:at] + ["--logger", "bench.twisted_log.observer"] + line[at:]
+            return line[:at] + ["--logger", logger] + line[at:]
 
     return TwistedLogHub(*args, **kwargs)
