@@ -238,20 +238,51 @@ def test_the_flush_is_chosen_once_per_choice_period_not_once_per_batch(tmp_path,
     assert len(asked) == 2
 
 
-def test_on_a_quiet_system_a_second_batch_starts_while_the_first_is_still_on_its_way(tmp_path, monkeypatch):
+def test_on_a_quiet_system_a_second_batch_starts_beside_a_first_that_takes_long(tmp_path, monkeypatch):
     # A batch is two journal commits in a row (data, then the renames'
-    # directory): the next batch's flush overlaps the first one's second
-    # commit instead of waiting for it; a third waits.
+    # directory): on a disk the next batch's flush overlaps the first one's
+    # second commit instead of waiting for it; a third waits for a place.
     root = maildir(tmp_path)
     monkeypatch.setattr(durable, "choose_flush", lambda: "syncfs")
+    now = [1000.0]
+    monkeypatch.setattr(durable.time, "monotonic", lambda: now[0])
     reactor = _InlineReactor(hold=True)
     writer = durable.GroupCommitWriter(reactor)
     done = []
-    for n in range(3):
+
+    def write(n):
         writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x").addCallback(done.append)
         reactor.turn()
-    assert writer.batches == durable.SYNCFS_IN_FLIGHT == 2 and len(reactor.held) == 2
+
+    write(0)
+    write(1)
+    assert writer.batches == 1  # the first has only just started
+    now[0] += 1.5 * durable.OVERLAP_AFTER
+    reactor.clock.advance(1.5 * durable.OVERLAP_AFTER)
+    assert writer.batches == 2 and len(reactor.held) == 2
+    write(2)
+    now[0] += 1.5 * durable.OVERLAP_AFTER
+    reactor.clock.advance(1.5 * durable.OVERLAP_AFTER)
+    assert writer.batches == durable.SYNCFS_IN_FLIGHT == 2
     reactor.release()
     assert writer.batches == 3 and len(done) == 2
     reactor.release()
     assert sorted(os.listdir(root / "new")) == ["m0", "m1", "m2"] and len(done) == 3
+
+
+def test_on_a_quiet_system_writes_queued_behind_a_quick_flush_go_in_one_batch_after_it(tmp_path, monkeypatch):
+    # Where a flush takes less than OVERLAP_AFTER (tmpfs, a fast SSD), no
+    # second batch starts beside it: what queued meanwhile is one batch.
+    root = maildir(tmp_path)
+    monkeypatch.setattr(durable, "choose_flush", lambda: "syncfs")
+    monkeypatch.setattr(durable.time, "monotonic", lambda: 1000.0)
+    reactor = _InlineReactor(hold=True)
+    writer = durable.GroupCommitWriter(reactor)
+    for n in range(5):
+        writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x")
+        reactor.turn()
+    assert writer.batches == 1
+    reactor.release()  # the first is done; the four queued behind it go together
+    assert writer.batches == 2
+    reactor.release()
+    assert writer.batches == 2 and len(os.listdir(root / "new")) == 5

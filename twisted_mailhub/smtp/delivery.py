@@ -412,8 +412,11 @@ def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], m
     return_path = b"Return-Path: <" + sender.encode("utf-8" if session.utf8 else "ascii", "replace") + b">\r\n"
     # (account, original recipient): one copy each (--catch-all may bring
     # several originals to one account).
-    local = list(dict.fromkeys((r.address, r.original) for r in recipients if r.kind == "local"))
-    relay = list(dict.fromkeys(r.address for r in recipients if r.kind == "relay"))
+    if len(recipients) == 1 and recipients[0].kind == "local":
+        local, relay = [(recipients[0].address, recipients[0].original)], []
+    else:
+        local = list(dict.fromkeys((r.address, r.original) for r in recipients if r.kind == "local"))
+        relay = list(dict.fromkeys(r.address for r in recipients if r.kind == "relay"))
     if len(local) == 1 and not relay:
         # The hot path (one recipient): plain Deferreds, no coroutine.
         address, original = local[0]
