@@ -286,3 +286,33 @@ def test_on_a_quiet_system_writes_queued_behind_a_quick_flush_go_in_one_batch_af
     assert writer.batches == 2
     reactor.release()
     assert writer.batches == 2 and len(os.listdir(root / "new")) == 5
+
+
+def test_a_batch_whose_flush_ends_first_waits_for_the_batches_started_before_it(tmp_path, monkeypatch):
+    # Messages become visible in the order of their UIDs (given in order of
+    # arrival): an IMAP session told of a UID never hears of a new message
+    # below it, even when a later batch's flush happens to end first.
+    root = maildir(tmp_path)
+    monkeypatch.setattr(durable, "choose_flush", lambda: "syncfs")
+    now = [1000.0]
+    monkeypatch.setattr(durable.time, "monotonic", lambda: now[0])
+    reactor = _InlineReactor(hold=True)
+    writer = durable.GroupCommitWriter(reactor)
+    seen = []
+
+    def write(n):
+        d = writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x", arrived=lambda: seen.append(("arrived", n)))
+        d.addCallback(lambda _: seen.append(("fired", n)))
+        reactor.turn()
+
+    write(0)
+    now[0] += 1.5 * durable.OVERLAP_AFTER
+    write(1)
+    assert writer.batches == 2
+    first, second = reactor.held
+    reactor.held = []
+    second()  # the later batch's thread is done first
+    assert seen == []
+    first()
+    assert seen == [("arrived", 0), ("fired", 0), ("arrived", 1), ("fired", 1)]
+    assert sorted(os.listdir(root / "new")) == ["m0", "m1"]

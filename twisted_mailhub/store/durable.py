@@ -47,6 +47,7 @@ page of the filesystem, is used only while there are few of them).
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import sys
@@ -459,6 +460,8 @@ class GroupCommitWriter:
         self._starting = False  # a _start_batches call is due
         self._last_start = 0.0  # time.monotonic() when the newest batch started
         self._overlap_call: Any = None  # the delayed start of a second syncfs batch
+        # Batches on their way, oldest first: [outcome or None, done, crashed, finished].
+        self._in_flight: Any = collections.deque()
         self.batches = 0  # for tests and benchmarks: how many flushes ran
 
     def after_batch(self, function: Callable[[], None]) -> None:
@@ -624,5 +627,28 @@ class GroupCommitWriter:
             while self._queue and self._may_start():
                 self._next_batch()
 
-        d.addCallbacks(done, crashed)
-        d.addBoth(finished)
+        # Batches finish in the order they started: one whose flush ended
+        # first waits for those before it, so that messages become visible
+        # in the order of their UIDs (given in order of arrival): an IMAP
+        # session told of UID n never hears of a new message below n.
+        slot: list[Any] = [None, done, crashed, finished]
+        self._in_flight.append(slot)
+
+        def returned(result):
+            slot[0] = result  # the outcomes, or the Failure of a crash
+            self._finish_in_order()
+
+        d.addCallbacks(returned, returned)
+
+    def _finish_in_order(self) -> None:
+        """Finish the oldest batches whose threads are done, oldest first."""
+        in_flight = self._in_flight
+        while in_flight and in_flight[0][0] is not None:
+            result, done, crashed, finished = in_flight.popleft()
+            try:
+                if isinstance(result, Failure):
+                    crashed(result)
+                else:
+                    done(result)
+            finally:
+                finished(None)
