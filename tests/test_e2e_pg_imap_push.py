@@ -59,3 +59,21 @@ def test_idle_on_postgresql_hears_its_mailbox_deleted_or_renamed_on_another_hub_
     other.close()
     # By a look every 0.5 s, a median under 0.1 s would come 6 times in 100.
     assert sorted(delays)[2] < 0.1, delays
+
+
+def test_notify_on_postgresql_hears_mailboxes_and_subscriptions_changed_on_another_hub_at_once(start_cluster):  # noqa: F811
+    a_hub, b_hub = start_cluster(2)
+    a, b = raw_login(a_hub), raw_login(b_hub)
+    notify(a, b"SET (PERSONAL (MailboxName SubscriptionChange))")
+    delays = []
+    for n in range(3):
+        name = b"Made%d" % n
+        for command, told in ((b"CREATE " + name, b'* LIST () "/" "%s"' % name), (b"SUBSCRIBE " + name, b'* LIST (\\Subscribed) "/" "%s"' % name)):
+            assert b.cmd(b"c", command)[-1].startswith(b"c OK")
+            done = time.monotonic()
+            assert a.line() == told
+            delays.append(time.monotonic() - done)
+    a.close()
+    b.close()
+    # By a look every 0.5 s, a median under 0.1 s would come 3 times in 100.
+    assert sorted(delays)[3] < 0.1, delays

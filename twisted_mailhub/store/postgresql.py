@@ -1427,12 +1427,14 @@ class PostgresAccount:
                     )
                 try:
                     with conn.transaction():
-                        return conn.execute(
+                        made = conn.execute(
                             "INSERT INTO mailbox (account_id, name, uid_validity) VALUES (%s, %s, %s) RETURNING id, uid_validity",
                             (self.account_id, name, new_uid_validity(conn)),
                         ).fetchone()
                 except psycopg.errors.UniqueViolation:
                     return None
+                self._notify_list_changed(conn)
+                return made
 
         row = self._run(create)
         if row is None:
@@ -1453,6 +1455,7 @@ class PostgresAccount:
                     return None
                 conn.execute("DELETE FROM subscription WHERE account_id = %s AND name = %s", (self.account_id, name))
                 conn.execute("SELECT pg_notify(%s, %s)", (pgschema.CHANNEL, f"{row[0]} gone"))
+                self._notify_list_changed(conn)
                 return row[0]
 
         # The message rows of the folder: collected before the cascade.
@@ -1508,6 +1511,7 @@ class PostgresAccount:
                     )
                 for mailbox_id, _ in rows:
                     conn.execute("SELECT pg_notify(%s, %s)", (pgschema.CHANNEL, f"{mailbox_id} gone"))
+                self._notify_list_changed(conn)
                 return [mailbox_id for mailbox_id, _ in rows]
 
         moved = self._run(rename)
@@ -1555,15 +1559,40 @@ class PostgresAccount:
 
     def subscribe(self, name: str) -> None:
         name = normalize_folder_name(name)
-        self._run(
-            lambda c: c.execute(
-                "INSERT INTO subscription (account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING", (self.account_id, name)
-            )
-        )
+
+        def subscribe(conn):
+            with conn.transaction():
+                conn.execute("INSERT INTO subscription (account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING", (self.account_id, name))
+                self._notify_list_changed(conn)
+
+        self._run(subscribe)
 
     def unsubscribe(self, name: str) -> None:
         name = normalize_folder_name(name)
-        self._run(lambda c: c.execute("DELETE FROM subscription WHERE account_id = %s AND name = %s", (self.account_id, name)))
+
+        def unsubscribe(conn):
+            with conn.transaction():
+                conn.execute("DELETE FROM subscription WHERE account_id = %s AND name = %s", (self.account_id, name))
+                self._notify_list_changed(conn)
+
+        self._run(unsubscribe)
+
+    def _notify_list_changed(self, conn) -> None:
+        """In a transaction that changes the mailbox list or the subscriptions: tell every hub at its commit (L{watch_changes})."""
+        conn.execute("SELECT pg_notify(%s, %s)", (pgschema.CHANNEL, f"account {self.account_id}"))
+
+    def watch_changes(self, callback) -> None:
+        """
+        Call C{callback()} when this account's mailbox list or
+        subscriptions change, on any hub (their C{NOTIFY}), and every
+        L{DEAF_POLL} seconds while the C{LISTEN} connection is down. For
+        NOTIFY's MailboxName and SubscriptionChange
+        (L{twisted_mailhub.store.watch.StoreSignal}): no poll.
+        """
+        self.store._watch(("account", self.account_id), callback)
+
+    def unwatch_changes(self, callback) -> None:
+        self.store._unwatch(("account", self.account_id), callback)
 
 
 @implementer(IMailStore)
@@ -1593,8 +1622,8 @@ class PostgresStore:
         self._kept: collections.OrderedDict[int, PostgresFolder] = collections.OrderedDict()
         self._accounts: dict[str, int] = {}
         self._listener: ChangeListener | None = None
-        # watch_changes: mailbox id -> callbacks; and their poll while deaf
-        self._watchers: dict[int, set] = {}
+        # watch_changes: mailbox id (or ("account", id)) -> callbacks; and their poll while deaf
+        self._watchers: dict[Any, set] = {}
         self._deaf_poll: Any = None
 
     def start(self) -> None:
@@ -1668,16 +1697,16 @@ class PostgresStore:
 
     # -- watch_changes -----------------------------------------------------------
 
-    def _watch(self, mailbox_id: int, callback) -> None:
-        self._watchers.setdefault(mailbox_id, set()).add(callback)
+    def _watch(self, key: Any, callback) -> None:
+        self._watchers.setdefault(key, set()).add(callback)
         self._poll_while_deaf()
 
-    def _unwatch(self, mailbox_id: int, callback) -> None:
-        callbacks = self._watchers.get(mailbox_id)
+    def _unwatch(self, key: Any, callback) -> None:
+        callbacks = self._watchers.get(key)
         if callbacks is not None:
             callbacks.discard(callback)
             if not callbacks:
-                del self._watchers[mailbox_id]
+                del self._watchers[key]
         self._poll_while_deaf()
 
     def _tell_watchers(self, callbacks) -> None:
@@ -1727,6 +1756,13 @@ class PostgresStore:
     def _notified(self, payload: str) -> None:
         """A C{NOTIFY} from some hub (this one included)."""
         mailbox, _, what = payload.partition(" ")
+        if mailbox == "account":
+            # a mailbox list or the subscriptions changed (PostgresAccount.watch_changes)
+            try:
+                self._tell_watchers(self._watchers.get(("account", int(what)), ()))
+            except ValueError:
+                pass
+            return
         try:
             mailbox_id = int(mailbox)
         except ValueError:
