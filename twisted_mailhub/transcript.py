@@ -714,22 +714,6 @@ class Transcriber:
         self.record.add_lines("S", lines)
         return True
 
-    def server_responses(self, lines: list[bytes]) -> bool:
-        """
-        Record IMAP responses written whole from the lines their server
-        made of them (C{lines}: no line ends; a literal as its head line,
-        C{[literal: N octets]} unless N is 0, and the rest of its line):
-        the events L{server_bytes} would make of their bytes, without a
-        scan of them (a FETCH of bodies). Returns False, recording nothing,
-        when it cannot (the bytes would not start a line, or an exchange
-        is open that reads the server's lines): then the bytes go through
-        L{server_bytes}.
-        """
-        if not self._imap or self.record is None or self._server or self._out_literal or self._in_sasl or self._client_sync:
-            return False
-        self.record.add_lines("S", lines)
-        return True
-
     def _server_line(self, line: bytes) -> None:
         bare = line[:-1] if line[-1:] == b"\r" else line
         if bare[-1:] == b"\r":
@@ -983,15 +967,6 @@ class TranscriptProtocol(policies.ProtocolWrapper):
         """
         self.transcriber.server_bytes(data)
         return self.transport  # (connectionMade puts the transcriber's own in its place)
-
-    def record_responses(self, lines: list[bytes]) -> Any:
-        """
-        IMAP responses about to be written whole, recorded from their
-        lines (L{Transcriber.server_responses}): returns the transport to
-        write their bytes to, past this recorder, or L{None} when they
-        must be written through it (L{write}).
-        """
-        return self.transport if self.transcriber.server_responses(lines) else None
 
     def record_responses(self, lines: list[bytes]) -> Any:
         """
