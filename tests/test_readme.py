@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import subprocess
 
 import pytest
@@ -104,3 +105,241 @@ def test_the_two_hub_classroom_demo_runs_as_printed(tmp_path):
             except FileNotFoundError:
                 continue
             subprocess.run(["kill", pid], capture_output=True)
+
+
+# -- the sessions typed by hand ----------------------------------------------------
+
+
+def marked_blocks():
+    """{marker: text} of every block after a C{<!-- readme-test: NAME -->} line, whatever its language."""
+    text = open(README, encoding="utf-8").read()
+    return {m.group(1): m.group(2) for m in re.finditer(r"<!-- readme-test: ([\w-]+) -->\n```\w*\n(.*?)```", text, re.S)}
+
+
+# What differs from one run to the next (queue ids, dates, the APOP
+# timestamp, UIDVALIDITY, the passive port), the same in the README and
+# in what the hub says.
+_VARYING = [
+    (re.compile(r"\b[0-9A-F]{17}\b"), "<queue id>"),
+    (re.compile(r"\w{3}, \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} [+-]\d{4}"), "<date>"),
+    (re.compile(r"<\d+\.\d+\.[0-9a-f]+@mail\.test>"), "<apop timestamp>"),
+    (re.compile(r"(UIDVALIDITY|HIGHESTMODSEQ) \d+"), r"\1 <n>"),
+    (re.compile(r"\(127,0,0,1,\d+,\d+\)"), "(127,0,0,1,<port>)"),
+]
+
+
+def _steady(line: str) -> str:
+    for pattern, stands_for in _VARYING:
+        line = pattern.sub(stands_for, line)
+    return line
+
+
+def _turns(block: str, client_line) -> list[tuple[str, str]]:
+    """A session block as (C or S, line): C{C:}/C{S:} prefixes, or C{client_line(line)} for a bare transcript."""
+    turns = []
+    for line in block.rstrip("\n").split("\n"):
+        if line.startswith("$ "):
+            continue  # the command that opened the session
+        if line[:2] in ("C:", "S:"):
+            turns.append((line[0], line[3:] if line[2:3] == " " else line[2:]))
+        elif client_line(line):
+            turns.append(("C", re.sub(r"\s{2,}\(in another terminal.*\)$", "", line)))
+        else:
+            turns.append(("S", line))
+    return turns
+
+
+def _replay(name: str, sock, turns, on_sent=None) -> None:
+    """Send the C lines, read the S lines, and compare each with the README's (varying parts aside)."""
+    reader = sock.makefile("rb")
+    for who, line in turns:
+        if who == "C":
+            sock.sendall(line.encode("utf-8") + b"\r\n")
+            if on_sent is not None:
+                on_sent(line)
+            continue
+        got = reader.readline().decode("utf-8", "replace").rstrip("\r\n")
+        assert _steady(got) == _steady(line), f"README block {name!r}: the README shows {line!r}, the hub says {got!r}"
+
+
+def test_the_sessions_typed_by_hand_in_the_readme_go_as_printed(start_hub):
+    import smtplib
+    import socket
+    import ssl
+
+    blocks = marked_blocks()
+    hub = start_hub("--hostname", "mail.test")
+    bare = lambda line: not line.startswith(("*", ")")) and line != "" and not line[:3].isdigit() and not re.match(r"^[a-z] [A-Z]", line) and not line.startswith("Subject:")
+
+    def connect(name: str, tls: bool = False):
+        s = socket.create_connection(("127.0.0.1", hub.ports[name]), timeout=10)
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            s = context.wrap_socket(s)
+        return s
+
+    # SMTP by hand: the message for bob, then the file it became.
+    with connect("smtp") as s:
+        _replay("session-smtp", s, _turns(blocks["session-smtp"], bare))
+    new = os.path.join(hub.data_dir, "mail", "localhost", "bob", "new")
+    (stored,) = os.listdir(new)
+    with open(os.path.join(new, stored), "rb") as f:
+        shown = f.read().decode("utf-8").replace("\r\n", "\n")
+    assert [_steady(line) for line in shown.rstrip("\n").split("\n")] == [_steady(line) for line in blocks["session-stored"].rstrip("\n").split("\n")]
+    with connect("smtp") as s:
+        s.makefile("rb").readline()  # the greeting, not in the README's EHLO block
+        _replay("session-ehlo", s, _turns(blocks["session-ehlo"], bare))
+    with connect("pop3") as s:
+        _replay("session-pop3", s, _turns(blocks["session-pop3"], bare))
+    # IMAP over imaps, "with one message delivered by SMTP"
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"]) as c:
+        c.sendmail("student@example.org", ["alice@localhost"], b"Subject: lunch\r\n\r\nSee you at noon.\r\n")
+    with connect("imaps", tls=True) as s:
+        _replay("session-imap", s, _turns(blocks["session-imap"], lambda line: bool(re.match(r"^[a-z] [a-z]", line))))
+    # FTP: the listing's data connection is the second nc of the README.
+    with connect("ftp") as s:
+        passive: list = []
+        turns = _turns(blocks["session-ftp"], lambda line: not line[:3].isdigit())
+        reader = s.makefile("rb")
+
+        def data_connection(line):
+            if line == "list":
+                nums = [int(n) for n in re.search(r"\((\d+,\d+,\d+,\d+,\d+,\d+)\)", passive[-1]).group(1).split(",")]
+                with socket.create_connection(("127.0.0.1", nums[4] * 256 + nums[5]), timeout=10) as d:
+                    while d.recv(65536):
+                        pass
+
+        for who, line in turns:
+            if who == "C":
+                s.sendall(line.encode() + b"\r\n")
+                data_connection(line)
+                continue
+            got = reader.readline().decode("utf-8", "replace").rstrip("\r\n")
+            passive.append(got)
+            assert _steady(got) == _steady(line), f"README block 'session-ftp': the README shows {line!r}, the hub says {got!r}"
+
+
+# -- the admin commands --------------------------------------------------------------
+
+
+def _admin_lines():
+    """Every mailhub-admin / python3 -m twisted_mailhub.* / psql line of the README's sh blocks, in order."""
+    for name, block in readme_blocks():
+        if name:
+            continue  # the classroom demo: its own test
+        for line in commands(block):
+            if line.startswith(("mailhub-admin ", "python3 -m twisted_mailhub.", "psql ")) or line.startswith("echo ") and "| mailhub-admin" in line:
+                yield line
+
+
+def test_every_admin_command_in_the_readme_runs_as_printed(start_hub, tmp_path, pg_dsn):
+    # The README's paths are mapped into a temp folder (/var/lib/mailhub,
+    # /srv, ./mailhub-data), $DSN is a test database; everything else is
+    # run by bash as printed. `check` is left out: it binds the standard
+    # ports and asks the real DNS about the domains (its options are
+    # parsed in the test above).
+    data = tmp_path / "var" / "lib" / "mailhub"
+    data.mkdir(parents=True)
+    (data / "accounts").write_text("bob@example.org:hungry\n")
+    (tmp_path / "mailhub-data").symlink_to(data)
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "mailhub-admin").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m twisted_mailhub.admin \"$@\"\n")
+    (shims / "mailhub-admin").chmod(0o755)
+    (shims / "python3").symlink_to(sys.executable)
+    # Outbound mail goes nowhere (a refused port on loopback, no DNS), so
+    # one message waits in the queue for `list` and `remove ID`.
+    hub = start_hub("--auth", f"file:{data}/accounts", "--domain", "example.org", "--mx-override", "*=127.0.0.1:9", "--retry-schedule", "1h", users=(), data=str(data))
+    env = dict(os.environ, PYTHONPATH=ROOT, DSN=pg_dsn, PATH=f"{shims}{os.pathsep}{os.environ.get('PATH', '')}")
+    import smtplib
+
+    from tests.hubprocess import client_context
+
+    with smtplib.SMTP("127.0.0.1", hub.ports["submission"]) as s:
+        s.starttls(context=client_context())
+        s.login("bob@example.org", "hungry")
+        s.sendmail("bob@example.org", ["someone@elsewhere.test", "bob@example.org"], b"Subject: queued\r\n\r\nfor the queue commands\r\n")
+    hub.wait_for_log(r"relay \S+ <bob@example.org>")
+    listed = subprocess.run([sys.executable, "-m", "twisted_mailhub.queue", "--data", str(data), "list"], env=env, capture_output=True, text=True, timeout=60)
+    queue_id = re.search(r"^(\S+)\s+\d+ octets", listed.stdout, re.M).group(1)
+    ran = []
+    lines = list(_admin_lines())
+    later = [line for line in lines if " migrate " in line]  # "stop the hub first"
+    for line in [line for line in lines if line not in later] + ["STOP"] + later:
+        if line == "STOP":
+            hub.stop(remove_data=False)
+            continue
+        if line.startswith("mailhub-admin check "):
+            continue
+        if line.startswith("psql ") and shutil.which("psql") is None:
+            if os.environ.get("CI"):
+                pytest.fail("psql is missing (apt-get install postgresql)")
+            continue
+        command = line.replace("/var/lib/mailhub", str(data)).replace("/srv/", f"{tmp_path}/srv/").replace(" remove ID", f" remove {queue_id}")
+        if "asks" in block_comment(line) or " passwd " in line:
+            # typed at a terminal, twice, as the README says
+            returncode, out = _in_a_terminal(command, "Tea-4-two\nTea-4-two\n", cwd=tmp_path, env=env)
+        else:
+            done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+            returncode, out = done.returncode, done.stdout + done.stderr
+        assert returncode == 0 and "Traceback" not in out, f"README: {line}\n{out}"
+        ran.append(line)
+    assert len(ran) >= 15, ran
+    assert "Traceback" not in hub.log
+
+
+def block_comment(line: str) -> str:
+    """The README's own comment after a command (C{# asks twice, no echo})."""
+    for _, block in readme_blocks():
+        for raw in block.replace("\\\n", " ").splitlines():
+            if raw.split(" #", 1)[0].strip() == line:
+                return raw.split(" #", 1)[1] if " #" in raw else ""
+    return ""
+
+
+def _in_a_terminal(command: str, typed: str, **kw) -> tuple[int, str]:
+    """
+    Run C{command} with a terminal (a pty) as its input and output, and
+    type the lines of C{typed} at its prompts (a line ending in C{:}), one
+    per prompt, as a person would: a password prompt flushes what was
+    typed before it.
+    """
+    import pty
+    import select
+    import termios
+    import time
+
+    lines = typed.splitlines(keepends=True)
+    master, slave = pty.openpty()
+    process = subprocess.Popen(["bash", "-c", command], stdin=slave, stdout=slave, stderr=slave, start_new_session=True, **kw)
+    os.close(slave)
+    out = b""
+    answered = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the program ended and closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+            if lines and out.rstrip().endswith(b":") and len(out) > answered:
+                # as a person would: once the prompt has turned echo off
+                # (setting the terminal up flushes what was typed before)
+                while termios.tcgetattr(master)[3] & termios.ECHO and time.monotonic() < deadline and process.poll() is None:
+                    time.sleep(0.01)
+                os.write(master, lines.pop(0).encode())
+                answered = len(out)
+        elif process.poll() is not None:
+            break
+    os.close(master)
+    try:
+        return process.wait(10), out.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return -1, out.decode("utf-8", "replace")

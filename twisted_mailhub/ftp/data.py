@@ -59,6 +59,8 @@ from twisted.python import failure
 from twisted.protocols import policies
 from zope.interface import implementer
 
+from twisted_mailhub.ftp.vfs import FileSystemUnavailable, FileSystemUnavailableWrite
+
 log = Logger()
 
 CHUNK = 256 * 1024
@@ -229,7 +231,16 @@ class _ChunkProducer:
     def resumeProducing(self):
         if self.stopped:
             return
-        chunk = self.reader.read(CHUNK)
+        try:
+            chunk = self.reader.read(CHUNK)
+        except FileSystemUnavailable as e:
+            # The file system's database went away mid-download: the
+            # command's temporary error (451), not a traceback.
+            self.stopped = True
+            self.connection.transport.unregisterProducer()
+            self.connection._fail(e)
+            self.connection.transport.abortConnection()
+            return
         if not chunk:
             self.stopped = True
             if self.held:
@@ -315,6 +326,12 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
             data, self._held = from_crlf(data, self._held)
         try:
             self._writer.write(data)
+        except FileSystemUnavailableWrite as e:
+            # The file system's database went away mid-upload: the
+            # command's temporary error (451) and one outage line.
+            self._fail(FileSystemUnavailable(str(e)))
+            self.transport.abortConnection()
+            return
         except OSError as e:
             from twisted_mailhub.ftp.vfs import error_words
 

@@ -47,7 +47,15 @@ from zope.interface import implementer
 
 from twisted_mailhub.cluster import schema
 from twisted_mailhub.cluster.database import Database, driver, reason
-from twisted_mailhub.ftp.vfs import FileActionError, FileSystemUnavailable, IFileSystem, IMailhubShell, is_partial_name, partial_name
+from twisted_mailhub.ftp.vfs import (
+    FileActionError,
+    FileSystemUnavailable,
+    FileSystemUnavailableWrite,
+    IFileSystem,
+    IMailhubShell,
+    is_partial_name,
+    partial_name,
+)
 from twisted_mailhub.store.interfaces import StoreError, StoreUnavailable
 
 # Bytes per lo_get / lo_put.
@@ -135,7 +143,11 @@ class PostgresReader:
         if self.oid is None or self.offset >= self._size:
             return b""
         n = min(n, CHUNK, self._size - self.offset)
-        data = self.db.run_here(lambda conn: conn.execute("SELECT lo_get(%s, %s, %s)", (self.oid, self.offset, n)).fetchone()[0])
+        try:
+            data = self.db.run_here(lambda conn: conn.execute("SELECT lo_get(%s, %s, %s)", (self.oid, self.offset, n)).fetchone()[0])
+        except StoreUnavailable as e:
+            # a temporary error for FTP (451) and SFTP, the reason logged once
+            raise FileSystemUnavailable(str(e)) from None
         data = bytes(data or b"")
         self.offset += len(data)
         return data
@@ -202,6 +214,8 @@ class PostgresWriter:
 
         try:
             self.db.run_here(put)
+        except StoreUnavailable as e:
+            raise FileSystemUnavailableWrite(str(e)) from None
         except StoreError as e:
             raise OSError(f"the file database: {e}") from None
         self.position = at + len(data)
@@ -220,6 +234,8 @@ class PostgresWriter:
         """The upload is complete: in place under its name after COMMIT."""
         try:
             self._write_held()
+        except FileSystemUnavailableWrite as e:
+            return defer.fail(FileSystemUnavailable(str(e)))
         except OSError as e:
             return defer.fail(FileActionError(f"{self.name[:200]}: {e}"))
         size = self.end

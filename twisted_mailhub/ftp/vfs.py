@@ -317,6 +317,15 @@ class FileSystemUnavailable(ftp.FTPCmdError):
         return self.reason or "the file store cannot be reached"
 
 
+class FileSystemUnavailableWrite(OSError):
+    """
+    A write the file system's database could not take now: an C{OSError},
+    as FTP's data connection and SFTP's WRITE expect of a failed write.
+    C{str()} says why, for the log only; the client is told
+    L{FileSystemUnavailable}'s temporary error.
+    """
+
+
 class StorageFullError(ftp.FTPCmdError):
     """C{552}: the disk or the quota is full (RFC 959 §4.2)."""
 

@@ -296,11 +296,24 @@ class DirHandle(Handle):
         return defer.succeed(None)
 
 
+# While the file system's database cannot be reached: the words FTP's 451 uses.
+UNAVAILABLE = "the file store cannot be reached now; try again later"
+
+
+def _unavailable(error: BaseException) -> bool:
+    """Is C{error} the file system's database being out of reach (a temporary failure)?"""
+    from twisted_mailhub.store.outage import unavailable
+
+    return unavailable(error)
+
+
 def _error_for(reason: failure.Failure, path: str) -> SFTPError | None:
     """The SFTP status for a failure of the shell, as FTP would answer it."""
     e = reason.value
     if isinstance(e, SFTPError):
         return e
+    if _unavailable(e):
+        return SFTPError(FX_FAILURE, f"{path}: {UNAVAILABLE}")
     if isinstance(e, ftp.InvalidPath):
         return SFTPError(FX_NO_SUCH_FILE, f"{path}: no such file or directory (that path leaves your home)")
     if isinstance(e, ftp.FileNotFoundError):
@@ -478,13 +491,30 @@ class SFTPServer(protocol.Protocol):
             self._report(name, rid, SFTPError(FX_FAILURE, "an offset or size out of range"))
             log.info("sftp {name}: {error}", name=name, error=str(e))
             return None
-        except Exception:
+        except Exception as e:
+            if _unavailable(e):
+                self._refused(name, rid, e)
+                return None
             log.failure("sftp {name} went wrong", name=name)
             self._report(name, rid, SFTPError(FX_FAILURE, "local error in processing"))
             return None
         if isinstance(result, defer.Deferred):
             return result
         return None
+
+    def _refused(self, request: str, rid: int, error: BaseException, path: str = "") -> None:
+        """
+        C{SSH_FX_FAILURE} with the reason for a request the file system's
+        database could not serve now, and one line in the log (as every
+        protocol while the store is down: L{twisted_mailhub.store.outage}),
+        never a traceback. The session goes on; the same request works
+        again once the database is back.
+        """
+        from twisted_mailhub.store.outage import refused
+
+        name = request.split(" ", 1)[0]  # the request's name: never client data in the log
+        refused("sftp", name, error)
+        self._report(request, rid, SFTPError(FX_FAILURE, f"{path}: {UNAVAILABLE}" if path else UNAVAILABLE))
 
     def _report(self, request: str, rid: int, error: SFTPError) -> None:
         self._status(rid, error.code, error.message)
@@ -505,6 +535,9 @@ class SFTPServer(protocol.Protocol):
             self._observe(request, said or "OK")
 
         def failed(reason):
+            if _unavailable(reason.value):
+                self._refused(request, rid, reason.value, path)
+                return
             error = _error_for(reason, path)
             if error is None:
                 log.failure("sftp {request} went wrong", reason, request=request)

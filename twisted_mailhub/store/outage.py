@@ -50,6 +50,18 @@ def refused(protocol: str, request: str, error: BaseException, clock=time.monoto
     )
 
 
+def unavailable(error: BaseException) -> bool:
+    """
+    Is C{error} a store or file system that cannot be reached now (its
+    database is down or restarting): a temporary failure to answer with
+    the protocol's temporary error and L{refused}, never a traceback?
+    """
+    from twisted_mailhub.ftp.vfs import FileSystemUnavailable, FileSystemUnavailableWrite
+    from twisted_mailhub.store.interfaces import StoreUnavailable
+
+    return isinstance(error, (StoreUnavailable, FileSystemUnavailable, FileSystemUnavailableWrite))
+
+
 def _why(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__

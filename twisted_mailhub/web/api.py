@@ -46,11 +46,12 @@ from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.web import resource, server
 
+from twisted_mailhub.ftp.vfs import FileSystemUnavailable
 from twisted_mailhub.imap.message import split_header
 from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compile_query, matching
 from twisted_mailhub.login import ClientPortal
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable, StorageFullError
-from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, NoSuchFolder, NoSuchMessage, StoreError, is_out_of_space
+from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 
 log = Logger()
 
@@ -331,14 +332,23 @@ class ApiResource(resource.Resource):
             if e.status == 401:
                 extra = {b"www-authenticate": b'Basic realm="mailhub", charset="UTF-8"'}
         except Exception as e:
-            if is_out_of_space(e):
+            from twisted_mailhub.store.outage import refused, unavailable
+
+            if unavailable(e):
+                # The store's database is down or restarting: a temporary
+                # error (RFC 9110 §15.6.4) and one log line, as every protocol.
+                refused("web", f"API {getattr(request, 'mailhub_route', 'request')}", e)
+                status = 503
+                body = _dumps({"error": {"status": 503, "code": "unavailable", "message": "the mail store cannot be reached now; nothing was changed, try again later"}})
+                extra = {b"retry-after": b"10"}
+            elif is_out_of_space(e):
                 # A folder opened the first time writes its UID list, flags
                 # are written...: a full disk is 507, one line, no traceback.
                 log.warn("API: {method} {path}: insufficient system storage ({error})", method=request.method.decode("ascii", "replace"), path=request.path.decode("utf-8", "replace")[:200], error=e)
                 status = 507
                 body = _dumps({"error": {"status": 507, "code": "insufficient_storage", "message": "the server's disk is full: nothing was changed; try again later"}})
             else:
-                log.failure("API: {method} {path} failed", method=request.method, path=request.path)
+                log.failure("API: {method} {path} failed", method=request.method.decode("ascii", "replace"), path=request.path.decode("utf-8", "replace"))
                 status = 500
                 body = _dumps({"error": {"status": 500, "code": "internal_error", "message": "internal error; the hub's log says more"}})
         if request.finished or getattr(request, "_disconnected", False):
@@ -375,6 +385,7 @@ class ApiResource(resource.Resource):
                 caller = await self._authenticate(request)
                 if route.auth == "admin" and not caller.is_admin:
                     raise ApiError(403, "forbidden", "only a teacher (admin) account may do this")
+            request.mailhub_route = route.handler  # for the log, never client data
             handler: Callable[..., Awaitable[Any]] = getattr(self, "api_" + route.handler)
             return await handler(request, caller, **params)
         if allowed:
@@ -526,6 +537,8 @@ class ApiResource(resource.Resource):
         address = self._account(caller, account)
         try:
             return address, self.hub.store.account(address).folder(folder)
+        except StoreUnavailable:
+            raise  # 503, not "no such folder" (_respond)
         except (NoSuchFolder, StoreError):
             raise ApiError(404, "no_such_folder", "no such folder") from None
 
@@ -818,7 +831,7 @@ class ApiResource(resource.Resource):
         except StorageFullError as e:
             raise _no_room(e) from None
         except FileSystemUnavailable:
-            raise ApiError(503, "unavailable", "the file store cannot be reached now; try again") from None
+            raise  # 503 with Retry-After and one log line (_respond), not a 400
         except ftp.FTPCmdError as e:
             text = " ".join(str(e.args[0] if e.args else "").split()) or "the file system refused"
             raise ApiError(400, "file_error", text[:200]) from None

@@ -39,6 +39,7 @@ _NAMES = {
     405: ("Method not allowed", "method_not_allowed"),
     500: ("Server error", "internal_error"),
     501: ("Not implemented", "not_implemented"),
+    503: ("Unavailable", "unavailable"),
     507: ("Insufficient storage", "insufficient_storage"),
 }
 

@@ -39,7 +39,7 @@ from twisted.web import resource, server
 from twisted.web.template import tags
 
 from twisted_mailhub.imap.search import BadSearch, search_messages
-from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, NoSuchFolder, NoSuchMessage, StoreError, is_out_of_space
+from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.web import message as msgparse
 from twisted_mailhub.web.pages import post_form, render_page
 from twisted_mailhub.web.sanitize import sanitize_html
@@ -75,6 +75,18 @@ def _date(seconds: float) -> str:
 
 def _not_found(request, session, what: str = "No such message or folder."):
     return render_page(request, "Not found", tags.p(what), session, code=404)
+
+
+def _unavailable(request, session, error: BaseException):
+    """503 while the store's database cannot be reached (not "no such folder"), one log line."""
+    from twisted_mailhub.store.outage import refused
+
+    refused("web", f"mail page {request.method.decode('ascii', 'replace')}", error)
+    request.setHeader(b"retry-after", b"10")
+    return render_page(request, "Mail store unavailable", tags.p(UNAVAILABLE_TEXT), session, code=503)
+
+
+UNAVAILABLE_TEXT = "The mail store cannot be reached now; nothing was changed. Try again in a moment."
 
 
 def _forbidden(request, text: bytes = b"Missing or wrong CSRF token.\n"):
@@ -140,6 +152,8 @@ class FolderPages(resource.Resource):
     def render_GET(self, request):
         try:
             account, folder = self._folder()
+        except StoreUnavailable as e:
+            return _unavailable(request, self.session, e)
         except (NoSuchFolder, StoreError):
             return _not_found(request, self.session)
         rest = [p.decode("utf-8", "replace") for p in request.postpath if p != b""]
@@ -172,6 +186,8 @@ class FolderPages(resource.Resource):
             return _forbidden(request)
         try:
             account, folder = self._folder()
+        except StoreUnavailable as e:
+            return _unavailable(request, self.session, e)
         except (NoSuchFolder, StoreError):
             return _not_found(request, self.session)
         rest = [p.decode("utf-8", "replace") for p in request.postpath if p != b""]

@@ -93,32 +93,34 @@ class WebRequest(server.Request):
 
     def processingFailed(self, reason):
         from twisted_mailhub.store.interfaces import is_out_of_space
+        from twisted_mailhub.store.outage import refused, unavailable
         from twisted_mailhub.web import errors
 
-        if is_out_of_space(reason.value):
+        if unavailable(reason.value):
+            # The store's database is down or restarting: a temporary
+            # error and one log line, as every protocol; no traceback.
+            refused("web", f"page {self.method.decode('ascii', 'replace')}", reason.value)
+            code, message = 503, "The mail store cannot be reached now; nothing was changed. Try again in a moment."
+            self.setHeader(b"retry-after", b"10")
+        elif is_out_of_space(reason.value):
             # A page that has to write (a folder opened the first time
             # writes its UID list) on a full disk: 507, one line, no
             # traceback, as every protocol answers it.
             log.warn("web: {method} {path}: insufficient system storage ({error})", method=self.method.decode("ascii", "replace"), path=self.path.decode("utf-8", "replace")[:200], error=reason.value)
-            if self.finished or self.startedWriting:
-                if not self.finished:
-                    self.loseConnection()
-                return None
-            body = errors.answer(self, 507)
-            self.setHeader(b"content-length", b"%d" % len(body))
-            self.write(body)
-            self.finish()
-            return None
-        log.failure("web: {method} {path} failed", reason, method=self.method.decode("ascii", "replace"), path=self.path.decode("utf-8", "replace")[:200])
+            code, message = 507, None
+        else:
+            log.failure("web: {method} {path} failed", reason, method=self.method.decode("ascii", "replace"), path=self.path.decode("utf-8", "replace")[:200])
+            code, message = 500, None
         if self.finished or self.startedWriting:
             if not self.finished:
                 self.loseConnection()
             return None
-        body = errors.answer(self, 500)
+        body = errors.answer(self, code, message)
         self.setHeader(b"content-length", b"%d" % len(body))
         self.write(body)
         self.finish()
-        return reason
+        # a temporary failure and a full disk are answered and logged: done
+        return reason if code == 500 else None
 
 
 def client_host(request: Any) -> str:
