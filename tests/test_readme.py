@@ -193,6 +193,15 @@ def test_the_sessions_typed_by_hand_in_the_readme_go_as_printed(start_hub):
         _replay("session-ehlo", s, _turns(blocks["session-ehlo"], bare))
     with connect("pop3") as s:
         _replay("session-pop3", s, _turns(blocks["session-pop3"], bare))
+    # "The whole session can also be piped in at once": printf ... | nc -N
+    piped = re.search(r"`printf '([^']*)' \| nc -N localhost 8025`", open(README, encoding="utf-8").read()).group(1)
+    with connect("smtp") as s:
+        s.sendall(piped.encode().decode("unicode_escape").encode())
+        s.shutdown(socket.SHUT_WR)
+        answered = b""
+        while chunk := s.recv(65536):
+            answered += chunk
+    assert re.search(rb"^250 2\.0\.0 Ok: queued as ", answered, re.M) and answered.rstrip().endswith(b"221 2.0.0 Bye"), answered
     # IMAP over imaps, "with one message delivered by SMTP"
     with smtplib.SMTP("127.0.0.1", hub.ports["smtp"]) as c:
         c.sendmail("student@example.org", ["alice@localhost"], b"Subject: lunch\r\n\r\nSee you at noon.\r\n")
@@ -230,7 +239,7 @@ def _admin_lines():
         if name:
             continue  # the classroom demo: its own test
         for line in commands(block):
-            if line.startswith(("mailhub-admin ", "python3 -m twisted_mailhub.", "psql ")) or line.startswith("echo ") and "| mailhub-admin" in line:
+            if line.startswith(("mailhub-admin ", "python3 -m twisted_mailhub.", "psql ", "curl -s http://127.0.0.1:8080/")) or line.startswith("echo ") and "| mailhub-admin" in line:
                 yield line
 
 
@@ -278,6 +287,7 @@ def test_every_admin_command_in_the_readme_runs_as_printed(start_hub, tmp_path, 
                 pytest.fail("psql is missing (apt-get install postgresql)")
             continue
         command = line.replace("/var/lib/mailhub", str(data)).replace("/srv/", f"{tmp_path}/srv/").replace(" remove ID", f" remove {queue_id}")
+        command = command.replace("127.0.0.1:8080", f"127.0.0.1:{hub.ports.get('web', 8080)}")  # the web listener's port in this test
         if "asks" in block_comment(line) or " passwd " in line:
             # typed at a terminal, twice, as the README says
             returncode, out = _in_a_terminal(command, "Tea-4-two\nTea-4-two\n", cwd=tmp_path, env=env)
@@ -285,6 +295,8 @@ def test_every_admin_command_in_the_readme_runs_as_printed(start_hub, tmp_path, 
             done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
             returncode, out = done.returncode, done.stdout + done.stderr
         assert returncode == 0 and "Traceback" not in out, f"README: {line}\n{out}"
+        if line.startswith("curl "):
+            assert out.strip(), f"README: {line} printed nothing"
         ran.append(line)
     assert len(ran) >= 15, ran
     assert "Traceback" not in hub.log
@@ -343,3 +355,26 @@ def _in_a_terminal(command: str, typed: str, **kw) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         process.kill()
         return -1, out.decode("utf-8", "replace")
+
+
+def test_every_option_is_in_the_readme_and_the_options_table_gives_the_hubs_defaults():
+    text = open(README, encoding="utf-8").read()
+    options = tap.Options()
+    defaults = {long: default for long, _short, default, *_ in options.optParameters}
+    names = set(defaults) | {long for long, *_ in options.optFlags}
+    listeners = {name for name, _tls in __import__("twisted_mailhub.testing", fromlist=["listener_names"]).listener_names()}
+    # --no-NAME of each listener is described once ("--no-NAME turns one off")
+    missing = sorted(n for n in names if f"--{n}" not in text and not (n.startswith("no-") and n[3:] in listeners) and n not in ("help-auth", "help-auth-type", "version"))
+    assert not missing, f"options the README does not mention: {missing}"
+    rows = re.findall(r"^\| `--([\w-]+)[^|]*\|[^|]*\| ([^|]*)\|$", text, re.M)
+    checked = 0
+    for name, shown in rows:
+        default = defaults.get(name)
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            number = re.match(r"`?([\d,.]+)", shown.strip())
+            assert number and float(number.group(1).replace(",", "")) == default, f"README: --{name}'s default is {shown.strip()!r}, the hub's {default}"
+            checked += 1
+        elif isinstance(default, str) and shown.strip().startswith("`"):
+            assert shown.strip().strip("`").removeprefix("./") == default, f"README: --{name}'s default is {shown.strip()!r}, the hub's {default!r}"
+            checked += 1
+    assert checked >= 30, checked

@@ -52,7 +52,7 @@ class IHubComponent(Interface):
     """
 
     name = Attribute("Short unique name of the component, e.g. 'smtp'.")
-    order = Attribute("Start order: an int, lower starts first (built-ins use 10-60; default 100).")
+    order = Attribute("Start order: an int, lower starts first (built-ins use 5-90; default 100).")
     listeners = Attribute("List of twisted_mailhub.hub.ListenerSpec: the --NAME EP / --no-NAME listeners.")
     option_parameters = Attribute("usage.Options optParameters rows for its other options.")
     option_flags = Attribute("usage.Options optFlags rows.")
