@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -525,6 +526,7 @@ def main() -> None:
         for h in hubs:
             h.stop()
         server.remove()
+        shutil.rmtree(folder, ignore_errors=True)  # the hubs' data folders
 
 
 if __name__ == "__main__":
