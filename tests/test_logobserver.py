@@ -370,3 +370,43 @@ def test_the_supervisor_writes_a_workers_lines_as_they_are_in_order_with_its_not
     )
     assert supervisor.out.getvalue() == expected
     assert b"ZeroDivisionError" in expected and b"\n\t" in expected
+
+
+def test_batched_lines_still_rotate_the_logfile_by_size(tmp_path):
+    from twisted.python.logfile import LogFile
+
+    logfile = LogFile.fromFullPath(str(tmp_path / "hub.log"), rotateLength=200)
+    reactor = FakeReactor()
+    observer = HubLogObserver(LineBuffer(logfile.write, logfile.flush, reactor), logfile=logfile)
+    for turn in range(3):
+        for n in range(4):
+            observer({"log_format": "turn {turn} line {n} " + "x" * 40, "turn": turn, "n": n, "log_time": None})
+        reactor.advance(0)
+    # a turn's lines stay together, in one file; the next turn's go to a new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub.log", "hub.log.1", "hub.log.2"]
+    assert [line.split()[3] for line in (tmp_path / "hub.log.2").read_text().splitlines()] == ["0"] * 4
+    assert [line.split()[3] for line in (tmp_path / "hub.log").read_text().splitlines()] == ["2"] * 4
+
+
+def test_a_daemon_logs_to_twistd_log_through_its_start_and_stop(tmp_path):
+    pidfile = tmp_path / "hub.pid"
+    args = []
+    for name in listener_names():
+        args += [f"--{name}", "tcp:0:interface=127.0.0.1"]
+    command = [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()", f"--pidfile={pidfile}",
+        "mailhub", "--data", str(tmp_path / "d"), "--user", "alice:secret", *args,
+    ]
+    started = subprocess.run(command, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, cwd=tmp_path, timeout=60)
+    assert started.returncode == 0, started.stdout + started.stderr
+    path = tmp_path / "twistd.log"  # twistd's default, in the directory it started in
+    try:
+        ports = json.loads(_wait_for(path, r"mailhub ready (\{.*\})").group(1))
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as client:
+            client.sendmail("judy@example.org", ["alice@localhost"], b"Subject: daemon\r\n\r\nhello\r\n")
+        _wait_for(path, r"\[twisted_mailhub\.smtp\.delivery#info\] delivered \w+ from=<judy@example.org>")
+    finally:
+        pid = int(pidfile.read_text())
+        os.kill(pid, signal.SIGTERM)
+    _wait_for(path, r"Server Shut Down\.\n$")
+    assert "Traceback" not in path.read_text()

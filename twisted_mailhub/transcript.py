@@ -39,13 +39,15 @@ from collections import OrderedDict, deque
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
-from twisted.logger import Logger
 from twisted.protocols import policies
 
 from twisted_mailhub.lines import send_now
+from twisted_mailhub.logobserver import QuickLogger
 from zope.interface import implementer
 
-log = Logger(namespace="mailhub.transcript")
+# --transcript logs a line per command and reply: the Logger without its
+# per-call level scan (logobserver.QuickLogger).
+log = QuickLogger(namespace="mailhub.transcript")
 
 _ids = itertools.count(1)
 
