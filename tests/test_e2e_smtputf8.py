@@ -102,3 +102,40 @@ def test_pop3_utf8_client_gets_the_message_as_sent_and_a_legacy_client_no_raw_8b
     assert all(line.isascii() for line in header), header
     assert any(line.startswith(b"Subject: =?utf-8?b?") for line in header)
     legacy.quit()
+
+
+def _retr_octets(p, n: int) -> tuple[int, int]:
+    """(the size RETR's +OK names, the octets that followed it), RFC 1939 §11: CRLF ends, no dot-stuffing."""
+    reply, lines, _ = p.retr(n)
+    announced = int(reply.split()[1])
+    sent = sum(len(line[1:] if line.startswith(b"..") else line) + 2 for line in lines)
+    return announced, sent
+
+
+def test_pop3_stat_and_list_count_what_each_kind_of_session_is_sent(hub):
+    """RFC 1939 §11 with RFC 6856 §3: a session without UTF8 is sent a downgraded header, longer than the one
+    stored; its greeting, STAT and LIST count those octets (they counted the stored ones), a UTF8 session's the stored."""
+    import poplib
+
+    s = smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=20)
+    s.ehlo("client.example")
+    assert s.sendmail("grüße@exämple.test", ["jöran@localhost"], MESSAGE, mail_options=["SMTPUTF8"]) == {}
+    assert s.sendmail("alice@localhost", ["jöran@localhost"], b"Subject: plain\r\n\r\nascii\r\n", mail_options=["SMTPUTF8"]) == {}
+    s.quit()
+    for utf8 in (False, True):
+        p = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=20)
+        if utf8:
+            assert p.utf8().startswith(b"+OK")
+        p.user("jöran")
+        greeting = p.pass_("geheim")
+        sizes = [int(line.split()[1]) for line in p.list()[1]]
+        count, octets = p.stat()
+        for n, listed in enumerate(sizes, 1):
+            announced, sent = _retr_octets(p, n)
+            assert listed == announced == sent, (utf8, n, listed, announced, sent)
+        assert count == 2 and octets == sum(sizes)
+        assert b"(%d octets)" % octets in greeting
+        p.quit()
+        if not utf8:
+            legacy_first = sizes[0]
+    assert legacy_first > sizes[0]  # the downgraded header is longer than the UTF-8 one as stored

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import enum
 import hashlib
 import io
@@ -172,6 +173,32 @@ class Maildrop:
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
         self.count = len(self.uids)
+        self.octets = sum(self.sizes)
+
+    def count_as_downgraded(self) -> None:
+        """
+        For a session that did not send UTF8 (RFC 6856 §3): each message
+        whose header the downgrade changes counts as the octets that
+        session is sent (RFC 1939 §11: STAT, LIST and the greeting agree
+        with RETR), not as stored. The Maildir store keeps that size in
+        the message's name (C{,D=}, L{twisted_mailhub.imap.utf8.shown_sizes},
+        cached per folder), so this reads no message; the usual folder
+        has none and this costs one look-up. Stores without names
+        (memory, PostgreSQL) count the stored size, as their IMAP
+        RFC822.SIZE does.
+        """
+        if not getattr(self.folder, "shown_sizes_in_names", False):
+            return
+        from twisted_mailhub.imap.utf8 import shown_sizes
+
+        shown = shown_sizes(self.folder)
+        if not shown:
+            return
+        uids = self.uids
+        for uid, size in shown.items():
+            i = bisect.bisect_left(uids, uid)
+            if i < len(uids) and uids[i] == uid:
+                self.sizes[i] = size
         self.octets = sum(self.sizes)
 
     def __len__(self) -> int:
@@ -366,46 +393,20 @@ def stuff(data: bytes, at_line_start: bool = True) -> bytes:
     return data
 
 
-def _encoded_words(text: str) -> str:
-    """C{text} as RFC 2047 B encoded-words of UTF-8, each at most 75 characters, folded."""
-    words, chunk = [], ""
-    for ch in text:
-        if len((chunk + ch).encode("utf-8")) > 45:  # 45 octets -> 60 base64 characters
-            words.append(chunk)
-            chunk = ""
-        chunk += ch
-    if chunk:
-        words.append(chunk)
-    return "\r\n ".join("=?utf-8?b?" + base64.b64encode(w.encode("utf-8")).decode("ascii") + "?=" for w in words)
-
-
 def downgrade(message: bytes) -> bytes:
     """
-    C{message} for a session that did not send UTF8 (RFC 6856 §3): header
-    fields holding raw UTF-8 (RFC 6532) are sent as RFC 2047 encoded-words,
-    so such a client never sees raw 8-bit in a header; the body is left
-    alone (8-bit bodies were always allowed). A header that is all ASCII is
-    returned as it is (the common case costs one scan).
+    C{message} for a session that did not send UTF8 (RFC 6856 §3): the
+    same downgraded view (RFC 6857) an IMAP session without UTF8=ACCEPT
+    gets (L{twisted_mailhub.imap.utf8.downgrade}: every header holding raw
+    UTF-8, the message's and its MIME parts', in ASCII; bodies as they
+    are), so both protocols show and count one form. ASCII mail is
+    returned as it is after one scan.
     """
-    m = _HEADER_END.search(message)
-    end = m.start() if m is not None else len(message)
-    if end and message[end - 1 : end] == b"\r":
-        end -= 1
-    header = message[:end]
-    if header.isascii():
+    if message.isascii():
         return message
-    out = []
-    for field in re.split(rb"\r?\n(?![ \t])", header):
-        if field.isascii():
-            out.append(field)
-            continue
-        name, colon, value = field.partition(b":")
-        if not colon or not name.isascii():
-            out.append(b"X-Downgraded: " + _encoded_words(field.decode("utf-8", "replace")).encode("ascii"))
-            continue
-        text = " ".join(value.decode("utf-8", "replace").split())
-        out.append(name + b": " + _encoded_words(text).encode("ascii"))
-    return b"\r\n".join(out) + message[end:]
+    from twisted_mailhub.imap.utf8 import downgrade as rfc6857  # 8-bit mail only
+
+    return rfc6857(message)
 
 
 def terminator(last: bytes) -> bytes:
@@ -960,6 +961,8 @@ class MailhubPOP3(_pop3.POP3):
                 # The client left while the login was in flight.
                 logout()
                 return
+            if not self.utf8:
+                drop.count_as_downgraded()
             self.mbox = drop
             self._onLogout = logout
             self.state = State.TRANSACTION
