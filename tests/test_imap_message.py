@@ -72,6 +72,27 @@ def test_bodystructure_of_nested_multipart():
     assert b"BOUNDARY" not in non_extended
 
 
+@pytest.mark.parametrize("kind", ["message/rfc822", "multipart"])
+def test_parts_nested_thousands_deep_give_a_bodystructure_not_a_recursion_error(kind):
+    # 3,000 nested message/rfc822 parts raised RecursionError while the
+    # FETCH response was written: the connection dropped with no reply.
+    body = b"Subject: leaf\r\n\r\nleaf\r\n"
+    for i in range(3000):
+        if kind == "multipart":
+            b = b"b%d" % i
+            body = b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\n--" + b + b"\r\n" + body + b"\r\n--" + b + b"--\r\n"
+        else:
+            body = b"Content-Type: message/rfc822\r\n\r\n" + body
+    part = Part(b"Subject: deep\r\n" + body)
+    structure = part.bodystructure(True)
+    assert structure.count(b'"APPLICATION" "OCTET-STREAM"') == 1  # what is past 100 levels is one opaque part
+    assert part.envelope().startswith(b"(")
+    deepest = part
+    for _ in range(100):
+        deepest = deepest.message or deepest.children[0]
+    assert (deepest.maintype, deepest.subtype) == ("application", "octet-stream")
+
+
 def test_envelope_addresses_and_missing_fields():
     env = Part(NESTED).envelope()
     assert env.startswith(b'(NIL "report" (("Carol Q." NIL "carol" "example.org")) ')

@@ -741,9 +741,13 @@ class Mailhub:
 def parse_message(raw: bytes) -> email.message.EmailMessage:
     """
     C{raw} (CRLF line ends, as stored) parsed with C{email.policy.default},
-    its lines ending in LF as Python text does.
+    its lines ending in LF as Python text does. Parts nested deeper than
+    the hub takes apart (100 levels) stay one opaque body, as the webmail
+    shows them: the standard library's recursion would raise otherwise.
     """
-    return email.message_from_bytes(raw.replace(b"\r\n", b"\n"), policy=email.policy.default)
+    from twisted_mailhub.web.message import parse
+
+    return parse(raw.replace(b"\r\n", b"\n"), email.policy.default)
 
 
 def _matches(m: HubMessage, to: str | None, subject: str | re.Pattern | None) -> bool:

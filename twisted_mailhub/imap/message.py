@@ -64,6 +64,11 @@ def header_text(value: str | None) -> str | None:
     return _FOLD.sub("", str(value)).strip()
 
 
+# How deep multiparts and encapsulated messages are taken apart (Dovecot's
+# limit too); a part deeper than that is one opaque body.
+MAX_NESTING = 100
+
+
 class Part:
     """
     One MIME entity of a message, cut from its raw bytes.
@@ -74,8 +79,9 @@ class Part:
     @ivar message: for message/rfc822 and message/global, the encapsulated message.
     """
 
-    def __init__(self, raw: bytes, default_type: str = "text/plain"):
+    def __init__(self, raw: bytes, default_type: str = "text/plain", depth: int = 0):
         self.raw = raw
+        self.depth = depth
         self.header, self.body = split_header(raw)
         self.fields = _header_parser.parsebytes(self.header)
         ctype, self.type_params = parse_parameters(self.get("content-type") or "")
@@ -84,6 +90,12 @@ class Part:
             # Missing or malformed: the default of RFC 2045 §5.2 (or
             # message/rfc822 inside a multipart/digest, RFC 2046 §5.1.5).
             maintype, _, subtype = default_type.partition("/")
+        if depth >= MAX_NESTING and (maintype == "multipart" or maintype == "message"):
+            # As Dovecot's parser does at its limit (100): what is nested
+            # deeper is one opaque part. 3,000 nested message/rfc822 parts
+            # raised RecursionError: the connection dropped with no reply.
+            maintype, subtype = "application", "octet-stream"
+            self.type_params = []
         self.maintype, self.subtype = maintype, subtype
         self._children: list[Part] | None = None
         self._message: Part | None | bool = False  # False: not looked at yet
@@ -100,7 +112,7 @@ class Part:
                 boundary = parameter_value(self.type_params, "boundary")
                 child_default = "message/rfc822" if self.subtype == "digest" else "text/plain"
                 if boundary:
-                    children = [Part(p, child_default) for p in _split_multipart(self.body, boundary.encode("utf-8", "surrogateescape"))]
+                    children = [Part(p, child_default, self.depth + 1) for p in _split_multipart(self.body, boundary.encode("utf-8", "surrogateescape"))]
             self._children = children
         return self._children
 
@@ -110,7 +122,7 @@ class Part:
         if self._message is False:
             # message/global (RFC 6532 §3.7) is built like message/rfc822
             # (RFC 9051 §7.5.2: both show envelope, structure and lines).
-            self._message = Part(self.body) if self.maintype == "message" and self.subtype in ("rfc822", "global") else None
+            self._message = Part(self.body, depth=self.depth + 1) if self.maintype == "message" and self.subtype in ("rfc822", "global") else None
         return self._message
 
     # -- sections (RFC 3501 §6.4.5) ---------------------------------------

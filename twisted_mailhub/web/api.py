@@ -34,7 +34,7 @@ import json
 import re
 import secrets
 import time
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesHeaderParser
 from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
@@ -225,6 +225,13 @@ def _part_text(part: Any) -> str | None:
         return _payload(part).decode("utf-8", "replace")
 
 
+def _parse(raw: bytes) -> Any:
+    """C{raw} parsed with the default policy, nested parts bounded as the web's (L{msgparse.parse})."""
+    from twisted_mailhub.web import message as msgparse
+
+    return msgparse.parse(raw.replace(b"\r\n", b"\n"), email.policy.default)
+
+
 def _parsed(info: Any, raw: bytes, folder: str, link: str) -> defer.Deferred:
     """
     L{message_json} in a thread: the standard library's parser takes
@@ -241,7 +248,7 @@ def message_json(info: Any, raw: bytes, folder: str, link: str) -> dict[str, Any
     bodies, and its attachments with C{link + "/parts/N"} download links
     (N counts the leaf parts from 1, in order).
     """
-    message = BytesParser(policy=email.policy.default).parsebytes(raw.replace(b"\r\n", b"\n"))
+    message = _parse(raw)
     text_part = html_part = None
     try:
         text_part = message.get_body(preferencelist=("plain",))
@@ -625,7 +632,7 @@ class ApiResource(resource.Resource):
         if not part.isdigit() or len(part) > 6 or int(part) < 1:
             raise ApiError(400, "bad_part", "a part is a number from 1 (see the message's attachments)")
         raw = self._read(box, n)
-        message = await threads.deferToThread(lambda: BytesParser(policy=email.policy.default).parsebytes(raw.replace(b"\r\n", b"\n")))
+        message = await threads.deferToThread(_parse, raw)
         leaves = _leaves(message)
         if int(part) > len(leaves):
             raise ApiError(404, "no_such_part", "no such part")

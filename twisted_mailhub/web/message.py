@@ -19,6 +19,8 @@ from typing import Any
 
 import attr
 
+from twisted_mailhub.imap.message import MAX_NESTING
+
 HEADER_PEEK = 16384  # octets read for a list row: the header, normally
 
 
@@ -53,9 +55,44 @@ def summary(head: bytes) -> Summary:
     return Summary(decoded(msg.get("From")), decoded(msg.get("Subject")) or "(no subject)", decoded(msg.get("Date")), attachment)
 
 
-def parse(raw: bytes) -> Any:
-    """The message's structure (an L{email.message.Message}, compat32 policy: nothing rewritten)."""
-    return email.message_from_bytes(raw, policy=email.policy.compat32)
+def parse(raw: bytes, policy: Any = email.policy.compat32) -> Any:
+    """
+    The message's structure (an L{email.message.Message}; compat32 policy
+    by default: nothing rewritten). A message whose parts nest deeper than
+    IMAP takes apart (L{MAX_NESTING}, as Dovecot) comes back as its header
+    over one opaque body: the standard library walks parts recursively,
+    and 3,000 nested message/rfc822 parts were a RecursionError, a 500
+    page and a traceback for a message anyone can send.
+    """
+    try:
+        msg = email.message_from_bytes(raw, policy=policy)
+        if _nesting_within(msg, MAX_NESTING):
+            return msg
+    except RecursionError:  # the parser itself, deep enough in a busy stack
+        pass
+    for blank in (b"\r\n\r\n", b"\n\n"):
+        end = raw.find(blank)
+        if end >= 0:
+            head, body = raw[: end + len(blank)], raw[end + len(blank) :]
+            break
+    else:
+        head, body = raw, b""
+    shallow = email.message_from_bytes(head, policy=policy)
+    shallow.set_payload(body.decode("ascii", "surrogateescape"))
+    return shallow
+
+
+def _nesting_within(msg: Any, limit: int) -> bool:
+    """Whether no part of C{msg} is nested more than C{limit} deep (looked at without recursion)."""
+    stack = [(msg, 0)]
+    while stack:
+        part, depth = stack.pop()
+        if depth > limit:
+            return False
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack.extend((p, depth + 1) for p in payload if hasattr(p, "get_payload"))
+    return True
 
 
 def parts(msg: Any) -> list[Any]:
