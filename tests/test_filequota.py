@@ -102,3 +102,26 @@ def test_interrupted_uploads_kept_for_a_resume_count_against_the_quota(start_hub
     f.voidcmd("TYPE I")
     assert f.size("part0.bin") == 60_000
     f.quit()
+
+
+def test_an_interrupted_upload_not_resumed_within_36_hours_is_removed_at_start(start_hub, tmp_path):
+    # Hidden .NAME.mailhub-part files of uploads no one resumed (the
+    # client gave up, the hub was killed) stayed for ever, unseen.
+    import time
+
+    data = tmp_path / "data"
+    folder = data / "ftp" / "localhost" / "alice" / "sub"
+    folder.mkdir(parents=True)
+    old = folder / ".old.bin.mailhub-part"
+    old.write_bytes(b"o" * 1000)
+    two_days = time.time() - 48 * 3600
+    os.utime(old, (two_days, two_days))
+    fresh = folder / ".fresh.bin.mailhub-part"
+    fresh.write_bytes(b"f" * 1000)
+    hub = start_hub(data=str(data))
+    hub.wait_for_log(r"ftp: removed 1 interrupted upload\(s\) not resumed within 36 h")
+    assert sorted(os.listdir(folder)) == [".fresh.bin.mailhub-part"]
+    f = ftp_login(hub)
+    f.voidcmd("TYPE I")
+    assert f.size("sub/fresh.bin") == 1000  # still there for a resume
+    f.quit()

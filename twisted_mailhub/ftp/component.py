@@ -103,6 +103,9 @@ def install(hub) -> None:
     from twisted_mailhub.filequota import register_files, with_quota
 
     register_files(hub, filesystem)
+    start_cleaning = getattr(filesystem, "start_cleaning", None)
+    if start_cleaning is not None and hasattr(hub.reactor, "callWhenRunning"):  # not a test's task.Clock
+        start_cleaning(hub.reactor)  # interrupted uploads not resumed: at start, then hourly
 
     def shell(account, mind):
         if account is None and not anonymous:

@@ -185,6 +185,36 @@ def is_partial_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
 
 
+PARTIAL_MAX_AGE = 36 * 3600  # seconds an interrupted upload is kept for a resume (Maildir tmp/'s limit)
+
+
+def clean_partials(root: str, now: float | None = None, max_age: float = PARTIAL_MAX_AGE) -> int:
+    """
+    Remove the hidden partial uploads (C{.NAME.mailhub-part}) under C{root}
+    not written to for C{max_age} seconds: an interrupted upload no one
+    resumed (the client gave up, the hub was killed) would otherwise stay,
+    unseen in every listing, for ever. Returns how many were removed.
+    Symbolic links are not followed.
+    """
+    import time
+
+    now = time.time() if now is None else now
+    removed = 0
+    for folder, _dirs, names in os.walk(root):
+        for name in names:
+            if not is_partial_name(name):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+                if statmod.S_ISREG(st.st_mode) and now - st.st_mtime > max_age:
+                    os.unlink(path)
+                    removed += 1
+            except OSError:
+                continue
+    return removed
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -622,6 +652,27 @@ class DiskFileSystem:
 
     def __init__(self, root: str):
         self.root = root
+        self._cleaning: Any = None
+
+    def start_cleaning(self, reactor: Any, interval: float = 3600) -> None:
+        """
+        L{clean_partials} once the reactor runs, then every C{interval}
+        seconds, in a worker thread; one log line when it removed any.
+        """
+        from twisted.internet import task
+
+        def report(removed):
+            if removed:
+                log.info("ftp: removed {n} interrupted upload(s) not resumed within 36 h (hidden .NAME.mailhub-part files)", n=removed)
+
+        def run():
+            d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), clean_partials, self.root)
+            d.addCallbacks(report, lambda f: log.warn("ftp: cleaning interrupted uploads failed: {error}", error=f.value))
+            return None
+
+        self._cleaning = task.LoopingCall(run)
+        self._cleaning.clock = reactor
+        reactor.callWhenRunning(self._cleaning.start, interval, now=True)
 
     def home(self, account) -> str:
         return os.path.join(self.root, account.domain.lower(), account.localpart)
