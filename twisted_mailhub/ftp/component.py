@@ -103,9 +103,15 @@ def install(hub) -> None:
     from twisted_mailhub.filequota import register_files, with_quota
 
     register_files(hub, filesystem)
-    start_cleaning = getattr(filesystem, "start_cleaning", None)
-    if start_cleaning is not None and hasattr(hub.reactor, "callWhenRunning"):  # not a test's task.Clock
-        start_cleaning(hub.reactor)  # interrupted uploads not resumed: at start, then hourly
+    clean_now = getattr(filesystem, "clean_now", None)
+    if clean_now is not None:
+        # Interrupted uploads not resumed: at start, then hourly, while the
+        # hub's services run (stopped with them: nothing left pending).
+        from twisted.application.internet import TimerService
+
+        cleaning = TimerService(3600, clean_now, hub.reactor)
+        cleaning.clock = hub.reactor
+        hub.add_service(cleaning)
 
     def shell(account, mind):
         if account is None and not anonymous:

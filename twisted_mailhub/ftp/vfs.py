@@ -652,27 +652,20 @@ class DiskFileSystem:
 
     def __init__(self, root: str):
         self.root = root
-        self._cleaning: Any = None
 
-    def start_cleaning(self, reactor: Any, interval: float = 3600) -> None:
+    def clean_now(self, reactor: Any) -> defer.Deferred:
         """
-        L{clean_partials} once the reactor runs, then every C{interval}
-        seconds, in a worker thread; one log line when it removed any.
+        L{clean_partials} in a worker thread; one log line when it removed
+        any. The FTP component runs it at start and hourly (a
+        C{TimerService} of the hub, stopped with it).
         """
-        from twisted.internet import task
 
         def report(removed):
             if removed:
                 log.info("ftp: removed {n} interrupted upload(s) not resumed within 36 h (hidden .NAME.mailhub-part files)", n=removed)
 
-        def run():
-            d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), clean_partials, self.root)
-            d.addCallbacks(report, lambda f: log.warn("ftp: cleaning interrupted uploads failed: {error}", error=f.value))
-            return None
-
-        self._cleaning = task.LoopingCall(run)
-        self._cleaning.clock = reactor
-        reactor.callWhenRunning(self._cleaning.start, interval, now=True)
+        d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), clean_partials, self.root)
+        return d.addCallbacks(report, lambda f: log.warn("ftp: cleaning interrupted uploads failed: {error}", error=f.value))
 
     def home(self, account) -> str:
         return os.path.join(self.root, account.domain.lower(), account.localpart)
