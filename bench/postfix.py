@@ -198,9 +198,44 @@ class Postfix:
             time.sleep(0.02)
         return time.monotonic() - start
 
+    def _master_pid(self) -> int | None:
+        """The master daemon's PID from its PID file (it starts its own session, so it is not our child's group)."""
+        try:
+            with open(os.path.join(self.home, "queue", "pid", "master.pid")) as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def stop(self) -> None:
+        """
+        Stop this instance and every process of it, then remove its folder.
+        C{postfix start-fg} runs the master daemon in a session of its own,
+        so the master is stopped by the PID in its PID file (SIGTERM: it
+        stops its children; SIGKILL after 15 s), and the process we started
+        is waited for; a run never leaves a Postfix behind (they used to
+        stay, loading later runs).
+        """
+        master = self._master_pid()
+        if master is not None:
+            try:
+                os.kill(master, signal.SIGTERM)  # master stops its children
+            except ProcessLookupError:
+                master = None
+        end = time.monotonic() + 15
+        while master is not None and time.monotonic() < end:
+            try:
+                os.kill(master, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            if master is not None:
+                try:
+                    os.killpg(os.getpgid(master), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # master stops its children
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
