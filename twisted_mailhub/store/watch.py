@@ -157,7 +157,22 @@ def _watcher(reactor: Any) -> _Watcher | None:
     return watcher
 
 
-class ChangeSignal:
+class _Signal:
+    """What both change signals share: C{callback()} called while running, a failure logged, never raised."""
+
+    running: bool
+    callback: Callable[[], None]
+
+    def _call_back(self) -> None:
+        if not self.running:
+            return
+        try:
+            self.callback()
+        except Exception:
+            log.failure("a change signal's callback failed")
+
+
+class ChangeSignal(_Signal):
     """
     Calls C{callback()} soon after a directory of C{paths} changes (see the
     module's rules); C{polling} says whether it fell back to looking every
@@ -203,12 +218,7 @@ class ChangeSignal:
 
     def _fire(self) -> None:
         self._call = None
-        if not self.running:
-            return
-        try:
-            self.callback()
-        except Exception:
-            log.failure("a change signal's callback failed")
+        self._call_back()
 
     def stop(self) -> None:
         """No more calls."""
@@ -226,7 +236,7 @@ class ChangeSignal:
                 self._watcher.remove(path, self)
 
 
-class StoreSignal:
+class StoreSignal(_Signal):
     """
     Calls C{callback()} when C{source} (a folder or account of a store
     with no directories: PostgreSQL, memory) says it changed in a way its
@@ -242,12 +252,7 @@ class StoreSignal:
         source.watch_changes(self._fire)
 
     def _fire(self) -> None:
-        if not self.running:
-            return
-        try:
-            self.callback()
-        except Exception:
-            log.failure("a change signal's callback failed")
+        self._call_back()
 
     def stop(self) -> None:
         """No more calls."""
