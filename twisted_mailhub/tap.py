@@ -352,6 +352,16 @@ def makeService(options):
     if hasattr(store, "hostname"):
         store.hostname = hostname
     hub = Hub(reactor, options, accounts, store, data_dir, hostname, extra_checkers)
+    clean_tmp = getattr(store, "clean_tmp", None)
+    if clean_tmp is not None:
+        # Maildir tmp/ leftovers: at start, then hourly, while the hub's
+        # services run (stopped with them, as the FTP file system's
+        # interrupted uploads are: ftp/component.py).
+        from twisted.application.internet import TimerService
+
+        cleaning = TimerService(3600, clean_tmp)
+        cleaning.clock = reactor
+        hub.add_service(cleaning)
     from twisted_mailhub.cluster.throttle import shared_throttle
 
     # store or accounts in PostgreSQL: the throttle counts for every hub

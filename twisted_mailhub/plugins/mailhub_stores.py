@@ -20,9 +20,9 @@ class _Maildir:
         from twisted_mailhub.store.durable import GroupCommitWriter
         from twisted_mailhub.store.maildir import MaildirStore
 
-        store = MaildirStore(os.path.join(data_dir, "mail"), GroupCommitWriter(reactor))
-        store.start_cleaning()  # tmp/ leftovers: at start, then hourly
-        return store
+        # Its tmp/ leftovers are cleaned by the hub (store.clean_tmp: at
+        # start, then hourly; tap.py), as the FTP file system's.
+        return MaildirStore(os.path.join(data_dir, "mail"), GroupCommitWriter(reactor))
 
 
 @implementer(IPlugin, IMailStoreFactory)

@@ -2262,7 +2262,9 @@ class MaildirStore:
     def clean_tmp(self) -> defer.Deferred:
         """
         L{clean_tmp} of every Maildir, in a worker thread; logs one line
-        when it removed anything. Fires with (dead-process files, old files).
+        when it removed anything. Fires with (dead-process files, old files),
+        or with L{None} after logging why it failed (the hub runs it at start
+        and hourly, tap.py: a failure must not end the later runs).
         """
         reactor = self.writer.reactor
 
@@ -2278,17 +2280,4 @@ class MaildirStore:
             return counts
 
         d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), clean_tmp, self.root, self.hostname)
-        return d.addCallback(report)
-
-    def start_cleaning(self, interval: float = 3600) -> None:
-        """Clean C{tmp/} once the reactor runs, then every C{interval} seconds."""
-        from twisted.internet import task
-
-        def run():
-            d = self.clean_tmp()
-            d.addErrback(lambda f: log.warn("maildir tmp/ cleaning failed: {error}", error=f.value))
-            return None
-
-        self._cleaning = task.LoopingCall(run)
-        self._cleaning.clock = self.writer.reactor
-        self.writer.reactor.callWhenRunning(self._cleaning.start, interval, now=True)
+        return d.addCallbacks(report, lambda f: log.warn("maildir tmp/ cleaning failed: {error}", error=f.value))
