@@ -57,7 +57,7 @@ from twisted.mail import imap4
 from twisted_mailhub.imap.arguments import Atom, String, arg_everything
 from twisted_mailhub.imap.condstore import uid_set_text
 from twisted_mailhub.imap.urls import BadURL, read_url
-from twisted_mailhub.imap.wire import client_text, parse_internal_date, shown
+from twisted_mailhub.imap.wire import client_flags, client_text, parse_internal_date, shown
 from twisted_mailhub.store.interfaces import StoreUnavailable, is_out_of_space
 from twisted_mailhub.store.maildir import crlf
 
@@ -91,8 +91,7 @@ def parse_append(tree: list, utf8_enabled: bool) -> tuple[bytes, list[AppendMess
             for flag in tree[i]:
                 if not isinstance(flag, Atom):
                     raise imap4.IllegalClientResponse("APPEND's flags are atoms, e.g. (\\Seen $Forwarded)")
-                if flag.lower() != b"\\recent":
-                    message.flags.append(flag.decode("utf-8", "replace"))
+            message.flags = client_flags([bytes(flag) for flag in tree[i]], "APPEND")
             i += 1
         if i < len(tree) and isinstance(tree[i], String) and not tree[i].literal:
             message.date = parse_internal_date(bytes(tree[i]))

@@ -39,7 +39,7 @@ from twisted_mailhub.imap.condstore import has_modseqs, modseq_value, split_modi
 from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.utf8 import shown_sizes
 from twisted_mailhub.imap.view import SelectedFolder
-from twisted_mailhub.imap.wire import client_text, flags_text, shown, internal_date_text
+from twisted_mailhub.imap.wire import client_flags, client_text, flags_text, shown, internal_date_text
 from twisted_mailhub.store.interfaces import SEEN, NoSuchMessage, StoreError, StoreUnavailable
 
 log = Logger()
@@ -705,7 +705,6 @@ class FetchCommands:
         except imap4.IllegalClientResponse as e:
             self.sendBadResponse(tag, client_text(str(e)))
             return
-        names = [f.decode("utf-8", "replace") for f in flags if f.lower() != b"\\recent"]
         seq_of = dict((u, s) for s, u in targets)
         uids = [u for _, u in targets]
         modified: list[int] = []
@@ -720,7 +719,7 @@ class FetchCommands:
                     continue
             uids = kept
         before = {u: view.folder.modseq(u) for u in uids} if silent and self.condstore and has_modseqs(view.folder) else {}
-        result = view.folder.set_flags(uids, names, how, origin=self)
+        result = view.folder.set_flags(uids, flags, how, origin=self)
         lines = []
         if any([view.note_keywords(f) for f in result.values()]):
             lines.extend(view.flag_lines())
@@ -739,7 +738,7 @@ class FetchCommands:
         self.sendPositiveResponse(tag, b"STORE completed")
 
     def _store_arguments(self, line: bytes) -> tuple[int | None, bytes, list]:
-        """STORE's [(UNCHANGEDSINCE n)] mode flag-list (RFC 3501 §6.4.6, RFC 7162 §3.1.3)."""
+        """STORE's [(UNCHANGEDSINCE n)] mode flag-list (RFC 3501 §6.4.6, RFC 7162 §3.1.3); the flags checked by L{client_flags}."""
         line = line.strip()
         unchanged_since = None
         if line.startswith(b"("):
@@ -757,6 +756,6 @@ class FetchCommands:
         flags, extra = imap4.IMAP4Server.arg_flaglist(self, rest.strip())
         if extra.strip():
             raise imap4.IllegalClientResponse("STORE: unexpected text after the flag list")
-        return unchanged_since, mode, flags
+        return unchanged_since, mode, client_flags(flags, "STORE")
 
     select_STORE = (do_STORE, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_line)

@@ -40,6 +40,7 @@ from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, 
 
 HEADER_READ = 16384
 _MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_abbr) if m}
+_DATE = re.compile(rb'"?(\d{1,2})-([A-Za-z]{3})-(\d{4})"?\Z')
 _FOLD = re.compile(rb"\r?\n[ \t]+")
 _FIELD: dict[str, re.Pattern[bytes]] = {}
 
@@ -49,12 +50,20 @@ class BadSearch(IllegalClientResponse):
 
 
 def parse_date(value: bytes) -> tuple[int, int, int]:
-    """An IMAP date, C{1-Feb-1994}, as (year, month, day)."""
-    try:
-        day, month, year = value.decode("ascii").strip('"').split("-")
-        return int(year), _MONTHS[month.lower()], int(day)
-    except (ValueError, KeyError, UnicodeDecodeError):
-        raise BadSearch("bad date " + shown(value, 30) + ": expected e.g. 1-Feb-1994") from None
+    """
+    An IMAP date (RFC 3501 §9 C{date}), C{1-Feb-1994}, optionally quoted,
+    as (year, month, day).
+
+    @raise BadSearch: the form is wrong or the day is not one of the
+        calendar (C{31-Feb-2026}, C{29-Feb-2025}).
+    """
+    m = _DATE.match(value)
+    if m is None or m.group(2).decode("ascii").lower() not in _MONTHS:
+        raise BadSearch("bad date " + shown(value, 30) + ": expected e.g. 1-Feb-1994")
+    day, month, year = int(m.group(1)), _MONTHS[m.group(2).decode("ascii").lower()], int(m.group(3))
+    if not 1 <= year <= 9999 or not 1 <= day <= calendar.monthrange(year, month)[1]:
+        raise BadSearch("bad date " + shown(value, 30) + ": not a day of the calendar")
+    return year, month, day
 
 
 def _day(timestamp: float) -> tuple[int, int, int]:

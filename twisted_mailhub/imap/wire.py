@@ -21,7 +21,7 @@ from twisted.mail import imap4
 
 from twisted_mailhub.imap.message import quote
 from twisted_mailhub.store.base import DELIMITER
-from twisted_mailhub.store.interfaces import INBOX, BadFolderName
+from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, BadFolderName
 
 _QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\.)*)"')
 _UNESCAPE = re.compile(rb"\\(.)")
@@ -43,14 +43,76 @@ def internal_date_text(timestamp: float) -> bytes:
 
 
 def parse_internal_date(text: bytes) -> float:
-    """An APPEND date-time, C{"17-Jul-1996 02:44:25 -0700"}, in seconds."""
+    """
+    An APPEND date-time (RFC 3501 §9 / RFC 9051 §9 C{date-time}),
+    C{"17-Jul-1996 02:44:25 -0700"}, in seconds since the epoch (UTC).
+
+    The date must be a real day (no C{31-Feb}, no C{29-Feb} of a common
+    year), the time a real time of day (hours 00-23, minutes 00-59, seconds
+    00-60, 60 being a leap second) and the zone at most C{+2359}/C{-2359}.
+
+    @raise imap4.IllegalClientResponse: with a text fit for a tagged C{BAD}
+        that says which part is wrong.
+    """
     m = re.match(rb'\s*(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\s*\Z', text)
     if not m or m.group(2).decode().lower() not in _MONTH_NUMBERS:
         raise imap4.IllegalClientResponse('bad date-time: expected e.g. "17-Jul-1996 02:44:25 -0700"')
     day, month, year = int(m.group(1)), _MONTH_NUMBERS[m.group(2).decode().lower()], int(m.group(3))
+    check_day(year, month, day, m.group(0).strip().split(b" ")[0])
     hh, mm, ss = int(m.group(4)), int(m.group(5)), int(m.group(6))
-    offset = (int(m.group(8)) * 60 + int(m.group(9))) * 60 * (1 if m.group(7) == b"+" else -1)
+    if hh > 23 or mm > 59 or ss > 60:
+        raise imap4.IllegalClientResponse(
+            "bad date-time: %s is not a time of day (00:00:00 to 23:59:59)" % shown(b"%s:%s:%s" % (m.group(4), m.group(5), m.group(6)))
+        )
+    zone_hh, zone_mm = int(m.group(8)), int(m.group(9))
+    if zone_hh > 23 or zone_mm > 59:
+        raise imap4.IllegalClientResponse(
+            "bad date-time: %s is not a time zone (-2359 to +2359)" % shown(m.group(7) + m.group(8) + m.group(9))
+        )
+    offset = (zone_hh * 60 + zone_mm) * 60 * (1 if m.group(7) == b"+" else -1)
     return calendar.timegm((year, month, day, hh, mm, ss)) - offset
+
+
+def check_day(year: int, month: int, day: int, as_sent: bytes) -> None:
+    """
+    Raise L{imap4.IllegalClientResponse} unless C{day} is a day of C{month}
+    (1-12) in C{year} (1-9999), e.g. not 31 February or 29 February of a
+    common year; C{as_sent} is what the client wrote, for the message.
+    """
+    if not 1 <= year <= 9999 or not 1 <= month <= 12 or not 1 <= day <= calendar.monthrange(year, month)[1]:
+        raise imap4.IllegalClientResponse("bad date: %s is not a day of the calendar" % shown(as_sent))
+
+
+_SYSTEM_FLAGS = {f.lower().encode(): f for f in SYSTEM_FLAGS}
+
+
+def client_flags(flags: list[bytes], command: str) -> list[str]:
+    """
+    The flags a client gave to APPEND or STORE, as the store takes them:
+    system flags in their canonical case, keywords as sent (UTF-8).
+    C{\\Recent} is left out (only the server sets it, RFC 3501 §2.3.2).
+
+    @raise imap4.IllegalClientResponse: a flag begins with a backslash and
+        is not one of the system flags RFC 3501 §2.3.2 / RFC 9051 §2.3.2
+        define (C{\\Foo}): a client cannot create a system flag, and the
+        flag is neither stored nor dropped in silence.
+    """
+    out = []
+    for flag in flags:
+        if flag[:1] == b"\\":
+            low = flag.lower()
+            if low == b"\\recent":
+                continue
+            known = _SYSTEM_FLAGS.get(low)
+            if known is None:
+                raise imap4.IllegalClientResponse(
+                    "%s: %s is not a system flag (%s); a keyword is written without the backslash"
+                    % (command, shown(flag, 40), ", ".join(SYSTEM_FLAGS))
+                )
+            out.append(known)
+        else:
+            out.append(flag.decode("utf-8", "replace"))
+    return out
 
 
 _flag_text: dict[tuple[frozenset, bool], bytes] = {}
