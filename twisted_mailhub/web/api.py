@@ -41,7 +41,7 @@ from urllib.parse import quote
 import attr
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin, UnhandledCredentials
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.web import resource, server
@@ -52,6 +52,7 @@ from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compi
 from twisted_mailhub.login import ClientPortal
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable, StorageFullError
 from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
+from twisted_mailhub.web import offload
 
 log = Logger()
 
@@ -239,7 +240,7 @@ def _parsed(info: Any, raw: bytes, folder: str, link: str) -> defer.Deferred:
     a fraction of that), and the reactor serves every other client
     meanwhile instead of stopping for it.
     """
-    return threads.deferToThread(message_json, info, raw, folder, link)
+    return offload.in_thread(message_json, info, raw, folder, link)
 
 
 def message_json(info: Any, raw: bytes, folder: str, link: str) -> dict[str, Any]:
@@ -632,7 +633,7 @@ class ApiResource(resource.Resource):
         if not part.isdigit() or len(part) > 6 or int(part) < 1:
             raise ApiError(400, "bad_part", "a part is a number from 1 (see the message's attachments)")
         raw = self._read(box, n)
-        message = await threads.deferToThread(_parse, raw)
+        message = await offload.in_thread(_parse, raw)
         leaves = _leaves(message)
         if int(part) > len(leaves):
             raise ApiError(404, "no_such_part", "no such part")

@@ -41,7 +41,8 @@ from twisted.web.template import tags
 from twisted_mailhub.imap.search import BadSearch, search_messages
 from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.web import message as msgparse
-from twisted_mailhub.web.pages import post_form, render_page
+from twisted_mailhub.web import offload
+from twisted_mailhub.web.pages import page_bytes, post_form, render_page, write_page
 from twisted_mailhub.web.sanitize import sanitize_html
 from twisted_mailhub.web.site import client_host, form_value, redirect, request_secure
 
@@ -51,6 +52,12 @@ PAGE_SIZE = 50
 TRASH = "Trash"
 SENT = "Sent"
 SAFE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+# What one page shows of a message of thousands of parts or lines (a few
+# hundred KB anyone can send): the rest is a link to the whole source.
+MAX_LISTED = 500  # attachments on the message page, rows of the MIME tree
+MAX_PART_VIEWS = 100  # parts shown as sent beside decoded on the Anatomy page
+MAX_SOURCE = 1024 * 1024  # octets of the raw source the Anatomy page shows
+MAX_SOURCE_LINES = 20000  # and lines of it
 
 
 def folder_url(name: str) -> str:
@@ -93,6 +100,61 @@ def _forbidden(request, text: bytes = b"Missing or wrong CSRF token.\n"):
     request.setResponseCode(403)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     return text
+
+
+def _later(request: Any, d: defer.Deferred, answer: Any) -> Any:
+    """
+    The end of a page made in a parsing thread (L{offload}): C{answer(result)}
+    writes it, unless the browser has gone meanwhile; a failure is answered
+    as any page's (L{site.Request.processingFailed}). Returns C{NOT_DONE_YET}.
+    """
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def done(result):
+        if not gone and not request.finished:
+            answer(result)
+
+    def failed(reason):
+        if not gone and not request.finished:
+            request.processingFailed(reason)
+
+    d.addCallback(done).addErrback(failed)
+    return server.NOT_DONE_YET
+
+
+def _page_later(request: Any, session: Any, make: Any, *args: Any) -> Any:
+    """
+    Parse and lay out a message's page in a parsing thread and answer
+    C{request} with it: C{make(*args)} returns (title, content, layout
+    keywords); the reactor serves every other client meanwhile.
+    Returns C{NOT_DONE_YET}.
+    """
+
+    def make_page():
+        title, content, kwargs = make(*args)
+        return page_bytes(title, content, session, **kwargs)
+
+    return _later(request, offload.in_thread(make_page), lambda page: write_page(request, page))
+
+
+def _opaque_note(msg: Any, here: str) -> Any:
+    """What a page says of a message it does not take apart (L{msgparse.opaque}), or ''."""
+    if not msgparse.opaque(msg):
+        return ""
+    return tags.p(
+        f"This message has more than {msgparse.MAX_PARTS:,} parts or parts nested more than {msgparse.MAX_NESTING} deep: "
+        "it is not taken apart here. ", tags.a("The whole message", href=here + "/raw"), " has everything.", class_="error",
+    )
+
+
+def _part_of(raw: bytes, index: int) -> tuple[Any, bytes] | None:
+    """Part C{index} (in walk order) of a message and its decoded bytes; None for none or a multipart (in a parsing thread)."""
+    all_parts = msgparse.parts(msgparse.parse(raw))
+    if index >= len(all_parts) or all_parts[index].is_multipart():
+        return None
+    p = all_parts[index]
+    return p, p.get_payload(decode=True) or b""
 
 
 class Mail(resource.Resource):
@@ -336,18 +398,29 @@ class FolderPages(resource.Resource):
             # \Seen for IMAP and POP3 too: the same store.
             folder.set_flags([info.uid], [SEEN], "add", origin=self)
             folder.flush()
-        msg = msgparse.parse(raw)
-        all_parts = msgparse.parts(msg)
         allow_remote = form_value(request, "remote-images") == "1"
-        body, blocked = self._body(msg, all_parts, info.uid, allow_remote)
         if allow_remote:
             request.setHeader(b"content-security-policy", request.responseHeaders.getRawHeaders(b"content-security-policy")[0].replace(b"img-src 'self' data:", b"img-src 'self' data: https: http:"))
+        targets = [n for n in self.session.user.mail().folders() if n != self.name]
+        return _page_later(request, self.session, self._reading, raw, info, allow_remote, targets)
+
+    def _reading(self, raw, info, allow_remote, targets):
+        """The message page's title and content (in a parsing thread: no store, no request)."""
+        msg = msgparse.parse(raw)
+        all_parts = msgparse.parts(msg)
+        body, blocked = self._body(msg, all_parts, info.uid, allow_remote)
         env = msgparse.envelope_and_header(msg)
-        attachments = [
-            tags.li(tags.a(msgparse.filename(p) or f"part {i}", href=f"{message_url(self.name, info.uid)}/part/{i}", download=msgparse.filename(p) or f"part-{i}"), f" ({p.get_content_type()})")
-            for i, p in enumerate(all_parts)
-            if msgparse.is_attachment(p)
-        ]
+        attachments = []
+        more = 0
+        for i, p in enumerate(all_parts):
+            if not msgparse.is_attachment(p):
+                continue
+            if len(attachments) == MAX_LISTED:
+                more += 1
+                continue
+            attachments.append(tags.li(tags.a(msgparse.filename(p) or f"part {i}", href=f"{message_url(self.name, info.uid)}/part/{i}", download=msgparse.filename(p) or f"part-{i}"), f" ({p.get_content_type()})"))
+        if more:
+            attachments.append(tags.li(f"and {more} more attachment{'s' if more != 1 else ''} not listed here: ", tags.a("the whole message", href=f"{message_url(self.name, info.uid)}/raw"), " has them all", class_="more"))
         uid = info.uid
         here = message_url(self.name, uid)
         actions = tags.div(
@@ -355,7 +428,7 @@ class FolderPages(resource.Resource):
             " ",
             post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="unflag" if FLAGGED in info.flags else "flag"), tags.button("Unflag" if FLAGGED in info.flags else "Flag", type="submit"), class_="inline"),
             " ",
-            post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="move"), tags.select(*(tags.option(n, value=n) for n in self.session.user.mail().folders() if n != self.name), name="target"), tags.button("Move", type="submit"), class_="inline"),
+            post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="move"), tags.select(*(tags.option(n, value=n) for n in targets), name="target"), tags.button("Move", type="submit"), class_="inline"),
             " ",
             tags.a("Reply", href=f"/mail/compose?reply={quote(self.name, safe='')}/{uid}"), " · ",
             tags.a("Reply all", href=f"/mail/compose?replyall={quote(self.name, safe='')}/{uid}"), " · ",
@@ -374,10 +447,11 @@ class FolderPages(resource.Resource):
                 class_="facts",
             ),
             tags.p(f"{blocked} remote image(s) blocked. ", tags.a("Load them", href=here + "?remote-images=1")) if blocked else "",
+            _opaque_note(msg, here),
             body,
             tags.ul(*attachments, class_="attachments") if attachments else "",
         ]
-        return render_page(request, msgparse.decoded(msg.get("Subject")) or "(no subject)", content, self.session)
+        return msgparse.decoded(msg.get("Subject")) or "(no subject)", content, {}
 
     def _body(self, msg, all_parts, uid, allow_remote):
         html_part = text_part = None
@@ -401,12 +475,16 @@ class FolderPages(resource.Resource):
         return tags.p("(no text)"), 0
 
     def part(self, request, folder, info, index):
-        msg = msgparse.parse(folder.read(info.uid))
-        all_parts = msgparse.parts(msg)
-        if index >= len(all_parts) or all_parts[index].is_multipart():
-            return _not_found(request, self.session)
-        p = all_parts[index]
-        data = p.get_payload(decode=True) or b""
+        def found(part):
+            if part is None:
+                _not_found(request, self.session)
+                return
+            request.write(self._part_answer(request, index, *part))
+            request.finish()
+
+        return _later(request, offload.in_thread(_part_of, folder.read(info.uid), index), found)
+
+    def _part_answer(self, request, index, p, data):
         kind = p.get_content_type()
         name = msgparse.filename(p) or f"part-{index}"
         if kind in SAFE_IMAGES and form_value(request, "download") != "1":
@@ -421,13 +499,24 @@ class FolderPages(resource.Resource):
         return data
 
     def anatomy(self, request, folder, info):
-        raw = folder.read(info.uid)
+        return _page_later(request, self.session, self._anatomy, folder.read(info.uid), info)
+
+    def _anatomy(self, raw, info):
+        """The Anatomy page's title and content (in a parsing thread: no store, no request)."""
         msg = msgparse.parse(raw)
-        text = raw.decode("utf-8", "replace")
+        text = raw[:MAX_SOURCE].decode("utf-8", "replace")
         lines = text.split("\r\n")
         if lines and lines[-1] == "":
             lines.pop()
+        all_lines = raw.count(b"\n") + (0 if raw.endswith(b"\n") else 1)
+        cut = len(raw) > MAX_SOURCE or len(lines) > MAX_SOURCE_LINES
+        if cut:
+            lines = lines[:MAX_SOURCE_LINES]
+            if len(raw) > MAX_SOURCE:
+                lines = lines[:-1]  # the last one may be cut in the middle
         source = tags.pre(*(tags.span(line, class_="line") for line in lines), class_="source")
+        if cut:
+            source = [source, tags.p(f"The first {len(lines)} of {all_lines} lines; ", tags.a("the whole source", href=message_url(self.name, info.uid) + "/raw"), " has the rest.", class_="more")]
         headers = tags.table(
             tags.thead(tags.tr(tags.th("field"), tags.th("as sent"), tags.th("decoded (RFC 2047)"))),
             tags.tbody(*(tags.tr(tags.td(n), tags.td(tags.code(r)), tags.td(d if d != " ".join(r.split()) else "")) for n, r, d in msgparse.header_rows(msg))),
@@ -460,11 +549,14 @@ class FolderPages(resource.Resource):
         part_views = []
         all_parts = msgparse.parts(msg)
         for row, p in zip(msgparse.tree(msg), all_parts):
+            if row["index"] >= MAX_LISTED:
+                mime_rows.append(tags.tr(tags.td(f"and {len(all_parts) - MAX_LISTED} more parts not shown here (the whole source has them)", colspan="5"), class_="more"))
+                break
             mime_rows.append(tags.tr(
                 tags.td("\u2003" * row["depth"] + row["type"]), tags.td(row["encoding"]), tags.td(row["charset"] or "-"),
                 tags.td(_size(row["size"]) if not row["multipart"] else "-"), tags.td(row["filename"] or ""),
             ))
-            if row["multipart"]:
+            if row["multipart"] or len(part_views) >= MAX_PART_VIEWS:
                 continue
             raw_payload = p.get_payload()
             raw_text = raw_payload if isinstance(raw_payload, str) else ""
@@ -489,15 +581,17 @@ class FolderPages(resource.Resource):
             ))
         content = [
             tags.p(tags.a("« back to the message", href=message_url(self.name, info.uid))),
+            _opaque_note(msg, message_url(self.name, info.uid)),
             tags.h2("Envelope and header"), envelope,
             tags.h2("The path it took (Received:, oldest first)"), tags.ol(*hop_items, class_="hops") if hop_items else tags.p("No Received: lines."),
             tags.h2("Header fields"), headers,
             tags.h2("MIME tree"),
             tags.table(tags.thead(tags.tr(tags.th("content type"), tags.th("transfer encoding"), tags.th("charset"), tags.th("size as sent"), tags.th("file name"))), tags.tbody(*mime_rows), class_="mime"),
             tags.h2("Parts: as sent and decoded"), *part_views,
-            tags.h2(f"Raw source ({len(lines)} lines, {info.size} octets)"), source,
+            tags.p(f"Only the first {MAX_PART_VIEWS} parts are shown side by side.", class_="more") if len(part_views) >= MAX_PART_VIEWS else "",
+            tags.h2(f"Raw source ({all_lines} lines, {info.size} octets)"), source,
         ]
-        return render_page(request, "Anatomy: " + (msgparse.decoded(msg.get("Subject")) or "(no subject)"), content, self.session)
+        return "Anatomy: " + (msgparse.decoded(msg.get("Subject")) or "(no subject)"), content, {}
 
 
 class Compose(resource.Resource):
@@ -513,60 +607,71 @@ class Compose(resource.Resource):
         self.face = face
         self.session = session
 
-    def _source(self, ref: str):
+    def _source(self, ref: str) -> bytes | None:
+        """The stored message C{FOLDER/UID} of the signed-in account (None if there is none)."""
         folder_name, _, uid = ref.rpartition("/")
         if not uid.isdigit():
             return None
         try:
             folder = self.session.user.mail().folder(folder_name)
-            return msgparse.parse(folder.read(int(uid))), folder_name, int(uid)
+            return folder.read(int(uid))
         except (StoreError, NoSuchMessage):
             return None
 
     def render_GET(self, request):
-        to = cc = subject = body = ""
-        reference = ""
         for mode in ("reply", "replyall", "forward"):
             ref = form_value(request, mode)
-            if not ref:
-                continue
-            found = self._source(ref)
-            if found is None:
+            if ref:
+                raw = self._source(ref)
+                if raw is not None:
+                    # Taken apart in a parsing thread, as the message page.
+                    return _page_later(request, self.session, self._answering, mode, raw)
                 break
-            msg, _, _ = found
-            old_subject = msgparse.decoded(msg.get("Subject"))
-            quoted_text = ""
-            for p in msg.walk():
-                if p.get_content_type() == "text/plain" and not msgparse.is_attachment(p):
-                    quoted_text = msgparse.text_of(p)
-                    break
-            if mode == "forward":
-                subject = old_subject if old_subject.lower().startswith("fwd:") else f"Fwd: {old_subject}"
-                body = "\n\n---------- Forwarded message ----------\n" + f"From: {msgparse.decoded(msg.get('From'))}\nSubject: {old_subject}\n\n" + quoted_text
-            else:
-                subject = old_subject if old_subject.lower().startswith("re:") else f"Re: {old_subject}"
-                to = ", ".join(msgparse.addresses(str(msg.get("Reply-To") or msg.get("From") or "")))
-                if mode == "replyall":
-                    me = self.session.user.address.lower()
-                    others = msgparse.addresses(", ".join(str(v) for v in (msg.get_all("To") or []) + (msg.get_all("Cc") or [])))
-                    cc = ", ".join(a for a in dict.fromkeys(others) if a.lower() != me and a not in to)
-                body = "\n\n" + "\n".join("> " + line for line in quoted_text.splitlines())
-                reference = str(msg.get("Message-ID") or "")
-            break
-        form = post_form(
-            "/mail/compose",
-            self.session,
-            tags.input(type="hidden", name="in-reply-to", value=reference),
-            tags.label("To ", tags.input(type="text", name="to", value=to, size="60")),
-            tags.label("Cc ", tags.input(type="text", name="cc", value=cc, size="60")),
-            tags.label("Subject ", tags.input(type="text", name="subject", value=subject, size="60")),
-            tags.textarea(body, name="body", rows="16", cols="80"),
-            tags.label("Attachment ", tags.input(type="file", name="attachment", multiple="multiple")),
-            tags.button("Send", type="submit"),
-            enctype="multipart/form-data",
-            class_="compose",
-        )
-        return render_page(request, "Compose", form, self.session)
+        return render_page(request, "Compose", self.form(), self.session)
+
+    def _answering(self, mode: str, raw: bytes):
+        """The form filled in to reply to, reply to all or forward C{raw} (in a parsing thread)."""
+        to = cc = ""
+        reference = ""
+        msg = msgparse.parse(raw)
+        old_subject = msgparse.decoded(msg.get("Subject"))
+        quoted_text = ""
+        for p in msg.walk():
+            if p.get_content_type() == "text/plain" and not msgparse.is_attachment(p):
+                quoted_text = msgparse.text_of(p)
+                break
+        if mode == "forward":
+            subject = old_subject if old_subject.lower().startswith("fwd:") else f"Fwd: {old_subject}"
+            body = "\n\n---------- Forwarded message ----------\n" + f"From: {msgparse.decoded(msg.get('From'))}\nSubject: {old_subject}\n\n" + quoted_text
+        else:
+            subject = old_subject if old_subject.lower().startswith("re:") else f"Re: {old_subject}"
+            to = ", ".join(msgparse.addresses(str(msg.get("Reply-To") or msg.get("From") or "")))
+            if mode == "replyall":
+                me = self.session.user.address.lower()
+                others = msgparse.addresses(", ".join(str(v) for v in (msg.get_all("To") or []) + (msg.get_all("Cc") or [])))
+                cc = ", ".join(a for a in dict.fromkeys(others) if a.lower() != me and a not in to)
+            body = "\n\n" + "\n".join("> " + line for line in quoted_text.splitlines())
+            reference = str(msg.get("Message-ID") or "")
+        return "Compose", self.form(to, cc, subject, body, reference), {}
+
+    def form(self, to: str = "", cc: str = "", subject: str = "", body: str = "", reference: str = "", problem: Any = None):
+        """The compose form with these values (and C{problem}, what stopped sending, above it)."""
+        return [
+            tags.p(problem, class_="error") if problem else "",
+            post_form(
+                "/mail/compose",
+                self.session,
+                tags.input(type="hidden", name="in-reply-to", value=reference),
+                tags.label("To ", tags.input(type="text", name="to", value=to, size="60")),
+                tags.label("Cc ", tags.input(type="text", name="cc", value=cc, size="60")),
+                tags.label("Subject ", tags.input(type="text", name="subject", value=subject, size="60")),
+                tags.textarea(body, name="body", rows="16", cols="80"),
+                tags.label("Attachment ", tags.input(type="file", name="attachment", multiple="multiple")),
+                tags.button("Send", type="submit"),
+                enctype="multipart/form-data",
+                class_="compose",
+            ),
+        ]
 
     def render_POST(self, request):
         fields, files = _form_data(request)

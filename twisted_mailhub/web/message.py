@@ -22,6 +22,10 @@ import attr
 from twisted_mailhub.imap.message import MAX_NESTING
 
 HEADER_PEEK = 16384  # octets read for a list row: the header, normally
+# The MIME parts of one message taken apart at most (the default bound of
+# Dovecot's message parser, beside its 100 levels); lines starting "--"
+# are counted, a bound from above, before the parser is given the message.
+MAX_PARTS = 10000
 
 
 @attr.s(auto_attribs=True, frozen=True)
@@ -62,14 +66,17 @@ def parse(raw: bytes, policy: Any = email.policy.compat32) -> Any:
     IMAP takes apart (L{MAX_NESTING}, as Dovecot) comes back as its header
     over one opaque body: the standard library walks parts recursively,
     and 3,000 nested message/rfc822 parts were a RecursionError, a 500
-    page and a traceback for a message anyone can send.
+    page and a traceback for a message anyone can send. So does a message
+    with more than L{MAX_PARTS} lines that may start a part (the parser's
+    time grows with the parts: seconds for a few thousand).
     """
-    try:
-        msg = email.message_from_bytes(raw, policy=policy)
-        if _nesting_within(msg, MAX_NESTING):
-            return msg
-    except RecursionError:  # the parser itself, deep enough in a busy stack
-        pass
+    if raw.count(b"\n--") <= MAX_PARTS:
+        try:
+            msg = email.message_from_bytes(raw, policy=policy)
+            if _nesting_within(msg, MAX_NESTING):
+                return msg
+        except RecursionError:  # the parser itself, deep enough in a busy stack
+            pass
     for blank in (b"\r\n\r\n", b"\n\n"):
         end = raw.find(blank)
         if end >= 0:
@@ -79,7 +86,13 @@ def parse(raw: bytes, policy: Any = email.policy.compat32) -> Any:
         head, body = raw, b""
     shallow = email.message_from_bytes(head, policy=policy)
     shallow.set_payload(body.decode("ascii", "surrogateescape"))
+    shallow.mailhub_opaque = True  # see L{opaque}
     return shallow
+
+
+def opaque(msg: Any) -> bool:
+    """Whether L{parse} left C{msg}'s body whole (too many parts, or nested too deep) instead of taking it apart."""
+    return getattr(msg, "mailhub_opaque", False)
 
 
 def _nesting_within(msg: Any, limit: int) -> bool:

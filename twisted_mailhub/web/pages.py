@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Any, Iterable
 
 from twisted.python.filepath import FilePath
-from twisted.web.template import Element, XMLFile, renderElement, renderer, tags
+from twisted.web.template import Element, XMLFile, flatten, renderElement, renderer, tags
 
 PACKAGE_DIR = FilePath(str(resources.files("twisted_mailhub.web")))
 TEMPLATES = PACKAGE_DIR.child("templates")
@@ -104,3 +104,30 @@ def render_page(request: Any, title: str, content: Any, session: Any = None, cod
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"text/html; charset=utf-8")
     return renderElement(request, Layout(title, content, session, **kwargs))
+
+
+def page_bytes(title: str, content: Any, session: Any = None, **kwargs: Any) -> bytes:
+    """
+    A whole page with L{Layout} as bytes (doctype included), flattened at
+    once without a request: safe in a thread for content made of tags and
+    strings (no Deferreds), so a large page is laid out off the reactor.
+    Written with L{write_page}.
+    """
+    out: list[bytes] = [b"<!DOCTYPE html>\n"]
+    d = flatten(None, Layout(title, content, session, **kwargs), out.append)
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    if failures:
+        failures[0].raiseException()
+    if not d.called:  # only tags and strings come here: never waits
+        raise RuntimeError("page content waited on a Deferred")
+    return b"".join(out)
+
+
+def write_page(request: Any, body: bytes, code: int = 200) -> None:
+    """Answer C{request} with a page made by L{page_bytes} and finish it."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.write(body)
+    request.finish()
