@@ -560,7 +560,14 @@ class DiskShell:
         try:
             if os.path.isdir(p):
                 return defer.fail(ftp.IsADirectoryError("/" + "/".join(path)))
-            f = open(p, "rb", buffering=0)
+            # O_NONBLOCK: open(2) of a FIFO left in a home would wait for a
+            # writer and stop every session of the hub; a device never ends.
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            if not statmod.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return defer.fail(FileActionError("/" + "/".join(path)[:79] + ": not a regular file (a pipe or a device), so it cannot be sent"))
+            os.set_blocking(fd, True)
+            f = os.fdopen(fd, "rb", buffering=0)
             if offset:
                 f.seek(offset)
         except OSError as e:

@@ -247,7 +247,7 @@ def _size_in_name(key: str) -> int | None:
     if i < 0:
         return None
     digits = key[i + len(SHOWN_SIZE_FIELD) :].split(",", 1)[0].split(":", 1)[0]
-    return int(digits) if digits.isdigit() else None
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 def shown_sizes(folder: Any) -> dict[int, int]:

@@ -84,6 +84,7 @@ import marshal
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from array import array
@@ -249,7 +250,9 @@ def info_suffix(flags: Iterable[str]) -> str:
 
 def _date_from_name(base: str) -> float | None:
     head = base.split(".", 1)[0]
-    return float(head) if head.isdigit() else None
+    # (str.isdigit() is also true of "²" and other non-ASCII digits, which
+    # float() refuses: a file named so by another program is no date)
+    return float(head) if head.isascii() and head.isdigit() else None
 
 
 def encode_folder(name: str) -> str:
@@ -455,6 +458,8 @@ class MaildirFolder:
         self._changes = 0
         self._selection: tuple | None = None
         self._dir_mtimes: tuple[int, int] | None = None
+        # Entries of new/ and cur/ found not to be files (a FIFO): logged once.
+        self._not_files: set[str] = set()
         # Messages being written: UID reserved, line on its way to the list.
         self._pending: dict[str, _Entry] = {}
         # (mtimes before, mtimes after) of each of our own renames into
@@ -883,6 +888,11 @@ class MaildirFolder:
                 uid = self._register(base, sub, filename)
             except FileNotFoundError:
                 continue  # gone again (moved by another program): next scan
+            except NotAMessageFile:
+                if filename not in self._not_files:
+                    self._not_files.add(filename)
+                    log.warn("{path}: not a regular file (a FIFO, device or directory), so not a message; left alone", path=os.path.join(self.directory, sub, filename))
+                continue
             added.append(uid)
             if not self._shared:
                 self._recent.add(uid)
@@ -1977,15 +1987,24 @@ def _remember_uid_validity(path: str | None, value: int) -> None:
     os.replace(tmp, path)
 
 
+class NotAMessageFile(Exception):
+    """An entry of C{new/} or C{cur/} that is not a regular file: no message."""
+
+
 def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
     """
     Rewrite a message file with CRLF line ends if it has bare LFs or CRs (tmp +
     rename, keeping its name and mtime); return its size in octets, its
-    L{_shown_size_field} and its mtime.
+    L{_shown_size_field} and its mtime. L{NotAMessageFile} if C{path} is a
+    FIFO, a device or a directory.
     """
-    fd = os.open(path, os.O_RDONLY)
+    # O_NONBLOCK: open(2) of a FIFO another program left in the Maildir
+    # would wait for a writer, and stop every session of the hub with it.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAMessageFile(path)
         data = _read_whole(fd, st.st_size)
     finally:
         os.close(fd)

@@ -1,0 +1,134 @@
+"""
+What other programs leave in the hub's data folder: a FIFO, a device or a
+file named with non-ASCII digits in a Maildir or an FTP home. The hub is
+one process, so a file it opens must never make it wait: a FIFO's open(2)
+waits for a writer, and every session of every protocol would wait too.
+Each test checks what a client sees and that the hub still answers.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import imaplib
+import io
+import os
+import poplib
+import smtplib
+import urllib.request
+import base64
+
+import pytest
+
+
+def deliver(hub, subject: str) -> None:
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as s:
+        s.sendmail("carol@example.org", ["alice@localhost"], f"Subject: {subject}\r\n\r\nhello\r\n".encode())
+
+
+def smtp_still_answers(hub) -> None:
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as s:
+        assert s.noop()[0] == 250
+
+
+def inbox_subjects(hub) -> list[bytes]:
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("alice", "secret")
+        typ, _ = imap.select("INBOX")
+        assert typ == "OK"
+        typ, data = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert typ == "OK"
+        return sorted(part[1].strip() for part in data if isinstance(part, tuple))
+    finally:
+        imap.logout()
+
+
+def test_a_fifo_left_in_a_maildir_is_no_message_and_does_not_stop_the_hub(hub):
+    deliver(hub, "before")
+    new = os.path.join(hub.maildir("alice@localhost"), "new")
+    os.mkfifo(os.path.join(new, "1700000000.M1P1.elsewhere"))
+    deliver(hub, "after")
+    assert inbox_subjects(hub) == [b"Subject: after", b"Subject: before"]
+    pop = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=10)
+    try:
+        pop.user("alice")
+        pop.pass_("secret")
+        assert pop.stat()[0] == 2
+    finally:
+        pop.quit()
+    smtp_still_answers(hub)
+    hub.wait_for_log(r"1700000000\.M1P1\.elsewhere: not a regular file")
+
+
+def test_a_maildir_file_named_with_non_ascii_digits_is_a_message(hub):
+    deliver(hub, "ours")
+    new = os.path.join(hub.maildir("alice@localhost"), "new")
+    with open(os.path.join(new, "²5.M2P2.elsewhere"), "wb") as f:
+        f.write(b"Subject: dropped in\r\n\r\nhi\r\n")
+    assert inbox_subjects(hub) == [b"Subject: dropped in", b"Subject: ours"]
+
+
+@pytest.fixture
+def home_with_a_fifo(hub):
+    home = os.path.join(hub.data_dir, "ftp", "localhost", "alice")
+    os.makedirs(home, exist_ok=True)
+    os.mkfifo(os.path.join(home, "pipe"))
+    with open(os.path.join(home, "file.txt"), "wb") as f:
+        f.write(b"plain file\n")
+    return home
+
+
+def test_ftp_retr_of_a_fifo_is_550_and_the_hub_goes_on(hub, home_with_a_fifo):
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", hub.ports["ftp"], timeout=10)
+    try:
+        ftp.login("alice", "secret")
+        with pytest.raises(ftplib.error_perm, match=r"^550 .*pipe: not a regular file"):
+            ftp.retrbinary("RETR pipe", io.BytesIO().write)
+        got = io.BytesIO()
+        ftp.retrbinary("RETR file.txt", got.write)
+        assert got.getvalue() == b"plain file\n"
+    finally:
+        ftp.quit()
+    smtp_still_answers(hub)
+
+
+def test_the_api_download_of_a_fifo_is_refused_and_the_hub_goes_on(hub, home_with_a_fifo):
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{hub.ports['web']}/api/v1/accounts/me/files/pipe",
+        headers={"Authorization": "Basic " + base64.b64encode(b"alice:secret").decode()},
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert 400 <= caught.value.code < 500
+    assert b"not a regular file" in caught.value.read()
+    smtp_still_answers(hub)
+
+
+def test_a_maildir_file_whose_shown_size_has_non_ascii_digits_is_fetched(hub):
+    # ",D=" in a base name is the hub's own field (the size as downgraded);
+    # one another program wrote with "²" in it is no size: the file's is used.
+    deliver(hub, "ours")
+    cur = os.path.join(hub.maildir("alice@localhost"), "cur")
+    with open(os.path.join(cur, "1700000001.M9P9.elsewhere,D=²:2,S"), "wb") as f:
+        f.write(b"Subject: odd size\r\n\r\nx\r\n")
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("alice", "secret")
+        imap.select("INBOX")
+        typ, data = imap.fetch("1:*", "(RFC822.SIZE)")
+        assert typ == "OK"
+        assert data == [f"1 (RFC822.SIZE {len(received_copy(hub))})".encode(), b"2 (RFC822.SIZE 24)"]
+    finally:
+        imap.logout()
+
+
+def received_copy(hub) -> bytes:
+    new = os.path.join(hub.maildir("alice@localhost"), "new")
+    cur = os.path.join(hub.maildir("alice@localhost"), "cur")
+    for d in (new, cur):
+        for name in os.listdir(d):
+            if "elsewhere" not in name:
+                with open(os.path.join(d, name), "rb") as f:
+                    return f.read()
+    raise AssertionError("the delivered copy is not in the Maildir")
