@@ -562,7 +562,7 @@ class MailhubSMTP(smtp.ESMTP):
             )
         for key, value in params.items():
             if key == "SIZE":
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()):
                     return self.reply(501, "5.5.4 Syntax: SIZE=<octets>")
                 if int(value) > self.hub.max_message_size:
                     return self.reply(552, "5.3.4 Message size exceeds fixed limit")

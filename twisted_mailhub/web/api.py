@@ -551,7 +551,7 @@ class ApiResource(resource.Resource):
             raise ApiError(404, "no_such_folder", "no such folder") from None
 
     def _uid(self, value: str) -> int:
-        if not value.isdigit() or len(value) > 10 or int(value) < 1:
+        if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) < 1:
             raise ApiError(400, "bad_uid", "a message id is its UID, a whole number from 1")
         return int(value)
 
@@ -630,7 +630,7 @@ class ApiResource(resource.Resource):
     async def api_message_part(self, request, caller, account, folder, uid, part):
         address, box = self._folder(caller, account, folder)
         n = self._uid(uid)
-        if not part.isdigit() or len(part) > 6 or int(part) < 1:
+        if not (part.isascii() and part.isdigit()) or len(part) > 6 or int(part) < 1:
             raise ApiError(400, "bad_part", "a part is a number from 1 (see the message's attachments)")
         raw = self._read(box, n)
         message = await offload.in_thread(_parse, raw)
@@ -694,7 +694,7 @@ class ApiResource(resource.Resource):
         address, box = self._folder(caller, account, folder)
         timeout = _float_arg(request, "timeout", DEFAULT_WAIT, 0.0, MAX_WAIT)
         after = _arg(request, "after_uid")
-        if after is not None and not (after.isdigit() and len(after) <= 10):
+        if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 10):
             raise ApiError(400, "bad_uid", "after_uid is a whole number")
         predicate = self._search(request, box)
 

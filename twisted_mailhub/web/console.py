@@ -344,12 +344,13 @@ class LiveSocket(resource.Resource):
         # The channel's own connectionLost (with the hub's connection
         # counting) is replaced by the upgrade; keep calling it.
         channel_lost = channel.connectionLost
+        after = form_value(request, "after", "0")
         watcher = ConsoleWatcher(
             self.face.hub,
             self.face.user(request),
             client_host(request),
             form_value(request, "session") or None,
-            int(form_value(request, "after", "0") or 0) if form_value(request, "after", "0").isdigit() else 0,
+            int(after) if after.isascii() and after.isdigit() else 0,  # ("²".isdigit() too)
             channel_lost,
         )
         return watcher

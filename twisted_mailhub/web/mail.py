@@ -80,6 +80,14 @@ def _date(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds))
 
 
+def _whole(text: str) -> bool:
+    """
+    Is C{text} a whole number in ASCII digits (a UID, a part, a page)?
+    C{str.isdigit} alone is also true of "²", which C{int} refuses.
+    """
+    return text.isascii() and text.isdigit()
+
+
 def _not_found(request, session, what: str = "No such message or folder."):
     return render_page(request, "Not found", tags.p(what), session, code=404)
 
@@ -223,7 +231,7 @@ class FolderPages(resource.Resource):
             return self.listing(request, account, folder)
         if rest == ["state"]:
             return self.state(request, folder)
-        if not rest[0].isdigit():
+        if not _whole(rest[0]):
             return _not_found(request, self.session)
         uid = int(rest[0])
         try:
@@ -239,7 +247,7 @@ class FolderPages(resource.Resource):
             request.setHeader(b"content-type", b"message/rfc822")
             request.setHeader(b"content-disposition", f'attachment; filename="message-{uid}.eml"'.encode("ascii"))
             return folder.read(uid)
-        if len(what) == 2 and what[0] == "part" and what[1].isdigit():
+        if len(what) == 2 and what[0] == "part" and _whole(what[1]):
             return self.part(request, folder, info, int(what[1]))
         return _not_found(request, self.session)
 
@@ -253,7 +261,7 @@ class FolderPages(resource.Resource):
         except (NoSuchFolder, StoreError):
             return _not_found(request, self.session)
         rest = [p.decode("utf-8", "replace") for p in request.postpath if p != b""]
-        if len(rest) != 2 or not rest[0].isdigit() or rest[1] != "action":
+        if len(rest) != 2 or not _whole(rest[0]) or rest[1] != "action":
             return _not_found(request, self.session)
         uid = int(rest[0])
         try:
@@ -330,7 +338,7 @@ class FolderPages(resource.Resource):
             infos = folder.messages()
         pages = max(1, math.ceil(len(infos) / PAGE_SIZE))
         page = form_value(request, "page", "1")
-        page = min(max(int(page) if page.isdigit() else 1, 1), pages)
+        page = min(max(int(page) if _whole(page) else 1, 1), pages)
         newest_first = infos[::-1][(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
         rows = []
         for info in newest_first:
@@ -610,7 +618,7 @@ class Compose(resource.Resource):
     def _source(self, ref: str) -> bytes | None:
         """The stored message C{FOLDER/UID} of the signed-in account (None if there is none)."""
         folder_name, _, uid = ref.rpartition("/")
-        if not uid.isdigit():
+        if not _whole(uid):
             return None
         try:
             folder = self.session.user.mail().folder(folder_name)
