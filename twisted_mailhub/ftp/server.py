@@ -40,7 +40,7 @@ import stat as statmod
 import time
 
 from twisted.cred import credentials
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.protocols import ftp
@@ -58,7 +58,7 @@ from twisted_mailhub.ftp.data import (
     same_host,
 )
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable
-from twisted_mailhub.lines import LineEngine, control_note, quote
+from twisted_mailhub.lines import LineEngine, control_note, quote, send_now
 from twisted_mailhub.store.interfaces import is_out_of_space
 
 log = Logger()
@@ -124,36 +124,6 @@ def _is_urgent(line: bytes) -> bool:
     """Whether a control line is ABOR, STAT or QUIT, answered even during a transfer."""
     word = line.lstrip(_TELNET).lstrip()[:5]
     return word[:4].upper() in _URGENT and word[4:5] in (b"", b" ")
-
-
-def write_now(transport, data: bytes) -> None:
-    """
-    Write a reply, sending it at once when that is safe. Twisted's TCP
-    transport only queues a write and sends it on the reactor's next turn
-    (one more epoll round); on a plain TCP connection with nothing queued,
-    sending now halves the round trip of a short command (NOOP: 60 to 30
-    microseconds on loopback), which is most of what an FTP session is.
-    Anything else (TLS, a transcript wrapper, a backlog) goes through
-    C{write} as usual, so ordering is kept.
-    """
-    if (
-        type(transport) is tcp.Server
-        and not transport.TLS
-        and transport.connected
-        and not transport.disconnecting
-        and not transport.dataBuffer
-        and not transport._tempDataLen
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            return  # the connection is going; connectionLost will follow
-        data = data[sent:]
-        if not data:
-            return
-    transport.write(data)
 
 
 class Refused(Exception):
@@ -310,7 +280,7 @@ class MailhubFTP(ftp.FTP):
         if isinstance(line, str):
             line = line.encode("utf-8", "surrogateescape")
         if self.transport is not None:
-            write_now(self.transport, line + b"\r\n")
+            send_now(self.transport, line + b"\r\n")
 
     def reply(self, key, *args):
         self.sendLine(ftp.RESPONSE[key] % args)
