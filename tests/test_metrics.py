@@ -137,3 +137,44 @@ def test_web_and_sftp_logins_are_counted_too(hub):
     after = scrape(hub)
     for protocol in ("web", "sftp"):
         assert value(after, "mailhub_logins_total", protocol=protocol, result="ok") - value(before, "mailhub_logins_total", protocol=protocol, result="ok") == 1
+
+
+def test_accepted_messages_counted_in_plain_integers_read_as_prometheus_would_count_each(tmp_path):
+    """
+    message_accepted counts in plain integers and hands them over when
+    /metrics is made: the text is what a Prometheus observe() per
+    message gives (every bucket, sum, count, octets), and counting goes
+    on after a scrape.
+    """
+    from types import SimpleNamespace
+
+    from twisted_mailhub.metrics import HubMetrics
+
+    hub = SimpleNamespace(relay=None, data_dir=str(tmp_path), _listeners=[], listening=set())
+    folded, direct = HubMetrics(hub), HubMetrics(hub)
+    hub.metrics = folded
+    # On bucket bounds, between them, above the last (+Inf).
+    deliveries = [(1024, 0.0004), (10, 0.001), (2048, 0.0011), (5, 0.3), (7, 10.0), (9, 12.5), (100, 0.02)]
+
+    def exposed(metrics) -> dict:
+        samples = {}
+        for family in text_string_to_metric_families(metrics.exposition().decode("utf-8")):
+            for s in family.samples:
+                if not s.name.endswith("_created") and s.name.startswith(("mailhub_messages", "mailhub_message_octets", "mailhub_delivery_durable")):
+                    samples[(s.name, frozenset(s.labels.items()))] = s.value
+        return samples
+
+    for rounds in (deliveries[:4], deliveries[4:]):
+        for octets, seconds in rounds:
+            folded.message_accepted(octets, seconds)
+            direct.accepted_messages.inc()
+            direct.message_octets.inc(octets)
+            direct.store_latency.observe(seconds)
+        got, want = exposed(folded), exposed(direct)
+        assert got.keys() == want.keys()
+        for key, expected in want.items():
+            assert got[key] == pytest.approx(expected), key
+    assert value(got, "mailhub_messages_total", result="accepted", reason="") == len(deliveries)
+    assert value(got, "mailhub_delivery_durable_seconds_bucket", le="0.001") == 2
+    assert value(got, "mailhub_delivery_durable_seconds_bucket", le="+Inf") == len(deliveries)
+    assert value(got, "mailhub_message_octets_received_total") == sum(o for o, _ in deliveries)

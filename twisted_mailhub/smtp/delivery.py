@@ -358,26 +358,39 @@ def deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], 
     and the time to durable.
     """
     metrics = getattr(hub, "metrics", None)
-    if metrics is None:
-        return _deliver(hub, session, sender, recipients, message)
-    started = time.monotonic()
-    d = _deliver(hub, session, sender, recipients, message)
+    counted = _Counted(metrics, len(message)) if metrics is not None else None
+    d = _deliver(hub, session, sender, recipients, message, counted)
+    if counted is not None and not counted.attached:
+        d.addCallbacks(counted.accepted, counted.refused)
+    return d
 
-    def accepted(qid):
-        metrics.accepted_messages.inc()
-        metrics.message_octets.inc(len(message))
-        metrics.store_latency.observe(time.monotonic() - started)
+
+class _Counted:
+    """
+    The metrics of one message after DATA (L{deliver}): C{accepted(qid)}
+    and C{refused(failure)} are the callbacks of its Deferred, attached
+    once (C{attached}: the one-recipient path joins them to its own).
+    """
+
+    __slots__ = ("metrics", "octets", "started", "attached")
+
+    def __init__(self, metrics: Any, octets: int):
+        self.metrics = metrics
+        self.octets = octets  # as the client sent them
+        self.started = time.monotonic()
+        self.attached = False
+
+    def accepted(self, qid: str) -> str:
+        self.metrics.message_accepted(self.octets, time.monotonic() - self.started)
         return qid
 
-    def refused(failure):
+    def refused(self, failure: Failure) -> Failure:
         reason = "filter" if failure.check(Rejected) else "store-error"
-        metrics.messages.labels("rejected", reason).inc()
+        self.metrics.messages.labels("rejected", reason).inc()
         return failure
 
-    return d.addCallbacks(accepted, refused)
 
-
-def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> defer.Deferred:
+def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes, counted: _Counted | None = None) -> defer.Deferred:
     message = separate_body(message)
     if session.authenticated:
         # Before the filters, so that one that signs (DKIM) sees the
@@ -394,10 +407,10 @@ def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict],
             # sign): on to the store without a Deferred in between.
             if isinstance(step[1], Reject):
                 return defer.fail(Rejected(step[1].code, step[1].text))
-            return _store(hub, session, sender, recipients, step[1])
+            return _store(hub, session, sender, recipients, step[1], counted)
         d = defer.Deferred.fromCoroutine(_run_the_rest(hub.filters, "end_of_data", *step))
         return d.addCallback(_filtered, hub, session, sender, recipients)
-    return _store(hub, session, sender, recipients, message)
+    return _store(hub, session, sender, recipients, message, counted)
 
 
 def _filtered(result, hub, session, sender, recipients):
@@ -406,7 +419,7 @@ def _filtered(result, hub, session, sender, recipients):
     return _store(hub, session, sender, recipients, result)
 
 
-def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> defer.Deferred:
+def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes, counted: _Counted | None = None) -> defer.Deferred:
     qid = queue_id()
     # A UTF-8 sender only came with SMTPUTF8 (RFC 6532 §3.7 allows it here).
     return_path = b"Return-Path: <" + sender.encode("utf-8" if session.utf8 else "ascii", "replace") + b">\r\n"
@@ -421,13 +434,25 @@ def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], m
         # The hot path (one recipient): plain Deferreds, no coroutine.
         address, original = local[0]
         copy = _local_copy(session, qid, return_path, address, original, message)
-        d = defer.maybeDeferred(hub.store.deliver, address, copy)
+        try:
+            d = hub.store.deliver(address, copy)
+        except Exception:
+            return defer.fail()
+        if not isinstance(d, defer.Deferred):
+            d = defer.succeed(d)
 
         def stored(key: str) -> str:
             _log_delivery(hub, qid, sender, [(address, key)], len(message), session.client_ip)
+            if counted is not None:
+                counted.accepted(qid)
             return qid
 
-        return d.addCallback(stored)
+        if counted is None:
+            return d.addCallback(stored)
+        # The metrics' callbacks joined to this one: one step of the
+        # Deferred's loop per message, not two.
+        counted.attached = True
+        return d.addCallbacks(stored, counted.refused)
     return defer.Deferred.fromCoroutine(_store_all(hub, session, sender, local, relay, message, qid, return_path))
 
 

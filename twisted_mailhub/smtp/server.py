@@ -593,7 +593,7 @@ class MailhubSMTP(smtp.ESMTP):
         self.sender = path
         self.recipients = []
         self.smtputf8 = utf8
-        self.reply(250, "2.1.0 Ok")
+        self.reply_raw(b"250 2.1.0 Ok\r\n")  # reply(250, "2.1.0 Ok"), made once
 
     def smtp_RCPT(self, rest: str):
         if self.sender is None:
@@ -630,7 +630,10 @@ class MailhubSMTP(smtp.ESMTP):
             d = run_filters(self.hub.filters, "rcpt_to", envelope, verdict.recipient)
             return d.addCallback(self._rcpt_filtered, verdict)
         self.recipients.append(verdict)
-        self.reply(250, verdict.text)
+        if verdict.text == "2.1.5 Ok":
+            self.reply_raw(b"250 2.1.5 Ok\r\n")  # reply(250, "2.1.5 Ok"), made once
+        else:
+            self.reply(250, verdict.text)
 
     def _rcpt_filtered(self, result, verdict):
         if isinstance(result, Reject):
@@ -658,7 +661,7 @@ class MailhubSMTP(smtp.ESMTP):
             # The CRLF that ended DATA counts as the line end before a
             # first line of ".".
             self._data = bytearray(b"\r\n")
-            self.reply(354, "End data with <CR><LF>.<CR><LF>")
+            self.reply_raw(b"354 End data with <CR><LF>.<CR><LF>\r\n")
 
     def _find_end(self) -> tuple[int, int]:
         """(index of the end-of-data mark in self._data, its length) or (-1, 0)."""

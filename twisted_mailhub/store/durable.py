@@ -97,6 +97,7 @@ class PendingWrite:
     rename: Callable[[str, str], None] | None = None
     arrived: Callable[[], Any] | None = None
     group: Any = None  # writes renamed into place all together or not at all (write_group)
+    result: Any = None  # what the Deferred fires with (None: final_path)
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -492,13 +493,14 @@ class GroupCommitWriter:
         record: Record | None = None,
         rename: Callable[[str, str], None] | None = None,
         arrived: Callable[[], Any] | None = None,
+        result: Any = None,
     ) -> defer.Deferred:
         """
         Write C{data} (bytes, or a callable taking an fd) to C{tmp_path},
         then move it to C{final_path} (with C{rename(tmp, final)} if given,
         in the worker thread; else C{os.rename}). The Deferred fires with
-        C{final_path} once the file, its directory entry and C{record} (if
-        given) are on disk; it fails with the C{OSError} that stopped it,
+        C{result} (if not L{None}, else C{final_path}) once the file, its
+        directory entry and C{record} (if given) are on disk; it fails with the C{OSError} that stopped it,
         and then nothing is left at C{final_path} or C{tmp_path} (the
         record's line may stay: its owner must accept lines whose file
         never came). C{arrived()}, if given, is called once the write is
@@ -506,7 +508,7 @@ class GroupCommitWriter:
         Deferred of the batch fires (the owner's bookkeeping; if it
         raises, the Deferred fails with that).
         """
-        item = PendingWrite(tmp_path, final_path, data, record=record, rename=rename, arrived=arrived)
+        item = PendingWrite(tmp_path, final_path, data, record=record, rename=rename, arrived=arrived, result=result)
         self._queue.append(item)
         if self._running < self._limit() and not self._starting:
             # At the end of this reactor turn, with the writes of its other events.
@@ -613,7 +615,7 @@ class GroupCommitWriter:
                     self._run_after()
             for item, error in zip(batch, results):
                 if error is None:
-                    item.deferred.callback(item.final_path)
+                    item.deferred.callback(item.final_path if item.result is None else item.result)
                 else:
                     item.deferred.errback(error)
 

@@ -89,6 +89,7 @@ import threading
 import time
 from array import array
 from collections import deque
+from functools import partial
 from typing import Any, Iterable, Iterator, NamedTuple
 
 from twisted.internet import defer, threads
@@ -171,8 +172,16 @@ def unique_name(size: int, hostname: str | None = None, now: float | None = None
     now = time.time() if now is None else now
     sec = int(now)
     usec = int((now - sec) * 1_000_000)
-    host = _safe_hostname(hostname or socket.gethostname())
+    host = _safe_hosts.get(hostname) if hostname else None
+    if host is None:
+        host = _safe_hostname(hostname or socket.gethostname())
+        if hostname and len(_safe_hosts) < 64:
+            _safe_hosts[hostname] = host
     return f"{sec}.M{usec}P{_pid[0]}Q{next(_counter)}.{host},S={size}"
+
+
+# Host names as they appear in file names (_safe_hostname), once each.
+_safe_hosts: dict[str, str] = {}
 
 
 # This process's id, asked once (and again in a child after a fork): the
@@ -449,6 +458,7 @@ class MaildirFolder:
         self.validity_path = validity_path
         self._recent: set[int] = set()  # IMAP \Recent, beside what is in new/
         self.directory = path
+        self._uidlist_file = os.path.join(path, UIDLIST)
         self.writer = writer
         self.hostname = hostname
         self._listeners = Listeners()
@@ -519,7 +529,7 @@ class MaildirFolder:
     # -- the UID list ---------------------------------------------------
 
     def _uidlist_path(self) -> str:
-        return os.path.join(self.directory, UIDLIST)
+        return self._uidlist_file
 
     def _load_uidlist(self, modlog: bytes) -> None:
         self._rows = MessageTable()
@@ -1273,13 +1283,23 @@ class MaildirFolder:
         message and its UID are durable. Fails with L{InsufficientStorage}
         when the disk is full, and then nothing was stored.
         """
-        base = unique_name(len(message), self.hostname) + _shown_size_field(message)
-        entry = self._reserve(base, "new", base, len(message), time.time(), _EMPTY)
+        size = len(message)
+        now = time.time()
+        base = unique_name(size, self.hostname, now) + _shown_size_field(message)
+        if self._shared:
+            entry = self._reserve(base, "new", base, size, now, _EMPTY)
+            record = self._record(entry)
+        else:
+            # _reserve and _record for a new message (no flags, no keywords), inline: once per delivery.
+            uid = self.uid_next
+            self.uid_next = uid + 1
+            entry = self._pending[base] = _Entry(MessageInfo(uid, base, _EMPTY, size, now), "new", base, _EMPTY)
+            record = Record(self._uidlist_file, f"{uid} {base} {size} {int(now)}\n".encode("utf-8"), self._uidlist_lock)
         directory = self.directory
         d = self.writer.write(
-            f"{directory}/tmp/{base}", f"{directory}/new/{base}", message, self._record(entry), arrived=lambda: self._arrived(None, entry)
+            f"{directory}/tmp/{base}", f"{directory}/new/{base}", message, record, arrived=partial(self._arrived, None, entry), result=base
         )
-        d.addCallbacks(lambda _: base, self._not_stored, errbackArgs=(entry,))
+        d.addErrback(self._not_stored, entry)
         return d
 
     def _reserve(self, base: str, sub: str, filename: str, size: int, date: float, keywords: frozenset[str]) -> _Entry:
