@@ -11,6 +11,7 @@ from __future__ import annotations
 import ftplib
 import imaplib
 import io
+import json
 import os
 import poplib
 import smtplib
@@ -132,3 +133,60 @@ def received_copy(hub) -> bytes:
                 with open(os.path.join(d, name), "rb") as f:
                     return f.read()
     raise AssertionError("the delivered copy is not in the Maildir")
+
+
+def sftp_session(hub):
+    paramiko = pytest.importorskip("paramiko")
+    transport = paramiko.Transport(("127.0.0.1", hub.ports["sftp"]))
+    transport.connect(username="alice", password="secret")
+    return transport, paramiko.SFTPClient.from_transport(transport)
+
+
+@pytest.mark.parametrize("name", ["two\nlines.txt", "crlf\r\n226 Transfer complete.txt", "esc\x1b[31mred.txt", "back\x08space", "del\x7f"])
+def test_sftp_refuses_names_with_control_characters_as_ftp_does(hub, name):
+    transport, sftp = sftp_session(hub)
+    try:
+        sftp.mkdir("ok")
+        with sftp.open("plain.txt", "w") as f:
+            f.write(b"x")
+        for attempt in (lambda: sftp.open(name, "w"), lambda: sftp.mkdir(name), lambda: sftp.rename("plain.txt", name), lambda: sftp.rename("ok", "ok/" + name)):
+            with pytest.raises(OSError, match="control characters are not allowed"):
+                attempt()
+        assert sorted(sftp.listdir()) == ["ok", "plain.txt"]
+    finally:
+        transport.close()
+
+
+def test_a_name_with_control_characters_made_by_another_program_is_listed_by_no_door(hub):
+    home = os.path.join(hub.data_dir, "ftp", "localhost", "alice")
+    os.makedirs(home, exist_ok=True)
+    for name in ("plain.txt", "x\r\n226 fake reply", "y\n-rw-r--r-- 1 ftp ftp 9 Jan 01 2020 fake.txt", "esc\x1b[2J"):
+        with open(os.path.join(home, name), "wb") as f:
+            f.write(b"x")
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", hub.ports["ftp"], timeout=10)
+    try:
+        ftp.login("alice", "secret")
+        assert ftp.nlst() == ["plain.txt"]
+        listed: list[str] = []
+        ftp.retrlines("LIST", listed.append)
+        assert len(listed) == 1 and listed[0].endswith(" plain.txt")
+        listed = []
+        ftp.retrlines("MLSD", listed.append)
+        assert len(listed) == 1 and listed[0].endswith("; plain.txt")
+        status = ftp.sendcmd("STAT /").splitlines()
+        assert len(status) == 3 and status[1].endswith(" plain.txt") and status[2] == "213 End of status."
+        assert ftp.sendcmd("NOOP").startswith("200")
+    finally:
+        ftp.quit()
+    transport, sftp = sftp_session(hub)
+    try:
+        assert sftp.listdir() == ["plain.txt"]
+    finally:
+        transport.close()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{hub.ports['web']}/api/v1/accounts/me/files",
+        headers={"Authorization": "Basic " + base64.b64encode(b"alice:secret").decode()},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert [entry["name"] for entry in json.load(answer)["entries"]] == ["plain.txt"]

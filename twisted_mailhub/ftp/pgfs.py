@@ -53,6 +53,7 @@ from twisted_mailhub.ftp.vfs import (
     FileSystemUnavailableWrite,
     IFileSystem,
     IMailhubShell,
+    is_listed_name,
     is_partial_name,
     partial_name,
 )
@@ -467,7 +468,7 @@ class PostgresShell:
             if not node.is_folder:
                 return [(path[-1] if path else "/", [self._fact(node, k) for k in keys])]
             rows = conn.execute(f"SELECT name, {_COLUMNS} FROM ftp_node WHERE parent_id = %s ORDER BY name", (node.id,)).fetchall()
-            return [(name, [self._fact(_Node(rest), k) for k in keys]) for name, *rest in rows if not is_partial_name(name)]
+            return [(name, [self._fact(_Node(rest), k) for k in keys]) for name, *rest in rows if is_listed_name(name)]
 
         return self._now(look)
 

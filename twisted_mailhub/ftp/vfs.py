@@ -185,6 +185,17 @@ def is_partial_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
 
 
+def is_listed_name(name: str) -> bool:
+    """
+    Does a listing (FTP LIST/NLST/MLSD/STAT, SFTP, the API) show this name?
+    Not a partial upload's, and not one with a control character (made by
+    another program): no door of the hub can name it (FTP 501, SFTP and
+    the API refuse them), and in an FTP listing or a STAT reply a CR or LF
+    would start a line of the name's choosing, an ESC drive the terminal.
+    """
+    return not is_partial_name(name) and not any(ord(c) < 32 or ord(c) == 127 for c in name)
+
+
 PARTIAL_MAX_AGE = 36 * 3600  # seconds an interrupted upload is kept for a resume (Maildir tmp/'s limit)
 
 
@@ -530,7 +541,7 @@ class DiskShell:
             if not os.path.isdir(p):
                 st = os.stat(p)
                 return defer.succeed([(path[-1] if path else "/", [self._fact(st, k) for k in keys])])
-            names = sorted(n for n in os.listdir(p) if not is_partial_name(n))
+            names = sorted(n for n in os.listdir(p) if is_listed_name(n))
         except OSError as e:
             return _fail(e, path)
         out = []

@@ -552,6 +552,10 @@ class SFTPServer(protocol.Protocol):
         """Path segments from C{/} exactly as FTP makes them (C{toSegments})."""
         if "\0" in path:
             raise SFTPError(FX_NO_SUCH_FILE, "a path with a NUL byte")
+        if any(ord(c) < 32 or ord(c) == 127 for c in path):
+            # As FTP (501) and the API refuse them: a name with a CR or LF
+            # would break FTP's listings of it, a backspace hide a letter.
+            raise SFTPError(FX_FAILURE, f"{printable(path)}: control characters are not allowed in names")
         try:
             return ftp.toSegments([], path)
         except ftp.InvalidPath:
