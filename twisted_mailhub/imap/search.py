@@ -28,14 +28,14 @@ from array import array
 from typing import Any, Callable
 
 from twisted.mail import imap4
-from twisted.mail.imap4 import IllegalClientResponse, MessageSet, parseIdList
+from twisted.mail.imap4 import IllegalClientResponse, MessageSet
 
 from twisted_mailhub.heap import after_walk
 from twisted_mailhub.imap.address import searchable
 from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.message import split_header
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
-from twisted_mailhub.imap.wire import client_text, shown
+from twisted_mailhub.imap.wire import client_text, sequence_set, shown
 from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, NoSuchMessage
 
 HEADER_READ = 16384
@@ -281,7 +281,7 @@ def _has_header(name: str) -> Predicate:
 
 def _msgset(value: bytes, uid: bool, last_seq: int, last_uid: int) -> Predicate:
     try:
-        mset: MessageSet = parseIdList(value)
+        mset: MessageSet = sequence_set(value)
     except Exception:
         raise BadSearch("bad message set " + shown(value, 40) + ": expected e.g. 1:5,7") from None
     last = last_uid if uid else last_seq

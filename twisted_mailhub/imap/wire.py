@@ -245,6 +245,27 @@ def arg_astring(self: Any, line: bytes, final: bool = False):
     return imap4.IMAP4Server.arg_astring(self, line, final)
 
 
+def sequence_set(text: bytes) -> imap4.MessageSet:
+    """
+    A sequence-set (RFC 3501 §9) as Twisted's C{parseIdList} reads it,
+    except that C{*:*} (a seq-range of two C{*}s: the grammar allows it and
+    clients send C{UID FETCH *:*} for the last message) is C{*}, where
+    Twisted refuses it. L{imap4.IllegalIdentifierError} when malformed.
+    """
+    if b"*:*" in text:
+        text = b",".join(b"*" if part == b"*:*" else part for part in text.split(b","))
+    return imap4.parseIdList(text)
+
+
+def arg_seqset(self: Any, line: bytes):
+    """Twisted's C{arg_seqset} with L{sequence_set}: (MessageSet, rest)."""
+    arg, _, rest = line.partition(b" ")
+    try:
+        return sequence_set(arg), rest
+    except imap4.IllegalIdentifierError as e:
+        raise imap4.IllegalClientResponse("Bad message number " + str(e))
+
+
 def opt_nested_list(self: Any, line: bytes):
     """
     An optional parenthesized list that may nest, e.g. SELECT's
@@ -313,6 +334,7 @@ def _argument_required(parser: Any) -> Any:
 
 
 def guard_command_tables(cls: Any) -> None:
+    cls.arg_seqset = arg_seqset  # (UID EXPUNGE calls it itself)
     # The command tables (C{select_STORE = (do_STORE, arg_seqset, ...)}) hold
     # the parser functions themselves, so it is their entries that change.
     for name in dir(cls):
@@ -321,6 +343,8 @@ def guard_command_tables(cls: Any) -> None:
         table = getattr(cls, name)
         if not isinstance(table, tuple) or not table:
             continue
+        # Every sequence-set argument (FETCH, STORE, COPY, MOVE) reads *:*.
+        table = tuple(arg_seqset if p is imap4.IMAP4Server.arg_seqset else p for p in table)
         guarded = (table[0],) + tuple(
             _argument_required(p) if callable(p) and getattr(p, "__name__", "").startswith(("arg_", "opt_")) else p
             for p in table[1:]
