@@ -308,6 +308,18 @@ def test_plain_with_a_foreign_authorization_identity_is_refused(hub):
     assert said(transport) == [b"235 2.7.0 Authentication successful"]
 
 
+def test_an_auth_response_line_too_long_ends_the_auth_command(hub):
+    # RFC 4954 §6: 500 5.5.6; the next command is a command again, not read
+    # as the SASL exchange's next response.
+    proto, transport = connect(hub)
+    proto.startedTLS = True  # as if after STARTTLS
+    proto.dataReceived(b"AUTH PLAIN\r\n")
+    assert said(transport) == [b"334 "]
+    proto.dataReceived(b"A" * (MAX_LINE + 100) + b"\r\nNOOP\r\n")
+    assert said(transport) == [b"500 5.5.6 Authentication Exchange line is too long", b"250 2.0.0 Ok"]
+    assert not proto.authenticated
+
+
 def test_a_packet_of_many_pipelined_commands_is_answered_in_full(hub):
     proto, transport = connect(hub)
     proto.dataReceived(b"NOOP\r\n" * 20_000 + b"RSET\r\nNOO")

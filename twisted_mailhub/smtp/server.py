@@ -291,6 +291,11 @@ class MailhubSMTP(smtp.ESMTP):
 
     def line_too_long(self) -> None:
         # RFC 5321 §4.5.3.1.4; an endless line is dropped as it arrives.
+        if self.state == AUTH:
+            # RFC 4954 §6: this ends the AUTH command, or the client's next
+            # command would be read as the exchange's next response.
+            self.state, self.challenger = COMMAND, None
+            return self.reply(500, "5.5.6 Authentication Exchange line is too long")
         self.reply(500, "5.5.2 Error: line too long")
 
     def command_failed(self, reason) -> bool:
