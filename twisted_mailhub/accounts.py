@@ -212,7 +212,9 @@ class AccountBook:
         """
         count = 0
         try:
-            f = open(path, encoding="utf-8")
+            # utf-8-sig: a file saved by Windows' Notepad starts with a BOM,
+            # which would otherwise become part of the first address.
+            f = open(path, encoding="utf-8-sig")
         except OSError as e:
             raise AccountsFileError(f"{path}: cannot read it: {e.strerror or e}") from None
         with f:

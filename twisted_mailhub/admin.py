@@ -56,7 +56,7 @@ def read_lines(path: str) -> list[str]:
     if not os.path.exists(path):
         return []
     AccountBook(["localhost"]).load_file(path)  # AccountsFileError: file, line
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # (as the hub reads it: a BOM is no address)
         return f.read().splitlines()
 
 

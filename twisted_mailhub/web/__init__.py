@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from twisted_mailhub.hub import ListenerSpec
+
+log = Logger()
 
 listeners = [
     ListenerSpec("web", "tcp:8080", "Web listener (HTTP): webmail, message anatomy, live console."),
@@ -51,6 +54,10 @@ def install(hub: Any) -> None:
     from twisted_mailhub.web.site import WebFace
 
     teachers = teacher_addresses(hub.accounts, hub.options.get("teacher") or [])
+    for address in sorted(teachers):
+        if hub.accounts.find(address) is None:
+            # (a warning, not a refusal: the account may come with a reload)
+            log.warn("--teacher {address} is not an account (yet): nobody is that teacher until it is added", address=address)
     hub.realm.register(IWebUser, avatar_factory(hub.store, teachers))
     if not hasattr(hub, "web_resources"):
         hub.web_resources = {}

@@ -1,0 +1,48 @@
+"""
+An accounts file as a teacher makes it: in Windows' Notepad (a UTF-8 BOM
+first, CRLF line ends) or with a typo in C{--teacher}. The first account
+must still log in, and a C{--teacher} that names no account is said.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import subprocess
+import sys
+
+from tests.web_helpers import WebClient
+from twisted_mailhub.testing import PACKAGE_ROOT
+
+
+def notepad_file(tmp_path) -> str:
+    path = tmp_path / "class.txt"
+    path.write_bytes("\ufeffteacher:chalk\r\nalice:secret\r\n# the class\r\n".encode("utf-8"))
+    return str(path)
+
+
+def test_a_notepad_accounts_file_with_a_bom_logs_in_its_first_account(start_hub, tmp_path):
+    hub = start_hub("--auth", "file:" + notepad_file(tmp_path), "--teacher", "teacher", users=())
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        assert imap.login("teacher", "chalk")[0] == "OK"
+    finally:
+        imap.logout()
+    teacher = WebClient(hub)
+    teacher.login("teacher", "chalk")
+    assert "<strong>teacher@localhost</strong> (teacher: sees every session)" in teacher.get("/").text
+    assert "is not an account" not in hub.log
+
+
+def test_mailhub_admin_lists_and_keeps_the_first_account_of_a_notepad_file(tmp_path):
+    path = notepad_file(tmp_path)
+    admin = [sys.executable, "-m", "twisted_mailhub.admin"]
+    env = {"PYTHONPATH": PACKAGE_ROOT, "PATH": "/usr/bin:/bin"}
+    listed = subprocess.run(admin + ["user", "list", "--accounts", path], capture_output=True, text=True, env=env, timeout=60)
+    assert sorted(listed.stdout.splitlines()) == ["alice@localhost\tplain", "teacher@localhost\tplain"]
+    subprocess.run(admin + ["user", "remove", "alice", "--accounts", path], capture_output=True, text=True, env=env, timeout=60, check=True)
+    assert open(path, encoding="utf-8").read().splitlines()[0] == "teacher:chalk"
+
+
+def test_a_teacher_that_is_no_account_is_logged_at_start(start_hub):
+    hub = start_hub("--teacher", "teachr")
+    hub.wait_for_log(r"--teacher teachr@localhost is not an account")
