@@ -57,7 +57,7 @@ import re
 from typing import Any, Iterator
 
 from twisted.cred.credentials import CramMD5Credentials
-from twisted.internet import defer
+from twisted.internet import abstract, defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.protocols import basic
@@ -95,6 +95,25 @@ log = Logger()
 SMALL_LITERAL = 8192
 MAX_LINE = 65536
 IDLE_POLL = 0.5  # seconds between cheap looks at new/ and cur/ while IDLE
+
+# A client that sends commands and does not read the answers: past this
+# many octets waiting to be sent, no more of its commands are read until it
+# has taken all but OUTPUT_LOW of them (looked at every OUTPUT_POLL s), so
+# what the hub holds for it stays bounded (POP3, SMTP and FTP stop reading
+# the same way: twisted_mailhub.lines).
+OUTPUT_HIGH = 1024 * 1024
+OUTPUT_LOW = 256 * 1024
+OUTPUT_POLL = 0.05
+
+
+def unsent_octets(transport: Any) -> int:
+    """Octets written to C{transport} (or the connection it wraps: transcript, TLS) and not yet sent."""
+    for _ in range(8):
+        if isinstance(transport, abstract.FileDescriptor):
+            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        transport = getattr(transport, "transport", None)
+    return 0
+
 
 # Commands whose untagged EXPUNGE would shift sequence numbers under the
 # client (RFC 3501 §7.4.1).
@@ -138,6 +157,7 @@ class IMAPServer(
     _idle_tag: bytes | None = None
     _idle_poll: Any = None
     _held = 0
+    _output_held = False  # input held until a client that stopped reading reads (OUTPUT_HIGH)
     _in_command = 0
     _reading = 0  # dataReceived calls under way (LineReceiver re-enters it)
     _auth_tag: bytes = b"*"
@@ -309,6 +329,20 @@ class IMAPServer(
             self.deadlines.data_handled(data)
         if not self._reading:
             self.flush_replies()
+            if not self._output_held and unsent_octets(self.transport) > OUTPUT_HIGH:
+                self._output_held = True
+                self._hold_input()
+                self.callLater(OUTPUT_POLL, self._output_taken)
+
+    def _output_taken(self) -> None:
+        """Read commands again once the client took most of its answers."""
+        if self.transport is None or self.transport.disconnecting:
+            return
+        if unsent_octets(self.transport) > OUTPUT_LOW:
+            self.callLater(OUTPUT_POLL, self._output_taken)
+            return
+        self._output_held = False
+        self._release_input()
 
     def flush_replies(self) -> None:
         """
