@@ -10,8 +10,10 @@ import imaplib
 import subprocess
 import sys
 
+import pytest
+
 from tests.web_helpers import WebClient
-from twisted_mailhub.testing import PACKAGE_ROOT
+from twisted_mailhub.testing import PACKAGE_ROOT, MailhubStartError
 
 
 def notepad_file(tmp_path) -> str:
@@ -46,3 +48,13 @@ def test_mailhub_admin_lists_and_keeps_the_first_account_of_a_notepad_file(tmp_p
 def test_a_teacher_that_is_no_account_is_logged_at_start(start_hub):
     hub = start_hub("--teacher", "teachr")
     hub.wait_for_log(r"--teacher teachr@localhost is not an account")
+
+
+@pytest.mark.parametrize("name", ["a\x1b[2Jb", "zero\u200bwidth", "\u202etxt.exe", "bom\ufeffinside"])
+def test_an_account_name_with_a_control_or_invisible_character_stops_the_start_naming_its_line(start_hub, tmp_path, name):
+    path = tmp_path / "class.txt"
+    path.write_text(f"alice:secret\n{name}:pw\n", encoding="utf-8")
+    with pytest.raises(MailhubStartError) as caught:
+        start_hub("--auth", f"file:{path}", users=())
+    shown = "".join(c if c.isprintable() else f"<U+{ord(c):04X}>" for c in name)
+    assert f"class.txt, line 2: not a usable mailbox name: {shown}" in str(caught.value)

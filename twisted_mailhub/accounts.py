@@ -183,8 +183,12 @@ class AccountBook:
 
             quota = parse_size(value)
         local, domain = self.split(name)
-        if not local or any(c in local for c in "/\\\0") or local.startswith("."):
-            raise ValueError(f"not a usable mailbox name: {name!r}")
+        # Not a control or invisible character either (an ESC, a BOM, a
+        # U+202E): the name is a folder of the store, and a login nobody
+        # types (a quoted local part's blanks are fine: "odd name").
+        if not local or any(c in local for c in "/\\") or local.startswith(".") or any(not c.isprintable() and c != " " for c in local):
+            shown = "".join(c if c.isprintable() or c == " " else f"<U+{ord(c):04X}>" for c in name[:200])
+            raise ValueError(f"not a usable mailbox name: {shown} (no /, \\, leading '.', control or invisible characters)")
         if not usable_domain(domain):
             # "alice@" became an account of the domain "" that every login
             # then failed on with a traceback (the store has no folder for it).
