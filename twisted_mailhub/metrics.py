@@ -35,7 +35,9 @@ bound and the data folder takes a write, else 503.
 
 from __future__ import annotations
 
+import _socket
 import os
+import socket
 import time
 from bisect import bisect_left
 from typing import Any
@@ -219,19 +221,54 @@ def rejection_reason(code: int, text: str) -> str | None:
 class ByteCounts:
     """Octets received from and sent to the clients of one listener."""
 
-    __slots__ = ("received", "sent")
+    __slots__ = ("received", "sent", "_socket_class")
 
     def __init__(self):
         self.received = 0
         self.sent = 0
+        self._socket_class: Any = None
+
+    def socket_class(self) -> type:
+        """
+        The class a connection's socket takes to be counted here
+        (L{count_socket}): made once per listener.
+        """
+        if self._socket_class is None:
+            self._socket_class = _counting_socket_class(self)
+        return self._socket_class
+
+
+def _counting_socket_class(counts: ByteCounts) -> type:
+    """
+    A subclass of C{socket.socket} whose C{send} and C{recv} count into
+    C{counts}: a connection's socket becomes one (its C{__class__} is
+    set), so counting holds nothing per connection and every other
+    attribute is the socket's own, looked up as usual.
+    """
+    send_raw, recv_raw = _socket.socket.send, _socket.socket.recv
+
+    class CountingSocket(socket.socket):
+        __slots__ = ()
+
+        def send(self, data, *flags):
+            sent = send_raw(self, data, *flags)
+            counts.sent += sent
+            return sent
+
+        def recv(self, size, *flags):
+            data = recv_raw(self, size, *flags)
+            counts.received += len(data)
+            return data
+
+    return CountingSocket
 
 
 class _CountingSocket:
     """
-    A connection's socket that counts what C{send} and C{recv} move: every
-    octet on the wire passes here once, whoever writes (Twisted's
-    transport, or a reply sent at once by L{twisted_mailhub.lines.send_now}),
-    TLS or not. Everything else is the socket's own.
+    A connection's socket that counts what C{send} and C{recv} move, for
+    a socket that is not a plain C{socket.socket} (which takes the class
+    of L{ByteCounts.socket_class} instead). Everything else is the
+    socket's own.
 
     C{send} and C{recv} are closures over the socket's own methods and the
     counts, kept in slots: a call looks nothing up through C{__getattr__}
@@ -265,12 +302,19 @@ def count_socket(transport: Any, counts: ByteCounts) -> None:
     """
     Count the octets of an accepted connection (C{transport}, before its
     protocol sees it; a hook of L{twisted_mailhub.hub.ListenerFactory})
-    into C{counts}, at its socket (L{_CountingSocket}): plain integers
-    read when Prometheus scrapes, one addition per system call. A
-    transport without a socket (a test's) is not counted.
+    into C{counts}, at its socket: plain integers read when Prometheus
+    scrapes, one addition per system call. Every octet on the wire passes
+    there once, whoever writes (Twisted's transport, or a reply sent at
+    once by L{twisted_mailhub.lines.send_now}), TLS or not. A plain
+    C{socket.socket} changes class (L{ByteCounts.socket_class}: nothing
+    allocated per connection); another socket is wrapped
+    (L{_CountingSocket}); a transport without a socket (a test's) is not
+    counted.
     """
     sock = getattr(transport, "socket", None)
-    if sock is not None and hasattr(sock, "send") and hasattr(sock, "recv"):
+    if sock.__class__ is socket.socket:
+        sock.__class__ = counts.socket_class()
+    elif sock is not None and hasattr(sock, "send") and hasattr(sock, "recv"):
         transport.socket = _CountingSocket(sock, counts)
 
 
