@@ -299,7 +299,7 @@ class LineEngine:
     __slots__ = (
         "owner", "clock", "max_line", "max_held", "idle_timeout", "line_timeout", "urgent", "transport",
         "crlf", "busy", "writing_paused", "closed", "input_ended", "_buf", "_pos", "_held", "_discarding",
-        "_raw", "_raw_started", "_raw_timeout", "_line_started", "_last_input", "_idle_call", "_login_call",
+        "_raw", "_raw_started", "_raw_timeout", "_line_started", "_last_input", "_idle_call", "_login_at",
         "_reading_paused", "_in_loop", "_batch_more", "_gathered", "_sink",
         "_gathered_octets",
     )
@@ -343,8 +343,12 @@ class LineEngine:
         self._raw_timeout: float | None = None
         self._line_started: float | None = None
         self._last_input = 0.0
+        # The engine's one timer (a DelayedCall), set for the earlier of
+        # the idle and the login deadline (_login_at, a clock time; None
+        # once logged in): one per connection, not two, and nothing to
+        # cancel at login.
         self._idle_call: Any = None
-        self._login_call: Any = None
+        self._login_at: float | None = None
         self._reading_paused = False
         self._in_loop = False
         # While handling a line that has complete lines after it (pipelined).
@@ -368,17 +372,23 @@ class LineEngine:
         """
         self.transport = transport
         transport.registerProducer(self, True)
-        self._last_input = self.clock.seconds()
-        if self.idle_timeout:
-            self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
+        now = self._last_input = self.clock.seconds()
         if login_timeout:
-            self._login_call = self.clock.callLater(login_timeout, self._login_expired)
+            self._login_at = now + login_timeout
+        self._set_timer(now)
+
+    def _set_timer(self, now: float) -> None:
+        """Set the timer for the earlier of the idle and login deadlines (if any)."""
+        when = self._last_input + self.idle_timeout if self.idle_timeout else None
+        login_at = self._login_at
+        if login_at is not None and (when is None or login_at < when):
+            when = login_at
+        if when is not None:
+            self._idle_call = self.clock.callLater(max(0.0, when - now), self._idle_check)
 
     def logged_in(self) -> None:
         """The session has logged in: the login deadline no longer applies."""
-        if self._login_call is not None and self._login_call.active():
-            self._login_call.cancel()
-        self._login_call = None
+        self._login_at = None  # (the timer, if set for it, finds it gone)
 
     def set_idle_timeout(self, seconds: float | None) -> None:
         """A new idle limit, counted from the last input."""
@@ -386,9 +396,8 @@ class LineEngine:
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
-        if seconds and not self.closed and self.transport is not None:
-            left = max(0.0, self._last_input + seconds - self.clock.seconds())
-            self._idle_call = self.clock.callLater(left, self._idle_check)
+        if not self.closed and self.transport is not None:
+            self._set_timer(self.clock.seconds())
 
     def touch(self) -> None:
         """Count now as activity (a data transfer in progress, say)."""
@@ -407,10 +416,10 @@ class LineEngine:
             self._gathered.clear()
         self._held = ()
         self._raw = None
-        for call in (self._idle_call, self._login_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._idle_call = self._login_call = None
+        call = self._idle_call
+        if call is not None and call.active():
+            call.cancel()
+        self._idle_call = self._login_at = None
         if self.transport is not None:
             try:
                 self.transport.unregisterProducer()
@@ -774,22 +783,30 @@ class LineEngine:
     # -- timers ----------------------------------------------------------------------
 
     def _idle_check(self) -> None:
+        """The timer: the idle or the login deadline (the earlier first; idle on a tie) may have passed."""
         self._idle_call = None
-        if self.closed or not self.idle_timeout:
+        if self.closed:
             return
-        left = self._last_input + self.idle_timeout - self.clock.seconds()
-        if left > 0:
-            self._idle_call = self.clock.callLater(left, self._idle_check)
+        now = self.clock.seconds()
+        idle_at = self._last_input + self.idle_timeout if self.idle_timeout else None
+        login_at = self._login_at
+        if idle_at is not None and idle_at <= now and (login_at is None or idle_at <= login_at):
+            self.owner.timed_out("idle")
+            if not self.closed and self._idle_call is None and self.idle_timeout:
+                # The owner chose to go on (a transfer is running, say):
+                # asked again in idle_timeout (or at the login deadline).
+                login_at = self._login_at
+                when = now + self.idle_timeout
+                if login_at is not None and login_at < when:
+                    when = login_at
+                self._idle_call = self.clock.callLater(max(0.0, when - now), self._idle_check)
             return
-        self.owner.timed_out("idle")
-        if not self.closed and self._idle_call is None and self.idle_timeout:
-            # The owner chose to go on (a transfer is running, say).
-            self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
-
-    def _login_expired(self) -> None:
-        self._login_call = None
-        if not self.closed:
+        if login_at is not None and login_at <= now:
+            self._login_at = None
             self.owner.timed_out("login")
+            if self.closed or self._idle_call is not None:
+                return
+        self._set_timer(now)
 
     # -- IPushProducer: the transport says whether the client reads ----------------
 
