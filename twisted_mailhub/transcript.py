@@ -304,9 +304,9 @@ class SessionEvents:
         self.account_name: Callable[[str], str | None] | None = None
         self._closed = 0
 
-    def start(self, protocol: str, client: tuple = ("?", 0), server: tuple = ("?", 0), id: str | None = None) -> SessionRecord:
-        """A new session; its C{start} event names the two ends."""
-        record = SessionRecord(self, id or next_connection_id(protocol), protocol, client, server)
+    def start(self, protocol: str, client: tuple = ("?", 0), server: tuple = ("?", 0), id: str | None = None, kind: type | None = None) -> SessionRecord:
+        """A new session; its C{start} event names the two ends. C{kind}: a subclass of L{SessionRecord} to make."""
+        record = (kind or SessionRecord)(self, id or next_connection_id(protocol), protocol, client, server)
         self.records[record.id] = record
         if len(self.records) > self.max_sessions:
             self._forget()
@@ -1012,3 +1012,12 @@ class TranscriptFactory(policies.WrappingFactory):
         policies.WrappingFactory.__init__(self, wrapped)
         self.protocol_name = protocol_name
         self.events = events if events is not None else SessionEvents()
+
+    def buildProtocol(self, addr):
+        built = self.wrappedFactory.buildProtocol(addr)
+        if getattr(built, "records_own_session", False):
+            # A protocol that records its session itself, on the same bus
+            # (FTP: twisted_mailhub.ftp.server.MailhubFTP), is not wrapped;
+            # what its listener refuses (over a connection limit) still is.
+            return built
+        return self.protocol(self, built)

@@ -41,7 +41,7 @@ import time
 
 from twisted.cred import credentials
 from twisted.internet import defer
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python import failure
@@ -57,9 +57,11 @@ from twisted_mailhub.ftp.data import (
     data_tls_options,
     same_host,
 )
+from twisted_mailhub.ftp.record import ControlRecord
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable
 from twisted_mailhub.lines import LineEngine, control_note, quote, send_now
 from twisted_mailhub.store.interfaces import is_out_of_space
+from twisted_mailhub.transcript import Transcriber, _RecordingPortal, tls_description
 
 log = Logger()
 
@@ -193,6 +195,17 @@ class MailhubFTP(ftp.FTP):
 
     MAX_LENGTH = 4096
     _encoding = "utf-8"
+    # The session's record on the hub's event bus and what turns its bytes
+    # into C:/S: lines (with the console or --transcript: hub.record_sessions),
+    # kept by the connection itself: the hub's TranscriptFactory hands it
+    # over unwrapped (records_own_session), so no wrapper sits between the
+    # socket and this protocol (a call per read and per write, ~1 KB per
+    # connection); and whether a TLS handshake is under way whose end
+    # becomes the record's "tls" event.
+    records_own_session = True
+    record = None
+    _transcriber: Transcriber | None = None
+    _tls_pending = False
 
     def __init__(self):
         self._current = None  # (verb, path, connection) of the running transfer
@@ -212,13 +225,32 @@ class MailhubFTP(ftp.FTP):
         factory = self.factory
         hub = factory.hub
         self.state = self.UNAUTH
-        self.address = self.transport.getPeer().host
+        transport = self.transport
+        peer = transport.getPeer()
+        local = transport.getHost()
+        self.address = peer.host
+        if getattr(hub, "record_sessions", False):
+            # What TranscriptProtocol.connectionMade does for the listeners
+            # it wraps: the session starts before anything is said.
+            record = self.record = hub.events.start(
+                getattr(factory, "protocol_name", "ftp"),
+                (getattr(peer, "host", "?"), getattr(peer, "port", 0)),
+                (getattr(local, "host", "?"), getattr(local, "port", 0)),
+                kind=ControlRecord,
+            )
+            self._transcriber = Transcriber(record.id, record)
+            self._tls_pending = ISSLTransport.providedBy(transport)
         if not factory.admit(self):
             self.sendLine(f"421 Too many connections from {self.address}; try again later.")
             self.transport.loseConnection()
             self.disconnected = True
             return
-        self.connection_id = hub.connection_made(self, "ftp")
+        if self.record is None:
+            self.connection_id = hub.connection_made(self, "ftp")
+        else:
+            # hub.connection_made, with the record's id as the connection's.
+            self.portal = hub.client_portal(transport, "ftp")
+            self.connection_id = self.record.id
         self.callLater = hub.reactor.callLater
         handle = getattr(self.transport, "getHandle", None)
         if handle is not None:
@@ -226,9 +258,10 @@ class MailhubFTP(ftp.FTP):
                 handle().setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             except (OSError, AttributeError):
                 pass
-        local = self.transport.getHost()
         data_port = factory.data_port if factory.data_port is not None else local.port - 1
         self.data = DataChannel(hub.reactor, local.host, self.address, data_port, factory.data_timeout, None)
+        if self.record is not None:
+            self.data.on_data_connection = self.record.add  # data connections become events
         self.lines = LineEngine(
             self,
             hub.reactor,
@@ -241,6 +274,8 @@ class MailhubFTP(ftp.FTP):
         self.lines.start(self.transport, login_timeout=factory.login_timeout)
 
     def connectionLost(self, reason):
+        if self.record is not None:
+            self.record.closed()
         self.factory.release(self)
         if self.data is not None:
             self.data.abort()
@@ -280,7 +315,10 @@ class MailhubFTP(ftp.FTP):
         if isinstance(line, str):
             line = line.encode("utf-8", "surrogateescape")
         if self.transport is not None:
-            send_now(self.transport, line + b"\r\n")
+            data = line + b"\r\n"
+            if self._transcriber is not None:
+                self._transcriber.server_bytes(data)
+            send_now(self.transport, data)
 
     def reply(self, key, *args):
         self.sendLine(ftp.RESPONSE[key] % args)
@@ -292,6 +330,14 @@ class MailhubFTP(ftp.FTP):
     # -- command dispatch -------------------------------------------------------
 
     def dataReceived(self, data):
+        transcriber = self._transcriber
+        if transcriber is not None:
+            if self._tls_pending:
+                description = tls_description(self.transport)
+                if description:
+                    self._tls_pending = False
+                    self.record.encrypted(description)
+            transcriber.client_bytes(data)
         if self.lines is not None:
             self.lines.data_received(data)
 
@@ -453,7 +499,10 @@ class MailhubFTP(ftp.FTP):
             self.state = self.UNAUTH
             return "530 Login incorrect; try USER again."
 
-        return self.portal.login(creds, None, ftp.IFTPShell).addCallbacks(ok, failed)
+        portal = self.portal
+        if self.record is not None:
+            portal = _RecordingPortal(portal, self.record)  # a login becomes the record's event
+        return portal.login(creds, None, ftp.IFTPShell).addCallbacks(ok, failed)
 
     def ftp_ACCT(self, account=""):
         return "202 ACCT not needed here."
@@ -624,6 +673,7 @@ class MailhubFTP(ftp.FTP):
         self.lines.discard_pending()
         self.transport.startTLS(self.factory.hub.tls)
         self._tls = True
+        self._tls_pending = self._transcriber is not None  # the handshake's end is recorded
         # RFC 4217 §6: a new login is needed after AUTH.
         if self.state != self.AUTHED:
             self.state = self.UNAUTH
