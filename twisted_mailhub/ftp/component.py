@@ -73,6 +73,10 @@ def check_options(options) -> None:
         raise usage.UsageError(wrong)
 
 
+def _nothing_to_undo() -> None:
+    """An FTP shell's logout: nothing to release (one function for all, not one per login)."""
+
+
 def make_factory(hub):
     from twisted_mailhub.ftp.server import MailhubFTPFactory
 
@@ -116,7 +120,7 @@ def install(hub) -> None:
     def shell(account, mind):
         if account is None and not anonymous:
             raise ftp.AuthorizationError("anonymous FTP is off")
-        return with_quota(filesystem.shell_for(account), hub, account), lambda: None
+        return with_quota(filesystem.shell_for(account), hub, account), _nothing_to_undo
 
     hub.realm.register(ftp.IFTPShell, shell)
     if anonymous:

@@ -654,6 +654,12 @@ class DataChannel:
     The data side of one control connection.
     """
 
+    # One per control connection, idle most of its life: slots keep it small.
+    __slots__ = (
+        "reactor", "local_host", "peer_host", "data_port", "timeout", "tls", "protect", "on_data_connection",
+        "state", "active_mode", "connection", "_port", "_address", "_waiting", "_timer",
+    )
+
     def __init__(self, reactor, local_host: str, peer_host: str, data_port: int, timeout: float, tls=None):
         self.reactor = reactor
         self.local_host = local_host
