@@ -162,6 +162,8 @@ class LimitedFactory(protocol.Factory):
         self.limits = limits
         self.name = name
         self.metrics = metrics
+        # The listener's connections counter and open gauge (labelled).
+        self._counted: tuple | None = None
 
     def doStart(self):
         self.wrapped.doStart()
@@ -181,23 +183,39 @@ class LimitedFactory(protocol.Factory):
         if built is None:
             self.limits.release(host)
             return None
-        connection_lost = built.connectionLost
-        released = []
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.connections.labels(self.name).inc()
-            metrics.open.labels(self.name).inc()
-
-        def lost(reason, connection_lost=connection_lost):
-            if not released:
-                released.append(True)
-                self.limits.release(host)
-                if metrics is not None:
-                    metrics.open.labels(self.name).dec()
-            return connection_lost(reason)
-
-        built.connectionLost = lost
+        if self.metrics is not None:
+            counted = self._counted
+            if counted is None:  # (made on first use, as labels() would)
+                counted = self._counted = (self.metrics.connections.labels(self.name), self.metrics.open.labels(self.name))
+            counted[0].inc()
+            counted[1].inc()
+        built.connectionLost = _CountedOut(self, host, built.connectionLost)
         return built
+
+
+class _CountedOut:
+    """
+    A connection's C{connectionLost} through L{LimitedFactory}: counts it
+    out of the limits (and the open gauge) once, then calls the protocol's
+    own. A small object (slots), not a closure and its cells: it is kept
+    for the connection's life.
+    """
+
+    __slots__ = ("factory", "host", "connection_lost")
+
+    def __init__(self, factory: LimitedFactory, host: str, connection_lost: Any):
+        self.factory = factory
+        self.host = host
+        self.connection_lost = connection_lost
+
+    def __call__(self, reason: Any) -> Any:
+        factory = self.factory
+        if factory is not None:
+            self.factory = None
+            factory.limits.release(self.host)
+            if factory._counted is not None:
+                factory._counted[1].dec()
+        return self.connection_lost(reason)
 
 
 class TrustedNetworks:
