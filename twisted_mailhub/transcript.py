@@ -842,6 +842,20 @@ def tls_description(transport: Any) -> str:
     return ""
 
 
+def record_login(record: SessionRecord, credentials: Any, result: Any) -> None:
+    """
+    A login succeeded with C{credentials}, the portal answering C{result}
+    (C{(interface, avatar, logout)}): the record's C{login} event, naming
+    the avatar's address, else the name the client gave.
+    """
+    name = getattr(credentials, "username", b"") or b""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    avatar = result[1] if isinstance(result, tuple) and len(result) > 1 else None
+    address = getattr(avatar, "address", None) or getattr(getattr(avatar, "account", None), "address", None)
+    record.logged_in(address if isinstance(address, str) and address else name)
+
+
 class _RecordingPortal:
     """
     A connection's portal, seen through its session record: a successful
@@ -856,12 +870,7 @@ class _RecordingPortal:
         d = self._portal.login(credentials, mind, *interfaces)
 
         def ok(result):
-            name = getattr(credentials, "username", b"") or b""
-            if isinstance(name, bytes):
-                name = name.decode("utf-8", "replace")
-            avatar = result[1] if isinstance(result, tuple) and len(result) > 1 else None
-            address = getattr(avatar, "address", None) or getattr(getattr(avatar, "account", None), "address", None)
-            self._record.logged_in(address if isinstance(address, str) and address else name)
+            record_login(self._record, credentials, result)
             return result
 
         return d.addCallback(ok)

@@ -61,7 +61,7 @@ from twisted_mailhub.ftp.record import ControlRecord
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable
 from twisted_mailhub.lines import LineEngine, control_note, quote, send_now
 from twisted_mailhub.store.interfaces import is_out_of_space
-from twisted_mailhub.transcript import Transcriber, _RecordingPortal, tls_description
+from twisted_mailhub.transcript import Transcriber, record_login, tls_description
 
 log = Logger()
 
@@ -480,6 +480,8 @@ class MailhubFTP(ftp.FTP):
         user = self._user
 
         def ok(result):
+            if self.record is not None:
+                record_login(self.record, creds, result)  # the record's login event
             interface, avatar, logout = result
             if self.disconnected:
                 logout()
@@ -499,10 +501,7 @@ class MailhubFTP(ftp.FTP):
             self.state = self.UNAUTH
             return "530 Login incorrect; try USER again."
 
-        portal = self.portal
-        if self.record is not None:
-            portal = _RecordingPortal(portal, self.record)  # a login becomes the record's event
-        return portal.login(creds, None, ftp.IFTPShell).addCallbacks(ok, failed)
+        return self.portal.login(creds, None, ftp.IFTPShell).addCallbacks(ok, failed)
 
     def ftp_ACCT(self, account=""):
         return "202 ACCT not needed here."
