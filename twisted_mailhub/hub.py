@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python import failure
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from twisted_mailhub import dispatch
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.login import ClientPortal, LoginThrottle
 from twisted_mailhub.logobserver import OffersLogObserver
@@ -556,6 +557,8 @@ class HubService(OffersLogObserver, service.MultiService):
         if not self._bound:  # started without twistd (a .tac, a test)
             self._bind()
         service.MultiService.startService(self)
+        # Fewer Python calls per socket event (twisted_mailhub/dispatch.py).
+        self._dispatch = dispatch.install(self.hub.reactor)
         self._install_sighup()
         self.hub.reactor.callWhenRunning(self._install_stop_signals)
         if self._pending:
@@ -710,6 +713,8 @@ class HubService(OffersLogObserver, service.MultiService):
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
+        if getattr(self, "_dispatch", False):
+            dispatch.uninstall(self.hub.reactor)
         ports, self.ports = self.ports, []
         d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
         d.addBoth(lambda _: service.MultiService.stopService(self))
