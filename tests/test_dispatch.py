@@ -474,3 +474,135 @@ def test_a_real_hub_logs_a_listeners_lines_and_errors_under_its_connection_prefi
     assert traceback == "\tTraceback (most recent call last):"
     assert boom == "\tbuiltins.ValueError: boom"
     assert re.fullmatch(prefix + r",1,127\.0\.0\.1\] heard say", said_again)
+
+
+# The main loop: the same turns, fewer calls per turn.
+
+
+def _run_loop(which: str, plan) -> tuple[list, list[dict]]:
+    """
+    Run a fresh EPollReactor's C{run()} (Twisted's loop, or the hub's) on a
+    made-up clock that moves by each poll's wait: C{plan(reactor, seen)}
+    schedules the work. Returns what happened in order (C{seen}: the
+    plan's records and each poll's wait) and the log events.
+    """
+    reactor = EPollReactor()
+    if which == "hub":
+        assert dispatch.install(reactor)
+        assert getattr(reactor.mainLoop, "mailhub_dispatch", False)
+    now = [1000.0]
+    reactor.seconds = lambda: now[0]
+    seen: list = []
+    poll = reactor.doIteration
+
+    def do_iteration(wait):
+        seen.append(("wait", wait))
+        poll(0)  # nothing to wait for on the made-up clock
+        now[0] += 0.25 if wait is None else wait
+
+    reactor.doIteration = do_iteration
+    events: list[dict] = []
+
+    def observe(event):
+        failure = event.get("log_failure") or event.get("failure")
+        events.append({"text": None if failure else formatEvent(event), "error": failure and failure.type.__name__, "namespace": event.get("log_namespace")})
+
+    plan(reactor, seen)
+    globalLogPublisher.addObserver(observe)
+    try:
+        reactor.run(installSignalHandlers=False)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        for reader in list(reactor._internalReaders):
+            reactor.removeReader(reader)
+            reader.connectionLost(None)
+        reactor._poller.close()
+    return seen, events
+
+
+def _timed_work(reactor, seen):
+    def record(name):
+        seen.append(name)
+
+    def fail():
+        raise ValueError("timed call failed")
+
+    reactor.callLater(1.0, record, "after 1 s")
+    reactor.callLater(0, record, "at once")
+    reactor.callLater(0.5, fail)
+    reactor.callLater(2.0, record, "never").cancel()
+    for n in range(60):  # enough cancelled calls to be swept from the heap
+        reactor.callLater(5.0 + n, record, "never").cancel()
+    later = reactor.callLater(1.5, record, "delayed to 3 s")
+    reactor.callLater(1.2, later.delay, 1.5)
+    reactor.callLater(2.5, lambda: reactor.callLater(0, record, "new at 2.5 s"))
+    reactor.callLater(4.0, reactor.stop)
+    reactor.addSystemEventTrigger("before", "shutdown", record, "shutdown")
+    reactor.callWhenRunning(record, "running")
+
+
+def test_the_hubs_main_loop_runs_the_same_calls_and_polls_with_the_same_waits_as_twisteds():
+    twisted_seen, twisted_events = _run_loop("twisted", _timed_work)
+    hub_seen, hub_events = _run_loop("hub", _timed_work)
+    assert hub_seen == twisted_seen
+    assert hub_events == twisted_events
+    calls = [s for s in hub_seen if not isinstance(s, tuple)]
+    assert calls == ["running", "at once", "after 1 s", "new at 2.5 s", "delayed to 3 s", "shutdown"]
+    assert [e["error"] for e in hub_events if e["error"]] == ["ValueError"]
+    assert hub_events[-1]["text"] == "Main loop terminated."
+    # Waits are what is left until the next call is due (never a negative one).
+    waits = [s[1] for s in hub_seen if isinstance(s, tuple)]
+    assert 0.5 in waits and all(w is None or w >= 0 for w in waits)
+
+
+def test_a_call_from_another_thread_is_run_by_the_hubs_main_loop():
+    import threading
+
+    def plan(reactor, seen):
+        def from_thread():
+            reactor.callFromThread(seen.append, "from a thread")
+            reactor.callFromThread(reactor.stop)
+
+        reactor.callWhenRunning(threading.Thread(target=from_thread).start)
+
+    for which in DISPATCHERS:
+        seen, events = _run_loop(which, plan)
+        assert "from a thread" in seen
+
+
+def test_an_error_in_a_turn_is_logged_as_unexpected_and_the_hubs_main_loop_goes_on():
+    def plan(reactor, seen):
+        poll = reactor.doIteration
+        failed = []
+
+        def do_iteration(wait):
+            if not failed:
+                failed.append(1)
+                raise RuntimeError("poll broke")
+            poll(wait)
+
+        reactor.doIteration = do_iteration
+        reactor.callLater(1.0, seen.append, "still running")
+        reactor.callLater(2.0, reactor.stop)
+
+    results = {which: _run_loop(which, plan) for which in DISPATCHERS}
+    assert results["hub"] == results["twisted"]
+    seen, events = results["hub"]
+    assert "still running" in seen
+    assert [e["text"] for e in events if e["error"] == "RuntimeError"] == [None]
+    assert any(e["error"] == "RuntimeError" and e["namespace"] == "twisted.internet.base" for e in events)
+
+
+def test_a_reactor_whose_loop_is_not_twisteds_keeps_its_own():
+    class OwnLoop(EPollReactor):
+        def mainLoop(self):
+            EPollReactor.mainLoop(self)
+
+    reactor = OwnLoop()
+    try:
+        assert dispatch.install(reactor)  # the poll still is Twisted's
+        assert not getattr(reactor.mainLoop, "mailhub_dispatch", False)
+        dispatch.uninstall(reactor)
+    finally:
+        reactor._poller.close()
+        reactor.waker.connectionLost(None)

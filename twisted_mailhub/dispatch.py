@@ -55,7 +55,7 @@ import sys
 from errno import EINTR, EWOULDBLOCK
 from typing import Any, Callable
 
-from twisted.internet import main, posixbase, tcp
+from twisted.internet import base, main, posixbase, tcp
 from twisted.python import context, log
 
 try:
@@ -75,6 +75,12 @@ _TWISTED_DO_POLL = getattr(EPollReactor, "doPoll", None)
 _TWISTED_DO_READ_OR_WRITE = posixbase._PollLikeMixin._doReadOrWrite
 _TWISTED_CALL_WITH_LOGGER = log.callWithLogger
 _TWISTED_CALL_WITH_CONTEXT = log.callWithContext
+_TWISTED_MAIN_LOOP = base.ReactorBase.mainLoop
+_TWISTED_RUN_UNTIL_CURRENT = base.ReactorBase.runUntilCurrent
+_TWISTED_TIMEOUT = base.ReactorBase.timeout
+# ReactorBase's state that L{make_main_loop} reads to know a turn has no
+# timed or thread calls to run.
+_TURN_STATE = ("threadCallQueue", "_newTimedCalls", "_pendingTimedCalls", "_cancellations", "_justStopped", "_started", "running")
 
 
 def _reads_inline(kind: type) -> bool:
@@ -119,11 +125,34 @@ def installed(reactor: Any) -> bool:
     return getattr(getattr(reactor, "doIteration", None), "mailhub_dispatch", False)
 
 
+def _turns_inline(reactor: Any) -> bool:
+    """
+    Whether C{reactor}'s main loop may be L{make_main_loop}'s: its
+    C{mainLoop}, C{runUntilCurrent} and C{timeout} are C{ReactorBase}'s own
+    (on the class and the instance) and it has the state they keep.
+    """
+    kind = type(reactor)
+    return (
+        all(hasattr(reactor, name) for name in _TURN_STATE)
+        and hasattr(base, "_topHandler")
+        and kind.mainLoop is _TWISTED_MAIN_LOOP
+        and kind.runUntilCurrent is _TWISTED_RUN_UNTIL_CURRENT
+        and kind.timeout is _TWISTED_TIMEOUT
+        and getattr(reactor.mainLoop, "__func__", None) is _TWISTED_MAIN_LOOP
+        and getattr(reactor.runUntilCurrent, "__func__", None) is _TWISTED_RUN_UNTIL_CURRENT
+        and getattr(reactor.timeout, "__func__", None) is _TWISTED_TIMEOUT
+    )
+
+
 def install(reactor: Any) -> bool:
     """
     Give C{reactor} (the instance, not its class) the cheaper
-    C{doIteration} when L{applies_to} it; return whether it has it. Safe to
-    call again (a second call changes nothing). L{uninstall} undoes it.
+    C{doIteration} when L{applies_to} it, and the cheaper C{mainLoop}
+    (L{make_main_loop}) when its loop is Twisted's too; return whether it
+    has the cheaper C{doIteration}. Safe to call again (a second call
+    changes nothing). L{uninstall} undoes it. A C{mainLoop} given while
+    the reactor already runs is used from its next C{run()}: C{twistd}
+    starts the hub's services before it runs the reactor.
 
     (Never C{vars(reactor)}: in CPython 3.11 that turns the instance's
     inline attribute values into a dict, and every C{reactor.x} after it
@@ -133,14 +162,72 @@ def install(reactor: Any) -> bool:
         return True
     if not applies_to(reactor):
         return False
+    if _turns_inline(reactor):
+        reactor.mainLoop = make_main_loop(reactor)
     reactor.doIteration = make_do_poll(reactor)
     return True
 
 
 def uninstall(reactor: Any) -> None:
-    """Give C{reactor} back Twisted's own C{doIteration} (its class's)."""
+    """Give C{reactor} back Twisted's own C{doIteration} and C{mainLoop} (its class's)."""
     if installed(reactor):
         del reactor.doIteration
+    if getattr(getattr(reactor, "mainLoop", None), "mailhub_dispatch", False):
+        del reactor.mainLoop
+
+
+def make_main_loop(reactor: Any) -> Callable[[], None]:
+    """
+    C{ReactorBase.mainLoop} for C{reactor}, with the same turns: run what
+    is due (C{runUntilCurrent}), work out how long the poll may wait
+    (C{timeout}), poll (C{doIteration}), every failure of a turn logged as
+    "Unexpected error in main loop" and the loop going on. The difference
+    is in what a turn costs when nothing is due: Twisted calls
+    C{runUntilCurrent} and C{timeout} (and C{_insertNewDelayedCalls} in
+    each, and the failure handler's C{__enter__}/C{__exit__}) every turn;
+    here C{runUntilCurrent} is called only when it has something to do (a
+    call from a thread, a new or due timed call, cancelled calls to sweep,
+    the reactor just stopped), and the wait is worked out inline.
+    """
+    top = base._topHandler
+    run_until_current = reactor.runUntilCurrent
+    insert_new_delayed_calls = reactor._insertNewDelayedCalls
+    exc_info = sys.exc_info
+    longest = 2147483  # as ReactorBase.timeout: epoll_wait's milliseconds fit an int
+
+    def main_loop() -> None:
+        r = reactor
+        while r._started:
+            try:
+                pending = r._pendingTimedCalls
+                if r.threadCallQueue or r._newTimedCalls or r._justStopped or (
+                    r._cancellations > 50 and r._cancellations > len(pending) >> 1
+                ):
+                    run_until_current()
+                    now = None
+                else:
+                    now = r.seconds()
+                    if pending and pending[0].time <= now:
+                        run_until_current()
+                        now = None
+                # ReactorBase.timeout
+                if r._newTimedCalls:
+                    insert_new_delayed_calls()
+                pending = r._pendingTimedCalls
+                if pending:
+                    if now is None:
+                        now = r.seconds()
+                    wait = max(0, min(longest, pending[0].time - now))
+                else:
+                    wait = None
+                r.doIteration(r.running and wait)
+            except BaseException:
+                if not top.__exit__(*exc_info()):
+                    raise
+        base._log.info("Main loop terminated.")
+
+    main_loop.mailhub_dispatch = True  # type: ignore[attr-defined]
+    return main_loop
 
 
 def make_do_poll(reactor: Any) -> Callable[[float | None], None]:
@@ -174,9 +261,18 @@ def make_do_poll(reactor: Any) -> Callable[[float | None], None]:
             raise
         if not ready:
             return None
-        # What log.callWithContext copies: the log context below ours.
-        contexts = tracker.currentContext().contexts
-        below = tracker.getContext(ILogContext)
+        # What log.callWithContext copies: the log context below ours
+        # (ThreadedContextTracker.getContext, without its two calls).
+        try:
+            contexts = tracker.storage.ct.contexts
+        except AttributeError:
+            contexts = tracker.currentContext().contexts
+        for below in reversed(contexts):
+            if ILogContext in below:
+                below = below[ILogContext]
+                break
+        else:
+            below = {}
         frame: dict[Any, Any] = {}
         contexts.append(frame)
         try:
