@@ -30,6 +30,13 @@ that does the same work with fewer calls:
     PostgreSQL connection, a selectable of another class) goes through
     Twisted's own C{_doReadOrWrite}, under the same context.
 
+L{install} also gives it, when its loop is C{ReactorBase}'s own, a
+C{mainLoop} (L{make_main_loop}) that runs the same turns but calls
+C{runUntilCurrent} only when something is due and works out the poll's
+wait inline: Twisted calls C{runUntilCurrent}, C{timeout}, two
+C{_insertNewDelayedCalls} and a failure handler's C{__enter__}/C{__exit__}
+every turn.
+
 What a user can see stays exactly the same: every log line written while
 a connection's event is handled carries that connection's system prefix
 (C{[SMTPServer,3,127.0.0.1]}, C{[-]} outside events); an exception from a
