@@ -85,13 +85,13 @@ class SharedFolderTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_arrivals_of_one_batch_take_the_shared_modseq_counter_once_and_are_told_with_their_modseqs(self):
         takes = []
-        take_modseq = shared.FolderLock.take_modseq
+        take_numbers = shared.FolderLock.take_numbers
 
-        def counted(lock, floor, count=1):
+        def counted(lock, uid_floor, modseq_floor, count):
             takes.append(count)
-            return take_modseq(lock, floor, count) if count != 1 else take_modseq(lock, floor)
+            return take_numbers(lock, uid_floor, modseq_floor, count)
 
-        self.patch(shared.FolderLock, "take_modseq", counted)
+        self.patch(shared.FolderLock, "take_numbers", counted)
         heard = []
         self.a.add_listener(lambda change: heard.extend((uid, self.a.modseq(uid)) for uid in change.added))
         yield defer.gatherResults([self.a.deliver(MESSAGE) for _ in range(10)])
@@ -114,23 +114,84 @@ class SharedFolderTests(unittest.TestCase):
         import threading
 
         takes = []
-        take_uid = shared.FolderLock.take_uid
+        locked_in_reactor = []
+        take_numbers = shared.FolderLock.take_numbers
+        enter = shared.FolderLock.__enter__
 
-        def counted(lock, floor, count=1):
+        def counted(lock, uid_floor, modseq_floor, count):
             takes.append((count, threading.current_thread() is threading.main_thread()))
-            return take_uid(lock, floor, count) if count != 1 else take_uid(lock, floor)
+            return take_numbers(lock, uid_floor, modseq_floor, count)
 
-        self.patch(shared.FolderLock, "take_uid", counted)
+        def watched(lock):
+            if threading.current_thread() is threading.main_thread():
+                locked_in_reactor.append(lock.path)
+            return enter(lock)
+
+        self.patch(shared.FolderLock, "take_numbers", counted)
         yield self.b.deliver(MESSAGE)
         takes.clear()
+        self.patch(shared.FolderLock, "__enter__", watched)
         keys = yield defer.gatherResults([self.a.deliver(MESSAGE) for _ in range(10)])
         # UIDs 2..11 after b's 1, each once, and the reactor took none of
-        # them: the batch's thread did, one take per batch.
+        # them, nor their modseqs, nor the folder's lock at all: the
+        # batch's thread did, one take of both counters per batch.
+        self.assertEqual(locked_in_reactor, [])
         self.assertEqual(self.listed(), list(range(1, 12)))
         self.assertEqual(sorted(info.uid for info in self.a.messages() if info.key in keys), list(range(2, 12)))
         self.assertEqual(sum(count for count, _ in takes), 10)
         self.assertEqual([in_reactor for _, in_reactor in takes if in_reactor], [])
         self.assertLessEqual(len(takes), self.a.writer.batches)
+
+    def modseq_lines(self):
+        from twisted_mailhub.store.maildir import MODSEQ_LOG
+
+        with open(os.path.join(self.a.directory, MODSEQ_LOG), "rb") as f:
+            return f.read().splitlines()
+
+    @defer.inlineCallbacks
+    def test_a_modseq_logged_before_its_file_came_is_the_one_the_other_worker_takes(self):
+        yield self.a.deliver(MESSAGE)
+        self.b.messages()
+        # Worker b numbered UID 2 in its group commit (UID line, modseq
+        # line) and is still flushing: its file is not in new/ yet.
+        name = "1700000000.M1P99Q3.b,S=%d" % len(MESSAGE)
+        with self.b._uidlist_lock:
+            uid, value = self.b._uidlist_lock.take_numbers(self.b.uid_next, self.b.highest_modseq + 1, 1)
+            with open(os.path.join(self.b.directory, UIDLIST), "a", encoding="utf-8") as f:
+                f.write(f"{uid} {name} {len(MESSAGE)} 1700000000\n")
+            self.b._append_own_modseqs(b"%d %d\n" % (uid, value))
+        self.assertEqual([i.uid for i in self.a.messages()], [1])
+        with open(os.path.join(self.a.directory, "new", name), "wb") as f:
+            f.write(MESSAGE)
+        before = len(self.modseq_lines())
+        self.a._dir_mtimes = None
+        self.assertEqual([i.uid for i in self.a.messages()], [1, 2])
+        # a takes b's value for it: no second value, no line of its own.
+        self.assertEqual(self.a.modseq(uid), value)
+        self.assertEqual(len(self.modseq_lines()), before)
+
+    @defer.inlineCallbacks
+    def test_an_arrival_whose_modseq_is_below_one_its_worker_showed_meanwhile_gets_a_new_one(self):
+        number = type(self.a)._number_records
+        shown = []
+
+        def meanwhile(folder, records):
+            number(folder, records)
+            # While the batch flushes, a flag change elsewhere took a higher
+            # modseq from the counter and this worker read it (a session
+            # may have been shown it as HIGHESTMODSEQ).
+            value = folder._uidlist_lock.take_modseq(folder.highest_modseq + 1)
+            shown.append(value)
+            folder.highest_modseq = value
+
+        self.patch(type(self.a), "_number_records", meanwhile)
+        heard = []
+        self.a.add_listener(lambda change: heard.extend((uid, self.a.modseq(uid)) for uid in change.added))
+        yield self.a.deliver(MESSAGE)
+        [(uid, value)] = heard
+        self.assertGreater(value, shown[0])
+        self.b.messages()
+        self.assertEqual(self.b.modseq(uid), value)
 
     @defer.inlineCallbacks
     def test_a_delivery_that_fails_before_its_line_leaves_no_gap_in_the_uids(self):

@@ -154,6 +154,7 @@ _INDEX_VERSION = 3
 SETTLED = 1.0  # seconds a directory must have been unchanged before a look for the index to trust its mtime (many clock ticks)
 SUBSCRIPTIONS = "subscriptions"
 MODSEQ_LOG = "mailhub-modseq"  # "<uid> <modseq>" per change, last wins (RFC 7162)
+MODSEQ_PENDING_MAX = 65536  # --workers: modseqs kept for messages not known yet (MaildirFolder._catch_up_modseqs)
 UIDVALIDITY_FILE = "mailhub-uidvalidity"  # the account's highest UIDVALIDITY so far
 _LETTERS = {"D": DRAFT, "F": FLAGGED, "R": ANSWERED, "S": SEEN, "T": DELETED}
 _FLAG_LETTER = {flag: letter for letter, flag in _LETTERS.items()}
@@ -393,13 +394,14 @@ class _Entry:
     list): what it will be once it arrives.
     """
 
-    __slots__ = ("info", "subdir", "filename", "keywords")
+    __slots__ = ("info", "subdir", "filename", "keywords", "modseq")
 
     def __init__(self, info: MessageInfo, subdir: str, filename: str, keywords: frozenset[str]):
         self.info = info
         self.subdir = "new" if subdir == "new" else "cur"
         self.filename = filename
         self.keywords = keywords
+        self.modseq = 0  # under --workers: given with its UID (MaildirFolder._number_records)
 
 
 _split_cache: dict[str, tuple[int, bool]] = {}
@@ -501,6 +503,9 @@ class MaildirFolder:
             self._elsewhere: dict[str, tuple] = {}  # other processes' lines, file not seen yet
             self._list_position = shared.ListPosition()
             self._from_log: set[int] = set()  # UIDs whose modseq another process logged (this look)
+            # Modseqs another process logged for messages this one does not
+            # know yet (their line comes before their file): UID -> value.
+            self._modseq_pending: dict[int, int] = {}
             with self._uidlist_lock:
                 self._load()
                 self._list_position = shared.ListPosition.now(self._uidlist_path())
@@ -1097,6 +1102,11 @@ class MaildirFolder:
             uid, size, date, words = listed
             table.add(uid, base, size, date, words, sub, filename, _split(filename)[1])
             self._changes += 1
+            value = self._modseq_pending.pop(uid, 0)
+            if value:
+                # Its writer logged its modseq before its file came: that one.
+                table.modseqs[table.position(uid)] = value
+                self._from_log.add(uid)
             # (not \Recent here: the process that wrote it offered it, shared.claim_recent)
             self._bump([uid], observed=True)
             self._listeners.notify(FolderChange(added=(uid,)))
@@ -1320,21 +1330,28 @@ class MaildirFolder:
 
     def _number_records(self, records: list[Record]) -> None:
         """
-        Under --workers: UIDs for the messages of one group commit whose
-        files are written (C{records}' entries), in the batch's thread with
-        the folder's lock held, just before their lines are appended: one
-        look at the folder's shared counter for the batch
-        (L{shared.FolderLock.take_uid}), so they are unique and dense
-        across the workers, and the reactor takes no lock per message.
+        Under --workers: UIDs and mod-sequences for the messages of one
+        group commit whose files are written (C{records}' entries), in the
+        batch's thread with the folder's lock held, just before their
+        lines are appended: one look at the folder's shared counters for
+        the batch (L{shared.FolderLock.take_numbers}), so they are unique
+        and dense across the workers, and their modseq log lines appended
+        in the same hold; the reactor takes no lock for the batch
+        (L{_write_shared_arrivals}).
         """
-        first = self._uidlist_lock.take_uid(self.uid_next, len(records))
-        for uid, record in enumerate(records, first):
+        count = len(records)
+        first, modseq = self._uidlist_lock.take_numbers(self.uid_next, max(self.highest_modseq + 1, _now_us()), count)
+        lines = []
+        for n, record in enumerate(records):
             entry = record.subject
             info = entry.info
-            entry.info = MessageInfo(uid, info.key, info.flags, info.size, info.internal_date)
+            entry.info = MessageInfo(first + n, info.key, info.flags, info.size, info.internal_date)
+            entry.modseq = modseq + n
             record.line = self._uidlist_line(entry).encode("utf-8")
-        if first + len(records) > self.uid_next:
-            self.uid_next = first + len(records)
+            lines.append(b"%d %d\n" % (first + n, modseq + n))
+        if first + count > self.uid_next:
+            self.uid_next = first + count
+        self._append_own_modseqs(b"".join(lines))
 
     def _take_placed(self) -> None:
         """
@@ -1358,7 +1375,7 @@ class MaildirFolder:
             self._recent.add(info.uid)
         elif entry.subdir == "cur":
             shared.offer_recent(self._uidlist_lock, [info.uid])  # (one in new/ is claimed by its rename)
-        self._bump_arrived(info.uid)
+        self._bump_arrived(info.uid, entry.modseq)
         if self._shared:
             return entry  # its listeners and the other workers hear of it with its batch (_write_shared_arrivals)
         if self._listeners.count():
@@ -1725,23 +1742,25 @@ class MaildirFolder:
                 modseqs[i:j] = array("Q", [value]) * (j - i)
         self.highest_modseq = max(top, _now_us())
 
-    def _bump_arrived(self, uid: int) -> None:
+    def _bump_arrived(self, uid: int, modseq: int = 0) -> None:
         """
         L{_bump} for a message just delivered (row C{uid} just added): its
         mod-sequence is given now; its line in the modseq log is appended
         with those of the other arrivals of the same group commit, once
         the writer has run that batch's callbacks (one append per batch,
-        not one per message; L{_write_arrivals}).
+        not one per message; L{_write_arrivals}). Under --workers it came
+        with its UID (C{modseq}, logged already: L{_number_records}).
         """
         if self._shared:
             # Under --workers a modseq comes from the folder's shared clock,
             # under its lock (store/shared.py): taken once for the batch's
-            # arrivals (_write_shared_arrivals), not once per message.
+            # arrivals, in the batch's thread (_number_records); they are
+            # applied and told once for the batch (_write_shared_arrivals).
             pending = self._arrivals
             later = getattr(self.writer, "after_batch", None)
             if not pending and later is not None:
                 later(self._write_arrivals)
-            pending.append(uid)
+            pending.append((uid, modseq))
             if later is None:
                 self._write_arrivals()
             return
@@ -1775,48 +1794,57 @@ class MaildirFolder:
 
     def _write_shared_arrivals(self) -> None:
         """
-        Under --workers: the arrivals of one group commit (their UIDs in
-        C{_arrivals}) get consecutive mod-sequences from the folder's
-        shared counter and their log lines in one append, under one hold
-        of the folder's lock, as one change; then this process's
-        listeners and the other workers hear of them, once for the batch.
-        Runs before any of the batch's Deferreds fires (after_batch).
+        Under --workers: the arrivals of one group commit (their UIDs and
+        modseqs in C{_arrivals}, given and logged in the batch's thread,
+        L{_number_records}) take their modseqs in the table, as one
+        change; then this process's listeners and the other workers hear
+        of them, once for the batch. Runs before any of the batch's
+        Deferreds fires (after_batch), and takes no lock unless this
+        process has meanwhile given or read a modseq above an arrival's
+        (a session may have been shown it as HIGHESTMODSEQ): those get a
+        new one, so that nothing shows up below what was shown
+        (RFC 7162 §3.1).
         """
-        uids, self._arrivals = self._arrivals, []
+        arrivals, self._arrivals = self._arrivals, []
         table = self._table
-        with self._uidlist_lock:
-            compact = self._modseq_lines > 2 * len(table) + 1000
-            if compact:
-                self._catch_up_modseqs()  # (the rewrite keeps what the others logged)
-            self._changes += 1
-            # The shared counter puts these above every value any worker
-            # gave: the others' lines need not be read first (the next look
-            # at the folder reads them, _catch_up_modseqs).
-            first = self._uidlist_lock.take_modseq(max(self.highest_modseq + 1, _now_us()), len(uids))
-            records = []
-            for value, uid in enumerate(uids, first):
-                i = table.position(uid)
-                if i >= 0:
-                    table.modseqs[i] = value
-                records.append(f"{uid} {value}\n")
-            self.highest_modseq = first + len(uids) - 1
-            if compact:
-                self._append_modseqs(records, self.highest_modseq)
+        shown = self.highest_modseq
+        late = []
+        top = shown
+        pending = self._modseq_pending
+        for uid, value in arrivals:
+            if pending:
+                pending.pop(uid, None)  # (its own line, read before it arrived)
+            if value <= shown:
+                late.append(uid)
+                continue
+            i = table.position(uid)
+            if i >= 0:
+                table.modseqs[i] = value
+            if value > top:
+                top = value
+        self.highest_modseq = top
+        self._changes += 1
+        self._modseq_lines += len(arrivals)
+        if late or self._modseq_lines > 2 * len(table) + 1000:
+            with self._uidlist_lock:
+                self._catch_up_modseqs()  # (a rewrite keeps what the others logged)
+                if late:
+                    self._bump_now(late)
+                else:
+                    self._append_modseqs([], self.highest_modseq)  # (compacted)
                 self._modseq_position = shared.ListPosition.now(self._modseq_path())
-            else:
-                self._append_own_modseqs(records)
         if self._listeners.count():
-            self._listeners.notify(FolderChange(added=tuple(uids)))
+            self._listeners.notify(FolderChange(added=tuple(uid for uid, _ in arrivals)))
         shared.tell_others(self.directory)
 
-    def _append_own_modseqs(self, records: list[str]) -> None:
+    def _append_own_modseqs(self, data: bytes) -> None:
         """
-        Under --workers, with the folder's lock held: append C{records} to
-        the modseq log; the position read so far moves past them only when
-        nothing of the others' lies between (else the next catch-up reads
-        theirs, and these again, which changes nothing).
+        Under --workers, with the folder's lock held (in any thread):
+        append C{data} (lines) to the modseq log; the position read so far
+        moves past them only when nothing of the others' lies between
+        (else the next catch-up reads theirs, and these again, which
+        changes nothing).
         """
-        data = "".join(records).encode("ascii")
         try:
             fd = os.open(self._modseq_path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             try:
@@ -1827,7 +1855,6 @@ class MaildirFolder:
         except OSError as e:
             log.warn("modseq log of {path} not written: {error}", path=self.directory, error=e.strerror)
             return
-        self._modseq_lines += len(records)
         position = self._modseq_position
         if st.st_ino == position.inode and st.st_size - len(data) == position.offset:
             self._modseq_position = shared.ListPosition(st.st_ino, st.st_size)
@@ -1843,12 +1870,21 @@ class MaildirFolder:
             return
         table = self._table
         uids, modseqs, top = table.uids, table.modseqs, self.highest_modseq
+        pending = self._modseq_pending
         for lo_uid, hi_uid, value in _modseq_log_ranges(data):
             top = max(top, value)
             if lo_uid <= 0:
                 continue
             i = bisect.bisect_left(uids, lo_uid)
             j = bisect.bisect_right(uids, hi_uid, i)
+            if i == j and lo_uid == hi_uid:
+                # A message this process does not know yet (another's, its
+                # file on its way): its value waits for it (_claim_listed).
+                if len(pending) >= MODSEQ_PENDING_MAX:
+                    pending.clear()  # (those found later get a new value)
+                if value > pending.get(lo_uid, 0):
+                    pending[lo_uid] = value
+                continue
             for k in range(i, j):
                 if value > modseqs[k]:
                     modseqs[k] = value

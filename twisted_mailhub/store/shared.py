@@ -163,6 +163,21 @@ class FolderLock:
             self._write(uid, modseq + count - 1)
             return modseq
 
+    def take_numbers(self, uid_floor: int, modseq_floor: int, count: int) -> tuple[int, int]:
+        """
+        L{take_uid} and L{take_modseq} for C{count} arrivals (the messages
+        of one group commit) in one read and one write of the counters:
+        (first UID, first mod-sequence), each of C{count} consecutive
+        values. Takes the lock; call with it held while the arrivals'
+        lines are appended, so that the logs' order is the values' order.
+        """
+        with self:
+            uid, modseq = self._counters()
+            uid = max(uid, uid_floor)
+            modseq = max(modseq + 1, modseq_floor)
+            self._write(uid + count, modseq + count - 1)
+            return uid, modseq
+
     def uid_next(self, floor: int) -> int:
         """The folder's UIDNEXT as every process has given UIDs so far."""
         with self:
