@@ -44,10 +44,16 @@ Rules:
  - Mod-sequences (RFC 7162) come from a second counter in the same lock
    file (L{FolderLock.take_modseq}), taken and logged under the lock: no
    two changes share one, and they grow in the order of the log (the
-   arrivals of one group commit take consecutive values in one go). A
+   arrivals of one group commit take consecutive values in one go, with
+   their UIDs, in the batch's thread: L{FolderLock.take_numbers}, their
+   lines logged in the same hold, before their files are renamed). A
    process reads the lines the others appended to the modseq log
    (L{modseq_log_tail}) whenever it looks at the folder, and takes their
-   values for those messages instead of giving the change a new one.
+   values for those messages instead of giving the change a new one; a
+   value logged for a message it does not know yet waits for its file.
+   An arrival whose value is not above every modseq its own process gave
+   or read meanwhile (one a session may have been shown as HIGHESTMODSEQ)
+   gets a new one when it arrives.
  - IMAP's C{\\Recent} (RFC 3501 §2.3.2: one session sees a message as
    recent) is claimed once across the processes: a message in C{new/} by
    the rename that moves it to C{cur/} (only one rename succeeds); one a
