@@ -9,6 +9,7 @@ the message and its UID are fsynced).
     python3 bench/workers.py --no-pipelining       # one command per round trip
     python3 bench/workers.py --client asyncio      # the Python client instead of bench/smtpload.c
     python3 bench/workers.py --log-ab              # and --workers N logging through Twisted's observer (the old log relay)
+    python3 bench/workers.py --pin-ab              # and --workers N --no-pin-workers (no core of its own per worker)
 
 Both hubs get the same load from the same client: C{bench/smtpload.c}
 (compiled here with C{cc}; C{--client asyncio}: an asyncio client in this
@@ -30,7 +31,9 @@ pipelined (nearly all of it the kernel's loopback TCP, which is charged
 to the sender), against 50-70 µs for the asyncio client, so that it does
 not take the second core from the workers. Each round prints the
 client's CPU per message too, and each hub process's split between its
-reactor thread and its other threads (the group commit's flushes), and
+reactor thread and its other threads (the group commit's flushes), its
+context switches per message (voluntary: a thread waited, for the GIL, a
+lock or the disk; preempted: another wanted its core), and
 how much dirty data the system had: above 64 MB (the neighbours writing)
 the hub fsyncs each file instead of one syncfs per batch, which changes
 the CPU per message a lot.
@@ -215,6 +218,29 @@ def thread_split(pid: int) -> tuple[float, float]:
     return main, other
 
 
+def switches(pid: int) -> tuple[int, int]:
+    """
+    Context switches of C{pid}'s threads so far: (voluntary: it waited for
+    something, e.g. the GIL, a lock, the disk; involuntary: preempted).
+    """
+    voluntary = involuntary = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        involuntary += int(line.split()[1])
+        except OSError:
+            continue
+    return voluntary, involuntary
+
+
 def hub_pids(hub: HubProcess) -> list[int]:
     """The hub's process and its children (the workers)."""
     pids = [hub.process.pid]
@@ -251,13 +277,16 @@ def main() -> None:
     parser.add_argument("--hub-arg", action="append", default=[], help="one more option for both hubs (repeatable), e.g. --hub-arg=--no-web")
     parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir under /var/tmp)")
     parser.add_argument("--log-ab", action="store_true", help="a third hub: --workers N logging through Twisted's text observer (twistd --logger: the workers' log events relayed and formatted by the supervisor, as before the hub's own observer)")
+    parser.add_argument("--pin-ab", action="store_true", help="one more hub: --workers N --no-pin-workers (the workers left to the scheduler instead of a core each)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="mailhub-bench-workers-", dir=args.dir or "/var/tmp")
-    users = ["warmup:x"] + [f"r{r}s{s}:x" for r in range(args.rounds) for s in range(3)]
+    users = ["warmup:x"] + [f"r{r}s{s}:x" for r in range(args.rounds) for s in range(4)]
     hubs = {
         "1 process": HubProcess(os.path.join(work, "one"), list(args.hub_arg), users=users),
         f"--workers {args.workers}": HubProcess(os.path.join(work, "many"), ["--workers", str(args.workers), *args.hub_arg], users=users),
     }
+    if args.pin_ab:
+        hubs[f"--workers {args.workers}, not pinned"] = HubProcess(os.path.join(work, "many-unpinned"), ["--workers", str(args.workers), "--no-pin-workers", *args.hub_arg], users=users)
     if args.log_ab:
         hubs[f"--workers {args.workers}, Twisted's log"] = twisted_log_hub(os.path.join(work, "many-twisted-log"), ["--workers", str(args.workers), *args.hub_arg], users=users)
     program = build_client(work) if args.client == "c" else None
@@ -283,6 +312,7 @@ def main() -> None:
                 before = [cpu_seconds([p]) for p in pids]
                 system_before = cpu_seconds(pids, system_only=True)
                 split_before = [thread_split(p) for p in pids]
+                switched_before = [switches(p) for p in pids]
                 dirty_before = dirty_megabytes()
                 if program is not None:
                     elapsed, accepted, client = c_run(program, body_path, hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, not args.no_pipelining)
@@ -292,6 +322,7 @@ def main() -> None:
                     client = time.process_time() - client_before
                 each = [cpu_seconds([p]) - b for p, b in zip(pids, before)]
                 split = [tuple(a - b for a, b in zip(thread_split(p), sb)) for p, sb in zip(pids, split_before)]
+                switched = [tuple(a - b for a, b in zip(switches(p), sb)) for p, sb in zip(pids, switched_before)]
                 used = sum(each)
                 system = cpu_seconds(pids, system_only=True) - system_before
                 verify(hub.maildir(rcpt), accepted)
@@ -310,9 +341,11 @@ def main() -> None:
                     share = " = supervisor " + " + workers ".join(
                         [f"{each[0] / len(accepted) * 1e6:.0f}", " + ".join(f"{e / len(accepted) * 1e6:.0f}" for e in each[1:])])
                 threads = ", ".join(f"{m / len(accepted) * 1e6:.0f}+{o / len(accepted) * 1e6:.0f}" for m, o in split)
+                waits = ", ".join(f"{v / len(accepted):.2f}/{i / len(accepted):.2f}" for v, i in switched)
                 dirty = max(dirty_before, dirty_megabytes())
                 print(f"  round {r + 1} {name:>12}: {rate:8.0f} msg/s, {used / len(accepted) * 1e6:5.0f} µs hub CPU/msg{share}"
-                      f" (system {system / len(accepted) * 1e6:.0f}; reactor+other threads per process {threads}; the client used {client / len(accepted) * 1e6:.0f};"
+                      f" (system {system / len(accepted) * 1e6:.0f}; reactor+other threads per process {threads};"
+                      f" context switches voluntary/preempted per process {waits}; the client used {client / len(accepted) * 1e6:.0f};"
                       f" dirty {dirty:.0f} MB: {'per-file fsync' if dirty * 2**20 >= QUIET_DIRTY_BYTES else 'syncfs'})")
         spread = {}
         many = list(hubs.values())[1]

@@ -698,3 +698,43 @@ def test_a_sighup_while_the_workers_start_does_not_end_the_start(start_hub, tmp_
         assert _imap_uids(hub.ports["imap"]) == []
     finally:
         hub.stop()
+
+
+def _cores_of(pid: int) -> list[set[int]]:
+    """The cores each thread of process C{pid} may run on."""
+    return [os.sched_getaffinity(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")]
+
+
+def test_worker_i_of_n_keeps_the_ith_core_when_every_worker_can_have_one():
+    from twisted_mailhub.workers import worker_cpu
+
+    assert [worker_cpu(i, 2, {0, 1}) for i in range(2)] == [0, 1]
+    assert [worker_cpu(i, 2, {5, 3, 9}) for i in range(2)] == [3, 5]  # (the cores taskset left, in order)
+    assert worker_cpu(2, 3, {0, 1}) is None  # more workers than cores: the system places them
+    assert worker_cpu(0, 1, {0, 1}) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or not os.path.isdir("/proc/self/task"), reason="CPU affinity is Linux's (sched_setaffinity, /proc)")
+def test_each_worker_and_every_thread_it_starts_keeps_a_core_of_its_own(start_hub):
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("one core: workers keep a core of their own only when each can have one")
+    hub = start_hub("--workers", "2")
+    # Threads the workers start later (the group commit's) stay there too.
+    assert _send_many(hub, 4, 2) == []
+    pids = _worker_pids(hub)
+    for index, pid in pids.items():
+        assert _cores_of(pid) and all(allowed == {cores[index]} for allowed in _cores_of(pid)), (index, _cores_of(pid))
+    assert _cores_of(hub.pid)[0] == set(cores)  # (the supervisor is not pinned)
+    # A worker started again takes its core again.
+    os.kill(pids[1], signal.SIGKILL)
+    again = int(hub.wait_for_log(r"worker 1 started \(pid (?!%d\))(\d+)\)" % pids[1]).group(1))
+    hub.wait_for_log(r"worker 1 started \(pid %d\)[\s\S]*\[worker 1\] .*smtp listening on" % again)
+    assert all(allowed == {cores[1]} for allowed in _cores_of(again)), _cores_of(again)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or not os.path.isdir("/proc/self/task"), reason="CPU affinity is Linux's (sched_setaffinity, /proc)")
+def test_no_pin_workers_leaves_the_workers_free_to_move_between_the_cores(start_hub):
+    hub = start_hub("--workers", "2", "--no-pin-workers")
+    for pid in _worker_pids(hub).values():
+        assert all(allowed == os.sched_getaffinity(0) for allowed in _cores_of(pid))

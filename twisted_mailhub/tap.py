@@ -109,6 +109,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
 
     optFlags = [
         ["transcript", None, "Log every session as C:/S: lines with a connection id, secrets masked."],
+        ["no-pin-workers", None, "Under --workers N with N no more than the cores: let the system move the workers between the cores (default: worker i keeps core i; see the README's --workers section)."],
     ] + _FLAGS
 
     supportedInterfaces = None
