@@ -32,6 +32,7 @@ from twisted.web import resource, server
 from twisted.web.template import tags
 
 from twisted_mailhub.web.explain import FAMILY, explain
+from twisted_mailhub.web.message import visible
 from twisted_mailhub.web.pages import render_page
 from twisted_mailhub.web.site import client_host, form_value, redirect
 
@@ -91,7 +92,9 @@ def event_dict(record: Any, event: tuple) -> dict[str, Any]:
         "seq": seq,
         "offset": round(when - record.started, 3),
         "kind": kind,
-        "text": text,
+        # Control bytes are \x1b already (transcript.line_text); C1 controls
+        # and bidirectional formatting characters shown too, never applied.
+        "text": visible(text),
         "explain": event_explanation(record, kind, text),
     }
     link = stored_message_link(record, kind, text)

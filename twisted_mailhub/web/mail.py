@@ -27,6 +27,7 @@ import base64
 import email.policy
 import json
 import math
+import re
 import time
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
@@ -321,7 +322,8 @@ class FolderPages(resource.Resource):
             except StoreError:
                 continue
             unread = sum(1 for i in infos if SEEN not in i.flags)
-            label = f"{name} ({unread}/{len(infos)})" if unread else f"{name} ({len(infos)})"
+            shown = msgparse.visible(name)  # a folder name as any other text of a page
+            label = f"{shown} ({unread}/{len(infos)})" if unread else f"{shown} ({len(infos)})"
             rows.append(tags.li(tags.a(label, href=folder_url(name)), class_="unread" if unread else "", **{"data-folder": name}))
         return tags.nav(tags.ul(*rows), tags.p(tags.a("Compose", href="/mail/compose")), class_="folders")
 
@@ -426,7 +428,7 @@ class FolderPages(resource.Resource):
             if len(attachments) == MAX_LISTED:
                 more += 1
                 continue
-            attachments.append(tags.li(tags.a(msgparse.filename(p) or f"part {i}", href=f"{message_url(self.name, info.uid)}/part/{i}", download=msgparse.filename(p) or f"part-{i}"), f" ({p.get_content_type()})"))
+            attachments.append(tags.li(tags.a(msgparse.shown_filename(p) or f"part {i}", href=f"{message_url(self.name, info.uid)}/part/{i}", download=msgparse.filename(p) or f"part-{i}"), f" ({msgparse.visible(p.get_content_type())})"))
         if more:
             attachments.append(tags.li(f"and {more} more attachment{'s' if more != 1 else ''} not listed here: ", tags.a("the whole message", href=f"{message_url(self.name, info.uid)}/raw"), " has them all", class_="more"))
         uid = info.uid
@@ -451,7 +453,7 @@ class FolderPages(resource.Resource):
                 tags.dt("From"), tags.dd(env["from"]),
                 tags.dt("To"), tags.dd(env["to"]),
                 *([tags.dt("Cc"), tags.dd(env["cc"])] if env["cc"] else []),
-                tags.dt("Date"), tags.dd(msgparse.decoded(msg.get("Date"))),
+                tags.dt("Date"), tags.dd(msgparse.shown(msgparse.field(msg, "Date"))),
                 class_="facts",
             ),
             tags.p(f"{blocked} remote image(s) blocked. ", tags.a("Load them", href=here + "?remote-images=1")) if blocked else "",
@@ -459,7 +461,7 @@ class FolderPages(resource.Resource):
             body,
             tags.ul(*attachments, class_="attachments") if attachments else "",
         ]
-        return msgparse.decoded(msg.get("Subject")) or "(no subject)", content, {}
+        return msgparse.shown(msgparse.field(msg, "Subject")) or "(no subject)", content, {}
 
     def _body(self, msg, all_parts, uid, allow_remote):
         html_part = text_part = None
@@ -522,7 +524,7 @@ class FolderPages(resource.Resource):
             lines = lines[:MAX_SOURCE_LINES]
             if len(raw) > MAX_SOURCE:
                 lines = lines[:-1]  # the last one may be cut in the middle
-        source = tags.pre(*(tags.span(line, class_="line") for line in lines), class_="source")
+        source = tags.pre(*(tags.span(msgparse.visible(line), class_="line") for line in lines), class_="source")
         if cut:
             source = [source, tags.p(f"The first {len(lines)} of {all_lines} lines; ", tags.a("the whole source", href=message_url(self.name, info.uid) + "/raw"), " has the rest.", class_="more")]
         headers = tags.table(
@@ -568,7 +570,7 @@ class FolderPages(resource.Resource):
                 continue
             raw_payload = p.get_payload()
             raw_text = raw_payload if isinstance(raw_payload, str) else ""
-            shown_raw = raw_text[:8000] + ("\n[... more]" if len(raw_text) > 8000 else "")
+            shown_raw = msgparse.visible_lines(raw_text[:8000]) + ("\n[... more]" if len(raw_text) > 8000 else "")
             kind = p.get_content_type()
             url = f"{message_url(self.name, info.uid)}/part/{row['index']}"
             if kind in SAFE_IMAGES:
@@ -579,7 +581,7 @@ class FolderPages(resource.Resource):
             else:
                 decoded_view = tags.p(tags.a("download the decoded part", href=url + "?download=1"))
             part_views.append(tags.div(
-                tags.h3(f"part {row['index']}: {kind}", f" — {row['filename']}" if row["filename"] else ""),
+                tags.h3(f"part {row['index']}: {row['type']}", f" — {row['filename']}" if row["filename"] else ""),
                 tags.div(
                     tags.div(tags.h4(f"as sent ({row['encoding']})"), tags.pre(shown_raw)),
                     tags.div(tags.h4("decoded"), decoded_view),
@@ -599,7 +601,7 @@ class FolderPages(resource.Resource):
             tags.p(f"Only the first {MAX_PART_VIEWS} parts are shown side by side.", class_="more") if len(part_views) >= MAX_PART_VIEWS else "",
             tags.h2(f"Raw source ({all_lines} lines, {info.size} octets)"), source,
         ]
-        return "Anatomy: " + (msgparse.decoded(msg.get("Subject")) or "(no subject)"), content, {}
+        return "Anatomy: " + (msgparse.shown(msgparse.field(msg, "Subject")) or "(no subject)"), content, {}
 
 
 class Compose(resource.Resource):
@@ -642,7 +644,7 @@ class Compose(resource.Resource):
         to = cc = ""
         reference = ""
         msg = msgparse.parse(raw)
-        old_subject = msgparse.decoded(msg.get("Subject"))
+        old_subject = msgparse.decoded(msgparse.field(msg, "Subject"))
         quoted_text = ""
         for p in msg.walk():
             if p.get_content_type() == "text/plain" and not msgparse.is_attachment(p):
@@ -650,16 +652,16 @@ class Compose(resource.Resource):
                 break
         if mode == "forward":
             subject = old_subject if old_subject.lower().startswith("fwd:") else f"Fwd: {old_subject}"
-            body = "\n\n---------- Forwarded message ----------\n" + f"From: {msgparse.decoded(msg.get('From'))}\nSubject: {old_subject}\n\n" + quoted_text
+            body = "\n\n---------- Forwarded message ----------\n" + f"From: {msgparse.decoded(msgparse.field(msg, 'From'))}\nSubject: {old_subject}\n\n" + quoted_text
         else:
             subject = old_subject if old_subject.lower().startswith("re:") else f"Re: {old_subject}"
-            to = ", ".join(msgparse.addresses(str(msg.get("Reply-To") or msg.get("From") or "")))
+            to = ", ".join(msgparse.addresses(msgparse.field(msg, "Reply-To") or msgparse.field(msg, "From") or ""))
             if mode == "replyall":
                 me = self.session.user.address.lower()
-                others = msgparse.addresses(", ".join(str(v) for v in (msg.get_all("To") or []) + (msg.get_all("Cc") or [])))
+                others = msgparse.addresses(", ".join(msgparse.field_all(msg, "To") + msgparse.field_all(msg, "Cc")))
                 cc = ", ".join(a for a in dict.fromkeys(others) if a.lower() != me and a not in to)
             body = "\n\n" + "\n".join("> " + line for line in quoted_text.splitlines())
-            reference = str(msg.get("Message-ID") or "")
+            reference = (msgparse.field(msg, "Message-ID") or "").strip()
         return "Compose", self.form(to, cc, subject, body, reference), {}
 
     def form(self, to: str = "", cc: str = "", subject: str = "", body: str = "", reference: str = "", problem: Any = None):
@@ -681,16 +683,30 @@ class Compose(resource.Resource):
             ),
         ]
 
+    def _again(self, request, fields: dict[str, str], problem: str):
+        """The form again (400) with C{fields} as typed (less what cannot be sent) and C{problem} above it; nothing sent."""
+        f = _cleaned(fields)
+        reference = f.get("in-reply-to", "")
+        if _FORBIDDEN_IN_HEADER.search(reference):
+            reference = ""
+        form = self.form(f.get("to", ""), f.get("cc", ""), f.get("subject", ""), f.get("body", "").replace("\r\n", "\n"), reference, problem=problem)
+        return render_page(request, "Compose", form, self.session, code=400)
+
     def render_POST(self, request):
         fields, files = _form_data(request)
         token = fields.get("csrf", "")
         if not self.session.csrf_ok(token):
             return _forbidden(request)
         user = self.session.user
+        problem = unsendable(fields)
+        if problem:
+            # Nothing is sent: the form comes back with what was typed,
+            # those characters taken out, and says why (RFC 5322).
+            return self._again(request, fields, problem)
         to = msgparse.addresses(fields.get("to", ""), bare=True)
         cc = msgparse.addresses(fields.get("cc", ""), bare=True)
         if not to and not cc:
-            return render_page(request, "Compose", tags.p("Give at least one recipient.", class_="error"), self.session, code=400)
+            return self._again(request, fields, "Give at least one recipient.")
         message = EmailMessage(policy=email.policy.SMTP)
         message["From"] = formataddr(("", user.address))
         if to:
@@ -701,7 +717,7 @@ class Compose(resource.Resource):
         message["Date"] = formatdate(localtime=True)
         message["Message-ID"] = make_msgid(domain=user.address.partition("@")[2] or None)
         reply_to = fields.get("in-reply-to", "").strip()
-        if reply_to and "\r" not in reply_to and "\n" not in reply_to:
+        if reply_to and not _FORBIDDEN_IN_HEADER.search(reply_to) and "\r" not in reply_to and "\n" not in reply_to:
             message["In-Reply-To"] = reply_to
             message["References"] = reply_to
         message.set_content(fields.get("body", "").replace("\r\n", "\n"))
@@ -734,6 +750,55 @@ class Compose(resource.Resource):
 
         d.addCallbacks(sent, failed)
         return server.NOT_DONE_YET
+
+
+# What a header field of a message the webmail writes cannot carry (RFC
+# 5322 §2.2: printable US-ASCII and white space; RFC 6532 adds UTF-8 text,
+# not controls): C0 controls other than tab, CR and LF (white space, which
+# is folded), DEL and the C1 controls. A body cannot carry NUL (RFC 5322
+# §2.3, RFC 5321 §4.5.2 "text"); other controls are text there.
+_FORBIDDEN_IN_HEADER = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_FORBIDDEN_IN_BODY = re.compile("\x00")
+_FIELDS = (("to", "To", _FORBIDDEN_IN_HEADER), ("cc", "Cc", _FORBIDDEN_IN_HEADER), ("subject", "Subject", _FORBIDDEN_IN_HEADER), ("body", "message text", _FORBIDDEN_IN_BODY))
+_CONTROL_NAMES = {0: "NUL", 7: "BEL", 8: "BS", 0x1B: "ESC", 0x7F: "DEL"}
+
+
+def _control_name(c: str) -> str:
+    code = ord(c)
+    name = _CONTROL_NAMES.get(code)
+    return f"U+{code:04X} ({name})" if name else f"U+{code:04X}"
+
+
+def unsendable(fields: dict[str, str]) -> str:
+    """
+    Why the compose form's C{fields} cannot be sent as typed ('' if they
+    can): a control character in To, Cc or Subject (RFC 5322 §2.2), or a
+    NUL in the message text (RFC 5322 §2.3). Names the field and the
+    characters, e.g. "The Subject has a control character, U+001B (ESC),
+    ...".
+    """
+    found = []
+    for key, label, forbidden in _FIELDS:
+        chars = sorted(set(forbidden.findall(fields.get(key, ""))))
+        if chars:
+            names = ", ".join(_control_name(c) for c in chars)
+            found.append(f"the {label} has {'a control character' if len(chars) == 1 else 'control characters'}, {names}")
+    if not found:
+        return ""
+    text = "; ".join(found)
+    return (
+        f"Not sent: {text[0].upper() + text[1:]}. Mail cannot carry control characters in its header "
+        "fields, nor NUL in its text (RFC 5322). They were taken out below: check the message and send it again."
+    )
+
+
+def _cleaned(fields: dict[str, str]) -> dict[str, str]:
+    """C{fields} without the characters L{unsendable} names."""
+    out = dict(fields)
+    for key, _label, forbidden in _FIELDS:
+        if key in out:
+            out[key] = forbidden.sub("", out[key])
+    return out
 
 
 def _form_data(request) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:

@@ -28,9 +28,43 @@ HEADER_PEEK = 16384  # octets read for a list row: the header, normally
 MAX_PARTS = 10000
 
 
+# Characters a page shows as escapes instead of applying them (what the
+# reader sees must be what the message says): C0 controls other than tab,
+# DEL and the C1 controls as \xNN, as the live console shows control bytes;
+# and the bidirectional embeddings, overrides and isolates (Unicode UAX #9:
+# LRE RLE PDF LRO RLO, LRI RLI FSI PDI) as \u202e. Applied, those reorder
+# the text around them: a file name "invoice<RLO>fdp.exe" reads
+# "invoiceexe.pdf", a Subject or From can show a sender it is not.
+_HIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown(match: re.Match) -> str:
+    c = ord(match.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def visible(text: str) -> str:
+    """
+    C{text} as a page shows it: control characters (but tab) as C{\\x1b},
+    bidirectional formatting characters as C{\\u202e}, everything else as
+    it is (see L{_HIDDEN}).
+    """
+    return _HIDDEN.sub(_shown, text) if _HIDDEN.search(text) else text
+
+
+def visible_lines(text: str) -> str:
+    """L{visible} for text of several lines: each line break (CRLF or LF) stays a line break."""
+    return "\n".join(visible(line) for line in re.split(r"\r?\n", text)) if _HIDDEN.search(text) else text
+
+
+def without_hidden(text: str) -> str:
+    """C{text} with the characters L{visible} would escape left out (for names a browser saves a file under)."""
+    return _HIDDEN.sub("", text)
+
+
 @attr.s(auto_attribs=True, frozen=True)
 class Summary:
-    """One message list row: decoded sender and subject, date text, attachment mark."""
+    """One message list row: sender, subject and date as shown (L{shown}), attachment mark."""
 
     sender: str
     subject: str
@@ -38,15 +72,55 @@ class Summary:
     has_attachment: bool
 
 
+def _as_text(value: Any) -> str:
+    """
+    A header value as text: octets the parser kept as surrogate escapes
+    (8-bit header bytes under compat32) read as UTF-8 (RFC 6532), those
+    that are not UTF-8 as U+FFFD.
+    """
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text
+
+
+def field(msg: Any, name: str) -> str | None:
+    """
+    The first C{name} header field's value of C{msg} as sent (L{_as_text}:
+    8-bit octets read as UTF-8, not the U+FFFD that compat32's C{get} gives
+    for them); None when there is none.
+    """
+    found = field_all(msg, name)
+    return found[0] if found else None
+
+
+def field_all(msg: Any, name: str) -> list[str]:
+    """Every C{name} header field's value of C{msg} as sent (L{field}), in order."""
+    lower = name.lower()
+    return [_as_text(v) for k, v in msg.raw_items() if k.lower() == lower]
+
+
 def decoded(value: str | None) -> str:
-    """An RFC 2047 header value decoded to text ('' for none); bad encodings stay as sent."""
+    """
+    An RFC 2047 header value decoded to text ('' for none); bad encodings
+    stay as sent. Runs of white space are one space; control and
+    bidirectional formatting characters are left in (see L{shown}).
+    """
     if not value:
         return ""
+    value = _as_text(value)
     try:
         text = str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError):
         text = value
     return " ".join(text.split())
+
+
+def shown(value: str | None) -> str:
+    """A header value as a page shows it: L{decoded}, then L{visible}."""
+    return visible(decoded(value))
 
 
 def summary(head: bytes) -> Summary:
@@ -56,7 +130,7 @@ def summary(head: bytes) -> Summary:
     msg = email.message_from_bytes(header, policy=email.policy.compat32)
     content_type = (msg.get("Content-Type") or "").lower()
     attachment = "multipart/mixed" in content_type
-    return Summary(decoded(msg.get("From")), decoded(msg.get("Subject")) or "(no subject)", decoded(msg.get("Date")), attachment)
+    return Summary(shown(field(msg, "From")), shown(field(msg, "Subject")) or "(no subject)", shown(field(msg, "Date")), attachment)
 
 
 def parse(raw: bytes, policy: Any = email.policy.compat32) -> Any:
@@ -113,17 +187,29 @@ def parts(msg: Any) -> list[Any]:
     return list(msg.walk())
 
 
-def filename(part: Any) -> str:
-    """A part's decoded file name (RFC 2231 parameters or RFC 2047 words), '' if none."""
+def _sent_filename(part: Any) -> str:
+    """A part's decoded file name (RFC 2231 parameters or RFC 2047 words), its last path component, '' if none."""
     name = part.get_filename()
     if not name:
         name = part.get_param("name")
         if isinstance(name, tuple):
             name = email.utils.collapse_rfc2231_value(name)
     name = decoded(name) if name else ""
-    # Only the last path component, no control characters.
-    name = re.split(r"[/\\]", name)[-1]
-    return "".join(c for c in name if c >= " " and c != "\x7f")[:200]
+    return re.split(r"[/\\]", name)[-1]
+
+
+def filename(part: Any) -> str:
+    """
+    A part's file name to save it under: decoded (RFC 2231 parameters or
+    RFC 2047 words), the last path component, without control or
+    bidirectional formatting characters, at most 200 characters; '' if none.
+    """
+    return without_hidden(_sent_filename(part))[:200]
+
+
+def shown_filename(part: Any) -> str:
+    """A part's file name as a page shows it: its hidden characters visible (L{visible}), at most 200 characters."""
+    return visible(_sent_filename(part))[:200]
 
 
 def is_attachment(part: Any) -> bool:
@@ -144,11 +230,11 @@ def text_of(part: Any) -> str:
 
 
 def header_rows(msg: Any) -> list[tuple[str, str, str]]:
-    """(name, raw value as sent, decoded value) for each header field, in order."""
+    """(name, raw value as sent, decoded value) for each header field, in order, as shown (L{visible})."""
     rows = []
-    for name, value in msg.items():
-        raw = str(value)
-        rows.append((name, raw, decoded(raw)))
+    for name, value in msg.raw_items():
+        raw = _as_text(value)
+        rows.append((visible(name), visible(raw), shown(raw)))
     return rows
 
 
@@ -161,7 +247,7 @@ def received_hops(msg: Any) -> list[dict[str, str]]:
     its line on top), each with from, by, with, id, for and time.
     """
     hops = []
-    for value in reversed(msg.get_all("Received") or []):
+    for value in reversed(field_all(msg, "Received")):
         text = " ".join(str(value).split())
         stamp = ""
         when = None
@@ -172,7 +258,8 @@ def received_hops(msg: Any) -> list[dict[str, str]]:
             except (TypeError, ValueError):
                 when = None
         m = _RECEIVED.search(text)
-        hop = {"from": "", "by": "", "with": "", "id": "", "for": "", "time": stamp.strip(), "raw": " ".join(str(value).split())}
+        text, stamp = visible(text), visible(stamp)
+        hop = {"from": "", "by": "", "with": "", "id": "", "for": "", "time": stamp.strip(), "raw": visible(" ".join(str(value).split()))}
         if m:
             hop["from"], hop["by"] = m.group("from"), m.group("by")
             rest = m.group("rest")
@@ -186,18 +273,18 @@ def received_hops(msg: Any) -> list[dict[str, str]]:
 
 
 def envelope_and_header(msg: Any) -> dict[str, str]:
-    """The envelope (Return-Path, the RCPT from Received: for) beside header From/To."""
+    """The envelope (Return-Path, the RCPT from Received: for) beside header From/To, as shown (L{visible})."""
     rcpts = []
-    for value in msg.get_all("Received") or []:
+    for value in field_all(msg, "Received"):
         found = re.search(r"\bfor\s+<?([^>;\s]+)>?", str(value), re.I)
         if found:
             rcpts.append(found.group(1))
     return {
-        "mail_from": (msg.get("Return-Path") or "").strip(),
-        "rcpt_to": ", ".join(dict.fromkeys(rcpts)),
-        "from": decoded(msg.get("From")),
-        "to": ", ".join(decoded(v) for v in (msg.get_all("To") or [])),
-        "cc": ", ".join(decoded(v) for v in (msg.get_all("Cc") or [])),
+        "mail_from": visible((field(msg, "Return-Path") or "").strip()),
+        "rcpt_to": visible(", ".join(dict.fromkeys(rcpts))),
+        "from": shown(field(msg, "From")),
+        "to": ", ".join(shown(v) for v in field_all(msg, "To")),
+        "cc": ", ".join(shown(v) for v in field_all(msg, "Cc")),
     }
 
 
@@ -207,11 +294,11 @@ def part_info(part: Any, index: int, depth: int) -> dict[str, Any]:
     return {
         "index": index,
         "depth": depth,
-        "type": part.get_content_type(),
-        "encoding": (part.get("Content-Transfer-Encoding") or "7bit").strip().lower(),
-        "charset": part.get_content_charset() or "",
+        "type": visible(part.get_content_type()),
+        "encoding": visible(str(part.get("Content-Transfer-Encoding") or "7bit").strip().lower()),
+        "charset": visible(part.get_content_charset() or ""),
         "size": len(raw_text.encode("utf-8", "surrogateescape")) if raw_text else 0,
-        "filename": filename(part),
+        "filename": shown_filename(part),
         "multipart": part.is_multipart(),
     }
 
