@@ -121,6 +121,62 @@ def test_setup_cfg_declares_the_pytest11_entry_point_to_the_plugin():
     config.read(os.path.join(PACKAGE_ROOT, "setup.cfg"))
     lines = config["options.entry_points"]["pytest11"].strip().splitlines()
     entries = {name.strip(): value.strip() for name, value in (line.split("=", 1) for line in lines)}
-    module = importlib.import_module(entries["mailhub"])
+    # Named as the module: `-p twisted_mailhub.pytest_plugin` finds it by that name.
+    module = importlib.import_module(entries["twisted_mailhub.pytest_plugin"])
     assert callable(module.mailhub) and callable(module.mailhub_session)
     assert callable(module.pytest_addoption)
+
+
+ONE_TEST = '''
+import smtplib
+
+
+def test_a_hub_from_the_plugin(mailhub):
+    with smtplib.SMTP(mailhub.host, mailhub.ports["smtp"]) as s:
+        s.sendmail("a@example.com", ["alice@example.com"], b"Subject: hi\\r\\n\\r\\nhello\\r\\n")
+    assert mailhub.wait_for_message(to="alice@example.com", timeout=10).subject == "hi"
+'''
+
+
+def _as_installed(site) -> None:
+    """
+    Make C{site} (a folder for C{PYTHONPATH}) hold what pip installs for
+    pytest to find: the distribution's metadata with the entry points
+    setup.cfg declares (the code itself comes from the checkout).
+    """
+    config = configparser.ConfigParser()
+    config.read(os.path.join(PACKAGE_ROOT, "setup.cfg"))
+    dist = site / "twisted_mailhub-0.1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: twisted-mailhub\nVersion: 0.1.0\n")
+    lines = ["[pytest11]"] + [line.strip() for line in config["options.entry_points"]["pytest11"].strip().splitlines()]
+    (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_the_checkouts_p_option_also_works_when_the_package_is_installed(tmp_path):
+    # README: from a checkout, `pytest -p twisted_mailhub.pytest_plugin`;
+    # installed, the entry point loads it. Both at once (a checkout's
+    # habit on a machine where the package is also installed) was a
+    # pluggy ValueError "Plugin already registered under a different name".
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pytest.ini").write_text(textwrap.dedent(PYTEST_INI))
+    (project / "test_mail.py").write_text(ONE_TEST)
+    site = tmp_path / "site"
+    _as_installed(site)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
+    for load in (["-p", "twisted_mailhub.pytest_plugin"], []):
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *load, "test_mail.py"],
+            cwd=project, env=env, capture_output=True, text=True, timeout=240,
+        )
+        assert run.returncode == 0, (load, run.stdout + run.stderr)
+        assert "1 passed" in run.stdout, (load, run.stdout)
+    # and it can still be turned off by that name
+    off = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:twisted_mailhub.pytest_plugin", "test_mail.py"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert off.returncode != 0 and "fixture 'mailhub' not found" in off.stdout, off.stdout + off.stderr

@@ -1,7 +1,10 @@
 # -*- test-case-name: tests.test_pytest_plugin -*-
 """
-The pytest plugin (entry point C{pytest11 = mailhub}): a real hub as a
-fixture.
+The pytest plugin (entry point C{pytest11}, named
+C{twisted_mailhub.pytest_plugin} as the module, so that C{pytest -p
+twisted_mailhub.pytest_plugin} loads it once whether the package is
+installed or on C{PYTHONPATH}; C{-p no:twisted_mailhub.pytest_plugin} turns
+it off): a real hub as a fixture.
 
     def test_signup_sends_a_welcome(mailhub):
         signup("alice@localhost", smtp_port=mailhub.ports["smtp"])
