@@ -300,6 +300,10 @@ def check(hub_args: list[str], dns: bool = True) -> list[str]:
         except Exception as e:  # unreadable file, bad PEM, key not matching
             problems.append(f"TLS: --tls-cert {options['tls-cert']}: {_why(e)}")
     problems.extend(_unbindable(options, cannot_listen_line, with_backlog))
+    from twisted_mailhub.ports import options_warnings
+
+    # fixed ports inside the kernel's ephemeral range (the hub warns too)
+    problems.extend("ports: " + line.removeprefix("mailhub: warning: ") for line in options_warnings(options))
     if dns:
         # The local domains' MX, SPF, DKIM and DMARC records (dnscheck.py),
         # asked of --dns-server when given, as the hub itself would.

@@ -349,6 +349,15 @@ def makeService(options):
     # --workers N: this process only binds and supervises; the workers
     # open the real store.
     supervisor = int(options.get("workers") or 1) > 1 and this_worker() is None
+    if this_worker() is None:
+        # Fixed ports inside the kernel's ephemeral range: a warning a
+        # listener (ports.py; fixweb).
+        from twisted.logger import Logger
+
+        from twisted_mailhub.ports import options_warnings
+
+        for line in options_warnings(options):
+            Logger().warn("{line}", line=line)
     store = make_store("memory" if supervisor else options["store"], data_dir, reactor)
     if hasattr(store, "hostname"):
         store.hostname = hostname
