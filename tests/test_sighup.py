@@ -85,8 +85,12 @@ def _pop3_login(hub: Mailhub, user: str, password: str) -> None:
 @pytest.fixture
 def sighup_default():
     previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    previous_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield
     signal.signal(signal.SIGHUP, previous)
+    signal.signal(signal.SIGUSR1, previous_usr1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def test_a_held_sighup_is_noted_and_handed_to_the_handler_once_on_release(sighup_default):
@@ -120,6 +124,28 @@ def test_hold_keeps_an_inherited_ignore_and_anyone_elses_handler(sighup_default)
     signal.signal(signal.SIGHUP, theirs)
     assert not sighup.hold()
     assert signal.getsignal(signal.SIGHUP) is theirs
+
+
+def test_a_sighup_that_came_while_blocked_is_noted_once_held(sighup_default):
+    # A launcher starts the hub with SIGHUP blocked (sighup.blocked()): one
+    # sent before the hub's code runs waits, pending, for hold().
+    with sighup.blocked():
+        # to this thread, which blocks it (pytest-xdist runs other threads)
+        signal.pthread_kill(threading.get_ident(), signal.SIGHUP)
+        assert signal.SIGHUP in signal.sigpending()
+        assert sighup.hold()
+        assert sighup.held() == 1
+    calls = []
+    sighup.release(lambda signum, frame: calls.append(signum))
+    assert calls == [signal.SIGHUP]
+
+
+def test_a_held_sigusr1_is_dropped_and_twistds_log_rotation_still_takes_its_place(sighup_default):
+    sighup.hold()
+    os.kill(os.getpid(), signal.SIGUSR1)  # alive: held, not SIGUSR1's default
+    # twistd (and the hub's log observer) install their rotation only "if
+    # not signal.getsignal(signal.SIGUSR1)": the stand-in must read as none.
+    assert not signal.getsignal(signal.SIGUSR1)
 
 
 def test_importing_the_package_outside_a_hub_process_leaves_sighup_alone():
@@ -192,6 +218,61 @@ def test_sighups_to_the_supervisor_and_to_each_starting_worker_end_nothing(tmp_p
         hub.wait_for_log(r"\[worker 0\] accounts reloaded")
         hub.wait_for_log(r"\[worker 1\] accounts reloaded")
         assert "exited with signal" not in hub.log, hub.log[-3000:]
+        _pop3_login(hub, "alice@localhost", "secret")
+    finally:
+        hub.stop()
+        starting.join(30)
+
+
+def test_sighup_and_sigusr1_sent_as_early_as_possible_never_end_a_hub_the_kit_starts(tmp_path, monkeypatch):
+    # Sent the moment the process exists (right after fork and exec, before
+    # Python has started): before the hub holds them, even before twistd
+    # has imported Twisted. The kit starts it with both blocked, so each
+    # waits for the hub's hold and the SIGHUP is acted on once it runs.
+    from twisted_mailhub import testing
+
+    real_popen = testing.subprocess.Popen
+
+    def popen_and_signal(*args, **kwargs):
+        process = real_popen(*args, **kwargs)
+        os.kill(process.pid, signal.SIGHUP)
+        os.kill(process.pid, signal.SIGUSR1)
+        return process
+
+    monkeypatch.setattr(testing.subprocess, "Popen", popen_and_signal)
+    for attempt in range(3):
+        hub = Mailhub("--no-web", "--no-webs", "--no-sftp", accounts=("alice:secret",), data_dir=str(tmp_path / f"data{attempt}"))
+        try:
+            hub.start()  # MailhubStartError "exited with status -1" before
+            hub.wait_for_log(r"a SIGHUP came while the hub started")
+            hub.wait_for_log(r"accounts reloaded")
+            _pop3_login(hub, "alice@localhost", "secret")
+        finally:
+            hub.stop()
+
+
+def test_a_worker_signalled_the_moment_it_is_spawned_is_not_ended(tmp_path):
+    # A SIGHUP to the process group reaches each worker directly, also in
+    # its first milliseconds (Python's start, before its own code): the
+    # supervisor spawns workers with SIGHUP blocked, so it waits for them.
+    hub = Mailhub("--workers", "2", "--no-web", "--no-webs", "--no-sftp", accounts=("alice:secret",), data_dir=str(tmp_path / "data"))
+    starting, errors = _start_in_background(hub)
+    try:
+        signalled = set()
+        deadline = time.monotonic() + 60
+        while len(signalled) < 2 and time.monotonic() < deadline and starting.is_alive():
+            for m in re.finditer(r"worker (\d) started \(pid (\d+)\)", hub.log):
+                pid = int(m.group(2))
+                if pid not in signalled:
+                    os.kill(pid, signal.SIGHUP)
+                    signalled.add(pid)
+            time.sleep(0.001)
+        starting.join(60)
+        assert not errors, errors
+        assert len(signalled) == 2, hub.log[-3000:]
+        assert "exited with signal" not in hub.log, hub.log[-3000:]
+        hub.wait_for_log(r"\[worker 0\] accounts reloaded")
+        hub.wait_for_log(r"\[worker 1\] accounts reloaded")
         _pop3_login(hub, "alice@localhost", "secret")
     finally:
         hub.stop()

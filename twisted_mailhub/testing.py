@@ -336,16 +336,22 @@ class Mailhub:
         env["PYTHONPATH"] = hub_pythonpath(self.extra_env.get("PYTHONPATH"))
         self._ready.clear()
         self._said_ready = False
-        self.process = subprocess.Popen(
-            self.command(),
-            cwd=self.data_dir,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            text=True,
-            errors="replace",
-        )
+        from twisted_mailhub import sighup
+
+        # Started with SIGHUP (and SIGUSR1) blocked: one sent before the
+        # hub's first code runs waits for it instead of ending it
+        # (twisted_mailhub.sighup).
+        with sighup.blocked():
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=self.data_dir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                text=True,
+                errors="replace",
+            )
         self._reader = threading.Thread(target=self._read, args=(self.process,), name="mailhub-log", daemon=True)
         self._reader.start()
         if not self._ready.wait(timeout) or not self._said_ready:

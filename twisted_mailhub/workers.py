@@ -543,7 +543,8 @@ class WorkersService(OffersLogObserver, service.Service):
         env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         worker = _WorkerProcess(self, index)
         args = [sys.executable, "-m", "twisted_mailhub.workers", *self.argv]
-        reactor.spawnProcess(worker, sys.executable, args, env=env, path=self.cwd, childFDs=child_fds)
+        with sighup.blocked():  # a SIGHUP during its Python start waits for its hold() (fixweb)
+            reactor.spawnProcess(worker, sys.executable, args, env=env, path=self.cwd, childFDs=child_fds)
         self.workers[index] = worker
         worker.pid = worker.transport.pid
         log.info("worker {index} started (pid {pid})", index=index, pid=worker.pid)
