@@ -161,3 +161,22 @@ def test_a_message_with_no_recipient_comes_back_as_the_form_with_what_was_typed(
     assert refused.status == 400
     assert "Give at least one recipient." in refused.text
     assert 'name="subject" value="lost?"' in refused.text and ">all these words</textarea>" in refused.text
+
+
+def test_a_folder_name_with_a_bidi_override_is_shown_visibly_in_the_folder_list_title_and_move_menu(hub):
+    imap = imaplib.IMAP4(hub.host, hub.ports["imap"], timeout=10)
+    try:
+        imap.login("alice", "secret")
+        assert imap.create('"Exams &IC4-flodp"')[0] == "OK"  # modified UTF-7 (RFC 3501 5.1.3) for U+202E
+    finally:
+        imap.logout()
+    send(hub, b"From: a@example.net\r\nSubject: hi\r\n\r\nhello\r\n")
+    hub.wait_for_message(to="alice@localhost", subject="hi", timeout=10)
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    inbox = browser.get("/mail/INBOX").text
+    page = browser.get("/mail/INBOX/1").text
+    folder = browser.get("/mail/" + urllib.parse.quote("Exams " + RLO + "flodp", safe="")).text
+    assert "Exams \\u202eflodp (0)" in inbox
+    assert '<option value="Exams \u202eflodp">Exams \\u202eflodp</option>' in page
+    assert "<h1>Exams \\u202eflodp</h1>" in folder

@@ -393,7 +393,7 @@ class FolderPages(resource.Resource):
             ),
         ]
         return render_page(
-            request, self.name, content, self.session, scripts=["mail.js"],
+            request, msgparse.visible(self.name), content, self.session, scripts=["mail.js"],
             data={"page": "folder", "folder": self.name, "uidnext": str(folder.uid_next), "count": str(len(infos))},
         )
 
@@ -438,7 +438,7 @@ class FolderPages(resource.Resource):
             " ",
             post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="unflag" if FLAGGED in info.flags else "flag"), tags.button("Unflag" if FLAGGED in info.flags else "Flag", type="submit"), class_="inline"),
             " ",
-            post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="move"), tags.select(*(tags.option(n, value=n) for n in targets), name="target"), tags.button("Move", type="submit"), class_="inline"),
+            post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="move"), tags.select(*(tags.option(msgparse.visible(n), value=n) for n in targets), name="target"), tags.button("Move", type="submit"), class_="inline"),
             " ",
             tags.a("Reply", href=f"/mail/compose?reply={quote(self.name, safe='')}/{uid}"), " · ",
             tags.a("Reply all", href=f"/mail/compose?replyall={quote(self.name, safe='')}/{uid}"), " · ",
