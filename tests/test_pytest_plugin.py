@@ -174,6 +174,14 @@ def test_the_checkouts_p_option_also_works_when_the_package_is_installed(tmp_pat
         )
         assert run.returncode == 0, (load, run.stdout + run.stderr)
         assert "1 passed" in run.stdout, (load, run.stdout)
+    # a conftest.py naming it (pytest_plugins), the other old habit, too
+    (project / "conftest.py").write_text('pytest_plugins = ["twisted_mailhub.pytest_plugin"]\n')
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_mail.py"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
+    (project / "conftest.py").unlink()
     # and it can still be turned off by that name
     off = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:twisted_mailhub.pytest_plugin", "test_mail.py"],
