@@ -7,10 +7,13 @@ once the hub runs, in a single hub, a --workers supervisor and each worker.
 
 from __future__ import annotations
 
+import json
 import os
 import poplib
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -277,3 +280,55 @@ def test_a_worker_signalled_the_moment_it_is_spawned_is_not_ended(tmp_path):
     finally:
         hub.stop()
         starting.join(30)
+
+
+def _has_loaded_twisted(pid: int) -> bool:
+    """Has process C{pid} imported Twisted (zope.interface's C part, which Twisted's first imports load)?"""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "zope_interface" in f.read()
+    except OSError:
+        return False
+
+
+def test_python_m_twisted_mailhub_holds_sighup_before_twisted_is_imported(tmp_path):
+    # `python3 -m twisted_mailhub ARGS` is twistd ARGS with SIGHUP held
+    # from its first line: a SIGHUP while twistd imports Twisted (the
+    # time no plugin of the hub has run yet) is acted on once it runs.
+    from tests.hubprocess import LISTENERS, ROOT
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "accounts").write_text("alice:secret\n")
+    others = [f"--no-{name}" for name in LISTENERS if name != "pop3"]
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "twisted_mailhub", "-n", "--pidfile=", "mailhub", "--data", str(data),
+         "--auth", f"file:{data / 'accounts'}", "--pop3", "tcp:0:interface=127.0.0.1", *others],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _catches_sighup(hub.pid):
+            assert hub.poll() is None and time.monotonic() < deadline, hub.stdout.read()
+        assert not _has_loaded_twisted(hub.pid)
+        with open(data / "accounts", "a") as f:
+            f.write("carol:early\n")
+        os.kill(hub.pid, signal.SIGHUP)
+        port, reloaded = None, False
+        for line in hub.stdout:
+            m = re.search(r"mailhub ready (\{.*\})", line)
+            if m:
+                port = json.loads(m.group(1))["pop3"]
+            reloaded = reloaded or "accounts reloaded: 2 accounts" in line
+            if port is not None and reloaded:
+                break
+        assert port is not None and reloaded
+        pop = poplib.POP3("127.0.0.1", port, timeout=10)
+        try:
+            pop.user("carol@localhost")
+            assert pop.pass_("early").startswith(b"+OK")
+        finally:
+            pop.quit()
+    finally:
+        hub.terminate()
+        hub.wait(30)
