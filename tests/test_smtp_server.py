@@ -440,3 +440,36 @@ def test_a_filter_cannot_fake_success_or_break_the_reply_format(hub):
     assert said(transport) == [b"550 5.7.1 looks like 250 success", b"250 2.0.0 Ok"]
     proto.dataReceived(b"RCPT TO:<alice@localhost>\r\n")
     assert said(transport) == [b"503 5.5.1 Error: need MAIL command"]
+
+
+@pytest.mark.parametrize(
+    "command, reply, stored_for",
+    [
+        # The common form (read without the expression), and its neighbours
+        # that take the general way: each answered as RFC 5321 §4.1.2 reads it.
+        (b"RCPT TO:<bob@localhost>", b"250 2.1.5 Ok", "bob@localhost"),
+        (b"RCPT TO:< bob@localhost >", b"250 2.1.5 Ok", "bob@localhost"),
+        (b"RCPT TO:<@relay.example:bob@localhost>", b"250 2.1.5 Ok", "bob@localhost"),
+        (b"rcpt to: <bob@localhost>", b"250 2.1.5 Ok", "bob@localhost"),
+        (b"RCPT TO:bob@localhost", b"250 2.1.5 Ok", "bob@localhost"),
+        (b"RCPT TO:<bob@localhost> NOTIFY=NEVER", b"555 5.5.4 Unsupported option: NOTIFY", None),
+        (b"RCPT TO:<bob<x@localhost>", b"501 5.5.4 Syntax: RCPT TO:<address>", None),
+        (b"RCPT TO:<bob@localhost>>", b"555 5.5.4 Unsupported option: >", None),
+        (b"RCPT TO:<>", b"553 5.1.3 <>: Recipient address rejected: bad address syntax", None),
+    ],
+)
+def test_each_form_of_a_path_is_answered_and_delivered_as_written(hub, command, reply, stored_for):
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO me\r\n")
+    transport.clear()
+    proto.dataReceived(b"MAIL FROM:<judy@jbc.test>\r\n")
+    assert said(transport) == [b"250 2.1.0 Ok"]
+    proto.dataReceived(command + b"\r\n")
+    assert said(transport) == [reply]
+    proto.dataReceived(b"RCPT TO:<alice@localhost>\r\nDATA\r\n")
+    proto.dataReceived(b"Subject: hi\r\n\r\nhello\r\n.\r\n")
+    assert said(transport)[-1].startswith(b"250 2.0.0 Ok: queued as ")
+    for address in ("alice@localhost", "bob@localhost"):
+        messages = hub.store.account(address).folder("INBOX").messages()
+        expected = 1 if address in ("alice@localhost", stored_for) else 0
+        assert len(messages) == expected, address

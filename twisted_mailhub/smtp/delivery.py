@@ -126,6 +126,19 @@ class Verdict:
         return self.code < 300
 
 
+_local_verdicts: dict[str, Verdict] = {}
+
+
+def _local_verdict(address: str) -> Verdict:
+    """C{Verdict(250, "2.1.5 Ok", "local", address)}: one per account (frozen, so shared), not one per RCPT."""
+    verdict = _local_verdicts.get(address)
+    if verdict is None:
+        verdict = Verdict(250, "2.1.5 Ok", "local", address)
+        if len(_local_verdicts) < 10000:
+            _local_verdicts[address] = verdict
+    return verdict
+
+
 class RecipientPolicy:
     def __init__(self, hub: Any):
         self.hub = hub
@@ -174,7 +187,7 @@ class RecipientPolicy:
             if quotas is not None and quotas.over(account.address):
                 # RFC 3463 §3.3 X.2.2: known to be full before any data is sent.
                 return Verdict(552, f"5.2.2 <{address}>: Mailbox full")
-            return Verdict(250, "2.1.5 Ok", "local", account.address)
+            return _local_verdict(account.address)
         if not authenticated:
             return Verdict(554, f"5.7.1 <{address}>: Relay access denied")
         if getattr(self.hub, "relay", None) is None:
@@ -397,7 +410,11 @@ def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict],
         # message as it will be stored.
         message = add_submission_headers(message, session.hostname, sender or session.authenticated)
     if hub.filters:
-        envelope = envelope_of(sender, [r.recipient for r in recipients], session)
+        if len(recipients) == 1:
+            one = recipients[0]
+            envelope = envelope_of(sender, (one.original or one.address,), session)
+        else:
+            envelope = envelope_of(sender, [r.recipient for r in recipients], session)
         try:
             step = _run_at_once(hub.filters, "end_of_data", 0, (envelope, message), message)
         except Exception:

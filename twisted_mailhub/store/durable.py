@@ -98,6 +98,11 @@ class PendingWrite:
     arrived: Callable[[], Any] | None = None
     group: Any = None  # writes renamed into place all together or not at all (write_group)
     result: Any = None  # what the Deferred fires with (None: final_path)
+    # Called with the error (an exception or a Failure) of a write that did
+    # not happen, before its Deferred fails: the owner's bookkeeping; what
+    # it returns is what the Deferred fails with (the same error, or the
+    # owner's word for it). One callback less per write than an errback.
+    failed: Callable[[Any], Any] | None = None
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -117,7 +122,9 @@ def _create_file(path: str, data) -> int:
         if callable(data):
             data(fd)
         else:
-            _write_all(fd, data)
+            written = os.write(fd, data)  # (all of it, but for a short write)
+            if written < len(data):
+                _write_all(fd, memoryview(data)[written:])
     except BaseException:
         os.close(fd)
         raise
@@ -269,6 +276,22 @@ def _fsync_pool():
     return _pool
 
 
+def _told(item: PendingWrite, error: Any) -> Any:
+    """What C{item}'s owner makes of its C{error} (L{PendingWrite.failed}); a failure of its own if that raises."""
+    try:
+        return item.failed(error)  # type: ignore[misc]
+    except BaseException:  # noqa: B036 - reported to the caller
+        return Failure()
+
+
+def _directory_of(path: str) -> str:
+    """C{os.path.dirname(path)}, without its general machinery for the usual path (once or twice per write)."""
+    i = path.rfind("/")
+    if i > 0 and path[i - 1] != "/":
+        return path[:i]
+    return os.path.dirname(path)
+
+
 def _discard(path: str) -> None:
     try:
         os.unlink(path)
@@ -331,7 +354,7 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
                 outcome[i] = e
                 _discard(item.tmp_path)
                 continue
-            directories.setdefault(os.path.dirname(item.final_path), []).append(i)
+            directories.setdefault(_directory_of(item.final_path), []).append(i)
         # 4. the directory entries
         for directory, members in directories.items():
             try:
@@ -400,7 +423,7 @@ def _flush_filesystems(batch, outcome, fds, logs, log_fds, live) -> None:
     device_of: dict[int, int] = {}  # write index -> filesystem
     by_directory: dict[str, int] = {}  # a new file is on its directory's filesystem
     for i in live:
-        directory = os.path.dirname(batch[i].tmp_path) or "."
+        directory = _directory_of(batch[i].tmp_path) or "."
         device = by_directory.get(directory)
         if device is None:
             device = by_directory[directory] = os.fstat(fds[i]).st_dev
@@ -494,6 +517,7 @@ class GroupCommitWriter:
         rename: Callable[[str, str], None] | None = None,
         arrived: Callable[[], Any] | None = None,
         result: Any = None,
+        failed: Callable[[Any], Any] | None = None,
     ) -> defer.Deferred:
         """
         Write C{data} (bytes, or a callable taking an fd) to C{tmp_path},
@@ -506,11 +530,13 @@ class GroupCommitWriter:
         never came). C{arrived()}, if given, is called once the write is
         durable, with those of the other writes of its batch, before any
         Deferred of the batch fires (the owner's bookkeeping; if it
-        raises, the Deferred fails with that).
+        raises, the Deferred fails with that). C{failed(error)}, if given,
+        is called instead when the write did not happen, just before the
+        Deferred fails with what it returns.
         """
-        item = PendingWrite(tmp_path, final_path, data, record=record, rename=rename, arrived=arrived, result=result)
+        item = PendingWrite(tmp_path, final_path, data, record=record, rename=rename, arrived=arrived, result=result, failed=failed)
         self._queue.append(item)
-        if self._running < self._limit() and not self._starting:
+        if not self._starting and self._running < self._limit():
             # At the end of this reactor turn, with the writes of its other events.
             self._starting = True
             self.reactor.callLater(0, self._start_batches)
@@ -558,7 +584,7 @@ class GroupCommitWriter:
             for w in writes
         ]
         self._queue.extend(items)
-        if self._running < self._limit() and not self._starting:
+        if not self._starting and self._running < self._limit():
             self._starting = True
             self.reactor.callLater(0, self._start_batches)
         return [item.deferred for item in items]
@@ -617,12 +643,12 @@ class GroupCommitWriter:
                 if error is None:
                     item.deferred.callback(item.final_path if item.result is None else item.result)
                 else:
-                    item.deferred.errback(error)
+                    item.deferred.errback(error if item.failed is None else _told(item, error))
 
         def crashed(reason):
             for item in batch:
                 if not item.deferred.called:
-                    item.deferred.errback(reason)
+                    item.deferred.errback(reason if item.failed is None else _told(item, reason))
 
         def finished(_):
             self._running -= 1

@@ -94,6 +94,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_mailhub.heap import give_back_memory  # (after a big folder's load; tests replace it here)
@@ -1307,9 +1308,14 @@ class MaildirFolder:
             record = Record(self._uidlist_file, f"{uid} {base} {size} {int(now)}\n".encode("utf-8"), self._uidlist_lock)
         directory = self.directory
         d = self.writer.write(
-            f"{directory}/tmp/{base}", f"{directory}/new/{base}", message, record, arrived=partial(self._arrived, None, entry), result=base
+            f"{directory}/tmp/{base}",
+            f"{directory}/new/{base}",
+            message,
+            record,
+            arrived=partial(self._arrived, None, entry),
+            result=base,
+            failed=partial(self._write_failed, entry),
         )
-        d.addErrback(self._not_stored, entry)
         return d
 
     def _reserve(self, base: str, sub: str, filename: str, size: int, date: float, keywords: frozenset[str]) -> _Entry:
@@ -1367,9 +1373,12 @@ class MaildirFolder:
 
     def _arrived(self, _, entry: _Entry) -> _Entry:
         self._pending.pop(entry.info.key, None)
-        self._take_placed()
+        if self._placed:
+            self._take_placed()
         info = entry.info
-        self._table.add(info.uid, info.key, info.size, info.internal_date, entry.keywords, entry.subdir, entry.filename, _split(entry.filename)[1])
+        filename = entry.filename
+        system = _split(filename)[1] if ":" in filename else 0
+        self._table.add(info.uid, info.key, info.size, info.internal_date, entry.keywords, entry.subdir, filename, system)
         self._changes += 1
         if not self._shared:
             self._recent.add(info.uid)
@@ -1381,6 +1390,13 @@ class MaildirFolder:
         if self._listeners.count():
             self._listeners.notify(FolderChange(added=(info.uid,)))
         return entry
+
+    def _write_failed(self, entry: _Entry, error: Any) -> Any:
+        """L{_not_stored} as the writer's C{failed}: C{error} an exception or a Failure."""
+        self._pending.pop(entry.info.key, None)
+        value = error.value if isinstance(error, Failure) else error
+        mapped = storage_error(value)
+        return error if mapped is value else mapped
 
     def _not_stored(self, failure, entry: _Entry):
         # Its UID stays used: its line may be on disk already.
@@ -1765,11 +1781,12 @@ class MaildirFolder:
                 self._write_arrivals()
             return
         self._changes += 1
-        value = max(self.highest_modseq + 1, _now_us())
+        value = max(self.highest_modseq + 1, time.time_ns() // 1000)  # (_now_us)
         self.highest_modseq = value
         table = self._table
-        i = len(table) - 1
-        if i < 0 or table.uids[i] != uid:
+        uids = table.uids
+        i = len(uids) - 1
+        if i < 0 or uids[i] != uid:
             i = table.position(uid)
         if i >= 0:
             table.modseqs[i] = value

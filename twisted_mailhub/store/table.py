@@ -339,6 +339,22 @@ class MessageTable:
     def add(self, uid: int, base: str, size: int, date: float, keywords: frozenset[str], subdir: str, filename: str, system: int, modseq: int = 1) -> int:
         """Add a row (in its UID's place); returns its position."""
         uids = self.uids
+        if not keywords and not system and subdir == "new" and filename == base and (not uids or uid > uids[-1]):
+            # A message just delivered (new/, its plain name, no flags: one
+            # per SMTP message): what the general case below does, inline.
+            uids.append(uid)
+            self.names.append(base)
+            self.sizes.append(size)
+            self.dates.append(date)
+            self.bits.append(NEW)
+            self.kws.append(0)  # (keyword set 0 is the empty one)
+            self.modseqs.append(modseq)
+            if self.infos is not None:
+                self.infos.append(None)
+            self.odd.pop(uid, None)
+            if self._by_base is not None:
+                self._by_base[base] = uid
+            return len(uids) - 1
         if not uids or uid > uids[-1]:
             i = len(uids)
             uids.append(uid)
