@@ -777,8 +777,15 @@ class LineEngine:
 
     def _resume(self, _: Any = None) -> None:
         self.busy = False
-        if not self.closed:
-            self._run()
+        if self.closed:
+            return
+        if not (self._buf or self._held or self._raw is not None or self._gathered or self._reading_paused or self.input_ended or self.writing_paused):
+            # Nothing came while the command waited (a client that waits for
+            # each reply): all _run would do is what it does after a batch.
+            if self.transport is not None:
+                flush_now(self.transport)
+            return
+        self._run()
 
     # -- timers ----------------------------------------------------------------------
 

@@ -478,6 +478,13 @@ class Transcriber:
             return
         if 0 <= data.find(b"\n") == len(data) - 1 and not (self._client or self._in_data or self._in_literal):
             # The common case: one whole command line.
+            if self._plain and not (self._in_sasl or self._login_rest) and data[-2:-1] == b"\r":
+                # Of a protocol that is neither POP3 nor IMAP (SMTP), with no
+                # secret to mask: as _client_line records it, one call less.
+                upper = data.upper()
+                if upper.find(b"AUTH") < 0 and upper.find(b"PASS") < 0 and upper.find(b"LOGIN") < 0:
+                    self.record.add_line("C", data[:-2].rstrip(b"\r"))
+                    return
             self._client_line(data[:-1])
             return
         if (
