@@ -300,13 +300,14 @@ def take_turns(servers: list[tuple[str, int, int]], messages: int, window: int, 
         )
 
 
-def callgrind(work: str, messages: int, window: int) -> None:
+def callgrind(work: str, messages: int, window: int, keep: str = "") -> None:
     """
     The hub's user-space instructions per RETR, one at a time and
     C{window} in flight, counted by valgrind's callgrind: unlike CPU time,
     the same on a busy machine as on a quiet one (the kernel's share is
     not counted). The hub runs under valgrind (slowly); each pass is
-    counted alone (callgrind_control zeroes and dumps the counts).
+    counted alone (callgrind_control zeroes and dumps the counts). With
+    C{keep}, the dumps are copied there for callgrind_annotate.
     """
     import glob
 
@@ -357,6 +358,10 @@ def callgrind(work: str, messages: int, window: int) -> None:
         trigger = text.split("desc: Trigger: dump ", 1)[1].split("\n", 1)[0] if "Trigger: dump " in text else "?"
         total = int(text.split("\nsummary: ", 1)[1].split("\n", 1)[0])
         print(f"mailhub callgrind        {trigger}: {total / messages:,.0f} instructions per RETR", flush=True)
+        if keep and trigger != "?":
+            os.makedirs(keep, exist_ok=True)
+            shutil.copy(path, os.path.join(keep, f"callgrind.{trigger}"))
+            print(f"    kept: callgrind_annotate {os.path.join(keep, f'callgrind.{trigger}')}", flush=True)
 
 
 def start_stock(maildir: str, nodelay: bool):
@@ -395,12 +400,16 @@ def main() -> None:
         "--callgrind", type=int, default=0, metavar="N",
         help="only count the hub's instructions per RETR under valgrind's callgrind, on N messages (1000 is plenty)",
     )
+    parser.add_argument(
+        "--callgrind-keep", default="", metavar="DIR",
+        help="with --callgrind: keep the dumps in DIR (callgrind.one, callgrind.pipelined) for callgrind_annotate",
+    )
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="mailhub-pop3-bench-", dir=args.dir or "/var/tmp")
     if args.callgrind:
         try:
-            callgrind(work, args.callgrind, args.window)
+            callgrind(work, args.callgrind, args.window, args.callgrind_keep)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return
