@@ -147,6 +147,66 @@ def test_a_pop3_answer_recorded_from_its_facts_reads_as_one_recorded_from_its_by
     assert _lines(from_facts)[2:5] == ["S: +OK 20 octets", "S: [message: 3 lines, 20 octets]", "S: ."]
 
 
+def _pop3_session(t, retrs: int) -> None:
+    """RETRs one at a time and pipelined, answered from their facts, and other commands."""
+    t.server_bytes(b"+OK POP3 ready\r\n")
+    for n in range(1, retrs + 1):
+        t.client_bytes(b"RETR %d\r\n" % n)
+        assert t.record_message(b"+OK %d octets" % (20 + n), 3, 20 + n) is not None
+    t.client_bytes(b"RETR 1\r\nretr 2\r\nDELE 1\r\n")
+    t.record_message(b"+OK 21 octets", 3, 21)
+    t.record_message(b"+OK 22 octets", 3, 22)
+    t.server_bytes(b"+OK message 1 deleted\r\n")
+    t.client_bytes(b"STAT\r\n")
+    t.server_bytes(b"+OK 1 22\r\n")
+
+
+def test_a_pop3_session_nobody_watched_reads_as_one_watched_line_by_line():
+    from twisted_mailhub.transcript import SessionEvents, Transcriber
+
+    def recorded(max_lines: int, watch: str):
+        bus = SessionEvents(max_lines=max_lines, clock=lambda: 1000.0)
+        seen: list = []
+        if watch == "from the start":
+            bus.subscribe(lambda r, e: seen.append(e))
+        record = bus.start("pop3", ("127.0.0.1", 4000), ("127.0.0.1", 110), id="pop3#1")
+        t = Transcriber(record.id, record)
+        _pop3_session(t, 3)
+        if watch == "midway":
+            bus.subscribe(lambda r, e: seen.append(e), session=record.id)
+        _pop3_session(t, 2)
+        return record, seen
+
+    total = 1 + (4 * 3 + 13) + (4 * 2 + 13)  # the start, then each session's lines
+    for max_lines in (5000, 7, 2):
+        quiet, _ = recorded(max_lines, "")
+        watched, seen = recorded(max_lines, "from the start")
+        midway, seen_midway = recorded(max_lines, "midway")
+        assert list(quiet.events) == list(watched.events) == list(midway.events)
+        assert quiet.dropped == watched.dropped == midway.dropped == max(0, total - max_lines)
+        # The watchers were told the same events, as they came.
+        assert seen == [(n, 1000.0, kind, text) for n, _, kind, text in seen] and len(seen) == total
+        assert list(watched.events) == seen[-max_lines:]
+        assert seen_midway == seen[-len(seen_midway) :] and len(seen_midway) == 4 * 2 + 13
+        assert quiet.summary()["lines"] == total
+    assert [e[2:] for e in list(quiet.events)] == [("C", "STAT"), ("S", "+OK 1 22")]
+    assert [e[0] for e in quiet.events] == [total - 1, total]
+    record, _ = recorded(5000, "")
+    assert [f"{kind}: {text}" for _, _, kind, text in list(record.events)[-12:-1]] == [
+        "C: RETR 1",
+        "C: retr 2",
+        "C: DELE 1",
+        "S: +OK 21 octets",
+        "S: [message: 3 lines, 21 octets]",
+        "S: .",
+        "S: +OK 22 octets",
+        "S: [message: 3 lines, 22 octets]",
+        "S: .",
+        "S: +OK message 1 deleted",
+        "C: STAT",
+    ]
+
+
 def test_a_pipelined_batch_of_numbered_pop3_commands_is_recorded_as_the_same_lines_sent_one_by_one():
     batch = b"RETR 1\r\ndele 1\nList 2\r\nretr 2\r\nUIDL 2\r\n"
     answers = [

@@ -120,10 +120,15 @@ class SessionRecord:
     @ivar account: the address that logged in, C{""} before.
     @ivar tls: C{"TLSv1.3 TLS_AES_256_GCM_SHA384"} once encrypted, else C{""}.
     @ivar started: seconds since the epoch; C{ended} too, or L{None} while open.
-    @ivar dropped: how many old events were let go (C{max_lines}).
+
+    How the events are kept, for the cost of a session nobody reads: with
+    no watcher of its lines, a line is kept as it came (bytes) and a POP3
+    answer that carries a message (RETR, TOP) as one entry of its facts
+    (L{ANSWER_ENTRY}) instead of its three lines; they are made the events
+    L{events} shows only when someone reads them.
     """
 
-    __slots__ = ("bus", "id", "protocol", "client", "server", "account", "tls", "started", "ended", "_events", "_raw", "dropped", "_seq")
+    __slots__ = ("bus", "id", "protocol", "client", "server", "account", "tls", "started", "ended", "_events", "_made", "_seq")
 
     def __init__(self, bus: "SessionEvents", id: str, protocol: str, client: tuple, server: tuple):
         self.bus = bus
@@ -135,11 +140,14 @@ class SessionRecord:
         self.tls = ""
         self.started = bus.clock()
         self.ended: float | None = None
+        # Entries: events (seq, time, kind, text), text bytes while not yet
+        # made text; and answers (seq, time, status, lines, octets), which
+        # are the three events seq, seq + 1 and seq + 2.
         self._events: deque = deque(maxlen=bus.max_lines)
-        # How many of the kept events still hold their line as bytes.
-        self._raw = 0
-        self.dropped = 0
+        # Events recorded in all (the last one's seq), and how many of them
+        # the entries showed when last made text (L{events}).
         self._seq = 0
+        self._made = 0
 
     @property
     def events(self) -> deque:
@@ -147,25 +155,39 @@ class SessionRecord:
         The kept events, oldest first: C{(seq, time, kind, text)} tuples
         (at most the bus's C{max_lines}).
         """
-        if self._raw:
-            # Lines nobody has read yet are kept as bytes (add_line): made
-            # text now, once.
-            self._events = deque(
-                (e if e[3].__class__ is str else (e[0], e[1], e[2], line_text(e[3])) for e in self._events),
-                maxlen=self._events.maxlen,
-            )
-            self._raw = 0
+        if self._made != self._seq:
+            self._make_events()
         return self._events
+
+    @property
+    def dropped(self) -> int:
+        """How many old events were let go (the bus's C{max_lines})."""
+        return self._seq - len(self.events)
+
+    def _make_events(self) -> None:
+        # Entries recorded as bytes or as an answer's facts become the
+        # events they stand for, in place (the deque stays the same one).
+        events = self._events
+        made: list = []
+        add = made.append
+        for e in events:
+            if len(e) == 4:
+                add(e if e[3].__class__ is str else (e[0], e[1], e[2], line_text(e[3])))
+            else:
+                seq, when, status, lines, octets = e
+                add((seq, when, "S", line_text(status)))
+                add((seq + 1, when, "S", f"[message: {lines} lines, {octets} octets]"))
+                add((seq + 2, when, "S", "."))
+        events.clear()
+        events.extend(made)  # (the deque keeps the last max_lines)
+        self._made = self._seq
 
     def add(self, kind: str, text: str) -> None:
         """Record one event and tell the watchers."""
-        self._seq += 1
-        events = self._events
-        if len(events) == events.maxlen:
-            self.dropped += 1
+        seq = self._seq = self._seq + 1
         bus = self.bus
-        event = (self._seq, bus.clock(), kind, text)
-        events.append(event)
+        event = (seq, bus.clock(), kind, text)
+        self._events.append(event)
         # Each kind of watcher pays only for what it asked for: a session
         # list is not called for every line of every session.
         if bus.watchers:
@@ -188,12 +210,8 @@ class SessionRecord:
         if bus.watchers or (bus.session_watchers and self.id in bus.session_watchers):
             self.add(kind, line_text(line))
             return
-        events = self._events
-        if len(events) == events.maxlen:
-            self.dropped += 1
-        self._seq += 1
-        events.append((self._seq, bus.clock(), kind, line))
-        self._raw += 1  # (at most, as in add_lines: only "any left?" matters)
+        seq = self._seq = self._seq + 1
+        self._events.append((seq, bus.clock(), kind, line))
 
     def add_lines(self, kind: str, lines: list[bytes]) -> None:
         """
@@ -208,37 +226,30 @@ class SessionRecord:
             return
         events = self._events
         n = len(lines)
-        over = len(events) + n - events.maxlen
-        if over > 0:
-            self.dropped += over
-            if n > events.maxlen:
-                self._seq += n - events.maxlen
-                lines = lines[n - events.maxlen :]
-                n = events.maxlen
+        if n > events.maxlen:
+            # Only the last max_lines can be kept.
+            self._seq += n - events.maxlen
+            lines = lines[n - events.maxlen :]
+            n = events.maxlen
         seq = self._seq
         events.extend(zip(range(seq + 1, seq + n + 1), repeat(bus.clock()), repeat(kind), lines))
         self._seq = seq + n
-        self._raw += n  # (at most: some may have been let go; only "any left?" matters)
 
-    def add_answer(self, status: bytes, summary: bytes) -> None:
+    def add_answer(self, status: bytes, lines: int, octets: int) -> None:
         """
         Record the server's answer that carries a message (POP3 RETR,
-        TOP) as its three S: lines, C{status}, C{summary} and C{.}, as
-        L{add_lines} would: the commonest answer, in one step.
+        TOP: the status line C{status}, no line end, then C{lines} lines
+        of C{octets} octets) as its three S: lines: C{status}, C{[message:
+        N lines, M octets]} and C{.}. With nobody watching, in one entry
+        of its facts (see the class), made text when read.
         """
         bus = self.bus
-        events = self._events
-        if bus.watchers or (bus.session_watchers and self.id in bus.session_watchers) or events.maxlen < 3:
-            self.add_lines("S", (status, summary, b"."))
+        if bus.watchers or (bus.session_watchers and self.id in bus.session_watchers):
+            self.add_lines("S", (status, b"[message: %d lines, %d octets]" % (lines, octets), b"."))
             return
-        over = len(events) + 3 - events.maxlen
-        if over > 0:
-            self.dropped += over
         seq = self._seq
-        now = bus.clock()
-        events.extend(((seq + 1, now, "S", status), (seq + 2, now, "S", summary), (seq + 3, now, "S", b".")))
         self._seq = seq + 3
-        self._raw += 3
+        self._events.append((seq + 1, bus.clock(), status, lines, octets))
 
     def logged_in(self, account: str) -> None:
         if self.bus.account_name is not None:
@@ -451,7 +462,13 @@ class Transcriber:
                     message = _NUMBERED.get(word.upper())
                 if message is not None:
                     pending.append(message)
-                    self._emit("C", bare)
+                    record = self.record
+                    if record is not None and not (record.bus.watchers or record.bus.session_watchers):
+                        # What add_line does with nobody watching, inline.
+                        seq = record._seq = record._seq + 1
+                        record._events.append((seq, record.bus.clock(), "C", bare))
+                    else:
+                        self._emit("C", bare)
                     return
             self._client_line(data[:-1])
             return
@@ -681,12 +698,20 @@ class Transcriber:
         # What _server_line does for a status line that starts a message.
         pending.popleft()
         self._in_sasl = False
-        summary = b"[message: %d lines, %d octets]" % (lines, octets)
-        if self.record is not None:
-            self.record.add_answer(status, summary)
-        else:
-            for line in (status, summary, b"."):
+        record = self.record
+        if record is None:
+            for line in (status, b"[message: %d lines, %d octets]" % (lines, octets), b"."):
                 self._emit("S", line)
+        else:
+            bus = record.bus
+            if bus.watchers or bus.session_watchers:
+                record.add_answer(status, lines, octets)
+            else:
+                # What add_answer does with nobody watching, inline: the
+                # commonest answer (one per RETR) in one entry.
+                seq = record._seq
+                record._seq = seq + 3
+                record._events.append((seq + 1, bus.clock(), status, lines, octets))
         past = self.past
         return True if past is None else past
 
