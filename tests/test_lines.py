@@ -413,6 +413,32 @@ def test_gathered_replies_to_a_pipelined_batch_leave_in_one_send_past_the_transp
         sock.close()
 
 
+def test_replies_to_a_lone_line_leave_at_once_in_order_past_the_transport_buffer():
+    conn, peer = _tcp_pair()
+    owner = Owner(gather=True)
+    owner.transport = conn
+    writes, sock = _counting(conn)
+
+    def received(line):
+        owner.lines.write(b"+OK " + line + b"\r\n")
+        if line == b"LIST":
+            owner.lines.write(b"1 20\r\n.\r\n")
+
+    owner.line_received = received
+    try:
+        owner.start()
+        owner.lines.data_received(b"NOOP\r\n")
+        assert writes == [b"+OK NOOP\r\n"]
+        owner.lines.data_received(b"LIST\r\n")
+        assert b"".join(writes[1:]) == b"+OK LIST\r\n1 20\r\n.\r\n"
+        assert conn not in conn.reactor.writers
+        assert not conn._tempDataBuffer and not conn.dataBuffer
+        assert peer.recv(200) == b"+OK NOOP\r\n+OK LIST\r\n1 20\r\n.\r\n"
+    finally:
+        peer.close()
+        sock.close()
+
+
 def test_gathered_replies_leave_before_starttls_discards_the_rest():
     # STARTTLS: its 220 must leave in the clear before TLS starts, even in
     # the middle of a pipelined batch (whose rest is dropped, CVE-2011-0411).

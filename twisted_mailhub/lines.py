@@ -282,6 +282,10 @@ def flush_now(transport: Any) -> None:
 
 # -- the engine ------------------------------------------------------------------
 
+# _in_loop while data_received's shortcut handles the one line at hand
+# (true, as while _run handles lines).
+_ONE_LINE = "one line"
+
 # gather=True: replies of a batch are sent without waiting for its end
 # once they hold more than this many octets.
 _GATHER_OCTETS = 64 * 1024
@@ -466,6 +470,13 @@ class LineEngine:
         """
         gathered = self._gathered
         if gathered is not None and self._in_loop:
+            if self._in_loop is _ONE_LINE and not gathered:
+                # The reply to the one line at hand (data_received's
+                # shortcut): it leaves now, as the end of the batch would
+                # send it, without being gathered first.
+                if not self.closed:
+                    send_now(transport if transport is not None else self.transport, data)
+                return
             # Out when the batch is done (the end of _run), in one send,
             # to one transport: a write to another sends what came first.
             if transport is not self._sink:
@@ -563,7 +574,7 @@ class LineEngine:
             # it: handled as _run would, without its loop.
             self._line_started = None
             crlf = self.crlf = data[-2:-1] == b"\r"
-            self._in_loop = True
+            self._in_loop = _ONE_LINE
             try:
                 result = self.owner.line_received(data[:-2] if crlf else data[:-1])
             except Exception:
@@ -574,9 +585,12 @@ class LineEngine:
             if result is not None:
                 self._result(result)
             gathered = self._gathered
-            if gathered and not (self._reading_paused or self.input_ended):
-                # What _after_run does in this case: the reply leaves now.
-                self._send_gathered()
+            if gathered is not None and not (self.busy or self._reading_paused or self.input_ended):
+                # What _after_run does in this case: what was gathered
+                # leaves now (the reply was sent by write, usually); the
+                # owner wrote nothing to the transport itself.
+                if gathered:
+                    self._send_gathered()
                 return
             self._after_run()
             return
