@@ -438,6 +438,8 @@ class Transcriber:
         # Recorded, and neither POP3 nor IMAP (SMTP, FTP...): whole CRLF
         # lines may take the shortcuts of client_bytes and server_bytes.
         self._plain = record is not None and self._pop3 is None and not self._imap
+        # The record's bus, for the shortcuts that record a line inline.
+        self._bus = record.bus if record is not None else None
         if record is not None:
             self._emit = record.add_line  # one call less per line
 
@@ -462,11 +464,12 @@ class Transcriber:
                     message = _NUMBERED.get(word.upper())
                 if message is not None:
                     pending.append(message)
-                    record = self.record
-                    if record is not None and not (record.bus.watchers or record.bus.session_watchers):
+                    bus = self._bus
+                    if bus is not None and not (bus.watchers or bus.session_watchers):
                         # What add_line does with nobody watching, inline.
+                        record = self.record
                         seq = record._seq = record._seq + 1
-                        record._events.append((seq, record.bus.clock(), "C", bare))
+                        record._events.append((seq, bus.clock(), "C", bare))
                     else:
                         self._emit("C", bare)
                     return
@@ -698,20 +701,19 @@ class Transcriber:
         # What _server_line does for a status line that starts a message.
         pending.popleft()
         self._in_sasl = False
-        record = self.record
-        if record is None:
+        bus = self._bus
+        if bus is None:
             for line in (status, b"[message: %d lines, %d octets]" % (lines, octets), b"."):
                 self._emit("S", line)
+        elif bus.watchers or bus.session_watchers:
+            self.record.add_answer(status, lines, octets)
         else:
-            bus = record.bus
-            if bus.watchers or bus.session_watchers:
-                record.add_answer(status, lines, octets)
-            else:
-                # What add_answer does with nobody watching, inline: the
-                # commonest answer (one per RETR) in one entry.
-                seq = record._seq
-                record._seq = seq + 3
-                record._events.append((seq + 1, bus.clock(), status, lines, octets))
+            # What add_answer does with nobody watching, inline: the
+            # commonest answer (one per RETR) in one entry.
+            record = self.record
+            seq = record._seq
+            record._seq = seq + 3
+            record._events.append((seq + 1, bus.clock(), status, lines, octets))
         past = self.past
         return True if past is None else past
 
