@@ -324,6 +324,21 @@ class TransactionTests(POP3TestCase):
         flushed.callback(None)
         self.assertEqual(t.value(), b"+OK mail.test POP3 server signing off (1 message deleted)\r\n")
 
+    def test_commands_after_quit_are_never_answered_even_while_its_deletions_are_made_durable(self):
+        from twisted.internet import defer
+
+        self.put(b"one\r\n", b"two\r\n")
+        flushed = defer.Deferred()
+        self.inbox.flush = lambda: flushed
+        proto, t = self.login()
+        self.say(proto, t, b"dele 1\r\n")
+        self.assertEqual(self.say(proto, t, b"quit\r\n"), b"")
+        self.assertEqual(self.say(proto, t, b"retr 2\r\n"), b"")
+        self.assertEqual(self.say(proto, t, b"noop\r\nstat\r\n"), b"")
+        flushed.callback(None)
+        self.assertEqual(t.value(), b"+OK mail.test POP3 server signing off (1 message deleted)\r\n")
+        self.assertEqual(self.say(proto, t, b"noop\r\n"), b"")
+
     def test_dropped_connection_removes_nothing_and_marks_nothing(self):
         self.put(b"one\r\n")
         proto, t = self.login()

@@ -117,6 +117,7 @@ class MaildropInUse(cred_error.LoginDenied):
 
 
 _O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_O_DIRECTORY = _O_READ | getattr(os, "O_DIRECTORY", 0)
 
 _UIDL_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
 
@@ -130,6 +131,20 @@ def uidl_of(key: str) -> str:
     if _UIDL_OK.match(key):
         return key
     return "h" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def _read_rest(fd: int, data: bytes) -> bytes:
+    """
+    C{data}, read from C{fd} and longer than the index says (the file was
+    changed by hand), with the rest of the file after it.
+    """
+    parts = [data]
+    while True:
+        more = os.read(fd, 1 << 20)
+        if not more:
+            break
+        parts.append(more)
+    return b"".join(parts)
 
 
 @implementer(IMailbox)
@@ -160,7 +175,9 @@ class Maildrop:
             self.keys = [info.key for info in infos]
         self._uidls: list[str] | None = None
         # Each message's file, found the first time it is read.
-        self._paths: dict[int, str] = {}
+        self._paths: dict[int, tuple[int, str]] = {}
+        # Descriptors of the directories those files are in, by path.
+        self._directories: dict[str, int] = {}
         # Which messages need no byte-stuffing (store/wireform.py): the
         # folder's facts, kept across sessions, or this session's own.
         forms = getattr(folder, "wire_forms", None)
@@ -220,38 +237,77 @@ class Maildrop:
         """
         if not 0 <= i < len(self.uids):
             raise ValueError(f"no message {i + 1}")
-        size = self.sizes[i]
-        path = self._paths.get(i)
-        if path is None:
+        where = self._paths.get(i)
+        if where is None:
             path = self.folder.path(self.uids[i])
             if path is None:
                 return self.folder.read(self.uids[i])
-            self._paths[i] = path
+            try:
+                where = self._found(i, path)
+            except FileNotFoundError:
+                return self.folder.read(self.uids[i])
         try:
-            fd = os.open(path, _O_READ)
+            fd = os.open(where[1], _O_READ, dir_fd=where[0])
         except FileNotFoundError:
             # Renamed by another program since the store last looked: the
             # store finds it again (or says it is gone).
             self._paths.pop(i, None)
             return self.folder.read(self.uids[i])
         try:
+            size = self.sizes[i]
             data = os.read(fd, size + 1)
             if len(data) > size:
-                # Longer than the index says (changed by hand): all of it.
-                parts = [data]
-                while True:
-                    more = os.read(fd, 1 << 20)
-                    if not more:
-                        break
-                    parts.append(more)
-                data = b"".join(parts)
+                data = _read_rest(fd, data)
         finally:
             os.close(fd)
         return data
 
+    def _found(self, i: int, path: str) -> tuple[int, str]:
+        """
+        Remember where message C{i}'s file is, C{path}: as a descriptor of
+        its directory (opened once per session: C{cur/}, C{new/}) and its
+        name in it, so each later open looks up one name, not the whole
+        path. Raises C{FileNotFoundError} when the directory is gone.
+        """
+        directory, _, name = path.rpartition("/")
+        fd = self._directories.get(directory)
+        if fd is None:
+            fd = self._directories[directory] = os.open(directory or "/", _O_DIRECTORY)
+        where = self._paths[i] = (fd, name)
+        return where
+
+    def wire_message(self, i: int) -> tuple[bytes, int | None]:
+        """
+        Message C{i} (0-based, in range) for RETR: its bytes (L{read}) and
+        its line count when it is stored in wire form, else L{None}
+        (L{wire_lines}). Raises as L{read} does.
+        """
+        where = self._paths.get(i)
+        fd = -1
+        if where is not None:
+            try:
+                fd = os.open(where[1], _O_READ, dir_fd=where[0])
+            except FileNotFoundError:
+                pass  # renamed by another program: read() finds it again
+        if fd < 0:
+            data = self.read(i)
+        else:
+            # What read() does, inline: the commonest case, a file found before.
+            try:
+                size = self.sizes[i]
+                data = os.read(fd, size + 1)
+                if len(data) > size:
+                    data = _read_rest(fd, data)
+            finally:
+                os.close(fd)
+        return data, self.wire_forms.lines_of(self.keys[i], data)
+
     def close(self) -> None:
-        """The session is over: forget the files it found."""
+        """The session is over: forget the files it found, close their directories."""
         self._paths.clear()
+        directories, self._directories = self._directories, {}
+        for fd in directories.values():
+            os.close(fd)
 
     def wire_lines(self, i: int, data: bytes) -> int | None:
         """
@@ -500,6 +556,8 @@ COMMANDS: dict[State, frozenset[str]] = {
     State.UPDATE: frozenset(),
 }
 _KNOWN = frozenset().union(*COMMANDS.values())
+# (A module name is found faster than an Enum member: once per command.)
+_TRANSACTION = State.TRANSACTION
 # TRANSACTION commands that take an argument, by their word as sent.
 # TRANSACTION commands that take an argument, by their word as sent
 # (upper or lower case; others are made upper): the command's name and its
@@ -582,6 +640,9 @@ class MailhubPOP3(_pop3.POP3):
             # message streamed to the transport is preceded by a flush().
             gather=True,
         )
+        # Input goes straight to the engine (one call less per read) until
+        # QUIT enters UPDATE (_enter_update).
+        self.dataReceived = self.lines.data_received
         self.reply_ok(b"%s POP3 ready %s" % (hostname.encode("ascii", "replace"), self.magic))
         # The idle timeout alone would let a client that sends a NOOP every
         # few minutes sit in AUTHORIZATION for ever, holding a connection.
@@ -650,9 +711,13 @@ class MailhubPOP3(_pop3.POP3):
         session transcript records it from these facts, without reading
         the message again.
         """
-        data = b"".join((status, b"\r\n", message, b".\r\n"))
         record = self._record_message
-        past = record(status, lines, len(message)) if record is not None else None
+        self._write_message(status, message, lines, record(status, lines, len(message)) if record is not None else None)
+
+    def _write_message(self, status: bytes, message: bytes, lines: int, past: Any) -> None:
+        # write_message once the transcript has recorded the answer (past:
+        # where to write it past the recorder) or not (None).
+        data = b"".join((status, b"\r\n", message, b".\r\n"))
         if past is None:
             self.write(data)
         elif self.lines is None:
@@ -680,8 +745,14 @@ class MailhubPOP3(_pop3.POP3):
     # -- input: the line engine's owner -----------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        # (connectionMade puts the engine's own in its place until UPDATE.)
         if self.state is not State.UPDATE:
             self.lines.data_received(data)
+
+    def _enter_update(self) -> None:
+        """After QUIT (RFC 1939 §6): no further input is handled."""
+        self.state = State.UPDATE
+        self.__dict__.pop("dataReceived", None)
 
     # IHalfCloseableProtocol: a session piped in whole (`printf ... | nc -N`)
     # shuts down its sending side after QUIT; everything sent is answered
@@ -748,7 +819,7 @@ class MailhubPOP3(_pop3.POP3):
         if self._sasl is not None:
             handler, self._sasl = self._sasl, None
             return handler(line)
-        if self.state is State.TRANSACTION:
+        if self.state is _TRANSACTION:
             # The common case, "RETR 12": straight to its handler.
             word, _, rest = line.partition(b" ")
             command = _WITH_ARGUMENT.get(word) or _WITH_ARGUMENT.get(word.upper())
@@ -1064,14 +1135,20 @@ class MailhubPOP3(_pop3.POP3):
             # The common case: one read, one write (the reply line, the
             # byte-stuffed message and the terminator).
             try:
-                data = drop.read(i)
+                data, lines = drop.wire_message(i)
             except (NoSuchMessage, FileNotFoundError):
                 return self._gone(i)
             drop.retrieved.add(i)
-            lines = drop.wire_forms.lines_of(drop.keys[i], data)
             if lines is not None:
                 # Stored as it is sent: no scan, no copy but the one write.
-                self.write_message(b"+OK %d octets" % len(data), data, lines)
+                # (write_message, inline for the commonest answer.)
+                status = b"+OK %d octets" % len(data)
+                record = self._record_message
+                past = record(status, lines, len(data)) if record is not None else None
+                if past is not None and self.lines is not None:
+                    self.lines.write(b"".join((status, b"\r\n", data, b".\r\n")), past)
+                else:
+                    self._write_message(status, data, lines, past)
                 return None
             if not self.utf8:
                 data = downgrade(data)
@@ -1164,7 +1241,7 @@ class MailhubPOP3(_pop3.POP3):
 
     def pop_QUIT(self, args: bytes) -> None:
         if self.state is State.TRANSACTION:
-            self.state = State.UPDATE
+            self._enter_update()
             drop = self.mbox
             left = drop.sync()
             removed = len(drop.deleted) - len(left)
@@ -1191,7 +1268,7 @@ class MailhubPOP3(_pop3.POP3):
 
             return d.addCallbacks(answer, failed)
         else:
-            self.state = State.UPDATE
+            self._enter_update()
             self.reply_ok(b"%s POP3 server signing off" % self.hostname.encode("ascii", "replace"))
         self._close()
 
