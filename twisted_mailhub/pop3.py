@@ -79,7 +79,7 @@ from twisted_mailhub.hub import ListenerSpec, is_secure
 from twisted_mailhub.lines import LineEngine, control_note, quote
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.store.outage import refused
-from twisted_mailhub.store.wireform import WireForms
+from twisted_mailhub.store.wireform import LENGTH_MASK, LINES_SHIFT, WireForms
 
 log = Logger()
 
@@ -187,6 +187,8 @@ class Maildrop:
         # makes a file another program puts in CRLF when it first finds
         # it; this is for one it had listed before.)
         self.wire_forms.sizes_on_the_wire(self.keys, self.sizes)
+        # The facts themselves, for RETR's look-up (lines_of, inline).
+        self._facts = self.wire_forms.known
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
         self.count = len(self.uids)
@@ -300,7 +302,11 @@ class Maildrop:
                     data = _read_rest(fd, data)
             finally:
                 os.close(fd)
-        return data, self.wire_forms.lines_of(self.keys[i], data)
+        key = self.keys[i]
+        fact = self._facts.get(key)
+        if fact is not None and fact >= 0 and fact & LENGTH_MASK == len(data):
+            return data, fact >> LINES_SHIFT  # (WireForms.lines_of, inline)
+        return data, self.wire_forms.lines_of(key, data)
 
     def close(self) -> None:
         """The session is over: forget the files it found, close their directories."""

@@ -55,6 +55,11 @@ _VERSION = 2  # 1: no size on the wire in the facts of other messages
 # length (below 1 TiB).
 _SHIFT = 40
 _LENGTH = (1 << _SHIFT) - 1
+# For a reader of the facts (L{WireForms.known}) in its own loop: a fact
+# C{f >= 0} whose C{f & LENGTH_MASK} is the file's length means C{f >>
+# LINES_SHIFT} lines in wire form (what L{WireForms.lines_of} answers).
+LINES_SHIFT = _SHIFT
+LENGTH_MASK = _LENGTH
 
 
 def wire_lines(data: bytes) -> int | None:
