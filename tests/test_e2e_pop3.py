@@ -46,7 +46,9 @@ def put(hub: HubProcess, address: str, message: bytes) -> str:
     """Drop a message into the account's Maildir new/ the way an MDA does."""
     new = os.path.join(hub.maildir(address), "new")
     os.makedirs(new, exist_ok=True)
-    name = f"{int(time.time())}.M{next(_serial)}P{os.getpid()}.test,S={len(message)}"
+    # (The serial zero-padded: names sort in the order put, as the store
+    # numbers messages of the same second by name: M9 after M10 would not.)
+    name = f"{int(time.time())}.M{next(_serial):06d}P{os.getpid()}.test,S={len(message)}"
     with open(os.path.join(new, "tmp-" + name), "wb") as f:
         f.write(message)
     os.rename(os.path.join(new, "tmp-" + name), os.path.join(new, name))
