@@ -334,7 +334,9 @@ def cpu_fine(pid: int) -> float:
 def callgrind(work: str, messages: int, window: int, keep: str = "") -> None:
     """
     The hub's user-space instructions per RETR, one at a time and
-    C{window} in flight, counted by valgrind's callgrind: unlike CPU time,
+    C{window} in flight (each message retrieved before in the session),
+    and one at a time in a new session ("first": as the sequential pass
+    of a bench round), counted by valgrind's callgrind: unlike CPU time,
     the same on a busy machine as on a quiet one (the kernel's share is
     not counted). The hub runs under valgrind (slowly); each pass is
     counted alone (callgrind_control zeroes and dumps the counts). With
@@ -380,6 +382,16 @@ def callgrind(work: str, messages: int, window: int, keep: str = "") -> None:
                         c.sock.sendall(b"RETR %d\r\n" % sent)
                         sent += 1
             control("--dump=" + name)
+        c.cmd(b"QUIT")
+        # As the bench's sequential pass: each RETR the first of its
+        # message in a new session (its file found, then read).
+        c = Client(hub.ports["pop3"])
+        c.cmd(b"USER bob")
+        c.cmd(b"PASS hungry")
+        control("--zero")
+        for n in range(1, messages + 1):
+            check(n, c.cmd(b"RETR %d" % n), c.multi())
+        control("--dump=first")
         c.cmd(b"QUIT")
     finally:
         hub.stop()

@@ -493,6 +493,27 @@ class MaildirRetrTests(POP3TestCase):
         self.assertEqual(self.say(proto, t, b"stat\r\n"), b"+OK 2 40\r\n")
 
 
+    def test_message_after_message_the_files_are_found_a_batch_at_a_time(self):
+        for n in range(20):
+            self.drop_in("17000000%02d.M1P1.host,S=5" % n, b"m%02d\r\n" % n)
+        inbox = self.store.account("bob@localhost").folder(INBOX)
+        asked = []
+        real = inbox.paths
+        inbox.paths = lambda uids: asked.append(len(uids)) or real(uids)
+        proto, t = self.login()
+        for n in range(1, 21):
+            self.assertEqual(self.say(proto, t, b"retr %d\r\n" % n), b"+OK 5 octets\r\nm%02d\r\n.\r\n" % (n - 1))
+        # 4 first, then twice as many each time the client goes on.
+        self.assertEqual(asked, [4, 8, 8])
+        # Found before: not asked again; a jump asks for 4 again.
+        self.say(proto, t, b"retr 3\r\n")
+        self.assertEqual(asked, [4, 8, 8])
+        proto2, t2 = proto, t
+        self.say(proto2, t2, b"quit\r\n")
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"retr 10\r\n"), b"+OK 5 octets\r\nm09\r\n.\r\n")
+        self.assertEqual(asked, [4, 8, 8, 4])
+
     def test_a_session_on_a_maildir_never_asks_for_the_list_of_message_objects(self):
         self.drop_in("1700000000.M1P1.host,S=5", b"one\r\n")
         self.drop_in("1700000001.M1P1.host,S=5", b"two\r\n")

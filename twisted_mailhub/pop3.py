@@ -118,6 +118,9 @@ class MaildropInUse(cred_error.LoginDenied):
 
 _O_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY = _O_READ | getattr(os, "O_DIRECTORY", 0)
+# Files a RETR finds ahead (Maildrop._look_ahead): at first, and at most.
+_AHEAD_FIRST = 4
+_AHEAD_MOST = 256
 
 _UIDL_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
 
@@ -178,6 +181,10 @@ class Maildrop:
         self._paths: dict[int, tuple[int, str]] = {}
         # Descriptors of the directories those files are in, by path.
         self._directories: dict[str, int] = {}
+        # How many files the next look finds, if it goes on where the last
+        # one ended (_look_ahead).
+        self._ahead = _AHEAD_FIRST
+        self._ahead_end = -1
         # Which messages need no byte-stuffing (store/wireform.py): the
         # folder's facts, kept across sessions, or this session's own.
         forms = getattr(folder, "wire_forms", None)
@@ -241,12 +248,8 @@ class Maildrop:
             raise ValueError(f"no message {i + 1}")
         where = self._paths.get(i)
         if where is None:
-            path = self.folder.path(self.uids[i])
-            if path is None:
-                return self.folder.read(self.uids[i])
-            try:
-                where = self._found(i, path)
-            except FileNotFoundError:
+            where = self._look_ahead(i)
+            if where is None:
                 return self.folder.read(self.uids[i])
         try:
             fd = os.open(where[1], _O_READ, dir_fd=where[0])
@@ -264,19 +267,37 @@ class Maildrop:
             os.close(fd)
         return data
 
-    def _found(self, i: int, path: str) -> tuple[int, str]:
+    def _look_ahead(self, i: int) -> tuple[int, str] | None:
         """
-        Remember where message C{i}'s file is, C{path}: as a descriptor of
-        its directory (opened once per session: C{cur/}, C{new/}) and its
-        name in it, so each later open looks up one name, not the whole
-        path. Raises C{FileNotFoundError} when the directory is gone.
+        Find where message C{i}'s file is, and those of the messages after
+        it, in one call to the store (C{paths}, where it has one): a client
+        that retrieves message after message asks for the next ones soon
+        (4 at first, twice as many each time it goes on where the last
+        look ended, at most 256; 4 again after a jump). Each is kept as a
+        descriptor of its directory (opened once per session: C{cur/},
+        C{new/}) and its name there, so each open looks up one name, not
+        the whole path. Returns C{i}'s, or L{None} when the store keeps
+        it in no file (or it is gone): then the store reads it.
         """
-        directory, _, name = path.rpartition("/")
-        fd = self._directories.get(directory)
-        if fd is None:
-            fd = self._directories[directory] = os.open(directory or "/", _O_DIRECTORY)
-        where = self._paths[i] = (fd, name)
-        return where
+        n = self._ahead if i == self._ahead_end else _AHEAD_FIRST
+        end = min(i + n, len(self.uids))
+        self._ahead, self._ahead_end = min(2 * n, _AHEAD_MOST), end
+        uids = self.uids[i:end]
+        folder = self.folder
+        paths = folder.paths(uids) if hasattr(folder, "paths") else [folder.path(uid) for uid in uids]
+        known, directories = self._paths, self._directories
+        for k, path in enumerate(paths, i):
+            if path is None:
+                continue
+            directory, _, name = path.rpartition("/")
+            fd = directories.get(directory)
+            if fd is None:
+                try:
+                    fd = directories[directory] = os.open(directory or "/", _O_DIRECTORY)
+                except FileNotFoundError:
+                    continue  # gone: the store reads (or says so)
+            known[k] = (fd, name)
+        return known.get(i)
 
     def wire_message(self, i: int) -> tuple[bytes, int | None]:
         """

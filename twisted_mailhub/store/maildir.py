@@ -1281,6 +1281,21 @@ class MaildirFolder:
     def path(self, uid: int) -> str:
         return self._file(uid)
 
+    def paths(self, uids: Iterable[int]) -> list[str | None]:
+        """
+        L{path} of each of C{uids} in one call, L{None} for a UID that is
+        not here: for a reader that opens message after message (POP3
+        RETR).
+        """
+        found: list[str | None] = []
+        file = self._file
+        for uid in uids:
+            try:
+                found.append(file(uid))
+            except NoSuchMessage:
+                found.append(None)
+        return found
+
     def wire_forms(self) -> WireForms:
         """Which messages are stored as POP3 sends them (L{twisted_mailhub.store.wireform})."""
         found = self._wire_forms
