@@ -57,6 +57,14 @@ def _folder_entry(name: bytes) -> bool:
 STATUS_ITEMS = (b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"SIZE", b"DELETED", b"HIGHESTMODSEQ")
 
 
+def _named(error: Exception) -> bytes:
+    """
+    A store error's text, which names a folder, as the client spells the
+    name (modified UTF-7, RFC 3501 §5.1.3): "été", not "???".
+    """
+    return client_text(str(error).encode("imap4-utf-7").decode("ascii"))
+
+
 class MailboxCommands:
     """Mailbox commands, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
 
@@ -69,9 +77,9 @@ class MailboxCommands:
 
     def _folder_error(self, tag: bytes, error: Exception) -> None:
         if isinstance(error, NoSuchFolder):
-            self.sendNegativeResponse(tag, b"[NONEXISTENT] no such mailbox: " + client_text(str(error)))
+            self.sendNegativeResponse(tag, b"[NONEXISTENT] no such mailbox: " + _named(error))
         elif isinstance(error, FolderExists):
-            self.sendNegativeResponse(tag, b"[ALREADYEXISTS] mailbox exists: " + client_text(str(error)))
+            self.sendNegativeResponse(tag, b"[ALREADYEXISTS] mailbox exists: " + _named(error))
         elif isinstance(error, imap4.IllegalMailboxEncoding):
             self.sendNegativeResponse(tag, b"[CANNOT] mailbox names are modified UTF-7 (RFC 3501 section 5.1.3)")
         elif isinstance(error, BadFolderName):
