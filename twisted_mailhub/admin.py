@@ -298,7 +298,9 @@ def check(hub_args: list[str], dns: bool = True) -> list[str]:
         try:
             server_context(os.path.abspath(options["data"]), "localhost", options["tls-cert"], options["tls-key"]).getContext()
         except Exception as e:  # unreadable file, bad PEM, key not matching
-            problems.append(f"TLS: --tls-cert {options['tls-cert']}: {_why(e)}")
+            from twisted_mailhub.tls import unusable_reason
+
+            problems.append(f"TLS: --tls-cert {options['tls-cert']}: {unusable_reason(e)}")
     problems.extend(_unbindable(options, cannot_listen_line, with_backlog))
     from twisted_mailhub.ports import options_warnings
 

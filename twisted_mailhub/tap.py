@@ -382,8 +382,24 @@ def makeService(options):
     hub.run_as = _run_as(options)
     found = filter_plugins()
     hub.filters = [found[name] for name in options["filters"]]
-    for module in _components():
-        module.install(hub)
+    if options.get("tls-cert") or options.get("tls-key"):
+        # Read now: a missing or broken file is one line, not the traceback
+        # of the first TLS listener's install.
+        from twisted_mailhub.tls import unusable_reason
+
+        try:
+            hub.tls
+        except Exception as e:
+            sys.stderr.write(f"mailhub: --tls-cert {options.get('tls-cert')}: cannot use it: {unusable_reason(e)}\n")
+            raise SystemExit(2)
+    try:
+        for module in _components():
+            module.install(hub)
+    except usage.UsageError as e:
+        # A component's check that needs the hub (--catch-all names no
+        # account): one line, as a bad --user is.
+        sys.stderr.write(f"mailhub: {e}\n")
+        raise SystemExit(2)
     if not hub._listeners:
         sys.stderr.write("mailhub: every listener is disabled; nothing to do\n")
     if supervisor:

@@ -87,6 +87,20 @@ def server_context(
     return options
 
 
+def unusable_reason(error: BaseException) -> str:
+    """
+    Why L{server_context} could not use a C{--tls-cert}/C{--tls-key}, in
+    words (never a Python repr): the OS's reason for a file it could not
+    read, OpenSSL's reasons for contents that are no matching PEM pair.
+    """
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    first = error.args[0] if error.args else None
+    reasons = [r[2] for r in first if isinstance(r, tuple) and len(r) == 3 and r[2]] if isinstance(first, list) else []
+    said = "; ".join(dict.fromkeys(reasons)) or (str(error) if isinstance(first, str) else "")
+    return "not a PEM certificate with its private key" + (f" (OpenSSL: {said})" if said else "")
+
+
 def _select_application_protocol(connection, offered: list[bytes]):
     """
     ALPN (RFC 7301) on the hub's listeners: the first protocol the listener

@@ -1,0 +1,27 @@
+"""
+Options whose fault is found only when the hub is built (a certificate file
+that cannot be used, a --catch-all that names no account) stop the start
+with one line and exit status 2, as a bad --user does: no traceback.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_tap import twistd
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--tls-cert", "/nonexistent/cert.pem"], "mailhub: --tls-cert /nonexistent/cert.pem: cannot use it: /nonexistent/cert.pem: No such file or directory"),
+        (["--tls-cert", "garbage.pem"], "mailhub: --tls-cert garbage.pem: cannot use it: not a PEM certificate with its private key (OpenSSL: "),
+        (["--catch-all", "nobody@example.org"], "mailhub: --catch-all nobody@example.org: no such account"),
+    ],
+)
+def test_an_option_found_unusable_while_the_hub_is_built_is_one_line_and_exit_2(args, says, tmp_path):
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    result = twistd("-n", "--pidfile=", "mailhub", "--data", str(tmp_path / "data"), "--user", "alice:pw", "--port-base", "17000", *args, data=str(tmp_path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(says), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
