@@ -25,3 +25,12 @@ def test_an_option_found_unusable_while_the_hub_is_built_is_one_line_and_exit_2(
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith(says), result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("address", ["notanip", "mail.example.org", "::1", "300.1.2.3"])
+def test_a_passive_address_that_is_no_ipv4_address_is_refused_at_start(address, tmp_path):
+    # PASV's 227 carries it as h1,h2,h3,h4: "227 Entering Passive Mode (notanip,232,8)" was what clients got.
+    result = twistd("-n", "--pidfile=", "mailhub", "--data", str(tmp_path / "data"), "--user", "alice:pw", "--port-base", "17000", "--passive-address", address, data=str(tmp_path))
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert f"--passive-address wants the IPv4 address clients connect to (PASV can carry no other), not {address}" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
