@@ -6,6 +6,8 @@ with one line and exit status 2, as a bad --user does: no traceback.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.test_tap import twistd
@@ -34,3 +36,16 @@ def test_a_passive_address_that_is_no_ipv4_address_is_refused_at_start(address, 
     assert result.returncode != 0, result.stdout + result.stderr
     assert f"--passive-address wants the IPv4 address clients connect to (PASV can carry no other), not {address}" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_more_workers_than_four_per_core_are_refused_before_any_starts(tmp_path):
+    # --workers 1000 (a typo) started a thousand hub processes of ~60 MB.
+    from twisted_mailhub.workers import worker_count
+
+    most = max(8, 4 * len(os.sched_getaffinity(0)))
+    assert worker_count(str(most)) == most
+    with pytest.raises(ValueError, match=f"wants at most {most} here"):
+        worker_count(str(most + 1))
+    result = twistd("-n", "--pidfile=", "mailhub", "--data", str(tmp_path / "data"), "--user", "alice:pw", "--port-base", "17000", "--workers", "1000", data=str(tmp_path))
+    assert result.returncode != 0
+    assert f"--workers 1000: wants at most {most} here" in result.stdout + result.stderr

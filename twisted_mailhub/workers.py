@@ -115,6 +115,11 @@ def worker_count(text: str | int | None) -> int:
             count = 0  # not a number: the one message below, never int()'s words
     if count < 1:
         raise ValueError("wants a number of processes, 1 or more, or auto")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    most = max(8, 4 * cores)
+    if count > most:
+        # A typo (--workers 1000) started a thousand 60 MB processes.
+        raise ValueError(f"wants at most {most} here ({cores} core{'s' if cores != 1 else ''}: more processes than 4 per core only take memory), or auto")
     return count
 
 
