@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from tests.hubprocess import listener_names
 from tests.test_tap import twistd
 
 
@@ -49,3 +50,12 @@ def test_more_workers_than_four_per_core_are_refused_before_any_starts(tmp_path)
     result = twistd("-n", "--pidfile=", "mailhub", "--data", str(tmp_path / "data"), "--user", "alice:pw", "--port-base", "17000", "--workers", "1000", data=str(tmp_path))
     assert result.returncode != 0
     assert f"--workers 1000: wants at most {most} here" in result.stdout + result.stderr
+
+
+def test_mailhub_admin_check_reports_a_catch_all_that_is_no_account(tmp_path):
+    from tests.test_admin import mailhub_admin
+
+    result = mailhub_admin("check", "--data", str(tmp_path / "d"), "--user", "alice:pw", "--catch-all", "nobody@example.org", "--no-dns", "--smtp", "tcp:0:interface=127.0.0.1")
+    assert result.returncode == 1
+    assert "options: --catch-all nobody@example.org: no such account" in result.stderr
+    assert mailhub_admin("check", "--data", str(tmp_path / "d"), "--user", "alice:pw", "--catch-all", "alice", "--no-dns", *sum(([f"--{n}", "tcp:0:interface=127.0.0.1"] for n in listener_names()), [])).returncode == 0

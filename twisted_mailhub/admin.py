@@ -301,6 +301,10 @@ def check(hub_args: list[str], dns: bool = True) -> list[str]:
             from twisted_mailhub.tls import unusable_reason
 
             problems.append(f"TLS: --tls-cert {options['tls-cert']}: {unusable_reason(e)}")
+    catch_all = options.get("catch-all")
+    if catch_all and accounts is not None and accounts.find(catch_all) is None:
+        # (checked by the catch-all's install: the start stops there)
+        problems.append(f"options: --catch-all {catch_all}: no such account (add it with --user ADDRESS:PASSWORD)")
     problems.extend(_unbindable(options, cannot_listen_line, with_backlog))
     from twisted_mailhub.ports import options_warnings
 
