@@ -174,6 +174,8 @@ def control_note(data: str | bytes) -> str:
     if m is None:
         return ""
     c = ord(m.group())
+    if c >= 0xDC80:
+        return f" (the line contained an octet that is not UTF-8: {_show(m)})"
     name = _NAMES.get(c)
     return f" (the line contained a control character: {_show(m)}{', ' + name if name else ''})"
 
