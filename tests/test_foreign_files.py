@@ -190,3 +190,41 @@ def test_a_name_with_control_characters_made_by_another_program_is_listed_by_no_
     )
     with urllib.request.urlopen(request, timeout=10) as answer:
         assert [entry["name"] for entry in json.load(answer)["entries"]] == ["plain.txt"]
+
+
+def test_a_user_cannot_name_a_file_as_an_upload_in_progress(hub):
+    # .NAME.mailhub-part is how an upload in progress is kept: hidden from
+    # listings and removed after 36 hours. A file a user named so vanished.
+    hidden = ".notes.txt.mailhub-part"
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", hub.ports["ftp"], timeout=10)
+    try:
+        ftp.login("alice", "secret")
+        ftp.storbinary("STOR notes.txt", io.BytesIO(b"kept"))
+        for attempt in (
+            lambda: ftp.storbinary(f"STOR {hidden}", io.BytesIO(b"user data")),
+            lambda: ftp.mkd(".dir.mailhub-part"),
+            lambda: (ftp.sendcmd("RNFR notes.txt"), ftp.sendcmd(f"RNTO {hidden}")),
+        ):
+            with pytest.raises(ftplib.error_perm, match=r"^550 .*names of the form \.NAME\.mailhub-part are the server's own"):
+                attempt()
+        assert ftp.nlst() == ["notes.txt"]
+    finally:
+        ftp.quit()
+    home = os.path.join(hub.data_dir, "ftp", "localhost", "alice")
+    assert sorted(os.listdir(home)) == ["notes.txt"]
+    transport, sftp = sftp_session(hub)
+    try:
+        with pytest.raises(OSError, match="are the server's own"):
+            sftp.open(hidden, "w")
+    finally:
+        transport.close()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{hub.ports['web']}/api/v1/accounts/me/files/{hidden}",
+        data=b"user data", method="PUT",
+        headers={"Authorization": "Basic " + base64.b64encode(b"alice:secret").decode()},
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert 400 <= caught.value.code < 500
+    assert sorted(os.listdir(home)) == ["notes.txt"]

@@ -56,6 +56,7 @@ from twisted_mailhub.ftp.vfs import (
     is_listed_name,
     is_partial_name,
     partial_name,
+    partial_name_refused,
 )
 from twisted_mailhub.store.interfaces import StoreError, StoreUnavailable
 
@@ -327,6 +328,8 @@ class PostgresShell:
         for s in segments:
             if not s or "/" in s or "\0" in s or s in (".", ".."):
                 raise _Trouble(ftp.PermissionDeniedError(_shown(segments)))
+            if is_partial_name(s):
+                raise _Trouble(FileActionError(partial_name_refused(segments)))
 
     def _resolve(self, conn, segments) -> _Node | None:
         """The node at C{segments}, or L{None}; a file on the way is ENOTDIR."""

@@ -185,6 +185,17 @@ def is_partial_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(PARTIAL_SUFFIX)
 
 
+def partial_name_refused(segments) -> str:
+    """
+    Why a path naming C{.NAME.mailhub-part} itself is refused: such a name
+    is an upload in progress, hidden from listings and removed after
+    L{PARTIAL_MAX_AGE}, so a file a user gave that name would vanish.
+    """
+    shown = "/" + "/".join(segments)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return f"{shown}: names of the form .NAME{PARTIAL_SUFFIX} are the server's own (uploads in progress); choose another"
+
+
 def is_listed_name(name: str) -> bool:
     """
     Does a listing (FTP LIST/NLST/MLSD/STAT, SFTP, the API) show this name?
@@ -431,6 +442,8 @@ class DiskShell:
         for s in segments:
             if not s or "/" in s or "\0" in s or s in (".", ".."):
                 raise ftp.PermissionDeniedError("/" + "/".join(segments))
+            if is_partial_name(s):
+                raise FileActionError(partial_name_refused(segments))
         path = os.path.join(self.root, *segments)
         # The parent must resolve inside the root; the last segment too
         # unless it is the thing itself (a dangling link to delete).
