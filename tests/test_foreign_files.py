@@ -228,3 +228,30 @@ def test_a_user_cannot_name_a_file_as_an_upload_in_progress(hub):
         urllib.request.urlopen(request, timeout=10)
     assert 400 <= caught.value.code < 500
     assert sorted(os.listdir(home)) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("offset", [10**12, 2**63 - 2, 2**64 - 1])
+def test_an_sftp_write_far_past_the_end_is_refused_not_a_huge_sparse_file(start_hub, offset):
+    # One byte at offset 10**12 made a 1 TB file under a 1 MB quota; near
+    # 2**63 the seek failed with a traceback ("local error in processing").
+    hub = start_hub("--quota", "1M")
+    transport, sftp = sftp_session(hub)
+    try:
+        f = sftp.open("sparse.bin", "w")
+        f.write(b"start")
+        f.flush()
+        f.seek(offset)
+        with pytest.raises(OSError, match=r"would leave \d+ bytes unwritten past the end \(5\); at most 67108864"):
+            f.write(b"x")
+            f.flush()
+        with sftp.open("ok.bin", "w") as g:  # out of order within a window is fine
+            g.seek(65536)
+            g.write(b"b" * 10)
+            g.seek(0)
+            g.write(b"a" * 65536)
+        assert sftp.stat("ok.bin").st_size == 65546
+    finally:
+        transport.close()
+    home = os.path.join(hub.data_dir, "ftp", "localhost", "alice")
+    assert all(os.path.getsize(os.path.join(home, n)) < 10**6 for n in os.listdir(home))
+    assert "Traceback" not in hub.log

@@ -86,6 +86,7 @@ MAX_READ = 255 * 1024
 MAX_HANDLES = 256
 MAX_BACKLOG = 1024 * 1024
 READDIR_BATCH = 100
+MAX_HOLE = 64 * 1024 * 1024  # how far past the end of what was written a WRITE may start
 LIST_KEYS = ("size", "directory", "permissions", "hardlinks", "modified", "owner", "group")
 
 
@@ -730,6 +731,12 @@ class SFTPServer(protocol.Protocol):
         data = reader.string()
         request = f"WRITE handle {key.decode()} offset {offset} len {len(data)}"
         writer = handle.writer
+        if offset > handle.end + MAX_HOLE:
+            # Clients write out of order, a window's worth ahead (OpenSSH:
+            # 64 x 32 KiB); one byte at offset 2**40 made a 1 TB sparse file
+            # under a 1 MB quota (FTP and the API then sent it whole), and
+            # past the file system's largest size the seek itself failed.
+            raise SFTPError(FX_FAILURE, f"{handle.path}: a write at offset {offset} would leave {offset - handle.end} bytes unwritten past the end ({handle.end}); at most {MAX_HOLE}")
         write_at = getattr(writer, "write_at", None)
         if write_at is not None:
             # A writer that takes bytes at any offset (ftp/pgfs.py).
