@@ -356,6 +356,7 @@ class LiveSocket(resource.Resource):
             int(after) if after.isascii() and after.isdigit() else 0,  # ("²".isdigit() too)
             channel_lost,
         )
+        watcher.channel = channel
         return watcher
 
 
@@ -365,6 +366,11 @@ def _same_origin(request: Any) -> bool:
         return True  # not a browser: no cookie theft to stop
     host = request.getHeader(b"host") or b""
     return origin.split(b"://", 1)[-1] == host
+
+
+# Octets a browser may send on a live console socket in all (it needs a
+# close frame and pongs: the console reads nothing from it).
+MAX_CLIENT_OCTETS = 1024 * 1024
 
 
 class ConsoleWatcher:
@@ -389,6 +395,7 @@ class ConsoleWatcher:
         self.transport = transport
 
     def negotiationFinished(self):
+        self._bound_input()
         events = self.hub.events
         events.subscribe(self.event, session=self.session_id, lines=self.session_id is not None)
         if self.session_id is not None:
@@ -399,6 +406,31 @@ class ConsoleWatcher:
                         self.pending.append({"type": "event", "session": record.id, **event_dict(record, event)})
                 self.pending.append({"type": "session", "session": record.summary()})
         self._schedule()
+
+    def _bound_input(self) -> None:
+        """
+        The console only sends; a browser's frames are a close and pongs.
+        Twisted reassembles a message without limit, so a signed-in client
+        sending one endless message grew the hub's memory without end: past
+        L{MAX_CLIENT_OCTETS} in all, the connection is dropped. (The channel
+        hands the socket's data to the WebSocket through its C{dataReceived},
+        which Twisted's upgrade set: it is wrapped here.)
+        """
+        channel = getattr(self, "channel", None)
+        if channel is None:
+            return
+        received = channel.dataReceived
+        left = [MAX_CLIENT_OCTETS]
+
+        def bounded(data: bytes) -> None:
+            left[0] -= len(data)
+            if left[0] < 0:
+                log.warn("console: {user} sent over {n} octets on the live socket, which takes none: closed", user=getattr(self.user, "address", "?"), n=MAX_CLIENT_OCTETS)
+                channel.transport.abortConnection()
+                return
+            received(data)
+
+        channel.dataReceived = bounded
 
     def textMessageReceived(self, message):
         pass
