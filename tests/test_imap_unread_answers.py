@@ -80,3 +80,28 @@ def test_a_client_that_does_not_read_its_answers_is_not_read_either(hub, tls):
         assert got.count(b"a OK CAPABILITY completed\r\n") == COUNT
     finally:
         sock.close()
+
+
+def test_the_wait_for_a_client_to_read_ends_when_its_connection_is_lost():
+    # A connection lost keeps its unsent octets: the look every 50 ms must
+    # stop then, not go on for the life of the hub.
+    from twisted.internet import abstract, task
+
+    from twisted_mailhub.imap import server
+
+    clock = task.Clock()
+
+    class Unsent(abstract.FileDescriptor):
+        def __init__(self):
+            abstract.FileDescriptor.__init__(self, reactor=clock)
+            self.dataBuffer = b"x" * (2 * server.OUTPUT_HIGH)
+
+    session = server.IMAPServer.__new__(server.IMAPServer)
+    session.hub = type("Hub", (), {"reactor": clock})()
+    session.transport = Unsent()
+    session._output_taken()
+    clock.advance(server.OUTPUT_POLL)
+    assert len(clock.getDelayedCalls()) == 1  # still waiting for the client
+    session._lost = True
+    clock.advance(server.OUTPUT_POLL)
+    assert clock.getDelayedCalls() == []

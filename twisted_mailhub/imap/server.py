@@ -158,6 +158,7 @@ class IMAPServer(
     _idle_poll: Any = None
     _held = 0
     _output_held = False  # input held until a client that stopped reading reads (OUTPUT_HIGH)
+    _lost = False  # connectionLost came
     _in_command = 0
     _reading = 0  # dataReceived calls under way (LineReceiver re-enters it)
     _auth_tag: bytes = b"*"
@@ -191,6 +192,7 @@ class IMAPServer(
         imap4.IMAP4Server.connectionMade(self)
 
     def connectionLost(self, reason):
+        self._lost = True
         if getattr(self, "deadlines", None) is not None:
             self.deadlines.stop()
         self._end_idle()
@@ -336,8 +338,8 @@ class IMAPServer(
 
     def _output_taken(self) -> None:
         """Read commands again once the client took most of its answers."""
-        if self.transport is None or self.transport.disconnecting:
-            return
+        if self.transport is None or self.transport.disconnecting or self._lost:
+            return  # (a connection lost keeps its unsent octets: stop looking)
         if unsent_octets(self.transport) > OUTPUT_LOW:
             self.callLater(OUTPUT_POLL, self._output_taken)
             return
