@@ -377,6 +377,17 @@ class QuotaFolder(_Passing):
         address = getattr(destination, "_address", self._address)
         return self._quotas.reserve(address, octets, lambda: self._real.copy_to(uids, target))
 
+    def copy_for_move(self, uids, destination: Any) -> defer.Deferred:
+        """
+        C{copy_to} for a MOVE (IMAP MOVE, webmail's move and delete to
+        Trash): the originals are expunged next, so within one account
+        nothing grows and the quota is not asked (a full mailbox can still
+        move its mail to Trash to free space, as with Dovecot).
+        """
+        if getattr(destination, "_address", self._address) == self._address:
+            return defer.maybeDeferred(self._real.copy_to, list(uids), getattr(destination, "_real", destination))
+        return self.copy_to(uids, destination)
+
 
 class QuotaAccount(_Passing):
     """An account whose folders are L{QuotaFolder}s."""

@@ -102,7 +102,8 @@ class ChangeCommands:
             return
         uids = [u for _, u in targets]
         self._hold_input()
-        d = view.folder.copy_to(uids, destination)
+        copy = getattr(view.folder, "copy_for_move", view.folder.copy_to) if move else view.folder.copy_to
+        d = copy(uids, destination)
 
         def copied(pairs):
             code = b""

@@ -291,7 +291,7 @@ class FolderPages(resource.Resource):
                 if target_name != TRASH:
                     return _not_found(request, self.session, "No such folder.")
                 target = account.create_folder(TRASH)
-            d = defer.maybeDeferred(folder.copy_to, [uid], target)
+            d = defer.maybeDeferred(getattr(folder, "copy_for_move", folder.copy_to), [uid], target)  # (quota.py: a move takes no room)
 
             def copied(_):
                 folder.expunge([uid], origin=self)
