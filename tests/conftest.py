@@ -6,10 +6,18 @@ with a temp data directory and stops it after the test.
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
 from tests.hubprocess import HubProcess
+
+# A suite started under nohup (or any launcher that ignores SIGHUP) would
+# hand the ignored SIGHUP to every hub it starts (an ignored signal stays
+# ignored across fork and exec), and the SIGHUP tests would test nohup.
+# The hubs of the suite start as from a login shell: SIGHUP at its default.
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)
