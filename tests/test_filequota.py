@@ -125,3 +125,108 @@ def test_an_interrupted_upload_not_resumed_within_36_hours_is_removed_at_start(s
     f.voidcmd("TYPE I")
     assert f.size("sub/fresh.bin") == 1000  # still there for a resume
     f.quit()
+
+
+def _quota_used_kib(hub) -> int:
+    import imaplib
+    import re
+
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    c.login("alice", "secret")
+    typ, data = c.getquotaroot("INBOX")
+    c.logout()
+    return int(re.search(rb"STORAGE (\d+) \d+", b" ".join(d for d in data[1] if isinstance(d, bytes))).group(1))
+
+
+def _mail_octets(hub) -> int:
+    import imaplib
+    import re
+
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    c.login("alice", "secret")
+    c.select("INBOX", readonly=True)
+    typ, data = c.fetch("1:*", "(RFC822.SIZE)")
+    c.logout()
+    return sum(int(n) for n in re.findall(rb"RFC822\.SIZE (\d+)", b" ".join(data)))
+
+
+def test_appe_counts_only_what_it_adds_while_and_after_it_runs(start_hub):
+    # APPE continues a copy of the file: the file and its copy were both
+    # counted while it ran, so mail that fitted was refused near the quota.
+    import socket
+    import time
+
+    hub = start_hub("--quota", "100k")
+    f = ftp_login(hub)
+    assert f.storbinary("STOR a.bin", io.BytesIO(b"a" * 92_500)).startswith("226")  # past 90%: counted afresh from now on
+    f.voidcmd("TYPE I")
+    conn = f.transfercmd("APPE a.bin")
+    conn.sendall(b"b" * 4_000)
+    part = os.path.join(home(hub), ".a.bin.mailhub-part")
+    deadline = time.monotonic() + 20
+    while not (os.path.exists(part) and os.path.getsize(part) >= 92_500):  # the copy it continues
+        assert time.monotonic() < deadline, "the APPE made no partial file"
+        time.sleep(0.02)
+    # 96,500 of files (once the APPE is done), the quota warning and 1,500
+    # of mail fit in 100 KiB (102,400)
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=20) as s:
+        s.ehlo("client.test")
+        s.mail("bob@localhost")
+        code, text = s.rcpt("alice@localhost")
+        assert code == 250, text
+        code, text = s.data(b"Subject: fits\r\n\r\n" + b"x" * 1_500 + b"\r\n")
+        assert code == 250, text
+    conn.shutdown(socket.SHUT_WR)
+    conn.close()
+    assert f.voidresp().startswith("226")
+    f.quit()
+    assert os.path.getsize(os.path.join(home(hub), "a.bin")) == 96_500
+    assert sorted(os.listdir(home(hub))) == ["a.bin"]
+    assert _quota_used_kib(hub) == (96_500 + _mail_octets(hub) + 1023) // 1024
+
+
+def test_rest_and_stor_over_a_file_counts_its_new_size_not_both(start_hub):
+    hub = start_hub("--quota", "100k")
+    f = ftp_login(hub)
+    assert f.storbinary("STOR a.bin", io.BytesIO(b"a" * 60_000)).startswith("226")
+    # rewrite the last 50,000 octets: the file stays 60,000 long
+    assert f.storbinary("STOR a.bin", io.BytesIO(b"b" * 50_000), rest=10_000).startswith("226")
+    with open(os.path.join(home(hub), "a.bin"), "rb") as stored:
+        assert stored.read() == b"a" * 10_000 + b"b" * 50_000
+    assert _quota_used_kib(hub) == (60_000 + 1023) // 1024
+    # what still fits goes in; past the quota does not
+    assert f.storbinary("STOR a.bin", io.BytesIO(b"c" * 40_000), rest=60_000).startswith("226")
+    with pytest.raises(ftplib.error_perm) as refused:
+        f.storbinary("APPE a.bin", io.BytesIO(b"d" * 5_000))
+    assert str(refused.value).startswith("552") and "quota exceeded" in str(refused.value)
+    assert os.path.getsize(os.path.join(home(hub), "a.bin")) == 100_000
+    assert sorted(os.listdir(home(hub))) == ["a.bin"]
+    f.quit()
+
+
+def test_sftp_writes_over_a_file_in_place_or_appended_count_only_its_growth(start_hub):
+    paramiko = pytest.importorskip("paramiko")
+    hub = start_hub("--quota", "100k")
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect("127.0.0.1", hub.ports["sftp"], username="alice", password="secret", allow_agent=False, look_for_keys=False, timeout=20)
+    sftp = client.open_sftp()
+    sftp.putfo(io.BytesIO(b"a" * 60_000), "a.bin")
+    # opened for writing without TRUNC or APPEND (paramiko has no such
+    # mode): write over what is there, from offset 0
+    from paramiko.sftp import CMD_HANDLE, CMD_OPEN, SFTP_FLAG_WRITE
+    from paramiko.sftp_attr import SFTPAttributes
+    from paramiko.sftp_file import SFTPFile
+
+    kind, reply = sftp._request(CMD_OPEN, "a.bin", SFTP_FLAG_WRITE, SFTPAttributes())
+    assert kind == CMD_HANDLE
+    with SFTPFile(sftp, reply.get_binary(), "w") as rewrite:
+        for _ in range(6):
+            rewrite.write(b"b" * 10_000)
+    with sftp.open("a.bin", "a") as more:
+        more.write(b"c" * 20_000)
+    assert sftp.stat("a.bin").st_size == 80_000
+    client.close()
+    with open(os.path.join(home(hub), "a.bin"), "rb") as stored:
+        assert stored.read() == b"b" * 60_000 + b"c" * 20_000
+    assert _quota_used_kib(hub) == (80_000 + 1023) // 1024

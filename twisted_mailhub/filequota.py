@@ -54,7 +54,15 @@ class FileQuotaExceeded(OSError):
 
 
 def tree_size(root: str) -> int:
-    """Octets of every regular file under C{root}, hidden partial uploads included."""
+    """
+    Octets of every regular file under C{root}, hidden partial uploads
+    included. A partial upload of a file that exists (an APPE or a REST
+    resume on a copy of it, or a STOR that will replace it: L{twisted_mailhub.ftp.vfs})
+    counts only by what it grows the file: once complete it takes the
+    file's place, so the file and its partial are never counted twice.
+    """
+    from twisted_mailhub.ftp.vfs import PARTIAL_SUFFIX, is_partial_name
+
     total = 0
     stack = [root]
     while stack:
@@ -63,14 +71,21 @@ def tree_size(root: str) -> int:
             entries = list(os.scandir(folder))
         except OSError:
             continue
+        sizes: dict[str, int] = {}
         for entry in entries:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
                 elif entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
+                    sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
             except OSError:
                 continue
+        for name, size in sizes.items():
+            if is_partial_name(name):
+                replaced = sizes.get(name[1 : -len(PARTIAL_SUFFIX)])
+                if replaced is not None and not is_partial_name(name[1 : -len(PARTIAL_SUFFIX)]):
+                    size = max(0, size - replaced)  # (the file itself is counted on its own)
+            total += size
     return total
 
 
@@ -89,6 +104,16 @@ def register_files(hub: Any, filesystem: Any) -> None:
         return tree_size(home(account)) if account is not None else 0
 
     quotas.file_usage = file_usage
+
+
+def _size_of(final: str | None, part: str | None) -> int:
+    """The size of C{final}, the file an upload written under C{part} will replace; 0 if none."""
+    if not final or final == part:
+        return 0
+    try:
+        return os.stat(final).st_size
+    except (OSError, TypeError, ValueError):
+        return 0
 
 
 def with_quota(shell: Any, hub: Any, account: Any) -> Any:
@@ -136,6 +161,14 @@ class QuotaWriter:
     """
     A file-system writer (L{twisted_mailhub.ftp.vfs.FileWriter} or any
     other) whose writes stop at the account's quota; see the module rules.
+
+    What counts is what the account will hold once the upload is in
+    place: the other files and mail (C{_base}) plus the end of the file
+    being written (C{_end}: the octets it starts with, a copy for an APPE
+    or a REST resume, plus what is written beyond them). A file it
+    replaces (C{_replaced}) and the copy of it are not counted on top
+    (L{tree_size}), and octets written over ones already there (an SFTP
+    write at an earlier offset) do not grow it.
     """
 
     def __init__(self, writer: Any, quotas: Any, address: str):
@@ -143,7 +176,18 @@ class QuotaWriter:
         self._quotas = quotas
         self._address = address
         self._limit = quotas.limit(address)
-        self._base = quotas.usage(address) if self._limit is not None else 0
+        # (the file this upload will replace, and where its writing starts)
+        self._replaced = _size_of(getattr(writer, "final", None), getattr(writer, "path", None))
+        f = getattr(writer, "file", None)
+        try:
+            self._start = f.tell() if f is not None and hasattr(f, "tell") else 0
+        except (OSError, ValueError):
+            self._start = 0
+        self._end = self._start
+        # What the count had of this file before (the file it replaces, or
+        # a partial kept for a resume) is not the rest of the account's.
+        self._held = max(self._replaced, 0 if getattr(writer, "fresh", True) else self._start)
+        self._base = quotas.usage(address) - self._held if self._limit is not None else 0
         self._counted = False
         self.written = 0
         self.failed: FileQuotaExceeded | None = None
@@ -152,28 +196,41 @@ class QuotaWriter:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._writer, name)
 
+    def _position(self) -> int:
+        f = getattr(self._writer, "file", None)
+        if "a" in getattr(f, "mode", ""):
+            return self._end  # (opened to append: every write goes to the end)
+        if f is not None and hasattr(f, "tell"):
+            try:
+                return f.tell()
+            except (OSError, ValueError):
+                pass
+        return self._start + self.written
+
     def write(self, data: bytes) -> None:
         if self.failed is not None:
             raise self.failed
         limit = self._limit
-        if limit is not None and self._base + self.written + len(data) > limit:
+        end = max(self._end, self._position() + len(data)) if limit is not None else 0
+        if limit is not None and self._base + end > limit:
             if not self._counted:
                 self._counted = True
-                # The count sees this upload's own partial file: what it
-                # had before (a resume) belongs in the base, what this
-                # upload wrote is self.written; flushed first, so the file
-                # holds all of it.
+                # A fresh count (freed space is seen) sees this upload's
+                # partial file, flushed first so that it holds all that was
+                # written, and the file it replaces: neither is the rest
+                # of the account's (L{tree_size} counts the pair as the
+                # larger of the two).
                 flush = getattr(getattr(self._writer, "file", None), "flush", None)
                 if flush is not None:
                     try:
                         flush()
                     except OSError:
                         pass
-                    self._base = self._quotas.count(self._address) - self.written
+                    self._base = self._quotas.count(self._address) - max(self._replaced, self._end)
                 else:
                     self._base = self._quotas.count(self._address)
-            if self._base + self.written + len(data) > limit:
-                self.failed = FileQuotaExceeded(self._address, self._base + self.written, limit)
+            if self._base + end > limit:
+                self.failed = FileQuotaExceeded(self._address, self._base + self._end, limit)
                 log.info("quota: upload for {address} stopped: {why}", address=self._address, why=self.failed.reason)
                 fail = getattr(self._writer, "fail", None)
                 if fail is not None:
@@ -185,6 +242,7 @@ class QuotaWriter:
                 raise self.failed
         self._writer.write(data)
         self.written += len(data)
+        self._end = end if limit is not None else self._start + self.written
 
     def _after_end(self) -> defer.Deferred:
         # Fires once the partial file of a stopped upload is gone.
@@ -201,7 +259,9 @@ class QuotaWriter:
             return self._after_end().addCallback(lambda _: failure.Failure(failed))
 
         def counted(result):
-            self._quotas.stored(self._address, self.written)
+            # In place now: the file is C{_end} octets where the count had
+            # C{_held} of it (the growth only; less for a shorter rewrite).
+            self._quotas.stored(self._address, self._end - self._held)
             return result
 
         return defer.maybeDeferred(self._writer.close).addCallback(counted)
@@ -219,7 +279,8 @@ class QuotaWriter:
             # must see them without waiting for a recount).
             path = getattr(self._writer, "path", None)
             if self.written and path is not None and os.path.exists(path):
-                self._quotas.stored(self._address, self.written)
+                # (counted beside the file it would replace as its growth: L{tree_size})
+                self._quotas.stored(self._address, max(self._replaced, self._end) - self._held)
             return result
 
         return defer.maybeDeferred(fail, reason).addCallback(kept)
