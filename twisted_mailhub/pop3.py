@@ -209,11 +209,11 @@ class Maildrop:
         with RETR), not as stored. The Maildir store keeps that size in
         the message's name (C{,D=}, L{twisted_mailhub.imap.utf8.shown_sizes},
         cached per folder), so this reads no message; the usual folder
-        has none and this costs one look-up. Stores without names
-        (memory, PostgreSQL) count the stored size, as their IMAP
-        RFC822.SIZE does.
+        has none and this costs one look-up. The memory and PostgreSQL
+        stores keep it in the message's record / row
+        (C{downgraded_sizes()}).
         """
-        if not getattr(self.folder, "shown_sizes_in_names", False):
+        if not getattr(self.folder, "shown_sizes_in_names", False) and getattr(self.folder, "downgraded_sizes", None) is None:
             return
         from twisted_mailhub.imap.utf8 import shown_sizes
 

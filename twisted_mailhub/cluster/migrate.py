@@ -61,7 +61,7 @@ def copy_account(conn: Any, store: Any, address: str) -> tuple[int, int] | None:
     transaction. Returns (folders, messages), or L{None} when the account
     already has messages in the database (nothing is changed then).
     """
-    from twisted_mailhub.store.base import split_flags
+    from twisted_mailhub.store.base import downgraded_size_text, split_flags
 
     account = store.account(address)
     with conn.transaction():
@@ -98,11 +98,12 @@ def copy_account(conn: Any, store: Any, address: str) -> tuple[int, int] | None:
                     "INSERT INTO message (size, body) VALUES (%s, %s) RETURNING id", (len(body), body)
                 ).fetchone()[0]
                 system, keywords = split_flags(info.flags)
+                shown = downgraded_size_text(body)  # (the size a session without UTF8 is sent)
                 conn.execute(
-                    "INSERT INTO mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, recent, internal_date, modseq, size)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "INSERT INTO mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, recent, internal_date, modseq, size, shown_size)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     (mailbox_id, info.uid, message_id, info.key, sorted(system), sorted(keywords), info.uid in recent, info.internal_date,
-                     modseqs[info.uid], len(body)),
+                     modseqs[info.uid], len(body), int(shown) if shown else None),
                 )
                 messages += 1
             folders += 1

@@ -32,9 +32,9 @@ Rules:
    (C{,D=n} beside C{S=n}, L{shown_size_field}), so FETCH 1:* RFC822.SIZE
    still reads no message; L{shown_sizes} keeps them per folder. Such a
    message is never streamed raw to a session without UTF8=ACCEPT.
- - Limits: a file another program put into the Maildir has no C{D=}:
-   its RFC822.SIZE is the stored size; the PostgreSQL and memory stores
-   have no names either.
+ - The PostgreSQL and memory stores keep that size in the message's row
+   or record (C{downgraded_sizes()}); PostgreSQL rows stored before schema
+   version 3 have none and count the stored size.
 """
 
 from __future__ import annotations
@@ -258,10 +258,14 @@ def shown_sizes(folder: Any) -> dict[int, int]:
     given since the last look (a message's name never gains the field
     later), so a FETCH pays a dictionary look-up only when there is one.
     Only for a folder that keeps the field in its names
-    (C{shown_sizes_in_names}, the Maildir store); others give C{{}} and
-    are never asked for anything (the PostgreSQL store's C{uid_next} is a
-    query).
+    (C{shown_sizes_in_names}, the Maildir store), or one that keeps the
+    sizes in its rows and gives them (C{downgraded_sizes()}: PostgreSQL,
+    memory); others give C{{}} and are never asked for anything (the
+    PostgreSQL store's C{uid_next} is a query).
     """
+    kept = getattr(folder, "downgraded_sizes", None)
+    if kept is not None:
+        return kept()  # (a store that keeps them in its rows: PostgreSQL, memory)
     if not getattr(folder, "shown_sizes_in_names", False):
         return {}
     listing = getattr(folder, "listing", None)

@@ -54,6 +54,20 @@ def split_flags(flags) -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(system), frozenset(keywords)
 
 
+def downgraded_size_text(message: bytes) -> str:
+    """
+    The size of C{message} as a session without UTF8 is sent it (its
+    8-bit headers downgraded, L{twisted_mailhub.imap.utf8.downgrade}) as
+    text, or C{""} when that is its stored size: all ASCII mail (one scan).
+    """
+    if message.isascii():
+        return ""
+    from twisted_mailhub.imap.utf8 import downgrade
+
+    shown = downgrade(message)
+    return "" if shown == message else str(len(shown))
+
+
 def apply_flags(current: frozenset[str], flags, mode: str) -> frozenset[str]:
     system, keywords = split_flags(flags)
     given = system | keywords

@@ -25,6 +25,7 @@ from twisted_mailhub.store.base import (
     DELIMITER,
     Listeners,
     apply_flags,
+    downgraded_size_text,
     normalize_folder_name,
     split_flags,
 )
@@ -58,6 +59,7 @@ class MemoryFolder:
         self.uid_next = 1
         self._infos: dict[int, MessageInfo] = {}
         self._bodies: dict[int, bytes] = {}
+        self._shown: dict[int, int] = {}  # UID -> size as downgraded, where not the stored size
         self._listeners = Listeners()
         self._new: set[int] = set()
         self.highest_modseq = 1
@@ -90,6 +92,14 @@ class MemoryFolder:
         except KeyError:
             raise NoSuchMessage(uid) from None
 
+    def downgraded_sizes(self) -> dict[int, int]:
+        """
+        UID -> size as a session without UTF8 is sent the message (8-bit
+        headers downgraded: RFC 6856 §3, RFC 6855), where that is not the
+        stored size; usually empty.
+        """
+        return self._shown
+
     def read(self, uid: int) -> bytes:
         try:
             return self._bodies[uid]
@@ -114,6 +124,9 @@ class MemoryFolder:
             internal_date=internal_date if internal_date is not None else time.time(),
         )
         self._bodies[uid] = bytes(message)
+        shown = downgraded_size_text(message)
+        if shown:
+            self._shown[uid] = int(shown)
         self._new.add(uid)
         self._bump([uid])
         return uid
@@ -145,6 +158,7 @@ class MemoryFolder:
             del self._infos[uid]
             del self._bodies[uid]
             self._modseqs.pop(uid, None)
+            self._shown.pop(uid, None)
         if gone:
             self._bump([])
         if gone:

@@ -18,7 +18,9 @@ The tables, in the words of the mail store (RFC 3501 §2.3):
    (mailbox, uid), with its system flags, keywords, C{\\Recent}, the
    C{key} POP3 UIDL shows (RFC 1939 §7) and its size (a copy of
    C{message.size}: a message never changes, and SELECT of a big folder
-   then reads this one table, not a join over every message).
+   then reads this one table, not a join over every message), and
+   C{shown_size}: the size of what a session without UTF8 is sent when the
+   downgrade of an 8-bit header changes it (NULL: the same as C{size}).
  - C{mailbox_change}: the change journal, one row per (mailbox, modseq):
    which UIDs were added, changed flags or were expunged. Other hubs read it
    after a C{NOTIFY mailhub_changes} to tell their sessions. Entries older
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # The channel every change is announced on; the payload is
 # "<mailbox id> <modseq>" or "<mailbox id> gone".
@@ -104,6 +106,15 @@ CREATE TABLE subscription (
 ALTER TABLE mailbox_message ADD COLUMN size integer;
 UPDATE mailbox_message mm SET size = m.size FROM message m WHERE m.id = mm.message_id;
 ALTER TABLE mailbox_message ALTER COLUMN size SET NOT NULL;
+""",
+    # The size a session without UTF8 is sent (RFC 6856 §3 for POP3, RFC
+    # 6855 for IMAP: the header downgraded, imap/utf8.py) where it differs
+    # from C{size}, NULL otherwise; the partial index finds a folder's few
+    # such messages without a pass over the rest. (Rows from before keep
+    # NULL: the stored size, as they were counted.)
+    2: """
+ALTER TABLE mailbox_message ADD COLUMN shown_size integer;
+CREATE INDEX mailbox_message_shown ON mailbox_message (mailbox_id) WHERE shown_size IS NOT NULL;
 """,
 }
 

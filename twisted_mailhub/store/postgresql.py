@@ -77,6 +77,7 @@ from twisted_mailhub.store.base import (
     DELIMITER,
     Listeners,
     apply_flags,
+    downgraded_size_text,
     normalize_folder_name,
     split_flags,
 )
@@ -246,7 +247,8 @@ def _bump(conn: Any, mailbox_id: int, kind: str, uids: list[int], uid_count: int
 # Parameters (text): $1 the mailbox id, $2 "t" for a delivery to the
 # INBOX, $3 how many messages, then one text per column: $4 message ids
 # and $8 dates and $9 sizes joined by commas, $5 keys, $6 flags and
-# $7 keywords (each space-separated) joined by newlines.
+# $7 keywords (each space-separated) joined by newlines, $10 the sizes as
+# downgraded (empty for the same as stored) joined by commas.
 _ADD_TO_MAILBOX = f"""
 WITH b AS (
     UPDATE mailbox SET uid_next = uid_next + $3::int4, highest_modseq = highest_modseq + 1
@@ -255,12 +257,13 @@ WITH b AS (
 ), w AS (
     SELECT * FROM unnest(
         string_to_array($4::text, ',')::bigint[], string_to_array($5::text, E'\\n'), string_to_array($6::text, E'\\n'),
-        string_to_array($7::text, E'\\n'), string_to_array($8::text, ',')::float8[], string_to_array($9::text, ',')::int4[]
-    ) WITH ORDINALITY AS w(message_id, key, flags, keywords, internal_date, size, n)
+        string_to_array($7::text, E'\\n'), string_to_array($8::text, ',')::float8[], string_to_array($9::text, ',')::int4[],
+        string_to_array($10::text, ',', '')::int4[]
+    ) WITH ORDINALITY AS w(message_id, key, flags, keywords, internal_date, size, shown_size, n)
 ), placed AS (
-    INSERT INTO mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq, size)
+    INSERT INTO mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq, size, shown_size)
     SELECT $1::int8, b.first + w.n - 1, w.message_id, w.key, coalesce(string_to_array(w.flags, ' '), '{{}}'),
-           coalesce(string_to_array(w.keywords, ' '), '{{}}'), w.internal_date, b.modseq, w.size
+           coalesce(string_to_array(w.keywords, ' '), '{{}}'), w.internal_date, b.modseq, w.size, w.shown_size
     FROM b, w
 ), journal AS (
     INSERT INTO mailbox_change (mailbox_id, modseq, kind, uids)
@@ -459,6 +462,7 @@ class GroupCommitter:
                 "\n".join([" ".join(w.keywords) for w in writes]),
                 ",".join([repr(w.internal_date) for w in writes]),
                 ",".join([str(len(w.message)) for w in writes]),
+                ",".join([downgraded_size_text(w.message) for w in writes]),
             ]
             statements.append((_ADD_TO_MAILBOX, params, (mailbox_id, inbox, members, [ids[i] for i in members])))
         return statements, ids
@@ -883,6 +887,7 @@ class PostgresFolder:
         self._bodies: dict[int, bytes] = {}
         self._last_read = 0
         self._ahead = 1
+        self._shown: tuple[int, dict[int, int]] | None = None  # (last UID asked, downgraded_sizes())
 
     def _run(self, function, *args):
         return self.store.db.run(function, *args)
@@ -1130,6 +1135,34 @@ class PostgresFolder:
         table = self._cache()
         return array("I", table.uids), array("Q", table.sizes), list(table.names)
 
+    def downgraded_sizes(self) -> dict[int, int]:
+        """
+        UID -> size as a session without UTF8 is sent the message (its
+        8-bit headers downgraded: RFC 6856 §3 for POP3's STAT/LIST, RFC
+        6855 for IMAP's RFC822.SIZE), for the messages where that is not
+        the stored size (C{mailbox_message.shown_size}); usually empty.
+        Read through the partial index, then only for UIDs given since the
+        last call (a message's row never changes its size); a UID
+        expunged since stays in the answer, never asked for.
+        """
+        if self.gone:
+            return {}
+        known = self._shown
+        table = self._cache()
+        last = table.uids[-1] if len(table) else 0
+        if known is None or last > known[0]:
+            since = known[0] if known is not None else 0
+            rows = self._run(
+                lambda c: c.execute(
+                    "SELECT uid, shown_size FROM mailbox_message WHERE mailbox_id = %s AND shown_size IS NOT NULL AND uid > %s",
+                    (self.mailbox_id, since),
+                ).fetchall()
+            )
+            sizes = dict(known[1]) if known is not None else {}
+            sizes.update(rows)
+            known = self._shown = (last, sizes)
+        return known[1]
+
     def selection(self) -> tuple[array, int, frozenset[str]]:
         """
         What an IMAP SELECT tells (RFC 3501 §6.3.1), from the cache's
@@ -1329,7 +1362,7 @@ class PostgresFolder:
         def copy(conn):
             with conn.transaction():
                 rows = conn.execute(
-                    "SELECT uid, message_id, flags, keywords, internal_date, size FROM mailbox_message"
+                    "SELECT uid, message_id, flags, keywords, internal_date, size, shown_size FROM mailbox_message"
                     " WHERE mailbox_id = %s AND uid = ANY(%s) ORDER BY uid",
                     (self.mailbox_id, wanted),
                 ).fetchall()
@@ -1339,11 +1372,11 @@ class PostgresFolder:
                 pairs = []
                 entries = []
                 with conn.cursor().copy(
-                    "COPY mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq, size) FROM STDIN"
+                    "COPY mailbox_message (mailbox_id, uid, message_id, key, flags, keywords, internal_date, modseq, size, shown_size) FROM STDIN"
                 ) as out:
-                    for n, (uid, message_id, flags, keywords, internal_date, size) in enumerate(rows):
+                    for n, (uid, message_id, flags, keywords, internal_date, size, shown_size) in enumerate(rows):
                         key = new_key()
-                        out.write_row((destination.mailbox_id, first + n, message_id, key, flags, keywords, internal_date, modseq, size))
+                        out.write_row((destination.mailbox_id, first + n, message_id, key, flags, keywords, internal_date, modseq, size, shown_size))
                         pairs.append((uid, first + n))
                         entries.append((first + n, key, flag_set(" ".join(flags + keywords)), size, internal_date, message_id))
                 return pairs, modseq, entries
