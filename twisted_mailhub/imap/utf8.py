@@ -274,7 +274,7 @@ def shown_sizes(folder: Any) -> dict[int, int]:
         return {}
     known = _shown.get(folder)
     if known is not None and known[0] == uid_next:
-        return known[1]
+        return _with_kept(folder, known[1])
     if known is not None and uid_next - known[0] <= 1000:
         sizes = known[1]
         for uid in range(known[0], uid_next):
@@ -293,7 +293,14 @@ def shown_sizes(folder: Any) -> dict[int, int]:
                 if size is not None:
                     sizes[uid] = size
     _shown[folder] = (uid_next, sizes)
-    return sizes
+    return _with_kept(folder, sizes)
+
+
+def _with_kept(folder: Any, sizes: dict[int, int]) -> dict[int, int]:
+    """C{sizes} and the sizes as downgraded the Maildir store found at a check of a file listed on trust (not in its name)."""
+    kept = getattr(folder, "kept_shown_sizes", None)
+    extra = kept() if kept is not None else None
+    return {**sizes, **extra} if extra else sizes
 
 
 class Utf8Session:

@@ -59,6 +59,17 @@ Rules (everything that changes the on-disk layout lives in this module):
  - Files that appear in C{new/} or C{cur/} by other means (an outside MDA,
    a restore) get UIDs the next time the folder is looked at; files that
    vanish are reported as expunged.
+ - Such a file is listed at its name's C{S=} without being read (as
+   Dovecot does: the first index of a big Maildir reads no message), and
+   is I{checked} when its size or octets are first needed (a size told,
+   a body read): made CRLF in place if another MDA stored bare LFs (its
+   size then the size on the wire), and its size as downgraded noted if
+   its header is 8-bit. C{mailhub-unchecked} keeps, across restarts, the
+   base names not checked yet and what checks found that the list does
+   not say (a corrected size, a downgraded size), and is fsynced before
+   the list names an unchecked file. A list written before that file
+   existed has each entry whose name is not one this hub gives checked
+   the same way. A file without C{S=} is read when found.
  - An expunge renames the message's file into C{tmp/} under a name of
    this process (gone from C{new/} and C{cur/} for every reader at once)
    and unlinks it there in a worker thread: freeing a file's blocks can
@@ -157,6 +168,15 @@ SUBSCRIPTIONS = "subscriptions"
 MODSEQ_LOG = "mailhub-modseq"  # "<uid> <modseq>" per change, last wins (RFC 7162)
 MODSEQ_PENDING_MAX = 65536  # --workers: modseqs kept for messages not known yet (MaildirFolder._catch_up_modseqs)
 UIDVALIDITY_FILE = "mailhub-uidvalidity"  # the account's highest UIDVALIDITY so far
+# Files another program put in, listed with their name's S= on trust and
+# not read yet, and what reading them found (see MaildirFolder._check).
+UNCHECKED = "mailhub-unchecked"
+_UNCHECKED_HEADER = "mailhub-unchecked 1\n"
+# The names this hub gives (unique_name): its own files are CRLF and their
+# S= is their size; any other name in a list written before the checks
+# were kept is checked once (a bare-LF file listed at its LF size).
+_OWN_NAME = re.compile(r"\d+\.M\d+P\d+Q\d+\.[^,:]*,S=\d+(?:,D=\d+)?\Z")
+SAVE_CHECKS_EVERY = 1000  # single checks between two writes of the unchecked file
 _LETTERS = {"D": DRAFT, "F": FLAGGED, "R": ANSWERED, "S": SEEN, "T": DELETED}
 _FLAG_LETTER = {flag: letter for letter, flag in _LETTERS.items()}
 _counter = itertools.count(1)
@@ -257,6 +277,14 @@ def info_suffix(flags: Iterable[str]) -> str:
                 _suffixes[flags] = suffix
         return suffix
     return ":2," + "".join(sorted(_FLAG_LETTER[f] for f in flags if f in _FLAG_LETTER))
+
+
+def _size_from_name(base: str) -> int | None:
+    """The C{S=} size of a Maildir base name, or None."""
+    for part in base.split(",")[1:]:
+        if part.startswith("S="):
+            return int(part[2:]) if part[2:].isdigit() else None
+    return None
 
 
 def _date_from_name(base: str) -> float | None:
@@ -492,6 +520,13 @@ class MaildirFolder:
         self._list_lines = 0  # message lines of the list read at the load
         self._hint = 0  # the row info() found last: FETCH 1:* asks in order
         self._wire_forms: WireForms | None = None  # POP3's cache, made when first asked for
+        # Base names listed on trust, not read yet; what checks found
+        # (base -> (size, size as downgraded or 0)); see _check.
+        self._unchecked: set[str] = set()
+        self._kept: dict[str, tuple[int, int]] = {}
+        self._checks_unsaved = 0
+        self._legacy = False  # a list from before mailhub-unchecked: its outside names get checked
+        self._unchecked_elsewhere: set[str] = set()  # (--workers) read by _reread_unchecked
         self.uid_validity = 0
         self.uid_next = 1
         for sub in ("cur", "new", "tmp"):
@@ -523,6 +558,7 @@ class MaildirFolder:
         self._apply_modseq_log(modlog)
         del modlog
         self._scan_folder()
+        self._after_load_checks()
         if self._extra_lines == 0:  # (not rewritten clean by the load)
             self._extra_lines = max(0, self._list_lines - len(self._table))
         self._write_index()
@@ -549,6 +585,7 @@ class MaildirFolder:
         except FileNotFoundError:
             self._new_uid_validity()
             return
+        self._read_unchecked()
         header = _parse_header(data.split(b"\n", 1)[0])
         if header is None:
             log.warn("UID list of {path} unreadable: UIDs assigned anew with a new UIDVALIDITY", path=self.directory)
@@ -725,6 +762,9 @@ class MaildirFolder:
         _remember_uid_validity(self.validity_path, self.uid_validity)
         self.uid_next = 1
         self._write_uidlist()
+        # A new list: its unchecked file says so (none yet, and none of
+        # an older list's), so no later load takes it for one from before.
+        self._save_unchecked()
         # The list's name must survive a crash: UIDs are appended to it.
         fsync_directory(self.directory)
         if not len(self._table) and not self._pending:
@@ -916,6 +956,12 @@ class MaildirFolder:
                 offered.append(uid)  # (one in new/ is claimed by its rename)
         if added:
             table = self._table
+            if self._checks_unsaved and self._unchecked:
+                # Listed on trust: known so before the list names them.
+                try:
+                    self._save_unchecked(sync=True)
+                except OSError:
+                    self._check([table.position(uid) for uid in added])  # (read now instead)
             try:
                 self._append_uidlist([table.position(uid) for uid in added])
             except OSError as e:
@@ -1095,12 +1141,19 @@ class MaildirFolder:
                 self._changes += 1
                 flagged.append(table.uids[i])
         unlisted = []
+        claimed_any = False
         for base, sub, filename in fresh:
             listed = self._elsewhere.pop(base, None)
             if listed is None:
                 unlisted.append((base, sub, filename))
                 continue
             uid, size, date, words = listed
+            if not claimed_any and size == _size_from_name(base):
+                # (the process that listed it may have listed it on trust)
+                self._reread_unchecked()
+                claimed_any = True
+            if base in self._unchecked_elsewhere:
+                self._unchecked.add(base)
             table.add(uid, base, size, date, words, sub, filename, _split(filename)[1])
             self._changes += 1
             value = self._modseq_pending.pop(uid, 0)
@@ -1125,30 +1178,186 @@ class MaildirFolder:
     def _register(self, base: str, sub: str, filename: str, date: float | None = None) -> int:
         """
         A file found by a scan (put there by another program, or listed
-        nowhere): the next UID; returns it. Its name's C{S=} is not taken
-        on trust: another MDA (maildrop, Dovecot's LDA) stores bare LF line
-        ends and gives their size there. The file is read once: made CRLF
-        in place if it has bare LFs (or bare CRs), so that its size on disk is its size
-        on the wire (RFC822.SIZE, POP3 LIST, what BODY[] sends); and an
-        8-bit message gets C{,D=} in its name, as the hub's own do
+        nowhere): the next UID; returns it. A name with C{S=} is listed at
+        that size without a read and left to L{_check} (another MDA,
+        maildrop or Dovecot's LDA, may have stored bare LF line ends and
+        given their size there), as Dovecot trusts it until it reads the
+        file. A name without one is read now: made CRLF in place if it has
+        bare LFs (or bare CRs), so that its size on disk is its size on
+        the wire (RFC822.SIZE, POP3 LIST, what BODY[] sends); and an 8-bit
+        message gets C{,D=} in its name, as the hub's own do
         (L{_shown_size_field}), so RFC822.SIZE tells a session without
         UTF8=ACCEPT the size of what it receives.
         """
         path = os.path.join(self.directory, sub, filename)
-        size, shown, mtime = _to_crlf_in_place(path)
-        if date is None:
-            date = mtime
-        if shown and "," + shown[1:] + "," not in base + ",":
-            # (base names never change once given: this one is new to us)
-            new_base = base + shown
-            new_filename = new_base + filename[len(base) :]
-            os.rename(path, os.path.join(self.directory, sub, new_filename))
-            base, filename = new_base, new_filename
+        size = _size_from_name(base)
+        if size is not None:
+            if date is None:
+                date = os.stat(path).st_mtime
+            self._unchecked.add(base)
+            self._checks_unsaved += 1
+        else:
+            size, shown, mtime = _to_crlf_in_place(path)
+            if date is None:
+                date = mtime
+            if shown and "," + shown[1:] + "," not in base + ",":
+                # (base names never change once given: this one is new to us)
+                new_base = base + shown
+                new_filename = new_base + filename[len(base) :]
+                os.rename(path, os.path.join(self.directory, sub, new_filename))
+                base, filename = new_base, new_filename
         system = _split(filename)[1]
         uid = self._next_uid()
         self._table.add(uid, base, size, date, _EMPTY, sub, filename, system)
         self._changes += 1
         return uid
+
+    # -- files listed on trust: checked when first needed -------------------
+
+    def _unchecked_path(self) -> str:
+        return os.path.join(self.directory, UNCHECKED)
+
+    def _read_unchecked(self) -> None:
+        """
+        The unchecked names and kept findings of C{mailhub-unchecked}
+        (lines C{? <base>} and C{= <base> <size> <downgraded size>}); a
+        list without that file is from before it: L{_legacy}.
+        """
+        try:
+            with open(self._unchecked_path(), "r", encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            self._legacy = True
+            return
+        except (OSError, UnicodeDecodeError) as e:
+            log.warn("{path} unreadable ({error}): its outside files are checked again", path=self._unchecked_path(), error=e)
+            self._legacy = True
+            return
+        for line in text.split("\n")[1:]:
+            words = line.split(" ")
+            if len(words) == 2 and words[0] == "?":
+                self._unchecked.add(words[1])
+            elif len(words) == 4 and words[0] == "=" and words[2].isdigit() and words[3].isdigit():
+                self._kept[words[1]] = (int(words[2]), int(words[3]))
+
+    def _reread_unchecked(self) -> None:
+        """Under --workers: the names another process listed on trust (C{_unchecked_elsewhere})."""
+        try:
+            with open(self._unchecked_path(), "r", encoding="utf-8") as f:
+                lines = f.read().split("\n")[1:]
+        except (OSError, UnicodeDecodeError):
+            return
+        self._unchecked_elsewhere = {line[2:] for line in lines if line.startswith("? ")}
+
+    def _save_unchecked(self, sync: bool = False) -> None:
+        """
+        Write C{mailhub-unchecked} (tmp + rename; with C{sync}, fsynced
+        first: before the list names a file listed on trust). Raises
+        C{OSError} only with C{sync}; otherwise a failure means only that
+        the files are checked again after a restart.
+        """
+        self._checks_unsaved = 0
+        lines = [_UNCHECKED_HEADER]
+        lines.extend(f"? {base}\n" for base in sorted(self._unchecked))
+        lines.extend(f"= {base} {size} {shown}\n" for base, (size, shown) in sorted(self._kept.items()))
+        tmp = os.path.join(self.directory, "tmp", f"{UNCHECKED}.{os.getpid()}")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(lines))
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, self._unchecked_path())
+            if sync:
+                fsync_directory(self.directory)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if sync:
+                raise
+            log.info("could not write {path}: {error}", path=self._unchecked_path(), error=e.strerror or e)
+
+    def _after_load_checks(self) -> None:
+        """At the end of a load: apply what earlier checks found; a list from before them has its outside names marked unchecked."""
+        table = self._table
+        if self._kept:
+            by_base = table.by_base
+            for base, (size, _) in self._kept.items():
+                uid = by_base.get(base)
+                if uid is not None:
+                    table.sizes[table.position(uid)] = size
+        if self._legacy:
+            self._legacy = False
+            match = _OWN_NAME.match
+            self._unchecked.update(name for name in table.names if not match(name))
+            self._save_unchecked()
+        elif self._checks_unsaved:
+            self._save_unchecked()
+
+    def _check(self, positions: Iterable[int]) -> None:
+        """
+        Read the files of the table rows C{positions}, listed on trust:
+        each made CRLF in place if it is not (L{_to_crlf_in_place}), its
+        size in the table made the size on the wire, its size as
+        downgraded kept for L{kept_shown_sizes}. Raises nothing for a file
+        gone meanwhile (the next look finds that out).
+        """
+        table = self._table
+        for i in positions:
+            base = table.names[i]
+            if base not in self._unchecked:
+                continue
+            path = self.directory + ("/new/" if table.bits[i] & NEW else "/cur/") + table.filename(i)
+            try:
+                size, shown, _ = _to_crlf_in_place(path)
+            except FileNotFoundError:
+                continue  # renamed or gone: checked when found again
+            self._unchecked.discard(base)
+            self._checks_unsaved += 1
+            downgraded = int(shown[len(",D=") :]) if shown else 0
+            if size != table.sizes[i] or downgraded:
+                table.sizes[i] = size
+                self._kept[base] = (size, downgraded)
+        if not self._unchecked or self._checks_unsaved >= SAVE_CHECKS_EVERY:
+            self._save_unchecked()
+
+    def _check_uid(self, uid: int) -> int:
+        """C{uid}'s row (L{_position}), checked first if it is listed on trust."""
+        i = self._position(uid)
+        if self._unchecked and self._table.names[i] in self._unchecked:
+            self._check([i])
+        return i
+
+    def _check_all(self) -> None:
+        """Check every row listed on trust (before sizes of the whole folder are told)."""
+        table = self._table
+        by_base = table.by_base
+        positions = []
+        for base in list(self._unchecked):
+            uid = by_base.get(base)
+            if uid is None:
+                if base not in self._pending:
+                    self._unchecked.discard(base)  # gone
+                continue
+            positions.append(table.position(uid))
+        self._check(sorted(positions))
+        if self._checks_unsaved:
+            self._save_unchecked()
+
+    def kept_shown_sizes(self) -> dict[int, int]:
+        """
+        UID -> size as downgraded (for a session without UTF8=ACCEPT) of the
+        checked files whose name does not carry it (L{_check}); usually
+        empty. L{twisted_mailhub.imap.utf8.shown_sizes} adds it to the
+        sizes in names.
+        """
+        kept = [(base, shown) for base, (_, shown) in self._kept.items() if shown]
+        if not kept:
+            return {}
+        by_base = self._table.by_base
+        return {by_base[base]: shown for base, shown in kept if base in by_base}
 
     def _position(self, uid: int) -> int:
         """The table row of C{uid}; L{NoSuchMessage} if there is none."""
@@ -1174,6 +1383,8 @@ class MaildirFolder:
 
     def messages(self):
         self._scan()
+        if self._unchecked:
+            self._check_all()
         return self._table.all_infos()
 
     def listing(self) -> tuple[array, array, list[str]]:
@@ -1184,6 +1395,8 @@ class MaildirFolder:
         Picks up changes first, as L{messages} does.
         """
         self._scan()
+        if self._unchecked:
+            self._check_all()
         table = self._table
         return array("I", table.uids), array("Q", table.sizes), list(table.names)
 
@@ -1203,7 +1416,7 @@ class MaildirFolder:
         return array("I", self._table.uids), cached[1], cached[2]
 
     def info(self, uid: int) -> MessageInfo:
-        return self._table.info(self._position(uid))
+        return self._table.info(self._check_uid(uid) if self._unchecked else self._position(uid))
 
     def deleted_uids(self) -> list[int]:
         """
@@ -1227,7 +1440,7 @@ class MaildirFolder:
         L{NoSuchMessage} if none.
         """
         table = self._table
-        i = self._position(uid)
+        i = self._check_uid(uid) if self._unchecked else self._position(uid)
         # (table.row(i), written out: SEARCH asks this of every message)
         flags = table._flag_sets.get((table.kws[i] << 5) | (table.bits[i] & SYSTEM_MASK)) or table.flags(i)
         return _new_row(Row, (uid, flags, table.sizes[i], table.dates[i]))
@@ -1238,11 +1451,11 @@ class MaildirFolder:
         without a L{MessageInfo} (what FETCH 1:* of UID FLAGS RFC822.SIZE
         INTERNALDATE needs of each message). L{NoSuchMessage} if none.
         """
-        return self._table.summary(self._position(uid))
+        return self._table.summary(self._check_uid(uid) if self._unchecked else self._position(uid))
 
     def _file(self, uid: int) -> str:
         table = self._table
-        i = self._position(uid)
+        i = self._check_uid(uid) if self._unchecked else self._position(uid)
         return self.directory + ("/new/" if table.bits[i] & NEW else "/cur/") + table.filename(i)
 
     def open(self, uid: int):
@@ -1261,7 +1474,7 @@ class MaildirFolder:
         # more: a short read is the end; a file grown since is read on),
         # close. A file object would add an isatty ioctl, seeks and fstats.
         table = self._table
-        i = self._position(uid)
+        i = self._check_uid(uid) if self._unchecked else self._position(uid)
         try:
             fd = os.open(self.directory + ("/new/" if table.bits[i] & NEW else "/cur/") + table.filename(i), os.O_RDONLY)
         except FileNotFoundError:
@@ -2101,7 +2314,7 @@ def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
     if fixed is not data:
         # tmp/ of the same Maildir: never mistaken for a message by a scan.
         folder, name = os.path.split(os.path.dirname(path))[0], os.path.basename(path)
-        tmp = os.path.join(folder, "tmp", name + ".crlf")
+        tmp = os.path.join(folder, "tmp", f"{name}.{os.getpid()}.crlf")
         with open(tmp, "wb") as f:
             f.write(fixed)
             f.flush()

@@ -1,0 +1,105 @@
+"""
+Files another program put into a Maildir are listed at their name's C{S=}
+without being read, and checked the first time their size or octets are
+needed (store/maildir.py, MaildirFolder._check): the first index of a big
+Maildir reads no message, and every size a client is told is still the
+size of what it is sent, CRLF (RFC 3501 §2.3.4, RFC 1939 §11), across
+restarts. A list written by an older hub, which took C{S=} on trust for
+good, has its outside entries checked the same way. Real hub, imaplib and
+poplib.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import poplib
+import re
+
+LF = b"From: a@example.org\nSubject: stored with LF\n\n" + b"a line of the body\n" * 4
+BIG_LF = b"From: a@example.org\nSubject: big, stored with LF\n\n" + b"a line of a big body, sixty octets long, more or less...\n" * 20_000
+
+
+def _fetch(hub, items: str) -> list:
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    c.login("alice", "secret")
+    c.select("INBOX", readonly=True)
+    _, data = c.fetch("1:*", items)
+    c.logout()
+    return data
+
+
+def _sizes(hub) -> list[int]:
+    return [int(n) for n in re.findall(rb"RFC822\.SIZE (\d+)", b" ".join(d if isinstance(d, bytes) else d[0] for d in _fetch(hub, "(RFC822.SIZE)")))]
+
+
+def _bodies(hub) -> list[bytes]:
+    return [part[1] for part in _fetch(hub, "(BODY.PEEK[])") if isinstance(part, tuple)]
+
+
+def _pop3_list(hub) -> list[tuple[int, int]]:
+    """(LIST's size, octets RETR sent) of each message, for a session without UTF8."""
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=20)
+    p.user("alice")
+    p.pass_("secret")
+    out = []
+    for line in p.list()[1]:
+        number, size = line.split()
+        _, lines, _ = p.retr(int(number))
+        out.append((int(size), sum(len(text[1:] if text.startswith(b"..") else text) + 2 for text in lines)))
+    p.rset()
+    p.quit()
+    return out
+
+
+def test_a_file_listed_by_the_first_index_is_read_only_when_its_size_is_first_asked(start_hub):
+    hub = start_hub()
+    cur = os.path.join(hub.maildir("alice@localhost"), "cur")
+    os.makedirs(cur, exist_ok=True)
+    path = os.path.join(cur, "1700000002.M2P1.maildrop,S=%d:2,S" % len(LF))  # S= of the LF file
+    with open(path, "wb") as f:
+        f.write(LF)
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    c.login("alice", "secret")
+    typ, data = c.select("INBOX")
+    assert typ == "OK" and data == [b"1"]
+    c.logout()
+    with open(path, "rb") as f:
+        assert f.read() == LF  # listed, not read: still as the other program wrote it
+    hub.restart()  # what was not checked yet stays so across a restart
+    crlf = LF.replace(b"\n", b"\r\n")
+    assert _sizes(hub) == [len(crlf)]  # checked now: the size as sent
+    assert _bodies(hub) == [crlf]
+    with open(path, "rb") as f:
+        assert f.read() == crlf  # made CRLF in place, once
+    hub.restart()
+    assert _sizes(hub) == [len(crlf)]
+    assert _pop3_list(hub) == [(len(crlf), len(crlf))]
+
+
+def test_a_big_bare_lf_file_an_older_hub_listed_at_its_stored_size_is_told_at_its_size_as_sent(start_hub):
+    hub = start_hub()
+    maildir = hub.maildir("alice@localhost")
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    base = "1700000001.M1P1.maildrop,S=%d" % len(BIG_LF)
+    small_base = "1700000002.M2P1.maildrop,S=%d" % len(LF)
+    for name, data in ((base, BIG_LF), (small_base, LF)):
+        with open(os.path.join(maildir, "cur", name + ":2,S"), "wb") as f:
+            f.write(data)
+    # the UID list as a hub before these checks left it: S= taken on trust
+    # (and no mailhub-unchecked beside it)
+    assert not os.path.exists(os.path.join(maildir, "mailhub-unchecked"))
+    with open(os.path.join(maildir, "mailhub-uidlist"), "w") as f:
+        f.write("mailhub-uidlist 1 1700000000 3\n")
+        f.write(f"1 {base} {len(BIG_LF)} 1700000001\n")
+        f.write(f"2 {small_base} {len(LF)} 1700000002\n")
+    hub.restart()
+    big, small = BIG_LF.replace(b"\n", b"\r\n"), LF.replace(b"\n", b"\r\n")
+    assert len(big) > 1024 * 1024  # (streamed by FETCH in slices)
+    assert _pop3_list(hub) == [(len(big), len(big)), (len(small), len(small))]
+    assert _sizes(hub) == [len(big), len(small)]
+    bodies = _bodies(hub)
+    assert bodies == [big, small]
+    hub.restart()
+    assert _sizes(hub) == [len(big), len(small)]
