@@ -283,7 +283,8 @@ def _size_from_name(base: str) -> int | None:
     """The C{S=} size of a Maildir base name, or None."""
     for part in base.split(",")[1:]:
         if part.startswith("S="):
-            return int(part[2:]) if part[2:].isdigit() else None
+            digits = part[2:]
+            return int(digits) if digits.isascii() and digits.isdigit() else None
     return None
 
 
@@ -1192,8 +1193,11 @@ class MaildirFolder:
         path = os.path.join(self.directory, sub, filename)
         size = _size_from_name(base)
         if size is not None:
+            st = os.stat(path)  # (no open: a FIFO is not waited for)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotAMessageFile(path)
             if date is None:
-                date = os.stat(path).st_mtime
+                date = st.st_mtime
             self._unchecked.add(base)
             self._checks_unsaved += 1
         else:
@@ -1237,7 +1241,7 @@ class MaildirFolder:
             words = line.split(" ")
             if len(words) == 2 and words[0] == "?":
                 self._unchecked.add(words[1])
-            elif len(words) == 4 and words[0] == "=" and words[2].isdigit() and words[3].isdigit():
+            elif len(words) == 4 and words[0] == "=" and words[2].isascii() and words[2].isdigit() and words[3].isascii() and words[3].isdigit():
                 self._kept[words[1]] = (int(words[2]), int(words[3]))
 
     def _reread_unchecked(self) -> None:
@@ -1314,6 +1318,9 @@ class MaildirFolder:
                 size, shown, _ = _to_crlf_in_place(path)
             except FileNotFoundError:
                 continue  # renamed or gone: checked when found again
+            except NotAMessageFile:
+                self._unchecked.discard(base)  # (replaced by a FIFO: nothing to read; told as listed)
+                continue
             self._unchecked.discard(base)
             self._checks_unsaved += 1
             downgraded = int(shown[len(",D=") :]) if shown else 0
