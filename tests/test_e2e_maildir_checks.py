@@ -103,3 +103,26 @@ def test_a_big_bare_lf_file_an_older_hub_listed_at_its_stored_size_is_told_at_it
     assert bodies == [big, small]
     hub.restart()
     assert _sizes(hub) == [len(big), len(small)]
+
+
+def test_under_workers_a_file_listed_on_trust_is_told_at_its_size_as_sent_by_every_worker(start_hub):
+    hub = start_hub("--workers", "2")
+    cur = os.path.join(hub.maildir("alice@localhost"), "cur")
+    os.makedirs(cur, exist_ok=True)
+    with open(os.path.join(cur, "1700000002.M2P1.maildrop,S=%d:2,S" % len(LF)), "wb") as f:
+        f.write(LF)
+    crlf = LF.replace(b"\n", b"\r\n")
+    # several connections: the workers share them
+    sessions = []
+    for _ in range(6):
+        c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+        c.login("alice", "secret")
+        c.select("INBOX", readonly=True)  # (was BAD [SERVERBUG] on the worker whose first load found the file)
+        sessions.append(c)
+    for c in sessions:
+        _, data = c.fetch("1", "(RFC822.SIZE BODY.PEEK[])")
+        assert int(re.search(rb"RFC822\.SIZE (\d+)", data[0][0]).group(1)) == len(crlf)
+        assert data[0][1] == crlf
+        c.logout()
+    hub.restart()
+    assert _sizes(hub) == [len(crlf)]

@@ -528,6 +528,7 @@ class MaildirFolder:
         self._checks_unsaved = 0
         self._legacy = False  # a list from before mailhub-unchecked: its outside names get checked
         self._unchecked_elsewhere: set[str] = set()  # (--workers) read by _reread_unchecked
+        self._checked_here: set[str] = set()  # (--workers) names this process checked
         self.uid_validity = 0
         self.uid_next = 1
         for sub in ("cur", "new", "tmp"):
@@ -539,6 +540,9 @@ class MaildirFolder:
             self._uidlist_lock = shared.FolderLock(path)
             self._elsewhere: dict[str, tuple] = {}  # other processes' lines, file not seen yet
             self._list_position = shared.ListPosition()
+            # (a file dropped in before this first load is numbered by it,
+            # and that catches up with the modseq log: from its start)
+            self._modseq_position = shared.ListPosition()
             self._from_log: set[int] = set()  # UIDs whose modseq another process logged (this look)
             # Modseqs another process logged for messages this one does not
             # know yet (their line comes before their file): UID -> value.
@@ -1261,9 +1265,16 @@ class MaildirFolder:
         the files are checked again after a restart.
         """
         self._checks_unsaved = 0
+        unchecked, kept = self._unchecked, self._kept
+        if self._shared:
+            # Under --workers every process writes the file: what another
+            # wrote stays, but for the files this one checked.
+            theirs, their_kept = _parse_unchecked(self._unchecked_path())
+            unchecked = unchecked | (theirs - self._checked_here)
+            kept = {**their_kept, **kept}
         lines = [_UNCHECKED_HEADER]
-        lines.extend(f"? {base}\n" for base in sorted(self._unchecked))
-        lines.extend(f"= {base} {size} {shown}\n" for base, (size, shown) in sorted(self._kept.items()))
+        lines.extend(f"? {base}\n" for base in sorted(unchecked))
+        lines.extend(f"= {base} {size} {shown}\n" for base, (size, shown) in sorted(kept.items()))
         tmp = os.path.join(self.directory, "tmp", f"{UNCHECKED}.{os.getpid()}")
         try:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -1323,6 +1334,8 @@ class MaildirFolder:
                 continue
             self._unchecked.discard(base)
             self._checks_unsaved += 1
+            if self._shared:
+                self._checked_here.add(base)
             downgraded = int(shown[len(",D=") :]) if shown else 0
             if size != table.sizes[i] or downgraded:
                 table.sizes[i] = size
@@ -2297,6 +2310,24 @@ def _remember_uid_validity(path: str | None, value: int) -> None:
 
 class NotAMessageFile(Exception):
     """An entry of C{new/} or C{cur/} that is not a regular file: no message."""
+
+
+def _parse_unchecked(path: str) -> tuple[set[str], dict[str, tuple[int, int]]]:
+    """(unchecked base names, kept findings) of a C{mailhub-unchecked} file; empty if it is missing or unreadable."""
+    unchecked: set[str] = set()
+    kept: dict[str, tuple[int, int]] = {}
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            lines = f.read().split("\n")[1:]
+    except (OSError, UnicodeDecodeError):
+        return unchecked, kept
+    for line in lines:
+        words = line.split(" ")
+        if len(words) == 2 and words[0] == "?":
+            unchecked.add(words[1])
+        elif len(words) == 4 and words[0] == "=" and all(w.isascii() and w.isdigit() for w in words[2:]):
+            kept[words[1]] = (int(words[2]), int(words[3]))
+    return unchecked, kept
 
 
 def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
