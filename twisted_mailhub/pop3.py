@@ -1060,7 +1060,15 @@ class MailhubPOP3(_pop3.POP3):
                 logout()
                 return
             if not self.utf8:
-                drop.count_as_downgraded()
+                try:
+                    drop.count_as_downgraded()
+                except StoreUnavailable as e:
+                    # (the sizes as downgraded are the store's: PostgreSQL
+                    # went away since the listing) no session, no lock held
+                    logout()
+                    refused("pop3", command, e)
+                    self.reply_err(b"[SYS/TEMP] the mail store cannot be reached now; try again")
+                    return
             self.mbox = drop
             self._onLogout = logout
             self.state = State.TRANSACTION

@@ -495,7 +495,12 @@ class FetchCommands:
                 yield b"".join(run)
             return
         # imap/utf8.py: UID -> size as downgraded, for a session without UTF8=ACCEPT (usually empty)
-        ascii_sizes = shown_sizes(folder) if not self.utf8_accept and b"RFC822.SIZE" in kinds else None
+        try:
+            ascii_sizes = shown_sizes(folder) if not self.utf8_accept and b"RFC822.SIZE" in kinds else None
+        except StoreUnavailable as e:
+            # (PostgreSQL keeps them in its rows) NO [UNAVAILABLE], as for a body
+            self._fetch_unavailable = e
+            return
         if all(k in cheap for k in kinds):
             # The fast path: the index alone (SELECT + FETCH 1:* of 100k),
             # read from the store's columns where it has them (no
@@ -528,7 +533,11 @@ class FetchCommands:
         token = _folder_token(folder) if any(k in _STRUCTURE_KINDS for k in kinds) else None
         utf8 = self.utf8_accept
         if streamable and ascii_sizes is None and not self.utf8_accept:
-            ascii_sizes = shown_sizes(folder)  # those are downgraded whole, not streamed
+            try:
+                ascii_sizes = shown_sizes(folder)  # those are downgraded whole, not streamed
+            except StoreUnavailable as e:
+                self._fetch_unavailable = e
+                return
         # Without ENVELOPE/BODYSTRUCTURE/BODY (whose cache is keyed by the
         # message's key), the columns give flags, size and date: no
         # MessageInfo made per message.
