@@ -1332,6 +1332,11 @@ class MaildirFolder:
             except NotAMessageFile:
                 self._unchecked.discard(base)  # (replaced by a FIFO: nothing to read; told as listed)
                 continue
+            except OSError as e:
+                # (a full disk for its CRLF copy, no permission to read it)
+                # told as listed for now; checked again when next needed
+                log.warn("{path}: not checked yet ({error}); its size is told as its name gives it", path=path, error=e.strerror or e)
+                continue
             self._unchecked.discard(base)
             self._checks_unsaved += 1
             if self._shared:
