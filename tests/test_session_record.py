@@ -119,3 +119,40 @@ def test_a_watcher_of_one_session_is_told_its_lines_as_text(kind):
     record.add_lines("S", [b"150 here", b"226 done"])
     assert seen == [(1000.0, "C", "RETR \\x07x"), (1000.0, "S", "150 here"), (1000.0, "S", "226 done")]
     assert _shown(record)[1:] == [(2, "C", "RETR \\x07x"), (3, "S", "150 here"), (4, "S", "226 done")]
+
+
+@KINDS
+def test_each_kind_of_watcher_is_told_only_what_it_asked_for_through_the_bus(kind):
+    # One fan-out for every kind of record (SessionEvents.tell): all events
+    # to a watcher of all, no C:/S: lines to a session list, one session's
+    # events to its watcher; a watcher that fails is dropped, the rest go on.
+    told = []
+
+    class Bus(SessionEvents):
+        def tell(self, record, event):
+            told.append(event[0])
+            SessionEvents.tell(self, record, event)
+
+    bus = Bus(max_lines=10, clock=lambda: 1000.0)
+    every, listed, mine, other = [], [], [], []
+    bus.subscribe(lambda r, e: every.append(e[2]))
+    bus.subscribe(lambda r, e: listed.append(e[2]), lines=False)
+    bus.subscribe(lambda r, e: mine.append(e[2]), session="ftp#4")
+    bus.subscribe(lambda r, e: other.append(e[2]), session="ftp#5")
+
+    def broken(r, e):
+        raise ValueError("a watcher's own fault")
+
+    bus.subscribe(broken)
+    record = bus.start("ftp", ("127.0.0.1", 40000), ("127.0.0.1", 2121), id="ftp#4", kind=kind)
+    record.add_line("C", b"USER alice")
+    record.add_lines("S", [b"331 Password required for alice."])
+    record.logged_in("alice@localhost")
+    record.add("data", "open: 127.0.0.1:40001 -> 127.0.0.1:2120 (passive mode)")
+    record.closed()
+    kinds = ["start", "C", "S", "login", "data", "end"]
+    assert told == [1, 2, 3, 4, 5, 6]
+    assert every == kinds and mine == kinds
+    assert listed == ["start", "login", "data", "end"]
+    assert other == []
+    assert broken not in bus.watchers

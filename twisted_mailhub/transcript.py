@@ -188,16 +188,8 @@ class SessionRecord:
         bus = self.bus
         event = (seq, bus.clock(), kind, text)
         self._events.append(event)
-        # Each kind of watcher pays only for what it asked for: a session
-        # list is not called for every line of every session.
-        if bus.watchers:
-            bus.publish(bus.watchers, self, event)
-        if bus.list_watchers and kind not in _LINE_KINDS:
-            bus.publish(bus.list_watchers, self, event)
-        if bus.session_watchers:
-            watching = bus.session_watchers.get(self.id)
-            if watching:
-                bus.publish(watching, self, event)
+        if bus.watchers or bus.list_watchers or bus.session_watchers:
+            bus.tell(self, event)
 
     def add_line(self, kind: str, line: bytes) -> None:
         """
@@ -366,6 +358,26 @@ class SessionEvents:
                 group.remove(watcher)
         for key in [k for k, v in self.session_watchers.items() if not v]:
             del self.session_watchers[key]
+
+    def tell(self, record: SessionRecord, event: Event) -> None:
+        """
+        Hand one new event of C{record} to each watcher that asked for it:
+        every watcher of all events, the session lists' watchers (an event
+        other than a C:/S: line), and the watchers of that one session. Each
+        kind pays only for what it asked for: a session list is not called
+        for every line of every session. Every kind of record calls this
+        (L{SessionRecord.add}, L{twisted_mailhub.ftp.record.ControlRecord}),
+        usually only when C{watchers}, C{list_watchers} or
+        C{session_watchers} is not empty.
+        """
+        if self.watchers:
+            self.publish(self.watchers, record, event)
+        if self.list_watchers and event[2] not in _LINE_KINDS:
+            self.publish(self.list_watchers, record, event)
+        if self.session_watchers:
+            watching = self.session_watchers.get(record.id)
+            if watching:
+                self.publish(watching, record, event)
 
     def publish(self, watchers: list, record: SessionRecord, event: Event) -> None:
         for watcher in list(watchers):

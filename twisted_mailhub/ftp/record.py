@@ -20,8 +20,9 @@ C{max_lines} entries the oldest go, a few hundred at a time (a list is cut
 at its front in one step); L{events} shows the last C{max_lines} and
 C{dropped} counts the rest, as for any record.
 
-Watchers are told of each event as L{SessionRecord.add} tells them; a line
-someone watches is made text at once, as any record does.
+Watchers are told of each event by the bus's one fan-out
+(L{twisted_mailhub.transcript.SessionEvents.tell}), as for any record; a
+line someone watches is made text at once, as any record does.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 from array import array
 from itertools import repeat
 
-from twisted_mailhub.transcript import _LINE_KINDS, SessionRecord, line_text
+from twisted_mailhub.transcript import SessionRecord, line_text
 
 # Entries past max_lines are let go this many at a time (at least).
 _SLACK = 256
@@ -99,15 +100,7 @@ class ControlRecord(SessionRecord):
         if len(events) > self._max + _SLACK:
             self._trim()
         if bus.watchers or bus.list_watchers or bus.session_watchers:
-            event = (seq, now, kind, text)
-            if bus.watchers:
-                bus.publish(bus.watchers, self, event)
-            if bus.list_watchers and kind not in _LINE_KINDS:
-                bus.publish(bus.list_watchers, self, event)
-            if bus.session_watchers:
-                watching = bus.session_watchers.get(self.id)
-                if watching:
-                    bus.publish(watching, self, event)
+            bus.tell(self, (seq, now, kind, text))
 
     def add_line(self, kind: str, line: bytes) -> None:
         """A C:/S: line (bytes, no line end): kept as bytes while nobody watches lines."""
