@@ -616,6 +616,22 @@ def test_auth_tls_prot_p_round_trip_with_ftplib(hub, random_50mb):
     f.quit()
 
 
+def test_pbsz_takes_a_decimal_size_and_answers_zero(hub):
+    # RFC 2228 §3: PBSZ <decimal-integer>; RFC 4217 §8: TLS answers PBSZ=0.
+    f = ftplib.FTP_TLS(timeout=30, context=client_context())
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.auth()
+    for wrong in ("PBSZ", "PBSZ big", "PBSZ -1", "PBSZ \u00b2"):
+        with pytest.raises(ftplib.error_perm, match=r"^501 PBSZ wants a decimal size: PBSZ 0"):
+            f.sendcmd(wrong)
+    assert f.sendcmd("PBSZ 1024") == "200 PBSZ=0"
+    f.login("alice", "secret")
+    f.prot_p()
+    f.storbinary("STOR p.txt", io.BytesIO(b"private"))
+    assert "p.txt" in f.nlst()
+    f.quit()
+
+
 def test_commands_pipelined_after_auth_tls_are_discarded(hub):
     s = control(hub)
     s.sendall(b"AUTH TLS\r\nUSER alice\r\nPASS secret\r\n")

@@ -94,6 +94,26 @@ def test_ftp_retr_of_a_fifo_is_550_and_the_hub_goes_on(hub, home_with_a_fifo):
     smtp_still_answers(hub)
 
 
+def test_ftp_mlsd_types_a_fifo_as_os_unix_fifo_not_a_file_in_the_facts_selected(hub, home_with_a_fifo):
+    # RFC 3659 §7.5.1: a pipe is no file a client could fetch; §7.9: the
+    # facts OPTS MLST selects are the ones MLSD shows.
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", hub.ports["ftp"], timeout=10)
+    try:
+        ftp.login("alice", "secret")
+        facts = dict(ftp.mlsd())
+        assert facts["pipe"]["type"] == "OS.unix=fifo" and "size" not in facts["pipe"]
+        assert facts["pipe"]["perm"] == "df"
+        assert facts["file.txt"]["type"] == "file" and facts["file.txt"]["size"] == "11"
+        assert set(facts["file.txt"]) == {"type", "size", "modify", "perm"}
+        # ftplib's mlsd(facts=...) sends OPTS MLST type;size; first.
+        chosen = dict(ftp.mlsd(facts=["type", "size"]))
+        assert chosen == {"pipe": {"type": "OS.unix=fifo"}, "file.txt": {"type": "file", "size": "11"}}
+    finally:
+        ftp.quit()
+    smtp_still_answers(hub)
+
+
 def test_the_api_download_of_a_fifo_is_refused_and_the_hub_goes_on(hub, home_with_a_fifo):
     request = urllib.request.Request(
         f"http://127.0.0.1:{hub.ports['web']}/api/v1/accounts/me/files/pipe",

@@ -7,6 +7,7 @@ channel fed through StringTransport (no sockets).
 from __future__ import annotations
 
 import os
+import re
 import socket
 
 import pytest
@@ -330,3 +331,68 @@ def test_pipelined_commands_answered_in_order_through_a_broken_and_a_slow_one(se
     lines = transport.value().decode().splitlines()
     assert [line[:3] for line in lines] == ["200", "451", "214", "200", "257"]
     assert not proto.disconnected
+
+
+# -- FEAT and OPTS (RFC 2389), MLST facts (RFC 3659 §7) ----------------------------
+
+
+def _home_file(tmp_path, name: str, body: bytes = b"12345") -> str:
+    home = tmp_path / "ftp" / "localhost" / "alice"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / name).write_bytes(body)
+    os.chmod(home / name, 0o640)
+    return str(home)
+
+
+def _entry(reply: bytes) -> str:
+    """The one entry line of an MLST reply (250-, entry, 250 End), without its leading space."""
+    lines = reply.decode().split("\r\n")
+    assert lines[0].startswith("250-") and lines[2] == "250 End", reply
+    assert lines[1].startswith(" ")
+    return lines[1][1:]
+
+
+def test_opts_mlst_selects_the_facts_mlst_shows_and_feat_marks(session, tmp_path):
+    proto, transport, say, clock = session
+    say(b"USER alice\r\nPASS secret\r\n")
+    _home_file(tmp_path, "a.txt")
+    assert re.fullmatch(r"type=file;size=5;modify=\d{14};perm=adfrw; /a\.txt", _entry(say(b"MLST a.txt\r\n")))
+    assert b" MLST type*;size*;modify*;perm*;unique;UNIX.mode;\r\n" in say(b"FEAT\r\n")
+    # Names in any case, unknown ones ignored, the reply in the server's spelling.
+    assert say(b"OPTS MLST Size;MODIFY;colour;\r\n") == b"200 MLST OPTS size;modify;\r\n"
+    assert re.fullmatch(r"size=5;modify=\d{14}; /a\.txt", _entry(say(b"MLST a.txt\r\n")))
+    assert b" MLST type;size*;modify*;perm;unique;UNIX.mode;\r\n" in say(b"FEAT\r\n")
+    assert say(b"OPTS MLST type;unique;unix.mode;\r\n") == b"200 MLST OPTS type;unique;UNIX.mode;\r\n"
+    assert re.fullmatch(r"type=file;unique=[0-9a-f]+g[0-9a-f]+;UNIX\.mode=0640; /a\.txt", _entry(say(b"MLST a.txt\r\n")))
+    # None selects none: the entry is its path alone.
+    assert say(b"OPTS MLST\r\n") == b"200 MLST OPTS\r\n"
+    assert _entry(say(b"MLST a.txt\r\n")) == " /a.txt"
+    assert b" MLST type;size;modify;perm;unique;UNIX.mode;\r\n" in say(b"FEAT\r\n")
+
+
+def test_mlst_of_a_fifo_names_its_kind_and_size_refuses_it(session, tmp_path):
+    proto, transport, say, clock = session
+    say(b"USER alice\r\nPASS secret\r\nTYPE I\r\n")
+    home = _home_file(tmp_path, "a.txt")
+    os.mkfifo(os.path.join(home, "pipe"))
+    assert re.fullmatch(r"type=OS\.unix=fifo;modify=\d{14};perm=df; /pipe", _entry(say(b"MLST pipe\r\n")))
+    assert say(b"SIZE pipe\r\n") == b"550 SIZE pipe: not a regular file (a pipe or a device), so it has no size to send.\r\n"
+    assert say(b"SIZE a.txt\r\n") == b"213 5\r\n"
+
+
+@pytest.mark.parametrize(
+    "line, reply",
+    [
+        (b"OPTS UTF8 ON", b"200 UTF8 mode on; file names are UTF-8."),
+        (b"opts utf8", b"200 UTF8 mode on; file names are UTF-8."),
+        (b"OPTS UTF8 OFF", b"504 UTF-8 is always on here."),
+        (b"OPTS", b"501 OPTS needs a command name: OPTS UTF8 ON, or OPTS MLST type;size;modify;perm;"),
+        (b"OPTS RETR fast", b"501 OPTS RETR: that command has no options here (OPTS UTF8, OPTS MLST have)."),
+        (b"OPTS BOGUS x", b"501 OPTS BOGUS: no such command (OPTS UTF8 ON, OPTS MLST facts)."),
+        (b"OPTS MLST type; size;", b"501 OPTS MLST wants the facts as one word: OPTS MLST type;size;modify;"),
+    ],
+)
+def test_opts_answers_each_command_it_knows_and_refuses_the_rest_with_501(session, line, reply):
+    proto, transport, say, clock = session
+    assert say(line + b"\r\n") == reply + b"\r\n"
+    assert say(b"NOOP\r\n").startswith(b"200")

@@ -72,12 +72,20 @@ COMMANDS = (
     "STOU STRU SYST TYPE USER XCUP XCWD XMKD XPWD XRMD"
 ).split()
 
+# The facts MLST and MLSD can show (RFC 3659 §7.5), in the order shown,
+# and those shown until OPTS MLST selects others (§7.9).
+MLST_FACTS = ("type", "size", "modify", "perm", "unique", "UNIX.mode")
+MLST_DEFAULT = ("type", "size", "modify", "perm")
+_MLST_NAMES = {name.lower(): name for name in MLST_FACTS}
+
+# FEAT's lines (RFC 2389); "MLST" stands for the line of the facts, made
+# for the session (RFC 3659 §7.8: the facts selected now are marked "*").
 FEATURES = (
     "AUTH TLS",
     "EPRT",
     "EPSV",
     "MDTM",
-    "MLST type*;size*;modify*;perm*;",
+    "MLST",
     "PBSZ",
     "PROT",
     "REST STREAM",
@@ -111,6 +119,9 @@ SYNTAX = {
     "PROT": "PROT P (data in TLS) or PROT C (clear), after AUTH TLS",
     "ABOR": "ABOR: stop the running transfer",
     "STAT": "STAT: server status; STAT <path>: a listing on the control connection",
+    "FEAT": "FEAT: the extensions this server has (RFC 2389)",
+    "OPTS": "OPTS UTF8 ON, or OPTS MLST type;size;modify;perm;unique;UNIX.mode; to choose the facts MLST and MLSD show",
+    "PBSZ": "PBSZ 0, after AUTH TLS",
 }
 
 # Answered even while a transfer runs (RFC 959 §4.1.3: ABOR, STAT, QUIT).
@@ -181,7 +192,37 @@ def _close_quietly(thing):
 
 
 def _facts_line(name: str, facts: dict) -> str:
+    """An MLST/MLSD entry (RFC 3659 §7.2: C{[facts] SP pathname}): C{type=file;size=5; a.txt}."""
     return "".join(f"{k}={v};" for k, v in facts.items()) + " " + name
+
+
+# RFC 3659 §7.5.1: what is neither a file nor a directory is typed
+# "OS.unix=<kind>", so that no client takes a pipe for a file it can fetch.
+_UNIX_KINDS = {
+    statmod.S_IFIFO: "OS.unix=fifo",
+    statmod.S_IFSOCK: "OS.unix=socket",
+    statmod.S_IFCHR: "OS.unix=chr",
+    statmod.S_IFBLK: "OS.unix=blk",
+    statmod.S_IFLNK: "OS.unix=slink",
+}
+
+
+def mlst_feature(selected) -> str:
+    """FEAT's MLST line (RFC 3659 §7.8): each fact shown, C{*} after those C{selected}: C{MLST type*;size*;...;UNIX.mode;}."""
+    return "MLST " + "".join(name + ("*" if name in selected else "") + ";" for name in MLST_FACTS)
+
+
+def mlst_selection(argument: str):
+    """
+    The facts an C{OPTS MLST} argument selects (RFC 3659 §7.9: C{fact;fact;},
+    names in any case; those this server does not show are ignored; none
+    selects none), in L{MLST_FACTS}'s order and spelling. Raises
+    L{ValueError} for an argument of more than one word.
+    """
+    if len(argument.split()) > 1:
+        raise ValueError(argument)
+    asked = {word.strip().lower() for word in argument.split(";")}
+    return tuple(name for name in MLST_FACTS if name.lower() in asked)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -204,6 +245,9 @@ class MailhubFTP(ftp.FTP):
     # becomes the record's "tls" event.
     records_own_session = True
     record = None
+    # The facts MLST and MLSD show (OPTS MLST; one tuple shared by every
+    # connection until one selects others).
+    mlst_facts = MLST_DEFAULT
     _transcriber: Transcriber | None = None
     _tls_pending = False
 
@@ -538,17 +582,34 @@ class MailhubFTP(ftp.FTP):
         self.multiline(214, "The following commands are recognized:", rows, "Help OK.")
 
     def ftp_FEAT(self):
-        self.multiline(211, "Features:", FEATURES, "End")
+        features = [mlst_feature(self.mlst_facts) if line == "MLST" else line for line in FEATURES]
+        self.multiline(211, "Features:", features, "End")
 
     def ftp_OPTS(self, option=""):
-        words = option.upper().split()
-        if words[:1] == ["UTF8"] and words[1:2] in (["ON"], []):
+        """
+        OPTS (RFC 2389 §4): C{OPTS UTF8 ON} (always on here); C{OPTS MLST
+        fact;fact;} selects the facts MLST and MLSD show from now on (RFC
+        3659 §7.9; unknown ones are ignored, none selects none) and the
+        reply names them. Any other command has no options: 501.
+        """
+        command, _, rest = option.strip().partition(" ")
+        command = command.upper()
+        words = rest.upper().split()
+        if not command:
+            return "501 OPTS needs a command name: OPTS UTF8 ON, or OPTS MLST type;size;modify;perm;"
+        if command in ("UTF8", "UTF-8"):
+            if words in (["ON"], []):
                 return "200 UTF8 mode on; file names are UTF-8."
-        if words[:1] == ["UTF8"]:
             return "504 UTF-8 is always on here."
-        if words[:1] == ["MLST"]:
-            return "200 MLST OPTS type;size;modify;perm;"
-        return f"501 OPTS {quote(option)}: not understood (try OPTS UTF8 ON)."
+        if command == "MLST":
+            try:
+                self.mlst_facts = mlst_selection(rest.strip())
+            except ValueError:
+                return "501 OPTS MLST wants the facts as one word: OPTS MLST type;size;modify;"
+            return "200 MLST OPTS" + (" " + "".join(f"{name};" for name in self.mlst_facts) if self.mlst_facts else "")
+        if command in COMMANDS:
+            return f"501 OPTS {quote(command, 20)}: that command has no options here (OPTS UTF8, OPTS MLST have)."
+        return f"501 OPTS {quote(command, 20)}: no such command (OPTS UTF8 ON, OPTS MLST facts)."
 
     def ftp_TYPE(self, type=""):
         code = type.upper().split()
@@ -644,12 +705,15 @@ class MailhubFTP(ftp.FTP):
             return ftp.FTP.ftp_SIZE(self, path)
 
         def directory(result):
-            # RFC 3659 §4: the octets a RETR would send; a directory has none.
+            # RFC 3659 §4: the octets a RETR would send; a directory has none,
+            # nor has a pipe or a device (RETR refuses them).
             if result[0]:
                 raise Refused(f"550 SIZE {quote(path, 200)}: a directory, not a file.")
+            if result[1] and statmod.S_IFMT(result[1]) != statmod.S_IFREG:
+                raise Refused(f"550 SIZE {quote(path, 200)}: not a regular file (a pipe or a device), so it has no size to send.")
 
         # A name that does not exist goes on to the size of its interrupted upload.
-        d = self.shell.stat(segments, ("directory",)).addCallbacks(directory, lambda _: None)
+        d = self.shell.stat(segments, ("directory", "permissions")).addCallbacks(directory, lambda _: None)
         return d.addCallback(lambda _: ftp.FTP.ftp_SIZE(self, path))
 
     def ftp_MDTM(self, path=""):
@@ -679,8 +743,12 @@ class MailhubFTP(ftp.FTP):
         return None
 
     def ftp_PBSZ(self, size=""):
+        # RFC 2228 §3 (PBSZ <decimal-integer>), RFC 4217 §8: TLS needs no
+        # buffer; any size asked for is answered with the one used, 0.
         if not self._tls:
             return "503 PBSZ needs AUTH TLS first."
+        if not size.strip().isascii() or not size.strip().isdigit():
+            return f"501 PBSZ wants a decimal size: PBSZ 0 (got \"{quote(size, 30)}\")."
         return "200 PBSZ=0"
 
     def ftp_PROT(self, level=""):
@@ -985,16 +1053,17 @@ class MailhubFTP(ftp.FTP):
     def ftp_MLSD(self, path=""):
         segments = self._segments(path or ".")
         d = self.shell.stat(segments, ("directory",))
+        keys = self._mlst_keys()
 
         def is_dir(result):
             if not result[0]:
                 raise ftp.IsNotADirectoryError(path)
-            return self.shell.list(segments, self.LIST_KEYS)
+            return self.shell.list(segments, keys)
 
         opened = d.addCallback(is_dir)
 
         def run(conn, entries):
-            lines = [_facts_line(n, self._facts(f)) for n, f in entries]
+            lines = [_facts_line(n, self._facts(f, keys)) for n, f in entries]
             return conn.send_bytes("".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape"))
 
         return self._transfer("MLSD", path, opened, run, lambda _: "150 Here comes the machine listing.")
@@ -1002,11 +1071,12 @@ class MailhubFTP(ftp.FTP):
     def ftp_MLST(self, path=""):
         segments = self._segments(path or ".")
         shown = "/" + "/".join(segments)
+        keys = self._mlst_keys()
 
         def answer(facts):
-            self.sendLine(f"250-Listing {shown}\r\n {_facts_line(shown, self._facts(facts))}\r\n250 End")
+            self.sendLine(f"250-Listing {shown}\r\n {_facts_line(shown, self._facts(facts, keys))}\r\n250 End")
 
-        return self.shell.stat(segments, self.LIST_KEYS).addCallback(answer)
+        return self.shell.stat(segments, keys).addCallback(answer)
 
     def ftp_STAT(self, path=""):
         if not path:
@@ -1050,13 +1120,47 @@ class MailhubFTP(ftp.FTP):
             return "el" if readonly else "eflcdmp"
         return "r" if readonly else "adfrw"
 
-    def _facts(self, facts) -> dict:
-        size, directory, mode, links, modified = facts
-        out = {"type": "dir" if directory else "file"}
-        if not directory:
-            out["size"] = size
-        out["modify"] = time.strftime("%Y%m%d%H%M%S", time.gmtime(modified))
-        out["perm"] = self._perm(directory)
+    def _mlst_keys(self) -> tuple:
+        """The shell's facts (C{stat}, C{list} keys) the selected MLST facts are made of."""
+        if "unique" in self.mlst_facts:
+            return self.LIST_KEYS + ("unique",)
+        return self.LIST_KEYS
+
+    def _perm(self, directory: bool, kind: int = statmod.S_IFREG) -> str:
+        readonly = getattr(self.shell, "readonly", False)
+        if directory:
+            return "el" if readonly else "eflcdmp"
+        if kind != statmod.S_IFREG:
+            # A pipe, a socket, a device: never retrieved (RETR is 550), but
+            # it can be deleted and renamed like any name.
+            return "" if readonly else "df"
+        return "r" if readonly else "adfrw"
+
+    def _facts(self, values, keys=LIST_KEYS) -> dict:
+        """
+        The selected MLST facts (L{mlst_facts}) of a file whose shell facts
+        are C{values} for C{keys} (L{_mlst_keys}): RFC 3659 §7.5.
+        """
+        size, directory, mode, links, modified = values[:5]
+        kind = statmod.S_IFMT(mode) if mode else (statmod.S_IFDIR if directory else statmod.S_IFREG)
+        if directory:
+            kind = statmod.S_IFDIR
+        selected = self.mlst_facts
+        out = {}
+        for name in selected:
+            if name == "type":
+                out["type"] = "dir" if directory else "file" if kind == statmod.S_IFREG else _UNIX_KINDS.get(kind, "OS.unix=other")
+            elif name == "size":
+                if kind == statmod.S_IFREG:
+                    out["size"] = size
+            elif name == "modify":
+                out["modify"] = time.strftime("%Y%m%d%H%M%S", time.gmtime(modified))
+            elif name == "perm":
+                out["perm"] = self._perm(directory, kind)
+            elif name == "unique":
+                out["unique"] = values[keys.index("unique")]
+            elif name == "UNIX.mode":
+                out["UNIX.mode"] = f"{statmod.S_IMODE(mode):04o}"
         return out
 
 
