@@ -14,7 +14,10 @@
  * "X-Bench-Id: N" (N = 0 .. MESSAGES-1), the contents of BODYFILE (CRLF
  * lines, no line starting with a dot) and ".". Every reply must be the
  * expected one (250, 250, 354, 250); any other ends the run with status 1
- * and the reply on stderr. Prints "accepted N seconds S" when done.
+ * and the reply on stderr. Prints "accepted N seconds S waited W" when done:
+ * W is how long it waited for a core while runnable (seconds, from
+ * /proc/self/schedstat; 0 where there is none): a client that waits for a
+ * core is starved, and the server's rate then measures the client.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -245,6 +248,12 @@ int main(int argc, char **argv) {
         }
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    printf("accepted %ld seconds %.6f\n", accepted, (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+    unsigned long long ran = 0, waited = 0;
+    FILE *sched = fopen("/proc/self/schedstat", "r");
+    if (sched) {
+        if (fscanf(sched, "%llu %llu", &ran, &waited) != 2) waited = 0;
+        fclose(sched);
+    }
+    printf("accepted %ld seconds %.6f waited %.6f\n", accepted, (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9, (double)waited / 1e9);
     return accepted == total ? 0 : 1;
 }

@@ -38,6 +38,13 @@ how much dirty data the system had: above 64 MB (the neighbours writing)
 the hub fsyncs each file instead of one syncfs per batch, which changes
 the CPU per message a lot.
 
+At the end it says whether the comparison was fair: for each hub, the
+cores it kept busy, the µs per message it and the client waited for a
+core while runnable (/proc/PID/schedstat: a starved client or hub shows
+there, not in CPU time), and the flush mode of its rounds (a comparison
+across a change of mode is flagged). The hubs' data folders are removed
+at the end (C{--keep} keeps them).
+
 At the end the script predicts each hub's rate from the CPU it used,
 for 2, 3 and 4 cores given to the hub alone: one process cannot go
 faster than its reactor thread (one core), N workers than the cores
@@ -156,10 +163,12 @@ def build_client(work: str) -> str | None:
     return program
 
 
-def c_run(program: str, body_path: str, port: int, rcpt: bytes, clients: int, count: int, pipelining: bool) -> tuple[float, list[int], float]:
+def c_run(program: str, body_path: str, port: int, rcpt: bytes, clients: int, count: int, pipelining: bool, waited: list[float] | None = None) -> tuple[float, list[int], float]:
     """
     One round with the C client: (seconds, the ids of the messages
-    accepted, the client's CPU seconds). Any refusal ends the run.
+    accepted, the client's CPU seconds). Any refusal ends the run. With
+    C{waited}, the seconds the client waited for a core while it could
+    run are appended to it (its /proc/self/schedstat).
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(
@@ -175,6 +184,8 @@ def c_run(program: str, body_path: str, port: int, rcpt: bytes, clients: int, co
     words = said.split()
     if process.returncode != 0 or len(words) < 4 or int(words[1]) != count:
         raise SystemExit(f"FAIL: the client exited with {process.returncode}: {complaint or said}")
+    if waited is not None:
+        waited.append(float(words[5]) if len(words) > 5 and words[4] == "waited" else 0.0)
     return float(words[3]), list(range(count)), usage.ru_utime + usage.ru_stime
 
 
@@ -241,6 +252,27 @@ def switches(pid: int) -> tuple[int, int]:
     return voluntary, involuntary
 
 
+def runqueue_wait(pid: int) -> float:
+    """
+    Seconds C{pid}'s threads have waited for a core while they could run
+    (/proc/PID/task/*/schedstat, second field): a process that waits long
+    is short of CPU, one that waits little and still is slow waits for
+    something else (the disk, its clients).
+    """
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def hub_pids(hub: HubProcess) -> list[int]:
     """The hub's process and its children (the workers)."""
     pids = [hub.process.pid]
@@ -275,7 +307,8 @@ def main() -> None:
     parser.add_argument("--no-pipelining", action="store_true")
     parser.add_argument("--client", choices=("c", "asyncio"), default="c", help="the load generator: bench/smtpload.c (default; built with cc) or the asyncio client in this process")
     parser.add_argument("--hub-arg", action="append", default=[], help="one more option for both hubs (repeatable), e.g. --hub-arg=--no-web")
-    parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir under /var/tmp)")
+    parser.add_argument("--dir", default=None, help="where to put the data (default: a temp dir under /var/tmp); removed at the end unless --keep")
+    parser.add_argument("--keep", action="store_true", help="keep the hubs' data folders (and logs) at the end")
     parser.add_argument("--log-ab", action="store_true", help="a third hub: --workers N logging through Twisted's text observer (twistd --logger: the workers' log events relayed and formatted by the supervisor, as before the hub's own observer)")
     parser.add_argument("--pin-ab", action="store_true", help="one more hub: --workers N --no-pin-workers (the workers left to the scheduler instead of a core each)")
     args = parser.parse_args()
@@ -299,6 +332,12 @@ def main() -> None:
     cpu: dict[str, list[float]] = {name: [] for name in hubs}
     busiest: dict[str, list[float]] = {name: [] for name in hubs}  # µs/msg of the reactor thread that bounds the rate
     supervisor: dict[str, list[float]] = {name: [] for name in hubs}
+    # Is the comparison fair? Each round's flush mode, cores the hub kept
+    # busy, and µs per message the hub and the client waited for a core.
+    flushes: dict[str, list[str]] = {name: [] for name in hubs}
+    busy: dict[str, list[float]] = {name: [] for name in hubs}
+    hub_waited: dict[str, list[float]] = {name: [] for name in hubs}
+    client_waited: dict[str, list[float]] = {name: [] for name in hubs}
     try:
         for hub in hubs.values():
             hub.start()
@@ -314,8 +353,10 @@ def main() -> None:
                 split_before = [thread_split(p) for p in pids]
                 switched_before = [switches(p) for p in pids]
                 dirty_before = dirty_megabytes()
+                queued_before = sum(runqueue_wait(p) for p in pids)
+                client_queued: list[float] = []
                 if program is not None:
-                    elapsed, accepted, client = c_run(program, body_path, hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, not args.no_pipelining)
+                    elapsed, accepted, client = c_run(program, body_path, hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, not args.no_pipelining, client_queued)
                 else:
                     client_before = time.process_time()
                     elapsed, accepted = asyncio.run(smtp_run(hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, args.size, not args.no_pipelining))
@@ -325,6 +366,7 @@ def main() -> None:
                 switched = [tuple(a - b for a, b in zip(switches(p), sb)) for p, sb in zip(pids, switched_before)]
                 used = sum(each)
                 system = cpu_seconds(pids, system_only=True) - system_before
+                queued = sum(runqueue_wait(p) for p in pids) - queued_before
                 verify(hub.maildir(rcpt), accepted)
                 rate = len(accepted) / elapsed
                 results[name].append(rate)
@@ -343,9 +385,15 @@ def main() -> None:
                 threads = ", ".join(f"{m / len(accepted) * 1e6:.0f}+{o / len(accepted) * 1e6:.0f}" for m, o in split)
                 waits = ", ".join(f"{v / len(accepted):.2f}/{i / len(accepted):.2f}" for v, i in switched)
                 dirty = max(dirty_before, dirty_megabytes())
+                flushes[name].append("per-file fsync" if dirty * 2**20 >= QUIET_DIRTY_BYTES else "syncfs")
+                busy[name].append(used / elapsed)
+                hub_waited[name].append(queued / len(accepted) * 1e6)
+                if client_queued:
+                    client_waited[name].append(client_queued[0] / len(accepted) * 1e6)
                 print(f"  round {r + 1} {name:>12}: {rate:8.0f} msg/s, {used / len(accepted) * 1e6:5.0f} µs hub CPU/msg{share}"
                       f" (system {system / len(accepted) * 1e6:.0f}; reactor+other threads per process {threads};"
-                      f" context switches voluntary/preempted per process {waits}; the client used {client / len(accepted) * 1e6:.0f};"
+                      f" context switches voluntary/preempted per process {waits}; waited for a core: hub {queued / len(accepted) * 1e6:.0f}"
+                      f"{f', client {client_queued[0] / len(accepted) * 1e6:.0f}' if client_queued else ''}; the client used {client / len(accepted) * 1e6:.0f};"
                       f" dirty {dirty:.0f} MB: {'per-file fsync' if dirty * 2**20 >= QUIET_DIRTY_BYTES else 'syncfs'})")
         spread = {}
         many = list(hubs.values())[1]
@@ -354,12 +402,24 @@ def main() -> None:
     finally:
         for hub in hubs.values():
             hub.stop()
+        if args.keep:
+            print(f"data kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     one, other = (statistics.median(v) for v in list(results.values())[:2])
     print()
     for name in hubs:
         of_supervisor = f", of which the supervisor {statistics.median(supervisor[name]):.0f}" if supervisor[name] else ""
         print(f"{name:>12}: median {statistics.median(results[name]):8.0f} msg/s, {statistics.median(cpu[name]):5.0f} µs hub CPU/msg (every process of the hub, user + system){of_supervisor}")
     print(f"ratio: {other / one:.2f}x   (deliveries per worker: {dict(sorted(spread.items()))})")
+    print()
+    print("fair? per hub, medians: cores kept busy (CPU / wall), µs per message waited for a core (runnable, not running) by the hub and by the client, flush modes")
+    for name in hubs:
+        client_part = f", the client {statistics.median(client_waited[name]):.0f}" if client_waited[name] else ""
+        modes = ", ".join(f"{mode} {flushes[name].count(mode)}" for mode in sorted(set(flushes[name])))
+        print(f"  {name:>12}: {statistics.median(busy[name]):.2f} cores busy; waited: the hub {statistics.median(hub_waited[name]):.0f}{client_part}; rounds {modes}")
+    if len({mode for modes in flushes.values() for mode in modes}) > 1:
+        print("  NOT comparable as it stands: the flush mode changed between rounds (the neighbours' dirty data); compare the rounds of one mode")
     print()
     print("predicted from the CPU each used (the client on other cores): msg/s at most =")
     print("  min(cores / hub CPU per message, 1 / a reactor thread's CPU per message (the workers' mean))")
