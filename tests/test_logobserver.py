@@ -25,7 +25,7 @@ from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
 from tests.hubprocess import ROOT, listener_names
-from twisted_mailhub.logobserver import ClassicLines, HubLogObserver, LineBuffer, OffersLogObserver, for_twistd
+from twisted_mailhub.logobserver import ClassicLines, HubLogObserver, LineBuffer, OffersLogObserver, for_twistd, whole_lines_writer
 
 
 class FakeReactor(task.Clock):
@@ -250,8 +250,8 @@ def test_the_application_is_given_the_observer_as_its_component():
 # -- the real twistd ----------------------------------------------------------
 
 
-def _start_twistd(tmp_path, *twistd_args: str) -> tuple[subprocess.Popen, dict]:
-    args = []
+def _start_twistd(tmp_path, *twistd_args: str, hub_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, dict]:
+    args = list(hub_args)
     for name in listener_names():
         args += [f"--{name}", "tcp:0:interface=127.0.0.1"]
     command = [
@@ -370,6 +370,83 @@ def test_the_supervisor_writes_a_workers_lines_as_they_are_in_order_with_its_not
     )
     assert supervisor.out.getvalue() == expected
     assert b"ZeroDivisionError" in expected and b"\n\t" in expected
+
+
+def test_a_batch_for_a_shared_output_goes_in_writes_of_whole_lines_within_pipe_buf(monkeypatch):
+    import select
+
+    written = []
+    monkeypatch.setattr(os, "write", lambda fd, data: written.append(bytes(data)) or len(data))
+    lines = [b"%04d %s\n" % (n, b"x" * (n % 300)) for n in range(200)]
+    long_line = b"L" * (select.PIPE_BUF + 10) + b"\n"
+    write = whole_lines_writer(7)
+    write(b"".join(lines[:100]) + long_line + b"".join(lines[100:]))
+    assert b"".join(written) == b"".join(lines[:100]) + long_line + b"".join(lines[100:])
+    assert all(chunk.endswith(b"\n") for chunk in written)
+    # each within PIPE_BUF, but a single longer line alone in its write
+    assert [chunk for chunk in written if len(chunk) > select.PIPE_BUF] == [long_line]
+    assert len(written) < 20  # (not a write per line)
+
+
+def test_processes_sharing_a_pipe_through_whole_lines_writers_never_cut_each_others_lines():
+    # Two writers (the workers of --workers) and a slow reader: the pipe
+    # fills, and a batch bigger than PIPE_BUF written in one write(2)
+    # would be interleaved with the other's.
+    read, write_end = os.pipe()
+    batches = {name: [b"".join(b"%s %03d %04d %s\n" % (name, b, n, b"y" * 90) for n in range(60)) for b in range(40)] for name in (b"A", b"B")}
+    got = []
+
+    def reader():
+        with os.fdopen(read, "rb", buffering=0) as f:
+            while chunk := f.read(512):
+                got.append(chunk)
+
+    def writer(name):
+        write = whole_lines_writer(write_end)
+        for batch in batches[name]:
+            write(batch)
+
+    r = threading.Thread(target=reader)
+    r.start()
+    writers = [threading.Thread(target=writer, args=(name,)) for name in batches]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join(30)
+    os.close(write_end)
+    r.join(30)
+    lines = b"".join(got).split(b"\n")[:-1]
+    sent = [line for name in batches for batch in batches[name] for line in batch.split(b"\n")[:-1]]
+    assert sorted(lines) == sorted(sent)  # every line whole, none lost
+    for name in batches:  # and each writer's in its order
+        assert [line for line in lines if line.startswith(name)] == [line for batch in batches[name] for line in batch.split(b"\n")[:-1]]
+
+
+def test_workers_logging_to_a_logfile_send_their_lines_to_the_supervisor_which_alone_writes_it(tmp_path):
+    # A rotated --logfile is written by the supervisor alone (a worker
+    # writing it directly would go on writing the old file after a
+    # rotation): the workers' lines reach it over the bus.
+    path = tmp_path / "hub.log"
+    process, _ = _start_twistd(tmp_path, f"--logfile={path}", hub_args=("--workers", "2"))
+    try:
+        ports = json.loads(_wait_for(path, r"mailhub ready (\{.*\})").group(1))
+        for n in range(4):
+            with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as client:
+                client.sendmail("judy@example.org", ["alice@localhost"], f"Subject: {n}\r\n\r\nto the file\r\n".encode())
+        _wait_for(path, r"(?s)(\[worker \d\] delivered \S+ from=<judy@example.org>.*){4}")
+        process.send_signal(signal.SIGUSR1)
+        rotated = tmp_path / "hub.log.1"
+        deadline = time.monotonic() + 10
+        while not rotated.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as client:
+            client.sendmail("kim@example.org", ["alice@localhost"], b"Subject: after\r\n\r\nrotation\r\n")
+        _wait_for(path, r"\[worker \d\] delivered \S+ from=<kim@example.org>")
+        assert "kim@example.org" not in rotated.read_text()
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert output == b""  # nothing on standard output
 
 
 def test_batched_lines_still_rotate_the_logfile_by_size(tmp_path):

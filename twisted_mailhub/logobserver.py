@@ -36,16 +36,24 @@ and on SIGUSR1). C{--logger} and C{--syslog} keep Twisted's own
 observers.
 
 Under C{--workers N} each worker makes its lines with the same formatter
-(its system shown as C{worker N}) and hands them to the supervisor in
-batches through a pipe of their own; the supervisor writes what arrives
-without parsing it (L{LineBuffer.write_lines}). See
-L{twisted_mailhub.workers}.
+(its system shown as C{worker N}). When the supervisor logs to standard
+output (C{-n}, C{--logfile=-}: a terminal, a pipe, systemd's journal)
+each worker writes its lines there itself, on a descriptor the
+supervisor hands it (L{HubLogObserver.fd}), in writes of whole lines of
+at most C{PIPE_BUF} octets (L{whole_lines_writer}), which the kernel
+never interleaves with another process's: the supervisor is then not on
+the path of a line at all (relaying them cost it 3-7 µs of CPU per
+delivered message). With a rotated log file (C{--logfile}) the lines go
+to the supervisor in batches through a pipe of their own, and it writes
+what arrives without parsing it (L{LineBuffer.write_lines}), so that
+only it ever writes the file it rotates. See L{twisted_mailhub.workers}.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import select
 import signal
 import sys
 import threading
@@ -245,12 +253,17 @@ class HubLogObserver:
     @ivar buffer: the L{LineBuffer}.
     @ivar logfile: the L{twisted.python.logfile.LogFile} written to, if
         any (L{rotate} rotates it).
+    @ivar fd: the descriptor the lines are written to when other
+        processes may write whole lines there too (standard output:
+        C{--workers}' workers do, with L{whole_lines_writer}), else
+        L{None} (a rotated file, or a stream without one).
     """
 
-    def __init__(self, buffer: LineBuffer, lines: ClassicLines | None = None, logfile: Any = None) -> None:
+    def __init__(self, buffer: LineBuffer, lines: ClassicLines | None = None, logfile: Any = None, fd: int | None = None) -> None:
         self.buffer = buffer
         self.lines = lines or ClassicLines()
         self.logfile = logfile
+        self.fd = fd
 
     def __call__(self, event: dict) -> None:
         line = self.lines(event)
@@ -280,6 +293,36 @@ class HubLogObserver:
         atexit.register(self.buffer.flush)
 
 
+def whole_lines_writer(fd: int, most: int = select.PIPE_BUF) -> Callable[[bytes], None]:
+    """
+    A C{write(data)} for C{fd} that several processes share (the hub's
+    standard output under C{--workers}): C{data}, whole lines, goes out
+    in C{write(2)}s that each end at a line end and hold at most C{most}
+    octets (C{PIPE_BUF}: a write that size or smaller to a pipe is never
+    interleaved with another's, nor is one to a file opened with
+    C{O_APPEND}), so no line is cut by another process's. A single line
+    longer than C{most} goes in one write of its own.
+
+    @raise OSError: the write failed (the caller reports it).
+    """
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        size = len(data)
+        start = 0
+        while start < size:
+            if size - start <= most:
+                end = size
+            else:
+                end = data.rfind(b"\n", start, start + most) + 1
+                if end <= start:  # one line longer than most
+                    end = data.find(b"\n", start + most) + 1 or size
+            while start < end:
+                start += os.write(fd, view[start:end])
+
+    return write
+
+
 def _stdout_writer(stream: Any) -> tuple[Callable[[bytes], Any], Callable[[], Any] | None]:
     """write and flush for a text stream (standard output), in bytes."""
     try:
@@ -290,13 +333,8 @@ def _stdout_writer(stream: Any) -> tuple[Callable[[bytes], Any], Callable[[], An
         encoding = getattr(stream, "encoding", None) or "utf-8"
         return (lambda data: stream.write(data.decode(encoding, "replace"))), stream.flush
     stream.flush()  # what was printed before logging began goes first
-
-    def write(data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-
-    return write, None
+    # (in whole lines: under --workers the workers write there too)
+    return whole_lines_writer(fd), None
 
 
 def for_twistd(options: Any, reactor: Any = None) -> HubLogObserver | None:
@@ -320,7 +358,11 @@ def for_twistd(options: Any, reactor: Any = None) -> HubLogObserver | None:
         from twisted.internet import reactor
     if logfile_name == "-" or (nodaemon and not logfile_name):
         write, flush = _stdout_writer(sys.stdout)
-        observer = HubLogObserver(LineBuffer(write, flush))
+        try:
+            fd = sys.stdout.fileno() if flush is None else None
+        except (AttributeError, OSError, ValueError):
+            fd = None
+        observer = HubLogObserver(LineBuffer(write, flush), fd=fd)
     else:
         from twisted.python.logfile import LogFile
 

@@ -35,6 +35,13 @@ core) the process C{twistd} starts becomes a supervisor:
    before the hub was ever ready ends the start: the supervisor stops
    the others and exits with status 1.
 
+The log. A worker makes its log lines as the supervisor's log shows
+them. When the supervisor logs to standard output (C{-n}, C{--logfile=-})
+the worker writes them there itself, on a descriptor it is handed, in
+writes of whole lines that no other process's write cuts
+(L{twisted_mailhub.logobserver.whole_lines_writer}); otherwise (a
+rotated C{--logfile}, C{--logger}, C{--syslog}) they go over the bus.
+
 The bus. Each worker writes lines to the supervisor on its descriptor 3
 (C{T}: a log line as it is to be written; C{L}: a log event, when the
 supervisor logs through C{--logger} or C{--syslog}; C{R}: ready; C{B}: a
@@ -543,6 +550,12 @@ class WorkersService(OffersLogObserver, service.Service):
             # The worker makes its log lines as they are to be written
             # (T); with --logger or --syslog it sends log events (L).
             spec["lines"] = True
+            if self.log_observer.fd is not None:
+                # Standard output: it writes them there itself, whole
+                # lines per write (logobserver.whole_lines_writer).
+                log_fd = FIRST_FD + len(self.fds)
+                child_fds[log_fd] = self.log_observer.fd
+                spec["log_fd"] = log_fd
         env[ENV] = json.dumps(spec)
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -782,6 +795,11 @@ class _BusOut:
         self.soon = False  # a flush at the end of this turn is on its way
         self.later = False  # a flush in LOG_DELAY seconds is on its way
         self.reactor: Any = None  # set once the worker's reactor is made
+        # The worker's own log lines when it writes them to the hub's
+        # standard output itself (a LineBuffer): written before any bus
+        # line, so that what it logged before a notice or its ready is
+        # in the log before the supervisor acts on that.
+        self.log_buffer: Any = None
 
     def send(self, kind: bytes, body: bytes = b"") -> None:
         self._queue(kind + body + b"\n", urgent=True)
@@ -817,6 +835,8 @@ class _BusOut:
             reactor.callLater(0 if urgent else LOG_DELAY, self.flush)
 
     def flush(self) -> None:
+        if self.log_buffer is not None:
+            self.log_buffer.flush()
         with self.lock:
             if self.flushing:
                 # Reentered (a signal handler while this thread writes):
@@ -1225,10 +1245,17 @@ def run_worker(argv: list[str]) -> None:
     stop_signals.install()
     out = _BusOut(3)
     if spec.get("lines"):
-        from twisted_mailhub.logobserver import ClassicLines, HubLogObserver
+        from twisted_mailhub.logobserver import ClassicLines, HubLogObserver, LineBuffer, whole_lines_writer
 
-        # Each line made here, as the supervisor's log shows it.
-        observer: Any = HubLogObserver(out, ClassicLines(system=f"worker {spec['index']}"))
+        # Each line made here, as the supervisor's log shows it; written
+        # to the hub's standard output by this process when the
+        # supervisor gave it that (log_fd), else sent to the supervisor.
+        lines = ClassicLines(system=f"worker {spec['index']}")
+        if spec.get("log_fd") is not None:
+            out.log_buffer = LineBuffer(whole_lines_writer(int(spec["log_fd"])), delay=LOG_DELAY)
+            observer: Any = HubLogObserver(out.log_buffer, lines)
+        else:
+            observer = HubLogObserver(out, lines)
     else:
         observer = out.log_observer
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False, discardBuffer=True)
@@ -1236,6 +1263,8 @@ def run_worker(argv: list[str]) -> None:
     from twisted.internet import stdio
 
     out.reactor = reactor
+    if out.log_buffer is not None:
+        out.log_buffer.reactor = reactor
     reactor.addSystemEventTrigger("after", "shutdown", out.flush)
 
     from twisted_mailhub import tap
