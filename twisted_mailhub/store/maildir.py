@@ -1551,8 +1551,10 @@ class MaildirFolder:
         now = time.time()
         base = unique_name(size, self.hostname, now) + _shown_size_field(message)
         if self._shared:
-            entry = self._reserve(base, "new", base, size, now, _EMPTY)
-            record = self._record(entry)
+            # _reserve and _record under --workers, inline: the UID comes
+            # with the batch (_number_records).
+            entry = self._pending[base] = _Entry(MessageInfo(0, base, _EMPTY, size, now), "new", base, _EMPTY)
+            record = Record(self._uidlist_file, b"", self._uidlist_lock, prepare=self._number_records, subject=entry)
         else:
             # _reserve and _record for a new message (no flags, no keywords), inline: once per delivery.
             uid = self.uid_next
@@ -1601,13 +1603,19 @@ class MaildirFolder:
         count = len(records)
         first, modseq = self._uidlist_lock.take_numbers(self.uid_next, max(self.highest_modseq + 1, _now_us()), count)
         lines = []
-        for n, record in enumerate(records):
+        uid = first
+        for record in records:
             entry = record.subject
             info = entry.info
-            entry.info = MessageInfo(first + n, info.key, info.flags, info.size, info.internal_date)
-            entry.modseq = modseq + n
-            record.line = self._uidlist_line(entry).encode("utf-8")
-            lines.append(b"%d %d\n" % (first + n, modseq + n))
+            entry.info = info = MessageInfo(uid, info.key, info.flags, info.size, info.internal_date)
+            entry.modseq = modseq
+            if entry.keywords:
+                record.line = _format_line(uid, info.key, info.size, info.internal_date, entry.keywords).encode("utf-8")
+            else:  # (_format_line's line for no keywords, inline: one per delivery)
+                record.line = f"{uid} {info.key} {info.size} {int(info.internal_date)}\n".encode("utf-8")
+            lines.append(b"%d %d\n" % (uid, modseq))
+            uid += 1
+            modseq += 1
         if first + count > self.uid_next:
             self.uid_next = first + count
         self._append_own_modseqs(b"".join(lines))
@@ -1631,7 +1639,9 @@ class MaildirFolder:
         info = entry.info
         filename = entry.filename
         system = _split(filename)[1] if ":" in filename else 0
-        self._table.add(info.uid, info.key, info.size, info.internal_date, entry.keywords, entry.subdir, filename, system)
+        # (under --workers with the modseq its batch gave it, which
+        # _write_shared_arrivals keeps unless it came late)
+        self._table.add(info.uid, info.key, info.size, info.internal_date, entry.keywords, entry.subdir, filename, system, entry.modseq or 1)
         self._changes += 1
         if not self._shared:
             self._recent.add(info.uid)
@@ -2085,11 +2095,9 @@ class MaildirFolder:
             if pending:
                 pending.pop(uid, None)  # (its own line, read before it arrived)
             if value <= shown:
-                late.append(uid)
+                late.append(uid)  # (_bump_now below replaces the value the row took)
                 continue
-            i = table.position(uid)
-            if i >= 0:
-                table.modseqs[i] = value
+            # (the row took this value when it arrived: _arrived)
             if value > top:
                 top = value
         self.highest_modseq = top
