@@ -175,7 +175,7 @@ class MemoryFolder:
             d = destination.append(self._bodies[uid], info.flags, info.internal_date)
             d.addCallback(lambda new, uid=uid: pairs.append((uid, new)))
             ds.append(d)
-        return defer.gatherResults(ds).addCallback(lambda _: pairs)
+        return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: pairs)
 
     def flush(self):
         return defer.succeed(None)

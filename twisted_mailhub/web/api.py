@@ -51,7 +51,7 @@ from twisted_mailhub.imap.message import split_header
 from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compile_query, matching
 from twisted_mailhub.login import ClientPortal
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable, StorageFullError
-from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
+from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, InsufficientStorage, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.web import offload
 
 log = Logger()
@@ -340,25 +340,18 @@ class ApiResource(resource.Resource):
             if e.status == 401:
                 extra = {b"www-authenticate": b'Basic realm="mailhub", charset="UTF-8"'}
         except Exception as e:
-            from twisted_mailhub.store.outage import refused, unavailable
+            # The web face's one error path (errors.refusal): the store or
+            # its database down is 503 with Retry-After, a full disk or quota
+            # 507, a message or folder gone meanwhile 404, one log line each;
+            # only a fault of the hub (500) logs its traceback.
+            from twisted_mailhub.web import errors
 
-            if unavailable(e):
-                # The store's database is down or restarting: a temporary
-                # error (RFC 9110 §15.6.4) and one log line, as every protocol.
-                refused("web", f"API {getattr(request, 'mailhub_route', 'request')}", e)
-                status = 503
-                body = _dumps({"error": {"status": 503, "code": "unavailable", "message": "the mail store cannot be reached now; nothing was changed, try again later"}})
-                extra = {b"retry-after": b"10"}
-            elif is_out_of_space(e):
-                # A folder opened the first time writes its UID list, flags
-                # are written...: a full disk is 507, one line, no traceback.
-                log.warn("API: {method} {path}: insufficient system storage ({error})", method=request.method.decode("ascii", "replace"), path=request.path.decode("utf-8", "replace")[:200], error=e)
-                status = 507
-                body = _dumps({"error": {"status": 507, "code": "insufficient_storage", "message": "the server's disk is full: nothing was changed; try again later"}})
-            else:
-                log.failure("API: {method} {path} failed", method=request.method.decode("ascii", "replace"), path=request.path.decode("utf-8", "replace"))
-                status = 500
-                body = _dumps({"error": {"status": 500, "code": "internal_error", "message": "internal error; the hub's log says more"}})
+            said = errors.refusal(request, e)
+            if said.code == 500:
+                # (in an except clause: the failure logged is this one)
+                log.failure("API: {method} {path} failed", method=request.method.decode("ascii", "replace"), path=errors._path(request))
+            status, extra = said.code, said.headers
+            body = errors.answer(request, said.code, said.message)
         if request.finished or getattr(request, "_disconnected", False):
             return
         request.setResponseCode(status)
@@ -545,8 +538,8 @@ class ApiResource(resource.Resource):
         address = self._account(caller, account)
         try:
             return address, self.hub.store.account(address).folder(folder)
-        except StoreUnavailable:
-            raise  # 503, not "no such folder" (_respond)
+        except (StoreUnavailable, InsufficientStorage):
+            raise  # 503 / 507 by the error path (_respond), not "no such folder"
         except (NoSuchFolder, StoreError):
             raise ApiError(404, "no_such_folder", "no such folder") from None
 

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.template import tags
 
+from twisted_mailhub.web.errors import Refused
 from twisted_mailhub.web.explain import FAMILY, explain
 from twisted_mailhub.web.message import visible
 from twisted_mailhub.web.pages import render_page
@@ -196,13 +197,13 @@ class SessionPage(resource.Resource):
         record = self.face.hub.events.get(self.record_id)
         if record is None or not can_see(session.user, client_host(request), record):
             # The same answer for "gone" and "not yours": nothing to learn.
-            return render_page(request, "No such session", tags.p("No such session, or it is not one of yours."), session, code=404)
+            raise Refused(404, "No such session, or it is not one of yours (the console keeps the most recent sessions).", back="/console")
         if self.export == "transcript.txt":
             return self._export(request, record, transcript_text(record), "text/plain", "txt")
         if self.export == "transcript.md":
             return self._export(request, record, transcript_markdown(record), "text/markdown", "md")
         if self.export:
-            return render_page(request, "No such page", tags.p("No such page."), session, code=404)
+            raise Refused(404, "There is no page at this address: a session's exports are transcript.txt and transcript.md.", back=session_url(record.id))
         events = [event_dict(record, e) for e in list(record.events)]
         s = record.summary()
         facts = tags.dl(
@@ -335,9 +336,7 @@ class LiveSocket(resource.Resource):
     def render_GET(self, request):
         user = self.face.user(request)
         if user is None or not _same_origin(request):
-            request.setResponseCode(403)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"Not signed in.\n"
+            raise Refused(403, "The live console's socket is for a signed-in page of this site: log in and open /console.")
         return self.websocket.render_GET(request)
 
     def buildProtocol(self, request):

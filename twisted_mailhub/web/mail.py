@@ -36,14 +36,15 @@ from urllib.parse import quote, quote_plus
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import resource
 from twisted.web.template import tags
 
 from twisted_mailhub.imap.search import BadSearch, search_messages
-from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
+from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage
 from twisted_mailhub.web import message as msgparse
 from twisted_mailhub.web import offload
-from twisted_mailhub.web.pages import page_bytes, post_form, render_page, write_page
+from twisted_mailhub.web.errors import Refused, refusal
+from twisted_mailhub.web.pages import page_bytes, post_form, render_page
 from twisted_mailhub.web.sanitize import sanitize_html
 from twisted_mailhub.web.site import client_host, form_value, redirect, request_secure
 
@@ -89,62 +90,33 @@ def _whole(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _not_found(request, session, what: str = "No such message or folder."):
-    return render_page(request, "Not found", tags.p(what), session, code=404)
+def _not_found(what: str = "No such message or folder.", back: str | None = None) -> Refused:
+    """A 404 for the one error path (raise it)."""
+    return Refused(404, what, back=back)
 
 
-def _unavailable(request, session, error: BaseException):
-    """503 while the store's database cannot be reached (not "no such folder"), one log line."""
-    from twisted_mailhub.store.outage import refused
-
-    refused("web", f"mail page {request.method.decode('ascii', 'replace')}", error)
-    request.setHeader(b"retry-after", b"10")
-    return render_page(request, "Mail store unavailable", tags.p(UNAVAILABLE_TEXT), session, code=503)
+def _forbidden() -> Refused:
+    """A form without its session's CSRF token: 403 (raise it)."""
+    return Refused(403, FORM_EXPIRED)
 
 
-UNAVAILABLE_TEXT = "The mail store cannot be reached now; nothing was changed. Try again in a moment."
+FORM_EXPIRED = "The form had expired, or did not come from this site's page: nothing was changed. Reload the page and try again."
 
 
-def _forbidden(request, text: bytes = b"Missing or wrong CSRF token.\n"):
-    request.setResponseCode(403)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    return text
-
-
-def _later(request: Any, d: defer.Deferred, answer: Any) -> Any:
+def _page_later(request: Any, session: Any, make: Any, *args: Any) -> defer.Deferred:
     """
-    The end of a page made in a parsing thread (L{offload}): C{answer(result)}
-    writes it, unless the browser has gone meanwhile; a failure is answered
-    as any page's (L{site.Request.processingFailed}). Returns C{NOT_DONE_YET}.
-    """
-    gone: list[bool] = []
-    request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-    def done(result):
-        if not gone and not request.finished:
-            answer(result)
-
-    def failed(reason):
-        if not gone and not request.finished:
-            request.processingFailed(reason)
-
-    d.addCallback(done).addErrback(failed)
-    return server.NOT_DONE_YET
-
-
-def _page_later(request: Any, session: Any, make: Any, *args: Any) -> Any:
-    """
-    Parse and lay out a message's page in a parsing thread and answer
-    C{request} with it: C{make(*args)} returns (title, content, layout
-    keywords); the reactor serves every other client meanwhile.
-    Returns C{NOT_DONE_YET}.
+    Parse and lay out a message's page in a parsing thread: C{make(*args)}
+    returns (title, content, layout keywords); the reactor serves every
+    other client meanwhile. Returns a Deferred of the page's bytes (for a
+    resource to return: L{errors.settle} writes it, or answers a failure).
     """
 
     def make_page():
         title, content, kwargs = make(*args)
         return page_bytes(title, content, session, **kwargs)
 
-    return _later(request, offload.in_thread(make_page), lambda page: write_page(request, page))
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    return offload.in_thread(make_page)
 
 
 def _opaque_note(msg: Any, here: str) -> Any:
@@ -221,24 +193,16 @@ class FolderPages(resource.Resource):
         return account, folder
 
     def render_GET(self, request):
-        try:
-            account, folder = self._folder()
-        except StoreUnavailable as e:
-            return _unavailable(request, self.session, e)
-        except (NoSuchFolder, StoreError):
-            return _not_found(request, self.session)
+        # (a store that cannot be reached, a full disk, a folder or message
+        # that is not there: raised, and answered by the one error path)
+        account, folder = self._folder()
         rest = [p.decode("utf-8", "replace") for p in request.postpath if p != b""]
         if not rest:
             return self.listing(request, account, folder)
         if rest == ["state"]:
             return self.state(request, folder)
-        if not _whole(rest[0]):
-            return _not_found(request, self.session)
-        uid = int(rest[0])
-        try:
-            info = folder.info(uid)
-        except NoSuchMessage:
-            return _not_found(request, self.session)
+        uid = self._uid(rest[0])
+        info = folder.info(uid)
         what = rest[1:]
         if not what:
             return self.read(request, folder, info)
@@ -250,66 +214,59 @@ class FolderPages(resource.Resource):
             return folder.read(uid)
         if len(what) == 2 and what[0] == "part" and _whole(what[1]):
             return self.part(request, folder, info, int(what[1]))
-        return _not_found(request, self.session)
+        raise _not_found("There is no page at this address.", back=folder_url(self.name))
+
+    def _uid(self, text: str) -> int:
+        """A message's UID from the address (404 for anything but a UID of this folder's range)."""
+        if not _whole(text) or not 0 < int(text) < 2**32:  # RFC 3501 §2.3.1.1: nz-number, 32 bits
+            raise _not_found("There is no such message: a message's address ends in its number (its UID).", back=folder_url(self.name))
+        return int(text)
 
     def render_POST(self, request):
         if not self.face.csrf_ok(request):
-            return _forbidden(request)
-        try:
-            account, folder = self._folder()
-        except StoreUnavailable as e:
-            return _unavailable(request, self.session, e)
-        except (NoSuchFolder, StoreError):
-            return _not_found(request, self.session)
+            raise _forbidden()
+        account, folder = self._folder()
         rest = [p.decode("utf-8", "replace") for p in request.postpath if p != b""]
-        if len(rest) != 2 or not _whole(rest[0]) or rest[1] != "action":
-            return _not_found(request, self.session)
-        uid = int(rest[0])
-        try:
-            folder.info(uid)
-        except NoSuchMessage:
-            return _not_found(request, self.session)
+        if len(rest) != 2 or rest[1] != "action":
+            raise _not_found("There is no form at this address.", back=folder_url(self.name))
+        uid = self._uid(rest[0])
+        folder.info(uid)
         action = form_value(request, "action")
         back = folder_url(self.name)
+        # Each answers once the change is durable (its flush), so a full
+        # disk or an outage meanwhile is the one error path's page, never
+        # a redirect as if done.
         if action in ("flag", "unflag"):
             folder.set_flags([uid], [FLAGGED], "add" if action == "flag" else "remove", origin=self)
-            folder.flush()
-            return redirect(request, message_url(self.name, uid))
+            return folder.flush().addCallback(lambda _: redirect(request, message_url(self.name, uid)))
         if action in ("unread",):
             folder.set_flags([uid], [SEEN], "remove", origin=self)
-            folder.flush()
-            return redirect(request, back)
+            return folder.flush().addCallback(lambda _: redirect(request, back))
         if action in ("delete", "move"):
             target_name = TRASH if action == "delete" else form_value(request, "target")
             if action == "delete" and self.name == TRASH:
                 folder.expunge([uid], origin=self)
-                folder.flush()
-                return redirect(request, back)
+                return folder.flush().addCallback(lambda _: redirect(request, back))
             try:
                 target = account.folder(target_name)
             except NoSuchFolder:
                 if target_name != TRASH:
-                    return _not_found(request, self.session, "No such folder.")
-                target = account.create_folder(TRASH)
+                    raise _not_found("There is no folder of that name to move the message to; nothing was changed.", back=message_url(self.name, uid)) from None
+                try:
+                    target = account.create_folder(TRASH)
+                except FolderExists:  # (made meanwhile by another client)
+                    target = account.folder(TRASH)
             d = defer.maybeDeferred(getattr(folder, "copy_for_move", folder.copy_to), [uid], target)  # (quota.py: a move takes no room)
 
-            def copied(_):
+            def copied(pairs):
+                if isinstance(pairs, list) and not pairs:
+                    # (gone between the look above and the copy: nothing to move)
+                    raise NoSuchMessage(uid)
                 folder.expunge([uid], origin=self)
                 return folder.flush()
 
-            def done(_):
-                request.write(redirect(request, back))
-                request.finish()
-
-            def failed(reason):
-                log.failure("web move failed", reason)
-                request.setResponseCode(500)
-                request.write(b"The message could not be moved.\n")
-                request.finish()
-
-            d.addCallback(copied).addCallbacks(done, failed)
-            return server.NOT_DONE_YET
-        return _forbidden(request, b"Unknown action.\n")
+            return d.addCallback(copied).addCallback(lambda _: redirect(request, back))
+        raise Refused(400, "That form asks for nothing this page does (delete, move, flag, unflag, unread); nothing was changed.", back=message_url(self.name, uid))
 
     # -- pages -------------------------------------------------------------
 
@@ -319,8 +276,8 @@ class FolderPages(resource.Resource):
             try:
                 f = account.folder(name)
                 infos = f.messages()
-            except StoreError:
-                continue
+            except (NoSuchFolder, BadFolderName):
+                continue  # (deleted meanwhile by another client; anything else: the error path)
             unread = sum(1 for i in infos if SEEN not in i.flags)
             shown = msgparse.visible(name)  # a folder name as any other text of a page
             label = f"{shown} ({unread}/{len(infos)})" if unread else f"{shown} ({len(infos)})"
@@ -347,8 +304,8 @@ class FolderPages(resource.Resource):
             try:
                 with folder.open(info.uid) as f:
                     head = f.read(msgparse.HEADER_PEEK)
-            except (NoSuchMessage, OSError):
-                continue
+            except (NoSuchMessage, FileNotFoundError):
+                continue  # (expunged meanwhile by another client)
             s = msgparse.summary(head)
             rows.append(
                 tags.tr(
@@ -404,15 +361,20 @@ class FolderPages(resource.Resource):
 
     def read(self, request, folder, info):
         raw = folder.read(info.uid)
+        flushed = None
         if SEEN not in info.flags:
             # \Seen for IMAP and POP3 too: the same store.
             folder.set_flags([info.uid], [SEEN], "add", origin=self)
-            folder.flush()
+            flushed = folder.flush()
         allow_remote = form_value(request, "remote-images") == "1"
         if allow_remote:
             request.setHeader(b"content-security-policy", request.responseHeaders.getRawHeaders(b"content-security-policy")[0].replace(b"img-src 'self' data:", b"img-src 'self' data: https: http:"))
         targets = [n for n in self.session.user.mail().folders() if n != self.name]
-        return _page_later(request, self.session, self._reading, raw, info, allow_remote, targets)
+        page = _page_later(request, self.session, self._reading, raw, info, allow_remote, targets)
+        if flushed is None:
+            return page
+        # The page once the flag is durable too (a failure of either: the error path's page).
+        return defer.gatherResults([page, flushed], consumeErrors=True).addCallback(lambda results: results[0])
 
     def _reading(self, raw, info, allow_remote, targets):
         """The message page's title and content (in a parsing thread: no store, no request)."""
@@ -487,12 +449,10 @@ class FolderPages(resource.Resource):
     def part(self, request, folder, info, index):
         def found(part):
             if part is None:
-                _not_found(request, self.session)
-                return
-            request.write(self._part_answer(request, index, *part))
-            request.finish()
+                raise _not_found(f"This message has no part {index} to download.", back=message_url(self.name, info.uid))
+            return self._part_answer(request, index, *part)
 
-        return _later(request, offload.in_thread(_part_of, folder.read(info.uid), index), found)
+        return offload.in_thread(_part_of, folder.read(info.uid), index).addCallback(found)
 
     def _part_answer(self, request, index, p, data):
         kind = p.get_content_type()
@@ -617,26 +577,23 @@ class Compose(resource.Resource):
         self.face = face
         self.session = session
 
-    def _source(self, ref: str) -> bytes | None:
-        """The stored message C{FOLDER/UID} of the signed-in account (None if there is none)."""
+    def _source(self, ref: str) -> bytes:
+        """
+        The stored message C{FOLDER/UID} of the signed-in account. Raises
+        L{NoSuchMessage}/L{NoSuchFolder} (a 404 on the error path) when
+        there is none, e.g. it was deleted meanwhile.
+        """
         folder_name, _, uid = ref.rpartition("/")
-        if not _whole(uid):
-            return None
-        try:
-            folder = self.session.user.mail().folder(folder_name)
-            return folder.read(int(uid))
-        except (StoreError, NoSuchMessage):
-            return None
+        if not _whole(uid) or not 0 < int(uid) < 2**32:
+            raise NoSuchMessage(ref)
+        return self.session.user.mail().folder(folder_name).read(int(uid))
 
     def render_GET(self, request):
         for mode in ("reply", "replyall", "forward"):
             ref = form_value(request, mode)
             if ref:
-                raw = self._source(ref)
-                if raw is not None:
-                    # Taken apart in a parsing thread, as the message page.
-                    return _page_later(request, self.session, self._answering, mode, raw)
-                break
+                # Taken apart in a parsing thread, as the message page.
+                return _page_later(request, self.session, self._answering, mode, self._source(ref))
         return render_page(request, "Compose", self.form(), self.session)
 
     def _answering(self, mode: str, raw: bytes):
@@ -683,20 +640,20 @@ class Compose(resource.Resource):
             ),
         ]
 
-    def _again(self, request, fields: dict[str, str], problem: str):
-        """The form again (400) with C{fields} as typed (less what cannot be sent) and C{problem} above it; nothing sent."""
+    def _again(self, request, fields: dict[str, str], problem: str, code: int = 400):
+        """The form again (C{code}) with C{fields} as typed (less what cannot be sent) and C{problem} above it; nothing sent."""
         f = _cleaned(fields)
         reference = f.get("in-reply-to", "")
         if _FORBIDDEN_IN_HEADER.search(reference):
             reference = ""
         form = self.form(f.get("to", ""), f.get("cc", ""), f.get("subject", ""), f.get("body", "").replace("\r\n", "\n"), reference, problem=problem)
-        return render_page(request, "Compose", form, self.session, code=400)
+        return render_page(request, "Compose", form, self.session, code=code)
 
     def render_POST(self, request):
         fields, files = _form_data(request)
         token = fields.get("csrf", "")
         if not self.session.csrf_ok(token):
-            return _forbidden(request)
+            raise _forbidden()
         user = self.session.user
         problem = unsendable(fields)
         if problem:
@@ -729,27 +686,33 @@ class Compose(resource.Resource):
 
         def sent(refused):
             if refused:
-                render_page(request, "Not sent to everyone", [tags.p("These recipients were refused:"), tags.ul(*(tags.li(f"{a}: {text}") for a, text in refused))], self.session, code=400)
-            else:
-                request.write(redirect(request, folder_url(INBOX)))
-                request.finish()
+                return render_page(request, "Not sent to everyone", [tags.p("These recipients were refused:"), tags.ul(*(tags.li(f"{a}: {text}") for a, text in refused))], self.session, code=400)
+            return redirect(request, folder_url(INBOX))
+
+        def not_copied(reason):
+            reason.trap(NotCopied)
+            # Sent, but the copy in Sent could not be kept: say both.
+            error = reason.value
+            said = refusal(request, error.cause)
+            lines = [tags.p("The message was sent, but no copy of it could be kept in your Sent folder: ", said.message or "", class_="error", role="alert")]
+            if error.refused:
+                lines += [tags.p("These recipients were refused:"), tags.ul(*(tags.li(f"{a}: {text}") for a, text in error.refused))]
+            return render_page(request, "Sent, not copied", lines, self.session, code=200)
 
         def failed(reason):
-            error = reason.value
-            if isinstance(error, defer.FirstError):
-                error = error.subFailure.value
-            if is_out_of_space(error):
-                # As SMTP answers it (452 4.3.1): one line, no traceback.
-                log.warn("web submission not sent: insufficient system storage ({error})", error=getattr(error, "__cause__", None) or error)
-                render_page(request, "Not sent", tags.p("The server's disk is full: the message was not sent. Try again later.", class_="error"), self.session, code=507)
-                return
-            log.failure("web submission failed", reason)
-            request.setResponseCode(500)
-            request.write(b"The message could not be sent; try again later.\n")
-            request.finish()
+            # Not sent: the form again with what was typed (nothing lost), and
+            # why, with the one error path's status and words; a fault of the
+            # hub is still the error path's own page.
+            said = refusal(request, reason.value)
+            if said.code == 500:
+                return reason
+            # (503 and 507 as SMTP answers them, 451/452: one line in the log, by refusal)
+            for name, value in said.headers.items():
+                request.setHeader(name, value)
+            text = said.message or ("The server's disk is full: the message was not sent. Try again later." if said.code == 507 else "")
+            return self._again(request, fields, text.replace("nothing was changed", "the message was not sent"), code=said.code)
 
-        d.addCallbacks(sent, failed)
-        return server.NOT_DONE_YET
+        return d.addCallbacks(sent, failed).addErrback(not_copied)
 
 
 # What a header field of a message the webmail writes cannot carry (RFC
@@ -855,7 +818,22 @@ def submit(hub: Any, sender: str, recipients: list[str], message: bytes, client_
             folder = account.create_folder(SENT)
         return folder.append(message, [SEEN])
 
-    return d.addCallback(copy_to_sent).addCallback(lambda _: refused)
+    def not_copied(reason):
+        raise NotCopied(refused, reason.value)
+
+    return d.addCallback(lambda _: defer.maybeDeferred(copy_to_sent, None).addErrback(not_copied)).addCallback(lambda _: refused)
+
+
+class NotCopied(Exception):
+    """
+    L{submit} sent the message, but its copy in C{Sent} failed with
+    C{cause}; C{refused} as L{submit} fires with.
+    """
+
+    def __init__(self, refused: list[tuple[str, str]], cause: BaseException):
+        Exception.__init__(self, "sent, not copied to Sent")
+        self.refused = refused
+        self.cause = cause
 
 
 def install(face: Any) -> None:

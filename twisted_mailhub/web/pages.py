@@ -16,7 +16,7 @@ from importlib import resources
 from typing import Any, Iterable
 
 from twisted.python.filepath import FilePath
-from twisted.web.template import Element, XMLFile, flatten, renderElement, renderer, tags
+from twisted.web.template import Element, XMLFile, flatten, renderer, tags
 
 PACKAGE_DIR = FilePath(str(resources.files("twisted_mailhub.web")))
 TEMPLATES = PACKAGE_DIR.child("templates")
@@ -96,14 +96,18 @@ def post_form(action: str, session: Any, *children: Any, **attributes: Any):
     )
 
 
-def render_page(request: Any, title: str, content: Any, session: Any = None, code: int = 200, **kwargs: Any):
+def render_page(request: Any, title: str, content: Any, session: Any = None, code: int = 200, **kwargs: Any) -> bytes:
     """
-    Write a whole page with L{Layout} and finish C{request}; returns
-    C{NOT_DONE_YET} for a resource's C{render_*}.
+    A whole page with L{Layout}, as the bytes a resource's C{render_*} (or
+    the Deferred it returns) answers with; C{request}'s status set to
+    C{code}. The page is laid out whole before anything is written, so a
+    failure while laying it out reaches the one error path
+    (L{twisted_mailhub.web.errors}) instead of leaving half a page.
     """
+    body = page_bytes(title, content, session, **kwargs)
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"text/html; charset=utf-8")
-    return renderElement(request, Layout(title, content, session, **kwargs))
+    return body
 
 
 def page_bytes(title: str, content: Any, session: Any = None, **kwargs: Any) -> bytes:
@@ -111,7 +115,7 @@ def page_bytes(title: str, content: Any, session: Any = None, **kwargs: Any) -> 
     A whole page with L{Layout} as bytes (doctype included), flattened at
     once without a request: safe in a thread for content made of tags and
     strings (no Deferreds), so a large page is laid out off the reactor.
-    Written with L{write_page}.
+    Returned by L{render_page}.
     """
     out: list[bytes] = [b"<!DOCTYPE html>\n"]
     d = flatten(None, Layout(title, content, session, **kwargs), out.append)
@@ -122,12 +126,3 @@ def page_bytes(title: str, content: Any, session: Any = None, **kwargs: Any) -> 
     if not d.called:  # only tags and strings come here: never waits
         raise RuntimeError("page content waited on a Deferred")
     return b"".join(out)
-
-
-def write_page(request: Any, body: bytes, code: int = 200) -> None:
-    """Answer C{request} with a page made by L{page_bytes} and finish it."""
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"text/html; charset=utf-8")
-    request.setHeader(b"content-length", b"%d" % len(body))
-    request.write(body)
-    request.finish()

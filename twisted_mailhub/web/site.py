@@ -91,36 +91,35 @@ class WebRequest(server.Request):
 
         server.Request.render(self, errors.MethodGuard(errors.replace_error_page(resrc)))
 
+    head_only = False  # a HEAD answered by rendering GET (errors.MethodGuard)
+
+    def write(self, data):
+        if self.head_only and not self.startedWriting:
+            # The method is HEAD again for the first write: Twisted's
+            # http.Request then sends the head alone and drops every body.
+            self.method = b"HEAD"
+        server.Request.write(self, data)
+
     def processingFailed(self, reason):
-        from twisted_mailhub.store.interfaces import is_out_of_space
-        from twisted_mailhub.store.outage import refused, unavailable
+        """
+        The one error path of the web face (L{errors}): whatever failed
+        while answering this request is answered with a page (JSON under
+        C{/api/}) and the status L{errors.refusal} gives it; only a fault of
+        the hub (500) puts a traceback in the log, never on the page.
+        """
         from twisted_mailhub.web import errors
 
-        if unavailable(reason.value):
-            # The store's database is down or restarting: a temporary
-            # error and one log line, as every protocol; no traceback.
-            refused("web", f"page {self.method.decode('ascii', 'replace')}", reason.value)
-            code, message = 503, "The mail store cannot be reached now; nothing was changed. Try again in a moment."
-            self.setHeader(b"retry-after", b"10")
-        elif is_out_of_space(reason.value):
-            # A page that has to write (a folder opened the first time
-            # writes its UID list) on a full disk: 507, one line, no
-            # traceback, as every protocol answers it.
-            log.warn("web: {method} {path}: insufficient system storage ({error})", method=self.method.decode("ascii", "replace"), path=self.path.decode("utf-8", "replace")[:200], error=reason.value)
-            code, message = 507, None
-        else:
-            log.failure("web: {method} {path} failed", reason, method=self.method.decode("ascii", "replace"), path=self.path.decode("utf-8", "replace")[:200])
-            code, message = 500, None
-        if self.finished or self.startedWriting:
-            if not self.finished:
+        try:
+            reason = errors.first_failure(reason)
+            refused = errors.refusal(self, reason.value)
+            if refused.code == 500:
+                log.failure("web: {method} {path} failed", reason, method=self.method.decode("ascii", "replace"), path=errors._path(self))
+            errors.write_answer(self, refused)
+        except Exception:
+            log.failure("web: answering a failed request failed")
+            if not self.finished and not getattr(self, "_disconnected", False):
                 self.loseConnection()
-            return None
-        body = errors.answer(self, code, message)
-        self.setHeader(b"content-length", b"%d" % len(body))
-        self.write(body)
-        self.finish()
-        # a temporary failure and a full disk are answered and logged: done
-        return reason if code == 500 else None
+        return None
 
 
 def client_host(request: Any) -> str:
@@ -274,10 +273,9 @@ class WebFace:
             return False
         webs = self.hub.listening.get("webs")
         if webs is None:
-            request.setResponseCode(403)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            request.write(b"Log in over HTTPS: this hub takes passwords over plain HTTP only from its trusted networks, and it has no HTTPS listener.\n")
-            request.finish()
+            from twisted_mailhub.web import errors
+
+            errors.write_answer(request, errors.Refused(403, "Log in over HTTPS: this hub takes passwords over plain HTTP only from its trusted networks, and it has no HTTPS listener."))
             return True
         host = (request.getRequestHostname() or b"").decode("ascii", "replace")
         if not _HOSTNAME.match(host):
@@ -298,11 +296,14 @@ class Root(resource.Resource):
         resource.Resource.__init__(self)
         self.face = face
         self.static = StaticFiles(STATIC.path)
+        self.favicon = Favicon()
 
     def getChildWithDefault(self, path, request):
         name = path.decode("utf-8", "replace")
         if name == "static":
             return self.static
+        if name == "favicon.ico" and not request.postpath:
+            return self.favicon  # (asked for by every browser on every page, signed in or not)
         if self.face.plain_http_refused(request):
             return _Answered()
         mounted = self._mounted(name, request)
@@ -343,6 +344,25 @@ class Root(resource.Resource):
             ),
         ]
         return render_page(request, "mailhub", content, session)
+
+
+class Favicon(resource.Resource):
+    """
+    C{/favicon.ico}: the hub's icon (an envelope, 32x32, a PNG in an ICO,
+    C{static/favicon.ico}), which browsers ask for at this address on every
+    page load; cached for a day, unlike the pages (C{no-store}).
+    """
+
+    isLeaf = True
+
+    def __init__(self):
+        resource.Resource.__init__(self)
+        self.data = STATIC.child("favicon.ico").getContent()
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"image/vnd.microsoft.icon")
+        request.setHeader(b"cache-control", b"public, max-age=86400")
+        return self.data
 
 
 class _Answered(resource.Resource):
@@ -404,21 +424,14 @@ class LoginPage(resource.Resource):
         def ok(result):
             _, avatar, logout = result
             self.face.start_session(request, avatar, logout)
-            request.write(redirect(request, local_path(form_value(request, "next", "/"))))
-            request.finish()
+            return redirect(request, local_path(form_value(request, "next", "/")))
 
         def failed(reason):
             reason.trap(UnauthorizedLogin, UnhandledCredentials)
-            self._form(request, session, "Wrong address or password.", code=401, username=username)
+            return self._form(request, session, "Wrong address or password.", code=401, username=username)
 
-        def broken(reason):
-            log.failure("web login failed", reason)
-            request.setResponseCode(500)
-            request.write(b"The login could not be checked; try again later.\n")
-            request.finish()
-
-        d.addCallbacks(ok, failed).addErrback(broken)
-        return server.NOT_DONE_YET
+        # (anything else, e.g. the accounts database down: the one error path)
+        return d.addCallbacks(ok, failed)
 
 
 class LogoutPage(resource.Resource):
@@ -432,9 +445,9 @@ class LogoutPage(resource.Resource):
 
     def render_POST(self, request):
         if not self.face.csrf_ok(request):
-            request.setResponseCode(403)
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"Missing or wrong CSRF token.\n"
+            from twisted_mailhub.web.errors import Refused
+
+            raise Refused(403, "The form had expired, or did not come from this site's page: you are still logged in. Reload the page and try again.")
         self.face.end_session(request)
         return redirect(request, "/login")
 

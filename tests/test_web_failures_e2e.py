@@ -1,0 +1,159 @@
+# -*- test-case-name: tests.test_web_failures_e2e -*-
+"""
+The real hub's web pages on real failures (tests/test_web_failures.py
+fails every store call of every route in process): a full disk (a small
+tmpfs), a message another mail client deleted meanwhile, addresses that
+name nothing. Each is a page in the hub's layout with the right status and
+words, never a traceback or a Python repr; and /favicon.ico is served.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import smtplib
+from urllib.parse import quote
+
+from tests.test_e2e_disk_full import Filler, small_disk  # noqa: F401 (a fixture)
+from tests.test_web_failures import NEVER_SHOWN
+from tests.web_helpers import WebClient
+
+MESSAGE = (
+    b"From: Carol <carol@example.org>\r\nTo: alice@localhost\r\nSubject: hello there\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+    b"--b\r\nContent-Type: text/plain\r\n\r\nHi Alice\r\n"
+    b"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=a.bin\r\n\r\nxyz\r\n--b--\r\n"
+)
+
+
+def deliver(hub, count: int = 1) -> None:
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        for _ in range(count):
+            smtp.sendmail("carol@example.org", ["alice@localhost"], MESSAGE)
+
+
+def signed_in(hub) -> WebClient:
+    browser = WebClient(hub)
+    assert browser.login("alice", "secret").status == 303
+    return browser
+
+
+def assert_clean_page(response, status: int, words: str) -> None:
+    """An error page in the hub's layout: the status, the words, the user's navigation; nothing of Python."""
+    assert response.status == status, (response.status, response.text[:3000])
+    assert response.header("Content-Type").startswith("text/html"), response.header("Content-Type")
+    text = response.text.replace("&#x27;", "'")
+    assert f"<h1>{status} " in text and words in text, text[:3000]
+    assert 'href="/static/mailhub.css"' in text and "alice@localhost" in text and "Log out" in text
+    assert NEVER_SHOWN.search(response.text) is None, response.text[:3000]
+
+
+def csrf_of(page) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+
+
+def imap_uids(hub, folder: str) -> list[bytes]:
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("alice", "secret")
+        imap.select(folder)
+        return imap.uid("SEARCH", None, "ALL")[1][0].split()
+    finally:
+        imap.logout()
+
+
+def test_webmail_delete_move_and_flag_on_a_full_disk_are_507_pages_that_change_nothing(small_disk, start_hub):
+    # Delete and Move were "500 The message could not be moved." in plain
+    # text and a critical traceback in the log (compose and the API said 507).
+    hub = start_hub(data=small_disk)
+    deliver(hub)
+    browser = signed_in(hub)
+    token = csrf_of(browser.get("/mail/INBOX/1"))
+    assert imap_uids(hub, "Archive") == []  # (the first login makes Trash, Archive...)
+    filler = Filler(small_disk)
+    filler.fill()
+    for fields in ({"action": "delete"}, {"action": "move", "target": "Archive"}):
+        page = browser.post("/mail/INBOX/1/action", {**fields, "csrf": token})
+        assert_clean_page(page, 507, "The server's disk is full")
+    assert imap_uids(hub, "INBOX") == [b"1"] and imap_uids(hub, "Trash") == [] and imap_uids(hub, "Archive") == []
+    # Room again: the same Delete works.
+    filler.leave(10**9)
+    assert browser.post("/mail/INBOX/1/action", {"action": "delete", "csrf": token}).status == 303
+    assert imap_uids(hub, "INBOX") == [] and len(imap_uids(hub, "Trash")) == 1
+    hub.wait_for_log(r"web: POST /mail/INBOX/1/action: insufficient system storage")
+    assert "Traceback" not in hub.log
+
+
+def test_a_message_another_client_deleted_is_a_404_page_on_every_route_of_it(start_hub):
+    hub = start_hub()
+    deliver(hub, 2)
+    browser = signed_in(hub)
+    token = csrf_of(browser.get("/mail/INBOX/1"))
+    # Another mail program deletes message 1 (IMAP STORE \Deleted, EXPUNGE).
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    imap.login("alice", "secret")
+    imap.select("INBOX")
+    imap.uid("STORE", "1", "+FLAGS", "(\\Deleted)")
+    imap.expunge()
+    imap.logout()
+    gone = "That message is not here (any more)"
+    for path in ("/mail/INBOX/1", "/mail/INBOX/1/anatomy", "/mail/INBOX/1/raw", "/mail/INBOX/1/part/1", "/mail/compose?reply=INBOX/1", "/mail/compose?forward=INBOX/1"):
+        assert_clean_page(browser.get(path), 404, gone)
+    for fields in ({"action": "delete"}, {"action": "move", "target": "Archive"}, {"action": "flag"}, {"action": "unread"}):
+        assert_clean_page(browser.post("/mail/INBOX/1/action", {**fields, "csrf": token}), 404, gone)
+    # The page links back to its folder, where message 2 still is.
+    page = browser.get("/mail/INBOX/1")
+    assert 'href="/mail/INBOX"' in page.text
+    assert imap_uids(hub, "INBOX") == [b"2"] and imap_uids(hub, "Trash") == []
+    assert "Traceback" not in hub.log
+
+
+def test_addresses_and_forms_that_name_nothing_are_clear_4xx_pages(start_hub):
+    hub = start_hub()
+    deliver(hub)
+    browser = signed_in(hub)
+    token = csrf_of(browser.get("/mail/INBOX/1"))
+    pages = {
+        "/mail/INBOX/2": "not here",
+        "/mail/INBOX/0": "There is no such message",
+        "/mail/INBOX/4294967296": "There is no such message",
+        "/mail/INBOX/99999999999999999999999999": "There is no such message",
+        "/mail/INBOX/x1": "There is no such message",
+        "/mail/INBOX/%C2%B2": "There is no such message",
+        "/mail/INBOX/1/part/99": "This message has no part 99",
+        "/mail/INBOX/1/part/x": "There is no page at this address",
+        "/mail/INBOX/1/nothing": "There is no page at this address",
+        "/mail/No%20such": "There is no such folder",
+        "/mail/No%20such/1": "There is no such folder",
+        "/mail/" + quote("../../etc", safe="") + "/1": "There is no such folder",
+        "/mail/%00/1": "There is no such folder",
+        "/mail/compose?reply=INBOX/99999999999999999999": "not here",
+        "/mail/compose?forward=No%20such/1": "There is no such folder",
+        "/console/session/nope": "No such session",
+    }
+    for path, words in pages.items():
+        assert_clean_page(browser.get(path), 404, words)
+    forms = [
+        ("/mail/INBOX/1/action", {"action": "move", "target": "No such"}, 404, "no folder of that name"),
+        ("/mail/INBOX/1/action", {"action": "explode"}, 400, "That form asks for nothing this page does"),
+        ("/mail/INBOX/7/action", {"action": "delete"}, 404, "not here"),
+        ("/mail/INBOX/1/nothing", {"action": "delete"}, 404, "There is no form at this address"),
+        ("/mail/INBOX/1/action", {"action": "delete", "csrf": "forged"}, 403, "The form had expired"),
+    ]
+    for path, fields, status, words in forms:
+        assert_clean_page(browser.post(path, {"csrf": token, **fields}), status, words)
+    assert imap_uids(hub, "INBOX") == [b"1"]
+    assert "Traceback" not in hub.log
+
+
+def test_favicon_is_served_to_every_page_load_signed_in_or_not(hub):
+    browser = WebClient(hub)
+    for _ in range(2):
+        icon = browser.get("/favicon.ico")
+        assert icon.status == 200
+        assert icon.header("Content-Type") == "image/vnd.microsoft.icon"
+        assert icon.body[:4] == b"\0\0\1\0" and icon.body[22:26] == b"\x89PNG"  # an ICO holding a PNG
+        assert "max-age" in icon.header("Cache-Control")
+        browser.login("alice", "secret")
+    assert '<link rel="icon" href="/favicon.ico"' in browser.get("/mail/INBOX").text
+    assert browser.request("HEAD", "/favicon.ico").status == 200
