@@ -10,6 +10,8 @@ import re
 import socket
 import urllib.parse
 
+import pytest
+
 from tests.web_helpers import LiveSocket, WebClient
 
 
@@ -230,3 +232,70 @@ def test_an_outbound_relay_session_shows_on_both_hubs_consoles(start_hub):
     assert "RFC 5321 §4.1.1.2" in sent
     received = bob.get("/console/session/" + urllib.parse.quote(arrivals[0], safe="")).text
     assert "MAIL FROM:&lt;alice@a.test&gt;" in received
+
+
+def test_each_reply_is_explained_as_the_answer_to_its_own_command_also_when_pipelined(hub):
+    # A 250 after MAIL FROM was explained "(after EHLO: one extension per
+    # line)": a reply means what it answers. Pipelined commands (RFC 2920)
+    # are answered in order, so the pairing holds for them too.
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    listing = LiveSocket(browser)
+    sock = socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10)
+    live = []
+    try:
+        _reply(sock)
+        session_id = listing.wait_for(lambda u: u["type"] == "session" and u["session"]["protocol"] == "smtp")["session"]["id"]
+        watching = LiveSocket(browser, "?session=" + urllib.parse.quote(session_id, safe=""))
+        _smtp_line(sock, b"EHLO student.example")
+        sock.sendall(b"MAIL FROM:<student@example.org>\r\nRCPT TO:<alice@localhost>\r\nRCPT TO:<nobody@localhost>\r\nDATA\r\n")
+        replies = b""
+        while b"354" not in replies:
+            replies += sock.recv(4096)
+        sock.sendall(b"Subject: paired\r\n\r\nhi\r\n.\r\n")
+        _reply(sock)
+        _smtp_line(sock, b"QUIT")
+        watching.wait_for(lambda u: u["type"] == "event" and (live.append(u) or u["text"].startswith("221")))
+    finally:
+        sock.close()
+    expected = [
+        ("250-", "the EHLO reply: the first line names the server"),
+        ("250 2.1.0", "sender accepted: a mail transaction has begun"),
+        ("250 2.1.5", "recipient accepted"),
+        ("354", "start mail input"),
+        ("250 2.0.0", "the message is accepted: from now on the server is responsible for delivering it"),
+    ]
+    page = f"/console/session/{urllib.parse.quote(session_id, safe='')}"
+    # The same in the live lines, on the session's page and in both exports.
+    shown = {u["text"][:9]: u["explain"]["text"] for u in reversed(live) if u["kind"] == "S"}
+    for start, meaning in expected:
+        assert shown[next(k for k in shown if k.startswith(start))].startswith(meaning), (start, shown)
+    for text in (browser.get(page).text, browser.get(page + "/transcript.txt").text, browser.get(page + "/transcript.md").text):
+        assert "one extension per line" not in text
+        at = 0
+        for start, meaning in expected:
+            found = re.compile(r"(?:S:\s+|`|>)" + re.escape(start)).search(text, at)
+            assert found, (start, text[at : at + 2000])
+            at = found.end()
+            assert meaning in text[at : at + 400], (start, meaning, text[at : at + 400])
+
+
+def test_logging_out_ends_the_live_console_sockets_of_that_browser_at_once(hub):
+    # An open console tab went on streaming every new session to a browser
+    # that had logged out (a shared lab machine: the next person sees them).
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    listing = LiveSocket(browser)
+    other = WebClient(hub)
+    other.login("alice", "secret")
+    kept = LiveSocket(other)  # (another browser's session goes on)
+    assert listing.accepted and kept.accepted
+    assert browser.post("/logout", {}).status == 303
+    with pytest.raises((ConnectionError, TimeoutError)):
+        while True:
+            listing.receive(timeout=5)
+    assert listing.closed_with == 4001
+    sock = socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10)
+    _reply(sock)
+    sock.close()
+    assert kept.wait_for(lambda u: u["type"] == "session" and u["session"]["protocol"] == "smtp")

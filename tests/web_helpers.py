@@ -128,10 +128,14 @@ class LiveSocket:
                 else:
                     self._handle(event)
 
-    def _handle(self, event) -> None:
-        from wsproto.events import Ping, TextMessage
+    closed_with = None  # the close code the server sent, once it has
 
-        if isinstance(event, TextMessage):
+    def _handle(self, event) -> None:
+        from wsproto.events import CloseConnection, Ping, TextMessage
+
+        if isinstance(event, CloseConnection):
+            self.closed_with = event.code
+        elif isinstance(event, TextMessage):
             self._text += event.data
             if event.message_finished:
                 self._messages.append(self._json.loads(self._text))

@@ -54,18 +54,81 @@ RETR_SUMMARY = {"text": "the message itself (headers, blank line, body), byte-st
 # What makes a session's row in the list change.
 _LIST_KINDS = frozenset({"start", "login", "tls", "end"})
 SHOWN_SESSIONS = 300
+# The close code of a console socket whose browser session ended (RFC 6455
+# §7.4.2: 4000-4999 are for applications).
+SIGNED_OUT = 4001
 FLUSH_SECONDS = 0.1
 
 
-def event_explanation(record: Any, kind: str, text: str) -> dict[str, str] | None:
-    """The explanation of one event of C{record}, or L{None}."""
+def event_explanation(record: Any, kind: str, text: str, command: str | None = None) -> dict[str, str] | None:
+    """The explanation of one event of C{record}, or L{None}; C{command}: the client's last line before it."""
     if kind in EVENT_NOTES:
         return EVENT_NOTES[kind]
     if kind == "C" and text.startswith("[message:"):
         return DATA_SUMMARY
     if kind == "S" and text.startswith("[message:"):
         return RETR_SUMMARY
-    return explain(record.protocol, kind, text)
+    return explain(record.protocol, kind, text, command)
+
+
+# How far back the command a reply answers is looked for (a reply of many
+# lines, an FTP transfer's events): further, it is explained without it.
+COMMAND_LOOKBACK = 200
+_LOOK = object()
+
+
+class Answering:
+    """
+    Which client line each server line answers, for the explanations
+    (L{explain.explain}'s C{command}): SMTP and FTP answer every command
+    once and in order (RFC 5321 §4.2, RFC 959 §4.2), also when the client
+    pipelines them (RFC 2920), with a reply of one or more lines
+    (C{250-...} continues, C{250 ...} ends it); an FTP C{1yz} reply is
+    preliminary: the command's final reply follows. Fed a session's events
+    in order; other protocols get no context (None).
+    """
+
+    def __init__(self, protocol: str):
+        self.paired = FAMILY.get(protocol) in ("smtp", "ftp")
+        self.waiting: list[str] = []
+
+    def feed(self, event: tuple) -> str | None:
+        """The command C{event} (a reply line) answers, or None; and remember it if it is a command."""
+        if not self.paired:
+            return None
+        kind, text = event[2], event[3]
+        if kind == "C":
+            if len(self.waiting) < COMMAND_LOOKBACK:
+                self.waiting.append(text)
+            return None
+        if kind != "S" or not self.waiting:
+            return None
+        command = self.waiting[0]
+        final = len(text) < 4 or text[3] != "-"
+        if final and not text.startswith("1"):
+            self.waiting.pop(0)
+        return command
+
+    @classmethod
+    def before(cls, record: Any, seq: int) -> "Answering":
+        """The state after C{record}'s kept events before C{seq} (at most L{COMMAND_LOOKBACK} of them)."""
+        state = cls(record.protocol)
+        if state.paired:
+            earlier = [e for e in list(record.events) if e[0] < seq][-COMMAND_LOOKBACK:]
+            for event in earlier:
+                state.feed(event)
+        return state
+
+
+def event_dicts(record: Any, events: list, answering: Answering | None = None) -> list[dict[str, Any]]:
+    """
+    L{event_dict} of each of C{events} (in order), each reply explained
+    with the command it answers; C{answering}: the state before the first
+    (made from C{record} when not given), fed these events.
+    """
+    if answering is None:
+        answering = Answering.before(record, events[0][0]) if events else Answering(record.protocol)
+    return [event_dict(record, event, answering.feed(event)) for event in events]
 
 
 _QUEUED = re.compile(r"^250 .*queued as ([A-Za-z0-9._-]+)")
@@ -87,8 +150,22 @@ def stored_message_link(record: Any, kind: str, text: str) -> dict[str, str] | N
     return {"text": "find this message in your INBOX (and its anatomy)", "url": "/mail/INBOX?q=" + quote_plus(query)}
 
 
-def event_dict(record: Any, event: tuple) -> dict[str, Any]:
+def record_next_seq(record: Any) -> int:
+    """The seq the next event of C{record} will have."""
+    events = record.events
+    return events[-1][0] + 1 if events else 0
+
+
+def event_dict(record: Any, event: tuple, command: Any = _LOOK) -> dict[str, Any]:
+    """
+    One event as the console shows it: C{seq}, C{offset} (seconds since
+    the session began), C{kind}, C{text} (controls shown visibly) and
+    C{explain}; C{command}: the client's last line before it (looked up in
+    C{record} when not given).
+    """
     seq, when, kind, text = event
+    if command is _LOOK:
+        command = Answering.before(record, seq).feed(event)
     found = {
         "seq": seq,
         "offset": round(when - record.started, 3),
@@ -96,7 +173,7 @@ def event_dict(record: Any, event: tuple) -> dict[str, Any]:
         # Control bytes are \x1b already (transcript.line_text); C1 controls
         # and bidirectional formatting characters shown too, never applied.
         "text": visible(text),
-        "explain": event_explanation(record, kind, text),
+        "explain": event_explanation(record, kind, text, command),
     }
     link = stored_message_link(record, kind, text)
     if link is not None:
@@ -204,7 +281,7 @@ class SessionPage(resource.Resource):
             return self._export(request, record, transcript_markdown(record), "text/markdown", "md")
         if self.export:
             raise Refused(404, "There is no page at this address: a session's exports are transcript.txt and transcript.md.", back=session_url(record.id))
-        events = [event_dict(record, e) for e in list(record.events)]
+        events = event_dicts(record, list(record.events))
         s = record.summary()
         facts = tags.dl(
             tags.dt("protocol"), tags.dd(s["protocol"]),
@@ -274,8 +351,7 @@ def _heading(record: Any) -> list[str]:
 def transcript_text(record: Any) -> str:
     """The session as annotated plain text (for handouts)."""
     out = _heading(record) + [""]
-    for event in list(record.events):
-        e = event_dict(record, event)
+    for e in event_dicts(record, list(record.events)):
         line = f"+{e['offset']:8.3f}s {_KIND_LABEL.get(e['kind'], e['kind']):4} {e['text']}"
         if e["explain"]:
             line += f"\n{'':15}# {e['explain']['text']} ({e['explain']['ref']})"
@@ -296,8 +372,7 @@ def transcript_markdown(record: Any) -> str:
     """The session as a Markdown table (for handouts)."""
     head = _heading(record)
     out = [f"# {_md_cell(head[0])}", ""] + [f"- {_md_cell(h)}" for h in head[1:]] + ["", "| time | | line | meaning |", "|---:|---|---|---|"]
-    for event in list(record.events):
-        e = event_dict(record, event)
+    for e in event_dicts(record, list(record.events)):
         meaning = ""
         if e["explain"]:
             meaning = f"{_md_cell(e['explain']['text'])} ([{e['explain']['ref']}]({e['explain']['url']}))"
@@ -352,10 +427,15 @@ class LiveSocket(resource.Resource):
             self.face.user(request),
             client_host(request),
             form_value(request, "session") or None,
-            int(after) if after.isascii() and after.isdigit() else 0,  # ("²".isdigit() too)
+            int(after) if after.isascii() and after.isdigit() and len(after) <= 18 else 0,  # ("²".isdigit() too)
             channel_lost,
         )
         watcher.channel = channel
+        # Logging out (or the session's end) ends what it watches, at once.
+        web_session = self.face.session(request)
+        if web_session is not None:
+            web_session.on_end.append(watcher.signed_out)
+            watcher.web_session = web_session
         return watcher
 
 
@@ -388,6 +468,7 @@ class ConsoleWatcher:
         self.transport = None
         self.pending: list[dict[str, Any]] = []
         self.timer = None
+        self.answering: Answering | None = None  # (one session's lines: which command each reply answers)
 
     # WebSocketProtocol
     def negotiationStarted(self, transport):
@@ -400,9 +481,10 @@ class ConsoleWatcher:
         if self.session_id is not None:
             record = events.get(self.session_id)
             if record is not None and can_see(self.user, self.browser, record):
-                for event in list(record.events):
-                    if event[0] > self.after:
-                        self.pending.append({"type": "event", "session": record.id, **event_dict(record, event)})
+                shown = [e for e in list(record.events) if e[0] > self.after]
+                self.answering = Answering.before(record, shown[0][0] if shown else record_next_seq(record))
+                for found in event_dicts(record, shown, self.answering):
+                    self.pending.append({"type": "event", "session": record.id, **found})
                 self.pending.append({"type": "session", "session": record.summary()})
         self._schedule()
 
@@ -440,7 +522,22 @@ class ConsoleWatcher:
     def pongReceived(self, payload):
         pass
 
+    web_session: Any = None
+
+    def signed_out(self) -> None:
+        """
+        The browser session this socket belongs to has ended (logout, or
+        idle): nothing more is sent; the socket closes with L{SIGNED_OUT}
+        (the page then says so and does not reconnect).
+        """
+        self.hub.events.unsubscribe(self.event)
+        self.pending = []
+        if self.transport is not None:
+            self.transport.loseConnection(SIGNED_OUT, "signed out")
+
     def connectionLost(self, reason):
+        if self.web_session is not None and self.signed_out in self.web_session.on_end:
+            self.web_session.on_end.remove(self.signed_out)
         self.hub.events.unsubscribe(self.event)
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
@@ -463,7 +560,9 @@ class ConsoleWatcher:
         else:
             if record.id != self.session_id or not can_see(self.user, self.browser, record):
                 return
-            self.pending.append({"type": "event", "session": record.id, **event_dict(record, event)})
+            if self.answering is None:
+                self.answering = Answering.before(record, event[0])
+            self.pending.append({"type": "event", "session": record.id, **event_dict(record, event, self.answering.feed(event))})
             if kind in _LIST_KINDS:
                 self.pending.append({"type": "session", "session": record.summary()})
         self._schedule()
@@ -474,6 +573,8 @@ class ConsoleWatcher:
 
     def _flush(self) -> None:
         self.timer = None
+        if self.web_session is not None and self.hub.web.sessions.get(self.web_session.sid) is None:
+            return  # (idle too long: ended, and this socket with it; else watching is activity: touched)
         pending, self.pending = self.pending, []
         if pending and self.transport is not None:
             self.transport.sendTextMessage(json.dumps(pending))

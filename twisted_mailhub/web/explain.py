@@ -7,6 +7,12 @@ The explanations are data: one JSON table per protocol in C{explain/}
 (C{smtp.json}, C{pop3.json}, C{imap.json}, C{ftp.json}), each with
 C{commands} and C{replies} keyed by command name or reply code, and every
 entry naming its RFC section. This module only finds the key of a line.
+
+A reply means what it answers: C{250} after C{MAIL FROM} accepts the
+sender, after C{EHLO} it lists extensions. A reply table may key a code
+with the command it answers (C{"250 MAIL"}, C{"220 STARTTLS"}; C{MESSAGE}
+for the end of the message text), used when the console knows the
+client's last command; the plain code is the meaning anywhere else.
 """
 
 from __future__ import annotations
@@ -116,23 +122,41 @@ def reply_keys(protocol: str, line: str) -> list[str]:
     return keys
 
 
-def explain_reply(protocol: str, line: str) -> dict[str, str] | None:
+def answered(protocol: str, command: str | None) -> str | None:
+    """
+    What a reply after the client line C{command} answers, as a reply
+    table's context word: the command's name, C{MESSAGE} after a
+    message's text (the transcript's C{[message: ...]} line), else None.
+    """
+    if not command:
+        return None
+    if command.startswith("[message"):
+        return "MESSAGE"
+    return command_key(protocol, command)
+
+
+def explain_reply(protocol: str, line: str, command: str | None = None) -> dict[str, str] | None:
+    """The explanation of the server line C{line}; C{command}: the client's last line before it, if known."""
     replies = table(protocol)["replies"]
+    context = answered(protocol, command)
     result = None
-    for key in reply_keys(protocol, line):
-        found = replies.get(key)
+    for n, key in enumerate(reply_keys(protocol, line)):
+        found = replies.get(f"{key} {context}") if n == 0 and context else None
+        found = found or replies.get(key)
         if found is not None:
             result = _join(result, _entry(found))
     return result
 
 
-def explain(listener: str, kind: str, text: str) -> dict[str, str] | None:
+def explain(listener: str, kind: str, text: str, command: str | None = None) -> dict[str, str] | None:
     """
     The explanation of one session event: C{{"text", "ref", "url"}} or
     L{None} (a line with nothing to explain, an unknown command).
 
     @param listener: the session's listener name (C{smtps}, C{pop3}, ...).
     @param kind: C{"C"} or C{"S"} (other kinds are explained by the console).
+    @param command: for a server line, the client's last line before it
+        (what it answers), when known.
     """
     protocol = FAMILY.get(listener)
     if protocol is None:
@@ -140,5 +164,5 @@ def explain(listener: str, kind: str, text: str) -> dict[str, str] | None:
     if kind == "C":
         return explain_command(protocol, text)
     if kind == "S":
-        return explain_reply(protocol, text)
+        return explain_reply(protocol, text, command)
     return None

@@ -40,6 +40,8 @@ class WebSession:
     @ivar user: the L{twisted_mailhub.web.avatar.IWebUser} after login, else L{None}.
     @ivar last_seen: seconds since the epoch of its last request.
     @ivar peer: the client address it logged in from.
+    @ivar on_end: callables called (no arguments) when the session ends
+        (logout, idle, replaced): e.g. the live console's sockets close.
     """
 
     sid: str
@@ -48,6 +50,7 @@ class WebSession:
     logout: Any = None
     last_seen: float = 0.0
     peer: str = ""
+    on_end: list = attr.ib(factory=list, repr=False)
 
     def csrf_ok(self, token: str | bytes | None) -> bool:
         if not token:
@@ -125,3 +128,6 @@ class SessionStore:
         session.user = None
         if logout is not None:
             logout()
+        ended, session.on_end = session.on_end, []
+        for call in ended:
+            call()
