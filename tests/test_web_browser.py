@@ -276,3 +276,89 @@ def test_an_active_mode_ftp_data_connection_from_port_l_minus_1_is_on_screen(bro
         assert "PASS ****" in text and "secret" not in text
     finally:
         ftphub.stop()
+
+
+def test_the_compose_form_has_one_field_a_row_and_a_wide_text_box(hub, browser):
+    # It had no layout: To, Cc, Subject, the text and Attachment ran on in
+    # one wrapped line.
+    login(browser, hub, "alice", "secret")
+    browser.get(base(hub) + "/mail/compose")
+    fields = [browser.find_element(By.NAME, name) for name in ("to", "cc", "subject", "body")]
+    send = browser.find_element(By.CSS_SELECTOR, "form.compose button")
+    tops = [e.location["y"] for e in fields + [send]]
+    assert tops == sorted(tops) and len(set(tops)) == len(tops), tops  # one row each, in order
+    assert len({e.location["x"] for e in fields[:3]}) == 1  # the boxes line up
+    assert fields[3].size["width"] >= fields[0].size["width"] > 300
+
+
+def test_a_web_only_user_can_move_mail_to_its_special_use_folders_and_sees_when_it_came(hub, browser):
+    # An account that never used IMAP had INBOX alone: the Move menu was
+    # empty (and Move then a 404); a message without Date: showed none.
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("carol@example.org", ["teacher@localhost"], b"From: carol@example.org\r\nSubject: no date here\r\n\r\nhi\r\n")
+    login(browser, hub, "teacher", "chalk")
+    browser.get(base(hub) + "/mail/INBOX")
+    browser.find_element(By.LINK_TEXT, "no date here").click()
+    wait_text(browser, "hi")
+    assert "(none given; received " in browser.find_element(By.CSS_SELECTOR, "dl.facts").text
+    from selenium.webdriver.support.ui import Select
+
+    menu = Select(browser.find_element(By.NAME, "target"))
+    assert {"Sent", "Drafts", "Trash", "Junk", "Archive"} <= {o.text for o in menu.options}
+    menu.select_by_visible_text("Archive")
+    browser.find_element(By.XPATH, "//button[text()='Move']").click()
+    WebDriverWait(browser, 15).until(lambda d: d.current_url.endswith("/mail/INBOX"))
+    browser.get(base(hub) + "/mail/Archive")
+    assert browser.find_elements(By.LINK_TEXT, "no date here")
+
+
+def test_a_message_read_elsewhere_turns_from_unread_without_a_reload(hub, browser):
+    # The page's poll looked at new and removed messages only.
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("carol@example.org", ["bob@localhost"], b"Subject: read in thunderbird\r\n\r\nhi\r\n")
+    login(browser, hub, "bob", "hungry")
+    browser.get(base(hub) + "/mail/INBOX")
+    row = "//tr[.//a[text()='read in thunderbird']]"
+    assert browser.find_element(By.XPATH, row).get_attribute("class") == "unread"
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    imap.login("bob", "hungry")
+    imap.select("INBOX")
+    uid = imap.uid("SEARCH", None, "SUBJECT", '"read in thunderbird"')[1][0].split()[-1]
+    imap.uid("STORE", uid, "+FLAGS", "(\\Seen)")
+    imap.logout()
+    WebDriverWait(browser, 15).until(lambda d: d.find_element(By.XPATH, row).get_attribute("class") == "read")
+
+
+def test_a_folder_page_says_when_its_session_has_ended_and_the_back_button_after_log_out_is_the_login_form(hub, browser):
+    login(browser, hub, "alice", "secret")
+    browser.get(base(hub) + "/mail/INBOX")
+    # Logged out in another tab: the open folder page says so (it went on
+    # polling in silence, its list no longer kept up to date).
+    browser.execute_script(
+        "var f = new FormData(); f.append('csrf', document.body.dataset.csrf);"
+        "fetch('/logout', {method: 'POST', body: new URLSearchParams(f), credentials: 'same-origin'});"
+    )
+    WebDriverWait(browser, 15).until(lambda d: d.find_elements(By.ID, "signed-out"))
+    assert "Log in again" in browser.find_element(By.ID, "signed-out").text
+    # Back to the Log out page after logging out: the login form, not a
+    # button that then says "the form had expired".
+    login(browser, hub, "alice", "secret")
+    browser.get(base(hub) + "/logout")
+    browser.find_element(By.CSS_SELECTOR, "main button").click()
+    WebDriverWait(browser, 15).until(lambda d: d.current_url.endswith("/login"))
+    browser.back()
+    WebDriverWait(browser, 15).until(lambda d: "/login" in d.current_url)
+    assert browser.find_elements(By.NAME, "password")
+
+
+def test_an_open_console_says_when_its_session_has_ended_and_stops_showing_sessions(hub, browser):
+    login(browser, hub, "teacher", "chalk")
+    browser.get(base(hub) + "/console")
+    WebDriverWait(browser, 15).until(lambda d: "live" in d.find_element(By.TAG_NAME, "body").get_attribute("class"))
+    browser.execute_script(
+        "var f = new FormData(); f.append('csrf', document.body.dataset.csrf);"
+        "fetch('/logout', {method: 'POST', body: new URLSearchParams(f), credentials: 'same-origin'});"
+    )
+    WebDriverWait(browser, 15).until(lambda d: d.find_elements(By.ID, "signed-out"))
+    assert "no longer shows what happens" in browser.find_element(By.ID, "signed-out").text
+    assert "live" not in browser.find_element(By.TAG_NAME, "body").get_attribute("class")

@@ -96,6 +96,24 @@ class DeadlineChannelTests(unittest.TestCase):
         self.assertNotIn(b"got", out)
         self.assertTrue(transport.disconnecting)
 
+    def test_a_refusal_before_the_request_is_a_page_for_a_browser_and_json_for_the_api(self):
+        # A webmail user attaching too much got one line of plain text.
+        self.site.max_body = 1000
+        for path, kind in ((b"/mail/compose", b"text/html"), (b"/api/v1/accounts/me/files/a", b"application/json")):
+            channel, transport = self.connect()
+            channel.dataReceived(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
+            head, _, body = transport.value().partition(b"\r\n\r\n")
+            self.assertIn(b"\r\ncontent-type: " + kind, head)
+            if kind == b"text/html":
+                self.assertIn(b"<h1>413 Too large</h1>", body)
+                self.assertIn(b"a request body may be at most 1000 octets (0 MiB); use FTP or SFTP for bigger files.</p>", body)
+                self.assertIn(b'href="/static/mailhub.css"', body)
+            else:
+                import json
+
+                self.assertEqual(json.loads(body)["error"]["status"], 413)
+                self.assertEqual(json.loads(body)["error"]["code"], "too_large")
+
     def test_a_chunked_body_over_the_size_limit_gets_413(self):
         from twisted_mailhub.web.site import WebRequest
 

@@ -39,7 +39,7 @@ MESSAGE = (
 )
 
 # What a page must never show: a traceback, an exception's class, a repr.
-NEVER_SHOWN = re.compile(r"Traceback|File \"|Error\b|Exception|Failure|b'|b\"|<twisted|<built-in|object at 0x|\bNone\b|Processing Failed|web\.Server")
+NEVER_SHOWN = re.compile(r"Traceback|File \"|Error\b|Exception|Failure|(?<![\w-])b['\"]|<twisted|<built-in|object at 0x|\bNone\b|Processing Failed|web\.Server")
 
 
 class Injected(RuntimeError):

@@ -81,6 +81,18 @@ def test_the_navigation_bars_mail_link_without_a_slash_leads_to_the_inbox_or_to_
     assert browser.get(signed_in.header("Location")).status == 200
 
 
+def test_the_anatomy_shows_a_folded_header_field_on_its_lines_as_sent(hub):
+    # A fold (CRLF then white space, RFC 5322 §2.2.3) was shown as the text
+    # "\x0d\x0a" in the "as sent" column, as if it were a stray control.
+    send(hub, "eloise@example.org", ["bob@localhost"], b"Subject: a long\r\n subject, folded\r\nX-Odd: a\x1bb\r\n\r\nhi\r\n")
+    browser = WebClient(hub)
+    browser.login("bob", "hungry")
+    text = browser.get("/mail/INBOX/1/anatomy").text
+    assert "<code>a long\n subject, folded</code>" in text
+    assert "\\x0d\\x0a" not in text
+    assert "<code>a\\x1bb</code>" in text  # (a control character still shown as one)
+
+
 def test_the_anatomy_shows_headers_raw_and_decoded_the_mime_tree_and_the_decoded_image(hub):
     send(hub, "eloise@example.org", ["alice@localhost"], multipart_with_image())
     browser = WebClient(hub)

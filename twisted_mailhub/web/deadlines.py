@@ -121,11 +121,17 @@ class DeadlineChannel(http.HTTPChannel):
     refused = False  # answered and closing: the rest of what arrives is dropped
 
     def _refuse(self, status: bytes, text: str) -> None:
+        from twisted_mailhub.web import errors
+
         self.refused = True
-        body = text.encode("ascii")
+        # As every other error of the web face (errors.py): JSON under
+        # /api/, else a page in the hub's style (a webmail user who attached
+        # too much sees a page, not a line of plain text).
+        code = int(status.split()[0])
+        content_type, body = errors.standalone(getattr(self, "_path", None) or b"", code, text.split(": ", 1)[-1].strip())
         self.setTimeout(None)
         self.transport.write(
-            b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: " + content_type + b"\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
         )
         # Nothing more is read from this client; drop it if it does not

@@ -54,6 +54,7 @@ _NAMES = {
     403: ("Forbidden", "forbidden"),
     404: ("Not found", "not_found"),
     405: ("Method not allowed", "method_not_allowed"),
+    408: ("Request timeout", "request_timeout"),
     409: ("Conflict", "conflict"),
     413: ("Too large", "too_large"),
     500: ("Server error", "internal_error"),
@@ -197,7 +198,7 @@ def answer(request: Any, code: int, message: str | None = None, back: str | None
 
         from twisted_mailhub.web.pages import page_bytes
 
-        session = getattr(request, "_mailhub_session", None) or None
+        session = _session_of(request)
         links = [tags.a("Home", href="/")]
         if back:
             links = [tags.a("Back", href=back), " · "] + links
@@ -205,16 +206,42 @@ def answer(request: Any, code: int, message: str | None = None, back: str | None
     except Exception:
         # (the layout itself failed: the plain page, never a traceback)
         log.failure("web: the error page's layout failed")
+    return _bare_page(code, title, text)
+
+
+def _bare_page(code: int, title: str, text: str) -> bytes:
+    """An error page in the hub's style without the layout (no request, or the layout failed)."""
     from html import escape
 
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\" />"
         f"<title>{code} {escape(title)} · mailhub</title>"
-        "<link rel=\"stylesheet\" href=\"/static/mailhub.css\" /></head>\n"
+        "<link rel=\"stylesheet\" href=\"/static/mailhub.css\" /><link rel=\"icon\" href=\"/favicon.ico\" /></head>\n"
         "<body><header class=\"bar\"><a class=\"brand\" href=\"/\">mailhub</a></header>\n"
-        f"<main><h1>{code} {escape(title)}</h1><p>{escape(text)}</p>"
+        f"<main><h1>{code} {escape(title)}</h1><p class=\"error\" role=\"alert\">{escape(text)}</p>"
         "<p><a href=\"/\">Home</a></p></main></body></html>\n"
     ).encode("utf-8")
+
+
+def standalone(path: bytes, code: int, text: str) -> tuple[bytes, bytes]:
+    """
+    (content type, body) of an error C{code} answered before a request
+    exists (the connection's own limits, L{twisted_mailhub.web.deadlines}):
+    the API's JSON error under C{/api/}, else a page in the hub's style.
+    """
+    title, slug = _NAMES.get(code, (http.RESPONSES.get(code, b"Error").decode("ascii", "replace"), "error"))
+    if path == b"/api" or path.startswith(b"/api/"):
+        return b"application/json; charset=utf-8", json.dumps({"error": {"status": code, "code": slug, "message": text}}).encode("utf-8")
+    return b"text/html; charset=utf-8", _bare_page(code, title, text)
+
+
+def _session_of(request: Any) -> Any:
+    """The request's browser session (its user's navigation on the page), or None."""
+    found = getattr(request, "_mailhub_session", False)
+    if found is False:
+        face = getattr(getattr(getattr(request, "site", None), "resource", None), "face", None)
+        found = face.session(request) if face is not None else None
+    return found or None
 
 
 def write_answer(request: Any, refused: Refused) -> None:

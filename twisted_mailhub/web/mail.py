@@ -85,9 +85,14 @@ def _date(seconds: float) -> str:
 def _whole(text: str) -> bool:
     """
     Is C{text} a whole number in ASCII digits (a UID, a part, a page)?
-    C{str.isdigit} alone is also true of "²", which C{int} refuses.
+    C{str.isdigit} alone is also true of "²", which C{int} refuses; and
+    C{int} refuses more than 4,300 digits (CPython's limit): more than
+    L{MAX_DIGITS} are no whole number here either.
     """
-    return text.isascii() and text.isdigit()
+    return text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS
+
+
+MAX_DIGITS = 12  # (a UID is at most 10: 2**32 - 1)
 
 
 def _not_found(what: str = "No such message or folder.", back: str | None = None) -> Refused:
@@ -188,6 +193,14 @@ class FolderPages(resource.Resource):
 
     def _folder(self):
         account = self.session.user.mail()
+        if not getattr(self.session, "folders_prepared", False):
+            # The special-use folders (Sent, Drafts, Trash, Junk, Archive)
+            # as an IMAP login makes them: a webmail-only user has the same
+            # folders, and Move something to offer.
+            from twisted_mailhub.imap import prepare_account
+
+            prepare_account(account)
+            self.session.folders_prepared = True
         folder = account.folder(self.name)
         folder.refresh()
         return account, folder
@@ -288,13 +301,13 @@ class FolderPages(resource.Resource):
         # ?q=: words, or IMAP search keys, with the engine IMAP SEARCH uses.
         query = form_value(request, "q", "").strip()
         problem = ""
+        all_infos = folder.messages()  # (what the page's poll compares: the whole folder's state)
+        infos = all_infos
         if query:
             try:
                 infos = search_messages(folder, query)
             except BadSearch as e:
                 infos, problem = [], str(e)
-        else:
-            infos = folder.messages()
         pages = max(1, math.ceil(len(infos) / PAGE_SIZE))
         page = form_value(request, "page", "1")
         page = min(max(int(page) if _whole(page) else 1, 1), pages)
@@ -341,7 +354,7 @@ class FolderPages(resource.Resource):
             tags.section(
                 search,
                 *found,
-                tags.p(*nav, class_="pager"),
+                tags.p(*nav, class_="pager", id="pager"),
                 tags.table(
                     tags.thead(tags.tr(tags.th(""), tags.th(""), tags.th("from"), tags.th("subject"), tags.th("date"), tags.th("size"))),
                     tags.tbody(*rows, id="messages"),
@@ -351,7 +364,7 @@ class FolderPages(resource.Resource):
         ]
         return render_page(
             request, msgparse.visible(self.name), content, self.session, scripts=["mail.js"],
-            data={"page": "folder", "folder": self.name, "uidnext": str(folder.uid_next), "count": str(len(infos))},
+            data={"page": "folder", "folder": self.name, "uidnext": str(folder.uid_next), "count": str(len(all_infos)), "unseen": str(sum(1 for i in all_infos if SEEN not in i.flags))},
         )
 
     def state(self, request, folder):
@@ -400,7 +413,8 @@ class FolderPages(resource.Resource):
             " ",
             post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="unflag" if FLAGGED in info.flags else "flag"), tags.button("Unflag" if FLAGGED in info.flags else "Flag", type="submit"), class_="inline"),
             " ",
-            post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="move"), tags.select(*(tags.option(msgparse.visible(n), value=n) for n in targets), name="target"), tags.button("Move", type="submit"), class_="inline"),
+            # (no Move without a folder to move to)
+            post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="move"), tags.select(*(tags.option(msgparse.visible(n), value=n) for n in targets), name="target", title="move to the folder"), tags.button("Move", type="submit"), class_="inline") if targets else "",
             " ",
             tags.a("Reply", href=f"/mail/compose?reply={quote(self.name, safe='')}/{uid}"), " · ",
             tags.a("Reply all", href=f"/mail/compose?replyall={quote(self.name, safe='')}/{uid}"), " · ",
@@ -415,7 +429,7 @@ class FolderPages(resource.Resource):
                 tags.dt("From"), tags.dd(env["from"]),
                 tags.dt("To"), tags.dd(env["to"]),
                 *([tags.dt("Cc"), tags.dd(env["cc"])] if env["cc"] else []),
-                tags.dt("Date"), tags.dd(msgparse.shown(msgparse.field(msg, "Date"))),
+                tags.dt("Date"), tags.dd(msgparse.shown(msgparse.field(msg, "Date")) or f"(none given; received {_date(info.internal_date)})"),
                 class_="facts",
             ),
             tags.p(f"{blocked} remote image(s) blocked. ", tags.a("Load them", href=here + "?remote-images=1")) if blocked else "",
@@ -682,6 +696,17 @@ class Compose(resource.Resource):
             maintype, _, subtype = (kind or "application/octet-stream").partition("/")
             message.add_attachment(data, maintype=maintype or "application", subtype=subtype or "octet-stream", filename=name)
         raw = message.as_bytes()
+        limit = int(getattr(self.face.hub, "max_message_size", 0) or 0)
+        if limit and len(raw) > limit:
+            # As SMTP refuses it (552 5.3.4, RFC 5321 §4.5.3.1.10 and RFC 1870):
+            # nothing sent; the form back with what was typed (the files are
+            # not kept: a browser cannot be given them back).
+            return self._again(
+                request, fields,
+                f"Not sent: the message with its attachments would be {_size(len(raw))}, and this server takes messages "
+                f"of at most {_size(limit)}. Attach smaller files (or share big ones by FTP), and send it again.",
+                code=413,
+            )
         d = submit(self.face.hub, user.address, to + cc, raw, client_host(request), request_secure(request))
 
         def sent(refused):

@@ -230,11 +230,15 @@ def text_of(part: Any) -> str:
 
 
 def header_rows(msg: Any) -> list[tuple[str, str, str]]:
-    """(name, raw value as sent, decoded value) for each header field, in order, as shown (L{visible})."""
+    """
+    (name, raw value as sent, decoded value) for each header field, in
+    order, as shown (L{visible}); a folded field's line breaks (RFC 5322
+    §2.2.3) stay line breaks in the raw value.
+    """
     rows = []
     for name, value in msg.raw_items():
         raw = _as_text(value)
-        rows.append((visible(name), visible(raw), shown(raw)))
+        rows.append((visible(name), visible_lines(raw), shown(raw)))
     return rows
 
 

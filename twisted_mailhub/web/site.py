@@ -453,5 +453,7 @@ class LogoutPage(resource.Resource):
 
     def render_GET(self, request):
         session = self.face.session(request)
+        if session is None or session.user is None:
+            return redirect(request, "/login")  # (logged out already: the back button after logging out)
         content = post_form("/logout", session, tags.button("Log out", type="submit"))
         return render_page(request, "Log out", content, session)
