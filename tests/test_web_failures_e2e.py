@@ -185,3 +185,37 @@ def test_compose_refuses_a_message_over_the_size_limit_as_smtp_does_and_keeps_wh
     pop_bob.pass_("hungry")
     assert pop_bob.stat()[0] == 0
     pop_bob.quit()
+
+
+def test_forward_takes_the_originals_attachments_along(start_hub):
+    # Forward sent the text alone: the attachment (why one forwards) was lost.
+    hub = start_hub()
+    deliver(hub)
+    browser = signed_in(hub)
+    form = browser.get("/mail/compose?forward=INBOX/1")
+    assert "The forwarded message&#x27;s attachments go with it: a.bin." in form.text or "The forwarded message's attachments go with it: a.bin." in form.text
+    assert 'name="forward-of" value="INBOX/1"' in form.text
+    sent = browser.post("/mail/compose", {"to": "bob", "subject": "Fwd: hello there", "body": "see below", "forward-of": "INBOX/1"})
+    assert sent.status == 303, sent.text
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("bob", "hungry")
+        imap.select("INBOX")
+        arrived = imap.uid("FETCH", "1", "(BODY.PEEK[])")[1][0][1]
+    finally:
+        imap.logout()
+    import email
+
+    message = email.message_from_bytes(arrived)
+    files = {p.get_filename(): p.get_payload(decode=True) for p in message.walk() if p.get_filename()}
+    assert files == {"a.bin": b"xyz"}
+    assert b"see below" in arrived
+    # The original gone meanwhile: nothing sent, the form back, and why.
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    imap.login("alice", "secret")
+    imap.select("INBOX")
+    imap.uid("STORE", "1", "+FLAGS", "(\\Deleted)")
+    imap.expunge()
+    imap.logout()
+    page = browser.post("/mail/compose", {"to": "bob", "subject": "again", "body": "typed text", "forward-of": "INBOX/1"})
+    assert page.status == 404 and "the message you are forwarding is not there any more" in page.text and "typed text" in page.text

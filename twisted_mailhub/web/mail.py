@@ -134,6 +134,16 @@ def _opaque_note(msg: Any, here: str) -> Any:
     )
 
 
+def _attached(msg: Any) -> list[Any]:
+    """The attachments of a parsed message (L{msgparse.is_attachment}), at most L{MAX_LISTED}."""
+    return [p for p in msgparse.parts(msg) if msgparse.is_attachment(p)][:MAX_LISTED]
+
+
+def _attachments_of(raw: bytes) -> list[tuple[str, str, bytes]]:
+    """The attachments of message C{raw} as (file name, content type, decoded bytes), for a forward (in a parsing thread)."""
+    return [(msgparse.filename(p) or f"part-{n}", p.get_content_type(), p.get_payload(decode=True) or b"") for n, p in enumerate(_attached(msgparse.parse(raw)), 1)]
+
+
 def _part_of(raw: bytes, index: int) -> tuple[Any, bytes] | None:
     """Part C{index} (in walk order) of a message and its decoded bytes; None for none or a multipart (in a parsing thread)."""
     all_parts = msgparse.parts(msgparse.parse(raw))
@@ -607,13 +617,14 @@ class Compose(resource.Resource):
             ref = form_value(request, mode)
             if ref:
                 # Taken apart in a parsing thread, as the message page.
-                return _page_later(request, self.session, self._answering, mode, self._source(ref))
+                return _page_later(request, self.session, self._answering, mode, self._source(ref), ref)
         return render_page(request, "Compose", self.form(), self.session)
 
-    def _answering(self, mode: str, raw: bytes):
-        """The form filled in to reply to, reply to all or forward C{raw} (in a parsing thread)."""
+    def _answering(self, mode: str, raw: bytes, ref: str = ""):
+        """The form filled in to reply to, reply to all or forward C{raw} (C{ref}: FOLDER/UID; in a parsing thread)."""
         to = cc = ""
         reference = ""
+        forwarded: list[str] = []
         msg = msgparse.parse(raw)
         old_subject = msgparse.decoded(msgparse.field(msg, "Subject"))
         quoted_text = ""
@@ -624,6 +635,7 @@ class Compose(resource.Resource):
         if mode == "forward":
             subject = old_subject if old_subject.lower().startswith("fwd:") else f"Fwd: {old_subject}"
             body = "\n\n---------- Forwarded message ----------\n" + f"From: {msgparse.decoded(msgparse.field(msg, 'From'))}\nSubject: {old_subject}\n\n" + quoted_text
+            forwarded = [msgparse.shown_filename(p) or p.get_content_type() for p in _attached(msg)]
         else:
             subject = old_subject if old_subject.lower().startswith("re:") else f"Re: {old_subject}"
             to = ", ".join(msgparse.addresses(msgparse.field(msg, "Reply-To") or msgparse.field(msg, "From") or ""))
@@ -633,16 +645,27 @@ class Compose(resource.Resource):
                 cc = ", ".join(a for a in dict.fromkeys(others) if a.lower() != me and a not in to)
             body = "\n\n" + "\n".join("> " + line for line in quoted_text.splitlines())
             reference = (msgparse.field(msg, "Message-ID") or "").strip()
-        return "Compose", self.form(to, cc, subject, body, reference), {}
+        return "Compose", self.form(to, cc, subject, body, reference, forward_of=ref if mode == "forward" else "", forwarded=forwarded), {}
 
-    def form(self, to: str = "", cc: str = "", subject: str = "", body: str = "", reference: str = "", problem: Any = None):
-        """The compose form with these values (and C{problem}, what stopped sending, above it)."""
+    def form(self, to: str = "", cc: str = "", subject: str = "", body: str = "", reference: str = "", problem: Any = None, forward_of: str = "", forwarded: Any = None):
+        """
+        The compose form with these values (and C{problem}, what stopped
+        sending, above it). C{forward_of}: the FOLDER/UID of a message
+        forwarded, whose attachments go with it (C{forwarded}: their names,
+        when known).
+        """
+        going = ""
+        if forward_of:
+            names = ", ".join(forwarded) if forwarded else ""
+            going = tags.p(f"The forwarded message's attachments go with it: {names}." if names else "The forwarded message's attachments, if any, go with it.", class_="note", id="forwarded")
         return [
             tags.p(problem, class_="error") if problem else "",
             post_form(
                 "/mail/compose",
                 self.session,
                 tags.input(type="hidden", name="in-reply-to", value=reference),
+                tags.input(type="hidden", name="forward-of", value=forward_of),
+                going,
                 tags.label("To ", tags.input(type="text", name="to", value=to, size="60")),
                 tags.label("Cc ", tags.input(type="text", name="cc", value=cc, size="60")),
                 tags.label("Subject ", tags.input(type="text", name="subject", value=subject, size="60")),
@@ -660,7 +683,8 @@ class Compose(resource.Resource):
         reference = f.get("in-reply-to", "")
         if _FORBIDDEN_IN_HEADER.search(reference):
             reference = ""
-        form = self.form(f.get("to", ""), f.get("cc", ""), f.get("subject", ""), f.get("body", "").replace("\r\n", "\n"), reference, problem=problem)
+        forward_of = f.get("forward-of", "") if not _FORBIDDEN_IN_HEADER.search(f.get("forward-of", "")) else ""
+        form = self.form(f.get("to", ""), f.get("cc", ""), f.get("subject", ""), f.get("body", "").replace("\r\n", "\n"), reference, problem=problem, forward_of=forward_of)
         return render_page(request, "Compose", form, self.session, code=code)
 
     def render_POST(self, request):
@@ -692,6 +716,20 @@ class Compose(resource.Resource):
             message["In-Reply-To"] = reply_to
             message["References"] = reply_to
         message.set_content(fields.get("body", "").replace("\r\n", "\n"))
+        forward_of = fields.get("forward-of", "").strip()
+        if not forward_of:
+            return self._send(request, fields, message, files, to + cc)
+        # A forward takes the original's attachments along: read now (it
+        # may have gone meanwhile) and taken apart in a parsing thread.
+        try:
+            original = self._source(forward_of)
+        except (NoSuchMessage, NoSuchFolder, BadFolderName):
+            return self._again(request, fields, "Not sent: the message you are forwarding is not there any more (another mail program deleted or moved it), so its attachments cannot go with it.", code=404)
+        return offload.in_thread(_attachments_of, original).addCallback(lambda found: self._send(request, fields, message, found + files, to + cc))
+
+    def _send(self, request, fields: dict[str, str], message: Any, files: list[tuple[str, str, bytes]], recipients: list[str]):
+        """Send C{message} with C{files} attached (name, type, bytes) from the compose form C{fields}; the page it answers with."""
+        user = self.session.user
         for name, kind, data in files:
             maintype, _, subtype = (kind or "application/octet-stream").partition("/")
             message.add_attachment(data, maintype=maintype or "application", subtype=subtype or "octet-stream", filename=name)
@@ -707,7 +745,7 @@ class Compose(resource.Resource):
                 f"of at most {_size(limit)}. Attach smaller files (or share big ones by FTP), and send it again.",
                 code=413,
             )
-        d = submit(self.face.hub, user.address, to + cc, raw, client_host(request), request_secure(request))
+        d = submit(self.face.hub, user.address, recipients, raw, client_host(request), request_secure(request))
 
         def sent(refused):
             if refused:
