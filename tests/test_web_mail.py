@@ -252,3 +252,21 @@ def test_web_actions_reach_an_imap_session_in_idle_at_once(hub):
     imap.sendall(b"DONE\r\nz LOGOUT\r\n")
     until(b"z OK")
     imap.close()
+
+
+def test_a_message_can_be_marked_unread_and_in_trash_delete_says_it_is_for_ever(hub):
+    # The form action "unread" was there, no button for it; in Trash, Delete
+    # (for good) read as in any other folder.
+    send(hub, "carol@example.org", ["bob@localhost"], b"Subject: read me twice\r\n\r\nhi\r\n")
+    browser = WebClient(hub)
+    browser.login("bob", "hungry")
+    page = browser.get("/mail/INBOX/1")
+    assert ">Mark unread</button>" in page.text and ">Delete</button>" in page.text
+    assert 'class="read" data-uid="1"' in browser.get("/mail/INBOX").text
+    back = browser.post("/mail/INBOX/1/action", {"action": "unread"})
+    assert back.status == 303 and back.header("Location") == "/mail/INBOX"
+    assert 'class="unread" data-uid="1"' in browser.get("/mail/INBOX").text
+    browser.get("/mail/INBOX/1")
+    assert browser.post("/mail/INBOX/1/action", {"action": "delete"}).status == 303
+    trash = browser.get("/mail/Trash/1")
+    assert ">Delete for ever</button>" in trash.text

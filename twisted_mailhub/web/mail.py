@@ -419,7 +419,10 @@ class FolderPages(resource.Resource):
         uid = info.uid
         here = message_url(self.name, uid)
         actions = tags.div(
-            post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="delete"), tags.button("Delete", type="submit"), class_="inline"),
+            # (in Trash, Delete removes the message for good: said so)
+            post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="delete"), tags.button("Delete for ever" if self.name == TRASH else "Delete", type="submit"), class_="inline"),
+            " ",
+            post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="unread"), tags.button("Mark unread", type="submit"), class_="inline"),
             " ",
             post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="unflag" if FLAGGED in info.flags else "flag"), tags.button("Unflag" if FLAGGED in info.flags else "Flag", type="submit"), class_="inline"),
             " ",
