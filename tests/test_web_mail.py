@@ -154,6 +154,10 @@ def test_compose_sends_through_submission_with_a_sent_copy_and_it_arrives_over_i
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     sent = browser.request("POST", "/mail/compose", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert sent.status == 303, sent.text
+    # The page after Send says it went (it showed the INBOX and nothing else), once.
+    after = browser.get(sent.header("Location")).text
+    assert '<p class="notice" role="status">Sent to bob; a copy is in Sent.</p>' in after
+    assert "Sent to bob;" not in browser.get("/mail/INBOX").text
     imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
     try:
         imap.login("bob", "hungry")

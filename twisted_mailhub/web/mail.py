@@ -753,6 +753,7 @@ class Compose(resource.Resource):
         def sent(refused):
             if refused:
                 return render_page(request, "Not sent to everyone", [tags.p("These recipients were refused:"), tags.ul(*(tags.li(f"{a}: {text}") for a, text in refused))], self.session, code=400)
+            self.session.notice = f"Sent to {', '.join(recipients)}; a copy is in Sent."
             return redirect(request, folder_url(INBOX))
 
         def not_copied(reason):

@@ -80,7 +80,12 @@ class Layout(Element):
 
     @renderer
     def content(self, request, tag):
-        return self.body
+        notice = ""
+        if self.session is not None and getattr(self.session, "notice", ""):
+            # (shown once: the line a form's redirect left, e.g. "Sent to ...")
+            notice, self.session.notice = self.session.notice, ""
+            notice = tags.p(notice, class_="notice", role="status")
+        return [notice, self.body]
 
 
 def post_form(action: str, session: Any, *children: Any, **attributes: Any):

@@ -40,6 +40,7 @@ class WebSession:
     @ivar user: the L{twisted_mailhub.web.avatar.IWebUser} after login, else L{None}.
     @ivar last_seen: seconds since the epoch of its last request.
     @ivar peer: the client address it logged in from.
+    @ivar notice: a line the next page shows once ("Sent to bob@...").
     @ivar on_end: callables called (no arguments) when the session ends
         (logout, idle, replaced): e.g. the live console's sockets close.
     """
@@ -51,6 +52,8 @@ class WebSession:
     last_seen: float = 0.0
     peer: str = ""
     on_end: list = attr.ib(factory=list, repr=False)
+    # A line for the next page this session shows (e.g. "Sent to ..."), then gone.
+    notice: str = ""
 
     def csrf_ok(self, token: str | bytes | None) -> bool:
         if not token:
