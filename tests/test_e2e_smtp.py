@@ -393,3 +393,33 @@ def test_malformed_and_non_ascii_commands_get_500_and_server_goes_on(hub):
     assert s.command(b"MAIL FROM:<>") == b"250 2.1.0 Ok"  # the null sender
     # And a fresh connection still works.
     assert RawSMTP(hub.ports["smtp"]).command(b"NOOP") == b"250 2.0.0 Ok"
+
+
+def test_a_message_with_a_3_mb_line_is_refused_and_every_stored_message_can_be_read_with_poplib(hub):
+    # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its
+    # CRLF. Stored, such a message could not be read: poplib refuses a
+    # RETR line over 2048 octets ("line too long").
+    import poplib
+
+    t = token()
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=30) as c:
+        c.ehlo()
+        del c.esmtp_features["size"]  # sent whole, as a client that ignores SIZE (the limit here is 200 KB)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            c.sendmail("a@example.org", ["alice@localhost"], b"Subject: one line " + t + b"\r\n\r\n" + b"w" * 3_000_000 + b"\r\n")
+        assert refused.value.smtp_code == 550
+        assert refused.value.smtp_error == b"5.5.2 Error: message refused: a line of it is longer than 1000 octets with its line end (RFC 5321 4.5.3.1.6)"
+        # The session goes on.
+        c.sendmail("a@example.org", ["alice@localhost"], b"Subject: short lines " + t + b"\r\n\r\n" + b"w" * 998 + b"\r\n")
+    [message] = stored_with(hub, "alice@localhost", t)
+    assert b"Subject: short lines " in message
+    pop = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=30)
+    try:
+        pop.user("alice@localhost")
+        pop.pass_("secret")
+        count, _ = pop.stat()
+        assert count >= 1
+        for n in range(1, count + 1):
+            pop.retr(n)
+    finally:
+        pop.quit()

@@ -126,6 +126,68 @@ def test_excess_of_an_oversized_message_is_not_kept(hub):
     assert hub.store.account("alice@localhost").folder("INBOX").messages() == []
 
 
+LONG_LINE_REFUSAL = b"550 5.5.2 Error: message refused: a line of it is longer than 1000 octets with its line end (RFC 5321 4.5.3.1.6)"
+
+
+def send_data(proto, transport, end=b"\r\n"):
+    proto.dataReceived(b"EHLO x" + end + b"MAIL FROM:<a@example.org>" + end + b"RCPT TO:<alice@localhost>" + end + b"DATA" + end)
+    transport.clear()
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\n"], ids=["CRLF", "bare LF (nc)"])
+def test_a_text_line_of_998_octets_is_stored_and_one_of_999_refused_after_data(hub, end):
+    # RFC 5321 §4.5.3.1.6: 1000 octets with the CRLF.
+    proto, transport = connect(hub)
+    send_data(proto, transport, end)
+    proto.dataReceived(b"Subject: s" + end + end + b"a" * 998 + end + b"." + end)
+    assert said(transport)[0].startswith(b"250 2.0.0 Ok: queued as ")
+    proto.dataReceived(b"MAIL FROM:<a@example.org>" + end + b"RCPT TO:<alice@localhost>" + end + b"DATA" + end)
+    transport.clear()
+    proto.dataReceived(b"Subject: s" + end + end + b"a" * 999 + end + b"." + end + b"NOOP" + end)
+    assert said(transport) == [LONG_LINE_REFUSAL, b"250 2.0.0 Ok"]
+    folder = hub.store.account("alice@localhost").folder("INBOX")
+    [info] = folder.messages()  # the first only
+    assert folder.read(info.uid).endswith(b"\r\n" + b"a" * 998 + b"\r\n")
+
+
+def test_an_endless_data_line_is_not_kept_and_the_message_is_refused_at_its_end(hub):
+    hub.max_message_size = 10_000_000
+    proto, transport = connect(hub)
+    send_data(proto, transport)
+    proto.dataReceived(b"Subject: one line\r\n\r\n")
+    for _ in range(100):  # 3 MB in one line
+        proto.dataReceived(b"q" * 30_000)
+        assert len(proto._data) < 2_000
+    proto.dataReceived(b"\r\nmore\r\n.\r\nNOOP\r\n")
+    assert said(transport) == [LONG_LINE_REFUSAL, b"250 2.0.0 Ok"]
+    assert hub.store.account("alice@localhost").folder("INBOX").messages() == []
+
+
+def test_a_long_line_is_found_however_the_input_is_split(hub):
+    import random
+
+    rng = random.Random(5321)
+    hub.max_message_size = 10_000_000
+    proto, transport = connect(hub)
+    send_data(proto, transport)
+    stored = 0
+    for _ in range(300):
+        lines = [b"t" * rng.choice([0, 1, 76, 499, 500, 501, 997, 998, 999, 1000, 2500]) for _ in range(rng.randint(1, 8))]
+        message = b"".join(line + b"\r\n" for line in lines) + b".\r\n"
+        cuts = sorted(rng.sample(range(1, len(message)), min(len(message) - 1, rng.randint(0, 6))))
+        for a, b in zip([0] + cuts, cuts + [len(message)]):
+            proto.dataReceived(message[a:b])
+        [reply] = said(transport)
+        if max(map(len, lines)) > 998:
+            assert reply == LONG_LINE_REFUSAL, lines
+        else:
+            assert reply.startswith(b"250 2.0.0 Ok: queued as "), lines
+            stored += 1
+        proto.dataReceived(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n")
+        transport.clear()
+    assert len(hub.store.account("alice@localhost").folder("INBOX").messages()) == stored > 50
+
+
 def test_end_of_data_split_across_packets(hub):
     proto, transport = connect(hub)
     proto.dataReceived(b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n")

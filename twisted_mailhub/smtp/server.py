@@ -85,6 +85,41 @@ CLOSING = "CLOSING"
 # carry base64 (RFC 4954 §4 allows 12288), so commands get room to spare.
 MAX_LINE = 4096
 
+# RFC 5321 §4.5.3.1.6: a text line of message data is at most 1000
+# octets with its CRLF: 998 before it. A message with a longer line is
+# refused after DATA (550 5.5.2), as an Exim ACL on $max_received_linelength
+# does (and Exim's transports refuse to send such lines, 998 by default),
+# rather than stored for readers that cannot take it (Python's poplib
+# refuses a line over 2048 octets) or folded as Postfix does when it sends
+# (which changes the text and breaks DKIM signatures).
+MAX_TEXT = 998
+# Any run of more than MAX_TEXT octets without an LF holds a whole tile of
+# this size, wherever the tiles begin: one find() per tile, not per line.
+_TILE = (MAX_TEXT + 2) // 2
+
+
+def _text_too_long(buf, start: int, stop: int) -> bool:
+    """
+    Whether C{buf[start:stop]} (a region of message data from the start of
+    a line up to and including an LF) holds a line of more than
+    L{MAX_TEXT} octets before its line end (CRLF, or a bare LF in a
+    session of bare LFs). Costs one C{find} per L{_TILE} octets.
+    """
+    i = start
+    while i + _TILE <= stop:
+        if buf.find(b"\n", i, i + _TILE) >= 0:
+            i += _TILE
+            continue
+        # No LF in this tile: measure its line exactly.
+        begin = buf.rfind(b"\n", start, i) + 1 or start
+        end = buf.find(b"\n", i + _TILE, stop)
+        length = end - begin - (buf[end - 1] == 13)
+        if length > MAX_TEXT:
+            return True
+        i = end + 1
+    return False
+
+
 # While a command waits on a Deferred, later input is held back; past this
 # much the transport is paused so a flooding client cannot grow it.
 MAX_HELD = 256 * 1024
@@ -677,14 +712,17 @@ class MailhubSMTP(smtp.ESMTP):
         self.state = DATA
         self.lines.start_raw(self._data_chunk, timeout=self.data_timeout)
         self._too_big = False
+        self._too_long = False
         self._scanned = 0
         if self.crlf_session is False:
             self._data = bytearray(b"\n")
+            self._line_start = 1
             self.reply(354, "End data with a line holding only a dot (.)")
         else:
             # The CRLF that ended DATA counts as the line end before a
             # first line of ".".
             self._data = bytearray(b"\r\n")
+            self._line_start = 2  # where the first line of the message begins
             self.reply_raw(b"354 End data with <CR><LF>.<CR><LF>\r\n")
 
     def _find_end(self) -> tuple[int, int]:
@@ -707,24 +745,51 @@ class MailhubSMTP(smtp.ESMTP):
         size limit only the last few octets are kept, to find the end of
         data. At the end: the input after it, and the Deferred of the reply.
         """
+        before = len(self._data)
         self._data += data
         end, mark = self._find_end()
         if end < 0:
+            if not (self._too_big or self._too_long):
+                self._check_lines(before, len(self._data))
             self._scanned = max(0, len(self._data) - 4)
-            if len(self._data) - 6 > self.hub.max_message_size:
+            if self._too_long or len(self._data) - 6 > self.hub.max_message_size:
                 # RFC 5321 §4.5.3.1.7: refuse, but do not keep the excess.
-                self._too_big = True
+                self._too_big = not self._too_long
                 self._data = self._data[-4:]
                 self._scanned = 0
             return None
         head = 2 if self.crlf_session is not False else 1
         # Everything up to and including the line end before ".".
         body_end = end + (2 if self.crlf_session is not False else 1)
+        if not (self._too_big or self._too_long) and body_end > before:
+            self._check_lines(before, body_end)
         segment = bytes(self._data[:body_end])
         rest = bytes(self._data[end + mark :])
         self._data = bytearray()
         self.state = COMMAND
         return rest, self._end_of_data(segment, head)
+
+    def _check_lines(self, before: int, stop: int) -> None:
+        """
+        Look at C{self._data[before:stop]}, just taken, for a line longer
+        than L{MAX_TEXT} (sets C{_too_long}). C{_line_start} is where the
+        line that was unfinished before it began.
+        """
+        buf = self._data
+        first = buf.find(b"\n", before, stop)
+        if first < 0:
+            # Still the same line: too long once it cannot end in time.
+            self._too_long = stop - self._line_start > MAX_TEXT + 1
+            return
+        if first - self._line_start - (buf[first - 1] == 13) > MAX_TEXT:
+            self._too_long = True
+            return
+        last = buf.rfind(b"\n", first, stop)
+        if last - first > MAX_TEXT and _text_too_long(buf, first + 1, last + 1):
+            self._too_long = True
+            return
+        self._line_start = last + 1
+        self._too_long = stop - self._line_start > MAX_TEXT + 1
 
     def _end_of_data(self, segment: bytes, head: int) -> defer.Deferred:
         sender, recipients = self.sender, self.recipients
@@ -732,6 +797,9 @@ class MailhubSMTP(smtp.ESMTP):
         self._reset_envelope()
         if self._too_big or len(segment) - head > self.hub.max_message_size:
             self.reply(552, "5.3.4 Error: message too big for this hub")
+            return defer.succeed(None)
+        if self._too_long:
+            self.reply(550, "5.5.2 Error: message refused: a line of it is longer than 1000 octets with its line end (RFC 5321 4.5.3.1.6)")
             return defer.succeed(None)
         if self.crlf_session is not False:
             # SMTP smuggling (CVE-2023-51764): in a CRLF session every CR
