@@ -126,10 +126,10 @@ def test_the_flush_is_chosen_by_how_much_the_neighbours_have_dirty(monkeypatch, 
 
 class _InlineReactor:
     """
-    A reactor for L{durable.GroupCommitWriter} whose thread pool runs each
-    batch at once (in this thread) and whose results come back at once:
-    a batch is done when C{write} returns, or, with C{hold}, when
-    L{release} is called.
+    A reactor for L{durable.GroupCommitWriter}, and its commit threads
+    (C{threads=}), that runs each batch at once (in this thread) and
+    whose results come back at once: a batch is done when C{write}
+    returns, or, with C{hold}, when L{release} is called.
     """
 
     def __init__(self, hold: bool = False):
@@ -140,11 +140,8 @@ class _InlineReactor:
         self.hold = hold
         self.held: list = []
 
-    def getThreadPool(self):
-        return self
-
-    def callInThreadWithCallback(self, on_result, function, *args, **kwargs):
-        self.held.append(lambda: on_result(True, function(*args, **kwargs)))
+    def run(self, function, args, on_result):
+        self.held.append(lambda: on_result(function(*args)))
         if not self.hold:
             held, self.held = self.held, []
             for done in held:
@@ -164,10 +161,15 @@ class _InlineReactor:
         function(*args, **kwargs)
 
 
+def inline_writer() -> durable.GroupCommitWriter:
+    reactor = _InlineReactor()
+    return durable.GroupCommitWriter(reactor, threads=reactor)
+
+
 def test_every_write_of_a_batch_has_arrived_and_after_batch_ran_before_any_deferred_fires(tmp_path):
     root = maildir(tmp_path)
     reactor = _InlineReactor(hold=True)
-    writer = durable.GroupCommitWriter(reactor, in_flight=1)
+    writer = durable.GroupCommitWriter(reactor, threads=reactor, in_flight=1)
     seen = []
     shared = []
 
@@ -205,7 +207,7 @@ def test_the_writes_of_one_reactor_turn_go_to_disk_together_at_its_end(tmp_path,
     monkeypatch.setattr(durable, "choose_flush", lambda: chosen)
     root = maildir(tmp_path)
     reactor = _InlineReactor()
-    writer = durable.GroupCommitWriter(reactor, in_flight=4)
+    writer = durable.GroupCommitWriter(reactor, threads=reactor, in_flight=4)
     done = []
     for n in range(5):
         writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x").addCallback(done.append)
@@ -217,7 +219,7 @@ def test_the_writes_of_one_reactor_turn_go_to_disk_together_at_its_end(tmp_path,
 
 def test_a_write_whose_arrival_bookkeeping_fails_reports_that_failure(tmp_path):
     root = maildir(tmp_path)
-    writer = durable.GroupCommitWriter(_InlineReactor())
+    writer = inline_writer()
 
     def broken():
         raise ValueError("bookkeeping")
@@ -237,7 +239,7 @@ def test_the_flush_is_chosen_once_per_choice_period_not_once_per_batch(tmp_path,
     monkeypatch.setattr(durable, "choose_flush", lambda: asked.append(1) or "files")
     now = [1000.0]
     monkeypatch.setattr(durable.time, "monotonic", lambda: now[0])
-    writer = durable.GroupCommitWriter(_InlineReactor())
+    writer = inline_writer()
     for n in range(5):
         writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x")
         writer.reactor.turn()
@@ -257,7 +259,7 @@ def test_on_a_quiet_system_a_second_batch_starts_beside_a_first_that_takes_long(
     now = [1000.0]
     monkeypatch.setattr(durable.time, "monotonic", lambda: now[0])
     reactor = _InlineReactor(hold=True)
-    writer = durable.GroupCommitWriter(reactor)
+    writer = durable.GroupCommitWriter(reactor, threads=reactor)
     done = []
 
     def write(n):
@@ -287,7 +289,7 @@ def test_on_a_quiet_system_writes_queued_behind_a_quick_flush_go_in_one_batch_af
     monkeypatch.setattr(durable, "choose_flush", lambda: "syncfs")
     monkeypatch.setattr(durable.time, "monotonic", lambda: 1000.0)
     reactor = _InlineReactor(hold=True)
-    writer = durable.GroupCommitWriter(reactor)
+    writer = durable.GroupCommitWriter(reactor, threads=reactor)
     for n in range(5):
         writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x")
         reactor.turn()
@@ -307,7 +309,7 @@ def test_a_batch_whose_flush_ends_first_waits_for_the_batches_started_before_it(
     now = [1000.0]
     monkeypatch.setattr(durable.time, "monotonic", lambda: now[0])
     reactor = _InlineReactor(hold=True)
-    writer = durable.GroupCommitWriter(reactor)
+    writer = durable.GroupCommitWriter(reactor, threads=reactor)
     seen = []
 
     def write(n):
@@ -326,3 +328,41 @@ def test_a_batch_whose_flush_ends_first_waits_for_the_batches_started_before_it(
     first()
     assert seen == [("arrived", 0), ("fired", 0), ("arrived", 1), ("fired", 1)]
     assert sorted(os.listdir(root / "new")) == ["m0", "m1"]
+
+
+def test_commit_threads_run_batches_off_the_reactor_and_answer_in_its_thread_then_stop_at_shutdown():
+    import queue
+    import threading
+
+    answers: queue.Queue = queue.Queue()
+
+    class Reactor:
+        def __init__(self):
+            self.triggers = []
+
+        def addSystemEventTrigger(self, phase, event, function):
+            self.triggers.append((phase, event, function))
+
+        def callFromThread(self, function, *args):
+            answers.put((function, args))
+
+    reactor = Reactor()
+    threads = durable.CommitThreads(reactor, 2)
+    results: list = []
+    for n in range(5):
+        threads.run(lambda n: (n, threading.get_ident()), (n,), results.append)
+    threads.run(lambda: 1 / 0, (), results.append)
+    for _ in range(6):
+        function, args = answers.get(timeout=10)
+        function(*args)  # here, in the "reactor" thread
+    crashed = [r for r in results if not isinstance(r, tuple)]
+    done = sorted(r for r in results if isinstance(r, tuple))
+    assert [n for n, _ in done] == [0, 1, 2, 3, 4]
+    assert threading.get_ident() not in {ident for _, ident in done}
+    assert len(crashed) == 1 and crashed[0].check(ZeroDivisionError)
+    assert len(threads._threads) == 2  # never more than a writer has batches on their way
+    [(phase, event, stop)] = reactor.triggers
+    assert (phase, event) == ("during", "shutdown")
+    running = list(threads._threads)
+    stop()
+    assert not any(thread.is_alive() for thread in running)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet import defer
-
 from twisted_mailhub.store import durable
 from twisted_mailhub.store.durable import GroupCommitWriter, PendingWrite
 
@@ -39,21 +37,19 @@ def test_one_failed_write_of_a_group_keeps_the_whole_group_out_of_place(tmp_path
 def test_a_group_is_never_split_between_batches(tmp_path, monkeypatch):
     batches = []
 
-    def capture(reactor, pool, function, batch, flush):
-        batches.append([os.path.basename(item.final_path) for item in batch])
-        return defer.Deferred()  # never done: what queues meanwhile waits
+    class Threads:
+        def run(self, function, args, on_result):
+            batch, flush = args
+            batches.append([os.path.basename(item.final_path) for item in batch])
+            # never done: what queues meanwhile waits
 
-    monkeypatch.setattr(durable.threads, "deferToThreadPool", capture)
     monkeypatch.setattr(durable, "choose_flush", lambda: "files")  # two batches may be on their way
 
     class Reactor:
-        def getThreadPool(self):
-            return None
-
         def callLater(self, delay, function, *args):
             function(*args)  # batches start at once here
 
-    writer = GroupCommitWriter(Reactor(), max_batch=2, in_flight=2)
+    writer = GroupCommitWriter(Reactor(), max_batch=2, in_flight=2, threads=Threads())
     root = str(tmp_path)
     writer.write(root + "/t", root + "/lone", b"x")
     writer.write_group([(root + f"/t{i}", root + f"/g{i}", b"x", None) for i in range(3)])

@@ -50,13 +50,14 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import queue
 import sys
 import threading
 import time
 from typing import Any, Callable
 
 import attr
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -447,6 +448,65 @@ def _flush_filesystems(batch, outcome, fds, logs, log_fds, live) -> None:
                 outcome[i] = outcome[i] or failed[device]
 
 
+class CommitThreads:
+    """
+    The group commit's own threads. A batch is handed to one in a
+    C{queue.SimpleQueue} (one call in C) and its outcome comes back with
+    C{reactor.callFromThread}: none of the Deferred, log context and
+    thread-pool bookkeeping of C{deferToThreadPool} per batch (about 9% of
+    the reactor's time per message with 32 SMTP clients without
+    pipelining), and the threads' time is the batch's own work. At most
+    C{count} threads (the batches a writer has on their way at once),
+    started with the first batch; stopped, after the batch they are
+    running, when the reactor shuts down.
+    """
+
+    def __init__(self, reactor: Any, count: int):
+        self.reactor = reactor
+        self.count = count
+        self._jobs: Any = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def run(self, function: Callable, args: tuple, on_result: Callable[[Any], None]) -> None:
+        """
+        Call C{function(*args)} in a commit thread, then C{on_result} in the
+        reactor thread with what it returned, or with a L{Failure} of what
+        it raised.
+        """
+        if len(self._threads) < self.count:
+            self._start()
+        self._jobs.put((function, args, on_result))
+
+    def _start(self) -> None:
+        if not self._threads:
+            self.reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+        thread = threading.Thread(target=self._work, name=f"mailhub-commit-{len(self._threads)}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        get, call_back = self._jobs.get, self.reactor.callFromThread
+        while True:
+            job = get()
+            if job is None:
+                return
+            function, args, on_result = job
+            try:
+                result = function(*args)
+            except BaseException:  # noqa: B036 - reported to the caller
+                result = Failure()
+            call_back(on_result, result)
+            del job, function, args, on_result, result
+
+    def stop(self) -> None:
+        """Let each thread finish its batch and end (the reactor's shutdown)."""
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._jobs.put(None)
+        for thread in threads:
+            thread.join()
+
+
 # Batches on their way to disk at once while the flush is a syncfs(2).
 SYNCFS_IN_FLIGHT = 2
 
@@ -464,12 +524,18 @@ class GroupCommitWriter:
     Writes files durably, batching the flushes of concurrent writes.
     """
 
-    def __init__(self, reactor: Any = None, max_batch: int = 256, in_flight: int = 4):
+    def __init__(self, reactor: Any = None, max_batch: int = 256, in_flight: int = 4, threads: Any = None):
+        """
+        C{threads}: what runs a batch's disk work off the reactor (a
+        L{CommitThreads} of C{in_flight} threads unless given; tests give
+        one that runs batches in their own thread).
+        """
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
         self.reactor = reactor
+        self.threads = threads if threads is not None else CommitThreads(reactor, in_flight)
         self.max_batch = max_batch
         # Batches on their way to disk at once: they flush only their own
         # files, so one need not wait for another (and a slow flush does
@@ -619,7 +685,6 @@ class GroupCommitWriter:
         self._running += 1
         self._last_start = now
         self.batches += 1
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), _commit_batch, batch, self._flush)
 
         def done(outcome):
             # The owners' bookkeeping for every write, then what they share
@@ -666,7 +731,7 @@ class GroupCommitWriter:
             slot[0] = result  # the outcomes, or the Failure of a crash
             self._finish_in_order()
 
-        d.addCallbacks(returned, returned)
+        self.threads.run(_commit_batch, (batch, self._flush), returned)
 
     def _finish_in_order(self) -> None:
         """Finish the oldest batches whose threads are done, oldest first."""
