@@ -207,6 +207,69 @@ def test_a_pop3_session_nobody_watched_reads_as_one_watched_line_by_line():
     ]
 
 
+def test_an_smtp_session_one_line_per_write_nobody_watched_reads_as_one_watched_line_by_line():
+    # Without pipelining every command and reply is one write of one line:
+    # the shortcut that records such a line when nobody watches keeps the
+    # same events a watcher is told (masks, the DATA summary, odd lines).
+    from twisted_mailhub.transcript import SessionEvents, Transcriber
+
+    session = [
+        ("S", b"220 mail.test ESMTP\r\n"),
+        ("C", b"EHLO a.example\r\n"),
+        ("S", b"250-mail.test Hello\r\n250 HELP\r\n"),
+        ("C", b"MAIL FROM:<a@b>\r\n"),
+        ("S", b"250 2.1.0 Ok\r\n"),
+        ("C", b"RCPT TO:<bob@mail.test>\r\n"),
+        ("S", b"250 2.1.5 Ok\r\n"),
+        ("C", b"DATA\r\n"),
+        ("S", b"354 End data with <CR><LF>.<CR><LF>\r\n"),
+        ("C", b"Subject: x\r\n\r\nbody\r\n.\r\n"),
+        ("S", b"250 2.0.0 Ok: queued as 1\r\n"),
+        ("C", b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"),
+        ("S", b"535 5.7.8 Error: authentication failed\r\n"),
+        ("C", b"mail from:<\x1bodd>\r\n"),
+        ("S", b"501 5.1.7 Bad sender address syntax\r\n"),
+        ("C", b"NOOP\r\r\n"),
+        ("S", b"250 2.0.0 Ok\r\n"),
+        ("C", b"QUIT\r\n"),
+        ("S", b"221 2.0.0 Bye\r\n"),
+    ]
+
+    def recorded(watch: bool):
+        bus = SessionEvents(clock=lambda: 1000.0)
+        seen: list = []
+        if watch:
+            bus.subscribe(lambda r, e: seen.append(e))
+        record = bus.start("smtp", ("127.0.0.1", 4000), ("127.0.0.1", 25), id="smtp#1")
+        t = Transcriber(record.id, record)
+        for who, data in session:
+            (t.client_bytes if who == "C" else t.server_bytes)(data)
+        return record, seen
+
+    quiet, _ = recorded(False)
+    watched, seen = recorded(True)
+    assert list(quiet.events) == list(watched.events) == seen[-len(list(watched.events)) :]
+    assert _lines(quiet)[4:] == [
+        "C: MAIL FROM:<a@b>",
+        "S: 250 2.1.0 Ok",
+        "C: RCPT TO:<bob@mail.test>",
+        "S: 250 2.1.5 Ok",
+        "C: DATA",
+        "S: 354 End data with <CR><LF>.<CR><LF>",
+        "C: [message: 3 lines, 20 octets]",
+        "C: .",
+        "S: 250 2.0.0 Ok: queued as 1",
+        "C: AUTH PLAIN ****",
+        "S: 535 5.7.8 Error: authentication failed",
+        "C: mail from:<\\x1bodd>",
+        "S: 501 5.1.7 Bad sender address syntax",
+        "C: NOOP",
+        "S: 250 2.0.0 Ok",
+        "C: QUIT",
+        "S: 221 2.0.0 Bye",
+    ]
+
+
 def test_a_pipelined_batch_of_numbered_pop3_commands_is_recorded_as_the_same_lines_sent_one_by_one():
     batch = b"RETR 1\r\ndele 1\nList 2\r\nretr 2\r\nUIDL 2\r\n"
     answers = [

@@ -515,7 +515,14 @@ class Transcriber:
                 # secret to mask: as _client_line records it, one call less.
                 upper = data.upper()
                 if upper.find(b"AUTH") < 0 and upper.find(b"PASS") < 0 and upper.find(b"LOGIN") < 0:
-                    self.record.add_line("C", data[:-2].rstrip(b"\r"))
+                    bus = self._bus
+                    if bus.watchers or bus.session_watchers:
+                        self.record.add_line("C", data[:-2].rstrip(b"\r"))
+                    else:
+                        # What add_line does with nobody watching, inline.
+                        record = self.record
+                        seq = record._seq = record._seq + 1
+                        record._events.append((seq, bus.clock(), "C", data[:-2].rstrip(b"\r")))
                     return
             self._client_line(data[:-1])
             return
@@ -637,6 +644,22 @@ class Transcriber:
     # -- the server's side ------------------------------------------------------
 
     def server_bytes(self, data: bytes) -> None:
+        if self._plain and not (self._server or self._in_sasl):
+            last = len(data) - 1
+            if data.find(b"\n") == last and data.find(b"\r") == last - 1:
+                # One CRLF reply line, no other CR or LF in it (SMTP's, one
+                # per command without pipelining): as the shortcut below
+                # records it, with add_line inline when nobody watches.
+                bus = self._bus
+                if bus.watchers or bus.session_watchers:
+                    self.record.add_line("S", data[:-2])
+                else:
+                    record = self.record
+                    seq = record._seq = record._seq + 1
+                    record._events.append((seq, bus.clock(), "S", data[:-2]))
+                if data.startswith(b"354"):
+                    self._in_data = _MessageLines()  # SMTP's go-ahead for DATA (RFC 5321 §4.2.2)
+                return
         if (
             self._plain
             and not (self._server or self._in_sasl)
