@@ -346,23 +346,33 @@ def test_commit_threads_run_batches_off_the_reactor_and_answer_in_its_thread_the
         def callFromThread(self, function, *args):
             answers.put((function, args))
 
+    def answer(count):
+        for _ in range(count):
+            function, args = answers.get(timeout=10)
+            function(*args)  # here, in the "reactor" thread
+
     reactor = Reactor()
     threads = durable.CommitThreads(reactor, 2)
     results: list = []
+    # Two batches on their way at once: two threads.
+    threads.run(lambda: ("a", threading.get_ident()), (), results.append)
+    threads.run(lambda: 1 / 0, (), results.append)
+    answer(2)
+    crashed = [r for r in results if not isinstance(r, tuple)]
+    assert len(crashed) == 1 and crashed[0].check(ZeroDivisionError)
+    [(_, first)] = [r for r in results if isinstance(r, tuple)]
+    assert first != threading.get_ident()
+    # One at a time from then on: the thread idle most recently takes
+    # each, and no other is started.
     for n in range(5):
         threads.run(lambda n: (n, threading.get_ident()), (n,), results.append)
-    threads.run(lambda: 1 / 0, (), results.append)
-    for _ in range(6):
-        function, args = answers.get(timeout=10)
-        function(*args)  # here, in the "reactor" thread
-    crashed = [r for r in results if not isinstance(r, tuple)]
-    done = sorted(r for r in results if isinstance(r, tuple))
-    assert [n for n, _ in done] == [0, 1, 2, 3, 4]
-    assert threading.get_ident() not in {ident for _, ident in done}
-    assert len(crashed) == 1 and crashed[0].check(ZeroDivisionError)
-    assert len(threads._threads) == 2  # never more than a writer has batches on their way
+        answer(1)
+    later = results[2:]
+    assert [n for n, _ in later] == [0, 1, 2, 3, 4] and len({ident for _, ident in later}) == 1
+    assert threading.get_ident() not in {ident for _, ident in later}
+    assert len(threads._threads) == 2
     [(phase, event, stop)] = reactor.triggers
     assert (phase, event) == ("during", "shutdown")
-    running = list(threads._threads)
+    running = [thread for thread, _ in threads._threads]
     stop()
     assert not any(thread.is_alive() for thread in running)
