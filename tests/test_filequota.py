@@ -57,7 +57,7 @@ def test_ftp_and_sftp_uploads_stop_at_the_quota_and_leave_no_partial_file(start_
         s.ehlo("client.test")
         s.mail("bob@localhost")
         s.rcpt("alice@localhost")
-        code, text = s.data(b"Subject: big\r\n\r\n" + b"x" * 40_000 + b"\r\n")
+        code, text = s.data(b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 40)  # lines of at most 1000 octets (RFC 5321 §4.5.3.1.6)
     assert code == 552, text
 
 
@@ -174,7 +174,7 @@ def test_appe_counts_only_what_it_adds_while_and_after_it_runs(start_hub):
         s.mail("bob@localhost")
         code, text = s.rcpt("alice@localhost")
         assert code == 250, text
-        code, text = s.data(b"Subject: fits\r\n\r\n" + b"x" * 1_500 + b"\r\n")
+        code, text = s.data(b"Subject: fits\r\n\r\n" + (b"x" * 748 + b"\r\n") * 2)  # 1,500 octets in lines of at most 1000
         assert code == 250, text
     conn.shutdown(socket.SHUT_WR)
     conn.close()

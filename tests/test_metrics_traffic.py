@@ -62,7 +62,7 @@ def test_octets_per_listener_and_smtp_refusals_by_reason_are_counted(start_hub):
             b"MAIL FROM:<judy@jbc.test>",
             b"RCPT TO:<alice@localhost>",
             b"DATA",
-            b"Subject: big\r\n\r\n" + b"x" * 2000 + b"\r\n.",  # quota (1k)
+            b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 2 + b".",  # quota (1k), in lines of at most 1000 octets
             b"QUIT",
         ],
     )
