@@ -30,7 +30,10 @@ def test_sizes_read_with_binary_multiples():
 
 def message(subject: str, octets: int) -> bytes:
     head = f"From: judy@jbc.test\r\nSubject: {subject}\r\n\r\n".encode()
-    return head + b"x" * (octets - len(head) - 2) + b"\r\n"
+    # In lines of 100 octets (RFC 5321 §4.5.3.1.6: at most 1000), the last shorter.
+    rest = octets - len(head)
+    body = (b"x" * 98 + b"\r\n") * ((rest - 2) // 100)
+    return head + body + b"x" * (rest - len(body) - 2) + b"\r\n"
 
 
 def inbox(hub, user="alice", password="secret"):
