@@ -459,3 +459,22 @@ def test_lines_sent_together_are_recorded_as_when_sent_one_at_a_time():
     assert _fed("ftp", ftp, False) == _fed("ftp", ftp, True) == [
         "C: USER anonymous", "C: PASS ****", "C: PWD", "S: 331 ok", "S: 230 ok", 'S: 257 "/"'
     ]
+
+
+def test_one_line_writes_recorded_on_an_ftp_control_record_read_as_on_a_session_record():
+    # The shortcuts that append a line to a SessionRecord's events inline
+    # leave a record that keeps its events otherwise (FTP's ControlRecord)
+    # to its own add_line.
+    from twisted_mailhub.ftp.record import ControlRecord
+    from twisted_mailhub.transcript import SessionEvents, Transcriber
+
+    def lines(kind):
+        bus = SessionEvents(clock=lambda: 1000.0)
+        record = bus.start("ftp", ("127.0.0.1", 4000), ("127.0.0.1", 21), id="ftp#1", **({"kind": kind} if kind else {}))
+        t = Transcriber(record.id, record)
+        for who, data in [("S", b"220 ready\r\n"), ("C", b"USER alice\r\n"), ("S", b"331 ok\r\n"), ("C", b"PASS secret\r\n"), ("S", b"230 in\r\n"), ("C", b"PWD\r\n")]:
+            (t.client_bytes if who == "C" else t.server_bytes)(data)
+        return [e[2:] for e in record.events]
+
+    assert lines(ControlRecord) == lines(None)
+    assert ("C", "PASS ****") in lines(ControlRecord) and ("S", "230 in") in lines(ControlRecord)

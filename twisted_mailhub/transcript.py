@@ -452,6 +452,10 @@ class Transcriber:
         self._plain = record is not None and self._pop3 is None and not self._imap
         # The record's bus, for the shortcuts that record a line inline.
         self._bus = record.bus if record is not None else None
+        # Whether a line may be appended to the record's events inline when
+        # nobody watches (a SessionRecord's deque; not a record that keeps
+        # its events otherwise, as FTP's ControlRecord does).
+        self._inline = type(record) is SessionRecord
         if record is not None:
             self._emit = record.add_line  # one call less per line
 
@@ -516,7 +520,7 @@ class Transcriber:
                 upper = data.upper()
                 if upper.find(b"AUTH") < 0 and upper.find(b"PASS") < 0 and upper.find(b"LOGIN") < 0:
                     bus = self._bus
-                    if bus.watchers or bus.session_watchers:
+                    if not self._inline or bus.watchers or bus.session_watchers:
                         self.record.add_line("C", data[:-2].rstrip(b"\r"))
                     else:
                         # What add_line does with nobody watching, inline.
@@ -651,7 +655,7 @@ class Transcriber:
                 # per command without pipelining): as the shortcut below
                 # records it, with add_line inline when nobody watches.
                 bus = self._bus
-                if bus.watchers or bus.session_watchers:
+                if not self._inline or bus.watchers or bus.session_watchers:
                     self.record.add_line("S", data[:-2])
                 else:
                     record = self.record
