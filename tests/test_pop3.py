@@ -493,6 +493,16 @@ class MaildirRetrTests(POP3TestCase):
         self.assertEqual(self.say(proto, t, b"stat\r\n"), b"+OK 2 40\r\n")
 
 
+    def test_retr_sends_the_whole_file_when_another_program_made_it_longer_than_the_index_says(self):
+        self.drop_in("1700000000.M1P1.host,S=5", b"one\r\n")
+        proto, t = self.login()
+        self.assertEqual(self.say(proto, t, b"retr 1\r\n"), b"+OK 5 octets\r\none\r\n.\r\n")
+        tail = b"x" * (3 << 20) + b"\r\n"  # more than one read's worth
+        with open(os.path.join(self.maildir, "new", "1700000000.M1P1.host,S=5"), "ab") as f:
+            f.write(tail)
+        answer = self.say(proto, t, b"retr 1\r\n")
+        self.assertTrue(answer.endswith(b"\r\none\r\n" + tail + b".\r\n"), answer[:40])
+
     def test_message_after_message_the_files_are_found_a_batch_at_a_time(self):
         for n in range(20):
             self.drop_in("17000000%02d.M1P1.host,S=5" % n, b"m%02d\r\n" % n)

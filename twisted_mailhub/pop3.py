@@ -136,18 +136,28 @@ def uidl_of(key: str) -> str:
     return "h" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
-def _read_rest(fd: int, data: bytes) -> bytes:
+def _read_file(where: tuple[int, str], size: int) -> bytes | None:
     """
-    C{data}, read from C{fd} and longer than the index says (the file was
-    changed by hand), with the rest of the file after it.
+    The whole file at C{where} (a directory's descriptor and a name in
+    it), in one C{read} of C{size} + 1 octets when it is C{size} octets as
+    the index says, or more reads when it was made longer by hand; L{None}
+    when it is not there (renamed by another program since the store last
+    looked).
     """
-    parts = [data]
-    while True:
-        more = os.read(fd, 1 << 20)
-        if not more:
-            break
-        parts.append(more)
-    return b"".join(parts)
+    try:
+        fd = os.open(where[1], _O_READ, dir_fd=where[0])
+    except FileNotFoundError:
+        return None
+    try:
+        data = os.read(fd, size + 1)
+        if len(data) <= size:
+            return data
+        parts = [data]
+        while more := os.read(fd, 1 << 20):
+            parts.append(more)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 @implementer(IMailbox)
@@ -251,20 +261,12 @@ class Maildrop:
             where = self._look_ahead(i)
             if where is None:
                 return self.folder.read(self.uids[i])
-        try:
-            fd = os.open(where[1], _O_READ, dir_fd=where[0])
-        except FileNotFoundError:
+        data = _read_file(where, self.sizes[i])
+        if data is None:
             # Renamed by another program since the store last looked: the
             # store finds it again (or says it is gone).
             self._paths.pop(i, None)
             return self.folder.read(self.uids[i])
-        try:
-            size = self.sizes[i]
-            data = os.read(fd, size + 1)
-            if len(data) > size:
-                data = _read_rest(fd, data)
-        finally:
-            os.close(fd)
         return data
 
     def _look_ahead(self, i: int) -> tuple[int, str] | None:
@@ -306,23 +308,9 @@ class Maildrop:
         (L{wire_lines}). Raises as L{read} does.
         """
         where = self._paths.get(i)
-        fd = -1
-        if where is not None:
-            try:
-                fd = os.open(where[1], _O_READ, dir_fd=where[0])
-            except FileNotFoundError:
-                pass  # renamed by another program: read() finds it again
-        if fd < 0:
-            data = self.read(i)
-        else:
-            # What read() does, inline: the commonest case, a file found before.
-            try:
-                size = self.sizes[i]
-                data = os.read(fd, size + 1)
-                if len(data) > size:
-                    data = _read_rest(fd, data)
-            finally:
-                os.close(fd)
+        data = None if where is None else _read_file(where, self.sizes[i])
+        if data is None:
+            data = self.read(i)  # not found ahead yet, or renamed since
         key = self.keys[i]
         fact = self._facts.get(key)
         if fact is not None and fact >= 0 and fact & LENGTH_MASK == len(data):
