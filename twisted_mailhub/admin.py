@@ -301,10 +301,11 @@ def check(hub_args: list[str], dns: bool = True) -> list[str]:
             from twisted_mailhub.tls import unusable_reason
 
             problems.append(f"TLS: --tls-cert {options['tls-cert']}: {unusable_reason(e)}")
-    catch_all = options.get("catch-all")
-    if catch_all and accounts is not None and accounts.find(catch_all) is None:
-        # (checked by the catch-all's install: the start stops there)
-        problems.append(f"options: --catch-all {catch_all}: no such account (add it with --user ADDRESS:PASSWORD)")
+    if accounts is not None:
+        from twisted_mailhub.optionvalues import unnamed_accounts
+
+        # --catch-all, --postmaster naming no account: the start stops there
+        problems.extend(f"options: {line}" for line in unnamed_accounts(options, accounts))
     problems.extend(_unbindable(options, cannot_listen_line, with_backlog))
     from twisted_mailhub.ports import options_warnings
 
@@ -338,6 +339,12 @@ def _unbindable(options, cannot_listen_line, with_backlog) -> list[str]:
                 continue
             description = options[spec.name]
             kind, _, rest = description.partition(":")
+            if kind == "unix":
+                # The socket's folder: a missing one stops the start.
+                folder = os.path.dirname(os.path.abspath(rest.split(":")[0])) if rest else ""
+                if folder and not os.path.isdir(folder):
+                    lines.append("listeners: " + cannot_listen_line(spec.name, description, FileNotFoundError(2, f"no folder {folder}")).removeprefix("mailhub: "))
+                continue
             if kind not in ("tcp", "tcp6"):
                 continue
             fields = rest.split(":")

@@ -49,7 +49,7 @@ def resolver_for(server: str | None) -> Any:
     else:
         from twisted_mailhub.queue.mx import parse_host_port
 
-        host, port = parse_host_port(server, 53)
+        host, port = parse_host_port(server, 53, address_only=True)
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = [host]
         resolver.port = port

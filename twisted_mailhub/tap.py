@@ -52,34 +52,17 @@ def _component_options():
 _PARAMETERS, _FLAGS = _component_options()
 
 
-def _whole_number(name: str):
-    """
-    The coerce of a number option C{--NAME}: a whole number, 0 or more.
-
-    Anything else is a L{usage.UsageError} that names the option and shows
-    what was given (not Python's C{invalid literal for int() with base 10}),
-    and a minus sign is refused here, so no limit or count is ever negative.
-    """
-
-    def coerce(value: str) -> int:
-        text = value.strip()
-        if not (text.isascii() and text.isdigit()):
-            from twisted_mailhub.lines import quote
-
-            raise usage.UsageError(f"--{name} wants a whole number (0, 1, 2, ...), not {quote(value) or 'nothing'}")
-        return int(text)
-
-    coerce.coerceDoc = ""
-    return coerce
-
-
 def _number_rows(rows: list) -> list:
     """
     C{rows} (C{optParameters}) with every C{int} coerce replaced by
-    L{_whole_number} for that option, so every component's number options
-    say the same clear thing about bad input.
+    L{optionvalues.whole_number} and every C{float} one by
+    L{optionvalues.seconds} (they are all times) for that option, so every
+    component's number options say the same clear thing about bad input.
     """
-    return [row[:4] + [_whole_number(row[0])] + row[5:] if len(row) > 4 and row[4] is int else row for row in rows]
+    from twisted_mailhub.optionvalues import seconds, whole_number
+
+    kinds = {int: whole_number, float: seconds}
+    return [row[:4] + [kinds[row[4]](row[0])] + row[5:] if len(row) > 4 and row[4] in kinds else row for row in rows]
 
 
 class Options(usage.Options, strcred.AuthOptionMixin):
@@ -184,13 +167,20 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             self["workers"] = worker_count(self["workers"])
         except ValueError as e:
             raise usage.UsageError(f"--workers {self['workers']}: {e}")
-        hostname = self["hostname"]
-        if hostname is not None and (not hostname.strip() or any(c.isspace() or not c.isprintable() or c in "/\\<>" for c in hostname)):
-            from twisted_mailhub.lines import quote
+        from twisted_mailhub import optionvalues
 
+        hostname = self["hostname"]
+        if hostname is not None and (not hostname.strip() or any(c.isspace() or not c.isprintable() or c in "/\\<>" for c in hostname) or optionvalues.host_name(hostname)):
             # It is every greeting's first word: a CR LF in it wrote reply
-            # lines of its own ("220 x" then "250 injected").
-            raise usage.UsageError(f"--hostname wants a host name such as mail.example.org, not {quote(hostname) or 'nothing'}")
+            # lines of its own ("220 x" then "250 injected"); "a..b" or
+            # "-x" is no name another server can greet or look up.
+            raise usage.UsageError(f"--hostname wants a host name such as mail.example.org, not {optionvalues.shown(hostname)}")
+        try:
+            # A file there was a traceback of os.makedirs at start.
+            optionvalues.data_folder(self["data"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self._check_listeners()
         if self["tls-key"] and not self["tls-cert"]:
             raise usage.UsageError("--tls-key needs --tls-cert")
         from twisted_mailhub.store import split_store_spec, store_factories
@@ -213,6 +203,25 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             if check is not None:
                 check(self)
 
+
+    def _check_listeners(self) -> None:
+        """
+        Every listener that is on is a description the hub can listen
+        with (L{optionvalues.listener}): an unknown kind, a port past
+        65535 or an C{ssl:} certificate that cannot be read stopped the
+        start only after the other listeners were bound (or, for the
+        certificate, with a traceback).
+        """
+        from twisted_mailhub.optionvalues import listener
+
+        for component in _components():
+            for spec in getattr(component, "listeners", []):
+                if self.get(f"no-{spec.name}"):
+                    continue
+                try:
+                    listener(self[spec.name])
+                except ValueError as e:
+                    raise usage.UsageError(f"--{spec.name} {e}") from None
 
     def _default_endpoints(self) -> None:
         """
@@ -393,11 +402,15 @@ def makeService(options):
             sys.stderr.write(f"mailhub: --tls-cert {options.get('tls-cert')}: cannot use it: {unusable_reason(e)}\n")
             raise SystemExit(2)
     try:
+        from twisted_mailhub.optionvalues import unnamed_accounts
+
+        for line in unnamed_accounts(options, accounts):
+            raise usage.UsageError(line)
         for module in _components():
             module.install(hub)
     except usage.UsageError as e:
-        # A component's check that needs the hub (--catch-all names no
-        # account): one line, as a bad --user is.
+        # A component's check that needs the hub (--catch-all or
+        # --postmaster names no account): one line, as a bad --user is.
         sys.stderr.write(f"mailhub: {e}\n")
         raise SystemExit(2)
     if not hub._listeners:

@@ -82,7 +82,7 @@ def install(hub) -> None:
 
         server = options.get("dns-server")
         deadline = float(options.get("sender-check-timeout") or checks.DEADLINE)
-        dns_server = parse_host_port(server, 53) if server else None
+        dns_server = parse_host_port(server, 53, address_only=True) if server else None
         hub.filters.insert(0, checks.InboundChecks(hub, pool, bool(options.get("dmarc-reject")), deadline, dns_server))
     if sign:
         found = {}

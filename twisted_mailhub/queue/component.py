@@ -45,12 +45,27 @@ option_lists = [
 ]
 
 
+def _host_port(options, name: str, default_port: int, address_only: bool = False):
+    """
+    C{--NAME}'s (host, port), or L{None} when not given; L{ValueError}
+    names the option (C{--smarthost host:} and C{--dns-server x} were
+    taken silently: the first as port 25, the second failed every lookup).
+    """
+    value = options.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_host_port(value, default_port, address_only)
+    except ValueError as e:
+        raise ValueError(f"--{name} {e}") from None
+
+
 def _config(options):
     """
     The relay settings from the command line; L{ValueError} says what is wrong.
     """
     config = {}
-    config["smarthost"] = parse_host_port(options["smarthost"], 25) if options.get("smarthost") else None
+    config["smarthost"] = _host_port(options, "smarthost", 25)
     auth = options.get("smarthost-auth")
     if auth:
         user, sep, password = auth.partition(":")
@@ -66,7 +81,7 @@ def _config(options):
     if config["lifetime"] <= 0:
         raise ValueError("--queue-lifetime must be positive")
     config["delay_warning"] = parse_duration(options.get("delay-warning") or "0")
-    config["dns_server"] = parse_host_port(options["dns-server"], 53) if options.get("dns-server") else None
+    config["dns_server"] = _host_port(options, "dns-server", 53, address_only=True)
     port = options.get("relay-port")
     port = int(port) if port is not None else 25
     if not 0 < port < 65536:

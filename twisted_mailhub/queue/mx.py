@@ -66,37 +66,33 @@ class RouteError(Exception):
         return f"{self.status} {self.text}"
 
 
-def parse_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+def parse_host_port(text: str, default_port: int | None = None, address_only: bool = False) -> tuple[str, int]:
     """
-    C{host:port}, C{[v6]:port} or C{host} (with C{default_port}).
+    C{host:port}, C{[v6]:port} or C{host} (with C{default_port}); with
+    C{address_only} the host is an IP address (a DNS server).
+    L{twisted_mailhub.optionvalues.host_port}: its L{ValueError} says what
+    is wrong in one line, for the caller to put the option's name before.
     """
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, ""
-    if not host:
-        raise ValueError(f"no host in {text!r}")
-    if not port:
-        if default_port is None:
-            raise ValueError(f"expected HOST:PORT, got {text!r}")
-        return host, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad port in {text!r}")
-    return host, int(port)
+    from twisted_mailhub.optionvalues import host_port
+
+    return host_port(text, default_port, address_only)
 
 
 def parse_override(text: str) -> tuple[str, tuple[str, int]]:
     """
     C{domain=host:port} (port defaults to 25).
     """
+    from twisted_mailhub.accounts import usable_domain
+    from twisted_mailhub.optionvalues import shown
+
     domain, sep, target = text.partition("=")
-    if not sep or not domain.strip():
-        raise ValueError(f"expected DOMAIN=HOST:PORT, got {text!r}")
-    return domain.strip().lower().rstrip("."), parse_host_port(target, 25)
+    domain = domain.strip().lower().rstrip(".")
+    if not sep or not (domain == "*" or usable_domain(domain)):
+        raise ValueError(f"--mx-override wants DOMAIN=HOST:PORT such as example.org=127.0.0.1:2525, not {shown(text)}")
+    try:
+        return domain, parse_host_port(target, 25)
+    except ValueError as e:
+        raise ValueError(f"--mx-override {domain}={e}") from None
 
 
 def _is_ip(host: str) -> bool:

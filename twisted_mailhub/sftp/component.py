@@ -40,9 +40,15 @@ def check_options(options) -> None:
     for name in ("sftp-idle-timeout", "sftp-login-timeout"):
         if float(options.get(name) or 0) <= 0:
             raise usage.UsageError(f"--{name} must be a positive number of seconds")
+    from twisted_mailhub.optionvalues import shown
+    from twisted_mailhub.sftp.keys import unusable_host_key
+
     for path in options.get("ssh-host-key") or []:
-        if not os.path.isfile(path):
-            raise usage.UsageError(f"--ssh-host-key {path!r}: no such file")
+        # Read now (a start stopped later, and mailhub-admin check
+        # passed, a file that is no key: "cannot guess the type of b'..'").
+        why = "no such file" if not os.path.isfile(path) else unusable_host_key(path)
+        if why:
+            raise usage.UsageError(f"--ssh-host-key {shown(path, 200)}: {why}")
 
 
 def install(hub) -> None:

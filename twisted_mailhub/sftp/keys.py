@@ -82,6 +82,25 @@ def load_host_keys(data_dir: str, paths: list[str] | None = None) -> list[keys.K
     return found
 
 
+def unusable_host_key(path: str) -> str | None:
+    """
+    Why C{path} cannot be an SSH host key for C{--ssh-host-key} (one line:
+    the file cannot be read, is not a private key, needs a passphrase),
+    or L{None} when it can.
+    """
+    try:
+        key = keys.Key.fromFile(path)
+    except OSError as e:
+        return e.strerror or str(e)
+    except keys.EncryptedKeyError:
+        return "the key is encrypted with a passphrase, which the hub cannot ask for"
+    except (keys.BadKeyError, ValueError, TypeError, IndexError):
+        return "not an SSH private key (OpenSSH or PEM, as ssh-keygen writes)"
+    if key.isPublic():
+        return "a public key: the host key is the private one (the file without .pub)"
+    return None
+
+
 @implementer(*([IAuthorizedKeysDB] if IAuthorizedKeysDB else []))
 class AuthorizedKeysFolder:
     """

@@ -1,0 +1,250 @@
+# -*- test-case-name: tests.test_option_values -*-
+"""
+The kinds of value the command line takes, each read by one function that
+either returns it or raises L{ValueError} with one line a person can act on:
+what the option wants, an example, and what was given (control characters
+shown visibly, never a Python repr).
+
+ - L{whole_number} and L{seconds}: the coerces of C{optParameters} rows
+   (C{tap._number_rows} puts them on every component's C{int} and
+   C{float} rows).
+ - L{host_port}: C{HOST:PORT}, C{[IPv6]:PORT} or a bare C{HOST} (with the
+   option's default port): C{--smarthost}, C{--dns-server},
+   C{--mx-override}. A colon with no port after it (C{host:}) is refused,
+   not read as the default port: it is a port left out by mistake.
+ - L{host_name}: a DNS name (RFC 1123 §2.1 labels; a U-label through
+   IDNA) or an address literal.
+ - L{listener}: a listener's strports description, read (files of an
+   C{ssl:} one included) without binding anything.
+ - L{data_folder}: C{--data}, a folder the hub can make or use.
+
+C{twistd mailhub} raises them as C{usage.UsageError} from option parsing,
+and C{mailhub-admin check} parses the same options, so both say the same.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from typing import Any, Callable
+
+from twisted.python import usage
+
+# RFC 1123 §2.1: letters, digits and hyphens, not starting or ending with a
+# hyphen, 63 octets at most; "_" is allowed too (service names in the DNS,
+# and hosts named so exist on LANs). 253 octets in all (RFC 1035 §2.3.4).
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+
+
+def shown(value: str, limit: int = 80) -> str:
+    """
+    C{value} as an error line may show it: control characters visible
+    (C{^A}, C{<U+0085>}), at most C{limit} characters; C{nothing} for "".
+    """
+    from twisted_mailhub.lines import quote
+
+    return quote(value, limit) or "nothing"
+
+
+def whole_number(name: str) -> Callable[[str], int]:
+    """
+    The coerce of a number option C{--NAME}: a whole number, 0 or more.
+
+    Anything else is a C{usage.UsageError} that names the option and shows
+    what was given (not Python's C{invalid literal for int() with base
+    10}, which a L{ValueError} here would show); a minus sign is refused
+    here, so no limit or count is ever negative.
+    """
+
+    def coerce(value: str) -> int:
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()):
+            raise usage.UsageError(f"--{name} wants a whole number (0, 1, 2, ...), not {shown(value)}")
+        return int(text)
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def seconds(name: str) -> Callable[[str], float]:
+    """
+    The coerce of a time option C{--NAME}: a number of seconds more than 0
+    (C{90}, C{2.5}); anything else is a C{usage.UsageError}.
+
+    C{nan} and C{inf} are refused as well as words and zero: a timer at
+    NaN never compares as due (the session never times out, and it
+    unsettles the order of every other timer), and "no limit" is not what
+    these options offer.
+    """
+
+    def coerce(value: str) -> float:
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not (text.isascii() and math.isfinite(number) and number > 0):
+            raise usage.UsageError(f"--{name} wants a number of seconds more than 0 (such as 30 or 2.5), not {shown(value)}")
+        return number
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+def host_name(host: str) -> str | None:
+    """
+    Why C{host} cannot be a host to connect to, or L{None} when it can:
+    an IPv4 or IPv6 address, or a DNS name of RFC 1123 labels (a U-label
+    such as C{exämple.test} through IDNA; a final dot is allowed).
+    """
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    try:
+        ascii_name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "not a host name"
+    if not ascii_name or len(ascii_name) > 253:
+        return "not a host name"
+    if not all(_LABEL.match(label) for label in ascii_name.split(".")):
+        return "not a host name (letters, digits, hyphens and dots)"
+    return None
+
+
+def host_port(text: str, default_port: int | None = None, address_only: bool = False) -> tuple[str, int]:
+    """
+    Read C{HOST:PORT}, C{[IPv6]:PORT}, a bare IPv6 address or a bare
+    C{HOST} (C{default_port}, when there is one). With C{address_only}
+    the host must be an IP address (a DNS server: a resolver is given
+    addresses, as in C{resolv.conf}).
+
+    @return: C{(host, port)}, the host without brackets, port 1-65535.
+    @raise ValueError: one line saying what is wrong (without the option's
+        name: the caller puts it in front).
+    """
+    text = text.strip()
+    example = "an IP address such as 127.0.0.1:53" if address_only else "HOST:PORT such as mail.example.org:587"
+    wants = f"want {example}" + (f", or no :PORT for port {default_port}" if default_port else "")
+
+    def wrong(why: str) -> ValueError:
+        from twisted_mailhub.lines import quote
+
+        return ValueError(f'"{quote(text, 80)}": {why}; {wants}')
+
+    if text.startswith("["):
+        host, closed, rest = text[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise wrong("a [ without its ] before the port")
+        has_port, port = bool(rest), rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+        has_port = True
+    else:
+        host, has_port, port = text, False, ""
+    if not host:
+        raise wrong("no host")
+    if has_port and not port:
+        raise wrong("no port after the colon")
+    if not has_port:
+        if default_port is None:
+            raise wrong("no port")
+        number = default_port
+    elif not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise wrong("the port is a number from 1 to 65535")
+    else:
+        number = int(port)
+    if address_only:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise wrong("the server is given by its IP address, not a name") from None
+    else:
+        why = host_name(host)
+        if why is not None:
+            raise wrong(f"{shown(host)} is {why}")
+    return host, number
+
+
+def listener(description: str) -> Any:
+    """
+    Read a listener's strports description as the hub will, without
+    binding: C{tcp:8025}, C{tcp:25:interface=127.0.0.1}, C{tcp6:...},
+    C{unix:/run/x.sock}, C{ssl:...} (whose files are read now).
+
+    @return: the endpoint (not listening).
+    @raise ValueError: one line: an unknown kind, a port that is not a
+        number from 0 to 65535 (0: any free port), an unusable file.
+    """
+    from twisted.internet import endpoints
+
+    try:
+        endpoint = endpoints.serverFromString(None, description)
+    except OSError as e:
+        raise ValueError(f"{shown(description)}: cannot use it: {e.filename + ': ' if e.filename else ''}{e.strerror or e}") from None
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        from twisted_mailhub.lines import quote
+
+        why = str(e)
+        if "Unknown endpoint type" in why:
+            why = f"no such kind of listener: {quote(description.partition(':')[0])}"
+        elif "invalid literal for int()" in why:
+            why = "the port is a number from 0 to 65535"
+        raise ValueError(f"{shown(description)}: not a listener description ({quote(why, 120)}); want e.g. tcp:PORT or tcp:PORT:interface=ADDRESS") from None
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"{shown(description)}: the port is a number from 0 to 65535 (0: any free port), not {port}")
+    return endpoint
+
+
+def data_folder(path: str) -> str:
+    """
+    C{--data}: a folder that exists, or can be made, and that the hub can
+    write in (tried with a folder made and removed at once: as root,
+    C{access(2)} says yes to C{/proc/1}). Nothing is left behind. Returns
+    the absolute path.
+
+    @raise ValueError: C{path} is empty, or is (or lies under) something
+        that is not a folder, or cannot be written in.
+    """
+    import tempfile
+
+    if not path.strip():
+        raise ValueError("--data wants a folder, not nothing")
+    absolute = os.path.abspath(path)
+    probe = absolute
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        what = "is not a folder" if probe == absolute else f"cannot be made: {probe} is not a folder"
+        raise ValueError(f"--data {shown(path, 200)}: {what}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mailhub-probe-", dir=probe))
+    except OSError as e:
+        where = "" if probe == absolute else f" ({probe})"
+        raise ValueError(f"--data {shown(path, 200)}: cannot write in it{where}: {e.strerror or e}") from None
+    return absolute
+
+
+def unnamed_accounts(options: Any, accounts: Any) -> list[str]:
+    """
+    The options that name an account that is not in C{accounts} (an
+    L{twisted_mailhub.accounts.AccountBook}), one line each: C{--catch-all}
+    (every stray message would go nowhere) and C{--postmaster} (mail to
+    postmaster@ is then refused, which RFC 5321 §4.5.1 forbids).
+    C{--teacher} is not here: it may name an account added later, and the
+    hub says so in a warning.
+    """
+    lines = []
+    for name in ("catch-all", "postmaster"):
+        address = options.get(name)
+        if address and accounts.find(address) is None:
+            lines.append(f"--{name} {shown(address, 200)}: no such account (add it with --user ADDRESS:PASSWORD)")
+    return lines
