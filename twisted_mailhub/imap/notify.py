@@ -580,4 +580,4 @@ class NotifyCommands:
         except imap4.IllegalClientResponse:
             return b""
         targets = [(view.seq_of(u), u) for u in uids if view.seq_of(u)]
-        return b"".join(self._fetch_responses(view, targets, items, False))
+        return b"".join(self._fetch_responses(view, targets, items, False, offload=False))

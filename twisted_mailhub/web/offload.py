@@ -1,47 +1,12 @@
 # -*- test-case-name: tests.test_web_big_messages -*-
 """
-The web face's own threads for taking messages apart.
-
-The standard library's C{email} parser needs seconds for a message of
-thousands of MIME parts (a few hundred KB anyone can send). Run in the
-reactor, that stopped every client of every protocol meanwhile; so the
-webmail pages, the Anatomy page and the JSON API parse (and lay out) a
-message in one of these threads, and the reactor goes on.
-
-The pool is small and the web's own (L{THREADS} threads): a burst of
-requests for such messages waits its turn here, and never takes the
-reactor's shared pool, where the stores' group commits (fsync) run.
+The web face's parsing threads: the hub's own (L{twisted_mailhub.offload},
+shared with IMAP since s12 so that one small pool bounds what parsing
+takes, whichever protocol asks).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from twisted_mailhub.offload import THREADS, in_thread
 
-from twisted.internet import defer, threads
-from twisted.python.threadpool import ThreadPool
-
-THREADS = 2  # at most this many messages are parsed at once for the web
-
-_pool: ThreadPool | None = None
-
-
-def _shared_pool(reactor: Any) -> ThreadPool:
-    global _pool
-    if _pool is None or _pool.joined:
-        pool = ThreadPool(minthreads=0, maxthreads=THREADS, name="mailhub-web-parse")
-        pool.start()
-        reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
-        _pool = pool
-    return _pool
-
-
-def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
-    """
-    Call C{function(*args, **kwargs)} in one of the web's parsing threads;
-    a L{Deferred} fires in the reactor with its result (or its exception
-    as a failure). C{function} must not touch the store or the request:
-    only bytes and objects no one else uses.
-    """
-    from twisted.internet import reactor
-
-    return threads.deferToThreadPool(reactor, _shared_pool(reactor), function, *args, **kwargs)
+__all__ = ["THREADS", "in_thread"]

@@ -1,0 +1,49 @@
+# -*- test-case-name: tests.test_imap_big_messages -*-
+"""
+The hub's threads for taking messages apart.
+
+The standard library's C{email} parser needs seconds for a message of
+thousands of MIME parts (a few hundred KB anyone can send). Run in the
+reactor, that stopped every client of every protocol meanwhile; so the
+webmail pages, the Anatomy page and the JSON API (L{twisted_mailhub.web})
+and IMAP's FETCH of such a message's structure or parts
+(L{twisted_mailhub.imap.fetch}) parse it in one of these threads, and the
+reactor goes on.
+
+The pool is small and shared by every protocol (L{THREADS} threads): a
+burst of requests for such messages waits its turn here, and never takes
+the reactor's shared pool, where the stores' group commits (fsync) run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet import defer, threads
+from twisted.python.threadpool import ThreadPool
+
+THREADS = 2  # at most this many messages are parsed at once
+
+_pool: ThreadPool | None = None
+
+
+def _shared_pool(reactor: Any) -> ThreadPool:
+    global _pool
+    if _pool is None or _pool.joined:
+        pool = ThreadPool(minthreads=0, maxthreads=THREADS, name="mailhub-parse")
+        pool.start()
+        reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+        _pool = pool
+    return _pool
+
+
+def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred:
+    """
+    Call C{function(*args, **kwargs)} in one of the parsing threads; a
+    L{Deferred} fires in the reactor with its result (or its exception as a
+    failure). C{function} must not touch the store, a request or a
+    transport: only bytes and objects no one else uses meanwhile.
+    """
+    from twisted.internet import reactor
+
+    return threads.deferToThreadPool(reactor, _shared_pool(reactor), function, *args, **kwargs)
