@@ -137,6 +137,79 @@ def usable_domain(domain: str) -> bool:
     return not any(c in "/\\" or c.isspace() or not c.isprintable() for c in domain)
 
 
+# The one rule for an account's name (RFC 5321 §4.1.2, §4.5.3.1.1), used by
+# every way an account is made: --user, --auth memory:, accounts files
+# (AccountBook.add), mailhub-admin user add, the API's POST /accounts and
+# the PostgreSQL user_account table (cluster/accounts.py).
+MAX_LOCAL_PART = 64  # octets, RFC 5321 §4.5.3.1.1
+_REFUSED_IN_LOCAL_PART = {
+    "@": "an @ (the local part ends at the last one: it could never be given in RCPT TO)",
+    ":": "a colon (it ends the address in an accounts file and in --user)",
+    ";": "a semicolon (it starts an account's attributes in an accounts file: alice;quota=500M)",
+    "/": "a /",
+    "\\": "a backslash",
+    '"': "a double quote",
+}
+
+
+def account_name_problem(local: str, domain: str) -> str | None:
+    """
+    Why C{local}@C{domain} (local part unquoted) cannot be an account's
+    name, in a few words, or L{None} when it can.
+
+    The rule: the local part is 1 to 64 octets (UTF-8) of printable
+    characters, with no blank or other white space (SMTP takes no address
+    with one unquoted, and the hub's SMTP takes none at all: such an
+    account could log in but never be sent mail), none of C{@ : ; / \\ "},
+    and does not start with a dot (the name is a folder of the store); a
+    quoted local part (C{"bob"}) stands for what it quotes (C{bob}). The
+    domain is L{usable_domain}.
+    """
+    if not local:
+        return "no local part before the @"
+    if local.startswith("."):
+        return "a local part starting with a dot"
+    for c in local:
+        if c.isspace():
+            return "a blank or other white space (not allowed in an account's name: it could never be sent mail)"
+        if not c.isprintable():
+            return "a control or invisible character"
+        why = _REFUSED_IN_LOCAL_PART.get(c)
+        if why is not None:
+            return why
+    if len(local.encode("utf-8", "surrogatepass")) > MAX_LOCAL_PART:
+        return f"a local part of more than {MAX_LOCAL_PART} octets (RFC 5321 section 4.5.3.1.1)"
+    if not usable_domain(domain):
+        return _NO_DOMAIN
+    return None
+
+
+_NO_DOMAIN = "no usable domain"
+
+
+def shown_name(name: str, limit: int = 200) -> str:
+    """C{name} as an error may show it: control and invisible characters as C{<U+XXXX>}."""
+    return "".join(c if c.isprintable() or c == " " else f"<U+{ord(c):04X}>" for c in name[:limit])
+
+
+def check_account_name(name: str, default_domain: str) -> tuple[str, str]:
+    """
+    C{name} (an address, or a bare local part for C{default_domain}) as
+    (local part unquoted, domain lowercased without a final dot).
+
+    @raise ValueError: one line: C{not a usable mailbox name: NAME: why}
+        or C{not a usable domain after the @ in NAME (...)}
+        (L{account_name_problem}).
+    """
+    local, domain = AccountBook([default_domain]).split(name)
+    why = account_name_problem(local, domain)
+    if why == _NO_DOMAIN:
+        raise ValueError(f"not a usable domain after the @ in {shown_name(name.strip())} (want e.g. alice@example.org, or a bare alice for the default domain)")
+    if why is not None:
+        raise ValueError(f"not a usable mailbox name: {shown_name(name.strip())}: {why}")
+    return local, domain
+
+
 class AccountBook:
     """
     All accounts of the hub, and the rules that turn a login name or a mail
@@ -182,19 +255,11 @@ class AccountBook:
             from twisted_mailhub.quota import parse_size
 
             quota = parse_size(value)
-        local, domain = self.split(name)
-        # Not a control or invisible character either (an ESC, a BOM, a
-        # U+202E): the name is a folder of the store, and a login nobody
-        # types (a quoted local part's blanks are fine: "odd name").
-        if not local or any(c in local for c in "/\\") or local.startswith(".") or any(not c.isprintable() and c != " " for c in local):
-            shown = "".join(c if c.isprintable() or c == " " else f"<U+{ord(c):04X}>" for c in name[:200])
-            raise ValueError(f"not a usable mailbox name: {shown} (no /, \\, leading '.', control or invisible characters)")
-        if not usable_domain(domain):
-            # "alice@" became an account of the domain "" that every login
-            # then failed on with a traceback (the store has no folder for it).
-            from twisted_mailhub.lines import quote
-
-            raise ValueError(f"not a usable domain after the @ in {quote(name, 200)} (want e.g. alice@example.org, or a bare alice for the default domain)")
+        # The one rule (account_name_problem): no control or invisible
+        # character (an ESC, a BOM, a U+202E), no blank ("odd name" could
+        # log in but SMTP took no mail for it), a domain ("alice@" was an
+        # account every login failed on with a traceback).
+        local, domain = check_account_name(name, self.default_domain)
         if domain not in self.domains:
             # An account's domain is local by definition.
             self.domains.append(domain)

@@ -36,7 +36,7 @@ import signal
 import sys
 import tempfile
 
-from twisted_mailhub.accounts import SCRYPT_PREFIX, AccountBook, AccountsFileError, hash_password, usable_domain
+from twisted_mailhub.accounts import SCRYPT_PREFIX, AccountBook, AccountsFileError, hash_password
 
 DEFAULT_ACCOUNTS = "mailhub-data/accounts"
 
@@ -113,13 +113,19 @@ def _index(lines: list[str], address: str, default_domain: str) -> int | None:
 
 
 def _check_address(address: str) -> None:
-    if ":" in address or not address.strip() or any(c.isspace() or not c.isprintable() for c in address):
-        raise AdminError(f"not a usable account address: {address.encode('ascii', 'backslashreplace').decode()}")
-    local = address.rpartition("@")[0] if "@" in address else address
-    if not local or local.startswith(".") or any(c in local for c in "/\\"):
-        raise AdminError(f"not a usable mailbox name: {address}")
-    if "@" in address and not usable_domain(address.rpartition("@")[2].lower().rstrip(".")):
-        raise AdminError(f"not a usable domain after the @ in {address} (want e.g. alice@example.org, or a bare alice for the default domain)")
+    """
+    The hub's own rule for an account's name (L{accounts.check_account_name}):
+    what C{user add} writes, the hub reads. Blanks around it are refused
+    too, as a name typed with them is most likely not what was meant.
+    """
+    from twisted_mailhub.accounts import check_account_name, shown_name
+
+    if address != address.strip():
+        raise AdminError(f"not a usable mailbox name: {shown_name(address)}: a blank before or after the name")
+    try:
+        check_account_name(address, "localhost")
+    except ValueError as e:
+        raise AdminError(str(e)) from None
 
 
 def _password(args) -> str:

@@ -130,9 +130,13 @@ class PostgresAccountBook(AccountBook):
 
     def _account(self, row: tuple[str, str, int | None]) -> Account | None:
         address, password, quota = row
+        from twisted_mailhub.accounts import account_name_problem, shown_name
+
         local, domain = self.split(address)
-        if not local or any(c in local for c in "/\\\0") or local.startswith("."):
-            log.warn("user_account: {address!r} is not a usable mailbox name; ignored", address=address)
+        why = account_name_problem(local, domain)
+        if why is not None:
+            # (a row written by hand: mailhub-admin and the API refuse it)
+            log.warn("user_account: {address} is not a usable account name ({why}); ignored", address=shown_name(address), why=why)
             return None
         if domain not in self.domains:
             self.domains.append(domain)
@@ -171,9 +175,13 @@ class PostgresAccountBook(AccountBook):
         that is no mailbox, L{AccountExists}, or L{StoreError} when the
         database cannot be reached.
         """
-        local, domain = self.split(name)
-        if not local or any(c in local for c in "/\\\0;") or local.startswith("."):
-            return defer.fail(ValueError(f"not a usable mailbox name: {name!r}"))
+        from twisted_mailhub.accounts import check_account_name
+
+        try:
+            # The hub's one rule (accounts.account_name_problem).
+            local, domain = check_account_name(name, self.default_domain)
+        except ValueError as e:
+            return defer.fail(e)
         address = f"{local}@{domain}"
 
         def insert(conn):

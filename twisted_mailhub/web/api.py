@@ -65,7 +65,15 @@ MAX_JSON_BODY = 1024 * 1024
 
 
 _FLAG = re.compile(r"^\\?[!#$&'+\-.0-9:<>?@A-Z^_`a-z|~]{1,64}$")
-_ADDRESS = re.compile(r"^[^\s@/\\\x00-\x1f\x7f]{1,64}@[A-Za-z0-9.\-]{1,253}$|^[^\s@/\\\x00-\x1f\x7f]{1,64}$")
+def _usable_name(name: str) -> bool:
+    """Whether C{name} can name an account: the hub's one rule (L{accounts.account_name_problem})."""
+    from twisted_mailhub.accounts import check_account_name
+
+    try:
+        check_account_name(name, "localhost")
+    except ValueError:
+        return False
+    return name == name.strip()
 
 
 class ApiError(Exception):
@@ -426,7 +434,7 @@ class ApiResource(resource.Resource):
         """The address C{name} names (C{me}: the caller's), if the caller may use it."""
         if name == "me":
             return caller.address
-        account = self.hub.accounts.find(name) if _ADDRESS.match(name) else None
+        account = self.hub.accounts.find(name) if _usable_name(name) else None
         if account is None:
             if caller.is_admin:
                 raise ApiError(404, "no_such_account", "no such account")
@@ -466,8 +474,17 @@ class ApiResource(resource.Resource):
     async def api_account_add(self, request, caller):
         body = _json_body(request)
         address, password = body.get("address"), body.get("password")
-        if not isinstance(address, str) or not _ADDRESS.match(address):
+        if not isinstance(address, str):
             raise ApiError(400, "bad_address", "address must be localpart@domain (or a bare local part)")
+        from twisted_mailhub.accounts import check_account_name, shown_name
+
+        try:
+            # The hub's one rule, as the accounts file and mailhub-admin.
+            if address != address.strip():
+                raise ValueError(f"not a usable mailbox name: {shown_name(address)}: a blank before or after the name")
+            check_account_name(address, self.hub.accounts.default_domain)
+        except ValueError as e:
+            raise ApiError(400, "bad_address", str(e)) from None
         if not isinstance(password, str) or not password or any(c in password for c in "\r\n\x00"):
             raise ApiError(400, "bad_password", "password must be a non-empty string on one line")
         if self.hub.accounts.find(address) is not None:
@@ -499,7 +516,7 @@ class ApiResource(resource.Resource):
         return ApiError(503, "unavailable", "the accounts database cannot be reached now; nothing was changed, try again")
 
     async def api_account_remove(self, request, caller, account):
-        found = self.hub.accounts.find(account) if _ADDRESS.match(account) else None
+        found = self.hub.accounts.find(account) if _usable_name(account) else None
         if found is None:
             raise ApiError(404, "no_such_account", "no such account")
         in_table = getattr(self.hub.accounts, "remove_from_table", None)
