@@ -120,3 +120,14 @@ def test_host_port_reads_each_form_and_its_default_port():
         optionvalues.host_port("relay.test:", 25)
     with pytest.raises(ValueError, match="no port;"):
         optionvalues.host_port("relay.test")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--store", "nosuch"], ["--filter", "nosuch"], ["--trusted-networks", "10.0.0.0/33"], ["--passive-ports", "x"], ["--passive-ports", "2000-1000"], ["--ftp-filesystem", "nosuch"], ["--user", "nopassword"]],
+    ids=lambda args: " ".join(args),
+)
+def test_no_usage_error_quotes_a_value_as_python_does(args):
+    said = _refusal(*args)
+    assert said is not None and said.startswith(args[0]), said
+    assert f"'{args[1]}'" not in said, said

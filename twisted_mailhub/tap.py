@@ -129,7 +129,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """
         name, sep, password = spec.partition(":")
         if not sep or not name:
-            raise usage.UsageError(f"--user wants ADDRESS:PASSWORD, got {spec!r}")
+            from twisted_mailhub.optionvalues import shown
+
+            raise usage.UsageError(f"--user wants ADDRESS:PASSWORD, not {shown(spec)}")
         self["users"].append((name, password))
 
     def opt_auth(self, description):
@@ -160,7 +162,8 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         try:
             TrustedNetworks(self["trusted-networks"])
         except ValueError as e:
-            raise usage.UsageError(f"--trusted-networks: {e}")
+            # (ipaddress's words quote the value as Python does: '10.0.0.0/33')
+            raise usage.UsageError(f"--trusted-networks: {str(e).replace(chr(39), chr(34))}")
         from twisted_mailhub.workers import worker_count
 
         try:
@@ -188,7 +191,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         store_name, store_argument = split_store_spec(self["store"])
         if store_name not in store_factories():
             raise usage.UsageError(
-                f"--store {store_name!r}: not one of {', '.join(sorted(store_factories()))}"
+                f"--store {optionvalues.shown(store_name)}: not one of {', '.join(sorted(store_factories()))}"
             )
         if bool(store_argument) != bool(getattr(store_factories()[store_name], "takes_argument", False)):
             raise usage.UsageError(f"--store {store_name}: " + ("takes no ':' argument" if store_argument else "needs ':' and its argument, e.g. postgresql:host=127.0.0.1 dbname=mailhub"))
@@ -197,7 +200,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         found = filter_plugins()
         for name in self["filters"]:
             if name not in found:
-                raise usage.UsageError(f"--filter {name!r}: no such filter plugin (found: {', '.join(sorted(found)) or 'none'})")
+                raise usage.UsageError(f"--filter {optionvalues.shown(name)}: no such filter plugin (found: {', '.join(sorted(found)) or 'none'})")
         for component in _components():
             check = getattr(component, "check_options", None)
             if check is not None:

@@ -37,13 +37,15 @@ option_flags = [
 
 
 def parse_port_range(spec: str) -> range:
+    from twisted_mailhub.optionvalues import shown
+
     low, sep, high = spec.partition("-")
     try:
         lo, hi = int(low), int(high if sep else low)
     except ValueError:
-        raise usage.UsageError(f"--passive-ports wants LO-HI, got {spec!r}")
+        raise usage.UsageError(f"--passive-ports wants LO-HI such as 50000-50100, not {shown(spec)}")
     if not (1024 <= lo <= hi <= 65535):
-        raise usage.UsageError(f"--passive-ports {spec!r}: want 1024 <= LO <= HI <= 65535")
+        raise usage.UsageError(f"--passive-ports {shown(spec)}: want 1024 <= LO <= HI <= 65535")
     return range(lo, hi + 1)
 
 

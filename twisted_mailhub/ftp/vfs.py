@@ -124,7 +124,9 @@ def check_filesystem_option(options: Any) -> str | None:
     name, sep, argument = spec.partition(":")
     found = filesystem_factories()
     if name not in found:
-        return f"--ftp-filesystem {spec!r}: not one of {', '.join(sorted(found))}"
+        from twisted_mailhub.optionvalues import shown
+
+        return f"--ftp-filesystem {shown(spec)}: not one of {', '.join(sorted(found))}"
     takes = getattr(found[name], "takes_argument", False)
     if sep and not takes:
         return f"--ftp-filesystem {name}: takes no ':' argument"
