@@ -121,3 +121,56 @@ def test_migrate_says_what_is_wrong_in_one_line(tmp_path, pg_dsn):
     bare = admin("migrate", "--from", str(tmp_path / "d"), "--to", "postgresql://x@127.0.0.1:1/none")
     assert bare.returncode == 1 and bare.stderr.startswith("mailhub-admin migrate: cannot reach the database"), bare.stderr
     assert 'missing "="' not in bare.stderr
+
+
+def condstore_state(hub, folders=("INBOX", "Work")) -> dict:
+    """Each folder's HIGHESTMODSEQ as a CONDSTORE client (RFC 7162) keeps it."""
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    c.login("alice", "secret")
+    c._simple_command("ENABLE", "CONDSTORE")
+    highest = {}
+    for folder in folders:
+        c.select(folder, readonly=True)
+        highest[folder] = int(c.response("HIGHESTMODSEQ")[1][0])
+    c.logout()
+    return highest
+
+
+def test_migrated_folders_never_show_a_lower_highestmodseq(start_hub, pg_dsn, tmp_path):
+    # RFC 7162 §3.1.2.1: a folder's HIGHESTMODSEQ never goes down while its
+    # UIDVALIDITY stays. A client that kept the old hub's value asks
+    # CHANGEDSINCE it; a lower one on the new hub hid every flag change made
+    # there until the count climbed past it (an upgraded hub's resync).
+    data = str(tmp_path / "old")
+    old = start_hub(data=data)
+    with smtplib.SMTP("127.0.0.1", old.ports["smtp"]) as s:
+        s.sendmail("bob@localhost", ["alice@localhost"], b"Subject: one\r\n\r\nbody\r\n")
+    c = imaplib.IMAP4("127.0.0.1", old.ports["imap"])
+    c.login("alice", "secret")
+    c.create("Work")
+    c.append("Work", None, None, b"Subject: filed\r\n\r\nkept\r\n")
+    c.create("Empty")
+    c.logout()
+    old.stop()
+    # A Maildir folder read again shows a HIGHESTMODSEQ of at least the
+    # time it was read (its messages keep theirs): what a client saw last.
+    again = start_hub(data=data)
+    seen = condstore_state(again, ("INBOX", "Work", "Empty"))
+    again.stop()
+
+    done = admin("migrate", "--from", data, "--to", f"postgresql:{pg_dsn}")
+    assert done.returncode == 0, done.stderr
+    new = start_hub("--store", f"postgresql:{pg_dsn}")
+    now = condstore_state(new, ("INBOX", "Work", "Empty"))
+    for folder in seen:
+        assert now[folder] >= seen[folder], (folder, seen[folder], now[folder])
+    # the client's resync finds a change made on the new hub
+    c = imaplib.IMAP4("127.0.0.1", new.ports["imap"])
+    c.login("alice", "secret")
+    c._simple_command("ENABLE", "CONDSTORE")
+    for folder in ("INBOX", "Work"):
+        c.select(folder)
+        c.uid("STORE", "1", "+FLAGS", r"(\Flagged)")
+        typ, data = c.uid("FETCH", "1:*", f"(FLAGS) (CHANGEDSINCE {seen[folder]})")
+        assert typ == "OK" and any(b"\\Flagged" in item for item in data if item), (folder, data)
+    c.logout()

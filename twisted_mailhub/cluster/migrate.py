@@ -8,8 +8,9 @@ What is copied, and what stays the same:
  - every account's Maildir++ folders (C{DATA/mail/<domain>/<localpart>/}):
    each folder's UIDVALIDITY and UIDNEXT, each message's UID, bytes,
    system flags, keywords, internal date, C{\\Recent}, its modseq
-   (CONDSTORE) and its POP3 UIDL (the Maildir base name), and the IMAP
-   subscriptions; an IMAP or POP3 client needs no resync;
+   (CONDSTORE; the folder's HIGHESTMODSEQ never below the old hub's) and
+   its POP3 UIDL (the Maildir base name), and the IMAP subscriptions;
+   an IMAP or POP3 client needs no resync;
  - the FTP/SFTP files (C{DATA/ftp/}: homes and C{public}), as large
    objects in the C{ftp_node} tree (L{twisted_mailhub.ftp.pgfs});
  - the outbound queue (C{DATA/queue/}), recipients' state included;
@@ -85,7 +86,12 @@ def copy_account(conn: Any, store: Any, address: str) -> tuple[int, int] | None:
             infos = folder.messages()
             recent = set(folder.recent())
             modseqs = {info.uid: max(1, folder.modseq(info.uid)) for info in infos}
-            highest = max(modseqs.values(), default=0)
+            # The folder's HIGHESTMODSEQ, not just its messages' highest: a
+            # Maildir folder shows at least the time it was read, and a
+            # client keeps what it was shown; a lower value on the new hub
+            # would hide the changes made there from its CHANGEDSINCE
+            # (RFC 7162 §3.1.2.1: it never goes down while UIDVALIDITY stays).
+            highest = max([getattr(folder, "highest_modseq", 0), *modseqs.values()])
             uid_next = max([folder.uid_next] + [info.uid + 1 for info in infos])
             mailbox_id = conn.execute(
                 "INSERT INTO mailbox (account_id, name, uid_validity, uid_next, highest_modseq) VALUES (%s, %s, %s, %s, %s) RETURNING id",
