@@ -20,7 +20,7 @@ import base64
 import hashlib
 import hmac
 import os
-from typing import Iterable
+from typing import Any, Iterable
 
 import attr
 from twisted.cred import credentials as _credentials
@@ -268,6 +268,7 @@ class AccountBook:
         else:
             account = Account(local, domain, password=password, quota=quota)
         self._accounts[self._key(local, domain)] = account
+        self._plain_known = None
         return account
 
     def load_file(self, path: str) -> int:
@@ -316,6 +317,7 @@ class AccountBook:
         """
         before, after = set(self._accounts), set(other._accounts)
         self._accounts = dict(other._accounts)
+        self._plain_known = None
         self.domains = list(other.domains)
         return len(after - before), len(before - after)
 
@@ -326,7 +328,23 @@ class AccountBook:
         local.
         """
         local, domain = self.split(name)
+        self._plain_known = None
         return self._accounts.pop(self._key(local, domain), None)
+
+    # Whether some account keeps a plain password (None: count again).
+    _plain_known: bool | None = None
+
+    def has_plain_password(self) -> bool:
+        """
+        Whether some account's password is kept in plain text, which APOP
+        and CRAM-MD5 need (L{AccountChecker}); False while every one is an
+        scrypt hash (what C{mailhub-admin user add} writes). Counted once
+        after each change of the book.
+        """
+        known = self._plain_known
+        if known is None:
+            known = self._plain_known = any(a.password is not None for a in self._accounts.values())
+        return known
 
     @staticmethod
     def _key(local: str, domain: str) -> str:
@@ -392,6 +410,28 @@ class AccountChecker:
         if ok:
             return defer.succeed(account.address)
         return defer.fail(error.UnauthorizedLogin("wrong password"))
+
+
+def challenge_response_offered(hub: Any) -> bool:
+    """
+    Whether the hub's listeners offer the challenge-response logins, APOP
+    (RFC 1939 §7: the timestamp in the POP3 greeting) and CRAM-MD5 (RFC
+    2195, in SMTP's, POP3's and IMAP's lists): only while they can log
+    someone in, i.e. some account keeps a plain password, or a C{--auth}
+    checker of its own takes them. Offered to accounts whose passwords are
+    all hashed, they only fail: curl, swaks and mail clients pick CRAM-MD5
+    first whenever it is listed and then do not try the password
+    mechanisms (Dovecot offers CRAM-MD5 only when configured to).
+    """
+    if hub is None:
+        return True
+    checkers = getattr(getattr(hub, "portal", None), "checkers", None) or {}
+    checker = checkers.get(_credentials.IUsernameHashedPassword)
+    if checker is None:
+        return False
+    if not isinstance(checker, AccountChecker):
+        return True
+    return checker.accounts.has_plain_password()
 
 
 def _check_challenge(credentials, password: bytes) -> bool:

@@ -75,6 +75,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_mailhub import __version__
+from twisted_mailhub.accounts import challenge_response_offered
 from twisted_mailhub.hub import ListenerSpec, is_secure
 from twisted_mailhub.lines import LineEngine, control_note, quote
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
@@ -628,6 +629,9 @@ class MailhubPOP3(_pop3.POP3):
 
     # -- connection --------------------------------------------------------
 
+    # APOP and CRAM-MD5 offered (accounts.challenge_response_offered), set at connection
+    _challenges = True
+
     def connectionMade(self):
         if self.hub is not None:
             self.connection_id = self.hub.connection_made(self, getattr(self.factory, "protocol_name", "pop3"))
@@ -658,7 +662,12 @@ class MailhubPOP3(_pop3.POP3):
         # Input goes straight to the engine (one call less per read) until
         # QUIT enters UPDATE (_enter_update).
         self.dataReceived = self.lines.data_received
-        self.reply_ok(b"%s POP3 ready %s" % (hostname.encode("ascii", "replace"), self.magic))
+        # APOP's timestamp (RFC 1939 §7) only while APOP can log someone in.
+        self._challenges = challenge_response_offered(self.hub)
+        if self._challenges:
+            self.reply_ok(b"%s POP3 ready %s" % (hostname.encode("ascii", "replace"), self.magic))
+        else:
+            self.reply_ok(b"%s POP3 ready" % hostname.encode("ascii", "replace"))
         # The idle timeout alone would let a client that sends a NOOP every
         # few minutes sit in AUTHORIZATION for ever, holding a connection.
         self.lines.start(self.transport, login_timeout=self.login_timeout)
@@ -946,7 +955,13 @@ class MailhubPOP3(_pop3.POP3):
         SASL mechanisms for AUTH (RFC 5034): PLAIN sends the password, so it
         follows the USER/PASS rule; CRAM-MD5 is a challenge, allowed anywhere.
         """
-        return ([b"PLAIN"] if self.plaintext_allowed() else []) + [b"CRAM-MD5"]
+        return ([b"PLAIN"] if self.plaintext_allowed() else []) + ([b"CRAM-MD5"] if self._challenges else [])
+
+    def _other_ways(self, challenges: bytes = b"use STLS or APOP") -> bytes:
+        """How else to log in on this connection, for a refusal's text."""
+        if self._challenges:
+            return challenges
+        return b"use STLS" if self.can_start_tls() else b"this connection offers no other login"
 
     def pop_AUTH(self, args: bytes) -> defer.Deferred | None:
         words = args.split()
@@ -956,7 +971,7 @@ class MailhubPOP3(_pop3.POP3):
             return None
         mechanism, initial = words[0].upper(), (words[1] if len(words) > 1 else None)
         if mechanism == b"PLAIN" and not self.plaintext_allowed():
-            self.reply_err(b"[AUTH] AUTH PLAIN needs TLS on this connection: use STLS, APOP or AUTH CRAM-MD5")
+            self.reply_err(b"[AUTH] AUTH PLAIN needs TLS on this connection: " + self._other_ways(b"use STLS, APOP or AUTH CRAM-MD5"))
             return None
         if mechanism == b"PLAIN":
             if initial is None:
@@ -964,15 +979,16 @@ class MailhubPOP3(_pop3.POP3):
                 self.write(b"+ \r\n")
                 return None
             return self._sasl_plain(initial)
-        if mechanism == b"CRAM-MD5" and initial is None:
+        if mechanism == b"CRAM-MD5" and initial is None and self._challenges:
             creds = _credentials.CramMD5Credentials(self.hostname.encode("ascii", "replace"))
             challenge = creds.getChallenge()
             self._sasl = lambda line: self._sasl_cram(creds, line)
             self.write(b"+ " + base64.b64encode(challenge) + b"\r\n")
             return None
+        offered = self.sasl_mechanisms()
         self.reply_err(
-            f"unsupported SASL mechanism '{quote(words[0], 30, ascii=True)}'{control_note(words[0])}; try one of: "
-            + " ".join(m.decode() for m in self.sasl_mechanisms())
+            f"unsupported SASL mechanism '{quote(words[0], 30, ascii=True)}'{control_note(words[0])}; "
+            + ("try one of: " + " ".join(m.decode() for m in offered) if offered else self._other_ways().decode())
         )
         return None
 
@@ -1013,7 +1029,7 @@ class MailhubPOP3(_pop3.POP3):
 
     def pop_USER(self, args: bytes) -> None:
         if not self.plaintext_allowed():
-            self.reply_err(b"[AUTH] plaintext login needs TLS on this connection: use STLS or APOP")
+            self.reply_err(b"[AUTH] plaintext login needs TLS on this connection: " + self._other_ways())
             return
         if not args:
             self.reply_err(b"USER needs a name, e.g. USER bob")
@@ -1023,7 +1039,7 @@ class MailhubPOP3(_pop3.POP3):
 
     def pop_PASS(self, args: bytes) -> defer.Deferred | None:
         if not self.plaintext_allowed():
-            self.reply_err(b"[AUTH] plaintext login needs TLS on this connection: use STLS or APOP")
+            self.reply_err(b"[AUTH] plaintext login needs TLS on this connection: " + self._other_ways())
             return None
         if self._user is None:
             self.reply_err(b"send USER first, then PASS")
@@ -1033,6 +1049,12 @@ class MailhubPOP3(_pop3.POP3):
         return self._login(defer.maybeDeferred(self.authenticateUserPASS, user, args), user, "PASS")
 
     def pop_APOP(self, args: bytes) -> defer.Deferred | None:
+        if not self._challenges:
+            self.reply_err(
+                b"[AUTH] APOP is not offered here (no timestamp in the greeting): the passwords are kept hashed; "
+                + (b"log in with USER and PASS" if self.plaintext_allowed() else self._other_ways() + b", then USER and PASS")
+            )
+            return None
         parts = args.split()
         if len(parts) != 2:
             self.reply_err(b"APOP needs a name and a digest: APOP name md5hex(timestamp+password)")

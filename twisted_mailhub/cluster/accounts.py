@@ -153,6 +153,7 @@ class PostgresAccountBook(AccountBook):
         self._table = table
         self._misses.clear()
         self._accounts = {**table, **self._local}
+        self._plain_known = None
 
     # -- AccountBook ------------------------------------------------------
 
@@ -195,6 +196,7 @@ class PostgresAccountBook(AccountBook):
             key = self._key(account.localpart, account.domain)
             self._table[key] = account
             self._accounts[key] = self._local.get(key, account)
+            self._plain_known = None
             self._misses.pop(key, None)
             log.info("accounts: {address} added to the user_account table", address=address)
             return account
@@ -254,6 +256,7 @@ class PostgresAccountBook(AccountBook):
         if account is not None:
             self._table[key] = account
             self._accounts[key] = account
+            self._plain_known = None
         return account
 
 

@@ -63,6 +63,7 @@ from twisted.mail import imap4
 from twisted.protocols import basic
 from twisted.python import failure
 
+from twisted_mailhub.accounts import challenge_response_offered
 from twisted_mailhub.hub import is_secure
 from twisted_mailhub.imap import wire
 from twisted_mailhub.imap.changes import ChangeCommands
@@ -182,6 +183,10 @@ class IMAPServer(
 
     def connectionMade(self):
         self.connection_id = self.hub.connection_made(self, self.listener)
+        if not challenge_response_offered(self.hub):
+            # CRAM-MD5 only while it can log someone in (plain passwords kept).
+            self._plain.pop(b"CRAM-MD5", None)
+            self.challengers.pop(b"CRAM-MD5", None)
         self.secure = is_secure(self.transport)
         if not self.secure:
             self.ctx = self.hub.tls
@@ -291,7 +296,7 @@ class IMAPServer(
             self.sendNegativeResponse(tag, b"[PRIVACYREQUIRED] AUTHENTICATE " + mechanism + b" is disabled here: STARTTLS first")
             return
         if mechanism not in self.challengers:
-            self.sendNegativeResponse(tag, b"AUTHENTICATE mechanism not supported: use " + b", ".join(sorted(self.challengers)))
+            self.sendNegativeResponse(tag, b"AUTHENTICATE mechanism not supported: use " + (b", ".join(sorted(self.challengers)) or b"STARTTLS first"))
             return
         self._auth_tag = tag
         if len(words) == 1:

@@ -59,6 +59,7 @@ from twisted.mail import smtp
 from zope.interface import implementer
 from twisted.mail._cred import PLAINCredentials
 
+from twisted_mailhub.accounts import challenge_response_offered
 from twisted_mailhub.hub import is_secure, peer_host
 from twisted_mailhub.lines import LineEngine, control_note, has_control, quote
 from twisted_mailhub.smtp.delivery import (
@@ -412,16 +413,20 @@ class MailhubSMTP(smtp.ESMTP):
         ]
         if not self.secure and self._tls_context() is not None:
             lines.append("STARTTLS")
-        lines.append("AUTH " + " ".join(self.mechanisms()))
+        mechanisms = self.mechanisms()
+        if mechanisms:
+            lines.append("AUTH " + " ".join(mechanisms))
         lines.append("HELP")
         self.reply(250, *lines)
 
     def mechanisms(self) -> list[str]:
         # RFC 4954 §4: no plaintext password mechanisms without TLS, on any
         # listener, loopback included (RFC 8314).
+        # CRAM-MD5 only while it can log someone in (plain passwords kept).
+        challenges = ["CRAM-MD5"] if challenge_response_offered(self.hub) else []
         if self.secure:
-            return ["PLAIN", "LOGIN", "CRAM-MD5"]
-        return ["CRAM-MD5"]
+            return ["PLAIN", "LOGIN", *challenges]
+        return challenges
 
     def smtp_NOOP(self, rest: str):
         self.reply(250, "2.0.0 Ok")
@@ -494,10 +499,11 @@ class MailhubSMTP(smtp.ESMTP):
             self.challenger = PLAINCredentials()
         elif mechanism == "LOGIN":
             self.challenger = smtp.LOGINCredentials()
-        elif mechanism == "CRAM-MD5":
+        elif mechanism == "CRAM-MD5" and "CRAM-MD5" in self.mechanisms():
             self.challenger = _credentials.CramMD5Credentials(self.host)
         else:
-            return self.reply(504, f"5.5.4 Unrecognized authentication type; offered: {' '.join(self.mechanisms())}")
+            offered = " ".join(self.mechanisms()) or "none before STARTTLS"
+            return self.reply(504, f"5.5.4 Unrecognized authentication type; offered: {offered}")
         self.state = AUTH
         if len(parts) == 2 and mechanism != "CRAM-MD5":
             # RFC 4954 §4: "=" is an empty initial response.
