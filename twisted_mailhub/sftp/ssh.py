@@ -27,7 +27,7 @@ from twisted.conch.ssh import channel, common, connection, factory, transport, u
 from twisted.cred import credentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, globalLogPublisher
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python import failure
 
@@ -35,6 +35,14 @@ from twisted_mailhub.login import ClientPortal
 from twisted_mailhub.sftp.protocol import SFTPServer
 
 log = Logger()
+
+# Conch's own log lines go to the hub's log from warnings up. Below that it
+# logged some 20 lines per SFTP session, most of them debug with Python
+# reprs (b'alice' trying auth b'publickey'), one per window adjustment
+# (a thousand for a 1 GiB put), the moduli file's absence on every
+# connection, and a client's ordinary logout as an error (below); the hub
+# logs the session's login and, with --transcript, its requests itself.
+conch_log = Logger(observer=FilteringLogObserver(globalLogPublisher, [LogLevelFilterPredicate(LogLevel.warn)]))
 
 SFTP_ONLY = (
     "This server offers SFTP only: no shell, no commands, no port forwarding.\r\n"
@@ -91,6 +99,8 @@ class SFTPSessionChannel(channel.SSHChannel):
     A C{session} channel (RFC 4254 §6) that runs the C{sftp} subsystem and
     refuses everything else with a message on stderr and exit status 1.
     """
+
+    _log = conch_log  # Conch's lines from warnings up (see conch_log)
 
     name = b"session"
 
@@ -244,6 +254,8 @@ class MailhubConnection(connection.SSHConnection):
     session is paused (the client is not reading) gets no more window.
     """
 
+    _log = conch_log  # Conch's lines from warnings up (see conch_log)
+
     def adjustWindow(self, chan, bytesToAdd):
         holding = getattr(chan, "holding_window", None)
         if holding is not None and holding():
@@ -331,6 +343,8 @@ class MailhubUserAuth(userauth.SSHUserAuthServer):
     prompt. Failed logins are slowed by the hub's throttle alone.
     """
 
+    _log = conch_log  # Conch's lines from warnings up (see conch_log)
+
     passwordDelay = 0
     attemptsBeforeDisconnect = 6
 
@@ -397,6 +411,8 @@ class MailhubSSHTransport(transport.SSHServerTransport, TimeoutMixin):
     TCP_NODELAY, the idle timeout and the login grace time.
     """
 
+    _log = conch_log  # Conch's lines from warnings up (see conch_log)
+
     ourVersionString = b"SSH-2.0-mailhub"
     _login_call: Any = None
 
@@ -436,6 +452,19 @@ class MailhubSSHTransport(transport.SSHServerTransport, TimeoutMixin):
             ciphers = self.currentEncryptions
             record.encrypted(f"SSH {ciphers.outCipType.decode()} {ciphers.outMACType.decode()}")
 
+    def receiveError(self, reasonCode, description):
+        """
+        The client sent DISCONNECT (RFC 4253 §11.1). Conch logged it as an
+        error, with the reason as a Python repr, for every ordinary logout
+        (C{sftp}'s "disconnected by user", code 11): only another reason is
+        worth a line, in the hub's words.
+        """
+        if reasonCode == transport.DISCONNECT_BY_APPLICATION:
+            return
+        from twisted_mailhub.lines import quote
+
+        log.info("{cid}: the client disconnected: SSH code {code}, {reason}", cid=self.connection_id, code=reasonCode, reason=quote(description, 200))
+
     def timeoutConnection(self):
         log.info("{cid}: idle for {seconds:.0f}s, disconnecting", cid=self.connection_id, seconds=self.factory.settings.idle_timeout)
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"idle timeout")
@@ -455,6 +484,8 @@ class MailhubSSHFactory(factory.SSHFactory):
     """
     The SSH listener's factory: host keys, and the services above.
     """
+
+    _log = conch_log  # Conch's lines from warnings up (see conch_log)
 
     protocol = MailhubSSHTransport
     services = {
