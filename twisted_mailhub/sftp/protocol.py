@@ -379,6 +379,8 @@ class SFTPServer(protocol.Protocol):
         self.closed = False
         # Per-file summary for the transcript: path -> [reads, writes, bytes]
         self.on_activity: Callable[[], None] | None = None
+        # () -> (quota limit, octets used) of the account, or None (statvfs)
+        self.quota_space: Callable[[], tuple[int, int] | None] | None = None
 
     # -- the byte stream -------------------------------------------------------
 
@@ -999,10 +1001,20 @@ class SFTPServer(protocol.Protocol):
                 raise SFTPError(FX_NO_SUCH_FILE, f"{shown}: no such file or directory")
             raise SFTPError(FX_FAILURE, f"{shown}: {error_words(e)}")
         flag = (1 if st.f_flag & os.ST_RDONLY else 0) | (2 if st.f_flag & os.ST_NOSUID else 0)
+        frsize = st.f_frsize or 512
+        blocks, bfree, bavail = st.f_blocks, st.f_bfree, st.f_bavail
+        space = self.quota_space() if self.quota_space is not None else None
+        if space is not None:
+            # The account's quota is its disk (as FTP's 552 and the upload
+            # rules count it): df showed the server's whole disk (its size
+            # and others' use) and room the account could never write.
+            limit, used = space
+            blocks = limit // frsize
+            bfree = bavail = min(bavail, max(0, limit - used) // frsize)
         payload = struct.pack(
-            ">I11Q", rid, st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail,
+            ">I11Q", rid, st.f_bsize, frsize, blocks, bfree, bavail,
             st.f_files, st.f_ffree, st.f_favail, 0, flag, st.f_namemax,
         )
         self._send(FXP_EXTENDED_REPLY, payload)
-        self._observe(f"STATVFS {shown}", f"{st.f_bavail * st.f_frsize} bytes free")
+        self._observe(f"STATVFS {shown}", f"{bavail * frsize} bytes free" + (" (the account's quota)" if space is not None else ""))
         return None

@@ -321,7 +321,14 @@ class SFTPUser(avatar.ConchUser):
             max_handles=self.settings.max_handles,
         )
         server.metrics = getattr(self.settings.hub, "metrics", None)
+        server.quota_space = self.quota_space
         return server
+
+    def quota_space(self) -> tuple[int, int] | None:
+        """(limit, octets used) of this account's quota, or None without one."""
+        quotas = getattr(self.settings.hub, "quotas", None)
+        limit = quotas.limit(self.address) if quotas is not None else None
+        return (limit, quotas.usage(self.address)) if limit else None
 
 
 class SSHClientPortal(ClientPortal):
