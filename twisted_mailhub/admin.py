@@ -339,6 +339,15 @@ def _unbindable(options, cannot_listen_line, with_backlog) -> list[str]:
     from twisted_mailhub import tap
 
     lines = []
+    # A hub already running from this data folder holds its own ports: a
+    # check of the live configuration (DNS, accounts, certificate) reported
+    # every one of them as taken "by another program".
+    from twisted_mailhub.control import ask
+
+    try:
+        running = (ask(os.path.abspath(options["data"]), "status", timeout=5) or {}).get("listeners") or {}
+    except (OSError, ValueError):
+        running = {}
     for component in tap._components():
         for spec in getattr(component, "listeners", []):
             if options.get(f"no-{spec.name}"):
@@ -354,6 +363,8 @@ def _unbindable(options, cannot_listen_line, with_backlog) -> list[str]:
             if kind not in ("tcp", "tcp6"):
                 continue
             fields = rest.split(":")
+            if fields[0].isdigit() and int(fields[0]) and running.get(spec.name) == int(fields[0]):
+                continue  # the running hub of this data folder listens there
             params = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
             host = params.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
