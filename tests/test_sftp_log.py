@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 import urllib.request
 
+import pytest
+
 from twisted.logger import capturedLogs
 
 from tests.test_e2e_sftp import sftp_batch
@@ -55,3 +57,23 @@ def test_a_disconnect_for_another_reason_is_one_line_in_the_hubs_words():
 
     said = [formatEvent(e) for e in events]
     assert said == ["sftp#7: the client disconnected: SSH code 2, bad packet ^[[31m"]
+
+
+def test_refused_channels_are_one_line_each_and_no_traceback(start_hub):
+    paramiko = pytest.importorskip("paramiko")
+    hub = start_hub()
+    t = paramiko.Transport(("127.0.0.1", hub.ports["sftp"]))
+    try:
+        t.connect(username="alice", password="secret")
+        with pytest.raises(paramiko.ChannelException):
+            t.open_channel("direct-tcpip", ("127.0.0.1", hub.ports["smtp"]), ("127.0.0.1", 5555), timeout=10)
+        sessions = []
+        with pytest.raises(paramiko.ChannelException) as refused:
+            for _ in range(ssh.MAX_CHANNELS + 1):
+                sessions.append(t.open_session(timeout=10))
+        assert len(sessions) == ssh.MAX_CHANNELS and refused.value.code == 4  # OPEN_RESOURCE_SHORTAGE
+    finally:
+        t.close()
+    hub.wait_for_log(r"sftp: refused an SSH session beyond 10 on one connection for alice@localhost")
+    assert "refused a direct-tcpip channel for alice@localhost" in hub.log
+    assert "Traceback" not in hub.log and "#critical]" not in hub.log, hub.log

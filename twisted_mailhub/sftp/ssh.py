@@ -27,7 +27,7 @@ from twisted.conch.ssh import channel, common, connection, factory, transport, u
 from twisted.cred import credentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
-from twisted.logger import FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, globalLogPublisher
+from twisted.logger import FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, PredicateResult, globalLogPublisher
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python import failure
 
@@ -42,7 +42,20 @@ log = Logger()
 # (a thousand for a 1 GiB put), the moduli file's absence on every
 # connection, and a client's ordinary logout as an error (below); the hub
 # logs the session's login and, with --transcript, its requests itself.
-conch_log = Logger(observer=FilteringLogObserver(globalLogPublisher, [LogLevelFilterPredicate(LogLevel.warn)]))
+# A refusal the hub raised on purpose (a ConchError: a port forwarding
+# channel, the 11th session) was logged as critical with a traceback, ten
+# lines per attempt that any logged-in client could repeat at will; the
+# hub logs the refusal in one line of its own.
+
+
+def _not_a_refusal(event: dict) -> PredicateResult:
+    failed = event.get("log_failure")
+    if failed is not None and failed.check(conch_error.ConchError):
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
+conch_log = Logger(observer=FilteringLogObserver(globalLogPublisher, [_not_a_refusal, LogLevelFilterPredicate(LogLevel.warn)]))
 
 SFTP_ONLY = (
     "This server offers SFTP only: no shell, no commands, no port forwarding.\r\n"
@@ -297,6 +310,7 @@ class SFTPUser(avatar.ConchUser):
                 connection.OPEN_ADMINISTRATIVELY_PROHIBITED,
             )
         if len(self.conn.channels) >= MAX_CHANNELS:
+            log.info("sftp: refused an SSH session beyond {most} on one connection for {who}", most=MAX_CHANNELS, who=self.address)
             raise conch_error.ConchError(f"at most {MAX_CHANNELS} sessions per connection", connection.OPEN_RESOURCE_SHORTAGE)
         return SFTPSessionChannel(
             localWindow=WINDOW,
