@@ -811,19 +811,37 @@ class SFTPServer(protocol.Protocol):
             return None
         size = attrs["size"]
         request += f" size {size}"
+
+        def bounded(end: int) -> None:
+            # A size past the end is a hole nobody wrote, held to what a
+            # WRITE may leave (fxp_WRITE): SETSTAT size 10**12 made a 1 TB
+            # sparse file under a 3 MB quota, which FTP then sent whole.
+            if size > end + MAX_HOLE:
+                raise SFTPError(FX_FAILURE, f"{shown}: a size of {size} would leave {size - end} bytes never written past the end ({end}); at most {MAX_HOLE}")
+
         if isinstance(handle_or_segments, WriteHandle):
-            f = getattr(handle_or_segments.writer, "file", None)
+            handle = handle_or_segments
+            f = getattr(handle.writer, "file", None)
             if f is None or not hasattr(f, "truncate"):
                 raise SFTPError(FX_OP_UNSUPPORTED, f"{shown}: this file system cannot change the size of a file being written")
+            bounded(handle.end)
             f.flush()
             f.truncate(size)
+            handle.end = size
             d = defer.succeed(None)
         elif isinstance(handle_or_segments, Handle):
             raise SFTPError(FX_PERMISSION_DENIED, f"{shown}: the file is open for reading")
         else:
             # Through the file system: opening for writing at SIZE
-            # truncates there (as FTP's REST + STOR does).
-            d = defer.maybeDeferred(self.shell.openForWritingAt, handle_or_segments, size, False)
+            # truncates there (as FTP's REST + STOR does), once the file is
+            # known to exist (a SETSTAT makes no file) and SIZE bounded.
+            segments = handle_or_segments
+
+            def resize(facts):
+                bounded(facts.get("size") or 0)
+                return self.shell.openForWritingAt(segments, size, False)
+
+            d = self._stat_facts(segments).addCallback(resize)
             d.addCallback(lambda writer: writer.close())
         return self._simple_result(rid, request, shown, d)
 
