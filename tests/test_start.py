@@ -5,6 +5,7 @@ files, SIGHUP reloads, the systemd unit.
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -232,3 +233,17 @@ def test_each_local_delivery_is_one_log_line(hub):
 def test_a_hub_without_accounts_warns_at_start(start_hub):
     hub = start_hub(users=())
     hub.wait_for_log(r"no accounts: nobody can log in .* add --user ADDRESS:PASSWORD")
+
+
+def test_the_systemd_unit_leaves_port_22_to_the_servers_own_sshd():
+    # Every server the unit is for runs sshd on 22; with --port-base 0
+    # alone the hub's SFTP listener took 22 too and the start failed
+    # ("cannot listen for sftp on tcp:22"), for good (RestartPreventExitStatus=1).
+    unit = open(os.path.join(ROOT, "etc", "mailhub.service")).read()
+    start = re.search(r"^ExecStart=(.*?[^\\])$", unit, re.M | re.S).group(1).replace("\\\n", " ")
+    args = start.split()
+    options = tap.Options()
+    options.parseOptions(args[args.index("mailhub") + 1:])
+    ports = {name: int(options[name].split(":")[1]) for name in ("smtp", "submission", "imap", "pop3", "sftp") if not options.get(f"no-{name}")}
+    assert ports["smtp"] == 25 and ports["imap"] == 143  # the standard ports, as the unit promises
+    assert 22 not in ports.values()
