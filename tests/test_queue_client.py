@@ -200,6 +200,7 @@ class RelayClientTests(unittest.TestCase):
         globalLogPublisher.addObserver(lines.append)
         self.addCleanup(globalLogPublisher.removeObserver, lines.append)
         s = Session([job()], username=b"alice", secret=b"s3cret", transcript=True)
+        s.client._tlsMode = True  # the session is over TLS (STARTTLS done): the password goes only there
         s.greet(b"250-relay.test\r\n250 AUTH PLAIN LOGIN\r\n")
         # authzid, authcid, password (RFC 4616), base64
         self.assertEqual(s.sent(), b"AUTH PLAIN " + base64.b64encode(b"alice\0alice\0s3cret") + b"\r\n")
@@ -208,6 +209,15 @@ class RelayClientTests(unittest.TestCase):
         text = "\n".join(e.get("line", "") for e in lines if e.get("log_namespace") == "mailhub.transcript")
         self.assertIn("AUTH PLAIN ****", text)
         self.assertNotIn(base64.b64encode(b"alice\0alice\0s3cret").decode(), text)
+
+    def test_smarthost_credentials_are_not_sent_without_tls(self):
+        j = job()
+        s = Session([j], username=b"alice", secret=b"s3cret")
+        s.greet(b"250-relay.test\r\n250 AUTH PLAIN LOGIN\r\n")  # no STARTTLS
+        self.assertNotIn(b"AUTH", s.sent())
+        # the session's error, which the queue gives the recipients (a temporary one)
+        self.assertEqual(s.client.error.code, -1)
+        self.assertIn("does not offer STARTTLS: the smarthost password (--smarthost-auth) is sent only over TLS", s.client.error.reply)
 
     def test_silent_server_times_out_as_a_temporary_failure(self):
         j = job()

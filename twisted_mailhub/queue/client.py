@@ -165,6 +165,12 @@ class RelayClient(smtp.ESMTPClient):
             self.requireAuthentication = True
             self.registerAuthenticator(smtp.PLAINAuthenticator(username))
             self.registerAuthenticator(smtp.LOGINAuthenticator(username))
+            # The password goes only over TLS (Postfix's default,
+            # smtp_sasl_security_options = noplaintext): a server that
+            # offers no STARTTLS, or a man in the middle who struck it from
+            # the EHLO reply, got it in the clear.
+            self.requireTransportSecurity = True
+            self._password_needs_tls = not require_tls
 
     # -- transcript ------------------------------------------------------
 
@@ -179,6 +185,12 @@ class RelayClient(smtp.ESMTPClient):
         smtp.ESMTPClient.dataReceived(self, data)
 
     # -- the session -----------------------------------------------------
+
+    _password_needs_tls = False  # TLS required for --smarthost-auth's sake alone
+
+    def esmtpTLSRequired(self, code=-1, resp=None):
+        why = "the smarthost password (--smarthost-auth) is sent only over TLS" if self._password_needs_tls else "--relay-require-tls"
+        self.sendError(smtp.TLSRequiredError(-1, f"{self.remote} does not offer STARTTLS: {why}", self.log.str()))
 
     def esmtpState_starttls(self, code, resp):
         self.tls_state = "handshake"

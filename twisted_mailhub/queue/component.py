@@ -25,7 +25,7 @@ listeners: list = []
 
 option_parameters = [
     ["smarthost", None, None, "Send all outbound mail through this relay, HOST:PORT, instead of looking up MX records."],
-    ["smarthost-auth", None, None, "USER:PASSWORD to log in to the smarthost with (AUTH PLAIN or LOGIN; after STARTTLS when offered)."],
+    ["smarthost-auth", None, None, "USER:PASSWORD to log in to the smarthost with (AUTH PLAIN or LOGIN; only after STARTTLS, never in the clear)."],
     ["retry-schedule", None, "5m,30m", "Waits between delivery attempts, comma-separated; the last repeats (5m,30m: after 5 minutes, then every 30)."],
     ["queue-lifetime", None, "5d", "How long a message may stay queued before it is bounced (s, m, h, d)."],
     ["delay-warning", None, "4h", "Tell the sender a message is delayed after this long (0: never)."],
