@@ -131,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     missing = 0
     for domain in domains:
+        if not keys.usable_name(domain):
+            # The hub's own --domain rule (accounts.usable_domain): the name
+            # is a folder under DATA/dkim, and "../../etc" wrote keys there.
+            from twisted_mailhub.lines import quote
+
+            print(f"; {quote(domain, 200)}: not a domain name (want e.g. example.org)", file=sys.stderr)
+            missing += 1
+            continue
         if not keys.signs_for(domain):
             print(f"; {domain}: no DNS can be published for it, so it has no keys", file=sys.stderr)
             continue

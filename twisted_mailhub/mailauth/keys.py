@@ -79,7 +79,22 @@ def check_selector(selector: str) -> str:
     return selector
 
 
+def usable_name(domain: str) -> bool:
+    """Whether C{domain} may name a key folder: the hub's --domain rule (accounts.usable_domain)."""
+    from twisted_mailhub.accounts import usable_domain
+
+    return usable_domain(domain.strip().lower().rstrip("."))
+
+
 def domain_dir(data_dir: str, domain: str) -> str:
+    """
+    C{DATA/dkim/<domain>}.
+
+    @raise ValueError: C{domain} is not a usable domain name (C{/}, C{..}:
+        the folder would be elsewhere).
+    """
+    if not usable_name(domain):
+        raise ValueError(f"not a domain name: {domain[:200]!s}")
     return os.path.join(data_dir, "dkim", domain.lower())
 
 
