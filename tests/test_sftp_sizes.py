@@ -1,7 +1,8 @@
 """
 SFTP SETSTAT/FSETSTAT of a size (what OpenSSH's scp and sshfs's truncate
-send): a file may be cut or grown as far as a WRITE may leave a hole, never
-to a terabyte of bytes nobody wrote, and a SETSTAT makes no file.
+send): a file may be cut or grown as far as a WRITE may leave a hole and the
+account's quota has room, never to a terabyte of bytes nobody wrote, and a
+SETSTAT makes no file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def sftp(hub):
 def test_a_size_far_past_the_end_is_refused_by_path_and_by_handle(start_hub):
     from twisted_mailhub.sftp.protocol import MAX_HOLE
 
-    hub = start_hub("--quota", "3M")
+    hub = start_hub()
     t, s = sftp(hub)
     try:
         s.putfo(io.BytesIO(b"hello" * 1000), "f")
@@ -51,3 +52,16 @@ def test_a_size_far_past_the_end_is_refused_by_path_and_by_handle(start_hub):
     assert os.path.getsize(os.path.join(home(hub), "f")) == 10 + MAX_HOLE
     assert os.path.getsize(os.path.join(home(hub), "g")) == 3
     assert not os.path.exists(os.path.join(home(hub), "missing"))
+
+
+def test_growing_a_file_past_the_accounts_quota_is_refused(start_hub):
+    hub = start_hub("--quota", "3M")
+    t, s = sftp(hub)
+    try:
+        s.putfo(io.BytesIO(b"hello" * 1000), "f")
+        with pytest.raises(IOError, match="quota exceeded"):
+            s.truncate("f", 8 * 1024 * 1024)
+        assert s.stat("f").st_size == 5000
+    finally:
+        s.close()
+        t.close()

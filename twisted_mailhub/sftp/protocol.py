@@ -818,6 +818,10 @@ class SFTPServer(protocol.Protocol):
             # sparse file under a 3 MB quota, which FTP then sent whole.
             if size > end + MAX_HOLE:
                 raise SFTPError(FX_FAILURE, f"{shown}: a size of {size} would leave {size - end} bytes never written past the end ({end}); at most {MAX_HOLE}")
+            space = self.quota_space() if self.quota_space is not None and size > end else None
+            if space is not None and space[1] + (size - end) > space[0]:
+                # Growth counts as a write does (filequota.py): the account's quota.
+                raise SFTPError(FX_FAILURE, f"{shown}: quota exceeded: growing it by {size - end} bytes would pass the account's quota ({space[1]} of {space[0]} bytes used)")
 
         if isinstance(handle_or_segments, WriteHandle):
             handle = handle_or_segments
