@@ -1,7 +1,8 @@
 """
 Issue 14: FTP and SFTP uploads count against the account's quota, with
 its mail: FTP 552 with a message, SFTP SSH_FX_FAILURE "quota exceeded",
-and the partial upload removed; on the real hub.
+and the partial upload removed; on the real hub, with its files on disk
+and, the same tests again, in PostgreSQL (C{--ftp-filesystem postgresql}).
 """
 
 from __future__ import annotations
@@ -18,6 +19,93 @@ def home(hub, user="alice"):
     return os.path.join(hub.data_dir, "ftp", "localhost", user)
 
 
+class DiskFiles:
+    """What alice's home on disk holds, hidden partial uploads too."""
+
+    args: tuple[str, ...] = ()
+
+    def __init__(self, hub):
+        self.home = home(hub)
+
+    def names(self) -> list[str]:
+        return sorted(os.listdir(self.home)) if os.path.isdir(self.home) else []
+
+    def size(self, name: str) -> int | None:
+        path = os.path.join(self.home, name)
+        return os.path.getsize(path) if os.path.exists(path) else None
+
+    def content(self, name: str) -> bytes:
+        with open(os.path.join(self.home, name), "rb") as f:
+            return f.read()
+
+    def put(self, name: str, data: bytes) -> None:
+        """A file put there by another way than the hub's uploads."""
+        os.makedirs(self.home, exist_ok=True)
+        with open(os.path.join(self.home, name), "wb") as out:
+            out.write(data)
+
+
+class PostgresFiles:
+    """What alice's home in the C{ftp_node} table holds, hidden partial uploads too."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.args = ("--ftp-filesystem", f"postgresql:{dsn}")
+
+    def _rows(self) -> dict[str, tuple[int, int]]:
+        import psycopg
+
+        from twisted_mailhub.ftp.pgfs import ensure_path
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            folder = ensure_path(conn, ["localhost", "alice"])
+            rows = conn.execute("SELECT name, size, content FROM ftp_node WHERE parent_id = %s", (folder,)).fetchall()
+        return {name: (size, oid) for name, size, oid in rows}
+
+    def names(self) -> list[str]:
+        return sorted(self._rows())
+
+    def size(self, name: str) -> int | None:
+        row = self._rows().get(name)
+        return row[0] if row else None
+
+    def content(self, name: str) -> bytes:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return bytes(conn.execute("SELECT lo_get(%s)", (self._rows()[name][1],)).fetchone()[0])
+
+    def put(self, name: str, data: bytes, modified: float | None = None) -> None:
+        import time
+
+        import psycopg
+
+        from twisted_mailhub.cluster import schema
+        from twisted_mailhub.ftp.pgfs import ensure_path
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            schema.check(conn)  # (the tables a hub makes at its start)
+            folder = ensure_path(conn, ["localhost", "alice"])
+            conn.execute(
+                "INSERT INTO ftp_node (parent_id, name, is_folder, size, modified, content) VALUES (%s, %s, false, %s, %s, lo_from_bytea(0, %s))",
+                (folder, name, len(data), time.time() if modified is None else modified, data),
+            )
+
+
+@pytest.fixture(params=["disk", "postgresql"])
+def quota_hub(request, start_hub):
+    """C{start(*args)}: a hub and its L{DiskFiles} or L{PostgresFiles}."""
+
+    def start(*args):
+        if request.param == "disk":
+            hub = start_hub(*args)
+            return hub, DiskFiles(hub)
+        files = PostgresFiles(request.getfixturevalue("pg_dsn"))
+        return start_hub(*files.args, *args), files
+
+    return start
+
+
 def ftp_login(hub) -> ftplib.FTP:
     f = ftplib.FTP(timeout=30)
     f.connect("127.0.0.1", hub.ports["ftp"])
@@ -25,16 +113,16 @@ def ftp_login(hub) -> ftplib.FTP:
     return f
 
 
-def test_ftp_and_sftp_uploads_stop_at_the_quota_and_leave_no_partial_file(start_hub):
+def test_ftp_and_sftp_uploads_stop_at_the_quota_and_leave_no_partial_file(quota_hub):
     paramiko = pytest.importorskip("paramiko")
-    hub = start_hub("--quota", "100k")
+    hub, files = quota_hub("--quota", "100k")
     f = ftp_login(hub)
     assert f.storbinary("STOR first.bin", io.BytesIO(b"a" * 60_000)).startswith("226")
     with pytest.raises(ftplib.error_perm) as refused:
         f.storbinary("STOR second.bin", io.BytesIO(b"b" * 60_000))
     assert str(refused.value).startswith("552")
     assert "quota exceeded" in str(refused.value) and "100.0 KiB" in str(refused.value)
-    assert sorted(os.listdir(home(hub))) == ["first.bin"]  # no second.bin, no hidden part
+    assert files.names() == ["first.bin"]  # no second.bin, no hidden part
     assert f.sendcmd("NOOP").startswith("200")  # the session goes on
     f.quit()
 
@@ -47,7 +135,7 @@ def test_ftp_and_sftp_uploads_stop_at_the_quota_and_leave_no_partial_file(start_
             for _ in range(6):
                 upload.write(b"c" * 10_000)
     assert "quota exceeded" in str(failed.value)
-    assert sorted(os.listdir(home(hub))) == ["first.bin"]
+    assert files.names() == ["first.bin"]
     sftp.putfo(io.BytesIO(b"d" * 10_000), "small.bin")  # what fits still goes in
     assert sorted(sftp.listdir(".")) == ["first.bin", "small.bin"]
     client.close()
@@ -61,26 +149,24 @@ def test_ftp_and_sftp_uploads_stop_at_the_quota_and_leave_no_partial_file(start_
     assert code == 552, text
 
 
-def test_ftp_upload_when_already_over_quota_is_refused_before_the_transfer(start_hub):
-    hub = start_hub("--quota", "10k")
-    os.makedirs(home(hub), exist_ok=True)
-    with open(os.path.join(home(hub), "big.bin"), "wb") as out:
-        out.write(b"z" * 20_000)
+def test_ftp_upload_when_already_over_quota_is_refused_before_the_transfer(quota_hub):
+    hub, files = quota_hub("--quota", "10k")
+    files.put("big.bin", b"z" * 20_000)
     f = ftp_login(hub)
     f.set_pasv(True)
     with pytest.raises(ftplib.error_perm) as refused:
         f.storbinary("STOR more.bin", io.BytesIO(b"m"))
     assert str(refused.value).startswith("552 STOR refused: quota exceeded")
-    assert "more.bin" not in os.listdir(home(hub))
+    assert files.names() == ["big.bin"]
     f.quit()
 
 
-def test_interrupted_uploads_kept_for_a_resume_count_against_the_quota(start_hub):
+def test_interrupted_uploads_kept_for_a_resume_count_against_the_quota(quota_hub):
     # Hidden partial files were not counted: five interrupted 90 KB uploads
     # kept 450 KB on disk under a 100 KB quota (and more, on and on).
     import socket
 
-    hub = start_hub("--quota", "100k")
+    hub, files = quota_hub("--quota", "100k")
     kept = 0
     for i in range(5):
         f = ftp_login(hub)
@@ -95,8 +181,8 @@ def test_interrupted_uploads_kept_for_a_resume_count_against_the_quota(start_hub
         with pytest.raises(ftplib.Error):  # 426 interrupted, or 552 at the quota
             f.getresp()
         f.close()
-        kept = sum(os.path.getsize(os.path.join(home(hub), n)) for n in os.listdir(home(hub)))
-    assert kept <= 100 * 1024, sorted(os.listdir(home(hub)))
+        kept = sum(files.size(n) for n in files.names())
+    assert kept <= 100 * 1024, files.names()
     # A resume of a kept part still works: SIZE is what was received so far.
     f = ftp_login(hub)
     f.voidcmd("TYPE I")
@@ -127,6 +213,29 @@ def test_an_interrupted_upload_not_resumed_within_36_hours_is_removed_at_start(s
     f.quit()
 
 
+def test_an_interrupted_upload_in_postgresql_not_resumed_within_36_hours_is_removed_at_start(start_hub, pg_dsn):
+    # Partial rows count against the quota as partial files do: one no one
+    # resumed stayed for ever, unseen, and counted.
+    import time
+
+    files = PostgresFiles(pg_dsn)
+    files.put(".old.bin.mailhub-part", b"o" * 1000, modified=time.time() - 48 * 3600)
+    files.put(".fresh.bin.mailhub-part", b"f" * 1000)
+    hub = start_hub(*files.args, "--quota", "100k")
+    hub.wait_for_log(r"ftp: removed 1 interrupted upload\(s\) not resumed within 36 h")
+    assert files.names() == [".fresh.bin.mailhub-part"]
+    f = ftp_login(hub)
+    f.voidcmd("TYPE I")
+    assert f.size("fresh.bin") == 1000  # still there for a resume
+    f.quit()
+    assert _quota_used_kib(hub) == 1  # the fresh one's 1,000 octets
+    import psycopg
+
+    with psycopg.connect(pg_dsn) as conn:
+        (objects,) = conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()
+    assert objects == 1  # the old one's bytes went with it
+
+
 def _quota_used_kib(hub) -> int:
     import imaplib
     import re
@@ -150,21 +259,20 @@ def _mail_octets(hub) -> int:
     return sum(int(n) for n in re.findall(rb"RFC822\.SIZE (\d+)", b" ".join(data)))
 
 
-def test_appe_counts_only_what_it_adds_while_and_after_it_runs(start_hub):
+def test_appe_counts_only_what_it_adds_while_and_after_it_runs(quota_hub):
     # APPE continues a copy of the file: the file and its copy were both
     # counted while it ran, so mail that fitted was refused near the quota.
     import socket
     import time
 
-    hub = start_hub("--quota", "100k")
+    hub, files = quota_hub("--quota", "100k")
     f = ftp_login(hub)
     assert f.storbinary("STOR a.bin", io.BytesIO(b"a" * 92_500)).startswith("226")  # past 90%: counted afresh from now on
     f.voidcmd("TYPE I")
     conn = f.transfercmd("APPE a.bin")
     conn.sendall(b"b" * 4_000)
-    part = os.path.join(home(hub), ".a.bin.mailhub-part")
     deadline = time.monotonic() + 20
-    while not (os.path.exists(part) and os.path.getsize(part) >= 92_500):  # the copy it continues
+    while (files.size(".a.bin.mailhub-part") or 0) < 92_500:  # the copy it continues
         assert time.monotonic() < deadline, "the APPE made no partial file"
         time.sleep(0.02)
     # 96,500 of files (once the APPE is done), the quota warning and 1,500
@@ -180,33 +288,32 @@ def test_appe_counts_only_what_it_adds_while_and_after_it_runs(start_hub):
     conn.close()
     assert f.voidresp().startswith("226")
     f.quit()
-    assert os.path.getsize(os.path.join(home(hub), "a.bin")) == 96_500
-    assert sorted(os.listdir(home(hub))) == ["a.bin"]
+    assert files.size("a.bin") == 96_500
+    assert files.names() == ["a.bin"]
     assert _quota_used_kib(hub) == (96_500 + _mail_octets(hub) + 1023) // 1024
 
 
-def test_rest_and_stor_over_a_file_counts_its_new_size_not_both(start_hub):
-    hub = start_hub("--quota", "100k")
+def test_rest_and_stor_over_a_file_counts_its_new_size_not_both(quota_hub):
+    hub, files = quota_hub("--quota", "100k")
     f = ftp_login(hub)
     assert f.storbinary("STOR a.bin", io.BytesIO(b"a" * 60_000)).startswith("226")
     # rewrite the last 50,000 octets: the file stays 60,000 long
     assert f.storbinary("STOR a.bin", io.BytesIO(b"b" * 50_000), rest=10_000).startswith("226")
-    with open(os.path.join(home(hub), "a.bin"), "rb") as stored:
-        assert stored.read() == b"a" * 10_000 + b"b" * 50_000
+    assert files.content("a.bin") == b"a" * 10_000 + b"b" * 50_000
     assert _quota_used_kib(hub) == (60_000 + 1023) // 1024
     # what still fits goes in; past the quota does not
     assert f.storbinary("STOR a.bin", io.BytesIO(b"c" * 40_000), rest=60_000).startswith("226")
     with pytest.raises(ftplib.error_perm) as refused:
         f.storbinary("APPE a.bin", io.BytesIO(b"d" * 5_000))
     assert str(refused.value).startswith("552") and "quota exceeded" in str(refused.value)
-    assert os.path.getsize(os.path.join(home(hub), "a.bin")) == 100_000
-    assert sorted(os.listdir(home(hub))) == ["a.bin"]
+    assert files.size("a.bin") == 100_000
+    assert files.names() == ["a.bin"]
     f.quit()
 
 
-def test_sftp_writes_over_a_file_in_place_or_appended_count_only_its_growth(start_hub):
+def test_sftp_writes_over_a_file_in_place_or_appended_count_only_its_growth(quota_hub):
     paramiko = pytest.importorskip("paramiko")
-    hub = start_hub("--quota", "100k")
+    hub, files = quota_hub("--quota", "100k")
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     client.connect("127.0.0.1", hub.ports["sftp"], username="alice", password="secret", allow_agent=False, look_for_keys=False, timeout=20)
@@ -227,6 +334,5 @@ def test_sftp_writes_over_a_file_in_place_or_appended_count_only_its_growth(star
         more.write(b"c" * 20_000)
     assert sftp.stat("a.bin").st_size == 80_000
     client.close()
-    with open(os.path.join(home(hub), "a.bin"), "rb") as stored:
-        assert stored.read() == b"b" * 60_000 + b"c" * 20_000
+    assert files.content("a.bin") == b"b" * 60_000 + b"c" * 20_000
     assert _quota_used_kib(hub) == (80_000 + 1023) // 1024

@@ -7,10 +7,13 @@ Rules:
 
  - One limit per account (C{--quota}, C{;quota=} in the accounts file) for
    its messages and its files together. L{register_files} gives
-   L{Quotas} a way to count the files (the disk file system: every file
-   under the home, hidden partial uploads too: an interrupted upload kept
-   for a resume is on the disk, and not counting it let five interrupted
-   90 KB uploads keep 450 KB under a 100 KB quota).
+   L{Quotas} a way to count the files, on either file system (on disk,
+   L{tree_size}; in PostgreSQL, L{twisted_mailhub.ftp.pgfs}'s C{usage}):
+   every file under the home, hidden partial uploads too: an interrupted
+   upload kept for a resume is stored, and not counting it let five
+   interrupted 90 KB uploads keep 450 KB under a 100 KB quota. A partial
+   upload beside the file it will replace counts by its growth only
+   (L{partial_growth}).
  - An upload is written through a L{QuotaWriter}: an octet that would take
    the account past its limit (after a fresh count, so freed space is
    seen) is not written; the upload fails with L{FileQuotaExceeded}, its
@@ -53,13 +56,21 @@ class FileQuotaExceeded(OSError):
         self.limit = limit
 
 
+def partial_growth(size: int, replaced: int | None) -> int:
+    """
+    What a partial upload of C{size} octets counts: all of it, or, beside a
+    file of C{replaced} octets it will take the place of once complete (an
+    APPE or a REST resume on a copy of it, or a STOR over it), only what it
+    grows that file (the file is counted on its own, so the pair counts as
+    the larger of the two). The one rule both file systems count by.
+    """
+    return size if replaced is None else max(0, size - replaced)
+
+
 def tree_size(root: str) -> int:
     """
-    Octets of every regular file under C{root}, hidden partial uploads
-    included. A partial upload of a file that exists (an APPE or a REST
-    resume on a copy of it, or a STOR that will replace it: L{twisted_mailhub.ftp.vfs})
-    counts only by what it grows the file: once complete it takes the
-    file's place, so the file and its partial are never counted twice.
+    Octets of every regular file under C{root} (the disk file system),
+    hidden partial uploads included, each by L{partial_growth}.
     """
     from twisted_mailhub.ftp.vfs import PARTIAL_SUFFIX, is_partial_name
 
@@ -82,26 +93,31 @@ def tree_size(root: str) -> int:
                 continue
         for name, size in sizes.items():
             if is_partial_name(name):
-                replaced = sizes.get(name[1 : -len(PARTIAL_SUFFIX)])
-                if replaced is not None and not is_partial_name(name[1 : -len(PARTIAL_SUFFIX)]):
-                    size = max(0, size - replaced)  # (the file itself is counted on its own)
+                final = name[1 : -len(PARTIAL_SUFFIX)]
+                size = partial_growth(size, None if is_partial_name(final) else sizes.get(final))
             total += size
     return total
 
 
 def register_files(hub: Any, filesystem: Any) -> None:
     """
-    Let the hub's quotas count C{filesystem}'s files of each account (a file
-    system with C{home(account)}: the disk one). No quotas: nothing to do.
+    Let the hub's quotas count C{filesystem}'s files of each account: a
+    file system that counts them itself (C{usage(account)} -> octets: the
+    PostgreSQL one), or one with C{home(account)}, a folder on disk
+    (L{tree_size}). No quotas: nothing to do.
     """
     quotas = getattr(hub, "quotas", None)
+    usage = getattr(filesystem, "usage", None)
     home = getattr(filesystem, "home", None)
-    if quotas is None or home is None:
+    if quotas is None or (usage is None and home is None):
         return
+    if usage is None:
+        def usage(account):
+            return tree_size(home(account))
 
     def file_usage(address: str) -> int:
         account = hub.accounts.find(address)
-        return tree_size(home(account)) if account is not None else 0
+        return usage(account) if account is not None else 0
 
     quotas.file_usage = file_usage
 
@@ -159,8 +175,15 @@ class QuotaShell:
 
 class QuotaWriter:
     """
-    A file-system writer (L{twisted_mailhub.ftp.vfs.FileWriter} or any
-    other) whose writes stop at the account's quota; see the module rules.
+    A file-system writer (L{twisted_mailhub.ftp.vfs.FileWriter},
+    L{twisted_mailhub.ftp.pgfs.PostgresWriter} or any other) whose writes
+    stop at the account's quota; see the module rules. What it asks of the
+    writer, when it has it: C{replaced} (octets of the file the upload will
+    replace; else found from C{final} on disk), C{tell()} (where the next
+    C{write} goes; else its C{file}'s), C{write_at(offset, data)} (SFTP's
+    writes at any offset: wrapped too), C{flush()} (else its C{file}'s),
+    C{fresh}, C{fail(reason)} (a L{TransferWriteError} removes the partial
+    upload) and C{discard()}.
 
     What counts is what the account will hold once the upload is in
     place: the other files and mail (C{_base}) plus the end of the file
@@ -177,12 +200,11 @@ class QuotaWriter:
         self._address = address
         self._limit = quotas.limit(address)
         # (the file this upload will replace, and where its writing starts)
-        self._replaced = _size_of(getattr(writer, "final", None), getattr(writer, "path", None))
-        f = getattr(writer, "file", None)
-        try:
-            self._start = f.tell() if f is not None and hasattr(f, "tell") else 0
-        except (OSError, ValueError):
-            self._start = 0
+        replaced = getattr(writer, "replaced", None)
+        if replaced is None:
+            replaced = _size_of(getattr(writer, "final", None), getattr(writer, "path", None))
+        self._replaced = replaced
+        self._start = self._tell(0)
         self._end = self._start
         # What the count had of this file before (the file it replaces, or
         # a partial kept for a resume) is not the rest of the account's.
@@ -192,26 +214,68 @@ class QuotaWriter:
         self.written = 0
         self.failed: FileQuotaExceeded | None = None
         self._ended: defer.Deferred | None = None
+        if getattr(writer, "write_at", None) is not None:
+            # (an instance attribute: SFTP looks for it to write at offsets)
+            self.write_at = self._write_at
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._writer, name)
 
-    def _position(self) -> int:
-        f = getattr(self._writer, "file", None)
-        if "a" in getattr(f, "mode", ""):
-            return self._end  # (opened to append: every write goes to the end)
-        if f is not None and hasattr(f, "tell"):
+    def _tell(self, otherwise: int) -> int:
+        """Where the writer's next C{write} goes, or C{otherwise}."""
+        tell = getattr(self._writer, "tell", None)
+        if tell is None:
+            tell = getattr(getattr(self._writer, "file", None), "tell", None)
+        if tell is not None:
             try:
-                return f.tell()
+                return tell()
             except (OSError, ValueError):
                 pass
-        return self._start + self.written
+        return otherwise
+
+    def _flush(self) -> bool:
+        """The writer's octets in its file (or row), so a count sees them; False: it cannot."""
+        flush = getattr(self._writer, "flush", None)
+        if flush is None:
+            flush = getattr(getattr(self._writer, "file", None), "flush", None)
+        if flush is None:
+            return False
+        try:
+            flush()
+        except OSError:
+            pass
+        return True
 
     def write(self, data: bytes) -> None:
+        if "a" in getattr(getattr(self._writer, "file", None), "mode", ""):
+            position = self._end  # (opened to append: every write goes to the end)
+        else:
+            position = self._tell(self._start + self.written)
+        self._admit(position, data)
+        self._writer.write(data)
+        self._wrote(data)
+
+    def _write_at(self, offset: int, data: bytes) -> None:
+        """SFTP's WRITE at C{offset} (the writer's C{write_at}), within the quota."""
+        self._admit(offset, data)
+        self._writer.write_at(offset, data)
+        self._wrote(data)
+
+    def _wrote(self, data: bytes) -> None:
+        self.written += len(data)
+        self._end = self._admitted if self._limit is not None else self._start + self.written
+
+    def _admit(self, position: int, data: bytes) -> None:
+        """
+        Let C{data} be written at C{position}, or stop the upload.
+
+        @raise FileQuotaExceeded: it would take the account past its limit.
+        """
         if self.failed is not None:
             raise self.failed
         limit = self._limit
-        end = max(self._end, self._position() + len(data)) if limit is not None else 0
+        end = max(self._end, position + len(data)) if limit is not None else 0
+        self._admitted = end
         if limit is not None and self._base + end > limit:
             if not self._counted:
                 self._counted = True
@@ -220,12 +284,7 @@ class QuotaWriter:
                 # written, and the file it replaces: neither is the rest
                 # of the account's (L{tree_size} counts the pair as the
                 # larger of the two).
-                flush = getattr(getattr(self._writer, "file", None), "flush", None)
-                if flush is not None:
-                    try:
-                        flush()
-                    except OSError:
-                        pass
+                if self._flush():
                     self._base = self._quotas.count(self._address) - max(self._replaced, self._end)
                 else:
                     self._base = self._quotas.count(self._address)
@@ -240,9 +299,6 @@ class QuotaWriter:
                     self._ended = defer.maybeDeferred(fail, TransferWriteError(self.failed.reason))
                     self._ended.addErrback(lambda _: None)
                 raise self.failed
-        self._writer.write(data)
-        self.written += len(data)
-        self._end = end if limit is not None else self._start + self.written
 
     def _after_end(self) -> defer.Deferred:
         # Fires once the partial file of a stopped upload is gone.
@@ -277,9 +333,11 @@ class QuotaWriter:
             # An interrupted upload keeps its partial file for a resume:
             # those octets are the account's now (the next upload's check
             # must see them without waiting for a recount).
+            # (A writer without a C{path} on disk keeps its partial upload
+            # elsewhere: the PostgreSQL one keeps its row.)
             path = getattr(self._writer, "path", None)
-            if self.written and path is not None and os.path.exists(path):
-                # (counted beside the file it would replace as its growth: L{tree_size})
+            if self.written and (path is None or os.path.exists(path)):
+                # (counted beside the file it would replace as its growth: L{partial_growth})
                 self._quotas.stored(self._address, max(self._replaced, self._end) - self._held)
             return result
 

@@ -27,6 +27,10 @@ L{twisted_mailhub.cluster.schema}):
     gathered with them; others are written where they belong
     (C{lo_put} fills a gap with zeros until its bytes come); the file's
     size is the end of the furthest write.
+  - Files count against the account's C{--quota} as on disk
+    (L{twisted_mailhub.filequota}): L{PostgresFileSystem.usage} sums a
+    home's files, a partial upload beside the file it will replace by its
+    growth only; an upload the quota stops loses its partial row.
   - How it meets the reactor: as the PostgreSQL mail store, short reads
     and changes run on one connection in the reactor thread (well under a
     millisecond on loopback); the chunks of an upload are written there too
@@ -42,12 +46,15 @@ import time
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.protocols import ftp
 from zope.interface import implementer
 
 from twisted_mailhub.cluster import schema
 from twisted_mailhub.cluster.database import Database, driver, reason
 from twisted_mailhub.ftp.vfs import (
+    PARTIAL_MAX_AGE,
+    PARTIAL_SUFFIX,
     FileActionError,
     FileSystemUnavailable,
     FileSystemUnavailableWrite,
@@ -59,6 +66,8 @@ from twisted_mailhub.ftp.vfs import (
     partial_name_refused,
 )
 from twisted_mailhub.store.interfaces import StoreError, StoreUnavailable
+
+log = Logger()
 
 # Bytes per lo_get / lo_put.
 CHUNK = 256 * 1024
@@ -115,6 +124,27 @@ def _drop_subtree(conn: Any, node_id: int) -> None:
     )
 
 
+# A home's files for L{PostgresFileSystem.usage}: the total of the files
+# that are not partial uploads (one row, partial false), then each partial
+# upload with the size of the file beside it that it will replace (NULL:
+# none). (parent_id, name) is the table's unique key: the walk is indexed.
+_USAGE = """
+WITH RECURSIVE tree(id) AS (
+    SELECT id FROM ftp_node WHERE id = %s
+    UNION ALL SELECT n.id FROM ftp_node n JOIN tree ON n.parent_id = tree.id WHERE n.is_folder),
+files AS (
+    SELECT f.parent_id, f.name, f.size,
+           left(f.name, 1) = '.' AND right(f.name, length(%s)) = %s AS partial
+    FROM ftp_node f JOIN tree ON f.parent_id = tree.id WHERE NOT f.is_folder)
+SELECT false, COALESCE(sum(size), 0), NULL::bigint FROM files WHERE NOT partial
+UNION ALL
+SELECT true, p.size, r.size FROM files p LEFT JOIN files r
+    ON r.parent_id = p.parent_id AND NOT r.partial
+   AND r.name = substr(p.name, 2, length(p.name) - 1 - length(%s))
+WHERE p.partial
+"""
+
+
 def _shown(segments) -> str:
     return "/" + "/".join(segments)
 
@@ -166,7 +196,7 @@ class PostgresWriter:
     keeps what arrived for a REST; C{discard()} removes a fresh partial.
     """
 
-    def __init__(self, shell: "PostgresShell", part_id: int, oid: int, offset: int, parent: int, name: str, fresh: bool):
+    def __init__(self, shell: "PostgresShell", part_id: int, oid: int, offset: int, parent: int, name: str, fresh: bool, replaced: int = 0):
         self.shell = shell
         self.db = shell.db
         self.part_id = part_id
@@ -176,9 +206,24 @@ class PostgresWriter:
         self.parent = parent
         self.name = name
         self.fresh = fresh
+        #: octets of the file under C{name} this upload will replace (0: none)
+        self.replaced = replaced
         self.written = 0
         self._held: list[bytes] = []
         self._held_bytes = 0
+
+    def tell(self) -> int:
+        """Where the next C{write} goes (octets from the file's start)."""
+        return self.position + self._held_bytes
+
+    def flush(self) -> None:
+        """
+        Write what is gathered into the partial row (its size too), so a
+        count of the account's files sees it.
+
+        @raise OSError: the database cannot take it now.
+        """
+        self._write_held()
 
     def write_at(self, offset: int, data: bytes) -> None:
         """
@@ -261,7 +306,20 @@ class PostgresWriter:
         return self.shell._later(put_in_place)
 
     def fail(self, reason) -> defer.Deferred:
-        """The upload broke: keep what arrived (hidden) for REST to resume."""
+        """
+        The upload broke: keep what arrived (hidden) for REST to resume; a
+        write error (the quota, L{TransferWriteError}) removes the partial
+        row instead, as the disk backend removes its file.
+        """
+        from twisted_mailhub.ftp.data import TransferWriteError
+
+        if isinstance(getattr(reason, "value", reason), TransferWriteError):
+            self._held, self._held_bytes = [], 0
+            try:
+                self.db.run_here(lambda conn: self.shell._remove_node(conn, self.part_id, self.oid))
+            except StoreError:
+                pass  # (left hidden, as an interrupted upload's)
+            return defer.succeed(None)
         try:
             self._write_held()
         except OSError:
@@ -526,7 +584,8 @@ class PostgresShell:
                 if start < part.size:
                     conn.execute("SELECT lo_truncate(lo_open(%s, x'60000'::int), %s)", (part.content, start))
                     conn.execute("UPDATE ftp_node SET size = %s WHERE id = %s", (start, part.id))
-                return PostgresWriter(self, part.id, part.content, start, parent.id, name, fresh=not resumed)
+                replaced = final.size if final is not None else 0
+                return PostgresWriter(self, part.id, part.content, start, parent.id, name, fresh=not resumed, replaced=replaced)
 
         return self._now(open_)
 
@@ -575,6 +634,7 @@ class PostgresFileSystem:
         self.db = Database(dsn, reactor, workers=2, what="the file database")
         schema.ready(self.db)
         self._homes: dict[tuple[str, ...], int] = {}
+        self._usage: dict[tuple[str, ...], int] = {}  # the last counts (L{usage})
 
     def _home(self, segments: tuple[str, ...]) -> int:
         found = self._homes.get(segments)
@@ -585,6 +645,56 @@ class PostgresFileSystem:
 
             found = self._homes[segments] = self.db.run_here(make)
         return found
+
+    def clean_now(self, reactor: Any = None) -> defer.Deferred:
+        """
+        Remove the hidden partial uploads not written to for
+        L{PARTIAL_MAX_AGE} seconds (the disk backend's
+        L{twisted_mailhub.ftp.vfs.clean_partials}: an interrupted upload no
+        one resumed would stay unseen, counted against the quota, for
+        ever), in a worker thread; one log line when it removed any. The
+        FTP component runs it at start and hourly.
+        """
+
+        def clean(conn):
+            with conn.transaction():
+                gone = conn.execute(
+                    "DELETE FROM ftp_node WHERE NOT is_folder AND left(name, 1) = '.' AND right(name, length(%s)) = %s"
+                    " AND modified < %s RETURNING content",
+                    (PARTIAL_SUFFIX, PARTIAL_SUFFIX, time.time() - PARTIAL_MAX_AGE),
+                ).fetchall()
+                for (oid,) in gone:
+                    _drop_content(conn, oid)
+            return len(gone)
+
+        def report(removed):
+            if removed:
+                log.info("ftp: removed {n} interrupted upload(s) not resumed within 36 h (hidden .NAME.mailhub-part rows)", n=removed)
+
+        return self.db.run(clean).addCallbacks(report, lambda f: log.warn("ftp: cleaning interrupted uploads failed: {error}", error=f.value))
+
+    def usage(self, account) -> int:
+        """
+        Octets of C{account}'s files (C{--quota}): every file under its
+        home, a hidden partial upload too, by
+        L{twisted_mailhub.filequota.partial_growth} beside the file it will
+        replace. While the database cannot be reached, the last count (0
+        before the first), logged: a mail delivery is not refused for it.
+        """
+        from twisted_mailhub.filequota import partial_growth
+
+        segments = self.home_segments(account)
+        try:
+            home = self._home(segments)
+            rows = self.db.run_here(lambda conn: conn.execute(_USAGE, (home, PARTIAL_SUFFIX, PARTIAL_SUFFIX, PARTIAL_SUFFIX)).fetchall())
+        except StoreError as e:
+            log.warn("ftp quota: the files of {home} not counted now ({why}); their last count stands", home="/".join(segments), why=str(e))
+            return self._usage.get(segments, 0)
+        total = 0
+        for partial, size, replaced in rows:
+            total += partial_growth(int(size), None if replaced is None else int(replaced)) if partial else int(size or 0)
+        self._usage[segments] = total
+        return total
 
     @staticmethod
     def home_segments(account) -> tuple[str, str]:
