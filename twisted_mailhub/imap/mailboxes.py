@@ -20,6 +20,11 @@ Rules:
    canonicalised (RFC 9051 §7.3.1).
  - A selected folder deleted or renamed elsewhere ends the session with
    C{BYE [UNAVAILABLE]}, as Dovecot does.
+ - Subscriptions follow a RENAME (the mailbox's and its inferiors'; the
+   new folder of a RENAME INBOX is subscribed when INBOX is); DELETE
+   leaves the name subscribed (RFC 9051 §6.3.9):
+   L{twisted_mailhub.store.base.renamed_subscriptions}, applied by every
+   store.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from twisted.mail import imap4
 from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.listing import SPECIAL_USE  # noqa: F401 (imap/__init__ makes them)
 from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_name, mailbox_name, opt_nested_list, shown, wire_name
-from twisted_mailhub.store.base import DELIMITER, normalize_folder_name
+from twisted_mailhub.store.base import DELIMITER, normalize_folder_name, renamed_subscriptions
 from twisted_mailhub.store.watch import ChangeSignal, account_paths, change_signal, folder_paths
 from twisted_mailhub.store.interfaces import (
     DELETED,
@@ -315,6 +320,13 @@ class MailboxCommands:
 
         def copied(pairs):
             inbox.expunge([s for s, _ in pairs], origin=None)
+            try:
+                # INBOX stays subscribed; its messages' new folder is
+                # subscribed when it is (renamed_subscriptions).
+                for name in sorted(renamed_subscriptions(store.subscriptions(), INBOX, destination.name)[1]):
+                    store.subscribe(name)
+            except (StoreError, OSError) as e:
+                log.warn("RENAME INBOX: {name} not subscribed ({error})", name=destination.name, error=e)
             self.sendPositiveResponse(tag, b"RENAME completed: INBOX's messages moved, INBOX is empty")
 
         def failed(reason):

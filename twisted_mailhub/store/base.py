@@ -39,6 +39,34 @@ def normalize_folder_name(name: str) -> str:
     return DELIMITER.join(parts)
 
 
+def renamed_subscriptions(subscribed, old: str, new: str) -> tuple[set[str], set[str]]:
+    """
+    The subscriptions a RENAME of folder C{old} to C{new} changes, as
+    (names to unsubscribe, names to subscribe); every store applies it with
+    the rename (one rule for IMAP RENAME and any other door).
+
+    A subscription follows its mailbox: the renamed folder's and, as RFC
+    9051 §6.3.6 renames the inferior hierarchical names with it, that of
+    every subscribed name below it (C{old/x} becomes C{new/x}), so a client
+    that shows subscribed folders only (Thunderbird's default) does not
+    lose them, and the old names are not left subscribed to nothing.
+    Renaming INBOX moves its messages and leaves INBOX in place with its
+    inferiors (RFC 9051 §6.3.6): INBOX stays subscribed and the new folder
+    is subscribed when INBOX is. (DELETE changes no subscription: RFC 9051
+    §6.3.9 and RFC 3501 §6.3.6, as Dovecot does.)
+
+    @param subscribed: the account's subscribed names (normalized).
+    @param old: the folder's name before (normalized).
+    @param new: its name after (normalized).
+    """
+    subscribed = set(subscribed)
+    if old == INBOX:
+        return set(), ({new} if INBOX in subscribed else set())
+    below = old + DELIMITER
+    gone = {n for n in subscribed if n == old or n.startswith(below)}
+    return gone, {new + n[len(old) :] for n in gone}
+
+
 def split_flags(flags) -> tuple[frozenset[str], frozenset[str]]:
     """
     (system flags, keywords) of a flag set, system flags in canonical case.

@@ -114,6 +114,7 @@ from twisted_mailhub.store.base import (
     Listeners,
     apply_flags,
     normalize_folder_name,
+    renamed_subscriptions,
     split_flags,
 )
 from twisted_mailhub.store import shared
@@ -2470,7 +2471,7 @@ class MaildirAccount:
             raise NoSuchFolder(name)
         shutil.rmtree(path)
         self._folders.pop(name, None)
-        self.unsubscribe(name)
+        # (its subscription stays: L{renamed_subscriptions})
 
     def rename_folder(self, old: str, new: str) -> None:
         old, new = normalize_folder_name(old), normalize_folder_name(new)
@@ -2490,6 +2491,14 @@ class MaildirAccount:
             parent = DELIMITER.join(parts[:i])
             if not os.path.isdir(self._folder_path(parent)):
                 self.folder_create_plain(parent)
+        self._rename_subscriptions(old, new)
+
+    def _rename_subscriptions(self, old: str, new: str) -> None:
+        """The subscriptions follow the RENAME of C{old} to C{new} (L{renamed_subscriptions})."""
+        subscribed = set(self.subscriptions())
+        gone, made = renamed_subscriptions(subscribed, old, new)
+        if gone or made - subscribed:
+            self._write_subscriptions((subscribed - gone) | made)
 
     def folder_identity(self, name: str) -> tuple | None:
         """
@@ -2523,10 +2532,15 @@ class MaildirAccount:
             return []
 
     def _write_subscriptions(self, names: Iterable[str]) -> None:
+        # Durable before the command's OK (design rule 6): the file, then
+        # its name in the account's directory.
         tmp = self._subscriptions_path() + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("".join(n + "\n" for n in sorted(set(names))))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self._subscriptions_path())
+        fsync_directory(self.path)
 
     def subscribe(self, name: str) -> None:
         self._write_subscriptions(self.subscriptions() + [normalize_folder_name(name)])

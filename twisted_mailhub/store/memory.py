@@ -27,6 +27,7 @@ from twisted_mailhub.store.base import (
     apply_flags,
     downgraded_size_text,
     normalize_folder_name,
+    renamed_subscriptions,
     split_flags,
 )
 from twisted_mailhub.store.interfaces import (
@@ -244,7 +245,7 @@ class MemoryAccount:
         if name not in self._folders:
             raise NoSuchFolder(name)
         folder = self._folders.pop(name)
-        self._subscriptions.discard(name)
+        # (its subscription stays: L{renamed_subscriptions})
         folder.gone = True
         folder._watchers.tell()
         self._watchers.tell()
@@ -263,6 +264,8 @@ class MemoryAccount:
             # RFC 3501 §6.3.5: renaming INBOX moves its messages and leaves
             # an empty INBOX behind.
             self._folders[INBOX] = self._new_folder(INBOX)
+        gone, made = renamed_subscriptions(self._subscriptions, old, new)
+        self._subscriptions = (self._subscriptions - gone) | made
         self._watchers.tell()
 
     def folder_identity(self, name: str) -> int | None:

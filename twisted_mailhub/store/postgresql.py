@@ -79,6 +79,7 @@ from twisted_mailhub.store.base import (
     apply_flags,
     downgraded_size_text,
     normalize_folder_name,
+    renamed_subscriptions,
     split_flags,
 )
 from twisted_mailhub.store.interfaces import (
@@ -1486,7 +1487,7 @@ class PostgresAccount:
                 ).fetchone()
                 if row is None:
                     return None
-                conn.execute("DELETE FROM subscription WHERE account_id = %s AND name = %s", (self.account_id, name))
+                # (its subscription stays: L{renamed_subscriptions})
                 conn.execute("SELECT pg_notify(%s, %s)", (pgschema.CHANNEL, f"{row[0]} gone"))
                 self._notify_list_changed(conn)
                 return row[0]
@@ -1542,6 +1543,7 @@ class PostgresAccount:
                         "INSERT INTO mailbox (account_id, name, uid_validity) VALUES (%s, %s, %s)",
                         (self.account_id, INBOX, new_uid_validity(conn)),
                     )
+                self._rename_subscriptions(conn, old, new)
                 for mailbox_id, _ in rows:
                     conn.execute("SELECT pg_notify(%s, %s)", (pgschema.CHANNEL, f"{mailbox_id} gone"))
                 self._notify_list_changed(conn)
@@ -1609,6 +1611,21 @@ class PostgresAccount:
                 self._notify_list_changed(conn)
 
         self._run(unsubscribe)
+
+    def _rename_subscriptions(self, conn, old: str, new: str) -> None:
+        """In the RENAME's transaction: the subscriptions move with it (L{renamed_subscriptions})."""
+        subscribed = [
+            n
+            for (n,) in conn.execute(
+                "SELECT name FROM subscription WHERE account_id = %s AND (name = %s OR name = %s OR left(name, %s) = %s) FOR UPDATE",
+                (self.account_id, INBOX, old, len(old) + 1, old + DELIMITER),
+            ).fetchall()
+        ]
+        gone, made = renamed_subscriptions(subscribed, old, new)
+        if gone:
+            conn.execute("DELETE FROM subscription WHERE account_id = %s AND name = ANY(%s)", (self.account_id, sorted(gone)))
+        for name in sorted(made):
+            conn.execute("INSERT INTO subscription (account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING", (self.account_id, name))
 
     def _notify_list_changed(self, conn) -> None:
         """In a transaction that changes the mailbox list or the subscriptions: tell every hub at its commit (L{watch_changes})."""
