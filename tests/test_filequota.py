@@ -336,3 +336,29 @@ def test_sftp_writes_over_a_file_in_place_or_appended_count_only_its_growth(quot
     client.close()
     assert files.content("a.bin") == b"b" * 60_000 + b"c" * 20_000
     assert _quota_used_kib(hub) == (80_000 + 1023) // 1024
+
+
+def test_while_the_file_database_is_down_mail_is_checked_against_the_files_last_count(start_hub, pg_dsn, postgresql):
+    # Counting the files needs PostgreSQL: while it is down, the last count
+    # stands (one log line), so mail is neither refused for it nor let past
+    # the quota.
+    hub = start_hub("--ftp-filesystem", f"postgresql:{pg_dsn}", "--quota", "100k")
+    f = ftp_login(hub)
+    assert f.storbinary("STOR a.bin", io.BytesIO(b"a" * 60_000)).startswith("226")
+    f.quit()
+    postgresql.stop()
+    try:
+        with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=20) as s:
+            s.ehlo("client.test")
+            s.mail("bob@localhost")
+            assert s.rcpt("alice@localhost")[0] == 250
+            code, text = s.data(b"Subject: too big with the files\r\n\r\n" + b"x" * 50_000 + b"\r\n")
+            assert code == 552, text  # 60,000 of files + 50,000 > 100 KiB
+            s.mail("bob@localhost")
+            assert s.rcpt("alice@localhost")[0] == 250
+            code, text = s.data(b"Subject: fits\r\n\r\n" + b"x" * 20_000 + b"\r\n")
+            assert code == 250, text
+        hub.wait_for_log(r"quota: the files of alice@localhost not counted now .*; their last count stands")
+    finally:
+        postgresql.restart()
+    assert "Traceback" not in hub.log

@@ -47,7 +47,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import alsoProvides, providedBy
 
-from twisted_mailhub.store.interfaces import InsufficientStorage
+from twisted_mailhub.store.interfaces import InsufficientStorage, StoreUnavailable
 
 log = Logger()
 
@@ -157,10 +157,21 @@ class Quotas:
                 total += sum(info.size for info in account.folder(name).messages())
             except Exception:  # a folder deleted while counting
                 continue
-        if self.file_usage is not None:
-            total += self.file_usage(address)
-        self._usage[address] = (total, self.clock())
         usage = self._shared(address)
+        if self.file_usage is not None:
+            try:
+                total += self.file_usage(address)
+            except StoreUnavailable as e:
+                # The files cannot be counted now (their database is
+                # down): the last count stands, with what was stored since
+                # (counting the mail alone would let it past the quota).
+                # Nothing known yet: a temporary error for the write.
+                known = usage.read(float("inf")) if usage is not None else self._usage.get(address, (None,))[0]
+                log.warn("quota: the files of {address} not counted now ({why}); their last count stands", address=address, why=str(e))
+                if known is None:
+                    raise
+                return known
+        self._usage[address] = (total, self.clock())
         if usage is not None:
             usage.write(total)
         return total

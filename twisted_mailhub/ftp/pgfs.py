@@ -634,7 +634,6 @@ class PostgresFileSystem:
         self.db = Database(dsn, reactor, workers=2, what="the file database")
         schema.ready(self.db)
         self._homes: dict[tuple[str, ...], int] = {}
-        self._usage: dict[tuple[str, ...], int] = {}  # the last counts (L{usage})
 
     def _home(self, segments: tuple[str, ...]) -> int:
         found = self._homes.get(segments)
@@ -678,22 +677,18 @@ class PostgresFileSystem:
         Octets of C{account}'s files (C{--quota}): every file under its
         home, a hidden partial upload too, by
         L{twisted_mailhub.filequota.partial_growth} beside the file it will
-        replace. While the database cannot be reached, the last count (0
-        before the first), logged: a mail delivery is not refused for it.
+        replace.
+
+        @raise StoreUnavailable: the database cannot be reached now (the
+            quota's last count stands: L{twisted_mailhub.quota.Quotas.count}).
         """
         from twisted_mailhub.filequota import partial_growth
 
-        segments = self.home_segments(account)
-        try:
-            home = self._home(segments)
-            rows = self.db.run_here(lambda conn: conn.execute(_USAGE, (home, PARTIAL_SUFFIX, PARTIAL_SUFFIX, PARTIAL_SUFFIX)).fetchall())
-        except StoreError as e:
-            log.warn("ftp quota: the files of {home} not counted now ({why}); their last count stands", home="/".join(segments), why=str(e))
-            return self._usage.get(segments, 0)
+        home = self._home(self.home_segments(account))
+        rows = self.db.run_here(lambda conn: conn.execute(_USAGE, (home, PARTIAL_SUFFIX, PARTIAL_SUFFIX, PARTIAL_SUFFIX)).fetchall())
         total = 0
         for partial, size, replaced in rows:
             total += partial_growth(int(size), None if replaced is None else int(replaced)) if partial else int(size or 0)
-        self._usage[segments] = total
         return total
 
     @staticmethod
