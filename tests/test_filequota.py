@@ -362,3 +362,28 @@ def test_while_the_file_database_is_down_mail_is_checked_against_the_files_last_
     finally:
         postgresql.restart()
     assert "Traceback" not in hub.log
+
+
+def test_an_api_file_upload_past_the_quota_is_507_and_leaves_nothing(quota_hub):
+    # The JSON API's PUT is one more door to the same file system.
+    import base64
+    import http.client
+    import json
+
+    hub, files = quota_hub("--quota", "100k")
+
+    def put(name: str, size: int):
+        connection = http.client.HTTPConnection("127.0.0.1", hub.ports["web"], timeout=20)
+        auth = "Basic " + base64.b64encode(b"alice@localhost:secret").decode()
+        connection.request("PUT", "/api/v1/accounts/me/files/" + name, body=b"p" * size, headers={"Authorization": auth})
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        connection.close()
+        return response.status, body
+
+    assert put("a.bin", 60_000)[0] == 201
+    status, body = put("b.bin", 60_000)
+    assert status == 507 and "quota exceeded" in body["error"]["message"], body
+    assert files.names() == ["a.bin"]  # no b.bin, no hidden part
+    assert put("a.bin", 90_000)[0] == 201  # a file replaced counts by its new size only
+    assert files.size("a.bin") == 90_000
