@@ -43,7 +43,7 @@ from twisted.python.failure import Failure
 
 from twisted_mailhub.filters import Envelope, Reject, Rewrite
 from twisted_mailhub.logobserver import QuickLogger
-from twisted_mailhub.store.interfaces import INBOX
+from twisted_mailhub.store.interfaces import INBOX, StoreUnavailable
 
 # A line per delivered message: the Logger without its per-call level scan.
 log = QuickLogger()
@@ -184,7 +184,14 @@ class RecipientPolicy:
             if account is None:
                 return Verdict(550, f"5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table")
             quotas = getattr(self.hub, "quotas", None)
-            if quotas is not None and quotas.over(account.address):
+            try:
+                full = quotas is not None and quotas.over(account.address)
+            except StoreUnavailable as e:
+                # The quota cannot be counted now (the store or the file
+                # database is down): RFC 3463 X.3.0, a temporary error.
+                log.warn("smtp: RCPT {address} deferred: its quota cannot be counted now ({why})", address=address, why=str(e))
+                return Verdict(451, f"4.3.0 <{address}>: Mailbox quota cannot be checked now; try again later")
+            if full:
                 # RFC 3463 §3.3 X.2.2: known to be full before any data is sent.
                 return Verdict(552, f"5.2.2 <{address}>: Mailbox full")
             return _local_verdict(account.address)
