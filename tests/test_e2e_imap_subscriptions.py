@@ -114,3 +114,27 @@ def test_rename_inbox_keeps_inbox_subscribed_and_subscribes_the_folder_its_mail_
     assert ok(c.select('"Old Inbox"', readonly=True)) == [b"1"]
     assert ok(c.select("INBOX", readonly=True)) == [b"0"]
     c.logout()
+
+
+def test_a_notify_session_is_told_the_subscriptions_a_rename_moved(store_hub):
+    # RFC 5465 §5.4/§5.5: the rename with OLDNAME, then each subscription
+    # change; the old name, which has no mailbox now, is \NonExistent (as
+    # LIST-EXTENDED says of it), not shown as if it were a mailbox.
+    from tests.test_e2e_imap_notify import notify
+    from tests.test_e2e_imap_rfc import raw_login
+
+    hub, _ = store_hub
+    c = login(hub)
+    ok(c.create("Work"))
+    ok(c.subscribe("Work"))
+    watcher = raw_login(hub)
+    notify(watcher, b"SET (PERSONAL (MailboxName SubscriptionChange))")
+    ok(c.rename("Work", "Job"))
+    told = [watcher.line() for _ in range(3)]
+    assert told == [
+        b'* LIST () "/" "Job" ("OLDNAME" ("Work"))',
+        b'* LIST (\\Subscribed) "/" "Job"',
+        b'* LIST (\\NonExistent) "/" "Work"',
+    ], told
+    watcher.close()
+    c.logout()

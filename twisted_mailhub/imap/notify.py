@@ -429,8 +429,10 @@ class Notifier:
                 if "SubscriptionChange" in self.message_events(name) or (
                     name in before and any(g.kind == "subscribed" and "SubscriptionChange" in g.events for g in self.others)
                 ):
-                    attributes = b"(\\Subscribed)" if name in subscriptions else b"()"
-                    self.lines.append(b"* LIST " + attributes + b" " + _delimiter() + b" " + wire_name(name) + b"\r\n")
+                    # a name with no mailbox (a RENAME's old one, or only
+                    # subscribed) is \NonExistent, as LIST says (RFC 5258 §3)
+                    attributes = ([b"\\NonExistent"] if name not in folders else []) + ([b"\\Subscribed"] if name in subscriptions else [])
+                    self.lines.append(b"* LIST (" + b" ".join(attributes) + b") " + _delimiter() + b" " + wire_name(name) + b"\r\n")
         self._watch()
         for name, (folder, _) in list(self.watched.items()):
             if name not in self.signals:
