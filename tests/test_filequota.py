@@ -106,6 +106,11 @@ def quota_hub(request, start_hub):
     return start
 
 
+def text_of(octets: int) -> bytes:
+    """About C{octets} of message body in lines of 78 (RFC 5321 §4.5.3.1.6 allows 1000)."""
+    return (b"x" * 76 + b"\r\n") * (octets // 78) + b"x" * (octets % 78) + b"\r\n"
+
+
 def ftp_login(hub) -> ftplib.FTP:
     f = ftplib.FTP(timeout=30)
     f.connect("127.0.0.1", hub.ports["ftp"])
@@ -145,7 +150,7 @@ def test_ftp_and_sftp_uploads_stop_at_the_quota_and_leave_no_partial_file(quota_
         s.ehlo("client.test")
         s.mail("bob@localhost")
         s.rcpt("alice@localhost")
-        code, text = s.data(b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 40)  # lines of at most 1000 octets (RFC 5321 §4.5.3.1.6)
+        code, text = s.data(b"Subject: big\r\n\r\n" + text_of(40_000))
     assert code == 552, text
 
 
@@ -282,7 +287,7 @@ def test_appe_counts_only_what_it_adds_while_and_after_it_runs(quota_hub):
         s.mail("bob@localhost")
         code, text = s.rcpt("alice@localhost")
         assert code == 250, text
-        code, text = s.data(b"Subject: fits\r\n\r\n" + (b"x" * 748 + b"\r\n") * 2)  # 1,500 octets in lines of at most 1000
+        code, text = s.data(b"Subject: fits\r\n\r\n" + text_of(1_500))
         assert code == 250, text
     conn.shutdown(socket.SHUT_WR)
     conn.close()
@@ -352,11 +357,11 @@ def test_while_the_file_database_is_down_mail_is_checked_against_the_files_last_
             s.ehlo("client.test")
             s.mail("bob@localhost")
             assert s.rcpt("alice@localhost")[0] == 250
-            code, text = s.data(b"Subject: too big with the files\r\n\r\n" + b"x" * 50_000 + b"\r\n")
+            code, text = s.data(b"Subject: too big with the files\r\n\r\n" + text_of(50_000))
             assert code == 552, text  # 60,000 of files + 50,000 > 100 KiB
             s.mail("bob@localhost")
             assert s.rcpt("alice@localhost")[0] == 250
-            code, text = s.data(b"Subject: fits\r\n\r\n" + b"x" * 20_000 + b"\r\n")
+            code, text = s.data(b"Subject: fits\r\n\r\n" + text_of(20_000))
             assert code == 250, text
             # bob's files were never counted: a temporary error, not a guess
             s.mail("alice@localhost")
