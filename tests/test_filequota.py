@@ -396,3 +396,24 @@ def test_an_api_file_upload_past_the_quota_is_507_and_leaves_nothing(quota_hub):
     assert files.names() == ["a.bin"]  # no b.bin, no hidden part
     assert put("a.bin", 90_000)[0] == 201  # a file replaced counts by its new size only
     assert files.size("a.bin") == 90_000
+
+
+def test_an_sftp_setstat_that_grows_a_file_past_the_quota_is_refused_and_changes_nothing(quota_hub):
+    # SETSTAT size (paramiko's truncate) past the end makes the file that
+    # long: it counted only afterwards, and took the account past its quota.
+    paramiko = pytest.importorskip("paramiko")
+    hub, files = quota_hub("--quota", "100k")
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect("127.0.0.1", hub.ports["sftp"], username="alice", password="secret", allow_agent=False, look_for_keys=False, timeout=20)
+    sftp = client.open_sftp()
+    sftp.putfo(io.BytesIO(b"a" * 10_000), "a.bin")
+    with pytest.raises(IOError, match="quota exceeded"):
+        sftp.truncate("a.bin", 200_000)
+    assert sftp.stat("a.bin").st_size == 10_000
+    sftp.truncate("a.bin", 50_000)  # what fits is done
+    assert sftp.stat("a.bin").st_size == 50_000
+    sftp.putfo(io.BytesIO(b"b" * 40_000), "b.bin")  # and the account can still use the rest
+    client.close()
+    assert files.names() == ["a.bin", "b.bin"]
+    assert _quota_used_kib(hub) == (90_000 + 1023) // 1024

@@ -159,7 +159,14 @@ class QuotaShell:
         return getattr(self._shell, name)
 
     def _wrap(self, opened: defer.Deferred) -> defer.Deferred:
-        return opened.addCallback(lambda writer: QuotaWriter(writer, self._quotas, self._address))
+        def counted(writer):
+            counting = QuotaWriter(writer, self._quotas, self._address)
+            # What it starts with counts before any write: opened past the
+            # file's end (SFTP SETSTAT size, a truncate) the file grows there.
+            counting.admit_start()
+            return counting
+
+        return opened.addCallback(counted)
 
     def openForWriting(self, path):
         return self._wrap(defer.maybeDeferred(self._shell.openForWriting, path))
@@ -245,6 +252,15 @@ class QuotaWriter:
         except OSError:
             pass
         return True
+
+    def admit_start(self) -> None:
+        """
+        The file's size where writing starts, within the quota.
+
+        @raise FileQuotaExceeded: it is past the account's limit (the
+            partial upload goes, as at any write).
+        """
+        self._admit(self._start, b"")
 
     def write(self, data: bytes) -> None:
         if "a" in getattr(getattr(self._writer, "file", None), "mode", ""):

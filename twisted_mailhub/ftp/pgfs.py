@@ -581,7 +581,10 @@ class PostgresShell:
                     ).fetchone()[0]
                     part = _Node((part_id, False, size, time.time(), oid))
                 start = part.size if append else offset
-                if start < part.size:
+                if start != part.size:
+                    # Shorter, or longer (SFTP SETSTAT size): lo_truncate
+                    # fills with zeros, as a file on disk is extended, so
+                    # the size told is what is read and what the quota counts.
                     conn.execute("SELECT lo_truncate(lo_open(%s, x'60000'::int), %s)", (part.content, start))
                     conn.execute("UPDATE ftp_node SET size = %s WHERE id = %s", (start, part.id))
                 replaced = final.size if final is not None else 0
