@@ -143,11 +143,15 @@ class SessionRecord:
         # Entries: events (seq, time, kind, text), text bytes while not yet
         # made text; and answers (seq, time, status, lines, octets), which
         # are the three events seq, seq + 1 and seq + 2.
-        self._events: deque = deque(maxlen=bus.max_lines)
+        self._events = self._new_events()
         # Events recorded in all (the last one's seq), and how many of them
         # the entries showed when last made text (L{events}).
         self._seq = 0
         self._made = 0
+
+    def _new_events(self):
+        """Where the entries are kept (a kind of record keeps them its own way)."""
+        return deque(maxlen=self.bus.max_lines)
 
     @property
     def events(self) -> deque:
@@ -458,6 +462,19 @@ class Transcriber:
         self._inline = type(record) is SessionRecord
         if record is not None:
             self._emit = record.add_line  # one call less per line
+
+    def at_rest(self) -> bool:
+        """
+        Whether the bytes so far leave no exchange under way: no line in
+        parts either way, no SASL response, IMAP literal or message
+        expected. Whole lines given next are then read the same whenever
+        they are given (L{twisted_mailhub.ftp.record.ControlRecord} keeps
+        such lines and gives them later).
+        """
+        return not (
+            self._client or self._server or self._in_sasl or self._login_rest or self._in_data or self._out_data
+            or self._in_literal or self._out_literal or self._client_sync
+        )
 
     def _emit(self, who: str, line: bytes) -> None:
         if self.record is not None:

@@ -1,24 +1,47 @@
 # -*- test-case-name: tests.test_session_record,tests.test_ftp_session_record -*-
 """
 The session record of an FTP control connection: a
-L{twisted_mailhub.transcript.SessionRecord} that keeps its events in a
-compact form, made the C{(seq, time, kind, text)} events of every record
-only when someone reads them.
+L{twisted_mailhub.transcript.SessionRecord} that keeps what was said as it
+came and makes it the C{(seq, time, kind, text)} events of every record
+only when someone reads them or watches it.
 
-Why: an idle FTP control connection lives long and says little: its start,
-USER, PASS, the login and a few replies. Kept as every record keeps them
-(a deque, about 760 octets however few it holds, and per event a tuple and
-a float, about 100 octets besides the line), they were most of what such a
-connection costs; thousands of idle clients (a mirror's) add up.
+Why: every FTP control connection is recorded while the console is on
+(the default), and most are never looked at. Turning each read and each
+reply into masked C:/S: lines (a L{Transcriber}) as they happen was about
+a seventh of the instructions of a short session (login, a download,
+QUIT), and an idle connection kept the Transcriber besides (~0.3 KB).
 
-How they are kept: C{_events} is a list of entries, oldest first, and
-C{_times} an C{array('d')} of their times (no float object each); an entry
-is a C:/S: line nobody has read yet, as bytes after its kind's letter
-(C{b"C" + line}), or C{(kind, text)} for any other event. Sequence numbers
-are not stored: the entries are consecutive, the last one is C{_seq}. Past
-C{max_lines} entries the oldest go, a few hundred at a time (a list is cut
-at its front in one step); L{events} shows the last C{max_lines} and
-C{dropped} counts the rest, as for any record.
+How: C{client_bytes} and C{server_bytes} take the connection's bytes.
+While nobody watches this session's lines, a read or a reply is kept as
+it came, with its time, and an event (login, tls, data, end) as its kind
+and text: no Transcriber exists yet. When someone reads the record
+(L{events}, L{dropped}, L{summary}), a watcher is to be told of an event,
+or the kept entries pass C{max_lines}, the kept bytes are played through
+the session's Transcriber in order, each line with its own time (no
+watcher is told of them: they happened before it watched), and become
+events as any record's. From then on, a watched session is transcribed
+as it goes, exactly as before.
+
+Secrets are never kept raw: a read that holds C{PASS}, C{AUTH} or
+C{LOGIN} (any case) is transcribed at once, masked by the Transcriber's
+own rules, unless it is one whole C{PASS} line, which is kept with the
+password already replaced by C{****} (what the Transcriber makes of it,
+and makes again of the masked line). So is every read or reply while the
+Transcriber is inside an exchange (a SASL response after AUTH, a line in
+parts, a message after a 354): kept bytes are only ever whole lines that
+need no state to be read.
+
+How the events are kept once made (the compact form of the last round):
+C{_events} is a list of entries, oldest first, and C{_times} an
+C{array('d')} of their times (no float object each); a made entry is a
+C:/S: line nobody has read yet, as bytes after its kind's letter
+(C{b"C" + line}), or C{(kind, text)} for any other event. Entries not yet
+made (from index C{_raw}) are C{(_CLIENT, bytes)}, C{(_SERVER, bytes)} or
+an event's C{(kind, text)}. Sequence numbers are not stored: made entries
+are consecutive, the last one is C{_seq}. Past C{max_lines} entries the
+oldest go, a few hundred at a time (a list is cut at its front in one
+step); L{events} shows the last C{max_lines} and C{dropped} counts the
+rest, as for any record.
 
 Watchers are told of each event by the bus's one fan-out
 (L{twisted_mailhub.transcript.SessionEvents.tell}), as for any record; a
@@ -27,38 +50,169 @@ line someone watches is made text at once, as any record does.
 
 from __future__ import annotations
 
+import re
 from array import array
+from math import copysign
 from itertools import repeat
 
-from twisted_mailhub.transcript import SessionRecord, line_text
+from twisted_mailhub.transcript import _PASS, SessionRecord, Transcriber, line_text
 
 # Entries past max_lines are let go this many at a time (at least).
 _SLACK = 256
 _LETTER = {"C": b"C", "S": b"S"}
 _KIND = {67: "C", 83: "S"}  # b"C"[0], b"S"[0]
+# A read that may hold a secret by the Transcriber's rules: PASS, AUTH or
+# LOGIN in any case (and a few harmless words besides, e.g. "loss": those
+# take the slower way). One search in C, no copy of the read.
+_MAYBE_SECRET = re.compile(rb"[PpAaLl][AaUuOo][SsTtGg][SsHhIi]").search
 
 
 class ControlRecord(SessionRecord):
     """
     One FTP control connection's session record (made by
     C{SessionEvents.start(..., kind=ControlRecord)}): what it shows, tells
-    and counts is a L{SessionRecord}'s; only how it keeps its events
-    differs (see the module).
+    and counts is a L{SessionRecord}'s with a L{Transcriber} fed the
+    connection's bytes; only when and how it keeps them differs (see the
+    module). The connection hands it every read (L{client_bytes}) and
+    every reply (L{server_bytes}).
     """
 
-    __slots__ = ("_times", "_max")
+    __slots__ = ("_times", "_max", "_raw", "_rest", "_transcriber", "_when")
 
     def __init__(self, bus, id: str, protocol: str, client: tuple, server: tuple):
         self._times = array("d")
         self._max = bus.max_lines
+        # Index of the first entry not yet made an event (None: all are).
+        self._raw = 0
+        # No exchange under way in the Transcriber (or none yet): a whole
+        # line may be kept as it came (see _plain).
+        self._rest = True
+        self._transcriber = None
+        # While kept bytes are played through the Transcriber: their time.
+        self._when = None
         SessionRecord.__init__(self, bus, id, protocol, client, server)
-        self._events = []
+
+    def _new_events(self):
+        return []  # (a list: cut at its front in one step, see the module)
+
+    # -- the connection's bytes ---------------------------------------------------
+
+    def client_bytes(self, data: bytes) -> None:
+        """What the client sent (one read, as it came, not empty)."""
+        bus = self.bus
+        if not bus.watchers and not bus.session_watchers and self._rest and data[-1] == 10 and _MAYBE_SECRET(data) is None:
+            # Whole lines, no secret, nobody watching lines: kept as they
+            # came (a client read's time is positive, a reply's negative).
+            events = self._events
+            if self._raw is None:
+                self._raw = len(events)
+            events.append(data)
+            self._times.append(bus.clock())
+            if len(events) > self._max + _SLACK:
+                self._make()
+                self._trim()
+            return
+        if self._rest and data[-1] == 10 and not self._watched() and data.find(b"\n") == len(data) - 1:
+            upper = data.upper()
+            if upper.find(b"AUTH") < 0 and upper.find(b"LOGIN") < 0:
+                bare = data[:-1].rstrip(b"\r")
+                if upper.find(b"PASS", 0, 16) >= 0 and _PASS.match(bare) is not None:
+                    # One PASS line: kept masked as the Transcriber masks it
+                    # (it makes the same line again of the masked one).
+                    data = _PASS.sub(rb"\1 ****", bare) + b"\n"
+                self._keep(data, self.bus.clock())
+                return
+        self._transcribed().client_bytes(data)
+        self._rest = self._transcriber.at_rest()
+
+    def server_bytes(self, data: bytes) -> None:
+        """What the server sent (one reply or several, as written, not empty)."""
+        bus = self.bus
+        if not bus.watchers and not bus.session_watchers and self._rest and data[-1] == 10 and data.find(b"354") < 0:
+            # (A line that starts with 354 makes the Transcriber read what
+            # follows as a message, SMTP's DATA: transcribed at once.)
+            events = self._events
+            if self._raw is None:
+                self._raw = len(events)
+            events.append(data)
+            self._times.append(-bus.clock())
+            if len(events) > self._max + _SLACK:
+                self._make()
+                self._trim()
+            return
+        self._transcribed().server_bytes(data)
+        self._rest = self._transcriber.at_rest()
+
+    def _watched(self) -> bool:
+        """Whether someone is told this session's lines as they come."""
+        bus = self.bus
+        return bool(bus.watchers or (bus.session_watchers and self.id in bus.session_watchers))
+
+    def _transcribed(self) -> Transcriber:
+        """The Transcriber, every kept entry played through it first."""
+        if self._raw is not None:
+            self._make()
+        transcriber = self._transcriber
+        if transcriber is None:
+            transcriber = self._transcriber = Transcriber(self.id, self)
+        return transcriber
+
+    def _keep(self, entry, when: float) -> None:
+        """Keep a read (bytes; C{when} positive), a reply (C{when} negative) or an event (C{(kind, text)})."""
+        events = self._events
+        if self._raw is None:
+            self._raw = len(events)
+        events.append(entry)
+        self._times.append(when)
+        if len(events) > self._max + _SLACK:
+            self._make()
+            self._trim()
+
+    def _make(self) -> None:
+        """Play the kept entries through the Transcriber, in order, each at its own time; nobody is told."""
+        first = self._raw
+        if first is None:
+            return
+        kept = self._events[first:]
+        times = self._times[first:]
+        del self._events[first:]
+        del self._times[first:]
+        self._raw = None
+        if not kept:
+            return
+        transcriber = self._transcriber
+        if transcriber is None:
+            transcriber = self._transcriber = Transcriber(self.id, self)
+        try:
+            for entry, when in zip(kept, times):
+                if entry.__class__ is bytes:
+                    if copysign(1.0, when) > 0:  # (a clock at 0.0 too)
+                        self._when = when
+                        transcriber.client_bytes(entry)
+                    else:
+                        self._when = -when
+                        transcriber.server_bytes(entry)
+                else:
+                    self._when = when
+                    self._replayed(entry[0], entry[1])
+        finally:
+            self._when = None
+        self._rest = transcriber.at_rest()
+
+    def _replayed(self, kind: str, text) -> None:
+        """One event made from a kept entry (at C{_when}), told to nobody."""
+        self._seq += 1
+        letter = _LETTER.get(kind)
+        self._events.append(letter + text if letter is not None and text.__class__ is bytes else (kind, text if text.__class__ is str else line_text(text)))
+        self._times.append(self._when)
 
     # -- what is read ---------------------------------------------------------
 
     @property
     def events(self) -> list:
         """The kept events, oldest first: C{(seq, time, kind, text)} tuples (at most the bus's C{max_lines})."""
+        if self._raw is not None:
+            self._make()
         entries, times = self._events, self._times
         n = len(entries)
         first = max(0, n - self._max)
@@ -76,11 +230,19 @@ class ControlRecord(SessionRecord):
     @property
     def dropped(self) -> int:
         """How many old events were let go (the bus's C{max_lines})."""
+        if self._raw is not None:
+            self._make()
         return self._seq - min(len(self._events), self._max)
 
     @dropped.setter
     def dropped(self, value: int) -> None:
-        pass  # counted from the entries (a record's own __init__ sets it)
+        pass  # counted from the entries
+
+    def summary(self) -> dict:
+        """As L{SessionRecord.summary} (C{lines}: every event, kept bytes made events first)."""
+        if self._raw is not None:
+            self._make()
+        return SessionRecord.summary(self)
 
     # -- what is added ----------------------------------------------------------
 
@@ -90,45 +252,61 @@ class ControlRecord(SessionRecord):
         del self._times[:cut]
 
     def add(self, kind: str, text: str) -> None:
-        """Record one event and tell the watchers (as L{SessionRecord.add})."""
-        seq = self._seq = self._seq + 1
+        """Record one event and tell the watchers (as L{SessionRecord.add}); kept as it is while nobody would be told."""
         bus = self.bus
+        if self._when is not None:
+            self._replayed(kind, text)
+            return
+        if not (bus.watchers or (bus.list_watchers and kind != "C" and kind != "S") or (bus.session_watchers and self.id in bus.session_watchers)):
+            self._keep((kind, text), bus.clock())
+            return
+        if self._raw is not None:
+            self._make()
+        seq = self._seq = self._seq + 1
         now = bus.clock()
         events = self._events
         events.append((kind, text))
         self._times.append(now)
         if len(events) > self._max + _SLACK:
             self._trim()
-        if bus.watchers or bus.list_watchers or bus.session_watchers:
-            bus.tell(self, (seq, now, kind, text))
+        bus.tell(self, (seq, now, kind, text))
 
     def add_line(self, kind: str, line: bytes) -> None:
-        """A C:/S: line (bytes, no line end): kept as bytes while nobody watches lines."""
-        bus = self.bus
+        """A C:/S: line (bytes, no line end), from the Transcriber: kept as bytes while nobody watches lines."""
+        if self._when is not None:
+            self._replayed(kind, line)
+            return
         letter = _LETTER.get(kind)
-        if letter is None or bus.watchers or (bus.session_watchers and self.id in bus.session_watchers):
+        if letter is None or self._watched():
             self.add(kind, line_text(line))
             return
+        if self._raw is not None:
+            self._make()
         self._seq += 1
         events = self._events
         events.append(letter + line)
-        self._times.append(bus.clock())
+        self._times.append(self.bus.clock())
         if len(events) > self._max + _SLACK:
             self._trim()
 
     def add_lines(self, kind: str, lines) -> None:
         """Several C:/S: lines at once, as L{add_line} each."""
-        bus = self.bus
+        if self._when is not None:
+            for line in lines:
+                self._replayed(kind, line)
+            return
         letter = _LETTER.get(kind)
-        if letter is None or bus.watchers or (bus.session_watchers and self.id in bus.session_watchers):
+        if letter is None or self._watched():
             for line in lines:
                 self.add(kind, line_text(line))
             return
+        if self._raw is not None:
+            self._make()
         n = len(lines)
         self._seq += n
         events = self._events
         events.extend([letter + line for line in lines])
-        self._times.extend(repeat(bus.clock(), n))
+        self._times.extend(repeat(self.bus.clock(), n))
         if len(events) > self._max + _SLACK:
             self._trim()
 

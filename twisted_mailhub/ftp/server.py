@@ -61,7 +61,7 @@ from twisted_mailhub.ftp.record import ControlRecord
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable
 from twisted_mailhub.lines import LineEngine, control_note, quote, send_now
 from twisted_mailhub.store.interfaces import is_out_of_space
-from twisted_mailhub.transcript import Transcriber, record_login, tls_description
+from twisted_mailhub.transcript import record_login, tls_description
 
 log = Logger()
 
@@ -236,19 +236,19 @@ class MailhubFTP(ftp.FTP):
 
     MAX_LENGTH = 4096
     _encoding = "utf-8"
-    # The session's record on the hub's event bus and what turns its bytes
-    # into C:/S: lines (with the console or --transcript: hub.record_sessions),
+    # The session's record on the hub's event bus (with the console or
+    # --transcript: hub.record_sessions), fed the connection's bytes
+    # (ftp/record.py turns them into C:/S: lines when someone reads them),
     # kept by the connection itself: the hub's TranscriptFactory hands it
     # over unwrapped (records_own_session), so no wrapper sits between the
     # socket and this protocol (a call per read and per write, ~1 KB per
     # connection); and whether a TLS handshake is under way whose end
     # becomes the record's "tls" event.
     records_own_session = True
-    record = None
+    record: ControlRecord | None = None
     # The facts MLST and MLSD show (OPTS MLST; one tuple shared by every
     # connection until one selects others).
     mlst_facts = MLST_DEFAULT
-    _transcriber: Transcriber | None = None
     _tls_pending = False
 
     def __init__(self):
@@ -282,7 +282,6 @@ class MailhubFTP(ftp.FTP):
                 (getattr(local, "host", "?"), getattr(local, "port", 0)),
                 kind=ControlRecord,
             )
-            self._transcriber = Transcriber(record.id, record)
             self._tls_pending = ISSLTransport.providedBy(transport)
         if not factory.admit(self):
             self.sendLine(f"421 Too many connections from {self.address}; try again later.")
@@ -360,8 +359,8 @@ class MailhubFTP(ftp.FTP):
             line = line.encode("utf-8", "surrogateescape")
         if self.transport is not None:
             data = line + b"\r\n"
-            if self._transcriber is not None:
-                self._transcriber.server_bytes(data)
+            if self.record is not None:
+                self.record.server_bytes(data)
             send_now(self.transport, data)
 
     def reply(self, key, *args):
@@ -374,14 +373,14 @@ class MailhubFTP(ftp.FTP):
     # -- command dispatch -------------------------------------------------------
 
     def dataReceived(self, data):
-        transcriber = self._transcriber
-        if transcriber is not None:
+        record = self.record
+        if record is not None:
             if self._tls_pending:
                 description = tls_description(self.transport)
                 if description:
                     self._tls_pending = False
-                    self.record.encrypted(description)
-            transcriber.client_bytes(data)
+                    record.encrypted(description)
+            record.client_bytes(data)
         if self.lines is not None:
             self.lines.data_received(data)
 
@@ -736,7 +735,7 @@ class MailhubFTP(ftp.FTP):
         self.lines.discard_pending()
         self.transport.startTLS(self.factory.hub.tls)
         self._tls = True
-        self._tls_pending = self._transcriber is not None  # the handshake's end is recorded
+        self._tls_pending = self.record is not None  # the handshake's end is recorded
         # RFC 4217 §6: a new login is needed after AUTH.
         if self.state != self.AUTHED:
             self.state = self.UNAUTH
