@@ -67,6 +67,20 @@ def test_shell_refuses_symlinks_out_and_odd_segments(tmp_path):
     assert (tmp_path / "secret").exists()
 
 
+def test_a_path_resolved_below_a_real_root_is_what_realpath_makes_of_it(tmp_path):
+    from twisted_mailhub.ftp.vfs import resolved
+
+    root = os.path.realpath(tmp_path / "root")
+    os.makedirs(os.path.join(root, "a", "b"))
+    open(os.path.join(root, "a", "file"), "wb").close()
+    os.symlink(os.path.join(root, "a"), os.path.join(root, "in"))
+    os.symlink(str(tmp_path), os.path.join(root, "out"))
+    os.symlink("nowhere", os.path.join(root, "dangling"))
+    for parts in ([], ["a"], ["a", "b"], ["a", "b", "new"], ["missing", "x", "y"], ["a", "file", "x"], ["in", "b"],
+                  ["out"], ["out", "root", "a"], ["dangling"], ["a", "..", "in"], ["a", "", "b"], ["a", ".", "b"], ["a/b"]):
+        assert resolved(root, parts) == os.path.realpath(os.path.join(root, *parts)), parts
+
+
 def test_read_only_shell_refuses_every_change(tmp_path):
     shell = DiskShell(str(tmp_path), readonly=True)
     for d in (

@@ -424,14 +424,42 @@ def _fail(e: OSError, segments) -> defer.Deferred:
     return defer.fail(FileActionError(f"{shown}: {error_words(e)}"))
 
 
+def resolved(base: str, parts) -> str:
+    """
+    C{os.path.realpath(os.path.join(base, *parts))} for a C{base} that is
+    a real path already (absolute, normalised, no symlink on it), in far
+    fewer steps: only the C{parts} are looked at (C{lstat}, from the first
+    down, none past one that is not there), and only a symlink among them,
+    or a part that is empty, C{.}, C{..} or holds a C{/}, takes the whole
+    C{realpath}. (realpath looks at every component from C{/}: ~13 calls
+    of lstat per FTP session, a few percent of its instructions.)
+    """
+    path = base
+    look = True
+    for part in parts:
+        if not part or part == "." or part == ".." or "/" in part:
+            return os.path.realpath(os.path.join(base, *parts))
+        path = path + "/" + part if path != "/" else "/" + part
+        if look:
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                look = False  # not there: what follows cannot be either
+                continue
+            if statmod.S_ISLNK(mode):
+                return os.path.realpath(os.path.join(base, *parts))
+    return path
+
+
 @implementer(IMailhubShell)
 class DiskShell:
     """
     An L{IMailhubShell} on a directory of the local disk.
     """
 
-    def __init__(self, root: str, readonly: bool = False):
-        self.root = os.path.realpath(root)
+    def __init__(self, root: str, readonly: bool = False, real: bool = False):
+        # (real: the caller has resolved the root already, see resolved)
+        self.root = root if real else os.path.realpath(root)
         self.readonly = readonly
 
     # -- paths ----------------------------------------------------------
@@ -446,13 +474,16 @@ class DiskShell:
                 raise ftp.PermissionDeniedError("/" + "/".join(segments))
             if is_partial_name(s):
                 raise FileActionError(partial_name_refused(segments))
-        path = os.path.join(self.root, *segments)
+        root = self.root
         # The parent must resolve inside the root; the last segment too
         # unless it is the thing itself (a dangling link to delete).
-        check = os.path.realpath(path) if follow else os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-        if check != self.root and not check.startswith(self.root + os.sep):
+        if follow or not segments:
+            check = resolved(root, segments)
+        else:
+            check = os.path.join(resolved(root, segments[:-1]), segments[-1])
+        if check != root and not check.startswith(root + os.sep):
             raise ftp.PermissionDeniedError("/" + "/".join(segments))
-        return check if follow else path
+        return check if follow else os.path.join(root, *segments)
 
     def _guard(self, segments, follow=True):
         try:
@@ -685,6 +716,7 @@ class DiskFileSystem:
 
     def __init__(self, root: str):
         self.root = root
+        self._real_root: str | None = None
 
     def clean_now(self, reactor: Any) -> defer.Deferred:
         """
@@ -709,8 +741,13 @@ class DiskFileSystem:
             os.makedirs(public, exist_ok=True)
             return DiskShell(public, readonly=True)
         home = self.home(account)
-        os.makedirs(home, exist_ok=True)
-        return DiskShell(home)
+        if not os.path.isdir(home):
+            os.makedirs(home, exist_ok=True)
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+        # The home's real path from the root's, found once: a login looks
+        # only at the domain's folder and the home (see resolved).
+        return DiskShell(resolved(self._real_root, (account.domain.lower(), account.localpart)), real=True)
 
 
 __all__ = [
