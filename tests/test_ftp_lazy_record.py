@@ -50,6 +50,8 @@ SESSIONS = {
     ],
     "a password in two reads, and in any case": [
         ("c", b"USER alice\r\n"),
+        ("c", b""),
+        ("s", b""),
         ("c", b"PA"),
         ("c", b"SS hunter2\r\n"),
         ("s", b"530 Login incorrect; try USER again.\r\n"),

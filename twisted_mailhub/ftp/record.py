@@ -7,9 +7,10 @@ only when someone reads them or watches it.
 
 Why: every FTP control connection is recorded while the console is on
 (the default), and most are never looked at. Turning each read and each
-reply into masked C:/S: lines (a L{Transcriber}) as they happen was about
-a seventh of the instructions of a short session (login, a download,
-QUIT), and an idle connection kept the Transcriber besides (~0.3 KB).
+reply into masked C:/S: lines (a L{Transcriber}) as they happen cost
+a short session (login, a download, QUIT) ~85k instructions of ~1.8M
+(bench/ftp_cost.py --callgrind), and an idle connection kept the
+Transcriber besides (~0.3 KB).
 
 How: C{client_bytes} and C{server_bytes} take the connection's bytes.
 While nobody watches this session's lines, a read or a reply is kept as
@@ -36,8 +37,9 @@ C{_events} is a list of entries, oldest first, and C{_times} an
 C{array('d')} of their times (no float object each); a made entry is a
 C:/S: line nobody has read yet, as bytes after its kind's letter
 (C{b"C" + line}), or C{(kind, text)} for any other event. Entries not yet
-made (from index C{_raw}) are C{(_CLIENT, bytes)}, C{(_SERVER, bytes)} or
-an event's C{(kind, text)}. Sequence numbers are not stored: made entries
+made (from index C{_raw}) are a read or a reply as it came (bytes; the
+sign of its time tells which: a read's is positive, a reply's negative)
+or an event's C{(kind, text)}. Sequence numbers are not stored: made entries
 are consecutive, the last one is C{_seq}. Past C{max_lines} entries the
 oldest go, a few hundred at a time (a list is cut at its front in one
 step); L{events} shows the last C{max_lines} and C{dropped} counts the
@@ -100,7 +102,7 @@ class ControlRecord(SessionRecord):
     def client_bytes(self, data: bytes) -> None:
         """What the client sent (one read, as it came, not empty)."""
         bus = self.bus
-        if not bus.watchers and not bus.session_watchers and self._rest and data[-1] == 10 and _MAYBE_SECRET(data) is None:
+        if not bus.watchers and not bus.session_watchers and self._rest and data[-1:] == b"\n" and _MAYBE_SECRET(data) is None:
             # Whole lines, no secret, nobody watching lines: kept as they
             # came (a client read's time is positive, a reply's negative).
             events = self._events
@@ -112,7 +114,7 @@ class ControlRecord(SessionRecord):
                 self._make()
                 self._trim()
             return
-        if self._rest and data[-1] == 10 and not self._watched() and data.find(b"\n") == len(data) - 1:
+        if self._rest and data[-1:] == b"\n" and not self._watched() and data.find(b"\n") == len(data) - 1:
             upper = data.upper()
             if upper.find(b"AUTH") < 0 and upper.find(b"LOGIN") < 0:
                 bare = data[:-1].rstrip(b"\r")
@@ -128,7 +130,7 @@ class ControlRecord(SessionRecord):
     def server_bytes(self, data: bytes) -> None:
         """What the server sent (one reply or several, as written, not empty)."""
         bus = self.bus
-        if not bus.watchers and not bus.session_watchers and self._rest and data[-1] == 10 and data.find(b"354") < 0:
+        if not bus.watchers and not bus.session_watchers and self._rest and data[-1:] == b"\n" and data.find(b"354") < 0:
             # (A line that starts with 354 makes the Transcriber read what
             # follows as a message, SMTP's DATA: transcribed at once.)
             events = self._events
