@@ -602,6 +602,8 @@ class MailhubPOP3(_pop3.POP3):
     # waiting (behind a slow command, or while it does not read replies).
     max_held = 4096
     implementation = b"twisted-mailhub " + __version__.encode("ascii")
+    # The last command was AUTH: an unknown one now is not echoed.
+    _after_auth = False
 
     def __init__(self, hub: Any = None):
         self.hub = hub
@@ -863,7 +865,13 @@ class MailhubPOP3(_pop3.POP3):
             name = command.decode("ascii")
         except UnicodeDecodeError:
             name = ""
+        after_auth, self._after_auth = self._after_auth, name == "AUTH"
         if name not in _KNOWN:
+            if after_auth:
+                # Right after an AUTH that ended (refused, say, before STLS):
+                # this may be the password the client sent anyway; not shown.
+                self.reply_err(b"unknown command (not shown: after AUTH it may be a password); try CAPA for the list of commands")
+                return None
             self.reply_err(f"unknown command '{quote(command, 40, ascii=True)}'{control_note(command)}; try CAPA for the list of commands")
             return None
         if name not in COMMANDS[self.state]:

@@ -55,6 +55,28 @@ _ids = itertools.count(1)
 # split their lines so, and a password must be masked however typed.)
 _AUTH = re.compile(rb"^[ \t]*(?:(\S+)[ \t]+)?(AUTH|AUTHENTICATE)\b", re.I)
 _AUTH_INITIAL = re.compile(rb"^([ \t]*(?:\S+[ \t]+)?(?:AUTH|AUTHENTICATE)[ \t]+\S+)[ \t]+\S.*", re.I)
+# After a refused AUTH/AUTHENTICATE (_in_sasl is this until the client's
+# next line): a line of one base64 word that is no command of the protocol
+# is the credential the client sent without reading the refusal.
+_REFUSED = "refused"
+_TAGGED_REFUSAL = re.compile(rb"^\S+ (?:NO|BAD)\b")
+_BASE64_WORD = re.compile(rb"^[ \t]*[A-Za-z0-9+/]{4,}={0,2}[ \t]*$")
+_COMMAND_WORDS = frozenset(
+    b"HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN HELP STARTTLS AUTH ETRN "
+    b"USER PASS APOP STAT LIST RETR DELE TOP UIDL CAPA STLS UTF8 LANG".split()
+)
+
+
+def _looks_like_a_secret(bare: bytes) -> bool:
+    """
+    Whether C{bare}, a client line right after a refused AUTH, is one
+    base64 word (RFC 4648 §4 alphabet, 4 characters or more) that is not
+    a command of SMTP or POP3: a SASL response (RFC 4954 §4, RFC 5034 §4)
+    sent to a server that had already said no.
+    """
+    return _BASE64_WORD.match(bare) is not None and bare.strip().upper() not in _COMMAND_WORDS
+
+
 _PASS = re.compile(rb"^([ \t]*PASS)\b.*", re.I)
 _LOGIN = re.compile(rb"^([ \t]*\S+[ \t]+(?:UID[ \t]+)?LOGIN[ \t]+\S+)[ \t].*", re.I)
 # An IMAP LOGIN whose user name is a literal: the password is on the line
@@ -611,8 +633,17 @@ class Transcriber:
                     self._emit("C", bare)
                     return
         if self._in_sasl:
-            self._emit("C", b"**** (SASL response)")
-            return
+            refused = self._in_sasl is _REFUSED
+            if not refused:
+                self._emit("C", b"**** (SASL response)")
+                return
+            # The line after a refused AUTH: a client (or a student typing
+            # by hand) that did not read the refusal sends its credentials
+            # anyway; one word that is no command is masked as they would be.
+            self._in_sasl = False
+            if _looks_like_a_secret(bare):
+                self._emit("C", b"**** (after a refused AUTH)")
+                return
         if self._login_rest:
             # The rest of a LOGIN after its user name's literal (breaker).
             self._login_rest = False
@@ -815,7 +846,11 @@ class Transcriber:
             # LIST line of message 354, in IMAP a reply to the tag "354".
             self._in_data = _MessageLines()
         if self._in_sasl and not (bare.startswith(b"334") or bare.startswith(b"+ ") or bare == b"+"):
-            self._in_sasl = False
+            # The exchange is over: refused (4xx/5xx, -ERR, NO/BAD) leaves a
+            # mark for the client's next line (_client_line), success none.
+            if self._in_sasl is not _REFUSED:
+                refused = bare[:1] in (b"4", b"5", b"-") or _TAGGED_REFUSAL.match(bare) is not None
+                self._in_sasl = _REFUSED if refused else False
         if self._pop3 is not None and bare[:1] in (b"+", b"-") and bare[:2] != b"+ " and bare != b"+":
             # A status line (RFC 1939 §3): the answer to the oldest command.
             message = self._pop3.popleft() if self._pop3 else False

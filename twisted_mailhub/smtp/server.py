@@ -192,6 +192,8 @@ class MailhubSMTP(smtp.ESMTP):
     command_timeout = 120
     data_timeout = 1800
     login_timeout = 300
+    # The last command was AUTH: an unknown one now is not echoed.
+    _after_auth = False
 
     def __init__(self):
         smtp.ESMTP.__init__(self, chal={})
@@ -381,8 +383,14 @@ class MailhubSMTP(smtp.ESMTP):
             return self.reply(500, "5.5.2 Error: bad syntax (empty command)")
         parts = line.split(None, 1)
         verb = parts[0]
-        handler = getattr(self, "smtp_" + verb.upper(), None)
+        upper = verb.upper()
+        handler = getattr(self, "smtp_" + upper, None)
+        after_auth, self._after_auth = self._after_auth, upper == "AUTH"
         if handler is None:
+            if after_auth:
+                # Right after an AUTH that ended (refused before STARTTLS,
+                # say): this may be the password the client sent anyway.
+                return self.reply(500, "5.5.2 Error: command not recognized (not shown: after AUTH it may be a password); try HELP")
             return self.reply(500, f"5.5.2 Error: command '{quote(verb, 32, ascii=True)}' not recognized; try HELP{control_note(verb)}")
         return handler(parts[1] if len(parts) > 1 else "")
 

@@ -1,0 +1,110 @@
+# -*- test-case-name: tests.test_auth_refused_secret -*-
+"""
+A student types AUTH before STARTTLS/STLS, is refused, and pastes the
+base64 password anyway (found by the new-user pass of stop 12): the hub's
+reply does not echo it and the transcript (log, console) masks it.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import socket
+
+from tests.smtp_helpers import RawSMTP
+from twisted_mailhub.transcript import SessionEvents, Transcriber
+
+SECRET = base64.b64encode(b"correct horse battery").decode()  # no '=': one plain word
+
+
+def _lines(record) -> list[str]:
+    return [f"{kind}: {text}" for _, _, kind, text in record.events if kind in ("C", "S")]
+
+
+def _transcribed(protocol: str, exchange: list[tuple[str, bytes]]) -> list[str]:
+    bus = SessionEvents()
+    record = bus.start(protocol, ("127.0.0.1", 4000), ("127.0.0.1", 25))
+    t = Transcriber(record.id, record)
+    for side, data in exchange:
+        (t.client_bytes if side == "C" else t.server_bytes)(data)
+    return _lines(record)
+
+
+def test_the_word_sent_after_a_refused_smtp_auth_is_masked_and_a_command_is_not():
+    assert _transcribed(
+        "smtp",
+        [
+            ("C", b"AUTH LOGIN\r\n"),
+            ("S", b"538 5.7.11 Encryption required\r\n"),
+            ("C", SECRET.encode() + b"\r\n"),
+            ("S", b"500 5.5.2 Error: command not recognized\r\n"),
+            ("C", b"AUTH LOGIN\r\n"),
+            ("S", b"538 5.7.11 Encryption required\r\n"),
+            ("C", b"QUIT\r\n"),
+            ("S", b"221 2.0.0 Bye\r\n"),
+        ],
+    ) == [
+        "C: AUTH LOGIN",
+        "S: 538 5.7.11 Encryption required",
+        "C: **** (after a refused AUTH)",
+        "S: 500 5.5.2 Error: command not recognized",
+        "C: AUTH LOGIN",
+        "S: 538 5.7.11 Encryption required",
+        "C: QUIT",
+        "S: 221 2.0.0 Bye",
+    ]
+
+
+def test_after_a_successful_auth_the_next_line_is_recorded_as_sent():
+    assert _transcribed(
+        "pop3",
+        [
+            ("C", b"AUTH PLAIN " + base64.b64encode(b"\0alice\0secret") + b"\r\n"),
+            ("S", b"+OK logged in\r\n"),
+            ("C", b"STAT\r\n"),
+            ("S", b"+OK 0 0\r\n"),
+        ],
+    ) == ["C: AUTH PLAIN ****", "S: +OK logged in", "C: STAT", "S: +OK 0 0"]
+
+
+def test_a_refused_imap_authenticate_masks_the_word_sent_after_it():
+    assert _transcribed(
+        "imap",
+        [
+            ("C", b"a1 AUTHENTICATE PLAIN\r\n"),
+            ("S", b"a1 NO [PRIVACYREQUIRED] use STARTTLS first\r\n"),
+            ("C", SECRET.encode() + b"\r\n"),
+        ],
+    )[2] == "C: **** (after a refused AUTH)"
+
+
+def test_smtp_after_a_refused_auth_the_pasted_password_is_not_echoed_or_logged(start_hub):
+    hub = start_hub("--transcript")
+    s = RawSMTP(hub.ports["submission"])
+    assert s.command(b"EHLO student").startswith(b"250")
+    assert s.command(b"AUTH LOGIN").startswith(b"538 5.7.11")
+    reply = s.command(SECRET.encode())
+    assert reply.startswith(b"500 5.5.2") and SECRET.encode() not in reply
+    # A typo later, not after AUTH, is still shown to help the student.
+    assert b"'HEOL'" in s.command(b"HEOL x")
+    assert s.command(b"QUIT").startswith(b"221")
+    hub.wait_for_log(r"C: \*\*\*\* \(after a refused AUTH\)")
+    hub.wait_for_log(r"S: 221 ")
+    assert SECRET not in hub.log
+
+
+def test_pop3_after_a_refused_auth_the_pasted_password_is_not_echoed_or_logged(start_hub):
+    hub = start_hub("--transcript")
+    with socket.create_connection(("127.0.0.1", hub.ports["pop3"]), timeout=15) as c:
+        f = c.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        c.sendall(b"AUTH GSSAPI\r\n")  # a mechanism it does not offer: refused
+        assert f.readline().startswith(b"-ERR")
+        c.sendall(SECRET.encode() + b"\r\n")
+        reply = f.readline()
+        assert reply.startswith(b"-ERR") and SECRET.encode() not in reply
+        c.sendall(b"QUIT\r\n")
+        assert f.readline().startswith(b"+OK")
+    hub.wait_for_log(r"C: \*\*\*\* \(after a refused AUTH\)")
+    assert SECRET not in hub.log
+    assert not re.search(r"Traceback", hub.log)
