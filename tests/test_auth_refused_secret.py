@@ -74,8 +74,16 @@ def test_a_refused_imap_authenticate_masks_the_word_sent_after_it():
             ("C", b"a1 AUTHENTICATE PLAIN\r\n"),
             ("S", b"a1 NO [PRIVACYREQUIRED] use STARTTLS first\r\n"),
             ("C", SECRET.encode() + b"\r\n"),
+            ("S", SECRET.encode() + b" BAD no command after the tag\r\n"),
+            ("C", b"a2 NOOP\r\n"),
+            ("S", b"a2 OK NOOP completed\r\n"),
         ],
-    )[2] == "C: **** (after a refused AUTH)"
+    )[2:] == [
+        "C: **** (after a refused AUTH)",
+        "S: **** BAD no command after the tag",  # its echo as a tag too
+        "C: a2 NOOP",
+        "S: a2 OK NOOP completed",
+    ]
 
 
 def test_smtp_after_a_refused_auth_the_pasted_password_is_not_echoed_or_logged(start_hub):

@@ -59,6 +59,7 @@ _AUTH_INITIAL = re.compile(rb"^([ \t]*(?:\S+[ \t]+)?(?:AUTH|AUTHENTICATE)[ \t]+\
 # next line): a line of one base64 word that is no command of the protocol
 # is the credential the client sent without reading the refusal.
 _REFUSED = "refused"
+_ECHOED = "echoed"  # a word masked so: the next server line may start with it
 _TAGGED_REFUSAL = re.compile(rb"^\S+ (?:NO|BAD)\b")
 _BASE64_WORD = re.compile(rb"^[ \t]*[A-Za-z0-9+/]{4,}={0,2}[ \t]*$")
 _COMMAND_WORDS = frozenset(
@@ -452,7 +453,8 @@ class Transcriber:
         self.record = record
         self._client = b""
         self._server = b""
-        self._in_sasl = False
+        self._in_sasl: bool | str = False  # True in a SASL exchange; _REFUSED, _ECHOED after a refused one
+        self._echo = b""
         # The client is sending a message (SMTP DATA) up to a "." line.
         self._in_data: _MessageLines | None = None
         # The server is sending a message (POP3 RETR/TOP) up to a "." line.
@@ -633,15 +635,18 @@ class Transcriber:
                     self._emit("C", bare)
                     return
         if self._in_sasl:
-            refused = self._in_sasl is _REFUSED
-            if not refused:
+            state = self._in_sasl
+            if state is True:
                 self._emit("C", b"**** (SASL response)")
                 return
             # The line after a refused AUTH: a client (or a student typing
             # by hand) that did not read the refusal sends its credentials
-            # anyway; one word that is no command is masked as they would be.
+            # anyway; one word that is no command is masked as they would be,
+            # and so is its echo as an IMAP tag in the reply (_server_line).
             self._in_sasl = False
-            if _looks_like_a_secret(bare):
+            if state is _REFUSED and _looks_like_a_secret(bare):
+                self._echo = bare.strip() + b" "
+                self._in_sasl = _ECHOED
                 self._emit("C", b"**** (after a refused AUTH)")
                 return
         if self._login_rest:
@@ -845,6 +850,10 @@ class Transcriber:
             # SMTP's go-ahead for DATA (RFC 5321 §4.2.2); in POP3 a UIDL or
             # LIST line of message 354, in IMAP a reply to the tag "354".
             self._in_data = _MessageLines()
+        if self._in_sasl is _ECHOED:
+            self._in_sasl = False
+            if bare.startswith(self._echo):
+                bare = b"**** " + bare[len(self._echo) :]
         if self._in_sasl and not (bare.startswith(b"334") or bare.startswith(b"+ ") or bare == b"+"):
             # The exchange is over: refused (4xx/5xx, -ERR, NO/BAD) leaves a
             # mark for the client's next line (_client_line), success none.
