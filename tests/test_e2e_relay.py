@@ -46,6 +46,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_HELD: list[socket.socket] = []
+
+
+def closed_port() -> int:
+    """
+    A loopback port where nothing listens and nothing can start to for the
+    rest of the run: bound by a socket that never listens (a connection
+    to it is refused), so a hub started meanwhile on port 0 cannot be
+    given it. (A port from free_port() is free only when asked: a test's
+    own hub once got it and the relay reached that hub instead of nobody.)
+    """
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _HELD.append(s)
+    return s.getsockname()[1]
+
+
 B_ZONE = {"b.test": {"b.test": [["MX", 10, "mx.b.test"]], "mx.b.test": [["A", "127.0.0.1"]]}}
 
 
@@ -207,7 +224,7 @@ def test_550_from_b_bounces_a_dsn_into_alices_inbox(start_hub, dns_server):
 
 
 def test_lifetime_expiry_bounces(start_hub, dns_server):
-    a = start_a(start_hub, "--dns-server", dns_server, "--relay-port", str(free_port()), "--retry-schedule", "1s", "--queue-lifetime", "2s")
+    a = start_a(start_hub, "--dns-server", dns_server, "--relay-port", str(closed_port()), "--retry-schedule", "1s", "--queue-lifetime", "2s")
     submit(a, ["bob@b.test"])
     a.wait_for_log(r"queue: \S+ expired after 2s", timeout=20)
     a.wait_for_log(r"queue: \S+ bounced to <alice@a.test>")
@@ -259,7 +276,7 @@ def test_bounce_for_the_null_sender_is_dropped_not_looped(start_hub, dns_server)
 
 
 def test_admin_flush_and_remove_on_a_running_hub(start_hub):
-    a = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{free_port()}", "--retry-schedule", "1h")
+    a = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{closed_port()}", "--retry-schedule", "1h")
     submit(a, ["bob@b.test"])
     first = a.wait_for_log(r"relay (\S+) <alice@a.test> to b.test via \(no connection\)")
     qid = first.group(1)
@@ -274,7 +291,7 @@ def test_admin_flush_and_remove_on_a_running_hub(start_hub):
 
 
 def test_admin_command_works_on_a_stopped_hub(start_hub):
-    a = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{free_port()}", "--retry-schedule", "1h")
+    a = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{closed_port()}", "--retry-schedule", "1h")
     submit(a, ["bob@b.test"])
     first = a.wait_for_log(r"relay (\S+) <alice@a.test>")
     a.stop()
@@ -369,8 +386,8 @@ def test_delay_warning_then_delivery(start_hub):
 def test_second_hub_on_the_same_queue_does_not_deliver(start_hub, tmp_path):
     data = str(tmp_path / "shared")
     os.makedirs(data)
-    first = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{free_port()}", "--retry-schedule", "1h", data=data)
-    second = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{free_port()}", "--retry-schedule", "1h", data=data)
+    first = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{closed_port()}", "--retry-schedule", "1h", data=data)
+    second = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{closed_port()}", "--retry-schedule", "1h", data=data)
     second.wait_for_log(r"queue: not delivering; another process holds \S+/lock")
     assert "not delivering" not in first.log
 
