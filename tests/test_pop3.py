@@ -312,7 +312,8 @@ class TransactionTests(POP3TestCase):
         self.assertEqual([self.inbox.read(i.uid) for i in infos], [b"one\r\n", b"three\r\n"])
         self.assertEqual([SEEN in i.flags for i in infos], [False, True])
 
-    def test_quit_answers_only_once_deletions_are_durable(self):
+    def quit_while_deletions_are_made_durable(self):
+        """Log in to two messages, DELE 1 and QUIT with the store's flush held: (proto, transport, the flush's Deferred)."""
         from twisted.internet import defer
 
         self.put(b"one\r\n", b"two\r\n")
@@ -321,18 +322,15 @@ class TransactionTests(POP3TestCase):
         proto, t = self.login()
         self.say(proto, t, b"dele 1\r\n")
         self.assertEqual(self.say(proto, t, b"quit\r\n"), b"")
+        return proto, t, flushed
+
+    def test_quit_answers_only_once_deletions_are_durable(self):
+        proto, t, flushed = self.quit_while_deletions_are_made_durable()
         flushed.callback(None)
         self.assertEqual(t.value(), b"+OK mail.test POP3 server signing off (1 message deleted)\r\n")
 
     def test_commands_after_quit_are_never_answered_even_while_its_deletions_are_made_durable(self):
-        from twisted.internet import defer
-
-        self.put(b"one\r\n", b"two\r\n")
-        flushed = defer.Deferred()
-        self.inbox.flush = lambda: flushed
-        proto, t = self.login()
-        self.say(proto, t, b"dele 1\r\n")
-        self.assertEqual(self.say(proto, t, b"quit\r\n"), b"")
+        proto, t, flushed = self.quit_while_deletions_are_made_durable()
         self.assertEqual(self.say(proto, t, b"retr 2\r\n"), b"")
         self.assertEqual(self.say(proto, t, b"noop\r\nstat\r\n"), b"")
         flushed.callback(None)
