@@ -293,15 +293,15 @@ def test_webmail_compose_on_a_full_disk_says_so_without_a_traceback(small_disk, 
     hub = start_hub(data=small_disk)
     browser = WebClient(hub)
     assert browser.login("alice", "secret").status == 303
-    browser.get("/mail/compose")
+    browser.get("/compose")
     filler = Filler(small_disk)
     filler.fill()
-    page = browser.post("/mail/compose", {"to": "bob@localhost", "subject": "full", "body": "x" * 1000})
+    page = browser.post("/compose", {"to": "bob@localhost", "subject": "full", "body": "x" * 1000})
     assert page.status == 507
     assert "The server&#x27;s disk is full: the message was not sent" in page.text or "The server's disk is full: the message was not sent" in page.text
     # The form comes back as typed: nothing the writer typed is lost.
     assert 'value="bob@localhost"' in page.text and 'value="full"' in page.text and "x" * 1000 in page.text
-    hub.wait_for_log(r"web: POST /mail/compose: insufficient system storage")
+    hub.wait_for_log(r"web: POST /compose: insufficient system storage")
     assert "Traceback" not in hub.log
 
 

@@ -128,7 +128,7 @@ def test_new_mail_appears_without_a_reload(hub, browser):
 
 def test_a_message_composed_in_the_browser_arrives_over_imap(hub, browser):
     login(browser, hub, "alice", "secret")
-    browser.get(base(hub) + "/mail/compose")
+    browser.get(base(hub) + "/compose")
     browser.find_element(By.NAME, "to").send_keys("bob@localhost")
     browser.find_element(By.NAME, "subject").send_keys("sent from Chromium")
     browser.find_element(By.NAME, "body").send_keys("typed in a browser")
@@ -282,7 +282,7 @@ def test_the_compose_form_has_one_field_a_row_and_a_wide_text_box(hub, browser):
     # It had no layout: To, Cc, Subject, the text and Attachment ran on in
     # one wrapped line.
     login(browser, hub, "alice", "secret")
-    browser.get(base(hub) + "/mail/compose")
+    browser.get(base(hub) + "/compose")
     fields = [browser.find_element(By.NAME, name) for name in ("to", "cc", "subject", "body")]
     send = browser.find_element(By.CSS_SELECTOR, "form.compose button")
     tops = [e.location["y"] for e in fields + [send]]

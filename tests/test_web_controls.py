@@ -100,13 +100,13 @@ def test_the_live_console_shows_a_bidi_override_or_c1_control_in_a_protocol_line
 
 
 def compose(browser: WebClient, **fields: str):
-    browser.get("/mail/compose")
+    browser.get("/compose")
     boundary = "XyZ"
     parts = []
     for name, value in (("csrf", browser.csrf), *fields.items()):
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return browser.request("POST", "/mail/compose", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return browser.request("POST", "/compose", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
 
 
 def bobs_inbox(hub) -> int:

@@ -35,7 +35,7 @@ def test_the_reader_sees_a_bidi_override_as_an_escape_not_reversed_text(hub, bro
 
 def test_an_escape_put_into_the_subject_field_is_refused_with_a_reason_and_the_form_kept(hub, browser):  # noqa: F811
     login(browser, hub, "alice", "secret")
-    browser.get(base(hub) + "/mail/compose")
+    browser.get(base(hub) + "/compose")
     browser.find_element(By.NAME, "to").send_keys("bob@localhost")
     # What a paste of terminal output puts there: an ESC sequence.
     browser.execute_script("document.querySelector('input[name=subject]').value = 'build \\u001b[31mfailed'")

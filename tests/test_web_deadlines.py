@@ -99,7 +99,7 @@ class DeadlineChannelTests(unittest.TestCase):
     def test_a_refusal_before_the_request_is_a_page_for_a_browser_and_json_for_the_api(self):
         # A webmail user attaching too much got one line of plain text.
         self.site.max_body = 1000
-        for path, kind in ((b"/mail/compose", b"text/html"), (b"/api/v1/accounts/me/files/a", b"application/json")):
+        for path, kind in ((b"/compose", b"text/html"), (b"/api/v1/accounts/me/files/a", b"application/json")):
             channel, transport = self.connect()
             channel.dataReceived(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n")
             head, _, body = transport.value().partition(b"\r\n\r\n")

@@ -97,7 +97,7 @@ def test_a_message_another_client_deleted_is_a_404_page_on_every_route_of_it(sta
     imap.expunge()
     imap.logout()
     gone = "That message is not here (any more)"
-    for path in ("/mail/INBOX/1", "/mail/INBOX/1/anatomy", "/mail/INBOX/1/raw", "/mail/INBOX/1/part/1", "/mail/compose?reply=INBOX/1", "/mail/compose?forward=INBOX/1"):
+    for path in ("/mail/INBOX/1", "/mail/INBOX/1/anatomy", "/mail/INBOX/1/raw", "/mail/INBOX/1/part/1", "/compose?reply=INBOX/1", "/compose?forward=INBOX/1"):
         assert_clean_page(browser.get(path), 404, gone)
     for fields in ({"action": "delete"}, {"action": "move", "target": "Archive"}, {"action": "flag"}, {"action": "unread"}):
         assert_clean_page(browser.post("/mail/INBOX/1/action", {**fields, "csrf": token}), 404, gone)
@@ -121,7 +121,7 @@ def test_addresses_and_forms_that_name_nothing_are_clear_4xx_pages(start_hub):
         "/mail/INBOX/x1": "There is no such message",
         "/mail/INBOX/" + "9" * 5000: "There is no such message",  # (int() refuses over 4,300 digits: was a 500)
         "/mail/INBOX/1/part/" + "9" * 5000: "There is no page at this address",
-        "/mail/compose?reply=INBOX/" + "9" * 5000: "not here",
+        "/compose?reply=INBOX/" + "9" * 5000: "not here",
         "/mail/INBOX/%C2%B2": "There is no such message",
         "/mail/INBOX/1/part/99": "This message has no part 99",
         "/mail/INBOX/1/part/x": "There is no page at this address",
@@ -130,8 +130,8 @@ def test_addresses_and_forms_that_name_nothing_are_clear_4xx_pages(start_hub):
         "/mail/No%20such/1": "There is no such folder",
         "/mail/" + quote("../../etc", safe="") + "/1": "There is no such folder",
         "/mail/%00/1": "There is no such folder",
-        "/mail/compose?reply=INBOX/99999999999999999999": "not here",
-        "/mail/compose?forward=No%20such/1": "There is no such folder",
+        "/compose?reply=INBOX/99999999999999999999": "not here",
+        "/compose?forward=No%20such/1": "There is no such folder",
         "/console/session/nope": "No such session",
         "/no/such/page": "There is no page at this address",  # (the user's navigation too)
     }
@@ -169,12 +169,12 @@ def test_compose_refuses_a_message_over_the_size_limit_as_smtp_does_and_keeps_wh
     # (SMTP says 552 for it); the request itself may be up to 64 MiB.
     hub = start_hub("--max-message-size", "1000000")
     browser = signed_in(hub)
-    browser.get("/mail/compose")
+    browser.get("/compose")
     boundary = "XyZ"
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode() for name, value in (("csrf", browser.csrf), ("to", "bob"), ("subject", "the big file"), ("body", "see attached"))]
     parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="attachment"; filename="big.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode() + b"z" * 900_000 + b"\r\n")
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    page = browser.request("POST", "/mail/compose", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    page = browser.request("POST", "/compose", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert page.status == 413
     assert "Not sent: the message with its attachments would be 1.2 MB, and this server takes messages of at most 976.6 KB" in page.text
     assert 'value="the big file"' in page.text and "see attached" in page.text
@@ -192,10 +192,10 @@ def test_forward_takes_the_originals_attachments_along(start_hub):
     hub = start_hub()
     deliver(hub)
     browser = signed_in(hub)
-    form = browser.get("/mail/compose?forward=INBOX/1")
+    form = browser.get("/compose?forward=INBOX/1")
     assert "The forwarded message&#x27;s attachments go with it: a.bin." in form.text or "The forwarded message's attachments go with it: a.bin." in form.text
     assert 'name="forward-of" value="INBOX/1"' in form.text
-    sent = browser.post("/mail/compose", {"to": "bob", "subject": "Fwd: hello there", "body": "see below", "forward-of": "INBOX/1"})
+    sent = browser.post("/compose", {"to": "bob", "subject": "Fwd: hello there", "body": "see below", "forward-of": "INBOX/1"})
     assert sent.status == 303, sent.text
     imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
     try:
@@ -217,5 +217,5 @@ def test_forward_takes_the_originals_attachments_along(start_hub):
     imap.uid("STORE", "1", "+FLAGS", "(\\Deleted)")
     imap.expunge()
     imap.logout()
-    page = browser.post("/mail/compose", {"to": "bob", "subject": "again", "body": "typed text", "forward-of": "INBOX/1"})
+    page = browser.post("/compose", {"to": "bob", "subject": "again", "body": "typed text", "forward-of": "INBOX/1"})
     assert page.status == 404 and "the message you are forwarding is not there any more" in page.text and "typed text" in page.text

@@ -143,7 +143,7 @@ def test_hostile_html_mail_is_shown_without_scripts_handlers_forms_or_remote_ima
 def test_compose_sends_through_submission_with_a_sent_copy_and_it_arrives_over_imap(hub):
     browser = WebClient(hub)
     browser.login("alice", "secret")
-    browser.get("/mail/compose")
+    browser.get("/compose")
     boundary = "XyZ"
     parts = []
     for name, value in (("csrf", browser.csrf), ("to", "bob"), ("subject", "from the web"), ("body", "hello bob")):
@@ -152,7 +152,7 @@ def test_compose_sends_through_submission_with_a_sent_copy_and_it_arrives_over_i
         f'--{boundary}\r\nContent-Disposition: form-data; name="attachment"; filename="notes.txt"\r\nContent-Type: text/plain\r\n\r\nattached words\r\n'.encode()
     )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    sent = browser.request("POST", "/mail/compose", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    sent = browser.request("POST", "/compose", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert sent.status == 303, sent.text
     # The page after Send says it went (it showed the INBOX and nothing else), once.
     after = browser.get(sent.header("Location")).text

@@ -151,7 +151,7 @@ def refusal(request: Any, error: BaseException) -> Refused:
 def _folder_of(request: Any) -> str | None:
     """C{/mail/FOLDER} for a request under C{/mail/FOLDER/...} (as the client wrote it, percent-encoded), else None."""
     parts = (request.path or b"").split(b"/")
-    if len(parts) > 3 and parts[1] == b"mail" and parts[2] not in (b"", b"compose"):
+    if len(parts) > 3 and parts[1] == b"mail" and parts[2] != b"":
         return "/mail/" + parts[2].decode("ascii", "replace")
     return None
 

@@ -15,10 +15,18 @@ Pages (a folder name is one URL segment, percent-encoded):
  - C{/mail/FOLDER/UID/part/N}: one part, decoded (attachments download
    with their decoded names, RFC 6266); C{.../raw}: the whole message.
  - C{POST /mail/FOLDER/UID/action}: move, delete (to Trash), flag.
- - C{/mail/compose}: compose, reply, reply-all, forward; sent through the
-   same submission path as SMTP AUTH (relay rules, queue, Sent copy).
  - C{/mail/FOLDER/state}: JSON the page polls, so new mail appears
    without a reload.
+ - C{/compose}: compose, reply, reply-all, forward; sent through the
+   same submission path as SMTP AUTH (relay rules, queue, Sent copy).
+
+Every C{/mail/SEGMENT} is a folder, whatever its name: "compose",
+"state", "a/b" (C{a%2Fb}), "100%", "why?", "#1", "été", "&" all have their
+own address, and no page of the webmail's own is a word there (compose is
+C{/compose}, outside). Below a folder, what follows is its UID (digits) or
+"state", which no UID is. C{/mail/compose} of older links and pages still
+reaches compose (a 307, which keeps a form's POST) unless the account has
+a folder of that name: then it is that folder.
 """
 
 from __future__ import annotations
@@ -60,6 +68,12 @@ MAX_LISTED = 500  # attachments on the message page, rows of the MIME tree
 MAX_PART_VIEWS = 100  # parts shown as sent beside decoded on the Anatomy page
 MAX_SOURCE = 1024 * 1024  # octets of the raw source the Anatomy page shows
 MAX_SOURCE_LINES = 20000  # and lines of it
+
+
+# The compose page (outside /mail/, where every segment is a folder), and
+# its address of older pages.
+COMPOSE = "/compose"
+OLD_COMPOSE = "compose"
 
 
 def folder_url(name: str) -> str:
@@ -167,8 +181,6 @@ class Mail(resource.Resource):
         name = path.decode("utf-8", "replace")
         if name == "":
             return _Redirect(folder_url(INBOX))
-        if name == "compose":
-            return Compose(self.face, session)
         return FolderPages(self.face, session, name)
 
     def render(self, request):
@@ -214,6 +226,25 @@ class FolderPages(resource.Resource):
         folder = account.folder(self.name)
         folder.refresh()
         return account, folder
+
+    def render(self, request):
+        if self.name == OLD_COMPOSE and not self._exists():
+            # An address of older pages, bookmarks and scripts: compose is
+            # /compose now; 307 keeps the method and body of a form's POST
+            # (RFC 9110 §15.4.8).
+            query = request.uri.partition(b"?")[2].decode("utf-8", "replace")
+            rest = "/".join(p.decode("utf-8", "replace") for p in request.postpath if p != b"")
+            if not rest:
+                return redirect(request, COMPOSE + ("?" + query if query else ""), code=307)
+        return resource.Resource.render(self, request)
+
+    def _exists(self) -> bool:
+        """Has the signed-in account a folder of this name? (a store that cannot be reached: raised)"""
+        try:
+            self.session.user.mail().folder(self.name)
+        except (NoSuchFolder, BadFolderName):
+            return False
+        return True
 
     def render_GET(self, request):
         # (a store that cannot be reached, a full disk, a folder or message
@@ -305,7 +336,7 @@ class FolderPages(resource.Resource):
             shown = msgparse.visible(name)  # a folder name as any other text of a page
             label = f"{shown} ({unread}/{len(infos)})" if unread else f"{shown} ({len(infos)})"
             rows.append(tags.li(tags.a(label, href=folder_url(name)), class_="unread" if unread else "", **{"data-folder": name}))
-        return tags.nav(tags.ul(*rows), tags.p(tags.a("Compose", href="/mail/compose")), class_="folders")
+        return tags.nav(tags.ul(*rows), tags.p(tags.a("Compose", href=COMPOSE)), class_="folders")
 
     def listing(self, request, account, folder):
         # ?q=: words, or IMAP search keys, with the engine IMAP SEARCH uses.
@@ -429,9 +460,9 @@ class FolderPages(resource.Resource):
             # (no Move without a folder to move to)
             post_form(here + "/action", self.session, tags.input(type="hidden", name="action", value="move"), tags.select(*(tags.option(msgparse.visible(n), value=n) for n in targets), name="target", title="move to the folder"), tags.button("Move", type="submit"), class_="inline") if targets else "",
             " ",
-            tags.a("Reply", href=f"/mail/compose?reply={quote(self.name, safe='')}/{uid}"), " · ",
-            tags.a("Reply all", href=f"/mail/compose?replyall={quote(self.name, safe='')}/{uid}"), " · ",
-            tags.a("Forward", href=f"/mail/compose?forward={quote(self.name, safe='')}/{uid}"), " · ",
+            tags.a("Reply", href=f"{COMPOSE}?reply={quote(self.name, safe='')}/{uid}"), " · ",
+            tags.a("Reply all", href=f"{COMPOSE}?replyall={quote(self.name, safe='')}/{uid}"), " · ",
+            tags.a("Forward", href=f"{COMPOSE}?forward={quote(self.name, safe='')}/{uid}"), " · ",
             tags.a("Anatomy", href=here + "/anatomy"), " · ",
             tags.a("Source", href=here + "/raw"),
             class_="actions",
@@ -591,9 +622,27 @@ class FolderPages(resource.Resource):
         return "Anatomy: " + (msgparse.shown(msgparse.field(msg, "Subject")) or "(no subject)"), content, {}
 
 
+class ComposePage(resource.Resource):
+    """C{/compose}: L{Compose} for the signed-in user (the login page first)."""
+
+    isLeaf = True
+
+    def __init__(self, face: Any):
+        resource.Resource.__init__(self)
+        self.face = face
+
+    def render(self, request):
+        session = self.face.session(request)
+        if session is None or session.user is None:
+            return redirect(request, "/login?next=" + quote(request.uri.decode("utf-8", "replace"), safe="/"))
+        if any(p != b"" for p in request.postpath):
+            raise _not_found("There is no page at this address.", back=COMPOSE)
+        return Compose(self.face, session).render(request)
+
+
 class Compose(resource.Resource):
     """
-    C{/mail/compose}: the form (with reply/forward filled in) and sending,
+    C{/compose}: the form (with reply/forward filled in) and sending,
     through the same submission path as SMTP AUTH.
     """
 
@@ -664,7 +713,7 @@ class Compose(resource.Resource):
         return [
             tags.p(problem, class_="error") if problem else "",
             post_form(
-                "/mail/compose",
+                COMPOSE,
                 self.session,
                 tags.input(type="hidden", name="in-reply-to", value=reference),
                 tags.input(type="hidden", name="forward-of", value=forward_of),
@@ -905,3 +954,4 @@ class NotCopied(Exception):
 
 def install(face: Any) -> None:
     face.pages["mail"] = Mail(face)
+    face.pages["compose"] = ComposePage(face)
