@@ -24,6 +24,7 @@ import attr
 from twisted.application import service
 from twisted.cred.portal import Portal
 from twisted.internet import defer, endpoints, protocol
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.python import failure
@@ -270,6 +271,37 @@ def listening_line(address: Any) -> str:
     return f"[{host}]:{where}" if ":" in host else f"{host}:{where}"
 
 
+def ipv4_of_mapped(where: Any) -> Any:
+    """
+    The L{IPv4Address} behind an IPv4-mapped IPv6 address
+    (C{::ffff:a.b.c.d}, RFC 4291 §2.5.5.2: how a dual-stack listener, e.g.
+    C{tcp6:25}, sees an IPv4 client), or L{None} for any other address.
+    """
+    host = getattr(where, "host", None)
+    if type(where) is not IPv6Address or not isinstance(host, str) or host[:7].lower() != "::ffff:":
+        return None
+    try:
+        mapped = ipaddress.IPv6Address(host.split("%", 1)[0]).ipv4_mapped
+    except ValueError:
+        return None
+    return None if mapped is None else IPv4Address(where.type, str(mapped), where.port)
+
+
+def show_ipv4_unmapped(transport: Any) -> None:
+    """
+    Make C{transport}'s C{getPeer} and C{getHost} answer with the IPv4
+    address of an IPv4-mapped one (L{ipv4_of_mapped}), so that every
+    protocol shows and checks an IPv4 client of a dual-stack listener as
+    the IPv4 client it is: C{Received: ... [192.0.2.1]}, per-address
+    limits and login throttle shared with an IPv4 listener, FTP PASV and
+    PORT data connections over IPv4. Asks the transport each time (a
+    PROXY-protocol wrapper learns its client's address later).
+    """
+    get_peer, get_host = transport.getPeer, transport.getHost
+    transport.getPeer = lambda: ipv4_of_mapped(peer := get_peer()) or peer
+    transport.getHost = lambda: ipv4_of_mapped(host := get_host()) or host
+
+
 def peer_host(transport: Any) -> str:
     peer = transport.getPeer()
     return getattr(peer, "host", "")
@@ -334,10 +366,16 @@ class ListenerFactory(protocol.Factory):
         self.wrapped.doStop()
 
     def buildProtocol(self, addr):
+        hooks = self.hooks
+        unmapped = ipv4_of_mapped(addr)
+        if unmapped is not None:
+            # An IPv4 client of a dual-stack listener: every protocol,
+            # limit, log line and Received line sees its IPv4 address.
+            addr, hooks = unmapped, (*hooks, show_ipv4_unmapped)
         built = self.wrapped.buildProtocol(addr)
         if built is None:
             return None
-        make, hooks = built.makeConnection, self.hooks
+        make = built.makeConnection
 
         def makeConnection(transport):
             # The protocol's own method again: nothing of this is kept for
