@@ -390,6 +390,7 @@ class MailboxCommands:
                 recent = set(folder.recent())
                 if self.selected is not None and self.selected.folder is folder:
                     recent |= self.selected.recent
+                    recent |= self.selected.recent_untold
                 value = len(recent)
             elif key == b"UIDNEXT":
                 value = folder.uid_next

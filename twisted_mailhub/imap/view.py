@@ -41,6 +41,10 @@ class SelectedFolder:
         # EXAMINE shows \Recent but leaves it for the next SELECT (RFC 3501
         # §6.3.2: no change to the mailbox's state).
         self.recent: set[int] = set(folder.take_new() if not readonly else folder.recent())
+        # \Recent claimed for messages not told yet (a store that tells its
+        # listeners one message after another: PostgreSQL's push); moved to
+        # C{recent} with their EXISTS, so RECENT never counts more than told.
+        self.recent_untold: set[int] = set()
         self.keywords: set[str] = set()  # as told in the last FLAGS response
         # The sequence numbers: a list of UIDs ascending (an array('I') when
         # the store keeps one: copied in microseconds, 4 octets a message).
@@ -138,6 +142,7 @@ class SelectedFolder:
         if seq:
             del self.uids[seq - 1]
             self.recent.discard(uid)
+        self.recent_untold.discard(uid)
         self._flags.discard(uid)
         self._expunged.discard(uid)
         return seq
@@ -168,12 +173,16 @@ class SelectedFolder:
             self._added.clear()
             if fresh:
                 try:
-                    self.recent.update(self.folder.take_new() if not self.readonly else self.folder.recent())
+                    self.recent_untold.update(self.folder.take_new() if not self.readonly else self.folder.recent())
                 except StoreUnavailable:
                     pass  # \Recent is told at the next chance; EXISTS now
                 if any([self.note_keywords(self.folder.info(u).flags) for u in fresh]):
                     out.extend(self.flag_lines())
                 self.uids.extend(fresh)
+                told = self.uids[-1]
+                now_told = [u for u in self.recent_untold if u <= told]
+                self.recent.update(now_told)
+                self.recent_untold.difference_update(now_told)
                 out.append(b"* %d EXISTS\r\n" % len(self.uids))
                 out.append(b"* %d RECENT\r\n" % len(self.recent))
         if self._flags:
