@@ -337,6 +337,7 @@ def _unbindable(options, cannot_listen_line, with_backlog) -> list[str]:
     import socket
 
     from twisted_mailhub import tap
+    from twisted_mailhub.ports import tcp_listen_address
 
     lines = []
     # A hub already running from this data folder holds its own ports: a
@@ -360,18 +361,18 @@ def _unbindable(options, cannot_listen_line, with_backlog) -> list[str]:
                 if folder and not os.path.isdir(folder):
                     lines.append("listeners: " + cannot_listen_line(spec.name, description, FileNotFoundError(2, f"no folder {folder}")).removeprefix("mailhub: "))
                 continue
-            if kind not in ("tcp", "tcp6"):
+            # Read as the hub reads it (tcp6:25:interface=\\:\\:1, port=25).
+            address = tcp_listen_address(description)
+            if address is None or address[0] == "ssl":
                 continue
-            fields = rest.split(":")
-            if fields[0].isdigit() and int(fields[0]) and running.get(spec.name) == int(fields[0]):
+            _, host, port = address
+            if port and running.get(spec.name) == port:
                 continue  # the running hub of this data folder listens there
-            params = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
-            host = params.get("interface", "::" if kind == "tcp6" else "0.0.0.0")
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             s = socket.socket(family, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                s.bind((host, int(fields[0])))
+                s.bind((host, port))
             except (OSError, ValueError) as e:
                 lines.append("listeners: " + cannot_listen_line(spec.name, description, e).removeprefix("mailhub: "))
             finally:

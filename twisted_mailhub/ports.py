@@ -49,13 +49,40 @@ def reserved_ports(path: str = RESERVED) -> set[int]:
     return ports
 
 
+def tcp_listen_address(description: str) -> tuple[str, str, int] | None:
+    """
+    C{(kind, interface, port)} of a C{tcp:}, C{tcp6:} or C{ssl:} listener
+    description (behind a C{haproxy:} prefix too), read as Twisted's
+    strports reads it: C{\\:} escapes a colon (C{tcp6:25:interface=\\:\\:1}),
+    C{port=} and C{interface=} may be given by name. The interface is
+    C{0.0.0.0} (C{::} for C{tcp6}) when none is given. L{None} for another
+    kind (C{unix:}) or a description that does not read (the option
+    checks say why).
+    """
+    from twisted.internet.endpoints import _parse
+
+    try:
+        args, named = _parse(description)
+    except (ValueError, IndexError):
+        return None
+    if args[:1] == ["haproxy"]:
+        args = args[1:]
+    if not args or args[0] not in ("tcp", "tcp6", "ssl"):
+        return None
+    kind = args[0]
+    port = named.get("port", args[1] if len(args) > 1 else "")
+    interface = named.get("interface", args[2] if kind != "ssl" and len(args) > 2 else "")
+    if not (isinstance(port, str) and port.isascii() and port.isdigit()):
+        return None
+    return kind, interface or ("::" if kind == "tcp6" else "0.0.0.0"), int(port)
+
+
 def fixed_port(description: str) -> int | None:
     """The fixed TCP port a C{tcp:}, C{tcp6:} or C{ssl:} endpoint description listens on (None for port 0 or another kind)."""
-    kind, _, rest = description.partition(":")
-    port = rest.split(":", 1)[0]
-    if kind not in ("tcp", "tcp6", "ssl") or not port.isdigit() or int(port) == 0:
+    address = tcp_listen_address(description)
+    if address is None or address[2] == 0:
         return None
-    return int(port)
+    return address[2]
 
 
 def ephemeral_warnings(listeners: Iterable[tuple[str, str, bool]], port_base: int | None, span: tuple[int, int] | None = None, reserved: set[int] | None = None) -> list[str]:
