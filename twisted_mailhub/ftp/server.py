@@ -682,12 +682,12 @@ class MailhubFTP(ftp.FTP):
         return ftp.FTP.ftp_RNTO(self, toName).addCallbacks(lambda _: "250 Renamed.", refused)
 
     def ftp_REST(self, offset=""):
-        try:
-            value = int(offset)
-            if value < 0:
-                raise ValueError
-        except ValueError:
+        # ASCII digits only: int() would also take "1_000", "+5" and other
+        # scripts' digits.
+        offset = offset.strip(" ")
+        if not (offset.isascii() and offset.isdigit()):
             return f'501 REST wants a byte offset, got "{quote(offset, 30)}".'
+        value = int(offset)
         self._restart = value
         return f"350 Restarting at {value}; send STOR or RETR to go on."
 

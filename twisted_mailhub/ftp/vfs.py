@@ -620,12 +620,15 @@ class DiskShell:
             # O_NONBLOCK: open(2) of a FIFO left in a home would wait for a
             # writer and stop every session of the hub; a device never ends.
             fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-            if not statmod.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not statmod.S_ISREG(st.st_mode):
                 os.close(fd)
                 return defer.fail(FileActionError("/" + "/".join(path)[:79] + ": not a regular file (a pipe or a device), so it cannot be sent"))
             os.set_blocking(fd, True)
             f = os.fdopen(fd, "rb", buffering=0)
-            if offset:
+            if 0 < offset <= st.st_size:
+                # Past the end there is nothing to seek to (the transfer
+                # refuses it, 554); past 2**63 the seek itself fails.
                 f.seek(offset)
         except OSError as e:
             return _fail(e, path)

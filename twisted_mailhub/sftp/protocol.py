@@ -87,6 +87,7 @@ MAX_HANDLES = 256
 MAX_BACKLOG = 1024 * 1024
 READDIR_BATCH = 100
 MAX_HOLE = 64 * 1024 * 1024  # how far past the end of what was written a WRITE may start
+_LARGEST_OFFSET = 2**63 - 1  # no file is larger (off_t); a READ past it is past the end
 LIST_KEYS = ("size", "directory", "permissions", "hardlinks", "modified", "owner", "group")
 
 
@@ -710,6 +711,8 @@ class SFTPServer(protocol.Protocol):
         source = handle.reader
         fileno = getattr(source, "fileno", None)
         if fileno is not None:
+            if offset + length > _LARGEST_OFFSET:
+                return b""  # past the end of any file: EOF (pread would fail: EINVAL, OverflowError)
             return os.pread(fileno(), length, offset)
         if offset != handle.position:
             # A reader that only streams: reopen it at the new offset.
