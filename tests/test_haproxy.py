@@ -26,6 +26,18 @@ from tests.test_e2e_relay import free_port
 
 EXAMPLE = os.path.join(ROOT, "etc", "haproxy-mailhub.cfg")
 
+# Every listener the example balances; each is a haproxy: listener on the
+# hubs, since the example sends the PROXY header (send-proxy-v2).
+LISTENERS = ["smtp", "submission", "smtps", "imap", "imaps", "pop3", "pop3s", "ftp", "sftp", "web", "webs"]
+
+
+def behind_haproxy(*more: str) -> list[str]:
+    """A test hub's options: every listener a haproxy: one on a free loopback port."""
+    args = []
+    for name in LISTENERS:
+        args += [f"--{name}", "haproxy:tcp:0:interface=127.0.0.1"]
+    return args + list(more)
+
 
 def haproxy_binary() -> str:
     found = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.path.exists(p)), None)
@@ -77,7 +89,7 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 10.0) -
 def balanced(start_hub, pg_dsn, tmp_path):
     """Two hubs on one database behind HAProxy: (hubs, front ports)."""
     binary = haproxy_binary()
-    hubs = [start_hub("--store", f"postgresql:{pg_dsn}") for _ in range(2)]
+    hubs = [start_hub(*behind_haproxy("--store", f"postgresql:{pg_dsn}")) for _ in range(2)]
     with open(EXAMPLE) as f:
         example = f.read()
     backends = re.findall(r"^backend (\S+)", example, re.M)

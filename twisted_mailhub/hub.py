@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python import failure
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from twisted_mailhub import dispatch
+from twisted_mailhub import dispatch, proxyheader
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.login import ClientPortal, LoginThrottle
 from twisted_mailhub.logobserver import OffersLogObserver
@@ -619,9 +619,17 @@ class HubService(OffersLogObserver, service.MultiService):
             # TCP_NODELAY, and octets in and out per listener (/metrics).
             counts = hub.metrics.listener_bytes(name)
             wrapped = ListenerFactory(wrapped, set_nodelay, lambda transport, counts=counts: count_socket(transport, counts))
+            # haproxy:INNER: the PROXY header is read before any of the
+            # above sees the connection (twisted_mailhub/proxyheader.py).
+            proxied, inner = proxyheader.split(description)
+            if proxied:
+                wrapped = proxyheader.ProxyHeaderFactory(wrapped, hub.reactor, name)
             quiet_factory(wrapped, name)
             try:
-                endpoint = endpoints.serverFromString(hub.reactor, with_backlog(description))
+                why = proxyheader.problem(description)
+                if why is not None:
+                    raise ValueError(why)
+                endpoint = endpoints.serverFromString(hub.reactor, with_backlog(inner))
             except (ValueError, KeyError, TypeError) as e:
                 failures.append((name, cannot_listen_line(name, description, e)))
                 continue

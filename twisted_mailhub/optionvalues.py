@@ -174,7 +174,8 @@ def listener(description: str) -> Any:
     """
     Read a listener's strports description as the hub will, without
     binding: C{tcp:8025}, C{tcp:25:interface=127.0.0.1}, C{tcp6:...},
-    C{unix:/run/x.sock}, C{ssl:...} (whose files are read now).
+    C{unix:/run/x.sock}, C{ssl:...} (whose files are read now), any of
+    them but C{ssl:} behind C{haproxy:} (the PROXY header first).
 
     @return: the endpoint (not listening).
     @raise ValueError: one line: an unknown kind, a port that is not a
@@ -182,8 +183,13 @@ def listener(description: str) -> Any:
     """
     from twisted.internet import endpoints
 
+    from twisted_mailhub import proxyheader
+
+    why = proxyheader.problem(description)
+    if why is not None:
+        raise ValueError(f"{shown(description)}: {why}")
     try:
-        endpoint = endpoints.serverFromString(None, description)
+        endpoint = endpoints.serverFromString(None, proxyheader.split(description)[1])
     except OSError as e:
         raise ValueError(f"{shown(description)}: cannot use it: {e.filename + ': ' if e.filename else ''}{e.strerror or e}") from None
     except (ValueError, KeyError, TypeError, IndexError) as e:

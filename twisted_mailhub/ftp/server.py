@@ -60,6 +60,7 @@ from twisted_mailhub.ftp.data import (
 from twisted_mailhub.ftp.record import ControlRecord
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable
 from twisted_mailhub.lines import LineEngine, control_note, quote, send_now
+from twisted_mailhub.proxyheader import socket_host
 from twisted_mailhub.store.interfaces import is_out_of_space
 from twisted_mailhub.transcript import record_login, tls_description
 
@@ -301,6 +302,9 @@ class MailhubFTP(ftp.FTP):
                 handle().setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             except (OSError, AttributeError):
                 pass
+        # Data connections come straight to this socket's address (behind
+        # haproxy: getHost() is the balancer's; proxyheader.socket_host).
+        local = socket_host(transport)
         data_port = factory.data_port if factory.data_port is not None else local.port - 1
         self.data = DataChannel(hub.reactor, local.host, self.address, data_port, factory.data_timeout, None)
         if self.record is not None:

@@ -1,0 +1,206 @@
+"""
+Behind Debian's real HAProxy, run with the shipped C{etc/haproxy-mailhub.cfg}
+(C{send-proxy-v2}; loopback addresses and free ports put in), a hub whose
+every listener is C{haproxy:} sees each client's own address, not the
+balancer's: in SMTP's EHLO reply and Received line and the delivery log's
+C{client=}, in every protocol's login line (submission, IMAP, IMAPS, POP3,
+POP3S, FTP, SFTP, the web API), in the per-address connection limit, and
+in FTP's check that a data connection comes from the control connection's
+client. Clients bind 127.0.0.2-127.0.0.9 (all loopback on Linux) while
+HAProxy reaches the hub from 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import http.client
+import base64
+import imaplib
+import re
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from tests.test_e2e_relay import free_port
+from tests.test_haproxy import EXAMPLE, LISTENERS, behind_haproxy, haproxy_binary, loopback_config, wait_for_port
+
+@pytest.fixture
+def haproxy_in_front(tmp_path):
+    """C{start(hub)}: HAProxy with the example config in front of C{hub}; returns the front ports."""
+    binary = haproxy_binary()
+    processes = []
+
+    def start(hub):
+        with open(EXAMPLE) as f:
+            example = f.read()
+        backends = re.findall(r"^backend (\S+)", example, re.M)
+        assert set(backends) == set(LISTENERS)  # the example balances every listener
+        assert re.search(r"^\s*default-server .*\bsend-proxy(-v2)?\b", example, re.M)
+        fronts = {name: free_port() for name in backends}
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(loopback_config(example, [hub, hub], fronts))
+        check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        processes.append(process)
+        for port in fronts.values():
+            wait_for_port(port, process)
+        return fronts
+
+    yield start
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def connect_from(source: str, port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+
+def tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class IMAPFrom(imaplib.IMAP4):
+    source = "127.0.0.1"
+
+    def _create_socket(self, timeout):
+        return connect_from(self.source, self.port)
+
+
+class IMAPSFrom(imaplib.IMAP4_SSL):
+    source = "127.0.0.1"
+
+    def _create_socket(self, timeout):
+        return self.ssl_context.wrap_socket(connect_from(self.source, self.port), server_hostname=self.host)
+
+
+def pop3_login(sock: socket.socket) -> list[bytes]:
+    reader = sock.makefile("rb")
+    said = [reader.readline()]
+    for command in (b"USER alice", b"PASS secret", b"QUIT"):
+        sock.sendall(command + b"\r\n")
+        said.append(reader.readline())
+    return said
+
+
+def test_every_protocol_sees_the_client_own_address_behind_haproxy(start_hub, haproxy_in_front):
+    hub = start_hub(*behind_haproxy())
+    fronts = haproxy_in_front(hub)
+
+    with smtplib.SMTP("127.0.0.1", fronts["smtp"], timeout=10, source_address=("127.0.0.2", 0)) as s:
+        code, text = s.ehlo("client.test")
+        assert b"[127.0.0.2]" in text  # "250-hub Hello client.test [127.0.0.2]"
+        s.sendmail("bob@localhost", ["alice@localhost"], b"Subject: from two\r\n\r\nhi\r\n")
+    hub.wait_for_log(r"delivered \S+ from=<bob@localhost> to=<alice@localhost> .* client=127\.0\.0\.2")
+
+    with smtplib.SMTP("127.0.0.1", fronts["submission"], timeout=10, source_address=("127.0.0.3", 0)) as s:
+        s.starttls(context=tls_context())
+        s.login("alice", "secret")
+        s.sendmail("alice@localhost", ["alice@localhost"], b"Subject: submitted from three\r\n\r\nhi\r\n")
+    hub.wait_for_log(r"submission login alice(@localhost)? from 127\.0\.0\.3")
+    with smtplib.SMTP_SSL("127.0.0.1", fronts["smtps"], timeout=10, source_address=("127.0.0.9", 0), context=tls_context()) as s:
+        s.login("alice", "secret")
+    hub.wait_for_log(r"smtps login alice(@localhost)? from 127\.0\.0\.9")
+
+    IMAPFrom.source = "127.0.0.4"
+    c = IMAPFrom("127.0.0.1", fronts["imap"])
+    c.login("alice", "secret")
+    c.select("INBOX", readonly=True)
+    typ, data = c.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT RECEIVED)])")
+    c.logout()
+    headers = b"".join(item[1] for item in data if isinstance(item, tuple)).decode()
+    assert "[127.0.0.2]" in headers and "Subject: from two" in headers  # the Received line names the client
+    assert "Subject: submitted from three" in headers
+    # "Received: from HELO (NAME [ADDRESS])": the address is the client's, never the balancer's
+    assert sorted(re.findall(r"\[(127\.0\.0\.\d+)\]\)", headers)) == ["127.0.0.2", "127.0.0.3"], headers
+    hub.wait_for_log(r"imap login alice(@localhost)? from 127\.0\.0\.4")
+    IMAPSFrom.source = "127.0.0.5"
+    c = IMAPSFrom("127.0.0.1", fronts["imaps"], ssl_context=tls_context())
+    c.login("alice", "secret")
+    c.logout()
+    hub.wait_for_log(r"imaps login alice(@localhost)? from 127\.0\.0\.5")
+
+    said = pop3_login(connect_from("127.0.0.6", fronts["pop3"]))
+    assert said[0].startswith(b"+OK") and said[2].startswith(b"+OK"), said
+    hub.wait_for_log(r"pop3 login alice(@localhost)? from 127\.0\.0\.6")
+    said = pop3_login(tls_context().wrap_socket(connect_from("127.0.0.7", fronts["pop3s"])))
+    assert said[2].startswith(b"+OK"), said
+    hub.wait_for_log(r"pop3s login alice(@localhost)? from 127\.0\.0\.7")
+
+    web = http.client.HTTPConnection("127.0.0.1", fronts["web"], timeout=10, source_address=("127.0.0.8", 0))
+    web.request("GET", "/api/v1/accounts/me/folders", headers={"Authorization": "Basic " + base64.b64encode(b"alice:secret").decode()})
+    answer = web.getresponse()
+    answer.read()
+    web.close()
+    assert answer.status == 200
+    hub.wait_for_log(r"api login alice(@localhost)? from 127\.0\.0\.8")
+
+
+def test_ftp_data_connections_are_checked_against_the_client_behind_haproxy(start_hub, haproxy_in_front):
+    # The control connection comes through the balancer; PASV names the
+    # hub's own address and the data connection goes straight to it, from
+    # the client's address: the hub takes it because the header named it.
+    hub = start_hub(*behind_haproxy())
+    fronts = haproxy_in_front(hub)
+    ftp = ftplib.FTP(timeout=10, source_address=("127.0.0.2", 0))
+    ftp.connect("127.0.0.1", fronts["ftp"])
+    ftp.login("alice", "secret")
+    ftp.storbinary("STOR notes.txt", __import__("io").BytesIO(b"through the balancer\n"))
+    assert ftp.nlst() == ["notes.txt"]
+    ftp.quit()
+    hub.wait_for_log(r"ftp login alice(@localhost)? from 127\.0\.0\.2")
+    assert "passive data connection from" not in hub.log
+
+
+def test_sftp_sees_the_client_address_behind_haproxy(start_hub, haproxy_in_front):
+    paramiko = pytest.importorskip("paramiko")
+    hub = start_hub(*behind_haproxy())
+    fronts = haproxy_in_front(hub)
+    transport = paramiko.Transport(connect_from("127.0.0.3", fronts["sftp"]))
+    try:
+        transport.connect(username="alice", password="secret")
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp.listdir(".") is not None
+        sftp.close()
+    finally:
+        transport.close()
+    hub.wait_for_log(r"sftp login alice(@localhost)? from 127\.0\.0\.3")
+
+
+def test_the_per_address_limit_counts_each_client_behind_haproxy_not_the_balancer(start_hub, haproxy_in_front):
+    hub = start_hub(*behind_haproxy("--max-connections-per-ip", "1"))
+    fronts = haproxy_in_front(hub)
+    first = connect_from("127.0.0.2", fronts["imap"])
+    assert first.makefile("rb").readline().startswith(b"* OK")
+    other = connect_from("127.0.0.3", fronts["imap"])  # another client: its own count
+    assert other.makefile("rb").readline().startswith(b"* OK")
+    again = connect_from("127.0.0.2", fronts["imap"])  # the first client's second connection
+    assert again.makefile("rb").readline() == b"* BYE [UNAVAILABLE] too many connections from your address\r\n"
+    for s in (first, other, again):
+        s.close()
+    hub.wait_for_log(r"imap: refused a connection from 127\.0\.0\.2: too many connections")
+
+
+def test_a_client_that_goes_around_the_balancer_is_closed_without_a_word(start_hub):
+    hub = start_hub(*behind_haproxy())
+    s = socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10)
+    s.sendall(b"EHLO sneaky\r\n")
+    try:
+        said = s.recv(100)
+    except ConnectionResetError:
+        said = b""
+    assert said == b""  # closed, no greeting, nothing echoed
+    s.close()
+    hub.wait_for_log(r"smtp: closed a connection from 127\.0\.0\.1: its PROXY header is malformed \(a haproxy: listener\)")
