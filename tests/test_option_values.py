@@ -21,13 +21,17 @@ from twisted_mailhub import tap
 KINDS = [
     ("host:port, no port after the colon", ["--smarthost", "relay.example.org:"], '--smarthost "relay.example.org:": no port after the colon; want HOST:PORT such as mail.example.org:587, or no :PORT for port 25'),
     ("DNS server by name", ["--dns-server", "x"], '--dns-server "x": the server is given by its IP address, not a name; want an IP address such as 127.0.0.1:53, or no :PORT for port 53'),
-    ("seconds that are no number", ["--imap-idle-timeout", "nan"], "--imap-idle-timeout wants a number of seconds more than 0 (such as 30 or 2.5), not nan"),
+    ("seconds that are no number", ["--imap-idle-timeout", "nan"], "--imap-idle-timeout wants a number of seconds more than 0 and at most 31536000 (a year), such as 30 or 2.5, not nan"),
     ("whole number", ["--max-connections", "-5"], "--max-connections wants a whole number (0, 1, 2, ...), not -5"),
     ("listener port", ["--smtp", "tcp:99999"], "--smtp tcp:99999: the port is a number from 0 to 65535 (0: any free port), not 99999"),
     ("listener certificate", ["--imaps", "ssl:0:privateKey=/nonexistent/key.pem"], "--imaps ssl:0:privateKey=/nonexistent/key.pem: cannot use it: /nonexistent/key.pem: No such file or directory"),
     ("data folder that is a file", ["--data", "{tmp}/afile"], "--data {tmp}/afile: is not a folder"),
     ("SSH host key that is no key", ["--ssh-host-key", "{tmp}/afile"], "--ssh-host-key {tmp}/afile: not an SSH private key (OpenSSH or PEM, as ssh-keygen writes)"),
     ("postmaster that is no account", ["--postmaster", "nobody@example.org"], "--postmaster nobody@example.org: no such account (add it with --user ADDRESS:PASSWORD)"),
+    ("network with host bits", ["--trusted-networks", "127.0.0.0/8,10.0.0.1/8"], "--trusted-networks: 10.0.0.1/8 has bits set past its /8: the network is 10.0.0.0/8, one host is 10.0.0.1/32"),
+    ("passive address no client reaches", ["--passive-address", "0.0.0.0"], "--passive-address 0.0.0.0 is any address, which no client can connect to; want the IPv4 address of this hub that clients reach"),
+    ("whole number past its most", ["--max-connections", "99999999999999999999"], "--max-connections wants a whole number from 0 to 2147483647, not 99999999999999999999"),
+    ("listener interface that is no address", ["--smtp", "tcp:0:interface=mail.example.org"], "--smtp tcp:0:interface=mail.example.org: interface= takes an IP address of this machine (127.0.0.1, 0.0.0.0, \\:\\:1), not mail.example.org"),
 ]
 
 
@@ -83,6 +87,12 @@ def _refusal(*args: str) -> str | None:
         ["--smtp", "tcp:abc"], ["--smtp", "nonsense:1"], ["--imap", "tcp:-1"], ["--pop3", "ssl:0"],
         ["--hostname", "a..b"], ["--hostname", "-x"], ["--data", ""], ["--data", "/dev/null/sub"], ["--data", "/proc/1"],
         ["--ssh-host-key", "/nonexistent"],
+        ["--trusted-networks", "10.0.0.1/8"], ["--trusted-networks", "fd00::1/8"], ["--trusted-networks", "10.0.0.0/8,x"],
+        ["--passive-address", "0.0.0.0"], ["--passive-address", "255.255.255.255"], ["--passive-address", "224.0.0.1"], ["--passive-address", "240.0.0.1"],
+        ["--max-connections", "2147483648"], ["--max-connections-per-ip", "9" * 400], ["--smtp-idle-timeout", "31536001"], ["--imap-idle-timeout", "1e300"],
+        ["--queue-lifetime", "9" * 400 + "d"], ["--retry-schedule", "5m,400d"], ["--delay-warning", "366d"], ["--quota", "9" * 400 + "G"],
+        ["--journal-retention", "31536001"],
+        ["--smtp", "tcp:0:interface=localhost"], ["--smtp", "tcp:0:interface=::1"], ["--imap", "tcp6:0:interface=mail.example.org"],
     ],
     ids=lambda args: " ".join(args),
 )
@@ -102,6 +112,9 @@ def test_each_unusable_value_is_a_usage_error_that_shows_what_was_given(args):
         ["--mx-override", "*=127.0.0.1:2525"], ["--mx-override", "example.org=mx.test"],
         ["--imap-idle-timeout", "2.5"], ["--ftp-idle-timeout", "3600"], ["--smtp", "tcp:0:interface=127.0.0.1"], ["--smtp", "unix:/tmp/x.sock"],
         ["--hostname", "mail.example.org"], ["--hostname", "mail.example.org."],
+        ["--trusted-networks", "10.0.0.0/8,10.1.2.3,10.1.2.4/32,fd00::/8"], ["--passive-address", "192.0.2.10"], ["--passive-address", "127.0.0.1"],
+        ["--max-connections", "2147483647"], ["--smtp-idle-timeout", "31536000"], ["--imap-idle-timeout", "31536000"],
+        ["--queue-lifetime", "365d"], ["--quota", "1024T"], ["--smtp", "tcp:0:interface=\\:\\:1"], ["--smtp", "tcp6:0:interface=\\:\\:"],
     ],
     ids=lambda args: " ".join(args),
 )

@@ -227,7 +227,9 @@ class TrustedNetworks:
     """
 
     def __init__(self, spec: str):
-        self.networks = [ipaddress.ip_network(n.strip(), strict=False) for n in spec.split(",") if n.strip()]
+        from twisted_mailhub.optionvalues import networks
+
+        self.networks = networks(spec)
         # Answers by host string: asked per message (sender checks) and
         # per login, for the same few clients.
         self._known: dict[str, bool] = {}

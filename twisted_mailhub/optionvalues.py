@@ -48,20 +48,38 @@ def shown(value: str, limit: int = 80) -> str:
     return quote(value, limit) or "nothing"
 
 
-def whole_number(name: str) -> Callable[[str], int]:
+#: The largest whole number an option takes: what a C int holds, so every
+#: limit, count and size is one the kernel, the libraries and PostgreSQL
+#: take as it is (a 10**20 --max-connections was silently "no limit").
+MOST = 2**31 - 1
+
+#: The longest time an option takes, in seconds: a year. A timeout or a
+#: wait longer than that is a typing slip, and 1e300 s made timers no
+#: calendar can show (and a whole number past 1e308 made the reactor's
+#: addition fail when the timer was set).
+LONGEST = 365 * 86400
+
+
+def whole_number(name: str, most: int | None = None) -> Callable[[str], int]:
     """
-    The coerce of a number option C{--NAME}: a whole number, 0 or more.
+    The coerce of a number option C{--NAME}: a whole number from 0 to
+    C{most} (default L{MOST}; L{LONGEST} for a C{--...-timeout}).
 
     Anything else is a C{usage.UsageError} that names the option and shows
     what was given (not Python's C{invalid literal for int() with base
     10}, which a L{ValueError} here would show); a minus sign is refused
     here, so no limit or count is ever negative.
     """
+    if most is None:
+        most = LONGEST if name.endswith("-timeout") else MOST
 
     def coerce(value: str) -> int:
         text = value.strip()
         if not (text.isascii() and text.isdigit()):
             raise usage.UsageError(f"--{name} wants a whole number (0, 1, 2, ...), not {shown(value)}")
+        if len(text) > 30 or int(text) > most:
+            unit = " seconds (a year)" if most == LONGEST else ""
+            raise usage.UsageError(f"--{name} wants a whole number from 0 to {most}{unit}, not {shown(value)}")
         return int(text)
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
@@ -71,7 +89,8 @@ def whole_number(name: str) -> Callable[[str], int]:
 def seconds(name: str) -> Callable[[str], float]:
     """
     The coerce of a time option C{--NAME}: a number of seconds more than 0
-    (C{90}, C{2.5}); anything else is a C{usage.UsageError}.
+    and at most L{LONGEST} (C{90}, C{2.5}); anything else is a
+    C{usage.UsageError}.
 
     C{nan} and C{inf} are refused as well as words and zero: a timer at
     NaN never compares as due (the session never times out, and it
@@ -85,8 +104,8 @@ def seconds(name: str) -> Callable[[str], float]:
             number = float(text)
         except ValueError:
             number = math.nan
-        if not (text.isascii() and math.isfinite(number) and number > 0):
-            raise usage.UsageError(f"--{name} wants a number of seconds more than 0 (such as 30 or 2.5), not {shown(value)}")
+        if not (text.isascii() and math.isfinite(number) and 0 < number <= LONGEST):
+            raise usage.UsageError(f"--{name} wants a number of seconds more than 0 and at most {LONGEST} (a year), such as 30 or 2.5, not {shown(value)}")
         return number
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
@@ -170,6 +189,53 @@ def host_port(text: str, default_port: int | None = None, address_only: bool = F
     return host, number
 
 
+def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """
+    One network of C{--trusted-networks}: C{10.0.0.0/8}, C{2001:db8::/32},
+    or one address (C{10.0.0.7}: that host alone).
+
+    @raise ValueError: one line: not a network, or an address with bits set
+        past its prefix (C{10.0.0.1/8} was read as C{10.0.0.0/8}, 16
+        million addresses, when the person may have meant one host).
+    """
+    text = text.strip()
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{shown(text)} is not a network; want ADDRESS/PREFIX such as 10.0.0.0/8 or fd00::/8, or one address") from None
+    host = text.partition("/")[0]
+    one = f"{host}/{loose.max_prefixlen}"
+    raise ValueError(f"{shown(text)} has bits set past its /{loose.prefixlen}: the network is {loose}, one host is {one}")
+
+
+def networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Comma-separated L{network}s (empty items skipped)."""
+    return [network(part) for part in text.split(",") if part.strip()]
+
+
+def passive_address(text: str) -> str:
+    """
+    C{--passive-address}: the IPv4 address a PASV reply names (RFC 959
+    sends it as h1,h2,h3,h4), one a client can connect to.
+
+    @raise ValueError: one line: not an IPv4 address, or one no client can
+        connect to (0.0.0.0, a broadcast or multicast address, 240/4).
+    """
+    try:
+        address = ipaddress.IPv4Address(text.strip())
+    except ValueError:
+        # "notanip" in every 227 was a reply no client could read.
+        raise ValueError(f"wants the IPv4 address clients connect to (PASV can carry no other), not {shown(text)}") from None
+    if address.is_unspecified or address.is_multicast or address.is_reserved or address == ipaddress.IPv4Address("255.255.255.255"):
+        kind = "any address" if address.is_unspecified else "a multicast address" if address.is_multicast else "a reserved or broadcast address"
+        raise ValueError(f"{address} is {kind}, which no client can connect to; want the IPv4 address of this hub that clients reach")
+    return str(address)
+
+
 def listener(description: str) -> Any:
     """
     Read a listener's strports description as the hub will, without
@@ -200,10 +266,21 @@ def listener(description: str) -> Any:
             why = f"no such kind of listener: {quote(description.partition(':')[0])}"
         elif "invalid literal for int()" in why:
             why = "the port is a number from 0 to 65535"
+        elif "got multiple values" in why and "interface=" in description:
+            # tcp:25:interface=::1 splits at every colon
+            raise ValueError(f"{shown(description)}: each colon of an IPv6 address in a listener description is escaped: tcp:PORT:interface=\\:\\:1") from None
         raise ValueError(f"{shown(description)}: not a listener description ({quote(why, 120)}); want e.g. tcp:PORT or tcp:PORT:interface=ADDRESS") from None
     port = getattr(endpoint, "_port", None)
     if isinstance(port, int) and not 0 <= port <= 65535:
         raise ValueError(f"{shown(description)}: the port is a number from 0 to 65535 (0: any free port), not {port}")
+    interface = getattr(endpoint, "_interface", None)
+    if isinstance(interface, str) and interface:
+        try:
+            ipaddress.ip_address(interface.partition("%")[0])
+        except ValueError:
+            # (Twisted binds a name after looking it up; the hub's own
+            # addresses are not left to the DNS at start)
+            raise ValueError(f"{shown(description)}: interface= takes an IP address of this machine (127.0.0.1, 0.0.0.0, \\:\\:1), not {shown(interface)}") from None
     return endpoint
 
 

@@ -56,6 +56,8 @@ WARN_AT = 0.9
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+#: The largest quota: 1024 TiB, well inside PostgreSQL's bigint and a float's exact integers.
+LARGEST = 1 << 50
 
 
 def parse_size(text: str) -> int:
@@ -63,12 +65,17 @@ def parse_size(text: str) -> int:
     Octets from C{"500M"}, C{"2G"}, C{"1.5GiB"}, C{"100k"} or plain C{"1048576"}
     (binary multiples: 1M is 1,048,576 octets).
 
-    @raise ValueError: not a size, or not positive.
+    @raise ValueError: not a size, not positive, or more than L{LARGEST}.
     """
     m = _SIZE.match(str(text))
     if not m:
         raise ValueError(f"{text!s} is not a size (examples: 500M, 2G, 1048576)")
-    octets = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    octets = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not octets <= LARGEST:  # (a thousand 9s was float infinity, then OverflowError)
+        from twisted_mailhub.optionvalues import shown
+
+        raise ValueError(f"{shown(str(text).strip())}: a quota is at most 1024T")
+    octets = int(octets)
     if octets <= 0:
         raise ValueError(f"{text!s}: a quota must be more than 0")
     return octets

@@ -162,8 +162,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         try:
             TrustedNetworks(self["trusted-networks"])
         except ValueError as e:
-            # (ipaddress's words quote the value as Python does: '10.0.0.0/33')
-            raise usage.UsageError(f"--trusted-networks: {str(e).replace(chr(39), chr(34))}")
+            raise usage.UsageError(f"--trusted-networks: {e}")
         from twisted_mailhub.workers import worker_count
 
         try:

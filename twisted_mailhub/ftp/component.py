@@ -62,14 +62,12 @@ def check_options(options) -> None:
     if options.get("passive-ports"):
         parse_port_range(options["passive-ports"])
     if options.get("passive-address"):
-        import ipaddress
+        from twisted_mailhub.optionvalues import passive_address
 
         try:
-            ipaddress.IPv4Address(options["passive-address"])
-        except ValueError:
-            # It is sent as h1,h2,h3,h4 in every 227 (RFC 959): "notanip"
-            # there was a reply no client could read.
-            raise usage.UsageError(f"--passive-address wants the IPv4 address clients connect to (PASV can carry no other), not {options['passive-address']}") from None
+            options["passive-address"] = passive_address(options["passive-address"])
+        except ValueError as e:
+            raise usage.UsageError(f"--passive-address {e}") from None
     if options.get("ftp-data-port") is not None:
         try:
             port = int(options["ftp-data-port"])

@@ -76,11 +76,18 @@ def _config(options):
         config["auth"] = (user.encode("utf-8"), password.encode("utf-8"))
     else:
         config["auth"] = None
-    config["schedule"] = RetrySchedule.parse(options.get("retry-schedule") or "5m,30m")
-    config["lifetime"] = parse_duration(options.get("queue-lifetime") or "5d")
+    def named(option, read, default):
+        # the option's name in front of the reader's one line
+        try:
+            return read(options.get(option) or default)
+        except ValueError as e:
+            raise ValueError(f"--{option}: {e}") from None
+
+    config["schedule"] = named("retry-schedule", RetrySchedule.parse, "5m,30m")
+    config["lifetime"] = named("queue-lifetime", parse_duration, "5d")
     if config["lifetime"] <= 0:
         raise ValueError("--queue-lifetime must be positive")
-    config["delay_warning"] = parse_duration(options.get("delay-warning") or "0")
+    config["delay_warning"] = named("delay-warning", parse_duration, "0")
     config["dns_server"] = _host_port(options, "dns-server", 53, address_only=True)
     port = options.get("relay-port")
     port = int(port) if port is not None else 25

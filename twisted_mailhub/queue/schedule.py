@@ -16,12 +16,20 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.I)
 
 def parse_duration(text: str) -> float:
     """
-    Seconds in C{text}: a number with an optional unit s, m, h or d.
+    Seconds in C{text}: a number with an optional unit s, m, h or d, at
+    most a year (L{twisted_mailhub.optionvalues.LONGEST}).
+
+    @raise ValueError: one line showing C{text} as given.
     """
+    from twisted_mailhub.optionvalues import LONGEST, shown
+
     m = _DURATION.match(str(text))
     if not m:
-        raise ValueError(f"not a duration: {text!r} (expected e.g. 90s, 5m, 4h, 5d)")
-    return float(m.group(1)) * _UNITS[m.group(2).lower()]
+        raise ValueError(f"not a duration: {shown(str(text))} (expected e.g. 90s, 5m, 4h, 5d)")
+    seconds = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not seconds <= LONGEST:  # (a thousand 9s was float infinity)
+        raise ValueError(f"{shown(str(text).strip())} is longer than a year (365d), the most a wait or a lifetime may be")
+    return seconds
 
 
 class RetrySchedule:

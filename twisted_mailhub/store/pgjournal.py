@@ -70,6 +70,10 @@ def check_options(options: Any) -> None:
         raise usage.UsageError(f"--journal-retention {options.get('journal-retention')}: expected a number of seconds") from None
     if value < 1:
         raise usage.UsageError("--journal-retention: at least 1 second")
+    from twisted_mailhub.optionvalues import LONGEST
+
+    if value > LONGEST:
+        raise usage.UsageError(f"--journal-retention {value}: at most {LONGEST} seconds (a year)")
     options["journal-retention"] = value
 
 
