@@ -37,7 +37,7 @@ def test_control_socket_is_0600_and_answers_status_and_unknown_commands(hub):
     s.sendall(b"shutdown\n")
     answer = json.loads(s.makefile("rb").readline())
     s.close()
-    assert answer == {"ok": False, "error": "unknown command; known: reload, status"}
+    assert answer == {"ok": False, "error": "unknown command; known: reload, status, account NAME"}
 
 
 def test_user_add_reloads_through_the_control_socket_without_a_pidfile(start_hub, tmp_path):

@@ -9,9 +9,11 @@ C{mailhub-admin}: the hub's administration from the command line.
     unless C{--plain}; the file is rewritten atomically (a temporary file
     in the same folder, fsynced, renamed) with mode 0600 and the old file's
     owner, then a running hub is told to read it again (through its
-    control socket, C{control.sock} beside the accounts file in DATA; else
-    SIGHUP to the pid in its pidfile), so the change works at once without
-    a restart.
+    control socket: C{--data DIR}'s, else C{control.sock} beside the
+    accounts file, else in C{./mailhub-data}; else SIGHUP to the pid in its
+    pidfile), so the change works at once without a restart. C{user key}
+    takes only a name that is an account (asked of the running hub, else
+    of the accounts file or table).
   - C{reload}, C{status} C{[--data DIR]}: ask the running hub through its
     control socket C{DATA/control.sock} (L{twisted_mailhub.control}).
   - C{queue list|flush|remove ID}: the outbound queue (the same command as
@@ -198,6 +200,7 @@ def user_key(args) -> str:
 
     address = args.address if "@" in args.address else f"{args.address}@{args.domain}"
     _check_address(address)
+    address = _account_for_key(args, address)
     try:
         with open(args.keyfile, "rb") as f:
             lines = [line.strip() for line in f.read(64 * 1024).splitlines() if line.strip() and not line.startswith(b"#")]
@@ -223,6 +226,54 @@ def user_key(args) -> str:
     return f"the key in {args.keyfile} now logs in as {address} over SFTP ({path})"
 
 
+def _account_for_key(args, address: str) -> str:
+    """
+    The account C{user key} authorizes a key for, as the hub names it:
+    asked of the running hub at C{--data} (it knows every account:
+    C{--user}, files, tables), else looked up in the accounts table
+    (C{--auth postgresql:DSN}) or file (C{--accounts}, C{$MAILHUB_ACCOUNTS}
+    or C{DATA/accounts}). A key for a name that is no account was kept
+    and never used: nobody logs in as it.
+
+    @raise AdminError: no such account, or nothing to tell it by.
+    """
+    from twisted_mailhub.control import ask, socket_path
+
+    name = args.address
+    try:
+        answer = ask(args.data, f"account {name}")
+    except (OSError, ValueError):
+        answer = None
+    if answer is not None and answer.get("ok"):
+        if answer.get("account"):
+            return answer["account"]
+        if answer.get("sure", True):
+            raise AdminError(f"no account {name} on the hub at {args.data} (mailhub-admin user list; add one with: user add)")
+    if getattr(args, "auth", None):
+        from twisted_mailhub.cluster.admin import TableError, accounts_in_table
+
+        try:
+            known = accounts_in_table(args.auth)
+        except TableError as e:
+            raise AdminError(str(e)) from None
+        for known_address in known:
+            if known_address.lower() == address.lower():
+                return known_address
+        raise AdminError(f"no account {address} in the user_account table")
+    accounts = args.accounts or os.path.join(args.data, "accounts")
+    if os.path.exists(accounts):
+        book = AccountBook([args.domain])
+        book.load_file(accounts)
+        found = book.find(address)
+        if found is None:
+            raise AdminError(f"no account {address} in {accounts} (add it with: user add)")
+        return found.address
+    raise AdminError(
+        f"cannot tell whether {address} is an account: no hub answers at {socket_path(args.data)} and there is no "
+        f"accounts file {accounts}; start the hub (--data {args.data}), or give --accounts FILE or --auth postgresql:DSN"
+    )
+
+
 def user_list(args) -> str:
     book = AccountBook([args.domain])
     if os.path.exists(args.accounts):
@@ -237,28 +288,33 @@ def user_list(args) -> str:
 # -- telling the hub -------------------------------------------------------------
 
 
-def tell_hub(pidfile: str, control: str | None = None) -> str:
+def tell_hub(pidfile: str, control: str | list[str] | None = None) -> str:
     """
     Tell a running hub to read its accounts files and certificate again:
-    through its control socket C{control} when one answers there
+    through the first of its control sockets C{control} where one answers
     (L{twisted_mailhub.control}: the hub says what it reloaded), else by
     SIGHUP to the pid in C{pidfile}. Says what happened, in one line.
     """
-    if control:
+    sockets = [control] if isinstance(control, str) else list(control or [])
+    for path in sockets:
         from twisted_mailhub.control import ask
 
         try:
-            answer = ask(control, "reload")
+            answer = ask(path, "reload")
         except (OSError, ValueError) as e:
             answer = None
-            print(f"mailhub-admin: {control}: {getattr(e, 'strerror', None) or e}; trying the pidfile", file=sys.stderr)
+            print(f"mailhub-admin: {path}: {getattr(e, 'strerror', None) or e}; trying the pidfile", file=sys.stderr)
         if answer is not None and answer.get("ok"):
             return "the hub (control socket) says: " + "; ".join(answer.get("said") or ["nothing to reload"])
     try:
         with open(pidfile) as f:
             pid = int(f.read().strip())
     except FileNotFoundError:
-        return f"no running hub found ({pidfile} does not exist): the change takes effect when the hub starts"
+        asked = f"no hub answers at {' or '.join(sockets)} and " if sockets else ""
+        return (
+            f"no running hub found ({asked}{pidfile} does not exist): the change takes effect when the hub starts; "
+            "a hub that runs with another data folder is told with: mailhub-admin reload --data DIR"
+        )
     except (OSError, ValueError):
         return f"{pidfile} holds no process id: reload the hub yourself (kill -HUP, or systemctl reload mailhub)"
     try:
@@ -403,6 +459,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "add":
             p.add_argument("--quota", default=None, help="the account's own storage quota (e.g. 500M)")
         if name != "list":
+            p.add_argument("--data", default=None, help="the running hub's data folder: told to reload through DATA/control.sock (default: the accounts file's folder, then ./mailhub-data)")
             p.add_argument("--control-socket", default=None, help="the running hub's control socket, told to reload (default: control.sock beside the accounts file, i.e. in DATA)")
             p.add_argument("--pidfile", default="twistd.pid", help="without a control socket: the running hub's pidfile, told to reload by SIGHUP (default: ./twistd.pid)")
             p.add_argument("--no-reload", action="store_true", help="do not signal a running hub")
@@ -412,6 +469,8 @@ def _parser() -> argparse.ArgumentParser:
     key.add_argument("keyfile", help="the public key file (e.g. ~/.ssh/id_ed25519.pub)")
     key.add_argument("--data", default="mailhub-data", help="the hub's data folder (default: ./mailhub-data)")
     key.add_argument("--domain", default="localhost", help="the hub's default domain, for bare names (default: localhost)")
+    key.add_argument("--accounts", default=os.environ.get("MAILHUB_ACCOUNTS"), help="when the hub does not run: the accounts file the name must be in (default: $MAILHUB_ACCOUNTS or DATA/accounts)")
+    key.add_argument("--auth", default=None, help="when the hub does not run: postgresql:DSN, the accounts table the name must be in")
 
     queue = commands.add_parser("queue", help="the outbound queue: list, flush, remove ID (as mailhub-queue)", add_help=False)
     queue.add_argument("queue_args", nargs=argparse.REMAINDER)
@@ -467,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return migrate_main(argv[1:])
     args = _parser().parse_args(argv)
-    if getattr(args, "auth", None):
+    if getattr(args, "auth", None) and args.user_command != "key":
         from twisted_mailhub.cluster.admin import TableError, user_in_table
 
         try:
@@ -491,9 +550,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mailhub-admin: {getattr(e, 'filename', None) or args.accounts}: {e.strerror or e}", file=sys.stderr)
         return 1
     if args.user_command not in ("list", "key") and not args.no_reload:
-        control = args.control_socket or os.path.join(os.path.dirname(os.path.abspath(args.accounts)), "control.sock")
-        print(tell_hub(args.pidfile, control))
+        print(tell_hub(args.pidfile, control_sockets(args)))
     return 0
+
+
+def control_sockets(args) -> list[str]:
+    """
+    Where to look for the running hub to tell of a changed accounts file:
+    C{--control-socket}, or C{--data}'s; else beside the accounts file
+    (the hub's C{DATA/accounts}), then C{./mailhub-data} (the hub's
+    default C{--data}). An accounts file kept outside the data folder
+    (C{/etc/mailhub/accounts}) reached no hub and said "no running hub
+    found" though one ran.
+    """
+    from twisted_mailhub.control import socket_path
+
+    if args.control_socket:
+        return [args.control_socket]
+    if args.data:
+        return [socket_path(args.data)]
+    found = [os.path.join(os.path.dirname(os.path.abspath(args.accounts)), "control.sock"), os.path.abspath(socket_path("mailhub-data"))]
+    return list(dict.fromkeys(found))
 
 
 def hub_command(command: str, argv: list[str]) -> int:

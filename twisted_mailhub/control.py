@@ -14,6 +14,10 @@ Protocol: one command per line, one JSON object per answer line.
              accounts files and the certificate read again; sessions stay)
  C{status}   C{{"ok": true, "pid", "uptime", "listeners": {name: port},
              "connections_open", "accounts", "queue"}}
+ C{account}  C{account NAME}: C{{"ok": true, "account": "alice@example.org"}}
+             for the account NAME names (login name or address, a bare
+             name in the hub's domain), C{"account": null} for none;
+             C{"sure": false} when other checkers (C{--auth}) may know it
  other       C{{"ok": false, "error": "..."}}
  ==========  ===============================================================
 
@@ -60,7 +64,10 @@ class ControlProtocol(basic.LineReceiver):
     MAX_LENGTH = 1024
 
     def lineReceived(self, line: bytes) -> None:
-        command = line.strip().decode("ascii", "replace").lower()
+        # The command word in any case; an argument (an account's name,
+        # UTF-8 allowed) as given.
+        verb, _, argument = line.strip().decode("utf-8", "replace").partition(" ")
+        command = verb.lower() + (" " + argument.strip() if argument.strip() else "")
         d = defer.maybeDeferred(self.factory.answer, command)
         d.addErrback(lambda f: (log.failure("control command {command}", f, command=command), {"ok": False, "error": "the hub could not answer; see its log"})[1])
         d.addCallback(self._answer)
@@ -93,7 +100,18 @@ def status(hub: Any, started: float) -> dict:
     }
 
 
-UNKNOWN = {"ok": False, "error": "unknown command; known: reload, status"}
+UNKNOWN = {"ok": False, "error": "unknown command; known: reload, status, account NAME"}
+
+
+def account(hub: Any, name: str) -> dict:
+    """
+    The answer to C{account NAME}: which of the hub's accounts C{name}
+    names (C{mailhub-admin user key} asks before it authorizes a key).
+    """
+    found = hub.accounts.find(name) if name else None
+    if found is not None:
+        return {"ok": True, "account": found.address}
+    return {"ok": True, "account": None, "sure": not getattr(hub, "has_other_checkers", False)}
 
 
 class ControlFactory(protocol.Factory):
@@ -113,6 +131,8 @@ class ControlFactory(protocol.Factory):
             return {"ok": True, "said": hub.reload()}
         if command == "status":
             return {"ok": True, **status(hub, self.started)}
+        if command.startswith("account "):
+            return account(hub, command[len("account ") :])
         return dict(UNKNOWN)
 
 

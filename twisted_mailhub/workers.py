@@ -185,6 +185,8 @@ def _control_factory(supervisor: "WorkersService") -> Any:
                 return supervisor.ask("reload").addCallback(self._reloaded)
             if command == "status":
                 return supervisor.ask("status").addCallback(self._status)
+            if command.startswith("account "):  # (the workers' accounts, as reloaded)
+                return supervisor.ask(command).addCallback(lambda answers: next(iter(answers.values()), None) or {"ok": False, "error": "no worker answered"})
             return dict(control.UNKNOWN)
 
         def _reloaded(self, answers: dict) -> dict:
@@ -946,6 +948,8 @@ class WorkerLink:
             return hub.reload()
         if question == "metrics":
             return hub.metrics.exposition().decode("utf-8")
+        if question.startswith("account "):
+            return control.account(hub, question[len("account ") :])
         return None
 
     def on_ask(self, notice: dict) -> None:

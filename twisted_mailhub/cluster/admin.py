@@ -83,6 +83,21 @@ def user_in_table(args: Any, entry: Any) -> str:
             raise TableError(f"the accounts database: {reason(e)}") from None
 
 
+def accounts_in_table(auth: str) -> list[str]:
+    """
+    The addresses in the C{user_account} table C{auth} (C{postgresql:DSN})
+    names.
+
+    @raise TableError: the database cannot be read (one line).
+    """
+    psycopg = driver()
+    with _connection(dsn_of(auth)) as conn:
+        try:
+            return [address for address, _password, _quota in table.read_accounts(conn)]
+        except psycopg.Error as e:
+            raise TableError(f"the accounts database: {reason(e)}") from None
+
+
 def _quota(text: str | None) -> int | None:
     if text is None:
         return None
