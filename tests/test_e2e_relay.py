@@ -479,6 +479,6 @@ def test_failed_starttls_with_require_tls_sends_nothing(start_hub, broken_tls_pe
     port = broken_tls_peer.server_address[1]
     a = start_a(start_hub, "--mx-override", f"c.test=127.0.0.1:{port}", "--retry-schedule", "1h", "--relay-require-tls")
     submit(a, ["carol@c.test"])
-    a.wait_for_log(r"relay \S+ <alice@a.test> to c.test via \(no connection\): <carol@c.test> STARTTLS with \S+ failed")
+    a.wait_for_log(rf"relay \S+ <alice@a.test> to c.test via 127\.0\.0\.1:{port}: <carol@c.test> STARTTLS with \S+ failed")
     assert broken_tls_peer.received == []
     assert len(queued(a)) == 1

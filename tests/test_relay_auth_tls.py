@@ -45,3 +45,14 @@ def test_smarthost_password_is_never_sent_without_tls(start_hub, plaintext_auth_
     assert logins == []
     assert len(queued(a)) == 1  # kept, tried again later
     assert messages(a, "alice@a.test") == []  # no bounce
+
+
+def test_a_session_that_failed_before_mail_is_logged_via_the_host_it_reached(start_hub, plaintext_auth_peer):
+    # It connected and stopped at STARTTLS/AUTH: "via (no connection)" was
+    # what the log said, sending the operator after a network fault.
+    port, logins = plaintext_auth_peer
+    a = start_a(start_hub, "--smarthost", f"127.0.0.1:{port}", "--smarthost-auth", "relayuser:relaypass", "--retry-schedule", "1h")
+    submit(a, ["carol@c.test"])
+    line = a.wait_for_log(r"relay \S+ <[^>]*> to c\.test via (\S+): <carol@c\.test>[^\n]*STARTTLS")
+    assert line.group(1) == f"127.0.0.1:{port}"
+    assert "(no connection)" not in a.log

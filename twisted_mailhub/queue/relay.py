@@ -360,6 +360,10 @@ class Relay(service.Service):
         """
         remaining = jobs
         last: Outcome | None = None
+        # The host whose session gave `last` (None: it was a connection
+        # that failed): a session that failed at STARTTLS or AUTH is logged
+        # "via" that host, not "(no connection)".
+        last_hop: Hop | None = None
         tries = [(hop, self._tls_is_broken(hop)) for hop in hops]
         while tries and remaining:
             hop, plain = tries.pop(0)
@@ -367,7 +371,7 @@ class Relay(service.Service):
             try:
                 await self._connect(hop, factory)
             except Exception as e:  # noqa: BLE001 - refused, timeout, unreachable
-                last = Outcome(-1, f"cannot connect to {hop}: {_reason(e)}", str(hop))
+                last, last_hop = Outcome(-1, f"cannot connect to {hop}: {_reason(e)}", str(hop)), None
                 log.info("relay to {hop}: {reply}", hop=hop, reply=last.reply)
                 continue
             client = factory.client
@@ -376,7 +380,7 @@ class Relay(service.Service):
                 if job.phase == DONE:
                     self._log_attempt(job, labels, hop)
             if client.error is not None:
-                last = client.error
+                last, last_hop = client.error, hop
             remaining = [j for j in remaining if j.phase != DONE]
             if client.tls_state == "handshake" and not plain and self._may_fall_back():
                 # Opportunistic TLS (RFC 7435 §3): a server whose STARTTLS
@@ -391,7 +395,7 @@ class Relay(service.Service):
             failure = last or Outcome(-1, "no host to try")
             job.outcomes = {r: failure for r in job.recipients}
             job.phase = DONE
-            self._log_attempt(job, labels, None)
+            self._log_attempt(job, labels, last_hop)
         return jobs
 
     def _log_attempt(self, job: Job, labels: dict[str, set[str]], hop: Hop | None) -> None:
