@@ -250,3 +250,17 @@ def test_trusted_clients_and_a_dns_that_never_answers_still_get_their_mail_throu
         client.sendmail("someone@c.test", ["bob@b.test"], b"From: someone@c.test\r\nSubject: x\r\n\r\nhello\r\n")
     (local,) = messages(trusted, "bob@b.test")
     assert b"Authentication-Results" not in local
+
+
+def test_a_message_without_from_gets_dmarc_none_and_no_python_words_in_the_log(start_hub, dns_with_keys):
+    # RFC 7489 aligns with the From: domain; without one there is no policy
+    # to apply. authheaders failed on it ("cannot access local variable
+    # 'from_domain'...", logged) and the result was temperror.
+    b = start_hub("--domain", "b.test", "--hostname", "mx.b.test", "--dns-server", dns_with_keys, *OUTSIDE, users=["bob@b.test:hungry"])
+    with smtplib.SMTP("127.0.0.1", b.ports["smtp"], timeout=10) as client:
+        client.ehlo("sender.a.test")
+        client.sendmail("alice@a.test", ["bob@b.test"], b"Subject: no From: field\r\n\r\nhello\r\n")
+    (arrived,) = _wait_for(b, "bob@b.test")
+    fields = re.findall(rb"Authentication-Results: mx\.b\.test;(.*?)\r\n(?=\S)", arrived, re.S)
+    assert len(fields) == 1 and b"spf=pass" in fields[0] and b"dmarc=none" in fields[0], arrived
+    assert "dmarc:" not in b.log and "local variable" not in b.log

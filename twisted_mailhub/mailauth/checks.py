@@ -174,13 +174,22 @@ def evaluate(message: bytes, ip: str, mail_from: str, helo: str, authserv_id: st
     spf_obj = SPFAuthenticationResult(result=spf_result, smtp_mailfrom=identity, smtp_helo=helo or None)
 
     dkim_obj = _check_dkim(message, lookup_timeout(deadline))
-    try:
-        dmarc_obj = check_dmarc(message, spf_obj, dkim_obj)
-    except Exception as e:
-        log.info("dmarc: {why}", why=str(e))
-        from authheaders import DMARCAuthenticationResult
+    from authheaders import DMARCAuthenticationResult
 
-        dmarc_obj = DMARCAuthenticationResult(result="temperror")
+    from twisted_mailhub.mailauth.signing import header_from_domain
+
+    if header_from_domain(message) is None:
+        # No From: domain, so no DMARC policy to look up (RFC 7489 §3.1
+        # aligns with it): "none". authheaders failed on it with Python's
+        # own words (an unbound local variable) and the result was
+        # temperror, which says "try again later".
+        dmarc_obj = DMARCAuthenticationResult(result="none")
+    else:
+        try:
+            dmarc_obj = check_dmarc(message, spf_obj, dkim_obj)
+        except Exception as e:
+            log.info("dmarc: {why}", why=str(e))
+            dmarc_obj = DMARCAuthenticationResult(result="temperror")
     header = str(AuthenticationResultsHeader(authserv_id=authserv_id, results=[spf_obj, dkim_obj, dmarc_obj]))
     results = {"spf": spf_obj.result, "dkim": dkim_obj.result, "dmarc": dmarc_obj.result}
     return Outcome(
