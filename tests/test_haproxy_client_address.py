@@ -204,3 +204,16 @@ def test_a_client_that_goes_around_the_balancer_is_closed_without_a_word(start_h
     assert said == b""  # closed, no greeting, nothing echoed
     s.close()
     hub.wait_for_log(r"smtp: closed a connection from 127\.0\.0\.1: its PROXY header is malformed \(a haproxy: listener\)")
+
+
+def test_workers_behind_haproxy_see_the_client_address(start_hub, haproxy_in_front):
+    # Each worker's listener is the supervisor's socket with the same
+    # factories: the PROXY header is read there too.
+    hub = start_hub(*behind_haproxy("--workers", "2"))
+    fronts = haproxy_in_front(hub)
+    for n, source in enumerate(("127.0.0.2", "127.0.0.3", "127.0.0.4")):
+        with smtplib.SMTP("127.0.0.1", fronts["smtp"], timeout=10, source_address=(source, 0)) as s:
+            code, text = s.ehlo("client.test")
+            assert f"[{source}]".encode() in text
+            s.sendmail("bob@localhost", ["alice@localhost"], f"Subject: {n}\r\n\r\nhi\r\n".encode())
+        hub.wait_for_log(rf"delivered \S+ from=<bob@localhost> .* client={re.escape(source)}")
