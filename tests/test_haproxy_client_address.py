@@ -217,3 +217,19 @@ def test_workers_behind_haproxy_see_the_client_address(start_hub, haproxy_in_fro
             assert f"[{source}]".encode() in text
             s.sendmail("bob@localhost", ["alice@localhost"], f"Subject: {n}\r\n\r\nhi\r\n".encode())
         hub.wait_for_log(rf"delivered \S+ from=<bob@localhost> .* client={re.escape(source)}")
+
+
+def test_a_client_outside_proxy_from_cannot_name_an_address(start_hub):
+    # Reaching the hub around the balancer, a header claiming 127.0.0.1
+    # (inside --trusted-networks) would have made it trusted: only the
+    # balancers of --proxy-from are believed.
+    hub = start_hub(*behind_haproxy("--proxy-from", "10.0.0.0/8"))
+    s = socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=10)
+    s.sendall(b"PROXY TCP4 127.0.0.1 127.0.0.1 51000 143\r\na1 CAPABILITY\r\n")
+    try:
+        said = s.recv(100)
+    except ConnectionResetError:
+        said = b""
+    assert said == b""
+    s.close()
+    hub.wait_for_log(r"imap: closed a connection from 127\.0\.0\.1: not a balancer \(--proxy-from\)")

@@ -87,7 +87,7 @@ def _refusal(*args: str) -> str | None:
         ["--smtp", "tcp:abc"], ["--smtp", "nonsense:1"], ["--imap", "tcp:-1"], ["--pop3", "ssl:0"],
         ["--hostname", "a..b"], ["--hostname", "-x"], ["--data", ""], ["--data", "/dev/null/sub"], ["--data", "/proc/1"],
         ["--ssh-host-key", "/nonexistent"],
-        ["--trusted-networks", "10.0.0.1/8"], ["--trusted-networks", "fd00::1/8"], ["--trusted-networks", "10.0.0.0/8,x"],
+        ["--trusted-networks", "10.0.0.1/8"], ["--trusted-networks", "fd00::1/8"], ["--trusted-networks", "10.0.0.0/8,x"], ["--proxy-from", "10.0.0.1/8"], ["--proxy-from", "balancer"],
         ["--passive-address", "0.0.0.0"], ["--passive-address", "255.255.255.255"], ["--passive-address", "224.0.0.1"], ["--passive-address", "240.0.0.1"],
         ["--max-connections", "2147483648"], ["--max-connections-per-ip", "9" * 400], ["--smtp-idle-timeout", "31536001"], ["--imap-idle-timeout", "1e300"],
         ["--queue-lifetime", "9" * 400 + "d"], ["--retry-schedule", "5m,400d"], ["--delay-warning", "366d"], ["--quota", "9" * 400 + "G"],

@@ -56,10 +56,10 @@ BALANCER = IPv4Address("TCP", "10.0.0.2", 40000)
 HUB = IPv4Address("TCP", "10.0.0.11", 25)
 
 
-def connect(timeout=proxyheader.HEADER_TIMEOUT):
+def connect(timeout=proxyheader.HEADER_TIMEOUT, balancers=None, peer=BALANCER):
     clock, inner = Clock(), Listener()
-    factory = proxyheader.ProxyHeaderFactory(inner, clock, "smtp", timeout)
-    transport = StringTransport(hostAddress=HUB, peerAddress=BALANCER)
+    factory = proxyheader.ProxyHeaderFactory(inner, clock, "smtp", balancers, timeout=timeout)
+    transport = StringTransport(hostAddress=HUB, peerAddress=peer)
     connection = factory.buildProtocol(BALANCER)
     connection.makeConnection(transport)
     return clock, inner, connection, transport
@@ -142,6 +142,25 @@ def test_a_connection_without_a_good_header_is_closed_and_reaches_nothing(data):
     assert transport.disconnecting or transport.disconnected
     assert transport.value() == b""  # no reply: the peer is no balancer
     assert not clock.getDelayedCalls()
+
+
+def test_a_peer_that_is_no_balancer_is_closed_before_its_header_is_read():
+    # (a client around the balancer claiming 127.0.0.1, inside --trusted-networks)
+    from twisted_mailhub.hub import TrustedNetworks
+
+    outsider = IPv4Address("TCP", "198.51.100.9", 40000)
+    clock, inner, connection, transport = connect(balancers=TrustedNetworks(proxyheader.BALANCERS), peer=outsider)
+    assert transport.disconnecting or transport.disconnected
+    connection.dataReceived(b"PROXY TCP4 127.0.0.1 127.0.0.1 51000 25\r\nEHLO x\r\n")
+    assert inner.built == [] and transport.value() == b"" and not clock.getDelayedCalls()
+
+
+def test_a_balancer_in_the_private_networks_is_believed_by_default():
+    from twisted_mailhub.hub import TrustedNetworks
+
+    clock, inner, connection, transport = connect(balancers=TrustedNetworks(proxyheader.BALANCERS))
+    connection.dataReceived(b"PROXY TCP4 198.51.100.9 10.0.0.11 51000 25\r\n")
+    assert inner.built[0].peer.host == "198.51.100.9"
 
 
 def test_a_connection_that_sends_no_header_in_time_is_closed():

@@ -418,6 +418,8 @@ class Hub:
         self.portal = Portal(self.realm, [AccountChecker(accounts), *extra_checkers])
         self.throttle = LoginThrottle(reactor)
         self.trusted = TrustedNetworks(options.get("trusted-networks") or "127.0.0.0/8,::1/128")
+        # The balancers a haproxy: listener believes (proxyheader.py).
+        self.proxy_from = TrustedNetworks(options.get("proxy-from") or proxyheader.BALANCERS)
         self.max_message_size = int(options.get("max-message-size") or 25 * 1024 * 1024)
         self.connection_limits = ConnectionLimits(
             int(options.get("max-connections") or 0), int(options.get("max-connections-per-ip") or 0)
@@ -625,7 +627,7 @@ class HubService(OffersLogObserver, service.MultiService):
             # above sees the connection (twisted_mailhub/proxyheader.py).
             proxied, inner = proxyheader.split(description)
             if proxied:
-                wrapped = proxyheader.ProxyHeaderFactory(wrapped, hub.reactor, name)
+                wrapped = proxyheader.ProxyHeaderFactory(wrapped, hub.reactor, name, hub.proxy_from)
             quiet_factory(wrapped, name)
             try:
                 why = proxyheader.problem(description)

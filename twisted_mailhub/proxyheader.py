@@ -19,6 +19,13 @@ that reads its peer when connected (SMTP's C{client_ip}, the session
 record) and the factory's C{buildProtocol(addr)} (connection limits) kept
 the balancer's address.
 
+Only a balancer may name a client: a peer outside C{--proxy-from}
+(default L{BALANCERS}: loopback and the private networks, where a balancer
+in front of the hub sits) is closed before a byte is read, so a client
+that reaches the hub around the balancer cannot claim to be 127.0.0.1
+(C{--trusted-networks}) or anyone else (Dovecot's
+C{haproxy_trusted_networks}).
+
 A connection whose header is missing, malformed or not complete within
 L{HEADER_TIMEOUT} seconds is closed without a word (as Dovecot and
 Postfix's C{smtpd_upstream_proxy_protocol} do: the peer is no balancer
@@ -26,8 +33,6 @@ speaking the protocol). A header of C{PROXY UNKNOWN} (v1) or a v2
 C{LOCAL} command (HAProxy's own health checks) keeps the socket's
 addresses. The header's bytes themselves are parsed by Twisted's parsers.
 
-Only put a listener behind C{haproxy:} if nothing but the balancer can
-reach it: any peer of such a listener can name any address.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ from zope.interface import directlyProvides, implementer, providedBy
 log = Logger()
 
 PREFIX = "haproxy:"
+
+#: Who may send a PROXY header without C{--proxy-from}: loopback and the
+#: private networks (RFC 1918, RFC 4193), where balancers are.
+BALANCERS = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
 
 #: Seconds a connection may take to send its whole header. HAProxy sends
 #: it with its first packet; Postfix waits 5 s (smtpd_upstream_proxy_timeout).
@@ -97,14 +106,18 @@ class ProxyHeaderFactory(protocol.Factory):
     @ivar wrapped: the listener's own factory (limits, record, TLS...).
     @ivar reactor: for the header's deadline.
     @ivar name: the listener's name, for the log.
+    @ivar balancers: the peers that may send a header (a container of
+        address strings: L{twisted_mailhub.hub.TrustedNetworks}); L{None}:
+        any peer.
     """
 
     noisy = False
 
-    def __init__(self, wrapped: Any, reactor: Any, name: str, timeout: float = HEADER_TIMEOUT):
+    def __init__(self, wrapped: Any, reactor: Any, name: str, balancers: Any = None, timeout: float = HEADER_TIMEOUT):
         self.wrapped = wrapped
         self.reactor = reactor
         self.name = name
+        self.balancers = balancers
         self.timeout = timeout
 
     def logPrefix(self) -> str:
@@ -139,6 +152,7 @@ class ProxiedConnection(policies.ProtocolWrapper):
     wrappedProtocol: Any = None
     _peer: Any = None
     _host: Any = None
+    _refused = False
 
     def __init__(self, factory: ProxyHeaderFactory):
         self.factory = factory
@@ -154,6 +168,12 @@ class ProxiedConnection(policies.ProtocolWrapper):
     def makeConnection(self, transport: Any) -> None:
         directlyProvides(self, providedBy(transport))
         protocol.Protocol.makeConnection(self, transport)
+        balancers = self.factory.balancers
+        host = getattr(transport.getPeer(), "host", None)
+        if balancers is not None and host is not None and host not in balancers:
+            # (a UNIX socket's peer has no host: its permissions decide)
+            self._refuse("not a balancer (--proxy-from)")
+            return
         self._deadline = self.factory.reactor.callLater(self.factory.timeout, self._too_slow)
 
     # -- the header --------------------------------------------------------
@@ -162,6 +182,8 @@ class ProxiedConnection(policies.ProtocolWrapper):
         inner = self.wrappedProtocol
         if inner is not None:
             inner.dataReceived(data)
+            return
+        if self._refused:
             return
         buffer = self._buffer = self._buffer + data
         try:
@@ -231,6 +253,7 @@ class ProxiedConnection(policies.ProtocolWrapper):
             name=self.factory.name, host=getattr(peer, "host", "?"), why=why,
         )
         self._buffer = b""
+        self._refused = True
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None

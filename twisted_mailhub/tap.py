@@ -83,6 +83,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["tls-key", None, None, "PEM private key for --tls-cert (default: in the --tls-cert file)."],
         ["max-message-size", None, 25 * 1024 * 1024, "Largest message accepted, in octets (SMTP SIZE).", int],
         ["trusted-networks", None, "127.0.0.0/8,::1/128", "Comma-separated CIDRs from which plaintext logins are allowed without TLS (never grants relay)."],
+        ["proxy-from", None, None, "Comma-separated CIDRs of the load balancers a haproxy: listener takes a PROXY header from (default: loopback and private networks); any other peer is closed."],
         ["max-connections", None, 2000, "Most client connections open at once, every listener together (0: no limit).", int],
         ["port-base", None, None, "Move every listener's default port at once: BASE + the protocol's standard port (SMTP BASE+25, submission BASE+587, POP3 BASE+110, IMAP BASE+143, FTP BASE+21, ...); for several hubs on one machine.", int],
         ["max-connections-per-ip", None, 100, "Most client connections open at once from one address, every listener together (0: no limit).", int],
@@ -163,6 +164,11 @@ class Options(usage.Options, strcred.AuthOptionMixin):
             TrustedNetworks(self["trusted-networks"])
         except ValueError as e:
             raise usage.UsageError(f"--trusted-networks: {e}")
+        if self["proxy-from"] is not None:
+            try:
+                TrustedNetworks(self["proxy-from"])
+            except ValueError as e:
+                raise usage.UsageError(f"--proxy-from: {e}")
         from twisted_mailhub.workers import worker_count
 
         try:
