@@ -112,6 +112,12 @@ def test_an_ipv6_address_written_out_in_full_is_seen_in_its_usual_form():
     assert inner.built[0].peer == IPv6Address("TCP", "::1", 51000)
 
 
+def test_an_ipv4_client_of_a_dual_stack_balancer_is_its_ipv4_address():
+    clock, inner, connection, transport = connect()
+    connection.dataReceived(v2("::ffff:203.0.113.7", "::ffff:192.0.2.1", 51000, 25))
+    assert inner.built[0].peer == IPv4Address("TCP", "203.0.113.7", 51000)
+
+
 @pytest.mark.parametrize("header", [b"PROXY UNKNOWN\r\n", b"PROXY UNKNOWN 1.2.3.4 5.6.7.8 1 2\r\n", "v2 LOCAL"])
 def test_a_header_naming_no_client_keeps_the_socket_addresses(header):
     clock, inner, connection, transport = connect()

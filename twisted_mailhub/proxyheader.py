@@ -41,6 +41,7 @@ import ipaddress
 from typing import Any
 
 from twisted.internet import protocol
+from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.protocols import policies
@@ -301,8 +302,8 @@ class ProxiedConnection(policies.ProtocolWrapper):
 def checked(address: Any) -> Any:
     """
     A header's address as the hub's own addresses are: an IP address in
-    its usual text (C{::1}, not C{0:0:0:0:0:0:0:1}) and a port from 0 to
-    65535; L{None} (no address: UNKNOWN, LOCAL) and UNIX addresses as
+    its usual text (C{::1}, not C{0:0:0:0:0:0:0:1}; C{::ffff:1.2.3.4} as
+    C{1.2.3.4}) and a port from 0 to 65535; L{None} (no address: UNKNOWN, LOCAL) and UNIX addresses as
     they are.
 
     @raise ValueError: no IP address, or no port.
@@ -310,9 +311,15 @@ def checked(address: Any) -> Any:
     host = getattr(address, "host", None)
     if host is None:
         return address
-    text = str(ipaddress.ip_address(host))
+    ip = ipaddress.ip_address(host)
     if not 0 <= address.port <= 65535:
         raise ValueError(address.port)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        # an IPv4 client of a dual-stack balancer: its IPv4 address, as
+        # the hub's own dual-stack listeners show it (hub.ListenerFactory)
+        return IPv4Address(address.type, str(mapped), address.port)
+    text = str(ip)
     if text == host:
         return address
     return type(address)(address.type, text, address.port)
