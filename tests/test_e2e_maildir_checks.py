@@ -126,3 +126,31 @@ def test_under_workers_a_file_listed_on_trust_is_told_at_its_size_as_sent_by_eve
         c.logout()
     hub.restart()
     assert _sizes(hub) == [len(crlf)]
+
+
+def test_after_a_whole_folder_is_checked_no_name_stays_listed_on_trust_not_even_a_file_gone_meanwhile(start_hub):
+    hub = start_hub()
+    maildir = hub.maildir("alice@localhost")
+    cur = os.path.join(maildir, "cur")
+    os.makedirs(cur, exist_ok=True)
+    paths = []
+    for n in range(3):
+        paths.append(os.path.join(cur, "17000000%02d.M%dP1.maildrop,S=%d:2,S" % (n, n, len(LF))))
+        with open(paths[-1], "wb") as f:
+            f.write(LF)
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    c.login("alice", "secret")
+    assert c.select("INBOX", readonly=True) == ("OK", [b"3"])
+    c.logout()
+    hub.stop()
+    os.unlink(paths[1])  # the other program took one back while the hub was down
+    hub.start()
+    with open(os.path.join(maildir, "mailhub-unchecked"), encoding="utf-8") as f:
+        assert sum(line.startswith("? ") for line in f) == 3  # still listed on trust
+    crlf = LF.replace(b"\n", b"\r\n")
+    assert _sizes(hub) == [len(crlf), len(crlf)]
+    with open(os.path.join(maildir, "mailhub-unchecked"), encoding="utf-8") as f:
+        assert [line for line in f if line.startswith("? ")] == []
+    for path in (paths[0], paths[2]):
+        with open(path, "rb") as f:
+            assert f.read() == crlf
