@@ -990,7 +990,7 @@ def record_login(record: SessionRecord, credentials: Any, result: Any) -> None:
     record.logged_in(address if isinstance(address, str) and address else name)
 
 
-class _RecordingPortal:
+class RecordingPortal:
     """
     A connection's portal, seen through its session record: a successful
     login becomes a C{login} event.
@@ -1064,8 +1064,8 @@ class TranscriptProtocol(policies.ProtocolWrapper):
         if data is not None and hasattr(data, "on_data_connection"):
             data.on_data_connection = self.record.add  # FTP data connections
         portal = getattr(self.wrappedProtocol, "portal", None)
-        if portal is not None and not isinstance(portal, _RecordingPortal):
-            self.wrappedProtocol.portal = _RecordingPortal(portal, self.record)
+        if portal is not None and not isinstance(portal, RecordingPortal):
+            self.wrappedProtocol.portal = RecordingPortal(portal, self.record)
 
     def startTLS(self, context, *args, **kwargs):
         self.transport.startTLS(context, *args, **kwargs)

@@ -53,7 +53,7 @@ from typing import Any
 from twisted.cred import credentials as _credentials
 from twisted.cred import error as cred_error
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 from zope.interface import implementer
@@ -71,9 +71,11 @@ from twisted_mailhub.smtp.delivery import (
     has_hook,
     run_filters,
 )
+from twisted_mailhub.smtp.record import MailRecord
 from twisted_mailhub.filters import Reject
 from twisted_mailhub.quota import QuotaExceeded
 from twisted_mailhub.store.interfaces import is_out_of_space
+from twisted_mailhub.transcript import RecordingPortal, tls_description
 
 log = Logger()
 
@@ -194,6 +196,16 @@ class MailhubSMTP(smtp.ESMTP):
     login_timeout = 300
     # The last command was AUTH: an unknown one now is not echoed.
     _after_auth = False
+    # The session's record on the hub's event bus (with the console or
+    # --transcript: hub.record_sessions), fed the connection's bytes by the
+    # connection itself (smtp/record.py makes them C:/S: lines when someone
+    # reads them): the hub's TranscriptFactory hands it over unwrapped
+    # (records_own_session), so no wrapper sits between the socket and
+    # this protocol (a call more per read and per reply); and whether a
+    # TLS handshake is under way whose end becomes the record's "tls" event.
+    records_own_session = True
+    record: MailRecord | None = None
+    _tls_pending = False
 
     def __init__(self):
         smtp.ESMTP.__init__(self, chal={})
@@ -217,7 +229,24 @@ class MailhubSMTP(smtp.ESMTP):
 
     def connectionMade(self):
         hub = self.hub
-        self.connection_id = hub.connection_made(self, self.listener)
+        record = None
+        if getattr(hub, "record_sessions", False):
+            # What TranscriptProtocol.connectionMade and makeConnection do
+            # for the listeners it wraps: the session starts before anything
+            # is said, its id is the connection's, a login is its event.
+            transport = self.transport
+            peer, local = transport.getPeer(), transport.getHost()
+            record = self.record = hub.events.start(
+                getattr(self.factory, "protocol_name", self.listener),
+                (getattr(peer, "host", "?"), getattr(peer, "port", 0)),
+                (getattr(local, "host", "?"), getattr(local, "port", 0)),
+                kind=MailRecord,
+            )
+            self.portal = RecordingPortal(hub.client_portal(transport, self.listener), record)
+            self.connection_id = record.id
+            self._tls_pending = ISSLTransport.providedBy(transport)
+        else:
+            self.connection_id = hub.connection_made(self, self.listener)
         self.host = hub.hostname
         self.ctx = None  # STARTTLS takes hub.tls when asked (made lazily)
         self.policy = RecipientPolicy(hub)
@@ -236,12 +265,17 @@ class MailhubSMTP(smtp.ESMTP):
             line_timeout=self.command_timeout,
             gather=True,  # every reply goes through self.lines (reply_raw)
         )
-        # Input straight to the line engine: one call less per read.
-        self.dataReceived = self.lines.data_received
+        if record is None:
+            # Input straight to the line engine: one call less per read.
+            self.dataReceived = self.lines.data_received
+        elif not self._tls_pending:
+            self._recorded_input()
         self.reply_raw(b"220 " + self.host + b" ESMTP\r\n")
         self.lines.start(self.transport, login_timeout=self.login_timeout if self.require_auth else None)
 
     def connectionLost(self, reason=protocol.connectionDone):
+        if self.record is not None:
+            self.record.closed()
         logout, self._onLogout = self._onLogout, None
         if logout is not None:
             logout()
@@ -276,8 +310,12 @@ class MailhubSMTP(smtp.ESMTP):
 
     def reply_raw(self, data: bytes) -> None:
         # Through the line engine: out at once, one send per reply (a
-        # batch of pipelined commands' replies together).
+        # batch of pipelined commands' replies together); recorded as
+        # written, in order after the read that asked for it.
         if self.state != CLOSING:
+            record = self.record
+            if record is not None:
+                record.server_bytes(data)
             self.lines.write(data)
 
     def reply(self, code: int, text: str, *more: str) -> None:
@@ -318,7 +356,30 @@ class MailhubSMTP(smtp.ESMTP):
     # -- input: the line engine's owner --------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        record = self.record
+        if record is not None:
+            if self._tls_pending:
+                description = tls_description(self.transport)
+                if description:
+                    self._tls_pending = False
+                    record.encrypted(description)
+            record.client_bytes(data)
         self.lines.data_received(data)
+
+    def _recorded_input(self) -> None:
+        """
+        While no TLS handshake is under way: each read recorded and handed
+        to the line engine by a closure in this method's place (two calls
+        per read, no attribute look-ups).
+        """
+        recorded = self.record.client_bytes
+        take = self.lines.data_received
+
+        def dataReceived(data: bytes) -> None:
+            recorded(data)
+            take(data)
+
+        self.dataReceived = dataReceived
 
     def line_received(self, line: bytes):
         if self.crlf_session is None:
@@ -481,6 +542,10 @@ class MailhubSMTP(smtp.ESMTP):
         self.ctx = ctx
         self.transport.startTLS(ctx)
         self.startedTLS = True
+        if self.record is not None:
+            # The handshake's end becomes the record's "tls" event (dataReceived).
+            self._tls_pending = True
+            self.__dict__.pop("dataReceived", None)
 
     def _tls_context(self):
         """The hub's TLS options, or None (and a log line) if it has none."""
@@ -833,7 +898,11 @@ class MailhubSMTP(smtp.ESMTP):
         # Not logged per message (it costs a tenth of the time per message);
         # --transcript shows it. reply(250, ...), inline: a queue id is ASCII.
         if self.state != CLOSING:
-            self.lines.write(b"250 2.0.0 Ok: queued as %s\r\n" % qid.encode("ascii"))
+            data = b"250 2.0.0 Ok: queued as %s\r\n" % qid.encode("ascii")
+            record = self.record
+            if record is not None:
+                record.server_bytes(data)
+            self.lines.write(data)
 
     def _not_delivered(self, reason) -> None:
         if reason.check(Rejected):

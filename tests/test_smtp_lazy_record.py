@@ -1,0 +1,272 @@
+"""
+An SMTP connection's record keeps what was said as it came, and a
+message as its count, and makes them C:/S: lines only when someone reads
+or watches it (L{twisted_mailhub.smtp.record.MailRecord}). What it shows
+must be exactly what a record transcribed as it went shows (a
+L{SessionRecord} fed through a L{Transcriber}, as before): the same
+events, sequence numbers, times, texts, counts, and the same events told
+to a watcher that comes at any point; and no password is ever kept raw.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from twisted_mailhub.smtp.record import MailRecord
+from twisted_mailhub.transcript import SessionEvents, SessionRecord, Transcriber
+
+SECRETS = (b"c2VjcmV0", b"YWxpY2UAYWxpY2UAc2VjcmV0", b"hunter2", b"s3cret")
+
+BODY = b"From: a@b\r\nTo: alice@localhost\r\nSubject: x\r\n\r\n" + b"x" * 70 + b"\r\n" + b"..a stuffed dot\r\n" + b"last\r\n"
+
+HELLO = [
+    ("s", b"220 mail.test ESMTP\r\n"),
+    ("c", b"EHLO client.test\r\n"),
+    ("s", b"250-mail.test Hello client.test [127.0.0.1]\r\n250-SIZE 10000000\r\n250-8BITMIME\r\n250-PIPELINING\r\n250 HELP\r\n"),
+]
+
+
+def _envelope(body: bytes, qid: bytes = b"6921A3F0ABCD00001") -> list:
+    return [
+        ("c", b"MAIL FROM:<judy@jbc.test>\r\n"),
+        ("s", b"250 2.1.0 Ok\r\n"),
+        ("c", b"RCPT TO:<alice@localhost>\r\n"),
+        ("s", b"250 2.1.5 Ok\r\n"),
+        ("c", b"DATA\r\n"),
+        ("s", b"354 End data with <CR><LF>.<CR><LF>\r\n"),
+        ("c", body),
+        ("s", b"250 2.0.0 Ok: queued as " + qid + b"\r\n"),
+    ]
+
+
+QUIT = [("c", b"QUIT\r\n"), ("s", b"221 2.0.0 Bye\r\n"), ("end",)]
+
+SESSIONS = {
+    "one message a read, one command a round trip": HELLO + _envelope(BODY + b".\r\n") + _envelope(b"Subject: two\r\n\r\nhi\r\n.\r\n") + QUIT,
+    "a message in pieces, cut inside lines and inside the end mark": HELLO
+    + [
+        ("c", b"MAIL FROM:<>\r\n"),
+        ("s", b"250 2.1.0 Ok\r\n"),
+        ("c", b"RCPT TO:<alice@localhost>\r\n"),
+        ("s", b"250 2.1.5 Ok\r\n"),
+        ("c", b"DATA\r\n"),
+        ("s", b"354 End data with <CR><LF>.<CR><LF>\r\n"),
+        ("c", BODY[:10]),
+        ("c", BODY[10:50]),
+        ("c", BODY[50:] + b"\r\n."),
+        ("c", b"\r"),
+        ("c", b"\n"),
+        ("s", b"250 2.0.0 Ok: queued as 6921A3F0ABCD00002\r\n"),
+    ]
+    + QUIT,
+    "an empty message, and one whose first line is a dot": HELLO
+    + _envelope(b".\r\n")
+    + _envelope(b".x\r\n..\r\n.\r\n"),
+    "pipelined: the envelope in one read, the next command after the end mark": HELLO
+    + [
+        ("c", b"MAIL FROM:<judy@jbc.test>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n"),
+        ("s", b"250 2.1.0 Ok\r\n"),
+        ("s", b"250 2.1.5 Ok\r\n"),
+        ("s", b"354 End data with <CR><LF>.<CR><LF>\r\n"),
+        ("c", BODY + b".\r\nRSET\r\nNOOP\r\n"),
+        ("s", b"250 2.0.0 Ok: queued as 6921A3F0ABCD00003\r\n"),
+        ("s", b"250 2.0.0 Ok\r\n"),
+        ("s", b"250 2.0.0 Ok\r\n"),
+    ]
+    + QUIT,
+    "a queue id with 354 in it, and replies gathered in one write": HELLO
+    + _envelope(b"hi\r\n.\r\n", qid=b"69213540354000A1")
+    + [("c", b"NOOP\r\nRSET\r\n"), ("s", b"250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n")],
+    "AUTH PLAIN with its initial response, then AUTH LOGIN step by step": HELLO
+    + [
+        ("tls", "TLSv1.3 TLS_AES_256_GCM_SHA384"),
+        ("c", b"AUTH PLAIN YWxpY2UAYWxpY2UAc2VjcmV0\r\n"),
+        ("login", "alice@localhost"),
+        ("s", b"235 2.7.0 Authentication successful\r\n"),
+        ("c", b"auth login\r\n"),
+        ("s", b"334 VXNlcm5hbWU6\r\n"),
+        ("c", b"YWxpY2U=\r\n"),
+        ("s", b"334 UGFzc3dvcmQ6\r\n"),
+        ("c", b"c2VjcmV0\r\n"),
+        ("s", b"503 5.5.1 Error: already authenticated\r\n"),
+    ]
+    + _envelope(b"hi\r\n.\r\n")
+    + QUIT,
+    "a refused AUTH, then the password pasted anyway, then a command": HELLO
+    + [
+        ("c", b"AUTH LOGIN\r\n"),
+        ("s", b"538 5.7.11 Encryption required for requested authentication mechanism; use STARTTLS first\r\n"),
+        ("c", b"c2VjcmV0\r\n"),
+        ("s", b"500 5.5.2 Error: command not recognized (not shown: after AUTH it may be a password); try HELP\r\n"),
+        ("c", b"AUTH PLAIN\r\n"),
+        ("s", b"538 5.7.11 Encryption required\r\n"),
+        ("c", b"NOOP\r\n"),
+        ("s", b"250 2.0.0 Ok\r\n"),
+    ]
+    + QUIT,
+    "PASS and LOGIN words, control bytes, not UTF-8, an over-long line": HELLO
+    + [
+        ("c", b"PASS hunter2\r\n"),
+        ("s", b"500 5.5.2 Error: command 'PASS' not recognized; try HELP\r\n"),
+        ("c", b"a1 LOGIN alice s3cret\r\n"),
+        ("s", b"500 5.5.2 Error: command 'a1' not recognized; try HELP\r\n"),
+        ("c", b"HELO \x1b[31mred\r\n"),
+        ("s", b"501 5.5.4 Syntax: HELO hostname (control character \\x1b)\r\n"),
+        ("c", b"MAIL FROM:<caf\xe9@x>\r\n"),
+        ("c", b"X" * 5000),
+        ("c", b"Y" * 10 + b"\r\n"),
+        ("s", b"500 5.5.2 Error: line too long\r\n"),
+    ]
+    + QUIT,
+    "typed by hand with bare LF line ends": [
+        ("s", b"220 mail.test ESMTP\r\n"),
+        ("c", b"helo me\n"),
+        ("s", b"250 mail.test\r\n"),
+        ("c", b"mail from:<a@b>\n"),
+        ("s", b"250 2.1.0 Ok\r\n"),
+        ("c", b"rcpt to:<alice@localhost>\n"),
+        ("s", b"250 2.1.5 Ok\r\n"),
+        ("c", b"data\n"),
+        ("s", b"354 End data with a line holding only a dot (.)\r\n"),
+        ("c", b"Hello\n"),
+        ("c", b"there\n.\n"),
+        ("s", b"250 2.0.0 Ok: queued as 6921A3F0ABCD00004\r\n"),
+        ("c", b"quit\n"),
+        ("s", b"221 2.0.0 Bye\r\n"),
+    ],
+    "a bare LF dot line inside a CRLF message": HELLO + _envelope(b"a\r\n.\nb\r\n.\r\n"),
+    "a whole session piped in one read": [
+        ("s", b"220 mail.test ESMTP\r\n"),
+        ("c", b"helo me\nmail from:<a@b>\nrcpt to:<alice@localhost>\ndata\nHello\n.\nquit\n"),
+        ("s", b"250 mail.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"),
+        ("s", b"354 End data with a line holding only a dot (.)\r\n"),
+        ("s", b"250 2.0.0 Ok: queued as 6921A3F0ABCD00005\r\n"),
+        ("s", b"221 2.0.0 Bye\r\n"),
+        ("end",),
+    ],
+    "a message cut off by a timeout, and one by a hang-up": HELLO
+    + _envelope(b"x" * 5000)[:-1]
+    + [("c", b"\r\nmore\r\n"), ("s", b"421 4.4.2 mail.test Error: message took too long to send\r\n"), ("c", b"late\r\n.\r\n"), ("end",)],
+    "a hang-up inside a message": HELLO + _envelope(b"a line\r\nhalf a li")[:-1] + [("end",)],
+}
+
+
+class StepClock:
+    """A clock that moves only between the steps of a session: every event of one step has its time."""
+
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _pair(max_lines: int = 5000):
+    """The SMTP record and a record transcribed as it goes, each on a bus of its own with its own clock."""
+    made = []
+    for kind in (MailRecord, SessionRecord):
+        clock = StepClock()
+        bus = SessionEvents(max_lines=max_lines, clock=clock)
+        record = bus.start("smtp", ("127.0.0.1", 40000), ("127.0.0.1", 25), id="smtp#7", kind=kind)
+        if kind is MailRecord:
+            feed = {"c": record.client_bytes, "s": record.server_bytes}
+        else:
+            transcriber = Transcriber(record.id, record)
+            feed = {"c": transcriber.client_bytes, "s": transcriber.server_bytes}
+        made.append((bus, clock, record, feed))
+    return made
+
+
+def _play(step, record, feed) -> None:
+    what = step[0]
+    if what in ("c", "s"):
+        if step[1]:
+            feed[what](step[1])
+    elif what == "login":
+        record.logged_in(step[1])
+    elif what == "tls":
+        record.encrypted(step[1])
+    elif what == "end":
+        record.closed()
+
+
+def _kept_raw(record: MailRecord) -> bytes:
+    """Every octet the SMTP record holds, however kept."""
+    out = []
+    for entry in record._events:
+        for part in entry if isinstance(entry, tuple) else (entry,):
+            out.append(part if isinstance(part, bytes) else str(part).encode())
+    out.append(record._unfinished)
+    return b"|".join(out)
+
+
+def _same(lazy: MailRecord, eager: SessionRecord) -> None:
+    assert list(lazy.events) == list(eager.events)
+    assert lazy.dropped == eager.dropped
+    assert lazy.summary() == eager.summary()
+
+
+@pytest.mark.parametrize("name", list(SESSIONS))
+def test_an_smtp_session_nobody_watched_reads_exactly_as_one_transcribed_as_it_went(name):
+    (_, lazy_clock, lazy, lazy_feed), (_, eager_clock, eager, eager_feed) = _pair()
+    for step in SESSIONS[name]:
+        lazy_clock.now += 0.125
+        eager_clock.now += 0.125
+        _play(step, lazy, lazy_feed)
+        _play(step, eager, eager_feed)
+        assert not any(secret in _kept_raw(lazy) for secret in SECRETS)
+    _same(lazy, eager)
+    assert not any(secret in _kept_raw(lazy) for secret in SECRETS)
+
+
+def test_a_message_nobody_watched_is_kept_as_its_count_not_its_text():
+    (_, _, lazy, feed), _ = _pair()
+    for step in HELLO + _envelope(BODY + b".\r\n")[:-1]:
+        _play(step, lazy, feed)
+    assert b"stuffed" not in _kept_raw(lazy)
+    assert [text for _, _, kind, text in lazy.events][-3:] == ["354 End data with <CR><LF>.<CR><LF>", "[message: %d lines, %d octets]" % (BODY.count(b"\n"), len(BODY)), "."]
+
+
+@pytest.mark.parametrize("name", list(SESSIONS))
+@pytest.mark.parametrize("how", ["all", "list", "session", "read"])
+def test_a_watcher_or_reader_coming_at_any_step_sees_exactly_what_it_saw_before(name, how):
+    steps = SESSIONS[name]
+    for cut in range(len(steps) + 1):
+        (lazy_bus, lazy_clock, lazy, lazy_feed), (eager_bus, eager_clock, eager, eager_feed) = _pair()
+        told = {"lazy": [], "eager": []}
+        for n, step in enumerate(steps + [("c", b"")]):
+            lazy_clock.now += 0.125
+            eager_clock.now += 0.125
+            if n == cut:
+                for key, bus, record in (("lazy", lazy_bus, lazy), ("eager", eager_bus, eager)):
+                    seen = told[key]
+
+                    def watcher(r, event, seen=seen):
+                        seen.append((r.id, event, r.summary()["lines"]))
+
+                    if how == "all":
+                        bus.subscribe(watcher)
+                    elif how == "list":
+                        bus.subscribe(watcher, lines=False)
+                    elif how == "session":
+                        bus.subscribe(watcher, session=record.id)
+                        seen.append(list(record.events))  # what the console shows first
+                    else:
+                        seen.append((list(record.events), record.summary()))
+            _play(step, lazy, lazy_feed)
+            _play(step, eager, eager_feed)
+        assert told["lazy"] == told["eager"], f"watching from step {cut}"
+        _same(lazy, eager)
+
+
+def test_a_long_session_nobody_reads_keeps_its_last_events_as_one_transcribed_as_it_went():
+    (_, lazy_clock, lazy, lazy_feed), (_, eager_clock, eager, eager_feed) = _pair(max_lines=5)
+    steps = HELLO + _envelope(BODY + b".\r\n") * 150 + QUIT
+    for step in steps:
+        lazy_clock.now += 0.125
+        eager_clock.now += 0.125
+        _play(step, lazy, lazy_feed)
+        _play(step, eager, eager_feed)
+        assert len(lazy._events) <= 5 + 256 + 1
+    _same(lazy, eager)
+    assert lazy.dropped == lazy.summary()["lines"] - 5

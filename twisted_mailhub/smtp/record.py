@@ -1,0 +1,139 @@
+# -*- test-case-name: tests.test_smtp_lazy_record,tests.test_smtp_session_record -*-
+"""
+The session record of an SMTP connection: an FTP control connection's
+record (L{twisted_mailhub.ftp.record.ControlRecord}: what was said is
+kept as it came and made the C{(seq, time, kind, text)} events of every
+record only when someone reads them or watches it) that also keeps a
+message (DATA) as its two summary lines without a L{Transcriber}.
+
+Why: every SMTP connection is recorded while the console is on (the
+default), and almost none is looked at. Made into masked C:/S: lines as
+they came, the eight reads and replies of a message sent one command per
+round trip (MAIL, RCPT, DATA, the message and their replies) cost the
+reactor ~8 us of Python a message in the L{Transcriber}, and the wrapper
+that fed it (L{twisted_mailhub.transcript.TranscriptProtocol}, a call
+more per read and per reply) about as much again: ~17 of the ~85 us of
+the hub's own SMTP work a message (in-process, 32 connections, 1 KB).
+The SMTP connection now hands its bytes to this record itself
+(L{twisted_mailhub.smtp.server.MailhubSMTP.records_own_session}).
+
+How a message is kept: a reply kept as it came that is one line starting
+with C{354} (RFC 5321 §4.3.2, the go-ahead for DATA) starts a message:
+the client's next bytes are counted (L{_MessageLines}, a C{bytes.count}
+per chunk, as the L{Transcriber} counts them) up to the C{.} line that
+ends it, and the message is kept as one entry, its summary: made events,
+it is the two C: lines the L{Transcriber} makes of a message
+(C{[message: N lines, M octets]} and C{.}), with the time of the read
+that ended it. What came after the C{.} in that read (a pipelined next
+command) is a read of its own. When the kept entries are made events
+while a message is still coming, the count so far goes to the
+L{Transcriber}, which goes on with it exactly as if it had counted from
+the start. Nothing of a message is ever kept, only its count.
+
+Secrets: as in the FTP record, a read that may hold AUTH, PASS or LOGIN
+(any case) is transcribed at once, masked by the L{Transcriber}'s rules,
+and so is everything while it is inside an exchange (a SASL response
+after AUTH; the line after a refused AUTH, which may be a pasted
+password): kept bytes are only ever whole lines that need no state to be
+read.
+"""
+
+from __future__ import annotations
+
+from twisted_mailhub.ftp.record import ControlRecord
+from twisted_mailhub.transcript import _MessageLines
+
+# The kind of a kept entry that is a message's summary (made: two C: lines).
+_MESSAGE = object()
+
+
+class MailRecord(ControlRecord):
+    """
+    One SMTP connection's session record (made by C{SessionEvents.start(...,
+    kind=MailRecord)}): what it shows, tells and counts is a
+    L{twisted_mailhub.transcript.SessionRecord}'s with a L{Transcriber}
+    fed the connection's bytes (see the module). The connection hands it
+    every read (L{client_bytes}) and every reply (L{server_bytes}).
+    """
+
+    __slots__ = ("_message", "_unfinished")
+
+    def __init__(self, bus, id: str, protocol: str, client: tuple, server: tuple):
+        # A message being counted after a kept 354 (None: none), and the
+        # unfinished last line of what it was given so far.
+        self._message = None
+        self._unfinished = b""
+        ControlRecord.__init__(self, bus, id, protocol, client, server)
+
+    def client_bytes(self, data: bytes) -> None:
+        """What the client sent (one read, as it came, not empty)."""
+        message = self._message
+        if message is None:
+            ControlRecord.client_bytes(self, data)
+            return
+        if self._watched():
+            # Someone watches lines now: the Transcriber takes over the count.
+            self._transcribed().client_bytes(data)
+            self._rest = self._transcriber.at_rest()
+            return
+        if not (self._unfinished or message.octets or message._mid_line) and 0 <= data.find(b"\n.") == len(data) - 4 and data[-2:] == b"\r\n" and data[:1] != b".":
+            # The whole message in one read, ending in its CRLF "." CRLF and
+            # holding no other line that starts with "." (what most clients
+            # send): counted as _MessageLines.take counts it, in one pass.
+            message.lines = data.count(b"\n") - 1
+            message.octets = len(data) - 3
+            self._message = None
+            self._keep((_MESSAGE, message.summary()), self.bus.clock())
+            return
+        if self._unfinished:
+            data = self._unfinished + data
+            self._unfinished = b""
+        after, self._unfinished = message.take(data, 0)
+        if not message.ended:
+            return
+        self._message = None
+        self._keep((_MESSAGE, message.summary()), self.bus.clock())
+        if after < len(data):
+            self.client_bytes(data[after:])  # what came after the "." line: a read of its own
+
+    def server_bytes(self, data: bytes) -> None:
+        """What the server sent (one reply or several, as written, not empty)."""
+        bus = self.bus
+        if not bus.watchers and not bus.session_watchers and self._rest and data[-1:] == b"\n":
+            if not data.startswith(b"354"):
+                if data.find(b"\n354") < 0:
+                    self._keep(data, -bus.clock())
+                    return
+            elif self._message is None and data.find(b"\n") == len(data) - 1:
+                # The go-ahead for DATA, one line: what the client sends
+                # next is counted as a message (see the module).
+                self._keep(data, -bus.clock())
+                self._message = _MessageLines()
+                return
+        self._transcribed().server_bytes(data)
+        self._rest = self._transcriber.at_rest()
+
+    def _make(self) -> None:
+        """Play the kept entries through the Transcriber; a message still coming goes on there."""
+        ControlRecord._make(self)
+        message = self._message
+        if message is not None:
+            # The kept 354 was played just now (it is kept whenever a
+            # message is counted here): the Transcriber reads a message.
+            transcriber = self._transcriber
+            transcriber._in_data = message
+            transcriber._client = self._unfinished
+            self._message = None
+            self._unfinished = b""
+            self._rest = False
+
+    def _replayed(self, kind, text) -> None:
+        """One event made from a kept entry; a message's entry is its two C: lines, and ends the Transcriber's message."""
+        if kind is _MESSAGE:
+            transcriber = self._transcriber
+            transcriber._in_data = None
+            transcriber._client = b""
+            ControlRecord._replayed(self, "C", text)
+            ControlRecord._replayed(self, "C", b".")
+            return
+        ControlRecord._replayed(self, kind, text)
