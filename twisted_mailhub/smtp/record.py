@@ -40,11 +40,33 @@ read.
 
 from __future__ import annotations
 
-from twisted_mailhub.ftp.record import ControlRecord
+from twisted_mailhub.ftp.record import _MAYBE_SECRET, _SLACK, ControlRecord
 from twisted_mailhub.transcript import _MessageLines
 
-# The kind of a kept entry that is a message's summary (made: two C: lines).
+# The kind of a kept entry that is a message's count, (lines, octets) (made:
+# two C: lines, as _MessageLines.summary() and "."); and the message being
+# counted after a kept 354 before any of it came.
 _MESSAGE = object()
+_STARTED = object()
+
+# Reads lately found to hold no secret by the Transcriber's rules
+# (_MAYBE_SECRET): a client sends the same command lines message after
+# message (its MAIL FROM, DATA), and a look in a set costs a tenth of the
+# search. Only short reads, at most _SAFE_MOST of them (then it starts over).
+_SAFE: set = set()
+_SAFE_MOST = 1024
+_SAFE_LONGEST = 256
+
+
+def _no_secret(data: bytes) -> bool:
+    """Whether C{data}, a read not in L{_SAFE}, holds no secret by the Transcriber's rules (remembered if so)."""
+    if _MAYBE_SECRET(data) is not None:
+        return False
+    if len(data) <= _SAFE_LONGEST:
+        if len(_SAFE) >= _SAFE_MOST:
+            _SAFE.clear()
+        _SAFE.add(data)
+    return True
 
 
 class MailRecord(ControlRecord):
@@ -59,8 +81,9 @@ class MailRecord(ControlRecord):
     __slots__ = ("_message", "_unfinished")
 
     def __init__(self, bus, id: str, protocol: str, client: tuple, server: tuple):
-        # A message being counted after a kept 354 (None: none), and the
-        # unfinished last line of what it was given so far.
+        # A message being counted after a kept 354 (None: none; _STARTED:
+        # none of it yet; else its _MessageLines), and the unfinished last
+        # line of what it was given so far.
         self._message = None
         self._unfinished = b""
         ControlRecord.__init__(self, bus, id, protocol, client, server)
@@ -69,6 +92,19 @@ class MailRecord(ControlRecord):
         """What the client sent (one read, as it came, not empty)."""
         message = self._message
         if message is None:
+            bus = self.bus
+            if self._rest and not bus.watchers and not bus.session_watchers and data[-1:] == b"\n" and (data in _SAFE or _no_secret(data)):
+                # Whole lines, no secret, nobody watching lines: kept as
+                # they came (ControlRecord.client_bytes, inline).
+                events = self._events
+                if self._raw is None:
+                    self._raw = len(events)
+                events.append(data)
+                self._times.append(bus.clock())
+                if len(events) > self._max + _SLACK:
+                    self._make()
+                    self._trim()
+                return
             ControlRecord.client_bytes(self, data)
             return
         if self._watched():
@@ -76,15 +112,16 @@ class MailRecord(ControlRecord):
             self._transcribed().client_bytes(data)
             self._rest = self._transcriber.at_rest()
             return
-        if not (self._unfinished or message.octets or message._mid_line) and 0 <= data.find(b"\n.") == len(data) - 4 and data[-2:] == b"\r\n" and data[:1] != b".":
-            # The whole message in one read, ending in its CRLF "." CRLF and
-            # holding no other line that starts with "." (what most clients
-            # send): counted as _MessageLines.take counts it, in one pass.
-            message.lines = data.count(b"\n") - 1
-            message.octets = len(data) - 3
-            self._message = None
-            self._keep((_MESSAGE, message.summary()), self.bus.clock())
-            return
+        if message is _STARTED:
+            if 0 <= data.find(b"\n.") == len(data) - 4 and data[-2:] == b"\r\n" and data[:1] != b".":
+                # The whole message in one read, ending in its CRLF "." CRLF
+                # and holding no other line that starts with "." (what most
+                # clients send): counted as _MessageLines.take counts it,
+                # in one pass; its summary is made when it is read.
+                self._message = None
+                self._keep((_MESSAGE, (data.count(b"\n") - 1, len(data) - 3)), self.bus.clock())
+                return
+            message = self._message = _MessageLines()
         if self._unfinished:
             data = self._unfinished + data
             self._unfinished = b""
@@ -92,23 +129,32 @@ class MailRecord(ControlRecord):
         if not message.ended:
             return
         self._message = None
-        self._keep((_MESSAGE, message.summary()), self.bus.clock())
+        self._keep((_MESSAGE, (message.lines, message.octets)), self.bus.clock())
         if after < len(data):
             self.client_bytes(data[after:])  # what came after the "." line: a read of its own
 
     def server_bytes(self, data: bytes) -> None:
         """What the server sent (one reply or several, as written, not empty)."""
         bus = self.bus
-        if not bus.watchers and not bus.session_watchers and self._rest and data[-1:] == b"\n":
-            if not data.startswith(b"354"):
+        if self._rest and not bus.watchers and not bus.session_watchers and data[-1:] == b"\n":
+            if data[:3] != b"354":
                 if data.find(b"\n354") < 0:
-                    self._keep(data, -bus.clock())
+                    # No line of it starts SMTP's DATA: kept as it came
+                    # (_keep, inline; a reply's time is kept negative).
+                    events = self._events
+                    if self._raw is None:
+                        self._raw = len(events)
+                    events.append(data)
+                    self._times.append(-bus.clock())
+                    if len(events) > self._max + _SLACK:
+                        self._make()
+                        self._trim()
                     return
             elif self._message is None and data.find(b"\n") == len(data) - 1:
                 # The go-ahead for DATA, one line: what the client sends
                 # next is counted as a message (see the module).
                 self._keep(data, -bus.clock())
-                self._message = _MessageLines()
+                self._message = _STARTED
                 return
         self._transcribed().server_bytes(data)
         self._rest = self._transcriber.at_rest()
@@ -121,7 +167,7 @@ class MailRecord(ControlRecord):
             # The kept 354 was played just now (it is kept whenever a
             # message is counted here): the Transcriber reads a message.
             transcriber = self._transcriber
-            transcriber._in_data = message
+            transcriber._in_data = _MessageLines() if message is _STARTED else message
             transcriber._client = self._unfinished
             self._message = None
             self._unfinished = b""
@@ -133,7 +179,7 @@ class MailRecord(ControlRecord):
             transcriber = self._transcriber
             transcriber._in_data = None
             transcriber._client = b""
-            ControlRecord._replayed(self, "C", text)
+            ControlRecord._replayed(self, "C", b"[message: %d lines, %d octets]" % text)
             ControlRecord._replayed(self, "C", b".")
             return
         ControlRecord._replayed(self, kind, text)
