@@ -103,6 +103,21 @@ def test_lines_are_exactly_twisteds_text_observer_lines():
     assert _hub_text(_events()) == expected
 
 
+def test_a_quick_loggers_info_event_is_twisteds_loggers_and_reads_as_its_line():
+    from twisted_mailhub.logobserver import QuickLogger
+
+    seen = []
+    events = []
+    for kind in (Logger, QuickLogger):
+        logger = kind(namespace="twisted_mailhub.smtp.delivery", source="a source", observer=events.append)
+        logger.info("{delivered}", delivered="delivered 1A2B from=<a@b> to=<c@localhost> size=10")
+        event = events.pop()
+        assert event["log_logger"] is logger
+        seen.append({key: value for key, value in event.items() if key not in ("log_logger", "log_time")})
+    assert seen[0] == seen[1]
+    assert seen[1]["log_level"] is LogLevel.info and seen[1]["log_source"] == "a source"
+
+
 def test_legacy_log_msg_and_err_lines_are_twisteds():
     published: list[dict] = []
     publisher = LogPublisher(published.append)

@@ -528,12 +528,19 @@ async def _withdraw(hub: Any, stored: list[tuple[str, str]], qid: str) -> None:
             log.error("{qid}: copy for <{address}> could not be removed after another copy failed ({error})", qid=qid, address=address, error=e)
 
 
+# The store's name as the delivery line shows it, by --store value (one or two in a process).
+_backends: dict = {}
+
+
 def _log_delivery(hub: Any, qid: str, sender: str, stored: list[tuple[str, str]], size: int, client: str) -> None:
     """
     One line per message delivered to local accounts, as Postfix logs
     (queue id, envelope sender, recipients, size, where stored, client).
     """
-    backend = (hub.options.get("store") or "store").split(":", 1)[0]  # never a DSN
+    store = hub.options.get("store")
+    backend = _backends.get(store)
+    if backend is None:
+        backend = _backends[store] = (store or "store").split(":", 1)[0]  # never a DSN
     if len(stored) == 1:
         address, key = stored[0]
         recipients, where = f"<{address}>", f"{backend}:{address}/INBOX/{key}"
