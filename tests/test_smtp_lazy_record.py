@@ -182,12 +182,23 @@ def _play(step, record, feed) -> None:
     if what in ("c", "s"):
         if step[1]:
             feed[what](step[1])
+        if what == "c" and isinstance(record, MailRecord):
+            _as_the_connection_reads_it(record, step[1])
     elif what == "login":
         record.logged_in(step[1])
     elif what == "tls":
         record.encrypted(step[1])
     elif what == "end":
         record.closed()
+
+
+def _as_the_connection_reads_it(record: MailRecord, data: bytes) -> None:
+    """What the SMTP connection tells the record of a read that is a whole message (MailhubSMTP._whole_message)."""
+    size = len(data) - 3
+    segment = data[:size]
+    pairs = segment.count(b"\r\n")
+    if data[-5:] == b"\r\n.\r\n" and data.find(b"\r\n.\r\n") == size - 2 and data[:1] != b"." and segment.count(b"\r") == segment.count(b"\n") == pairs:
+        record.message_read(pairs, size)
 
 
 def _kept_raw(record: MailRecord) -> bytes:

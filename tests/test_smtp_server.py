@@ -188,6 +188,55 @@ def test_a_long_line_is_found_however_the_input_is_split(hub):
     assert len(hub.store.account("alice@localhost").folder("INBOX").messages()) == stored > 50
 
 
+# Messages as a client sends them after DATA (CRLF session), each ending in
+# CRLF "." CRLF: what the hub answers and stores must not depend on how the
+# reads cut them (a whole message in one read takes a shorter way).
+ONE_READ_MESSAGES = {
+    "plain": b"Subject: s\r\n\r\nbody\r\n.\r\n",
+    "dot-stuffed lines": b"Subject: s\r\n\r\n..one dot\r\n...two dots\r\n.x\r\n.\r\n",
+    "a first line that starts with a dot": b".Subject: s\r\n\r\nbody\r\n.\r\n",
+    "a bare LF": b"Subject: s\r\n\r\nsmuggled\n.\nMAIL FROM:<x@y>\r\n.\r\n",
+    "a bare CR": b"Subject: s\r\n\r\nbare\rCR\r\n.\r\n",
+    "a CR before the line end": b"Subject: s\r\n\r\nx\r\r\n.\r\n",
+    "a line of 999 octets": b"Subject: s\r\n\r\n" + b"a" * 999 + b"\r\n.\r\n",
+    "a line of 998 octets": b"Subject: s\r\n\r\n" + b"a" * 998 + b"\r\n.\r\n",
+    "over the size limit": b"Subject: s\r\n\r\n" + (b"b" * 98 + b"\r\n") * 101 + b".\r\n",
+    "just under it": b"Subject: s\r\n\r\n" + (b"b" * 98 + b"\r\n") * 99 + b".\r\n",
+    "a line of one dot first": b".\r\n",
+}
+
+
+def _after_trace(stored: bytes) -> bytes:
+    """A stored copy without its Return-Path and Received fields (they hold the queue id and the time)."""
+    i = stored.index(b"\r\n", stored.index(b"\r\n\tfor <") + 2)
+    return stored[i + 2 :]
+
+
+@pytest.mark.parametrize("name", list(ONE_READ_MESSAGES))
+def test_a_message_in_one_read_is_answered_and_stored_as_in_pieces(hub, name):
+    message = ONE_READ_MESSAGES[name]
+    outcomes = []
+    for cut in (None, 1, len(message) // 2, len(message) - 2):
+        proto, transport = connect(hub)
+        send_data(proto, transport)
+        pieces = [message] if cut is None else [message[:cut], message[cut:]]
+        for piece in pieces:
+            proto.dataReceived(piece)
+        proto.dataReceived(b"NOOP\r\n")
+        replies = [reply.split(b" as ")[0] for reply in said(transport)]  # (queue ids differ)
+        folder = hub.store.account("alice@localhost").folder("INBOX")
+        stored = [_after_trace(folder.read(info.uid)) for info in folder.messages()]
+        folder.expunge([info.uid for info in folder.messages()])
+        outcomes.append((replies, stored))
+    assert outcomes[0] == outcomes[1] == outcomes[2] == outcomes[3]
+    if name == "dot-stuffed lines":
+        assert outcomes[0][1] == [b"Subject: s\r\n\r\n.one dot\r\n..two dots\r\nx\r\n"]
+    if name in ("a bare LF", "a bare CR", "a CR before the line end", "a line of 999 octets", "over the size limit"):
+        assert outcomes[0][0][0].startswith((b"550", b"552")) and outcomes[0][1] == []
+    else:
+        assert outcomes[0][0][0] == b"250 2.0.0 Ok: queued" and len(outcomes[0][1]) == 1
+
+
 def test_end_of_data_split_across_packets(hub):
     proto, transport = connect(hub)
     proto.dataReceived(b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n")

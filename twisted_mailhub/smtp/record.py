@@ -78,7 +78,7 @@ class MailRecord(ControlRecord):
     every read (L{client_bytes}) and every reply (L{server_bytes}).
     """
 
-    __slots__ = ("_message", "_unfinished")
+    __slots__ = ("_message", "_unfinished", "_stash", "_stash_time")
 
     def __init__(self, bus, id: str, protocol: str, client: tuple, server: tuple):
         # A message being counted after a kept 354 (None: none; _STARTED:
@@ -86,10 +86,16 @@ class MailRecord(ControlRecord):
         # line of what it was given so far.
         self._message = None
         self._unfinished = b""
+        # The read after a kept 354, and its time, until the connection
+        # tells its count (message_read) or anything else is recorded.
+        self._stash = None
+        self._stash_time = 0.0
         ControlRecord.__init__(self, bus, id, protocol, client, server)
 
-    def client_bytes(self, data: bytes) -> None:
-        """What the client sent (one read, as it came, not empty)."""
+    def client_bytes(self, data: bytes, when: float | None = None) -> None:
+        """What the client sent (one read, as it came, not empty; C{when}: its time, if not now)."""
+        if self._stash is not None:
+            self._count_stashed()
         message = self._message
         if message is None:
             bus = self.bus
@@ -100,7 +106,7 @@ class MailRecord(ControlRecord):
                 if self._raw is None:
                     self._raw = len(events)
                 events.append(data)
-                self._times.append(bus.clock())
+                self._times.append(bus.clock() if when is None else when)
                 if len(events) > self._max + _SLACK:
                     self._make()
                     self._trim()
@@ -112,16 +118,43 @@ class MailRecord(ControlRecord):
             self._transcribed().client_bytes(data)
             self._rest = self._transcriber.at_rest()
             return
+        if when is None:
+            when = self.bus.clock()
         if message is _STARTED:
-            if 0 <= data.find(b"\n.") == len(data) - 4 and data[-2:] == b"\r\n" and data[:1] != b".":
-                # The whole message in one read, ending in its CRLF "." CRLF
-                # and holding no other line that starts with "." (what most
-                # clients send): counted as _MessageLines.take counts it,
-                # in one pass; its summary is made when it is read.
-                self._message = None
-                self._keep((_MESSAGE, (data.count(b"\n") - 1, len(data) - 3)), self.bus.clock())
+            if data[-5:] == b"\r\n.\r\n" and data[:1] != b".":
+                # The first read of a message, which may be all of it: the
+                # connection, which reads it next, may tell its count
+                # (message_read) before anything else is recorded; until
+                # then it is kept aside, not counted here.
+                self._stash = data
+                self._stash_time = when
                 return
-            message = self._message = _MessageLines()
+            message = _MessageLines()
+        self._take(message, data, when)
+
+    def _count_stashed(self) -> None:
+        """Count the first read of a message kept aside (no message_read came for it)."""
+        data, self._stash = self._stash, None
+        when = self._stash_time
+        if 0 <= data.find(b"\n.") == len(data) - 4 and data[-2:] == b"\r\n" and data[:1] != b".":
+            # The whole message in one read, ending in its CRLF "." CRLF
+            # and holding no other line that starts with "." (what most
+            # clients send): counted as _MessageLines.take counts it, in
+            # one pass; its summary is made when it is read.
+            self._message = None
+            self._keep((_MESSAGE, (data.count(b"\n") - 1, len(data) - 3)), when)
+            return
+        self._take(_MessageLines(), data, when, past=True)
+
+    def _take(self, message: _MessageLines, data: bytes, when: float, past: bool = False) -> None:
+        """
+        Count C{data} (a read at C{when}) as part of C{message}; keep its
+        count once it ended. C{past}: the read was kept aside while nobody
+        watched, so what came after the message in it is kept as it came
+        (whole lines; no secret), as it would have been then: a watcher that
+        came since is not told of it.
+        """
+        self._message = message
         if self._unfinished:
             data = self._unfinished + data
             self._unfinished = b""
@@ -129,12 +162,39 @@ class MailRecord(ControlRecord):
         if not message.ended:
             return
         self._message = None
-        self._keep((_MESSAGE, (message.lines, message.octets)), self.bus.clock())
+        self._keep((_MESSAGE, (message.lines, message.octets)), when)
         if after < len(data):
-            self.client_bytes(data[after:])  # what came after the "." line: a read of its own
+            rest = data[after:]  # what came after the "." line: a read of its own
+            if past and self._rest and rest[-1:] == b"\n" and (rest in _SAFE or _no_secret(rest)):
+                self._keep(rest, when)
+                return
+            self.client_bytes(rest, when)
+
+    def message_read(self, lines: int, octets: int) -> None:
+        """
+        The connection read the read recorded last as a whole message of
+        C{lines} lines, C{octets} octets before its "." line, which the
+        L{Transcriber} would read so too (CRLF line ends only, the "." line
+        last; L{twisted_mailhub.smtp.server.MailhubSMTP._whole_message}):
+        kept as its count without counting it again. Anything else (that
+        read is not the one aside here, or nothing is) changes nothing.
+        """
+        data = self._stash
+        if data is not None and len(data) == octets + 3:
+            self._stash = None
+            self._message = None
+            self._keep((_MESSAGE, (lines, octets)), self._stash_time)
+
+    def add(self, kind: str, text) -> None:
+        """As L{ControlRecord.add}, after the first read of a message kept aside is counted."""
+        if self._stash is not None:
+            self._count_stashed()
+        ControlRecord.add(self, kind, text)
 
     def server_bytes(self, data: bytes) -> None:
         """What the server sent (one reply or several, as written, not empty)."""
+        if self._stash is not None:
+            self._count_stashed()
         bus = self.bus
         if self._rest and not bus.watchers and not bus.session_watchers and data[-1:] == b"\n":
             if data[:3] != b"354":
@@ -161,6 +221,8 @@ class MailRecord(ControlRecord):
 
     def _make(self) -> None:
         """Play the kept entries through the Transcriber; a message still coming goes on there."""
+        if self._stash is not None:
+            self._count_stashed()
         ControlRecord._make(self)
         message = self._message
         if message is not None:

@@ -824,6 +824,17 @@ class MailhubSMTP(smtp.ESMTP):
         size limit only the last few octets are kept, to find the end of
         data. At the end: the input after it, and the Deferred of the reply.
         """
+        if (
+            len(self._data) == 2
+            and data.__class__ is bytes
+            and data[-5:] == b"\r\n.\r\n"
+            and self.crlf_session is not False
+            and data[:1] != b"."
+            and not (self._too_big or self._too_long)
+        ):
+            end = data.find(b"\r\n.\r\n")
+            if end == len(data) - 5:
+                return b"", self._whole_message(data, end + 2)
         before = len(self._data)
         self._data += data
         end, mark = self._find_end()
@@ -869,6 +880,42 @@ class MailhubSMTP(smtp.ESMTP):
             return
         self._line_start = last + 1
         self._too_long = stop - self._line_start > MAX_TEXT + 1
+
+    def _whole_message(self, data: bytes, size: int) -> defer.Deferred:
+        """
+        L{_end_of_data} for a message that came whole in one read of a
+        CRLF session (what most clients send: the message, then CRLF "."
+        CRLF, nothing else; its first line no "."): the same checks, in the
+        same order, with the same replies, on the read itself, the message
+        being C{data[:size]} (its lines with their CRLFs): no copy of it
+        into the DATA buffer and out again. Its count goes to the session's
+        record (L{twisted_mailhub.smtp.record.MailRecord.message_read}),
+        which then need not count it itself.
+        """
+        self._data = bytearray()
+        self.state = COMMAND
+        sender, recipients = self.sender, self.recipients
+        session = self._session()
+        self._reset_envelope()
+        if size > self.hub.max_message_size:
+            self.reply(552, "5.3.4 Error: message too big for this hub")
+            return defer.succeed(None)
+        if size > MAX_TEXT + 2 and _text_too_long(data, 0, size):
+            self.reply(550, "5.5.2 Error: message refused: a line of it is longer than 1000 octets with its line end (RFC 5321 4.5.3.1.6)")
+            return defer.succeed(None)
+        segment = data[:size]
+        # SMTP smuggling (CVE-2023-51764): every CR and LF in a CRLF pair.
+        pairs = segment.count(b"\r\n")
+        if segment.count(b"\r") != pairs or segment.count(b"\n") != pairs:
+            self.reply(550, "5.5.2 Error: message refused: bare <CR> or <LF> in data (lines must end with <CR><LF>)")
+            return defer.succeed(None)
+        record = self.record
+        if record is not None:
+            record.message_read(pairs, size)
+        # dot_unstuff (RFC 5321 §4.5.2): its first line starts with no ".".
+        d = deliver(self.hub, session, sender, recipients, segment.replace(b"\r\n.", b"\r\n"))
+        d.addCallbacks(self._delivered, self._not_delivered)
+        return d
 
     def _end_of_data(self, segment: bytes, head: int) -> defer.Deferred:
         sender, recipients = self.sender, self.recipients
