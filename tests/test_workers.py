@@ -105,6 +105,35 @@ def test_concurrent_delivery_through_two_workers_gives_unique_dense_uids(start_h
         assert _imap_uids(hub.ports["imap"]) == list(range(1, total + 1))
 
 
+def _connections_per_worker(hub) -> list[int]:
+    """Each worker's open connections, as C{mailhub-admin status} lists them."""
+    from tests.test_control import mailhub_admin
+
+    status = mailhub_admin("status", "--data", hub.data_dir)
+    return [int(n) for n in re.findall(r"^  worker \d: pid \d+, up \d+ s, (\d+) connections open", status.stdout, re.M)]
+
+
+def test_clients_connecting_at_once_are_split_evenly_over_the_workers(start_hub):
+    # Each burst of 32 clients: 16 on each worker, give or take one or two
+    # (a hash of the addresses, SO_REUSEPORT, split them as unevenly as
+    # 11 to 21: twisted_mailhub/accepts.py).
+    hub = start_hub("--workers", "2")
+    for burst in range(3):
+        clients = [socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10) for _ in range(32)]
+        try:
+            for client in clients:
+                assert client.recv(1000).startswith(b"220 ")
+            counts = _connections_per_worker(hub)
+            assert len(counts) == 2 and sum(counts) == 32 and max(counts) - min(counts) <= 2, (burst, counts)
+        finally:
+            for client in clients:
+                client.close()
+        # (each worker has seen its clients go before the next burst)
+        deadline = time.monotonic() + 10
+        while _connections_per_worker(hub) != [0, 0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
 def test_a_workers_log_lines_reach_standard_output_while_the_supervisor_is_stopped(start_hub):
     # Logging to standard output (-n), each worker writes its own lines
     # there: the supervisor is not on a line's way (relaying every
@@ -169,10 +198,10 @@ def only_worker(hub, index: int):
 def on_worker(hub, index: int, connect):
     """
     A client of worker C{index}: C{connect(timeout)} makes one and reads
-    the greeting. Each worker accepts on a socket of its own (the kernel
-    picks one for each new connection), so while the others are stopped a
-    client is greeted only if it reached worker C{index}; one that was
-    not is dropped and another made.
+    the greeting. While the others are stopped only worker C{index}
+    accepts (the one with fewer connections is waited for at most
+    twisted_mailhub.accepts.GRACE); a client that was not greeted in
+    time is dropped and another made.
     """
     for _ in range(60):
         with only_worker(hub, index):

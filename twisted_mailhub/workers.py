@@ -14,13 +14,13 @@ core) the process C{twistd} starts becomes a supervisor:
    (C{reactor.adoptStreamPort}). Both ways the brief offered, each for
    what it is good at: the sockets are bound in this one process (with
    privileges, before C{--uid}; one place reports a bind error; C{tcp:0}
-   gives every worker the same port), and a TCP listener is bound once
-   per worker in one C{SO_REUSEPORT} group (L{WorkersService._same_port})
-   so that the kernel spreads new connections evenly over the workers.
-   One socket shared by all workers was tried first: whichever worker woke
-   first took most of a burst of clients (32 at once: 3 to 1). While a
-   worker is being restarted, the connections the kernel gives its
-   socket wait in its backlog (the supervisor keeps it open).
+   gives every worker the same port). Every worker accepts on the one
+   socket of a listener, and a new connection goes to the worker with
+   the fewest open (L{twisted_mailhub.accepts}: a table in shared
+   memory the supervisor makes and hands down too): neither the first
+   worker to wake (32 clients at once: 3 to 1) nor a hash of the
+   addresses (C{SO_REUSEPORT}: as uneven as 11 to 21) spreads them
+   evenly. While a worker is being restarted, the others accept.
  - It logs C{mailhub ready {ports}} once every worker is ready; a worker's
    log lines come to it over a pipe and are logged with C{worker N} as
    their system.
@@ -87,10 +87,6 @@ FIRST_FD = 4
 # Listeners served by worker 0 alone: the web face keeps browser sessions
 # in memory (a login must find its session on the next request).
 ONE_WORKER_LISTENERS = frozenset({"web", "webs"})
-# The address families whose listeners are bound once per worker in one
-# SO_REUSEPORT group; any other (a UNIX socket) is one socket every worker
-# accepts on.
-_INTERNET = (socket.AF_INET, socket.AF_INET6)
 WATCH_CHECK = 0.25  # seconds between worker 0's looks at whether a console is open
 _LINE_KINDS = frozenset({"C", "S"})
 STOP_GRACE = 10.0  # seconds a worker has to stop before SIGKILL
@@ -406,7 +402,6 @@ class WorkersService(OffersLogObserver, service.Service):
         self.workers: dict[int, _WorkerProcess] = {}
         self.generations: dict[int, int] = {}  # index -> how many times restarted
         self.fds: dict[str, list[int]] = {}  # listener -> its socket for each worker (or one for all)
-        self.sockets: list[socket.socket] = []
         self.was_ready = False
         self.stopping = False
         self.failed = False
@@ -419,32 +414,16 @@ class WorkersService(OffersLogObserver, service.Service):
         self.metrics_last: dict[int, Any] = {}
         self.metrics_retired: Any = None
         self.control: Any = None
+        self.table_fd: int | None = None  # every worker's open connections (twisted_mailhub.accepts)
 
     def privilegedStartService(self) -> None:
-        from twisted.internet import tcp
-
         hub_service = self.hub_service
-        reuse_port = getattr(socket, "SO_REUSEPORT", None)
-        original = tcp.Port.createInternetSocket
-
-        def reusable(port):
-            made = original(port)
-            # (twisted's unix.Port is a tcp.Port too: a UNIX socket has no
-            # SO_REUSEPORT group; it is bound once and shared by the workers)
-            if reuse_port is not None and port.addressFamily in _INTERNET:
-                made.setsockopt(socket.SOL_SOCKET, reuse_port, 1)
-            return made
-
-        tcp.Port.createInternetSocket = reusable
-        try:
-            hub_service._bind()
-        finally:
-            tcp.Port.createInternetSocket = original
+        hub_service._bind()
         for name, port in hub_service.bound.items():
             port.stopReading()  # the workers accept; this process never does
+            # One socket, every worker accepting on it: new connections go
+            # to the worker with the fewest (twisted_mailhub.accepts).
             self.fds[name] = [port.fileno()]
-            if reuse_port is not None and getattr(port, "addressFamily", None) in _INTERNET and name not in ONE_WORKER_LISTENERS:
-                self.fds[name] += [self._same_port(port, name).fileno() for _ in range(self.count - 1)]
         run_as = getattr(self.hub, "run_as", None)
         self.hub.tls  # the certificate is made once, here, before any worker
         if run_as is not None and os.geteuid() == 0:
@@ -452,31 +431,6 @@ class WorkersService(OffersLogObserver, service.Service):
 
             give_data_to(self.hub.data_dir, *run_as)
         service.Service.privilegedStartService(self)
-
-    def _same_port(self, port: Any, name: str) -> socket.socket:
-        """
-        One more listening socket on C{port}'s address, in its
-        C{SO_REUSEPORT} group: the kernel spreads new connections evenly
-        over the group's sockets, one per worker.
-        """
-        made = socket.socket(port.addressFamily, socket.SOCK_STREAM)
-        try:
-            made.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            made.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if port.addressFamily == socket.AF_INET6:
-                v6only = port.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
-                made.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
-            made.bind(port.socket.getsockname())
-            made.listen(port.backlog)
-            made.setblocking(False)  # (adoptStreamPort expects it)
-        except OSError as e:
-            made.close()
-            from twisted_mailhub.hub import ListenFailed, cannot_listen_line
-
-            log.critical("{line}", line=cannot_listen_line(name, f"the port of {name} again, for a worker", e))
-            raise ListenFailed(name)
-        self.sockets.append(made)
-        return made
 
     def startService(self) -> None:
         if not self.fds and not self.hub_service._bound:
@@ -507,6 +461,10 @@ class WorkersService(OffersLogObserver, service.Service):
             self._previous_sighup = sighup.release(self._on_sighup)
         except ValueError:
             self._previous_sighup = None
+        from twisted_mailhub import accepts
+
+        if self.table_fd is None:
+            self.table_fd = accepts.make_table(self.count, self.hub.data_dir)
         log.info("mailhub: starting {count} worker processes", count=self.count)
         for index in range(self.count):
             self.spawn(index)
@@ -558,6 +516,10 @@ class WorkersService(OffersLogObserver, service.Service):
                 log_fd = FIRST_FD + len(self.fds)
                 child_fds[log_fd] = self.log_observer.fd
                 spec["log_fd"] = log_fd
+        if self.table_fd is not None:
+            table_fd = max(child_fds) + 1
+            child_fds[table_fd] = self.table_fd
+            spec["table_fd"] = table_fd
         env[ENV] = json.dumps(spec)
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -757,9 +719,9 @@ class WorkersService(OffersLogObserver, service.Service):
             for port in self.hub_service.ports:
                 port.stopListening()
             self.hub_service.ports = []
-            for made in self.sockets:
-                made.close()
-            self.sockets = []
+            if self.table_fd is not None:
+                os.close(self.table_fd)
+                self.table_fd = None
 
         return d.addBoth(done)
 
@@ -1172,10 +1134,12 @@ class WorkerLink:
                 record.add(kind, text)
 
 
-def _adopt(reactor: Any, fds: dict[str, int]):
+def _adopt(reactor: Any, fds: dict[str, int], table: Any = None):
     """
     C{hub.adopt(name, endpoint, factory)} for a worker: listen on the
-    socket the supervisor bound for listener C{name}.
+    socket the supervisor bound for listener C{name}; one every worker
+    serves accepts by the rules of C{table}
+    (L{twisted_mailhub.accepts.ConnectionTable}), if given.
     """
     from twisted.internet.endpoints import SSL4ServerEndpoint
     from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -1190,7 +1154,10 @@ def _adopt(reactor: Any, fds: dict[str, int]):
         probe = socket.socket(fileno=os.dup(fd))
         address_family = probe.family
         probe.close()
-        return defer.execute(reactor.adoptStreamPort, fd, address_family, factory)
+        d = defer.execute(reactor.adoptStreamPort, fd, address_family, factory)
+        if table is not None and name not in ONE_WORKER_LISTENERS:
+            d.addCallback(lambda port: (table.gate(port), port)[1])
+        return d
 
     return adopt
 
@@ -1302,7 +1269,12 @@ def run_worker(argv: list[str]) -> None:
     store = hub.store
     if getattr(store, "lock_maildrop", None) is None and getattr(store, "account_path", None) is not None:
         store.lock_maildrop = maildrop_locker(store)
-    hub.adopt = _adopt(reactor, {name: int(fd) for name, fd in spec["fds"].items()})
+    table = None
+    if spec.get("table_fd") is not None:
+        from twisted_mailhub.accepts import ConnectionTable
+
+        table = ConnectionTable(int(spec["table_fd"]), int(spec["index"]), int(spec["count"]), reactor)
+    hub.adopt = _adopt(reactor, {name: int(fd) for name, fd in spec["fds"].items()}, table)
     # The connection limits are divided between the workers (README).
     limits = hub.connection_limits
     count = max(1, int(spec["count"]))
