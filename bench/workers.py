@@ -20,7 +20,9 @@ list: the case that needs the cross-process lock). Rounds alternate
 between the two hubs; the median is reported, with the hub's CPU time per
 message (every process of the hub: supervisor and workers, user +
 system, from /proc) and how the connections were spread over the
-workers. Every accepted message is then looked for on disk, and the
+workers (and, from the hub's control socket while a round runs, how
+many of the client's connections each worker has). Every accepted
+message is then looked for on disk, and the
 folder's UIDs must be 1..N with no duplicate: a missing, damaged or
 doubly numbered message fails the run.
 
@@ -68,6 +70,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -163,12 +166,14 @@ def build_client(work: str) -> str | None:
     return program
 
 
-def c_run(program: str, body_path: str, port: int, rcpt: bytes, clients: int, count: int, pipelining: bool, waited: list[float] | None = None) -> tuple[float, list[int], float]:
+def c_run(program: str, body_path: str, port: int, rcpt: bytes, clients: int, count: int, pipelining: bool, waited: list[float] | None = None, spread: Any = None) -> tuple[float, list[int], float]:
     """
     One round with the C client: (seconds, the ids of the messages
     accepted, the client's CPU seconds). Any refusal ends the run. With
     C{waited}, the seconds the client waited for a core while it could
-    run are appended to it (its /proc/self/schedstat).
+    run are appended to it (its /proc/self/schedstat). With C{spread}
+    (a L{ConnectionSpread}), how the client's connections are spread
+    over the hub's workers is noted while it runs.
     """
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(
@@ -176,6 +181,8 @@ def c_run(program: str, body_path: str, port: int, rcpt: bytes, clients: int, co
             stdout=out,
             stderr=err,
         )
+        if spread is not None:
+            spread.look(clients, lambda: process.poll() is None)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -187,6 +194,40 @@ def c_run(program: str, body_path: str, port: int, rcpt: bytes, clients: int, co
     if waited is not None:
         waited.append(float(words[5]) if len(words) > 5 and words[4] == "waited" else 0.0)
     return float(words[3]), list(range(count)), usage.ru_utime + usage.ru_stime
+
+
+class ConnectionSpread:
+    """
+    How a round's client connections are spread over the workers of a
+    C{--workers} hub, from its control socket (C{status}: each worker's
+    open connections), once they are all open.
+    """
+
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
+        self.rounds: list[list[int]] = []
+
+    def look(self, clients: int, running: Any, timeout: float = 3.0, every: float = 0.05) -> None:
+        # (every look costs the supervisor and each worker a status: a few,
+        # not one per 10 ms, so that the round's CPU is the hub's work)
+        from twisted_mailhub import control
+
+        deadline = time.monotonic() + timeout
+        counts: list[int] = []
+        time.sleep(every)
+        while running() and time.monotonic() < deadline:
+            try:
+                answer = control.ask(self.data_dir, "status", timeout=1.0) or {}
+            except OSError:
+                answer = {}
+            counts = [int(w.get("connections_open") or 0) for w in answer.get("workers", [])]
+            if sum(counts) >= clients:
+                break
+            time.sleep(every)
+        self.rounds.append(counts)
+
+    def text(self) -> str:
+        return ", ".join("/".join(str(n) for n in counts) or "?" for counts in self.rounds)
 
 
 def dirty_megabytes() -> float:
@@ -338,6 +379,8 @@ def main() -> None:
     busy: dict[str, list[float]] = {name: [] for name in hubs}
     hub_waited: dict[str, list[float]] = {name: [] for name in hubs}
     client_waited: dict[str, list[float]] = {name: [] for name in hubs}
+    # How the client's connections were spread over the workers, per round.
+    spreads = {name: ConnectionSpread(hub.data_dir) for name, hub in hubs.items() if "--workers" in hub.args}
     try:
         for hub in hubs.values():
             hub.start()
@@ -356,7 +399,7 @@ def main() -> None:
                 queued_before = sum(runqueue_wait(p) for p in pids)
                 client_queued: list[float] = []
                 if program is not None:
-                    elapsed, accepted, client = c_run(program, body_path, hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, not args.no_pipelining, client_queued)
+                    elapsed, accepted, client = c_run(program, body_path, hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, not args.no_pipelining, client_queued, spreads.get(name))
                 else:
                     client_before = time.process_time()
                     elapsed, accepted = asyncio.run(smtp_run(hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, args.size, not args.no_pipelining))
@@ -390,7 +433,8 @@ def main() -> None:
                 hub_waited[name].append(queued / len(accepted) * 1e6)
                 if client_queued:
                     client_waited[name].append(client_queued[0] / len(accepted) * 1e6)
-                print(f"  round {r + 1} {name:>12}: {rate:8.0f} msg/s, {used / len(accepted) * 1e6:5.0f} µs hub CPU/msg{share}"
+                connections = f", connections per worker {'/'.join(map(str, spreads[name].rounds[-1]))}" if name in spreads and spreads[name].rounds else ""
+                print(f"  round {r + 1} {name:>12}: {rate:8.0f} msg/s, {used / len(accepted) * 1e6:5.0f} µs hub CPU/msg{share}{connections}"
                       f" (system {system / len(accepted) * 1e6:.0f}; reactor+other threads per process {threads};"
                       f" context switches voluntary/preempted per process {waits}; waited for a core: hub {queued / len(accepted) * 1e6:.0f}"
                       f"{f', client {client_queued[0] / len(accepted) * 1e6:.0f}' if client_queued else ''}; the client used {client / len(accepted) * 1e6:.0f};"
@@ -419,6 +463,9 @@ def main() -> None:
         of_supervisor = f", of which the supervisor {statistics.median(supervisor[name]):.0f}" if supervisor[name] else ""
         print(f"{name:>12}: median {statistics.median(results[name]):8.0f} msg/s, {statistics.median(cpu[name]):5.0f} µs hub CPU/msg (every process of the hub, user + system){of_supervisor}")
     print(f"ratio: {other / one:.2f}x   (deliveries per worker: {dict(sorted(spread.items()))})")
+    for name, seen in spreads.items():
+        if seen.rounds:
+            print(f"  {name}: the {args.clients} connections per worker, each round: {seen.text()}")
     print()
     print("fair? per hub, medians: cores kept busy (CPU / wall), µs per message waited for a core (runnable, not running) by the hub and by the client, flush modes")
     for name in hubs:
