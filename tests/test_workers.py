@@ -114,17 +114,21 @@ def _connections_per_worker(hub) -> list[int]:
 
 
 def test_clients_connecting_at_once_are_split_evenly_over_the_workers(start_hub):
-    # Each burst of 32 clients: 16 on each worker, give or take one or two
-    # (a hash of the addresses, SO_REUSEPORT, split them as unevenly as
-    # 11 to 21: twisted_mailhub/accepts.py).
+    # Bursts of 32 clients: 16 on each worker, give or take one or two
+    # (twisted_mailhub/accepts.py). A hash of the addresses (SO_REUSEPORT)
+    # split them as unevenly as 11 to 21: within two in 4 bursts of 5 about
+    # one time in ten. (A worker that gets no core for 5 ms on a loaded
+    # machine may leave one burst a little uneven: 4 of 5 are asked.)
     hub = start_hub("--workers", "2")
-    for burst in range(3):
+    splits = []
+    for burst in range(5):
         clients = [socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10) for _ in range(32)]
         try:
             for client in clients:
                 assert client.recv(1000).startswith(b"220 ")
             counts = _connections_per_worker(hub)
-            assert len(counts) == 2 and sum(counts) == 32 and max(counts) - min(counts) <= 2, (burst, counts)
+            assert len(counts) == 2 and sum(counts) == 32, counts
+            splits.append(sorted(counts))
         finally:
             for client in clients:
                 client.close()
@@ -132,6 +136,7 @@ def test_clients_connecting_at_once_are_split_evenly_over_the_workers(start_hub)
         deadline = time.monotonic() + 10
         while _connections_per_worker(hub) != [0, 0] and time.monotonic() < deadline:
             time.sleep(0.05)
+    assert sum(high - low <= 2 for low, high in splits) >= 4, splits
 
 
 def test_a_workers_log_lines_reach_standard_output_while_the_supervisor_is_stopped(start_hub):
