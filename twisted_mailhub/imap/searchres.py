@@ -32,21 +32,37 @@ NO_UID = b"4294967295"
 _SET_COMMANDS = {b"FETCH", b"STORE", b"COPY", b"MOVE", b"EXPUNGE"}
 _KEY_COMMANDS = {b"SEARCH", b"SORT", b"THREAD"}
 _RETURN = re.compile(rb"\A\s*RETURN\s*\(([^()]*)\)", re.I)
-_DOLLAR = re.compile(rb'"(?:[^"\\]|\\.)*"|(?<![^\s(])\$(?=[\s)]|\Z)')
+# C{$} (or C{UID $}: the key UID with $ as its set) outside quoted strings.
+_DOLLAR = re.compile(rb'"(?:[^"\\]|\\.)*"|(?<![^\s(])(?:UID\s+)?\$(?=[\s)]|\Z)', re.I)
 
 
 def _replace_dollar(text: bytes, replacement: bytes) -> tuple[bytes, bool]:
-    """Every C{$} outside quoted strings replaced; (text, whether any was)."""
+    """
+    Every C{$} outside quoted strings replaced, C{UID $} as C{$} is
+    (C{replacement} is C{UID set}); (text, whether any was).
+    """
     found = False
 
     def sub(m: re.Match) -> bytes:
         nonlocal found
-        if m.group(0) == b"$":
+        if not m.group(0).startswith(b'"'):
             found = True
             return replacement
         return m.group(0)
 
     return _DOLLAR.sub(sub, text), found
+
+
+def _kept(uids: list[int], others: list[bytes]) -> list[int]:
+    """
+    What C{RETURN (SAVE ...)} keeps of a result (UIDs ascending), RFC 5182
+    §2.4: with MIN and/or MAX but neither ALL nor COUNT (nor PARTIAL),
+    only those messages; otherwise all of them.
+    """
+    asked = {o.upper() for o in others}
+    if not uids or not asked & {b"MIN", b"MAX"} or asked & {b"ALL", b"COUNT", b"PARTIAL"}:
+        return uids
+    return sorted({uids[0] if b"MIN" in asked else uids[-1], uids[-1] if b"MAX" in asked else uids[0]})
 
 
 class SearchResults:
@@ -83,15 +99,20 @@ class SearchResults:
             m = _RETURN.match(rest)
             if m and any(o.upper() == b"SAVE" for o in m.group(1).split()):
                 others = [o for o in m.group(1).split() if o.upper() != b"SAVE"]
-                keys = rest[m.end() :]
+                # $ among the keys is the result saved before this SEARCH
+                # (RFC 5182 §2.1), for the search and for what it returns.
+                before = uid_set_text(self.saved_uids()) or NO_UID
+                keys, _ = _replace_dollar(rest[m.end() :], b"UID " + before)
                 uids = self._run_search(keys)
-                self.save_result(uids or [])
+                self.save_result(_kept(uids or [], others))
                 if uids is not None:
                     if not others:
                         # RFC 5182 §2.4: SAVE alone answers no ESEARCH.
                         self.sendPositiveResponse(tag, b"SEARCH completed (result saved)")
                         return None
-                    rest = b"RETURN (" + b" ".join(others) + b")" + keys
+                    return cmd, b"RETURN (" + b" ".join(others) + b")" + keys, uid
+                # Keys that do not read: the SEARCH itself says why (BAD).
+                return cmd, (b"RETURN (" + b" ".join(others) + b")" + keys if others else keys.lstrip()), uid
         if b"$" not in rest:
             return cmd, rest, uid
         saved = self.saved_uids()
