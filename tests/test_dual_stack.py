@@ -137,3 +137,21 @@ def test_smtp_names_an_ipv4_client_of_a_dual_stack_listener_by_its_ipv4_address(
     assert "pop3 login alice from 127.0.0.1" in hub.log
     about_clients = [line for line in hub.log.splitlines() if " login " in line or "client=" in line]
     assert about_clients and not [line for line in about_clients if "::ffff" in line.lower()]
+
+
+def test_an_ipv4_client_may_name_itself_in_ipv4_mapped_form_in_eprt(hub):
+    f = ftplib.FTP(timeout=30)
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login("alice", "secret")
+    f.storbinary("STOR four", io.BytesIO(b"over IPv4"))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        assert f.sendcmd(f"EPRT |2|::ffff:127.0.0.1|{port}|").startswith("200")
+        f.putcmd("RETR four")
+        assert f.getresp().startswith("150")
+        conn, _ = listener.accept()
+        with conn:
+            assert conn.makefile("rb").read() == b"over IPv4"
+        assert f.voidresp().startswith("226")
+    f.quit()

@@ -833,6 +833,10 @@ class MailhubFTP(ftp.FTP):
             return f"501 {verb}: {port} is not a TCP port (1024-65535)."
         if port < 1024:
             return f"504 {verb} refused: the port must be 1024-65535, not a privileged port (RFC 2577)."
+        if ":" not in self.address and host[:7].lower() == "::ffff:":
+            # EPRT |2|::ffff:a.b.c.d| from an IPv4 client (an IPv6 socket's
+            # view of its own address): the data connection goes over IPv4.
+            host = host[7:]
         self.data.active(host, port)
         return f"200 {verb} command successful."
 
