@@ -250,6 +250,38 @@ def test_a_student_cannot_open_another_students_session_or_message(hub, browser)
     assert "sent from Chromium" not in browser.page_source  # bob's mail
 
 
+def test_a_typed_session_that_logs_in_as_another_student_leaves_the_students_console_at_once(hub, browser):
+    # From the address of alice's browser: she sees it while it is
+    # anonymous (her own nc would be), not once it is bob's.
+    login(browser, hub, "alice", "secret")
+    browser.get(base(hub) + "/console")
+    WebDriverWait(browser, 15).until(lambda d: "live" in d.find_element(By.TAG_NAME, "body").get_attribute("class"))
+    list_tab = browser.current_window_handle
+    pop = socket.create_connection(("127.0.0.1", hub.ports["pop3"]), timeout=10)
+    try:
+        reader = pop.makefile("rb")
+        reader.readline()
+        WebDriverWait(browser, 15).until(lambda d: [a for a in d.find_elements(By.CSS_SELECTOR, "#sessions tr.open td a") if a.text.startswith("pop3#")])
+        session_id = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#sessions tr.open td a") if a.text.startswith("pop3#")][0]
+        browser.switch_to.new_window("tab")
+        browser.get(base(hub) + "/console/session/" + urllib.parse.quote(session_id, safe=""))
+        wait_text(browser, "+OK")
+        WebDriverWait(browser, 15).until(lambda d: "live" in d.find_element(By.TAG_NAME, "body").get_attribute("class"))
+        for line in (b"USER bob", b"PASS hungry", b"LIST"):
+            pop.sendall(line + b"\r\n")
+            reader.readline()
+        wait_text(browser, "This session logged in as another account")
+        assert "USER bob" not in browser.find_element(By.ID, "lines").text
+        assert "LIST" not in browser.find_element(By.ID, "lines").text
+        browser.close()
+        browser.switch_to.window(list_tab)
+        WebDriverWait(browser, 15).until(lambda d: session_id not in d.find_element(By.ID, "sessions").text)
+    finally:
+        pop.close()
+    browser.refresh()
+    assert session_id not in browser.find_element(By.ID, "sessions").text
+
+
 def test_an_active_mode_ftp_data_connection_from_port_l_minus_1_is_on_screen(browser, tmp_path):
     import ftplib
     import io

@@ -8,9 +8,21 @@ transcript}) and nothing else. A browser watches over a WebSocket
 (C{/console/live}, RFC 6455, L{twisted.web.websocket}); while nobody
 watches, the console costs nothing but the bus's deque appends.
 
-Who sees what: a teacher (C{--teacher}) sees every session; any other
-account sees the sessions that logged in as it and the sessions that come
-from the address its browser comes from.
+Who sees what (L{can_see}): a teacher (C{--teacher}) sees every session.
+Any other account (a student) sees
+ - the sessions that logged in as it, from wherever they came; and
+ - the sessions that have not logged in (an SMTP session typed by hand
+   with nc or telnet, a POP3 or FTP session before its USER/PASS) from
+   the address its browser comes from: that is how one finds one's own
+   typed session.
+A session that logged in as another account is never shown to a student,
+even from the same address (a class behind one NAT address, or everyone
+on one machine): its lines are that account's mail. When an anonymous
+session logs in as another account, it leaves the student's list and an
+open page of it stops, at once (a C{hidden} update on the live socket).
+Behind a shared address, students still see each other's anonymous
+sessions (nothing in them is an account's mail: the SMTP envelope and a
+summary of the message, secrets masked).
 
 Pages:
  - C{/console}: the session list.
@@ -184,13 +196,16 @@ def event_dict(record: Any, event: tuple, command: Any = _LOOK) -> dict[str, Any
 def can_see(user: Any, browser_address: str, record: Any) -> bool:
     """
     May C{user} (browsing from C{browser_address}) see session C{record}?
+    A teacher: every session. Anyone else: the sessions logged in as
+    itself, and the sessions not logged in (yet) from C{browser_address};
+    never one logged in as another account (the module's "Who sees what").
     """
     if user is None:
         return False
     if user.is_teacher:
         return True
-    if record.account and record.account.lower() == user.address.lower():
-        return True
+    if record.account:
+        return record.account.lower() == user.address.lower()
     return record.client[0] == browser_address
 
 
@@ -244,7 +259,10 @@ class Console(resource.Resource):
         browser = client_host(request)
         records = [r for r in self.face.hub.events.sessions() if can_see(session.user, browser, r)]
         records = records[-SHOWN_SESSIONS:][::-1]
-        scope = "every session on the hub" if session.user.is_teacher else f"your sessions (logged in as {session.user.address}, or from {browser})"
+        scope = (
+            "every session on the hub (you are a teacher)" if session.user.is_teacher
+            else f"your sessions: those logged in as {session.user.address}, and those from your address {browser} that have not logged in (typed by hand, say with nc); a session that logs in as another account leaves this list"
+        )
         content = [
             tags.p("Live: ", scope, ". New sessions appear at the top as they start; open one to watch its lines with their meaning.", class_="lead"),
             tags.table(
@@ -439,6 +457,12 @@ class LiveSocket(resource.Resource):
         return watcher
 
 
+def _update_session(update: dict[str, Any]) -> str:
+    """The id of the session an update of the live socket is about."""
+    about = update.get("session")
+    return about.get("id", "") if isinstance(about, dict) else (about or update.get("id", ""))
+
+
 def _same_origin(request: Any) -> bool:
     origin = request.getHeader(b"origin")
     if origin is None:
@@ -553,13 +577,22 @@ class ConsoleWatcher:
     # the bus
     def event(self, record: Any, event: tuple) -> None:
         kind = event[2]
+        if self.session_id is not None and record.id != self.session_id:
+            return
+        if not can_see(self.user, self.browser, record):
+            if kind == "login" and record.client[0] == self.browser:
+                # An anonymous session from this browser's address (shown
+                # until now) logged in as another account: it leaves this
+                # browser at once, with what was not sent yet of it.
+                self.pending = [u for u in self.pending if _update_session(u) != record.id]
+                self.pending.append({"type": "hidden", "id": record.id})
+                self._schedule()
+            return
         if self.session_id is None:
-            if kind not in _LIST_KINDS or not can_see(self.user, self.browser, record):
+            if kind not in _LIST_KINDS:
                 return
             self.pending.append({"type": "session", "session": record.summary()})
         else:
-            if record.id != self.session_id or not can_see(self.user, self.browser, record):
-                return
             if self.answering is None:
                 self.answering = Answering.before(record, event[0])
             self.pending.append({"type": "event", "session": record.id, **event_dict(record, event, self.answering.feed(event))})

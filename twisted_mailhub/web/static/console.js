@@ -25,6 +25,13 @@
   }
   window.mailhubLive("", function (updates) {
     updates.forEach(function (u) {
+      if (u.type === "hidden") {
+        // (it logged in as another account: not this browser's to see)
+        Array.prototype.slice.call(body.rows).forEach(function (r) {
+          if (r.dataset.id === u.id) { body.removeChild(r); }
+        });
+        return;
+      }
       if (u.type !== "session") { return; }
       var fresh = row(u.session);
       var old = null;

@@ -50,6 +50,18 @@
   }
   window.mailhubLive("?session=" + encodeURIComponent(id) + "&after=" + last, function (updates) {
     updates.forEach(function (u) {
+      if (u.type === "hidden" && u.id === id) {
+        // It logged in as another account: what follows is theirs, and
+        // what this page showed of it goes too.
+        while (body.rows.length) { body.deleteRow(0); }
+        var note = document.createElement("p");
+        note.className = "error";
+        note.id = "hidden";
+        note.setAttribute("role", "alert");
+        note.textContent = "This session logged in as another account: it is not yours to watch any more.";
+        document.querySelector("main").prepend(note);
+        return;
+      }
       if (u.type === "event" && u.session === id) { add(u); }
       if (u.type === "session" && u.session.id === id) { facts(u.session); }
     });
