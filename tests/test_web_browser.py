@@ -250,6 +250,22 @@ def test_a_student_cannot_open_another_students_session_or_message(hub, browser)
     assert "sent from Chromium" not in browser.page_source  # bob's mail
 
 
+def test_from_a_message_the_reader_goes_to_the_older_one_and_back_to_the_folder(hub, browser):
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        for subject in ("walk first", "walk second"):
+            smtp.sendmail("carol@example.org", ["bob@localhost"], f"Subject: {subject}\r\n\r\n{subject} text\r\n".encode())
+    login(browser, hub, "bob", "hungry")
+    browser.get(base(hub) + "/mail/INBOX")
+    browser.find_element(By.LINK_TEXT, "walk second").click()
+    wait_text(browser, "walk second text")
+    browser.find_element(By.LINK_TEXT, "older ›").click()
+    WebDriverWait(browser, 15).until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "walk first")
+    browser.find_element(By.LINK_TEXT, "‹ newer").click()
+    WebDriverWait(browser, 15).until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "walk second")
+    browser.find_element(By.LINK_TEXT, "« INBOX").click()
+    WebDriverWait(browser, 15).until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "INBOX")
+
+
 def test_a_typed_session_that_logs_in_as_another_student_leaves_the_students_console_at_once(hub, browser):
     # From the address of alice's browser: she sees it while it is
     # anonymous (her own nc would be), not once it is bob's.

@@ -274,3 +274,74 @@ def test_a_message_can_be_marked_unread_and_in_trash_delete_says_it_is_for_ever(
     assert browser.post("/mail/INBOX/1/action", {"action": "delete"}).status == 303
     trash = browser.get("/mail/Trash/1")
     assert ">Delete for ever</button>" in trash.text
+
+
+HTML_ONLY = (
+    b"From: Carol <carol@example.org>\r\nTo: alice@localhost\r\nSubject: html only\r\nMessage-ID: <h1@example.org>\r\n"
+    b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+    b"<p>Hello <b>Alice</b>,</p><p>the meeting is at <i>noon</i>, see <a href='https://example.org/plan'>the plan</a>.</p>"
+    b"<ul><li>one</li><li>two</li></ul><script>steal()</script><style>p { color: red }</style>\r\n"
+)
+
+
+def _textarea(page: str) -> str:
+    import html
+
+    return html.unescape(re.search(r"<textarea[^>]*>(.*?)</textarea>", page, re.S).group(1))
+
+
+def test_a_reply_quotes_and_a_forward_carries_the_text_of_html_only_mail(hub):
+    # Both took only a text/plain part: HTML-only mail was replied to with
+    # nothing quoted and forwarded without its text.
+    send(hub, "carol@example.org", ["alice@localhost"], HTML_ONLY)
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    reply = _textarea(browser.get("/compose?reply=INBOX/1").text)
+    assert "> Hello Alice,\n> \n> the meeting is at noon, see the plan <https://example.org/plan>.\n> \n> - one\n> - two" in reply
+    forward = _textarea(browser.get("/compose?forward=INBOX/1").text)
+    assert forward.endswith("Subject: html only\n\nHello Alice,\n\nthe meeting is at noon, see the plan <https://example.org/plan>.\n\n- one\n- two")
+    for text in (reply, forward):
+        assert "<" + "b>" not in text and "steal()" not in text and "color: red" not in text
+
+
+def test_a_message_page_leads_back_to_the_folder_page_that_lists_it_and_to_its_neighbours(start_hub):
+    hub = start_hub()
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("alice", "secret")
+        for n in range(1, 53):  # (50 a page, newest first: UIDs 1 and 2 are on page 2)
+            imap.append("INBOX", None, None, f"Subject: number {n}\r\n\r\nx\r\n".encode())
+    finally:
+        imap.logout()
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    oldest = browser.get("/mail/INBOX/1").text
+    assert '<a href="/mail/INBOX?page=2" class="back">« INBOX</a>' in oldest
+    assert '<a href="/mail/INBOX/2" rel="prev" class="newer">' in oldest and 'class="older"' not in oldest
+    middle = browser.get("/mail/INBOX/30").text
+    assert '<a href="/mail/INBOX" class="back">« INBOX</a>' in middle
+    assert 'href="/mail/INBOX/31" rel="prev"' in middle and 'href="/mail/INBOX/29" rel="next"' in middle
+    assert "number 1<" in browser.get("/mail/INBOX?page=2").text
+
+
+def test_an_empty_folder_and_a_search_that_finds_nothing_say_so(hub):
+    browser = WebClient(hub)
+    browser.login("bob", "hungry")
+    assert "No messages in this folder." in browser.get("/mail/INBOX").text
+    send(hub, "carol@example.org", ["bob@localhost"], b"Subject: present\r\n\r\nhi\r\n")
+    listing = browser.get("/mail/INBOX").text
+    assert "No messages in this folder." not in listing and "present" in listing
+    assert "No message matches." in browser.get("/mail/INBOX?q=absent").text
+
+
+def test_a_reply_to_ones_own_sent_message_goes_to_its_recipients_not_back_to_oneself(start_hub):
+    hub = start_hub(users=("alice:secret", "bob:hungry", "carol:chalk"))
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    browser.get("/compose")
+    sent = browser.post("/compose", {"to": "bob@localhost", "cc": "carol@localhost", "subject": "plans", "body": "shall we?"})
+    assert sent.status == 303
+    form = browser.get("/compose?reply=Sent/1").text
+    assert re.search(r'name="to" value="bob@localhost"', form)
+    form = browser.get("/compose?replyall=Sent/1").text
+    assert re.search(r'name="to" value="bob@localhost"', form) and re.search(r'name="cc" value="carol@localhost"', form)

@@ -53,7 +53,7 @@ from twisted_mailhub.web import message as msgparse
 from twisted_mailhub.web import offload
 from twisted_mailhub.web.errors import Refused, refusal
 from twisted_mailhub.web.pages import page_bytes, post_form, render_page
-from twisted_mailhub.web.sanitize import sanitize_html
+from twisted_mailhub.web.sanitize import html_text, sanitize_html
 from twisted_mailhub.web.site import client_host, form_value, redirect, request_secure
 
 log = Logger()
@@ -156,6 +156,24 @@ def _attached(msg: Any) -> list[Any]:
 def _attachments_of(raw: bytes) -> list[tuple[str, str, bytes]]:
     """The attachments of message C{raw} as (file name, content type, decoded bytes), for a forward (in a parsing thread)."""
     return [(msgparse.filename(p) or f"part-{n}", p.get_content_type(), p.get_payload(decode=True) or b"") for n, p in enumerate(_attached(msgparse.parse(raw)), 1)]
+
+
+def quoted_of(msg: Any) -> str:
+    """
+    The text a reply quotes and a forward carries of parsed message
+    C{msg}: its first text/plain part that is no attachment, else the plain
+    text of its first text/html one (HTML-only mail: L{html_text}), else ''.
+    """
+    html_part = None
+    for p in msgparse.parts(msg):
+        if p.is_multipart() or msgparse.is_attachment(p):
+            continue
+        kind = p.get_content_type()
+        if kind == "text/plain":
+            return msgparse.text_of(p)
+        if kind == "text/html" and html_part is None:
+            html_part = p
+    return html_text(msgparse.text_of(html_part)) if html_part is not None else ""
 
 
 def _part_of(raw: bytes, index: int) -> tuple[Any, bytes] | None:
@@ -398,7 +416,7 @@ class FolderPages(resource.Resource):
                 tags.p(*nav, class_="pager", id="pager"),
                 tags.table(
                     tags.thead(tags.tr(tags.th(""), tags.th(""), tags.th("from"), tags.th("subject"), tags.th("date"), tags.th("size"))),
-                    tags.tbody(*rows, id="messages"),
+                    tags.tbody(*(rows or [tags.tr(tags.td("No message matches." if query else "No messages in this folder.", colspan="6"), class_="empty")]), id="messages"),
                     class_="messages",
                 ),
             ),
@@ -424,13 +442,31 @@ class FolderPages(resource.Resource):
         if allow_remote:
             request.setHeader(b"content-security-policy", request.responseHeaders.getRawHeaders(b"content-security-policy")[0].replace(b"img-src 'self' data:", b"img-src 'self' data: https: http:"))
         targets = [n for n in self.session.user.mail().folders() if n != self.name]
-        page = _page_later(request, self.session, self._reading, raw, info, allow_remote, targets)
+        page = _page_later(request, self.session, self._reading, raw, info, allow_remote, targets, self._whereabouts(folder, info.uid))
         if flushed is None:
             return page
         # The page once the flag is durable too (a failure of either: the error path's page).
         return defer.gatherResults([page, flushed], consumeErrors=True).addCallback(lambda results: results[0])
 
-    def _reading(self, raw, info, allow_remote, targets):
+    def _whereabouts(self, folder, uid: int):
+        """
+        The way back from message C{uid} to its folder's page that lists it,
+        and to the messages either side (newest first, as the list):
+        a C{<p class="whereabouts">}.
+        """
+        uids = [i.uid for i in folder.messages()]
+        newer = [u for u in uids if u > uid]
+        older = [u for u in uids if u < uid]
+        page = len(newer) // PAGE_SIZE + 1
+        back = folder_url(self.name) + (f"?page={page}" if page > 1 else "")
+        links = [tags.a(f"« {msgparse.visible(self.name)}", href=back, class_="back")]
+        if newer:
+            links += [" · ", tags.a("‹ newer", href=message_url(self.name, min(newer)), rel="prev", class_="newer")]
+        if older:
+            links += [" · ", tags.a("older ›", href=message_url(self.name, max(older)), rel="next", class_="older")]
+        return tags.p(*links, class_="whereabouts")
+
+    def _reading(self, raw, info, allow_remote, targets, whereabouts=""):
         """The message page's title and content (in a parsing thread: no store, no request)."""
         msg = msgparse.parse(raw)
         all_parts = msgparse.parts(msg)
@@ -468,6 +504,7 @@ class FolderPages(resource.Resource):
             class_="actions",
         )
         content = [
+            whereabouts,
             actions,
             tags.dl(
                 tags.dt("From"), tags.dd(env["from"]),
@@ -679,22 +716,24 @@ class Compose(resource.Resource):
         forwarded: list[str] = []
         msg = msgparse.parse(raw)
         old_subject = msgparse.decoded(msgparse.field(msg, "Subject"))
-        quoted_text = ""
-        for p in msg.walk():
-            if p.get_content_type() == "text/plain" and not msgparse.is_attachment(p):
-                quoted_text = msgparse.text_of(p)
-                break
+        quoted_text = quoted_of(msg)
         if mode == "forward":
             subject = old_subject if old_subject.lower().startswith("fwd:") else f"Fwd: {old_subject}"
             body = "\n\n---------- Forwarded message ----------\n" + f"From: {msgparse.decoded(msgparse.field(msg, 'From'))}\nSubject: {old_subject}\n\n" + quoted_text
             forwarded = [msgparse.shown_filename(p) or p.get_content_type() for p in _attached(msg)]
         else:
             subject = old_subject if old_subject.lower().startswith("re:") else f"Re: {old_subject}"
-            to = ", ".join(msgparse.addresses(msgparse.field(msg, "Reply-To") or msgparse.field(msg, "From") or ""))
+            me = self.session.user.address.lower()
+            senders = msgparse.addresses(msgparse.field(msg, "Reply-To") or msgparse.field(msg, "From") or "")
+            recipients = msgparse.addresses(", ".join(msgparse.field_all(msg, "To")))
+            if senders and all(a.lower() == me for a in senders) and recipients:
+                # A reply to one's own message (in Sent): to whom it went,
+                # as Thunderbird and Gmail do, not back to oneself.
+                senders = recipients
+            to = ", ".join(dict.fromkeys(senders))
             if mode == "replyall":
-                me = self.session.user.address.lower()
                 others = msgparse.addresses(", ".join(msgparse.field_all(msg, "To") + msgparse.field_all(msg, "Cc")))
-                cc = ", ".join(a for a in dict.fromkeys(others) if a.lower() != me and a not in to)
+                cc = ", ".join(a for a in dict.fromkeys(others) if a.lower() != me and a not in senders)
             body = "\n\n" + "\n".join("> " + line for line in quoted_text.splitlines())
             reference = (msgparse.field(msg, "Message-ID") or "").strip()
         return "Compose", self.form(to, cc, subject, body, reference, forward_of=ref if mode == "forward" else "", forwarded=forwarded), {}

@@ -128,3 +128,103 @@ def sanitize_html(html: str, cid_url: Callable[[str], str | None] = lambda cid: 
     builder.feed(html)
     builder.close()
     return builder.root(class_="body-html"), builder.remote_images
+
+
+# Tags that start a line of their own in the plain text of HTML mail.
+BLOCKS = {
+    "address", "article", "blockquote", "center", "dd", "div", "dl", "dt", "footer", "h1", "h2", "h3", "h4", "h5", "h6",
+    "header", "hr", "li", "ol", "p", "pre", "section", "table", "tr", "ul",
+}
+
+PARAGRAPHS = {"blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "ol", "p", "pre", "table", "ul"}
+
+
+class _Text(HTMLParser):
+    def __init__(self):
+        HTMLParser.__init__(self, convert_charrefs=True)
+        self.lines: list[str] = [""]
+        self.skipping = 0
+        self.pre = 0
+        self.href: list[str | None] = []
+
+    def _break(self) -> None:
+        if self.lines[-1].strip():
+            self.lines.append("")
+
+    def handle_starttag(self, name, attrs):
+        name = name.lower()
+        if self.skipping or name in DROP_WITH_CONTENT:
+            if name not in VOID:
+                self.skipping += 1
+            return
+        if name == "br":
+            self.lines.append("")
+        elif name in BLOCKS:
+            self._break()
+            if name == "li":
+                self.lines[-1] = "- "
+            elif name == "pre":
+                self.pre += 1
+        elif name in ("td", "th") and self.lines[-1].strip():
+            self.lines[-1] += " "
+        if name == "a":
+            href = dict(attrs).get("href") or ""
+            self.href.append(href if href.lower().startswith(("http:", "https:")) else None)
+
+    def handle_startendtag(self, name, attrs):
+        self.handle_starttag(name, attrs)
+        if name.lower() not in VOID:
+            self.handle_endtag(name)
+
+    def handle_endtag(self, name):
+        name = name.lower()
+        if self.skipping:
+            if name in DROP_WITH_CONTENT:
+                self.skipping -= 1
+            return
+        if name == "a" and self.href:
+            href = self.href.pop()
+            if href and href not in self.lines[-1]:
+                self.lines[-1] += f" <{href}>"
+        elif name in BLOCKS:
+            if name == "pre":
+                self.pre = max(0, self.pre - 1)
+            self._break()
+            if name in PARAGRAPHS and self.lines[-2:-1] != [""]:
+                self.lines.append("")  # (a blank line after a paragraph)
+
+    def handle_data(self, data):
+        if self.skipping:
+            return
+        if self.pre:
+            first, *rest = data.split("\n")
+            self.lines[-1] += first
+            self.lines.extend(rest)
+            return
+        words = " ".join(data.split())
+        if not words:
+            if data and self.lines[-1] and not self.lines[-1].endswith(" "):
+                self.lines[-1] += " "
+            return
+        if data[:1].isspace() and self.lines[-1] and not self.lines[-1].endswith(" "):
+            self.lines[-1] += " "
+        self.lines[-1] += words
+        if data[-1:].isspace():
+            self.lines[-1] += " "
+
+
+def html_text(markup: str) -> str:
+    """
+    The plain text of HTML mail, for quoting it in a reply or a forward:
+    a line per paragraph, list item ("- ") or row, C{<br>} as a line
+    break, a link's http(s) address after its words, nothing of what
+    L{sanitize_html} drops with its content (scripts, styles, ...).
+    """
+    parser = _Text()
+    parser.feed(markup)
+    parser.close()
+    lines = [line.rstrip() for line in parser.lines]
+    text = "\n".join(lines).strip("\n")
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text
