@@ -266,6 +266,30 @@ def test_from_a_message_the_reader_goes_to_the_older_one_and_back_to_the_folder(
     WebDriverWait(browser, 15).until(lambda d: d.find_element(By.TAG_NAME, "h1").text == "INBOX")
 
 
+def test_emptying_the_trash_asks_first_and_then_deletes_for_ever(hub, browser):
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("carol@example.org", ["teacher@localhost"], b"Subject: to be thrown away\r\n\r\nbye\r\n")
+    login(browser, hub, "teacher", "chalk")
+    browser.get(base(hub) + "/mail/INBOX")
+    browser.find_element(By.LINK_TEXT, "to be thrown away").click()
+    wait_text(browser, "bye")
+    browser.find_element(By.XPATH, "//button[text()='Delete']").click()
+    WebDriverWait(browser, 15).until(lambda d: d.current_url.endswith("/mail/INBOX"))
+    browser.get(base(hub) + "/mail/Trash")
+    browser.find_element(By.XPATH, "//button[text()='Empty Trash']").click()
+    WebDriverWait(browser, 10).until(lambda d: not no_alert(d))
+    assert "for ever" in browser.switch_to.alert.text
+    browser.switch_to.alert.dismiss()
+    assert "to be thrown away" in browser.find_element(By.ID, "messages").text
+    browser.find_element(By.XPATH, "//button[text()='Empty Trash']").click()
+    WebDriverWait(browser, 10).until(lambda d: not no_alert(d))
+    browser.switch_to.alert.accept()
+    wait_text(browser, "Trash emptied: 1 message deleted for ever.")
+    assert "No messages in this folder." in browser.find_element(By.ID, "messages").text
+    browser.find_element(By.LINK_TEXT, "Compose").click()
+    WebDriverWait(browser, 15).until(lambda d: d.find_elements(By.CSS_SELECTOR, "form.compose"))
+
+
 def test_a_typed_session_that_logs_in_as_another_student_leaves_the_students_console_at_once(hub, browser):
     # From the address of alice's browser: she sees it while it is
     # anonymous (her own nc would be), not once it is bob's.

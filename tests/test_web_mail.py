@@ -345,3 +345,34 @@ def test_a_reply_to_ones_own_sent_message_goes_to_its_recipients_not_back_to_one
     assert re.search(r'name="to" value="bob@localhost"', form)
     form = browser.get("/compose?replyall=Sent/1").text
     assert re.search(r'name="to" value="bob@localhost"', form) and re.search(r'name="cc" value="carol@localhost"', form)
+
+
+def test_trash_is_emptied_for_ever_of_what_its_page_listed_and_what_came_later_stays(start_hub):
+    hub = start_hub()
+    for n in (1, 2):
+        send(hub, "carol@example.org", ["bob@localhost"], f"Subject: junk mail {n}\r\n\r\nbuy\r\n".encode())
+    browser = WebClient(hub)
+    browser.login("bob", "hungry")
+    browser.get("/mail/INBOX")
+    assert ">Empty" not in browser.get("/mail/INBOX").text
+    for uid in (1, 2):
+        assert browser.post(f"/mail/INBOX/{uid}/action", {"action": "delete"}).status == 303
+    trash = browser.get("/mail/Trash").text
+    assert ">Empty Trash</button>" in trash and 'data-confirm="Delete the 2 messages in Trash for ever?"' in trash
+    below = re.search(r'name="below" value="(\d+)"', trash).group(1)
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("bob", "hungry")
+        imap.append("Trash", None, None, b"Subject: put there meanwhile\r\n\r\nkeep\r\n")  # (after the page was made)
+        emptied = browser.post("/mail/Trash/empty", {"below": below})
+        assert emptied.status == 303 and emptied.header("Location") == "/mail/Trash"
+        assert "Trash emptied: 2 messages deleted for ever." in browser.get("/mail/Trash").text
+        typ, data = imap.select("Trash", readonly=True)
+        assert int(data[0]) == 1
+        typ, data = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert b"put there meanwhile" in data[0][1]
+    finally:
+        imap.logout()
+    refused = browser.post("/mail/INBOX/empty", {"below": "99"})
+    assert refused.status == 400 and "Only Trash and Junk" in refused.text
+    assert browser.post("/mail/Trash/empty", {"below": "x"}).status == 400

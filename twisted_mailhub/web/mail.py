@@ -61,6 +61,7 @@ log = Logger()
 PAGE_SIZE = 50
 TRASH = "Trash"
 SENT = "Sent"
+EMPTIED = ("Trash", "Junk")  # (the folders with an "Empty" button)
 SAFE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
 # What one page shows of a message of thousands of parts or lines (a few
 # hundred KB anyone can send): the rest is a link to the whole source.
@@ -299,6 +300,8 @@ class FolderPages(resource.Resource):
             raise _forbidden()
         account, folder = self._folder()
         rest = [p.decode("utf-8", "replace") for p in request.postpath if p != b""]
+        if rest == ["empty"]:
+            return self.empty(request, folder)
         if len(rest) != 2 or rest[1] != "action":
             raise _not_found("There is no form at this address.", back=folder_url(self.name))
         uid = self._uid(rest[0])
@@ -339,6 +342,28 @@ class FolderPages(resource.Resource):
 
             return d.addCallback(copied).addCallback(lambda _: redirect(request, back))
         raise Refused(400, "That form asks for nothing this page does (delete, move, flag, unflag, unread); nothing was changed.", back=message_url(self.name, uid))
+
+    def empty(self, request, folder):
+        """
+        C{POST /mail/Trash/empty} (or Junk): delete for ever the messages
+        the page listed, those below its form's C{below} (the folder's
+        UIDNEXT then): what another client moved there since stays.
+        Answers once the expunge is durable.
+        """
+        if self.name not in EMPTIED:
+            raise Refused(400, "Only Trash and Junk are emptied at once; nothing was changed.", back=folder_url(self.name))
+        below = form_value(request, "below")
+        if not _whole(below):
+            raise Refused(400, "That form did not say which messages it listed; nothing was changed. Reload the page and try again.", back=folder_url(self.name))
+        uids = [i.uid for i in folder.messages() if i.uid < int(below)]
+        if uids:
+            folder.expunge(uids, origin=self)
+
+        def done(_):
+            self.session.notice = f"{msgparse.visible(self.name)} emptied: {len(uids)} message{'s' if len(uids) != 1 else ''} deleted for ever."
+            return redirect(request, folder_url(self.name))
+
+        return folder.flush().addCallback(done)
 
     # -- pages -------------------------------------------------------------
 
@@ -403,6 +428,14 @@ class FolderPages(resource.Resource):
             tags.button("Search", type="submit"),
             method="get", action=folder_url(self.name), class_="search",
         )
+        if self.name in EMPTIED and all_infos:
+            search = [search, post_form(
+                folder_url(self.name) + "/empty", self.session,
+                tags.input(type="hidden", name="below", value=str(folder.uid_next)),
+                tags.button(f"Empty {msgparse.visible(self.name)}", type="submit"),
+                class_="inline empty",
+                **{"data-confirm": f"Delete the {len(all_infos)} message{'s' if len(all_infos) != 1 else ''} in {msgparse.visible(self.name)} for ever?"},
+            )]
         found = []
         if problem:
             found.append(tags.p(f"That search could not be read: {problem}", class_="error"))

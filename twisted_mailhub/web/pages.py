@@ -69,7 +69,7 @@ class Layout(Element):
         user = self.session.user if self.session is not None else None
         if user is None:
             return tag(tags.a("Log in", href="/login"))
-        links = [tags.a("Mail", href="/mail"), " ", tags.a("Console", href="/console"), " "]
+        links = [tags.a("Mail", href="/mail"), " ", tags.a("Compose", href="/compose"), " ", tags.a("Console", href="/console"), " "]
         role = " (teacher)" if user.is_teacher else ""
         return tag(
             *links,

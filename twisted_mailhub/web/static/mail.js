@@ -5,6 +5,12 @@
 "use strict";
 (function () {
   if (document.body.dataset.page !== "folder") { return; }
+  // Emptying Trash or Junk deletes for ever: asked first.
+  Array.prototype.forEach.call(document.querySelectorAll("form.empty"), function (form) {
+    form.addEventListener("submit", function (e) {
+      if (!window.confirm(form.dataset.confirm)) { e.preventDefault(); }
+    });
+  });
   var folder = document.body.dataset.folder;
   var seen = [document.body.dataset.uidnext, document.body.dataset.count, document.body.dataset.unseen].join(" ");
   var base = "/mail/" + encodeURIComponent(folder);
