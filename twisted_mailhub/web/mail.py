@@ -77,6 +77,18 @@ COMPOSE = "/compose"
 OLD_COMPOSE = "compose"
 
 
+def folders_durable(account: Any) -> defer.Deferred:
+    """
+    Fires once every folder change of C{account} made so far (a folder
+    created, deleted, renamed) is on disk: the store's C{durable()} where
+    it has one (Maildir: fsyncs off the reactor, L{store.smallfiles}), at
+    once where it has none. Fails as C{durable()} does (an C{OSError}, or
+    L{InsufficientStorage} for a full disk): the one error path answers it.
+    """
+    durable = getattr(account, "durable", None)
+    return defer.maybeDeferred(durable) if durable is not None else defer.succeed(None)
+
+
 def folder_url(name: str) -> str:
     return "/mail/" + quote(name, safe="")
 
@@ -331,7 +343,10 @@ class FolderPages(resource.Resource):
                     target = account.create_folder(TRASH)
                 except FolderExists:  # (made meanwhile by another client)
                     target = account.folder(TRASH)
-            d = defer.maybeDeferred(getattr(folder, "copy_for_move", folder.copy_to), [uid], target)  # (quota.py: a move takes no room)
+            # A folder made moments ago (Trash here, or the special-use
+            # folders a first visit makes) is on disk before a message is
+            # moved into it and taken out of this one (design rule 6).
+            d = folders_durable(account).addCallback(lambda _: getattr(folder, "copy_for_move", folder.copy_to)([uid], target))  # (quota.py: a move takes no room)
 
             def copied(pairs):
                 if isinstance(pairs, list) and not pairs:
@@ -1004,7 +1019,8 @@ def submit(hub: Any, sender: str, recipients: list[str], message: bytes, client_
             folder = account.folder(SENT)
         except NoSuchFolder:
             folder = account.create_folder(SENT)
-        return folder.append(message, [SEEN])
+        # (a Sent made now is on disk before the copy is said to be kept)
+        return folders_durable(account).addCallback(lambda _: folder.append(message, [SEEN]))
 
     def not_copied(reason):
         raise NotCopied(refused, reason.value)
