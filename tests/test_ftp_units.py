@@ -27,6 +27,16 @@ from twisted_mailhub.hub import Hub
 from twisted_mailhub.store.memory import MemoryStore
 
 
+@pytest.fixture(autouse=True)
+def directory_flushes_made_at_once(monkeypatch):
+    # No reactor runs here: the disk shells' directory fsyncs (after MKD,
+    # RMD, DELE, RNTO) are made at once, in the test's thread.
+    from twisted_mailhub.ftp import vfs
+    from twisted_mailhub.store.smallfiles import SmallFiles
+
+    monkeypatch.setattr(vfs, "_small_files", SmallFiles(run=lambda function, *args: function(*args)))
+
+
 def result_of(d):
     out = []
     d.addBoth(out.append)

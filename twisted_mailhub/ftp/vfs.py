@@ -19,6 +19,11 @@ Rules:
   - Writes are made durable before the transfer is acknowledged: the
     writer's C{close()} flushes and fsyncs in a thread so the reactor never
     waits on the disk for the length of a file.
+  - A directory made or removed, a file removed and a rename (MKD, RMD,
+    DELE, RNTO; SFTP's MKDIR, RMDIR, REMOVE, RENAME; the JSON API's) are
+    done at once and answered only once the directory that holds the
+    entry is fsynced, in a worker thread, batched with the other
+    sessions' (L{twisted_mailhub.store.smallfiles}).
   - Partial uploads are never seen under the file's name. An upload is
     written to a hidden partial file beside it (L{partial_name}:
     C{.NAME.mailhub-part}), left out of listings, and renamed over
@@ -48,6 +53,7 @@ from twisted.protocols import ftp
 from zope.interface import Attribute, Interface, implementer
 
 from twisted_mailhub.store.durable import fsync_directory
+from twisted_mailhub.store.smallfiles import SmallFiles
 
 log = Logger()
 
@@ -451,16 +457,41 @@ def resolved(base: str, parts) -> str:
     return path
 
 
+_small_files: SmallFiles | None = None
+
+
+def _shared_small_files() -> SmallFiles:
+    """The directory flushes of every disk shell of the process (batched together)."""
+    global _small_files
+    if _small_files is None:
+        _small_files = SmallFiles()
+    return _small_files
+
+
 @implementer(IMailhubShell)
 class DiskShell:
     """
     An L{IMailhubShell} on a directory of the local disk.
     """
 
-    def __init__(self, root: str, readonly: bool = False, real: bool = False):
+    def __init__(self, root: str, readonly: bool = False, real: bool = False, small_files: SmallFiles | None = None):
         # (real: the caller has resolved the root already, see resolved)
         self.root = root if real else os.path.realpath(root)
         self.readonly = readonly
+        self.small_files = small_files or _shared_small_files()
+
+    def _durable(self, paths, segments) -> defer.Deferred:
+        """
+        Fires with None once the entries just changed at C{paths} are on
+        disk (their directories fsynced); a failure as L{_fail} gives it.
+        """
+        d = self.small_files.sync_directories([os.path.dirname(p) for p in paths])
+
+        def failed(reason):
+            reason.trap(OSError)
+            return _fail(reason.value, segments)
+
+        return d.addErrback(failed)
 
     # -- paths ----------------------------------------------------------
 
@@ -506,7 +537,7 @@ class DiskShell:
             os.mkdir(p)
         except OSError as e:
             return _fail(e, path)
-        return defer.succeed(None)
+        return self._durable([p], path)
 
     def removeDirectory(self, path):
         p, err = self._write_guard(path, follow=False)
@@ -520,7 +551,7 @@ class DiskShell:
             os.rmdir(p)
         except OSError as e:
             return _fail(e, path)
-        return defer.succeed(None)
+        return self._durable([p], path)
 
     def removeFile(self, path):
         p, err = self._write_guard(path, follow=False)
@@ -532,7 +563,7 @@ class DiskShell:
             os.remove(p)
         except OSError as e:
             return _fail(e, path)
-        return defer.succeed(None)
+        return self._durable([p], path)
 
     def rename(self, fromPath, toPath):
         a, err = self._write_guard(fromPath, follow=False)
@@ -547,7 +578,7 @@ class DiskShell:
             os.rename(a, b)
         except OSError as e:
             return _fail(e, fromPath)
-        return defer.succeed(None)
+        return self._durable([a, b], toPath)
 
     def access(self, path):
         p, err = self._guard(path)

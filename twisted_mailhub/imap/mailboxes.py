@@ -18,6 +18,11 @@ Rules:
  - IMAP4rev2 sessions get C{* LIST () "/" new ("OLDNAME" (old))} after a
    RENAME (one per mailbox moved) and after a CREATE whose name was
    canonicalised (RFC 9051 §7.3.1).
+ - CREATE, DELETE, RENAME, SUBSCRIBE and UNSUBSCRIBE are answered only
+   once the change is durable (the store's C{durable()}, fsynced off the
+   reactor on Maildir; a committed transaction on PostgreSQL); no further
+   command of the session is read meanwhile. A change that could not be
+   made durable is C{NO}.
  - A selected folder deleted or renamed elsewhere ends the session with
    C{BYE [UNAVAILABLE]}, as Dovecot does.
  - Subscriptions follow a RENAME (the mailbox's and its inferiors'; the
@@ -77,6 +82,27 @@ class MailboxCommands:
         if self.store_account is None:
             self.store_account = self.account.store_account
         return self.store_account
+
+    def _when_durable(self, tag: bytes, answer: Any) -> None:
+        """
+        Call C{answer()} (which sends the tagged OK) once the store says
+        the change is on disk (C{durable()}, where the store has one); a
+        failure is a C{NO} as any store error. Input is held meanwhile,
+        so the next command sees the change.
+        """
+        durable = getattr(self._store(), "durable", None)
+        if durable is None:
+            answer()
+            return
+        self._hold_input()
+        d = durable()
+
+        def failed(reason):
+            self._folder_error(tag, reason.value)
+
+        d.addCallbacks(lambda _: answer(), failed)
+        d.addErrback(lambda f: log.failure("IMAP reply after a durable folder change failed", f))
+        d.addBoth(lambda _: self._release_input())
 
     # -- folders ------------------------------------------------------------------
 
@@ -236,12 +262,16 @@ class MailboxCommands:
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             self._folder_error(tag, e)
             return
-        if self.rev2 and created != given:
-            # RFC 9051 §6.3.4: the name was canonicalised (a trailing
-            # delimiter dropped, inbox/ made INBOX/): say which name the
-            # mailbox has, with the one given as OLDNAME.
-            self.sendUntaggedResponse(self.oldname_list(created, given))
-        self.sendPositiveResponse(tag, b"CREATE completed")
+
+        def answer():
+            if self.rev2 and created != given:
+                # RFC 9051 §6.3.4: the name was canonicalised (a trailing
+                # delimiter dropped, inbox/ made INBOX/): say which name the
+                # mailbox has, with the one given as OLDNAME.
+                self.sendUntaggedResponse(self.oldname_list(created, given))
+            self.sendPositiveResponse(tag, b"CREATE completed")
+
+        self._when_durable(tag, answer)
 
     def oldname_list(self, name: str, old: str) -> bytes:
         """C{LIST () "/" name ("OLDNAME" (old))}: RFC 9051 §7.3.1 (and RFC 5465 §5.4 for NOTIFY)."""
@@ -277,7 +307,7 @@ class MailboxCommands:
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             self._folder_error(tag, e)
             return
-        self.sendPositiveResponse(tag, b"DELETE completed")
+        self._when_durable(tag, lambda: self.sendPositiveResponse(tag, b"DELETE completed"))
 
     auth_DELETE = select_DELETE = (do_DELETE, arg_finalastring)
 
@@ -297,13 +327,17 @@ class MailboxCommands:
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             self._folder_error(tag, e)
             return
-        if self.rev2:
-            # RFC 9051 §7.3.1: the new name with its old one as OLDNAME,
-            # for the mailbox and each inferior that moved with it.
-            self.sendUntaggedResponse(self.oldname_list(normalize_folder_name(new_name), normalize_folder_name(old_name)))
-            for child in moved:
-                self.sendUntaggedResponse(self.oldname_list(normalize_folder_name(new_name) + child[len(old_name):], child))
-        self.sendPositiveResponse(tag, b"RENAME completed")
+
+        def answer():
+            if self.rev2:
+                # RFC 9051 §7.3.1: the new name with its old one as OLDNAME,
+                # for the mailbox and each inferior that moved with it.
+                self.sendUntaggedResponse(self.oldname_list(normalize_folder_name(new_name), normalize_folder_name(old_name)))
+                for child in moved:
+                    self.sendUntaggedResponse(self.oldname_list(normalize_folder_name(new_name) + child[len(old_name):], child))
+            self.sendPositiveResponse(tag, b"RENAME completed")
+
+        self._when_durable(tag, answer)
 
     def _rename_inbox(self, tag: bytes, new_name: str) -> None:
         """
@@ -327,7 +361,8 @@ class MailboxCommands:
                     store.subscribe(name)
             except (StoreError, OSError) as e:
                 log.warn("RENAME INBOX: {name} not subscribed ({error})", name=destination.name, error=e)
-            self.sendPositiveResponse(tag, b"RENAME completed: INBOX's messages moved, INBOX is empty")
+            # (input is held until this answer: _when_durable holds it once more)
+            self._when_durable(tag, lambda: self.sendPositiveResponse(tag, b"RENAME completed: INBOX's messages moved, INBOX is empty"))
 
         def failed(reason):
             log.failure("RENAME INBOX failed", reason)
@@ -348,7 +383,7 @@ class MailboxCommands:
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             self._folder_error(tag, e)
             return
-        self.sendPositiveResponse(tag, b"SUBSCRIBE completed" if subscribe else b"UNSUBSCRIBE completed")
+        self._when_durable(tag, lambda: self.sendPositiveResponse(tag, b"SUBSCRIBE completed" if subscribe else b"UNSUBSCRIBE completed"))
 
     auth_SUBSCRIBE = select_SUBSCRIBE = (do_SUBSCRIBE, arg_finalastring, 1)
     auth_UNSUBSCRIBE = select_UNSUBSCRIBE = (do_SUBSCRIBE, arg_finalastring, 0)

@@ -1,0 +1,257 @@
+"""
+Small state is durable before it is acknowledged: IMAP CREATE, DELETE,
+RENAME, SUBSCRIBE and UNSUBSCRIBE on Maildir, and FTP MKD, RMD, DELE and
+RNTO on disk, are answered only after the fsyncs that keep them
+(store/smallfiles.py), made off the reactor. Each test records every
+fsync (the file or directory it flushed) and what the client was told, in
+one list, and checks their order: the change, its fsync, then the reply.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from twisted_mailhub import imap
+from twisted_mailhub.accounts import AccountBook
+from twisted_mailhub.ftp.vfs import DiskShell
+from twisted_mailhub.hub import Hub
+from twisted_mailhub.imap.server import IMAPServer
+from twisted_mailhub.store.durable import GroupCommitWriter
+from twisted_mailhub.store.maildir import MaildirStore
+from twisted_mailhub.store.smallfiles import SmallFiles
+
+
+class Journal:
+    """
+    One list of what happened, in order: ("fsync", path) for every flush,
+    ("reply", line) for every reply; the "thread" is run when the test says.
+    """
+
+    def __init__(self):
+        self.events: list[tuple[str, str]] = []
+        self.jobs: list[tuple] = []
+
+    def fsync(self, fd: int) -> None:
+        self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        os.fsync(fd)
+
+    def run(self, function, *args):
+        d = defer.Deferred()
+        self.jobs.append((function, args, d))
+        return d
+
+    def run_jobs(self) -> None:
+        while self.jobs:
+            function, args, d = self.jobs.pop(0)
+            try:
+                result = function(*args)
+            except Exception:
+                d.errback()
+            else:
+                d.callback(result)
+
+    def flushed(self) -> list[str]:
+        return [what for kind, what in self.events if kind == "fsync"]
+
+
+class JournalTransport(StringTransport):
+    def __init__(self, journal: Journal, **kw):
+        StringTransport.__init__(self, **kw)
+        self.journal = journal
+
+    def write(self, data):
+        for line in bytes(data).split(b"\r\n"):
+            if line:
+                self.journal.events.append(("reply", line.decode("utf-8", "replace")))
+        StringTransport.write(self, data)
+
+
+class IMAPFolderChangesTests(unittest.TestCase):
+    def setUp(self):
+        self.journal = Journal()
+        self.clock = task.Clock()
+        accounts = AccountBook(["localhost"])
+        accounts.add("alice", "secret")
+        self.data = self.mktemp()
+        self.store = MaildirStore(os.path.join(self.data, "mail"), GroupCommitWriter(self.clock))
+        self.store.small_files = SmallFiles(fsync=self.journal.fsync, run=self.journal.run)
+        self.hub = Hub(self.clock, {"max-message-size": 10000}, accounts, self.store, self.data, "mail.test")
+        self.hub._tls = object()
+        imap.install(self.hub)
+        self.account_dir = os.path.realpath(self.store.account_path("alice@localhost"))
+        self.server = IMAPServer(self.hub, "imap")
+        self.transport = JournalTransport(self.journal, peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
+        self.server.makeConnection(self.transport)
+        self.addCleanup(self.server.connectionLost, None)
+        self.server.dataReceived(b"a login alice secret\r\n")
+        self.journal.run_jobs()  # the first login's special-use folders and subscriptions
+        self.assertTrue(any(r.startswith("a OK") for r in self.replies()), self.replies())
+        del self.journal.events[:]
+
+    def replies(self) -> list[str]:
+        return [what for kind, what in self.journal.events if kind == "reply"]
+
+    def assert_flushed_then_answered(self, command: bytes, tagged: str, flushed: list[str]) -> None:
+        """C{command} is not answered until its flush has run; then the flush comes first."""
+        self.server.dataReceived(command)
+        self.assertEqual([r for r in self.replies() if r.startswith("t ")], [], "answered before the flush")
+        self.assertTrue(self.journal.jobs, "no flush asked for")
+        self.journal.run_jobs()
+        events = self.journal.events
+        answer = [i for i, (kind, what) in enumerate(events) if kind == "reply" and what.startswith("t ")]
+        self.assertEqual(len(answer), 1, events)
+        self.assertTrue(events[answer[0]][1].startswith(tagged), events)
+        done = [what for kind, what in events[: answer[0]] if kind == "fsync"]
+        for path in flushed:
+            self.assertIn(path, done, f"{path} not fsynced before the reply: {events}")
+        del events[:]
+
+    def test_create_is_answered_after_the_account_directory_is_fsynced(self):
+        self.assert_flushed_then_answered(b"t create Work\r\n", "t OK CREATE", [self.account_dir])
+        self.assertTrue(os.path.isdir(os.path.join(self.account_dir, ".Work", "cur")))
+
+    def test_delete_is_answered_after_the_account_directory_is_fsynced(self):
+        self.assert_flushed_then_answered(b"t create Old\r\n", "t OK", [self.account_dir])
+        self.assert_flushed_then_answered(b"t delete Old\r\n", "t OK DELETE", [self.account_dir])
+        self.assertFalse(os.path.exists(os.path.join(self.account_dir, ".Old")))
+
+    def test_rename_is_answered_after_the_account_directory_is_fsynced(self):
+        self.assert_flushed_then_answered(b"t create A/B\r\n", "t OK", [self.account_dir])
+        self.assert_flushed_then_answered(b"t rename A C\r\n", "t OK RENAME", [self.account_dir])
+        self.assertTrue(os.path.isdir(os.path.join(self.account_dir, ".C.B", "cur")))
+
+    def test_subscribe_and_unsubscribe_are_answered_after_the_file_and_its_directory_are_fsynced(self):
+        path = os.path.join(self.account_dir, "subscriptions")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        self.assert_flushed_then_answered(b"t subscribe Elsewhere\r\n", "t OK SUBSCRIBE", [tmp, self.account_dir])
+        with open(path, encoding="utf-8") as f:
+            self.assertIn("Elsewhere\n", f.read())
+        self.assert_flushed_then_answered(b"t unsubscribe Elsewhere\r\n", "t OK UNSUBSCRIBE", [tmp, self.account_dir])
+        with open(path, encoding="utf-8") as f:
+            self.assertNotIn("Elsewhere", f.read())
+
+    def test_a_command_sent_behind_a_subscribe_is_read_after_it_is_durable_and_sees_it(self):
+        self.server.dataReceived(b"t subscribe Later\r\nu lsub \"\" Later\r\n")
+        self.assertEqual([r for r in self.replies() if r[:2] in ("t ", "u ")], [])
+        self.journal.run_jobs()
+        replies = self.replies()
+        self.assertTrue(replies[0].startswith("t OK"), replies)
+        self.assertIn('* LSUB (\\Noselect) "/" "Later"', replies)
+        self.assertTrue(replies[-1].startswith("u OK"), replies)
+
+    def test_a_flush_that_fails_is_a_no_and_no_traceback(self):
+        def failing(fd):
+            raise OSError(5, "Input/output error")
+
+        self.store.small_files.fsync = failing
+        self.server.dataReceived(b"t create Broken\r\n")
+        self.journal.run_jobs()
+        replies = self.replies()
+        self.assertEqual(replies, ["t NO [SERVERBUG] Input/output error"])
+
+    def test_subscriptions_read_between_the_change_and_its_flush_show_the_change(self):
+        account = self.store.account("alice@localhost")
+        account.subscribe("Pending")
+        self.assertIn("Pending", account.subscriptions())
+        self.journal.run_jobs()
+        self.assertIn("Pending", account.subscriptions())
+
+
+class SmallFilesTests(unittest.TestCase):
+    def test_a_file_is_fsynced_before_its_rename_and_its_directory_after(self):
+        journal = Journal()
+        real_rename = os.rename
+
+        def rename(a, b):
+            journal.events.append(("rename", b))
+            real_rename(a, b)
+
+        small = SmallFiles(fsync=journal.fsync, run=journal.run)
+        folder = os.path.realpath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "state")
+        done = []
+        small.replace(path, b"one\n").addCallback(done.append)
+        self.patch(os, "rename", rename)
+        journal.run_jobs()
+        self.assertEqual(journal.events, [("fsync", f"{path}.{os.getpid()}.tmp"), ("rename", path), ("fsync", folder)])
+        self.assertEqual(done, [None])
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"one\n")
+
+    def test_requests_made_while_a_batch_is_on_its_way_share_the_next_one(self):
+        journal = Journal()
+        small = SmallFiles(fsync=journal.fsync, run=journal.run)
+        folder = os.path.realpath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "state")
+        first = small.replace(path, b"1\n")
+        later = [small.replace(path, b"2\n"), small.replace(path, b"3\n"), small.sync_directories([folder])]
+        self.assertEqual(small.pending(path), b"3\n")
+        self.assertEqual(len(journal.jobs), 1)
+        journal.run_jobs()  # the first batch, then the second (started when the first is done)
+        self.assertEqual(self.successResultOf(first), None)
+        for d in later:
+            self.assertEqual(self.successResultOf(d), None)
+        # two batches: the text asked for three times is written twice, its folder fsynced once a batch
+        self.assertEqual(journal.flushed(), [f"{path}.{os.getpid()}.tmp", folder, f"{path}.{os.getpid()}.tmp", folder])
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"3\n")
+        self.assertIsNone(small.pending(path))
+
+    def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(self):
+        journal = Journal()
+        small = SmallFiles(fsync=journal.fsync, run=journal.run)
+        folder = os.path.realpath(self.mktemp())
+        os.makedirs(folder)
+        path = os.path.join(folder, "state")
+        with open(path, "wb") as f:
+            f.write(b"old\n")
+
+        def failing(fd):
+            raise OSError(28, "No space left on device")
+
+        small.fsync = failing
+        d = small.replace(path, b"new\n")
+        journal.run_jobs()
+        self.failureResultOf(d, OSError)
+        self.assertEqual(os.listdir(folder), ["state"])
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"old\n")
+
+
+class FTPDirectoryChangesTests(unittest.TestCase):
+    def setUp(self):
+        self.journal = Journal()
+        self.root = os.path.realpath(self.mktemp())
+        os.makedirs(self.root)
+        self.shell = DiskShell(self.root, small_files=SmallFiles(fsync=self.journal.fsync, run=self.journal.run))
+
+    def assert_told_after_the_fsync_of(self, d: defer.Deferred, *directories: str) -> None:
+        self.assertNoResult(d)
+        self.journal.run_jobs()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(sorted(self.journal.flushed()), sorted(directories))
+        del self.journal.events[:]
+
+    def test_mkd_rmd_dele_and_rnto_are_told_after_their_directory_is_fsynced(self):
+        self.assert_told_after_the_fsync_of(self.shell.makeDirectory(["d"]), self.root)
+        self.assertTrue(os.path.isdir(os.path.join(self.root, "d")))
+        self.assert_told_after_the_fsync_of(self.shell.makeDirectory(["d", "e"]), os.path.join(self.root, "d"))
+        with open(os.path.join(self.root, "d", "f"), "wb") as f:
+            f.write(b"x")
+        self.assert_told_after_the_fsync_of(self.shell.rename(["d", "f"], ["g"]), os.path.join(self.root, "d"), self.root)
+        self.assert_told_after_the_fsync_of(self.shell.removeFile(["g"]), self.root)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "g")))
+        self.assert_told_after_the_fsync_of(self.shell.removeDirectory(["d", "e"]), os.path.join(self.root, "d"))
+        self.assertFalse(os.path.exists(os.path.join(self.root, "d", "e")))
+
+    def test_a_rename_in_one_directory_fsyncs_it_once(self):
+        with open(os.path.join(self.root, "f"), "wb") as f:
+            f.write(b"x")
+        self.assert_told_after_the_fsync_of(self.shell.rename(["f"], ["g"]), self.root)
