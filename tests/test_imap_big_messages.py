@@ -91,6 +91,25 @@ def test_a_costly_message_among_small_ones_keeps_every_response_in_order(hub):
     imap.logout()
 
 
+def test_a_100000_part_message_is_shown_as_one_opaque_body_and_its_octets_are_all_there(hub):
+    # Past MAX_PARTS (10,000, Dovecot's bound) the parts are not taken
+    # apart: before, this message held a parsing thread ~17 s.
+    parts = b"".join(b"--zz\r\n\r\n%d\r\n" % i for i in range(100_000))
+    raw = (
+        b"From: a@example.net\r\nTo: alice@localhost\r\nSubject: 100000 parts\r\n"
+        b"Content-Type: multipart/mixed; boundary=zz\r\n\r\n" + parts + b"--zz--\r\n"
+    )
+    send(hub, raw)
+    hub.wait_for_message(to="alice@localhost", subject="100000 parts", timeout=30)
+    (status, data), seconds, slowest = answered_meanwhile(hub, lambda imap: imap.fetch("1", "(BODYSTRUCTURE BODY.PEEK[1] BODY.PEEK[TEXT])"))
+    assert status == "OK", data
+    head = data[0][0]
+    assert b'BODYSTRUCTURE ("APPLICATION" "OCTET-STREAM" NIL NIL NIL "7BIT" %d ' % len(parts + b"--zz--\r\n") in head, head[:300]
+    assert data[0][1] == parts + b"--zz--\r\n"  # BODY[1]: the whole body, as sent
+    assert data[1][1] == parts + b"--zz--\r\n"  # BODY[TEXT]
+    assert seconds < 10, seconds
+
+
 def test_the_thread_makes_what_the_reactor_would():
     from twisted_mailhub.imap.fetch import costly_to_parse, parsed_fields
 

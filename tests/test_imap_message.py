@@ -93,6 +93,28 @@ def test_parts_nested_thousands_deep_give_a_bodystructure_not_a_recursion_error(
     assert (deepest.maintype, deepest.subtype) == ("application", "octet-stream")
 
 
+def test_a_message_of_more_parts_than_the_bound_is_one_opaque_body_under_its_header_at_once():
+    import time
+
+    from tests.test_web_big_messages import many_parts
+    from twisted_mailhub.imap.message import MAX_PARTS
+
+    raw = many_parts(100_000)
+    started = time.process_time()
+    part = Part(raw)
+    structure = part.bodystructure(True)
+    envelope = part.envelope()
+    seconds = time.process_time() - started
+    assert structure.startswith(b'("APPLICATION" "OCTET-STREAM" NIL NIL NIL "7BIT" %d ' % len(part.body)), structure[:200]
+    assert part.children == [] and part.find([1]).body == part.body
+    assert b'"many parts"' in envelope
+    assert seconds < 1.0, seconds  # (taken apart, 100,000 parts held a thread ~17 s)
+    # At the bound itself (MAX_PARTS lines that start with "--", the
+    # closing one included) the message is still a multipart; one more is not.
+    assert Part(many_parts(MAX_PARTS - 1)).maintype == "multipart"
+    assert Part(many_parts(MAX_PARTS)).maintype == "application"
+
+
 def test_envelope_addresses_and_missing_fields():
     env = Part(NESTED).envelope()
     assert env.startswith(b'(NIL "report" (("Carol Q." NIL "carol" "example.org")) ')

@@ -67,6 +67,19 @@ def header_text(value: str | None) -> str | None:
 # How deep multiparts and encapsulated messages are taken apart (Dovecot's
 # limit too); a part deeper than that is one opaque body.
 MAX_NESTING = 100
+# The MIME parts of one message taken apart at most (the default of
+# Dovecot's message parser, MESSAGE_PARSER_DEFAULT_MAX_TOTAL_MIME_PARTS,
+# beside its 100 levels). Lines starting "--" are counted, a bound from
+# above of the parts, before anything is parsed (bytes.count: ~1 ms a
+# MB): a message with more is one opaque body under its header. A
+# 100,000-part message (~2 MB) held a parsing thread ~17 s. The web's
+# pages (web/message.py) apply the same rule.
+MAX_PARTS = 10000
+
+
+def too_many_parts(raw: bytes) -> bool:
+    """Whether C{raw} may hold more than L{MAX_PARTS} MIME parts (more lines that start with C{--})."""
+    return raw.count(b"\n--") > MAX_PARTS
 
 
 class Part:
@@ -83,6 +96,8 @@ class Part:
         self.raw = raw
         self.depth = depth
         self.header, self.body = split_header(raw)
+        # (checked once, at the top: the parts within hold fewer lines)
+        opaque = depth == 0 and too_many_parts(raw)
         self.fields = _header_parser.parsebytes(self.header)
         ctype, self.type_params = parse_parameters(self.get("content-type") or "")
         maintype, _, subtype = ctype.lower().partition("/")
@@ -90,7 +105,7 @@ class Part:
             # Missing or malformed: the default of RFC 2045 §5.2 (or
             # message/rfc822 inside a multipart/digest, RFC 2046 §5.1.5).
             maintype, _, subtype = default_type.partition("/")
-        if depth >= MAX_NESTING and (maintype == "multipart" or maintype == "message"):
+        if (depth >= MAX_NESTING or opaque) and (maintype == "multipart" or maintype == "message"):
             # As Dovecot's parser does at its limit (100): what is nested
             # deeper is one opaque part. 3,000 nested message/rfc822 parts
             # raised RecursionError: the connection dropped with no reply.

@@ -19,13 +19,10 @@ from typing import Any
 
 import attr
 
-from twisted_mailhub.imap.message import MAX_NESTING
+# (the bounds of IMAP's own parse: one rule for both)
+from twisted_mailhub.imap.message import MAX_NESTING, MAX_PARTS, too_many_parts  # noqa: F401
 
 HEADER_PEEK = 16384  # octets read for a list row: the header, normally
-# The MIME parts of one message taken apart at most (the default bound of
-# Dovecot's message parser, beside its 100 levels); lines starting "--"
-# are counted, a bound from above, before the parser is given the message.
-MAX_PARTS = 10000
 
 
 # Characters a page shows as escapes instead of applying them (what the
@@ -144,7 +141,7 @@ def parse(raw: bytes, policy: Any = email.policy.compat32) -> Any:
     with more than L{MAX_PARTS} lines that may start a part (the parser's
     time grows with the parts: seconds for a few thousand).
     """
-    if raw.count(b"\n--") <= MAX_PARTS:
+    if not too_many_parts(raw):
         try:
             msg = email.message_from_bytes(raw, policy=policy)
             if _nesting_within(msg, MAX_NESTING):
