@@ -34,7 +34,8 @@ Rules:
    together by CATENATE that passes it is C{NO [TOOBIG]}.
  - CATENATE: a TEXT part is taken as sent; a URL part is an IMAP URL of
    one of the user's own messages (L{twisted_mailhub.imap.urls}), else
-   C{NO [BADURL url]}.
+   C{NO [BADURL url]}. A URL's section of a message costly to take apart
+   is cut out in a parsing thread; the command's input is held meanwhile.
  - Binary: a literal8 may hold any octet but NUL is refused, as RFC 3516
    §4.4 allows a store that cannot keep binary content to do, with
    C{NO [UNKNOWN-CTE]}; other 8-bit content is stored as sent. A NUL
@@ -152,22 +153,57 @@ class AppendCommands:
         folder = self._target_folder(tag, name)
         if folder is None:
             return
-        datas = []
+        wholes: list = []  # each message's octets, or its pieces (octets or Deferreds)
+        waits = []
         for message in messages:
-            if message.parts:
-                pieces = []
-                for kind, value in message.parts:
-                    if kind == "TEXT":
-                        pieces.append(bytes(value))
-                        continue
-                    try:
-                        pieces.append(read_url(self, bytes(value)))
-                    except BadURL as e:
-                        self.sendNegativeResponse(tag, b"[BADURL " + _url_text(e.url) + b"] " + client_text(e.why) + b"; nothing appended")
-                        return
-                data = b"".join(pieces)
-            else:
-                data = message.data
+            if not message.parts:
+                wholes.append(message.data)
+                continue
+            pieces: list = []
+            for kind, value in message.parts:
+                if kind == "TEXT":
+                    pieces.append(bytes(value))
+                    continue
+                try:
+                    piece = read_url(self, bytes(value))
+                except BadURL as e:
+                    self._bad_url(tag, e)
+                    return
+                if isinstance(piece, defer.Deferred):
+                    # (a section of a costly message, cut out in a parsing thread)
+                    piece.addCallback(_put, pieces, len(pieces))
+                    waits.append(piece)
+                pieces.append(piece)
+            wholes.append(pieces)
+        if not waits:
+            self._append_datas(tag, folder, messages, [w if isinstance(w, bytes) else b"".join(w) for w in wholes])
+            return
+        # The next command is read once this one is answered (in order).
+        self._hold_input()
+        d = defer.gatherResults(waits, consumeErrors=True)
+
+        def assembled(_):
+            self._append_datas(tag, folder, messages, [w if isinstance(w, bytes) else b"".join(w) for w in wholes])
+
+        def failed(reason):
+            error = reason.value.subFailure.value if isinstance(reason.value, defer.FirstError) else reason.value
+            if isinstance(error, BadURL):
+                self._bad_url(tag, error)
+                return
+            log.failure("APPEND: a CATENATE URL could not be read", reason)
+            self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed: a URL's section could not be read; nothing appended")
+
+        d.addCallbacks(assembled, failed)
+        d.addErrback(lambda reason: (log.failure("APPEND failed", reason), self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed; nothing appended")))
+        d.addBoth(lambda _: self._release_input())
+
+    def _bad_url(self, tag: bytes, e: BadURL) -> None:
+        self.sendNegativeResponse(tag, b"[BADURL " + _url_text(e.url) + b"] " + client_text(e.why) + b"; nothing appended")
+
+    def _append_datas(self, tag: bytes, folder: Any, messages: list, wholes: list[bytes]) -> None:
+        """The checks (binary, empty, size, quota), then the write of C{messages}, whose octets are C{wholes}."""
+        datas = []
+        for message, data in zip(messages, wholes):
             if message.binary and b"\0" in data:
                 self.sendNegativeResponse(tag, b"[UNKNOWN-CTE] binary content with NUL octets cannot be stored here: send it base64-encoded; nothing appended")
                 return
@@ -232,6 +268,11 @@ class AppendCommands:
         self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed: message not stored" if len(results) == 1 else b"[SERVERBUG] APPEND failed: nothing appended")
 
     auth_APPEND = select_APPEND = (do_APPEND, arg_everything)
+
+
+def _put(octets: bytes, pieces: list, index: int) -> None:
+    """A URL's octets, read in a thread, in their place among a message's pieces."""
+    pieces[index] = octets
 
 
 def _url_text(url: bytes) -> bytes:

@@ -26,6 +26,11 @@ Rules:
    IDLE; under SELECTED-DELAYED, EXPUNGE waits for a command that may
    carry it (RFC 5465 §5.1). MessageNew's fetch attributes are sent as a
    FETCH of each new message after its EXISTS (never setting \\Seen).
+   A message costly to take apart (thousands of MIME parts, over 1 MiB:
+   L{twisted_mailhub.imap.fetch.costly_to_parse}) is parsed in a parsing
+   thread, as FETCH's are: meanwhile the session reads no command and
+   writes nothing of the selected mailbox (its sequence numbers stay
+   what that FETCH says), and every other client is served.
    Without a selected filter the selected mailbox is told as in IMAP4rev1
    (before tagged replies, and during IDLE).
  - Other mailboxes: new and expunged messages as C{* STATUS name
@@ -56,8 +61,9 @@ Rules:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
@@ -582,4 +588,38 @@ class NotifyCommands:
         except imap4.IllegalClientResponse:
             return b""
         targets = [(view.seq_of(u), u) for u in uids if view.seq_of(u)]
-        return b"".join(self._fetch_responses(view, targets, items, False, offload=False))
+        return self._notify_fetch_pieces(self._fetch_responses(view, targets, items, False))
+
+    # While a new message's fetch attributes are parsed in a thread: that
+    # Deferred (imap/server.py's bring_up_to_date waits for it).
+    notify_parsing: defer.Deferred | None = None
+
+    def _notify_fetch_pieces(self, pieces: Iterator) -> bytes:
+        """
+        The octets of C{pieces} (FETCH's, L{_fetch_responses}) up to the
+        first that is a L{Deferred} (a message parsed in a thread); the
+        rest is written when it fires (L{_notify_parsed}), input held.
+        """
+        out = []
+        try:
+            for piece in pieces:
+                if isinstance(piece, defer.Deferred):
+                    self.notify_parsing = piece
+                    self._hold_input()
+                    piece.addBoth(lambda _: self._notify_parsed(pieces))
+                    break
+                out.append(piece[0] if type(piece) is tuple else piece)
+        except Exception:
+            log.failure("NOTIFY: MessageNew's fetch attributes could not be made")
+        return b"".join(out)
+
+    def _notify_parsed(self, pieces: Iterator) -> None:
+        self.notify_parsing = None
+        try:
+            data = self._notify_fetch_pieces(pieces)
+            if data and self.transport is not None and not self.transport.disconnecting:
+                self.transport.write(data)
+        finally:
+            self._release_input()
+        if self.notify_parsing is None and self.selected is not None and self.selected.pending:
+            self.changes_arrived()  # what came meanwhile

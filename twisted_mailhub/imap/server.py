@@ -622,6 +622,12 @@ class IMAPServer(
         live searches' (contexts.py) and NOTIFY's (notify.py).
         """
         view = self.selected
+        if self.notify_parsing is not None:
+            # A new message's NOTIFY fetch attributes are being parsed in
+            # a thread (notify.py): the view's changes are told after
+            # that FETCH, whose sequence numbers they would move.
+            self.write_notices()
+            return
         if view.pending:
             last = view.uids[-1] if view.uids else 0
             self.transport.write(b"".join(view.untagged(allow_expunge)))

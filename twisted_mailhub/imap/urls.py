@@ -17,6 +17,10 @@ Rules:
    or a section that does not exist all raise L{BadURL}, which the command
    answers C{NO [BADURL url]} (RFC 4469 §6).
  - Reading a URL never sets C{\\Seen} (it is a BODY.PEEK, RFC 5092 §6).
+ - A C{;SECTION=} of a message costly to take apart (thousands of MIME
+   parts, over 1 MiB: L{twisted_mailhub.imap.fetch.costly_to_parse}) is
+   cut out in a parsing thread, as FETCH's sections are; the reactor
+   serves every other client meanwhile.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet import defer
 from twisted.mail import imap4
 
-from twisted_mailhub.imap.fetch import parse_fetch_items, section_bytes
+from twisted_mailhub.imap.fetch import costly_to_parse, parse_fetch_items, section_bytes
 from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.wire import mailbox_name
+from twisted_mailhub.offload import in_thread
 from twisted_mailhub.store.interfaces import NoSuchMessage, StoreError
 
 _LOOPBACK = {"localhost", "127.0.0.1", "[::1]", "::1"}
@@ -135,11 +141,22 @@ def repr_free(text: str) -> str:
     return '"' + "".join(c if 32 <= ord(c) < 127 else "?" for c in text[:40]) + '"'
 
 
-def read_url(server: Any, raw: bytes) -> bytes:
+def read_url(server: Any, raw: bytes) -> bytes | defer.Deferred:
     """
     The octets an IMAP URL names, read for the session C{server} (an
-    L{twisted_mailhub.imap.server.IMAPServer}). Raises L{BadURL}.
+    L{twisted_mailhub.imap.server.IMAPServer}). Raises L{BadURL}. A
+    C{;SECTION=} of a message L{costly_to_parse} is cut out in a parsing
+    thread (L{twisted_mailhub.offload}), as FETCH does: then a L{Deferred}
+    that fires with the octets or fails with L{BadURL}.
     """
+    data, url = _message_of(server, raw)
+    if url.section and costly_to_parse(data):
+        return in_thread(url_octets, raw, data, url)
+    return url_octets(raw, data, url)
+
+
+def _message_of(server: Any, raw: bytes) -> tuple[bytes, ImapURL]:
+    """(the whole message the URL C{raw} names, the parsed URL): the store's part, in the reactor."""
     user = getattr(server.account, "address", None)
     url = parse_url(raw, user, {server.hub.hostname.lower()})
     if url.mailbox is None:
@@ -154,9 +171,17 @@ def read_url(server: Any, raw: bytes) -> bytes:
     if url.uidvalidity is not None and url.uidvalidity != folder.uid_validity:
         raise BadURL(raw, "the mailbox's UIDVALIDITY is not the URL's")
     try:
-        data = folder.read(url.uid)
+        return folder.read(url.uid), url
     except (NoSuchMessage, StoreError, OSError):
         raise BadURL(raw, "no such message") from None
+
+
+def url_octets(raw: bytes, data: bytes, url: ImapURL) -> bytes:
+    """
+    The section and partial range of the message C{data} that C{url}
+    (sent as C{raw}) names. Touches nothing but its arguments: it may run
+    in a parsing thread. Raises L{BadURL}.
+    """
     if url.section:
         try:
             item = parse_fetch_items(b"BODY.PEEK[" + url.section + b"]")[0]
@@ -173,4 +198,3 @@ def read_url(server: Any, raw: bytes) -> bytes:
         offset, length = url.partial
         data = data[offset:] if length is None else data[offset : offset + length]
     return data
-
