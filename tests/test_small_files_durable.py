@@ -32,13 +32,15 @@ class Journal:
     ("reply", line) for every reply; the "thread" is run when the test says.
     """
 
+    real_fsync = staticmethod(os.fsync)
+
     def __init__(self):
         self.events: list[tuple[str, str]] = []
         self.jobs: list[tuple] = []
 
     def fsync(self, fd: int) -> None:
         self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        os.fsync(fd)
+        self.real_fsync(fd)
 
     def run(self, function, *args):
         d = defer.Deferred()
@@ -114,6 +116,17 @@ class IMAPFolderChangesTests(unittest.TestCase):
     def test_create_is_answered_after_the_account_directory_is_fsynced(self):
         self.assert_flushed_then_answered(b"t create Work\r\n", "t OK CREATE", [self.account_dir])
         self.assertTrue(os.path.isdir(os.path.join(self.account_dir, ".Work", "cur")))
+
+    def test_create_makes_no_fsync_in_the_reactor_and_flushes_the_new_folders_files_before_its_reply(self):
+        in_reactor = []
+        self.patch(os, "fsync", lambda fd: in_reactor.append(os.readlink(f"/proc/self/fd/{fd}")))
+        folder = os.path.join(self.account_dir, ".Fresh")
+        self.assert_flushed_then_answered(
+            b"t create Fresh\r\n",
+            "t OK CREATE",
+            [os.path.join(folder, "mailhub-uidlist"), os.path.join(self.account_dir, "mailhub-uidvalidity"), folder, self.account_dir],
+        )
+        self.assertEqual(in_reactor, [])
 
     def test_delete_is_answered_after_the_account_directory_is_fsynced(self):
         self.assert_flushed_then_answered(b"t create Old\r\n", "t OK", [self.account_dir])

@@ -487,8 +487,12 @@ class MaildirFolder:
     # its file name (",D=", imap/utf8.shown_size_field), read by shown_sizes.
     shown_sizes_in_names = True
 
-    def __init__(self, name: str, path: str, writer: GroupCommitWriter, hostname: str, validity_path: str | None = None):
+    def __init__(self, name: str, path: str, writer: GroupCommitWriter, hostname: str, validity_path: str | None = None, sync_later: SmallFiles | None = None):
         self.name = name
+        # (a folder being made, CREATE: its new files are flushed by
+        # sync_later, off the reactor, before the CREATE is answered)
+        self._sync_later = sync_later
+        self.creation_flush: defer.Deferred | None = None
         self.validity_path = validity_path
         self._recent: set[int] = set()  # IMAP \Recent, beside what is in new/
         self.directory = path
@@ -766,14 +770,22 @@ class MaildirFolder:
         if any(os.listdir(d) for d in subdirs):
             latest = int(max(os.stat(d).st_ctime for d in subdirs)) + 1
         self.uid_validity = max(int(time.time()), latest, self.uid_validity + 1, _last_uid_validity(self.validity_path) + 1)
-        _remember_uid_validity(self.validity_path, self.uid_validity)
+        later = self._sync_later
+        _remember_uid_validity(self.validity_path, self.uid_validity, sync=later is None)
         self.uid_next = 1
-        self._write_uidlist()
+        self._write_uidlist(sync=later is None)
         # A new list: its unchecked file says so (none yet, and none of
         # an older list's), so no later load takes it for one from before.
         self._save_unchecked()
         # The list's name must survive a crash: UIDs are appended to it.
-        fsync_directory(self.directory)
+        if later is None:
+            fsync_directory(self.directory)
+        else:
+            # A folder being made: the counter, the list and the folder's
+            # directory are flushed in a worker thread (three fsyncs in
+            # the reactor a CREATE, fifteen at a first login), and the
+            # CREATE is answered after them (MaildirAccount.durable).
+            self.creation_flush = later.sync_files([p for p in (self.validity_path, self._uidlist_path()) if p], [self.directory])
         if not len(self._table) and not self._pending:
             header = f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n".encode("ascii")
             self._index_state = _IndexState(len(header), [header], self.uid_next, 0)
@@ -785,9 +797,10 @@ class MaildirFolder:
         info = entry.info
         return _format_line(info.uid, info.key, info.size, info.internal_date, entry.keywords)
 
-    def _write_uidlist(self) -> None:
+    def _write_uidlist(self, sync: bool = True) -> None:
         """
-        Rewrite the list from the table (and the UIDs being written), fsynced.
+        Rewrite the list from the table (and the UIDs being written), fsynced
+        (without C{sync}, the caller flushes it).
         Raises L{InsufficientStorage} or C{OSError}; the old list then stays.
         """
         if self._shared:
@@ -795,17 +808,17 @@ class MaildirFolder:
             # their lines are read with it held (one not numbered yet has
             # no line yet, and gets it in the new list).
             with self._uidlist_lock:
-                self._write_uidlist_from_table()
+                self._write_uidlist_from_table(sync)
             return
-        self._write_uidlist_from_table()
+        self._write_uidlist_from_table(sync)
 
-    def _write_uidlist_from_table(self) -> None:
+    def _write_uidlist_from_table(self, sync: bool = True) -> None:
         table = self._table
         lines = [(table.uids[i], self._row_line(table, i)) for i in range(len(table))]
         lines.extend((e.info.uid, self._uidlist_line(e)) for e in list(self._pending.values()) if e.info.uid)
         if self._pending:
             lines.sort()
-        self._write_uidlist_text([line for _, line in lines])
+        self._write_uidlist_text([line for _, line in lines], sync)
 
     def _keywords_changed(self, positions: list[int]) -> None:
         """
@@ -828,7 +841,7 @@ class MaildirFolder:
         except OSError as e:
             raise storage_error(e) from e
 
-    def _write_uidlist_text(self, lines: list[str]) -> None:
+    def _write_uidlist_text(self, lines: list[str], sync: bool = True) -> None:
         tmp = self._uidlist_path() + ".tmp"
         with self._uidlist_lock:
             if self._shared:
@@ -842,8 +855,9 @@ class MaildirFolder:
                     # Synced: after an expunge this header's UIDNEXT is what
                     # keeps the expunged UIDs from being given again after a
                     # crash.
-                    f.flush()
-                    os.fsync(f.fileno())
+                    if sync:
+                        f.flush()
+                        os.fsync(f.fileno())
                 os.replace(tmp, self._uidlist_path())
                 self._extra_lines = 0
             except OSError as e:
@@ -2324,17 +2338,19 @@ def _last_uid_validity(path: str | None) -> int:
         return 0
 
 
-def _remember_uid_validity(path: str | None, value: int) -> None:
+def _remember_uid_validity(path: str | None, value: int, sync: bool = True) -> None:
     # RFC 3501 §2.3.1.1: a folder deleted and made again (even within the
     # same second) must not get a UIDVALIDITY it had before. One counter per
-    # account, synced before the new folder's UID list names the value.
+    # account, synced before the new folder's UID list names the value
+    # (without sync: flushed with that list by the caller, SmallFiles).
     if path is None:
         return
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="ascii") as f:
         f.write(f"{value}\n")
-        f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -2511,7 +2527,10 @@ class MaildirAccount:
         os.makedirs(path, exist_ok=True)
         # Maildir++: a sub-folder holds a 'maildirfolder' marker file.
         open(os.path.join(path, "maildirfolder"), "a").close()
-        folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname, self._validity_path())
+        folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname, self._validity_path(), sync_later=self.small_files)
+        folder._sync_later = None  # (only its making: a list lost later is fsynced where it is written)
+        if folder.creation_flush is not None:
+            self._flushed(folder.creation_flush)
         self._sync_account_directory()
         return folder
 

@@ -10,6 +10,9 @@ Rules:
    rmtree: every reader sees it at once); only its flush waits.
    L{SmallFiles.sync_directories} fsyncs each directory named, once per
    batch, in a worker thread.
+ - A file written in the reactor without a flush (a new folder's UID list
+   and the account's UIDVALIDITY counter, both new or replaced by
+   rename) is fsynced by L{SmallFiles.sync_files}, before the directories.
  - A file replaced whole (L{SmallFiles.replace}) is written in the worker
    thread: a temporary file beside it, fsync, rename, then its directory
    fsynced; a crash leaves the old text or the new one, never an empty
@@ -65,6 +68,7 @@ class SmallFiles:
         self._run = run
         self._files: dict[str, bytes] = {}  # asked for, not on their way yet
         self._directories: dict[str, None] = {}
+        self._synced: dict[str, None] = {}  # files to fsync, written already
         self._waiting: list[defer.Deferred] = []
         self._writing: dict[str, bytes] = {}  # files of the batch on its way
         self._flying: list[defer.Deferred] | None = None  # that batch's waiters
@@ -85,6 +89,12 @@ class SmallFiles:
             self._directories[path] = None
         return self._wait()
 
+    def sync_files(self, files: list[str], directories: list[str]) -> defer.Deferred:
+        """Fsync each file in C{files} (already written), then each directory in C{directories} and those of the files."""
+        for path in files:
+            self._synced[path] = None
+        return self.sync_directories(list(directories) + [os.path.dirname(path) or "." for path in files])
+
     def settled(self) -> defer.Deferred:
         """Fires (with None, never failing) once everything asked for so far is done."""
         if self._files or self._directories:
@@ -104,10 +114,10 @@ class SmallFiles:
         return d
 
     def _start(self) -> None:
-        files, directories, waiting = self._files, list(self._directories), self._waiting
-        self._files, self._directories, self._waiting = {}, {}, []
+        files, synced, directories, waiting = self._files, list(self._synced), list(self._directories), self._waiting
+        self._files, self._synced, self._directories, self._waiting = {}, {}, {}, []
         self._writing, self._flying = files, waiting
-        d = self._in_thread(self._commit, files, directories)
+        d = self._in_thread(self._commit, files, directories, synced)
 
         def done(result: Any) -> None:
             self._writing, self._flying = {}, None
@@ -129,12 +139,21 @@ class SmallFiles:
             from twisted.internet import reactor  # type: ignore[no-redef]
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
-    def _commit(self, files: dict[str, bytes], directories: list[str]) -> None:
-        """In a worker thread: write the files, then fsync each directory once."""
+    def _commit(self, files: dict[str, bytes], directories: list[str], synced: list[str] = ()) -> None:
+        """In a worker thread: write the files, fsync those written already, then fsync each directory once."""
         order = dict.fromkeys(directories)
         for path, data in files.items():
             write_durably(path, data, self.fsync)
             order[os.path.dirname(path) or "."] = None
+        for path in synced:
+            try:
+                fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # replaced or removed since: its successor was flushed where it was written
+            try:
+                self.fsync(fd)
+            finally:
+                os.close(fd)
         for directory in order:
             try:
                 fd = os.open(directory, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
