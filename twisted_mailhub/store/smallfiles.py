@@ -137,6 +137,11 @@ class SmallFiles:
         reactor = self._reactor
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
+        if not getattr(reactor, "running", False):
+            # No reactor turning (a script such as mailhub-admin, a unit
+            # test): nobody waits on it, and a thread's result would never
+            # be delivered; the flush is made at once.
+            return defer.maybeDeferred(function, *args)
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
     def _commit(self, files: dict[str, bytes], directories: list[str], synced: list[str] = ()) -> None:
