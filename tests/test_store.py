@@ -101,6 +101,13 @@ class StoreContract:
         for bad in ("../x", "/abs", "a/../b", "a//b", ""):
             self.assertRaises(BadFolderName, account.create_folder, bad)
 
+    def test_a_folder_name_with_a_control_character_is_refused_and_the_error_shows_it_readably(self):
+        account = self.store.account("alice@example.org")
+        for bad, shown in (("a\x01b", "a^Ab"), ("tab\there", "tab^Ihere"), ("del\x7f", "del^?"), ("c1\x85x", "c1<U+0085>x")):
+            with self.assertRaises(BadFolderName) as caught:
+                account.create_folder(bad)
+            self.assertEqual(str(caught.exception), "bad folder name: " + shown)
+
 
 class ModSeqContract:
     """RFC 7162 mod-sequences, on the backends that provide IModSeqFolder."""

@@ -24,6 +24,8 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from twisted_mailhub.lines import quote
+
 log = Logger()
 
 
@@ -111,9 +113,9 @@ class ClientPortal:
             if self.metrics is not None:
                 self.metrics.logins.labels(self.protocol, "failed").inc()
             log.info(
-                "{protocol} login failed for {user!r} from {address} (answer held {delay:.1f}s)",
+                "{protocol} login failed for '{user}' from {address} (answer held {delay:.1f}s)",
                 protocol=self.protocol,
-                user=username,
+                user=quote(username),
                 address=self.client_address,
                 delay=delay,
             )

@@ -9,6 +9,7 @@ from typing import Callable
 
 from twisted.logger import Logger
 
+from twisted_mailhub.lines import quote
 from twisted_mailhub.store.interfaces import (
     INBOX,
     SYSTEM_FLAGS,
@@ -25,17 +26,19 @@ DELIMITER = "/"
 def normalize_folder_name(name: str) -> str:
     """
     The canonical form of a folder name: C{INBOX} in any case is C{INBOX};
-    no empty, C{.} or C{..} parts, no absolute names, no control characters.
+    no empty, C{.} or C{..} parts, no absolute names, no control characters
+    (C0, DEL, C1). L{BadFolderName} (its text shows the name as
+    L{twisted_mailhub.lines.quote} does) otherwise.
     """
     if not name or name.startswith(DELIMITER) or "\\" in name or "\0" in name:
-        raise BadFolderName(f"bad folder name: {name!r}")
+        raise BadFolderName(f"bad folder name: {quote(name)}")
     name = name.rstrip(DELIMITER)
     parts = name.split(DELIMITER)
     if parts[0].upper() == INBOX:
         parts[0] = INBOX
     for part in parts:
-        if part in ("", ".", "..") or part.startswith(".") or any(ord(c) < 32 for c in part):
-            raise BadFolderName(f"bad folder name: {name!r}")
+        if part in ("", ".", "..") or part.startswith(".") or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in part):
+            raise BadFolderName(f"bad folder name: {quote(name)}")
     return DELIMITER.join(parts)
 
 
