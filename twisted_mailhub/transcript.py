@@ -955,6 +955,23 @@ def _end_of_message(data: bytes, pos: int) -> tuple[int, int] | None:
     return None
 
 
+def record_read(protocol: Any, record: Any, data: bytes) -> None:
+    """
+    One read of C{protocol}'s connection (SMTP's, FTP's control
+    connection; not empty) into its session C{record}: first, while
+    C{protocol._tls_pending} (STARTTLS or AUTH TLS agreed, or an implicit
+    TLS listener), the record is told the connection is encrypted once
+    the handshake is done (L{tls_description}), so the transcript shows
+    where TLS began.
+    """
+    if protocol._tls_pending:
+        description = tls_description(protocol.transport)
+        if description:
+            protocol._tls_pending = False
+            record.encrypted(description)
+    record.client_bytes(data)
+
+
 def tls_description(transport: Any) -> str:
     """
     C{"TLSv1.3 TLS_AES_256_GCM_SHA384"} for a connection whose TLS

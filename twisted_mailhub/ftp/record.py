@@ -133,14 +133,7 @@ class ControlRecord(SessionRecord):
         if not bus.watchers and not bus.session_watchers and self._rest and data[-1:] == b"\n" and data.find(b"354") < 0:
             # (A line that starts with 354 makes the Transcriber read what
             # follows as a message, SMTP's DATA: transcribed at once.)
-            events = self._events
-            if self._raw is None:
-                self._raw = len(events)
-            events.append(data)
-            self._times.append(-bus.clock())
-            if len(events) > self._max + _SLACK:
-                self._make()
-                self._trim()
+            self._keep(data, -bus.clock())
             return
         self._transcribed().server_bytes(data)
         self._rest = self._transcriber.at_rest()

@@ -62,7 +62,7 @@ from twisted_mailhub.ftp.vfs import FileSystemUnavailable
 from twisted_mailhub.lines import LineEngine, control_note, quote, send_now
 from twisted_mailhub.proxyheader import socket_host
 from twisted_mailhub.store.interfaces import is_out_of_space
-from twisted_mailhub.transcript import record_login, tls_description
+from twisted_mailhub.transcript import record_login, record_read
 
 log = Logger()
 
@@ -379,12 +379,7 @@ class MailhubFTP(ftp.FTP):
     def dataReceived(self, data):
         record = self.record
         if record is not None:
-            if self._tls_pending:
-                description = tls_description(self.transport)
-                if description:
-                    self._tls_pending = False
-                    record.encrypted(description)
-            record.client_bytes(data)
+            record_read(self, record, data)
         if self.lines is not None:
             self.lines.data_received(data)
 

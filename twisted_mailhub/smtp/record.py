@@ -40,7 +40,7 @@ read.
 
 from __future__ import annotations
 
-from twisted_mailhub.ftp.record import _MAYBE_SECRET, _SLACK, ControlRecord
+from twisted_mailhub.ftp.record import _MAYBE_SECRET, ControlRecord
 from twisted_mailhub.transcript import _MessageLines
 
 # The kind of a kept entry that is a message's count, (lines, octets) (made:
@@ -101,15 +101,8 @@ class MailRecord(ControlRecord):
             bus = self.bus
             if self._rest and not bus.watchers and not bus.session_watchers and data[-1:] == b"\n" and (data in _SAFE or _no_secret(data)):
                 # Whole lines, no secret, nobody watching lines: kept as
-                # they came (ControlRecord.client_bytes, inline).
-                events = self._events
-                if self._raw is None:
-                    self._raw = len(events)
-                events.append(data)
-                self._times.append(bus.clock() if when is None else when)
-                if len(events) > self._max + _SLACK:
-                    self._make()
-                    self._trim()
+                # they came (as ControlRecord.client_bytes keeps them).
+                self._keep(data, bus.clock() if when is None else when)
                 return
             ControlRecord.client_bytes(self, data)
             return
@@ -200,15 +193,8 @@ class MailRecord(ControlRecord):
             if data[:3] != b"354":
                 if data.find(b"\n354") < 0:
                     # No line of it starts SMTP's DATA: kept as it came
-                    # (_keep, inline; a reply's time is kept negative).
-                    events = self._events
-                    if self._raw is None:
-                        self._raw = len(events)
-                    events.append(data)
-                    self._times.append(-bus.clock())
-                    if len(events) > self._max + _SLACK:
-                        self._make()
-                        self._trim()
+                    # (a reply's time is kept negative).
+                    self._keep(data, -bus.clock())
                     return
             elif self._message is None and data.find(b"\n") == len(data) - 1:
                 # The go-ahead for DATA, one line: what the client sends

@@ -75,7 +75,7 @@ from twisted_mailhub.smtp.record import MailRecord
 from twisted_mailhub.filters import Reject
 from twisted_mailhub.quota import QuotaExceeded
 from twisted_mailhub.store.interfaces import is_out_of_space
-from twisted_mailhub.transcript import RecordingPortal, tls_description
+from twisted_mailhub.transcript import RecordingPortal, record_read
 
 log = Logger()
 
@@ -358,12 +358,7 @@ class MailhubSMTP(smtp.ESMTP):
     def dataReceived(self, data: bytes) -> None:
         record = self.record
         if record is not None:
-            if self._tls_pending:
-                description = tls_description(self.transport)
-                if description:
-                    self._tls_pending = False
-                    record.encrypted(description)
-            record.client_bytes(data)
+            record_read(self, record, data)
         self.lines.data_received(data)
 
     def _recorded_input(self) -> None:
