@@ -193,3 +193,15 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class HopTextTests(unittest.TestCase):
+    """How a hop is written in the relay's log lines and the start line."""
+
+    def test_an_ipv6_address_is_written_in_brackets_before_its_port(self):
+        self.assertEqual(str(Hop("::1", "::1", 26525)), "[::1]:26525")
+        self.assertEqual(str(Hop("2001:db8::1", "2001:db8::1", 25)), "[2001:db8::1]:25")
+
+    def test_an_ipv4_address_and_a_named_host_are_written_as_before(self):
+        self.assertEqual(str(Hop("127.0.0.1", "127.0.0.1", 2525)), "127.0.0.1:2525")
+        self.assertEqual(str(Hop("mx1.b.test", "2001:db8::1", 25)), "mx1.b.test[2001:db8::1]:25")

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from twisted_mailhub.queue.admin import QueueControl
-from twisted_mailhub.queue.mx import Router, parse_host_port, parse_override
+from twisted_mailhub.queue.mx import Hop, Router, parse_host_port, parse_override
 from twisted_mailhub.queue.relay import Relay
 from twisted_mailhub.queue.schedule import RetrySchedule, parse_duration
 from twisted_mailhub.queue.storage import QueueStorage
@@ -202,5 +202,8 @@ def install(hub) -> None:
     if dsn is None:
         hub.add_service(QueueControl(relay, directory, hub.reactor))
     hub.add_service(relay)
-    route = f"smarthost {config['smarthost'][0]}:{config['smarthost'][1]}" if config["smarthost"] else "MX lookup"
+    route = "MX lookup"
+    if config["smarthost"]:
+        host, port = config["smarthost"][:2]
+        route = f"smarthost {Hop(host, host, port)}"
     log.info("queue: outbound mail by {route}, retries {schedule}, lifetime {lifetime}", route=route, schedule=str(config["schedule"]), lifetime=hub.options.get("queue-lifetime"))

@@ -41,8 +41,9 @@ class Hop:
     port: int
 
     def __str__(self) -> str:
+        """C{127.0.0.1:25}, C{[::1]:25} (RFC 3986 §3.2.2's brackets), or C{mx.example.org[192.0.2.1]:25}."""
         if self.name == self.address:
-            return f"{self.address}:{self.port}"
+            return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
         return f"{self.name}[{self.address}]:{self.port}"
 
 
