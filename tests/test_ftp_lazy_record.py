@@ -15,6 +15,8 @@ import pytest
 from twisted_mailhub.ftp.record import ControlRecord
 from twisted_mailhub.transcript import SessionEvents, SessionRecord, Transcriber
 
+from tests.record_helpers import start_watching
+
 SECRETS = (b"hunter2", b"s3cret", b"Zm9vYmFy", b"letmein")
 
 LOGIN = [
@@ -160,20 +162,7 @@ def test_a_watcher_or_reader_coming_midway_sees_exactly_what_it_saw_before(name,
     for n, step in enumerate(steps):
         if n == len(steps) // 2:
             for key, bus, record in (("lazy", lazy_bus, lazy), ("eager", eager_bus, eager)):
-                seen = told[key]
-
-                def watcher(r, event, seen=seen):
-                    seen.append((r.id, event, r.summary()["lines"]))
-
-                if how == "all":
-                    bus.subscribe(watcher)
-                elif how == "list":
-                    bus.subscribe(watcher, lines=False)
-                elif how == "session":
-                    bus.subscribe(watcher, session=record.id)
-                    seen.append(list(record.events))  # what the console shows first
-                else:
-                    seen.append((list(record.events), record.summary()))
+                start_watching(how, bus, record, told[key])
         _play(step, lazy, lazy_feed)
         _play(step, eager, eager_feed)
     lazy.closed()

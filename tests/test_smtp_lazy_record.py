@@ -15,6 +15,8 @@ import pytest
 from twisted_mailhub.smtp.record import MailRecord
 from twisted_mailhub.transcript import SessionEvents, SessionRecord, Transcriber
 
+from tests.record_helpers import start_watching
+
 SECRETS = (b"c2VjcmV0", b"YWxpY2UAYWxpY2UAc2VjcmV0", b"hunter2", b"s3cret")
 
 BODY = b"From: a@b\r\nTo: alice@localhost\r\nSubject: x\r\n\r\n" + b"x" * 70 + b"\r\n" + b"..a stuffed dot\r\n" + b"last\r\n"
@@ -250,20 +252,7 @@ def test_a_watcher_or_reader_coming_at_any_step_sees_exactly_what_it_saw_before(
             eager_clock.now += 0.125
             if n == cut:
                 for key, bus, record in (("lazy", lazy_bus, lazy), ("eager", eager_bus, eager)):
-                    seen = told[key]
-
-                    def watcher(r, event, seen=seen):
-                        seen.append((r.id, event, r.summary()["lines"]))
-
-                    if how == "all":
-                        bus.subscribe(watcher)
-                    elif how == "list":
-                        bus.subscribe(watcher, lines=False)
-                    elif how == "session":
-                        bus.subscribe(watcher, session=record.id)
-                        seen.append(list(record.events))  # what the console shows first
-                    else:
-                        seen.append((list(record.events), record.summary()))
+                    start_watching(how, bus, record, told[key])
             _play(step, lazy, lazy_feed)
             _play(step, eager, eager_feed)
         assert told["lazy"] == told["eager"], f"watching from step {cut}"
