@@ -92,15 +92,85 @@ def test_a_lone_write_starts_no_separate_writeback(tmp_path, monkeypatch):
     assert calls == [] and os.listdir(root / "new") == ["m0"]
 
 
-def test_a_quiet_system_is_flushed_with_one_syncfs_per_batch(tmp_path, monkeypatch):
+def test_a_quiet_system_flushes_a_batch_with_one_syncfs_for_its_data_and_one_for_its_links(tmp_path, monkeypatch):
+    if durable._syncfs is None or durable._linkat is None:
+        pytest.skip("no syncfs(2) or no O_TMPFILE on this system")
+    seen = []
+    real = durable._sync_filesystem
+    root = maildir(tmp_path)
+    monkeypatch.setattr(durable, "_sync_filesystem", lambda path: (seen.append((os.listdir(root / "tmp"), sorted(os.listdir(root / "new")))), real(path))[1])
+    assert durable._commit_batch(writes(root, 5), "syncfs") == [None] * 5
+    # The data is flushed while no message has a name (not even in tmp/),
+    # then their names in new/ are.
+    assert seen == [([], []), ([], ["m0", "m1", "m2", "m3", "m4"])]
+    assert (root / "new" / "m4").read_bytes() == b"message 4\r\n"
+
+
+def test_where_the_filesystem_has_no_unnamed_files_a_batch_is_written_to_tmp_names_and_renamed(tmp_path, monkeypatch):
     if durable._syncfs is None:
         pytest.skip("no syncfs(2) on this system")
-    calls = []
+    real_open, seen = os.open, []
+
+    def refusing(path, flags, *args, **kwargs):
+        if durable._O_TMPFILE and flags & durable._O_TMPFILE == durable._O_TMPFILE:
+            raise OSError(95, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    monkeypatch.setattr(durable, "_unnamed_refused", set())
     real = durable._sync_filesystem
-    monkeypatch.setattr(durable, "_sync_filesystem", lambda path: (calls.append(path), real(path))[1])
     root = maildir(tmp_path)
-    assert durable._commit_batch(writes(root, 5), "syncfs") == [None] * 5
-    assert len(calls) == 1
+    monkeypatch.setattr(durable, "_sync_filesystem", lambda path: (seen.append(sorted(os.listdir(root / "tmp"))), real(path))[1])
+    assert durable._commit_batch(writes(root, 3), "syncfs") == [None] * 3
+    assert seen == [["m0", "m1", "m2"]]
+    assert sorted(os.listdir(root / "new")) == ["m0", "m1", "m2"] and os.listdir(root / "tmp") == []
+    assert (root / "new" / "m1").read_bytes() == b"message 1\r\n"
+
+
+def test_where_linking_an_unnamed_file_is_refused_it_is_written_again_named_and_renamed(tmp_path, monkeypatch):
+    if durable._syncfs is None or durable._linkat is None:
+        pytest.skip("no syncfs(2) or no O_TMPFILE on this system")
+
+    def refused(fd, directory_fd, name, path):
+        raise OSError(1, "Operation not permitted", path)
+
+    monkeypatch.setattr(durable, "_link", refused)
+    monkeypatch.setattr(durable, "_unnamed_refused", set())
+    root = maildir(tmp_path)
+    assert durable._commit_batch(writes(root, 3), "syncfs") == [None] * 3
+    assert sorted(os.listdir(root / "new")) == ["m0", "m1", "m2"] and os.listdir(root / "tmp") == []
+    assert (root / "new" / "m2").read_bytes() == b"message 2\r\n"
+    assert durable._unnamed_refused == {str(root / "tmp")}
+
+
+def test_a_process_that_dies_before_the_links_leaves_nothing_in_tmp_or_new(tmp_path):
+    if durable._syncfs is None or durable._linkat is None:
+        pytest.skip("no syncfs(2) or no O_TMPFILE on this system")
+    root = maildir(tmp_path)
+    pid = os.fork()
+    if pid == 0:  # the hub, killed once the data is on disk and before any name is given
+        try:
+            durable._link = lambda *args: os._exit(7)
+            durable._commit_batch(writes(root, 4), "syncfs")
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 7
+    assert os.listdir(root / "tmp") == [] and os.listdir(root / "new") == []
+
+
+def test_a_failed_flush_of_the_links_takes_the_linked_messages_back_out(tmp_path, monkeypatch):
+    if durable._syncfs is None or durable._linkat is None:
+        pytest.skip("no syncfs(2) or no O_TMPFILE on this system")
+
+    def broken(path):
+        raise OSError(5, "syncfs: Input/output error", path)
+
+    monkeypatch.setattr(durable, "_sync_links", broken)
+    root = maildir(tmp_path)
+    outcome = durable._commit_batch(writes(root, 3), "syncfs")
+    assert all(isinstance(e, OSError) and e.errno == 5 for e in outcome)
+    assert os.listdir(root / "new") == [] and os.listdir(root / "tmp") == []
 
 
 def test_a_failed_syncfs_fails_the_batch_and_renames_nothing(tmp_path, monkeypatch):

@@ -208,6 +208,7 @@ class FullDiskTests(FolderCase):
             raise OSError(errno.ENOSPC, "No space left on device")
 
         self.patch(os, "fsync", fsync)
+        self.patch(durable, "_sync_filesystem", lambda path: fsync(None))  # (the flush of a quiet system: syncfs)
         yield self.assertFailure(self.folder.deliver(MESSAGE), InsufficientStorage)
         self.assertEqual(self.listing("new"), [])
         self.assertEqual(self.listing("tmp"), [])
@@ -218,6 +219,7 @@ class FullDiskTests(FolderCase):
             raise OSError(errno.EIO, "Input/output error", path)
 
         self.patch(durable, "fsync_directory", broken)
+        self.patch(durable, "_sync_links", broken)  # (the same step for a message linked into place)
         failure = yield self.assertFailure(self.folder.deliver(MESSAGE), OSError)
         self.assertEqual(failure.errno, errno.EIO)
         self.assertEqual(self.listing("new"), [])
@@ -244,13 +246,13 @@ class AllOrNothingCopyTests(FolderCase):
         real = durable._create_file
         calls = []
 
-        def create(path, data):
+        def create(path, data, *unnamed_in):
             # the disk fills up at the second copy
             if path.startswith(destination.directory):
                 calls.append(path)
                 if len(calls) == 2:
                     raise OSError(errno.ENOSPC, "No space left on device")
-            return real(path, data)
+            return real(path, data, *unnamed_in)
 
         self.patch(durable, "_create_file", create)
         yield self.assertFailure(self.folder.copy_to(uids, destination), InsufficientStorage)

@@ -212,11 +212,11 @@ class SharedFolderTests(unittest.TestCase):
         create = durable._create_file
         calls = []
 
-        def second_fails(path, data):
+        def second_fails(path, data, *unnamed_in):
             calls.append(path)
             if len(calls) == 2:
                 raise OSError(28, "No space left on device", path)
-            return create(path, data)
+            return create(path, data, *unnamed_in)
 
         self.patch(durable, "_create_file", second_fails)
         results = yield defer.DeferredList([self.a.deliver(MESSAGE) for _ in range(3)], consumeErrors=True)

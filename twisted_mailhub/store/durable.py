@@ -38,6 +38,12 @@ waits no longer than that turn. A batch runs in four phases:
  4. fsync each directory once; if that fails the renamed files are taken
     back out, so that a failed write never stays where it would be read.
 
+In a batch flushed by syncfs, a message is written as an unnamed file
+(O_TMPFILE, see L{UNNAMED}): phase 1 gives it no name in tmp/, phase 3
+links it to its final name instead of a rename, and phase 4 is a second
+syncfs (the directory entries and the linked files' inodes). A crash
+before phase 3 leaves nothing anywhere, not even in tmp/.
+
 So 32 concurrent deliveries share a few journal commits rather than
 paying 32, and nothing is acknowledged before it is safe. Either way the
 cost of a batch is the hub's own data: a neighbour's gigabytes of dirty
@@ -116,9 +122,17 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _create_file(path: str, data) -> int:
-    """Create C{path} with C{data}; returns its open descriptor."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+def _create_file(path: str, data, directory_fd: int | None = None) -> int:
+    """
+    Create C{path} with C{data}; returns its open descriptor. With
+    C{directory_fd} (a descriptor of C{path}'s directory) the file is made
+    there with no name (O_TMPFILE) and C{path} only names it in errors:
+    L{_link} gives it its final name.
+    """
+    if directory_fd is None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, 0o600)
+    else:
+        fd = os.open(".", os.O_WRONLY | _O_TMPFILE | _O_CLOEXEC, 0o600, dir_fd=directory_fd)
     try:
         if callable(data):
             data(fd)
@@ -163,6 +177,73 @@ def append_lines(path: str, data: bytes, sync: bool = False) -> int | None:
 
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+# Unnamed files (Linux 3.11 O_TMPFILE, where the filesystem has it): a
+# message written to tmp/ with no name, given its final name by linkat(2)
+# once its data is on disk. That spares a name in tmp/ made and taken out
+# again and a rename (two directories changed, the filesystem's rename
+# lock) per message. Used in a batch flushed by syncfs(2) (L{choose_flush})
+# for a write of bytes with no rename of its own: its phase 4 is then a
+# second syncfs instead of a directory fsync, because a linked file's
+# inode changed too (its link count, 0 -> 1), and a directory fsync does
+# not write that inode everywhere (ext4 without a journal writes only the
+# directory's blocks and inode).
+UNNAMED = True
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0) if sys.platform.startswith("linux") else 0
+_AT_EMPTY_PATH = 0x1000
+_AT_SYMLINK_FOLLOW = 0x400
+_AT_FDCWD = -100
+# Directories (tmp/ paths) whose filesystem refused an unnamed file or its
+# link: written there with a tmp/ name and renamed from then on.
+_unnamed_refused: set[str] = set()
+
+
+def _find_linkat() -> Callable[..., int] | None:
+    """libc's linkat(2), or None."""
+    if not _O_TMPFILE:
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).linkat
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_linkat = _find_linkat()
+# How an open unnamed file is linked: by its descriptor (AT_EMPTY_PATH:
+# Linux 6.10 for anyone, before it only with CAP_DAC_READ_SEARCH), else
+# through /proc/self/fd (AT_SYMLINK_FOLLOW); the first refused is not
+# asked again.
+_link_by_descriptor = True
+
+
+def _link(fd: int, directory_fd: int, name: str, path: str) -> None:
+    """
+    Give the unnamed file open as C{fd} the name C{name} in the directory
+    open as C{directory_fd} (C{path}: that name in full, for errors).
+    Raises OSError (EEXIST: the name is taken; ENOENT or EPERM from both
+    ways: linking unnamed files is not allowed here).
+    """
+    global _link_by_descriptor
+    target = name.encode("utf-8", "surrogateescape")
+    if _link_by_descriptor:
+        if _linkat(fd, b"", directory_fd, target, _AT_EMPTY_PATH) == 0:  # type: ignore[misc]
+            return
+        errno = ctypes.get_errno()
+        if errno not in (1, 2):  # EPERM, ENOENT: the other way may do
+            raise OSError(errno, os.strerror(errno), path)
+        _link_by_descriptor = False
+    if _linkat(_AT_FDCWD, b"/proc/self/fd/%d" % fd, directory_fd, target, _AT_SYMLINK_FOLLOW) != 0:  # type: ignore[misc]
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno), path)
+
+
+def _sync_links(path: str) -> None:
+    """Phase 4 for files linked into the directory C{path}: their entries and inodes on disk (one syncfs of its filesystem)."""
+    _sync_filesystem(path)
 
 
 def fsync_directory(path: str) -> None:
@@ -317,14 +398,24 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
     fds: list[int | None] = [None] * len(batch)
     logs: dict[tuple[str, int], list[int]] = {}  # (log file, its lock) -> indexes of the writes it carries
     log_fds: dict[tuple[str, int], int] = {}
+    # Unnamed files (UNNAMED): which writes are, and the batch's descriptors
+    # of their directories (tmp/ and the final ones), opened once a batch.
+    unnamed = [False] * len(batch)
+    directory_fds: dict[str, int | None] = {}
     try:
+        use_unnamed = UNNAMED and flush == "syncfs" and _syncfs is not None and _linkat is not None
         # 1. data to tmp files, then records to their logs
         for i, item in enumerate(batch):
             try:
-                fds[i] = _create_file(item.tmp_path, item.data)
+                if use_unnamed and item.rename is None and type(item.data) is bytes:
+                    fds[i] = _create_unnamed(item, directory_fds)
+                    unnamed[i] = fds[i] is not None
+                if fds[i] is None:
+                    fds[i] = _create_file(item.tmp_path, item.data)
             except BaseException as e:  # noqa: B036 - reported to the caller
                 outcome[i] = e
-                _discard(item.tmp_path)
+                if not unnamed[i]:
+                    _discard(item.tmp_path)
                 continue
             if item.record is not None:
                 logs.setdefault((item.record.path, id(item.record.lock)), []).append(i)
@@ -341,13 +432,26 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
         # 2. flush
         _flush(batch, outcome, fds, logs, log_fds, flush)
         _fail_groups(batch, outcome)
-        # 3. rename into place
+        # 3. rename (or link) into place
         directories: dict[str, list[int]] = {}
+        linked: dict[str, list[int]] = {}
         for i, item in enumerate(batch):
+            if outcome[i] is None and unnamed[i]:
+                try:
+                    unnamed[i] = _place_unnamed(item, fds[i], directory_fds)  # type: ignore[arg-type]
+                except BaseException as e:  # noqa: B036 - reported to the caller
+                    outcome[i] = e
+                if unnamed[i]:
+                    _close(fds[i])
+                    fds[i] = None
+                    if outcome[i] is None:
+                        linked.setdefault(_directory_of(item.final_path), []).append(i)
+                    continue
             _close(fds[i])
             fds[i] = None
             if outcome[i] is not None:
-                _discard(item.tmp_path)
+                if not unnamed[i]:
+                    _discard(item.tmp_path)
                 continue
             try:
                 (item.rename or os.rename)(item.tmp_path, item.final_path)
@@ -364,12 +468,98 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
                 for i in members:
                     outcome[i] = e
                     _discard(batch[i].final_path)
+        if linked:
+            _sync_linked(batch, outcome, linked, directory_fds)
     finally:
         for fd in fds:
             _close(fd)
         for fd in log_fds.values():
             _close(fd)
+        for fd in directory_fds.values():
+            _close(fd)
     return outcome
+
+
+def _directory_fd(directory: str, directory_fds: dict[str, int | None]) -> int:
+    """The batch's descriptor of C{directory} (opened at its first use in the batch)."""
+    fd = directory_fds.get(directory)
+    if fd is None:
+        fd = directory_fds[directory] = os.open(directory or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+    return fd
+
+
+# What open(O_TMPFILE) fails with where the filesystem (or the kernel) has
+# no unnamed files: EOPNOTSUPP, EISDIR (a kernel before 3.11 reads the flag
+# as O_DIRECTORY), EINVAL.
+_NO_UNNAMED = frozenset({95, 21, 22})
+
+
+def _create_unnamed(item: PendingWrite, directory_fds: dict[str, int | None]) -> int | None:
+    """
+    Phase 1 for a write as an unnamed file in its tmp/ directory: its open
+    descriptor, or None where the filesystem refuses unnamed files (then
+    that directory is written with tmp/ names from then on).
+    """
+    directory = _directory_of(item.tmp_path)
+    if directory in _unnamed_refused:
+        return None
+    directory_fd = _directory_fd(directory, directory_fds)
+    try:
+        return _create_file(item.tmp_path, item.data, directory_fd)
+    except OSError as e:
+        if e.errno not in _NO_UNNAMED:
+            raise
+    _unnamed_refused.add(directory)
+    return None
+
+
+def _place_unnamed(item: PendingWrite, fd: int, directory_fds: dict[str, int | None]) -> bool:
+    """
+    Phase 3 for an unnamed file whose data is on disk: linked to its final
+    name (True). Where linking an unnamed file is not allowed, the data is
+    written again under its tmp/ name and fsynced, for the caller to
+    rename into place (False), and that tmp/ directory is written with
+    names from then on. Raises OSError if neither could be done (then no
+    tmp/ name is left).
+    """
+    final = item.final_path
+    directory = _directory_of(final)
+    slash = final.rfind("/")
+    try:
+        _link(fd, _directory_fd(directory, directory_fds), final[slash + 1 :], final)
+        return True
+    except OSError as e:
+        if e.errno not in (1, 2, 18, 95):  # EPERM, ENOENT, EXDEV, EOPNOTSUPP
+            raise
+    _unnamed_refused.add(_directory_of(item.tmp_path))
+    again = _create_file(item.tmp_path, item.data)
+    try:
+        os.fsync(again)
+    except BaseException:
+        _discard(item.tmp_path)
+        raise
+    finally:
+        os.close(again)
+    return False
+
+
+def _sync_linked(batch: list[PendingWrite], outcome: list[BaseException | None], linked: dict[str, list[int]], directory_fds: dict[str, int | None]) -> None:
+    """
+    Phase 4 for the files linked into place (C{linked}: directory -> the
+    writes linked there): one syncfs per filesystem (L{_sync_links}); if
+    it fails, the files it was to make durable are taken back out.
+    """
+    devices: dict[int, list[str]] = {}
+    for directory in linked:
+        devices.setdefault(os.fstat(directory_fds[directory]).st_dev, []).append(directory)  # type: ignore[arg-type]
+    for directories in devices.values():
+        try:
+            _sync_links(directories[0])
+        except OSError as e:
+            for directory in directories:
+                for i in linked[directory]:
+                    outcome[i] = e
+                    _discard(batch[i].final_path)
 
 
 def _fail_groups(batch: list[PendingWrite], outcome: list[BaseException | None]) -> None:
