@@ -33,7 +33,7 @@ def maildir(tmp_path):
 
 
 def writes(root, n):
-    return [PendingWrite(str(root / "tmp" / f"m{i}"), str(root / "new" / f"m{i}"), b"message %d\r\n" % i) for i in range(n)]
+    return [PendingWrite(str(root / "tmp" / f"m{i}"), str(root / "new" / f"m{i}"), b"message %d\r\n" % i, fresh=True) for i in range(n)]
 
 
 def test_a_batch_lands_complete_in_its_final_place(tmp_path, flush):
@@ -104,6 +104,14 @@ def test_a_quiet_system_flushes_a_batch_with_one_syncfs_for_its_data_and_one_for
     # then their names in new/ are.
     assert seen == [([], []), ([], ["m0", "m1", "m2", "m3", "m4"])]
     assert (root / "new" / "m4").read_bytes() == b"message 4\r\n"
+
+
+def test_a_write_to_a_name_not_marked_fresh_replaces_the_file_there_as_a_rename_does(tmp_path):
+    root = maildir(tmp_path)
+    (root / "new" / "state").write_bytes(b"old")
+    batch = [PendingWrite(str(root / "tmp" / "state"), str(root / "new" / "state"), b"new"), *writes(root, 2)]
+    assert durable._commit_batch(batch, "syncfs") == [None] * 3
+    assert (root / "new" / "state").read_bytes() == b"new" and os.listdir(root / "tmp") == []
 
 
 def test_where_the_filesystem_has_no_unnamed_files_a_batch_is_written_to_tmp_names_and_renamed(tmp_path, monkeypatch):

@@ -110,6 +110,10 @@ class PendingWrite:
     # it returns is what the Deferred fails with (the same error, or the
     # owner's word for it). One callback less per write than an errback.
     failed: Callable[[Any], Any] | None = None
+    # final_path is a name nobody has (a Maildir's unique name): the write
+    # may be an unnamed file linked there (UNNAMED), which cannot replace
+    # a file as a rename does.
+    fresh: bool = False
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -184,7 +188,8 @@ _fdatasync = getattr(os, "fdatasync", os.fsync)
 # once its data is on disk. That spares a name in tmp/ made and taken out
 # again and a rename (two directories changed, the filesystem's rename
 # lock) per message. Used in a batch flushed by syncfs(2) (L{choose_flush})
-# for a write of bytes with no rename of its own: its phase 4 is then a
+# for a write of bytes to a fresh name (L{PendingWrite.fresh}: a link does
+# not replace a file) with no rename of its own: its phase 4 is then a
 # second syncfs instead of a directory fsync, because a linked file's
 # inode changed too (its link count, 0 -> 1), and a directory fsync does
 # not write that inode everywhere (ext4 without a journal writes only the
@@ -407,7 +412,7 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
         # 1. data to tmp files, then records to their logs
         for i, item in enumerate(batch):
             try:
-                if use_unnamed and item.rename is None and type(item.data) is bytes:
+                if use_unnamed and item.fresh and item.rename is None and type(item.data) is bytes:
                     fds[i] = _create_unnamed(item, directory_fds)
                     unnamed[i] = fds[i] is not None
                 if fds[i] is None:
@@ -781,6 +786,7 @@ class GroupCommitWriter:
         arrived: Callable[[], Any] | None = None,
         result: Any = None,
         failed: Callable[[Any], Any] | None = None,
+        fresh: bool = False,
     ) -> defer.Deferred:
         """
         Write C{data} (bytes, or a callable taking an fd) to C{tmp_path},
@@ -795,9 +801,12 @@ class GroupCommitWriter:
         Deferred of the batch fires (the owner's bookkeeping; if it
         raises, the Deferred fails with that). C{failed(error)}, if given,
         is called instead when the write did not happen, just before the
-        Deferred fails with what it returns.
+        Deferred fails with what it returns. C{fresh}: no file is at
+        C{final_path} (a unique name), so the write may go there as an
+        unnamed file and a link (L{UNNAMED}); otherwise it replaces what is
+        there, as a rename does.
         """
-        item = PendingWrite(tmp_path, final_path, data, record=record, rename=rename, arrived=arrived, result=result, failed=failed)
+        item = PendingWrite(tmp_path, final_path, data, record=record, rename=rename, arrived=arrived, result=result, failed=failed, fresh=fresh)
         self._queue.append(item)
         if not self._starting and self._running < self._limit():
             # At the end of this reactor turn, with the writes of its other events.

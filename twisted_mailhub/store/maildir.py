@@ -1601,6 +1601,7 @@ class MaildirFolder:
             arrived=partial(self._arrived, None, entry),
             result=base,
             failed=partial(self._write_failed, entry),
+            fresh=True,  # (a unique name)
         )
         return d
 
