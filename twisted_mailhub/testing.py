@@ -231,6 +231,7 @@ class Mailhub:
         self._said_ready = False
         self._reader: threading.Thread | None = None
         self._ssl_context: ssl.SSLContext | None = None
+        self._kept_as: str | None = None
 
     # -- accounts ------------------------------------------------------------
 
@@ -447,12 +448,36 @@ class Mailhub:
                 self.process.stdout.close()
             code = self.process.returncode
             self.process = None
+            self._keep_log()
         if remove_data if remove_data is not None else self._own_data_dir:
             if self.data_dir and os.path.isdir(self.data_dir):
                 shutil.rmtree(self.data_dir, ignore_errors=True)
             if self._own_data_dir:
                 self.data_dir = ""
         return code
+
+    def _keep_log(self) -> None:
+        """
+        With C{MAILHUB_KEEP_LOGS=DIR} in the environment, write everything
+        this hub printed (restarts included) to C{DIR/<test>-<n>.log}, named
+        after the running pytest test when there is one: a whole suite's
+        hub logs can then be searched for tracebacks and unhandled errors
+        no test asserted on. Written again, whole, at each stop.
+        """
+        folder = os.environ.get("MAILHUB_KEEP_LOGS")
+        if not folder:
+            return
+        if self._kept_as is None:
+            test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0] or "mailhub"
+            stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", test)[:180]
+            os.makedirs(folder, exist_ok=True)
+            n = 0
+            while os.path.exists(os.path.join(folder, f"{stem}-{n}.log")):
+                n += 1
+            self._kept_as = os.path.join(folder, f"{stem}-{n}.log")
+            open(self._kept_as, "w").close()
+        with open(self._kept_as, "w", encoding="utf-8", errors="replace") as f:
+            f.write(self.log)
 
     def restart(self, same_ports: bool = True) -> "Mailhub":
         """
