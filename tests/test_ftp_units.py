@@ -232,6 +232,21 @@ def test_active_channel_connects_from_the_data_port():
     assert channel.state is DataState.IDLE
 
 
+def test_an_active_connection_that_cannot_be_started_fails_the_transfer_and_leaves_nothing_behind():
+    # Twisted raises at once, inside connect(), for an address it cannot
+    # resolve (an IPv6 scope id that names no interface): the transfer
+    # fails as a refused connection does, and no timer is left to fire a
+    # Deferred nobody waits on ("Unhandled error in Deferred").
+    reactor = MemoryReactorClock()
+    channel = DataChannel(reactor, "::1", "fe80::1", 0, timeout=5)
+    channel.active("fe80::1%nosuchif9", 40000)
+    failure = result_of(channel.open())
+    assert failure.check(ftpdata.TransferFailed)
+    assert failure.getErrorMessage() == "cannot connect to fe80::1%nosuchif9 port 40000"
+    assert channel.state is DataState.IDLE
+    assert reactor.getDelayedCalls() == []
+
+
 # -- control channel over StringTransport ----------------------------------------------
 
 
@@ -420,3 +435,43 @@ def test_opts_answers_each_command_it_knows_and_refuses_the_rest_with_501(sessio
     proto, transport, say, clock = session
     assert say(line + b"\r\n") == reply + b"\r\n"
     assert say(b"NOOP\r\n").startswith(b"200")
+
+
+def test_a_data_connection_that_cannot_be_started_is_425_with_no_traceback(tmp_path):
+    # A link-local client (fe80::1%eth0) names its own address with a scope
+    # id no interface of ours has: EPRT is its own address (the scope is
+    # not part of the comparison), and the transfer that cannot connect is
+    # 425 with the reason, one warning, no #critical traceback.
+    from twisted.internet.address import IPv6Address
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    clock = task.Clock()
+    accounts = AccountBook(["localhost"])
+    accounts.add("alice", "secret")
+    hub = Hub(clock, {"ftp-data-timeout": 5}, accounts, MemoryStore(), str(tmp_path), "mail.test")
+    component.install(hub)
+    factory = MailhubFTPFactory(hub, idle_timeout=30, data_timeout=5)
+    peer = IPv6Address("TCP", "fe80::1", 5000)
+    proto = factory.buildProtocol(peer)
+    transport = StringTransport(peerAddress=peer, hostAddress=IPv6Address("TCP", "::1", 2121))
+    proto.makeConnection(transport)
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        proto.dataReceived(b"USER alice\r\nPASS secret\r\n")
+        transport.clear()
+        proto.dataReceived(b"EPRT |2|fe80::1%nosuchif9|40000|\r\n")
+        assert transport.value() == b"200 EPRT command successful.\r\n"
+        transport.clear()
+        proto.dataReceived(b"LIST\r\n")
+        replies = transport.value().decode().splitlines()
+        assert replies[0].startswith("150 ")
+        assert replies[1] == "425 Can't open data connection: cannot connect to fe80::1%nosuchif9 port 40000."
+        transport.clear()
+        clock.advance(6)  # past the data timeout: nothing was left to fire
+        assert transport.value() == b""
+        assert not transport.disconnecting
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert not [e for e in seen if e.get("log_level") in (LogLevel.critical, LogLevel.error) or "log_failure" in e]
+    assert [e for e in seen if e.get("log_level") is LogLevel.warn and "cannot connect" in e.get("log_format", "")]

@@ -501,6 +501,11 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         self.transport.loseConnection()
 
 
+def _os_words(e: Exception) -> str:
+    """An exception as a log line's words: its OS text, else its message, else its kind."""
+    return getattr(e, "strerror", None) or str(e) or e.__class__.__name__
+
+
 def data_tls_options(control: Any) -> Any:
     """
     TLS options for data connections, from the control channel's.
@@ -734,19 +739,31 @@ class DataChannel:
             return defer.succeed(self.connection)
         if not self.ready:
             return defer.fail(TransferFailed("use PORT or PASV first"))
-        self._waiting = defer.Deferred()
+        waiting = self._waiting = defer.Deferred()
         self._timer = self.reactor.callLater(self.timeout, self._timed_out)
-        if self.state is DataState.ACTIVE_READY:
-            self._connect(bind=self.data_port > 0)
+        active = self.state is DataState.ACTIVE_READY
         self._enter(DataState.CONNECTING)
-        return self._waiting
+        if active:
+            self._connect(bind=self.data_port > 0)
+        return waiting
 
     def _connect(self, bind: bool):
+        """
+        Start connecting to the client's PORT/EPRT address. A connection
+        that cannot even be started (Twisted raises at once for an address
+        it cannot resolve, e.g. an IPv6 scope id no interface has) fails
+        the transfer as a refused one does (425), with one log line: no
+        traceback, and no timer or Deferred left behind.
+        """
         host, port = self._address
         bind_address = (self.local_host, self.data_port) if bind else (self.local_host, 0)
         factory = _ActiveFactory(self, bind)
-        connector = _ReuseAddressConnector(host, port, factory, self.timeout, bind_address, self.reactor)
-        connector.connect()
+        try:
+            connector = _ReuseAddressConnector(host, port, factory, self.timeout, bind_address, self.reactor)
+            connector.connect()
+        except Exception as e:
+            log.warn("ftp cannot connect to {host} port {port}: {why}", host=host, port=port, why=_os_words(e))
+            self._give_up(TransferFailed(f"cannot connect to {host} port {port}"))
 
     def _active_failed(self, reason, bound):
         if self.state is not DataState.CONNECTING:
