@@ -115,9 +115,13 @@ def wants_smtputf8(job: "Job") -> bool:
 
 
 def quote_path(address: str) -> bytes:
-    """C{<address>} for MAIL/RCPT, in UTF-8 when it is not ASCII (RFC 6531 §3.3)."""
-    if address.isascii():
-        return smtp.quoteaddr(address)
+    """
+    C{<address>} for MAIL/RCPT, in UTF-8 when it is not ASCII (RFC 6531
+    §3.3). The address is kept as the client gave it (RFC 5321 form,
+    checked by the SMTP session): a Quoted-string local part goes on as it
+    came (C{"a\\"b"@x}, C{"al ice"@x}); Twisted's C{quoteaddr} reparsed
+    it as an RFC 5322 header address and cut C{"a\\"b"@x} to C{a\\}.
+    """
     return b"<" + address.encode("utf-8") + b">"
 
 

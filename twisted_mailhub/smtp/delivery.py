@@ -139,6 +139,22 @@ def _local_verdict(address: str) -> Verdict:
     return verdict
 
 
+def _never_an_account(accounts: Any, address: str) -> str:
+    """
+    For an unknown local recipient whose name no account can have (a
+    Quoted-string local part with a blank, C{"al ice"}, or with an C{@},
+    C{;}...: RFC 5321 §4.1.2 allows them, the hub's account names do not),
+    the reason as the end of the 550's text; C{""} otherwise.
+    """
+    from twisted_mailhub.accounts import account_name_problem
+
+    local, domain = accounts.split(address)
+    problem = account_name_problem(local, domain)
+    if problem is None:
+        return ""
+    return f" (no account's name has {problem.split(' (', 1)[0]})"
+
+
 class RecipientPolicy:
     def __init__(self, hub: Any):
         self.hub = hub
@@ -182,7 +198,7 @@ class RecipientPolicy:
             if account is None and accounts.split(address)[0].lower() == "postmaster":
                 account = self.postmaster()
             if account is None:
-                return Verdict(550, f"5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table")
+                return Verdict(550, f"5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table{_never_an_account(accounts, address)}")
             quotas = getattr(self.hub, "quotas", None)
             try:
                 full = quotas is not None and quotas.over(account.address)

@@ -137,8 +137,30 @@ _ADDRESS = re.compile(r"^[!-~]+$")
 _UTF8_ADDRESS = re.compile("^[!-~\u00a1-\U0010ffff]+$")
 
 
+# RFC 5321 §4.1.2 Quoted-string: DQUOTE *(qtextSMTP / quoted-pairSMTP)
+# DQUOTE, qtextSMTP = %d32-33 / %d35-91 / %d93-126 (a blank is fine),
+# quoted-pairSMTP = "\\" %d32-126; RFC 6531 §3.3 adds UTF8-non-ascii to
+# qtextSMTP (C1 controls and NBSP stay out, as in _UTF8_ADDRESS).
+_QUOTED_LOCAL = re.compile(r'"(?:[ !#-\[\]-~]|\\[ -~])*"')
+_QUOTED_LOCAL_UTF8 = re.compile('"(?:[ !#-\\[\\]-~\u00a1-\U0010ffff]|\\\\[ -~])*"')
+
+
 def _address_ok(path: str, utf8: bool) -> bool:
-    """Whether C{path} is an address we can take (RFC 5321 §4.1.2, RFC 6531 §3.3)."""
+    """
+    Whether C{path} is an address we can take (RFC 5321 §4.1.2, RFC 6531
+    §3.3): printable octets with at most one C{@}, not at either end, or a
+    Quoted-string local part (C{"al ice"}, C{"a@b"}, C{"a\\"b"}) then
+    C{@} and such a domain. A bare local part (no domain) is taken too:
+    the session qualifies it with the default domain.
+    """
+    if path[:1] == '"':
+        m = (_QUOTED_LOCAL_UTF8 if utf8 else _QUOTED_LOCAL).match(path)
+        if m is None:
+            return False
+        rest = path[m.end() :]
+        if not rest:
+            return True
+        return rest[0] == "@" and len(rest) > 1 and "@" not in rest[1:] and (_UTF8_ADDRESS if utf8 else _ADDRESS).match(rest) is not None
     if not (_UTF8_ADDRESS if utf8 else _ADDRESS).match(path):
         return False
     return path.count("@") <= 1 and not path.startswith("@") and not path.endswith("@")
