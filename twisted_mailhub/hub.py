@@ -30,7 +30,8 @@ from twisted.logger import Logger
 from twisted.python import failure
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from twisted_mailhub import dispatch, proxyheader
+from twisted_mailhub import clientkey, dispatch, proxyheader
+from twisted_mailhub.clientkey import client_key
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.login import ClientPortal, LoginThrottle
 from twisted_mailhub.logobserver import OffersLogObserver
@@ -125,6 +126,7 @@ class ConnectionLimits:
     C{--max-connections} and C{--max-connections-per-ip}, over every
     listener together: a client over a limit gets its protocol's "too many
     connections" reply and is closed before any protocol object is made.
+    A client is its L{client_key} (an IPv6 host: its /64).
     Counting happens in the listener's factory, so it costs nothing once a
     connection is accepted.
     """
@@ -174,9 +176,11 @@ class LimitedFactory(protocol.Factory):
         self.wrapped.doStop()
 
     def buildProtocol(self, addr):
-        host = getattr(addr, "host", "")
+        address = getattr(addr, "host", "")
+        # Counted per client: an IPv6 host is its /64 (clientkey.py).
+        host = client_key(address)
         if not self.limits.admit(host):
-            log.info("{name}: refused a connection from {host}: too many connections", name=self.name, host=host)
+            log.info("{name}: refused a connection from {address}: too many connections", name=self.name, address=address)
             if self.metrics is not None:
                 self.metrics.refused.labels(self.name).inc()
             family = _PROTOCOL_FAMILY.get(self.name, self.name)
@@ -424,6 +428,8 @@ class Hub:
         self.connection_limits = ConnectionLimits(
             int(options.get("max-connections") or 0), int(options.get("max-connections-per-ip") or 0)
         )
+        # Per-client counts take an IPv6 host as its network (clientkey.py).
+        clientkey.configure(int(options.get("ipv6-prefix") or clientkey.DEFAULT_PREFIX))
         self.transcript = bool(options.get("transcript"))
         # Session events (transcript.py): recorded for every listener when
         # --transcript logs them or a component (the web console) reads them.

@@ -7,7 +7,8 @@ Every protocol's Twisted server calls C{self.portal.login(...)}; the hub gives
 each connection a L{ClientPortal} in place of the real portal, so password
 guessing is throttled the same way for SMTP AUTH, POP3, IMAP and FTP.
 
-Throttling: the n-th failure in a row from one client address, or against one
+Throttling: the n-th failure in a row from one client (an IPv4 address, an
+IPv6 host's /64: L{twisted_mailhub.clientkey}), or against one
 account, is answered only after C{step * n} seconds (capped), so ten wrong
 passwords in a row take at least C{step * 55} seconds in all. A success resets
 the counters for that address and account, so the right password still works.
@@ -24,6 +25,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from twisted_mailhub.clientkey import client_key
 from twisted_mailhub.lines import quote
 
 log = Logger()
@@ -31,7 +33,8 @@ log = Logger()
 
 class LoginThrottle:
     """
-    Failure counters per client address and per login name.
+    Failure counters per client (its L{client_key}, which L{ClientPortal}
+    gives) and per login name.
     """
 
     def __init__(
@@ -96,7 +99,7 @@ class ClientPortal:
         d = self.portal.login(credentials, mind, *interfaces)
 
         def ok(result):
-            self.throttle.succeeded(self.client_address, username)
+            self.throttle.succeeded(client_key(self.client_address), username)
             if self.metrics is not None:
                 self.metrics.logins.labels(self.protocol, "ok").inc()
             log.info(
@@ -109,7 +112,7 @@ class ClientPortal:
 
         def failed(reason):
             reason.trap(error.UnauthorizedLogin, error.UnhandledCredentials)
-            delay = self.throttle.failed(self.client_address, username)
+            delay = self.throttle.failed(client_key(self.client_address), username)
             if self.metrics is not None:
                 self.metrics.logins.labels(self.protocol, "failed").inc()
             log.info(

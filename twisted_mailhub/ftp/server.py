@@ -60,6 +60,7 @@ from twisted_mailhub.ftp.data import (
 from twisted_mailhub.ftp.record import ControlRecord
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable
 from twisted_mailhub.lines import LineEngine, control_note, quote, send_now
+from twisted_mailhub.clientkey import client_key
 from twisted_mailhub.proxyheader import socket_host
 from twisted_mailhub.store.interfaces import is_out_of_space
 from twisted_mailhub.transcript import record_login, record_read
@@ -1206,10 +1207,11 @@ class MailhubFTPFactory(ftp.FTPFactory):
         return p
 
     def admit(self, protocol) -> bool:
-        host = protocol.address
+        # Counted per client (an IPv6 host is its /64: clientkey.py).
+        host = client_key(protocol.address)
         count = self.per_address.get(host, 0)
         if self.max_per_ip and count >= self.max_per_ip:
-            log.warn("ftp connection from {host} refused: {n} already open", host=host, n=count)
+            log.warn("ftp connection from {address} refused: {n} already open from {host}", address=protocol.address, host=host, n=count)
             protocol._admitted = False
             return False
         self.per_address[host] = count + 1
@@ -1219,7 +1221,7 @@ class MailhubFTPFactory(ftp.FTPFactory):
     def release(self, protocol) -> None:
         if getattr(protocol, "_admitted", False):
             protocol._admitted = False
-            host = protocol.address
+            host = client_key(protocol.address)
             count = self.per_address.get(host, 1) - 1
             if count <= 0:
                 self.per_address.pop(host, None)

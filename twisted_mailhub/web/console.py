@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.template import tags
 
+from twisted_mailhub.clientkey import client_key
 from twisted_mailhub.web.errors import Refused
 from twisted_mailhub.web.explain import FAMILY, explain
 from twisted_mailhub.web.message import visible
@@ -197,8 +198,8 @@ def can_see(user: Any, browser_address: str, record: Any) -> bool:
     """
     May C{user} (browsing from C{browser_address}) see session C{record}?
     A teacher: every session. Anyone else: the sessions logged in as
-    itself, and the sessions not logged in (yet) from C{browser_address};
-    never one logged in as another account (the module's "Who sees what").
+    itself, and the sessions not logged in (yet) from C{browser_address}
+    (the same client: for IPv6 the same /64, L{client_key}); never one logged in as another account (the module's "Who sees what").
     """
     if user is None:
         return False
@@ -206,7 +207,17 @@ def can_see(user: Any, browser_address: str, record: Any) -> bool:
         return True
     if record.account:
         return record.account.lower() == user.address.lower()
-    return record.client[0] == browser_address
+    # One client: an IPv6 host is its /64 (clientkey.py), whose temporary
+    # addresses a browser and a terminal pick apart.
+    return client_key(record.client[0]) == client_key(browser_address)
+
+
+def _client_words(browser_address: str) -> str:
+    """C{address 192.0.2.7}, or for IPv6 C{network 2001:db8:1:2::/64 (your address 2001:db8:1:2::7)}."""
+    key = client_key(browser_address)
+    if key == browser_address:
+        return f"address {browser_address}"
+    return f"network {key} (your address {browser_address})"
 
 
 def session_url(record_id: str) -> str:
@@ -261,7 +272,7 @@ class Console(resource.Resource):
         records = records[-SHOWN_SESSIONS:][::-1]
         scope = (
             "every session on the hub (you are a teacher)" if session.user.is_teacher
-            else f"your sessions: those logged in as {session.user.address}, and those from your address {browser} that have not logged in (typed by hand, say with nc); a session that logs in as another account leaves this list"
+            else f"your sessions: those logged in as {session.user.address}, and those from your {_client_words(browser)} that have not logged in (typed by hand, say with nc); a session that logs in as another account leaves this list"
         )
         content = [
             tags.p("Live: ", scope, ". New sessions appear at the top as they start; open one to watch its lines with their meaning.", class_="lead"),
