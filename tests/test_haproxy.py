@@ -49,24 +49,35 @@ def haproxy_binary() -> str:
     return found
 
 
-def loopback_config(example: str, hubs: list, fronts: dict[str, int]) -> str:
+def loopback_config(example: str, hubs: list, fronts: dict[str, int], ftp_data: dict[str, tuple[int, int]] | None = None) -> str:
     """
     The example with each C{bind :PORT} on 127.0.0.1 and a free port
     (C{fronts}: backend name -> port), each C{server hubN ADDR:PORT} on the
-    N-th test hub's port of that listener, and a C{maxconn} a test
-    process may have.
+    N-th test hub's address and port of that listener, and a C{maxconn} a
+    test process may have. The FTP passive ranges (C{ftp-data-hubN}) are
+    kept only when C{ftp_data} gives each a free range (LO, HI) on
+    127.0.0.1; their servers are the N-th hub's FTP address, no port.
     """
-    out, backend = [], None
+    out, backend, skipping = [], None, False
     for line in example.splitlines():
         words = line.split()
         if words[:1] in (["frontend"], ["backend"]):
             backend = words[1]
-        if words[:1] == ["bind"]:
+            skipping = backend.startswith("ftp-data") and backend not in (ftp_data or {})
+        if skipping:
+            continue
+        if words[:1] == ["bind"] and backend.startswith("ftp-data"):
+            line = "    bind 127.0.0.1:%d-%d" % ftp_data[backend]
+        elif words[:1] == ["bind"]:
             line = f"    bind 127.0.0.1:{fronts[backend]}"
+        elif words[:1] == ["server"] and backend.startswith("ftp-data"):
+            n = int(re.fullmatch(r"hub(\d+)", words[1]).group(1))
+            line = f"    server {words[1]} {hubs[n - 1].listeners['ftp'].host} {' '.join(words[3:])}"
         elif words[:1] == ["server"]:
             n = int(re.fullmatch(r"hub(\d+)", words[1]).group(1))
             rest = " ".join(words[3:])
-            line = f"    server {words[1]} 127.0.0.1:{hubs[n - 1].ports[backend]} {rest}"
+            where = hubs[n - 1].listeners[backend]
+            line = f"    server {words[1]} {where.host}:{where.port} {rest}"
         elif words[:1] == ["maxconn"]:
             line = "    maxconn 200"
         out.append(line)
@@ -92,7 +103,7 @@ def balanced(start_hub, pg_dsn, tmp_path):
     hubs = [start_hub(*behind_haproxy("--store", f"postgresql:{pg_dsn}")) for _ in range(2)]
     with open(EXAMPLE) as f:
         example = f.read()
-    backends = re.findall(r"^backend (\S+)", example, re.M)
+    backends = [b for b in re.findall(r"^backend (\S+)", example, re.M) if not b.startswith("ftp-data")]
     assert set(backends) >= {"smtp", "submission", "imap", "pop3"}
     fronts = {name: free_port() for name in backends}
     config = tmp_path / "haproxy.cfg"

@@ -34,15 +34,15 @@ def haproxy_in_front(tmp_path):
     binary = haproxy_binary()
     processes = []
 
-    def start(hub):
+    def start(hub, ftp_data=None):
         with open(EXAMPLE) as f:
             example = f.read()
-        backends = re.findall(r"^backend (\S+)", example, re.M)
+        backends = [b for b in re.findall(r"^backend (\S+)", example, re.M) if not b.startswith("ftp-data")]
         assert set(backends) == set(LISTENERS)  # the example balances every listener
         assert re.search(r"^\s*default-server .*\bsend-proxy(-v2)?\b", example, re.M)
         fronts = {name: free_port() for name in backends}
         config = tmp_path / "haproxy.cfg"
-        config.write_text(loopback_config(example, [hub, hub], fronts))
+        config.write_text(loopback_config(example, [hub, hub], fronts, ftp_data))
         check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
         process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -236,3 +236,104 @@ def test_a_client_outside_proxy_from_cannot_name_an_address(start_hub):
         s.close()
     assert said == b""
     hub.wait_for_log(r"imap: closed a connection from 127\.0\.0\.1: not a balancer \(--proxy-from\)")
+
+
+# -- FTP passive data connections through the balancer (--passive-ports haproxy:LO-HI)
+
+
+def free_range(count: int = 4, hosts=("127.0.0.1", "127.0.0.11")) -> tuple[int, int]:
+    """LO, HI: C{count} consecutive ports free on each of C{hosts} (below the ephemeral range)."""
+    import random
+
+    for _ in range(200):
+        lo = random.randrange(20000, 32000 - count)
+        held = []
+        try:
+            for port in range(lo, lo + count):
+                for host in hosts:
+                    s = socket.socket()
+                    held.append(s)
+                    s.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+        return lo, lo + count - 1
+    raise AssertionError("no free range of ports")
+
+
+def balanced_ftp(start_hub, haproxy_in_front, *more):
+    """
+    A hub whose FTP listens on 127.0.0.11 (HAProxy's data frontends take
+    the same ports on 127.0.0.1), with its passive range forwarded by the
+    example's ftp-data-hub1 frontend: (hub, front ports, (LO, HI)).
+    """
+    ours, other = free_range(), free_range()
+    args = behind_haproxy("--passive-ports", "haproxy:%d-%d" % ours, *more)
+    args[args.index("--ftp") + 1] = "haproxy:tcp:0:interface=127.0.0.11"
+    hub = start_hub(*args)
+    fronts = haproxy_in_front(hub, {"ftp-data-hub1": ours, "ftp-data-hub2": other})
+    return hub, fronts, ours
+
+
+def test_ftp_passive_data_connections_go_through_haproxy_too(start_hub, haproxy_in_front):
+    hub, fronts, (lo, hi) = balanced_ftp(start_hub, haproxy_in_front, "--transcript")
+    ftp = ftplib.FTP(timeout=10, source_address=("127.0.0.2", 0))
+    ftp.connect("127.0.0.1", fronts["ftp"])
+    ftp.login("alice", "secret")
+    # PASV names the balancer's address the client reached, a port of the
+    # hub's range: HAProxy listens there (the hub on 127.0.0.11).
+    host, port = ftplib.parse227(ftp.sendcmd("PASV"))
+    assert host == "127.0.0.1" and lo <= port <= hi
+    ftp.sendcmd("ABOR")
+    body = b"through the balancer, both ways\n" * 1000
+    ftp.storbinary("STOR notes.txt", __import__("io").BytesIO(body))
+    got = []
+    ftp.retrbinary("RETR notes.txt", got.append)
+    assert b"".join(got) == body
+    assert ftp.nlst() == ["notes.txt"]
+    ftp.quit()
+    # The hub saw the client itself on the data connections, from the header.
+    hub.wait_for_log(r"open: client 127\.0\.0\.2:\d+ connected to server 127\.0\.0\.1:\d+ \(passive mode\)")
+    assert "refused" not in hub.log
+
+
+def test_an_ftp_data_connection_through_haproxy_from_another_client_is_refused(start_hub, haproxy_in_front):
+    hub, fronts, (lo, hi) = balanced_ftp(start_hub, haproxy_in_front)
+    control = connect_from("127.0.0.2", fronts["ftp"])
+    replies = control.makefile("rb")
+    assert replies.readline().startswith(b"220")
+    for line in (b"USER alice", b"PASS secret"):
+        control.sendall(line + b"\r\n")
+        replies.readline()
+    control.sendall(b"EPSV\r\n")
+    epsv = replies.readline().decode()
+    port = int(re.search(r"\(\|\|\|(\d+)\|\)", epsv).group(1))
+    assert lo <= port <= hi
+    # Another client reaches the passive port first, through the balancer.
+    thief = connect_from("127.0.0.3", port)
+    hub.wait_for_log(r"ftp passive data connection for 127\.0\.0\.3 through the balancer refused \(control peer is 127\.0\.0\.2\)")
+    assert thief.recv(100) == b""  # closed, nothing sent
+    thief.close()
+    control.sendall(b"LIST\r\n")
+    data = connect_from("127.0.0.2", port)
+    assert replies.readline().startswith(b"150")
+    while data.recv(65536):
+        pass
+    data.close()
+    assert replies.readline().startswith(b"226")
+    control.close()
+
+
+def test_ftps_protected_data_connections_go_through_haproxy(start_hub, haproxy_in_front):
+    hub, fronts, (lo, hi) = balanced_ftp(start_hub, haproxy_in_front)
+    ftps = ftplib.FTP_TLS(timeout=10, source_address=("127.0.0.4", 0), context=tls_context())
+    ftps.connect("127.0.0.1", fronts["ftp"])
+    ftps.login("alice", "secret")
+    ftps.prot_p()
+    ftps.storbinary("STOR secret.txt", __import__("io").BytesIO(b"private\n" * 5000))
+    got = []
+    ftps.retrbinary("RETR secret.txt", got.append)
+    assert b"".join(got) == b"private\n" * 5000
+    ftps.quit()

@@ -144,3 +144,11 @@ def test_no_usage_error_quotes_a_value_as_python_does(args):
     said = _refusal(*args)
     assert said is not None and said.startswith(args[0]), said
     assert f"'{args[1]}'" not in said, said
+
+
+def test_passive_ports_through_a_balancer_want_the_range_it_forwards():
+    assert _refusal("--passive-ports", "haproxy:50000-50099") is None
+    assert _refusal("--passive-ports", "haproxy:") == (
+        "--passive-ports haproxy:LO-HI wants the range the balancer forwards to this hub, such as haproxy:50000-50099"
+    )
+    assert _refusal("--passive-ports", "haproxy:1000-2000") == "--passive-ports 1000-2000: want 1024 <= LO <= HI <= 65535"

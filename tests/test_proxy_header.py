@@ -220,3 +220,53 @@ def test_a_haproxy_listener_description_that_cannot_work_is_refused_in_one_line(
     with pytest.raises(ValueError) as refused:
         listener(description)
     assert says in str(refused.value) and "\n" not in str(refused.value)
+
+
+class TLSAtOnce(protocol.Protocol):
+    """Starts TLS as soon as it is connected (an FTP data connection under PROT P)."""
+
+    handshakes = 0
+
+    def connectionMade(self):
+        self.transport.startTLS(None)
+        self.received = b""
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def handshakeCompleted(self):
+        self.handshakes += 1
+
+
+class StartsTLS(StringTransport):
+    """A transport whose startTLS puts a layer in front of its protocol, as Twisted's TCP does."""
+
+    def startTLS(self, context):
+        self.layer = Seen(None)
+        self.protocol = self.layer  # what the socket's octets reach from now on
+
+
+def test_octets_after_the_header_reach_a_tls_layer_the_protocol_started_as_it_was_connected():
+    from zope.interface import directlyProvides
+    from twisted.internet.interfaces import IHandshakeListener
+
+    inner = TLSAtOnce()
+    directlyProvides(inner, IHandshakeListener)
+
+    class One(protocol.Factory):
+        def buildProtocol(self, addr):
+            return inner
+
+    factory = proxyheader.ProxyHeaderFactory(One(), Clock(), "ftp data", None)
+    transport = StartsTLS(hostAddress=HUB, peerAddress=BALANCER)
+    connection = factory.buildProtocol(BALANCER)
+    transport.protocol = connection
+    connection.makeConnection(transport)
+    # The client's TLS hello came in the same packet as the header: it
+    # belongs to the TLS layer, not to the protocol as clear text.
+    connection.dataReceived(b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 50000\r\n\x16\x03\x01hello")
+    assert transport.layer.received == b"\x16\x03\x01hello"
+    assert inner.received == b""
+    # The layer tells the wrapper of the finished handshake: the protocol hears it.
+    connection.handshakeCompleted()
+    assert inner.handshakes == 1

@@ -42,7 +42,7 @@ from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols import policies
 
@@ -52,7 +52,7 @@ from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._info import ProxyInfo
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
-from zope.interface import directlyProvides, implementer, providedBy
+from zope.interface import alsoProvides, directlyProvides, implementer, providedBy
 
 log = Logger()
 
@@ -243,9 +243,22 @@ class ProxiedConnection(policies.ProtocolWrapper):
             transport.loseConnection()
             return
         self.wrappedProtocol = inner
+        if IHandshakeListener.providedBy(inner):
+            # (Only then: the protocols inside copy this transport's
+            # interfaces, and one that claimed it without the method
+            # would break a TLS layer under it.)
+            alsoProvides(self, IHandshakeListener)
         inner.makeConnection(self)
         if rest and not self.disconnecting and self.wrappedProtocol is not None:
-            inner.dataReceived(rest)
+            # A protocol that started TLS as it was connected (an FTP data
+            # connection under PROT P) has a TLS layer outside this
+            # wrapper now: what came after the header (the client's TLS
+            # hello, sent as soon as it connected) goes through it.
+            receiver = getattr(transport, "protocol", None)
+            if receiver is None or receiver is self:
+                inner.dataReceived(rest)
+            else:
+                receiver.dataReceived(rest)
 
     def _refuse(self, why: str) -> None:
         peer = self.transport.getPeer()
@@ -288,6 +301,14 @@ class ProxiedConnection(policies.ProtocolWrapper):
         inner = self.wrappedProtocol
         if inner is not None and IHalfCloseableProtocol.providedBy(inner):
             inner.writeConnectionLost()
+
+    def handshakeCompleted(self) -> None:
+        # TLS started on this connection (STARTTLS, FTP's PROT P data
+        # connection) sits outside this wrapper: the protocol inside is
+        # told of the finished handshake through it.
+        inner = self.wrappedProtocol
+        if inner is not None and IHandshakeListener.providedBy(inner):
+            inner.handshakeCompleted()
 
     def connectionLost(self, reason: Any) -> None:
         if self._deadline is not None and self._deadline.active():

@@ -19,7 +19,7 @@ listeners = [
 
 option_parameters = [
     ["ftp-data-port", None, None, "Source port of active-mode data connections (default: the control port - 1, i.e. 2120; 20 for 21)."],
-    ["passive-ports", None, None, "Passive data ports LO-HI (default: chosen by the OS)."],
+    ["passive-ports", None, None, "Passive data ports LO-HI (default: chosen by the OS); haproxy:LO-HI: the balancer forwards them, each data connection starts with a PROXY header (--proxy-from)."],
     ["passive-address", None, None, "Address announced in PASV replies (behind NAT)."],
     ["ftp-banner", None, None, "Text of the FTP 220 greeting."],
     ["ftp-filesystem", None, "disk", "FTP and SFTP file system backend: a plugin's name (disk, ...), or postgresql[:DSN] (shared by every hub on the database; without DSN, the --store postgresql:DSN database)."],
@@ -34,6 +34,23 @@ option_flags = [
     ["anonymous-ftp", None, "Allow anonymous FTP: read-only access to DATA/ftp/public/."],
     ["ftp-require-tls", None, "Refuse FTP USER before AUTH TLS, except from --trusted-networks."],
 ]
+
+
+def parse_passive_ports(spec: str) -> tuple[bool, range]:
+    """
+    C{--passive-ports}: C{(through_balancer, ports)}. C{haproxy:LO-HI}
+    (any case) says HAProxy forwards the range to this hub and each data
+    connection begins with a PROXY header; C{LO-HI} alone, that clients
+    connect straight to the hub.
+
+    @raise usage.UsageError: not such a range.
+    """
+    from twisted_mailhub.proxyheader import split
+
+    balanced, rest = split(spec.strip())
+    if balanced and not rest:
+        raise usage.UsageError("--passive-ports haproxy:LO-HI wants the range the balancer forwards to this hub, such as haproxy:50000-50099")
+    return balanced, parse_port_range(rest)
 
 
 def parse_port_range(spec: str) -> range:
@@ -60,7 +77,7 @@ def check_options(options) -> None:
         # A CR LF in it wrote reply lines of its own ("220 hi", "230 fake").
         raise usage.UsageError(f"--ftp-banner is one line of text, without control characters{control_note(banner)}")
     if options.get("passive-ports"):
-        parse_port_range(options["passive-ports"])
+        parse_passive_ports(options["passive-ports"])
     if options.get("passive-address"):
         from twisted_mailhub.optionvalues import passive_address
 
@@ -91,12 +108,14 @@ def make_factory(hub):
 
     options = hub.options
     data_port = options.get("ftp-data-port")
+    balanced, passive_ports = parse_passive_ports(options["passive-ports"]) if options.get("passive-ports") else (False, None)
     return MailhubFTPFactory(
         hub,
         banner=options.get("ftp-banner") or "",
         anonymous=bool(options.get("anonymous-ftp")),
         data_port=int(data_port) if data_port is not None else None,
-        passive_ports=parse_port_range(options["passive-ports"]) if options.get("passive-ports") else None,
+        passive_ports=passive_ports,
+        passive_balanced=balanced,
         passive_address=options.get("passive-address"),
         require_tls=bool(options.get("ftp-require-tls")),
         max_per_ip=int(options.get("ftp-max-per-ip") or 0),

@@ -35,6 +35,16 @@ blocks for the length of the file; everything else goes through a pull
 producer in large chunks. When the last byte is in the socket the data
 connection is closed in the same turn and 226 follows at once.
 
+Passive data connections through a balancer (C{--passive-ports
+haproxy:LO-HI}): HAProxy forwards the passive range to the hub, so a data
+connection comes from the balancer, not from the client. Each must then
+come from C{--proxy-from} and begin with a PROXY header
+(L{twisted_mailhub.proxyheader}) whose source is the control connection's
+client: that is the port-stealing check here. The listener stays open
+until such a connection arrives (others, and ones whose header names
+someone else, are closed); the transfer then runs over the header's
+wrapper, so it never sees the header's octets.
+
 Passive ports. Each PASV/EPSV opens one listening socket, bound to a port
 picked at random by us (from C{--passive-ports}, or else from the OS's
 ephemeral range), not to port 0: every finished data connection leaves a
@@ -611,6 +621,9 @@ class _PassiveListener:
         except OSError:
             return None  # EAGAIN, or out of descriptors: keep listening
         channel = self.channel
+        if channel.balancers is not None:
+            self._through_balancer(skt, addr)
+            return None
         if not same_host(addr[0], channel.peer_host):
             # RFC 2577 §5 (port stealing): only the control peer may connect.
             log.warn("ftp passive data connection from {host} refused (control peer is {peer})", host=addr[0], peer=channel.peer_host)
@@ -630,6 +643,21 @@ class _PassiveListener:
         protocol.makeConnection(transport)
         return None
 
+    def _through_balancer(self, skt, addr):
+        """
+        A data connection from the balancer: the PROXY header is read
+        first (a peer outside C{--proxy-from} is closed at once), then
+        L{_BalancedData} checks the client it names.
+        """
+        from twisted_mailhub.proxyheader import ProxyHeaderFactory
+
+        channel = self.channel
+        skt.setblocking(False)
+        wrapper = ProxyHeaderFactory(_BalancedData(channel, self), channel.reactor, "ftp data", channel.balancers).buildProtocol(None)
+        transport = tcp.Server(skt, wrapper, addr, None, addr[1], channel.reactor)
+        transport.repstr = f"<DataConnection #{addr[1]} on {self.port} (balanced)>"
+        wrapper.makeConnection(transport)
+
     def connectionLost(self, reason):
         self.close()
 
@@ -638,6 +666,35 @@ class _PassiveListener:
             self.channel.reactor.removeReader(self)
             self.closed = True
             self.socket.close()
+
+
+class _BalancedData:
+    """
+    The factory behind a balanced data connection's PROXY header: it is
+    asked with the client the header names, and makes the transfer's
+    L{DataConnection} only for the control connection's client while the
+    channel still waits on this listener (RFC 2577 §5).
+    """
+
+    def __init__(self, channel: "DataChannel", listener: _PassiveListener):
+        self.channel = channel
+        self.listener = listener
+
+    def buildProtocol(self, addr):
+        channel = self.channel
+        host = getattr(addr, "host", None)
+        if host is None or not same_host(host, channel.peer_host):
+            log.warn(
+                "ftp passive data connection for {host} through the balancer refused (control peer is {peer})",
+                host=host or "an unnamed client", peer=channel.peer_host,
+            )
+            return None
+        if channel._port is not self.listener:
+            return None  # the channel moved on (a new PASV, ABOR, a timeout)
+        channel._stop_listening()
+        if channel.state is not DataState.PASSIVE_LISTENING and channel.state is not DataState.CONNECTING:
+            return None
+        return DataConnection(channel)
 
 
 class _ActiveFactory(protocol.ClientFactory):
@@ -662,11 +719,18 @@ class DataChannel:
     # One per control connection, idle most of its life: slots keep it small.
     __slots__ = (
         "reactor", "local_host", "peer_host", "data_port", "timeout", "tls", "protect", "on_data_connection",
-        "state", "active_mode", "connection", "_port", "_address", "_waiting", "_timer",
+        "balancers", "state", "active_mode", "connection", "_port", "_address", "_waiting", "_timer",
     )
 
-    def __init__(self, reactor, local_host: str, peer_host: str, data_port: int, timeout: float, tls=None):
+    def __init__(self, reactor, local_host: str, peer_host: str, data_port: int, timeout: float, tls=None, balancers=None):
+        """
+        @param balancers: L{None}: passive data connections come straight
+            from the client. Else they come through a balancer in this
+            container of addresses (C{--proxy-from}), each with a PROXY
+            header naming the client (C{--passive-ports haproxy:LO-HI}).
+        """
         self.reactor = reactor
+        self.balancers = balancers
         self.local_host = local_host
         self.peer_host = peer_host
         self.data_port = data_port

@@ -303,11 +303,14 @@ class MailhubFTP(ftp.FTP):
                 handle().setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             except (OSError, AttributeError):
                 pass
-        # Data connections come straight to this socket's address (behind
-        # haproxy: getHost() is the balancer's; proxyheader.socket_host).
+        # Data connections come to this socket's address (behind haproxy:
+        # getHost() is the balancer's; proxyheader.socket_host): straight
+        # from the client, or with --passive-ports haproxy:LO-HI through
+        # the balancers of --proxy-from, each with a PROXY header.
         local = socket_host(transport)
         data_port = factory.data_port if factory.data_port is not None else local.port - 1
-        self.data = DataChannel(hub.reactor, local.host, self.address, data_port, factory.data_timeout, None)
+        balancers = hub.proxy_from if factory.passive_balanced else None
+        self.data = DataChannel(hub.reactor, local.host, self.address, data_port, factory.data_timeout, None, balancers)
         if self.record is not None:
             self.data.on_data_connection = self.record.add  # data connections become events
         self.lines = LineEngine(
@@ -771,7 +774,7 @@ class MailhubFTP(ftp.FTP):
     def ftp_PASV(self):
         if self._epsvAll:
             return "503 EPSV ALL was given: use EPSV."
-        host = self.factory.passive_address or self.data.local_host
+        host = self.factory.passive_address or self._passive_host()
         if ":" in host:
             return "425 PASV is IPv4 only; use EPSV."
         port = self._open_passive()
@@ -789,6 +792,17 @@ class MailhubFTP(ftp.FTP):
         if isinstance(port, str):
             return port
         return f"229 Entering Extended Passive Mode (|||{port}|)."
+
+    def _passive_host(self) -> str:
+        """
+        The address PASV names without --passive-address: this socket's
+        own, or with data connections through the balancer
+        (C{--passive-ports haproxy:LO-HI}) the address the client reached
+        on the balancer (the control connection's PROXY header says it).
+        """
+        if self.factory.passive_balanced:
+            return getattr(self.transport.getHost(), "host", None) or self.data.local_host
+        return self.data.local_host
 
     def _open_passive(self):
         try:
@@ -1177,7 +1191,7 @@ class MailhubFTPFactory(ftp.FTPFactory):
 
     def __init__(self, hub, banner="", anonymous=False, data_port=None, passive_ports=None, passive_address=None,
                  require_tls=False, max_per_ip=20, idle_timeout=300, data_timeout=60, login_timeout=300,
-                 command_timeout=120):
+                 command_timeout=120, passive_balanced=False):
         ftp.FTPFactory.__init__(self, None)
         self.hub = hub
         self.banner = banner or f"{hub.hostname} FTP server (twisted-mailhub) ready."
@@ -1185,6 +1199,9 @@ class MailhubFTPFactory(ftp.FTPFactory):
         self.allowAnonymous = anonymous
         self.data_port = data_port
         self.passive_ports = passive_ports
+        # --passive-ports haproxy:LO-HI: data connections through the
+        # balancer, each with a PROXY header (ftp/data.py).
+        self.passive_balanced = passive_balanced
         self.passive_address = passive_address
         self.require_tls = require_tls
         self.max_per_ip = max_per_ip
