@@ -337,3 +337,32 @@ def test_ftps_protected_data_connections_go_through_haproxy(start_hub, haproxy_i
     ftps.retrbinary("RETR secret.txt", got.append)
     assert b"".join(got) == b"private\n" * 5000
     ftps.quit()
+
+
+def test_a_health_check_of_every_listener_ends_without_an_error_in_the_log(start_hub):
+    # What HAProxy's check does (send-proxy-v2 ... check): connect, a v2
+    # LOCAL header, close its side. Behind an implicit-TLS listener (smtps,
+    # imaps, pop3s, webs) that half-close went round between the header's
+    # wrapper and TLS until "maximum recursion depth exceeded": an
+    # Unhandled Error with a 2,000-line traceback every 2 s per hub.
+    from twisted_mailhub.proxyheader import _V2_SIGNATURE
+
+    hub = start_hub(*behind_haproxy())
+    for name in LISTENERS:
+        check = socket.create_connection(("127.0.0.1", hub.ports[name]), timeout=10)
+        check.sendall(_V2_SIGNATURE + b"\x20\x00\x00\x00")
+        check.shutdown(socket.SHUT_WR)
+        while check.recv(4096):
+            pass
+        check.close()
+    # A login after them: every line the checks made is in the log before it.
+    said = pop3_login(_proxied_pop3(hub))
+    assert said[2].startswith(b"+OK"), said
+    hub.wait_for_log(r"pop3 login alice(@localhost)? from 127\.0\.0\.9")
+    assert "Unhandled Error" not in hub.log and "Traceback" not in hub.log, hub.log[-3000:]
+
+
+def _proxied_pop3(hub) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", hub.ports["pop3"]), timeout=10)
+    s.sendall(b"PROXY TCP4 127.0.0.9 127.0.0.1 50000 110\r\n")
+    return s

@@ -18,6 +18,9 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
+from zope.interface import implementer
+
 from twisted_mailhub import proxyheader
 from twisted_mailhub.optionvalues import listener
 
@@ -222,6 +225,7 @@ def test_a_haproxy_listener_description_that_cannot_work_is_refused_in_one_line(
     assert says in str(refused.value) and "\n" not in str(refused.value)
 
 
+@implementer(IHandshakeListener)
 class TLSAtOnce(protocol.Protocol):
     """Starts TLS as soon as it is connected (an FTP data connection under PROT P)."""
 
@@ -247,11 +251,7 @@ class StartsTLS(StringTransport):
 
 
 def test_octets_after_the_header_reach_a_tls_layer_the_protocol_started_as_it_was_connected():
-    from zope.interface import directlyProvides
-    from twisted.internet.interfaces import IHandshakeListener
-
     inner = TLSAtOnce()
-    directlyProvides(inner, IHandshakeListener)
 
     class One(protocol.Factory):
         def buildProtocol(self, addr):
@@ -270,3 +270,27 @@ def test_octets_after_the_header_reach_a_tls_layer_the_protocol_started_as_it_wa
     # The layer tells the wrapper of the finished handshake: the protocol hears it.
     connection.handshakeCompleted()
     assert inner.handshakes == 1
+
+
+def test_a_balancer_closing_its_side_behind_a_wrapping_listener_ends_the_connection_without_recursion():
+    # An implicit-TLS listener's protocol is a wrapper (TLS) that copies its
+    # transport's interfaces: the half-close of an HAProxy health check went
+    # round between it and the header's wrapper until "maximum recursion
+    # depth exceeded", logged as an Unhandled Error for each check.
+    from twisted.internet.error import ConnectionDone
+    from twisted.protocols import policies
+    from twisted.python.failure import Failure
+
+    clock, inner = Clock(), Listener()
+    factory = proxyheader.ProxyHeaderFactory(policies.WrappingFactory(inner), clock, "imaps", None)
+    transport = StringTransport(hostAddress=HUB, peerAddress=BALANCER)
+    connection = factory.buildProtocol(BALANCER)
+    connection.makeConnection(transport)
+    connection.dataReceived(b"PROXY TCP4 203.0.113.7 192.0.2.1 51000 993\r\n")
+    [seen] = inner.built
+    # What Twisted's TCP transport does when the peer closes its side:
+    if IHalfCloseableProtocol.providedBy(connection):
+        connection.readConnectionLost()
+    else:
+        connection.connectionLost(Failure(ConnectionDone()))
+    assert seen.lost or transport.disconnecting

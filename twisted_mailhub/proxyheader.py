@@ -142,12 +142,27 @@ class ProxyHeaderFactory(protocol.Factory):
         pass
 
 
-@implementer(IHalfCloseableProtocol)
+def _own(interface: Any, inner: Any) -> bool:
+    """
+    Whether C{inner}'s class implements C{interface} itself. Not
+    C{providedBy}: a wrapper inside (TLS, C{policies.ProtocolWrapper})
+    copies its transport's interfaces onto itself without the methods,
+    which its C{__getattr__} then finds on this very transport.
+    """
+    return interface.implementedBy(type(inner))
+
+
 class ProxiedConnection(policies.ProtocolWrapper):
     """
     One connection of a C{haproxy:} listener: until its header is read, a
     protocol of its own (nothing else of the hub has seen it); then the
     transport of the listener's protocol, with the header's addresses.
+
+    It claims C{IHalfCloseableProtocol} and C{IHandshakeListener} only
+    when the listener's protocol's class implements them (L{_own}): a TLS
+    or other wrapper inside copies this transport's interfaces, and a
+    half-close then went round between the two ("maximum recursion depth
+    exceeded" for every implicit-TLS listener at an HAProxy health check).
     """
 
     wrappedProtocol: Any = None
@@ -243,11 +258,9 @@ class ProxiedConnection(policies.ProtocolWrapper):
             transport.loseConnection()
             return
         self.wrappedProtocol = inner
-        if IHandshakeListener.providedBy(inner):
-            # (Only then: the protocols inside copy this transport's
-            # interfaces, and one that claimed it without the method
-            # would break a TLS layer under it.)
-            alsoProvides(self, IHandshakeListener)
+        for interface in (IHalfCloseableProtocol, IHandshakeListener):
+            if _own(interface, inner):
+                alsoProvides(self, interface)
         inner.makeConnection(self)
         if rest and not self.disconnecting and self.wrappedProtocol is not None:
             # A protocol that started TLS as it was connected (an FTP data
@@ -292,14 +305,14 @@ class ProxiedConnection(policies.ProtocolWrapper):
 
     def readConnectionLost(self) -> None:
         inner = self.wrappedProtocol
-        if inner is not None and IHalfCloseableProtocol.providedBy(inner):
+        if inner is not None and _own(IHalfCloseableProtocol, inner):
             inner.readConnectionLost()
         else:
             self.transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         inner = self.wrappedProtocol
-        if inner is not None and IHalfCloseableProtocol.providedBy(inner):
+        if inner is not None and _own(IHalfCloseableProtocol, inner):
             inner.writeConnectionLost()
 
     def handshakeCompleted(self) -> None:
@@ -307,7 +320,7 @@ class ProxiedConnection(policies.ProtocolWrapper):
         # connection) sits outside this wrapper: the protocol inside is
         # told of the finished handshake through it.
         inner = self.wrappedProtocol
-        if inner is not None and IHandshakeListener.providedBy(inner):
+        if inner is not None and _own(IHandshakeListener, inner):
             inner.handshakeCompleted()
 
     def connectionLost(self, reason: Any) -> None:
