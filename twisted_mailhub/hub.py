@@ -507,7 +507,10 @@ class Hub:
             try:
                 self._tls.replace(self._load_tls())
             except Exception as e:  # any unreadable or mismatched PEM
-                said.append(f"TLS certificate not reloaded, keeping the one in use: {str(e) or e.__class__.__name__}")
+                from twisted_mailhub.tls import unusable_reason
+
+                # In words, as at start (OpenSSL's error is a list of tuples).
+                said.append(f"TLS certificate not reloaded, keeping the one in use: {unusable_reason(e)}")
                 log.error("{line}", line=said[-1])
             else:
                 said.append("TLS certificate reloaded")
