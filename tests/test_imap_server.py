@@ -123,6 +123,75 @@ class ServerTests(unittest.TestCase):
             self.assertTrue(out.startswith(b"a BAD malformed literal size") or out.startswith(b"a NO [TOOBIG]"), out)
         self.assertIn(b"a OK", self.talk(server, transport, b"a login alice secret\r\n"))
 
+    def test_a_non_synchronizing_literal_of_a_size_not_taken_closes_without_running_its_octets(self):
+        # RFC 7888 §4: the octets of {N+} are on their way; when the hub will
+        # not read them (size unreadable, of more than 20 digits, or over the
+        # limit) it says BYE and closes: "x NOOP" is literal data, never run.
+        huge = b"9" * 25
+        cases = [
+            (False, b"a LOGIN {" + huge + b"+}\r\n"),
+            (False, b"a LOGIN {-1+}\r\n"),
+            (False, b"a LOGIN {abc+}\r\n"),
+            (False, b"a AUTHENTICATE PLAIN {" + huge + b"+}\r\n"),
+            (False, b"a LOGIN {5+}\r\nalice {" + huge + b"+}\r\n"),
+            (False, b"c FOO {4+}\r\nab\r\n (x) {" + huge + b"+}\r\n"),
+            (False, b"c FOO {4+}\r\nab\r\n (x) {1-+}\r\n"),
+            (True, b"a APPEND INBOX {" + huge + b"+}\r\n"),
+            (True, b"a APPEND INBOX ~{" + huge + b"+}\r\n"),
+            (True, b"a APPEND INBOX (\\Seen) {1001+}\r\n"),
+            (True, b"a APPEND INBOX CATENATE (TEXT {" + huge + b"+}\r\n"),
+            (True, b"a SEARCH TEXT {3+}\r\nabc TEXT {" + huge + b"+}\r\n"),
+            (True, b"a ID (\"name\" {" + huge + b"+}\r\n"),
+        ]
+        for logged_in, command in cases:
+            server, transport = self.logged_in() if logged_in else self.connect()
+            out = self.talk(server, transport, command + b"x NOOP\r\n")
+            self.assertIn(b"* BYE ", out, command)
+            self.assertNotIn(b"x OK", out, command)
+            self.assertTrue(transport.disconnecting, command)
+            self.assertNotIn(b"99999", out)  # the size is described, not echoed
+        server, transport = self.connect()
+        out = self.talk(server, transport, b"a LOGIN {" + huge + b"+}\r\n")
+        self.assertEqual(out, b"* BYE literal size of more than 20 digits is over the limit of 8192\r\n")
+
+    def test_a_synchronizing_literal_of_more_than_20_digits_is_too_big_and_the_session_goes_on(self):
+        server, transport = self.logged_in(select=False)
+        for command in (b"a APPEND INBOX {%s}\r\n", b"a APPEND INBOX ~{%s}\r\n", b"a LOGIN {%s}\r\n"):
+            out = self.talk(server, transport, command % (b"1" * 30))
+            self.assertEqual(out, b"a NO [TOOBIG] literal size of more than 20 digits is over the limit of %d\r\n" % (8192 if b"LOGIN" in command else 1000))
+        self.assertIn(b"b OK", self.talk(server, transport, b"b NOOP\r\n"))
+
+    def test_a_literal_size_may_have_leading_zeros(self):
+        # RFC 3501 §9: number = 1*DIGIT; 0...05 is five, even past 20 digits.
+        server, transport = self.connect()
+        out = self.talk(server, transport, b"a LOGIN {%s5+}\r\nalice {06+}\r\nsecret\r\n" % (b"0" * 30))
+        self.assertEqual(out, b"a OK LOGIN succeeded\r\n")
+
+    def test_a_malformed_literal_size_is_shown_without_its_control_characters(self):
+        server, transport = self.connect()
+        out = self.talk(server, transport, b"a LOGIN {1\x1b[2J}\r\n")
+        self.assertEqual(out, b"a BAD malformed literal size {1^[[2J}: expected {N} or {N+} with N >= 0\r\n")
+
+    def test_literal_octets_pipelined_behind_a_slow_login_are_not_run_as_commands(self):
+        # A failed LOGIN is answered late (login throttle); what came after
+        # it waits, literals and all: "ab" and "x NOOP" are APPEND's octets.
+        server, transport = self.connect()
+        transport.clear()
+        server.dataReceived(
+            b"a LOGIN alice wrong\r\nb APPEND INBOX {10+}\r\nx NOOP\r\nab\r\nc NOOP\r\n"
+            b"d LOGIN alice secret\r\ne APPEND INBOX {10+}\r\ny NOOP\r\nab\r\nf NOOP\r\n"
+        )
+        self.clock.advance(30)
+        out = transport.value()
+        self.assertNotIn(b"ab BAD", out)
+        self.assertNotIn(b"x OK", out)
+        self.assertIn(b"b BAD APPEND not allowed now", out)
+        self.assertIn(b"c OK NOOP", out)
+        self.assertIn(b"e OK [APPENDUID", out)
+        self.assertTrue(out.endswith(b"f OK NOOP completed\r\n"), out)
+        out = self.talk(server, transport, b"g SELECT INBOX\r\nh FETCH 1 BODY.PEEK[]\r\n")
+        self.assertIn(b"BODY[] {10}\r\ny NOOP\r\nab)", out)
+
     def test_plaintext_login_needs_tls_from_untrusted_address(self):
         server, transport = self.connect(host="192.0.2.7")
         self.assertIn(b"LOGINDISABLED", transport.value())

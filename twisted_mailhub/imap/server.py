@@ -87,7 +87,7 @@ from twisted_mailhub.imap.sort import SortCommands
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import LITERAL_SIZE as _LITERAL_SIZE
-from twisted_mailhub.lines import control_note, flush_now, has_control
+from twisted_mailhub.lines import control_note, flush_now, has_control, quote
 from twisted_mailhub.store.interfaces import NoSuchFolder, StoreUnavailable
 
 log = Logger()
@@ -256,9 +256,10 @@ class IMAPServer(
             return
         # A failed login is answered late (slowed down, login.py) from a
         # Deferred while Twisted reads on: a pipelined LOGOUT would close the
-        # connection before the NO. Later commands wait for the answer.
-        if self.blocked is None:
-            self.blocked = []
+        # connection before the NO. Later commands wait for the answer, in
+        # LineReceiver's buffer (not Twisted's C{blocked} lines: those are cut
+        # at CRLFs, so a literal's octets in them were run as commands).
+        self._hold_input()
         imap4.IMAP4Server.do_LOGIN(self, tag, user, passwd)
 
     def authenticateLogin(self, user, passwd):
@@ -274,7 +275,7 @@ class IMAPServer(
                 answered.errback(result)
             else:
                 answered.callback(result)
-            self._unblock()
+            self._release_input()
 
         defer.maybeDeferred(imap4.IMAP4Server.authenticateLogin, self, user, passwd).addBoth(relay)
         return answered
@@ -379,13 +380,8 @@ class IMAPServer(
             self._pendingLiteral = None
             self.parseState = "command"
             m = _LITERAL.search(line)
-            size = _LITERAL_SIZE.match(m.group(1)) if m else None
-            if size and size.group(2):
-                if int(size.group(1)) > self.hub.max_message_size:
-                    self.sendLine(b"* BYE literal of %d octets is over the limit of %d" % (int(size.group(1)), self.hub.max_message_size))
-                    self.transport.loseConnection()
-                    return
-                self._discard_literal(int(size.group(1)))
+            if m:
+                self._skip_literal(m)
             return
         if self.parseState == "pending" and isinstance(self._pendingLiteral, defer.Deferred) and line.strip() == b"*":
             # RFC 3501 §6.2.2: "*" cancels an AUTHENTICATE exchange.
@@ -408,11 +404,23 @@ class IMAPServer(
         imap4.IMAP4Server.lineReceived(self, line)
 
     def _literal_allowed(self, line: bytes, m: re.Match) -> bool:
+        """
+        Whether the line's literal C{{N}}, C{{N+}} or C{~{N}} may be read
+        (True: Twisted reads it); otherwise it was answered here. A size
+        this hub will not take is refused before any octet is read; for a
+        non-synchronizing one the client is already sending them, so they
+        are skipped or, when their number is unknown or over the limit, the
+        connection is closed with BYE: never read as commands (RFC 7888 §4).
+        """
         size = _LITERAL_SIZE.match(m.group(1))
         if not size:
-            self._abandon_command(b"BAD", b"malformed literal size {" + m.group(1)[:20] + b"}: expected {N} or {N+} with N >= 0")
+            what = b"{" + quote(m.group(1), 24, ascii=True).encode("ascii") + b"}"
+            if m.group(1).endswith(b"+"):
+                self._close_for_literal(b"literal size " + what + b" is not a number: its octets cannot be told from commands")
+                return False
+            self._abandon_command(b"BAD", b"malformed literal size " + what + b": expected {N} or {N+} with N >= 0")
             return False
-        n = int(size.group(1))
+        n = wire.literal_octets(size.group(1))
         nonsync = bool(size.group(2))
         if self.state == "unauth":
             limit = SMALL_LITERAL
@@ -420,13 +428,12 @@ class IMAPServer(
             limit = self.hub.max_message_size
         else:
             limit = SMALL_LITERAL
-        if n > limit:
+        if n is None or n > limit:
+            text = wire.literal_size_text(n) + b" is over the limit of %d" % limit
             if nonsync:
-                self.sendLine(b"* BYE literal of %d octets is over the limit of %d" % (n, limit))
-                self.transport.loseConnection()
-                self._abandon_command(None, None)
+                self._close_for_literal(text)
                 return False
-            self._abandon_command(b"NO", b"[TOOBIG] literal of %d octets is over the limit of %d" % (n, limit))
+            self._abandon_command(b"NO", b"[TOOBIG] " + text)
             return False
         if nonsync:
             # LITERAL+ (RFC 7888): the octets follow without our "+".
@@ -442,7 +449,33 @@ class IMAPServer(
                 # (RFC 7888 §4), so they and the rest of its line are skipped.
                 self._discard_literal(n)
             return False
+        if size.group(1) != b"%d" % n:
+            # {007}: Twisted reads the size again; leading zeros go first.
+            imap4.IMAP4Server.lineReceived(self, line[: m.start()] + b"{%d}" % n)
+            return False
         return True
+
+    def _skip_literal(self, m: re.Match) -> None:
+        """
+        The rest of a refused command's line ends in a literal: a
+        non-synchronizing one's octets are skipped as well (or, unreadable or
+        over the limit, the connection closed); for a synchronizing one the
+        client waits for a "+" that never comes and has sent nothing.
+        """
+        size = _LITERAL_SIZE.match(m.group(1))
+        if not (size.group(2) if size else m.group(1).endswith(b"+")):
+            return
+        n = wire.literal_octets(size.group(1)) if size else None
+        if n is None or n > self.hub.max_message_size:
+            self._close_for_literal(wire.literal_size_text(n) + b" is over the limit of %d" % self.hub.max_message_size)
+            return
+        self._discard_literal(n)
+
+    def _close_for_literal(self, text: bytes) -> None:
+        """BYE and close: a non-synchronizing literal's octets are coming and will not be read."""
+        self.sendLine(b"* BYE " + text)
+        self.transport.loseConnection()
+        self._abandon_command(None, None)
 
     def _discard_literal(self, n: int) -> None:
         """Skip the C{n} octets of a refused command's LITERAL+, then the rest of its line."""

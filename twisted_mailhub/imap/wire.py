@@ -26,9 +26,32 @@ from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, BadFolderName
 _QUOTED = re.compile(rb'"((?:[^"\\\r\n]|\\.)*)"')
 _UNESCAPE = re.compile(rb"\\(.)")
 LITERAL = re.compile(rb"\{([^{}]*)\}\Z")
-LITERAL_SIZE = re.compile(rb"\A(\d{1,20})(\+?)\Z")
+LITERAL_SIZE = re.compile(rb"\A(\d+)(\+?)\Z")
+# A literal's size past this many digits (leading zeros aside) is over
+# every limit; it is not made into an int (Python refuses past 4300 digits).
+LITERAL_DIGITS = 20
 _MONTH_NAMES = [calendar.month_abbr[i] for i in range(13)]
 _MONTH_NUMBERS = {m.lower(): i for i, m in enumerate(_MONTH_NAMES) if m}
+
+
+def literal_octets(digits: bytes) -> int | None:
+    """
+    The size a literal's C{{N}} gives (C{digits} match L{LITERAL_SIZE}'s
+    first group: RFC 3501 §9 C{number = 1*DIGIT}, leading zeros allowed),
+    or None when it has more than L{LITERAL_DIGITS} significant digits: a
+    size no limit here takes, so the caller refuses it without the number.
+    """
+    significant = digits.lstrip(b"0")
+    if len(significant) > LITERAL_DIGITS:
+        return None
+    return int(significant or b"0")
+
+
+def literal_size_text(n: int | None) -> bytes:
+    """C{b"literal of N octets"} for a reply, or what to say of a size L{literal_octets} would not read."""
+    if n is None:
+        return b"literal size of more than %d digits" % LITERAL_DIGITS
+    return b"literal of %d octets" % n
 
 
 class BadSequence(imap4.IllegalClientResponse):
