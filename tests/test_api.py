@@ -298,6 +298,35 @@ def test_bad_and_unknown_message_ids(hub, uid, status):
     error_of(call(hub, "GET", f"/accounts/me/folders/INBOX/messages/{uid}"), status)
 
 
+@pytest.mark.parametrize(
+    "path,code,bound",
+    [
+        ("/accounts/me/folders/INBOX/messages/4294967296", "bad_uid", "from 1 to 4294967295"),
+        ("/accounts/me/folders/INBOX/messages/99999999999999999999", "bad_uid", "from 1 to 4294967295"),
+        ("/accounts/me/folders/INBOX/messages/4294967296/raw", "bad_uid", "from 1 to 4294967295"),
+        ("/accounts/me/folders/INBOX/messages/1/parts/1000000", "bad_part", "from 1 to 999999"),
+        ("/accounts/me/folders/INBOX/wait?timeout=0&after_uid=4294967296", "bad_uid", "from 0 to 4294967295"),
+        ("/accounts/me/folders/INBOX/messages?offset=1000000001", "bad_parameter", "from 0 to 1000000000"),
+        ("/accounts/me/folders/INBOX/wait?timeout=1e2", "bad_parameter", "from 0 to 300"),
+        ("/accounts/me/folders/INBOX/wait?timeout=%D9%A5", "bad_parameter", "from 0 to 300"),
+    ],
+)
+def test_a_number_past_its_bound_is_refused_with_the_bound_said(hub, path, code, bound):
+    # RFC 3501 §9: a UID is an nz-number (32 bits): the reply says so rather
+    # than "a whole number from 1", which 4294967296 is.
+    error = error_of(call(hub, "GET", path), 400, code)
+    assert bound in json.dumps(error), error
+
+
+def test_a_number_with_leading_zeros_is_read_as_its_value(hub):
+    send(hub, "zeros")
+    hub.wait_for_message(subject="zeros")
+    uid = hub.messages("alice")[0].uid
+    got = call(hub, "GET", f"/accounts/me/folders/INBOX/messages/{uid:020d}").json()
+    assert got["uid"] == uid and got["envelope"]["subject"] == "zeros"
+    assert call(hub, "GET", "/accounts/me/folders/INBOX/messages?offset=" + "0" * 15).json()["messages"][0]["subject"] == "zeros"
+
+
 def test_unknown_folder_path_and_method(hub):
     error_of(call(hub, "GET", "/accounts/me/folders/Nope/messages"), 404, "no_such_folder")
     error_of(call(hub, "GET", "/nothing/here"), 404, "not_found")

@@ -61,6 +61,10 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 DEFAULT_WAIT = 30.0
 MAX_WAIT = 300.0
+# RFC 3501 §9: uniqueid = nz-number, a 32-bit unsigned number: 1 to 4294967295.
+MAX_UID = 2**32 - 1
+MAX_PART = 999_999
+MAX_OFFSET = 10**9
 MAX_JSON_BODY = 1024 * 1024
 
 
@@ -561,9 +565,10 @@ class ApiResource(resource.Resource):
             raise ApiError(404, "no_such_folder", "no such folder") from None
 
     def _uid(self, value: str) -> int:
-        if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) < 1:
-            raise ApiError(400, "bad_uid", "a message id is its UID, a whole number from 1")
-        return int(value)
+        n = whole_number(value, 1, MAX_UID)
+        if n is None:
+            raise ApiError(400, "bad_uid", f"a message id is its UID, a whole number from 1 to {MAX_UID} (RFC 3501 nz-number)")
+        return n
 
     def _info(self, folder: Any, uid: int) -> Any:
         try:
@@ -607,7 +612,7 @@ class ApiResource(resource.Resource):
 
     async def api_messages(self, request, caller, account, folder):
         address, box = self._folder(caller, account, folder)
-        offset = _int_arg(request, "offset", 0, 0, 10**9)
+        offset = _int_arg(request, "offset", 0, 0, MAX_OFFSET)
         limit = _int_arg(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         order = _arg(request, "order") or "asc"
         if order not in ("asc", "desc"):
@@ -640,14 +645,15 @@ class ApiResource(resource.Resource):
     async def api_message_part(self, request, caller, account, folder, uid, part):
         address, box = self._folder(caller, account, folder)
         n = self._uid(uid)
-        if not (part.isascii() and part.isdigit()) or len(part) > 6 or int(part) < 1:
-            raise ApiError(400, "bad_part", "a part is a number from 1 (see the message's attachments)")
+        index = whole_number(part, 1, MAX_PART)
+        if index is None:
+            raise ApiError(400, "bad_part", f"a part is a whole number from 1 to {MAX_PART} (see the message's attachments)")
         raw = self._read(box, n)
         message = await offload.in_thread(_parse, raw)
         leaves = _leaves(message)
-        if int(part) > len(leaves):
+        if index > len(leaves):
             raise ApiError(404, "no_such_part", "no such part")
-        chosen = leaves[int(part) - 1]
+        chosen = leaves[index - 1]
         try:
             filename = chosen.get_filename() or f"part-{part}"
         except (ValueError, TypeError):
@@ -704,8 +710,10 @@ class ApiResource(resource.Resource):
         address, box = self._folder(caller, account, folder)
         timeout = _float_arg(request, "timeout", DEFAULT_WAIT, 0.0, MAX_WAIT)
         after = _arg(request, "after_uid")
-        if after is not None and not (after.isascii() and after.isdigit() and len(after) <= 10):
-            raise ApiError(400, "bad_uid", "after_uid is a whole number")
+        if after is not None:
+            after_uid = whole_number(after, 0, MAX_UID)
+            if after_uid is None:
+                raise ApiError(400, "bad_uid", f"after_uid is a whole number from 0 to {MAX_UID} (a UID, RFC 3501 nz-number, or 0)")
         predicate = self._search(request, box)
 
         def first_match(infos) -> Any:
@@ -713,7 +721,7 @@ class ApiResource(resource.Resource):
             return found[0] if found else None
 
         if after is not None:
-            there = first_match([i for i in box.messages() if i.uid > int(after)])
+            there = first_match([i for i in box.messages() if i.uid > after_uid])
             if there is not None:
                 return {"timed_out": False, "message": self._summary(box, there, box.name)}
         arrived: defer.Deferred = defer.Deferred()
@@ -747,7 +755,7 @@ class ApiResource(resource.Resource):
 
     async def api_mailpit_messages(self, request, caller):
         box = self.hub.store.account(caller.address).folder(INBOX)
-        start = _int_arg(request, "start", 0, 0, 10**9)
+        start = _int_arg(request, "start", 0, 0, MAX_OFFSET)
         limit = _int_arg(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         infos = list(reversed(box.messages()))  # newest first, as Mailpit
         page = infos[start : start + limit]
@@ -1011,19 +1019,35 @@ def _int_arg(request, name: str, default: int, low: int, high: int) -> int:
     value = _arg(request, name)
     if value is None or value == "":
         return default
-    if not re.fullmatch(r"\d{1,12}", value) or not low <= int(value) <= high:
+    number = whole_number(value, low, high)
+    if number is None:
         raise ApiError(400, "bad_parameter", f"{name} must be a whole number from {low} to {high}")
-    return int(value)
+    return number
+
+
+def whole_number(text: str, low: int, high: int) -> int | None:
+    """
+    The whole number C{text} writes in ASCII digits (leading zeros allowed)
+    when it is from C{low} to C{high}, else None. Not C{int()}'s wider
+    reading: no sign, blank, C{_} or other scripts' digits, and no
+    thousands of digits (CPython's limit raises past 4,300).
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(high)):
+        return None
+    number = int(digits)
+    return number if low <= number <= high else None
 
 
 def _float_arg(request, name: str, default: float, low: float, high: float) -> float:
     value = _arg(request, name)
     if value is None or value == "":
         return default
-    try:
-        number = float(value)
-    except ValueError:
-        number = float("nan")
+    # ASCII digits with an optional fraction: float() would also take
+    # "inf", "1e2", "1_0" and other scripts' digits.
+    number = float(value) if re.fullmatch(r"[0-9]{1,12}(\.[0-9]{1,12})?", value) else float("nan")
     if not (low <= number <= high):
         raise ApiError(400, "bad_parameter", f"{name} must be a number of seconds from {low:g} to {high:g}")
     return number

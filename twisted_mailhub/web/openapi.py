@@ -34,7 +34,7 @@ _ADDR_LIST = {"type": "array", "items": {"$ref": "#/components/schemas/Address"}
 
 _ACCOUNT = {"name": "account", "in": "path", "required": True, "schema": _STR, "description": "An account address, or `me`."}
 _FOLDER = {"name": "folder", "in": "path", "required": True, "schema": _STR, "description": "A folder name (`INBOX`; `/` in a name as `%2F`)."}
-_UID = {"name": "uid", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}, "description": "The message's IMAP UID in the folder."}
+_UID = {"name": "uid", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": 4294967295}, "description": "The message's IMAP UID in the folder (RFC 3501 nz-number)."}
 _PATH = {"name": "path", "in": "path", "required": True, "schema": _STR, "description": "A file path in the account's FTP home, segments separated by `/`."}
 _SEARCH = {"name": "search", "in": "query", "schema": _STR, "description": "IMAP search keys (RFC 3501 §6.4.4), e.g. `UNSEEN FROM alice SUBJECT \"report\"`."}
 
@@ -119,7 +119,7 @@ def document() -> dict[str, Any]:
                 {"200": _json(_obj(["account", "folder", "total", "offset", "limit", "messages"], account=_STR, folder=_STR, total=_INT, offset=_INT, limit=_INT, messages={"type": "array", "items": _SUMMARY})), **_errors(400, 401, 403, 404)},
                 [
                     _ACCOUNT, _FOLDER, _SEARCH,
-                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 1000000000, "default": 0}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
                     {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"], "default": "asc"}},
                 ],
@@ -132,7 +132,7 @@ def document() -> dict[str, Any]:
                 [
                     _ACCOUNT, _FOLDER, _SEARCH,
                     {"name": "timeout", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 300, "default": 30}, "description": "Seconds to wait."},
-                    {"name": "after_uid", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "after_uid", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 4294967295}},
                 ],
             ),
         },
@@ -145,7 +145,7 @@ def document() -> dict[str, Any]:
             "get": _op(
                 "One leaf part, decoded (an attachment download)",
                 {"200": {"description": "The part's content, with its own content type", "content": {"*/*": {"schema": {"type": "string"}}}}, **_errors(400, 401, 403, 404)},
-                mp + [{"name": "part", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}],
+                mp + [{"name": "part", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": 999999}}],
             ),
         },
         msg + "/flags": {
@@ -172,7 +172,7 @@ def document() -> dict[str, Any]:
             "get": _op(
                 "Mailpit-compatible: the caller's INBOX, newest first",
                 {"200": _json(_obj(["total", "unread", "count", "messages_count", "start", "tags", "messages"], total=_INT, unread=_INT, count=_INT, messages_count=_INT, start=_INT, tags={"type": "array", "items": _STR}, messages={"type": "array", "items": _MAILPIT_SUMMARY})), **_errors(400, 401)},
-                [{"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
+                [{"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 1000000000}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
                 tag="mailpit",
             ),
         },
