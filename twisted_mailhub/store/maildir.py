@@ -1386,17 +1386,25 @@ class MaildirFolder:
         table = self._table
         unchecked = self._unchecked
         names = table.names
-        # In the table's order, one name at a time: no list of 100,000
-        # positions, and no table.by_base (a dict of every name, kept on
-        # the table once made: 14 MB for 100,000 names).
-        self._check(i for i in range(len(names)) if names[i] in unchecked)
-        # Left: files a check could not read (told as listed until the next
-        # need), names not yet numbered (pending), and names of files gone.
-        gone = {base for base in self._unchecked if base not in self._pending}
-        for i in range(len(names) if gone else 0):
-            gone.discard(names[i])
-            if not gone:
-                break
+        by_base = table.by_base_if_made
+        if by_base is not None:
+            # Made already (a scan that found new files makes it): one look-up
+            # per name listed on trust, not a walk over every row.
+            rows = sorted(table.position(by_base[base]) for base in unchecked if base in by_base)
+            self._check(i for i in rows if i >= 0)
+            gone = {base for base in self._unchecked if base not in self._pending and base not in by_base}
+        else:
+            # In the table's order, one name at a time: no list of 100,000
+            # positions, and no table.by_base made for this (a dict of every
+            # name, kept on the table once made: 14 MB for 100,000 names).
+            self._check(i for i in range(len(names)) if names[i] in unchecked)
+            # Left: files a check could not read (told as listed until the next
+            # need), names not yet numbered (pending), and names of files gone.
+            gone = {base for base in self._unchecked if base not in self._pending}
+            for i in range(len(names) if gone else 0):
+                gone.discard(names[i])
+                if not gone:
+                    break
         for base in gone:
             self._unchecked.discard(base)
         if self._checks_unsaved:

@@ -252,6 +252,11 @@ class MessageTable:
     def by_base(self, value: dict[str, int] | None) -> None:
         self._by_base = value
 
+    @property
+    def by_base_if_made(self) -> dict[str, int] | None:
+        """L{by_base} when it is made already (a scan that found new files makes it), else None: never made here."""
+        return self._by_base
+
     # -- finding rows ------------------------------------------------------
 
     def position(self, uid: int) -> int:
