@@ -197,6 +197,30 @@ class SmallFilesTests(unittest.TestCase):
         with open(path, "rb") as f:
             self.assertEqual(f.read(), b"one\n")
 
+    def test_a_removal_comes_after_the_rest_of_its_batch_is_durable(self):
+        # (a RENAME's record: its removal must not reach the disk before
+        # the folder moves and subscriptions it waited for)
+        journal = Journal()
+        real_unlink = os.unlink
+
+        def unlink(path):
+            journal.events.append(("unlink", path))
+            real_unlink(path)
+
+        small = SmallFiles(fsync=journal.fsync, run=journal.run)
+        folder = os.path.realpath(self.mktemp())
+        os.makedirs(folder)
+        record, state = os.path.join(folder, "record"), os.path.join(folder, "state")
+        open(record, "w").close()
+        small.sync_directories([folder])  # (a batch on its way: the next three share one)
+        done = [small.remove(record), small.replace(state, b"new\n"), small.sync_directories([folder])]
+        self.patch(os, "unlink", unlink)
+        journal.run_jobs()
+        for d in done:
+            self.assertEqual(self.successResultOf(d), None)
+        self.assertEqual(journal.events[1:], [("fsync", f"{state}.{os.getpid()}.tmp"), ("fsync", folder), ("unlink", record), ("fsync", folder)])
+        self.assertFalse(os.path.exists(record))
+
     def test_requests_made_while_a_batch_is_on_its_way_share_the_next_one(self):
         journal = Journal()
         small = SmallFiles(fsync=journal.fsync, run=journal.run)

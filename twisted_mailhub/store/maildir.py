@@ -91,6 +91,7 @@ import bisect
 import gc
 import hashlib
 import itertools
+import json
 import marshal
 import os
 import re
@@ -134,7 +135,7 @@ from twisted_mailhub.store.table import (
     system_bits,
 )
 from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, fsync_directory
-from twisted_mailhub.store.smallfiles import SmallFiles
+from twisted_mailhub.store.smallfiles import SmallFiles, write_durably
 from twisted_mailhub.store.wireform import WireForms
 from twisted_mailhub.store.interfaces import (
     DELETED,
@@ -167,6 +168,10 @@ EXTRA_LINES_SLACK = 1000  # repeated lines (keyword changes) allowed beyond one 
 _INDEX_VERSION = 3
 SETTLED = 1.0  # seconds a directory must have been unchanged before a look for the index to trust its mtime (many clock ticks)
 SUBSCRIPTIONS = "subscriptions"
+# A RENAME under way: {"old", "new", "pid", "boot"}, written durably before
+# its first directory moves and removed with the new subscriptions' flush;
+# found at an account's open, the RENAME is finished (MaildirAccount._redo_rename).
+RENAMING = "mailhub-renaming"
 MODSEQ_LOG = "mailhub-modseq"  # "<uid> <modseq>" per change, last wins (RFC 7162)
 MODSEQ_PENDING_MAX = 65536  # --workers: modseqs kept for messages not known yet (MaildirFolder._catch_up_modseqs)
 UIDVALIDITY_FILE = "mailhub-uidvalidity"  # the account's highest UIDVALIDITY so far
@@ -2457,6 +2462,7 @@ class MaildirAccount:
         self._folders: dict[str, MaildirFolder] = {}
         self._lost: list[BaseException] = []  # flushes that failed, not told yet (durable)
         os.makedirs(path, exist_ok=True)
+        self._redo_rename()
 
     def _flushed(self, d: defer.Deferred) -> None:
         """Keep a flush's failure for the next L{durable} (logged once)."""
@@ -2565,9 +2571,32 @@ class MaildirAccount:
             raise NoSuchFolder(old)
         if new == INBOX or os.path.isdir(self._folder_path(new)):
             raise FolderExists(new)
+        # Crash-safe in steps (each folder of the hierarchy is one
+        # directory, and the subscriptions file is another step): what the
+        # RENAME is goes on disk first (two fsyncs in the reactor, RENAME
+        # only); a crash before the last step's flush leaves it there, and
+        # the next open of the account finishes the RENAME (_redo_rename).
+        # It is removed in the flush of the new subscriptions and the
+        # directory (SmallFiles), so a RENAME answered leaves none.
+        journal = os.path.join(self.path, RENAMING)
+        record = {"old": old, "new": new, "pid": os.getpid(), "boot": _boot_id()}
+        try:
+            write_durably(journal, json.dumps(record).encode("utf-8"))
+            fsync_directory(self.path)
+        except OSError as e:
+            raise storage_error(e) from e
+        self._move_folders(old, new)
+        self._rename_subscriptions(old, new)
+        self._sync_account_directory()
+        self._flushed(self.small_files.remove(journal))
+
+    def _move_folders(self, old: str, new: str) -> None:
+        """The directories of C{old} and its inferiors become C{new}'s; missing parents of C{new} are made. A name already moved is left."""
         moves = [n for n in self.folders() if n == old or n.startswith(old + DELIMITER)]
         for name in moves:
             target = new + name[len(old) :]
+            if os.path.isdir(self._folder_path(target)):
+                continue  # (a redo: moved before the crash)
             os.rename(self._folder_path(name), self._folder_path(target))
             self._folders.pop(name, None)
         parts = new.split(DELIMITER)
@@ -2575,8 +2604,40 @@ class MaildirAccount:
             parent = DELIMITER.join(parts[:i])
             if not os.path.isdir(self._folder_path(parent)):
                 self.folder_create_plain(parent)
-        self._sync_account_directory()
-        self._rename_subscriptions(old, new)
+
+    def _redo_rename(self) -> None:
+        """
+        Finish a RENAME a crash cut short (its C{mailhub-renaming} left):
+        the folders not moved yet are moved, the subscriptions follow, all
+        flushed, then the record goes. A record of a process still running
+        on this boot is that RENAME under way (--workers: another worker) and
+        is left to it. Called at the account's open, before anything reads it.
+        """
+        journal = os.path.join(self.path, RENAMING)
+        try:
+            with open(journal, "rb") as f:
+                record = json.loads(f.read().decode("utf-8"))
+            old, new = normalize_folder_name(record["old"]), normalize_folder_name(record["new"])
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, StoreError) as e:
+            log.warn("{path}: unreadable record of a RENAME under way ({error}); removed", path=journal, error=e)
+            _discard_durably(journal)
+            return
+        if record.get("boot") == _boot_id() and not _process_is_gone(int(record.get("pid") or 0)):
+            return
+        log.info("{path}: finishing the RENAME of {old} to {new} a crash cut short", path=self.path, old=old, new=new)
+        try:
+            self._move_folders(old, new)
+            subscribed = set(self.subscriptions())
+            gone, made = renamed_subscriptions(subscribed, old, new)
+            if gone or made - subscribed:
+                write_durably(self._subscriptions_path(), "".join(n + "\n" for n in sorted((subscribed - gone) | made)).encode("utf-8"))
+            fsync_directory(self.path)
+        except (OSError, StoreError) as e:
+            log.warn("{path}: the RENAME of {old} to {new} could not be finished yet ({error})", path=self.path, old=old, new=new, error=e)
+            return
+        _discard_durably(journal)
 
     def _rename_subscriptions(self, old: str, new: str) -> None:
         """The subscriptions follow the RENAME of C{old} to C{new} (L{renamed_subscriptions})."""
@@ -2637,6 +2698,26 @@ class MaildirAccount:
 
 TMP_MAX_AGE = 36 * 3600  # seconds: the Maildir convention's limit for tmp/
 _TMP_NAME = re.compile(r"^\d+\.M\d+P(\d+)Q\d+\.(.+?),S=\d+")
+
+
+def _boot_id() -> str:
+    """This boot's id (Linux), or "" where there is none: a process id means something only within one boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _discard_durably(path: str) -> None:
+    """Remove C{path} and fsync its directory; a failure is logged (the next open tries again)."""
+    try:
+        os.unlink(path)
+        fsync_directory(os.path.dirname(path))
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warn("{path}: not removed ({error})", path=path, error=e)
 
 
 def _process_is_gone(pid: int) -> bool:

@@ -18,6 +18,9 @@ Rules:
    fsynced; a crash leaves the old text or the new one, never an empty
    file. Until that batch is done, L{SmallFiles.pending} gives the text
    asked for, so a reader in the same process sees the change at once.
+ - A file removed (L{SmallFiles.remove}: a record that a change is under
+   way, such as a RENAME's) goes last in its batch, after every other
+   file and directory of it is durable, and its directory is fsynced again.
  - One batch is on its way at a time; whatever is asked meanwhile goes with
    the next one (a file asked for twice is written once, with its last
    text; a directory named twice is fsynced once). Each request's
@@ -69,6 +72,7 @@ class SmallFiles:
         self._files: dict[str, bytes] = {}  # asked for, not on their way yet
         self._directories: dict[str, None] = {}
         self._synced: dict[str, None] = {}  # files to fsync, written already
+        self._removed: dict[str, None] = {}  # files to remove once the rest is durable
         self._waiting: list[defer.Deferred] = []
         self._writing: dict[str, bytes] = {}  # files of the batch on its way
         self._flying: list[defer.Deferred] | None = None  # that batch's waiters
@@ -81,6 +85,11 @@ class SmallFiles:
     def replace(self, path: str, data: bytes) -> defer.Deferred:
         """Replace the file at C{path} with C{data}, durably (tmp, fsync, rename, directory fsync)."""
         self._files[path] = data
+        return self._wait()
+
+    def remove(self, path: str) -> defer.Deferred:
+        """Remove the file at C{path} once everything else of its batch is durable, then fsync its directory."""
+        self._removed[path] = None
         return self._wait()
 
     def sync_directories(self, paths: list[str]) -> defer.Deferred:
@@ -97,7 +106,7 @@ class SmallFiles:
 
     def settled(self) -> defer.Deferred:
         """Fires (with None, never failing) once everything asked for so far is done."""
-        if self._files or self._directories:
+        if self._files or self._directories or self._removed:
             d = self._wait()
         elif self._flying is not None:
             d = defer.Deferred()
@@ -115,9 +124,10 @@ class SmallFiles:
 
     def _start(self) -> None:
         files, synced, directories, waiting = self._files, list(self._synced), list(self._directories), self._waiting
-        self._files, self._synced, self._directories, self._waiting = {}, {}, {}, []
+        removed = list(self._removed)
+        self._files, self._synced, self._directories, self._waiting, self._removed = {}, {}, {}, [], {}
         self._writing, self._flying = files, waiting
-        d = self._in_thread(self._commit, files, directories, synced)
+        d = self._in_thread(self._commit, files, directories, synced, removed)
 
         def done(result: Any) -> None:
             self._writing, self._flying = {}, None
@@ -144,8 +154,8 @@ class SmallFiles:
             return defer.maybeDeferred(function, *args)
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
-    def _commit(self, files: dict[str, bytes], directories: list[str], synced: list[str] = ()) -> None:
-        """In a worker thread: write the files, fsync those written already, then fsync each directory once."""
+    def _commit(self, files: dict[str, bytes], directories: list[str], synced: list[str] = (), removed: list[str] = ()) -> None:
+        """In a worker thread: write the files, fsync those written already, then fsync each directory once; then the removals."""
         order = dict.fromkeys(directories)
         for path, data in files.items():
             write_durably(path, data, self.fsync)
@@ -159,6 +169,18 @@ class SmallFiles:
                 self.fsync(fd)
             finally:
                 os.close(fd)
+        self._sync_directories(order)
+        if removed:
+            # Last, once all the above is on disk: no crash can keep the
+            # removal and lose what it was waiting for.
+            for path in removed:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            self._sync_directories(dict.fromkeys(os.path.dirname(path) or "." for path in removed))
+
+    def _sync_directories(self, order: dict[str, None]) -> None:
         for directory in order:
             try:
                 fd = os.open(directory, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
