@@ -258,3 +258,44 @@ def test_fuzzed_packets_get_answers_or_a_disconnect_never_an_exception(tmp_path)
         server.connectionLost()
         assert len(server.handles) == 0
     assert sent > 500, f"only {sent} packets in 2 s"
+
+
+def _fsyncs_in_turn(monkeypatch) -> list[str]:
+    """Worker-thread calls run at once, and every fsync is recorded (by path) in one list."""
+    from twisted.internet import threads
+
+    events: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        events.append("fsync " + os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(threads, "deferToThread", lambda f, *a, **k: defer.maybeDeferred(f, *a, **k))
+    return events
+
+
+def test_a_size_set_on_an_open_upload_is_on_disk_before_its_ok(session, monkeypatch):
+    server, stub, root = session
+    handle = open_file(server, stub, 1, "up", p.FXF_WRITE | p.FXF_CREAT | p.FXF_TRUNC)
+    server.dataReceived(packet(p.FXP_WRITE, u32(2), p.ns(handle), u64(0), p.ns(b"0123456789")))
+    assert status(answers(stub)[0][1])[1] == p.FX_OK
+    events = _fsyncs_in_turn(monkeypatch)
+    stub.write = lambda data: (events.append("reply"), stub.written.extend(data))
+    server.dataReceived(packet(p.FXP_FSETSTAT, u32(3), p.ns(handle), u32(p.ATTR_SIZE), u64(4)))
+    assert status(answers(stub)[0][1])[:2] == (3, p.FX_OK)
+    assert [e for e in events if e.startswith("fsync")] and events[-1] == "reply"
+    assert events.index("reply") > max(i for i, e in enumerate(events) if e.startswith("fsync"))
+
+
+def test_a_size_set_by_path_is_on_disk_before_its_ok(session, monkeypatch):
+    server, stub, root = session
+    (root / "f").write_bytes(b"0123456789")
+    events = _fsyncs_in_turn(monkeypatch)
+    stub.write = lambda data: (events.append("reply"), stub.written.extend(data))
+    server.dataReceived(packet(p.FXP_SETSTAT, u32(3), p.ns("f"), u32(p.ATTR_SIZE), u64(4)))
+    assert status(answers(stub)[0][1])[:2] == (3, p.FX_OK)
+    # the cut copy, then the directory that now names it, then the answer
+    assert [e for e in events if e.startswith("fsync")][-1] == "fsync home" and events[-1] == "reply"
+    assert (root / "f").read_bytes() == b"0123"

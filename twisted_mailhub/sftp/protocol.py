@@ -835,7 +835,10 @@ class SFTPServer(protocol.Protocol):
             f.flush()
             f.truncate(size)
             handle.end = size
-            d = defer.succeed(None)
+            # Durable before OK, as every other change is (design rule 6):
+            # the partial file a later resume continues from has this size.
+            # (Requests are answered in turn: no WRITE or CLOSE meanwhile.)
+            d = threads.deferToThread(os.fsync, f.fileno())
         elif isinstance(handle_or_segments, Handle):
             raise SFTPError(FX_PERMISSION_DENIED, f"{shown}: the file is open for reading")
         else:
