@@ -9,6 +9,7 @@ one list, and checks their order: the change, its fsync, then the reply.
 
 from __future__ import annotations
 
+import base64
 import os
 
 from twisted.internet import defer, task
@@ -79,6 +80,8 @@ class IMAPFolderChangesTests(unittest.TestCase):
         self.clock = task.Clock()
         accounts = AccountBook(["localhost"])
         accounts.add("alice", "secret")
+        accounts.add("bob", "secret")
+        accounts.add("carol", "secret")
         self.data = self.mktemp()
         self.store = MaildirStore(os.path.join(self.data, "mail"), GroupCommitWriter(self.clock))
         self.store.small_files = SmallFiles(fsync=self.journal.fsync, run=self.journal.run)
@@ -112,6 +115,39 @@ class IMAPFolderChangesTests(unittest.TestCase):
         for path in flushed:
             self.assertIn(path, done, f"{path} not fsynced before the reply: {events}")
         del events[:]
+
+    def test_the_first_logins_folders_are_on_disk_before_its_ok(self):
+        # (setUp logged alice in: a new account, its Sent, Drafts, Trash...)
+        for command in (b"b login bob secret\r\n", b"c authenticate plain " + base64.b64encode(b"\0carol\0secret") + b"\r\n"):
+            tag = command[:1].decode()
+            server = IMAPServer(self.hub, "imap")
+            server.makeConnection(JournalTransport(self.journal, peerAddress=IPv4Address("TCP", "127.0.0.1", 4322)))
+            self.addCleanup(server.connectionLost, None)
+            server.dataReceived(command)
+            self.assertEqual([r for r in self.replies() if r.startswith(tag + " ")], [], "answered before the flush")
+            self.journal.run_jobs()
+            events = self.journal.events
+            [answer] = [i for i, (kind, what) in enumerate(events) if kind == "reply" and what.startswith(tag + " ")]
+            self.assertTrue(events[answer][1].startswith(tag + " OK"), events)
+            account = os.path.realpath(self.store.account_path(("bob" if tag == "b" else "carol") + "@localhost"))
+            done = [what for kind, what in events[:answer] if kind == "fsync"]
+            self.assertIn(account, done)
+            self.assertIn(os.path.join(account, ".Sent"), done)
+            del events[:]
+
+    def test_a_first_login_whose_folders_could_not_be_saved_is_refused_as_unavailable(self):
+        def fail(function, *args):
+            return defer.fail(OSError(5, "Input/output error"))
+
+        self.journal.run = fail
+        self.store.small_files._run = fail
+        server = IMAPServer(self.hub, "imap")
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4323))
+        server.makeConnection(transport)
+        self.addCleanup(server.connectionLost, None)
+        server.dataReceived(b"b login bob secret\r\n")
+        self.assertIn(b"b NO [UNAVAILABLE]", transport.value())
+        self.assertNotIn(b"Traceback", transport.value())
 
     def test_create_is_answered_after_the_account_directory_is_fsynced(self):
         self.assert_flushed_then_answered(b"t create Work\r\n", "t OK CREATE", [self.account_dir])

@@ -121,6 +121,36 @@ def unsent_octets(transport: Any) -> int:
 _NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
 
 
+class _SettledLogins:
+    """
+    A session's portal whose logins (LOGIN and AUTHENTICATE) succeed only
+    once the account's folder changes made so far are durable (the store's
+    C{durable()}, where it has one): the first login's special-use folders
+    (imap.prepare_account) are on disk before the OK after which a LIST
+    shows them (design rule 6). A flush that failed is C{NO [UNAVAILABLE]}.
+    """
+
+    def __init__(self, portal: Any):
+        self._portal = portal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._portal, name)
+
+    def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
+        def settle(result: tuple) -> Any:
+            durable = getattr(getattr(result[1], "store_account", None), "durable", None)
+            if durable is None:
+                return result
+
+            def failed(reason: failure.Failure) -> None:
+                result[2]()  # (the avatar's logout)
+                raise StoreUnavailable(f"the account's folders were not saved: {reason.getErrorMessage()}")
+
+            return durable().addCallbacks(lambda _: result, failed)
+
+        return self._portal.login(credentials, mind, *interfaces).addCallback(settle)
+
+
 class _DiscardedLiteral:
     """The octets of a refused command's non-synchronizing literal, read and dropped."""
 
@@ -183,6 +213,7 @@ class IMAPServer(
 
     def connectionMade(self):
         self.connection_id = self.hub.connection_made(self, self.listener)
+        self.portal = _SettledLogins(self.portal)
         if not challenge_response_offered(self.hub):
             # CRAM-MD5 only while it can log someone in (plain passwords kept).
             self._plain.pop(b"CRAM-MD5", None)
