@@ -149,6 +149,33 @@ class IMAPFolderChangesTests(unittest.TestCase):
         self.assertIn(b"b NO [UNAVAILABLE]", transport.value())
         self.assertNotIn(b"Traceback", transport.value())
 
+    def lose_the_list_of(self, name: str) -> str:
+        """C{name}'s UID list gone (a crash, an imported Maildir) and the folder not open in this process."""
+        self.assert_flushed_then_answered(b"t create " + name.encode() + b"\r\n", "t OK", [self.account_dir])
+        folder = os.path.join(self.account_dir, "." + name)
+        with open(os.path.join(folder, "new", "1.outside"), "wb") as f:
+            f.write(b"Subject: x\r\n\r\nbody\r\n")
+        os.unlink(os.path.join(folder, "mailhub-uidlist"))
+        self.store.account("alice@localhost")._folders.pop(name)
+        return folder
+
+    def test_select_status_and_list_status_of_a_folder_whose_list_is_made_again_answer_after_it_is_durable(self):
+        commands = [
+            ("Lost", b"t select Lost\r\n", "t OK [READ-WRITE]"),
+            ("Lost2", b"t status Lost2 (UIDVALIDITY MESSAGES)\r\n", "t OK STATUS"),
+            ("Lost3", b't list "" Lost3 return (status (uidvalidity))\r\n', "t OK LIST"),
+        ]
+        for name, command, tagged in commands:
+            folder = self.lose_the_list_of(name)
+            in_reactor = []
+            real_fsync = os.fsync
+            self.patch(os, "fsync", lambda fd: in_reactor.append(os.readlink(f"/proc/self/fd/{fd}")))
+            self.server.dataReceived(command)
+            self.patch(os, "fsync", real_fsync)
+            self.assertEqual(in_reactor, [])  # (it made 3 before: the list, the counter, the folder)
+            self.assertFalse([r for r in self.replies() if "UIDVALIDITY" in r or r.startswith("t ")], "told before the flush")
+            self.assert_flushed_then_answered(b"", tagged, [os.path.join(folder, "mailhub-uidlist"), folder])
+
     def test_create_is_answered_after_the_account_directory_is_fsynced(self):
         self.assert_flushed_then_answered(b"t create Work\r\n", "t OK CREATE", [self.account_dir])
         self.assertTrue(os.path.isdir(os.path.join(self.account_dir, ".Work", "cur")))
@@ -209,6 +236,38 @@ class IMAPFolderChangesTests(unittest.TestCase):
         self.assertIn("Pending", account.subscriptions())
         self.journal.run_jobs()
         self.assertIn("Pending", account.subscriptions())
+
+
+class ListMadeAgainTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_a_message_appended_to_a_folder_whose_list_is_made_again_is_acknowledged_after_the_list_is_durable(self):
+        journal = Journal()
+        root = self.mktemp()
+        store = MaildirStore(root, hostname="test")
+        store.small_files = SmallFiles(fsync=journal.fsync, run=journal.run)
+        account = store.account("alice@example.org")
+        account.create_folder("Lost")
+        journal.run_jobs()
+        folder = os.path.realpath(os.path.join(account.path, ".Lost"))
+        os.unlink(os.path.join(folder, "mailhub-uidlist"))
+        account._folders.pop("Lost")  # (as a new process finds it)
+        lost = account.folder("Lost")
+        self.assertIsNotNone(lost.unsettled())
+        written = []
+        real_write = lost.writer.write
+
+        def write(*args, **kw):
+            written.append(real_write(*args, **kw))
+            return written[-1]
+
+        lost.writer.write = write
+        appended = lost.append(b"Subject: y\r\n\r\nbody\r\n")
+        yield written[0]  # the message and its UID line are durable...
+        self.assertNoResult(appended)  # ...but not the list they were added to
+        journal.run_jobs()
+        self.assertIn(os.path.join(folder, "mailhub-uidlist"), journal.flushed())
+        self.assertEqual((yield appended), 1)
+        self.assertIsNone(lost.unsettled())
 
 
 class SmallFilesTests(unittest.TestCase):

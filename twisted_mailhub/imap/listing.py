@@ -37,6 +37,7 @@ import re
 from twisted.mail import imap4
 
 from twisted_mailhub.imap.arguments import Atom, String, arg_everything
+from twisted_mailhub.imap.settling import settled_folder, when_settled
 from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, shown
 from twisted_mailhub.store.base import DELIMITER
 from twisted_mailhub.store.interfaces import INBOX, StoreError
@@ -144,6 +145,7 @@ def parse_list(tree: list) -> ListRequest:
 class ListCommands:
     """LIST and LSUB, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
 
+    @when_settled
     def do_LIST(self, tag, tree):
         try:
             request = parse_list(tree)
@@ -193,7 +195,7 @@ class ListCommands:
             lines.append(line)
             if request.status is not None and b"\\Noselect" not in attributes and b"\\NonExistent" not in attributes:
                 try:
-                    lines.append(b"* " + self.status_response(store.folder(name), request.status) + b"\r\n")
+                    lines.append(b"* " + self.status_response(settled_folder(store.folder(name)), request.status) + b"\r\n")
                 except (StoreError, OSError):
                     continue  # gone meanwhile: its LIST line stands, RFC 5819 §2 allows no STATUS
         self.write_lines(lines)

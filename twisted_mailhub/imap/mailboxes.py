@@ -41,6 +41,7 @@ from twisted.mail import imap4
 
 from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.listing import SPECIAL_USE  # noqa: F401 (imap/__init__ makes them)
+from twisted_mailhub.imap.settling import settled_folder, when_settled
 from twisted_mailhub.imap.wire import arg_astring, arg_finalastring, client_text, decode_name, mailbox_name, opt_nested_list, shown, wire_name
 from twisted_mailhub.store.base import DELIMITER, normalize_folder_name, renamed_subscriptions
 from twisted_mailhub.store.watch import ChangeSignal, account_paths, change_signal, folder_paths
@@ -131,8 +132,10 @@ class MailboxCommands:
             self.sendNegativeResponse(tag, b"[SERVERBUG] " + client_text(reason))
             log.error("IMAP folder operation failed: {error!r}", error=error)
 
-    def _folder(self, raw: bytes):
-        return self._store().folder(self.name_from_wire(raw))
+    def _folder(self, raw: bytes, settled: bool = False):
+        """The folder named C{raw}; with C{settled}, raises L{Settling} while its UID list is not durable (imap/settling.py)."""
+        folder = self._store().folder(self.name_from_wire(raw))
+        return settled_folder(folder) if settled else folder
 
     def _target_folder(self, tag: bytes, name: bytes):
         """The folder APPEND/COPY/MOVE write to, or None once told why not."""
@@ -150,6 +153,7 @@ class MailboxCommands:
                 self._folder_error(tag, e)
         return None
 
+    @when_settled
     def do_SELECT(self, tag, name, params=None, readonly=0, command=b"SELECT"):
         try:
             condstore, qresync = self.select_parameters(params)
@@ -162,7 +166,7 @@ class MailboxCommands:
             # responses, so a client knows which they belong to.
             self.sendUntaggedResponse(b"OK [CLOSED] previous mailbox closed")
         try:
-            folder = self._folder(name)
+            folder = self._folder(name, settled=True)
             view = self.view_class()(self, folder, bool(readonly))  # imap/rev2.py
         except (StoreError, imap4.IllegalMailboxEncoding) as e:
             self._folder_error(tag, e)
@@ -388,6 +392,7 @@ class MailboxCommands:
     auth_SUBSCRIBE = select_SUBSCRIBE = (do_SUBSCRIBE, arg_finalastring, 1)
     auth_UNSUBSCRIBE = select_UNSUBSCRIBE = (do_SUBSCRIBE, arg_finalastring, 0)
 
+    @when_settled
     def do_STATUS(self, tag, name, items):
         keys = [item.upper() if isinstance(item, bytes) else b"" for item in items]
         try:
@@ -396,7 +401,7 @@ class MailboxCommands:
             self.sendBadResponse(tag, client_text(str(e)))
             return
         try:
-            response = self.status_response(self._folder(name), keys)
+            response = self.status_response(self._folder(name, settled=True), keys)
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             self._folder_error(tag, e)
             return

@@ -498,6 +498,9 @@ class MaildirFolder:
         # sync_later, off the reactor, before the CREATE is answered)
         self._sync_later = sync_later
         self.creation_flush: defer.Deferred | None = None
+        # While a list made or rewritten at this load (creation_flush) is
+        # not on disk yet: the Deferreds waiting for it (unsettled()).
+        self._settling: list[defer.Deferred] | None = None
         self.validity_path = validity_path
         self._recent: set[int] = set()  # IMAP \Recent, beside what is in new/
         self.directory = path
@@ -691,8 +694,12 @@ class MaildirFolder:
                 dropped=dropped,
                 uid_next=self.uid_next,
             )
-            # Clean before anything is appended to it again.
-            self._write_uidlist_text([self._row_line(rows, i) for i in range(len(rows))])
+            # Clean before anything is appended to it again (flushed off the
+            # reactor when the account's SmallFiles is given: unsettled()).
+            later = self._sync_later
+            self._write_uidlist_text([self._row_line(rows, i) for i in range(len(rows))], sync=later is None)
+            if later is not None:
+                self._settle_with(later.sync_files([self._uidlist_path()], [self.directory]))
             self._index = None
         else:
             # Remember the octets the rows describe: the index, if worth writing.
@@ -790,10 +797,54 @@ class MaildirFolder:
             # directory are flushed in a worker thread (three fsyncs in
             # the reactor a CREATE, fifteen at a first login), and the
             # CREATE is answered after them (MaildirAccount.durable).
-            self.creation_flush = later.sync_files([p for p in (self.validity_path, self._uidlist_path()) if p], [self.directory])
+            self._settle_with(later.sync_files([p for p in (self.validity_path, self._uidlist_path()) if p], [self.directory]))
         if not len(self._table) and not self._pending:
             header = f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n".encode("ascii")
             self._index_state = _IndexState(len(header), [header], self.uid_next, 0)
+
+    def _settle_with(self, flush: defer.Deferred) -> None:
+        """
+        The list (and UIDVALIDITY) this load made is on disk once C{flush}
+        fires: kept as C{creation_flush} for the account's C{durable()},
+        and what L{unsettled} gives until then.
+        """
+        self.creation_flush = flush
+        self._settling = []
+
+        def done(result: Any) -> Any:
+            waiting, self._settling = self._settling or [], None
+            for d in waiting:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(None)
+            return result
+
+        flush.addBoth(done)
+
+    def unsettled(self) -> defer.Deferred | None:
+        """
+        None once this folder's UID list and UIDVALIDITY are durable (always,
+        but for a while after a load that made the list: a new folder, or a
+        list lost or damaged and made again, flushed off the reactor); else
+        a Deferred that fires then (or fails with the flush's error). Nothing
+        that shows or promises its UIDs is told before (design rule 6):
+        L{deliver} and L{append} wait for it, IMAP SELECT/EXAMINE/STATUS too.
+        """
+        if self._settling is None:
+            return None
+        d = defer.Deferred()
+        self._settling.append(d)
+        return d
+
+    def _after_settled(self, d: defer.Deferred) -> defer.Deferred:
+        """C{d}'s result once it fires and the list is durable (L{unsettled})."""
+        pending = self.unsettled()
+        if pending is None:
+            return d
+        both = defer.gatherResults([d, pending], consumeErrors=True)
+        both.addCallbacks(lambda results: results[0], lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+        return both
 
     def _row_line(self, table: MessageTable, i: int) -> str:
         return _format_line(table.uids[i], table.names[i], table.sizes[i], table.dates[i], table.keywords(i))
@@ -1616,7 +1667,7 @@ class MaildirFolder:
             failed=partial(self._write_failed, entry),
             fresh=True,  # (a unique name)
         )
-        return d
+        return d if self._settling is None else self._after_settled(d)
 
     def _reserve(self, base: str, sub: str, filename: str, size: int, date: float, keywords: frozenset[str]) -> _Entry:
         """
@@ -1718,7 +1769,7 @@ class MaildirFolder:
         entry, write = self._append_write(message, flags, internal_date)
         d = self.writer.write(*write[:4], rename=write[4], arrived=write[5])
         d.addCallbacks(lambda _: entry.info.uid, self._not_stored, errbackArgs=(entry,))
-        return d
+        return d if self._settling is None else self._after_settled(d)
 
     def _append_write(self, message: bytes, flags: Iterable[str], internal_date: float | None) -> tuple[_Entry, tuple]:
         """A message's UID reserved, and its write for the group commit (tmp path, cur/ path, writer, UID line, rename, arrived)."""
@@ -1753,7 +1804,8 @@ class MaildirFolder:
         deferreds = self.writer.write_group([write for _, write in prepared])
         for d, (entry, _) in zip(deferreds, prepared):
             d.addCallbacks(lambda _, entry=entry: entry.info.uid, self._not_stored, errbackArgs=(entry,))
-        return defer.DeferredList(deferreds, consumeErrors=True)
+        done = defer.DeferredList(deferreds, consumeErrors=True)
+        return done if self._settling is None else self._after_settled(done)
 
     def _place(self, tmp: str, final: str) -> None:
         """
@@ -2513,7 +2565,12 @@ class MaildirAccount:
             path = self._folder_path(name)
             if name != INBOX and not os.path.isdir(os.path.join(path, "cur")):
                 raise NoSuchFolder(name)
-            folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname, self._validity_path())
+            # A list lost or damaged is made again at this load: flushed off
+            # the reactor (SmallFiles), told once durable (unsettled()).
+            folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname, self._validity_path(), sync_later=self.small_files)
+            folder._sync_later = None  # (only its load: a list rewritten later is fsynced where it is written)
+            if folder.creation_flush is not None:
+                self._flushed(folder.creation_flush)
         return folder
 
     def _validity_path(self) -> str:

@@ -555,14 +555,15 @@ class ApiResource(resource.Resource):
 
     # -- mail ------------------------------------------------------------------------------
 
-    def _folder(self, caller: Caller, account: str, folder: str) -> tuple[str, Any]:
+    async def _folder(self, caller: Caller, account: str, folder: str) -> tuple[str, Any]:
         address = self._account(caller, account)
         try:
-            return address, self.hub.store.account(address).folder(folder)
+            box = self.hub.store.account(address).folder(folder)
         except (StoreUnavailable, InsufficientStorage):
             raise  # 503 / 507 by the error path (_respond), not "no such folder"
         except (NoSuchFolder, StoreError):
             raise ApiError(404, "no_such_folder", "no such folder") from None
+        return address, await _settled(box)
 
     def _uid(self, value: str) -> int:
         n = whole_number(value, 1, MAX_UID)
@@ -611,7 +612,7 @@ class ApiResource(resource.Resource):
         return {"account": address, "folders": out}
 
     async def api_messages(self, request, caller, account, folder):
-        address, box = self._folder(caller, account, folder)
+        address, box = await self._folder(caller, account, folder)
         offset = _int_arg(request, "offset", 0, 0, MAX_OFFSET)
         limit = _int_arg(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         order = _arg(request, "order") or "asc"
@@ -631,19 +632,19 @@ class ApiResource(resource.Resource):
         }
 
     async def api_message(self, request, caller, account, folder, uid):
-        address, box = self._folder(caller, account, folder)
+        address, box = await self._folder(caller, account, folder)
         n = self._uid(uid)
         info = self._info(box, n)
         link = f"{PREFIX}/accounts/{quote(address, safe='@')}/folders/{quote(box.name, safe='')}/messages/{n}"
         return await _parsed(info, self._read(box, n), box.name, link)
 
     async def api_message_raw(self, request, caller, account, folder, uid):
-        address, box = self._folder(caller, account, folder)
+        address, box = await self._folder(caller, account, folder)
         n = self._uid(uid)
         return Raw(200, self._read(box, n), b"message/rfc822")
 
     async def api_message_part(self, request, caller, account, folder, uid, part):
-        address, box = self._folder(caller, account, folder)
+        address, box = await self._folder(caller, account, folder)
         n = self._uid(uid)
         index = whole_number(part, 1, MAX_PART)
         if index is None:
@@ -670,7 +671,7 @@ class ApiResource(resource.Resource):
         )
 
     async def api_message_delete(self, request, caller, account, folder, uid):
-        address, box = self._folder(caller, account, folder)
+        address, box = await self._folder(caller, account, folder)
         n = self._uid(uid)
         self._info(box, n)
         box.expunge([n])
@@ -678,7 +679,7 @@ class ApiResource(resource.Resource):
         return {"deleted": n}
 
     async def _flags(self, request, account, folder, uid, caller, mode_of) -> Any:
-        address, box = self._folder(caller, account, folder)
+        address, box = await self._folder(caller, account, folder)
         n = self._uid(uid)
         self._info(box, n)
         body = _json_body(request)
@@ -707,7 +708,7 @@ class ApiResource(resource.Resource):
         Long poll: the first message that arrives (or, with C{after_uid},
         is there already above that UID) and matches C{search}.
         """
-        address, box = self._folder(caller, account, folder)
+        address, box = await self._folder(caller, account, folder)
         timeout = _float_arg(request, "timeout", DEFAULT_WAIT, 0.0, MAX_WAIT)
         after = _arg(request, "after_uid")
         if after is not None:
@@ -754,7 +755,7 @@ class ApiResource(resource.Resource):
     # -- Mailpit's shapes ------------------------------------------------------------------------
 
     async def api_mailpit_messages(self, request, caller):
-        box = self.hub.store.account(caller.address).folder(INBOX)
+        box = await _settled(self.hub.store.account(caller.address).folder(INBOX))
         start = _int_arg(request, "start", 0, 0, MAX_OFFSET)
         limit = _int_arg(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         infos = list(reversed(box.messages()))  # newest first, as Mailpit
@@ -793,7 +794,7 @@ class ApiResource(resource.Resource):
         }
 
     async def api_mailpit_message(self, request, caller, id):
-        box = self.hub.store.account(caller.address).folder(INBOX)
+        box = await _settled(self.hub.store.account(caller.address).folder(INBOX))
         n = self._uid(id)
         info = self._info(box, n)
         raw = self._read(box, n)
@@ -825,7 +826,7 @@ class ApiResource(resource.Resource):
         }
 
     async def api_mailpit_raw(self, request, caller, id):
-        box = self.hub.store.account(caller.address).folder(INBOX)
+        box = await _settled(self.hub.store.account(caller.address).folder(INBOX))
         return Raw(200, self._read(box, self._uid(id)), b"text/plain; charset=utf-8")
 
     # -- FTP files -------------------------------------------------------------------------------
@@ -1013,6 +1014,22 @@ def _arg(request, name: str) -> str | None:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "bad_parameter", f"{name} is not UTF-8") from None
+
+
+async def _settled(box: Any) -> Any:
+    """
+    C{box} once its UID list is durable: a folder whose list was lost (or
+    never made) makes it again at its first open and flushes it off the
+    reactor (store/maildir.py C{unsettled()}); its UIDs are told after that.
+    """
+    unsettled = getattr(box, "unsettled", None)
+    pending = unsettled() if unsettled is not None else None
+    if pending is not None:
+        try:
+            await pending
+        except OSError:
+            raise ApiError(503, "unavailable", "the folder's UID list could not be saved now; nothing was changed, try again") from None
+    return box
 
 
 def _int_arg(request, name: str, default: int, low: int, high: int) -> int:
