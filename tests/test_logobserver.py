@@ -480,6 +480,89 @@ def test_batched_lines_still_rotate_the_logfile_by_size(tmp_path):
     assert [line.split()[3] for line in (tmp_path / "hub.log").read_text().splitlines()] == ["2"] * 4
 
 
+def _file_observer(path):
+    observer = for_twistd(_PluginOptions(logfile=str(path)), FakeReactor())
+    observer.buffer.reactor.running = False  # each line written at once
+    return observer
+
+
+def test_sigusr1_after_logrotate_moved_the_file_away_logs_at_its_name_again(tmp_path):
+    # logrotate's default: rename hub.log to hub.log.1, then postrotate
+    # sends SIGUSR1. Twisted's rotate found no file to rename and the log
+    # went on into the moved file (which logrotate then compresses).
+    path = tmp_path / "hub.log"
+    observer = _file_observer(path)
+    observer({"log_format": "before", "log_time": None})
+    os.rename(path, tmp_path / "hub.log.1")
+    observer.rotate()
+    observer({"log_format": "after", "log_time": None})
+    assert path.read_text() == "- [-#-] after\n"
+    assert (tmp_path / "hub.log.1").read_text() == "- [-#-] before\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub.log", "hub.log.1"]
+
+
+def test_sigusr1_after_logrotate_created_a_new_file_writes_into_that_file(tmp_path):
+    # logrotate's "create": hub.log renamed, a new empty hub.log made (its
+    # own mode), then SIGUSR1: the new file is kept, not renamed to .1.
+    path = tmp_path / "hub.log"
+    observer = _file_observer(path)
+    observer({"log_format": "before", "log_time": None})
+    os.rename(path, tmp_path / "hub.log-20261130")
+    path.write_text("")
+    os.chmod(path, 0o640)
+    observer.rotate()
+    observer({"log_format": "after", "log_time": None})
+    assert path.read_text() == "- [-#-] after\n"
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub.log", "hub.log-20261130"]
+
+
+def test_a_log_file_removed_by_hand_is_made_again_at_the_next_rotation(tmp_path):
+    path = tmp_path / "hub.log"
+    observer = _file_observer(path)
+    observer({"log_format": "before", "log_time": None})
+    os.remove(path)
+    observer.rotate()
+    observer({"log_format": "after", "log_time": None})
+    assert path.read_text() == "- [-#-] after\n"
+
+
+def test_a_log_file_moved_away_is_left_once_it_reaches_the_rotation_size(tmp_path):
+    from twisted_mailhub.logobserver import FollowedLogFile
+
+    path = tmp_path / "hub.log"
+    logfile = FollowedLogFile.fromFullPath(str(path), rotateLength=100)
+    observer = HubLogObserver(LineBuffer(logfile.write, logfile.flush), logfile=logfile)
+    observer({"log_format": "x" * 60, "log_time": None})
+    os.rename(path, tmp_path / "moved.log")
+    for n in range(3):
+        observer({"log_format": f"line {n} " + "y" * 40, "log_time": None})
+    # past 100 octets the size rotation finds the file gone and starts hub.log anew
+    assert "line 2" in path.read_text()
+    assert "line 2" not in (tmp_path / "moved.log").read_text()
+
+
+def test_logrotate_style_rename_and_sigusr1_keep_the_running_hub_logging_at_its_name(tmp_path):
+    path = tmp_path / "hub.log"
+    process, _ = _start_twistd(tmp_path, f"--logfile={path}")
+    try:
+        ports = json.loads(_wait_for(path, r"mailhub ready (\{.*\})").group(1))
+        moved = tmp_path / "hub.log.1"
+        os.rename(path, moved)  # what logrotate does, then its postrotate:
+        process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as client:
+            client.sendmail("kim@example.org", ["alice@localhost"], b"Subject: after\r\n\r\nlogrotate\r\n")
+        _wait_for(path, r"delivered \w+ from=<kim@example.org>")
+        assert "kim@example.org" not in moved.read_text()
+        assert not (tmp_path / "hub.log.2").exists()
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
 def test_a_daemon_logs_to_twistd_log_through_its_start_and_stop(tmp_path):
     pidfile = tmp_path / "hub.pid"
     args = []

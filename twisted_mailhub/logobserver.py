@@ -32,7 +32,8 @@ observer), with the same destination rules as
 L{twisted.scripts._twistd_unix.UnixAppLogger}: standard output with C{-n}
 and no C{--logfile}, C{--logfile=-} likewise, otherwise C{--logfile} or
 C{twistd.log} as a L{twisted.python.logfile.LogFile} (rotated at 1 MB,
-and on SIGUSR1). C{--logger} and C{--syslog} keep Twisted's own
+and on SIGUSR1; reopened instead when logrotate moved it away:
+L{FollowedLogFile}). C{--logger} and C{--syslog} keep Twisted's own
 observers.
 
 Under C{--workers N} each worker makes its lines with the same formatter
@@ -62,6 +63,7 @@ from typing import Any, Callable
 from time import time
 
 from twisted.logger import ILogObserver, Logger, LogLevel, eventAsText, formatTime, timeFormatRFC3339
+from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 __all__ = ["ClassicLines", "LineBuffer", "HubLogObserver", "OffersLogObserver", "QuickLogger", "for_twistd"]
@@ -353,6 +355,43 @@ def _stdout_writer(stream: Any) -> tuple[Callable[[bytes], Any], Callable[[], An
     return whole_lines_writer(fd), None
 
 
+def _moved_away(path: str, fd: int) -> bool:
+    """
+    Whether C{path} no longer names the open file C{fd}: it was renamed
+    or removed (there is no file there, or another one). L{False} when
+    C{path} cannot be looked at for another reason.
+    """
+    try:
+        there = os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    mine = os.fstat(fd)
+    return (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino)
+
+
+class FollowedLogFile(LogFile):
+    """
+    C{twistd}'s L{LogFile} (rotated at 1 MB and on SIGUSR1 into C{NAME.1},
+    C{NAME.2}...) that also follows an outside rotation: when the file was
+    moved away or removed (logrotate's rename, or its C{create} that puts
+    a new empty file in its place, then C{postrotate} sends SIGUSR1), a
+    rotation reopens the name instead, so what comes after is written at
+    C{NAME} again. Twisted's own L{LogFile.rotate} does nothing then (it
+    finds no file to rename) or renames logrotate's new file, and the log
+    goes on into the file that was moved away, which logrotate then
+    compresses or removes.
+    """
+
+    def rotate(self) -> None:
+        """Rotate as L{LogFile} does, or reopen C{NAME} if the file was moved away."""
+        if _moved_away(self.path, self._file.fileno()):
+            self.reopen()
+        else:
+            super().rotate()
+
+
 def for_twistd(options: Any, reactor: Any = None) -> HubLogObserver | None:
     """
     The observer C{twistd} should log to, given C{twistd mailhub}'s
@@ -380,12 +419,11 @@ def for_twistd(options: Any, reactor: Any = None) -> HubLogObserver | None:
             fd = None
         observer = HubLogObserver(LineBuffer(write, flush), fd=fd)
     else:
-        from twisted.python.logfile import LogFile
-
-        logfile = LogFile.fromFullPath(logfile_name or "twistd.log")
+        logfile = FollowedLogFile.fromFullPath(logfile_name or "twistd.log")
         observer = HubLogObserver(LineBuffer(logfile.write, logfile.flush), logfile=logfile)
         if not signal.getsignal(signal.SIGUSR1):
-            # As UnixAppLogger: rotate on SIGUSR1, in the reactor.
+            # As UnixAppLogger: rotate on SIGUSR1, in the reactor (or
+            # reopen, when logrotate has moved the file away).
             signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(observer.rotate))
     observer.start(reactor)
     return observer
