@@ -147,6 +147,54 @@ class DSNTests(unittest.TestCase):
         self.assertIn(b"Subject: lunch?", raw)
         self.assertNotIn(b"At noon.", raw)  # headers only, not the body
 
+    def test_an_internationalized_bounce_names_its_addresses_as_rfc_6533_says(self):
+        # SMTPUTF8 mail (RFC 6531) from jürgen to bjørn: the bounce could
+        # not be made at all (ASCII only) and the queue retried it forever.
+        original = "Subject: Grüße\r\nFrom: jürgen@a.test\r\n\r\nHallo\r\n".encode()
+        entry = make_entry("jürgen@a.test", ["bjørn@exämple.test"], len(original), now=1_700_000_000)
+        bjorn = Recipient("bjørn@exämple.test", FAILED, 0, "4.4.7 gave up after 5d in the queue", "")
+        raw = build_dsn(entry, [bjorn], original, "mx.a.test", 1_700_000_100)
+        msg = email.message_from_string(raw.decode("utf-8"), policy=email.policy.default)  # RFC 6532: UTF-8 header fields
+        self.assertEqual(msg["To"].addresses[0].addr_spec, "jürgen@a.test")
+        text, status, headers = msg.get_payload()
+        self.assertEqual(text.get_content_charset(), "utf-8")
+        self.assertIn("<bjørn@exämple.test>: 4.4.7 gave up".encode(), raw)  # the text, in UTF-8 (8bit)
+        report = status.as_bytes()
+        self.assertTrue(report.isascii())  # message/delivery-status stays 7-bit
+        self.assertIn(b"Final-Recipient: utf-8; bj\\x{F8}rn@ex\\x{E4}mple.test", report)
+        self.assertEqual(headers.get_content_type(), "message/global-headers")
+        self.assertIn("Subject: Grüße".encode(), raw)
+
+    def test_an_ascii_bounce_stays_ascii_with_a_non_ascii_original_header_apart(self):
+        entry = make_entry("alice@a.test", ["bob+x=y@b.test"], len(MESSAGE), now=1_700_000_000)
+        bob = Recipient("bob+x=y@b.test", FAILED, 550, "5.1.1 nöpe", "mx.b.test[127.0.0.1]:25")
+        raw = build_dsn(entry, [bob], MESSAGE, "mx.a.test", 1_700_000_100)
+        self.assertTrue(raw.isascii())
+        self.assertIn(b"Final-Recipient: rfc822; bob+x=y@b.test", raw)
+        self.assertIn(b"charset=us-ascii", raw)
+        self.assertIn(b"Content-Type: text/rfc822-headers", raw)
+
+    def test_remote_mta_is_the_host_that_answered_by_name_without_its_port(self):
+        entry = make_entry("alice@a.test", ["a@b.test"], len(MESSAGE), now=1_700_000_000)
+        answered = [
+            Recipient("a@b.test", FAILED, 550, "5.1.1 no", "mx.b.test[192.0.2.1]:25"),
+            Recipient("b@b.test", FAILED, 550, "5.1.1 no", "192.0.2.7:2525"),
+            Recipient("c@b.test", FAILED, 550, "5.1.1 no", "[::1]:25"),
+            Recipient("d@b.test", FAILED, 554, "5.7.1 no", "relay.b.test:587"),
+        ]
+        report = build_dsn(entry, answered, MESSAGE, "mx.a.test", 1_700_000_100).decode()
+        mtas = [line for line in report.split("\r\n") if line.startswith("Remote-MTA:")]
+        self.assertEqual(mtas, ["Remote-MTA: dns; mx.b.test", "Remote-MTA: dns; [192.0.2.7]", "Remote-MTA: dns; [IPv6:::1]", "Remote-MTA: dns; relay.b.test"])
+
+    def test_no_remote_mta_when_no_mta_answered(self):
+        # RFC 3464 §2.3.5: the MTA that reported; a refused connection has none.
+        entry = make_entry("alice@a.test", ["a@b.test"], len(MESSAGE), now=1_700_000_000)
+        refused = Recipient("a@b.test", FAILED, -1, "cannot connect to 127.0.0.1:1: Connection refused", "127.0.0.1:1")
+        raw = build_dsn(entry, [refused], MESSAGE, "mx.a.test", 1_700_000_100)
+        self.assertNotIn(b"Remote-MTA", raw)
+        self.assertNotIn(b"(from 127.0.0.1:1)", raw)
+        self.assertIn(b"X-Mailhub-Diagnostic: cannot connect to 127.0.0.1:1: Connection refused", raw)
+
     def test_status_comes_from_the_reply_or_its_class(self):
         self.assertEqual(status_of(Recipient("a@b", code=550, reply="5.7.1 no"), "x"), "5.7.1")
         self.assertEqual(status_of(Recipient("a@b", code=550, reply="no way"), "x"), "5.0.0")
@@ -303,6 +351,46 @@ class RelayTests(unittest.TestCase):
         self.assertIn(b"Action: delayed", dsn)
         self.assertIn(b"Will-Retry-Until:", dsn)
         self.assertEqual(to, "alice@a.test")
+
+    def test_an_internationalized_sender_gets_its_bounce_and_its_delay_warning(self):
+        relay = self.relay({"bjørn@b.test": [(451, "later")]}, schedule=RetrySchedule([60]), delay_warning=100, lifetime=300)
+        self.enqueue(relay, sender="jürgen@a.test", recipients=("bjørn@b.test",))
+        for _ in range(6):
+            self.clock.advance(60)
+        [(to, warning), (again, bounce)] = relay.delivered_here
+        self.assertEqual((to, again), ("jürgen@a.test", "jürgen@a.test"))
+        self.assertIn(b"Action: delayed", warning)
+        self.assertIn(b"Final-Recipient: utf-8; bj\\x{F8}rn@b.test", bounce)
+        self.assertEqual(relay.entries, {})
+
+    def test_a_bounce_that_cannot_be_made_is_tried_again_on_the_schedule_not_at_once(self):
+        # Any failure making or storing a DSN keeps the message and retries
+        # later: it used to be retried in a loop as fast as the reactor ran.
+        import twisted_mailhub.queue.relay as relay_module
+
+        broken, calls = [True], []
+
+        def build(*args, **kw):
+            calls.append(args)
+            if broken[0] and len(calls) < 5:  # (5: so that a loop ends)
+                raise ValueError("no DSN today")
+            return build_dsn(*args, **kw)
+
+        self.patch(relay_module, "build_dsn", build)
+        relay = self.relay({"bob@b.test": [(550, "5.1.1 no")]}, schedule=RetrySchedule([600]))
+        qid = self.enqueue(relay)
+        for _ in range(50):
+            self.clock.advance(1)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(len(relay.sent), 1)
+        self.assertEqual(relay.delivered_here, [])
+        self.assertIn(qid, relay.entries)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        broken[0] = False
+        self.clock.advance(600)
+        [(to, dsn)] = relay.delivered_here
+        self.assertIn(b"Action: failed", dsn)
+        self.assertEqual(relay.entries, {})
 
     def test_unknown_domain_bounces_without_a_connection(self):
         relay = self.relay({})

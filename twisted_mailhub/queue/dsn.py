@@ -9,6 +9,13 @@ recipient), and the original message's header as C{text/rfc822-headers}.
 It is sent from the null sender C{<>} (RFC 5321 §4.5.5) so that it can
 never cause another bounce, and marked C{Auto-Submitted: auto-replied}
 (RFC 3834). Built as bytes with CRLF line ends, like every stored message.
+
+Internationalized mail (RFC 6531's SMTPUTF8) gets a DSN it can carry
+(RFC 6533): a non-ASCII recipient is C{Final-Recipient: utf-8;} in the
+7-bit C{utf-8-addr-xtext} form (C{j\\x{FC}rgen@example.org}), a non-ASCII
+sender is written as it is in C{To:} (RFC 6532), the text for people is
+then UTF-8, and an original header that is not ASCII is sent as
+C{message/global-headers}.
 """
 
 from __future__ import annotations
@@ -45,6 +52,52 @@ def original_headers(message: bytes) -> bytes:
     return head.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").rstrip(b"\r\n") + b"\r\n"
 
 
+def xtext_address(address: str) -> str:
+    """
+    C{address} in RFC 6533 §3's C{utf-8-addr-xtext} form: printable ASCII
+    but C{+}, C{=} and C{\\} as they are, every other character as
+    C{\\x{HEX}} (upper case, two digits at least), e.g. C{j\\x{FC}rgen@b.test}.
+    """
+    out = []
+    for ch in address:
+        point = ord(ch)
+        out.append(ch if 0x21 <= point <= 0x7E and ch not in "+=\\" else f"\\x{{{point:02X}}}")
+    return "".join(out)
+
+
+def recipient_field(address: str) -> str:
+    """
+    The value of C{Final-Recipient} for C{address} (RFC 3464 §2.3.2):
+    C{rfc822; ADDRESS} for an ASCII address, else RFC 6533's
+    C{utf-8; XTEXT} (L{xtext_address}).
+    """
+    if address.isascii():
+        return f"rfc822; {_ascii(address)}"
+    return f"utf-8; {xtext_address(address)}"
+
+
+_HOP = re.compile(r"(?:(?P<name>[^\[\]]+)\[[^\]]*\]|\[(?P<v6>[^\]]+)\]|(?P<plain>[^:\[\]]+)):\d+")
+
+
+def mta_name(remote: str) -> str:
+    """
+    The C{dns} name of the MTA C{remote} (a L{Hop} as the relay writes it:
+    C{mx.b.test[192.0.2.1]:25}, C{relay.b.test:587}, C{192.0.2.1:25},
+    C{[::1]:25}) for C{Remote-MTA: dns; NAME} (RFC 3464 §2.3.5): the host
+    name without the port; an address alone in brackets as RFC 5321
+    §4.1.3 writes it (C{[192.0.2.1]}, C{[IPv6:::1]}).
+    """
+    m = _HOP.fullmatch(remote)
+    if m is None:
+        return _ascii(remote)
+    if m.group("name"):
+        return _ascii(m.group("name"))
+    if m.group("v6"):
+        return f"[IPv6:{m.group('v6')}]"
+    plain = m.group("plain")
+    return f"[{plain}]" if re.fullmatch(r"[0-9.]+", plain) else _ascii(plain)
+
+
 def _rfc822_date(when: float) -> str:
     return email.utils.formatdate(when, localtime=False)
 
@@ -68,6 +121,9 @@ def build_dsn(
     C{"failed"} (a bounce) or C{"delayed"} (a warning).
     """
     recipients = list(recipients)
+    head = original_headers(original)
+    intl = not (entry.sender.isascii() and all(r.address.isascii() for r in recipients))
+    show = (lambda text: text.replace("\r", " ").replace("\n", " ")) if intl else _ascii
     boundary = "=_mailhub_dsn_" + os.urandom(8).hex()
     failed = action == "failed"
     subject = "Undelivered Mail Returned to Sender" if failed else "Delayed Mail (still being retried)"
@@ -86,8 +142,8 @@ def build_dsn(
     lines.append("")
     for r in recipients:
         said = f"{r.code} {r.reply}" if r.code > 0 else r.reply
-        where = f" (from {r.remote})" if r.remote else ""
-        lines.append(f"<{r.address}>: {_ascii(said)}{where}")
+        where = f" (from {r.remote})" if r.remote and r.code > 0 else ""
+        lines.append(f"<{show(r.address)}>: {show(said)}{where}")
     human = "\r\n".join(lines) + "\r\n"
 
     status: list[str] = [
@@ -97,11 +153,11 @@ def build_dsn(
         "",
     ]
     for r in recipients:
-        status.append(f"Final-Recipient: rfc822; {_ascii(r.address)}")
+        status.append(f"Final-Recipient: {recipient_field(r.address)}")
         status.append(f"Action: {action}")
         status.append(f"Status: {status_of(r, '4.4.7' if not failed or r.code < 500 else '5.0.0')}")
-        if r.remote:
-            status.append(f"Remote-MTA: dns; {_ascii(r.remote)}")
+        if r.remote and r.code > 0:  # an MTA answered (none did when the connection failed)
+            status.append(f"Remote-MTA: dns; {mta_name(r.remote)}")
         if r.code > 0:
             status.append(f"Diagnostic-Code: smtp; {r.code} {_ascii(r.reply)}")
         elif r.reply:
@@ -114,7 +170,7 @@ def build_dsn(
 
     header = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
-        f"To: <{entry.sender}>",
+        f"To: <{show(entry.sender)}>",
         f"Subject: {subject}",
         f"Date: {_rfc822_date(now)}",
         f"Message-ID: <{entry.id}.{os.urandom(4).hex()}.dsn@{hostname}>",
@@ -125,12 +181,14 @@ def build_dsn(
         "This is a MIME-encapsulated delivery status notification.",
         "",
         f"--{boundary}",
-        "Content-Type: text/plain; charset=us-ascii",
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit" if intl else "Content-Type: text/plain; charset=us-ascii",
         "Content-Description: Notification",
         "",
     ]
     out = "\r\n".join(header) + "\r\n" + human + "\r\n"
     out += f"--{boundary}\r\nContent-Type: message/delivery-status\r\nContent-Description: Delivery report\r\n\r\n"
     out += delivery_status + "\r\n"
-    out += f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\nContent-Description: Undelivered message headers\r\n\r\n"
-    return out.encode("ascii") + original_headers(original) + f"\r\n--{boundary}--\r\n".encode("ascii")
+    # RFC 6533 §6.3: a header that is not ASCII goes as message/global-headers.
+    kind = "text/rfc822-headers" if head.isascii() else "message/global-headers"
+    out += f"--{boundary}\r\nContent-Type: {kind}\r\nContent-Description: Undelivered message headers\r\n\r\n"
+    return out.encode("utf-8") + head + f"\r\n--{boundary}--\r\n".encode("ascii")

@@ -456,9 +456,9 @@ class Relay(service.Service):
         entry.warned = True
         if not entry.sender:
             return
-        original = self.storage.read_message(entry.id)
-        notice = build_dsn(entry, entry.pending, original, self.hostname, now, action="delayed", retry_until=deadline)
         try:
+            original = self.storage.read_message(entry.id)
+            notice = build_dsn(entry, entry.pending, original, self.hostname, now, action="delayed", retry_until=deadline)
             await self._notify(entry.sender, notice)
             log.info("queue: {qid} delayed, warning sent to <{sender}>", qid=entry.id, sender=entry.sender)
         except Exception as e:  # noqa: BLE001 - a lost warning is not worth a retry
@@ -474,10 +474,10 @@ class Relay(service.Service):
                 if not entry.sender:
                     log.info("queue: {qid} failed for {rcpts}; sender is <>, no bounce (RFC 5321 §4.5.5)", qid=entry.id, rcpts=", ".join(f"<{r.address}>" for r in failed))
                 else:
-                    notice = build_dsn(entry, failed, self.storage.read_message(entry.id), self.hostname, self.now())
                     try:
+                        notice = build_dsn(entry, failed, self.storage.read_message(entry.id), self.hostname, self.now())
                         await self._notify(entry.sender, notice)
-                    except Exception as e:  # noqa: BLE001 - the store or the disk failed
+                    except Exception as e:  # noqa: BLE001 - the store or the disk failed, or the DSN could not be made
                         # Keep the message (and its outcomes) and try the
                         # bounce again on the retry schedule.
                         entry.next_attempt = self.now() + self.schedule.delay(max(entry.attempts, 1))
