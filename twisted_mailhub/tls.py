@@ -16,10 +16,54 @@ import os
 
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.logger import Logger
 from zope.interface import implementer
+
+log = Logger()
+
+
+def _general_name(name: str):
+    """C{name} as a subjectAltName entry: an iPAddress for an IP address, else a dNSName (RFC 5280 §4.2.1.6)."""
+    from cryptography import x509
+
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def names_in(cert_pem: bytes) -> list[str]:
+    """
+    The names a certificate (the first in C{cert_pem}) is good for: its
+    subjectAltName's DNS names (lower case) and IP addresses (as text),
+    or, without that extension, its common name.
+    """
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [a.value.lower() for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME) if isinstance(a.value, str)]
+    return [n.lower() for n in alt.get_values_for_type(x509.DNSName)] + [str(a) for a in alt.get_values_for_type(x509.IPAddress)]
+
+
+def _named(hostname: str, names: list[str]) -> bool:
+    """Whether C{hostname} is one of C{names} (L{names_in}), an IP address compared as one."""
+    try:
+        return str(ipaddress.ip_address(hostname)) in names
+    except ValueError:
+        return hostname.lower().rstrip(".") in names
 
 
 def make_self_signed(hostname: str, cert_path: str, key_path: str) -> None:
+    """
+    Write a new self-signed certificate (ECDSA P-256, ten years) for
+    C{hostname}, C{localhost}, C{127.0.0.1} and C{::1}, each named once,
+    an IP address C{hostname} as an IP address, to C{cert_path}, and its
+    key (mode 0600) to C{key_path}.
+    """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,9 +71,11 @@ def make_self_signed(hostname: str, cert_path: str, key_path: str) -> None:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])])
-    alt_names: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost")]
-    alt_names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    alt_names.append(x509.IPAddress(ipaddress.ip_address("::1")))
+    alt_names: list[x509.GeneralName] = []
+    for one in (hostname, "localhost", "127.0.0.1", "::1"):
+        entry = _general_name(one)
+        if entry not in alt_names:
+            alt_names.append(entry)
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
         x509.CertificateBuilder()
@@ -64,7 +110,8 @@ def server_context(
     The server's TLS options: the given certificate, or the self-signed one
     in C{data_dir} (made on first use).
     """
-    if cert_path is None:
+    own = cert_path is None
+    if own:
         cert_path = os.path.join(data_dir, "tls", "cert.pem")
         key_path = os.path.join(data_dir, "tls", "key.pem")
         if not (os.path.exists(cert_path) and os.path.exists(key_path)):
@@ -72,6 +119,17 @@ def server_context(
     key_path = key_path or cert_path
     with open(cert_path, "rb") as f:
         cert_pem = f.read()
+    if own:
+        names = names_in(cert_pem)
+        if not _named(hostname, names):
+            # Kept (a client may have pinned it), but said: one that checks
+            # names refuses it under the hub's new name.
+            log.warn(
+                "TLS: {path} was made for {names}, not for this hub's --hostname {hostname}: clients that check "
+                "the name will refuse it; to have one made for {hostname}, stop the hub, remove {path} and {key} and "
+                "start it again (clients that pinned the old one must accept the new one), or give --tls-cert",
+                path=cert_path, key=key_path, names=", ".join(names), hostname=hostname,
+            )
     with open(key_path, "rb") as f:
         key_pem = f.read()
     certificate = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
