@@ -162,3 +162,18 @@ def test_a_hub_refuses_to_start_with_an_accounts_line_without_a_domain(tmp_path)
     )
     assert result.returncode == 1
     assert f"{accounts}, line 2: not a usable domain after the @ in carol@" in result.stdout + result.stderr
+
+
+def test_the_queue_command_names_itself_as_typed_in_its_usage_and_errors(capsys, tmp_path):
+    from twisted_mailhub.admin import main as admin_main
+    from twisted_mailhub.queue.admin import main as queue_main
+
+    with pytest.raises(SystemExit):
+        admin_main(["queue", "--help"])
+    assert capsys.readouterr().out.startswith("usage: mailhub-admin queue ")
+    with pytest.raises(SystemExit):
+        admin_main(["queue", "--data", str(tmp_path), "frobnicate"])
+    assert "mailhub-admin queue: error: argument command: invalid choice: 'frobnicate'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        queue_main(["--help"], prog="mailhub-queue")
+    assert capsys.readouterr().out.startswith("usage: mailhub-queue ")

@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["queue"]:
         from twisted_mailhub.queue.admin import main as queue_main
 
-        return queue_main(argv[1:])
+        return queue_main(argv[1:], prog="mailhub-admin queue")
     if argv[:1] in (["reload"], ["status"]):
         return hub_command(argv[0], argv[1:])
     if argv[:1] == ["dkim"]:

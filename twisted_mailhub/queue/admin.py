@@ -220,9 +220,17 @@ def request(directory: str, text: str, timeout: float = 10.0) -> tuple[bool, str
     return False, "the hub holds the queue but did not answer in time"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """
+    The queue command (C{mailhub-admin queue}, C{mailhub-queue}, C{python
+    -m twisted_mailhub.queue}): C{argv} after the program's name, C{prog}
+    the name its usage and errors give (by default the one it was run as).
+    Returns the exit status.
+    """
+    if prog is None:
+        prog = "mailhub-queue" if os.path.basename(sys.argv[0] or "") == "mailhub-queue" else "python -m twisted_mailhub.queue"
     parser = argparse.ArgumentParser(
-        prog="python -m twisted_mailhub.queue",
+        prog=prog,
         description="Show and manage the outbound mail queue of a mailhub (running or not).",
     )
     parser.add_argument("--data", default="mailhub-data", help="the hub's --data directory (default: ./mailhub-data)")
