@@ -100,6 +100,20 @@ def test_a_worker_started_again_starts_from_no_connections(table_fd):
     assert again.open == 0
 
 
+def test_each_worker_sees_whether_another_listens_to_folders_and_a_restart_clears_it(table_fd):
+    clock = task.Clock()
+    first, second = ConnectionTable(table_fd, 0, 2, clock), ConnectionTable(table_fd, 1, 2, clock)
+    assert not first.others_listening() and not second.others_listening()
+    second.listening(2)
+    assert first.others_listening()
+    assert not second.others_listening()  # (its own folders are not "others")
+    second.listening(0)
+    assert not first.others_listening()
+    second.listening(1)
+    ConnectionTable(table_fd, 1, 2, clock)  # worker 1 started again: listens to nothing yet
+    assert not first.others_listening()
+
+
 def test_a_worker_has_a_slot_in_the_table_or_is_refused(table_fd):
     with pytest.raises(ValueError, match="worker 2 has no slot in a table of 2"):
         ConnectionTable(table_fd, 2, 2, task.Clock())

@@ -30,6 +30,22 @@ class SharedFolderTests(unittest.TestCase):
         self.a = MaildirStore(self.root, hostname="a").account(ADDRESS).folder(INBOX)
         self.b = MaildirStore(self.root, hostname="b").account(ADDRESS).folder(INBOX)
 
+    def test_a_folder_says_when_it_gets_its_first_listener_and_loses_its_last(self):
+        told = []
+        self.patch(shared, "watching", lambda folders, directory: told.append((folders, directory)))
+        self.patch(shared, "_listened", 0)
+        first, second = (lambda change: None), (lambda change: None)
+        self.a.add_listener(first)
+        self.a.add_listener(second)
+        self.b.add_listener(first)
+        self.assertEqual(told, [(1, self.a.directory), (2, self.b.directory)])
+        self.a.remove_listener(first)
+        self.assertEqual(len(told), 2)  # (a still has one)
+        self.a.remove_listener(second)
+        self.b.remove_listener(first)
+        self.b.remove_listener(first)  # (not there: nothing to tell)
+        self.assertEqual(told[2:], [(1, None), (0, None)])
+
     def listed(self):
         with open(os.path.join(self.a.directory, UIDLIST), encoding="utf-8") as f:
             return sorted(int(line.split(" ", 1)[0]) for line in f.read().splitlines()[1:])

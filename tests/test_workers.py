@@ -545,6 +545,68 @@ def test_folder_notices_leave_at_the_end_of_the_turn_then_at_most_once_per_gap()
     assert sent[2:] == [(b"B", {"k": "folders", "d": ["/mail/c"]})]
 
 
+def test_no_folder_notice_is_sent_while_no_other_worker_listens_to_a_folder():
+    # Only a worker whose sessions listen to folders (IDLE, a selected
+    # mailbox, NOTIFY) can make anything of a notice: with none, a
+    # delivery sends nothing; once another worker listens, it is told.
+    import json
+    import os
+    from types import SimpleNamespace
+
+    from twisted.internet import task
+
+    from twisted_mailhub.accepts import ConnectionTable, make_table
+    from twisted_mailhub.workers import WorkerLink
+
+    fd = make_table(2)
+    try:
+        clock = task.Clock()
+        sent = []
+        out = SimpleNamespace(send=lambda kind, body: sent.append((kind, json.loads(body))))
+        link = WorkerLink(SimpleNamespace(reactor=clock), 0, 2, out)
+        link.table = ConnectionTable(fd, 0, 2, clock)
+        other = WorkerLink(SimpleNamespace(reactor=clock), 1, 2, SimpleNamespace(send=lambda kind, body: None))
+        other.table = ConnectionTable(fd, 1, 2, clock)
+        link.folder_changed("/mail/a")
+        clock.advance(1.0)
+        assert sent == []
+        other.watching(1, None)
+        link.folder_changed("/mail/a")
+        clock.advance(0)
+        assert sent == [(b"B", {"k": "folders", "d": ["/mail/a"]})]
+        other.watching(0, None)
+        clock.advance(1.0)
+        link.folder_changed("/mail/b")
+        clock.advance(1.0)
+        assert len(sent) == 1
+    finally:
+        os.close(fd)
+
+
+def test_a_folder_that_gets_its_first_listener_is_looked_at_again(monkeypatch):
+    # A change another worker made before it could see the listener was
+    # announced to no one: the folder is looked at once more, as a notice
+    # would have made it.
+    from types import SimpleNamespace
+
+    from twisted.internet import task
+
+    from twisted_mailhub.store import shared
+    from twisted_mailhub.workers import WorkerLink
+
+    clock = task.Clock()
+    looked = []
+    monkeypatch.setattr(shared, "changed_elsewhere", looked.append)
+    link = WorkerLink(SimpleNamespace(reactor=clock), 1, 2, SimpleNamespace(send=lambda kind, body: None))
+    link.watching(1, "/mail/a")
+    assert looked == []
+    clock.advance(0)
+    assert looked == ["/mail/a"]
+    link.watching(0, None)
+    clock.advance(0)
+    assert looked == ["/mail/a"]
+
+
 # -- /metrics, the control socket, quotas and modseqs across workers ------------
 
 

@@ -19,7 +19,9 @@ Rules:
    has one slot per worker: how many connections it has open, and whether
    it is now leaving new connections to the others. Each worker writes
    only its own slot (aligned 8-octet words: a reader sees the old or the
-   new value), set to 0 when it starts.
+   new value), set to 0 when it starts. The slot also holds how many
+   folders the worker's sessions listen to (L{ConnectionTable.listening}):
+   the other workers send it their folder notices only while some do.
  - When a listening socket is readable, a worker accepts only while no
    other worker has fewer connections than it has, one connection at a
    time, looking at the table again after each. A worker that has more
@@ -108,6 +110,7 @@ class ConnectionTable:
         self.gated = 0  # this worker's listeners now leaving connections to the others
         self._words[self._mine] = 0
         self._words[self._mine + 1] = 0
+        self._words[self._mine + 2] = 0
 
     def counts(self) -> list[int]:
         """Every worker's open connections as the table has them, by index."""
@@ -133,6 +136,21 @@ class ConnectionTable:
             if theirs < mine and (not words[offset + 1] or theirs + AHEAD < mine):
                 return False
         return True
+
+    def listening(self, folders: int) -> None:
+        """
+        How many folders this worker's sessions now listen to (IDLE, a
+        selected mailbox, NOTIFY: L{twisted_mailhub.store.shared}).
+        """
+        self._words[self._mine + 2] = folders
+
+    def others_listening(self) -> bool:
+        """Whether a session of another worker listens to some folder (L{listening})."""
+        words = self._words
+        for offset in self._others:
+            if words[offset + 2]:
+                return True
+        return False
 
     def waiting(self, change: int) -> None:
         """One more (+1) or one less (-1) of this worker's listeners leaves new connections to the others."""

@@ -889,6 +889,9 @@ class WorkerLink:
         self.started = time.monotonic()
         self._numbers = itertools.count(1)
         self._waiting: dict[int, defer.Deferred] = {}
+        # The shared table (accepts.ConnectionTable), where each worker says
+        # whether its sessions listen to folders; None: notices always go.
+        self.table: Any = None
 
     def broadcast(self, notice: dict) -> None:
         self.out.send(b"B", json.dumps(notice, separators=(",", ":")).encode("utf-8"))
@@ -950,8 +953,11 @@ class WorkerLink:
         delivery a notice per group commit cost every process a wake-up
         and a relayed line, and an IDLE session on another worker hears
         of a Maildir's new files from inotify anyway (store/watch.py;
-        the notice is what tells it where inotify is refused).
+        the notice is what tells it where inotify is refused). None is
+        sent while no other worker listens to any folder (L{watching}).
         """
+        if self.table is not None and not self.table.others_listening():
+            return
         self._changed.add(directory)
         if self._notice is None:
             reactor = self.hub.reactor
@@ -963,6 +969,22 @@ class WorkerLink:
         changed, self._changed = self._changed, set()
         if changed:
             self.broadcast({"k": "folders", "d": sorted(changed)})
+
+    def watching(self, folders: int, directory: str | None) -> None:
+        """
+        This worker's sessions now listen to C{folders} folders (IDLE, a
+        selected mailbox, NOTIFY): the others send folder notices only
+        while some worker's do (the shared table). C{directory}: a folder
+        that just got its first listener, looked at once more at the end
+        of this turn: a change another worker made before it could see
+        the listener was announced to no one.
+        """
+        if self.table is not None:
+            self.table.listening(folders)
+        if directory is not None:
+            from twisted_mailhub.store import shared
+
+            self.hub.reactor.callLater(0, shared.changed_elsewhere, directory)
 
     def on_folders(self, notice: dict) -> None:
         from twisted_mailhub.store import shared
@@ -1275,6 +1297,7 @@ def run_worker(argv: list[str]) -> None:
 
         table = ConnectionTable(int(spec["table_fd"]), int(spec["index"]), int(spec["count"]), reactor)
     hub.adopt = _adopt(reactor, {name: int(fd) for name, fd in spec["fds"].items()}, table)
+    link.table = table
     # The connection limits are divided between the workers (README).
     limits = hub.connection_limits
     count = max(1, int(spec["count"]))
@@ -1282,6 +1305,7 @@ def run_worker(argv: list[str]) -> None:
     limits.per_ip = -(-limits.per_ip // count) if limits.per_ip else 0
     shared.ENABLED = True
     shared.announce = link.folder_changed
+    shared.watching = link.watching
     stdio.StandardIO(_BusIn(link), stdin=0, stdout=1)
     application = service.Application("mailhub-worker")
     hub_service.setServiceParent(application)
