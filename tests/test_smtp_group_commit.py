@@ -217,8 +217,10 @@ class _InlineReactor:
         self.callLater = self.clock.callLater
         self.hold = hold
         self.held: list = []
+        self.seen: list = []  # every batch run, in order
 
     def run(self, function, args, on_result):
+        self.seen.append(args[0])
         self.held.append(lambda: on_result(function(*args)))
         if not self.hold:
             held, self.held = self.held, []
@@ -234,6 +236,19 @@ class _InlineReactor:
     def turn(self):
         """The end of the reactor's turn: batches due start (and, without hold, finish)."""
         self.clock.advance(0)
+
+    def one_turn(self):
+        """
+        One turn of a real reactor: the calls due when it began run; one
+        they make for 0 seconds later waits for the next turn (task.Clock
+        would run it in the same advance).
+        """
+        clock = self.clock
+        due = [call for call in clock.calls if call.getTime() <= clock.seconds()]
+        for call in due:
+            clock.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
 
     def callFromThread(self, function, *args, **kwargs):
         function(*args, **kwargs)
@@ -454,3 +469,76 @@ def test_commit_threads_run_batches_off_the_reactor_and_answer_in_its_thread_the
     running = [thread for thread, _ in threads._threads]
     stop()
     assert not any(thread.is_alive() for thread in running)
+
+
+def test_beside_a_batch_on_its_way_the_next_gathers_writes_until_a_turn_brings_none(tmp_path, monkeypatch):
+    # --workers (GATHER_MAX): a process short of CPU lets a second batch
+    # wait while each reactor turn still queues writes, so that a batch's
+    # cost is shared by more of them; it starts at the first turn that
+    # brings none. The first batch (none on its way) starts as before.
+    root = maildir(tmp_path)
+    monkeypatch.setattr(durable, "choose_flush", lambda: "files")
+    monkeypatch.setattr(durable, "GATHER_MAX", 0.002)
+    now = [1000.0]
+    monkeypatch.setattr(durable.time, "monotonic", lambda: now[0])
+    reactor = _InlineReactor(hold=True)
+    writer = durable.GroupCommitWriter(reactor, threads=reactor, in_flight=2)
+
+    def write(n):
+        writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x")
+
+    write(0)
+    reactor.one_turn()
+    assert writer.batches == 1  # alone: at the end of its turn
+    for n in range(1, 4):
+        write(n)
+        reactor.one_turn()  # each turn brought one more
+        now[0] += 0.0001
+    assert writer.batches == 1
+    reactor.one_turn()  # a turn with no new write
+    assert writer.batches == 2 and [len(b) for b in reactor.seen] == [1, 3]
+    reactor.release()
+    reactor.release()
+    assert sorted(os.listdir(root / "new")) == [f"m{n}" for n in range(4)]
+
+
+def test_a_gathering_batch_starts_once_its_first_write_waited_gather_max_or_no_batch_is_on_its_way(tmp_path, monkeypatch):
+    root = maildir(tmp_path)
+    monkeypatch.setattr(durable, "choose_flush", lambda: "files")
+    monkeypatch.setattr(durable, "GATHER_MAX", 0.002)
+    now = [1000.0]
+    monkeypatch.setattr(durable.time, "monotonic", lambda: now[0])
+    reactor = _InlineReactor(hold=True)
+    writer = durable.GroupCommitWriter(reactor, threads=reactor, in_flight=2)
+    n = 0
+
+    def write():
+        nonlocal n
+        writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x")
+        n += 1
+
+    write()
+    reactor.one_turn()
+    while now[0] < 1000.0 + 0.002:  # a write every turn, for longer than GATHER_MAX
+        write()
+        reactor.one_turn()
+        assert writer.batches == 1
+        now[0] += 0.0005
+    now[0] = 1000.0025
+    write()
+    reactor.one_turn()
+    assert writer.batches == 2  # waited long enough
+    # Another gathers while a batch is on its way; once none is, it starts.
+    write()
+    reactor.one_turn()
+    assert writer.batches == 2
+    reactor.held.pop(0)()
+    assert writer.batches == 2  # (the second is still on its way)
+    reactor.held.pop(0)()
+    assert writer.batches == 3
+    # Without GATHER_MAX (one process) a second batch starts at the end of its turn.
+    monkeypatch.setattr(durable, "GATHER_MAX", 0.0)
+    write()
+    reactor.one_turn()
+    assert writer.batches == 4
+

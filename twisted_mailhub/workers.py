@@ -94,6 +94,9 @@ RESTART_DELAY = 1.0
 QUICK_DEATH = 5.0
 _LOG_ESCAPES = re.compile(r"\\\\|\\n")
 ASK_TIMEOUT = 5.0  # seconds the supervisor waits for the workers' answers
+# A worker's group commit lets a batch wait up to this many seconds for
+# more writes while another batch is on its way (store/durable.GATHER_MAX).
+GATHER_MAX = 0.002
 NOTICE_GAP = 0.02  # seconds between two folder notices of one worker (WorkerLink.folder_changed)
 LOG_DELAY = 0.05  # seconds a worker's log lines wait for company on the bus
 
@@ -1261,7 +1264,9 @@ def run_worker(argv: list[str]) -> None:
     reactor.addSystemEventTrigger("after", "shutdown", out.flush)
 
     from twisted_mailhub import tap
-    from twisted_mailhub.store import shared
+    from twisted_mailhub.store import durable, shared
+
+    durable.GATHER_MAX = GATHER_MAX
 
     options = tap.Options()
     options.parseOptions(argv)
