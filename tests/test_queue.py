@@ -340,6 +340,21 @@ class RelayTests(unittest.TestCase):
         self.assertIn(b"connection refused", dsn)
         self.assertEqual(relay.entries, {})
 
+    def test_an_expired_message_bounces_naming_the_last_server_and_what_it_said(self):
+        # The last try's code, reply and server stay when the time runs out:
+        # the bounce says 4.4.7 and who kept answering 451, and why.
+        relay = self.relay({"bob@b.test": [(451, "4.3.0 try later")]}, schedule=RetrySchedule([600]), lifetime=1000)
+        self.enqueue(relay)
+        self.clock.advance(1000)
+        [(to, dsn)] = relay.delivered_here
+        self.assertIn(b"Status: 4.4.7", dsn)
+        self.assertIn(b"Remote-MTA: dns; mx.b.test", dsn)
+        self.assertIn(b"Diagnostic-Code: smtp; 451 4.3.0 try later", dsn)
+        self.assertIn(b"<bob@b.test>: 4.4.7 gave up after 1000s in the queue; last try: 451 4.3.0 try later (from mx.b.test[127.0.0.1]:25)", dsn)
+        date = email.message_from_bytes(dsn)["Date"]
+        self.assertRegex(date, r" [+-]\d{4}$")
+        self.assertFalse(date.endswith("-0000"), date)  # the zone's offset, as Received: gives it (RFC 5322 §3.3)
+
     def test_delay_warning_is_sent_once(self):
         relay = self.relay({"bob@b.test": [(451, "later")]}, schedule=RetrySchedule([60]), delay_warning=100, lifetime=10_000)
         self.enqueue(relay)

@@ -8,6 +8,7 @@ message at 90% and space freed by deletions found again.
 from __future__ import annotations
 
 import imaplib
+import re
 import smtplib
 import time
 
@@ -73,6 +74,10 @@ def test_smtp_refuses_what_does_not_fit_then_refuses_at_rcpt_once_full(start_hub
     got = subjects(imap)
     assert got[:2] == ["Subject: first", "Subject: second"]
     assert len(got) == 3 and got[2].startswith("Subject: Your mailbox is") and got[2].endswith("% full")
+    # Its Date: gives the hub's zone offset, as Received: does, not -0000 ("zone unknown", RFC 5322 §3.3).
+    _, data = imap.fetch("3", "(BODY.PEEK[HEADER.FIELDS (DATE)])")
+    date = data[0][1].decode().strip()
+    assert re.fullmatch(r"Date: .* [+-]\d{4}", date) and not date.endswith("-0000"), date
     with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as client:
         with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
             client.sendmail("judy@jbc.test", ["alice@localhost"], message("third", 100))

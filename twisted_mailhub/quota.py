@@ -275,7 +275,7 @@ class Quotas:
             f"From: Mail system <postmaster@{domain}>\r\n"
             f"To: <{address}>\r\n"
             f"Subject: Your mailbox is {int(100 * used / limit)}% full\r\n"
-            f"Date: {formatdate(localtime=False)}\r\n"
+            f"Date: {formatdate(localtime=True)}\r\n"  # its offset, not -0000 (RFC 5322 §3.3)
             f"Message-ID: {make_msgid(domain=domain)}\r\n"
             "Auto-Submitted: auto-generated\r\n"
             "MIME-Version: 1.0\r\n"

@@ -162,7 +162,7 @@ def format_entry(e: Any, now: float, holder: str | None = None) -> str:
     lines = [f"{e.id}  {e.size} octets  from <{e.sender}>  queued {age} ago, {e.attempts} attempt(s), next {due}\n"]
     for r in e.recipients:
         mark = {PENDING: "pending", DELIVERED: "delivered", FAILED: "failed"}.get(r.state, r.state)
-        said = f"{r.code} {r.reply}" if r.code > 0 else r.reply
+        said = r.last_reply + (" (its time in the queue ran out)" if r.expired else "")
         lines.append(f"    <{r.address}> {mark}" + (f": {said}" if said else "") + "\n")
     return "".join(lines)
 

@@ -99,7 +99,9 @@ def mta_name(remote: str) -> str:
 
 
 def _rfc822_date(when: float) -> str:
-    return email.utils.formatdate(when, localtime=False)
+    # In the local zone with its offset, as the Received: lines write it
+    # (localtime=False would write -0000, "zone unknown": RFC 5322 §3.3).
+    return email.utils.formatdate(when, localtime=True)
 
 
 def _ascii(text: str) -> str:
@@ -141,9 +143,13 @@ def build_dsn(
             lines.append(f"It will give up at {_rfc822_date(retry_until)}.")
     lines.append("")
     for r in recipients:
-        said = f"{r.code} {r.reply}" if r.code > 0 else r.reply
-        where = f" (from {r.remote})" if r.remote and r.code > 0 else ""
-        lines.append(f"<{show(r.address)}>: {show(said)}{where}")
+        said = r.last_reply
+        if r.remote and r.code > 0:
+            said += f" (from {r.remote})"
+        if r.expired:
+            queued = format_duration(max(0, int(now - entry.created)))
+            said = f"4.4.7 gave up after {queued} in the queue; last try: {said or 'none'}"
+        lines.append(f"<{show(r.address)}>: {show(said)}")
     human = "\r\n".join(lines) + "\r\n"
 
     status: list[str] = [
@@ -155,7 +161,7 @@ def build_dsn(
     for r in recipients:
         status.append(f"Final-Recipient: {recipient_field(r.address)}")
         status.append(f"Action: {action}")
-        status.append(f"Status: {status_of(r, '4.4.7' if not failed or r.code < 500 else '5.0.0')}")
+        status.append(f"Status: {'4.4.7' if r.expired else status_of(r, '4.4.7' if not failed or r.code < 500 else '5.0.0')}")
         if r.remote and r.code > 0:  # an MTA answered (none did when the connection failed)
             status.append(f"Remote-MTA: dns; {mta_name(r.remote)}")
         if r.code > 0:

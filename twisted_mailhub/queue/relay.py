@@ -434,10 +434,9 @@ class Relay(service.Service):
             deadline = entry.created + self.lifetime
             if entry.pending and now >= deadline:
                 for r in entry.pending:
-                    last = f"{r.code} {r.reply}" if r.code > 0 else r.reply
+                    # (the last try's code, reply and server stay: the bounce names them)
                     r.state = FAILED
-                    r.reply = f"4.4.7 gave up after {format_duration(self.lifetime)} in the queue; last try: {last or 'none'}"
-                    r.code = 0
+                    r.expired = True
                 log.info("queue: {qid} expired after {lifetime}", qid=entry.id, lifetime=format_duration(self.lifetime))
             if not entry.finished:
                 entry.next_attempt = min(now + self.schedule.delay(entry.attempts), max(deadline, now))

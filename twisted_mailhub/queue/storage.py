@@ -56,6 +56,9 @@ class Recipient:
         connection failed before a reply).
     @ivar reply: the last reply text, or why there was none.
     @ivar remote: the MX host that gave the last reply.
+    @ivar expired: whether it failed because the message's time in the
+        queue ran out (RFC 3463 4.4.7) rather than on a reply; C{code},
+        C{reply} and C{remote} then still say the last try.
     """
 
     address: str
@@ -64,6 +67,12 @@ class Recipient:
     reply: str = ""
     remote: str = ""
     attempts: int = 0
+    expired: bool = False
+
+    @property
+    def last_reply(self) -> str:
+        """The last try as a person reads it: C{451 4.3.0 busy}, or the reason there was no reply."""
+        return f"{self.code} {self.reply}" if self.code > 0 else self.reply
 
     @property
     def domain(self) -> str:
