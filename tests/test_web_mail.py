@@ -7,6 +7,8 @@ hostile mail is defanged.
 from __future__ import annotations
 
 import base64
+import email
+import email.policy
 import imaplib
 import re
 import smtplib
@@ -170,6 +172,30 @@ def test_compose_sends_through_submission_with_a_sent_copy_and_it_arrives_over_i
     assert b"by mail.test with ESMTPA" in arrived
     assert b'filename="notes.txt"' in arrived
     assert "from the web" in browser.get("/mail/Sent").text
+
+
+def test_compose_keeps_the_display_names_typed_in_to_and_cc(hub):
+    # '"Doe, John" <bob@localhost>' goes out with its name (RFC 5322 §3.4);
+    # the envelope takes the addresses alone.
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    browser.get("/compose")
+    boundary = "XyZ"
+    fields = (("csrf", browser.csrf), ("to", '"Doe, John" <bob@localhost>'), ("cc", "Zoë Q <alice@localhost>"), ("subject", "names"), ("body", "hi"))
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode() for name, value in fields)
+    body += f"--{boundary}--\r\n".encode()
+    sent = browser.request("POST", "/compose", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert sent.status == 303, sent.text
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("bob", "hungry")
+        imap.select("INBOX")
+        typ, data = imap.uid("FETCH", "1", "(BODY.PEEK[HEADER.FIELDS (TO CC)])")
+        fields_seen = email.message_from_bytes(data[0][1], policy=email.policy.default)
+    finally:
+        imap.logout()
+    assert [(a.display_name, a.addr_spec) for a in fields_seen["To"].addresses] == [("Doe, John", "bob@localhost")]
+    assert [(a.display_name, a.addr_spec) for a in fields_seen["Cc"].addresses] == [("Zoë Q", "alice@localhost")]
 
 
 def test_delete_moves_to_trash_and_a_student_never_reads_another_accounts_mail(hub):

@@ -837,16 +837,19 @@ class Compose(resource.Resource):
             # Nothing is sent: the form comes back with what was typed,
             # those characters taken out, and says why (RFC 5322).
             return self._again(request, fields, problem)
-        to = msgparse.addresses(fields.get("to", ""), bare=True)
-        cc = msgparse.addresses(fields.get("cc", ""), bare=True)
+        # The envelope takes the addresses; the header fields keep the
+        # display names as typed ('"Doe, John" <john@x>').
+        to_boxes = msgparse.mailboxes(fields.get("to", ""), bare=True)
+        cc_boxes = msgparse.mailboxes(fields.get("cc", ""), bare=True)
+        to, cc = [a for _, a in to_boxes], [a for _, a in cc_boxes]
         if not to and not cc:
             return self._again(request, fields, "Give at least one recipient.")
         message = EmailMessage(policy=email.policy.SMTP)
         message["From"] = formataddr(("", user.address))
         if to:
-            message["To"] = ", ".join(to)
+            message["To"] = ", ".join(formataddr(box) for box in to_boxes)
         if cc:
-            message["Cc"] = ", ".join(cc)
+            message["Cc"] = ", ".join(formataddr(box) for box in cc_boxes)
         message["Subject"] = " ".join(fields.get("subject", "").split())
         message["Date"] = formatdate(localtime=True)
         message["Message-ID"] = make_msgid(domain=user.address.partition("@")[2] or None)

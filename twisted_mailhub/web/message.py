@@ -318,9 +318,16 @@ def tree(msg: Any) -> list[dict[str, Any]]:
     return out
 
 
+def mailboxes(value: str, bare: bool = False) -> list[tuple[str, str]]:
+    """
+    The mailboxes of a header value as (display name, address) pairs
+    (RFC 5322 §3.4: '"Doe, John" <x@y>, z@w' -> [('Doe, John', 'x@y'),
+    ('', 'z@w')]); with C{bare}, a local part alone ('bob') counts too
+    (typed by hand).
+    """
+    return [(name, addr) for name, addr in getaddresses([value]) if "@" in addr or (bare and addr and " " not in addr)]
+
+
 def addresses(value: str, bare: bool = False) -> list[str]:
-    """
-    The addresses of a header value ('a <x@y>, z@w' -> ['x@y', 'z@w']);
-    with C{bare}, a local part alone ('bob') counts too (typed by hand).
-    """
-    return [addr for _, addr in getaddresses([value]) if "@" in addr or (bare and addr and " " not in addr)]
+    """The addresses of a header value ('a <x@y>, z@w' -> ['x@y', 'z@w']): L{mailboxes} without the names."""
+    return [addr for _, addr in mailboxes(value, bare)]
