@@ -24,3 +24,11 @@ def test_nothing_of_scripts_styles_or_forms_is_kept():
 
 def test_entities_are_decoded_and_markup_in_text_stays_text():
     assert html_text("<p>&lt;b&gt; &amp; caf&eacute;</p>") == "<b> & café"
+
+
+def test_what_follows_a_dropped_element_with_other_tags_inside_is_kept():
+    # An <svg> or a <form> holding tags of its own once swallowed the rest of
+    # the message: the text skipped every start tag inside it but counted
+    # only the dropped elements' end tags (the rendering never did).
+    assert html_text("<p>Hello <svg><g><circle/></g></svg> world</p><p>after</p>") == "Hello world\n\nafter"
+    assert html_text("<form><b>in</b><span>form</span></form><p>after form</p>") == "after form"

@@ -41,29 +41,47 @@ def _scheme_ok(url: str) -> bool:
     return compact.startswith(SAFE_SCHEMES) or compact.startswith("#")
 
 
-class _Builder(HTMLParser):
-    def __init__(self, cid_url: Callable[[str], str | None], allow_remote: bool):
+class _DropsContent(HTMLParser):
+    """
+    An HTML parser that leaves out the elements of L{DROP_WITH_CONTENT}
+    with all they hold: L{_dropped_start} and L{_dropped_end} say whether
+    a tag is inside one (or starts or ends one), counting nested ones.
+    """
+
+    def __init__(self):
         HTMLParser.__init__(self, convert_charrefs=True)
+        self.skipping = 0
+
+    def _dropped_start(self, name: str) -> bool:
+        """Whether the start tag C{name} (lower case) is left out."""
+        if name in DROP_WITH_CONTENT:
+            if name not in VOID:
+                self.skipping += 1
+            return True
+        return bool(self.skipping)
+
+    def _dropped_end(self, name: str) -> bool:
+        """Whether the end tag C{name} (lower case) is left out."""
+        if self.skipping:
+            if name in DROP_WITH_CONTENT:
+                self.skipping -= 1
+            return True
+        return False
+
+
+class _Builder(_DropsContent):
+    def __init__(self, cid_url: Callable[[str], str | None], allow_remote: bool):
+        _DropsContent.__init__(self)
         self.root = Tag("div")
         self.stack: list[Tag] = [self.root]
         self.names: list[str] = ["div"]
-        self.skipping = 0
-        self.skip_name: list[str] = []
         self.cid_url = cid_url
         self.allow_remote = allow_remote
         self.remote_images = 0
 
     def handle_starttag(self, name, attrs):
         name = name.lower()
-        if self.skipping:
-            if name in DROP_WITH_CONTENT and name not in VOID:
-                self.skipping += 1
-            return
-        if name in DROP_WITH_CONTENT:
-            if name not in VOID:
-                self.skipping = 1
-            return
-        if name not in ALLOWED:
+        if self._dropped_start(name) or name not in ALLOWED:
             return
         kept = {}
         for key, value in attrs:
@@ -103,9 +121,7 @@ class _Builder(HTMLParser):
 
     def handle_endtag(self, name):
         name = name.lower()
-        if self.skipping:
-            if name in DROP_WITH_CONTENT:
-                self.skipping -= 1
+        if self._dropped_end(name):
             return
         if name in self.names[1:]:
             while self.names[-1] != name:
@@ -139,11 +155,10 @@ BLOCKS = {
 PARAGRAPHS = {"blockquote", "h1", "h2", "h3", "h4", "h5", "h6", "ol", "p", "pre", "table", "ul"}
 
 
-class _Text(HTMLParser):
+class _Text(_DropsContent):
     def __init__(self):
-        HTMLParser.__init__(self, convert_charrefs=True)
+        _DropsContent.__init__(self)
         self.lines: list[str] = [""]
-        self.skipping = 0
         self.pre = 0
         self.href: list[str | None] = []
 
@@ -153,9 +168,7 @@ class _Text(HTMLParser):
 
     def handle_starttag(self, name, attrs):
         name = name.lower()
-        if self.skipping or name in DROP_WITH_CONTENT:
-            if name not in VOID:
-                self.skipping += 1
+        if self._dropped_start(name):
             return
         if name == "br":
             self.lines.append("")
@@ -178,9 +191,7 @@ class _Text(HTMLParser):
 
     def handle_endtag(self, name):
         name = name.lower()
-        if self.skipping:
-            if name in DROP_WITH_CONTENT:
-                self.skipping -= 1
+        if self._dropped_end(name):
             return
         if name == "a" and self.href:
             href = self.href.pop()
