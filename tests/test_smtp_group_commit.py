@@ -471,18 +471,23 @@ def test_commit_threads_run_batches_off_the_reactor_and_answer_in_its_thread_the
     assert not any(thread.is_alive() for thread in running)
 
 
-def test_beside_a_batch_on_its_way_the_next_gathers_writes_until_a_turn_brings_none(tmp_path, monkeypatch):
-    # --workers (GATHER_MAX): a process short of CPU lets a second batch
-    # wait while each reactor turn still queues writes, so that a batch's
-    # cost is shared by more of them; it starts at the first turn that
-    # brings none. The first batch (none on its way) starts as before.
+def _gathering_writer(tmp_path, monkeypatch):
+    """A Maildir, a settable clock, a held inline reactor and a writer with GATHER_MAX 2 ms (per-file flushes)."""
     root = maildir(tmp_path)
     monkeypatch.setattr(durable, "choose_flush", lambda: "files")
     monkeypatch.setattr(durable, "GATHER_MAX", 0.002)
     now = [1000.0]
     monkeypatch.setattr(durable.time, "monotonic", lambda: now[0])
     reactor = _InlineReactor(hold=True)
-    writer = durable.GroupCommitWriter(reactor, threads=reactor, in_flight=2)
+    return root, now, reactor, durable.GroupCommitWriter(reactor, threads=reactor, in_flight=2)
+
+
+def test_beside_a_batch_on_its_way_the_next_gathers_writes_until_a_turn_brings_none(tmp_path, monkeypatch):
+    # --workers (GATHER_MAX): a process short of CPU lets a second batch
+    # wait while each reactor turn still queues writes, so that a batch's
+    # cost is shared by more of them; it starts at the first turn that
+    # brings none. The first batch (none on its way) starts as before.
+    root, now, reactor, writer = _gathering_writer(tmp_path, monkeypatch)
 
     def write(n):
         writer.write(str(root / "tmp" / f"m{n}"), str(root / "new" / f"m{n}"), b"x")
@@ -503,13 +508,7 @@ def test_beside_a_batch_on_its_way_the_next_gathers_writes_until_a_turn_brings_n
 
 
 def test_a_gathering_batch_starts_once_its_first_write_waited_gather_max_or_no_batch_is_on_its_way(tmp_path, monkeypatch):
-    root = maildir(tmp_path)
-    monkeypatch.setattr(durable, "choose_flush", lambda: "files")
-    monkeypatch.setattr(durable, "GATHER_MAX", 0.002)
-    now = [1000.0]
-    monkeypatch.setattr(durable.time, "monotonic", lambda: now[0])
-    reactor = _InlineReactor(hold=True)
-    writer = durable.GroupCommitWriter(reactor, threads=reactor, in_flight=2)
+    root, now, reactor, writer = _gathering_writer(tmp_path, monkeypatch)
     n = 0
 
     def write():
