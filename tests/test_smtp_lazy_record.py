@@ -163,15 +163,21 @@ class StepClock:
         return self.now
 
 
-def _pair(max_lines: int = 5000):
-    """The SMTP record and a record transcribed as it goes, each on a bus of its own with its own clock."""
+def _pair(max_lines: int = 5000, reads: str = "client_bytes"):
+    """
+    The SMTP record and a record transcribed as it goes, each on a bus of
+    its own with its own clock. C{reads}: how the SMTP record is given the
+    client's reads: C{client_bytes}, or C{reader} (the closure the SMTP
+    connection reads through, L{MailRecord.reader}).
+    """
     made = []
     for kind in (MailRecord, SessionRecord):
         clock = StepClock()
         bus = SessionEvents(max_lines=max_lines, clock=clock)
         record = bus.start("smtp", ("127.0.0.1", 40000), ("127.0.0.1", 25), id="smtp#7", kind=kind)
         if kind is MailRecord:
-            feed = {"c": record.client_bytes, "s": record.server_bytes}
+            taken = []
+            feed = {"c": record.client_bytes if reads == "client_bytes" else record.reader(taken.append), "s": record.server_bytes}
         else:
             transcriber = Transcriber(record.id, record)
             feed = {"c": transcriber.client_bytes, "s": transcriber.server_bytes}
@@ -219,9 +225,10 @@ def _same(lazy: MailRecord, eager: SessionRecord) -> None:
     assert lazy.summary() == eager.summary()
 
 
+@pytest.mark.parametrize("reads", ["client_bytes", "reader"])
 @pytest.mark.parametrize("name", list(SESSIONS))
-def test_an_smtp_session_nobody_watched_reads_exactly_as_one_transcribed_as_it_went(name):
-    (_, lazy_clock, lazy, lazy_feed), (_, eager_clock, eager, eager_feed) = _pair()
+def test_an_smtp_session_nobody_watched_reads_exactly_as_one_transcribed_as_it_went(name, reads):
+    (_, lazy_clock, lazy, lazy_feed), (_, eager_clock, eager, eager_feed) = _pair(reads=reads)
     for step in SESSIONS[name]:
         lazy_clock.now += 0.125
         eager_clock.now += 0.125
@@ -240,12 +247,13 @@ def test_a_message_nobody_watched_is_kept_as_its_count_not_its_text():
     assert [text for _, _, kind, text in lazy.events][-3:] == ["354 End data with <CR><LF>.<CR><LF>", "[message: %d lines, %d octets]" % (BODY.count(b"\n"), len(BODY)), "."]
 
 
+@pytest.mark.parametrize("reads", ["client_bytes", "reader"])
 @pytest.mark.parametrize("name", list(SESSIONS))
 @pytest.mark.parametrize("how", ["all", "list", "session", "read"])
-def test_a_watcher_or_reader_coming_at_any_step_sees_exactly_what_it_saw_before(name, how):
+def test_a_watcher_or_reader_coming_at_any_step_sees_exactly_what_it_saw_before(name, how, reads):
     steps = SESSIONS[name]
     for cut in range(len(steps) + 1):
-        (lazy_bus, lazy_clock, lazy, lazy_feed), (eager_bus, eager_clock, eager, eager_feed) = _pair()
+        (lazy_bus, lazy_clock, lazy, lazy_feed), (eager_bus, eager_clock, eager, eager_feed) = _pair(reads=reads)
         told = {"lazy": [], "eager": []}
         for n, step in enumerate(steps + [("c", b"")]):
             lazy_clock.now += 0.125
@@ -270,3 +278,18 @@ def test_a_long_session_nobody_reads_keeps_its_last_events_as_one_transcribed_as
         assert len(lazy._events) <= 5 + 256 + 1
     _same(lazy, eager)
     assert lazy.dropped == lazy.summary()["lines"] - 5
+
+
+@pytest.mark.parametrize("name", list(SESSIONS))
+def test_the_reader_hands_each_read_on_whole_and_in_order(name):
+    # MailRecord.reader is the SMTP connection's dataReceived: every read
+    # goes on to the line engine as it came, once each, in order.
+    clock = StepClock()
+    bus = SessionEvents(max_lines=5000, clock=clock)
+    record = bus.start("smtp", ("127.0.0.1", 40000), ("127.0.0.1", 25), id="smtp#7", kind=MailRecord)
+    taken = []
+    read = record.reader(taken.append)
+    reads = [step[1] for step in SESSIONS[name] if step[0] == "c" and step[1]]
+    for data in reads:
+        read(data)
+    assert taken == reads

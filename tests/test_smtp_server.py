@@ -584,3 +584,85 @@ def test_each_form_of_a_path_is_answered_and_delivered_as_written(hub, command, 
         messages = hub.store.account(address).folder("INBOX").messages()
         expected = 1 if address in ("alice@localhost", stored_for) else 0
         assert len(messages) == expected, address
+
+
+def _trace_lines(hub) -> list[bytes]:
+    """The Received: line of each message in alice's INBOX, unfolded, oldest first, without its date."""
+    folder = hub.store.account("alice@localhost").folder("INBOX")
+    out = []
+    for info in folder.messages():
+        message = folder.read(info.uid)
+        start = message.index(b"Received: ")
+        field = message[start : message.index(b"\r\n", message.index(b"; ", start))]
+        out.append(field.replace(b"\r\n\t", b" ").rsplit(b"; ", 1)[0])
+    return out
+
+
+def test_each_message_of_a_connection_is_traced_as_its_session_was_when_it_was_sent(hub):
+    # A connection keeps one Session (with its trace line's head) from
+    # message to message only while nothing in it changes: a new EHLO or
+    # HELO name, STARTTLS, AUTH, SMTPUTF8 each show in the next message's
+    # Received: line (RFC 5321 §4.4, RFC 3848, RFC 6531 §3.7.3).
+    proto, transport = connect(hub)
+    message = b"MAIL FROM:<a@example.org>%s\r\nRCPT TO:<alice@localhost>\r\nDATA\r\nSubject: s\r\n\r\nhi\r\n.\r\n"
+    proto.dataReceived(b"EHLO one.example\r\n" + message % b"")
+    proto.dataReceived(message % b"")
+    proto.dataReceived(b"EHLO two.example\r\n" + message % b"")
+    proto.dataReceived(message % b" SMTPUTF8")
+    proto.dataReceived(b"HELO three.example\r\n" + message % b"")
+    proto.startedTLS = True  # as if after STARTTLS
+    proto.dataReceived(b"EHLO four.example\r\n" + message % b"")
+    proto.dataReceived(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0secret") + b"\r\n" + message % b"")
+    assert [line for line in said(transport) if line.startswith(b"250 2.0.0")] == [b"250 2.0.0 Ok: queued as " + line.split(b"id ")[1].split(b" ")[0] for line in _trace_lines(hub)]
+    assert [line.split(b" id ")[0] + b" " + line.split(b" id ")[1].split(b" ", 1)[1] for line in _trace_lines(hub)] == [
+        b"Received: from one.example (unknown [192.0.2.7]) by mail.test with ESMTP for <alice@localhost>",
+        b"Received: from one.example (unknown [192.0.2.7]) by mail.test with ESMTP for <alice@localhost>",
+        b"Received: from two.example (unknown [192.0.2.7]) by mail.test with ESMTP for <alice@localhost>",
+        b"Received: from two.example (unknown [192.0.2.7]) by mail.test with UTF8SMTP for <alice@localhost>",
+        b"Received: from three.example (unknown [192.0.2.7]) by mail.test with SMTP for <alice@localhost>",
+        b"Received: from four.example (unknown [192.0.2.7]) by mail.test with ESMTPS for <alice@localhost>",
+        b"Received: from four.example (unknown [192.0.2.7]) by mail.test with ESMTPSA for <alice@localhost>",
+    ]
+
+
+@pytest.mark.parametrize(
+    "line,reply",
+    [
+        (b"NOOP   ", b"250 2.0.0 Ok"),
+        (b"  NOOP", b"250 2.0.0 Ok"),
+        (b"noop\tx ", b"250 2.0.0 Ok"),
+        (b"RSET \t ", b"250 2.0.0 Ok"),
+        (b"RSET x", b"501 5.5.4 Syntax: RSET"),
+        (b"VRFY   bob@localhost  ", b"252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery"),
+        (b"   ", b"500 5.5.2 Error: bad syntax (empty command)"),
+        (b"NO\x00OP", b"500 5.5.2 Error: bad syntax (the line contained a control character: ^@, a NUL)"),
+        (b"FROB x", b"500 5.5.2 Error: command 'FROB' not recognized; try HELP"),
+    ],
+)
+def test_a_command_line_s_blanks_and_case_are_read_as_rfc_5321_reads_them(hub, line, reply):
+    # RFC 5321 §4.1.1: verbs in any case; blanks around the line and
+    # between the verb and its argument are not part of either. Sent in a
+    # read of its own (the usual way, taken without the line loop) and
+    # after another line in one read (pipelined): the same reply.
+    proto, transport = connect(hub)
+    proto.dataReceived(line + b"\r\n")
+    alone = said(transport)
+    proto.dataReceived(b"NOOP\r\n" + line + b"\r\n")
+    assert said(transport) == [b"250 2.0.0 Ok"] + alone
+    assert alone == [reply]
+
+
+def test_after_an_auth_the_next_unknown_command_is_not_echoed_in_either_path(hub):
+    # The line after a refused AUTH may be a pasted password: not echoed,
+    # whether it comes in a read of its own or behind the AUTH.
+    proto, transport = connect(hub)
+    proto.dataReceived(b"AUTH PLAIN\r\n")
+    proto.dataReceived(b"c2VjcmV0\r\n")
+    proto.dataReceived(b"AUTH PLAIN\r\nc2VjcmV0\r\nFROB\r\n")
+    assert said(transport) == [
+        b"538 5.7.11 Encryption required for requested authentication mechanism; use STARTTLS first",
+        b"500 5.5.2 Error: command not recognized (not shown: after AUTH it may be a password); try HELP",
+        b"538 5.7.11 Encryption required for requested authentication mechanism; use STARTTLS first",
+        b"500 5.5.2 Error: command not recognized (not shown: after AUTH it may be a password); try HELP",
+        b"500 5.5.2 Error: command 'FROB' not recognized; try HELP",
+    ]

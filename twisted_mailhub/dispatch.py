@@ -65,6 +65,8 @@ from typing import Any, Callable
 from twisted.internet import base, main, posixbase, tcp
 from twisted.python import context, log
 
+from twisted_mailhub.lines import RAW_RECV, SOCKET_COUNTS
+
 try:
     from twisted.internet.epollreactor import EPOLLIN, EPollReactor
 except ImportError:  # not Linux
@@ -253,6 +255,7 @@ def make_do_poll(reactor: Any) -> Callable[[float | None], None]:
     tracker_kind = context.ThreadedContextTracker
     inline: dict[type, bool] = {}
     exc_info = sys.exc_info
+    socket_counts, raw_recv = SOCKET_COUNTS, RAW_RECV
 
     def do_poll(timeout: float | None) -> None:
         tracker = context.theContextTracker
@@ -313,8 +316,15 @@ def make_do_poll(reactor: Any) -> Callable[[float | None], None]:
                             if selectable.fileno() == -1:
                                 why = _NO_FILEDESC
                             else:
+                                sock = selectable.socket
+                                counts = socket_counts.get(sock.__class__)
                                 try:
-                                    data = selectable.socket.recv(selectable.bufferSize)
+                                    if counts is None:
+                                        data = sock.recv(selectable.bufferSize)
+                                    else:
+                                        # CountingSocket.recv, inline (lines.SOCKET_COUNTS)
+                                        data = raw_recv(sock, selectable.bufferSize)
+                                        counts.received += len(data)
                                 except OSError as se:
                                     why = None if se.args[0] == EWOULDBLOCK else _CONNECTION_LOST
                                 else:

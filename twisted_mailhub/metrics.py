@@ -47,6 +47,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web import resource
 
+from twisted_mailhub.lines import SOCKET_COUNTS
+
 
 class HubMetrics:
     """
@@ -260,6 +262,9 @@ def _counting_socket_class(counts: ByteCounts) -> type:
             counts.received += len(data)
             return data
 
+    # The line engine's inline replies and the epoll dispatch's reads
+    # count there themselves (lines.SOCKET_COUNTS).
+    SOCKET_COUNTS[CountingSocket] = counts
     return CountingSocket
 
 

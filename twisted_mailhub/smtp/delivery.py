@@ -283,6 +283,10 @@ class Session:
     authenticated: str | None
     # The transaction used SMTPUTF8 (RFC 6531).
     utf8: bool = False
+    # The trace line up to its id (L{received}), made once: a connection
+    # keeps its Session from message to message while it stays the same
+    # (L{twisted_mailhub.smtp.server.MailhubSMTP._session}).
+    _trace_head: Any = attr.ib(default=None, init=False, repr=False, eq=False)
 
     @property
     def with_protocol(self) -> str:
@@ -300,13 +304,16 @@ class Session:
         RFC 5321 §4.4 trace line. No reverse DNS is looked up (the hub makes
         no outside queries); loopback peers are called localhost.
         """
-        ip = self.client_ip
-        rdns = "localhost" if ip.startswith("127.") or ip == "::1" else "unknown"
-        literal = f"IPv6:{ip}" if ":" in ip else ip
-        text = f"Received: from {self.helo or 'unknown'} ({rdns} [{literal}])\r\n\tby {self.hostname} with {self.with_protocol} id {qid}"
+        head = self._trace_head
+        if head is None:
+            ip = self.client_ip
+            rdns = "localhost" if ip.startswith("127.") or ip == "::1" else "unknown"
+            literal = f"IPv6:{ip}" if ":" in ip else ip
+            head = self._trace_head = f"Received: from {self.helo or 'unknown'} ({rdns} [{literal}])\r\n\tby {self.hostname} with {self.with_protocol} id "
         if recipient is not None:
-            text += f"\r\n\tfor <{recipient}>"
-        text += f"; {rfc5322_date()}\r\n"
+            text = f"{head}{qid}\r\n\tfor <{recipient}>; {rfc5322_date()}\r\n"
+        else:
+            text = f"{head}{qid}; {rfc5322_date()}\r\n"
         # A UTF-8 address only in an SMTPUTF8 transaction (RFC 6532 §3.7).
         return text.encode("utf-8" if self.utf8 else "ascii", "replace")
 

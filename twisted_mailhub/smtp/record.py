@@ -40,7 +40,7 @@ read.
 
 from __future__ import annotations
 
-from twisted_mailhub.ftp.record import _MAYBE_SECRET, ControlRecord
+from twisted_mailhub.ftp.record import _MAYBE_SECRET, _SLACK, ControlRecord
 from twisted_mailhub.transcript import _MessageLines
 
 # The kind of a kept entry that is a message's count, (lines, octets) (made:
@@ -102,7 +102,15 @@ class MailRecord(ControlRecord):
             if self._rest and not bus.watchers and not bus.session_watchers and data[-1:] == b"\n" and (data in _SAFE or _no_secret(data)):
                 # Whole lines, no secret, nobody watching lines: kept as
                 # they came (as ControlRecord.client_bytes keeps them).
-                self._keep(data, bus.clock() if when is None else when)
+                # (_keep, inline: four reads a message.)
+                events = self._events
+                if self._raw is None:
+                    self._raw = len(events)
+                events.append(data)
+                self._times.append(bus.clock() if when is None else when)
+                if len(events) > self._max + _SLACK:
+                    self._make()
+                    self._trim()
                 return
             ControlRecord.client_bytes(self, data)
             return
@@ -124,6 +132,42 @@ class MailRecord(ControlRecord):
                 return
             message = _MessageLines()
         self._take(message, data, when)
+
+    def reader(self, take):
+        """
+        A C{dataReceived(data)} for the connection: each read recorded as
+        L{client_bytes} records it, then handed to C{take(data)} (the line
+        engine). The usual read (whole command lines, no secret, nobody
+        watching, no message being counted) is kept here, without a call.
+        """
+        bus = self.bus
+        times = self._times
+        client_bytes = self.client_bytes
+
+        def dataReceived(data: bytes) -> None:
+            if (
+                self._message is None
+                and self._stash is None
+                and self._rest
+                and not bus.watchers
+                and not bus.session_watchers
+                and data[-1:] == b"\n"
+                and (data in _SAFE or _no_secret(data))
+            ):
+                # client_bytes' kept read (_keep), inline: four a message.
+                events = self._events
+                if self._raw is None:
+                    self._raw = len(events)
+                events.append(data)
+                times.append(bus.clock())
+                if len(events) > self._max + _SLACK:
+                    self._make()
+                    self._trim()
+            else:
+                client_bytes(data)
+            take(data)
+
+        return dataReceived
 
     def _count_stashed(self) -> None:
         """Count the first read of a message kept aside (no message_read came for it)."""
@@ -193,8 +237,16 @@ class MailRecord(ControlRecord):
             if data[:3] != b"354":
                 if data.find(b"\n354") < 0:
                     # No line of it starts SMTP's DATA: kept as it came
-                    # (a reply's time is kept negative).
-                    self._keep(data, -bus.clock())
+                    # (a reply's time is kept negative). (_keep, inline:
+                    # three replies a message.)
+                    events = self._events
+                    if self._raw is None:
+                        self._raw = len(events)
+                    events.append(data)
+                    self._times.append(-bus.clock())
+                    if len(events) > self._max + _SLACK:
+                        self._make()
+                        self._trim()
                     return
             elif self._message is None and data.find(b"\n") == len(data) - 1:
                 # The go-ahead for DATA, one line: what the client sends

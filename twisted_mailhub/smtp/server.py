@@ -228,6 +228,8 @@ class MailhubSMTP(smtp.ESMTP):
     records_own_session = True
     record: MailRecord | None = None
     _tls_pending = False
+    # The Session of the last message (_session).
+    _last_session: Session | None = None
 
     def __init__(self):
         smtp.ESMTP.__init__(self, chal={})
@@ -386,25 +388,35 @@ class MailhubSMTP(smtp.ESMTP):
     def _recorded_input(self) -> None:
         """
         While no TLS handshake is under way: each read recorded and handed
-        to the line engine by a closure in this method's place (two calls
-        per read, no attribute look-ups).
+        to the line engine by a closure of the record in this method's
+        place (L{MailRecord.reader}: the usual read kept without a call).
         """
-        recorded = self.record.client_bytes
-        take = self.lines.data_received
-
-        def dataReceived(data: bytes) -> None:
-            recorded(data)
-            take(data)
-
-        self.dataReceived = dataReceived
+        self.dataReceived = self.record.reader(self.lines.data_received)
 
     def line_received(self, line: bytes):
         if self.crlf_session is None:
             self.crlf_session = self.lines.crlf
-        if self.state == AUTH:
+        state = self.state
+        if state == COMMAND:
+            # _command, inline for the usual line (ASCII): three a message.
+            try:
+                text = line.decode("ascii")
+            except UnicodeDecodeError:
+                return self._command(line)
+            if "\r" in text or "\0" in text:
+                return self.reply(500, "5.5.2 Error: bad syntax" + control_note(text))
+            parts = text.split(None, 1)
+            if not parts:
+                return self.reply(500, "5.5.2 Error: bad syntax (empty command)")
+            upper = parts[0].upper()
+            handler = getattr(self, "smtp_" + upper, None)
+            if handler is None or self._after_auth:
+                return self._command(line)
+            if upper == "AUTH":
+                self._after_auth = True
+            return handler(parts[1].strip() if len(parts) > 1 else "")
+        if state == AUTH:
             return self._auth_response(line)
-        if self.state == COMMAND:
-            return self._command(line)
         return None
 
     def line_too_long(self) -> None:
@@ -655,17 +667,28 @@ class MailhubSMTP(smtp.ESMTP):
     # -- the envelope ---------------------------------------------------------
 
     def _session(self) -> Session:
+        """
+        What the trace header needs of this session now: the Session of
+        the last message while nothing in it changed (its trace line's
+        head made once: L{Session.received}), else a new one.
+        """
         # secure and authenticated_as, inline: once per message.
-        authenticated = self.authenticated and self.account is not None
-        return Session(
-            self.helo,
-            self.client_ip,
-            self.hub.hostname,
-            self.esmtp,
-            self.startedTLS or self._implicit_tls,
-            self.account.address if authenticated else None,
-            self.smtputf8,
-        )
+        authenticated = self.account.address if self.authenticated and self.account is not None else None
+        tls = self.startedTLS or self._implicit_tls
+        hostname = self.hub.hostname
+        last = self._last_session
+        if (
+            last is not None
+            and last.helo == self.helo
+            and last.tls == tls
+            and last.authenticated == authenticated
+            and last.utf8 == self.smtputf8
+            and last.esmtp == self.esmtp
+            and last.hostname == hostname
+        ):
+            return last
+        session = self._last_session = Session(self.helo, self.client_ip, hostname, self.esmtp, tls, authenticated, self.smtputf8)
+        return session
 
     @staticmethod
     def _parse_path(rest: str, keyword: str):
@@ -769,17 +792,19 @@ class MailhubSMTP(smtp.ESMTP):
             )
         if len(self.recipients) >= self.max_recipients:
             return self.reply(452, "4.5.3 Error: too many recipients")
-        verdict = self.policy.check(path, self.authenticated_as)
-        if not verdict.accepted:
+        # (authenticated_as and Verdict.accepted, inline: once per recipient)
+        authenticated = self.account.address if self.authenticated and self.account is not None else None
+        verdict = self.policy.check(path, authenticated)
+        if verdict.code >= 300:
             # The domain may be configured as an A-label and given as a
             # U-label, or the other way round (RFC 5890).
             other = _other_domain_form(self.policy.qualify(path))
             if other is not None:
-                second = self.policy.check(other, self.authenticated_as)
+                second = self.policy.check(other, authenticated)
                 if second.accepted and second.code == 250 and self.hub.accounts.is_local_domain(other.rpartition("@")[2]):
                     verdict = second
-        if not verdict.accepted:
-            return self.reply(verdict.code, verdict.text)
+            if verdict.code >= 300:
+                return self.reply(verdict.code, verdict.text)
         if self._rcpt_filters:
             envelope = envelope_of(self.sender, [r.address for r in self.recipients], self._session())
             d = run_filters(self.hub.filters, "rcpt_to", envelope, verdict.recipient)
