@@ -488,66 +488,66 @@ class LineEngine:
         has already seen the reply: the session transcript).
         """
         gathered = self._gathered
-        if gathered is not None and self._in_loop:
-            if self._in_loop is _ONE_LINE and not gathered:
-                # The reply to the one line at hand (data_received's
-                # shortcut): it leaves now, as the end of the batch would
-                # send it, without being gathered first.
-                if not self.closed:
-                    conn = self._plain
-                    if (
-                        # send_now, inline for a plain TCP transport: three
-                        # replies a message sent one command per round trip.
-                        conn is not None
-                        and transport is None
-                        and not conn.TLS
-                        and data
-                        and conn.connected
-                        and not conn.disconnecting
-                        and not conn._writeDisconnecting
-                        and not conn._tempDataBuffer
-                        and conn.offset >= len(conn.dataBuffer)
-                    ):
-                        sock = conn.socket
-                        counts = SOCKET_COUNTS.get(sock.__class__)
-                        try:
-                            if counts is None:
-                                sent = sock.send(data)
-                            else:
-                                sent = RAW_SEND(sock, data)
-                                counts.sent += sent
-                        except OSError:
-                            sent = 0  # full, or broken: the transport's write finds out which
-                        if sent < len(data):
-                            conn.write(data[sent:])
-                        return
-                    send_now(transport if transport is not None else self.transport, data)
-                return
-            # Out when the batch is done (the end of _run), in one send,
-            # to one transport: a write to another sends what came first.
-            if transport is not self._sink:
-                if gathered:
+        in_loop = self._in_loop
+        if gathered is not None and in_loop:
+            if in_loop is not _ONE_LINE or gathered:
+                # Out when the batch is done (the end of _run), in one send,
+                # to one transport: a write to another sends what came first.
+                if transport is not self._sink:
+                    if gathered:
+                        self._send_gathered()
+                    self._sink = transport
+                gathered.append(data)
+                held = self._gathered_octets = self._gathered_octets + len(data)
+                if held > _GATHER_OCTETS:
+                    # Sent now, so that a client that does not read pauses the
+                    # batch (back-pressure) before much is held here.
                     self._send_gathered()
-                self._sink = transport
-            gathered.append(data)
-            held = self._gathered_octets = self._gathered_octets + len(data)
-            if held > _GATHER_OCTETS:
-                # Sent now, so that a client that does not read pauses the
-                # batch (back-pressure) before much is held here.
-                self._send_gathered()
-            return
-        if transport is None:
-            transport = self.transport
-            if transport is None:  # before start(): the greeting
-                transport = self.owner.transport
-        elif self._gathered:
-            self._send_gathered()  # what was gathered leaves first
-        if self._batch_more and self._in_loop:
-            transport.write(data)
+                return
+            # The reply to the one line at hand (data_received's shortcut):
+            # it leaves now, as the end of the batch would send it, without
+            # being gathered first.
+            if self.closed:
+                return
         else:
+            if transport is None:
+                if self.transport is None:  # before start(): the greeting
+                    transport = self.owner.transport
+            elif gathered:
+                self._send_gathered()  # what was gathered leaves first
+            if self._batch_more and in_loop:
+                (transport if transport is not None else self.transport).write(data)
+                return
             if self._gathered:
                 self._send_gathered()
-            send_now(transport, data)
+        conn = self._plain
+        if (
+            # send_now, inline for a plain TCP transport (four replies a
+            # message sent one command per round trip): the same checks.
+            conn is not None
+            and (transport is None or transport is conn)
+            and not conn.TLS
+            and data
+            and conn.connected
+            and not conn.disconnecting
+            and not conn._writeDisconnecting
+            and not conn._tempDataBuffer
+            and conn.offset >= len(conn.dataBuffer)
+        ):
+            sock = conn.socket
+            counts = SOCKET_COUNTS.get(sock.__class__)
+            try:
+                if counts is None:
+                    sent = sock.send(data)
+                else:
+                    sent = RAW_SEND(sock, data)
+                    counts.sent += sent
+            except OSError:
+                sent = 0  # full, or broken: the transport's write finds out which
+            if sent < len(data):
+                conn.write(data[sent:])
+            return
+        send_now(transport if transport is not None else self.transport, data)
 
     def _send_gathered(self) -> None:
         """Send the replies gathered from a pipelined batch, in one piece."""
@@ -782,7 +782,9 @@ class LineEngine:
             if self._gathered:
                 self._send_gathered()
             else:
-                flush_now(self.transport)
+                transport = self.transport
+                if transport is not self._plain or transport._tempDataBuffer or transport.offset < len(transport.dataBuffer):
+                    flush_now(transport)  # (on a plain connection only when something waits)
         if self._reading_paused and not self.closed and len(self._buf) - self._pos <= self.max_held // 2:
             self._reading_paused = False
             self.transport.resumeProducing()
@@ -842,8 +844,9 @@ class LineEngine:
         if not (self._buf or self._held or self._raw is not None or self._gathered or self._reading_paused or self.input_ended or self.writing_paused):
             # Nothing came while the command waited (a client that waits for
             # each reply): all _run would do is what it does after a batch.
-            if self.transport is not None:
-                flush_now(self.transport)
+            transport = self.transport
+            if transport is not None and (transport is not self._plain or transport._tempDataBuffer or transport.offset < len(transport.dataBuffer)):
+                flush_now(transport)  # (on a plain connection only when something waits)
             return
         self._run()
 

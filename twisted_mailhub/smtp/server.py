@@ -760,7 +760,11 @@ class MailhubSMTP(smtp.ESMTP):
             envelope = envelope_of(path, (), self._session())
             d = run_filters(self.hub.filters, "mail_from", envelope)
             return d.addCallback(self._mail_filtered, path, utf8)
-        self._mail_ok(path, utf8)
+        # _mail_ok, inline: once per message.
+        self.sender = path
+        self.recipients = []
+        self.smtputf8 = utf8
+        self.reply_raw(b"250 2.1.0 Ok\r\n")
 
     def _mail_filtered(self, result, path, utf8=False):
         if isinstance(result, Reject):
