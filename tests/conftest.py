@@ -6,6 +6,7 @@ with a temp data directory and stops it after the test.
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import pytest
@@ -28,6 +29,25 @@ def _work_in_tmp(tmp_path, monkeypatch):
     checkout.
     """
     monkeypatch.chdir(tmp_path)
+    yield
+    if os.environ.get("MAILHUB_KEEP_LOGS"):
+        _keep_log_files(tmp_path)
+
+
+def _keep_log_files(folder) -> None:
+    """
+    Under C{MAILHUB_KEEP_LOGS}, keep the log files hubs wrote in a test's
+    temp folder themselves (C{twistd --logfile}, a daemon's C{twistd.log}
+    and its rotated files): the hunt for tracebacks reads them too.
+    """
+    from twisted_mailhub.testing import keep_log
+
+    for path in sorted(folder.rglob("*.log*")):
+        if not path.is_file() or not re.fullmatch(r".*\.log(\.\d+)?", path.name) or len(path.relative_to(folder).parts) > 3:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if "twisted_mailhub" in text or "Log opened" in text:
+            keep_log(f"---- {path.relative_to(folder)} ----\n{text}")
 
 
 @pytest.fixture

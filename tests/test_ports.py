@@ -18,6 +18,7 @@ import pytest
 from tests.hubprocess import LISTENERS, ROOT
 from tests.test_admin import mailhub_admin
 from twisted_mailhub import ports
+from twisted_mailhub.testing import keep_log
 
 SPAN = ports.ephemeral_range()
 needs_linux = pytest.mark.skipif(SPAN is None and not os.environ.get("CI"), reason=f"needs Linux's {ports.RANGE}")
@@ -103,7 +104,7 @@ def test_a_hub_started_with_a_port_base_inside_the_ephemeral_range_warns_and_sti
             assert s.recv(100).startswith(b"220 ")
     finally:
         hub.terminate()
-        hub.wait(30)
+        keep_log("".join(log) + hub.communicate(timeout=30)[0])
 
 
 @needs_linux

@@ -21,6 +21,7 @@ from twisted.python import usage
 
 from tests.hubprocess import ROOT
 from twisted_mailhub import tap
+from twisted_mailhub.testing import keep_log
 
 README = os.path.join(ROOT, "README.md")
 
@@ -93,6 +94,7 @@ def test_the_two_hub_classroom_demo_runs_as_printed(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     result = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     out = result.stdout + result.stderr
+    keep_log(out)
     try:
         assert result.returncode == 0, out
         assert "Subject: hello Bob" in result.stdout, out

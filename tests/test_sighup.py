@@ -20,7 +20,7 @@ import time
 import pytest
 
 from twisted_mailhub import sighup
-from twisted_mailhub.testing import Mailhub
+from twisted_mailhub.testing import Mailhub, keep_log
 
 
 def _catches_sighup(pid: int) -> bool:
@@ -306,6 +306,7 @@ def test_python_m_twisted_mailhub_holds_sighup_before_twisted_is_imported(tmp_pa
          "--auth", f"file:{data / 'accounts'}", "--pop3", "tcp:0:interface=127.0.0.1", *others],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONPATH=ROOT),
     )
+    seen = []
     try:
         deadline = time.monotonic() + 30
         while not _catches_sighup(hub.pid):
@@ -316,6 +317,7 @@ def test_python_m_twisted_mailhub_holds_sighup_before_twisted_is_imported(tmp_pa
         os.kill(hub.pid, signal.SIGHUP)
         port, reloaded = None, False
         for line in hub.stdout:
+            seen.append(line)
             m = re.search(r"mailhub ready (\{.*\})", line)
             if m:
                 port = json.loads(m.group(1))["pop3"]
@@ -331,4 +333,4 @@ def test_python_m_twisted_mailhub_holds_sighup_before_twisted_is_imported(tmp_pa
             pop.quit()
     finally:
         hub.terminate()
-        hub.wait(30)
+        keep_log("".join(seen) + hub.communicate(timeout=30)[0])

@@ -17,13 +17,16 @@ import pytest
 
 from tests.hubprocess import ROOT, HubProcess, client_context, listener_names
 from twisted_mailhub import tap
+from twisted_mailhub.testing import keep_log
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def twistd(*args, cwd=None, timeout=60, user=None, group=None):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([*TWISTD, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    result = subprocess.run([*TWISTD, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    keep_log(result.stdout + result.stderr)
+    return result
 
 
 def loopback_args(skip=()):

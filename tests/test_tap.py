@@ -11,14 +11,17 @@ from twisted.python import usage
 
 from tests.hubprocess import ROOT
 from twisted_mailhub import tap
+from twisted_mailhub.testing import keep_log
 
 
 def twistd(*args, data=None, timeout=60):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *args],
         capture_output=True, text=True, timeout=timeout, env=env, cwd=data,
     )
+    keep_log(result.stdout + result.stderr)
+    return result
 
 
 def test_twistd_lists_the_mailhub_plugin():

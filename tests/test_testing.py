@@ -239,3 +239,45 @@ def test_an_account_with_a_utf8_name_reads_its_mail_and_folders_as_stored(tmp_pa
         hub.purge()
         assert hub.messages(zoe) == []
         assert "Entwürfe" not in hub.folders(zoe)
+
+
+# -- MAILHUB_KEEP_LOGS: every hub a test starts keeps its log -------------------
+
+
+def test_a_hub_a_test_starts_with_its_own_twistd_call_keeps_its_output(tmp_path, monkeypatch):
+    from tests.test_tap import twistd
+
+    kept = tmp_path / "kept"
+    monkeypatch.setenv("MAILHUB_KEEP_LOGS", str(kept))
+    result = twistd("-n", "--pidfile=", "mailhub", "--data", str(tmp_path / "d"), "--store", "no-such-store", data=str(tmp_path))
+    assert result.returncode != 0
+    (only,) = kept.iterdir()
+    assert only.name.startswith("tests_test_testing.py_test_a_hub_a_test_starts_with_its_own_twistd_call_keeps_its_output-")
+    assert "no-such-store" in only.read_text()
+
+
+def test_log_files_hubs_wrote_in_a_tests_folder_are_kept_and_data_files_are_not(tmp_path, monkeypatch):
+    from tests.conftest import _keep_log_files
+
+    kept = tmp_path / "kept"
+    monkeypatch.setenv("MAILHUB_KEEP_LOGS", str(kept))
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "twistd.log").write_text("2026-01-01T00:00:00+0000 [-] Log opened.\n")
+    (tmp_path / "hub" / "twistd.log.1").write_text("2025-12-31T00:00:00+0000 [twisted_mailhub.hub#info] older\n")
+    (tmp_path / "hub" / "journal.log").write_text("not a hub's log\n")
+    _keep_log_files(tmp_path / "hub")
+    texts = sorted(p.read_text() for p in kept.iterdir())
+    assert texts == [
+        "---- twistd.log ----\n2026-01-01T00:00:00+0000 [-] Log opened.\n",
+        "---- twistd.log.1 ----\n2025-12-31T00:00:00+0000 [twisted_mailhub.hub#info] older\n",
+    ]
+
+
+def test_a_mailhub_keeps_one_log_through_its_restarts(tmp_path, monkeypatch):
+    kept = tmp_path / "kept"
+    monkeypatch.setenv("MAILHUB_KEEP_LOGS", str(kept))
+    with Mailhub("--no-ftp", "--no-sftp") as hub:
+        hub.restart()
+    (only,) = kept.iterdir()
+    text = only.read_text()
+    assert text.count("mailhub ready") == 2 and "---- restart ----" in text

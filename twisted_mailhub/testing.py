@@ -57,7 +57,7 @@ from typing import Any, Iterable
 
 import attr
 
-__all__ = ["Mailhub", "MailhubStartError", "Listener", "HubMessage", "DEFAULT_ACCOUNTS", "listener_names"]
+__all__ = ["Mailhub", "MailhubStartError", "keep_log", "Listener", "HubMessage", "DEFAULT_ACCOUNTS", "listener_names"]
 
 # The folder that holds the twisted_mailhub package: the hub subprocess
 # imports it from there even when it is not installed.
@@ -67,6 +67,38 @@ DEFAULT_ACCOUNTS = ("alice:secret", "bob:hungry")
 DEFAULT_HOSTNAME = "mail.test"
 
 _READY = re.compile(r"mailhub ready (\{.*\})")
+
+
+def keep_log(text: str, path: str | None = None) -> str | None:
+    """
+    With C{MAILHUB_KEEP_LOGS=DIR} in the environment, write C{text} (what
+    a hub process printed or logged) to a new file C{DIR/<test>-<n>.log},
+    named after the running pytest test when there is one, or over
+    C{path} when given (a file this function returned before). A whole
+    suite's hub logs can then be searched for tracebacks and unhandled
+    errors no test asserted on: every hub a test starts, through
+    L{Mailhub} or its own C{subprocess} call, should pass its output here.
+
+    @return: the file written, or C{None} when the variable is not set.
+    """
+    folder = os.environ.get("MAILHUB_KEEP_LOGS")
+    if not folder:
+        return None
+    if path is None:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0] or "mailhub"
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", test)[:180]
+        os.makedirs(folder, exist_ok=True)
+        n = 0
+        while True:
+            path = os.path.join(folder, f"{stem}-{n}.log")
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                break
+            except FileExistsError:
+                n += 1
+    with open(path, "w", encoding="utf-8", errors="replace") as f:
+        f.write(text)
+    return path
 
 
 class MailhubStartError(RuntimeError):
@@ -459,25 +491,10 @@ class Mailhub:
     def _keep_log(self) -> None:
         """
         With C{MAILHUB_KEEP_LOGS=DIR} in the environment, write everything
-        this hub printed (restarts included) to C{DIR/<test>-<n>.log}, named
-        after the running pytest test when there is one: a whole suite's
-        hub logs can then be searched for tracebacks and unhandled errors
-        no test asserted on. Written again, whole, at each stop.
+        this hub printed (restarts included) to C{DIR/<test>-<n>.log} (see
+        L{keep_log}). Written again, whole, at each stop.
         """
-        folder = os.environ.get("MAILHUB_KEEP_LOGS")
-        if not folder:
-            return
-        if self._kept_as is None:
-            test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0] or "mailhub"
-            stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", test)[:180]
-            os.makedirs(folder, exist_ok=True)
-            n = 0
-            while os.path.exists(os.path.join(folder, f"{stem}-{n}.log")):
-                n += 1
-            self._kept_as = os.path.join(folder, f"{stem}-{n}.log")
-            open(self._kept_as, "w").close()
-        with open(self._kept_as, "w", encoding="utf-8", errors="replace") as f:
-            f.write(self.log)
+        self._kept_as = keep_log(self.log, self._kept_as)
 
     def restart(self, same_ports: bool = True) -> "Mailhub":
         """
