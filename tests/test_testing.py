@@ -20,7 +20,7 @@ from email.message import EmailMessage
 import attr
 import pytest
 
-from twisted_mailhub.testing import Mailhub, MailhubStartError
+from twisted_mailhub.testing import DEFAULT_HOSTNAME, Mailhub, MailhubStartError
 
 ALICE = "alice@example.com"
 
@@ -281,3 +281,26 @@ def test_a_mailhub_keeps_one_log_through_its_restarts(tmp_path, monkeypatch):
     (only,) = kept.iterdir()
     text = only.read_text()
     assert text.count("mailhub ready") == 2 and "---- restart ----" in text
+
+
+# -- the kit's certificate names the hostname the hub is given -------------------------
+
+
+def test_the_certificate_names_a_hostname_given_as_an_option_and_the_loopback_names():
+    with Mailhub("--hostname", "mx.kit.test", "--no-ftp", "--no-sftp") as hub:
+        assert hub.hostname == "mx.kit.test"
+        port = hub.ports["smtps"]
+        for name in ("mx.kit.test", "localhost", "127.0.0.1"):
+            raw = socket.create_connection((hub.host, port), timeout=10)
+            with hub.ssl_context.wrap_socket(raw, server_hostname=name) as tls:
+                assert tls.recv(100).startswith(b"220 mx.kit.test ")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            hub.ssl_context.wrap_socket(socket.create_connection((hub.host, port), timeout=10), server_hostname=DEFAULT_HOSTNAME)
+        assert "was made for" not in hub.log
+
+
+def test_a_hostname_option_in_either_spelling_is_the_kits_hostname():
+    assert Mailhub("--hostname=a.kit.test").hostname == "a.kit.test"
+    assert Mailhub("--hostname", "b.kit.test", hostname="ignored.test").hostname == "b.kit.test"
+    assert Mailhub(hostname="c.kit.test").hostname == "c.kit.test"
+    assert Mailhub().hostname == DEFAULT_HOSTNAME

@@ -249,7 +249,9 @@ class Mailhub:
             self._remember_account(spec)
         self._own_data_dir = data_dir is None
         self.data_dir = data_dir or ""
-        self.hostname = hostname
+        # A --hostname among the options is the one the hub runs with: the
+        # certificate the kit makes must name it (and ssl_context check it).
+        self.hostname = self._option("--hostname") or hostname
         self.extra_env = dict(env or {})
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
@@ -316,6 +318,16 @@ class Mailhub:
 
     def _given(self, option: str) -> bool:
         return any(o == option or o.startswith(option + "=") for o in self.options)
+
+    def _option(self, option: str) -> str | None:
+        """The value of the last C{--option VALUE} or C{--option=VALUE} given, if any."""
+        value = None
+        for i, o in enumerate(self.options):
+            if o.startswith(option + "="):
+                value = o.split("=", 1)[1]
+            elif o == option and i + 1 < len(self.options):
+                value = self.options[i + 1]
+        return value
 
     def command(self) -> list[str]:
         """The hub's command line (twistd run by this Python)."""
