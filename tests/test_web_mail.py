@@ -198,6 +198,47 @@ def test_compose_keeps_the_display_names_typed_in_to_and_cc(hub):
     assert [(a.display_name, a.addr_spec) for a in fields_seen["Cc"].addresses] == [("Zoë Q", "alice@localhost")]
 
 
+def _field_value(page: str, name: str) -> str:
+    import html
+
+    return html.unescape(re.search(rf'name="{name}" value="([^"]*)"', page).group(1))
+
+
+NAMED = (
+    b'From: "Doe, John" <carol@localhost>\r\n'
+    b'To: alice@localhost, "Smith, Ann" <dave@localhost>, =?utf-8?q?J=C3=BCrgen_M=2E?= <erin@localhost>\r\n'
+    b"Cc: Bob <bob@localhost>, Alice Again <ALICE@localhost>\r\n"
+    b"Subject: names\r\nMessage-ID: <names@example.org>\r\n\r\nwho is there\r\n"
+)
+
+
+def test_reply_and_reply_all_prefill_the_display_names_of_who_they_answer(start_hub):
+    hub = start_hub(users=("alice:secret", "bob:hungry", "carol:chalk", "dave:d", "erin:e"))
+    send(hub, "carol@localhost", ["alice@localhost", "bob@localhost"], NAMED)
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    reply = browser.get("/compose?reply=INBOX/1").text
+    assert _field_value(reply, "to") == '"Doe, John" <carol@localhost>' and _field_value(reply, "cc") == ""
+    everyone = browser.get("/compose?replyall=INBOX/1").text
+    assert _field_value(everyone, "to") == '"Doe, John" <carol@localhost>'
+    # each other recipient with its name (RFC 2047 decoded), oneself left out
+    assert _field_value(everyone, "cc") == '"Smith, Ann" <dave@localhost>, "Jürgen M." <erin@localhost>, Bob <bob@localhost>'
+    # sent as prefilled, the names go out (what the form shows is what is sent)
+    sent = browser.post("/compose", {"to": _field_value(everyone, "to"), "cc": _field_value(everyone, "cc"), "subject": "Re: names", "body": "here"})
+    assert sent.status == 303, sent.text
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("alice", "secret")
+        imap.select("Sent")
+        typ, data = imap.uid("FETCH", "1", "(BODY.PEEK[HEADER.FIELDS (TO CC)])")
+        fields_seen = email.message_from_bytes(data[0][1], policy=email.policy.default)
+    finally:
+        imap.logout()
+    assert [(a.display_name, a.addr_spec) for a in fields_seen["To"].addresses] == [("Doe, John", "carol@localhost")]
+    assert [(a.display_name, a.addr_spec) for a in fields_seen["Cc"].addresses] == [
+        ("Smith, Ann", "dave@localhost"), ("Jürgen M.", "erin@localhost"), ("Bob", "bob@localhost")]
+
+
 def test_delete_moves_to_trash_and_a_student_never_reads_another_accounts_mail(hub):
     send(hub, "carol@example.org", ["bob@localhost"], b"Subject: for bob only\r\n\r\nbob's secret\r\n")
     send(hub, "carol@example.org", ["alice@localhost"], b"Subject: for alice\r\n\r\nhers\r\n")

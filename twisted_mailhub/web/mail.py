@@ -32,11 +32,13 @@ a folder of that name: then it is that folder.
 from __future__ import annotations
 
 import base64
+import email.errors
 import email.policy
 import json
 import math
 import re
 import time
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
 from typing import Any
@@ -725,6 +727,30 @@ class ComposePage(resource.Resource):
         return Compose(self.face, session).render(request)
 
 
+def _address_field(boxes: list[tuple[str, str]]) -> Any:
+    """
+    The value of a To or Cc field for (display name, address) pairs, as
+    L{Address} objects, so that the policy folds and RFC 2047-encodes each
+    name on its own: a string of C{formataddr} results was parsed again
+    and refolded, which encoded the comma after a non-ASCII name into an
+    encoded-word and so joined the next mailbox to it. A bare local part
+    (typed by hand) stays bare; a quoted one is unquoted for L{Address}
+    to quote again.
+    """
+    out = []
+    for name, address in boxes:
+        local, at, domain = address.rpartition("@")
+        if not at:
+            local, domain = address, ""
+        if len(local) >= 2 and local[0] == local[-1] == '"':
+            local = re.sub(r"\\(.)", r"\1", local[1:-1])
+        try:
+            out.append(Address(name, username=local, domain=domain))
+        except (ValueError, email.errors.HeaderParseError):
+            return ", ".join(formataddr(box) for box in boxes)
+    return out
+
+
 class Compose(resource.Resource):
     """
     C{/compose}: the form (with reply/forward filled in) and sending,
@@ -772,16 +798,18 @@ class Compose(resource.Resource):
         else:
             subject = old_subject if old_subject.lower().startswith("re:") else f"Re: {old_subject}"
             me = self.session.user.address.lower()
-            senders = msgparse.addresses(msgparse.field(msg, "Reply-To") or msgparse.field(msg, "From") or "")
-            recipients = msgparse.addresses(", ".join(msgparse.field_all(msg, "To")))
-            if senders and all(a.lower() == me for a in senders) and recipients:
+            # (display name, address) pairs: the form keeps the names, as
+            # compose keeps typed ones ('"Doe, John" <john@x>').
+            senders = msgparse.mailboxes(msgparse.field(msg, "Reply-To") or msgparse.field(msg, "From") or "")
+            recipients = msgparse.mailboxes(", ".join(msgparse.field_all(msg, "To")))
+            if senders and all(a.lower() == me for _, a in senders) and recipients:
                 # A reply to one's own message (in Sent): to whom it went,
                 # as Thunderbird and Gmail do, not back to oneself.
                 senders = recipients
-            to = ", ".join(dict.fromkeys(senders))
+            to = msgparse.typed_mailboxes(senders)
             if mode == "replyall":
-                others = msgparse.addresses(", ".join(msgparse.field_all(msg, "To") + msgparse.field_all(msg, "Cc")))
-                cc = ", ".join(a for a in dict.fromkeys(others) if a.lower() != me and a not in senders)
+                others = msgparse.mailboxes(", ".join(msgparse.field_all(msg, "To") + msgparse.field_all(msg, "Cc")))
+                cc = msgparse.typed_mailboxes(others, leave_out={me, *(a.lower() for _, a in senders)})
             body = "\n\n" + "\n".join("> " + line for line in quoted_text.splitlines())
             reference = (msgparse.field(msg, "Message-ID") or "").strip()
         return "Compose", self.form(to, cc, subject, body, reference, forward_of=ref if mode == "forward" else "", forwarded=forwarded), {}
@@ -847,9 +875,9 @@ class Compose(resource.Resource):
         message = EmailMessage(policy=email.policy.SMTP)
         message["From"] = formataddr(("", user.address))
         if to:
-            message["To"] = ", ".join(formataddr(box) for box in to_boxes)
+            message["To"] = _address_field(to_boxes)
         if cc:
-            message["Cc"] = ", ".join(formataddr(box) for box in cc_boxes)
+            message["Cc"] = _address_field(cc_boxes)
         message["Subject"] = " ".join(fields.get("subject", "").split())
         message["Date"] = formatdate(localtime=True)
         message["Message-ID"] = make_msgid(domain=user.address.partition("@")[2] or None)

@@ -328,6 +328,36 @@ def mailboxes(value: str, bare: bool = False) -> list[tuple[str, str]]:
     return [(name, addr) for name, addr in getaddresses([value]) if "@" in addr or (bare and addr and " " not in addr)]
 
 
+# RFC 5322 §3.2.3 specials: a display name holding one is a quoted-string.
+_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
+
+
+def typed_mailboxes(boxes: Any, leave_out: Any = ()) -> str:
+    """
+    (display name, address) pairs as a person types them in a To or Cc
+    box, for a reply's form: C{'"Doe, John" <john@x>, Jürgen <j@y>, z@w'},
+    which L{mailboxes} reads back as the same pairs. Names are decoded
+    (RFC 2047) with control and bidirectional formatting characters left
+    out and runs of white space made one space; a name with a special
+    (RFC 5322 §3.2.3) is quoted. Each address once (its first name wins),
+    case aside; addresses in C{leave_out} (lower case) are left out.
+    """
+    seen = set(leave_out)
+    out = []
+    for name, address in boxes:
+        if address.lower() in seen:
+            continue
+        seen.add(address.lower())
+        name = " ".join(without_hidden(decoded(name)).split())
+        if not name or name.lower() == address.lower():
+            out.append(address)
+            continue
+        if _SPECIALS.search(name):
+            name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        out.append(f"{name} <{address}>")
+    return ", ".join(out)
+
+
 def addresses(value: str, bare: bool = False) -> list[str]:
     """The addresses of a header value ('a <x@y>, z@w' -> ['x@y', 'z@w']): L{mailboxes} without the names."""
     return [addr for _, addr in mailboxes(value, bare)]
