@@ -823,3 +823,113 @@ def test_rnto_out_of_the_home_names_the_new_name_and_keeps_the_file(hub):
     s.close()
     assert open(os.path.join(home(hub), "y.bin"), "rb").read() == b"data"
     f.quit()
+
+
+# -- setting times: MFMT, SITE UTIME (lftp mirror -R, FileZilla, WinSCP) ------------
+
+
+def _lftp() -> str:
+    path = shutil.which("lftp")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("lftp is missing in CI (.ci/run installs it)")
+        pytest.skip("lftp is not installed (apt-get install lftp)")
+    return path
+
+
+def test_mfmt_sets_the_modification_time_mdtm_and_a_listing_show(hub):
+    f = login(hub)
+    try:
+        f.storbinary("STOR t.txt", io.BytesIO(b"times\n"))
+        assert "MFMT" in f.sendcmd("FEAT")
+        assert f.sendcmd("MFMT 20170714024000 t.txt") == "213 Modify=20170714024000; t.txt"
+        assert f.sendcmd("MDTM t.txt") == "213 20170714024000"
+        assert os.stat(os.path.join(home(hub), "t.txt")).st_mtime == 1_500_000_000
+        assert "modify=20170714024000;" in f.sendcmd("MLST t.txt")
+    finally:
+        f.quit()
+
+
+def test_site_utime_in_both_spellings_sets_the_times(hub):
+    f = login(hub)
+    try:
+        f.storbinary("STOR a name.txt", io.BytesIO(b"a\n"))
+        assert f.sendcmd("SITE UTIME 201707140240 a name.txt").startswith("200 ")  # ProFTPD's, minutes
+        assert os.stat(os.path.join(home(hub), "a name.txt")).st_mtime == 1_500_000_000
+        # Pure-FTPd's and lftp's: the file first, then atime, mtime, ctime
+        assert f.sendcmd("SITE UTIME a name.txt 20200101000000 20190101000000 20190101000000 UTC").startswith("200 ")
+        st = os.stat(os.path.join(home(hub), "a name.txt"))
+        assert (st.st_atime, st.st_mtime) == (1_577_836_800, 1_546_300_800)
+    finally:
+        f.quit()
+
+
+@pytest.mark.parametrize("command, reply", [
+    ("MFMT 2017071402400 t.txt", "501 MFMT wants a time and a file: MFMT YYYYMMDDHHMMSS <file> (UTC)."),
+    ("MFMT 20171314024000 t.txt", "501 MFMT wants a time and a file: MFMT YYYYMMDDHHMMSS <file> (UTC)."),
+    ("MFMT 20170714024000", "501 MFMT wants a time and a file: MFMT YYYYMMDDHHMMSS <file> (UTC)."),
+    ("MFMT 20170714024000 missing.txt", "550 MFMT /missing.txt: no such file or directory."),
+    ("SITE UTIME t.txt", "501 SITE UTIME wants a time and a file: SITE UTIME YYYYMMDDHHMMSS <file>, or SITE UTIME <file> <atime> <mtime> <ctime> UTC."),
+    ("SITE EXEC ls", "504 SITE EXEC: not here (SITE UTIME sets a file's times, SITE CHMOD its mode)."),
+    ("SITE CHMOD 9 t.txt", "501 SITE CHMOD wants an octal mode and a file: SITE CHMOD 644 <file>."),
+])
+def test_a_bad_time_command_gets_a_clear_error_and_changes_nothing(hub, command, reply):
+    f = login(hub)
+    try:
+        f.storbinary("STOR t.txt", io.BytesIO(b"t\n"))
+        before = os.stat(os.path.join(home(hub), "t.txt")).st_mtime
+        with pytest.raises(ftplib.Error) as caught:
+            f.sendcmd(command)
+        assert str(caught.value) == reply
+        assert os.stat(os.path.join(home(hub), "t.txt")).st_mtime == before
+        assert f.sendcmd("NOOP").startswith("200")
+    finally:
+        f.quit()
+
+
+def test_site_chmod_sets_the_mode_keeping_the_owners_read_and_write(hub):
+    f = login(hub)
+    try:
+        f.storbinary("STOR m.txt", io.BytesIO(b"m\n"))
+        assert f.sendcmd("SITE CHMOD 604 m.txt") == "200 SITE CHMOD: the mode is now 0604."
+        assert f.sendcmd("SITE CHMOD 0 m.txt") == "200 SITE CHMOD: the mode is now 0600."
+        assert os.stat(os.path.join(home(hub), "m.txt")).st_mode & 0o7777 == 0o600
+    finally:
+        f.quit()
+
+
+def test_anonymous_cannot_set_times(start_hub):
+    hub = start_hub("--anonymous-ftp")
+    public = os.path.join(hub.data_dir, "ftp", "public")
+    os.makedirs(public, exist_ok=True)
+    with open(os.path.join(public, "p.txt"), "wb") as out:
+        out.write(b"p\n")
+    f = login(hub, "anonymous", "guest@")
+    try:
+        for command in ("MFMT 20170714024000 p.txt", "SITE UTIME 201707140240 p.txt", "SITE CHMOD 600 p.txt"):
+            with pytest.raises(ftplib.error_perm) as caught:
+                f.sendcmd(command)
+            assert str(caught.value).startswith("550 "), command
+        assert os.stat(os.path.join(public, "p.txt")).st_mode & 0o777 != 0o600
+    finally:
+        f.quit()
+
+
+def test_lftp_mirror_r_keeps_the_modification_times(hub, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for name, when in (("old.txt", 1_500_000_000), ("sub/older.txt", 1_400_000_000)):
+        (src / name).write_bytes(name.encode())
+        os.utime(src / name, (when, when))
+    os.chmod(src / "old.txt", 0o640)
+    script = f"set net:max-retries 1; set ssl:verify-certificate no; open -u alice,secret -p {hub.ports['ftp']} 127.0.0.1; mirror -R {src} up"
+    done = subprocess.run([_lftp(), "-c", script], timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    # lftp sends SITE CHMOD after each upload: the mode is kept too
+    assert os.stat(os.path.join(home(hub), "up", "old.txt")).st_mode & 0o777 == 0o640
+    assert os.stat(os.path.join(home(hub), "up", "old.txt")).st_mtime == 1_500_000_000
+    assert os.stat(os.path.join(home(hub), "up", "sub", "older.txt")).st_mtime == 1_400_000_000
+    # curl --remote-time downloads with the server's time (MDTM)
+    out = tmp_path / "got.txt"
+    subprocess.run(["curl", "-sS", "-R", "-o", str(out), f"ftp://alice:secret@127.0.0.1:{hub.ports['ftp']}/up/old.txt"], check=True, timeout=60)
+    assert os.stat(out).st_mtime == 1_500_000_000

@@ -172,6 +172,28 @@ def test_scp_works_over_sftp_and_legacy_scp_is_refused_with_a_message(start_hub,
     assert not os.path.exists(os.path.join(home(hub), "legacy.bin"))
 
 
+def test_scp_p_and_sftp_put_p_keep_times_and_modes_and_exit_0(start_hub, tmp_path):
+    # Both said "remote setstat: Operation unsupported" and scp exited 1
+    # though the file had arrived.
+    hub = start_hub()
+    src = tmp_path / "kept.txt"
+    src.write_bytes(b"kept times\n")
+    os.chmod(src, 0o640)
+    os.utime(src, (1_500_000_000, 1_500_000_000))
+    scp = [_need("sshpass"), "-p", "secret", _need("scp"), *SSH_OPTIONS, *PASSWORD_ONLY, "-P", str(hub.ports["sftp"])]
+    done = subprocess.run(scp + ["-p", str(src), "alice@127.0.0.1:by-scp.txt"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "setstat" not in done.stderr, done.stderr
+    done = sftp_batch(hub, f"put -p {src} by-sftp.txt\n")
+    assert "setstat" not in done.stderr, done.stderr
+    for name in ("by-scp.txt", "by-sftp.txt"):
+        st = os.stat(os.path.join(home(hub), name))
+        assert (st.st_mtime, st.st_mode & 0o777) == (1_500_000_000, 0o640), name
+    # and a client reads them back: get -p gives the local copy those times
+    sftp_batch(hub, f"get -p by-sftp.txt {tmp_path / 'back.txt'}\n")
+    assert os.stat(tmp_path / "back.txt").st_mtime == 1_500_000_000
+    assert "Traceback" not in hub.log
+
+
 def test_shell_command_and_port_forwarding_are_refused_with_a_message(start_hub):
     hub = start_hub()
     ssh = [_need("sshpass"), "-p", "secret", _need("ssh"), *SSH_OPTIONS, *PASSWORD_ONLY, "-p", str(hub.ports["sftp"]), "alice@127.0.0.1"]
@@ -200,8 +222,12 @@ def test_paramiko_sees_the_vfs_rules(start_hub):
         assert sftp.stat("two.txt").st_size == 4
         with pytest.raises(IOError):
             sftp.symlink("two.txt", "link")
+        sftp.chmod("two.txt", 0o751)  # a mode is kept (the owner's read and write stay on)
+        assert sftp.stat("two.txt").st_mode & 0o777 == 0o751
+        sftp.utime("two.txt", (1_500_000_000, 1_500_000_000))
+        assert sftp.stat("two.txt").st_mtime == 1_500_000_000
         with pytest.raises(IOError):
-            sftp.chmod("two.txt", 0o777)
+            sftp.chown("two.txt", 0, 0)  # the files belong to the hub
         sftp.mkdir("sub")
         sftp.rmdir("sub")
         sftp.remove("two.txt")

@@ -66,3 +66,31 @@ def test_openssh_sftp_pipelined_put_reads_back_byte_exact_on_another_hub(start_h
     sftp_batch(b, f"get big.bin {back}\n", extra=("-R", "64", "-B", "65536"))
     assert hashlib.sha256(back.read_bytes()).hexdigest() == hashlib.sha256(content).hexdigest()
     assert "Traceback" not in a.log + b.log
+
+
+def test_times_set_over_sftp_and_ftp_are_kept_and_modes_stay_fixed(start_hub, pg_dsn, tmp_path):
+    # sftp put -p said "remote fsetstat: Operation unsupported". This file
+    # system keeps a modification time but fixed modes (0644): the mode is
+    # left as it is, as SFTPGo's setstat_mode 2 does on storage without modes.
+    import ftplib
+
+    a, b = two_hubs(start_hub, pg_dsn)
+    source = tmp_path / "kept.txt"
+    source.write_bytes(b"kept\n")
+    os.chmod(source, 0o600)
+    os.utime(source, (1_500_000_000, 1_500_000_000))
+    done = sftp_batch(a, f"put -p {source} kept.txt\n")
+    assert "setstat" not in done.stderr, done.stderr
+    f = ftplib.FTP(timeout=30)
+    f.connect("127.0.0.1", b.ports["ftp"])
+    f.login("alice", "secret")
+    try:
+        assert f.sendcmd("MDTM kept.txt") == "213 20170714024000"
+        assert f.sendcmd("MFMT 20190101000000 kept.txt") == "213 Modify=20190101000000; kept.txt"
+        assert f.sendcmd("MDTM kept.txt") == "213 20190101000000"
+        assert f.sendcmd("SITE CHMOD 600 kept.txt").startswith("202 ")
+        f.sendcmd("OPTS MLST type;UNIX.mode;")
+        assert "UNIX.mode=0644;" in f.sendcmd("MLST kept.txt")
+    finally:
+        f.quit()
+    assert "Traceback" not in a.log + b.log

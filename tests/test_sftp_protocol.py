@@ -299,3 +299,69 @@ def test_a_size_set_by_path_is_on_disk_before_its_ok(session, monkeypatch):
     # the cut copy, then the directory that now names it, then the answer
     assert [e for e in events if e.startswith("fsync")][-1] == "fsync home" and events[-1] == "reply"
     assert (root / "f").read_bytes() == b"0123"
+
+
+# -- times and modes (scp -p, sftp put -p, rclone, lftp) ---------------------------
+
+T = 1_500_000_000  # 2017-07-14T02:40:00Z
+
+
+def test_times_set_by_path_are_the_files_and_on_disk_before_the_ok(session, monkeypatch):
+    server, stub, root = session
+    (root / "f").write_bytes(b"data")
+    events = _fsyncs_in_turn(monkeypatch)
+    stub.write = lambda data: (events.append("reply"), stub.written.extend(data))
+    server.dataReceived(packet(p.FXP_SETSTAT, u32(3), p.ns("f"), u32(p.ATTR_ACMODTIME), u32(T - 60), u32(T)))
+    assert status(answers(stub)[0][1])[:2] == (3, p.FX_OK)
+    st = os.stat(root / "f")
+    assert (st.st_atime, st.st_mtime) == (T - 60, T)
+    assert events == ["fsync f", "reply"]
+    server.dataReceived(packet(p.FXP_STAT, u32(4), p.ns("f")))
+    [(kind, payload)] = answers(stub)
+    assert kind == p.FXP_ATTRS and payload[-4:] == u32(T)  # what a client reads back
+
+
+def test_a_mode_set_by_path_is_kept_with_the_owners_read_and_write(session, monkeypatch):
+    server, stub, root = session
+    _fsyncs_in_turn(monkeypatch)
+    (root / "f").write_bytes(b"data")
+    (root / "d").mkdir()
+    for rid, (name, asked, kept) in enumerate([("f", 0o640, 0o640), ("f", 0o4755, 0o755), ("f", 0o000, 0o600), ("d", 0o555, 0o755)], 1):
+        server.dataReceived(packet(p.FXP_SETSTAT, u32(rid), p.ns(name), u32(p.ATTR_PERMISSIONS), u32(asked)))
+        assert status(answers(stub)[0][1])[:2] == (rid, p.FX_OK)
+        assert os.stat(root / name).st_mode & 0o7777 == kept
+
+
+def test_times_and_mode_set_on_an_open_upload_are_the_closed_files(session, monkeypatch):
+    # OpenSSH's sftp put -p and scp -p: FSETSTAT on the handle after the
+    # last WRITE, then CLOSE. The file arrives under its name at close:
+    # the times must be the ones asked for, not the close's.
+    server, stub, root = session
+    _fsyncs_in_turn(monkeypatch)
+    handle = open_file(server, stub, 1, "up", p.FXF_WRITE | p.FXF_CREAT | p.FXF_TRUNC)
+    server.dataReceived(packet(p.FXP_WRITE, u32(2), p.ns(handle), u64(0), p.ns(b"0123456789")))
+    server.dataReceived(packet(p.FXP_FSETSTAT, u32(3), p.ns(handle), u32(p.ATTR_PERMISSIONS | p.ATTR_ACMODTIME), u32(0o100640), u32(T), u32(T)))
+    server.dataReceived(packet(p.FXP_CLOSE, u32(4), p.ns(handle)))
+    assert [status(payload)[:2] for _, payload in answers(stub)] == [(2, p.FX_OK), (3, p.FX_OK), (4, p.FX_OK)]
+    st = os.stat(root / "up")
+    assert st.st_mtime == T and st.st_mode & 0o7777 == 0o640
+    assert (root / "up").read_bytes() == b"0123456789"
+
+
+def test_an_owner_change_is_refused_in_words_and_changes_nothing(session):
+    server, stub, root = session
+    (root / "f").write_bytes(b"data")
+    before = os.stat(root / "f")
+    server.dataReceived(packet(p.FXP_SETSTAT, u32(3), p.ns("f"), u32(p.ATTR_UIDGID | p.ATTR_ACMODTIME), u32(0), u32(0), u32(T), u32(T)))
+    rid, code, message = status(answers(stub)[0][1])
+    assert (rid, code) == (3, p.FX_OP_UNSUPPORTED)
+    assert message == "/f: the files belong to the hub; their owner and group cannot be changed"
+    assert os.stat(root / "f").st_mtime == before.st_mtime
+
+
+def test_times_of_a_missing_file_are_no_such_file(session, monkeypatch):
+    server, stub, root = session
+    _fsyncs_in_turn(monkeypatch)
+    server.dataReceived(packet(p.FXP_SETSTAT, u32(3), p.ns("nothere"), u32(p.ATTR_ACMODTIME), u32(T), u32(T)))
+    assert status(answers(stub)[0][1])[:2] == (3, p.FX_NO_SUCH_FILE)
+    assert not (root / "nothere").exists()

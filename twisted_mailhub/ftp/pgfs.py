@@ -211,6 +211,10 @@ class PostgresWriter:
         self.written = 0
         self._held: list[bytes] = []
         self._held_bytes = 0
+        # Asked for while open (SFTP FSETSTAT): the modification time the
+        # row gets at close (access times and modes are not kept here).
+        self.times: tuple[float | None, float] | None = None
+        self.mode: int | None = None
 
     def tell(self) -> int:
         """Where the next C{write} goes (octets from the file's start)."""
@@ -300,7 +304,7 @@ class PostgresWriter:
                     conn.execute("DELETE FROM ftp_node WHERE id = %s", (old[0],))
                 conn.execute(
                     "UPDATE ftp_node SET name = %s, size = %s, modified = %s WHERE id = %s",
-                    (self.name, size, time.time(), self.part_id),
+                    (self.name, size, self.times[1] if self.times is not None else time.time(), self.part_id),
                 )
 
         return self.shell._later(put_in_place)
@@ -458,6 +462,23 @@ class PostgresShell:
             conn.execute("DELETE FROM ftp_node WHERE id = %s", (node.id,))
 
         return self._now(remove)
+
+    def setTimes(self, path, accessed, modified):
+        """
+        L{IMailhubShell.setTimes}: the row's modification time, committed
+        before the Deferred fires. This file system keeps no access time
+        and fixed modes (0644, folders 0755): it has no C{setPermissions}.
+        """
+
+        def change(conn):
+            self._writable(path)
+            if not path:
+                raise _Trouble(ftp.PermissionDeniedError("/"))
+            with conn.transaction():
+                node = self._existing(conn, path)
+                conn.execute("UPDATE ftp_node SET modified = %s WHERE id = %s", (float(modified), node.id))
+
+        return self._later(change)
 
     def removeFile(self, path):
         def remove(conn):

@@ -32,6 +32,7 @@ What we replace, and why:
 
 from __future__ import annotations
 
+import datetime
 import fnmatch
 import errno
 import re
@@ -69,8 +70,8 @@ log = Logger()
 
 # What HELP lists and what the dispatcher knows.
 COMMANDS = (
-    "ABOR ACCT ALLO APPE AUTH CCC CDUP CWD DELE EPRT EPSV FEAT HELP LIST MDTM MKD MLSD MLST MODE "
-    "NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD QUIT REST RETR RMD RNFR RNTO SIZE STAT STOR "
+    "ABOR ACCT ALLO APPE AUTH CCC CDUP CWD DELE EPRT EPSV FEAT HELP LIST MDTM MFMT MKD MLSD MLST MODE "
+    "NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD QUIT REST RETR RMD RNFR RNTO SITE SIZE STAT STOR "
     "STOU STRU SYST TYPE USER XCUP XCWD XMKD XPWD XRMD"
 ).split()
 
@@ -87,6 +88,7 @@ FEATURES = (
     "EPRT",
     "EPSV",
     "MDTM",
+    "MFMT",
     "MLST",
     "PBSZ",
     "PROT",
@@ -124,6 +126,9 @@ SYNTAX = {
     "FEAT": "FEAT: the extensions this server has (RFC 2389)",
     "OPTS": "OPTS UTF8 ON, or OPTS MLST type;size;modify;perm;unique;UNIX.mode; to choose the facts MLST and MLSD show",
     "PBSZ": "PBSZ 0, after AUTH TLS",
+    "MDTM": "MDTM <file>: its modification time, YYYYMMDDHHMMSS in UTC",
+    "MFMT": "MFMT YYYYMMDDHHMMSS <file>: set its modification time (UTC)",
+    "SITE": "SITE UTIME YYYYMMDDHHMMSS <file>, or SITE UTIME <file> <atime> <mtime> <ctime> UTC: set its times; SITE CHMOD 644 <file>: its mode",
 }
 
 # Answered even while a transfer runs (RFC 959 §4.1.3: ABOR, STAT, QUIT).
@@ -139,6 +144,27 @@ def _is_urgent(line: bytes) -> bool:
     """Whether a control line is ABOR, STAT or QUIT, answered even during a transfer."""
     word = line.lstrip(_TELNET).lstrip()[:5]
     return word[:4].upper() in _URGENT and word[4:5] in (b"", b" ")
+
+
+def ftp_time(text: str, minutes: bool = False) -> float | None:
+    """
+    Seconds since the epoch of an FTP time C{YYYYMMDDHHMMSS[.sss]} in UTC
+    (RFC 3659 §2.3, as MDTM gives it; with C{minutes}, C{YYYYMMDDHHMM}
+    too, as ProFTPD's SITE UTIME takes it), or L{None} when it is not
+    one (ASCII digits only; a real date; year 1970 to 9999).
+    """
+    whole, dot, fraction = text.partition(".")
+    if not (whole.isascii() and whole.isdigit()) or len(whole) not in ((12, 14) if minutes else (14,)):
+        return None
+    if dot and not (fraction.isascii() and fraction.isdigit() and 1 <= len(fraction) <= 9):
+        return None
+    try:
+        when = datetime.datetime.strptime(whole, "%Y%m%d%H%M%S" if len(whole) == 14 else "%Y%m%d%H%M").replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        return None
+    if when.year < 1970:
+        return None
+    return when.timestamp() + (int(fraction) / 10 ** len(fraction) if dot else 0)
 
 
 class Refused(Exception):
@@ -725,6 +751,74 @@ class MailhubFTP(ftp.FTP):
 
     def _segments(self, path: str) -> list[str]:
         return ftp.toSegments(self.workingDirectory, path)
+
+    # -- setting times (lftp mirror -R, FileZilla, WinSCP) ----------------------
+
+    def ftp_MFMT(self, argument=""):
+        """
+        C{MFMT YYYYMMDDHHMMSS[.sss] <path>} (draft-somers-ftp-mfxx §3, the
+        time in UTC as MDTM's, RFC 3659 §2.3): set the file's modification
+        time; C{213 Modify=YYYYMMDDHHMMSS; <path>} once it is durable.
+        """
+        when, _, path = argument.strip(" ").partition(" ")
+        seconds = ftp_time(when)
+        if seconds is None or not path:
+            return "501 MFMT wants a time and a file: MFMT YYYYMMDDHHMMSS <file> (UTC)."
+        shown = time.strftime("%Y%m%d%H%M%S", time.gmtime(seconds))
+        return self._set_times("MFMT", path, None, seconds).addCallback(lambda _: f"213 Modify={shown}; {quote(path, 200)}")
+
+    def ftp_SITE(self, argument=""):
+        """
+        C{SITE UTIME}, in both spellings clients send: C{SITE UTIME
+        YYYYMMDDhhmm[ss] <path>} (ProFTPD's) and C{SITE UTIME <path>
+        <atime> <mtime> <ctime> UTC} (Pure-FTPd's, lftp's); C{200} once
+        the times are durable. No other SITE command.
+        """
+        command, _, rest = argument.strip(" ").partition(" ")
+        if command.upper() == "CHMOD":
+            return self._site_chmod(rest.strip(" "))
+        if command.upper() != "UTIME":
+            return f"504 SITE {quote(command, 20)}: not here (SITE UTIME sets a file's times, SITE CHMOD its mode)."
+        words = rest.strip(" ").split(" ")
+        if len(words) >= 5 and words[-1].upper() == "UTC" and all(ftp_time(w) is not None for w in words[-4:-1]):
+            path = " ".join(words[:-4])
+            accessed, modified = ftp_time(words[-4]), ftp_time(words[-3])
+        elif len(words) >= 2 and ftp_time(words[0], minutes=True) is not None:
+            path = rest.strip(" ").partition(" ")[2]
+            accessed, modified = None, ftp_time(words[0], minutes=True)
+        else:
+            return "501 SITE UTIME wants a time and a file: SITE UTIME YYYYMMDDHHMMSS <file>, or SITE UTIME <file> <atime> <mtime> <ctime> UTC."
+        if not path:
+            return "501 SITE UTIME needs a file name."
+        return self._set_times("SITE UTIME", path, accessed, modified).addCallback(lambda _: "200 SITE UTIME: times set.")
+
+    def _site_chmod(self, rest: str):
+        """
+        C{SITE CHMOD <octal mode> <path>} (what lftp sends after each
+        upload of C{mirror -R}): the mode the file keeps
+        (L{twisted_mailhub.ftp.vfs.kept_mode}: the owner's read and write
+        stay on); on a file system with fixed modes C{202} (RFC 959:
+        superfluous at this site) and nothing changed.
+        """
+        mode, _, path = rest.partition(" ")
+        if not (mode.isascii() and mode.isdigit() and len(mode) <= 4 and set(mode) <= set("01234567")) or not path:
+            return "501 SITE CHMOD wants an octal mode and a file: SITE CHMOD 644 <file>."
+        segments = self._segments(path)
+        set_permissions = getattr(self.shell, "setPermissions", None)
+        if set_permissions is None:
+            if getattr(self.shell, "readonly", False):
+                raise ftp.PermissionDeniedError(path)
+            return self.shell.stat(segments, ("size",)).addCallback(
+                lambda _: "202 SITE CHMOD: this file system keeps fixed modes (files 0644, folders 0755); nothing changed."
+            )
+        return defer.maybeDeferred(set_permissions, segments, int(mode, 8)).addCallback(lambda kept: f"200 SITE CHMOD: the mode is now {kept & 0o7777:04o}.")
+
+    def _set_times(self, verb: str, path: str, accessed: float | None, modified: float) -> defer.Deferred:
+        segments = self._segments(path)
+        set_times = getattr(self.shell, "setTimes", None)
+        if set_times is None:
+            return defer.fail(Refused(f"502 {verb}: this file system keeps its own times."))
+        return defer.maybeDeferred(set_times, segments, accessed, modified)
 
     # -- FTPS (RFC 4217) ---------------------------------------------------------
 

@@ -84,6 +84,24 @@ class IMailhubShell(ftp.IFTPShell):
         next to C{path} (STOU).
         """
 
+    # Optional (callers look them up with getattr; a shell without one
+    # cannot keep that attribute):
+
+    def setTimes(path, accessed, modified):
+        """
+        Set C{path}'s access and modification times (seconds since the
+        epoch; C{accessed} may be L{None}: the file system's own choice).
+        A Deferred firing with L{None} once the change is durable (SFTP
+        SETSTAT, FTP MFMT and SITE UTIME).
+        """
+
+    def setPermissions(path, mode):
+        """
+        Set C{path}'s permission bits from C{mode} (the low 12 bits count).
+        A Deferred firing with the mode kept, once durable: see
+        L{kept_mode}.
+        """
+
 
 class IFileSystem(Interface):
     def shell_for(account):
@@ -274,6 +292,11 @@ class FileWriter:
         self.written = 0
         self._unsynced = 0
         self._syncing: defer.Deferred | None = None
+        # Asked for while the file is open (SFTP FSETSTAT, scp -p): applied
+        # at close, after the last byte, so that no later write moves the
+        # time, and made durable by the same fsync.
+        self.times: tuple[float | None, float] | None = None
+        self.mode: int | None = None
 
     def write(self, data: bytes) -> None:
         self.file.write(data)
@@ -302,6 +325,7 @@ class FileWriter:
             try:
                 try:
                     self.file.flush()
+                    self._apply_attributes()
                     os.fsync(self.file.fileno())
                 finally:
                     self.file.close()
@@ -315,6 +339,14 @@ class FileWriter:
             fsync_directory(os.path.dirname(self.final or self.path) or ".")
 
         return self._after_sync(durable)
+
+    def _apply_attributes(self) -> None:
+        fd = self.file.fileno()
+        if self.mode is not None:
+            os.fchmod(fd, kept_mode(self.mode, False))
+        if self.times is not None:
+            accessed, modified = self.times
+            os.utime(fd, (modified if accessed is None else accessed, modified))
 
     def fail(self, reason) -> defer.Deferred:
         """
@@ -410,6 +442,17 @@ _ERRNO_WORDS = {
     errno.ENOSPC: "no space left on the server's disk",
     errno.EDQUOT: "no space left on the server's disk",
 }
+
+
+def kept_mode(mode: int, directory: bool) -> int:
+    """
+    The permission bits a file (or C{directory}) keeps when a client asks
+    for C{mode} (SFTP SETSTAT, C{scp -p}): the low 9 bits, with the owner's
+    read and write (and a folder's search) bit always on. The files belong
+    to the hub: a mode that shut its owner out would make the hub refuse
+    its own user's file; set-id and sticky bits mean nothing to it.
+    """
+    return (mode & 0o777) | (0o700 if directory else 0o600)
 
 
 def error_words(e: OSError) -> str:
@@ -710,6 +753,49 @@ class DiskShell:
             if not os.path.lexists(p):
                 return defer.succeed(candidate)
         return defer.fail(ftp.FileExistsError(base))
+
+    # -- times and modes (optional in IMailhubShell) -----------------------
+
+    def _changed_durably(self, path, change) -> defer.Deferred:
+        """
+        C{change(local_path)} then an fsync of the file (its inode holds
+        times and mode), both in a thread: the reactor never waits for the
+        disk. Fires with what C{change} returned.
+        """
+        p, err = self._write_guard(path)
+        if err:
+            return err
+        if not path:
+            return defer.fail(ftp.PermissionDeniedError("/"))
+
+        def work():
+            result = change(p)
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return result
+
+        def failed(reason):
+            reason.trap(OSError)
+            return _fail(reason.value, path)
+
+        return threads.deferToThread(work).addErrback(failed)
+
+    def setTimes(self, path, accessed, modified):
+        """L{IMailhubShell.setTimes}: C{utime(2)}, then fsync."""
+        return self._changed_durably(path, lambda p: os.utime(p, (modified if accessed is None else accessed, modified)))
+
+    def setPermissions(self, path, mode):
+        """L{IMailhubShell.setPermissions}: C{chmod(2)} to L{kept_mode}, then fsync."""
+
+        def change(p):
+            kept = kept_mode(mode, os.path.isdir(p))
+            os.chmod(p, kept)
+            return kept
+
+        return self._changed_durably(path, change)
 
     # -- facts ----------------------------------------------------------
 

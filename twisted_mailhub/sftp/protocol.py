@@ -801,17 +801,32 @@ class SFTPServer(protocol.Protocol):
 
     def _setstat(self, rid, request, handle_or_segments, shown, attrs):
         """
-        SETSTAT/FSETSTAT: a size truncates (OpenSSH's scp sets the size of
-        the file it has just written); permissions, owners and times belong
-        to the file system, which has no way to change them, as in FTP.
+        SETSTAT/FSETSTAT (draft-ietf-secsh-filexfer-02 §6.9): a size
+        truncates (OpenSSH's scp sets the size of the file it has just
+        written); times are set for real (C{scp -p}, C{sftp put -p},
+        rclone, lftp); permissions are kept as L{kept_mode} says where the
+        file system keeps modes, and left as they are where it has fixed
+        ones (as SFTPGo's C{setstat_mode} 2 does on storage without modes:
+        the OK says what was done in the session record, a STAT shows the
+        mode the file has). Owners are refused: the files belong to the
+        hub. The order is size, mode, times, so a truncation does not move
+        the time just set; on a file being written, mode and times are
+        applied at its close, after the last byte.
         """
-        others = sorted(k for k in attrs if k != "size")
-        if others:
-            raise SFTPError(FX_OP_UNSUPPORTED, f"{shown}: this file system keeps its own permissions and times (asked to set {', '.join(others)})")
+        if "uid" in attrs:
+            raise SFTPError(FX_OP_UNSUPPORTED, f"{shown}: the files belong to the hub; their owner and group cannot be changed")
+        changes = []
+        if "permissions" in attrs:
+            changes.append(f"mode {attrs['permissions'] & 0o7777:04o}")
+        if "mtime" in attrs:
+            changes.append(f"mtime {attrs['mtime']}")
         if "size" not in attrs:
-            self._status(rid, FX_OK)
-            self._observe(request, "OK (nothing to set)")
-            return None
+            if not changes:
+                self._status(rid, FX_OK)
+                self._observe(request, "OK (nothing to set)")
+                return None
+            request += " " + " ".join(changes)
+            return self._simple_result(rid, request, shown, self._set_mode_and_times(handle_or_segments, shown, attrs), said=True)
         size = attrs["size"]
         request += f" size {size}"
 
@@ -853,12 +868,58 @@ class SFTPServer(protocol.Protocol):
 
             d = self._stat_facts(segments).addCallback(resize)
             d.addCallback(lambda writer: writer.close())
+        if changes:
+            request += " " + " ".join(changes)
+            d.addCallback(lambda _: self._set_mode_and_times(handle_or_segments, shown, attrs))
+            return self._simple_result(rid, request, shown, d, said=True)
         return self._simple_result(rid, request, shown, d)
 
-    def _simple_result(self, rid, request, shown, d):
-        def ok(_):
+    def _set_mode_and_times(self, handle_or_segments, shown, attrs) -> defer.Deferred:
+        """
+        The permissions and times of C{attrs} set (L{_setstat}); fires with
+        the session record's words for what was done.
+        """
+        from twisted_mailhub.ftp.vfs import kept_mode
+
+        said = []
+        accessed, modified = attrs.get("atime"), attrs.get("mtime")
+        if isinstance(handle_or_segments, WriteHandle):
+            writer = handle_or_segments.writer
+            if "permissions" in attrs:
+                if hasattr(writer, "mode") and hasattr(writer, "file"):
+                    writer.mode = attrs["permissions"]
+                    said.append(f"mode {kept_mode(attrs['permissions'], False):04o} at close")
+                else:
+                    said.append("mode not kept: this file system has fixed modes")
+            if modified is not None:
+                if not hasattr(writer, "times"):
+                    raise SFTPError(FX_OP_UNSUPPORTED, f"{shown}: this file system cannot set the time of a file being written")
+                writer.times = (accessed, modified)
+                said.append("times at close")
+            return defer.succeed("OK (" + ", ".join(said) + ")")
+        if isinstance(handle_or_segments, Handle):
+            raise SFTPError(FX_PERMISSION_DENIED, f"{shown}: the file is open for reading")
+        segments = handle_or_segments
+        d = defer.succeed(None)
+        if "permissions" in attrs:
+            set_permissions = getattr(self.shell, "setPermissions", None)
+            if set_permissions is None:
+                said.append("mode not kept: this file system has fixed modes")
+            else:
+                d.addCallback(lambda _: set_permissions(segments, attrs["permissions"]))
+                d.addCallback(lambda kept: said.append(f"mode {kept & 0o7777:04o}"))
+        if modified is not None:
+            set_times = getattr(self.shell, "setTimes", None)
+            if set_times is None:
+                raise SFTPError(FX_OP_UNSUPPORTED, f"{shown}: this file system keeps its own times")
+            d.addCallback(lambda _: set_times(segments, accessed, modified))
+            d.addCallback(lambda _: said.append("times set"))
+        return d.addCallback(lambda _: "OK (" + ", ".join(said) + "; durable)")
+
+    def _simple_result(self, rid, request, shown, d, said: bool = False):
+        def ok(result):
             self._status(rid, FX_OK)
-            return "OK"
+            return result if said and isinstance(result, str) else "OK"
 
         return self._run(request, rid, shown, d, ok)
 
