@@ -96,6 +96,64 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 10.0) -
             time.sleep(0.02)
 
 
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process C{pid} listens on (its sockets in /proc/net/tcp and tcp6)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return set()
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
+def start_haproxy(binary: str, path, backends, make_config, tries: int = 3) -> tuple[subprocess.Popen, dict]:
+    """
+    Run HAProxy on the configuration C{make_config(fronts)} written to
+    C{path}, C{fronts} a free loopback port for each of C{backends};
+    returns (process, fronts) once HAProxy itself listens on every front
+    port (a port answering is not enough: it may be another program's).
+    A port another process took between C{free_port} and HAProxy's bind
+    ("Address already in use": the suite starts hubs on ephemeral ports
+    all the time) is a new try on other ports, up to C{tries}.
+    """
+    for attempt in range(tries):
+        fronts = {name: free_port() for name in backends}
+        path.write_text(make_config(fronts))
+        check = subprocess.run([binary, "-c", "-f", str(path)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        process = subprocess.Popen([binary, "-db", "-f", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 10
+        while process.poll() is None and not set(fronts.values()) <= listening_ports(process.pid):
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise AssertionError(f"haproxy did not listen on {sorted(fronts.values())} within 10 s")
+            time.sleep(0.02)
+        if process.poll() is None:
+            return process, fronts
+        said = process.stdout.read()
+        if "Address already in use" not in said or attempt == tries - 1:
+            raise AssertionError(f"haproxy exited: {said}")
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 def balanced(start_hub, pg_dsn, tmp_path):
     """Two hubs on one database behind HAProxy: (hubs, front ports)."""
@@ -105,15 +163,8 @@ def balanced(start_hub, pg_dsn, tmp_path):
         example = f.read()
     backends = [b for b in re.findall(r"^backend (\S+)", example, re.M) if not b.startswith("ftp-data")]
     assert set(backends) >= {"smtp", "submission", "imap", "pop3"}
-    fronts = {name: free_port() for name in backends}
-    config = tmp_path / "haproxy.cfg"
-    config.write_text(loopback_config(example, hubs, fronts))
-    check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process, fronts = start_haproxy(binary, tmp_path / "haproxy.cfg", backends, lambda fronts: loopback_config(example, hubs, fronts))
     try:
-        for port in fronts.values():
-            wait_for_port(port, process)
         yield hubs, fronts
     finally:
         process.send_signal(signal.SIGTERM)
@@ -157,3 +208,35 @@ def test_smtp_imap_and_pop3_through_haproxy_go_on_with_a_hub_killed(balanced):
     p.pass_("secret")
     assert p.stat()[0] == 9
     p.quit()
+
+
+def test_a_front_port_another_program_took_meanwhile_is_a_new_try_on_other_ports(tmp_path, monkeypatch):
+    # The suite's haproxy tests failed now and then with "cannot bind
+    # socket (Address already in use)": a port free_port() gave was taken
+    # before HAProxy bound it.
+    import tests.test_haproxy as module
+
+    binary = haproxy_binary()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    first = [taken.getsockname()[1]]
+    real = module.free_port
+    monkeypatch.setattr(module, "free_port", lambda: first.pop() if first else real())
+
+    def config(fronts):
+        return (
+            "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1s\n    timeout server 1s\n"
+            f"frontend f\n    bind 127.0.0.1:{fronts['f']}\n    default_backend b\nbackend b\n    server s 127.0.0.1:9\n"
+        )
+
+    try:
+        process, fronts = start_haproxy(binary, tmp_path / "h.cfg", ["f"], config)
+        try:
+            assert fronts["f"] != taken.getsockname()[1] and process.poll() is None
+            assert fronts["f"] in listening_ports(process.pid)
+        finally:
+            process.kill()
+            process.wait()
+    finally:
+        taken.close()

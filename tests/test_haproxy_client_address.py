@@ -25,8 +25,7 @@ import subprocess
 
 import pytest
 
-from tests.test_e2e_relay import free_port
-from tests.test_haproxy import EXAMPLE, LISTENERS, behind_haproxy, haproxy_binary, loopback_config, wait_for_port
+from tests.test_haproxy import EXAMPLE, LISTENERS, behind_haproxy, haproxy_binary, loopback_config, start_haproxy
 
 @pytest.fixture
 def haproxy_in_front(tmp_path):
@@ -40,15 +39,8 @@ def haproxy_in_front(tmp_path):
         backends = [b for b in re.findall(r"^backend (\S+)", example, re.M) if not b.startswith("ftp-data")]
         assert set(backends) == set(LISTENERS)  # the example balances every listener
         assert re.search(r"^\s*default-server .*\bsend-proxy(-v2)?\b", example, re.M)
-        fronts = {name: free_port() for name in backends}
-        config = tmp_path / "haproxy.cfg"
-        config.write_text(loopback_config(example, [hub, hub], fronts, ftp_data))
-        check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout + check.stderr
-        process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process, fronts = start_haproxy(binary, tmp_path / "haproxy.cfg", backends, lambda fronts: loopback_config(example, [hub, hub], fronts, ftp_data))
         processes.append(process)
-        for port in fronts.values():
-            wait_for_port(port, process)
         return fronts
 
     yield start
