@@ -933,3 +933,24 @@ def test_lftp_mirror_r_keeps_the_modification_times(hub, tmp_path):
     out = tmp_path / "got.txt"
     subprocess.run(["curl", "-sS", "-R", "-o", str(out), f"ftp://alice:secret@127.0.0.1:{hub.ports['ftp']}/up/old.txt"], check=True, timeout=60)
     assert os.stat(out).st_mtime == 1_500_000_000
+
+
+def test_a_passive_range_in_use_is_425_and_one_log_line_in_words(start_hub):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        hub = start_hub("--passive-ports", f"{port}-{port}")
+        f = login(hub)
+        try:
+            with pytest.raises(ftplib.error_temp) as caught:
+                f.sendcmd("PASV")
+            assert str(caught.value) == "425 Cannot open a passive port."
+            assert f.sendcmd("NOOP").startswith("200")
+        finally:
+            f.quit()
+        line = hub.wait_for_log(r"ftp cannot open a passive port: .*")
+        assert line.group(0) == f"ftp cannot open a passive port: cannot listen on 127.0.0.1 port {port}: Address already in use"
+    finally:
+        holder.close()

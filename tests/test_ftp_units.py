@@ -475,3 +475,31 @@ def test_a_data_connection_that_cannot_be_started_is_425_with_no_traceback(tmp_p
         globalLogPublisher.removeObserver(seen.append)
     assert not [e for e in seen if e.get("log_level") in (LogLevel.critical, LogLevel.error) or "log_failure" in e]
     assert [e for e in seen if e.get("log_level") is LogLevel.warn and "cannot connect" in e.get("log_format", "")]
+
+
+# -- Twisted's connection errors in log lines: words, not Python's text ---------------
+
+
+def test_twisteds_listen_and_connect_errors_are_said_in_words():
+    from twisted.internet import error
+
+    from twisted_mailhub.ftp.data import reason_words
+
+    said = [
+        reason_words(error.CannotListenError("127.0.0.1", 50000, OSError(98, "Address already in use"))),
+        reason_words(error.ConnectBindError(98, "Address already in use")),
+        reason_words(error.ConnectionRefusedError(111, "Connection refused")),
+        reason_words(error.ConnectError(111)),
+        reason_words(error.TimeoutError()),
+        reason_words(ValueError()),
+    ]
+    assert said == [
+        "cannot listen on 127.0.0.1 port 50000: Address already in use",
+        "Address already in use",
+        "Connection refused",
+        os.strerror(111),
+        "user timeout caused connection failure",
+        "an unexpected error",
+    ]
+    for line in said:
+        assert "Errno" not in line and "98" not in line and "Error" not in line

@@ -511,9 +511,25 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         self.transport.loseConnection()
 
 
-def _os_words(e: Exception) -> str:
-    """An exception as a log line's words: its OS text, else its message, else its kind."""
-    return getattr(e, "strerror", None) or str(e) or e.__class__.__name__
+def reason_words(e: Exception) -> str:
+    """
+    An exception as a log line's words, never Python's text (no
+    C{[Errno 98]}, no class name): an OS error's C{strerror}; Twisted's
+    C{CannotListenError} as "cannot listen on HOST port PORT: WHY"; a
+    C{ConnectError} (C{ConnectBindError(98, 'Address already in use')},
+    C{ConnectionRefusedError}) by the OS's words, not its number.
+    """
+    if isinstance(e, error.CannotListenError):
+        inner = e.socketError
+        why = getattr(inner, "strerror", None) or (inner if isinstance(inner, str) else "") or "refused"
+        return f"cannot listen on {e.interface or 'every address'} port {e.port}: {why}"
+    if isinstance(e, error.ConnectError):
+        if e.args and isinstance(e.args[0], str) and e.args[0]:
+            return e.args[0]
+        if isinstance(e.osError, int):
+            return os.strerror(e.osError)
+        return " ".join((e.__doc__ or "cannot connect").split()).rstrip(".").lower()
+    return getattr(e, "strerror", None) or str(e) or "an unexpected error"
 
 
 def data_tls_options(control: Any) -> Any:
@@ -826,7 +842,7 @@ class DataChannel:
             connector = _ReuseAddressConnector(host, port, factory, self.timeout, bind_address, self.reactor)
             connector.connect()
         except Exception as e:
-            log.warn("ftp cannot connect to {host} port {port}: {why}", host=host, port=port, why=_os_words(e))
+            log.warn("ftp cannot connect to {host} port {port}: {why}", host=host, port=port, why=reason_words(e))
             self._give_up(TransferFailed(f"cannot connect to {host} port {port}"))
 
     def _active_failed(self, reason, bound):
@@ -836,7 +852,7 @@ class DataChannel:
             log.warn(
                 "ftp cannot send from data port {port} ({why}); using an ephemeral port",
                 port=self.data_port,
-                why=reason.getErrorMessage(),
+                why=reason_words(reason.value),
             )
             self._connect(bind=False)
             return

@@ -56,6 +56,7 @@ from twisted_mailhub.ftp.data import (
     TransferWriteError,
     close_now,
     data_tls_options,
+    reason_words,
     same_host,
 )
 from twisted_mailhub.ftp.record import ControlRecord
@@ -902,7 +903,7 @@ class MailhubFTP(ftp.FTP):
         try:
             return self.data.passive(self.factory.passive_ports)
         except Exception as e:
-            log.warn("ftp cannot open a passive port: {e}", e=e)
+            log.warn("ftp cannot open a passive port: {why}", why=reason_words(e))
             return "425 Cannot open a passive port."
 
     def ftp_PORT(self, address=""):
