@@ -304,3 +304,13 @@ def test_a_hostname_option_in_either_spelling_is_the_kits_hostname():
     assert Mailhub("--hostname", "b.kit.test", hostname="ignored.test").hostname == "b.kit.test"
     assert Mailhub(hostname="c.kit.test").hostname == "c.kit.test"
     assert Mailhub().hostname == DEFAULT_HOSTNAME
+
+
+def test_a_data_folder_used_again_under_another_hostname_gets_a_certificate_for_it(tmp_path):
+    with Mailhub("--no-ftp", "--no-sftp", data_dir=str(tmp_path / "d"), hostname="one.kit.test"):
+        pass
+    with Mailhub("--no-ftp", "--no-sftp", data_dir=str(tmp_path / "d"), hostname="two.kit.test") as hub:
+        raw = socket.create_connection((hub.host, hub.ports["smtps"]), timeout=10)
+        with hub.ssl_context.wrap_socket(raw, server_hostname="two.kit.test") as tls:
+            assert tls.recv(100).startswith(b"220 two.kit.test ")
+        assert "was made for" not in hub.log

@@ -417,9 +417,18 @@ class Mailhub:
             return
         from twisted_mailhub.tls import make_self_signed
 
+        from twisted_mailhub.tls import _named, names_in
+
         cert, key = self._certificate_paths()
-        if not (os.path.exists(cert) and os.path.exists(key)):
-            make_self_signed(self.hostname, cert, key)
+        if os.path.exists(cert) and os.path.exists(key):
+            with open(cert, "rb") as f:
+                if _named(self.hostname, names_in(f.read())):
+                    return
+            # A data folder used again under another hostname: the hub
+            # would keep the old certificate (and warn), and a test that
+            # checks the hub's name would fail on it. The kit makes one
+            # for the name it is given.
+        make_self_signed(self.hostname, cert, key)
 
     def _certificate_paths(self) -> tuple[str, str]:
         for i, o in enumerate(self.options):
