@@ -177,3 +177,37 @@ def test_the_queue_command_names_itself_as_typed_in_its_usage_and_errors(capsys,
     with pytest.raises(SystemExit):
         queue_main(["--help"], prog="mailhub-queue")
     assert capsys.readouterr().out.startswith("usage: mailhub-queue ")
+
+
+@pytest.mark.parametrize("quota", ["abc", "-5", "10XB", "0", "5M;quota=1G", "5M:x", "9" * 30 + "T"])
+def test_user_add_refuses_a_quota_the_hub_could_not_read_and_leaves_the_file_as_it_was(tmp_path, quota):
+    # "--quota abc" was written as "frank;quota=abc": every later start,
+    # reload and mailhub-admin command then failed on that line.
+    accounts = tmp_path / "accounts"
+    accounts.write_text("alice@localhost:secret\n")
+    result = mailhub_admin("user", "add", "frank", "--accounts", str(accounts), "--quota", quota, "--password-stdin", "--no-reload", stdin="pw\n")
+    assert result.returncode == 1
+    assert result.stderr.startswith("mailhub-admin: --quota: ") and result.stderr.endswith("; nothing changed\n")
+    assert "Traceback" not in result.stderr
+    assert accounts.read_text() == "alice@localhost:secret\n"
+    listing = mailhub_admin("user", "list", "--accounts", str(accounts))
+    assert listing.returncode == 0 and listing.stdout == "alice@localhost\tplain\n"
+
+
+def test_user_add_writes_a_good_quota_the_hub_reads(tmp_path):
+    accounts = tmp_path / "accounts"
+    result = mailhub_admin("user", "add", "frank", "--accounts", str(accounts), "--quota", "500M", "--password-stdin", "--no-reload", stdin="pw\n")
+    assert result.returncode == 0, result.stderr
+    book = AccountBook(["localhost"])
+    book.load_file(str(accounts))
+    assert [(a.localpart, a.quota) for a in book] == [("frank", 500 * 1024 * 1024)]
+
+
+def test_no_command_puts_an_accounts_file_in_place_that_the_hub_would_refuse(tmp_path):
+    accounts = tmp_path / "accounts"
+    accounts.write_text("alice@localhost:secret\n")
+    with pytest.raises(admin.AdminError) as caught:
+        admin.write_lines(str(accounts), ["alice@localhost:secret", "frank;quota=abc:pw"])
+    assert str(caught.value) == f"{accounts}, line 2: abc is not a size (examples: 500M, 2G, 1048576); nothing changed"
+    assert accounts.read_text() == "alice@localhost:secret\n"
+    assert os.listdir(tmp_path) == ["accounts"]  # no temporary file left

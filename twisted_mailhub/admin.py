@@ -82,6 +82,12 @@ def write_lines(path: str, lines: list[str]) -> None:
             f.write("".join(line + "\n" for line in lines))
             f.flush()
             os.fsync(f.fileno())
+        # Never put a file in place that the hub would refuse to read: one
+        # bad line stops its next start and every reload.
+        try:
+            AccountBook(["localhost"]).load_file(tmp)
+        except AccountsFileError as e:
+            raise AdminError(f"{str(e).replace(tmp, path, 1)}; nothing changed") from None
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -165,7 +171,17 @@ def user_add(args) -> str:
     if _index(lines, args.address, args.domain) is not None:
         raise AdminError(f"{args.address} already has an account in {args.accounts} (change its password with: user passwd)")
     quota = getattr(args, "quota", None)
-    lines.append(_entry(args, _password(args), f"{args.address};quota={quota}" if quota else None))
+    if quota is not None:
+        # The hub's own reader (quota.parse_size): a quota it would refuse
+        # made every later start, reload and mailhub-admin command fail on
+        # that line ("frank;quota=abc").
+        from twisted_mailhub.quota import parse_size
+
+        try:
+            parse_size(quota)
+        except ValueError as e:
+            raise AdminError(f"--quota: {e}; nothing changed") from None
+    lines.append(_entry(args, _password(args), f"{args.address};quota={quota.strip()}" if quota else None))
     write_lines(args.accounts, lines)
     return f"added {args.address} to {args.accounts}"
 
