@@ -612,6 +612,9 @@ class HubService(OffersLogObserver, service.MultiService):
         self._dispatch = dispatch.install(self.hub.reactor)
         self._install_sighup()
         self.hub.reactor.callWhenRunning(self._install_stop_signals)
+        # At a stop each client hears its protocol's goodbye (421, BYE...)
+        # before its connection closes (twisted_mailhub/goodbye.py).
+        self._goodbye = self.hub.reactor.addSystemEventTrigger("before", "shutdown", self._say_goodbye)
         if self._pending:
             defer.gatherResults(self._pending, consumeErrors=True).addCallback(self._ready)
         else:
@@ -766,9 +769,18 @@ class HubService(OffersLogObserver, service.MultiService):
             except ValueError:  # not the main thread (a test's reactor)
                 return
 
+    def _say_goodbye(self) -> Any:
+        from twisted_mailhub.goodbye import say_goodbye
+
+        self._goodbye = None  # (fired: not to be removed)
+        return say_goodbye(self.hub.reactor, self.hub.hostname)
+
     def stopService(self):
         import signal
 
+        goodbye, self._goodbye = getattr(self, "_goodbye", None), None
+        if goodbye is not None:  # stopped without a reactor shutdown (a test, a .tac)
+            self.hub.reactor.removeSystemEventTrigger(goodbye)
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
