@@ -179,6 +179,20 @@ def test_the_queue_command_names_itself_as_typed_in_its_usage_and_errors(capsys,
     assert capsys.readouterr().out.startswith("usage: mailhub-queue ")
 
 
+def test_the_queue_command_takes_data_after_its_command_as_every_other_command_does(capsys, tmp_path):
+    # "mailhub-admin queue list --data DIR" was "unrecognized arguments: --data DIR".
+    from twisted_mailhub.admin import main as admin_main
+
+    (tmp_path / "queue").mkdir()
+    assert admin_main(["queue", "list", "--data", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "queue is empty\n"
+    assert admin_main(["queue", "remove", "6B0D0000", "--data", str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err == f"no queue at {tmp_path / 'nowhere' / 'queue'} (is --data the hub's data folder?)\n"
+    # before the command, as it was
+    assert admin_main(["queue", "--data", str(tmp_path), "list"]) == 0
+    assert capsys.readouterr().out == "queue is empty\n"
+
+
 @pytest.mark.parametrize("quota", ["abc", "-5", "10XB", "0", "5M;quota=1G", "5M:x", "9" * 30 + "T"])
 def test_user_add_refuses_a_quota_the_hub_could_not_read_and_leaves_the_file_as_it_was(tmp_path, quota):
     # "--quota abc" was written as "frank;quota=abc": every later start,

@@ -138,7 +138,8 @@ class QueueControl(service.Service):
 # -- the command -------------------------------------------------------------
 
 
-def list_queue(directory: str, out=sys.stdout, now: float | None = None) -> int:
+def list_queue(directory: str, out=None, now: float | None = None) -> int:
+    out = sys.stdout if out is None else out  # (the one of the moment, not the one at import)
     now = time.time() if now is None else now
     entries = scan(directory) if os.path.isdir(directory) else []
     if not entries:
@@ -233,13 +234,20 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         prog=prog,
         description="Show and manage the outbound mail queue of a mailhub (running or not).",
     )
-    parser.add_argument("--data", default="mailhub-data", help="the hub's --data directory (default: ./mailhub-data)")
+    data_help = "the hub's --data directory (default: ./mailhub-data)"
+    queue_help = "postgresql:DSN: the queue in that PostgreSQL database (the hubs' --queue postgresql, or --store postgresql:DSN) instead of the files under --data"
+    parser.add_argument("--data", default="mailhub-data", help=data_help)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="show queued messages and each recipient's state")
-    sub.add_parser("flush", help="try every queued message now")
+    listing = sub.add_parser("list", help="show queued messages and each recipient's state")
+    flush = sub.add_parser("flush", help="try every queued message now")
     remove = sub.add_parser("remove", help="delete a queued message, no bounce")
     remove.add_argument("id", help="queue id, as shown by list")
-    parser.add_argument("--queue", default=None, help="postgresql:DSN: the queue in that PostgreSQL database (the hubs' --queue postgresql, or --store postgresql:DSN) instead of the files under --data")
+    parser.add_argument("--queue", default=None, help=queue_help)
+    # Also after the command ("queue list --data DIR"), as every other
+    # mailhub-admin command takes them: that was "unrecognized arguments".
+    for command in (listing, flush, remove):
+        command.add_argument("--data", default=argparse.SUPPRESS, help=data_help)
+        command.add_argument("--queue", default=argparse.SUPPRESS, help=queue_help)
     args = parser.parse_args(argv)
     if args.queue:
         from twisted_mailhub.queue.pgqueue import main as table_main
