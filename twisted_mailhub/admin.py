@@ -212,7 +212,7 @@ def user_key(args) -> str:
     line is appended to C{DATA/ssh/authorized_keys/<address>} (read at
     each login, so no reload is needed).
     """
-    from twisted_mailhub.sftp.keys import parse_authorized_key
+    from twisted_mailhub.sftp.keys import key_line_problem, parse_authorized_key
 
     address = args.address if "@" in args.address else f"{args.address}@{args.domain}"
     _check_address(address)
@@ -222,6 +222,9 @@ def user_key(args) -> str:
             lines = [line.strip() for line in f.read(64 * 1024).splitlines() if line.strip() and not line.startswith(b"#")]
     except OSError as e:
         raise AdminError(f"{args.keyfile}: {e.strerror or e}")
+    problem = key_line_problem(lines[0]) if len(lines) == 1 else None
+    if problem is not None:
+        raise AdminError(f"{args.keyfile}: {problem}, so that key would log in nobody: give the key line without it; nothing changed")
     if len(lines) != 1 or parse_authorized_key(lines[0]) is None:
         raise AdminError(f"{args.keyfile}: not one OpenSSH public key line (the .pub file ssh-keygen wrote)")
     folder = os.path.join(args.data, "ssh", "authorized_keys")

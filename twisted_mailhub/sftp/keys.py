@@ -10,9 +10,17 @@ restarts. C{--ssh-host-key PATH} (repeatable) uses existing keys instead
 C{rsa-sha2-256}/C{rsa-sha2-512}).
 
 A user's public keys are read from C{DATA/ssh/authorized_keys/<address>}
-(one OpenSSH C{authorized_keys} line each; options before the key type are
-ignored, comments and blank lines skipped), looked up at each login so a
-key added by hand works at once.
+(one OpenSSH C{authorized_keys} line each, comments and blank lines
+skipped), looked up at each login so a key added by hand works at once.
+A line's options (sshd(8), AUTHORIZED_KEYS FILE FORMAT) are honoured or
+the line is not used: those that allow or deny only what this server never
+offers (a shell, a pty, forwarding, X11, the agent: C{restrict},
+C{no-pty}...) and C{command="internal-sftp"} change nothing here; a line
+with one this server does not enforce (C{from=}, another C{command=},
+C{expiry-time=}, C{cert-authority}, C{principals=}, C{verify-required}, an
+unknown one) logs in nobody, as a warning in the log says: OpenSSH would
+have let that key in from fewer places, for a shorter time, or not at
+all, and the hub must not grant more (L{key_line_problem}).
 """
 
 from __future__ import annotations
@@ -131,25 +139,108 @@ class AuthorizedKeysFolder:
                 lines = f.read(1024 * 1024).splitlines()
         except OSError:
             return iter(())
+        for number, line in enumerate(lines, 1):
+            problem = key_line_problem(line) if not line.strip().startswith(b"#") else None
+            if problem is not None:
+                log.warn(
+                    "sftp: {path}, line {number}: {problem}: that key logs in nobody (remove the option, or the line)",
+                    path=path, number=number, problem=problem,
+                )
         return iter([k for k in (parse_authorized_key(line) for line in lines) if k is not None])
+
+
+#: authorized_keys options that allow or deny only what this server never
+#: offers (it runs SFTP and nothing else: no shell, pty, user rc, X11,
+#: agent, tunnel or port forwarding): a line with them means here what it
+#: means to OpenSSH.
+NOTHING_TO_ENFORCE = frozenset(
+    {
+        "restrict", "no-pty", "pty", "no-port-forwarding", "port-forwarding", "no-agent-forwarding",
+        "agent-forwarding", "no-x11-forwarding", "x11-forwarding", "no-user-rc", "user-rc",
+        "permitopen", "permitlisten", "environment", "tunnel", "no-touch-required",
+    }
+)
+
+
+def _split_options(line: bytes) -> tuple[list[tuple[str, str | None]], bytes]:
+    """
+    (the options of an C{authorized_keys} line as (lower-case name, value or
+    None), the rest: C{KEYTYPE BASE64 [COMMENT]}). Options come first, comma
+    separated, and a value in double quotes may hold blanks and commas
+    (sshd(8)); a line that starts with its key type has none.
+    """
+    if line.startswith((b"ssh-", b"ecdsa-", b"sk-")):
+        return [], line
+    options: list[tuple[str, str | None]] = []
+    part, quoted, i = bytearray(), False, 0
+    while i < len(line):
+        c = line[i : i + 1]
+        if c == b"\\" and quoted and line[i + 1 : i + 2] == b'"':
+            part += b'"'
+            i += 2
+            continue
+        if c == b'"':
+            quoted = not quoted
+        elif not quoted and c in (b",", b" ", b"\t"):
+            if part:
+                options.append(_option(bytes(part)))
+            part = bytearray()
+            if c != b",":
+                break
+        else:
+            part += c
+        i += 1
+    else:
+        if part:
+            options.append(_option(bytes(part)))
+    return options, line[i:].strip()
+
+
+def _option(text: bytes) -> tuple[str, str | None]:
+    name, eq, value = text.partition(b"=")
+    return name.decode("ascii", "replace").lower(), value.decode("utf-8", "replace") if eq else None
+
+
+def key_line_problem(line: bytes) -> str | None:
+    """
+    Why this server must not use an C{authorized_keys} line's key, in
+    words (e.g. C{'from="10.0.0.0/8" is not enforced by this server'}), or
+    L{None} when its options (if any) mean here what they mean to OpenSSH
+    (L{NOTHING_TO_ENFORCE}, C{command="internal-sftp"}).
+    """
+    options, _ = _split_options(line.strip())
+    for name, value in options:
+        if name in NOTHING_TO_ENFORCE:
+            continue
+        if name == "command" and value is not None and value.strip() == "internal-sftp":
+            continue  # OpenSSH's own way of saying "SFTP only": what this server does
+        from twisted_mailhub.lines import quote
+
+        shown = name if value is None else f'{name}="{value}"'
+        if name in ("from", "command", "expiry-time", "cert-authority", "principals", "verify-required"):
+            return f"{quote(shown, 80)} is not enforced by this server"
+        return f"{quote(shown, 80)} is no option this server knows"
+    return None
 
 
 def parse_authorized_key(line: bytes) -> keys.Key | None:
     """
     The key of one C{authorized_keys} line, or L{None} for a comment, a
-    blank line or a key Conch cannot read. Leading options are skipped.
+    blank line, a key Conch cannot read, or a line with an option this
+    server does not enforce (L{key_line_problem}).
     """
     line = line.strip()
     if not line or line.startswith(b"#"):
         return None
-    fields = line.split()
-    for i, field in enumerate(fields[:-1]):
-        if field.startswith((b"ssh-", b"ecdsa-", b"sk-")):
-            try:
-                return keys.Key.fromString(b" ".join(fields[i:i + 2]))
-            except (keys.BadKeyError, ValueError, TypeError, IndexError):
-                return None
-    return None
+    if key_line_problem(line) is not None:
+        return None
+    fields = _split_options(line)[1].split()
+    if len(fields) < 2 or not fields[0].startswith((b"ssh-", b"ecdsa-", b"sk-")):
+        return None
+    try:
+        return keys.Key.fromString(b" ".join(fields[:2]))
+    except (keys.BadKeyError, ValueError, TypeError, IndexError):
+        return None
 
 
 def authorized_keys_checker(data_dir: str, accounts) -> SSHPublicKeyChecker:
