@@ -142,5 +142,118 @@ def test_the_smtp_goodbye_names_the_host_and_never_shows_a_repr():
     server = smtp.ESMTP()
     server.makeConnection(transport)
     transport.clear()
-    assert goodbye._tell(server, "mail.test") is True
+    assert goodbye._tell(goodbye.innermost(server), "mail.test") is True
     assert transport.value() == line and transport.disconnecting
+
+
+class _Lines:
+    busy = False
+
+
+class _Connection:
+    def __init__(self, protocol):
+        self.protocol = protocol
+
+    @property
+    def connected(self) -> bool:
+        return not self.protocol.transport.disconnecting
+
+
+def _smtp_session(busy: bool):
+    from twisted.mail import smtp
+
+    class Session(smtp.ESMTP):
+        def __init__(self):
+            smtp.ESMTP.__init__(self)
+            self.lines = _Lines()
+            self.lines.busy = busy
+
+    session = Session()
+    session.makeConnection(StringTransport())
+    session.transport.clear()
+    return session
+
+
+def test_a_session_whose_command_is_being_answered_gets_that_answer_before_the_goodbye():
+    # An SMTP DATA whose message is being made durable when the stop comes:
+    # its 250 goes first, so the client does not send the message again.
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    waiting, idle = _smtp_session(busy=True), _smtp_session(busy=False)
+    done = goodbye.say_goodbye(clock, "mail.test", wait=1.0, connections=[_Connection(waiting), _Connection(idle)])
+    line = b"421 4.3.2 mail.test Service shutting down, closing transmission channel; try again later\r\n"
+    assert idle.transport.value() == line and idle.transport.disconnecting
+    assert waiting.transport.value() == b"" and not waiting.transport.disconnecting
+    clock.advance(0.1)
+    assert waiting.transport.value() == b""
+    waiting.transport.write(b"250 2.0.0 Ok: queued as 6B0D\r\n")  # the commit's answer
+    waiting.lines.busy = False
+    clock.advance(0.02)
+    assert waiting.transport.value() == b"250 2.0.0 Ok: queued as 6B0D\r\n" + line
+    assert waiting.transport.disconnecting
+    clock.advance(0.02)
+    assert done.called
+
+
+def test_a_command_that_never_ends_does_not_hold_the_goodbye_past_half_the_wait():
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    stuck = _smtp_session(busy=True)
+    done = goodbye.say_goodbye(clock, "mail.test", wait=1.0, connections=[_Connection(stuck)])
+    clock.advance(0.4)
+    assert stuck.transport.value() == b""
+    for _ in range(10):
+        clock.advance(0.02)
+    assert stuck.transport.value().startswith(b"421 4.3.2 mail.test ")
+    assert done.called  # (its transport is closing: nothing left to wait for)
+
+
+def test_nothing_to_tell_is_done_at_once():
+    from twisted.internet.task import Clock
+
+    assert goodbye.say_goodbye(Clock(), "mail.test", connections=[]).called
+
+
+def test_an_imap_session_in_the_middle_of_a_response_gets_its_bye_after_it():
+    # "* BYE" written into a FETCH's literal would be read as the message's octets.
+    from twisted.internet.task import Clock
+    from twisted.mail import imap4
+
+    class Session(imap4.IMAP4Server):
+        streaming = True
+
+        def idle_now(self):
+            return not self.streaming
+
+    session = Session()
+    session.makeConnection(StringTransport())
+    session.transport.clear()
+    clock = Clock()
+    goodbye.say_goodbye(clock, "mail.test", wait=1.0, connections=[_Connection(session)])
+    clock.advance(0.1)
+    assert session.transport.value() == b""
+    session.transport.write(b"the rest of the literal)\r\na OK FETCH completed\r\n")
+    session.streaming = False
+    clock.advance(0.02)
+    assert session.transport.value().endswith(b"a OK FETCH completed\r\n* BYE [UNAVAILABLE] the server is shutting down; try again later\r\n")
+
+
+def test_an_imap_response_that_does_not_end_in_time_gets_no_bye_inside_it():
+    from twisted.internet.task import Clock
+    from twisted.mail import imap4
+
+    class Session(imap4.IMAP4Server):
+        def idle_now(self):
+            return False
+
+    session = Session()
+    session.makeConnection(StringTransport())
+    session.transport.clear()
+    clock = Clock()
+    done = goodbye.say_goodbye(clock, "mail.test", wait=1.0, connections=[_Connection(session)])
+    for _ in range(60):
+        clock.advance(0.02)
+    assert session.transport.value() == b""
+    assert done.called  # (after the wait: the reactor then closes it)

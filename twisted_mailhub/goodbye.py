@@ -76,12 +76,11 @@ def goodbye_line(protocol: Any, hostname: str) -> bytes | None:
     return None
 
 
-def _tell(protocol: Any, hostname: str) -> bool:
+def _tell(inner: Any, hostname: str) -> bool:
     """
-    Say goodbye on one accepted connection's C{protocol} (its outermost)
-    and close it. Returns whether it was told.
+    Say goodbye on a connection whose innermost protocol is C{inner}
+    (L{innermost}) and close it. Returns whether it was told.
     """
-    inner = innermost(protocol)
     transport = getattr(inner, "transport", None)
     if transport is None:
         return False
@@ -98,31 +97,79 @@ def _tell(protocol: Any, hostname: str) -> bool:
     return True
 
 
-def say_goodbye(reactor: Any, hostname: str, wait: float = WAIT) -> defer.Deferred:
+def _busy(inner: Any) -> bool:
     """
-    Tell every accepted connection C{reactor} watches that the hub stops,
-    in its protocol's words (module docstring), and close it.
+    Is a command of this session still being answered? Its answer goes
+    first, then the goodbye: SMTP, POP3 and FTP's line engine waits on a
+    Deferred (a message being made durable after DATA, a login being
+    checked); an IMAP session may not send an unsolicited response now
+    (C{idle_now}: a FETCH streaming a literal, a command running or queued,
+    a literal coming in).
+    """
+    if getattr(getattr(inner, "lines", None), "busy", False):
+        return True
+    idle_now = getattr(inner, "idle_now", None)
+    return callable(idle_now) and not idle_now()
+
+
+def accepted_connections(reactor: Any) -> list[Any]:
+    """The connections C{reactor} accepted and still watches (not its ports, not its own client connections)."""
+    return [s for s in {*reactor.getReaders(), *reactor.getWriters()} if isinstance(s, tcp.Server) and s.connected and not s.disconnecting]
+
+
+def say_goodbye(reactor: Any, hostname: str, wait: float = WAIT, connections: list[Any] | None = None) -> defer.Deferred:
+    """
+    Tell every accepted connection C{reactor} watches (or C{connections}:
+    objects with C{connected} and C{protocol}) that the hub stops, in its
+    protocol's words (module docstring), and close it. A session in the
+    middle of a command (L{_busy}: an SMTP DATA whose message is being
+    made durable) gets that command's answer first, for up to half of
+    C{wait}: a client that got its C{250} does not send the message again;
+    an IMAP session still in the middle of a response then gets no BYE.
 
     @return: a Deferred that fires (with L{None}) once those connections
         are closed, or after C{wait} seconds.
     """
-    told = []
-    for selectable in {*reactor.getReaders(), *reactor.getWriters()}:
-        if not isinstance(selectable, tcp.Server) or not selectable.connected or selectable.disconnecting:
-            continue
+    told: list[Any] = []
+    waiting: list[tuple[Any, Any]] = []
+
+    def tell(connection: Any, inner: Any) -> None:
         try:
-            if _tell(selectable.protocol, hostname):
-                told.append(selectable)
+            if _tell(inner, hostname):
+                told.append(connection)
         except Exception:  # one connection's trouble must not stop the others' goodbyes
             log.failure("saying goodbye to a connection at shutdown")
-    if not told:
+
+    for connection in accepted_connections(reactor) if connections is None else connections:
+        inner = innermost(connection.protocol)
+        if _busy(inner):
+            waiting.append((connection, inner))
+        else:
+            tell(connection, inner)
+    if not told and not waiting:
         return defer.succeed(None)
-    log.info("shutting down: told {count} client connection(s) to come back later", count=len(told))
+    log.info("shutting down: told {count} client connection(s) to come back later", count=len(told) + len(waiting))
     done = defer.Deferred()
-    deadline = reactor.seconds() + wait
+    now = reactor.seconds()
+    answer_by, deadline = now + wait / 2, now + wait
 
     def check() -> None:
-        if all(not s.connected for s in told) or reactor.seconds() >= deadline:
+        now = reactor.seconds()
+        for item in list(waiting):
+            connection, inner = item
+            if not connection.connected:
+                waiting.remove(item)
+            elif not _busy(inner):
+                waiting.remove(item)
+                tell(connection, inner)
+            elif now >= answer_by:
+                waiting.remove(item)
+                # A reply line is a valid answer to any command (SMTP's 421,
+                # POP3's -ERR, FTP's 421); an IMAP BYE now could fall inside
+                # a literal still being sent: that one is cut as before.
+                if not callable(getattr(inner, "idle_now", None)):
+                    tell(connection, inner)
+        if (not waiting and all(not c.connected for c in told)) or now >= deadline:
             done.callback(None)
         else:
             reactor.callLater(0.02, check)
