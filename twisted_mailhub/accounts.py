@@ -96,8 +96,12 @@ class Account:
 
     def check_password(self, password: bytes) -> bool:
         """
-        Is C{password} (as sent by the client) this account's password?
+        Is C{password} (as sent by the client) this account's password? An
+        empty one never is (an account whose password is empty, from a
+        table or an older file, logs in nobody).
         """
+        if not password:
+            return False
         if self.password is not None:
             return hmac.compare_digest(self.password.encode("utf-8"), password)
         if self.password_hash is not None:
@@ -260,6 +264,10 @@ class AccountBook:
         # log in but SMTP took no mail for it), a domain ("alice@" was an
         # account every login failed on with a traceback).
         local, domain = check_account_name(name, self.default_domain)
+        if not password:
+            # "--user alice:" or a line "alice:" in an accounts file: every
+            # protocol then let anyone in as alice with an empty password.
+            raise ValueError(f"{shown_name(name)}: an empty password, with which anyone could log in as that account; give it one")
         if domain not in self.domains:
             # An account's domain is local by definition.
             self.domains.append(domain)
@@ -403,7 +411,7 @@ class AccountChecker:
             if isinstance(password, str):
                 password = password.encode("utf-8")
             ok = account.check_password(password)
-        elif account.password is not None:
+        elif account.password:  # (an empty one answers no challenge either)
             ok = _check_challenge(credentials, account.password.encode("utf-8"))
         else:
             ok = False
