@@ -225,3 +225,16 @@ def test_no_command_puts_an_accounts_file_in_place_that_the_hub_would_refuse(tmp
     assert str(caught.value) == f"{accounts}, line 2: abc is not a size (examples: 500M, 2G, 1048576); nothing changed"
     assert accounts.read_text() == "alice@localhost:secret\n"
     assert os.listdir(tmp_path) == ["accounts"]  # no temporary file left
+
+
+def test_user_add_through_a_symbolic_link_changes_the_file_it_names_and_keeps_the_link(tmp_path):
+    (tmp_path / "etc").mkdir()
+    real = tmp_path / "etc" / "accounts"
+    real.write_text("alice@localhost:secret\n")
+    link = tmp_path / "accounts"
+    link.symlink_to(real)
+    result = mailhub_admin("user", "add", "bob", "--accounts", str(link), "--password-stdin", "--no-reload", stdin="pw\n")
+    assert result.returncode == 0, result.stderr
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert "bob:$scrypt$" in real.read_text() and real.read_text().startswith("alice@localhost:secret\n")
+    assert sorted(os.listdir(tmp_path / "etc")) == ["accounts"]  # no temporary file left beside it

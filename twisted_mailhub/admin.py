@@ -65,9 +65,13 @@ def read_lines(path: str) -> list[str]:
 def write_lines(path: str, lines: list[str]) -> None:
     """
     Replace the accounts file atomically: mode 0600, the old file's owner
-    and group (a hub that runs as another user must still read it).
+    and group (a hub that runs as another user must still read it). A
+    symbolic link is followed: the file it names is replaced, the link
+    stays (replacing the link made a copy the hub, reading the link's
+    target by another name, never saw).
     """
-    directory = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)
+    directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     try:
         old = os.stat(path)
