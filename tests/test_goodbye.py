@@ -141,6 +141,7 @@ def test_the_smtp_goodbye_names_the_host_and_never_shows_a_repr():
     transport = StringTransport()
     server = smtp.ESMTP()
     server.makeConnection(transport)
+    server.setTimeout(None)  # (no timer left on the global reactor)
     transport.clear()
     assert goodbye._tell(goodbye.innermost(server), "mail.test") is True
     assert transport.value() == line and transport.disconnecting
@@ -170,6 +171,7 @@ def _smtp_session(busy: bool):
 
     session = Session()
     session.makeConnection(StringTransport())
+    session.setTimeout(None)  # (no timer left on the global reactor)
     session.transport.clear()
     return session
 
@@ -229,6 +231,7 @@ def test_an_imap_session_in_the_middle_of_a_response_gets_its_bye_after_it():
 
     session = Session()
     session.makeConnection(StringTransport())
+    session.setTimeout(None)  # (no timer left on the global reactor)
     session.transport.clear()
     clock = Clock()
     goodbye.say_goodbye(clock, "mail.test", wait=1.0, connections=[_Connection(session)])
@@ -250,6 +253,7 @@ def test_an_imap_response_that_does_not_end_in_time_gets_no_bye_inside_it():
 
     session = Session()
     session.makeConnection(StringTransport())
+    session.setTimeout(None)  # (no timer left on the global reactor)
     session.transport.clear()
     clock = Clock()
     done = goodbye.say_goodbye(clock, "mail.test", wait=1.0, connections=[_Connection(session)])
