@@ -176,6 +176,31 @@ class IMAPFolderChangesTests(unittest.TestCase):
             self.assertFalse([r for r in self.replies() if "UIDVALIDITY" in r or r.startswith("t ")], "told before the flush")
             self.assert_flushed_then_answered(b"", tagged, [os.path.join(folder, "mailhub-uidlist"), folder])
 
+    def test_notify_status_of_a_folder_whose_list_is_made_again_is_told_after_it_is_durable(self):
+        # RFC 5465 §3: SET STATUS sends each watched mailbox's UIDVALIDITY.
+        folder = self.lose_the_list_of("Lost")
+        self.server.dataReceived(b"t notify set status (mailboxes Lost (MessageNew MessageExpunge))\r\n")
+        self.assertFalse([r for r in self.replies() if "UIDVALIDITY" in r or r.startswith("t ")], "told before the flush")
+        self.assert_flushed_then_answered(b"", "t OK NOTIFY", [os.path.join(folder, "mailhub-uidlist"), folder])
+        # (the notice itself came between the flush and the OK)
+        self.assertRegex(self.transport.value().decode(), r'\* STATUS "?Lost"? \(MESSAGES 1 UIDNEXT 2 UIDVALIDITY \d+ UNSEEN 1\)\r\nt OK NOTIFY')
+
+    def test_a_notify_notice_of_a_folder_whose_list_is_made_again_waits_for_it_to_be_durable(self):
+        self.server.dataReceived(b"t notify set (mailboxes Later (MessageNew MessageExpunge))\r\n")
+        self.assertIn("t OK NOTIFY completed", self.replies())
+        del self.journal.events[:]
+        folder = self.lose_the_list_of("Later")
+        notifier = self.server.notifier
+        notifier.status["Later"] = {b"MESSAGES", b"UIDNEXT"}  # (as a new message's notice leaves it)
+        del self.journal.events[:]
+        self.server.dataReceived(b"u noop\r\n")
+        self.assertFalse([r for r in self.replies() if r.startswith("* STATUS")], "told before the flush")
+        self.journal.run_jobs()
+        events = self.journal.events
+        told = [i for i, (kind, what) in enumerate(events) if kind == "reply" and what.startswith("* STATUS")]
+        self.assertEqual(len(told), 1, events)
+        self.assertIn(os.path.join(folder, "mailhub-uidlist"), [what for kind, what in events[: told[0]] if kind == "fsync"])
+
     def test_create_is_answered_after_the_account_directory_is_fsynced(self):
         self.assert_flushed_then_answered(b"t create Work\r\n", "t OK CREATE", [self.account_dir])
         self.assertTrue(os.path.isdir(os.path.join(self.account_dir, ".Work", "cur")))

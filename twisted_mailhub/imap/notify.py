@@ -36,7 +36,10 @@ Rules:
  - Other mailboxes: new and expunged messages as C{* STATUS name
    (MESSAGES n UIDNEXT n UNSEEN n)}, flag changes as C{(UNSEEN n)}, with
    HIGHESTMODSEQ for a CONDSTORE session (what Dovecot sends). STATUS in
-   SET first sends that for each such mailbox (UIDVALIDITY too).
+   SET first sends that for each such mailbox (UIDVALIDITY too). A
+   mailbox whose UID list was made again at this load (lost or damaged)
+   is told only once the list is durable (its folder's C{unsettled()}):
+   SET STATUS then answers OK after that notice, input held meanwhile.
  - MailboxName: C{* LIST () "/" name} for a new mailbox, C{* LIST
    (\\NonExistent) "/" name} for a deleted one and C{* LIST () "/" new
    ("OLDNAME" (old))} for a renamed one, each inferior included (RFC 5465
@@ -66,6 +69,7 @@ from typing import Any, Iterator
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
+from twisted.python.failure import Failure
 
 from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.wire import client_text, mailbox_name, shown, wire_name
@@ -250,6 +254,8 @@ class Notifier:
         self.identities = self._identities(self.folders)
         self.lines: list[bytes] = []  # LIST notices, in order
         self.status: dict[str, set[bytes]] = {}  # mailbox -> STATUS items to send
+        # mailbox -> (its UID list's flush, STATUS items held until it fires)
+        self.held: dict[str, tuple[defer.Deferred, set[bytes]]] = {}
         self.reactor = session.hub.reactor
         self.signals: dict[str, ChangeSignal] = {}  # watched folder -> its change signal
         self.selected_signal: Any = None  # a ChangeSignal or StoreSignal
@@ -488,9 +494,47 @@ class Notifier:
                 out.append(line)
         return out
 
+    def settling(self) -> defer.Deferred | None:
+        """
+        None, or a Deferred that fires (never failing) once every mailbox
+        whose STATUS L{take} held back (its UID list not durable yet) is
+        settled and its notice is waiting again.
+        """
+        if not self.held:
+            return None
+        return defer.DeferredList([d for d, _ in self.held.values()], consumeErrors=True)
+
+    def _hold_back(self, name: str, items: set[bytes], flush: defer.Deferred) -> None:
+        """
+        Keep mailbox C{name}'s STATUS notice until C{flush} (its folder's
+        C{unsettled()}) fires: a UIDVALIDITY or UIDNEXT of a UID list made
+        again at this load is told only once the list is durable (design
+        rule 6, imap/settling.py). A flush that failed drops the notice
+        (the account logs the failure; SELECT or STATUS then answer NO).
+        """
+        if name in self.held:
+            self.held[name][1].update(items)
+            flush.addErrback(lambda _: None)
+            return
+        self.held[name] = (flush, set(items))
+
+        def settled(result: Any) -> None:
+            _, waiting = self.held.pop(name, (None, set()))
+            if isinstance(result, Failure) or self.session.notifier is not self:
+                return
+            self.status.setdefault(name, set()).update(waiting)
+            self.session.notices_arrived()
+
+        flush.addBoth(settled)
+
     def _status_line(self, name: str, items: set[bytes]) -> bytes:
         try:
             folder = self.account.folder(name)
+            unsettled = getattr(folder, "unsettled", None)
+            flush = unsettled() if unsettled is not None else None
+            if flush is not None:
+                self._hold_back(name, items, flush)
+                return b""
             infos = folder.messages()
         except (StoreError, OSError):
             return b""
@@ -550,8 +594,26 @@ class NotifyCommands:
                     return
         self.notifier = Notifier(self, groups)
         if status:
-            self.notifier.status_all()
-            self.transport.write(b"".join(self.notifier.take()))
+            notifier = self.notifier
+            notifier.status_all()
+            self.transport.write(b"".join(notifier.take()))
+            settling = notifier.settling()
+            if settling is not None:
+                # (a mailbox whose UID list was made again at this load:
+                # its STATUS comes once the list is durable, before the OK)
+                self._hold_input()
+
+                def settled(_: Any) -> None:
+                    if self.transport is None or self.transport.disconnecting:
+                        return
+                    if self.notifier is notifier:
+                        self.write_notices()
+                    self.sendPositiveResponse(tag, b"NOTIFY completed")
+
+                settling.addCallback(settled)
+                settling.addErrback(lambda f: log.failure("NOTIFY: after a UID list's flush", f))
+                settling.addBoth(lambda _: self._release_input())
+                return
         self.sendPositiveResponse(tag, b"NOTIFY completed")
 
     auth_NOTIFY = select_NOTIFY = (do_NOTIFY, imap4.IMAP4Server.arg_line)
