@@ -240,3 +240,63 @@ class SharedFolderTests(unittest.TestCase):
         # The two stored messages are 1 and 2, as every worker sees them.
         self.assertEqual(self.listed(), [1, 2])
         self.assertEqual(sorted(info.uid for info in self.b.messages()), [1, 2])
+
+
+class ListMadeAgainElsewhereTests(unittest.TestCase):
+    """A UID list one worker made again is not shown by another before it is durable."""
+
+    def setUp(self):
+        self.patch(shared, "ENABLED", True)
+        self.patch(shared, "announce", None)
+        self.root = self.mktemp()
+
+    def worker(self):
+        """A store as one worker has it, whose flushes run when the test says (their fsyncs recorded)."""
+        from tests.test_small_files_durable import Journal
+        from twisted_mailhub.store.smallfiles import SmallFiles
+
+        journal = Journal()
+        store = MaildirStore(self.root, hostname="w")
+        store.small_files = SmallFiles(fsync=journal.fsync, run=journal.run)
+        return store.account(ADDRESS), journal
+
+    def test_a_list_another_worker_made_again_and_has_not_flushed_is_flushed_here_before_it_is_shown(self):
+        a, a_journal = self.worker()
+        a.create_folder("Lost")
+        a_journal.run_jobs()
+        directory = os.path.realpath(os.path.join(a.path, ".Lost"))
+        with open(os.path.join(directory, "new", "1.outside"), "wb") as f:
+            f.write(MESSAGE)
+        os.unlink(os.path.join(directory, UIDLIST))
+        a._folders.pop("Lost")  # (as a fresh worker finds it)
+        made = a.folder("Lost")
+        self.assertIsNotNone(made.unsettled())
+        b, b_journal = self.worker()
+        seen = b.folder("Lost")
+        self.assertEqual(seen.uid_validity, made.uid_validity)
+        waiting = seen.unsettled()
+        self.assertIsNotNone(waiting, "another worker's list shown before it is durable")
+        self.assertNoResult(waiting)
+        b_journal.run_jobs()
+        self.assertIn(os.path.join(directory, UIDLIST), b_journal.flushed())
+        self.successResultOf(waiting)
+        self.assertIsNone(seen.unsettled())
+        # Once the maker's own flush is done, a later load has nothing to wait for.
+        a_journal.run_jobs()
+        a_journal.run_jobs()  # (the marker's removal: after the flush)
+        c, _ = self.worker()
+        self.assertIsNone(c.folder("Lost").unsettled())
+
+    def test_a_marker_from_an_earlier_boot_is_removed_without_a_flush(self):
+        from twisted_mailhub.store.maildir import UNFLUSHED
+
+        a, a_journal = self.worker()
+        a.create_folder("Old")
+        a_journal.run_jobs()
+        a_journal.run_jobs()
+        directory = os.path.join(a.path, ".Old")
+        with open(os.path.join(directory, UNFLUSHED), "w") as f:
+            f.write("1 another-boot\n")
+        b, b_journal = self.worker()
+        self.assertIsNone(b.folder("Old").unsettled())
+        self.assertFalse(os.path.exists(os.path.join(directory, UNFLUSHED)))

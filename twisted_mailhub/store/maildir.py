@@ -178,6 +178,11 @@ UIDVALIDITY_FILE = "mailhub-uidvalidity"  # the account's highest UIDVALIDITY so
 # Files another program put in, listed with their name's S= on trust and
 # not read yet, and what reading them found (see MaildirFolder._check).
 UNCHECKED = "mailhub-unchecked"
+# --workers: a UID list (and UIDVALIDITY) one process made at a load and
+# has not flushed yet, "<pid> <boot id>". Another process that loads the
+# folder meanwhile flushes it itself before it tells its UIDs
+# (MaildirFolder._settle_unflushed); the maker removes it after its flush.
+UNFLUSHED = "mailhub-uidlist.unflushed"
 _UNCHECKED_HEADER = "mailhub-unchecked 1\n"
 # The names this hub gives (unique_name): its own files are CRLF and their
 # S= is their size; any other name in a list written before the checks
@@ -563,6 +568,8 @@ class MaildirFolder:
             self._modseq_pending: dict[int, int] = {}
             with self._uidlist_lock:
                 self._load()
+                if self._settling is None:
+                    self._settle_unflushed()
                 self._list_position = shared.ListPosition.now(self._uidlist_path())
                 self._modseq_position = shared.ListPosition.now(self._modseq_path())
             shared.opened(self)
@@ -802,14 +809,26 @@ class MaildirFolder:
             header = f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n".encode("ascii")
             self._index_state = _IndexState(len(header), [header], self.uid_next, 0)
 
-    def _settle_with(self, flush: defer.Deferred) -> None:
+    def _settle_with(self, flush: defer.Deferred, mark: bool = True) -> None:
         """
         The list (and UIDVALIDITY) this load made is on disk once C{flush}
         fires: kept as C{creation_flush} for the account's C{durable()},
-        and what L{unsettled} gives until then.
+        and what L{unsettled} gives until then. Under --workers, with
+        C{mark}, the other processes are told too (L{UNFLUSHED}).
+        Raises L{StoreError} when the marker cannot be written.
         """
         self.creation_flush = flush
         self._settling = []
+        later, marker = self._sync_later, None
+        if self._shared and mark and later is not None:
+            # (under the folder's lock: no other process loads it before
+            # the marker is there)
+            marker = os.path.join(self.directory, UNFLUSHED)
+            try:
+                with open(marker, "w", encoding="ascii") as f:
+                    f.write(f"{os.getpid()} {_boot_id()}\n")
+            except OSError as e:
+                raise storage_error(e) from e
 
         def done(result: Any) -> Any:
             waiting, self._settling = self._settling or [], None
@@ -818,9 +837,50 @@ class MaildirFolder:
                     d.errback(result)
                 else:
                     d.callback(None)
+            if marker is not None and not isinstance(result, Failure):
+                later.remove(marker).addErrback(lambda _: None)  # (a marker left only costs a flush a load)
             return result
 
         flush.addBoth(done)
+
+    def _settle_unflushed(self) -> None:
+        """
+        (--workers, at a load, under the folder's lock) When another
+        process made this folder's UID list and has not flushed it yet
+        (L{UNFLUSHED}), flush it from here too, off the reactor, and tell
+        nothing of it before (L{unsettled}): a crash must not take back a
+        UIDVALIDITY or UIDs this process showed. A marker from an earlier
+        boot names a list read from the disk: it is removed.
+        """
+        marker = os.path.join(self.directory, UNFLUSHED)
+        try:
+            with open(marker, encoding="ascii", errors="replace") as f:
+                words = f.read().split()
+        except FileNotFoundError:
+            return
+        except OSError:
+            words = []
+        if len(words) == 2 and words[1] != _boot_id():
+            try:
+                os.unlink(marker)
+            except OSError:
+                pass
+            return
+        files = [p for p in (self._uidlist_path(), self.validity_path) if p]
+        later = self._sync_later
+        if later is None:
+            for path in files:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            fsync_directory(self.directory)
+            return
+        self._settle_with(later.sync_files(files, [self.directory]), mark=False)
 
     def unsettled(self) -> defer.Deferred | None:
         """
