@@ -585,3 +585,19 @@ def test_a_daemon_logs_to_twistd_log_through_its_start_and_stop(tmp_path):
         os.kill(pid, signal.SIGTERM)
     _wait_for(path, r"Server Shut Down\.\n$")
     assert "Traceback" not in path.read_text()
+
+
+def test_an_os_error_in_a_log_line_is_words_never_errno_or_an_exception_repr():
+    base = {"log_time": 1764460000.25, "log_namespace": "twisted_mailhub.store.maildir", "log_level": LogLevel.warn}
+    full = OSError(28, "No space left on device", "/var/mail/bob/tmp/1")
+    events = [
+        dict(base, log_format="message for {who} not stored ({error})", who="bob", error=full),
+        dict(base, log_format="IMAP folder operation failed: {error!r}", error=OSError(5, "Input/output error")),
+        dict(base, log_format="not made durable ({error})", error="[Errno 5] Input/output error"),  # (a getErrorMessage())
+    ]
+    lines = _hub_text(events).decode().splitlines()
+    assert lines[0].endswith("message for bob not stored (the disk is full (/var/mail/bob/tmp/1))"), lines
+    assert lines[1].endswith("IMAP folder operation failed: Input/output error"), lines
+    assert lines[2].endswith("not made durable (Input/output error)"), lines
+    for line in lines:
+        assert "Errno" not in line and "OSError" not in line

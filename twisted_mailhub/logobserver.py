@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_logobserver -*-
 """
 The hub's log observer: Twisted's classic log lines, for a fraction of the
-CPU.
+CPU. An exception in a line is words, never C{[Errno 28] ...} or its
+repr (L{twisted_mailhub.errorwords}).
 
 Under SMTP load the hub logs a line per delivered message, and Twisted's
 C{textFileLogObserver} spent about 15 % of the reactor thread on it: the
@@ -148,6 +149,8 @@ class ClassicLines:
             return self._twisted(event)
         if not text:
             return None
+        if "[Errno " in text or "Error(" in text:
+            text = _worded(fmt, event, text)
         system = self.system
         if system is None:
             system = event.get("log_system")
@@ -173,6 +176,23 @@ class ClassicLines:
         if not text:
             return None
         return text.replace("\n", "\n\t") + "\n"
+
+
+def _worded(fmt: str, event: dict, text: str) -> str:
+    """
+    C{text}, the line of an event that carries an exception (or the text
+    of one), made again with each exception as words and no C{[Errno N]}
+    (L{twisted_mailhub.errorwords}): never Python's C{OSError} text or an
+    exception's repr, whoever logged it.
+    """
+    from twisted_mailhub.errorwords import error_words, without_errno
+
+    fields = {key: error_words(value) if isinstance(value, BaseException) else value for key, value in event.items()}
+    try:
+        text = fmt.replace("!r}", "}").format_map(fields)
+    except Exception:
+        pass
+    return without_errno(text)
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,69 @@
+# -*- test-case-name: tests.test_logobserver,tests.test_small_files_durable -*-
+"""
+Words for an error that reaches a log line, a reply or a web page.
+
+Python's own text for an C{OSError} is C{[Errno 28] No space left on
+device: '/var/mail/x/tmp/1'}, and C{repr()} of any exception starts with
+its class name: neither is for a person reading a log or a client. Here:
+
+ - an C{OSError} is its C{strerror} as the C library words it, with the
+   full disk and the used-up quota (ENOSPC, EDQUOT) said plainly ("the
+   disk is full"), and, for the log only, the file it names;
+ - a store error that stands for one (L{InsufficientStorage} made from
+   an C{OSError}: its C{__cause__}) is that C{OSError}'s words;
+ - any other exception is its own text, never its class name (one with
+   no text: "an error with no description").
+
+L{twisted_mailhub.logobserver} words every exception a log event carries
+this way, and takes the C{[Errno N]} out of any text that still has it
+(one read from C{Failure.getErrorMessage()}, say), so a log line never
+shows them whoever logged it.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+
+# What "no space" means for whoever reads it: a full disk, or the quota
+# of the user the hub runs as.
+_PLAIN = {
+    errno.ENOSPC: "the disk is full",
+    getattr(errno, "EDQUOT", -1): "the disk quota is used up",
+}
+
+_ERRNO_PREFIX = re.compile(r"\[Errno -?\d+\] ")
+
+
+def error_words(error: BaseException, paths: bool = True) -> str:
+    """
+    C{error} as words (see the module's rules); with C{paths} (a log
+    line), the file an C{OSError} names follows in parentheses. Never
+    raises.
+    """
+    cause = error.__cause__
+    if not isinstance(error, OSError) and isinstance(cause, OSError) and type(error).__name__ == "InsufficientStorage":
+        error = cause
+    if isinstance(error, OSError):
+        words = _PLAIN.get(error.errno) or error.strerror or ""
+        if not words:
+            words = without_errno(_text(error)) or "an operating system error with no description"
+        if paths and error.filename is not None:
+            words += f" ({_text(error.filename)}"
+            if error.filename2 is not None:
+                words += f", {_text(error.filename2)}"
+            words += ")"
+        return words
+    return without_errno(_text(error)) or "an error with no description"
+
+
+def without_errno(text: str) -> str:
+    """C{text} without Python's C{[Errno N] } prefixes (an C{OSError}'s C{str()} inside it)."""
+    return _ERRNO_PREFIX.sub("", text) if "[Errno " in text else text
+
+
+def _text(value: object) -> str:
+    try:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    except Exception:
+        return ""
