@@ -33,8 +33,15 @@ CHILD = textwrap.dedent(
 
     root, crash_at = sys.argv[1], sys.argv[2]
     store = MaildirStore(root, hostname="test")
-    # The flushes of SmallFiles never run: the process dies first.
-    store.small_files = SmallFiles(run=lambda function, *args: defer.Deferred())
+    # The RENAME's record is written and flushed (SmallFiles' first batch,
+    # at once here); no later flush runs: the process dies first.
+    batches = []
+
+    def run(function, *args):
+        batches.append(function)
+        return defer.maybeDeferred(function, *args) if len(batches) == 1 else defer.Deferred()
+
+    store.small_files = SmallFiles(run=run)
     account = store.account("alice@example.org")
     real_rename = os.rename
     renames = []

@@ -145,9 +145,22 @@ class IMAPFolderChangesTests(unittest.TestCase):
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4323))
         server.makeConnection(transport)
         self.addCleanup(server.connectionLost, None)
+        from twisted.logger import globalLogPublisher
+
+        from twisted_mailhub.logobserver import ClassicLines
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         server.dataReceived(b"b login bob secret\r\n")
         self.assertIn(b"b NO [UNAVAILABLE]", transport.value())
         self.assertNotIn(b"Traceback", transport.value())
+        # The log says why in words: no "[Errno 5]", no exception's name.
+        lines = "".join(ClassicLines()(event) or "" for event in events)
+        self.assertIn("Input/output error", lines)
+        self.assertEqual(lines.count("not made durable"), 1, lines)  # (one failed flush, one line)
+        self.assertNotIn("Errno", lines)
+        self.assertNotIn("OSError", lines)
 
     def lose_the_list_of(self, name: str) -> str:
         """C{name}'s UID list gone (a crash, an imported Maildir) and the folder not open in this process."""
@@ -225,6 +238,29 @@ class IMAPFolderChangesTests(unittest.TestCase):
         self.assert_flushed_then_answered(b"t create A/B\r\n", "t OK", [self.account_dir])
         self.assert_flushed_then_answered(b"t rename A C\r\n", "t OK RENAME", [self.account_dir])
         self.assertTrue(os.path.isdir(os.path.join(self.account_dir, ".C.B", "cur")))
+
+    def test_rename_makes_no_fsync_in_the_reactor_and_moves_the_folders_after_its_record_is_durable(self):
+        self.assert_flushed_then_answered(b"t create A/B\r\n", "t OK", [self.account_dir])
+        in_reactor = []
+        real_fsync = os.fsync
+        self.patch(os, "fsync", lambda fd: in_reactor.append(os.readlink(f"/proc/self/fd/{fd}")))
+        self.server.dataReceived(b"t rename A C\r\n")
+        self.patch(os, "fsync", real_fsync)
+        self.assertEqual(in_reactor, [])  # (the record made 2 before: its file and the account's directory)
+        self.assertTrue(os.path.isdir(os.path.join(self.account_dir, ".A.B")), "moved before its record is durable")
+        record = os.path.join(self.account_dir, f"mailhub-renaming.{os.getpid()}.tmp")
+        self.assert_flushed_then_answered(b"", "t OK RENAME", [record, self.account_dir])
+        self.assertTrue(os.path.isdir(os.path.join(self.account_dir, ".C.B", "cur")))
+        self.assertFalse(os.path.exists(os.path.join(self.account_dir, "mailhub-renaming")))
+
+    def test_a_rename_whose_names_changed_before_its_record_was_durable_is_refused_and_leaves_no_record(self):
+        self.assert_flushed_then_answered(b"t create Gone\r\n", "t OK", [self.account_dir])
+        self.server.dataReceived(b"t rename Gone Here\r\n")
+        self.store.account("alice@localhost").delete_folder("Gone")  # (another session, meanwhile)
+        self.journal.run_jobs()
+        self.assertIn("t NO [NONEXISTENT] no such mailbox: Gone", self.replies())
+        self.assertFalse(os.path.exists(os.path.join(self.account_dir, "mailhub-renaming")))
+        self.assertFalse(os.path.exists(os.path.join(self.account_dir, ".Here")))
 
     def test_subscribe_and_unsubscribe_are_answered_after_the_file_and_its_directory_are_fsynced(self):
         path = os.path.join(self.account_dir, "subscriptions")
@@ -412,3 +448,79 @@ class FTPDirectoryChangesTests(unittest.TestCase):
         with open(os.path.join(self.root, "f"), "wb") as f:
             f.write(b"x")
         self.assert_told_after_the_fsync_of(self.shell.rename(["f"], ["g"]), self.root)
+
+
+class WebFirstPageTests(unittest.TestCase):
+    """Webmail shows an account's folders, and a folder's UIDs, only once they are durable (as IMAP LOGIN and SELECT)."""
+
+    def setUp(self):
+        from twisted_mailhub.web.avatar import WebUser
+        from twisted_mailhub.web.site import WebFace
+
+        self.journal = Journal()
+        self.clock = task.Clock()
+        accounts = AccountBook(["localhost"])
+        accounts.add("alice", "secret")
+        self.data = self.mktemp()
+        self.store = MaildirStore(os.path.join(self.data, "mail"), GroupCommitWriter(self.clock))
+        self.store.small_files = SmallFiles(fsync=self.journal.fsync, run=self.journal.run)
+        self.hub = Hub(self.clock, {"max-message-size": 10000}, accounts, self.store, self.data, "mail.test")
+        self.face = WebFace(self.hub)
+        self.session = self.face.sessions.new(user=WebUser("alice@localhost", False, self.store))
+        self.account_dir = os.path.realpath(self.store.account_path("alice@localhost"))
+
+    def get(self, name: str) -> defer.Deferred:
+        """The page of folder C{name} as the browser gets it: a Deferred of its text (status 200)."""
+        from twisted.web import server
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from twisted_mailhub.web.errors import MethodGuard
+        from twisted_mailhub.web.mail import FolderPages
+
+        request = DummyRequest([b""])
+        request.method = b"GET"
+        request.path = b"/mail/" + name.encode()
+        request.processingFailed = lambda reason: self.fail(reason.getTraceback())
+
+        def page(_):
+            self.assertEqual(request.responseCode or 200, 200)
+            self.journal.events.append(("reply", "page"))
+            return b"".join(request.written).decode("utf-8")
+
+        shown = request.notifyFinish().addCallback(page)
+        body = MethodGuard(FolderPages(self.face, self.session, name)).render(request)
+        if body is not server.NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+        return shown
+
+    def answered_after(self, shown: defer.Deferred) -> list[str]:
+        """What was fsynced before the page came, once the flushes ran (none before them)."""
+        self.assertNoResult(shown)
+        self.assertTrue(self.journal.jobs, "no flush asked for")
+        self.journal.run_jobs()
+        text = self.successResultOf(shown)
+        events = self.journal.events
+        done = [what for kind, what in events[: events.index(("reply", "page"))] if kind == "fsync"]
+        del events[:]
+        return text, done
+
+    def test_the_first_page_of_a_session_comes_after_the_special_use_folders_are_durable(self):
+        text, done = self.answered_after(self.get("INBOX"))
+        self.assertIn("Sent", text)
+        self.assertIn(self.account_dir, done)
+        self.assertIn(os.path.join(self.account_dir, ".Sent"), done)
+        # The next page has nothing to wait for.
+        self.successResultOf(self.get("INBOX"))
+
+    def test_a_folder_whose_list_is_made_again_is_shown_after_it_is_durable(self):
+        self.answered_after(self.get("INBOX"))
+        account = self.store.account("alice@localhost")
+        folder = os.path.join(self.account_dir, ".Archive")
+        with open(os.path.join(folder, "new", "1.outside"), "wb") as f:
+            f.write(b"Subject: kept\r\n\r\nbody\r\n")
+        os.unlink(os.path.join(folder, "mailhub-uidlist"))
+        account._folders.pop("Archive")
+        text, done = self.answered_after(self.get("Archive"))
+        self.assertIn("kept", text)
+        self.assertIn(os.path.join(folder, "mailhub-uidlist"), done)

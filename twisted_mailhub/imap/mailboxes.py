@@ -36,9 +36,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
+from twisted_mailhub.errorwords import error_words
 from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.listing import SPECIAL_USE  # noqa: F401 (imap/__init__ makes them)
 from twisted_mailhub.imap.settling import settled_folder, when_settled
@@ -130,7 +132,7 @@ class MailboxCommands:
         else:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else "the store failed"
             self.sendNegativeResponse(tag, b"[SERVERBUG] " + client_text(reason))
-            log.error("IMAP folder operation failed: {error!r}", error=error)
+            log.error("IMAP folder operation failed: {error}", error=error_words(error))
 
     def _folder(self, raw: bytes, settled: bool = False):
         """The folder named C{raw}; with C{settled}, raises L{Settling} while its UID list is not durable (imap/settling.py)."""
@@ -327,7 +329,7 @@ class MailboxCommands:
                 return
             store = self._store()
             moved = [n for n in store.folders() if n.startswith(old_name + DELIMITER)] if self.rev2 else []
-            store.rename_folder(old_name, new_name)
+            renaming = store.rename_folder(old_name, new_name)
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             self._folder_error(tag, e)
             return
@@ -341,7 +343,19 @@ class MailboxCommands:
                     self.sendUntaggedResponse(self.oldname_list(normalize_folder_name(new_name) + child[len(old_name):], child))
             self.sendPositiveResponse(tag, b"RENAME completed")
 
-        self._when_durable(tag, answer)
+        if not isinstance(renaming, defer.Deferred):
+            self._when_durable(tag, answer)
+            return
+        # (a store whose RENAME first makes a record durable off the
+        # reactor, store/maildir.py: the folders move after it)
+        self._hold_input()
+
+        def failed(reason):
+            self._folder_error(tag, reason.value)
+
+        renaming.addCallbacks(lambda _: self._when_durable(tag, answer), failed)
+        renaming.addErrback(lambda f: log.failure("IMAP RENAME's reply failed", f))
+        renaming.addBoth(lambda _: self._release_input())
 
     def _rename_inbox(self, tag: bytes, new_name: str) -> None:
         """

@@ -138,13 +138,15 @@ class _SettledLogins:
 
     def login(self, credentials: Any, mind: Any, *interfaces: Any) -> defer.Deferred:
         def settle(result: tuple) -> Any:
+            from twisted_mailhub.errorwords import error_words
+
             durable = getattr(getattr(result[1], "store_account", None), "durable", None)
             if durable is None:
                 return result
 
             def failed(reason: failure.Failure) -> None:
                 result[2]()  # (the avatar's logout)
-                raise StoreUnavailable(f"the account's folders were not saved: {reason.getErrorMessage()}")
+                raise StoreUnavailable(f"the account's folders were not saved: {error_words(reason.value)}")
 
             return durable().addCallbacks(lambda _: result, failed)
 

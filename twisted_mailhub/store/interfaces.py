@@ -284,9 +284,11 @@ class IMailAccount(Interface):
         Remove a folder and its messages (not INBOX).
         """
 
-    def rename_folder(old: str, new: str) -> None:
+    def rename_folder(old: str, new: str) -> Any:
         """
-        Rename a folder and its children.
+        Rename a folder and its children. Raises L{NoSuchFolder},
+        L{FolderExists} or L{BadFolderName}; returns None once done, or a
+        L{Deferred} that fires once done (or fails with those errors).
         """
 
     def subscriptions() -> list[str]:

@@ -109,6 +109,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_mailhub.errorwords import error_words
 from twisted_mailhub.heap import give_back_memory  # (after a big folder's load; tests replace it here)
 from twisted_mailhub.store.base import (
     DELIMITER,
@@ -2573,6 +2574,7 @@ class MaildirAccount:
         self.small_files = small_files or SmallFiles(getattr(writer, "reactor", None))
         self._folders: dict[str, MaildirFolder] = {}
         self._lost: list[BaseException] = []  # flushes that failed, not told yet (durable)
+        self._rename_over: defer.Deferred | None = None  # fires when the last RENAME asked for is done
         os.makedirs(path, exist_ok=True)
         self._redo_rename()
 
@@ -2580,7 +2582,9 @@ class MaildirAccount:
         """Keep a flush's failure for the next L{durable} (logged once)."""
 
         def failed(reason: Failure) -> None:
-            log.warn("{path}: folder change or subscriptions not made durable ({error})", path=self.path, error=reason.getErrorMessage())
+            if self._lost:
+                return  # (one line until durable() tells it: a failing disk fails every change)
+            log.warn("{path}: folder change or subscriptions not made durable ({error})", path=self.path, error=error_words(reason.value))
             self._lost.append(reason.value)
 
         d.addErrback(failed)
@@ -2680,32 +2684,74 @@ class MaildirAccount:
         self._sync_account_directory()
         # (its subscription stays: L{renamed_subscriptions})
 
-    def rename_folder(self, old: str, new: str) -> None:
-        old, new = normalize_folder_name(old), normalize_folder_name(new)
+    def _check_rename(self, old: str, new: str) -> None:
+        """Raises L{BadFolderName}, L{NoSuchFolder} or L{FolderExists} when C{old} cannot become C{new} (both normalized)."""
         if old == INBOX:
             raise BadFolderName("renaming INBOX is not supported")
         if not os.path.isdir(self._folder_path(old)):
             raise NoSuchFolder(old)
         if new == INBOX or os.path.isdir(self._folder_path(new)):
             raise FolderExists(new)
-        # Crash-safe in steps (each folder of the hierarchy is one
-        # directory, and the subscriptions file is another step): what the
-        # RENAME is goes on disk first (two fsyncs in the reactor, RENAME
-        # only); a crash before the last step's flush leaves it there, and
-        # the next open of the account finishes the RENAME (_redo_rename).
-        # It is removed in the flush of the new subscriptions and the
-        # directory (SmallFiles), so a RENAME answered leaves none.
+
+    def rename_folder(self, old: str, new: str) -> defer.Deferred:
+        """
+        Rename folder C{old} and its inferiors to C{new}. Raises
+        L{BadFolderName}, L{NoSuchFolder} or L{FolderExists} at once;
+        else returns a Deferred that fires once the directories have moved
+        (L{durable} then says when that is on disk), or fails with the
+        same errors (the names changed meanwhile) or a L{StoreError}.
+
+        Crash-safe in steps (each folder of the hierarchy is one
+        directory, and the subscriptions file is another step): what the
+        RENAME is goes on disk first, written and flushed off the reactor
+        (L{SmallFiles.replace}), and the directories move only after
+        that; a crash before the last step's flush leaves it there, and
+        the next open of the account finishes the RENAME (_redo_rename).
+        It is removed in the flush of the new subscriptions and the
+        directory, so a RENAME answered leaves none. The account's
+        RENAMEs run one after another (one record).
+        """
+        old, new = normalize_folder_name(old), normalize_folder_name(new)
+        self._check_rename(old, new)
         journal = os.path.join(self.path, RENAMING)
-        record = {"old": old, "new": new, "pid": os.getpid(), "boot": _boot_id()}
-        try:
-            write_durably(journal, json.dumps(record).encode("utf-8"))
-            fsync_directory(self.path)
-        except OSError as e:
-            raise storage_error(e) from e
-        self._move_folders(old, new)
-        self._rename_subscriptions(old, new)
-        self._sync_account_directory()
-        self._flushed(self.small_files.remove(journal))
+        previous, over = self._rename_over, defer.Deferred()
+        self._rename_over = over
+
+        def write_record(_: Any) -> defer.Deferred:
+            # (again: another session may have changed the names since)
+            self._check_rename(old, new)
+            record = {"old": old, "new": new, "pid": os.getpid(), "boot": _boot_id()}
+            return self.small_files.replace(journal, json.dumps(record).encode("utf-8")).addErrback(not_written)
+
+        def not_written(reason: Failure) -> None:
+            error = reason.value
+            raise storage_error(error) if isinstance(error, OSError) else error
+
+        def move(_: Any) -> None:
+            try:
+                self._check_rename(old, new)
+                self._move_folders(old, new)
+                self._rename_subscriptions(old, new)
+            except BaseException:
+                # The record must not finish at the next open what was
+                # refused (or half done: the next open finishes it then).
+                self._sync_account_directory()
+                self._flushed(self.small_files.remove(journal))
+                raise
+            self._sync_account_directory()
+            self._flushed(self.small_files.remove(journal))
+
+        def finish(result: Any) -> Any:
+            if self._rename_over is over:
+                self._rename_over = None
+            over.callback(None)
+            if isinstance(result, Failure) and isinstance(result.value, OSError):
+                result = Failure(storage_error(result.value))
+            return result
+
+        d = defer.succeed(None) if previous is None else previous
+        d.addCallback(write_record).addCallback(move).addBoth(finish)
+        return d
 
     def _move_folders(self, old: str, new: str) -> None:
         """The directories of C{old} and its inferiors become C{new}'s; missing parents of C{new} are made. A name already moved is left."""

@@ -248,17 +248,53 @@ class FolderPages(resource.Resource):
 
     def _folder(self):
         account = self.session.user.mail()
-        if not getattr(self.session, "folders_prepared", False):
-            # The special-use folders (Sent, Drafts, Trash, Junk, Archive)
-            # as an IMAP login makes them: a webmail-only user has the same
-            # folders, and Move something to offer.
-            from twisted_mailhub.imap import prepare_account
-
-            prepare_account(account)
-            self.session.folders_prepared = True
         folder = account.folder(self.name)
         folder.refresh()
         return account, folder
+
+    def _settling(self, shows: bool = True) -> defer.Deferred | None:
+        """
+        None when this page may show the account's folders and this one's
+        UIDs now; else a Deferred that fires once it may (or fails with the
+        store's error, for the one error path). Without C{shows} (a form's
+        POST: its answer is a redirect, and each action waits for the
+        store's C{durable()} before it changes anything) the folders are
+        made and nothing is waited for here:
+
+         - the first page of a session makes the special-use folders (Sent,
+           Drafts, Trash, Junk, Archive) as an IMAP login does (a
+           webmail-only user has the same folders, and Move something to
+           offer), and, as an IMAP login, shows them only once they are
+           durable (the store's C{durable()}, design rule 6);
+         - a folder whose UID list was made again at this load (lost or
+           damaged) is shown once the list is durable (its C{unsettled()},
+           as IMAP SELECT waits: imap/settling.py): its UIDs are in every
+           message's address.
+        """
+        account = self.session.user.mail()
+        waits = []
+        if not getattr(self.session, "folders_prepared", False):
+            from twisted_mailhub.imap import prepare_account
+
+            prepare_account(account)
+            durable = getattr(account, "durable", None)
+            if durable is None:
+                self.session.folders_prepared = True
+            elif shows:
+                waits.append(durable().addCallback(lambda _: setattr(self.session, "folders_prepared", True)))
+        if not shows:
+            return None
+        try:
+            folder = account.folder(self.name)
+        except (NoSuchFolder, BadFolderName):
+            folder = None  # (answered by the page itself)
+        unsettled = getattr(folder, "unsettled", None)
+        pending = unsettled() if unsettled is not None else None
+        if pending is not None:
+            waits.append(pending)
+        if not waits:
+            return None
+        return defer.gatherResults(waits, consumeErrors=True)
 
     def render(self, request):
         if self.name == OLD_COMPOSE and not self._exists():
@@ -269,6 +305,11 @@ class FolderPages(resource.Resource):
             rest = "/".join(p.decode("utf-8", "replace") for p in request.postpath if p != b"")
             if not rest:
                 return redirect(request, COMPOSE + ("?" + query if query else ""), code=307)
+        if request.method == b"POST" and not self.face.csrf_ok(request):
+            raise _forbidden()  # (before anything is made for the session)
+        waiting = self._settling(request.method != b"POST")
+        if waiting is not None:
+            return waiting.addCallback(lambda _: resource.Resource.render(self, request))
         return resource.Resource.render(self, request)
 
     def _exists(self) -> bool:
