@@ -478,6 +478,14 @@ class RelayTests(unittest.TestCase):
         self.assertEqual([a for a, _ in relay.delivered_here], ["alice@a.test"])
         self.assertEqual(relay.entries, {})
 
+    def test_a_local_delivery_that_fails_on_a_full_disk_is_kept_in_words_without_the_servers_path(self):
+        relay = self.relay({}, schedule=RetrySchedule([60]))
+        relay.deliver_local = lambda address, message: defer.fail(OSError(28, "No space left on device", "/var/mail/carol/tmp/1"))
+        self.enqueue(relay, recipients=("carol@a.test",))
+        [entry] = QueueStorage(self.dir, writer=SyncWriter()).load()
+        # (the reply goes into a delay warning or a bounce: never Python's text or a file of the server)
+        self.assertEqual(entry.recipients[0].reply, "4.3.0 local delivery failed: the disk is full")
+
     def test_entry_that_already_bounced_is_not_bounced_again_at_start(self):
         entry = make_entry("alice@a.test", ["bob@b.test"], len(MESSAGE), now=self.clock.seconds())
         entry.recipients[0].state = FAILED

@@ -39,6 +39,7 @@ from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 
+from twisted_mailhub.errorwords import error_words
 from twisted_mailhub.queue.client import DONE, Job, Outcome, RelayClient, RelayClientFactory
 from twisted_mailhub.queue.dsn import build_dsn
 from twisted_mailhub.queue.mx import Hop, RouteError, Router
@@ -325,7 +326,8 @@ class Relay(service.Service):
         try:
             await self.deliver_local(address, message)
         except Exception as e:  # noqa: BLE001
-            outcomes[entry.id][address] = Outcome(451, f"4.3.0 local delivery failed: {e}", self.hostname)
+            # (the text goes into a delay warning or a bounce: words, no file of this server)
+            outcomes[entry.id][address] = Outcome(451, f"4.3.0 local delivery failed: {error_words(e, paths=False)}", self.hostname)
         else:
             outcomes[entry.id][address] = Outcome(250, "2.0.0 delivered locally", self.hostname)
 
@@ -510,6 +512,6 @@ def _bare(address: str) -> str:
 
 
 def _reason(e: Exception) -> str:
-    text = str(e) or e.__class__.__name__
+    text = error_words(e, paths=False)  # (never Python's [Errno N] or a class name)
     return " ".join(text.split())[:200]
 
