@@ -541,3 +541,107 @@ def test_a_gathering_batch_starts_once_its_first_write_waited_gather_max_or_no_b
     reactor.one_turn()
     assert writer.batches == 4
 
+
+
+# One syncfs for one batch's links and the next batch's data: every syncfs
+# is numbered (durable._begin_flush); a batch whose files are linked waits
+# for one numbered above the newest begun when its links were made.
+
+
+def _flush_recorder(monkeypatch, root, events):
+    """Every syncfs (of data or of links) records the names in new/ when it begins, then runs."""
+    real = durable._sync_filesystem
+
+    def recording(path):
+        events.append(("syncfs", sorted(os.listdir(root / "new"))))
+        real(path)
+
+    monkeypatch.setattr(durable, "_sync_filesystem", recording)
+
+
+def _owing_writer(tmp_path, monkeypatch):
+    if durable._syncfs is None or durable._linkat is None:
+        pytest.skip("no syncfs(2) or no O_TMPFILE on this system")
+    monkeypatch.setattr(durable, "choose_flush", lambda: "syncfs")
+    monkeypatch.setattr(durable.time, "monotonic", lambda: 1000.0)  # (no second batch beside the first)
+    root = maildir(tmp_path)
+    events: list = []
+    _flush_recorder(monkeypatch, root, events)
+    reactor = _InlineReactor(hold=True)
+    writer = durable.GroupCommitWriter(reactor, threads=reactor)
+
+    def write(name):
+        d = writer.write(str(root / "tmp" / name), str(root / "new" / name), b"message " + name.encode() + b"\r\n", fresh=True)
+        d.addCallback(lambda _: events.append(("acknowledged", name)))
+        d.addErrback(lambda f: events.append(("failed", name, f.value.errno)))
+
+    return root, reactor, writer, write, events
+
+
+def test_the_flush_of_the_next_batchs_data_makes_a_batchs_links_durable(tmp_path, monkeypatch):
+    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
+    write("a0")
+    write("a1")
+    reactor.turn()  # batch a on its way
+    write("b0")
+    write("b1")
+    reactor.release()  # a: data flushed, linked; b, queued meanwhile, starts
+    assert events == [("syncfs", [])] and writer.batches == 2
+    reactor.release()  # b: its data's syncfs, begun after a's links, serves them
+    assert events == [("syncfs", []), ("syncfs", ["a0", "a1"]), ("acknowledged", "a0"), ("acknowledged", "a1")]
+    reactor.release()  # nothing came to serve b's links: a syncfs of their own
+    assert events[4:] == [("syncfs", ["a0", "a1", "b0", "b1"]), ("acknowledged", "b0"), ("acknowledged", "b1")]
+    assert reactor.held == [] and sorted(os.listdir(root / "new")) == ["a0", "a1", "b0", "b1"]
+
+
+def test_no_write_is_acknowledged_before_a_syncfs_that_began_after_its_link(tmp_path, monkeypatch):
+    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
+    for n in range(12):
+        write(f"m{n:02}")
+        if n % 3 == 2:
+            reactor.turn()
+        if n % 4 == 3:
+            reactor.release()
+    for _ in range(50):
+        if not reactor.held:
+            break
+        reactor.release()
+    acknowledged = [e[1] for e in events if e[0] == "acknowledged"]
+    assert acknowledged == [f"m{n:02}" for n in range(12)]  # every one, in order
+    for name in acknowledged:
+        before = events[: events.index(("acknowledged", name))]
+        assert any(e[0] == "syncfs" and name in e[1] for e in before), name
+
+
+def test_a_syncfs_begun_before_a_batchs_links_were_made_is_not_taken_to_serve_them(tmp_path, monkeypatch):
+    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
+    write("a0")
+    write("a1")
+    reactor.release()  # a's data flushed (syncfs number n), linked; a syncfs of its own is due
+    device = os.stat(root / "new").st_dev
+    begun = durable._flush_numbers[device]
+    # Another thread's syncfs numbered n (begun before the links) ends well:
+    writer._heard([(device, begun, None)])
+    assert ("acknowledged", "a0") not in events
+    reactor.release()  # the syncfs of their own, number n + 1
+    assert events[-3:] == [("syncfs", ["a0", "a1"]), ("acknowledged", "a0"), ("acknowledged", "a1")]
+
+
+def test_a_failed_syncfs_fails_the_writes_whose_links_it_was_to_flush_and_takes_them_out(tmp_path, monkeypatch):
+    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
+    write("a0")
+    write("a1")
+    reactor.turn()
+    write("b0")
+    write("b1")
+    reactor.release()  # a linked, b starts
+
+    def broken(path):
+        events.append(("syncfs failed", sorted(os.listdir(root / "new"))))
+        raise OSError(5, "syncfs: Input/output error", path)
+
+    monkeypatch.setattr(durable, "_sync_filesystem", broken)
+    reactor.release()  # b's data flush fails: b and a (whose links it was to flush) fail
+    reactor.release()  # (a's linked files taken out in a thread)
+    assert [e for e in events if e[0] in ("acknowledged", "failed")] == [("failed", "a0", 5), ("failed", "a1", 5), ("failed", "b0", 5), ("failed", "b1", 5)]
+    assert os.listdir(root / "new") == [] and os.listdir(root / "tmp") == []

@@ -39,7 +39,7 @@ def test_a_group_is_never_split_between_batches(tmp_path, monkeypatch):
 
     class Threads:
         def run(self, function, args, on_result):
-            batch, flush = args
+            batch, flush = args[:2]
             batches.append([os.path.basename(item.final_path) for item in batch])
             # never done: what queues meanwhile waits
 

@@ -42,7 +42,14 @@ In a batch flushed by syncfs, a message is written as an unnamed file
 (O_TMPFILE, see L{UNNAMED}): phase 1 gives it no name in tmp/, phase 3
 links it to its final name instead of a rename, and phase 4 is a second
 syncfs (the directory entries and the linked files' inodes). A crash
-before phase 3 leaves nothing anywhere, not even in tmp/.
+before phase 3 leaves nothing anywhere, not even in tmp/. In the group
+commit (L{GroupCommitWriter}) that second syncfs is any syncfs begun
+after the links (they are numbered, L{_begin_flush}): the thread gives
+the batch back after phase 3 (L{Committed}) and the next batch's flush
+of its data serves it; when no batch is on its way or queued to start,
+a thread runs one for it alone (L{_flush_owed}). Its writes are
+acknowledged only when such a syncfs has ended well; if it fails, their
+names are taken away again and they fail.
 
 So 32 concurrent deliveries share a few journal commits rather than
 paying 32, and nothing is acknowledged before it is safe. Either way the
@@ -311,6 +318,77 @@ def _sync_filesystem(path: str) -> None:
         os.close(fd)
 
 
+# Every syncfs(2) of this process is numbered, per filesystem (st_dev ->
+# the number of the newest one begun). A write whose links were made when
+# the newest number was n is durable once a syncfs numbered n + 1 or more
+# has ended well: that one began after the links (PostgreSQL's WAL flush
+# works so: a flush serves every record written before it began). The
+# group commit so lets the syncfs of one batch's data serve the links of
+# the batch before it (L{GroupCommitWriter}, L{Committed}).
+_flush_numbers: dict[int, int] = {}
+_flush_numbers_lock = threading.Lock()
+
+
+def _begin_flush(device: int) -> int:
+    """The number of a syncfs of filesystem C{device} about to begin."""
+    with _flush_numbers_lock:
+        number = _flush_numbers[device] = _flush_numbers.get(device, 0) + 1
+    return number
+
+
+def _numbered_sync(device: int, path: str, flush: Callable[[str], None], flushed: list | None) -> None:
+    """C{flush(path)} (a syncfs of filesystem C{device}), numbered: its (device, number, error or None) is added to C{flushed}. Raises its OSError."""
+    number = _begin_flush(device)
+    try:
+        flush(path)
+    except OSError as e:
+        if flushed is not None:
+            flushed.append((device, number, e))
+        raise
+    if flushed is not None:
+        flushed.append((device, number, None))
+
+
+@attr.s(auto_attribs=True, eq=False)
+class Committed:
+    """
+    What a batch's thread returns to L{GroupCommitWriter} when its files
+    were linked into place but the syncfs that makes their names durable
+    is left to a later one: C{outcome}, one error or None per write (as
+    L{_commit_batch} returns it); C{flushed}, the numbered syncfs calls the
+    batch made, (device, number, error or None) each; C{owed}, per
+    filesystem the links still to be flushed: (device, number, directory,
+    indexes of the writes): a syncfs of that device numbered C{number} or
+    more, ended well, makes them durable; one that failed fails them.
+    """
+
+    outcome: list
+    flushed: list
+    owed: list
+
+
+def _flush_owed(directories: list[tuple[int, str]]) -> list:
+    """
+    A thread's job: the syncfs a batch's links are waiting for, one per
+    filesystem (C{directories}: (device, a directory on it)), when no
+    batch's flush of its data came to serve them. Returns the numbered
+    calls, as L{Committed.flushed}.
+    """
+    flushed: list = []
+    for device, directory in directories:
+        try:
+            _numbered_sync(device, directory, _sync_links, flushed)
+        except OSError:
+            pass  # (in flushed)
+    return flushed
+
+
+def _take_out(paths: list[str]) -> None:
+    """A thread's job: the names of linked files whose flush failed taken away again."""
+    for path in paths:
+        _discard(path)
+
+
 # How long a choice of flush (choose_flush) stands: it reads /proc/meminfo.
 CHOICE_SECONDS = 0.1
 
@@ -394,11 +472,16 @@ def _close(fd: int | None) -> None:
             pass
 
 
-def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseException | None]:
+def _commit_batch(batch: list[PendingWrite], flush: str = "files", owing: bool = False) -> Any:
     """
     Runs in a worker thread: the four phases of the module docstring for
-    one batch. Returns one error (or None) per write.
+    one batch. Returns one error (or None) per write. With C{owing}, the
+    syncfs of phase 4 for linked files is left to a later one (the next
+    batch's flush of its data, or L{_flush_owed}) and a L{Committed} is
+    returned.
     """
+    flushed: list = []
+    owed: list = []
     outcome: list[BaseException | None] = [None] * len(batch)
     fds: list[int | None] = [None] * len(batch)
     logs: dict[tuple[str, int], list[int]] = {}  # (log file, its lock) -> indexes of the writes it carries
@@ -435,7 +518,7 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
                 for i in members:
                     outcome[i] = e
         # 2. flush
-        _flush(batch, outcome, fds, logs, log_fds, flush)
+        _flush(batch, outcome, fds, logs, log_fds, flush, flushed)
         _fail_groups(batch, outcome)
         # 3. rename (or link) into place
         directories: dict[str, list[int]] = {}
@@ -474,7 +557,10 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
                     outcome[i] = e
                     _discard(batch[i].final_path)
         if linked:
-            _sync_linked(batch, outcome, linked, directory_fds)
+            if owing:
+                owed = _owe_links(linked, directory_fds)
+            else:
+                _sync_linked(batch, outcome, linked, directory_fds, flushed)
     finally:
         for fd in fds:
             _close(fd)
@@ -482,7 +568,22 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files") -> list[BaseE
             _close(fd)
         for fd in directory_fds.values():
             _close(fd)
+    if owing:
+        return Committed(outcome, flushed, owed)
     return outcome
+
+
+def _owe_links(linked: dict[str, list[int]], directory_fds: dict[str, int | None]) -> list:
+    """
+    Phase 4 left to a later syncfs (L{Committed.owed}): per filesystem of
+    the directories in C{linked}, the number the syncfs that serves them
+    must have (the newest begun + 1, read now that the links are made).
+    """
+    devices: dict[int, tuple[str, list[int]]] = {}
+    for directory, members in linked.items():
+        device = os.fstat(directory_fds[directory]).st_dev  # type: ignore[arg-type]
+        devices.setdefault(device, (directory, []))[1].extend(members)
+    return [(device, _flush_numbers.get(device, 0) + 1, directory, members) for device, (directory, members) in devices.items()]
 
 
 def _directory_fd(directory: str, directory_fds: dict[str, int | None]) -> int:
@@ -548,7 +649,7 @@ def _place_unnamed(item: PendingWrite, fd: int, directory_fds: dict[str, int | N
     return False
 
 
-def _sync_linked(batch: list[PendingWrite], outcome: list[BaseException | None], linked: dict[str, list[int]], directory_fds: dict[str, int | None]) -> None:
+def _sync_linked(batch: list[PendingWrite], outcome: list[BaseException | None], linked: dict[str, list[int]], directory_fds: dict[str, int | None], flushed: list | None = None) -> None:
     """
     Phase 4 for the files linked into place (C{linked}: directory -> the
     writes linked there): one syncfs per filesystem (L{_sync_links}); if
@@ -557,9 +658,9 @@ def _sync_linked(batch: list[PendingWrite], outcome: list[BaseException | None],
     devices: dict[int, list[str]] = {}
     for directory in linked:
         devices.setdefault(os.fstat(directory_fds[directory]).st_dev, []).append(directory)  # type: ignore[arg-type]
-    for directories in devices.values():
+    for device, directories in devices.items():
         try:
-            _sync_links(directories[0])
+            _numbered_sync(device, directories[0], _sync_links, flushed)
         except OSError as e:
             for directory in directories:
                 for i in linked[directory]:
@@ -576,7 +677,7 @@ def _fail_groups(batch: list[PendingWrite], outcome: list[BaseException | None])
                 outcome[i] = failed[id(item.group)]
 
 
-def _flush(batch, outcome, fds, logs, log_fds, flush: str = "files") -> None:
+def _flush(batch, outcome, fds, logs, log_fds, flush: str = "files", flushed: list | None = None) -> None:
     """
     Phase 2: the data of every live write and log on disk, or an error.
     C{flush} C{"files"}: only the batch's own files are flushed:
@@ -588,7 +689,7 @@ def _flush(batch, outcome, fds, logs, log_fds, flush: str = "files") -> None:
     """
     live = [i for i in range(len(batch)) if outcome[i] is None]
     if flush == "syncfs" and _syncfs is not None and len(live) + len(log_fds) > 1:
-        _flush_filesystems(batch, outcome, fds, logs, log_fds, live)
+        _flush_filesystems(batch, outcome, fds, logs, log_fds, live, flushed)
         return
     jobs: list[tuple[Callable[[int], None], int, list[int]]] = [(os.fsync, fds[i], [i]) for i in live]
     jobs += [(_fdatasync, fd, logs[key]) for key, fd in log_fds.items()]
@@ -613,8 +714,8 @@ def _flush(batch, outcome, fds, logs, log_fds, flush: str = "files") -> None:
                 outcome[i] = outcome[i] or error
 
 
-def _flush_filesystems(batch, outcome, fds, logs, log_fds, live) -> None:
-    """One syncfs(2) for each filesystem the batch wrote to."""
+def _flush_filesystems(batch, outcome, fds, logs, log_fds, live, flushed: list | None = None) -> None:
+    """One syncfs(2) for each filesystem the batch wrote to (numbered, into C{flushed})."""
     devices: dict[int, str] = {}  # filesystem -> a directory on it
     device_of: dict[int, int] = {}  # write index -> filesystem
     by_directory: dict[str, int] = {}  # a new file is on its directory's filesystem
@@ -631,7 +732,7 @@ def _flush_filesystems(batch, outcome, fds, logs, log_fds, live) -> None:
     failed: dict[int, OSError] = {}
     for device, directory in devices.items():
         try:
-            _sync_filesystem(directory)
+            _numbered_sync(device, directory, _sync_filesystem, flushed)
         except OSError as e:
             failed[device] = e
     for i in live:
@@ -767,8 +868,13 @@ class GroupCommitWriter:
         self._overlap_call: Any = None  # the delayed start of a second syncfs batch
         self._queued_at = 0.0  # time.monotonic() when the oldest queued write came (roughly)
         self._gathered = -1  # the queue's length at the last turn a batch waited for more (GATHER_MAX)
-        # Batches on their way, oldest first: [outcome or None, done, crashed, finished].
+        # Batches on their way, oldest first: [outcome or None, done, crashed].
         self._in_flight: Any = collections.deque()
+        # Batches whose links wait for a syncfs (L{Committed}), oldest
+        # first: [slot, batch, outcome, owed], and whether a thread runs
+        # one for them (L{_flush_owed}).
+        self._owing: list[list[Any]] = []
+        self._flushing = False
         self.batches = 0  # for tests and benchmarks: how many flushes ran
 
     def after_batch(self, function: Callable[[], None]) -> None:
@@ -959,35 +1065,104 @@ class GroupCommitWriter:
                 if not item.deferred.called:
                     item.deferred.errback(reason if item.failed is None else _told(item, reason))
 
-        def finished(_):
-            self._running -= 1
-            if GATHER_MAX and self._running and (self._starting or self._gather()):
-                return
-            while self._queue and self._may_start():
-                self._next_batch()
-
         # Batches finish in the order they started: one whose flush ended
         # first waits for those before it, so that messages become visible
         # in the order of their UIDs (given in order of arrival): an IMAP
         # session told of UID n never hears of a new message below n.
-        slot: list[Any] = [None, done, crashed, finished]
+        slot: list[Any] = [None, done, crashed]
         self._in_flight.append(slot)
 
         def returned(result):
-            slot[0] = result  # the outcomes, or the Failure of a crash
-            self._finish_in_order()
+            # The thread is free. Its batch is done, or its links wait for
+            # a syncfs begun after them: the next batch's (of its data),
+            # else one of their own (_flush_owed).
+            self._running -= 1
+            if isinstance(result, Committed):
+                self._heard(result.flushed)
+                if result.owed:
+                    self._owing.append([slot, batch, result.outcome, result.owed])
+                else:
+                    slot[0] = result.outcome
+            else:
+                slot[0] = result  # the outcomes, or the Failure of a crash
+            try:
+                if not (GATHER_MAX and self._running and (self._starting or self._gather())):
+                    while self._queue and self._may_start():
+                        self._next_batch()
+                self._flush_owing()
+            finally:
+                self._finish_in_order()
 
-        self.threads.run(_commit_batch, (batch, self._flush), returned)
+        self.threads.run(_commit_batch, (batch, self._flush, True), returned)
+
+    def _heard(self, flushed: list) -> None:
+        """
+        The numbered syncfs calls a thread made (L{Committed.flushed}): the
+        batches whose links each served are done, or fail with its error
+        (their linked files are then taken away first, in a thread).
+        """
+        if not flushed or not self._owing:
+            return
+        for device, number, error in flushed:
+            for entry in self._owing:
+                owed = entry[3]
+                for k, (owed_device, wanted, _, members) in enumerate(owed):
+                    if owed_device == device and wanted <= number:
+                        del owed[k]
+                        if error is not None:
+                            entry.append([entry[1][i].final_path for i in members])
+                            for i in members:
+                                entry[2][i] = entry[2][i] or error
+                        break
+        still = []
+        for entry in self._owing:
+            if entry[3]:
+                still.append(entry)
+                continue
+            slot, outcome, paths = entry[0], entry[2], [path for taken in entry[4:] for path in taken]
+            if paths:
+                self.threads.run(_take_out, (paths,), lambda _, slot=slot, outcome=outcome: self._taken_out(slot, outcome))
+            else:
+                slot[0] = outcome
+        self._owing = still
+
+    def _taken_out(self, slot: list[Any], outcome: list) -> None:
+        slot[0] = outcome
+        self._finish_in_order()
+
+    def _flush_owing(self) -> None:
+        """
+        When batches' links wait for a syncfs and no thread is running a
+        batch (whose flush would come after them) or one for them, and no
+        write waits to be the next batch (about to start: its flush will
+        serve them): one for them in a thread (L{_flush_owed}).
+        """
+        if not self._owing or self._running or self._flushing or self._queue:
+            return
+        directories: dict[int, str] = {}
+        for entry in self._owing:
+            for device, _, directory, _ in entry[3]:
+                directories.setdefault(device, directory)
+        self._flushing = True
+
+        def flushed(result):
+            self._flushing = False
+            if isinstance(result, Failure):  # (not an OSError: those are in the list)
+                result = [(device, number, result.value) for device in directories for number in [1 << 62]]
+            try:
+                self._heard(result)
+                self._flush_owing()
+            finally:
+                self._finish_in_order()
+
+        self.threads.run(_flush_owed, (list(directories.items()),), flushed)
 
     def _finish_in_order(self) -> None:
-        """Finish the oldest batches whose threads are done, oldest first."""
+        """Finish the oldest batches that are done, oldest first."""
         in_flight = self._in_flight
         while in_flight and in_flight[0][0] is not None:
-            result, done, crashed, finished = in_flight.popleft()
-            try:
-                if isinstance(result, Failure):
-                    crashed(result)
-                else:
-                    done(result)
-            finally:
-                finished(None)
+            result, done, crashed = in_flight.popleft()
+            if isinstance(result, Failure):
+                crashed(result)
+            else:
+                done(result)
