@@ -40,6 +40,11 @@ how much dirty data the system had: above 64 MB (the neighbours writing)
 the hub fsyncs each file instead of one syncfs per batch, which changes
 the CPU per message a lot.
 
+Each round also says what the group commit did (from the control
+socket's C{status}): writes a batch, syncfs calls a message, of those
+the ones for a batch's links alone (no next batch's flush served them),
+and the batches fsynced file by file.
+
 At the end it says whether the comparison was fair: for each hub, the
 cores it kept busy, the µs per message it and the client waited for a
 core while runnable (/proc/PID/schedstat: a starved client or hub shows
@@ -230,6 +235,21 @@ class ConnectionSpread:
         return ", ".join("/".join(str(n) for n in counts) or "?" for counts in self.rounds)
 
 
+def commit_counts(data_dir: str) -> dict:
+    """
+    The hub's group commit so far (every process's, from the control
+    socket's C{status}: store/durable.STATS): batches, writes, syncfs
+    calls, and of those the ones for links alone. Empty if it cannot say.
+    """
+    from twisted_mailhub import control
+
+    try:
+        answer = control.ask(data_dir, "status", timeout=2.0) or {}
+    except OSError:
+        return {}
+    return dict(answer.get("group_commit") or {})
+
+
 def dirty_megabytes() -> float:
     """
     The system's dirty and under-writeback page cache in MB: above
@@ -379,6 +399,9 @@ def main() -> None:
     busy: dict[str, list[float]] = {name: [] for name in hubs}
     hub_waited: dict[str, list[float]] = {name: [] for name in hubs}
     client_waited: dict[str, list[float]] = {name: [] for name in hubs}
+    # The group commit: writes per batch and syncfs calls per message.
+    per_batch: dict[str, list[float]] = {name: [] for name in hubs}
+    syncfs_each: dict[str, list[float]] = {name: [] for name in hubs}
     # How the client's connections were spread over the workers, per round.
     spreads = {name: ConnectionSpread(hub.data_dir) for name, hub in hubs.items() if "--workers" in hub.args}
     try:
@@ -391,6 +414,7 @@ def main() -> None:
             for s, (name, hub) in enumerate(hubs.items()):
                 rcpt = f"r{r}s{s}@localhost"
                 pids = hub_pids(hub)
+                commits_before = commit_counts(hub.data_dir)
                 before = [cpu_seconds([p]) for p in pids]
                 system_before = cpu_seconds(pids, system_only=True)
                 split_before = [thread_split(p) for p in pids]
@@ -410,8 +434,15 @@ def main() -> None:
                 used = sum(each)
                 system = cpu_seconds(pids, system_only=True) - system_before
                 queued = sum(runqueue_wait(p) for p in pids) - queued_before
+                commits = {k: v - commits_before.get(k, 0) for k, v in commit_counts(hub.data_dir).items()}
                 verify(hub.maildir(rcpt), accepted)
                 rate = len(accepted) / elapsed
+                committed = ""
+                if commits.get("batches"):
+                    per_batch[name].append(commits["writes"] / commits["batches"])
+                    syncfs_each[name].append(commits.get("syncfs", 0) / len(accepted))
+                    committed = (f"; group commit: {commits['writes'] / commits['batches']:.1f} writes a batch, {commits.get('syncfs', 0) / len(accepted):.3f} syncfs a message"
+                                 f" ({commits.get('links_alone', 0)} for links alone), {commits.get('files_batches', 0)} of {commits['batches']} batches fsynced file by file")
                 results[name].append(rate)
                 cpu[name].append(used / len(accepted) * 1e6)
                 # The reactor thread that bounds the rate: one process's own;
@@ -438,7 +469,7 @@ def main() -> None:
                       f" (system {system / len(accepted) * 1e6:.0f}; reactor+other threads per process {threads};"
                       f" context switches voluntary/preempted per process {waits}; waited for a core: hub {queued / len(accepted) * 1e6:.0f}"
                       f"{f', client {client_queued[0] / len(accepted) * 1e6:.0f}' if client_queued else ''}; the client used {client / len(accepted) * 1e6:.0f};"
-                      f" dirty {dirty:.0f} MB: {'per-file fsync' if dirty * 2**20 >= QUIET_DIRTY_BYTES else 'syncfs'})")
+                      f" dirty {dirty:.0f} MB: {'per-file fsync' if dirty * 2**20 >= QUIET_DIRTY_BYTES else 'syncfs'}{committed})")
         spread = {}
         many = list(hubs.values())[1]
         for index in re.findall(r"\[worker (\d+)\] delivered ", many.log):
@@ -471,7 +502,8 @@ def main() -> None:
     for name in hubs:
         client_part = f", the client {statistics.median(client_waited[name]):.0f}" if client_waited[name] else ""
         modes = ", ".join(f"{mode} {flushes[name].count(mode)}" for mode in sorted(set(flushes[name])))
-        print(f"  {name:>12}: {statistics.median(busy[name]):.2f} cores busy; waited: the hub {statistics.median(hub_waited[name]):.0f}{client_part}; rounds {modes}")
+        commit = f"; {statistics.median(per_batch[name]):.1f} writes a batch, {statistics.median(syncfs_each[name]):.3f} syncfs a message" if per_batch[name] else ""
+        print(f"  {name:>12}: {statistics.median(busy[name]):.2f} cores busy; waited: the hub {statistics.median(hub_waited[name]):.0f}{client_part}; rounds {modes}{commit}")
     if len({mode for modes in flushes.values() for mode in modes}) > 1:
         print("  NOT comparable as it stands: the flush mode changed between rounds (the neighbours' dirty data); compare the rounds of one mode")
     print()

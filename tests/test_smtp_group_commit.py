@@ -580,6 +580,7 @@ def _owing_writer(tmp_path, monkeypatch):
 
 def test_the_flush_of_the_next_batchs_data_makes_a_batchs_links_durable(tmp_path, monkeypatch):
     root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
+    monkeypatch.setattr(durable, "STATS", dict.fromkeys(durable.STATS, 0))
     write("a0")
     write("a1")
     reactor.turn()  # batch a on its way
@@ -592,6 +593,8 @@ def test_the_flush_of_the_next_batchs_data_makes_a_batchs_links_durable(tmp_path
     reactor.release()  # nothing came to serve b's links: a syncfs of their own
     assert events[4:] == [("syncfs", ["a0", "a1", "b0", "b1"]), ("acknowledged", "b0"), ("acknowledged", "b1")]
     assert reactor.held == [] and sorted(os.listdir(root / "new")) == ["a0", "a1", "b0", "b1"]
+    # Three syncfs for two batches, as the control socket's status counts them:
+    assert durable.STATS == {"batches": 2, "files_batches": 0, "writes": 4, "syncfs": 3, "links_alone": 1}
 
 
 def test_no_write_is_acknowledged_before_a_syncfs_that_began_after_its_link(tmp_path, monkeypatch):

@@ -97,7 +97,15 @@ def status(hub: Any, started: float) -> dict:
         "connections_open": open_now,
         "accounts": len(hub.accounts),
         "queue": len(getattr(relay, "entries", {}) or {}) if relay is not None else 0,
+        "group_commit": _group_commit(),
     }
+
+
+def _group_commit() -> dict:
+    """The durable writes' group commit so far in this process (store/durable.STATS: batches, writes, syncfs calls)."""
+    from twisted_mailhub.store import durable
+
+    return dict(durable.STATS)
 
 
 UNKNOWN = {"ok": False, "error": "unknown command; known: reload, status, account NAME"}

@@ -198,7 +198,7 @@ def _control_factory(supervisor: "WorkersService") -> Any:
             workers = []
             for index, answer in answers.items():
                 if isinstance(answer, dict):
-                    workers.append({"index": index, **{k: answer.get(k) for k in ("pid", "uptime", "connections_open", "queue", "accounts")}})
+                    workers.append({"index": index, **{k: answer.get(k) for k in ("pid", "uptime", "connections_open", "queue", "accounts", "group_commit")}})
             from twisted_mailhub.hub import bound_at
 
             listeners = {}
@@ -215,6 +215,7 @@ def _control_factory(supervisor: "WorkersService") -> Any:
                 "connections_open": sum(w["connections_open"] or 0 for w in workers),
                 "accounts": max((w["accounts"] or 0 for w in workers), default=0),
                 "queue": sum(w["queue"] or 0 for w in workers),
+                "group_commit": {key: sum((w["group_commit"] or {}).get(key, 0) for w in workers) for key in {k for w in workers for k in (w["group_commit"] or {})}},
                 "workers": workers,
             }
 

@@ -834,6 +834,14 @@ OVERLAP_AFTER = 0.001
 # Set by twisted_mailhub.workers.
 GATHER_MAX = 0.0
 
+# What the group commits of this process have done (counted in the
+# reactor thread), for the control socket's C{status} and
+# bench/workers.py: batches (and of them flushed file by file: the
+# neighbours had much dirty data), their writes, syncfs calls (of a
+# batch's data, or of links), and of those the ones for links alone
+# (L{_flush_owed}: no batch's flush came to serve them).
+STATS = {"batches": 0, "files_batches": 0, "writes": 0, "syncfs": 0, "links_alone": 0}
+
 
 class GroupCommitWriter:
     """
@@ -1035,6 +1043,10 @@ class GroupCommitWriter:
         self._running += 1
         self._last_start = now
         self.batches += 1
+        STATS["batches"] += 1
+        STATS["writes"] += len(batch)
+        if self._flush != "syncfs":
+            STATS["files_batches"] += 1
 
         def done(outcome):
             # The owners' bookkeeping for every write, then what they share
@@ -1078,6 +1090,7 @@ class GroupCommitWriter:
             # else one of their own (_flush_owed).
             self._running -= 1
             if isinstance(result, Committed):
+                STATS["syncfs"] += len(result.flushed)
                 self._heard(result.flushed)
                 if result.owed:
                     self._owing.append([slot, batch, result.outcome, result.owed])
@@ -1149,6 +1162,9 @@ class GroupCommitWriter:
             self._flushing = False
             if isinstance(result, Failure):  # (not an OSError: those are in the list)
                 result = [(device, number, result.value) for device in directories for number in [1 << 62]]
+            else:
+                STATS["syncfs"] += len(result)
+                STATS["links_alone"] += len(result)
             try:
                 self._heard(result)
                 self._flush_owing()
