@@ -365,3 +365,16 @@ def test_times_of_a_missing_file_are_no_such_file(session, monkeypatch):
     server.dataReceived(packet(p.FXP_SETSTAT, u32(3), p.ns("nothere"), u32(p.ATTR_ACMODTIME), u32(T), u32(T)))
     assert status(answers(stub)[0][1])[:2] == (3, p.FX_NO_SUCH_FILE)
     assert not (root / "nothere").exists()
+
+
+def test_an_open_upload_shows_the_mode_and_time_set_on_it_before_its_close(session, monkeypatch):
+    server, stub, root = session
+    _fsyncs_in_turn(monkeypatch)
+    handle = open_file(server, stub, 1, "up", p.FXF_WRITE | p.FXF_CREAT | p.FXF_TRUNC)
+    server.dataReceived(packet(p.FXP_FSETSTAT, u32(2), p.ns(handle), u32(p.ATTR_PERMISSIONS | p.ATTR_ACMODTIME), u32(0o640), u32(T), u32(T)))
+    assert status(answers(stub)[0][1])[:2] == (2, p.FX_OK)
+    server.dataReceived(packet(p.FXP_FSTAT, u32(3), p.ns(handle)))
+    [(kind, payload)] = answers(stub)
+    assert kind == p.FXP_ATTRS
+    flags, size, mode, atime, mtime = struct.unpack(">IQIII", payload[4:28])
+    assert (mode, mtime) == (0o100640, T)

@@ -794,8 +794,18 @@ class SFTPServer(protocol.Protocol):
             raise SFTPError(FX_FAILURE, "no such open handle")
         request = f"FSTAT handle {key.decode()}"
         if isinstance(handle, WriteHandle):
-            # Before close the bytes may sit in the writer's buffer.
-            facts = {"size": max(handle.end, handle.bytes), "permissions": 0o100644, "modified": time.time()}
+            # Before close the bytes may sit in the writer's buffer; a mode
+            # or times asked for by FSETSTAT apply at close: shown as they
+            # will be.
+            from twisted_mailhub.ftp.vfs import kept_mode
+
+            mode = getattr(handle.writer, "mode", None)
+            times = getattr(handle.writer, "times", None)
+            facts = {
+                "size": max(handle.end, handle.bytes),
+                "permissions": 0o100000 | (kept_mode(mode, False) if mode is not None and hasattr(handle.writer, "file") else 0o644),
+                "modified": times[1] if times is not None else time.time(),
+            }
             return self._run(request, rid, handle.path, defer.succeed(facts), self._attrs_answer(rid))
         return self._run(request, rid, handle.path, self._stat_facts(handle.segments), self._attrs_answer(rid))
 
