@@ -238,3 +238,20 @@ def test_user_add_through_a_symbolic_link_changes_the_file_it_names_and_keeps_th
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert "bob:$scrypt$" in real.read_text() and real.read_text().startswith("alice@localhost:secret\n")
     assert sorted(os.listdir(tmp_path / "etc")) == ["accounts"]  # no temporary file left beside it
+
+
+def test_an_account_with_a_quota_is_found_by_passwd_remove_and_add(tmp_path):
+    # "zed;quota=5M:..." (as user add --quota writes it) was no account
+    # "zed" to passwd and remove, and add wrote a second line.
+    accounts = tmp_path / "accounts"
+    assert mailhub_admin("user", "add", "zed", "--accounts", str(accounts), "--quota", "5M", "--password-stdin", "--no-reload", stdin="pw\n").returncode == 0
+    again = mailhub_admin("user", "add", "zed", "--accounts", str(accounts), "--password-stdin", "--no-reload", stdin="pw\n")
+    assert again.returncode == 1 and "zed already has an account" in again.stderr
+    before = accounts.read_text()
+    changed = mailhub_admin("user", "passwd", "zed", "--accounts", str(accounts), "--password-stdin", "--no-reload", stdin="new\n")
+    assert changed.returncode == 0, changed.stderr
+    after = accounts.read_text()
+    assert after.startswith("zed;quota=5M:$scrypt$") and after != before and len(after.splitlines()) == 1
+    removed = mailhub_admin("user", "remove", "zed@localhost", "--accounts", str(accounts), "--no-reload")
+    assert removed.returncode == 0, removed.stderr
+    assert accounts.read_text() == ""

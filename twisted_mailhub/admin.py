@@ -119,7 +119,10 @@ def _index(lines: list[str], address: str, default_domain: str) -> int | None:
     book = AccountBook([default_domain])
     for i, line in enumerate(lines):
         name = _address_of(line)
-        if name is not None and _same(book, name, address):
+        # "zed;quota=5M" is the account zed (its attributes after the ';',
+        # as the hub reads them): passwd and remove did not find it, and
+        # add made it twice.
+        if name is not None and _same(book, name.partition(";")[0].strip(), address.partition(";")[0].strip()):
             return i
     return None
 
