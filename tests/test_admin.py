@@ -39,7 +39,7 @@ def test_user_add_then_imap_login_works_at_once_on_a_running_hub(start_hub, tmp_
     # removed: cannot log in again
     result = mailhub_admin("user", "remove", "carol", "--accounts", str(accounts), "--pidfile", str(pidfile))
     assert result.returncode == 0, result.stderr
-    hub.wait_for_log(r"accounts reloaded: 1 accounts \(\+0 -1\)")
+    hub.wait_for_log(r"accounts reloaded: 1 account \(\+0 -1\)")
     with pytest.raises(imaplib.IMAP4.error):
         imaplib.IMAP4("127.0.0.1", hub.ports["imap"]).login("carol@localhost", "tea for two")
 

@@ -40,6 +40,17 @@ def test_control_socket_is_0600_and_answers_status_and_unknown_commands(hub):
     assert answer == {"ok": False, "error": "unknown command; known: reload, status, account NAME"}
 
 
+def test_status_counts_one_account_and_one_connection_in_the_singular(start_hub):
+    hub = start_hub(users=("alice:secret",))
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    try:
+        result = mailhub_admin("status", "--data", hub.data_dir)
+    finally:
+        c.logout()
+    assert result.returncode == 0, result.stderr
+    assert ", 1 account, 1 connection open, 0 queued" in result.stdout.splitlines()[0], result.stdout
+
+
 def test_user_add_reloads_through_the_control_socket_without_a_pidfile(start_hub, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -138,6 +138,23 @@ def test_append_reports_appenduid_and_stores_crlf_bytes(hub):
     c.logout()
 
 
+def test_copyuid_of_a_large_copy_gives_ranges_in_the_order_of_the_pairs(hub):
+    c = login(hub)
+    uids = [append(c) for _ in range(40)]
+    c.select("INBOX")
+    typ, data = c._simple_command("UID", "COPY", f"{uids[0]}:{uids[-1]}", "Archive")
+    assert typ == "OK", data
+    m = re.match(rb"COPYUID (\d+) (\S+) (\S+)", code(data))
+    assert m and m.group(2) == b"%d:%d" % (uids[0], uids[-1]) and m.group(3) == b"1:40", data
+    # Sources with gaps: each set keeps the pairs' order, runs become ranges.
+    picked = uids[0:3] + uids[10:11] + uids[20:22]
+    typ, data = c._simple_command("UID", "COPY", ",".join(map(str, picked)), "Archive")
+    m = re.match(rb"COPYUID (\d+) (\S+) (\S+)", code(data))
+    assert m.group(2) == b"%d:%d,%d,%d:%d" % (picked[0], picked[2], picked[3], picked[4], picked[5]), data
+    assert m.group(3) == b"41:46", data
+    c.logout()
+
+
 def test_copy_and_move_report_copyuid(hub):
     c = login(hub)
     uids = [append(c) for _ in range(3)]
@@ -145,7 +162,8 @@ def test_copy_and_move_report_copyuid(hub):
     typ, data = c._simple_command("UID", "COPY", f"{uids[0]}:{uids[1]}", "Archive")
     assert typ == "OK"
     m = re.match(rb"COPYUID (\d+) (\S+) (\S+)", code(data))
-    assert m and m.group(2) == b"%d,%d" % (uids[0], uids[1]), data
+    # RFC 4315 §3: uid-sets, so a run of UIDs is one range.
+    assert m and m.group(2) == b"%d:%d" % (uids[0], uids[1]), data
     typ, data = c.uid("MOVE", str(uids[2]), "Trash")
     assert typ == "OK", data
     untagged_ok = b" ".join(c.untagged_responses.get("OK", []))

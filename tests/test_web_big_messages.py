@@ -67,8 +67,10 @@ def test_another_client_is_answered_while_the_webmail_makes_the_page_of_a_3000_p
     assert "<h1>many parts</h1>" in page.text
     assert "f0.bin" in page.text and "f499.bin" in page.text and "f500.bin" not in page.text
     assert "and 2500 more attachments not listed here" in page.text
-    # The IMAP client's NOOPs were answered while the page was made, not after it.
-    assert slowest < max(seconds / 4, 0.05), (slowest, seconds)
+    # The IMAP client's NOOPs were answered while the page was made, not after it
+    # (a page made in one reactor turn holds a NOOP for all of its time; half
+    # leaves room for a loaded machine: 0.08 s of 0.23 was seen at load 11).
+    assert slowest < max(seconds / 2, 0.05), (slowest, seconds)
 
 
 def test_another_client_is_answered_while_the_anatomy_of_a_3000_part_message_is_made(hub):
@@ -81,7 +83,7 @@ def test_another_client_is_answered_while_the_anatomy_of_a_3000_part_message_is_
     assert "Anatomy: many parts" in page.text
     assert "and 2501 more parts not shown here" in page.text
     assert "Only the first 100 parts are shown side by side." in page.text
-    assert slowest < max(seconds / 4, 0.05), (slowest, seconds)
+    assert slowest < max(seconds / 2, 0.05), (slowest, seconds)
 
 
 def test_a_message_of_more_than_10000_parts_is_shown_whole_with_a_note_not_taken_apart(hub):

@@ -625,7 +625,11 @@ def hub_command(command: str, argv: list[str]) -> int:
         # that did not answer) is a failure for the script that asked.
         return 1 if any("not reloaded" in line or "did not answer" in line for line in said) else 0
     else:
-        print(f"pid {answer['pid']}, up {answer['uptime']:.0f} s, {answer['accounts']} accounts, {answer['connections_open']} connections open, {answer['queue']} queued")
+        accounts, open_ = answer["accounts"], answer["connections_open"]
+        print(
+            f"pid {answer['pid']}, up {answer['uptime']:.0f} s, {accounts} account{'s' if accounts != 1 else ''}, "
+            f"{open_} connection{'s' if open_ != 1 else ''} open, {answer['queue']} queued"
+        )
         for name, port in answer["listeners"].items():
             # a UNIX-socket listener is shown by its path, as --NAME takes it
             print(f"  {name}\t{port if isinstance(port, int) else 'unix:' + str(port)}")

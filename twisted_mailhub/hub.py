@@ -501,7 +501,7 @@ class Hub:
                 log.error("{line}", line=said[-1])
             else:
                 added, removed = self.accounts.replace_with(fresh)
-                said.append(f"accounts reloaded: {len(self.accounts)} accounts (+{added} -{removed})")
+                said.append(f"accounts reloaded: {len(self.accounts)} account{'s' if len(self.accounts) != 1 else ''} (+{added} -{removed})")
                 log.info("{line}", line=said[-1])
         if self._tls is not None:
             try:

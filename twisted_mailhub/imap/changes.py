@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from twisted_mailhub.imap.condstore import uid_set_text
+from twisted_mailhub.imap.condstore import uid_runs_text, uid_set_text
 from twisted_mailhub.imap.wire import arg_finalastring, client_text
 from twisted_mailhub.store.interfaces import NoSuchMessage, is_out_of_space
 
@@ -110,8 +110,8 @@ class ChangeCommands:
             if pairs:
                 code = b"[COPYUID %d %s %s] " % (
                     destination.uid_validity,
-                    b",".join(b"%d" % s for s, _ in pairs),
-                    b",".join(b"%d" % n for _, n in pairs),
+                    uid_runs_text(s for s, _ in pairs),
+                    uid_runs_text(n for _, n in pairs),
                 )
             if move:
                 if code:

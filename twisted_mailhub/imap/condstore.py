@@ -45,9 +45,19 @@ def has_modseqs(folder: Any) -> bool:
 
 def uid_set_text(uids: Iterable[int]) -> bytes:
     """Ascending numbers as an IMAP sequence set: C{1:3,7,9:10}."""
+    return uid_runs_text(sorted(set(uids)))
+
+
+def uid_runs_text(uids: Iterable[int]) -> bytes:
+    """
+    Numbers as a uid-set in the order given, each run that rises by one
+    written as a range: C{[4, 5, 6, 2, 9, 10]} is C{4:6,2,9:10}. For the
+    two sets of C{COPYUID}, whose members correspond pairwise "in the same
+    order" (RFC 4315 §3), so neither set may be sorted on its own.
+    """
     out: list[bytes] = []
     start = prev = None
-    for n in sorted(set(uids)):
+    for n in uids:
         if start is None:
             start = prev = n
         elif n == prev + 1:
