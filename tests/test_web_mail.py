@@ -186,16 +186,22 @@ def test_compose_keeps_the_display_names_typed_in_to_and_cc(hub):
     body += f"--{boundary}--\r\n".encode()
     sent = browser.request("POST", "/compose", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert sent.status == 303, sent.text
+    fields_seen = _to_and_cc(hub, "bob", "hungry", "INBOX")
+    assert fields_seen["To"] == [("Doe, John", "bob@localhost")]
+    assert fields_seen["Cc"] == [("Zoë Q", "alice@localhost")]
+
+
+def _to_and_cc(hub, user: str, password: str, folder: str) -> dict:
+    """The (display name, address) pairs of To and Cc of UID 1 in C{folder}, read over IMAP."""
     imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
     try:
-        imap.login("bob", "hungry")
-        imap.select("INBOX")
+        imap.login(user, password)
+        imap.select(folder)
         typ, data = imap.uid("FETCH", "1", "(BODY.PEEK[HEADER.FIELDS (TO CC)])")
-        fields_seen = email.message_from_bytes(data[0][1], policy=email.policy.default)
+        fields = email.message_from_bytes(data[0][1], policy=email.policy.default)
     finally:
         imap.logout()
-    assert [(a.display_name, a.addr_spec) for a in fields_seen["To"].addresses] == [("Doe, John", "bob@localhost")]
-    assert [(a.display_name, a.addr_spec) for a in fields_seen["Cc"].addresses] == [("Zoë Q", "alice@localhost")]
+    return {name: [(a.display_name, a.addr_spec) for a in fields[name].addresses] for name in ("To", "Cc")}
 
 
 def _field_value(page: str, name: str) -> str:
@@ -226,16 +232,9 @@ def test_reply_and_reply_all_prefill_the_display_names_of_who_they_answer(start_
     # sent as prefilled, the names go out (what the form shows is what is sent)
     sent = browser.post("/compose", {"to": _field_value(everyone, "to"), "cc": _field_value(everyone, "cc"), "subject": "Re: names", "body": "here"})
     assert sent.status == 303, sent.text
-    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
-    try:
-        imap.login("alice", "secret")
-        imap.select("Sent")
-        typ, data = imap.uid("FETCH", "1", "(BODY.PEEK[HEADER.FIELDS (TO CC)])")
-        fields_seen = email.message_from_bytes(data[0][1], policy=email.policy.default)
-    finally:
-        imap.logout()
-    assert [(a.display_name, a.addr_spec) for a in fields_seen["To"].addresses] == [("Doe, John", "carol@localhost")]
-    assert [(a.display_name, a.addr_spec) for a in fields_seen["Cc"].addresses] == [
+    fields_seen = _to_and_cc(hub, "alice", "secret", "Sent")
+    assert fields_seen["To"] == [("Doe, John", "carol@localhost")]
+    assert fields_seen["Cc"] == [
         ("Smith, Ann", "dave@localhost"), ("Jürgen M.", "erin@localhost"), ("Bob", "bob@localhost")]
 
 

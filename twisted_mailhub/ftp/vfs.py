@@ -346,7 +346,7 @@ class FileWriter:
             os.fchmod(fd, kept_mode(self.mode, False))
         if self.times is not None:
             accessed, modified = self.times
-            os.utime(fd, (modified if accessed is None else accessed, modified))
+            set_file_times(fd, accessed, modified)
 
     def fail(self, reason) -> defer.Deferred:
         """
@@ -442,6 +442,15 @@ _ERRNO_WORDS = {
     errno.ENOSPC: "no space left on the server's disk",
     errno.EDQUOT: "no space left on the server's disk",
 }
+
+
+def set_file_times(target, accessed: float | None, modified: float) -> None:
+    """
+    C{utime(2)} of C{target} (a path or an open fd), times in seconds since
+    the epoch; an C{accessed} of L{None} (FTP MFMT names only the
+    modification time) takes C{modified}. Raises C{OSError}.
+    """
+    os.utime(target, (modified if accessed is None else accessed, modified))
 
 
 def kept_mode(mode: int, directory: bool) -> int:
@@ -785,7 +794,7 @@ class DiskShell:
 
     def setTimes(self, path, accessed, modified):
         """L{IMailhubShell.setTimes}: C{utime(2)}, then fsync."""
-        return self._changed_durably(path, lambda p: os.utime(p, (modified if accessed is None else accessed, modified)))
+        return self._changed_durably(path, lambda p: set_file_times(p, accessed, modified))
 
     def setPermissions(self, path, mode):
         """L{IMailhubShell.setPermissions}: C{chmod(2)} to L{kept_mode}, then fsync."""
