@@ -251,3 +251,51 @@ def test_the_table_is_an_unlinked_file_where_there_is_no_memfd(monkeypatch, tmp_
         assert ConnectionTable(fd, 0, 3, task.Clock()).counts() == [0, 0, 1]
     finally:
         os.close(fd)
+
+
+# The workers' syncfs calls (ConnectionTable.flush_began, flush_ended,
+# flushed_elsewhere): a syncfs one worker began after another's links were
+# made makes them durable (store/durable.FLUSH_BOARD).
+
+
+def test_a_syncfs_another_worker_began_after_a_change_and_ended_well_serves_it(table_fd):
+    clock = task.Clock()
+    first, second = ConnectionTable(table_fd, 0, 2, clock), ConnectionTable(table_fd, 1, 2, clock)
+    device = 2049
+    assert first.flushed_elsewhere(device, 1000) == (False, False, False)
+    second.flush_began(device, 1001)
+    assert first.flushed_elsewhere(device, 1000) == (False, False, True)  # in progress
+    assert first.flushed_elsewhere(device, 1001) == (False, False, False)  # began no later than the change
+    second.flush_ended(device, 1001, 1500, True)
+    assert first.flushed_elsewhere(device, 1000) == (True, False, False)
+    assert first.flushed_elsewhere(device, 1001) == (False, False, False)
+    # Its own calls are not the others': a worker does not serve itself through the table.
+    assert second.flushed_elsewhere(device, 1000) == (False, False, False)
+    # One that began earlier and ended later does not take the newer one's place.
+    second.flush_began(device, 900)
+    second.flush_ended(device, 900, 1600, True)
+    assert first.flushed_elsewhere(device, 1000) == (True, False, False)
+
+
+def test_a_failed_syncfs_of_another_worker_that_ended_after_a_change_is_told(table_fd):
+    clock = task.Clock()
+    first, second = ConnectionTable(table_fd, 0, 2, clock), ConnectionTable(table_fd, 1, 2, clock)
+    second.flush_began(7, 100)
+    second.flush_ended(7, 100, 300, False)
+    # It began before the change at 200 but ended after it: it may have
+    # written the change and taken the error with it.
+    assert first.flushed_elsewhere(7, 200) == (False, True, False)
+    assert first.flushed_elsewhere(7, 300) == (False, False, False)
+
+
+def test_only_the_first_filesystem_a_worker_flushes_is_told_and_a_restart_clears_it(table_fd):
+    clock = task.Clock()
+    first, second = ConnectionTable(table_fd, 0, 2, clock), ConnectionTable(table_fd, 1, 2, clock)
+    second.flush_began(7, 100)
+    second.flush_ended(7, 100, 150, True)
+    second.flush_began(8, 200)  # another filesystem: not told
+    second.flush_ended(8, 200, 250, True)
+    assert first.flushed_elsewhere(8, 50) == (False, False, False)
+    assert first.flushed_elsewhere(7, 50) == (True, False, False)
+    ConnectionTable(table_fd, 1, 2, clock)  # worker 1 started again
+    assert first.flushed_elsewhere(7, 50) == (False, False, False)
