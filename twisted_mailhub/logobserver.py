@@ -149,7 +149,7 @@ class ClassicLines:
             return self._twisted(event)
         if not text:
             return None
-        if "[Errno " in text or "Error(" in text:
+        if "Err" in text and ("[Errno " in text or "Error(" in text):  # (one scan of a line without)
             text = _worded(fmt, event, text)
         system = self.system
         if system is None:
@@ -229,7 +229,19 @@ class LineBuffer:
 
     def add(self, line: str) -> None:
         """Write C{line} (text) with the next batch."""
-        self.write_lines(line.encode("utf-8", "backslashreplace"))
+        # (write_lines, inline: a line per delivered message)
+        with self._lock:
+            self._waiting.append(line.encode("utf-8", "backslashreplace"))
+            scheduled, self._scheduled = self._scheduled, True
+        reactor = self.reactor
+        if reactor is None or not reactor.running:
+            self.flush()
+        elif scheduled:
+            return
+        elif threading.get_ident() != self._main:
+            reactor.callFromThread(self._later)
+        else:
+            self._later()
 
     def write_lines(self, data: bytes) -> None:
         """Write C{data}, whole lines already made, with the next batch."""
