@@ -209,11 +209,11 @@ class MailRecord(ControlRecord):
                 and not bus.watchers
                 and not bus.session_watchers
                 and data[-1:] == b"\n"
-                and data[:3] != b"354"
-                and data.find(b"\n354") < 0
+                and data.find(b"354") < 0
             ):
                 # server_bytes' kept reply (a reply's time is kept
-                # negative), inline: three a message.
+                # negative), inline: three a message. (One with 354
+                # anywhere, a go-ahead for DATA or not, is server_bytes'.)
                 if self._raw is None:
                     self._raw = len(events)
                 events.append(data)
