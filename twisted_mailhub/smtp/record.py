@@ -278,7 +278,15 @@ class MailRecord(ControlRecord):
         if data is not None and len(data) == octets + 3:
             self._stash = None
             self._message = None
-            self._keep((_MESSAGE, (lines, octets)), self._stash_time)
+            # (_keep, inline: one a message)
+            events = self._events
+            if self._raw is None:
+                self._raw = len(events)
+            events.append((_MESSAGE, (lines, octets)))
+            self._times.append(self._stash_time)
+            if len(events) > self._max + _SLACK:
+                self._make()
+                self._trim()
 
     def add(self, kind: str, text) -> None:
         """As L{ControlRecord.add}, after the first read of a message kept aside is counted."""
