@@ -92,7 +92,13 @@ class QuickLogger(Logger):
 
     def info(self, format: str | None = None, **kwargs: object) -> None:
         """L{Logger.info}: the same event, made here (one call and one copy of the keywords less: once per delivered message)."""
-        kwargs.update(log_logger=self, log_level=_INFO, log_namespace=self.namespace, log_source=self.source, log_format=format, log_time=time())
+        # (stored one by one: no dict of them made for update())
+        kwargs["log_logger"] = self
+        kwargs["log_level"] = _INFO
+        kwargs["log_namespace"] = self.namespace
+        kwargs["log_source"] = self.source
+        kwargs["log_format"] = format
+        kwargs["log_time"] = time()
         if "log_trace" in kwargs:
             kwargs["log_trace"].append((self, self.observer))  # type: ignore[attr-defined]
         self.observer(kwargs)
