@@ -17,11 +17,17 @@ aiosmtpd's rounds went 785-1,614/s in one run. Dirty pages one round
 leaves are written back during the next, on another server's account
 (the hub's C{syncfs} even waits for them).
 
+The machine is shared too: another process's burst of CPU halves a
+server's round as surely (aiosmtpd, one Python thread, went 250-902/s
+between rounds of one run with the disk quiet at load 5-8).
+
 So before each round: C{sync()} (what the last round left goes to the
 disk now, on nobody's account), then L{probe} the cost of creating a
-file, again every C{pause} seconds, until it is at most C{quiet_us} or
-C{most} seconds passed (L{settle}). The probe's files stay until the run
-ends (deleting them would be a deletion of its own).
+file and measure the share of the CPUs left idle over C{pause} seconds
+(L{idle_share}), again and again, until the file costs at most
+C{quiet_us} and at least C{idle} of the CPUs were idle, or C{most}
+seconds passed (L{settle}). The probe's files stay until the run ends
+(deleting them would be a deletion of its own).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import os
 import time
 from typing import Callable
 
-__all__ = ["probe", "settle"]
+__all__ = ["idle_share", "probe", "settle"]
 
 
 def probe(folder: str, files: int = 200) -> float:
@@ -56,30 +62,56 @@ def probe(folder: str, files: int = 200) -> float:
     return (time.thread_time() - start) / files * 1e6
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(idle + iowait, all) clock ticks of every CPU so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(n) for n in f.readline().split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)
+
+
+def idle_share(seconds: float) -> float:
+    """
+    The share (0 to 1) of all the CPUs' time that was idle (or waiting
+    for I/O) over the next C{seconds} seconds (Linux /proc/stat); 1.0
+    where that cannot be read.
+    """
+    try:
+        idle, total = _cpu_times()
+        time.sleep(seconds)
+        idle2, total2 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        time.sleep(seconds)
+        return 1.0
+    return (idle2 - idle) / max(1, total2 - total)
+
+
 def settle(
     folder: str,
     quiet_us: float = 150.0,
     most: float = 60.0,
     pause: float = 2.0,
+    idle: float = 0.0,
     measure: Callable[[str], float] = probe,
     sync: Callable[[], None] = os.sync,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> tuple[float, float]:
+    idle_over: Callable[[float], float] = idle_share,
+) -> tuple[float, float, float]:
     """
-    C{sync()}, then C{measure(folder)} (L{probe}) every C{pause} seconds
-    until it gives at most C{quiet_us} or C{most} seconds have passed
-    (C{most} 0: one probe, no wait).
+    C{sync()}, then C{measure(folder)} (L{probe}) and C{idle_over(pause)}
+    (L{idle_share}: it takes C{pause} seconds), again and again, until the
+    probe gives at most C{quiet_us} and the idle share is at least
+    C{idle}, or C{most} seconds have passed (C{most} 0: measured once,
+    no wait).
 
-    @return: (the last probe's µs per file, the seconds waited); the caller
-        prints both beside the round, so a round that began on a disk
-        still busy is seen as such.
+    @return: (the last probe's µs per file, the last idle share, the
+        seconds waited); the caller prints them beside the round, so a
+        round that began on a busy disk or machine is seen as such.
     """
     start = clock()
     sync()
     while True:
         cost = measure(folder)
+        share = idle_over(pause)
         waited = clock() - start
-        if cost <= quiet_us or waited + pause > most:
-            return cost, waited
-        sleep(pause)
+        if (cost <= quiet_us and share >= idle) or waited + pause > most:
+            return cost, share, waited

@@ -23,7 +23,8 @@ does not.
 Before each measured round, of every server alike: sync(), then a wait
 (at most C{--settle} seconds) until the disk creates files at its quiet
 cost again (bench/quiet_disk.py: on this ext4 without a journal, a file
-created in the 30 s after many deletions costs 10x the kernel CPU), and
+created in the 30 s after many deletions costs 10x the kernel CPU) and
+at least C{--idle} of the CPUs are idle (another process's burst), and
 each round starts with the next server in turn. Nothing is deleted until
 the run ends. C{--each-round} prints every round with the load and the
 disk's cost at its start.
@@ -416,9 +417,10 @@ def main() -> None:
     parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub with py-spy during its measured runs: collapsed stacks of the thread holding the GIL (its Python work)")
     parser.add_argument(
         "--settle", type=float, default=60.0, metavar="SECONDS",
-        help="before each round: sync, then wait (at most SECONDS) until creating a file costs at most --quiet-us of CPU (bench/quiet_disk.py); 0: sync and measure only",
+        help="before each round: sync, then wait (at most SECONDS) until creating a file costs at most --quiet-us of CPU and --idle of the CPUs are idle (bench/quiet_disk.py); 0: sync and measure only",
     )
     parser.add_argument("--quiet-us", type=float, default=150.0, metavar="US", help="a quiet disk for --settle: a 1 KB file created for at most US microseconds of CPU")
+    parser.add_argument("--idle", type=float, default=0.7, metavar="SHARE", help="a quiet machine for --settle: at least SHARE (0-1) of all CPUs idle over 2 s")
     parser.add_argument("--no-settle", action="store_true", help="no sync and no wait between rounds (as before stop 16)")
     parser.add_argument("--each-round", action="store_true", help="print each round as it ends: rate, CPU, load, the disk's file creation cost")
     parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir on the same disk as /var/tmp)")
@@ -527,8 +529,8 @@ def main() -> None:
                     disk = ""
                     if not args.no_settle:
                         # The same quiet disk for every round (bench/quiet_disk.py).
-                        cost, waited = settle(os.path.join(work, "probe"), args.quiet_us, args.settle)
-                        disk = f"; file creation {cost:.0f} µs CPU after {waited:.0f} s"
+                        cost, share, waited = settle(os.path.join(work, "probe"), args.quiet_us, args.settle, idle=args.idle)
+                        disk = f"; file creation {cost:.0f} µs CPU, CPUs {share:.0%} idle, after {waited:.0f} s"
                     round_load = os.getloadavg()[0]
                     before = cpu_seconds(pid, tree)
                     started = time.perf_counter()
