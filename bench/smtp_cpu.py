@@ -73,6 +73,10 @@ def main() -> None:
         "--callgrind", type=int, default=0, metavar="N",
         help="only count each hub's user-space instructions per message (all threads) under valgrind's callgrind, on N messages",
     )
+    parser.add_argument(
+        "--callgrind-keep", default=None, metavar="DIR",
+        help="with --callgrind: keep callgrind's output files in DIR (callgrind_annotate DIR/cg0/cg.PID-01 shows where the reactor's instructions go)",
+    )
     args = parser.parse_args()
 
     pipelining = not args.no_pipelining
@@ -156,14 +160,15 @@ def callgrind(args: argparse.Namespace, pipelining: bool) -> None:
     import glob
 
     work = tempfile.mkdtemp(prefix="mailhub-cpu-callgrind-", dir=args.dir)
+    keep = args.callgrind_keep
     kinds = {"hub": {}}
     if args.dispatch_ab:
         kinds["Twisted dispatch"] = {"MAILHUB_DISPATCH": "twisted"}
     print(f"{args.clients} clients, {args.size} octets, {'pipelined envelope' if pipelining else 'no pipelining'}; load {os.getloadavg()[0]:.1f}", flush=True)
     try:
         for n, (label, env) in enumerate(kinds.items()):
-            out = os.path.join(work, f"cg{n}")
-            os.makedirs(out)
+            out = os.path.join(keep or work, f"cg{n}")
+            os.makedirs(out, exist_ok=True)
 
             class Counted(HubProcess):
                 def command(self, out=out):

@@ -20,6 +20,15 @@ flush that writes back the whole filesystem (syncfs) pays for the
 neighbour's dirty pages; one that flushes only the server's own files
 does not.
 
+Before each measured round, of every server alike: sync(), then a wait
+(at most C{--settle} seconds) until the disk creates files at its quiet
+cost again (bench/quiet_disk.py: on this ext4 without a journal, a file
+created in the 30 s after many deletions costs 10x the kernel CPU) and
+at least C{--idle} of the CPUs are idle (another process's burst), and
+each round starts with the next server in turn. Nothing is deleted until
+the run ends. C{--each-round} prints every round with the load and the
+disk's cost at its start.
+
 Reported per case: messages/s (median of alternating rounds), the hub's
 rate over each aiosmtpd's, and each server's CPU time per message (user +
 system, all threads, from /proc), which moves far less than messages/s
@@ -85,6 +94,7 @@ sys.path.insert(0, ROOT)
 
 from bench.postfix import Postfix  # noqa: E402
 from bench.postfix import available as postfix_available  # noqa: E402
+from bench.quiet_disk import settle  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 AIOSMTPD_SERVER = r'''
@@ -405,6 +415,14 @@ def main() -> None:
     parser.add_argument("--case", action="append", default=None, metavar="CLIENTS:SIZE", help="only this case (repeatable), e.g. 32:1024")
     parser.add_argument("--neighbour", type=int, default=0, metavar="MB", help="a dd writing MB MiB unsynced, over and over, beside the servers")
     parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub with py-spy during its measured runs: collapsed stacks of the thread holding the GIL (its Python work)")
+    parser.add_argument(
+        "--settle", type=float, default=60.0, metavar="SECONDS",
+        help="before each round: sync, then wait (at most SECONDS) until creating a file costs at most --quiet-us of CPU and --idle of the CPUs are idle (bench/quiet_disk.py); 0: sync and measure only",
+    )
+    parser.add_argument("--quiet-us", type=float, default=150.0, metavar="US", help="a quiet disk for --settle: a 1 KB file created for at most US microseconds of CPU")
+    parser.add_argument("--idle", type=float, default=0.7, metavar="SHARE", help="a quiet machine for --settle: at least SHARE (0-1) of all CPUs idle over 2 s")
+    parser.add_argument("--no-settle", action="store_true", help="no sync and no wait between rounds (as before stop 16)")
+    parser.add_argument("--each-round", action="store_true", help="print each round as it ends: rate, CPU, load, the disk's file creation cost")
     parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir on the same disk as /var/tmp)")
     parser.add_argument(
         "--client", choices=("asyncio", "c", "smtp-source"), default="asyncio",
@@ -498,12 +516,22 @@ def main() -> None:
             client_cpu: dict[str, list[float]] = {name: [] for name, *_ in servers}
             # Rounds alternate between the servers, and the median counts,
             # so that a burst of load from elsewhere does not decide a ratio.
+            # Each round starts with the next server (round r with server r
+            # mod n): none always follows the same one (Postfix's queue
+            # files, created and deleted, slowed whoever came next).
             for r in range(args.rounds):
                 local = f"bench{case}r{r}"
-                for name, pid, tree, port, maildir_of, wait_delivered in servers:
+                turn = r % len(servers)
+                for name, pid, tree, port, maildir_of, wait_delivered in servers[turn:] + servers[:turn]:
                     asyncio.run(smtp_run(port, b"warmup@localhost", 1, 5, size, pipelining))
                     if wait_delivered is not None:
                         wait_delivered("warmup", 5 * (1 + r + case * args.rounds))
+                    disk = ""
+                    if not args.no_settle:
+                        # The same quiet disk for every round (bench/quiet_disk.py).
+                        cost, share, waited = settle(os.path.join(work, "probe"), args.quiet_us, args.settle, idle=args.idle)
+                        disk = f"; file creation {cost:.0f} µs CPU, CPUs {share:.0%} idle, after {waited:.0f} s"
+                    round_load = os.getloadavg()[0]
                     before = cpu_seconds(pid, tree)
                     started = time.perf_counter()
                     if args.client == "smtp-source":
@@ -534,6 +562,8 @@ def main() -> None:
                     if len(accepted) != count:
                         raise SystemExit(f"FAIL: {name} accepted {len(accepted)} of {count}")
                     rates[name].append(len(accepted) / elapsed)
+                    if args.each_round:
+                        print(f"  round {r + 1} {name:<13} {rates[name][-1]:7.0f}/s  cpu {cpu[name][-1] * 1e6:5.0f} µs/msg; load {round_load:.1f}{disk}", flush=True)
             hub_rate = statistics.median(rates["mailhub"])
             for name, *_ in servers:
                 rate = statistics.median(rates[name])

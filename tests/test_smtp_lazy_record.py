@@ -168,7 +168,9 @@ def _pair(max_lines: int = 5000, reads: str = "client_bytes"):
     The SMTP record and a record transcribed as it goes, each on a bus of
     its own with its own clock. C{reads}: how the SMTP record is given the
     client's reads: C{client_bytes}, or C{reader} (the closure the SMTP
-    connection reads through, L{MailRecord.reader}).
+    connection reads through, L{MailRecord.reader}); C{writer}: the reader,
+    and the replies through the closure the connection writes them
+    through (L{MailRecord.writer}), not C{server_bytes}.
     """
     made = []
     for kind in (MailRecord, SessionRecord):
@@ -177,7 +179,10 @@ def _pair(max_lines: int = 5000, reads: str = "client_bytes"):
         record = bus.start("smtp", ("127.0.0.1", 40000), ("127.0.0.1", 25), id="smtp#7", kind=kind)
         if kind is MailRecord:
             taken = []
-            feed = {"c": record.client_bytes if reads == "client_bytes" else record.reader(taken.append), "s": record.server_bytes}
+            feed = {
+                "c": record.client_bytes if reads == "client_bytes" else record.reader(taken.append),
+                "s": record.writer(taken.append) if reads == "writer" else record.server_bytes,
+            }
         else:
             transcriber = Transcriber(record.id, record)
             feed = {"c": transcriber.client_bytes, "s": transcriber.server_bytes}
@@ -225,7 +230,7 @@ def _same(lazy: MailRecord, eager: SessionRecord) -> None:
     assert lazy.summary() == eager.summary()
 
 
-@pytest.mark.parametrize("reads", ["client_bytes", "reader"])
+@pytest.mark.parametrize("reads", ["client_bytes", "reader", "writer"])
 @pytest.mark.parametrize("name", list(SESSIONS))
 def test_an_smtp_session_nobody_watched_reads_exactly_as_one_transcribed_as_it_went(name, reads):
     (_, lazy_clock, lazy, lazy_feed), (_, eager_clock, eager, eager_feed) = _pair(reads=reads)
@@ -247,7 +252,7 @@ def test_a_message_nobody_watched_is_kept_as_its_count_not_its_text():
     assert [text for _, _, kind, text in lazy.events][-3:] == ["354 End data with <CR><LF>.<CR><LF>", "[message: %d lines, %d octets]" % (BODY.count(b"\n"), len(BODY)), "."]
 
 
-@pytest.mark.parametrize("reads", ["client_bytes", "reader"])
+@pytest.mark.parametrize("reads", ["client_bytes", "reader", "writer"])
 @pytest.mark.parametrize("name", list(SESSIONS))
 @pytest.mark.parametrize("how", ["all", "list", "session", "read"])
 def test_a_watcher_or_reader_coming_at_any_step_sees_exactly_what_it_saw_before(name, how, reads):
@@ -267,8 +272,9 @@ def test_a_watcher_or_reader_coming_at_any_step_sees_exactly_what_it_saw_before(
         _same(lazy, eager)
 
 
-def test_a_long_session_nobody_reads_keeps_its_last_events_as_one_transcribed_as_it_went():
-    (_, lazy_clock, lazy, lazy_feed), (_, eager_clock, eager, eager_feed) = _pair(max_lines=5)
+@pytest.mark.parametrize("reads", ["client_bytes", "writer"])
+def test_a_long_session_nobody_reads_keeps_its_last_events_as_one_transcribed_as_it_went(reads):
+    (_, lazy_clock, lazy, lazy_feed), (_, eager_clock, eager, eager_feed) = _pair(max_lines=5, reads=reads)
     steps = HELLO + _envelope(BODY + b".\r\n") * 150 + QUIT
     for step in steps:
         lazy_clock.now += 0.125
@@ -293,3 +299,20 @@ def test_the_reader_hands_each_read_on_whole_and_in_order(name):
     for data in reads:
         read(data)
     assert taken == reads
+
+
+@pytest.mark.parametrize("name", list(SESSIONS))
+def test_the_writer_hands_each_reply_on_whole_and_in_order_after_the_reads(name):
+    # MailRecord.writer is how the SMTP connection writes its replies:
+    # every reply goes on to the line engine as it came, once each, in
+    # order with the reads the reader handed on.
+    clock = StepClock()
+    bus = SessionEvents(max_lines=5000, clock=clock)
+    record = bus.start("smtp", ("127.0.0.1", 40000), ("127.0.0.1", 25), id="smtp#7", kind=MailRecord)
+    taken = []
+    feed = {"c": record.reader(taken.append), "s": record.writer(taken.append)}
+    said = [step[1] for step in SESSIONS[name] if step[0] in ("c", "s") and step[1]]
+    for step in SESSIONS[name]:
+        if step[0] in ("c", "s") and step[1]:
+            feed[step[0]](step[1])
+    assert taken == said

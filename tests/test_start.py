@@ -233,6 +233,20 @@ def test_each_local_delivery_is_one_log_line(hub):
     assert hub.log.count("delivered ") == 1
 
 
+def test_a_delivery_to_one_account_is_one_log_line_naming_its_file(hub):
+    import smtplib
+
+    message = b"Subject: agenda\r\n\r\nfor the meeting\r\n"
+    before = hub.log.count("delivered ")
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"]) as c:
+        c.sendmail("judy@example.org", ["bob@localhost"], message)
+    m = hub.wait_for_log(r"\] delivered (\w+) from=<judy@example.org> to=<bob@localhost> size=(\d+) stored=maildir:bob@localhost/INBOX/(\S+) client=127\.0\.0\.1\n")
+    assert int(m.group(2)) == len(message)
+    [name] = os.listdir(os.path.join(hub.maildir("bob@localhost"), "new"))
+    assert name.startswith(m.group(3))
+    assert hub.log.count("delivered ") == before + 1
+
+
 def test_a_hub_without_accounts_warns_at_start(start_hub):
     hub = start_hub(users=())
     hub.wait_for_log(r"no accounts: nobody can log in .* add --user ADDRESS:PASSWORD")

@@ -92,7 +92,13 @@ class QuickLogger(Logger):
 
     def info(self, format: str | None = None, **kwargs: object) -> None:
         """L{Logger.info}: the same event, made here (one call and one copy of the keywords less: once per delivered message)."""
-        kwargs.update(log_logger=self, log_level=_INFO, log_namespace=self.namespace, log_source=self.source, log_format=format, log_time=time())
+        # (stored one by one: no dict of them made for update())
+        kwargs["log_logger"] = self
+        kwargs["log_level"] = _INFO
+        kwargs["log_namespace"] = self.namespace
+        kwargs["log_source"] = self.source
+        kwargs["log_format"] = format
+        kwargs["log_time"] = time()
         if "log_trace" in kwargs:
             kwargs["log_trace"].append((self, self.observer))  # type: ignore[attr-defined]
         self.observer(kwargs)
@@ -149,7 +155,7 @@ class ClassicLines:
             return self._twisted(event)
         if not text:
             return None
-        if "[Errno " in text or "Error(" in text:
+        if "Err" in text and ("[Errno " in text or "Error(" in text):  # (one scan of a line without)
             text = _worded(fmt, event, text)
         system = self.system
         if system is None:
@@ -229,7 +235,19 @@ class LineBuffer:
 
     def add(self, line: str) -> None:
         """Write C{line} (text) with the next batch."""
-        self.write_lines(line.encode("utf-8", "backslashreplace"))
+        # (write_lines, inline: a line per delivered message)
+        with self._lock:
+            self._waiting.append(line.encode("utf-8", "backslashreplace"))
+            scheduled, self._scheduled = self._scheduled, True
+        reactor = self.reactor
+        if reactor is None or not reactor.running:
+            self.flush()
+        elif scheduled:
+            return
+        elif threading.get_ident() != self._main:
+            reactor.callFromThread(self._later)
+        else:
+            self._later()
 
     def write_lines(self, data: bytes) -> None:
         """Write C{data}, whole lines already made, with the next batch."""

@@ -564,14 +564,15 @@ def _log_delivery(hub: Any, qid: str, sender: str, stored: list[tuple[str, str]]
     backend = _backends.get(store)
     if backend is None:
         backend = _backends[store] = (store or "store").split(":", 1)[0]  # never a DSN
-    if len(stored) == 1:
-        address, key = stored[0]
-        recipients, where = f"<{address}>", f"{backend}:{address}/INBOX/{key}"
-    else:
-        recipients = ",".join(f"<{a}>" for a, _ in stored)
-        where = ",".join(f"{backend}:{address}/INBOX/{key}" for address, key in stored)
     # Made here and given as one field: the log's format engine
     # (string.Formatter, in Python) costs per field, once per message.
+    if len(stored) == 1:
+        # (one string made, not three: a line per message)
+        address, key = stored[0]
+        log.info("{delivered}", delivered=f"delivered {qid} from=<{sender}> to=<{address}> size={size} stored={backend}:{address}/INBOX/{key} client={client or '-'}")
+        return
+    recipients = ",".join(f"<{a}>" for a, _ in stored)
+    where = ",".join(f"{backend}:{address}/INBOX/{key}" for address, key in stored)
     log.info("{delivered}", delivered=f"delivered {qid} from=<{sender}> to={recipients} size={size} stored={where} client={client or '-'}")
 
 

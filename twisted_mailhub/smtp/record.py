@@ -141,33 +141,91 @@ class MailRecord(ControlRecord):
         watching, no message being counted) is kept here, without a call.
         """
         bus = self.bus
+        clock = bus.clock
+        # (The record's lists are only ever changed in place.)
+        events = self._events
         times = self._times
+        most = self._max + _SLACK
         client_bytes = self.client_bytes
 
         def dataReceived(data: bytes) -> None:
-            if (
-                self._message is None
+            message = self._message
+            if message is None:
+                if (
+                    self._stash is None
+                    and self._rest
+                    and not bus.watchers
+                    and not bus.session_watchers
+                    and data[-1:] == b"\n"
+                    and (data in _SAFE or _no_secret(data))
+                ):
+                    # client_bytes' kept read (_keep), inline: three a message.
+                    if self._raw is None:
+                        self._raw = len(events)
+                    events.append(data)
+                    times.append(clock())
+                    if len(events) > most:
+                        self._make()
+                        self._trim()
+                    take(data)
+                    return
+            elif (
+                message is _STARTED
                 and self._stash is None
+                and not bus.watchers
+                and not bus.session_watchers
+                and data[-5:] == b"\r\n.\r\n"
+                and data[:1] != b"."
+            ):
+                # client_bytes' first read of a message, inline: kept
+                # aside for message_read.
+                self._stash = data
+                self._stash_time = clock()
+                take(data)
+                return
+            client_bytes(data)
+            take(data)
+
+        return dataReceived
+
+    def writer(self, write):
+        """
+        A C{write(data)} for the connection's replies: each recorded as
+        L{server_bytes} records it, then handed to C{write(data)} (the
+        line engine's). The usual reply (one not starting DATA, nobody
+        watching) is kept here, without a call.
+        """
+        bus = self.bus
+        clock = bus.clock
+        events = self._events
+        times = self._times
+        most = self._max + _SLACK
+        server_bytes = self.server_bytes
+
+        def send(data: bytes) -> None:
+            if (
+                self._stash is None
                 and self._rest
                 and not bus.watchers
                 and not bus.session_watchers
                 and data[-1:] == b"\n"
-                and (data in _SAFE or _no_secret(data))
+                and data.find(b"354") < 0
             ):
-                # client_bytes' kept read (_keep), inline: four a message.
-                events = self._events
+                # server_bytes' kept reply (a reply's time is kept
+                # negative), inline: three a message. (One with 354
+                # anywhere, a go-ahead for DATA or not, is server_bytes'.)
                 if self._raw is None:
                     self._raw = len(events)
                 events.append(data)
-                times.append(bus.clock())
-                if len(events) > self._max + _SLACK:
+                times.append(-clock())
+                if len(events) > most:
                     self._make()
                     self._trim()
             else:
-                client_bytes(data)
-            take(data)
+                server_bytes(data)
+            write(data)
 
-        return dataReceived
+        return send
 
     def _count_stashed(self) -> None:
         """Count the first read of a message kept aside (no message_read came for it)."""
@@ -220,7 +278,15 @@ class MailRecord(ControlRecord):
         if data is not None and len(data) == octets + 3:
             self._stash = None
             self._message = None
-            self._keep((_MESSAGE, (lines, octets)), self._stash_time)
+            # (_keep, inline: one a message)
+            events = self._events
+            if self._raw is None:
+                self._raw = len(events)
+            events.append((_MESSAGE, (lines, octets)))
+            self._times.append(self._stash_time)
+            if len(events) > self._max + _SLACK:
+                self._make()
+                self._trim()
 
     def add(self, kind: str, text) -> None:
         """As L{ControlRecord.add}, after the first read of a message kept aside is counted."""

@@ -289,6 +289,9 @@ class MailhubSMTP(smtp.ESMTP):
             line_timeout=self.command_timeout,
             gather=True,  # every reply goes through self.lines (reply_raw)
         )
+        # Replies: to the line engine, recorded first by the record's
+        # writer (MailRecord.writer: the usual reply kept without a call).
+        self._send_reply = self.lines.write if record is None else record.writer(self.lines.write)
         if record is None:
             # Input straight to the line engine: one call less per read.
             self.dataReceived = self.lines.data_received
@@ -337,10 +340,7 @@ class MailhubSMTP(smtp.ESMTP):
         # batch of pipelined commands' replies together); recorded as
         # written, in order after the read that asked for it.
         if self.state != CLOSING:
-            record = self.record
-            if record is not None:
-                record.server_bytes(data)
-            self.lines.write(data)
+            self._send_reply(data)
 
     def reply(self, code: int, text: str, *more: str) -> None:
         """
@@ -991,11 +991,7 @@ class MailhubSMTP(smtp.ESMTP):
         # Not logged per message (it costs a tenth of the time per message);
         # --transcript shows it. reply(250, ...), inline: a queue id is ASCII.
         if self.state != CLOSING:
-            data = b"250 2.0.0 Ok: queued as %s\r\n" % qid.encode("ascii")
-            record = self.record
-            if record is not None:
-                record.server_bytes(data)
-            self.lines.write(data)
+            self._send_reply(b"250 2.0.0 Ok: queued as %s\r\n" % qid.encode("ascii"))
 
     def _not_delivered(self, reason) -> None:
         if reason.check(Rejected):
