@@ -527,6 +527,7 @@ class MaildirFolder:
         # Bumped by every change of the messages or their flags: what
         # selection() computed stays good while it is unchanged.
         self._changes = 0
+        self._counted: tuple[int, int, int] | None = None  # (_changes, messages, unseen): counts()
         self._selection: tuple | None = None
         self._dir_mtimes: tuple[int, int] | None = None
         # Entries of new/ and cur/ found not to be files (a FIFO): logged once.
@@ -1845,6 +1846,23 @@ class MaildirFolder:
 
     def refresh(self) -> None:
         self._scan()
+
+    def counts(self) -> tuple[int, int]:
+        """
+        (messages, messages without \\Seen), after a look at the
+        directories (two stats when nothing changed); counted again only
+        after a change of the messages or their flags (C{_changes}): the
+        web face's poll of a folder's state (web/mail.py) costs about
+        nothing while nothing changed, not a walk over every message.
+        """
+        self._scan()
+        counted = self._counted
+        if counted is not None and counted[0] == self._changes:
+            return counted[1], counted[2]
+        infos = self.messages()
+        unseen = sum(1 for i in infos if SEEN not in i.flags)
+        self._counted = (self._changes, len(infos), unseen)
+        return len(infos), unseen
 
     def messages(self):
         self._scan()
