@@ -527,6 +527,8 @@ class MaildirFolder:
         # Bumped by every change of the messages or their flags: what
         # selection() computed stays good while it is unchanged.
         self._changes = 0
+        # (--workers) another process made this folder again: see made_again
+        self.made_again_elsewhere = False
         self._counted: tuple[int, int, int] | None = None  # (_changes, messages, unseen): counts()
         self._selection: tuple | None = None
         self._dir_mtimes: tuple[int, int] | None = None
@@ -1167,7 +1169,25 @@ class MaildirFolder:
 
     # -- keeping the table in step with the directory ---------------------
 
+    def made_again(self, uid_validity: int) -> None:
+        """
+        (--workers, L{shared.catch_up}) Another process deleted this folder
+        and made it again (or made its lost list again): its UID list has
+        C{uid_validity}, not ours. This object's UIDs mean nothing for the
+        new folder, so it is done with: every later use raises
+        L{NoSuchFolder} (IMAP ends a session that has it selected with
+        BYE, as for a folder deleted; RFC 3501 §2.3.1.1), and the account
+        opens the new folder afresh (L{MaildirAccount.folder}). Raises
+        L{NoSuchFolder}.
+        """
+        if not self.made_again_elsewhere:
+            log.info("{path}: made again by another worker (UIDVALIDITY {old} -> {new}); sessions that have it open are ended", path=self.directory, old=self.uid_validity, new=uid_validity)
+        self.made_again_elsewhere = True
+        raise NoSuchFolder(f"{self.name} was deleted and made again")
+
     def _mtimes(self) -> tuple[int, int]:
+        if self.made_again_elsewhere:
+            raise NoSuchFolder(f"{self.name} was deleted and made again")
         try:
             return (
                 os.stat(os.path.join(self.directory, "new")).st_mtime_ns,
@@ -2927,6 +2947,18 @@ class MaildirAccount:
                 return folder
         name = normalize_folder_name(name)
         folder = self._folders.get(name)
+        if folder is not None and folder._shared:
+            # --workers: another worker may have deleted it and made it
+            # again (a look reads its list's new header: made_again).
+            try:
+                folder._scan()
+            except NoSuchFolder:
+                if folder.made_again_elsewhere:
+                    folder = self._folders.pop(name, None) and None
+                else:
+                    raise
+            except (OSError, StoreError):
+                pass  # (told by what uses it)
         if folder is None:
             path = self._folder_path(name)
             if name != INBOX and not os.path.isdir(os.path.join(path, "cur")):
