@@ -276,12 +276,30 @@ class ServerTests(unittest.TestCase):
         self.assertIn(b'"many"', fetched(b"f3 FETCH 1 (ENVELOPE)\r\n"))
         self.assertEqual(reads, [1])
 
+    def test_envelopes_of_a_big_folder_fetched_again_are_answered_without_reading_a_message(self):
+        # FETCH 1:* (ENVELOPE) of a folder bigger than 2,048 messages (the
+        # cache's old size) read and parsed every message every time.
+        server, transport = self.logged_in()
+        for n in range(3000):
+            self.store.deliver("alice@localhost", b"From: bob@localhost\r\nSubject: number %d\r\n\r\nhi\r\n" % n)
+        first = self.talk(server, transport, b"f1 FETCH 1:* (ENVELOPE)\r\n")
+        self.assertEqual(first.count(b" FETCH (ENVELOPE ("), 3000)
+        folder = self.store.account("alice@localhost").folder(INBOX)
+        reads = []
+        real = folder.read
+        self.patch(folder, "read", lambda uid: (reads.append(uid), real(uid))[1])
+        again = self.talk(server, transport, b"f2 FETCH 1:* (ENVELOPE)\r\n")
+        self.assertEqual(reads, [])
+        self.assertEqual(again.split(b"\r\n")[-100:], first.replace(b"f1 ", b"f2 ").split(b"\r\n")[-100:])
+        self.assertTrue(again.endswith(b'* 3000 FETCH (ENVELOPE (NIL "number 2999" ((NIL NIL "bob" "localhost")) ((NIL NIL "bob" "localhost")) ((NIL NIL "bob" "localhost")) NIL NIL NIL NIL NIL))\r\nf2 OK FETCH completed\r\n'), again[-300:])
+
     def test_the_structure_cache_is_bounded_in_octets(self):
         from twisted_mailhub.imap import fetch
 
         self.patch(fetch, "_structures", {})
         self.patch(fetch, "_structure_bytes", [0])
         self.patch(fetch, "STRUCTURE_CACHE_BYTES", 10000)
+        self.patch(fetch, "STRUCTURE_ENTRY_COST", 0)
         for n in range(20):
             fetch._remember((n,), b"x" * 1000)
         self.assertEqual(sorted(fetch._structures), [(n,) for n in range(10, 20)])  # the oldest went first

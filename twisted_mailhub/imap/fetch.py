@@ -56,10 +56,14 @@ STREAM_SLICE = 256 * 1024
 # message never changes, and reading and parsing it costs ~100 µs (Dovecot
 # keeps these in its index cache). Shared by every session; bounded, the
 # oldest entry goes first.
-STRUCTURE_CACHE = 2048
-# ...and at most this many octets of them in all (a BODYSTRUCTURE of a
-# 10,000-part message is about 1 MB: 2,048 of them were 2 GB).
-STRUCTURE_CACHE_BYTES = 16 * 1024 * 1024
+# (Entries: 2,048 were fewer than a big folder's messages, and FETCH 1:*
+# (ENVELOPE) of 20,000 read and parsed every message every time.)
+STRUCTURE_CACHE = 100000
+# ...and at most this many octets of them in all, each counted with
+# STRUCTURE_ENTRY_COST for its key and the dict's slot (a BODYSTRUCTURE of
+# a 10,000-part message is about 1 MB: 2,048 of them were 2 GB).
+STRUCTURE_CACHE_BYTES = 32 * 1024 * 1024
+STRUCTURE_ENTRY_COST = 200
 _STRUCTURE_KINDS = frozenset({b"ENVELOPE", b"BODYSTRUCTURE", b"BODY"})
 _structures: dict[tuple, bytes] = {}
 _structure_bytes = [0]
@@ -80,15 +84,16 @@ def _folder_token(folder: Any) -> int | None:
 
 def _remember(key: tuple, value: bytes) -> None:
     """Keep C{value} for C{key} (the oldest entries go while there are more than L{STRUCTURE_CACHE} or their octets are over L{STRUCTURE_CACHE_BYTES})."""
-    if len(value) > STRUCTURE_CACHE_BYTES // 4:
+    cost = len(value) + STRUCTURE_ENTRY_COST
+    if cost > STRUCTURE_CACHE_BYTES // 4:
         return
     old = _structures.pop(key, None)
     if old is not None:
-        _structure_bytes[0] -= len(old)
-    while _structures and (len(_structures) >= STRUCTURE_CACHE or _structure_bytes[0] + len(value) > STRUCTURE_CACHE_BYTES):
-        _structure_bytes[0] -= len(_structures.pop(next(iter(_structures))))
+        _structure_bytes[0] -= len(old) + STRUCTURE_ENTRY_COST
+    while _structures and (len(_structures) >= STRUCTURE_CACHE or _structure_bytes[0] + cost > STRUCTURE_CACHE_BYTES):
+        _structure_bytes[0] -= len(_structures.pop(next(iter(_structures)))) + STRUCTURE_ENTRY_COST
     _structures[key] = value
-    _structure_bytes[0] += len(value)
+    _structure_bytes[0] += cost
 
 
 def _structure_siblings(items: "list[FetchItem]") -> "list[FetchItem]":
