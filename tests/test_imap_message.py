@@ -251,3 +251,23 @@ def test_header_fields_are_the_standard_parsers(header):
     part = Part(header + b"body\r\n")
     for name in {k.lower() for k, _ in expected}:
         assert part.raw_all(name) == [v for k, v in expected if k.lower() == name]
+
+
+def test_an_address_list_seen_again_is_not_parsed_again(monkeypatch):
+    # The same senders and recipients come again and again in a folder:
+    # FETCH 1:* (ENVELOPE) parsed each From and To of every message.
+    from twisted_mailhub.imap import message
+
+    parsed = []
+    real = message.parse_address_list
+    monkeypatch.setattr(message, "parse_address_list", lambda text: (parsed.append(text), real(text))[1])
+    message._address_structure.cache_clear()
+    envelopes = [
+        Part(b"From: Bob <bob@example.org>\r\nTo: alice@localhost\r\nSubject: %d\r\n\r\nhi\r\n" % n).envelope() for n in range(50)
+    ]
+    assert sorted(parsed) == ["Bob <bob@example.org>", "alice@localhost"]
+    assert envelopes[7] == b'(NIL "7" (("Bob" NIL "bob" "example.org")) (("Bob" NIL "bob" "example.org")) (("Bob" NIL "bob" "example.org")) ((NIL NIL "alice" "localhost")) NIL NIL NIL NIL)'
+    long_list = ", ".join(f"user{n}@example.org" for n in range(100))  # (over ADDRESS_CACHE_TEXT: not kept)
+    Part(f"To: {long_list}\r\n\r\n".encode()).envelope()
+    Part(f"To: {long_list}\r\n\r\n".encode()).envelope()
+    assert parsed[-2:] == [long_list, long_list]
