@@ -222,3 +222,52 @@ def test_a_streamed_fetch_whose_message_cannot_be_read_midway_ends_no_not_ok():
     assert sent.startswith(b"* 1 FETCH (BODY[] {100}\r\n" + b"x" * 10)
     assert len(sent) == len(b"* 1 FETCH (BODY[] {100}\r\n") + 100 + 3
     assert session._fetch_failed.startswith(b"[SERVERBUG] ")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Subject: plain\r\nFrom: a@b\r\n\r\n",
+        b"Subject: folded\r\n  over two\r\n\tand three lines  \r\nTo: x@y\r\n\r\n",
+        b"Subject:\r\n only a continuation\r\n\r\n",
+        b"Subject: 8-bit \xc3\xa9t\xc3\xa9\r\n\r\n",
+        b"X-Empty:\r\nX-Colons: a:b:c\r\n\r\n",
+        b"\r\n",
+        # (read by the standard parser itself: a continuation first, a
+        # "From " line, a line that is no field, bare LF or CR line ends)
+        b" starts folded\r\nSubject: x\r\n\r\n",
+        b"From someone Mon Jan 1\r\nSubject: x\r\n\r\n",
+        b"Subject : spaced\r\n\r\n",
+        b"Subject: bare\nTo: lf\n\n",
+        b"Subject: a\rb\r\n\r\n",
+    ],
+)
+def test_header_fields_are_the_standard_parsers(header):
+    from twisted_mailhub.imap import message
+
+    expected = list(message._header_parser.parsebytes(header).raw_items())
+    fast = message._header_fields(header)
+    assert fast is None or fast == expected
+    part = Part(header + b"body\r\n")
+    for name in {k.lower() for k, _ in expected}:
+        assert part.raw_all(name) == [v for k, v in expected if k.lower() == name]
+
+
+def test_an_address_list_seen_again_is_not_parsed_again(monkeypatch):
+    # The same senders and recipients come again and again in a folder:
+    # FETCH 1:* (ENVELOPE) parsed each From and To of every message.
+    from twisted_mailhub.imap import message
+
+    parsed = []
+    real = message.parse_address_list
+    monkeypatch.setattr(message, "parse_address_list", lambda text: (parsed.append(text), real(text))[1])
+    message._address_structure.cache_clear()
+    envelopes = [
+        Part(b"From: Bob <bob@example.org>\r\nTo: alice@localhost\r\nSubject: %d\r\n\r\nhi\r\n" % n).envelope() for n in range(50)
+    ]
+    assert sorted(parsed) == ["Bob <bob@example.org>", "alice@localhost"]
+    assert envelopes[7] == b'(NIL "7" (("Bob" NIL "bob" "example.org")) (("Bob" NIL "bob" "example.org")) (("Bob" NIL "bob" "example.org")) ((NIL NIL "alice" "localhost")) NIL NIL NIL NIL)'
+    long_list = ", ".join(f"user{n}@example.org" for n in range(100))  # (over ADDRESS_CACHE_TEXT: not kept)
+    Part(f"To: {long_list}\r\n\r\n".encode()).envelope()
+    Part(f"To: {long_list}\r\n\r\n".encode()).envelope()
+    assert parsed[-2:] == [long_list, long_list]

@@ -239,6 +239,75 @@ class ServerTests(unittest.TestCase):
         self.assertEqual(reads, [1, 2, 1])
         self.assertNotIn(b"=?utf-8?", utf8)
 
+    def test_a_costly_messages_body_and_envelope_after_its_bodystructure_are_answered_without_reading_or_parsing_it_again(self):
+        from twisted.internet import defer
+
+        from twisted_mailhub.imap import fetch
+
+        # (the parsing thread: run when the test says)
+        jobs = []
+
+        def in_thread(function, *args):
+            d = defer.Deferred()
+            jobs.append((d, function, args))
+            return d
+
+        def fetched(command: bytes) -> bytes:
+            transport.clear()
+            server.dataReceived(command)
+            while jobs:
+                d, function, args = jobs.pop(0)
+                d.callback(function(*args))
+            return transport.value()
+
+        self.patch(fetch, "in_thread", in_thread)
+        server, transport = self.logged_in()
+        parts = b"".join(b"--b\r\n\r\npart %d\r\n" % i for i in range(70))  # (over PARSE_OFF_REACTOR_PARTS)
+        self.store.deliver("alice@localhost", b"Subject: many\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + parts + b"--b--\r\n")
+        folder = self.store.account("alice@localhost").folder(INBOX)
+        reads = []
+        real = folder.read
+        self.patch(folder, "read", lambda uid: (reads.append(uid), real(uid))[1])
+        self.assertIn(b'"MIXED"', fetched(b"f1 FETCH 1 (BODYSTRUCTURE)\r\n"))
+        self.assertEqual(reads, [1])
+        body = fetched(b"f2 FETCH 1 (BODY)\r\n")
+        self.assertIn(b'* 1 FETCH (BODY (("TEXT" "PLAIN"', body)
+        self.assertEqual(reads, [1])  # (before: read and parsed again for BODY)
+        self.assertIn(b'"many"', fetched(b"f3 FETCH 1 (ENVELOPE)\r\n"))
+        self.assertEqual(reads, [1])
+
+    def test_envelopes_of_a_big_folder_fetched_again_are_answered_without_reading_a_message(self):
+        # FETCH 1:* (ENVELOPE) of a folder bigger than 2,048 messages (the
+        # cache's old size) read and parsed every message every time.
+        server, transport = self.logged_in()
+        for n in range(3000):
+            self.store.deliver("alice@localhost", b"From: bob@localhost\r\nSubject: number %d\r\n\r\nhi\r\n" % n)
+        first = self.talk(server, transport, b"f1 FETCH 1:* (ENVELOPE)\r\n")
+        self.assertEqual(first.count(b" FETCH (ENVELOPE ("), 3000)
+        folder = self.store.account("alice@localhost").folder(INBOX)
+        reads = []
+        real = folder.read
+        self.patch(folder, "read", lambda uid: (reads.append(uid), real(uid))[1])
+        again = self.talk(server, transport, b"f2 FETCH 1:* (ENVELOPE)\r\n")
+        self.assertEqual(reads, [])
+        self.assertEqual(again.split(b"\r\n")[-100:], first.replace(b"f1 ", b"f2 ").split(b"\r\n")[-100:])
+        self.assertTrue(again.endswith(b'* 3000 FETCH (ENVELOPE (NIL "number 2999" ((NIL NIL "bob" "localhost")) ((NIL NIL "bob" "localhost")) ((NIL NIL "bob" "localhost")) NIL NIL NIL NIL NIL))\r\nf2 OK FETCH completed\r\n'), again[-300:])
+
+    def test_the_structure_cache_is_bounded_in_octets(self):
+        from twisted_mailhub.imap import fetch
+
+        self.patch(fetch, "_structures", {})
+        self.patch(fetch, "_structure_bytes", [0])
+        self.patch(fetch, "STRUCTURE_CACHE_BYTES", 10000)
+        self.patch(fetch, "STRUCTURE_ENTRY_COST", 0)
+        for n in range(20):
+            fetch._remember((n,), b"x" * 1000)
+        self.assertEqual(sorted(fetch._structures), [(n,) for n in range(10, 20)])  # the oldest went first
+        self.assertEqual(fetch._structure_bytes[0], sum(len(v) for v in fetch._structures.values()))
+        fetch._remember(("huge",), b"x" * 5000)  # (over a quarter of it: not kept)
+        self.assertNotIn(("huge",), fetch._structures)
+        self.assertLessEqual(fetch._structure_bytes[0], 10000)
+
     def test_search_with_a_literal_string(self):
         server, transport = self.logged_in()
         self.store.deliver("alice@localhost", MESSAGE)

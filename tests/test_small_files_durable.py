@@ -299,6 +299,131 @@ class IMAPFolderChangesTests(unittest.TestCase):
         self.assertIn("Pending", account.subscriptions())
 
 
+class ReactorFlushTests(unittest.TestCase):
+    """
+    What the Maildir store flushes after a folder's load (the lines of
+    files another program put in, a UID list rewritten whole, a RENAME a
+    crash cut short) is flushed in a worker thread, never in the reactor
+    (an fsync there stalls every session), and told only once durable.
+    """
+
+    def setUp(self):
+        self.journal = Journal()
+        self.store = MaildirStore(self.mktemp(), GroupCommitWriter(task.Clock()), hostname="test")
+        self.store.small_files = SmallFiles(fsync=self.journal.fsync, run=self.journal.run)
+        self.in_reactor: list[str] = []
+
+    def record_reactor_flushes(self) -> None:
+        record = lambda fd: self.in_reactor.append(os.readlink(f"/proc/self/fd/{fd}"))  # noqa: E731
+        self.patch(os, "fsync", record)
+        self.patch(os, "fdatasync", record)
+
+    def put_in(self, folder, name: str, sub: str = "new") -> None:
+        message = b"Subject: from outside\r\n\r\nbody\r\n"
+        with open(os.path.join(folder.directory, sub, f"{name},S={len(message)}"), "wb") as f:
+            f.write(message)
+
+    def test_a_file_another_program_put_in_is_told_after_its_line_is_flushed_in_a_thread(self):
+        folder = self.store.account("alice@example.org").folder("INBOX")
+        self.journal.run_jobs()
+        changes = []
+        folder.add_listener(changes.append)
+        self.put_in(folder, "1700000000.M1P1Q1.mda")
+        del self.journal.events[:]
+        self.record_reactor_flushes()
+        waiting = folder.unsettled()
+        self.assertEqual(self.in_reactor, [])  # (it made 3 before: mailhub-unchecked, its directory, the list)
+        self.assertIsNotNone(waiting, "a message found is told before its UID is durable")
+        self.assertEqual(folder.messages(), [])
+        self.assertEqual(changes, [])
+        self.journal.run_jobs()
+        self.assertEqual(self.in_reactor, [])
+        self.assertEqual([c.added for c in changes], [(1,)])
+        self.assertEqual([i.uid for i in folder.messages()], [1])
+        flushed = self.journal.flushed()
+        directory = os.path.realpath(folder.directory)
+        # mailhub-unchecked before the list names the file listed on trust
+        self.assertLess(flushed.index(os.path.join(directory, "mailhub-unchecked")), flushed.index(os.path.join(directory, "mailhub-uidlist")))
+        self.assertIsNone(folder.unsettled())
+        again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
+        self.assertEqual([(i.uid, i.key) for i in again.messages()], [(1, "1700000000.M1P1Q1.mda,S=31")])
+
+    def test_files_found_at_a_load_are_flushed_in_a_thread_before_they_are_told(self):
+        account = self.store.account("alice@example.org")
+        self.put_in(account.folder("INBOX"), "1700000000.M1P1Q1.mda", "cur")
+        self.journal.run_jobs()
+        account._folders.clear()
+        self.put_in(account.folder("INBOX"), "1700000000.M2P1Q2.mda", "cur")  # (found by that load: the first one listed)
+        account._folders.clear()
+        self.journal.run_jobs()
+        self.put_in(account.folder("INBOX"), "1700000000.M3P1Q3.mda", "cur")
+        account._folders.clear()
+        self.record_reactor_flushes()
+        folder = account.folder("INBOX")
+        self.assertEqual(self.in_reactor, [])
+        self.assertIsNotNone(folder.unsettled())
+        self.journal.run_jobs()
+        self.assertIsNone(folder.unsettled())
+        self.assertEqual(len(folder.messages()), 3)
+
+    def test_a_uid_list_rewritten_after_removals_is_flushed_in_a_thread(self):
+        from twisted_mailhub.store import maildir
+
+        self.patch(maildir, "EXTRA_LINES_SLACK", 0)
+        folder = self.store.account("alice@example.org").folder("INBOX")
+        for i in range(4):
+            self.put_in(folder, f"1700000000.M{i}P1Q{i}.mda", "cur")
+        folder.unsettled()
+        self.journal.run_jobs()
+        uids = [i.uid for i in folder.messages()]
+        self.assertEqual(len(uids), 4)
+        listing = os.path.join(folder.directory, "mailhub-uidlist")
+        folder.set_flags(uids[:2], ["$A"], "add")
+        del self.journal.events[:]
+        self.record_reactor_flushes()
+        folder.set_flags(uids, ["$B"], "add")  # 6 lines more than messages: over the slack
+        self.assertEqual(self.in_reactor, [])  # (it made 1 before: the new list)
+        self.assertTrue(self.journal.jobs, "no rewrite asked for")
+        self.journal.run_jobs()
+        self.assertEqual(self.in_reactor, [])
+        self.assertEqual(self.journal.flushed(), [os.path.realpath(listing) + ".tmp", os.path.realpath(folder.directory)])
+        with open(listing, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 5)  # the header and one line each
+        self.assertTrue(all(line.endswith(" $B") for line in lines[1:]), lines)
+        again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
+        self.assertEqual([i.uid for i in again.messages()], uids)
+
+    def test_a_rename_a_crash_cut_short_is_finished_with_no_fsync_in_the_reactor(self):
+        import json
+
+        account = self.store.account("alice@example.org")
+        account.create_folder("Old")
+        account.subscribe("Old")
+        self.journal.run_jobs()
+        record = os.path.join(account.path, "mailhub-renaming")
+        with open(record, "w", encoding="utf-8") as f:
+            json.dump({"old": "Old", "new": "New", "pid": 0, "boot": "an earlier boot"}, f)
+        self.store._accounts.clear()
+        del self.journal.events[:]
+        self.record_reactor_flushes()
+        account = self.store.account("alice@example.org")
+        self.assertEqual(self.in_reactor, [])  # (it made 3 before: the subscriptions, the account twice)
+        self.assertEqual(account.folders(), ["INBOX", "New"])
+        self.assertEqual(account.subscriptions(), ["New"])
+        self.assertTrue(os.path.exists(record), "the record went before the rest was durable")
+        told = []
+        account.durable().addCallback(told.append)
+        self.assertEqual(told, [])
+        self.journal.run_jobs()
+        self.assertEqual(told, [None])
+        self.assertFalse(os.path.exists(record))
+        path = os.path.realpath(account.path)
+        self.assertIn(os.path.join(path, "subscriptions.%d.tmp" % os.getpid()), self.journal.flushed())
+        self.assertIn(path, self.journal.flushed())
+        self.assertEqual(self.in_reactor, [])
+
+
 class ListMadeAgainTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_a_message_appended_to_a_folder_whose_list_is_made_again_is_acknowledged_after_the_list_is_durable(self):

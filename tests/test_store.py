@@ -199,6 +199,8 @@ class MaildirStoreTests(StoreContract, ModSeqContract, unittest.TestCase):
         yield folder.append(MESSAGE)
         with open(os.path.join(folder.directory, "new", "123.outside"), "wb") as f:
             f.write(b"x: y\r\n\r\nz\r\n")
+        # Told once its UID is durable (flushed off the reactor): unsettled().
+        yield folder.unsettled()
         infos = folder.messages()
         self.assertEqual(len(infos), 2)
         self.assertEqual(infos[-1].key, "123.outside")
@@ -333,6 +335,7 @@ class MaildirIndexTests(unittest.TestCase):
             f.write(MESSAGE)
         self.folder.set_flags([uid], ["\\Seen"], "add")
         self.folder.refresh()
+        yield self.folder.unsettled()
         self.assertEqual(len(self.folder.messages()), 2)
 
     @defer.inlineCallbacks

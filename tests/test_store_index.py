@@ -148,6 +148,7 @@ class IndexTests(unittest.TestCase):
         for uid in uids[:3]:
             self.folder.expunge([uid])
         self.folder.expunge([uids[-1]])  # the highest UID: only the header remembers it now
+        yield self.folder.rewritten()  # (flushed in a worker thread)
         with open(self.uidlist, "rb") as f:
             text = f.read()
         self.assertEqual(text.count(b"\n"), 1 + 2)  # rewritten: the header and the two left

@@ -15,7 +15,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from twisted_mailhub.store import durable, shared
-from twisted_mailhub.store.interfaces import INBOX
+from twisted_mailhub.store.interfaces import INBOX, NoSuchFolder
 from twisted_mailhub.store.maildir import UIDLIST, MaildirStore
 
 MESSAGE = b"From: a@b\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -300,3 +300,56 @@ class ListMadeAgainElsewhereTests(unittest.TestCase):
         b, b_journal = self.worker()
         self.assertIsNone(b.folder("Old").unsettled())
         self.assertFalse(os.path.exists(os.path.join(directory, UNFLUSHED)))
+
+
+class FolderMadeAgainTests(unittest.TestCase):
+    """
+    A folder one worker deleted and made again is noticed by another
+    worker that has it open: its old object is done with (NoSuchFolder:
+    IMAP ends a session that has it selected with BYE), and the account
+    opens the new folder with the new UIDVALIDITY; no UID of the old
+    UIDVALIDITY is ever given for the new folder (RFC 3501 §2.3.1.1).
+    """
+
+    def setUp(self):
+        self.patch(shared, "ENABLED", True)
+        self.patch(shared, "announce", None)
+        self.root = self.mktemp()
+        self.a = MaildirStore(self.root, hostname="a").account(ADDRESS)
+        self.b = MaildirStore(self.root, hostname="b").account(ADDRESS)
+
+    @defer.inlineCallbacks
+    def test_a_folder_deleted_and_made_again_by_one_worker_is_seen_anew_by_the_other(self):
+        self.a.create_folder("Box")
+        for _ in range(2):
+            yield self.a.folder("Box").append(MESSAGE)
+        old = self.b.folder("Box")
+        self.assertEqual([i.uid for i in old.messages()], [1, 2])
+        before = old.uid_validity
+        self.a.delete_folder("Box")
+        made = self.a.create_folder("Box")
+        yield made.append(b"Subject: new\r\n\r\nthe new folder's\r\n")
+        self.assertGreater(made.uid_validity, before)
+        old._dir_mtimes = None  # (the same clock tick: recently_changed covers it in a hub)
+        with self.assertRaises(NoSuchFolder):
+            old.messages()  # (before: UID 1 of the new folder under the old UIDVALIDITY)
+        with self.assertRaises(NoSuchFolder):
+            old.refresh()  # (and from then on)
+        fresh = self.b.folder("Box")
+        self.assertIsNot(fresh, old)
+        self.assertEqual(fresh.uid_validity, made.uid_validity)
+        self.assertEqual([(i.uid, i.key) for i in fresh.messages()], [(i.uid, i.key) for i in made.messages()])
+
+    @defer.inlineCallbacks
+    def test_an_open_folder_made_again_elsewhere_is_opened_afresh_by_the_account(self):
+        self.a.create_folder("Box")
+        yield self.a.folder("Box").append(MESSAGE)
+        old = self.b.folder("Box")
+        old.messages()
+        self.a.delete_folder("Box")
+        made = self.a.create_folder("Box")
+        old._dir_mtimes = None
+        fresh = self.b.folder("Box")  # (a SELECT or STATUS through worker b)
+        self.assertIsNot(fresh, old)
+        self.assertEqual(fresh.uid_validity, made.uid_validity)
+        self.assertEqual(fresh.messages(), [])

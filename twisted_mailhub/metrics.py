@@ -372,13 +372,31 @@ class _Readings:
         yield bound
 
 
-def health(hub: Any) -> tuple[bool, list[str]]:
+def health(hub: Any) -> Any:
     """
-    (healthy, problems): every listener bound and the data folder takes a
-    write (a file made, fsynced and removed).
+    A Deferred of (healthy, problems): every listener bound and the data
+    folder takes a write (a file made, fsynced and removed, in a worker
+    thread: an fsync in the reactor stalls every session of the process,
+    and a load balancer asks every few seconds).
     """
+    from twisted.internet import threads
+
     problems = [f"{name} is not listening" for name, *_ in hub._listeners if name not in hub.listening]
-    probe = os.path.join(hub.data_dir, f".healthz-{os.getpid()}")
+
+    def probed(problem: str | None) -> tuple[bool, list[str]]:
+        if problem is not None:
+            problems.append(problem)
+        return not problems, problems
+
+    reactor = getattr(hub, "reactor", None)
+    if reactor is None or not hasattr(reactor, "getThreadPool"):
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    return threads.deferToThreadPool(reactor, reactor.getThreadPool(), _probe_write, hub.data_dir).addCallback(probed)
+
+
+def _probe_write(data_dir: str) -> str | None:
+    """(in a worker thread) None when C{data_dir} takes a write, else what failed."""
+    probe = os.path.join(data_dir, f".healthz-{os.getpid()}")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -388,8 +406,8 @@ def health(hub: Any) -> tuple[bool, list[str]]:
             os.close(fd)
             os.unlink(probe)
     except OSError as e:
-        problems.append(f"the data folder takes no write ({e.strerror or e})")
-    return not problems, problems
+        return f"the data folder takes no write ({e.strerror or e})"
+    return None
 
 
 # -- --workers: one page for every worker's counters ---------------------------
@@ -522,10 +540,19 @@ class HealthPage(resource.Resource):
         self.hub = hub
 
     def render_GET(self, request):
-        ok, problems = health(self.hub)
+        from twisted.web.server import NOT_DONE_YET
+
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
-        if ok:
-            return b"ok\n"
-        request.setResponseCode(503)
-        return ("".join(p + "\n" for p in problems)).encode("utf-8")
+
+        def answer(result: tuple[bool, list[str]]) -> None:
+            if request.finished or getattr(request, "_disconnected", False):
+                return
+            ok, problems = result
+            if not ok:
+                request.setResponseCode(503)
+            request.write(b"ok\n" if ok else ("".join(p + "\n" for p in problems)).encode("utf-8"))
+            request.finish()
+
+        health(self.hub).addErrback(lambda f: (False, [f"the health check failed ({type(f.value).__name__})"])).addCallback(answer)
+        return NOT_DONE_YET

@@ -403,7 +403,8 @@ class Maildrops:
         self.store = store
         self.in_use: set[str] = set()
 
-    def avatar(self, account: Any, mind: Any) -> tuple[Maildrop, Callable[[], None]]:
+    def avatar(self, account: Any, mind: Any) -> Any:
+        """(the maildrop, its logout), or a Deferred of them once the INBOX's new UIDs are durable."""
         if account is None:
             raise cred_error.UnauthorizedLogin("POP3 needs an account")
         key = account.address.lower()
@@ -415,11 +416,41 @@ class Maildrops:
         if unlock is None:
             raise MaildropInUse(f"maildrop of {account.address} is in use by a session on another hub")
         try:
-            drop = Maildrop(self.store.account(account.address).folder(INBOX), account.address)
+            folder = self.store.account(account.address).folder(INBOX)
+            # Messages another program put in are told once their UIDs are
+            # durable (the store's unsettled(), flushed off the reactor):
+            # the maildrop is taken after that.
+            unsettled = getattr(folder, "unsettled", None)
+            pending = unsettled() if unsettled is not None else None
         except BaseException:
             unlock()
             raise
         self.in_use.add(key)
+        if pending is not None:
+
+            def settled(_: Any) -> tuple[Maildrop, Callable[[], None]]:
+                try:
+                    return self._avatar(folder, account, key, unlock)
+                except BaseException:
+                    self.in_use.discard(key)
+                    unlock()
+                    raise
+
+            def not_settled(reason: Any) -> Any:
+                self.in_use.discard(key)
+                unlock()
+                return reason
+
+            return pending.addCallbacks(settled, not_settled)
+        try:
+            return self._avatar(folder, account, key, unlock)
+        except BaseException:
+            self.in_use.discard(key)
+            unlock()
+            raise
+
+    def _avatar(self, folder: Any, account: Any, key: str, unlock: Callable[[], None]) -> tuple[Maildrop, Callable[[], None]]:
+        drop = Maildrop(folder, account.address)
         released = []
 
         def logout() -> None:

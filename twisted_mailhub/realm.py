@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.cred.portal import IRealm
+from twisted.internet import defer
 from zope.interface import implementer
 
 from twisted_mailhub.accounts import Account, AccountBook
@@ -50,6 +51,10 @@ class MailhubRealm:
         for interface in interfaces:
             factory = self._factories.get(interface)
             if factory is not None:
-                avatar, logout = factory(account, mind)
+                made = factory(account, mind)
+                if isinstance(made, defer.Deferred):
+                    # (a factory that waits for the store: POP3's maildrop)
+                    return made.addCallback(lambda pair, i=interface: (i, pair[0], pair[1]))
+                avatar, logout = made
                 return interface, avatar, logout
         raise UnknownInterface(f"no avatar for {interfaces!r}")

@@ -136,7 +136,7 @@ from twisted_mailhub.store.table import (
     system_bits,
 )
 from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, fsync_directory
-from twisted_mailhub.store.smallfiles import SmallFiles, write_durably
+from twisted_mailhub.store.smallfiles import SmallFiles
 from twisted_mailhub.store.wireform import WireForms
 from twisted_mailhub.store.interfaces import (
     DELETED,
@@ -503,6 +503,15 @@ class MaildirFolder:
         # (a folder being made, CREATE: its new files are flushed by
         # sync_later, off the reactor, before the CREATE is answered)
         self._sync_later = sync_later
+        # The account's SmallFiles, kept after the load: what a later look
+        # or a rewrite of the list flushes goes through it, off the reactor.
+        self._flusher = sync_later
+        # Flushes of the lines of files a look found (_hold_found,
+        # _settle_found), not done yet: (flush, its waiters), for unsettled().
+        self._rewriting = False  # a rewrite of the list on its way (_rewrite_uidlist)
+        self._rewrite_tries = 0
+        self._rewrite_flight: defer.Deferred | None = None
+        self._holding: list[tuple[defer.Deferred, list[defer.Deferred]]] = []
         self.creation_flush: defer.Deferred | None = None
         # While a list made or rewritten at this load (creation_flush) is
         # not on disk yet: the Deferreds waiting for it (unsettled()).
@@ -518,6 +527,9 @@ class MaildirFolder:
         # Bumped by every change of the messages or their flags: what
         # selection() computed stays good while it is unchanged.
         self._changes = 0
+        # (--workers) another process made this folder again: see made_again
+        self.made_again_elsewhere = False
+        self._counted: tuple[int, int, int] | None = None  # (_changes, messages, unseen): counts()
         self._selection: tuple | None = None
         self._dir_mtimes: tuple[int, int] | None = None
         # Entries of new/ and cur/ found not to be files (a FIFO): logged once.
@@ -887,16 +899,34 @@ class MaildirFolder:
         """
         None once this folder's UID list and UIDVALIDITY are durable (always,
         but for a while after a load that made the list: a new folder, or a
-        list lost or damaged and made again, flushed off the reactor); else
+        list lost or damaged and made again, flushed off the reactor) and
+        no file another program put in waits for its line's flush (a look
+        is made first: L{_hold_found}, L{_settle_found}); else
         a Deferred that fires then (or fails with the flush's error). Nothing
         that shows or promises its UIDs is told before (design rule 6):
         L{deliver} and L{append} wait for it, IMAP SELECT/EXAMINE/STATUS too.
         """
-        if self._settling is None:
+        if not self._holding:
+            try:
+                self._scan()  # (files found now are held until durable: waited for too)
+            except (StoreError, OSError):
+                pass  # (told by the command that reads the folder)
+        if self._settling is None and not self._holding:
             return None
         d = defer.Deferred()
-        self._settling.append(d)
-        return d
+        if self._settling is not None:
+            self._settling.append(d)
+        if not self._holding:
+            return d
+        holding = []
+        for _, waiters in self._holding:
+            waiters.append(defer.Deferred())
+            holding.append(waiters[-1])
+        if self._settling is not None:
+            holding.append(d)
+        both = defer.gatherResults(holding, consumeErrors=True)
+        both.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+        return both
 
     def _after_settled(self, d: defer.Deferred) -> defer.Deferred:
         """C{d}'s result once it fires and the list is durable (L{unsettled})."""
@@ -948,8 +978,7 @@ class MaildirFolder:
         outnumber the messages. Raises as L{_write_uidlist} does.
         """
         self._extra_lines += len(positions)
-        if self._extra_lines > len(self._table) + EXTRA_LINES_SLACK:
-            self._write_uidlist()
+        if self._extra_lines > len(self._table) + EXTRA_LINES_SLACK and self._rewrite_uidlist():
             return
         data = "".join(self._row_line(self._table, i) for i in positions).encode("utf-8")
         try:
@@ -986,6 +1015,122 @@ class MaildirFolder:
             if self._shared:
                 self._list_position = shared.ListPosition.now(self._uidlist_path())
 
+    def _rewrite_uidlist(self) -> bool:
+        """
+        Rewrite the list to drop its repeated and dead lines. With the
+        account's L{SmallFiles} and no other worker (not --workers): the
+        text is made here, from the table, and written to a tmp file,
+        fsynced, renamed over the list and its directory fsynced in a
+        worker thread (an fsync in the reactor stalls every session), with
+        the list's lock held from the check to the directory's flush, so
+        no line the group commit appends (and acknowledges) goes to a file
+        that is not durably the list. If the list grew meanwhile (a line
+        appended after the text was made), the rewrite is dropped and
+        made again at the next change; the list is right either way.
+        Otherwise rewritten here (L{_write_uidlist}). Returns True when
+        the list is (or is being) rewritten, False when a rewrite is on
+        its way already (the caller appends as usual).
+        Raises as L{_write_uidlist} does.
+        """
+        flusher = self._flusher
+        if flusher is None or self._shared:
+            self._write_uidlist()
+            return True
+        if self._rewriting:
+            return False
+        table = self._table
+        lines = [(table.uids[i], self._row_line(table, i)) for i in range(len(table))]
+        lines.extend((e.info.uid, self._uidlist_line(e)) for e in list(self._pending.values()) if e.info.uid)
+        lines.sort()
+        text = (f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n" + "".join(line for _, line in lines)).encode("utf-8")
+        path = self._uidlist_path()
+        try:
+            size = os.stat(path).st_size
+        except OSError as e:
+            raise storage_error(e) from e
+        extra = self._extra_lines
+        fsync, lock, directory = flusher.fsync, self._uidlist_lock, self.directory
+
+        def rewrite() -> bool:
+            tmp = path + ".tmp"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+                try:
+                    view = memoryview(text)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    # Synced: after an expunge this header's UIDNEXT is
+                    # what keeps the expunged UIDs from being given again.
+                    fsync(fd)
+                finally:
+                    os.close(fd)
+                with lock:
+                    if os.stat(path).st_size != size:
+                        os.unlink(tmp)
+                        return False
+                    os.replace(tmp, path)
+                    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                    try:
+                        fsync(fd)
+                    finally:
+                        os.close(fd)
+                return True
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+
+        self._rewriting = True
+
+        def done(rewritten: bool) -> None:
+            self._rewriting = False
+            if rewritten:
+                self._extra_lines = max(0, self._extra_lines - extra)
+                self._rewrite_tries = 0
+                if self._extra_lines > len(self._table) + EXTRA_LINES_SLACK:
+                    self._rewrite_again()  # (more came meanwhile)
+                return
+            # The list grew meanwhile: made again from the table now (a
+            # keyword change may be in it and nowhere else); after a few
+            # tries under a stream of deliveries, here in the reactor.
+            self._rewrite_tries += 1
+            self._rewrite_again()
+
+        def failed(reason: Failure) -> None:
+            self._rewriting = False
+            log.warn("UID list of {path} not rewritten ({error}); it will be at the next change", path=self.directory, error=error_words(reason.value))
+
+        flight = self._rewrite_flight = flusher.in_thread(rewrite)
+        flight.addCallbacks(done, failed)
+
+        def landed(_: Any) -> None:
+            if self._rewrite_flight is flight:
+                self._rewrite_flight = None
+
+        flight.addBoth(landed)
+        return True
+
+    def _rewrite_again(self) -> None:
+        try:
+            if self._rewrite_tries > 3:
+                self._rewrite_tries = 0
+                self._write_uidlist()
+            else:
+                self._rewrite_uidlist()
+        except (OSError, StoreError) as e:
+            log.warn("UID list of {path} not rewritten ({error}); it will be at the next change", path=self.directory, error=e.__cause__ or e)
+
+    def rewritten(self) -> defer.Deferred:
+        """Fires (with None, never failing) once no rewrite of the UID list is on its way (L{_rewrite_uidlist})."""
+        flight = self._rewrite_flight
+        if flight is None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        flight.addBoth(lambda _: self.rewritten().chainDeferred(d))
+        return d
+
     def _rewrite_uidlist_after_removal(self, removed: int) -> None:
         """
         After C{removed} messages were removed. Their lines may stay: the
@@ -1001,7 +1146,7 @@ class MaildirFolder:
         if self._extra_lines <= len(self._table) + EXTRA_LINES_SLACK:
             return
         try:
-            self._write_uidlist()
+            self._rewrite_uidlist()
         except (OSError, StoreError) as e:
             log.warn("UID list of {path} not rewritten after a removal ({error}); it will be at the next change", path=self.directory, error=e.__cause__ or e)
 
@@ -1024,7 +1169,25 @@ class MaildirFolder:
 
     # -- keeping the table in step with the directory ---------------------
 
+    def made_again(self, uid_validity: int) -> None:
+        """
+        (--workers, L{shared.catch_up}) Another process deleted this folder
+        and made it again (or made its lost list again): its UID list has
+        C{uid_validity}, not ours. This object's UIDs mean nothing for the
+        new folder, so it is done with: every later use raises
+        L{NoSuchFolder} (IMAP ends a session that has it selected with
+        BYE, as for a folder deleted; RFC 3501 §2.3.1.1), and the account
+        opens the new folder afresh (L{MaildirAccount.folder}). Raises
+        L{NoSuchFolder}.
+        """
+        if not self.made_again_elsewhere:
+            log.info("{path}: made again by another worker (UIDVALIDITY {old} -> {new}); sessions that have it open are ended", path=self.directory, old=self.uid_validity, new=uid_validity)
+        self.made_again_elsewhere = True
+        raise NoSuchFolder(f"{self.name} was deleted and made again")
+
     def _mtimes(self) -> tuple[int, int]:
+        if self.made_again_elsewhere:
+            raise NoSuchFolder(f"{self.name} was deleted and made again")
         try:
             return (
                 os.stat(os.path.join(self.directory, "new")).st_mtime_ns,
@@ -1092,6 +1255,19 @@ class MaildirFolder:
                 self._recent.add(uid)
             elif sub == "cur":
                 offered.append(uid)  # (one in new/ is claimed by its rename)
+        if added and self._flusher is not None and not self._shared and not first:
+            # Found after the load: held back (in _pending, out of the
+            # table) until their lines are flushed off the reactor
+            # (L{_hold_found}); told then.
+            self._hold_found(added)
+            added = []
+        if added and first and self._sync_later is not None and not self._shared:
+            # Found at the load: in the table now, their lines flushed off
+            # the reactor, and nothing tells them before (unsettled()).
+            self._settle_found(added)
+            added_now, added = added, []
+        else:
+            added_now = []
         if added:
             table = self._table
             if self._checks_unsaved and self._unchecked:
@@ -1114,6 +1290,7 @@ class MaildirFolder:
             shared.offer_recent(self._uidlist_lock, offered)
         if gone and not self._shared:  # (under --workers, the remover counted them)
             self._rewrite_uidlist_after_removal(len(gone))
+        added += added_now
         if added or gone or flagged:
             self._bump(added + flagged, gone, observed=True)
             self._listeners.notify(
@@ -1123,6 +1300,134 @@ class MaildirFolder:
                     expunged=tuple(sorted(gone)),
                 )
             )
+
+    def _hold_found(self, uids: list[int]) -> None:
+        """
+        Files another program put in, found by a look after the load
+        (C{uids}, just added to the table by L{_register}): taken out of
+        the table into C{_pending} (so no look lists them again and no
+        reply tells them), and told (the table, \\Recent, listeners) only
+        once what names them is durable, all flushed in a worker thread
+        by the account's L{SmallFiles}: first C{mailhub-unchecked} if some
+        are listed on trust (it must be on disk before the list names
+        them), then their lines appended to the UID list. An fsync in the
+        reactor stalls every session of the process; L{unsettled} waits
+        for it (IMAP SELECT, STATUS, the web face, a POP3 login).
+        A flush that fails tells nothing: the next look finds the files
+        again. (Under --workers the lines are flushed where they are
+        appended, as before: another worker would show them at once.)
+        """
+        table = self._table
+        positions = [table.position(uid) for uid in uids]
+        entries = []
+        for i in positions:
+            base = table.names[i]
+            filename = table.filename(i)
+            info = MessageInfo(table.uids[i], base, _EMPTY, table.sizes[i], table.dates[i])
+            entry = _Entry(info, "new" if table.bits[i] & NEW else "cur", filename, _EMPTY)
+            entries.append(entry)
+            self._pending[base] = entry
+            self._recent.discard(info.uid)  # (given when told)
+        data = "".join(self._row_line(table, i) for i in positions).encode("utf-8")
+        table.remove(positions)
+        self._changes += 1
+        flusher = self._flusher
+        unchecked = bool(self._checks_unsaved and self._unchecked)
+        if unchecked:
+            self._save_unchecked()  # (written here, flushed in the thread)
+            first = flusher.sync_files([self._unchecked_path()], [])
+        else:
+            first = defer.succeed(None)
+
+        def append(_: Any) -> defer.Deferred:
+            try:
+                with self._uidlist_lock:
+                    os.close(append_lines(self._uidlist_path(), data, sync=False))
+            except OSError as e:
+                raise storage_error(e) from e
+            self._list_lines += len(entries)
+            return flusher.sync_files([self._uidlist_path()], [])
+
+        def told(_: Any) -> None:
+            added = []
+            for entry in entries:
+                if self._pending.get(entry.info.key) is not entry:
+                    continue
+                del self._pending[entry.info.key]
+                info = entry.info
+                self._table.add(info.uid, info.key, info.size, info.internal_date, _EMPTY, entry.subdir, entry.filename, _split(entry.filename)[1])
+                self._recent.add(info.uid)
+                added.append(info.uid)
+            if added:
+                self._changes += 1
+                self._bump(added, observed=True)
+                self._listeners.notify(FolderChange(added=tuple(added)))
+
+        def failed(reason: Failure) -> None:
+            for entry in entries:
+                if self._pending.get(entry.info.key) is entry:
+                    del self._pending[entry.info.key]
+            self._dir_mtimes = None  # (the next look lists them again)
+            log.warn("UID list of {path}: {n} new message(s) not listed yet ({error})", path=self.directory, n=len(entries), error=error_words(reason.value))
+
+        self._hold(first.addCallback(append).addCallbacks(told, failed))
+
+    def _hold(self, flush: defer.Deferred) -> None:
+        """Keep C{flush} for L{unsettled} until it fires; its waiters get its result (None or the failure)."""
+        waiters: list[defer.Deferred] = []
+        pair = (flush, waiters)
+        self._holding.append(pair)
+
+        def done(result: Any) -> Any:
+            self._holding.remove(pair)
+            for w in waiters:
+                if isinstance(result, Failure):
+                    w.errback(result)
+                else:
+                    w.callback(None)
+            return result
+
+        flush.addBoth(done)
+
+    def _settle_found(self, uids: list[int]) -> None:
+        """
+        Files found by the load's first look (C{uids}, in the table): their
+        lines appended to the UID list without a flush, then flushed off
+        the reactor by the account's L{SmallFiles} (C{mailhub-unchecked}
+        first when some are listed on trust: it is on disk before the list
+        names them), with the load's own flush if it made one; L{unsettled}
+        waits for it (design rule 6).
+        """
+        table = self._table
+        positions = [table.position(uid) for uid in uids]
+        data = "".join(self._row_line(table, i) for i in positions).encode("utf-8")
+        later = self._sync_later
+        path = self._uidlist_path()
+
+        def append(_: Any) -> defer.Deferred:
+            try:
+                with self._uidlist_lock:
+                    os.close(append_lines(path, data, sync=False))
+            except OSError as e:
+                raise storage_error(e) from e
+            return later.sync_files([path], [])
+
+        if self._checks_unsaved and self._unchecked:
+            self._save_unchecked()  # (written here, flushed in the thread)
+            flush = later.sync_files([self._unchecked_path()], []).addCallback(append)
+        else:
+            flush = append(None)
+        state = self._index_state
+        if state is not None:
+            # The index covers these lines (appended now or after the
+            # unchecked file's flush; if not, its digest does not match
+            # the list and the next load parses it all).
+            state.chunks.append(data)
+            self._index_state = _IndexState(state.length + len(data), state.chunks, max(state.uid_next, self.uid_next), state.lines + len(positions))
+        self._list_lines += len(positions)
+        self._hold(flush)
+        if self.creation_flush is None:
+            self.creation_flush = flush  # (the account's durable() tells a failure)
 
     def _first_look(self, mtimes: tuple[int, int]) -> list[tuple[str, str, str]]:
         """
@@ -1561,6 +1866,23 @@ class MaildirFolder:
 
     def refresh(self) -> None:
         self._scan()
+
+    def counts(self) -> tuple[int, int]:
+        """
+        (messages, messages without \\Seen), after a look at the
+        directories (two stats when nothing changed); counted again only
+        after a change of the messages or their flags (C{_changes}): the
+        web face's poll of a folder's state (web/mail.py) costs about
+        nothing while nothing changed, not a walk over every message.
+        """
+        self._scan()
+        counted = self._counted
+        if counted is not None and counted[0] == self._changes:
+            return counted[1], counted[2]
+        infos = self.messages()
+        unseen = sum(1 for i in infos if SEEN not in i.flags)
+        self._counted = (self._changes, len(infos), unseen)
+        return len(infos), unseen
 
     def messages(self):
         self._scan()
@@ -2625,6 +2947,18 @@ class MaildirAccount:
                 return folder
         name = normalize_folder_name(name)
         folder = self._folders.get(name)
+        if folder is not None and folder._shared:
+            # --workers: another worker may have deleted it and made it
+            # again (a look reads its list's new header: made_again).
+            try:
+                folder._scan()
+            except NoSuchFolder:
+                if folder.made_again_elsewhere:
+                    folder = self._folders.pop(name, None) and None
+                else:
+                    raise
+            except (OSError, StoreError):
+                pass  # (told by what uses it)
         if folder is None:
             path = self._folder_path(name)
             if name != INBOX and not os.path.isdir(os.path.join(path, "cur")):
@@ -2785,7 +3119,7 @@ class MaildirAccount:
             return
         except (OSError, ValueError, KeyError, TypeError, StoreError) as e:
             log.warn("{path}: unreadable record of a RENAME under way ({error}); removed", path=journal, error=e)
-            _discard_durably(journal)
+            self._flushed(self.small_files.remove(journal))
             return
         if record.get("boot") == _boot_id() and not _process_is_gone(int(record.get("pid") or 0)):
             return
@@ -2795,12 +3129,16 @@ class MaildirAccount:
             subscribed = set(self.subscriptions())
             gone, made = renamed_subscriptions(subscribed, old, new)
             if gone or made - subscribed:
-                write_durably(self._subscriptions_path(), "".join(n + "\n" for n in sorted((subscribed - gone) | made)).encode("utf-8"))
-            fsync_directory(self.path)
+                self._write_subscriptions((subscribed - gone) | made)
         except (OSError, StoreError) as e:
             log.warn("{path}: the RENAME of {old} to {new} could not be finished yet ({error})", path=self.path, old=old, new=new, error=e)
             return
-        _discard_durably(journal)
+        # Flushed in a worker thread, as a RENAME's own (an fsync in the
+        # reactor stalls every session): the account's directory, then the
+        # record removed last, once the rest is durable; durable() waits
+        # for it, and a login's first reply waits for durable().
+        self._sync_account_directory()
+        self._flushed(self.small_files.remove(journal))
 
     def _rename_subscriptions(self, old: str, new: str) -> None:
         """The subscriptions follow the RENAME of C{old} to C{new} (L{renamed_subscriptions})."""
@@ -2870,17 +3208,6 @@ def _boot_id() -> str:
             return f.read().strip()
     except OSError:
         return ""
-
-
-def _discard_durably(path: str) -> None:
-    """Remove C{path} and fsync its directory; a failure is logged (the next open tries again)."""
-    try:
-        os.unlink(path)
-        fsync_directory(os.path.dirname(path))
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        log.warn("{path}: not removed ({error})", path=path, error=e)
 
 
 def _process_is_gone(pid: int) -> bool:

@@ -377,7 +377,9 @@ def catch_up(folder: Any, parse_line: Callable[[bytes], Any]) -> dict[str, tuple
     keywords)), and C{folder.uid_next} is raised past every UID listed.
     Returns the keywords listed for messages the folder knows, by base
     name (keyword changes: a message's line appended again, or a list
-    another process rewrote). Call with the folder's lock held.
+    another process rewrote). Call with the folder's lock held. Raises
+    L{NoSuchFolder} (through C{folder.made_again}) when the list has
+    another UIDVALIDITY: the folder was deleted and made again elsewhere.
     """
     path = folder._uidlist_path()
     position: ListPosition = folder._list_position
@@ -393,7 +395,14 @@ def catch_up(folder: Any, parse_line: Callable[[bytes], Any]) -> dict[str, tuple
     end = data.rfind(b"\n") + 1
     lines = data[:end].split(b"\n")[:-1]
     if whole and lines:
-        lines = lines[1:]  # the header
+        # The header: a UIDVALIDITY not the one this process tells is a
+        # folder another process deleted and made again (or whose list it
+        # lost and made again): none of this folder's UIDs stands any more
+        # (RFC 3501 §2.3.1.1); the folder says it is gone (made_again).
+        words = lines[0].split()
+        if len(words) == 4 and words[2].isdigit() and folder.uid_validity and int(words[2]) != folder.uid_validity:
+            folder.made_again(int(words[2]))
+        lines = lines[1:]
     folder._list_position = ListPosition(st.st_ino, start + end)
     known_keywords: dict[str, frozenset] = {}
     pending, by_base, elsewhere = folder._pending, folder._by_base, folder._elsewhere

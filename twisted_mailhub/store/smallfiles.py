@@ -31,9 +31,11 @@ Rules:
 
 What is not here, and why (the other files the hub writes besides
 messages): a message, a UID list's new line, and the modseq log go through
-the group commit (L{twisted_mailhub.store.durable}); a UID list rewritten,
-C{mailhub-uidvalidity} and C{mailhub-unchecked} are fsynced where they are
-written (store/maildir.py); the accounts file, DKIM and SSH host keys, and
+the group commit (L{twisted_mailhub.store.durable}); a UID list rewritten
+whole, the lines of files another program put in and C{mailhub-unchecked}
+before them are flushed through here too (L{SmallFiles.in_thread},
+L{SmallFiles.sync_files}; store/maildir.py; under --workers they are still
+fsynced where they are written); the accounts file, DKIM and SSH host keys, and
 queue files are written tmp + fsync + rename + directory fsync by their own
 modules; flags in file names and keywords appended to the UID list are
 not synced (the Maildir trade for flag changes); C{mailhub-index}, the POP3
@@ -140,6 +142,15 @@ class SmallFiles:
                 self._start()
 
         d.addBoth(done)
+
+    def in_thread(self, function: Callable[..., Any], *args: Any) -> defer.Deferred:
+        """
+        A L{Deferred} of C{function(*args)} called in the reactor's thread
+        pool (or at once when no reactor turns; the C{run} given, in tests):
+        for a flush of its own that a caller makes off the reactor
+        (store/maildir.py: a UID list rewritten whole).
+        """
+        return self._in_thread(function, *args)
 
     def _in_thread(self, function: Callable[..., Any], *args: Any) -> defer.Deferred:
         if self._run is not None:
