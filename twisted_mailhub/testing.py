@@ -284,9 +284,26 @@ class Mailhub:
         return name if "@" in name else f"{name}@{self._default_domain()}"
 
     def _remember_account(self, spec: str) -> str:
+        """
+        Keep C{ADDRESS:PASSWORD} for the hub's accounts file; returns the
+        full address.
+
+        @raise ValueError: at once, before the hub reads it: the spec is
+            no account (the hub's own rule, L{AccountBook.add}: a name with
+            a blank, an empty password...), or its password cannot be one
+            line of the file (a line end in it; blanks at its end, which
+            the file's reader strips).
+        """
+        from twisted_mailhub.accounts import AccountBook
+
         name, sep, password = spec.partition(":")
         if not sep or not name:
             raise ValueError(f"an account is ADDRESS:PASSWORD, got {spec!r}")
+        if "\n" in password or "\r" in password:
+            raise ValueError(f"{name}: a password with a line end cannot be a line of the accounts file")
+        if password != password.rstrip():
+            raise ValueError(f"{name}: a password that ends in a blank cannot be kept in the accounts file (its lines are read without their trailing blanks)")
+        AccountBook([self._default_domain()]).add(name, password)
         address = self.address_of(name)
         self.accounts[address.lower()] = password
         self._account_specs.append(spec)
@@ -789,6 +806,11 @@ class Mailhub:
         reloaded}, with no restart. (A C{Mailhub(accounts_file=False)}
         restarts instead, on the same data folder and, unless another
         process took one meanwhile, the same ports.)
+
+        @raise ValueError: at once, and nothing changed: the hub would
+            refuse the account (L{twisted_mailhub.accounts.AccountBook.add}:
+            a blank in the name, an empty password...).
+        @raise TimeoutError: the hub did not say within C{timeout} s.
         """
         full = self._remember_account(f"{address}:{password}")
         if self.process is None:
