@@ -500,6 +500,11 @@ class MailhubFTP(ftp.FTP):
                 return self.ftp_PASS(arg)
             if verb not in PUBLIC:
                 if verb not in COMMANDS:
+                    if self.state == self.INAUTH and not arg:
+                        # One word after USER: a student who types the
+                        # password alone, as at a "Password:" prompt; not
+                        # shown (the console and the log mask it too).
+                        return f"500 Command not understood (not shown: after USER it may be the password){control_note(verb)}; send PASS and the password."
                     return f"500 '{quote(verb, 20)}': command not understood."
                 return "530 Please login with USER and PASS."
         elif verb == "PASS":
