@@ -67,3 +67,42 @@ def test_the_password_typed_alone_after_user_is_not_echoed_shown_or_logged(start
         f.readline()
         c.sendall(b"HEOL x\r\n")
         assert b"HEOL" in f.readline()
+
+
+def test_imap_the_word_after_a_login_without_password_is_masked():
+    lines = _transcribed(
+        "imap",
+        [
+            ("C", b"a1 LOGIN bob\r\n"),
+            ("S", b"a1 BAD Missing argument\r\n"),
+            ("C", PASSWORD + b"\r\n"),
+            ("S", b"* BAD a line of one word (not shown)\r\n"),
+            ("C", b"a2 LOGIN bob x\r\n"),
+            ("C", b"a3\r\n"),
+        ],
+    )
+    assert [line for line in lines if line.startswith("C:")] == [
+        "C: a1 LOGIN bob",
+        "C: **** (after LOGIN without a password: it may be the password)",
+        "C: a2 LOGIN bob ****",
+        "C: a3",
+    ]
+
+
+def test_imap_the_password_sent_alone_after_login_is_not_echoed_as_a_tag_shown_or_logged(start_hub):
+    hub = start_hub("--transcript")
+    with socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=15) as c:
+        f = c.makefile("rb")
+        assert f.readline().startswith(b"* OK")
+        c.sendall(b"a1 LOGIN bob\r\n")
+        assert f.readline().startswith(b"a1 BAD")
+        c.sendall(PASSWORD + b"\r\n")
+        reply = f.readline()
+        assert reply.startswith(b"* BAD ") and PASSWORD not in reply, reply
+        # a one-word line elsewhere is still answered with its tag
+        c.sendall(b"a2\r\n")
+        assert f.readline() == b"a2 BAD missing command after the tag\r\n"
+        c.sendall(b"a3 LOGOUT\r\n")
+        assert f.readline().startswith(b"* BYE")
+    hub.wait_for_log(r"C: \*\*\*\* \(after LOGIN without a password: it may be the password\)")
+    assert PASSWORD.decode() not in hub.log

@@ -76,6 +76,7 @@ _AFTER_USER_COMMANDS = _COMMAND_WORDS | frozenset(
     b"XPWD XCWD XCUP XMKD XRMD".split()
 )
 _USER = re.compile(rb"^[ \t]*USER\b", re.I)
+_SHORT_LOGIN = re.compile(rb"^[ \t]*\S+[ \t]+LOGIN[ \t]+[^ \t{}]+[ \t]*$", re.I)
 
 
 def _looks_like_a_password(bare: bytes) -> bool:
@@ -676,7 +677,7 @@ class Transcriber:
         if self._after_user:
             self._after_user = False
             if _looks_like_a_password(bare):
-                self._emit("C", b"**** (after USER: it may be the password)")
+                self._emit("C", b"**** (after LOGIN without a password: it may be the password)" if self._imap else b"**** (after USER: it may be the password)")
                 return
         if self._login_rest:
             # The rest of a LOGIN after its user name's literal (breaker).
@@ -701,6 +702,10 @@ class Transcriber:
             elif self._imap and _LOGIN_LITERAL.match(bare):
                 self._login_rest = True
         elif self._user_protocol and upper.find(b"USER", 0, 12) >= 0 and _USER.match(bare):
+            self._after_user = True
+        if self._imap and upper.find(b"LOGIN") >= 0 and _SHORT_LOGIN.match(bare):
+            # "a1 LOGIN bob": the password may come alone on the next line
+            # (the server answers it untagged, imap/server.py).
             self._after_user = True
         if self._pop3 is not None:
             self._pop3.append(upper.split(None, 1)[:1] in _MESSAGE_COMMANDS)
