@@ -119,6 +119,11 @@ def test_api_calls_the_json_api_as_an_account(hub):
     with pytest.raises(urllib.error.HTTPError) as caught:
         hub.api(ALICE, "GET", "/accounts/me/folders/INBOX/messages/999")
     assert caught.value.code == 404 and json.loads(caught.value.read())["error"]["code"] == "no_such_message"
+    # what the API said is in the error a failing test prints, not only "Not Found"
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        hub.api(ALICE, "GET", "/accounts/me/folders/NoSuch/messages")
+    error = json.loads(caught.value.read())["error"]
+    assert str(caught.value) == f"HTTP Error 404: Not Found: {error['message']}" and error["message"]
 
 
 def test_files_gives_every_uploaded_file_by_path(hub):

@@ -52,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from typing import Any, Iterable
 
@@ -732,7 +733,8 @@ class Mailhub:
         Returns the decoded JSON, or the bytes of a reply that is not JSON.
 
         @raise urllib.error.HTTPError: for an error reply (its body is the
-            API's JSON error).
+            API's JSON error, and its message says that error's words:
+            C{HTTP Error 404: Not Found: no message 999 in INBOX}).
         """
         where = self._listener("web")
         data = body
@@ -741,7 +743,18 @@ class Mailhub:
             data = json.dumps(json_body).encode("utf-8")
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(f"http://{where.host}:{where.port}/api/v1{path}", data=data, method=method, headers=headers)
-        with urllib.request.urlopen(request, timeout=60) as response:
+        try:
+            response = urllib.request.urlopen(request, timeout=60)
+        except urllib.error.HTTPError as e:
+            # The reason alone ("Not Found") hides what the API said.
+            payload = e.read()
+            e.close()
+            try:
+                words = json.loads(payload)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                words = ""
+            raise urllib.error.HTTPError(e.url, e.code, f"{e.reason}: {words}" if words else e.reason, e.headers, io.BytesIO(payload)) from None
+        with response:
             payload = response.read()
             if response.headers.get_content_type() == "application/json":
                 return json.loads(payload)
