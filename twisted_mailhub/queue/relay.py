@@ -21,8 +21,9 @@ Theory of operation:
    later than the message's lifetime. The envelope is saved (durably)
    before anything else happens, so no recipient is sent a message twice.
  - At the end of its lifetime a message's pending recipients fail with
-   C{4.4.7}. When every recipient is final, the failed ones are reported
-   to the sender in one DSN (RFC 3464) — delivered straight into the
+   C{4.4.7}. The recipients that failed in an attempt are reported to the
+   sender at once in one DSN (RFC 3464), the others later in their own
+   (L{Relay._bounce_failed_now}, L{Recipient.bounced}) — delivered straight into the
    sender's INBOX when the sender is local, queued otherwise, and never
    sent for the null sender C{<>} (no bounce loops, RFC 5321 §4.5.5).
    After C{--delay-warning} a still-pending message earns one DSN with
