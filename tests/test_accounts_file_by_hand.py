@@ -58,3 +58,34 @@ def test_an_account_name_with_a_control_or_invisible_character_stops_the_start_n
         start_hub("--auth", f"file:{path}", users=())
     shown = "".join(c if c.isprintable() else f"<U+{ord(c):04X}>" for c in name)
     assert f"class.txt, line 2: not a usable mailbox name: {shown}" in str(caught.value)
+
+
+def test_an_accounts_file_saved_as_latin_1_is_refused_naming_its_line_not_pythons_words(start_hub, tmp_path):
+    # Notepad's "ANSI": zoë in Windows-1252. The log said "cannot read it:
+    # 'utf-8' codec can't decode byte 0xeb in position 27: invalid
+    # continuation byte" (Python's words, a byte offset, no line).
+    path = tmp_path / "class.txt"
+    path.write_bytes("teacher:chalk\r\nalice:secret\r\nzoë:pw\r\n".encode("cp1252"))
+    with pytest.raises(MailhubStartError) as caught:
+        start_hub("--auth", f"file:{path}", users=())
+    assert f"mailhub: --auth: {path}, line 3: not UTF-8 text (the octet 0xeb at column 3); save the file as UTF-8" in str(caught.value)
+    assert "codec" not in str(caught.value) and "position" not in str(caught.value)
+
+
+def test_a_reload_of_a_file_that_is_not_utf_8_keeps_the_accounts_and_names_the_line(start_hub, tmp_path):
+    import os
+    import signal
+
+    path = tmp_path / "class.txt"
+    path.write_text("alice:secret\n", encoding="utf-8")
+    hub = start_hub("--auth", f"file:{path}", users=())
+    path.write_bytes("alice:secret\nbob:h\xfcngry\n".encode("latin-1"))
+    os.kill(hub.pid, signal.SIGHUP)
+    hub.wait_for_log(r"accounts not reloaded")
+    line = [l for l in hub.log.splitlines() if "accounts not reloaded" in l][0]
+    assert line.endswith(f"accounts not reloaded, keeping the 1 in use: {path}, line 2: not UTF-8 text (the octet 0xfc at column 6); save the file as UTF-8"), line
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        assert imap.login("alice", "secret")[0] == "OK"
+    finally:
+        imap.logout()

@@ -954,3 +954,17 @@ def test_a_passive_range_in_use_is_425_and_one_log_line_in_words(start_hub):
         assert line.group(0) == f"ftp cannot open a passive port: cannot listen on 127.0.0.1 port {port}: Address already in use"
     finally:
         holder.close()
+
+
+def test_telnet_commands_typed_by_a_telnet_client_are_not_part_of_the_command(hub):
+    # Ctrl-C in telnet sends IAC IP and IAC DO TIMING-MARK (RFC 854, 860):
+    # the hub dropped IAC IP but kept the DO's option octet, so the next
+    # command read "<FD>^FNOOP" (500 command not understood).
+    with socket.create_connection(("127.0.0.1", hub.ports["ftp"]), timeout=15) as s:
+        assert read_reply(s).startswith(b"220")
+        assert ask(s, b"\xff\xf4\xff\xfd\x06NOOP").startswith(b"200")
+        assert ask(s, b"\xff\xfa\x18\x01\xff\xf0USER alice").startswith(b"331")
+        assert ask(s, b"PASS secret").startswith(b"230")
+        assert ask(s, b"NO\xff\xf6OP").startswith(b"200")  # IAC AYT inside a word
+        assert ask(s, b"\xff\xf4\xff\xf2STAT").startswith(b"211")
+        assert ask(s, b"QUIT").startswith(b"221")

@@ -148,6 +148,11 @@ def test_pop3_control_characters_in_input_are_shown_and_named(hub):
     reply = t.ask(b"user ali\x08ce")
     assert_no_raw_control(reply)
     assert reply == b"+OK now send PASS for ali^Hce (the line contained a control character: ^H, a backspace)"
+    # Right after USER one word may be the password typed alone: not
+    # shown, but its control character is named
+    # (tests/test_password_after_user.py).
+    reply = t.ask(b"st\x08at")
+    assert reply == b"-ERR unknown command (not shown: after USER it may be the password) (the line contained a control character: ^H, a backspace); send PASS and the password"
     reply = t.ask(b"st\x08at")
     assert_no_raw_control(reply)
     assert reply.startswith(b"-ERR unknown command 'ST^HAT' (the line contained a control character: ^H, a backspace)")

@@ -302,6 +302,36 @@ class RelayTests(unittest.TestCase):
         self.assertIn(b"X-Mailhub-Queue-ID: " + qid.encode(), dsn)
         self.assertEqual(relay.entries, {})
 
+    def test_a_recipient_refused_for_good_is_bounced_at_once_while_another_is_retried(self):
+        # The 550 for bob waited in the queue until eve's 451s ended (up to
+        # --queue-lifetime, five days): the sender heard nothing meanwhile.
+        relay = self.relay({"bob@b.test": [(550, "5.1.1 no such user")], "eve@b.test": [(451, "4.3.0 busy"), (250, "ok")]}, schedule=RetrySchedule([300]))
+        qid = self.enqueue(relay, recipients=("bob@b.test", "eve@b.test"))
+        [(to, dsn)] = relay.delivered_here
+        self.assertEqual(to, "alice@a.test")
+        self.assertIn(b"Final-Recipient: rfc822; bob@b.test", dsn)
+        self.assertNotIn(b"eve@b.test", dsn.split(b"text/rfc822-headers")[0])
+        self.assertIn(qid, relay.entries)
+        # A restart does not bounce bob a second time, and eve's 250 ends it quietly.
+        relay.stopService()
+        again = self.relay({"eve@b.test": [(250, "ok")]})
+        self.clock.advance(300)
+        self.assertEqual(again.sent, [(qid, "alice@a.test", ("eve@b.test",))])
+        self.assertEqual(again.delivered_here, [])
+        self.assertEqual(again.entries, {})
+
+    def test_a_recipient_refused_for_good_and_one_that_expires_make_two_bounces(self):
+        relay = self.relay({"bob@b.test": [(550, "5.1.1 no")], "eve@b.test": [(451, "4.3.0 busy")]}, schedule=RetrySchedule([600]), lifetime=1000)
+        self.enqueue(relay, recipients=("bob@b.test", "eve@b.test"))
+        self.assertEqual(len(relay.delivered_here), 1)
+        self.clock.advance(1000)
+        self.assertEqual(len(relay.delivered_here), 2)
+        later = relay.delivered_here[1][1]
+        self.assertIn(b"Final-Recipient: rfc822; eve@b.test", later)
+        self.assertIn(b"Status: 4.4.7", later)
+        self.assertNotIn(b"bob@b.test", later.split(b"text/rfc822-headers")[0])
+        self.assertEqual(relay.entries, {})
+
     def test_bounce_for_a_remote_sender_is_queued_from_the_null_sender(self):
         relay = self.relay({"bob@b.test": [(550, "5.1.1 no")], "carol@c.test": [(250, "ok")]})
         self.enqueue(relay, sender="carol@c.test")

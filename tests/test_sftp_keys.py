@@ -109,3 +109,47 @@ def test_the_keys_folder_skips_only_the_lines_it_cannot_honour(tmp_path):
     (tmp_path / "alice@localhost").write_bytes(b"# laptop\n" + b'from="192.0.2.1" ' + skipped + b"\n" + kept + b"\n")
     found = list(sftp_keys.AuthorizedKeysFolder(str(tmp_path), book).getAuthorizedKeys(b"alice"))
     assert [k.toString("OPENSSH") for k in found] == [b" ".join(kept.split()[:2])]
+
+
+def test_a_line_that_is_no_key_is_said_in_words_and_a_key_behind_a_garbled_option_logs_in_nobody(tmp_path):
+    # A line not in UTF-8 was logged as "\ufffd\ufffd is no option this
+    # server knows"; a key cut short when pasted was dropped without a word.
+    from twisted.logger import globalLogPublisher
+
+    book = AccountBook(["localhost"])
+    book.add("alice", "secret")
+    _, kept = _key_pair()
+    _, garbled = _key_pair()
+    cut = kept.split()[0] + b" " + kept.split()[1][:20]
+    (tmp_path / "alice@localhost").write_bytes(b"\xff\xfe\n" + cut + b"\n" + b"fr\xf6m=x " + garbled + b"\n" + kept + b"\n")
+    said: list[str] = []
+
+    def observe(event):
+        if event.get("log_namespace") == "twisted_mailhub.sftp.keys":
+            from twisted.logger import formatEvent
+
+            said.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        found = list(sftp_keys.AuthorizedKeysFolder(str(tmp_path), book).getAuthorizedKeys(b"alice"))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert [k.toString("OPENSSH") for k in found] == [b" ".join(kept.split()[:2])]
+    assert [line.split(", ", 1)[1].split(" (")[0] for line in said] == ["line 1: not a key this server can read", "line 2: not a key this server can read", "line 3: not a key this server can read"]
+    assert not any("\ufffd" in line for line in said)
+
+
+def test_a_key_cut_short_when_pasted_does_not_lock_out_the_accounts_other_keys(start_hub):
+    # Conch raised struct.error reading the cut key; the whole file's keys
+    # were lost with it: no key of the account logged in.
+    hub = start_hub()
+    good, good_public = _key_pair()
+    cut = good_public.split()[0] + b" " + good_public.split()[1][:20]
+    folder = os.path.join(hub.data_dir, "ssh", "authorized_keys")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "alice@localhost"), "wb") as f:
+        f.write(cut + b"\n" + good_public + b"\n")
+    assert _sftp_login(hub, good) is True
+    hub.wait_for_log(r"alice@localhost, line 1: not a key this server can read")
+    assert "Traceback" not in hub.log

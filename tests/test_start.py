@@ -104,7 +104,11 @@ def test_listeners_are_bound_before_privileges_are_dropped(tmp_path):
     """privilegedStartService binds every listener and gives DATA to --uid/--gid."""
     options = tap.Options()
     options.parseOptions(["--data", str(tmp_path / "d"), "--store", "memory", "--user", "alice:secret", *loopback_args()])
-    hub_service = tap.makeService(options)
+    umask = os.umask(0o022)
+    try:
+        hub_service = tap.makeService(options)
+    finally:
+        os.umask(umask)  # (makeService made this test process's umask 077: not for the tests after it)
     hub_service.hub.run_as = (65534, 65534)
     if os.geteuid() != 0:
         hub_service.hub.run_as = None

@@ -119,6 +119,11 @@ def test_api_calls_the_json_api_as_an_account(hub):
     with pytest.raises(urllib.error.HTTPError) as caught:
         hub.api(ALICE, "GET", "/accounts/me/folders/INBOX/messages/999")
     assert caught.value.code == 404 and json.loads(caught.value.read())["error"]["code"] == "no_such_message"
+    # what the API said is in the error a failing test prints, not only "Not Found"
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        hub.api(ALICE, "GET", "/accounts/me/folders/NoSuch/messages")
+    error = json.loads(caught.value.read())["error"]
+    assert str(caught.value) == f"HTTP Error 404: Not Found: {error['message']}" and error["message"]
 
 
 def test_files_gives_every_uploaded_file_by_path(hub):
@@ -314,3 +319,32 @@ def test_a_data_folder_used_again_under_another_hostname_gets_a_certificate_for_
         with hub.ssl_context.wrap_socket(raw, server_hostname="two.kit.test") as tls:
             assert tls.recv(100).startswith(b"220 two.kit.test ")
         assert "was made for" not in hub.log
+
+
+def test_add_account_refuses_what_the_hub_would_refuse_at_once_and_changes_nothing(tmp_path):
+    # add_account("bad name", ...) wrote the line, waited 10 s and raised a
+    # TimeoutError with the whole log; the broken line stayed in the file,
+    # so every later add_account timed out too.
+    with Mailhub(accounts=["alice:secret"], data_dir=str(tmp_path / "d")) as hub:
+        pid = hub.pid
+        for name, password, words in (
+            ("bad name", "x", "a blank or other white space"),
+            ("eve", "", "an empty password"),
+            ("eve", "pw\nmallory:pw", "a line end"),
+            ("eve", "pw ", "ends in a blank"),
+        ):
+            with pytest.raises(ValueError) as caught:
+                hub.add_account(name, password, timeout=30)
+            assert words in str(caught.value), str(caught.value)
+        assert "mallory" not in open(hub._accounts_path()).read()
+        assert sorted(hub.accounts) == ["alice@localhost"]
+        # the hub never saw them, and the next account works
+        assert "accounts not reloaded" not in hub.log
+        assert hub.add_account("carol", "pw") == "carol@localhost"
+        assert hub.pid == pid
+        with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
+            s.send_message(message("hi carol", to="carol@localhost"), "someone@example.net", ["carol@localhost"])
+        assert hub.wait_for_message(to="carol@localhost").subject == "hi carol"
+        with pytest.raises(ValueError):
+            Mailhub(accounts=["odd name:pw"])
+

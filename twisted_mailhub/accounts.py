@@ -290,16 +290,21 @@ class AccountBook:
         """
         count = 0
         try:
-            # utf-8-sig: a file saved by Windows' Notepad starts with a BOM,
-            # which would otherwise become part of the first address.
-            f = open(path, encoding="utf-8-sig")
+            with open(path, "rb") as f:
+                data = f.read()
         except OSError as e:
             raise AccountsFileError(f"{path}: cannot read it: {e.strerror or e}") from None
-        with f:
+        # A file saved by Windows' Notepad starts with a BOM, which would
+        # otherwise become part of the first address.
+        if data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]
+        lines = []
+        for number, raw in enumerate(data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"), 1):
             try:
-                lines = f.readlines()
-            except (OSError, UnicodeDecodeError) as e:
-                raise AccountsFileError(f"{path}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                # (the line's number, never the line: it may hold a password)
+                raise AccountsFileError(f"{path}, line {number}: not UTF-8 text (the octet 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8") from None
         for number, line in enumerate(lines, 1):
             line = line.strip()
             if not line or line.startswith("#"):

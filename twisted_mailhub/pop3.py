@@ -635,6 +635,7 @@ class MailhubPOP3(_pop3.POP3):
     implementation = b"twisted-mailhub " + __version__.encode("ascii")
     # The last command was AUTH: an unknown one now is not echoed.
     _after_auth = False
+    _after_user = False
 
     def __init__(self, hub: Any = None):
         self.hub = hub
@@ -897,11 +898,18 @@ class MailhubPOP3(_pop3.POP3):
         except UnicodeDecodeError:
             name = ""
         after_auth, self._after_auth = self._after_auth, name == "AUTH"
+        after_user, self._after_user = self._after_user, name == "USER"
         if name not in _KNOWN:
             if after_auth:
                 # Right after an AUTH that ended (refused, say, before STLS):
                 # this may be the password the client sent anyway; not shown.
                 self.reply_err(b"unknown command (not shown: after AUTH it may be a password); try CAPA for the list of commands")
+                return None
+            if after_user:
+                # Right after USER: a student who types the password alone,
+                # as at a "Password:" prompt; not shown (the console and the
+                # log mask it too: transcript.py).
+                self.reply_err(f"unknown command (not shown: after USER it may be the password){control_note(command)}; send PASS and the password")
                 return None
             self.reply_err(f"unknown command '{quote(command, 40, ascii=True)}'{control_note(command)}; try CAPA for the list of commands")
             return None

@@ -60,3 +60,29 @@ def _warn_if_unreachable(data_dir: str, uid: int) -> None:
             log.warn("data folder {path}: its parent {parent} does not let uid {uid} in; give --data a folder it can reach (e.g. /var/lib/mailhub)", path=data_dir, parent=parent, uid=uid)
             return
         parent = os.path.dirname(parent)
+
+
+def keep_data_private(umask_given: int | None) -> int:
+    """
+    Make the files and folders this process creates from now on its own
+    user's only: the process umask gains C{077} (a shell's usual C{022}
+    becomes C{077}). C{twistd -n} from a shell keeps the shell's umask,
+    so FTP and SFTP uploads, Maildir folders and the hub's lists were
+    readable by every local user (C{0644}, C{0755}), although the messages
+    themselves were C{0600}; a daemonizing C{twistd} and the systemd unit
+    already use C{077}, as Postfix's local delivery and vsftpd's
+    C{local_umask} do.
+
+    @param umask_given: the value of C{twistd --umask}, or L{None}. An
+        umask given there is the admin's choice (a backup group that reads,
+        C{027}): it is left alone (twistd applies it after the hub's
+        service is made).
+    @return: the umask now in force.
+    """
+    if umask_given is not None:
+        current = os.umask(0o077)
+        os.umask(current)  # (read without changing it)
+        return current
+    old = os.umask(0o077)
+    os.umask(old | 0o077)
+    return old | 0o077

@@ -317,6 +317,12 @@ def _accounts_and_checkers(options):
     return accounts, extra
 
 
+def _twistd_option(options, name: str):
+    """The value of C{twistd}'s own option C{name} (before C{mailhub}), or L{None}."""
+    parent = getattr(options, "parent", None)
+    return None if parent is None else parent.get(name)
+
+
 def _run_as(options) -> tuple[int, int] | None:
     """
     The (uid, gid) C{twistd --uid/--gid} will switch to, or L{None}.
@@ -360,6 +366,11 @@ def makeService(options):
         raise SystemExit(2)
     if hasattr(accounts, "start"):
         accounts.start()  # --auth postgresql: listen for changes to the table
+    from twisted_mailhub.privileges import keep_data_private
+
+    # Before the first file: nothing of the data folder readable by other
+    # local users (unless twistd --umask says otherwise).
+    keep_data_private(_twistd_option(options, "umask"))
     data_dir = os.path.abspath(options["data"])
     os.makedirs(data_dir, exist_ok=True)
     hostname = options["hostname"] or default_hostname()

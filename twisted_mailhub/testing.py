@@ -52,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from typing import Any, Iterable
 
@@ -284,9 +285,26 @@ class Mailhub:
         return name if "@" in name else f"{name}@{self._default_domain()}"
 
     def _remember_account(self, spec: str) -> str:
+        """
+        Keep C{ADDRESS:PASSWORD} for the hub's accounts file; returns the
+        full address.
+
+        @raise ValueError: at once, before the hub reads it: the spec is
+            no account (the hub's own rule, L{AccountBook.add}: a name with
+            a blank, an empty password...), or its password cannot be one
+            line of the file (a line end in it; blanks at its end, which
+            the file's reader strips).
+        """
+        from twisted_mailhub.accounts import AccountBook
+
         name, sep, password = spec.partition(":")
         if not sep or not name:
             raise ValueError(f"an account is ADDRESS:PASSWORD, got {spec!r}")
+        if "\n" in password or "\r" in password:
+            raise ValueError(f"{name}: a password with a line end cannot be a line of the accounts file")
+        if password != password.rstrip():
+            raise ValueError(f"{name}: a password that ends in a blank cannot be kept in the accounts file (its lines are read without their trailing blanks)")
+        AccountBook([self._default_domain()]).add(name, password)
         address = self.address_of(name)
         self.accounts[address.lower()] = password
         self._account_specs.append(spec)
@@ -715,7 +733,8 @@ class Mailhub:
         Returns the decoded JSON, or the bytes of a reply that is not JSON.
 
         @raise urllib.error.HTTPError: for an error reply (its body is the
-            API's JSON error).
+            API's JSON error, and its message says that error's words:
+            C{HTTP Error 404: Not Found: no message 999 in INBOX}).
         """
         where = self._listener("web")
         data = body
@@ -724,7 +743,18 @@ class Mailhub:
             data = json.dumps(json_body).encode("utf-8")
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(f"http://{where.host}:{where.port}/api/v1{path}", data=data, method=method, headers=headers)
-        with urllib.request.urlopen(request, timeout=60) as response:
+        try:
+            response = urllib.request.urlopen(request, timeout=60)
+        except urllib.error.HTTPError as e:
+            # The reason alone ("Not Found") hides what the API said.
+            payload = e.read()
+            e.close()
+            try:
+                words = json.loads(payload)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                words = ""
+            raise urllib.error.HTTPError(e.url, e.code, f"{e.reason}: {words}" if words else e.reason, e.headers, io.BytesIO(payload)) from None
+        with response:
             payload = response.read()
             if response.headers.get_content_type() == "application/json":
                 return json.loads(payload)
@@ -789,6 +819,11 @@ class Mailhub:
         reloaded}, with no restart. (A C{Mailhub(accounts_file=False)}
         restarts instead, on the same data folder and, unless another
         process took one meanwhile, the same ports.)
+
+        @raise ValueError: at once, and nothing changed: the hub would
+            refuse the account (L{twisted_mailhub.accounts.AccountBook.add}:
+            a blank in the name, an empty password...).
+        @raise TimeoutError: the hub did not say within C{timeout} s.
         """
         full = self._remember_account(f"{address}:{password}")
         if self.process is None:

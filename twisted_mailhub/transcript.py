@@ -68,6 +68,28 @@ _COMMAND_WORDS = frozenset(
 )
 
 
+# POP3 (RFC 1939) and FTP (RFC 959, 2228, 2389, 2428, 3659) commands: a
+# line of one of them right after USER is the next command, not a password.
+_AFTER_USER_COMMANDS = _COMMAND_WORDS | frozenset(
+    b"ACCT CWD CDUP SMNT REIN PORT PASV EPRT EPSV TYPE STRU MODE STOR STOU APPE ALLO REST RNFR RNTO "
+    b"ABOR RMD MKD PWD NLST SITE SYST FEAT OPTS PBSZ PROT CCC MDTM SIZE MLST MLSD MFMT "
+    b"XPWD XCWD XCUP XMKD XRMD".split()
+)
+_USER = re.compile(rb"^[ \t]*USER\b", re.I)
+_SHORT_LOGIN = re.compile(rb"^[ \t]*\S+[ \t]+LOGIN[ \t]+[^ \t{}]+[ \t]*$", re.I)
+
+
+def _looks_like_a_password(bare: bytes) -> bool:
+    """
+    Whether C{bare}, a POP3 or FTP client line right after C{USER}, is one
+    word that is no command: the password typed alone, as at a
+    C{Password:} prompt (a slip of people typing by hand), which the
+    console and C{--transcript} must not show.
+    """
+    word = bare.strip()
+    return bool(word) and len(word.split()) == 1 and word.upper() not in _AFTER_USER_COMMANDS
+
+
 def _looks_like_a_secret(bare: bytes) -> bool:
     """
     Whether C{bare}, a client line right after a refused AUTH, is one
@@ -472,6 +494,9 @@ class Transcriber:
         self._client_sync = 0
         self._client_sync_tag = b""
         self._login_rest = False
+        # POP3 and FTP: the last client line was USER (_client_line).
+        self._user_protocol = protocol in ("pop3", "pop3s", "ftp")
+        self._after_user = False
         # Where the protocol's bytes go past the recorder (set by
         # TranscriptProtocol), for record_message.
         self.past: Any = None
@@ -555,11 +580,11 @@ class Transcriber:
             return
         if 0 <= data.find(b"\n") == len(data) - 1 and not (self._client or self._in_data or self._in_literal):
             # The common case: one whole command line.
-            if self._plain and not (self._in_sasl or self._login_rest) and data[-2:-1] == b"\r":
+            if self._plain and not (self._in_sasl or self._login_rest or self._after_user) and data[-2:-1] == b"\r":
                 # Of a protocol that is neither POP3 nor IMAP (SMTP), with no
                 # secret to mask: as _client_line records it, one call less.
                 upper = data.upper()
-                if upper.find(b"AUTH") < 0 and upper.find(b"PASS") < 0 and upper.find(b"LOGIN") < 0:
+                if upper.find(b"AUTH") < 0 and upper.find(b"PASS") < 0 and upper.find(b"LOGIN") < 0 and upper.find(b"USER", 0, 12) < 0:
                     bus = self._bus
                     if not self._inline or bus.watchers or bus.session_watchers:
                         self.record.add_line("C", data[:-2].rstrip(b"\r"))
@@ -573,7 +598,7 @@ class Transcriber:
             return
         if (
             self._plain
-            and not (self._client or self._in_data or self._in_sasl or self._login_rest)
+            and not (self._client or self._in_data or self._in_sasl or self._login_rest or self._after_user)
             and data[-2:] == b"\r\n"
             and data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r")
         ):
@@ -582,7 +607,7 @@ class Transcriber:
             # no secret to mask in them, they are recorded in one go, as
             # _client_line would record each.
             upper = data.upper()
-            if upper.find(b"AUTH") < 0 and upper.find(b"PASS") < 0 and upper.find(b"LOGIN") < 0:
+            if upper.find(b"AUTH") < 0 and upper.find(b"PASS") < 0 and upper.find(b"LOGIN") < 0 and upper.find(b"USER") < 0:
                 self.record.add_lines("C", data[:-2].split(b"\r\n"))
                 return
         if self._client:
@@ -649,6 +674,11 @@ class Transcriber:
                 self._in_sasl = _ECHOED
                 self._emit("C", b"**** (after a refused AUTH)")
                 return
+        if self._after_user:
+            self._after_user = False
+            if _looks_like_a_password(bare):
+                self._emit("C", b"**** (after LOGIN without a password: it may be the password)" if self._imap else b"**** (after USER: it may be the password)")
+                return
         if self._login_rest:
             # The rest of a LOGIN after its user name's literal (breaker).
             self._login_rest = False
@@ -671,6 +701,12 @@ class Transcriber:
                 bare = _LOGIN.sub(rb"\1 ****", bare)
             elif self._imap and _LOGIN_LITERAL.match(bare):
                 self._login_rest = True
+        elif self._user_protocol and upper.find(b"USER", 0, 12) >= 0 and _USER.match(bare):
+            self._after_user = True
+        if self._imap and upper.find(b"LOGIN") >= 0 and _SHORT_LOGIN.match(bare):
+            # "a1 LOGIN bob": the password may come alone on the next line
+            # (the server answers it untagged, imap/server.py).
+            self._after_user = True
         if self._pop3 is not None:
             self._pop3.append(upper.split(None, 1)[:1] in _MESSAGE_COMMANDS)
         self._emit("C", bare)

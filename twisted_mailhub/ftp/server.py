@@ -137,13 +137,30 @@ URGENT = {"ABOR", "STAT", "QUIT"}
 # Allowed before login.
 PUBLIC = {"FEAT", "QUIT", "HELP", "NOOP", "SYST", "AUTH", "PBSZ", "PROT", "OPTS", "CCC"}
 
-_TELNET = bytes([255, 244, 242])  # IAC, IP, DM (ftplib sends them before ABOR)
 _URGENT = {verb.encode("ascii") for verb in URGENT}
+# A Telnet command (RFC 854): IAC IAC (a data octet 255), an option's
+# negotiation IAC WILL/WONT/DO/DONT OPTION, a subnegotiation IAC SB ...
+# IAC SE, or any other IAC X (IP and DM, which ftplib and curl send
+# before ABOR; AYT, EC...).
+_TELNET_COMMAND = re.compile(rb"\xff(?:\xff|[\xfb-\xfe].?|\xfa.*?\xff\xf0|[^\xff]?)", re.S)
+
+
+def telnet_text(line: bytes) -> bytes:
+    """
+    A control line without its Telnet commands (RFC 959 §4: the control
+    connection follows the Telnet protocol, RFC 854): what a C{telnet}
+    client adds when the student presses Ctrl-C (IAC IP, IAC DO
+    TIMING-MARK) or a client sends before ABOR (IAC IP IAC DM) is not part
+    of the command, and a doubled IAC is one octet 255 (RFC 2640 §3.1).
+    """
+    if line.find(b"\xff") < 0:
+        return line
+    return _TELNET_COMMAND.sub(lambda m: b"\xff" if m.group() == b"\xff\xff" else b"", line)
 
 
 def _is_urgent(line: bytes) -> bool:
     """Whether a control line is ABOR, STAT or QUIT, answered even during a transfer."""
-    word = line.lstrip(_TELNET).lstrip()[:5]
+    word = telnet_text(line).lstrip()[:5]
     return word[:4].upper() in _URGENT and word[4:5] in (b"", b" ")
 
 
@@ -429,7 +446,7 @@ class MailhubFTP(ftp.FTP):
     def line_received(self, line: bytes):
         if self.disconnected:
             return None
-        line = line.lstrip(_TELNET)
+        line = telnet_text(line)
         text = line.decode("utf-8", "surrogateescape")
         verb, _, arg = text.lstrip().partition(" ")
         verb = verb.upper()
@@ -500,6 +517,11 @@ class MailhubFTP(ftp.FTP):
                 return self.ftp_PASS(arg)
             if verb not in PUBLIC:
                 if verb not in COMMANDS:
+                    if self.state == self.INAUTH and not arg:
+                        # One word after USER: a student who types the
+                        # password alone, as at a "Password:" prompt; not
+                        # shown (the console and the log mask it too).
+                        return f"500 Command not understood (not shown: after USER it may be the password){control_note(verb)}; send PASS and the password."
                     return f"500 '{quote(verb, 20)}': command not understood."
                 return "530 Please login with USER and PASS."
         elif verb == "PASS":

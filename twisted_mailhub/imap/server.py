@@ -601,6 +601,8 @@ class IMAPServer(
             return
         self.sendBadResponse(tag, b"unknown command " + wire.client_text(wire.shown(cmd, 40)[1:-1]) + b": try CAPABILITY")
 
+    _after_short_login = False
+
     def parse_command(self, line):
         """
         Twisted's, with every error told as a tagged reply in plain words
@@ -612,6 +614,15 @@ class IMAPServer(
             self.sendBadResponse(None, b"empty command line: expected a tag and a command")
             return None
         tag = args[0]
+        # A LOGIN with a user name only ("a1 LOGIN bob"): a student typing
+        # by hand may send the password alone on the next line.
+        after_short_login = self._after_short_login
+        self._after_short_login = len(args) == 3 and args[1].upper() == b"LOGIN" and len(args[2].split()) == 1 and not args[2].endswith(b"}")
+        if len(args) == 1 and after_short_login:
+            # Not echoed as a tag (RFC 3501 §7.1.3: untagged, no command to
+            # answer); the console masks it too (transcript.py).
+            self.sendBadResponse(None, b"a line of one word (not shown: after a LOGIN without a password it may be the password); LOGIN takes both: a1 LOGIN name password")
+            return None
         if any(c < 33 or c > 126 for c in tag) or b"+" in tag or tag == b"*":
             self.sendBadResponse(None, b"bad tag " + wire.client_text(wire.shown(tag, 20)) + b": a tag is printable ASCII")
             return None

@@ -21,8 +21,9 @@ Theory of operation:
    later than the message's lifetime. The envelope is saved (durably)
    before anything else happens, so no recipient is sent a message twice.
  - At the end of its lifetime a message's pending recipients fail with
-   C{4.4.7}. When every recipient is final, the failed ones are reported
-   to the sender in one DSN (RFC 3464) — delivered straight into the
+   C{4.4.7}. The recipients that failed in an attempt are reported to the
+   sender at once in one DSN (RFC 3464), the others later in their own
+   (L{Relay._bounce_failed_now}, L{Recipient.bounced}) — delivered straight into the
    sender's INBOX when the sender is local, queued otherwise, and never
    sent for the null sender C{<>} (no bounce loops, RFC 5321 §4.5.5).
    After C{--delay-warning} a still-pending message earns one DSN with
@@ -449,6 +450,8 @@ class Relay(service.Service):
                 await self._finish(entry)
             elif entry.id in self._doomed:
                 self._drop(entry.id)
+            else:
+                await self._bounce_failed_now(entry)
         finally:
             self.in_flight.discard(entry.id)
             self._reschedule()
@@ -465,18 +468,42 @@ class Relay(service.Service):
         except Exception as e:  # noqa: BLE001 - a lost warning is not worth a retry
             log.error("queue: {qid} delay warning failed: {error}", qid=entry.id, error=e)
 
+    async def _bounce_failed_now(self, entry: QueuedMessage) -> None:
+        """
+        Report the recipients that failed for good while others of the same
+        message are still being tried: a bounce for them now, not when the
+        last one is done (a 451 can keep that for --queue-lifetime, five
+        days). RFC 5321 §6.1 asks for the notification of a failure; it is
+        what Postfix does (one bounce now, the rest later). A bounce that
+        cannot be stored now is made at the end with the others.
+        """
+        failed = [r for r in entry.recipients if r.state == FAILED and not r.bounced]
+        if not failed or not entry.sender:
+            return  # (the null sender never gets one: _finish logs it)
+        try:
+            notice = build_dsn(entry, failed, self.storage.read_message(entry.id), self.hostname, self.now())
+            await self._notify(entry.sender, notice)
+        except Exception as e:  # noqa: BLE001 - the store or the disk failed: _finish tries again
+            log.error("queue: {qid} bounce to <{sender}> not stored ({error}); it goes with the last recipient's outcome", qid=entry.id, sender=entry.sender, error=e)
+            return
+        log.info("queue: {qid} bounced to <{sender}> for {rcpts}; {n} still pending", qid=entry.id, sender=entry.sender, rcpts=", ".join(f"<{r.address}>" for r in failed), n=len(entry.pending))
+        for r in failed:
+            r.bounced = True
+        await self.storage.save(entry)
+
     async def _finish(self, entry: QueuedMessage) -> None:
         """
         Every recipient is final: bounce the failed ones, then forget it.
         """
         try:
             failed = [r for r in entry.recipients if r.state == FAILED]
-            if failed and not entry.bounced:
+            unreported = [r for r in failed if not r.bounced]
+            if unreported and not entry.bounced:
                 if not entry.sender:
                     log.info("queue: {qid} failed for {rcpts}; sender is <>, no bounce (RFC 5321 §4.5.5)", qid=entry.id, rcpts=", ".join(f"<{r.address}>" for r in failed))
                 else:
                     try:
-                        notice = build_dsn(entry, failed, self.storage.read_message(entry.id), self.hostname, self.now())
+                        notice = build_dsn(entry, unreported, self.storage.read_message(entry.id), self.hostname, self.now())
                         await self._notify(entry.sender, notice)
                     except Exception as e:  # noqa: BLE001 - the store or the disk failed, or the DSN could not be made
                         # Keep the message (and its outcomes) and try the
@@ -484,7 +511,7 @@ class Relay(service.Service):
                         entry.next_attempt = self.now() + self.schedule.delay(max(entry.attempts, 1))
                         log.error("queue: {qid} bounce to <{sender}> not stored ({error}); trying again later", qid=entry.id, sender=entry.sender, error=e)
                         return
-                    log.info("queue: {qid} bounced to <{sender}> for {rcpts}", qid=entry.id, sender=entry.sender, rcpts=", ".join(f"<{r.address}>" for r in failed))
+                    log.info("queue: {qid} bounced to <{sender}> for {rcpts}", qid=entry.id, sender=entry.sender, rcpts=", ".join(f"<{r.address}>" for r in unreported))
                     # Removing files is not fsynced; should the envelope come
                     # back after a crash, it must not bounce a second time.
                     entry.bounced = True

@@ -59,6 +59,9 @@ class Recipient:
     @ivar expired: whether it failed because the message's time in the
         queue ran out (RFC 3463 4.4.7) rather than on a reply; C{code},
         C{reply} and C{remote} then still say the last try.
+    @ivar bounced: whether its failure has been reported to the sender
+        (a bounce for it is stored), while other recipients of the same
+        message may still be pending.
     """
 
     address: str
@@ -68,6 +71,7 @@ class Recipient:
     remote: str = ""
     attempts: int = 0
     expired: bool = False
+    bounced: bool = False
 
     @property
     def last_reply(self) -> str:

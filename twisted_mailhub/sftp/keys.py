@@ -28,6 +28,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
+import struct
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -139,14 +141,26 @@ class AuthorizedKeysFolder:
                 lines = f.read(1024 * 1024).splitlines()
         except OSError:
             return iter(())
+        found = []
         for number, line in enumerate(lines, 1):
-            problem = key_line_problem(line) if not line.strip().startswith(b"#") else None
+            stripped = line.strip()
+            if not stripped or stripped.startswith(b"#"):
+                continue
+            problem = key_line_problem(stripped)
             if problem is not None:
                 log.warn(
                     "sftp: {path}, line {number}: {problem}: that key logs in nobody (remove the option, or the line)",
                     path=path, number=number, problem=problem,
                 )
-        return iter([k for k in (parse_authorized_key(line) for line in lines) if k is not None])
+                continue
+            key = parse_authorized_key(stripped)
+            if key is None:
+                # (a pasted key cut short, a line not in UTF-8: said, never
+                # quoted, nor as U+FFFD)
+                log.warn("sftp: {path}, line {number}: {problem}; that line logs in nobody", path=path, number=number, problem=NOT_A_KEY)
+                continue
+            found.append(key)
+        return iter(found)
 
 
 #: authorized_keys options that allow or deny only what this server never
@@ -201,6 +215,13 @@ def _option(text: bytes) -> tuple[str, str | None]:
     return name.decode("ascii", "replace").lower(), value.decode("utf-8", "replace") if eq else None
 
 
+#: What the log says of an C{authorized_keys} line that holds no key this
+#: server can read.
+NOT_A_KEY = "not a key this server can read (want KEYTYPE BASE64 [COMMENT], the line of the .pub file ssh-keygen wrote)"
+
+_OPTION_NAME = re.compile(r"[a-z0-9-]+\Z")
+
+
 def key_line_problem(line: bytes) -> str | None:
     """
     Why this server must not use an C{authorized_keys} line's key, in
@@ -210,6 +231,10 @@ def key_line_problem(line: bytes) -> str | None:
     """
     options, _ = _split_options(line.strip())
     for name, value in options:
+        if not _OPTION_NAME.match(name):
+            # No option sshd(8) has: not UTF-8, a pasted fragment. Its key
+            # (if any) is refused, as sshd refuses a line it cannot parse.
+            return NOT_A_KEY
         if name in NOTHING_TO_ENFORCE:
             continue
         if name == "command" and value is not None and value.strip() == "internal-sftp":
@@ -239,7 +264,8 @@ def parse_authorized_key(line: bytes) -> keys.Key | None:
         return None
     try:
         return keys.Key.fromString(b" ".join(fields[:2]))
-    except (keys.BadKeyError, ValueError, TypeError, IndexError):
+    except (keys.BadKeyError, ValueError, TypeError, IndexError, struct.error):
+        # (struct.error: a key cut short when pasted; Conch reads past its end)
         return None
 
 
