@@ -57,6 +57,40 @@ def error_words(error: BaseException, paths: bool = True) -> str:
     return without_errno(_text(error)) or "an error with no description"
 
 
+def _words(text: str) -> str:
+    """C{text} as lowercase words with single spaces, punctuation out: what L{said_once} compares."""
+    return " ".join(re.findall(r"[^\W_]+", text.lower()))
+
+
+def said_once(message: str, reason: str) -> str:
+    """
+    C{message (reason)}, or C{message} alone when C{reason} adds no word
+    to it (empty, or the same words: "insufficient system storage
+    (Insufficient system storage)" said one thing twice), or C{reason}
+    alone when it says all C{message} does and more.
+    """
+    said, why = _words(message), _words(reason)
+    if not why or f" {why} " in f" {said} ":
+        return message
+    if said and f" {said} " in f" {why} ":
+        return reason
+    return f"{message} ({reason})"
+
+
+def no_room(error: BaseException) -> str:
+    """
+    The log's words for a write refused for want of room (an
+    L{InsufficientStorage}, an C{OSError} ENOSPC or EDQUOT, a quota):
+    C{insufficient system storage} and what it was, said once: C{(the disk
+    is full (/path))} for the disk, the quota's own sentence for a quota,
+    nothing more for a bare C{InsufficientStorage("Insufficient system
+    storage")} (one that came from a worker process or a backend that
+    keeps no cause).
+    """
+    cause = error.__cause__ if isinstance(error.__cause__, OSError) else error
+    return said_once("insufficient system storage", error_words(cause))
+
+
 def without_errno(text: str) -> str:
     """C{text} without Python's C{[Errno N] } prefixes (an C{OSError}'s C{str()} inside it)."""
     return _ERRNO_PREFIX.sub("", text) if "[Errno " in text else text

@@ -95,9 +95,11 @@ class QuotaExceeded(InsufficientStorage):
     def __init__(self, address: str, usage: int, limit: int, incoming: int = 0):
         InsufficientStorage.__init__(self, f"Mailbox full: {address} uses {format_size(usage)} of {format_size(limit)}")
         # what a protocol's reply says (IMAP: NO [OVERQUOTA] APPEND failed: ...)
-        self.reason = f"mailbox full ({format_size(usage)} of its {format_size(limit)} quota used)"
+        #: how full, without "mailbox full" (a page that says that itself adds this)
+        self.detail = f"{format_size(usage)} of its {format_size(limit)} quota used"
+        self.reason = f"mailbox full ({self.detail})"
         if incoming > limit:
-            self.reason = f"the message ({format_size(incoming)}) is larger than the whole quota ({format_size(limit)})"
+            self.detail = self.reason = f"the message ({format_size(incoming)}) is larger than the whole quota ({format_size(limit)})"
         self.address = address
         self.usage = usage
         self.limit = limit
