@@ -11,6 +11,9 @@ its class name: neither is for a person reading a log or a client. Here:
    disk is full"), and, for the log only, the file it names;
  - a store error that stands for one (L{InsufficientStorage} made from
    an C{OSError}: its C{__cause__}) is that C{OSError}'s words;
+ - Twisted's connection errors are a plain sentence ("the connection was
+   lost", not "Connection to the other side was lost in a non-clean
+   fashion: Connection lost.");
  - any other exception is its own text, never its class name (one with
    no text: "an error with no description").
 
@@ -54,7 +57,36 @@ def error_words(error: BaseException, paths: bool = True) -> str:
                 words += f", {_text(error.filename2)}"
             words += ")"
         return words
+    plain = _twisted_words(error)
+    if plain is not None:
+        return plain
     return without_errno(_text(error)) or "an error with no description"
+
+
+def _twisted_words(error: BaseException) -> str | None:
+    """A plain sentence for Twisted's connection errors ("Connection to the other side was lost in a non-clean fashion: Connection lost."), else None."""
+    from twisted.internet import error as twisted_error
+
+    if isinstance(error, twisted_error.ConnectionLost):
+        return "the connection was lost"
+    if isinstance(error, twisted_error.ConnectionDone):
+        return "the connection was closed"
+    return None
+
+
+# Twisted's texts for the same, in a line made from getErrorMessage() or
+# str(): each with its optional ": detail." after it.
+_TWISTED_TEXTS = re.compile(
+    r"Connection to the other side was lost in a non-clean fashion(?:: Connection lost)?\.*"
+    r"|Connection was closed cleanly(?:: Connection done)?\.*"
+)
+
+
+def without_twisted(text: str) -> str:
+    """C{text} with Twisted's connection-error texts as plain words ("the connection was lost")."""
+    if "Connection to the other side" not in text and "closed cleanly" not in text:
+        return text
+    return _TWISTED_TEXTS.sub(lambda m: "the connection was lost" if m.group(0).startswith("Connection to") else "the connection was closed", text)
 
 
 def _words(text: str) -> str:
@@ -92,8 +124,12 @@ def no_room(error: BaseException) -> str:
 
 
 def without_errno(text: str) -> str:
-    """C{text} without Python's C{[Errno N] } prefixes (an C{OSError}'s C{str()} inside it)."""
-    return _ERRNO_PREFIX.sub("", text) if "[Errno " in text else text
+    """
+    C{text} without Python's C{[Errno N] } prefixes (an C{OSError}'s
+    C{str()} inside it), and Twisted's connection-error texts as plain
+    words (L{without_twisted}).
+    """
+    return without_twisted(_ERRNO_PREFIX.sub("", text) if "[Errno " in text else text)
 
 
 def _text(value: object) -> str:

@@ -149,7 +149,7 @@ class ClassicLines:
             return self._twisted(event)
         if not text:
             return None
-        if "[Errno " in text or "Error(" in text:
+        if "[Errno " in text or "Error(" in text or "Connection to the other side" in text or "closed cleanly" in text:
             text = _worded(fmt, event, text)
         system = self.system
         if system is None:
