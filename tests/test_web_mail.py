@@ -442,3 +442,39 @@ def test_trash_is_emptied_for_ever_of_what_its_page_listed_and_what_came_later_s
     refused = browser.post("/mail/INBOX/empty", {"below": "99"})
     assert refused.status == 400 and "Only Trash and Junk" in refused.text
     assert browser.post("/mail/Trash/empty", {"below": "x"}).status == 400
+
+
+def test_numeric_parameters_of_the_web_face_are_clamped_or_refused_with_a_400(start_hub):
+    # ?page=99999999999999 (more than 12 digits) showed page 1; a page
+    # that was no number showed page 1 too; an empty-the-Trash form with a
+    # "below" past any UID (or past 12 digits) was read as "did not say".
+    from tests.web_helpers import LiveSocket
+
+    hub = start_hub("--store", "memory")
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        for n in range(1, 56):
+            smtp.sendmail("carol@example.org", ["alice@localhost"], f"Subject: number {n}\r\n\r\nx\r\n".encode())
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    last = re.findall(r"number (\d+)</a>", browser.get("/mail/INBOX?page=2").text)
+    assert last == ["5", "4", "3", "2", "1"]
+    for page in ("3", "99999999999999", "9" * 5000, "0002"):
+        assert re.findall(r"number (\d+)</a>", browser.get(f"/mail/INBOX?page={page}").text) == last, page
+    assert re.findall(r"number (\d+)</a>", browser.get("/mail/INBOX?page=0").text)[:1] == ["55"]
+    for page in ("abc", "-1", "1.5", "%C2%B2", "1e3"):
+        refused = browser.get(f"/mail/INBOX?page={page}")
+        assert refused.status == 400, (page, refused.status)
+        assert "page wants a whole number from 1 to 2, not " in refused.text.replace("&#x27;", "'"), refused.text[:2000]
+    # Emptying the Trash: the form's "below" is a UIDNEXT, 1 to 2**32.
+    token = re.search(r'name="csrf" value="([^"]+)"', browser.get("/mail/INBOX").text).group(1)
+    assert browser.post("/mail/INBOX/1/action", {"action": "delete", "csrf": token}).status == 303
+    for below in ("99999999999999", "4294967297", "x"):
+        refused = browser.post("/mail/Trash/empty", {"below": below, "csrf": token})
+        assert refused.status == 400 and "below wants a whole number from 1 to 4294967296" in refused.text, refused.text[:2000]
+    assert "number 1<" in browser.get("/mail/Trash").text  # nothing deleted
+    # The console's live socket: ?after= is an event number.
+    assert LiveSocket(browser, "?after=abc").accepted is False
+    assert browser.get("/console/live?after=abc").status == 400
+    socket_ok = LiveSocket(browser, "?after=" + "9" * 30)
+    assert socket_ok.accepted is True
+    socket_ok.sock.close()

@@ -56,7 +56,7 @@ from twisted_mailhub.web import offload
 from twisted_mailhub.web.errors import Refused, refusal
 from twisted_mailhub.web.pages import page_bytes, post_form, render_page
 from twisted_mailhub.web.sanitize import html_text, sanitize_html
-from twisted_mailhub.web.site import client_host, form_value, redirect, request_secure
+from twisted_mailhub.web.site import client_host, form_value, number_value, redirect, request_secure
 
 log = Logger()
 
@@ -410,10 +410,12 @@ class FolderPages(resource.Resource):
         """
         if self.name not in EMPTIED:
             raise Refused(400, "Only Trash and Junk are emptied at once; nothing was changed.", back=folder_url(self.name))
-        below = form_value(request, "below")
-        if not _whole(below):
+        if form_value(request, "below") == "":
             raise Refused(400, "That form did not say which messages it listed; nothing was changed. Reload the page and try again.", back=folder_url(self.name))
-        uids = [i.uid for i in folder.messages() if i.uid < int(below)]
+        # (a UIDNEXT: 1 to 2**32, RFC 3501 §2.3.1.1; more would take what
+        # another client moved here since the page was made)
+        below = number_value(request, "below", 1, 1, 2**32, clamp=False)
+        uids = [i.uid for i in folder.messages() if i.uid < below]
         if uids:
             folder.expunge(uids, origin=self)
 
@@ -451,8 +453,9 @@ class FolderPages(resource.Resource):
             except BadSearch as e:
                 infos, problem = [], str(e)
         pages = max(1, math.ceil(len(infos) / PAGE_SIZE))
-        page = form_value(request, "page", "1")
-        page = min(max(int(page) if _whole(page) else 1, 1), pages)
+        # A page past the last is the last (also past 12 digits: it was
+        # page 1); a page that is no whole number is a 400 saying so.
+        page = number_value(request, "page", 1, 1, pages)
         newest_first = infos[::-1][(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
         rows = []
         for info in newest_first:

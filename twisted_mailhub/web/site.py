@@ -140,6 +140,32 @@ def form_value(request: Any, name: str, default: str = "") -> str:
     return values[0].decode("utf-8", "replace")
 
 
+def number_value(request: Any, name: str, default: int, low: int, high: int, clamp: bool = True) -> int:
+    """
+    A numeric query or form parameter of the web face (C{?page=},
+    C{below}, C{after}): C{default} when absent or empty; a whole number
+    in ASCII digits of any length is brought into C{low}..C{high} with
+    C{clamp} (C{?page=99999999999999}: the last page), else refused;
+    anything else (C{-1}, C{1.5}, C{abc}, C{²}) is refused. A refusal is
+    L{errors.Refused} 400 naming the parameter and its range.
+    """
+    from twisted_mailhub.lines import quote as shown
+    from twisted_mailhub.web.errors import Refused
+
+    text = form_value(request, name, "")
+    if text == "":
+        return default
+    if text.isascii() and text.isdigit():
+        digits = text.lstrip("0") or "0"
+        # (compared by length first: int() of 5,000 digits raises)
+        number = high + 1 if len(digits) > len(str(high)) else int(digits)
+        if low <= number <= high:
+            return number
+        if clamp:
+            return min(max(number, low), high)
+    raise Refused(400, f"{name} wants a whole number from {low} to {high}, not {shown(text, 40) or 'nothing'}.")
+
+
 def redirect(request: Any, location: str, code: int = 303) -> bytes:
     """Answer C{request} with a redirect to C{location}."""
     request.setResponseCode(code)
