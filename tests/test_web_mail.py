@@ -478,3 +478,57 @@ def test_numeric_parameters_of_the_web_face_are_clamped_or_refused_with_a_400(st
     socket_ok = LiveSocket(browser, "?after=" + "9" * 30)
     assert socket_ok.accepted is True
     socket_ok.sock.close()
+
+
+def test_a_compose_form_posted_after_a_restart_keeps_its_text_through_the_login(start_hub):
+    # The hub restarted while the user typed: the POST had no session and
+    # was answered with a redirect to the login page, and the text was lost.
+    hub = start_hub()
+    browser = WebClient(hub)
+    assert browser.login("alice", "secret").status == 303
+    token = re.search(r'name="csrf" value="([^"]+)"', browser.get("/compose").text).group(1)
+    hub.restart()  # every browser session is gone
+    body = "Dear Bob,\r\n\r\nthe minutes of today's meeting <b>& more</b>.\r\n"
+    page = browser.post("/compose", {"to": "bob@localhost", "subject": "Minutes", "body": body, "csrf": token}, csrf=False)
+    assert page.status == 401, page.status
+    text = page.text
+    assert "your message was not sent. Log in and it comes back" in text.replace("&#x27;", "'")
+    assert 'name="draft-subject" value="Minutes"' in text and 'name="draft-to" value="bob@localhost"' in text
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', text))
+    import html
+
+    fields = {k: html.unescape(v) for k, v in fields.items()}
+    assert fields["draft-body"] == body
+    # A mistyped password: the draft is still held.
+    wrong = browser.post("/login", {**fields, "username": "alice", "password": "nope"}, csrf=False)
+    assert wrong.status == 401 and 'name="draft-subject" value="Minutes"' in wrong.text
+    fields = {k: html.unescape(v) for k, v in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', wrong.text)}
+    again = browser.post("/login", {**fields, "username": "alice", "password": "secret"}, csrf=False)
+    assert again.status == 200, again.status
+    shown = html.unescape(again.text)
+    assert "Your message was not sent: here it is as you typed it" in shown
+    assert 'value="bob@localhost"' in again.text and 'value="Minutes"' in again.text
+    assert "the minutes of today's meeting <b>& more</b>." in shown
+    # Nothing was sent yet; Send sends it.
+    new_token = re.search(r'name="csrf" value="([^"]+)"', again.text).group(1)
+    sent = browser.post("/compose", {"to": "bob@localhost", "subject": "Minutes", "body": body, "csrf": new_token}, csrf=False)
+    assert sent.status == 303, sent.text[:2000]
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    imap.login("bob", "hungry")
+    assert imap.select("INBOX") == ("OK", [b"1"])
+    data = imap.fetch("1", "(BODY.PEEK[TEXT])")[1][0][1]
+    assert b"the minutes of today's meeting <b>& more</b>." in data
+    imap.logout()
+
+
+def test_a_compose_form_of_an_older_session_comes_back_filled_not_lost(start_hub):
+    hub = start_hub()
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    old = re.search(r'name="csrf" value="([^"]+)"', browser.get("/compose").text).group(1)
+    browser.post("/logout", {"csrf": old}, csrf=False)
+    browser.login("alice", "secret")  # a new session: the old form's token is stale
+    page = browser.post("/compose", {"to": "bob@localhost", "subject": "Stale", "body": "kept text", "csrf": old}, csrf=False)
+    assert page.status == 403
+    assert "the message was not sent. Check it and press Send." in page.text.replace("&#x27;", "'")
+    assert 'value="Stale"' in page.text and "kept text" in page.text
