@@ -13,7 +13,7 @@ import errno
 import pytest
 from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.hub import Hub
@@ -74,7 +74,7 @@ def test_disk_full_answers_452_insufficient_system_storage(tmp_path, events):
     assert replies[-1] == b"452 4.3.1 Insufficient system storage"
     failures = [e for e in events if e.get("log_failure") is not None]
     assert failures == []
-    assert len([e for e in events if "storage" in str(e.get("log_format", "")).lower()]) == 1
+    assert len([e for e in events if "storage" in formatEvent(e).lower()]) == 1
 
 
 def test_oserror_enospc_from_the_store_is_the_same_452(tmp_path, events):

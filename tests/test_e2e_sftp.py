@@ -410,3 +410,19 @@ def test_client_that_never_reads_does_not_grow_the_hubs_memory(start_hub):
     finally:
         client.close()
     paramiko_client(hub).close()  # and it serves the next one
+
+
+def test_sftp_put_p_keeps_time_and_mode_under_a_quota_too(start_hub, tmp_path):
+    # Under --quota the upload's writer is wrapped (filequota.QuotaWriter):
+    # the mode and times FSETSTAT asked for were set on the wrapper and
+    # lost (the file had 0644 and the time of its upload).
+    hub = start_hub("--quota", "10M")
+    src = tmp_path / "kept.txt"
+    src.write_bytes(b"kept times\n")
+    os.chmod(src, 0o640)
+    os.utime(src, (1_500_000_000, 1_500_000_000))
+    done = sftp_batch(hub, f"put -p {src} by-sftp.txt\n")
+    assert "setstat" not in done.stderr, done.stderr
+    st = os.stat(os.path.join(home(hub), "by-sftp.txt"))
+    assert (st.st_mtime, st.st_mode & 0o777) == (1_500_000_000, 0o640)
+    assert "Traceback" not in hub.log

@@ -601,3 +601,23 @@ def test_an_os_error_in_a_log_line_is_words_never_errno_or_an_exception_repr():
     assert lines[2].endswith("not made durable (Input/output error)"), lines
     for line in lines:
         assert "Errno" not in line and "OSError" not in line
+
+
+def test_twisteds_connection_error_texts_in_a_log_line_are_a_plain_sentence():
+    # "lost the LISTEN connection to the mail database: Connection to the
+    # other side was lost in a non-clean fashion: Connection lost." (a hub
+    # on PostgreSQL at its stop); whoever logs it, the line says it plainly.
+    from twisted.internet import main
+
+    base = {"log_time": 1764460000.25, "log_namespace": "twisted_mailhub.store.postgresql", "log_level": LogLevel.warn}
+    events = [
+        dict(base, log_format="lost the LISTEN connection: {reason}", reason=main.CONNECTION_LOST),
+        dict(base, log_format="queue: leases not renewed ({why})", why=Failure(main.CONNECTION_LOST).getErrorMessage()),
+        dict(base, log_format="peer: {why}", why=str(main.CONNECTION_DONE)),
+    ]
+    lines = _hub_text(events).decode().splitlines()
+    assert lines[0].endswith("lost the LISTEN connection: the connection was lost"), lines
+    assert lines[1].endswith("queue: leases not renewed (the connection was lost)"), lines
+    assert lines[2].endswith("peer: the connection was closed"), lines
+    for line in lines:
+        assert "non-clean" not in line and "cleanly" not in line

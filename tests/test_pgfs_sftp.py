@@ -68,29 +68,95 @@ def test_openssh_sftp_pipelined_put_reads_back_byte_exact_on_another_hub(start_h
     assert "Traceback" not in a.log + b.log
 
 
-def test_times_set_over_sftp_and_ftp_are_kept_and_modes_stay_fixed(start_hub, pg_dsn, tmp_path):
-    # sftp put -p said "remote fsetstat: Operation unsupported". This file
-    # system keeps a modification time but fixed modes (0644): the mode is
-    # left as it is, as SFTPGo's setstat_mode 2 does on storage without modes.
+def test_times_and_modes_set_over_sftp_and_ftp_are_kept_and_shown_on_another_hub(start_hub, pg_dsn, tmp_path):
+    # This file system kept a modification time but fixed modes: SITE
+    # CHMOD answered 202 and every file listed as 0644 whatever sftp put -p
+    # or chmod asked. Modes are kept now, as on disk (vfs.kept_mode).
     import ftplib
+    import stat as statmod
 
     a, b = two_hubs(start_hub, pg_dsn)
     source = tmp_path / "kept.txt"
     source.write_bytes(b"kept\n")
     os.chmod(source, 0o600)
     os.utime(source, (1_500_000_000, 1_500_000_000))
-    done = sftp_batch(a, f"put -p {source} kept.txt\n")
+    done = sftp_batch(a, f"mkdir sub\nput -p {source} sub/kept.txt\n")
     assert "setstat" not in done.stderr, done.stderr
     f = ftplib.FTP(timeout=30)
     f.connect("127.0.0.1", b.ports["ftp"])
     f.login("alice", "secret")
     try:
-        assert f.sendcmd("MDTM kept.txt") == "213 20170714024000"
-        assert f.sendcmd("MFMT 20190101000000 kept.txt") == "213 Modify=20190101000000; kept.txt"
-        assert f.sendcmd("MDTM kept.txt") == "213 20190101000000"
-        assert f.sendcmd("SITE CHMOD 600 kept.txt").startswith("202 ")
-        f.sendcmd("OPTS MLST type;UNIX.mode;")
-        assert "UNIX.mode=0644;" in f.sendcmd("MLST kept.txt")
+        assert f.sendcmd("MDTM sub/kept.txt") == "213 20170714024000"
+        f.sendcmd("OPTS MLST type;UNIX.mode;modify;")
+        assert "UNIX.mode=0600;" in f.sendcmd("MLST sub/kept.txt")
+        assert f.sendcmd("MFMT 20190101000000 sub/kept.txt") == "213 Modify=20190101000000; sub/kept.txt"
+        assert f.sendcmd("MDTM sub/kept.txt") == "213 20190101000000"
+        assert f.sendcmd("SITE CHMOD 640 sub/kept.txt") == "200 SITE CHMOD: the mode is now 0640."
+        assert f.sendcmd("SITE CHMOD 750 sub") == "200 SITE CHMOD: the mode is now 0750."
+        listed = []
+        f.retrlines("LIST sub", listed.append)
+        assert len(listed) == 1 and listed[0].startswith("-rw-r----- "), listed
+        facts = dict(f.mlsd("", ["type", "UNIX.mode", "modify"]))
+        assert facts["sub"]["unix.mode"] == "0750", facts
+        folder_time = facts["sub"]["modify"]
+    finally:
+        f.quit()
+    # SFTP STAT on the first hub: the mode and time set over FTP on the other.
+    client = paramiko_client(a)
+    sftp = client.open_sftp()
+    st = sftp.stat("sub/kept.txt")
+    assert statmod.S_IMODE(st.st_mode) == 0o640 and st.st_mtime == 1_546_300_800
+    assert statmod.S_IMODE(sftp.stat("sub").st_mode) == 0o750
+    sftp.chmod("sub/kept.txt", 0o604)
+    assert statmod.S_IMODE(sftp.stat("sub/kept.txt").st_mode) == 0o604
+    # A folder's time moves when an entry in it is added, as on disk.
+    import time
+
+    time.sleep(1.1)
+    with sftp.open("sub/new.txt", "wb") as new:
+        new.write(b"new")
+    client.close()
+    f = ftplib.FTP(timeout=30)
+    f.connect("127.0.0.1", b.ports["ftp"])
+    f.login("alice", "secret")
+    try:
+        assert dict(f.mlsd("", ["modify"]))["sub"]["modify"] > folder_time
+        assert f.sendcmd("MDTM sub/kept.txt") == "213 20190101000000"  # (its own time unmoved)
     finally:
         f.quit()
     assert "Traceback" not in a.log + b.log
+
+
+def test_a_file_database_made_before_modes_is_migrated_and_its_files_keep_0644(start_hub, pg_dsn):
+    import ftplib
+
+    import psycopg
+
+    from tests.test_cluster import admin
+    from twisted_mailhub.cluster import schema
+
+    # The cluster tables as version 1 made them, with a file in alice's home.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE mailhub_cluster_schema (version integer NOT NULL)")
+        conn.execute("INSERT INTO mailhub_cluster_schema VALUES (1)")
+        conn.execute(schema.MIGRATIONS[0])
+        root = conn.execute("INSERT INTO ftp_node (parent_id, name, is_folder, modified) VALUES (NULL, '', true, 0) RETURNING id").fetchone()[0]
+        domain = conn.execute("INSERT INTO ftp_node (parent_id, name, is_folder, modified) VALUES (%s, 'localhost', true, 0) RETURNING id", (root,)).fetchone()[0]
+        home = conn.execute("INSERT INTO ftp_node (parent_id, name, is_folder, modified) VALUES (%s, 'alice', true, 0) RETURNING id", (domain,)).fetchone()[0]
+        oid = conn.execute("SELECT lo_from_bytea(0, 'old\n'::bytea)").fetchone()[0]
+        conn.execute("INSERT INTO ftp_node (parent_id, name, is_folder, size, modified, content) VALUES (%s, 'old.txt', false, 4, 1500000000, %s)", (home, oid))
+    upgraded = admin("db", "upgrade", "--dsn", pg_dsn)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "cluster tables: version 1 -> 2" in upgraded.stdout, upgraded.stdout
+    hub = start_hub("--ftp-filesystem", f"postgresql:{pg_dsn}")
+    f = ftplib.FTP(timeout=30)
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login("alice", "secret")
+    try:
+        f.sendcmd("OPTS MLST type;UNIX.mode;")
+        assert "UNIX.mode=0644;" in f.sendcmd("MLST old.txt")
+        assert f.sendcmd("SITE CHMOD 600 old.txt") == "200 SITE CHMOD: the mode is now 0600."
+        assert "UNIX.mode=0600;" in f.sendcmd("MLST old.txt")
+        assert f.sendcmd("MDTM old.txt") == "213 20170714024000"
+    finally:
+        f.quit()

@@ -161,3 +161,43 @@ def test_an_account_name_that_cannot_be_stored_is_one_line_not_a_traceback(args,
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(says), result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("option, value, octets", [
+    ("--max-message-size", "26214400", 26214400), ("--max-message-size", "25M", 25 << 20), ("--max-message-size", "25MB", 25 << 20),
+    ("--max-message-size", "25MiB", 25 << 20), ("--max-message-size", "100k", 100 << 10), ("--max-message-size", "1.5G", 3 << 29),
+    ("--max-message-size", "500B", 500), ("--sftp-max-packet", "64K", 64 << 10), ("--sftp-max-packet", "16M", 16 << 20),
+    ("--sftp-max-packet", "4096", 4096), ("--quota", "500M", 500 << 20), ("--quota", "2GB", 2 << 30), ("--quota", "1048576", 1 << 20),
+])
+def test_every_size_option_takes_octets_or_k_m_g_multiples_of_1024(option, value, octets):
+    # --max-message-size took only octets ("25M": wants a whole number)
+    # while --quota took 500M; every size option now reads the same forms.
+    options = tap.Options()
+    options.parseOptions([option, value])
+    assert options[option[2:]] == octets
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--max-message-size", "2G", "from 1 to 2147483647"), ("--max-message-size", "0K", "from 1 to"), ("--max-message-size", "25X", "not 25X"),
+    ("--max-message-size", "1.5", "not 1.5"), ("--sftp-max-packet", "1023", "from 1K to 16M, not 1023"), ("--sftp-max-packet", "17M", "from 1K to 16M, not 17M"),
+    ("--quota", "0", "from 1 to 1024T, not 0"), ("--quota", "abc", "not abc"), ("--quota", "2000T", "not 2000T"),
+])
+def test_a_size_option_given_a_bad_size_names_itself_and_the_forms(option, value, says):
+    options = tap.Options()
+    with pytest.raises(usage.UsageError) as caught:
+        options.parseOptions([option, value])
+    message = str(caught.value)
+    assert message.startswith(f"{option} wants a whole number of octets or a size in K, M, G or T (1K = 1024 octets"), message
+    assert says in message, message
+    assert "quota" not in message or option == "--quota", message
+
+
+def test_a_hub_started_with_a_suffixed_message_size_advertises_it_in_smtp_size(start_hub):
+    import smtplib
+
+    hub = start_hub("--max-message-size", "1K", "--quota", "1M", "--sftp-max-packet", "32K")
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=30) as client:
+        client.ehlo("client.example")
+        assert client.esmtp_features["size"] == "1024"
+        code, reply = client.docmd("MAIL FROM:<a@example.org> SIZE=2048")
+    assert code == 552, reply

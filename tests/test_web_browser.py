@@ -434,3 +434,39 @@ def test_an_open_console_says_when_its_session_has_ended_and_stops_showing_sessi
     WebDriverWait(browser, 15).until(lambda d: d.find_elements(By.ID, "signed-out"))
     assert "no longer shows what happens" in browser.find_element(By.ID, "signed-out").text
     assert "live" not in browser.find_element(By.TAG_NAME, "body").get_attribute("class")
+
+
+def test_a_message_typed_while_the_session_ended_comes_back_after_the_login_and_is_sent(hub, browser):
+    # Sent after the session had ended (a hub restart, a log out in
+    # another tab): the POST was redirected to the login page and what was
+    # typed was lost.
+    login(browser, hub, "alice", "secret")
+    browser.get(base(hub) + "/compose")
+    browser.find_element(By.NAME, "to").send_keys("bob@localhost")
+    browser.find_element(By.NAME, "subject").send_keys("kept through a login")
+    browser.find_element(By.NAME, "body").send_keys("a long text\nthat took an hour to write")
+    browser.execute_script(
+        "var f = new FormData(); f.append('csrf', document.body.dataset.csrf);"
+        "return fetch('/logout', {method: 'POST', body: new URLSearchParams(f), credentials: 'same-origin'}).then(r => r.status);"
+    )
+    browser.find_element(By.CSS_SELECTOR, "form.compose button").click()
+    WebDriverWait(browser, 15).until(lambda d: "your message was not sent" in d.page_source)
+    browser.find_element(By.NAME, "username").send_keys("alice")
+    browser.find_element(By.NAME, "password").send_keys("secret")
+    browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+    # (page_source: the login page's body may be read as it goes)
+    WebDriverWait(browser, 15).until(lambda d: "here it is as you typed it" in d.page_source)
+    assert browser.find_element(By.NAME, "subject").get_attribute("value") == "kept through a login"
+    assert browser.find_element(By.NAME, "body").get_attribute("value").replace("\r\n", "\n") == "a long text\nthat took an hour to write"
+    browser.find_element(By.CSS_SELECTOR, "form.compose button").click()
+    WebDriverWait(browser, 15).until(lambda d: d.current_url.endswith("/mail/INBOX"))
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("bob", "hungry")
+        imap.select("INBOX")
+        typ, data = imap.search(None, "SUBJECT", '"kept through a login"')
+        [number] = data[0].split()
+        typ, fetched = imap.fetch(number, "(BODY.PEEK[TEXT])")
+        assert b"that took an hour to write" in fetched[0][1]
+    finally:
+        imap.logout()

@@ -219,3 +219,36 @@ def test_forward_takes_the_originals_attachments_along(start_hub):
     imap.logout()
     page = browser.post("/compose", {"to": "bob", "subject": "again", "body": "typed text", "forward-of": "INBOX/1"})
     assert page.status == 404 and "the message you are forwarding is not there any more" in page.text and "typed text" in page.text
+
+
+def test_a_full_quota_is_said_once_on_the_page_and_in_the_log(start_hub):
+    # The page said "Your mailbox is full (mailbox full (2.1 KiB of its
+    # 3.0 KiB quota used))" and the log "insufficient system storage (...)"
+    # around the same words.
+    hub = start_hub(users=("alice;quota=3K:secret", "bob:hungry"))
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("carol@example.org", ["alice@localhost"], MESSAGE + (b"x" * 60 + b"\r\n") * 30)
+    browser = signed_in(hub)
+    browser.get("/compose")
+    page = browser.post("/compose", {"to": "bob@localhost", "subject": "long", "body": "y" * 1500})
+    text = page.text.replace("&#x27;", "'")
+    assert "no copy of it could be kept in your Sent folder" in text, text[:3000]
+    assert re.search(r"Your mailbox is full \([\d.]+ KiB of its 3\.0 KiB quota used\)", text), text[:3000]
+    assert text.lower().count("mailbox full") == 0 and text.lower().count("mailbox is full") == 1, text[:3000]
+    hub.wait_for_log(r"web: POST /compose: insufficient system storage")
+    line = [x for x in hub.log.splitlines() if "web: POST /compose:" in x][-1]
+    assert line.lower().count("full") == 1, line
+
+
+def test_the_log_says_a_bare_insufficient_storage_once():
+    from twisted_mailhub.errorwords import no_room, said_once
+    from twisted_mailhub.quota import QuotaExceeded
+    from twisted_mailhub.store.interfaces import InsufficientStorage, storage_error
+    import errno
+
+    assert no_room(InsufficientStorage("Insufficient system storage")) == "insufficient system storage"
+    assert no_room(storage_error(OSError(errno.ENOSPC, "No space left on device", "/m/tmp/1"))) == "insufficient system storage (the disk is full (/m/tmp/1))"
+    assert no_room(QuotaExceeded("a@localhost", 2048, 3072)) == "insufficient system storage (Mailbox full: a@localhost uses 2.0 KiB of 3.0 KiB)"
+    assert said_once("cannot write", "Cannot write!") == "cannot write"
+    assert said_once("closed", "the data connection was closed") == "the data connection was closed"
+    assert said_once("426 Transfer aborted", "the data connection broke") == "426 Transfer aborted (the data connection broke)"

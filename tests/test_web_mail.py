@@ -442,3 +442,93 @@ def test_trash_is_emptied_for_ever_of_what_its_page_listed_and_what_came_later_s
     refused = browser.post("/mail/INBOX/empty", {"below": "99"})
     assert refused.status == 400 and "Only Trash and Junk" in refused.text
     assert browser.post("/mail/Trash/empty", {"below": "x"}).status == 400
+
+
+def test_numeric_parameters_of_the_web_face_are_clamped_or_refused_with_a_400(start_hub):
+    # ?page=99999999999999 (more than 12 digits) showed page 1; a page
+    # that was no number showed page 1 too; an empty-the-Trash form with a
+    # "below" past any UID (or past 12 digits) was read as "did not say".
+    from tests.web_helpers import LiveSocket
+
+    hub = start_hub("--store", "memory")
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        for n in range(1, 56):
+            smtp.sendmail("carol@example.org", ["alice@localhost"], f"Subject: number {n}\r\n\r\nx\r\n".encode())
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    last = re.findall(r"number (\d+)</a>", browser.get("/mail/INBOX?page=2").text)
+    assert last == ["5", "4", "3", "2", "1"]
+    for page in ("3", "99999999999999", "9" * 5000, "0002"):
+        assert re.findall(r"number (\d+)</a>", browser.get(f"/mail/INBOX?page={page}").text) == last, page
+    assert re.findall(r"number (\d+)</a>", browser.get("/mail/INBOX?page=0").text)[:1] == ["55"]
+    for page in ("abc", "-1", "1.5", "%C2%B2", "1e3"):
+        refused = browser.get(f"/mail/INBOX?page={page}")
+        assert refused.status == 400, (page, refused.status)
+        assert "page wants a whole number from 1 to 2, not " in refused.text.replace("&#x27;", "'"), refused.text[:2000]
+    # Emptying the Trash: the form's "below" is a UIDNEXT, 1 to 2**32.
+    token = re.search(r'name="csrf" value="([^"]+)"', browser.get("/mail/INBOX").text).group(1)
+    assert browser.post("/mail/INBOX/1/action", {"action": "delete", "csrf": token}).status == 303
+    for below in ("99999999999999", "4294967297", "x"):
+        refused = browser.post("/mail/Trash/empty", {"below": below, "csrf": token})
+        assert refused.status == 400 and "below wants a whole number from 1 to 4294967296" in refused.text, refused.text[:2000]
+    assert "number 1<" in browser.get("/mail/Trash").text  # nothing deleted
+    # The console's live socket: ?after= is an event number.
+    assert LiveSocket(browser, "?after=abc").accepted is False
+    assert browser.get("/console/live?after=abc").status == 400
+    socket_ok = LiveSocket(browser, "?after=" + "9" * 30)
+    assert socket_ok.accepted is True
+    socket_ok.sock.close()
+
+
+def test_a_compose_form_posted_after_a_restart_keeps_its_text_through_the_login(start_hub):
+    # The hub restarted while the user typed: the POST had no session and
+    # was answered with a redirect to the login page, and the text was lost.
+    hub = start_hub()
+    browser = WebClient(hub)
+    assert browser.login("alice", "secret").status == 303
+    token = re.search(r'name="csrf" value="([^"]+)"', browser.get("/compose").text).group(1)
+    hub.restart()  # every browser session is gone
+    body = "Dear Bob,\r\n\r\nthe minutes of today's meeting <b>& more</b>.\r\n"
+    page = browser.post("/compose", {"to": "bob@localhost", "subject": "Minutes", "body": body, "csrf": token}, csrf=False)
+    assert page.status == 401, page.status
+    text = page.text
+    assert "your message was not sent. Log in and it comes back" in text.replace("&#x27;", "'")
+    assert 'name="draft-subject" value="Minutes"' in text and 'name="draft-to" value="bob@localhost"' in text
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', text))
+    import html
+
+    fields = {k: html.unescape(v) for k, v in fields.items()}
+    assert fields["draft-body"] == body
+    # A mistyped password: the draft is still held.
+    wrong = browser.post("/login", {**fields, "username": "alice", "password": "nope"}, csrf=False)
+    assert wrong.status == 401 and 'name="draft-subject" value="Minutes"' in wrong.text
+    fields = {k: html.unescape(v) for k, v in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', wrong.text)}
+    again = browser.post("/login", {**fields, "username": "alice", "password": "secret"}, csrf=False)
+    assert again.status == 200, again.status
+    shown = html.unescape(again.text)
+    assert "Your message was not sent: here it is as you typed it" in shown
+    assert 'value="bob@localhost"' in again.text and 'value="Minutes"' in again.text
+    assert "the minutes of today's meeting <b>& more</b>." in shown
+    # Nothing was sent yet; Send sends it.
+    new_token = re.search(r'name="csrf" value="([^"]+)"', again.text).group(1)
+    sent = browser.post("/compose", {"to": "bob@localhost", "subject": "Minutes", "body": body, "csrf": new_token}, csrf=False)
+    assert sent.status == 303, sent.text[:2000]
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    imap.login("bob", "hungry")
+    assert imap.select("INBOX") == ("OK", [b"1"])
+    data = imap.fetch("1", "(BODY.PEEK[TEXT])")[1][0][1]
+    assert b"the minutes of today's meeting <b>& more</b>." in data
+    imap.logout()
+
+
+def test_a_compose_form_of_an_older_session_comes_back_filled_not_lost(start_hub):
+    hub = start_hub()
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    old = re.search(r'name="csrf" value="([^"]+)"', browser.get("/compose").text).group(1)
+    browser.post("/logout", {"csrf": old}, csrf=False)
+    browser.login("alice", "secret")  # a new session: the old form's token is stale
+    page = browser.post("/compose", {"to": "bob@localhost", "subject": "Stale", "body": "kept text", "csrf": old}, csrf=False)
+    assert page.status == 403
+    assert "the message was not sent. Check it and press Send." in page.text.replace("&#x27;", "'")
+    assert 'value="Stale"' in page.text and "kept text" in page.text

@@ -258,7 +258,10 @@ class AccountBook:
                 raise ValueError(f"unknown account attribute {attribute!s} (known: quota=SIZE)")
             from twisted_mailhub.quota import parse_size
 
-            quota = parse_size(value)
+            try:
+                quota = parse_size(value)
+            except ValueError as e:
+                raise ValueError(f"quota {e}") from None
         # The one rule (account_name_problem): no control or invisible
         # character (an ESC, a BOM, a U+202E), no blank ("odd name" could
         # log in but SMTP took no mail for it), a domain ("alice@" was an

@@ -187,7 +187,7 @@ def user_add(args) -> str:
         try:
             parse_size(quota)
         except ValueError as e:
-            raise AdminError(f"--quota: {e}; nothing changed") from None
+            raise AdminError(f"--quota {e}; nothing changed") from None
     lines.append(_entry(args, _password(args), f"{args.address};quota={quota.strip()}" if quota else None))
     write_lines(args.accounts, lines)
     return f"added {args.address} to {args.accounts}"
@@ -483,7 +483,7 @@ def _parser() -> argparse.ArgumentParser:
         # accounts in PostgreSQL instead of a file (twisted_mailhub.cluster.admin)
         p.add_argument("--auth", default=None, help="postgresql:DSN: the accounts in the user_account table of that database (as the hub's --auth postgresql:DSN) instead of a file")
         if name == "add":
-            p.add_argument("--quota", default=None, help="the account's own storage quota (e.g. 500M)")
+            p.add_argument("--quota", default=None, help="the account's own storage quota: octets or a size in K, M, G or T (1K = 1024; e.g. 500M, 2G)")
         if name != "list":
             p.add_argument("--data", default=None, help="the running hub's data folder: told to reload through DATA/control.sock (default: the accounts file's folder, then ./mailhub-data)")
             p.add_argument("--control-socket", default=None, help="the running hub's control socket, told to reload (default: control.sock beside the accounts file, i.e. in DATA)")

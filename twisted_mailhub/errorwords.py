@@ -11,6 +11,9 @@ its class name: neither is for a person reading a log or a client. Here:
    disk is full"), and, for the log only, the file it names;
  - a store error that stands for one (L{InsufficientStorage} made from
    an C{OSError}: its C{__cause__}) is that C{OSError}'s words;
+ - Twisted's connection errors are a plain sentence ("the connection was
+   lost", not "Connection to the other side was lost in a non-clean
+   fashion: Connection lost.");
  - any other exception is its own text, never its class name (one with
    no text: "an error with no description").
 
@@ -54,12 +57,79 @@ def error_words(error: BaseException, paths: bool = True) -> str:
                 words += f", {_text(error.filename2)}"
             words += ")"
         return words
+    plain = _twisted_words(error)
+    if plain is not None:
+        return plain
     return without_errno(_text(error)) or "an error with no description"
 
 
+def _twisted_words(error: BaseException) -> str | None:
+    """A plain sentence for Twisted's connection errors ("Connection to the other side was lost in a non-clean fashion: Connection lost."), else None."""
+    from twisted.internet import error as twisted_error
+
+    if isinstance(error, twisted_error.ConnectionLost):
+        return "the connection was lost"
+    if isinstance(error, twisted_error.ConnectionDone):
+        return "the connection was closed"
+    return None
+
+
+# Twisted's texts for the same, in a line made from getErrorMessage() or
+# str(): each with its optional ": detail." after it.
+_TWISTED_TEXTS = re.compile(
+    r"Connection to the other side was lost in a non-clean fashion(?:: Connection lost)?\.*"
+    r"|Connection was closed cleanly(?:: Connection done)?\.*"
+)
+
+
+def without_twisted(text: str) -> str:
+    """C{text} with Twisted's connection-error texts as plain words ("the connection was lost")."""
+    if "Connection to the other side" not in text and "closed cleanly" not in text:
+        return text
+    return _TWISTED_TEXTS.sub(lambda m: "the connection was lost" if m.group(0).startswith("Connection to") else "the connection was closed", text)
+
+
+def _words(text: str) -> str:
+    """C{text} as lowercase words with single spaces, punctuation out: what L{said_once} compares."""
+    return " ".join(re.findall(r"[^\W_]+", text.lower()))
+
+
+def said_once(message: str, reason: str) -> str:
+    """
+    C{message (reason)}, or C{message} alone when C{reason} adds no word
+    to it (empty, or the same words: "insufficient system storage
+    (Insufficient system storage)" said one thing twice), or C{reason}
+    alone when it says all C{message} does and more.
+    """
+    said, why = _words(message), _words(reason)
+    if not why or f" {why} " in f" {said} ":
+        return message
+    if said and f" {said} " in f" {why} ":
+        return reason
+    return f"{message} ({reason})"
+
+
+def no_room(error: BaseException) -> str:
+    """
+    The log's words for a write refused for want of room (an
+    L{InsufficientStorage}, an C{OSError} ENOSPC or EDQUOT, a quota):
+    C{insufficient system storage} and what it was, said once: C{(the disk
+    is full (/path))} for the disk, the quota's own sentence for a quota,
+    nothing more for a bare C{InsufficientStorage("Insufficient system
+    storage")} (one that came from a worker process or a backend that
+    keeps no cause).
+    """
+    cause = error.__cause__ if isinstance(error.__cause__, OSError) else error
+    return said_once("insufficient system storage", error_words(cause))
+
+
 def without_errno(text: str) -> str:
-    """C{text} without Python's C{[Errno N] } prefixes (an C{OSError}'s C{str()} inside it)."""
-    return _ERRNO_PREFIX.sub("", text) if "[Errno " in text else text
+    """
+    C{text} without Python's C{[Errno N] } prefixes (an C{OSError}'s
+    C{str()} inside it), and Twisted's connection-error texts as plain
+    words (L{without_twisted}).
+    """
+    return without_twisted(_ERRNO_PREFIX.sub("", text) if "[Errno " in text else text)
 
 
 def _text(value: object) -> str:

@@ -228,6 +228,14 @@ class QuotaWriter:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._writer, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # What SFTP FSETSTAT asks of an open upload (its mode and times,
+        # applied at close) is the writer's: set here, it was lost.
+        if name in ("mode", "times"):
+            setattr(self._writer, name, value)
+        else:
+            object.__setattr__(self, name, value)
+
     def _tell(self, otherwise: int) -> int:
         """Where the writer's next C{write} goes, or C{otherwise}."""
         tell = getattr(self._writer, "tell", None)

@@ -155,7 +155,9 @@ class ClassicLines:
             return self._twisted(event)
         if not text:
             return None
-        if "Err" in text and ("[Errno " in text or "Error(" in text):  # (one scan of a line without)
+        if ("Err" in text and ("[Errno " in text or "Error(" in text)) or (
+            "onnection" in text and ("Connection to the other side" in text or "closed cleanly" in text)
+        ):  # (two short scans of a line with neither)
             text = _worded(fmt, event, text)
         system = self.system
         if system is None:

@@ -8,6 +8,9 @@ shown visibly, never a Python repr).
  - L{whole_number} and L{seconds}: the coerces of C{optParameters} rows
    (C{tap._number_rows} puts them on every component's C{int} and
    C{float} rows).
+ - L{size} (L{octets}): a size option, C{26214400} or C{25M} alike
+   (C{--max-message-size}, C{--quota}, C{--sftp-max-packet}, and
+   C{mailhub-admin user add --quota}).
  - L{host_port}: C{HOST:PORT}, C{[IPv6]:PORT} or a bare C{HOST} (with the
    option's default port): C{--smarthost}, C{--dns-server},
    C{--mx-override}. A colon with no port after it (C{host:}) is refused,
@@ -81,6 +84,71 @@ def whole_number(name: str, most: int | None = None) -> Callable[[str], int]:
             unit = " seconds (a year)" if most == LONGEST else ""
             raise usage.UsageError(f"--{name} wants a whole number from 0 to {most}{unit}, not {shown(value)}")
         return int(text)
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
+
+
+#: What a size may say: a whole number of octets, or a number (a decimal
+#: fraction allowed) and a multiple of 1024: K, M, G or T, with an
+#: optional B or iB after it (K, KB and KiB are all 1024 octets, as
+#: C{--quota} always read them), in either case: C{26214400}, C{25M},
+#: C{25MB}, C{25MiB}, C{1.5G}, C{100k}; C{500B} is 500 octets.
+_SIZE = re.compile(r"(?:(\d+)\s*b?|(\d+(?:\.\d+)?)\s*([kmgt])(?:i?b)?)\Z", re.I)
+_MULTIPLES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def shown_size(octets: int) -> str:
+    """C{octets} the way a size option may be given: C{16M}, C{1024T}, C{1536} (an exact multiple of 1024 with its letter)."""
+    for letter in "TGMK":
+        step = _MULTIPLES[letter.lower()]
+        if octets >= step and octets % step == 0:
+            return f"{octets // step}{letter}"
+    return str(octets)
+
+
+def octets(value: str, least: int = 1, most: int = MOST) -> int:
+    """
+    The octets a size says (see L{_SIZE}: C{1048576}, C{500M}, C{2GB},
+    C{1.5GiB}, C{100k}; binary multiples, 1K = 1024), rounded down to a
+    whole octet.
+
+    @raise ValueError: one line starting with C{wants}, naming the forms,
+        the range from C{least} to C{most} and what was given; the caller
+        puts the option's name in front (C{--max-message-size wants ...}).
+    """
+    text = str(value).strip()
+    found = _SIZE.match(text) if text.isascii() and len(text) <= 40 else None
+    number = 0
+    if found:
+        whole, decimal, letter = found.groups()
+        if whole is not None:
+            number = int(whole)
+        else:
+            # Exact arithmetic: 1.1T is no float's rounding of it.
+            units, _, fraction = decimal.partition(".")
+            step = _MULTIPLES[letter.lower()]
+            number = int(units) * step + (int(fraction) * step // 10 ** len(fraction) if fraction else 0)
+    if not found or not least <= number <= most:
+        raise ValueError(
+            f"wants a whole number of octets or a size in K, M, G or T (1K = 1024 octets; B or iB may follow: "
+            f"25M, 25MB, 25MiB, 1.5G) from {shown_size(least)} to {shown_size(most)}, not {shown(str(value))}"
+        )
+    return number
+
+
+def size(name: str, least: int = 1, most: int = MOST) -> Callable[[str], int]:
+    """
+    The coerce of a size option C{--NAME} (C{--max-message-size},
+    C{--quota}, C{--sftp-max-packet}): L{octets} from C{least} to C{most},
+    anything else a C{usage.UsageError} that names the option.
+    """
+
+    def coerce(value: str) -> int:
+        try:
+            return octets(value, least, most)
+        except ValueError as e:
+            raise usage.UsageError(f"--{name} {e}") from None
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce

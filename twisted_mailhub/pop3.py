@@ -76,6 +76,7 @@ from zope.interface import implementer
 
 from twisted_mailhub import __version__
 from twisted_mailhub.accounts import challenge_response_offered
+from twisted_mailhub.errorwords import no_room
 from twisted_mailhub.hub import ListenerSpec, is_secure
 from twisted_mailhub.lines import LineEngine, control_note, quote
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
@@ -926,7 +927,7 @@ class MailhubPOP3(_pop3.POP3):
 
     def _storage_full(self, name: str, error: BaseException) -> None:
         # RFC 3206 §4: SYS/TEMP, a problem of the server that may go away.
-        log.warn("POP3 {command} failed: insufficient system storage ({error})", command=name, error=error.__cause__ or error)
+        log.warn("POP3 {command} failed: {why}", command=name, why=no_room(error))
         if not self._closed:
             self.reply_err(b"[SYS/TEMP] insufficient system storage; try again later")
 

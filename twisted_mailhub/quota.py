@@ -54,8 +54,6 @@ log = Logger()
 RECOUNT = 60.0  # seconds a count is trusted when nothing is near the limit
 WARN_AT = 0.9
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 #: The largest quota: 1024 TiB, well inside PostgreSQL's bigint and a float's exact integers.
 LARGEST = 1 << 50
 
@@ -63,22 +61,16 @@ LARGEST = 1 << 50
 def parse_size(text: str) -> int:
     """
     Octets from C{"500M"}, C{"2G"}, C{"1.5GiB"}, C{"100k"} or plain C{"1048576"}
-    (binary multiples: 1M is 1,048,576 octets).
+    (binary multiples: 1M is 1,048,576 octets), as every size option reads
+    them (L{optionvalues.octets}).
 
-    @raise ValueError: not a size, not positive, or more than L{LARGEST}.
+    @raise ValueError: not a size, not more than 0, or more than L{LARGEST};
+        its text starts with C{wants} and does not name an option (the
+        caller says which: C{--quota}, an accounts file's C{quota=}).
     """
-    m = _SIZE.match(str(text))
-    if not m:
-        raise ValueError(f"{text!s} is not a size (examples: 500M, 2G, 1048576)")
-    octets = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if not octets <= LARGEST:  # (a thousand 9s was float infinity, then OverflowError)
-        from twisted_mailhub.optionvalues import shown
+    from twisted_mailhub.optionvalues import octets
 
-        raise ValueError(f"{shown(str(text).strip())}: a quota is at most 1024T")
-    octets = int(octets)
-    if octets <= 0:
-        raise ValueError(f"{text!s}: a quota must be more than 0")
-    return octets
+    return octets(text, 1, LARGEST)
 
 
 def format_size(octets: int) -> str:
@@ -103,9 +95,11 @@ class QuotaExceeded(InsufficientStorage):
     def __init__(self, address: str, usage: int, limit: int, incoming: int = 0):
         InsufficientStorage.__init__(self, f"Mailbox full: {address} uses {format_size(usage)} of {format_size(limit)}")
         # what a protocol's reply says (IMAP: NO [OVERQUOTA] APPEND failed: ...)
-        self.reason = f"mailbox full ({format_size(usage)} of its {format_size(limit)} quota used)"
+        #: how full, without "mailbox full" (a page that says that itself adds this)
+        self.detail = f"{format_size(usage)} of its {format_size(limit)} quota used"
+        self.reason = f"mailbox full ({self.detail})"
         if incoming > limit:
-            self.reason = f"the message ({format_size(incoming)}) is larger than the whole quota ({format_size(limit)})"
+            self.detail = self.reason = f"the message ({format_size(incoming)}) is larger than the whole quota ({format_size(limit)})"
         self.address = address
         self.usage = usage
         self.limit = limit
@@ -458,19 +452,28 @@ class QuotaStore(_Passing):
 # The hub component: no listener; it runs before every other component so
 # that each of them gets the store with quotas.
 listeners: list = []
+
+
+def _quota_option(value: str) -> int:
+    from twisted_mailhub.optionvalues import size
+
+    return size("quota", 1, LARGEST)(value)
+
+
+_quota_option.coerceDoc = ""  # type: ignore[attr-defined]
 option_parameters = [
-    ["quota", None, None, "Storage quota of every account, e.g. 500M or 2G (default: none); an accounts-file line may set its own with address;quota=SIZE:password."],
+    ["quota", None, None, "Storage quota of every account, e.g. 500M or 2G (default: none); an accounts-file line may set its own with address;quota=SIZE:password.", _quota_option],
 ]
 
 
 def check_options(options: Any) -> None:
     from twisted.python import usage
 
-    if options.get("quota"):
+    if options.get("quota") is not None and not isinstance(options["quota"], int):
         try:
             parse_size(options["quota"])
         except ValueError as e:
-            raise usage.UsageError(f"--quota: {e}")
+            raise usage.UsageError(f"--quota {e}") from None
 
 
 def install(hub: Any) -> None:
@@ -480,7 +483,7 @@ def install(hub: Any) -> None:
     cost at all).
     """
     default = hub.options.get("quota")
-    default = parse_size(default) if default else None
+    default = parse_size(str(default)) if default else None
     if default is None and not any(getattr(a, "quota", None) for a in hub.accounts):
         # (accounts in a table may get a quota at any time: always count)
         if not getattr(hub.accounts, "quotas_may_change", False):

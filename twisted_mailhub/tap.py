@@ -66,6 +66,12 @@ def _number_rows(rows: list) -> list:
     return [row[:4] + [kinds[row[4]](row[0])] + row[5:] if len(row) > 4 and row[4] in kinds else row for row in rows]
 
 
+def _size_option(name: str):
+    from twisted_mailhub.optionvalues import size
+
+    return size(name)
+
+
 class Options(usage.Options, strcred.AuthOptionMixin):
     synopsis = "[options]"
     longdesc = (
@@ -82,7 +88,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["store", None, "maildir", "Mail store backend: a store plugin's name (maildir, memory, ...) or postgresql:DSN (a libpq connection string)."],
         ["tls-cert", None, None, "PEM certificate (and chain) for STARTTLS/STLS and TLS listeners (default: self-signed, made in DATA/tls on first start)."],
         ["tls-key", None, None, "PEM private key for --tls-cert (default: in the --tls-cert file)."],
-        ["max-message-size", None, 25 * 1024 * 1024, "Largest message accepted, in octets (SMTP SIZE).", int],
+        ["max-message-size", None, 25 * 1024 * 1024, "Largest message accepted: octets, or a size such as 25M (1K = 1024; SMTP SIZE).", _size_option("max-message-size")],
         ["trusted-networks", None, "127.0.0.0/8,::1/128", "Comma-separated CIDRs from which plaintext logins are allowed without TLS (never grants relay)."],
         ["proxy-from", None, None, "Comma-separated CIDRs of the load balancers a haproxy: listener takes a PROXY header from (default: loopback and private networks); any other peer is closed."],
         ["max-connections", None, 2000, "Most client connections open at once, every listener together (0: no limit).", int],
@@ -240,10 +246,9 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         """
         from twisted_mailhub.hub import moved_endpoint
 
-        if self["max-message-size"] < 1:
-            # 0 silently meant the 25 MiB default, and SMTP SIZE (RFC 1870)
-            # has no way to say a smaller limit than one octet.
-            raise usage.UsageError("--max-message-size wants a number of octets, 1 or more")
+        # (--max-message-size 0, which silently meant the 25 MiB default,
+        # is refused by its coerce, optionvalues.size: SMTP SIZE, RFC 1870,
+        # has no way to say a smaller limit than one octet.)
         base = self["port-base"]
         if base is not None and not 0 <= base <= 65535:
             raise usage.UsageError("--port-base wants a number from 0 to 65535")

@@ -106,7 +106,7 @@ def _quota(text: str | None) -> int | None:
     try:
         return parse_size(text)
     except ValueError as e:
-        raise TableError(f"--quota: {e}") from None
+        raise TableError(f"--quota {e}") from None
 
 
 def db_main(argv: list[str]) -> int:

@@ -19,7 +19,12 @@ brought up together by C{mailhub-admin db upgrade}).
    hub holds it (a lease) while it is being sent.
  - C{ftp_node}: the FTP/SFTP file system (C{--ftp-filesystem
    postgresql}): one row per file or folder, keyed by (parent, name); a
-   file's bytes are a large object, read and written in chunks.
+   file's bytes are a large object, read and written in chunks. C{mode}
+   holds the permission bits a client set (SFTP SETSTAT, FTP SITE CHMOD;
+   L{twisted_mailhub.ftp.vfs.kept_mode}), NULL the defaults (files 0644,
+   folders 0755); C{modified} the modification time, a folder's moved
+   when an entry in it is added, removed or renamed, as on disk. No
+   access time is kept (every download would be a write on the database).
 
 C{mailhub_cluster_schema} holds the version. A hub creates the tables in a
 database that has none; a database at an older version is refused at start
@@ -32,7 +37,7 @@ from typing import Any
 
 from twisted_mailhub.store import pgschema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # NOTIFY channels
 ACCOUNTS_CHANNEL = "mailhub_accounts"
@@ -86,6 +91,11 @@ CREATE TABLE ftp_node (
     content     oid,                            -- a file's large object
     UNIQUE NULLS NOT DISTINCT (parent_id, name)
 );
+""",
+    # 2: the permission bits of a file or folder (NULL: 0644 / 0755, what
+    # every row had before).
+    1: """
+ALTER TABLE ftp_node ADD COLUMN mode integer CHECK (mode BETWEEN 0 AND 4095);
 """,
 }
 

@@ -130,6 +130,15 @@ class TransferAborted(Exception):
     """ABOR, or the control connection went away."""
 
 
+def _reset(reason: Any) -> bool:
+    """
+    Did the TCP connection end with C{reason} other than by a close (a
+    FIN): a reset (the client died, or gave up), which Twisted's TCP
+    transport reports as C{ConnectionLost}? Never the end of a file.
+    """
+    return not reason.check(error.ConnectionDone)
+
+
 class TransferFailed(Exception):
     """The data connection broke before the transfer was complete."""
 
@@ -284,6 +293,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         self.callLater = channel.reactor.callLater  # TimeoutMixin's clock
         self.done: defer.Deferred | None = None
         self.tls = False
+        self._tcp_end: Any = None  # how the TCP connection under TLS ended (_watch_tcp_end)
         self.bytes = 0
         self._writer = None
         self._ascii = False
@@ -308,8 +318,26 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
             # TLS connection before that (an empty listing) breaks it.
             self.transport.startTLS(self.channel.tls, normal=not self.channel.active_mode)
             self.tls = True
+            self._watch_tcp_end()
             return
         self.channel._connected(self)
+
+    def _watch_tcp_end(self) -> None:
+        """
+        Keep how the TCP connection under TLS ended (L{_tcp_end}): the TLS
+        layer reports a reset and a close without close_notify alike
+        (C{ConnectionLost}), and only the second may end a file.
+        """
+        tls_layer = getattr(self.transport, "protocol", None)
+        lost = getattr(tls_layer, "connectionLost", None)
+        if lost is None or getattr(tls_layer, "wrappedProtocol", None) is not self:
+            return
+
+        def connection_lost(reason):
+            self._tcp_end = reason
+            return lost(reason)
+
+        tls_layer.connectionLost = connection_lost
 
     def handshakeCompleted(self):
         self.channel._connected(self)
@@ -398,8 +426,17 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
             if self._held:
                 self._writer.write(self._held)
                 self._held = b""
-            if reason.check(error.ConnectionDone) or self.tls:
-                # End of file is the client closing (RFC 959 §3.4, stream mode).
+            if not self.channel.reactor.running:
+                # The hub is stopping: the reactor drops every connection
+                # (disconnectAll). That is no end of file, whatever the
+                # transport says (a TLS one was taken as one, and the
+                # partial upload went in place under its name).
+                self.done.errback(TransferFailed("the hub stopped during the upload"))
+            elif reason.check(error.ConnectionDone) or (self.tls and not _reset(self._tcp_end or reason)):
+                # End of file is the client closing (RFC 959 §3.4, stream
+                # mode); over TLS many clients close without close_notify,
+                # so a TCP close is one, but not a reset (the client died
+                # or gave up: the TLS layer said "lost" for both).
                 self.done.callback(self.bytes)
             else:
                 self.done.errback(TransferFailed("the data connection broke"))

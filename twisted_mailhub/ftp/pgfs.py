@@ -62,6 +62,7 @@ from twisted_mailhub.ftp.vfs import (
     IMailhubShell,
     is_listed_name,
     is_partial_name,
+    kept_mode,
     partial_name,
     partial_name_refused,
 )
@@ -76,13 +77,23 @@ WRITE_EVERY = 1024 * 1024
 
 
 class _Node:
-    __slots__ = ("id", "is_folder", "size", "modified", "content")
+    __slots__ = ("id", "is_folder", "size", "modified", "content", "mode")
 
     def __init__(self, row):
-        self.id, self.is_folder, self.size, self.modified, self.content = row
+        self.id, self.is_folder, self.size, self.modified, self.content, self.mode = row
 
 
-_COLUMNS = "id, is_folder, size, modified, content"
+_COLUMNS = "id, is_folder, size, modified, content, mode"
+
+
+def _touch(conn: Any, *folder_ids: int) -> None:
+    """
+    A folder's modification time moves when an entry in it is added,
+    removed or renamed, as on disk. Last in its transaction, the folders
+    in id order: the row locks are taken after every other and always in
+    one order, so two changes never wait for each other in a circle.
+    """
+    conn.execute("UPDATE ftp_node SET modified = %s WHERE id = ANY(%s)", (time.time(), sorted(set(folder_ids))))
 
 
 def _child(conn: Any, parent: int, name: str) -> _Node | None:
@@ -211,8 +222,8 @@ class PostgresWriter:
         self.written = 0
         self._held: list[bytes] = []
         self._held_bytes = 0
-        # Asked for while open (SFTP FSETSTAT): the modification time the
-        # row gets at close (access times and modes are not kept here).
+        # Asked for while open (SFTP FSETSTAT): the modification time and
+        # mode the row gets at close (no access time is kept here).
         self.times: tuple[float | None, float] | None = None
         self.mode: int | None = None
 
@@ -303,9 +314,10 @@ class PostgresWriter:
                     _drop_content(conn, old[2])
                     conn.execute("DELETE FROM ftp_node WHERE id = %s", (old[0],))
                 conn.execute(
-                    "UPDATE ftp_node SET name = %s, size = %s, modified = %s WHERE id = %s",
-                    (self.name, size, self.times[1] if self.times is not None else time.time(), self.part_id),
+                    "UPDATE ftp_node SET name = %s, size = %s, modified = %s, mode = %s WHERE id = %s",
+                    (self.name, size, self.times[1] if self.times is not None else time.time(), None if self.mode is None else kept_mode(self.mode, False), self.part_id),
                 )
+                _touch(conn, self.parent)
 
         return self.shell._later(put_in_place)
 
@@ -436,13 +448,15 @@ class PostgresShell:
             if not path:
                 raise _Trouble(ftp.FileExistsError("/"))
             parent = self._parent(conn, path)
-            made = conn.execute(
-                "INSERT INTO ftp_node (parent_id, name, is_folder, modified) VALUES (%s, %s, true, %s)"
-                " ON CONFLICT DO NOTHING RETURNING id",
-                (parent.id, path[-1], time.time()),
-            ).fetchone()
-            if made is None:
-                raise _Trouble(ftp.FileExistsError(_shown(path)))
+            with conn.transaction():
+                made = conn.execute(
+                    "INSERT INTO ftp_node (parent_id, name, is_folder, modified) VALUES (%s, %s, true, %s)"
+                    " ON CONFLICT DO NOTHING RETURNING id",
+                    (parent.id, path[-1], time.time()),
+                ).fetchone()
+                if made is None:
+                    raise _Trouble(ftp.FileExistsError(_shown(path)))
+                _touch(conn, parent.id)
 
         return self._now(make)
 
@@ -459,15 +473,19 @@ class PostgresShell:
             # inside counts, as its file does on disk.
             if conn.execute("SELECT 1 FROM ftp_node WHERE parent_id = %s LIMIT 1", (node.id,)).fetchone():
                 raise _Trouble(FileActionError(f"{_shown(path)[:200]}: Directory not empty"))
-            conn.execute("DELETE FROM ftp_node WHERE id = %s", (node.id,))
+            with conn.transaction():
+                gone = conn.execute("DELETE FROM ftp_node WHERE id = %s RETURNING parent_id", (node.id,)).fetchone()
+                if gone is not None:
+                    _touch(conn, gone[0])
 
         return self._now(remove)
 
     def setTimes(self, path, accessed, modified):
         """
         L{IMailhubShell.setTimes}: the row's modification time, committed
-        before the Deferred fires. This file system keeps no access time
-        and fixed modes (0644, folders 0755): it has no C{setPermissions}.
+        before the Deferred fires. No access time is kept (C{accessed} is
+        not stored; SFTP shows the modification time for both): keeping
+        one would make every download a write on the shared database.
         """
 
         def change(conn):
@@ -480,13 +498,33 @@ class PostgresShell:
 
         return self._later(change)
 
+    def setPermissions(self, path, mode):
+        """
+        L{IMailhubShell.setPermissions}: the row's mode, as
+        L{kept_mode} keeps it, committed before the Deferred fires with it.
+        """
+
+        def change(conn):
+            self._writable(path)
+            if not path:
+                raise _Trouble(ftp.PermissionDeniedError("/"))
+            with conn.transaction():
+                node = self._existing(conn, path)
+                kept = kept_mode(mode, node.is_folder)
+                conn.execute("UPDATE ftp_node SET mode = %s WHERE id = %s", (kept, node.id))
+            return kept
+
+        return self._later(change)
+
     def removeFile(self, path):
         def remove(conn):
             self._writable(path)
             node = self._existing(conn, path)
             if node.is_folder:
                 raise _Trouble(ftp.IsADirectoryError(_shown(path)))
-            self._remove_node(conn, node.id, node.content)
+            with conn.transaction():
+                self._remove_node(conn, node.id, node.content)
+                _touch(conn, self._parent(conn, path).id)
 
         return self._now(remove)
 
@@ -517,7 +555,9 @@ class PostgresShell:
                         raise _Trouble(ftp.FileExistsError(_shown(toPath)))
                     _drop_content(conn, target.content)
                     conn.execute("DELETE FROM ftp_node WHERE id = %s", (target.id,))
+                old_parent = conn.execute("SELECT parent_id FROM ftp_node WHERE id = %s", (node.id,)).fetchone()[0]
                 conn.execute("UPDATE ftp_node SET parent_id = %s, name = %s WHERE id = %s", (parent.id, toPath[-1], node.id))
+                _touch(conn, old_parent, parent.id)
 
         return self._now(move)
 
@@ -600,7 +640,7 @@ class PostgresShell:
                         "INSERT INTO ftp_node (parent_id, name, is_folder, size, modified, content) VALUES (%s, %s, false, %s, %s, %s) RETURNING id",
                         (parent.id, hidden, size, time.time(), oid),
                     ).fetchone()[0]
-                    part = _Node((part_id, False, size, time.time(), oid))
+                    part = _Node((part_id, False, size, time.time(), oid, None))
                 start = part.size if append else offset
                 if start != part.size:
                     # Shorter, or longer (SFTP SETSTAT size): lo_truncate
@@ -633,7 +673,9 @@ class PostgresShell:
         if key == "directory":
             return node.is_folder
         if key == "permissions":
-            return (statmod.S_IFDIR | 0o755) if node.is_folder else (statmod.S_IFREG | 0o644)
+            if node.is_folder:
+                return statmod.S_IFDIR | (0o755 if node.mode is None else node.mode)
+            return statmod.S_IFREG | (0o644 if node.mode is None else node.mode)
         if key == "hardlinks":
             return 1
         if key == "modified":
@@ -762,9 +804,10 @@ def copy_tree(conn: Any, local_root: str, segments: list[str]) -> tuple[int, int
                             break
                         conn.execute("SELECT lo_put(%s, %s, %s)", (oid, size, chunk))
                         size += len(chunk)
+                st = os.stat(path)
                 conn.execute(
-                    "INSERT INTO ftp_node (parent_id, name, is_folder, size, modified, content) VALUES (%s, %s, false, %s, %s, %s)",
-                    (parent, name, size, os.stat(path).st_mtime, oid),
+                    "INSERT INTO ftp_node (parent_id, name, is_folder, size, modified, content, mode) VALUES (%s, %s, false, %s, %s, %s, %s)",
+                    (parent, name, size, st.st_mtime, oid, kept_mode(st.st_mode, False)),
                 )
             files += 1
     return folders, files

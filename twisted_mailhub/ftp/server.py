@@ -48,6 +48,7 @@ from twisted.protocols import ftp
 from twisted.python import failure
 from zope.interface import implementer
 
+from twisted_mailhub.errorwords import no_room
 from twisted_mailhub.ftp.data import (
     DataChannel,
     DataState,
@@ -437,7 +438,7 @@ class MailhubFTP(ftp.FTP):
     def command_failed(self, reason):
         if is_out_of_space(reason.value):
             # RFC 959 §4.2: 452, insufficient storage; one log line, no traceback.
-            log.warn("ftp: insufficient system storage ({error})", error=reason.value.__cause__ or reason.value)
+            log.warn("ftp: {why}", why=no_room(reason.value))
             self.sendLine("452 Requested action not taken: insufficient storage space.")
             return True
         self.sendLine("451 Requested action aborted: local error in processing.")

@@ -55,6 +55,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
+from twisted_mailhub.errorwords import no_room
 from twisted_mailhub.imap.arguments import Atom, String, arg_everything
 from twisted_mailhub.imap.condstore import uid_set_text
 from twisted_mailhub.imap.urls import BadURL, read_url
@@ -256,7 +257,7 @@ class AppendCommands:
         reason = failures[0]
         if is_out_of_space(reason.value):
             # RFC 5530 §3: OVERQUOTA, as Dovecot answers a full disk.
-            log.warn("APPEND not stored: insufficient system storage ({error})", error=reason.value.__cause__ or reason.value)
+            log.warn("APPEND not stored: {why}", why=no_room(reason.value))
             why = getattr(reason.value, "reason", "not enough disk space").encode("utf-8")
             self.sendNegativeResponse(tag, b"[OVERQUOTA] APPEND failed: " + why + (b", message not stored" if len(results) == 1 else b"; nothing appended"))
             return

@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
+from twisted_mailhub.errorwords import no_room
 from twisted_mailhub.imap.condstore import uid_runs_text, uid_set_text
 from twisted_mailhub.imap.wire import arg_finalastring, client_text
 from twisted_mailhub.store.interfaces import NoSuchMessage, is_out_of_space
@@ -128,7 +129,7 @@ class ChangeCommands:
         def failed(reason):
             if is_out_of_space(reason.value):
                 # RFC 5530 §3; the store took back the copies it had made.
-                log.warn("{command} not done: insufficient system storage ({error})", command=command.decode(), error=reason.value.__cause__ or reason.value)
+                log.warn("{command} not done: {why}", command=command.decode(), why=no_room(reason.value))
                 why = getattr(reason.value, "reason", "not enough disk space").encode("utf-8")
                 self.sendNegativeResponse(tag, b"[OVERQUOTA] " + command + b" failed: " + why + b"; nothing was copied")
                 return

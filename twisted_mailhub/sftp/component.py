@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from twisted_mailhub.hub import ListenerSpec
+from twisted_mailhub.optionvalues import size
 
 log = Logger()
 
@@ -22,7 +23,7 @@ listeners = [
 
 option_parameters = [
     ["sftp-max-handles", None, 256, "Open files and directories one SFTP session may hold.", int],
-    ["sftp-max-packet", None, 256 * 1024, "Largest SFTP request accepted, in bytes (a larger one ends the session).", int],
+    ["sftp-max-packet", None, 256 * 1024, "Largest SFTP request accepted: octets, or a size such as 256K, from 1K to 16M (a larger one ends the session).", size("sftp-max-packet", 1024, 16 * 1024 * 1024)],
     ["sftp-idle-timeout", None, 600, "Seconds an SSH connection may sit idle.", float],
     ["sftp-login-timeout", None, 120, "Seconds an SSH client may take, in all, to log in (sshd's LoginGraceTime).", float],
 ]
@@ -35,8 +36,6 @@ option_lists = [
 def check_options(options) -> None:
     if int(options.get("sftp-max-handles") or 0) < 1:
         raise usage.UsageError("--sftp-max-handles wants a number of 1 or more")
-    if not 1024 <= int(options.get("sftp-max-packet") or 0) <= 16 * 1024 * 1024:
-        raise usage.UsageError("--sftp-max-packet wants 1024 to 16777216 bytes")
     for name in ("sftp-idle-timeout", "sftp-login-timeout"):
         if float(options.get(name) or 0) <= 0:
             raise usage.UsageError(f"--{name} must be a positive number of seconds")

@@ -803,7 +803,7 @@ class SFTPServer(protocol.Protocol):
             times = getattr(handle.writer, "times", None)
             facts = {
                 "size": max(handle.end, handle.bytes),
-                "permissions": 0o100000 | (kept_mode(mode, False) if mode is not None and hasattr(handle.writer, "file") else 0o644),
+                "permissions": 0o100000 | (kept_mode(mode, False) if mode is not None else 0o644),
                 "modified": times[1] if times is not None else time.time(),
             }
             return self._run(request, rid, handle.path, defer.succeed(facts), self._attrs_answer(rid))
@@ -896,7 +896,7 @@ class SFTPServer(protocol.Protocol):
         if isinstance(handle_or_segments, WriteHandle):
             writer = handle_or_segments.writer
             if "permissions" in attrs:
-                if hasattr(writer, "mode") and hasattr(writer, "file"):
+                if hasattr(writer, "mode"):
                     writer.mode = attrs["permissions"]
                     said.append(f"mode {kept_mode(attrs['permissions'], False):04o} at close")
                 else:

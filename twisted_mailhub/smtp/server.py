@@ -60,6 +60,7 @@ from zope.interface import implementer
 from twisted.mail._cred import PLAINCredentials
 
 from twisted_mailhub.accounts import challenge_response_offered
+from twisted_mailhub.errorwords import no_room
 from twisted_mailhub.hub import is_secure, peer_host
 from twisted_mailhub.lines import LineEngine, control_note, has_control, quote
 from twisted_mailhub.smtp.delivery import (
@@ -434,7 +435,7 @@ class MailhubSMTP(smtp.ESMTP):
             self.state, self.challenger = COMMAND, None
         if is_out_of_space(reason.value):
             # RFC 3463 §3.4 (X.3.1): one log line, no traceback.
-            log.warn("{cid}: insufficient system storage ({error})", cid=self.connection_id, error=reason.value.__cause__ or reason.value)
+            log.warn("{cid}: {why}", cid=self.connection_id, why=no_room(reason.value))
             self.reply(452, "4.3.1 Insufficient system storage")
             return True
         self.reply(451, "4.3.0 Error: local error in processing")
@@ -1007,7 +1008,7 @@ class MailhubSMTP(smtp.ESMTP):
             return self.reply(552, f"5.2.2 <{e.address}>: Mailbox full")
         if is_out_of_space(reason.value):
             # RFC 3463 §3.4 (X.3.1): one line, no traceback; nothing was kept.
-            log.warn("{cid}: message not stored: insufficient system storage ({error})", cid=self.connection_id, error=reason.value.__cause__ or reason.value)
+            log.warn("{cid}: message not stored: {why}", cid=self.connection_id, why=no_room(reason.value))
             return self.reply(452, "4.3.1 Insufficient system storage")
         from twisted_mailhub.store.interfaces import StoreUnavailable
 

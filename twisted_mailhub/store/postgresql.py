@@ -161,8 +161,11 @@ def _connect(dsn: str) -> Any:
 
 
 def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    """The first line of a driver error, or an error's words (L{errorwords.error_words}: no Twisted or Python text)."""
+    from twisted_mailhub.errorwords import error_words
+
+    text = error_words(e).strip().splitlines()
+    return text[0] if text else "an error with no description"
 
 
 def _is_connection_error(e: BaseException) -> bool:
@@ -584,6 +587,13 @@ class CommitConnection:
             self._lost(e)
 
     def connectionLost(self, reason) -> None:
+        # The reactor "disconnects" every descriptor it watches as it stops
+        # (disconnectAll, after crash: no longer running), with Twisted's
+        # "lost in a non-clean fashion": nothing was lost, the store closes
+        # this connection after the shutdown.
+        if not self.committer.reactor.running and self.batch is None:
+            self._drop()
+            return
         self._lost(reason.value)
 
     # -- a batch ------------------------------------------------------------
@@ -1951,6 +1961,11 @@ class ChangeListener:
 
     def connectionLost(self, reason) -> None:
         self._drop()
+        if not self.store.reactor.running:
+            # The reactor stopping (disconnectAll, see CommitConnection): no
+            # loss to log or to make good; the store closes after it.
+            self._stopping = True
+            return
         self._failed(reason)
 
     def _drop(self) -> None:

@@ -48,7 +48,7 @@ from twisted_mailhub.web.errors import Refused
 from twisted_mailhub.web.explain import FAMILY, explain
 from twisted_mailhub.web.message import visible
 from twisted_mailhub.web.pages import render_page
-from twisted_mailhub.web.site import client_host, form_value, redirect
+from twisted_mailhub.web.site import client_host, form_value, number_value, redirect
 
 log = Logger()
 
@@ -410,6 +410,10 @@ def transcript_markdown(record: Any) -> str:
     return "\n".join(out) + "\n"
 
 
+#: The largest ?after= of the live socket: an event number of 63 bits.
+AFTER_MOST = 2**63 - 1
+
+
 class LiveSocket(resource.Resource):
     """
     C{/console/live}: the WebSocket. Only a signed-in browser of this very
@@ -441,6 +445,10 @@ class LiveSocket(resource.Resource):
         user = self.face.user(request)
         if user is None or not _same_origin(request):
             raise Refused(403, "The live console's socket is for a signed-in page of this site: log in and open /console.")
+        # ?after=SEQ: the last event the page has (a number past every
+        # event replays nothing; one that is no number is a 400, not 0,
+        # which replayed the whole session).
+        request.mailhub_after = number_value(request, "after", 0, 0, AFTER_MOST)
         return self.websocket.render_GET(request)
 
     def buildProtocol(self, request):
@@ -450,13 +458,12 @@ class LiveSocket(resource.Resource):
         # The channel's own connectionLost (with the hub's connection
         # counting) is replaced by the upgrade; keep calling it.
         channel_lost = channel.connectionLost
-        after = form_value(request, "after", "0")
         watcher = ConsoleWatcher(
             self.face.hub,
             self.face.user(request),
             client_host(request),
             form_value(request, "session") or None,
-            int(after) if after.isascii() and after.isdigit() and len(after) <= 18 else 0,  # ("²".isdigit() too)
+            getattr(request, "mailhub_after", 0),
             channel_lost,
         )
         watcher.channel = channel

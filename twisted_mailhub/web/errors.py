@@ -42,6 +42,8 @@ from twisted.logger import Logger
 from twisted.web import http, resource
 from twisted.web.error import UnsupportedMethod
 
+from twisted_mailhub.errorwords import no_room
+
 log = Logger()
 
 # RFC 9110 §9 and RFC 5789: a method the server knows, refused at one
@@ -135,9 +137,12 @@ def refusal(request: Any, error: BaseException) -> Refused:
     if is_out_of_space(error):
         from twisted_mailhub.quota import QuotaExceeded
 
-        log.warn("web: {method} {path}: insufficient system storage ({error})", method=method, path=_path(request), error=error)
+        log.warn("web: {method} {path}: {why}", method=method, path=_path(request), why=no_room(error))
         if isinstance(error, QuotaExceeded):
-            return Refused(507, f"Your mailbox is full ({error.reason}): nothing was changed. Delete some mail (empty the Trash) and try again.")
+            # (said once: "Your mailbox is full (mailbox full (...))" was the reason's words again)
+            if error.incoming > error.limit:
+                return Refused(507, f"That is too large for your mailbox: {error.detail}. Nothing was changed.")
+            return Refused(507, f"Your mailbox is full ({error.detail}): nothing was changed. Delete some mail (empty the Trash) and try again.")
         return Refused(507)
     if isinstance(error, NoSuchMessage):
         return Refused(404, "That message is not here (any more): another mail program may have deleted or moved it meanwhile. Nothing was changed.", back=_folder_of(request))

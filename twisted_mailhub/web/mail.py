@@ -56,7 +56,7 @@ from twisted_mailhub.web import offload
 from twisted_mailhub.web.errors import Refused, refusal
 from twisted_mailhub.web.pages import page_bytes, post_form, render_page
 from twisted_mailhub.web.sanitize import html_text, sanitize_html
-from twisted_mailhub.web.site import client_host, form_value, redirect, request_secure
+from twisted_mailhub.web.site import client_host, form_value, number_value, redirect, request_secure
 
 log = Logger()
 
@@ -135,6 +135,8 @@ def _forbidden() -> Refused:
 
 
 FORM_EXPIRED = "The form had expired, or did not come from this site's page: nothing was changed. Reload the page and try again."
+# (a browser cannot be given files back: a draft keeps its text only)
+_NO_FILES = " Attach the files again: they could not be kept."
 
 
 def _page_later(request: Any, session: Any, make: Any, *args: Any) -> defer.Deferred:
@@ -410,10 +412,12 @@ class FolderPages(resource.Resource):
         """
         if self.name not in EMPTIED:
             raise Refused(400, "Only Trash and Junk are emptied at once; nothing was changed.", back=folder_url(self.name))
-        below = form_value(request, "below")
-        if not _whole(below):
+        if form_value(request, "below") == "":
             raise Refused(400, "That form did not say which messages it listed; nothing was changed. Reload the page and try again.", back=folder_url(self.name))
-        uids = [i.uid for i in folder.messages() if i.uid < int(below)]
+        # (a UIDNEXT: 1 to 2**32, RFC 3501 §2.3.1.1; more would take what
+        # another client moved here since the page was made)
+        below = number_value(request, "below", 1, 1, 2**32, clamp=False)
+        uids = [i.uid for i in folder.messages() if i.uid < below]
         if uids:
             folder.expunge(uids, origin=self)
 
@@ -451,8 +455,9 @@ class FolderPages(resource.Resource):
             except BadSearch as e:
                 infos, problem = [], str(e)
         pages = max(1, math.ceil(len(infos) / PAGE_SIZE))
-        page = form_value(request, "page", "1")
-        page = min(max(int(page) if _whole(page) else 1, 1), pages)
+        # A page past the last is the last (also past 12 digits: it was
+        # page 1); a page that is no whole number is a 400 saying so.
+        page = number_value(request, "page", 1, 1, pages)
         newest_first = infos[::-1][(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
         rows = []
         for info in newest_first:
@@ -774,10 +779,33 @@ class ComposePage(resource.Resource):
     def render(self, request):
         session = self.face.session(request)
         if session is None or session.user is None:
+            if request.method == b"POST" and not any(p != b"" for p in request.postpath):
+                # A message posted with no session (the hub restarted, the
+                # session timed out, the user logged out in another tab):
+                # the login form, holding what was typed; once logged in
+                # it comes back in the compose form, to check and send.
+                fields, files = _form_data(request)
+                from twisted_mailhub.web.site import login_keeping_draft
+
+                return login_keeping_draft(self.face, request, draft_of(fields), attached=bool(files))
             return redirect(request, "/login?next=" + quote(request.uri.decode("utf-8", "replace"), safe="/"))
         if any(p != b"" for p in request.postpath):
             raise _not_found("There is no page at this address.", back=COMPOSE)
         return Compose(self.face, session).render(request)
+
+
+#: The compose form's fields a draft keeps across a login (L{draft_of}).
+DRAFT_FIELDS = ("to", "cc", "subject", "body", "in-reply-to", "forward-of")
+
+
+def draft_of(fields: dict[str, str]) -> dict[str, str]:
+    """What was typed in a compose form (C{fields}), by L{DRAFT_FIELDS}: nothing else (no token) is carried."""
+    return {name: fields[name] for name in DRAFT_FIELDS if fields.get(name)}
+
+
+def draft_again(face: Any, session: Any, request: Any, draft: dict[str, str], note: str) -> bytes:
+    """The compose form of C{session} filled with C{draft}, C{note} above it; nothing is sent until the user presses Send."""
+    return Compose(face, session)._again(request, draft, note, code=200)
 
 
 def _address_field(boxes: list[tuple[str, str]]) -> Any:
@@ -911,7 +939,9 @@ class Compose(resource.Resource):
         fields, files = _form_data(request)
         token = fields.get("csrf", "")
         if not self.session.csrf_ok(token):
-            raise _forbidden()
+            # (a page of an older session, or of another site: nothing is
+            # sent, and what was typed comes back to check and send)
+            return self._again(request, fields, "This form had expired (you logged in again since it was made, or it did not come from this site's page): the message was not sent. Check it and press Send." + (_NO_FILES if files else ""), code=403)
         user = self.session.user
         problem = unsendable(fields)
         if problem:

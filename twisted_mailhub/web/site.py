@@ -140,6 +140,32 @@ def form_value(request: Any, name: str, default: str = "") -> str:
     return values[0].decode("utf-8", "replace")
 
 
+def number_value(request: Any, name: str, default: int, low: int, high: int, clamp: bool = True) -> int:
+    """
+    A numeric query or form parameter of the web face (C{?page=},
+    C{below}, C{after}): C{default} when absent or empty; a whole number
+    in ASCII digits of any length is brought into C{low}..C{high} with
+    C{clamp} (C{?page=99999999999999}: the last page), else refused;
+    anything else (C{-1}, C{1.5}, C{abc}, C{²}) is refused. A refusal is
+    L{errors.Refused} 400 naming the parameter and its range.
+    """
+    from twisted_mailhub.lines import quote as shown
+    from twisted_mailhub.web.errors import Refused
+
+    text = form_value(request, name, "")
+    if text == "":
+        return default
+    if text.isascii() and text.isdigit():
+        digits = text.lstrip("0") or "0"
+        # (compared by length first: int() of 5,000 digits raises)
+        number = high + 1 if len(digits) > len(str(high)) else int(digits)
+        if low <= number <= high:
+            return number
+        if clamp:
+            return min(max(number, low), high)
+    raise Refused(400, f"{name} wants a whole number from {low} to {high}, not {shown(text, 40) or 'nothing'}.")
+
+
 def redirect(request: Any, location: str, code: int = 303) -> bytes:
     """Answer C{request} with a redirect to C{location}."""
     request.setResponseCode(code)
@@ -386,14 +412,18 @@ class LoginPage(resource.Resource):
         resource.Resource.__init__(self)
         self.face = face
 
-    def _form(self, request, session, message: str = "", code: int = 200, username: str = ""):
-        next_path = local_path(form_value(request, "next", "/"))
+    def _form(self, request, session, message: str = "", code: int = 200, username: str = "", draft: dict[str, str] | None = None, next_path: str | None = None):
+        next_path = next_path or local_path(form_value(request, "next", "/"))
+        if draft is None:
+            draft = _draft_in(request) if request.method == b"POST" else {}
         content = [
             tags.p(message, class_="error", role="alert") if message else "",
             post_form(
                 "/login",
                 session,
                 tags.input(type="hidden", name="next", value=next_path),
+                # A message typed before the session ended (login_keeping_draft).
+                *(tags.input(type="hidden", name=DRAFT_PREFIX + name, value=value) for name, value in draft.items()),
                 tags.label("Address ", tags.input(type="text", name="username", value=username, autocomplete="username", required="required", autofocus="autofocus")),
                 tags.label("Password ", tags.input(type="password", name="password", autocomplete="current-password", required="required")),
                 tags.button("Log in", type="submit"),
@@ -423,7 +453,12 @@ class LoginPage(resource.Resource):
 
         def ok(result):
             _, avatar, logout = result
-            self.face.start_session(request, avatar, logout)
+            new = self.face.start_session(request, avatar, logout)
+            draft = _draft_in(request)
+            if draft:
+                from twisted_mailhub.web.mail import draft_again
+
+                return draft_again(self.face, new, request, draft, "Your message was not sent: here it is as you typed it. Check it and press Send.")
             return redirect(request, local_path(form_value(request, "next", "/")))
 
         def failed(reason):
@@ -432,6 +467,34 @@ class LoginPage(resource.Resource):
 
         # (anything else, e.g. the accounts database down: the one error path)
         return d.addCallbacks(ok, failed)
+
+
+#: The login form's hidden fields that hold a draft: draft-to, draft-body, ...
+DRAFT_PREFIX = "draft-"
+
+
+def _draft_in(request: Any) -> dict[str, str]:
+    """The draft a login form carries (C{draft-NAME} fields), as compose form fields."""
+    from twisted_mailhub.web.mail import DRAFT_FIELDS
+
+    return {name: form_value(request, DRAFT_PREFIX + name) for name in DRAFT_FIELDS if form_value(request, DRAFT_PREFIX + name)}
+
+
+def login_keeping_draft(face: WebFace, request: Any, draft: dict[str, str], attached: bool = False) -> bytes:
+    """
+    The answer to a compose form posted without a session: the login form
+    (401) holding C{draft} (L{twisted_mailhub.web.mail.DRAFT_FIELDS}), so
+    that what was typed is not lost; after the login it comes back in the
+    compose form, unsent (a page of another site could post one: the user
+    sees it and decides).
+    """
+    session = face.session(request)
+    if session is None:
+        session = face.start_session(request)
+    words = "You were logged out (the server restarted, or the session ended): your message was not sent. Log in and it comes back, as you typed it, to send."
+    if attached:
+        words += " Its attachments could not be kept: attach them again."
+    return LoginPage(face)._form(request, session, words, code=401, draft=draft, next_path="/compose")
 
 
 class LogoutPage(resource.Resource):
