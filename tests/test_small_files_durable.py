@@ -386,7 +386,7 @@ class ReactorFlushTests(unittest.TestCase):
         self.assertTrue(self.journal.jobs, "no rewrite asked for")
         self.journal.run_jobs()
         self.assertEqual(self.in_reactor, [])
-        self.assertEqual(self.journal.flushed(), [os.path.realpath(listing) + ".tmp", os.path.realpath(folder.directory)])
+        self.assertEqual(self.journal.flushed(), [f"{os.path.realpath(listing)}.{os.getpid()}.tmp", os.path.realpath(folder.directory)])
         with open(listing, encoding="utf-8") as f:
             lines = f.read().splitlines()
         self.assertEqual(len(lines), 5)  # the header and one line each

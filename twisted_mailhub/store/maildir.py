@@ -1018,8 +1018,9 @@ class MaildirFolder:
     def _rewrite_uidlist(self) -> bool:
         """
         Rewrite the list to drop its repeated and dead lines. With the
-        account's L{SmallFiles} and no other worker (not --workers): the
-        text is made here, from the table, and written to a tmp file,
+        account's L{SmallFiles}: the text is made here, from the table
+        (under --workers with the other processes' lines it does not know,
+        under the folder's lock), and written to a tmp file,
         fsynced, renamed over the list and its directory fsynced in a
         worker thread (an fsync in the reactor stalls every session), with
         the list's lock held from the check to the directory's flush, so
@@ -1033,7 +1034,7 @@ class MaildirFolder:
         Raises as L{_write_uidlist} does.
         """
         flusher = self._flusher
-        if flusher is None or self._shared:
+        if flusher is None:
             self._write_uidlist()
             return True
         if self._rewriting:
@@ -1042,17 +1043,24 @@ class MaildirFolder:
         lines = [(table.uids[i], self._row_line(table, i)) for i in range(len(table))]
         lines.extend((e.info.uid, self._uidlist_line(e)) for e in list(self._pending.values()) if e.info.uid)
         lines.sort()
-        text = (f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n" + "".join(line for _, line in lines)).encode("utf-8")
+        texts = [line for _, line in lines]
         path = self._uidlist_path()
+        fsync, lock, directory, is_shared = flusher.fsync, self._uidlist_lock, self.directory, self._shared
         try:
-            size = os.stat(path).st_size
+            with lock:
+                if is_shared:
+                    # Other processes' lines for messages still on their way stay.
+                    shared.catch_up(self, _parse_line)
+                    texts = shared.merged_lines(self, texts, _format_line)
+                st = os.stat(path)
         except OSError as e:
             raise storage_error(e) from e
+        text = (f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n" + "".join(texts)).encode("utf-8")
+        seen = (st.st_ino, st.st_size)
         extra = self._extra_lines
-        fsync, lock, directory = flusher.fsync, self._uidlist_lock, self.directory
 
         def rewrite() -> bool:
-            tmp = path + ".tmp"
+            tmp = f"{path}.{os.getpid()}.tmp"  # (--workers: each its own)
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
                 try:
@@ -1065,7 +1073,8 @@ class MaildirFolder:
                 finally:
                     os.close(fd)
                 with lock:
-                    if os.stat(path).st_size != size:
+                    now = os.stat(path)
+                    if (now.st_ino, now.st_size) != seen:
                         os.unlink(tmp)
                         return False
                     os.replace(tmp, path)
@@ -1074,6 +1083,8 @@ class MaildirFolder:
                         fsync(fd)
                     finally:
                         os.close(fd)
+                    if is_shared:
+                        self._list_position = shared.ListPosition.now(path)
                 return True
             except BaseException:
                 try:
