@@ -1439,6 +1439,10 @@ class MaildirFolder:
         self._hold(flush)
         if self.creation_flush is None:
             self.creation_flush = flush  # (the account's durable() tells a failure)
+        else:
+            # (the load's own flush is the account's; this one's failure is
+            # told to those waiting (unsettled()) and logged, once)
+            flush.addErrback(lambda reason: log.warn("UID list of {path}: lines of new messages not flushed ({error})", path=self.directory, error=error_words(reason.value)))
 
     def _first_look(self, mtimes: tuple[int, int]) -> list[tuple[str, str, str]]:
         """
