@@ -392,6 +392,34 @@ class ReactorFlushTests(unittest.TestCase):
         gc.collect()  # (a Deferred failing with nobody to take it logs "Unhandled error" and a traceback here)
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_a_deleted_folders_files_are_removed_in_a_thread_and_leftovers_at_the_next_open(self):
+        import shutil
+
+        account = self.store.account("alice@example.org")
+        folder = account.create_folder("Big")
+        for i in range(20):
+            self.put_in(folder, f"1700000000.M{i}P1Q{i}.mda", "cur")
+        self.journal.run_jobs()
+        removals = []
+        real = shutil.rmtree
+        self.patch(shutil, "rmtree", lambda path, **kw: (removals.append(path), real(path, **kw)))
+        account.delete_folder("Big")
+        self.assertEqual(account.folders(), ["INBOX"])  # gone at once for every reader
+        self.assertEqual(removals, [])  # (before: its files were removed here, in the reactor)
+        aside = [e for e in os.listdir(account.path) if e.startswith("mailhub-deleted.")]
+        self.assertEqual(len(aside), 1)
+        self.journal.run_jobs()
+        self.assertEqual(removals, [os.path.join(account.path, aside[0])])
+        self.assertEqual([e for e in os.listdir(account.path) if e.startswith("mailhub-deleted.")], [])
+        # A removal a crash cut short: finished at the account's next open.
+        left = os.path.join(account.path, "mailhub-deleted.1.1")
+        os.makedirs(os.path.join(left, "cur"))
+        self.store._accounts.clear()
+        again = self.store.account("alice@example.org")
+        self.assertEqual(again.folders(), ["INBOX"])
+        self.journal.run_jobs()
+        self.assertFalse(os.path.exists(left))
+
     def test_a_uid_list_rewritten_after_removals_is_flushed_in_a_thread(self):
         from twisted_mailhub.store import maildir
 

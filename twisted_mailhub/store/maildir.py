@@ -179,6 +179,8 @@ UIDVALIDITY_FILE = "mailhub-uidvalidity"  # the account's highest UIDVALIDITY so
 # Files another program put in, listed with their name's S= on trust and
 # not read yet, and what reading them found (see MaildirFolder._check).
 UNCHECKED = "mailhub-unchecked"
+# A folder DELETE renamed aside, its files being removed (MaildirAccount.delete_folder).
+DELETED_PREFIX = "mailhub-deleted."
 # --workers: a UID list (and UIDVALIDITY) one process made at a load and
 # has not flushed yet, "<pid> <boot id>". Another process that loads the
 # folder meanwhile flushes it itself before it tells its UIDs
@@ -2914,6 +2916,7 @@ class MaildirAccount:
         self._rename_over: defer.Deferred | None = None  # fires when the last RENAME asked for is done
         os.makedirs(path, exist_ok=True)
         self._redo_rename()
+        self._remove_deleted()
 
     def _flushed(self, d: defer.Deferred) -> None:
         """Keep a flush's failure for the next L{durable} (logged once)."""
@@ -3020,18 +3023,51 @@ class MaildirAccount:
         return folder
 
     def delete_folder(self, name: str) -> None:
-        import shutil
-
+        """
+        Delete the folder C{name} (RFC 3501 §6.3.4): its directory is
+        renamed aside at once (gone for every reader; the rename is made
+        durable with the account's directory, L{durable}), then its files
+        are removed in a worker thread: a folder of 100,000 messages is
+        100,000 unlinks, which held every session of the process. A
+        removal a crash cut short is finished at the account's next open
+        (L{_remove_deleted}). Raises L{BadFolderName} for INBOX,
+        L{NoSuchFolder}, C{OSError}.
+        """
         name = normalize_folder_name(name)
         if name == INBOX:
             raise BadFolderName("INBOX cannot be deleted")
         path = self._folder_path(name)
         if not os.path.isdir(path):
             raise NoSuchFolder(name)
-        shutil.rmtree(path)
+        # (no leading dot: never taken for a Maildir++ folder by folders())
+        aside = os.path.join(self.path, f"{DELETED_PREFIX}{os.getpid()}.{next(_counter)}")
+        os.rename(path, aside)
         self._folders.pop(name, None)
         self._sync_account_directory()
+        self._remove_later([aside])
         # (its subscription stays: L{renamed_subscriptions})
+
+    def _remove_deleted(self) -> None:
+        """At the account's open: remove the folders a DELETE renamed aside and a crash (or a stop) left."""
+        try:
+            left = [os.path.join(self.path, e) for e in os.listdir(self.path) if e.startswith(DELETED_PREFIX)]
+        except OSError:
+            return
+        if left:
+            self._remove_later(left)
+
+    def _remove_later(self, paths: list[str]) -> None:
+        """Remove the directory trees C{paths} in a worker thread (SmallFiles.in_thread); a failure is logged (the next open tries again)."""
+        import shutil
+
+        def remove() -> None:
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+
+        def failed(reason: Failure) -> None:
+            log.warn("{path}: a deleted folder's files not removed yet ({error})", path=self.path, error=error_words(reason.value))
+
+        self.small_files.in_thread(remove).addErrback(failed)
 
     def _check_rename(self, old: str, new: str) -> None:
         """Raises L{BadFolderName}, L{NoSuchFolder} or L{FolderExists} when C{old} cannot become C{new} (both normalized)."""
