@@ -503,3 +503,33 @@ def test_twisteds_listen_and_connect_errors_are_said_in_words():
     ]
     for line in said:
         assert "Errno" not in line and "98" not in line and "Error" not in line
+
+
+def test_the_copy_an_append_or_rest_starts_from_is_made_off_the_reactor(tmp_path, monkeypatch):
+    # APPE (or REST then STOR) on a complete file continues on a copy of
+    # it: a file of gigabytes was copied in the reactor, every session
+    # waiting. The copy is made where _off_reactor runs it (a thread).
+    from twisted_mailhub.ftp import vfs
+
+    jobs = []
+
+    def later(function):
+        d = defer.Deferred()
+        jobs.append((function, d))
+        return d
+
+    monkeypatch.setattr(vfs, "_off_reactor", later, raising=False)
+    shell = DiskShell(str(tmp_path))
+    (tmp_path / "f").write_bytes(b"0123456789")
+    opening = shell.openForWritingAt(["f"], 0, True)
+    assert not opening.called and not (tmp_path / partial_name("f")).exists()  # (before: copied here)
+    [(function, d)] = jobs
+    d.callback(function())
+    w = result_of(opening)
+    w.write(b"!")
+    w.file.close()
+    assert (tmp_path / partial_name("f")).read_bytes() == b"0123456789!"
+    # A plain STOR copies nothing: opened at once.
+    w = result_of(shell.openForWritingAt(["g"], 0, False))
+    w.discard()
+    assert len(jobs) == 1

@@ -469,6 +469,15 @@ def error_words(e: OSError) -> str:
     return _ERRNO_WORDS.get(e.errno, "the server's file system refused it (its log says why)")
 
 
+def _off_reactor(function: Any) -> defer.Deferred:
+    """A Deferred of C{function()} called in the reactor's thread pool; at once when no reactor turns (a script, a unit test)."""
+    from twisted.internet import reactor
+
+    if not getattr(reactor, "running", False):
+        return defer.maybeDeferred(function)
+    return threads.deferToThread(function)
+
+
 def _fail(e: OSError, segments) -> defer.Deferred:
     path = "/" + "/".join(segments)
     if e.errno in _KNOWN_ERRNOS:
@@ -728,26 +737,47 @@ class DiskShell:
             if os.path.isdir(p):
                 return defer.fail(ftp.IsADirectoryError("/" + "/".join(path)))
             resumed = bool(append or offset) and os.path.exists(part)
-            if (append or offset) and not resumed and os.path.isfile(p):
-                # Continue a complete file on a copy: it stays whole until
-                # the new version is.
-                shutil.copyfile(p, part)
-            elif not resumed:
-                _unlink_quietly(part)
-            if append:
-                f = open(part, "ab")
-            elif offset:
-                fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
-                f = os.fdopen(fd, "wb")
-                f.seek(offset)
-                f.truncate(offset)
-            else:
-                f = open(part, "wb")
+            # Continue a complete file on a copy: it stays whole until the
+            # new version is.
+            copy = bool(append or offset) and not resumed and os.path.isfile(p)
         except OSError as e:
-            if e.errno in _NO_SPACE:
-                _unlink_quietly(part)
             return _fail(e, path)
-        return defer.succeed(FileWriter(f, part, final=p, fresh=not resumed))
+
+        def opened() -> FileWriter:
+            try:
+                if copy:
+                    shutil.copyfile(p, part)
+                elif not resumed:
+                    _unlink_quietly(part)
+                if append:
+                    f = open(part, "ab")
+                elif offset:
+                    fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+                    f = os.fdopen(fd, "wb")
+                    f.seek(offset)
+                    f.truncate(offset)
+                else:
+                    f = open(part, "wb")
+            except OSError as e:
+                if e.errno in _NO_SPACE:
+                    _unlink_quietly(part)
+                raise
+            return FileWriter(f, part, final=p, fresh=not resumed)
+
+        if copy:
+            # The copy of a whole file (gigabytes, for an APPE) in a
+            # thread: the reactor serves every other session meanwhile.
+            d = _off_reactor(opened)
+
+            def failed(reason):
+                reason.trap(OSError)
+                return _fail(reason.value, path)
+
+            return d.addErrback(failed)
+        try:
+            return defer.succeed(opened())
+        except OSError as e:
+            return _fail(e, path)
 
     def uniqueName(self, path):
         if self.readonly:
