@@ -45,6 +45,7 @@ import os
 import shutil
 import pwd
 import stat as statmod
+import time
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -233,6 +234,9 @@ def is_listed_name(name: str) -> bool:
     return not is_partial_name(name) and not any(ord(c) < 32 or ord(c) == 127 for c in name)
 
 
+# A file this big (octets) removed by DELE / SFTP REMOVE is renamed out of
+# sight and unlinked in a thread (FileSystem.removeFile).
+UNLINK_LATER_OVER = 64 * 1024 * 1024
 PARTIAL_MAX_AGE = 36 * 3600  # seconds an interrupted upload is kept for a resume (Maildir tmp/'s limit)
 
 
@@ -618,13 +622,35 @@ class DiskShell:
         p, err = self._write_guard(path, follow=False)
         if err:
             return err
+        hidden = None
         try:
             if os.path.isdir(p) and not os.path.islink(p):
                 return defer.fail(ftp.IsADirectoryError("/" + "/".join(path)))
-            os.remove(p)
+            st = os.lstat(p)
+            if statmod.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size >= UNLINK_LATER_OVER:
+                # A big file: its name goes now (renamed to a hidden
+                # partial name beside it: no listing shows it, and one a
+                # crash leaves is removed with old partial uploads), its
+                # blocks are freed in a thread (an unlink of gigabytes
+                # waits on the file system, and held every session).
+                hidden = os.path.join(os.path.dirname(p), "." + hashlib.sha256(os.fsencode(f"{p}\0{os.getpid()}\0{time.time_ns()}")).hexdigest()[:40] + PARTIAL_SUFFIX)
+                os.rename(p, hidden)
+            else:
+                os.remove(p)
         except OSError as e:
             return _fail(e, path)
-        return self._durable([p], path)
+        d = self._durable([p], path)
+        if hidden is not None:
+
+            def unlink() -> None:
+                _unlink_quietly(hidden)
+
+            def freed(result):
+                _off_reactor(unlink).addErrback(lambda reason: log.warn("ftp file system: {path} not removed yet ({error})", path=hidden, error=error_words(reason.value)))
+                return result
+
+            d.addBoth(freed)
+        return d
 
     def rename(self, fromPath, toPath):
         a, err = self._write_guard(fromPath, follow=False)
