@@ -329,6 +329,10 @@ class ReactorFlushTests(unittest.TestCase):
         changes = []
         folder.add_listener(changes.append)
         self.put_in(folder, "1700000000.M1P1Q1.mda")
+        # Another MDA's: bare LF line ends, its S= their size.
+        bare = b"Subject: bare LF\n\nbody\n"
+        with open(os.path.join(folder.directory, "new", f"1700000001.M2P1Q2.mda,S={len(bare)}"), "wb") as f:
+            f.write(bare)
         del self.journal.events[:]
         self.record_reactor_flushes()
         waiting = folder.unsettled()
@@ -336,17 +340,17 @@ class ReactorFlushTests(unittest.TestCase):
         self.assertIsNotNone(waiting, "a message found is told before its UID is durable")
         self.assertEqual(folder.messages(), [])
         self.assertEqual(changes, [])
+        self.patch(os, "fsync", Journal.real_fsync)  # (what the jobs, "the thread", do is not the reactor's)
         self.journal.run_jobs()
         self.assertEqual(self.in_reactor, [])
-        self.assertEqual([c.added for c in changes], [(1,)])
-        self.assertEqual([i.uid for i in folder.messages()], [1])
-        flushed = self.journal.flushed()
-        directory = os.path.realpath(folder.directory)
-        # mailhub-unchecked before the list names the file listed on trust
-        self.assertLess(flushed.index(os.path.join(directory, "mailhub-unchecked")), flushed.index(os.path.join(directory, "mailhub-uidlist")))
+        self.assertEqual([c.added for c in changes], [(1, 2)])
+        self.assertEqual([(i.uid, i.size) for i in folder.messages()], [(1, 31), (2, len(bare) + 3)])  # (read and made CRLF before it was told)
+        with open(os.path.join(folder.directory, "new", f"1700000001.M2P1Q2.mda,S={len(bare)}"), "rb") as f:
+            self.assertEqual(f.read(), bare.replace(b"\n", b"\r\n"))
+        self.assertIn(os.path.join(os.path.realpath(folder.directory), "mailhub-uidlist"), self.journal.flushed())
         self.assertIsNone(folder.unsettled())
         again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
-        self.assertEqual([(i.uid, i.key) for i in again.messages()], [(1, "1700000000.M1P1Q1.mda,S=31")])
+        self.assertEqual([(i.uid, i.key, i.size) for i in again.messages()], [(1, "1700000000.M1P1Q1.mda,S=31", 31), (2, f"1700000001.M2P1Q2.mda,S={len(bare)}", len(bare) + 3)])
 
     def test_files_found_at_a_load_are_flushed_in_a_thread_before_they_are_told(self):
         account = self.store.account("alice@example.org")

@@ -1341,18 +1341,52 @@ class MaildirFolder:
             entries.append(entry)
             self._pending[base] = entry
             self._recent.discard(info.uid)  # (given when told)
-        data = "".join(self._row_line(table, i) for i in positions).encode("utf-8")
         table.remove(positions)
         self._changes += 1
         flusher = self._flusher
-        unchecked = bool(self._checks_unsaved and self._unchecked)
-        if unchecked:
-            self._save_unchecked()  # (written here, flushed in the thread)
-            first = flusher.sync_files([self._unchecked_path()], [])
-        else:
-            first = defer.succeed(None)
+        directory = self.directory
+        trusted = [(entry, f"{directory}/{entry.subdir}/{entry.filename}") for entry in entries if entry.info.key in self._unchecked]
+
+        def check() -> list:
+            # (in the thread) Files listed on trust read now, before they
+            # are told: made CRLF in place if another MDA stored bare LFs
+            # (tmp, fsync, rename: the fsync off the reactor), their size
+            # on the wire found. None for a file not checked now.
+            found = []
+            for entry, path in trusted:
+                try:
+                    found.append(_to_crlf_in_place(path))
+                except NotAMessageFile:
+                    found.append(False)
+                except OSError:
+                    found.append(None)  # (gone or unreadable: checked when needed, as before)
+            return found
+
+        def checked(found: list) -> defer.Deferred:
+            for (entry, _), result in zip(trusted, found):
+                base = entry.info.key
+                if result is None:
+                    continue
+                self._unchecked.discard(base)
+                if result is False:
+                    continue  # (a FIFO now: told as listed)
+                size, shown, _ = result
+                downgraded = int(shown[len(",D=") :]) if shown else 0
+                if size != entry.info.size or downgraded:
+                    info = entry.info
+                    entry.info = MessageInfo(info.uid, base, info.flags, size, info.internal_date)
+                    self._kept[base] = (size, downgraded)
+            if any(entry.info.key in self._unchecked for entry, _ in trusted):
+                self._save_unchecked()  # (written here, flushed in the thread)
+                return flusher.sync_files([self._unchecked_path()], [])
+            if trusted:
+                self._save_unchecked()  # (checked: no flush needed, as any check's)
+            return defer.succeed(None)
+
+        first = flusher.in_thread(check).addCallback(checked) if trusted else defer.succeed(None)
 
         def append(_: Any) -> defer.Deferred:
+            data = "".join(self._uidlist_line(entry) for entry in entries).encode("utf-8")
             try:
                 with self._uidlist_lock:
                     os.close(append_lines(self._uidlist_path(), data, sync=False))
