@@ -355,6 +355,34 @@ class FolderMadeAgainTests(unittest.TestCase):
         self.assertEqual(fresh.messages(), [])
 
 
+class InboxMadeAgainTests(unittest.TestCase):
+    def setUp(self):
+        self.patch(shared, "ENABLED", True)
+        self.patch(shared, "announce", None)
+        self.root = self.mktemp()
+        self.a = MaildirStore(self.root, hostname="a").account(ADDRESS)
+        self.b = MaildirStore(self.root, hostname="b").account(ADDRESS)
+
+    @defer.inlineCallbacks
+    def test_an_inbox_whose_list_another_worker_made_again_is_opened_afresh(self):
+        yield self.a.folder(INBOX).deliver(MESSAGE)
+        old = self.b.folder(INBOX)
+        self.assertEqual(len(old.messages()), 1)
+        # Worker a loses the list and makes it again (a new UIDVALIDITY).
+        os.unlink(os.path.join(self.a.path, UIDLIST))
+        self.a._folders.clear()
+        made = self.a.folder(INBOX)
+        yield made.unsettled()
+        self.assertNotEqual(made.uid_validity, old.uid_validity)
+        old._dir_mtimes = None
+        with self.assertRaises(NoSuchFolder):
+            old.messages()
+        fresh = self.b.folder(INBOX)  # (before: the old object, NoSuchFolder for ever)
+        self.assertIsNot(fresh, old)
+        self.assertEqual(fresh.uid_validity, made.uid_validity)
+        self.assertEqual(len(fresh.messages()), 1)
+
+
 class SharedRewriteTests(unittest.TestCase):
     """Under --workers too, a UID list rewritten whole is flushed in a worker thread, never in the reactor."""
 

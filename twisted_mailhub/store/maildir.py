@@ -2995,7 +2995,7 @@ class MaildirAccount:
     def folder(self, name: str) -> MaildirFolder:
         if name == INBOX:  # every delivery: the canonical name, looked up at once
             folder = self._folders.get(INBOX)
-            if folder is not None:
+            if folder is not None and not folder.made_again_elsewhere:
                 return folder
         name = normalize_folder_name(name)
         folder = self._folders.get(name)
