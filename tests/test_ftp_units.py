@@ -503,3 +503,63 @@ def test_twisteds_listen_and_connect_errors_are_said_in_words():
     ]
     for line in said:
         assert "Errno" not in line and "98" not in line and "Error" not in line
+
+
+def test_the_copy_an_append_or_rest_starts_from_is_made_off_the_reactor(tmp_path, monkeypatch):
+    # APPE (or REST then STOR) on a complete file continues on a copy of
+    # it: a file of gigabytes was copied in the reactor, every session
+    # waiting. The copy is made where _off_reactor runs it (a thread).
+    from twisted_mailhub.ftp import vfs
+
+    jobs = []
+
+    def later(function):
+        d = defer.Deferred()
+        jobs.append((function, d))
+        return d
+
+    monkeypatch.setattr(vfs, "_off_reactor", later, raising=False)
+    shell = DiskShell(str(tmp_path))
+    (tmp_path / "f").write_bytes(b"0123456789")
+    opening = shell.openForWritingAt(["f"], 0, True)
+    assert not opening.called and not (tmp_path / partial_name("f")).exists()  # (before: copied here)
+    [(function, d)] = jobs
+    d.callback(function())
+    w = result_of(opening)
+    w.write(b"!")
+    w.file.close()
+    assert (tmp_path / partial_name("f")).read_bytes() == b"0123456789!"
+    # A plain STOR copies nothing: opened at once.
+    w = result_of(shell.openForWritingAt(["g"], 0, False))
+    w.discard()
+    assert len(jobs) == 1
+
+
+def test_a_big_file_removed_is_gone_at_once_and_its_blocks_are_freed_off_the_reactor(tmp_path, monkeypatch):
+    # DELE of a file of gigabytes: its unlink waits on the file system
+    # while it frees the blocks; it ran in the reactor, every session waiting.
+    from twisted_mailhub.ftp import vfs
+
+    jobs = []
+
+    def later(function):
+        d = defer.Deferred()
+        jobs.append((function, d))
+        return d
+
+    monkeypatch.setattr(vfs, "_off_reactor", later, raising=False)
+    monkeypatch.setattr(vfs, "UNLINK_LATER_OVER", 1000, raising=False)
+    shell = DiskShell(str(tmp_path))
+    (tmp_path / "big").write_bytes(b"x" * 5000)
+    (tmp_path / "small").write_bytes(b"x" * 10)
+    removed = []
+    shell.removeFile(["big"]).addBoth(removed.append)
+    assert removed == [None]  # answered once the name's removal is durable
+    assert [name for name, _ in result_of(shell.list([], ("size",)))] == ["small"]  # gone for every reader
+    [hidden] = [n for n in os.listdir(tmp_path) if n not in ("small",)]
+    assert (tmp_path / hidden).stat().st_size == 5000  # (before: unlinked in the call)
+    [(function, d)] = jobs
+    d.callback(function())
+    assert sorted(os.listdir(tmp_path)) == ["small"]
+    result_of(shell.removeFile(["small"]))  # (a small one: unlinked at once)
+    assert os.listdir(tmp_path) == [] and len(jobs) == 1

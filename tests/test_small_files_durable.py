@@ -329,6 +329,10 @@ class ReactorFlushTests(unittest.TestCase):
         changes = []
         folder.add_listener(changes.append)
         self.put_in(folder, "1700000000.M1P1Q1.mda")
+        # Another MDA's: bare LF line ends, its S= their size.
+        bare = b"Subject: bare LF\n\nbody\n"
+        with open(os.path.join(folder.directory, "new", f"1700000001.M2P1Q2.mda,S={len(bare)}"), "wb") as f:
+            f.write(bare)
         del self.journal.events[:]
         self.record_reactor_flushes()
         waiting = folder.unsettled()
@@ -336,17 +340,17 @@ class ReactorFlushTests(unittest.TestCase):
         self.assertIsNotNone(waiting, "a message found is told before its UID is durable")
         self.assertEqual(folder.messages(), [])
         self.assertEqual(changes, [])
+        self.patch(os, "fsync", Journal.real_fsync)  # (what the jobs, "the thread", do is not the reactor's)
         self.journal.run_jobs()
         self.assertEqual(self.in_reactor, [])
-        self.assertEqual([c.added for c in changes], [(1,)])
-        self.assertEqual([i.uid for i in folder.messages()], [1])
-        flushed = self.journal.flushed()
-        directory = os.path.realpath(folder.directory)
-        # mailhub-unchecked before the list names the file listed on trust
-        self.assertLess(flushed.index(os.path.join(directory, "mailhub-unchecked")), flushed.index(os.path.join(directory, "mailhub-uidlist")))
+        self.assertEqual([c.added for c in changes], [(1, 2)])
+        self.assertEqual([(i.uid, i.size) for i in folder.messages()], [(1, 31), (2, len(bare) + 3)])  # (read and made CRLF before it was told)
+        with open(os.path.join(folder.directory, "new", f"1700000001.M2P1Q2.mda,S={len(bare)}"), "rb") as f:
+            self.assertEqual(f.read(), bare.replace(b"\n", b"\r\n"))
+        self.assertIn(os.path.join(os.path.realpath(folder.directory), "mailhub-uidlist"), self.journal.flushed())
         self.assertIsNone(folder.unsettled())
         again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
-        self.assertEqual([(i.uid, i.key) for i in again.messages()], [(1, "1700000000.M1P1Q1.mda,S=31")])
+        self.assertEqual([(i.uid, i.key, i.size) for i in again.messages()], [(1, "1700000000.M1P1Q1.mda,S=31", 31), (2, f"1700000001.M2P1Q2.mda,S={len(bare)}", len(bare) + 3)])
 
     def test_files_found_at_a_load_are_flushed_in_a_thread_before_they_are_told(self):
         account = self.store.account("alice@example.org")
@@ -365,6 +369,60 @@ class ReactorFlushTests(unittest.TestCase):
         self.journal.run_jobs()
         self.assertIsNone(folder.unsettled())
         self.assertEqual(len(folder.messages()), 3)
+
+    def test_a_failed_flush_of_files_found_at_a_load_is_told_to_its_waiters_and_leaves_no_traceback(self):
+        import gc
+
+        account = self.store.account("alice@example.org")
+        folder = account.folder("INBOX")
+        self.journal.run_jobs()
+        self.put_in(folder, "1700000000.M1P1Q1.mda", "cur")
+        os.unlink(os.path.join(folder.directory, "mailhub-uidlist"))  # (lost: made again at the next load)
+        account._folders.clear()
+
+        def failing(fd):
+            raise OSError(5, "Input/output error")
+
+        self.store.small_files.fsync = failing
+        folder = account.folder("INBOX")
+        waiting = folder.unsettled()
+        failures = []
+        waiting.addErrback(failures.append)
+        self.journal.run_jobs()
+        self.assertEqual([f.value.errno for f in failures], [5])
+        told = []
+        account.durable().addErrback(told.append)
+        self.assertEqual(len(told), 1)  # (the load's own flush: the account's durable() tells it)
+        gc.collect()  # (a Deferred failing with nobody to take it logs "Unhandled error" and a traceback here)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_a_deleted_folders_files_are_removed_in_a_thread_and_leftovers_at_the_next_open(self):
+        import shutil
+
+        account = self.store.account("alice@example.org")
+        folder = account.create_folder("Big")
+        for i in range(20):
+            self.put_in(folder, f"1700000000.M{i}P1Q{i}.mda", "cur")
+        self.journal.run_jobs()
+        removals = []
+        real = shutil.rmtree
+        self.patch(shutil, "rmtree", lambda path, **kw: (removals.append(path), real(path, **kw)))
+        account.delete_folder("Big")
+        self.assertEqual(account.folders(), ["INBOX"])  # gone at once for every reader
+        self.assertEqual(removals, [])  # (before: its files were removed here, in the reactor)
+        aside = [e for e in os.listdir(account.path) if e.startswith("mailhub-deleted.")]
+        self.assertEqual(len(aside), 1)
+        self.journal.run_jobs()
+        self.assertEqual(removals, [os.path.join(account.path, aside[0])])
+        self.assertEqual([e for e in os.listdir(account.path) if e.startswith("mailhub-deleted.")], [])
+        # A removal a crash cut short: finished at the account's next open.
+        left = os.path.join(account.path, "mailhub-deleted.1.1")
+        os.makedirs(os.path.join(left, "cur"))
+        self.store._accounts.clear()
+        again = self.store.account("alice@example.org")
+        self.assertEqual(again.folders(), ["INBOX"])
+        self.journal.run_jobs()
+        self.assertFalse(os.path.exists(left))
 
     def test_a_uid_list_rewritten_after_removals_is_flushed_in_a_thread(self):
         from twisted_mailhub.store import maildir
@@ -386,7 +444,7 @@ class ReactorFlushTests(unittest.TestCase):
         self.assertTrue(self.journal.jobs, "no rewrite asked for")
         self.journal.run_jobs()
         self.assertEqual(self.in_reactor, [])
-        self.assertEqual(self.journal.flushed(), [os.path.realpath(listing) + ".tmp", os.path.realpath(folder.directory)])
+        self.assertEqual(self.journal.flushed(), [f"{os.path.realpath(listing)}.{os.getpid()}.tmp", os.path.realpath(folder.directory)])
         with open(listing, encoding="utf-8") as f:
             lines = f.read().splitlines()
         self.assertEqual(len(lines), 5)  # the header and one line each

@@ -353,3 +353,85 @@ class FolderMadeAgainTests(unittest.TestCase):
         self.assertIsNot(fresh, old)
         self.assertEqual(fresh.uid_validity, made.uid_validity)
         self.assertEqual(fresh.messages(), [])
+
+
+class InboxMadeAgainTests(unittest.TestCase):
+    def setUp(self):
+        self.patch(shared, "ENABLED", True)
+        self.patch(shared, "announce", None)
+        self.root = self.mktemp()
+        self.a = MaildirStore(self.root, hostname="a").account(ADDRESS)
+        self.b = MaildirStore(self.root, hostname="b").account(ADDRESS)
+
+    @defer.inlineCallbacks
+    def test_an_inbox_whose_list_another_worker_made_again_is_opened_afresh(self):
+        yield self.a.folder(INBOX).deliver(MESSAGE)
+        old = self.b.folder(INBOX)
+        self.assertEqual(len(old.messages()), 1)
+        # Worker a loses the list and makes it again (a new UIDVALIDITY).
+        os.unlink(os.path.join(self.a.path, UIDLIST))
+        self.a._folders.clear()
+        made = self.a.folder(INBOX)
+        yield made.unsettled()
+        self.assertNotEqual(made.uid_validity, old.uid_validity)
+        old._dir_mtimes = None
+        with self.assertRaises(NoSuchFolder):
+            old.messages()
+        fresh = self.b.folder(INBOX)  # (before: the old object, NoSuchFolder for ever)
+        self.assertIsNot(fresh, old)
+        self.assertEqual(fresh.uid_validity, made.uid_validity)
+        self.assertEqual(len(fresh.messages()), 1)
+
+
+class SharedRewriteTests(unittest.TestCase):
+    """Under --workers too, a UID list rewritten whole is flushed in a worker thread, never in the reactor."""
+
+    def setUp(self):
+        from twisted_mailhub.store import maildir
+        from twisted_mailhub.store.smallfiles import SmallFiles
+
+        self.patch(shared, "ENABLED", True)
+        self.patch(shared, "announce", None)
+        self.patch(maildir, "EXTRA_LINES_SLACK", 0)
+        self.root = self.mktemp()
+        self.jobs = []
+
+        def run(function, *args):
+            d = defer.Deferred()
+            self.jobs.append((d, function, args))
+            return d
+
+        stores = [MaildirStore(self.root, hostname=name) for name in ("a", "b")]
+        for store in stores:
+            store.small_files = SmallFiles(run=run)
+        self.a, self.b = (store.account(ADDRESS).folder(INBOX) for store in stores)
+
+    def run_jobs(self):
+        while self.jobs:
+            d, function, args = self.jobs.pop(0)
+            d.callback(function(*args))
+
+    @defer.inlineCallbacks
+    def test_a_rewrite_by_one_worker_is_flushed_off_the_reactor_and_read_by_the_other(self):
+        self.run_jobs()  # (each folder's new UID list, made at its load)
+        for _ in range(3):
+            yield self.a.deliver(MESSAGE)
+        self.run_jobs()
+        uids = [i.uid for i in self.a.messages()]
+        self.assertEqual([i.uid for i in self.b.messages()], uids)
+        in_reactor = []
+        record = lambda fd: in_reactor.append(os.readlink(f"/proc/self/fd/{fd}"))  # noqa: E731
+        self.patch(os, "fsync", record)
+        self.patch(os, "fdatasync", record)
+        self.a.set_flags(uids, ["$One"], "add")
+        self.a.set_flags(uids, ["$Two"], "add")  # (6 lines more than messages: over the slack)
+        self.assertEqual(in_reactor, [])  # (it made 1 before: the new list)
+        self.assertTrue(self.jobs, "no rewrite asked for")
+        self.run_jobs()
+        self.assertEqual(in_reactor, [])
+        with open(os.path.join(self.a.directory, UIDLIST), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 4, lines)  # the header and one line each
+        self.b._dir_mtimes = None
+        self.b.refresh()
+        self.assertEqual([sorted(i.flags) for i in self.b.messages()], [["$One", "$Two"]] * 3)

@@ -29,7 +29,9 @@ class _Request:
         self.headers[name] = value
 
 
-class StatePollTests(unittest.TestCase):
+class _ThreeMessages(unittest.TestCase):
+    """A Maildir INBOX of three unread messages; C{self.walks} counts walks over its messages."""
+
     def setUp(self):
         self.store = MaildirStore(self.mktemp(), GroupCommitWriter(task.Clock()), hostname="test")
         self.folder = self.store.account("alice@example.org").folder("INBOX")
@@ -47,6 +49,8 @@ class StatePollTests(unittest.TestCase):
 
         self.folder.messages = counting
 
+
+class StatePollTests(_ThreeMessages):
     def poll(self) -> dict:
         return json.loads(self.page.state(_Request(), self.folder))
 
@@ -64,3 +68,29 @@ class StatePollTests(unittest.TestCase):
         [name] = [n for n in os.listdir(cur) if n.endswith(":2,S")]
         os.unlink(os.path.join(cur, name))  # (another program removed it)
         self.assertEqual((self.poll()["count"], self.poll()["unseen"]), (2, 2))
+
+
+class ApiFoldersPollTests(_ThreeMessages):
+    """GET /api/v1/accounts/me/folders (polled by scripts too): the same counts, kept."""
+
+    def test_the_folders_endpoint_walks_no_message_while_nothing_changed(self):
+        from twisted.internet import defer
+
+        from twisted_mailhub.web.api import ApiResource, Caller
+
+        api = ApiResource.__new__(ApiResource)
+        api.hub = type("Hub", (), {"store": self.store})()
+        caller = Caller("alice@example.org", False)
+
+        def folders():
+            result = []
+            defer.ensureDeferred(api.api_folders(None, caller, "me")).addCallback(result.append)
+            return result[0]["folders"]
+
+        self.assertEqual(folders(), [{"name": "INBOX", "messages": 3, "unseen": 3}])
+        walks = self.walks
+        for _ in range(3):
+            folders()
+        self.assertEqual(self.walks, walks)  # (each call walked every message before)
+        self.folder.set_flags([self.folder.messages()[0].uid], ["\\Seen"], "add")
+        self.assertEqual(folders(), [{"name": "INBOX", "messages": 3, "unseen": 2}])

@@ -45,6 +45,7 @@ import os
 import shutil
 import pwd
 import stat as statmod
+import time
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -233,6 +234,9 @@ def is_listed_name(name: str) -> bool:
     return not is_partial_name(name) and not any(ord(c) < 32 or ord(c) == 127 for c in name)
 
 
+# A file this big (octets) removed by DELE / SFTP REMOVE is renamed out of
+# sight and unlinked in a thread (FileSystem.removeFile).
+UNLINK_LATER_OVER = 64 * 1024 * 1024
 PARTIAL_MAX_AGE = 36 * 3600  # seconds an interrupted upload is kept for a resume (Maildir tmp/'s limit)
 
 
@@ -469,6 +473,15 @@ def error_words(e: OSError) -> str:
     return _ERRNO_WORDS.get(e.errno, "the server's file system refused it (its log says why)")
 
 
+def _off_reactor(function: Any) -> defer.Deferred:
+    """A Deferred of C{function()} called in the reactor's thread pool; at once when no reactor turns (a script, a unit test)."""
+    from twisted.internet import reactor
+
+    if not getattr(reactor, "running", False):
+        return defer.maybeDeferred(function)
+    return threads.deferToThread(function)
+
+
 def _fail(e: OSError, segments) -> defer.Deferred:
     path = "/" + "/".join(segments)
     if e.errno in _KNOWN_ERRNOS:
@@ -609,13 +622,35 @@ class DiskShell:
         p, err = self._write_guard(path, follow=False)
         if err:
             return err
+        hidden = None
         try:
             if os.path.isdir(p) and not os.path.islink(p):
                 return defer.fail(ftp.IsADirectoryError("/" + "/".join(path)))
-            os.remove(p)
+            st = os.lstat(p)
+            if statmod.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size >= UNLINK_LATER_OVER:
+                # A big file: its name goes now (renamed to a hidden
+                # partial name beside it: no listing shows it, and one a
+                # crash leaves is removed with old partial uploads), its
+                # blocks are freed in a thread (an unlink of gigabytes
+                # waits on the file system, and held every session).
+                hidden = os.path.join(os.path.dirname(p), "." + hashlib.sha256(os.fsencode(f"{p}\0{os.getpid()}\0{time.time_ns()}")).hexdigest()[:40] + PARTIAL_SUFFIX)
+                os.rename(p, hidden)
+            else:
+                os.remove(p)
         except OSError as e:
             return _fail(e, path)
-        return self._durable([p], path)
+        d = self._durable([p], path)
+        if hidden is not None:
+
+            def unlink() -> None:
+                _unlink_quietly(hidden)
+
+            def freed(result):
+                _off_reactor(unlink).addErrback(lambda reason: log.warn("ftp file system: {path} not removed yet ({error})", path=hidden, error=error_words(reason.value)))
+                return result
+
+            d.addBoth(freed)
+        return d
 
     def rename(self, fromPath, toPath):
         a, err = self._write_guard(fromPath, follow=False)
@@ -728,26 +763,47 @@ class DiskShell:
             if os.path.isdir(p):
                 return defer.fail(ftp.IsADirectoryError("/" + "/".join(path)))
             resumed = bool(append or offset) and os.path.exists(part)
-            if (append or offset) and not resumed and os.path.isfile(p):
-                # Continue a complete file on a copy: it stays whole until
-                # the new version is.
-                shutil.copyfile(p, part)
-            elif not resumed:
-                _unlink_quietly(part)
-            if append:
-                f = open(part, "ab")
-            elif offset:
-                fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
-                f = os.fdopen(fd, "wb")
-                f.seek(offset)
-                f.truncate(offset)
-            else:
-                f = open(part, "wb")
+            # Continue a complete file on a copy: it stays whole until the
+            # new version is.
+            copy = bool(append or offset) and not resumed and os.path.isfile(p)
         except OSError as e:
-            if e.errno in _NO_SPACE:
-                _unlink_quietly(part)
             return _fail(e, path)
-        return defer.succeed(FileWriter(f, part, final=p, fresh=not resumed))
+
+        def opened() -> FileWriter:
+            try:
+                if copy:
+                    shutil.copyfile(p, part)
+                elif not resumed:
+                    _unlink_quietly(part)
+                if append:
+                    f = open(part, "ab")
+                elif offset:
+                    fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+                    f = os.fdopen(fd, "wb")
+                    f.seek(offset)
+                    f.truncate(offset)
+                else:
+                    f = open(part, "wb")
+            except OSError as e:
+                if e.errno in _NO_SPACE:
+                    _unlink_quietly(part)
+                raise
+            return FileWriter(f, part, final=p, fresh=not resumed)
+
+        if copy:
+            # The copy of a whole file (gigabytes, for an APPE) in a
+            # thread: the reactor serves every other session meanwhile.
+            d = _off_reactor(opened)
+
+            def failed(reason):
+                reason.trap(OSError)
+                return _fail(reason.value, path)
+
+            return d.addErrback(failed)
+        try:
+            return defer.succeed(opened())
+        except OSError as e:
+            return _fail(e, path)
 
     def uniqueName(self, path):
         if self.readonly:

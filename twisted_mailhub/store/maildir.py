@@ -179,6 +179,8 @@ UIDVALIDITY_FILE = "mailhub-uidvalidity"  # the account's highest UIDVALIDITY so
 # Files another program put in, listed with their name's S= on trust and
 # not read yet, and what reading them found (see MaildirFolder._check).
 UNCHECKED = "mailhub-unchecked"
+# A folder DELETE renamed aside, its files being removed (MaildirAccount.delete_folder).
+DELETED_PREFIX = "mailhub-deleted."
 # --workers: a UID list (and UIDVALIDITY) one process made at a load and
 # has not flushed yet, "<pid> <boot id>". Another process that loads the
 # folder meanwhile flushes it itself before it tells its UIDs
@@ -1018,8 +1020,9 @@ class MaildirFolder:
     def _rewrite_uidlist(self) -> bool:
         """
         Rewrite the list to drop its repeated and dead lines. With the
-        account's L{SmallFiles} and no other worker (not --workers): the
-        text is made here, from the table, and written to a tmp file,
+        account's L{SmallFiles}: the text is made here, from the table
+        (under --workers with the other processes' lines it does not know,
+        under the folder's lock), and written to a tmp file,
         fsynced, renamed over the list and its directory fsynced in a
         worker thread (an fsync in the reactor stalls every session), with
         the list's lock held from the check to the directory's flush, so
@@ -1033,7 +1036,7 @@ class MaildirFolder:
         Raises as L{_write_uidlist} does.
         """
         flusher = self._flusher
-        if flusher is None or self._shared:
+        if flusher is None:
             self._write_uidlist()
             return True
         if self._rewriting:
@@ -1042,17 +1045,24 @@ class MaildirFolder:
         lines = [(table.uids[i], self._row_line(table, i)) for i in range(len(table))]
         lines.extend((e.info.uid, self._uidlist_line(e)) for e in list(self._pending.values()) if e.info.uid)
         lines.sort()
-        text = (f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n" + "".join(line for _, line in lines)).encode("utf-8")
+        texts = [line for _, line in lines]
         path = self._uidlist_path()
+        fsync, lock, directory, is_shared = flusher.fsync, self._uidlist_lock, self.directory, self._shared
         try:
-            size = os.stat(path).st_size
+            with lock:
+                if is_shared:
+                    # Other processes' lines for messages still on their way stay.
+                    shared.catch_up(self, _parse_line)
+                    texts = shared.merged_lines(self, texts, _format_line)
+                st = os.stat(path)
         except OSError as e:
             raise storage_error(e) from e
+        text = (f"{UIDLIST} 1 {self.uid_validity} {self.uid_next}\n" + "".join(texts)).encode("utf-8")
+        seen = (st.st_ino, st.st_size)
         extra = self._extra_lines
-        fsync, lock, directory = flusher.fsync, self._uidlist_lock, self.directory
 
         def rewrite() -> bool:
-            tmp = path + ".tmp"
+            tmp = f"{path}.{os.getpid()}.tmp"  # (--workers: each its own)
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
                 try:
@@ -1065,7 +1075,8 @@ class MaildirFolder:
                 finally:
                     os.close(fd)
                 with lock:
-                    if os.stat(path).st_size != size:
+                    now = os.stat(path)
+                    if (now.st_ino, now.st_size) != seen:
                         os.unlink(tmp)
                         return False
                     os.replace(tmp, path)
@@ -1074,6 +1085,8 @@ class MaildirFolder:
                         fsync(fd)
                     finally:
                         os.close(fd)
+                    if is_shared:
+                        self._list_position = shared.ListPosition.now(path)
                 return True
             except BaseException:
                 try:
@@ -1328,18 +1341,52 @@ class MaildirFolder:
             entries.append(entry)
             self._pending[base] = entry
             self._recent.discard(info.uid)  # (given when told)
-        data = "".join(self._row_line(table, i) for i in positions).encode("utf-8")
         table.remove(positions)
         self._changes += 1
         flusher = self._flusher
-        unchecked = bool(self._checks_unsaved and self._unchecked)
-        if unchecked:
-            self._save_unchecked()  # (written here, flushed in the thread)
-            first = flusher.sync_files([self._unchecked_path()], [])
-        else:
-            first = defer.succeed(None)
+        directory = self.directory
+        trusted = [(entry, f"{directory}/{entry.subdir}/{entry.filename}") for entry in entries if entry.info.key in self._unchecked]
+
+        def check() -> list:
+            # (in the thread) Files listed on trust read now, before they
+            # are told: made CRLF in place if another MDA stored bare LFs
+            # (tmp, fsync, rename: the fsync off the reactor), their size
+            # on the wire found. None for a file not checked now.
+            found = []
+            for entry, path in trusted:
+                try:
+                    found.append(_to_crlf_in_place(path))
+                except NotAMessageFile:
+                    found.append(False)
+                except OSError:
+                    found.append(None)  # (gone or unreadable: checked when needed, as before)
+            return found
+
+        def checked(found: list) -> defer.Deferred:
+            for (entry, _), result in zip(trusted, found):
+                base = entry.info.key
+                if result is None:
+                    continue
+                self._unchecked.discard(base)
+                if result is False:
+                    continue  # (a FIFO now: told as listed)
+                size, shown, _ = result
+                downgraded = int(shown[len(",D=") :]) if shown else 0
+                if size != entry.info.size or downgraded:
+                    info = entry.info
+                    entry.info = MessageInfo(info.uid, base, info.flags, size, info.internal_date)
+                    self._kept[base] = (size, downgraded)
+            if any(entry.info.key in self._unchecked for entry, _ in trusted):
+                self._save_unchecked()  # (written here, flushed in the thread)
+                return flusher.sync_files([self._unchecked_path()], [])
+            if trusted:
+                self._save_unchecked()  # (checked: no flush needed, as any check's)
+            return defer.succeed(None)
+
+        first = flusher.in_thread(check).addCallback(checked) if trusted else defer.succeed(None)
 
         def append(_: Any) -> defer.Deferred:
+            data = "".join(self._uidlist_line(entry) for entry in entries).encode("utf-8")
             try:
                 with self._uidlist_lock:
                     os.close(append_lines(self._uidlist_path(), data, sync=False))
@@ -1428,6 +1475,10 @@ class MaildirFolder:
         self._hold(flush)
         if self.creation_flush is None:
             self.creation_flush = flush  # (the account's durable() tells a failure)
+        else:
+            # (the load's own flush is the account's; this one's failure is
+            # told to those waiting (unsettled()) and logged, once)
+            flush.addErrback(lambda reason: log.warn("UID list of {path}: lines of new messages not flushed ({error})", path=self.directory, error=error_words(reason.value)))
 
     def _first_look(self, mtimes: tuple[int, int]) -> list[tuple[str, str, str]]:
         """
@@ -2899,6 +2950,7 @@ class MaildirAccount:
         self._rename_over: defer.Deferred | None = None  # fires when the last RENAME asked for is done
         os.makedirs(path, exist_ok=True)
         self._redo_rename()
+        self._remove_deleted()
 
     def _flushed(self, d: defer.Deferred) -> None:
         """Keep a flush's failure for the next L{durable} (logged once)."""
@@ -2943,7 +2995,7 @@ class MaildirAccount:
     def folder(self, name: str) -> MaildirFolder:
         if name == INBOX:  # every delivery: the canonical name, looked up at once
             folder = self._folders.get(INBOX)
-            if folder is not None:
+            if folder is not None and not folder.made_again_elsewhere:
                 return folder
         name = normalize_folder_name(name)
         folder = self._folders.get(name)
@@ -3005,18 +3057,51 @@ class MaildirAccount:
         return folder
 
     def delete_folder(self, name: str) -> None:
-        import shutil
-
+        """
+        Delete the folder C{name} (RFC 3501 §6.3.4): its directory is
+        renamed aside at once (gone for every reader; the rename is made
+        durable with the account's directory, L{durable}), then its files
+        are removed in a worker thread: a folder of 100,000 messages is
+        100,000 unlinks, which held every session of the process. A
+        removal a crash cut short is finished at the account's next open
+        (L{_remove_deleted}). Raises L{BadFolderName} for INBOX,
+        L{NoSuchFolder}, C{OSError}.
+        """
         name = normalize_folder_name(name)
         if name == INBOX:
             raise BadFolderName("INBOX cannot be deleted")
         path = self._folder_path(name)
         if not os.path.isdir(path):
             raise NoSuchFolder(name)
-        shutil.rmtree(path)
+        # (no leading dot: never taken for a Maildir++ folder by folders())
+        aside = os.path.join(self.path, f"{DELETED_PREFIX}{os.getpid()}.{next(_counter)}")
+        os.rename(path, aside)
         self._folders.pop(name, None)
         self._sync_account_directory()
+        self._remove_later([aside])
         # (its subscription stays: L{renamed_subscriptions})
+
+    def _remove_deleted(self) -> None:
+        """At the account's open: remove the folders a DELETE renamed aside and a crash (or a stop) left."""
+        try:
+            left = [os.path.join(self.path, e) for e in os.listdir(self.path) if e.startswith(DELETED_PREFIX)]
+        except OSError:
+            return
+        if left:
+            self._remove_later(left)
+
+    def _remove_later(self, paths: list[str]) -> None:
+        """Remove the directory trees C{paths} in a worker thread (SmallFiles.in_thread); a failure is logged (the next open tries again)."""
+        import shutil
+
+        def remove() -> None:
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+
+        def failed(reason: Failure) -> None:
+            log.warn("{path}: a deleted folder's files not removed yet ({error})", path=self.path, error=error_words(reason.value))
+
+        self.small_files.in_thread(remove).addErrback(failed)
 
     def _check_rename(self, old: str, new: str) -> None:
         """Raises L{BadFolderName}, L{NoSuchFolder} or L{FolderExists} when C{old} cannot become C{new} (both normalized)."""

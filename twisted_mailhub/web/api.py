@@ -607,8 +607,14 @@ class ApiResource(resource.Resource):
         mail = self.hub.store.account(address)
         out = []
         for name in mail.folders():
-            infos = mail.folder(name).messages()
-            out.append({"name": name, "messages": len(infos), "unseen": sum(1 for i in infos if "\\Seen" not in i.flags)})
+            box = mail.folder(name)
+            counts = getattr(box, "counts", None)  # (kept while nothing changed: a poll walks no message)
+            if counts is not None:
+                count, unseen = counts()
+            else:
+                infos = box.messages()
+                count, unseen = len(infos), sum(1 for i in infos if "\\Seen" not in i.flags)
+            out.append({"name": name, "messages": count, "unseen": unseen})
         return {"account": address, "folders": out}
 
     async def api_messages(self, request, caller, account, folder):
@@ -730,8 +736,14 @@ class ApiResource(resource.Resource):
         def changed(change) -> None:
             if arrived.called or not change.added:
                 return
-            added = set(change.added)
-            match = first_match([i for i in box.messages() if i.uid in added])
+            # (the messages that arrived, not a walk over the folder's every message)
+            infos = []
+            for uid in sorted(set(change.added)):
+                try:
+                    infos.append(box.info(uid))
+                except NoSuchMessage:
+                    continue
+            match = first_match(infos)
             if match is not None:
                 arrived.callback(match)
 
