@@ -614,10 +614,12 @@ def test_twisteds_connection_error_texts_in_a_log_line_are_a_plain_sentence():
         dict(base, log_format="lost the LISTEN connection: {reason}", reason=main.CONNECTION_LOST),
         dict(base, log_format="queue: leases not renewed ({why})", why=Failure(main.CONNECTION_LOST).getErrorMessage()),
         dict(base, log_format="peer: {why}", why=str(main.CONNECTION_DONE)),
+        dict(base, log_format="data connection: {reason}", reason=Failure(main.CONNECTION_LOST)),
     ]
     lines = _hub_text(events).decode().splitlines()
     assert lines[0].endswith("lost the LISTEN connection: the connection was lost"), lines
     assert lines[1].endswith("queue: leases not renewed (the connection was lost)"), lines
     assert lines[2].endswith("peer: the connection was closed"), lines
+    assert lines[3].endswith("data connection: the connection was lost"), lines  # (not "[Failure instance: Traceback ...")
     for line in lines:
-        assert "non-clean" not in line and "cleanly" not in line
+        assert "non-clean" not in line and "cleanly" not in line and "Failure" not in line

@@ -773,6 +773,16 @@ class HubService(OffersLogObserver, service.MultiService):
         from twisted_mailhub.goodbye import say_goodbye
 
         self._goodbye = None  # (fired: not to be removed)
+        # The listeners first: the connections waiting in their listen
+        # queues are accepted (closing a listening socket resets them: a
+        # client that had just connected and sent a command saw
+        # "connection reset"), then the ports close, so that the goodbye
+        # below reaches every connection there is, those ones too.
+        ports, self.ports = self.ports, []
+        for port in ports:
+            accept_waiting(port)
+        for port in ports:
+            defer.maybeDeferred(port.stopListening).addErrback(lambda f: log.warn("a listener did not close cleanly at the stop: {why}", why=f.value))
         return say_goodbye(self.hub.reactor, self.hub.hostname)
 
     def stopService(self):
@@ -790,6 +800,33 @@ class HubService(OffersLogObserver, service.MultiService):
         d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
         d.addBoth(lambda _: service.MultiService.stopService(self))
         return d
+
+
+def accept_waiting(port: Any, most: int = 10000) -> int:
+    """
+    Accept the connections waiting in C{port}'s listen queue (the kernel
+    has completed their handshakes; the reactor has not taken them yet),
+    before the port is closed at a stop: closing a listening socket
+    resets every connection still queued, and a client that had just
+    connected and sent a command saw "connection reset" where it should
+    have had a greeting and the goodbye (L{twisted_mailhub.goodbye}, which
+    runs after the listeners stop, tells these too). Returns how many
+    rounds of accepting it took (0: nothing waited). Never raises.
+    """
+    import select
+
+    sock = getattr(port, "socket", None)
+    do_read = getattr(port, "doRead", None)
+    if sock is None or do_read is None or not getattr(port, "connected", False):
+        return 0
+    rounds = 0
+    try:
+        while rounds < most and select.select([sock], [], [], 0)[0]:
+            do_read()  # (Twisted's accept loop: each queued connection gets its protocol)
+            rounds += 1
+    except (OSError, ValueError):
+        pass
+    return rounds
 
 
 def quiet_factory(factory: Any, name: str) -> None:

@@ -155,9 +155,11 @@ class ClassicLines:
             return self._twisted(event)
         if not text:
             return None
-        if ("Err" in text and ("[Errno " in text or "Error(" in text)) or (
-            "onnection" in text and ("Connection to the other side" in text or "closed cleanly" in text)
-        ):  # (two short scans of a line with neither)
+        if (
+            ("Err" in text and ("[Errno " in text or "Error(" in text))
+            or ("onnection" in text and ("Connection to the other side" in text or "closed cleanly" in text))
+            or "[Failure instance" in text
+        ):  # (three short scans of a line with none of them)
             text = _worded(fmt, event, text)
         system = self.system
         if system is None:
@@ -195,7 +197,13 @@ def _worded(fmt: str, event: dict, text: str) -> str:
     """
     from twisted_mailhub.errorwords import error_words, without_errno
 
-    fields = {key: error_words(value) if isinstance(value, BaseException) else value for key, value in event.items()}
+    from twisted.python.failure import Failure
+
+    # (a Failure given as a field, not as log.failure's: its exception's words)
+    fields = {
+        key: error_words(value.value if isinstance(value, Failure) else value) if isinstance(value, (BaseException, Failure)) else value
+        for key, value in event.items()
+    }
     try:
         text = fmt.replace("!r}", "}").format_map(fields)
     except Exception:
