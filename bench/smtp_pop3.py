@@ -514,6 +514,8 @@ def main() -> None:
             # other processes put on the machine.
             cpu: dict[str, list[float]] = {name: [] for name, *_ in servers}
             client_cpu: dict[str, list[float]] = {name: [] for name, *_ in servers}
+            # "*": the round began before the disk and the CPUs were quiet (--settle ran out).
+            marks: dict[str, list[str]] = {name: [] for name, *_ in servers}
             # Rounds alternate between the servers, and the median counts,
             # so that a burst of load from elsewhere does not decide a ratio.
             # Each round starts with the next server (round r with server r
@@ -527,10 +529,13 @@ def main() -> None:
                     if wait_delivered is not None:
                         wait_delivered("warmup", 5 * (1 + r + case * args.rounds))
                     disk = ""
+                    busy = False
                     if not args.no_settle:
                         # The same quiet disk for every round (bench/quiet_disk.py).
                         cost, share, waited = settle(os.path.join(work, "probe"), args.quiet_us, args.settle, idle=args.idle)
                         disk = f"; file creation {cost:.0f} µs CPU, CPUs {share:.0%} idle, after {waited:.0f} s"
+                        busy = cost > args.quiet_us or share < args.idle
+                    marks[name].append("*" if busy else "")
                     round_load = os.getloadavg()[0]
                     before = cpu_seconds(pid, tree)
                     started = time.perf_counter()
@@ -568,10 +573,12 @@ def main() -> None:
             for name, *_ in servers:
                 rate = statistics.median(rates[name])
                 ratio = "" if name == "mailhub" else f"{hub_rate / rate:5.2f}x"
-                spread = "/".join(f"{r:.0f}" for r in rates[name])
+                spread = "/".join(f"{r:.0f}{mark}" for r, mark in zip(rates[name], marks[name]))
                 per_message = statistics.median(cpu[name]) * 1e6
                 by_client = statistics.median(client_cpu[name]) * 1e6
                 print(f"{name:<13} {clients:>7} {size:>7} {count:>8} {rate:>9.0f} {ratio:>7} {per_message:>9.0f} {by_client:>7.0f}   rounds: {spread}", flush=True)
+            if any("*" in m for m in marks.values()):
+                print("  (*: a round that began before the disk and the CPUs were quiet: --settle ran out; see --each-round)", flush=True)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait()
