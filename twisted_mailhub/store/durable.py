@@ -1156,15 +1156,23 @@ class GroupCommitWriter:
             return
         for device, number, error in flushed:
             for entry in self._owing:
-                owed = entry[3]
-                for k, (owed_device, wanted, _, members, _) in enumerate(owed):
+                for k, (owed_device, wanted, _, _, _) in enumerate(entry[3]):
                     if owed_device == device and wanted <= number:
-                        del owed[k]
-                        if error is not None:
-                            entry.append([entry[1][i].final_path for i in members])
-                            for i in members:
-                                entry[2][i] = entry[2][i] or error
+                        self._settle(entry, k, error)
                         break
+        self._settled()
+
+    @staticmethod
+    def _settle(entry: list[Any], k: int, error: BaseException | None) -> None:
+        """The links C{entry[3][k]} of a batch that waits (L{_owing}) were flushed, or failed with C{error} (their files to be taken out)."""
+        members = entry[3].pop(k)[3]
+        if error is not None:
+            entry.append([entry[1][i].final_path for i in members])
+            for i in members:
+                entry[2][i] = entry[2][i] or error
+
+    def _settled(self) -> None:
+        """The batches whose links are all settled (L{_settle}) are done, or have their failed files taken out first."""
         still = []
         for entry in self._owing:
             if entry[3]:
@@ -1230,17 +1238,25 @@ class GroupCommitWriter:
         board = FLUSH_BOARD
         if board is None or not self._owing:
             return
-        heard = []
+        settled = False
+        # Each batch's links by their own time: two commit threads may
+        # have taken the same number (L{_owe_links}) in one order and
+        # their times in the other.
         for entry in self._owing:
-            for device, wanted, _, _, linked_by in entry[3]:
+            owed = entry[3]
+            for k in range(len(owed) - 1, -1, -1):
+                device, _, _, _, linked_by = owed[k]
                 served, failed, _ = board.flushed_elsewhere(device, linked_by)
                 if failed:
-                    heard.append((device, wanted, OSError(EIO, "syncfs of another worker failed: " + os.strerror(EIO))))
+                    self._settle(entry, k, OSError(EIO, "syncfs of another worker failed: " + os.strerror(EIO)))
                 elif served:
-                    heard.append((device, wanted, None))
+                    self._settle(entry, k, None)
                     STATS["served_elsewhere"] += 1
-        if heard:
-            self._heard(heard)
+                else:
+                    continue
+                settled = True
+        if settled:
+            self._settled()
 
     def _wait_elsewhere(self) -> bool:
         """
