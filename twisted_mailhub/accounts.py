@@ -268,6 +268,11 @@ class AccountBook:
             # "--user alice:" or a line "alice:" in an accounts file: every
             # protocol then let anyone in as alice with an empty password.
             raise ValueError(f"{shown_name(name)}: an empty password, with which anyone could log in as that account; give it one")
+        problem = password_text_problem(password)
+        if problem is not None:
+            # "--user alice:p<0xe9>" from a Latin-1 shell: every login then
+            # failed with a server error (the password cannot be UTF-8).
+            raise ValueError(f"{shown_name(name)}: {problem}")
         if domain not in self.domains:
             # An account's domain is local by definition.
             self.domains.append(domain)
