@@ -13,6 +13,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
@@ -110,7 +111,9 @@ def decoded(value: str | None) -> str:
     value = _as_text(value)
     try:
         text = str(make_header(decode_header(value)))
-    except (ValueError, LookupError, UnicodeError):
+    except (ValueError, LookupError, UnicodeError, HeaderParseError):
+        # (HeaderParseError: an encoded word whose base64 is broken,
+        # "=?utf-8?B?!!!?=", which any sender can put in a Subject)
         text = value
     return " ".join(text.split())
 
