@@ -45,3 +45,37 @@ def test_a_broken_encoded_word_breaks_no_folder_page_search_or_sort(hub):
     finally:
         i.logout()
     assert "Traceback" not in hub.log
+
+
+def test_a_from_field_the_email_package_cannot_parse_breaks_no_api_listing(hub):
+    # Reply-To: =?utf-8?B?<0xff>?=: its octet, kept by the email package as a
+    # lone surrogate, made the JSON text fail to encode (a 500); and From: "\
+    # made the standard library's address parser raise IndexError;
+    # _safe_header's fallback parsed the field again and raised again: the
+    # JSON API's folder listing, the message and the Mailpit list were 500s.
+    import json
+    import urllib.request
+
+    odd = b'Subject: odd from\r\nFrom: "\\\r\nTo: <<<>>>, "unterminated <x@y>\r\nCc: @@@\r\nReply-To: =?utf-8?B?\xff?=\r\n\r\nhello\r\n'
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=15) as s:
+        s.sendmail("eve@example.org", ["alice@localhost"], odd)
+        s.sendmail("carol@example.org", ["alice@localhost"], FINE)
+    hub.wait_for_message(to="alice@localhost", subject="fine")
+    base = f"http://127.0.0.1:{hub.ports['web']}/api/v1"
+    password = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+    password.add_password(None, base, "alice@localhost", "secret")
+    opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(password))
+
+    def get(path):
+        request = urllib.request.Request(base + path, headers={"Authorization": "Basic YWxpY2VAbG9jYWxob3N0OnNlY3JldA=="})
+        with opener.open(request, timeout=15) as response:
+            return json.loads(response.read())
+
+    listing = get("/accounts/me/folders/INBOX/messages")
+    assert [m["subject"] for m in listing["messages"]] == ["odd from", "fine"]
+    assert get("/accounts/me/folders/INBOX/messages/1")["envelope"]["subject"] == "odd from"
+    assert [m["Subject"] for m in get("/messages")["messages"]] == ["fine", "odd from"]
+    assert get("/message/1")["Subject"] == "odd from"
+    # the octet that is not UTF-8 is U+FFFD, as a decoder shows it
+    assert get("/accounts/me/folders/INBOX/messages/1")["envelope"]["reply_to"] == [{"name": "", "address": "=?utf-8?B?\ufffd?="}]
+    assert "Traceback" not in hub.log

@@ -188,9 +188,15 @@ def _safe_header(message: Any, name: str) -> Any:
     try:
         return message.get(name)
     except (ValueError, TypeError, IndexError, AttributeError):
-        # A header the email package cannot parse: its raw text instead.
-        raw = message.get_all(name, failobj=None) if hasattr(message, "get_all") else None
-        return None if not raw else str(raw[0])
+        # A header the email package cannot parse (From: "\ crashes its
+        # address parser with an IndexError): its raw text instead, read
+        # without the parser (get_all parses again, and raised again: the
+        # whole listing was a 500).
+        lower = name.lower()
+        for key, value in message.raw_items() if hasattr(message, "raw_items") else ():
+            if key.lower() == lower:
+                return str(value)
+        return None
 
 
 def envelope_json(message: Any) -> dict[str, Any]:
@@ -1002,8 +1008,20 @@ def _authorization(request) -> str:
     return (request.getHeader(b"authorization") or b"").decode("latin-1").strip()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _dumps(payload: Any) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """
+    C{payload} as JSON text in UTF-8 (RFC 8259 §8.1). An octet of a header
+    that is not UTF-8 (kept by the email package as a lone surrogate) is
+    U+FFFD, as a decoder shows it: it made the whole reply a 500.
+    """
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 def _arg(request, name: str) -> str | None:
