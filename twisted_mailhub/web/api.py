@@ -497,6 +497,9 @@ class ApiResource(resource.Resource):
             raise ApiError(400, "bad_address", str(e)) from None
         if not isinstance(password, str) or not password or any(c in password for c in "\r\n\x00"):
             raise ApiError(400, "bad_password", "password must be a non-empty string on one line")
+        if any("\ud800" <= c <= "\udfff" for c in password):
+            # (JSON's "\udcff": no protocol could ever send it, RFC 8259 §8.2)
+            raise ApiError(400, "bad_password", "password must be Unicode text: it holds a lone surrogate (\\ud800-\\udfff)")
         if self.hub.accounts.find(address) is not None:
             raise ApiError(409, "account_exists", "that account exists already")
         # --auth postgresql: a row of user_account, which every hub sees.
