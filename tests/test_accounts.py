@@ -86,3 +86,19 @@ class AccountBookTests(SynchronousTestCase):
         self.assertNotIn("", self.book.domains)
         for good in ("b@example.org.", "c@exämple.test", "d@[127.0.0.1]"):
             self.book.add(good, "pw")
+
+
+def test_a_password_that_cannot_be_utf_8_is_refused_when_the_account_is_made():
+    # "--user alice:p<0xe9>" from a Latin-1 shell (Python keeps the octet as
+    # a lone surrogate): every login of that account failed with a server
+    # error and a traceback.
+    import pytest
+
+    from twisted_mailhub.accounts import AccountBook
+
+    book = AccountBook(["localhost"])
+    with pytest.raises(ValueError) as caught:
+        book.add("alice", "p\udce9")
+    assert str(caught.value) == "alice: the password is not UTF-8 text (character 2); set the terminal or file to UTF-8"
+    assert book.find("alice") is None
+    assert book.add("alice", "p\u00e9").password == "p\u00e9"

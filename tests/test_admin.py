@@ -256,3 +256,25 @@ def test_an_account_with_a_quota_is_found_by_passwd_remove_and_add(tmp_path):
     removed = mailhub_admin("user", "remove", "zed@localhost", "--accounts", str(accounts), "--no-reload")
     assert removed.returncode == 0, removed.stderr
     assert accounts.read_text() == ""
+
+
+def test_a_password_that_is_not_utf_8_is_refused_in_words_not_a_traceback(tmp_path):
+    # A Latin-1 terminal's "café" on stdin: both commands died with
+    # "UnicodeEncodeError: 'utf-8' codec can't encode character '\udce9'".
+    latin = "caf\xe9\n".encode("latin-1")
+    hashed = subprocess.run(
+        [sys.executable, "-m", "twisted_mailhub.accounts", "hash"],
+        input=latin, capture_output=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert hashed.returncode == 1 and hashed.stdout == b""
+    assert hashed.stderr == b"the password is not UTF-8 text (character 4); set the terminal or file to UTF-8: nothing printed\n"
+    accounts = tmp_path / "accounts"
+    added = subprocess.run(
+        [sys.executable, "-m", "twisted_mailhub.admin", "user", "add", "carol", "--accounts", str(accounts), "--password-stdin", "--no-reload"],
+        input=latin, capture_output=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert added.returncode == 1
+    assert added.stderr == b"mailhub-admin: the password is not UTF-8 text (character 4); set the terminal or file to UTF-8; nothing changed\n"
+    assert not accounts.exists() or b"carol" not in accounts.read_bytes()
+    # and UTF-8 "café" works
+    assert accounts_hash("café\n").returncode == 0

@@ -443,6 +443,14 @@ def test_admin_add_account_refuses_bad_input(hub, body):
     error_of(call(hub, "POST", "/accounts", auth=ADMIN, json_body=body), 400)
 
 
+def test_admin_add_account_refuses_a_password_with_a_lone_surrogate(hub):
+    # JSON can carry "\udcff", which no client can ever send as UTF-8: the
+    # account was made (201) and each of its logins was a server error.
+    error = error_of(call(hub, "POST", "/accounts", auth=ADMIN, json_body={"address": "eve@localhost", "password": "p\udcff"}), 400, "bad_password")
+    assert "lone surrogate" in error["message"]
+    assert "eve@localhost" not in call(hub, "GET", "/accounts", auth=ADMIN).json()["accounts"]
+
+
 def test_admin_purge_empties_every_account(hub):
     send(hub, "a")
     send(hub, "b", to="bob@localhost")

@@ -112,3 +112,24 @@ def test_loopback_only_descriptions():
     assert _loopback_only("tcp6:0:interface=\\:\\:1")
     assert not _loopback_only("tcp:25")
     assert not _loopback_only("tcp:25:interface=0.0.0.0")
+
+
+@pytest.fixture(scope="module")
+def catching_hub():
+    with Mailhub("--test-mode", "--catch-all", "alice", accounts=["alice:secret"]) as h:
+        yield h
+
+
+@pytest.mark.parametrize("local", ["fail-600", "fail-abc", "datafail-999", "slow-200s", "slow-0s", "fail-550+tag"])
+def test_a_test_address_that_asks_for_nothing_it_can_give_is_refused_in_words(catching_hub, local):
+    # With --catch-all these got "250 2.1.5 Ok" and were caught as ordinary
+    # mail: a typo in a client's test looked like a pass.
+    s = session(catching_hub)
+    assert s.reply().startswith(b"250")
+    s.send(b"RCPT TO:<%s@x.example>\r\n" % local.encode())
+    assert s.reply() == (
+        b"501 5.1.3 test mode: %s is no test address; use fail-4xx or fail-5xx, "
+        b"datafail-4xx or datafail-5xx, slow-1s to slow-120s, or drop" % local.encode()
+    )
+    s.send(b"RCPT TO:<someone@x.example>\r\n")
+    assert s.reply().startswith(b"250"), "an ordinary address is still caught"

@@ -50,6 +50,20 @@ class ServerTests(unittest.TestCase):
             self.assertIn(b"b OK [READ-WRITE]", self.talk(server, transport, b"b select inbox\r\n"))
         return server, transport
 
+    def test_a_login_that_fails_for_a_fault_of_the_hub_says_so_without_pythons_words(self):
+        # An account whose password cannot be UTF-8 (before AccountBook.add
+        # refused one, --user alice:p<0xe9> from a Latin-1 shell made it):
+        # LOGIN answered "BAD Server error: 'utf-8' codec can't encode
+        # character '\udce9' ...".
+        from twisted_mailhub.accounts import Account
+
+        self.hub.accounts._accounts["eve@localhost"] = Account("eve", "localhost", password="p\udce9")
+        server, transport = self.connect()
+        reply = self.talk(server, transport, b"a login eve p\xc3\xa9\r\n")
+        self.assertEqual(reply, b"a BAD [SERVERBUG] LOGIN failed; see the server log\r\n")
+        self.assertEqual(len(self.flushLoggedErrors(UnicodeEncodeError)), 1)
+        self.assertIn(b"b OK", self.talk(server, transport, b"b login alice secret\r\n"))
+
     def test_replies_to_what_one_read_brought_leave_in_one_send_without_a_reactor_turn(self):
         # A Twisted TCP connection over a loopback socket, on a reactor
         # never run: what reaches the peer was sent without waiting for a turn.

@@ -348,3 +348,16 @@ def test_add_account_refuses_what_the_hub_would_refuse_at_once_and_changes_nothi
         with pytest.raises(ValueError):
             Mailhub(accounts=["odd name:pw"])
 
+
+
+def test_wait_for_message_by_address_is_not_stopped_by_a_field_the_email_package_cannot_parse(hub):
+    # To: =?utf-8?B?<0xff>?= makes the standard library's address parser raise
+    # IndexError: wait_for_message(to=...) raised it for every later search of
+    # the folder instead of finding the message it waited for.
+    odd = b"Subject: odd\r\nTo: =?utf-8?B?\xff?=\r\nCc: =?utf-8?B?\xff?=\r\n\r\nhello\r\n"
+    with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
+        s.sendmail("eve@example.org", [ALICE], odd)
+        s.sendmail("eve@example.org", [ALICE], b"Subject: for carol\r\nTo: Carol <carol@example.org>\r\n\r\nx\r\n")
+    assert hub.wait_for_message(to="carol@example.org", timeout=10).subject == "for carol"
+    with pytest.raises(TimeoutError):
+        hub.wait_for_message(to="nobody@example.org", timeout=0.5)

@@ -271,6 +271,11 @@ class AccountBook:
             # "--user alice:" or a line "alice:" in an accounts file: every
             # protocol then let anyone in as alice with an empty password.
             raise ValueError(f"{shown_name(name)}: an empty password, with which anyone could log in as that account; give it one")
+        problem = password_text_problem(password)
+        if problem is not None:
+            # "--user alice:p<0xe9>" from a Latin-1 shell: every login then
+            # failed with a server error (the password cannot be UTF-8).
+            raise ValueError(f"{shown_name(name)}: {problem}")
         if domain not in self.domains:
             # An account's domain is local by definition.
             self.domains.append(domain)
@@ -469,6 +474,21 @@ def _check_challenge(credentials, password: bytes) -> bool:
     return bool(credentials.checkPassword(password))
 
 
+def password_text_problem(password: str) -> str | None:
+    """
+    Why C{password}, as read from a terminal or standard input (Python
+    keeps octets that are not UTF-8 as lone surrogates), cannot be a
+    password, in a few words; L{None} when it can. Every protocol sends
+    a password as UTF-8 (RFC 4616, RFC 6856, RFC 9051), so a password in
+    another encoding (a Latin-1 terminal's C{é}) could never log in.
+    """
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"the password is not UTF-8 text (character {e.start + 1}); set the terminal or file to UTF-8"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """
     C{python -m twisted_mailhub.accounts hash}: print an scrypt hash of a
@@ -487,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     if not password:
         # As mailhub-admin: a hash of nothing would be a login with no password.
         print("empty password: nothing printed", file=sys.stderr)
+        return 1
+    problem = password_text_problem(password)
+    if problem is not None:
+        print(f"{problem}: nothing printed", file=sys.stderr)
         return 1
     print(hash_password(password))
     return 0

@@ -38,7 +38,7 @@ import signal
 import sys
 import tempfile
 
-from twisted_mailhub.accounts import SCRYPT_PREFIX, AccountBook, AccountsFileError, hash_password
+from twisted_mailhub.accounts import SCRYPT_PREFIX, AccountBook, AccountsFileError, hash_password, password_text_problem
 
 DEFAULT_ACCOUNTS = "mailhub-data/accounts"
 
@@ -160,6 +160,9 @@ def _password(args) -> str:
         raise AdminError("empty password; nothing changed")
     if any(c in password for c in "\r\n\0"):
         raise AdminError("a password cannot hold a line break or NUL")
+    problem = password_text_problem(password)
+    if problem is not None:
+        raise AdminError(f"{problem}; nothing changed")
     return password
 
 

@@ -867,11 +867,13 @@ def _matches(m: HubMessage, to: str | None, subject: str | re.Pattern | None) ->
             return m.account.lower().split("@")[0] == want
         if m.account.lower() == want:
             return True
-        addresses = []
-        for header in ("To", "Cc", "Delivered-To", "X-Original-To"):
-            for value in m.message.get_all(header, []):
-                addresses += [a for _n, a in email.utils.getaddresses([str(value)])]
-        return want in (a.lower() for a in addresses)
+        # The fields as sent (raw_items), not parsed: the standard
+        # library's address parser raises IndexError on some a sender may
+        # write (To: =?utf-8?B?<0xff>?=), which made wait_for_message fail
+        # for every later message of the folder.
+        wanted = {"to", "cc", "delivered-to", "x-original-to"}
+        values = [str(v) for k, v in m.message.raw_items() if k.lower() in wanted]
+        return want in (a.lower() for _n, a in email.utils.getaddresses(values))
     return True
 
 

@@ -35,9 +35,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
+from twisted.logger import Logger
 from twisted.mail import imap4
 
 from twisted_mailhub.imap.view import SelectedFolder
+
+log = Logger()
 
 ENABLE_NAMES = {b"UTF8=ACCEPT": b"UTF8=ACCEPT", b"IMAP4REV2": b"IMAP4rev2"}
 
@@ -92,7 +95,10 @@ class SessionModes:
         if reason.check(UnauthorizedLogin):
             self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] LOGIN failed: wrong user name or password")
             return
-        imap4.IMAP4Server._IMAP4Server__ebLogin(self, reason, tag)
+        # Twisted's answer is "BAD Server error: " and the exception's own
+        # words (Python's); the hub's fault is said as every other one.
+        log.failure("IMAP LOGIN failed", reason)
+        self.sendBadResponse(tag, b"[SERVERBUG] LOGIN failed; see the server log")
 
     def _IMAP4Server__ebAuthResp(self, reason: Any, tag: bytes) -> None:
         if reason.check(UnauthorizedLogin):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import calendar
+import email.errors
 import email.header
 import email.utils
 import os
@@ -87,8 +88,8 @@ def _decode_words(value: bytes) -> bytes:
         return value
     try:
         text = str(email.header.make_header(email.header.decode_header(value.decode("ascii", "replace"))))
-    except (ValueError, LookupError, UnicodeError):
-        return value
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        return value  # (an encoded word with broken base64: searched as sent)
     return text.encode("utf-8", "replace")
 
 

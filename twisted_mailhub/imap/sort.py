@@ -21,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import email.errors
 import email.header
 import email.utils
 import re
@@ -46,8 +47,8 @@ def base_subject(raw: str) -> tuple[str, bool]:
     """(base subject, whether it was a reply or forward) per RFC 5256 §2.1."""
     try:
         text = str(email.header.make_header(email.header.decode_header(raw)))
-    except (ValueError, LookupError, UnicodeError):
-        text = raw
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        text = raw  # (an encoded word with broken base64: sorted as sent)
     text = " ".join(text.split())
     reply = False
     while True:

@@ -47,6 +47,13 @@ MAX_DELAY = 120
 
 _FAULT = re.compile(r"^(?:(?P<when>fail|datafail)-(?P<code>[45]\d\d)|slow-(?P<delay>\d{1,3})s|(?P<drop>drop))$", re.I)
 
+# A local part that starts like a test address but asks for nothing it can
+# give (fail-600, fail-abc, slow-200s, fail-550+tag): refused in words, not
+# taken as an ordinary address (with --catch-all, a silent 250 that makes a
+# typo in a test look like a pass).
+_NEAR_FAULT = re.compile(r"^(?:(?:data)?fail-|slow-)", re.I)
+FAULT_FORMS = "fail-4xx or fail-5xx, datafail-4xx or datafail-5xx, slow-1s to slow-120s, or drop"
+
 # Enhanced status codes (RFC 3463) for the common fault codes.
 _ENHANCED = {451: "4.3.0", 452: "4.3.1", 421: "4.4.2", 550: "5.1.1", 551: "5.1.6", 552: "5.2.2", 553: "5.1.3", 554: "5.7.1"}
 
@@ -104,6 +111,9 @@ class FaultInjection:
     def _act(self, address: str, at_data: bool) -> Any:
         fault = fault_of(address)
         if fault is None:
+            local = address.rpartition("@")[0] if "@" in address else address
+            if not at_data and _NEAR_FAULT.match(local):
+                return Reject(501, f"5.1.3 test mode: {local} is no test address; use {FAULT_FORMS}")
             return None
         if fault.kind == "slow" and not at_data:
             return task.deferLater(self.reactor, fault.delay, lambda: None)

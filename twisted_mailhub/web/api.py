@@ -188,9 +188,15 @@ def _safe_header(message: Any, name: str) -> Any:
     try:
         return message.get(name)
     except (ValueError, TypeError, IndexError, AttributeError):
-        # A header the email package cannot parse: its raw text instead.
-        raw = message.get_all(name, failobj=None) if hasattr(message, "get_all") else None
-        return None if not raw else str(raw[0])
+        # A header the email package cannot parse (From: "\ crashes its
+        # address parser with an IndexError): its raw text instead, read
+        # without the parser (get_all parses again, and raised again: the
+        # whole listing was a 500).
+        lower = name.lower()
+        for key, value in message.raw_items() if hasattr(message, "raw_items") else ():
+            if key.lower() == lower:
+                return str(value)
+        return None
 
 
 def envelope_json(message: Any) -> dict[str, Any]:
@@ -491,6 +497,9 @@ class ApiResource(resource.Resource):
             raise ApiError(400, "bad_address", str(e)) from None
         if not isinstance(password, str) or not password or any(c in password for c in "\r\n\x00"):
             raise ApiError(400, "bad_password", "password must be a non-empty string on one line")
+        if any("\ud800" <= c <= "\udfff" for c in password):
+            # (JSON's "\udcff": no protocol could ever send it, RFC 8259 §8.2)
+            raise ApiError(400, "bad_password", "password must be Unicode text: it holds a lone surrogate (\\ud800-\\udfff)")
         if self.hub.accounts.find(address) is not None:
             raise ApiError(409, "account_exists", "that account exists already")
         # --auth postgresql: a row of user_account, which every hub sees.
@@ -1014,8 +1023,20 @@ def _authorization(request) -> str:
     return (request.getHeader(b"authorization") or b"").decode("latin-1").strip()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _dumps(payload: Any) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """
+    C{payload} as JSON text in UTF-8 (RFC 8259 §8.1). An octet of a header
+    that is not UTF-8 (kept by the email package as a lone surrogate) is
+    U+FFFD, as a decoder shows it: it made the whole reply a 500.
+    """
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
 
 
 def _arg(request, name: str) -> str | None:

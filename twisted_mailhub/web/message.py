@@ -15,6 +15,7 @@ import email.policy
 import re
 import threading
 from collections import OrderedDict
+from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
@@ -112,7 +113,9 @@ def decoded(value: str | None) -> str:
     value = _as_text(value)
     try:
         text = str(make_header(decode_header(value)))
-    except (ValueError, LookupError, UnicodeError):
+    except (ValueError, LookupError, UnicodeError, HeaderParseError):
+        # (HeaderParseError: an encoded word whose base64 is broken,
+        # "=?utf-8?B?!!!?=", which any sender can put in a Subject)
         text = value
     return " ".join(text.split())
 
