@@ -310,7 +310,9 @@ def test_an_ftp_data_connection_through_haproxy_from_another_client_is_refused(s
     thief.close()
     control.sendall(b"LIST\r\n")
     data = connect_from("127.0.0.2", port)
-    assert replies.readline().startswith(b"150")
+    # (125 when the data connection came through the balancer before the
+    # hub read LIST, 150 when after: both are RFC 959's preliminary reply)
+    assert replies.readline()[:4] in (b"125 ", b"150 ")
     while data.recv(65536):
         pass
     data.close()
