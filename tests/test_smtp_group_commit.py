@@ -781,28 +781,3 @@ def test_links_owed_after_earlier_ones_were_served_wait_afresh_for_another_worke
     _flush_elsewhere(other, os.stat(root / "new").st_dev, time.monotonic_ns())
     reactor.clock.advance(durable.OWED_LOOK)
     assert events[-2:] == [("acknowledged", "b0"), ("acknowledged", "b1")] and durable.STATS["links_alone"] == 0
-
-
-def test_another_workers_syncfs_serves_only_the_links_made_before_it_began(tmp_path, monkeypatch):
-    # Two batches owe links with the same in-process number (the second
-    # was flushed by fsync, which is not numbered); the second's links were
-    # timed earlier than the first's (two commit threads interleaved). A
-    # syncfs of another worker that began between the two times serves
-    # the second only, and the first, unserved, holds it back (in order).
-    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
-    here, other, now = _workers_board(monkeypatch)
-    ns = [2000]
-    monkeypatch.setattr(durable.time, "monotonic_ns", lambda: ns[0])
-    device = os.stat(root / "new").st_dev
-    write("a0")
-    write("a1")
-    reactor.release()  # a: one syncfs of its data, linked "at 2000"
-    ns[0] = 1000
-    write("b0")  # alone: fsynced, not numbered; linked "at 1000"
-    reactor.release()
-    assert [entry[3][0][1] for entry in writer._owing] == [writer._owing[0][3][0][1]] * 2
-    other.flush_began(device, 1500)
-    other.flush_ended(device, 1500, 1600, True)
-    reactor.clock.advance(durable.OWED_LOOK)
-    assert not [e for e in events if e[0] == "acknowledged"]
-    assert len(writer._owing) == 1 and writer._owing[0][3][0][4] == 2000

@@ -1156,23 +1156,15 @@ class GroupCommitWriter:
             return
         for device, number, error in flushed:
             for entry in self._owing:
-                for k, (owed_device, wanted, _, _, _) in enumerate(entry[3]):
+                owed = entry[3]
+                for k, (owed_device, wanted, _, members, _) in enumerate(owed):
                     if owed_device == device and wanted <= number:
-                        self._settle(entry, k, error)
+                        del owed[k]
+                        if error is not None:
+                            entry.append([entry[1][i].final_path for i in members])
+                            for i in members:
+                                entry[2][i] = entry[2][i] or error
                         break
-        self._settled()
-
-    @staticmethod
-    def _settle(entry: list[Any], k: int, error: BaseException | None) -> None:
-        """The links C{entry[3][k]} of a batch that waits (L{_owing}) were flushed, or failed with C{error} (their files to be taken out)."""
-        members = entry[3].pop(k)[3]
-        if error is not None:
-            entry.append([entry[1][i].final_path for i in members])
-            for i in members:
-                entry[2][i] = entry[2][i] or error
-
-    def _settled(self) -> None:
-        """The batches whose links are all settled (L{_settle}) are done, or have their failed files taken out first."""
         still = []
         for entry in self._owing:
             if entry[3]:
@@ -1238,25 +1230,17 @@ class GroupCommitWriter:
         board = FLUSH_BOARD
         if board is None or not self._owing:
             return
-        settled = False
-        # Each batch's links by their own time: two commit threads may
-        # have taken the same number (L{_owe_links}) in one order and
-        # their times in the other.
+        heard = []
         for entry in self._owing:
-            owed = entry[3]
-            for k in range(len(owed) - 1, -1, -1):
-                device, _, _, _, linked_by = owed[k]
+            for device, wanted, _, _, linked_by in entry[3]:
                 served, failed, _ = board.flushed_elsewhere(device, linked_by)
                 if failed:
-                    self._settle(entry, k, OSError(EIO, "syncfs of another worker failed: " + os.strerror(EIO)))
+                    heard.append((device, wanted, OSError(EIO, "syncfs of another worker failed: " + os.strerror(EIO))))
                 elif served:
-                    self._settle(entry, k, None)
+                    heard.append((device, wanted, None))
                     STATS["served_elsewhere"] += 1
-                else:
-                    continue
-                settled = True
-        if settled:
-            self._settled()
+        if heard:
+            self._heard(heard)
 
     def _wait_elsewhere(self) -> bool:
         """
