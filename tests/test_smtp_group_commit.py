@@ -762,22 +762,3 @@ def test_each_syncfs_of_a_worker_is_told_to_the_others_with_when_it_began_and_ho
     reactor.release()  # worker 0's syncfs of a's data
     assert other.flushed_elsewhere(device, before) == (True, False, False)
     assert other.flushed_elsewhere(device, time.monotonic_ns()) == (False, False, False)
-
-
-def test_links_owed_after_earlier_ones_were_served_wait_afresh_for_another_workers_syncfs(tmp_path, monkeypatch):
-    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
-    here, other, now = _workers_board(monkeypatch)
-    write("a0")
-    write("a1")
-    reactor.release()  # a's links wait (from now)
-    now[0] += durable.OWED_WAIT * 0.75
-    write("b0")
-    write("b1")
-    reactor.release()  # b's data flush serves a's links; b's links wait, from now
-    assert events[-2:] == [("acknowledged", "a0"), ("acknowledged", "a1")]
-    now[0] += durable.OWED_WAIT * 0.75  # (a's wait would be over by now, b's is not)
-    reactor.clock.advance(durable.OWED_LOOK)
-    assert reactor.held == [] and ("acknowledged", "b0") not in events
-    _flush_elsewhere(other, os.stat(root / "new").st_dev, time.monotonic_ns())
-    reactor.clock.advance(durable.OWED_LOOK)
-    assert events[-2:] == [("acknowledged", "b0"), ("acknowledged", "b1")] and durable.STATS["links_alone"] == 0

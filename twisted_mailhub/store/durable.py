@@ -1176,8 +1176,6 @@ class GroupCommitWriter:
             else:
                 slot[0] = outcome
         self._owing = still
-        if not still:
-            self._owed_since = -1.0  # (links owed later wait afresh for another worker's syncfs)
 
     def _taken_out(self, slot: list[Any], outcome: list) -> None:
         slot[0] = outcome
