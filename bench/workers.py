@@ -43,7 +43,6 @@ the CPU per message a lot.
 Each round also says what the group commit did (from the control
 socket's C{status}): writes a batch, syncfs calls a message, of those
 the ones for a batch's links alone (no next batch's flush served them),
-the batches whose links another worker's syncfs served (C{--workers}),
 and the batches fsynced file by file.
 
 At the end it says whether the comparison was fair: for each hub, the
@@ -443,7 +442,7 @@ def main() -> None:
                     per_batch[name].append(commits["writes"] / commits["batches"])
                     syncfs_each[name].append(commits.get("syncfs", 0) / len(accepted))
                     committed = (f"; group commit: {commits['writes'] / commits['batches']:.1f} writes a batch, {commits.get('syncfs', 0) / len(accepted):.3f} syncfs a message"
-                                 f" ({commits.get('links_alone', 0)} for links alone; {commits.get('served_elsewhere', 0)} batches' links served by another worker's), {commits.get('files_batches', 0)} of {commits['batches']} batches fsynced file by file")
+                                 f" ({commits.get('links_alone', 0)} for links alone), {commits.get('files_batches', 0)} of {commits['batches']} batches fsynced file by file")
                 results[name].append(rate)
                 cpu[name].append(used / len(accepted) * 1e6)
                 # The reactor thread that bounds the rate: one process's own;

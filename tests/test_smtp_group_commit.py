@@ -10,7 +10,6 @@ leaves a file in its final place.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -595,7 +594,7 @@ def test_the_flush_of_the_next_batchs_data_makes_a_batchs_links_durable(tmp_path
     assert events[4:] == [("syncfs", ["a0", "a1", "b0", "b1"]), ("acknowledged", "b0"), ("acknowledged", "b1")]
     assert reactor.held == [] and sorted(os.listdir(root / "new")) == ["a0", "a1", "b0", "b1"]
     # Three syncfs for two batches, as the control socket's status counts them:
-    assert durable.STATS == {"batches": 2, "files_batches": 0, "writes": 4, "syncfs": 3, "links_alone": 1, "served_elsewhere": 0}
+    assert durable.STATS == {"batches": 2, "files_batches": 0, "writes": 4, "syncfs": 3, "links_alone": 1}
 
 
 def test_no_write_is_acknowledged_before_a_syncfs_that_began_after_its_link(tmp_path, monkeypatch):
@@ -649,160 +648,3 @@ def test_a_failed_syncfs_fails_the_writes_whose_links_it_was_to_flush_and_takes_
     reactor.release()  # (a's linked files taken out in a thread)
     assert [e for e in events if e[0] in ("acknowledged", "failed")] == [("failed", "a0", 5), ("failed", "a1", 5), ("failed", "b0", 5), ("failed", "b1", 5)]
     assert os.listdir(root / "new") == [] and os.listdir(root / "tmp") == []
-
-
-# --workers: each worker tells the others of its syncfs calls in the shared
-# table (durable.FLUSH_BOARD, accepts.ConnectionTable); a syncfs another
-# worker began after a batch's links were made serves them as one of its
-# own would.
-
-
-def _workers_board(monkeypatch):
-    """This process as worker 0 of two, with the real shared table; returns (worker 0's view, worker 1's)."""
-    from twisted.internet import task
-
-    from twisted_mailhub.accepts import ConnectionTable, make_table
-
-    fd = make_table(2)
-    here, other = ConnectionTable(fd, 0, 2, task.Clock()), ConnectionTable(fd, 1, 2, task.Clock())
-    os.close(fd)
-    monkeypatch.setattr(durable, "FLUSH_BOARD", here)
-    monkeypatch.setattr(durable, "STATS", dict.fromkeys(durable.STATS, 0))
-    now = [1000.0]
-    monkeypatch.setattr(durable.time, "monotonic", lambda: now[0])
-    return here, other, now
-
-
-def _flush_elsewhere(other, device, began, ok=True):
-    other.flush_began(device, began)
-    other.flush_ended(device, began, time.monotonic_ns(), ok)
-
-
-def test_a_syncfs_another_worker_began_after_a_batchs_links_serves_them_with_none_of_its_own(tmp_path, monkeypatch):
-    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
-    here, other, now = _workers_board(monkeypatch)
-    write("a0")
-    write("a1")
-    reactor.release()  # a: data flushed, linked; its links wait for a syncfs begun after them
-    assert events == [("syncfs", [])]
-    assert reactor.held == []  # none of its own yet: a look at the board is due
-    _flush_elsewhere(other, os.stat(root / "new").st_dev, time.monotonic_ns())
-    reactor.clock.advance(durable.OWED_LOOK)
-    assert events == [("syncfs", []), ("acknowledged", "a0"), ("acknowledged", "a1")]
-    assert sorted(os.listdir(root / "new")) == ["a0", "a1"] and reactor.held == []
-    assert durable.STATS["syncfs"] == 1 and durable.STATS["links_alone"] == 0 and durable.STATS["served_elsewhere"] == 1
-
-
-def test_a_syncfs_another_worker_began_before_the_links_does_not_serve_them(tmp_path, monkeypatch):
-    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
-    here, other, now = _workers_board(monkeypatch)
-    device = os.stat(root / "new").st_dev
-    began = time.monotonic_ns()
-    write("a0")
-    write("a1")
-    reactor.release()  # a: linked after the other worker's syncfs began
-    other.flush_began(device, began)
-    other.flush_ended(device, began, began + 1, True)  # (ended before the links too)
-    reactor.clock.advance(durable.OWED_LOOK)
-    assert ("acknowledged", "a0") not in events and reactor.held == []
-    now[0] += durable.OWED_WAIT * 1.5  # no other came meanwhile: a syncfs of their own
-    reactor.clock.advance(durable.OWED_LOOK)
-    assert ("acknowledged", "a0") not in events and len(reactor.held) == 1
-    reactor.release()
-    assert events[-3:] == [("syncfs", ["a0", "a1"]), ("acknowledged", "a0"), ("acknowledged", "a1")]
-    assert durable.STATS["links_alone"] == 1 and durable.STATS["served_elsewhere"] == 0
-
-
-def test_links_wait_past_owed_wait_for_another_workers_syncfs_in_progress_that_began_after_them(tmp_path, monkeypatch):
-    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
-    here, other, now = _workers_board(monkeypatch)
-    device = os.stat(root / "new").st_dev
-    write("a0")
-    reactor.release()
-    began = time.monotonic_ns()
-    other.flush_began(device, began)  # in progress
-    now[0] += durable.OWED_WAIT * 1.5
-    reactor.clock.advance(durable.OWED_LOOK)
-    assert reactor.held == [] and ("acknowledged", "a0") not in events  # still waiting for it
-    other.flush_ended(device, began, time.monotonic_ns(), True)
-    reactor.clock.advance(durable.OWED_LOOK)
-    assert events[-1] == ("acknowledged", "a0") and durable.STATS["links_alone"] == 0
-    # ... but not past OWED_WAIT_MAX:
-    write("b0")
-    reactor.release()
-    began = time.monotonic_ns()
-    other.flush_began(device, began)
-    now[0] += durable.OWED_WAIT_MAX * 1.5
-    reactor.clock.advance(durable.OWED_LOOK)
-    assert len(reactor.held) == 1
-    reactor.release()
-    assert events[-1] == ("acknowledged", "b0") and durable.STATS["links_alone"] == 1
-
-
-def test_a_failed_syncfs_of_another_worker_after_the_links_fails_the_writes_and_takes_them_out(tmp_path, monkeypatch):
-    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
-    here, other, now = _workers_board(monkeypatch)
-    write("a0")
-    write("a1")
-    reactor.release()
-    _flush_elsewhere(other, os.stat(root / "new").st_dev, time.monotonic_ns(), ok=False)
-    reactor.clock.advance(durable.OWED_LOOK)
-    reactor.release()  # (the linked files taken out in a thread)
-    assert [e for e in events if e[0] in ("acknowledged", "failed")] == [("failed", "a0", 5), ("failed", "a1", 5)]
-    assert os.listdir(root / "new") == [] and os.listdir(root / "tmp") == []
-
-
-def test_each_syncfs_of_a_worker_is_told_to_the_others_with_when_it_began_and_how_it_ended(tmp_path, monkeypatch):
-    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
-    here, other, now = _workers_board(monkeypatch)
-    device = os.stat(root / "new").st_dev
-    before = time.monotonic_ns()
-    write("a0")
-    write("a1")
-    reactor.release()  # worker 0's syncfs of a's data
-    assert other.flushed_elsewhere(device, before) == (True, False, False)
-    assert other.flushed_elsewhere(device, time.monotonic_ns()) == (False, False, False)
-
-
-def test_links_owed_after_earlier_ones_were_served_wait_afresh_for_another_workers_syncfs(tmp_path, monkeypatch):
-    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
-    here, other, now = _workers_board(monkeypatch)
-    write("a0")
-    write("a1")
-    reactor.release()  # a's links wait (from now)
-    now[0] += durable.OWED_WAIT * 0.75
-    write("b0")
-    write("b1")
-    reactor.release()  # b's data flush serves a's links; b's links wait, from now
-    assert events[-2:] == [("acknowledged", "a0"), ("acknowledged", "a1")]
-    now[0] += durable.OWED_WAIT * 0.75  # (a's wait would be over by now, b's is not)
-    reactor.clock.advance(durable.OWED_LOOK)
-    assert reactor.held == [] and ("acknowledged", "b0") not in events
-    _flush_elsewhere(other, os.stat(root / "new").st_dev, time.monotonic_ns())
-    reactor.clock.advance(durable.OWED_LOOK)
-    assert events[-2:] == [("acknowledged", "b0"), ("acknowledged", "b1")] and durable.STATS["links_alone"] == 0
-
-
-def test_another_workers_syncfs_serves_only_the_links_made_before_it_began(tmp_path, monkeypatch):
-    # Two batches owe links with the same in-process number (the second
-    # was flushed by fsync, which is not numbered); the second's links were
-    # timed earlier than the first's (two commit threads interleaved). A
-    # syncfs of another worker that began between the two times serves
-    # the second only, and the first, unserved, holds it back (in order).
-    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
-    here, other, now = _workers_board(monkeypatch)
-    ns = [2000]
-    monkeypatch.setattr(durable.time, "monotonic_ns", lambda: ns[0])
-    device = os.stat(root / "new").st_dev
-    write("a0")
-    write("a1")
-    reactor.release()  # a: one syncfs of its data, linked "at 2000"
-    ns[0] = 1000
-    write("b0")  # alone: fsynced, not numbered; linked "at 1000"
-    reactor.release()
-    assert [entry[3][0][1] for entry in writer._owing] == [writer._owing[0][3][0][1]] * 2
-    other.flush_began(device, 1500)
-    other.flush_ended(device, 1500, 1600, True)
-    reactor.clock.advance(durable.OWED_LOOK)
-    assert not [e for e in events if e[0] == "acknowledged"]
-    assert len(writer._owing) == 1 and writer._owing[0][3][0][4] == 2000

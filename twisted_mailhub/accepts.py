@@ -37,15 +37,6 @@ Rules:
    delays a new connection by at most L{GRACE}, never refuses it. (Its
    count stays in the table as it left it; a worker started again
    writes 0.)
- - The slot also tells the other workers of this worker's syncfs(2)
-   calls of the data folder's filesystem (L{ConnectionTable.flush_began},
-   L{ConnectionTable.flush_ended}): when its newest one in progress began,
-   when the newest that ended well began, and when the newest that failed
-   ended (C{CLOCK_MONOTONIC} nanoseconds, one clock for every process).
-   A syncfs that began after another worker's files were linked into
-   place makes their links durable too, so that worker's group commit
-   need not run one of its own for them (L{ConnectionTable.flushed_elsewhere},
-   L{twisted_mailhub.store.durable.FLUSH_BOARD}).
  - Counted are the connections of the listeners every worker serves (not
    the web face, which worker 0 serves alone), from the moment the
    transport is made to its C{connectionLost}: nothing is added to a
@@ -58,7 +49,6 @@ import ctypes
 import mmap
 import os
 import tempfile
-import threading
 from typing import Any
 
 # Seconds a worker that has more connections than another leaves a new
@@ -76,12 +66,6 @@ AHEAD = 2
 # at every accept and close; the others only read it).
 SLOT = 64
 _WORDS = SLOT // 8
-# The slot's words about its worker's syncfs calls (ConnectionTable.flush_began):
-# the filesystem (st_dev + 1; 0: none yet), when the newest in progress
-# began (0: none), when the newest that ended well began, when the newest
-# that failed ended.
-_DEVICE, _IN_PROGRESS, _FLUSHED, _FAILED = 3, 4, 5, 6
-_FLUSH_WORDS = (_DEVICE, _IN_PROGRESS, _FLUSHED, _FAILED)
 
 
 def make_table(count: int, directory: str | None = None) -> int:
@@ -127,9 +111,6 @@ class ConnectionTable:
         self._words[self._mine] = 0
         self._words[self._mine + 1] = 0
         self._words[self._mine + 2] = 0
-        for word in _FLUSH_WORDS:
-            self._words[self._mine + word] = 0
-        self._flush_lock = threading.Lock()  # the commit threads publish (store/durable)
 
     def counts(self) -> list[int]:
         """Every worker's open connections as the table has them, by index."""
@@ -170,59 +151,6 @@ class ConnectionTable:
             if words[offset + 2]:
                 return True
         return False
-
-    def flush_began(self, device: int, began: int) -> None:
-        """
-        A syncfs(2) of filesystem C{device} (C{st_dev}) began at C{began}
-        (C{time.monotonic_ns()} read just before the call). Only the
-        first filesystem published is told of (the data folder's); a
-        call of another is not.
-        """
-        words, mine = self._words, self._mine
-        with self._flush_lock:
-            if words[mine + _DEVICE] not in (0, device + 1):
-                return
-            words[mine + _DEVICE] = device + 1
-            words[mine + _IN_PROGRESS] = began
-
-    def flush_ended(self, device: int, began: int, ended: int, ok: bool) -> None:
-        """
-        The syncfs of C{device} that began at C{began} (L{flush_began})
-        ended at C{ended}, well (C{ok}) or with an error.
-        """
-        words, mine = self._words, self._mine
-        with self._flush_lock:
-            if words[mine + _DEVICE] != device + 1:
-                return
-            if words[mine + _IN_PROGRESS] == began:
-                words[mine + _IN_PROGRESS] = 0
-            if ok:
-                if began > words[mine + _FLUSHED]:
-                    words[mine + _FLUSHED] = began
-            elif ended > words[mine + _FAILED]:
-                words[mine + _FAILED] = ended
-
-    def flushed_elsewhere(self, device: int, since: int) -> tuple[bool, bool, bool]:
-        """
-        What the other workers' syncfs calls of C{device} say of changes
-        made before C{since} (C{time.monotonic_ns()} read after them):
-        (one that began after C{since} ended well: they are durable; one
-        that failed ended after C{since}: they may not be, and its error
-        was reported to that worker, not to this one; one that began after
-        C{since} is in progress).
-        """
-        words, wanted = self._words, device + 1
-        served = failed = going = False
-        for offset in self._others:
-            if words[offset + _DEVICE] != wanted:
-                continue
-            if words[offset + _FLUSHED] > since:
-                served = True
-            if words[offset + _FAILED] > since:
-                failed = True
-            if words[offset + _IN_PROGRESS] > since:
-                going = True
-        return served, failed, going
 
     def waiting(self, change: int) -> None:
         """One more (+1) or one less (-1) of this worker's listeners leaves new connections to the others."""

@@ -1303,8 +1303,6 @@ def run_worker(argv: list[str]) -> None:
 
         table = ConnectionTable(int(spec["table_fd"]), int(spec["index"]), int(spec["count"]), reactor)
     hub.adopt = _adopt(reactor, {name: int(fd) for name, fd in spec["fds"].items()}, table)
-    # The workers' syncfs calls serve each other's links (store/durable.FLUSH_BOARD).
-    durable.FLUSH_BOARD = table
     link.table = table
     # The connection limits are divided between the workers (README).
     limits = hub.connection_limits

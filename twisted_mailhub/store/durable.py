@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-from errno import EIO
 import os
 import queue
 import sys
@@ -338,28 +337,14 @@ def _begin_flush(device: int) -> int:
 
 
 def _numbered_sync(device: int, path: str, flush: Callable[[str], None], flushed: list | None) -> None:
-    """
-    C{flush(path)} (a syncfs of filesystem C{device}), numbered: its
-    (device, number, error or None) is added to C{flushed}, and the other
-    processes of the hub are told when it began and how it ended
-    (L{FLUSH_BOARD}). Raises its OSError.
-    """
+    """C{flush(path)} (a syncfs of filesystem C{device}), numbered: its (device, number, error or None) is added to C{flushed}. Raises its OSError."""
     number = _begin_flush(device)
-    board = FLUSH_BOARD
-    began = 0
-    if board is not None:
-        began = time.monotonic_ns()
-        board.flush_began(device, began)
     try:
         flush(path)
     except OSError as e:
-        if board is not None:
-            board.flush_ended(device, began, time.monotonic_ns(), False)
         if flushed is not None:
             flushed.append((device, number, e))
         raise
-    if board is not None:
-        board.flush_ended(device, began, time.monotonic_ns(), True)
     if flushed is not None:
         flushed.append((device, number, None))
 
@@ -373,10 +358,8 @@ class Committed:
     L{_commit_batch} returns it); C{flushed}, the numbered syncfs calls the
     batch made, (device, number, error or None) each; C{owed}, per
     filesystem the links still to be flushed: (device, number, directory,
-    indexes of the writes, when they were made): a syncfs of that device
-    numbered C{number} or more, ended well, makes them durable; one that
-    failed fails them. So does another process's syncfs that began after
-    the last (C{time.monotonic_ns()}, L{FLUSH_BOARD}).
+    indexes of the writes): a syncfs of that device numbered C{number} or
+    more, ended well, makes them durable; one that failed fails them.
     """
 
     outcome: list
@@ -600,8 +583,7 @@ def _owe_links(linked: dict[str, list[int]], directory_fds: dict[str, int | None
     for directory, members in linked.items():
         device = os.fstat(directory_fds[directory]).st_dev  # type: ignore[arg-type]
         devices.setdefault(device, (directory, []))[1].extend(members)
-    linked_by = time.monotonic_ns() if FLUSH_BOARD is not None else 0  # (every link made)
-    return [(device, _flush_numbers.get(device, 0) + 1, directory, members, linked_by) for device, (directory, members) in devices.items()]
+    return [(device, _flush_numbers.get(device, 0) + 1, directory, members) for device, (directory, members) in devices.items()]
 
 
 def _directory_fd(directory: str, directory_fds: dict[str, int | None]) -> int:
@@ -858,25 +840,7 @@ GATHER_MAX = 0.0
 # neighbours had much dirty data), their writes, syncfs calls (of a
 # batch's data, or of links), and of those the ones for links alone
 # (L{_flush_owed}: no batch's flush came to serve them).
-STATS = {"batches": 0, "files_batches": 0, "writes": 0, "syncfs": 0, "links_alone": 0, "served_elsewhere": 0}
-
-# Where the processes of one hub (--workers) tell each other of their
-# syncfs calls (twisted_mailhub.accepts.ConnectionTable: flush_began,
-# flush_ended, flushed_elsewhere), or None (one process). A batch's links
-# wait for any syncfs that began after they were made: another worker's
-# serves as well as this one's, and costs this one nothing. Set by
-# twisted_mailhub.workers.
-FLUSH_BOARD: Any = None
-
-# With FLUSH_BOARD: seconds links waiting for a syncfs, with no batch of
-# this process on its way or queued to serve them, wait for another
-# worker's before a syncfs of their own is run (L{_flush_owed}), looking at
-# the board every OWED_LOOK; while another worker's syncfs that began
-# after them is in progress, up to OWED_WAIT_MAX. Each worker makes about
-# one syncfs a millisecond at full load, a syncfs costs 150-200 µs of CPU.
-OWED_WAIT = 0.001
-OWED_WAIT_MAX = 0.004
-OWED_LOOK = 0.00025
+STATS = {"batches": 0, "files_batches": 0, "writes": 0, "syncfs": 0, "links_alone": 0}
 
 
 class GroupCommitWriter:
@@ -919,8 +883,6 @@ class GroupCommitWriter:
         # one for them (L{_flush_owed}).
         self._owing: list[list[Any]] = []
         self._flushing = False
-        self._owed_since = -1.0  # time.monotonic() when links began to wait for another worker's syncfs (FLUSH_BOARD)
-        self._owed_call: Any = None  # the next look at the board for them
         self.batches = 0  # for tests and benchmarks: how many flushes ran
 
     def after_batch(self, function: Callable[[], None]) -> None:
@@ -1156,23 +1118,15 @@ class GroupCommitWriter:
             return
         for device, number, error in flushed:
             for entry in self._owing:
-                for k, (owed_device, wanted, _, _, _) in enumerate(entry[3]):
+                owed = entry[3]
+                for k, (owed_device, wanted, _, members) in enumerate(owed):
                     if owed_device == device and wanted <= number:
-                        self._settle(entry, k, error)
+                        del owed[k]
+                        if error is not None:
+                            entry.append([entry[1][i].final_path for i in members])
+                            for i in members:
+                                entry[2][i] = entry[2][i] or error
                         break
-        self._settled()
-
-    @staticmethod
-    def _settle(entry: list[Any], k: int, error: BaseException | None) -> None:
-        """The links C{entry[3][k]} of a batch that waits (L{_owing}) were flushed, or failed with C{error} (their files to be taken out)."""
-        members = entry[3].pop(k)[3]
-        if error is not None:
-            entry.append([entry[1][i].final_path for i in members])
-            for i in members:
-                entry[2][i] = entry[2][i] or error
-
-    def _settled(self) -> None:
-        """The batches whose links are all settled (L{_settle}) are done, or have their failed files taken out first."""
         still = []
         for entry in self._owing:
             if entry[3]:
@@ -1184,8 +1138,6 @@ class GroupCommitWriter:
             else:
                 slot[0] = outcome
         self._owing = still
-        if not still:
-            self._owed_since = -1.0  # (links owed later wait afresh for another worker's syncfs)
 
     def _taken_out(self, slot: list[Any], outcome: list) -> None:
         slot[0] = outcome
@@ -1198,18 +1150,11 @@ class GroupCommitWriter:
         write waits to be the next batch (about to start: its flush will
         serve them): one for them in a thread (L{_flush_owed}).
         """
-        if FLUSH_BOARD is not None:
-            self._heard_elsewhere()
         if not self._owing or self._running or self._flushing or self._queue:
-            if not self._owing:
-                self._owed_since = -1.0
             return
-        if FLUSH_BOARD is not None and self._wait_elsewhere():
-            return
-        self._owed_since = -1.0
         directories: dict[int, str] = {}
         for entry in self._owing:
-            for device, _, directory, _, _ in entry[3]:
+            for device, _, directory, _ in entry[3]:
                 directories.setdefault(device, directory)
         self._flushing = True
 
@@ -1227,69 +1172,6 @@ class GroupCommitWriter:
                 self._finish_in_order()
 
         self.threads.run(_flush_owed, (list(directories.items()),), flushed)
-
-    def _heard_elsewhere(self) -> None:
-        """
-        The batches whose links another worker's syncfs made durable (one
-        that began after them ended well: L{FLUSH_BOARD}) are done; those
-        whose links one that failed may have taken fail with EIO (its
-        error was reported to that worker only).
-        """
-        board = FLUSH_BOARD
-        if board is None or not self._owing:
-            return
-        settled = False
-        # Each batch's links by their own time: two commit threads may
-        # have taken the same number (L{_owe_links}) in one order and
-        # their times in the other.
-        for entry in self._owing:
-            owed = entry[3]
-            for k in range(len(owed) - 1, -1, -1):
-                device, _, _, _, linked_by = owed[k]
-                served, failed, _ = board.flushed_elsewhere(device, linked_by)
-                if failed:
-                    self._settle(entry, k, OSError(EIO, "syncfs of another worker failed: " + os.strerror(EIO)))
-                elif served:
-                    self._settle(entry, k, None)
-                    STATS["served_elsewhere"] += 1
-                else:
-                    continue
-                settled = True
-        if settled:
-            self._settled()
-
-    def _wait_elsewhere(self) -> bool:
-        """
-        Whether links that wait for a syncfs, with nothing of this process
-        on its way to serve them, wait a while longer for another worker's
-        (L{OWED_WAIT}, L{OWED_WAIT_MAX}); if so, a look at the board is due.
-        """
-        now = time.monotonic()
-        if self._owed_since < 0:
-            self._owed_since = now
-        waited = now - self._owed_since
-        if waited >= OWED_WAIT_MAX:
-            return False
-        if waited >= OWED_WAIT and not self._going_elsewhere():
-            return False
-        if self._owed_call is None:
-            self._owed_call = self.reactor.callLater(OWED_LOOK, self._owed_due)
-        return True
-
-    def _going_elsewhere(self) -> bool:
-        """Whether another worker's syncfs that began after some waiting links is in progress."""
-        for entry in self._owing:
-            for device, _, _, _, linked_by in entry[3]:
-                if FLUSH_BOARD.flushed_elsewhere(device, linked_by)[2]:
-                    return True
-        return False
-
-    def _owed_due(self) -> None:
-        self._owed_call = None
-        try:
-            self._flush_owing()
-        finally:
-            self._finish_in_order()
 
     def _finish_in_order(self) -> None:
         """Finish the oldest batches that are done, oldest first."""
