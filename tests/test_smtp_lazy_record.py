@@ -316,3 +316,34 @@ def test_the_writer_hands_each_reply_on_whole_and_in_order_after_the_reads(name)
         if step[0] in ("c", "s") and step[1]:
             feed[step[0]](step[1])
     assert taken == said
+
+
+@pytest.mark.parametrize("reads", ["client_bytes", "writer"])
+@pytest.mark.parametrize("name", list(SESSIONS))
+@pytest.mark.parametrize("how", ["all", "session", "read"])
+def test_a_long_session_a_watcher_joins_late_sees_what_it_saw_before(name, how, reads, monkeypatch):
+    # Every session of SESSIONS (but its end) eight times over, on a bus
+    # that keeps 7 lines with a slack of 4 (not 256): the kept entries are
+    # let go unmade (or made, where the Transcriber has state) many times
+    # over, and a watcher or a reader that comes at any step is told and
+    # shown exactly what a record transcribed as it went tells and shows.
+    import twisted_mailhub.ftp.record
+    import twisted_mailhub.smtp.record
+
+    monkeypatch.setattr(twisted_mailhub.ftp.record, "_SLACK", 4)
+    monkeypatch.setattr(twisted_mailhub.smtp.record, "_SLACK", 4)
+    steps = [step for step in SESSIONS[name] if step[0] != "end"] * 8 + [("end",)]
+    for cut in range(0, len(steps) + 1, 5):
+        (lazy_bus, lazy_clock, lazy, lazy_feed), (eager_bus, eager_clock, eager, eager_feed) = _pair(max_lines=7, reads=reads)
+        told = {"lazy": [], "eager": []}
+        for n, step in enumerate(steps):
+            lazy_clock.now += 0.125
+            eager_clock.now += 0.125
+            if n == cut:
+                for key, bus, record in (("lazy", lazy_bus, lazy), ("eager", eager_bus, eager)):
+                    start_watching(how, bus, record, told[key])
+            _play(step, lazy, lazy_feed)
+            _play(step, eager, eager_feed)
+            assert len(lazy._events) <= 7 + 4 + 16  # (lines made together are trimmed together)
+        assert told["lazy"] == told["eager"], f"watching from step {cut}"
+        _same(lazy, eager)

@@ -316,9 +316,11 @@ class MailRecord(ControlRecord):
                     return
             elif self._message is None and data.find(b"\n") == len(data) - 1:
                 # The go-ahead for DATA, one line: what the client sends
-                # next is counted as a message (see the module).
-                self._keep(data, -bus.clock())
+                # next is counted as a message (see the module). Counted
+                # before it is kept: keeping it may make the kept entries
+                # events (max_lines), and then the Transcriber counts it.
                 self._message = _STARTED
+                self._keep(data, -bus.clock())
                 return
         self._transcribed().server_bytes(data)
         self._rest = self._transcriber.at_rest()
