@@ -69,6 +69,15 @@ _KIND = {67: "C", 83: "S"}  # b"C"[0], b"S"[0]
 _MAYBE_SECRET = re.compile(rb"[PpAaLl][AaUuOo][SsTtGg][SsHhIi]").search
 
 
+# _plain_lines of short reads and replies lately let go (a client sends the
+# same command lines, and the server the same replies, message after
+# message): a look-up, not the counts. At most _KNOWN_MOST of each.
+_READ_LINES: dict = {}
+_REPLY_LINES: dict = {}
+_KNOWN_MOST = 1024
+_SAFE_LONGEST = 256
+
+
 def _plain_lines(data: bytes, read: bool) -> int:
     """
     How many C:/S: events the L{Transcriber}, at rest, makes of C{data}, a
@@ -228,10 +237,19 @@ class ControlRecord(SessionRecord):
         pair = self._PAIR_KIND
         made = 0
         i = first
+        reads, replies = _READ_LINES, _REPLY_LINES
         while i < stop:
             entry = events[i]
             if entry.__class__ is bytes:
-                k = _plain_lines(entry, copysign(1.0, times[i]) > 0)
+                read = copysign(1.0, times[i]) > 0
+                k = (reads if read else replies).get(entry)
+                if k is None:
+                    k = _plain_lines(entry, read)
+                    if len(entry) <= _SAFE_LONGEST:
+                        known = reads if read else replies
+                        if len(known) >= _KNOWN_MOST:
+                            known.clear()
+                        known[entry] = k
                 if k < 0:
                     # One 354 line (the Transcriber then reads a message):
                     # only with the message's count next, which ends it.
