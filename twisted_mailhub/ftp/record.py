@@ -21,7 +21,11 @@ or the kept entries pass C{max_lines}, the kept bytes are played through
 the session's Transcriber in order, each line with its own time (no
 watcher is told of them: they happened before it watched), and become
 events as any record's. From then on, a watched session is transcribed
-as it goes, exactly as before.
+as it goes, exactly as before. When the kept entries pass C{max_lines}
+and the oldest would only be made to be let go (a long session nobody
+watches), those whose events need no Transcriber state to count are let
+go unmade, their events counted (L{ControlRecord._let_go}): a long
+session costs no more per message than a short one.
 
 Secrets are never kept raw: a read that holds C{PASS}, C{AUTH} or
 C{LOGIN} (any case) is transcribed at once, masked by the Transcriber's
