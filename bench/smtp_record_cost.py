@@ -8,7 +8,9 @@ of the hub's SMTP path, in-process, with no sockets and no disk:
    it: MAIL, RCPT, DATA and the message through the reader, their four
    replies through the writer (or record.server_bytes, where there is no
    writer), the message's count through message_read; a new connection
-   every 125 messages, as in bench/smtp_pop3.py's rounds.
+   every 125 messages, as in bench/smtp_pop3.py's rounds
+   (C{--per-connection}: another number, e.g. 2000 for a long session,
+   whose record passes max_lines after about 650 messages).
  - C{log}: the delivery log line (twisted_mailhub/smtp/delivery.py
    _log_delivery) through Twisted's LogPublisher to the hub's observer
    (twisted_mailhub/logobserver.py), lines written to /dev/null in
@@ -16,6 +18,7 @@ of the hub's SMTP path, in-process, with no sockets and no disk:
 
     python3 bench/smtp_record_cost.py             # both, under valgrind's callgrind
     python3 bench/smtp_record_cost.py --part log
+    python3 bench/smtp_record_cost.py --part record --messages 4000 --per-connection 4000
 
 Each figure is (count for N iterations - count for none) / N, so Python's
 start-up and imports are not in it; the loop's own cost is (about 6,000
@@ -35,7 +38,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_record(n: int) -> None:
+def run_record(n: int, per_connection: int = 125) -> None:
     from twisted_mailhub.smtp.record import MailRecord
     from twisted_mailhub.transcript import SessionEvents
 
@@ -52,7 +55,7 @@ def run_record(n: int) -> None:
     take = handed.append
     record = None
     for i in range(n):
-        if i % 125 == 0:
+        if i % per_connection == 0:
             if record is not None:
                 record.closed()
             record = bus.start("smtp", ("127.0.0.1", 40000 + i % 20000), ("127.0.0.1", 25), kind=MailRecord)
@@ -108,10 +111,11 @@ def run_log(n: int) -> None:
     buffer.flush()
 
 
-def count(part: str, n: int) -> int:
+def count(part: str, n: int, per_connection: int = 125) -> int:
     """User-space instructions of this script running C{part} C{n} times, under callgrind."""
     done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, os.path.abspath(__file__), "--part", part, "--run", str(n)],
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, os.path.abspath(__file__), "--part", part, "--run", str(n),
+         "--per-connection", str(per_connection)],
         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT),
     )
     found = re.search(r"Collected : (\d+)", done.stderr)
@@ -124,14 +128,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("record", "log", "both"), default="both")
     parser.add_argument("--messages", type=int, default=20000, help="iterations counted")
+    parser.add_argument("--per-connection", type=int, default=125, help="messages on one connection (record), default 125")
     parser.add_argument("--run", type=int, default=None, help=argparse.SUPPRESS)  # the counted child
     args = parser.parse_args()
     if args.run is not None:
         sys.path.insert(0, ROOT)
-        (run_record if args.part == "record" else run_log)(args.run)
+        if args.part == "record":
+            run_record(args.run, args.per_connection)
+        else:
+            run_log(args.run)
         return
     for part in ("record", "log") if args.part == "both" else (args.part,):
-        per = (count(part, args.messages) - count(part, 0)) / args.messages
+        per = (count(part, args.messages, args.per_connection) - count(part, 0)) / args.messages
         print(f"{part:>6}: {per:,.0f} instructions per message ({args.messages} counted)", flush=True)
 
 

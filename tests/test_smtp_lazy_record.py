@@ -316,3 +316,72 @@ def test_the_writer_hands_each_reply_on_whole_and_in_order_after_the_reads(name)
         if step[0] in ("c", "s") and step[1]:
             feed[step[0]](step[1])
     assert taken == said
+
+
+class _CountingTranscriber(Transcriber):
+    """A Transcriber that counts the reads and replies it is given."""
+
+    calls = 0
+
+    def client_bytes(self, data: bytes) -> None:
+        type(self).calls += 1
+        Transcriber.client_bytes(self, data)
+
+    def server_bytes(self, data: bytes) -> None:
+        type(self).calls += 1
+        Transcriber.server_bytes(self, data)
+
+
+@pytest.mark.parametrize("reads", ["client_bytes", "reader", "writer"])
+def test_a_long_session_nobody_watches_costs_no_transcriber_per_message(reads, monkeypatch):
+    # Past max_lines + 256 kept entries (about 650 messages at 5,000
+    # lines) the record used to play every kept entry through the
+    # Transcriber, 257 at a time, though nobody watched: a long session
+    # cost more per message than a short one. 1,000 messages now give it
+    # nothing; a reader then sees what a record transcribed as it went shows.
+    import twisted_mailhub.ftp.record
+
+    monkeypatch.setattr(_CountingTranscriber, "calls", 0)
+    monkeypatch.setattr(twisted_mailhub.ftp.record, "Transcriber", _CountingTranscriber)
+    (_, lazy_clock, lazy, lazy_feed), (_, eager_clock, eager, eager_feed) = _pair(reads=reads)
+    steps = HELLO + _envelope(BODY + b".\r\n") * 1000
+    for step in steps:
+        lazy_clock.now += 0.125
+        eager_clock.now += 0.125
+        _play(step, lazy, lazy_feed)
+        _play(step, eager, eager_feed)
+        assert len(lazy._events) <= 5000 + 256 + 1
+    assert _CountingTranscriber.calls == 0
+    _same(lazy, eager)
+    assert lazy.dropped == eager.dropped > 0
+
+
+@pytest.mark.parametrize("reads", ["client_bytes", "writer"])
+@pytest.mark.parametrize("name", list(SESSIONS))
+@pytest.mark.parametrize("how", ["all", "session", "read"])
+def test_a_long_session_a_watcher_joins_late_sees_what_it_saw_before(name, how, reads, monkeypatch):
+    # Every session of SESSIONS (but its end) eight times over, on a bus
+    # that keeps 7 lines with a slack of 4 (not 256): the kept entries are
+    # let go unmade (or made, where the Transcriber has state) many times
+    # over, and a watcher or a reader that comes at any step is told and
+    # shown exactly what a record transcribed as it went tells and shows.
+    import twisted_mailhub.ftp.record
+    import twisted_mailhub.smtp.record
+
+    monkeypatch.setattr(twisted_mailhub.ftp.record, "_SLACK", 4)
+    monkeypatch.setattr(twisted_mailhub.smtp.record, "_SLACK", 4)
+    steps = [step for step in SESSIONS[name] if step[0] != "end"] * 8 + [("end",)]
+    for cut in range(0, len(steps) + 1, 5):
+        (lazy_bus, lazy_clock, lazy, lazy_feed), (eager_bus, eager_clock, eager, eager_feed) = _pair(max_lines=7, reads=reads)
+        told = {"lazy": [], "eager": []}
+        for n, step in enumerate(steps):
+            lazy_clock.now += 0.125
+            eager_clock.now += 0.125
+            if n == cut:
+                for key, bus, record in (("lazy", lazy_bus, lazy), ("eager", eager_bus, eager)):
+                    start_watching(how, bus, record, told[key])
+            _play(step, lazy, lazy_feed)
+            _play(step, eager, eager_feed)
+            assert len(lazy._events) <= 7 + 4 + 16  # (lines made together are trimmed together)
+        assert told["lazy"] == told["eager"], f"watching from step {cut}"
+        _same(lazy, eager)

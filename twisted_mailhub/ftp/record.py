@@ -21,7 +21,11 @@ or the kept entries pass C{max_lines}, the kept bytes are played through
 the session's Transcriber in order, each line with its own time (no
 watcher is told of them: they happened before it watched), and become
 events as any record's. From then on, a watched session is transcribed
-as it goes, exactly as before.
+as it goes, exactly as before. When the kept entries pass C{max_lines}
+and the oldest would only be made to be let go (a long session nobody
+watches), those whose events need no Transcriber state to count are let
+go unmade, their events counted (L{ControlRecord._let_go}): a long
+session costs no more per message than a short one.
 
 Secrets are never kept raw: a read that holds C{PASS}, C{AUTH} or
 C{LOGIN} (any case) is transcribed at once, masked by the Transcriber's
@@ -69,6 +73,39 @@ _KIND = {67: "C", 83: "S"}  # b"C"[0], b"S"[0]
 _MAYBE_SECRET = re.compile(rb"[PpAaLl][AaUuOo][SsTtGg][SsHhIi]").search
 
 
+# _plain_lines of short reads and replies lately let go (a client sends the
+# same command lines, and the server the same replies, message after
+# message): a look-up, not the counts. At most _KNOWN_MOST of each.
+_READ_LINES: dict = {}
+_REPLY_LINES: dict = {}
+_KNOWN_MOST = 1024
+_SAFE_LONGEST = 256
+
+
+def _plain_lines(data: bytes, read: bool) -> int:
+    """
+    How many C:/S: events the L{Transcriber}, at rest, makes of C{data}, a
+    kept read (C{read}) or reply, with no state before or after: whole
+    CRLF lines, no secret (L{_MAYBE_SECRET}), as its shortcuts for plain
+    protocols (SMTP, FTP) record them. -1: one reply line starting with
+    354 (one event, then a message is read); 0: not known without it.
+    """
+    if data[-2:] != b"\r\n":
+        return 0
+    n = data.count(b"\n")
+    if read:
+        if _MAYBE_SECRET(data) is not None:
+            return 0
+        if n == 1 or n == data.count(b"\r\n") == data.count(b"\r"):
+            return n
+        return 0
+    if n == 1 and data.find(b"\r") == len(data) - 2:
+        return -1 if data[:3] == b"354" else 1
+    if n == data.count(b"\r\n") == data.count(b"\r") and data[:3] != b"354" and data.find(b"\n354") < 0:
+        return n
+    return 0
+
+
 class ControlRecord(SessionRecord):
     """
     One FTP control connection's session record (made by
@@ -111,8 +148,7 @@ class ControlRecord(SessionRecord):
             events.append(data)
             self._times.append(bus.clock())
             if len(events) > self._max + _SLACK:
-                self._make()
-                self._trim()
+                self._full()
             return
         if self._rest and data[-1:] == b"\n" and not self._watched() and data.find(b"\n") == len(data) - 1:
             upper = data.upper()
@@ -160,8 +196,85 @@ class ControlRecord(SessionRecord):
         events.append(entry)
         self._times.append(when)
         if len(events) > self._max + _SLACK:
+            self._full()
+
+    def _full(self) -> None:
+        """
+        The entries passed C{max_lines} + C{_SLACK}: the oldest go. Kept
+        entries that would only be made events to be let go at once are
+        let go unmade, their events counted (L{_let_go}); the rest are
+        made and trimmed as before (a long session nobody watches thus
+        costs no Transcriber per entry).
+        """
+        self._let_go()
+        if len(self._events) > self._max + _SLACK:
             self._make()
             self._trim()
+
+    # A kept entry (kind, text) of this kind makes two events (SMTP's
+    # message count, see twisted_mailhub.smtp.record); None: none does.
+    _PAIR_KIND: object = None
+
+    def _let_go(self) -> None:
+        """
+        Let the oldest kept entries go unmade while at least C{max_lines}
+        kept entries stay after them: each makes at least one event, so
+        every event they would make is one a trim drops anyway. Only
+        entries whose events the L{Transcriber} makes without any state
+        (whole CRLF lines read at rest, no secret; SMTP's 354 go-ahead only
+        with its message's count next) go; C{_seq} counts their events, so
+        the sequence numbers, L{dropped} and L{summary} are what making
+        them would give. The made events before them go too (older still).
+        """
+        first = self._raw
+        if first is None:
+            return
+        events = self._events
+        n = len(events)
+        stop = n - self._max
+        if stop <= first:
+            return
+        transcriber = self._transcriber
+        if transcriber is not None and not transcriber.at_rest():
+            return
+        times = self._times
+        pair = self._PAIR_KIND
+        made = 0
+        i = first
+        reads, replies = _READ_LINES, _REPLY_LINES
+        while i < stop:
+            entry = events[i]
+            if entry.__class__ is bytes:
+                read = copysign(1.0, times[i]) > 0
+                k = (reads if read else replies).get(entry)
+                if k is None:
+                    k = _plain_lines(entry, read)
+                    if len(entry) <= _SAFE_LONGEST:
+                        known = reads if read else replies
+                        if len(known) >= _KNOWN_MOST:
+                            known.clear()
+                        known[entry] = k
+                if k < 0:
+                    # One 354 line (the Transcriber then reads a message):
+                    # only with the message's count next, which ends it.
+                    after = events[i + 1] if i + 1 < n else None
+                    if pair is None or after.__class__ is not tuple or after[0] is not pair:
+                        break
+                    k = 1
+                elif k == 0:
+                    break
+            elif pair is not None and entry[0] is pair:
+                k = 2
+            else:
+                k = 1
+            made += k
+            i += 1
+        if i == first:
+            return
+        del events[:i]
+        del times[:i]
+        self._seq += made
+        self._raw = 0
 
     def _make(self) -> None:
         """Play the kept entries through the Transcriber, in order, each at its own time; nobody is told."""

@@ -254,7 +254,16 @@ class InboundChecks:
         self._dns_server = dns_server
 
     def applies(self, envelope: Envelope) -> bool:
-        return not envelope.authenticated and envelope.client_address not in self.hub.trusted
+        return self.applies_to_session(envelope.authenticated, envelope.client_address)
+
+    def applies_to_session(self, authenticated: str | None, client_address: str) -> bool:
+        """
+        Whether mail of a session checks at all: only mail from outside (no
+        login, C{client_address} outside C{--trusted-networks}) is checked.
+        The SMTP delivery asks this before it makes an L{Envelope}
+        (L{twisted_mailhub.smtp.delivery.end_of_data_gates}).
+        """
+        return not authenticated and client_address not in self.hub.trusted
 
     def end_of_data(self, envelope: Envelope, message: bytes) -> Any:
         if not self.applies(envelope):

@@ -191,6 +191,15 @@ class DKIMSigner:
                 return domain
         return None
 
+    def applies_to_session(self, authenticated: str | None, client_address: str) -> bool:
+        """
+        Whether mail of a session may be signed: only mail a logged-in
+        account submits (C{authenticated}), as the README says; the SMTP
+        delivery asks this before it makes an L{Envelope}
+        (L{twisted_mailhub.smtp.delivery.end_of_data_gates}).
+        """
+        return bool(authenticated)
+
     def end_of_data(self, envelope: Envelope, message: bytes) -> Any:
         if not envelope.authenticated:
             return None

@@ -383,6 +383,48 @@ def has_hook(filters, hook: str) -> bool:
     return any(getattr(f, hook, None) is not None for f in filters)
 
 
+def end_of_data_gates(filters) -> tuple | None:
+    """
+    How to tell, from a session alone, that no end-of-data filter of
+    C{filters} would do anything with its messages: a tuple of each such
+    filter's C{applies_to_session(authenticated, client_address) -> bool}
+    (the built-in ones: L{twisted_mailhub.mailauth.checks.InboundChecks}
+    checks mail from outside, L{twisted_mailhub.mailauth.signing.DKIMSigner}
+    signs mail of a logged-in account), or None when one of them has no
+    such method (a C{--filter} plugin: it sees every message).
+    """
+    gates = []
+    for f in filters:
+        if getattr(f, "end_of_data", None) is None:
+            continue
+        gate = getattr(f, "applies_to_session", None)
+        if gate is None:
+            return None
+        gates.append(gate)
+    return tuple(gates)
+
+
+def _filters_apply(hub: Any, session: Session) -> bool:
+    """
+    Whether a message of C{session} goes through C{hub.filters}' end of
+    data at all; the gates (L{end_of_data_gates}) are found once per list
+    of filters, not per message. False: the message is stored as it is,
+    with no L{Envelope} made (every filter would answer None at once).
+    """
+    filters = hub.filters
+    cached = getattr(hub, "_end_of_data_gates", None)
+    if cached is None or cached[0] != filters:
+        cached = hub._end_of_data_gates = (list(filters), end_of_data_gates(filters))
+    gates = cached[1]
+    if gates is None:
+        return True
+    authenticated, client_address = session.authenticated, session.client_ip
+    for gate in gates:
+        if gate(authenticated, client_address):
+            return True
+    return False
+
+
 def envelope_of(sender: str, recipients, session: Session) -> Envelope:
     return Envelope(
         sender=sender,
@@ -439,7 +481,7 @@ def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict],
         # Before the filters, so that one that signs (DKIM) sees the
         # message as it will be stored.
         message = add_submission_headers(message, session.hostname, sender or session.authenticated)
-    if hub.filters:
+    if hub.filters and _filters_apply(hub, session):
         if len(recipients) == 1:
             one = recipients[0]
             envelope = envelope_of(sender, (one.original or one.address,), session)

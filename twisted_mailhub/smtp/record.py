@@ -80,6 +80,8 @@ class MailRecord(ControlRecord):
 
     __slots__ = ("_message", "_unfinished", "_stash", "_stash_time")
 
+    _PAIR_KIND = _MESSAGE  # a message's count: two C: lines
+
     def __init__(self, bus, id: str, protocol: str, client: tuple, server: tuple):
         # A message being counted after a kept 354 (None: none; _STARTED:
         # none of it yet; else its _MessageLines), and the unfinished last
@@ -109,8 +111,7 @@ class MailRecord(ControlRecord):
                 events.append(data)
                 self._times.append(bus.clock() if when is None else when)
                 if len(events) > self._max + _SLACK:
-                    self._make()
-                    self._trim()
+                    self._full()
                 return
             ControlRecord.client_bytes(self, data)
             return
@@ -165,8 +166,7 @@ class MailRecord(ControlRecord):
                     events.append(data)
                     times.append(clock())
                     if len(events) > most:
-                        self._make()
-                        self._trim()
+                        self._full()
                     take(data)
                     return
             elif (
@@ -219,8 +219,7 @@ class MailRecord(ControlRecord):
                 events.append(data)
                 times.append(-clock())
                 if len(events) > most:
-                    self._make()
-                    self._trim()
+                    self._full()
             else:
                 server_bytes(data)
             write(data)
@@ -285,8 +284,7 @@ class MailRecord(ControlRecord):
             events.append((_MESSAGE, (lines, octets)))
             self._times.append(self._stash_time)
             if len(events) > self._max + _SLACK:
-                self._make()
-                self._trim()
+                self._full()
 
     def add(self, kind: str, text) -> None:
         """As L{ControlRecord.add}, after the first read of a message kept aside is counted."""
@@ -311,14 +309,15 @@ class MailRecord(ControlRecord):
                     events.append(data)
                     self._times.append(-bus.clock())
                     if len(events) > self._max + _SLACK:
-                        self._make()
-                        self._trim()
+                        self._full()
                     return
             elif self._message is None and data.find(b"\n") == len(data) - 1:
                 # The go-ahead for DATA, one line: what the client sends
-                # next is counted as a message (see the module).
-                self._keep(data, -bus.clock())
+                # next is counted as a message (see the module). Counted
+                # before it is kept: keeping it may make the kept entries
+                # events (max_lines), and then the Transcriber counts it.
                 self._message = _STARTED
+                self._keep(data, -bus.clock())
                 return
         self._transcribed().server_bytes(data)
         self._rest = self._transcriber.at_rest()
