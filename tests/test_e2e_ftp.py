@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -613,6 +614,53 @@ def test_auth_tls_prot_p_round_trip_with_ftplib(hub, random_50mb):
     f.set_pasv(False)
     assert sha(retr(f, "s.bin")) == sha(data)
     assert "data channel: TLS" in f.sendcmd("STAT")
+    f.quit()
+
+
+@pytest.mark.parametrize("order", ["closed_then_retr", "retr_then_closed", "active"])
+def test_prot_p_data_connection_closed_before_its_handshake_is_answered_at_once(hub, order):
+    # rclone's multi-thread FTPS download closes a stream's data connection
+    # before its TLS handshake when another stream fails: the RETR had no
+    # reply until the data timeout (60 s), then a wrong "not made in time".
+    # RFC 959: the transfer fails with a 425 now, and the session goes on.
+    f = tls_login(hub)
+    f.storbinary("STOR h.bin", io.BytesIO(b"x" * 100000))
+    if order == "active":
+        # PORT: the hub connects and is the TLS server (RFC 4217 §9); the
+        # client takes the connection and closes it without a handshake.
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(10)
+        f.sendport("127.0.0.1", listener.getsockname()[1])
+        f.sock.settimeout(10)
+        f.putcmd("RETR h.bin")
+        started = time.monotonic()
+        assert f.getline().startswith("150")
+        listener.accept()[0].close()
+        listener.close()
+        first = f.getline()
+        assert first.startswith("425"), first
+        assert time.monotonic() - started < 5
+        f.set_pasv(True)
+        assert retr(f, "h.bin") == b"x" * 100000
+        f.quit()
+        return
+    host, port = f.makepasv()
+    data = socket.create_connection((host, port), timeout=10)
+    if order == "closed_then_retr":
+        data.close()
+        time.sleep(0.3)
+    f.sock.settimeout(10)
+    f.putcmd("RETR h.bin")
+    started = time.monotonic()
+    first = f.getline()
+    if order == "retr_then_closed":
+        assert first.startswith("150"), first
+        data.close()
+        first = f.getline()
+    assert first.startswith("425"), first
+    assert time.monotonic() - started < 5
+    assert "in time" not in first
+    assert retr(f, "h.bin") == b"x" * 100000
     f.quit()
 
 

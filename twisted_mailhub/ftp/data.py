@@ -304,6 +304,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         self._producer: _ChunkProducer | None = None
         self._finished = False
         self._lost = False
+        self._handshaken = False
 
     # -- connection --------------------------------------------------------
 
@@ -318,6 +319,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
             # TLS connection before that (an empty listing) breaks it.
             self.transport.startTLS(self.channel.tls, normal=not self.channel.active_mode)
             self.tls = True
+            self.channel.pending = self
             self._watch_tcp_end()
             return
         self.channel._connected(self)
@@ -340,6 +342,9 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         tls_layer.connectionLost = connection_lost
 
     def handshakeCompleted(self):
+        self._handshaken = True
+        if self.channel.pending is self:
+            self.channel.pending = None
         self.channel._connected(self)
 
     def timeoutConnection(self):
@@ -415,7 +420,9 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         if self._sendfile is not None:
             self._stop_sendfile()
         if self.done is None:
-            if not self._early:
+            if self.tls and not self._handshaken:
+                self.channel._lost_before_tls(self)
+            elif not self._early:
                 self.channel._lost_unused(self)
             # else: a small upload that came and went before its STOR was
             # read; receive() still takes it.
@@ -772,7 +779,7 @@ class DataChannel:
     # One per control connection, idle most of its life: slots keep it small.
     __slots__ = (
         "reactor", "local_host", "peer_host", "data_port", "timeout", "tls", "protect", "on_data_connection",
-        "balancers", "state", "active_mode", "connection", "_port", "_address", "_waiting", "_timer",
+        "balancers", "state", "active_mode", "connection", "pending", "_port", "_address", "_waiting", "_timer",
     )
 
     def __init__(self, reactor, local_host: str, peer_host: str, data_port: int, timeout: float, tls=None, balancers=None):
@@ -796,6 +803,8 @@ class DataChannel:
         self.state = DataState.IDLE
         self.active_mode = False
         self.connection: DataConnection | None = None
+        # A PROT P data connection whose TLS handshake is under way.
+        self.pending: DataConnection | None = None
         self._port = None
         self._address: tuple[str, int] | None = None
         self._waiting: defer.Deferred | None = None
@@ -928,6 +937,27 @@ class DataChannel:
             if self.state is DataState.PASSIVE_CONNECTED:
                 self._enter(DataState.IDLE)
 
+    def _lost_before_tls(self, connection: DataConnection):
+        """
+        A PROT P data connection (RFC 4217) closed before its TLS handshake
+        ended: the client closed or reset it, or the handshake failed. Its
+        listener has already stopped, so no other connection comes: a
+        transfer waiting for it fails now (425, RFC 959 §4.2) instead of at
+        the data timeout with "not made in time", and an idle channel needs
+        a new PASV/EPSV/PORT, as after a plain one closed before its
+        transfer (L{_lost_unused}). One that is no longer the channel's
+        L{pending} connection (a later PASV, PORT or ABOR reset it) is no
+        concern of the present transfer.
+        """
+        if self.pending is not connection:
+            return
+        self.pending = None
+        if self.state is DataState.CONNECTING:
+            log.info("ftp data connection closed before its TLS handshake finished")
+            self._give_up(TransferFailed("the data connection closed before its TLS handshake finished"))
+        elif self.state is DataState.PASSIVE_LISTENING:
+            self._enter(DataState.IDLE)
+
     def _stop_listening(self):
         port, self._port = self._port, None
         if port is not None:
@@ -962,5 +992,8 @@ class DataChannel:
         connection, self.connection = self.connection, None
         if connection is not None and connection.done is None and connection.transport is not None:
             connection.transport.loseConnection()
+        pending, self.pending = self.pending, None
+        if pending is not None and pending.transport is not None:
+            pending.transport.abortConnection()  # its handshake would be for nothing
         self._address = None
         self._enter(DataState.IDLE)
