@@ -61,7 +61,7 @@ from twisted_mailhub.ftp.data import (
 )
 from twisted_mailhub.ftp.record import ControlRecord
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable
-from twisted_mailhub.lines import LineEngine, control_note, quote, send_now
+from twisted_mailhub.lines import LineEngine, control_note, quote, send_now, telnet_text
 from twisted_mailhub.clientkey import client_key
 from twisted_mailhub.proxyheader import socket_host
 from twisted_mailhub.store.interfaces import is_out_of_space
@@ -138,26 +138,6 @@ URGENT = {"ABOR", "STAT", "QUIT"}
 PUBLIC = {"FEAT", "QUIT", "HELP", "NOOP", "SYST", "AUTH", "PBSZ", "PROT", "OPTS", "CCC"}
 
 _URGENT = {verb.encode("ascii") for verb in URGENT}
-# A Telnet command (RFC 854): IAC IAC (a data octet 255), an option's
-# negotiation IAC WILL/WONT/DO/DONT OPTION, a subnegotiation IAC SB ...
-# IAC SE, or any other IAC X (IP and DM, which ftplib and curl send
-# before ABOR; AYT, EC...).
-_TELNET_COMMAND = re.compile(rb"\xff(?:\xff|[\xfb-\xfe].?|\xfa.*?\xff\xf0|[^\xff]?)", re.S)
-
-
-def telnet_text(line: bytes) -> bytes:
-    """
-    A control line without its Telnet commands (RFC 959 §4: the control
-    connection follows the Telnet protocol, RFC 854): what a C{telnet}
-    client adds when the student presses Ctrl-C (IAC IP, IAC DO
-    TIMING-MARK) or a client sends before ABOR (IAC IP IAC DM) is not part
-    of the command, and a doubled IAC is one octet 255 (RFC 2640 §3.1).
-    """
-    if line.find(b"\xff") < 0:
-        return line
-    return _TELNET_COMMAND.sub(lambda m: b"\xff" if m.group() == b"\xff\xff" else b"", line)
-
-
 def _is_urgent(line: bytes) -> bool:
     """Whether a control line is ABOR, STAT or QUIT, answered even during a transfer."""
     word = telnet_text(line).lstrip()[:5]

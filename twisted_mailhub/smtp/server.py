@@ -61,7 +61,7 @@ from twisted.mail._cred import PLAINCredentials
 
 from twisted_mailhub.accounts import challenge_response_offered
 from twisted_mailhub.hub import is_secure, peer_host
-from twisted_mailhub.lines import LineEngine, control_note, has_control, quote
+from twisted_mailhub.lines import LineEngine, control_note, has_control, quote, telnet_text
 from twisted_mailhub.smtp.delivery import (
     RecipientPolicy,
     Rejected,
@@ -455,6 +455,10 @@ class MailhubSMTP(smtp.ESMTP):
     # -- commands -----------------------------------------------------------
 
     def _command(self, raw: bytes):
+        # Telnet commands a person's telnet client sent (Ctrl-C: IAC IP,
+        # IAC DO TIMING-MARK) are no part of the command (lines.telnet_text);
+        # such a line is not ASCII, so the fast path sends it here.
+        raw = telnet_text(raw)
         try:
             line = raw.decode("ascii")
         except UnicodeDecodeError:
