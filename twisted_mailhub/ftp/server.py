@@ -885,10 +885,23 @@ class MailhubFTP(ftp.FTP):
             return "200 EPSV ALL ok: PORT, EPRT and PASV are refused from now on."
         if protocol and protocol not in ("1", "2"):
             return "522 Network protocol not supported, use (1,2)."
+        if protocol and protocol != self._network_protocol():
+            # RFC 2428 §3: the passive port is on this connection's own
+            # address, which is of one family only (vsftpd answers so).
+            return f"522 Network protocol not supported, use ({self._network_protocol()})."
         port = self._open_passive()
         if isinstance(port, str):
             return port
         return f"229 Entering Extended Passive Mode (|||{port}|)."
+
+    def _network_protocol(self) -> str:
+        """
+        The RFC 2428 network protocol number of the control connection:
+        C{"2"} over IPv6, C{"1"} over IPv4 (also an IPv4 client seen by an
+        IPv6 socket as C{::ffff:a.b.c.d}, RFC 4291 §2.5.5.2).
+        """
+        address = self.address.lower()
+        return "2" if ":" in address and not address.startswith("::ffff:") else "1"
 
     def _passive_host(self) -> str:
         """
@@ -926,6 +939,12 @@ class MailhubFTP(ftp.FTP):
             return "501 EPRT wants |1|h.o.s.t|port| or |2|::1|port|."
         if family not in ("1", "2"):
             return "522 Network protocol not supported, use (1,2)."
+        own = self._network_protocol()
+        if family != own and not (own == "1" and host[:7].lower() == "::ffff:"):
+            # RFC 2428 §2: the data connection is of the control
+            # connection's family (an IPv4 client's own address written
+            # as IPv6, ::ffff:a.b.c.d, is still IPv4: see _set_active).
+            return f"522 Network protocol not supported, use ({own})."
         return self._set_active(host, port, "EPRT")
 
     def _set_active(self, host: str, port: int, verb: str = "PORT"):
