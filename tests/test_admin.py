@@ -288,3 +288,13 @@ def test_a_missing_accounts_file_is_an_error_not_an_empty_list(tmp_path, command
     assert result.returncode == 1
     assert result.stderr == f"mailhub-admin: there is no accounts file {missing} (give --accounts FILE or set MAILHUB_ACCOUNTS; user add creates it)\n"
     assert not missing.exists()
+
+
+def test_check_names_the_option_a_bad_user_came_from_once(tmp_path):
+    # Before: "accounts: --auth: --user: not a usable mailbox name" (the
+    # --auth: prefix for a --user problem).
+    result = mailhub_admin("check", "--data", str(tmp_path / "d"), "--user", "bad name:x", "--smtp", "tcp:0:interface=127.0.0.1")
+    assert result.returncode == 1
+    [line] = [line for line in result.stderr.splitlines() if "accounts:" in line]
+    assert line.split("accounts: ", 1)[1].startswith("--user: ")
+    assert "--auth" not in line

@@ -390,7 +390,10 @@ def check(hub_args: list[str], dns: bool = True) -> list[str]:
     accounts = None
     try:
         accounts, extra = tap._accounts_and_checkers(options)
-    except (ValueError, usage.UsageError) as e:
+    except usage.UsageError as e:
+        # It names its option already (--user: ..., --auth memory: ...).
+        problems.append(f"accounts: {e}")
+    except ValueError as e:
         problems.append(f"accounts: --auth: {e}")
     else:
         if not len(accounts) and not extra:
