@@ -427,28 +427,24 @@ class Maildrops:
             unlock()
             raise
         self.in_use.add(key)
-        if pending is not None:
 
-            def settled(_: Any) -> tuple[Maildrop, Callable[[], None]]:
-                try:
-                    return self._avatar(folder, account, key, unlock)
-                except BaseException:
-                    self.in_use.discard(key)
-                    unlock()
-                    raise
-
-            def not_settled(reason: Any) -> Any:
+        def taken(_: Any = None) -> tuple[Maildrop, Callable[[], None]]:
+            try:
+                return self._avatar(folder, account, key, unlock)
+            except BaseException:
                 self.in_use.discard(key)
                 unlock()
-                return reason
+                raise
 
-            return pending.addCallbacks(settled, not_settled)
-        try:
-            return self._avatar(folder, account, key, unlock)
-        except BaseException:
+        if pending is None:
+            return taken()
+
+        def not_settled(reason: Any) -> Any:
             self.in_use.discard(key)
             unlock()
-            raise
+            return reason
+
+        return pending.addCallbacks(taken, not_settled)
 
     def _avatar(self, folder: Any, account: Any, key: str, unlock: Callable[[], None]) -> tuple[Maildrop, Callable[[], None]]:
         drop = Maildrop(folder, account.address)
