@@ -278,3 +278,24 @@ def test_a_password_that_is_not_utf_8_is_refused_in_words_not_a_traceback(tmp_pa
     assert not accounts.exists() or b"carol" not in accounts.read_bytes()
     # and UTF-8 "café" works
     assert accounts_hash("café\n").returncode == 0
+
+
+@pytest.mark.parametrize("command", [["list"], ["remove", "alice"]])
+def test_a_missing_accounts_file_is_an_error_not_an_empty_list(tmp_path, command):
+    # Before: "no accounts in /tmp/.../acounts", exit 0: a typo of the
+    # path looked like an empty file.
+    missing = tmp_path / "acounts"
+    result = mailhub_admin("user", *command, "--accounts", str(missing), "--no-reload") if command[0] != "list" else mailhub_admin("user", "list", "--accounts", str(missing))
+    assert result.returncode == 1
+    assert result.stderr == f"mailhub-admin: there is no accounts file {missing} (give --accounts FILE or set MAILHUB_ACCOUNTS; user add creates it)\n"
+    assert not missing.exists()
+
+
+def test_check_names_the_option_a_bad_user_came_from_once(tmp_path):
+    # Before: "accounts: --auth: --user: not a usable mailbox name" (the
+    # --auth: prefix for a --user problem).
+    result = mailhub_admin("check", "--data", str(tmp_path / "d"), "--user", "bad name:x", "--smtp", "tcp:0:interface=127.0.0.1")
+    assert result.returncode == 1
+    [line] = [line for line in result.stderr.splitlines() if "accounts:" in line]
+    assert line.split("accounts: ", 1)[1].startswith("--user: ")
+    assert "--auth" not in line

@@ -219,6 +219,11 @@ def test_ipv6_control_with_epsv_and_eprt(start_hub):
     assert retr(f, "six") == b"over IPv6"
     with pytest.raises(ftplib.error_temp, match="425"):
         f.sendcmd("PASV")
+    # RFC 2428 §2-3: the other family is 522, saying which one to use.
+    with pytest.raises(ftplib.error_perm, match=r"^522 Network protocol not supported, use \(2\)\.$"):
+        f.sendcmd("EPSV 1")
+    with pytest.raises(ftplib.error_perm, match=r"^522 Network protocol not supported, use \(2\)\.$"):
+        f.sendcmd("EPRT |1|127.0.0.1|40000|")
 
 
 def test_active_data_connection_comes_from_control_port_minus_one(start_hub):
@@ -968,3 +973,20 @@ def test_telnet_commands_typed_by_a_telnet_client_are_not_part_of_the_command(hu
         assert ask(s, b"NO\xff\xf6OP").startswith(b"200")  # IAC AYT inside a word
         assert ask(s, b"\xff\xf4\xff\xf2STAT").startswith(b"211")
         assert ask(s, b"QUIT").startswith(b"221")
+
+
+def test_epsv_and_eprt_of_the_other_network_protocol_are_522(hub):
+    # RFC 2428 §2-3: the data connection is of the control connection's
+    # family; vsftpd answers EPSV 2 over IPv4 with 522 ... use (1). The hub
+    # answered 229 with an IPv4 port.
+    with socket.create_connection(("127.0.0.1", hub.ports["ftp"]), timeout=15) as s:
+        assert read_reply(s).startswith(b"220")
+        assert ask(s, b"USER alice").startswith(b"331")
+        assert ask(s, b"PASS secret").startswith(b"230")
+        assert ask(s, b"EPSV 2") == b"522 Network protocol not supported, use (1).\r\n"
+        assert ask(s, b"EPRT |2|::1|40000|") == b"522 Network protocol not supported, use (1).\r\n"
+        assert ask(s, b"EPSV 3") == b"522 Network protocol not supported, use (1,2).\r\n"
+        assert ask(s, b"EPSV 1").startswith(b"229 ")
+        assert ask(s, b"EPSV").startswith(b"229 ")
+        assert ask(s, b"QUIT").startswith(b"221")
+

@@ -302,7 +302,9 @@ def test_port_checks_are_made_before_any_connection(session):
     assert say(b"PORT 10,0,0,1,200,1\r\n") == b"504 PORT refused: data connections go to your own address only (RFC 2577).\r\n"
     assert say(b"PORT 127,0,0,1,0,21\r\n") == b"504 PORT refused: the port must be 1024-65535, not a privileged port (RFC 2577).\r\n"
     assert say(b"PORT 127,0,0,1,200,1\r\n").startswith(b"200")
-    assert say(b"EPRT |2|::1|5000|\r\n").startswith(b"504 EPRT refused: data connections go to your own address only")
+    assert say(b"EPRT |1|10.0.0.1|5000|\r\n").startswith(b"504 EPRT refused: data connections go to your own address only")
+    # IPv6 over an IPv4 control connection: the other family (RFC 2428 §2).
+    assert say(b"EPRT |2|::1|5000|\r\n") == b"522 Network protocol not supported, use (1).\r\n"
     assert say(b"REST x\r\n").startswith(b"501")
     assert say(b"TYPE E\r\n").startswith(b"504")
     assert say(b"MODE B\r\n").startswith(b"504")

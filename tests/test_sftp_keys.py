@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -153,3 +154,26 @@ def test_a_key_cut_short_when_pasted_does_not_lock_out_the_accounts_other_keys(s
     assert _sftp_login(hub, good) is True
     hub.wait_for_log(r"alice@localhost, line 1: not a key this server can read")
     assert "Traceback" not in hub.log
+
+
+def test_a_bad_line_is_logged_once_per_version_of_the_file_not_at_every_key_check(start_hub):
+    # SSH asks twice per login ("would this key do?", then the signed
+    # request), and again at each login: the same warning came twice per
+    # login, every login.
+    hub = start_hub()
+    good, good_public = _key_pair()
+    cut = good_public.split()[0] + b" " + good_public.split()[1][:20]
+    path = os.path.join(hub.data_dir, "ssh", "authorized_keys", "alice@localhost")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(cut + b"\n" + good_public + b"\n")
+    warning = "alice@localhost, line 1: not a key this server can read"
+    assert _sftp_login(hub, good) is True
+    assert _sftp_login(hub, good) is True
+    hub.wait_for_log(re.escape(warning))
+    assert hub.log.count(warning) == 1
+    with open(path, "wb") as f:  # a new version of the file: said again
+        f.write(cut + b"\n" + good_public + b"\n# laptop\n")
+    assert _sftp_login(hub, good) is True
+    hub.wait_for_log(re.escape(warning) + r"[^\n]*\n(.*\n)*.*" + re.escape(warning))
+    assert hub.log.count(warning) == 2

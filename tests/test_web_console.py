@@ -299,3 +299,34 @@ def test_logging_out_ends_the_live_console_sockets_of_that_browser_at_once(hub):
     _reply(sock)
     sock.close()
     assert kept.wait_for(lambda u: u["type"] == "session" and u["session"]["protocol"] == "smtp")
+
+
+def _typed(port: int, lines: list[bytes], final: bytes) -> None:
+    """Send C{lines} to C{port} on loopback, read until C{final} appears."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        data = b""
+        sock.sendall(b"".join(line + b"\r\n" for line in lines))
+        while final not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+
+
+@pytest.mark.parametrize("protocol, lines, final, said", [
+    ("smtp", [b"helo a\x00b", b"quit"], b"221", "refused HELO ('"),
+    ("smtp", [b"ehlo student.example", b"rcpt to:<alice@localhost>", b"quit"], b"221", "refused RCPT ('"),
+    ("pop3", [b"RETR 9", b"QUIT"], b"+OK", "refused ('"),
+    ("imap", [b"a1 SELECT INBOX", b"a2 LOGOUT"], b"a2 OK", "refused ('"),
+    ("ftp", [b"RETR secret.txt", b"QUIT"], b"221", "refused RETR ('"),
+])
+def test_a_refused_command_is_explained_as_a_refusal_with_its_reason(hub, protocol, lines, final, said):
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    _typed(hub.ports[protocol], lines, final)
+    [session_id] = re.findall(r'data-id="(%s#\d+)"' % protocol, browser.get("/console").text)
+    text = browser.get("/console/session/" + urllib.parse.quote(session_id, safe="") + "/transcript.txt").text
+    [refused] = [line for line in text.splitlines() if said in line]
+    # The reply's own words, not the command's hoped-for result.
+    reason = refused.split(said, 1)[1].split("')", 1)[0]
+    assert reason and reason in text.replace(refused, "")

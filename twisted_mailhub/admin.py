@@ -62,6 +62,16 @@ def read_lines(path: str) -> list[str]:
         return f.read().splitlines()
 
 
+def must_exist(path: str) -> None:
+    """
+    Raise L{AdminError} when the accounts file C{path} does not exist (for
+    list, passwd and remove: a mistyped path must not read as a file
+    without accounts; add creates the file).
+    """
+    if not os.path.exists(path):
+        raise AdminError(f"there is no accounts file {path} (give --accounts FILE or set MAILHUB_ACCOUNTS; user add creates it)")
+
+
 def write_lines(path: str, lines: list[str]) -> None:
     """
     Replace the accounts file atomically: mode 0600, the old file's owner
@@ -197,6 +207,7 @@ def user_add(args) -> str:
 
 
 def user_passwd(args) -> str:
+    must_exist(args.accounts)
     lines = read_lines(args.accounts)
     i = _index(lines, args.address, args.domain)
     if i is None:
@@ -207,6 +218,7 @@ def user_passwd(args) -> str:
 
 
 def user_remove(args) -> str:
+    must_exist(args.accounts)
     lines = read_lines(args.accounts)
     i = _index(lines, args.address, args.domain)
     if i is None:
@@ -304,9 +316,9 @@ def _account_for_key(args, address: str) -> str:
 
 
 def user_list(args) -> str:
+    must_exist(args.accounts)
     book = AccountBook([args.domain])
-    if os.path.exists(args.accounts):
-        book.load_file(args.accounts)
+    book.load_file(args.accounts)
     rows = []
     for account in sorted(book, key=lambda a: (a.domain, a.localpart.lower())):
         kind = "scrypt" if account.password_hash else "plain"
@@ -378,7 +390,10 @@ def check(hub_args: list[str], dns: bool = True) -> list[str]:
     accounts = None
     try:
         accounts, extra = tap._accounts_and_checkers(options)
-    except (ValueError, usage.UsageError) as e:
+    except usage.UsageError as e:
+        # It names its option already (--user: ..., --auth memory: ...).
+        problems.append(f"accounts: {e}")
+    except ValueError as e:
         problems.append(f"accounts: --auth: {e}")
     else:
         if not len(accounts) and not extra:

@@ -88,9 +88,33 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+# A Telnet command (RFC 854): IAC IAC (a data octet 255), an option's
+# negotiation IAC WILL/WONT/DO/DONT OPTION, a subnegotiation IAC SB ...
+# IAC SE, or any other IAC X (IP and DM, which ftplib and curl send
+# before ABOR; AYT, EC...).
+_TELNET_COMMAND = re.compile(rb"\xff(?:\xff|[\xfb-\xfe].?|\xfa.*?\xff\xf0|[^\xff]?)", re.S)
+
+
+def telnet_text(line: bytes) -> bytes:
+    """
+    A command line without its Telnet commands (RFC 854): what a
+    C{telnet} client adds when the student presses Ctrl-C (IAC IP, IAC DO
+    TIMING-MARK) or an FTP client sends before ABOR (IAC IP IAC DM) is not
+    part of the command, and a doubled IAC is one octet 255 (RFC 2640
+    §3.1). FTP's control connection is Telnet (RFC 959 §4); SMTP, POP3
+    and IMAP command lines are stripped the same way for a person typing
+    in C{telnet} (octet 255 is no US-ASCII and never in UTF-8, so no
+    command loses a character). Never for message text (SMTP DATA, BDAT)
+    or an IMAP literal, where octet 255 is data.
+    """
+    if line.find(b"\xff") < 0:
+        return line
+    return _TELNET_COMMAND.sub(lambda m: b"\xff" if m.group() == b"\xff\xff" else b"", line)
+
+
 log = Logger()
 
-__all__ = ["LineEngine", "TOO_LONG", "quote", "control_note", "has_control", "send_now", "flush_now"]
+__all__ = ["LineEngine", "TOO_LONG", "quote", "control_note", "has_control", "send_now", "flush_now", "telnet_text"]
 
 
 class _TooLong:

@@ -78,7 +78,7 @@ from twisted_mailhub import __version__
 from twisted_mailhub.accounts import challenge_response_offered
 from twisted_mailhub.errorwords import no_room
 from twisted_mailhub.hub import ListenerSpec, is_secure
-from twisted_mailhub.lines import LineEngine, control_note, quote
+from twisted_mailhub.lines import LineEngine, control_note, quote, telnet_text
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.store.outage import refused
 from twisted_mailhub.store.wireform import LENGTH_MASK, LINES_SHIFT, WireForms
@@ -885,7 +885,9 @@ class MailhubPOP3(_pop3.POP3):
             if command is not None:
                 self._command_name = command[0]
                 return getattr(self, command[1])(rest if rest.isdigit() else rest.strip())
-        line = line.lstrip(b" \t")
+        # Telnet commands (Ctrl-C in telnet: IAC IP, IAC DO TIMING-MARK)
+        # are no part of the command (lines.telnet_text).
+        line = telnet_text(line).lstrip(b" \t")
         word = line.split(None, 1)[0] if line.strip() else b""
         # After the command word and one separator: PASS keeps the rest as
         # sent (a password may hold spaces); others strip it.

@@ -62,7 +62,7 @@ from twisted_mailhub.ftp.data import (
 )
 from twisted_mailhub.ftp.record import ControlRecord
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable
-from twisted_mailhub.lines import LineEngine, control_note, quote, send_now
+from twisted_mailhub.lines import LineEngine, control_note, quote, send_now, telnet_text
 from twisted_mailhub.clientkey import client_key
 from twisted_mailhub.proxyheader import socket_host
 from twisted_mailhub.store.interfaces import is_out_of_space
@@ -139,26 +139,6 @@ URGENT = {"ABOR", "STAT", "QUIT"}
 PUBLIC = {"FEAT", "QUIT", "HELP", "NOOP", "SYST", "AUTH", "PBSZ", "PROT", "OPTS", "CCC"}
 
 _URGENT = {verb.encode("ascii") for verb in URGENT}
-# A Telnet command (RFC 854): IAC IAC (a data octet 255), an option's
-# negotiation IAC WILL/WONT/DO/DONT OPTION, a subnegotiation IAC SB ...
-# IAC SE, or any other IAC X (IP and DM, which ftplib and curl send
-# before ABOR; AYT, EC...).
-_TELNET_COMMAND = re.compile(rb"\xff(?:\xff|[\xfb-\xfe].?|\xfa.*?\xff\xf0|[^\xff]?)", re.S)
-
-
-def telnet_text(line: bytes) -> bytes:
-    """
-    A control line without its Telnet commands (RFC 959 §4: the control
-    connection follows the Telnet protocol, RFC 854): what a C{telnet}
-    client adds when the student presses Ctrl-C (IAC IP, IAC DO
-    TIMING-MARK) or a client sends before ABOR (IAC IP IAC DM) is not part
-    of the command, and a doubled IAC is one octet 255 (RFC 2640 §3.1).
-    """
-    if line.find(b"\xff") < 0:
-        return line
-    return _TELNET_COMMAND.sub(lambda m: b"\xff" if m.group() == b"\xff\xff" else b"", line)
-
-
 def _is_urgent(line: bytes) -> bool:
     """Whether a control line is ABOR, STAT or QUIT, answered even during a transfer."""
     word = telnet_text(line).lstrip()[:5]
@@ -906,10 +886,23 @@ class MailhubFTP(ftp.FTP):
             return "200 EPSV ALL ok: PORT, EPRT and PASV are refused from now on."
         if protocol and protocol not in ("1", "2"):
             return "522 Network protocol not supported, use (1,2)."
+        if protocol and protocol != self._network_protocol():
+            # RFC 2428 §3: the passive port is on this connection's own
+            # address, which is of one family only (vsftpd answers so).
+            return f"522 Network protocol not supported, use ({self._network_protocol()})."
         port = self._open_passive()
         if isinstance(port, str):
             return port
         return f"229 Entering Extended Passive Mode (|||{port}|)."
+
+    def _network_protocol(self) -> str:
+        """
+        The RFC 2428 network protocol number of the control connection:
+        C{"2"} over IPv6, C{"1"} over IPv4 (also an IPv4 client seen by an
+        IPv6 socket as C{::ffff:a.b.c.d}, RFC 4291 §2.5.5.2).
+        """
+        address = self.address.lower()
+        return "2" if ":" in address and not address.startswith("::ffff:") else "1"
 
     def _passive_host(self) -> str:
         """
@@ -947,6 +940,12 @@ class MailhubFTP(ftp.FTP):
             return "501 EPRT wants |1|h.o.s.t|port| or |2|::1|port|."
         if family not in ("1", "2"):
             return "522 Network protocol not supported, use (1,2)."
+        own = self._network_protocol()
+        if family != own and not (own == "1" and host[:7].lower() == "::ffff:"):
+            # RFC 2428 §2: the data connection is of the control
+            # connection's family (an IPv4 client's own address written
+            # as IPv6, ::ffff:a.b.c.d, is still IPv4: see _set_active).
+            return f"522 Network protocol not supported, use ({own})."
         return self._set_active(host, port, "EPRT")
 
     def _set_active(self, host: str, port: int, verb: str = "PORT"):

@@ -326,7 +326,44 @@ def arg_finalastring(self: Any, line: bytes):
     return arg_astring(self, line, final=True)
 
 
-def _argument_required(parser: Any) -> Any:
+#: What each argument of a command is called (RFC 3501 §6, RFC 5256,
+#: RFC 9208, RFC 6851), in the order of its command table's parsers: a
+#: missing one is named in the BAD ("a1 LOGIN bob": the password).
+ARGUMENT_NAMES: dict[str, tuple[str, ...]] = {
+    "LOGIN": ("user name", "password"),
+    "RENAME": ("mailbox name", "new mailbox name"),
+    "LSUB": ("reference name", "mailbox name"),
+    "STATUS": ("mailbox name", "status data items in parentheses"),
+    "COPY": ("sequence set", "mailbox name"),
+    "MOVE": ("sequence set", "mailbox name"),
+    "FETCH": ("sequence set", "message data items"),
+    "STORE": ("sequence set", "message data item name and value"),
+    "SELECT": ("mailbox name",),
+    "EXAMINE": ("mailbox name",),
+    "CREATE": ("mailbox name",),
+    "DELETE": ("mailbox name",),
+    "SUBSCRIBE": ("mailbox name",),
+    "UNSUBSCRIBE": ("mailbox name",),
+    "GETQUOTAROOT": ("mailbox name",),
+    "GETQUOTA": ("quota root",),
+    "SORT": ("sort criteria", "charset", "search criteria"),
+    "THREAD": ("threading algorithm", "charset", "search criteria"),
+}
+
+
+def missing_argument(command: str, index: int) -> str:
+    """
+    The text of the BAD for a missing argument: argument C{index} (from 0)
+    of C{command} (upper case), named when L{ARGUMENT_NAMES} knows it:
+    C{"Missing argument: the password (LOGIN takes: user name, password)"}.
+    """
+    names = ARGUMENT_NAMES.get(command, ())
+    if index < len(names):
+        return f"Missing argument: the {names[index]} ({command} takes: {', '.join(names)})"
+    return f"Missing argument to {command}" if command else "Missing argument"
+
+
+def _argument_required(parser: Any, command: str = "", index: int = 0) -> Any:
     """
     Twisted's argument parsers index the rest of the line; when an earlier
     parser used it all up they get L{None} and raise C{TypeError}, which
@@ -341,10 +378,14 @@ def _argument_required(parser: Any) -> Any:
             # index it too (C{SEARCH} alone: TypeError in opt_charset).
             if parser.__name__.startswith("opt_"):
                 return None, None
-            raise imap4.IllegalClientResponse("Missing argument")
+            raise imap4.IllegalClientResponse(missing_argument(command, index))
         try:
             return parser(self, line, *args, **kwargs)
-        except (imap4.IllegalClientResponse, imap4.IllegalMailboxEncoding, imap4.IllegalOperation):
+        except imap4.IllegalClientResponse as e:
+            if str(e) == "Missing argument":  # (Twisted's words for an empty rest)
+                raise imap4.IllegalClientResponse(missing_argument(command, index)) from None
+            raise
+        except (imap4.IllegalMailboxEncoding, imap4.IllegalOperation):
             raise
         except Exception:
             # A Twisted parser tripping over a cut-short or wrong-typed
@@ -368,9 +409,10 @@ def guard_command_tables(cls: Any) -> None:
             continue
         # Every sequence-set argument (FETCH, STORE, COPY, MOVE) reads *:*.
         table = tuple(arg_seqset if p is imap4.IMAP4Server.arg_seqset else p for p in table)
+        command = name.split("_", 1)[1]
         guarded = (table[0],) + tuple(
-            _argument_required(p) if callable(p) and getattr(p, "__name__", "").startswith(("arg_", "opt_")) else p
-            for p in table[1:]
+            _argument_required(p, command, i) if callable(p) and getattr(p, "__name__", "").startswith(("arg_", "opt_")) else p
+            for i, p in enumerate(table[1:])
         )
         setattr(cls, name, guarded)
 

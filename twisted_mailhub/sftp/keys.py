@@ -122,6 +122,11 @@ class AuthorizedKeysFolder:
     def __init__(self, folder: str, accounts):
         self.folder = folder
         self.accounts = accounts
+        # path -> (inode, size, mtime in ns) of the file version whose
+        # problems were logged: SSH asks for the keys twice per login (RFC
+        # 4252 §7: "would this key do?", then the signed request), and
+        # every login asks again; each problem is logged once per version.
+        self._logged: dict[str, tuple[int, int, int]] = {}
 
     def path_for(self, name: str | bytes) -> str | None:
         account = self.accounts.find(name)
@@ -138,9 +143,12 @@ class AuthorizedKeysFolder:
             return iter(())
         try:
             with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
                 lines = f.read(1024 * 1024).splitlines()
         except OSError:
             return iter(())
+        version = (st.st_ino, st.st_size, st.st_mtime_ns)
+        quiet = self._logged.get(path) == version
         found = []
         for number, line in enumerate(lines, 1):
             stripped = line.strip()
@@ -148,18 +156,22 @@ class AuthorizedKeysFolder:
                 continue
             problem = key_line_problem(stripped)
             if problem is not None:
-                log.warn(
-                    "sftp: {path}, line {number}: {problem}: that key logs in nobody (remove the option, or the line)",
-                    path=path, number=number, problem=problem,
-                )
+                if not quiet:
+                    log.warn(
+                        "sftp: {path}, line {number}: {problem}: that key logs in nobody (remove the option, or the line)",
+                        path=path, number=number, problem=problem,
+                    )
                 continue
             key = parse_authorized_key(stripped)
             if key is None:
                 # (a pasted key cut short, a line not in UTF-8: said, never
                 # quoted, nor as U+FFFD)
-                log.warn("sftp: {path}, line {number}: {problem}; that line logs in nobody", path=path, number=number, problem=NOT_A_KEY)
+                if not quiet:
+                    log.warn("sftp: {path}, line {number}: {problem}; that line logs in nobody", path=path, number=number, problem=NOT_A_KEY)
                 continue
             found.append(key)
+        if not quiet:
+            self._logged[path] = version
         return iter(found)
 
 

@@ -28,6 +28,11 @@ option_parameters = [
 ]
 
 
+option_flags = [
+    ["submission-sender-match", None, "Refuse a logged-in client's MAIL FROM that is not its own account's address (553 5.7.1; RFC 6409 §6.1, as Postfix's reject_sender_login_mismatch); MAIL FROM:<> still allowed."],
+]
+
+
 def check_options(options) -> None:
     for name in ("max-recipients", "smtp-idle-timeout", "smtp-command-timeout", "smtp-login-timeout"):
         if options[name] is not None and int(options[name]) < 1:
@@ -45,6 +50,7 @@ def install(hub) -> None:
         "idle_timeout": int(options.get("smtp-idle-timeout") or 300),
         "command_timeout": int(options.get("smtp-command-timeout") or 120),
         "login_timeout": int(options.get("smtp-login-timeout") or 300),
+        "sender_must_match": bool(options.get("submission-sender-match")),
     }
     hub.listen_each(
         listeners,

@@ -62,7 +62,7 @@ from twisted.mail._cred import PLAINCredentials
 from twisted_mailhub.accounts import challenge_response_offered
 from twisted_mailhub.errorwords import no_room
 from twisted_mailhub.hub import is_secure, peer_host
-from twisted_mailhub.lines import LineEngine, control_note, has_control, quote
+from twisted_mailhub.lines import LineEngine, control_note, has_control, quote, telnet_text
 from twisted_mailhub.smtp.delivery import (
     RecipientPolicy,
     Rejected,
@@ -212,6 +212,9 @@ class MailhubSMTP(smtp.ESMTP):
     hub: Any = None
     listener = "smtp"
     require_auth = False
+    # --submission-sender-match: a logged-in client's MAIL FROM must be its
+    # own account's address (RFC 6409 §6.1).
+    sender_must_match = False
     max_recipients = 100
     idle_timeout = 300
     command_timeout = 120
@@ -456,6 +459,10 @@ class MailhubSMTP(smtp.ESMTP):
     # -- commands -----------------------------------------------------------
 
     def _command(self, raw: bytes):
+        # Telnet commands a person's telnet client sent (Ctrl-C: IAC IP,
+        # IAC DO TIMING-MARK) are no part of the command (lines.telnet_text);
+        # such a line is not ASCII, so the fast path sends it here.
+        raw = telnet_text(raw)
         try:
             line = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -757,6 +764,14 @@ class MailhubSMTP(smtp.ESMTP):
                 return self.reply(555, f"5.5.4 Unsupported option: {quote(key, 32, ascii=True)}")
         if path and "@" not in path:
             path = self.policy.qualify(path)
+        if self.sender_must_match and path and self.authenticated and self.account is not None:
+            own = self.account.address
+            if path.casefold() != own.casefold():
+                # RFC 6409 §6.1: the MSA may insist the envelope sender is
+                # the submitter's own (Postfix's reject_sender_login_mismatch).
+                return self.reply(
+                    553, f"5.7.1 <{quote(path, ascii=True)}>: Sender address rejected: not owned by user {quote(own, ascii=True)}"
+                )
         if self._mail_filters:
             envelope = envelope_of(path, (), self._session())
             d = run_filters(self.hub.filters, "mail_from", envelope)

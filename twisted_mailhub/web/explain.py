@@ -37,6 +37,18 @@ _RESPONSE_CODE = re.compile(r"\[([A-Za-z][A-Za-z0-9/-]*)")
 _IMAP_NUMBERED = re.compile(r"^\* \d+ ([A-Za-z]+)")
 _IMAP_UNTAGGED = re.compile(r"^\* ([A-Za-z]+)")
 _IMAP_TAGGED = re.compile(r"^[^\s*+]+ (OK|NO|BAD)\b", re.I)
+# A refusal and the words after its status: SMTP/FTP 4yz or 5yz (RFC 5321
+# §4.2.1, RFC 959 §4.2.1; an SMTP enhanced status code, RFC 3463, skipped),
+# POP3 -ERR (RFC 1939 §3), IMAP tagged NO or BAD (RFC 3501 §7.1); an IMAP
+# response code in brackets is explained on its own and left out.
+_REFUSED = {
+    "smtp": re.compile(r"^[45]\d\d[ -]?(?:[45]\.\d{1,3}\.\d{1,3}\b)?\s*(.*)$", re.S),
+    "ftp": re.compile(r"^[45]\d\d[ -]?\s*(.*)$", re.S),
+    "pop3": re.compile(r"^-ERR\b\s*(?:\[[^\]]*\]\s*)?(.*)$", re.I | re.S),
+    "imap": re.compile(r"^[^\s*+]+ (?:NO|BAD)\b\s*(?:\[[^\]]*\]\s*)?(.*)$", re.I | re.S),
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+REASON_CHARACTERS = 160
 
 
 @lru_cache(maxsize=None)
@@ -135,8 +147,31 @@ def answered(protocol: str, command: str | None) -> str | None:
     return command_key(protocol, command)
 
 
+def refusal(protocol: str, line: str) -> str | None:
+    """
+    The reason a server line gives when it refuses a command (the words
+    after an SMTP/FTP 4yz or 5yz code, POP3 C{-ERR}, an IMAP tagged C{NO}
+    or C{BAD}), control characters shown as C{\\xNN}, at most
+    L{REASON_CHARACTERS} characters; C{""} for a refusal without words;
+    L{None} when the line is no refusal.
+    """
+    pattern = _REFUSED.get(protocol)
+    m = pattern.match(line) if pattern is not None else None
+    if m is None:
+        return None
+    reason = _CONTROL.sub(lambda c: f"\\x{ord(c.group()):02x}", m.group(1).strip())
+    if len(reason) > REASON_CHARACTERS:
+        reason = reason[:REASON_CHARACTERS - 3] + "..."
+    return reason
+
+
 def explain_reply(protocol: str, line: str, command: str | None = None) -> dict[str, str] | None:
-    """The explanation of the server line C{line}; C{command}: the client's last line before it, if known."""
+    """
+    The explanation of the server line C{line}; C{command}: the client's
+    last line before it, if known. A refusal (L{refusal}) says so first,
+    with the command it refuses when known and the reason the server
+    gave: C{"refused MAIL: 'sender address rejected'; <the code's meaning>"}.
+    """
     replies = table(protocol)["replies"]
     context = answered(protocol, command)
     result = None
@@ -145,6 +180,11 @@ def explain_reply(protocol: str, line: str, command: str | None = None) -> dict[
         found = found or replies.get(key)
         if found is not None:
             result = _join(result, _entry(found))
+    reason = refusal(protocol, line)
+    if result is not None and reason is not None:
+        what = f"refused {context}" if context and context != "MESSAGE" else ("refused the message" if context else "refused")
+        said = f" ('{reason}')" if reason else ""
+        result = {**result, "text": f"{what}{said}; {result['text']}"}
     return result
 
 
