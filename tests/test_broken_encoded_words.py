@@ -79,3 +79,34 @@ def test_a_from_field_the_email_package_cannot_parse_breaks_no_api_listing(hub):
     # the octet that is not UTF-8 is U+FFFD, as a decoder shows it
     assert get("/accounts/me/folders/INBOX/messages/1")["envelope"]["reply_to"] == [{"name": "", "address": "=?utf-8?B?\ufffd?="}]
     assert "Traceback" not in hub.log
+
+
+def test_the_json_api_shows_a_broken_encoded_word_as_the_webmail_does(hub):
+    # The webmail shows the field as sent ("=?utf-8?B?!!!notbase64?=
+    # lunch": readable, and what the sender put there); the JSON API showed
+    # what email.policy.default made of it ("!!!notbase64 lunch"). One
+    # subject, one way of showing it; a good encoded word is decoded by both.
+    import json
+    import urllib.request
+
+    good = b"Subject: =?utf-8?B?w6ljb2xl?= ok\r\nFrom: carol@example.org\r\n\r\nhello\r\n"
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=15) as s:
+        s.sendmail("eve@example.org", ["alice@localhost"], BROKEN)
+        s.sendmail("carol@example.org", ["alice@localhost"], good)
+    hub.wait_for_message(to="alice@localhost", subject="ok")
+    base = f"http://127.0.0.1:{hub.ports['web']}/api/v1"
+
+    def get(path):
+        request = urllib.request.Request(base + path, headers={"Authorization": "Basic YWxpY2VAbG9jYWxob3N0OnNlY3JldA=="})
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return json.loads(response.read())
+
+    web = WebClient(hub)
+    web.login("alice", "secret")
+    page = web.get("/mail/INBOX").text
+    assert "=?utf-8?B?!!!notbase64?= lunch" in page and "école ok" in page
+    as_sent = "=?utf-8?B?!!!notbase64?= lunch"
+    assert [m["subject"] for m in get("/accounts/me/folders/INBOX/messages")["messages"]] == [as_sent, "école ok"]
+    assert get("/accounts/me/folders/INBOX/messages/1")["envelope"]["subject"] == as_sent
+    assert sorted(m["Subject"] for m in get("/messages")["messages"]) == [as_sent, "école ok"]
+    assert get("/message/1")["Subject"] == as_sent

@@ -53,6 +53,7 @@ from twisted_mailhub.login import ClientPortal
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable, StorageFullError
 from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, InsufficientStorage, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.web import offload
+from twisted_mailhub.web.message import decoded, field
 
 log = Logger()
 
@@ -204,7 +205,10 @@ def envelope_json(message: Any) -> dict[str, Any]:
     get = lambda name: _safe_header(message, name)  # noqa: E731
     return {
         "date": _header_text(get("Date")),
-        "subject": _header_text(get("Subject")) or "",
+        # As the webmail shows it (web.message.decoded): a broken encoded
+        # word as sent, not what email.policy.default guesses from it
+        # ("=?utf-8?B?!!!x?=" was "!!!x" here and as sent on the page).
+        "subject": decoded(field(message, "Subject")) if hasattr(message, "raw_items") else _header_text(get("Subject")) or "",
         "from": _addresses(get("From")),
         "sender": _addresses(get("Sender")),
         "reply_to": _addresses(get("Reply-To")),
