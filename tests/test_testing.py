@@ -361,3 +361,18 @@ def test_wait_for_message_by_address_is_not_stopped_by_a_field_the_email_package
     assert hub.wait_for_message(to="carol@example.org", timeout=10).subject == "for carol"
     with pytest.raises(TimeoutError):
         hub.wait_for_message(to="nobody@example.org", timeout=0.5)
+
+
+def test_a_broken_encoded_word_subject_reads_as_the_webmail_and_the_api_show_it(hub):
+    # The kit's subject came from email.policy.default ("!!!notbase64
+    # lunch") while the webmail and the JSON API show the field as sent.
+    broken = b"Subject: =?utf-8?B?!!!notbase64?= lunch\r\n\r\nhello\r\n"
+    good = b"Subject: =?utf-8?B?w6ljb2xl?= ok\r\n\r\nhello\r\n"
+    with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
+        s.sendmail("eve@example.org", [ALICE], broken)
+        s.sendmail("eve@example.org", [ALICE], good)
+    got = hub.wait_for_message(to=ALICE, subject="=?utf-8?B?!!!notbase64?=", timeout=10)
+    assert got.subject == "=?utf-8?B?!!!notbase64?= lunch"
+    assert hub.wait_for_message(to=ALICE, subject="école", timeout=10).subject == "école ok"
+    listing = hub.api(ALICE, "GET", "/accounts/me/folders/INBOX/messages")["messages"]
+    assert sorted(m["subject"] for m in listing) == sorted(m.subject for m in hub.messages(ALICE))

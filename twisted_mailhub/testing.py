@@ -152,7 +152,15 @@ class HubMessage:
 
     @property
     def subject(self) -> str:
-        return str(self.message.get("Subject", ""))
+        """
+        The Subject as the webmail and the JSON API show it: RFC 2047
+        words decoded, a broken one as sent (C{"=?utf-8?B?!!!x?="}, where
+        C{email.policy.default} would guess C{"!!!x"}), runs of white
+        space one space; C{""} for none.
+        """
+        from twisted_mailhub.web.message import decoded, field
+
+        return decoded(field(self.message, "Subject"))
 
     def __getitem__(self, header: str) -> Any:
         """C{m["Subject"]}: a header of the parsed message (L{None} if absent)."""
