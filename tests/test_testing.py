@@ -6,6 +6,7 @@ standard library's clients.
 
 from __future__ import annotations
 
+import ftplib
 import imaplib
 import json
 import urllib.error
@@ -376,3 +377,26 @@ def test_a_broken_encoded_word_subject_reads_as_the_webmail_and_the_api_show_it(
     assert hub.wait_for_message(to=ALICE, subject="école", timeout=10).subject == "école ok"
     listing = hub.api(ALICE, "GET", "/accounts/me/folders/INBOX/messages")["messages"]
     assert sorted(m["subject"] for m in listing) == sorted(m.subject for m in hub.messages(ALICE))
+
+
+def test_files_gives_a_file_whose_name_is_not_utf8(hub):
+    # A name sent in Latin-1 (an old FTP client: STOR caf<0xe9>.txt) is
+    # stored as those octets; files() read names with ftplib's UTF-8 and
+    # raised UnicodeDecodeError for the whole home. Such a name is given
+    # with the octet as U+FFFD (as the JSON API's file listing shows it).
+    client = ftplib.FTP(timeout=30, encoding="latin-1")
+    client.connect(hub.host, hub.ports["ftp"])
+    try:
+        client.login(ALICE, "secret")
+        client.storbinary("STOR café.txt", io.BytesIO(b"latin"))
+        client.storbinary("STOR plain.txt", io.BytesIO(b"ok"))
+    finally:
+        client.quit()
+    client = hub.ftp(ALICE)  # (a UTF-8 name stays itself)
+    try:
+        client.storbinary("STOR über.txt", io.BytesIO(b"utf8"))
+    finally:
+        client.quit()
+    assert hub.files(ALICE) == {"caf\ufffd.txt": b"latin", "plain.txt": b"ok", "über.txt": b"utf8"}
+    hub.purge()  # (walks the home the same way: it raised too)
+    assert hub.files(ALICE) == {}
