@@ -72,14 +72,26 @@ def _day(timestamp: float) -> tuple[int, int, int]:
     return t.tm_year, t.tm_mon, t.tm_mday
 
 
-def _sent_day(candidate: "Candidate") -> tuple[int, int, int] | None:
+# The sent day of a message whose Date: field is missing or unreadable.
+# RFC 3501 §6.4.4 and RFC 9051 §6.4.4 are silent (RFC 5256 §2.2's
+# INTERNALDATE rule is for SORT, which follows it); Dovecot (2.3.19,
+# checked) takes such a message as sent at its time 0, 1-Jan-1970, for
+# SENTBEFORE/SENTON/SENTSINCE, and so does the hub.
+NO_SENT_DAY = (1970, 1, 1)
+
+
+def _sent_day(candidate: "Candidate") -> tuple[int, int, int]:
+    """
+    The day of C{candidate}'s Date: field as written (its time and zone
+    disregarded, RFC 3501 §6.4.4), or L{NO_SENT_DAY} without a readable one.
+    """
     value = candidate.header_value("date")
     if not value:
-        return None
+        return NO_SENT_DAY
     try:
         parsed = email.utils.parsedate_to_datetime(value.decode("ascii", "replace"))
-    except (TypeError, ValueError, IndexError):
-        return None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return NO_SENT_DAY
     return parsed.year, parsed.month, parsed.day
 
 
@@ -392,11 +404,7 @@ def compile_search(keys: list, last_seq: int, last_uid: int, depth: int = 0) -> 
             day = parse_date(take_string(f"a date after {key.decode()}"))
             compare = {b"SENTSINCE": lambda a: a >= day, b"SENTBEFORE": lambda a: a < day, b"SENTON": lambda a: a == day}[key]
 
-            def sent(c: Candidate) -> bool:
-                d = _sent_day(c)
-                return d is not None and compare(d)
-
-            return sent
+            return lambda c: compare(_sent_day(c))
         if key == b"NOT":
             inner = one(level + 1)
             return lambda c: not inner(c)
