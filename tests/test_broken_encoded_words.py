@@ -136,3 +136,12 @@ def test_an_encoded_word_of_no_base64_characters_is_shown_as_sent_on_the_page_an
         envelope = json.loads(response.read())["envelope"]
     assert envelope["subject"] == "=?utf-8?B?%%%?= soup"
     assert envelope["from"] == [{"name": "=?utf-8?B?%%%?=", "address": "eve@example.org"}]
+    # IMAP SEARCH sees the same text (it searched "" for the word).
+    i = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=15)
+    try:
+        i.login("alice", "secret")
+        i.select("INBOX")
+        assert i.search(None, "SUBJECT", "%%%") == ("OK", [b"1"])
+        assert i.search(None, "FROM", "%%%") == ("OK", [b"1"])
+    finally:
+        i.logout()

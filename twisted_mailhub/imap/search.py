@@ -34,7 +34,7 @@ from twisted.mail.imap4 import IllegalClientResponse, MessageSet
 from twisted_mailhub.heap import after_walk
 from twisted_mailhub.imap.address import searchable
 from twisted_mailhub.imap.condstore import has_modseqs
-from twisted_mailhub.imap.message import split_header
+from twisted_mailhub.imap.message import has_broken_base64_word, split_header
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import client_text, sequence_set, shown
 from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, NoSuchMessage
@@ -98,8 +98,11 @@ def _sent_day(candidate: "Candidate") -> tuple[int, int, int]:
 def _decode_words(value: bytes) -> bytes:
     if b"=?" not in value:
         return value
+    text = value.decode("ascii", "replace")
+    if has_broken_base64_word(text):
+        return value  # (searched as sent, as below)
     try:
-        text = str(email.header.make_header(email.header.decode_header(value.decode("ascii", "replace"))))
+        text = str(email.header.make_header(email.header.decode_header(text)))
     except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
         return value  # (an encoded word with broken base64: searched as sent)
     return text.encode("utf-8", "replace")

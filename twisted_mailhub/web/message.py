@@ -23,7 +23,7 @@ from typing import Any
 import attr
 
 # (the bounds of IMAP's own parse: one rule for both)
-from twisted_mailhub.imap.message import MAX_NESTING, MAX_PARTS, too_many_parts  # noqa: F401
+from twisted_mailhub.imap.message import MAX_NESTING, MAX_PARTS, has_broken_base64_word, too_many_parts  # noqa: F401
 
 HEADER_PEEK = 16384  # octets read for a list row: the header, normally
 
@@ -102,12 +102,6 @@ def field_all(msg: Any, name: str) -> list[str]:
     return [_as_text(v) for k, v in msg.raw_items() if k.lower() == lower]
 
 
-# An RFC 2047 "B" encoded word and the text its payload may be (RFC 2047
-# §4.1: the base64 alphabet of RFC 2045 §6.8, padding at the end).
-_B_WORD = re.compile(r"=\?[^?\s]+\?[Bb]\?([^?\s]*)\?=")
-_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-
-
 def decoded(value: str | None) -> str:
     """
     An RFC 2047 header value decoded to text ('' for none); bad encodings
@@ -118,7 +112,7 @@ def decoded(value: str | None) -> str:
         return ""
     value = _as_text(value)
     try:
-        if "?=" in value and any(not _BASE64.fullmatch(m.group(1)) for m in _B_WORD.finditer(value)):
+        if has_broken_base64_word(value):
             # A "B" word with octets no base64 has ("=?utf-8?B?%%%?="): the
             # standard decoder skips them and makes it "" (or a part of it);
             # it is as broken as one with bad padding, which raises below.
