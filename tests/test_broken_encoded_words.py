@@ -79,3 +79,69 @@ def test_a_from_field_the_email_package_cannot_parse_breaks_no_api_listing(hub):
     # the octet that is not UTF-8 is U+FFFD, as a decoder shows it
     assert get("/accounts/me/folders/INBOX/messages/1")["envelope"]["reply_to"] == [{"name": "", "address": "=?utf-8?B?\ufffd?="}]
     assert "Traceback" not in hub.log
+
+
+def test_the_json_api_shows_a_broken_encoded_word_as_the_webmail_does(hub):
+    # The webmail shows the field as sent ("=?utf-8?B?!!!notbase64?=
+    # lunch": readable, and what the sender put there); the JSON API showed
+    # what email.policy.default made of it ("!!!notbase64 lunch"). One
+    # subject, one way of showing it; a good encoded word is decoded by both.
+    import json
+    import urllib.request
+
+    good = b"Subject: =?utf-8?B?w6ljb2xl?= ok\r\nFrom: carol@example.org\r\n\r\nhello\r\n"
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=15) as s:
+        s.sendmail("eve@example.org", ["alice@localhost"], BROKEN)
+        s.sendmail("carol@example.org", ["alice@localhost"], good)
+    hub.wait_for_message(to="alice@localhost", subject="ok")
+    base = f"http://127.0.0.1:{hub.ports['web']}/api/v1"
+
+    def get(path):
+        request = urllib.request.Request(base + path, headers={"Authorization": "Basic YWxpY2VAbG9jYWxob3N0OnNlY3JldA=="})
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return json.loads(response.read())
+
+    web = WebClient(hub)
+    web.login("alice", "secret")
+    page = web.get("/mail/INBOX").text
+    assert "=?utf-8?B?!!!notbase64?= lunch" in page and "école ok" in page
+    as_sent = "=?utf-8?B?!!!notbase64?= lunch"
+    assert [m["subject"] for m in get("/accounts/me/folders/INBOX/messages")["messages"]] == [as_sent, "école ok"]
+    assert get("/accounts/me/folders/INBOX/messages/1")["envelope"]["subject"] == as_sent
+    assert sorted(m["Subject"] for m in get("/messages")["messages"]) == [as_sent, "école ok"]
+    assert get("/message/1")["Subject"] == as_sent
+
+
+def test_an_encoded_word_of_no_base64_characters_is_shown_as_sent_on_the_page_and_in_the_api(hub):
+    # "=?utf-8?B?%%%?=": the standard decoder skips characters that are not
+    # base64 and so made it "" (Subject "=?utf-8?B?%%%?= soup" read "soup",
+    # From "<eve@example.org>" with its name gone), where "!!!notbase64"
+    # (bad padding) is kept as sent. Both are broken words: both as sent.
+    import json
+    import urllib.request
+
+    odd = b"Subject: =?utf-8?B?%%%?= soup\r\nFrom: =?utf-8?B?%%%?= <eve@example.org>\r\n\r\nhello\r\n"
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=15) as s:
+        s.sendmail("eve@example.org", ["alice@localhost"], odd)
+    hub.wait_for_message(to="alice@localhost", subject="soup")
+    web = WebClient(hub)
+    web.login("alice", "secret")
+    page = web.get("/mail/INBOX").text
+    assert "=?utf-8?B?%%%?= soup" in page and "=?utf-8?B?%%%?= &lt;eve@example.org&gt;" in page, page
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{hub.ports['web']}/api/v1/accounts/me/folders/INBOX/messages/1",
+        headers={"Authorization": "Basic YWxpY2VAbG9jYWxob3N0OnNlY3JldA=="},
+    )
+    with urllib.request.urlopen(request, timeout=15) as response:
+        envelope = json.loads(response.read())["envelope"]
+    assert envelope["subject"] == "=?utf-8?B?%%%?= soup"
+    assert envelope["from"] == [{"name": "=?utf-8?B?%%%?=", "address": "eve@example.org"}]
+    # IMAP SEARCH sees the same text (it searched "" for the word).
+    i = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=15)
+    try:
+        i.login("alice", "secret")
+        i.select("INBOX")
+        assert i.search(None, "SUBJECT", "%%%") == ("OK", [b"1"])
+        assert i.search(None, "FROM", "%%%") == ("OK", [b"1"])
+    finally:
+        i.logout()

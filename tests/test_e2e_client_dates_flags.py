@@ -134,3 +134,24 @@ def test_store_with_a_flag_that_is_not_a_system_flag_is_bad_and_changes_nothing(
     typ, data = client.fetch("1", "(FLAGS)")
     assert b"FLAGS (\\Seen" in data[0] and b"\\Flagged" not in data[0], data
     client.logout()
+
+
+def test_sent_date_searches_read_a_missing_or_unreadable_date_field_as_1_jan_1970(hub):
+    # RFC 3501 §6.4.4 / RFC 9051 §6.4.4 say SENT* compare the Date: field
+    # and nothing of a message without one (RFC 5256 §2.2's arrival-time
+    # rule is SORT's). Dovecot 2.3.19 reads such a message's sent date as
+    # 1-Jan-1970 (its time 0): SENTON 1-Jan-1970 and SENTBEFORE any later
+    # day find it, SENTSINCE a later day does not. The hub found it never,
+    # not even under NOT SENTSINCE; it now answers as Dovecot does.
+    client = imap(hub)
+    dated = MESSAGE.replace(b"Subject: dated", b"Date: Mon, 1 Jan 2001 10:00:00 +0000\r\nSubject: dated")
+    for message in (MESSAGE, dated, MESSAGE.replace(b"Subject: dated", b"Date: not a date at all\r\nSubject: bad date")):
+        assert client.append("INBOX", None, '"15-Jun-2020 12:00:00 +0000"', message)[0] == "OK"
+    client.select("INBOX")
+    assert client.search(None, "SENTON", "1-Jan-1970") == ("OK", [b"1 3"])
+    assert client.search(None, "SENTBEFORE", "1-Jan-1971") == ("OK", [b"1 3"])
+    assert client.search(None, "SENTBEFORE", "1-Jan-2021") == ("OK", [b"1 2 3"])
+    assert client.search(None, "SENTSINCE", "1-Jan-2020") == ("OK", [b""])
+    assert client.search(None, "NOT", "SENTSINCE", "1-Jan-2020") == ("OK", [b"1 2 3"])
+    assert client.search(None, "SENTON", "1-Jan-2001") == ("OK", [b"2"])
+    client.logout()

@@ -225,6 +225,14 @@ def test_ipv6_control_with_epsv_and_eprt(start_hub):
         f.sendcmd("EPSV 1")
     with pytest.raises(ftplib.error_perm, match=r"^522 Network protocol not supported, use \(2\)\.$"):
         f.sendcmd("EPRT |1|127.0.0.1|40000|")
+    # PORT is EPRT |1| in other words: the same 522, naming (2), not a
+    # 504 that calls it a bounce (RFC 2577); PASV stays 425 "use EPSV"
+    # (pure-ftpd's answer; RFC 2428 gives PASV no 522).
+    with pytest.raises(ftplib.error_perm, match=r"^522 PORT is IPv4 only; use EPRT, network protocol \(2\)\.$"):
+        f.sendcmd("PORT 127,0,0,1,156,64")
+    with pytest.raises(ftplib.error_temp, match=r"^425 PASV is IPv4 only; use EPSV\.$"):
+        f.sendcmd("PASV")
+    assert retr(f, "six") == b"over IPv6"  # the session goes on (EPRT)
 
 
 def test_active_data_connection_comes_from_control_port_minus_one(start_hub):

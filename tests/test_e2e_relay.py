@@ -482,3 +482,47 @@ def test_failed_starttls_with_require_tls_sends_nothing(start_hub, broken_tls_pe
     a.wait_for_log(rf"relay \S+ <alice@a.test> to c.test via 127\.0\.0\.1:{port}: <carol@c.test> STARTTLS with \S+ failed")
     assert broken_tls_peer.received == []
     assert len(queued(a)) == 1
+
+
+def test_a_refused_connection_is_said_in_plain_words_not_twisteds(start_hub):
+    # Twisted's text for it is "Connection was refused by other side: 111:
+    # Connection refused." (its class's docstring, the errno, the OS's
+    # words): the log line, the queue listing and so the bounce said it.
+    port = closed_port()
+    a = start_a(start_hub, "--smarthost", f"127.0.0.1:{port}", "--retry-schedule", "1h")
+    submit(a, ["bob@b.test"])
+    line = a.wait_for_log(rf"cannot connect to 127\.0\.0\.1:{port}: [^\n]*").group(0)
+    assert line == f"cannot connect to 127.0.0.1:{port}: the connection was refused", line
+    listing = admin(a, "list")
+    assert f"cannot connect to 127.0.0.1:{port}: the connection was refused" in listing, listing
+    for said in (a.log, listing):
+        assert "refused by other side" not in said and "111" not in said
+
+
+def test_a_smarthost_that_hangs_up_is_said_in_plain_words_not_twisteds(start_hub):
+    # The queue's reason (mailhub-admin queue list, the bounce) was made
+    # from Failure.getErrorMessage(): "connection to HOST lost: Connection
+    # was closed cleanly." Now the hub's words, as in the log.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def hang_up():
+        conn, _ = listener.accept()
+        conn.sendall(b"220 smarthost.test ESMTP\r\n")
+        conn.recv(1000)  # EHLO
+        conn.close()
+
+    server = threading.Thread(target=hang_up, daemon=True)
+    server.start()
+    try:
+        a = start_a(start_hub, "--smarthost", f"127.0.0.1:{port}", "--retry-schedule", "1h")
+        submit(a, ["bob@b.test"])
+        a.wait_for_log(r"<bob@b.test> connection to \S+ lost")
+        listing = admin(a, "list")
+        assert re.search(r"connection to \S+ lost: the connection was (closed|lost)\n", listing), listing
+        assert "cleanly" not in listing and "non-clean" not in listing, listing
+    finally:
+        server.join(10)
+        listener.close()

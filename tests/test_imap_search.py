@@ -56,7 +56,7 @@ def search(folder, text: bytes, recent=frozenset()) -> list[int]:
         (b"SINCE 1-Jan-2021", [1, 3]),
         (b"BEFORE 2-Nov-2026", [2]),
         (b"ON 20-Nov-2026", [3]),
-        (b"SENTBEFORE 1-Jan-2021", [2]),
+        (b"SENTBEFORE 1-Jan-2021", [2, 3]),  # (3 has no Date: sent 1-Jan-1970, as Dovecot reads it)
         (b"SENTSINCE 1-Jan-2021", [1]),
         (b"2:*", [2, 3]),
         (b"UID 1,3", [1, 3]),

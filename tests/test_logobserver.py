@@ -623,3 +623,45 @@ def test_twisteds_connection_error_texts_in_a_log_line_are_a_plain_sentence():
     assert lines[3].endswith("data connection: the connection was lost"), lines  # (not "[Failure instance: Traceback ...")
     for line in lines:
         assert "non-clean" not in line and "cleanly" not in line and "Failure" not in line
+
+
+def test_twisteds_connect_error_texts_in_a_log_line_are_a_plain_sentence():
+    # "cannot connect to 127.0.0.1:23999: Connection was refused by other
+    # side: 111: Connection refused." (the relay, smarthost down): a
+    # ConnectError's str() is its class's docstring, the errno and the OS's
+    # words; every kind of it, as an exception or as text, is said plainly.
+    import errno
+
+    from twisted.internet import error
+
+    refused = error.getConnectError((errno.ECONNREFUSED, "Connection refused"))
+    timed_out = error.getConnectError((errno.ETIMEDOUT, "Connection timed out"))
+    other = error.getConnectError((errno.EHOSTUNREACH, "No route to host"))
+    base = {"log_time": 1764460000.25, "log_namespace": "twisted_mailhub.queue.relay", "log_level": LogLevel.warn}
+    events = [
+        dict(base, log_format="relay to {hop}: cannot connect: {why}", hop="127.0.0.1:23999", why=refused),
+        dict(base, log_format="relay: {why}", why=Failure(refused).getErrorMessage()),
+        dict(base, log_format="relay: {why}", why=timed_out),
+        dict(base, log_format="relay: {why}", why=str(timed_out)),
+        dict(base, log_format="relay: {why}", why=error.TimeoutError()),
+        dict(base, log_format="relay: {why}", why=str(error.TimeoutError())),
+        dict(base, log_format="relay: {why}", why=other),
+        dict(base, log_format="relay: {why} (then)", why=str(other)),
+        dict(base, log_format="relay: {why}", why=error.NoRouteError()),
+        dict(base, log_format="relay: {why}", why=error.DNSLookupError("mx.b.test")),
+        dict(base, log_format="relay: {why} (then)", why=str(error.DNSLookupError("mx.b.test"))),
+    ]
+    lines = [line.split("] ", 1)[1] for line in _hub_text(events).decode().splitlines()]
+    assert lines == [
+        "relay to 127.0.0.1:23999: cannot connect: the connection was refused",
+        "relay: the connection was refused",
+        "relay: the connection timed out",
+        "relay: the connection timed out",
+        "relay: no connection within the time allowed",
+        "relay: no connection within the time allowed",
+        "relay: No route to host",
+        "relay: No route to host (then)",
+        "relay: No route to host.",  # (NoRouteError's text is the OS's sentence: kept)
+        "relay: the host name was not found (mx.b.test)",
+        "relay: the host name was not found (mx.b.test) (then)",
+    ], lines

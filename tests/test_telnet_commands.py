@@ -8,9 +8,11 @@ octet 255 is data.
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import re
 import socket
+import ssl
 
 CTRL_C = b"\xff\xf4\xff\xfd\x06"  # IAC IP, IAC DO TIMING-MARK
 
@@ -63,3 +65,46 @@ def test_imap_command_lines_lose_telnet_commands_and_literals_keep_octet_255(hub
         imap.select("INBOX")
         typ, data = imap.fetch("1", "(BODY.PEEK[TEXT])")
         assert typ == "OK" and data[0][1] == b"keep \xff\xf4 this"
+
+
+# The SASL exchange's lines (RFC 4954 §4, RFC 5034 §4, RFC 3501 §6.2.2)
+# are typed in the same telnet client: a Ctrl-C before the base64 line
+# must not turn it into "not base64".
+PLAIN = base64.b64encode(b"\0alice\0secret")
+
+
+def test_smtp_auth_responses_lose_telnet_commands(hub):
+    smtp_end = rb"^\d{3} .*\r\n\Z"
+    with socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10) as plain:
+        assert plain.recv(4096).startswith(b"220")
+        assert _ask(plain, b"EHLO student.example", smtp_end).startswith(b"250")
+        # AUTH wants TLS (538 without it): openssl s_client -starttls smtp.
+        assert _ask(plain, b"STARTTLS", smtp_end).startswith(b"220")
+        tls = ssl.create_default_context()
+        tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+        s = tls.wrap_socket(plain)
+        assert _ask(s, b"EHLO student.example", smtp_end).startswith(b"250")
+        assert _ask(s, b"AUTH LOGIN", smtp_end).startswith(b"334")
+        assert _ask(s, CTRL_C + base64.b64encode(b"alice"), smtp_end).startswith(b"334")
+        reply = _ask(s, CTRL_C + base64.b64encode(b"secret"), smtp_end)
+        assert reply.startswith(b"235"), reply
+        assert _ask(s, b"QUIT", smtp_end).startswith(b"221")
+
+
+def test_pop3_sasl_responses_lose_telnet_commands(hub):
+    with socket.create_connection(("127.0.0.1", hub.ports["pop3"]), timeout=10) as s:
+        assert s.recv(4096).startswith(b"+OK")
+        assert _ask(s, b"AUTH PLAIN", rb"\r\n\Z").startswith(b"+ ")
+        reply = _ask(s, CTRL_C + PLAIN, rb"\r\n\Z")
+        assert reply.startswith(b"+OK"), reply
+        assert _ask(s, b"STAT", rb"\r\n\Z").startswith(b"+OK 0 0")
+        assert _ask(s, b"QUIT", rb"\r\n\Z").startswith(b"+OK")
+
+
+def test_imap_authenticate_responses_lose_telnet_commands(hub):
+    with socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=10) as s:
+        assert s.recv(4096).startswith(b"* OK")
+        assert _ask(s, b"a1 AUTHENTICATE PLAIN", rb"^\+.*\r\n").startswith(b"+")
+        reply = _ask(s, CTRL_C + PLAIN, rb"^a1 .*\r\n")
+        assert re.search(rb"^a1 OK", reply, re.M), reply
+        assert re.search(rb"^a2 OK", _ask(s, b"a2 LOGOUT", rb"^a2 .*\r\n"), re.M)

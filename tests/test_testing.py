@@ -6,6 +6,7 @@ standard library's clients.
 
 from __future__ import annotations
 
+import ftplib
 import imaplib
 import json
 import urllib.error
@@ -361,3 +362,41 @@ def test_wait_for_message_by_address_is_not_stopped_by_a_field_the_email_package
     assert hub.wait_for_message(to="carol@example.org", timeout=10).subject == "for carol"
     with pytest.raises(TimeoutError):
         hub.wait_for_message(to="nobody@example.org", timeout=0.5)
+
+
+def test_a_broken_encoded_word_subject_reads_as_the_webmail_and_the_api_show_it(hub):
+    # The kit's subject came from email.policy.default ("!!!notbase64
+    # lunch") while the webmail and the JSON API show the field as sent.
+    broken = b"Subject: =?utf-8?B?!!!notbase64?= lunch\r\n\r\nhello\r\n"
+    good = b"Subject: =?utf-8?B?w6ljb2xl?= ok\r\n\r\nhello\r\n"
+    with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
+        s.sendmail("eve@example.org", [ALICE], broken)
+        s.sendmail("eve@example.org", [ALICE], good)
+    got = hub.wait_for_message(to=ALICE, subject="=?utf-8?B?!!!notbase64?=", timeout=10)
+    assert got.subject == "=?utf-8?B?!!!notbase64?= lunch"
+    assert hub.wait_for_message(to=ALICE, subject="école", timeout=10).subject == "école ok"
+    listing = hub.api(ALICE, "GET", "/accounts/me/folders/INBOX/messages")["messages"]
+    assert sorted(m["subject"] for m in listing) == sorted(m.subject for m in hub.messages(ALICE))
+
+
+def test_files_gives_a_file_whose_name_is_not_utf8(hub):
+    # A name sent in Latin-1 (an old FTP client: STOR caf<0xe9>.txt) is
+    # stored as those octets; files() read names with ftplib's UTF-8 and
+    # raised UnicodeDecodeError for the whole home. Such a name is given
+    # with the octet as U+FFFD (as the JSON API's file listing shows it).
+    client = ftplib.FTP(timeout=30, encoding="latin-1")
+    client.connect(hub.host, hub.ports["ftp"])
+    try:
+        client.login(ALICE, "secret")
+        client.storbinary("STOR café.txt", io.BytesIO(b"latin"))
+        client.storbinary("STOR plain.txt", io.BytesIO(b"ok"))
+    finally:
+        client.quit()
+    client = hub.ftp(ALICE)  # (a UTF-8 name stays itself)
+    try:
+        client.storbinary("STOR über.txt", io.BytesIO(b"utf8"))
+    finally:
+        client.quit()
+    assert hub.files(ALICE) == {"caf\ufffd.txt": b"latin", "plain.txt": b"ok", "über.txt": b"utf8"}
+    hub.purge()  # (walks the home the same way: it raised too)
+    assert hub.files(ALICE) == {}

@@ -26,6 +26,7 @@ shows them whoever logged it.
 from __future__ import annotations
 
 import errno
+import os
 import re
 
 # What "no space" means for whoever reads it: a full disk, or the quota
@@ -47,6 +48,9 @@ def error_words(error: BaseException, paths: bool = True) -> str:
     cause = error.__cause__
     if not isinstance(error, OSError) and isinstance(cause, OSError) and type(error).__name__ == "InsufficientStorage":
         error = cause
+    plain = _twisted_words(error)  # (before OSError: DNSLookupError is one)
+    if plain is not None:
+        return plain
     if isinstance(error, OSError):
         words = _PLAIN.get(error.errno) or error.strerror or ""
         if not words:
@@ -57,36 +61,88 @@ def error_words(error: BaseException, paths: bool = True) -> str:
                 words += f", {_text(error.filename2)}"
             words += ")"
         return words
-    plain = _twisted_words(error)
-    if plain is not None:
-        return plain
     return without_errno(_text(error)) or "an error with no description"
 
 
 def _twisted_words(error: BaseException) -> str | None:
-    """A plain sentence for Twisted's connection errors ("Connection to the other side was lost in a non-clean fashion: Connection lost."), else None."""
+    """
+    A plain sentence for Twisted's connection errors ("Connection to the
+    other side was lost in a non-clean fashion: Connection lost.", "Connection
+    was refused by other side: 111: Connection refused."), else None.
+    """
     from twisted.internet import error as twisted_error
 
     if isinstance(error, twisted_error.ConnectionLost):
         return "the connection was lost"
     if isinstance(error, twisted_error.ConnectionDone):
         return "the connection was closed"
+    if isinstance(error, twisted_error.DNSLookupError):
+        name = error.args[0] if error.args and isinstance(error.args[0], str) else ""
+        return f"the host name was not found ({name})" if name else "the host name was not found"
+    if isinstance(error, twisted_error.ConnectError):
+        # Its str() is the class's docstring, the errno and the OS's words.
+        for kind, words in _CONNECT_WORDS:
+            if isinstance(error, getattr(twisted_error, kind)):
+                return words
+        detail = error.args[0] if error.args and isinstance(error.args[0], str) else ""
+        if detail:
+            return detail
+        if isinstance(error.osError, int):
+            return os.strerror(error.osError)
+        return " ".join((error.__doc__ or "cannot connect").split()).rstrip(".").lower()
     return None
 
 
-# Twisted's texts for the same, in a line made from getErrorMessage() or
-# str(): each with its optional ": detail." after it.
-_TWISTED_TEXTS = re.compile(
-    r"Connection to the other side was lost in a non-clean fashion(?:: Connection lost)?\.*"
-    r"|Connection was closed cleanly(?:: Connection done)?\.*"
+# Twisted's ConnectError kinds (twisted.internet.error), most specific
+# first, with what a person reads instead of the class's docstring.
+_CONNECT_WORDS = (
+    ("ConnectionRefusedError", "the connection was refused"),
+    ("TCPTimedOutError", "the connection timed out"),
+    ("TimeoutError", "no connection within the time allowed"),
+    ("NoRouteError", "No route to host"),  # (its docstring is the OS's words)
+    ("ConnectingCancelledError", "the connection attempt was cancelled"),
 )
 
 
+# Twisted's texts for the same, in a line made from getErrorMessage() or
+# str(): each with its optional ": detail." after it (a ConnectError's
+# ": ERRNO: the OS's words.").
+_TWISTED_TEXTS = re.compile(
+    r"Connection to the other side was lost in a non-clean fashion(?:: Connection lost)?\.*"
+    r"|Connection was closed cleanly(?:: Connection done)?\.*"
+    r"|(?P<connect>Connection was refused by other side|TCP connection timed out"
+    r"|User timeout caused connection failure)(?:: \d+)?(?:: [^.:]*)?\.*"
+    r"|An error occurred while connecting(?:: \d+)?(?:: (?P<os>[^.:]*))?\.*"
+    r"|DNS lookup failed(?:: (?P<name>\S+?))?\.(?=\s|\)|$)"
+)
+_TWISTED_CONNECT_TEXTS = {
+    "Connection was refused by other side": "the connection was refused",
+    "TCP connection timed out": "the connection timed out",
+    "User timeout caused connection failure": "no connection within the time allowed",
+}
+
+
+def _plain(m: re.Match) -> str:
+    if m.group(0).startswith("DNS lookup"):
+        return f"the host name was not found ({m.group('name')})" if m.group("name") else "the host name was not found"
+    if m.group(0).startswith("An error occurred"):
+        return m.group("os") or "cannot connect"
+    if m.group("connect"):
+        return _TWISTED_CONNECT_TEXTS[m.group("connect")]
+    return "the connection was lost" if m.group(0).startswith("Connection to") else "the connection was closed"
+
+
 def without_twisted(text: str) -> str:
-    """C{text} with Twisted's connection-error texts as plain words ("the connection was lost")."""
-    if "Connection to the other side" not in text and "closed cleanly" not in text:
+    """
+    C{text} with Twisted's connection-error texts as plain words ("the
+    connection was lost", "the connection was refused").
+    """
+    if not any(marker in text for marker in _MARKERS):
         return text
-    return _TWISTED_TEXTS.sub(lambda m: "the connection was lost" if m.group(0).startswith("Connection to") else "the connection was closed", text)
+    return _TWISTED_TEXTS.sub(_plain, text)
+
+
+_MARKERS = ("Connection to the other side", "closed cleanly", "other side:", "other side.", "timed out", "User timeout", "An error occurred while connecting", "DNS lookup failed")
 
 
 def _words(text: str) -> str:

@@ -102,8 +102,9 @@ def telnet_text(line: bytes) -> bytes:
     TIMING-MARK) or an FTP client sends before ABOR (IAC IP IAC DM) is not
     part of the command, and a doubled IAC is one octet 255 (RFC 2640
     §3.1). FTP's control connection is Telnet (RFC 959 §4); SMTP, POP3
-    and IMAP command lines are stripped the same way for a person typing
-    in C{telnet} (octet 255 is no US-ASCII and never in UTF-8, so no
+    and IMAP command lines, and the base64 lines of their SASL exchanges
+    (SMTP AUTH, POP3 AUTH, IMAP AUTHENTICATE), are stripped the same way
+    for a person typing in C{telnet} (octet 255 is no US-ASCII and never in UTF-8, so no
     command loses a character). Never for message text (SMTP DATA, BDAT)
     or an IMAP literal, where octet 255 is data.
     """

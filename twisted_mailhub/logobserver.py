@@ -157,9 +157,11 @@ class ClassicLines:
             return None
         if (
             ("Err" in text and ("[Errno " in text or "Error(" in text))
-            or ("onnection" in text and ("Connection to the other side" in text or "closed cleanly" in text))
+            or ("onnect" in text and ("other side" in text or "closed cleanly" in text or "timed out" in text or "connection failure" in text or "while connecting" in text))
             or "[Failure instance" in text
-        ):  # (three short scans of a line with none of them)
+            or "lookup failed" in text
+        ):  # (four short scans of a line with none of them; Twisted's
+            # connection texts: errorwords.without_twisted)
             text = _worded(fmt, event, text)
         system = self.system
         if system is None:

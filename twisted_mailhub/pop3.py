@@ -873,7 +873,9 @@ class MailhubPOP3(_pop3.POP3):
     def line_received(self, line: bytes) -> Any:
         if self._sasl is not None:
             handler, self._sasl = self._sasl, None
-            return handler(line)
+            # The SASL exchange's base64 line (RFC 5034 §4), typed in the
+            # same telnet client as the commands: its Telnet commands go too.
+            return handler(telnet_text(line))
         if self.state is _TRANSACTION:
             # The common case, "RETR 12": straight to its handler.
             word, _, rest = line.partition(b" ")

@@ -152,7 +152,15 @@ class HubMessage:
 
     @property
     def subject(self) -> str:
-        return str(self.message.get("Subject", ""))
+        """
+        The Subject as the webmail and the JSON API show it: RFC 2047
+        words decoded, a broken one as sent (C{"=?utf-8?B?!!!x?="}, where
+        C{email.policy.default} would guess C{"!!!x"}), runs of white
+        space one space; C{""} for none.
+        """
+        from twisted_mailhub.web.message import decoded, field
+
+        return decoded(field(self.message, "Subject"))
 
     def __getitem__(self, header: str) -> Any:
         """C{m["Subject"]}: a header of the parsed message (L{None} if absent)."""
@@ -617,11 +625,21 @@ class Mailhub:
 
     def ftp(self, account: str) -> ftplib.FTP:
         """An FTP client logged in as C{account}, in passive mode."""
+        return self._ftp(account, "utf-8")
+
+    def _ftp(self, account: str, encoding: str) -> ftplib.FTP:
+        """
+        L{ftp} with C{encoding} for ftplib's lines: the kit's own walks use
+        C{latin-1} (one character per octet), so a file name that is not
+        UTF-8 is read and sent back as the same octets; the user name and
+        password still go as UTF-8 octets.
+        """
         where = self._listener("ftp")
-        client = ftplib.FTP(timeout=30)
+        client = ftplib.FTP(timeout=30, encoding=encoding)
         client.connect(where.host, where.port)
+        as_octets = lambda text: text.encode("utf-8").decode(encoding)  # noqa: E731
         try:
-            client.login(self.address_of(account), self.password_of(account))
+            client.login(as_octets(self.address_of(account)), as_octets(self.password_of(account)))
         except BaseException:
             client.close()
             raise
@@ -764,16 +782,18 @@ class Mailhub:
 
     def files(self, account: str) -> dict[str, bytes]:
         """
-        Every file in C{account}'s FTP home: C{{"dir/name": contents}}.
+        Every file in C{account}'s FTP home: C{{"dir/name": contents}}. A
+        name is UTF-8 text; octets of one that is not (an old client's
+        Latin-1 C{café}) are U+FFFD, as the JSON API's listing shows them.
         """
-        client = self.ftp(account)
+        client = self._ftp(account, "latin-1")
         found: dict[str, bytes] = {}
         try:
             for path, kind in _walk(client, ""):
                 if kind == "file":
                     buffer = io.BytesIO()
                     client.retrbinary(f"RETR /{path}", buffer.write)
-                    found[path] = buffer.getvalue()
+                    found[path.encode("latin-1").decode("utf-8", "replace")] = buffer.getvalue()
         finally:
             _quit(client)
         return found
@@ -801,7 +821,7 @@ class Mailhub:
                 finally:
                     _logout(client)
             if "ftp" in self.listeners:
-                client = self.ftp(account)
+                client = self._ftp(account, "latin-1")  # (any name's octets: see files)
                 try:
                     for path, kind in reversed(list(_walk(client, ""))):
                         if kind == "file":

@@ -874,6 +874,10 @@ class MailhubFTP(ftp.FTP):
             return "503 EPSV ALL was given: use EPSV."
         host = self.factory.passive_address or self._passive_host()
         if ":" in host:
+            # RFC 2428 gives PASV no reply for this (its 522 is EPSV's and
+            # EPRT's); pure-ftpd answers "425 You cannot use PASV on IPv6
+            # connections. Use EPSV instead." (vsftpd a useless 227
+            # 0,0,0,0); so 425, naming the command that works.
             return "425 PASV is IPv4 only; use EPSV."
         port = self._open_passive()
         if isinstance(port, str):
@@ -929,6 +933,12 @@ class MailhubFTP(ftp.FTP):
             host, port = ftp.decodeHostPort(address)
         except ValueError:
             return "501 PORT wants h1,h2,h3,h4,p1,p2."
+        if self._network_protocol() != "1":
+            # PORT names an IPv4 address only (RFC 2428 §1); on an IPv6
+            # control connection it is EPRT of the other family, answered
+            # as RFC 2428 §2 answers that (522, the families to use); it
+            # was a 504 that called it a bounce (RFC 2577).
+            return "522 PORT is IPv4 only; use EPRT, network protocol (2)."
         return self._set_active(host, port)
 
     def ftp_EPRT(self, address=""):

@@ -29,6 +29,22 @@ _header_parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
+# An RFC 2047 "B" encoded word and what its payload may be (RFC 2047 §4.1:
+# the base64 alphabet of RFC 2045 §6.8, padding at the end).
+_B_WORD = re.compile(r"=\?[^?\s]+\?[Bb]\?([^?\s]*)\?=")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+
+def has_broken_base64_word(value: str) -> bool:
+    """
+    Whether header text C{value} holds a "B" encoded word whose payload has
+    characters base64 has not (C{=?utf-8?B?%%%?=}). The standard decoder
+    skips them and makes such a word "" (or a part of it), where one with
+    bad padding raises: callers keep both kinds as sent.
+    """
+    return "?=" in value and any(not _BASE64.fullmatch(m.group(1)) for m in _B_WORD.finditer(value))
+
+
 def split_header(raw: bytes) -> tuple[bytes, bytes]:
     """
     (header including the empty line that ends it, body).

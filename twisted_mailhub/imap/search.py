@@ -34,7 +34,7 @@ from twisted.mail.imap4 import IllegalClientResponse, MessageSet
 from twisted_mailhub.heap import after_walk
 from twisted_mailhub.imap.address import searchable
 from twisted_mailhub.imap.condstore import has_modseqs
-from twisted_mailhub.imap.message import split_header
+from twisted_mailhub.imap.message import has_broken_base64_word, split_header
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import client_text, sequence_set, shown
 from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, NoSuchMessage
@@ -72,22 +72,37 @@ def _day(timestamp: float) -> tuple[int, int, int]:
     return t.tm_year, t.tm_mon, t.tm_mday
 
 
-def _sent_day(candidate: "Candidate") -> tuple[int, int, int] | None:
+# The sent day of a message whose Date: field is missing or unreadable.
+# RFC 3501 §6.4.4 and RFC 9051 §6.4.4 are silent (RFC 5256 §2.2's
+# INTERNALDATE rule is for SORT, which follows it); Dovecot (2.3.19,
+# checked) takes such a message as sent at its time 0, 1-Jan-1970, for
+# SENTBEFORE/SENTON/SENTSINCE, and so does the hub.
+NO_SENT_DAY = (1970, 1, 1)
+
+
+def _sent_day(candidate: "Candidate") -> tuple[int, int, int]:
+    """
+    The day of C{candidate}'s Date: field as written (its time and zone
+    disregarded, RFC 3501 §6.4.4), or L{NO_SENT_DAY} without a readable one.
+    """
     value = candidate.header_value("date")
     if not value:
-        return None
+        return NO_SENT_DAY
     try:
         parsed = email.utils.parsedate_to_datetime(value.decode("ascii", "replace"))
-    except (TypeError, ValueError, IndexError):
-        return None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return NO_SENT_DAY
     return parsed.year, parsed.month, parsed.day
 
 
 def _decode_words(value: bytes) -> bytes:
     if b"=?" not in value:
         return value
+    text = value.decode("ascii", "replace")
+    if has_broken_base64_word(text):
+        return value  # (searched as sent, as below)
     try:
-        text = str(email.header.make_header(email.header.decode_header(value.decode("ascii", "replace"))))
+        text = str(email.header.make_header(email.header.decode_header(text)))
     except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
         return value  # (an encoded word with broken base64: searched as sent)
     return text.encode("utf-8", "replace")
@@ -392,11 +407,7 @@ def compile_search(keys: list, last_seq: int, last_uid: int, depth: int = 0) -> 
             day = parse_date(take_string(f"a date after {key.decode()}"))
             compare = {b"SENTSINCE": lambda a: a >= day, b"SENTBEFORE": lambda a: a < day, b"SENTON": lambda a: a == day}[key]
 
-            def sent(c: Candidate) -> bool:
-                d = _sent_day(c)
-                return d is not None and compare(d)
-
-            return sent
+            return lambda c: compare(_sent_day(c))
         if key == b"NOT":
             inner = one(level + 1)
             return lambda c: not inner(c)

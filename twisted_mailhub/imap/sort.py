@@ -31,6 +31,7 @@ from twisted.mail import imap4
 
 from twisted_mailhub.imap import contexts
 from twisted_mailhub.imap.address import Mailbox, parse_address_list
+from twisted_mailhub.imap.message import has_broken_base64_word
 from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, _astrings, compile_search
 from twisted_mailhub.imap.wire import client_text
 from twisted_mailhub.store.interfaces import NoSuchMessage
@@ -46,6 +47,8 @@ _MSGID = re.compile(r"<[^<>\s]+>")
 def base_subject(raw: str) -> tuple[str, bool]:
     """(base subject, whether it was a reply or forward) per RFC 5256 §2.1."""
     try:
+        if has_broken_base64_word(raw):
+            raise email.errors.HeaderParseError("not base64")
         text = str(email.header.make_header(email.header.decode_header(raw)))
     except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
         text = raw  # (an encoded word with broken base64: sorted as sent)

@@ -38,6 +38,7 @@ from twisted.internet import defer, protocol
 from twisted.mail import smtp
 from twisted.python import failure
 
+from twisted_mailhub.errorwords import error_words
 from twisted_mailhub.transcript import Transcriber, next_connection_id
 
 WAITING = "waiting"
@@ -414,12 +415,19 @@ class RelayClient(smtp.ESMTPClient):
                 for r in job.recipients:
                     job.outcomes.setdefault(r, lost)
                 job.phase = DONE
+        if self.error is None and any(job.phase != DONE for job in self.jobs):
+            # Lost before a message was under way (after the greeting, at
+            # EHLO): the reason the relay gives its jobs, not "no host to
+            # try" (it had one, and it hung up).
+            self.error = lost
         if not self.done.called:
             self.done.callback(self)
 
 
 def _lost_reason(reason: failure.Failure) -> str:
-    text = reason.getErrorMessage() if isinstance(reason, failure.Failure) else str(reason)
+    # The hub's words (errorwords), not Twisted's "Connection was closed
+    # cleanly." : this text goes into the queue listing and the bounce.
+    text = error_words(reason.value, paths=False) if isinstance(reason, failure.Failure) else str(reason)
     return re.sub(r"\s+", " ", text)[:200]
 
 

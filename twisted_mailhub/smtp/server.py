@@ -420,7 +420,9 @@ class MailhubSMTP(smtp.ESMTP):
                 self._after_auth = True
             return handler(parts[1].strip() if len(parts) > 1 else "")
         if state == AUTH:
-            return self._auth_response(line)
+            # The exchange's base64 line (RFC 4954 §4), typed in the same
+            # telnet client as the commands: its Telnet commands go too.
+            return self._auth_response(telnet_text(line))
         return None
 
     def line_too_long(self) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.errors
 import email.policy
 import email.utils
 import json
@@ -53,6 +54,7 @@ from twisted_mailhub.login import ClientPortal
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable, StorageFullError
 from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, InsufficientStorage, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.web import offload
+from twisted_mailhub.web.message import decoded, field
 
 log = Logger()
 
@@ -166,10 +168,19 @@ ROUTES = [
 # -- reading messages ---------------------------------------------------------
 
 
-def _addresses(value: Any) -> list[dict[str, str]]:
+def _addresses(value: Any, raw: str | None = None) -> list[dict[str, str]]:
     if value is None:
         return []
-    return [{"name": name, "address": address} for name, address in email.utils.getaddresses([str(value)]) if address or name]
+    pairs = email.utils.getaddresses([str(value)])
+    if raw and any(isinstance(d, _BROKEN_BASE64) for d in getattr(value, "defects", ())):
+        # A broken encoded word in a display name: email.policy.default
+        # drops the name; the webmail shows it as sent (web.message.decoded)
+        # and so does the API.
+        pairs = [(decoded(name), address) for name, address in email.utils.getaddresses([raw])]
+    return [{"name": name, "address": address} for name, address in pairs if address or name]
+
+
+_BROKEN_BASE64 = (email.errors.InvalidBase64CharactersDefect, email.errors.InvalidBase64PaddingDefect, email.errors.InvalidBase64LengthDefect)
 
 
 def _header_text(value: Any) -> str | None:
@@ -202,15 +213,19 @@ def _safe_header(message: Any, name: str) -> Any:
 def envelope_json(message: Any) -> dict[str, Any]:
     """The envelope fields of a parsed message (addresses split, words decoded)."""
     get = lambda name: _safe_header(message, name)  # noqa: E731
+    raw = lambda name: field(message, name) if hasattr(message, "raw_items") else None  # noqa: E731
     return {
         "date": _header_text(get("Date")),
-        "subject": _header_text(get("Subject")) or "",
-        "from": _addresses(get("From")),
-        "sender": _addresses(get("Sender")),
-        "reply_to": _addresses(get("Reply-To")),
-        "to": _addresses(get("To")),
-        "cc": _addresses(get("Cc")),
-        "bcc": _addresses(get("Bcc")),
+        # As the webmail shows it (web.message.decoded): a broken encoded
+        # word as sent, not what email.policy.default guesses from it
+        # ("=?utf-8?B?!!!x?=" was "!!!x" here and as sent on the page).
+        "subject": decoded(field(message, "Subject")) if hasattr(message, "raw_items") else _header_text(get("Subject")) or "",
+        "from": _addresses(get("From"), raw("From")),
+        "sender": _addresses(get("Sender"), raw("Sender")),
+        "reply_to": _addresses(get("Reply-To"), raw("Reply-To")),
+        "to": _addresses(get("To"), raw("To")),
+        "cc": _addresses(get("Cc"), raw("Cc")),
+        "bcc": _addresses(get("Bcc"), raw("Bcc")),
         "in_reply_to": _header_text(get("In-Reply-To")),
         "message_id": _header_text(get("Message-ID")),
     }

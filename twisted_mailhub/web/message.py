@@ -23,7 +23,7 @@ from typing import Any
 import attr
 
 # (the bounds of IMAP's own parse: one rule for both)
-from twisted_mailhub.imap.message import MAX_NESTING, MAX_PARTS, too_many_parts  # noqa: F401
+from twisted_mailhub.imap.message import MAX_NESTING, MAX_PARTS, has_broken_base64_word, too_many_parts  # noqa: F401
 
 HEADER_PEEK = 16384  # octets read for a list row: the header, normally
 
@@ -112,6 +112,11 @@ def decoded(value: str | None) -> str:
         return ""
     value = _as_text(value)
     try:
+        if has_broken_base64_word(value):
+            # A "B" word with octets no base64 has ("=?utf-8?B?%%%?="): the
+            # standard decoder skips them and makes it "" (or a part of it);
+            # it is as broken as one with bad padding, which raises below.
+            raise HeaderParseError("not base64")
         text = str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError, HeaderParseError):
         # (HeaderParseError: an encoded word whose base64 is broken,
