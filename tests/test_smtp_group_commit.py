@@ -9,7 +9,9 @@ leaves a file in its final place.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import time
 
 import pytest
 
@@ -98,7 +100,7 @@ def test_a_quiet_system_flushes_a_batch_with_one_syncfs_for_its_data_and_one_for
     seen = []
     real = durable._sync_filesystem
     root = maildir(tmp_path)
-    monkeypatch.setattr(durable, "_sync_filesystem", lambda path: (seen.append((os.listdir(root / "tmp"), sorted(os.listdir(root / "new")))), real(path))[1])
+    monkeypatch.setattr(durable, "_sync_filesystem", lambda path, watch=None: (seen.append((os.listdir(root / "tmp"), sorted(os.listdir(root / "new")))), real(path, watch))[1])
     assert durable._commit_batch(writes(root, 5), "syncfs") == [None] * 5
     # The data is flushed while no message has a name (not even in tmp/),
     # then their names in new/ are.
@@ -128,7 +130,7 @@ def test_where_the_filesystem_has_no_unnamed_files_a_batch_is_written_to_tmp_nam
     monkeypatch.setattr(durable, "_unnamed_refused", set())
     real = durable._sync_filesystem
     root = maildir(tmp_path)
-    monkeypatch.setattr(durable, "_sync_filesystem", lambda path: (seen.append(sorted(os.listdir(root / "tmp"))), real(path))[1])
+    monkeypatch.setattr(durable, "_sync_filesystem", lambda path, watch=None: (seen.append(sorted(os.listdir(root / "tmp"))), real(path, watch))[1])
     assert durable._commit_batch(writes(root, 3), "syncfs") == [None] * 3
     assert seen == [["m0", "m1", "m2"]]
     assert sorted(os.listdir(root / "new")) == ["m0", "m1", "m2"] and os.listdir(root / "tmp") == []
@@ -171,7 +173,7 @@ def test_a_failed_flush_of_the_links_takes_the_linked_messages_back_out(tmp_path
     if durable._syncfs is None or durable._linkat is None:
         pytest.skip("no syncfs(2) or no O_TMPFILE on this system")
 
-    def broken(path):
+    def broken(path, watch=None):
         raise OSError(5, "syncfs: Input/output error", path)
 
     monkeypatch.setattr(durable, "_sync_links", broken)
@@ -185,7 +187,7 @@ def test_a_failed_syncfs_fails_the_batch_and_renames_nothing(tmp_path, monkeypat
     if durable._syncfs is None:
         pytest.skip("no syncfs(2) on this system")
 
-    def broken_sync(path):
+    def broken_sync(path, watch=None):
         raise OSError(5, "syncfs: Input/output error", path)
 
     monkeypatch.setattr(durable, "_sync_filesystem", broken_sync)
@@ -552,9 +554,9 @@ def _flush_recorder(monkeypatch, root, events):
     """Every syncfs (of data or of links) records the names in new/ when it begins, then runs."""
     real = durable._sync_filesystem
 
-    def recording(path):
+    def recording(path, watch=None):
         events.append(("syncfs", sorted(os.listdir(root / "new"))))
-        real(path)
+        real(path, watch)
 
     monkeypatch.setattr(durable, "_sync_filesystem", recording)
 
@@ -624,10 +626,78 @@ def test_a_syncfs_begun_before_a_batchs_links_were_made_is_not_taken_to_serve_th
     device = os.stat(root / "new").st_dev
     begun = durable._flush_numbers[device]
     # Another thread's syncfs numbered n (begun before the links) ends well:
-    writer._heard([(device, begun, None)])
+    writer._heard([(device, begun, None, 0)])
     assert ("acknowledged", "a0") not in events
     reactor.release()  # the syncfs of their own, number n + 1
     assert events[-3:] == [("syncfs", ["a0", "a1"]), ("acknowledged", "a0"), ("acknowledged", "a1")]
+
+
+def test_a_syncfs_through_a_descriptor_newer_than_a_batchs_links_does_not_vouch_for_them(tmp_path, monkeypatch):
+    # A syncfs begun after the links, but through a descriptor whose
+    # write-back error cursor was set after them: an error of the links'
+    # write-back before that is never told to it (see _Watch).
+    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
+    write("a0")
+    write("a1")
+    reactor.release()  # a's data flushed, linked; a syncfs of its own is due
+    device = os.stat(root / "new").st_dev
+    newer = time.monotonic_ns()
+    writer._heard([(device, durable._flush_numbers[device] + 1, None, newer)])
+    assert ("acknowledged", "a0") not in events
+    reactor.release()  # the syncfs of their own, through the batch's own descriptor
+    assert events[-3:] == [("syncfs", ["a0", "a1"]), ("acknowledged", "a0"), ("acknowledged", "a1")]
+
+
+class _ErrorSequence:
+    """
+    syncfs(2)'s write-back error reporting since Linux 5.8 (errseq_t), as
+    a model: each open descriptor's cursor is set at open() and at each
+    syncfs of it; a syncfs fails with EIO when an error came after the
+    descriptor's cursor, whoever else was told of it.
+    """
+
+    def __init__(self, monkeypatch):
+        self.errors = 0
+        self.cursors: dict[int, int] = {}
+        real_open = os.open
+
+        def opening(*args, **kwargs):
+            fd = real_open(*args, **kwargs)
+            self.cursors[fd] = self.errors
+            return fd
+
+        monkeypatch.setattr(os, "open", opening)
+        monkeypatch.setattr(durable, "_syncfs", self.syncfs)
+
+    def syncfs(self, fd: int) -> int:
+        seen, self.cursors[fd] = self.cursors.get(fd, 0), self.errors  # (opened before the model: older than its errors)
+        if seen != self.errors:
+            ctypes.set_errno(5)
+            return -1
+        return 0
+
+
+def test_a_write_back_error_before_a_batchs_syncfs_fails_the_batch_whoever_saw_it_first(tmp_path, monkeypatch):
+    if durable._syncfs is None:
+        pytest.skip("no syncfs(2) on this system")
+    kernel = _ErrorSequence(monkeypatch)
+    monkeypatch.setattr(durable, "_POOL", durable._WatchPool())  # (every descriptor opened under the model)
+    root = maildir(tmp_path)
+    batch = writes(root, 3)
+
+    def written_then_lost(fd):
+        os.write(fd, b"message\r\n")
+        # The kernel's own write-back of this data fails before the
+        # batch's syncfs, and another process's syncfs is told of it.
+        kernel.errors += 1
+
+    batch[1] = PendingWrite(str(root / "tmp" / "lost"), str(root / "new" / "lost"), written_then_lost, fresh=True)
+    outcome = durable._commit_batch(batch, "syncfs")
+    assert all(isinstance(e, OSError) and e.errno == 5 for e in outcome)
+    assert os.listdir(root / "new") == [] and os.listdir(root / "tmp") == []
+    # The descriptor that heard it is told of nothing older: the next batch is written.
+    assert durable._commit_batch(writes(root, 2), "syncfs") == [None, None]
+    assert sorted(os.listdir(root / "new")) == ["m0", "m1"]
 
 
 def test_a_failed_syncfs_fails_the_writes_whose_links_it_was_to_flush_and_takes_them_out(tmp_path, monkeypatch):
@@ -639,7 +709,7 @@ def test_a_failed_syncfs_fails_the_writes_whose_links_it_was_to_flush_and_takes_
     write("b1")
     reactor.release()  # a linked, b starts
 
-    def broken(path):
+    def broken(path, watch=None):
         events.append(("syncfs failed", sorted(os.listdir(root / "new"))))
         raise OSError(5, "syncfs: Input/output error", path)
 

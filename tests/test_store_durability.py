@@ -208,14 +208,14 @@ class FullDiskTests(FolderCase):
             raise OSError(errno.ENOSPC, "No space left on device")
 
         self.patch(os, "fsync", fsync)
-        self.patch(durable, "_sync_filesystem", lambda path: fsync(None))  # (the flush of a quiet system: syncfs)
+        self.patch(durable, "_sync_filesystem", lambda path, watch=None: fsync(None))  # (the flush of a quiet system: syncfs)
         yield self.assertFailure(self.folder.deliver(MESSAGE), InsufficientStorage)
         self.assertEqual(self.listing("new"), [])
         self.assertEqual(self.listing("tmp"), [])
 
     @defer.inlineCallbacks
     def test_a_failed_directory_fsync_takes_the_renamed_message_back_out(self):
-        def broken(path):
+        def broken(path, watch=None):
             raise OSError(errno.EIO, "Input/output error", path)
 
         self.patch(durable, "fsync_directory", broken)

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+from errno import EIO
 import os
 import queue
 import sys
@@ -253,9 +254,9 @@ def _link(fd: int, directory_fd: int, name: str, path: str) -> None:
         raise OSError(errno, os.strerror(errno), path)
 
 
-def _sync_links(path: str) -> None:
-    """Phase 4 for files linked into the directory C{path}: their entries and inodes on disk (one syncfs of its filesystem)."""
-    _sync_filesystem(path)
+def _sync_links(path: str, watch: "_Watch | None" = None) -> None:
+    """Phase 4 for files linked into the directory C{path}: their entries and inodes on disk (one syncfs of its filesystem, through C{watch})."""
+    _sync_filesystem(path, watch)
 
 
 def fsync_directory(path: str) -> None:
@@ -307,8 +308,18 @@ def _find_syncfs() -> Callable[[int], int] | None:
 _syncfs = _find_syncfs()
 
 
-def _sync_filesystem(path: str) -> None:
-    """Flush everything of the filesystem that holds C{path} to disk."""
+def _sync_filesystem(path: str, watch: "_Watch | None" = None) -> None:
+    """
+    Flush everything of the filesystem that holds C{path} to disk: a
+    syncfs(2) of C{watch}'s descriptor (L{_Watch}: it reports every
+    write-back error since its cursor), else of one opened now (which
+    reports only errors from now on). Raises OSError.
+    """
+    if watch is not None:
+        if _syncfs(watch.fd) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"syncfs: {os.strerror(errno)}", path)
+        return
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         if _syncfs(fd) != 0:
@@ -316,6 +327,101 @@ def _sync_filesystem(path: str) -> None:
             raise OSError(errno, f"syncfs: {os.strerror(errno)}", path)
     finally:
         os.close(fd)
+
+
+class _Watch:
+    """
+    An open descriptor of a filesystem for syncfs(2), kept for the next
+    flush. Since Linux 5.8 syncfs reports a write-back error of the
+    filesystem to each open descriptor whose cursor is older than the
+    error (errseq_t: the cursor is set at open() and at each syncfs), and
+    to no other: a descriptor opened after the kernel's own write-back (or
+    another process's syncfs) met an error never hears of it. So a syncfs
+    vouches only for writes made after its descriptor's cursor was last
+    set: C{since}, CLOCK_MONOTONIC nanoseconds taken after that open or
+    syncfs returned (no earlier than the cursor).
+    """
+
+    __slots__ = ("fd", "since")
+
+    def __init__(self, fd: int, since: int):
+        self.fd = fd
+        self.since = since
+
+
+_directory_devices: dict[str, int] = {}
+
+
+class _WatchPool:
+    """
+    The idle watches (L{_Watch}) of one group commit, per filesystem
+    (st_dev), the oldest cursor first. A batch takes one before its first
+    write (L{take_for}) and gives it back after its flushes, once its
+    links' numbers are read; they are never closed (per filesystem, as
+    many as batches flushed at once). One pool per L{GroupCommitWriter}:
+    a syncfs through a watch serves the links of its own writer's batches
+    only, so another writer must not use up the watch that is older than
+    them.
+    """
+
+    def __init__(self) -> None:
+        self._idle: dict[int, list[_Watch]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, device: int, directory: str) -> _Watch:
+        """The idle watch of filesystem C{device} with the oldest cursor, else one opened now on C{directory}."""
+        with self._lock:
+            idle = self._idle.get(device)
+            if idle:
+                return idle.pop(0)
+        fd = os.open(directory or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+        return _Watch(fd, time.monotonic_ns())
+
+    def give_back(self, watches: dict[int, _Watch]) -> None:
+        """Watches taken (L{take}, L{take_for}), idle again."""
+        with self._lock:
+            for device, watch in watches.items():
+                idle = self._idle.setdefault(device, [])
+                idle.append(watch)
+                idle.sort(key=lambda w: w.since)
+
+    def take_for(self, batch: list[PendingWrite]) -> dict[int, _Watch]:
+        """
+        Before a batch's first write: a watch of each filesystem it will
+        write to (its files' directories, its records' logs), so that its
+        syncfs hears of any write-back error of its data.
+        """
+        return _take_watches(batch, self)
+
+
+# The pool of a batch committed without a writer (tests, tools).
+_POOL = _WatchPool()
+
+
+def _take_watches(batch: list[PendingWrite], pool: _WatchPool) -> dict[int, _Watch]:
+    """L{_WatchPool.take_for}."""
+    watches: dict[int, _Watch] = {}
+    seen = set()
+    for item in batch:
+        directories = [_directory_of(item.tmp_path) or "."]
+        if item.record is not None:
+            directories.append(os.path.dirname(item.record.path) or ".")
+        for directory in directories:
+            if directory in seen:
+                continue
+            seen.add(directory)
+            device = _directory_devices.get(directory)
+            if device is None:
+                try:
+                    device = _directory_devices[directory] = os.stat(directory).st_dev
+                except OSError:
+                    continue  # (the write fails, or its filesystem has no watch: flushed file by file)
+            if device not in watches:
+                try:
+                    watches[device] = pool.take(device, directory)
+                except OSError:
+                    continue
+    return watches
 
 
 # Every syncfs(2) of this process is numbered, per filesystem (st_dev ->
@@ -336,17 +442,29 @@ def _begin_flush(device: int) -> int:
     return number
 
 
-def _numbered_sync(device: int, path: str, flush: Callable[[str], None], flushed: list | None) -> None:
-    """C{flush(path)} (a syncfs of filesystem C{device}), numbered: its (device, number, error or None) is added to C{flushed}. Raises its OSError."""
+def _numbered_sync(device: int, path: str, flush: Callable[..., None], flushed: list | None, watch: _Watch | None = None) -> None:
+    """
+    C{flush(path, watch)} (a syncfs of filesystem C{device}), numbered: its
+    (device, number, error or None, since) is added to C{flushed}, C{since}
+    the time after which it vouches for writes (L{_Watch}; without a
+    watch, now). Raises its OSError.
+    """
     number = _begin_flush(device)
+    since = watch.since if watch is not None else time.monotonic_ns()
     try:
-        flush(path)
+        if watch is None:
+            flush(path)
+        else:
+            flush(path, watch)
     except OSError as e:
         if flushed is not None:
-            flushed.append((device, number, e))
+            flushed.append((device, number, e, since))
         raise
+    finally:
+        if watch is not None:
+            watch.since = time.monotonic_ns()
     if flushed is not None:
-        flushed.append((device, number, None))
+        flushed.append((device, number, None, since))
 
 
 @attr.s(auto_attribs=True, eq=False)
@@ -356,10 +474,12 @@ class Committed:
     were linked into place but the syncfs that makes their names durable
     is left to a later one: C{outcome}, one error or None per write (as
     L{_commit_batch} returns it); C{flushed}, the numbered syncfs calls the
-    batch made, (device, number, error or None) each; C{owed}, per
+    batch made, (device, number, error or None, since) each; C{owed}, per
     filesystem the links still to be flushed: (device, number, directory,
-    indexes of the writes): a syncfs of that device numbered C{number} or
-    more, ended well, makes them durable; one that failed fails them.
+    indexes of the writes, when they were made): a syncfs of that device
+    numbered C{number} or more whose descriptor vouches for writes since
+    no later than the links (L{_Watch}), ended well, makes them durable;
+    one that failed fails them.
     """
 
     outcome: list
@@ -367,19 +487,33 @@ class Committed:
     owed: list
 
 
-def _flush_owed(directories: list[tuple[int, str]]) -> list:
+def _flush_owed(directories: list[tuple[int, str, int]], pool: _WatchPool | None = None) -> list:
     """
     A thread's job: the syncfs a batch's links are waiting for, one per
-    filesystem (C{directories}: (device, a directory on it)), when no
-    batch's flush of its data came to serve them. Returns the numbered
-    calls, as L{Committed.flushed}.
+    filesystem (C{directories}: (device, a directory on it, when the
+    oldest of those links were made)), when no batch's flush of its data
+    came to serve them, through the idle watch with the oldest cursor (the
+    batch that made the links gave back one older than them). Returns the
+    numbered calls, as L{Committed.flushed}.
     """
+    pool = pool or _POOL
     flushed: list = []
-    for device, directory in directories:
+    for device, directory, oldest in directories:
         try:
-            _numbered_sync(device, directory, _sync_links, flushed)
+            watch = pool.take(device, directory)
+        except OSError as e:
+            flushed.append((device, _begin_flush(device), e, 0))
+            continue
+        try:
+            if watch.since > oldest:
+                # (no descriptor old enough to hear of the links' write-back errors)
+                flushed.append((device, _begin_flush(device), OSError(EIO, "syncfs: no descriptor older than the links", directory), watch.since))
+                continue
+            _numbered_sync(device, directory, _sync_links, flushed, watch)
         except OSError:
             pass  # (in flushed)
+        finally:
+            pool.give_back({device: watch})
     return flushed
 
 
@@ -472,13 +606,14 @@ def _close(fd: int | None) -> None:
             pass
 
 
-def _commit_batch(batch: list[PendingWrite], flush: str = "files", owing: bool = False) -> Any:
+def _commit_batch(batch: list[PendingWrite], flush: str = "files", owing: bool = False, pool: _WatchPool | None = None) -> Any:
     """
     Runs in a worker thread: the four phases of the module docstring for
     one batch. Returns one error (or None) per write. With C{owing}, the
     syncfs of phase 4 for linked files is left to a later one (the next
     batch's flush of its data, or L{_flush_owed}) and a L{Committed} is
-    returned.
+    returned. A syncfs goes through a descriptor of C{pool}'s (the
+    writer's L{_WatchPool}) taken before the batch's first write.
     """
     flushed: list = []
     owed: list = []
@@ -490,6 +625,9 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files", owing: bool =
     # of their directories (tmp/ and the final ones), opened once a batch.
     unnamed = [False] * len(batch)
     directory_fds: dict[str, int | None] = {}
+    # (before the first write: see _Watch)
+    pool = pool or _POOL
+    watches = pool.take_for(batch) if flush == "syncfs" and _syncfs is not None else {}
     try:
         use_unnamed = UNNAMED and flush == "syncfs" and _syncfs is not None and _linkat is not None
         # 1. data to tmp files, then records to their logs
@@ -518,7 +656,7 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files", owing: bool =
                 for i in members:
                     outcome[i] = e
         # 2. flush
-        _flush(batch, outcome, fds, logs, log_fds, flush, flushed)
+        _flush(batch, outcome, fds, logs, log_fds, flush, flushed, watches)
         _fail_groups(batch, outcome)
         # 3. rename (or link) into place
         directories: dict[str, list[int]] = {}
@@ -560,8 +698,9 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files", owing: bool =
             if owing:
                 owed = _owe_links(linked, directory_fds)
             else:
-                _sync_linked(batch, outcome, linked, directory_fds, flushed)
+                _sync_linked(batch, outcome, linked, directory_fds, flushed, watches)
     finally:
+        pool.give_back(watches)  # (after _owe_links read the numbers: a syncfs through them comes after)
         for fd in fds:
             _close(fd)
         for fd in log_fds.values():
@@ -579,11 +718,12 @@ def _owe_links(linked: dict[str, list[int]], directory_fds: dict[str, int | None
     the directories in C{linked}, the number the syncfs that serves them
     must have (the newest begun + 1, read now that the links are made).
     """
+    linked_at = time.monotonic_ns()  # (every link made)
     devices: dict[int, tuple[str, list[int]]] = {}
     for directory, members in linked.items():
         device = os.fstat(directory_fds[directory]).st_dev  # type: ignore[arg-type]
         devices.setdefault(device, (directory, []))[1].extend(members)
-    return [(device, _flush_numbers.get(device, 0) + 1, directory, members) for device, (directory, members) in devices.items()]
+    return [(device, _flush_numbers.get(device, 0) + 1, directory, members, linked_at) for device, (directory, members) in devices.items()]
 
 
 def _directory_fd(directory: str, directory_fds: dict[str, int | None]) -> int:
@@ -649,18 +789,20 @@ def _place_unnamed(item: PendingWrite, fd: int, directory_fds: dict[str, int | N
     return False
 
 
-def _sync_linked(batch: list[PendingWrite], outcome: list[BaseException | None], linked: dict[str, list[int]], directory_fds: dict[str, int | None], flushed: list | None = None) -> None:
+def _sync_linked(batch: list[PendingWrite], outcome: list[BaseException | None], linked: dict[str, list[int]], directory_fds: dict[str, int | None], flushed: list | None = None, watches: dict | None = None) -> None:
     """
     Phase 4 for the files linked into place (C{linked}: directory -> the
-    writes linked there): one syncfs per filesystem (L{_sync_links}); if
-    it fails, the files it was to make durable are taken back out.
+    writes linked there): one syncfs per filesystem (L{_sync_links},
+    through the batch's watch of it, whose cursor is older than the
+    links); if it fails, the files it was to make durable are taken back
+    out.
     """
     devices: dict[int, list[str]] = {}
     for directory in linked:
         devices.setdefault(os.fstat(directory_fds[directory]).st_dev, []).append(directory)  # type: ignore[arg-type]
     for device, directories in devices.items():
         try:
-            _numbered_sync(device, directories[0], _sync_links, flushed)
+            _numbered_sync(device, directories[0], _sync_links, flushed, (watches or {}).get(device))
         except OSError as e:
             for directory in directories:
                 for i in linked[directory]:
@@ -677,7 +819,7 @@ def _fail_groups(batch: list[PendingWrite], outcome: list[BaseException | None])
                 outcome[i] = failed[id(item.group)]
 
 
-def _flush(batch, outcome, fds, logs, log_fds, flush: str = "files", flushed: list | None = None) -> None:
+def _flush(batch, outcome, fds, logs, log_fds, flush: str = "files", flushed: list | None = None, watches: dict | None = None) -> None:
     """
     Phase 2: the data of every live write and log on disk, or an error.
     C{flush} C{"files"}: only the batch's own files are flushed:
@@ -689,8 +831,8 @@ def _flush(batch, outcome, fds, logs, log_fds, flush: str = "files", flushed: li
     """
     live = [i for i in range(len(batch)) if outcome[i] is None]
     if flush == "syncfs" and _syncfs is not None and len(live) + len(log_fds) > 1:
-        _flush_filesystems(batch, outcome, fds, logs, log_fds, live, flushed)
-        return
+        if _flush_filesystems(batch, outcome, fds, logs, log_fds, live, flushed, watches or {}):
+            return
     jobs: list[tuple[Callable[[int], None], int, list[int]]] = [(os.fsync, fds[i], [i]) for i in live]
     jobs += [(_fdatasync, fd, logs[key]) for key, fd in log_fds.items()]
     if not jobs:
@@ -714,8 +856,15 @@ def _flush(batch, outcome, fds, logs, log_fds, flush: str = "files", flushed: li
                 outcome[i] = outcome[i] or error
 
 
-def _flush_filesystems(batch, outcome, fds, logs, log_fds, live, flushed: list | None = None) -> None:
-    """One syncfs(2) for each filesystem the batch wrote to (numbered, into C{flushed})."""
+def _flush_filesystems(batch, outcome, fds, logs, log_fds, live, flushed: list | None = None, watches: dict | None = None) -> bool:
+    """
+    One syncfs(2) for each filesystem the batch wrote to (numbered, into
+    C{flushed}), each through the batch's watch of it (L{_Watch}, taken
+    before its writes). False, having flushed nothing, when the batch
+    wrote to a filesystem it holds no watch of: its files are then
+    flushed one by one.
+    """
+    watches = watches or {}
     devices: dict[int, str] = {}  # filesystem -> a directory on it
     device_of: dict[int, int] = {}  # write index -> filesystem
     by_directory: dict[str, int] = {}  # a new file is on its directory's filesystem
@@ -729,10 +878,12 @@ def _flush_filesystems(batch, outcome, fds, logs, log_fds, live, flushed: list |
     log_devices = {key: os.fstat(fd).st_dev for key, fd in log_fds.items()}
     for (path, _), device in log_devices.items():
         devices.setdefault(device, os.path.dirname(path) or ".")
+    if any(device not in watches for device in devices):
+        return False
     failed: dict[int, OSError] = {}
     for device, directory in devices.items():
         try:
-            _numbered_sync(device, directory, _sync_filesystem, flushed)
+            _numbered_sync(device, directory, _sync_filesystem, flushed, watches[device])
         except OSError as e:
             failed[device] = e
     for i in live:
@@ -742,6 +893,7 @@ def _flush_filesystems(batch, outcome, fds, logs, log_fds, live, flushed: list |
         if device in failed:
             for i in logs[key]:
                 outcome[i] = outcome[i] or failed[device]
+    return True
 
 
 class CommitThreads:
@@ -882,6 +1034,7 @@ class GroupCommitWriter:
         # first: [slot, batch, outcome, owed], and whether a thread runs
         # one for them (L{_flush_owed}).
         self._owing: list[list[Any]] = []
+        self._watch_pool = _WatchPool()  # (this writer's: see _WatchPool)
         self._flushing = False
         self.batches = 0  # for tests and benchmarks: how many flushes ran
 
@@ -1106,7 +1259,7 @@ class GroupCommitWriter:
             finally:
                 self._finish_in_order()
 
-        self.threads.run(_commit_batch, (batch, self._flush, True), returned)
+        self.threads.run(_commit_batch, (batch, self._flush, True, self._watch_pool), returned)
 
     def _heard(self, flushed: list) -> None:
         """
@@ -1116,11 +1269,13 @@ class GroupCommitWriter:
         """
         if not flushed or not self._owing:
             return
-        for device, number, error in flushed:
+        for device, number, error, since in flushed:
             for entry in self._owing:
                 owed = entry[3]
-                for k, (owed_device, wanted, _, members) in enumerate(owed):
-                    if owed_device == device and wanted <= number:
+                for k, (owed_device, wanted, _, members, linked_at) in enumerate(owed):
+                    # (began after the links, and, to vouch for them, through
+                    # a descriptor that hears of errors since before them)
+                    if owed_device == device and wanted <= number and (error is not None or since <= linked_at):
                         del owed[k]
                         if error is not None:
                             entry.append([entry[1][i].final_path for i in members])
@@ -1152,16 +1307,17 @@ class GroupCommitWriter:
         """
         if not self._owing or self._running or self._flushing or self._queue:
             return
-        directories: dict[int, str] = {}
+        directories: dict[int, list] = {}
         for entry in self._owing:
-            for device, _, directory, _ in entry[3]:
-                directories.setdefault(device, directory)
+            for device, _, directory, _, linked_at in entry[3]:
+                known = directories.setdefault(device, [directory, linked_at])
+                known[1] = min(known[1], linked_at)
         self._flushing = True
 
         def flushed(result):
             self._flushing = False
             if isinstance(result, Failure):  # (not an OSError: those are in the list)
-                result = [(device, number, result.value) for device in directories for number in [1 << 62]]
+                result = [(device, number, result.value, 0) for device in directories for number in [1 << 62]]
             else:
                 STATS["syncfs"] += len(result)
                 STATS["links_alone"] += len(result)
@@ -1171,7 +1327,7 @@ class GroupCommitWriter:
             finally:
                 self._finish_in_order()
 
-        self.threads.run(_flush_owed, (list(directories.items()),), flushed)
+        self.threads.run(_flush_owed, ([(device, directory, oldest) for device, (directory, oldest) in directories.items()], self._watch_pool), flushed)
 
     def _finish_in_order(self) -> None:
         """Finish the oldest batches that are done, oldest first."""
