@@ -20,7 +20,7 @@ def _submit(hub, sender: str):
         mail = smtp.mail(sender)
         if mail[0] == 250:
             assert smtp.rcpt("bob@localhost")[0] == 250
-            assert smtp.data(b"Subject: from " + sender.encode() + b"\r\n\r\nhi\r\n")[0] == 250
+            assert smtp.data(b"Subject: from <" + sender.encode() + b">\r\n\r\nhi\r\n")[0] == 250
         return mail
 
 
@@ -33,9 +33,9 @@ def test_with_the_option_another_sender_is_553_and_the_own_one_goes(start_hub):
     assert _submit(hub, "alice")[0] == 250  # qualified with the default domain
     assert _submit(hub, "")[0] == 250  # the null sender (RFC 5321 §4.5.5)
     subjects = sorted(m.subject for m in hub.messages("bob"))
-    assert subjects == ["from ", "from Alice@LOCALHOST", "from alice"]
+    assert subjects == ["from <>", "from <Alice@LOCALHOST>", "from <alice>"]
 
 
 def test_without_the_option_any_sender_is_taken_as_before(hub):
     assert _submit(hub, "bob@localhost")[0] == 250
-    assert hub.wait_for_message(to="bob@localhost").subject == "from bob@localhost"
+    assert hub.wait_for_message(to="bob@localhost").subject == "from <bob@localhost>"
