@@ -136,7 +136,7 @@ from twisted_mailhub.store.table import (
     system_bits,
 )
 from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, fsync_directory
-from twisted_mailhub.store.smallfiles import SmallFiles
+from twisted_mailhub.store.smallfiles import SmallFiles, write_temporary
 from twisted_mailhub.store.wireform import WireForms
 from twisted_mailhub.store.interfaces import (
     DELETED,
@@ -1062,18 +1062,10 @@ class MaildirFolder:
         extra = self._extra_lines
 
         def rewrite() -> bool:
-            tmp = f"{path}.{os.getpid()}.tmp"  # (--workers: each its own)
+            # Synced: after an expunge this header's UIDNEXT is what keeps
+            # the expunged UIDs from being given again.
+            tmp = write_temporary(path, text, fsync)
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-                try:
-                    view = memoryview(text)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    # Synced: after an expunge this header's UIDNEXT is
-                    # what keeps the expunged UIDs from being given again.
-                    fsync(fd)
-                finally:
-                    os.close(fd)
                 with lock:
                     now = os.stat(path)
                     if (now.st_ino, now.st_size) != seen:

@@ -203,11 +203,12 @@ class SmallFiles:
                 os.close(fd)
 
 
-def write_durably(path: str, data: bytes, fsync: Callable[[int], None] = os.fsync) -> None:
+def write_temporary(path: str, data: bytes, fsync: Callable[[int], None] = os.fsync) -> str:
     """
-    Replace C{path} with C{data}: a temporary file beside it (named after
-    this process), written, fsynced, renamed over C{path}. The directory is
-    not fsynced here. Raises C{OSError}; the old file then stays.
+    C{data} written to a temporary file beside C{path} (named after this
+    process, so that each worker of C{--workers} has its own) and fsynced;
+    returns its name, for the caller to rename into place. Raises
+    C{OSError}; the temporary file is then removed.
     """
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
@@ -219,6 +220,24 @@ def write_durably(path: str, data: bytes, fsync: Callable[[int], None] = os.fsyn
             fsync(fd)
         finally:
             os.close(fd)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return tmp
+
+
+def write_durably(path: str, data: bytes, fsync: Callable[[int], None] = os.fsync) -> None:
+    """
+    Replace C{path} with C{data}: a temporary file beside it
+    (L{write_temporary}), written, fsynced, renamed over C{path}. The
+    directory is not fsynced here. Raises C{OSError}; the old file then
+    stays.
+    """
+    tmp = write_temporary(path, data, fsync)
+    try:
         os.rename(tmp, path)
     except OSError:
         try:
