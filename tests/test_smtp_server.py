@@ -563,7 +563,8 @@ def test_a_filter_cannot_fake_success_or_break_the_reply_format(hub):
         (b"RCPT TO:<@relay.example:bob@localhost>", b"250 2.1.5 Ok", "bob@localhost"),
         (b"rcpt to: <bob@localhost>", b"250 2.1.5 Ok", "bob@localhost"),
         (b"RCPT TO:bob@localhost", b"250 2.1.5 Ok", "bob@localhost"),
-        (b"RCPT TO:<bob@localhost> NOTIFY=NEVER", b"555 5.5.4 Unsupported option: NOTIFY", None),
+        (b"RCPT TO:<bob@localhost> NOTIFY=NEVER", b"250 2.1.5 Ok", "bob@localhost"),  # RFC 3461
+        (b"RCPT TO:<bob@localhost> XTRACE=1", b"555 5.5.4 Unsupported option: XTRACE", None),
         (b"RCPT TO:<bob<x@localhost>", b"501 5.5.4 Syntax: RCPT TO:<address>", None),
         (b"RCPT TO:<bob@localhost>>", b"555 5.5.4 Unsupported option: >", None),
         (b"RCPT TO:<>", b"553 5.1.3 <>: Recipient address rejected: bad address syntax", None),

@@ -39,6 +39,7 @@ from twisted.mail import smtp
 from twisted.python import failure
 
 from twisted_mailhub.errorwords import error_words
+from twisted_mailhub.smtp.dsn import orcpt_for_wire, xtext_encode
 from twisted_mailhub.transcript import Transcriber, next_connection_id
 
 WAITING = "waiting"
@@ -56,6 +57,11 @@ class Outcome:
     code: int
     reply: str
     remote: str = ""
+    # Where a 2xx leaves the sender's DSN requests (RFC 3461 §5.2, §6.2):
+    # stored here (local), or with a next hop that offers DSN and was
+    # given NOTIFY and ORCPT (hop_dsn); else relayed to one that does not.
+    local: bool = False
+    hop_dsn: bool = False
 
     @property
     def delivered(self) -> bool:
@@ -73,7 +79,9 @@ class Outcome:
 class Job:
     """
     One message for one destination: its sender, the recipients that go to
-    this destination, and the message bytes.
+    this destination, and the message bytes; and its DSN parameters (RFC
+    3461 §4), passed on when the server offers DSN: C{ret}, C{envid} (as
+    the queue keeps them, decoded) and C{dsn}, recipient -> (NOTIFY, ORCPT).
     """
 
     id: str
@@ -82,6 +90,9 @@ class Job:
     message: bytes
     phase: str = WAITING
     outcomes: dict[str, Outcome] = attr.ib(factory=dict)
+    ret: str = ""
+    envid: str = ""
+    dsn: dict = attr.ib(factory=dict)
 
 
 def dot_stuff(message: bytes) -> bytes:
@@ -249,6 +260,23 @@ class RelayClient(smtp.ESMTPClient):
             line += b" SIZE=%d" % len(job.message)
         if b"8BITMIME" in self.extensions and not job.message.isascii():
             line += b" BODY=8BITMIME"  # RFC 6152 §3
+        if b"DSN" in self.extensions:
+            # RFC 3461 §5.2.1: passed on as the client gave them.
+            if job.ret:
+                line += b" RET=" + job.ret.encode("ascii")
+            if job.envid:
+                line += b" ENVID=" + xtext_encode(job.envid).encode("ascii")
+        return line
+
+    def _rcpt_line(self, job: Job, address: str) -> bytes:
+        line = b"RCPT TO:" + quote_path(address)
+        params = job.dsn.get(address) if b"DSN" in self.extensions else None
+        if params:
+            notify, orcpt = params
+            if notify:
+                line += b" NOTIFY=" + notify.encode("ascii")
+            if orcpt:
+                line += b" ORCPT=" + orcpt_for_wire(orcpt).encode("ascii")
         return line
 
     def smtpState_from(self, code, resp):
@@ -275,7 +303,7 @@ class RelayClient(smtp.ESMTPClient):
                 self.sendLine(b"RSET")
             self.sendLine(self._mail_line(job))
             for r in job.recipients:
-                self.sendLine(b"RCPT TO:" + quote_path(r))
+                self.sendLine(self._rcpt_line(job, r))
             self.sendLine(b"DATA")
             self._expected = range(0, 1000)
             self._okresponse = self._failresponse = self._pipelined_reply
@@ -358,7 +386,7 @@ class RelayClient(smtp.ESMTPClient):
             else:
                 return self.smtpState_msgSent(code, "No recipients accepted")
         else:
-            self.sendLine(b"RCPT TO:" + quote_path(self.lastAddress))
+            self.sendLine(self._rcpt_line(self.job, self.lastAddress))
 
     def getMailTo(self):
         return list(self.job.recipients) if self.job else []
@@ -376,7 +404,7 @@ class RelayClient(smtp.ESMTPClient):
         job = self.job
         if job is None:
             return
-        final = Outcome(code, _text(resp), self.remote)
+        final = Outcome(code, _text(resp), self.remote, hop_dsn=b"DSN" in self.extensions)
         outcomes = {}
         for address, rcode, rresp in addresses:
             address = address.decode("utf-8", "replace") if isinstance(address, bytes) else str(address)

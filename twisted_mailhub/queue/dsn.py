@@ -16,6 +16,16 @@ Internationalized mail (RFC 6531's SMTPUTF8) gets a DSN it can carry
 sender is written as it is in C{To:} (RFC 6532), the text for people is
 then UTF-8, and an original header that is not ASCII is sent as
 C{message/global-headers}.
+
+With the DSN extension (RFC 3461; the parameters are read in
+L{twisted_mailhub.smtp.dsn}): C{Original-Envelope-Id} gives the MAIL's
+ENVID and C{Original-Recipient} each RCPT's ORCPT (RFC 3464 §2.2.1,
+§2.3.1); a report of failures to a MAIL with C{RET=FULL} returns the
+whole message (C{message/rfc822}, or C{message/global} when it is not
+ASCII), every other report its header only (RFC 3461 §4.3); and besides
+C{failed} and C{delayed} a report may say C{delivered} (stored in a
+maildrop here) or C{relayed} (handed to a next hop that does not offer
+DSN), RFC 3461 §6.2.
 """
 
 from __future__ import annotations
@@ -76,6 +86,18 @@ def recipient_field(address: str) -> str:
     return f"utf-8; {xtext_address(address)}"
 
 
+def original_recipient_field(orcpt: str) -> str:
+    """
+    The value of C{Original-Recipient} (RFC 3464 §2.3.1) for a kept ORCPT
+    (C{"addr-type;address"}, decoded): C{rfc822; bob@b.test}; a C{utf-8}
+    address in RFC 6533's C{utf-8-addr-xtext} form.
+    """
+    kind, _, address = orcpt.partition(";")
+    if kind == "utf-8":
+        return f"utf-8; {xtext_address(address)}"
+    return f"{_ascii(kind)}; {_ascii(address)}"
+
+
 _HOP = re.compile(r"(?:(?P<name>[^\[\]]+)\[[^\]]*\]|\[(?P<v6>[^\]]+)\]|(?P<plain>[^:\[\]]+)):\d+")
 
 
@@ -109,6 +131,14 @@ def _ascii(text: str) -> str:
     return text.encode("ascii", "backslashreplace").decode("ascii").replace("\r", " ").replace("\n", " ")
 
 
+_SUBJECTS = {
+    "failed": "Undelivered Mail Returned to Sender",
+    "delayed": "Delayed Mail (still being retried)",
+    "delivered": "Successful Mail Delivery Report",
+    "relayed": "Successful Mail Delivery Report",
+}
+
+
 def build_dsn(
     entry: QueuedMessage,
     recipients: Iterable[Recipient],
@@ -120,21 +150,36 @@ def build_dsn(
 ) -> bytes:
     """
     A DSN to C{entry.sender} about C{recipients}, C{action} being
-    C{"failed"} (a bounce) or C{"delayed"} (a warning).
+    C{"failed"} (a bounce), C{"delayed"} (a warning), C{"delivered"} or
+    C{"relayed"} (RFC 3464 §2.3.3). The bytes of a whole message with
+    CRLF line ends; C{original} is the message it reports on.
     """
     recipients = list(recipients)
+    failed = action == "failed"
+    full = failed and entry.ret == "FULL"
     head = original_headers(original)
+    if full:
+        returned = original.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        returned = returned if returned.endswith(b"\r\n") else returned + b"\r\n"
+    else:
+        returned = head
     intl = not (entry.sender.isascii() and all(r.address.isascii() for r in recipients))
     show = (lambda text: text.replace("\r", " ").replace("\n", " ")) if intl else _ascii
     boundary = "=_mailhub_dsn_" + os.urandom(8).hex()
-    failed = action == "failed"
-    subject = "Undelivered Mail Returned to Sender" if failed else "Delayed Mail (still being retried)"
+    subject = _SUBJECTS[action]
     lines: list[str] = []
     lines.append(f"This is the mail system at {hostname}.")
     lines.append("")
     if failed:
         lines.append("Your message could not be delivered to the recipients below.")
         lines.append("Delivery has been given up; the message was not delivered to them.")
+    elif action == "delivered":
+        lines.append("Your message was delivered to the mailboxes of the recipients below,")
+        lines.append("as you asked (a delivery status notification, RFC 3461).")
+    elif action == "relayed":
+        lines.append("Your message was passed on to the recipients' mail system below, as you asked")
+        lines.append("(RFC 3461). That system does not offer delivery status notifications,")
+        lines.append("so you will hear no more about its delivery.")
     else:
         waited = format_duration(max(0, int(now - entry.created)))
         lines.append(f"Your message has not been delivered yet, after {waited}.")
@@ -152,16 +197,24 @@ def build_dsn(
         lines.append(f"<{show(r.address)}>: {show(said)}")
     human = "\r\n".join(lines) + "\r\n"
 
-    status: list[str] = [
+    status: list[str] = []
+    if entry.envid:
+        status.append(f"Original-Envelope-Id: {_ascii(entry.envid)}")
+    status += [
         f"Reporting-MTA: dns; {hostname}",
         f"X-Mailhub-Queue-ID: {entry.id}",
         f"Arrival-Date: {_rfc822_date(entry.created)}",
         "",
     ]
     for r in recipients:
+        if r.orcpt:
+            status.append(f"Original-Recipient: {original_recipient_field(r.orcpt)}")
         status.append(f"Final-Recipient: {recipient_field(r.address)}")
         status.append(f"Action: {action}")
-        status.append(f"Status: {'4.4.7' if r.expired else status_of(r, '4.4.7' if not failed or r.code < 500 else '5.0.0')}")
+        if action in ("delivered", "relayed"):
+            status.append(f"Status: {status_of(r, '2.0.0')}")
+        else:
+            status.append(f"Status: {'4.4.7' if r.expired else status_of(r, '4.4.7' if not failed or r.code < 500 else '5.0.0')}")
         if r.remote and r.code > 0:  # an MTA answered (none did when the connection failed)
             status.append(f"Remote-MTA: dns; {mta_name(r.remote)}")
         if r.code > 0:
@@ -194,7 +247,14 @@ def build_dsn(
     out = "\r\n".join(header) + "\r\n" + human + "\r\n"
     out += f"--{boundary}\r\nContent-Type: message/delivery-status\r\nContent-Description: Delivery report\r\n\r\n"
     out += delivery_status + "\r\n"
-    # RFC 6533 §6.3: a header that is not ASCII goes as message/global-headers.
-    kind = "text/rfc822-headers" if head.isascii() else "message/global-headers"
-    out += f"--{boundary}\r\nContent-Type: {kind}\r\nContent-Description: Undelivered message headers\r\n\r\n"
-    return out.encode("utf-8") + head + f"\r\n--{boundary}--\r\n".encode("ascii")
+    if full:
+        # RFC 3461 §4.3 RET=FULL; RFC 6532 §3.7: message/global when not ASCII.
+        kind = "message/rfc822" if head.isascii() else "message/global"
+        eight = "" if returned.isascii() else "Content-Transfer-Encoding: 8bit\r\n"
+        out += f"--{boundary}\r\nContent-Type: {kind}\r\n{eight}Content-Description: Undelivered message\r\n\r\n"
+    else:
+        # RFC 6533 §6.3: a header that is not ASCII goes as message/global-headers.
+        kind = "text/rfc822-headers" if head.isascii() else "message/global-headers"
+        what = "Undelivered message headers" if action in ("failed", "delayed") else "Message headers"
+        out += f"--{boundary}\r\nContent-Type: {kind}\r\nContent-Description: {what}\r\n\r\n"
+    return out.encode("utf-8") + returned + f"\r\n--{boundary}--\r\n".encode("ascii")

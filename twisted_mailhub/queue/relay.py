@@ -164,13 +164,15 @@ class Relay(service.Service):
     # -- what the SMTP server and the admin command call --------------------
 
     @defer.inlineCallbacks
-    def enqueue(self, sender: str, recipients: list[str], message: bytes):
+    def enqueue(self, sender: str, recipients: list[str], message: bytes, ret: str = "", envid: str = "", notify: dict | None = None):
         """
         Queue C{message} from C{sender} (C{""} for C{<>}) to C{recipients}.
-        The Deferred fires with the queue id once it is durable.
+        The Deferred fires with the queue id once it is durable. C{ret},
+        C{envid} and C{notify} (recipient -> (NOTIFY, ORCPT)) are the DSN
+        parameters of its MAIL and RCPTs (RFC 3461 §4), kept with it.
         """
         sender = _bare(sender)
-        entry = make_entry(sender, [_bare(r) for r in recipients], len(message), self.now())
+        entry = make_entry(sender, [_bare(r) for r in recipients], len(message), self.now(), ret, envid, notify)
         yield self.storage.add(entry, message)
         self.entries[entry.id] = entry
         log.info("queue: {qid} queued from <{sender}> to {rcpts} ({size} octets)", qid=entry.id, sender=sender, rcpts=", ".join(f"<{r}>" for r in recipients), size=len(message))
@@ -292,13 +294,13 @@ class Relay(service.Service):
             for entry, rcpts, domain in items:
                 job = jobs.get(entry.id)
                 if job is None:
-                    job = jobs[entry.id] = Job(entry.id, entry.sender, [], messages[entry.id])
+                    job = jobs[entry.id] = Job(entry.id, entry.sender, [], messages[entry.id], ret=entry.ret, envid=entry.envid, dsn=_dsn_params(entry))
                 job.recipients.extend(rcpts)
                 labels.setdefault(entry.id, set()).add(domain)
             # RFC 5321 §4.5.3.1.8: a server need take only 100 recipients
             # per transaction, so more go as several transactions.
             transactions = [
-                Job(job.id, job.sender, job.recipients[i : i + MAX_RECIPIENTS], job.message)
+                Job(job.id, job.sender, job.recipients[i : i + MAX_RECIPIENTS], job.message, ret=job.ret, envid=job.envid, dsn=job.dsn)
                 for job in jobs.values()
                 for i in range(0, len(job.recipients), MAX_RECIPIENTS)
             ]
@@ -330,7 +332,7 @@ class Relay(service.Service):
             # (the text goes into a delay warning or a bounce: words, no file of this server)
             outcomes[entry.id][address] = Outcome(451, f"4.3.0 local delivery failed: {error_words(e, paths=False)}", self.hostname)
         else:
-            outcomes[entry.id][address] = Outcome(250, "2.0.0 delivered locally", self.hostname)
+            outcomes[entry.id][address] = Outcome(250, "2.0.0 delivered locally", self.hostname, local=True)
 
     def _connect(self, hop: Hop, factory: RelayClientFactory) -> defer.Deferred:
         endpoint = endpoints.HostnameEndpoint(self.reactor, hop.address, hop.port, timeout=self.connect_timeout)
@@ -420,6 +422,8 @@ class Relay(service.Service):
                 self._drop(entry.id)
                 return
             now = self.now()
+            # Success DSNs owed (RFC 3461 §6.2): by action, the recipients.
+            successes: dict[str, list] = {}
             for r in entry.pending:
                 outcome = outcomes.get(r.address)
                 if outcome is None:
@@ -428,6 +432,8 @@ class Relay(service.Service):
                 r.code, r.reply, r.remote = outcome.code, outcome.reply, outcome.remote
                 if outcome.delivered:
                     r.state = DELIVERED
+                    if r.wants("SUCCESS") and entry.sender and not outcome.hop_dsn:
+                        successes.setdefault("delivered" if outcome.local else "relayed", []).append(r)
                 elif outcome.permanent:
                     r.state = FAILED
                 if self.metrics is not None:
@@ -446,6 +452,8 @@ class Relay(service.Service):
                 if not entry.warned and self.delay_warning and now - entry.created >= self.delay_warning:
                     await self._warn(entry, now, deadline)
             await self.storage.save(entry)
+            for action, reported in successes.items():
+                await self._report_success(entry, reported, action)
             if entry.finished:
                 await self._finish(entry)
             elif entry.id in self._doomed:
@@ -456,13 +464,33 @@ class Relay(service.Service):
             self.in_flight.discard(entry.id)
             self._reschedule()
 
+    async def _report_success(self, entry: QueuedMessage, recipients: list, action: str) -> None:
+        """
+        A success DSN (RFC 3461 §6.2) for C{recipients}, whose NOTIFY had
+        SUCCESS: C{"delivered"} into a maildrop here, or C{"relayed"} to a
+        next hop that does not offer DSN (one that does was given NOTIFY
+        and reports itself, §5.2). A report that cannot be stored is
+        logged: the message is delivered, nothing is retried.
+        """
+        try:
+            notice = build_dsn(entry, recipients, self.storage.read_message(entry.id), self.hostname, self.now(), action=action)
+            await self._notify(entry.sender, notice)
+        except Exception as e:  # noqa: BLE001 - a lost report is not worth a retry
+            log.error("queue: {qid} success DSN to <{sender}> not stored: {error}", qid=entry.id, sender=entry.sender, error=e)
+            return
+        log.info("queue: {qid} {action}, success DSN sent to <{sender}> for {rcpts}", qid=entry.id, action=action, sender=entry.sender, rcpts=", ".join(f"<{r.address}>" for r in recipients))
+
     async def _warn(self, entry: QueuedMessage, now: float, deadline: float) -> None:
         entry.warned = True
         if not entry.sender:
             return
+        # RFC 3461 §4.1: only those whose NOTIFY asks for DELAY (or has none).
+        delayed = [r for r in entry.pending if r.wants("DELAY")]
+        if not delayed:
+            return
         try:
             original = self.storage.read_message(entry.id)
-            notice = build_dsn(entry, entry.pending, original, self.hostname, now, action="delayed", retry_until=deadline)
+            notice = build_dsn(entry, delayed, original, self.hostname, now, action="delayed", retry_until=deadline)
             await self._notify(entry.sender, notice)
             log.info("queue: {qid} delayed, warning sent to <{sender}>", qid=entry.id, sender=entry.sender)
         except Exception as e:  # noqa: BLE001 - a lost warning is not worth a retry
@@ -480,6 +508,11 @@ class Relay(service.Service):
         failed = [r for r in entry.recipients if r.state == FAILED and not r.bounced]
         if not failed or not entry.sender:
             return  # (the null sender never gets one: _finish logs it)
+        if self._unwanted_failures(entry, failed):
+            await self.storage.save(entry)
+            failed = [r for r in failed if not r.bounced]
+            if not failed:
+                return
         try:
             notice = build_dsn(entry, failed, self.storage.read_message(entry.id), self.hostname, self.now())
             await self._notify(entry.sender, notice)
@@ -497,6 +530,8 @@ class Relay(service.Service):
         """
         try:
             failed = [r for r in entry.recipients if r.state == FAILED]
+            if entry.sender and self._unwanted_failures(entry, [r for r in failed if not r.bounced]):
+                await self.storage.save(entry)
             unreported = [r for r in failed if not r.bounced]
             if unreported and not entry.bounced:
                 if not entry.sender:
@@ -523,11 +558,37 @@ class Relay(service.Service):
         finally:
             self.in_flight.discard(entry.id)
 
+    def _unwanted_failures(self, entry: QueuedMessage, failed: list) -> bool:
+        """
+        Mark as reported, without a DSN, the recipients of C{failed} whose
+        NOTIFY does not ask to hear of a failure (NEVER, or SUCCESS/DELAY
+        without FAILURE: RFC 3461 §4.1); whether there were any.
+        """
+        unwanted = [r for r in failed if not r.wants("FAILURE")]
+        for r in unwanted:
+            r.bounced = True
+        if unwanted:
+            log.info("queue: {qid} failed for {rcpts}; no DSN: NOTIFY does not ask for failures (RFC 3461 4.1)", qid=entry.id, rcpts=", ".join(f"<{r.address}> NOTIFY={r.notify}" for r in unwanted))
+        return bool(unwanted)
+
+    def notify(self, address: str, notice: bytes) -> defer.Deferred:
+        """
+        Send C{notice}, a DSN, to C{address}: into its INBOX when it is
+        local, else queued from the null sender C{<>} (RFC 5321 §4.5.5).
+        Fires once it is stored.
+        """
+        return defer.ensureDeferred(self._notify(address, notice))
+
     async def _notify(self, address: str, notice: bytes) -> None:
         if self.is_local(address):
             await self.deliver_local(address, notice)
         else:
             await self.enqueue("", [address], notice)
+
+
+def _dsn_params(entry: QueuedMessage) -> dict:
+    """The recipients of C{entry} that had NOTIFY or ORCPT -> (NOTIFY, ORCPT)."""
+    return {r.address: (r.notify, r.orcpt) for r in entry.recipients if r.notify or r.orcpt}
 
 
 def _bare(address: str) -> str:

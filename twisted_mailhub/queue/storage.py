@@ -62,6 +62,12 @@ class Recipient:
     @ivar bounced: whether its failure has been reported to the sender
         (a bounce for it is stored), while other recipients of the same
         message may still be pending.
+    @ivar notify: its RCPT's C{NOTIFY} (RFC 3461 §4.1) as
+        L{twisted_mailhub.smtp.dsn.parse_notify} keeps it (C{"NEVER"},
+        C{"SUCCESS,DELAY"}...), C{""} when not given: failures and delays
+        are reported, as before DSN was offered.
+    @ivar orcpt: its RCPT's C{ORCPT} (RFC 3461 §4.2) decoded,
+        C{"rfc822;bob@b.test"}, or C{""}.
     """
 
     address: str
@@ -72,6 +78,19 @@ class Recipient:
     attempts: int = 0
     expired: bool = False
     bounced: bool = False
+    notify: str = ""
+    orcpt: str = ""
+
+    def wants(self, kind: str) -> bool:
+        """
+        Whether the sender asked to hear of C{kind} (C{"SUCCESS"},
+        C{"FAILURE"}, C{"DELAY"}) for this recipient: as its NOTIFY says,
+        or, without one, of failures and delays (RFC 3461 §4.1 leaves that
+        choice to the MTA; it is what the hub did before it offered DSN).
+        """
+        if not self.notify:
+            return kind != "SUCCESS"
+        return kind in self.notify.split(",")
 
     @property
     def last_reply(self) -> str:
@@ -95,6 +114,9 @@ class QueuedMessage:
     @ivar warned: whether the delay warning has been sent.
     @ivar bounced: whether the bounce for its failed recipients is stored
         (so a crash before the files are removed does not bounce twice).
+    @ivar ret: the MAIL's C{RET} (RFC 3461 §4.3): C{"FULL"} (a failure
+        DSN returns the whole message), C{"HDRS"} or C{""} (its header).
+    @ivar envid: the MAIL's C{ENVID} decoded (RFC 3461 §4.4), or C{""}.
     """
 
     id: str
@@ -106,6 +128,8 @@ class QueuedMessage:
     attempts: int = 0
     warned: bool = False
     bounced: bool = False
+    ret: str = ""
+    envid: str = ""
 
     @property
     def pending(self) -> list[Recipient]:
@@ -250,13 +274,29 @@ def _unlink(path: str) -> None:
         pass
 
 
-def make_entry(sender: str, recipients: Iterable[str], size: int, now: float | None = None) -> QueuedMessage:
+def make_entry(
+    sender: str,
+    recipients: Iterable[str],
+    size: int,
+    now: float | None = None,
+    ret: str = "",
+    envid: str = "",
+    notify: dict[str, tuple[str, str]] | None = None,
+) -> QueuedMessage:
+    """
+    A new queue entry. C{ret}, C{envid}: the MAIL's DSN parameters;
+    C{notify}: recipient -> (NOTIFY, ORCPT) as the RCPTs gave them (RFC
+    3461 §4), for those that had any.
+    """
     now = time.time() if now is None else now
+    notify = notify or {}
     return QueuedMessage(
         id=new_queue_id(now),
         sender=sender,
-        recipients=[Recipient(r) for r in recipients],
+        recipients=[Recipient(r, notify=notify.get(r, ("", ""))[0], orcpt=notify.get(r, ("", ""))[1]) for r in recipients],
         created=now,
         next_attempt=now,
         size=size,
+        ret=ret,
+        envid=envid,
     )

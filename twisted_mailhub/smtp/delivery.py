@@ -107,7 +107,9 @@ class Verdict:
     recipient is C{"local"} (store), C{"relay"} (outbound queue) or
     C{"discard"} (a C{--test-mode} address with no catch-all: accepted,
     not kept). C{original} is the recipient as the client gave it when
-    the mail goes elsewhere (C{--catch-all}), else C{""}.
+    the mail goes elsewhere (C{--catch-all}), else C{""}. C{notify} and
+    C{orcpt} are the RCPT's DSN parameters (RFC 3461 §4.1, §4.2, as
+    L{twisted_mailhub.smtp.dsn} keeps them), C{""} when not given.
     """
 
     code: int
@@ -115,6 +117,8 @@ class Verdict:
     kind: str = ""
     address: str = ""
     original: str = ""
+    notify: str = ""
+    orcpt: str = ""
 
     @property
     def recipient(self) -> str:
@@ -435,16 +439,17 @@ def envelope_of(sender: str, recipients, session: Session) -> Envelope:
     )
 
 
-def deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes) -> defer.Deferred:
+def deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes, dsn: tuple[str, str] | None = None) -> defer.Deferred:
     """
     Filters, headers, then store/queue every copy. The Deferred fires with
     the queue id once all are durable, or fails with L{Rejected} for a
     filter's L{Reject}. Counted in C{hub.metrics}: the result, the octets
-    and the time to durable.
+    and the time to durable. C{dsn} is the MAIL's C{(RET, ENVID)} (RFC
+    3461 §4.3, §4.4; C{""} each when not given), L{None} for neither.
     """
     metrics = getattr(hub, "metrics", None)
     counted = _Counted(metrics, len(message)) if metrics is not None else None
-    d = _deliver(hub, session, sender, recipients, message, counted)
+    d = _deliver(hub, session, sender, recipients, message, counted, dsn)
     if counted is not None and not counted.attached:
         d.addCallbacks(counted.accepted, counted.refused)
     return d
@@ -475,7 +480,7 @@ class _Counted:
         return failure
 
 
-def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes, counted: _Counted | None = None) -> defer.Deferred:
+def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes, counted: _Counted | None = None, dsn: tuple[str, str] | None = None) -> defer.Deferred:
     message = separate_body(message)
     if session.authenticated:
         # Before the filters, so that one that signs (DKIM) sees the
@@ -496,19 +501,19 @@ def _deliver(hub: Any, session: Session, sender: str, recipients: list[Verdict],
             # sign): on to the store without a Deferred in between.
             if isinstance(step[1], Reject):
                 return defer.fail(Rejected(step[1].code, step[1].text))
-            return _store(hub, session, sender, recipients, step[1], counted)
+            return _store(hub, session, sender, recipients, step[1], counted, dsn)
         d = defer.Deferred.fromCoroutine(_run_the_rest(hub.filters, "end_of_data", *step))
-        return d.addCallback(_filtered, hub, session, sender, recipients)
-    return _store(hub, session, sender, recipients, message, counted)
+        return d.addCallback(_filtered, hub, session, sender, recipients, dsn)
+    return _store(hub, session, sender, recipients, message, counted, dsn)
 
 
-def _filtered(result, hub, session, sender, recipients):
+def _filtered(result, hub, session, sender, recipients, dsn=None):
     if isinstance(result, Reject):
         raise Rejected(result.code, result.text)
-    return _store(hub, session, sender, recipients, result)
+    return _store(hub, session, sender, recipients, result, None, dsn)
 
 
-def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes, counted: _Counted | None = None) -> defer.Deferred:
+def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], message: bytes, counted: _Counted | None = None, dsn: tuple[str, str] | None = None) -> defer.Deferred:
     qid = queue_id()
     # A UTF-8 sender only came with SMTPUTF8 (RFC 6532 §3.7 allows it here).
     return_path = b"Return-Path: <" + sender.encode("utf-8" if session.utf8 else "ascii", "replace") + b">\r\n"
@@ -534,6 +539,8 @@ def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], m
             _log_delivery(hub, qid, sender, [(address, key)], len(message), session.client_ip)
             if counted is not None:
                 counted.accepted(qid)
+            if "SUCCESS" in recipients[0].notify and sender:
+                _report_delivered(hub, qid, sender, recipients, copy, dsn)
             return qid
 
         if counted is None:
@@ -542,6 +549,18 @@ def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], m
         # Deferred's loop per message, not two.
         counted.attached = True
         return d.addCallbacks(stored, counted.refused)
+    if dsn is not None or any(r.notify or r.orcpt for r in recipients):
+        # DSN parameters (RFC 3461) go with the queued copy; a success
+        # DSN for the local copies once they are stored.
+        by_address: dict[str, Verdict] = {}
+        for r in recipients:
+            by_address.setdefault(r.address, r)
+        ret, envid = dsn or ("", "")
+        params = {"ret": ret, "envid": envid, "notify": {a: (by_address[a].notify, by_address[a].orcpt) for a in relay}}
+        d = defer.Deferred.fromCoroutine(_store_all(hub, session, sender, local, relay, message, qid, return_path, params))
+        if sender and any("SUCCESS" in r.notify for r in recipients if r.kind == "local"):
+            d.addCallback(lambda qid: _report_delivered(hub, qid, sender, recipients, return_path + message, dsn) or qid)
+        return d
     return defer.Deferred.fromCoroutine(_store_all(hub, session, sender, local, relay, message, qid, return_path))
 
 
@@ -555,7 +574,7 @@ def _local_copy(session: Session, qid: str, return_path: bytes, address: str, or
     return return_path + trace + session.received(qid, original) + message
 
 
-async def _store_all(hub: Any, session: Session, sender: str, local: list[tuple[str, str]], relay: list[str], message: bytes, qid: str, return_path: bytes) -> str:
+async def _store_all(hub: Any, session: Session, sender: str, local: list[tuple[str, str]], relay: list[str], message: bytes, qid: str, return_path: bytes, params: dict | None = None) -> str:
     """
     Every copy or none (never a 4xx with a copy kept: the client's retry
     would duplicate it). The local copies are stored together; if one
@@ -570,7 +589,10 @@ async def _store_all(hub: Any, session: Session, sender: str, local: list[tuple[
     failures = [failure for ok, failure in results if not ok]
     if not failures and relay:
         try:
-            await defer.maybeDeferred(hub.relay.enqueue, sender, relay, session.received(qid, None) + message)
+            if params is None:
+                await defer.maybeDeferred(hub.relay.enqueue, sender, relay, session.received(qid, None) + message)
+            else:
+                await defer.maybeDeferred(hub.relay.enqueue, sender, relay, session.received(qid, None) + message, **params)
         except Exception:
             failures.append(Failure())
     if failures:
@@ -579,6 +601,51 @@ async def _store_all(hub: Any, session: Session, sender: str, local: list[tuple[
     if stored:
         _log_delivery(hub, qid, sender, stored, len(message), session.client_ip)
     return qid
+
+
+def _report_delivered(hub: Any, qid: str, sender: str, recipients: list[Verdict], message: bytes, dsn: tuple[str, str] | None) -> None:
+    """
+    The success DSN (RFC 3461 §6.2, C{Action: delivered}) to C{sender}
+    for the recipients of C{recipients} stored here whose NOTIFY has
+    SUCCESS: into the sender's INBOX when the sender is local, else
+    through the outbound queue, as a bounce goes. Sent after the message
+    is durable and the client was told 250; a DSN that cannot be stored
+    is logged, never a reason to refuse the message.
+    """
+    from twisted_mailhub.queue.dsn import build_dsn
+    from twisted_mailhub.queue.storage import DELIVERED, QueuedMessage, Recipient
+
+    wanted = [r for r in recipients if r.kind == "local" and "SUCCESS" in r.notify]
+    if not wanted or not sender:
+        return
+    now = time.time()
+    ret, envid = dsn or ("", "")
+    entry = QueuedMessage(
+        id=qid, sender=sender, recipients=[], created=now, next_attempt=now, size=len(message), ret=ret, envid=envid
+    )
+    reported = [
+        Recipient(r.recipient, DELIVERED, 250, "2.0.0 delivered to maildrop", hub.hostname, notify=r.notify, orcpt=r.orcpt)
+        for r in wanted
+    ]
+    try:
+        notice = build_dsn(entry, reported, message, hub.hostname, now, action="delivered")
+    except Exception as e:  # noqa: BLE001 - a report is never worth the message
+        log.error("{qid}: success DSN to <{sender}> not made ({error})", qid=qid, sender=sender, error=e)
+        return
+    relay = getattr(hub, "relay", None)
+    account = hub.accounts.find(sender) if hub.accounts.is_local_domain(sender.rpartition("@")[2]) else None
+    if relay is not None:
+        d = defer.maybeDeferred(relay.notify, sender, notice)
+    elif account is not None:
+        d = defer.maybeDeferred(hub.store.deliver, account.address, notice)
+    else:
+        log.info("{qid}: success DSN to <{sender}> dropped: no outbound queue", qid=qid, sender=sender)
+        return
+    rcpts = ", ".join(f"<{r.recipient}>" for r in wanted)
+    d.addCallbacks(
+        lambda _: log.info("{qid}: success DSN sent to <{sender}> for {rcpts}", qid=qid, sender=sender, rcpts=rcpts),
+        lambda f: log.error("{qid}: success DSN to <{sender}> not stored ({error})", qid=qid, sender=sender, error=f.getErrorMessage()),
+    )
 
 
 async def _withdraw(hub: Any, stored: list[tuple[str, str]], qid: str) -> None:

@@ -21,7 +21,9 @@ replaced, and why:
    back all later input until it has answered.
  - STARTTLS discards input that arrived with it (CVE-2011-0411); AUTH
    PLAIN/LOGIN are offered only under TLS (RFC 4954 §4); MAIL/RCPT
-   parameters SIZE and BODY are honoured (RFC 1870, RFC 6152); EHLO
+   parameters SIZE and BODY are honoured (RFC 1870, RFC 6152), and DSN's
+   RET, ENVID, NOTIFY and ORCPT kept with the message (RFC 3461,
+   L{twisted_mailhub.smtp.dsn}); EHLO
    advertises what works; every reply carries an enhanced status code
    (RFC 3463, RFC 2034); malformed or non-ASCII commands get C{500}.
 
@@ -50,6 +52,7 @@ import binascii
 import re
 from typing import Any
 
+import attr
 from twisted.cred import credentials as _credentials
 from twisted.cred import error as cred_error
 from twisted.internet import defer, protocol
@@ -72,6 +75,7 @@ from twisted_mailhub.smtp.delivery import (
     has_hook,
     run_filters,
 )
+from twisted_mailhub.smtp.dsn import DSNSyntaxError, parse_envid, parse_notify, parse_orcpt, parse_ret
 from twisted_mailhub.smtp.record import MailRecord
 from twisted_mailhub.filters import Reject
 from twisted_mailhub.quota import QuotaExceeded
@@ -246,6 +250,10 @@ class MailhubSMTP(smtp.ESMTP):
         self.esmtp = False
         # The current transaction's MAIL had SMTPUTF8 (RFC 6531 §3.4).
         self.smtputf8 = False
+        # The current transaction's RET and ENVID (RFC 3461 §4.3, §4.4):
+        # "" when not given, else FULL or HDRS and the decoded id.
+        self.dsn_ret = ""
+        self.dsn_envid = ""
         self.account = None
         self.connection_id = "smtp"
         # Whether a delivery filter looks at MAIL / RCPT (most only look
@@ -498,6 +506,7 @@ class MailhubSMTP(smtp.ESMTP):
         self.sender = None
         self.recipients = []
         self.smtputf8 = False
+        self.dsn_ret = self.dsn_envid = ""
 
     def smtp_HELO(self, rest: str):
         if not rest or has_control(rest):
@@ -518,6 +527,7 @@ class MailhubSMTP(smtp.ESMTP):
             "SMTPUTF8",
             "PIPELINING",
             "ENHANCEDSTATUSCODES",
+            "DSN",
         ]
         if not self.secure and self._tls_context() is not None:
             lines.append("STARTTLS")
@@ -703,8 +713,9 @@ class MailhubSMTP(smtp.ESMTP):
     @staticmethod
     def _parse_path(rest: str, keyword: str):
         """
-        C{FROM:<a@b> SIZE=10}, C{FROM: <a@b>}, C{from a@b}: the path and its
-        parameters, or L{None} if it cannot be read.
+        C{FROM:<a@b> SIZE=10}, C{FROM: <a@b>}, C{from a@b}: the path, its
+        parameters (keyword in upper case -> value as given) and the first
+        keyword given twice (or L{None}), or L{None} if it cannot be read.
         """
         if rest[: len(keyword)].upper() != keyword:
             return None
@@ -715,7 +726,7 @@ class MailhubSMTP(smtp.ESMTP):
             path = rest[n + 2 : -1].strip()
             if path.startswith("@") and ":" in path:
                 path = path.split(":", 1)[1]  # RFC 5321 §4.1.2 source route
-            return path, {}
+            return path, {}, None
         m = _PATH.match(rest[n:])
         if m is None:
             return None
@@ -725,10 +736,14 @@ class MailhubSMTP(smtp.ESMTP):
         if path.startswith("@") and ":" in path:
             path = path.split(":", 1)[1]  # RFC 5321 §4.1.2 source route
         parsed = {}
+        repeated = None
         for p in params.split():
             key, _, value = p.partition("=")
-            parsed[key.upper()] = value
-        return path, parsed
+            key = key.upper()
+            if key in parsed and repeated is None:
+                repeated = key
+            parsed[key] = value
+        return path, parsed, repeated
 
     def smtp_MAIL(self, rest: str):
         if self.require_auth and not self.authenticated:
@@ -738,7 +753,10 @@ class MailhubSMTP(smtp.ESMTP):
         parsed = self._parse_path(rest, "FROM")
         if parsed is None:
             return self.reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
-        path, params = parsed
+        path, params, repeated = parsed
+        if repeated is not None:
+            return self.reply(501, f"5.5.4 Syntax: {quote(repeated, 32, ascii=True)} given twice in MAIL")
+        ret = envid = ""
         utf8 = "SMTPUTF8" in params
         if path and not path.isascii() and not utf8 and _address_ok(path, True):
             return self.reply(
@@ -762,6 +780,15 @@ class MailhubSMTP(smtp.ESMTP):
             elif key == "SMTPUTF8":
                 if value:
                     return self.reply(501, "5.5.4 Syntax: SMTPUTF8 takes no value")
+            elif key == "RET" or key == "ENVID":
+                # RFC 3461 §4.3, §4.4
+                try:
+                    if key == "RET":
+                        ret = parse_ret(value)
+                    else:
+                        envid = parse_envid(value)
+                except DSNSyntaxError as e:
+                    return self.reply(501, f"5.5.4 Syntax: {e}")
             else:
                 return self.reply(555, f"5.5.4 Unsupported option: {quote(key, 32, ascii=True)}")
         if path and "@" not in path:
@@ -777,22 +804,24 @@ class MailhubSMTP(smtp.ESMTP):
         if self._mail_filters:
             envelope = envelope_of(path, (), self._session())
             d = run_filters(self.hub.filters, "mail_from", envelope)
-            return d.addCallback(self._mail_filtered, path, utf8)
+            return d.addCallback(self._mail_filtered, path, utf8, ret, envid)
         # _mail_ok, inline: once per message.
         self.sender = path
         self.recipients = []
         self.smtputf8 = utf8
+        self.dsn_ret, self.dsn_envid = ret, envid
         self.reply_raw(b"250 2.1.0 Ok\r\n")
 
-    def _mail_filtered(self, result, path, utf8=False):
+    def _mail_filtered(self, result, path, utf8=False, ret="", envid=""):
         if isinstance(result, Reject):
             return self.refuse(result.code, result.text)
-        self._mail_ok(path, utf8)
+        self._mail_ok(path, utf8, ret, envid)
 
-    def _mail_ok(self, path, utf8=False):
+    def _mail_ok(self, path, utf8=False, ret="", envid=""):
         self.sender = path
         self.recipients = []
         self.smtputf8 = utf8
+        self.dsn_ret, self.dsn_envid = ret, envid
         self.reply_raw(b"250 2.1.0 Ok\r\n")  # reply(250, "2.1.0 Ok"), made once
 
     def smtp_RCPT(self, rest: str):
@@ -801,9 +830,22 @@ class MailhubSMTP(smtp.ESMTP):
         parsed = self._parse_path(rest, "TO")
         if parsed is None:
             return self.reply(501, "5.5.4 Syntax: RCPT TO:<address>")
-        path, params = parsed
+        path, params, repeated = parsed
+        notify = orcpt = ""
         if params:
-            return self.reply(555, f"5.5.4 Unsupported option: {quote(next(iter(params)), 32, ascii=True)}")
+            if repeated is not None:
+                return self.reply(501, f"5.5.4 Syntax: {quote(repeated, 32, ascii=True)} given twice in RCPT")
+            for key, value in params.items():
+                if key != "NOTIFY" and key != "ORCPT":
+                    return self.reply(555, f"5.5.4 Unsupported option: {quote(key, 32, ascii=True)}")
+                # RFC 3461 §4.1, §4.2; RFC 6533 §4 (utf-8 ORCPT)
+                try:
+                    if key == "NOTIFY":
+                        notify = parse_notify(value)
+                    else:
+                        orcpt = parse_orcpt(value, self.smtputf8)
+                except DSNSyntaxError as e:
+                    return self.reply(501, f"5.5.4 Syntax: {e}")
         if path and not path.isascii() and not self.smtputf8 and _address_ok(path, True):
             return self.reply(
                 553, f"5.6.7 <{quote(path, ascii=True)}>: a non-ASCII address needs MAIL FROM:<...> SMTPUTF8 (RFC 6531)"
@@ -827,6 +869,8 @@ class MailhubSMTP(smtp.ESMTP):
                     verdict = second
             if verdict.code >= 300:
                 return self.reply(verdict.code, verdict.text)
+        if notify or orcpt:
+            verdict = attr.evolve(verdict, notify=notify, orcpt=orcpt)
         if self._rcpt_filters:
             envelope = envelope_of(self.sender, [r.address for r in self.recipients], self._session())
             d = run_filters(self.hub.filters, "rcpt_to", envelope, verdict.recipient)
@@ -959,6 +1003,7 @@ class MailhubSMTP(smtp.ESMTP):
         self._data = bytearray()
         self.state = COMMAND
         sender, recipients = self.sender, self.recipients
+        dsn = (self.dsn_ret, self.dsn_envid) if self.dsn_ret or self.dsn_envid else None
         session = self._session()
         self._reset_envelope()
         if size > self.hub.max_message_size:
@@ -977,12 +1022,13 @@ class MailhubSMTP(smtp.ESMTP):
         if record is not None:
             record.message_read(pairs, size)
         # dot_unstuff (RFC 5321 §4.5.2): its first line starts with no ".".
-        d = deliver(self.hub, session, sender, recipients, segment.replace(b"\r\n.", b"\r\n"))
+        d = deliver(self.hub, session, sender, recipients, segment.replace(b"\r\n.", b"\r\n"), dsn)
         d.addCallbacks(self._delivered, self._not_delivered)
         return d
 
     def _end_of_data(self, segment: bytes, head: int) -> defer.Deferred:
         sender, recipients = self.sender, self.recipients
+        dsn = (self.dsn_ret, self.dsn_envid) if self.dsn_ret or self.dsn_envid else None
         session = self._session()
         self._reset_envelope()
         if self._too_big or len(segment) - head > self.hub.max_message_size:
@@ -1001,7 +1047,7 @@ class MailhubSMTP(smtp.ESMTP):
         else:
             segment = segment.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         message = dot_unstuff(segment)
-        d = deliver(self.hub, session, sender, recipients, message)
+        d = deliver(self.hub, session, sender, recipients, message, dsn)
         d.addCallbacks(self._delivered, self._not_delivered)
         return d
 

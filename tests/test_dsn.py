@@ -1,0 +1,366 @@
+"""
+Delivery status notifications (RFC 3461) at their edges: the parameters
+as the SMTP session reads them (StringTransport), kept in the queue, passed
+on by the relay client, and used by the relay (task.Clock, a scripted
+delivery) and the DSN it writes (RFC 3464).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+
+import pytest
+from twisted.internet import defer, task
+from twisted.trial import unittest
+
+from tests.test_queue import MESSAGE, FakeRelay, SyncWriter, temp_dir
+from tests.test_queue_client import Session as ClientSession, job
+from tests.test_smtp_server import Relay as HeldRelay
+from tests.test_smtp_server import connect, cram_md5_login, hub, said  # noqa: F401 - hub is a fixture
+from twisted_mailhub.queue.dsn import build_dsn
+from twisted_mailhub.queue.storage import DELIVERED, FAILED, QueuedMessage, QueueStorage, Recipient, make_entry
+from twisted_mailhub.smtp.dsn import (
+    DSNSyntaxError,
+    orcpt_for_wire,
+    parse_envid,
+    parse_notify,
+    parse_orcpt,
+    xtext_decode,
+    xtext_encode,
+)
+
+# -- the parameters --------------------------------------------------------------
+
+
+def test_notify_keywords_and_their_errors():
+    assert parse_notify("never") == "NEVER"
+    assert parse_notify("success,Failure,DELAY") == "SUCCESS,FAILURE,DELAY"
+    for bad, words in [
+        ("NEVER,SUCCESS", "NEVER cannot be combined"),
+        ("FAILURE,FAILURE", "names a keyword twice"),
+        ("", "must be NEVER, or SUCCESS"),
+        ("SOMETIMES", "must be NEVER, or SUCCESS"),
+        ("SUCCESS,", "must be NEVER, or SUCCESS"),
+    ]:
+        with pytest.raises(DSNSyntaxError, match=words):
+            parse_notify(bad)
+
+
+def test_xtext_round_trip_and_bad_xtext():
+    assert xtext_decode("a+2Bb+3Dc", "ENVID") == "a+b=c"
+    assert xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"
+    with pytest.raises(DSNSyntaxError, match=r"'\+' must be followed by two hex digits"):
+        xtext_decode("a+zz", "ENVID")
+    with pytest.raises(DSNSyntaxError, match=r"'=' must be written \+3D"):
+        xtext_decode("a=b", "ENVID")
+    with pytest.raises(DSNSyntaxError, match="control or non-ASCII"):
+        xtext_decode("a+0Ab", "ENVID")
+
+
+def test_envid_and_orcpt_length_limits():
+    assert parse_envid("x" * 100) == "x" * 100
+    with pytest.raises(DSNSyntaxError, match="ENVID is 101 characters long; at most 100"):
+        parse_envid("x" * 101)
+    address = "rfc822;" + "b" * 480 + "@b.test"
+    assert len(address) <= 500 and parse_orcpt(address) == address
+    with pytest.raises(DSNSyntaxError, match="ORCPT is 501 characters long; at most 500"):
+        parse_orcpt("rfc822;" + "b" * 487 + "@b.test")
+
+
+def test_orcpt_forms_rfc822_and_utf8():
+    assert parse_orcpt("RFC822;bob+2Bdesk@b.test") == "rfc822;bob+desk@b.test"
+    assert orcpt_for_wire("rfc822;bob+desk@b.test") == "rfc822;bob+2Bdesk@b.test"
+    # RFC 6533 §3: utf-8-addr-xtext always, utf-8-addr-unitext with SMTPUTF8.
+    assert parse_orcpt("utf-8;j\\x{FC}rgen@b.test") == "utf-8;jürgen@b.test"
+    assert parse_orcpt("utf-8;jürgen@b.test", utf8=True) == "utf-8;jürgen@b.test"
+    with pytest.raises(DSNSyntaxError, match="give SMTPUTF8 in MAIL"):
+        parse_orcpt("utf-8;jürgen@b.test")
+    assert orcpt_for_wire("utf-8;jürgen@b.test") == "utf-8;j\\x{FC}rgen@b.test"
+    with pytest.raises(DSNSyntaxError, match="addr-type;address"):
+        parse_orcpt("bob@b.test")
+    with pytest.raises(DSNSyntaxError, match="must be a mailbox"):
+        parse_orcpt("rfc822;nobody")
+
+
+# -- the SMTP session -----------------------------------------------------------
+
+
+def test_ehlo_offers_dsn_on_every_listener(hub):
+    for listener in ("smtp", "submission", "smtps"):
+        proto, transport = connect(hub, listener)
+        proto.dataReceived(b"EHLO client.test\r\n")
+        assert b"250-DSN" in said(transport)
+
+
+def test_dsn_syntax_errors_are_501_with_what_is_wrong_and_the_session_goes_on(hub):
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO client.test\r\n")
+    transport.clear()
+    cases = [
+        (b"MAIL FROM:<x@ext.test> RET=BODY", b"501 5.5.4 Syntax: RET must be FULL or HDRS (RFC 3461 4.3)"),
+        (b"MAIL FROM:<x@ext.test> RET=FULL RET=HDRS", b"501 5.5.4 Syntax: RET given twice in MAIL"),
+        (b"MAIL FROM:<x@ext.test> ENVID=" + b"x" * 101, b"501 5.5.4 Syntax: ENVID is 101 characters long; at most 100 are allowed (RFC 3461 4.4)"),
+        (b"MAIL FROM:<x@ext.test> ENVID=a+Zb", b"501 5.5.4 Syntax: ENVID is not valid xtext (RFC 3461 4): a '+' must be followed by two hex digits"),
+        (b"MAIL FROM:<x@ext.test> RET=HDRS ENVID=QQ+2B1", b"250 2.1.0 Ok"),
+        (b"RCPT TO:<alice@localhost> NOTIFY=NEVER,DELAY", b"501 5.5.4 Syntax: NOTIFY=NEVER cannot be combined with other keywords (RFC 3461 4.1)"),
+        (b"RCPT TO:<alice@localhost> NOTIFY=DELAY NOTIFY=FAILURE", b"501 5.5.4 Syntax: NOTIFY given twice in RCPT"),
+        (b"RCPT TO:<alice@localhost> ORCPT=rfc822;" + b"a" * 500, b"501 5.5.4 Syntax: ORCPT is 507 characters long; at most 500 are allowed (RFC 3461 4.2)"),
+        (b"RCPT TO:<alice@localhost> ORCPT=rfc822;a=b@c", b"501 5.5.4 Syntax: ORCPT's address is not valid xtext (RFC 3461 4): '=' must be written +3D"),
+        (b"RCPT TO:<alice@localhost> XYZZY=1", b"555 5.5.4 Unsupported option: XYZZY"),
+        (b"RCPT TO:<alice@localhost> NOTIFY=success,failure ORCPT=rfc822;alice@localhost", b"250 2.1.5 Ok"),
+        (b"NOOP", b"250 2.0.0 Ok"),
+    ]
+    for command, reply in cases:
+        proto.dataReceived(command + b"\r\n")
+        assert said(transport) == [reply], command
+    assert proto.dsn_ret == "HDRS" and proto.dsn_envid == "QQ+1"
+    [verdict] = proto.recipients
+    assert (verdict.notify, verdict.orcpt) == ("SUCCESS,FAILURE", "rfc822;alice@localhost")
+
+
+def test_notify_success_for_a_local_maildrop_gets_a_delivered_dsn(hub):
+    proto, transport = connect(hub)
+    proto.dataReceived(
+        b"EHLO client.test\r\nMAIL FROM:<bob@localhost> RET=FULL ENVID=trip+2B42\r\n"
+        b"RCPT TO:<alice@localhost> NOTIFY=SUCCESS ORCPT=rfc822;alice@localhost\r\nDATA\r\n"
+        b"Subject: are you there?\r\n\r\nhello\r\n.\r\n"
+    )
+    assert said(transport)[-1].startswith(b"250 2.0.0 Ok: queued as ")
+    [message] = [hub.store.account("alice@localhost").folder("INBOX").read(i.uid) for i in hub.store.account("alice@localhost").folder("INBOX").messages()]
+    assert b"Subject: are you there?" in message
+    inbox = hub.store.account("bob@localhost").folder("INBOX")
+    [info] = inbox.messages()
+    report = email.message_from_bytes(inbox.read(info.uid), policy=email.policy.default)
+    assert report["Subject"] == "Successful Mail Delivery Report"
+    text, status, returned = report.get_payload()
+    status = status.as_string()
+    assert "Original-Envelope-Id: trip+42" in status
+    assert "Original-Recipient: rfc822; alice@localhost" in status
+    assert "Final-Recipient: rfc822; alice@localhost" in status
+    assert "Action: delivered" in status and "Status: 2.0.0" in status
+    # RET=FULL is for failures; a success returns the header (RFC 3461 §4.3).
+    assert returned.get_content_type() == "text/rfc822-headers"
+
+
+def test_without_notify_success_no_dsn_for_a_local_maildrop(hub):
+    proto, transport = connect(hub)
+    proto.dataReceived(
+        b"EHLO client.test\r\nMAIL FROM:<bob@localhost>\r\nRCPT TO:<alice@localhost> NOTIFY=FAILURE\r\nDATA\r\nhi\r\n.\r\n"
+        b"MAIL FROM:<>\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS\r\nDATA\r\nhi\r\n.\r\n"
+    )
+    assert said(transport)[-1].startswith(b"250 2.0.0 Ok: queued as ")
+    assert len(hub.store.account("alice@localhost").folder("INBOX").messages()) == 2
+    # Neither NOTIFY=FAILURE nor the null sender earns a success DSN.
+    assert hub.store.account("bob@localhost").folder("INBOX").messages() == []
+
+
+def test_relayed_recipients_carry_their_dsn_parameters_into_the_queue(hub):
+    hub.relay = relay = HeldRelay()
+    proto, transport = connect(hub, "submission", require_auth=True)
+    proto.dataReceived(b"EHLO laptop\r\n")
+    transport.clear()
+    cram_md5_login(proto, transport)
+    proto.dataReceived(
+        b"MAIL FROM:<alice@localhost> RET=HDRS ENVID=e1\r\nRCPT TO:<pen.pal@example.com> NOTIFY=DELAY,FAILURE ORCPT=rfc822;pal@example.com\r\n"
+        b"RCPT TO:<other@example.com>\r\nDATA\r\nSubject: x\r\n\r\ny\r\n.\r\n"
+    )
+    [call] = relay.calls
+    sender, recipients, message, d = call
+    assert recipients == ["pen.pal@example.com", "other@example.com"]
+    assert relay.kwargs == [{"ret": "HDRS", "envid": "e1", "notify": {"pen.pal@example.com": ("DELAY,FAILURE", "rfc822;pal@example.com"), "other@example.com": ("", "")}}]
+    d.callback("Q1")
+
+
+@pytest.fixture(autouse=True)
+def _relay_keeps_kwargs(monkeypatch):
+    def enqueue(self, sender, recipients, message, **kwargs):
+        self.__dict__.setdefault("kwargs", []).append(kwargs)
+        d = defer.Deferred()
+        self.calls.append((sender, recipients, message, d))
+        return d
+
+    monkeypatch.setattr(HeldRelay, "enqueue", enqueue)
+
+
+# -- the queue -------------------------------------------------------------------
+
+
+class QueueTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.clock.advance(1_700_000_000)
+        self.dir = temp_dir(self)
+        self.storage = QueueStorage(self.dir, writer=SyncWriter())
+
+    def relay(self, replies, **kw):
+        relay = FakeRelay(self.storage, self.clock, replies, **kw)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        return relay
+
+    def enqueue(self, relay, notify, ret="", envid="", recipients=("bob@b.test",)):
+        qid = self.successResultOf(relay.enqueue("alice@a.test", list(recipients), MESSAGE, ret=ret, envid=envid, notify=notify))
+        self.clock.advance(0)
+        return qid
+
+    def test_parameters_survive_a_reload_and_old_envelopes_still_load(self):
+        entry = make_entry("alice@a.test", ["bob@b.test"], 3, now=1, ret="FULL", envid="e", notify={"bob@b.test": ("NEVER", "rfc822;b@b.test")})
+        self.successResultOf(self.storage.add(entry, b"abc"))
+        [loaded] = QueueStorage(self.dir, writer=SyncWriter()).load()
+        self.assertEqual(loaded, entry)
+        self.assertEqual((loaded.ret, loaded.recipients[0].notify), ("FULL", "NEVER"))
+        # An envelope written before DSN was offered has none of the new keys.
+        old = json.loads(entry.to_json())
+        for key in ("ret", "envid"):
+            del old[key]
+        for r in old["recipients"]:
+            del r["notify"], r["orcpt"]
+        back = QueuedMessage.from_json(json.dumps(old).encode())
+        self.assertEqual((back.ret, back.envid, back.recipients[0].notify, back.recipients[0].orcpt), ("", "", "", ""))
+        self.assertTrue(back.recipients[0].wants("FAILURE") and back.recipients[0].wants("DELAY"))
+        self.assertFalse(back.recipients[0].wants("SUCCESS"))
+
+    def test_notify_never_and_notify_without_failure_get_no_bounce(self):
+        relay = self.relay({"bob@b.test": [(550, "5.1.1 no")], "eve@b.test": [(550, "5.1.1 no")], "dan@b.test": [(550, "5.1.1 no")]})
+        self.enqueue(relay, {"bob@b.test": ("NEVER", ""), "eve@b.test": ("DELAY", "")}, recipients=("bob@b.test", "eve@b.test", "dan@b.test"))
+        [(to, dsn)] = relay.delivered_here
+        self.assertIn(b"Final-Recipient: rfc822; dan@b.test", dsn)
+        report = dsn.split(b"text/rfc822-headers")[0]
+        self.assertNotIn(b"bob@b.test", report)
+        self.assertNotIn(b"eve@b.test", report)
+        self.assertEqual(relay.entries, {})
+
+    def test_only_never_gets_no_bounce_at_all(self):
+        relay = self.relay({"bob@b.test": [(550, "5.1.1 no")]})
+        self.enqueue(relay, {"bob@b.test": ("NEVER", "")})
+        self.assertEqual(relay.delivered_here, [])
+        self.assertEqual(relay.entries, {})
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_ret_full_returns_the_whole_message_with_the_envelope_id_and_orcpt(self):
+        relay = self.relay({"bob@b.test": [(550, "5.1.1 no")]})
+        self.enqueue(relay, {"bob@b.test": ("FAILURE", "rfc822;robert@b.test")}, ret="FULL", envid="id 7")
+        [(to, dsn)] = relay.delivered_here
+        report = email.message_from_bytes(dsn, policy=email.policy.default)
+        _, status, returned = report.get_payload()
+        self.assertIn("Original-Envelope-Id: id 7", status.as_string())
+        self.assertIn("Original-Recipient: rfc822; robert@b.test\nFinal-Recipient: rfc822; bob@b.test", status.as_string())
+        self.assertEqual(returned.get_content_type(), "message/rfc822")
+        self.assertTrue(dsn.rstrip().endswith(b"--") and b"At noon.\r\n.dot line\r\n" in dsn)
+
+    def test_ret_hdrs_returns_the_header_only(self):
+        relay = self.relay({"bob@b.test": [(550, "5.1.1 no")]})
+        self.enqueue(relay, {}, ret="HDRS")
+        [(to, dsn)] = relay.delivered_here
+        self.assertIn(b"text/rfc822-headers", dsn)
+        self.assertNotIn(b"At noon.", dsn)
+
+    def test_delay_dsn_once_only_for_those_that_asked_for_delay(self):
+        relay = self.relay(
+            {"bob@b.test": [(451, "4.3.0 busy")], "eve@b.test": [(451, "4.3.0 busy")], "dan@b.test": [(451, "4.3.0 busy")]},
+            delay_warning=600,
+            schedule=__import__("twisted_mailhub.queue.schedule", fromlist=["RetrySchedule"]).RetrySchedule([300]),
+        )
+        self.enqueue(relay, {"bob@b.test": ("DELAY", ""), "eve@b.test": ("FAILURE", "")}, recipients=("bob@b.test", "eve@b.test", "dan@b.test"))
+        self.clock.advance(300)
+        self.assertEqual(relay.delivered_here, [])
+        self.clock.advance(300)
+        [(to, warning)] = relay.delivered_here
+        self.assertIn(b"Action: delayed", warning)
+        self.assertIn(b"Final-Recipient: rfc822; bob@b.test", warning)
+        self.assertIn(b"Final-Recipient: rfc822; dan@b.test", warning)  # no NOTIFY: as before
+        self.assertNotIn(b"eve@b.test", warning.split(b"text/rfc822-headers")[0])
+        self.clock.advance(3000)
+        self.assertEqual(len(relay.delivered_here), 1)
+
+    def test_success_is_relayed_when_the_next_hop_has_no_dsn_and_silent_when_it_has(self):
+        relay = self.relay({"bob@b.test": [(250, "2.0.0 ok")], "eve@b.test": [(250, "2.0.0 ok")]})
+        FakeRelay_send = relay._send
+
+        async def send(hops, jobs, labels):
+            jobs = await FakeRelay_send(hops, jobs, labels)
+            for j in jobs:
+                for r, o in list(j.outcomes.items()):
+                    j.outcomes[r] = type(o)(o.code, o.reply, o.remote, hop_dsn=(r == "eve@b.test"))
+            return jobs
+
+        relay._send = send
+        self.enqueue(relay, {"bob@b.test": ("SUCCESS", ""), "eve@b.test": ("SUCCESS", "")}, recipients=("bob@b.test", "eve@b.test"))
+        [(to, dsn)] = relay.delivered_here
+        self.assertEqual(to, "alice@a.test")
+        self.assertIn(b"Action: relayed", dsn)
+        self.assertIn(b"Final-Recipient: rfc822; bob@b.test", dsn)
+        self.assertIn(b"Remote-MTA: dns; mx.b.test", dsn)
+        self.assertNotIn(b"eve@b.test", dsn.split(b"text/rfc822-headers")[0])
+
+    def test_success_for_a_local_recipient_of_the_queue_is_delivered(self):
+        relay = self.relay({})
+        self.enqueue(relay, {"carol@a.test": ("SUCCESS", "")}, recipients=("carol@a.test",))
+        [(to1, copy), (to2, dsn)] = relay.delivered_here
+        self.assertEqual((to1, to2), ("carol@a.test", "alice@a.test"))
+        self.assertIn(b"Action: delivered", dsn)
+
+    def test_the_null_sender_never_gets_a_dsn(self):
+        relay = self.relay({"bob@b.test": [(250, "2.0.0 ok")]})
+        self.successResultOf(relay.enqueue("", ["bob@b.test"], MESSAGE, notify={"bob@b.test": ("SUCCESS", "")}))
+        self.clock.advance(0)
+        self.assertEqual(relay.delivered_here, [])
+
+
+# -- the relay client --------------------------------------------------------------
+
+
+class ClientTests(unittest.TestCase):
+    def dsn_job(self):
+        j = job(recipients=("bob@b.test", "eve@b.test"))
+        j.ret, j.envid = "HDRS", "id+1 x"
+        j.dsn = {"bob@b.test": ("SUCCESS,FAILURE", "rfc822;robert+x@b.test")}
+        return j
+
+    def test_parameters_go_on_when_the_next_hop_offers_dsn(self):
+        j = self.dsn_job()
+        s = ClientSession([j])
+        s.greet(b"250-mx.b.test\r\n250-DSN\r\n250 8BITMIME\r\n")
+        self.assertEqual(s.sent(), b"MAIL FROM:<alice@a.test> RET=HDRS ENVID=id+2B1+20x\r\n")
+        s.reply(b"250 ok\r\n")
+        self.assertEqual(s.sent(), b"RCPT TO:<bob@b.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;robert+2Bx@b.test\r\n")
+        s.reply(b"250 ok\r\n")
+        self.assertEqual(s.sent(), b"RCPT TO:<eve@b.test>\r\n")
+        s.reply(b"250 ok\r\n")
+        self.assertEqual(s.sent(), b"DATA\r\n")
+        s.reply(b"354 go\r\n")
+        s.sent()
+        s.reply(b"250 2.0.0 queued\r\n")
+        self.assertTrue(j.outcomes["bob@b.test"].hop_dsn)
+
+    def test_no_parameters_when_the_next_hop_does_not_offer_dsn(self):
+        j = self.dsn_job()
+        s = ClientSession([j])
+        s.greet(b"250-mx.b.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+        self.assertEqual(s.sent(), b"MAIL FROM:<alice@a.test>\r\nRCPT TO:<bob@b.test>\r\nRCPT TO:<eve@b.test>\r\nDATA\r\n")
+        s.reply(b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+        s.sent()
+        s.reply(b"250 2.0.0 queued\r\n")
+        self.assertFalse(j.outcomes["bob@b.test"].hop_dsn)
+
+
+# -- the report --------------------------------------------------------------------
+
+
+def test_a_utf8_original_recipient_is_written_in_xtext_form():
+    entry = make_entry("alice@a.test", ["jürgen@b.test"], 3, now=1)
+    r = Recipient("jürgen@b.test", FAILED, 550, "5.1.1 no", orcpt="utf-8;jürgen@b.test")
+    dsn = build_dsn(entry, [r], MESSAGE, "mx.a.test", 2)
+    assert b"Original-Recipient: utf-8; j\\x{FC}rgen@b.test\r\nFinal-Recipient: utf-8; j\\x{FC}rgen@b.test" in dsn
+
+
+def test_relayed_and_delivered_reports_say_so_in_words():
+    entry = make_entry("alice@a.test", ["bob@b.test"], 3, now=1)
+    r = Recipient("bob@b.test", DELIVERED, 250, "2.0.0 ok", "mx.b.test[127.0.0.1]:25")
+    relayed = build_dsn(entry, [r], MESSAGE, "mx.a.test", 2, action="relayed")
+    assert b"does not offer delivery status notifications" in relayed and b"Status: 2.0.0" in relayed
+    delivered = build_dsn(entry, [r], MESSAGE, "mx.a.test", 2, action="delivered")
+    assert b"delivered to the mailboxes" in delivered and b"Action: delivered" in delivered
