@@ -121,6 +121,19 @@ def test_dsn_syntax_errors_are_501_with_what_is_wrong_and_the_session_goes_on(hu
     assert (verdict.notify, verdict.orcpt) == ("SUCCESS,FAILURE", "rfc822;alice@localhost")
 
 
+def test_a_utf8_orcpt_as_utf8_needs_smtputf8_in_mail(hub):
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO client.test\r\nMAIL FROM:<x@ext.test>\r\n")
+    transport.clear()
+    proto.dataReceived("RCPT TO:<alice@localhost> ORCPT=utf-8;jürgen@localhost\r\n".encode())
+    assert said(transport) == [b"501 5.5.4 Syntax: ORCPT's utf-8 address has non-ASCII characters; write them \\x{HEX} or give SMTPUTF8 in MAIL (RFC 6533 4)"]
+    proto.dataReceived(b"RCPT TO:<alice@localhost> ORCPT=utf-8;j\\x{FC}rgen@localhost\r\nRSET\r\nMAIL FROM:<x@ext.test> SMTPUTF8\r\n")
+    assert said(transport) == [b"250 2.1.5 Ok", b"250 2.0.0 Ok", b"250 2.1.0 Ok"]
+    proto.dataReceived("RCPT TO:<alice@localhost> ORCPT=utf-8;jürgen@localhost\r\n".encode())
+    assert said(transport) == [b"250 2.1.5 Ok"]
+    assert proto.recipients[0].orcpt == "utf-8;jürgen@localhost"
+
+
 def test_notify_success_for_a_local_maildrop_gets_a_delivered_dsn(hub):
     proto, transport = connect(hub)
     proto.dataReceived(
@@ -250,6 +263,17 @@ class QueueTests(unittest.TestCase):
         self.assertIn("Original-Recipient: rfc822; robert@b.test\nFinal-Recipient: rfc822; bob@b.test", status.as_string())
         self.assertEqual(returned.get_content_type(), "message/rfc822")
         self.assertTrue(dsn.rstrip().endswith(b"--") and b"At noon.\r\n.dot line\r\n" in dsn)
+
+    def test_ret_full_of_a_large_message_returns_its_header_and_says_so(self):
+        from twisted_mailhub.queue import dsn as dsn_module
+
+        self.patch(dsn_module, "FULL_RETURN_MOST", len(MESSAGE) - 1)
+        relay = self.relay({"bob@b.test": [(550, "5.1.1 no")]})
+        self.enqueue(relay, {}, ret="FULL")
+        [(to, dsn)] = relay.delivered_here
+        self.assertIn(b"text/rfc822-headers", dsn)
+        self.assertIn(b"only its header is returned", dsn)
+        self.assertNotIn(b"At noon.", dsn)
 
     def test_ret_hdrs_returns_the_header_only(self):
         relay = self.relay({"bob@b.test": [(550, "5.1.1 no")]})

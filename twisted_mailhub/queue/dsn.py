@@ -38,6 +38,11 @@ from typing import Iterable
 from twisted_mailhub.queue.schedule import format_duration
 from twisted_mailhub.queue.storage import QueuedMessage, Recipient
 
+# RFC 3461 §4.3: with RET=FULL an MTA "MAY return only the headers" of a
+# large message. Up to this many octets the whole message goes back (Postfix
+# stops at bounce_size_limit, 50000); past it the header, and words saying so.
+FULL_RETURN_MOST = 1024 * 1024
+
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
 
 
@@ -156,7 +161,8 @@ def build_dsn(
     """
     recipients = list(recipients)
     failed = action == "failed"
-    full = failed and entry.ret == "FULL"
+    full = failed and entry.ret == "FULL" and len(original) <= FULL_RETURN_MOST
+    cut = failed and entry.ret == "FULL" and not full
     head = original_headers(original)
     if full:
         returned = original.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
@@ -195,6 +201,9 @@ def build_dsn(
             queued = format_duration(max(0, int(now - entry.created)))
             said = f"4.4.7 gave up after {queued} in the queue; last try: {said or 'none'}"
         lines.append(f"<{show(r.address)}>: {show(said)}")
+    if cut:
+        lines.append("")
+        lines.append(f"The message is larger than {FULL_RETURN_MOST} octets: only its header is returned.")
     human = "\r\n".join(lines) + "\r\n"
 
     status: list[str] = []
