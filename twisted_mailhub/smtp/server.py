@@ -789,6 +789,8 @@ class MailhubSMTP(smtp.ESMTP):
                         envid = parse_envid(value)
                 except DSNSyntaxError as e:
                     return self.reply(501, f"5.5.4 Syntax: {e}")
+            elif key == "NOTIFY" or key == "ORCPT":
+                return self.reply(555, f"5.5.4 {key} belongs to RCPT, not MAIL (RFC 3461 4)")
             else:
                 return self.reply(555, f"5.5.4 Unsupported option: {quote(key, 32, ascii=True)}")
         if path and "@" not in path:
@@ -837,6 +839,8 @@ class MailhubSMTP(smtp.ESMTP):
                 return self.reply(501, f"5.5.4 Syntax: {quote(repeated, 32, ascii=True)} given twice in RCPT")
             for key, value in params.items():
                 if key != "NOTIFY" and key != "ORCPT":
+                    if key in ("RET", "ENVID", "SIZE", "BODY", "SMTPUTF8"):
+                        return self.reply(555, f"5.5.4 {key} belongs to MAIL, not RCPT")
                     return self.reply(555, f"5.5.4 Unsupported option: {quote(key, 32, ascii=True)}")
                 # RFC 3461 §4.1, §4.2; RFC 6533 §4 (utf-8 ORCPT)
                 try:
