@@ -102,6 +102,7 @@ def test_dsn_syntax_errors_are_501_with_what_is_wrong_and_the_session_goes_on(hu
     cases = [
         (b"MAIL FROM:<x@ext.test> RET=BODY", b"501 5.5.4 Syntax: RET must be FULL or HDRS (RFC 3461 4.3)"),
         (b"MAIL FROM:<x@ext.test> RET=FULL RET=HDRS", b"501 5.5.4 Syntax: RET given twice in MAIL"),
+        (b"MAIL FROM:<x@ext.test> SIZE=1 SIZE=2", b"501 5.5.4 Syntax: SIZE given twice in MAIL"),
         (b"MAIL FROM:<x@ext.test> ENVID=" + b"x" * 101, b"501 5.5.4 Syntax: ENVID is 101 characters long; at most 100 are allowed (RFC 3461 4.4)"),
         (b"MAIL FROM:<x@ext.test> ENVID=a+Zb", b"501 5.5.4 Syntax: ENVID is not valid xtext (RFC 3461 4): a '+' must be followed by two hex digits"),
         (b"MAIL FROM:<x@ext.test> NOTIFY=NEVER", b"555 5.5.4 NOTIFY belongs to RCPT, not MAIL (RFC 3461 4)"),
@@ -237,6 +238,15 @@ class QueueTests(unittest.TestCase):
         self.assertEqual((back.ret, back.envid, back.recipients[0].notify, back.recipients[0].orcpt), ("", "", "", ""))
         self.assertTrue(back.recipients[0].wants("FAILURE") and back.recipients[0].wants("DELAY"))
         self.assertFalse(back.recipients[0].wants("SUCCESS"))
+
+    def test_the_queue_listing_shows_the_parameters(self):
+        from twisted_mailhub.queue.admin import format_entry
+
+        entry = make_entry("alice@a.test", ["bob@b.test", "eve@b.test"], 3, now=1, ret="HDRS", envid="e 1", notify={"bob@b.test": ("SUCCESS,DELAY", "")})
+        listing = format_entry(entry, 61)
+        self.assertIn("from <alice@a.test>  RET=HDRS  ENVID=e 1  queued 1m ago", listing)
+        self.assertIn("<bob@b.test> NOTIFY=SUCCESS,DELAY pending", listing)
+        self.assertIn("<eve@b.test> pending", listing)
 
     def test_notify_never_and_notify_without_failure_get_no_bounce(self):
         relay = self.relay({"bob@b.test": [(550, "5.1.1 no")], "eve@b.test": [(550, "5.1.1 no")], "dan@b.test": [(550, "5.1.1 no")]})

@@ -160,11 +160,13 @@ def format_entry(e: Any, now: float, holder: str | None = None) -> str:
     due = "now" if e.next_attempt <= now else "in " + format_duration(max(1, int(e.next_attempt - now)))
     if holder:
         due = f"being sent by {holder}"
-    lines = [f"{e.id}  {e.size} octets  from <{e.sender}>  queued {age} ago, {e.attempts} attempt(s), next {due}\n"]
+    dsn = "".join(f"  {name}={value}" for name, value in (("RET", e.ret), ("ENVID", e.envid)) if value)
+    lines = [f"{e.id}  {e.size} octets  from <{e.sender}>{dsn}  queued {age} ago, {e.attempts} attempt(s), next {due}\n"]
     for r in e.recipients:
         mark = {PENDING: "pending", DELIVERED: "delivered", FAILED: "failed"}.get(r.state, r.state)
         said = r.last_reply + (" (its time in the queue ran out)" if r.expired else "")
-        lines.append(f"    <{r.address}> {mark}" + (f": {said}" if said else "") + "\n")
+        asked = f" NOTIFY={r.notify}" if r.notify else ""  # RFC 3461 §4.1
+        lines.append(f"    <{r.address}>{asked} {mark}" + (f": {said}" if said else "") + "\n")
     return "".join(lines)
 
 
