@@ -183,6 +183,20 @@ def test_notify_never_failure_with_ret_full_and_success_to_a_server_without_dsn(
     assert [rcpts for _, rcpts, _ in peer.envelopes] == [["carol@c.test"]]
 
 
+def test_a_delay_warning_only_for_notify_delay(start_hub):
+    from tests.test_e2e_relay import closed_port
+
+    a = start_a(start_hub, "--mx-override", f"b.test=127.0.0.1:{closed_port()}", "--retry-schedule", "1s", "--delay-warning", "1s")
+    submit(a, ["bob@b.test"], [], ["NOTIFY=FAILURE"])
+    submit(a, ["eve@b.test"], [], ["NOTIFY=DELAY"])
+    a.wait_for_log(r"queue: \S+ delayed; no warning: NOTIFY does not ask for delays", timeout=20)
+    a.wait_for_log(r"queue: \S+ delayed, warning sent to <alice@a.test>", timeout=20)
+    [warning] = wait_for(lambda: pop3_messages(a, "alice@a.test", "secret"), 1)
+    _, status, _ = report_of(warning)
+    assert "Action: delayed" in status and "Final-Recipient: rfc822; eve@b.test" in status
+    assert "bob@b.test" not in status
+
+
 def test_notify_success_for_a_local_maildrop_and_none_for_the_null_sender(start_hub):
     a = start_a(start_hub)
     with smtplib.SMTP("127.0.0.1", a.ports["smtp"], timeout=10) as client:

@@ -487,6 +487,7 @@ class Relay(service.Service):
         # RFC 3461 §4.1: only those whose NOTIFY asks for DELAY (or has none).
         delayed = [r for r in entry.pending if r.wants("DELAY")]
         if not delayed:
+            log.info("queue: {qid} delayed; no warning: NOTIFY does not ask for delays (RFC 3461 4.1)", qid=entry.id)
             return
         try:
             original = self.storage.read_message(entry.id)
