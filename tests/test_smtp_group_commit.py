@@ -718,3 +718,27 @@ def test_a_failed_syncfs_fails_the_writes_whose_links_it_was_to_flush_and_takes_
     reactor.release()  # (a's linked files taken out in a thread)
     assert [e for e in events if e[0] in ("acknowledged", "failed")] == [("failed", "a0", 5), ("failed", "a1", 5), ("failed", "b0", 5), ("failed", "b1", 5)]
     assert os.listdir(root / "new") == [] and os.listdir(root / "tmp") == []
+
+
+def test_a_batch_started_before_the_links_own_syncfs_runs_does_not_leave_it_a_descriptor_too_new(tmp_path, monkeypatch):
+    # A syncfs for links alone is due (a thread is asked for it) and, before
+    # that thread takes a descriptor, the next batch's thread takes the one
+    # older than the links: the links' syncfs found only newer ones and
+    # failed with EIO, and so did the batch whose links it was then also to
+    # serve (451 to 32 clients in bench/workers.py). The descriptor is
+    # now taken when the syncfs is asked for, in the reactor's order.
+    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
+    write("a0")
+    write("a1")
+    reactor.release()  # a linked; a syncfs of their own asked of a thread, not yet run
+    assert len(reactor.held) == 1 and writer._flushing
+    write("b0")
+    write("b1")
+    reactor.turn()  # b starts in another thread
+    assert len(reactor.held) == 2
+    reactor.held.pop()()  # b's thread runs first
+    reactor.release()  # then the links' syncfs
+    for _ in range(5):
+        reactor.release()
+    assert [e for e in events if e[0] in ("acknowledged", "failed")] == [("acknowledged", "a0"), ("acknowledged", "a1"), ("acknowledged", "b0"), ("acknowledged", "b1")]
+    assert sorted(os.listdir(root / "new")) == ["a0", "a1", "b0", "b1"]

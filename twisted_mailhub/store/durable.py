@@ -377,6 +377,12 @@ class _WatchPool:
         fd = os.open(directory or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
         return _Watch(fd, time.monotonic_ns())
 
+    def take_idle(self, device: int) -> _Watch | None:
+        """The idle watch of filesystem C{device} with the oldest cursor, or None (none is opened)."""
+        with self._lock:
+            idle = self._idle.get(device)
+            return idle.pop(0) if idle else None
+
     def give_back(self, watches: dict[int, _Watch]) -> None:
         """Watches taken (L{take}, L{take_for}), idle again."""
         with self._lock:
@@ -487,20 +493,24 @@ class Committed:
     owed: list
 
 
-def _flush_owed(directories: list[tuple[int, str, int]], pool: _WatchPool | None = None) -> list:
+def _flush_owed(directories: list[tuple[int, str, int]], pool: _WatchPool | None = None, watches: dict[int, _Watch] | None = None) -> list:
     """
     A thread's job: the syncfs a batch's links are waiting for, one per
     filesystem (C{directories}: (device, a directory on it, when the
     oldest of those links were made)), when no batch's flush of its data
     came to serve them, through the idle watch with the oldest cursor (the
-    batch that made the links gave back one older than them). Returns the
-    numbered calls, as L{Committed.flushed}.
+    batch that made the links gave back one older than them): the one in
+    C{watches} (taken when this syncfs was asked for, before a batch
+    started meanwhile could take it in its thread), else one taken now.
+    Every watch goes back to C{pool}. Returns the numbered calls, as
+    L{Committed.flushed}.
     """
     pool = pool or _POOL
+    watches = dict(watches or {})
     flushed: list = []
     for device, directory, oldest in directories:
         try:
-            watch = pool.take(device, directory)
+            watch = watches.pop(device, None) or pool.take(device, directory)
         except OSError as e:
             flushed.append((device, _begin_flush(device), e, 0))
             continue
@@ -1313,6 +1323,9 @@ class GroupCommitWriter:
                 known = directories.setdefault(device, [directory, linked_at])
                 known[1] = min(known[1], linked_at)
         self._flushing = True
+        # The oldest idle descriptors, taken now: a batch that starts
+        # before the thread runs must not take the one older than the links.
+        watches = {device: watch for device in directories for watch in [self._watch_pool.take_idle(device)] if watch is not None}
 
         def flushed(result):
             self._flushing = False
@@ -1327,7 +1340,7 @@ class GroupCommitWriter:
             finally:
                 self._finish_in_order()
 
-        self.threads.run(_flush_owed, ([(device, directory, oldest) for device, (directory, oldest) in directories.items()], self._watch_pool), flushed)
+        self.threads.run(_flush_owed, ([(device, directory, oldest) for device, (directory, oldest) in directories.items()], self._watch_pool, watches), flushed)
 
     def _finish_in_order(self) -> None:
         """Finish the oldest batches that are done, oldest first."""
