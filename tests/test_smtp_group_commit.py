@@ -798,3 +798,29 @@ def test_while_a_batchs_thread_flushes_only_its_links_the_next_batch_starts_at_o
         reactor.release()
     assert [e[1] for e in events if e[0] == "acknowledged"] == ["a0", "a1", "b0", "b1"]
     assert reactor.held == [] and sorted(os.listdir(root / "new")) == ["a0", "a1", "b0", "b1"]
+
+
+def test_a_failed_syncfs_of_links_in_the_batchs_own_thread_fails_them_and_takes_them_out(tmp_path, monkeypatch):
+    root, reactor, writer, write, events = _owing_writer(tmp_path, monkeypatch)
+    real = durable._sync_filesystem
+    calls = []
+
+    def second_fails(path, watch=None):
+        calls.append(sorted(os.listdir(root / "new")))
+        if len(calls) == 2:  # (the links' syncfs: a0 and a1 are linked)
+            raise OSError(5, "syncfs: Input/output error", path)
+        real(path, watch)
+
+    monkeypatch.setattr(durable, "_sync_filesystem", second_fails)
+    write("a0")
+    write("a1")
+    reactor.release()
+    assert calls == [[], ["a0", "a1"]]
+    assert [e for e in events if e[0] in ("acknowledged", "failed")] == [("failed", "a0", 5), ("failed", "a1", 5)]
+    assert os.listdir(root / "new") == [] and os.listdir(root / "tmp") == []
+    # The next batch is written as ever.
+    write("b0")
+    write("b1")
+    reactor.release()
+    assert events[-2:] == [("acknowledged", "b0"), ("acknowledged", "b1")]
+    assert sorted(os.listdir(root / "new")) == ["b0", "b1"]
