@@ -377,6 +377,12 @@ class _WatchPool:
         fd = os.open(directory or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
         return _Watch(fd, time.monotonic_ns())
 
+    def take_idle(self, device: int) -> _Watch | None:
+        """The idle watch of filesystem C{device} with the oldest cursor, or None (none is opened)."""
+        with self._lock:
+            idle = self._idle.get(device)
+            return idle.pop(0) if idle else None
+
     def give_back(self, watches: dict[int, _Watch]) -> None:
         """Watches taken (L{take}, L{take_for}), idle again."""
         with self._lock:
@@ -479,28 +485,36 @@ class Committed:
     indexes of the writes, when they were made): a syncfs of that device
     numbered C{number} or more whose descriptor vouches for writes since
     no later than the links (L{_Watch}), ended well, makes them durable;
-    one that failed fails them.
+    one that failed fails them. C{inline}: how many of C{flushed} were the
+    batch's own syncfs of its links, run in its thread because no later
+    one was coming (L{GroupCommitWriter._leave_links}); C{owed} is then
+    empty.
     """
 
     outcome: list
     flushed: list
     owed: list
+    inline: int = 0
 
 
-def _flush_owed(directories: list[tuple[int, str, int]], pool: _WatchPool | None = None) -> list:
+def _flush_owed(directories: list[tuple[int, str, int]], pool: _WatchPool | None = None, watches: dict[int, _Watch] | None = None) -> list:
     """
     A thread's job: the syncfs a batch's links are waiting for, one per
     filesystem (C{directories}: (device, a directory on it, when the
     oldest of those links were made)), when no batch's flush of its data
     came to serve them, through the idle watch with the oldest cursor (the
-    batch that made the links gave back one older than them). Returns the
-    numbered calls, as L{Committed.flushed}.
+    batch that made the links gave back one older than them): the one in
+    C{watches} (taken when this syncfs was asked for, before a batch
+    started meanwhile could take it in its thread), else one taken now.
+    Every watch goes back to C{pool}. Returns the numbered calls, as
+    L{Committed.flushed}.
     """
     pool = pool or _POOL
+    watches = dict(watches or {})
     flushed: list = []
     for device, directory, oldest in directories:
         try:
-            watch = pool.take(device, directory)
+            watch = watches.pop(device, None) or pool.take(device, directory)
         except OSError as e:
             flushed.append((device, _begin_flush(device), e, 0))
             continue
@@ -606,17 +620,21 @@ def _close(fd: int | None) -> None:
             pass
 
 
-def _commit_batch(batch: list[PendingWrite], flush: str = "files", owing: bool = False, pool: _WatchPool | None = None) -> Any:
+def _commit_batch(batch: list[PendingWrite], flush: str = "files", owing: bool | Callable[[], bool] = False, pool: _WatchPool | None = None) -> Any:
     """
     Runs in a worker thread: the four phases of the module docstring for
     one batch. Returns one error (or None) per write. With C{owing}, the
     syncfs of phase 4 for linked files is left to a later one (the next
     batch's flush of its data, or L{_flush_owed}) and a L{Committed} is
-    returned. A syncfs goes through a descriptor of C{pool}'s (the
-    writer's L{_WatchPool}) taken before the batch's first write.
+    returned; C{owing} may be a function, asked once the files are linked,
+    that says whether to leave it (else it runs here, before the batch
+    returns, and L{Committed.inline} counts it). A syncfs goes through a
+    descriptor of C{pool}'s (the writer's L{_WatchPool}) taken before the
+    batch's first write.
     """
     flushed: list = []
     owed: list = []
+    inline = 0
     outcome: list[BaseException | None] = [None] * len(batch)
     fds: list[int | None] = [None] * len(batch)
     logs: dict[tuple[str, int], list[int]] = {}  # (log file, its lock) -> indexes of the writes it carries
@@ -695,10 +713,12 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files", owing: bool =
                     outcome[i] = e
                     _discard(batch[i].final_path)
         if linked:
-            if owing:
+            if owing is True or (owing and owing()):
                 owed = _owe_links(linked, directory_fds)
             else:
+                begun = len(flushed)
                 _sync_linked(batch, outcome, linked, directory_fds, flushed, watches)
+                inline = len(flushed) - begun
     finally:
         pool.give_back(watches)  # (after _owe_links read the numbers: a syncfs through them comes after)
         for fd in fds:
@@ -708,7 +728,7 @@ def _commit_batch(batch: list[PendingWrite], flush: str = "files", owing: bool =
         for fd in directory_fds.values():
             _close(fd)
     if owing:
-        return Committed(outcome, flushed, owed)
+        return Committed(outcome, flushed, owed, inline)
     return outcome
 
 
@@ -1034,6 +1054,11 @@ class GroupCommitWriter:
         # first: [slot, batch, outcome, owed], and whether a thread runs
         # one for them (L{_flush_owed}).
         self._owing: list[list[Any]] = []
+        # The batches (their slots' ids) whose thread flushes their own
+        # links now (_leave_links; added in that thread, taken out in the
+        # reactor's when it returns): such a batch no longer holds back
+        # the next one (_busy).
+        self._links_inline: set[int] = set()
         self._watch_pool = _WatchPool()  # (this writer's: see _WatchPool)
         self._flushing = False
         self.batches = 0  # for tests and benchmarks: how many flushes ran
@@ -1092,7 +1117,7 @@ class GroupCommitWriter:
         if not self._queue:
             self._queued_at = time.monotonic()
         self._queue.append(item)
-        if not self._starting and self._running < self._limit():
+        if not self._starting and self._busy() < self._limit():
             # At the end of this reactor turn, with the writes of its other events.
             self._starting = True
             self.reactor.callLater(0, self._start_batches)
@@ -1112,7 +1137,7 @@ class GroupCommitWriter:
         the last turn queued more and the oldest has not waited too long.
         """
         queued = len(self._queue)
-        if not GATHER_MAX or not self._running or not queued or queued == self._gathered or time.monotonic() - self._queued_at >= GATHER_MAX:
+        if not GATHER_MAX or not self._busy() or not queued or queued == self._gathered or time.monotonic() - self._queued_at >= GATHER_MAX:
             self._gathered = -1
             return False
         self._gathered = queued
@@ -1126,9 +1151,10 @@ class GroupCommitWriter:
         batch only once that one has been on its way L{OVERLAP_AFTER}
         seconds (until then a call is due that looks again).
         """
-        if self._running == 0:
+        busy = self._busy()
+        if busy == 0:
             return True
-        if self._running >= self._limit():
+        if busy >= self._limit():
             return False
         if self._flush != "syncfs":
             return True
@@ -1159,7 +1185,7 @@ class GroupCommitWriter:
         if not self._queue:
             self._queued_at = time.monotonic()
         self._queue.extend(items)
-        if not self._starting and self._running < self._limit():
+        if not self._starting and self._busy() < self._limit():
             self._starting = True
             self.reactor.callLater(0, self._start_batches)
         return [item.deferred for item in items]
@@ -1242,7 +1268,9 @@ class GroupCommitWriter:
             # a syncfs begun after them: the next batch's (of its data),
             # else one of their own (_flush_owed).
             self._running -= 1
+            self._links_inline.discard(id(slot))
             if isinstance(result, Committed):
+                STATS["links_alone"] += result.inline
                 STATS["syncfs"] += len(result.flushed)
                 self._heard(result.flushed)
                 if result.owed:
@@ -1252,14 +1280,36 @@ class GroupCommitWriter:
             else:
                 slot[0] = result  # the outcomes, or the Failure of a crash
             try:
-                if not (GATHER_MAX and self._running and (self._starting or self._gather())):
+                if not (GATHER_MAX and self._busy() and (self._starting or self._gather())):
                     while self._queue and self._may_start():
                         self._next_batch()
                 self._flush_owing()
             finally:
                 self._finish_in_order()
 
-        self.threads.run(_commit_batch, (batch, self._flush, True, self._watch_pool), returned)
+        self.threads.run(_commit_batch, (batch, self._flush, lambda: self._leave_links(id(slot)), self._watch_pool), returned)
+
+    def _leave_links(self, key: int) -> bool:
+        """
+        Asked in a batch's thread once its files are linked: whether the
+        syncfs that makes the links durable is left to a later one: yes
+        while a write is queued or due to start (its batch's flush of its
+        data will serve them) or another batch is on its way. Otherwise
+        nothing is coming to serve them, and the thread runs that syncfs
+        itself before it returns: no trip through the reactor to a thread
+        for it (L{_flush_owed}); the batch then no longer counts as on its
+        way for the next one (L{_busy}). Reads the reactor's state from
+        the thread: a write queued just after is served by a syncfs of its
+        own batch, as ever; one more flush at most.
+        """
+        if self._queue or self._starting or self._running > 1:
+            return True
+        self._links_inline.add(key)
+        return False
+
+    def _busy(self) -> int:
+        """Batches on their way, but for those whose thread only flushes their own links (L{_leave_links})."""
+        return self._running - len(self._links_inline)
 
     def _heard(self, flushed: list) -> None:
         """
@@ -1313,6 +1363,9 @@ class GroupCommitWriter:
                 known = directories.setdefault(device, [directory, linked_at])
                 known[1] = min(known[1], linked_at)
         self._flushing = True
+        # The oldest idle descriptors, taken now: a batch that starts
+        # before the thread runs must not take the one older than the links.
+        watches = {device: watch for device in directories for watch in [self._watch_pool.take_idle(device)] if watch is not None}
 
         def flushed(result):
             self._flushing = False
@@ -1327,7 +1380,7 @@ class GroupCommitWriter:
             finally:
                 self._finish_in_order()
 
-        self.threads.run(_flush_owed, ([(device, directory, oldest) for device, (directory, oldest) in directories.items()], self._watch_pool), flushed)
+        self.threads.run(_flush_owed, ([(device, directory, oldest) for device, (directory, oldest) in directories.items()], self._watch_pool, watches), flushed)
 
     def _finish_in_order(self) -> None:
         """Finish the oldest batches that are done, oldest first."""
