@@ -1051,6 +1051,9 @@ class MailhubFTP(ftp.FTP):
             return "501 RETR needs a file name."
         segments = self._segments(path)
         offset = self._restart
+        refused = self._ascii_restart_refused("RETR", path)
+        if refused:
+            return refused
         opened = self.shell.openForReadingAt(segments, offset)
         if offset:
             opened.addCallback(self._check_restart, "RETR", path, offset)
@@ -1079,9 +1082,31 @@ class MailhubFTP(ftp.FTP):
             raise Refused(f"554 {verb} {quote(path, 200)}: restart point {offset} is past the end of the file ({size} bytes).")
         return reader
 
+    def _ascii_restart_refused(self, verb, path):
+        """
+        The 554 reply for a restart marker given in TYPE A, or L{None}.
+
+        RFC 3659 §5.1: a STREAM-mode restart marker is an octet offset into
+        the data stream, which in TYPE A has CR LF where the stored file has
+        LF; the stored file's offset is not the stream's, and resuming at it
+        would drop or repeat octets. Refused (RFC 1123 §4.1.3.4: 554 for a
+        restart point that cannot be used); TYPE I counts both alike.
+        """
+        if not self._restart or self.binary:
+            return None
+        restart, self._restart = self._restart, 0
+        return (
+            f"554 {verb} {quote(path, 200)}: restart point {restart} refused in TYPE A "
+            "(it counts octets of the data stream, CR LF line ends, not of the file); send TYPE I, then REST again."
+        )
+
     def _store(self, verb, path, segments, append):
         restart = self._restart
         offset = 0 if append else restart
+        if not append:
+            refused = self._ascii_restart_refused(verb, path)
+            if refused:
+                return refused
         if restart:
             d = self.shell.stat(segments, ("size",))
 

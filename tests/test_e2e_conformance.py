@@ -1,0 +1,47 @@
+"""
+Conformance found by speaking the same bytes to the hub and to the peers
+on the machine (Dovecot, Postfix, pyftpdlib) and reading the RFCs where
+they differ: each test types the session over a raw socket to the real hub.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from tests.test_e2e_lines import Typist, ftp_user  # noqa: F401  (fixture)
+
+
+def _passive(t: Typist) -> socket.socket:
+    reply = t.ask(b"EPSV")
+    assert reply.startswith(b"229"), reply
+    port = int(reply.split(b"|||")[1].split(b"|")[0])
+    return socket.create_connection(("127.0.0.1", port), timeout=20)
+
+
+def test_ftp_restart_marker_in_type_a_is_refused_not_taken_as_a_file_offset(ftp_user):
+    # RFC 3659 §5.1: the marker counts octets of the data stream. In TYPE A
+    # "line1\nline2\n" goes out as "line1\r\nline2\r\n": a client that got
+    # the first 7 octets ("line1\r\n") resumes with REST 7 and must get
+    # "line2\r\n"; taken as a file offset the hub sent "ine2\r\n".
+    t, home = ftp_user
+    with open(os.path.join(home, "lines.txt"), "wb") as f:
+        f.write(b"line1\nline2\n")
+    assert t.ask(b"TYPE A").startswith(b"200")
+    for verb in (b"RETR", b"STOR"):
+        data = _passive(t)
+        assert t.ask(b"REST 7").startswith(b"350")
+        reply = t.ask(verb + b" lines.txt")
+        assert reply.startswith(b"554 " + verb + b" lines.txt: restart point 7 refused in TYPE A"), reply
+        data.close()
+    assert open(os.path.join(home, "lines.txt"), "rb").read() == b"line1\nline2\n"
+    # The marker is used up; TYPE I takes restart points as before.
+    assert t.ask(b"TYPE I").startswith(b"200")
+    data = _passive(t)
+    assert t.ask(b"REST 6").startswith(b"350")
+    assert t.ask(b"RETR lines.txt").startswith((b"150", b"125"))
+    got = b""
+    while chunk := data.recv(65536):
+        got += chunk
+    assert got == b"line2\n"
+    assert t.reply().startswith(b"226")
