@@ -45,3 +45,39 @@ def test_ftp_restart_marker_in_type_a_is_refused_not_taken_as_a_file_offset(ftp_
         got += chunk
     assert got == b"line2\n"
     assert t.reply().startswith(b"226")
+
+
+class _Imap:
+    """An IMAP session typed over a raw socket; C{say} returns the lines up to one that starts with C{until}."""
+
+    def __init__(self, hub):
+        self.sock = socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=20)
+        self.buf = b""
+        self.greeting = self.line()
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed; had {self.buf!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def say(self, line: bytes, until: bytes | tuple[bytes, ...]) -> list[bytes]:
+        self.sock.sendall(line + b"\r\n")
+        lines = [self.line()]
+        while not lines[-1].startswith(until):
+            lines.append(self.line())
+        return lines
+
+
+def test_imap_tag_with_an_atom_special_is_answered_untagged(hub):
+    # RFC 9051 §9: tag = 1*<any ASTRING-CHAR except "+">, and ASTRING-CHAR
+    # has none of ( ) { % * " \ . Such a "tag" cannot be echoed as one.
+    c = _Imap(hub)
+    for tag in (b"{4}", b'a"', b"a(b", b"a)", b"a%", b"a*b", b"a\\b", b"a+"):
+        lines = c.say(tag + b" NOOP", (b"* BAD", tag + b" "))
+        assert lines == [lines[-1]] and lines[0].startswith(b"* BAD bad tag"), (tag, lines)
+    # "]" is an ASTRING-CHAR (resp-specials): a tag may hold it.
+    assert c.say(b"a] NOOP", b"a] ")[-1].startswith(b"a] OK")

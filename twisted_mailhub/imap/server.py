@@ -121,6 +121,11 @@ def unsent_octets(transport: Any) -> int:
 _NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
 
 
+# Octets a tag may not hold besides controls and space: the atom-specials
+# and "+" (RFC 9051 §9, tag and ASTRING-CHAR).
+_NOT_IN_TAG = frozenset(b'(){%*"\\+')
+
+
 class _SettledLogins:
     """
     A session's portal whose logins (LOGIN and AUTHENTICATE) succeed only
@@ -627,8 +632,12 @@ class IMAPServer(
             # answer); the console masks it too (transcript.py).
             self.sendBadResponse(None, b"a line of one word (not shown: after a LOGIN without a password it may be the password); LOGIN takes both: a1 LOGIN name password")
             return None
-        if any(c < 33 or c > 126 for c in tag) or b"+" in tag or tag == b"*":
-            self.sendBadResponse(None, b"bad tag " + wire.client_text(wire.shown(tag, 20)) + b": a tag is printable ASCII")
+        # RFC 9051 §9 (and RFC 3501 §9): tag = 1*<any ASTRING-CHAR except
+        # "+">: printable ASCII but for the atom-specials ( ) { % * " \.
+        # A tag the hub cannot echo back as one is answered untagged, as
+        # Dovecot does ("{4} NOOP" was answered "{4} OK", 'a" NOOP' 'a" OK').
+        if any(c < 33 or c > 126 for c in tag) or any(c in _NOT_IN_TAG for c in tag):
+            self.sendBadResponse(None, b"bad tag " + wire.client_text(wire.shown(tag, 20)) + b': a tag is printable ASCII without ( ) { % * " \\ +')
             return None
         if len(args) == 1:
             self.sendBadResponse(tag, b"missing command after the tag")
