@@ -81,3 +81,29 @@ def test_imap_tag_with_an_atom_special_is_answered_untagged(hub):
         assert lines == [lines[-1]] and lines[0].startswith(b"* BAD bad tag"), (tag, lines)
     # "]" is an ASTRING-CHAR (resp-specials): a tag may hold it.
     assert c.say(b"a] NOOP", b"a] ")[-1].startswith(b"a] OK")
+
+
+def test_auth_initial_response_to_cram_md5_is_refused_in_smtp_and_pop3(hub):
+    # RFC 4954 §4 (SMTP, 501) and RFC 5034 §4 (POP3, -ERR): an initial
+    # response to a mechanism the server begins is refused. SMTP ignored it
+    # and sent the challenge; POP3 called CRAM-MD5 "unsupported" while
+    # offering it. IMAP already answered BAD (RFC 4959 §3).
+    smtp = Typist(hub, "smtp")
+    assert b"CRAM-MD5" in smtp.ask(b"EHLO client.test")
+    reply = smtp.ask(b"AUTH CRAM-MD5 eHl6")
+    assert reply.startswith(b"501 5.5.4 "), reply
+    assert smtp.ask(b"NOOP").startswith(b"250")  # not in the middle of an exchange
+    pop3 = Typist(hub, "pop3")
+    reply = pop3.ask(b"AUTH CRAM-MD5 eHl6")
+    assert reply.startswith(b"-ERR CRAM-MD5 starts with the server's challenge"), reply
+    assert pop3.ask(b"NOOP").startswith(b"+OK")
+
+
+def test_pop3_auth_initial_response_equals_sign_is_an_empty_response(hub):
+    # RFC 5034 §4: "=" stands for a zero-length initial response; for PLAIN
+    # that is a malformed message (RFC 4616), not bad base64.
+    pop3 = Typist(hub, "pop3")
+    reply = pop3.ask(b"AUTH PLAIN =")
+    assert reply.startswith(b"-ERR [AUTH] AUTH PLAIN wants authzid NUL user NUL password"), reply
+    assert pop3.ask(b"USER alice").startswith(b"+OK")
+    assert pop3.ask(b"PASS secret").startswith(b"+OK")

@@ -1018,6 +1018,10 @@ class MailhubPOP3(_pop3.POP3):
             self.write(b"+OK SASL mechanisms follow\r\n" + b"".join(m + b"\r\n" for m in self.sasl_mechanisms()) + b".\r\n")
             return None
         mechanism, initial = words[0].upper(), (words[1] if len(words) > 1 else None)
+        if initial == b"=":
+            # RFC 5034 §4: "=" is an initial response of zero length (it was
+            # refused as "not valid base64").
+            initial = b""
         if mechanism == b"PLAIN" and not self.plaintext_allowed():
             self.reply_err(b"[AUTH] AUTH PLAIN needs TLS on this connection: " + self._other_ways(b"use STLS, APOP or AUTH CRAM-MD5"))
             return None
@@ -1032,6 +1036,11 @@ class MailhubPOP3(_pop3.POP3):
             challenge = creds.getChallenge()
             self._sasl = lambda line: self._sasl_cram(creds, line)
             self.write(b"+ " + base64.b64encode(challenge) + b"\r\n")
+            return None
+        if mechanism == b"CRAM-MD5" and self._challenges:
+            # RFC 5034 §4: an initial response to a mechanism that starts with
+            # the server's challenge is refused (it was called unsupported).
+            self.reply_err(b"CRAM-MD5 starts with the server's challenge: send AUTH CRAM-MD5 alone")
             return None
         offered = self.sasl_mechanisms()
         self.reply_err(

@@ -605,6 +605,11 @@ class MailhubSMTP(smtp.ESMTP):
         if not parts or len(parts) > 2:
             return self.reply(501, "5.5.4 Syntax: AUTH mechanism [initial-response]")
         mechanism = parts[0].upper()
+        if mechanism == "CRAM-MD5" and len(parts) == 2 and "CRAM-MD5" in self.mechanisms():
+            # RFC 4954 §4: an initial response to a mechanism that starts
+            # with the server's challenge is refused with 501 (it was
+            # ignored and the challenge sent, as if it had not been given).
+            return self.reply(501, "5.5.4 Error: CRAM-MD5 starts with the server's challenge: send AUTH CRAM-MD5 alone")
         if mechanism in ("PLAIN", "LOGIN") and not self.secure:
             return self.reply(538, "5.7.11 Encryption required for requested authentication mechanism; use STARTTLS first")
         if mechanism == "PLAIN":
