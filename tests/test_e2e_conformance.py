@@ -107,3 +107,52 @@ def test_pop3_auth_initial_response_equals_sign_is_an_empty_response(hub):
     assert reply.startswith(b"-ERR [AUTH] AUTH PLAIN wants authzid NUL user NUL password"), reply
     assert pop3.ask(b"USER alice").startswith(b"+OK")
     assert pop3.ask(b"PASS secret").startswith(b"+OK")
+
+
+def test_ftp_missing_arguments_are_501(ftp_user):
+    # RFC 959 §4.2: 501 is a syntax error in the arguments (none given is
+    # one); 504 is a parameter not implemented. They were "504 TYPE : use
+    # TYPE A or TYPE I." and the like.
+    t, home = ftp_user
+    for verb in (b"TYPE", b"MODE", b"STRU", b"AUTH", b"SITE"):
+        reply = t.ask(verb)
+        assert reply.startswith(b"501 " + verb + b" needs"), reply
+
+
+def test_ftp_xcup_is_cdup(ftp_user):
+    # RFC 1123 §4.1.3.1: XCUP is CDUP (HELP lists it; it was "500 'CUP'").
+    t, home = ftp_user
+    assert t.ask(b"CWD folder").startswith(b"250")
+    reply = t.ask(b"XCUP")
+    assert reply.startswith(b"250"), reply
+    assert t.ask(b"PWD").startswith(b'257 "/"')
+
+
+def test_ftp_prot_needs_pbsz_first(hub):
+    # RFC 2228 §3: PROT "must be preceded by a successful protection buffer
+    # size negotiation"; RFC 4217 §9: PBSZ 0, then PROT P. PROT P was taken
+    # without it.
+    import ssl
+
+    s = socket.create_connection(("127.0.0.1", hub.ports["ftp"]), timeout=20)
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"220")
+    s.sendall(b"AUTH TLS\r\n")
+    assert f.readline().startswith(b"234")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    tls = context.wrap_socket(s, server_hostname="localhost")
+    f = tls.makefile("rb")
+
+    def ask(line: bytes) -> bytes:
+        tls.sendall(line + b"\r\n")
+        return f.readline().rstrip(b"\r\n")
+
+    assert ask(b"USER alice").startswith(b"331")
+    assert ask(b"PASS secret").startswith(b"230")
+    reply = ask(b"PROT P")
+    assert reply == b"503 PROT needs PBSZ first: PBSZ 0, then PROT P.", reply
+    assert ask(b"PROT").startswith(b"501 PROT needs a level")
+    assert ask(b"PBSZ 0") == b"200 PBSZ=0"
+    assert ask(b"PROT P").startswith(b"200")
+    tls.close()
