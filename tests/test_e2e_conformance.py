@@ -156,3 +156,31 @@ def test_ftp_prot_needs_pbsz_first(hub):
     assert ask(b"PBSZ 0") == b"200 PBSZ=0"
     assert ask(b"PROT P").startswith(b"200")
     tls.close()
+
+
+def test_imap_starttls_once_tls_is_on_is_bad(hub):
+    # RFC 9051 §6.2.1: "BAD - STARTTLS received after a successful TLS
+    # negotiation"; NO is for a server that cannot start TLS. It was NO,
+    # after STARTTLS and on the implicit-TLS port alike.
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    s = socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=20)
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"* OK")
+    s.sendall(b"a STARTTLS\r\n")
+    assert f.readline().startswith(b"a OK")
+    tls = context.wrap_socket(s, server_hostname="localhost")
+    f = tls.makefile("rb")
+    tls.sendall(b"b STARTTLS\r\n")
+    assert f.readline().startswith(b"b BAD STARTTLS not allowed now: TLS is already in use")
+    tls.sendall(b"c NOOP\r\n")
+    assert f.readline().startswith(b"c OK")
+    tls.close()
+    implicit = context.wrap_socket(socket.create_connection(("127.0.0.1", hub.ports["imaps"]), timeout=20), server_hostname="localhost")
+    f = implicit.makefile("rb")
+    assert f.readline().startswith(b"* OK")
+    implicit.sendall(b"a STARTTLS\r\n")
+    assert f.readline().startswith(b"a BAD STARTTLS not allowed now")
+    implicit.close()

@@ -275,8 +275,11 @@ class IMAPServer(
         return caps
 
     def do_STARTTLS(self, tag):
-        if self.secure:
-            self.sendNegativeResponse(tag, b"TLS already in use")
+        if self.secure or self.startedTLS:
+            # RFC 9051 §6.2.1: "BAD - STARTTLS received after a successful
+            # TLS negotiation" (NO is for a server that cannot start TLS);
+            # it was NO, as Twisted answers.
+            self.sendBadResponse(tag, b"STARTTLS not allowed now: TLS is already in use")
             return
         imap4.IMAP4Server.do_STARTTLS(self, tag)
         if self.startedTLS:
