@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 from tests.test_e2e_lines import Typist, ftp_user  # noqa: F401  (fixture)
 
@@ -184,3 +185,28 @@ def test_imap_starttls_once_tls_is_on_is_bad(hub):
     implicit.sendall(b"a STARTTLS\r\n")
     assert f.readline().startswith(b"a BAD STARTTLS not allowed now")
     implicit.close()
+
+
+def test_imap_fetch_of_one_unparenthesized_section_with_spaces(hub):
+    # RFC 9051 §6.4.5: FETCH takes one fetch-att without parentheses, and
+    # BODY[HEADER.FIELDS (SUBJECT FROM)] is one. It was cut at its first
+    # space and refused "BAD FETCH modifiers go in parentheses" (Dovecot
+    # answers it), with or without a CHANGEDSINCE modifier after it.
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=20) as s:
+        s.sendmail("a@example.test", ["alice@localhost"], b"From: a@example.test\r\nSubject: fields\r\n\r\nbody\r\n")
+    c = _Imap(hub)
+    assert c.say(b"a LOGIN alice secret", b"a ")[-1].startswith(b"a OK")
+    for _ in range(50):
+        lines = c.say(b"s EXAMINE INBOX", b"s ")
+        if b"* 1 EXISTS" in lines:
+            break
+        time.sleep(0.1)
+    lines = c.say(b"f FETCH 1 BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)]", b"f ")
+    assert lines[-1].startswith(b"f OK"), lines
+    assert lines[0] == b"* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT FROM)] {41}", lines
+    assert lines[1:3] == [b"From: a@example.test", b"Subject: fields"], lines
+    lines = c.say(b"g UID FETCH 1:* BODY.PEEK[HEADER.FIELDS.NOT (SUBJECT)] (CHANGEDSINCE 1)", b"g ")
+    assert lines[-1].startswith(b"g OK"), lines
+    assert c.say(b"h FETCH 1 BODY.PEEK[HEADER.FIELDS ()]", b"h ")[-1].startswith(b"h BAD")
