@@ -210,3 +210,23 @@ def test_imap_fetch_of_one_unparenthesized_section_with_spaces(hub):
     lines = c.say(b"g UID FETCH 1:* BODY.PEEK[HEADER.FIELDS.NOT (SUBJECT)] (CHANGEDSINCE 1)", b"g ")
     assert lines[-1].startswith(b"g OK"), lines
     assert c.say(b"h FETCH 1 BODY.PEEK[HEADER.FIELDS ()]", b"h ")[-1].startswith(b"h BAD")
+
+
+def test_imap_zero_length_literal_as_the_last_argument_waits_for_its_line(hub):
+    # RFC 9051 §4.3: the client sends a synchronizing literal's octets and
+    # the rest of the command only after "+". "a LOGIN alice {0}" was
+    # answered at once, with no "+", and the CRLF that ends the line was
+    # then read as an empty command ("* BAD empty command line").
+    c = _Imap(hub)
+    c.sock.sendall(b"a LOGIN alice {0}\r\n")
+    assert c.line().startswith(b"+ ")
+    lines = c.say(b"", (b"a ", b"* BAD"))
+    assert lines[-1].startswith(b"a NO"), lines
+    assert c.say(b"b NOOP", (b"b ", b"* BAD")) == [b"b OK NOOP completed"]
+    # The same with LITERAL+ (no "+"), and with the literal not last.
+    c.sock.sendall(b"c LOGIN alice {0+}\r\n\r\n")
+    assert c.line().startswith(b"c NO")
+    assert c.say(b"d NOOP", (b"d ", b"* BAD")) == [b"d OK NOOP completed"]
+    c.sock.sendall(b"e LOGIN {0}\r\n")
+    assert c.line().startswith(b"+ ")
+    assert c.say(b" secret", (b"e ", b"* BAD"))[-1].startswith(b"e NO")
