@@ -230,3 +230,25 @@ def test_imap_zero_length_literal_as_the_last_argument_waits_for_its_line(hub):
     c.sock.sendall(b"e LOGIN {0}\r\n")
     assert c.line().startswith(b"+ ")
     assert c.say(b" secret", (b"e ", b"* BAD"))[-1].startswith(b"e NO")
+
+
+def test_telnet_commands_inside_a_mail_command_line_do_not_rewrite_names(hub):
+    # SMTP, POP3 and IMAP are not Telnet: only the IAC sequences a telnet
+    # client's Ctrl-C sends in front of a line are no part of it. An IAC
+    # inside the line was taken out with the octet after it, so
+    # "USER al<IAC NOP>ice" logged in as alice and "RCPT TO:<bo<IAC NOP>b@..."
+    # was accepted for bob: a name no filter or log on the way had seen.
+    nop = b"\xff\xf1"
+    smtp = Typist(hub, "smtp")
+    assert smtp.ask(b"EHLO client.test").startswith(b"250")
+    assert smtp.ask(b"MAIL FROM:<a@example.test>").startswith(b"250")
+    reply = smtp.ask(b"RCPT TO:<bo" + nop + b"b@localhost>")
+    assert reply.startswith(b"500 5.5.2"), reply
+    assert smtp.ask(b"\xff\xf4\xff\xfd\x06RCPT TO:<bob@localhost>").startswith(b"250")  # Ctrl-C in front: still fine
+    pop3 = Typist(hub, "pop3")
+    pop3.ask(b"USER al" + nop + b"ice")
+    reply = pop3.ask(b"PASS secret")
+    assert reply.startswith(b"-ERR [AUTH]"), reply
+    c = _Imap(hub)
+    reply = c.say(b"a LOGIN al" + nop + b"ice secret", (b"a ", b"* BAD"))[-1]
+    assert reply.startswith(b"a NO"), reply

@@ -87,7 +87,7 @@ from twisted_mailhub.imap.sort import SortCommands
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import LITERAL_SIZE as _LITERAL_SIZE
-from twisted_mailhub.lines import control_note, flush_now, has_control, quote, telnet_text
+from twisted_mailhub.lines import control_note, flush_now, has_control, quote, telnet_prefix_text
 from twisted_mailhub.store.interfaces import NoSuchFolder, StoreUnavailable
 
 log = Logger()
@@ -411,8 +411,8 @@ class IMAPServer(
     def lineReceived(self, line):
         # A command line, never a literal (read raw): Telnet commands a
         # person's telnet client sent (Ctrl-C: IAC IP, IAC DO TIMING-MARK)
-        # are no part of it (lines.telnet_text).
-        line = telnet_text(line)
+        # are no part of it (lines.telnet_prefix_text).
+        line = telnet_prefix_text(line)
         if self.blocked is not None:
             self.blocked.append(line)
             return

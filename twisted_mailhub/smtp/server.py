@@ -62,7 +62,7 @@ from twisted.mail._cred import PLAINCredentials
 from twisted_mailhub.accounts import challenge_response_offered
 from twisted_mailhub.errorwords import no_room
 from twisted_mailhub.hub import is_secure, peer_host
-from twisted_mailhub.lines import LineEngine, control_note, has_control, quote, telnet_text
+from twisted_mailhub.lines import LineEngine, control_note, has_control, quote, telnet_prefix_text
 from twisted_mailhub.smtp.delivery import (
     RecipientPolicy,
     Rejected,
@@ -422,7 +422,7 @@ class MailhubSMTP(smtp.ESMTP):
         if state == AUTH:
             # The exchange's base64 line (RFC 4954 §4), typed in the same
             # telnet client as the commands: its Telnet commands go too.
-            return self._auth_response(telnet_text(line))
+            return self._auth_response(telnet_prefix_text(line))
         return None
 
     def line_too_long(self) -> None:
@@ -462,9 +462,9 @@ class MailhubSMTP(smtp.ESMTP):
 
     def _command(self, raw: bytes):
         # Telnet commands a person's telnet client sent (Ctrl-C: IAC IP,
-        # IAC DO TIMING-MARK) are no part of the command (lines.telnet_text);
+        # IAC DO TIMING-MARK) are no part of the command (lines.telnet_prefix_text);
         # such a line is not ASCII, so the fast path sends it here.
-        raw = telnet_text(raw)
+        raw = telnet_prefix_text(raw)
         try:
             line = raw.decode("ascii")
         except UnicodeDecodeError:
