@@ -101,21 +101,37 @@ def telnet_text(line: bytes) -> bytes:
     C{telnet} client adds when the student presses Ctrl-C (IAC IP, IAC DO
     TIMING-MARK) or an FTP client sends before ABOR (IAC IP IAC DM) is not
     part of the command, and a doubled IAC is one octet 255 (RFC 2640
-    §3.1). FTP's control connection is Telnet (RFC 959 §4); SMTP, POP3
-    and IMAP command lines, and the base64 lines of their SASL exchanges
-    (SMTP AUTH, POP3 AUTH, IMAP AUTHENTICATE), are stripped the same way
-    for a person typing in C{telnet} (octet 255 is no US-ASCII and never in UTF-8, so no
-    command loses a character). Never for message text (SMTP DATA, BDAT)
-    or an IMAP literal, where octet 255 is data.
+    §3.1). FTP's control connection is Telnet (RFC 959 §4), so its
+    commands go wherever they are; SMTP, POP3 and IMAP command lines, and
+    the base64 lines of their SASL exchanges, lose only the ones in front
+    (L{telnet_prefix_text}). Never for message text (SMTP DATA, BDAT) or an
+    IMAP literal, where octet 255 is data.
     """
     if line.find(b"\xff") < 0:
         return line
     return _TELNET_COMMAND.sub(lambda m: b"\xff" if m.group() == b"\xff\xff" else b"", line)
 
 
+def telnet_prefix_text(line: bytes) -> bytes:
+    """
+    A SMTP, POP3 or IMAP command line (or SASL response line) without the
+    Telnet commands in front of it: what a C{telnet} client sends when the
+    student presses Ctrl-C (IAC IP, IAC DO TIMING-MARK) comes before the
+    next line's text. These protocols are not Telnet (FTP is: L{telnet_text});
+    an IAC inside the line stays, so the line is refused as not ASCII or
+    UTF-8 instead of losing octets: taken out there, C{USER al<IAC NOP>ice}
+    logged in as alice and C{RCPT TO:<bo<IAC NOP>b@...>} went to bob, a
+    name other software on the way (a filter, a proxy, a log) never saw.
+    """
+    while line[:1] == b"\xff" and line[1:2] != b"\xff":
+        m = _TELNET_COMMAND.match(line)
+        line = line[m.end() :]
+    return line
+
+
 log = Logger()
 
-__all__ = ["LineEngine", "TOO_LONG", "quote", "control_note", "has_control", "send_now", "flush_now", "telnet_text"]
+__all__ = ["LineEngine", "TOO_LONG", "quote", "control_note", "has_control", "send_now", "flush_now", "telnet_text", "telnet_prefix_text"]
 
 
 class _TooLong:

@@ -78,7 +78,7 @@ from twisted_mailhub import __version__
 from twisted_mailhub.accounts import challenge_response_offered
 from twisted_mailhub.errorwords import no_room
 from twisted_mailhub.hub import ListenerSpec, is_secure
-from twisted_mailhub.lines import LineEngine, control_note, quote, telnet_text
+from twisted_mailhub.lines import LineEngine, control_note, quote, telnet_prefix_text
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.store.outage import refused
 from twisted_mailhub.store.wireform import LENGTH_MASK, LINES_SHIFT, WireForms
@@ -875,7 +875,7 @@ class MailhubPOP3(_pop3.POP3):
             handler, self._sasl = self._sasl, None
             # The SASL exchange's base64 line (RFC 5034 §4), typed in the
             # same telnet client as the commands: its Telnet commands go too.
-            return handler(telnet_text(line))
+            return handler(telnet_prefix_text(line))
         if self.state is _TRANSACTION:
             # The common case, "RETR 12": straight to its handler.
             word, _, rest = line.partition(b" ")
@@ -884,8 +884,8 @@ class MailhubPOP3(_pop3.POP3):
                 self._command_name = command[0]
                 return getattr(self, command[1])(rest if rest.isdigit() else rest.strip())
         # Telnet commands (Ctrl-C in telnet: IAC IP, IAC DO TIMING-MARK)
-        # are no part of the command (lines.telnet_text).
-        line = telnet_text(line).lstrip(b" \t")
+        # are no part of the command (lines.telnet_prefix_text).
+        line = telnet_prefix_text(line).lstrip(b" \t")
         word = line.split(None, 1)[0] if line.strip() else b""
         # After the command word and one separator: PASS keeps the rest as
         # sent (a password may hold spaces); others strip it.
@@ -1018,6 +1018,10 @@ class MailhubPOP3(_pop3.POP3):
             self.write(b"+OK SASL mechanisms follow\r\n" + b"".join(m + b"\r\n" for m in self.sasl_mechanisms()) + b".\r\n")
             return None
         mechanism, initial = words[0].upper(), (words[1] if len(words) > 1 else None)
+        if initial == b"=":
+            # RFC 5034 §4: "=" is an initial response of zero length (it was
+            # refused as "not valid base64").
+            initial = b""
         if mechanism == b"PLAIN" and not self.plaintext_allowed():
             self.reply_err(b"[AUTH] AUTH PLAIN needs TLS on this connection: " + self._other_ways(b"use STLS, APOP or AUTH CRAM-MD5"))
             return None
@@ -1032,6 +1036,11 @@ class MailhubPOP3(_pop3.POP3):
             challenge = creds.getChallenge()
             self._sasl = lambda line: self._sasl_cram(creds, line)
             self.write(b"+ " + base64.b64encode(challenge) + b"\r\n")
+            return None
+        if mechanism == b"CRAM-MD5" and self._challenges:
+            # RFC 5034 §4: an initial response to a mechanism that starts with
+            # the server's challenge is refused (it was called unsupported).
+            self.reply_err(b"CRAM-MD5 starts with the server's challenge: send AUTH CRAM-MD5 alone")
             return None
         offered = self.sasl_mechanisms()
         self.reply_err(

@@ -283,6 +283,7 @@ class MailhubFTP(ftp.FTP):
         self._abort_pending = False
         self._restart = 0
         self._tls = False
+        self._pbsz = False  # RFC 2228 §3: PROT only after a PBSZ
         self.workingDirectory: list[str] = []
         self.data: DataChannel | None = None
         self.anonymous = False
@@ -488,7 +489,9 @@ class MailhubFTP(ftp.FTP):
                 return f"501 {quote(verb, 20)}: a pathname or argument may not contain CR or LF (RFC 959 §5.3.2){control_note(arg)}."
             return f"501 {quote(verb, 20)}: control characters are not allowed in arguments{control_note(arg)}."
         if verb in ("XPWD", "XCWD", "XCUP", "XMKD", "XRMD"):
-            verb = verb[1:]
+            # RFC 1123 §4.1.3.1: the RFC 775 names; XCUP is CDUP (it was
+            # taken as "CUP" and refused though HELP lists it).
+            verb = "CDUP" if verb == "XCUP" else verb[1:]
         if self.state == self.UNAUTH or self.state == self.INAUTH:
             if verb == "USER":
                 return self.ftp_USER(arg)
@@ -644,6 +647,10 @@ class MailhubFTP(ftp.FTP):
         return f"501 OPTS {quote(command, 20)}: no such command (OPTS UTF8 ON, OPTS MLST facts)."
 
     def ftp_TYPE(self, type=""):
+        if not type.strip(" "):
+            # RFC 959 §4.2: 501 for a syntax error in the arguments (a missing
+            # one included); 504 is for a parameter not implemented.
+            return "501 TYPE needs a type: TYPE A or TYPE I."
         code = type.upper().split()
         if code[:1] == ["A"] and code[1:] in ([], ["N"]):
             self.binary = False
@@ -654,11 +661,15 @@ class MailhubFTP(ftp.FTP):
         return f"504 TYPE {quote(type, 20)}: use TYPE A or TYPE I."
 
     def ftp_MODE(self, mode=""):
+        if not mode.strip(" "):
+            return "501 MODE needs a mode: MODE S."
         if mode.upper() == "S":
             return "200 Mode S (stream) ok."
         return f"504 MODE {quote(mode, 20)}: only MODE S."
 
     def ftp_STRU(self, structure=""):
+        if not structure.strip(" "):
+            return "501 STRU needs a structure: STRU F."
         if structure.upper() == "F":
             return "200 Structure F (file) ok."
         return f"504 STRU {quote(structure, 20)}: only STRU F."
@@ -779,6 +790,8 @@ class MailhubFTP(ftp.FTP):
         the times are durable. No other SITE command.
         """
         command, _, rest = argument.strip(" ").partition(" ")
+        if not command:
+            return "501 SITE needs a command: SITE UTIME or SITE CHMOD."
         if command.upper() == "CHMOD":
             return self._site_chmod(rest.strip(" "))
         if command.upper() != "UTIME":
@@ -827,6 +840,8 @@ class MailhubFTP(ftp.FTP):
     # -- FTPS (RFC 4217) ---------------------------------------------------------
 
     def ftp_AUTH(self, mechanism=""):
+        if not mechanism.strip(" "):
+            return "501 AUTH needs a mechanism: AUTH TLS."
         if mechanism.upper() not in ("TLS", "TLS-C", "SSL"):
             return f"504 AUTH {quote(mechanism, 20)}: use AUTH TLS."
         if self._tls:
@@ -849,12 +864,19 @@ class MailhubFTP(ftp.FTP):
             return "503 PBSZ needs AUTH TLS first."
         if not size.strip().isascii() or not size.strip().isdigit():
             return f"501 PBSZ wants a decimal size: PBSZ 0 (got \"{quote(size, 30)}\")."
+        self._pbsz = True
         return "200 PBSZ=0"
 
     def ftp_PROT(self, level=""):
         level = level.upper()
         if not self._tls:
             return "503 PROT needs AUTH TLS first."
+        if not level.strip(" "):
+            return "501 PROT needs a level: PROT P or PROT C."
+        if not self._pbsz:
+            # RFC 2228 §3 (PROT "must be preceded by a successful protection
+            # buffer size negotiation"), RFC 4217 §9: PBSZ 0, then PROT.
+            return "503 PROT needs PBSZ first: PBSZ 0, then PROT P."
         if level == "P":
             self.data.protect = True
             self.data.tls = self.factory.data_tls
@@ -1051,6 +1073,9 @@ class MailhubFTP(ftp.FTP):
             return "501 RETR needs a file name."
         segments = self._segments(path)
         offset = self._restart
+        refused = self._ascii_restart_refused("RETR", path)
+        if refused:
+            return refused
         opened = self.shell.openForReadingAt(segments, offset)
         if offset:
             opened.addCallback(self._check_restart, "RETR", path, offset)
@@ -1079,9 +1104,31 @@ class MailhubFTP(ftp.FTP):
             raise Refused(f"554 {verb} {quote(path, 200)}: restart point {offset} is past the end of the file ({size} bytes).")
         return reader
 
+    def _ascii_restart_refused(self, verb, path):
+        """
+        The 554 reply for a restart marker given in TYPE A, or L{None}.
+
+        RFC 3659 §5.1: a STREAM-mode restart marker is an octet offset into
+        the data stream, which in TYPE A has CR LF where the stored file has
+        LF; the stored file's offset is not the stream's, and resuming at it
+        would drop or repeat octets. Refused (RFC 1123 §4.1.3.4: 554 for a
+        restart point that cannot be used); TYPE I counts both alike.
+        """
+        if not self._restart or self.binary:
+            return None
+        restart, self._restart = self._restart, 0
+        return (
+            f"554 {verb} {quote(path, 200)}: restart point {restart} refused in TYPE A "
+            "(it counts octets of the data stream, CR LF line ends, not of the file); send TYPE I, then REST again."
+        )
+
     def _store(self, verb, path, segments, append):
         restart = self._restart
         offset = 0 if append else restart
+        if not append:
+            refused = self._ascii_restart_refused(verb, path)
+            if refused:
+                return refused
         if restart:
             d = self.shell.stat(segments, ("size",))
 

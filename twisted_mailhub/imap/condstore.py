@@ -107,7 +107,21 @@ def split_modifiers(text: bytes) -> tuple[bytes, list]:
         else:
             return text, []
     else:
-        head, _, rest = text.partition(b" ")
+        # One fetch-att without parentheses (RFC 9051 §6.4.5): it ends at
+        # the first space outside a section, which may hold spaces itself
+        # (BODY[HEADER.FIELDS (SUBJECT FROM)]; cut at its first space, it
+        # was refused as bad FETCH modifiers).
+        in_section = 0
+        for i, c in enumerate(text):
+            if c == ord("["):
+                in_section += 1
+            elif c == ord("]"):
+                in_section -= 1
+            elif c == ord(" ") and not in_section:
+                head, rest = text[:i], text[i + 1 :]
+                break
+        else:
+            head, rest = text, b""
     rest = rest.strip()
     if not rest:
         return head, []

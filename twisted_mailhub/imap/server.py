@@ -87,7 +87,7 @@ from twisted_mailhub.imap.sort import SortCommands
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import LITERAL_SIZE as _LITERAL_SIZE
-from twisted_mailhub.lines import control_note, flush_now, has_control, quote, telnet_text
+from twisted_mailhub.lines import control_note, flush_now, has_control, quote, telnet_prefix_text
 from twisted_mailhub.store.interfaces import NoSuchFolder, StoreUnavailable
 
 log = Logger()
@@ -119,6 +119,11 @@ def unsent_octets(transport: Any) -> int:
 # Commands whose untagged EXPUNGE would shift sequence numbers under the
 # client (RFC 3501 §7.4.1).
 _NO_EXPUNGE_DURING = {b"FETCH", b"STORE", b"SEARCH", b"SORT", b"THREAD"}
+
+
+# Octets a tag may not hold besides controls and space: the atom-specials
+# and "+" (RFC 9051 §9, tag and ASTRING-CHAR).
+_NOT_IN_TAG = frozenset(b'(){%*"\\+')
 
 
 class _SettledLogins:
@@ -270,8 +275,11 @@ class IMAPServer(
         return caps
 
     def do_STARTTLS(self, tag):
-        if self.secure:
-            self.sendNegativeResponse(tag, b"TLS already in use")
+        if self.secure or self.startedTLS:
+            # RFC 9051 §6.2.1: "BAD - STARTTLS received after a successful
+            # TLS negotiation" (NO is for a server that cannot start TLS);
+            # it was NO, as Twisted answers.
+            self.sendBadResponse(tag, b"STARTTLS not allowed now: TLS is already in use")
             return
         imap4.IMAP4Server.do_STARTTLS(self, tag)
         if self.startedTLS:
@@ -403,8 +411,8 @@ class IMAPServer(
     def lineReceived(self, line):
         # A command line, never a literal (read raw): Telnet commands a
         # person's telnet client sent (Ctrl-C: IAC IP, IAC DO TIMING-MARK)
-        # are no part of it (lines.telnet_text).
-        line = telnet_text(line)
+        # are no part of it (lines.telnet_prefix_text).
+        line = telnet_prefix_text(line)
         if self.blocked is not None:
             self.blocked.append(line)
             return
@@ -627,8 +635,12 @@ class IMAPServer(
             # answer); the console masks it too (transcript.py).
             self.sendBadResponse(None, b"a line of one word (not shown: after a LOGIN without a password it may be the password); LOGIN takes both: a1 LOGIN name password")
             return None
-        if any(c < 33 or c > 126 for c in tag) or b"+" in tag or tag == b"*":
-            self.sendBadResponse(None, b"bad tag " + wire.client_text(wire.shown(tag, 20)) + b": a tag is printable ASCII")
+        # RFC 9051 §9 (and RFC 3501 §9): tag = 1*<any ASTRING-CHAR except
+        # "+">: printable ASCII but for the atom-specials ( ) { % * " \.
+        # A tag the hub cannot echo back as one is answered untagged, as
+        # Dovecot does ("{4} NOOP" was answered "{4} OK", 'a" NOOP' 'a" OK').
+        if any(c < 33 or c > 126 for c in tag) or any(c in _NOT_IN_TAG for c in tag):
+            self.sendBadResponse(None, b"bad tag " + wire.client_text(wire.shown(tag, 20)) + b': a tag is printable ASCII without ( ) { % * " \\ +')
             return None
         if len(args) == 1:
             self.sendBadResponse(tag, b"missing command after the tag")

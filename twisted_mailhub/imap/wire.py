@@ -265,6 +265,12 @@ def arg_astring(self: Any, line: bytes, final: bool = False):
         if rest[:1] == b" ":
             rest = rest[1:]
         return _UNESCAPE.sub(rb"\1", m.group(1)), rest
+    if final and stripped == b"{0}":
+        # A zero-length literal as the last argument is still a literal
+        # (RFC 9051 §4.3): "+", then the rest of the command line. Twisted
+        # takes it at once (its ticket 9207), so the command ran before
+        # its line ended and the client's CRLF was read as an empty command.
+        final = False
     return imap4.IMAP4Server.arg_astring(self, line, final)
 
 

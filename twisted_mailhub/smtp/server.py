@@ -65,7 +65,7 @@ from twisted.mail._cred import PLAINCredentials
 from twisted_mailhub.accounts import challenge_response_offered
 from twisted_mailhub.errorwords import no_room
 from twisted_mailhub.hub import is_secure, peer_host
-from twisted_mailhub.lines import LineEngine, control_note, has_control, quote, telnet_text
+from twisted_mailhub.lines import LineEngine, control_note, has_control, quote, telnet_prefix_text
 from twisted_mailhub.smtp.delivery import (
     RecipientPolicy,
     Rejected,
@@ -430,7 +430,7 @@ class MailhubSMTP(smtp.ESMTP):
         if state == AUTH:
             # The exchange's base64 line (RFC 4954 §4), typed in the same
             # telnet client as the commands: its Telnet commands go too.
-            return self._auth_response(telnet_text(line))
+            return self._auth_response(telnet_prefix_text(line))
         return None
 
     def line_too_long(self) -> None:
@@ -470,9 +470,9 @@ class MailhubSMTP(smtp.ESMTP):
 
     def _command(self, raw: bytes):
         # Telnet commands a person's telnet client sent (Ctrl-C: IAC IP,
-        # IAC DO TIMING-MARK) are no part of the command (lines.telnet_text);
+        # IAC DO TIMING-MARK) are no part of the command (lines.telnet_prefix_text);
         # such a line is not ASCII, so the fast path sends it here.
-        raw = telnet_text(raw)
+        raw = telnet_prefix_text(raw)
         try:
             line = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -615,6 +615,11 @@ class MailhubSMTP(smtp.ESMTP):
         if not parts or len(parts) > 2:
             return self.reply(501, "5.5.4 Syntax: AUTH mechanism [initial-response]")
         mechanism = parts[0].upper()
+        if mechanism == "CRAM-MD5" and len(parts) == 2 and "CRAM-MD5" in self.mechanisms():
+            # RFC 4954 §4: an initial response to a mechanism that starts
+            # with the server's challenge is refused with 501 (it was
+            # ignored and the challenge sent, as if it had not been given).
+            return self.reply(501, "5.5.4 Error: CRAM-MD5 starts with the server's challenge: send AUTH CRAM-MD5 alone")
         if mechanism in ("PLAIN", "LOGIN") and not self.secure:
             return self.reply(538, "5.7.11 Encryption required for requested authentication mechanism; use STARTTLS first")
         if mechanism == "PLAIN":
