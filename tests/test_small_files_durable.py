@@ -370,6 +370,47 @@ class ReactorFlushTests(unittest.TestCase):
         self.assertIsNone(folder.unsettled())
         self.assertEqual(len(folder.messages()), 3)
 
+    def test_files_listed_on_trust_at_a_load_are_read_and_made_crlf_in_a_thread_before_they_are_told(self):
+        from twisted_mailhub.store.maildir import MaildirFolder
+
+        account = self.store.account("alice@example.org")
+        inbox = account.folder("INBOX")
+        self.journal.run_jobs()
+        # Another MDA's files: bare LF line ends, their S= their size.
+        bare = b"Subject: bare LF\n\nbody\n"
+        earlier = os.path.join(inbox.directory, "cur", f"1700000001.M2P1Q2.mda,S={len(bare)}")
+        with open(earlier, "wb") as f:
+            f.write(bare)
+        # (listed on trust by an earlier run that did not check it: left in mailhub-unchecked)
+        MaildirFolder("INBOX", inbox.directory, GroupCommitWriter(task.Clock()), "test")
+        now = os.path.join(inbox.directory, "cur", f"1700000002.M3P1Q3.mda,S={len(bare)}")
+        with open(now, "wb") as f:
+            f.write(bare)  # (found by the next load)
+        account._folders.clear()
+        del self.journal.events[:]
+        self.record_reactor_flushes()
+        folder = account.folder("INBOX")
+        self.assertEqual(self.in_reactor, [])
+        self.assertIsNotNone(folder.unsettled(), "sizes of files listed on trust are told before they are read")
+        with open(earlier, "rb") as f:
+            self.assertEqual(f.read(), bare)  # (not read in the reactor)
+        self.patch(os, "fsync", Journal.real_fsync)  # (what the jobs, "the thread", do is not the reactor's)
+        self.journal.run_jobs()
+        self.record_reactor_flushes()
+        self.assertIsNone(folder.unsettled())
+        # What a first FETCH of sizes, a POP3 LIST or a body read asks: no
+        # read, no rewrite and no fsync of a message in the reactor now
+        # (before: each file made CRLF here, tmp + fsync + rename).
+        self.assertEqual([(i.uid, i.size) for i in folder.messages()], [(1, len(bare) + 3), (2, len(bare) + 3)])
+        self.assertEqual(folder.info(1).size, len(bare) + 3)
+        self.assertEqual(self.in_reactor, [])
+        for path in (earlier, now):
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), bare.replace(b"\n", b"\r\n"))
+        self.assertEqual(folder._unchecked, set())
+        again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
+        self.assertEqual([(i.uid, i.size) for i in again.messages()], [(1, len(bare) + 3), (2, len(bare) + 3)])
+
     def test_a_failed_flush_of_files_found_at_a_load_is_told_to_its_waiters_and_leaves_no_traceback(self):
         import gc
 

@@ -590,6 +590,8 @@ class MaildirFolder:
             shared.opened(self)
         else:
             self._load()
+        if self._unchecked and self._flusher is not None:
+            self._check_in_thread()
         if len(self._table) >= INDEX_MIN_LINES:
             give_back_memory()
 
@@ -1839,6 +1841,86 @@ class MaildirFolder:
         elif self._checks_unsaved >= SAVE_CHECKS_EVERY:
             self._save_unchecked()
 
+    def _check_in_thread(self) -> None:
+        """
+        At the end of a load: read every file listed on trust (found by
+        this load's first look, or left unchecked by an earlier run: its
+        C{mailhub-unchecked}) in a worker thread of the account's
+        L{SmallFiles}, as a file found after the load is (L{_hold_found}):
+        made CRLF in place if another MDA stored bare LFs (tmp, fsync,
+        rename: L{_to_crlf_in_place}), its size on the wire found. A first
+        FETCH of sizes, a POP3 LIST or a body read then finds it checked:
+        the reactor neither reads a whole message nor waits for an fsync.
+        L{unsettled} waits for it (IMAP SELECT/EXAMINE/STATUS, a POP3
+        login, the web face). A file the thread could not read (gone,
+        renamed by a flag change, no permission) stays listed on trust and
+        is checked when first needed, as before (L{_check}).
+        """
+        table = self._table
+        unchecked = self._unchecked
+        names = table.names
+        directory = self.directory
+        # (uid, base, path) in the reactor: the thread touches no table.
+        trusted = [
+            (table.uids[i], names[i], directory + ("/new/" if table.bits[i] & NEW else "/cur/") + table.filename(i))
+            for i in range(len(names))
+            if names[i] in unchecked
+        ]
+        if not trusted:
+            return
+
+        def check() -> list:
+            found = []
+            for _, _, path in trusted:
+                try:
+                    found.append(_to_crlf_in_place(path))
+                except NotAMessageFile:
+                    found.append(False)
+                except OSError:
+                    found.append(None)  # (gone or unreadable: checked when needed)
+            return found
+
+        def checked(found: list) -> None:
+            table = self._table
+            for (uid, base, _), result in zip(trusted, found):
+                if result is None or base not in self._unchecked:
+                    continue  # (not read, or checked meanwhile in the reactor)
+                i = table.position(uid)
+                if i < 0 or table.names[i] != base:
+                    continue  # (expunged meanwhile)
+                self._unchecked.discard(base)
+                self._checks_unsaved += 1
+                if self._shared:
+                    self._checked_here.add(base)
+                if result is False:
+                    continue  # (a FIFO now: told as listed)
+                size, shown, _ = result
+                downgraded = int(shown[len(",D=") :]) if shown else 0
+                if size != table.sizes[i] or downgraded:
+                    table.sizes[i] = size
+                    self._kept[base] = (size, downgraded)
+                    self._changes += 1
+            # Names of files gone before the load (not in the table) are
+            # not kept on trust for ever (as L{_check_all} does).
+            gone = {base for base in self._unchecked if base not in self._pending}
+            names = table.names
+            for i in range(len(names) if gone else 0):
+                gone.discard(names[i])
+                if not gone:
+                    break
+            if gone:
+                self._unchecked -= gone
+                self._checks_unsaved += 1
+            if not self._unchecked:
+                self._unchecked = set()  # (an emptied set keeps its table)
+            if self._checks_unsaved:
+                self._save_unchecked()  # (a check's finding needs no flush: lost, it is made again)
+
+        def failed(reason: Failure) -> None:
+            log.warn("{path}: files listed on trust not checked yet ({error}); checked when first needed", path=self.directory, error=error_words(reason.value))
+
+        self._hold(self._flusher.in_thread(check).addCallbacks(checked, failed))
+
     def _check_uid(self, uid: int) -> int:
         """C{uid}'s row (L{_position}), checked first if it is listed on trust."""
         i = self._position(uid)
@@ -2890,7 +2972,9 @@ def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
     if fixed is not data:
         # tmp/ of the same Maildir: never mistaken for a message by a scan.
         folder, name = os.path.split(os.path.dirname(path))[0], os.path.basename(path)
-        tmp = os.path.join(folder, "tmp", f"{name}.{os.getpid()}.crlf")
+        # (a name of its own: the load's check in a thread and one in the
+        # reactor may rewrite the same file at once; each renames a whole copy)
+        tmp = os.path.join(folder, "tmp", f"{name}.{os.getpid()}.{next(_counter)}.crlf")
         with open(tmp, "wb") as f:
             f.write(fixed)
             f.flush()
