@@ -493,6 +493,43 @@ class ReactorFlushTests(unittest.TestCase):
         again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
         self.assertEqual([i.uid for i in again.messages()], uids)
 
+    def test_a_uid_list_rewrite_under_a_stream_of_appends_is_made_in_a_thread_with_the_lines_appended_meanwhile(self):
+        from twisted_mailhub.store import maildir
+
+        self.patch(maildir, "EXTRA_LINES_SLACK", 0)
+        folder = self.store.account("alice@example.org").folder("INBOX")
+        for i in range(4):
+            self.put_in(folder, f"1700000000.M{i}P1Q{i}.mda", "cur")
+        folder.unsettled()
+        self.journal.run_jobs()
+        uids = [i.uid for i in folder.messages()]
+        folder.set_flags(uids[:2], ["$A"], "add")
+        self.record_reactor_flushes()
+        folder.set_flags(uids, ["$B"], "add")  # over the slack: a rewrite asked for
+        # Each time the thread gets to it, the list has grown (lines
+        # appended meanwhile, as a stream of deliveries or keyword
+        # changes appends them): before, the rewrite was dropped, and at
+        # the fourth try made in the reactor (tmp, fsync, rename).
+        rewrites = 0
+        for n in range(6):
+            folder.set_flags(uids, [f"$C{n}"], "add")  # (appended, or a rewrite asked for)
+            folder.set_flags([uids[n % 4]], [f"$D{n}"], "add")  # (appended: one is on its way)
+            self.assertTrue(self.journal.jobs, "no rewrite on its way")
+            function, args, d = self.journal.jobs.pop(0)
+            d.callback(function(*args))
+            rewrites += 1
+            self.assertEqual(self.in_reactor, [])
+        self.journal.run_jobs()
+        self.assertEqual(self.in_reactor, [])
+        listing = os.path.join(folder.directory, "mailhub-uidlist")
+        with open(listing, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        self.assertLess(len(lines), 1 + 4 + 2 + 4 + 6 * 5, "never rewritten")
+        expected = {uid: set(folder.info(uid).flags) for uid in uids}
+        again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
+        self.assertEqual({i.uid: set(i.flags) for i in again.messages()}, expected)
+        self.assertTrue({"$A", "$B", "$C0", "$C5", "$D0", "$D4"} <= expected[uids[0]], expected)
+
     def test_a_rename_a_crash_cut_short_is_finished_with_no_fsync_in_the_reactor(self):
         import json
 

@@ -1029,10 +1029,13 @@ class MaildirFolder:
         worker thread (an fsync in the reactor stalls every session), with
         the list's lock held from the check to the directory's flush, so
         no line the group commit appends (and acknowledges) goes to a file
-        that is not durably the list. If the list grew meanwhile (a line
-        appended after the text was made), the rewrite is dropped and
-        made again at the next change; the list is right either way.
-        Otherwise rewritten here (L{_write_uidlist}). Returns True when
+        that is not durably the list. Lines appended after the text was
+        made (a stream of deliveries) are carried over after it, under
+        that lock; if another process rewrote the list meanwhile, the
+        rewrite is made again in the thread, and after a few such tries
+        left for the next change (the list is right either way): never in
+        the reactor. Without a L{SmallFiles}, rewritten here
+        (L{_write_uidlist}). Returns True when
         the list is (or is being) rewritten, False when a rewrite is on
         its way already (the caller appends as usual).
         Raises as L{_write_uidlist} does.
@@ -1045,13 +1048,16 @@ class MaildirFolder:
             return False
         table = self._table
         lines = [(table.uids[i], self._row_line(table, i)) for i in range(len(table))]
-        lines.extend((e.info.uid, self._uidlist_line(e)) for e in list(self._pending.values()) if e.info.uid)
-        lines.sort()
-        texts = [line for _, line in lines]
         path = self._uidlist_path()
         fsync, lock, directory, is_shared = flusher.fsync, self._uidlist_lock, self.directory, self._shared
         try:
             with lock:
+                # (the messages on their way read with the lock held, beside
+                # the list's size: under --workers a UID is given, and its
+                # line appended, in the group commit's thread under it)
+                lines.extend((e.info.uid, self._uidlist_line(e)) for e in list(self._pending.values()) if e.info.uid)
+                lines.sort()
+                texts = [line for _, line in lines]
                 if is_shared:
                     # Other processes' lines for messages still on their way stay.
                     shared.catch_up(self, _parse_line)
@@ -1070,9 +1076,27 @@ class MaildirFolder:
             try:
                 with lock:
                     now = os.stat(path)
-                    if (now.st_ino, now.st_size) != seen:
-                        os.unlink(tmp)
+                    if now.st_ino != seen[0] or now.st_size < seen[1]:
+                        os.unlink(tmp)  # (another process rewrote it: clean already)
                         return False
+                    if now.st_size > seen[1]:
+                        # Lines appended since the text was made (the group
+                        # commit's new messages, keyword changes) go after
+                        # it, as they are: a message's last line wins, and
+                        # no appender writes while the lock is held. (Before,
+                        # such a rewrite was dropped, and under constant
+                        # delivery made in the reactor at the fourth try.)
+                        with open(path, "rb") as f:
+                            f.seek(seen[1])
+                            tail = f.read(now.st_size - seen[1])
+                        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                        try:
+                            view = memoryview(tail)
+                            while view:
+                                view = view[os.write(fd, view) :]
+                            fsync(fd)
+                        finally:
+                            os.close(fd)
                     os.replace(tmp, path)
                     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                     try:
@@ -1080,7 +1104,9 @@ class MaildirFolder:
                     finally:
                         os.close(fd)
                     if is_shared:
-                        self._list_position = shared.ListPosition.now(path)
+                        # (the carried lines are read again by catch_up:
+                        # other processes' among them are not read yet)
+                        self._list_position = shared.ListPosition(os.stat(path).st_ino, len(text))
                 return True
             except BaseException:
                 try:
@@ -1099,9 +1125,10 @@ class MaildirFolder:
                 if self._extra_lines > len(self._table) + EXTRA_LINES_SLACK:
                     self._rewrite_again()  # (more came meanwhile)
                 return
-            # The list grew meanwhile: made again from the table now (a
-            # keyword change may be in it and nowhere else); after a few
-            # tries under a stream of deliveries, here in the reactor.
+            # Another process rewrote the list meanwhile (--workers): made
+            # again from the table (a keyword change may be in it and
+            # nowhere else), in the thread again; after a few tries, left
+            # for the next change (the list is right as it is).
             self._rewrite_tries += 1
             self._rewrite_again()
 
@@ -1123,7 +1150,6 @@ class MaildirFolder:
         try:
             if self._rewrite_tries > 3:
                 self._rewrite_tries = 0
-                self._write_uidlist()
             else:
                 self._rewrite_uidlist()
         except (OSError, StoreError) as e:
