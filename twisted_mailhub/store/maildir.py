@@ -186,6 +186,15 @@ DELETED_PREFIX = "mailhub-deleted."
 # folder meanwhile flushes it itself before it tells its UIDs
 # (MaildirFolder._settle_unflushed); the maker removes it after its flush.
 UNFLUSHED = "mailhub-uidlist.unflushed"
+# --workers: files another program put in that one process has numbered
+# (shared UIDs) and whose UID-list lines it flushes in a worker thread,
+# "<pid> <boot id> <folder object> <base name>" a line. Until that process takes them out
+# (after the flush), no other process numbers such a file itself nor
+# shows it (its line may be in the list, not durable yet); a process that
+# loads the folder meanwhile flushes the list itself before it tells its
+# UIDs. Advisory: never synced; lines of a process that is gone count for
+# nothing (MaildirFolder._claim_found, _claimed_elsewhere).
+CLAIMS = "mailhub-uidlist.claims"
 _UNCHECKED_HEADER = "mailhub-unchecked 1\n"
 # The names this hub gives (unique_name): its own files are CRLF and their
 # S= is their size; any other name in a list written before the checks
@@ -548,6 +557,7 @@ class MaildirFolder:
         # thread appends to it); under --workers, by every process's
         # (store/shared.py).
         self._shared = shared.ENABLED
+        self._claimer = f"{os.getpid()}.{next(_counter)}"  # (this folder object, in L{CLAIMS})
         self._uidlist_lock: Any = threading.Lock()
         # Lines of the list that repeat a message or name one that is gone
         # (see _keywords_changed, _rewrite_uidlist_after_removal).
@@ -874,10 +884,14 @@ class MaildirFolder:
             with open(marker, encoding="ascii", errors="replace") as f:
                 words = f.read().split()
         except FileNotFoundError:
-            return
+            # Files another process numbered and is flushing the lines of
+            # (L{CLAIMS}): those lines may be in the list read here.
+            if not self._claimed_elsewhere():
+                return
+            words = None
         except OSError:
             words = []
-        if len(words) == 2 and words[1] != _boot_id():
+        if words is not None and len(words) == 2 and words[1] != _boot_id():
             try:
                 os.unlink(marker)
             except OSError:
@@ -1186,8 +1200,9 @@ class MaildirFolder:
     def _append_uidlist(self, positions: list[int]) -> None:
         """
         Append the lines of messages found by a scan (put there by another
-        program), fsynced, in the reactor: rare, and their UIDs are shown
-        to clients right after. The header's UIDNEXT is only a floor;
+        program), fsynced, here: only for a folder without the account's
+        L{SmallFiles} (a script's; a hub's go through L{_hold_found} and
+        L{_settle_found}), and their UIDs are shown to clients right after. The header's UIDNEXT is only a floor;
         loading takes the max of it and the UIDs listed.
         """
         data = "".join(self._row_line(self._table, i) for i in positions).encode("utf-8")
@@ -1268,6 +1283,18 @@ class MaildirFolder:
         else:
             fresh, gone, flagged = self._look_again(subdirs)
         if self._shared:
+            if fresh:
+                claimed = self._claimed_elsewhere()
+                if claimed:
+                    kept = [f for f in fresh if f[0] not in claimed]
+                    if len(kept) != len(fresh):
+                        # Another process numbered them and is flushing their
+                        # lines: neither numbered nor shown here before; the
+                        # directories are listed again at the next look.
+                        fresh = kept
+                        self._dir_mtimes = None
+                        if first:
+                            self._look_mtimes = None  # (nor trusted by the index)
             fresh = self._claim_listed(fresh, flagged)
         added: list[int] = []
         offered: list[int] = []
@@ -1288,13 +1315,15 @@ class MaildirFolder:
                 self._recent.add(uid)
             elif sub == "cur":
                 offered.append(uid)  # (one in new/ is claimed by its rename)
-        if added and self._flusher is not None and not self._shared and not first:
+        if added and self._flusher is not None and not first:
             # Found after the load: held back (in _pending, out of the
             # table) until their lines are flushed off the reactor
-            # (L{_hold_found}); told then.
+            # (L{_hold_found}); told then (under --workers, claimed for
+            # this process meanwhile: L{CLAIMS}).
             self._hold_found(added)
             added = []
-        if added and first and self._sync_later is not None and not self._shared:
+            offered = []
+        if added and first and self._sync_later is not None:
             # Found at the load: in the table now, their lines flushed off
             # the reactor, and nothing tells them before (unsettled()).
             self._settle_found(added)
@@ -1347,8 +1376,10 @@ class MaildirFolder:
         reactor stalls every session of the process; L{unsettled} waits
         for it (IMAP SELECT, STATUS, the web face, a POP3 login).
         A flush that fails tells nothing: the next look finds the files
-        again. (Under --workers the lines are flushed where they are
-        appended, as before: another worker would show them at once.)
+        again. Under --workers they are numbered from the folder's shared
+        counter and claimed for this process (L{CLAIMS}) until the flush is
+        done: no other process numbers them itself, nor shows them while
+        their lines may not be durable.
         """
         table = self._table
         positions = [table.position(uid) for uid in uids]
@@ -1365,6 +1396,11 @@ class MaildirFolder:
         self._changes += 1
         flusher = self._flusher
         directory = self.directory
+        bases = [entry.info.key for entry in entries]
+        if self._shared:
+            # (the scan holds the folder's lock) Numbered here: no other
+            # process numbers or shows them before their lines are durable.
+            self._claim_found(bases)
         trusted = [(entry, f"{directory}/{entry.subdir}/{entry.filename}") for entry in entries if entry.info.key in self._unchecked]
 
         def check() -> list:
@@ -1388,6 +1424,8 @@ class MaildirFolder:
                 if result is None:
                     continue
                 self._unchecked.discard(base)
+                if self._shared:
+                    self._checked_here.add(base)
                 if result is False:
                     continue  # (a FIFO now: told as listed)
                 size, shown, _ = result
@@ -1416,21 +1454,30 @@ class MaildirFolder:
             return flusher.sync_files([self._uidlist_path()], [])
 
         def told(_: Any) -> None:
-            added = []
+            self._unclaim_found(bases)
+            added, offered = [], []
             for entry in entries:
                 if self._pending.get(entry.info.key) is not entry:
                     continue
                 del self._pending[entry.info.key]
                 info = entry.info
                 self._table.add(info.uid, info.key, info.size, info.internal_date, _EMPTY, entry.subdir, entry.filename, _split(entry.filename)[1])
-                self._recent.add(info.uid)
+                if not self._shared:
+                    self._recent.add(info.uid)
+                elif entry.subdir == "cur":
+                    offered.append(info.uid)  # (one in new/ is claimed by its rename)
                 added.append(info.uid)
+            if offered:
+                shared.offer_recent(self._uidlist_lock, offered)
             if added:
                 self._changes += 1
                 self._bump(added, observed=True)
                 self._listeners.notify(FolderChange(added=tuple(added)))
+                if self._shared:
+                    shared.tell_others(self.directory)  # (they left them alone meanwhile)
 
         def failed(reason: Failure) -> None:
+            self._unclaim_found(bases)
             for entry in entries:
                 if self._pending.get(entry.info.key) is entry:
                     del self._pending[entry.info.key]
@@ -1470,6 +1517,9 @@ class MaildirFolder:
         data = "".join(self._row_line(table, i) for i in positions).encode("utf-8")
         later = self._sync_later
         path = self._uidlist_path()
+        bases = [table.names[i] for i in positions]
+        if self._shared:
+            self._claim_found(bases)  # (the load holds the folder's lock)
 
         def append(_: Any) -> defer.Deferred:
             try:
@@ -1492,6 +1542,15 @@ class MaildirFolder:
             state.chunks.append(data)
             self._index_state = _IndexState(state.length + len(data), state.chunks, max(state.uid_next, self.uid_next), state.lines + len(positions))
         self._list_lines += len(positions)
+        if self._shared:
+
+            def unclaim(result: Any) -> Any:
+                self._unclaim_found(bases)
+                if not isinstance(result, Failure):
+                    shared.tell_others(self.directory)
+                return result
+
+            flush.addBoth(unclaim)
         self._hold(flush)
         if self.creation_flush is None:
             self.creation_flush = flush  # (the account's durable() tells a failure)
@@ -1499,6 +1558,63 @@ class MaildirFolder:
             # (the load's own flush is the account's; this one's failure is
             # told to those waiting (unsettled()) and logged, once)
             flush.addErrback(lambda reason: log.warn("UID list of {path}: lines of new messages not flushed ({error})", path=self.directory, error=error_words(reason.value)))
+
+    def _claims(self) -> list[tuple[int, str, str, str]]:
+        """(pid, boot id, claimer, base name) of each line of L{CLAIMS}; empty if there is none."""
+        try:
+            with open(os.path.join(self.directory, CLAIMS), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return []
+        claims = []
+        for line in text.splitlines():
+            words = line.split(" ")
+            if len(words) == 4 and words[0].isdigit():
+                claims.append((int(words[0]), words[1], words[2], words[3]))
+        return claims
+
+    def _write_claims(self, claims: list[tuple[int, str, str, str]]) -> None:
+        """L{CLAIMS} made C{claims} (tmp + rename, not synced; removed when empty). Call with the folder's lock held."""
+        path = os.path.join(self.directory, CLAIMS)
+        try:
+            if not claims:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                return
+            tmp = os.path.join(self.directory, "tmp", f"{CLAIMS}.{os.getpid()}")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(f"{pid} {boot} {claimer} {base}\n" for pid, boot, claimer, base in claims))
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warn("{path} not written ({error}): another worker may show found messages before their UIDs are durable", path=path, error=e.strerror or e)
+
+    def _claim_found(self, bases: list[str]) -> None:
+        """(--workers, with the folder's lock held) C{bases} numbered by this process, their lines not flushed yet: see L{CLAIMS}."""
+        boot, me = _boot_id(), self._claimer
+        claims = [c for c in self._claims() if c[1] == boot and (c[2] == me or not _process_is_gone(c[0]))]
+        claims.extend((os.getpid(), boot, me, base) for base in bases)
+        self._write_claims(claims)
+
+    def _unclaim_found(self, bases: list[str]) -> None:
+        """(--workers) C{bases}' lines are durable (or their flush failed): other processes may show them (L{CLAIMS}). Takes the folder's lock."""
+        if not self._shared:
+            return
+        gone, me = set(bases), self._claimer
+        with self._uidlist_lock:
+            claims = self._claims()
+            kept = [c for c in claims if not (c[2] == me and c[3] in gone)]
+            if len(kept) != len(claims):
+                self._write_claims(kept)
+
+    def _claimed_elsewhere(self) -> set[str]:
+        """(--workers, with the folder's lock held) Base names another running process claimed (L{CLAIMS})."""
+        claims = self._claims()
+        if not claims:
+            return set()
+        boot, me = _boot_id(), self._claimer
+        return {base for pid, b, claimer, base in claims if claimer != me and b == boot and not _process_is_gone(pid)}
 
     def _first_look(self, mtimes: tuple[int, int]) -> list[tuple[str, str, str]]:
         """
