@@ -12,6 +12,13 @@ tree this script is in).
 
     python3 bench/reactor_stall.py
     python3 bench/reactor_stall.py --count 100 --fsync-delay 0.05 --rounds 3
+
+With --anatomy-mb N: instead, alice views the web Anatomy page of one
+message of N MB (bench/imap_structure.py's: a text part and three base64
+attachments), --views times, while bob sends NOOP after NOOP; reported
+per view: its wall time, the hub's CPU for it, and bob's longest wait.
+
+    python3 bench/reactor_stall.py --anatomy-mb 43 --views 4
 """
 
 from __future__ import annotations
@@ -106,12 +113,66 @@ def one_round(count: int, delay: float) -> tuple[float, float, float, float]:
         shutil.rmtree(data, ignore_errors=True)
 
 
+def anatomy_views(mb: int, views: int) -> None:
+    from bench.cpu import cpu_seconds
+    from bench.imap_structure import big_message
+    from tests.web_helpers import WebClient
+
+    data = tempfile.mkdtemp(prefix="reactor-stall-", dir=os.environ.get("TMPDIR", "/tmp"))
+    try:
+        hub = HubProcess(os.path.join(data, "hub"), ["--no-ftp", "--max-message-size", str((mb + 8) * 1024 * 1024)]).start()
+        try:
+            message = big_message(mb)
+            m = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+            m.login("alice", "secret")
+            assert m.append("INBOX", None, None, message)[0] == "OK"
+            m.logout()
+            bob = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+            bob.login("bob", "hungry")
+            bob.select("INBOX")
+            web = WebClient(hub)
+            web.login("alice", "secret")
+            for n in range(views):
+                result = {}
+
+                def view() -> None:
+                    t = time.perf_counter()
+                    page = web.get("/mail/INBOX/1/anatomy")
+                    assert page.status == 200, page.status
+                    result["wall"] = time.perf_counter() - t
+
+                before = cpu_seconds(hub.process.pid)
+                viewer = threading.Thread(target=view)
+                viewer.start()
+                longest = 0.0
+                while viewer.is_alive():
+                    t = time.perf_counter()
+                    bob.noop()
+                    longest = max(longest, time.perf_counter() - t)
+                    time.sleep(0.005)
+                viewer.join()
+                cpu = cpu_seconds(hub.process.pid) - before
+                print(f"Anatomy of a {len(message) / 1e6:.1f} MB message, view {n + 1}: {result['wall'] * 1000:.0f} ms wall, "
+                      f"{cpu * 1000:.0f} ms hub CPU; bob's NOOP meanwhile: longest {longest * 1000:.0f} ms", flush=True)
+            bob.logout()
+        finally:
+            hub.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--fsync-delay", type=float, default=0.05)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--anatomy-mb", type=int, default=0)
+    parser.add_argument("--views", type=int, default=4)
     args = parser.parse_args()
+    if args.anatomy_mb:
+        for _ in range(args.rounds):
+            anatomy_views(args.anatomy_mb, args.views)
+        return
     for _ in range(args.rounds):
         selected, fetched, longest, median = one_round(args.count, args.fsync_delay)
         print(f"{args.count} bare-LF files, fsync {args.fsync_delay * 1000:.0f} ms: alice SELECT {selected:.0f} ms, FETCH 1:* (RFC822.SIZE) {fetched:.0f} ms; "
