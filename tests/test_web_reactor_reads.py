@@ -133,6 +133,38 @@ class MessageReadsTests(unittest.TestCase):
             request.finish()
         return shown
 
+    def test_a_reply_and_a_forward_are_filled_in_from_a_message_read_in_a_parsing_thread(self):
+        from twisted.web import server
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from twisted_mailhub.web.errors import MethodGuard
+        from twisted_mailhub.web.mail import Compose
+
+        for mode in ("reply", "forward"):
+            request = DummyRequest([b""])
+            request.method = b"GET"
+            request.addArg(mode.encode(), b"INBOX/1")
+            request.processingFailed = lambda reason: self.fail(reason.getTraceback())
+            shown = request.notifyFinish().addCallback(lambda _, r=request: b"".join(r.written))
+            body = MethodGuard(Compose(self.face, self.session)).render(request)
+            if body is not server.NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+            self.run_threads()
+            self.assertIn(b"read off the reactor", self.successResultOf(shown))
+        self.assertEqual(self.reads_in_reactor, [])
+
+    def test_the_json_apis_message_and_its_source_are_read_in_a_parsing_thread(self):
+        from twisted_mailhub.web.api import ApiResource
+
+        api = ApiResource.__new__(ApiResource)
+        folder = self.store.account("alice@localhost").folder("INBOX")
+        read = defer.ensureDeferred(api._read(folder, 1))
+        self.assertNoResult(read)
+        self.run_threads()
+        self.assertEqual(self.successResultOf(read), MESSAGE)
+        self.assertEqual(self.reads_in_reactor, [])
+
     def test_a_message_its_anatomy_a_part_and_its_source_are_read_in_a_parsing_thread(self):
         for path, shown in (("1", b"hello there"), ("1/anatomy", b"read off the reactor"), ("1/part/2", b"abc"), ("1/raw", MESSAGE)):
             page = self.get(path)

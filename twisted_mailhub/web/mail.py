@@ -162,26 +162,6 @@ def _page_later(request: Any, session: Any, make: Any, *args: Any) -> defer.Defe
     return offload.in_thread(make_page)
 
 
-def _message_later(folder: Any, uid: int) -> defer.Deferred:
-    """
-    A Deferred of the stored message C{uid} of C{folder} (bytes), read in a
-    parsing thread when the store keeps it in a file (Maildir: opened here,
-    read there): a 46 MB message read in the reactor held every other
-    client for its read. A store without files (memory, PostgreSQL) reads
-    it here, as before. Raises L{NoSuchMessage} (here) if it is gone.
-    """
-    path = getattr(folder, "path", None)
-    if path is None or path(uid) is None:
-        return defer.succeed(folder.read(uid))
-    f = folder.open(uid)
-
-    def whole() -> bytes:
-        with f:
-            return f.read()
-
-    return offload.in_thread(whole)
-
-
 def _line_count(raw: bytes, identity: Any) -> int:
     """Lines of C{raw} (the last one counted without its line end), kept for a big message's C{identity} (in a parsing thread)."""
     key = (identity, len(raw)) if identity is not None and len(raw) >= msgparse.PARSE_CACHE_OVER else None
@@ -383,7 +363,7 @@ class FolderPages(resource.Resource):
         if what == ["raw"]:
             request.setHeader(b"content-type", b"message/rfc822")
             request.setHeader(b"content-disposition", f'attachment; filename="message-{uid}.eml"'.encode("ascii"))
-            return _message_later(folder, uid)
+            return offload.read_message(folder, uid)
         if len(what) == 2 and what[0] == "part" and _whole(what[1]):
             return self.part(request, folder, info, int(what[1]))
         raise _not_found("There is no page at this address.", back=folder_url(self.name))
@@ -578,7 +558,7 @@ class FolderPages(resource.Resource):
         return json.dumps({"uidnext": folder.uid_next, "count": count, "unseen": unseen}).encode()
 
     def read(self, request, folder, info):
-        raw = _message_later(folder, info.uid)
+        raw = offload.read_message(folder, info.uid)
         flushed = None
         if SEEN not in info.flags:
             # \Seen for IMAP and POP3 too: the same store.
@@ -694,7 +674,7 @@ class FolderPages(resource.Resource):
                 raise _not_found(f"This message has no part {index} to download.", back=message_url(self.name, info.uid))
             return self._part_answer(request, index, *part)
 
-        return _message_later(folder, info.uid).addCallback(lambda raw: offload.in_thread(_part_of, raw, index)).addCallback(found)
+        return offload.read_message(folder, info.uid).addCallback(lambda raw: offload.in_thread(_part_of, raw, index)).addCallback(found)
 
     def _part_answer(self, request, index, p, data):
         kind = p.get_content_type()
@@ -717,7 +697,7 @@ class FolderPages(resource.Resource):
     def anatomy(self, request, folder, info):
         first = number_value(request, "from", 1, 1, 2**31)
         identity = self._identity(folder, info)
-        return _message_later(folder, info.uid).addCallback(lambda raw: _page_later(request, self.session, self._anatomy, raw, info, identity, first))
+        return offload.read_message(folder, info.uid).addCallback(lambda raw: _page_later(request, self.session, self._anatomy, raw, info, identity, first))
 
     def _anatomy(self, raw, info, identity=None, first=1):
         """
@@ -912,23 +892,24 @@ class Compose(resource.Resource):
         self.face = face
         self.session = session
 
-    def _source(self, ref: str) -> bytes:
+    def _source(self, ref: str) -> defer.Deferred:
         """
-        The stored message C{FOLDER/UID} of the signed-in account. Raises
+        A Deferred of the stored message C{FOLDER/UID} of the signed-in
+        account (read in a parsing thread: L{offload.read_message}). Raises
         L{NoSuchMessage}/L{NoSuchFolder} (a 404 on the error path) when
         there is none, e.g. it was deleted meanwhile.
         """
         folder_name, _, uid = ref.rpartition("/")
         if not _whole(uid) or not 0 < int(uid) < 2**32:
             raise NoSuchMessage(ref)
-        return self.session.user.mail().folder(folder_name).read(int(uid))
+        return offload.read_message(self.session.user.mail().folder(folder_name), int(uid))
 
     def render_GET(self, request):
         for mode in ("reply", "replyall", "forward"):
             ref = form_value(request, mode)
             if ref:
                 # Taken apart in a parsing thread, as the message page.
-                return _page_later(request, self.session, self._answering, mode, self._source(ref), ref)
+                return self._source(ref).addCallback(lambda raw: _page_later(request, self.session, self._answering, mode, raw, ref))
         return render_page(request, "Compose", self.form(), self.session)
 
     def _answering(self, mode: str, raw: bytes, ref: str = ""):
@@ -1045,7 +1026,7 @@ class Compose(resource.Resource):
             original = self._source(forward_of)
         except (NoSuchMessage, NoSuchFolder, BadFolderName):
             return self._again(request, fields, "Not sent: the message you are forwarding is not there any more (another mail program deleted or moved it), so its attachments cannot go with it.", code=404)
-        return offload.in_thread(_attachments_of, original).addCallback(lambda found: self._send(request, fields, message, found + files, to + cc))
+        return original.addCallback(lambda raw: offload.in_thread(_attachments_of, raw)).addCallback(lambda found: self._send(request, fields, message, found + files, to + cc))
 
     def _send(self, request, fields: dict[str, str], message: Any, files: list[tuple[str, str, bytes]], recipients: list[str]):
         """Send C{message} with C{files} attached (name, type, bytes) from the compose form C{fields}; the page it answers with."""
