@@ -411,6 +411,30 @@ class ReactorFlushTests(unittest.TestCase):
         again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
         self.assertEqual([(i.uid, i.size) for i in again.messages()], [(1, len(bare) + 3), (2, len(bare) + 3)])
 
+    def test_a_file_put_in_without_s_is_read_and_made_crlf_in_a_thread_not_when_found(self):
+        folder = self.store.account("alice@example.org").folder("INBOX")
+        self.journal.run_jobs()
+        bare = b"Subject: no S= and bare LF\n\nbody\n"
+        path = os.path.join(folder.directory, "cur", "1700000001.M2P1Q2.mda:2,S")
+        with open(path, "wb") as f:
+            f.write(bare)
+        self.record_reactor_flushes()
+        waiting = folder.unsettled()  # (the look that finds it)
+        # (before: read whole and its CRLF copy fsynced here, in the reactor)
+        self.assertEqual(self.in_reactor, [])
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), bare)
+        self.assertIsNotNone(waiting)
+        self.assertEqual(folder.messages(), [])
+        self.patch(os, "fsync", Journal.real_fsync)
+        self.journal.run_jobs()
+        self.record_reactor_flushes()
+        self.assertEqual([(i.uid, i.size) for i in folder.messages()], [(1, len(bare) + 3)])
+        self.assertEqual(folder.read(1), bare.replace(b"\n", b"\r\n"))
+        self.assertEqual(self.in_reactor, [])
+        again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
+        self.assertEqual([(i.uid, i.size) for i in again.messages()], [(1, len(bare) + 3)])
+
     def test_a_failed_flush_of_files_found_at_a_load_is_told_to_its_waiters_and_leaves_no_traceback(self):
         import gc
 

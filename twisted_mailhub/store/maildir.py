@@ -1812,21 +1812,31 @@ class MaildirFolder:
         that size without a read and left to L{_check} (another MDA,
         maildrop or Dovecot's LDA, may have stored bare LF line ends and
         given their size there), as Dovecot trusts it until it reads the
-        file. A name without one is read now: made CRLF in place if it has
-        bare LFs (or bare CRs), so that its size on disk is its size on
-        the wire (RFC822.SIZE, POP3 LIST, what BODY[] sends); and an 8-bit
-        message gets C{,D=} in its name, as the hub's own do
-        (L{_shown_size_field}), so RFC822.SIZE tells a session without
-        UTF8=ACCEPT the size of what it receives.
+        file. A name without one is listed at its size on disk and
+        checked the same way, in a worker thread before it is told (with
+        the account's L{SmallFiles}); without it (a script's store) it is
+        read now: made CRLF in place if it has bare LFs (or bare CRs), so
+        that its size on disk is its size on the wire (RFC822.SIZE, POP3
+        LIST, what BODY[] sends); and an 8-bit message gets C{,D=} in its
+        name, as the hub's own do (L{_shown_size_field}), so RFC822.SIZE
+        tells a session without UTF8=ACCEPT the size of what it receives
+        (a check keeps that size instead: L{kept_shown_sizes}).
         """
         path = os.path.join(self.directory, sub, filename)
         size = _size_from_name(base)
-        if size is not None:
+        if size is not None or self._flusher is not None:
             st = os.stat(path)  # (no open: a FIFO is not waited for)
             if not stat.S_ISREG(st.st_mode):
                 raise NotAMessageFile(path)
             if date is None:
                 date = st.st_mtime
+            if size is None:
+                # No S=: listed at its size on disk, and read (made CRLF,
+                # its size as downgraded kept) in a worker thread before
+                # it is told (_hold_found, _check_in_thread), as one with
+                # S= is; it was read whole, and its CRLF copy fsynced, here
+                # in the reactor.
+                size = st.st_size
             self._unchecked.add(base)
             self._checks_unsaved += 1
         else:
