@@ -20,7 +20,7 @@ from tests.test_small_files_durable import Journal
 from twisted_mailhub import imap
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.hub import Hub
-from twisted_mailhub.imap import fetch
+from twisted_mailhub.imap import fetch, urls
 from twisted_mailhub.imap.server import IMAPServer
 from twisted_mailhub.store.durable import GroupCommitWriter
 from twisted_mailhub.store.maildir import MaildirFolder, MaildirStore
@@ -50,6 +50,7 @@ class FetchReadsTests(unittest.TestCase):
         self.journal.run_jobs()
         self.threads: list = []
         self.in_thread = False
+        self.ran = 0
 
         def queued(function, *args):
             d = defer.Deferred()
@@ -57,6 +58,7 @@ class FetchReadsTests(unittest.TestCase):
             return d
 
         self.patch(fetch, "in_thread", queued)
+        self.patch(urls, "in_thread", queued)
         self.reads_in_reactor: list = []
         real_read, real_open = MaildirFolder.read, MaildirFolder.open
         test = self
@@ -95,6 +97,7 @@ class FetchReadsTests(unittest.TestCase):
             while self.threads:
                 function, args, d = self.threads.pop(0)
                 self.in_thread = True
+                self.ran += 1
                 try:
                     result = function(*args)
                 finally:
@@ -102,15 +105,28 @@ class FetchReadsTests(unittest.TestCase):
                 d.callback(result)
         return transport.value()
 
-    def test_the_structure_envelope_and_a_part_of_a_big_message_are_read_in_a_parsing_thread(self):
+    def logged_in(self):
         server = IMAPServer(self.hub, "imap")
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
         server.makeConnection(transport)
         self.addCleanup(server.connectionLost, None)
         self.assertIn(b"a OK", self.talk(server, transport, b"a login alice secret\r\n"))
         self.assertIn(b"b OK", self.talk(server, transport, b"b select INBOX\r\n"))
+        return server, transport
+
+    def test_the_structure_envelope_and_a_part_of_a_big_message_are_read_in_a_parsing_thread(self):
+        server, transport = self.logged_in()
         self.assertIn(b'"MIXED"', self.talk(server, transport, b"c FETCH 1 (BODYSTRUCTURE)\r\n"))
         self.assertIn(b"BODY[1] {5}\r\nhello)", self.talk(server, transport, b"d FETCH 1 (BODY.PEEK[1])\r\n"))
         self.assertIn(b'"big one"', self.talk(server, transport, b"e FETCH 1 (ENVELOPE BODY.PEEK[1])\r\n"))
         # (before: each read the whole 1.5 MB file in the reactor)
         self.assertEqual(self.reads_in_reactor, [])
+
+    def test_a_catenate_url_of_a_big_message_is_read_in_a_parsing_thread(self):
+        server, transport = self.logged_in()
+        reply = self.talk(server, transport, b'f APPEND INBOX CATENATE (URL "/INBOX/;UID=1/;SECTION=1")\r\n')
+        self.assertNotIn(b"f NO", reply)
+        self.assertNotIn(b"f BAD", reply)
+        # (before: the whole message read in the reactor to cut its part out)
+        self.assertEqual(self.reads_in_reactor, [])
+        self.assertEqual(self.ran, 1)
