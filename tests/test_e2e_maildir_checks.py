@@ -1,8 +1,8 @@
 """
 Files another program put into a Maildir are listed at their name's C{S=}
-without being read, and checked the first time their size or octets are
-needed (store/maildir.py, MaildirFolder._check): the first index of a big
-Maildir reads no message, and every size a client is told is still the
+and checked (read, made CRLF in place) in a worker thread before the folder
+is shown (store/maildir.py, MaildirFolder._check_in_thread; _check when a
+thread could not), and every size a client is told is still the
 size of what it is sent, CRLF (RFC 3501 §2.3.4, RFC 1939 §11), across
 restarts. A list written by an older hub, which took C{S=} on trust for
 good, has its outside entries checked the same way. Real hub, imaplib and
@@ -52,7 +52,7 @@ def _pop3_list(hub) -> list[tuple[int, int]]:
     return out
 
 
-def test_a_file_listed_by_the_first_index_is_read_only_when_its_size_is_first_asked(start_hub):
+def test_a_file_found_by_a_folders_load_is_made_crlf_before_the_folder_is_shown(start_hub):
     hub = start_hub()
     cur = os.path.join(hub.maildir("alice@localhost"), "cur")
     os.makedirs(cur, exist_ok=True)
@@ -64,14 +64,17 @@ def test_a_file_listed_by_the_first_index_is_read_only_when_its_size_is_first_as
     typ, data = c.select("INBOX")
     assert typ == "OK" and data == [b"1"]
     c.logout()
-    with open(path, "rb") as f:
-        assert f.read() == LF  # listed, not read: still as the other program wrote it
-    hub.restart()  # what was not checked yet stays so across a restart
     crlf = LF.replace(b"\n", b"\r\n")
-    assert _sizes(hub) == [len(crlf)]  # checked now: the size as sent
+    with open(path, "rb") as f:
+        # read and made CRLF in place by the load's check, in a worker
+        # thread, before SELECT was answered (not in the reactor at the
+        # first FETCH of its size)
+        assert f.read() == crlf
+    hub.restart()
+    assert _sizes(hub) == [len(crlf)]  # the size as sent
     assert _bodies(hub) == [crlf]
     with open(path, "rb") as f:
-        assert f.read() == crlf  # made CRLF in place, once
+        assert f.read() == crlf
     hub.restart()
     assert _sizes(hub) == [len(crlf)]
     assert _pop3_list(hub) == [(len(crlf), len(crlf))]
@@ -143,10 +146,18 @@ def test_after_a_whole_folder_is_checked_no_name_stays_listed_on_trust_not_even_
     assert c.select("INBOX", readonly=True) == ("OK", [b"3"])
     c.logout()
     hub.stop()
+    unchecked = os.path.join(maildir, "mailhub-unchecked")
+    with open(unchecked, encoding="utf-8") as f:
+        header = f.readline()
+        assert not any(line.startswith("? ") for line in f)  # checked by the load, before SELECT's answer
+    # As a run stopped before its checks leaves it: all three on trust.
+    with open(unchecked, "w", encoding="utf-8") as f:
+        f.write(header + "".join("? %s\n" % os.path.basename(path).split(":")[0] for path in paths))
+    for path in paths:
+        with open(path, "wb") as f:
+            f.write(LF)
     os.unlink(paths[1])  # the other program took one back while the hub was down
     hub.start()
-    with open(os.path.join(maildir, "mailhub-unchecked"), encoding="utf-8") as f:
-        assert sum(line.startswith("? ") for line in f) == 3  # still listed on trust
     crlf = LF.replace(b"\n", b"\r\n")
     assert _sizes(hub) == [len(crlf), len(crlf)]
     with open(os.path.join(maildir, "mailhub-unchecked"), encoding="utf-8") as f:

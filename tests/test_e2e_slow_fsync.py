@@ -66,3 +66,53 @@ def test_a_slow_flush_of_a_found_message_does_not_hold_other_sessions(start_hub,
     assert typ == "OK" and b"dropped in" in data[0][1], data
     finder.logout()
     other.logout()
+
+
+def test_under_workers_a_slow_flush_of_a_found_message_holds_no_session_and_every_worker_tells_one_uid(start_hub, tmp_path):
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    hub = start_hub("--workers", "2", env={"PYTHONPATH": str(faults), "MAILHUB_TEST_FSYNC_DELAY": str(DELAY)})
+    # Several sessions each: the workers share the connections.
+    finders, others = [], []
+    for sessions, (user, password) in ((finders, ("alice", "secret")), (others, ("bob", "hungry"))):
+        for _ in range(4):
+            c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+            c.login(user, password)
+            c.select("INBOX")
+            sessions.append(c)
+    maildir = hub.maildir("alice@localhost")
+    message = b"Subject: dropped in\n\nby another program, with bare LF line ends\n"
+    name = f"1700000000.M1P1Q1.mda,S={len(message)}"
+    with open(os.path.join(maildir, "cur", name), "wb") as f:
+        f.write(message)
+    looks = [threading.Thread(target=c.noop) for c in finders]
+    for t in looks:
+        t.start()
+    time.sleep(0.1)  # (their NOOPs first: a worker finds the file and asks for the flushes)
+    held = []
+    for c in others:
+        started = time.monotonic()
+        c.noop()
+        held.append(time.monotonic() - started)
+    for t in looks:
+        t.join(30)
+    # (before: the finding worker fsynced mailhub-unchecked, its directory
+    # and the UID list in its reactor, and bob's sessions on it waited)
+    assert max(held) < DELAY * 0.6, held
+    crlf = message.replace(b"\n", b"\r\n")
+    told = set()
+    deadline = time.monotonic() + 30
+    for c in finders:
+        while b"1" not in c.untagged_responses.get("EXISTS", []) and time.monotonic() < deadline:
+            c.noop()
+            time.sleep(0.2)
+        assert b"1" in c.untagged_responses.get("EXISTS", []), c.untagged_responses
+        typ, data = c.fetch("1", "(UID RFC822.SIZE BODY.PEEK[])")
+        assert typ == "OK" and data[0][1] == crlf, data
+        told.add(data[0][0].split(b" BODY")[0])
+    assert len(told) == 1, told  # one UID, one size, on every worker
+    with open(os.path.join(maildir, "mailhub-uidlist"), encoding="utf-8") as f:
+        assert sum(1 for line in f if name in line) == 1  # numbered once
+    for c in finders + others:
+        c.logout()

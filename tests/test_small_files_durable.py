@@ -370,6 +370,71 @@ class ReactorFlushTests(unittest.TestCase):
         self.assertIsNone(folder.unsettled())
         self.assertEqual(len(folder.messages()), 3)
 
+    def test_files_listed_on_trust_at_a_load_are_read_and_made_crlf_in_a_thread_before_they_are_told(self):
+        from twisted_mailhub.store.maildir import MaildirFolder
+
+        account = self.store.account("alice@example.org")
+        inbox = account.folder("INBOX")
+        self.journal.run_jobs()
+        # Another MDA's files: bare LF line ends, their S= their size.
+        bare = b"Subject: bare LF\n\nbody\n"
+        earlier = os.path.join(inbox.directory, "cur", f"1700000001.M2P1Q2.mda,S={len(bare)}")
+        with open(earlier, "wb") as f:
+            f.write(bare)
+        # (listed on trust by an earlier run that did not check it: left in mailhub-unchecked)
+        MaildirFolder("INBOX", inbox.directory, GroupCommitWriter(task.Clock()), "test")
+        now = os.path.join(inbox.directory, "cur", f"1700000002.M3P1Q3.mda,S={len(bare)}")
+        with open(now, "wb") as f:
+            f.write(bare)  # (found by the next load)
+        account._folders.clear()
+        del self.journal.events[:]
+        self.record_reactor_flushes()
+        folder = account.folder("INBOX")
+        self.assertEqual(self.in_reactor, [])
+        self.assertIsNotNone(folder.unsettled(), "sizes of files listed on trust are told before they are read")
+        with open(earlier, "rb") as f:
+            self.assertEqual(f.read(), bare)  # (not read in the reactor)
+        self.patch(os, "fsync", Journal.real_fsync)  # (what the jobs, "the thread", do is not the reactor's)
+        self.journal.run_jobs()
+        self.record_reactor_flushes()
+        self.assertIsNone(folder.unsettled())
+        # What a first FETCH of sizes, a POP3 LIST or a body read asks: no
+        # read, no rewrite and no fsync of a message in the reactor now
+        # (before: each file made CRLF here, tmp + fsync + rename).
+        self.assertEqual([(i.uid, i.size) for i in folder.messages()], [(1, len(bare) + 3), (2, len(bare) + 3)])
+        self.assertEqual(folder.info(1).size, len(bare) + 3)
+        self.assertEqual(self.in_reactor, [])
+        for path in (earlier, now):
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), bare.replace(b"\n", b"\r\n"))
+        self.assertEqual(folder._unchecked, set())
+        again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
+        self.assertEqual([(i.uid, i.size) for i in again.messages()], [(1, len(bare) + 3), (2, len(bare) + 3)])
+
+    def test_a_file_put_in_without_s_is_read_and_made_crlf_in_a_thread_not_when_found(self):
+        folder = self.store.account("alice@example.org").folder("INBOX")
+        self.journal.run_jobs()
+        bare = b"Subject: no S= and bare LF\n\nbody\n"
+        path = os.path.join(folder.directory, "cur", "1700000001.M2P1Q2.mda:2,S")
+        with open(path, "wb") as f:
+            f.write(bare)
+        self.record_reactor_flushes()
+        waiting = folder.unsettled()  # (the look that finds it)
+        # (before: read whole and its CRLF copy fsynced here, in the reactor)
+        self.assertEqual(self.in_reactor, [])
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), bare)
+        self.assertIsNotNone(waiting)
+        self.assertEqual(folder.messages(), [])
+        self.patch(os, "fsync", Journal.real_fsync)
+        self.journal.run_jobs()
+        self.record_reactor_flushes()
+        self.assertEqual([(i.uid, i.size) for i in folder.messages()], [(1, len(bare) + 3)])
+        self.assertEqual(folder.read(1), bare.replace(b"\n", b"\r\n"))
+        self.assertEqual(self.in_reactor, [])
+        again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
+        self.assertEqual([(i.uid, i.size) for i in again.messages()], [(1, len(bare) + 3)])
+
     def test_a_failed_flush_of_files_found_at_a_load_is_told_to_its_waiters_and_leaves_no_traceback(self):
         import gc
 
@@ -451,6 +516,43 @@ class ReactorFlushTests(unittest.TestCase):
         self.assertTrue(all(line.endswith(" $B") for line in lines[1:]), lines)
         again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
         self.assertEqual([i.uid for i in again.messages()], uids)
+
+    def test_a_uid_list_rewrite_under_a_stream_of_appends_is_made_in_a_thread_with_the_lines_appended_meanwhile(self):
+        from twisted_mailhub.store import maildir
+
+        self.patch(maildir, "EXTRA_LINES_SLACK", 0)
+        folder = self.store.account("alice@example.org").folder("INBOX")
+        for i in range(4):
+            self.put_in(folder, f"1700000000.M{i}P1Q{i}.mda", "cur")
+        folder.unsettled()
+        self.journal.run_jobs()
+        uids = [i.uid for i in folder.messages()]
+        folder.set_flags(uids[:2], ["$A"], "add")
+        self.record_reactor_flushes()
+        folder.set_flags(uids, ["$B"], "add")  # over the slack: a rewrite asked for
+        # Each time the thread gets to it, the list has grown (lines
+        # appended meanwhile, as a stream of deliveries or keyword
+        # changes appends them): before, the rewrite was dropped, and at
+        # the fourth try made in the reactor (tmp, fsync, rename).
+        rewrites = 0
+        for n in range(6):
+            folder.set_flags(uids, [f"$C{n}"], "add")  # (appended, or a rewrite asked for)
+            folder.set_flags([uids[n % 4]], [f"$D{n}"], "add")  # (appended: one is on its way)
+            self.assertTrue(self.journal.jobs, "no rewrite on its way")
+            function, args, d = self.journal.jobs.pop(0)
+            d.callback(function(*args))
+            rewrites += 1
+            self.assertEqual(self.in_reactor, [])
+        self.journal.run_jobs()
+        self.assertEqual(self.in_reactor, [])
+        listing = os.path.join(folder.directory, "mailhub-uidlist")
+        with open(listing, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        self.assertLess(len(lines), 1 + 4 + 2 + 4 + 6 * 5, "never rewritten")
+        expected = {uid: set(folder.info(uid).flags) for uid in uids}
+        again = MaildirStore(self.store.root, hostname="test").account("alice@example.org").folder("INBOX")
+        self.assertEqual({i.uid: set(i.flags) for i in again.messages()}, expected)
+        self.assertTrue({"$A", "$B", "$C0", "$C5", "$D0", "$D4"} <= expected[uids[0]], expected)
 
     def test_a_rename_a_crash_cut_short_is_finished_with_no_fsync_in_the_reactor(self):
         import json

@@ -233,6 +233,39 @@ class MaildirIndexTests(unittest.TestCase):
         return MaildirStore(self.root, hostname="test").account("alice@example.org").folder(INBOX)
 
     @defer.inlineCallbacks
+    def test_a_copy_is_made_from_the_file_in_the_group_commits_thread_not_read_in_the_reactor(self):
+        import threading
+
+        from twisted_mailhub.store.maildir import MaildirFolder
+
+        eight_bit = "From: a@b\r\nSubject: café\r\n\r\nbody\r\n".encode("utf-8")
+        first = yield self.folder.append(MESSAGE, ["\\Flagged", "$Kept"])
+        second = yield self.folder.append(eight_bit)
+        other = self.store.account("alice@example.org").create_folder("Other")
+        reads = []
+        real = MaildirFolder.read
+
+        def read(folder, uid):
+            if threading.current_thread() is threading.main_thread():
+                reads.append(uid)
+            return real(folder, uid)
+
+        self.patch(MaildirFolder, "read", read)
+        pairs = yield self.folder.copy_to([first, second], other)
+        self.assertEqual(reads, [])  # (before: each copy read whole in the reactor)
+        self.patch(MaildirFolder, "read", real)
+        copied = dict(pairs)
+        self.assertEqual(other.read(copied[first]), MESSAGE)
+        self.assertEqual(other.read(copied[second]), eight_bit)
+        self.assertEqual(set(other.info(copied[first]).flags), {"\\Flagged", "$Kept"})
+        self.assertEqual(other.info(copied[second]).size, len(eight_bit))
+        # The size as downgraded goes with the copy's name, as an append's does.
+        self.assertIn(",D=", other.info(copied[second]).key)
+        self.assertEqual(other.info(copied[second]).internal_date, self.folder.info(second).internal_date)
+        again = MaildirStore(self.root, hostname="test").account("alice@example.org").folder("Other")
+        self.assertEqual(sorted(i.uid for i in again.messages()), sorted(copied.values()))
+
+    @defer.inlineCallbacks
     def test_keyword_changes_cost_no_flush_and_survive_reopen(self):
         uid = yield self.folder.append(MESSAGE, ["$First"])
         synced = []

@@ -302,6 +302,90 @@ class ListMadeAgainElsewhereTests(unittest.TestCase):
         self.assertFalse(os.path.exists(os.path.join(directory, UNFLUSHED)))
 
 
+class FoundElsewhereTests(unittest.TestCase):
+    """
+    Under --workers, a file another program put into a Maildir is numbered
+    by the worker that finds it (the folder's shared counter), its line
+    flushed in a worker thread, never in the reactor, and no worker shows
+    it (or numbers it again) before that line is durable.
+    """
+
+    def setUp(self):
+        self.patch(shared, "ENABLED", True)
+        self.patch(shared, "announce", None)
+        self.root = self.mktemp()
+
+    worker = ListMadeAgainElsewhereTests.worker
+
+    def put_in(self, directory: str, name: str, data: bytes = MESSAGE, sub: str = "cur") -> str:
+        path = os.path.join(directory, sub, f"{name},S={len(data)}")
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_a_found_files_line_is_flushed_in_a_thread_and_no_worker_shows_it_before(self):
+        from tests.test_small_files_durable import Journal
+
+        a, a_journal = self.worker()
+        b, b_journal = self.worker()
+        fa, fb = a.folder(INBOX), b.folder(INBOX)
+        a_journal.run_jobs()
+        b_journal.run_jobs()
+        bare = b"Subject: bare LF\n\nbody\n"
+        self.put_in(fa.directory, "1700000000.M1P1Q1.mda")
+        bare_path = self.put_in(fa.directory, "1700000001.M2P1Q2.mda", bare)
+        in_reactor = []
+        record = lambda fd: in_reactor.append(os.readlink(f"/proc/self/fd/{fd}"))  # noqa: E731
+        self.patch(os, "fsync", record)
+        self.patch(os, "fdatasync", record)
+        waiting = fa.unsettled()  # (a looks: finds both)
+        self.assertEqual(in_reactor, [])  # (before: mailhub-unchecked, its directory and the list, here)
+        self.assertIsNotNone(waiting, "found messages told before their UIDs are durable")
+        self.assertEqual(fa.messages(), [])
+        # The other worker looks meanwhile: it neither shows them nor numbers them itself.
+        fb._dir_mtimes = None
+        self.assertEqual(fb.messages(), [])
+        self.assertEqual(in_reactor, [])
+        self.patch(os, "fsync", Journal.real_fsync)  # (the jobs are "the thread")
+        a_journal.run_jobs()
+        b_journal.run_jobs()
+        self.patch(os, "fsync", record)
+        self.successResultOf(waiting)
+        self.assertIn(os.path.join(os.path.realpath(fa.directory), UIDLIST), a_journal.flushed())
+        crlf = len(bare) + 3
+        told = [(i.uid, i.key, i.size) for i in fa.messages()]
+        self.assertEqual([(uid, size) for uid, _, size in told], [(1, len(MESSAGE)), (2, crlf)])
+        self.assertEqual([(i.uid, i.key, i.size) for i in fb.messages()], told)
+        with open(bare_path, "rb") as f:
+            self.assertEqual(f.read(), bare.replace(b"\n", b"\r\n"))
+        with open(os.path.join(fa.directory, UIDLIST), encoding="utf-8") as f:
+            self.assertEqual(sorted(int(line.split()[0]) for line in f.read().splitlines()[1:]), [1, 2])  # (one line each)
+        self.assertEqual(in_reactor, [])
+        self.assertFalse(os.path.exists(os.path.join(fa.directory, "mailhub-uidlist.claims")))
+
+    def test_a_worker_that_loads_a_folder_while_another_flushes_found_lines_flushes_the_list_itself_first(self):
+        a, a_journal = self.worker()
+        fa = a.folder(INBOX)
+        a_journal.run_jobs()
+        self.put_in(fa.directory, "1700000000.M1P1Q1.mda")
+        self.assertIsNotNone(fa.unsettled())
+        # a checks nothing (its S= is right), appends its line after the
+        # unchecked file's flush: run up to the line's append, not its flush.
+        function, args, d = a_journal.jobs.pop(0)
+        d.callback(function(*args))
+        self.assertTrue(a_journal.jobs, "the line's flush is not on its way")
+        b, b_journal = self.worker()
+        fb = b.folder(INBOX)  # (a cold load: reads a's line, finds the file)
+        waiting = fb.unsettled()
+        self.assertIsNotNone(waiting, "a line not durable yet is shown by a worker that loads the folder")
+        b_journal.run_jobs()
+        self.assertIn(os.path.join(os.path.realpath(fb.directory), UIDLIST), b_journal.flushed())
+        self.successResultOf(waiting)
+        self.assertEqual([i.uid for i in fb.messages()], [1])
+        a_journal.run_jobs()
+        self.assertEqual([i.uid for i in fa.messages()], [1])
+
+
 class FolderMadeAgainTests(unittest.TestCase):
     """
     A folder one worker deleted and made again is noticed by another

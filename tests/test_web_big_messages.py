@@ -7,6 +7,7 @@ client of the hub is still answered, and what it shows is bounded.
 from __future__ import annotations
 
 import imaplib
+import re
 import smtplib
 import threading
 import time
@@ -100,3 +101,40 @@ def test_a_message_of_more_than_10000_parts_is_shown_whole_with_a_note_not_taken
         assert 'href="/mail/INBOX/1/raw"' in page.text
         assert time.monotonic() - started < 10
     assert browser.get("/mail/INBOX/1/raw").body.count(b"--zz\r\n") == 10001
+
+
+def test_the_anatomy_shows_a_long_source_a_page_of_lines_at_a_time_with_the_rest_a_link_away(hub):
+    body = b"".join(b"body line %05d\r\n" % n for n in range(1, 12001))
+    send(hub, b"From: a@example.net\r\nTo: alice@localhost\r\nSubject: long source\r\n\r\n" + body)
+    hub.wait_for_message(to="alice@localhost", subject="long source", timeout=30)
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    page = browser.get("/mail/INBOX/1/anatomy")
+    assert page.status == 200
+    total = page.text.count('class="line"')
+    lines = int(re.search(r"Raw source \((\d+) lines", page.text).group(1))
+    assert lines > 12000
+    # The first 5,000 lines (before: all of them, 20,000 at most, every view).
+    assert total == 5000, total
+    assert "body line 04990" in page.text and "body line 04996" not in page.text
+    assert f"Lines 1 to 5,000 of {lines:,}." in page.text
+    more = re.search(r'<a href="(/mail/INBOX/1/anatomy\?from=5001#source)" class="next">([\d,]+) more lines</a>', page.text)
+    assert more and more.group(2) == f"{lines - 5000:,}", page.text[-2000:]
+    page = browser.get(more.group(1).replace("#source", ""))
+    assert page.status == 200
+    assert '<span class="n">5001</span>' in page.text
+    assert f"Lines 5,001 to 10,000 of {lines:,}." in page.text
+    head = lines - 12000  # (the header's lines and the blank line)
+    assert "body line %05d" % (5001 - head) in page.text
+    page = browser.get(f"/mail/INBOX/1/anatomy?from={10001}")
+    assert f"Lines 10,001 to {lines:,} of {lines:,}." in page.text
+    assert "body line 12000" in page.text and "more lines" not in page.text
+    assert 'href="/mail/INBOX/1/anatomy#source">the first lines</a>' in page.text
+    # A usual message: its whole source at once, as before, no page links.
+    send(hub, b"From: a@example.net\r\nTo: alice@localhost\r\nSubject: short\r\n\r\nhello\r\n")
+    hub.wait_for_message(to="alice@localhost", subject="short", timeout=30)
+    page = browser.get("/mail/INBOX/2/anatomy")
+    short = int(re.search(r"Raw source \((\d+) lines", page.text).group(1))
+    assert page.text.count('class="line"') == short and "hello" in page.text
+    assert "Lines 1 to" not in page.text and "more lines" not in page.text and 'class="n"' not in page.text
+    assert browser.get("/mail/INBOX/1/anatomy?from=x").status == 400

@@ -470,3 +470,26 @@ def test_a_message_typed_while_the_session_ended_comes_back_after_the_login_and_
         assert b"that took an hour to write" in fetched[0][1]
     finally:
         imap.logout()
+
+
+def test_a_long_source_on_the_anatomy_page_goes_on_a_page_of_lines_at_a_time(hub, browser):
+    body = b"".join(b"body line %05d\r\n" % n for n in range(1, 12001))
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("eloise@example.org", ["bob@localhost"], b"From: eloise@example.org\r\nTo: bob@localhost\r\nSubject: long source\r\n\r\n" + body)
+    login(browser, hub, "bob", "hungry")
+    browser.get(base(hub) + "/mail/INBOX")
+    browser.find_element(By.PARTIAL_LINK_TEXT, "long source").click()
+    browser.find_element(By.LINK_TEXT, "Anatomy").click()
+    wait_text(browser, "MIME tree")
+    lines = browser.find_elements(By.CSS_SELECTOR, "pre.source span.line")
+    assert len(lines) == 5000
+    # (numbered by the style sheet's counter on the first page)
+    assert browser.execute_script("return getComputedStyle(arguments[0], '::before').content", lines[-1]) == "counter(line)"
+    more = browser.find_element(By.CSS_SELECTOR, "p.more a.next")
+    assert more.text.endswith("more lines")
+    more.click()
+    wait_text(browser, "Lines 5,001 to 10,000")
+    first = browser.find_element(By.CSS_SELECTOR, "pre.source span.line")
+    assert first.find_element(By.CSS_SELECTOR, "span.n").text == "5001"
+    assert browser.execute_script("return getComputedStyle(arguments[0], '::before').content", first) == "none"
+    assert first.text.startswith("5001")

@@ -677,7 +677,7 @@ class FetchCommands:
                         and not (item.kind in _STRUCTURE_KINDS and token is not None and (token, info.key, info.size, item.kind, utf8) in _structures)
                     ]
                     if heavy and any(i.kind != b"ENVELOPE" and i.kind != b"RFC822.HEADER" for i in heavy):
-                        raw = self.message_view(folder.read(uid))  # imap/utf8.py
+                        raw = yield from self._whole_message(folder, uid, info.size)  # imap/utf8.py
                         if costly_to_parse(raw):
                             outcome: list = []
                             if token is not None:
@@ -715,14 +715,14 @@ class FetchCommands:
                             if value is None:
                                 if part is None:
                                     if raw is None:
-                                        raw = self.message_view(folder.read(uid))  # imap/utf8.py
+                                        raw = yield from self._whole_message(folder, uid, info.size)  # imap/utf8.py
                                     part = Part(raw)
                                 value = part.envelope() if kind == b"ENVELOPE" else part.bodystructure(kind == b"BODYSTRUCTURE")
                                 _remember(remembered, value)
                             fields.append(kind + b" " + value)
                             continue
                         if raw is None:
-                            raw = self.message_view(folder.read(uid))  # imap/utf8.py
+                            raw = yield from self._whole_message(folder, uid, info.size)  # imap/utf8.py
                         # (a literal: (its label, its octets); see described())
                         if kind == b"RFC822":
                             fields.append((b"RFC822", raw))
@@ -773,6 +773,33 @@ class FetchCommands:
                 continue
             yield described(seq, fields)
 
+
+    def _whole_message(self, folder: Any, uid: int, size: int):
+        """
+        (a generator, for C{yield from} in a FETCH's) Message C{uid} of
+        C{folder} as this session sees it (L{message_view}). One of
+        L{STREAM_OVER} octets or more that the store keeps in a file is
+        read in a parsing thread (the Deferred is yielded): a 46 MB
+        message's BODYSTRUCTURE, ENVELOPE or part was read whole in the
+        reactor first, every other client waiting.
+        """
+        if size >= STREAM_OVER:
+            path = getattr(folder, "path", None)
+            if path is not None and path(uid) is not None:
+                f = folder.open(uid)
+
+                def whole() -> bytes:
+                    with f:
+                        return f.read()
+
+                outcome: list = []
+                waited = in_thread(whole)
+                waited.addBoth(outcome.append)
+                yield waited
+                if isinstance(outcome[0], Failure):
+                    outcome[0].raiseException()
+                return self.message_view(outcome[0])
+        return self.message_view(folder.read(uid))
 
     def _streamed(self, folder, seq, uid, info, items, whole, recent, flags_changed, modseq) -> Iterator[bytes]:
         """

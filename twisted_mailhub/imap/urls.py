@@ -32,7 +32,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.internet import defer
 from twisted.mail import imap4
 
-from twisted_mailhub.imap.fetch import costly_to_parse, parse_fetch_items, section_bytes
+from twisted_mailhub.imap.fetch import STREAM_OVER, costly_to_parse, parse_fetch_items, section_bytes
 from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.wire import mailbox_name
 from twisted_mailhub.offload import in_thread
@@ -150,13 +150,21 @@ def read_url(server: Any, raw: bytes) -> bytes | defer.Deferred:
     that fires with the octets or fails with L{BadURL}.
     """
     data, url = _message_of(server, raw)
+    if isinstance(data, defer.Deferred):
+        # A big message in a file: read in the thread, cut out there too.
+        return data.addCallback(lambda whole: url_octets(raw, whole, url))
     if url.section and costly_to_parse(data):
         return in_thread(url_octets, raw, data, url)
     return url_octets(raw, data, url)
 
 
-def _message_of(server: Any, raw: bytes) -> tuple[bytes, ImapURL]:
-    """(the whole message the URL C{raw} names, the parsed URL): the store's part, in the reactor."""
+def _message_of(server: Any, raw: bytes) -> tuple[bytes | defer.Deferred, ImapURL]:
+    """
+    (the whole message the URL C{raw} names, the parsed URL): the store's
+    part, in the reactor; one of L{STREAM_OVER} octets or more that the
+    store keeps in a file is opened here and read in a parsing thread
+    (then a L{Deferred} of its octets).
+    """
     user = getattr(server.account, "address", None)
     url = parse_url(raw, user, {server.hub.hostname.lower()})
     if url.mailbox is None:
@@ -171,6 +179,15 @@ def _message_of(server: Any, raw: bytes) -> tuple[bytes, ImapURL]:
     if url.uidvalidity is not None and url.uidvalidity != folder.uid_validity:
         raise BadURL(raw, "the mailbox's UIDVALIDITY is not the URL's")
     try:
+        path = getattr(folder, "path", None)
+        if path is not None and folder.info(url.uid).size >= STREAM_OVER and path(url.uid) is not None:
+            f = folder.open(url.uid)
+
+            def whole() -> bytes:
+                with f:
+                    return f.read()
+
+            return in_thread(whole), url
         return folder.read(url.uid), url
     except (NoSuchMessage, StoreError, OSError):
         raise BadURL(raw, "no such message") from None

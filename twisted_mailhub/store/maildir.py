@@ -88,6 +88,7 @@ Rules (everything that changes the on-disk layout lives in this module):
 from __future__ import annotations
 
 import bisect
+import errno
 import gc
 import hashlib
 import itertools
@@ -186,12 +187,22 @@ DELETED_PREFIX = "mailhub-deleted."
 # folder meanwhile flushes it itself before it tells its UIDs
 # (MaildirFolder._settle_unflushed); the maker removes it after its flush.
 UNFLUSHED = "mailhub-uidlist.unflushed"
+# --workers: files another program put in that one process has numbered
+# (shared UIDs) and whose UID-list lines it flushes in a worker thread,
+# "<pid> <boot id> <folder object> <base name>" a line. Until that process takes them out
+# (after the flush), no other process numbers such a file itself nor
+# shows it (its line may be in the list, not durable yet); a process that
+# loads the folder meanwhile flushes the list itself before it tells its
+# UIDs. Advisory: never synced; lines of a process that is gone count for
+# nothing (MaildirFolder._claim_found, _claimed_elsewhere).
+CLAIMS = "mailhub-uidlist.claims"
 _UNCHECKED_HEADER = "mailhub-unchecked 1\n"
 # The names this hub gives (unique_name): its own files are CRLF and their
 # S= is their size; any other name in a list written before the checks
 # were kept is checked once (a bare-LF file listed at its LF size).
 _OWN_NAME = re.compile(r"\d+\.M\d+P\d+Q\d+\.[^,:]*,S=\d+(?:,D=\d+)?\Z")
 SAVE_CHECKS_EVERY = 1000  # single checks between two writes of the unchecked file
+_SHOWN_FIELD = re.compile(r",D=[0-9]+")  # (a base name's size as downgraded: _shown_size_field)
 _LETTERS = {"D": DRAFT, "F": FLAGGED, "R": ANSWERED, "S": SEEN, "T": DELETED}
 _FLAG_LETTER = {flag: letter for letter, flag in _LETTERS.items()}
 _counter = itertools.count(1)
@@ -548,6 +559,7 @@ class MaildirFolder:
         # thread appends to it); under --workers, by every process's
         # (store/shared.py).
         self._shared = shared.ENABLED
+        self._claimer = f"{os.getpid()}.{next(_counter)}"  # (this folder object, in L{CLAIMS})
         self._uidlist_lock: Any = threading.Lock()
         # Lines of the list that repeat a message or name one that is gone
         # (see _keywords_changed, _rewrite_uidlist_after_removal).
@@ -590,6 +602,8 @@ class MaildirFolder:
             shared.opened(self)
         else:
             self._load()
+        if self._unchecked and self._flusher is not None:
+            self._check_in_thread()
         if len(self._table) >= INDEX_MIN_LINES:
             give_back_memory()
 
@@ -872,10 +886,14 @@ class MaildirFolder:
             with open(marker, encoding="ascii", errors="replace") as f:
                 words = f.read().split()
         except FileNotFoundError:
-            return
+            # Files another process numbered and is flushing the lines of
+            # (L{CLAIMS}): those lines may be in the list read here.
+            if not self._claimed_elsewhere():
+                return
+            words = None
         except OSError:
             words = []
-        if len(words) == 2 and words[1] != _boot_id():
+        if words is not None and len(words) == 2 and words[1] != _boot_id():
             try:
                 os.unlink(marker)
             except OSError:
@@ -1027,10 +1045,13 @@ class MaildirFolder:
         worker thread (an fsync in the reactor stalls every session), with
         the list's lock held from the check to the directory's flush, so
         no line the group commit appends (and acknowledges) goes to a file
-        that is not durably the list. If the list grew meanwhile (a line
-        appended after the text was made), the rewrite is dropped and
-        made again at the next change; the list is right either way.
-        Otherwise rewritten here (L{_write_uidlist}). Returns True when
+        that is not durably the list. Lines appended after the text was
+        made (a stream of deliveries) are carried over after it, under
+        that lock; if another process rewrote the list meanwhile, the
+        rewrite is made again in the thread, and after a few such tries
+        left for the next change (the list is right either way): never in
+        the reactor. Without a L{SmallFiles}, rewritten here
+        (L{_write_uidlist}). Returns True when
         the list is (or is being) rewritten, False when a rewrite is on
         its way already (the caller appends as usual).
         Raises as L{_write_uidlist} does.
@@ -1043,13 +1064,16 @@ class MaildirFolder:
             return False
         table = self._table
         lines = [(table.uids[i], self._row_line(table, i)) for i in range(len(table))]
-        lines.extend((e.info.uid, self._uidlist_line(e)) for e in list(self._pending.values()) if e.info.uid)
-        lines.sort()
-        texts = [line for _, line in lines]
         path = self._uidlist_path()
         fsync, lock, directory, is_shared = flusher.fsync, self._uidlist_lock, self.directory, self._shared
         try:
             with lock:
+                # (the messages on their way read with the lock held, beside
+                # the list's size: under --workers a UID is given, and its
+                # line appended, in the group commit's thread under it)
+                lines.extend((e.info.uid, self._uidlist_line(e)) for e in list(self._pending.values()) if e.info.uid)
+                lines.sort()
+                texts = [line for _, line in lines]
                 if is_shared:
                     # Other processes' lines for messages still on their way stay.
                     shared.catch_up(self, _parse_line)
@@ -1068,9 +1092,27 @@ class MaildirFolder:
             try:
                 with lock:
                     now = os.stat(path)
-                    if (now.st_ino, now.st_size) != seen:
-                        os.unlink(tmp)
+                    if now.st_ino != seen[0] or now.st_size < seen[1]:
+                        os.unlink(tmp)  # (another process rewrote it: clean already)
                         return False
+                    if now.st_size > seen[1]:
+                        # Lines appended since the text was made (the group
+                        # commit's new messages, keyword changes) go after
+                        # it, as they are: a message's last line wins, and
+                        # no appender writes while the lock is held. (Before,
+                        # such a rewrite was dropped, and under constant
+                        # delivery made in the reactor at the fourth try.)
+                        with open(path, "rb") as f:
+                            f.seek(seen[1])
+                            tail = f.read(now.st_size - seen[1])
+                        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                        try:
+                            view = memoryview(tail)
+                            while view:
+                                view = view[os.write(fd, view) :]
+                            fsync(fd)
+                        finally:
+                            os.close(fd)
                     os.replace(tmp, path)
                     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                     try:
@@ -1078,7 +1120,9 @@ class MaildirFolder:
                     finally:
                         os.close(fd)
                     if is_shared:
-                        self._list_position = shared.ListPosition.now(path)
+                        # (the carried lines are read again by catch_up:
+                        # other processes' among them are not read yet)
+                        self._list_position = shared.ListPosition(os.stat(path).st_ino, len(text))
                 return True
             except BaseException:
                 try:
@@ -1097,9 +1141,10 @@ class MaildirFolder:
                 if self._extra_lines > len(self._table) + EXTRA_LINES_SLACK:
                     self._rewrite_again()  # (more came meanwhile)
                 return
-            # The list grew meanwhile: made again from the table now (a
-            # keyword change may be in it and nowhere else); after a few
-            # tries under a stream of deliveries, here in the reactor.
+            # Another process rewrote the list meanwhile (--workers): made
+            # again from the table (a keyword change may be in it and
+            # nowhere else), in the thread again; after a few tries, left
+            # for the next change (the list is right as it is).
             self._rewrite_tries += 1
             self._rewrite_again()
 
@@ -1121,7 +1166,6 @@ class MaildirFolder:
         try:
             if self._rewrite_tries > 3:
                 self._rewrite_tries = 0
-                self._write_uidlist()
             else:
                 self._rewrite_uidlist()
         except (OSError, StoreError) as e:
@@ -1158,8 +1202,9 @@ class MaildirFolder:
     def _append_uidlist(self, positions: list[int]) -> None:
         """
         Append the lines of messages found by a scan (put there by another
-        program), fsynced, in the reactor: rare, and their UIDs are shown
-        to clients right after. The header's UIDNEXT is only a floor;
+        program), fsynced, here: only for a folder without the account's
+        L{SmallFiles} (a script's; a hub's go through L{_hold_found} and
+        L{_settle_found}), and their UIDs are shown to clients right after. The header's UIDNEXT is only a floor;
         loading takes the max of it and the UIDs listed.
         """
         data = "".join(self._row_line(self._table, i) for i in positions).encode("utf-8")
@@ -1240,6 +1285,18 @@ class MaildirFolder:
         else:
             fresh, gone, flagged = self._look_again(subdirs)
         if self._shared:
+            if fresh:
+                claimed = self._claimed_elsewhere()
+                if claimed:
+                    kept = [f for f in fresh if f[0] not in claimed]
+                    if len(kept) != len(fresh):
+                        # Another process numbered them and is flushing their
+                        # lines: neither numbered nor shown here before; the
+                        # directories are listed again at the next look.
+                        fresh = kept
+                        self._dir_mtimes = None
+                        if first:
+                            self._look_mtimes = None  # (nor trusted by the index)
             fresh = self._claim_listed(fresh, flagged)
         added: list[int] = []
         offered: list[int] = []
@@ -1260,13 +1317,15 @@ class MaildirFolder:
                 self._recent.add(uid)
             elif sub == "cur":
                 offered.append(uid)  # (one in new/ is claimed by its rename)
-        if added and self._flusher is not None and not self._shared and not first:
+        if added and self._flusher is not None and not first:
             # Found after the load: held back (in _pending, out of the
             # table) until their lines are flushed off the reactor
-            # (L{_hold_found}); told then.
+            # (L{_hold_found}); told then (under --workers, claimed for
+            # this process meanwhile: L{CLAIMS}).
             self._hold_found(added)
             added = []
-        if added and first and self._sync_later is not None and not self._shared:
+            offered = []
+        if added and first and self._sync_later is not None:
             # Found at the load: in the table now, their lines flushed off
             # the reactor, and nothing tells them before (unsettled()).
             self._settle_found(added)
@@ -1319,8 +1378,10 @@ class MaildirFolder:
         reactor stalls every session of the process; L{unsettled} waits
         for it (IMAP SELECT, STATUS, the web face, a POP3 login).
         A flush that fails tells nothing: the next look finds the files
-        again. (Under --workers the lines are flushed where they are
-        appended, as before: another worker would show them at once.)
+        again. Under --workers they are numbered from the folder's shared
+        counter and claimed for this process (L{CLAIMS}) until the flush is
+        done: no other process numbers them itself, nor shows them while
+        their lines may not be durable.
         """
         table = self._table
         positions = [table.position(uid) for uid in uids]
@@ -1337,6 +1398,11 @@ class MaildirFolder:
         self._changes += 1
         flusher = self._flusher
         directory = self.directory
+        bases = [entry.info.key for entry in entries]
+        if self._shared:
+            # (the scan holds the folder's lock) Numbered here: no other
+            # process numbers or shows them before their lines are durable.
+            self._claim_found(bases)
         trusted = [(entry, f"{directory}/{entry.subdir}/{entry.filename}") for entry in entries if entry.info.key in self._unchecked]
 
         def check() -> list:
@@ -1360,6 +1426,8 @@ class MaildirFolder:
                 if result is None:
                     continue
                 self._unchecked.discard(base)
+                if self._shared:
+                    self._checked_here.add(base)
                 if result is False:
                     continue  # (a FIFO now: told as listed)
                 size, shown, _ = result
@@ -1388,21 +1456,30 @@ class MaildirFolder:
             return flusher.sync_files([self._uidlist_path()], [])
 
         def told(_: Any) -> None:
-            added = []
+            self._unclaim_found(bases)
+            added, offered = [], []
             for entry in entries:
                 if self._pending.get(entry.info.key) is not entry:
                     continue
                 del self._pending[entry.info.key]
                 info = entry.info
                 self._table.add(info.uid, info.key, info.size, info.internal_date, _EMPTY, entry.subdir, entry.filename, _split(entry.filename)[1])
-                self._recent.add(info.uid)
+                if not self._shared:
+                    self._recent.add(info.uid)
+                elif entry.subdir == "cur":
+                    offered.append(info.uid)  # (one in new/ is claimed by its rename)
                 added.append(info.uid)
+            if offered:
+                shared.offer_recent(self._uidlist_lock, offered)
             if added:
                 self._changes += 1
                 self._bump(added, observed=True)
                 self._listeners.notify(FolderChange(added=tuple(added)))
+                if self._shared:
+                    shared.tell_others(self.directory)  # (they left them alone meanwhile)
 
         def failed(reason: Failure) -> None:
+            self._unclaim_found(bases)
             for entry in entries:
                 if self._pending.get(entry.info.key) is entry:
                     del self._pending[entry.info.key]
@@ -1442,6 +1519,9 @@ class MaildirFolder:
         data = "".join(self._row_line(table, i) for i in positions).encode("utf-8")
         later = self._sync_later
         path = self._uidlist_path()
+        bases = [table.names[i] for i in positions]
+        if self._shared:
+            self._claim_found(bases)  # (the load holds the folder's lock)
 
         def append(_: Any) -> defer.Deferred:
             try:
@@ -1464,6 +1544,15 @@ class MaildirFolder:
             state.chunks.append(data)
             self._index_state = _IndexState(state.length + len(data), state.chunks, max(state.uid_next, self.uid_next), state.lines + len(positions))
         self._list_lines += len(positions)
+        if self._shared:
+
+            def unclaim(result: Any) -> Any:
+                self._unclaim_found(bases)
+                if not isinstance(result, Failure):
+                    shared.tell_others(self.directory)
+                return result
+
+            flush.addBoth(unclaim)
         self._hold(flush)
         if self.creation_flush is None:
             self.creation_flush = flush  # (the account's durable() tells a failure)
@@ -1471,6 +1560,63 @@ class MaildirFolder:
             # (the load's own flush is the account's; this one's failure is
             # told to those waiting (unsettled()) and logged, once)
             flush.addErrback(lambda reason: log.warn("UID list of {path}: lines of new messages not flushed ({error})", path=self.directory, error=error_words(reason.value)))
+
+    def _claims(self) -> list[tuple[int, str, str, str]]:
+        """(pid, boot id, claimer, base name) of each line of L{CLAIMS}; empty if there is none."""
+        try:
+            with open(os.path.join(self.directory, CLAIMS), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return []
+        claims = []
+        for line in text.splitlines():
+            words = line.split(" ")
+            if len(words) == 4 and words[0].isdigit():
+                claims.append((int(words[0]), words[1], words[2], words[3]))
+        return claims
+
+    def _write_claims(self, claims: list[tuple[int, str, str, str]]) -> None:
+        """L{CLAIMS} made C{claims} (tmp + rename, not synced; removed when empty). Call with the folder's lock held."""
+        path = os.path.join(self.directory, CLAIMS)
+        try:
+            if not claims:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                return
+            tmp = os.path.join(self.directory, "tmp", f"{CLAIMS}.{os.getpid()}")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(f"{pid} {boot} {claimer} {base}\n" for pid, boot, claimer, base in claims))
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warn("{path} not written ({error}): another worker may show found messages before their UIDs are durable", path=path, error=e.strerror or e)
+
+    def _claim_found(self, bases: list[str]) -> None:
+        """(--workers, with the folder's lock held) C{bases} numbered by this process, their lines not flushed yet: see L{CLAIMS}."""
+        boot, me = _boot_id(), self._claimer
+        claims = [c for c in self._claims() if c[1] == boot and (c[2] == me or not _process_is_gone(c[0]))]
+        claims.extend((os.getpid(), boot, me, base) for base in bases)
+        self._write_claims(claims)
+
+    def _unclaim_found(self, bases: list[str]) -> None:
+        """(--workers) C{bases}' lines are durable (or their flush failed): other processes may show them (L{CLAIMS}). Takes the folder's lock."""
+        if not self._shared:
+            return
+        gone, me = set(bases), self._claimer
+        with self._uidlist_lock:
+            claims = self._claims()
+            kept = [c for c in claims if not (c[2] == me and c[3] in gone)]
+            if len(kept) != len(claims):
+                self._write_claims(kept)
+
+    def _claimed_elsewhere(self) -> set[str]:
+        """(--workers, with the folder's lock held) Base names another running process claimed (L{CLAIMS})."""
+        claims = self._claims()
+        if not claims:
+            return set()
+        boot, me = _boot_id(), self._claimer
+        return {base for pid, b, claimer, base in claims if claimer != me and b == boot and not _process_is_gone(pid)}
 
     def _first_look(self, mtimes: tuple[int, int]) -> list[tuple[str, str, str]]:
         """
@@ -1668,21 +1814,31 @@ class MaildirFolder:
         that size without a read and left to L{_check} (another MDA,
         maildrop or Dovecot's LDA, may have stored bare LF line ends and
         given their size there), as Dovecot trusts it until it reads the
-        file. A name without one is read now: made CRLF in place if it has
-        bare LFs (or bare CRs), so that its size on disk is its size on
-        the wire (RFC822.SIZE, POP3 LIST, what BODY[] sends); and an 8-bit
-        message gets C{,D=} in its name, as the hub's own do
-        (L{_shown_size_field}), so RFC822.SIZE tells a session without
-        UTF8=ACCEPT the size of what it receives.
+        file. A name without one is listed at its size on disk and
+        checked the same way, in a worker thread before it is told (with
+        the account's L{SmallFiles}); without it (a script's store) it is
+        read now: made CRLF in place if it has bare LFs (or bare CRs), so
+        that its size on disk is its size on the wire (RFC822.SIZE, POP3
+        LIST, what BODY[] sends); and an 8-bit message gets C{,D=} in its
+        name, as the hub's own do (L{_shown_size_field}), so RFC822.SIZE
+        tells a session without UTF8=ACCEPT the size of what it receives
+        (a check keeps that size instead: L{kept_shown_sizes}).
         """
         path = os.path.join(self.directory, sub, filename)
         size = _size_from_name(base)
-        if size is not None:
+        if size is not None or self._flusher is not None:
             st = os.stat(path)  # (no open: a FIFO is not waited for)
             if not stat.S_ISREG(st.st_mode):
                 raise NotAMessageFile(path)
             if date is None:
                 date = st.st_mtime
+            if size is None:
+                # No S=: listed at its size on disk, and read (made CRLF,
+                # its size as downgraded kept) in a worker thread before
+                # it is told (_hold_found, _check_in_thread), as one with
+                # S= is; it was read whole, and its CRLF copy fsynced, here
+                # in the reactor.
+                size = st.st_size
             self._unchecked.add(base)
             self._checks_unsaved += 1
         else:
@@ -1838,6 +1994,86 @@ class MaildirFolder:
             self._save_unchecked()
         elif self._checks_unsaved >= SAVE_CHECKS_EVERY:
             self._save_unchecked()
+
+    def _check_in_thread(self) -> None:
+        """
+        At the end of a load: read every file listed on trust (found by
+        this load's first look, or left unchecked by an earlier run: its
+        C{mailhub-unchecked}) in a worker thread of the account's
+        L{SmallFiles}, as a file found after the load is (L{_hold_found}):
+        made CRLF in place if another MDA stored bare LFs (tmp, fsync,
+        rename: L{_to_crlf_in_place}), its size on the wire found. A first
+        FETCH of sizes, a POP3 LIST or a body read then finds it checked:
+        the reactor neither reads a whole message nor waits for an fsync.
+        L{unsettled} waits for it (IMAP SELECT/EXAMINE/STATUS, a POP3
+        login, the web face). A file the thread could not read (gone,
+        renamed by a flag change, no permission) stays listed on trust and
+        is checked when first needed, as before (L{_check}).
+        """
+        table = self._table
+        unchecked = self._unchecked
+        names = table.names
+        directory = self.directory
+        # (uid, base, path) in the reactor: the thread touches no table.
+        trusted = [
+            (table.uids[i], names[i], directory + ("/new/" if table.bits[i] & NEW else "/cur/") + table.filename(i))
+            for i in range(len(names))
+            if names[i] in unchecked
+        ]
+        if not trusted:
+            return
+
+        def check() -> list:
+            found = []
+            for _, _, path in trusted:
+                try:
+                    found.append(_to_crlf_in_place(path))
+                except NotAMessageFile:
+                    found.append(False)
+                except OSError:
+                    found.append(None)  # (gone or unreadable: checked when needed)
+            return found
+
+        def checked(found: list) -> None:
+            table = self._table
+            for (uid, base, _), result in zip(trusted, found):
+                if result is None or base not in self._unchecked:
+                    continue  # (not read, or checked meanwhile in the reactor)
+                i = table.position(uid)
+                if i < 0 or table.names[i] != base:
+                    continue  # (expunged meanwhile)
+                self._unchecked.discard(base)
+                self._checks_unsaved += 1
+                if self._shared:
+                    self._checked_here.add(base)
+                if result is False:
+                    continue  # (a FIFO now: told as listed)
+                size, shown, _ = result
+                downgraded = int(shown[len(",D=") :]) if shown else 0
+                if size != table.sizes[i] or downgraded:
+                    table.sizes[i] = size
+                    self._kept[base] = (size, downgraded)
+                    self._changes += 1
+            # Names of files gone before the load (not in the table) are
+            # not kept on trust for ever (as L{_check_all} does).
+            gone = {base for base in self._unchecked if base not in self._pending}
+            names = table.names
+            for i in range(len(names) if gone else 0):
+                gone.discard(names[i])
+                if not gone:
+                    break
+            if gone:
+                self._unchecked -= gone
+                self._checks_unsaved += 1
+            if not self._unchecked:
+                self._unchecked = set()  # (an emptied set keeps its table)
+            if self._checks_unsaved:
+                self._save_unchecked()  # (a check's finding needs no flush: lost, it is made again)
+
+        def failed(reason: Failure) -> None:
+            log.warn("{path}: files listed on trust not checked yet ({error}); checked when first needed", path=self.directory, error=error_words(reason.value))
+
+        self._hold(self._flusher.in_thread(check).addCallbacks(checked, failed))
 
     def _check_uid(self, uid: int) -> int:
         """C{uid}'s row (L{_position}), checked first if it is listed on trust."""
@@ -2396,14 +2632,26 @@ class MaildirFolder:
         sources: list[int] = []
         copies = []
         table = self._table
-        for uid in sorted(set(uids)):
-            i = table.position(uid)
-            if i < 0:
-                continue
-            info = table.info(i)
-            copies.append((self.read(uid), info.flags, info.internal_date))
-            sources.append(uid)
-        if len(copies) > 1 and hasattr(destination, "append_many"):
+        # Maildir to Maildir: each source file is opened here and copied in
+        # the group commit's thread (a 46 MB COPY was read whole here).
+        by_file = isinstance(destination, MaildirFolder)
+        try:
+            for uid in sorted(set(uids)):
+                if table.position(uid) < 0:
+                    continue
+                if by_file:
+                    copies.append(self._copy_source(uid))
+                else:
+                    info = table.info(table.position(uid))
+                    copies.append((self.read(uid), info.flags, info.internal_date))
+                sources.append(uid)
+        except BaseException:
+            for copy in copies if by_file else ():
+                os.close(copy[0])
+            raise
+        if by_file:
+            d = destination._append_copies(copies)
+        elif len(copies) > 1 and hasattr(destination, "append_many"):
             # One write group: the copies appear in the destination together
             # or not at all (never EXISTS then EXPUNGE for another session).
             d = destination.append_many(copies)
@@ -2421,6 +2669,74 @@ class MaildirFolder:
             return failures[0]
 
         return d.addCallback(settled)
+
+    def _copy_source(self, uid: int) -> tuple[int, int, str, frozenset[str], float]:
+        """
+        (a descriptor of C{uid}'s file open for reading, its size in octets,
+        its L{_shown_size_field}, its flags, its internal date), for a copy
+        made in the group commit's thread (L{_append_copies}); the caller
+        closes the descriptor. Checks a file listed on trust first (its
+        size then the size on the wire). L{NoSuchMessage} if it is gone.
+        """
+        try:
+            fd = os.open(self._file(uid), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._scan(force=True)  # renamed by someone else: look again
+            try:
+                fd = os.open(self._file(uid), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise NoSuchMessage(uid) from None
+        table = self._table
+        i = self._position(uid)
+        base = table.names[i]
+        shown = _SHOWN_FIELD.search(base)
+        downgraded = self._kept.get(base, (0, 0))[1]
+        field = shown.group(0) if shown else (f",D={downgraded}" if downgraded else "")
+        return fd, os.fstat(fd).st_size, field, table.flags(i), table.dates[i]
+
+    def _append_copies(self, copies: list[tuple[int, int, str, frozenset[str], float]]) -> defer.Deferred:
+        """
+        L{append_many} of copies made from open files (L{_copy_source}),
+        each copied into its new file in the group commit's thread (no
+        octet read in the reactor), as one write group; the descriptors are
+        closed once the group is done. Fires as L{append_many} does.
+        """
+        prepared = []
+        for fd, size, field, flags, date in copies:
+            system, keywords = split_flags(flags)
+            base = unique_name(size, self.hostname, now=date) + field
+            filename = base + info_suffix(system)
+            entry = self._reserve(base, "cur", filename, size, date, keywords)
+
+            def write(out: int, fd: int = fd, size: int = size, date: float = date) -> None:
+                offset = 0
+                while offset < size:
+                    sent = os.sendfile(out, fd, offset, size - offset)
+                    if not sent:
+                        raise OSError(errno.EIO, "a message's file is shorter than its size (changed by another program)")
+                    offset += sent
+                os.utime(out, (date, date))
+
+            prepared.append((entry, (
+                os.path.join(self.directory, "tmp", base), os.path.join(self.directory, "cur", filename), write, self._record(entry),
+                None if self._shared else self._place,
+                lambda entry=entry: self._arrived(None, entry),
+            )))
+        deferreds = self.writer.write_group([write for _, write in prepared])
+        for d, (entry, _) in zip(deferreds, prepared):
+            d.addCallbacks(lambda _, entry=entry: entry.info.uid, self._not_stored, errbackArgs=(entry,))
+        done = defer.DeferredList(deferreds, consumeErrors=True)
+
+        def closed(result: Any) -> Any:
+            for copy in copies:
+                try:
+                    os.close(copy[0])
+                except OSError:
+                    pass
+            return result
+
+        done.addBoth(closed)
+        return done if self._settling is None else self._after_settled(done)
 
     def flush(self) -> defer.Deferred:
         """
@@ -2890,7 +3206,9 @@ def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
     if fixed is not data:
         # tmp/ of the same Maildir: never mistaken for a message by a scan.
         folder, name = os.path.split(os.path.dirname(path))[0], os.path.basename(path)
-        tmp = os.path.join(folder, "tmp", f"{name}.{os.getpid()}.crlf")
+        # (a name of its own: the load's check in a thread and one in the
+        # reactor may rewrite the same file at once; each renames a whole copy)
+        tmp = os.path.join(folder, "tmp", f"{name}.{os.getpid()}.{next(_counter)}.crlf")
         with open(tmp, "wb") as f:
             f.write(fixed)
             f.flush()

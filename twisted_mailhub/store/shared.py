@@ -34,7 +34,10 @@ Rules:
    finds and the index does not know is looked up in the lines appended
    since this process last read the list (L{catch_up}) before it is
    taken for a file dropped in by another program (which gets a new UID).
-   Lines whose file is not there yet are kept until it is.
+   Lines whose file is not there yet are kept until it is. A file
+   dropped in that a process numbered and whose line it is flushing in
+   a worker thread is claimed by it (store/maildir.py: C{CLAIMS}): the
+   others leave it alone until then (neither numbered again nor shown).
  - A rewrite of the list by one process keeps every line another process
    appended that it does not know (their messages still being written).
  - A Maildir directory's mtime is kept by the kernel at the resolution of

@@ -34,8 +34,7 @@ messages): a message, a UID list's new line, and the modseq log go through
 the group commit (L{twisted_mailhub.store.durable}); a UID list rewritten
 whole, the lines of files another program put in and C{mailhub-unchecked}
 before them are flushed through here too (L{SmallFiles.in_thread},
-L{SmallFiles.sync_files}; store/maildir.py; under --workers they are still
-fsynced where they are written); the accounts file, DKIM and SSH host keys, and
+L{SmallFiles.sync_files}; store/maildir.py, under --workers too); the accounts file, DKIM and SSH host keys, and
 queue files are written tmp + fsync + rename + directory fsync by their own
 modules; flags in file names and keywords appended to the UID list are
 not synced (the Maildir trade for flag changes); C{mailhub-index}, the POP3

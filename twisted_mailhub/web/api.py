@@ -601,9 +601,10 @@ class ApiResource(resource.Resource):
         except (NoSuchMessage, KeyError, IndexError):
             raise ApiError(404, "no_such_message", "no such message") from None
 
-    def _read(self, folder: Any, uid: int) -> bytes:
+    async def _read(self, folder: Any, uid: int) -> bytes:
+        """The stored message (read in a parsing thread when it is a file: L{offload.read_message}); a 404 L{ApiError} if it is gone."""
         try:
-            return folder.read(uid)
+            return await offload.read_message(folder, uid)
         except (NoSuchMessage, FileNotFoundError, KeyError):
             raise ApiError(404, "no_such_message", "no such message") from None
 
@@ -666,12 +667,12 @@ class ApiResource(resource.Resource):
         n = self._uid(uid)
         info = self._info(box, n)
         link = f"{PREFIX}/accounts/{quote(address, safe='@')}/folders/{quote(box.name, safe='')}/messages/{n}"
-        return await _parsed(info, self._read(box, n), box.name, link)
+        return await _parsed(info, await self._read(box, n), box.name, link)
 
     async def api_message_raw(self, request, caller, account, folder, uid):
         address, box = await self._folder(caller, account, folder)
         n = self._uid(uid)
-        return Raw(200, self._read(box, n), b"message/rfc822")
+        return Raw(200, await self._read(box, n), b"message/rfc822")
 
     async def api_message_part(self, request, caller, account, folder, uid, part):
         address, box = await self._folder(caller, account, folder)
@@ -679,7 +680,7 @@ class ApiResource(resource.Resource):
         index = whole_number(part, 1, MAX_PART)
         if index is None:
             raise ApiError(400, "bad_part", f"a part is a whole number from 1 to {MAX_PART} (see the message's attachments)")
-        raw = self._read(box, n)
+        raw = await self._read(box, n)
         message = await offload.in_thread(_parse, raw)
         leaves = _leaves(message)
         if index > len(leaves):
@@ -798,7 +799,7 @@ class ApiResource(resource.Resource):
         page = infos[start : start + limit]
         out = []
         for info in page:
-            raw = self._read(box, info.uid)
+            raw = await self._read(box, info.uid)
             parsed = await _parsed(info, raw, INBOX, "")
             env = parsed["envelope"]
             out.append(
@@ -833,7 +834,7 @@ class ApiResource(resource.Resource):
         box = await _settled(self.hub.store.account(caller.address).folder(INBOX))
         n = self._uid(id)
         info = self._info(box, n)
-        raw = self._read(box, n)
+        raw = await self._read(box, n)
         parsed = await _parsed(info, raw, INBOX, "")
         env = parsed["envelope"]
         headers = _headers(split_header(raw)[0])
@@ -863,7 +864,7 @@ class ApiResource(resource.Resource):
 
     async def api_mailpit_raw(self, request, caller, id):
         box = await _settled(self.hub.store.account(caller.address).folder(INBOX))
-        return Raw(200, self._read(box, self._uid(id)), b"text/plain; charset=utf-8")
+        return Raw(200, await self._read(box, self._uid(id)), b"text/plain; charset=utf-8")
 
     # -- FTP files -------------------------------------------------------------------------------
 

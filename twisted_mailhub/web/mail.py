@@ -69,8 +69,15 @@ SAFE_IMAGES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
 # hundred KB anyone can send): the rest is a link to the whole source.
 MAX_LISTED = 500  # attachments on the message page, rows of the MIME tree
 MAX_PART_VIEWS = 100  # parts shown as sent beside decoded on the Anatomy page
-MAX_SOURCE = 1024 * 1024  # octets of the raw source the Anatomy page shows
-MAX_SOURCE_LINES = 20000  # and lines of it
+# The raw source on the Anatomy page: a page of it at a time, each at most
+# this many lines and octets, with a link to the next (?from=N); a page of
+# 20,000 lines cost some 220 ms of CPU each view of a 46 MB message.
+MAX_SOURCE = 1024 * 1024
+MAX_SOURCE_LINES = 5000
+# Lines of a big message's source, by its identity (counted once, not at
+# every page of it: a count of 46 MB holds the GIL some 11 ms).
+_line_counts: dict = {}
+_LINE_COUNTS_KEPT = 256
 
 
 # The compose page (outside /mail/, where every segment is a folder), and
@@ -153,6 +160,21 @@ def _page_later(request: Any, session: Any, make: Any, *args: Any) -> defer.Defe
 
     request.setHeader(b"content-type", b"text/html; charset=utf-8")
     return offload.in_thread(make_page)
+
+
+def _line_count(raw: bytes, identity: Any) -> int:
+    """Lines of C{raw} (the last one counted without its line end), kept for a big message's C{identity} (in a parsing thread)."""
+    key = (identity, len(raw)) if identity is not None and len(raw) >= msgparse.PARSE_CACHE_OVER else None
+    if key is not None:
+        count = _line_counts.get(key)
+        if count is not None:
+            return count
+    count = raw.count(b"\n") + (0 if raw.endswith(b"\n") else 1)
+    if key is not None:
+        if len(_line_counts) >= _LINE_COUNTS_KEPT:
+            _line_counts.pop(next(iter(_line_counts)))
+        _line_counts[key] = count
+    return count
 
 
 def _opaque_note(msg: Any, here: str) -> Any:
@@ -341,7 +363,7 @@ class FolderPages(resource.Resource):
         if what == ["raw"]:
             request.setHeader(b"content-type", b"message/rfc822")
             request.setHeader(b"content-disposition", f'attachment; filename="message-{uid}.eml"'.encode("ascii"))
-            return folder.read(uid)
+            return offload.read_message(folder, uid)
         if len(what) == 2 and what[0] == "part" and _whole(what[1]):
             return self.part(request, folder, info, int(what[1]))
         raise _not_found("There is no page at this address.", back=folder_url(self.name))
@@ -536,7 +558,7 @@ class FolderPages(resource.Resource):
         return json.dumps({"uidnext": folder.uid_next, "count": count, "unseen": unseen}).encode()
 
     def read(self, request, folder, info):
-        raw = folder.read(info.uid)
+        raw = offload.read_message(folder, info.uid)
         flushed = None
         if SEEN not in info.flags:
             # \Seen for IMAP and POP3 too: the same store.
@@ -546,7 +568,8 @@ class FolderPages(resource.Resource):
         if allow_remote:
             request.setHeader(b"content-security-policy", request.responseHeaders.getRawHeaders(b"content-security-policy")[0].replace(b"img-src 'self' data:", b"img-src 'self' data: https: http:"))
         targets = [n for n in self.session.user.mail().folders() if n != self.name]
-        page = _page_later(request, self.session, self._reading, raw, info, allow_remote, targets, self._whereabouts(folder, info.uid), self._identity(folder, info))
+        whereabouts, identity = self._whereabouts(folder, info.uid), self._identity(folder, info)
+        page = raw.addCallback(lambda raw: _page_later(request, self.session, self._reading, raw, info, allow_remote, targets, whereabouts, identity))
         if flushed is None:
             return page
         # The page once the flag is durable too (a failure of either: the error path's page).
@@ -651,7 +674,7 @@ class FolderPages(resource.Resource):
                 raise _not_found(f"This message has no part {index} to download.", back=message_url(self.name, info.uid))
             return self._part_answer(request, index, *part)
 
-        return offload.in_thread(_part_of, folder.read(info.uid), index).addCallback(found)
+        return offload.read_message(folder, info.uid).addCallback(lambda raw: offload.in_thread(_part_of, raw, index)).addCallback(found)
 
     def _part_answer(self, request, index, p, data):
         kind = p.get_content_type()
@@ -672,24 +695,48 @@ class FolderPages(resource.Resource):
         return (self.session.user.address, self.name, getattr(folder, "uid_validity", 0), info.uid, info.key, info.size)
 
     def anatomy(self, request, folder, info):
-        return _page_later(request, self.session, self._anatomy, folder.read(info.uid), info, self._identity(folder, info))
+        first = number_value(request, "from", 1, 1, 2**31)
+        identity = self._identity(folder, info)
+        return offload.read_message(folder, info.uid).addCallback(lambda raw: _page_later(request, self.session, self._anatomy, raw, info, identity, first))
 
-    def _anatomy(self, raw, info, identity=None):
-        """The Anatomy page's title and content (in a parsing thread: no store, no request)."""
+    def _anatomy(self, raw, info, identity=None, first=1):
+        """
+        The Anatomy page's title and content (in a parsing thread: no store,
+        no request); the raw source from its line C{first} (1-based), at
+        most L{MAX_SOURCE_LINES} lines and L{MAX_SOURCE} octets of it, with
+        a link to the next ones.
+        """
         msg = msgparse.parse(raw, identity=identity)
-        text = raw[:MAX_SOURCE].decode("utf-8", "replace")
-        lines = text.split("\r\n")
+        all_lines = _line_count(raw, identity)
+        first = min(first, max(all_lines, 1))
+        start = 0
+        for _ in range(first - 1):
+            start = raw.find(b"\n", start) + 1
+        window = raw[start : start + MAX_SOURCE]
+        lines = window.decode("utf-8", "replace").split("\r\n")
         if lines and lines[-1] == "":
             lines.pop()
-        all_lines = raw.count(b"\n") + (0 if raw.endswith(b"\n") else 1)
-        cut = len(raw) > MAX_SOURCE or len(lines) > MAX_SOURCE_LINES
-        if cut:
+        if len(lines) > MAX_SOURCE_LINES:
             lines = lines[:MAX_SOURCE_LINES]
-            if len(raw) > MAX_SOURCE:
-                lines = lines[:-1]  # the last one may be cut in the middle
-        source = tags.pre(*(tags.span(msgparse.visible(line), class_="line") for line in lines), class_="source")
-        if cut:
-            source = [source, tags.p(f"The first {len(lines)} of {all_lines} lines; ", tags.a("the whole source", href=message_url(self.name, info.uid) + "/raw"), " has the rest.", class_="more")]
+        elif start + MAX_SOURCE < len(raw) and len(lines) > 1:
+            lines = lines[:-1]  # the last one may be cut in the middle
+        last = first + len(lines) - 1
+        here = message_url(self.name, info.uid)
+        if first == 1:
+            source = tags.pre(*(tags.span(msgparse.visible(line), class_="line") for line in lines), class_="source")
+        else:
+            # (numbered in the page: the style's counter starts at 1, and
+            # the page's policy allows no inline style to start it later)
+            source = tags.pre(*(tags.span(tags.span(str(n), class_="n"), msgparse.visible(line), class_="line") for n, line in enumerate(lines, first)), class_="source numbered")
+        if first > 1 or last < all_lines:
+            more = all_lines - last
+            links = [f"Lines {first:,} to {last:,} of {all_lines:,}. "]
+            if more > 0:
+                links += [tags.a(f"{more:,} more line{'s' if more != 1 else ''}", href=f"{here}/anatomy?from={last + 1}#source", class_="next"), " · "]
+            if first > 1:
+                links += [tags.a("the first lines", href=f"{here}/anatomy#source"), " · "]
+            links += [tags.a("the whole source", href=here + "/raw"), " has them all."]
+            source = [source, tags.p(*links, class_="more")]
         headers = tags.table(
             tags.thead(tags.tr(tags.th("field"), tags.th("as sent"), tags.th("decoded (RFC 2047)"))),
             tags.tbody(*(tags.tr(tags.td(n), tags.td(tags.code(r)), tags.td(d if d != " ".join(r.split()) else "")) for n, r, d in msgparse.header_rows(msg))),
@@ -762,7 +809,7 @@ class FolderPages(resource.Resource):
             tags.table(tags.thead(tags.tr(tags.th("content type"), tags.th("transfer encoding"), tags.th("charset"), tags.th("size as sent"), tags.th("file name"))), tags.tbody(*mime_rows), class_="mime"),
             tags.h2("Parts: as sent and decoded"), *part_views,
             tags.p(f"Only the first {MAX_PART_VIEWS} parts are shown side by side.", class_="more") if len(part_views) >= MAX_PART_VIEWS else "",
-            tags.h2(f"Raw source ({all_lines} lines, {info.size} octets)"), source,
+            tags.h2(f"Raw source ({all_lines} lines, {info.size} octets)", id="source"), source,
         ]
         return "Anatomy: " + (msgparse.shown(msgparse.field(msg, "Subject")) or "(no subject)"), content, {}
 
@@ -845,23 +892,24 @@ class Compose(resource.Resource):
         self.face = face
         self.session = session
 
-    def _source(self, ref: str) -> bytes:
+    def _source(self, ref: str) -> defer.Deferred:
         """
-        The stored message C{FOLDER/UID} of the signed-in account. Raises
+        A Deferred of the stored message C{FOLDER/UID} of the signed-in
+        account (read in a parsing thread: L{offload.read_message}). Raises
         L{NoSuchMessage}/L{NoSuchFolder} (a 404 on the error path) when
         there is none, e.g. it was deleted meanwhile.
         """
         folder_name, _, uid = ref.rpartition("/")
         if not _whole(uid) or not 0 < int(uid) < 2**32:
             raise NoSuchMessage(ref)
-        return self.session.user.mail().folder(folder_name).read(int(uid))
+        return offload.read_message(self.session.user.mail().folder(folder_name), int(uid))
 
     def render_GET(self, request):
         for mode in ("reply", "replyall", "forward"):
             ref = form_value(request, mode)
             if ref:
                 # Taken apart in a parsing thread, as the message page.
-                return _page_later(request, self.session, self._answering, mode, self._source(ref), ref)
+                return self._source(ref).addCallback(lambda raw: _page_later(request, self.session, self._answering, mode, raw, ref))
         return render_page(request, "Compose", self.form(), self.session)
 
     def _answering(self, mode: str, raw: bytes, ref: str = ""):
@@ -978,7 +1026,7 @@ class Compose(resource.Resource):
             original = self._source(forward_of)
         except (NoSuchMessage, NoSuchFolder, BadFolderName):
             return self._again(request, fields, "Not sent: the message you are forwarding is not there any more (another mail program deleted or moved it), so its attachments cannot go with it.", code=404)
-        return offload.in_thread(_attachments_of, original).addCallback(lambda found: self._send(request, fields, message, found + files, to + cc))
+        return original.addCallback(lambda raw: offload.in_thread(_attachments_of, raw)).addCallback(lambda found: self._send(request, fields, message, found + files, to + cc))
 
     def _send(self, request, fields: dict[str, str], message: Any, files: list[tuple[str, str, bytes]], recipients: list[str]):
         """Send C{message} with C{files} attached (name, type, bytes) from the compose form C{fields}; the page it answers with."""

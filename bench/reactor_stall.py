@@ -1,0 +1,183 @@
+"""
+How long one IMAP session waits while another opens a Maildir that
+another program filled (bare-LF files named with their S=, listed on
+trust), on a slow disk: every fsync of the hub sleeps --fsync-delay
+seconds (a sitecustomize.py on its PYTHONPATH, as
+tests/test_e2e_slow_fsync.py does). Bob sends NOOP after NOOP; alice
+logs in, SELECTs her INBOX and asks FETCH 1:* (RFC822.SIZE), which needs
+every file made CRLF (tmp, fsync, rename). Reported: alice's SELECT and
+FETCH times, and the longest and median wait of bob's NOOPs meanwhile
+(milliseconds, wall). Run it from each tree to compare (the hub is the
+tree this script is in).
+
+    python3 bench/reactor_stall.py
+    python3 bench/reactor_stall.py --count 100 --fsync-delay 0.05 --rounds 3
+
+With --anatomy-mb N: instead, alice views the web Anatomy page of one
+message of N MB (bench/imap_structure.py's: a text part and three base64
+attachments), --views times, while bob sends NOOP after NOOP; reported
+per view: its wall time, the hub's CPU for it, and bob's longest wait.
+
+    python3 bench/reactor_stall.py --anatomy-mb 43 --views 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import imaplib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.hubprocess import HubProcess  # noqa: E402
+
+SITECUSTOMIZE = '''
+import os, time
+_fsync, _fdatasync = os.fsync, os.fdatasync
+_delay = float(os.environ.get("MAILHUB_TEST_FSYNC_DELAY", "0"))
+def _slow(real):
+    def flush(fd):
+        time.sleep(_delay)
+        return real(fd)
+    return flush
+if _delay:
+    os.fsync, os.fdatasync = _slow(_fsync), _slow(_fdatasync)
+'''
+
+
+def fill(maildir: str, count: int) -> None:
+    """C{count} bare-LF messages in C{cur/}, as another MDA leaves them (S= their stored size)."""
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    start = int(time.time()) - count
+    for i in range(count):
+        body = (f"From: someone@example.org\nSubject: message {i}\n\n" + "a line of the body, stored with a bare LF\n" * 200).encode()
+        name = f"{start + i}.M{i}P1Q{i}.other,S={len(body)}:2,S"
+        with open(os.path.join(maildir, "cur", name), "wb") as f:
+            f.write(body)
+
+
+def one_round(count: int, delay: float) -> tuple[float, float, float, float]:
+    data = tempfile.mkdtemp(prefix="reactor-stall-", dir=os.environ.get("TMPDIR", "/tmp"))
+    faults = os.path.join(data, "faults")
+    os.makedirs(faults)
+    with open(os.path.join(faults, "sitecustomize.py"), "w") as f:
+        f.write(SITECUSTOMIZE)
+    try:
+        hub = HubProcess(os.path.join(data, "hub"), ["--no-ftp"], env={"PYTHONPATH": faults, "MAILHUB_TEST_FSYNC_DELAY": str(delay)})
+        fill(hub.maildir("alice@localhost"), count)
+        hub.start()
+        try:
+            bob = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+            bob.login("bob", "hungry")
+            bob.select("INBOX")
+            bob.noop()
+            waits: list[float] = []
+            stop = threading.Event()
+
+            def ping() -> None:
+                while not stop.is_set():
+                    t = time.perf_counter()
+                    bob.noop()
+                    waits.append(time.perf_counter() - t)
+                    time.sleep(0.01)
+
+            pinger = threading.Thread(target=ping)
+            pinger.start()
+            time.sleep(0.2)
+            alice = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+            alice.login("alice", "secret")
+            t = time.perf_counter()
+            typ, data_ = alice.select("INBOX", readonly=True)
+            selected = time.perf_counter() - t
+            assert typ == "OK" and data_ == [str(count).encode()], (typ, data_)
+            t = time.perf_counter()
+            typ, sizes = alice.fetch("1:*", "(RFC822.SIZE)")
+            fetched = time.perf_counter() - t
+            assert typ == "OK" and len(sizes) == count
+            time.sleep(0.2)
+            stop.set()
+            pinger.join()
+            alice.logout()
+            bob.logout()
+            return selected * 1000, fetched * 1000, max(waits) * 1000, statistics.median(waits) * 1000
+        finally:
+            hub.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def anatomy_views(mb: int, views: int) -> None:
+    from bench.cpu import cpu_seconds
+    from bench.imap_structure import big_message
+    from tests.web_helpers import WebClient
+
+    data = tempfile.mkdtemp(prefix="reactor-stall-", dir=os.environ.get("TMPDIR", "/tmp"))
+    try:
+        hub = HubProcess(os.path.join(data, "hub"), ["--no-ftp", "--max-message-size", str((mb + 8) * 1024 * 1024)]).start()
+        try:
+            message = big_message(mb)
+            m = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+            m.login("alice", "secret")
+            assert m.append("INBOX", None, None, message)[0] == "OK"
+            m.logout()
+            bob = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+            bob.login("bob", "hungry")
+            bob.select("INBOX")
+            web = WebClient(hub)
+            web.login("alice", "secret")
+            for n in range(views):
+                result = {}
+
+                def view() -> None:
+                    t = time.perf_counter()
+                    page = web.get("/mail/INBOX/1/anatomy")
+                    assert page.status == 200, page.status
+                    result["wall"] = time.perf_counter() - t
+
+                before = cpu_seconds(hub.process.pid)
+                viewer = threading.Thread(target=view)
+                viewer.start()
+                longest = 0.0
+                while viewer.is_alive():
+                    t = time.perf_counter()
+                    bob.noop()
+                    longest = max(longest, time.perf_counter() - t)
+                    time.sleep(0.005)
+                viewer.join()
+                cpu = cpu_seconds(hub.process.pid) - before
+                print(f"Anatomy of a {len(message) / 1e6:.1f} MB message, view {n + 1}: {result['wall'] * 1000:.0f} ms wall, "
+                      f"{cpu * 1000:.0f} ms hub CPU; bob's NOOP meanwhile: longest {longest * 1000:.0f} ms", flush=True)
+            bob.logout()
+        finally:
+            hub.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--fsync-delay", type=float, default=0.05)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--anatomy-mb", type=int, default=0)
+    parser.add_argument("--views", type=int, default=4)
+    args = parser.parse_args()
+    if args.anatomy_mb:
+        for _ in range(args.rounds):
+            anatomy_views(args.anatomy_mb, args.views)
+        return
+    for _ in range(args.rounds):
+        selected, fetched, longest, median = one_round(args.count, args.fsync_delay)
+        print(f"{args.count} bare-LF files, fsync {args.fsync_delay * 1000:.0f} ms: alice SELECT {selected:.0f} ms, FETCH 1:* (RFC822.SIZE) {fetched:.0f} ms; "
+              f"bob's NOOP meanwhile: longest {longest:.0f} ms, median {median:.1f} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+# -*- test-case-name: tests.test_web_reactor_reads -*-
+"""
+The web face reads a stored message in a parsing thread, never in the
+reactor (web/mail.py: _message_later): its page, its Anatomy, a part and
+its raw source. A 46 MB message read in the reactor held every other
+client of the hub for the read; the Maildir file is opened in the
+reactor and read in the thread.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer, task
+from twisted.trial import unittest
+
+from tests.test_small_files_durable import Journal
+from twisted_mailhub.accounts import AccountBook
+from twisted_mailhub.hub import Hub
+from twisted_mailhub.store.durable import GroupCommitWriter
+from twisted_mailhub.store.maildir import MaildirFolder, MaildirStore
+from twisted_mailhub.store.smallfiles import SmallFiles
+from twisted_mailhub.web import offload
+
+MESSAGE = (
+    b"From: a@example.org\r\nTo: alice@localhost\r\nSubject: read off the reactor\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+    b"--b\r\nContent-Type: text/plain\r\n\r\nhello there\r\n"
+    b"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"a.bin\"\r\n\r\nabc\r\n--b--\r\n"
+)
+
+
+class MessageReadsTests(unittest.TestCase):
+    def setUp(self):
+        from twisted_mailhub.web.avatar import WebUser
+        from twisted_mailhub.web.site import WebFace
+
+        self.journal = Journal()
+        accounts = AccountBook(["localhost"])
+        accounts.add("alice", "secret")
+        data = self.mktemp()
+        self.store = MaildirStore(os.path.join(data, "mail"), GroupCommitWriter(task.Clock()))
+        self.store.small_files = SmallFiles(fsync=self.journal.fsync, run=self.journal.run)
+        self.hub = Hub(task.Clock(), {"max-message-size": 10000}, accounts, self.store, data, "mail.test")
+        self.face = WebFace(self.hub)
+        self.session = self.face.sessions.new(user=WebUser("alice@localhost", False, self.store))
+        folder = self.store.account("alice@localhost").folder("INBOX")
+        with open(os.path.join(folder.directory, "cur", f"1700000000.M1P1Q1.test,S={len(MESSAGE)}:2,S"), "wb") as f:
+            f.write(MESSAGE)
+        folder.unsettled()
+        self.journal.run_jobs()
+        # The parsing thread: run when the test says, and marked while it runs.
+        self.threads: list = []
+        self.in_thread = False
+
+        def queued(function, *args):
+            d = defer.Deferred()
+            self.threads.append((function, args, d))
+            return d
+
+        self.patch(offload, "in_thread", queued)
+        self.reads_in_reactor: list[int] = []
+        real_read = MaildirFolder.read
+
+        def read(folder, uid):
+            if not self.in_thread:
+                self.reads_in_reactor.append(uid)
+            return real_read(folder, uid)
+
+        self.patch(MaildirFolder, "read", read)
+        real_open = MaildirFolder.open
+        test = self
+
+        class Watched:
+            """The message file as open() gives it; a read outside the thread is recorded."""
+
+            def __init__(self, f):
+                self.f = f
+
+            def read(self, *args):
+                if not test.in_thread:
+                    test.reads_in_reactor.append(("open", args))
+                return self.f.read(*args)
+
+            def close(self):
+                self.f.close()
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+
+        self.patch(MaildirFolder, "open", lambda folder, uid: Watched(real_open(folder, uid)))
+
+    def run_threads(self) -> None:
+        while self.threads or self.journal.jobs:
+            self.journal.run_jobs()
+            while self.threads:
+                function, args, d = self.threads.pop(0)
+                self.in_thread = True
+                try:
+                    result = function(*args)
+                finally:
+                    self.in_thread = False
+                d.callback(result)
+
+    def get(self, path: str) -> defer.Deferred:
+        """GET /mail/INBOX/<path> as the browser gets it: a Deferred of the body (status 200)."""
+        from twisted.web import server
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from twisted_mailhub.web.errors import MethodGuard
+        from twisted_mailhub.web.mail import FolderPages
+
+        address, _, query = path.partition("?")
+        request = DummyRequest([p.encode() for p in address.split("/")])
+        request.method = b"GET"
+        request.path = b"/mail/INBOX/" + address.encode()
+        for pair in filter(None, query.split("&")):
+            name, _, value = pair.partition("=")
+            request.addArg(name.encode(), value.encode())
+        request.processingFailed = lambda reason: self.fail(reason.getTraceback())
+
+        def page(_):
+            self.assertEqual(request.responseCode or 200, 200)
+            return b"".join(request.written)
+
+        shown = request.notifyFinish().addCallback(page)
+        body = MethodGuard(FolderPages(self.face, self.session, "INBOX")).render(request)
+        if body is not server.NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+        return shown
+
+    def test_a_reply_and_a_forward_are_filled_in_from_a_message_read_in_a_parsing_thread(self):
+        from twisted.web import server
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from twisted_mailhub.web.errors import MethodGuard
+        from twisted_mailhub.web.mail import Compose
+
+        for mode in ("reply", "forward"):
+            request = DummyRequest([b""])
+            request.method = b"GET"
+            request.addArg(mode.encode(), b"INBOX/1")
+            request.processingFailed = lambda reason: self.fail(reason.getTraceback())
+            shown = request.notifyFinish().addCallback(lambda _, r=request: b"".join(r.written))
+            body = MethodGuard(Compose(self.face, self.session)).render(request)
+            if body is not server.NOT_DONE_YET:
+                request.write(body)
+                request.finish()
+            self.run_threads()
+            self.assertIn(b"read off the reactor", self.successResultOf(shown))
+        self.assertEqual(self.reads_in_reactor, [])
+
+    def test_the_json_apis_message_and_its_source_are_read_in_a_parsing_thread(self):
+        from twisted_mailhub.web.api import ApiResource
+
+        api = ApiResource.__new__(ApiResource)
+        folder = self.store.account("alice@localhost").folder("INBOX")
+        read = defer.ensureDeferred(api._read(folder, 1))
+        self.assertNoResult(read)
+        self.run_threads()
+        self.assertEqual(self.successResultOf(read), MESSAGE)
+        self.assertEqual(self.reads_in_reactor, [])
+
+    def test_a_message_its_anatomy_a_part_and_its_source_are_read_in_a_parsing_thread(self):
+        for path, shown in (("1", b"hello there"), ("1/anatomy", b"read off the reactor"), ("1/part/2", b"abc"), ("1/raw", MESSAGE)):
+            page = self.get(path)
+            self.run_threads()
+            self.assertIn(shown, self.successResultOf(page), path)
+        # (before: each read the whole message in the reactor)
+        self.assertEqual(self.reads_in_reactor, [])
