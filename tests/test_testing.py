@@ -400,3 +400,32 @@ def test_files_gives_a_file_whose_name_is_not_utf8(hub):
     assert hub.files(ALICE) == {"caf\ufffd.txt": b"latin", "plain.txt": b"ok", "über.txt": b"utf8"}
     hub.purge()  # (walks the home the same way: it raised too)
     assert hub.files(ALICE) == {}
+
+
+def test_ftp_lists_and_fetches_a_file_whose_name_is_not_utf8(hub):
+    # hub.ftp() read names with ftplib's strict UTF-8: NLST, MLSD and LIST
+    # of a home holding a Latin-1 name (STOR caf<0xe9>.txt from an old
+    # client) raised UnicodeDecodeError inside ftplib. Such a name now
+    # comes as a lone surrogate (PEP 383) and goes back as its octets.
+    old = ftplib.FTP(timeout=30, encoding="latin-1")
+    old.connect(hub.host, hub.ports["ftp"])
+    try:
+        old.login(ALICE, "secret")
+        old.storbinary("STOR café.txt", io.BytesIO(b"latin"))
+    finally:
+        old.quit()
+    client = hub.ftp(ALICE)
+    try:
+        client.storbinary("STOR über.txt", io.BytesIO(b"utf8"))
+        assert sorted(client.nlst()) == ["caf\udce9.txt", "über.txt"]
+        assert sorted(name for name, _ in client.mlsd()) == ["caf\udce9.txt", "über.txt"]
+        lines: list[str] = []
+        client.retrlines("LIST", lines.append)
+        assert any(line.endswith(" caf\udce9.txt") for line in lines), lines
+        got = io.BytesIO()
+        client.retrbinary("RETR caf\udce9.txt", got.write)
+        assert got.getvalue() == b"latin"
+        client.delete("caf\udce9.txt")
+        assert client.nlst() == ["über.txt"]
+    finally:
+        client.quit()
