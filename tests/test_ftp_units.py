@@ -163,14 +163,14 @@ def test_passive_channel_states_and_timeout():
     reactor = MemoryReactorClock()
     channel = DataChannel(reactor, "127.0.0.1", "127.0.0.1", 2120, timeout=5)
     assert channel.state is DataState.IDLE
-    assert "PORT or PASV" in result_of(channel.open()).getErrorMessage()
+    assert result_of(channel.open()).getErrorMessage() == "use PORT, PASV, EPRT or EPSV first"
     channel.passive(None)
     assert channel.state is DataState.PASSIVE_LISTENING
     d = channel.open()
     assert channel.state is DataState.CONNECTING
     reactor.advance(5)
     failure = result_of(d)
-    assert "not made in time" in failure.getErrorMessage()
+    assert failure.getErrorMessage() == "no data connection was made within 5 seconds"
     assert channel.state is DataState.IDLE
 
 
@@ -242,7 +242,7 @@ def test_an_active_connection_that_cannot_be_started_fails_the_transfer_and_leav
     channel.active("fe80::1%nosuchif9", 40000)
     failure = result_of(channel.open())
     assert failure.check(ftpdata.TransferFailed)
-    assert failure.getErrorMessage() == "cannot connect to fe80::1%nosuchif9 port 40000"
+    assert failure.getErrorMessage() == "cannot open the data connection to fe80::1%nosuchif9 port 40000"
     assert channel.state is DataState.IDLE
     assert reactor.getDelayedCalls() == []
 
@@ -285,6 +285,29 @@ def test_transfer_without_port_or_pasv_is_425(session):
     say(b"USER alice\r\nPASS secret\r\n")
     assert say(b"LIST\r\n").startswith(b"425")
     assert say(b"RETR nothing\r\n").startswith(b"550")
+
+
+def test_a_data_connection_never_made_is_425_saying_so_once(tmp_path):
+    # Each 4xx reply of a data connection says what happened once, in a
+    # sentence (before: "425 Can't open data connection: the data
+    # connection was not made in time.").
+    reactor = MemoryReactorClock()
+    accounts = AccountBook(["localhost"])
+    accounts.add("alice", "secret")
+    hub = Hub(reactor, {"ftp-data-timeout": 5}, accounts, MemoryStore(), str(tmp_path), "mail.test")
+    component.install(hub)
+    factory = MailhubFTPFactory(hub, idle_timeout=30, data_timeout=5)
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000), hostAddress=IPv4Address("TCP", "127.0.0.1", 2121))
+    proto.makeConnection(transport)
+    proto.dataReceived(b"USER alice\r\nPASS secret\r\nPORT 127,0,0,1,156,64\r\nLIST\r\n")
+    assert transport.value().decode().splitlines()[-1].startswith("150 ")
+    transport.clear()
+    reactor.advance(5)  # the active connection never completes
+    assert transport.value() == b"425 No data connection was made within 5 seconds.\r\n"
+    transport.clear()
+    proto.dataReceived(b"NOOP\r\n")  # and the session goes on
+    assert transport.value() == b"200 NOOP ok.\r\n"
 
 
 def test_idle_control_connection_times_out(session):
@@ -468,7 +491,7 @@ def test_a_data_connection_that_cannot_be_started_is_425_with_no_traceback(tmp_p
         proto.dataReceived(b"LIST\r\n")
         replies = transport.value().decode().splitlines()
         assert replies[0].startswith("150 ")
-        assert replies[1] == "425 Can't open data connection: cannot connect to fe80::1%nosuchif9 port 40000."
+        assert replies[1] == "425 Cannot open the data connection to fe80::1%nosuchif9 port 40000."
         transport.clear()
         clock.advance(6)  # past the data timeout: nothing was left to fire
         assert transport.value() == b""

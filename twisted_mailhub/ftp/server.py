@@ -1034,9 +1034,14 @@ class MailhubFTP(ftp.FTP):
                 # RFC 959 §4.2: 452, insufficient storage / cannot write.
                 return f"452 Requested action not taken: cannot write the file ({reason.getErrorMessage()})."
             if reason.check(TransferFailed):
+                # RFC 959 §4.2's 425 and 426, their reason said once
+                # (not "Connection closed; transfer aborted (data
+                # connection closed by the client)").
+                words = reason.getErrorMessage()
+                words = words[:1].upper() + words[1:]
                 if not progress["connected"]:
-                    return f"425 Can't open data connection: {reason.getErrorMessage()}."
-                return f"426 Connection closed; transfer aborted ({reason.getErrorMessage()})."
+                    return f"425 {words}."
+                return f"426 {words}; transfer aborted."
             if reason.check(OSError):
                 from twisted_mailhub.ftp.vfs import error_words
 
