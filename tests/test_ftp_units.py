@@ -20,6 +20,7 @@ from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.ftp import component
 from twisted.internet import error
 from twisted_mailhub.ftp import data as ftpdata
+from twisted_mailhub.ftp import server
 from twisted_mailhub.ftp.data import DataChannel, DataState, close_now, from_crlf, port_candidates, same_host, to_crlf
 from twisted_mailhub.ftp.server import MailhubFTPFactory
 from twisted_mailhub.ftp.vfs import DiskShell, filesystem_factories, partial_name
@@ -460,6 +461,37 @@ def test_opts_answers_each_command_it_knows_and_refuses_the_rest_with_501(sessio
     proto, transport, say, clock = session
     assert say(line + b"\r\n") == reply + b"\r\n"
     assert say(b"NOOP\r\n").startswith(b"200")
+
+
+@pytest.mark.parametrize(
+    "line, reply",
+    [
+        # Before: "501 DELE needs an argument.", "504 TYPE : use TYPE A or
+        # TYPE I." (a blank where the argument was), '501 REST wants a
+        # byte offset, got "".', and PASS alone a failed login.
+        (b"DELE", b"501 DELE needs a file name: DELE <file>."),
+        (b"RMD", b"501 RMD needs a directory name: RMD <directory>."),
+        (b"XRMD", b"501 RMD needs a directory name: RMD <directory>."),  # (RFC 775's name for RMD)
+        (b"TYPE", b"501 TYPE needs a type: TYPE A (text, line ends converted) or TYPE I (binary)."),
+        (b"MODE", b"501 MODE needs a mode: MODE S (stream, the only mode here)."),
+        (b"STRU", b"501 STRU needs a structure: STRU F (file, the only structure here)."),
+        (b"REST", b"501 REST needs a byte offset: REST <offset>, then RETR or STOR to resume there."),
+        (b"SITE", b"501 SITE needs a command: " + server.SYNTAX["SITE"].encode() + b"."),
+        (b"AUTH", b"501 AUTH needs a mechanism: AUTH TLS, then PBSZ 0 and PROT P for encrypted data."),
+    ],
+)
+def test_a_command_without_its_argument_says_which_and_gives_the_form(session, line, reply):
+    proto, transport, say, clock = session
+    say(b"USER alice\r\nPASS secret\r\n")
+    assert say(line + b"\r\n") == reply + b"\r\n"
+    assert say(b"NOOP\r\n") == b"200 NOOP ok.\r\n"
+
+
+def test_pass_without_the_password_says_so_and_waits_for_it(session):
+    proto, transport, say, clock = session
+    assert say(b"USER alice\r\n").startswith(b"331")
+    assert say(b"PASS\r\n") == b"501 PASS needs the password: PASS <password>, after USER.\r\n"
+    assert say(b"PASS secret\r\n").startswith(b"230")
 
 
 def test_a_data_connection_that_cannot_be_started_is_425_with_no_traceback(tmp_path):
