@@ -55,7 +55,9 @@ def test_a_missing_argument_is_named_with_the_commands_form(hub):
         assert ask(b"a5 COPY 1") == b"a5 BAD Missing argument: mailbox (the form is COPY sequence-set mailbox)"
         assert ask(b"c1 SEARCH") == b"c1 BAD Missing argument: search-key (the form is SEARCH [CHARSET charset] search-key ..., e.g. SEARCH UNSEEN)"
         assert ask(b"c2 UID") == b"c2 BAD Missing argument: command (the form is UID command arguments, the command FETCH, STORE, COPY, MOVE, SEARCH, EXPUNGE, SORT or THREAD)"
-        assert ask(b"c3 UID FETCH") == b"c3 BAD Missing argument: sequence-set (the form is FETCH sequence-set items, e.g. FETCH 1:* (FLAGS UID))"
+        assert ask(b"c3 UID FETCH") == b"c3 BAD Missing argument: sequence-set (the form is UID FETCH sequence-set items, e.g. FETCH 1:* (FLAGS UID))"
         assert ask(b"c4 UID EXPUNGE") == b"c4 BAD Missing argument: sequence-set (the form is UID EXPUNGE sequence-set)"
+        assert ask(b"c6 UID COPY 1") == b"c6 BAD Missing argument: mailbox (the form is UID COPY sequence-set mailbox)"
+        assert ask(b"c7 COPY 1") == b"c7 BAD Missing argument: mailbox (the form is COPY sequence-set mailbox)"  # (no UID left over)
         assert ask(b"c5 NOOP").startswith(b"c5 OK")  # the session goes on
         s.sendall(b"a6 LOGOUT\r\n")

@@ -162,8 +162,13 @@ class ChangeCommands:
                 return
             self.do_EXPUNGE(tag, messages, uid=1)
             return
-        # "UID FETCH" alone: FETCH's parsers name what is missing.
-        self.dispatchCommand(tag, command, line or None, uid=1)
+        # "UID FETCH" alone: FETCH's parsers name what is missing, and
+        # (while they run, at once) know it came after UID.
+        self._uid_command = True
+        try:
+            self.dispatchCommand(tag, command, line or None, uid=1)
+        finally:
+            self._uid_command = False
 
     select_UID = (do_UID, imap4.IMAP4Server.arg_atom, opt_rest)
 

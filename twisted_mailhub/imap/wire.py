@@ -373,14 +373,17 @@ ARGUMENT_FORMS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def missing_argument(command: str, index: int) -> str:
+def missing_argument(command: str, index: int, uid: bool = False) -> str:
     """
     The text of the BAD for a missing argument: argument C{index} (from 0)
     of C{command} (upper case) named, with the command's form, when
     L{ARGUMENT_FORMS} knows it:
     C{"Missing argument: password (the form is LOGIN userid password)"}.
+    C{uid}: the command came after UID (C{UID FETCH}), and its form says so.
     """
     form, names = ARGUMENT_FORMS.get(command, ("", ()))
+    if uid and form:
+        form = "UID " + form
     if index < len(names):
         return f"Missing argument: {names[index]} (the form is {form})"
     if form:
@@ -403,12 +406,12 @@ def _argument_required(parser: Any, command: str = "", index: int = 0) -> Any:
             # index it too (C{SEARCH} alone: TypeError in opt_charset).
             if parser.__name__.startswith("opt_"):
                 return None, None
-            raise imap4.IllegalClientResponse(missing_argument(command, index))
+            raise imap4.IllegalClientResponse(missing_argument(command, index, getattr(self, "_uid_command", False)))
         try:
             return parser(self, line, *args, **kwargs)
         except imap4.IllegalClientResponse as e:
             if str(e) == "Missing argument":  # (Twisted's words for an empty rest)
-                raise imap4.IllegalClientResponse(missing_argument(command, index)) from None
+                raise imap4.IllegalClientResponse(missing_argument(command, index, getattr(self, "_uid_command", False))) from None
             raise
         except (imap4.IllegalMailboxEncoding, imap4.IllegalOperation):
             raise
