@@ -392,7 +392,7 @@ def test_upload_cut_by_a_reset_data_connection_never_shows_under_its_name(hub):
     # The client dies mid-upload: a reset, not the clean close that ends a file.
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     conn.close()
-    assert f.getline().startswith("426")
+    assert f.getline() == "426 The data connection broke; transfer aborted."
     assert "cut.bin" not in f.nlst()
     with pytest.raises(ftplib.error_perm, match="^550"):
         f.retrbinary("RETR cut.bin", lambda _: None)
@@ -405,6 +405,20 @@ def test_appe_extends_a_complete_file_only_when_the_upload_completes(hub):
     f.storbinary("APPE log.txt", io.BytesIO(b"line 2\n"))
     assert open(os.path.join(home(hub), "log.txt"), "rb").read() == b"line 1\nline 2\n"
     assert os.listdir(home(hub)) == ["log.txt"]
+
+
+@pytest.mark.parametrize("mode", ["I", "A"])  # (sendfile; a producer)
+def test_a_download_the_client_cut_short_is_426_saying_so_once(hub, random_50mb, mode):
+    # Before: "426 Connection closed; transfer aborted (data connection
+    # closed by the client)": "closed" twice, the cause in parentheses.
+    f = login(hub)
+    f.storbinary("STOR big", io.BytesIO(random_50mb))
+    f.voidcmd(f"TYPE {mode}")
+    conn = f.transfercmd("RETR big")
+    assert len(conn.recv(65536)) > 0
+    conn.close()  # with bytes unread: a reset
+    assert f.getline() == "426 The data connection broke; transfer aborted."
+    assert f.pwd() == "/"
 
 
 def test_abor_with_ftplib_abort_telnet_and_urgent_byte(hub, random_50mb):
@@ -762,7 +776,7 @@ def test_stalled_upload_is_cut_off_after_the_data_timeout(start_hub):
     conn = f.transfercmd("STOR slow.bin")
     conn.sendall(b"a little")
     f.sock.settimeout(15)
-    assert f.getline().startswith("426")  # no more bytes for a second
+    assert f.getline() == "426 The data connection was idle for 1 second; transfer aborted."  # no more bytes for a second
     conn.close()
     assert f.pwd() == "/"
     # what did arrive is kept, hidden, on disk before the 426: REST resumes it

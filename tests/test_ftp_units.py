@@ -20,6 +20,7 @@ from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.ftp import component
 from twisted.internet import error
 from twisted_mailhub.ftp import data as ftpdata
+from twisted_mailhub.ftp import server
 from twisted_mailhub.ftp.data import DataChannel, DataState, close_now, from_crlf, port_candidates, same_host, to_crlf
 from twisted_mailhub.ftp.server import MailhubFTPFactory
 from twisted_mailhub.ftp.vfs import DiskShell, filesystem_factories, partial_name
@@ -163,14 +164,14 @@ def test_passive_channel_states_and_timeout():
     reactor = MemoryReactorClock()
     channel = DataChannel(reactor, "127.0.0.1", "127.0.0.1", 2120, timeout=5)
     assert channel.state is DataState.IDLE
-    assert "PORT or PASV" in result_of(channel.open()).getErrorMessage()
+    assert result_of(channel.open()).getErrorMessage() == "use PORT, PASV, EPRT or EPSV first"
     channel.passive(None)
     assert channel.state is DataState.PASSIVE_LISTENING
     d = channel.open()
     assert channel.state is DataState.CONNECTING
     reactor.advance(5)
     failure = result_of(d)
-    assert "not made in time" in failure.getErrorMessage()
+    assert failure.getErrorMessage() == "no data connection was made within 5 seconds"
     assert channel.state is DataState.IDLE
 
 
@@ -242,7 +243,7 @@ def test_an_active_connection_that_cannot_be_started_fails_the_transfer_and_leav
     channel.active("fe80::1%nosuchif9", 40000)
     failure = result_of(channel.open())
     assert failure.check(ftpdata.TransferFailed)
-    assert failure.getErrorMessage() == "cannot connect to fe80::1%nosuchif9 port 40000"
+    assert failure.getErrorMessage() == "cannot open the data connection to fe80::1%nosuchif9 port 40000"
     assert channel.state is DataState.IDLE
     assert reactor.getDelayedCalls() == []
 
@@ -285,6 +286,29 @@ def test_transfer_without_port_or_pasv_is_425(session):
     say(b"USER alice\r\nPASS secret\r\n")
     assert say(b"LIST\r\n").startswith(b"425")
     assert say(b"RETR nothing\r\n").startswith(b"550")
+
+
+def test_a_data_connection_never_made_is_425_saying_so_once(tmp_path):
+    # Each 4xx reply of a data connection says what happened once, in a
+    # sentence (before: "425 Can't open data connection: the data
+    # connection was not made in time.").
+    reactor = MemoryReactorClock()
+    accounts = AccountBook(["localhost"])
+    accounts.add("alice", "secret")
+    hub = Hub(reactor, {"ftp-data-timeout": 5}, accounts, MemoryStore(), str(tmp_path), "mail.test")
+    component.install(hub)
+    factory = MailhubFTPFactory(hub, idle_timeout=30, data_timeout=5)
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5000), hostAddress=IPv4Address("TCP", "127.0.0.1", 2121))
+    proto.makeConnection(transport)
+    proto.dataReceived(b"USER alice\r\nPASS secret\r\nPORT 127,0,0,1,156,64\r\nLIST\r\n")
+    assert transport.value().decode().splitlines()[-1].startswith("150 ")
+    transport.clear()
+    reactor.advance(5)  # the active connection never completes
+    assert transport.value() == b"425 No data connection was made within 5 seconds.\r\n"
+    transport.clear()
+    proto.dataReceived(b"NOOP\r\n")  # and the session goes on
+    assert transport.value() == b"200 NOOP ok.\r\n"
 
 
 def test_idle_control_connection_times_out(session):
@@ -439,6 +463,37 @@ def test_opts_answers_each_command_it_knows_and_refuses_the_rest_with_501(sessio
     assert say(b"NOOP\r\n").startswith(b"200")
 
 
+@pytest.mark.parametrize(
+    "line, reply",
+    [
+        # Before: "501 DELE needs an argument.", "504 TYPE : use TYPE A or
+        # TYPE I." (a blank where the argument was), '501 REST wants a
+        # byte offset, got "".', and PASS alone a failed login.
+        (b"DELE", b"501 DELE needs a file name: DELE <file>."),
+        (b"RMD", b"501 RMD needs a directory name: RMD <directory>."),
+        (b"XRMD", b"501 RMD needs a directory name: RMD <directory>."),  # (RFC 775's name for RMD)
+        (b"TYPE", b"501 TYPE needs a type: TYPE A (text, line ends converted) or TYPE I (binary)."),
+        (b"MODE", b"501 MODE needs a mode: MODE S (stream, the only mode here)."),
+        (b"STRU", b"501 STRU needs a structure: STRU F (file, the only structure here)."),
+        (b"REST", b"501 REST needs a byte offset: REST <offset>, then RETR or STOR to resume there."),
+        (b"SITE", b"501 SITE needs a command: " + server.SYNTAX["SITE"].encode() + b"."),
+        (b"AUTH", b"501 AUTH needs a mechanism: AUTH TLS, then PBSZ 0 and PROT P for encrypted data."),
+    ],
+)
+def test_a_command_without_its_argument_says_which_and_gives_the_form(session, line, reply):
+    proto, transport, say, clock = session
+    say(b"USER alice\r\nPASS secret\r\n")
+    assert say(line + b"\r\n") == reply + b"\r\n"
+    assert say(b"NOOP\r\n") == b"200 NOOP ok.\r\n"
+
+
+def test_pass_without_the_password_says_so_and_waits_for_it(session):
+    proto, transport, say, clock = session
+    assert say(b"USER alice\r\n").startswith(b"331")
+    assert say(b"PASS\r\n") == b"501 PASS needs the password: PASS <password>, after USER.\r\n"
+    assert say(b"PASS secret\r\n").startswith(b"230")
+
+
 def test_a_data_connection_that_cannot_be_started_is_425_with_no_traceback(tmp_path):
     # A link-local client (fe80::1%eth0) names its own address with a scope
     # id no interface of ours has: EPRT is its own address (the scope is
@@ -468,7 +523,7 @@ def test_a_data_connection_that_cannot_be_started_is_425_with_no_traceback(tmp_p
         proto.dataReceived(b"LIST\r\n")
         replies = transport.value().decode().splitlines()
         assert replies[0].startswith("150 ")
-        assert replies[1] == "425 Can't open data connection: cannot connect to fe80::1%nosuchif9 port 40000."
+        assert replies[1] == "425 Cannot open the data connection to fe80::1%nosuchif9 port 40000."
         transport.clear()
         clock.advance(6)  # past the data timeout: nothing was left to fire
         assert transport.value() == b""

@@ -22,25 +22,42 @@ def test_malformed_arguments_are_refused_in_words(line, message):
     assert message in str(e.value)
 
 
-def test_a_missing_argument_is_named(hub):
-    # Before: "a1 BAD Missing argument" (which one? LOGIN takes a name and
-    # a password).
+def test_a_missing_argument_is_named_with_the_commands_form(hub):
+    # Before: "a1 BAD Missing argument" (which one? the form is LOGIN
+    # userid password), then "Missing argument to LIST" and the like for
+    # the commands with no names: each names what is missing and gives
+    # the form, in the RFC's words.
     import socket
+
+    def ask(line: bytes) -> bytes:
+        tag = line.split(b" ", 1)[0]
+        s.sendall(line + b"\r\n")
+        while not (reply := f.readline()).startswith(tag + b" "):
+            pass
+        return reply.rstrip(b"\r\n")
 
     with socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=10) as s:
         f = s.makefile("rb")
         assert f.readline().startswith(b"* OK")
-        s.sendall(b"a1 LOGIN bob\r\n")
-        assert f.readline() == b"a1 BAD Missing argument: the password (LOGIN takes: user name, password)\r\n"
-        s.sendall(b"a2 LOGIN alice secret\r\n")
-        while not (line := f.readline()).startswith(b"a2 "):
-            pass
-        assert line.startswith(b"a2 OK")
-        s.sendall(b"a3 RENAME INBOX\r\n")
-        assert f.readline() == b"a3 BAD Missing argument: the new mailbox name (RENAME takes: mailbox name, new mailbox name)\r\n"
-        s.sendall(b"a4 SELECT INBOX\r\n")
-        while not (line := f.readline()).startswith(b"a4 "):
-            pass
-        s.sendall(b"a5 COPY 1\r\n")
-        assert f.readline() == b"a5 BAD Missing argument: the mailbox name (COPY takes: sequence set, mailbox name)\r\n"
+        assert ask(b"a1 LOGIN bob") == b"a1 BAD Missing argument: password (the form is LOGIN userid password)"
+        assert ask(b"b1 LOGIN") == b"b1 BAD Missing argument: userid (the form is LOGIN userid password)"
+        assert ask(b"b2 AUTHENTICATE") == b"b2 BAD Missing argument: auth-type (the form is AUTHENTICATE auth-type [initial-response], e.g. AUTHENTICATE PLAIN)"
+        assert ask(b"b3 ID") == b"b3 BAD Missing argument: (field value ...) or NIL (the form is ID (field value ...), or ID NIL)"
+        assert ask(b"a2 LOGIN alice secret").startswith(b"a2 OK")
+        assert ask(b"a3 RENAME INBOX") == b"a3 BAD Missing argument: new-mailbox (the form is RENAME mailbox new-mailbox)"
+        assert ask(b"b4 LIST") == b'b4 BAD Missing argument: reference (the form is LIST reference mailbox-pattern, e.g. LIST "" "*")'
+        assert ask(b"b5 APPEND") == b"b5 BAD Missing argument: mailbox (the form is APPEND mailbox [(flag ...)] [date-time] literal)"
+        assert ask(b"b6 ENABLE") == b"b6 BAD Missing argument: capability (the form is ENABLE capability ..., e.g. ENABLE CONDSTORE)"
+        assert ask(b"b7 SETQUOTA") == b"b7 BAD Missing argument: quota-root (the form is SETQUOTA quota-root (resource limit ...))"
+        assert ask(b"b8 COMPRESS") == b"b8 BAD Missing argument: algorithm (the form is COMPRESS DEFLATE)"
+        assert ask(b"b9 NOTIFY") == b"b9 BAD Missing argument: SET or NONE (the form is NOTIFY SET (filter events) ..., or NOTIFY NONE)"
+        assert ask(b"a4 SELECT INBOX").startswith(b"a4 OK")
+        assert ask(b"a5 COPY 1") == b"a5 BAD Missing argument: mailbox (the form is COPY sequence-set mailbox)"
+        assert ask(b"c1 SEARCH") == b"c1 BAD Missing argument: search-key (the form is SEARCH [CHARSET charset] search-key ..., e.g. SEARCH UNSEEN)"
+        assert ask(b"c2 UID") == b"c2 BAD Missing argument: command (the form is UID command arguments, the command FETCH, STORE, COPY, MOVE, SEARCH, EXPUNGE, SORT or THREAD)"
+        assert ask(b"c3 UID FETCH") == b"c3 BAD Missing argument: sequence-set (the form is UID FETCH sequence-set items, e.g. FETCH 1:* (FLAGS UID))"
+        assert ask(b"c4 UID EXPUNGE") == b"c4 BAD Missing argument: sequence-set (the form is UID EXPUNGE sequence-set)"
+        assert ask(b"c6 UID COPY 1") == b"c6 BAD Missing argument: mailbox (the form is UID COPY sequence-set mailbox)"
+        assert ask(b"c7 COPY 1") == b"c7 BAD Missing argument: mailbox (the form is COPY sequence-set mailbox)"  # (no UID left over)
+        assert ask(b"c5 NOOP").startswith(b"c5 OK")  # the session goes on
         s.sendall(b"a6 LOGOUT\r\n")

@@ -385,6 +385,13 @@ class TransactionTests(POP3TestCase):
         proto, t = self.connect()
         self.assertEqual(self.say(proto, t, b"user\tcarol\r\npass two words \r\n"), b"+OK now send PASS for carol\r\n+OK carol@localhost has 0 messages (0 octets)\r\n")
 
+    def test_pass_without_the_password_says_so_and_keeps_user(self):
+        # Before: "-ERR [AUTH] authentication failed", a login attempt
+        # with an empty password (which no account has).
+        proto, t = self.connect()
+        self.assertEqual(self.say(proto, t, b"USER alice\r\nPASS\r\n"), b"+OK now send PASS for alice\r\n-ERR PASS needs the password, e.g. PASS secret\r\n")
+        self.assertTrue(self.say(proto, t, b"PASS secret\r\n").startswith(b"+OK alice@localhost has"))
+
     def test_bad_message_numbers(self):
         self.put(b"one\r\n")
         proto, t = self.login()

@@ -379,19 +379,24 @@ def test_a_broken_encoded_word_subject_reads_as_the_webmail_and_the_api_show_it(
     assert sorted(m["subject"] for m in listing) == sorted(m.subject for m in hub.messages(ALICE))
 
 
+def store_as_latin1(hub, files: dict[str, bytes]) -> None:
+    """Upload C{files} as alice from a client that sends names in Latin-1."""
+    client = ftplib.FTP(timeout=30, encoding="latin-1")
+    client.connect(hub.host, hub.ports["ftp"])
+    try:
+        client.login(ALICE, "secret")
+        for name, body in files.items():
+            client.storbinary(f"STOR {name}", io.BytesIO(body))
+    finally:
+        client.quit()
+
+
 def test_files_gives_a_file_whose_name_is_not_utf8(hub):
     # A name sent in Latin-1 (an old FTP client: STOR caf<0xe9>.txt) is
     # stored as those octets; files() read names with ftplib's UTF-8 and
     # raised UnicodeDecodeError for the whole home. Such a name is given
     # with the octet as U+FFFD (as the JSON API's file listing shows it).
-    client = ftplib.FTP(timeout=30, encoding="latin-1")
-    client.connect(hub.host, hub.ports["ftp"])
-    try:
-        client.login(ALICE, "secret")
-        client.storbinary("STOR café.txt", io.BytesIO(b"latin"))
-        client.storbinary("STOR plain.txt", io.BytesIO(b"ok"))
-    finally:
-        client.quit()
+    store_as_latin1(hub, {"café.txt": b"latin", "plain.txt": b"ok"})
     client = hub.ftp(ALICE)  # (a UTF-8 name stays itself)
     try:
         client.storbinary("STOR über.txt", io.BytesIO(b"utf8"))
@@ -400,3 +405,26 @@ def test_files_gives_a_file_whose_name_is_not_utf8(hub):
     assert hub.files(ALICE) == {"caf\ufffd.txt": b"latin", "plain.txt": b"ok", "über.txt": b"utf8"}
     hub.purge()  # (walks the home the same way: it raised too)
     assert hub.files(ALICE) == {}
+
+
+def test_ftp_lists_and_fetches_a_file_whose_name_is_not_utf8(hub):
+    # hub.ftp() read names with ftplib's strict UTF-8: NLST, MLSD and LIST
+    # of a home holding a Latin-1 name (STOR caf<0xe9>.txt from an old
+    # client) raised UnicodeDecodeError inside ftplib. Such a name now
+    # comes as a lone surrogate (PEP 383) and goes back as its octets.
+    store_as_latin1(hub, {"café.txt": b"latin"})
+    client = hub.ftp(ALICE)
+    try:
+        client.storbinary("STOR über.txt", io.BytesIO(b"utf8"))
+        assert sorted(client.nlst()) == ["caf\udce9.txt", "über.txt"]
+        assert sorted(name for name, _ in client.mlsd()) == ["caf\udce9.txt", "über.txt"]
+        lines: list[str] = []
+        client.retrlines("LIST", lines.append)
+        assert any(line.endswith(" caf\udce9.txt") for line in lines), lines
+        got = io.BytesIO()
+        client.retrbinary("RETR caf\udce9.txt", got.write)
+        assert got.getvalue() == b"latin"
+        client.delete("caf\udce9.txt")
+        assert client.nlst() == ["über.txt"]
+    finally:
+        client.quit()

@@ -206,23 +206,29 @@ def user_add(args) -> str:
     return f"added {args.address} to {args.accounts}"
 
 
-def user_passwd(args) -> str:
+def _account_line(args) -> tuple[list[str], int]:
+    """
+    The lines of the accounts file C{args.accounts} and the index of
+    C{args.address}'s; L{AdminError} when the file or the account is not
+    there.
+    """
     must_exist(args.accounts)
     lines = read_lines(args.accounts)
     i = _index(lines, args.address, args.domain)
     if i is None:
         raise AdminError(f"no account {args.address} in {args.accounts}")
+    return lines, i
+
+
+def user_passwd(args) -> str:
+    lines, i = _account_line(args)
     lines[i] = _entry(args, _password(args), _address_of(lines[i]))
     write_lines(args.accounts, lines)
     return f"changed the password of {args.address} in {args.accounts}"
 
 
 def user_remove(args) -> str:
-    must_exist(args.accounts)
-    lines = read_lines(args.accounts)
-    i = _index(lines, args.address, args.domain)
-    if i is None:
-        raise AdminError(f"no account {args.address} in {args.accounts}")
+    lines, i = _account_line(args)
     del lines[i]
     write_lines(args.accounts, lines)
     return f"removed {args.address} from {args.accounts} (its mail stays in the data folder)"

@@ -1101,6 +1101,11 @@ class MailhubPOP3(_pop3.POP3):
         if self._user is None:
             self.reply_err(b"send USER first, then PASS")
             return None
+        if not args:
+            # RFC 1939 §7: PASS string. No account has an empty password,
+            # so this is no login attempt: say what is missing, keep USER.
+            self.reply_err(b"PASS needs the password, e.g. PASS secret")
+            return None
         user, self._user = self._user, None
         # The password is the rest of the line as sent: it may hold spaces.
         return self._login(defer.maybeDeferred(self.authenticateUserPASS, user, args), user, "PASS")

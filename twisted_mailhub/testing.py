@@ -34,6 +34,7 @@ Theory of operation:
 from __future__ import annotations
 
 import base64
+import codecs
 import email
 import email.message
 import email.policy
@@ -624,22 +625,19 @@ class Mailhub:
         return client
 
     def ftp(self, account: str) -> ftplib.FTP:
-        """An FTP client logged in as C{account}, in passive mode."""
-        return self._ftp(account, "utf-8")
-
-    def _ftp(self, account: str, encoding: str) -> ftplib.FTP:
         """
-        L{ftp} with C{encoding} for ftplib's lines: the kit's own walks use
-        C{latin-1} (one character per octet), so a file name that is not
-        UTF-8 is read and sent back as the same octets; the user name and
-        password still go as UTF-8 octets.
+        An FTP client logged in as C{account}, in passive mode. Names are
+        UTF-8 text; the octets of a name that is not UTF-8 (an old client's
+        Latin-1 C{café}) come as lone surrogates (PEP 383, as C{os.listdir}
+        gives them: C{"caf\\udce9.txt"}) and go back as the same octets, so
+        C{nlst()}, C{mlsd()} and C{retrlines("LIST")} never raise on them
+        and C{RETR}/C{DELE} of such a name work.
         """
         where = self._listener("ftp")
-        client = ftplib.FTP(timeout=30, encoding=encoding)
+        client = ftplib.FTP(timeout=30, encoding=FTP_NAMES)
         client.connect(where.host, where.port)
-        as_octets = lambda text: text.encode("utf-8").decode(encoding)  # noqa: E731
         try:
-            client.login(as_octets(self.address_of(account)), as_octets(self.password_of(account)))
+            client.login(self.address_of(account), self.password_of(account))
         except BaseException:
             client.close()
             raise
@@ -786,14 +784,14 @@ class Mailhub:
         name is UTF-8 text; octets of one that is not (an old client's
         Latin-1 C{café}) are U+FFFD, as the JSON API's listing shows them.
         """
-        client = self._ftp(account, "latin-1")
+        client = self.ftp(account)
         found: dict[str, bytes] = {}
         try:
             for path, kind in _walk(client, ""):
                 if kind == "file":
                     buffer = io.BytesIO()
                     client.retrbinary(f"RETR /{path}", buffer.write)
-                    found[path.encode("latin-1").decode("utf-8", "replace")] = buffer.getvalue()
+                    found[path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")] = buffer.getvalue()
         finally:
             _quit(client)
         return found
@@ -821,7 +819,7 @@ class Mailhub:
                 finally:
                     _logout(client)
             if "ftp" in self.listeners:
-                client = self._ftp(account, "latin-1")  # (any name's octets: see files)
+                client = self.ftp(account)  # (any name's octets: see ftp)
                 try:
                     for path, kind in reversed(list(_walk(client, ""))):
                         if kind == "file":
@@ -922,6 +920,38 @@ def _list_folders(client: imaplib.IMAP4) -> list[tuple[str, frozenset]]:
         if "\\noselect" not in flag_set:
             found.append((name, flag_set))
     return found
+
+
+def _ftp_names_codec(name: str) -> codecs.CodecInfo | None:
+    """
+    The codec L{FTP_NAMES} names: UTF-8 whose undecodable octets are lone
+    surrogates and back (C{surrogateescape}, PEP 383) whatever C{errors}
+    ftplib asks for. ftplib takes only an encoding (its C{makefile} and
+    C{encode} calls use strict errors), so this is how it gets one.
+    """
+    if name != FTP_NAMES:
+        return None
+
+    def encode(text: str, errors: str = "strict") -> tuple[bytes, int]:
+        return codecs.utf_8_encode(text, "surrogateescape")
+
+    def decode(data: bytes, errors: str = "strict") -> tuple[str, int]:
+        return codecs.utf_8_decode(data, "surrogateescape", True)
+
+    class IncrementalEncoder(codecs.IncrementalEncoder):
+        def encode(self, text: str, final: bool = False) -> bytes:
+            return codecs.utf_8_encode(text, "surrogateescape")[0]
+
+    class IncrementalDecoder(codecs.BufferedIncrementalDecoder):
+        def _buffer_decode(self, data: bytes, errors: str, final: bool) -> tuple[str, int]:
+            return codecs.utf_8_decode(data, "surrogateescape", final)
+
+    return codecs.CodecInfo(encode, decode, incrementalencoder=IncrementalEncoder, incrementaldecoder=IncrementalDecoder, name=FTP_NAMES)
+
+
+#: The encoding of the kit's FTP clients (L{Mailhub.ftp}).
+FTP_NAMES = "mailhub_ftp_names"
+codecs.register(_ftp_names_codec)
 
 
 def _walk(client: ftplib.FTP, directory: str):

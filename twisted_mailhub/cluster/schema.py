@@ -27,8 +27,11 @@ brought up together by C{mailhub-admin db upgrade}).
    access time is kept (every download would be a write on the database).
 
 C{mailhub_cluster_schema} holds the version. A hub creates the tables in a
-database that has none; a database at an older version is refused at start
-with the command to run (C{mailhub-admin db upgrade}); a newer one too.
+database that has none and migrates older ones at its start, as the mail
+store does (L{pgschema.migrate}: one transaction under an advisory lock,
+so hubs and workers starting together migrate once); C{mailhub-admin db
+upgrade} does the same by hand. A newer version than the hub knows is
+refused at start, saying to upgrade the hub.
 """
 
 from __future__ import annotations
@@ -131,23 +134,20 @@ def upgrade(conn: Any) -> tuple[int, int]:
 
 def check(conn: Any) -> None:
     """
-    At a hub's start: create the tables in a database without them; raise
-    L{SchemaError} (saying to run C{mailhub-admin db upgrade}, or to
-    upgrade the hub) for any other version than L{SCHEMA_VERSION}.
+    At a hub's start: create the tables in a database without them and
+    migrate older ones (L{upgrade}: under an advisory lock, so hubs and
+    workers starting together migrate once, the others waiting for it);
+    raise L{SchemaError}, saying to upgrade the hub, for a newer version
+    than L{SCHEMA_VERSION}.
     """
     version = schema_version(conn)
     if version == SCHEMA_VERSION:
-        return
-    if version == 0:
-        upgrade(conn)
         return
     if version > SCHEMA_VERSION:
         raise SchemaError(
             f"the database's cluster tables are at version {version}, newer than this hub's {SCHEMA_VERSION}: upgrade the hub"
         )
-    raise SchemaError(
-        f"the database's cluster tables are at version {version}, this hub needs {SCHEMA_VERSION}: run 'mailhub-admin db upgrade --dsn DSN'"
-    )
+    upgrade(conn)
 
 
 def ready(database: Any) -> None:

@@ -140,11 +140,22 @@ def _reset(reason: Any) -> bool:
 
 
 class TransferFailed(Exception):
-    """The data connection broke before the transfer was complete."""
+    """
+    The data connection could not be made, or broke before the transfer
+    was complete. Its text is a clause that names the data connection at
+    most once and reads as the reply's words after the code (capitalized:
+    C{425 Cannot open the data connection to ::1 port 40000.}, C{426 The
+    data connection broke; transfer aborted.}).
+    """
 
 
 class TransferWriteError(TransferFailed):
     """The file being received could not be written (disk full...)."""
+
+
+def _seconds(count: float) -> str:
+    """C{count} seconds in words: C{"1 second"}, C{"2.5 seconds"}."""
+    return f"{count:g} second" + ("" if count == 1 else "s")
 
 
 def same_host(a: str, b: str) -> bool:
@@ -349,7 +360,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
 
     def timeoutConnection(self):
         log.info("ftp data connection idle for {t}s; closing", t=self.channel.timeout)
-        self._fail(TransferFailed("data connection timed out"))
+        self._fail(TransferFailed(f"the data connection was idle for {_seconds(self.channel.timeout)}"))
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes):
@@ -449,8 +460,10 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
                 self.done.errback(TransferFailed("the data connection broke"))
         elif self._finished:
             self.done.callback(self.bytes)
+        elif _reset(reason):
+            self.done.errback(TransferFailed("the data connection broke"))
         else:
-            self.done.errback(TransferFailed("data connection closed by the client"))
+            self.done.errback(TransferFailed("the client closed the data connection before the end"))
 
     def progress(self) -> int:
         """Bytes moved so far (STAT during a transfer)."""
@@ -864,7 +877,7 @@ class DataChannel:
             self._enter(DataState.TRANSFERRING)
             return defer.succeed(self.connection)
         if not self.ready:
-            return defer.fail(TransferFailed("use PORT or PASV first"))
+            return defer.fail(TransferFailed("use PORT, PASV, EPRT or EPSV first"))
         waiting = self._waiting = defer.Deferred()
         self._timer = self.reactor.callLater(self.timeout, self._timed_out)
         active = self.state is DataState.ACTIVE_READY
@@ -889,7 +902,7 @@ class DataChannel:
             connector.connect()
         except Exception as e:
             log.warn("ftp cannot connect to {host} port {port}: {why}", host=host, port=port, why=reason_words(e))
-            self._give_up(TransferFailed(f"cannot connect to {host} port {port}"))
+            self._give_up(TransferFailed(f"cannot open the data connection to {host} port {port}"))
 
     def _active_failed(self, reason, bound):
         if self.state is not DataState.CONNECTING:
@@ -902,11 +915,11 @@ class DataChannel:
             )
             self._connect(bind=False)
             return
-        self._give_up(TransferFailed(f"cannot connect to {self._address[0]} port {self._address[1]}"))
+        self._give_up(TransferFailed(f"cannot open the data connection to {self._address[0]} port {self._address[1]}"))
 
     def _timed_out(self):
         self._timer = None
-        self._give_up(TransferFailed("the data connection was not made in time"))
+        self._give_up(TransferFailed(f"no data connection was made within {_seconds(self.timeout)}"))
 
     def _give_up(self, exc):
         waiting, self._waiting = self._waiting, None

@@ -488,15 +488,10 @@ class PostgresShell:
         one would make every download a write on the shared database.
         """
 
-        def change(conn):
-            self._writable(path)
-            if not path:
-                raise _Trouble(ftp.PermissionDeniedError("/"))
-            with conn.transaction():
-                node = self._existing(conn, path)
-                conn.execute("UPDATE ftp_node SET modified = %s WHERE id = %s", (float(modified), node.id))
+        def change(conn, node):
+            conn.execute("UPDATE ftp_node SET modified = %s WHERE id = %s", (float(modified), node.id))
 
-        return self._later(change)
+        return self._change_node(path, change)
 
     def setPermissions(self, path, mode):
         """
@@ -504,17 +499,29 @@ class PostgresShell:
         L{kept_mode} keeps it, committed before the Deferred fires with it.
         """
 
-        def change(conn):
+        def change(conn, node):
+            kept = kept_mode(mode, node.is_folder)
+            conn.execute("UPDATE ftp_node SET mode = %s WHERE id = %s", (kept, node.id))
+            return kept
+
+        return self._change_node(path, change)
+
+    def _change_node(self, path, change):
+        """
+        C{change(conn, node)} on the row at C{path} (a writable path, not
+        the root) in one transaction; a Deferred firing with what it
+        returns once committed. L{ftp.PermissionDeniedError} for the root
+        or a read-only path, L{ftp.FileNotFoundError} for none.
+        """
+
+        def run(conn):
             self._writable(path)
             if not path:
                 raise _Trouble(ftp.PermissionDeniedError("/"))
             with conn.transaction():
-                node = self._existing(conn, path)
-                kept = kept_mode(mode, node.is_folder)
-                conn.execute("UPDATE ftp_node SET mode = %s WHERE id = %s", (kept, node.id))
-            return kept
+                return change(conn, self._existing(conn, path))
 
-        return self._later(change)
+        return self._later(run)
 
     def removeFile(self, path):
         def remove(conn):

@@ -73,9 +73,13 @@ _KIND = {67: "C", 83: "S"}  # b"C"[0], b"S"[0]
 _MAYBE_SECRET = re.compile(rb"[PpAaLl][AaUuOo][SsTtGg][SsHhIi]").search
 
 
-# _plain_lines of short reads and replies lately let go (a client sends the
-# same command lines, and the server the same replies, message after
-# message): a look-up, not the counts. At most _KNOWN_MOST of each.
+# _plain_lines of short reads and replies lately let go whose count is the
+# same whether read or sent (a client sends the same command lines, and the
+# server the same replies, message after message): a look-up, not the
+# counts, and no need of the entry's sign. At most _KNOWN_MOST.
+_LINES: dict = {}
+# _plain_lines of those seen once, as a read and as a reply (at most
+# _KNOWN_MOST of each): a second sighting puts one in _LINES.
 _READ_LINES: dict = {}
 _REPLY_LINES: dict = {}
 _KNOWN_MOST = 1024
@@ -225,56 +229,95 @@ class ControlRecord(SessionRecord):
         with its message's count next) go; C{_seq} counts their events, so
         the sequence numbers, L{dropped} and L{summary} are what making
         them would give. The made events before them go too (older still).
+
+        The usual entry, a read or reply seen before whose count does not
+        depend on which it is (L{_LINES}), is counted by a look-up in C
+        (C{map}); only the others (a message's count, a 354, one not seen
+        yet) are looked at one by one (L{_count_one}).
         """
         first = self._raw
         if first is None:
             return
         events = self._events
-        n = len(events)
-        stop = n - self._max
+        stop = len(events) - self._max
         if stop <= first:
             return
         transcriber = self._transcriber
         if transcriber is not None and not transcriber.at_rest():
             return
-        times = self._times
-        pair = self._PAIR_KIND
-        made = 0
-        i = first
-        reads, replies = _READ_LINES, _REPLY_LINES
-        while i < stop:
-            entry = events[i]
-            if entry.__class__ is bytes:
-                read = copysign(1.0, times[i]) > 0
-                k = (reads if read else replies).get(entry)
-                if k is None:
-                    k = _plain_lines(entry, read)
-                    if len(entry) <= _SAFE_LONGEST:
-                        known = reads if read else replies
-                        if len(known) >= _KNOWN_MOST:
-                            known.clear()
-                        known[entry] = k
-                if k < 0:
-                    # One 354 line (the Transcriber then reads a message):
-                    # only with the message's count next, which ends it.
-                    after = events[i + 1] if i + 1 < n else None
-                    if pair is None or after.__class__ is not tuple or after[0] is not pair:
-                        break
-                    k = 1
-                elif k == 0:
+        chunk = events[first:stop]
+        try:
+            counts = list(map(_LINES.get, chunk, repeat(0, len(chunk))))
+        except TypeError:  # (an event's text that is no key)
+            counts = [0] * len(chunk)
+        end = len(chunk)
+        j = 0
+        index = counts.index
+        while True:
+            try:
+                j = index(0, j)  # (0: not known by a look-up)
+            except ValueError:
+                break
+            k = self._count_one(first + j)
+            if not k:
+                end = j
+                break
+            if k < 0:
+                # A 354 and its message's count after it (L{_count_one}):
+                # one event and two.
+                if j + 1 >= end:
+                    end = j
                     break
-            elif pair is not None and entry[0] is pair:
-                k = 2
-            else:
-                k = 1
-            made += k
-            i += 1
-        if i == first:
+                counts[j] = 1
+                counts[j + 1] = 2
+                j += 2
+                continue
+            counts[j] = k
+            j += 1
+        if end == 0:
             return
+        i = first + end
+        made = sum(counts[:end])
         del events[:i]
-        del times[:i]
+        del self._times[:i]
         self._seq += made
         self._raw = 0
+
+    def _count_one(self, i: int) -> int:
+        """
+        How many events kept entry C{i} makes (L{_let_go}), 0 when it
+        cannot go unmade, -1 for a 354 go-ahead with its message's count
+        next (three events, the two entries). Counts are remembered
+        (L{_READ_LINES}, L{_REPLY_LINES}); one seen again whose count is the
+        same as a read and as a reply goes to L{_LINES}.
+        """
+        events = self._events
+        entry = events[i]
+        pair = self._PAIR_KIND
+        if entry.__class__ is not bytes:
+            return 2 if pair is not None and entry[0] is pair else 1
+        read = copysign(1.0, self._times[i]) > 0  # (a clock at 0.0 too)
+        known = _READ_LINES if read else _REPLY_LINES
+        k = known.get(entry)
+        if k is None:
+            k = _plain_lines(entry, read)
+            if len(entry) <= _SAFE_LONGEST:
+                if len(known) >= _KNOWN_MOST:
+                    known.clear()
+                known[entry] = k
+        elif k > 0 and _plain_lines(entry, not read) == k:
+            # Seen again (not a reply naming a new queue id): counted by
+            # a look-up from now on, a read or a reply alike.
+            if len(_LINES) >= _KNOWN_MOST:
+                _LINES.clear()
+            _LINES[entry] = k
+        if k < 0:
+            # One 354 line (the Transcriber then reads a message): only
+            # with the message's count next, which ends it (-1: both).
+            after = events[i + 1] if i + 1 < len(events) else None
+            if pair is None or after.__class__ is not tuple or after[0] is not pair:
+                return 0
+        return k
 
     def _make(self) -> None:
         """Play the kept entries through the Transcriber, in order, each at its own time; nobody is told."""

@@ -131,7 +131,39 @@ SYNTAX = {
     "MDTM": "MDTM <file>: its modification time, YYYYMMDDHHMMSS in UTC",
     "MFMT": "MFMT YYYYMMDDHHMMSS <file>: set its modification time (UTC)",
     "SITE": "SITE UTIME YYYYMMDDHHMMSS <file>, or SITE UTIME <file> <atime> <mtime> <ctime> UTC: set its times; SITE CHMOD 644 <file>: its mode",
+    "DELE": "DELE <file>",
+    "MKD": "MKD <directory>",
+    "RMD": "RMD <directory>",
+    "MODE": "MODE S (stream, the only mode here)",
+    "STRU": "STRU F (file, the only structure here)",
 }
+
+# What a command given without its argument lacks, for those whose own
+# answer would not say it ("504 TYPE : use ..."): the 501 names it and
+# gives the form from SYNTAX (RFC 959 §4.2: 501, syntax error in
+# parameters).
+ARGUMENT_NEEDED = {
+    "PASS": "the password",
+    "DELE": "a file name",
+    "RMD": "a directory name",
+    "TYPE": "a type",
+    "MODE": "a mode",
+    "STRU": "a structure",
+    "AUTH": "a mechanism",
+    "SITE": "a command",
+    "REST": "a byte offset",
+}
+
+
+def missing_argument(verb: str) -> str:
+    """
+    The 501 for C{verb} (upper case) sent without the argument it needs:
+    what it lacks, when L{ARGUMENT_NEEDED} knows, and its form
+    (L{SYNTAX}): C{"501 DELE needs a file name: DELE <file>."}.
+    """
+    what = ARGUMENT_NEEDED.get(verb, "an argument")
+    form = SYNTAX.get(verb)
+    return f"501 {verb} needs {what}: {form}." if form else f"501 {verb} needs {what}."
 
 # Answered even while a transfer runs (RFC 959 §4.1.3: ABOR, STAT, QUIT).
 URGENT = {"ABOR", "STAT", "QUIT"}
@@ -518,14 +550,15 @@ class MailhubFTP(ftp.FTP):
         method = getattr(self, "ftp_" + verb, None)
         if method is None or verb not in COMMANDS:
             return f"500 '{quote(verb, 20)}': command not understood (HELP lists the commands)."
+        if not arg.strip(" ") and verb in ARGUMENT_NEEDED and verb != "PASS":  # (PASS: anonymous)
+            return missing_argument(verb)
         try:
             if arg:
                 return method(arg)
             return method()
         except TypeError as e:
             if "argument" in str(e):
-                needs = "needs an argument" if not arg else "takes no argument"
-                return f"501 {verb} {needs}."
+                return missing_argument(verb) if not arg else f"501 {verb} takes no argument."
             raise
 
     def _urgent(self, line: bytes) -> bool:
@@ -551,6 +584,10 @@ class MailhubFTP(ftp.FTP):
 
     def ftp_PASS(self, password=""):
         anonymous = self.factory.anonymous and self._user.lower() in ("anonymous", "ftp")
+        if not password and not anonymous:
+            # No account has an empty password: no login attempt; say
+            # what is missing and wait for it (the state stays INAUTH).
+            return missing_argument("PASS")
         if anonymous:
             creds = credentials.Anonymous()
         else:
@@ -1056,9 +1093,14 @@ class MailhubFTP(ftp.FTP):
                 # RFC 959 §4.2: 452, insufficient storage / cannot write.
                 return f"452 Requested action not taken: cannot write the file ({reason.getErrorMessage()})."
             if reason.check(TransferFailed):
+                # RFC 959 §4.2's 425 and 426, their reason said once
+                # (not "Connection closed; transfer aborted (data
+                # connection closed by the client)").
+                words = reason.getErrorMessage()
+                words = words[:1].upper() + words[1:]
                 if not progress["connected"]:
-                    return f"425 Can't open data connection: {reason.getErrorMessage()}."
-                return f"426 Connection closed; transfer aborted ({reason.getErrorMessage()})."
+                    return f"425 {words}."
+                return f"426 {words}; transfer aborted."
             if reason.check(OSError):
                 from twisted_mailhub.ftp.vfs import error_words
 

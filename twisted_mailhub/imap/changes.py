@@ -22,7 +22,7 @@ from twisted.mail import imap4
 
 from twisted_mailhub.errorwords import no_room
 from twisted_mailhub.imap.condstore import uid_runs_text, uid_set_text
-from twisted_mailhub.imap.wire import arg_finalastring, client_text
+from twisted_mailhub.imap.wire import arg_finalastring, client_text, missing_argument, opt_rest
 from twisted_mailhub.store.interfaces import NoSuchMessage, is_out_of_space
 
 log = Logger()
@@ -152,6 +152,9 @@ class ChangeCommands:
             self.sendBadResponse(tag, b"UID wants FETCH, SEARCH, STORE, COPY, MOVE, EXPUNGE, SORT or THREAD")
             return
         if command == b"EXPUNGE":
+            if not line:
+                self.sendBadResponse(tag, missing_argument("UID EXPUNGE", 0).encode())
+                return
             try:
                 messages, rest = self.arg_seqset(line)
             except imap4.IllegalClientResponse as e:
@@ -159,9 +162,15 @@ class ChangeCommands:
                 return
             self.do_EXPUNGE(tag, messages, uid=1)
             return
-        self.dispatchCommand(tag, command, line, uid=1)
+        # "UID FETCH" alone: FETCH's parsers name what is missing, and
+        # (while they run, at once) know it came after UID.
+        self._uid_command = True
+        try:
+            self.dispatchCommand(tag, command, line or None, uid=1)
+        finally:
+            self._uid_command = False
 
-    select_UID = (do_UID, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
+    select_UID = (do_UID, imap4.IMAP4Server.arg_atom, opt_rest)
 
 
 def _deleted(view: Any) -> list[int]:

@@ -328,44 +328,72 @@ def opt_nested_list(self: Any, line: bytes):
     raise imap4.IllegalClientResponse("missing ')'")
 
 
+def opt_rest(self: Any, line: bytes):
+    """
+    The rest of the line, which may be missing (L{None}: the command table
+    guard gives an C{opt_} parser's missing argument as L{None}), so the
+    command itself can say what it lacks (C{UID FETCH} alone).
+    """
+    return line, b""
+
+
 def arg_finalastring(self: Any, line: bytes):
     return arg_astring(self, line, final=True)
 
 
-#: What each argument of a command is called (RFC 3501 §6, RFC 5256,
-#: RFC 9208, RFC 6851), in the order of its command table's parsers: a
-#: missing one is named in the BAD ("a1 LOGIN bob": the password).
-ARGUMENT_NAMES: dict[str, tuple[str, ...]] = {
-    "LOGIN": ("user name", "password"),
-    "RENAME": ("mailbox name", "new mailbox name"),
-    "LSUB": ("reference name", "mailbox name"),
-    "STATUS": ("mailbox name", "status data items in parentheses"),
-    "COPY": ("sequence set", "mailbox name"),
-    "MOVE": ("sequence set", "mailbox name"),
-    "FETCH": ("sequence set", "message data items"),
-    "STORE": ("sequence set", "message data item name and value"),
-    "SELECT": ("mailbox name",),
-    "EXAMINE": ("mailbox name",),
-    "CREATE": ("mailbox name",),
-    "DELETE": ("mailbox name",),
-    "SUBSCRIBE": ("mailbox name",),
-    "UNSUBSCRIBE": ("mailbox name",),
-    "GETQUOTAROOT": ("mailbox name",),
-    "GETQUOTA": ("quota root",),
-    "SORT": ("sort criteria", "charset", "search criteria"),
-    "THREAD": ("threading algorithm", "charset", "search criteria"),
+#: Each command's form, in the RFC's own words (RFC 3501/9051 §6 and
+#: their ABNF, RFC 4959, RFC 5161, RFC 2971, RFC 4978, RFC 5256, RFC 5465,
+#: RFC 6851, RFC 9208), and what each of its arguments is called, in the
+#: order of its command table's parsers: a missing one is named in the
+#: BAD with the form ("a1 LOGIN bob": the password).
+ARGUMENT_FORMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "LOGIN": ("LOGIN userid password", ("userid", "password")),
+    "AUTHENTICATE": ("AUTHENTICATE auth-type [initial-response], e.g. AUTHENTICATE PLAIN", ("auth-type",)),
+    "RENAME": ("RENAME mailbox new-mailbox", ("mailbox", "new-mailbox")),
+    "LIST": ('LIST reference mailbox-pattern, e.g. LIST "" "*"', ("reference", "mailbox-pattern")),
+    "LSUB": ('LSUB reference mailbox-pattern, e.g. LSUB "" "*"', ("reference", "mailbox-pattern")),
+    "STATUS": ("STATUS mailbox (status-att ...), e.g. STATUS INBOX (MESSAGES UNSEEN)", ("mailbox", "(status-att ...)")),
+    "APPEND": ("APPEND mailbox [(flag ...)] [date-time] literal", ("mailbox", "literal")),
+    "COPY": ("COPY sequence-set mailbox", ("sequence-set", "mailbox")),
+    "MOVE": ("MOVE sequence-set mailbox", ("sequence-set", "mailbox")),
+    "FETCH": ("FETCH sequence-set items, e.g. FETCH 1:* (FLAGS UID)", ("sequence-set", "items")),
+    "STORE": ("STORE sequence-set [+|-]FLAGS[.SILENT] (flag ...)", ("sequence-set", "[+|-]FLAGS (flag ...)")),
+    "SELECT": ("SELECT mailbox", ("mailbox",)),
+    "EXAMINE": ("EXAMINE mailbox", ("mailbox",)),
+    "CREATE": ("CREATE mailbox", ("mailbox",)),
+    "DELETE": ("DELETE mailbox", ("mailbox",)),
+    "SUBSCRIBE": ("SUBSCRIBE mailbox", ("mailbox",)),
+    "UNSUBSCRIBE": ("UNSUBSCRIBE mailbox", ("mailbox",)),
+    "ENABLE": ("ENABLE capability ..., e.g. ENABLE CONDSTORE", ("capability",)),
+    "ID": ("ID (field value ...), or ID NIL", ("(field value ...) or NIL",)),
+    "GETQUOTAROOT": ("GETQUOTAROOT mailbox", ("mailbox",)),
+    "GETQUOTA": ("GETQUOTA quota-root", ("quota-root",)),
+    "SETQUOTA": ("SETQUOTA quota-root (resource limit ...)", ("quota-root",)),
+    "SEARCH": ("SEARCH [CHARSET charset] search-key ..., e.g. SEARCH UNSEEN", ("CHARSET charset", "search-key")),
+    "SORT": ("SORT (sort-criteria) charset search-key ..., e.g. SORT (DATE) UTF-8 ALL", ("(sort-criteria)", "charset", "search-key")),
+    "THREAD": ("THREAD algorithm charset search-key ..., e.g. THREAD REFERENCES UTF-8 ALL", ("algorithm", "charset", "search-key")),
+    "UID": ("UID command arguments, the command FETCH, STORE, COPY, MOVE, SEARCH, EXPUNGE, SORT or THREAD", ("command",)),
+    "UID EXPUNGE": ("UID EXPUNGE sequence-set", ("sequence-set",)),
+    "COMPRESS": ("COMPRESS DEFLATE", ("algorithm",)),
+    "NOTIFY": ("NOTIFY SET (filter events) ..., or NOTIFY NONE", ("SET or NONE",)),
 }
 
 
-def missing_argument(command: str, index: int) -> str:
+def missing_argument(command: str, index: int, uid: bool = False) -> str:
     """
     The text of the BAD for a missing argument: argument C{index} (from 0)
-    of C{command} (upper case), named when L{ARGUMENT_NAMES} knows it:
-    C{"Missing argument: the password (LOGIN takes: user name, password)"}.
+    of C{command} (upper case) named, with the command's form, when
+    L{ARGUMENT_FORMS} knows it:
+    C{"Missing argument: password (the form is LOGIN userid password)"}.
+    C{uid}: the command came after UID (C{UID FETCH}), and its form says so.
     """
-    names = ARGUMENT_NAMES.get(command, ())
+    form, names = ARGUMENT_FORMS.get(command, ("", ()))
+    if uid and form:
+        form = "UID " + form
     if index < len(names):
-        return f"Missing argument: the {names[index]} ({command} takes: {', '.join(names)})"
+        return f"Missing argument: {names[index]} (the form is {form})"
+    if form:
+        return f"Missing argument (the form is {form})"
     return f"Missing argument to {command}" if command else "Missing argument"
 
 
@@ -384,12 +412,12 @@ def _argument_required(parser: Any, command: str = "", index: int = 0) -> Any:
             # index it too (C{SEARCH} alone: TypeError in opt_charset).
             if parser.__name__.startswith("opt_"):
                 return None, None
-            raise imap4.IllegalClientResponse(missing_argument(command, index))
+            raise imap4.IllegalClientResponse(missing_argument(command, index, getattr(self, "_uid_command", False)))
         try:
             return parser(self, line, *args, **kwargs)
         except imap4.IllegalClientResponse as e:
             if str(e) == "Missing argument":  # (Twisted's words for an empty rest)
-                raise imap4.IllegalClientResponse(missing_argument(command, index)) from None
+                raise imap4.IllegalClientResponse(missing_argument(command, index, getattr(self, "_uid_command", False))) from None
             raise
         except (imap4.IllegalMailboxEncoding, imap4.IllegalOperation):
             raise

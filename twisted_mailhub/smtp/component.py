@@ -29,7 +29,7 @@ option_parameters = [
 
 
 option_flags = [
-    ["submission-sender-match", None, "Refuse a logged-in client's MAIL FROM that is not its own account's address (553 5.7.1; RFC 6409 §6.1, as Postfix's reject_sender_login_mismatch); MAIL FROM:<> still allowed."],
+    ["submission-sender-match", None, "Refuse a logged-in client's MAIL FROM that is not its own account's address (553 5.7.1; RFC 6409 §6.1, as Postfix's reject_sender_login_mismatch; MAIL FROM:<> still allowed), and a message whose From: address (Sender: when From: has several) is not (550 5.7.1 after DATA)."],
 ]
 
 

@@ -42,6 +42,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from twisted_mailhub.filters import Envelope, Reject, Rewrite
+from twisted_mailhub.lines import quote
 from twisted_mailhub.logobserver import QuickLogger
 from twisted_mailhub.store.interfaces import INBOX, StoreUnavailable
 
@@ -271,6 +272,56 @@ def add_submission_headers(message: bytes, hostname: str, sender: str = "") -> b
     if not _MESSAGE_ID.search(headers):
         extra += b"Message-ID: <%s@%s>\r\n" % (queue_id().encode("ascii") + os.urandom(4).hex().encode("ascii"), hostname.encode("ascii", "replace"))
     return extra + message
+
+
+def _header_fields(headers: bytes, name: bytes) -> list[str]:
+    """
+    The values of every C{name:} field (lower case, no colon) of a header
+    block, unfolded (RFC 5322 §2.2.3), as text: UTF-8 (RFC 6532), any other
+    octet U+FFFD.
+    """
+    found = []
+    for m in re.finditer(rb"^" + name + rb"[ \t]*:((?:[^\r\n]*\r?\n(?:[ \t][^\r\n]*\r?\n)*)|[^\r\n]*$)", headers, re.I | re.M):
+        found.append(re.sub(rb"\r?\n(?=[ \t])", b"", m.group(1)).strip().decode("utf-8", "replace"))
+    return found
+
+
+def header_sender_refusal(message: bytes, account: str, qualify: Any = None) -> str | None:
+    """
+    C{--submission-sender-match}'s check of the header (RFC 6409 §6.1 lets
+    a submission server insist): the author of C{message} (CRLF bytes) must
+    be C{account} (the address that logged in). That is the one address of
+    its C{From:} fields (RFC 5322 §3.6.2); with several, the C{Sender:}
+    field's, which RFC 5322 §3.6.2 then requires. Compared without regard
+    to case; C{qualify} (a bare local part -> an address) as the envelope
+    sender is. A message without C{From:} passes (the hub adds the
+    account's). Returns the text of the C{550 5.7.1} reply (after its
+    code), or L{None} when it passes. Postfix's
+    C{reject_sender_login_mismatch} checks only the envelope sender; the
+    hub checks both.
+    """
+    headers = header_block(message)
+    if not _FROM.search(headers):
+        return None
+    authors = [address for _, address in email.utils.getaddresses(_header_fields(headers, b"from"))]
+    field = "From"
+    if len(authors) > 1:
+        field = "Sender"
+        authors = [address for _, address in email.utils.getaddresses(_header_fields(headers, b"sender"))]
+        if len(authors) != 1:
+            return (
+                f"5.7.1 Message refused: it has several From: addresses and no Sender: field naming {account} "
+                "(RFC 5322 3.6.2); with --submission-sender-match the author must be the account that logged in"
+            )
+    address = authors[0] if authors else ""
+    owner = quote(account, 200, ascii=True)
+    if not address:
+        return f"5.7.1 Message refused: its {field}: field names no address; with --submission-sender-match it must be {owner}"
+    if qualify is not None:
+        address = qualify(address)
+    if address.casefold() == account.casefold():
+        return None
+    return f"5.7.1 <{quote(address, 200, ascii=True)}>: {field}: header address rejected: not owned by user {owner}"
 
 
 @attr.s(auto_attribs=True)

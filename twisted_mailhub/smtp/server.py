@@ -73,6 +73,7 @@ from twisted_mailhub.smtp.delivery import (
     deliver,
     envelope_of,
     has_hook,
+    header_sender_refusal,
     run_filters,
 )
 from twisted_mailhub.smtp.dsn import DSNSyntaxError, parse_envid, parse_notify, parse_orcpt, parse_ret
@@ -1031,7 +1032,10 @@ class MailhubSMTP(smtp.ESMTP):
         if record is not None:
             record.message_read(pairs, size)
         # dot_unstuff (RFC 5321 §4.5.2): its first line starts with no ".".
-        d = deliver(self.hub, session, sender, recipients, segment.replace(b"\r\n.", b"\r\n"), dsn)
+        message = segment.replace(b"\r\n.", b"\r\n")
+        if self.sender_must_match and self._header_sender_refused(message):
+            return defer.succeed(None)
+        d = deliver(self.hub, session, sender, recipients, message, dsn)
         d.addCallbacks(self._delivered, self._not_delivered)
         return d
 
@@ -1056,9 +1060,28 @@ class MailhubSMTP(smtp.ESMTP):
         else:
             segment = segment.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         message = dot_unstuff(segment)
+        if self.sender_must_match and self._header_sender_refused(message):
+            return defer.succeed(None)
         d = deliver(self.hub, session, sender, recipients, message, dsn)
         d.addCallbacks(self._delivered, self._not_delivered)
         return d
+
+    def _header_sender_refused(self, message: bytes) -> bool:
+        """
+        C{--submission-sender-match} after DATA: a logged-in client's
+        message whose author (C{From:}, or C{Sender:} with several From
+        addresses) is not its account gets C{550 5.7.1}
+        (L{header_sender_refusal}); nothing is kept. Whether it was.
+        """
+        if not self.authenticated or self.account is None:
+            return False
+        refusal = header_sender_refusal(message, self.account.address, self.policy.qualify)
+        if refusal is None:
+            return False
+        # RFC 5321 §4.2.5: after the end of data, 550 (not 553, an
+        # answer to MAIL) refuses the message.
+        self.reply(550, refusal)
+        return True
 
     def _delivered(self, qid: str) -> None:
         # Not logged per message (it costs a tenth of the time per message);
