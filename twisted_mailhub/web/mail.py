@@ -637,7 +637,7 @@ class FolderPages(resource.Resource):
         if html_part is not None:
             cids = {}
             for i, p in enumerate(all_parts):
-                cid = (p.get("Content-ID") or "").strip().strip("<>")
+                cid = (msgparse.field(p, "Content-ID") or "").strip().strip("<>")
                 if cid and p.get_content_type() in SAFE_IMAGES:
                     cids[cid] = f"{message_url(self.name, uid)}/part/{i}"
             return sanitize_html(msgparse.text_of(html_part), cids.get, allow_remote)
