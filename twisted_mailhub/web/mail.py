@@ -171,8 +171,51 @@ def _attached(msg: Any) -> list[Any]:
 
 
 def _attachments_of(raw: bytes) -> list[tuple[str, str, bytes]]:
-    """The attachments of message C{raw} as (file name, content type, decoded bytes), for a forward (in a parsing thread)."""
-    return [(msgparse.filename(p) or f"part-{n}", p.get_content_type(), p.get_payload(decode=True) or b"") for n, p in enumerate(_attached(msgparse.parse(raw)), 1)]
+    """
+    The attachments of message C{raw} as (file name, content type, decoded
+    bytes), for a forward (in a parsing thread). A text part's type keeps
+    its charset (C{text/plain; charset=iso-8859-1}): without it the
+    forwarded octets would be read as US-ASCII (RFC 2046 section 4.1.2).
+    """
+    found = []
+    for n, p in enumerate(_attached(msgparse.parse(raw)), 1):
+        kind = p.get_content_type()
+        charset = p.get_content_charset() if kind.startswith("text/") else None
+        if charset and _CHARSET_NAME.fullmatch(charset):
+            kind += f"; charset={charset}"
+        found.append((msgparse.filename(p) or f"part-{n}", kind, p.get_payload(decode=True) or b""))
+    return found
+
+
+_CHARSET_NAME = re.compile(r"[A-Za-z0-9!#$%&'+\-^_`{}~.]{1,40}")  # an RFC 2978 charset name: a token
+
+
+def attachment_type(kind: str, data: bytes) -> tuple[str, str, dict[str, str]]:
+    """
+    (main type, subtype, parameters) for an attachment of content type
+    C{kind} (C{text/plain}, or with a C{; charset=NAME} parameter) and
+    octets C{data}. A text file a browser uploads comes with no charset
+    (browsers send none), and a text part without one is US-ASCII (RFC
+    2046 section 4.1.2): a text file that is UTF-8 and not ASCII is
+    labelled C{charset=utf-8}, so that the recipient's mail program shows
+    its letters, not mojibake; one in another charset, which the hub
+    cannot tell, is left without.
+    """
+    kind, _, rest = (kind or "application/octet-stream").partition(";")
+    maintype, _, subtype = kind.strip().lower().partition("/")
+    params: dict[str, str] = {}
+    charset = rest.strip().partition("=")[2].strip().strip('"') if rest.strip().lower().startswith("charset=") else ""
+    if maintype == "text":
+        if charset and _CHARSET_NAME.fullmatch(charset):
+            params["charset"] = charset
+        elif not data.isascii():
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                params["charset"] = "utf-8"
+    return maintype or "application", subtype or "octet-stream", params
 
 
 def quoted_of(msg: Any) -> str:
@@ -984,8 +1027,8 @@ class Compose(resource.Resource):
         """Send C{message} with C{files} attached (name, type, bytes) from the compose form C{fields}; the page it answers with."""
         user = self.session.user
         for name, kind, data in files:
-            maintype, _, subtype = (kind or "application/octet-stream").partition("/")
-            message.add_attachment(data, maintype=maintype or "application", subtype=subtype or "octet-stream", filename=name)
+            maintype, subtype, params = attachment_type(kind, data)
+            message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name, params=params)
         raw = message.as_bytes()
         limit = int(getattr(self.face.hub, "max_message_size", 0) or 0)
         if limit and len(raw) > limit:
