@@ -334,6 +334,10 @@ def _error_for(reason: failure.Failure, path: str) -> SFTPError | None:
         return SFTPError(FX_FAILURE, f"{path}: not a directory")
     if isinstance(e, ftp.FileExistsError):
         return SFTPError(FX_FAILURE, f"{path}: already exists")
+    from twisted_mailhub.ftp.vfs import NOT_UTF8, NameNotAllowedError
+
+    if isinstance(e, NameNotAllowedError):
+        return SFTPError(FX_FAILURE, f"{path}: {NOT_UTF8}")
     if isinstance(e, ftp.FTPCmdError):
         # The FTP reply text without its code: "552 ..." -> the message.
         text = e.response().split(" ", 1)[-1] if hasattr(e, "response") else ""
