@@ -49,8 +49,9 @@ from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.template import tags
 
+from twisted_mailhub.errorwords import error_words
 from twisted_mailhub.imap.search import BadSearch, search_messages
-from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage
+from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError
 from twisted_mailhub.web import message as msgparse
 from twisted_mailhub.web import offload
 from twisted_mailhub.web.errors import Refused, refusal
@@ -321,12 +322,19 @@ class FolderPages(resource.Resource):
         if not getattr(self.session, "folders_prepared", False):
             from twisted_mailhub.imap import prepare_account
 
-            prepare_account(account)
-            durable = getattr(account, "durable", None)
-            if durable is None:
-                self.session.folders_prepared = True
-            elif shows:
-                waits.append(durable().addCallback(lambda _: setattr(self.session, "folders_prepared", True)))
+            try:
+                prepare_account(account)
+            except (StoreError, OSError) as e:
+                # As an IMAP login (imap.install's avatar): the page still
+                # works and lists what exists (a full disk, say, leaves the
+                # mail readable); the folders are made at a later page.
+                log.info("web: {user}: special-use folders not made now: {why}", user=self.session.user.address, why=error_words(e))
+            else:
+                durable = getattr(account, "durable", None)
+                if durable is None:
+                    self.session.folders_prepared = True
+                elif shows:
+                    waits.append(durable().addCallback(lambda _: setattr(self.session, "folders_prepared", True)))
         if not shows:
             return None
         try:
@@ -480,6 +488,13 @@ class FolderPages(resource.Resource):
                 infos = f.messages()
             except (NoSuchFolder, BadFolderName):
                 continue  # (deleted meanwhile by another client; anything else: the error path)
+            except (StoreError, OSError) as e:
+                # Another folder that cannot be read now (a full disk: one
+                # half made, whose UIDVALIDITY is still to be written): the
+                # page of this one is still shown, that one without counts.
+                log.info("web: {user}: folder {name} not counted: {why}", user=self.session.user.address, name=msgparse.visible(name), why=error_words(e))
+                rows.append(tags.li(tags.a(f"{msgparse.visible(name)} (?)", href=folder_url(name)), title="cannot be read now", **{"data-folder": name}))
+                continue
             unread = sum(1 for i in infos if SEEN not in i.flags)
             shown = msgparse.visible(name)  # a folder name as any other text of a page
             label = f"{shown} ({unread}/{len(infos)})" if unread else f"{shown} ({len(infos)})"
