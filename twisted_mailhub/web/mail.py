@@ -51,7 +51,7 @@ from twisted.web.template import tags
 
 from twisted_mailhub.errorwords import error_words
 from twisted_mailhub.imap.search import BadSearch, search_messages
-from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError
+from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError, is_out_of_space
 from twisted_mailhub.web import message as msgparse
 from twisted_mailhub.web import offload
 from twisted_mailhub.web.errors import Refused, refusal
@@ -325,9 +325,11 @@ class FolderPages(resource.Resource):
             try:
                 prepare_account(account)
             except (StoreError, OSError) as e:
-                # As an IMAP login (imap.install's avatar): the page still
-                # works and lists what exists (a full disk, say, leaves the
-                # mail readable); the folders are made at a later page.
+                if not is_out_of_space(e):
+                    raise  # (an outage is the page's 503, as any other call's)
+                # A full disk: as an IMAP login (imap.install's avatar), the
+                # page still works and lists what exists (the mail stays
+                # readable); the folders are made at a later page.
                 log.info("web: {user}: special-use folders not made now: {why}", user=self.session.user.address, why=error_words(e))
             else:
                 durable = getattr(account, "durable", None)
@@ -489,9 +491,11 @@ class FolderPages(resource.Resource):
             except (NoSuchFolder, BadFolderName):
                 continue  # (deleted meanwhile by another client; anything else: the error path)
             except (StoreError, OSError) as e:
-                # Another folder that cannot be read now (a full disk: one
-                # half made, whose UIDVALIDITY is still to be written): the
-                # page of this one is still shown, that one without counts.
+                if not is_out_of_space(e):
+                    raise
+                # A folder that cannot be read now for a full disk (one half
+                # made, whose UIDVALIDITY is still to be written): the page
+                # is still shown, that folder without counts.
                 log.info("web: {user}: folder {name} not counted: {why}", user=self.session.user.address, name=msgparse.visible(name), why=error_words(e))
                 rows.append(tags.li(tags.a(f"{msgparse.visible(name)} (?)", href=folder_url(name)), title="cannot be read now", **{"data-folder": name}))
                 continue
