@@ -76,3 +76,18 @@ def test_after_a_refused_data_what_followed_is_shown_as_the_commands_it_was_read
     shown = said(transcript_lines(hub))
     assert "C:   Subject: secret plans" in shown and "C:   [message" not in "\n".join(shown)
     assert shown.index("C:   Subject: secret plans") > shown.index("S:   503 5.5.1 Error: need RCPT command")
+
+
+def test_two_messages_pasted_in_one_go_are_each_shown_as_their_count(start_hub):
+    hub = start_hub()
+    second = b"mail from:<s@example.org>\r\nrcpt to:<alice@localhost>\r\ndata\r\nSubject: second secret\r\n\r\nanother private line\r\n.\r\nquit\r\n"
+    answer = paste(hub, PASTED.replace(b"quit\r\n", b"") + second)
+    assert answer.count(b"queued as") == 2
+    lines = transcript_lines(hub)
+    shown = said(lines)
+    assert "secret plans" not in "\n".join(lines) and "second secret" not in "\n".join(lines)
+    assert [line for line in shown if line.startswith("C:   [message")] == ["C:   [message: 3 lines, 47 octets]", "C:   [message: 3 lines, 48 octets]"]
+    # Each message after its own 354.
+    go_aheads = [n for n, line in enumerate(shown) if line.startswith("S:   354")]
+    counts = [n for n, line in enumerate(shown) if line.startswith("C:   [message")]
+    assert len(go_aheads) == 2 and go_aheads[0] < counts[0] and go_aheads[1] < counts[1]

@@ -590,7 +590,7 @@ class Transcriber:
                 # the rest waits for the DATA's reply (server_bytes).
                 data = self._client + data
                 self._client = b""
-                self._held_replies = data.count(b"\n", 0, at)
+                self._held_replies += data.count(b"\n", 0, at)  # (+ a reply owed before it: see the message's end below)
                 self._transcribe_client(data[:at])
                 self._held = data[at:]
                 return
@@ -702,6 +702,15 @@ class Transcriber:
                     self._emit("C", self._in_data.summary())
                     self._emit("C", b".")
                 self._in_data = None
+                if self._smtp and pos < end:
+                    # What follows the message may be another one pasted
+                    # with it: read as a read of its own (client_bytes'
+                    # hold), the message's own reply still owed.
+                    self._held_replies = 1
+                    self.client_bytes(data[pos:])
+                    if self._held is None:
+                        self._held_replies = 0
+                    return
                 continue
             i = data.find(b"\n", pos)
             if i < 0:

@@ -109,11 +109,14 @@ class MailRecord(ControlRecord):
         until the DATA's reply is (L{_replied}), so that a message sent
         with its envelope is shown as its count, after the 354, and never
         as lines of its text (in the console and in C{--transcript}'s log).
-        Every line of the read before it is a command with one final reply.
+        Every line of the read before it is a command with one final reply,
+        and C{_held_replies} already counts a reply owed before it (the end
+        of a message in the same read, L{_take}).
         """
+        owed, self._held_replies = self._held_replies, 0
         self.client_bytes(data[:at], when)
         self._held = data[at:]
-        self._held_replies = data.count(b"\n", 0, at)
+        self._held_replies = owed + data.count(b"\n", 0, at)
 
     def _more_held(self, data: bytes) -> None:
         """A read that came while a DATA's reply is awaited: held with the rest, up to L{HELD_MOST}."""
@@ -158,7 +161,9 @@ class MailRecord(ControlRecord):
         if self._stash is not None:
             self._count_stashed()
         message = self._message
-        if message is None and data.find(b"\n") != len(data) - 1:
+        if message is None and data.find(b"\n") != len(data) - 1 and self._rest and not self.bus.watchers and not self.bus.session_watchers:
+            # (Only while reads are kept: otherwise the Transcriber, which
+            # is given them, holds back the same way.)
             at = after_data_line(data)
             if at is not None:
                 self._hold(data, at, when)
@@ -337,7 +342,13 @@ class MailRecord(ControlRecord):
             if past and self._rest and rest[-1:] == b"\n" and (rest in _SAFE or _no_secret(rest)):
                 self._keep(rest, when)
                 return
+            # The message's own reply is still owed: a DATA line in the
+            # rest (a second message pasted with the first) is answered
+            # one reply later (_hold).
+            self._held_replies = 1
             self.client_bytes(rest, when)
+            if self._held is None:
+                self._held_replies = 0
 
     def message_read(self, lines: int, octets: int) -> None:
         """
