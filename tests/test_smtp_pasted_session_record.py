@@ -91,3 +91,9 @@ def test_two_messages_pasted_in_one_go_are_each_shown_as_their_count(start_hub):
     go_aheads = [n for n, line in enumerate(shown) if line.startswith("S:   354")]
     counts = [n for n, line in enumerate(shown) if line.startswith("C:   [message")]
     assert len(go_aheads) == 2 and go_aheads[0] < counts[0] and go_aheads[1] < counts[1]
+    # Each 250 that took a message is explained as that, and the replies
+    # between them as the answers to their own commands.
+    queued = [n for n, line in enumerate(lines) if "queued as" in line]
+    assert len(queued) == 2 and all("the message is accepted" in lines[n + 1] for n in queued)
+    [second_mail] = [n for n, line in enumerate(lines) if "S:   250 2.1.0 Ok" in line][1:]
+    assert "sender accepted" in lines[second_mail + 1]
