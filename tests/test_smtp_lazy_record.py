@@ -146,6 +146,16 @@ SESSIONS = {
         ("s", b"221 2.0.0 Bye\r\n"),
         ("end",),
     ],
+    "two messages piped in one read": [
+        ("s", b"220 mail.test ESMTP\r\n"),
+        ("c", b"helo me\r\nmail from:<a@b>\r\nrcpt to:<alice@localhost>\r\ndata\r\nHello\r\n.\r\nmail from:<a@b>\r\nrcpt to:<alice@localhost>\r\ndata\r\nAgain\r\n.\r\nquit\r\n"),
+        ("s", b"250 mail.test\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"),
+        ("s", b"354 End data with a line holding only a dot (.)\r\n"),
+        ("s", b"250 2.0.0 Ok: queued as 6921A3F0ABCD00005\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with a line holding only a dot (.)\r\n"),
+        ("s", b"250 2.0.0 Ok: queued as 6921A3F0ABCD00006\r\n"),
+        ("s", b"221 2.0.0 Bye\r\n"),
+        ("end",),
+    ],
     "a message cut off by a timeout, and one by a hang-up": HELLO
     + _envelope(b"x" * 5000)[:-1]
     + [("c", b"\r\nmore\r\n"), ("s", b"421 4.4.2 mail.test Error: message took too long to send\r\n"), ("c", b"late\r\n.\r\n"), ("end",)],

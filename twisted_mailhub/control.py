@@ -25,7 +25,10 @@ Only the user the hub runs as (and root) can connect: the socket's mode is
 0600 and it lives in the data folder. A lock file beside it
 (C{control.sock.lock}, Twisted's C{wantPID}) tells a stale socket of a dead
 hub from a live one: a second hub on the same data folder logs that the
-socket is taken and goes on without one. Under C{--workers} the
+socket is taken and goes on without one. A lock naming a live process on
+whose socket no hub answers came with a copied or restored data folder
+(tar keeps the link, and the old pid is now another process): it is
+taken over. Under C{--workers} the
 supervisor listens and asks every worker
 (L{twisted_mailhub.workers.WorkersControlFactory}): C{reload} reloads each
 (its lines prefixed C{worker N:}), C{status} adds up their connections and
@@ -157,16 +160,33 @@ class ControlService(service.Service):
         if getattr(self.hub, "worker", None) is not None:
             return  # a worker: the supervisor listens (module docstring)
         path = socket_path(self.hub.data_dir)
-        endpoint = endpoints.UNIXServerEndpoint(self.hub.reactor, path, mode=0o600, wantPID=True)
-        d = endpoint.listen(self.factory or ControlFactory(self.hub))
+        factory = self.factory or ControlFactory(self.hub)
+
+        def listen():
+            endpoint = endpoints.UNIXServerEndpoint(self.hub.reactor, path, mode=0o600, wantPID=True)
+            return endpoint.listen(factory)
 
         def listening(port):
             self.port = port
             os.chmod(path, 0o600)  # whatever the umask was
             log.info("control socket {path} (mailhub-admin reload, status)", path=path)
 
-        def taken(reason):
+        def taken(reason, again=True):
             error = getattr(reason.value, "socketError", None)
+            if isinstance(error, str) and "lock" in error.lower() and again and not answers(path):
+                # The lock names a live process, but no hub answers on the
+                # socket: the lock came with a copied or restored data
+                # folder (tar and rsync keep its symbolic link, which names
+                # the old hub's pid), and that pid is now another process
+                # or a hub on another folder. Without this the hub ran
+                # without its control socket (mailhub-admin status and
+                # reload, systemctl reload, failed).
+                log.info("control socket {path}: its lock names pid {pid}, but no hub answers there (a copied or restored data folder?): taken over", path=path, pid=_lock_pid(path))
+                try:
+                    os.unlink(path + ".lock")
+                except OSError:
+                    pass
+                return listen().addCallbacks(listening, taken, errbackArgs=(False,))
             if isinstance(error, str) and "lock" in error.lower():
                 # wantPID: another live process holds PATH.lock (Twisted's
                 # own words were "Couldn't listen on any:b'PATH': Cannot
@@ -176,7 +196,7 @@ class ControlService(service.Service):
                 why = getattr(reason.value, "strerror", None) or getattr(error, "strerror", None) or str(error or "") or "it cannot be made"
             log.warn("no control socket: {path}: {why}", path=path, why=why)
 
-        d.addCallbacks(listening, taken)
+        listen().addCallbacks(listening, taken)
 
     def stopService(self):
         service.Service.stopService(self)
@@ -184,6 +204,35 @@ class ControlService(service.Service):
         if port is not None:
             return port.stopListening()
         return None
+
+
+def answers(path: str) -> bool:
+    """
+    Whether a process listens on the UNIX socket C{path}: a connection is
+    taken (True), or refused or there is no socket (False). Any other
+    error counts as True (something is there: leave it alone).
+    """
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(2)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+    return True
+
+
+def _lock_pid(path: str) -> str:
+    """The pid a control socket's lock names (Twisted's FilesystemLock: a symbolic link to it), or '?'."""
+    try:
+        return os.readlink(path + ".lock")
+    except OSError:
+        return "?"
 
 
 def install(hub: Any) -> None:

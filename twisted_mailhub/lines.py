@@ -90,9 +90,12 @@ from zope.interface import implementer
 
 # A Telnet command (RFC 854): IAC IAC (a data octet 255), an option's
 # negotiation IAC WILL/WONT/DO/DONT OPTION, a subnegotiation IAC SB ...
-# IAC SE, or any other IAC X (IP and DM, which ftplib and curl send
-# before ABOR; AYT, EC...).
-_TELNET_COMMAND = re.compile(rb"\xff(?:\xff|[\xfb-\xfe].?|\xfa.*?\xff\xf0|[^\xff]?)", re.S)
+# IAC SE, or one of the other commands IAC SE..GA (240-249: IP and DM,
+# which ftplib and curl send before ABOR; AYT, EC...). An IAC before any
+# other octet is no Telnet command and stays, with that octet, as data: a
+# name in Latin-1 whose 255 ("y" with diaeresis) comes from a client that
+# does not double it loses no letter ("MKD x\xffa" made "/x").
+_TELNET_COMMAND = re.compile(rb"\xff(?:\xff|[\xfb-\xfe].?|\xfa.*?\xff\xf0|[\xf0-\xf9])", re.S)
 
 
 def telnet_text(line: bytes) -> bytes:

@@ -136,6 +136,40 @@ def _all_retrs(data: bytes) -> bool:
 _NUMBERED = {word: word[:4].upper() == b"RETR" for word in (b"RETR", b"DELE", b"LIST", b"UIDL", b"retr", b"dele", b"list", b"uidl")}
 _LINE_KINDS = frozenset({"C", "S"})
 
+# A DATA command line (RFC 5321 section 4.1.1.4), in any case: in a read
+# that goes on past it, what follows may be the message itself, sent before
+# the server's 354 (a whole session pasted into nc, or piped in with printf:
+# the README's way for a class). SMTP's records hold that back until the
+# DATA's reply (Transcriber and smtp.record.MailRecord).
+_DATA_LINE = re.compile(rb"(?im)^data[ \t]*\r?\n")
+# At most this much of what came after a DATA line is held back until the
+# DATA's reply; past it, it is recorded as it came (read as command lines).
+HELD_MOST = 1024 * 1024
+
+
+def after_data_line(data: bytes) -> int | None:
+    """
+    Where what follows the first DATA command line of C{data} (a read of
+    several lines) starts, when something does; else None.
+    """
+    found = _DATA_LINE.search(data)
+    if found is None or found.end() >= len(data):
+        return None
+    return found.end()
+
+
+def final_reply_lines(data: bytes) -> list[int]:
+    """The offsets just past each final reply line (C{250 ...}, not C{250-...}) of C{data}, server octets of SMTP."""
+    ends = []
+    pos = 0
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            return ends
+        if data[pos + 3:pos + 4] in (b" ", b"\r", b"\n"):
+            ends.append(end + 1)
+        pos = end + 1
+
 
 def next_connection_id(protocol: str) -> str:
     return f"{protocol}#{next(_ids)}"
@@ -511,6 +545,16 @@ class Transcriber:
         self._inline = type(record) is SessionRecord
         if record is not None:
             self._emit = record.add_line  # one call less per line
+        # SMTP: what a client sent after a DATA line before the server
+        # answered it, and the final replies still to come up to DATA's
+        # (see after_data_line; _hold).
+        self._smtp = protocol in ("smtp", "submission", "smtps")
+        self._held: bytes | None = None
+        self._held_replies = 0
+        if not self._smtp:
+            # Nothing is ever held: no call more per read and per reply.
+            self.client_bytes = self._transcribe_client  # type: ignore[method-assign]
+            self.server_bytes = self._transcribe_server  # type: ignore[method-assign]
 
     def at_rest(self) -> bool:
         """
@@ -522,7 +566,7 @@ class Transcriber:
         """
         return not (
             self._client or self._server or self._in_sasl or self._login_rest or self._in_data or self._out_data
-            or self._in_literal or self._out_literal or self._client_sync
+            or self._in_literal or self._out_literal or self._client_sync or self._held is not None
         )
 
     def _emit(self, who: str, line: bytes) -> None:
@@ -534,6 +578,31 @@ class Transcriber:
     # -- the client's side ----------------------------------------------------
 
     def client_bytes(self, data: bytes) -> None:
+        if self._smtp:
+            if self._held is not None:
+                self._held += data
+                if len(self._held) > HELD_MOST:
+                    self._release()
+                return
+            if self._in_data is None and data.find(b"\n") != len(data) - 1 and (at := after_data_line(self._client + data)) is not None:
+                # A DATA line with more after it (a session pasted whole,
+                # the client not waiting for the 354: RFC 5321 4.1.1.4):
+                # the rest waits for the DATA's reply (server_bytes).
+                data = self._client + data
+                self._client = b""
+                self._held_replies += data.count(b"\n", 0, at)  # (+ a reply owed before it: see the message's end below)
+                self._transcribe_client(data[:at])
+                self._held = data[at:]
+                return
+        self._transcribe_client(data)
+
+    def _release(self) -> None:
+        """Transcribe what was held back after a DATA line: after a 354 it is the message (counted), else command lines."""
+        held, self._held = self._held, None
+        if held:
+            self._transcribe_client(held)
+
+    def _transcribe_client(self, data: bytes) -> None:
         pending = self._pop3
         if pending is not None and data.find(b"\n") == len(data) - 1 and not (self._client or self._in_sasl or self._login_rest):
             # One POP3 line; the commonest, "RETR 12", without a mask or an
@@ -633,6 +702,15 @@ class Transcriber:
                     self._emit("C", self._in_data.summary())
                     self._emit("C", b".")
                 self._in_data = None
+                if self._smtp and pos < end:
+                    # What follows the message may be another one pasted
+                    # with it: read as a read of its own (client_bytes'
+                    # hold), the message's own reply still owed.
+                    self._held_replies = 1
+                    self.client_bytes(data[pos:])
+                    if self._held is None:
+                        self._held_replies = 0
+                    return
                 continue
             i = data.find(b"\n", pos)
             if i < 0:
@@ -737,6 +815,20 @@ class Transcriber:
     # -- the server's side ------------------------------------------------------
 
     def server_bytes(self, data: bytes) -> None:
+        if self._held is not None:
+            # Up to the DATA's own reply, then what the client sent after
+            # the DATA line, then the rest.
+            for end in final_reply_lines(data):
+                self._held_replies -= 1
+                if self._held_replies <= 0:
+                    self._transcribe_server(data[:end])
+                    self._release()
+                    if end < len(data):
+                        self.server_bytes(data[end:])
+                    return
+        self._transcribe_server(data)
+
+    def _transcribe_server(self, data: bytes) -> None:
         if self._plain and not (self._server or self._in_sasl):
             last = len(data) - 1
             if data.find(b"\n") == last and data.find(b"\r") == last - 1:

@@ -60,11 +60,14 @@ from twisted_mailhub.ftp.vfs import (
     FileSystemUnavailableWrite,
     IFileSystem,
     IMailhubShell,
+    NameNotAllowedError,
     is_listed_name,
     is_partial_name,
     kept_mode,
     partial_name,
     partial_name_refused,
+    not_utf8_refused,
+    utf8_name,
 )
 from twisted_mailhub.store.interfaces import StoreError, StoreUnavailable
 
@@ -404,6 +407,9 @@ class PostgresShell:
                 raise _Trouble(ftp.PermissionDeniedError(_shown(segments)))
             if is_partial_name(s):
                 raise _Trouble(FileActionError(partial_name_refused(segments)))
+            if not s.isascii() and not utf8_name(s):
+                # (names are text in the database: such a one is in none)
+                raise _Trouble(ftp.FileNotFoundError(_shown(segments)))
 
     def _resolve(self, conn, segments) -> _Node | None:
         """The node at C{segments}, or L{None}; a file on the way is ENOTDIR."""
@@ -433,6 +439,8 @@ class PostgresShell:
     def _writable(self, segments) -> None:
         if self.readonly:
             raise _Trouble(ftp.PermissionDeniedError(_shown(segments)))
+        if not all(s.isascii() or utf8_name(s) for s in segments):
+            raise _Trouble(NameNotAllowedError(not_utf8_refused(segments)))
         self._check(segments)
 
     def _remove_node(self, conn, node_id: int, oid: int | None) -> None:

@@ -61,7 +61,7 @@ from twisted_mailhub.ftp.data import (
     same_host,
 )
 from twisted_mailhub.ftp.record import ControlRecord
-from twisted_mailhub.ftp.vfs import FileSystemUnavailable
+from twisted_mailhub.ftp.vfs import NOT_UTF8, FileSystemUnavailable, NameNotAllowedError
 from twisted_mailhub.lines import LineEngine, control_note, quote, send_now, telnet_text
 from twisted_mailhub.clientkey import client_key
 from twisted_mailhub.proxyheader import socket_host
@@ -215,6 +215,7 @@ _MEANINGS = {
     ftp.FileExistsError: "already exists",
     ftp.AnonUserDeniedError: "anonymous users may not change files",
     FileSystemUnavailable: "the file store cannot be reached now; try again later",
+    NameNotAllowedError: NOT_UTF8,
 }
 
 

@@ -396,6 +396,35 @@ class FileActionError(ftp.FTPCmdError):
     errorCode = ftp.REQ_ACTN_NOT_TAKEN
 
 
+class NameNotAllowedError(ftp.FTPCmdError):
+    """
+    C{553} (RFC 959 §4.2: file name not allowed), for a name a file system
+    cannot keep: one that is not UTF-8 (FTP and SFTP pass such names
+    through as octets, PEP 383 surrogate escapes) on a file system whose
+    names are text, the PostgreSQL one. A permanent refusal with a reason,
+    not a temporary C{451} (the client would retry it for ever).
+    """
+
+    errorCode = ftp.FILENAME_NOT_ALLOWED
+
+
+def utf8_name(segment: str) -> bool:
+    """Whether C{segment} (a path segment, octets that are not UTF-8 kept as surrogate escapes) is UTF-8 text."""
+    try:
+        segment.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+NOT_UTF8 = "the name is not UTF-8, and this file store keeps names in UTF-8; choose another"
+
+
+def not_utf8_refused(segments) -> str:
+    """The path of a name refused as not UTF-8 (L{NameNotAllowedError}'s argument), as the other errors name it."""
+    return "/" + "/".join(segments)
+
+
 class FileSystemUnavailable(ftp.FTPCmdError):
     """
     C{451}, a temporary error (RFC 959 §4.2): the file system's database

@@ -138,10 +138,15 @@ class PacketReader:
         return bytes(self._take(self.u32()))
 
     def text(self) -> str:
-        try:
-            return self.string().decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedPacket("a name that is not UTF-8")
+        """
+        A string field (a path) as text: UTF-8, and octets that are not
+        UTF-8 kept as surrogate escapes (PEP 383), as FTP's paths are and as
+        the file system's names are in Python, so that a file whose name is
+        not UTF-8 (made by FTP, or on disk) can be listed, read, renamed and
+        removed over SFTP too, and a name a client sends comes back the
+        same octets (OpenSSH's sftp-server passes names through as octets).
+        """
+        return self.string().decode("utf-8", "surrogateescape")
 
     def attrs(self) -> dict[str, Any]:
         flags = self.u32()
@@ -167,8 +172,9 @@ class PacketReader:
 
 
 def ns(data: bytes | str) -> bytes:
+    """An SFTP string field (RFC 4251 section 5 C{string}): text as UTF-8, surrogate escapes as the octets they stand for."""
     if isinstance(data, str):
-        data = data.encode("utf-8")
+        data = data.encode("utf-8", "surrogateescape")
     return struct.pack(">I", len(data)) + data
 
 
@@ -220,7 +226,7 @@ def flag_names(flags: int) -> str:
 
 def printable(text: str, limit: int = 200) -> str:
     """A name as the transcript shows it: control characters escaped, bounded."""
-    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+    out = "".join(c if c.isprintable() else f"\\x{ord(c) - 0xDC00 if 0xDC80 <= ord(c) <= 0xDCFF else ord(c):02x}" for c in text[:limit])
     return out + ("..." if len(text) > limit else "")
 
 
@@ -328,6 +334,10 @@ def _error_for(reason: failure.Failure, path: str) -> SFTPError | None:
         return SFTPError(FX_FAILURE, f"{path}: not a directory")
     if isinstance(e, ftp.FileExistsError):
         return SFTPError(FX_FAILURE, f"{path}: already exists")
+    from twisted_mailhub.ftp.vfs import NOT_UTF8, NameNotAllowedError
+
+    if isinstance(e, NameNotAllowedError):
+        return SFTPError(FX_FAILURE, f"{path}: {NOT_UTF8}")
     if isinstance(e, ftp.FTPCmdError):
         # The FTP reply text without its code: "552 ..." -> the message.
         text = e.response().split(" ", 1)[-1] if hasattr(e, "response") else ""

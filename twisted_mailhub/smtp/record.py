@@ -41,7 +41,7 @@ read.
 from __future__ import annotations
 
 from twisted_mailhub.ftp.record import _MAYBE_SECRET, _SLACK, ControlRecord
-from twisted_mailhub.transcript import _MessageLines
+from twisted_mailhub.transcript import HELD_MOST, _MessageLines, after_data_line, final_reply_lines
 
 # The kind of a kept entry that is a message's count, (lines, octets) (made:
 # two C: lines, as _MessageLines.summary() and "."); and the message being
@@ -78,7 +78,7 @@ class MailRecord(ControlRecord):
     every read (L{client_bytes}) and every reply (L{server_bytes}).
     """
 
-    __slots__ = ("_message", "_unfinished", "_stash", "_stash_time")
+    __slots__ = ("_message", "_unfinished", "_stash", "_stash_time", "_held", "_held_replies")
 
     _PAIR_KIND = _MESSAGE  # a message's count: two C: lines
 
@@ -92,13 +92,82 @@ class MailRecord(ControlRecord):
         # tells its count (message_read) or anything else is recorded.
         self._stash = None
         self._stash_time = 0.0
+        # What a client sent after a DATA line before the server answered
+        # it (L{_hold}), recorded once the DATA's reply is: after a 354 it
+        # is the message, counted as one; else command lines. And the
+        # final reply lines still to come up to the DATA's own.
+        self._held: bytes | None = None
+        self._held_replies = 0
         ControlRecord.__init__(self, bus, id, protocol, client, server)
+
+    def _hold(self, data: bytes, at: int, when: float | None = None) -> None:
+        """
+        C{data}, a read whose DATA command line ends at C{at} with more
+        after it, the client not having waited for the 354 (RFC 5321
+        section 4.1.1.4; RFC 2920 section 3.1 wants DATA last in a group):
+        the read up to the DATA line is recorded now, the rest held back
+        until the DATA's reply is (L{_replied}), so that a message sent
+        with its envelope is shown as its count, after the 354, and never
+        as lines of its text (in the console and in C{--transcript}'s log).
+        Every line of the read before it is a command with one final reply,
+        and C{_held_replies} already counts a reply owed before it (the end
+        of a message in the same read, L{_take}).
+        """
+        owed, self._held_replies = self._held_replies, 0
+        self.client_bytes(data[:at], when)
+        self._held = data[at:]
+        self._held_replies = owed + data.count(b"\n", 0, at)
+
+    def _more_held(self, data: bytes) -> None:
+        """A read that came while a DATA's reply is awaited: held with the rest, up to L{HELD_MOST}."""
+        self._held += data
+        if len(self._held) > HELD_MOST:
+            self._release()
+
+    def _release(self) -> None:
+        """Record what was held back after a DATA line, as it came."""
+        held, self._held = self._held, None
+        if held:
+            self.client_bytes(held)
+
+    def _replied(self, data: bytes) -> None:
+        """
+        Record replies C{data} while client bytes are held after a DATA
+        line: up to the DATA's own reply (the last of the final reply lines
+        counted by L{_hold}), then the held bytes (a message, when that
+        reply was a 354), then the rest.
+        """
+        for end in final_reply_lines(data):
+            self._held_replies -= 1
+            if self._held_replies <= 0:
+                self._server_bytes(data[:end])
+                self._release()
+                if end < len(data):
+                    self.server_bytes(data[end:])
+                return
+        self._server_bytes(data)
+
+    def closed(self) -> None:
+        """As L{ControlRecord.closed}, after what was held back after a DATA line (no reply came) is recorded."""
+        if self._held is not None:
+            self._release()
+        ControlRecord.closed(self)
 
     def client_bytes(self, data: bytes, when: float | None = None) -> None:
         """What the client sent (one read, as it came, not empty; C{when}: its time, if not now)."""
+        if self._held is not None:
+            self._more_held(data)
+            return
         if self._stash is not None:
             self._count_stashed()
         message = self._message
+        if message is None and data.find(b"\n") != len(data) - 1 and self._rest and not self.bus.watchers and not self.bus.session_watchers:
+            # (Only while reads are kept: otherwise the Transcriber, which
+            # is given them, holds back the same way.)
+            at = after_data_line(data)
+            if at is not None:
+                self._hold(data, at, when)
+                return
         if message is None:
             bus = self.bus
             if self._rest and not bus.watchers and not bus.session_watchers and data[-1:] == b"\n" and (data in _SAFE or _no_secret(data)):
@@ -151,6 +220,13 @@ class MailRecord(ControlRecord):
 
         def dataReceived(data: bytes) -> None:
             message = self._message
+            if self._held is not None or (message is None and data.find(b"\n") != len(data) - 1 and after_data_line(data) is not None):
+                # A DATA line with more after it in one read (a session
+                # pasted whole), or a read while its reply is awaited:
+                # client_bytes holds it back (_hold).
+                client_bytes(data)
+                take(data)
+                return
             if message is None:
                 if (
                     self._stash is None
@@ -203,6 +279,10 @@ class MailRecord(ControlRecord):
         server_bytes = self.server_bytes
 
         def send(data: bytes) -> None:
+            if self._held is not None:
+                server_bytes(data)
+                write(data)
+                return
             if (
                 self._stash is None
                 and self._rest
@@ -262,7 +342,13 @@ class MailRecord(ControlRecord):
             if past and self._rest and rest[-1:] == b"\n" and (rest in _SAFE or _no_secret(rest)):
                 self._keep(rest, when)
                 return
+            # The message's own reply is still owed: a DATA line in the
+            # rest (a second message pasted with the first) is answered
+            # one reply later (_hold).
+            self._held_replies = 1
             self.client_bytes(rest, when)
+            if self._held is None:
+                self._held_replies = 0
 
     def message_read(self, lines: int, octets: int) -> None:
         """
@@ -294,6 +380,13 @@ class MailRecord(ControlRecord):
 
     def server_bytes(self, data: bytes) -> None:
         """What the server sent (one reply or several, as written, not empty)."""
+        if self._held is not None:
+            self._replied(data)
+            return
+        self._server_bytes(data)
+
+    def _server_bytes(self, data: bytes) -> None:
+        """L{server_bytes} with nothing held back after a DATA line."""
         if self._stash is not None:
             self._count_stashed()
         bus = self.bus

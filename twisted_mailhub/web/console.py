@@ -111,6 +111,11 @@ class Answering:
             return None
         kind, text = event[2], event[3]
         if kind == "C":
+            if text == "." and self.waiting and self.waiting[-1].startswith("[message"):
+                # The line that ends a message: with its summary, one thing
+                # the server answers once (not a command of its own, which
+                # would pair every later reply with the command before it).
+                return None
             if len(self.waiting) < COMMAND_LOOKBACK:
                 self.waiting.append(text)
             return None

@@ -118,6 +118,48 @@ class DeadlineChannel(http.HTTPChannel):
         log.info("web: {peer} sent a request body over {limit} octets, refused", peer=peer, limit=limit)
         self._refuse(b"413 Content Too Large", f"413 Content Too Large: a request body may be at most {limit} octets ({limit // (1024 * 1024)} MiB); use FTP or SFTP for bigger files.\n")
 
+    def lineLengthExceeded(self, line):
+        """
+        A request line or header field line over C{MAX_LENGTH} (16384)
+        octets: C{414} for the request line (a search pasted into the
+        webmail's box goes in the address), C{431} for a header field line
+        (RFC 9110 section 15.5.15, RFC 6585 section 5), in the hub's layout,
+        where Twisted closed the connection without a word (the browser
+        showed "didn't send any data").
+        """
+        if getattr(self, "_HTTPChannel__first_line", 0):
+            words = line.split(b" ", 2)
+            if len(words) > 1:
+                self._path = words[1].split(b"?", 1)[0]  # (an /api/ address gets its error as JSON)
+            log.info("web: {peer} sent a request line over {limit} octets, refused", peer=self._peer(), limit=self.MAX_LENGTH)
+            self._refuse(b"414 URI Too Long", f"414 URI Too Long: the address is longer than {self.MAX_LENGTH} octets (a search of fewer words will do).\n")
+        else:
+            self._too_many_header_octets()
+
+    def _respondToBadRequestAndDisconnect(self):
+        """
+        Twisted's answer to a request it cannot read (a bare C{400} with no
+        text, a blank page): C{431} when the header fields are over
+        C{totalHeadersSize} octets, else C{400}, each with a line saying
+        why, in the hub's layout.
+        """
+        if self.refused or self.transport is None or self.transport.disconnecting:
+            return
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self._too_many_header_octets()
+            return
+        self._refuse(b"400 Bad Request", "400 Bad Request: the request could not be read (a malformed request line or header field).\n")
+
+    def _too_many_header_octets(self) -> None:
+        log.info("web: {peer} sent request header fields over {limit} octets, refused", peer=self._peer(), limit=self.totalHeadersSize)
+        self._refuse(
+            b"431 Request Header Fields Too Large",
+            f"431 Request Header Fields Too Large: the request's header fields are over {self.totalHeadersSize} octets (too many cookies for this site? clear them and log in again).\n",
+        )
+
+    def _peer(self) -> str:
+        return getattr(self.transport.getPeer(), "host", "?") if self.transport is not None else "?"
+
     refused = False  # answered and closing: the rest of what arrives is dropped
 
     def _refuse(self, status: bytes, text: str) -> None:

@@ -59,6 +59,8 @@ _NAMES = {
     408: ("Request timeout", "request_timeout"),
     409: ("Conflict", "conflict"),
     413: ("Too large", "too_large"),
+    414: ("Address too long", "uri_too_long"),
+    431: ("Header fields too large", "header_fields_too_large"),
     500: ("Server error", "internal_error"),
     501: ("Not implemented", "not_implemented"),
     503: ("Unavailable", "unavailable"),

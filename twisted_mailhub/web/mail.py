@@ -49,8 +49,9 @@ from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.template import tags
 
+from twisted_mailhub.errorwords import error_words
 from twisted_mailhub.imap.search import BadSearch, search_messages
-from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage
+from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError, is_out_of_space
 from twisted_mailhub.web import message as msgparse
 from twisted_mailhub.web import offload
 from twisted_mailhub.web.errors import Refused, refusal
@@ -193,8 +194,51 @@ def _attached(msg: Any) -> list[Any]:
 
 
 def _attachments_of(raw: bytes) -> list[tuple[str, str, bytes]]:
-    """The attachments of message C{raw} as (file name, content type, decoded bytes), for a forward (in a parsing thread)."""
-    return [(msgparse.filename(p) or f"part-{n}", p.get_content_type(), p.get_payload(decode=True) or b"") for n, p in enumerate(_attached(msgparse.parse(raw)), 1)]
+    """
+    The attachments of message C{raw} as (file name, content type, decoded
+    bytes), for a forward (in a parsing thread). A text part's type keeps
+    its charset (C{text/plain; charset=iso-8859-1}): without it the
+    forwarded octets would be read as US-ASCII (RFC 2046 section 4.1.2).
+    """
+    found = []
+    for n, p in enumerate(_attached(msgparse.parse(raw)), 1):
+        kind = p.get_content_type()
+        charset = p.get_content_charset() if kind.startswith("text/") else None
+        if charset and _CHARSET_NAME.fullmatch(charset):
+            kind += f"; charset={charset}"
+        found.append((msgparse.filename(p) or f"part-{n}", kind, p.get_payload(decode=True) or b""))
+    return found
+
+
+_CHARSET_NAME = re.compile(r"[A-Za-z0-9!#$%&'+\-^_`{}~.]{1,40}")  # an RFC 2978 charset name: a token
+
+
+def attachment_type(kind: str, data: bytes) -> tuple[str, str, dict[str, str]]:
+    """
+    (main type, subtype, parameters) for an attachment of content type
+    C{kind} (C{text/plain}, or with a C{; charset=NAME} parameter) and
+    octets C{data}. A text file a browser uploads comes with no charset
+    (browsers send none), and a text part without one is US-ASCII (RFC
+    2046 section 4.1.2): a text file that is UTF-8 and not ASCII is
+    labelled C{charset=utf-8}, so that the recipient's mail program shows
+    its letters, not mojibake; one in another charset, which the hub
+    cannot tell, is left without.
+    """
+    kind, _, rest = (kind or "application/octet-stream").partition(";")
+    maintype, _, subtype = kind.strip().lower().partition("/")
+    params: dict[str, str] = {}
+    charset = rest.strip().partition("=")[2].strip().strip('"') if rest.strip().lower().startswith("charset=") else ""
+    if maintype == "text":
+        if charset and _CHARSET_NAME.fullmatch(charset):
+            params["charset"] = charset
+        elif not data.isascii():
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                params["charset"] = "utf-8"
+    return maintype or "application", subtype or "octet-stream", params
 
 
 def quoted_of(msg: Any) -> str:
@@ -300,12 +344,21 @@ class FolderPages(resource.Resource):
         if not getattr(self.session, "folders_prepared", False):
             from twisted_mailhub.imap import prepare_account
 
-            prepare_account(account)
-            durable = getattr(account, "durable", None)
-            if durable is None:
-                self.session.folders_prepared = True
-            elif shows:
-                waits.append(durable().addCallback(lambda _: setattr(self.session, "folders_prepared", True)))
+            try:
+                prepare_account(account)
+            except (StoreError, OSError) as e:
+                if not is_out_of_space(e):
+                    raise  # (an outage is the page's 503, as any other call's)
+                # A full disk: as an IMAP login (imap.install's avatar), the
+                # page still works and lists what exists (the mail stays
+                # readable); the folders are made at a later page.
+                log.info("web: {user}: special-use folders not made now: {why}", user=self.session.user.address, why=error_words(e))
+            else:
+                durable = getattr(account, "durable", None)
+                if durable is None:
+                    self.session.folders_prepared = True
+                elif shows:
+                    waits.append(durable().addCallback(lambda _: setattr(self.session, "folders_prepared", True)))
         if not shows:
             return None
         try:
@@ -459,6 +512,15 @@ class FolderPages(resource.Resource):
                 infos = f.messages()
             except (NoSuchFolder, BadFolderName):
                 continue  # (deleted meanwhile by another client; anything else: the error path)
+            except (StoreError, OSError) as e:
+                if not is_out_of_space(e):
+                    raise
+                # A folder that cannot be read now for a full disk (one half
+                # made, whose UIDVALIDITY is still to be written): the page
+                # is still shown, that folder without counts.
+                log.info("web: {user}: folder {name} not counted: {why}", user=self.session.user.address, name=msgparse.visible(name), why=error_words(e))
+                rows.append(tags.li(tags.a(f"{msgparse.visible(name)} (?)", href=folder_url(name)), title="cannot be read now", **{"data-folder": name}))
+                continue
             unread = sum(1 for i in infos if SEEN not in i.flags)
             shown = msgparse.visible(name)  # a folder name as any other text of a page
             label = f"{shown} ({unread}/{len(infos)})" if unread else f"{shown} ({len(infos)})"
@@ -660,7 +722,7 @@ class FolderPages(resource.Resource):
         if html_part is not None:
             cids = {}
             for i, p in enumerate(all_parts):
-                cid = (p.get("Content-ID") or "").strip().strip("<>")
+                cid = (msgparse.field(p, "Content-ID") or "").strip().strip("<>")
                 if cid and p.get_content_type() in SAFE_IMAGES:
                     cids[cid] = f"{message_url(self.name, uid)}/part/{i}"
             return sanitize_html(msgparse.text_of(html_part), cids.get, allow_remote)
@@ -1032,8 +1094,8 @@ class Compose(resource.Resource):
         """Send C{message} with C{files} attached (name, type, bytes) from the compose form C{fields}; the page it answers with."""
         user = self.session.user
         for name, kind, data in files:
-            maintype, _, subtype = (kind or "application/octet-stream").partition("/")
-            message.add_attachment(data, maintype=maintype or "application", subtype=subtype or "octet-stream", filename=name)
+            maintype, subtype, params = attachment_type(kind, data)
+            message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name, params=params)
         raw = message.as_bytes()
         limit = int(getattr(self.face.hub, "max_message_size", 0) or 0)
         if limit and len(raw) > limit:

@@ -135,7 +135,7 @@ def summary(head: bytes) -> Summary:
     end = head.find(b"\r\n\r\n")
     header = head if end < 0 else head[: end + 2]
     msg = email.message_from_bytes(header, policy=email.policy.compat32)
-    content_type = (msg.get("Content-Type") or "").lower()
+    content_type = (field(msg, "Content-Type") or "").lower()
     attachment = "multipart/mixed" in content_type
     return Summary(shown(field(msg, "From")), shown(field(msg, "Subject")) or "(no subject)", shown(field(msg, "Date")), attachment)
 
@@ -263,7 +263,7 @@ def shown_filename(part: Any) -> str:
 def is_attachment(part: Any) -> bool:
     if part.is_multipart():
         return False
-    disposition = (part.get("Content-Disposition") or "").lower()
+    disposition = (field(part, "Content-Disposition") or "").lower()
     return disposition.startswith("attachment") or bool(filename(part)) and not part.get_content_type().startswith("text/")
 
 
@@ -347,7 +347,7 @@ def part_info(part: Any, index: int, depth: int) -> dict[str, Any]:
         "index": index,
         "depth": depth,
         "type": visible(part.get_content_type()),
-        "encoding": visible(str(part.get("Content-Transfer-Encoding") or "7bit").strip().lower()),
+        "encoding": visible((field(part, "Content-Transfer-Encoding") or "7bit").strip().lower()),
         "charset": visible(part.get_content_charset() or ""),
         "size": len(raw_text.encode("utf-8", "surrogateescape")) if raw_text else 0,
         "filename": shown_filename(part),
