@@ -400,3 +400,59 @@ def test_files_gives_a_file_whose_name_is_not_utf8(hub):
     assert hub.files(ALICE) == {"caf\ufffd.txt": b"latin", "plain.txt": b"ok", "über.txt": b"utf8"}
     hub.purge()  # (walks the home the same way: it raised too)
     assert hub.files(ALICE) == {}
+
+
+_TWO_HUBS = r"""
+import json, os, sys
+from twisted_mailhub.testing import Mailhub, bytecode_cache_folder
+stamps = []
+for _ in range(2):
+    with Mailhub() as hub:
+        cache = hub.process and bytecode_cache_folder()
+        stamps.append({name: os.stat(os.path.join(cache, name)).st_mtime_ns for name in os.listdir(cache)})
+print(json.dumps({"cache": cache, "stamps": stamps}))
+"""
+
+
+def test_hubs_started_where_no_bytecode_is_written_compile_the_package_once_per_run(tmp_path):
+    # PYTHONDONTWRITEBYTECODE=1 (CI containers set it) made every hub
+    # compile all of twisted_mailhub from source at each start: 0.6 s of
+    # CPU, most of a start. The kit keeps the package's code in one temp
+    # folder for the test process: the second hub reads what the first
+    # wrote, nothing is written beside the sources, and the folder goes
+    # when the process exits.
+    import subprocess
+    import sys
+
+    from twisted_mailhub.testing import PACKAGE_ROOT
+
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=PACKAGE_ROOT, TMPDIR=str(tmp_path))
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    env.pop("MAILHUB_BYTECODE_CACHE", None)
+    out = subprocess.run([sys.executable, "-c", _TWO_HUBS], env=env, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    first, second = result["stamps"]
+    assert len(first) > 50  # the package's modules, compiled by the first hub
+    # read, not written again, by the second (which may import a module
+    # the first imported only while it stopped)
+    assert {name: second[name] for name in first} == first
+    assert not os.path.exists(result["cache"])  # removed at exit
+    assert os.listdir(tmp_path) == []
+    assert not os.path.exists(os.path.join(PACKAGE_ROOT, "twisted_mailhub", "__pycache__", "bytecode_cache.cpython-311.pyc"))
+
+
+def test_the_bytecode_cache_compiles_a_changed_source_again(tmp_path):
+    from twisted_mailhub.bytecode_cache import CachingLoader
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    source = tmp_path / "mod.py"
+    loader = type("L", (CachingLoader,), {"cache": str(cache)})
+    source.write_text("VALUE = 1\n")
+    namespace: dict = {}
+    exec(loader("mod", str(source)).get_code("mod"), namespace)
+    assert namespace["VALUE"] == 1 and len(os.listdir(cache)) == 1
+    source.write_text("VALUE = 22\n")  # another size: another header
+    exec(loader("mod", str(source)).get_code("mod"), namespace)
+    assert namespace["VALUE"] == 22

@@ -22,3 +22,17 @@ def _hold_sighup_in_a_hub_process() -> None:
 
 
 _hold_sighup_in_a_hub_process()
+
+
+def _bytecode_cache_of_a_test_hub() -> None:
+    # A hub the test kit starts where no bytecode is written keeps this
+    # package's compiled code in the kit's folder (twisted_mailhub.bytecode_cache).
+    import os
+
+    if os.environ.get("MAILHUB_BYTECODE_CACHE"):
+        from twisted_mailhub import bytecode_cache
+
+        bytecode_cache.install_from_environment()
+
+
+_bytecode_cache_of_a_test_hub()

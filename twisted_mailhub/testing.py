@@ -196,6 +196,37 @@ def listener_names(pythonpath: str | None = None) -> list[tuple[str, str]]:
 _NAMES_BY_PATH: dict[str, list] = {}
 
 
+_BYTECODE_CACHE: list[str] = []
+
+
+def bytecode_cache_folder(env: dict[str, str] | None = None) -> str:
+    """
+    The folder where the hubs this process starts keep the compiled code
+    of C{twisted_mailhub} (L{twisted_mailhub.bytecode_cache}), made at the
+    first call and removed when this process exits; or C{""} when it is not
+    needed: C{env} (default C{os.environ}) lets Python write bytecode
+    (no C{PYTHONDONTWRITEBYTECODE}), or the package comes with its C{.pyc}
+    files (installed with pip).
+    """
+    env = os.environ if env is None else env
+    if not env.get("PYTHONDONTWRITEBYTECODE"):
+        return ""
+    import importlib.util
+
+    try:
+        if os.path.exists(importlib.util.cache_from_source(os.path.join(PACKAGE_ROOT, "twisted_mailhub", "tap.py"))):
+            return ""
+    except NotImplementedError:  # sys.implementation.cache_tag is None
+        return ""
+    if not _BYTECODE_CACHE or not os.path.isdir(_BYTECODE_CACHE[0]):
+        import atexit
+
+        folder = tempfile.mkdtemp(prefix="mailhub-bytecode-")
+        _BYTECODE_CACHE[:] = [folder]
+        atexit.register(shutil.rmtree, folder, True)
+    return _BYTECODE_CACHE[0]
+
+
 def hub_pythonpath(extra: str | None = None) -> str:
     """
     The hub's PYTHONPATH: the folder of this package first, then C{extra}
@@ -405,6 +436,10 @@ class Mailhub:
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
         env["PYTHONPATH"] = hub_pythonpath(self.extra_env.get("PYTHONPATH"))
+        if "MAILHUB_BYTECODE_CACHE" not in env:
+            cache = bytecode_cache_folder(env)
+            if cache:
+                env["MAILHUB_BYTECODE_CACHE"] = cache
         self._ready.clear()
         self._said_ready = False
         from twisted_mailhub import sighup
