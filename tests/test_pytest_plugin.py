@@ -188,3 +188,64 @@ def test_the_checkouts_p_option_also_works_when_the_package_is_installed(tmp_pat
         cwd=project, env=env, capture_output=True, text=True, timeout=240,
     )
     assert off.returncode != 0 and "fixture 'mailhub' not found" in off.stdout, off.stdout + off.stderr
+
+
+ERROR_TESTS = '''
+import socket
+
+import pytest
+
+
+@pytest.mark.mailhub(options=["--max-mesage-size", "10"])
+def test_a_misspelt_option(mailhub):
+    pass
+
+
+@pytest.mark.mailhub(acounts=["carol:pw"])
+def test_a_misspelt_marker_keyword(mailhub):
+    pass
+
+
+TAKEN = socket.socket()
+TAKEN.bind(("127.0.0.1", 0))
+TAKEN.listen()
+
+
+@pytest.mark.mailhub(options=["--smtp", f"tcp:{TAKEN.getsockname()[1]}:interface=127.0.0.1"])
+def test_a_port_taken(mailhub):
+    pass
+
+
+def test_nothing_arrives(mailhub):
+    import smtplib
+
+    with smtplib.SMTP(mailhub.host, mailhub.ports["smtp"], timeout=10) as s:
+        s.sendmail("app@localhost", ["bob@localhost"], b"Subject: Hello there\\r\\n\\r\\nhi\\r\\n")
+    mailhub.wait_for_message(to="bob", subject="Goodbye", timeout=1)
+'''
+
+
+def test_a_hub_that_cannot_start_or_a_wait_that_times_out_is_reported_in_the_hubs_words(tmp_path):
+    # Before: pytest printed the kit's start() source, the fixtures'
+    # reprs (<SubRequest ...>, <twisted_mailhub.testing.Mailhub object at
+    # 0x...>) and twistd's 200-line usage text ahead of its one error
+    # line, which said "-c -n: option ... not recognized".
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_errors.py").write_text(ERROR_TESTS)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    load = [] if plugin_installed() else ["-p", "twisted_mailhub.pytest_plugin"]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *load, "test_errors.py"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=240,
+    )
+    out = run.stdout + run.stderr
+    assert "1 failed, 3 errors" in out, out
+    assert "the mailhub fixture could not start its hub: mailhub exited with status 1 before it was ready: option --max-mesage-size not recognized" in out
+    assert "@pytest.mark.mailhub takes accounts=, domains=, options= (got acounts)" in out
+    assert "before it was ready: mailhub: cannot listen for smtp on tcp:" in out and "already in use" in out
+    assert "TimeoutError: no message to='bob' subject='Goodbye' in INBOX within 1 s (there: bob@localhost 'Hello there')" in out
+    for noise in ("object at 0x", "<SubRequest", "def start(", "During handling", "Usage: twistd", "--anonymous-ftp", "-c -n:"):
+        assert noise not in out, noise
+    assert "<Mailhub pid " in out  # the fixture's argument, as pytest shows it

@@ -456,3 +456,32 @@ def test_the_bytecode_cache_compiles_a_changed_source_again(tmp_path):
     source.write_text("VALUE = 22\n")  # another size: another header
     exec(loader("mod", str(source)).get_code("mod"), namespace)
     assert namespace["VALUE"] == 22
+
+
+def test_a_start_error_says_why_on_its_first_line_without_twistds_usage_text():
+    with pytest.raises(MailhubStartError) as caught:
+        Mailhub("--max-mesage-size", "10").start()
+    first, rest = str(caught.value).split("\n", 1)
+    assert first == "mailhub exited with status 1 before it was ready: option --max-mesage-size not recognized"
+    assert caught.value.reason == "option --max-mesage-size not recognized"
+    assert "Usage: twistd" not in rest and "--anonymous-ftp" not in rest
+    assert "twistd -n: option --max-mesage-size not recognized" in rest
+    assert "Usage: twistd" in caught.value.log  # kept whole
+
+
+def test_a_start_error_names_a_port_another_program_holds():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MailhubStartError) as caught:
+            Mailhub("--smtp", f"tcp:{port}:interface=127.0.0.1").start()
+    first = str(caught.value).split("\n", 1)[0]
+    assert first.startswith(f"mailhub exited with status 1 before it was ready: mailhub: cannot listen for smtp on tcp:{port}:interface=127.0.0.1 (--smtp): the address is already in use")
+
+
+def test_a_hubs_repr_names_its_process_and_listeners(hub):
+    shown = repr(hub)
+    assert shown.startswith(f"<Mailhub pid {hub.pid} ")
+    assert f"smtp 127.0.0.1:{hub.ports['smtp']}" in shown and "object at" not in shown
+    assert repr(Mailhub()) == "<Mailhub stopped>"

@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 
-from twisted_mailhub.testing import DEFAULT_ACCOUNTS, Mailhub
+from twisted_mailhub.testing import DEFAULT_ACCOUNTS, Mailhub, MailhubStartError
 
 _INI = {
     "mailhub_accounts": "accounts of the mailhub fixtures, ADDRESS:PASSWORD separated by spaces (default: alice:secret bob:hungry)",
@@ -69,24 +69,37 @@ def _settings(config: Any, marker: Any = None) -> dict[str, Any]:
         given = dict(marker.kwargs)
         unknown = set(given) - {"accounts", "domains", "options"}
         if unknown or marker.args:
-            raise pytest.UsageError(f"@pytest.mark.mailhub takes accounts=, domains=, options= (got {', '.join(sorted(unknown)) or 'positional arguments'})")
+            pytest.fail(f"@pytest.mark.mailhub takes accounts=, domains=, options= (got {', '.join(sorted(unknown)) or 'positional arguments'})", pytrace=False)
+        for key in ("accounts", "domains", "options"):
+            if isinstance(given.get(key), (str, bytes)):
+                pytest.fail(f"@pytest.mark.mailhub({key}=...) takes a list of strings, got one string: {given[key]!r}", pytrace=False)
         accounts = list(given.get("accounts", accounts))
         domains = list(given.get("domains", domains))
         options = [*options, *given.get("options", ())]
     return {"accounts": accounts, "domains": domains, "options": options}
 
 
-def _start(settings: dict[str, Any], data_dir: str) -> Mailhub:
-    hub = Mailhub(*settings["options"], accounts=settings["accounts"], domains=settings["domains"], data_dir=data_dir)
-    hub._own_data_dir = True  # pytest's temp folder, but nothing of ours left in it
-    return hub.start()
+def _start(settings: dict[str, Any], data_dir: str, where: str) -> Mailhub:
+    """
+    A started hub, or the test's error in the hub's words: pytest's
+    traceback through the kit (its source and the fixtures' reprs) would
+    bury them.
+    """
+    __tracebackhide__ = True
+    try:
+        hub = Mailhub(*settings["options"], accounts=settings["accounts"], domains=settings["domains"], data_dir=data_dir)
+        hub._own_data_dir = True  # pytest's temp folder, but nothing of ours left in it
+        return hub.start()
+    except (ValueError, MailhubStartError) as e:  # an account the hub would refuse; a hub that did not start
+        failure = f"{where}: {e}"
+    pytest.fail(failure, pytrace=False)  # outside the except: no "during handling" chain
 
 
 @pytest.fixture
 def mailhub(request: Any, tmp_path_factory: Any):
     """A hub of its own for this test (see the module docstring)."""
     settings = _settings(request.config, request.node.get_closest_marker("mailhub"))
-    hub = _start(settings, str(tmp_path_factory.mktemp("mailhub")))
+    hub = _start(settings, str(tmp_path_factory.mktemp("mailhub")), "the mailhub fixture could not start its hub")
     try:
         yield hub
     finally:
@@ -95,7 +108,7 @@ def mailhub(request: Any, tmp_path_factory: Any):
 
 @pytest.fixture(scope="session")
 def _mailhub_shared(request: Any, tmp_path_factory: Any):
-    hub = _start(_settings(request.config), str(tmp_path_factory.mktemp("mailhub-session")))
+    hub = _start(_settings(request.config), str(tmp_path_factory.mktemp("mailhub-session")), "the mailhub_session fixture could not start its hub")
     try:
         yield hub
     finally:

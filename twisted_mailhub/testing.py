@@ -104,13 +104,58 @@ def keep_log(text: str, path: str | None = None) -> str | None:
 
 class MailhubStartError(RuntimeError):
     """
-    The hub exited or did not log C{mailhub ready} in time; C{log} is
-    everything it printed (also in the message).
+    The hub exited or did not log C{mailhub ready} in time.
+
+    The message's first line says why, in the hub's words when it gave
+    any (C{mailhub exited with status 1 before it was ready: option
+    --max-mesage-size not recognized}; C{...: mailhub: cannot listen for
+    smtp on tcp:2525 (--smtp): the address is already in use ...}); then
+    comes what it logged, twistd's usage text left out.
+
+    @ivar log: everything the hub printed, whole.
+    @ivar reason: the hub's words for the failure (its last critical or
+        error log line, or twistd's usage error), or C{""}.
     """
 
     def __init__(self, message: str, log: str):
-        RuntimeError.__init__(self, f"{message}\n--- mailhub log ---\n{log}")
         self.log = log
+        self.reason = start_failure_reason(log)
+        head = f"{message}: {self.reason}" if self.reason else message
+        RuntimeError.__init__(self, f"{head}\n--- mailhub log ---\n{_without_usage_text(log)}")
+
+
+_LOGGED_FAILURE = re.compile(r"^\S+ \[[^\]]*#(?:critical|error)\] (.*)$")
+_USAGE_ERROR = re.compile(r"^twistd(?: -n)?(?: mailhub)?: (.*)$")
+
+
+def start_failure_reason(log: str) -> str:
+    """
+    The hub's own words for why it did not start, from C{log} (what it
+    printed): twistd's usage error (C{option --x not recognized}, an
+    option's refusal), else its last critical or error log line (the text
+    after the time and source), else C{""}.
+    """
+    lines = [line.rstrip() for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        m = _USAGE_ERROR.match(line)
+        if m:
+            return m.group(1)
+    for line in reversed(lines):
+        m = _LOGGED_FAILURE.match(line)
+        if m:
+            return m.group(1)
+    return ""
+
+
+def _without_usage_text(log: str) -> str:
+    """C{log} with twistd's usage text (C{Usage: twistd ...} up to its error line) left out."""
+    lines = log.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("Usage: twistd"):
+            end = next((j for j in range(len(lines) - 1, i, -1) if _USAGE_ERROR.match(lines[j].rstrip())), None)
+            if end is not None:
+                return "".join(lines[:i]) + "(twistd's usage text left out: `twistd mailhub --help` lists the options)\n" + "".join(lines[end:])
+    return log
 
 
 @attr.s(auto_attribs=True, frozen=True)
@@ -388,7 +433,8 @@ class Mailhub:
 
     def command(self) -> list[str]:
         """The hub's command line (twistd run by this Python)."""
-        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "mailhub", "--data", self.data_dir]
+        # argv[0] "twistd": its usage errors read "twistd -n: ...", not "-c -n: ..."
+        args = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "mailhub", "--data", self.data_dir]
         for name, _tls in listener_names(self.extra_env.get("PYTHONPATH")):
             if self._given(f"--{name}") or self._given(f"--no-{name}"):
                 continue
@@ -423,6 +469,7 @@ class Mailhub:
         @raise MailhubStartError: it exited, or was not ready within the
             timeout (it is stopped first).
         """
+        __tracebackhide__ = True  # pytest shows the caller's line and this error, not the kit's source
         timeout = self.start_timeout if timeout is None else timeout
         if self.process is not None:
             raise RuntimeError("this Mailhub is running already")
@@ -528,6 +575,7 @@ class Mailhub:
         Wait until the hub has logged a line matching the regular
         expression C{pattern}; raise C{TimeoutError} with the log if not.
         """
+        __tracebackhide__ = True  # pytest shows the caller's line and this error, not the kit's source
         deadline = time.monotonic() + timeout
         regex = re.compile(pattern)
         while True:
@@ -605,6 +653,13 @@ class Mailhub:
             return self.start()
         finally:
             self._restarting = False
+
+    def __repr__(self) -> str:
+        """C{<Mailhub pid 4242 smtp 127.0.0.1:40123 ...>}, or C{<Mailhub stopped>}: what pytest shows for a fixture."""
+        if self.process is None:
+            return "<Mailhub stopped>"
+        where = " ".join(f"{name} {l.host}:{l.port}" if isinstance(l.port, int) else f"{name} {l.port}" for name, l in self.listeners.items())
+        return f"<Mailhub pid {self.process.pid} {where}>"
 
     def __enter__(self) -> "Mailhub":
         return self.start()
@@ -745,6 +800,7 @@ class Mailhub:
         @raise TimeoutError: none within C{timeout} seconds; the message
             says what was there.
         """
+        __tracebackhide__ = True  # pytest shows the caller's line and this error, not the kit's source
         if to is not None and self.address_of(to).lower() in self.accounts:
             candidates = [self.address_of(to).lower()]
         else:
