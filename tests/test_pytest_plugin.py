@@ -249,3 +249,62 @@ def test_a_hub_that_cannot_start_or_a_wait_that_times_out_is_reported_in_the_hub
     for noise in ("object at 0x", "<SubRequest", "def start(", "During handling", "Usage: twistd", "--anonymous-ftp", "-c -n:"):
         assert noise not in out, noise
     assert "<Mailhub pid " in out  # the fixture's argument, as pytest shows it
+
+
+KILLED_TESTS = '''
+import json
+import os
+
+from twisted_mailhub.testing import bytecode_cache_folder
+
+
+def test_the_process_dies_at_once(mailhub, mailhub_session):
+    with open(os.environ["RECORD"], "w") as f:
+        json.dump({"pids": [mailhub.pid, mailhub_session.pid], "cache": bytecode_cache_folder()}, f)
+    os._exit(3)  # as a SIGKILL, a CI timeout or an xdist worker ended at once: no teardown, no exit handlers
+'''
+
+
+def test_a_test_process_that_dies_at_once_leaves_no_hub_and_no_folder_outside_pytests_temp(tmp_path):
+    # Before: both hubs ran on (orphans holding their ports) and the
+    # bytecode cache folder stayed in the temp folder.
+    import json
+    import time
+
+    project = tmp_path / "project"
+    project.mkdir()
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    (project / "test_killed.py").write_text(KILLED_TESTS)
+    env = dict(os.environ, TMPDIR=str(temp), RECORD=str(tmp_path / "record.json"), PYTHONDONTWRITEBYTECODE="1")
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    load = [] if plugin_installed() else ["-p", "twisted_mailhub.pytest_plugin"]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *load, "test_killed.py"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 3, run.stdout + run.stderr
+    record = json.loads((tmp_path / "record.json").read_text())
+    deadline = time.monotonic() + 20
+    alive = record["pids"]
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _running(pid)]
+        time.sleep(0.1)
+    assert alive == []
+    assert [p.name for p in temp.iterdir()] == ["pytest-of-" + _user()]
+    if record["cache"]:
+        assert record["cache"].startswith(str(temp / ("pytest-of-" + _user())))
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()

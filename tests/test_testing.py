@@ -485,3 +485,37 @@ def test_a_hubs_repr_names_its_process_and_listeners(hub):
     assert shown.startswith(f"<Mailhub pid {hub.pid} ")
     assert f"smtp 127.0.0.1:{hub.ports['smtp']}" in shown and "object at" not in shown
     assert repr(Mailhub()) == "<Mailhub stopped>"
+
+
+def test_every_public_method_of_the_kit_says_what_it_gives_and_what_it_raises():
+    import inspect
+
+    from twisted_mailhub import pytest_plugin, testing
+
+    missing, no_raise = [], []
+    talks_to_the_hub = {"start", "restart", "wait_for_log", "wait_for_message", "imap", "ftp", "messages", "folders", "files", "api", "add_account", "password_of"}
+    for cls in (testing.Mailhub, testing.HubMessage):
+        for name, member in vars(cls).items():
+            if name.startswith("_") and name not in ("__enter__", "__exit__", "__repr__", "__getitem__"):
+                continue
+            function = member.fget if isinstance(member, property) else member
+            if not callable(function):
+                continue
+            doc = inspect.getdoc(function) or ""
+            if not doc:
+                missing.append(f"{cls.__name__}.{name}")
+            if name in talks_to_the_hub and "@raise" not in doc:
+                no_raise.append(name)
+    for name in testing.__all__:
+        if not inspect.getdoc(getattr(testing, name)):
+            missing.append(name)
+    for fixture in ("mailhub", "mailhub_session"):
+        if not inspect.getdoc(getattr(pytest_plugin, fixture)):
+            missing.append(fixture)
+    assert missing == [] and no_raise == []
+
+
+def test_a_messages_repr_is_short_and_names_it(hub):
+    submit(hub, message("Repr me", body="x" * 5000))
+    got = hub.wait_for_message(to=ALICE, subject="Repr me", timeout=10)
+    assert repr(got) == f"<HubMessage {ALICE} INBOX uid {got.uid} 'Repr me' {len(got.raw)} octets>"

@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 
-from twisted_mailhub.testing import DEFAULT_ACCOUNTS, Mailhub, MailhubStartError
+from twisted_mailhub.testing import DEFAULT_ACCOUNTS, Mailhub, MailhubStartError, bytecode_cache_folder, remove_bytecode_cache_folder
 
 _INI = {
     "mailhub_accounts": "accounts of the mailhub fixtures, ADDRESS:PASSWORD separated by spaces (default: alice:secret bob:hungry)",
@@ -95,8 +95,24 @@ def _start(settings: dict[str, Any], data_dir: str, where: str) -> Mailhub:
     pytest.fail(failure, pytrace=False)  # outside the except: no "during handling" chain
 
 
+@pytest.fixture(scope="session")
+def _mailhub_bytecode_cache(tmp_path_factory: Any):
+    """
+    Where no bytecode is written, the compiled code the hubs of this run
+    (of this xdist worker) share, in pytest's temp folder: removed at the
+    end of the session, and left to pytest's own clean-up of its temp
+    folders if this process is killed (an xdist worker ended at once by
+    Ctrl-C skips its exit handlers).
+    """
+    bytecode_cache_folder(parent=str(tmp_path_factory.getbasetemp()))
+    try:
+        yield
+    finally:
+        remove_bytecode_cache_folder()
+
+
 @pytest.fixture
-def mailhub(request: Any, tmp_path_factory: Any):
+def mailhub(request: Any, tmp_path_factory: Any, _mailhub_bytecode_cache: None):
     """A hub of its own for this test (see the module docstring)."""
     settings = _settings(request.config, request.node.get_closest_marker("mailhub"))
     hub = _start(settings, str(tmp_path_factory.mktemp("mailhub")), "the mailhub fixture could not start its hub")
@@ -107,7 +123,7 @@ def mailhub(request: Any, tmp_path_factory: Any):
 
 
 @pytest.fixture(scope="session")
-def _mailhub_shared(request: Any, tmp_path_factory: Any):
+def _mailhub_shared(request: Any, tmp_path_factory: Any, _mailhub_bytecode_cache: None):
     hub = _start(_settings(request.config), str(tmp_path_factory.mktemp("mailhub-session")), "the mailhub_session fixture could not start its hub")
     try:
         yield hub

@@ -69,6 +69,26 @@ DEFAULT_HOSTNAME = "mail.test"
 
 _READY = re.compile(r"mailhub ready (\{.*\})")
 
+# The hub's first code (python -c): a thread reads its stdin, a pipe whose
+# only writer is the test process (L{Mailhub.start}), and sends the hub
+# SIGTERM when that ends: a test process killed (SIGKILL, a CI timeout, an
+# xdist worker ended at once) leaves no hub behind holding its ports.
+# argv[0] is "twistd", so its usage errors read "twistd -n: ...", not "-c -n: ...".
+_HUB_BOOTSTRAP = """\
+import os, signal, sys, threading
+def _end_with_the_test_process():
+    try:
+        while os.read(0, 512):
+            pass
+    except OSError:
+        return
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=_end_with_the_test_process, name="mailhub-test-process", daemon=True).start()
+sys.argv[0] = "twistd"
+from twisted.scripts.twistd import run
+run()
+"""
+
 
 def keep_log(text: str, path: str | None = None) -> str | None:
     """
@@ -175,7 +195,7 @@ class Listener:
     tls: str = ""
 
 
-@attr.s(auto_attribs=True, frozen=True)
+@attr.s(auto_attribs=True, frozen=True, repr=False)
 class HubMessage:
     """
     One stored message, as IMAP shows it.
@@ -207,12 +227,19 @@ class HubMessage:
 
         return decoded(field(self.message, "Subject"))
 
+    def __repr__(self) -> str:
+        """C{<HubMessage alice@localhost INBOX uid 3 'Welcome' 812 octets>}: what pytest shows."""
+        return f"<HubMessage {self.account} {self.folder} uid {self.uid} {self.subject!r} {len(self.raw)} octets>"
+
     def __getitem__(self, header: str) -> Any:
         """C{m["Subject"]}: a header of the parsed message (L{None} if absent)."""
         return self.message[header]
 
     def text(self) -> str:
-        """The plain-text body (the C{text/plain} part, decoded), or C{""}."""
+        """
+        The plain-text body (the C{text/plain} part, decoded to C{str} with
+        its charset, lines ending in C{"\\n"}), or C{""} if it has none.
+        """
         part = self.message.get_body(preferencelist=("plain",))
         return part.get_content() if part is not None else ""
 
@@ -244,14 +271,15 @@ _NAMES_BY_PATH: dict[str, list] = {}
 _BYTECODE_CACHE: list[str] = []
 
 
-def bytecode_cache_folder(env: dict[str, str] | None = None) -> str:
+def bytecode_cache_folder(env: dict[str, str] | None = None, parent: str | None = None) -> str:
     """
     The folder where the hubs this process starts keep the compiled code
     of C{twisted_mailhub} (L{twisted_mailhub.bytecode_cache}), made at the
-    first call and removed when this process exits; or C{""} when it is not
-    needed: C{env} (default C{os.environ}) lets Python write bytecode
-    (no C{PYTHONDONTWRITEBYTECODE}), or the package comes with its C{.pyc}
-    files (installed with pip).
+    first call in C{parent} (default: the temp folder) and removed by
+    L{remove_bytecode_cache_folder} or when this process exits; or C{""}
+    when it is not needed: C{env} (default C{os.environ}) lets Python write
+    bytecode (no C{PYTHONDONTWRITEBYTECODE}), or the package comes with
+    its C{.pyc} files (installed with pip).
     """
     env = os.environ if env is None else env
     if not env.get("PYTHONDONTWRITEBYTECODE"):
@@ -266,10 +294,17 @@ def bytecode_cache_folder(env: dict[str, str] | None = None) -> str:
     if not _BYTECODE_CACHE or not os.path.isdir(_BYTECODE_CACHE[0]):
         import atexit
 
-        folder = tempfile.mkdtemp(prefix="mailhub-bytecode-")
+        folder = tempfile.mkdtemp(prefix="mailhub-bytecode-", dir=parent)
+        if not _BYTECODE_CACHE:
+            atexit.register(remove_bytecode_cache_folder)
         _BYTECODE_CACHE[:] = [folder]
-        atexit.register(shutil.rmtree, folder, True)
     return _BYTECODE_CACHE[0]
+
+
+def remove_bytecode_cache_folder() -> None:
+    """Remove the folder L{bytecode_cache_folder} made, if any (the next call makes another)."""
+    if _BYTECODE_CACHE:
+        shutil.rmtree(_BYTECODE_CACHE.pop(), ignore_errors=True)
 
 
 def hub_pythonpath(extra: str | None = None) -> str:
@@ -395,6 +430,13 @@ class Mailhub:
         return address
 
     def password_of(self, account: str) -> str:
+        """
+        The password of C{account} (C{alice} or C{alice@localhost}, any
+        case), as this object was given it.
+
+        @raise KeyError: not an account this object made or added (the
+            message lists the known ones).
+        """
         address = self.address_of(account).lower()
         try:
             return self.accounts[address]
@@ -405,12 +447,16 @@ class Mailhub:
 
     @property
     def log(self) -> str:
-        """Everything the hub has printed so far."""
+        """
+        Everything the hub has printed so far (its stdout and stderr, one
+        C{str} of lines ending in C{"\\n"}), restarts included.
+        """
         with self._lock:
             return "".join(self._log)
 
     @property
     def pid(self) -> int | None:
+        """The hub process's id while it runs, else C{None}."""
         return self.process.pid if self.process is not None else None
 
     @property
@@ -432,9 +478,12 @@ class Mailhub:
         return value
 
     def command(self) -> list[str]:
-        """The hub's command line (twistd run by this Python)."""
-        # argv[0] "twistd": its usage errors read "twistd -n: ...", not "-c -n: ..."
-        args = [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "mailhub", "--data", self.data_dir]
+        """
+        The hub's command line, a list of C{str}: this Python running
+        twistd C{-n mailhub} with a free loopback port for every listener
+        not given in the options, the hostname, domains and accounts.
+        """
+        args = [sys.executable, "-c", _HUB_BOOTSTRAP, "-n", "--pidfile=", "mailhub", "--data", self.data_dir]
         for name, _tls in listener_names(self.extra_env.get("PYTHONPATH")):
             if self._given(f"--{name}") or self._given(f"--no-{name}"):
                 continue
@@ -500,7 +549,7 @@ class Mailhub:
                 cwd=self.data_dir,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,  # never written: its end tells the hub this process is gone
                 env=env,
                 text=True,
                 errors="replace",
@@ -573,7 +622,12 @@ class Mailhub:
     def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
         """
         Wait until the hub has logged a line matching the regular
-        expression C{pattern}; raise C{TimeoutError} with the log if not.
+        expression C{pattern} (searched in the whole log, so a line logged
+        before the call counts); returns the match.
+
+        @param timeout: seconds.
+        @raise TimeoutError: no match within C{timeout}; the message has
+            the last 4000 characters of the log.
         """
         __tracebackhide__ = True  # pytest shows the caller's line and this error, not the kit's source
         deadline = time.monotonic() + timeout
@@ -589,8 +643,12 @@ class Mailhub:
     def stop(self, sig: int = signal.SIGTERM, remove_data: bool | None = None) -> int | None:
         """
         Stop the hub by its PID (C{sig}, then SIGKILL after 15 s) and wait
-        for it. Returns its exit status. A temp data folder this object
-        made is removed unless C{remove_data=False}.
+        for it. A temp data folder this object made (or the fixtures'
+        folder) is removed unless C{remove_data=False}. Safe to call on a
+        stopped hub. Never raises for a hub that already exited.
+
+        @return: its exit status (C{-15} for an end by SIGTERM, as
+            C{subprocess} gives it; C{0}), or C{None} if it was not running.
         """
         code = None
         if self.process is not None:
@@ -606,8 +664,9 @@ class Mailhub:
                     self.process.wait()
             if self._reader is not None:
                 self._reader.join(5)
-            if self.process.stdout is not None:
-                self.process.stdout.close()
+            for stream in (self.process.stdin, self.process.stdout):
+                if stream is not None:
+                    stream.close()
             code = self.process.returncode
             self.process = None
             self._keep_log()
@@ -632,6 +691,9 @@ class Mailhub:
         store is lost). With C{same_ports}, each listener asks for the port
         it had; if another process took one meanwhile, the hub comes back
         on free ports instead: read C{ports} again after a restart.
+        Returns C{self}.
+
+        @raise MailhubStartError: it did not come back (see L{start}).
         """
         fixed = {name: f"tcp:{l.port}:interface={l.host}" for name, l in self.listeners.items() if not self._given(f"--{name}")}
         self.stop(remove_data=False)
@@ -662,9 +724,11 @@ class Mailhub:
         return f"<Mailhub pid {self.process.pid} {where}>"
 
     def __enter__(self) -> "Mailhub":
+        """L{start}: C{with Mailhub(...) as hub:}."""
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:
+        """L{stop}, whatever the block raised (which goes on)."""
         self.stop()
 
     # -- TLS ---------------------------------------------------------------
@@ -695,7 +759,16 @@ class Mailhub:
             raise RuntimeError(f"this needs the hub's {name} listener, which is off (running: {', '.join(sorted(self.listeners))})") from None
 
     def imap(self, account: str) -> imaplib.IMAP4:
-        """An IMAP4 client logged in as C{account} (STARTTLS when required)."""
+        """
+        An C{imaplib.IMAP4} client logged in as C{account} (STARTTLS when
+        the hub requires it), with a 30 s socket timeout; log it out when
+        done.
+
+        @raise RuntimeError: the hub is not running, or its C{imap}
+            listener is off.
+        @raise KeyError: not an account this object knows (L{password_of}).
+        @raise imaplib.IMAP4.error: the hub refused the login.
+        """
         where = self._listener("imap")
         client = imaplib.IMAP4(where.host, where.port, timeout=30)
         try:
@@ -714,7 +787,15 @@ class Mailhub:
         return client
 
     def ftp(self, account: str) -> ftplib.FTP:
-        """An FTP client logged in as C{account}, in passive mode."""
+        """
+        An C{ftplib.FTP} client logged in as C{account}, in passive mode,
+        UTF-8 names, 30 s socket timeout; C{quit()} it when done.
+
+        @raise RuntimeError: the hub is not running, or its C{ftp}
+            listener is off.
+        @raise KeyError: not an account this object knows (L{password_of}).
+        @raise ftplib.error_perm: the hub refused the login.
+        """
         return self._ftp(account, "utf-8")
 
     def _ftp(self, account: str, encoding: str) -> ftplib.FTP:
@@ -754,8 +835,12 @@ class Mailhub:
 
     def messages(self, account: str, folder: str = "INBOX") -> list[HubMessage]:
         """
-        Every message in C{folder} of C{account}, oldest first, read over
-        IMAP without setting C{\\Seen}.
+        Every message in C{folder} of C{account}, oldest first (by UID), as
+        a list of L{HubMessage}; read over IMAP without setting C{\\Seen}.
+
+        @raise KeyError: no such folder, or not an account this object knows.
+        @raise RuntimeError: the hub is not running or its C{imap} listener
+            is off.
         """
         client = self._utf8_imap(account)
         try:
@@ -826,7 +911,13 @@ class Mailhub:
                 _logout(client)
 
     def folders(self, account: str) -> list[str]:
-        """The names of C{account}'s folders, as IMAP LIST gives them."""
+        """
+        The names of C{account}'s selectable folders (a list of C{str},
+        C{INBOX} and the special-use ones included), as IMAP LIST gives them.
+
+        @raise RuntimeError: the hub is not running or its C{imap} listener
+            is off.
+        """
         client = self._utf8_imap(account)
         try:
             return [name for name, _flags in _list_folders(client)]
@@ -876,6 +967,10 @@ class Mailhub:
         Every file in C{account}'s FTP home: C{{"dir/name": contents}}. A
         name is UTF-8 text; octets of one that is not (an old client's
         Latin-1 C{café}) are U+FFFD, as the JSON API's listing shows them.
+        Folders are walked, not listed; an empty home gives C{{}}.
+
+        @raise RuntimeError: the hub is not running or its C{ftp} listener
+            is off.
         """
         client = self._ftp(account, "latin-1")
         found: dict[str, bytes] = {}
@@ -894,7 +989,9 @@ class Mailhub:
     def purge(self) -> None:
         """
         Empty every account this object knows: all messages expunged,
-        folders other than INBOX deleted, FTP homes emptied.
+        folders other than INBOX and the special-use ones deleted, FTP
+        homes emptied (over the C{imap} and C{ftp} listeners; a part whose
+        listener is off is left as it is). Accounts stay.
         """
         for account in self.accounts:
             if "imap" in self.listeners:
