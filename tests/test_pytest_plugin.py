@@ -308,3 +308,25 @@ def _user() -> str:
     import getpass
 
     return getpass.getuser()
+
+
+def test_a_marker_on_a_test_that_takes_only_the_session_hub_is_refused_not_ignored(tmp_path):
+    # Before: the marker's accounts and options were silently not applied
+    # (the session hub is shared), and the test went on without them.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_marked.py").write_text(
+        "import pytest\n\n\n"
+        "@pytest.mark.mailhub(options=['--no-ftp'])\n"
+        "def test_marked(mailhub_session):\n"
+        "    assert 'ftp' not in mailhub_session.ports\n\n\n"
+        "def test_unmarked(mailhub_session):\n"
+        "    assert 'ftp' in mailhub_session.ports\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    load = [] if plugin_installed() else ["-p", "twisted_mailhub.pytest_plugin"]
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *load], cwd=project, env=env, capture_output=True, text=True, timeout=240)
+    out = run.stdout + run.stderr
+    assert "1 passed, 1 error" in out, out
+    assert "@pytest.mark.mailhub configures the mailhub fixture only; mailhub_session is shared" in out

@@ -132,7 +132,21 @@ def _mailhub_shared(request: Any, tmp_path_factory: Any, _mailhub_bytecode_cache
 
 
 @pytest.fixture
-def mailhub_session(_mailhub_shared: Mailhub):
-    """The hub shared by the whole run, emptied before this test."""
+def mailhub_session(request: Any, _mailhub_shared: Mailhub):
+    """
+    The hub shared by the whole run (by each pytest-xdist worker), emptied
+    before this test (L{Mailhub.purge}: mail, made folders and FTP files
+    of every account it knows; accounts added with C{add_account} stay).
+
+    A C{@pytest.mark.mailhub} on a test that takes only this fixture is
+    refused (the test's error): the shared hub takes the ini options only.
+    """
+    __tracebackhide__ = True
+    if "mailhub" not in request.fixturenames and any(m.name == "mailhub" for m in request.node.own_markers):
+        pytest.fail(
+            "@pytest.mark.mailhub configures the mailhub fixture only; mailhub_session is shared by the run "
+            "and takes mailhub_accounts/mailhub_domains/mailhub_options from the ini file: take the mailhub fixture",
+            pytrace=False,
+        )
     _mailhub_shared.purge()
     return _mailhub_shared
