@@ -519,3 +519,14 @@ def test_a_messages_repr_is_short_and_names_it(hub):
     submit(hub, message("Repr me", body="x" * 5000))
     got = hub.wait_for_message(to=ALICE, subject="Repr me", timeout=10)
     assert repr(got) == f"<HubMessage {ALICE} INBOX uid {got.uid} 'Repr me' {len(got.raw)} octets>"
+
+
+def test_a_listener_that_is_off_is_named_with_the_ones_that_run():
+    # Before: KeyError: 'sftp', nothing more.
+    with Mailhub("--no-sftp", "--no-web", "--no-webs") as hub:
+        with pytest.raises(KeyError) as caught:
+            hub.ports["sftp"]
+        assert "this hub has no sftp listener (--no-sftp?); it runs: ftp, imap, imaps, pop3, pop3s, smtp, smtps, submission" in str(caught.value)
+        with pytest.raises(KeyError, match="no web listener"):
+            hub.listeners["web"]
+        assert hub.ports.get("sftp") is None and json.dumps(hub.ports)

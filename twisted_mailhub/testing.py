@@ -328,6 +328,18 @@ def _imap_quote(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+class ByListener(dict):
+    """
+    C{Mailhub.ports} and C{Mailhub.listeners}: a C{dict} keyed by listener
+    name whose missing key says which listeners the hub runs
+    (C{KeyError: 'this hub has no sftp listener (--no-sftp?); it runs: ftp,
+    imap, ...'}) rather than only C{KeyError: 'sftp'}.
+    """
+
+    def __missing__(self, name: str) -> Any:
+        raise KeyError(f"this hub has no {name} listener (--no-{name}?); it runs: {', '.join(sorted(self)) or 'none, it is not running'}")
+
+
 _LIST_LINE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"(?:[^"\\]|\\.)*"|NIL) (?P<name>.+)$')
 
 
@@ -613,11 +625,11 @@ class Mailhub:
         for i, o in enumerate(self.options[:-1]):
             if o.startswith("--") and o[2:] in ports:
                 descriptions[o[2:]] = self.options[i + 1]
-        self.ports = dict(ports)
-        self.listeners = {
-            name: Listener(name, _interface_of(descriptions.get(name, "")), port, tls.get(name, ""))
+        self.ports = ByListener(ports)
+        self.listeners = ByListener(
+            (name, Listener(name, _interface_of(descriptions.get(name, "")), port, tls.get(name, "")))
             for name, port in ports.items()
-        }
+        )
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
         """
