@@ -434,3 +434,37 @@ def test_the_kits_examples_in_the_readme_run_as_printed(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
     run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.split() == ["True", "True"], run.stdout + run.stderr
+
+
+def test_the_json_apis_curl_line_in_the_readme_runs_as_printed_but_for_the_port(tmp_path):
+    # The README's long poll, run by curl as printed, with the port of a
+    # hub on a free port for 8080 (the README's hub uses the default one).
+    import json
+    import smtplib
+
+    from twisted_mailhub.testing import Mailhub
+
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("### The JSON API"):text.index("### Catch-all and fault injection")]
+    line = re.search(r"```sh\n(curl [^\n]*)\n```", section).group(1)
+    assert "127.0.0.1:8080" in line
+    with Mailhub() as hub:
+        curl = subprocess.Popen(shlex.split(line.replace("127.0.0.1:8080", f"127.0.0.1:{hub.ports['web']}")), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # It waits for the next message: send one until it has answered
+            # (the first may come before its request is in).
+            while curl.poll() is None:
+                with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
+                    s.sendmail("app@localhost", ["alice@localhost"], b"Subject: Welcome\r\nTo: alice@localhost\r\n\r\nhi\r\n")
+                try:
+                    curl.wait(1)
+                except subprocess.TimeoutExpired:
+                    pass
+            out, err = curl.communicate(timeout=10)
+        finally:
+            if curl.poll() is None:
+                curl.kill()
+                curl.wait()
+    assert curl.returncode == 0, err
+    answer = json.loads(out)
+    assert answer["timed_out"] is False and answer["message"]["subject"] == "Welcome", answer
