@@ -21,7 +21,7 @@ from email.message import EmailMessage
 import attr
 import pytest
 
-from twisted_mailhub.testing import DEFAULT_HOSTNAME, Mailhub, MailhubStartError
+from twisted_mailhub.testing import DEFAULT_HOSTNAME, Mailhub, MailhubStartError, hub_pythonpath
 
 ALICE = "alice@example.com"
 
@@ -530,3 +530,27 @@ def test_a_listener_that_is_off_is_named_with_the_ones_that_run():
         with pytest.raises(KeyError, match="no web listener"):
             hub.listeners["web"]
         assert hub.ports.get("sftp") is None and json.dumps(hub.ports)
+
+
+def test_the_hubs_command_line_run_by_hand_with_no_stdin_runs_on(tmp_path):
+    # Mailhub.command() is public: run with stdin at /dev/null it must not
+    # take the end of its stdin for the end of the test process.
+    import subprocess
+    import time
+
+    hub = Mailhub(data_dir=str(tmp_path / "data"))
+    hub._make_certificate()
+    hub._write_accounts()
+    env = dict(os.environ, PYTHONPATH=hub_pythonpath())
+    env.pop("MAILHUB_END_WITH_STDIN", None)
+    process = subprocess.Popen(hub.command(), cwd=hub.data_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in process.stdout:
+            if "mailhub ready" in line:
+                break
+        time.sleep(1)  # the end of stdin was read long ago: it would have ended by now
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()

@@ -69,9 +69,11 @@ DEFAULT_HOSTNAME = "mail.test"
 
 _READY = re.compile(r"mailhub ready (\{.*\})")
 
-# The hub's first code (python -c): a thread reads its stdin, a pipe whose
-# only writer is the test process (L{Mailhub.start}), and sends the hub
-# SIGTERM when that ends: a test process killed (SIGKILL, a CI timeout, an
+# The hub's first code (python -c): started by L{Mailhub.start}
+# (MAILHUB_END_WITH_STDIN=1), a thread reads its stdin, a pipe whose only
+# writer is the test process, and sends the hub SIGTERM when that ends
+# (the command line alone, L{Mailhub.command}, run with another stdin, does
+# not): a test process killed (SIGKILL, a CI timeout, an
 # xdist worker ended at once) leaves no hub behind holding its ports.
 # argv[0] is "twistd", so its usage errors read "twistd -n: ...", not "-c -n: ...".
 _HUB_BOOTSTRAP = """\
@@ -83,7 +85,8 @@ def _end_with_the_test_process():
     except OSError:
         return
     os.kill(os.getpid(), signal.SIGTERM)
-threading.Thread(target=_end_with_the_test_process, name="mailhub-test-process", daemon=True).start()
+if os.environ.pop("MAILHUB_END_WITH_STDIN", ""):
+    threading.Thread(target=_end_with_the_test_process, name="mailhub-test-process", daemon=True).start()
 sys.argv[0] = "twistd"
 from twisted.scripts.twistd import run
 run()
@@ -544,6 +547,7 @@ class Mailhub:
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
         env["PYTHONPATH"] = hub_pythonpath(self.extra_env.get("PYTHONPATH"))
+        env["MAILHUB_END_WITH_STDIN"] = "1"  # the pipe below (see _HUB_BOOTSTRAP)
         if "MAILHUB_BYTECODE_CACHE" not in env:
             cache = bytecode_cache_folder(env)
             if cache:
