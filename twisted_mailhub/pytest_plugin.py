@@ -113,7 +113,16 @@ def _mailhub_bytecode_cache(tmp_path_factory: Any):
 
 @pytest.fixture
 def mailhub(request: Any, tmp_path_factory: Any, _mailhub_bytecode_cache: None):
-    """A hub of its own for this test (see the module docstring)."""
+    """
+    A L{twisted_mailhub.testing.Mailhub} of its own for this test, started
+    on free loopback ports in a folder of pytest's temp folder, with the
+    ini's accounts, domains and options and this test's
+    C{@pytest.mark.mailhub(accounts=[...], domains=[...], options=[...])}
+    (lists of C{str}); stopped and its folder removed after the test,
+    however it ends. A hub that does not start, an unknown marker keyword
+    or an account the hub would refuse is this test's error, in the hub's
+    words. About 0.3-1 s per test (C{mailhub_session} is one hub per run).
+    """
     settings = _settings(request.config, request.node.get_closest_marker("mailhub"))
     hub = _start(settings, str(tmp_path_factory.mktemp("mailhub")), "the mailhub fixture could not start its hub")
     try:

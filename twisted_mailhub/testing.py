@@ -896,10 +896,17 @@ class Mailhub:
         The first message in C{folder} addressed C{to} (a C{To:}, C{Cc:},
         C{Delivered-To:} or C{X-Original-To:} address, or the account it
         was delivered to) whose subject contains C{subject} (a string) or
-        matches it (a compiled regular expression); waits for it to arrive.
+        matches it (a compiled regular expression); waits for it to arrive,
+        looking every 50 ms over IMAP (without setting C{\\Seen}). C{to}
+        may be a bare name (C{"bob"}), an account or any address (a
+        C{--catch-all} copy's C{X-Original-To}).
 
+        @param timeout: seconds (a C{float}).
+        @return: the L{HubMessage}.
         @raise TimeoutError: none within C{timeout} seconds; the message
-            says what was there.
+            says what was there (the last ten: account and subject).
+        @raise RuntimeError: the hub is not running or its C{imap} listener
+            is off.
         """
         __tracebackhide__ = True  # pytest shows the caller's line and this error, not the kit's source
         if to is not None and self.address_of(to).lower() in self.accounts:
@@ -948,9 +955,14 @@ class Mailhub:
         C{account}: C{hub.api("alice", "GET", "/accounts/me/folders")}.
         Returns the decoded JSON, or the bytes of a reply that is not JSON.
 
+        @param path: under C{/api/v1}, e.g. C{"/accounts/me/files/a.txt"}.
+        @param json_body: sent as C{application/json}; or C{body}, bytes as
+            they are.
         @raise urllib.error.HTTPError: for an error reply (its body is the
             API's JSON error, and its message says that error's words:
             C{HTTP Error 404: Not Found: no message 999 in INBOX}).
+        @raise RuntimeError: the hub is not running or its C{web} listener
+            is off.
         """
         where = self._listener("web")
         data = body
