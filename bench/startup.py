@@ -11,6 +11,9 @@ Peers measured in the same run, alternating with the hub:
  - "aiosmtpd Controller": aiosmtpd's in-process SMTP-only controller
    (a thread; start() returns once it answers), when aiosmtpd is installed.
  - the hub with every listener, and with SMTP only (--no-... the rest).
+ - where PYTHONDONTWRITEBYTECODE is set and the package has no .pyc files
+   (a checkout), the full hub without the kit's bytecode cache (a
+   PYTHONPYCACHEPREFIX for the run's hubs), compiling its modules each start.
 
 Reported: median, best and worst wall time in milliseconds, and the median
 CPU time (user + system) of the child process over its whole life, which a
@@ -32,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted_mailhub.testing import Mailhub, listener_names  # noqa: E402
+from twisted_mailhub.testing import Mailhub, bytecode_cache_folder, listener_names  # noqa: E402
 
 
 def python_floor() -> tuple[float, float]:
@@ -56,9 +59,9 @@ def aiosmtpd_controller() -> tuple[float, float]:
     return started - t, time.perf_counter() - started
 
 
-def hub(*options: str) -> tuple[float, float]:
+def hub(*options: str, env: dict[str, str] | None = None) -> tuple[float, float]:
     t = time.perf_counter()
-    h = Mailhub(*options).start()
+    h = Mailhub(*options, env=env).start()
     started = time.perf_counter()
     h.stop()
     return started - t, time.perf_counter() - started
@@ -71,6 +74,10 @@ def main() -> None:
     listener_names()  # the component list is read once per process; not part of a start
     smtp_only = [f"--no-{name}" for name, _tls in listener_names() if name != "smtp"]
     cases = {"python -c pass": python_floor, "mailhub (every listener)": hub, "mailhub (smtp only)": lambda: hub(*smtp_only)}
+    if bytecode_cache_folder():
+        # PYTHONDONTWRITEBYTECODE is set: the same hub compiling its
+        # package at each start, as before the kit's bytecode cache
+        cases["mailhub (no bytecode cache)"] = lambda: hub(env={"PYTHONPYCACHEPREFIX": ""})
     try:
         import aiosmtpd  # noqa: F401
 

@@ -188,3 +188,145 @@ def test_the_checkouts_p_option_also_works_when_the_package_is_installed(tmp_pat
         cwd=project, env=env, capture_output=True, text=True, timeout=240,
     )
     assert off.returncode != 0 and "fixture 'mailhub' not found" in off.stdout, off.stdout + off.stderr
+
+
+ERROR_TESTS = '''
+import socket
+
+import pytest
+
+
+@pytest.mark.mailhub(options=["--max-mesage-size", "10"])
+def test_a_misspelt_option(mailhub):
+    pass
+
+
+@pytest.mark.mailhub(acounts=["carol:pw"])
+def test_a_misspelt_marker_keyword(mailhub):
+    pass
+
+
+TAKEN = socket.socket()
+TAKEN.bind(("127.0.0.1", 0))
+TAKEN.listen()
+
+
+@pytest.mark.mailhub(options=["--smtp", f"tcp:{TAKEN.getsockname()[1]}:interface=127.0.0.1"])
+def test_a_port_taken(mailhub):
+    pass
+
+
+def test_nothing_arrives(mailhub):
+    import smtplib
+
+    with smtplib.SMTP(mailhub.host, mailhub.ports["smtp"], timeout=10) as s:
+        s.sendmail("app@localhost", ["bob@localhost"], b"Subject: Hello there\\r\\n\\r\\nhi\\r\\n")
+    mailhub.wait_for_message(to="bob", subject="Goodbye", timeout=1)
+'''
+
+
+def test_a_hub_that_cannot_start_or_a_wait_that_times_out_is_reported_in_the_hubs_words(tmp_path):
+    # Before: pytest printed the kit's start() source, the fixtures'
+    # reprs (<SubRequest ...>, <twisted_mailhub.testing.Mailhub object at
+    # 0x...>) and twistd's 200-line usage text ahead of its one error
+    # line, which said "-c -n: option ... not recognized".
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_errors.py").write_text(ERROR_TESTS)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    load = [] if plugin_installed() else ["-p", "twisted_mailhub.pytest_plugin"]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *load, "test_errors.py"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=240,
+    )
+    out = run.stdout + run.stderr
+    assert "1 failed, 3 errors" in out, out
+    assert "the mailhub fixture could not start its hub: mailhub exited with status 1 before it was ready: option --max-mesage-size not recognized" in out
+    assert "@pytest.mark.mailhub takes accounts=, domains=, options= (got acounts)" in out
+    assert "before it was ready: mailhub: cannot listen for smtp on tcp:" in out and "already in use" in out
+    assert "TimeoutError: no message to='bob' subject='Goodbye' in INBOX within 1 s (there: bob@localhost 'Hello there')" in out
+    for noise in ("object at 0x", "<SubRequest", "def start(", "During handling", "Usage: twistd", "--anonymous-ftp", "-c -n:"):
+        assert noise not in out, noise
+    assert "<Mailhub pid " in out  # the fixture's argument, as pytest shows it
+
+
+KILLED_TESTS = '''
+import json
+import os
+
+from twisted_mailhub.testing import bytecode_cache_folder
+
+
+def test_the_process_dies_at_once(mailhub, mailhub_session):
+    with open(os.environ["RECORD"], "w") as f:
+        json.dump({"pids": [mailhub.pid, mailhub_session.pid], "cache": bytecode_cache_folder()}, f)
+    os._exit(3)  # as a SIGKILL, a CI timeout or an xdist worker ended at once: no teardown, no exit handlers
+'''
+
+
+def test_a_test_process_that_dies_at_once_leaves_no_hub_and_no_folder_outside_pytests_temp(tmp_path):
+    # Before: both hubs ran on (orphans holding their ports) and the
+    # bytecode cache folder stayed in the temp folder.
+    import json
+    import time
+
+    project = tmp_path / "project"
+    project.mkdir()
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    (project / "test_killed.py").write_text(KILLED_TESTS)
+    env = dict(os.environ, TMPDIR=str(temp), RECORD=str(tmp_path / "record.json"), PYTHONDONTWRITEBYTECODE="1")
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    load = [] if plugin_installed() else ["-p", "twisted_mailhub.pytest_plugin"]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *load, "test_killed.py"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 3, run.stdout + run.stderr
+    record = json.loads((tmp_path / "record.json").read_text())
+    deadline = time.monotonic() + 20
+    alive = record["pids"]
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _running(pid)]
+        time.sleep(0.1)
+    assert alive == []
+    assert [p.name for p in temp.iterdir()] == ["pytest-of-" + _user()]
+    if record["cache"]:
+        assert record["cache"].startswith(str(temp / ("pytest-of-" + _user())))
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def test_a_marker_on_a_test_that_takes_only_the_session_hub_is_refused_not_ignored(tmp_path):
+    # Before: the marker's accounts and options were silently not applied
+    # (the session hub is shared), and the test went on without them.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_marked.py").write_text(
+        "import pytest\n\n\n"
+        "@pytest.mark.mailhub(options=['--no-ftp'])\n"
+        "def test_marked(mailhub_session):\n"
+        "    assert 'ftp' not in mailhub_session.ports\n\n\n"
+        "def test_unmarked(mailhub_session):\n"
+        "    assert 'ftp' in mailhub_session.ports\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    load = [] if plugin_installed() else ["-p", "twisted_mailhub.pytest_plugin"]
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *load], cwd=project, env=env, capture_output=True, text=True, timeout=240)
+    out = run.stdout + run.stderr
+    assert "1 passed, 1 error" in out, out
+    assert "@pytest.mark.mailhub configures the mailhub fixture only; mailhub_session is shared" in out

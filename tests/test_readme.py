@@ -380,3 +380,91 @@ def test_every_option_is_in_the_readme_and_the_options_table_gives_the_hubs_defa
             assert shown.strip().strip("`").removeprefix("./") == default, f"README: --{name}'s default is {shown.strip()!r}, the hub's {default!r}"
             checked += 1
     assert checked >= 30, checked
+
+
+def _kit_block(language, first_words):
+    """The README's ```language block (of 'Using mailhub in your tests') that starts with first_words."""
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("## Using mailhub in your tests"):text.index("### The JSON API")]
+    for block in re.findall(rf"```{language}\n(.*?)```", section, re.S):
+        if block.lstrip().startswith(first_words):
+            return block
+    raise AssertionError(f"README: no {language} block starting {first_words!r} in 'Using mailhub in your tests'")
+
+
+def _pytest_in(project, env=None):
+    from tests.test_pytest_plugin import plugin_installed
+
+    env = dict(os.environ, **(env or {}))
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    load = [] if plugin_installed() else ["-p", "twisted_mailhub.pytest_plugin"]
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *load],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_the_kits_examples_in_the_readme_run_as_printed(tmp_path):
+    # The test module, the pytest.ini and the marker, each as printed; the
+    # marker's test body is ours (the README shows only the decorator).
+    signup = tmp_path / "signup"
+    signup.mkdir()
+    (signup / "test_signup.py").write_text(_kit_block("python", "# test_signup.py"))
+    run = _pytest_in(signup)
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
+
+    configured = tmp_path / "configured"
+    configured.mkdir()
+    (configured / "pytest.ini").write_text(_kit_block("ini", "[pytest]"))
+    marker = _kit_block("python", "@pytest.mark.mailhub(").strip()
+    (configured / "test_configured.py").write_text(
+        "import pytest\n\n\n"
+        "def test_the_ini(mailhub):\n"
+        "    assert sorted(mailhub.accounts) == ['alice@example.com', 'bob@example.com']\n"
+        "    assert 'ftp' not in mailhub.ports and '--max-message-size' in mailhub.command()\n\n\n"
+        f"{marker}\n"
+        "def test_the_marker(mailhub):\n"
+        "    assert list(mailhub.accounts) == ['carol@example.org'] and '--transcript' in mailhub.command()\n"
+        "    mailhub.imap('carol').logout()\n"
+    )
+    run = _pytest_in(configured)
+    assert run.returncode == 0 and "2 passed" in run.stdout, run.stdout + run.stderr
+
+    controller = _kit_block("python", "from twisted_mailhub.testing import Mailhub")
+    script = tmp_path / "controller.py"
+    script.write_text(controller + "\nprint(hub.process is None, hub.ports['smtp'] > 0)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.split() == ["True", "True"], run.stdout + run.stderr
+
+
+def test_the_json_apis_curl_line_in_the_readme_runs_as_printed_but_for_the_port(tmp_path):
+    # The README's long poll, run by curl as printed, with the port of a
+    # hub on a free port for 8080 (the README's hub uses the default one).
+    import json
+    import smtplib
+
+    from twisted_mailhub.testing import Mailhub
+
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("### The JSON API"):text.index("### Catch-all and fault injection")]
+    line = re.search(r"```sh\n(curl [^\n]*)\n```", section).group(1)
+    assert "127.0.0.1:8080" in line
+    with Mailhub() as hub:
+        curl = subprocess.Popen(shlex.split(line.replace("127.0.0.1:8080", f"127.0.0.1:{hub.ports['web']}")), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # It waits for the next message: send one until it has answered
+            # (the first may come before its request is in).
+            while curl.poll() is None:
+                with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
+                    s.sendmail("app@localhost", ["alice@localhost"], b"Subject: Welcome\r\nTo: alice@localhost\r\n\r\nhi\r\n")
+                try:
+                    curl.wait(1)
+                except subprocess.TimeoutExpired:
+                    pass
+            out, err = curl.communicate(timeout=10)
+        finally:
+            if curl.poll() is None:
+                curl.kill()
+                curl.wait()
+    assert curl.returncode == 0, err
+    answer = json.loads(out)
+    assert answer["timed_out"] is False and answer["message"]["subject"] == "Welcome", answer

@@ -21,7 +21,7 @@ from email.message import EmailMessage
 import attr
 import pytest
 
-from twisted_mailhub.testing import DEFAULT_HOSTNAME, Mailhub, MailhubStartError
+from twisted_mailhub.testing import DEFAULT_HOSTNAME, Mailhub, MailhubStartError, hub_pythonpath
 
 ALICE = "alice@example.com"
 
@@ -428,3 +428,143 @@ def test_ftp_lists_and_fetches_a_file_whose_name_is_not_utf8(hub):
         assert client.nlst() == ["über.txt"]
     finally:
         client.quit()
+
+
+_TWO_HUBS = r"""
+import json, os, sys
+from twisted_mailhub.testing import Mailhub, bytecode_cache_folder
+stamps = []
+for _ in range(2):
+    with Mailhub() as hub:
+        cache = hub.process and bytecode_cache_folder()
+        stamps.append({os.path.join(where, name): os.stat(os.path.join(where, name)).st_mtime_ns
+                       for where, _, names in os.walk(cache) if os.sep + "twisted_mailhub" in where for name in names})
+print(json.dumps({"cache": cache, "stamps": stamps}))
+"""
+
+
+def test_hubs_started_where_no_bytecode_is_written_compile_the_package_once_per_run(tmp_path):
+    # PYTHONDONTWRITEBYTECODE=1 (CI containers set it) made every hub
+    # compile all of twisted_mailhub from source at each start: 0.6 s of
+    # CPU, most of a start. The kit gives the hubs one PYTHONPYCACHEPREFIX
+    # for the test process: the second hub reads what the first wrote,
+    # nothing is written beside the sources, and the folder goes when the
+    # process exits.
+    import subprocess
+    import sys
+
+    from twisted_mailhub.testing import PACKAGE_ROOT
+
+    beside = os.path.join(PACKAGE_ROOT, "twisted_mailhub", "__pycache__")
+    before = sorted(os.listdir(beside)) if os.path.isdir(beside) else None
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=PACKAGE_ROOT, TMPDIR=str(tmp_path))
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    out = subprocess.run([sys.executable, "-c", _TWO_HUBS], env=env, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    first, second = result["stamps"]
+    assert len(first) > 50  # the package's modules, compiled by the first hub
+    # read, not written again, by the second (which may import a module
+    # the first imported only while it stopped)
+    assert {name: second[name] for name in first} == first
+    assert not os.path.exists(result["cache"])  # removed at exit
+    assert os.listdir(tmp_path) == []
+    assert (sorted(os.listdir(beside)) if os.path.isdir(beside) else None) == before
+
+
+def test_a_start_error_says_why_on_its_first_line_without_twistds_usage_text():
+    with pytest.raises(MailhubStartError) as caught:
+        Mailhub("--max-mesage-size", "10").start()
+    first, rest = str(caught.value).split("\n", 1)
+    assert first == "mailhub exited with status 1 before it was ready: option --max-mesage-size not recognized"
+    assert caught.value.reason == "option --max-mesage-size not recognized"
+    assert "Usage: twistd" not in rest and "--anonymous-ftp" not in rest
+    assert "twistd -n: option --max-mesage-size not recognized" in rest
+    assert "Usage: twistd" in caught.value.log  # kept whole
+
+
+def test_a_start_error_names_a_port_another_program_holds():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MailhubStartError) as caught:
+            Mailhub("--smtp", f"tcp:{port}:interface=127.0.0.1").start()
+    first = str(caught.value).split("\n", 1)[0]
+    assert first.startswith(f"mailhub exited with status 1 before it was ready: mailhub: cannot listen for smtp on tcp:{port}:interface=127.0.0.1 (--smtp): the address is already in use")
+
+
+def test_a_hubs_repr_names_its_process_and_listeners(hub):
+    shown = repr(hub)
+    assert shown.startswith(f"<Mailhub pid {hub.pid} ")
+    assert f"smtp 127.0.0.1:{hub.ports['smtp']}" in shown and "object at" not in shown
+    assert repr(Mailhub()) == "<Mailhub stopped>"
+
+
+def test_every_public_method_of_the_kit_says_what_it_gives_and_what_it_raises():
+    import inspect
+
+    from twisted_mailhub import pytest_plugin, testing
+
+    missing, no_raise = [], []
+    talks_to_the_hub = {"start", "restart", "wait_for_log", "wait_for_message", "imap", "ftp", "messages", "folders", "files", "api", "add_account", "password_of"}
+    for cls in (testing.Mailhub, testing.HubMessage):
+        for name, member in vars(cls).items():
+            if name.startswith("_") and name not in ("__enter__", "__exit__", "__repr__", "__getitem__"):
+                continue
+            function = member.fget if isinstance(member, property) else member
+            if not callable(function):
+                continue
+            doc = inspect.getdoc(function) or ""
+            if not doc:
+                missing.append(f"{cls.__name__}.{name}")
+            if name in talks_to_the_hub and "@raise" not in doc:
+                no_raise.append(name)
+    for name in testing.__all__:
+        if not inspect.getdoc(getattr(testing, name)):
+            missing.append(name)
+    for fixture in ("mailhub", "mailhub_session"):
+        if not inspect.getdoc(getattr(pytest_plugin, fixture)):
+            missing.append(fixture)
+    assert missing == [] and no_raise == []
+
+
+def test_a_messages_repr_is_short_and_names_it(hub):
+    submit(hub, message("Repr me", body="x" * 5000))
+    got = hub.wait_for_message(to=ALICE, subject="Repr me", timeout=10)
+    assert repr(got) == f"<HubMessage {ALICE} INBOX uid {got.uid} 'Repr me' {len(got.raw)} octets>"
+
+
+def test_a_listener_that_is_off_is_named_with_the_ones_that_run():
+    # Before: KeyError: 'sftp', nothing more.
+    with Mailhub("--no-sftp", "--no-web", "--no-webs") as hub:
+        with pytest.raises(KeyError) as caught:
+            hub.ports["sftp"]
+        assert "this hub has no sftp listener (--no-sftp?); it runs: ftp, imap, imaps, pop3, pop3s, smtp, smtps, submission" in str(caught.value)
+        with pytest.raises(KeyError, match="no web listener"):
+            hub.listeners["web"]
+        assert hub.ports.get("sftp") is None and json.dumps(hub.ports)
+
+
+def test_the_hubs_command_line_run_by_hand_with_no_stdin_runs_on(tmp_path):
+    # Mailhub.command() is public: run with stdin at /dev/null it must not
+    # take the end of its stdin for the end of the test process.
+    import subprocess
+    import time
+
+    hub = Mailhub(data_dir=str(tmp_path / "data"))
+    hub._make_certificate()
+    hub._write_accounts()
+    env = dict(os.environ, PYTHONPATH=hub_pythonpath())
+    env.pop("MAILHUB_END_WITH_STDIN", None)
+    process = subprocess.Popen(hub.command(), cwd=hub.data_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in process.stdout:
+            if "mailhub ready" in line:
+                break
+        time.sleep(1)  # the end of stdin was read long ago: it would have ended by now
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()

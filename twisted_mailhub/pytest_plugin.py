@@ -39,7 +39,7 @@ from typing import Any
 
 import pytest
 
-from twisted_mailhub.testing import DEFAULT_ACCOUNTS, Mailhub
+from twisted_mailhub.testing import DEFAULT_ACCOUNTS, Mailhub, MailhubStartError, bytecode_cache_folder, remove_bytecode_cache_folder
 
 _INI = {
     "mailhub_accounts": "accounts of the mailhub fixtures, ADDRESS:PASSWORD separated by spaces (default: alice:secret bob:hungry)",
@@ -69,24 +69,62 @@ def _settings(config: Any, marker: Any = None) -> dict[str, Any]:
         given = dict(marker.kwargs)
         unknown = set(given) - {"accounts", "domains", "options"}
         if unknown or marker.args:
-            raise pytest.UsageError(f"@pytest.mark.mailhub takes accounts=, domains=, options= (got {', '.join(sorted(unknown)) or 'positional arguments'})")
+            pytest.fail(f"@pytest.mark.mailhub takes accounts=, domains=, options= (got {', '.join(sorted(unknown)) or 'positional arguments'})", pytrace=False)
+        for key in ("accounts", "domains", "options"):
+            if isinstance(given.get(key), (str, bytes)):
+                pytest.fail(f"@pytest.mark.mailhub({key}=...) takes a list of strings, got one string: {given[key]!r}", pytrace=False)
         accounts = list(given.get("accounts", accounts))
         domains = list(given.get("domains", domains))
         options = [*options, *given.get("options", ())]
     return {"accounts": accounts, "domains": domains, "options": options}
 
 
-def _start(settings: dict[str, Any], data_dir: str) -> Mailhub:
-    hub = Mailhub(*settings["options"], accounts=settings["accounts"], domains=settings["domains"], data_dir=data_dir)
-    hub._own_data_dir = True  # pytest's temp folder, but nothing of ours left in it
-    return hub.start()
+def _start(settings: dict[str, Any], data_dir: str, where: str) -> Mailhub:
+    """
+    A started hub, or the test's error in the hub's words: pytest's
+    traceback through the kit (its source and the fixtures' reprs) would
+    bury them.
+    """
+    __tracebackhide__ = True
+    try:
+        hub = Mailhub(*settings["options"], accounts=settings["accounts"], domains=settings["domains"], data_dir=data_dir)
+        hub._own_data_dir = True  # pytest's temp folder, but nothing of ours left in it
+        return hub.start()
+    except (ValueError, MailhubStartError) as e:  # an account the hub would refuse; a hub that did not start
+        failure = f"{where}: {e}"
+    pytest.fail(failure, pytrace=False)  # outside the except: no "during handling" chain
+
+
+@pytest.fixture(scope="session")
+def _mailhub_bytecode_cache(tmp_path_factory: Any):
+    """
+    Where no bytecode is written, the compiled code the hubs of this run
+    (of this xdist worker) share, in pytest's temp folder: removed at the
+    end of the session, and left to pytest's own clean-up of its temp
+    folders if this process is killed (an xdist worker ended at once by
+    Ctrl-C skips its exit handlers).
+    """
+    bytecode_cache_folder(parent=str(tmp_path_factory.getbasetemp()))
+    try:
+        yield
+    finally:
+        remove_bytecode_cache_folder()
 
 
 @pytest.fixture
-def mailhub(request: Any, tmp_path_factory: Any):
-    """A hub of its own for this test (see the module docstring)."""
+def mailhub(request: Any, tmp_path_factory: Any, _mailhub_bytecode_cache: None):
+    """
+    A L{twisted_mailhub.testing.Mailhub} of its own for this test, started
+    on free loopback ports in a folder of pytest's temp folder, with the
+    ini's accounts, domains and options and this test's
+    C{@pytest.mark.mailhub(accounts=[...], domains=[...], options=[...])}
+    (lists of C{str}); stopped and its folder removed after the test,
+    however it ends. A hub that does not start, an unknown marker keyword
+    or an account the hub would refuse is this test's error, in the hub's
+    words. About 0.3-1 s per test (C{mailhub_session} is one hub per run).
+    """
     settings = _settings(request.config, request.node.get_closest_marker("mailhub"))
-    hub = _start(settings, str(tmp_path_factory.mktemp("mailhub")))
+    hub = _start(settings, str(tmp_path_factory.mktemp("mailhub")), "the mailhub fixture could not start its hub")
     try:
         yield hub
     finally:
@@ -94,8 +132,8 @@ def mailhub(request: Any, tmp_path_factory: Any):
 
 
 @pytest.fixture(scope="session")
-def _mailhub_shared(request: Any, tmp_path_factory: Any):
-    hub = _start(_settings(request.config), str(tmp_path_factory.mktemp("mailhub-session")))
+def _mailhub_shared(request: Any, tmp_path_factory: Any, _mailhub_bytecode_cache: None):
+    hub = _start(_settings(request.config), str(tmp_path_factory.mktemp("mailhub-session")), "the mailhub_session fixture could not start its hub")
     try:
         yield hub
     finally:
@@ -103,7 +141,21 @@ def _mailhub_shared(request: Any, tmp_path_factory: Any):
 
 
 @pytest.fixture
-def mailhub_session(_mailhub_shared: Mailhub):
-    """The hub shared by the whole run, emptied before this test."""
+def mailhub_session(request: Any, _mailhub_shared: Mailhub):
+    """
+    The hub shared by the whole run (by each pytest-xdist worker), emptied
+    before this test (L{Mailhub.purge}: mail, made folders and FTP files
+    of every account it knows; accounts added with C{add_account} stay).
+
+    A C{@pytest.mark.mailhub} on a test that takes only this fixture is
+    refused (the test's error): the shared hub takes the ini options only.
+    """
+    __tracebackhide__ = True
+    if "mailhub" not in request.fixturenames and any(m.name == "mailhub" for m in request.node.own_markers):
+        pytest.fail(
+            "@pytest.mark.mailhub configures the mailhub fixture only; mailhub_session is shared by the run "
+            "and takes mailhub_accounts/mailhub_domains/mailhub_options from the ini file: take the mailhub fixture",
+            pytrace=False,
+        )
     _mailhub_shared.purge()
     return _mailhub_shared

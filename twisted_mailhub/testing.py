@@ -70,6 +70,29 @@ DEFAULT_HOSTNAME = "mail.test"
 
 _READY = re.compile(r"mailhub ready (\{.*\})")
 
+# The hub's first code (python -c): started by L{Mailhub.start}
+# (MAILHUB_END_WITH_STDIN=1), a thread reads its stdin, a pipe whose only
+# writer is the test process, and sends the hub SIGTERM when that ends
+# (the command line alone, L{Mailhub.command}, run with another stdin, does
+# not): a test process killed (SIGKILL, a CI timeout, an
+# xdist worker ended at once) leaves no hub behind holding its ports.
+# argv[0] is "twistd", so its usage errors read "twistd -n: ...", not "-c -n: ...".
+_HUB_BOOTSTRAP = """\
+import os, signal, sys, threading
+def _end_with_the_test_process():
+    try:
+        while os.read(0, 512):
+            pass
+    except OSError:
+        return
+    os.kill(os.getpid(), signal.SIGTERM)
+if os.environ.pop("MAILHUB_END_WITH_STDIN", ""):
+    threading.Thread(target=_end_with_the_test_process, name="mailhub-test-process", daemon=True).start()
+sys.argv[0] = "twistd"
+from twisted.scripts.twistd import run
+run()
+"""
+
 
 def keep_log(text: str, path: str | None = None) -> str | None:
     """
@@ -105,13 +128,58 @@ def keep_log(text: str, path: str | None = None) -> str | None:
 
 class MailhubStartError(RuntimeError):
     """
-    The hub exited or did not log C{mailhub ready} in time; C{log} is
-    everything it printed (also in the message).
+    The hub exited or did not log C{mailhub ready} in time.
+
+    The message's first line says why, in the hub's words when it gave
+    any (C{mailhub exited with status 1 before it was ready: option
+    --max-mesage-size not recognized}; C{...: mailhub: cannot listen for
+    smtp on tcp:2525 (--smtp): the address is already in use ...}); then
+    comes what it logged, twistd's usage text left out.
+
+    @ivar log: everything the hub printed, whole.
+    @ivar reason: the hub's words for the failure (its last critical or
+        error log line, or twistd's usage error), or C{""}.
     """
 
     def __init__(self, message: str, log: str):
-        RuntimeError.__init__(self, f"{message}\n--- mailhub log ---\n{log}")
         self.log = log
+        self.reason = start_failure_reason(log)
+        head = f"{message}: {self.reason}" if self.reason else message
+        RuntimeError.__init__(self, f"{head}\n--- mailhub log ---\n{_without_usage_text(log)}")
+
+
+_LOGGED_FAILURE = re.compile(r"^\S+ \[[^\]]*#(?:critical|error)\] (.*)$")
+_USAGE_ERROR = re.compile(r"^twistd(?: -n)?(?: mailhub)?: (.*)$")
+
+
+def start_failure_reason(log: str) -> str:
+    """
+    The hub's own words for why it did not start, from C{log} (what it
+    printed): twistd's usage error (C{option --x not recognized}, an
+    option's refusal), else its last critical or error log line (the text
+    after the time and source), else C{""}.
+    """
+    lines = [line.rstrip() for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        m = _USAGE_ERROR.match(line)
+        if m:
+            return m.group(1)
+    for line in reversed(lines):
+        m = _LOGGED_FAILURE.match(line)
+        if m:
+            return m.group(1)
+    return ""
+
+
+def _without_usage_text(log: str) -> str:
+    """C{log} with twistd's usage text (C{Usage: twistd ...} up to its error line) left out."""
+    lines = log.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("Usage: twistd"):
+            end = next((j for j in range(len(lines) - 1, i, -1) if _USAGE_ERROR.match(lines[j].rstrip())), None)
+            if end is not None:
+                return "".join(lines[:i]) + "(twistd's usage text left out: `twistd mailhub --help` lists the options)\n" + "".join(lines[end:])
+    return log
 
 
 @attr.s(auto_attribs=True, frozen=True)
@@ -131,7 +199,7 @@ class Listener:
     tls: str = ""
 
 
-@attr.s(auto_attribs=True, frozen=True)
+@attr.s(auto_attribs=True, frozen=True, repr=False)
 class HubMessage:
     """
     One stored message, as IMAP shows it.
@@ -163,12 +231,19 @@ class HubMessage:
 
         return decoded(field(self.message, "Subject"))
 
+    def __repr__(self) -> str:
+        """C{<HubMessage alice@localhost INBOX uid 3 'Welcome' 812 octets>}: what pytest shows."""
+        return f"<HubMessage {self.account} {self.folder} uid {self.uid} {self.subject!r} {len(self.raw)} octets>"
+
     def __getitem__(self, header: str) -> Any:
         """C{m["Subject"]}: a header of the parsed message (L{None} if absent)."""
         return self.message[header]
 
     def text(self) -> str:
-        """The plain-text body (the C{text/plain} part, decoded), or C{""}."""
+        """
+        The plain-text body (the C{text/plain} part, decoded to C{str} with
+        its charset, lines ending in C{"\\n"}), or C{""} if it has none.
+        """
         part = self.message.get_body(preferencelist=("plain",))
         return part.get_content() if part is not None else ""
 
@@ -197,6 +272,46 @@ def listener_names(pythonpath: str | None = None) -> list[tuple[str, str]]:
 _NAMES_BY_PATH: dict[str, list] = {}
 
 
+_BYTECODE_CACHE: list[str] = []
+
+
+def bytecode_cache_folder(env: dict[str, str] | None = None, parent: str | None = None) -> str:
+    """
+    The folder where the hubs this process starts keep their compiled code
+    (Python's C{PYTHONPYCACHEPREFIX}: one tree of C{.pyc} files beside no
+    source), made at the first call in C{parent} (default: the temp
+    folder) and removed by
+    L{remove_bytecode_cache_folder} or when this process exits; or C{""}
+    when it is not needed: C{env} (default C{os.environ}) lets Python write
+    bytecode (no C{PYTHONDONTWRITEBYTECODE}), or the package comes with
+    its C{.pyc} files (installed with pip).
+    """
+    env = os.environ if env is None else env
+    if not env.get("PYTHONDONTWRITEBYTECODE"):
+        return ""
+    import importlib.util
+
+    try:
+        if os.path.exists(importlib.util.cache_from_source(os.path.join(PACKAGE_ROOT, "twisted_mailhub", "tap.py"))):
+            return ""
+    except NotImplementedError:  # sys.implementation.cache_tag is None
+        return ""
+    if not _BYTECODE_CACHE or not os.path.isdir(_BYTECODE_CACHE[0]):
+        import atexit
+
+        folder = tempfile.mkdtemp(prefix="mailhub-bytecode-", dir=parent)
+        if not _BYTECODE_CACHE:
+            atexit.register(remove_bytecode_cache_folder)
+        _BYTECODE_CACHE[:] = [folder]
+    return _BYTECODE_CACHE[0]
+
+
+def remove_bytecode_cache_folder() -> None:
+    """Remove the folder L{bytecode_cache_folder} made, if any (the next call makes another)."""
+    if _BYTECODE_CACHE:
+        shutil.rmtree(_BYTECODE_CACHE.pop(), ignore_errors=True)
+
+
 def hub_pythonpath(extra: str | None = None) -> str:
     """
     The hub's PYTHONPATH: the folder of this package first, then C{extra}
@@ -216,6 +331,18 @@ def _interface_of(description: str) -> str:
 
 def _imap_quote(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class ByListener(dict):
+    """
+    C{Mailhub.ports} and C{Mailhub.listeners}: a C{dict} keyed by listener
+    name whose missing key says which listeners the hub runs
+    (C{KeyError: 'this hub has no sftp listener (--no-sftp?); it runs: ftp,
+    imap, ...'}) rather than only C{KeyError: 'sftp'}.
+    """
+
+    def __missing__(self, name: str) -> Any:
+        raise KeyError(f"this hub has no {name} listener (--no-{name}?); it runs: {', '.join(sorted(self)) or 'none, it is not running'}")
 
 
 _LIST_LINE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"(?:[^"\\]|\\.)*"|NIL) (?P<name>.+)$')
@@ -320,6 +447,13 @@ class Mailhub:
         return address
 
     def password_of(self, account: str) -> str:
+        """
+        The password of C{account} (C{alice} or C{alice@localhost}, any
+        case), as this object was given it.
+
+        @raise KeyError: not an account this object made or added (the
+            message lists the known ones).
+        """
         address = self.address_of(account).lower()
         try:
             return self.accounts[address]
@@ -330,12 +464,16 @@ class Mailhub:
 
     @property
     def log(self) -> str:
-        """Everything the hub has printed so far."""
+        """
+        Everything the hub has printed so far (its stdout and stderr, one
+        C{str} of lines ending in C{"\\n"}), restarts included.
+        """
         with self._lock:
             return "".join(self._log)
 
     @property
     def pid(self) -> int | None:
+        """The hub process's id while it runs, else C{None}."""
         return self.process.pid if self.process is not None else None
 
     @property
@@ -357,8 +495,12 @@ class Mailhub:
         return value
 
     def command(self) -> list[str]:
-        """The hub's command line (twistd run by this Python)."""
-        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "mailhub", "--data", self.data_dir]
+        """
+        The hub's command line, a list of C{str}: this Python running
+        twistd C{-n mailhub} with a free loopback port for every listener
+        not given in the options, the hostname, domains and accounts.
+        """
+        args = [sys.executable, "-c", _HUB_BOOTSTRAP, "-n", "--pidfile=", "mailhub", "--data", self.data_dir]
         for name, _tls in listener_names(self.extra_env.get("PYTHONPATH")):
             if self._given(f"--{name}") or self._given(f"--no-{name}"):
                 continue
@@ -393,6 +535,7 @@ class Mailhub:
         @raise MailhubStartError: it exited, or was not ready within the
             timeout (it is stopped first).
         """
+        __tracebackhide__ = True  # pytest shows the caller's line and this error, not the kit's source
         timeout = self.start_timeout if timeout is None else timeout
         if self.process is not None:
             raise RuntimeError("this Mailhub is running already")
@@ -406,6 +549,14 @@ class Mailhub:
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
         env["PYTHONPATH"] = hub_pythonpath(self.extra_env.get("PYTHONPATH"))
+        env["MAILHUB_END_WITH_STDIN"] = "1"  # the pipe below (see _HUB_BOOTSTRAP)
+        if "PYTHONPYCACHEPREFIX" not in env:
+            # PYTHONDONTWRITEBYTECODE and a checkout: without this each hub
+            # compiles every module it imports at each start (0.6 s of CPU)
+            cache = bytecode_cache_folder(env)
+            if cache:
+                env["PYTHONPYCACHEPREFIX"] = cache
+                del env["PYTHONDONTWRITEBYTECODE"]
         self._ready.clear()
         self._said_ready = False
         from twisted_mailhub import sighup
@@ -419,7 +570,7 @@ class Mailhub:
                 cwd=self.data_dir,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,  # never written: its end tells the hub this process is gone
                 env=env,
                 text=True,
                 errors="replace",
@@ -483,17 +634,23 @@ class Mailhub:
         for i, o in enumerate(self.options[:-1]):
             if o.startswith("--") and o[2:] in ports:
                 descriptions[o[2:]] = self.options[i + 1]
-        self.ports = dict(ports)
-        self.listeners = {
-            name: Listener(name, _interface_of(descriptions.get(name, "")), port, tls.get(name, ""))
+        self.ports = ByListener(ports)
+        self.listeners = ByListener(
+            (name, Listener(name, _interface_of(descriptions.get(name, "")), port, tls.get(name, "")))
             for name, port in ports.items()
-        }
+        )
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
         """
         Wait until the hub has logged a line matching the regular
-        expression C{pattern}; raise C{TimeoutError} with the log if not.
+        expression C{pattern} (searched in the whole log, so a line logged
+        before the call counts); returns the match.
+
+        @param timeout: seconds.
+        @raise TimeoutError: no match within C{timeout}; the message has
+            the last 4000 characters of the log.
         """
+        __tracebackhide__ = True  # pytest shows the caller's line and this error, not the kit's source
         deadline = time.monotonic() + timeout
         regex = re.compile(pattern)
         while True:
@@ -507,8 +664,12 @@ class Mailhub:
     def stop(self, sig: int = signal.SIGTERM, remove_data: bool | None = None) -> int | None:
         """
         Stop the hub by its PID (C{sig}, then SIGKILL after 15 s) and wait
-        for it. Returns its exit status. A temp data folder this object
-        made is removed unless C{remove_data=False}.
+        for it. A temp data folder this object made (or the fixtures'
+        folder) is removed unless C{remove_data=False}. Safe to call on a
+        stopped hub. Never raises for a hub that already exited.
+
+        @return: its exit status (C{-15} for an end by SIGTERM, as
+            C{subprocess} gives it; C{0}), or C{None} if it was not running.
         """
         code = None
         if self.process is not None:
@@ -524,8 +685,9 @@ class Mailhub:
                     self.process.wait()
             if self._reader is not None:
                 self._reader.join(5)
-            if self.process.stdout is not None:
-                self.process.stdout.close()
+            for stream in (self.process.stdin, self.process.stdout):
+                if stream is not None:
+                    stream.close()
             code = self.process.returncode
             self.process = None
             self._keep_log()
@@ -550,6 +712,9 @@ class Mailhub:
         store is lost). With C{same_ports}, each listener asks for the port
         it had; if another process took one meanwhile, the hub comes back
         on free ports instead: read C{ports} again after a restart.
+        Returns C{self}.
+
+        @raise MailhubStartError: it did not come back (see L{start}).
         """
         fixed = {name: f"tcp:{l.port}:interface={l.host}" for name, l in self.listeners.items() if not self._given(f"--{name}")}
         self.stop(remove_data=False)
@@ -572,10 +737,19 @@ class Mailhub:
         finally:
             self._restarting = False
 
+    def __repr__(self) -> str:
+        """C{<Mailhub pid 4242 smtp 127.0.0.1:40123 ...>}, or C{<Mailhub stopped>}: what pytest shows for a fixture."""
+        if self.process is None:
+            return "<Mailhub stopped>"
+        where = " ".join(f"{name} {l.host}:{l.port}" if isinstance(l.port, int) else f"{name} {l.port}" for name, l in self.listeners.items())
+        return f"<Mailhub pid {self.process.pid} {where}>"
+
     def __enter__(self) -> "Mailhub":
+        """L{start}: C{with Mailhub(...) as hub:}."""
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:
+        """L{stop}, whatever the block raised (which goes on)."""
         self.stop()
 
     # -- TLS ---------------------------------------------------------------
@@ -606,7 +780,16 @@ class Mailhub:
             raise RuntimeError(f"this needs the hub's {name} listener, which is off (running: {', '.join(sorted(self.listeners))})") from None
 
     def imap(self, account: str) -> imaplib.IMAP4:
-        """An IMAP4 client logged in as C{account} (STARTTLS when required)."""
+        """
+        An C{imaplib.IMAP4} client logged in as C{account} (STARTTLS when
+        the hub requires it), with a 30 s socket timeout; log it out when
+        done.
+
+        @raise RuntimeError: the hub is not running, or its C{imap}
+            listener is off.
+        @raise KeyError: not an account this object knows (L{password_of}).
+        @raise imaplib.IMAP4.error: the hub refused the login.
+        """
         where = self._listener("imap")
         client = imaplib.IMAP4(where.host, where.port, timeout=30)
         try:
@@ -631,7 +814,13 @@ class Mailhub:
         Latin-1 C{café}) come as lone surrogates (PEP 383, as C{os.listdir}
         gives them: C{"caf\\udce9.txt"}) and go back as the same octets, so
         C{nlst()}, C{mlsd()} and C{retrlines("LIST")} never raise on them
-        and C{RETR}/C{DELE} of such a name work.
+        and C{RETR}/C{DELE} of such a name work. A 30 s socket timeout;
+        C{quit()} it when done.
+
+        @raise RuntimeError: the hub is not running, or its C{ftp}
+            listener is off.
+        @raise KeyError: not an account this object knows (L{password_of}).
+        @raise ftplib.error_perm: the hub refused the login.
         """
         where = self._listener("ftp")
         client = ftplib.FTP(timeout=30, encoding=FTP_NAMES)
@@ -662,8 +851,12 @@ class Mailhub:
 
     def messages(self, account: str, folder: str = "INBOX") -> list[HubMessage]:
         """
-        Every message in C{folder} of C{account}, oldest first, read over
-        IMAP without setting C{\\Seen}.
+        Every message in C{folder} of C{account}, oldest first (by UID), as
+        a list of L{HubMessage}; read over IMAP without setting C{\\Seen}.
+
+        @raise KeyError: no such folder, or not an account this object knows.
+        @raise RuntimeError: the hub is not running or its C{imap} listener
+            is off.
         """
         client = self._utf8_imap(account)
         try:
@@ -703,11 +896,19 @@ class Mailhub:
         The first message in C{folder} addressed C{to} (a C{To:}, C{Cc:},
         C{Delivered-To:} or C{X-Original-To:} address, or the account it
         was delivered to) whose subject contains C{subject} (a string) or
-        matches it (a compiled regular expression); waits for it to arrive.
+        matches it (a compiled regular expression); waits for it to arrive,
+        looking every 50 ms over IMAP (without setting C{\\Seen}). C{to}
+        may be a bare name (C{"bob"}), an account or any address (a
+        C{--catch-all} copy's C{X-Original-To}).
 
+        @param timeout: seconds (a C{float}).
+        @return: the L{HubMessage}.
         @raise TimeoutError: none within C{timeout} seconds; the message
-            says what was there.
+            says what was there (the last ten: account and subject).
+        @raise RuntimeError: the hub is not running or its C{imap} listener
+            is off.
         """
+        __tracebackhide__ = True  # pytest shows the caller's line and this error, not the kit's source
         if to is not None and self.address_of(to).lower() in self.accounts:
             candidates = [self.address_of(to).lower()]
         else:
@@ -733,7 +934,13 @@ class Mailhub:
                 _logout(client)
 
     def folders(self, account: str) -> list[str]:
-        """The names of C{account}'s folders, as IMAP LIST gives them."""
+        """
+        The names of C{account}'s selectable folders (a list of C{str},
+        C{INBOX} and the special-use ones included), as IMAP LIST gives them.
+
+        @raise RuntimeError: the hub is not running or its C{imap} listener
+            is off.
+        """
         client = self._utf8_imap(account)
         try:
             return [name for name, _flags in _list_folders(client)]
@@ -748,9 +955,14 @@ class Mailhub:
         C{account}: C{hub.api("alice", "GET", "/accounts/me/folders")}.
         Returns the decoded JSON, or the bytes of a reply that is not JSON.
 
+        @param path: under C{/api/v1}, e.g. C{"/accounts/me/files/a.txt"}.
+        @param json_body: sent as C{application/json}; or C{body}, bytes as
+            they are.
         @raise urllib.error.HTTPError: for an error reply (its body is the
             API's JSON error, and its message says that error's words:
             C{HTTP Error 404: Not Found: no message 999 in INBOX}).
+        @raise RuntimeError: the hub is not running or its C{web} listener
+            is off.
         """
         where = self._listener("web")
         data = body
@@ -783,6 +995,10 @@ class Mailhub:
         Every file in C{account}'s FTP home: C{{"dir/name": contents}}. A
         name is UTF-8 text; octets of one that is not (an old client's
         Latin-1 C{café}) are U+FFFD, as the JSON API's listing shows them.
+        Folders are walked, not listed; an empty home gives C{{}}.
+
+        @raise RuntimeError: the hub is not running or its C{ftp} listener
+            is off.
         """
         client = self.ftp(account)
         found: dict[str, bytes] = {}
@@ -801,7 +1017,9 @@ class Mailhub:
     def purge(self) -> None:
         """
         Empty every account this object knows: all messages expunged,
-        folders other than INBOX deleted, FTP homes emptied.
+        folders other than INBOX and the special-use ones deleted, FTP
+        homes emptied (over the C{imap} and C{ftp} listeners; a part whose
+        listener is off is left as it is). Accounts stay.
         """
         for account in self.accounts:
             if "imap" in self.listeners:
