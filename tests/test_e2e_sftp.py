@@ -426,3 +426,40 @@ def test_sftp_put_p_keeps_time_and_mode_under_a_quota_too(start_hub, tmp_path):
     st = os.stat(os.path.join(home(hub), "by-sftp.txt"))
     assert (st.st_mtime, st.st_mode & 0o777) == (1_500_000_000, 0o640)
     assert "Traceback" not in hub.log
+
+
+def test_rmdir_and_opendir_of_a_missing_folder_answer_no_such_file(start_hub, tmp_path):
+    """
+    RMDIR and OPENDIR of a name that does not exist answer
+    SSH_FX_NO_SUCH_FILE (filexfer-02 §7), as OpenSSH's sftp-server does
+    (rmdir(2) and opendir(3) give ENOENT), not "failure: not a directory";
+    FTP's RMD says the same. A file is still "not a directory".
+    """
+    hub = start_hub()
+    (tmp_path / "afile").write_bytes(b"a\n")
+    done = sftp_batch(hub, "-rmdir nosuch\nput afile\n-rmdir afile\n", check=False, cwd=tmp_path)
+    assert 'remote rmdir "/nosuch": No such file or directory' in done.stderr
+    assert 'remote rmdir "/afile": Failure' in done.stderr
+    client = paramiko_client(hub)
+    try:
+        sftp = client.open_sftp()
+        with pytest.raises(FileNotFoundError):
+            sftp.listdir("nosuch")
+        with pytest.raises(FileNotFoundError):
+            sftp.rmdir("nosuch")
+        with pytest.raises(OSError) as refused:
+            sftp.listdir("afile")
+        assert not isinstance(refused.value, FileNotFoundError)
+    finally:
+        client.close()
+    f = ftp_login(hub)
+    try:
+        with pytest.raises(ftplib.error_perm, match=r"^550 RMD /nosuch: no such file or directory\.$"):
+            f.rmd("nosuch")
+        with pytest.raises(ftplib.error_perm, match=r"^550 RMD /afile: not a directory\.$"):
+            f.rmd("afile")
+        with pytest.raises(ftplib.error_perm, match=r"^550 CWD /nosuch: no such directory\.$"):
+            f.cwd("nosuch")
+    finally:
+        f.close()
+    assert "Traceback" not in hub.log
