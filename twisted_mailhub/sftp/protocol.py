@@ -380,8 +380,9 @@ class SFTPServer(protocol.Protocol):
         self.closed = False
         # Per-file summary for the transcript: path -> [reads, writes, bytes]
         self.on_activity: Callable[[], None] | None = None
-        # () -> (quota limit, octets used) of the account, or None (statvfs)
-        self.quota_space: Callable[[], tuple[int, int] | None] | None = None
+        # (fresh=False) -> (quota limit, octets used) of the account, or
+        # None (statvfs, SETSTAT size); fresh: counted again now
+        self.quota_space: Callable[..., tuple[int, int] | None] | None = None
 
     # -- the byte stream -------------------------------------------------------
 
@@ -848,6 +849,10 @@ class SFTPServer(protocol.Protocol):
                 raise SFTPError(FX_FAILURE, f"{shown}: a size of {size} would leave {size - end} bytes never written past the end ({end}); at most {MAX_HOLE}")
             space = self.quota_space() if self.quota_space is not None and size > end else None
             if space is not None and space[1] + (size - end) > space[0]:
+                # Counted again before refusing, as an upload's check is
+                # (quota.py): the remembered count missed what was removed since.
+                space = self.quota_space(fresh=True)
+            if space is not None and space[1] + (size - end) > space[0]:
                 # Growth counts as a write does (filequota.py): the account's quota.
                 raise SFTPError(FX_FAILURE, f"{shown}: quota exceeded: growing it by {size - end} bytes would pass the account's quota ({space[1]} of {space[0]} bytes used)")
 
@@ -1102,7 +1107,8 @@ class SFTPServer(protocol.Protocol):
         flag = (1 if st.f_flag & os.ST_RDONLY else 0) | (2 if st.f_flag & os.ST_NOSUID else 0)
         frsize = st.f_frsize or 512
         blocks, bfree, bavail = st.f_blocks, st.f_bfree, st.f_bavail
-        space = self.quota_space() if self.quota_space is not None else None
+        # Counted now: df right after a REMOVE shows the room it made.
+        space = self.quota_space(fresh=True) if self.quota_space is not None else None
         if space is not None:
             # The account's quota is its disk (as FTP's 552 and the upload
             # rules count it): df showed the server's whole disk (its size
