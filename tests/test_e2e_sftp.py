@@ -44,8 +44,11 @@ def home(hub, user="alice"):
     return os.path.join(hub.data_dir, "ftp", "localhost", user)
 
 
-def sftp_batch(hub, commands: str, password="secret", user="alice", extra=(), check=True, cwd=None) -> subprocess.CompletedProcess:
-    """Run OpenSSH's sftp in batch mode; the password through sshpass."""
+def sftp_batch(hub, commands: str | bytes, password="secret", user="alice", extra=(), check=True, cwd=None) -> subprocess.CompletedProcess:
+    """
+    Run OpenSSH's sftp in batch mode; the password through sshpass.
+    C{commands} as bytes: the output is bytes too (names that are not UTF-8).
+    """
     _need("sftp")
     # ssh takes the first value given for an option, and sftp's -b adds
     # BatchMode=yes: the password options go first.
@@ -53,7 +56,7 @@ def sftp_batch(hub, commands: str, password="secret", user="alice", extra=(), ch
     if password is not None:
         args = [_need("sshpass"), "-p", password] + args + PASSWORD_ONLY
     args += ["-P", str(hub.ports["sftp"]), "-b", "-", f"{user}@127.0.0.1"]
-    done = subprocess.run(args, input=commands, capture_output=True, text=True, timeout=60, cwd=cwd)
+    done = subprocess.run(args, input=commands, capture_output=True, text=not isinstance(commands, bytes), timeout=60, cwd=cwd)
     if check and done.returncode != 0:
         raise AssertionError(f"sftp failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
@@ -462,4 +465,38 @@ def test_rmdir_and_opendir_of_a_missing_folder_answer_no_such_file(start_hub, tm
             f.cwd("nosuch")
     finally:
         f.close()
+    assert "Traceback" not in hub.log
+
+
+def test_names_that_are_not_utf8_are_listed_fetched_and_made_as_their_octets_as_over_ftp(start_hub, tmp_path):
+    """
+    A name that is not UTF-8 (C{caf\\xe9.txt}, stored by an FTP client on a
+    Latin-1 system: FTP takes a name's octets as they come) travels as its
+    octets over SFTP too, as OpenSSH's sftp-server sends and takes them
+    (filexfer-02 names are strings of octets). One such name made READDIR
+    of its whole folder fail ("Couldn't read directory: Failure": no
+    listing at all), and the name itself was refused SSH_FX_BAD_MESSAGE.
+    """
+    hub = start_hub("--transcript")
+    f = ftp_login(hub)
+    try:
+        f.encoding = "latin-1"  # the octets of the name as typed on a Latin-1 system
+        f.storbinary("STOR caf\xe9.txt", io.BytesIO(b"latin-1 name\n"))
+    finally:
+        f.close()
+    assert os.listdir(os.fsencode(home(hub))) == [b"caf\xe9.txt"]
+    (tmp_path / "up.txt").write_bytes(b"made over sftp\n")
+    done = sftp_batch(hub, b"ls -1\nget caf\xe9.txt got.txt\nput up.txt d\xe9j\xe0.txt\nrename d\xe9j\xe0.txt d\xe9j\xe0-2.txt\n", cwd=tmp_path)
+    assert b"\ncaf\\351.txt\n" in done.stdout  # listed (OpenSSH's sftp shows the octet as \351)
+    assert (tmp_path / "got.txt").read_bytes() == b"latin-1 name\n"
+    with open(os.path.join(os.fsencode(home(hub)), b"d\xe9j\xe0-2.txt"), "rb") as made:
+        assert made.read() == b"made over sftp\n"
+    f = ftp_login(hub)
+    try:
+        f.encoding = "latin-1"
+        assert sorted(f.nlst()) == ["caf\xe9.txt", "d\xe9j\xe0-2.txt"]
+    finally:
+        f.close()
+    hub.wait_for_log(r"sftp#\d+ sftp: SFTP session closed")
+    assert re.search(r"sftp#\d+ C: OPEN /caf\\xe9\.txt READ", hub.log)  # the octet, shown as one
     assert "Traceback" not in hub.log

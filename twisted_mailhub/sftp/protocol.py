@@ -138,10 +138,13 @@ class PacketReader:
         return bytes(self._take(self.u32()))
 
     def text(self) -> str:
-        try:
-            return self.string().decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedPacket("a name that is not UTF-8")
+        """
+        A name: its octets as UTF-8, an octet that is not UTF-8 kept as
+        itself (C{surrogateescape}), as FTP takes a command's name and the
+        file system stores it. filexfer-02 names are strings of octets;
+        OpenSSH's sftp-server takes them as they come.
+        """
+        return self.string().decode("utf-8", "surrogateescape")
 
     def attrs(self) -> dict[str, Any]:
         flags = self.u32()
@@ -167,8 +170,14 @@ class PacketReader:
 
 
 def ns(data: bytes | str) -> bytes:
+    """
+    An SSH string (RFC 4251 §5): C{uint32} length, then the octets; text
+    as UTF-8, and a name's octets that are not UTF-8 (read with
+    C{surrogateescape}, as L{PacketReader.text} and C{os.listdir} keep
+    them) as they are on disk.
+    """
     if isinstance(data, str):
-        data = data.encode("utf-8")
+        data = data.encode("utf-8", "surrogateescape")
     return struct.pack(">I", len(data)) + data
 
 
@@ -220,7 +229,8 @@ def flag_names(flags: int) -> str:
 
 def printable(text: str, limit: int = 200) -> str:
     """A name as the transcript shows it: control characters escaped, bounded."""
-    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+    # An octet that is not UTF-8 (kept as a surrogate) shows as that octet.
+    out = "".join(c if c.isprintable() else f"\\x{ord(c) - 0xDC00 if 0xDC80 <= ord(c) <= 0xDCFF else ord(c):02x}" for c in text[:limit])
     return out + ("..." if len(text) > limit else "")
 
 
