@@ -500,3 +500,31 @@ def test_names_that_are_not_utf8_are_listed_fetched_and_made_as_their_octets_as_
     hub.wait_for_log(r"sftp#\d+ sftp: SFTP session closed")
     assert re.search(r"sftp#\d+ C: OPEN /caf\\xe9\.txt READ", hub.log)  # the octet, shown as one
     assert "Traceback" not in hub.log
+
+
+def test_sftp_cp_copies_in_the_server_with_copy_data_under_the_quota(start_hub, tmp_path):
+    """
+    OpenSSH's C{sftp cp} (copy-data, draft-ietf-secsh-filexfer-extensions
+    §7; OpenSSH 9.0 and later) copies a file in the hub: byte-exact, seen
+    by FTP, a file larger than one READ answer (255 KiB); a copy that
+    would pass the account's quota is refused and leaves no file. Before,
+    the hub did not offer copy-data: "Server does not support copy-data
+    extension".
+    """
+    hub = start_hub("--quota", "2M")
+    body = os.urandom(700_000)
+    (tmp_path / "big.bin").write_bytes(body)
+    done = sftp_batch(hub, "put big.bin\ncp big.bin copy.bin\n-cp copy.bin third.bin\nls -1\n", cwd=tmp_path, check=False)
+    assert "Server does not support" not in done.stderr
+    with open(os.path.join(home(hub), "copy.bin"), "rb") as f:
+        assert f.read() == body
+    f = ftp_login(hub)
+    try:
+        got = io.BytesIO()
+        f.retrbinary("RETR copy.bin", got.write)
+        assert got.getvalue() == body
+        assert sorted(f.nlst()) == ["big.bin", "copy.bin"]  # the third copy passed the quota: nothing left
+    finally:
+        f.close()
+    assert 'Couldn\'t copy file "/copy.bin" to "/third.bin": Failure' in done.stderr
+    assert "Traceback" not in hub.log

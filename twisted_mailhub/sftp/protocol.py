@@ -612,6 +612,7 @@ class SFTPServer(protocol.Protocol):
             (b"posix-rename@openssh.com", b"1"),
             (b"fsync@openssh.com", b"1"),
             (b"limits@openssh.com", b"1"),
+            (b"copy-data", b"1"),
         ]
         if hasattr(self.shell, "root"):
             extensions.append((b"statvfs@openssh.com", b"2"))
@@ -746,6 +747,21 @@ class SFTPServer(protocol.Protocol):
         offset = reader.u64()
         data = reader.string()
         request = f"WRITE handle {key.decode()} offset {offset} len {len(data)}"
+
+        def written(_):
+            self._status(rid, FX_OK)
+            return "OK"
+
+        return self._run(request, rid, handle.path, self._write_at(handle, offset, data), written)
+
+    def _write_at(self, handle: WriteHandle, offset: int, data: bytes) -> defer.Deferred:
+        """
+        Write C{data} at C{offset} of the file being written (WRITE,
+        copy-data); fires when the writer took it.
+
+        @raise SFTPError: the offset leaves too large a hole, or the file
+            system takes bytes in order only.
+        """
         writer = handle.writer
         if offset > handle.end + MAX_HOLE:
             # Clients write out of order, a window's worth ahead (OpenSSH:
@@ -769,16 +785,12 @@ class SFTPServer(protocol.Protocol):
             handle.failed = reason.value
             return reason
 
-        d.addErrback(remember)
-
         def written(_):
             handle.position = offset + len(data)
             handle.end = max(handle.end, handle.position)
             handle.bytes += len(data)
-            self._status(rid, FX_OK)
-            return "OK"
 
-        return self._run(request, rid, handle.path, d, written)
+        return d.addCallbacks(written, remember)
 
     def _attrs_answer(self, rid):
         def answer(facts):
@@ -1076,10 +1088,52 @@ class SFTPServer(protocol.Protocol):
             self._send(FXP_EXTENDED_REPLY, payload)
             self._observe("LIMITS", f"packet {self.max_packet} read {self.max_read} handles {self.max_handles}")
             return None
+        if name == "copy-data":
+            return self._copy_data(rid, reader)
         if name == "hardlink@openssh.com":
             raise SFTPError(FX_OP_UNSUPPORTED, "hard links are not offered by this file system")
         shown = name if _EXTENSION_NAME.fullmatch(name) else "with an unreadable name"
         raise SFTPError(FX_OP_UNSUPPORTED, f"extension {shown[:80]} is not supported")
+
+    def _copy_data(self, rid, reader):
+        """
+        C{copy-data} (draft-ietf-secsh-filexfer-extensions-00 §7, what
+        OpenSSH's C{sftp cp} sends): C{read-length} octets (0: to the end)
+        from a handle open for reading, from C{read-offset}, written at
+        C{write-offset} of a handle open for writing, in the server. The
+        bytes go through the same writes as a WRITE's (the quota, the
+        hole limit); at most C{max_read} octets are held at a time.
+        Answers OK, or C{SSH_FX_EOF} when the source ends before a
+        C{read-length} that is not 0.
+        """
+        rkey, source = self._handle(reader, ReadHandle)
+        read_from, length = reader.u64(), reader.u64()
+        wkey, target = self._handle(reader, WriteHandle)
+        write_to = reader.u64()
+        request = f"COPY-DATA handle {rkey.decode()} offset {read_from} len {length} -> handle {wkey.decode()} offset {write_to}"
+
+        async def copy() -> int:
+            copied = 0
+            while length == 0 or copied < length:
+                want = self.max_read if length == 0 else min(self.max_read, length - copied)
+                data = await defer.maybeDeferred(self._read, source, read_from + copied, want)
+                if not data:
+                    break
+                source.bytes += len(data)
+                await self._write_at(target, write_to + copied, data)
+                copied += len(data)
+                if self.closed:
+                    break
+            return copied
+
+        def answer(copied):
+            if length and copied < length:
+                self._status(rid, FX_EOF, f"{source.path}: ended after {copied} of {length} bytes")
+                return f"EOF after {copied} bytes"
+            self._status(rid, FX_OK)
+            return f"OK ({copied} bytes copied)"
+
+        return self._run(request, rid, target.path, defer.Deferred.fromCoroutine(copy()), answer)
 
     def _fsync(self, rid, reader):
         key, handle = self._handle(reader, WriteHandle)
