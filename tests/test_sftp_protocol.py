@@ -378,3 +378,33 @@ def test_an_open_upload_shows_the_mode_and_time_set_on_it_before_its_close(sessi
     assert kind == p.FXP_ATTRS
     flags, size, mode, atime, mtime = struct.unpack(">IQIII", payload[4:28])
     assert (mode, mtime) == (0o100640, T)
+
+
+def test_copy_data_gives_the_reactor_a_turn_between_chunks(session):
+    """
+    copy-data copies 255 KiB per turn of the reactor: a pread and a
+    buffered write are done at once, and a whole file copied in one go
+    held every other session until it was done. Between turns the next
+    request waits its turn (requests are answered in order).
+    """
+    from twisted.internet import task
+
+    server, stub, root = session
+    body = os.urandom(p.MAX_READ * 3 + 5)
+    (root / "src").write_bytes(body)
+    server._clock = clock = task.Clock()
+    turns = []
+    call_later = clock.callLater
+    clock.callLater = lambda *args, **kw: (turns.append(len(stub.written)), call_later(*args, **kw))[1]
+    source = open_file(server, stub, 1, "src", p.FXF_READ)
+    target = open_file(server, stub, 2, "dst", p.FXF_WRITE | p.FXF_CREAT | p.FXF_TRUNC)
+    server.dataReceived(packet(p.FXP_EXTENDED, u32(3), p.ns("copy-data"), p.ns(source), u64(0), u64(0), p.ns(target), u64(0)))
+    server.dataReceived(packet(p.FXP_REALPATH, u32(4), p.ns(".")))
+    assert not stub.written and len(clock.calls) == 1  # one chunk copied; the rest waits for a turn
+    clock.advance(0)
+    assert turns == [0, 0, 0, 0]  # a turn after each of the 4 chunks (the last one short), no answer meanwhile
+    [(kind, payload), (after, _)] = answers(stub)
+    assert status(payload)[:2] == (3, p.FX_OK) and after == p.FXP_NAME
+    server.dataReceived(packet(p.FXP_FSTAT, u32(5), p.ns(target)))
+    [(kind, payload)] = answers(stub)
+    assert kind == p.FXP_ATTRS and struct.unpack(">Q", payload[8:16])[0] == len(body)

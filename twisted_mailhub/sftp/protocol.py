@@ -36,7 +36,7 @@ import struct
 import time
 from typing import Any, Callable
 
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, protocol, task, threads
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python import failure
@@ -383,6 +383,9 @@ class SFTPServer(protocol.Protocol):
         self.max_backlog = max_backlog
         self.handles: dict[bytes, Handle] = {}
         self._next_handle = 1
+        from twisted.internet import reactor
+
+        self._clock = reactor  # what copy-data yields to between chunks (task.Clock in tests)
         self._buffer = bytearray()
         self._busy = False
         self._paused = False
@@ -1124,6 +1127,10 @@ class SFTPServer(protocol.Protocol):
                 copied += len(data)
                 if self.closed:
                     break
+                # A turn of the reactor per chunk: a pread and a buffered
+                # write are done at once, and a gigabyte copied in one go
+                # would hold every other session of the hub.
+                await task.deferLater(self._clock, 0, lambda: None)
             return copied
 
         def answer(copied):
