@@ -408,3 +408,20 @@ def test_copy_data_gives_the_reactor_a_turn_between_chunks(session):
     server.dataReceived(packet(p.FXP_FSTAT, u32(5), p.ns(target)))
     [(kind, payload)] = answers(stub)
     assert kind == p.FXP_ATTRS and struct.unpack(">Q", payload[8:16])[0] == len(body)
+
+
+def test_a_read_of_zero_bytes_is_an_empty_data_not_the_end_of_the_file(session):
+    """
+    READ of length 0 inside a file answers an empty DATA, as OpenSSH's
+    sftp-server: no end of file was met (filexfer-02 §6.4), and a client
+    that took the EOF would think the file ended there.
+    """
+    server, stub, root = session
+    (root / "ten").write_bytes(b"0123456789")
+    handle = open_file(server, stub, 1, "ten", p.FXF_READ)
+    server.dataReceived(packet(p.FXP_READ, u32(2), p.ns(handle), u64(3), u32(0)))
+    [(kind, payload)] = answers(stub)
+    assert kind == p.FXP_DATA and payload == u32(2) + p.ns(b"")
+    server.dataReceived(packet(p.FXP_READ, u32(3), p.ns(handle), u64(3), u32(4)))
+    [(kind, payload)] = answers(stub)
+    assert kind == p.FXP_DATA and payload == u32(3) + p.ns(b"3456")

@@ -709,6 +709,13 @@ class SFTPServer(protocol.Protocol):
         offset = reader.u64()
         length = reader.u32()
         request = f"READ handle {key.decode()} offset {offset} len {length}"
+        if length == 0:
+            # Nothing asked, nothing read: no end of file was met (EOF is
+            # for "EOF encountered before reading any data", filexfer-02
+            # §6.4); OpenSSH's sftp-server answers an empty DATA too.
+            self._send(FXP_DATA, struct.pack(">I", rid) + ns(b""))
+            self._observe(request, "DATA 0 bytes")
+            return None
         length = min(length, self.max_read)
         d = defer.maybeDeferred(self._read, handle, offset, length)
 
