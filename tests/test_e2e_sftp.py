@@ -528,3 +528,32 @@ def test_sftp_cp_copies_in_the_server_with_copy_data_under_the_quota(start_hub, 
         f.close()
     assert 'Couldn\'t copy file "/copy.bin" to "/third.bin": Failure' in done.stderr
     assert "Traceback" not in hub.log
+
+
+def test_put_of_an_executable_keeps_the_owners_execute_bit_as_the_open_asks(start_hub, tmp_path):
+    """
+    OpenSSH's C{put} (without C{-p}) sends the local file's mode with its
+    OPEN: a new file's initial permissions (filexfer-02 §6.3), which
+    OpenSSH's server gives it under its umask. The hub's umask is 077:
+    C{run.sh} (0755) is 0700 (it was 0600: a script lost its execute bit
+    on the way up and, with C{get}, on the way back), a 0644 file is
+    still 0600, and a file that exists keeps its mode.
+    """
+    hub = start_hub()
+    script, notes = tmp_path / "run.sh", tmp_path / "notes.txt"
+    script.write_bytes(b"#!/bin/sh\necho hi\n")
+    notes.write_bytes(b"notes\n")
+    os.chmod(script, 0o755)
+    os.chmod(notes, 0o644)
+    sftp_batch(hub, "put run.sh\nput notes.txt\nget run.sh back.sh\n", cwd=tmp_path)
+    assert os.stat(os.path.join(home(hub), "run.sh")).st_mode & 0o777 == 0o700
+    assert os.stat(os.path.join(home(hub), "notes.txt")).st_mode & 0o777 == 0o600
+    assert os.stat(tmp_path / "back.sh").st_mode & 0o100
+    os.chmod(notes, 0o755)
+    sftp_batch(hub, "put notes.txt\n", cwd=tmp_path)  # an existing file keeps its mode
+    assert os.stat(os.path.join(home(hub), "notes.txt")).st_mode & 0o777 == 0o600
+    client = paramiko_client(hub)
+    try:
+        assert client.open_sftp().stat("run.sh").st_mode & 0o777 == 0o700
+    finally:
+        client.close()

@@ -628,7 +628,7 @@ class SFTPServer(protocol.Protocol):
     def fxp_OPEN(self, rid, reader):
         path = reader.text()
         flags = reader.u32()
-        reader.attrs()
+        attrs = reader.attrs()
         segments = self._segments(path)
         shown = self._show(segments)
         request = f"OPEN {shown} {flag_names(flags)}"
@@ -636,7 +636,7 @@ class SFTPServer(protocol.Protocol):
         if flags & FXF_READ and flags & FXF_WRITE:
             raise SFTPError(FX_OP_UNSUPPORTED, "open a file for reading or for writing, not both (the file system streams files)")
         if flags & FXF_WRITE or flags & (FXF_CREAT | FXF_TRUNC | FXF_APPEND):
-            d = self._open_for_writing(segments, shown, flags)
+            d = self._open_for_writing(segments, shown, flags, attrs)
         else:
             d = defer.maybeDeferred(self.shell.openForReadingAt, segments, 0)
             d.addCallback(lambda reader: ReadHandle(shown, segments, reader))
@@ -651,7 +651,16 @@ class SFTPServer(protocol.Protocol):
 
         return self._run(request, rid, shown, d, opened)
 
-    def _open_for_writing(self, segments, shown, flags) -> defer.Deferred:
+    def _open_for_writing(self, segments, shown, flags, attrs=None) -> defer.Deferred:
+        """
+        A L{WriteHandle} for OPEN with WRITE, CREAT, TRUNC or APPEND
+        (filexfer-02 §6.3). The permissions in C{attrs} are a new file's
+        initial ones (OpenSSH's C{put} sends the local file's), taken as
+        OpenSSH's server takes them under a umask: the hub's is 077 (its
+        data is its own user's only, tests/test_data_permissions.py), so
+        what is kept is the owner's execute bit; an existing file keeps
+        its mode, as open(2) leaves it.
+        """
         def existing(facts):
             return facts
 
@@ -677,7 +686,13 @@ class SFTPServer(protocol.Protocol):
                 # the current size changes nothing), write where asked.
                 start, append = int(facts.get("size") or 0), False
             opening = defer.maybeDeferred(self.shell.openForWritingAt, segments, start, append)
-            return opening.addCallback(lambda writer: WriteHandle(shown, segments, writer, start))
+
+            def made(writer):
+                if facts is None and "permissions" in (attrs or {}) and hasattr(writer, "mode"):
+                    writer.mode = attrs["permissions"] & 0o700  # at close (kept_mode: read and write too)
+                return WriteHandle(shown, segments, writer, start)
+
+            return opening.addCallback(made)
 
         return d.addCallback(open_it)
 
