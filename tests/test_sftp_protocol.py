@@ -425,3 +425,23 @@ def test_a_read_of_zero_bytes_is_an_empty_data_not_the_end_of_the_file(session):
     server.dataReceived(packet(p.FXP_READ, u32(3), p.ns(handle), u64(3), u32(4)))
     [(kind, payload)] = answers(stub)
     assert kind == p.FXP_DATA and payload == u32(3) + p.ns(b"3456")
+
+
+def test_fsync_of_a_file_open_for_reading_is_ok_and_of_a_folder_refused(session):
+    """
+    fsync@openssh.com of a file open for reading answers OK (nothing to
+    sync), as OpenSSH's sftp-server (fsync(2) of the descriptor); it was
+    refused "that handle is not an open file", of a file that is. A
+    folder's handle is still refused.
+    """
+    server, stub, root = session
+    (root / "ten").write_bytes(b"0123456789")
+    handle = open_file(server, stub, 1, "ten", p.FXF_READ)
+    server.dataReceived(packet(p.FXP_EXTENDED, u32(2), p.ns("fsync@openssh.com"), p.ns(handle)))
+    [(kind, payload)] = answers(stub)
+    assert status(payload)[:2] == (2, p.FX_OK)
+    server.dataReceived(packet(p.FXP_OPENDIR, u32(3), p.ns("/")))
+    [(kind, payload)] = answers(stub)
+    server.dataReceived(packet(p.FXP_EXTENDED, u32(4), p.ns("fsync@openssh.com"), p.ns(payload[8:])))
+    [(kind, payload)] = answers(stub)
+    assert status(payload) == (4, p.FX_FAILURE, "that handle is not an open file")

@@ -589,11 +589,12 @@ class SFTPServer(protocol.Protocol):
         self.handles[key] = handle
         return key
 
-    def _handle(self, reader: PacketReader, kind: type) -> tuple[bytes, Any]:
+    def _handle(self, reader: PacketReader, kind: type | tuple[type, ...]) -> tuple[bytes, Any]:
         key = reader.string()
         handle = self.handles.get(key)
         if handle is None or not isinstance(handle, kind):
-            raise SFTPError(FX_FAILURE, "no such open handle" if handle is None else f"that handle is not an open {kind.kind}")
+            wanted = "file" if isinstance(kind, tuple) else kind.kind
+            raise SFTPError(FX_FAILURE, "no such open handle" if handle is None else f"that handle is not an open {wanted}")
         return key, handle
 
     def _room_for_handle(self) -> None:
@@ -1165,9 +1166,15 @@ class SFTPServer(protocol.Protocol):
         return self._run(request, rid, target.path, defer.Deferred.fromCoroutine(copy()), answer)
 
     def _fsync(self, rid, reader):
-        key, handle = self._handle(reader, WriteHandle)
-        f = getattr(handle.writer, "file", None)
+        key, handle = self._handle(reader, (ReadHandle, WriteHandle))
         request = f"FSYNC handle {key.decode()}"
+        if isinstance(handle, ReadHandle):
+            # Nothing written through it, nothing to sync: OK, as fsync(2)
+            # of a file open for reading (OpenSSH's sftp-server answers so).
+            self._status(rid, FX_OK)
+            self._observe(request, "OK (open for reading: nothing to sync)")
+            return None
+        f = getattr(handle.writer, "file", None)
         if f is None:
             raise SFTPError(FX_OP_UNSUPPORTED, "this file system syncs files when they are closed")
 
