@@ -445,3 +445,20 @@ def test_fsync_of_a_file_open_for_reading_is_ok_and_of_a_folder_refused(session)
     server.dataReceived(packet(p.FXP_EXTENDED, u32(4), p.ns("fsync@openssh.com"), p.ns(payload[8:])))
     [(kind, payload)] = answers(stub)
     assert status(payload) == (4, p.FX_FAILURE, "that handle is not an open file")
+
+
+def test_a_refusal_worded_for_ftp_reaches_sftp_without_ftps_words_around_it(session):
+    """
+    An error the file system words as an FTP reply ("550 Requested action
+    not taken: /full: the folder is not empty") is SFTP's status message
+    without FTP's wrapping: paramiko showed "Requested action not taken:"
+    before the reason.
+    """
+    server, stub, root = session
+    (root / "full").mkdir()
+    (root / "full" / "one").write_bytes(b"1")
+    server.dataReceived(packet(p.FXP_RMDIR, u32(2), p.ns("full")))
+    [(kind, payload)] = answers(stub)
+    rid, code, message = status(payload)
+    assert (rid, code) == (2, p.FX_FAILURE)
+    assert message.startswith("/full: ") and "not empty" in message and "Requested action" not in message

@@ -339,8 +339,14 @@ def _error_for(reason: failure.Failure, path: str) -> SFTPError | None:
     if isinstance(e, ftp.FileExistsError):
         return SFTPError(FX_FAILURE, f"{path}: already exists")
     if isinstance(e, ftp.FTPCmdError):
-        # The FTP reply text without its code: "552 ..." -> the message.
+        # The FTP reply text without its code: "552 ..." -> the message,
+        # and without the words FTP's reply puts around it ("Requested
+        # action not taken: %s"): SFTP's status is the code already.
         text = e.response().split(" ", 1)[-1] if hasattr(e, "response") else ""
+        template = ftp.RESPONSE.get(getattr(e, "errorCode", None), "")
+        lead = template.split(" ", 1)[-1].split("%s", 1)[0] if isinstance(template, str) and "%s" in template else ""
+        if lead and text.startswith(lead) and len(text) > len(lead):
+            text = text[len(lead):]
         return SFTPError(FX_FAILURE, printable(text or "the file system refused"))
     if isinstance(e, OSError):
         from twisted_mailhub.ftp.vfs import error_words
