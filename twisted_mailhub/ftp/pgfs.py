@@ -404,6 +404,14 @@ class PostgresShell:
                 raise _Trouble(ftp.PermissionDeniedError(_shown(segments)))
             if is_partial_name(s):
                 raise _Trouble(FileActionError(partial_name_refused(segments)))
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:
+                # An octet that is not UTF-8 (FTP and SFTP take a name's
+                # octets as they come): the database keeps names as UTF-8
+                # text and cannot hold it. Refused in words; it was a
+                # traceback and "451 local error" (FTP).
+                raise _Trouble(FileActionError(f"{_shown(segments)[:200]}: a name that is not UTF-8 cannot be kept by this file system (PostgreSQL keeps names as UTF-8)"))
 
     def _resolve(self, conn, segments) -> _Node | None:
         """The node at C{segments}, or L{None}; a file on the way is ENOTDIR."""
