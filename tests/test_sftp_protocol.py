@@ -462,3 +462,25 @@ def test_a_refusal_worded_for_ftp_reaches_sftp_without_ftps_words_around_it(sess
     rid, code, message = status(payload)
     assert (rid, code) == (2, p.FX_FAILURE)
     assert message.startswith("/full: ") and "not empty" in message and "Requested action" not in message
+
+
+def test_mode_and_times_set_on_a_file_open_for_reading_are_the_files(session, monkeypatch):
+    """
+    FSETSTAT of a mode and times on a handle open for reading sets them,
+    as OpenSSH's sftp-server does (fchmod/futimes of its descriptor); it
+    was refused "permission denied: the file is open for reading". A size
+    is still refused there (ftruncate of a read-only descriptor fails).
+    """
+    server, stub, root = session
+    _fsyncs_in_turn(monkeypatch)
+    (root / "ten").write_bytes(b"0123456789")
+    handle = open_file(server, stub, 1, "ten", p.FXF_READ)
+    server.dataReceived(packet(p.FXP_FSETSTAT, u32(2), p.ns(handle), u32(p.ATTR_PERMISSIONS | p.ATTR_ACMODTIME), u32(0o640), u32(1_500_000_000), u32(1_500_000_000)))
+    [(kind, payload)] = answers(stub)
+    assert status(payload)[:2] == (2, p.FX_OK)
+    st = os.stat(root / "ten")
+    assert st.st_mode & 0o777 == 0o640 and st.st_mtime == 1_500_000_000
+    server.dataReceived(packet(p.FXP_FSETSTAT, u32(3), p.ns(handle), u32(p.ATTR_SIZE), u64(2)))
+    [(kind, payload)] = answers(stub)
+    assert status(payload)[:2] == (3, p.FX_PERMISSION_DENIED)
+    assert (root / "ten").read_bytes() == b"0123456789"

@@ -966,9 +966,10 @@ class SFTPServer(protocol.Protocol):
                 writer.times = (accessed, modified)
                 said.append("times at close")
             return defer.succeed("OK (" + ", ".join(said) + ")")
-        if isinstance(handle_or_segments, Handle):
-            raise SFTPError(FX_PERMISSION_DENIED, f"{shown}: the file is open for reading")
-        segments = handle_or_segments
+        # A file open for reading (or a folder's handle) is changed through
+        # its name, as SETSTAT does: OpenSSH's sftp-server sets them with
+        # fchmod/futimes on the descriptor it reads from.
+        segments = handle_or_segments.segments if isinstance(handle_or_segments, Handle) else handle_or_segments
         d = defer.succeed(None)
         if "permissions" in attrs:
             set_permissions = getattr(self.shell, "setPermissions", None)
