@@ -44,8 +44,11 @@ def home(hub, user="alice"):
     return os.path.join(hub.data_dir, "ftp", "localhost", user)
 
 
-def sftp_batch(hub, commands: str, password="secret", user="alice", extra=(), check=True, cwd=None) -> subprocess.CompletedProcess:
-    """Run OpenSSH's sftp in batch mode; the password through sshpass."""
+def sftp_batch(hub, commands: str | bytes, password="secret", user="alice", extra=(), check=True, cwd=None) -> subprocess.CompletedProcess:
+    """
+    Run OpenSSH's sftp in batch mode; the password through sshpass.
+    C{commands} as bytes: the output is bytes too (names that are not UTF-8).
+    """
     _need("sftp")
     # ssh takes the first value given for an option, and sftp's -b adds
     # BatchMode=yes: the password options go first.
@@ -53,7 +56,7 @@ def sftp_batch(hub, commands: str, password="secret", user="alice", extra=(), ch
     if password is not None:
         args = [_need("sshpass"), "-p", password] + args + PASSWORD_ONLY
     args += ["-P", str(hub.ports["sftp"]), "-b", "-", f"{user}@127.0.0.1"]
-    done = subprocess.run(args, input=commands, capture_output=True, text=True, timeout=60, cwd=cwd)
+    done = subprocess.run(args, input=commands, capture_output=True, text=not isinstance(commands, bytes), timeout=60, cwd=cwd)
     if check and done.returncode != 0:
         raise AssertionError(f"sftp failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
@@ -426,3 +429,131 @@ def test_sftp_put_p_keeps_time_and_mode_under_a_quota_too(start_hub, tmp_path):
     st = os.stat(os.path.join(home(hub), "by-sftp.txt"))
     assert (st.st_mtime, st.st_mode & 0o777) == (1_500_000_000, 0o640)
     assert "Traceback" not in hub.log
+
+
+def test_rmdir_and_opendir_of_a_missing_folder_answer_no_such_file(start_hub, tmp_path):
+    """
+    RMDIR and OPENDIR of a name that does not exist answer
+    SSH_FX_NO_SUCH_FILE (filexfer-02 §7), as OpenSSH's sftp-server does
+    (rmdir(2) and opendir(3) give ENOENT), not "failure: not a directory";
+    FTP's RMD says the same. A file is still "not a directory".
+    """
+    hub = start_hub()
+    (tmp_path / "afile").write_bytes(b"a\n")
+    done = sftp_batch(hub, "-rmdir nosuch\nput afile\n-rmdir afile\n", check=False, cwd=tmp_path)
+    assert 'remote rmdir "/nosuch": No such file or directory' in done.stderr
+    assert 'remote rmdir "/afile": Failure' in done.stderr
+    client = paramiko_client(hub)
+    try:
+        sftp = client.open_sftp()
+        with pytest.raises(FileNotFoundError):
+            sftp.listdir("nosuch")
+        with pytest.raises(FileNotFoundError):
+            sftp.rmdir("nosuch")
+        with pytest.raises(OSError) as refused:
+            sftp.listdir("afile")
+        assert not isinstance(refused.value, FileNotFoundError)
+    finally:
+        client.close()
+    f = ftp_login(hub)
+    try:
+        with pytest.raises(ftplib.error_perm, match=r"^550 RMD /nosuch: no such file or directory\.$"):
+            f.rmd("nosuch")
+        with pytest.raises(ftplib.error_perm, match=r"^550 RMD /afile: not a directory\.$"):
+            f.rmd("afile")
+        with pytest.raises(ftplib.error_perm, match=r"^550 CWD /nosuch: no such directory\.$"):
+            f.cwd("nosuch")
+    finally:
+        f.close()
+    assert "Traceback" not in hub.log
+
+
+def test_names_that_are_not_utf8_are_listed_fetched_and_made_as_their_octets_as_over_ftp(start_hub, tmp_path):
+    """
+    A name that is not UTF-8 (C{caf\\xe9.txt}, stored by an FTP client on a
+    Latin-1 system: FTP takes a name's octets as they come) travels as its
+    octets over SFTP too, as OpenSSH's sftp-server sends and takes them
+    (filexfer-02 names are strings of octets). One such name made READDIR
+    of its whole folder fail ("Couldn't read directory: Failure": no
+    listing at all), and the name itself was refused SSH_FX_BAD_MESSAGE.
+    """
+    hub = start_hub("--transcript")
+    f = ftp_login(hub)
+    try:
+        f.encoding = "latin-1"  # the octets of the name as typed on a Latin-1 system
+        f.storbinary("STOR caf\xe9.txt", io.BytesIO(b"latin-1 name\n"))
+    finally:
+        f.close()
+    assert os.listdir(os.fsencode(home(hub))) == [b"caf\xe9.txt"]
+    (tmp_path / "up.txt").write_bytes(b"made over sftp\n")
+    done = sftp_batch(hub, b"ls -1\nget caf\xe9.txt got.txt\nput up.txt d\xe9j\xe0.txt\nrename d\xe9j\xe0.txt d\xe9j\xe0-2.txt\n", cwd=tmp_path)
+    assert b"\ncaf\\351.txt\n" in done.stdout  # listed (OpenSSH's sftp shows the octet as \351)
+    assert (tmp_path / "got.txt").read_bytes() == b"latin-1 name\n"
+    with open(os.path.join(os.fsencode(home(hub)), b"d\xe9j\xe0-2.txt"), "rb") as made:
+        assert made.read() == b"made over sftp\n"
+    f = ftp_login(hub)
+    try:
+        f.encoding = "latin-1"
+        assert sorted(f.nlst()) == ["caf\xe9.txt", "d\xe9j\xe0-2.txt"]
+    finally:
+        f.close()
+    hub.wait_for_log(r"sftp#\d+ sftp: SFTP session closed")
+    assert re.search(r"sftp#\d+ C: OPEN /caf\\xe9\.txt READ", hub.log)  # the octet, shown as one
+    assert "Traceback" not in hub.log
+
+
+def test_sftp_cp_copies_in_the_server_with_copy_data_under_the_quota(start_hub, tmp_path):
+    """
+    OpenSSH's C{sftp cp} (copy-data, draft-ietf-secsh-filexfer-extensions
+    §7; OpenSSH 9.0 and later) copies a file in the hub: byte-exact, seen
+    by FTP, a file larger than one READ answer (255 KiB); a copy that
+    would pass the account's quota is refused and leaves no file. Before,
+    the hub did not offer copy-data: "Server does not support copy-data
+    extension".
+    """
+    hub = start_hub("--quota", "2M")
+    body = os.urandom(700_000)
+    (tmp_path / "big.bin").write_bytes(body)
+    done = sftp_batch(hub, "put big.bin\ncp big.bin copy.bin\n-cp copy.bin third.bin\nls -1\n", cwd=tmp_path, check=False)
+    assert "Server does not support" not in done.stderr
+    with open(os.path.join(home(hub), "copy.bin"), "rb") as f:
+        assert f.read() == body
+    f = ftp_login(hub)
+    try:
+        got = io.BytesIO()
+        f.retrbinary("RETR copy.bin", got.write)
+        assert got.getvalue() == body
+        assert sorted(f.nlst()) == ["big.bin", "copy.bin"]  # the third copy passed the quota: nothing left
+    finally:
+        f.close()
+    assert 'Couldn\'t copy file "/copy.bin" to "/third.bin": Failure' in done.stderr
+    assert "Traceback" not in hub.log
+
+
+def test_put_of_an_executable_keeps_the_owners_execute_bit_as_the_open_asks(start_hub, tmp_path):
+    """
+    OpenSSH's C{put} (without C{-p}) sends the local file's mode with its
+    OPEN: a new file's initial permissions (filexfer-02 §6.3), which
+    OpenSSH's server gives it under its umask. The hub's umask is 077:
+    C{run.sh} (0755) is 0700 (it was 0600: a script lost its execute bit
+    on the way up and, with C{get}, on the way back), a 0644 file is
+    still 0600, and a file that exists keeps its mode.
+    """
+    hub = start_hub()
+    script, notes = tmp_path / "run.sh", tmp_path / "notes.txt"
+    script.write_bytes(b"#!/bin/sh\necho hi\n")
+    notes.write_bytes(b"notes\n")
+    os.chmod(script, 0o755)
+    os.chmod(notes, 0o644)
+    sftp_batch(hub, "put run.sh\nput notes.txt\nget run.sh back.sh\n", cwd=tmp_path)
+    assert os.stat(os.path.join(home(hub), "run.sh")).st_mode & 0o777 == 0o700
+    assert os.stat(os.path.join(home(hub), "notes.txt")).st_mode & 0o777 == 0o600
+    assert os.stat(tmp_path / "back.sh").st_mode & 0o100
+    os.chmod(notes, 0o755)
+    sftp_batch(hub, "put notes.txt\n", cwd=tmp_path)  # an existing file keeps its mode
+    assert os.stat(os.path.join(home(hub), "notes.txt")).st_mode & 0o777 == 0o600
+    client = paramiko_client(hub)
+    try:
+        assert client.open_sftp().stat("run.sh").st_mode & 0o777 == 0o700
+    finally:
+        client.close()

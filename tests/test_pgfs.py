@@ -129,8 +129,8 @@ def test_folders_files_and_their_errors_match_on_both_backends(shell_maker):
     assert result_of(shell.rename(["d"], ["e"])) is None
     assert names(shell) == ["e"]
     assert result_of(shell.removeDirectory(["e"])) is None
-    # as rmdir(2) on a missing name answers on disk
-    assert result_of(shell.removeDirectory(["e"])).check(ftp.IsNotADirectoryError)
+    # as rmdir(2) on a missing name answers (ENOENT), on disk too
+    assert result_of(shell.removeDirectory(["e"])).check(ftp.FileNotFoundError)
     assert result_of(shell.uniqueName(["f"])) == ["f.1"]
 
 

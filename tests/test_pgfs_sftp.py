@@ -175,3 +175,45 @@ def test_a_file_database_made_before_modes_is_migrated_and_its_files_keep_0644(s
     finally:
         f.quit()
     assert "Traceback" not in hub.log and "DuplicateColumn" not in hub.log
+
+
+def test_a_name_that_is_not_utf8_is_refused_in_words_by_ftp_and_sftp(start_hub, pg_dsn):
+    """
+    The PostgreSQL file system keeps names as UTF-8 text: a name with an
+    octet that is not UTF-8 (FTP from a Latin-1 system, SFTP as OpenSSH
+    sends a name's octets) is refused with a reason, FTP 553 and SFTP
+    SSH_FX_FAILURE, and the session goes on. FTP answered "451 local
+    error" with a traceback in the log.
+    """
+    import ftplib
+    import io
+    import struct
+
+    import pytest
+
+    from tests.test_e2e_sftp import ftp_login
+
+    hub = start_hub("--store", f"postgresql:{pg_dsn}", "--ftp-filesystem", "postgresql")
+    f = ftp_login(hub)
+    try:
+        f.encoding = "latin-1"
+        with pytest.raises(ftplib.error_perm, match=r"^553 .*not UTF-8"):
+            f.storbinary("STOR caf\xe9.txt", io.BytesIO(b"x"))
+        f.storbinary("STOR cafe.txt", io.BytesIO(b"x"))
+    finally:
+        f.close()
+    client = paramiko_client(hub)
+    try:
+        channel = client.get_transport().open_session()
+        channel.invoke_subsystem("sftp")
+        channel.sendall(struct.pack(">IBI", 5, 1, 3))
+        assert channel.recv(4096)[4] == 2  # VERSION
+        body = bytes([14]) + struct.pack(">II", 7, 4) + b"d\xffx\xfe" + struct.pack(">I", 0)  # MKDIR
+        channel.sendall(struct.pack(">I", len(body)) + body)
+        reply = channel.recv(4096)
+        assert reply[4] == 101 and struct.unpack(">II", reply[5:13]) == (7, 4)  # STATUS FAILURE
+        assert b"not UTF-8" in reply
+        assert client.open_sftp().listdir(".") == ["cafe.txt"]
+    finally:
+        client.close()
+    assert "Traceback" not in hub.log

@@ -33,3 +33,32 @@ def test_sftp_df_without_a_quota_shows_the_disk(start_hub):
     st = os.statvfs(hub.data_dir)
     size, used, avail = df(hub)
     assert size == st.f_blocks * st.f_frsize // 1024
+
+
+def test_room_freed_by_a_remove_is_seen_at_once_by_df_and_by_a_setstat_size(start_hub, tmp_path):
+    """
+    After a remove, df shows the room it made and a SETSTAT that grows a
+    file into that room is allowed, at once: both read the account's
+    remembered count (up to a minute old) and showed, and refused, as if
+    the removed file were still there, while an upload of the same size
+    (which counts again) went through.
+    """
+    hub = start_hub("--quota", "1M")
+    upload = tmp_path / "big.bin"
+    upload.write_bytes(b"x" * 900_000)
+    sftp_batch(hub, f"put {upload} big.bin\n-put {upload} small.bin\n")  # the second is refused (the quota)
+    size, used, avail = df(hub)
+    assert used >= 870
+    sftp_batch(hub, "rm big.bin\n")
+    size, used, avail = df(hub)
+    assert size == 1024 and used < 10 and avail == size - used
+    from tests.test_e2e_sftp import paramiko_client
+
+    client = paramiko_client(hub)
+    try:
+        sftp = client.open_sftp()
+        sftp.putfo(__import__("io").BytesIO(b"s"), "grow.bin")
+        sftp.truncate("grow.bin", 500_000)  # SETSTAT size: 500 KB of a 1 MiB quota, now free
+        assert sftp.stat("grow.bin").st_size == 500_000
+    finally:
+        client.close()

@@ -378,3 +378,109 @@ def test_an_open_upload_shows_the_mode_and_time_set_on_it_before_its_close(sessi
     assert kind == p.FXP_ATTRS
     flags, size, mode, atime, mtime = struct.unpack(">IQIII", payload[4:28])
     assert (mode, mtime) == (0o100640, T)
+
+
+def test_copy_data_gives_the_reactor_a_turn_between_chunks(session):
+    """
+    copy-data copies 255 KiB per turn of the reactor: a pread and a
+    buffered write are done at once, and a whole file copied in one go
+    held every other session until it was done. Between turns the next
+    request waits its turn (requests are answered in order).
+    """
+    from twisted.internet import task
+
+    server, stub, root = session
+    body = os.urandom(p.MAX_READ * 3 + 5)
+    (root / "src").write_bytes(body)
+    server._clock = clock = task.Clock()
+    turns = []
+    call_later = clock.callLater
+    clock.callLater = lambda *args, **kw: (turns.append(len(stub.written)), call_later(*args, **kw))[1]
+    source = open_file(server, stub, 1, "src", p.FXF_READ)
+    target = open_file(server, stub, 2, "dst", p.FXF_WRITE | p.FXF_CREAT | p.FXF_TRUNC)
+    server.dataReceived(packet(p.FXP_EXTENDED, u32(3), p.ns("copy-data"), p.ns(source), u64(0), u64(0), p.ns(target), u64(0)))
+    server.dataReceived(packet(p.FXP_REALPATH, u32(4), p.ns(".")))
+    assert not stub.written and len(clock.calls) == 1  # one chunk copied; the rest waits for a turn
+    clock.advance(0)
+    assert turns == [0, 0, 0, 0]  # a turn after each of the 4 chunks (the last one short), no answer meanwhile
+    [(kind, payload), (after, _)] = answers(stub)
+    assert status(payload)[:2] == (3, p.FX_OK) and after == p.FXP_NAME
+    server.dataReceived(packet(p.FXP_FSTAT, u32(5), p.ns(target)))
+    [(kind, payload)] = answers(stub)
+    assert kind == p.FXP_ATTRS and struct.unpack(">Q", payload[8:16])[0] == len(body)
+
+
+def test_a_read_of_zero_bytes_is_an_empty_data_not_the_end_of_the_file(session):
+    """
+    READ of length 0 inside a file answers an empty DATA, as OpenSSH's
+    sftp-server: no end of file was met (filexfer-02 §6.4), and a client
+    that took the EOF would think the file ended there.
+    """
+    server, stub, root = session
+    (root / "ten").write_bytes(b"0123456789")
+    handle = open_file(server, stub, 1, "ten", p.FXF_READ)
+    server.dataReceived(packet(p.FXP_READ, u32(2), p.ns(handle), u64(3), u32(0)))
+    [(kind, payload)] = answers(stub)
+    assert kind == p.FXP_DATA and payload == u32(2) + p.ns(b"")
+    server.dataReceived(packet(p.FXP_READ, u32(3), p.ns(handle), u64(3), u32(4)))
+    [(kind, payload)] = answers(stub)
+    assert kind == p.FXP_DATA and payload == u32(3) + p.ns(b"3456")
+
+
+def test_fsync_of_a_file_open_for_reading_is_ok_and_of_a_folder_refused(session):
+    """
+    fsync@openssh.com of a file open for reading answers OK (nothing to
+    sync), as OpenSSH's sftp-server (fsync(2) of the descriptor); it was
+    refused "that handle is not an open file", of a file that is. A
+    folder's handle is still refused.
+    """
+    server, stub, root = session
+    (root / "ten").write_bytes(b"0123456789")
+    handle = open_file(server, stub, 1, "ten", p.FXF_READ)
+    server.dataReceived(packet(p.FXP_EXTENDED, u32(2), p.ns("fsync@openssh.com"), p.ns(handle)))
+    [(kind, payload)] = answers(stub)
+    assert status(payload)[:2] == (2, p.FX_OK)
+    server.dataReceived(packet(p.FXP_OPENDIR, u32(3), p.ns("/")))
+    [(kind, payload)] = answers(stub)
+    server.dataReceived(packet(p.FXP_EXTENDED, u32(4), p.ns("fsync@openssh.com"), p.ns(payload[8:])))
+    [(kind, payload)] = answers(stub)
+    assert status(payload) == (4, p.FX_FAILURE, "that handle is not an open file")
+
+
+def test_a_refusal_worded_for_ftp_reaches_sftp_without_ftps_words_around_it(session):
+    """
+    An error the file system words as an FTP reply ("550 Requested action
+    not taken: /full: the folder is not empty") is SFTP's status message
+    without FTP's wrapping: paramiko showed "Requested action not taken:"
+    before the reason.
+    """
+    server, stub, root = session
+    (root / "full").mkdir()
+    (root / "full" / "one").write_bytes(b"1")
+    server.dataReceived(packet(p.FXP_RMDIR, u32(2), p.ns("full")))
+    [(kind, payload)] = answers(stub)
+    rid, code, message = status(payload)
+    assert (rid, code) == (2, p.FX_FAILURE)
+    assert message.startswith("/full: ") and "not empty" in message and "Requested action" not in message
+
+
+def test_mode_and_times_set_on_a_file_open_for_reading_are_the_files(session, monkeypatch):
+    """
+    FSETSTAT of a mode and times on a handle open for reading sets them,
+    as OpenSSH's sftp-server does (fchmod/futimes of its descriptor); it
+    was refused "permission denied: the file is open for reading". A size
+    is still refused there (ftruncate of a read-only descriptor fails).
+    """
+    server, stub, root = session
+    _fsyncs_in_turn(monkeypatch)
+    (root / "ten").write_bytes(b"0123456789")
+    handle = open_file(server, stub, 1, "ten", p.FXF_READ)
+    server.dataReceived(packet(p.FXP_FSETSTAT, u32(2), p.ns(handle), u32(p.ATTR_PERMISSIONS | p.ATTR_ACMODTIME), u32(0o640), u32(1_500_000_000), u32(1_500_000_000)))
+    [(kind, payload)] = answers(stub)
+    assert status(payload)[:2] == (2, p.FX_OK)
+    st = os.stat(root / "ten")
+    assert st.st_mode & 0o777 == 0o640 and st.st_mtime == 1_500_000_000
+    server.dataReceived(packet(p.FXP_FSETSTAT, u32(3), p.ns(handle), u32(p.ATTR_SIZE), u64(2)))
+    [(kind, payload)] = answers(stub)
+    assert status(payload)[:2] == (3, p.FX_PERMISSION_DENIED)
+    assert (root / "ten").read_bytes() == b"0123456789"

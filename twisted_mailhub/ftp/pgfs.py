@@ -473,9 +473,8 @@ class PostgresShell:
             self._writable(path)
             if not path:
                 raise _Trouble(ftp.PermissionDeniedError("/"))
-            node = self._resolve(conn, path)
-            if node is None or not node.is_folder:
-                # (a missing name too, as the disk backend answers)
+            node = self._existing(conn, path)  # missing: "no such file", as rmdir(2)
+            if not node.is_folder:
                 raise _Trouble(ftp.IsNotADirectoryError(_shown(path)))
             # Only an empty folder, as rmdir(2); a hidden partial upload
             # inside counts, as its file does on disk.

@@ -230,7 +230,7 @@ def _error_reply(verb: str, error: ftp.FTPCmdError) -> str:
     args = [quote(str(a), 200) for a in getattr(error, "errorMessage", ())]
     meaning = _MEANINGS.get(type(error))
     if meaning is not None:
-        if type(error) is ftp.IsNotADirectoryError and verb in ("CWD", "XCWD"):
+        if type(error) in (ftp.IsNotADirectoryError, ftp.FileNotFoundError) and verb in ("CWD", "XCWD"):
             meaning = "no such directory"
         where = f" {args[0]}" if args else ""
         return f"{code} {verb}{where}: {meaning}."

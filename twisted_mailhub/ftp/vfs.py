@@ -640,6 +640,10 @@ class DiskShell:
         if not path:
             return defer.fail(ftp.PermissionDeniedError("/"))
         try:
+            if not os.path.lexists(p):
+                # rmdir(2) answers ENOENT: "no such file", not "not a
+                # directory" (SFTP's RMDIR: SSH_FX_NO_SUCH_FILE, as OpenSSH).
+                return defer.fail(ftp.FileNotFoundError("/" + "/".join(path)))
             if os.path.islink(p) or not os.path.isdir(p):
                 return defer.fail(ftp.IsNotADirectoryError("/" + "/".join(path)))
             os.rmdir(p)
@@ -701,6 +705,10 @@ class DiskShell:
         if err:
             return err
         try:
+            if not os.path.exists(p):
+                # A missing folder is missing (SFTP's OPENDIR:
+                # SSH_FX_NO_SUCH_FILE, as opendir(3) in OpenSSH's server).
+                return defer.fail(ftp.FileNotFoundError("/" + "/".join(path)))
             if not os.path.isdir(p):
                 return defer.fail(ftp.IsNotADirectoryError("/" + "/".join(path)))
             os.listdir(p)

@@ -36,7 +36,7 @@ import struct
 import time
 from typing import Any, Callable
 
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, protocol, task, threads
 from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python import failure
@@ -139,12 +139,10 @@ class PacketReader:
 
     def text(self) -> str:
         """
-        A string field (a path) as text: UTF-8, and octets that are not
-        UTF-8 kept as surrogate escapes (PEP 383), as FTP's paths are and as
-        the file system's names are in Python, so that a file whose name is
-        not UTF-8 (made by FTP, or on disk) can be listed, read, renamed and
-        removed over SFTP too, and a name a client sends comes back the
-        same octets (OpenSSH's sftp-server passes names through as octets).
+        A name: its octets as UTF-8, an octet that is not UTF-8 kept as
+        itself (C{surrogateescape}), as FTP takes a command's name and the
+        file system stores it. filexfer-02 names are strings of octets;
+        OpenSSH's sftp-server takes them as they come.
         """
         return self.string().decode("utf-8", "surrogateescape")
 
@@ -172,7 +170,12 @@ class PacketReader:
 
 
 def ns(data: bytes | str) -> bytes:
-    """An SFTP string field (RFC 4251 section 5 C{string}): text as UTF-8, surrogate escapes as the octets they stand for."""
+    """
+    An SSH string (RFC 4251 §5): C{uint32} length, then the octets; text
+    as UTF-8, and a name's octets that are not UTF-8 (read with
+    C{surrogateescape}, as L{PacketReader.text} and C{os.listdir} keep
+    them) as they are on disk.
+    """
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")
     return struct.pack(">I", len(data)) + data
@@ -226,6 +229,7 @@ def flag_names(flags: int) -> str:
 
 def printable(text: str, limit: int = 200) -> str:
     """A name as the transcript shows it: control characters escaped, bounded."""
+    # An octet that is not UTF-8 (kept as a surrogate) shows as that octet.
     out = "".join(c if c.isprintable() else f"\\x{ord(c) - 0xDC00 if 0xDC80 <= ord(c) <= 0xDCFF else ord(c):02x}" for c in text[:limit])
     return out + ("..." if len(text) > limit else "")
 
@@ -339,8 +343,14 @@ def _error_for(reason: failure.Failure, path: str) -> SFTPError | None:
     if isinstance(e, NameNotAllowedError):
         return SFTPError(FX_FAILURE, f"{path}: {NOT_UTF8}")
     if isinstance(e, ftp.FTPCmdError):
-        # The FTP reply text without its code: "552 ..." -> the message.
+        # The FTP reply text without its code: "552 ..." -> the message,
+        # and without the words FTP's reply puts around it ("Requested
+        # action not taken: %s"): SFTP's status is the code already.
         text = e.response().split(" ", 1)[-1] if hasattr(e, "response") else ""
+        template = ftp.RESPONSE.get(getattr(e, "errorCode", None), "")
+        lead = template.split(" ", 1)[-1].split("%s", 1)[0] if isinstance(template, str) and "%s" in template else ""
+        if lead and text.startswith(lead) and len(text) > len(lead):
+            text = text[len(lead):]
         return SFTPError(FX_FAILURE, printable(text or "the file system refused"))
     if isinstance(e, OSError):
         from twisted_mailhub.ftp.vfs import error_words
@@ -383,6 +393,9 @@ class SFTPServer(protocol.Protocol):
         self.max_backlog = max_backlog
         self.handles: dict[bytes, Handle] = {}
         self._next_handle = 1
+        from twisted.internet import reactor
+
+        self._clock = reactor  # what copy-data yields to between chunks (task.Clock in tests)
         self._buffer = bytearray()
         self._busy = False
         self._paused = False
@@ -390,8 +403,9 @@ class SFTPServer(protocol.Protocol):
         self.closed = False
         # Per-file summary for the transcript: path -> [reads, writes, bytes]
         self.on_activity: Callable[[], None] | None = None
-        # () -> (quota limit, octets used) of the account, or None (statvfs)
-        self.quota_space: Callable[[], tuple[int, int] | None] | None = None
+        # (fresh=False) -> (quota limit, octets used) of the account, or
+        # None (statvfs, SETSTAT size); fresh: counted again now
+        self.quota_space: Callable[..., tuple[int, int] | None] | None = None
 
     # -- the byte stream -------------------------------------------------------
 
@@ -585,11 +599,12 @@ class SFTPServer(protocol.Protocol):
         self.handles[key] = handle
         return key
 
-    def _handle(self, reader: PacketReader, kind: type) -> tuple[bytes, Any]:
+    def _handle(self, reader: PacketReader, kind: type | tuple[type, ...]) -> tuple[bytes, Any]:
         key = reader.string()
         handle = self.handles.get(key)
         if handle is None or not isinstance(handle, kind):
-            raise SFTPError(FX_FAILURE, "no such open handle" if handle is None else f"that handle is not an open {kind.kind}")
+            wanted = "file" if isinstance(kind, tuple) else kind.kind
+            raise SFTPError(FX_FAILURE, "no such open handle" if handle is None else f"that handle is not an open {wanted}")
         return key, handle
 
     def _room_for_handle(self) -> None:
@@ -611,6 +626,7 @@ class SFTPServer(protocol.Protocol):
             (b"posix-rename@openssh.com", b"1"),
             (b"fsync@openssh.com", b"1"),
             (b"limits@openssh.com", b"1"),
+            (b"copy-data", b"1"),
         ]
         if hasattr(self.shell, "root"):
             extensions.append((b"statvfs@openssh.com", b"2"))
@@ -623,7 +639,7 @@ class SFTPServer(protocol.Protocol):
     def fxp_OPEN(self, rid, reader):
         path = reader.text()
         flags = reader.u32()
-        reader.attrs()
+        attrs = reader.attrs()
         segments = self._segments(path)
         shown = self._show(segments)
         request = f"OPEN {shown} {flag_names(flags)}"
@@ -631,7 +647,7 @@ class SFTPServer(protocol.Protocol):
         if flags & FXF_READ and flags & FXF_WRITE:
             raise SFTPError(FX_OP_UNSUPPORTED, "open a file for reading or for writing, not both (the file system streams files)")
         if flags & FXF_WRITE or flags & (FXF_CREAT | FXF_TRUNC | FXF_APPEND):
-            d = self._open_for_writing(segments, shown, flags)
+            d = self._open_for_writing(segments, shown, flags, attrs)
         else:
             d = defer.maybeDeferred(self.shell.openForReadingAt, segments, 0)
             d.addCallback(lambda reader: ReadHandle(shown, segments, reader))
@@ -646,7 +662,16 @@ class SFTPServer(protocol.Protocol):
 
         return self._run(request, rid, shown, d, opened)
 
-    def _open_for_writing(self, segments, shown, flags) -> defer.Deferred:
+    def _open_for_writing(self, segments, shown, flags, attrs=None) -> defer.Deferred:
+        """
+        A L{WriteHandle} for OPEN with WRITE, CREAT, TRUNC or APPEND
+        (filexfer-02 §6.3). The permissions in C{attrs} are a new file's
+        initial ones (OpenSSH's C{put} sends the local file's), taken as
+        OpenSSH's server takes them under a umask: the hub's is 077 (its
+        data is its own user's only, tests/test_data_permissions.py), so
+        what is kept is the owner's execute bit; an existing file keeps
+        its mode, as open(2) leaves it.
+        """
         def existing(facts):
             return facts
 
@@ -672,7 +697,13 @@ class SFTPServer(protocol.Protocol):
                 # the current size changes nothing), write where asked.
                 start, append = int(facts.get("size") or 0), False
             opening = defer.maybeDeferred(self.shell.openForWritingAt, segments, start, append)
-            return opening.addCallback(lambda writer: WriteHandle(shown, segments, writer, start))
+
+            def made(writer):
+                if facts is None and "permissions" in (attrs or {}) and hasattr(writer, "mode"):
+                    writer.mode = attrs["permissions"] & 0o700  # at close (kept_mode: read and write too)
+                return WriteHandle(shown, segments, writer, start)
+
+            return opening.addCallback(made)
 
         return d.addCallback(open_it)
 
@@ -704,6 +735,13 @@ class SFTPServer(protocol.Protocol):
         offset = reader.u64()
         length = reader.u32()
         request = f"READ handle {key.decode()} offset {offset} len {length}"
+        if length == 0:
+            # Nothing asked, nothing read: no end of file was met (EOF is
+            # for "EOF encountered before reading any data", filexfer-02
+            # §6.4); OpenSSH's sftp-server answers an empty DATA too.
+            self._send(FXP_DATA, struct.pack(">I", rid) + ns(b""))
+            self._observe(request, "DATA 0 bytes")
+            return None
         length = min(length, self.max_read)
         d = defer.maybeDeferred(self._read, handle, offset, length)
 
@@ -745,6 +783,21 @@ class SFTPServer(protocol.Protocol):
         offset = reader.u64()
         data = reader.string()
         request = f"WRITE handle {key.decode()} offset {offset} len {len(data)}"
+
+        def written(_):
+            self._status(rid, FX_OK)
+            return "OK"
+
+        return self._run(request, rid, handle.path, self._write_at(handle, offset, data), written)
+
+    def _write_at(self, handle: WriteHandle, offset: int, data: bytes) -> defer.Deferred:
+        """
+        Write C{data} at C{offset} of the file being written (WRITE,
+        copy-data); fires when the writer took it.
+
+        @raise SFTPError: the offset leaves too large a hole, or the file
+            system takes bytes in order only.
+        """
         writer = handle.writer
         if offset > handle.end + MAX_HOLE:
             # Clients write out of order, a window's worth ahead (OpenSSH:
@@ -768,16 +821,12 @@ class SFTPServer(protocol.Protocol):
             handle.failed = reason.value
             return reason
 
-        d.addErrback(remember)
-
         def written(_):
             handle.position = offset + len(data)
             handle.end = max(handle.end, handle.position)
             handle.bytes += len(data)
-            self._status(rid, FX_OK)
-            return "OK"
 
-        return self._run(request, rid, handle.path, d, written)
+        return d.addCallbacks(written, remember)
 
     def _attrs_answer(self, rid):
         def answer(facts):
@@ -858,6 +907,10 @@ class SFTPServer(protocol.Protocol):
                 raise SFTPError(FX_FAILURE, f"{shown}: a size of {size} would leave {size - end} bytes never written past the end ({end}); at most {MAX_HOLE}")
             space = self.quota_space() if self.quota_space is not None and size > end else None
             if space is not None and space[1] + (size - end) > space[0]:
+                # Counted again before refusing, as an upload's check is
+                # (quota.py): the remembered count missed what was removed since.
+                space = self.quota_space(fresh=True)
+            if space is not None and space[1] + (size - end) > space[0]:
                 # Growth counts as a write does (filequota.py): the account's quota.
                 raise SFTPError(FX_FAILURE, f"{shown}: quota exceeded: growing it by {size - end} bytes would pass the account's quota ({space[1]} of {space[0]} bytes used)")
 
@@ -917,9 +970,10 @@ class SFTPServer(protocol.Protocol):
                 writer.times = (accessed, modified)
                 said.append("times at close")
             return defer.succeed("OK (" + ", ".join(said) + ")")
-        if isinstance(handle_or_segments, Handle):
-            raise SFTPError(FX_PERMISSION_DENIED, f"{shown}: the file is open for reading")
-        segments = handle_or_segments
+        # A file open for reading (or a folder's handle) is changed through
+        # its name, as SETSTAT does: OpenSSH's sftp-server sets them with
+        # fchmod/futimes on the descriptor it reads from.
+        segments = handle_or_segments.segments if isinstance(handle_or_segments, Handle) else handle_or_segments
         d = defer.succeed(None)
         if "permissions" in attrs:
             set_permissions = getattr(self.shell, "setPermissions", None)
@@ -1071,15 +1125,67 @@ class SFTPServer(protocol.Protocol):
             self._send(FXP_EXTENDED_REPLY, payload)
             self._observe("LIMITS", f"packet {self.max_packet} read {self.max_read} handles {self.max_handles}")
             return None
+        if name == "copy-data":
+            return self._copy_data(rid, reader)
         if name == "hardlink@openssh.com":
             raise SFTPError(FX_OP_UNSUPPORTED, "hard links are not offered by this file system")
         shown = name if _EXTENSION_NAME.fullmatch(name) else "with an unreadable name"
         raise SFTPError(FX_OP_UNSUPPORTED, f"extension {shown[:80]} is not supported")
 
+    def _copy_data(self, rid, reader):
+        """
+        C{copy-data} (draft-ietf-secsh-filexfer-extensions-00 §7, what
+        OpenSSH's C{sftp cp} sends): C{read-length} octets (0: to the end)
+        from a handle open for reading, from C{read-offset}, written at
+        C{write-offset} of a handle open for writing, in the server. The
+        bytes go through the same writes as a WRITE's (the quota, the
+        hole limit); at most C{max_read} octets are held at a time.
+        Answers OK, or C{SSH_FX_EOF} when the source ends before a
+        C{read-length} that is not 0.
+        """
+        rkey, source = self._handle(reader, ReadHandle)
+        read_from, length = reader.u64(), reader.u64()
+        wkey, target = self._handle(reader, WriteHandle)
+        write_to = reader.u64()
+        request = f"COPY-DATA handle {rkey.decode()} offset {read_from} len {length} -> handle {wkey.decode()} offset {write_to}"
+
+        async def copy() -> int:
+            copied = 0
+            while length == 0 or copied < length:
+                want = self.max_read if length == 0 else min(self.max_read, length - copied)
+                data = await defer.maybeDeferred(self._read, source, read_from + copied, want)
+                if not data:
+                    break
+                source.bytes += len(data)
+                await self._write_at(target, write_to + copied, data)
+                copied += len(data)
+                if self.closed:
+                    break
+                # A turn of the reactor per chunk: a pread and a buffered
+                # write are done at once, and a gigabyte copied in one go
+                # would hold every other session of the hub.
+                await task.deferLater(self._clock, 0, lambda: None)
+            return copied
+
+        def answer(copied):
+            if length and copied < length:
+                self._status(rid, FX_EOF, f"{source.path}: ended after {copied} of {length} bytes")
+                return f"EOF after {copied} bytes"
+            self._status(rid, FX_OK)
+            return f"OK ({copied} bytes copied)"
+
+        return self._run(request, rid, target.path, defer.Deferred.fromCoroutine(copy()), answer)
+
     def _fsync(self, rid, reader):
-        key, handle = self._handle(reader, WriteHandle)
-        f = getattr(handle.writer, "file", None)
+        key, handle = self._handle(reader, (ReadHandle, WriteHandle))
         request = f"FSYNC handle {key.decode()}"
+        if isinstance(handle, ReadHandle):
+            # Nothing written through it, nothing to sync: OK, as fsync(2)
+            # of a file open for reading (OpenSSH's sftp-server answers so).
+            self._status(rid, FX_OK)
+            self._observe(request, "OK (open for reading: nothing to sync)")
+            return None
+        f = getattr(handle.writer, "file", None)
         if f is None:
             raise SFTPError(FX_OP_UNSUPPORTED, "this file system syncs files when they are closed")
 
@@ -1112,7 +1218,8 @@ class SFTPServer(protocol.Protocol):
         flag = (1 if st.f_flag & os.ST_RDONLY else 0) | (2 if st.f_flag & os.ST_NOSUID else 0)
         frsize = st.f_frsize or 512
         blocks, bfree, bavail = st.f_blocks, st.f_bfree, st.f_bavail
-        space = self.quota_space() if self.quota_space is not None else None
+        # Counted now: df right after a REMOVE shows the room it made.
+        space = self.quota_space(fresh=True) if self.quota_space is not None else None
         if space is not None:
             # The account's quota is its disk (as FTP's 552 and the upload
             # rules count it): df showed the server's whole disk (its size

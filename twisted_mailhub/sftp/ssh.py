@@ -338,11 +338,18 @@ class SFTPUser(avatar.ConchUser):
         server.quota_space = self.quota_space
         return server
 
-    def quota_space(self) -> tuple[int, int] | None:
-        """(limit, octets used) of this account's quota, or None without one."""
+    def quota_space(self, fresh: bool = False) -> tuple[int, int] | None:
+        """
+        (limit, octets used) of this account's quota, or None without one.
+        The used octets are the remembered count (up to a minute old), or
+        with C{fresh} counted again now, so that space freed since (a
+        REMOVE, a failed upload's partial file gone) is seen.
+        """
         quotas = getattr(self.settings.hub, "quotas", None)
         limit = quotas.limit(self.address) if quotas is not None else None
-        return (limit, quotas.usage(self.address)) if limit else None
+        if not limit:
+            return None
+        return (limit, quotas.count(self.address) if fresh else quotas.usage(self.address))
 
 
 class SSHClientPortal(ClientPortal):
