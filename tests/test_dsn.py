@@ -95,7 +95,16 @@ def test_ehlo_offers_dsn_on_every_listener(hub):
         assert b"250-DSN" in said(transport)
 
 
+def _trust_the_test_client(hub):
+    # connect() speaks from 192.0.2.7: NOTIFY=SUCCESS counts only from a
+    # trusted network or after a login (--dsn-success-from trusted).
+    from twisted_mailhub.hub import TrustedNetworks
+
+    hub.trusted = TrustedNetworks("192.0.2.0/24")
+
+
 def test_dsn_syntax_errors_are_501_with_what_is_wrong_and_the_session_goes_on(hub):
+    _trust_the_test_client(hub)
     proto, transport = connect(hub)
     proto.dataReceived(b"EHLO client.test\r\n")
     transport.clear()
@@ -138,6 +147,7 @@ def test_a_utf8_orcpt_as_utf8_needs_smtputf8_in_mail(hub):
 
 
 def test_notify_success_for_a_local_maildrop_gets_a_delivered_dsn(hub):
+    _trust_the_test_client(hub)
     proto, transport = connect(hub)
     proto.dataReceived(
         b"EHLO client.test\r\nMAIL FROM:<bob@localhost> RET=FULL ENVID=trip+2B42\r\n"
@@ -159,6 +169,38 @@ def test_notify_success_for_a_local_maildrop_gets_a_delivered_dsn(hub):
     assert "Action: delivered" in status and "Status: 2.0.0" in status
     # RET=FULL is for failures; a success returns the header (RFC 3461 §4.3).
     assert returned.get_content_type() == "text/rfc822-headers"
+
+
+def test_notify_success_from_an_untrusted_client_is_not_honoured(hub):
+    # Backscatter: anyone on the MX port may forge MAIL FROM. SUCCESS is
+    # taken out of NOTIFY (the rest kept); the RCPT reply says so.
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO client.test\r\nMAIL FROM:<bob@localhost>\r\n")
+    transport.clear()
+    proto.dataReceived(b"RCPT TO:<alice@localhost> NOTIFY=SUCCESS,FAILURE\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS\r\n")
+    assert said(transport) == [b"250 2.1.5 Ok (NOTIFY=SUCCESS is not honoured for this client: log in to ask for a delivery report)"] * 2
+    assert [r.notify for r in proto.recipients] == ["FAILURE", "NEVER"]
+    proto.dataReceived(b"DATA\r\nhi\r\n.\r\n")
+    assert said(transport)[-1].startswith(b"250 2.0.0 Ok: queued as ")
+    assert hub.store.account("bob@localhost").folder("INBOX").messages() == []
+    # The same client after a login is honoured (submission, or AUTH on the MX).
+    proto, transport = connect(hub, "submission", require_auth=True)
+    proto.dataReceived(b"EHLO laptop\r\n")
+    transport.clear()
+    cram_md5_login(proto, transport)
+    proto.dataReceived(b"MAIL FROM:<alice@localhost>\r\nRCPT TO:<bob@localhost> NOTIFY=SUCCESS,FAILURE\r\n")
+    assert said(transport) == [b"250 2.1.0 Ok", b"250 2.1.5 Ok"]
+    assert proto.recipients[0].notify == "SUCCESS,FAILURE"
+
+
+def test_dsn_success_from_anyone_and_nobody(hub):
+    from twisted_mailhub.hub import TrustedNetworks
+
+    for who, wanted in [("anyone", "SUCCESS"), ("nobody", "NEVER")]:
+        hub.trusted = TrustedNetworks("192.0.2.0/24")
+        proto, transport = connect(hub, dsn_success_from=who)
+        proto.dataReceived(b"EHLO client.test\r\nMAIL FROM:<bob@localhost>\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS\r\n")
+        assert proto.recipients[0].notify == wanted, who
 
 
 def test_without_notify_success_no_dsn_for_a_local_maildrop(hub):
