@@ -381,6 +381,50 @@ class QueueTests(unittest.TestCase):
         self.assertEqual((to1, to2), ("carol@a.test", "alice@a.test"))
         self.assertIn(b"Action: delivered", dsn)
 
+    def test_a_success_report_that_cannot_be_stored_keeps_the_message_until_it_is(self):
+        from twisted_mailhub.queue.schedule import RetrySchedule
+
+        relay = self.relay({"bob@b.test": [(250, "2.0.0 ok")]}, schedule=RetrySchedule([60]))
+        real = relay.deliver_local
+        tries = []
+
+        def deliver_local(address, message):
+            tries.append(address)
+            if len(tries) == 1:
+                return defer.fail(OSError(28, "No space left on device"))
+            return real(address, message)
+
+        relay.deliver_local = deliver_local
+        qid = self.enqueue(relay, {"bob@b.test": ("SUCCESS", "")})
+        # Delivered, the report not stored: still owed, on disk, not sent again.
+        self.assertEqual(relay.delivered_here, [])
+        [entry] = QueueStorage(self.dir, writer=SyncWriter()).load()
+        self.assertEqual((entry.id, entry.recipients[0].state, entry.recipients[0].owed), (qid, DELIVERED, "relayed"))
+        self.clock.advance(60)
+        [(to, dsn)] = relay.delivered_here
+        self.assertEqual(to, "alice@a.test")
+        self.assertIn(b"Action: relayed", dsn)
+        self.assertEqual(len(relay.sent), 1)  # the message went once
+        self.assertEqual((relay.entries, os.listdir(self.dir)), ({}, []))
+
+    def test_a_crash_between_the_outcome_and_the_report_does_not_lose_the_report(self):
+        relay = self.relay({"bob@b.test": [(250, "2.0.0 ok")]})
+        hang = defer.Deferred()
+        relay.deliver_local = lambda address, message: hang  # the process dies while storing it
+        self.addCleanup(lambda: hang.called or hang.errback(OSError("the process is gone")))
+        self.enqueue(relay, {"bob@b.test": ("SUCCESS", "")})
+        self.assertEqual(len(relay.sent), 1)
+        # The restart: a new queue on the same files.
+        after = FakeRelay(QueueStorage(self.dir, writer=SyncWriter()), self.clock, {"bob@b.test": [(250, "2.0.0 ok")]})
+        after.startService()
+        self.addCleanup(after.stopService)
+        self.clock.advance(0)
+        [(to, dsn)] = after.delivered_here
+        self.assertEqual(to, "alice@a.test")
+        self.assertIn(b"Action: relayed", dsn)
+        self.assertEqual(after.sent, [])  # the message is not sent again
+        self.assertEqual(os.listdir(self.dir), [])
+
     def test_the_null_sender_never_gets_a_dsn(self):
         relay = self.relay({"bob@b.test": [(250, "2.0.0 ok")]})
         self.successResultOf(relay.enqueue("", ["bob@b.test"], MESSAGE, notify={"bob@b.test": ("SUCCESS", "")}))
