@@ -171,6 +171,53 @@ def test_notify_success_for_a_local_maildrop_gets_a_delivered_dsn(hub):
     assert returned.get_content_type() == "text/rfc822-headers"
 
 
+def test_a_delivered_report_that_cannot_be_stored_refuses_the_message_and_keeps_no_copy(hub):
+    # The report is durable before the 250, or there is no 250 (and no copy,
+    # so the client's retry does not duplicate the message).
+    _trust_the_test_client(hub)
+    real = hub.store.deliver
+
+    def deliver(address, message):
+        if address == "bob@localhost":
+            return defer.fail(OSError(5, "Input/output error"))
+        return real(address, message)
+
+    hub.store.deliver = deliver
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO client.test\r\nMAIL FROM:<bob@localhost>\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS\r\nDATA\r\nhi\r\n.\r\n")
+    assert said(transport)[-1] == b"451 4.3.0 The delivery report asked for (NOTIFY=SUCCESS) could not be stored; message not kept, try again later"
+    assert hub.store.account("alice@localhost").folder("INBOX").messages() == []
+    hub.store.deliver = real
+    proto.dataReceived(b"MAIL FROM:<bob@localhost>\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS\r\nDATA\r\nhi\r\n.\r\n")
+    assert said(transport)[-1].startswith(b"250 2.0.0 Ok: queued as ")
+    assert len(hub.store.account("alice@localhost").folder("INBOX").messages()) == 1
+    assert len(hub.store.account("bob@localhost").folder("INBOX").messages()) == 1
+
+
+def test_a_delivered_report_is_taken_back_when_the_relayed_copy_cannot_be_queued(hub):
+    _trust_the_test_client(hub)
+    hub.relay = relay = HeldRelay()
+    proto, transport = connect(hub)
+    proto.dataReceived(
+        b"EHLO client.test\r\nMAIL FROM:<bob@localhost>\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS\r\n"
+    )
+    # (a relayed recipient: this client may not relay, so its verdict is made by hand)
+    proto.recipients.append(attr_evolve(proto.recipients[0], address="pal@example.com", kind="relay"))
+    proto.dataReceived(b"DATA\r\nhi\r\n.\r\n")
+    [(sender, rcpts, message, d)] = relay.calls
+    assert len(hub.store.account("bob@localhost").folder("INBOX").messages()) == 1  # the report, before the queue
+    d.errback(OSError(28, "No space left on device"))
+    assert said(transport)[-1].startswith(b"45")
+    assert hub.store.account("alice@localhost").folder("INBOX").messages() == []
+    assert hub.store.account("bob@localhost").folder("INBOX").messages() == []
+
+
+def attr_evolve(verdict, **changes):
+    import attr
+
+    return attr.evolve(verdict, **changes)
+
+
 def test_notify_success_from_an_untrusted_client_is_not_honoured(hub):
     # Backscatter: anyone on the MX port may forge MAIL FROM. SUCCESS is
     # taken out of NOTIFY (the rest kept); the RCPT reply says so.
