@@ -519,11 +519,27 @@ class ClientTests(unittest.TestCase):
 # -- the report --------------------------------------------------------------------
 
 
-def test_a_utf8_original_recipient_is_written_in_xtext_form():
+def test_a_report_on_utf8_addresses_is_a_global_one_rfc_6533():
     entry = make_entry("alice@a.test", ["jürgen@b.test"], 3, now=1)
     r = Recipient("jürgen@b.test", FAILED, 550, "5.1.1 no", orcpt="utf-8;jürgen@b.test")
     dsn = build_dsn(entry, [r], MESSAGE, "mx.a.test", 2)
-    assert b"Original-Recipient: utf-8; j\\x{FC}rgen@b.test\r\nFinal-Recipient: utf-8; j\\x{FC}rgen@b.test" in dsn
+    report = email.message_from_bytes(dsn, policy=email.policy.default)
+    _, status, returned = report.get_payload()
+    # RFC 6533 §6: message/global-delivery-status with utf-8 addresses as
+    # they are (no xtext), the returned header as message/global-headers.
+    assert status.get_content_type() == "message/global-delivery-status"
+    assert status["Content-Transfer-Encoding"] == "8bit"
+    assert "Original-Recipient: utf-8; jürgen@b.test\r\nFinal-Recipient: utf-8; jürgen@b.test\r\n".encode() in dsn
+    assert b"\\x{" not in dsn
+    assert returned.get_content_type() == "message/global-headers"
+    # Only the ORCPT in UTF-8 is enough; an ASCII recipient stays rfc822.
+    bob = Recipient("bob@b.test", FAILED, 550, "5.1.1 no", orcpt="utf-8;bøb@b.test")
+    dsn = build_dsn(make_entry("alice@a.test", ["bob@b.test"], 3, now=1), [bob], MESSAGE, "mx.a.test", 2)
+    assert b"message/global-delivery-status" in dsn
+    assert "Original-Recipient: utf-8; bøb@b.test\r\nFinal-Recipient: rfc822; bob@b.test\r\n".encode() in dsn
+    # All ASCII: the plain forms.
+    plain = build_dsn(make_entry("alice@a.test", ["bob@b.test"], 3, now=1), [Recipient("bob@b.test", FAILED, 550, "5.1.1 no", orcpt="rfc822;bob@b.test")], MESSAGE, "mx.a.test", 2)
+    assert b"Content-Type: message/delivery-status\r\n" in plain and b"text/rfc822-headers" in plain and plain.isascii()
 
 
 def test_relayed_and_delivered_reports_say_so_in_words():
