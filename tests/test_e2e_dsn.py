@@ -296,3 +296,17 @@ def imap_messages_tls(hub, user: str, password: str) -> list[bytes]:
         return [client.fetch(n, "(BODY.PEEK[])")[1][0][1] for n in data[0].split()]
     finally:
         client.logout()
+
+
+def test_a_report_on_a_utf8_orcpt_is_a_global_dsn_read_over_imap(start_hub):
+    # RFC 6533 §6: message/global-delivery-status, the utf-8 address as it is.
+    a = start_a(start_hub)
+    submit(a, ["alice@a.test"], ["SMTPUTF8", "ENVID=intl"], ["NOTIFY=SUCCESS", "ORCPT=utf-8;jürgen@a.test"])
+    a.wait_for_log(r"success DSN sent to <alice@a.test> for <alice@a.test>")
+    got = wait_for(lambda: imap_messages(a, "alice@a.test", "secret"), 2)
+    [dsn] = [m for m in got if b"multipart/report" in m]
+    report = email.message_from_bytes(dsn, policy=email.policy.default)
+    _, status, returned = report.get_payload()
+    assert status.get_content_type() == "message/global-delivery-status"
+    assert "Original-Recipient: utf-8; jürgen@a.test\r\nFinal-Recipient: rfc822; alice@a.test\r\n".encode() in dsn
+    assert returned.get_content_type() == "message/global-headers"
