@@ -447,6 +447,7 @@ class QueueTests(unittest.TestCase):
         self.assertEqual(relay.delivered_here, [])
         [entry] = QueueStorage(self.dir, writer=SyncWriter()).load()
         self.assertEqual((entry.id, entry.recipients[0].state, entry.recipients[0].owed), (qid, DELIVERED, "relayed"))
+        self.assertEqual(entry.next_attempt, self.clock.seconds() + 60)  # when it is tried again, saved too (PostgreSQL reads it)
         self.clock.advance(60)
         [(to, dsn)] = relay.delivered_here
         self.assertEqual(to, "alice@a.test")

@@ -456,6 +456,7 @@ class Relay(service.Service):
             if entry.finished and not reported:
                 # Kept until the report the sender asked for is stored.
                 entry.next_attempt = now + self.schedule.delay(entry.attempts)
+                await self.storage.save(entry)
             elif entry.finished:
                 await self._finish(entry)
             elif entry.id in self._doomed:
@@ -548,6 +549,7 @@ class Relay(service.Service):
                 # Keep the message (and its outcomes) until the report the
                 # sender asked for is stored (a crash must not lose it).
                 entry.next_attempt = self.now() + self.schedule.delay(max(entry.attempts, 1))
+                await self.storage.save(entry)
                 return
             failed = [r for r in entry.recipients if r.state == FAILED]
             if entry.sender and self._unwanted_failures(entry, [r for r in failed if not r.bounced]):

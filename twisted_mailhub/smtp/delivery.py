@@ -679,7 +679,9 @@ async def _withdraw_report(hub: Any, qid: str, where: tuple[str, Any]) -> None:
         try:
             removed = hub.relay.remove(key)
             if isinstance(removed, defer.Deferred):
-                await removed
+                removed = await removed
+            if not removed:
+                log.error("{qid}: success DSN {rid} could not be taken back from the queue; it will be sent", qid=qid, rid=key)
         except Exception as e:  # noqa: BLE001
             log.error("{qid}: success DSN {rid} could not be taken back from the queue ({error})", qid=qid, rid=key, error=e)
     else:
