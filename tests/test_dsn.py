@@ -95,7 +95,16 @@ def test_ehlo_offers_dsn_on_every_listener(hub):
         assert b"250-DSN" in said(transport)
 
 
+def _trust_the_test_client(hub):
+    # connect() speaks from 192.0.2.7: NOTIFY=SUCCESS counts only from a
+    # trusted network or after a login (--dsn-success-from trusted).
+    from twisted_mailhub.hub import TrustedNetworks
+
+    hub.trusted = TrustedNetworks("192.0.2.0/24")
+
+
 def test_dsn_syntax_errors_are_501_with_what_is_wrong_and_the_session_goes_on(hub):
+    _trust_the_test_client(hub)
     proto, transport = connect(hub)
     proto.dataReceived(b"EHLO client.test\r\n")
     transport.clear()
@@ -138,6 +147,7 @@ def test_a_utf8_orcpt_as_utf8_needs_smtputf8_in_mail(hub):
 
 
 def test_notify_success_for_a_local_maildrop_gets_a_delivered_dsn(hub):
+    _trust_the_test_client(hub)
     proto, transport = connect(hub)
     proto.dataReceived(
         b"EHLO client.test\r\nMAIL FROM:<bob@localhost> RET=FULL ENVID=trip+2B42\r\n"
@@ -159,6 +169,85 @@ def test_notify_success_for_a_local_maildrop_gets_a_delivered_dsn(hub):
     assert "Action: delivered" in status and "Status: 2.0.0" in status
     # RET=FULL is for failures; a success returns the header (RFC 3461 §4.3).
     assert returned.get_content_type() == "text/rfc822-headers"
+
+
+def test_a_delivered_report_that_cannot_be_stored_refuses_the_message_and_keeps_no_copy(hub):
+    # The report is durable before the 250, or there is no 250 (and no copy,
+    # so the client's retry does not duplicate the message).
+    _trust_the_test_client(hub)
+    real = hub.store.deliver
+
+    def deliver(address, message):
+        if address == "bob@localhost":
+            return defer.fail(OSError(5, "Input/output error"))
+        return real(address, message)
+
+    hub.store.deliver = deliver
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO client.test\r\nMAIL FROM:<bob@localhost>\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS\r\nDATA\r\nhi\r\n.\r\n")
+    assert said(transport)[-1] == b"451 4.3.0 The delivery report asked for (NOTIFY=SUCCESS) could not be stored; message not kept, try again later"
+    assert hub.store.account("alice@localhost").folder("INBOX").messages() == []
+    hub.store.deliver = real
+    proto.dataReceived(b"MAIL FROM:<bob@localhost>\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS\r\nDATA\r\nhi\r\n.\r\n")
+    assert said(transport)[-1].startswith(b"250 2.0.0 Ok: queued as ")
+    assert len(hub.store.account("alice@localhost").folder("INBOX").messages()) == 1
+    assert len(hub.store.account("bob@localhost").folder("INBOX").messages()) == 1
+
+
+def test_a_delivered_report_is_taken_back_when_the_relayed_copy_cannot_be_queued(hub):
+    _trust_the_test_client(hub)
+    hub.relay = relay = HeldRelay()
+    proto, transport = connect(hub)
+    proto.dataReceived(
+        b"EHLO client.test\r\nMAIL FROM:<bob@localhost>\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS\r\n"
+    )
+    # (a relayed recipient: this client may not relay, so its verdict is made by hand)
+    proto.recipients.append(attr_evolve(proto.recipients[0], address="pal@example.com", kind="relay"))
+    proto.dataReceived(b"DATA\r\nhi\r\n.\r\n")
+    [(sender, rcpts, message, d)] = relay.calls
+    assert len(hub.store.account("bob@localhost").folder("INBOX").messages()) == 1  # the report, before the queue
+    d.errback(OSError(28, "No space left on device"))
+    assert said(transport)[-1].startswith(b"45")
+    assert hub.store.account("alice@localhost").folder("INBOX").messages() == []
+    assert hub.store.account("bob@localhost").folder("INBOX").messages() == []
+
+
+def attr_evolve(verdict, **changes):
+    import attr
+
+    return attr.evolve(verdict, **changes)
+
+
+def test_notify_success_from_an_untrusted_client_is_not_honoured(hub):
+    # Backscatter: anyone on the MX port may forge MAIL FROM. SUCCESS is
+    # taken out of NOTIFY (the rest kept); the RCPT reply says so.
+    proto, transport = connect(hub)
+    proto.dataReceived(b"EHLO client.test\r\nMAIL FROM:<bob@localhost>\r\n")
+    transport.clear()
+    proto.dataReceived(b"RCPT TO:<alice@localhost> NOTIFY=SUCCESS,FAILURE\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS\r\n")
+    assert said(transport) == [b"250 2.1.5 Ok (NOTIFY=SUCCESS is not honoured for this client: log in to ask for a delivery report)"] * 2
+    assert [r.notify for r in proto.recipients] == ["FAILURE", "NEVER"]
+    proto.dataReceived(b"DATA\r\nhi\r\n.\r\n")
+    assert said(transport)[-1].startswith(b"250 2.0.0 Ok: queued as ")
+    assert hub.store.account("bob@localhost").folder("INBOX").messages() == []
+    # The same client after a login is honoured (submission, or AUTH on the MX).
+    proto, transport = connect(hub, "submission", require_auth=True)
+    proto.dataReceived(b"EHLO laptop\r\n")
+    transport.clear()
+    cram_md5_login(proto, transport)
+    proto.dataReceived(b"MAIL FROM:<alice@localhost>\r\nRCPT TO:<bob@localhost> NOTIFY=SUCCESS,FAILURE\r\n")
+    assert said(transport) == [b"250 2.1.0 Ok", b"250 2.1.5 Ok"]
+    assert proto.recipients[0].notify == "SUCCESS,FAILURE"
+
+
+def test_dsn_success_from_anyone_and_nobody(hub):
+    from twisted_mailhub.hub import TrustedNetworks
+
+    for who, wanted in [("anyone", "SUCCESS"), ("nobody", "NEVER")]:
+        hub.trusted = TrustedNetworks("192.0.2.0/24")
+        proto, transport = connect(hub, dsn_success_from=who)
+        proto.dataReceived(b"EHLO client.test\r\nMAIL FROM:<bob@localhost>\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS\r\n")
+        assert proto.recipients[0].notify == wanted, who
 
 
 def test_without_notify_success_no_dsn_for_a_local_maildrop(hub):
@@ -339,6 +428,51 @@ class QueueTests(unittest.TestCase):
         self.assertEqual((to1, to2), ("carol@a.test", "alice@a.test"))
         self.assertIn(b"Action: delivered", dsn)
 
+    def test_a_success_report_that_cannot_be_stored_keeps_the_message_until_it_is(self):
+        from twisted_mailhub.queue.schedule import RetrySchedule
+
+        relay = self.relay({"bob@b.test": [(250, "2.0.0 ok")]}, schedule=RetrySchedule([60]))
+        real = relay.deliver_local
+        tries = []
+
+        def deliver_local(address, message):
+            tries.append(address)
+            if len(tries) == 1:
+                return defer.fail(OSError(28, "No space left on device"))
+            return real(address, message)
+
+        relay.deliver_local = deliver_local
+        qid = self.enqueue(relay, {"bob@b.test": ("SUCCESS", "")})
+        # Delivered, the report not stored: still owed, on disk, not sent again.
+        self.assertEqual(relay.delivered_here, [])
+        [entry] = QueueStorage(self.dir, writer=SyncWriter()).load()
+        self.assertEqual((entry.id, entry.recipients[0].state, entry.recipients[0].owed), (qid, DELIVERED, "relayed"))
+        self.assertEqual(entry.next_attempt, self.clock.seconds() + 60)  # when it is tried again, saved too (PostgreSQL reads it)
+        self.clock.advance(60)
+        [(to, dsn)] = relay.delivered_here
+        self.assertEqual(to, "alice@a.test")
+        self.assertIn(b"Action: relayed", dsn)
+        self.assertEqual(len(relay.sent), 1)  # the message went once
+        self.assertEqual((relay.entries, os.listdir(self.dir)), ({}, []))
+
+    def test_a_crash_between_the_outcome_and_the_report_does_not_lose_the_report(self):
+        relay = self.relay({"bob@b.test": [(250, "2.0.0 ok")]})
+        hang = defer.Deferred()
+        relay.deliver_local = lambda address, message: hang  # the process dies while storing it
+        self.addCleanup(lambda: hang.called or hang.errback(OSError("the process is gone")))
+        self.enqueue(relay, {"bob@b.test": ("SUCCESS", "")})
+        self.assertEqual(len(relay.sent), 1)
+        # The restart: a new queue on the same files.
+        after = FakeRelay(QueueStorage(self.dir, writer=SyncWriter()), self.clock, {"bob@b.test": [(250, "2.0.0 ok")]})
+        after.startService()
+        self.addCleanup(after.stopService)
+        self.clock.advance(0)
+        [(to, dsn)] = after.delivered_here
+        self.assertEqual(to, "alice@a.test")
+        self.assertIn(b"Action: relayed", dsn)
+        self.assertEqual(after.sent, [])  # the message is not sent again
+        self.assertEqual(os.listdir(self.dir), [])
+
     def test_the_null_sender_never_gets_a_dsn(self):
         relay = self.relay({"bob@b.test": [(250, "2.0.0 ok")]})
         self.successResultOf(relay.enqueue("", ["bob@b.test"], MESSAGE, notify={"bob@b.test": ("SUCCESS", "")}))
@@ -386,11 +520,29 @@ class ClientTests(unittest.TestCase):
 # -- the report --------------------------------------------------------------------
 
 
-def test_a_utf8_original_recipient_is_written_in_xtext_form():
+def test_a_report_on_utf8_addresses_is_a_global_one_rfc_6533():
     entry = make_entry("alice@a.test", ["jürgen@b.test"], 3, now=1)
     r = Recipient("jürgen@b.test", FAILED, 550, "5.1.1 no", orcpt="utf-8;jürgen@b.test")
     dsn = build_dsn(entry, [r], MESSAGE, "mx.a.test", 2)
-    assert b"Original-Recipient: utf-8; j\\x{FC}rgen@b.test\r\nFinal-Recipient: utf-8; j\\x{FC}rgen@b.test" in dsn
+    report = email.message_from_bytes(dsn, policy=email.policy.default)
+    _, status, returned = report.get_payload()
+    # RFC 6533 §6: message/global-delivery-status with utf-8 addresses as
+    # they are (no xtext), the returned header as message/global-headers.
+    assert status.get_content_type() == "message/global-delivery-status"
+    assert report.get_param("report-type") == "global-delivery-status"  # RFC 6522 §3: the second part's subtype
+    assert status["Content-Transfer-Encoding"] == "8bit"
+    assert "Original-Recipient: utf-8; jürgen@b.test\r\nFinal-Recipient: utf-8; jürgen@b.test\r\n".encode() in dsn
+    assert b"\\x{" not in dsn
+    assert returned.get_content_type() == "message/global-headers"
+    # Only the ORCPT in UTF-8 is enough; an ASCII recipient stays rfc822.
+    bob = Recipient("bob@b.test", FAILED, 550, "5.1.1 no", orcpt="utf-8;bøb@b.test")
+    dsn = build_dsn(make_entry("alice@a.test", ["bob@b.test"], 3, now=1), [bob], MESSAGE, "mx.a.test", 2)
+    assert b"message/global-delivery-status" in dsn
+    assert "Original-Recipient: utf-8; bøb@b.test\r\nFinal-Recipient: rfc822; bob@b.test\r\n".encode() in dsn
+    # All ASCII: the plain forms.
+    plain = build_dsn(make_entry("alice@a.test", ["bob@b.test"], 3, now=1), [Recipient("bob@b.test", FAILED, 550, "5.1.1 no", orcpt="rfc822;bob@b.test")], MESSAGE, "mx.a.test", 2)
+    assert b"Content-Type: message/delivery-status\r\n" in plain and b"text/rfc822-headers" in plain and plain.isascii()
+    assert b"report-type=delivery-status;" in plain
 
 
 def test_relayed_and_delivered_reports_say_so_in_words():

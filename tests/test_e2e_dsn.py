@@ -253,3 +253,60 @@ def test_postgresql_queue_keeps_the_parameters_and_reports_relayed(start_hub, pg
     [dsn] = wait_for(lambda: pop3_messages(a, "alice@a.test", "secret"), 1)
     _, status, _ = report_of(dsn)
     assert "Original-Envelope-Id: pg+1" in status and "Original-Recipient: rfc822; carol@c.test" in status
+
+
+def test_notify_success_is_honoured_after_a_login_not_from_anyone_on_the_mx_port(start_hub):
+    # Backscatter: loopback is not trusted here, so the MX client is anyone.
+    import ssl
+
+    a = start_a(start_hub, "--trusted-networks", "10.0.0.0/8")
+    with smtplib.SMTP("127.0.0.1", a.ports["smtp"], timeout=10) as client:
+        client.ehlo("forger.test")
+        assert client.has_extn("dsn")
+        client.mail("alice@a.test")  # forged: the report would go to alice
+        code, text = client.rcpt("alice@a.test", ["NOTIFY=SUCCESS,FAILURE"])
+        assert (code, text) == (250, b"2.1.5 Ok (NOTIFY=SUCCESS is not honoured for this client: log in to ask for a delivery report)")
+        assert client.data(BODY)[0] == 250
+    a.wait_for_log(r"NOTIFY=SUCCESS for <alice@a.test> from 127.0.0.1 not honoured \(--dsn-success-from trusted\)")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", a.ports["submission"], timeout=10) as client:
+        client.starttls(context=context)
+        client.login("alice@a.test", "secret")
+        refused = client.sendmail("alice@a.test", ["alice@a.test"], BODY, [], ["NOTIFY=SUCCESS"])
+        assert refused == {}
+    a.wait_for_log(r"success DSN sent to <alice@a.test> for <alice@a.test>")
+    got = wait_for(lambda: imap_messages_tls(a, "alice@a.test", "secret"), 3)
+    assert len(got) == 3  # two messages, one report: the logged-in client's
+    assert len([m for m in got if b"multipart/report" in m]) == 1
+
+
+def imap_messages_tls(hub, user: str, password: str) -> list[bytes]:
+    """L{imap_messages} over STARTTLS (for a hub that does not trust loopback)."""
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    client = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        client.starttls(context)
+        client.login(user, password)
+        client.select("INBOX", readonly=True)
+        _, data = client.search(None, "ALL")
+        return [client.fetch(n, "(BODY.PEEK[])")[1][0][1] for n in data[0].split()]
+    finally:
+        client.logout()
+
+
+def test_a_report_on_a_utf8_orcpt_is_a_global_dsn_read_over_imap(start_hub):
+    # RFC 6533 §6: message/global-delivery-status, the utf-8 address as it is.
+    a = start_a(start_hub)
+    submit(a, ["alice@a.test"], ["SMTPUTF8", "ENVID=intl"], ["NOTIFY=SUCCESS", "ORCPT=utf-8;jürgen@a.test"])
+    a.wait_for_log(r"success DSN sent to <alice@a.test> for <alice@a.test>")
+    got = wait_for(lambda: imap_messages(a, "alice@a.test", "secret"), 2)
+    [dsn] = [m for m in got if b"multipart/report" in m]
+    report = email.message_from_bytes(dsn, policy=email.policy.default)
+    _, status, returned = report.get_payload()
+    assert status.get_content_type() == "message/global-delivery-status"
+    assert "Original-Recipient: utf-8; jürgen@a.test\r\nFinal-Recipient: rfc822; alice@a.test\r\n".encode() in dsn
+    assert returned.get_content_type() == "message/global-headers"

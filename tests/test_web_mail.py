@@ -532,3 +532,28 @@ def test_a_compose_form_of_an_older_session_comes_back_filled_not_lost(start_hub
     assert page.status == 403
     assert "the message was not sent. Check it and press Send." in page.text.replace("&#x27;", "'")
     assert 'value="Stale"' in page.text and "kept text" in page.text
+
+
+def test_compose_can_ask_for_a_delivery_report_and_it_arrives_over_imap(start_hub):
+    hub = start_hub(users=("alice:secret", "bob:hungry"))
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    form = browser.get("/compose").text
+    assert re.search(r'<input type="checkbox" name="dsn" value="yes"', form) and "Ask for a delivery report" in form
+    assert browser.post("/compose", {"to": "bob@localhost", "subject": "no report", "body": "one"}).status == 303
+    assert browser.post("/compose", {"to": "bob@localhost", "subject": "with report", "body": "two", "dsn": "yes"}).status == 303
+    # The report is stored before the page says "sent" (RFC 3461 NOTIFY=SUCCESS,FAILURE).
+    client = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        client.login("alice@localhost", "secret")
+        client.select("INBOX", readonly=True)
+        _, data = client.search(None, "ALL")
+        found = [client.fetch(n, "(BODY.PEEK[])")[1][0][1] for n in data[0].split()]
+    finally:
+        client.logout()
+    [report] = found  # one report: none for the message sent without the box ticked
+    parsed = email.message_from_bytes(report, policy=email.policy.default)
+    assert parsed["Subject"] == "Successful Mail Delivery Report"
+    _, status, headers = parsed.get_payload()
+    assert "Final-Recipient: rfc822; bob@localhost" in status.as_string() and "Action: delivered" in status.as_string()
+    assert "Subject: with report" in headers.as_string()

@@ -2,7 +2,7 @@
 """
 Delivery status notifications (bounces and delay warnings), RFC 3464.
 
-A DSN is a C{multipart/report; report-type=delivery-status} message
+A DSN is a C{multipart/report; report-type=delivery-status} (or C{global-delivery-status}) message
 (RFC 6522) with three parts: a text for people, the machine-readable
 C{message/delivery-status} (one per-message block, then one block per
 recipient), and the original message's header as C{text/rfc822-headers}.
@@ -10,12 +10,14 @@ It is sent from the null sender C{<>} (RFC 5321 §4.5.5) so that it can
 never cause another bounce, and marked C{Auto-Submitted: auto-replied}
 (RFC 3834). Built as bytes with CRLF line ends, like every stored message.
 
-Internationalized mail (RFC 6531's SMTPUTF8) gets a DSN it can carry
-(RFC 6533): a non-ASCII recipient is C{Final-Recipient: utf-8;} in the
-7-bit C{utf-8-addr-xtext} form (C{j\\x{FC}rgen@example.org}), a non-ASCII
-sender is written as it is in C{To:} (RFC 6532), the text for people is
-then UTF-8, and an original header that is not ASCII is sent as
-C{message/global-headers}.
+Internationalized mail (RFC 6531's SMTPUTF8) gets a global DSN (RFC
+6533): when the sender, a reported recipient or its ORCPT is not ASCII,
+the machine-readable part is C{message/global-delivery-status} (8bit)
+with C{Final-Recipient: utf-8; jürgen@example.org} as it is, the
+original header goes as C{message/global-headers} (and a returned
+message as C{message/global}), a non-ASCII sender is written as it is
+in C{To:} (RFC 6532) and the text for people is UTF-8. A report on ASCII
+addresses keeps the plain forms.
 
 With the DSN extension (RFC 3461; the parameters are read in
 L{twisted_mailhub.smtp.dsn}): C{Original-Envelope-Id} gives the MAIL's
@@ -80,27 +82,37 @@ def xtext_address(address: str) -> str:
     return "".join(out)
 
 
-def recipient_field(address: str) -> str:
+def recipient_field(address: str, utf8: bool = False) -> str:
     """
     The value of C{Final-Recipient} for C{address} (RFC 3464 §2.3.2):
-    C{rfc822; ADDRESS} for an ASCII address, else RFC 6533's
-    C{utf-8; XTEXT} (L{xtext_address}).
+    C{rfc822; ADDRESS} for an ASCII address, else RFC 6533's C{utf-8;}
+    type: in a C{message/global-delivery-status} (C{utf8}) the address as
+    it is (C{utf-8-address}, §3), else its 7-bit form (L{xtext_address}).
     """
     if address.isascii():
         return f"rfc822; {_ascii(address)}"
+    if utf8:
+        return f"utf-8; {_unitext(address)}"
     return f"utf-8; {xtext_address(address)}"
 
 
-def original_recipient_field(orcpt: str) -> str:
+def original_recipient_field(orcpt: str, utf8: bool = False) -> str:
     """
     The value of C{Original-Recipient} (RFC 3464 §2.3.1) for a kept ORCPT
     (C{"addr-type;address"}, decoded): C{rfc822; bob@b.test}; a C{utf-8}
-    address in RFC 6533's C{utf-8-addr-xtext} form.
+    address as it is in a C{message/global-delivery-status} (C{utf8}),
+    else in RFC 6533's C{utf-8-addr-xtext} form.
     """
     kind, _, address = orcpt.partition(";")
     if kind == "utf-8":
-        return f"utf-8; {xtext_address(address)}"
+        return f"utf-8; {_unitext(address) if utf8 else xtext_address(address)}"
     return f"{_ascii(kind)}; {_ascii(address)}"
+
+
+def _unitext(address: str) -> str:
+    # RFC 6533 §3 utf-8-address: UTF-8 as it is; a control or a blank
+    # (never in a mailbox the server took) still as \x{HEX}.
+    return "".join(ch if ch.isprintable() and not ch.isspace() and ch != "\\" else f"\\x{{{ord(ch):02X}}}" for ch in address)
 
 
 _HOP = re.compile(r"(?:(?P<name>[^\[\]]+)\[[^\]]*\]|\[(?P<v6>[^\]]+)\]|(?P<plain>[^:\[\]]+)):\d+")
@@ -169,7 +181,9 @@ def build_dsn(
         returned = returned if returned.endswith(b"\r\n") else returned + b"\r\n"
     else:
         returned = head
-    intl = not (entry.sender.isascii() and all(r.address.isascii() for r in recipients))
+    # RFC 6533: a report on a message with UTF-8 addresses (SMTPUTF8) is a
+    # global one; the plain form stays for ASCII.
+    intl = not (entry.sender.isascii() and all(r.address.isascii() and r.orcpt.isascii() for r in recipients))
     show = (lambda text: text.replace("\r", " ").replace("\n", " ")) if intl else _ascii
     boundary = "=_mailhub_dsn_" + os.urandom(8).hex()
     subject = _SUBJECTS[action]
@@ -217,8 +231,8 @@ def build_dsn(
     ]
     for r in recipients:
         if r.orcpt:
-            status.append(f"Original-Recipient: {original_recipient_field(r.orcpt)}")
-        status.append(f"Final-Recipient: {recipient_field(r.address)}")
+            status.append(f"Original-Recipient: {original_recipient_field(r.orcpt, intl)}")
+        status.append(f"Final-Recipient: {recipient_field(r.address, intl)}")
         status.append(f"Action: {action}")
         if action in ("delivered", "relayed"):
             status.append(f"Status: {status_of(r, '2.0.0')}")
@@ -244,7 +258,8 @@ def build_dsn(
         f"Message-ID: <{entry.id}.{os.urandom(4).hex()}.dsn@{hostname}>",
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
+        # RFC 6522 §3: report-type names the subtype of the second part
+        f'Content-Type: multipart/report; report-type={"global-" if intl else ""}delivery-status; boundary="{boundary}"',
         "",
         "This is a MIME-encapsulated delivery status notification.",
         "",
@@ -254,16 +269,20 @@ def build_dsn(
         "",
     ]
     out = "\r\n".join(header) + "\r\n" + human + "\r\n"
-    out += f"--{boundary}\r\nContent-Type: message/delivery-status\r\nContent-Description: Delivery report\r\n\r\n"
+    if intl:
+        # RFC 6533 §6.2: UTF-8 addresses as they are, the part 8bit.
+        out += f"--{boundary}\r\nContent-Type: message/global-delivery-status\r\nContent-Transfer-Encoding: 8bit\r\nContent-Description: Delivery report\r\n\r\n"
+    else:
+        out += f"--{boundary}\r\nContent-Type: message/delivery-status\r\nContent-Description: Delivery report\r\n\r\n"
     out += delivery_status + "\r\n"
     if full:
         # RFC 3461 §4.3 RET=FULL; RFC 6532 §3.7: message/global when not ASCII.
-        kind = "message/rfc822" if head.isascii() else "message/global"
+        kind = "message/rfc822" if head.isascii() and not intl else "message/global"
         eight = "" if returned.isascii() else "Content-Transfer-Encoding: 8bit\r\n"
         out += f"--{boundary}\r\nContent-Type: {kind}\r\n{eight}Content-Description: Undelivered message\r\n\r\n"
     else:
         # RFC 6533 §6.3: a header that is not ASCII goes as message/global-headers.
-        kind = "text/rfc822-headers" if head.isascii() else "message/global-headers"
+        kind = "text/rfc822-headers" if head.isascii() and not intl else "message/global-headers"
         what = "Undelivered message headers" if action in ("failed", "delayed") else "Message headers"
         out += f"--{boundary}\r\nContent-Type: {kind}\r\nContent-Description: {what}\r\n\r\n"
     return out.encode("utf-8") + returned + f"\r\n--{boundary}--\r\n".encode("ascii")

@@ -422,8 +422,8 @@ class Relay(service.Service):
                 self._drop(entry.id)
                 return
             now = self.now()
-            # Success DSNs owed (RFC 3461 §6.2): by action, the recipients.
-            successes: dict[str, list] = {}
+            # Success DSNs owed (RFC 3461 §6.2) are marked on the recipients
+            # (Recipient.owed) and saved with the outcome, then made.
             for r in entry.pending:
                 outcome = outcomes.get(r.address)
                 if outcome is None:
@@ -433,7 +433,7 @@ class Relay(service.Service):
                 if outcome.delivered:
                     r.state = DELIVERED
                     if r.wants("SUCCESS") and entry.sender and not outcome.hop_dsn:
-                        successes.setdefault("delivered" if outcome.local else "relayed", []).append(r)
+                        r.owed = "delivered" if outcome.local else "relayed"
                 elif outcome.permanent:
                     r.state = FAILED
                 if self.metrics is not None:
@@ -452,9 +452,12 @@ class Relay(service.Service):
                 if not entry.warned and self.delay_warning and now - entry.created >= self.delay_warning:
                     await self._warn(entry, now, deadline)
             await self.storage.save(entry)
-            for action, reported in successes.items():
-                await self._report_success(entry, reported, action)
-            if entry.finished:
+            reported = await self._report_owed(entry)
+            if entry.finished and not reported:
+                # Kept until the report the sender asked for is stored.
+                entry.next_attempt = now + self.schedule.delay(entry.attempts)
+                await self.storage.save(entry)
+            elif entry.finished:
                 await self._finish(entry)
             elif entry.id in self._doomed:
                 self._drop(entry.id)
@@ -464,21 +467,33 @@ class Relay(service.Service):
             self.in_flight.discard(entry.id)
             self._reschedule()
 
-    async def _report_success(self, entry: QueuedMessage, recipients: list, action: str) -> None:
+    async def _report_owed(self, entry: QueuedMessage) -> bool:
         """
-        A success DSN (RFC 3461 §6.2) for C{recipients}, whose NOTIFY had
-        SUCCESS: C{"delivered"} into a maildrop here, or C{"relayed"} to a
-        next hop that does not offer DSN (one that does was given NOTIFY
-        and reports itself, §5.2). A report that cannot be stored is
-        logged: the message is delivered, nothing is retried.
+        Make the success DSNs (RFC 3461 §6.2) owed for C{entry}'s
+        recipients (L{Recipient.owed}, saved with their outcome):
+        C{"delivered"} into a maildrop here, or C{"relayed"} to a next hop
+        that does not offer DSN (one that does was given NOTIFY and reports
+        itself, §5.2). Each report stored is unmarked and the envelope
+        saved; one that cannot be stored stays owed and is tried again
+        with the next attempt or at the end (L{_finish}), and after a
+        restart. Returns whether none is owed any more.
         """
-        try:
-            notice = build_dsn(entry, recipients, self.storage.read_message(entry.id), self.hostname, self.now(), action=action)
-            await self._notify(entry.sender, notice)
-        except Exception as e:  # noqa: BLE001 - a lost report is not worth a retry
-            log.error("queue: {qid} success DSN to <{sender}> not stored: {error}", qid=entry.id, sender=entry.sender, error=e)
-            return
-        log.info("queue: {qid} {action}, success DSN sent to <{sender}> for {rcpts}", qid=entry.id, action=action, sender=entry.sender, rcpts=", ".join(f"<{r.address}>" for r in recipients))
+        owed: dict[str, list] = {}
+        for r in entry.recipients:
+            if r.owed:
+                owed.setdefault(r.owed, []).append(r)
+        for action, recipients in owed.items():
+            try:
+                notice = build_dsn(entry, recipients, self.storage.read_message(entry.id), self.hostname, self.now(), action=action)
+                await self._notify(entry.sender, notice)
+            except Exception as e:  # noqa: BLE001 - kept owed: tried again
+                log.error("queue: {qid} success DSN to <{sender}> not stored ({error}); trying again later", qid=entry.id, sender=entry.sender, error=e)
+                continue
+            for r in recipients:
+                r.owed = ""
+            await self.storage.save(entry)
+            log.info("queue: {qid} {action}, success DSN sent to <{sender}> for {rcpts}", qid=entry.id, action=action, sender=entry.sender, rcpts=", ".join(f"<{r.address}>" for r in recipients))
+        return not any(r.owed for r in entry.recipients)
 
     async def _warn(self, entry: QueuedMessage, now: float, deadline: float) -> None:
         entry.warned = True
@@ -530,6 +545,12 @@ class Relay(service.Service):
         Every recipient is final: bounce the failed ones, then forget it.
         """
         try:
+            if not await self._report_owed(entry):
+                # Keep the message (and its outcomes) until the report the
+                # sender asked for is stored (a crash must not lose it).
+                entry.next_attempt = self.now() + self.schedule.delay(max(entry.attempts, 1))
+                await self.storage.save(entry)
+                return
             failed = [r for r in entry.recipients if r.state == FAILED]
             if entry.sender and self._unwanted_failures(entry, [r for r in failed if not r.bounced]):
                 await self.storage.save(entry)

@@ -68,6 +68,10 @@ class Recipient:
         are reported, as before DSN was offered.
     @ivar orcpt: its RCPT's C{ORCPT} (RFC 3461 §4.2) decoded,
         C{"rfc822;bob@b.test"}, or C{""}.
+    @ivar owed: the success DSN (RFC 3461 §6.2) owed for it and not yet
+        stored: C{"delivered"} or C{"relayed"}, else C{""}. Saved with the
+        outcome in one write, so a crash before the report is stored
+        leaves it owed and it is made after the restart.
     """
 
     address: str
@@ -80,6 +84,7 @@ class Recipient:
     bounced: bool = False
     notify: str = ""
     orcpt: str = ""
+    owed: str = ""
 
     def wants(self, kind: str) -> bool:
         """

@@ -11,7 +11,7 @@ from twisted.python import usage
 
 from twisted_mailhub.hub import ListenerSpec
 from twisted_mailhub.smtp.delivery import avatar_factory
-from twisted_mailhub.smtp.server import MailhubSMTPFactory
+from twisted_mailhub.smtp.server import DSN_SUCCESS_FROM, MailhubSMTPFactory
 
 listeners = [
     ListenerSpec("smtp", "tcp:8025", "SMTP (MX) listener, strports endpoint (STARTTLS offered)."),
@@ -24,6 +24,7 @@ option_parameters = [
     ["smtp-idle-timeout", None, 300, "Seconds an SMTP client may stay silent (RFC 5321 §4.5.3.2 asks for at least 300).", int],
     ["smtp-command-timeout", None, 120, "Seconds an SMTP client may take to send one command line.", int],
     ["smtp-login-timeout", None, 300, "Seconds a submission client may take to authenticate.", int],
+    ["dsn-success-from", None, "trusted", "Whose NOTIFY=SUCCESS (RFC 3461 §4.1) is honoured: 'trusted' (clients that logged in, or from --trusted-networks), 'anyone', or 'nobody'. For any other client SUCCESS is taken out of NOTIFY (Sendmail's noreceipts), so a forged sender on the MX port earns no delivered report (backscatter)."],
     ["postmaster", None, None, "Account that gets mail for postmaster@<local domain> when no such account exists (RFC 5321 §4.5.1); default: the first account."],
 ]
 
@@ -37,6 +38,8 @@ def check_options(options) -> None:
     for name in ("max-recipients", "smtp-idle-timeout", "smtp-command-timeout", "smtp-login-timeout"):
         if options[name] is not None and int(options[name]) < 1:
             raise usage.UsageError(f"--{name} must be at least 1")
+    if (options.get("dsn-success-from") or "trusted") not in DSN_SUCCESS_FROM:
+        raise usage.UsageError("--dsn-success-from must be trusted, anyone or nobody")
 
 
 def install(hub) -> None:
@@ -51,6 +54,7 @@ def install(hub) -> None:
         "command_timeout": int(options.get("smtp-command-timeout") or 120),
         "login_timeout": int(options.get("smtp-login-timeout") or 300),
         "sender_must_match": bool(options.get("submission-sender-match")),
+        "dsn_success_from": options.get("dsn-success-from") or "trusted",
     }
     hub.listen_each(
         listeners,

@@ -41,6 +41,7 @@ import attr
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from twisted_mailhub.errorwords import error_words
 from twisted_mailhub.filters import Envelope, Reject, Rewrite
 from twisted_mailhub.lines import quote
 from twisted_mailhub.logobserver import QuickLogger
@@ -575,6 +576,17 @@ def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], m
     else:
         local = list(dict.fromkeys((r.address, r.original) for r in recipients if r.kind == "local"))
         relay = list(dict.fromkeys(r.address for r in recipients if r.kind == "relay"))
+    if sender and any("SUCCESS" in r.notify for r in recipients if r.kind == "local"):
+        # A success DSN is owed (RFC 3461 §6.2): it is stored with the
+        # copies, before the 250, or the message is refused (as Postfix
+        # defers a delivery whose success it cannot record).
+        ret, envid = dsn or ("", "")
+        by_address: dict[str, Verdict] = {}
+        for r in recipients:
+            by_address.setdefault(r.address, r)
+        params = {"ret": ret, "envid": envid, "notify": {a: (by_address[a].notify, by_address[a].orcpt) for a in relay}}
+        report = lambda qid: _report_delivered(hub, qid, sender, recipients, return_path + message, dsn)  # noqa: E731
+        return defer.Deferred.fromCoroutine(_store_all(hub, session, sender, local, relay, message, qid, return_path, params, report))
     if len(local) == 1 and not relay:
         # The hot path (one recipient): plain Deferreds, no coroutine.
         address, original = local[0]
@@ -590,8 +602,6 @@ def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], m
             _log_delivery(hub, qid, sender, [(address, key)], len(message), session.client_ip)
             if counted is not None:
                 counted.accepted(qid)
-            if "SUCCESS" in recipients[0].notify and sender:
-                _report_delivered(hub, qid, sender, recipients, copy, dsn)
             return qid
 
         if counted is None:
@@ -608,10 +618,7 @@ def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], m
             by_address.setdefault(r.address, r)
         ret, envid = dsn or ("", "")
         params = {"ret": ret, "envid": envid, "notify": {a: (by_address[a].notify, by_address[a].orcpt) for a in relay}}
-        d = defer.Deferred.fromCoroutine(_store_all(hub, session, sender, local, relay, message, qid, return_path, params))
-        if sender and any("SUCCESS" in r.notify for r in recipients if r.kind == "local"):
-            d.addCallback(lambda qid: _report_delivered(hub, qid, sender, recipients, return_path + message, dsn) or qid)
-        return d
+        return defer.Deferred.fromCoroutine(_store_all(hub, session, sender, local, relay, message, qid, return_path, params))
     return defer.Deferred.fromCoroutine(_store_all(hub, session, sender, local, relay, message, qid, return_path))
 
 
@@ -625,7 +632,7 @@ def _local_copy(session: Session, qid: str, return_path: bytes, address: str, or
     return return_path + trace + session.received(qid, original) + message
 
 
-async def _store_all(hub: Any, session: Session, sender: str, local: list[tuple[str, str]], relay: list[str], message: bytes, qid: str, return_path: bytes, params: dict | None = None) -> str:
+async def _store_all(hub: Any, session: Session, sender: str, local: list[tuple[str, str]], relay: list[str], message: bytes, qid: str, return_path: bytes, params: dict | None = None, report: Any = None) -> str:
     """
     Every copy or none (never a 4xx with a copy kept: the client's retry
     would duplicate it). The local copies are stored together; if one
@@ -633,11 +640,22 @@ async def _store_all(hub: Any, session: Session, sender: str, local: list[tuple[
     is reported. The relayed copy is queued only once every local copy is
     durable, so it never has to be taken back from a queue that may
     already be sending it; if queueing it fails, the local copies go too.
+    C{report}: C{qid -> Deferred} storing the success DSN owed for the
+    local copies (L{_report_delivered}); it is stored after them and
+    before the relayed copy is queued, and taken back with them.
     """
     waits = [defer.maybeDeferred(hub.store.deliver, a, _local_copy(session, qid, return_path, a, o, message)) for a, o in local]
     results = await defer.DeferredList(waits, consumeErrors=True) if waits else []
     stored = [(address, key) for (address, _original), (ok, key) in zip(local, results) if ok]
     failures = [failure for ok, failure in results if not ok]
+    reported = None
+    if not failures and report is not None:
+        try:
+            reported = await report(qid)
+        except Exception as e:  # noqa: BLE001 - refused: the client tries again
+            log.error("{qid}: success DSN to <{sender}> not stored ({error}); message refused", qid=qid, sender=sender, error=error_words(e, paths=False))
+            await _withdraw(hub, stored, qid)
+            raise Rejected(451, "4.3.0 The delivery report asked for (NOTIFY=SUCCESS) could not be stored; message not kept, try again later") from None
     if not failures and relay:
         try:
             if params is None:
@@ -648,6 +666,8 @@ async def _store_all(hub: Any, session: Session, sender: str, local: list[tuple[
             failures.append(Failure())
     if failures:
         await _withdraw(hub, stored, qid)
+        if reported is not None:
+            await _withdraw_report(hub, qid, reported)
         failures[0].raiseException()
     if stored:
         _log_delivery(hub, qid, sender, stored, len(message), session.client_ip)
@@ -659,16 +679,18 @@ def _report_delivered(hub: Any, qid: str, sender: str, recipients: list[Verdict]
     The success DSN (RFC 3461 §6.2, C{Action: delivered}) to C{sender}
     for the recipients of C{recipients} stored here whose NOTIFY has
     SUCCESS: into the sender's INBOX when the sender is local, else
-    through the outbound queue, as a bounce goes. Sent after the message
-    is durable and the client was told 250; a DSN that cannot be stored
-    is logged, never a reason to refuse the message.
+    through the outbound queue, as a bounce goes. Made once the copies
+    are durable and before the client is told 250 (L{_store_all}).
+    Returns a Deferred that fires once the report is stored, with where
+    it went (C{(account, key)} in a maildrop, C{("queue", qid)}, or
+    L{None} when none is made), or fails when it cannot be stored.
     """
     from twisted_mailhub.queue.dsn import build_dsn
     from twisted_mailhub.queue.storage import DELIVERED, QueuedMessage, Recipient
 
     wanted = [r for r in recipients if r.kind == "local" and "SUCCESS" in r.notify]
     if not wanted or not sender:
-        return
+        return defer.succeed(None)
     now = time.time()
     ret, envid = dsn or ("", "")
     entry = QueuedMessage(
@@ -682,21 +704,39 @@ def _report_delivered(hub: Any, qid: str, sender: str, recipients: list[Verdict]
         notice = build_dsn(entry, reported, message, hub.hostname, now, action="delivered")
     except Exception as e:  # noqa: BLE001 - a report is never worth the message
         log.error("{qid}: success DSN to <{sender}> not made ({error})", qid=qid, sender=sender, error=e)
-        return
+        return defer.succeed(None)
     relay = getattr(hub, "relay", None)
     account = hub.accounts.find(sender) if hub.accounts.is_local_domain(sender.rpartition("@")[2]) else None
-    if relay is not None:
-        d = defer.maybeDeferred(relay.notify, sender, notice)
-    elif account is not None:
-        d = defer.maybeDeferred(hub.store.deliver, account.address, notice)
+    if account is not None:
+        d = defer.maybeDeferred(hub.store.deliver, account.address, notice).addCallback(lambda key: (account.address, key))
+    elif relay is not None and not hub.accounts.is_local_domain(sender.rpartition("@")[2]):
+        d = defer.maybeDeferred(relay.enqueue, "", [sender], notice).addCallback(lambda rid: ("queue", rid))
     else:
-        log.info("{qid}: success DSN to <{sender}> dropped: no outbound queue", qid=qid, sender=sender)
-        return
+        log.info("{qid}: success DSN to <{sender}> dropped: {why}", qid=qid, sender=sender, why="no such account" if relay is not None else "no outbound queue")
+        return defer.succeed(None)
     rcpts = ", ".join(f"<{r.recipient}>" for r in wanted)
-    d.addCallbacks(
-        lambda _: log.info("{qid}: success DSN sent to <{sender}> for {rcpts}", qid=qid, sender=sender, rcpts=rcpts),
-        lambda f: log.error("{qid}: success DSN to <{sender}> not stored ({error})", qid=qid, sender=sender, error=f.getErrorMessage()),
-    )
+
+    def sent(where):
+        log.info("{qid}: success DSN sent to <{sender}> for {rcpts}", qid=qid, sender=sender, rcpts=rcpts)
+        return where
+
+    return d.addCallback(sent)
+
+
+async def _withdraw_report(hub: Any, qid: str, where: tuple[str, Any]) -> None:
+    """Take back a success DSN stored by L{_report_delivered} for a message then refused."""
+    place, key = where
+    if place == "queue":
+        try:
+            removed = hub.relay.remove(key)
+            if isinstance(removed, defer.Deferred):
+                removed = await removed
+            if not removed:
+                log.error("{qid}: success DSN {rid} could not be taken back from the queue; it will be sent", qid=qid, rid=key)
+        except Exception as e:  # noqa: BLE001
+            log.error("{qid}: success DSN {rid} could not be taken back from the queue ({error})", qid=qid, rid=key, error=e)
+    else:
+        await _withdraw(hub, [(place, key)], qid)
 
 
 async def _withdraw(hub: Any, stored: list[tuple[str, str]], qid: str) -> None:

@@ -205,6 +205,9 @@ def dot_unstuff(segment: bytes) -> bytes:
     return segment.replace(b"\r\n.", b"\r\n")[2:]
 
 
+# --dsn-success-from: whose NOTIFY=SUCCESS is honoured (RFC 3461 §4.1).
+DSN_SUCCESS_FROM = ("trusted", "anyone", "nobody")
+
 HELP_TEXT = "2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH"
 
 
@@ -220,6 +223,8 @@ class MailhubSMTP(smtp.ESMTP):
     # --submission-sender-match: a logged-in client's MAIL FROM must be its
     # own account's address (RFC 6409 §6.1).
     sender_must_match = False
+    # --dsn-success-from (L{DSN_SUCCESS_FROM}): whose NOTIFY=SUCCESS counts.
+    dsn_success_from = "trusted"
     max_recipients = 100
     idle_timeout = 300
     command_timeout = 120
@@ -879,6 +884,20 @@ class MailhubSMTP(smtp.ESMTP):
                     verdict = second
             if verdict.code >= 300:
                 return self.reply(verdict.code, verdict.text)
+        if "SUCCESS" in notify and not self._success_honoured():
+            # Backscatter: anyone can give a forged MAIL FROM on the MX
+            # port; a delivered report would go to that address. As
+            # Sendmail's PrivacyOptions=noreceipts, SUCCESS is dropped and
+            # the rest of NOTIFY kept (SUCCESS alone leaves NEVER: the
+            # client asked to hear of no failure). Failure and delay
+            # reports are what the hub sends without NOTIFY anyway.
+            kept = [w for w in notify.split(",") if w != "SUCCESS"]
+            notify = ",".join(kept) or "NEVER"
+            log.info(
+                "smtp: NOTIFY=SUCCESS for <{rcpt}> from {ip} not honoured (--dsn-success-from {who})",
+                rcpt=quote(path, ascii=True), ip=self.client_ip, who=self.dsn_success_from,
+            )
+            verdict = attr.evolve(verdict, text=verdict.text + " (NOTIFY=SUCCESS is not honoured for this client: log in to ask for a delivery report)")
         if notify or orcpt:
             verdict = attr.evolve(verdict, notify=notify, orcpt=orcpt)
         if self._rcpt_filters:
@@ -890,6 +909,19 @@ class MailhubSMTP(smtp.ESMTP):
             self.reply_raw(b"250 2.1.5 Ok\r\n")  # reply(250, "2.1.5 Ok"), made once
         else:
             self.reply(250, verdict.text)
+
+    def _success_honoured(self) -> bool:
+        """
+        Whether this client may ask for success reports (NOTIFY=SUCCESS,
+        RFC 3461 §4.1): as C{--dsn-success-from} says; with C{trusted}, a
+        client that logged in or one from C{--trusted-networks}.
+        """
+        who = self.dsn_success_from
+        if who == "anyone":
+            return True
+        if who == "nobody":
+            return False
+        return bool(self.authenticated) or self.client_ip in self.hub.trusted
 
     def _rcpt_filtered(self, result, verdict):
         if isinstance(result, Reject):

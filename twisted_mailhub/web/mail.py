@@ -44,6 +44,7 @@ from email.utils import formataddr, formatdate, make_msgid
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+import attr
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource
@@ -1005,12 +1006,13 @@ class Compose(resource.Resource):
             reference = (msgparse.field(msg, "Message-ID") or "").strip()
         return "Compose", self.form(to, cc, subject, body, reference, forward_of=ref if mode == "forward" else "", forwarded=forwarded), {}
 
-    def form(self, to: str = "", cc: str = "", subject: str = "", body: str = "", reference: str = "", problem: Any = None, forward_of: str = "", forwarded: Any = None):
+    def form(self, to: str = "", cc: str = "", subject: str = "", body: str = "", reference: str = "", problem: Any = None, forward_of: str = "", forwarded: Any = None, report: bool = False):
         """
         The compose form with these values (and C{problem}, what stopped
         sending, above it). C{forward_of}: the FOLDER/UID of a message
         forwarded, whose attachments go with it (C{forwarded}: their names,
-        when known).
+        when known). C{report}: "ask for a delivery report" is ticked
+        (the field C{dsn}; RFC 3461 NOTIFY=SUCCESS,FAILURE).
         """
         going = ""
         if forward_of:
@@ -1029,6 +1031,11 @@ class Compose(resource.Resource):
                 tags.label("Subject ", tags.input(type="text", name="subject", value=subject, size="60")),
                 tags.textarea(body, name="body", rows="16", cols="80"),
                 tags.label("Attachment ", tags.input(type="file", name="attachment", multiple="multiple")),
+                tags.label(
+                    tags.input(type="checkbox", name="dsn", value="yes", **({"checked": "checked"} if report else {})),
+                    " Ask for a delivery report (you get a notice when it is delivered, or if it cannot be)",
+                    title="RFC 3461 delivery status notification: NOTIFY=SUCCESS,FAILURE for each recipient",
+                ),
                 tags.button("Send", type="submit"),
                 enctype="multipart/form-data",
                 class_="compose",
@@ -1042,7 +1049,7 @@ class Compose(resource.Resource):
         if _FORBIDDEN_IN_HEADER.search(reference):
             reference = ""
         forward_of = f.get("forward-of", "") if not _FORBIDDEN_IN_HEADER.search(f.get("forward-of", "")) else ""
-        form = self.form(f.get("to", ""), f.get("cc", ""), f.get("subject", ""), f.get("body", "").replace("\r\n", "\n"), reference, problem=problem, forward_of=forward_of)
+        form = self.form(f.get("to", ""), f.get("cc", ""), f.get("subject", ""), f.get("body", "").replace("\r\n", "\n"), reference, problem=problem, forward_of=forward_of, report=f.get("dsn") == "yes")
         return render_page(request, "Compose", form, self.session, code=code)
 
     def render_POST(self, request):
@@ -1108,7 +1115,8 @@ class Compose(resource.Resource):
                 f"of at most {_size(limit)}. Attach smaller files (or share big ones by FTP), and send it again.",
                 code=413,
             )
-        d = submit(self.face.hub, user.address, recipients, raw, client_host(request), request_secure(request))
+        notify = "SUCCESS,FAILURE" if fields.get("dsn") == "yes" else ""
+        d = submit(self.face.hub, user.address, recipients, raw, client_host(request), request_secure(request), notify=notify)
 
         def sent(refused):
             if refused:
@@ -1219,18 +1227,22 @@ def _form_data(request) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
     return fields, files
 
 
-def submit(hub: Any, sender: str, recipients: list[str], message: bytes, client_ip: str, tls: bool):
+def submit(hub: Any, sender: str, recipients: list[str], message: bytes, client_ip: str, tls: bool, notify: str = ""):
     """
     Send C{message} from the signed-in C{sender} as an SMTP AUTH client would:
     the same recipient policy (relay only when logged in), the same
     delivery (filters, Received:, store or queue), then a copy in C{Sent}
     marked C{\\Seen}. Fires with the refused recipients as (address, reply).
+    C{notify}: every recipient's RFC 3461 C{NOTIFY} (C{"SUCCESS,FAILURE"}
+    for "ask for a delivery report"), C{""} for none.
     """
     from twisted_mailhub.smtp.delivery import RecipientPolicy, Session, deliver
 
     policy = RecipientPolicy(hub)
     verdicts = [policy.check(policy.qualify(a) if hasattr(policy, "qualify") else a, sender) for a in recipients]
     accepted = [v for v in verdicts if v.accepted]
+    if notify:
+        accepted = [attr.evolve(v, notify=notify) for v in accepted]
     refused = [(a, f"{v.code} {v.text}") for a, v in zip(recipients, verdicts) if not v.accepted]
     if not accepted:
         return defer.succeed(refused)
