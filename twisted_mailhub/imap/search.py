@@ -28,8 +28,10 @@ import weakref
 from array import array
 from typing import Any, Callable
 
+from twisted.internet import defer
 from twisted.mail import imap4
 from twisted.mail.imap4 import IllegalClientResponse, MessageSet
+from twisted.logger import Logger
 
 from twisted_mailhub.heap import after_walk
 from twisted_mailhub.imap.address import searchable
@@ -37,7 +39,10 @@ from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.message import has_broken_base64_word, split_header
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import client_text, sequence_set, shown
+from twisted_mailhub.offload import in_thread
 from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, NoSuchMessage
+
+log = Logger()
 
 HEADER_READ = 16384
 _MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_abbr) if m}
@@ -248,6 +253,161 @@ class Candidate:
 
 
 Predicate = Callable[[Candidate], bool]
+
+# Keys whose predicate may read a message's file (its header or all of it).
+READING_KEYS = frozenset(
+    (b"BODY", b"TEXT", b"FROM", b"TO", b"CC", b"BCC", b"SUBJECT", b"HEADER", b"SENTBEFORE", b"SENTON", b"SENTSINCE")
+)
+
+
+class _Moved(Exception):
+    """A message's file was renamed (a flag change) after its path was taken."""
+
+
+class DetachedCandidate(Candidate):
+    """
+    A L{Candidate} that a worker thread can match: its row, its path and
+    its MODSEQ were taken in the reactor, and it reads only that file
+    (never the store's objects, which the reactor changes meanwhile).
+    A file renamed since raises L{_Moved}: the reactor looks again.
+    """
+
+    __slots__ = ("_path", "_modseq")
+
+    def __init__(self, seq: int, info: Any, recent: bool, path: str, modseq: int, cache: dict):
+        Candidate.__init__(self, seq, info, recent, None, cache)
+        self._path = path
+        self._modseq = modseq
+
+    def modseq(self) -> int:
+        return self._modseq
+
+    def raw(self) -> bytes:
+        if self._raw is None:
+            try:
+                fd = os.open(self._path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise _Moved() from None
+            try:
+                chunks = []
+                while True:
+                    chunk = os.read(fd, max(self.info.size + 1, 65536))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            finally:
+                os.close(fd)
+            self._raw = b"".join(chunks)
+        return self._raw
+
+    def header(self) -> bytes:
+        if self._header is None:
+            if self._raw is not None:
+                self._header = split_header(self._raw)[0]
+            else:
+                try:
+                    fd = os.open(self._path, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise _Moved() from None
+                try:
+                    head = os.read(fd, HEADER_READ)
+                finally:
+                    os.close(fd)
+                header, body = split_header(head)
+                self._header = header if body or len(head) < HEADER_READ else split_header(self.raw())[0]
+        return self._header
+
+
+def reads_messages(query: list) -> bool:
+    """Does the parsed key list C{query} name a key that may read a message's file (L{READING_KEYS})?"""
+    return any(reads_messages(t) if isinstance(t, list) else (isinstance(t, bytes) and t.upper() in READING_KEYS) for t in query)
+
+
+def _copy_values(values: FieldValues) -> FieldValues:
+    copy = FieldValues()
+    copy.uids = array("I", values.uids)
+    copy.values = list(values.values)
+    copy._known = dict(values._known)
+    return copy
+
+
+def _walk_detached(predicate: Predicate, entries: list, cache: dict) -> tuple[list[int], list[int], int]:
+    """
+    (in a worker thread) The indexes into C{entries} that C{predicate}
+    takes, those whose file moved (to be tried again in the reactor),
+    and the highest MODSEQ among those taken.
+    """
+    found: list[int] = []
+    moved: list[int] = []
+    top = 0
+    for n, (seq, info, recent, path, modseq) in enumerate(entries):
+        try:
+            if predicate(DetachedCandidate(seq, info, recent, path, modseq, cache)):
+                found.append(n)
+                if modseq > top:
+                    top = modseq
+        except _Moved:
+            moved.append(n)
+        except (NoSuchMessage, FileNotFoundError):
+            continue
+    return found, moved, top
+
+
+def match_in_thread(folder: Any, predicate: Predicate, uids: list[int], recent: Any, by_modseq: bool) -> defer.Deferred | None:
+    """
+    Match C{predicate} against messages C{uids} (ascending, sequence
+    numbers from 1) of C{folder} in a worker thread
+    (L{twisted_mailhub.offload.in_thread}): the files are read and
+    matched there, so a SEARCH BODY over 20,000 messages no longer holds
+    every other session. Only the rows, paths and MODSEQs are taken in
+    the reactor. The L{HeaderCache} values are copied for the thread and
+    kept afterwards if no other search added to them meanwhile.
+
+    @return: a L{Deferred} firing with C{(found, top)}: the matching
+        C{(seq, uid)} pairs ascending and the highest MODSEQ among them
+        (0 without C{by_modseq}); or None for a store that keeps no
+        message files (its own L{Candidate}s are used in the reactor).
+    """
+    paths_of = getattr(folder, "paths", None)
+    if paths_of is None:
+        return None
+    info_of = getattr(folder, "row", None) or folder.info
+    entries = []
+    for seq, (u, path) in enumerate(zip(uids, paths_of(uids)), 1):
+        if path is None:
+            continue
+        try:
+            entries.append((seq, info_of(u), u in recent, path, folder.modseq(u) if by_modseq else 0))
+        except NoSuchMessage:
+            continue
+    shared = HeaderCache.of(folder)
+    before = {name: len(values) for name, values in shared.items()}
+    private = {name: _copy_values(values) for name, values in shared.items()}
+    cache = HeaderCache.of(folder)
+
+    def matched(outcome):
+        found, moved, top = outcome
+        for name, values in private.items():
+            if len(shared.get(name, ())) == before.get(name, 0) and len(values) <= HeaderCache.limit:
+                shared[name] = values
+        pairs = [(entries[n][0], entries[n][1].uid) for n in found]
+        if moved:
+            # renamed meanwhile: the store finds them (in the reactor, few)
+            for n in moved:
+                seq, info, is_recent, _path, _modseq = entries[n]
+                try:
+                    candidate = Candidate(seq, info, is_recent, folder, cache)
+                    if predicate(candidate):
+                        pairs.append((seq, info.uid))
+                        if by_modseq:
+                            top = max(top, candidate.modseq())
+                except (NoSuchMessage, FileNotFoundError):
+                    continue
+            pairs.sort()
+        after_walk(len(entries))
+        return pairs, top
+
+    return in_thread(_walk_detached, predicate, entries, private).addCallback(matched)
 
 
 def _flag(flag: str, present: bool = True) -> Predicate:
@@ -557,9 +717,28 @@ class SearchCommands:
         except BadSearch as e:
             self.sendBadResponse(tag, client_text(str(e)))
             return
+        if reads_messages(query):
+            # The files are read and matched in a worker thread; this
+            # session reads no further command until it is answered.
+            waited = match_in_thread(folder, predicate, list(view.uids), view.recent, by_modseq)
+            if waited is not None:
+                self._hold_input()
+
+                def answer(outcome):
+                    pairs, top = outcome
+                    if self.transport is None or self.transport.disconnecting or self.selected is not view:
+                        return  # (the client went away meanwhile)
+                    self._answer_search(tag, uid, options, predicate, pairs, top)
+
+                def failed(reason):
+                    log.failure("IMAP SEARCH failed", reason)
+                    self.sendBadResponse(tag, b"[SERVERBUG] SEARCH failed; see the server log")
+
+                waited.addCallbacks(answer, failed)
+                waited.addBoth(lambda _: self._release_input())
+                return
         cache = HeaderCache.of(folder)
-        found = []
-        found_uids = []
+        pairs = []
         # (a store's Row where it has one: no key decoded, nothing kept)
         info_of = getattr(folder, "row", None) or folder.info
         recent = view.recent
@@ -568,20 +747,30 @@ class SearchCommands:
             try:
                 candidate = Candidate(seq, info_of(u), u in recent, folder, cache)
                 if predicate(candidate):
-                    found.append(u if uid else seq)
-                    found_uids.append(u)
+                    pairs.append((seq, u))
                     if by_modseq:
                         top = max(top, candidate.modseq())
             except (NoSuchMessage, FileNotFoundError):
                 continue
         after_walk(len(view.uids))  # (the headers read for a big folder)
+        self._answer_search(tag, uid, options, predicate, pairs, top)
+
+    def _answer_search(self, tag, uid, options, predicate, pairs: list, top: int) -> None:
+        """
+        The SEARCH (or ESEARCH, RFC 4731) response and tagged OK for the
+        matching C{(seq, uid)} pairs, ascending; C{top} is their highest
+        MODSEQ (0: none asked).
+        """
+        from twisted_mailhub.imap import contexts
+
+        found = [u if uid else seq for seq, u in pairs]
         if options is None:
             modseq = b" (MODSEQ %d)" % top if top else b""
             self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in found) + modseq + b"\r\n")
         else:
             self.transport.write(contexts.esearch_response(tag, bool(uid), options, found, sort=False, modseq=top))
             if options.update:
-                self.transport.write(self.start_context(tag, bool(uid), options, predicate, None, found_uids))
+                self.transport.write(self.start_context(tag, bool(uid), options, predicate, None, [u for _, u in pairs]))
         self.sendPositiveResponse(tag, b"SEARCH completed")
 
     def arg_searchkeys(self, line, _before=b""):
