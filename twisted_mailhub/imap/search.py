@@ -679,6 +679,34 @@ def search_messages(folder: Any, query: str) -> list[Any]:
     return matching(folder, predicate, folder.messages())
 
 
+def matching_in_thread(folder: Any, predicate: Predicate | None, infos: list[Any]) -> defer.Deferred:
+    """
+    L{matching}, as a L{Deferred} of the L{MessageInfo}s of C{infos}
+    (ascending UIDs) that C{predicate} takes: the files of a store that
+    keeps them are read and matched in a worker thread
+    (L{match_in_thread}); other stores are matched at once.
+    """
+    if predicate is None:
+        return defer.succeed(list(infos))
+    waited = match_in_thread(folder, predicate, [i.uid for i in infos], (), False)
+    if waited is None:
+        return defer.maybeDeferred(matching, folder, predicate, infos)
+    by_uid = {i.uid: i for i in infos}
+    return waited.addCallback(lambda outcome: [by_uid[u] for _, u in outcome[0]])
+
+
+def search_messages_in_thread(folder: Any, query: str) -> defer.Deferred:
+    """
+    L{search_messages}, its matching in a worker thread
+    (L{matching_in_thread}): a L{Deferred} of the matching
+    L{MessageInfo}s in UID order.
+
+    @raise BadSearch: the query does not parse (raised at once).
+    """
+    predicate = compile_query(folder, query)
+    return matching_in_thread(folder, predicate, folder.messages())
+
+
 class SearchCommands:
     """SEARCH, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
 
