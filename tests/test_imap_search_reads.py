@@ -138,3 +138,17 @@ class SearchReadsTests(unittest.TestCase):
         self.assertIn(b"c OK SEARCH completed", out)
         # (the moved file is read again in the reactor, as the store finds it)
         self.assertEqual([uid for kind, uid in self.reads_in_reactor if kind == "read"], [2])
+
+    def test_sort_and_thread_match_body_keys_in_a_worker_thread(self):
+        server, transport = self.logged_in()
+        self.assertIn(b"* SORT 5 4 2\r\nc OK", self.talk(server, transport, b"c SORT (REVERSE ARRIVAL) UTF-8 BODY needle\r\n"))
+        self.assertEqual(self.reads_in_reactor, [])
+        self.assertIn(b"* SORT 4\r\nd OK", self.talk(server, transport, b"d UID SORT (SIZE) UTF-8 BODY another\r\n"))
+        self.assertEqual(self.reads_in_reactor, [])
+        reply = self.talk(server, transport, b"e THREAD ORDEREDSUBJECT UTF-8 TEXT needle\r\n")
+        self.assertIn(b"* THREAD (2)(4)(5)\r\ne OK", reply)
+        # (the thread's keys, Subject and Date, are read from the header
+        # cache or a header's first octets in the reactor; the whole
+        # messages the matching needs, before each read there, are not)
+        self.assertEqual([r for r in self.reads_in_reactor if r[0] == "read"], [])
+        self.assertEqual(self.ran, 3)
