@@ -152,3 +152,17 @@ class SearchReadsTests(unittest.TestCase):
         # messages the matching needs, before each read there, are not)
         self.assertEqual([r for r in self.reads_in_reactor if r[0] == "read"], [])
         self.assertEqual(self.ran, 3)
+
+    def test_a_search_that_saves_its_result_matches_in_a_worker_thread_and_keeps_it(self):
+        server, transport = self.logged_in()
+        reply = self.talk(server, transport, b"c SEARCH RETURN (SAVE) BODY needle\r\n")
+        self.assertIn(b"c OK SEARCH completed (result saved)", reply)
+        self.assertNotIn(b"ESEARCH", reply)
+        self.assertIn(b'* ESEARCH (TAG "d") MIN 2 MAX 5', self.talk(server, transport, b"d SEARCH RETURN (SAVE MIN MAX) BODY needle NOT UID 4\r\n"))
+        # (MIN and MAX alone save those two: RFC 5182 §2.4)
+        self.assertIn(b"* SEARCH 2 5\r\ne OK", self.talk(server, transport, b"e SEARCH $\r\n"))
+        # (before: each saving SEARCH read the messages in the reactor, twice)
+        self.assertEqual(self.reads_in_reactor, [])
+        self.assertEqual(self.ran, 2)
+        self.assertIn(b"f BAD", self.talk(server, transport, b"f SEARCH RETURN (SAVE) BODY\r\n"))
+        self.assertIn(b"* SEARCH\r\ng OK", self.talk(server, transport, b"g SEARCH $\r\n"))

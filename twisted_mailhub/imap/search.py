@@ -718,6 +718,7 @@ class SearchCommands:
         from twisted_mailhub.imap import contexts
 
         view = self.selected
+        saving = self.take_saving(tag)  # (RETURN (SAVE ...), RFC 5182: imap/searchres.py)
         try:
             returns, charset, query = _search_options(charset, query)
             options = contexts.parse_return_options(returns) if returns is not None else None
@@ -756,7 +757,7 @@ class SearchCommands:
                     pairs, top = outcome
                     if self.transport is None or self.transport.disconnecting or self.selected is not view:
                         return  # (the client went away meanwhile)
-                    self._answer_search(tag, uid, options, predicate, pairs, top)
+                    self._answer_search(tag, uid, options, predicate, pairs, top, saving)
 
                 def failed(reason):
                     log.failure("IMAP SEARCH failed", reason)
@@ -781,15 +782,19 @@ class SearchCommands:
             except (NoSuchMessage, FileNotFoundError):
                 continue
         after_walk(len(view.uids))  # (the headers read for a big folder)
-        self._answer_search(tag, uid, options, predicate, pairs, top)
+        self._answer_search(tag, uid, options, predicate, pairs, top, saving)
 
-    def _answer_search(self, tag, uid, options, predicate, pairs: list, top: int) -> None:
+    def _answer_search(self, tag, uid, options, predicate, pairs: list, top: int, saving: list | None = None) -> None:
         """
         The SEARCH (or ESEARCH, RFC 4731) response and tagged OK for the
         matching C{(seq, uid)} pairs, ascending; C{top} is their highest
-        MODSEQ (0: none asked).
+        MODSEQ (0: none asked). C{saving}: the RETURN options but SAVE of
+        a SEARCH that saves its result (RFC 5182), kept here.
         """
         from twisted_mailhub.imap import contexts
+
+        if self.finish_saving(tag, saving, [u for _, u in pairs]):
+            return
 
         found = [u if uid else seq for seq, u in pairs]
         if options is None:
