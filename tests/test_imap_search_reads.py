@@ -166,3 +166,15 @@ class SearchReadsTests(unittest.TestCase):
         self.assertEqual(self.ran, 2)
         self.assertIn(b"f BAD", self.talk(server, transport, b"f SEARCH RETURN (SAVE) BODY\r\n"))
         self.assertIn(b"* SEARCH\r\ng OK", self.talk(server, transport, b"g SEARCH $\r\n"))
+
+    def test_a_header_search_the_cache_answers_whole_stays_in_the_reactor_and_reads_nothing(self):
+        server, transport = self.logged_in()
+        self.assertIn(b"* SEARCH 3\r\nc OK", self.talk(server, transport, b"c SEARCH FROM sender3\r\n"))
+        self.assertEqual(self.ran, 1)  # (the From: fields read in the thread, then kept)
+        self.assertIn(b"* SEARCH 4\r\nd OK", self.talk(server, transport, b"d SEARCH OR FROM sender4 HEADER FROM sender44\r\n", run=False))
+        self.assertEqual(self.ran, 1)
+        self.assertEqual(self.reads_in_reactor, [])
+        # a field not kept yet goes to the thread
+        self.assertIn(b"* SEARCH 2\r\ne OK", self.talk(server, transport, b"e SEARCH SUBJECT \"note 2\"\r\n"))
+        self.assertEqual(self.ran, 2)
+        self.assertEqual(self.reads_in_reactor, [])

@@ -323,6 +323,48 @@ def reads_messages(query: list) -> bool:
     return any(reads_messages(t) if isinstance(t, list) else (isinstance(t, bytes) and t.upper() in READING_KEYS) for t in query)
 
 
+_FIELD_OF_KEY = {b"FROM": "from", b"TO": "to", b"CC": "cc", b"BCC": "bcc", b"SUBJECT": "subject", b"SENTBEFORE": "date", b"SENTON": "date", b"SENTSINCE": "date"}
+
+
+def _fields_read(query: list, fields: set[str]) -> bool:
+    """Add to C{fields} the header fields C{query}'s keys read; False if a key reads whole messages (BODY, TEXT)."""
+    tokens = list(query)
+    for n, t in enumerate(tokens):
+        if isinstance(t, list):
+            if not _fields_read(t, fields):
+                return False
+        elif isinstance(t, bytes):
+            key = t.upper()
+            if key in (b"BODY", b"TEXT"):
+                return False
+            if key in _FIELD_OF_KEY:
+                fields.add(_FIELD_OF_KEY[key])
+            elif key == b"HEADER" and n + 1 < len(tokens) and isinstance(tokens[n + 1], bytes):
+                fields.add(tokens[n + 1].decode("ascii", "replace").lower())
+    return True
+
+
+def must_read(folder: Any, query: list, uids: list[int]) -> bool:
+    """
+    Would matching C{query} (parsed keys) against C{uids} of C{folder}
+    read message files: a key that reads whole messages, or a header key
+    whose field the L{HeaderCache} does not hold for every one of
+    C{uids}? (A word taken for a key only sends the search to a thread.)
+    """
+    if not reads_messages(query):
+        return False
+    fields: set[str] = set()
+    if not _fields_read(query, fields):
+        return True
+    cache = HeaderCache.of(folder)
+    wanted = set(uids)
+    for name in fields:
+        values = cache.get(name)
+        if values is None or len(values) < len(wanted) or not wanted.issubset(values.uids):
+            return True
+    return False
+
+
 def _copy_values(values: FieldValues) -> FieldValues:
     copy = FieldValues()
     copy.uids = array("I", values.uids)
@@ -746,7 +788,7 @@ class SearchCommands:
         except BadSearch as e:
             self.sendBadResponse(tag, client_text(str(e)))
             return
-        if reads_messages(query):
+        if must_read(folder, query, view.uids):
             # The files are read and matched in a worker thread; this
             # session reads no further command until it is answered.
             waited = match_in_thread(folder, predicate, list(view.uids), view.recent, by_modseq)

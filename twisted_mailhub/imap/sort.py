@@ -33,7 +33,7 @@ from twisted.mail import imap4
 from twisted_mailhub.imap import contexts
 from twisted_mailhub.imap.address import Mailbox, parse_address_list
 from twisted_mailhub.imap.message import has_broken_base64_word
-from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, _astrings, compile_search, match_in_thread, reads_messages
+from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, _astrings, compile_search, match_in_thread, must_read
 from twisted_mailhub.imap.wire import client_text
 from twisted_mailhub.store.interfaces import NoSuchMessage
 
@@ -339,13 +339,13 @@ class SortCommands:
     def _matching_then(self, tag: bytes, charset: bytes, query: list, uid: bool, then: Callable[[list], None], keep: list | None = None) -> None:
         """
         L{_matching}, then C{then(found)}. Keys that read messages
-        (L{reads_messages}) over a store that keeps files are matched in a
+        (L{must_read}) over a store that keeps files are matched in a
         worker thread (L{match_in_thread}); this session reads no further
         command meanwhile, and the other sessions are served.
         """
         view = self.selected
         folder = view.folder
-        if reads_messages(query) and getattr(folder, "paths", None) is not None and charset.upper() in (b"US-ASCII", b"UTF-8"):
+        if must_read(folder, query, view.uids) and getattr(folder, "paths", None) is not None and charset.upper() in (b"US-ASCII", b"UTF-8"):
             try:
                 predicate = compile_search(query, len(view.uids), view.uids[-1] if view.uids else 0)
             except BadSearch as e:
