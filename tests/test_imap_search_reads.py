@@ -147,11 +147,18 @@ class SearchReadsTests(unittest.TestCase):
         self.assertEqual(self.reads_in_reactor, [])
         reply = self.talk(server, transport, b"e THREAD ORDEREDSUBJECT UTF-8 TEXT needle\r\n")
         self.assertIn(b"* THREAD (2)(4)(5)\r\ne OK", reply)
-        # (the thread's keys, Subject and Date, are read from the header
-        # cache or a header's first octets in the reactor; the whole
-        # messages the matching needs, before each read there, are not)
-        self.assertEqual([r for r in self.reads_in_reactor if r[0] == "read"], [])
+        # (the order's fields, here Subject and Date, are read in the thread too)
+        self.assertEqual(self.reads_in_reactor, [])
         self.assertEqual(self.ran, 3)
+        # an order by a field not kept yet, over keys that read nothing
+        self.assertIn(b"* SORT 5 4 3 2 1\r\nf OK", self.talk(server, transport, b"f SORT (REVERSE FROM) UTF-8 ALL\r\n"))
+        self.assertIn(b"* THREAD (1)(2)(3)(4)(5)\r\ng OK", self.talk(server, transport, b"g THREAD REFERENCES UTF-8 ALL\r\n"))
+        self.assertEqual(self.reads_in_reactor, [])
+        self.assertEqual(self.ran, 5)
+        # kept now: answered in the reactor, nothing read
+        self.assertIn(b"* SORT 1 2 3 4 5\r\nh OK", self.talk(server, transport, b"h SORT (FROM) UTF-8 ALL\r\n", run=False))
+        self.assertEqual(self.ran, 5)
+        self.assertEqual(self.reads_in_reactor, [])
 
     def test_a_search_that_saves_its_result_matches_in_a_worker_thread_and_keeps_it(self):
         server, transport = self.logged_in()

@@ -26,7 +26,7 @@ import re
 import time
 import weakref
 from array import array
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from twisted.internet import defer
 from twisted.mail import imap4
@@ -356,13 +356,20 @@ def must_read(folder: Any, query: list, uids: list[int]) -> bool:
     fields: set[str] = set()
     if not _fields_read(query, fields):
         return True
+    return not fields_cached(folder, fields, uids)
+
+
+def fields_cached(folder: Any, fields: Iterable[str], uids: list[int]) -> bool:
+    """Does the L{HeaderCache} of C{folder} hold each of C{fields} (lowered field names) for every one of C{uids}?"""
     cache = HeaderCache.of(folder)
-    wanted = set(uids)
+    wanted = None
     for name in fields:
         values = cache.get(name)
+        if wanted is None:
+            wanted = set(uids)
         if values is None or len(values) < len(wanted) or not wanted.issubset(values.uids):
-            return True
-    return False
+            return False
+    return True
 
 
 def _copy_values(values: FieldValues) -> FieldValues:
@@ -373,18 +380,22 @@ def _copy_values(values: FieldValues) -> FieldValues:
     return copy
 
 
-def _walk_detached(predicate: Predicate, entries: list, cache: dict) -> tuple[list[int], list[int], int]:
+def _walk_detached(predicate: Predicate, entries: list, cache: dict, fields: tuple = ()) -> tuple[list[int], list[int], int]:
     """
     (in a worker thread) The indexes into C{entries} that C{predicate}
     takes, those whose file moved (to be tried again in the reactor),
-    and the highest MODSEQ among those taken.
+    and the highest MODSEQ among those taken. The header C{fields} of
+    those taken are put in C{cache} too.
     """
     found: list[int] = []
     moved: list[int] = []
     top = 0
     for n, (seq, info, recent, path, modseq) in enumerate(entries):
         try:
-            if predicate(DetachedCandidate(seq, info, recent, path, modseq, cache)):
+            candidate = DetachedCandidate(seq, info, recent, path, modseq, cache)
+            if predicate(candidate):
+                for name in fields:
+                    candidate.header_value(name)
                 found.append(n)
                 if modseq > top:
                     top = modseq
@@ -395,7 +406,7 @@ def _walk_detached(predicate: Predicate, entries: list, cache: dict) -> tuple[li
     return found, moved, top
 
 
-def match_in_thread(folder: Any, predicate: Predicate, uids: list[int], recent: Any, by_modseq: bool) -> defer.Deferred | None:
+def match_in_thread(folder: Any, predicate: Predicate, uids: list[int], recent: Any, by_modseq: bool, fields: tuple = ()) -> defer.Deferred | None:
     """
     Match C{predicate} against messages C{uids} (ascending, sequence
     numbers from 1) of C{folder} in a worker thread
@@ -403,7 +414,9 @@ def match_in_thread(folder: Any, predicate: Predicate, uids: list[int], recent: 
     matched there, so a SEARCH BODY over 20,000 messages no longer holds
     every other session. Only the rows, paths and MODSEQs are taken in
     the reactor. The L{HeaderCache} values are copied for the thread and
-    kept afterwards if no other search added to them meanwhile.
+    kept afterwards if no other search added to them meanwhile; the
+    header C{fields} (lowered names: SORT's keys) of the messages found
+    are read there too.
 
     @return: a L{Deferred} firing with C{(found, top)}: the matching
         C{(seq, uid)} pairs ascending and the highest MODSEQ among them
@@ -449,7 +462,7 @@ def match_in_thread(folder: Any, predicate: Predicate, uids: list[int], recent: 
         after_walk(len(entries))
         return pairs, top
 
-    return in_thread(_walk_detached, predicate, entries, private).addCallback(matched)
+    return in_thread(_walk_detached, predicate, entries, private, tuple(fields)).addCallback(matched)
 
 
 def _flag(flag: str, present: bool = True) -> Predicate:

@@ -33,7 +33,7 @@ from twisted.mail import imap4
 from twisted_mailhub.imap import contexts
 from twisted_mailhub.imap.address import Mailbox, parse_address_list
 from twisted_mailhub.imap.message import has_broken_base64_word
-from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, _astrings, compile_search, match_in_thread, must_read
+from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, _astrings, compile_search, fields_cached, match_in_thread, must_read
 from twisted_mailhub.imap.wire import client_text
 from twisted_mailhub.store.interfaces import NoSuchMessage
 
@@ -41,6 +41,7 @@ log = Logger()
 
 CAPABILITIES = (b"SORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES")
 _CRITERIA = {b"ARRIVAL", b"CC", b"DATE", b"FROM", b"SIZE", b"SUBJECT", b"TO"}
+_SORT_FIELDS = {b"CC": "cc", b"DATE": "date", b"FROM": "from", b"SUBJECT": "subject", b"TO": "to"}  # the header field each reads
 _LEADER = re.compile(r"^(?:\[[^\[\]]*\]\s*)*(?:re|fwd?)\s*(?:\[[^\[\]]*\]\s*)*:\s*", re.I)
 _BLOB = re.compile(r"^\[[^\[\]]*\]\s*")
 _TRAILER = re.compile(r"\s*\(fwd\)\s*$", re.I)
@@ -336,16 +337,21 @@ class SortCommands:
                 continue
         return found
 
-    def _matching_then(self, tag: bytes, charset: bytes, query: list, uid: bool, then: Callable[[list], None], keep: list | None = None) -> None:
+    def _matching_then(
+        self, tag: bytes, charset: bytes, query: list, uid: bool, then: Callable[[list], None], keep: list | None = None, fields: tuple = ()
+    ) -> None:
         """
         L{_matching}, then C{then(found)}. Keys that read messages
-        (L{must_read}) over a store that keeps files are matched in a
-        worker thread (L{match_in_thread}); this session reads no further
-        command meanwhile, and the other sessions are served.
+        (L{must_read}), or header C{fields} (the order's, lowered names)
+        the header cache does not hold, over a store that keeps files: the
+        files are read in a worker thread (L{match_in_thread}), the fields
+        of the messages found too; this session reads no further command
+        meanwhile, and the other sessions are served.
         """
         view = self.selected
         folder = view.folder
-        if must_read(folder, query, view.uids) and getattr(folder, "paths", None) is not None and charset.upper() in (b"US-ASCII", b"UTF-8"):
+        reads = must_read(folder, query, view.uids) or not fields_cached(folder, fields, view.uids)
+        if reads and getattr(folder, "paths", None) is not None and charset.upper() in (b"US-ASCII", b"UTF-8"):
             try:
                 predicate = compile_search(query, len(view.uids), view.uids[-1] if view.uids else 0)
             except BadSearch as e:
@@ -353,7 +359,7 @@ class SortCommands:
                 return
             if keep is not None:
                 keep.append(predicate)
-            waited = match_in_thread(folder, predicate, list(view.uids), view.recent, False)
+            waited = match_in_thread(folder, predicate, list(view.uids), view.recent, False, fields)
             if waited is not None:
                 self._hold_input()
 
@@ -412,7 +418,8 @@ class SortCommands:
             self.sendBadResponse(tag, b"REVERSE must come before a criterion")
             return
         keep: list = []
-        self._matching_then(tag, charset, _astrings(query), bool(uid), lambda found: self._sorted(tag, uid, options, parsed, keep, found), keep)
+        fields = tuple({_SORT_FIELDS[word] for word, _ in parsed if word in _SORT_FIELDS})
+        self._matching_then(tag, charset, _astrings(query), bool(uid), lambda found: self._sorted(tag, uid, options, parsed, keep, found), keep, fields)
 
     def _sorted(self, tag, uid, options, parsed: list, keep: list, found: list) -> None:
         """The SORT (or ESORT) response and tagged OK for the matching messages C{found}."""
@@ -436,7 +443,8 @@ class SortCommands:
             self.transport.write(b"* THREAD " + b"".join(thread_text(root) for root in roots) + b"\r\n")
             self.sendPositiveResponse(tag, b"THREAD completed")
 
-        self._matching_then(tag, charset, _astrings(query), bool(uid), threads)
+        fields = ("message-id", "references", "in-reply-to", "subject", "date") if name == b"REFERENCES" else ("subject", "date")
+        self._matching_then(tag, charset, _astrings(query), bool(uid), threads, None, fields)
 
     def arg_sortkeys(self, line):
         from twisted_mailhub.imap.search import SearchCommands
