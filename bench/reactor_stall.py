@@ -19,6 +19,14 @@ attachments), --views times, while bob sends NOOP after NOOP; reported
 per view: its wall time, the hub's CPU for it, and bob's longest wait.
 
     python3 bench/reactor_stall.py --anatomy-mb 43 --views 4
+
+With --search-count N: instead, alice's INBOX holds N messages (about 8
+KB each, CRLF, one in 100 with the word searched for); she SELECTs it
+and runs SEARCH BODY --views times while bob sends NOOP after NOOP;
+reported per SEARCH: its wall time, the hub's CPU for it, and bob's
+longest and median wait meanwhile.
+
+    python3 bench/reactor_stall.py --search-count 20000 --views 3
 """
 
 from __future__ import annotations
@@ -161,6 +169,61 @@ def anatomy_views(mb: int, views: int) -> None:
         shutil.rmtree(data, ignore_errors=True)
 
 
+def search_body(count: int, searches: int) -> None:
+    from bench.cpu import cpu_seconds
+
+    data = tempfile.mkdtemp(prefix="reactor-stall-", dir=os.environ.get("TMPDIR", "/tmp"))
+    try:
+        hub = HubProcess(os.path.join(data, "hub"), ["--no-ftp"])
+        maildir = hub.maildir("alice@localhost")
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+        start = int(time.time()) - count
+        line = "a line of the body of an ordinary message, nothing to find here\r\n" * 120
+        for i in range(count):
+            word = "needle" if i % 100 == 7 else "hay"
+            body = (f"From: someone{i % 50}@example.org\r\nSubject: message {i}\r\n\r\n{line}the {word} word\r\n").encode()
+            with open(os.path.join(maildir, "cur", f"{start + i}.M{i}P1Q{i}.bench,S={len(body)}:2,S"), "wb") as f:
+                f.write(body)
+        hub.start()
+        try:
+            bob = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+            bob.login("bob", "hungry")
+            bob.select("INBOX")
+            alice = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+            alice.login("alice", "secret")
+            typ, data_ = alice.select("INBOX", readonly=True)
+            assert typ == "OK" and data_ == [str(count).encode()], (typ, data_)
+            for n in range(searches):
+                result = {}
+
+                def search() -> None:
+                    t = time.perf_counter()
+                    typ, found = alice.search(None, "BODY", "needle")
+                    result["wall"] = time.perf_counter() - t
+                    assert typ == "OK" and len(found[0].split()) == len(range(7, count, 100)), (typ, found)
+
+                before = cpu_seconds(hub.process.pid)
+                searcher = threading.Thread(target=search)
+                searcher.start()
+                waits = []
+                while searcher.is_alive():
+                    t = time.perf_counter()
+                    bob.noop()
+                    waits.append(time.perf_counter() - t)
+                    time.sleep(0.005)
+                searcher.join()
+                cpu = cpu_seconds(hub.process.pid) - before
+                print(f"SEARCH BODY over {count} messages, search {n + 1}: {result['wall'] * 1000:.0f} ms wall, {cpu * 1000:.0f} ms hub CPU; "
+                      f"bob's NOOP meanwhile ({len(waits)}): longest {max(waits) * 1000:.0f} ms, median {statistics.median(waits) * 1000:.1f} ms", flush=True)
+            alice.logout()
+            bob.logout()
+        finally:
+            hub.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=100)
@@ -168,7 +231,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--anatomy-mb", type=int, default=0)
     parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--search-count", type=int, default=0)
     args = parser.parse_args()
+    if args.search_count:
+        for _ in range(args.rounds):
+            search_body(args.search_count, args.views)
+        return
     if args.anatomy_mb:
         for _ in range(args.rounds):
             anatomy_views(args.anatomy_mb, args.views)

@@ -312,6 +312,32 @@ def test_search_by_subject_from_date_size_and_flags(hub):
     c.logout()
 
 
+def test_pipelined_commands_after_a_search_that_reads_messages_keep_their_order_and_another_session_is_served(hub):
+    # SEARCH BODY/TEXT and SORT over a Maildir folder read the files in a
+    # worker thread; the session's later commands wait for the answer.
+    c = login(hub)
+    for n in range(40):
+        append(c, message=b"From: p%d@example.org\r\nSubject: s%02d\r\n\r\n%s\r\n" % (n, 40 - n, b"the needle" if n % 10 == 3 else b"hay"))
+    c.logout()
+    r = Raw(hub.ports["imap"])
+    r.cmd(b"a", b"login alice secret")
+    r.cmd(b"b", b"select INBOX")
+    other = login(hub, "bob", "hungry")
+    r.send(b"c SEARCH BODY needle\r\nd NOOP\r\ne UID SEARCH TEXT p13@\r\nf SORT (SUBJECT) UTF-8 BODY needle\r\ng SEARCH RETURN (SAVE) TEXT needle\r\nh FETCH $ (UID)\r\n")
+    assert other.noop()[0] == "OK"
+    lines = r.until_tag(b"h")
+    tags = [line.split(b" ", 1)[0] for line in lines if not line.startswith(b"*")]
+    assert tags == [b"c", b"d", b"e", b"f", b"g", b"h"], lines
+    assert b"* SEARCH 4 14 24 34" in lines, lines
+    assert lines[lines.index(b"* SEARCH 4 14 24 34") + 1].startswith(b"c OK")
+    uid_line = [line for line in lines if line.startswith(b"* SEARCH ") and line != b"* SEARCH 4 14 24 34"]
+    assert len(uid_line) == 1 and len(uid_line[0].split()) == 3, lines  # the one message from p13
+    assert b"* SORT 34 24 14 4" in lines, lines
+    assert sum(1 for line in lines if re.match(rb"\* \d+ FETCH \(UID \d+\)", line)) == 4, lines
+    other.logout()
+    r.close()
+
+
 # -- several sessions --------------------------------------------------------------------
 
 

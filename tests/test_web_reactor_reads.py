@@ -172,3 +172,57 @@ class MessageReadsTests(unittest.TestCase):
             self.assertIn(shown, self.successResultOf(page), path)
         # (before: each read the whole message in the reactor)
         self.assertEqual(self.reads_in_reactor, [])
+
+    def watch_search(self) -> list:
+        """The search's worker thread queued as the parsing thread is; the message files os.open()ed in the reactor."""
+        from twisted_mailhub.imap import search
+
+        self.patch(search, "in_thread", self._queue)
+        opened: list = []
+        real_open = os.open
+        directory = self.store.account("alice@localhost").folder("INBOX").directory
+
+        def os_open(path, *args, **kwargs):
+            if not self.in_thread and isinstance(path, str) and path.startswith((directory + "/cur/", directory + "/new/")):
+                opened.append(path)
+            return real_open(path, *args, **kwargs)
+
+        self.patch(os, "open", os_open)
+        return opened
+
+    def _queue(self, function, *args):
+        d = defer.Deferred()
+        self.threads.append((function, args, d))
+        return d
+
+    def test_a_folder_search_reads_and_matches_the_messages_in_a_worker_thread(self):
+        opened = self.watch_search()
+        page = self.get("?q=hello")
+        self.assertNoResult(page)
+        self.run_threads()
+        self.assertIn(b"1 message match", self.successResultOf(page))
+        page = self.get("?q=nowhere")
+        self.run_threads()
+        self.assertIn(b"0 messages match", self.successResultOf(page))
+        # (before: the search read the message whole in the reactor; the
+        # page's rows still peek at the header of each message shown, a
+        # page at most, HEADER_PEEK octets each)
+        from twisted_mailhub.web import message as msgparse
+
+        self.assertEqual([r for r in self.reads_in_reactor if r != ("open", (msgparse.HEADER_PEEK,))], [])
+        self.assertEqual(opened, [])
+
+    def test_the_json_apis_search_reads_and_matches_the_messages_in_a_worker_thread(self):
+        from twisted_mailhub.imap.search import compile_query
+        from twisted_mailhub.web.api import ApiResource
+
+        opened = self.watch_search()
+        api = ApiResource.__new__(ApiResource)
+        folder = self.store.account("alice@localhost").folder("INBOX")
+        found = defer.maybeDeferred(api._matching, folder, compile_query(folder, "BODY hello", words=False), folder.messages())
+        self.assertNoResult(found)
+        self.run_threads()
+        self.assertEqual([i.uid for i in self.successResultOf(found)], [1])
+        # (before: read whole in the reactor)
+        self.assertEqual(self.reads_in_reactor, [])
+        self.assertEqual(opened, [])

@@ -26,10 +26,12 @@ import re
 import time
 import weakref
 from array import array
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
+from twisted.internet import defer
 from twisted.mail import imap4
 from twisted.mail.imap4 import IllegalClientResponse, MessageSet
+from twisted.logger import Logger
 
 from twisted_mailhub.heap import after_walk
 from twisted_mailhub.imap.address import searchable
@@ -37,7 +39,10 @@ from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.message import has_broken_base64_word, split_header
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import client_text, sequence_set, shown
+from twisted_mailhub.offload import in_thread
 from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, NoSuchMessage
+
+log = Logger()
 
 HEADER_READ = 16384
 _MONTHS = {m.lower(): i for i, m in enumerate(calendar.month_abbr) if m}
@@ -248,6 +253,216 @@ class Candidate:
 
 
 Predicate = Callable[[Candidate], bool]
+
+# Keys whose predicate may read a message's file (its header or all of it).
+READING_KEYS = frozenset(
+    (b"BODY", b"TEXT", b"FROM", b"TO", b"CC", b"BCC", b"SUBJECT", b"HEADER", b"SENTBEFORE", b"SENTON", b"SENTSINCE")
+)
+
+
+class _Moved(Exception):
+    """A message's file was renamed (a flag change) after its path was taken."""
+
+
+class DetachedCandidate(Candidate):
+    """
+    A L{Candidate} that a worker thread can match: its row, its path and
+    its MODSEQ were taken in the reactor, and it reads only that file
+    (never the store's objects, which the reactor changes meanwhile).
+    A file renamed since raises L{_Moved}: the reactor looks again.
+    """
+
+    __slots__ = ("_path", "_modseq")
+
+    def __init__(self, seq: int, info: Any, recent: bool, path: str, modseq: int, cache: dict):
+        Candidate.__init__(self, seq, info, recent, None, cache)
+        self._path = path
+        self._modseq = modseq
+
+    def modseq(self) -> int:
+        return self._modseq
+
+    def raw(self) -> bytes:
+        if self._raw is None:
+            try:
+                fd = os.open(self._path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise _Moved() from None
+            try:
+                chunks = []
+                while True:
+                    chunk = os.read(fd, max(self.info.size + 1, 65536))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            finally:
+                os.close(fd)
+            self._raw = b"".join(chunks)
+        return self._raw
+
+    def header(self) -> bytes:
+        if self._header is None:
+            if self._raw is not None:
+                self._header = split_header(self._raw)[0]
+            else:
+                try:
+                    fd = os.open(self._path, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise _Moved() from None
+                try:
+                    head = os.read(fd, HEADER_READ)
+                finally:
+                    os.close(fd)
+                header, body = split_header(head)
+                self._header = header if body or len(head) < HEADER_READ else split_header(self.raw())[0]
+        return self._header
+
+
+def reads_messages(query: list) -> bool:
+    """Does the parsed key list C{query} name a key that may read a message's file (L{READING_KEYS})?"""
+    return any(reads_messages(t) if isinstance(t, list) else (isinstance(t, bytes) and t.upper() in READING_KEYS) for t in query)
+
+
+_FIELD_OF_KEY = {b"FROM": "from", b"TO": "to", b"CC": "cc", b"BCC": "bcc", b"SUBJECT": "subject", b"SENTBEFORE": "date", b"SENTON": "date", b"SENTSINCE": "date"}
+
+
+def _fields_read(query: list, fields: set[str]) -> bool:
+    """Add to C{fields} the header fields C{query}'s keys read; False if a key reads whole messages (BODY, TEXT)."""
+    tokens = list(query)
+    for n, t in enumerate(tokens):
+        if isinstance(t, list):
+            if not _fields_read(t, fields):
+                return False
+        elif isinstance(t, bytes):
+            key = t.upper()
+            if key in (b"BODY", b"TEXT"):
+                return False
+            if key in _FIELD_OF_KEY:
+                fields.add(_FIELD_OF_KEY[key])
+            elif key == b"HEADER" and n + 1 < len(tokens) and isinstance(tokens[n + 1], bytes):
+                fields.add(tokens[n + 1].decode("ascii", "replace").lower())
+    return True
+
+
+def must_read(folder: Any, query: list, uids: list[int]) -> bool:
+    """
+    Would matching C{query} (parsed keys) against C{uids} of C{folder}
+    read message files: a key that reads whole messages, or a header key
+    whose field the L{HeaderCache} does not hold for every one of
+    C{uids}? (A word taken for a key only sends the search to a thread.)
+    """
+    if not reads_messages(query):
+        return False
+    fields: set[str] = set()
+    if not _fields_read(query, fields):
+        return True
+    return not fields_cached(folder, fields, uids)
+
+
+def fields_cached(folder: Any, fields: Iterable[str], uids: list[int]) -> bool:
+    """Does the L{HeaderCache} of C{folder} hold each of C{fields} (lowered field names) for every one of C{uids}?"""
+    cache = HeaderCache.of(folder)
+    wanted = None
+    for name in fields:
+        values = cache.get(name)
+        if wanted is None:
+            wanted = set(uids)
+        if values is None or len(values) < len(wanted) or not wanted.issubset(values.uids):
+            return False
+    return True
+
+
+def _copy_values(values: FieldValues) -> FieldValues:
+    copy = FieldValues()
+    copy.uids = array("I", values.uids)
+    copy.values = list(values.values)
+    copy._known = dict(values._known)
+    return copy
+
+
+def _walk_detached(predicate: Predicate, entries: list, cache: dict, fields: tuple = ()) -> tuple[list[int], list[int], int]:
+    """
+    (in a worker thread) The indexes into C{entries} that C{predicate}
+    takes, those whose file moved (to be tried again in the reactor),
+    and the highest MODSEQ among those taken. The header C{fields} of
+    those taken are put in C{cache} too.
+    """
+    found: list[int] = []
+    moved: list[int] = []
+    top = 0
+    for n, (seq, info, recent, path, modseq) in enumerate(entries):
+        try:
+            candidate = DetachedCandidate(seq, info, recent, path, modseq, cache)
+            if predicate(candidate):
+                for name in fields:
+                    candidate.header_value(name)
+                found.append(n)
+                if modseq > top:
+                    top = modseq
+        except _Moved:
+            moved.append(n)
+        except (NoSuchMessage, FileNotFoundError):
+            continue
+    return found, moved, top
+
+
+def match_in_thread(folder: Any, predicate: Predicate, uids: list[int], recent: Any, by_modseq: bool, fields: tuple = ()) -> defer.Deferred | None:
+    """
+    Match C{predicate} against messages C{uids} (ascending, sequence
+    numbers from 1) of C{folder} in a worker thread
+    (L{twisted_mailhub.offload.in_thread}): the files are read and
+    matched there, so a SEARCH BODY over 20,000 messages no longer holds
+    every other session. Only the rows, paths and MODSEQs are taken in
+    the reactor. The L{HeaderCache} values are copied for the thread and
+    kept afterwards if no other search added to them meanwhile; the
+    header C{fields} (lowered names: SORT's keys) of the messages found
+    are read there too.
+
+    @return: a L{Deferred} firing with C{(found, top)}: the matching
+        C{(seq, uid)} pairs ascending and the highest MODSEQ among them
+        (0 without C{by_modseq}); or None for a store that keeps no
+        message files (its own L{Candidate}s are used in the reactor).
+    """
+    paths_of = getattr(folder, "paths", None)
+    if paths_of is None:
+        return None
+    info_of = getattr(folder, "row", None) or folder.info
+    entries = []
+    for seq, (u, path) in enumerate(zip(uids, paths_of(uids)), 1):
+        if path is None:
+            continue
+        try:
+            entries.append((seq, info_of(u), u in recent, path, folder.modseq(u) if by_modseq else 0))
+        except NoSuchMessage:
+            continue
+    shared = HeaderCache.of(folder)
+    before = {name: len(values) for name, values in shared.items()}
+    private = {name: _copy_values(values) for name, values in shared.items()}
+    cache = HeaderCache.of(folder)
+
+    def matched(outcome):
+        found, moved, top = outcome
+        for name, values in private.items():
+            if len(shared.get(name, ())) == before.get(name, 0) and len(values) <= HeaderCache.limit:
+                shared[name] = values
+        pairs = [(entries[n][0], entries[n][1].uid) for n in found]
+        if moved:
+            # renamed meanwhile: the store finds them (in the reactor, few)
+            for n in moved:
+                seq, info, is_recent, _path, _modseq = entries[n]
+                try:
+                    candidate = Candidate(seq, info, is_recent, folder, cache)
+                    if predicate(candidate):
+                        pairs.append((seq, info.uid))
+                        if by_modseq:
+                            top = max(top, candidate.modseq())
+                except (NoSuchMessage, FileNotFoundError):
+                    continue
+            pairs.sort()
+        after_walk(len(entries))
+        return pairs, top
+
+    return in_thread(_walk_detached, predicate, entries, private, tuple(fields)).addCallback(matched)
 
 
 def _flag(flag: str, present: bool = True) -> Predicate:
@@ -519,6 +734,34 @@ def search_messages(folder: Any, query: str) -> list[Any]:
     return matching(folder, predicate, folder.messages())
 
 
+def matching_in_thread(folder: Any, predicate: Predicate | None, infos: list[Any]) -> defer.Deferred:
+    """
+    L{matching}, as a L{Deferred} of the L{MessageInfo}s of C{infos}
+    (ascending UIDs) that C{predicate} takes: the files of a store that
+    keeps them are read and matched in a worker thread
+    (L{match_in_thread}); other stores are matched at once.
+    """
+    if predicate is None:
+        return defer.succeed(list(infos))
+    waited = match_in_thread(folder, predicate, [i.uid for i in infos], (), False)
+    if waited is None:
+        return defer.maybeDeferred(matching, folder, predicate, infos)
+    by_uid = {i.uid: i for i in infos}
+    return waited.addCallback(lambda outcome: [by_uid[u] for _, u in outcome[0]])
+
+
+def search_messages_in_thread(folder: Any, query: str) -> defer.Deferred:
+    """
+    L{search_messages}, its matching in a worker thread
+    (L{matching_in_thread}): a L{Deferred} of the matching
+    L{MessageInfo}s in UID order.
+
+    @raise BadSearch: the query does not parse (raised at once).
+    """
+    predicate = compile_query(folder, query)
+    return matching_in_thread(folder, predicate, folder.messages())
+
+
 class SearchCommands:
     """SEARCH, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
 
@@ -530,6 +773,7 @@ class SearchCommands:
         from twisted_mailhub.imap import contexts
 
         view = self.selected
+        saving = self.take_saving(tag)  # (RETURN (SAVE ...), RFC 5182: imap/searchres.py)
         try:
             returns, charset, query = _search_options(charset, query)
             options = contexts.parse_return_options(returns) if returns is not None else None
@@ -557,9 +801,28 @@ class SearchCommands:
         except BadSearch as e:
             self.sendBadResponse(tag, client_text(str(e)))
             return
+        if must_read(folder, query, view.uids):
+            # The files are read and matched in a worker thread; this
+            # session reads no further command until it is answered.
+            waited = match_in_thread(folder, predicate, list(view.uids), view.recent, by_modseq)
+            if waited is not None:
+                self._hold_input()
+
+                def answer(outcome):
+                    pairs, top = outcome
+                    if self.transport is None or self.transport.disconnecting or self.selected is not view:
+                        return  # (the client went away meanwhile)
+                    self._answer_search(tag, uid, options, predicate, pairs, top, saving)
+
+                def failed(reason):
+                    log.failure("IMAP SEARCH failed", reason)
+                    self.sendBadResponse(tag, b"[SERVERBUG] SEARCH failed; see the server log")
+
+                waited.addCallbacks(answer, failed)
+                waited.addBoth(lambda _: self._release_input())
+                return
         cache = HeaderCache.of(folder)
-        found = []
-        found_uids = []
+        pairs = []
         # (a store's Row where it has one: no key decoded, nothing kept)
         info_of = getattr(folder, "row", None) or folder.info
         recent = view.recent
@@ -568,20 +831,34 @@ class SearchCommands:
             try:
                 candidate = Candidate(seq, info_of(u), u in recent, folder, cache)
                 if predicate(candidate):
-                    found.append(u if uid else seq)
-                    found_uids.append(u)
+                    pairs.append((seq, u))
                     if by_modseq:
                         top = max(top, candidate.modseq())
             except (NoSuchMessage, FileNotFoundError):
                 continue
         after_walk(len(view.uids))  # (the headers read for a big folder)
+        self._answer_search(tag, uid, options, predicate, pairs, top, saving)
+
+    def _answer_search(self, tag, uid, options, predicate, pairs: list, top: int, saving: list | None = None) -> None:
+        """
+        The SEARCH (or ESEARCH, RFC 4731) response and tagged OK for the
+        matching C{(seq, uid)} pairs, ascending; C{top} is their highest
+        MODSEQ (0: none asked). C{saving}: the RETURN options but SAVE of
+        a SEARCH that saves its result (RFC 5182), kept here.
+        """
+        from twisted_mailhub.imap import contexts
+
+        if self.finish_saving(tag, saving, [u for _, u in pairs]):
+            return
+
+        found = [u if uid else seq for seq, u in pairs]
         if options is None:
             modseq = b" (MODSEQ %d)" % top if top else b""
             self.transport.write(b"* SEARCH" + b"".join(b" %d" % n for n in found) + modseq + b"\r\n")
         else:
             self.transport.write(contexts.esearch_response(tag, bool(uid), options, found, sort=False, modseq=top))
             if options.update:
-                self.transport.write(self.start_context(tag, bool(uid), options, predicate, None, found_uids))
+                self.transport.write(self.start_context(tag, bool(uid), options, predicate, None, [u for _, u in pairs]))
         self.sendPositiveResponse(tag, b"SEARCH completed")
 
     def arg_searchkeys(self, line, _before=b""):

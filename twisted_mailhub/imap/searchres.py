@@ -70,6 +70,30 @@ class SearchResults:
 
     _saved: tuple[Any, list[int]] | None = None
 
+    _saving: tuple[bytes, list[bytes]] | None = None  # (tag, RETURN options but SAVE) of a SEARCH that saves
+
+    def take_saving(self, tag: bytes) -> list[bytes] | None:
+        """
+        The RETURN options other than SAVE of SEARCH C{tag} if it saves its
+        result (RFC 5182), else None; forgotten once asked.
+        """
+        saving, self._saving = self._saving, None
+        return saving[1] if saving is not None and saving[0] == tag else None
+
+    def finish_saving(self, tag: bytes, others: list[bytes] | None, uids: list[int]) -> bool:
+        """
+        Keep the result C{uids} (ascending) of a SEARCH that saves it
+        (C{others}: L{take_saving}'s). True when the SEARCH was answered
+        here: C{RETURN (SAVE)} alone answers no ESEARCH (RFC 5182 §2.4).
+        """
+        if others is None:
+            return False
+        self.save_result(_kept(uids, others))
+        if not others:
+            self.sendPositiveResponse(tag, b"SEARCH completed (result saved)")
+            return True
+        return False
+
     def saved_uids(self) -> list[int]:
         """The saved result of the selected mailbox's view (empty after a new SELECT)."""
         if self._saved is None or self._saved[0] is not self.selected:
@@ -103,15 +127,11 @@ class SearchResults:
                 # (RFC 5182 §2.1), for the search and for what it returns.
                 before = uid_set_text(self.saved_uids()) or NO_UID
                 keys, _ = _replace_dollar(rest[m.end() :], b"UID " + before)
-                uids = self._run_search(keys)
-                self.save_result(_kept(uids or [], others))
-                if uids is not None:
-                    if not others:
-                        # RFC 5182 §2.4: SAVE alone answers no ESEARCH.
-                        self.sendPositiveResponse(tag, b"SEARCH completed (result saved)")
-                        return None
-                    return cmd, b"RETURN (" + b" ".join(others) + b")" + keys, uid
-                # Keys that do not read: the SEARCH itself says why (BAD).
+                # The SEARCH saves what it finds when it is answered (its
+                # matching may run in a worker thread: search.py); one that
+                # fails (BAD, NO) leaves the result empty (RFC 5182 §2.1).
+                self.save_result([])
+                self._saving = (tag, others)
                 return cmd, (b"RETURN (" + b" ".join(others) + b")" + keys if others else keys.lstrip()), uid
         if b"$" not in rest:
             return cmd, rest, uid
@@ -126,30 +146,3 @@ class SearchResults:
             rewritten, _ = _replace_dollar(rest, b"UID " + uid_set)
             return cmd, rewritten, uid
         return cmd, rest, uid
-
-    def _run_search(self, keys: bytes) -> list[int] | None:
-        """The UIDs the search keys match now, or None when they do not parse."""
-        from twisted.mail import imap4
-
-        from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compile_search
-
-        view = self.selected
-        text = keys.strip()
-        if text[:7].upper() == b"CHARSET":
-            text = text.split(None, 2)[2] if len(text.split(None, 2)) > 2 else b""
-        text, _ = _replace_dollar(text, b"UID " + (uid_set_text(self.saved_uids()) or NO_UID))
-        try:
-            query = imap4.parseNestedParens(text)
-            predicate = compile_search(query, len(view.uids), view.uids[-1] if view.uids else 0)
-        except (BadSearch, imap4.IllegalClientResponse, Exception):
-            return None
-        cache = HeaderCache.of(view.folder)
-        found = []
-        info_of = view.folder.info
-        for seq, u in enumerate(view.uids, 1):
-            try:
-                if predicate(Candidate(seq, info_of(u), u in view.recent, view.folder, cache)):
-                    found.append(u)
-            except Exception:
-                continue
-        return found

@@ -25,19 +25,23 @@ import email.errors
 import email.header
 import email.utils
 import re
-from typing import Any
+from typing import Any, Callable
 
+from twisted.logger import Logger
 from twisted.mail import imap4
 
 from twisted_mailhub.imap import contexts
 from twisted_mailhub.imap.address import Mailbox, parse_address_list
 from twisted_mailhub.imap.message import has_broken_base64_word
-from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, _astrings, compile_search
+from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, _astrings, compile_search, fields_cached, match_in_thread, must_read
 from twisted_mailhub.imap.wire import client_text
 from twisted_mailhub.store.interfaces import NoSuchMessage
 
+log = Logger()
+
 CAPABILITIES = (b"SORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES")
 _CRITERIA = {b"ARRIVAL", b"CC", b"DATE", b"FROM", b"SIZE", b"SUBJECT", b"TO"}
+_SORT_FIELDS = {b"CC": "cc", b"DATE": "date", b"FROM": "from", b"SUBJECT": "subject", b"TO": "to"}  # the header field each reads
 _LEADER = re.compile(r"^(?:\[[^\[\]]*\]\s*)*(?:re|fwd?)\s*(?:\[[^\[\]]*\]\s*)*:\s*", re.I)
 _BLOB = re.compile(r"^\[[^\[\]]*\]\s*")
 _TRAILER = re.compile(r"\s*\(fwd\)\s*$", re.I)
@@ -333,6 +337,55 @@ class SortCommands:
                 continue
         return found
 
+    def _matching_then(
+        self, tag: bytes, charset: bytes, query: list, uid: bool, then: Callable[[list], None], keep: list | None = None, fields: tuple = ()
+    ) -> None:
+        """
+        L{_matching}, then C{then(found)}. Keys that read messages
+        (L{must_read}), or header C{fields} (the order's, lowered names)
+        the header cache does not hold, over a store that keeps files: the
+        files are read in a worker thread (L{match_in_thread}), the fields
+        of the messages found too; this session reads no further command
+        meanwhile, and the other sessions are served.
+        """
+        view = self.selected
+        folder = view.folder
+        reads = must_read(folder, query, view.uids) or not fields_cached(folder, fields, view.uids)
+        if reads and getattr(folder, "paths", None) is not None and charset.upper() in (b"US-ASCII", b"UTF-8"):
+            try:
+                predicate = compile_search(query, len(view.uids), view.uids[-1] if view.uids else 0)
+            except BadSearch as e:
+                self.sendBadResponse(tag, client_text(str(e)))
+                return
+            if keep is not None:
+                keep.append(predicate)
+            waited = match_in_thread(folder, predicate, list(view.uids), view.recent, False, fields)
+            if waited is not None:
+                self._hold_input()
+
+                def matched(outcome):
+                    if self.transport is None or self.transport.disconnecting or self.selected is not view:
+                        return  # (the client went away meanwhile)
+                    cache = HeaderCache.of(folder)
+                    found = []
+                    for seq, u in outcome[0]:
+                        try:
+                            found.append(_Message(u if uid else seq, seq, Candidate(seq, folder.info(u), u in view.recent, folder, cache)))
+                        except NoSuchMessage:
+                            continue
+                    then(found)
+
+                def failed(reason):
+                    log.failure("IMAP SORT or THREAD failed", reason)
+                    self.sendBadResponse(tag, b"[SERVERBUG] the search failed; see the server log")
+
+                waited.addCallbacks(matched, failed)
+                waited.addBoth(lambda _: self._release_input())
+                return
+        found = self._matching(tag, charset, query, uid, keep)
+        if found is not None:
+            then(found)
+
     def do_SORT(self, tag, program, charset, query, uid=0):
         """SORT (RFC 5256), and with RETURN (...) ESORT (RFC 5267 §3, twisted_mailhub.imap.contexts)."""
         returns, criteria = program
@@ -365,9 +418,11 @@ class SortCommands:
             self.sendBadResponse(tag, b"REVERSE must come before a criterion")
             return
         keep: list = []
-        found = self._matching(tag, charset, _astrings(query), bool(uid), keep)
-        if found is None:
-            return
+        fields = tuple({_SORT_FIELDS[word] for word, _ in parsed if word in _SORT_FIELDS})
+        self._matching_then(tag, charset, _astrings(query), bool(uid), lambda found: self._sorted(tag, uid, options, parsed, keep, found), keep, fields)
+
+    def _sorted(self, tag, uid, options, parsed: list, keep: list, found: list) -> None:
+        """The SORT (or ESORT) response and tagged OK for the matching messages C{found}."""
         ordered = sort_messages(found, parsed)
         if options is None:
             self.transport.write(b"* SORT" + b"".join(b" %d" % m.number for m in ordered) + b"\r\n")
@@ -383,12 +438,13 @@ class SortCommands:
         if name not in (b"ORDEREDSUBJECT", b"REFERENCES"):
             self.sendBadResponse(tag, b"THREAD algorithm: use ORDEREDSUBJECT or REFERENCES")
             return
-        found = self._matching(tag, charset, _astrings(query), bool(uid))
-        if found is None:
-            return
-        roots = thread_references(found) if name == b"REFERENCES" else thread_ordered_subject(found)
-        self.transport.write(b"* THREAD " + b"".join(thread_text(root) for root in roots) + b"\r\n")
-        self.sendPositiveResponse(tag, b"THREAD completed")
+        def threads(found: list) -> None:
+            roots = thread_references(found) if name == b"REFERENCES" else thread_ordered_subject(found)
+            self.transport.write(b"* THREAD " + b"".join(thread_text(root) for root in roots) + b"\r\n")
+            self.sendPositiveResponse(tag, b"THREAD completed")
+
+        fields = ("message-id", "references", "in-reply-to", "subject", "date") if name == b"REFERENCES" else ("subject", "date")
+        self._matching_then(tag, charset, _astrings(query), bool(uid), threads, None, fields)
 
     def arg_sortkeys(self, line):
         from twisted_mailhub.imap.search import SearchCommands

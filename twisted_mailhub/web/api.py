@@ -49,7 +49,7 @@ from twisted.web import resource, server
 
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable
 from twisted_mailhub.imap.message import split_header
-from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compile_query, matching
+from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compile_query, matching, matching_in_thread
 from twisted_mailhub.login import ClientPortal
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable, StorageFullError
 from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, InsufficientStorage, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
@@ -617,8 +617,9 @@ class ApiResource(resource.Resource):
         except BadSearch as e:
             raise ApiError(400, "bad_search", str(e)) from None
 
-    def _matching(self, folder: Any, predicate, infos) -> list[Any]:
-        return matching(folder, predicate, infos)
+    def _matching(self, folder: Any, predicate, infos) -> defer.Deferred:
+        """The L{MessageInfo}s of C{infos} that C{predicate} takes (all for None), read and matched in a worker thread: a Deferred."""
+        return matching_in_thread(folder, predicate, infos)
 
     def _summary(self, folder: Any, info: Any, name: str) -> dict[str, Any]:
         try:
@@ -649,7 +650,7 @@ class ApiResource(resource.Resource):
         order = _arg(request, "order") or "asc"
         if order not in ("asc", "desc"):
             raise ApiError(400, "bad_order", "order is asc (oldest first) or desc")
-        found = self._matching(box, self._search(request, box), box.messages())
+        found = await self._matching(box, self._search(request, box), box.messages())
         if order == "desc":
             found.reverse()
         page = found[offset : offset + limit]
@@ -749,13 +750,15 @@ class ApiResource(resource.Resource):
         predicate = self._search(request, box)
 
         def first_match(infos) -> Any:
-            found = self._matching(box, predicate, infos)
+            # (the messages that just arrived, few: matched at once)
+            found = matching(box, predicate, infos)
             return found[0] if found else None
 
         if after is not None:
-            there = first_match([i for i in box.messages() if i.uid > after_uid])
-            if there is not None:
-                return {"timed_out": False, "message": self._summary(box, there, box.name)}
+            # (those there already may be many: read and matched in a worker thread)
+            there = await self._matching(box, predicate, [i for i in box.messages() if i.uid > after_uid])
+            if there:
+                return {"timed_out": False, "message": self._summary(box, there[0], box.name)}
         arrived: defer.Deferred = defer.Deferred()
 
         def changed(change) -> None:

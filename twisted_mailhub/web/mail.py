@@ -51,7 +51,7 @@ from twisted.web import resource
 from twisted.web.template import tags
 
 from twisted_mailhub.errorwords import error_words
-from twisted_mailhub.imap.search import BadSearch, search_messages
+from twisted_mailhub.imap.search import BadSearch, search_messages_in_thread
 from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError, is_out_of_space
 from twisted_mailhub.web import message as msgparse
 from twisted_mailhub.web import offload
@@ -536,9 +536,16 @@ class FolderPages(resource.Resource):
         infos = all_infos
         if query:
             try:
-                infos = search_messages(folder, query)
+                # (the files are read and matched in a worker thread)
+                searched = search_messages_in_thread(folder, query)
             except BadSearch as e:
                 infos, problem = [], str(e)
+            else:
+                return searched.addCallback(lambda found: self._listing_page(request, account, folder, query, all_infos, found, problem))
+        return self._listing_page(request, account, folder, query, all_infos, infos, problem)
+
+    def _listing_page(self, request, account, folder, query: str, all_infos: list, infos: list, problem: str) -> bytes:
+        """The folder's page of C{infos} (those that match C{query}, or all of C{all_infos}); C{problem}: why the query could not be read."""
         pages = max(1, math.ceil(len(infos) / PAGE_SIZE))
         # A page past the last is the last (also past 12 digits: it was
         # page 1); a page that is no whole number is a 400 saying so.

@@ -1,0 +1,187 @@
+# -*- test-case-name: tests.test_imap_search_reads -*-
+"""
+IMAP SEARCH keys that read messages (BODY, TEXT, header keys) over a
+Maildir folder read and match the files in a worker thread, not in the
+reactor: a SEARCH BODY over 20,000 messages held every other session
+for its whole run.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from tests.test_small_files_durable import Journal
+from twisted_mailhub import imap
+from twisted_mailhub.accounts import AccountBook
+from twisted_mailhub.hub import Hub
+from twisted_mailhub.imap import search
+from twisted_mailhub.imap.server import IMAPServer
+from twisted_mailhub.store.durable import GroupCommitWriter
+from twisted_mailhub.store.maildir import MaildirFolder, MaildirStore
+from twisted_mailhub.store.smallfiles import SmallFiles
+
+
+def message(n: int, body: bytes) -> bytes:
+    return b"From: sender%d@example.org\r\nSubject: note %d\r\nDate: Mon, 2 Nov 2026 10:00:00 +0000\r\n\r\n%s\r\n" % (n, n, body)
+
+
+class SearchReadsTests(unittest.TestCase):
+    def setUp(self):
+        self.journal = Journal()
+        accounts = AccountBook(["localhost"])
+        accounts.add("alice", "secret")
+        self.store = MaildirStore(self.mktemp(), GroupCommitWriter(task.Clock()))
+        self.store.small_files = SmallFiles(fsync=self.journal.fsync, run=self.journal.run)
+        self.hub = Hub(task.Clock(), {"max-message-size": 10_000_000}, accounts, self.store, self.mktemp(), "mail.test")
+        self.hub._tls = object()
+        imap.install(self.hub)
+        folder = self.store.account("alice@localhost").folder("INBOX")
+        self.directory = folder.directory
+        bodies = [b"plain words", b"the NEEDLE is here", b"nothing", b"another needle", b"x" * 20000 + b" needle at the end"]
+        for n, body in enumerate(bodies, 1):
+            raw = message(n, body)
+            with open(os.path.join(folder.directory, "cur", f"17000000{n:02d}.M{n}P1Q1.test,S={len(raw)}:2,S"), "wb") as f:
+                f.write(raw)
+        folder.unsettled()
+        self.journal.run_jobs()
+        self.threads: list = []
+        self.in_thread = False
+        self.ran = 0
+
+        def queued(function, *args):
+            d = defer.Deferred()
+            self.threads.append((function, args, d))
+            return d
+
+        self.patch(search, "in_thread", queued)
+        self.reads_in_reactor: list = []
+        real_read, real_open = MaildirFolder.read, os.open
+        test = self
+
+        def read(folder, uid):
+            if not test.in_thread:
+                test.reads_in_reactor.append(("read", uid))
+            return real_read(folder, uid)
+
+        def os_open(path, *args, **kwargs):
+            if not test.in_thread and isinstance(path, str) and path.startswith(test.directory + "/cur/"):
+                test.reads_in_reactor.append(("open", path))
+            return real_open(path, *args, **kwargs)
+
+        self.patch(MaildirFolder, "read", read)
+        self.patch(os, "open", os_open)
+
+    def talk(self, server, transport, line: bytes, run: bool = True) -> bytes:
+        transport.clear()
+        server.dataReceived(line)
+        while run and (self.threads or self.journal.jobs):
+            self.run_threads()
+        return transport.value()
+
+    def run_threads(self):
+        self.journal.run_jobs()
+        while self.threads:
+            function, args, d = self.threads.pop(0)
+            self.in_thread = True
+            self.ran += 1
+            try:
+                result = function(*args)
+            finally:
+                self.in_thread = False
+            d.callback(result)
+
+    def logged_in(self):
+        server = IMAPServer(self.hub, "imap")
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
+        server.makeConnection(transport)
+        self.addCleanup(server.connectionLost, None)
+        self.assertIn(b"a OK", self.talk(server, transport, b"a login alice secret\r\n"))
+        self.assertIn(b"b OK", self.talk(server, transport, b"b select INBOX\r\n"))
+        self.reads_in_reactor.clear()
+        return server, transport
+
+    def test_search_body_text_and_header_keys_read_the_messages_in_a_worker_thread(self):
+        server, transport = self.logged_in()
+        self.assertIn(b"* SEARCH 2 4 5\r\nc OK", self.talk(server, transport, b"c SEARCH BODY needle\r\n"))
+        self.assertIn(b"* SEARCH 2\r\nd OK", self.talk(server, transport, b"d SEARCH TEXT NEEDLE SUBJECT \"note 2\"\r\n"))
+        self.assertIn(b"* SEARCH 3\r\ne OK", self.talk(server, transport, b"e SEARCH FROM sender3\r\n"))
+        self.assertIn(b"* SEARCH 1 3\r\nf OK", self.talk(server, transport, b"f SEARCH NOT BODY needle\r\n"))
+        self.assertIn(b"* SEARCH 4 5\r\ng OK", self.talk(server, transport, b"g UID SEARCH OR BODY another BODY end SENTON 2-Nov-2026\r\n"))
+        # (before: every message's file opened and read in the reactor)
+        self.assertEqual(self.reads_in_reactor, [])
+        self.assertEqual(self.ran, 5)
+
+    def test_commands_after_a_search_wait_for_its_answer_and_keep_their_order(self):
+        server, transport = self.logged_in()
+        sent = self.talk(server, transport, b"c SEARCH BODY needle\r\nd NOOP\r\n", run=False)
+        self.assertEqual(sent, b"")  # the search is in its thread; NOOP waits
+        self.run_threads()
+        out = transport.value()
+        self.assertIn(b"* SEARCH 2 4 5\r\nc OK", out)
+        self.assertLess(out.index(b"c OK"), out.index(b"d OK"))
+
+    def test_a_file_renamed_by_a_flag_change_meanwhile_is_still_found(self):
+        server, transport = self.logged_in()
+        self.talk(server, transport, b"c SEARCH BODY needle\r\n", run=False)
+        # another program renames message 2's file while the search waits for its thread
+        cur = os.path.join(self.directory, "cur")
+        name = sorted(os.listdir(cur))[1]
+        os.rename(os.path.join(cur, name), os.path.join(cur, name.replace(":2,S", ":2,FS")))
+        self.run_threads()
+        out = transport.value()
+        self.assertIn(b"* SEARCH 2 4 5\r\n", out)
+        self.assertIn(b"c OK SEARCH completed", out)
+        # (the moved file is read again in the reactor, as the store finds it)
+        self.assertEqual([uid for kind, uid in self.reads_in_reactor if kind == "read"], [2])
+
+    def test_sort_and_thread_match_body_keys_in_a_worker_thread(self):
+        server, transport = self.logged_in()
+        self.assertIn(b"* SORT 5 4 2\r\nc OK", self.talk(server, transport, b"c SORT (REVERSE ARRIVAL) UTF-8 BODY needle\r\n"))
+        self.assertEqual(self.reads_in_reactor, [])
+        self.assertIn(b"* SORT 4\r\nd OK", self.talk(server, transport, b"d UID SORT (SIZE) UTF-8 BODY another\r\n"))
+        self.assertEqual(self.reads_in_reactor, [])
+        reply = self.talk(server, transport, b"e THREAD ORDEREDSUBJECT UTF-8 TEXT needle\r\n")
+        self.assertIn(b"* THREAD (2)(4)(5)\r\ne OK", reply)
+        # (the order's fields, here Subject and Date, are read in the thread too)
+        self.assertEqual(self.reads_in_reactor, [])
+        self.assertEqual(self.ran, 3)
+        # an order by a field not kept yet, over keys that read nothing
+        self.assertIn(b"* SORT 5 4 3 2 1\r\nf OK", self.talk(server, transport, b"f SORT (REVERSE FROM) UTF-8 ALL\r\n"))
+        self.assertIn(b"* THREAD (1)(2)(3)(4)(5)\r\ng OK", self.talk(server, transport, b"g THREAD REFERENCES UTF-8 ALL\r\n"))
+        self.assertEqual(self.reads_in_reactor, [])
+        self.assertEqual(self.ran, 5)
+        # kept now: answered in the reactor, nothing read
+        self.assertIn(b"* SORT 1 2 3 4 5\r\nh OK", self.talk(server, transport, b"h SORT (FROM) UTF-8 ALL\r\n", run=False))
+        self.assertEqual(self.ran, 5)
+        self.assertEqual(self.reads_in_reactor, [])
+
+    def test_a_search_that_saves_its_result_matches_in_a_worker_thread_and_keeps_it(self):
+        server, transport = self.logged_in()
+        reply = self.talk(server, transport, b"c SEARCH RETURN (SAVE) BODY needle\r\n")
+        self.assertIn(b"c OK SEARCH completed (result saved)", reply)
+        self.assertNotIn(b"ESEARCH", reply)
+        self.assertIn(b'* ESEARCH (TAG "d") MIN 2 MAX 5', self.talk(server, transport, b"d SEARCH RETURN (SAVE MIN MAX) BODY needle NOT UID 4\r\n"))
+        # (MIN and MAX alone save those two: RFC 5182 §2.4)
+        self.assertIn(b"* SEARCH 2 5\r\ne OK", self.talk(server, transport, b"e SEARCH $\r\n"))
+        # (before: each saving SEARCH read the messages in the reactor, twice)
+        self.assertEqual(self.reads_in_reactor, [])
+        self.assertEqual(self.ran, 2)
+        self.assertIn(b"f BAD", self.talk(server, transport, b"f SEARCH RETURN (SAVE) BODY\r\n"))
+        self.assertIn(b"* SEARCH\r\ng OK", self.talk(server, transport, b"g SEARCH $\r\n"))
+
+    def test_a_header_search_the_cache_answers_whole_stays_in_the_reactor_and_reads_nothing(self):
+        server, transport = self.logged_in()
+        self.assertIn(b"* SEARCH 3\r\nc OK", self.talk(server, transport, b"c SEARCH FROM sender3\r\n"))
+        self.assertEqual(self.ran, 1)  # (the From: fields read in the thread, then kept)
+        self.assertIn(b"* SEARCH 4\r\nd OK", self.talk(server, transport, b"d SEARCH OR FROM sender4 HEADER FROM sender44\r\n", run=False))
+        self.assertEqual(self.ran, 1)
+        self.assertEqual(self.reads_in_reactor, [])
+        # a field not kept yet goes to the thread
+        self.assertIn(b"* SEARCH 2\r\ne OK", self.talk(server, transport, b"e SEARCH SUBJECT \"note 2\"\r\n"))
+        self.assertEqual(self.ran, 2)
+        self.assertEqual(self.reads_in_reactor, [])
