@@ -70,3 +70,31 @@ def test_a_forward_keeps_the_charset_of_a_latin1_text_attachment(hub):
     browser.get("/compose?forward=INBOX/1")
     post_compose(browser, {"to": "bob@localhost", "subject": "Fwd: latin", "body": "below", "forward-of": "INBOX/1"})
     assert attachments_read_by(hub, "bob", "hungry", 1) == {"menu.txt": "Café crème"}
+
+
+def test_mime_version_is_only_in_the_top_level_header(hub):
+    # RFC 2045 §4: MIME-Version is a field of the message's own header,
+    # not of its body parts (Python's email package put one in each part
+    # it made).
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    browser.get("/compose")
+    files = [
+        ("notes.txt", "text/plain", b"just ascii\n"),
+        ("photo.bin", "application/octet-stream", bytes(range(256))),
+    ]
+    post_compose(browser, {"to": "bob@localhost", "subject": "parts", "body": "see the files"}, files)
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("bob", "hungry")
+        imap.select("INBOX")
+        typ, data = imap.uid("FETCH", "1", "(BODY.PEEK[])")
+    finally:
+        imap.logout()
+    raw = data[0][1]
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["MIME-Version"] == "1.0"
+    parts = list(msg.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/plain", "application/octet-stream"]
+    assert [p.get_all("MIME-Version") for p in parts] == [None, None, None]
+    assert raw.count(b"MIME-Version:") == 1

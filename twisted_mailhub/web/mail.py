@@ -1096,6 +1096,12 @@ class Compose(resource.Resource):
         for name, kind, data in files:
             maintype, subtype, params = attachment_type(kind, data)
             message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name, params=params)
+        # RFC 2045 §4: MIME-Version belongs to the message's own header;
+        # Python's email package puts one in every body part it makes.
+        # (An attached message/rfc822 keeps its own: it is inside it.)
+        if message.is_multipart():
+            for part in message.iter_parts():
+                del part["MIME-Version"]
         raw = message.as_bytes()
         limit = int(getattr(self.face.hub, "max_message_size", 0) or 0)
         if limit and len(raw) > limit:
