@@ -98,3 +98,32 @@ def test_mime_version_is_only_in_the_top_level_header(hub):
     assert [p.get_content_type() for p in parts] == ["text/plain", "text/plain", "application/octet-stream"]
     assert [p.get_all("MIME-Version") for p in parts] == [None, None, None]
     assert raw.count(b"MIME-Version:") == 1
+
+
+def test_a_saved_message_attached_in_the_browser_is_sent_not_dropped(hub):
+    # Chromium uploads a .eml file as message/rfc822. The form parser took
+    # that part apart as a message, its payload read as nothing, and the
+    # attachment was dropped without a word: the mail went out without it.
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    browser.get("/compose")
+    inner = b"From: carol@example.org\r\nSubject: the minutes\r\nMIME-Version: 1.0\r\n\r\nMinutes of the meeting.\r\n"
+    files = [("minutes.eml", "message/rfc822", inner), ("notes.txt", "text/plain", b"just ascii\n")]
+    post_compose(browser, {"to": "bob@localhost", "subject": "fwd", "body": "see the files"}, files)
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("bob", "hungry")
+        imap.select("INBOX")
+        typ, data = imap.uid("FETCH", "1", "(BODY.PEEK[])")
+    finally:
+        imap.logout()
+    msg = email.message_from_bytes(data[0][1], policy=email.policy.default)
+    attached = {p.get_filename(): p for p in msg.iter_attachments()}
+    assert sorted(attached) == ["minutes.eml", "notes.txt"]
+    assert attached["minutes.eml"].get_content_type() == "message/rfc822"
+    carried = attached["minutes.eml"].get_content()
+    assert carried["Subject"] == "the minutes"
+    assert carried.get_content().rstrip("\r\n") == "Minutes of the meeting."
+    # RFC 2046 §5.2.1: 7bit or 8bit, not base64; the lines as they were.
+    assert attached["minutes.eml"]["Content-Transfer-Encoding"] in ("7bit", "8bit")
+    assert inner in data[0][1] and b"\r\r" not in data[0][1]

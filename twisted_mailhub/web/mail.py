@@ -1095,6 +1095,13 @@ class Compose(resource.Resource):
         user = self.session.user
         for name, kind, data in files:
             maintype, subtype, params = attachment_type(kind, data)
+            if (maintype, subtype) == ("message", "rfc822"):
+                # RFC 2046 §5.2.1: a message/rfc822 body is 7bit or 8bit,
+                # never base64 (which mail programs then cannot open):
+                # attached as the message it is (compat32 keeps its fields).
+                carried = email.message_from_bytes(data, policy=email.policy.compat32)
+                message.add_attachment(carried, filename=name)
+                continue
             message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name, params=params)
         # RFC 2045 §4: MIME-Version belongs to the message's own header;
         # Python's email package puts one in every body part it makes.
@@ -1197,6 +1204,29 @@ def _cleaned(fields: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _form_parts(body: bytes, boundary: str | None) -> list[bytes] | None:
+    """
+    The bodies (after each part's header) of the parts of a multipart/
+    form-data C{body} (RFC 7578, RFC 2046 §5.1.1 delimiters), octet for
+    octet, in order; None when C{boundary} is missing or not found.
+    """
+    if not boundary:
+        return None
+    delimiter = b"\r\n--" + boundary.encode("latin-1", "replace")
+    chunks = (b"\r\n" + body).split(delimiter)
+    if len(chunks) < 2:
+        return None
+    bodies = []
+    for chunk in chunks[1:]:
+        if chunk.startswith(b"--"):
+            break  # the close delimiter
+        _, found, rest = chunk.partition(b"\r\n\r\n")
+        if not found:
+            return None
+        bodies.append(rest)
+    return bodies
+
+
 def _form_data(request) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
     """
     A POST's fields and uploaded files (name, type, bytes), read from the
@@ -1211,11 +1241,19 @@ def _form_data(request) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
     parsed = email.message_from_bytes(b"Content-Type: " + content_type + b"\r\n\r\n" + body, policy=email.policy.HTTP)
     fields: dict[str, str] = {}
     files = []
-    for part in parsed.iter_parts():
+    parts = list(parsed.iter_parts())
+    raw = _form_parts(body, parsed.get_boundary())
+    for n, part in enumerate(parts):
         name = part.get_param("name", header="content-disposition")
         if not name:
             continue
-        data = part.get_payload(decode=True) or b""
+        if part.is_multipart() and raw is not None and len(raw) == len(parts):
+            # A file of type message/rfc822 (a saved .eml) or multipart/*:
+            # the parser took it apart and get_payload gives None, so it
+            # was dropped without a word. Its octets as the browser sent them.
+            data = raw[n]
+        else:
+            data = part.get_payload(decode=True) or b""
         filename = part.get_filename()
         if filename is not None:
             if data:
