@@ -54,3 +54,25 @@ def test_create_cut_by_a_full_disk_leaves_nothing(tmp_path, monkeypatch, base, n
     again = MaildirStore(str(tmp_path), hostname="test").account("alice@example.org")
     assert name in again.folders()
     assert again.folder(name).uid_validity > 0
+
+
+@pytest.mark.parametrize("base", [maildir.INDEX, maildir.MODSEQ_LOG])
+def test_a_cache_or_log_rewrite_cut_by_a_full_disk_leaves_no_tmp(tmp_path, monkeypatch, base):
+    # The same kind: mailhub-index (a cache of the list, megabytes for a
+    # big folder) and the modseq log's compaction were written to a .tmp
+    # that a full disk left behind, keeping the disk full.
+    monkeypatch.setattr(maildir, "INDEX_MIN_LINES", 1)
+    store = MaildirStore(str(tmp_path), hostname="test")
+    inbox = store.account("alice@example.org").folder(INBOX)
+    for n in range(3):
+        with open(os.path.join(inbox.directory, "new", f"100{n}.M1P1.test"), "wb") as f:
+            f.write(b"Subject: hi\r\n\r\nbody\r\n")
+    MaildirStore(str(tmp_path), hostname="test").account("alice@example.org").folder(INBOX)  # (numbers them)
+    hit = full_disk_at(monkeypatch, base)
+    folder = MaildirStore(str(tmp_path), hostname="test").account("alice@example.org").folder(INBOX)
+    if base == maildir.MODSEQ_LOG:
+        folder._modseq_lines = 10**6  # (a log long enough to be compacted)
+        folder._append_modseqs(["1 2\n"], 2)
+    assert hit, "the fault was not reached"
+    assert [e for e in os.listdir(folder.directory) if e.endswith(".tmp")] == []
+    assert len(folder.messages()) == 3

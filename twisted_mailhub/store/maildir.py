@@ -802,9 +802,13 @@ class MaildirFolder:
                 )
             )
             tmp = os.path.join(self.directory, INDEX + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(text)
-            os.replace(tmp, os.path.join(self.directory, INDEX))
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(text)
+                os.replace(tmp, os.path.join(self.directory, INDEX))
+            except OSError:
+                _unlink_quietly(tmp)  # (a full disk: a partial index would keep it full)
+                raise
         except (OSError, ValueError) as e:
             log.debug("index of {path} not written: {error}", path=self.directory, error=e)
 
@@ -3053,9 +3057,13 @@ class MaildirFolder:
         try:
             if self._modseq_lines > 2 * len(table) + 1000:
                 tmp = self._modseq_path() + ".tmp"
-                with open(tmp, "w", encoding="ascii") as f:
-                    f.write(f"0 {value}\n" + "".join(f"{u} {m}\n" for u, m in zip(table.uids, table.modseqs) if m > 1))
-                os.replace(tmp, self._modseq_path())
+                try:
+                    with open(tmp, "w", encoding="ascii") as f:
+                        f.write(f"0 {value}\n" + "".join(f"{u} {m}\n" for u, m in zip(table.uids, table.modseqs) if m > 1))
+                    os.replace(tmp, self._modseq_path())
+                except OSError:
+                    _unlink_quietly(tmp)  # (a full disk: no partial log left to keep it full)
+                    raise
                 self._modseq_lines = sum(1 for m in table.modseqs if m > 1) + 1
             else:
                 # (os-level: no text and buffer objects for one short line)
@@ -3163,11 +3171,16 @@ def _remember_uid_validity(path: str | None, value: int, sync: bool = True) -> N
         os.replace(tmp, path)
     except OSError:
         # (a full disk: no empty .tmp is left in the account's folder)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
+
+
+def _unlink_quietly(path: str) -> None:
+    """Remove C{path} if it is there (a temporary file a failed write left); errors are ignored."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class NotAMessageFile(Exception):
