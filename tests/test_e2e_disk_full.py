@@ -372,3 +372,27 @@ def test_ftp_mkd_on_a_full_disk_is_452_not_a_quota_552(small_disk, start_hub):
     assert ftp.mkd("archive") == "/archive"
     ftp.quit()
     assert "Traceback" not in hub.log
+
+
+def test_imap_create_on_a_full_disk_leaves_no_half_made_folder(small_disk, start_hub):
+    # A CREATE cut by a full disk left the folder's directories without a
+    # UID list (listed by LIST; reading it then needed a write) and an
+    # empty mailhub-uidvalidity.tmp in the account's folder.
+    hub = start_hub(data=small_disk)
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    imap.login("alice", "secret")
+    assert imap.select("INBOX")[0] == "OK"
+    account = hub.maildir("alice@localhost")
+    before = sorted(os.listdir(account))
+    filler = Filler(small_disk)
+    filler.fill()
+    status, data = imap.create("Projects/2026")
+    assert status == "NO" and data[0].startswith(b"[UNAVAILABLE]"), data
+    assert sorted(os.listdir(account)) == before
+    status, listed = imap.list()
+    assert status == "OK" and not any(b"Projects" in line for line in listed), listed
+    os.unlink(filler.path)
+    assert imap.create("Projects/2026")[0] == "OK"
+    assert imap.select("Projects/2026") == ("OK", [b"0"])
+    imap.logout()
+    assert "Traceback" not in hub.log
