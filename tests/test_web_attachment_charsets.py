@@ -108,7 +108,8 @@ def test_a_saved_message_attached_in_the_browser_is_sent_not_dropped(hub):
     browser.login("alice", "secret")
     browser.get("/compose")
     inner = b"From: carol@example.org\r\nSubject: the minutes\r\nMIME-Version: 1.0\r\n\r\nMinutes of the meeting.\r\n"
-    files = [("minutes.eml", "message/rfc822", inner), ("notes.txt", "text/plain", b"just ascii\n")]
+    odd = b"--b\r\nContent-Type: text/plain\r\n\r\nodd\r\n--b--\r\n"
+    files = [("minutes.eml", "message/rfc822", inner), ("notes.txt", "text/plain", b"just ascii\n"), ("odd.mime", "multipart/mixed", odd)]
     post_compose(browser, {"to": "bob@localhost", "subject": "fwd", "body": "see the files"}, files)
     imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
     try:
@@ -119,7 +120,10 @@ def test_a_saved_message_attached_in_the_browser_is_sent_not_dropped(hub):
         imap.logout()
     msg = email.message_from_bytes(data[0][1], policy=email.policy.default)
     attached = {p.get_filename(): p for p in msg.iter_attachments()}
-    assert sorted(attached) == ["minutes.eml", "notes.txt"]
+    assert sorted(attached) == ["minutes.eml", "notes.txt", "odd.mime"]
+    # (another composite type is sent as octets: never base64 under its own type, RFC 2045 §6.4)
+    assert attached["odd.mime"].get_content_type() == "application/octet-stream"
+    assert attached["odd.mime"].get_content() == odd
     assert attached["minutes.eml"].get_content_type() == "message/rfc822"
     carried = attached["minutes.eml"].get_content()
     assert carried["Subject"] == "the minutes"

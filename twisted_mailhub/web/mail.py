@@ -1102,6 +1102,10 @@ class Compose(resource.Resource):
                 carried = email.message_from_bytes(data, policy=email.policy.compat32)
                 message.add_attachment(carried, filename=name)
                 continue
+            if maintype in ("multipart", "message"):
+                # RFC 2045 §6.4: a composite type is never base64, and its
+                # octets are not known to be a valid one: sent as octets.
+                maintype, subtype, params = "application", "octet-stream", {}
             message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name, params=params)
         # RFC 2045 §4: MIME-Version belongs to the message's own header;
         # Python's email package puts one in every body part it makes.
@@ -1247,10 +1251,11 @@ def _form_data(request) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
         name = part.get_param("name", header="content-disposition")
         if not name:
             continue
-        if part.is_multipart() and raw is not None and len(raw) == len(parts):
+        if raw is not None and len(raw) == len(parts) and (part.is_multipart() or part.get_content_maintype() in ("message", "multipart")) and str(part.get("content-transfer-encoding", "")).strip().lower() in ("", "7bit", "8bit", "binary"):
             # A file of type message/rfc822 (a saved .eml) or multipart/*:
-            # the parser took it apart and get_payload gives None, so it
-            # was dropped without a word. Its octets as the browser sent them.
+            # the parser took it apart (get_payload gave None, and it was
+            # dropped without a word) or read it as a broken one. Its
+            # octets as the browser sent them.
             data = raw[n]
         else:
             data = part.get_payload(decode=True) or b""
