@@ -546,3 +546,35 @@ def test_a_message_nested_thousands_deep_is_shown_by_the_api_and_the_webmail_not
     for page in (f"/mail/INBOX/{uid}", f"/mail/INBOX/{uid}/anatomy"):
         assert browser.get(page).status == 200, page
     assert "RecursionError" not in hub.log
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_fetched_and_deleted_by_its_ref(hub):
+    # FTP stores any octets as a name (a Latin-1 client's "café.txt").
+    # The API listed it as "caf\ufffd.txt" and answered GET and DELETE of
+    # "caf%E9.txt" with 400 "the path is not UTF-8": the file could be
+    # seen but neither fetched nor deleted. Each entry now has a "ref",
+    # its name percent-encoded (RFC 3986 §2.1), that the API takes back.
+    client = hub.ftp("alice")
+    client.encoding = "latin-1"
+    try:
+        client.mkd("d\xe9p\xf4t")
+        client.storbinary("STOR d\xe9p\xf4t/caf\xe9.txt", io.BytesIO(b"latin-1 name\n"))
+    finally:
+        client.quit()
+    top = call(hub, "GET", "/accounts/me/files").json()
+    assert [(e["name"], e["ref"], e["type"]) for e in top["entries"]] == [("d\ufffdp\ufffdt", "d%E9p%F4t", "folder")]
+    listing = call(hub, "GET", "/accounts/me/files/d%E9p%F4t").json()
+    assert [(e["name"], e["ref"], e["size"]) for e in listing["entries"]] == [("caf\ufffd.txt", "caf%E9.txt", 13)]
+    path = "/accounts/me/files/" + top["entries"][0]["ref"] + "/" + listing["entries"][0]["ref"]
+    fetched = call(hub, "GET", path)
+    assert fetched.status == 200 and fetched.body == b"latin-1 name\n"
+    assert call(hub, "DELETE", path).status == 200
+    error_of(call(hub, "GET", path), 404, "no_such_file")
+    assert call(hub, "GET", "/accounts/me/files/d%E9p%F4t").json()["entries"] == []
+    assert call(hub, "DELETE", "/accounts/me/files/d%E9p%F4t").status == 200
+    assert call(hub, "GET", "/accounts/me/files").json()["entries"] == []
+    # A UTF-8 name's ref is its percent-encoded UTF-8; mail routes still want UTF-8.
+    call(hub, "PUT", "/accounts/me/files/" + quote("café.txt"), body=b"x")
+    assert [e["ref"] for e in call(hub, "GET", "/accounts/me/files").json()["entries"]] == ["caf%C3%A9.txt"]
+    error_of(call(hub, "GET", "/accounts/me/folders/caf%E9/messages"), 400, "bad_path")
+    error_of(call(hub, "GET", "/accounts/me/caf%E9"), 400, "bad_path")

@@ -2,7 +2,8 @@
 """
 A full disk as each protocol shows it (issue 8 items 14 and 15): SMTP
 answers C{452 4.3.1 Insufficient system storage} and keeps no copy of a
-message it did not accept; IMAP APPEND/COPY answer C{NO [OVERQUOTA]} and
+message it did not accept; IMAP APPEND/COPY answer C{NO [UNAVAILABLE]} (a
+full disk is not the user's quota, C{[OVERQUOTA]}, RFC 9051 §7.1) and
 a COPY leaves its destination as it was; one log line, no traceback.
 """
 

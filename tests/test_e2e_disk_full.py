@@ -118,11 +118,13 @@ def test_full_disk_gets_each_protocols_temporary_failure_and_keeps_no_unacknowle
     assert inbox_count(hub, "alice", "secret") == 0
     assert inbox_count(hub, "bob", "hungry") == 0
 
-    # IMAP APPEND too big for what is left: NO [OVERQUOTA] (RFC 5530).
+    # IMAP APPEND too big for what is left: NO [UNAVAILABLE] (RFC 5530),
+    # as CREATE and SELECT say it: a full disk is not the user's quota
+    # ([OVERQUOTA], RFC 9051 §7.1).
     imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
     imap.login("alice", "secret")
     status, data = imap.append("INBOX", None, None, message(600_000))
-    assert status == "NO" and data[0].startswith(b"[OVERQUOTA]"), data
+    assert status == "NO" and data[0] == b"[UNAVAILABLE] APPEND failed: the server's disk is full; try again later; message not stored", data
     assert imap.select("INBOX") == ("OK", [b"0"])
     imap.logout()
 
@@ -215,7 +217,7 @@ def test_imap_on_a_disk_full_before_a_folder_was_first_opened_answers_no_and_goe
     imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
     imap.login("alice", "secret")
     status, data = imap.append("INBOX", None, None, b"Subject: x\r\n\r\nhello\r\n")
-    assert status == "NO" and data[0].startswith(b"[OVERQUOTA]"), data
+    assert status == "NO" and data[0] == b"[UNAVAILABLE] the server's disk is full; try again later; nothing stored", data
     status, data = imap.select("INBOX")
     assert status == "NO" and data[0] == b"[UNAVAILABLE] the server's disk is full; try again later", data
     typ, data = imap._simple_command("GETQUOTAROOT", "INBOX")
@@ -336,4 +338,61 @@ def test_webmail_and_api_on_a_disk_full_before_the_inbox_was_first_opened_are_50
     assert browser.get("/mail/INBOX").status == 200
     with urllib.request.urlopen(request, timeout=30) as reply:
         assert json.loads(reply.read())["folders"][0]["name"] == "INBOX"
+    assert "Traceback" not in hub.log
+
+
+def test_ftp_mkd_on_a_full_disk_is_452_not_a_quota_552(small_disk, start_hub):
+    # RFC 959 §4.2: 452 is "insufficient storage space" (the server's,
+    # temporary), 552 "exceeded storage allocation" (the account's quota).
+    # MKD on a full disk said 552 while STOR said 452. A directory takes
+    # an inode, not a block, on tmpfs: the inodes are what is used up.
+    import ftplib
+
+    hub = start_hub(data=small_disk)
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", hub.ports["ftp"], timeout=10)
+    ftp.login("alice", "secret")
+    ftp.mkd("room")  # (the account's folder exists before the disk is full)
+    st = os.statvfs(small_disk)
+    subprocess.run(["mount", "-o", f"remount,nr_inodes={st.f_files - st.f_ffree + 300}", small_disk], check=True)
+    taken = os.path.join(small_disk, "inodes")
+    os.mkdir(taken)
+    n = 0
+    try:
+        while True:
+            open(os.path.join(taken, str(n)), "w").close()
+            n += 1
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    with pytest.raises(ftplib.error_temp) as refused:
+        ftp.mkd("archive")
+    assert str(refused.value).startswith("452 "), refused.value
+    assert ftp.nlst() == ["room"]
+    shutil.rmtree(taken)
+    assert ftp.mkd("archive") == "/archive"
+    ftp.quit()
+    assert "Traceback" not in hub.log
+
+
+def test_imap_create_on_a_full_disk_leaves_no_half_made_folder(small_disk, start_hub):
+    # A CREATE cut by a full disk left the folder's directories without a
+    # UID list (listed by LIST; reading it then needed a write) and an
+    # empty mailhub-uidvalidity.tmp in the account's folder.
+    hub = start_hub(data=small_disk)
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    imap.login("alice", "secret")
+    assert imap.select("INBOX")[0] == "OK"
+    account = hub.maildir("alice@localhost")
+    before = sorted(os.listdir(account))
+    filler = Filler(small_disk)
+    filler.fill()
+    status, data = imap.create("Projects/2026")
+    assert status == "NO" and data[0].startswith(b"[UNAVAILABLE]"), data
+    assert sorted(os.listdir(account)) == before
+    status, listed = imap.list()
+    assert status == "OK" and not any(b"Projects" in line for line in listed), listed
+    os.unlink(filler.path)
+    assert imap.create("Projects/2026")[0] == "OK"
+    assert imap.select("Projects/2026") == ("OK", [b"0"])
+    imap.logout()
     assert "Traceback" not in hub.log

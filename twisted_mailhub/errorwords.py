@@ -179,6 +179,27 @@ def no_room(error: BaseException) -> str:
     return said_once("insufficient system storage", error_words(cause))
 
 
+def out_of_space_code(error: BaseException) -> bytes:
+    """
+    The IMAP response code (RFC 5530 §3, RFC 9051 §7.1) for a write
+    refused for want of room: C{[OVERQUOTA]} for the account's quota
+    (C{store.interfaces.is_quota}), C{[UNAVAILABLE]} for a full disk,
+    which is the server's trouble and not the user's quota.
+    """
+    return b"[OVERQUOTA]" if getattr(error, "is_quota", False) else b"[UNAVAILABLE]"
+
+
+def out_of_space_words(error: BaseException) -> bytes:
+    """
+    What an IMAP reply says of a write refused for want of room (UTF-8):
+    the quota's own words (C{mailbox full (...)}) for a quota, C{the
+    server's disk is full; try again later} for a full disk.
+    """
+    if getattr(error, "is_quota", False):
+        return str(getattr(error, "reason", "mailbox full")).encode("utf-8", "replace")
+    return b"the server's disk is full; try again later"
+
+
 def without_errno(text: str) -> str:
     """
     C{text} without Python's C{[Errno N] } prefixes (an C{OSError}'s

@@ -48,6 +48,8 @@ class FileQuotaExceeded(OSError):
     (C{reason}) for a reply.
     """
 
+    is_quota = True  # (store.interfaces.is_quota: the user's limit, not a full disk)
+
     def __init__(self, address: str, usage: int, limit: int):
         self.reason = f"quota exceeded: {address} uses {format_size(usage)} of its {format_size(limit)}"
         OSError.__init__(self, errno.EDQUOT, self.reason)

@@ -92,6 +92,8 @@ class QuotaExceeded(InsufficientStorage):
     @ivar limit: its quota in octets.
     """
 
+    is_quota = True  # (store.interfaces.is_quota: the user's limit, not a full disk)
+
     def __init__(self, address: str, usage: int, limit: int, incoming: int = 0):
         InsufficientStorage.__init__(self, f"Mailbox full: {address} uses {format_size(usage)} of {format_size(limit)}")
         # what a protocol's reply says (IMAP: NO [OVERQUOTA] APPEND failed: ...)

@@ -424,6 +424,11 @@ class MailhubFTP(ftp.FTP):
     def sendLine(self, line):
         if isinstance(line, str):
             line = line.encode("utf-8", "surrogateescape")
+        if b"\xff" in line:
+            # The control connection is Telnet (RFC 959 §4): octet 255 of a
+            # name in a reply (257, STAT's listing) is IAC, sent doubled
+            # (RFC 2640 §3.1), as a client sends it in a command.
+            line = line.replace(b"\xff", b"\xff\xff")
         if self.transport is not None:
             data = line + b"\r\n"
             if self.record is not None:

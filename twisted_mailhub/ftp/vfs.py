@@ -452,9 +452,15 @@ class FileSystemUnavailableWrite(OSError):
 
 
 class StorageFullError(ftp.FTPCmdError):
-    """C{552}: the disk or the quota is full (RFC 959 §4.2)."""
+    """C{552}: the account's file quota is full (RFC 959 §4.2, exceeded storage allocation)."""
 
     errorCode = ftp.EXCEEDED_STORAGE_ALLOC
+
+
+class DiskFullError(StorageFullError):
+    """C{452}: the server's disk is full (RFC 959 §4.2, insufficient storage space; a temporary reply)."""
+
+    errorCode = ftp.REQ_ACTN_ABRTD_INSUFF_STORAGE
 
 
 _KNOWN_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
@@ -516,7 +522,8 @@ def _fail(e: OSError, segments) -> defer.Deferred:
     if e.errno in _KNOWN_ERRNOS:
         return ftp.errnoToFailure(e.errno, path)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return defer.fail(StorageFullError())
+        # (the hub's quota is 552; a full disk, or the OS's own quota, 452)
+        return defer.fail(StorageFullError() if getattr(e, "is_quota", False) else DiskFullError())
     if e.errno not in _ERRNO_WORDS:
         log.warn("ftp file system error on {path}: {error}", path=path[:200], error=e.strerror or e.__class__.__name__)
     # Twisted's errnoToFailure would re-raise these as unknown errors.

@@ -55,7 +55,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from twisted_mailhub.errorwords import no_room
+from twisted_mailhub.errorwords import no_room, out_of_space_code, out_of_space_words
 from twisted_mailhub.imap.arguments import Atom, String, arg_everything
 from twisted_mailhub.imap.condstore import uid_set_text
 from twisted_mailhub.imap.urls import BadURL, read_url
@@ -225,8 +225,7 @@ class AppendCommands:
                 quotas.check(address, sum(len(d) for d in datas))
             except Exception as e:
                 if is_out_of_space(e):
-                    why = getattr(e, "reason", "not enough space").encode("utf-8")
-                    self.sendNegativeResponse(tag, b"[OVERQUOTA] APPEND failed: " + why + b"; nothing appended")
+                    self.sendNegativeResponse(tag, out_of_space_code(e) + b" APPEND failed: " + out_of_space_words(e) + b"; nothing appended")
                     return
                 raise
         # Replies stay in command order: the next command is read once
@@ -256,10 +255,10 @@ class AppendCommands:
                 log.failure("APPEND: taking back {count} stored messages failed", count=len(uids))
         reason = failures[0]
         if is_out_of_space(reason.value):
-            # RFC 5530 §3: OVERQUOTA, as Dovecot answers a full disk.
+            # RFC 9051 §7.1: OVERQUOTA for the account's quota, UNAVAILABLE
+            # for a full disk (the server's, as CREATE and SELECT say it).
             log.warn("APPEND not stored: {why}", why=no_room(reason.value))
-            why = getattr(reason.value, "reason", "not enough disk space").encode("utf-8")
-            self.sendNegativeResponse(tag, b"[OVERQUOTA] APPEND failed: " + why + (b", message not stored" if len(results) == 1 else b"; nothing appended"))
+            self.sendNegativeResponse(tag, out_of_space_code(reason.value) + b" APPEND failed: " + out_of_space_words(reason.value) + (b"; message not stored" if len(results) == 1 else b"; nothing appended"))
             return
         if isinstance(reason.value, StoreUnavailable):
             # RFC 5530 §3: the store is down for now (pgstore lane).

@@ -20,7 +20,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from twisted_mailhub.errorwords import no_room
+from twisted_mailhub.errorwords import no_room, out_of_space_code, out_of_space_words
 from twisted_mailhub.imap.condstore import uid_runs_text, uid_set_text
 from twisted_mailhub.imap.wire import arg_finalastring, client_text, missing_argument, opt_rest
 from twisted_mailhub.store.interfaces import NoSuchMessage, is_out_of_space
@@ -130,8 +130,7 @@ class ChangeCommands:
             if is_out_of_space(reason.value):
                 # RFC 5530 §3; the store took back the copies it had made.
                 log.warn("{command} not done: {why}", command=command.decode(), why=no_room(reason.value))
-                why = getattr(reason.value, "reason", "not enough disk space").encode("utf-8")
-                self.sendNegativeResponse(tag, b"[OVERQUOTA] " + command + b" failed: " + why + b"; nothing was copied")
+                self.sendNegativeResponse(tag, out_of_space_code(reason.value) + b" " + command + b" failed: " + out_of_space_words(reason.value) + b"; nothing was copied")
                 return
             log.failure("{command} failed", reason, command=command.decode())
             self.sendNegativeResponse(tag, b"[SERVERBUG] " + command + b" failed; nothing was removed")

@@ -40,7 +40,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from twisted_mailhub.errorwords import error_words, no_room
+from twisted_mailhub.errorwords import error_words, no_room, out_of_space_code, out_of_space_words
 from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.listing import SPECIAL_USE  # noqa: F401 (imap/__init__ makes them)
 from twisted_mailhub.imap.settling import settled_folder, when_settled
@@ -128,7 +128,7 @@ class MailboxCommands:
             # Opening a folder the first time writes its UID list: a full
             # disk is a temporary condition (RFC 5530 §3), one log line.
             log.warn("IMAP folder not opened: {why}", why=no_room(error))
-            self.sendNegativeResponse(tag, b"[UNAVAILABLE] the server's disk is full; try again later")
+            self.sendNegativeResponse(tag, b"[UNAVAILABLE] " + out_of_space_words(error))
         else:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else "the store failed"
             self.sendNegativeResponse(tag, b"[SERVERBUG] " + client_text(reason))
@@ -150,7 +150,7 @@ class MailboxCommands:
             if is_out_of_space(e):
                 # RFC 5530 §3, as APPEND answers a full disk once the folder is open.
                 log.warn("IMAP write not done: {why}", why=no_room(e))
-                self.sendNegativeResponse(tag, b"[OVERQUOTA] not enough disk space on the server; nothing stored")
+                self.sendNegativeResponse(tag, out_of_space_code(e) + b" " + out_of_space_words(e) + b"; nothing stored")
             else:
                 self._folder_error(tag, e)
         return None

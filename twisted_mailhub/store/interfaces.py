@@ -63,8 +63,9 @@ class InsufficientStorage(StoreError):
     """
     The disk (or the account's disk quota) is full: nothing was stored.
     Protocols answer it as a temporary failure: SMTP C{452 4.3.1}
-    (RFC 3463), IMAP C{NO [OVERQUOTA]} (RFC 5530 §3), POP3
-    C{-ERR [SYS/TEMP]} (RFC 3206 §4).
+    (RFC 3463), IMAP C{NO [UNAVAILABLE]} (RFC 5530 §3), POP3
+    C{-ERR [SYS/TEMP]} (RFC 3206 §4), FTP C{452}. An account's quota
+    (L{is_quota}) is C{552 5.2.2}, C{NO [OVERQUOTA]}, FTP C{552}.
     """
 
 
@@ -85,6 +86,18 @@ def is_out_of_space(error: BaseException) -> bool:
     if isinstance(error, InsufficientStorage):
         return True
     return isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS
+
+
+def is_quota(error: BaseException) -> bool:
+    """
+    True when C{error} is the hub's quota of an account (L{quota.QuotaExceeded},
+    L{filequota.FileQuotaExceeded}): the user's limit, which a protocol
+    says as such (IMAP C{NO [OVERQUOTA]}, RFC 9051 §7.1; SMTP C{552 5.2.2};
+    FTP C{552}). False for a full disk (ENOSPC, or the OS's own EDQUOT):
+    the server's trouble, said as a temporary one (IMAP C{NO [UNAVAILABLE]},
+    SMTP C{452 4.3.1}, FTP C{452}, POP3 C{[SYS/TEMP]}).
+    """
+    return bool(getattr(error, "is_quota", False))
 
 
 def storage_error(error: BaseException) -> BaseException:

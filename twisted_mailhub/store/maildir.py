@@ -802,9 +802,13 @@ class MaildirFolder:
                 )
             )
             tmp = os.path.join(self.directory, INDEX + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(text)
-            os.replace(tmp, os.path.join(self.directory, INDEX))
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(text)
+                os.replace(tmp, os.path.join(self.directory, INDEX))
+            except OSError:
+                _unlink_quietly(tmp)  # (a full disk: a partial index would keep it full)
+                raise
         except (OSError, ValueError) as e:
             log.debug("index of {path} not written: {error}", path=self.directory, error=e)
 
@@ -3053,9 +3057,13 @@ class MaildirFolder:
         try:
             if self._modseq_lines > 2 * len(table) + 1000:
                 tmp = self._modseq_path() + ".tmp"
-                with open(tmp, "w", encoding="ascii") as f:
-                    f.write(f"0 {value}\n" + "".join(f"{u} {m}\n" for u, m in zip(table.uids, table.modseqs) if m > 1))
-                os.replace(tmp, self._modseq_path())
+                try:
+                    with open(tmp, "w", encoding="ascii") as f:
+                        f.write(f"0 {value}\n" + "".join(f"{u} {m}\n" for u, m in zip(table.uids, table.modseqs) if m > 1))
+                    os.replace(tmp, self._modseq_path())
+                except OSError:
+                    _unlink_quietly(tmp)  # (a full disk: no partial log left to keep it full)
+                    raise
                 self._modseq_lines = sum(1 for m in table.modseqs if m > 1) + 1
             else:
                 # (os-level: no text and buffer objects for one short line)
@@ -3154,12 +3162,25 @@ def _remember_uid_validity(path: str | None, value: int, sync: bool = True) -> N
     if path is None:
         return
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{value}\n")
-        if sync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{value}\n")
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        # (a full disk: no empty .tmp is left in the account's folder)
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: str) -> None:
+    """Remove C{path} if it is there (a temporary file a failed write left); errors are ignored."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class NotAMessageFile(Exception):
@@ -3348,23 +3369,53 @@ class MaildirAccount:
         if name == INBOX or os.path.isdir(os.path.join(self._folder_path(name), "cur")):
             raise FolderExists(name)
         parts = name.split(DELIMITER)
-        for i in range(1, len(parts)):
-            parent = DELIMITER.join(parts[:i])
-            if parent != INBOX and not os.path.isdir(os.path.join(self._folder_path(parent), "cur")):
-                self.folder_create_plain(parent)
-        return self.folder_create_plain(name)
+        made: list[str] = []
+        try:
+            for i in range(1, len(parts)):
+                parent = DELIMITER.join(parts[:i])
+                if parent != INBOX and not os.path.isdir(os.path.join(self._folder_path(parent), "cur")):
+                    self.folder_create_plain(parent)
+                    made.append(parent)
+            return self.folder_create_plain(name)
+        except BaseException:
+            # All or nothing: the parents this CREATE made go with it.
+            for parent in reversed(made):
+                self._unmake(parent)
+            raise
 
     def folder_create_plain(self, name: str) -> MaildirFolder:
+        """
+        Make the folder C{name} (its parents must be there): all or
+        nothing. A failure (C{OSError}, L{StoreError}; a full disk is
+        L{InsufficientStorage}) removes what it made: no folder is left
+        with directories and no UID list, which only a write could read.
+        """
         path = self._folder_path(name)
-        os.makedirs(path, exist_ok=True)
-        # Maildir++: a sub-folder holds a 'maildirfolder' marker file.
-        open(os.path.join(path, "maildirfolder"), "a").close()
-        folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname, self._validity_path(), sync_later=self.small_files)
+        existed = os.path.lexists(path)
+        try:
+            os.makedirs(path, exist_ok=True)
+            # Maildir++: a sub-folder holds a 'maildirfolder' marker file.
+            open(os.path.join(path, "maildirfolder"), "a").close()
+            folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname, self._validity_path(), sync_later=self.small_files)
+        except BaseException:
+            if not existed:
+                self._unmake(name)
+            raise
         folder._sync_later = None  # (only its making: a list lost later is fsynced where it is written)
         if folder.creation_flush is not None:
             self._flushed(folder.creation_flush)
         self._sync_account_directory()
         return folder
+
+    def _unmake(self, name: str) -> None:
+        """Remove the directory of a folder this process was making (a failed CREATE); errors are ignored."""
+        import shutil
+
+        self._folders.pop(name, None)
+        try:
+            shutil.rmtree(self._folder_path(name), ignore_errors=True)
+        except (OSError, StoreError):
+            pass
 
     def delete_folder(self, name: str) -> None:
         """

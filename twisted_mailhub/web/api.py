@@ -397,10 +397,11 @@ class ApiResource(resource.Resource):
         request.finish()
 
     async def _dispatch(self, request) -> Any:
-        try:
-            segments = [s.decode("utf-8") for s in request.postpath]
-        except UnicodeDecodeError:
-            raise ApiError(400, "bad_path", "the path is not UTF-8") from None
+        # A file name need not be UTF-8 (FTP stores any octets): such a
+        # segment is kept as the file system has it (surrogate escapes),
+        # for the file routes only; anything else must be UTF-8.
+        segments = [s.decode("utf-8", "surrogateescape") for s in request.postpath]
+        not_utf8 = any(not s.isascii() and _has_surrogates(s) for s in segments)
         if segments and segments[-1] == "":
             segments = segments[:-1]
         method = request.method.decode("ascii", "replace").upper()
@@ -419,9 +420,13 @@ class ApiResource(resource.Resource):
                 caller = await self._authenticate(request)
                 if route.auth == "admin" and not caller.is_admin:
                     raise ApiError(403, "forbidden", "only a teacher (admin) account may do this")
+            if not_utf8 and route.handler not in _OCTET_NAMES:
+                raise ApiError(400, "bad_path", "the path is not UTF-8")
             request.mailhub_route = route.handler  # for the log, never client data
             handler: Callable[..., Awaitable[Any]] = getattr(self, "api_" + route.handler)
             return await handler(request, caller, **params)
+        if not_utf8:
+            raise ApiError(400, "bad_path", "the path is not UTF-8")
         if allowed:
             raise ApiError(405, "method_not_allowed", f"use {', '.join(sorted(set(allowed)))} here")
         raise ApiError(404, "not_found", "no such API endpoint; see /api/v1/openapi.json")
@@ -911,7 +916,7 @@ class ApiResource(resource.Resource):
         return {
             "path": "/".join(segments),
             "entries": [
-                {"name": name, "type": "folder" if directory else "file", "size": size, "modified": _iso(modified)}
+                {"name": name, "ref": _ref(name), "type": "folder" if directory else "file", "size": size, "modified": _iso(modified)}
                 for name, (size, directory, modified) in entries
             ],
         }
@@ -1151,6 +1156,29 @@ def _flag_list(body: dict[str, Any], key: str, required: bool = False) -> list[s
             flag = known[flag.lower()]
         out.append(flag)
     return out
+
+
+# Routes whose path may name a file by octets that are not UTF-8.
+_OCTET_NAMES = frozenset({"file_get", "file_put", "file_delete"})
+
+
+def _has_surrogates(text: str) -> bool:
+    """True when C{text} holds a lone surrogate (an octet that was not UTF-8, kept by surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _ref(name: str) -> str:
+    """
+    A listed file name as a path segment of the API's URLs (RFC 3986
+    §2.1 percent-encoding of its octets): C{caf%E9.txt} for a name
+    stored in Latin-1, which the C{name} field can only show as
+    C{caf\ufffd.txt}. GET, PUT and DELETE take it back as it is.
+    """
+    return quote(name.encode("utf-8", "surrogateescape"), safe="")
 
 
 def _segments(path: list[str]) -> list[str]:

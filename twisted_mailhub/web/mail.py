@@ -1109,7 +1109,24 @@ class Compose(resource.Resource):
         user = self.session.user
         for name, kind, data in files:
             maintype, subtype, params = attachment_type(kind, data)
+            if (maintype, subtype) == ("message", "rfc822"):
+                # RFC 2046 §5.2.1: a message/rfc822 body is 7bit or 8bit,
+                # never base64 (which mail programs then cannot open):
+                # attached as the message it is (compat32 keeps its fields).
+                carried = email.message_from_bytes(data, policy=email.policy.compat32)
+                message.add_attachment(carried, filename=name)
+                continue
+            if maintype in ("multipart", "message"):
+                # RFC 2045 §6.4: a composite type is never base64, and its
+                # octets are not known to be a valid one: sent as octets.
+                maintype, subtype, params = "application", "octet-stream", {}
             message.add_attachment(data, maintype=maintype, subtype=subtype, filename=name, params=params)
+        # RFC 2045 §4: MIME-Version belongs to the message's own header;
+        # Python's email package puts one in every body part it makes.
+        # (An attached message/rfc822 keeps its own: it is inside it.)
+        if message.is_multipart():
+            for part in message.iter_parts():
+                del part["MIME-Version"]
         raw = message.as_bytes()
         limit = int(getattr(self.face.hub, "max_message_size", 0) or 0)
         if limit and len(raw) > limit:
@@ -1206,6 +1223,29 @@ def _cleaned(fields: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def _form_parts(body: bytes, boundary: str | None) -> list[bytes] | None:
+    """
+    The bodies (after each part's header) of the parts of a multipart/
+    form-data C{body} (RFC 7578, RFC 2046 §5.1.1 delimiters), octet for
+    octet, in order; None when C{boundary} is missing or not found.
+    """
+    if not boundary:
+        return None
+    delimiter = b"\r\n--" + boundary.encode("latin-1", "replace")
+    chunks = (b"\r\n" + body).split(delimiter)
+    if len(chunks) < 2:
+        return None
+    bodies = []
+    for chunk in chunks[1:]:
+        if chunk.startswith(b"--"):
+            break  # the close delimiter
+        _, found, rest = chunk.partition(b"\r\n\r\n")
+        if not found:
+            return None
+        bodies.append(rest)
+    return bodies
+
+
 def _form_data(request) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
     """
     A POST's fields and uploaded files (name, type, bytes), read from the
@@ -1220,11 +1260,20 @@ def _form_data(request) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
     parsed = email.message_from_bytes(b"Content-Type: " + content_type + b"\r\n\r\n" + body, policy=email.policy.HTTP)
     fields: dict[str, str] = {}
     files = []
-    for part in parsed.iter_parts():
+    parts = list(parsed.iter_parts())
+    raw = _form_parts(body, parsed.get_boundary())
+    for n, part in enumerate(parts):
         name = part.get_param("name", header="content-disposition")
         if not name:
             continue
-        data = part.get_payload(decode=True) or b""
+        if raw is not None and len(raw) == len(parts) and (part.is_multipart() or part.get_content_maintype() in ("message", "multipart")) and str(part.get("content-transfer-encoding", "")).strip().lower() in ("", "7bit", "8bit", "binary"):
+            # A file of type message/rfc822 (a saved .eml) or multipart/*:
+            # the parser took it apart (get_payload gave None, and it was
+            # dropped without a word) or read it as a broken one. Its
+            # octets as the browser sent them.
+            data = raw[n]
+        else:
+            data = part.get_payload(decode=True) or b""
         filename = part.get_filename()
         if filename is not None:
             if data:

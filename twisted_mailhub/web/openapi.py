@@ -207,7 +207,7 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "Error": _obj(["error"], error=_obj(["status", "code", "message"], status=_INT, code=_STR, message=_STR)),
                 "Address": _obj(["name", "address"], name=_STR, address=_STR),
-                "Listing": _obj(["path", "entries"], path=_STR, entries={"type": "array", "items": _obj(["name", "type", "size", "modified"], name=_STR, type={"enum": ["file", "folder"]}, size=_INT, modified=_STR)}),
+                "Listing": _obj(["path", "entries"], path=_STR, entries={"type": "array", "items": _obj(["name", "ref", "type", "size", "modified"], name=_STR, ref=_STR, type={"enum": ["file", "folder"]}, size=_INT, modified=_STR)}),
             },
         },
         "paths": paths,
