@@ -53,7 +53,7 @@ def _hub(seen, monkeypatch, *extra):
         return real_envelope_of(*args)
 
     monkeypatch.setattr(delivery, "envelope_of", envelope_of)
-    monkeypatch.setattr(delivery, "_store", lambda hub, session, sender, recipients, message, counted=None: ("stored", message))
+    monkeypatch.setattr(delivery, "_store", lambda hub, session, sender, recipients, message, counted=None, dsn=None: ("stored", message))
     return hub, made
 
 
