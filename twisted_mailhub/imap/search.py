@@ -406,6 +406,10 @@ def _walk_detached(predicate: Predicate, entries: list, cache: dict, fields: tup
     return found, moved, top
 
 
+MATCH_SLICE = 1024
+"""How many messages L{match_in_thread} gives its thread at a time."""
+
+
 def match_in_thread(folder: Any, predicate: Predicate, uids: list[int], recent: Any, by_modseq: bool, fields: tuple = ()) -> defer.Deferred | None:
     """
     Match C{predicate} against messages C{uids} (ascending, sequence
@@ -427,42 +431,59 @@ def match_in_thread(folder: Any, predicate: Predicate, uids: list[int], recent: 
     if paths_of is None:
         return None
     info_of = getattr(folder, "row", None) or folder.info
-    entries = []
-    for seq, (u, path) in enumerate(zip(uids, paths_of(uids)), 1):
-        if path is None:
-            continue
-        try:
-            entries.append((seq, info_of(u), u in recent, path, folder.modseq(u) if by_modseq else 0))
-        except NoSuchMessage:
-            continue
     shared = HeaderCache.of(folder)
     before = {name: len(values) for name, values in shared.items()}
     private = {name: _copy_values(values) for name, values in shared.items()}
-    cache = HeaderCache.of(folder)
+    fields = tuple(fields)
+    pairs: list[tuple[int, int]] = []
+    tops = [0]
+    walked = [0]
 
-    def matched(outcome):
+    def entries_from(start: int) -> list:
+        # One slice of the messages at a time: their rows and paths are
+        # what the thread needs, and a whole 100,000-message folder's at
+        # once left the server's memory some 5 MB higher after it.
+        entries = []
+        chunk = uids[start : start + MATCH_SLICE]
+        for seq, (u, path) in enumerate(zip(chunk, paths_of(chunk)), start + 1):
+            if path is None:
+                continue
+            try:
+                entries.append((seq, info_of(u), u in recent, path, folder.modseq(u) if by_modseq else 0))
+            except NoSuchMessage:
+                continue
+        return entries
+
+    def matched(outcome, entries: list, start: int):
         found, moved, top = outcome
+        tops[0] = max(tops[0], top)
+        walked[0] += len(entries)
+        pairs.extend((entries[n][0], entries[n][1].uid) for n in found)
+        # renamed meanwhile: the store finds them (in the reactor, few)
+        for n in moved:
+            seq, info, is_recent, _path, _modseq = entries[n]
+            try:
+                candidate = Candidate(seq, info, is_recent, folder, shared)
+                if predicate(candidate):
+                    pairs.append((seq, info.uid))
+                    if by_modseq:
+                        tops[0] = max(tops[0], candidate.modseq())
+            except (NoSuchMessage, FileNotFoundError):
+                continue
+        if start + MATCH_SLICE < len(uids):
+            return walk(start + MATCH_SLICE)
         for name, values in private.items():
             if len(shared.get(name, ())) == before.get(name, 0) and len(values) <= HeaderCache.limit:
                 shared[name] = values
-        pairs = [(entries[n][0], entries[n][1].uid) for n in found]
-        if moved:
-            # renamed meanwhile: the store finds them (in the reactor, few)
-            for n in moved:
-                seq, info, is_recent, _path, _modseq = entries[n]
-                try:
-                    candidate = Candidate(seq, info, is_recent, folder, cache)
-                    if predicate(candidate):
-                        pairs.append((seq, info.uid))
-                        if by_modseq:
-                            top = max(top, candidate.modseq())
-                except (NoSuchMessage, FileNotFoundError):
-                    continue
-            pairs.sort()
-        after_walk(len(entries))
-        return pairs, top
+        pairs.sort()
+        after_walk(walked[0])
+        return pairs, tops[0]
 
-    return in_thread(_walk_detached, predicate, entries, private, tuple(fields)).addCallback(matched)
+    def walk(start: int) -> defer.Deferred:
+        entries = entries_from(start)
+        return in_thread(_walk_detached, predicate, entries, private, fields).addCallback(matched, entries, start)
+
+    return walk(0)
 
 
 def _flag(flag: str, present: bool = True) -> Predicate:
