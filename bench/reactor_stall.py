@@ -44,19 +44,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests.hubprocess import HubProcess  # noqa: E402
+from tests.test_e2e_slow_fsync import SITECUSTOMIZE  # noqa: E402  (fsync slowed by MAILHUB_TEST_FSYNC_DELAY)
 
-SITECUSTOMIZE = '''
-import os, time
-_fsync, _fdatasync = os.fsync, os.fdatasync
-_delay = float(os.environ.get("MAILHUB_TEST_FSYNC_DELAY", "0"))
-def _slow(real):
-    def flush(fd):
-        time.sleep(_delay)
-        return real(fd)
-    return flush
-if _delay:
-    os.fsync, os.fdatasync = _slow(_fsync), _slow(_fdatasync)
-'''
 
 
 def fill(maildir: str, count: int) -> None:

@@ -33,8 +33,15 @@ BIG = (
 )
 
 
-class FetchReadsTests(unittest.TestCase):
-    def setUp(self):
+class ThreadedImapCase(unittest.TestCase):
+    """
+    An IMAP hub on a Maildir store (fake clocks) whose parsing thread runs
+    only when the test says: the work queued for it is in C{self.threads},
+    C{self.in_thread} is True while it runs, C{self.ran} counts the runs.
+    """
+
+    def make_hub(self, messages: list[bytes]):
+        """The hub, with C{messages} in alice's INBOX as another program left them (cur/, seen); returns the folder."""
         self.journal = Journal()
         accounts = AccountBook(["localhost"])
         accounts.add("alice", "secret")
@@ -44,19 +51,55 @@ class FetchReadsTests(unittest.TestCase):
         self.hub._tls = object()
         imap.install(self.hub)
         folder = self.store.account("alice@localhost").folder("INBOX")
-        with open(os.path.join(folder.directory, "cur", f"1700000000.M1P1Q1.test,S={len(BIG)}:2,S"), "wb") as f:
-            f.write(BIG)
+        for n, raw in enumerate(messages):
+            with open(os.path.join(folder.directory, "cur", f"{1700000000 + n}.M{n + 1}P1Q1.test,S={len(raw)}:2,S"), "wb") as f:
+                f.write(raw)
         folder.unsettled()
         self.journal.run_jobs()
         self.threads: list = []
         self.in_thread = False
         self.ran = 0
+        return folder
 
-        def queued(function, *args):
-            d = defer.Deferred()
-            self.threads.append((function, args, d))
-            return d
+    def queued(self, function, *args) -> defer.Deferred:
+        """A stand-in for C{in_thread}: the call waits in C{self.threads}."""
+        d = defer.Deferred()
+        self.threads.append((function, args, d))
+        return d
 
+    def run_threads(self) -> None:
+        self.journal.run_jobs()
+        while self.threads:
+            function, args, d = self.threads.pop(0)
+            self.in_thread = True
+            self.ran += 1
+            try:
+                result = function(*args)
+            finally:
+                self.in_thread = False
+            d.callback(result)
+
+    def talk(self, server, transport, line: bytes, run: bool = True) -> bytes:
+        transport.clear()
+        server.dataReceived(line)
+        while run and (self.threads or self.journal.jobs):
+            self.run_threads()
+        return transport.value()
+
+    def logged_in(self):
+        server = IMAPServer(self.hub, "imap")
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
+        server.makeConnection(transport)
+        self.addCleanup(server.connectionLost, None)
+        self.assertIn(b"a OK", self.talk(server, transport, b"a login alice secret\r\n"))
+        self.assertIn(b"b OK", self.talk(server, transport, b"b select INBOX\r\n"))
+        return server, transport
+
+
+class FetchReadsTests(ThreadedImapCase):
+    def setUp(self):
+        self.make_hub([BIG])
+        queued = self.queued
         self.patch(fetch, "in_thread", queued)
         self.patch(urls, "in_thread", queued)
         self.reads_in_reactor: list = []
@@ -88,31 +131,6 @@ class FetchReadsTests(unittest.TestCase):
 
         self.patch(MaildirFolder, "read", read)
         self.patch(MaildirFolder, "open", lambda folder, uid: Watched(real_open(folder, uid)))
-
-    def talk(self, server, transport, line: bytes) -> bytes:
-        transport.clear()
-        server.dataReceived(line)
-        while self.threads or self.journal.jobs:
-            self.journal.run_jobs()
-            while self.threads:
-                function, args, d = self.threads.pop(0)
-                self.in_thread = True
-                self.ran += 1
-                try:
-                    result = function(*args)
-                finally:
-                    self.in_thread = False
-                d.callback(result)
-        return transport.value()
-
-    def logged_in(self):
-        server = IMAPServer(self.hub, "imap")
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
-        server.makeConnection(transport)
-        self.addCleanup(server.connectionLost, None)
-        self.assertIn(b"a OK", self.talk(server, transport, b"a login alice secret\r\n"))
-        self.assertIn(b"b OK", self.talk(server, transport, b"b select INBOX\r\n"))
-        return server, transport
 
     def test_the_structure_envelope_and_a_part_of_a_big_message_are_read_in_a_parsing_thread(self):
         server, transport = self.logged_in()

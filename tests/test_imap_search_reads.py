@@ -10,54 +10,21 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet import defer, task
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
-from twisted.trial import unittest
-
-from tests.test_small_files_durable import Journal
-from twisted_mailhub import imap
-from twisted_mailhub.accounts import AccountBook
-from twisted_mailhub.hub import Hub
+from tests.test_imap_reactor_reads import ThreadedImapCase
 from twisted_mailhub.imap import search
-from twisted_mailhub.imap.server import IMAPServer
-from twisted_mailhub.store.durable import GroupCommitWriter
-from twisted_mailhub.store.maildir import MaildirFolder, MaildirStore
-from twisted_mailhub.store.smallfiles import SmallFiles
+from twisted_mailhub.store.maildir import MaildirFolder
 
 
 def message(n: int, body: bytes) -> bytes:
     return b"From: sender%d@example.org\r\nSubject: note %d\r\nDate: Mon, 2 Nov 2026 10:00:00 +0000\r\n\r\n%s\r\n" % (n, n, body)
 
 
-class SearchReadsTests(unittest.TestCase):
+class SearchReadsTests(ThreadedImapCase):
     def setUp(self):
-        self.journal = Journal()
-        accounts = AccountBook(["localhost"])
-        accounts.add("alice", "secret")
-        self.store = MaildirStore(self.mktemp(), GroupCommitWriter(task.Clock()))
-        self.store.small_files = SmallFiles(fsync=self.journal.fsync, run=self.journal.run)
-        self.hub = Hub(task.Clock(), {"max-message-size": 10_000_000}, accounts, self.store, self.mktemp(), "mail.test")
-        self.hub._tls = object()
-        imap.install(self.hub)
-        folder = self.store.account("alice@localhost").folder("INBOX")
-        self.directory = folder.directory
         bodies = [b"plain words", b"the NEEDLE is here", b"nothing", b"another needle", b"x" * 20000 + b" needle at the end"]
-        for n, body in enumerate(bodies, 1):
-            raw = message(n, body)
-            with open(os.path.join(folder.directory, "cur", f"17000000{n:02d}.M{n}P1Q1.test,S={len(raw)}:2,S"), "wb") as f:
-                f.write(raw)
-        folder.unsettled()
-        self.journal.run_jobs()
-        self.threads: list = []
-        self.in_thread = False
-        self.ran = 0
-
-        def queued(function, *args):
-            d = defer.Deferred()
-            self.threads.append((function, args, d))
-            return d
-
+        folder = self.make_hub([message(n, body) for n, body in enumerate(bodies, 1)])
+        self.directory = folder.directory
+        queued = self.queued
         self.patch(search, "in_thread", queued)
         self.reads_in_reactor: list = []
         real_read, real_open = MaildirFolder.read, os.open
@@ -76,32 +43,8 @@ class SearchReadsTests(unittest.TestCase):
         self.patch(MaildirFolder, "read", read)
         self.patch(os, "open", os_open)
 
-    def talk(self, server, transport, line: bytes, run: bool = True) -> bytes:
-        transport.clear()
-        server.dataReceived(line)
-        while run and (self.threads or self.journal.jobs):
-            self.run_threads()
-        return transport.value()
-
-    def run_threads(self):
-        self.journal.run_jobs()
-        while self.threads:
-            function, args, d = self.threads.pop(0)
-            self.in_thread = True
-            self.ran += 1
-            try:
-                result = function(*args)
-            finally:
-                self.in_thread = False
-            d.callback(result)
-
     def logged_in(self):
-        server = IMAPServer(self.hub, "imap")
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4321))
-        server.makeConnection(transport)
-        self.addCleanup(server.connectionLost, None)
-        self.assertIn(b"a OK", self.talk(server, transport, b"a login alice secret\r\n"))
-        self.assertIn(b"b OK", self.talk(server, transport, b"b select INBOX\r\n"))
+        server, transport = ThreadedImapCase.logged_in(self)
         self.reads_in_reactor.clear()
         return server, transport
 
