@@ -7,9 +7,13 @@ were put, and what SELECT asks for is computed over the columns.
 
 from __future__ import annotations
 
+import sys
+from unittest import mock
+
 from twisted.trial import unittest
 
 from twisted_mailhub.store.interfaces import FLAGGED, SEEN, MessageInfo
+from twisted_mailhub.store import table
 from twisted_mailhub.store.table import MessageTable, NameColumn, system_bits
 
 
@@ -110,6 +114,30 @@ class NameColumnTests(unittest.TestCase):
             del column[0]
         self.assertEqual(list(column), [f"name{i}" for i in range(60, 100)])
         self.assertLess(len(column._blob), size / 2)
+
+    def test_names_split_from_an_index_take_their_octets_and_4_octets_a_start(self):
+        # SEARCH asks a 100,000-message folder for paths: its names were
+        # kept with an eighth more octets than they hold and 8 octets a
+        # start, 1.3 MB more than the index's text instead of 0.4.
+        names = [f"1700{i:06d}.M{i}P7Q1.mail.test,S=2048" for i in range(10_000)]
+        text = "\n".join(names)
+        column = NameColumn.from_text(text, len(names))
+        self.assertEqual(column[9_999], names[9_999])
+        self.assertEqual(column._starts.itemsize, 4)
+        self.assertLessEqual(sys.getsizeof(column._blob), len(text.encode()) + 1 + sys.getsizeof(bytearray()) + 1)
+        self.assertEqual(list(column), names)
+        self.assertEqual(column.subset(range(len(names)))._starts.itemsize, 4)
+
+    def test_starts_past_4_gib_are_kept_in_8_octets(self):
+        # (the 4 GiB limit made small: a block that large is not made here)
+        with mock.patch.object(table, "_MAX_NARROW", 12):
+            column = NameColumn(["first", "second"])
+            self.assertEqual(column._starts.itemsize, 4)
+            column.append("third")  # starts at 13
+            column.insert(1, "fourth")
+            self.assertEqual(column._starts.itemsize, 8)
+            self.assertEqual(list(column), ["first", "fourth", "second", "third"])
+            self.assertEqual(column.subset([3, 2, 1, 0])._starts.itemsize, 8)
 
     def test_a_subset_keeps_the_rows_asked_for_in_that_order(self):
         column = NameColumn(["a", "b", "c", "d"])

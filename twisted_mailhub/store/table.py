@@ -86,7 +86,9 @@ class NameColumn:
     C{os.fsencode} does) followed by a NUL (which no file name holds),
     and where each row's name starts.
     About 45 octets a name instead of a Python string and a list slot
-    (about 100); C{names[i]} makes the string when asked.
+    (about 100); C{names[i]} makes the string when asked. The starts are
+    an C{array('I')} (4 octets a name) while the block is under 4 GiB,
+    then C{array('Q')}.
 
     Names of removed rows stay in the block until they are as many as
     the live ones, then the block is written anew. An index's
@@ -98,7 +100,7 @@ class NameColumn:
 
     def __init__(self, names: Iterable[str] = ()) -> None:
         self._blob = bytearray()
-        self._starts = array("Q")
+        self._starts = array("I")
         self._dead = 0  # octets of names no row points to
         self._ordered = True  # the block is the rows' names in row order, nothing else
         self._text: str | None = None  # LF-joined names not yet turned into the block
@@ -118,11 +120,12 @@ class NameColumn:
 
     def _unpack(self) -> None:
         text, self._text = self._text, None
-        blob = self._blob = bytearray(text.replace("\n", "\0").encode("utf-8", "surrogateescape"))
-        blob.append(0)
+        # Made at its size, the last NUL with the rest: a bytearray grown
+        # by one octet takes an eighth more (0.5 MB for 100,000 names).
+        blob = self._blob = bytearray((text + "\n").replace("\n", "\0").encode("utf-8", "surrogateescape"))
         # The starts: 0, then one past each NUL (sums run in C, no loop here).
         ends = itertools.accumulate(map((1).__add__, map(len, blob.split(b"\0")[:-1])))
-        self._starts = array("Q", itertools.chain((0,), ends))
+        self._starts = _start_array(itertools.chain((0,), ends), len(blob))
         self._starts.pop()
 
     def __len__(self) -> int:
@@ -160,13 +163,19 @@ class NameColumn:
         blob.append(0)
         return start
 
+    def _wide_enough(self, start: int) -> array:
+        starts = self._starts
+        if start > _MAX_NARROW and starts.typecode == "I":
+            starts = self._starts = array("Q", starts)
+        return starts
+
     def append(self, name: str) -> None:
         start = self._place(name)  # (first: it may make _starts)
-        self._starts.append(start)
+        self._wide_enough(start).append(start)
 
     def insert(self, i: int, name: str) -> None:
         start = self._place(name)
-        self._starts.insert(i, start)
+        self._wide_enough(start).insert(i, start)
         if i < len(self._starts) - 1:
             self._ordered = False
 
@@ -190,13 +199,22 @@ class NameColumn:
         blob, starts = self._blob, self._starts
         parts = [blob[starts[i] : blob.index(0, starts[i]) + 1] for i in keep]
         other._blob = bytearray(b"".join(parts))
-        other._starts = array("Q", itertools.accumulate(map(len, parts), initial=0))
+        other._starts = _start_array(itertools.accumulate(map(len, parts), initial=0), len(other._blob))
         other._starts.pop()
         return other
 
     def _compact(self) -> None:
         fresh = self.subset(range(len(self._starts)))
         self._blob, self._starts, self._dead, self._ordered = fresh._blob, fresh._starts, 0, True
+
+
+# The largest start an array('I') holds: a block of 4 GiB or more takes array('Q').
+_MAX_NARROW = 2**32 - 1
+
+
+def _start_array(values: Iterable[int], size: int) -> array:
+    """The starts C{values} (each below C{size}, the block's octets) as an C{array('I')}, or C{array('Q')} if they need it."""
+    return array("I" if size <= _MAX_NARROW else "Q", values)
 
 
 class MessageTable:
