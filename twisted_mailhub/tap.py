@@ -292,16 +292,16 @@ def _accounts_and_checkers(options):
 
     from twisted_mailhub.accounts import AccountBook
 
-    from twisted_mailhub.cluster.accounts import PostgresAccountsChecker
+    from twisted_mailhub.cluster import table_checkers
 
     checkers = options.get("credCheckers", [])
     # --auth postgresql:DSN: the book mirrors the table (cluster/accounts.py);
     # accounts from files and --user are kept beside the table's.
-    in_table = [c for c in checkers if isinstance(c, PostgresAccountsChecker)]
+    in_table = table_checkers(checkers)
     accounts = in_table[0].account_book(options["domains"]) if in_table else AccountBook(options["domains"])
     extra = []
     for checker in checkers:
-        if isinstance(checker, PostgresAccountsChecker):
+        if any(checker is c for c in in_table):
             continue
         if isinstance(checker, FilePasswordDB):
             # AccountsFileError: one line with the file and line number
@@ -407,12 +407,15 @@ def makeService(options):
         cleaning = TimerService(3600, clean_tmp)
         cleaning.clock = reactor
         hub.add_service(cleaning)
-    from twisted_mailhub.cluster.throttle import shared_throttle
+    from twisted_mailhub.cluster import shared_throttle_dsn
 
     # store or accounts in PostgreSQL: the throttle counts for every hub
-    shared = shared_throttle(options, reactor)
-    if shared is not None:
-        hub.throttle = shared
+    throttle_dsn = shared_throttle_dsn(options)
+    if throttle_dsn is not None:
+        # (imported only here: a hub without PostgreSQL loads none of its code)
+        from twisted_mailhub.cluster.throttle import SharedLoginThrottle
+
+        hub.throttle = SharedLoginThrottle(throttle_dsn, reactor)
     hub.load_accounts = lambda: _accounts_and_checkers(options)[0]
     hub.run_as = _run_as(options)
     found = filter_plugins()

@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from twisted_mailhub.cluster import schema
+from twisted_mailhub.cluster import schema, shared_throttle_dsn
 from twisted_mailhub.cluster.database import Database
 from twisted_mailhub.login import LoginThrottle
 from twisted_mailhub.store.interfaces import StoreError
@@ -93,18 +93,9 @@ class SharedLoginThrottle(LoginThrottle):
 def shared_throttle(options: Any, reactor: Any) -> SharedLoginThrottle | None:
     """
     The shared throttle when the store or the accounts are in PostgreSQL
-    (C{--store postgresql:DSN}, else C{--auth postgresql:DSN}), else
-    L{None} (each hub counts on its own).
+    (C{--store postgresql:DSN}, else C{--auth postgresql:DSN}:
+    L{twisted_mailhub.cluster.shared_throttle_dsn}), else L{None} (each
+    hub counts on its own).
     """
-    store = options.get("store") or ""
-    dsn = store.partition(":")[2] if store.startswith("postgresql:") else None
-    if dsn is None:
-        from twisted_mailhub.cluster.accounts import PostgresAccountsChecker
-
-        for checker in options.get("credCheckers", []):
-            if isinstance(checker, PostgresAccountsChecker):
-                dsn = checker.dsn
-                break
-    if not dsn:
-        return None
-    return SharedLoginThrottle(dsn, reactor)
+    dsn = shared_throttle_dsn(options)
+    return None if dsn is None else SharedLoginThrottle(dsn, reactor)
