@@ -365,11 +365,22 @@ def fields_cached(folder: Any, fields: Iterable[str], uids: list[int]) -> bool:
     wanted = None
     for name in fields:
         values = cache.get(name)
+        if values is None or len(values) < len(uids):
+            return False
+        if len(values) == len(uids) and _same_numbers(values.uids, uids):
+            continue  # (the common case: every message of the folder, compared in C)
         if wanted is None:
             wanted = set(uids)
-        if values is None or len(values) < len(wanted) or not wanted.issubset(values.uids):
+        if not wanted.issubset(values.uids):
             return False
     return True
+
+
+def _same_numbers(kept: array, uids: Any) -> bool:
+    """Does C{kept} (an C{array('I')}) hold the numbers of C{uids} (an array or list), in that order?"""
+    if isinstance(uids, array):
+        return kept == uids
+    return kept.tolist() == uids
 
 
 def _copy_values(values: FieldValues) -> FieldValues:
@@ -825,7 +836,9 @@ class SearchCommands:
         if must_read(folder, query, view.uids):
             # The files are read and matched in a worker thread; this
             # session reads no further command until it is answered.
-            waited = match_in_thread(folder, predicate, list(view.uids), view.recent, by_modseq)
+            # (the UIDs as they are now, in the view's own kind: an
+            # array('I') copy is 4 octets a message; a list of them, 36)
+            waited = match_in_thread(folder, predicate, view.uids[:], view.recent, by_modseq)
             if waited is not None:
                 self._hold_input()
 
