@@ -94,16 +94,59 @@ def test_a_search_asks_the_header_cache_for_every_message_without_a_set_of_them(
     cache = search.HeaderCache.of(folder)
     for name in ("from", "address:from"):
         values = cache[name] = search.FieldValues()
-        values.uids = array("I", folder.uids)
-        values.values = [b"carol@example.com"] * COUNT
+        for uid in folder.uids:
+            values.put(uid, b"carol@example.com")
     uids = array("I", folder.uids)
     cached, peak = _peak(lambda: search.fields_cached(folder, ["from", "address:from"], uids))
     assert cached
     # (a set of 100,000 UIDs: over 4 MB)
     assert peak < 100_000
     # one message not held: not cached
-    del cache["from"].uids[-1], cache["from"].values[-1]
+    del cache["from"].uids[-1], cache["from"].numbers[-1]
     assert not search.fields_cached(folder, ["from"], uids)
     # a part of the folder, held: cached
     assert search.fields_cached(folder, ["address:from"], uids[5:10])
     assert search.fields_cached(folder, ["address:from"], list(uids[5:10]))
+
+
+def test_the_header_cache_keeps_a_few_senders_in_an_octet_a_message():
+    senders = [b"%s@example.org" % name for name in (b"alice", b"bob", b"carol", b"dave", b"erin")]
+    uids = range(1, COUNT + 1)
+
+    def kept():
+        values = search.FieldValues()
+        for uid in uids:
+            values.put(uid, senders[uid % 5] + b"")  # (a new object each time, as a header read gives it)
+        return values
+
+    values = kept()
+    assert [values.get(uid) for uid in (1, 2, 3, COUNT)] == [senders[1], senders[2], senders[3], senders[0]]
+    assert values.get(COUNT + 1) is None
+    # the UIDs (4 octets a message) and the senders' numbers (1): a list
+    # of the values beside the UIDs took 8 more
+    assert _held(kept) < 6 * COUNT + 100_000
+
+
+def test_the_header_cache_numbers_take_more_octets_past_256_and_65536_values():
+    values = search.FieldValues()
+    for uid in range(1, 70_001):
+        values.put(uid, b"subject %d" % uid)
+    assert values.numbers.itemsize == 4
+    assert [values.get(uid) for uid in (1, 256, 257, 65_536, 65_537, 70_000)] == [b"subject %d" % uid for uid in (1, 256, 257, 65_536, 65_537, 70_000)]
+    values = search.FieldValues()
+    for uid in range(600, 0, -1):  # (each put before the others: inserted)
+        values.put(uid, b"subject %d" % (uid % 300))
+    assert values.numbers.itemsize == 2
+    assert [values.get(uid) for uid in range(1, 601)] == [b"subject %d" % (uid % 300) for uid in range(1, 601)]
+
+
+def _held(make) -> int:
+    """The octets what C{make()} returns still holds once made (traced)."""
+    tracemalloc.start()
+    try:
+        made = make()
+        held = tracemalloc.get_traced_memory()[0]
+        del made
+        return held
+    finally:
+        tracemalloc.stop()
