@@ -79,6 +79,28 @@ class SearchReadsTests(ThreadedImapCase):
         self.assertEqual(sizes, [2, 2, 1, 2, 2, 1])
         self.assertEqual(self.reads_in_reactor, [])
 
+    def test_search_and_sort_give_their_thread_the_uids_as_an_array_not_a_list(self):
+        # A list of a 100,000-message folder's UIDs is 3.6 MB of integers
+        # held for the whole search (an array('I') copy: 0.4 MB), and
+        # pymalloc kept the room after it (issue 13).
+        from array import array
+
+        from twisted_mailhub.imap import sort
+
+        given = []
+        real = search.match_in_thread
+
+        def spy(folder, predicate, uids, *rest):
+            given.append(uids)
+            return real(folder, predicate, uids, *rest)
+
+        self.patch(search, "match_in_thread", spy)
+        self.patch(sort, "match_in_thread", spy)
+        server, transport = self.logged_in()
+        self.assertIn(b"* SEARCH 2 4 5\r\nc OK", self.talk(server, transport, b"c SEARCH BODY needle\r\n"))
+        self.assertIn(b"* SORT 2 4 5\r\nd OK", self.talk(server, transport, b"d SORT (ARRIVAL) UTF-8 BODY needle\r\n"))
+        self.assertEqual([(type(uids), list(uids)) for uids in given], [(array, [1, 2, 3, 4, 5])] * 2)
+
     def test_commands_after_a_search_wait_for_its_answer_and_keep_their_order(self):
         server, transport = self.logged_in()
         sent = self.talk(server, transport, b"c SEARCH BODY needle\r\nd NOOP\r\n", run=False)

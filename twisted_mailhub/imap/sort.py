@@ -359,7 +359,9 @@ class SortCommands:
                 return
             if keep is not None:
                 keep.append(predicate)
-            waited = match_in_thread(folder, predicate, list(view.uids), view.recent, False, fields)
+            # (the UIDs as they are now, in the view's own kind: an
+            # array('I') copy is 4 octets a message; a list of them, 36)
+            waited = match_in_thread(folder, predicate, view.uids[:], view.recent, False, fields)
             if waited is not None:
                 self._hold_input()
 
