@@ -115,18 +115,33 @@ class NameColumnTests(unittest.TestCase):
         self.assertEqual(list(column), [f"name{i}" for i in range(60, 100)])
         self.assertLess(len(column._blob), size / 2)
 
-    def test_names_split_from_an_index_take_their_octets_and_4_octets_a_start(self):
+    def test_names_read_from_an_index_take_its_text_and_4_octets_a_start(self):
         # SEARCH asks a 100,000-message folder for paths: its names were
-        # kept with an eighth more octets than they hold and 8 octets a
-        # start, 1.3 MB more than the index's text instead of 0.4.
+        # made into a block beside the index's text (3.8 MB more while it
+        # was made, then an eighth more than its octets) with 8-octet
+        # starts; they are now read from the text, 4 octets a start.
         names = [f"1700{i:06d}.M{i}P7Q1.mail.test,S=2048" for i in range(10_000)]
         text = "\n".join(names)
         column = NameColumn.from_text(text, len(names))
-        self.assertEqual(column[9_999], names[9_999])
+        self.assertEqual([column[i] for i in (0, 1, 9_998, 9_999, -1, -10_000)], [names[i] for i in (0, 1, 9_998, 9_999, -1, -10_000)])
+        self.assertRaises(IndexError, column.__getitem__, 10_000)
+        self.assertRaises(IndexError, column.__getitem__, -10_001)
+        self.assertEqual(len(column._blob), 0)
+        self.assertEqual(column._starts.itemsize, 4)
+        self.assertLessEqual(column._starts.buffer_info()[1], len(names) + 1)
+        self.assertEqual(list(column), names)
+        self.assertEqual(column.text(), text)
+        # a name changed: the block, at its size, 4 octets a start
+        del column[0]
+        self.assertEqual([column[i] for i in (0, 9_998)], [names[1], names[9_999]])
         self.assertEqual(column._starts.itemsize, 4)
         self.assertLessEqual(sys.getsizeof(column._blob), len(text.encode()) + 1 + sys.getsizeof(bytearray()) + 1)
-        self.assertEqual(list(column), names)
-        self.assertEqual(column.subset(range(len(names)))._starts.itemsize, 4)
+        self.assertEqual(column.subset(range(len(names) - 1))._starts.itemsize, 4)
+
+    def test_names_of_other_scripts_are_read_from_the_text_as_put(self):
+        names = ["caf\u00e9", "undecodable\udcff", "\u4e2d\u6587", "b", ""]
+        column = NameColumn.from_text("\n".join(names), len(names))
+        self.assertEqual([column[i] for i in range(5)], names)
 
     def test_starts_past_4_gib_are_kept_in_8_octets(self):
         # (the 4 GiB limit made small: a block that large is not made here)
