@@ -33,9 +33,9 @@ from twisted.mail import imap4
 from twisted_mailhub.imap import contexts
 from twisted_mailhub.imap.address import Mailbox, parse_address_list
 from twisted_mailhub.imap.message import has_broken_base64_word
-from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, _astrings, compile_search, fields_cached, match_in_thread, must_read
+from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, _astrings, compile_search, fields_cached, match_in_thread, must_read, reads_detached
 from twisted_mailhub.imap.wire import client_text
-from twisted_mailhub.store.interfaces import NoSuchMessage
+from twisted_mailhub.store.interfaces import NoSuchMessage, StoreUnavailable
 
 log = Logger()
 
@@ -351,7 +351,7 @@ class SortCommands:
         view = self.selected
         folder = view.folder
         reads = must_read(folder, query, view.uids) or not fields_cached(folder, fields, view.uids)
-        if reads and getattr(folder, "paths", None) is not None and charset.upper() in (b"US-ASCII", b"UTF-8"):
+        if reads and reads_detached(folder) and charset.upper() in (b"US-ASCII", b"UTF-8"):
             try:
                 predicate = compile_search(query, len(view.uids), view.uids[-1] if view.uids else 0)
             except BadSearch as e:
@@ -376,6 +376,11 @@ class SortCommands:
                     then(found)
 
                 def failed(reason):
+                    if self.transport is None or self.transport.disconnecting:
+                        return
+                    if reason.check(StoreUnavailable):
+                        self._command_failed(reason.value, tag, b"SORT")  # NO [UNAVAILABLE]
+                        return
                     log.failure("IMAP SORT or THREAD failed", reason)
                     self.sendBadResponse(tag, b"[SERVERBUG] the search failed; see the server log")
 
