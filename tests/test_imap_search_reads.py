@@ -148,3 +148,48 @@ class SearchReadsTests(ThreadedImapCase):
         self.assertIn(b"* SEARCH 2\r\ne OK", self.talk(server, transport, b"e SEARCH SUBJECT \"note 2\"\r\n"))
         self.assertEqual(self.ran, 2)
         self.assertEqual(self.reads_in_reactor, [])
+
+
+class LiveSearchReadsTests(ThreadedImapCase):
+    """A live search (CONTEXT=SEARCH / CONTEXT=SORT UPDATE, RFC 5267 §4) matches a new message in the worker thread."""
+
+    setUp = SearchReadsTests.setUp
+    logged_in = SearchReadsTests.logged_in
+
+    def arrive(self, n: int, body: bytes) -> None:
+        raw = message(n, body)
+        with open(os.path.join(self.directory, "cur", f"{1700000100 + n}.M{n}P1Q1.test,S={len(raw)}:2,S"), "wb") as f:
+            f.write(raw)
+        self.store.account("alice@localhost").folder("INBOX").unsettled()
+        self.journal.run_jobs()
+
+    def test_a_new_message_is_matched_in_a_worker_thread_and_its_update_comes_between_exists_and_the_reply(self):
+        server, transport = self.logged_in()
+        out = self.talk(server, transport, b'c SEARCH RETURN (UPDATE ALL COUNT) BODY needle\r\n')
+        self.assertIn(b'* ESEARCH (TAG "c") COUNT 3 ALL 2,4:5\r\nc OK', out)
+        self.arrive(6, b"a needle again")
+        self.arrive(7, b"no match")
+        self.reads_in_reactor.clear()
+        ran = self.ran
+        sent = self.talk(server, transport, b"d NOOP\r\ne NOOP\r\n", run=False)
+        # (the new messages are being read in the thread: the reply waits, and so does e)
+        self.assertIn(b"* 7 EXISTS\r\n", sent)
+        self.assertNotIn(b"d OK", sent)
+        self.run_threads()
+        out = transport.value()
+        self.assertIn(b'* 7 EXISTS\r\n', out)
+        self.assertIn(b'* ESEARCH (TAG "c") ADDTO (0 6) COUNT 4\r\nd OK', out)
+        self.assertLess(out.index(b"d OK"), out.index(b"e OK"))
+        self.assertEqual(self.reads_in_reactor, [])  # (before: both files read in the reactor)
+        self.assertEqual(self.ran, ran + 1)  # (one batch for both)
+
+    def test_a_live_sort_reads_a_new_messages_sort_field_in_the_worker_thread(self):
+        server, transport = self.logged_in()
+        out = self.talk(server, transport, b"c UID SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 ALL\r\n")
+        self.assertIn(b'* ESEARCH (TAG "c") UID ALL 1:5\r\nc OK', out)
+        self.arrive(0, b"sorted first")  # ("note 0")
+        self.reads_in_reactor.clear()
+        out = self.talk(server, transport, b"d NOOP\r\n")
+        self.assertIn(b'* 6 EXISTS\r\n', out)
+        self.assertIn(b'* ESEARCH (TAG "c") UID ADDTO (1 6)\r\nd OK', out)
+        self.assertEqual(self.reads_in_reactor, [])

@@ -936,7 +936,7 @@ class SearchCommands:
                     pairs, top = outcome
                     if self.transport is None or self.transport.disconnecting or self.selected is not view:
                         return  # (the client went away meanwhile)
-                    self._answer_search(tag, uid, options, predicate, pairs, top, saving)
+                    self._answer_search(tag, uid, options, predicate, pairs, top, saving, reads_messages(query))
 
                 def failed(reason):
                     if self.transport is None or self.transport.disconnecting:
@@ -968,9 +968,9 @@ class SearchCommands:
             except (NoSuchMessage, FileNotFoundError):
                 continue
         after_walk(len(view.uids))  # (the headers read for a big folder)
-        self._answer_search(tag, uid, options, predicate, pairs, top, saving)
+        self._answer_search(tag, uid, options, predicate, pairs, top, saving, reads_messages(query))
 
-    def _answer_search(self, tag, uid, options, predicate, pairs: list, top: int, saving: list | None = None) -> None:
+    def _answer_search(self, tag, uid, options, predicate, pairs: list, top: int, saving: list | None = None, reads: bool = True) -> None:
         """
         The SEARCH (or ESEARCH, RFC 4731) response and tagged OK for the
         matching C{(seq, uid)} pairs, ascending; C{top} is their highest
@@ -989,7 +989,7 @@ class SearchCommands:
         else:
             self.transport.write(contexts.esearch_response(tag, bool(uid), options, found, sort=False, modseq=top))
             if options.update:
-                self.transport.write(self.start_context(tag, bool(uid), options, predicate, None, [u for _, u in pairs]))
+                self.transport.write(self.start_context(tag, bool(uid), options, predicate, None, [u for _, u in pairs], reads))
         self.sendPositiveResponse(tag, b"SEARCH completed")
 
     def arg_searchkeys(self, line, _before=b""):
