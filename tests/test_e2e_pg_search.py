@@ -13,14 +13,19 @@ PYTHONPATH (L{SITECUSTOMIZE}) sleeps before every read of message bytes
 
 from __future__ import annotations
 
+import base64
+import concurrent.futures
 import imaplib
+import json
 import re
 import threading
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
-from tests.test_e2e_imap import append, login
+from tests.test_e2e_imap import Raw, append, login
 
 SITECUSTOMIZE = '''
 import os, time
@@ -184,3 +189,91 @@ def test_a_long_search_body_on_a_slow_postgresql_does_not_hold_another_session(s
     assert max(waits) < DELAY / 2, (waits, result)
     alice.logout()
     bob.logout()
+
+
+def pings_while(hub, action) -> tuple[object, list[float]]:
+    """Run C{action()} in a thread while bob sends NOOP after NOOP: (its result, bob's waits in seconds)."""
+    bob = login(hub, "bob", "hungry")
+    bob.select("INBOX")
+    result: dict = {}
+
+    def run() -> None:
+        result["value"] = action()
+
+    doer = threading.Thread(target=run)
+    doer.start()
+    waits = []
+    while doer.is_alive():
+        began = time.monotonic()
+        typ, _ = bob.noop()
+        assert typ == "OK"
+        waits.append(time.monotonic() - began)
+        time.sleep(0.02)
+    doer.join()
+    bob.logout()
+    return result["value"], waits
+
+
+def test_a_live_search_on_a_slow_postgresql_matches_a_new_message_without_holding_another_session(slow_pg_hub):
+    hub = slow_pg_hub(DELAY)
+    fill(hub, 6)
+    watcher = Raw(hub.ports["imap"])
+    watcher.cmd(b"a", b"LOGIN alice secret")
+    watcher.cmd(b"b", b"SELECT INBOX")
+    lines = watcher.cmd(b"c", b"UID SEARCH RETURN (UPDATE ALL) BODY needle")
+    assert lines[-2:] == [b'* ESEARCH (TAG "c") UID ALL 1,4', b"c OK SEARCH completed"], lines
+    other = login(hub)
+    append(other, message=message(6))  # (UID 7, the needle in its body)
+    append(other, message=message(7))
+    other.logout()
+    lines, waits = pings_while(hub, lambda: watcher.cmd(b"d", b"NOOP"))
+    # EXISTS, then the update, then the reply (RFC 5267 §4.2), as before
+    assert lines[0] == b"* 8 EXISTS", lines
+    assert lines[-2:] == [b'* ESEARCH (TAG "c") UID ADDTO (0 7)', b"d OK NOOP completed"], lines
+    # (before: the new messages were read in the reactor: bob waited for
+    # the slowed read)
+    assert max(waits) < DELAY / 2, waits
+    watcher.close()
+
+
+def test_the_apis_wait_on_a_slow_postgresql_matches_a_new_message_without_holding_another_session(slow_pg_hub):
+    hub = slow_pg_hub(DELAY)
+    fill(hub, 2)
+    url = f"http://127.0.0.1:{hub.ports['web']}/api/v1/accounts/me/folders/INBOX/wait?timeout=20&after_uid=2&search=" + urllib.parse.quote("BODY needle")
+
+    def wait():
+        request = urllib.request.Request(url, headers={"Authorization": "Basic " + base64.b64encode(b"alice:secret").decode()})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return json.loads(reply.read())
+
+    def arrive_and_wait():
+        waiter = concurrent.futures.ThreadPoolExecutor(1)
+        answer = waiter.submit(wait)
+        other = login(hub)
+        append(other, message=message(1))  # (UID 3: no needle)
+        append(other, message=message(3))  # (UID 4: the needle)
+        other.logout()
+        try:
+            return answer.result(30)
+        finally:
+            waiter.shutdown()
+
+    answer, waits = pings_while(hub, arrive_and_wait)
+    assert answer["timed_out"] is False and answer["message"]["uid"] == 4, answer
+    assert answer["message"]["subject"] == "quarterly report", answer
+    # (before: the arrivals and the summary's header were read in the reactor)
+    assert max(waits) < DELAY / 2, waits
+
+
+def test_fetch_bodystructure_of_a_big_message_on_a_slow_postgresql_does_not_hold_another_session(slow_pg_hub):
+    hub = slow_pg_hub(DELAY)
+    big = message(0).replace(b"\r\n\r\n", b"\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n", 1) + b"a long line of words in a big message\r\n" * 40000
+    assert len(big) > 1024 * 1024  # (imap/fetch.py STREAM_OVER)
+    c = login(hub)
+    append(c, message=big)
+    c.select("INBOX")
+    (typ, data), waits = pings_while(hub, lambda: c.fetch("1", "(BODYSTRUCTURE)"))
+    assert typ == "OK" and b'("TEXT" "PLAIN"' in data[0].upper(), data
+    # (before: the message was read in the reactor, every slowed slice)
+    assert len(waits) >= 3 and max(waits) < DELAY / 2, waits
+    c.logout()

@@ -589,6 +589,43 @@ def match_each_in_thread(
     return walk(0)
 
 
+def headers_in_thread(folder: Any, infos: list[Any]) -> defer.Deferred:
+    """
+    A L{Deferred} of the header (up to and with its empty line) of each
+    message of C{infos} (L{MessageInfo}s of C{folder}), in their order,
+    read in a worker thread (L{detached_reader}); C{b""} for a message
+    gone meanwhile. A store whose messages no thread can read (memory)
+    is read here.
+    """
+    cache = HeaderCache.of(folder)
+
+    def here(info: Any) -> bytes:
+        try:
+            return Candidate(0, info, False, folder, cache).header()
+        except (NoSuchMessage, FileNotFoundError):
+            return b""
+
+    if not infos or not reads_detached(folder):
+        return defer.succeed([here(i) for i in infos])
+    try:
+        reader = detached_reader(folder, [i.uid for i in infos])
+    except Exception:
+        return defer.fail()
+
+    def read() -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for n, info in enumerate(infos):
+            try:
+                out.append(DetachedCandidate(0, info, False, reader, n, 0, {}).header() if reader.present(n) else b"")
+            except _Moved:
+                out.append(None)  # (renamed by a flag change: looked for again here)
+            except (NoSuchMessage, FileNotFoundError):
+                out.append(b"")
+        return out
+
+    return in_thread(read).addCallback(lambda out: [here(i) if h is None else h for i, h in zip(infos, out)])
+
+
 def _flag(flag: str, present: bool = True) -> Predicate:
     return lambda c: (flag in c.info.flags) == present
 
