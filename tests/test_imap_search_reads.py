@@ -79,6 +79,25 @@ class SearchReadsTests(ThreadedImapCase):
         self.assertEqual(sizes, [2, 2, 1, 2, 2, 1])
         self.assertEqual(self.reads_in_reactor, [])
 
+    def test_a_search_of_big_messages_gives_its_thread_a_slice_of_at_most_match_slice_octets(self):
+        # The thread pool is shared (offload.THREADS): a FETCH BODYSTRUCTURE
+        # queued behind a search waits one slice, and a slice of 1,024 big
+        # messages was up to 1,024 times their size. Each slice ends at the
+        # message that passes MATCH_SLICE_OCTETS.
+        self.patch(search, "MATCH_SLICE_OCTETS", 150)
+        sizes = []
+        real = search._walk_detached
+
+        def walk(predicate, entries, *rest):
+            sizes.append(len(entries))
+            return real(predicate, entries, *rest)
+
+        self.patch(search, "_walk_detached", walk)
+        server, transport = self.logged_in()
+        self.assertIn(b"* SEARCH 2 4 5\r\nc OK", self.talk(server, transport, b"c SEARCH BODY needle\r\n"))
+        self.assertEqual(sizes, [2, 2, 1])  # (messages of about 90 octets, then one of 20,000)
+        self.assertEqual(self.reads_in_reactor, [])
+
     def test_commands_after_a_search_wait_for_its_answer_and_keep_their_order(self):
         server, transport = self.logged_in()
         sent = self.talk(server, transport, b"c SEARCH BODY needle\r\nd NOOP\r\n", run=False)
