@@ -277,3 +277,24 @@ def test_fetch_bodystructure_of_a_big_message_on_a_slow_postgresql_does_not_hold
     # (before: the message was read in the reactor, every slowed slice)
     assert len(waits) >= 3 and max(waits) < DELAY / 2, waits
     c.logout()
+
+
+def test_a_search_when_the_database_is_down_says_unavailable_then_works_again(start_hub, pg_dsn, postgresql):
+    hub = start_hub("--store", f"postgresql:{pg_dsn}", "--no-ftp")
+    fill(hub, 4)
+    c = login(hub)
+    c.select("INBOX")
+    postgresql.stop()
+    try:
+        for keys in (("BODY", "needle"), ("FROM", "carol")):
+            typ, data = c.search(None, *keys)
+            assert typ == "NO" and data[0].startswith(b"[UNAVAILABLE]"), (keys, data)
+        typ, data = c.sort("(SUBJECT)", "UTF-8", "BODY", "needle")
+        assert typ == "NO" and data[0].startswith(b"[UNAVAILABLE]"), data
+        typ, data = c.noop()
+        assert typ == "OK", data  # the session goes on
+    finally:
+        postgresql.restart()
+    assert c.search(None, "BODY", "needle") == ("OK", [b"1 4"])
+    c.logout()
+    assert "Traceback" not in hub.log
