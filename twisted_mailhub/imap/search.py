@@ -616,6 +616,44 @@ def match_each_in_thread(
     return walk(0)
 
 
+def heads_in_thread(folder: Any, infos: list[Any], length: int) -> defer.Deferred:
+    """
+    A L{Deferred} of the first C{length} octets of each message of
+    C{infos} (L{MessageInfo}s of C{folder}), in their order, read in a
+    worker thread (L{detached_reader}); None for a message gone
+    meanwhile. A store whose messages no thread can read (memory) is
+    read here.
+    """
+
+    def here(info: Any) -> bytes | None:
+        try:
+            with folder.open(info.uid) as f:
+                return f.read(length)
+        except (NoSuchMessage, FileNotFoundError):
+            return None
+
+    if not infos or not reads_detached(folder):
+        return defer.succeed([here(i) for i in infos])
+    try:
+        reader = detached_reader(folder, [i.uid for i in infos])
+    except Exception:
+        return defer.fail()
+    moved = object()
+
+    def read() -> list:
+        out: list = []
+        for n in range(len(infos)):
+            try:
+                out.append(reader.head(n, length) if reader.present(n) else None)
+            except _Moved:
+                out.append(moved)  # (renamed by a flag change: looked for again here)
+            except (NoSuchMessage, FileNotFoundError):
+                out.append(None)
+        return out
+
+    return in_thread(read).addCallback(lambda out: [here(i) if h is moved else h for i, h in zip(infos, out)])
+
+
 def headers_in_thread(folder: Any, infos: list[Any]) -> defer.Deferred:
     """
     A L{Deferred} of the header (up to and with its empty line) of each
