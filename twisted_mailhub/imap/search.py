@@ -285,12 +285,12 @@ class FileReader:
         except FileNotFoundError:
             raise _Moved() from None
 
-    def raw(self, n: int) -> bytes:
-        """The whole file of message C{n}."""
+    def raw(self, n: int, size: int = 0) -> bytes:
+        """The whole file of message C{n} (C{size}: its size as the store knows it, a hint for the read)."""
         fd = self._open(n)
         try:
             chunks = []
-            want = max(os.fstat(fd).st_size + 1, 65536)
+            want = max(size + 1, 65536)
             while True:
                 chunk = os.read(fd, want)
                 if not chunk:
@@ -312,7 +312,7 @@ class FileReader:
 def detached_reader(folder: Any, uids: list[int]) -> Any:
     """
     Something a worker thread reads messages C{uids} of C{folder} with,
-    by their position in C{uids} (C{present(n)}, C{raw(n)}, C{head(n,
+    by their position in C{uids} (C{present(n)}, C{raw(n, size)}, C{head(n,
     length)}), made in the reactor from what the store gives: a
     L{FileReader} of a Maildir's paths, or the store's own
     (C{folder.detached_reader}: PostgreSQL's reads on connections of its
@@ -352,7 +352,7 @@ class DetachedCandidate(Candidate):
 
     def raw(self) -> bytes:
         if self._raw is None:
-            self._raw = self._reader.raw(self._n)
+            self._raw = self._reader.raw(self._n, self.info.size)
         return self._raw
 
     def header(self) -> bytes:

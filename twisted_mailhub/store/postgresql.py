@@ -326,9 +326,10 @@ class BlobReader:
         """Was message C{n} in the folder when its id was taken?"""
         return self._ids[n] is not None
 
-    def raw(self, n: int) -> bytes:
+    def raw(self, n: int, size: int = 0) -> bytes:
         """
-        The whole message C{n} (a big one in L{CHUNK} slices).
+        The whole message C{n} (a big one in L{CHUNK} slices; C{size}, a
+        hint for a file, is not needed: its size was taken with its id).
 
         @raise NoSuchMessage: it is gone (expunged everywhere meanwhile).
         @raise StoreUnavailable: the database cannot be reached.
