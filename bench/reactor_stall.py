@@ -27,6 +27,13 @@ reported per SEARCH: its wall time, the hub's CPU for it, and bob's
 longest and median wait meanwhile.
 
     python3 bench/reactor_stall.py --search-count 20000 --views 3
+
+With --store postgresql, --search-count's messages are in a PostgreSQL
+database instead (a private server started and removed by the script, as
+the tests' fixture does; the messages put in with COPY before the hub
+starts).
+
+    python3 bench/reactor_stall.py --search-count 20000 --views 3 --store postgresql
 """
 
 from __future__ import annotations
@@ -158,22 +165,63 @@ def anatomy_views(mb: int, views: int) -> None:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def search_body(count: int, searches: int) -> None:
+def search_message(i: int) -> bytes:
+    """Message C{i} of --search-count's folder: about 8 KB, CRLF, the word "needle" in one of 100."""
+    line = "a line of the body of an ordinary message, nothing to find here\r\n" * 120
+    word = "needle" if i % 100 == 7 else "hay"
+    return (f"From: someone{i % 50}@example.org\r\nSubject: message {i}\r\n\r\n{line}the {word} word\r\n").encode()
+
+
+def fill_postgresql(dsn: str, count: int) -> None:
+    """alice's INBOX in the mail database at C{dsn} (schema made here) with --search-count's messages, as if delivered."""
+    import psycopg
+
+    from twisted_mailhub.store import pgschema
+    from twisted_mailhub.store.postgresql import ensure_account
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pgschema.check(conn, True)
+        account = ensure_account(conn, "alice@localhost")
+        mailbox = conn.execute("SELECT id FROM mailbox WHERE account_id = %s AND name = 'INBOX'", (account,)).fetchone()[0]
+        start = time.time() - count
+        with conn.transaction():
+            with conn.cursor().copy("COPY message (id, size, body) FROM STDIN") as copy:
+                for i in range(count):
+                    body = search_message(i)
+                    copy.write_row((i + 1, len(body), body))
+            with conn.cursor().copy("COPY mailbox_message (mailbox_id, uid, message_id, key, flags, recent, internal_date, modseq, size) FROM STDIN") as copy:
+                for i in range(count):
+                    copy.write_row((mailbox, i + 1, i + 1, f"bench{i}", "{\\Seen}", False, start + i, 1, len(search_message(i))))
+            conn.execute("SELECT setval('message_id_seq', %s)", (count,))
+            conn.execute("UPDATE mailbox SET uid_next = %s, highest_modseq = 1 WHERE id = %s", (count + 1, mailbox))
+
+
+def search_body(count: int, searches: int, store: str = "maildir") -> None:
     from bench.cpu import cpu_seconds
 
     data = tempfile.mkdtemp(prefix="reactor-stall-", dir=os.environ.get("TMPDIR", "/tmp"))
+    server = None
     try:
-        hub = HubProcess(os.path.join(data, "hub"), ["--no-ftp"])
-        maildir = hub.maildir("alice@localhost")
-        for sub in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(maildir, sub), exist_ok=True)
-        start = int(time.time()) - count
-        line = "a line of the body of an ordinary message, nothing to find here\r\n" * 120
-        for i in range(count):
-            word = "needle" if i % 100 == 7 else "hay"
-            body = (f"From: someone{i % 50}@example.org\r\nSubject: message {i}\r\n\r\n{line}the {word} word\r\n").encode()
-            with open(os.path.join(maildir, "cur", f"{start + i}.M{i}P1Q{i}.bench,S={len(body)}:2,S"), "wb") as f:
-                f.write(body)
+        if store == "postgresql":
+            from tests.pgserver import PostgresServer, find_bindir
+
+            bindir = find_bindir()
+            if bindir is None:
+                raise SystemExit("--store postgresql needs PostgreSQL installed (initdb not found)")
+            server = PostgresServer(bindir).start()
+            dsn = server.create_database()
+            fill_postgresql(dsn, count)
+            hub = HubProcess(os.path.join(data, "hub"), ["--no-ftp", "--store", f"postgresql:{dsn}"])
+        else:
+            hub = HubProcess(os.path.join(data, "hub"), ["--no-ftp"])
+            maildir = hub.maildir("alice@localhost")
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+            start = int(time.time()) - count
+            for i in range(count):
+                body = search_message(i)
+                with open(os.path.join(maildir, "cur", f"{start + i}.M{i}P1Q{i}.bench,S={len(body)}:2,S"), "wb") as f:
+                    f.write(body)
         hub.start()
         try:
             bob = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
@@ -203,13 +251,15 @@ def search_body(count: int, searches: int) -> None:
                     time.sleep(0.005)
                 searcher.join()
                 cpu = cpu_seconds(hub.process.pid) - before
-                print(f"SEARCH BODY over {count} messages, search {n + 1}: {result['wall'] * 1000:.0f} ms wall, {cpu * 1000:.0f} ms hub CPU; "
+                print(f"SEARCH BODY over {count} messages ({store}), search {n + 1}: {result['wall'] * 1000:.0f} ms wall, {cpu * 1000:.0f} ms hub CPU; "
                       f"bob's NOOP meanwhile ({len(waits)}): longest {max(waits) * 1000:.0f} ms, median {statistics.median(waits) * 1000:.1f} ms", flush=True)
             alice.logout()
             bob.logout()
         finally:
             hub.stop()
     finally:
+        if server is not None:
+            server.remove()
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -221,10 +271,11 @@ def main() -> None:
     parser.add_argument("--anatomy-mb", type=int, default=0)
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--search-count", type=int, default=0)
+    parser.add_argument("--store", choices=("maildir", "postgresql"), default="maildir", help="--search-count's store (postgresql: a private server, tests/pgserver.py)")
     args = parser.parse_args()
     if args.search_count:
         for _ in range(args.rounds):
-            search_body(args.search_count, args.views)
+            search_body(args.search_count, args.views, args.store)
         return
     if args.anatomy_mb:
         for _ in range(args.rounds):

@@ -101,6 +101,25 @@ class SearchReadsTests(ThreadedImapCase):
         self.assertIn(b"* SORT 2 4 5\r\nd OK", self.talk(server, transport, b"d SORT (ARRIVAL) UTF-8 BODY needle\r\n"))
         self.assertEqual([(type(uids), list(uids)) for uids in given], [(array, [1, 2, 3, 4, 5])] * 2)
 
+    def test_a_search_of_big_messages_gives_its_thread_a_slice_of_at_most_match_slice_octets(self):
+        # The thread pool is shared (offload.THREADS): a FETCH BODYSTRUCTURE
+        # queued behind a search waits one slice, and a slice of 1,024 big
+        # messages was up to 1,024 times their size. Each slice ends at the
+        # message that passes MATCH_SLICE_OCTETS.
+        self.patch(search, "MATCH_SLICE_OCTETS", 150)
+        sizes = []
+        real = search._walk_detached
+
+        def walk(predicate, entries, *rest):
+            sizes.append(len(entries))
+            return real(predicate, entries, *rest)
+
+        self.patch(search, "_walk_detached", walk)
+        server, transport = self.logged_in()
+        self.assertIn(b"* SEARCH 2 4 5\r\nc OK", self.talk(server, transport, b"c SEARCH BODY needle\r\n"))
+        self.assertEqual(sizes, [2, 2, 1])  # (messages of about 90 octets, then one of 20,000)
+        self.assertEqual(self.reads_in_reactor, [])
+
     def test_commands_after_a_search_wait_for_its_answer_and_keep_their_order(self):
         server, transport = self.logged_in()
         sent = self.talk(server, transport, b"c SEARCH BODY needle\r\nd NOOP\r\n", run=False)
@@ -169,4 +188,72 @@ class SearchReadsTests(ThreadedImapCase):
         # a field not kept yet goes to the thread
         self.assertIn(b"* SEARCH 2\r\ne OK", self.talk(server, transport, b"e SEARCH SUBJECT \"note 2\"\r\n"))
         self.assertEqual(self.ran, 2)
+        self.assertEqual(self.reads_in_reactor, [])
+
+
+class LiveSearchReadsTests(ThreadedImapCase):
+    """A live search (CONTEXT=SEARCH / CONTEXT=SORT UPDATE, RFC 5267 §4) matches a new message in the worker thread."""
+
+    setUp = SearchReadsTests.setUp
+    logged_in = SearchReadsTests.logged_in
+
+    def arrive(self, n: int, body: bytes) -> None:
+        raw = message(n, body)
+        with open(os.path.join(self.directory, "cur", f"{1700000100 + n}.M{n}P1Q1.test,S={len(raw)}:2,S"), "wb") as f:
+            f.write(raw)
+        self.store.account("alice@localhost").folder("INBOX").unsettled()
+        self.journal.run_jobs()
+
+    def test_a_new_message_is_matched_in_a_worker_thread_and_its_update_comes_between_exists_and_the_reply(self):
+        server, transport = self.logged_in()
+        out = self.talk(server, transport, b'c SEARCH RETURN (UPDATE ALL COUNT) BODY needle\r\n')
+        self.assertIn(b'* ESEARCH (TAG "c") COUNT 3 ALL 2,4:5\r\nc OK', out)
+        self.arrive(6, b"a needle again")
+        self.arrive(7, b"no match")
+        self.reads_in_reactor.clear()
+        ran = self.ran
+        sent = self.talk(server, transport, b"d NOOP\r\ne NOOP\r\n", run=False)
+        # (the new messages are being read in the thread: the reply waits, and so does e)
+        self.assertIn(b"* 7 EXISTS\r\n", sent)
+        self.assertNotIn(b"d OK", sent)
+        self.run_threads()
+        out = transport.value()
+        self.assertIn(b'* 7 EXISTS\r\n', out)
+        self.assertIn(b'* ESEARCH (TAG "c") ADDTO (0 6) COUNT 4\r\nd OK', out)
+        self.assertLess(out.index(b"d OK"), out.index(b"e OK"))
+        self.assertEqual(self.reads_in_reactor, [])  # (before: both files read in the reactor)
+        self.assertEqual(self.ran, ran + 1)  # (one batch for both)
+
+    def test_a_live_sort_reads_a_new_messages_sort_field_in_the_worker_thread(self):
+        server, transport = self.logged_in()
+        out = self.talk(server, transport, b"c UID SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 ALL\r\n")
+        self.assertIn(b'* ESEARCH (TAG "c") UID ALL 1:5\r\nc OK', out)
+        self.arrive(0, b"sorted first")  # ("note 0")
+        self.reads_in_reactor.clear()
+        out = self.talk(server, transport, b"d NOOP\r\n")
+        self.assertIn(b'* 6 EXISTS\r\n', out)
+        self.assertIn(b'* ESEARCH (TAG "c") UID ADDTO (1 6)\r\nd OK', out)
+        self.assertEqual(self.reads_in_reactor, [])
+
+    def test_a_new_messages_header_values_are_read_in_the_thread_without_a_copy_of_the_folders_cache(self):
+        # A whole copy of the header cache per arrival cost the reactor
+        # milliseconds for 100,000 messages: a few messages take the
+        # values of theirs alone, and theirs join the folder's cache.
+        self.patch(search, "FEW", 2)
+        copies = []
+        real_copy = search._copy_values
+        self.patch(search, "_copy_values", lambda values: copies.append(1) or real_copy(values))
+        server, transport = self.logged_in()
+        out = self.talk(server, transport, b"c SEARCH RETURN (UPDATE ALL) FROM sender\r\n")
+        self.assertIn(b'* ESEARCH (TAG "c") ALL 1:5\r\nc OK', out)
+        self.arrive(6, b"from a sender too")
+        copies.clear()
+        self.reads_in_reactor.clear()
+        out = self.talk(server, transport, b"d NOOP\r\n")
+        self.assertIn(b'* ESEARCH (TAG "c") ADDTO (0 6)\r\nd OK', out)
+        self.assertEqual(copies, [])  # (before: one copy of the cache per batch)
+        ran = self.ran
+        # the new message's From: is cached now: a SEARCH FROM reads nothing
+        self.assertIn(b"* SEARCH 6\r\ne OK", self.talk(server, transport, b"e SEARCH FROM sender6\r\n"))
+        self.assertEqual(self.ran, ran)
         self.assertEqual(self.reads_in_reactor, [])

@@ -47,3 +47,37 @@ def in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.
     from twisted.internet import reactor
 
     return threads.deferToThreadPool(reactor, _shared_pool(reactor), function, *args, **kwargs)
+
+
+def read_in_thread(folder: Any, uid: int, run: Callable[..., defer.Deferred] | None = None) -> defer.Deferred | None:
+    """
+    A L{Deferred} of the whole stored message C{uid} of C{folder}
+    (bytes), read in one of these threads where the store lets a thread
+    read it: a Maildir file is opened here and read there; a PostgreSQL
+    message is read there on the store's own read connections
+    (C{folder.detached_reader}), not on the reactor's. None for a store
+    that allows neither (memory: the bytes are at hand). C{run}: what
+    runs a call in a thread (default L{in_thread}; a caller's own name
+    for it, which tests replace).
+
+    @raise NoSuchMessage: (here, or as the Deferred's failure) the
+        message is gone.
+    """
+    path = getattr(folder, "path", None)
+    if path is not None and path(uid) is not None:
+        f = folder.open(uid)
+
+        def whole() -> bytes:
+            with f:
+                return f.read()
+
+        return (run or in_thread)(whole)
+    make = getattr(folder, "detached_reader", None)
+    if make is None:
+        return None
+    reader = make([uid])
+    if not reader.present(0):
+        from twisted_mailhub.store.interfaces import NoSuchMessage
+
+        raise NoSuchMessage(uid)
+    return (run or in_thread)(reader.raw, 0)

@@ -48,9 +48,13 @@ from twisted.mail import imap4
 
 from twisted_mailhub.imap.condstore import uid_set_text
 from twisted_mailhub.imap.message import quote
-from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache
+from twisted.logger import Logger
+
+from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, match_each_in_thread, reads_detached
 from twisted_mailhub.imap.wire import client_text, shown
-from twisted_mailhub.store.interfaces import NoSuchMessage
+from twisted_mailhub.store.interfaces import NoSuchMessage, StoreUnavailable
+
+log = Logger()
 
 CAPABILITIES = (b"CONTEXT=SEARCH", b"CONTEXT=SORT", b"ESORT", b"PARTIAL")
 MAX_CONTEXTS = 10
@@ -211,7 +215,7 @@ class SearchContext:
     C{criteria} (None for SEARCH) and the UIDs in its result, in order.
     """
 
-    def __init__(self, tag: bytes, uid: bool, options: ReturnOptions, predicate: Any, criteria: list | None, results: list[int]):
+    def __init__(self, tag: bytes, uid: bool, options: ReturnOptions, predicate: Any, criteria: list | None, results: list[int], reads: bool = True, fields: tuple = ()):
         self.tag = tag
         self.uid = uid
         self.options = options
@@ -219,6 +223,8 @@ class SearchContext:
         self.criteria = criteria
         self.results = results
         self.members = set(results)
+        self.reads = reads  # may its predicate read a message (BODY, FROM ...), or its order a header field?
+        self.fields = fields  # the header fields its order reads (lowered names)
 
 
 class SearchContexts:
@@ -234,6 +240,13 @@ class SearchContexts:
         self.notify = notify
         self.contexts: dict[bytes, SearchContext] = {}
         self.dirty: set[int] = set()
+        # The messages the contexts that read them (SearchContext.reads)
+        # are to look at again: read and matched in a worker thread, one
+        # batch at a time (reading); the answers of a batch wait in
+        # ready until updates() applies them, oldest first.
+        self.unread: set[int] = set()
+        self.reading: Any = None
+        self.ready: list[tuple[list[int], list[SearchContext], dict[int, int]]] = []
         view.folder.add_listener(self._changed)
 
     def _changed(self, change: Any) -> None:
@@ -245,6 +258,99 @@ class SearchContexts:
     def close(self) -> None:
         self.view.folder.remove_listener(self._changed)
         self.contexts.clear()
+        self.ready.clear()
+        self.unread.clear()
+
+    @property
+    def pending(self) -> bool:
+        """Is there anything for L{updates} to look at or tell?"""
+        return bool(self.dirty or self.ready or (self.unread and self.reading is None))
+
+    def _in_thread(self, context: SearchContext) -> bool:
+        return context.reads and reads_detached(self.view.folder)
+
+    def _read_unread(self) -> None:
+        """
+        Match the L{unread} messages against the contexts that read them,
+        in a worker thread (L{match_each_in_thread}: Maildir's files or
+        PostgreSQL's blobs are read there, never in the reactor); their
+        answers go to L{ready} and the session is told (C{notify}).
+        """
+        view = self.view
+        uids = []
+        seqs = []
+        for uid in sorted(self.unread):
+            seq = view.seq_of(uid)
+            if seq:
+                uids.append(uid)
+                seqs.append(seq)
+            else:
+                self.dirty.add(uid)  # (expunged since: no read needed)
+        self.unread.clear()
+        reading = [c for c in self.contexts.values() if self._in_thread(c)]
+        if not uids or not reading:
+            return
+        fields = tuple({f for c in reading for f in c.fields})
+        waited = match_each_in_thread(view.folder, [c.predicate for c in reading], uids, seqs, view.recent, False, fields)
+        if waited is None:  # (not for this store after all: in the reactor)
+            for c in reading:
+                c.reads = False
+            self.dirty.update(uids)
+            return
+        self.reading = waited
+
+        def read(outcome) -> None:
+            self.reading = None
+            masks = {uid: mask for _seq, uid, mask in outcome[0]}
+            self.ready.append((uids, reading, masks))
+            if self.contexts:
+                self.notify()  # (an IDLE session hears it at once)
+
+        def failed(reason) -> None:
+            # Looked at again at the next command (not at once: a
+            # database that is down would be asked again and again).
+            self.reading = None
+            self.unread.update(uids)
+            if reason.check(StoreUnavailable):
+                log.warn("a live search could not read new or changed messages: {why}", why=str(reason.value))
+            else:
+                log.failure("a live search's look at new or changed messages failed", reason)
+
+        waited.addCallbacks(read, failed)
+
+    def _apply_ready(self, changed: dict) -> None:
+        """
+        The answers of the worker thread's batches (L{ready}), oldest
+        first (a later answer for a message replaces an earlier one),
+        into C{changed}.
+        """
+        view = self.view
+        latest: dict[bytes, dict[int, bool]] = {}
+        while self.ready:
+            uids, reading, masks = self.ready.pop(0)
+            for bit, context in enumerate(reading):
+                if self.contexts.get(context.tag) is not context:
+                    continue  # (cancelled meanwhile)
+                now_of = latest.setdefault(context.tag, {})
+                for uid in uids:
+                    now_of[uid] = bool(masks.get(uid, 0) & (1 << bit))
+        for tag, now_of in latest.items():
+            context = self.contexts[tag]
+            added, removed = changed[tag]
+            for uid, now in sorted(now_of.items()):
+                seq = view.seq_of(uid)
+                now = now and bool(seq)
+                if seq and not now:
+                    try:
+                        view.folder.info(uid)
+                    except NoSuchMessage:
+                        self.dirty.add(uid)  # expunged, EXPUNGE not sent yet: later
+                        continue
+                was = uid in context.members
+                if now and not was:
+                    added.append(uid)
+                elif was and not now:
+                    removed.append(uid)
 
     def _matches(self, predicate: Any, uid: int, seq: int, cache: dict) -> bool:
         view = self.view
@@ -258,14 +364,17 @@ class SearchContexts:
         """
         if not self.contexts:
             self.dirty.clear()
+            self.ready.clear()
+            self.unread.clear()
             return []
-        if not self.dirty:
+        if not self.pending:
             return []
         view = self.view
         last = view.uids[-1] if view.uids else 0
         cache = HeaderCache.of(view.folder)
-        keep: set[int] = set()
         changed: dict[bytes, tuple[list[int], list[int]]] = {t: ([], []) for t in self.contexts}
+        self._apply_ready(changed)  # (older than what is dirty now)
+        keep: set[int] = set()
         for uid in sorted(self.dirty):
             seq = view.seq_of(uid)
             if not seq and uid > last:
@@ -276,6 +385,9 @@ class SearchContexts:
                     pass
                 continue
             for context in self.contexts.values():
+                if seq and self._in_thread(context):
+                    self.unread.add(uid)  # read and matched in a worker thread
+                    continue
                 try:
                     now = bool(seq) and self._matches(context.predicate, uid, seq, cache)
                 except NoSuchMessage:
@@ -284,11 +396,14 @@ class SearchContexts:
                 except FileNotFoundError:
                     now = False
                 was = uid in context.members
-                if now and not was:
-                    changed[context.tag][0].append(uid)
-                elif was and not now:
-                    changed[context.tag][1].append(uid)
+                added, removed = changed[context.tag]
+                if now and not was and uid not in added:
+                    added.append(uid)
+                elif was and not now and uid not in removed:
+                    removed.append(uid)
         self.dirty = keep
+        if self.unread and self.reading is None:
+            self._read_unread()
         out = []
         for tag, (added, removed) in changed.items():
             if added or removed:
@@ -360,10 +475,16 @@ class ContextCommands:
             contexts = self._search_contexts = None
         return contexts
 
-    def start_context(self, tag: bytes, uid: bool, options: ReturnOptions, predicate: Any, criteria: list | None, results: list[int]) -> bytes:
+    def start_context(
+        self, tag: bytes, uid: bool, options: ReturnOptions, predicate: Any, criteria: list | None, results: list[int], reads: bool = True, fields: tuple = ()
+    ) -> bytes:
         """
-        Keep a search live (RFC 5267 §4.2). Returns the untagged NO
-        [NOUPDATE] line when it is refused, else b"".
+        Keep a search live (RFC 5267 §4.2). C{reads}: may C{predicate}
+        read a message (L{twisted_mailhub.imap.search.reads_messages}),
+        or the order header C{fields} (lowered names)? Then a new or
+        changed message is read and matched in a worker thread, and its
+        update sent when that is done. Returns the untagged NO [NOUPDATE]
+        line when it is refused, else b"".
         """
         if options.partial is not None:
             # Which changes would move a window's edges is left undefined
@@ -375,8 +496,17 @@ class ContextCommands:
             contexts = self._search_contexts = SearchContexts(self.selected, self.changes_arrived)
         if len(contexts.contexts) >= MAX_CONTEXTS:
             return b"* NO [NOUPDATE " + quote(tag) + b"] at most %d searches are kept live" % MAX_CONTEXTS + b"\r\n"
-        contexts.contexts[tag] = SearchContext(tag, uid, options, predicate, criteria, results)
+        contexts.contexts[tag] = SearchContext(tag, uid, options, predicate, criteria, results, reads, fields)
         return b""
+
+    def context_reading(self) -> Any:
+        """
+        A L{Deferred} that fires when the live searches' look at new or
+        changed messages in a worker thread is done, or None if none is
+        under way.
+        """
+        contexts = self.live_contexts()
+        return contexts.reading if contexts is not None else None
 
     def context_tag_in_use(self, tag: bytes) -> bool:
         contexts = self.live_contexts()
@@ -385,7 +515,7 @@ class ContextCommands:
     def write_context_updates(self) -> None:
         """Send what changed in the live searches (called where untagged updates go)."""
         contexts = self.live_contexts()
-        if contexts is not None and contexts.dirty:
+        if contexts is not None and contexts.pending:
             lines = contexts.updates()
             if lines:
                 self.transport.write(b"".join(lines))

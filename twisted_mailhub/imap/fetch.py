@@ -41,7 +41,7 @@ from twisted_mailhub.imap.condstore import has_modseqs, modseq_value, split_modi
 from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.utf8 import shown_sizes
 from twisted_mailhub.imap.view import SelectedFolder
-from twisted_mailhub.offload import in_thread
+from twisted_mailhub.offload import in_thread, read_in_thread
 from twisted_mailhub.imap.wire import client_flags, client_text, flags_text, shown, internal_date_text
 from twisted_mailhub.store.interfaces import SEEN, NoSuchMessage, StoreError, StoreUnavailable
 
@@ -784,16 +784,9 @@ class FetchCommands:
         reactor first, every other client waiting.
         """
         if size >= STREAM_OVER:
-            path = getattr(folder, "path", None)
-            if path is not None and path(uid) is not None:
-                f = folder.open(uid)
-
-                def whole() -> bytes:
-                    with f:
-                        return f.read()
-
+            waited = read_in_thread(folder, uid, in_thread)  # (Maildir's file, PostgreSQL's blob)
+            if waited is not None:
                 outcome: list = []
-                waited = in_thread(whole)
                 waited.addBoth(outcome.append)
                 yield waited
                 if isinstance(outcome[0], Failure):

@@ -40,7 +40,7 @@ from twisted_mailhub.imap.message import has_broken_base64_word, split_header
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import client_text, sequence_set, shown
 from twisted_mailhub.offload import in_thread
-from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, NoSuchMessage
+from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, NoSuchMessage, StoreUnavailable
 
 log = Logger()
 
@@ -272,19 +272,87 @@ class _Moved(Exception):
     """A message's file was renamed (a flag change) after its path was taken."""
 
 
+class FileReader:
+    """
+    (for a worker thread) Message files by position in a list of paths
+    taken in the reactor (a Maildir folder's C{paths}). A file renamed
+    since (a flag change elsewhere) raises L{_Moved}: the reactor looks
+    again.
+    """
+
+    def __init__(self, paths: list[str | None]):
+        self._paths = paths
+
+    def present(self, n: int) -> bool:
+        """Had message C{n} a file when the paths were taken?"""
+        return self._paths[n] is not None
+
+    def _open(self, n: int) -> int:
+        try:
+            return os.open(self._paths[n], os.O_RDONLY)
+        except FileNotFoundError:
+            raise _Moved() from None
+
+    def raw(self, n: int, size: int = 0) -> bytes:
+        """The whole file of message C{n} (C{size}: its size as the store knows it, a hint for the read)."""
+        fd = self._open(n)
+        try:
+            chunks = []
+            want = max(size + 1, 65536)
+            while True:
+                chunk = os.read(fd, want)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
+
+    def head(self, n: int, length: int) -> bytes:
+        """The first C{length} octets of message C{n}'s file."""
+        fd = self._open(n)
+        try:
+            return os.read(fd, length)
+        finally:
+            os.close(fd)
+
+
+def detached_reader(folder: Any, uids: list[int]) -> Any:
+    """
+    Something a worker thread reads messages C{uids} of C{folder} with,
+    by their position in C{uids} (C{present(n)}, C{raw(n, size)}, C{head(n,
+    length)}), made in the reactor from what the store gives: a
+    L{FileReader} of a Maildir's paths, or the store's own
+    (C{folder.detached_reader}: PostgreSQL's reads on connections of its
+    own). None for a store that has neither (memory: its bytes are in
+    the reactor's hands already).
+    """
+    paths_of = getattr(folder, "paths", None)
+    if paths_of is not None:
+        return FileReader(paths_of(uids))
+    make = getattr(folder, "detached_reader", None)
+    return make(uids) if make is not None else None
+
+
+def reads_detached(folder: Any) -> bool:
+    """Can L{detached_reader} read C{folder}'s messages in a worker thread?"""
+    return getattr(folder, "paths", None) is not None or getattr(folder, "detached_reader", None) is not None
+
+
 class DetachedCandidate(Candidate):
     """
-    A L{Candidate} that a worker thread can match: its row, its path and
-    its MODSEQ were taken in the reactor, and it reads only that file
-    (never the store's objects, which the reactor changes meanwhile).
-    A file renamed since raises L{_Moved}: the reactor looks again.
+    A L{Candidate} that a worker thread can match: its row and its
+    MODSEQ were taken in the reactor, and it reads its bytes only through
+    C{reader} (L{detached_reader}: at position C{n}), never the store's
+    objects, which the reactor changes meanwhile.
     """
 
-    __slots__ = ("_path", "_modseq")
+    __slots__ = ("_reader", "_n", "_modseq")
 
-    def __init__(self, seq: int, info: Any, recent: bool, path: str, modseq: int, cache: dict):
+    def __init__(self, seq: int, info: Any, recent: bool, reader: Any, n: int, modseq: int, cache: dict):
         Candidate.__init__(self, seq, info, recent, None, cache)
-        self._path = path
+        self._reader = reader
+        self._n = n
         self._modseq = modseq
 
     def modseq(self) -> int:
@@ -292,20 +360,7 @@ class DetachedCandidate(Candidate):
 
     def raw(self) -> bytes:
         if self._raw is None:
-            try:
-                fd = os.open(self._path, os.O_RDONLY)
-            except FileNotFoundError:
-                raise _Moved() from None
-            try:
-                chunks = []
-                while True:
-                    chunk = os.read(fd, max(self.info.size + 1, 65536))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-            finally:
-                os.close(fd)
-            self._raw = b"".join(chunks)
+            self._raw = self._reader.raw(self._n, self.info.size)
         return self._raw
 
     def header(self) -> bytes:
@@ -313,14 +368,7 @@ class DetachedCandidate(Candidate):
             if self._raw is not None:
                 self._header = split_header(self._raw)[0]
             else:
-                try:
-                    fd = os.open(self._path, os.O_RDONLY)
-                except FileNotFoundError:
-                    raise _Moved() from None
-                try:
-                    head = os.read(fd, HEADER_READ)
-                finally:
-                    os.close(fd)
+                head = self._reader.head(self._n, HEADER_READ)
                 header, body = split_header(head)
                 self._header = header if body or len(head) < HEADER_READ else split_header(self.raw())[0]
         return self._header
@@ -400,23 +448,38 @@ def _copy_values(values: FieldValues) -> FieldValues:
     return copy
 
 
-def _walk_detached(predicate: Predicate, entries: list, cache: dict, fields: tuple = ()) -> tuple[list[int], list[int], int]:
+def _values_of(values: FieldValues, uids: list[int]) -> FieldValues:
+    """A new L{FieldValues} with those of C{values} for C{uids} (ascending) alone."""
+    some = FieldValues()
+    for uid in uids:
+        value = values.get(uid)
+        if value is not None:
+            some.put(uid, value)
+    return some
+
+
+def _walk_detached(predicates: list, entries: list, reader: Any, cache: dict, fields: tuple = ()) -> tuple[list[tuple[int, int]], list[int], int]:
     """
-    (in a worker thread) The indexes into C{entries} that C{predicate}
-    takes, those whose file moved (to be tried again in the reactor),
-    and the highest MODSEQ among those taken. The header C{fields} of
-    those taken are put in C{cache} too.
+    (in a worker thread) For each of C{entries} that one of C{predicates}
+    takes: its index and which take it (a bit each, 1 for the first);
+    the indexes of those whose file moved (to be tried again in the
+    reactor); and the highest MODSEQ among those taken. The header
+    C{fields} of those taken are put in C{cache} too.
     """
-    found: list[int] = []
+    found: list[tuple[int, int]] = []
     moved: list[int] = []
     top = 0
-    for n, (seq, info, recent, path, modseq) in enumerate(entries):
+    for n, (seq, info, recent, at, modseq) in enumerate(entries):
         try:
-            candidate = DetachedCandidate(seq, info, recent, path, modseq, cache)
-            if predicate(candidate):
+            candidate = DetachedCandidate(seq, info, recent, reader, at, modseq, cache)
+            mask = 0
+            for bit, predicate in enumerate(predicates):
+                if predicate(candidate):
+                    mask |= 1 << bit
+            if mask:
                 for name in fields:
                     candidate.header_value(name)
-                found.append(n)
+                found.append((n, mask))
                 if modseq > top:
                     top = modseq
         except _Moved:
@@ -429,81 +492,223 @@ def _walk_detached(predicate: Predicate, entries: list, cache: dict, fields: tup
 MATCH_SLICE = 1024
 """How many messages L{match_in_thread} gives its thread at a time."""
 
+FEW = 64
+"""At most this many messages (a live search's new ones) are matched with the header cache's values of theirs alone."""
+
+MATCH_SLICE_OCTETS = 16 * 1024 * 1024
+"""And how many octets of them at most (the thread pool is shared: L{twisted_mailhub.offload})."""
+
 
 def match_in_thread(folder: Any, predicate: Predicate, uids: list[int], recent: Any, by_modseq: bool, fields: tuple = ()) -> defer.Deferred | None:
     """
     Match C{predicate} against messages C{uids} (ascending, sequence
     numbers from 1) of C{folder} in a worker thread
-    (L{twisted_mailhub.offload.in_thread}): the files are read and
-    matched there, so a SEARCH BODY over 20,000 messages no longer holds
-    every other session. Only the rows, paths and MODSEQs are taken in
-    the reactor. The L{HeaderCache} values are copied for the thread and
-    kept afterwards if no other search added to them meanwhile; the
-    header C{fields} (lowered names: SORT's keys) of the messages found
-    are read there too.
+    (L{twisted_mailhub.offload.in_thread}): the messages are read
+    (L{detached_reader}: Maildir's files, PostgreSQL's blobs on the
+    store's read connections) and matched there, so a SEARCH BODY over
+    20,000 messages no longer holds every other session. Only the rows,
+    paths or message ids and MODSEQs are taken in the reactor. The
+    L{HeaderCache} values are copied for the thread and kept afterwards
+    if no other search added to them meanwhile; the header C{fields}
+    (lowered names: SORT's keys) of the messages found are read there too.
 
     @return: a L{Deferred} firing with C{(found, top)}: the matching
         C{(seq, uid)} pairs ascending and the highest MODSEQ among them
-        (0 without C{by_modseq}); or None for a store that keeps no
-        message files (its own L{Candidate}s are used in the reactor).
+        (0 without C{by_modseq}); or None for a store whose messages no
+        thread can read (memory: its own L{Candidate}s are used in the
+        reactor). It fails with the store's L{StoreUnavailable} if the
+        database cannot be reached.
     """
-    paths_of = getattr(folder, "paths", None)
-    if paths_of is None:
+    waited = match_each_in_thread(folder, [predicate], uids, None, recent, by_modseq, fields)
+    if waited is None:
+        return None
+    return waited.addCallback(lambda outcome: ([(seq, u) for seq, u, _ in outcome[0]], outcome[1]))
+
+
+def match_each_in_thread(
+    folder: Any, predicates: list, uids: list[int], seqs: list[int] | None, recent: Any, by_modseq: bool, fields: tuple = ()
+) -> defer.Deferred | None:
+    """
+    L{match_in_thread} for several C{predicates} at once (each message is
+    read once): messages C{uids} (ascending) of C{folder}, their sequence
+    numbers C{seqs} (None: 1, 2, ...).
+
+    @return: a L{Deferred} firing with C{(found, top)}: C{(seq, uid,
+        mask)} ascending for each message one of C{predicates} takes
+        (C{mask}: a bit for each that takes it, 1 for the first), and the
+        highest MODSEQ among them; or None (see L{match_in_thread}).
+    """
+    if not reads_detached(folder):
         return None
     info_of = getattr(folder, "row", None) or folder.info
     shared = HeaderCache.of(folder)
     before = {name: len(values) for name, values in shared.items()}
-    private = {name: _copy_values(values) for name, values in shared.items()}
+    few = len(uids) <= FEW
+    if few:
+        # (a live search's new messages, the API wait's: the values of
+        # these alone, not copies of the folder's whole cache, which cost
+        # milliseconds of the reactor for 100,000 messages)
+        private = {name: _values_of(values, uids) for name, values in shared.items()}
+    else:
+        private = {name: _copy_values(values) for name, values in shared.items()}
     fields = tuple(fields)
-    pairs: list[tuple[int, int]] = []
+    found_all: list[tuple[int, int, int]] = []
     tops = [0]
     walked = [0]
 
-    def entries_from(start: int) -> list:
-        # One slice of the messages at a time: their rows and paths are
-        # what the thread needs, and a whole 100,000-message folder's at
-        # once left the server's memory some 5 MB higher after it.
+    def entries_from(start: int) -> tuple[list, Any, int]:
+        # One slice of the messages at a time: what the thread needs of
+        # them, and a whole 100,000-message folder's at once left the
+        # server's memory some 5 MB higher after it. A slice ends early
+        # at MATCH_SLICE_OCTETS, so a search of big messages gives the
+        # shared thread pool back to others between slices.
+        end = min(start + MATCH_SLICE, len(uids))
+        octets = 0
         entries = []
-        chunk = uids[start : start + MATCH_SLICE]
-        for seq, (u, path) in enumerate(zip(chunk, paths_of(chunk)), start + 1):
-            if path is None:
-                continue
+        chunk: list[int] = []
+        infos = []
+        for i in range(start, end):
+            u = uids[i]
             try:
-                entries.append((seq, info_of(u), u in recent, path, folder.modseq(u) if by_modseq else 0))
+                info = info_of(u)
+            except NoSuchMessage:
+                info = None
+            chunk.append(u)
+            infos.append(info)
+            if info is not None:
+                octets += info.size
+                if octets > MATCH_SLICE_OCTETS:
+                    break
+        reader = detached_reader(folder, chunk)
+        for n, (u, info) in enumerate(zip(chunk, infos)):
+            if info is None or not reader.present(n):
+                continue
+            seq = seqs[start + n] if seqs is not None else start + n + 1
+            try:
+                entries.append((seq, info, u in recent, n, folder.modseq(u) if by_modseq else 0))
             except NoSuchMessage:
                 continue
-        return entries
+        return entries, reader, start + len(chunk)
 
-    def matched(outcome, entries: list, start: int):
+    def matched(outcome, entries: list, following: int):
         found, moved, top = outcome
         tops[0] = max(tops[0], top)
         walked[0] += len(entries)
-        pairs.extend((entries[n][0], entries[n][1].uid) for n in found)
+        found_all.extend((entries[n][0], entries[n][1].uid, mask) for n, mask in found)
         # renamed meanwhile: the store finds them (in the reactor, few)
         for n in moved:
-            seq, info, is_recent, _path, _modseq = entries[n]
+            seq, info, is_recent, _at, _modseq = entries[n]
             try:
                 candidate = Candidate(seq, info, is_recent, folder, shared)
-                if predicate(candidate):
-                    pairs.append((seq, info.uid))
+                mask = 0
+                for bit, predicate in enumerate(predicates):
+                    if predicate(candidate):
+                        mask |= 1 << bit
+                if mask:
+                    found_all.append((seq, info.uid, mask))
                     if by_modseq:
                         tops[0] = max(tops[0], candidate.modseq())
             except (NoSuchMessage, FileNotFoundError):
                 continue
-        if start + MATCH_SLICE < len(uids):
-            return walk(start + MATCH_SLICE)
+        if following < len(uids):
+            return walk(following)
         for name, values in private.items():
-            if len(shared.get(name, ())) == before.get(name, 0) and len(values) <= HeaderCache.limit:
+            if few:
+                kept = shared.setdefault(name, FieldValues())
+                for u, value in zip(values.uids, values.values):
+                    if len(kept) >= HeaderCache.limit:
+                        break
+                    if kept.get(u) is None:
+                        kept.put(u, value)
+            elif len(shared.get(name, ())) == before.get(name, 0) and len(values) <= HeaderCache.limit:
                 shared[name] = values
-        pairs.sort()
+        found_all.sort()
         after_walk(walked[0])
-        return pairs, tops[0]
+        return found_all, tops[0]
 
     def walk(start: int) -> defer.Deferred:
-        entries = entries_from(start)
-        return in_thread(_walk_detached, predicate, entries, private, fields).addCallback(matched, entries, start)
+        try:
+            entries, reader, following = entries_from(start)
+        except Exception:
+            return defer.fail()
+        return in_thread(_walk_detached, predicates, entries, reader, private, fields).addCallback(matched, entries, following)
 
     return walk(0)
+
+
+def heads_in_thread(folder: Any, infos: list[Any], length: int) -> defer.Deferred:
+    """
+    A L{Deferred} of the first C{length} octets of each message of
+    C{infos} (L{MessageInfo}s of C{folder}), in their order, read in a
+    worker thread (L{detached_reader}); None for a message gone
+    meanwhile. A store whose messages no thread can read (memory) is
+    read here.
+    """
+
+    def here(info: Any) -> bytes | None:
+        try:
+            with folder.open(info.uid) as f:
+                return f.read(length)
+        except (NoSuchMessage, FileNotFoundError):
+            return None
+
+    if not infos or not reads_detached(folder):
+        return defer.succeed([here(i) for i in infos])
+    try:
+        reader = detached_reader(folder, [i.uid for i in infos])
+    except Exception:
+        return defer.fail()
+    moved = object()
+
+    def read() -> list:
+        out: list = []
+        for n in range(len(infos)):
+            try:
+                out.append(reader.head(n, length) if reader.present(n) else None)
+            except _Moved:
+                out.append(moved)  # (renamed by a flag change: looked for again here)
+            except (NoSuchMessage, FileNotFoundError):
+                out.append(None)
+        return out
+
+    return in_thread(read).addCallback(lambda out: [here(i) if h is moved else h for i, h in zip(infos, out)])
+
+
+def headers_in_thread(folder: Any, infos: list[Any]) -> defer.Deferred:
+    """
+    A L{Deferred} of the header (up to and with its empty line) of each
+    message of C{infos} (L{MessageInfo}s of C{folder}), in their order,
+    read in a worker thread (L{detached_reader}); C{b""} for a message
+    gone meanwhile. A store whose messages no thread can read (memory)
+    is read here.
+    """
+    cache = HeaderCache.of(folder)
+
+    def here(info: Any) -> bytes:
+        try:
+            return Candidate(0, info, False, folder, cache).header()
+        except (NoSuchMessage, FileNotFoundError):
+            return b""
+
+    if not infos or not reads_detached(folder):
+        return defer.succeed([here(i) for i in infos])
+    try:
+        reader = detached_reader(folder, [i.uid for i in infos])
+    except Exception:
+        return defer.fail()
+
+    def read() -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for n, info in enumerate(infos):
+            try:
+                out.append(DetachedCandidate(0, info, False, reader, n, 0, {}).header() if reader.present(n) else b"")
+            except _Moved:
+                out.append(None)  # (renamed by a flag change: looked for again here)
+            except (NoSuchMessage, FileNotFoundError):
+                out.append(b"")
+        return out
+
+    return in_thread(read).addCallback(lambda out: [here(i) if h is None else h for i, h in zip(infos, out)])
 
 
 def _flag(flag: str, present: bool = True) -> Predicate:
@@ -855,9 +1060,16 @@ class SearchCommands:
                     pairs, top = outcome
                     if self.transport is None or self.transport.disconnecting or self.selected is not view:
                         return  # (the client went away meanwhile)
-                    self._answer_search(tag, uid, options, predicate, pairs, top, saving)
+                    self._answer_search(tag, uid, options, predicate, pairs, top, saving, reads_messages(query))
 
                 def failed(reason):
+                    if self.transport is None or self.transport.disconnecting:
+                        return
+                    if reason.check(StoreUnavailable):
+                        if saving is not None:
+                            self.save_result([])  # (a failed SEARCH saves no result: RFC 5182 §2.1)
+                        self._command_failed(reason.value, tag, b"SEARCH")  # NO [UNAVAILABLE]
+                        return
                     log.failure("IMAP SEARCH failed", reason)
                     self.sendBadResponse(tag, b"[SERVERBUG] SEARCH failed; see the server log")
 
@@ -880,9 +1092,9 @@ class SearchCommands:
             except (NoSuchMessage, FileNotFoundError):
                 continue
         after_walk(len(view.uids))  # (the headers read for a big folder)
-        self._answer_search(tag, uid, options, predicate, pairs, top, saving)
+        self._answer_search(tag, uid, options, predicate, pairs, top, saving, reads_messages(query))
 
-    def _answer_search(self, tag, uid, options, predicate, pairs: list, top: int, saving: list | None = None) -> None:
+    def _answer_search(self, tag, uid, options, predicate, pairs: list, top: int, saving: list | None = None, reads: bool = True) -> None:
         """
         The SEARCH (or ESEARCH, RFC 4731) response and tagged OK for the
         matching C{(seq, uid)} pairs, ascending; C{top} is their highest
@@ -901,7 +1113,7 @@ class SearchCommands:
         else:
             self.transport.write(contexts.esearch_response(tag, bool(uid), options, found, sort=False, modseq=top))
             if options.update:
-                self.transport.write(self.start_context(tag, bool(uid), options, predicate, None, [u for _, u in pairs]))
+                self.transport.write(self.start_context(tag, bool(uid), options, predicate, None, [u for _, u in pairs], reads))
         self.sendPositiveResponse(tag, b"SEARCH completed")
 
     def arg_searchkeys(self, line, _before=b""):

@@ -700,7 +700,12 @@ class IMAPServer(
     def _respond(self, state, tag, message):
         if tag and tag != b"*" and state in (b"OK", b"NO"):
             if self.selected is not None:
-                self.bring_up_to_date(self._command not in _NO_EXPUNGE_DURING)
+                allow_expunge = self._command not in _NO_EXPUNGE_DURING
+                self.bring_up_to_date(allow_expunge)
+                reading = self.context_reading()
+                if reading is not None and self._command != b"LOGOUT":
+                    self._respond_after(reading, allow_expunge, state, tag, message)
+                    return
             else:
                 self.write_notices()
         imap4.IMAP4Server._respond(self, state, tag, message)
@@ -708,6 +713,30 @@ class IMAPServer(
             # A reply that a Deferred finished (a durable APPEND or COPY, a
             # slowed-down failed login): sent now, not a reactor turn later.
             self.flush_replies()
+
+    def _respond_after(self, reading, allow_expunge: bool, state, tag, message) -> None:
+        """
+        A tagged reply that waits for a live search's look at new or
+        changed messages (contexts.py: read and matched in a worker
+        thread), so that its ESEARCH updates come before the reply, as
+        they did when they were matched at once (RFC 5267 §4.2). The
+        session reads no further command meanwhile; other sessions are
+        served.
+        """
+        self._hold_input()
+
+        def answer(_):
+            try:
+                if self.transport is None or self.transport.disconnecting:
+                    return
+                if self.selected is not None:
+                    self.bring_up_to_date(allow_expunge)
+                imap4.IMAP4Server._respond(self, state, tag, message)
+                self.flush_replies()
+            finally:
+                self._release_input()
+
+        reading.addBoth(answer)
 
     def bring_up_to_date(self, allow_expunge: bool) -> None:
         """

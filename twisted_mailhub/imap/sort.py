@@ -33,9 +33,9 @@ from twisted.mail import imap4
 from twisted_mailhub.imap import contexts
 from twisted_mailhub.imap.address import Mailbox, parse_address_list
 from twisted_mailhub.imap.message import has_broken_base64_word
-from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, _astrings, compile_search, fields_cached, match_in_thread, must_read
+from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, _astrings, compile_search, fields_cached, match_in_thread, must_read, reads_detached, reads_messages
 from twisted_mailhub.imap.wire import client_text
-from twisted_mailhub.store.interfaces import NoSuchMessage
+from twisted_mailhub.store.interfaces import NoSuchMessage, StoreUnavailable
 
 log = Logger()
 
@@ -351,7 +351,7 @@ class SortCommands:
         view = self.selected
         folder = view.folder
         reads = must_read(folder, query, view.uids) or not fields_cached(folder, fields, view.uids)
-        if reads and getattr(folder, "paths", None) is not None and charset.upper() in (b"US-ASCII", b"UTF-8"):
+        if reads and reads_detached(folder) and charset.upper() in (b"US-ASCII", b"UTF-8"):
             try:
                 predicate = compile_search(query, len(view.uids), view.uids[-1] if view.uids else 0)
             except BadSearch as e:
@@ -378,6 +378,11 @@ class SortCommands:
                     then(found)
 
                 def failed(reason):
+                    if self.transport is None or self.transport.disconnecting:
+                        return
+                    if reason.check(StoreUnavailable):
+                        self._command_failed(reason.value, tag, b"SORT")  # NO [UNAVAILABLE]
+                        return
                     log.failure("IMAP SORT or THREAD failed", reason)
                     self.sendBadResponse(tag, b"[SERVERBUG] the search failed; see the server log")
 
@@ -421,9 +426,11 @@ class SortCommands:
             return
         keep: list = []
         fields = tuple({_SORT_FIELDS[word] for word, _ in parsed if word in _SORT_FIELDS})
-        self._matching_then(tag, charset, _astrings(query), bool(uid), lambda found: self._sorted(tag, uid, options, parsed, keep, found), keep, fields)
+        # (a live SORT reads a new message's sort fields: in a worker thread, contexts.py)
+        reads = reads_messages(query) or bool(fields)
+        self._matching_then(tag, charset, _astrings(query), bool(uid), lambda found: self._sorted(tag, uid, options, parsed, keep, found, reads, fields), keep, fields)
 
-    def _sorted(self, tag, uid, options, parsed: list, keep: list, found: list) -> None:
+    def _sorted(self, tag, uid, options, parsed: list, keep: list, found: list, reads: bool = True, fields: tuple = ()) -> None:
         """The SORT (or ESORT) response and tagged OK for the matching messages C{found}."""
         ordered = sort_messages(found, parsed)
         if options is None:
@@ -432,7 +439,7 @@ class SortCommands:
             self.transport.write(contexts.esearch_response(tag, bool(uid), options, [m.number for m in ordered], sort=True))
             if options.update:
                 uids = [m.candidate.info.uid for m in ordered]
-                self.transport.write(self.start_context(tag, bool(uid), options, keep[0], parsed, uids))
+                self.transport.write(self.start_context(tag, bool(uid), options, keep[0], parsed, uids, reads, fields))
         self.sendPositiveResponse(tag, b"SORT completed")
 
     def do_THREAD(self, tag, algorithm, charset, query, uid=0):

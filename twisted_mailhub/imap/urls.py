@@ -35,7 +35,7 @@ from twisted.mail import imap4
 from twisted_mailhub.imap.fetch import STREAM_OVER, costly_to_parse, parse_fetch_items, section_bytes
 from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.wire import mailbox_name
-from twisted_mailhub.offload import in_thread
+from twisted_mailhub.offload import in_thread, read_in_thread
 from twisted_mailhub.store.interfaces import NoSuchMessage, StoreError
 
 _LOOPBACK = {"localhost", "127.0.0.1", "[::1]", "::1"}
@@ -179,15 +179,10 @@ def _message_of(server: Any, raw: bytes) -> tuple[bytes | defer.Deferred, ImapUR
     if url.uidvalidity is not None and url.uidvalidity != folder.uid_validity:
         raise BadURL(raw, "the mailbox's UIDVALIDITY is not the URL's")
     try:
-        path = getattr(folder, "path", None)
-        if path is not None and folder.info(url.uid).size >= STREAM_OVER and path(url.uid) is not None:
-            f = folder.open(url.uid)
-
-            def whole() -> bytes:
-                with f:
-                    return f.read()
-
-            return in_thread(whole), url
+        if folder.info(url.uid).size >= STREAM_OVER:
+            waited = read_in_thread(folder, url.uid, in_thread)  # (Maildir's file, PostgreSQL's blob)
+            if waited is not None:
+                return waited, url
         return folder.read(url.uid), url
     except (NoSuchMessage, StoreError, OSError):
         raise BadURL(raw, "no such message") from None

@@ -34,7 +34,11 @@ Rules:
 
 How psycopg meets the reactor: L{IFolder}'s reads and flag changes are
 synchronous calls, so they run on one connection in the reactor thread
-(a few hundred microseconds on loopback). Deliveries, APPEND and COPY,
+(a few hundred microseconds on loopback). What reads many messages in one
+go does not: a search (IMAP SEARCH, SORT, THREAD, a live search's new
+messages, the web's and the API's) and a whole big message for FETCH
+BODYSTRUCTURE or the web read their bytes in the hub's parsing threads
+through a L{BlobReader}, on L{ReadConnections} of their own. Deliveries, APPEND and COPY,
 which wait for a disk flush, go to the group commit (L{GroupCommitter}):
 while a batch commits, new writes queue and the next batch takes all of
 them in one transaction (as L{twisted_mailhub.store.durable} does for
@@ -58,6 +62,7 @@ import itertools
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 import weakref
@@ -121,6 +126,10 @@ CHUNK = 256 * 1024
 READ_AHEAD_MOST = 256
 READ_AHEAD_BYTES = 4 * 1024 * 1024
 READ_AHEAD_ONE = 256 * 1024
+# Most octets of a message's header that BlobReader.head reads ahead for one.
+HEAD_MOST = 16384
+# Idle read connections (ReadConnections) kept for the next search.
+KEEP_READERS = 4
 # A cached folder this many modseqs behind, with nobody listening, is read
 # again rather than caught up from the journal.
 RELOAD_GAP = 5000
@@ -217,6 +226,173 @@ class Database:
             except Exception:
                 pass
             self._conn = None
+
+
+class ReadConnections:
+    """
+    Connections for reading message bytes in worker threads
+    (L{BlobReader}: a search's reads), never used by the reactor thread:
+    each call takes an idle one (or makes one, in that thread), and gives
+    it back after. At most L{KEEP_READERS} idle ones are kept.
+    """
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self, function, *args) -> Any:
+        """
+        (in a worker thread) C{function(conn, *args)} on a read connection,
+        once more on a new one if the first was lost.
+
+        @raise StoreUnavailable: the database cannot be reached, or the
+            store is closing.
+        """
+        import psycopg
+
+        for attempt in (1, 2):
+            conn = self._take()
+            try:
+                result = function(conn, *args)
+            except psycopg.Error as e:
+                if not _is_connection_error(e):
+                    self._give(conn)
+                    raise
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+                if attempt == 2:
+                    raise StoreUnavailable(f"lost the mail database: {_reason(e)}") from None
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            self._give(conn)
+            return result
+        raise AssertionError("unreachable")
+
+    def _take(self) -> Any:
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("the mail store is closing")
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed:
+                    return conn
+        return _connect(self.dsn)
+
+    def _give(self, conn: Any) -> None:
+        with self._lock:
+            if not self._closed and not conn.closed and len(self._idle) < KEEP_READERS:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when given back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+class BlobReader:
+    """
+    The bytes of some messages (by position in the list it was made
+    with), for a worker thread that searches them
+    (L{twisted_mailhub.imap.search.match_in_thread}): read on the store's
+    L{ReadConnections}, never the reactor's, the next small messages in
+    the same round trip (more each time, as L{PostgresFolder.read} does).
+    Its message ids and sizes were taken in the reactor; it touches no
+    folder object.
+    """
+
+    def __init__(self, store: "PostgresStore", ids: list[int | None], sizes: list[int]):
+        self._store = store
+        self._ids = ids
+        self._sizes = sizes
+        self._bodies: dict[int, bytes] = {}
+        self._heads: dict[int, bytes] = {}
+        self._ahead = {"body": 4, "head": 4}
+
+    def present(self, n: int) -> bool:
+        """Was message C{n} in the folder when its id was taken?"""
+        return self._ids[n] is not None
+
+    def raw(self, n: int, size: int = 0) -> bytes:
+        """
+        The whole message C{n} (a big one in L{CHUNK} slices; C{size}, a
+        hint for a file, is not needed: its size was taken with its id).
+
+        @raise NoSuchMessage: it is gone (expunged everywhere meanwhile).
+        @raise StoreUnavailable: the database cannot be reached.
+        """
+        body = self._bodies.pop(n, None)
+        if body is not None:
+            return body
+        blobs = self._store.blobs
+        if self._sizes[n] > READ_AHEAD_ONE:
+            chunks = []
+            at = 0
+            while True:
+                chunk = self._store.readers.run(blobs.read, self._ids[n], at, CHUNK)
+                if chunk is None:
+                    raise NoSuchMessage(n)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                at += len(chunk)
+            return b"".join(chunks)
+        return self._fetch(n, self._bodies, "body", lambda conn, ids: blobs.get(conn, ids), READ_AHEAD_ONE)
+
+    def head(self, n: int, length: int) -> bytes:
+        """
+        The first C{length} octets of message C{n} (all of a shorter one).
+
+        @raise NoSuchMessage: it is gone.
+        @raise StoreUnavailable: the database cannot be reached.
+        """
+        body = self._bodies.get(n)
+        if body is not None:
+            return body[:length]
+        head = self._heads.pop(n, None)
+        if head is not None:
+            return head
+        blobs = self._store.blobs
+        return self._fetch(n, self._heads, "head", lambda conn, ids: blobs.heads(conn, ids, length), None)
+
+    def _fetch(self, n: int, kept: dict[int, bytes], kind: str, get, one_most: int | None) -> bytes:
+        skipped = [m for m in kept if m < n]
+        for m in skipped:
+            del kept[m]
+        if skipped:
+            self._ahead[kind] = 4  # (read ahead of messages the search did not want)
+        wanted = {self._ids[n]: n}
+        budget = READ_AHEAD_BYTES
+        for m in range(n + 1, min(n + self._ahead[kind], len(self._ids))):
+            blob = self._ids[m]
+            if blob is None or m in kept:
+                continue
+            size = self._sizes[m] if one_most is not None else min(self._sizes[m], HEAD_MOST)
+            if (one_most is not None and size > one_most) or size > budget:
+                break
+            budget -= size
+            wanted[blob] = m
+        self._ahead[kind] = min(self._ahead[kind] * 4, READ_AHEAD_MOST)
+        got = self._store.readers.run(get, list(wanted))
+        if self._ids[n] not in got:
+            raise NoSuchMessage(n)
+        for blob, data in got.items():
+            if wanted[blob] != n:
+                kept[wanted[blob]] = data
+        return got[self._ids[n]]
 
 
 def _bump(conn: Any, mailbox_id: int, kind: str, uids: list[int], uid_count: int = 0) -> tuple[int, int]:
@@ -1249,6 +1425,28 @@ class PostgresFolder:
         self._last_read = uid
         return bodies[message_id]
 
+    def detached_reader(self, uids: list[int]) -> BlobReader:
+        """
+        A L{BlobReader} of messages C{uids} (by their position in it), for
+        a worker thread: their message ids and sizes are taken here, from
+        the cache (a UID not in the folder is not L{BlobReader.present}).
+        A search reads and matches them there, so the reactor does not
+        wait for the database (twisted_mailhub/imap/search.py).
+        """
+        if self._table is None:
+            self._cache()
+        table = self._table if self._table is not None else FolderCache()
+        ids: list[int | None] = []
+        sizes: list[int] = []
+        for uid in uids:
+            try:
+                blob, size = table.message_of(uid)
+            except NoSuchMessage:
+                blob, size = None, 0
+            ids.append(blob)
+            sizes.append(size)
+        return BlobReader(self.store, ids, sizes)
+
     def open(self, uid: int):
         message_id, size = self._message_id(uid)
         return io.BufferedReader(MessageReader(self.store, message_id, size), CHUNK)
@@ -1672,6 +1870,7 @@ class PostgresStore:
         self.reactor = reactor
         self.db = Database(dsn)
         self.locks = Database(dsn)  # holds POP3's advisory locks
+        self.readers = ReadConnections(dsn)  # worker threads' reads (BlobReader)
         self.db.run(lambda conn: pgschema.check(conn, create))
         self.blobs: IMessageBlobs = blobs if blobs is not None else ByteaBlobs()
         self.committer = GroupCommitter(self, reactor)
@@ -1701,6 +1900,7 @@ class PostgresStore:
         self.committer.close()
         self.db.close()
         self.locks.close()
+        self.readers.close()
 
     def lock_maildrop(self, address: str):
         """

@@ -49,7 +49,7 @@ from twisted.web import resource, server
 
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable
 from twisted_mailhub.imap.message import split_header
-from twisted_mailhub.imap.search import BadSearch, Candidate, HeaderCache, compile_query, matching, matching_in_thread
+from twisted_mailhub.imap.search import BadSearch, Candidate, compile_query, headers_in_thread, matching_in_thread
 from twisted_mailhub.login import ClientPortal
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable, StorageFullError
 from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, InsufficientStorage, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
@@ -626,12 +626,9 @@ class ApiResource(resource.Resource):
         """The L{MessageInfo}s of C{infos} that C{predicate} takes (all for None), read and matched in a worker thread: a Deferred."""
         return matching_in_thread(folder, predicate, infos)
 
-    def _summary(self, folder: Any, info: Any, name: str) -> dict[str, Any]:
-        try:
-            header = Candidate(0, info, False, folder, HeaderCache.of(folder)).header()
-        except (NoSuchMessage, FileNotFoundError):
-            header = b""
-        return summary_json(info, header, name)
+    def _summaries(self, folder: Any, infos: list, name: str) -> defer.Deferred:
+        """A Deferred of the summaries of C{infos}, their headers read in a worker thread (L{headers_in_thread})."""
+        return headers_in_thread(folder, infos).addCallback(lambda headers: [summary_json(i, h, name) for i, h in zip(infos, headers)])
 
     async def api_folders(self, request, caller, account):
         address = self._account(caller, account)
@@ -665,7 +662,7 @@ class ApiResource(resource.Resource):
             "total": len(found),
             "offset": offset,
             "limit": limit,
-            "messages": [self._summary(box, info, box.name) for info in page],
+            "messages": await self._summaries(box, page, box.name),
         }
 
     async def api_message(self, request, caller, account, folder, uid):
@@ -754,17 +751,16 @@ class ApiResource(resource.Resource):
                 raise ApiError(400, "bad_uid", f"after_uid is a whole number from 0 to {MAX_UID} (a UID, RFC 3501 nz-number, or 0)")
         predicate = self._search(request, box)
 
-        def first_match(infos) -> Any:
-            # (the messages that just arrived, few: matched at once)
-            found = matching(box, predicate, infos)
-            return found[0] if found else None
-
         if after is not None:
             # (those there already may be many: read and matched in a worker thread)
             there = await self._matching(box, predicate, [i for i in box.messages() if i.uid > after_uid])
             if there:
-                return {"timed_out": False, "message": self._summary(box, there[0], box.name)}
+                return {"timed_out": False, "message": (await self._summaries(box, there[:1], box.name))[0]}
         arrived: defer.Deferred = defer.Deferred()
+        # The arrivals are read and matched in a worker thread, a batch at
+        # a time and in order (each waits for the one before), so the
+        # first match is the first that arrived.
+        looked: list[defer.Deferred] = [defer.succeed(None)]
 
         def changed(change) -> None:
             if arrived.called or not change.added:
@@ -776,9 +772,23 @@ class ApiResource(resource.Resource):
                     infos.append(box.info(uid))
                 except NoSuchMessage:
                     continue
-            match = first_match(infos)
-            if match is not None:
-                arrived.callback(match)
+            if not infos:
+                return
+
+            def look(_) -> Any:
+                if arrived.called:
+                    return None
+                return self._matching(box, predicate, infos).addCallback(found)
+
+            def found(matches: list) -> None:
+                if matches and not arrived.called:
+                    arrived.callback(matches[0])
+
+            def failed(reason) -> None:
+                if not arrived.called:
+                    arrived.errback(reason)
+
+            looked[0] = looked[0].addCallback(look).addErrback(failed)
 
         def give_up(_=None) -> None:
             if not arrived.called:
@@ -795,7 +805,7 @@ class ApiResource(resource.Resource):
                 timer.cancel()
         if match is None:
             return {"timed_out": True, "message": None}
-        return {"timed_out": False, "message": self._summary(box, match, box.name)}
+        return {"timed_out": False, "message": (await self._summaries(box, [match], box.name))[0]}
 
     # -- Mailpit's shapes ------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from twisted.web import resource
 from twisted.web.template import tags
 
 from twisted_mailhub.errorwords import error_words
-from twisted_mailhub.imap.search import BadSearch, search_messages_in_thread
+from twisted_mailhub.imap.search import BadSearch, heads_in_thread, search_messages_in_thread
 from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError, is_out_of_space
 from twisted_mailhub.web import message as msgparse
 from twisted_mailhub.web import offload
@@ -544,19 +544,24 @@ class FolderPages(resource.Resource):
                 return searched.addCallback(lambda found: self._listing_page(request, account, folder, query, all_infos, found, problem))
         return self._listing_page(request, account, folder, query, all_infos, infos, problem)
 
-    def _listing_page(self, request, account, folder, query: str, all_infos: list, infos: list, problem: str) -> bytes:
-        """The folder's page of C{infos} (those that match C{query}, or all of C{all_infos}); C{problem}: why the query could not be read."""
+    def _listing_page(self, request, account, folder, query: str, all_infos: list, infos: list, problem: str) -> defer.Deferred:
+        """A Deferred of the folder's page of C{infos} (those that match C{query}, or all of C{all_infos}); C{problem}: why the query could not be read."""
         pages = max(1, math.ceil(len(infos) / PAGE_SIZE))
         # A page past the last is the last (also past 12 digits: it was
         # page 1); a page that is no whole number is a 400 saying so.
         page = number_value(request, "page", 1, 1, pages)
         newest_first = infos[::-1][(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        # (each row's header, read in a worker thread: a Maildir file each,
+        # or PostgreSQL's on the store's read connections)
+        return heads_in_thread(folder, newest_first, msgparse.HEADER_PEEK).addCallback(
+            lambda heads: self._listing_rows(request, account, folder, query, all_infos, infos, problem, page, pages, newest_first, heads)
+        )
+
+    def _listing_rows(self, request, account, folder, query: str, all_infos: list, infos: list, problem: str, page: int, pages: int, newest_first: list, heads: list) -> bytes:
+        """L{_listing_page}'s page, the first octets of each of C{newest_first} in C{heads} (None: expunged meanwhile)."""
         rows = []
-        for info in newest_first:
-            try:
-                with folder.open(info.uid) as f:
-                    head = f.read(msgparse.HEADER_PEEK)
-            except (NoSuchMessage, FileNotFoundError):
+        for info, head in zip(newest_first, heads):
+            if head is None:
                 continue  # (expunged meanwhile by another client)
             s = msgparse.summary(head)
             rows.append(

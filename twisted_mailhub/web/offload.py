@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from twisted_mailhub.offload import THREADS, in_thread
+from twisted_mailhub.offload import THREADS, in_thread, read_in_thread
 
 __all__ = ["THREADS", "in_thread", "read_message"]
 
@@ -19,19 +19,14 @@ __all__ = ["THREADS", "in_thread", "read_message"]
 def read_message(folder: Any, uid: int) -> defer.Deferred:
     """
     A Deferred of the stored message C{uid} of C{folder} (bytes), read in a
-    parsing thread when the store keeps it in a file (Maildir: opened here,
-    read there): a 46 MB message read in the reactor held every other
-    client for its read. A store without files (memory, PostgreSQL) reads
-    it here, as before. Raises the store's L{NoSuchMessage} (here) if it
-    is gone.
+    parsing thread when the store lets a thread read it
+    (L{twisted_mailhub.offload.read_in_thread}: a Maildir file, opened
+    here and read there; a PostgreSQL message, on the store's read
+    connections): a 46 MB message read in the reactor held every other
+    client for its read. The memory store's is taken here. Raises the
+    store's L{NoSuchMessage} if it is gone.
     """
-    path = getattr(folder, "path", None)
-    if path is None or path(uid) is None:
+    waited = read_in_thread(folder, uid, in_thread)
+    if waited is None:
         return defer.succeed(folder.read(uid))
-    f = folder.open(uid)
-
-    def whole() -> bytes:
-        with f:
-            return f.read()
-
-    return in_thread(whole)
+    return waited
