@@ -348,3 +348,18 @@ def test_authenticate_with_an_initial_response_and_a_cancelled_one(hub):
     assert r.cmd(b"c", b"AUTHENTICATE PLAIN " + right)[-1].startswith(b"c OK")
     assert r.cmd(b"d", b"SELECT INBOX")[-1].startswith(b"d OK")
     r.close()
+
+
+def test_input_quoted_in_a_bad_reply_is_shown_as_octets_never_as_a_python_bytes_literal(hub):
+    # Twisted's "Too many arguments for command: b'...'" came through with
+    # Python's escapes inside the quotes ("\xe9t\xe9", "X\r..."): a
+    # Python repr in a reply. Found by a differential of malformed input
+    # against Dovecot (which answers OK to both and goes on). Now shown as
+    # every reply shows input: <E9> for an octet that is not UTF-8, ^M for a CR.
+    r = raw_login(hub)
+    assert r.cmd(b"t", b"NOOP \xe9t\xe9") == [b't BAD Too many arguments for command: "<E9>t<E9>"']
+    # (octets that only look like an escape are shown as they came)
+    assert r.cmd(b"u", b"NOOP \\x41 it's") == [b'u BAD Too many arguments for command: "\\x41 it\'s"']
+    assert r.cmd(b"v", b"NOOP\rX") == [b'v BAD Too many arguments for command: "X"']
+    assert r.cmd(b"w", b"NOOP") == [b"w OK NOOP completed"]
+    r.close()
