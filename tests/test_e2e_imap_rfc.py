@@ -360,6 +360,25 @@ def test_input_quoted_in_a_bad_reply_is_shown_as_octets_never_as_a_python_bytes_
     assert r.cmd(b"t", b"NOOP \xe9t\xe9") == [b't BAD Too many arguments for command: "<E9>t<E9>"']
     # (octets that only look like an escape are shown as they came)
     assert r.cmd(b"u", b"NOOP \\x41 it's") == [b'u BAD Too many arguments for command: "\\x41 it\'s"']
-    assert r.cmd(b"v", b"NOOP\rX") == [b'v BAD Too many arguments for command: "X"']
     assert r.cmd(b"w", b"NOOP") == [b"w OK NOOP completed"]
+    r.close()
+
+
+def test_a_nul_or_a_bare_cr_in_a_command_line_is_bad_and_named(hub):
+    # RFC 9051 §9: no NUL anywhere, no CR or LF but the CRLF ending the
+    # line. Before: the CR was a separator ('NOOP<CR>X': 'BAD Too many
+    # arguments for command: "X"', the CR not named) and a NUL reached the
+    # handler ('SELECT IN<NUL>BOX': 'NO [CANNOT] mailbox names are modified
+    # UTF-7'). Dovecot answers BAD ("CR sent without LF", "Invalid
+    # characters in atom", "NULs not allowed in strings").
+    r = raw_login(hub)
+    words = b"BAD a command line holds no NUL, and no CR or LF but the CRLF that ends it (RFC 9051 section 9)"
+    assert r.cmd(b"v", b"NOOP\rX") == [b"v " + words + b" (the line contained a control character: ^M, a carriage return)"]
+    assert r.cmd(b"w", b"SELECT IN\x00BOX") == [b"w " + words + b" (the line contained a control character: ^@, a NUL)"]
+    assert r.cmd(b"x", b'SELECT "IN\x00BOX"')[0].startswith(b"x " + words)
+    assert r.cmd(b"y", b"FETCH 1 (FLAGS\nUID)")[0].startswith(b"y " + words)
+    # a line that ends in a literal still waits for it (its octets are no command)
+    r.send(b"z LOGIN a\x00b {6+}\r\nNOOP\r\n\r\n")
+    assert r.until_tag(b"z") == [b"z BAD LOGIN not allowed now: only before login"]
+    assert r.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
     r.close()
