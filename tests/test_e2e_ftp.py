@@ -1065,3 +1065,50 @@ def test_epsv_and_eprt_of_the_other_network_protocol_are_522(hub):
         assert ask(s, b"EPSV").startswith(b"229 ")
         assert ask(s, b"QUIT").startswith(b"221")
 
+
+
+@pytest.mark.parametrize("mode", ["I", "A", "TLS"])  # (sendfile; a producer; TLS)
+def test_a_download_the_client_half_closes_is_426_at_once_not_at_the_data_timeout(hub, random_50mb, mode):
+    # RFC 959 §3.4 / §4.2: in stream mode the sender ends the data; a
+    # receiver that closes its side first has given up the transfer. The
+    # client stops reading and sends its FIN (shutdown, the socket kept
+    # open): the hub saw it only at the data timeout (60 s) when it was
+    # sending with sendfile, and kept the transfer and the file open.
+    f = tls_login(hub) if mode == "TLS" else login(hub)
+    f.storbinary("STOR big", io.BytesIO(random_50mb))
+    f.voidcmd("TYPE A" if mode == "A" else "TYPE I")
+    conn = f.transfercmd("RETR big")
+    assert len(conn.recv(65536)) > 0
+    conn.shutdown(socket.SHUT_WR)  # a FIN; nothing more is read
+    f.sock.settimeout(10)  # well under the 60 s data timeout
+    assert f.getline() == "426 The client closed the data connection before the end; transfer aborted."
+    conn.close()
+    assert f.pwd() == "/"
+    f.voidcmd("TYPE I")
+    assert retr(f, "big")[:10] == random_50mb[:10]
+
+
+@pytest.mark.parametrize("mode", ["A", "TLS"])  # (a producer; TLS) -- sendfile: test_abor_mid_transfer...
+@pytest.mark.parametrize("command", ["RETR big", "STOR part"])
+def test_abor_during_each_kind_of_transfer_is_426_then_226(hub, random_50mb, mode, command):
+    f = tls_login(hub) if mode == "TLS" else login(hub)
+    f.storbinary("STOR big", io.BytesIO(random_50mb))
+    f.voidcmd("TYPE A" if mode == "A" else "TYPE I")
+    conn = f.transfercmd(command)
+    if command.startswith("RETR"):
+        assert len(conn.recv(65536)) > 0
+    else:
+        conn.sendall(b"first part\n")
+        for _ in range(500):  # until the server says it has the bytes
+            if "11 bytes so far" in f.sendcmd("STAT"):
+                break
+        else:
+            pytest.fail("the server never counted the 11 bytes")
+    f.sock.settimeout(10)
+    f.putcmd("ABOR")
+    assert f.getline().startswith("426")
+    assert f.getline().startswith("226")
+    conn.close()
+    assert f.pwd() == "/"
+    if command.startswith("STOR"):
+        assert "part" not in f.nlst()  # kept hidden for a resume, not shown

@@ -348,3 +348,37 @@ def test_authenticate_with_an_initial_response_and_a_cancelled_one(hub):
     assert r.cmd(b"c", b"AUTHENTICATE PLAIN " + right)[-1].startswith(b"c OK")
     assert r.cmd(b"d", b"SELECT INBOX")[-1].startswith(b"d OK")
     r.close()
+
+
+def test_input_quoted_in_a_bad_reply_is_shown_as_octets_never_as_a_python_bytes_literal(hub):
+    # Twisted's "Too many arguments for command: b'...'" came through with
+    # Python's escapes inside the quotes ("\xe9t\xe9", "X\r..."): a
+    # Python repr in a reply. Found by a differential of malformed input
+    # against Dovecot (which answers OK to both and goes on). Now shown as
+    # every reply shows input: <E9> for an octet that is not UTF-8, ^M for a CR.
+    r = raw_login(hub)
+    assert r.cmd(b"t", b"NOOP \xe9t\xe9") == [b't BAD Too many arguments for command: "<E9>t<E9>"']
+    # (octets that only look like an escape are shown as they came)
+    assert r.cmd(b"u", b"NOOP \\x41 it's") == [b'u BAD Too many arguments for command: "\\x41 it\'s"']
+    assert r.cmd(b"w", b"NOOP") == [b"w OK NOOP completed"]
+    r.close()
+
+
+def test_a_nul_or_a_bare_cr_in_a_command_line_is_bad_and_named(hub):
+    # RFC 9051 §9: no NUL anywhere, no CR or LF but the CRLF ending the
+    # line. Before: the CR was a separator ('NOOP<CR>X': 'BAD Too many
+    # arguments for command: "X"', the CR not named) and a NUL reached the
+    # handler ('SELECT IN<NUL>BOX': 'NO [CANNOT] mailbox names are modified
+    # UTF-7'). Dovecot answers BAD ("CR sent without LF", "Invalid
+    # characters in atom", "NULs not allowed in strings").
+    r = raw_login(hub)
+    words = b"BAD a command line holds no NUL, and no CR or LF but the CRLF that ends it (RFC 9051 section 9)"
+    assert r.cmd(b"v", b"NOOP\rX") == [b"v " + words + b" (the line contained a control character: ^M, a carriage return)"]
+    assert r.cmd(b"w", b"SELECT IN\x00BOX") == [b"w " + words + b" (the line contained a control character: ^@, a NUL)"]
+    assert r.cmd(b"x", b'SELECT "IN\x00BOX"')[0].startswith(b"x " + words)
+    assert r.cmd(b"y", b"FETCH 1 (FLAGS\nUID)")[0].startswith(b"y " + words)
+    # a line that ends in a literal still waits for it (its octets are no command)
+    r.send(b"z LOGIN a\x00b {6+}\r\nNOOP\r\n\r\n")
+    assert r.until_tag(b"z") == [b"z BAD LOGIN not allowed now: only before login"]
+    assert r.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
+    r.close()

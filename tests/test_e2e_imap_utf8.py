@@ -163,3 +163,30 @@ def test_legacy_session_gets_nested_headers_downgraded_and_rfc822_size_of_what_i
     assert whole == FORWARD and b"RFC822.SIZE %d" % len(FORWARD) in lines[0]
     legacy.close()
     writer.close()
+
+
+def test_search_charset_after_enable_utf8_accept_is_bad_and_utf8_strings_search_without_it(hub):
+    # RFC 6855 §3 (with its verified erratum 4029): once UTF8=ACCEPT is
+    # enabled a client MUST NOT send SEARCH with a charset, the server
+    # SHOULD answer BAD (the labels conflict), and for SORT and THREAD,
+    # whose charset is mandatory, BAD for any charset but UTF-8. Before,
+    # SEARCH CHARSET UTF-8 and SORT ... US-ASCII were answered OK. A quoted
+    # UTF-8 string without CHARSET is what the client sends instead (§3).
+    deliver(hub)
+    r = raw_login(hub)
+    r.cmd(b"s", b"SELECT INBOX")
+    before = r.cmd(b"a", b"SEARCH CHARSET UTF-8 SUBJECT M\xc3\xbcnchen")
+    assert before[-1].startswith(b"a OK") and b"* SEARCH 1" in before, before  # not enabled yet: allowed
+    r.cmd(b"e", b"ENABLE UTF8=ACCEPT")
+    for tag, command in (
+        (b"b", b"SEARCH CHARSET UTF-8 SUBJECT M\xc3\xbcnchen"),
+        (b"c", b"UID SEARCH CHARSET US-ASCII ALL"),
+        (b"d", b"SEARCH RETURN (COUNT) CHARSET UTF-8 ALL"),
+        (b"f", b"SORT (DATE) US-ASCII ALL"),
+        (b"g", b"THREAD REFERENCES ISO-8859-1 ALL"),
+    ):
+        lines = r.cmd(tag, command)
+        assert len(lines) == 1 and lines[0].startswith(tag + b" BAD ") and b"UTF8=ACCEPT" in lines[0], (command, lines)
+    assert r.cmd(b"h", b'SEARCH SUBJECT "M\xc3\xbcnchen"') == [b"* SEARCH 1", b"h OK SEARCH completed"]
+    assert r.cmd(b"i", b"SORT (DATE) UTF-8 SUBJECT M\xc3\xbcnchen")[0] == b"* SORT 1"
+    r.close()

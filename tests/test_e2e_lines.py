@@ -288,3 +288,22 @@ def test_ftp_pathnames_with_cr_or_lf_are_refused(ftp_user):
     assert_no_raw_control(reply)
     assert sorted(os.listdir(home)) == ["folder", "ten.txt"]
     assert t.ask(b"NOOP").startswith(b"200")
+
+
+def test_pop3_a_control_character_in_a_command_line_is_a_syntax_error_that_names_it(hub):
+    # RFC 1939 §3: printable words separated by spaces. Before, a CR was
+    # taken as a separator ("LIST<CR>1" answered as LIST 1, "STAT<CR>" as
+    # STAT) and "UIDL 1<CR>X" was refused without naming the CR; SMTP,
+    # FTP and IMAP name it (Dovecot echoed the raw CR back).
+    import poplib
+
+    m = poplib.POP3("127.0.0.1", hub.ports["pop3"])
+    m.user("alice")
+    m.pass_("secret")
+    for line, char in ((b"STAT\r", b"^M, a carriage return"), (b"LIST\r1", b"^M, a carriage return"), (b"UIDL 1\rX", b"^M, a carriage return"), (b"TOP 1\t0", b"^I, a tab")):
+        m._putline(line)
+        reply = m._getline()[0]
+        assert_no_raw_control(reply)
+        assert reply.startswith(b"-ERR syntax: ") and reply.endswith(b"(the line contained a control character: " + char + b")"), (line, reply)
+    assert m.stat()[0] == 0  # the session goes on
+    m.quit()

@@ -175,3 +175,66 @@ def test_messages_arriving_at_once_cannot_all_pass_on_the_same_free_space(start_
     m.logout()
     used = int(quota.split(b"STORAGE ")[1].split()[0])
     assert used <= 20 + 1, quota  # the 90 % warning passes the quota on purpose (< 1 KiB)
+
+
+def test_getquota_is_current_after_expunge_pop3_dele_delete_and_ftp_dele(start_hub, tmp_path):
+    # RFC 9208 §4.2: GETQUOTA tells the usage. Deletions were not followed:
+    # the count (quota.RECOUNT, 60 s) still held what an EXPUNGE, a POP3
+    # DELE + QUIT, a DELETE of a folder or an FTP DELE had freed.
+    import ftplib
+    import io
+    import poplib
+
+    accounts = tmp_path / "accounts"
+    accounts.write_text("carol@localhost;quota=1m:pw\n")
+    hub = start_hub("--auth", f"file:{accounts}", users=())
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    imap.login("carol", "pw")
+
+    def used() -> int:
+        typ, data = imap.getquota('""')
+        assert typ == "OK", data
+        return int(re.match(rb'"" \(STORAGE (\d+) 1024\)', data[0]).group(1))
+
+    for n in range(3):
+        assert imap.append("INBOX", None, None, message(f"m{n}", 100 * 1024))[0] == "OK"
+    imap.create("Old")
+    assert imap.append("Old", None, None, message("old", 100 * 1024))[0] == "OK"
+    assert used() == 400  # added at once (before too)
+    imap.select("INBOX")
+    imap.store("1", "+FLAGS", "\\Deleted")
+    imap.expunge()
+    assert used() == 300
+    pop = poplib.POP3("127.0.0.1", hub.ports["pop3"])
+    pop.user("carol")
+    pop.pass_("pw")
+    pop.dele(1)
+    pop.quit()
+    assert used() == 200
+    imap.delete("Old")
+    assert used() == 100
+    f = ftplib.FTP()
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login("carol", "pw")
+    f.storbinary("STOR file.bin", io.BytesIO(b"f" * 200 * 1024))
+    assert used() == 300
+    f.delete("file.bin")
+    assert used() == 100
+    f.quit()
+    imap.logout()
+
+
+def test_the_shared_count_of_workers_takes_removals_off(tmp_path):
+    # Under --workers the count is the Maildir's mailhub-quota file; a
+    # removal made by one worker must be seen by the others (Maildir++
+    # maildirsize writes such lines with a minus sign). Before, only
+    # "+N" lines were read: a removal could not be written at all.
+    from twisted_mailhub.quota import SharedUsage
+
+    usage = SharedUsage(str(tmp_path))
+    usage.write(1000)
+    usage.add(300)
+    usage.add(-500)
+    assert SharedUsage(str(tmp_path)).read(60) == 800
+    usage.forget()
+    assert SharedUsage(str(tmp_path)).read(60) is None  # the next reader counts again

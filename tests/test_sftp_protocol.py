@@ -484,3 +484,62 @@ def test_mode_and_times_set_on_a_file_open_for_reading_are_the_files(session, mo
     [(kind, payload)] = answers(stub)
     assert status(payload)[:2] == (3, p.FX_PERMISSION_DENIED)
     assert (root / "ten").read_bytes() == b"0123456789"
+
+
+class _FaultyShell(DiskShell):
+    """A disk shell whose stat fails with a fault of the hub's own: a ValueError."""
+
+    def __init__(self, root, error):
+        DiskShell.__init__(self, root)
+        self.error = error
+
+    def stat(self, path, keys=()):
+        return defer.fail(self.error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), ValueError("invalid literal for int() with base 10: 'x'")],
+)
+def test_a_fault_of_the_hub_is_a_local_error_not_an_offset_out_of_range(tmp_path, error):
+    # Before: every ValueError (a UnicodeError too) was answered "an offset
+    # or size out of range", which no offset was, and the fault was not
+    # logged as one. filexfer-02 §7: SSH_FX_FAILURE for a failure that has
+    # no better code; the text is ours, never Python's.
+    stub = ChannelStub()
+    server = p.SFTPServer(_FaultyShell(str(tmp_path), error))
+    server.makeConnection(stub)
+    server.dataReceived(packet(p.FXP_INIT, u32(3)))
+    answers(stub)
+    server.dataReceived(packet(p.FXP_STAT, u32(5), p.ns("f")))
+    [(kind, payload)] = answers(stub)
+    assert kind == p.FXP_STATUS
+    assert status(payload) == (5, p.FX_FAILURE, "local error in processing")
+    server.dataReceived(packet(p.FXP_REALPATH, u32(6), p.ns(".")))
+    [(kind, _)] = answers(stub)
+    assert kind == p.FXP_NAME and not stub.lost
+
+
+def test_a_path_with_a_nul_byte_is_a_bad_message(session):
+    # No name holds a NUL: the string is malformed (SSH_FX_BAD_MESSAGE,
+    # filexfer-02 §7; OpenSSH's sftp-server cannot parse it). Before: NO_SUCH_FILE.
+    server, stub, root = session
+    for request in (
+        packet(p.FXP_STAT, u32(3), p.ns(b"a\x00b")),
+        packet(p.FXP_OPEN, u32(3), p.ns(b"a\x00b"), u32(p.FXF_WRITE | p.FXF_CREAT), u32(0)),
+        packet(p.FXP_RENAME, u32(3), p.ns(b"f"), p.ns(b"a\x00b")),
+    ):
+        server.dataReceived(request)
+        [(kind, payload)] = answers(stub)
+        assert kind == p.FXP_STATUS
+        assert status(payload) == (3, p.FX_BAD_MESSAGE, "a path with a NUL byte")
+    assert os.listdir(root) == [] and not stub.lost
+
+
+def test_a_read_of_a_file_open_for_writing_says_so(session):
+    # Before: "that handle is not an open file" (it is one, open for writing).
+    server, stub, root = session
+    handle = open_file(server, stub, 1, "w", p.FXF_WRITE | p.FXF_CREAT)
+    server.dataReceived(packet(p.FXP_READ, u32(2), p.ns(handle), u64(0), u32(10)))
+    [(kind, payload)] = answers(stub)
+    assert status(payload) == (2, p.FX_FAILURE, "/w: the file is open for writing, not reading")

@@ -173,6 +173,25 @@ class QuotaShell:
     def openForWriting(self, path):
         return self._wrap(defer.maybeDeferred(self._shell.openForWriting, path))
 
+    def _freeing(self, method: str, *args: Any) -> defer.Deferred:
+        """The shell's C{method}, which may free space: then the count is made again when next asked."""
+
+        def done(result):
+            self._quotas.forget(self._address)
+            return result
+
+        return defer.maybeDeferred(getattr(self._shell, method), *args).addCallback(done)
+
+    def removeFile(self, path):
+        return self._freeing("removeFile", path)
+
+    def removeDirectory(self, path):
+        return self._freeing("removeDirectory", path)
+
+    def rename(self, fromPath, toPath):
+        # (over an existing file: that file's octets are freed)
+        return self._freeing("rename", fromPath, toPath)
+
     def openForWritingAt(self, path, offset, append):
         quotas, address = self._quotas, self._address
         if quotas.over(address):

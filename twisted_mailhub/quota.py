@@ -10,11 +10,15 @@ Rules:
    backend. One implementation, as a wrapper around any L{IMailStore}
    (L{QuotaStore}), so Maildir, memory and PostgreSQL stores all get it.
  - When it is counted: once, the first time an account is asked about;
-   then each stored message adds its size. Deletions are not followed one
-   by one: the count is made again whenever a write would pass the limit,
-   and when it is older than C{RECOUNT} seconds, so space freed by a
-   deletion is found exactly when it matters. Nothing walks a mailbox on
-   each delivery.
+   then each stored message adds its size and each expunged message, or
+   folder deleted, takes its messages' sizes off (L{QuotaFolder.expunge},
+   L{QuotaAccount.delete_folder}), so what GETQUOTA reports (RFC 9208
+   §4.2) is current after an APPEND, an EXPUNGE, a POP3 DELE or a
+   delivery. A file removed or replaced (FTP, SFTP) drops the count
+   (L{Quotas.forget}): the next question counts again. What changes
+   outside the hub (a Maildir edited by hand) is found when a write would
+   pass the limit (the count is then made again) and when the count is
+   older than C{RECOUNT} seconds. Nothing walks a mailbox on each delivery.
  - What is refused: a delivery, APPEND, COPY or MOVE that would take the
    account past its limit raises L{QuotaExceeded}, a kind of
    L{InsufficientStorage}: nothing is stored. SMTP answers C{552 5.2.2
@@ -242,6 +246,21 @@ class Quotas:
 
         return defer.maybeDeferred(write).addBoth(release).addCallback(stored)
 
+    def freed(self, address: str, octets: int) -> None:
+        """C{octets} of C{address}'s mail were removed (an expunge, a deleted folder)."""
+        if octets > 0:
+            self._added(address, -octets)
+
+    def forget(self, address: str) -> None:
+        """
+        Drop C{address}'s count (a file was removed or replaced, its size
+        not known here): the next question counts again.
+        """
+        self._usage.pop(address, None)
+        usage = self._shared(address) if self.limit(address) is not None else None
+        if usage is not None:
+            usage.forget()
+
     def _added(self, address: str, octets: int) -> None:
         usage = self._shared(address) if self.limit(address) is not None else None
         if usage is not None:
@@ -249,7 +268,7 @@ class Quotas:
             return
         known = self._usage.get(address)
         if known is not None:
-            self._usage[address] = (known[0] + octets, known[1])
+            self._usage[address] = (max(0, known[0] + octets), known[1])
 
     def stored(self, address: str, octets: int) -> None:
         """C{octets} were stored for C{address}; warn once at 90%."""
@@ -292,7 +311,8 @@ class SharedUsage:
     """
     An account's usage as every process of C{--workers} sees it: the file
     C{mailhub-quota} in its Maildir (first line C{<octets> <unix time of
-    the count>}, then one C{+<octets>} line per message stored since),
+    the count>}, then one C{+<octets>} line per message stored since and
+    one C{-<octets>} line per removal, as Maildir++'s C{maildirsize}),
     read and written under C{flock(2)}.
     """
 
@@ -316,20 +336,24 @@ class SharedUsage:
         head = lines[0].split()
         try:
             total, when = int(head[0]), float(head[1])
-            total += sum(int(line) for line in lines[1:] if line.startswith(b"+") and line[1:].isdigit())
+            total += sum(int(line) for line in lines[1:] if line[:1] in b"+-" and line[1:].isdigit())
         except (IndexError, ValueError):
             return None
         if time.time() - when > fresh_for or len(data) >= 1 << 20:
             return None
-        return total
+        return max(total, 0)
 
     def write(self, total: int) -> None:
         """A new count (C{total} octets, now)."""
         self._locked(lambda fd: (os.ftruncate(fd, 0), os.pwrite(fd, b"%d %.3f\n" % (total, time.time()), 0)))
 
     def add(self, octets: int) -> None:
-        """C{octets} more stored (only counted on top of a count made before)."""
-        self._locked(lambda fd: os.fstat(fd).st_size and os.write(fd, b"+%d\n" % octets), append=True)
+        """C{octets} more stored, or fewer when negative (only counted on top of a count made before)."""
+        self._locked(lambda fd: os.fstat(fd).st_size and os.write(fd, b"%+d\n" % octets), append=True)
+
+    def forget(self) -> None:
+        """No count any more: the next reader counts again."""
+        self._locked(lambda fd: os.ftruncate(fd, 0))
 
     def _locked(self, action: Any, append: bool = False) -> None:
         try:
@@ -391,6 +415,19 @@ class QuotaFolder(_Passing):
         address = getattr(destination, "_address", self._address)
         return self._quotas.reserve(address, octets, lambda: self._real.copy_to(uids, target))
 
+    def expunge(self, uids, origin: Any = None) -> list[int]:
+        """The real C{expunge}; what it removed is taken off the account's count."""
+        uids = list(uids)
+        sizes = {}
+        for uid in set(uids):
+            try:
+                sizes[uid] = self._real.info(uid).size
+            except Exception:  # gone already
+                continue
+        gone = self._real.expunge(uids, origin=origin)
+        self._quotas.freed(self._address, sum(sizes.get(uid, 0) for uid in gone or ()))
+        return gone
+
     def copy_for_move(self, uids, destination: Any) -> defer.Deferred:
         """
         C{copy_to} for a MOVE (IMAP MOVE, webmail's move and delete to
@@ -417,6 +454,15 @@ class QuotaAccount(_Passing):
 
     def create_folder(self, name: str) -> Any:
         return self._store._folder(self._real.create_folder(name), self._address)
+
+    def delete_folder(self, name: str) -> None:
+        """The real C{delete_folder}; its messages are taken off the account's count."""
+        try:
+            octets = sum(info.size for info in self._real.folder(name).messages())
+        except Exception:  # no such folder: the real one says so
+            octets = 0
+        self._real.delete_folder(name)
+        self._quotas.freed(self._address, octets)
 
 
 class QuotaStore(_Passing):

@@ -149,6 +149,16 @@ class TransferFailed(Exception):
     """
 
 
+def _cut_short(reason: Any) -> TransferFailed:
+    """
+    Why a download ended before its last octet: the client closed the data
+    connection (a FIN: it gave the transfer up) or it broke (a reset).
+    """
+    if _reset(reason):
+        return TransferFailed("the data connection broke")
+    return TransferFailed("the client closed the data connection before the end")
+
+
 class TransferWriteError(TransferFailed):
     """The file being received could not be written (disk full...)."""
 
@@ -201,12 +211,19 @@ def from_crlf(data: bytes, held: bytes) -> tuple[bytes, bytes]:
     return data.replace(b"\r\n", b"\n"), held
 
 
-@implementer(IWriteDescriptor)
+@implementer(IReadDescriptor, IWriteDescriptor)
 class _SendfileWriter:
     """
     Registered with the reactor for write readiness on the data socket
     while the TCP transport itself stands aside; each turn moves at most
     L{SENDFILE_BUDGET} bytes with C{os.sendfile}.
+
+    It watches the socket for reading too (the transport does not, while
+    it stands aside): a client that closes its side of the data connection
+    before the end, even only half (a FIN, the socket kept open and no
+    longer read), has given the download up (RFC 959 §3.4: in stream mode
+    the sender ends the data). The download then fails at once, not at the
+    data timeout. Octets the client sends on a download are dropped.
     """
 
     def __init__(self, connection: "DataConnection", reader: Any):
@@ -239,6 +256,17 @@ class _SendfileWriter:
             self.sent += n
             budget -= n
         self.connection.resetTimeout()
+        return None
+
+    def doRead(self):
+        try:
+            data = os.read(self.sock_fd, 65536)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            return e
+        if not data:
+            return main.CONNECTION_DONE
         return None
 
     def connectionLost(self, reason):
@@ -460,10 +488,10 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
                 self.done.errback(TransferFailed("the data connection broke"))
         elif self._finished:
             self.done.callback(self.bytes)
-        elif _reset(reason):
-            self.done.errback(TransferFailed("the data connection broke"))
         else:
-            self.done.errback(TransferFailed("the client closed the data connection before the end"))
+            # Over TLS the TCP end tells a FIN from a reset (the TLS
+            # layer reports both as "lost").
+            self.done.errback(_cut_short(self._tcp_end or reason if self.tls else reason))
 
     def progress(self) -> int:
         """Bytes moved so far (STAT during a transfer)."""
@@ -538,11 +566,13 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         if why is not None:
             writer.connectionLost(failure.Failure(why))
         elif self._sendfile is writer:
+            self.channel.reactor.addReader(writer)
             self.channel.reactor.addWriter(writer)
 
     def _stop_sendfile(self):
         writer, self._sendfile = self._sendfile, None
         if writer is not None:
+            self.channel.reactor.removeReader(writer)
             self.channel.reactor.removeWriter(writer)
             self.bytes = writer.sent
 
@@ -556,7 +586,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
     def _sendfile_failed(self, writer, reason):
         self._sendfile = None
         self.bytes = writer.sent
-        self._fail(TransferFailed("the data connection broke"))
+        self._fail(_cut_short(reason))
         if not self._lost:
             self.transport.startReading()
             self.transport.abortConnection()

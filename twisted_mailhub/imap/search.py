@@ -1032,6 +1032,11 @@ class SearchCommands:
         if charset is not None and not charset.strip():
             self.sendBadResponse(tag, b"SEARCH CHARSET wants a charset name, e.g. SEARCH CHARSET UTF-8 ALL")
             return
+        if charset is not None and getattr(self, "utf8_accept", False):
+            # RFC 6855 §3: after ENABLE UTF8=ACCEPT the client MUST NOT
+            # label a SEARCH's strings; the server SHOULD answer BAD.
+            self.sendBadResponse(tag, b"no CHARSET after ENABLE UTF8=ACCEPT (RFC 6855 section 3): its strings are UTF-8 already; send SEARCH without CHARSET")
+            return
         if charset is not None and charset.upper() not in (b"US-ASCII", b"UTF-8"):
             self.sendNegativeResponse(tag, b"[BADCHARSET (US-ASCII UTF-8)] charset not supported")
             return

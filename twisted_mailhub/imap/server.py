@@ -647,6 +647,18 @@ class IMAPServer(
             return None
         cmd = args[1].upper()
         rest = args[2] if len(args) == 3 else None
+        if (b"\0" in line or b"\r" in line or b"\n" in line) and not has_control(cmd) and not _LITERAL.search(line):
+            # RFC 9051 §9: no NUL anywhere (CHAR8), no CR or LF but the CRLF
+            # that ends the line (an atom holds no CTL, a quoted string no
+            # CR or LF). Refused as a syntax error, naming the character;
+            # it was taken as a separator ("NOOP<CR>X": "Too many
+            # arguments") or reached a handler ("SELECT IN<NUL>BOX": "NO
+            # [CANNOT] mailbox names are modified UTF-7"). Dovecot: BAD. A
+            # line that ends in a literal goes on (its octets follow, and
+            # must not be read as commands); its handler refuses it.
+            note = control_note(line).encode("ascii", "replace")
+            self.sendBadResponse(tag, b"a command line holds no NUL, and no CR or LF but the CRLF that ends it (RFC 9051 section 9)" + note)
+            return None
         try:
             return self.dispatchCommand(tag, cmd, rest)
         except Exception as e:

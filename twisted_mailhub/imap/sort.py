@@ -348,6 +348,11 @@ class SortCommands:
         of the messages found too; this session reads no further command
         meanwhile, and the other sessions are served.
         """
+        if getattr(self, "utf8_accept", False) and charset.upper() != b"UTF-8":
+            # RFC 6855 §3 and its erratum 4029: a mandatory charset other
+            # than UTF-8 conflicts with UTF8=ACCEPT: BAD.
+            self.sendBadResponse(tag, b"the charset is UTF-8 after ENABLE UTF8=ACCEPT (RFC 6855 section 3)")
+            return
         view = self.selected
         folder = view.folder
         reads = must_read(folder, query, view.uids) or not fields_cached(folder, fields, view.uids)

@@ -12,6 +12,7 @@ a Python repr).
 
 from __future__ import annotations
 
+import ast
 import calendar
 import re
 import time
@@ -20,6 +21,7 @@ from typing import Any
 from twisted.mail import imap4
 
 from twisted_mailhub.imap.message import quote
+from twisted_mailhub.lines import quote as shown_octets
 from twisted_mailhub.store.base import DELIMITER
 from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, BadFolderName
 
@@ -238,16 +240,28 @@ def shown(value: bytes | str, limit: int = 60) -> str:
     return '"' + "".join(out) + ('..."' if len(value) > limit else '"')
 
 
-_PY_BYTES = re.compile(r"""\bb(['"])(.*?)\1""")
+_PY_BYTES = re.compile(r"""\bb(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+
+
+def _unrepr(m: re.Match) -> str:
+    """A Python bytes literal (a C{repr} Twisted put in a message) as the octets it stands for, shown as every reply shows input."""
+    try:
+        octets = ast.literal_eval(m.group())
+    except (SyntaxError, ValueError):
+        return '"?"'
+    return '"' + shown_octets(octets, limit=60, ascii=True) + '"'
 
 
 def client_text(message: str) -> bytes:
     """
     An error text fit for a tagged BAD/NO: Twisted's own parser messages
     quote input as C{b'...'} (C{Too many arguments for command: b'x'}); this
-    shows it as C{"x"}, and keeps the reply ASCII without control bytes.
+    shows it as C{"x"}, the octets within as every reply shows input
+    (L{twisted_mailhub.lines.quote}: C{^M} for a CR, C{<E9>} for an octet
+    that is not UTF-8; never Python's C{\\r} or C{\\xe9}), and keeps the
+    reply ASCII without control bytes.
     """
-    message = _PY_BYTES.sub(lambda m: '"' + m.group(2) + '"', message)
+    message = _PY_BYTES.sub(_unrepr, message)
     return "".join(c if 32 <= ord(c) < 127 else ("^" + chr(ord(c) + 64) if ord(c) < 32 else "?") for c in message).encode("ascii")
 
 

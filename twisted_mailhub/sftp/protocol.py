@@ -357,7 +357,10 @@ def _error_for(reason: failure.Failure, path: str) -> SFTPError | None:
 
         # The hub's words (a quota: "quota exceeded: ..."), never the OS's.
         return SFTPError(FX_FAILURE, f"{path}: {getattr(e, 'reason', None) or error_words(e)}")
-    if isinstance(e, (OverflowError, ValueError)):
+    if isinstance(e, OverflowError):
+        # A number past what the OS takes (2**63 and up). Not ValueError:
+        # that is a fault of ours (a UnicodeError...), answered "local
+        # error in processing" and logged, not dressed up as an offset.
         return SFTPError(FX_FAILURE, f"{path}: an offset or size out of range")
     return None
 
@@ -514,10 +517,10 @@ class SFTPServer(protocol.Protocol):
         except SFTPError as e:
             self._report(name, rid, e)
             return None
-        except (OverflowError, ValueError) as e:
-            # An offset or size past what the OS takes (2**63 and up).
+        except OverflowError:
+            # An offset or size past what the OS takes (2**63 and up). A
+            # ValueError is no such thing: it is a fault of ours, below.
             self._report(name, rid, SFTPError(FX_FAILURE, "an offset or size out of range"))
-            log.info("sftp {name}: {error}", name=name, error=str(e))
             return None
         except Exception as e:
             if _unavailable(e):
@@ -579,7 +582,9 @@ class SFTPServer(protocol.Protocol):
     def _segments(self, path: str) -> list[str]:
         """Path segments from C{/} exactly as FTP makes them (C{toSegments})."""
         if "\0" in path:
-            raise SFTPError(FX_NO_SUCH_FILE, "a path with a NUL byte")
+            # No file name holds one: the string is malformed (OpenSSH's
+            # sftp-server cannot even parse it and ends the session).
+            raise SFTPError(FX_BAD_MESSAGE, "a path with a NUL byte")
         if any(ord(c) < 32 or ord(c) == 127 for c in path):
             # As FTP (501) and the API refuse them: a name with a CR or LF
             # would break FTP's listings of it, a backspace hide a letter.
@@ -602,9 +607,16 @@ class SFTPServer(protocol.Protocol):
     def _handle(self, reader: PacketReader, kind: type | tuple[type, ...]) -> tuple[bytes, Any]:
         key = reader.string()
         handle = self.handles.get(key)
-        if handle is None or not isinstance(handle, kind):
+        if handle is None:
+            raise SFTPError(FX_FAILURE, "no such open handle")
+        if not isinstance(handle, kind):
+            if kind is ReadHandle and isinstance(handle, WriteHandle):
+                # OpenSSH: read(2) of a write-only descriptor, EBADF.
+                raise SFTPError(FX_FAILURE, f"{handle.path}: the file is open for writing, not reading")
+            if kind is WriteHandle and isinstance(handle, ReadHandle):
+                raise SFTPError(FX_FAILURE, f"{handle.path}: the file is open for reading, not writing")
             wanted = "file" if isinstance(kind, tuple) else kind.kind
-            raise SFTPError(FX_FAILURE, "no such open handle" if handle is None else f"that handle is not an open {wanted}")
+            raise SFTPError(FX_FAILURE, f"that handle is not an open {wanted}")
         return key, handle
 
     def _room_for_handle(self) -> None:
