@@ -136,7 +136,7 @@ from twisted_mailhub.store.table import (
     Row,
     system_bits,
 )
-from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, fsync_directory
+from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, flush_written, fsync_directory
 from twisted_mailhub.store.smallfiles import SmallFiles, write_temporary
 from twisted_mailhub.store.wireform import WireForms
 from twisted_mailhub.store.interfaces import (
@@ -1412,17 +1412,9 @@ class MaildirFolder:
         def check() -> list:
             # (in the thread) Files listed on trust read now, before they
             # are told: made CRLF in place if another MDA stored bare LFs
-            # (tmp, fsync, rename: the fsync off the reactor), their size
+            # (tmp copies, one flush for them all, renames: off the reactor), their size
             # on the wire found. None for a file not checked now.
-            found = []
-            for entry, path in trusted:
-                try:
-                    found.append(_to_crlf_in_place(path))
-                except NotAMessageFile:
-                    found.append(False)
-                except OSError:
-                    found.append(None)  # (gone or unreadable: checked when needed, as before)
-            return found
+            return _to_crlf_many([path for _, path in trusted])  # (one flush for all their copies)
 
         def checked(found: list) -> defer.Deferred:
             for (entry, _), result in zip(trusted, found):
@@ -2009,7 +2001,8 @@ class MaildirFolder:
         rename: L{_to_crlf_in_place}), its size on the wire found. A first
         FETCH of sizes, a POP3 LIST or a body read then finds it checked:
         the reactor neither reads a whole message nor waits for an fsync.
-        L{unsettled} waits for it (IMAP SELECT/EXAMINE/STATUS, a POP3
+        Their copies share one flush (L{_to_crlf_many}), then one fsync
+        of each directory. L{unsettled} waits for it (IMAP SELECT/EXAMINE/STATUS, a POP3
         login, the web face). A file the thread could not read (gone,
         renamed by a flag change, no permission) stays listed on trust and
         is checked when first needed, as before (L{_check}).
@@ -2028,15 +2021,8 @@ class MaildirFolder:
             return
 
         def check() -> list:
-            found = []
-            for _, _, path in trusted:
-                try:
-                    found.append(_to_crlf_in_place(path))
-                except NotAMessageFile:
-                    found.append(False)
-                except OSError:
-                    found.append(None)  # (gone or unreadable: checked when needed)
-            return found
+            # (one flush for every copy: _to_crlf_many)
+            return _to_crlf_many([path for _, _, path in trusted])
 
         def checked(found: list) -> None:
             table = self._table
@@ -3237,6 +3223,107 @@ def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.rename(tmp, path)
     return len(fixed), shown, st.st_mtime
+
+
+# Files made CRLF together (L{_to_crlf_many}): one flush for their copies,
+# and at most this many copies open at once.
+CRLF_BATCH = 256
+
+
+def _to_crlf_many(paths: list[str]) -> list:
+    """
+    L{_to_crlf_in_place} for many files, in a worker thread: every copy
+    that needs writing is written first, then one flush serves them all
+    (L{flush_written}: one syncfs, or their fsyncs side by side, as a
+    batch of the group commit), then each is renamed over its file (name
+    and mtime kept) and each directory fsynced once. A file's finding is
+    given only once its copy and its rename are durable, so what the
+    caller records from it (a size, the unchecked file) never gets ahead
+    of the file. C{CRLF_BATCH} files at a time. Returns, per path,
+    C{(size, shown size field, mtime)}; C{False} for a FIFO, device or
+    directory (L{NotAMessageFile}); L{None} for a file not checked now
+    (gone, unreadable, a full disk for its copy, a failed flush: it keeps
+    its old, whole content and is checked when next needed).
+    """
+    found: list = []
+    for start in range(0, len(paths), CRLF_BATCH):
+        found.extend(_to_crlf_batch(paths[start : start + CRLF_BATCH]))
+    return found
+
+
+def _to_crlf_batch(paths: list[str]) -> list:
+    found: list = [None] * len(paths)
+    # (position, tmp path, descriptor, final path, stat, size, shown)
+    copies: list[list] = []
+    try:
+        for i, path in enumerate(paths):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+                try:
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        found[i] = False
+                        continue
+                    data = _read_whole(fd, st.st_size)
+                finally:
+                    os.close(fd)
+            except OSError:
+                continue  # (gone or unreadable: checked when needed)
+            fixed = crlf(data, bare_cr=True)
+            shown = _shown_size_field(fixed)
+            if fixed is data:
+                found[i] = (len(fixed), shown, st.st_mtime)  # (CRLF already: nothing to write)
+                continue
+            del data
+            folder, name = os.path.split(os.path.dirname(path))[0], os.path.basename(path)
+            tmp = os.path.join(folder, "tmp", f"{name}.{os.getpid()}.{next(_counter)}.crlf")
+            try:
+                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except OSError:
+                continue
+            copies.append([i, tmp, out, path, st, len(fixed), shown])
+            try:
+                view = memoryview(fixed)
+                while view:
+                    view = view[os.write(out, view) :]
+            except OSError:
+                copies[-1][2] = None
+                os.close(out)
+                _unlink_quietly(tmp)
+                copies.pop()
+        if not copies:
+            return found
+        # One flush for every copy (their data on disk before any rename).
+        errors = flush_written([c[2] for c in copies], os.path.dirname(copies[0][1]))
+        directories: dict[str, list[int]] = {}
+        for copy, error in zip(copies, errors):
+            i, tmp, out, path, st, size, shown = copy
+            os.close(out)
+            copy[2] = None
+            if error is not None:
+                _unlink_quietly(tmp)
+                continue
+            try:
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.rename(tmp, path)
+            except OSError:
+                _unlink_quietly(tmp)
+                continue
+            directories.setdefault(os.path.dirname(path), []).append(i)
+            found[i] = (size, shown, st.st_mtime)
+        # The renames durable before any finding is given.
+        for directory, members in directories.items():
+            try:
+                fsync_directory(directory)
+            except OSError:
+                for i in members:
+                    found[i] = None  # (old or new, the file is whole: checked again when needed)
+        return found
+    finally:
+        for copy in copies:
+            if copy[2] is not None:
+                os.close(copy[2])
+                _unlink_quietly(copy[1])
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
