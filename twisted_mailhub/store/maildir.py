@@ -577,8 +577,17 @@ class MaildirFolder:
         self._checked_here: set[str] = set()  # (--workers) names this process checked
         self.uid_validity = 0
         self.uid_next = 1
+        # A folder an older version left half made (cur/ without new/ or
+        # tmp/, no UID list) is repaired here when it can be written, else
+        # read as it is and repaired at its first write (L{_repair}).
+        self._unrepaired: OSError | None = None
         for sub in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(path, sub), exist_ok=True)
+            try:
+                os.makedirs(os.path.join(path, sub), exist_ok=True)
+            except OSError as e:
+                if not self._may_read_unrepaired(e):
+                    raise
+                self._unrepaired = e
         # The load: the list's rows (self._rows, from the index and the
         # lines after it), their mod-sequences, then the first look at the
         # directories turns the rows whose files are there into the table.
@@ -638,13 +647,13 @@ class MaildirFolder:
             with open(self._uidlist_path(), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            self._new_uid_validity()
+            self._new_uid_validity_or_read_as_is()
             return
         self._read_unchecked()
         header = _parse_header(data.split(b"\n", 1)[0])
         if header is None:
             log.warn("UID list of {path} unreadable: UIDs assigned anew with a new UIDVALIDITY", path=self.directory)
-            self._new_uid_validity()
+            self._new_uid_validity_or_read_as_is()
             return
         self.uid_validity, self.uid_next = header
         self._list_lines = data.count(b"\n") - 1
@@ -812,12 +821,79 @@ class MaildirFolder:
         except (OSError, ValueError) as e:
             log.debug("index of {path} not written: {error}", path=self.directory, error=e)
 
+    def _may_read_unrepaired(self, error: BaseException) -> bool:
+        """
+        Whether a folder whose load could not write what it lacks (C{error}:
+        a full disk or quota, a read-only file system) is read as it is,
+        its UIDs kept in memory until a write can repair it (L{_repair}):
+        only when the folder is there (its cur/ or new/), and not under
+        --workers (the UIDs of a folder are numbered through its list
+        there).
+        """
+        error = error.__cause__ if isinstance(error, StoreError) and isinstance(error.__cause__, OSError) else error
+        return (
+            isinstance(error, OSError)
+            and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+            and not self._shared
+            and any(os.path.isdir(os.path.join(self.directory, sub)) for sub in ("cur", "new"))
+        )
+
+    def _new_uid_validity_or_read_as_is(self) -> None:
+        """
+        L{_new_uid_validity}; when its list cannot be written (a full disk,
+        a read-only file system), the folder is read without it: its UIDVALIDITY
+        and UIDs in memory, as Dovecot keeps an index it cannot write in
+        memory, and written, the same, by the first write (L{_repair}).
+        After a restart before that, a new UIDVALIDITY is chosen (the clock
+        has moved on): a client sees the UIDs it was shown were not kept.
+        """
+        try:
+            self._new_uid_validity()
+        except (OSError, StoreError) as e:
+            if not self._may_read_unrepaired(e):
+                raise
+            self._unrepaired = e.__cause__ if isinstance(e, StoreError) and isinstance(e.__cause__, OSError) else e
+            self.uid_next = 1
+            self._settling = None
+            self.creation_flush = None
+            log.warn(
+                "{path}: its UID list cannot be written ({error}): read as it is, UIDVALIDITY {validity} kept in memory until a write can repair it",
+                path=self.directory, error=error_words(self._unrepaired), validity=self.uid_validity,
+            )
+
+    def _repair(self, quietly: bool = False) -> None:
+        """
+        Write what a folder read as it is lacks (L{_unrepaired}): new/ and
+        tmp/, the account's UIDVALIDITY counter and the UID list, with the
+        UIDVALIDITY and UIDs already shown, each durable before the write
+        that needed it goes on. Raises L{InsufficientStorage} or
+        C{OSError} when it still cannot be written (unless C{quietly}:
+        then the folder stays read as it is).
+        """
+        if self._unrepaired is None:
+            return
+        try:
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(self.directory, sub), exist_ok=True)
+            _remember_uid_validity(self.validity_path, max(self.uid_validity, _last_uid_validity(self.validity_path)), sync=True)
+            self._write_uidlist(sync=True)
+            fsync_directory(self.directory)
+        except (OSError, StoreError) as e:
+            if quietly:
+                return
+            raise storage_error(e) from e
+        self._unrepaired = None
+        self._dir_mtimes = None  # (new/ may be new: the next look lists both)
+        self._save_unchecked()
+        log.info("{path}: repaired (UID list written, UIDVALIDITY {validity})", path=self.directory, validity=self.uid_validity)
+
     def _new_uid_validity(self) -> None:
         # A lost list must not come back with the UIDVALIDITY it had
         # (RFC 3501 §2.3.1.1): that was given when the list was made, and
         # every later change to new/ or cur/ moved their ctime past it.
         # An empty folder is simply new: the time will do.
-        subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur")]
+        # (a half-made folder may lack new/: L{_unrepaired})
+        subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur") if os.path.isdir(os.path.join(self.directory, sub))]
         latest = 0
         if any(os.listdir(d) for d in subdirs):
             latest = int(max(os.stat(d).st_ctime for d in subdirs)) + 1
@@ -930,6 +1006,8 @@ class MaildirFolder:
         that shows or promises its UIDs is told before (design rule 6):
         L{deliver} and L{append} wait for it, IMAP SELECT/EXAMINE/STATUS too.
         """
+        if self._unrepaired is not None:
+            self._repair(quietly=True)  # (at an open, once there is room again)
         if not self._holding:
             try:
                 self._scan()  # (files found now are held until durable: waited for too)
@@ -1243,6 +1321,8 @@ class MaildirFolder:
         if self.made_again_elsewhere:
             raise NoSuchFolder(f"{self.name} was deleted and made again")
         try:
+            if self._unrepaired is not None:
+                return tuple(_mtime_or_zero(os.path.join(self.directory, sub)) for sub in ("new", "cur"))  # type: ignore[return-value]
             return (
                 os.stat(os.path.join(self.directory, "new")).st_mtime_ns,
                 os.stat(os.path.join(self.directory, "cur")).st_mtime_ns,
@@ -1251,6 +1331,15 @@ class MaildirFolder:
             # Deleted or renamed (by another session, or by hand) while
             # someone still holds this folder.
             raise NoSuchFolder(f"{self.name} no longer exists") from None
+
+    def _listdir(self, sub: str) -> list[str]:
+        """The names in C{sub} (new/ or cur/); none for one a half-made folder lacks (L{_unrepaired})."""
+        try:
+            return os.listdir(os.path.join(self.directory, sub))
+        except FileNotFoundError:
+            if self._unrepaired is None:
+                raise
+            return []
 
     def _scan(self, force: bool = False, elsewhere: bool = False) -> None:
         """
@@ -1321,7 +1410,9 @@ class MaildirFolder:
                 self._recent.add(uid)
             elif sub == "cur":
                 offered.append(uid)  # (one in new/ is claimed by its rename)
-        if added and self._flusher is not None and not first:
+        if added and self._unrepaired is not None:
+            pass  # (numbered in memory: the repair lists them, L{_repair})
+        elif added and self._flusher is not None and not first:
             # Found after the load: held back (in _pending, out of the
             # table) until their lines are flushed off the reactor
             # (L{_hold_found}); told then (under --workers, claimed for
@@ -1329,14 +1420,14 @@ class MaildirFolder:
             self._hold_found(added)
             added = []
             offered = []
-        if added and first and self._sync_later is not None:
+        if added and first and self._sync_later is not None and self._unrepaired is None:
             # Found at the load: in the table now, their lines flushed off
             # the reactor, and nothing tells them before (unsettled()).
             self._settle_found(added)
             added_now, added = added, []
         else:
             added_now = []
-        if added:
+        if added and self._unrepaired is None:
             table = self._table
             if self._checks_unsaved and self._unchecked:
                 # Listed on trust: known so before the list names them.
@@ -1659,7 +1750,7 @@ class MaildirFolder:
                 if positions is None:
                     positions = dict(zip(rows.names, range(len(rows.names))))
                 in_new = sub == "new"
-                for filename in os.listdir(os.path.join(self.directory, sub)):
+                for filename in self._listdir(sub):
                     if filename.startswith("."):
                         continue
                     listed += 1
@@ -1701,7 +1792,7 @@ class MaildirFolder:
         """
         seen: dict[str, tuple[str, str, int]] = {}
         for sub in subdirs:
-            for filename in os.listdir(os.path.join(self.directory, sub)):
+            for filename in self._listdir(sub):
                 if filename.startswith("."):
                     continue
                 base, system, _ = _split(filename)
@@ -2294,6 +2385,11 @@ class MaildirFolder:
         message and its UID are durable. Fails with L{InsufficientStorage}
         when the disk is full, and then nothing was stored.
         """
+        if self._unrepaired is not None:
+            try:
+                self._repair()
+            except (OSError, StoreError) as e:
+                return defer.fail(e)
         size = len(message)
         now = time.time()
         base = unique_name(size, self.hostname, now) + _shown_size_field(message)
@@ -2418,6 +2514,11 @@ class MaildirFolder:
         return failure
 
     def append(self, message: bytes, flags: Iterable[str] = (), internal_date: float | None = None):
+        if self._unrepaired is not None:
+            try:
+                self._repair()
+            except (OSError, StoreError) as e:
+                return defer.fail(e)
         entry, write = self._append_write(message, flags, internal_date)
         d = self.writer.write(*write[:4], rename=write[4], arrived=write[5])
         d.addCallbacks(lambda _: entry.info.uid, self._not_stored, errbackArgs=(entry,))
@@ -2452,6 +2553,11 @@ class MaildirFolder:
         sees a part of a set that failed. Fires with one C{(True, uid)} or
         C{(False, Failure)} per message, as L{defer.DeferredList} does.
         """
+        if self._unrepaired is not None:
+            try:
+                self._repair()
+            except (OSError, StoreError) as e:
+                return defer.fail(e)
         prepared = [self._append_write(message, flags, date) for message, flags, date in messages]
         deferreds = self.writer.write_group([write for _, write in prepared])
         for d, (entry, _) in zip(deferreds, prepared):
@@ -2499,6 +2605,10 @@ class MaildirFolder:
                 pass
 
     def set_flags(self, uids, flags, mode="replace", origin=None):
+        if self._unrepaired is not None:
+            # (system flags are renames, which a full disk allows; keywords
+            # go in the list, which must be there first)
+            self._repair(quietly=not split_flags(flags)[1])
         if self._shared:
             # Under --workers: what other workers changed is taken first,
             # and none of them writes the list until this change is in it.
@@ -2560,6 +2670,7 @@ class MaildirFolder:
         return result
 
     def expunge(self, uids, origin=None):
+        self._repair()  # (the list's new UIDNEXT keeps expunged UIDs from coming back)
         if self._shared:
             with self._uidlist_lock:
                 self._take_changes_elsewhere()
@@ -2691,6 +2802,13 @@ class MaildirFolder:
         octet read in the reactor), as one write group; the descriptors are
         closed once the group is done. Fires as L{append_many} does.
         """
+        if self._unrepaired is not None:
+            try:
+                self._repair()
+            except (OSError, StoreError) as e:
+                for fd, *_rest in copies:
+                    os.close(fd)
+                return defer.fail(e)
         prepared = []
         for fd, size, field, flags, date in copies:
             system, keywords = split_flags(flags)
@@ -3161,6 +3279,14 @@ def _remember_uid_validity(path: str | None, value: int, sync: bool = True) -> N
         raise
 
 
+def _mtime_or_zero(path: str) -> int:
+    """C{path}'s mtime in nanoseconds, 0 when it is not there (new/ of a half-made folder)."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
 def _unlink_quietly(path: str) -> None:
     """Remove C{path} if it is there (a temporary file a failed write left); errors are ignored."""
     try:
@@ -3484,6 +3610,9 @@ class MaildirAccount:
             # Maildir++: a sub-folder holds a 'maildirfolder' marker file.
             open(os.path.join(path, "maildirfolder"), "a").close()
             folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname, self._validity_path(), sync_later=self.small_files)
+            if folder._unrepaired is not None:
+                # (a folder being made is never read half made: its making fails)
+                raise storage_error(folder._unrepaired)
         except BaseException:
             if not existed:
                 self._unmake(name)
