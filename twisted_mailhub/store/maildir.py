@@ -567,6 +567,8 @@ class MaildirFolder:
         self._list_lines = 0  # message lines of the list read at the load
         self._hint = 0  # the row info() found last: FETCH 1:* asks in order
         self._wire_forms: WireForms | None = None  # POP3's cache, made when first asked for
+        self._compacting = False  # a compaction of the modseq log on its way (_compact_modseq_log)
+        self._modseq_write_lock: Any = None  # (made when first needed: _modseq_lock)
         # Base names listed on trust, not read yet; what checks found
         # (base -> (size, size as downgraded or 0)); see _check.
         self._unchecked: set[str] = set()
@@ -3156,30 +3158,122 @@ class MaildirFolder:
         self._append_modseqs(records, value)
 
     def _append_modseqs(self, records: list[str], value: int) -> None:
-        """Append C{records} to the modseq log, or rewrite it compacted (top modseq C{value})."""
+        """
+        Append C{records} to the modseq log (not flushed: a change's
+        modseq lost in a crash is the Maildir trade, as a flag rename is);
+        once the log holds far more lines than messages, it is compacted
+        (L{_compact_modseq_log}).
+        """
         table = self._table
         try:
-            if self._modseq_lines > 2 * len(table) + 1000:
-                tmp = self._modseq_path() + ".tmp"
-                try:
-                    with open(tmp, "w", encoding="ascii") as f:
-                        f.write(f"0 {value}\n" + "".join(f"{u} {m}\n" for u, m in zip(table.uids, table.modseqs) if m > 1))
-                    os.replace(tmp, self._modseq_path())
-                except OSError:
-                    _unlink_quietly(tmp)  # (a full disk: no partial log left to keep it full)
-                    raise
-                self._modseq_lines = sum(1 for m in table.modseqs if m > 1) + 1
-            else:
-                # (os-level: no text and buffer objects for one short line)
-                fd = os.open(self._modseq_path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-                try:
-                    os.write(fd, "".join(records).encode("ascii"))
-                finally:
-                    os.close(fd)
+            if records:
+                data = "".join(records).encode("ascii")
+                # (os-level: no text and buffer objects for one short line;
+                # under the log's lock: a compaction carries what was
+                # appended before its rename, L{_compact_modseq_log})
+                with self._modseq_lock():
+                    fd = os.open(self._modseq_path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+                    try:
+                        os.write(fd, data)
+                    finally:
+                        os.close(fd)
                 self._modseq_lines += len(records)
+            if self._modseq_lines > 2 * len(table) + 1000 and not self._compacting:
+                self._compact_modseq_log(value)
         except OSError as e:
             # The change itself is made; its modseq then lives until restart.
             log.warn("modseq log of {path} not written: {error}", path=self.directory, error=e.strerror)
+
+    def _modseq_lock(self) -> Any:
+        """What every writer of the modseq log holds: the folder's lock under --workers, else the log's own."""
+        if self._shared:
+            return self._uidlist_lock
+        lock = self._modseq_write_lock
+        if lock is None:
+            lock = self._modseq_write_lock = threading.Lock()
+        return lock
+
+    def _compact_modseq_log(self, value: int) -> None:
+        """
+        Rewrite the modseq log with one line per message whose modseq is
+        above 1 and a first line C{0 value} (the highest), crash-safe and
+        off the reactor: the text is made here from the table, then in a
+        worker thread of the account's L{SmallFiles} written to a tmp
+        file and fsynced, and, with the log's lock held, the lines
+        appended since the text was made are carried after it and the tmp
+        renamed over the log; then the directory is fsynced. A crash
+        leaves the old log or the whole new one, never a part (before, the
+        log was replaced in the reactor without a flush: a crash could
+        leave it empty, and every message's modseq back at 1). If another
+        process compacted it meanwhile, this one is dropped. Without a
+        L{SmallFiles} (a script), made here.
+        """
+        table = self._table
+        text = (f"0 {value}\n" + "".join(f"{u} {m}\n" for u, m in zip(table.uids, table.modseqs) if m > 1)).encode("ascii")
+        lines = text.count(b"\n")
+        path = self._modseq_path()
+        directory = self.directory
+        lock = self._modseq_lock()
+        with lock:
+            try:
+                st = os.stat(path)
+                seen: tuple[int, int] | None = (st.st_ino, st.st_size)
+            except FileNotFoundError:
+                seen = None
+        shared_log = self._shared
+
+        def compact() -> int | None:
+            tmp = f"{path}.{os.getpid()}.{next(_counter)}.tmp"  # (its own: another worker may compact too)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                with lock:
+                    try:
+                        now = os.stat(path)
+                    except FileNotFoundError:
+                        now = None
+                    if (now is None) != (seen is None) or (now is not None and seen is not None and (now.st_ino != seen[0] or now.st_size < seen[1])):
+                        _unlink_quietly(tmp)  # (another process compacted it: clean already)
+                        return None
+                    tail = b""
+                    if now is not None and seen is not None and now.st_size > seen[1]:
+                        # Appended since the text was made (not flushed, as
+                        # every append: the lines before them are).
+                        with open(path, "rb") as f:
+                            f.seek(seen[1])
+                            tail = f.read(now.st_size - seen[1])
+                        with open(tmp, "ab") as f:
+                            f.write(tail)
+                    os.replace(tmp, path)
+                    if shared_log:
+                        # (read from the new file's start of the carried lines on)
+                        self._modseq_position = shared.ListPosition(os.stat(path).st_ino, len(text))
+                fsync_directory(directory)
+                return lines + tail.count(b"\n")
+            except BaseException:
+                _unlink_quietly(tmp)  # (a full disk: no partial log left to keep it full)
+                raise
+
+        flusher = self._flusher
+        if flusher is None:
+            counted = compact()
+            if counted is not None:
+                self._modseq_lines = counted
+            return
+        self._compacting = True
+
+        def done(counted: int | None) -> None:
+            self._compacting = False
+            if counted is not None:
+                self._modseq_lines = counted
+
+        def failed(reason: Failure) -> None:
+            self._compacting = False
+            log.warn("modseq log of {path} not compacted ({error}); it will be later", path=directory, error=error_words(reason.value))
+
+        flusher.in_thread(compact).addCallbacks(done, failed)
 
     def modseq(self, uid: int) -> int:
         return self._table.modseqs[self._position(uid)]
