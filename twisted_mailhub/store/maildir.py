@@ -1109,6 +1109,10 @@ class MaildirFolder:
                         f.flush()
                         os.fsync(f.fileno())
                 os.replace(tmp, self._uidlist_path())
+                if sync:
+                    # The name too: appends after this go to the new file,
+                    # and must not be lost with a rename a crash undid.
+                    fsync_directory(self.directory)
                 self._extra_lines = 0
             except OSError as e:
                 try:
@@ -3367,6 +3371,8 @@ def _remember_uid_validity(path: str | None, value: int, sync: bool = True) -> N
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+        if sync:
+            fsync_directory(os.path.dirname(path) or ".")  # (the account's folder: a sub-folder's list is elsewhere)
     except OSError:
         # (a full disk: no empty .tmp is left in the account's folder)
         _unlink_quietly(tmp)
