@@ -148,3 +148,47 @@ class CRLFBatchTests(unittest.TestCase):
         # 2 + 2 + 1: a syncfs for each pair, an fsync for the one left
         self.assertEqual(len([e for e in events if e[0] == "syncfs"]), 2)
         self.assertEqual(len(self.copies_flushed(events)), 1)
+
+
+class CutUncheckedFileTests(unittest.TestCase):
+    """
+    mailhub-unchecked is written without a flush (a finding lost is made
+    again): a crash can leave it empty or cut. A name missing from it must
+    not be taken as checked: a file without its end line is not trusted,
+    and the files another program put in are checked again.
+    """
+
+    def test_a_cut_unchecked_file_has_the_outside_files_checked_again(self):
+        jobs: list = []
+
+        def never(function, *args):
+            jobs.append(function)  # (the process dies before the check runs)
+            return defer.Deferred()
+
+        root = self.mktemp()
+        store = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
+        store.small_files = SmallFiles(fsync=lambda fd: None, run=lambda f, *a: defer.maybeDeferred(f, *a))
+        inbox = store.account("alice@example.org").folder("INBOX")
+        # (named as Dovecot's LDA names them: ,W= is the size with CRLFs)
+        path = os.path.join(inbox.directory, "cur", f"1700000000.M1P1Q1.mda,S={len(BARE)},W={len(BARE) + 4}:2,S")
+        with open(path, "wb") as f:
+            f.write(BARE)
+        crashed = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
+        crashed.small_files = SmallFiles(fsync=lambda fd: None, run=never)
+        crashed.account("alice@example.org").folder("INBOX")  # (lists it on trust, then dies)
+        unchecked = os.path.join(inbox.directory, maildir.UNCHECKED)
+        with open(unchecked, encoding="utf-8") as f:
+            self.assertIn(f"? {os.path.basename(path).split(':')[0]}\n", f.read())
+        for cut in (0, len(maildir._UNCHECKED_HEADER)):
+            # The crash: the file's rename reached the disk, its data did not (all or part).
+            with open(unchecked, "r+b") as f:
+                f.truncate(cut)
+            with open(path, "wb") as f:
+                f.write(BARE)
+            after = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
+            after.small_files = SmallFiles(fsync=lambda fd: None, run=lambda f, *a: defer.maybeDeferred(f, *a))
+            folder = after.account("alice@example.org").folder("INBOX")
+            # (before: taken as checked, told at its bare-LF size and read with bare LFs)
+            self.assertEqual([m.size for m in folder.messages()], [len(BARE) + 4])
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), BARE.replace(b"\n", b"\r\n"))

@@ -196,7 +196,14 @@ UNFLUSHED = "mailhub-uidlist.unflushed"
 # UIDs. Advisory: never synced; lines of a process that is gone count for
 # nothing (MaildirFolder._claim_found, _claimed_elsewhere).
 CLAIMS = "mailhub-uidlist.claims"
-_UNCHECKED_HEADER = "mailhub-unchecked 1\n"
+_UNCHECKED_HEADER = "mailhub-unchecked 2\n"
+# The last line of a whole mailhub-unchecked (version 2): the file is
+# written without a flush (a finding lost is only made again), so a crash
+# can leave it empty or cut; without this line it is not trusted, and the
+# files another program put in are checked again (a name missing from a
+# cut file would otherwise be taken as checked). Version 1 files have none.
+_UNCHECKED_END = "end\n"
+_UNCHECKED_OLD_HEADER = "mailhub-unchecked 1\n"
 # The names this hub gives (unique_name): its own files are CRLF and their
 # S= is their size; any other name in a list written before the checks
 # were kept is checked once (a bare-LF file listed at its LF size).
@@ -1966,17 +1973,25 @@ class MaildirFolder:
             # Line by line (not the whole text and its split at once: a
             # folder of 100,000 unchecked files, and the heap keeps a peak).
             with open(self._unchecked_path(), "r", encoding="utf-8") as f:
-                f.readline()  # the header
+                header = f.readline()
+                ended = header == _UNCHECKED_OLD_HEADER  # (version 1: no end line)
+                if not ended and header != _UNCHECKED_HEADER:
+                    raise ValueError("no header: cut short by a crash")
                 for line in f:
+                    if line == _UNCHECKED_END:
+                        ended = True
+                        break
                     words = line.rstrip("\n").split(" ")
                     if len(words) == 2 and words[0] == "?":
                         unchecked.add(words[1])
                     elif len(words) == 4 and words[0] == "=" and words[2].isascii() and words[2].isdigit() and words[3].isascii() and words[3].isdigit():
                         kept[words[1]] = (int(words[2]), int(words[3]))
+                if not ended:
+                    raise ValueError("no end line: cut short by a crash")
         except FileNotFoundError:
             self._legacy = True
             return
-        except (OSError, UnicodeDecodeError) as e:
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             log.warn("{path} unreadable ({error}): its outside files are checked again", path=self._unchecked_path(), error=e)
             self._legacy = True
             return
@@ -2016,6 +2031,7 @@ class MaildirFolder:
                 f.write(_UNCHECKED_HEADER)
                 f.writelines(f"? {base}\n" for base in sorted(unchecked))
                 f.writelines(f"= {base} {size} {shown}\n" for base, (size, shown) in sorted(kept.items()))
+                f.write(_UNCHECKED_END)
                 if sync:
                     f.flush()
                     os.fsync(f.fileno())
@@ -3405,10 +3421,15 @@ def _parse_unchecked(path: str) -> tuple[set[str], dict[str, tuple[int, int]]]:
     kept: dict[str, tuple[int, int]] = {}
     try:
         with open(path, "r", encoding="utf-8") as f:
-            lines = f.read().split("\n")[1:]
+            lines = f.read().split("\n")
     except (OSError, UnicodeDecodeError):
         return unchecked, kept
-    for line in lines:
+    if lines[0] + "\n" == _UNCHECKED_HEADER:
+        if lines[-2:] != ["end", ""]:
+            return unchecked, kept  # (cut short by a crash: _read_unchecked)
+    elif lines[0] + "\n" != _UNCHECKED_OLD_HEADER:
+        return unchecked, kept
+    for line in lines[1:]:
         words = line.split(" ")
         if len(words) == 2 and words[0] == "?":
             unchecked.add(words[1])
