@@ -194,22 +194,38 @@ def test_a_delivered_report_that_cannot_be_stored_refuses_the_message_and_keeps_
     assert len(hub.store.account("bob@localhost").folder("INBOX").messages()) == 1
 
 
-def test_a_delivered_report_is_taken_back_when_the_relayed_copy_cannot_be_queued(hub):
+def test_a_delivered_report_goes_in_the_relayed_copys_envelope_never_stored_before_it(hub):
+    # A report stored before the relayed copy could not always be taken
+    # back when queueing that copy fails (a queue another worker runs, the
+    # PostgreSQL queue): the client was told 451 and the sender got a
+    # "delivered". The report is now owed in the relayed copy's envelope.
+    from twisted_mailhub.queue.storage import DELIVERED
+
     _trust_the_test_client(hub)
     hub.relay = relay = HeldRelay()
     proto, transport = connect(hub)
-    proto.dataReceived(
-        b"EHLO client.test\r\nMAIL FROM:<bob@localhost>\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS\r\n"
-    )
-    # (a relayed recipient: this client may not relay, so its verdict is made by hand)
-    proto.recipients.append(attr_evolve(proto.recipients[0], address="pal@example.com", kind="relay"))
-    proto.dataReceived(b"DATA\r\nhi\r\n.\r\n")
-    [(sender, rcpts, message, d)] = relay.calls
-    assert len(hub.store.account("bob@localhost").folder("INBOX").messages()) == 1  # the report, before the queue
-    d.errback(OSError(28, "No space left on device"))
-    assert said(transport)[-1].startswith(b"45")
-    assert hub.store.account("alice@localhost").folder("INBOX").messages() == []
-    assert hub.store.account("bob@localhost").folder("INBOX").messages() == []
+    for outcome in ("fails", "works"):
+        proto.dataReceived(
+            b"EHLO client.test\r\nMAIL FROM:<bob@localhost>\r\nRCPT TO:<alice@localhost> NOTIFY=SUCCESS ORCPT=rfc822;alice@localhost\r\n"
+        )
+        # (a relayed recipient: this client may not relay, so its verdict is made by hand)
+        proto.recipients.append(attr_evolve(proto.recipients[0], address="pal@example.com", kind="relay", notify="FAILURE", orcpt=""))
+        proto.dataReceived(b"DATA\r\nhi\r\n.\r\n")
+        sender, rcpts, message, d = relay.calls[-1]
+        assert rcpts == ["pal@example.com"]
+        [owed] = relay.kwargs[-1]["delivered"]
+        assert (owed.address, owed.state, owed.owed, owed.notify, owed.orcpt) == ("alice@localhost", DELIVERED, "delivered", "SUCCESS", "rfc822;alice@localhost")
+        # (before: the report was already in bob's INBOX here)
+        assert hub.store.account("bob@localhost").folder("INBOX").messages() == []
+        if outcome == "fails":
+            d.errback(OSError(28, "No space left on device"))
+            assert said(transport)[-1].startswith(b"45")
+            assert hub.store.account("alice@localhost").folder("INBOX").messages() == []
+        else:
+            d.callback("Q1")
+            assert said(transport)[-1].startswith(b"250 2.0.0 Ok: queued as ")
+            assert len(hub.store.account("alice@localhost").folder("INBOX").messages()) == 1
+    assert hub.store.account("bob@localhost").folder("INBOX").messages() == []  # the queue makes it
 
 
 def attr_evolve(verdict, **changes):
@@ -471,6 +487,29 @@ class QueueTests(unittest.TestCase):
         self.assertEqual(to, "alice@a.test")
         self.assertIn(b"Action: relayed", dsn)
         self.assertEqual(after.sent, [])  # the message is not sent again
+        self.assertEqual(os.listdir(self.dir), [])
+
+    def test_a_report_owed_in_a_relayed_copys_envelope_is_made_at_its_first_attempt_and_once(self):
+        # The SMTP session's success DSN for its local copies rides in the
+        # relayed copy's envelope (enqueue's delivered=): made when the
+        # queue first takes the message, before a slow next hop answers;
+        # that recipient is never sent to.
+        from twisted_mailhub.queue.storage import DELIVERED, Recipient
+
+        relay = self.relay({"bob@b.test": [(250, "2.0.0 ok")]})
+        relay.hold = defer.Deferred()  # the next hop is slow
+        owed = Recipient("carol@a.test", DELIVERED, 250, "2.0.0 delivered to maildrop", "mx.a.test", notify="SUCCESS", owed="delivered")
+        self.successResultOf(relay.enqueue("alice@a.test", ["bob@b.test"], MESSAGE, notify={"bob@b.test": ("FAILURE", "")}, delivered=[owed]))
+        self.clock.advance(0)
+        [(to, dsn)] = relay.delivered_here
+        self.assertEqual(to, "alice@a.test")
+        self.assertIn(b"Action: delivered", dsn)
+        self.assertIn(b"Final-Recipient: rfc822; carol@a.test", dsn)
+        self.assertEqual(relay.sent, [])  # (still waiting for the next hop)
+        relay.hold.callback(None)
+        self.clock.advance(0)
+        self.assertEqual(relay.sent[0][2], ("bob@b.test",))
+        self.assertEqual(len(relay.delivered_here), 1)  # made once
         self.assertEqual(os.listdir(self.dir), [])
 
     def test_the_null_sender_never_gets_a_dsn(self):

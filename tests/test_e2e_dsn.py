@@ -310,3 +310,118 @@ def test_a_report_on_a_utf8_orcpt_is_a_global_dsn_read_over_imap(start_hub):
     assert status.get_content_type() == "message/global-delivery-status"
     assert "Original-Recipient: utf-8; jürgen@a.test\r\nFinal-Recipient: rfc822; alice@a.test\r\n".encode() in dsn
     assert returned.get_content_type() == "message/global-headers"
+
+
+# A queue write of a message that carries FAULT fails (EIO) while the
+# file named by MAILHUB_TEST_FAIL_QUEUE exists: a sitecustomize on the
+# hub's PYTHONPATH wraps os.write (the group commit's write) and looks at
+# where the descriptor points. Local copies and the report (RET=HDRS: the
+# header only, without the marker, which is in the body) are written.
+FAIL_QUEUE_WRITES = '''
+import errno, os
+_write = os.write
+_flag = os.environ.get("MAILHUB_TEST_FAIL_QUEUE", "")
+def _failing(fd, data):
+    if _flag and os.path.exists(_flag) and b"FAULT-IN-THE-QUEUE" in bytes(data[:65536]):
+        try:
+            where = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            where = ""
+        if "/queue/" in where:
+            raise OSError(errno.EIO, "injected queue write failure")
+    return _write(fd, data)
+os.write = _failing
+'''
+
+MARKED = (
+    b"From: Zed <zed@ext.test>\r\n"
+    b"To: Alice <alice@a.test>, Carol <carol@c.test>\r\n"
+    b"Subject: half here, half there\r\n"
+    b"\r\n"
+    b"FAULT-IN-THE-QUEUE\r\n"
+)
+
+
+def _refused_then_accepted(hub, peer, tries: int, lift) -> None:
+    """
+    C{tries} messages from a remote sender (sent by alice, logged in) to alice (NOTIFY=SUCCESS) and
+    to carol@c.test (relayed), each refused with a 4xx because the relayed
+    copy cannot be queued; then the fault is lifted and one more is
+    accepted (C{lift()} takes the fault away). The sender's MX (the
+    peer) must get exactly one report.
+    """
+
+    def send():
+        with smtplib.SMTP("127.0.0.1", hub.ports["submission"], timeout=10) as client:
+            client.login("alice@a.test", "secret")  # (relaying needs a login)
+            client.mail("zed@ext.test", ["RET=HDRS"])
+            assert client.rcpt("alice@a.test", ["NOTIFY=SUCCESS"])[0] == 250
+            assert client.rcpt("carol@c.test", ["NOTIFY=FAILURE"])[0] == 250
+            return client.data(MARKED)
+
+    for _ in range(tries):
+        code, text = send()
+        assert 400 <= code < 500, (code, text)
+    lift()
+    assert send()[0] == 250
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(peer.envelopes) < 2:
+        time.sleep(0.1)
+    time.sleep(1.5)  # (a report of a refused try would come with or just after these)
+    reports = [e for e in peer.envelopes if e[0] in ("", "<>")]
+    relayed = [e for e in peer.envelopes if e[0] == "zed@ext.test"]
+    assert len(relayed) == 1 and relayed[0][1] == ["carol@c.test"], peer.envelopes
+    # (before: a "delivered" report for alice per refused try as well)
+    assert len(reports) == 1, [e[2][:300] for e in reports]
+    assert reports[0][1] == ["zed@ext.test"]
+    _, status, _ = report_of(reports[0][2])
+    assert "Action: delivered" in status and "Final-Recipient: rfc822; alice@a.test" in status
+    # Alice holds the accepted message once; no copy of a refused try.
+    assert len(wait_for(lambda: pop3_messages(hub, "alice@a.test", "secret"), 1)) == 1
+
+
+def _faulty_env(tmp_path):
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "sitecustomize.py").write_text(FAIL_QUEUE_WRITES)
+    flag = tmp_path / "fail-queue"
+    flag.write_text("on")
+    return {"PYTHONPATH": str(faults), "MAILHUB_TEST_FAIL_QUEUE": str(flag)}, str(flag)
+
+
+def test_under_workers_no_report_for_a_message_refused_after_its_report_was_made(start_hub, tmp_path, plain_peer):
+    port, peer = plain_peer
+    env, flag = _faulty_env(tmp_path)
+    a = start_hub(
+        "--domain", "a.test", "--hostname", "mx.a.test", "--workers", "2",
+        "--mx-override", f"c.test=127.0.0.1:{port}", "--mx-override", f"ext.test=127.0.0.1:{port}",
+        users=["alice@a.test:secret"], env=env,
+    )
+    # Several tries: each connection goes to either worker, and only the
+    # one that does not run the queue could not take a queued report back.
+    _refused_then_accepted(a, peer, 6, lambda: os.unlink(flag))
+
+
+def test_postgresql_queue_no_report_for_a_message_refused_after_its_report_was_made(start_hub, pg_dsn, plain_peer):
+    psycopg = pytest.importorskip("psycopg")
+    port, peer = plain_peer
+    a = start_hub(
+        "--domain", "a.test", "--hostname", "mx.a.test", "--store", f"postgresql:{pg_dsn}",
+        "--mx-override", f"c.test=127.0.0.1:{port}", "--mx-override", f"ext.test=127.0.0.1:{port}",
+        users=["alice@a.test:secret"],
+    )
+    # The database refuses a queued row that carries the marker (the
+    # relayed copy; the report holds the header only).
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF position('FAULT-IN-THE-QUEUE'::bytea IN NEW.body) > 0 THEN RAISE EXCEPTION 'injected queue failure'; END IF;"
+            " RETURN NEW; END $$"
+        )
+        conn.execute("CREATE TRIGGER refuse_marked BEFORE INSERT ON queue_message FOR EACH ROW EXECUTE FUNCTION refuse_marked()")
+
+    def lift():
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER refuse_marked ON queue_message")
+
+    _refused_then_accepted(a, peer, 2, lift)

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_e2e_slow_fsync -*-
 """
 A slow disk does not stall the hub: with every fsync taking 0.6 s (a
-sitecustomize.py on the hub's PYTHONPATH wraps os.fsync and os.fdatasync),
+sitecustomize.py on the hub's PYTHONPATH wraps os.fsync, os.fdatasync and
+syncfs),
 a message another program drops into a Maildir is found by one IMAP
 session's NOOP while another session's NOOP is answered at once: the
 flush of its UID (store/maildir.py: _hold_found) runs in a worker thread,
@@ -26,6 +27,22 @@ def _slow(real):
     return flush
 if _delay:
     os.fsync, os.fdatasync = _slow(_fsync), _slow(_fdatasync)
+    # syncfs(2), which the store finds through ctypes (store/durable.py),
+    # is as slow on a slow disk: the same delay.
+    import ctypes
+    _getitem = ctypes.CDLL.__getitem__
+    class _SlowSyncfs:
+        def __init__(self, real):
+            object.__setattr__(self, "real", real)
+        def __call__(self, fd):
+            time.sleep(_delay)
+            return self.real(fd)
+        def __setattr__(self, name, value):
+            setattr(self.real, name, value)
+    def _getitem_slow(self, name):
+        found = _getitem(self, name)
+        return _SlowSyncfs(found) if name == "syncfs" else found
+    ctypes.CDLL.__getitem__ = _getitem_slow
 '''
 
 DELAY = 0.6
@@ -116,3 +133,38 @@ def test_under_workers_a_slow_flush_of_a_found_message_holds_no_session_and_ever
         assert sum(1 for line in f if name in line) == 1  # numbered once
     for c in finders + others:
         c.logout()
+
+
+def test_files_listed_on_trust_at_a_load_share_one_flush_for_their_crlf_copies(start_hub, tmp_path):
+    # Another MDA left 30 bare-LF files; the folder's load makes each CRLF
+    # in a thread before the SELECT is answered. Their copies share one
+    # flush (store/maildir.py: _to_crlf_many): with every flush 0.2 s,
+    # the SELECT waits for a few flushes, not 30 one after another (6 s).
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    delay, count = 0.2, 30
+    hub = start_hub(env={"PYTHONPATH": str(faults), "MAILHUB_TEST_FSYNC_DELAY": str(delay)})
+    maildir = hub.maildir("alice@localhost")
+    hub.stop(remove_data=False)  # (the files are there before the hub starts, as bench/reactor_stall.py puts them)
+    bare = b"From: someone@example.org\nSubject: from another MDA\n\n" + b"a line with a bare LF\n" * 50
+    for sub in ("cur", "new", "tmp"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    for i in range(count):
+        with open(os.path.join(maildir, "cur", f"{1700000000 + i}.M{i}P1Q{i}.mda,S={len(bare)}:2,S"), "wb") as f:
+            f.write(bare)
+    hub.start()
+    alice = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    alice.login("alice", "secret")
+    started = time.monotonic()
+    typ, data = alice.select("INBOX")
+    waited = time.monotonic() - started
+    assert (typ, data) == ("OK", [str(count).encode()])
+    # (before: 30 fsyncs of the copies one after another, over 6 s)
+    assert waited < count * delay / 2, waited
+    crlf = bare.replace(b"\n", b"\r\n")
+    typ, data = alice.fetch("1:*", "(RFC822.SIZE)")
+    assert typ == "OK" and all(f"RFC822.SIZE {len(crlf)}".encode() in line for line in data), data
+    typ, data = alice.fetch(str(count), "(BODY.PEEK[])")
+    assert typ == "OK" and data[0][1] == crlf
+    alice.logout()

@@ -23,7 +23,9 @@ def full_disk_at(monkeypatch, base: str) -> list[str]:
     hit: list[str] = []
 
     def fake_open(path, mode="r", *args, **kwargs):
-        if "w" in mode and os.path.basename(str(path)) == base + ".tmp":
+        name = os.path.basename(str(path))
+        # (base.tmp, or base.<pid>.<n>.tmp: a name of its own)
+        if "w" in mode and name.startswith(base + ".") and name.endswith(".tmp"):
             builtins.open(path, "w").close()  # (open(2) needs no block: an empty file is left)
             hit.append(str(path))
             raise OSError(errno.ENOSPC, "No space left on device")

@@ -386,8 +386,13 @@ class Maildrop:
         uids = {self.uids[i]: i for i in self.deleted}
         try:
             gone = set(self.folder.expunge(sorted(uids), origin=self))
-        except (OSError, StoreError):
-            log.failure("POP3 could not expunge from {address}", address=self.address)
+        except (OSError, StoreError) as e:
+            if is_out_of_space(e):
+                # (a maildrop read as it is, whose UID list a full disk
+                # keeps from being written: one line, the client is told)
+                log.warn("POP3 could not expunge from {address}: insufficient system storage", address=self.address)
+            else:
+                log.failure("POP3 could not expunge from {address}", address=self.address)
             gone = set()
         # A message someone else removed first is gone all the same.
         present = {info.uid for info in self.folder.messages()}

@@ -252,18 +252,18 @@ class PostgresRelay(Relay):
         return defer.maybeDeferred(lambda: stopped).addBoth(release)
 
     @defer.inlineCallbacks
-    def enqueue(self, sender: str, recipients: list[str], message: bytes, ret: str = "", envid: str = "", notify: dict | None = None):
+    def enqueue(self, sender: str, recipients: list[str], message: bytes, ret: str = "", envid: str = "", notify: dict | None = None, delivered=()):
         """
         Queue C{message}; the Deferred fires with the queue id once the row
         is committed. This hub looks for due messages at once, so it
         usually sends what it queued itself. C{ret}, C{envid}, C{notify}:
-        the DSN parameters, as L{Relay.enqueue} takes them.
+        the DSN parameters, and C{delivered}, as L{Relay.enqueue} takes them.
         """
         from twisted_mailhub.queue.relay import _bare
         from twisted_mailhub.queue.storage import make_entry
 
         sender = _bare(sender)
-        entry = make_entry(sender, [_bare(r) for r in recipients], len(message), self.now(), ret, envid, notify)
+        entry = make_entry(sender, [_bare(r) for r in recipients], len(message), self.now(), ret, envid, notify, delivered)
         yield self.storage.add(entry, message)
         log.info("queue: {qid} queued from <{sender}> to {rcpts} ({size} octets)", qid=entry.id, sender=sender, rcpts=", ".join(f"<{r}>" for r in recipients), size=len(message))
         self._wanted = True

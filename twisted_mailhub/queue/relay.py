@@ -164,15 +164,19 @@ class Relay(service.Service):
     # -- what the SMTP server and the admin command call --------------------
 
     @defer.inlineCallbacks
-    def enqueue(self, sender: str, recipients: list[str], message: bytes, ret: str = "", envid: str = "", notify: dict | None = None):
+    def enqueue(self, sender: str, recipients: list[str], message: bytes, ret: str = "", envid: str = "", notify: dict | None = None, delivered=()):
         """
         Queue C{message} from C{sender} (C{""} for C{<>}) to C{recipients}.
         The Deferred fires with the queue id once it is durable. C{ret},
         C{envid} and C{notify} (recipient -> (NOTIFY, ORCPT)) are the DSN
         parameters of its MAIL and RCPTs (RFC 3461 §4), kept with it.
+        C{delivered}: L{Recipient}s of the same message already stored in
+        maildrops here whose success DSN is owed (C{owed="delivered"}):
+        saved in the same envelope, so the report exists if and only if
+        the relayed copy does, and made at the message's first attempt.
         """
         sender = _bare(sender)
-        entry = make_entry(sender, [_bare(r) for r in recipients], len(message), self.now(), ret, envid, notify)
+        entry = make_entry(sender, [_bare(r) for r in recipients], len(message), self.now(), ret, envid, notify, delivered)
         yield self.storage.add(entry, message)
         self.entries[entry.id] = entry
         log.info("queue: {qid} queued from <{sender}> to {rcpts} ({size} octets)", qid=entry.id, sender=sender, rcpts=", ".join(f"<{r}>" for r in recipients), size=len(message))
@@ -266,6 +270,13 @@ class Relay(service.Service):
                 entry.next_attempt = self.now() + self.schedule.delay(max(entry.attempts, 1))
                 self.in_flight.discard(entry.id)
                 continue
+            if any(r.owed for r in entry.recipients):
+                # Owed from before this attempt (the SMTP session's local
+                # copies, a restart): made now, not after the attempt, which
+                # may wait out a slow next hop. Saved with the outcome; a
+                # crash before that makes the report again (a rare
+                # duplicate, never a loss).
+                await self._report_owed(entry, save=False)
             for r in entry.pending:
                 if self.is_local(r.address):
                     local_jobs.append((entry, r.address))
@@ -467,7 +478,7 @@ class Relay(service.Service):
             self.in_flight.discard(entry.id)
             self._reschedule()
 
-    async def _report_owed(self, entry: QueuedMessage) -> bool:
+    async def _report_owed(self, entry: QueuedMessage, save: bool = True) -> bool:
         """
         Make the success DSNs (RFC 3461 §6.2) owed for C{entry}'s
         recipients (L{Recipient.owed}, saved with their outcome):
@@ -476,7 +487,9 @@ class Relay(service.Service):
         itself, §5.2). Each report stored is unmarked and the envelope
         saved; one that cannot be stored stays owed and is tried again
         with the next attempt or at the end (L{_finish}), and after a
-        restart. Returns whether none is owed any more.
+        restart. Returns whether none is owed any more. Without C{save},
+        the envelope is left to the caller's next save (the PostgreSQL
+        queue lets a message's lease go when its envelope is saved).
         """
         owed: dict[str, list] = {}
         for r in entry.recipients:
@@ -491,7 +504,8 @@ class Relay(service.Service):
                 continue
             for r in recipients:
                 r.owed = ""
-            await self.storage.save(entry)
+            if save:
+                await self.storage.save(entry)
             log.info("queue: {qid} {action}, success DSN sent to <{sender}> for {rcpts}", qid=entry.id, action=action, sender=entry.sender, rcpts=", ".join(f"<{r.address}>" for r in recipients))
         return not any(r.owed for r in entry.recipients)
 

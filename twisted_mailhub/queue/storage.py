@@ -287,18 +287,22 @@ def make_entry(
     ret: str = "",
     envid: str = "",
     notify: dict[str, tuple[str, str]] | None = None,
+    delivered: Iterable[Recipient] = (),
 ) -> QueuedMessage:
     """
     A new queue entry. C{ret}, C{envid}: the MAIL's DSN parameters;
     C{notify}: recipient -> (NOTIFY, ORCPT) as the RCPTs gave them (RFC
-    3461 §4), for those that had any.
+    3461 §4), for those that had any. C{delivered}: recipients of the
+    same message already delivered into maildrops here whose success DSN
+    is owed (L{Recipient.owed}); they are added as they are, so the
+    report is queued in the same write as the relayed copy, or not at all.
     """
     now = time.time() if now is None else now
     notify = notify or {}
     return QueuedMessage(
         id=new_queue_id(now),
         sender=sender,
-        recipients=[Recipient(r, notify=notify.get(r, ("", ""))[0], orcpt=notify.get(r, ("", ""))[1]) for r in recipients],
+        recipients=[Recipient(r, notify=notify.get(r, ("", ""))[0], orcpt=notify.get(r, ("", ""))[1]) for r in recipients] + list(delivered),
         created=now,
         next_attempt=now,
         size=size,

@@ -585,7 +585,7 @@ def _store(hub: Any, session: Session, sender: str, recipients: list[Verdict], m
         for r in recipients:
             by_address.setdefault(r.address, r)
         params = {"ret": ret, "envid": envid, "notify": {a: (by_address[a].notify, by_address[a].orcpt) for a in relay}}
-        report = lambda qid: _report_delivered(hub, qid, sender, recipients, return_path + message, dsn)  # noqa: E731
+        report = lambda qid, queued: _report_delivered(hub, qid, sender, recipients, return_path + message, dsn, queued)  # noqa: E731
         return defer.Deferred.fromCoroutine(_store_all(hub, session, sender, local, relay, message, qid, return_path, params, report))
     if len(local) == 1 and not relay:
         # The hot path (one recipient): plain Deferreds, no coroutine.
@@ -640,103 +640,101 @@ async def _store_all(hub: Any, session: Session, sender: str, local: list[tuple[
     is reported. The relayed copy is queued only once every local copy is
     durable, so it never has to be taken back from a queue that may
     already be sending it; if queueing it fails, the local copies go too.
-    C{report}: C{qid -> Deferred} storing the success DSN owed for the
-    local copies (L{_report_delivered}); it is stored after them and
-    before the relayed copy is queued, and taken back with them.
+
+    C{report}: C{(qid, queued) -> Deferred}, the success DSN owed for
+    the local copies (L{_report_delivered}). It is never stored before a
+    step that could still refuse the message, because a report cannot
+    always be taken back (a queue another worker runs, the PostgreSQL
+    queue, a maildrop whose flush fails). With a relayed copy it is
+    queued in the same envelope (C{queued}: the owed L{Recipient}s go to
+    the queue's C{enqueue} as C{delivered}), so both are stored or
+    neither; without one it is stored last, and if that fails the local
+    copies are taken back and the client told 451.
     """
     waits = [defer.maybeDeferred(hub.store.deliver, a, _local_copy(session, qid, return_path, a, o, message)) for a, o in local]
     results = await defer.DeferredList(waits, consumeErrors=True) if waits else []
     stored = [(address, key) for (address, _original), (ok, key) in zip(local, results) if ok]
     failures = [failure for ok, failure in results if not ok]
-    reported = None
-    if not failures and report is not None:
+    if not failures and relay:
+        extra = dict(params or {})
+        if report is not None:
+            owed = report(qid, queued=True)
+            if owed:
+                extra["delivered"] = owed
         try:
-            reported = await report(qid)
+            await defer.maybeDeferred(hub.relay.enqueue, sender, relay, session.received(qid, None) + message, **extra)
+        except Exception:
+            failures.append(Failure())
+    elif not failures and report is not None:
+        try:
+            await report(qid, queued=False)
         except Exception as e:  # noqa: BLE001 - refused: the client tries again
             log.error("{qid}: success DSN to <{sender}> not stored ({error}); message refused", qid=qid, sender=sender, error=error_words(e, paths=False))
             await _withdraw(hub, stored, qid)
             raise Rejected(451, "4.3.0 The delivery report asked for (NOTIFY=SUCCESS) could not be stored; message not kept, try again later") from None
-    if not failures and relay:
-        try:
-            if params is None:
-                await defer.maybeDeferred(hub.relay.enqueue, sender, relay, session.received(qid, None) + message)
-            else:
-                await defer.maybeDeferred(hub.relay.enqueue, sender, relay, session.received(qid, None) + message, **params)
-        except Exception:
-            failures.append(Failure())
     if failures:
         await _withdraw(hub, stored, qid)
-        if reported is not None:
-            await _withdraw_report(hub, qid, reported)
         failures[0].raiseException()
     if stored:
         _log_delivery(hub, qid, sender, stored, len(message), session.client_ip)
     return qid
 
 
-def _report_delivered(hub: Any, qid: str, sender: str, recipients: list[Verdict], message: bytes, dsn: tuple[str, str] | None) -> None:
+def _report_delivered(hub: Any, qid: str, sender: str, recipients: list[Verdict], message: bytes, dsn: tuple[str, str] | None, queued: bool = False) -> Any:
     """
     The success DSN (RFC 3461 §6.2, C{Action: delivered}) to C{sender}
     for the recipients of C{recipients} stored here whose NOTIFY has
     SUCCESS: into the sender's INBOX when the sender is local, else
     through the outbound queue, as a bounce goes. Made once the copies
     are durable and before the client is told 250 (L{_store_all}).
-    Returns a Deferred that fires once the report is stored, with where
-    it went (C{(account, key)} in a maildrop, C{("queue", qid)}, or
-    L{None} when none is made), or fails when it cannot be stored.
+
+    With C{queued} (the message also has a relayed copy): nothing is
+    stored here; returns the owed L{Recipient}s
+    (C{owed="delivered"}) for the relayed copy's envelope, and the queue
+    makes the report (L{twisted_mailhub.queue.relay.Relay._report_owed}).
+    Else returns a Deferred that fires once the report is stored (or at
+    once when none is made), or fails when it cannot be stored.
     """
     from twisted_mailhub.queue.dsn import build_dsn
     from twisted_mailhub.queue.storage import DELIVERED, QueuedMessage, Recipient
 
     wanted = [r for r in recipients if r.kind == "local" and "SUCCESS" in r.notify]
     if not wanted or not sender:
-        return defer.succeed(None)
+        return [] if queued else defer.succeed(None)
+    relay = getattr(hub, "relay", None)
+    local_sender = hub.accounts.is_local_domain(sender.rpartition("@")[2])
+    account = hub.accounts.find(sender) if local_sender else None
+    if account is None and (relay is None or local_sender):
+        log.info("{qid}: success DSN to <{sender}> dropped: {why}", qid=qid, sender=sender, why="no such account" if relay is not None else "no outbound queue")
+        return [] if queued else defer.succeed(None)
+    rcpts = ", ".join(f"<{r.recipient}>" for r in wanted)
+    reported = [
+        Recipient(r.recipient, DELIVERED, 250, "2.0.0 delivered to maildrop", hub.hostname, notify=r.notify, orcpt=r.orcpt, owed="delivered" if queued else "")
+        for r in wanted
+    ]
+    if queued:
+        log.info("{qid}: success DSN to <{sender}> for {rcpts} owed, queued with the relayed copy", qid=qid, sender=sender, rcpts=rcpts)
+        return reported
     now = time.time()
     ret, envid = dsn or ("", "")
     entry = QueuedMessage(
         id=qid, sender=sender, recipients=[], created=now, next_attempt=now, size=len(message), ret=ret, envid=envid
     )
-    reported = [
-        Recipient(r.recipient, DELIVERED, 250, "2.0.0 delivered to maildrop", hub.hostname, notify=r.notify, orcpt=r.orcpt)
-        for r in wanted
-    ]
     try:
         notice = build_dsn(entry, reported, message, hub.hostname, now, action="delivered")
     except Exception as e:  # noqa: BLE001 - a report is never worth the message
         log.error("{qid}: success DSN to <{sender}> not made ({error})", qid=qid, sender=sender, error=e)
         return defer.succeed(None)
-    relay = getattr(hub, "relay", None)
-    account = hub.accounts.find(sender) if hub.accounts.is_local_domain(sender.rpartition("@")[2]) else None
     if account is not None:
         d = defer.maybeDeferred(hub.store.deliver, account.address, notice).addCallback(lambda key: (account.address, key))
-    elif relay is not None and not hub.accounts.is_local_domain(sender.rpartition("@")[2]):
-        d = defer.maybeDeferred(relay.enqueue, "", [sender], notice).addCallback(lambda rid: ("queue", rid))
     else:
-        log.info("{qid}: success DSN to <{sender}> dropped: {why}", qid=qid, sender=sender, why="no such account" if relay is not None else "no outbound queue")
-        return defer.succeed(None)
-    rcpts = ", ".join(f"<{r.recipient}>" for r in wanted)
+        d = defer.maybeDeferred(relay.enqueue, "", [sender], notice).addCallback(lambda rid: ("queue", rid))
 
     def sent(where):
         log.info("{qid}: success DSN sent to <{sender}> for {rcpts}", qid=qid, sender=sender, rcpts=rcpts)
         return where
 
     return d.addCallback(sent)
-
-
-async def _withdraw_report(hub: Any, qid: str, where: tuple[str, Any]) -> None:
-    """Take back a success DSN stored by L{_report_delivered} for a message then refused."""
-    place, key = where
-    if place == "queue":
-        try:
-            removed = hub.relay.remove(key)
-            if isinstance(removed, defer.Deferred):
-                removed = await removed
-            if not removed:
-                log.error("{qid}: success DSN {rid} could not be taken back from the queue; it will be sent", qid=qid, rid=key)
-        except Exception as e:  # noqa: BLE001
-            log.error("{qid}: success DSN {rid} could not be taken back from the queue ({error})", qid=qid, rid=key, error=e)
-    else:
-        await _withdraw(hub, [(place, key)], qid)
 
 
 async def _withdraw(hub: Any, stored: list[tuple[str, str]], qid: str) -> None:

@@ -572,6 +572,39 @@ def choose_flush() -> str:
     return "syncfs" if dirty is not None and dirty < QUIET_DIRTY_BYTES else "files"
 
 
+def flush_written(fds: list[int], path: str) -> list[BaseException | None]:
+    """
+    One flush for files already written (open descriptors C{fds}, all on
+    the filesystem of the directory C{path}), in the calling thread (never the
+    reactor's): as a batch of the group commit flushes its data
+    (L{choose_flush}). On a quiet system one syncfs(2) of the
+    filesystem; else writeback of every file started, then each fsynced
+    on the flush pool, concurrently, so that the filesystem merges their
+    journal commits. Returns one error (or None) per descriptor. Their
+    renames and the fsync of their directories are the caller's.
+    """
+    if not fds:
+        return []
+    if len(fds) > 1 and choose_flush() == "syncfs":
+        try:
+            _sync_filesystem(path)
+        except OSError as e:
+            return [e] * len(fds)
+        return [None] * len(fds)
+    if len(fds) > 1 and _start_writeback is not None:
+        for fd in fds:
+            _start_writeback(fd)
+
+    def run(fd: int) -> BaseException | None:
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            return e
+        return None
+
+    return list(_fsync_pool().map(run, fds)) if len(fds) > 1 else [run(fds[0])]
+
+
 FLUSH_THREADS = 32
 _pool: Any = None
 _pool_lock = threading.Lock()

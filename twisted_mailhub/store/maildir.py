@@ -136,7 +136,7 @@ from twisted_mailhub.store.table import (
     Row,
     system_bits,
 )
-from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, fsync_directory
+from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_lines, flush_written, fsync_directory
 from twisted_mailhub.store.smallfiles import SmallFiles, write_temporary
 from twisted_mailhub.store.wireform import WireForms
 from twisted_mailhub.store.interfaces import (
@@ -196,7 +196,14 @@ UNFLUSHED = "mailhub-uidlist.unflushed"
 # UIDs. Advisory: never synced; lines of a process that is gone count for
 # nothing (MaildirFolder._claim_found, _claimed_elsewhere).
 CLAIMS = "mailhub-uidlist.claims"
-_UNCHECKED_HEADER = "mailhub-unchecked 1\n"
+_UNCHECKED_HEADER = "mailhub-unchecked 2\n"
+# The last line of a whole mailhub-unchecked (version 2): the file is
+# written without a flush (a finding lost is only made again), so a crash
+# can leave it empty or cut; without this line it is not trusted, and the
+# files another program put in are checked again (a name missing from a
+# cut file would otherwise be taken as checked). Version 1 files have none.
+_UNCHECKED_END = "end\n"
+_UNCHECKED_OLD_HEADER = "mailhub-unchecked 1\n"
 # The names this hub gives (unique_name): its own files are CRLF and their
 # S= is their size; any other name in a list written before the checks
 # were kept is checked once (a bare-LF file listed at its LF size).
@@ -567,6 +574,8 @@ class MaildirFolder:
         self._list_lines = 0  # message lines of the list read at the load
         self._hint = 0  # the row info() found last: FETCH 1:* asks in order
         self._wire_forms: WireForms | None = None  # POP3's cache, made when first asked for
+        self._compacting = False  # a compaction of the modseq log on its way (_compact_modseq_log)
+        self._modseq_write_lock: Any = None  # (made when first needed: _modseq_lock)
         # Base names listed on trust, not read yet; what checks found
         # (base -> (size, size as downgraded or 0)); see _check.
         self._unchecked: set[str] = set()
@@ -577,8 +586,17 @@ class MaildirFolder:
         self._checked_here: set[str] = set()  # (--workers) names this process checked
         self.uid_validity = 0
         self.uid_next = 1
+        # A folder an older version left half made (cur/ without new/ or
+        # tmp/, no UID list) is repaired here when it can be written, else
+        # read as it is and repaired at its first write (L{_repair}).
+        self._unrepaired: OSError | None = None
         for sub in ("cur", "new", "tmp"):
-            os.makedirs(os.path.join(path, sub), exist_ok=True)
+            try:
+                os.makedirs(os.path.join(path, sub), exist_ok=True)
+            except OSError as e:
+                if not self._may_read_unrepaired(e):
+                    raise
+                self._unrepaired = e
         # The load: the list's rows (self._rows, from the index and the
         # lines after it), their mod-sequences, then the first look at the
         # directories turns the rows whose files are there into the table.
@@ -638,13 +656,13 @@ class MaildirFolder:
             with open(self._uidlist_path(), "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            self._new_uid_validity()
+            self._new_uid_validity_or_read_as_is()
             return
         self._read_unchecked()
         header = _parse_header(data.split(b"\n", 1)[0])
         if header is None:
             log.warn("UID list of {path} unreadable: UIDs assigned anew with a new UIDVALIDITY", path=self.directory)
-            self._new_uid_validity()
+            self._new_uid_validity_or_read_as_is()
             return
         self.uid_validity, self.uid_next = header
         self._list_lines = data.count(b"\n") - 1
@@ -812,12 +830,79 @@ class MaildirFolder:
         except (OSError, ValueError) as e:
             log.debug("index of {path} not written: {error}", path=self.directory, error=e)
 
+    def _may_read_unrepaired(self, error: BaseException) -> bool:
+        """
+        Whether a folder whose load could not write what it lacks (C{error}:
+        a full disk or quota, a read-only file system) is read as it is,
+        its UIDs kept in memory until a write can repair it (L{_repair}):
+        only when the folder is there (its cur/ or new/), and not under
+        --workers (the UIDs of a folder are numbered through its list
+        there).
+        """
+        error = error.__cause__ if isinstance(error, StoreError) and isinstance(error.__cause__, OSError) else error
+        return (
+            isinstance(error, OSError)
+            and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+            and not self._shared
+            and any(os.path.isdir(os.path.join(self.directory, sub)) for sub in ("cur", "new"))
+        )
+
+    def _new_uid_validity_or_read_as_is(self) -> None:
+        """
+        L{_new_uid_validity}; when its list cannot be written (a full disk,
+        a read-only file system), the folder is read without it: its UIDVALIDITY
+        and UIDs in memory, as Dovecot keeps an index it cannot write in
+        memory, and written, the same, by the first write (L{_repair}).
+        After a restart before that, a new UIDVALIDITY is chosen (the clock
+        has moved on): a client sees the UIDs it was shown were not kept.
+        """
+        try:
+            self._new_uid_validity()
+        except (OSError, StoreError) as e:
+            if not self._may_read_unrepaired(e):
+                raise
+            self._unrepaired = e.__cause__ if isinstance(e, StoreError) and isinstance(e.__cause__, OSError) else e
+            self.uid_next = 1
+            self._settling = None
+            self.creation_flush = None
+            log.warn(
+                "{path}: its UID list cannot be written ({error}): read as it is, UIDVALIDITY {validity} kept in memory until a write can repair it",
+                path=self.directory, error=error_words(self._unrepaired), validity=self.uid_validity,
+            )
+
+    def _repair(self, quietly: bool = False) -> None:
+        """
+        Write what a folder read as it is lacks (L{_unrepaired}): new/ and
+        tmp/, the account's UIDVALIDITY counter and the UID list, with the
+        UIDVALIDITY and UIDs already shown, each durable before the write
+        that needed it goes on. Raises L{InsufficientStorage} or
+        C{OSError} when it still cannot be written (unless C{quietly}:
+        then the folder stays read as it is).
+        """
+        if self._unrepaired is None:
+            return
+        try:
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(self.directory, sub), exist_ok=True)
+            _remember_uid_validity(self.validity_path, max(self.uid_validity, _last_uid_validity(self.validity_path)), sync=True)
+            self._write_uidlist(sync=True)
+            fsync_directory(self.directory)
+        except (OSError, StoreError) as e:
+            if quietly:
+                return
+            raise storage_error(e) from e
+        self._unrepaired = None
+        self._dir_mtimes = None  # (new/ may be new: the next look lists both)
+        self._save_unchecked()
+        log.info("{path}: repaired (UID list written, UIDVALIDITY {validity})", path=self.directory, validity=self.uid_validity)
+
     def _new_uid_validity(self) -> None:
         # A lost list must not come back with the UIDVALIDITY it had
         # (RFC 3501 §2.3.1.1): that was given when the list was made, and
         # every later change to new/ or cur/ moved their ctime past it.
         # An empty folder is simply new: the time will do.
-        subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur")]
+        # (a half-made folder may lack new/: L{_unrepaired})
+        subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur") if os.path.isdir(os.path.join(self.directory, sub))]
         latest = 0
         if any(os.listdir(d) for d in subdirs):
             latest = int(max(os.stat(d).st_ctime for d in subdirs)) + 1
@@ -930,6 +1015,8 @@ class MaildirFolder:
         that shows or promises its UIDs is told before (design rule 6):
         L{deliver} and L{append} wait for it, IMAP SELECT/EXAMINE/STATUS too.
         """
+        if self._unrepaired is not None:
+            self._repair(quietly=True)  # (at an open, once there is room again)
         if not self._holding:
             try:
                 self._scan()  # (files found now are held until durable: waited for too)
@@ -1029,6 +1116,10 @@ class MaildirFolder:
                         f.flush()
                         os.fsync(f.fileno())
                 os.replace(tmp, self._uidlist_path())
+                if sync:
+                    # The name too: appends after this go to the new file,
+                    # and must not be lost with a rename a crash undid.
+                    fsync_directory(self.directory)
                 self._extra_lines = 0
             except OSError as e:
                 try:
@@ -1243,6 +1334,8 @@ class MaildirFolder:
         if self.made_again_elsewhere:
             raise NoSuchFolder(f"{self.name} was deleted and made again")
         try:
+            if self._unrepaired is not None:
+                return tuple(_mtime_or_zero(os.path.join(self.directory, sub)) for sub in ("new", "cur"))  # type: ignore[return-value]
             return (
                 os.stat(os.path.join(self.directory, "new")).st_mtime_ns,
                 os.stat(os.path.join(self.directory, "cur")).st_mtime_ns,
@@ -1251,6 +1344,15 @@ class MaildirFolder:
             # Deleted or renamed (by another session, or by hand) while
             # someone still holds this folder.
             raise NoSuchFolder(f"{self.name} no longer exists") from None
+
+    def _listdir(self, sub: str) -> list[str]:
+        """The names in C{sub} (new/ or cur/); none for one a half-made folder lacks (L{_unrepaired})."""
+        try:
+            return os.listdir(os.path.join(self.directory, sub))
+        except FileNotFoundError:
+            if self._unrepaired is None:
+                raise
+            return []
 
     def _scan(self, force: bool = False, elsewhere: bool = False) -> None:
         """
@@ -1321,7 +1423,9 @@ class MaildirFolder:
                 self._recent.add(uid)
             elif sub == "cur":
                 offered.append(uid)  # (one in new/ is claimed by its rename)
-        if added and self._flusher is not None and not first:
+        if added and self._unrepaired is not None:
+            pass  # (numbered in memory: the repair lists them, L{_repair})
+        elif added and self._flusher is not None and not first:
             # Found after the load: held back (in _pending, out of the
             # table) until their lines are flushed off the reactor
             # (L{_hold_found}); told then (under --workers, claimed for
@@ -1329,14 +1433,14 @@ class MaildirFolder:
             self._hold_found(added)
             added = []
             offered = []
-        if added and first and self._sync_later is not None:
+        if added and first and self._sync_later is not None and self._unrepaired is None:
             # Found at the load: in the table now, their lines flushed off
             # the reactor, and nothing tells them before (unsettled()).
             self._settle_found(added)
             added_now, added = added, []
         else:
             added_now = []
-        if added:
+        if added and self._unrepaired is None:
             table = self._table
             if self._checks_unsaved and self._unchecked:
                 # Listed on trust: known so before the list names them.
@@ -1412,17 +1516,9 @@ class MaildirFolder:
         def check() -> list:
             # (in the thread) Files listed on trust read now, before they
             # are told: made CRLF in place if another MDA stored bare LFs
-            # (tmp, fsync, rename: the fsync off the reactor), their size
+            # (tmp copies, one flush for them all, renames: off the reactor), their size
             # on the wire found. None for a file not checked now.
-            found = []
-            for entry, path in trusted:
-                try:
-                    found.append(_to_crlf_in_place(path))
-                except NotAMessageFile:
-                    found.append(False)
-                except OSError:
-                    found.append(None)  # (gone or unreadable: checked when needed, as before)
-            return found
+            return _to_crlf_many([path for _, path in trusted])  # (one flush for all their copies)
 
         def checked(found: list) -> defer.Deferred:
             for (entry, _), result in zip(trusted, found):
@@ -1667,7 +1763,7 @@ class MaildirFolder:
                 if positions is None:
                     positions = dict(zip(rows.names, range(len(rows.names))))
                 in_new = sub == "new"
-                for filename in os.listdir(os.path.join(self.directory, sub)):
+                for filename in self._listdir(sub):
                     if filename.startswith("."):
                         continue
                     listed += 1
@@ -1709,7 +1805,7 @@ class MaildirFolder:
         """
         seen: dict[str, tuple[str, str, int]] = {}
         for sub in subdirs:
-            for filename in os.listdir(os.path.join(self.directory, sub)):
+            for filename in self._listdir(sub):
                 if filename.startswith("."):
                     continue
                 base, system, _ = _split(filename)
@@ -1877,17 +1973,25 @@ class MaildirFolder:
             # Line by line (not the whole text and its split at once: a
             # folder of 100,000 unchecked files, and the heap keeps a peak).
             with open(self._unchecked_path(), "r", encoding="utf-8") as f:
-                f.readline()  # the header
+                header = f.readline()
+                ended = header == _UNCHECKED_OLD_HEADER  # (version 1: no end line)
+                if not ended and header != _UNCHECKED_HEADER:
+                    raise ValueError("no header: cut short by a crash")
                 for line in f:
+                    if line == _UNCHECKED_END:
+                        ended = True
+                        break
                     words = line.rstrip("\n").split(" ")
                     if len(words) == 2 and words[0] == "?":
                         unchecked.add(words[1])
                     elif len(words) == 4 and words[0] == "=" and words[2].isascii() and words[2].isdigit() and words[3].isascii() and words[3].isdigit():
                         kept[words[1]] = (int(words[2]), int(words[3]))
+                if not ended:
+                    raise ValueError("no end line: cut short by a crash")
         except FileNotFoundError:
             self._legacy = True
             return
-        except (OSError, UnicodeDecodeError) as e:
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             log.warn("{path} unreadable ({error}): its outside files are checked again", path=self._unchecked_path(), error=e)
             self._legacy = True
             return
@@ -1927,6 +2031,7 @@ class MaildirFolder:
                 f.write(_UNCHECKED_HEADER)
                 f.writelines(f"? {base}\n" for base in sorted(unchecked))
                 f.writelines(f"= {base} {size} {shown}\n" for base, (size, shown) in sorted(kept.items()))
+                f.write(_UNCHECKED_END)
                 if sync:
                     f.flush()
                     os.fsync(f.fileno())
@@ -2009,7 +2114,8 @@ class MaildirFolder:
         rename: L{_to_crlf_in_place}), its size on the wire found. A first
         FETCH of sizes, a POP3 LIST or a body read then finds it checked:
         the reactor neither reads a whole message nor waits for an fsync.
-        L{unsettled} waits for it (IMAP SELECT/EXAMINE/STATUS, a POP3
+        Their copies share one flush (L{_to_crlf_many}), then one fsync
+        of each directory. L{unsettled} waits for it (IMAP SELECT/EXAMINE/STATUS, a POP3
         login, the web face). A file the thread could not read (gone,
         renamed by a flag change, no permission) stays listed on trust and
         is checked when first needed, as before (L{_check}).
@@ -2028,15 +2134,8 @@ class MaildirFolder:
             return
 
         def check() -> list:
-            found = []
-            for _, _, path in trusted:
-                try:
-                    found.append(_to_crlf_in_place(path))
-                except NotAMessageFile:
-                    found.append(False)
-                except OSError:
-                    found.append(None)  # (gone or unreadable: checked when needed)
-            return found
+            # (one flush for every copy: _to_crlf_many)
+            return _to_crlf_many([path for _, _, path in trusted])
 
         def checked(found: list) -> None:
             table = self._table
@@ -2308,6 +2407,11 @@ class MaildirFolder:
         message and its UID are durable. Fails with L{InsufficientStorage}
         when the disk is full, and then nothing was stored.
         """
+        if self._unrepaired is not None:
+            try:
+                self._repair()
+            except (OSError, StoreError) as e:
+                return defer.fail(e)
         size = len(message)
         now = time.time()
         base = unique_name(size, self.hostname, now) + _shown_size_field(message)
@@ -2432,6 +2536,11 @@ class MaildirFolder:
         return failure
 
     def append(self, message: bytes, flags: Iterable[str] = (), internal_date: float | None = None):
+        if self._unrepaired is not None:
+            try:
+                self._repair()
+            except (OSError, StoreError) as e:
+                return defer.fail(e)
         entry, write = self._append_write(message, flags, internal_date)
         d = self.writer.write(*write[:4], rename=write[4], arrived=write[5])
         d.addCallbacks(lambda _: entry.info.uid, self._not_stored, errbackArgs=(entry,))
@@ -2466,6 +2575,11 @@ class MaildirFolder:
         sees a part of a set that failed. Fires with one C{(True, uid)} or
         C{(False, Failure)} per message, as L{defer.DeferredList} does.
         """
+        if self._unrepaired is not None:
+            try:
+                self._repair()
+            except (OSError, StoreError) as e:
+                return defer.fail(e)
         prepared = [self._append_write(message, flags, date) for message, flags, date in messages]
         deferreds = self.writer.write_group([write for _, write in prepared])
         for d, (entry, _) in zip(deferreds, prepared):
@@ -2513,6 +2627,10 @@ class MaildirFolder:
                 pass
 
     def set_flags(self, uids, flags, mode="replace", origin=None):
+        if self._unrepaired is not None:
+            # (system flags are renames, which a full disk allows; keywords
+            # go in the list, which must be there first)
+            self._repair(quietly=not split_flags(flags)[1])
         if self._shared:
             # Under --workers: what other workers changed is taken first,
             # and none of them writes the list until this change is in it.
@@ -2574,6 +2692,7 @@ class MaildirFolder:
         return result
 
     def expunge(self, uids, origin=None):
+        self._repair()  # (the list's new UIDNEXT keeps expunged UIDs from coming back)
         if self._shared:
             with self._uidlist_lock:
                 self._take_changes_elsewhere()
@@ -2705,6 +2824,13 @@ class MaildirFolder:
         octet read in the reactor), as one write group; the descriptors are
         closed once the group is done. Fires as L{append_many} does.
         """
+        if self._unrepaired is not None:
+            try:
+                self._repair()
+            except (OSError, StoreError) as e:
+                for fd, *_rest in copies:
+                    os.close(fd)
+                return defer.fail(e)
         prepared = []
         for fd, size, field, flags, date in copies:
             system, keywords = split_flags(flags)
@@ -3052,30 +3178,122 @@ class MaildirFolder:
         self._append_modseqs(records, value)
 
     def _append_modseqs(self, records: list[str], value: int) -> None:
-        """Append C{records} to the modseq log, or rewrite it compacted (top modseq C{value})."""
+        """
+        Append C{records} to the modseq log (not flushed: a change's
+        modseq lost in a crash is the Maildir trade, as a flag rename is);
+        once the log holds far more lines than messages, it is compacted
+        (L{_compact_modseq_log}).
+        """
         table = self._table
         try:
-            if self._modseq_lines > 2 * len(table) + 1000:
-                tmp = self._modseq_path() + ".tmp"
-                try:
-                    with open(tmp, "w", encoding="ascii") as f:
-                        f.write(f"0 {value}\n" + "".join(f"{u} {m}\n" for u, m in zip(table.uids, table.modseqs) if m > 1))
-                    os.replace(tmp, self._modseq_path())
-                except OSError:
-                    _unlink_quietly(tmp)  # (a full disk: no partial log left to keep it full)
-                    raise
-                self._modseq_lines = sum(1 for m in table.modseqs if m > 1) + 1
-            else:
-                # (os-level: no text and buffer objects for one short line)
-                fd = os.open(self._modseq_path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-                try:
-                    os.write(fd, "".join(records).encode("ascii"))
-                finally:
-                    os.close(fd)
+            if records:
+                data = "".join(records).encode("ascii")
+                # (os-level: no text and buffer objects for one short line;
+                # under the log's lock: a compaction carries what was
+                # appended before its rename, L{_compact_modseq_log})
+                with self._modseq_lock():
+                    fd = os.open(self._modseq_path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+                    try:
+                        os.write(fd, data)
+                    finally:
+                        os.close(fd)
                 self._modseq_lines += len(records)
+            if self._modseq_lines > 2 * len(table) + 1000 and not self._compacting:
+                self._compact_modseq_log(value)
         except OSError as e:
             # The change itself is made; its modseq then lives until restart.
             log.warn("modseq log of {path} not written: {error}", path=self.directory, error=e.strerror)
+
+    def _modseq_lock(self) -> Any:
+        """What every writer of the modseq log holds: the folder's lock under --workers, else the log's own."""
+        if self._shared:
+            return self._uidlist_lock
+        lock = self._modseq_write_lock
+        if lock is None:
+            lock = self._modseq_write_lock = threading.Lock()
+        return lock
+
+    def _compact_modseq_log(self, value: int) -> None:
+        """
+        Rewrite the modseq log with one line per message whose modseq is
+        above 1 and a first line C{0 value} (the highest), crash-safe and
+        off the reactor: the text is made here from the table, then in a
+        worker thread of the account's L{SmallFiles} written to a tmp
+        file and fsynced, and, with the log's lock held, the lines
+        appended since the text was made are carried after it and the tmp
+        renamed over the log; then the directory is fsynced. A crash
+        leaves the old log or the whole new one, never a part (before, the
+        log was replaced in the reactor without a flush: a crash could
+        leave it empty, and every message's modseq back at 1). If another
+        process compacted it meanwhile, this one is dropped. Without a
+        L{SmallFiles} (a script), made here.
+        """
+        table = self._table
+        text = (f"0 {value}\n" + "".join(f"{u} {m}\n" for u, m in zip(table.uids, table.modseqs) if m > 1)).encode("ascii")
+        lines = text.count(b"\n")
+        path = self._modseq_path()
+        directory = self.directory
+        lock = self._modseq_lock()
+        with lock:
+            try:
+                st = os.stat(path)
+                seen: tuple[int, int] | None = (st.st_ino, st.st_size)
+            except FileNotFoundError:
+                seen = None
+        shared_log = self._shared
+
+        def compact() -> int | None:
+            tmp = f"{path}.{os.getpid()}.{next(_counter)}.tmp"  # (its own: another worker may compact too)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                with lock:
+                    try:
+                        now = os.stat(path)
+                    except FileNotFoundError:
+                        now = None
+                    if (now is None) != (seen is None) or (now is not None and seen is not None and (now.st_ino != seen[0] or now.st_size < seen[1])):
+                        _unlink_quietly(tmp)  # (another process compacted it: clean already)
+                        return None
+                    tail = b""
+                    if now is not None and seen is not None and now.st_size > seen[1]:
+                        # Appended since the text was made (not flushed, as
+                        # every append: the lines before them are).
+                        with open(path, "rb") as f:
+                            f.seek(seen[1])
+                            tail = f.read(now.st_size - seen[1])
+                        with open(tmp, "ab") as f:
+                            f.write(tail)
+                    os.replace(tmp, path)
+                    if shared_log:
+                        # (read from the new file's start of the carried lines on)
+                        self._modseq_position = shared.ListPosition(os.stat(path).st_ino, len(text))
+                fsync_directory(directory)
+                return lines + tail.count(b"\n")
+            except BaseException:
+                _unlink_quietly(tmp)  # (a full disk: no partial log left to keep it full)
+                raise
+
+        flusher = self._flusher
+        if flusher is None:
+            counted = compact()
+            if counted is not None:
+                self._modseq_lines = counted
+            return
+        self._compacting = True
+
+        def done(counted: int | None) -> None:
+            self._compacting = False
+            if counted is not None:
+                self._modseq_lines = counted
+
+        def failed(reason: Failure) -> None:
+            self._compacting = False
+            log.warn("modseq log of {path} not compacted ({error}); it will be later", path=directory, error=error_words(reason.value))
+
+        flusher.in_thread(compact).addCallbacks(done, failed)
 
     def modseq(self, uid: int) -> int:
         return self._table.modseqs[self._position(uid)]
@@ -3169,10 +3387,20 @@ def _remember_uid_validity(path: str | None, value: int, sync: bool = True) -> N
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+        if sync:
+            fsync_directory(os.path.dirname(path) or ".")  # (the account's folder: a sub-folder's list is elsewhere)
     except OSError:
         # (a full disk: no empty .tmp is left in the account's folder)
         _unlink_quietly(tmp)
         raise
+
+
+def _mtime_or_zero(path: str) -> int:
+    """C{path}'s mtime in nanoseconds, 0 when it is not there (new/ of a half-made folder)."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return 0
 
 
 def _unlink_quietly(path: str) -> None:
@@ -3193,10 +3421,15 @@ def _parse_unchecked(path: str) -> tuple[set[str], dict[str, tuple[int, int]]]:
     kept: dict[str, tuple[int, int]] = {}
     try:
         with open(path, "r", encoding="utf-8") as f:
-            lines = f.read().split("\n")[1:]
+            lines = f.read().split("\n")
     except (OSError, UnicodeDecodeError):
         return unchecked, kept
-    for line in lines:
+    if lines[0] + "\n" == _UNCHECKED_HEADER:
+        if lines[-2:] != ["end", ""]:
+            return unchecked, kept  # (cut short by a crash: _read_unchecked)
+    elif lines[0] + "\n" != _UNCHECKED_OLD_HEADER:
+        return unchecked, kept
+    for line in lines[1:]:
         words = line.split(" ")
         if len(words) == 2 and words[0] == "?":
             unchecked.add(words[1])
@@ -3237,6 +3470,107 @@ def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.rename(tmp, path)
     return len(fixed), shown, st.st_mtime
+
+
+# Files made CRLF together (L{_to_crlf_many}): one flush for their copies,
+# and at most this many copies open at once.
+CRLF_BATCH = 256
+
+
+def _to_crlf_many(paths: list[str]) -> list:
+    """
+    L{_to_crlf_in_place} for many files, in a worker thread: every copy
+    that needs writing is written first, then one flush serves them all
+    (L{flush_written}: one syncfs, or their fsyncs side by side, as a
+    batch of the group commit), then each is renamed over its file (name
+    and mtime kept) and each directory fsynced once. A file's finding is
+    given only once its copy and its rename are durable, so what the
+    caller records from it (a size, the unchecked file) never gets ahead
+    of the file. C{CRLF_BATCH} files at a time. Returns, per path,
+    C{(size, shown size field, mtime)}; C{False} for a FIFO, device or
+    directory (L{NotAMessageFile}); L{None} for a file not checked now
+    (gone, unreadable, a full disk for its copy, a failed flush: it keeps
+    its old, whole content and is checked when next needed).
+    """
+    found: list = []
+    for start in range(0, len(paths), CRLF_BATCH):
+        found.extend(_to_crlf_batch(paths[start : start + CRLF_BATCH]))
+    return found
+
+
+def _to_crlf_batch(paths: list[str]) -> list:
+    found: list = [None] * len(paths)
+    # (position, tmp path, descriptor, final path, stat, size, shown)
+    copies: list[list] = []
+    try:
+        for i, path in enumerate(paths):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+                try:
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        found[i] = False
+                        continue
+                    data = _read_whole(fd, st.st_size)
+                finally:
+                    os.close(fd)
+            except OSError:
+                continue  # (gone or unreadable: checked when needed)
+            fixed = crlf(data, bare_cr=True)
+            shown = _shown_size_field(fixed)
+            if fixed is data:
+                found[i] = (len(fixed), shown, st.st_mtime)  # (CRLF already: nothing to write)
+                continue
+            del data
+            folder, name = os.path.split(os.path.dirname(path))[0], os.path.basename(path)
+            tmp = os.path.join(folder, "tmp", f"{name}.{os.getpid()}.{next(_counter)}.crlf")
+            try:
+                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except OSError:
+                continue
+            copies.append([i, tmp, out, path, st, len(fixed), shown])
+            try:
+                view = memoryview(fixed)
+                while view:
+                    view = view[os.write(out, view) :]
+            except OSError:
+                copies[-1][2] = None
+                os.close(out)
+                _unlink_quietly(tmp)
+                copies.pop()
+        if not copies:
+            return found
+        # One flush for every copy (their data on disk before any rename).
+        errors = flush_written([c[2] for c in copies], os.path.dirname(copies[0][1]))
+        directories: dict[str, list[int]] = {}
+        for copy, error in zip(copies, errors):
+            i, tmp, out, path, st, size, shown = copy
+            os.close(out)
+            copy[2] = None
+            if error is not None:
+                _unlink_quietly(tmp)
+                continue
+            try:
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.rename(tmp, path)
+            except OSError:
+                _unlink_quietly(tmp)
+                continue
+            directories.setdefault(os.path.dirname(path), []).append(i)
+            found[i] = (size, shown, st.st_mtime)
+        # The renames durable before any finding is given.
+        for directory, members in directories.items():
+            try:
+                fsync_directory(directory)
+            except OSError:
+                for i in members:
+                    found[i] = None  # (old or new, the file is whole: checked again when needed)
+        return found
+    finally:
+        for copy in copies:
+            if copy[2] is not None:
+                os.close(copy[2])
+                _unlink_quietly(copy[1])
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -3397,6 +3731,9 @@ class MaildirAccount:
             # Maildir++: a sub-folder holds a 'maildirfolder' marker file.
             open(os.path.join(path, "maildirfolder"), "a").close()
             folder = self._folders[name] = MaildirFolder(name, path, self.writer, self.hostname, self._validity_path(), sync_later=self.small_files)
+            if folder._unrepaired is not None:
+                # (a folder being made is never read half made: its making fails)
+                raise storage_error(folder._unrepaired)
         except BaseException:
             if not existed:
                 self._unmake(name)

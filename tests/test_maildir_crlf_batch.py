@@ -1,0 +1,194 @@
+# -*- test-case-name: tests.test_maildir_crlf_batch -*-
+"""
+Files another MDA left with bare LFs, listed on trust at a folder's load,
+are made CRLF in a worker thread (store/maildir.py: _check_in_thread,
+_to_crlf_many): their copies share one flush, as a batch of the group
+commit does (one syncfs on a quiet system, else their fsyncs side by
+side), not one fsync after another; and a copy is renamed over its file,
+and that rename made durable (its directory fsynced), before the check's
+finding (the size told, mailhub-unchecked) is recorded.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer, task
+from twisted.trial import unittest
+
+from twisted_mailhub.store import durable, maildir
+from twisted_mailhub.store.durable import GroupCommitWriter
+from twisted_mailhub.store.maildir import MaildirFolder, MaildirStore
+from twisted_mailhub.store.smallfiles import SmallFiles
+
+BARE = b"Subject: bare LF\n\nbody\nmore\n"
+COUNT = 5
+
+
+class CRLFBatchTests(unittest.TestCase):
+    def setUp(self):
+        self.events: list[tuple] = []
+        self.jobs: list[tuple] = []
+        self.store = MaildirStore(self.mktemp(), GroupCommitWriter(task.Clock()), hostname="test")
+        self.store.small_files = SmallFiles(fsync=lambda fd: None, run=self.thread)
+        account = self.store.account("alice@example.org")
+        inbox = account.folder("INBOX")
+        self.run_jobs()
+        self.paths = []
+        for i in range(COUNT):
+            path = os.path.join(os.path.abspath(inbox.directory), "cur", f"170000000{i}.M{i}P1Q{i}.mda,S={len(BARE)}:2,S")
+            with open(path, "wb") as f:
+                f.write(BARE)
+            self.paths.append(path)
+        account._folders.clear()
+        self.account = account
+        real_fsync, real_rename = os.fsync, os.rename
+
+        def fsync(fd):
+            self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            real_fsync(fd)
+
+        def rename(src, dst, *a, **kw):
+            self.events.append(("rename", os.path.basename(dst)))
+            real_rename(src, dst, *a, **kw)
+
+        def syncfs(path, watch=None):
+            self.events.append(("syncfs", path))
+
+        self.patch(os, "fsync", fsync)
+        self.patch(os, "rename", rename)
+        self.patch(durable, "_sync_filesystem", syncfs)
+        real_save = MaildirFolder._save_unchecked
+
+        def save_unchecked(folder, sync=False):
+            self.events.append(("unchecked saved",))
+            return real_save(folder, sync)
+
+        self.patch(MaildirFolder, "_save_unchecked", save_unchecked)
+
+    def thread(self, function, *args):
+        d = defer.Deferred()
+        self.jobs.append((function, args, d))
+        return d
+
+    def run_jobs(self) -> None:
+        while self.jobs:
+            function, args, d = self.jobs.pop(0)
+            try:
+                result = function(*args)
+            except Exception:
+                d.errback()
+            else:
+                d.callback(result)
+
+    def load_and_check(self):
+        folder = self.account.folder("INBOX")
+        del self.events[:]
+        self.run_jobs()  # (the load's check, "in the thread")
+        self.assertIsNone(folder.unsettled())
+        for path in self.paths:
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), BARE.replace(b"\n", b"\r\n"))
+        self.assertEqual([i.size for i in folder.messages()], [len(BARE) + 4] * COUNT)
+        self.assertEqual(folder._unchecked, set())
+        return [e for e in self.events if e[0] != "rename" or e[1].endswith(":2,S")]
+
+    def copies_flushed(self, events) -> list[str]:
+        return [e[1] for e in events if e[0] == "fsync" and e[1].endswith(".crlf")]
+
+    def test_on_a_quiet_system_the_copies_share_one_syncfs_then_one_fsync_of_their_directory(self):
+        self.patch(durable, "choose_flush", lambda: "syncfs")
+        events = self.load_and_check()
+        cur = os.path.dirname(self.paths[0])
+        # (before: an fsync of each copy, one after another, and no fsync
+        # of cur/ after the renames)
+        self.assertEqual(self.copies_flushed(events), [])
+        [syncfs] = [e for e in events if e[0] == "syncfs"]
+        self.assertTrue(os.path.isdir(syncfs[1]), syncfs)  # (syncfs(2) of a directory's descriptor)
+        kinds = [e[0] for e in events]
+        first_rename = kinds.index("rename")
+        self.assertLess(kinds.index("syncfs"), first_rename)
+        self.assertEqual(kinds.count("rename"), COUNT)
+        directory_flush = events.index(("fsync", cur))
+        self.assertGreater(directory_flush, len(kinds) - 1 - kinds[::-1].index("rename"))
+        self.assertLess(directory_flush, kinds.index("unchecked saved"))
+
+    def test_otherwise_every_copy_is_flushed_before_the_first_rename(self):
+        self.patch(durable, "choose_flush", lambda: "files")
+        events = self.load_and_check()
+        kinds = [e[0] for e in events]
+        first_rename = kinds.index("rename")
+        flushed = self.copies_flushed(events[:first_rename])
+        # (before: fsync, rename, fsync, rename...: one flush waited for at a time)
+        self.assertEqual(len(flushed), COUNT)
+        self.assertEqual(self.copies_flushed(events[first_rename:]), [])
+        cur = os.path.dirname(self.paths[0])
+        self.assertLess(events.index(("fsync", cur)), kinds.index("unchecked saved"))
+
+    def test_a_failed_flush_renames_nothing_and_the_files_stay_listed_on_trust(self):
+        self.patch(durable, "choose_flush", lambda: "syncfs")
+
+        def broken(path, watch=None):
+            raise OSError(5, "Input/output error")
+
+        self.patch(durable, "_sync_filesystem", broken)
+        folder = self.account.folder("INBOX")
+        self.run_jobs()
+        for path in self.paths:
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), BARE)  # (whole and untouched)
+        self.assertEqual(len(folder._unchecked), COUNT)  # checked when first needed
+        tmp = os.path.join(os.path.dirname(os.path.dirname(self.paths[0])), "tmp")
+        self.assertEqual([n for n in os.listdir(tmp) if n.endswith(".crlf")], [])
+
+    def test_more_files_than_a_batch_go_in_several_batches(self):
+        self.patch(maildir, "CRLF_BATCH", 2)
+        self.patch(durable, "choose_flush", lambda: "syncfs")
+        events = self.load_and_check()
+        # 2 + 2 + 1: a syncfs for each pair, an fsync for the one left
+        self.assertEqual(len([e for e in events if e[0] == "syncfs"]), 2)
+        self.assertEqual(len(self.copies_flushed(events)), 1)
+
+
+class CutUncheckedFileTests(unittest.TestCase):
+    """
+    mailhub-unchecked is written without a flush (a finding lost is made
+    again): a crash can leave it empty or cut. A name missing from it must
+    not be taken as checked: a file without its end line is not trusted,
+    and the files another program put in are checked again.
+    """
+
+    def test_a_cut_unchecked_file_has_the_outside_files_checked_again(self):
+        jobs: list = []
+
+        def never(function, *args):
+            jobs.append(function)  # (the process dies before the check runs)
+            return defer.Deferred()
+
+        root = self.mktemp()
+        store = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
+        store.small_files = SmallFiles(fsync=lambda fd: None, run=lambda f, *a: defer.maybeDeferred(f, *a))
+        inbox = store.account("alice@example.org").folder("INBOX")
+        # (named as Dovecot's LDA names them: ,W= is the size with CRLFs)
+        path = os.path.join(inbox.directory, "cur", f"1700000000.M1P1Q1.mda,S={len(BARE)},W={len(BARE) + 4}:2,S")
+        with open(path, "wb") as f:
+            f.write(BARE)
+        crashed = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
+        crashed.small_files = SmallFiles(fsync=lambda fd: None, run=never)
+        crashed.account("alice@example.org").folder("INBOX")  # (lists it on trust, then dies)
+        unchecked = os.path.join(inbox.directory, maildir.UNCHECKED)
+        with open(unchecked, encoding="utf-8") as f:
+            self.assertIn(f"? {os.path.basename(path).split(':')[0]}\n", f.read())
+        for cut in (0, len(maildir._UNCHECKED_HEADER)):
+            # The crash: the file's rename reached the disk, its data did not (all or part).
+            with open(unchecked, "r+b") as f:
+                f.truncate(cut)
+            with open(path, "wb") as f:
+                f.write(BARE)
+            after = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
+            after.small_files = SmallFiles(fsync=lambda fd: None, run=lambda f, *a: defer.maybeDeferred(f, *a))
+            folder = after.account("alice@example.org").folder("INBOX")
+            # (before: taken as checked, told at its bare-LF size and read with bare LFs)
+            self.assertEqual([m.size for m in folder.messages()], [len(BARE) + 4])
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), BARE.replace(b"\n", b"\r\n"))

@@ -1,0 +1,153 @@
+# -*- test-case-name: tests.test_maildir_half_made -*-
+"""
+A Maildir folder an older version left half made (cur/ without new/ or
+tmp/, no UID list) is read as it is when nothing can be written (a full
+disk, a read-only file system): its UIDVALIDITY and UIDs kept in memory,
+as Dovecot keeps an index it cannot write; the first write with room
+repairs it with the UIDs it showed (store/maildir.py: _unrepaired,
+_repair). Here a full disk is made by refusing every write under the
+store's folder with ENOSPC; tests/test_e2e_disk_full.py does it for real.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+import time
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from twisted_mailhub.store.interfaces import InsufficientStorage
+from twisted_mailhub.store.maildir import UIDLIST, MaildirStore
+from twisted_mailhub.store.smallfiles import SmallFiles
+
+OLD = b"Subject: left by an older version\r\n\r\nstill here\r\n"
+OLDER = b"Subject: older still\r\n\r\nfirst\r\n"
+
+
+class HalfMadeFolderTests(unittest.TestCase):
+    def setUp(self):
+        self.root = os.path.abspath(self.mktemp())
+        self.full = False
+        self.store = self.open_store()
+        account = self.store.account("alice@example.org")
+        self.path = account._folder_path("Old")
+        os.makedirs(os.path.join(self.path, "cur"))
+        # (no new/, no tmp/, no UID list)
+        for when, name, data in ((1600000100, "1600000100.M2P1Q2.old", OLD), (1600000000, "1600000000.M1P1Q1.old", OLDER)):
+            path = os.path.join(self.path, "cur", f"{name},S={len(data)}:2,S")
+            with open(path, "wb") as f:
+                f.write(data)
+            os.utime(path, (when, when))
+        self.refuse_writes()
+
+    def open_store(self):
+        store = MaildirStore(self.root, hostname="test")  # (its group commit on the reactor: tests yield)
+        store.small_files = SmallFiles(run=lambda function, *args: defer.maybeDeferred(function, *args))
+        return store
+
+    def refuse_writes(self) -> None:
+        """While C{self.full}: every write under the store's folder fails with ENOSPC."""
+        root = self.root
+        real_makedirs, real_open, real_os_open = os.makedirs, builtins.open, os.open
+
+        def refused(path) -> bool:
+            if self.full == "files":  # (a tmpfs out of blocks: a directory is still made)
+                return os.path.basename(str(path)).startswith("mailhub-")
+            return self.full and str(path).startswith(root)
+
+        def makedirs(path, *args, **kwargs):
+            if refused(path) and self.full != "files" and not os.path.isdir(path):
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            return real_makedirs(path, *args, **kwargs)
+
+        def open_(path, mode="r", *args, **kwargs):
+            if refused(path) and any(c in mode for c in "wax+"):
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            return real_open(path, mode, *args, **kwargs)
+
+        def os_open(path, flags, *args, **kwargs):
+            if refused(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            return real_os_open(path, flags, *args, **kwargs)
+
+        self.patch(os, "makedirs", makedirs)
+        self.patch(builtins, "open", open_)
+        self.patch(os, "open", os_open)
+
+    def folder(self, store=None):
+        return (store or self.store).account("alice@example.org").folder("Old")
+
+    def test_a_folder_with_cur_only_and_no_list_is_read_as_it_is_when_nothing_can_be_written(self):
+        self.full = True
+        folder = self.folder()  # (before: InsufficientStorage, so SELECT, STATUS, POP3 and the web failed)
+        self.assertIsNone(folder.unsettled())
+        self.assertGreater(folder.uid_validity, 0)
+        # UIDs in order of arrival, as a load numbers found files.
+        self.assertEqual([(m.uid, m.size) for m in folder.messages()], [(1, len(OLDER)), (2, len(OLD))])
+        self.assertEqual(folder.read(2), OLD)
+        self.assertEqual(sorted(os.listdir(self.path)), ["cur"])  # nothing written
+
+    @defer.inlineCallbacks
+    def test_the_first_write_with_room_repairs_it_with_the_uidvalidity_and_uids_shown(self):
+        self.full = True
+        folder = self.folder()
+        shown = folder.uid_validity
+        self.full = False
+        uid = yield folder.append(b"Subject: new\r\n\r\nafter\r\n")
+        self.assertEqual(uid, 3)
+        self.assertEqual(sorted(n for n in os.listdir(self.path) if n in ("cur", "new", "tmp", UIDLIST)), sorted(["cur", "new", "tmp", UIDLIST]))
+        with open(os.path.join(self.path, UIDLIST), encoding="utf-8") as f:
+            header = f.readline().split()
+        self.assertEqual(int(header[2]), shown)
+        # A later load reads the same UIDs under the same UIDVALIDITY.
+        again = self.folder(self.open_store())
+        self.assertEqual(again.uid_validity, shown)
+        self.assertEqual([m.uid for m in again.messages()], [1, 2, 3])
+        self.assertEqual(again.read(1), OLDER)
+
+    def test_a_write_while_the_disk_is_still_full_fails_and_writes_nothing(self):
+        self.full = True
+        folder = self.folder()
+        self.failureResultOf(folder.append(b"Subject: new\r\n\r\nx\r\n"), InsufficientStorage)
+        self.failureResultOf(folder.deliver(b"Subject: new\r\n\r\nx\r\n"), InsufficientStorage)
+        self.assertRaises(InsufficientStorage, folder.expunge, [1])
+        self.assertEqual(sorted(os.listdir(self.path)), ["cur"])
+        self.assertEqual([m.uid for m in folder.messages()], [1, 2])
+
+    def test_system_flags_are_renames_and_change_on_a_full_disk_keywords_need_the_list(self):
+        self.full = True
+        folder = self.folder()
+        folder.set_flags([1], ["\\Flagged"], "add")
+        self.assertIn("\\Flagged", folder.info(1).flags)
+        self.assertTrue(any(n.endswith(":2,FS") for n in os.listdir(os.path.join(self.path, "cur"))))
+        self.assertRaises(InsufficientStorage, folder.set_flags, [1], ["$Important"], "add")
+
+    def test_an_open_with_room_again_repairs_it(self):
+        self.full = True
+        folder = self.folder()
+        shown = folder.uid_validity
+        self.full = False
+        self.assertIsNone(folder.unsettled())  # (SELECT, STATUS, a POP3 login ask this)
+        with open(os.path.join(self.path, UIDLIST), encoding="utf-8") as f:
+            self.assertEqual(int(f.readline().split()[2]), shown)
+
+    def test_a_new_load_before_the_repair_shows_a_new_uidvalidity(self):
+        self.full = True
+        first = self.folder().uid_validity
+        later = time.time() + 5
+        self.patch(time, "time", lambda: later)
+        again = self.folder(self.open_store())
+        # (its UIDs were never kept: a client must not trust those it was shown)
+        self.assertGreater(again.uid_validity, first)
+
+    def test_a_folder_being_made_is_never_left_half_made(self):
+        # Its directories can be made, its UID list cannot: CREATE fails
+        # and leaves nothing (a folder read as it is is for what an older
+        # version left, never for one being made).
+        self.full = "files"
+        account = self.store.account("alice@example.org")
+        self.assertRaises(InsufficientStorage, account.create_folder, "Fresh")
+        self.assertFalse(os.path.exists(account._folder_path("Fresh")))
