@@ -69,15 +69,20 @@ def test_every_twistd_mailhub_command_in_the_readme_parses():
     assert seen >= 8
 
 
-def test_the_two_hub_classroom_demo_runs_as_printed(tmp_path):
-    marked = {name: block for name, block in readme_blocks() if name}
-    assert {"two-hubs-start", "two-hubs-send", "two-hubs-read", "two-hubs-stop"} <= set(marked)
-    missing = [tool for tool in ("unshare", "ip", "swaks", "curl", "nc") if shutil.which(tool) is None]
+def _needs(*tools: str) -> None:
+    """Skip (fail under CI) unless root and every one of C{tools} is here: the README's fixed ports want a private network namespace."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing or os.geteuid() != 0:
         why = f"needs {', '.join(missing) or 'root'} (a private network namespace for the fixed ports)"
         if os.environ.get("CI"):
             pytest.fail(why)
         pytest.skip(why)
+
+
+def test_the_two_hub_classroom_demo_runs_as_printed(tmp_path):
+    marked = {name: block for name, block in readme_blocks() if name}
+    assert {"two-hubs-start", "two-hubs-send", "two-hubs-read", "two-hubs-stop"} <= set(marked)
+    _needs("unshare", "ip", "swaks", "curl", "nc")
     script = "\n".join([
         "set -eu",
         "ip link set lo up",
@@ -255,11 +260,7 @@ def test_every_admin_command_in_the_readme_runs_as_printed(start_hub, tmp_path, 
     data.mkdir(parents=True)
     (data / "accounts").write_text("bob@example.org:hungry\n")
     (tmp_path / "mailhub-data").symlink_to(data)
-    shims = tmp_path / "bin"
-    shims.mkdir()
-    (shims / "mailhub-admin").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m twisted_mailhub.admin \"$@\"\n")
-    (shims / "mailhub-admin").chmod(0o755)
-    (shims / "python3").symlink_to(sys.executable)
+    shims = _installed_commands(tmp_path / "bin")
     # Outbound mail goes nowhere (a refused port on loopback, no DNS), so
     # one message waits in the queue for `list` and `remove ID`.
     hub = start_hub("--auth", f"file:{data}/accounts", "--domain", "example.org", "--mx-override", "*=127.0.0.1:9", "--retry-schedule", "1h", users=(), data=str(data))
@@ -304,6 +305,19 @@ def test_every_admin_command_in_the_readme_runs_as_printed(start_hub, tmp_path, 
     assert "Traceback" not in hub.log
 
 
+def _installed_commands(folder) -> str:
+    """
+    A folder to put first on PATH in which C{mailhub-admin} and C{python3}
+    are what an installed package gives (this checkout's, on this Python):
+    the project is not pip-installed while it is tested.
+    """
+    folder.mkdir()
+    (folder / "mailhub-admin").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m twisted_mailhub.admin \"$@\"\n")
+    (folder / "mailhub-admin").chmod(0o755)
+    (folder / "python3").symlink_to(sys.executable)
+    return str(folder)
+
+
 def block_comment(line: str) -> str:
     """The README's own comment after a command (C{# asks twice, no echo})."""
     for _, block in readme_blocks():
@@ -316,18 +330,36 @@ def block_comment(line: str) -> str:
 def _in_a_terminal(command: str, typed: str, **kw) -> tuple[int, str]:
     """
     Run C{command} with a terminal (a pty) as its input and output, and
-    type the lines of C{typed} at its prompts (a line ending in C{:}), one
-    per prompt, as a person would: a password prompt flushes what was
-    typed before it.
+    type the lines of C{typed} at its password prompts (a line ending in
+    C{:}), one per prompt, as a person would: a password prompt flushes
+    what was typed before it.
     """
+    return _converse(command, [(rb":\s*$", line, True) for line in typed.splitlines(keepends=True)], **kw)
+
+
+def _converse(command: str, answers, **kw) -> tuple[int, str]:
+    """
+    Run C{command} (by bash) with a terminal (a pty) as its controlling
+    terminal, input and output, and answer its prompts in order as a person
+    would: C{answers} is a list of (regular expression of bytes that ends
+    the prompt, the line to type, or a function of all printed so far (bytes)
+    that gives it, secret). A secret answer is typed once the prompt has
+    turned echo off (setting the terminal up flushes what was typed before).
+    Returns (exit status, -1 when it did not end within 60 s; all it
+    printed).
+    """
+    import fcntl
     import pty
     import select
     import termios
     import time
 
-    lines = typed.splitlines(keepends=True)
+    answers = list(answers)
     master, slave = pty.openpty()
-    process = subprocess.Popen(["bash", "-c", command], stdin=slave, stdout=slave, stderr=slave, start_new_session=True, **kw)
+    # start_new_session's setsid() runs first: the pty becomes the new
+    # session's terminal, the /dev/tty that ssh asks on
+    process = subprocess.Popen(["bash", "-c", command], stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                               preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0), **kw)
     os.close(slave)
     out = b""
     answered = 0
@@ -342,12 +374,11 @@ def _in_a_terminal(command: str, typed: str, **kw) -> tuple[int, str]:
             if not chunk:
                 break
             out += chunk
-            if lines and out.rstrip().endswith(b":") and len(out) > answered:
-                # as a person would: once the prompt has turned echo off
-                # (setting the terminal up flushes what was typed before)
-                while termios.tcgetattr(master)[3] & termios.ECHO and time.monotonic() < deadline and process.poll() is None:
+            if answers and re.search(answers[0][0], out[answered:]):
+                _prompt, line, secret = answers.pop(0)
+                while secret and termios.tcgetattr(master)[3] & termios.ECHO and time.monotonic() < deadline and process.poll() is None:
                     time.sleep(0.01)
-                os.write(master, lines.pop(0).encode())
+                os.write(master, (line(out) if callable(line) else line).encode())
                 answered = len(out)
         elif process.poll() is not None:
             break
@@ -468,3 +499,162 @@ def test_the_json_apis_curl_line_in_the_readme_runs_as_printed_but_for_the_port(
     assert curl.returncode == 0, err
     answer = json.loads(out)
     assert answer["timed_out"] is False and answer["message"]["subject"] == "Welcome", answer
+
+
+# -- the clients' commands, against the Quick start's hub on its own ports ------------
+
+
+class _PrivateNetwork:
+    """
+    A network namespace of its own (C{unshare -n}, loopback up), held open
+    by a sleeping process: C{wrap(command)} runs a bash command line in it,
+    so the README's fixed ports (8025, 2121, 8022, ...) meet no other test's.
+    It has a mount namespace of its own too, in which this user's home in
+    C{/etc/passwd} is C{home}: OpenSSH reads C{~/.ssh} from there, not from
+    C{$HOME}, and must not write the machine's C{known_hosts}.
+    """
+
+    def __init__(self, home) -> None:
+        import pwd
+        import time
+
+        self.holder = subprocess.Popen(["unshare", "-n", "-m", "sleep", "600"])
+        deadline = time.monotonic() + 10
+        # until unshare has left this namespace, nsenter would enter ours
+        while os.readlink(f"/proc/{self.holder.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            assert time.monotonic() < deadline and self.holder.poll() is None, "unshare -n did not start"
+            time.sleep(0.01)
+        passwd = os.path.join(home, ".passwd")
+        with open(passwd, "w") as f:
+            for entry in pwd.getpwall():
+                fields = [entry.pw_name, "x", str(entry.pw_uid), str(entry.pw_gid), entry.pw_gecos, str(home) if entry.pw_uid == os.getuid() else entry.pw_dir, entry.pw_shell]
+                f.write(":".join(fields) + "\n")
+        subprocess.run(self.wrap(f"mount --bind {shlex.quote(passwd)} /etc/passwd && ip link set lo up"), check=True)
+
+    def wrap(self, command: str, cwd=None) -> list[str]:
+        """The argv that runs C{command} by bash inside the namespaces, in the folder C{cwd} (entering a mount namespace starts at C{/})."""
+        return ["nsenter", "-t", str(self.holder.pid), "-n", "-m", f"--wd={cwd or os.getcwd()}", "bash", "-c", command]
+
+    def close(self) -> None:
+        self.holder.kill()
+        self.holder.wait()
+
+
+def _printed(text: str, command: str) -> str:
+    """C{command}, after checking that the README shows it so (in a code span or a block)."""
+    assert f"`{command}`" in text or f"\n{command}\n" in text or f"    {command}\n" in text or f"$ {command}\n" in text, f"the README no longer shows {command!r}"
+    return command
+
+
+def test_the_client_commands_in_the_readme_run_as_printed(tmp_path):
+    # The Quick start's hub, started as printed (the pip install before it
+    # aside: the suite tests the checkout), on its default ports in a
+    # namespace of its own; then each client command the README shows for
+    # it, as printed, with the folder it was started in as the current one
+    # and a home of its own (~/.ssh).
+    import json
+    import time
+
+    _needs("unshare", "nsenter", "mount", "ip", "curl", "lftp", "sftp", "scp", "ssh-keygen", "nc", "openssl", "swaks")
+    text = open(README, encoding="utf-8").read()
+    start = re.search(r"```sh\npython3 -m pip install \. && (twistd -n mailhub [^\n]*)\n```", text).group(1)
+    assert start == "twistd -n mailhub --user alice:secret", start
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home), PYTHONPATH=ROOT, PATH=f"{_installed_commands(tmp_path / 'bin')}{os.pathsep}{os.environ.get('PATH', '')}")
+    files = work / "mailhub-data" / "ftp" / "localhost" / "alice"
+    net = _PrivateNetwork(home)
+    log = tmp_path / "hub.log"
+    with open(log, "wb") as out:
+        hub = subprocess.Popen(net.wrap(start, work), env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "mailhub ready" not in log.read_text():
+            assert hub.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+        def run(command: str, typed: str = "") -> subprocess.CompletedProcess:
+            return subprocess.run(net.wrap(_printed(text, command), work), env=env, input=typed, capture_output=True, text=True, timeout=60)
+
+        def converse(command: str, answers) -> tuple[int, str]:
+            return _converse(shlex.join(net.wrap(_printed(text, command), work)), answers, env=env)
+
+        # Metrics and health
+        metrics, health = commands(re.search(r"## Metrics and health.*?```sh\n(.*?)```", text, re.S).group(1))
+        assert (metrics, health) == ("curl -s http://127.0.0.1:8080/metrics | grep ^mailhub_", "curl -s http://127.0.0.1:8080/healthz")
+        shown = run(metrics)
+        bound = json.loads(re.search(r"mailhub ready (\{.*\})", log.read_text()).group(1))
+        assert shown.returncode == 0 and {f'mailhub_listener_up{{listener="{name}"}} 1.0' for name in bound} <= set(shown.stdout.splitlines()), shown
+        shown = run(health)
+        assert (shown.returncode, shown.stdout) == (0, "ok\n"), shown
+
+        # POP3 and IMAP by hand, and IMAP with curl, with one message delivered
+        subprocess.run(net.wrap("swaks --server localhost:8025 --from student@example.org --to alice@localhost "
+                                "--header 'Subject: lunch' --body 'See you at noon.'"), check=True, capture_output=True, timeout=60)
+        shown = run("nc localhost 8110", "user alice\npass secret\nlist\nquit\n")
+        assert shown.returncode == 0 and "+OK alice@localhost has 1 message" in shown.stdout and shown.stdout.rstrip().splitlines()[-1].startswith("+OK"), shown
+        opened = re.search(r"^\$ (openssl [^\n]*)", marked_blocks()["session-imap"], re.M).group(1)
+        shown = run(opened, "a login alice secret\nd logout\n")
+        assert shown.returncode == 0 and "a OK LOGIN succeeded" in shown.stdout and "d OK LOGOUT successful" in shown.stdout, shown
+        shown = run("curl 'imap://alice:secret@localhost:8143/INBOX;UID=1'")
+        assert shown.returncode == 0 and "Subject: lunch" in shown.stdout and "See you at noon." in shown.stdout, shown
+        flags = subprocess.run(net.wrap("curl -s 'imap://alice:secret@localhost:8143/INBOX' -X 'FETCH 1 FLAGS'"), capture_output=True, text=True, timeout=60)
+        assert "\\Seen" in flags.stdout, flags  # "and marks it \Seen"
+
+        # FTP: by hand, curl both ways, lftp
+        shown = run("nc -C 127.0.0.1 2121", "user alice\npass secret\nquit\n")
+        assert "230 User alice logged in; your home is /." in shown.stdout and shown.stdout.rstrip().endswith("221 Goodbye."), shown
+        (work / "file").write_text("uploaded by curl\n")
+        shown = run("curl -T file ftp://alice:secret@localhost:2121/")
+        assert shown.returncode == 0 and (files / "file").read_text() == "uploaded by curl\n", shown
+        shown = run("curl --ssl-reqd -k ftp://alice:secret@localhost:2121/file")
+        assert (shown.returncode, shown.stdout) == (0, "uploaded by curl\n"), shown
+        shown = run("lftp -u alice,secret -p 2121 -e 'set ftp:ssl-force true; set ssl:verify-certificate no' localhost", "cat file\n")
+        assert (shown.returncode, shown.stdout) == (0, "uploaded by curl\n"), shown
+
+        # What travels: the same upload both ways; the first SFTP connection
+        # shows the host key the hub logged (typed back: OpenSSH takes the
+        # fingerprint for "yes" only when it is the one it was shown).
+        (work / "notes.txt").write_text("by FTP\n")
+        shown = run("curl -T notes.txt ftp://alice:secret@localhost:2121/")
+        assert shown.returncode == 0 and (files / "notes.txt").read_text() == "by FTP\n", shown
+        logged = re.search(r"sftp host key ssh-ed25519 (SHA256:\S+)", log.read_text()).group(1)
+        (work / "notes.txt").write_text("by SFTP\n")
+        status, said = converse("sftp -P 8022 alice@localhost <<< 'put notes.txt'", [
+            (rb"\(yes/no/\[fingerprint\]\)\? $", lambda out: logged + "\n", False),
+            (rb"[Pp]assword: $", "secret\n", True),
+        ])
+        assert f"ED25519 key fingerprint is {logged}." in said, said
+        assert status == 0 and "Uploading notes.txt to /notes.txt" in said and (files / "notes.txt").read_text() == "by SFTP\n", said
+        (work / "file").write_text("copied by scp\n")
+        status, said = converse("scp -P 8022 file alice@localhost:", [(rb"[Pp]assword: $", "secret\n", True)])
+        assert status == 0 and (files / "file").read_text() == "copied by scp\n", said
+        status, said = converse("sftp -P 8022 alice@localhost", [
+            (rb"[Pp]assword: $", "secret\n", True),
+            (rb"sftp> $", "ls\n", False),
+            (rb"sftp> $", "bye\n", False),
+        ])
+        listed = re.search(r"sftp> ls\r\n(.*)sftp> bye", said, re.S)  # (the terminal may echo "ls" once more)
+        assert status == 0 and listed and set(listed.group(1).split()) - {"ls"} == {"file", "notes.txt"}, said
+
+        # A key instead of the password
+        (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / ".ssh" / "id_ed25519")], check=True, timeout=60)
+        shown = run("mailhub-admin user key alice ~/.ssh/id_ed25519.pub --data mailhub-data")
+        assert shown.returncode == 0, shown
+        authorized = work / "mailhub-data" / "ssh" / "authorized_keys" / "alice@localhost"
+        assert (home / ".ssh" / "id_ed25519.pub").read_text().split()[:2] == authorized.read_text().split()[:2]
+        (work / "notes.txt").write_text("by SFTP, with a key\n")
+        status, said = converse("sftp -P 8022 alice@localhost <<< 'put notes.txt'", [])
+        assert status == 0 and "assword" not in said and (files / "notes.txt").read_text() == "by SFTP, with a key\n", said
+    finally:
+        hub.terminate()
+        try:
+            hub.wait(30)
+        except subprocess.TimeoutExpired:
+            hub.kill()
+            hub.wait()
+        net.close()
+        keep_log(log.read_text())
+    assert "Traceback" not in log.read_text()
