@@ -10,22 +10,13 @@ import socket
 import time
 
 import pytest
-from tests.rawclient import LineReader, read_until_closed
+from tests.rawclient import LineReader, piped, read_until_closed
 
 
 def connect(hub, listener: str) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", hub.ports[listener]), timeout=20)
     s.settimeout(20)
     return s
-
-
-def piped(hub, listener: str, session: bytes) -> bytes:
-    """`printf SESSION | nc -N 127.0.0.1 PORT`: send all, shut down the sending side, read to the end."""
-    s = connect(hub, listener)
-    s.sendall(session)
-    s.shutdown(socket.SHUT_WR)
-    with s:
-        return read_until_closed(s)
 
 
 # -- FTP time limits (issue 8 item 26) -----------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 from twisted.python import usage
 
 from tests.hubprocess import ROOT
+from tests.rawclient import piped
 from twisted_mailhub import tap
 from twisted_mailhub.testing import keep_log
 
@@ -201,13 +202,8 @@ def test_the_sessions_typed_by_hand_in_the_readme_go_as_printed(start_hub):
     with connect("pop3") as s:
         _replay("session-pop3", s, _turns(blocks["session-pop3"], bare))
     # "The whole session can also be piped in at once": printf ... | nc -N
-    piped = re.search(r"`printf '([^']*)' \| nc -N localhost 8025`", open(README, encoding="utf-8").read()).group(1)
-    with connect("smtp") as s:
-        s.sendall(piped.encode().decode("unicode_escape").encode())
-        s.shutdown(socket.SHUT_WR)
-        answered = b""
-        while chunk := s.recv(65536):
-            answered += chunk
+    printed = re.search(r"`printf '([^']*)' \| nc -N localhost 8025`", open(README, encoding="utf-8").read()).group(1)
+    answered = piped(hub, "smtp", printed.encode().decode("unicode_escape").encode())
     assert re.search(rb"^250 2\.0\.0 Ok: queued as ", answered, re.M) and answered.rstrip().endswith(b"221 2.0.0 Bye"), answered
     # IMAP over imaps, "with one message delivered by SMTP"
     with smtplib.SMTP("127.0.0.1", hub.ports["smtp"]) as c:
