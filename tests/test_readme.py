@@ -80,6 +80,33 @@ def _needs(*tools: str) -> None:
         pytest.skip(why)
 
 
+def test_the_twistd_commands_in_the_readmes_text_parse_and_its_help_lists_every_option():
+    # The commands written in the text (`twistd -n mailhub --hostname
+    # mail.test --user bob:hungry`), not in a block: parsed as above, and
+    # `twistd -n mailhub --help` run as printed.
+    text = open(README, encoding="utf-8").read()
+    spans = {" ".join(span.split()) for span in re.findall(r"`(twistd [^`]*)`", text)}
+    parsed = 0
+    for span in sorted(spans):
+        words = shlex.split(span)
+        if "mailhub" not in words or "..." in words:
+            continue  # `twistd -n`, `twistd --umask 027 mailhub ...`: twistd's own, or a placeholder
+        if words[-1] == "--help":
+            done = subprocess.run(["bash", "-c", span], capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+            assert done.returncode == 0, done.stdout + done.stderr
+            options = tap.Options()
+            missing = [name for name, *_ in options.optParameters + options.optFlags if f"--{name}" not in done.stdout]
+            assert not missing, f"README: {span} does not list {missing}"
+        else:
+            options = tap.Options()
+            try:
+                options.parseOptions(words[words.index("mailhub") + 1:])
+            except usage.UsageError as e:
+                pytest.fail(f"README: {span}: {e}")
+        parsed += 1
+    assert parsed >= 3, spans
+
+
 def test_the_two_hub_classroom_demo_runs_as_printed(tmp_path):
     marked = {name: block for name, block in readme_blocks() if name}
     assert {"two-hubs-start", "two-hubs-send", "two-hubs-read", "two-hubs-stop"} <= set(marked)
@@ -514,6 +541,7 @@ class _PrivateNetwork:
         import pwd
         import time
 
+        self.hubs: list[subprocess.Popen] = []
         self.holder = subprocess.Popen(["unshare", "-n", "-m", "sleep", "600"])
         deadline = time.monotonic() + 10
         # until unshare has left this namespace, nsenter would enter ours
@@ -531,7 +559,33 @@ class _PrivateNetwork:
         """The argv that runs C{command} by bash inside the namespaces, in the folder C{cwd} (entering a mount namespace starts at C{/})."""
         return ["nsenter", "-t", str(self.holder.pid), "-n", "-m", f"--wd={cwd or os.getcwd()}", "bash", "-c", command]
 
+    def start_hub(self, command: str, cwd, env: dict, log) -> subprocess.Popen:
+        """
+        Run the bash command line C{command} that starts a hub (C{twistd -n
+        mailhub ...}) in the namespaces, in the folder C{cwd}, its output to
+        the file C{log}; return once it logged C{mailhub ready}. C{close}
+        stops it (SIGTERM).
+        """
+        import time
+
+        with open(log, "wb") as out:
+            hub = subprocess.Popen(self.wrap(command, cwd), env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.hubs.append(hub)
+        deadline = time.monotonic() + 60
+        while "mailhub ready" not in open(log, encoding="utf-8", errors="replace").read():
+            assert hub.poll() is None and time.monotonic() < deadline, open(log, encoding="utf-8", errors="replace").read()
+            time.sleep(0.1)
+        return hub
+
     def close(self) -> None:
+        """Stop the hubs it started (SIGTERM, then SIGKILL after 30 s), then the namespaces."""
+        for hub in self.hubs:
+            hub.terminate()
+            try:
+                hub.wait(30)
+            except subprocess.TimeoutExpired:
+                hub.kill()
+                hub.wait()
         self.holder.kill()
         self.holder.wait()
 
@@ -549,7 +603,6 @@ def test_the_client_commands_in_the_readme_run_as_printed(tmp_path):
     # it, as printed, with the folder it was started in as the current one
     # and a home of its own (~/.ssh).
     import json
-    import time
 
     _needs("unshare", "nsenter", "mount", "ip", "curl", "lftp", "sftp", "scp", "ssh-keygen", "nc", "openssl", "swaks")
     text = open(README, encoding="utf-8").read()
@@ -562,13 +615,8 @@ def test_the_client_commands_in_the_readme_run_as_printed(tmp_path):
     files = work / "mailhub-data" / "ftp" / "localhost" / "alice"
     net = _PrivateNetwork(home)
     log = tmp_path / "hub.log"
-    with open(log, "wb") as out:
-        hub = subprocess.Popen(net.wrap(start, work), env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while "mailhub ready" not in log.read_text():
-            assert hub.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        net.start_hub(start, work, env, log)
 
         def run(command: str, typed: str = "") -> subprocess.CompletedProcess:
             return subprocess.run(net.wrap(_printed(text, command), work), env=env, input=typed, capture_output=True, text=True, timeout=60)
@@ -645,15 +693,42 @@ def test_the_client_commands_in_the_readme_run_as_printed(tmp_path):
         status, said = converse("sftp -P 8022 alice@localhost <<< 'put notes.txt'", [])
         assert status == 0 and "assword" not in said and (files / "notes.txt").read_text() == "by SFTP, with a key\n", said
     finally:
-        hub.terminate()
-        try:
-            hub.wait(30)
-        except subprocess.TimeoutExpired:
-            hub.kill()
-            hub.wait()
         net.close()
         keep_log(log.read_text())
     assert "Traceback" not in log.read_text()
+
+
+def test_the_workers_command_in_the_readme_starts_one_worker_per_core(tmp_path):
+    # "--workers N runs N hub processes ... (auto: one per core)", as
+    # printed, on its default ports in a namespace of its own; `mailhub-admin
+    # status` (its --data the folder the hub made here) answers for each.
+    _needs("unshare", "nsenter", "mount", "ip", "nc")
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("### More than one core"):]
+    start = re.search(r"```sh\n(.*?)\n```", section, re.S).group(1)
+    assert start == "twistd -n mailhub --workers auto --user alice:secret", start
+    status = "mailhub-admin status --data /var/lib/mailhub"
+    assert status in [line.split(" #")[0].strip() for line in text.splitlines()]
+    cores = len(os.sched_getaffinity(0))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home), PYTHONPATH=ROOT, PATH=f"{_installed_commands(tmp_path / 'bin')}{os.pathsep}{os.environ.get('PATH', '')}")
+    net = _PrivateNetwork(home)
+    log = tmp_path / "hub.log"
+    try:
+        net.start_hub(start, tmp_path, env, log)
+        said = log.read_text()
+        assert f"mailhub: starting {cores} worker processes" in said, said
+        greeted = subprocess.run(net.wrap("printf 'QUIT\\r\\n' | nc -N 127.0.0.1 8025", tmp_path), env=env, capture_output=True, text=True, timeout=60)
+        assert greeted.stdout.startswith("220 ") and "221 2.0.0 Bye" in greeted.stdout, greeted
+        shown = subprocess.run(net.wrap(status.replace("/var/lib/mailhub", "mailhub-data"), tmp_path), env=env, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown
+        assert [int(n) for n in re.findall(r"^  worker (\d+): pid \d+, up ", shown.stdout, re.M)] == list(range(cores)), shown.stdout
+    finally:
+        net.close()
+        keep_log(log.read_text())
+    said = log.read_text()
+    assert all(f"worker {n} (pid" in said for n in range(cores)) and "Traceback" not in said, said
 
 
 # -- the benchmark commands ------------------------------------------------------------
@@ -662,7 +737,7 @@ def test_the_client_commands_in_the_readme_run_as_printed(tmp_path):
 def _bench_commands() -> list[str]:
     """Every C{python3 bench/NAME.py ...} the README shows (a code span broken over lines joined), in order, once each."""
     text = open(README, encoding="utf-8").read()
-    found = [" ".join(span.split()) for span in re.findall(r"`(python3 bench/\w+\.py[^`]*)`", text)]
+    found = [" ".join(span.split()) for span in re.findall(r"`(python3\s+bench/\w+\.py[^`]*)`", text)]
     # the script named alone with options (`bench/smtp_cpu.py --log-ab`) is a command too
     found += ["python3 " + " ".join(span.split()) for span in re.findall(r"`(bench/\w+\.py [^`]*)`", text)]
     return list(dict.fromkeys(found))
