@@ -808,3 +808,56 @@ def test_a_bench_command_of_the_readme_runs_with_small_sizes(command, tmp_path):
     out = done.stdout + done.stderr
     assert done.returncode == 0 and "Traceback" not in out, out
     assert re.search(figure, done.stdout), out
+
+
+def test_the_plugin_examples_in_the_readme_run_as_printed(tmp_path):
+    # "Extending it": each block as printed, its mkdir and cp in the
+    # checkout (they copy etc/...), its hub in a folder of its own, in a
+    # private namespace (the hub's default ports). The README's
+    # PYTHONPATH=~/mailhub-plugins replaces the suite's, so the checkout
+    # stands in for the installed package through a .pth file in this home's
+    # user site-packages, as `pip install --user .` would.
+    import site
+
+    _needs("unshare", "nsenter", "mount", "ip", "nc")
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("## Extending it"):text.index("## SMTP and submission")]
+    blocks = [list(commands(block)) for block in re.findall(r"```sh\n(.*?)```", section, re.S)]
+    assert len(blocks) == 2, blocks
+    home = tmp_path / "home"
+    user_site = site.getusersitepackages().replace(os.path.expanduser("~"), str(home), 1)
+    os.makedirs(user_site)
+    with open(os.path.join(user_site, "mailhub-checkout.pth"), "w") as f:
+        f.write(ROOT + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")}
+    env["HOME"] = str(home)
+    for n, lines in enumerate(blocks):
+        *copies, start = lines
+        assert start.startswith("PYTHONPATH=~/mailhub-plugins ") and " twistd -n mailhub " in start, start
+        net = _PrivateNetwork(home)
+        work = tmp_path / f"hub{n}"
+        work.mkdir()
+        log = tmp_path / f"hub{n}.log"
+        try:
+            for line in copies:
+                done = subprocess.run(net.wrap(line, ROOT), env=env, capture_output=True, text=True, timeout=60)
+                assert done.returncode == 0, (line, done.stderr)
+            net.start_hub(start, work, env, log)
+            if "--filter subject-words" in start:
+                # MAILHUB_BANNED_WORDS=lottery: that subject is refused, another marked
+                said = subprocess.run(net.wrap(
+                    "printf 'helo me\\nmail from: <a@example.org>\\nrcpt to: <alice@localhost>\\ndata\\nSubject: You won the lottery\\n\\nclaim now\\n.\\n"
+                    "mail from: <b@example.org>\\nrcpt to: <alice@localhost>\\ndata\\nSubject: lunch?\\n\\nnoon\\n.\\nquit\\n' | nc -N 127.0.0.1 8025", work),
+                    env=env, capture_output=True, text=True, timeout=60).stdout
+                assert "550 5.7.1 Message refused: the subject mentions 'lottery'" in said, said
+                assert re.search(r"^250 2\.0\.0 Ok: queued as ", said, re.M), said
+                [stored] = [p.read_bytes() for p in (work / "mailhub-data" / "mail" / "localhost" / "alice" / "new").iterdir()]
+                assert b"X-Mailhub-Filter: subject-words; passed\r\nSubject: lunch?\r\n" in stored and b"claim now" not in stored
+            else:
+                said = subprocess.run(net.wrap("printf 'alice\\r\\n' | nc -N 127.0.0.1 8079", work), env=env, capture_output=True, text=True, timeout=60).stdout
+                assert said.startswith("alice@localhost: mail account on "), said
+        finally:
+            net.close()
+            keep_log(log.read_text() if log.exists() else "")
+        assert "Traceback" not in log.read_text()
+    assert {"example_filter.py", "example_listener.py"} <= set(os.listdir(home / "mailhub-plugins" / "twisted_mailhub" / "plugins"))
