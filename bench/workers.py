@@ -187,7 +187,9 @@ def c_run(program: str, body_path: str, port: int, rcpt: bytes, clients: int, co
             stderr=err,
         )
         if spread is not None:
-            spread.look(clients, lambda: process.poll() is None)
+            # still running, asked without reaping it (poll() would reap it,
+            # and wait4 below, for the client's CPU, would find no child)
+            spread.look(clients, lambda: os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)

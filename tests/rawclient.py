@@ -1,7 +1,7 @@
 """
 The CRLF line reader the raw-socket tests share (IMAP, POP3, the fuzzers):
 for what a library client will not send; and reading until the server
-closes (the timeout tests).
+closes (the timeout tests, a whole session piped in at once).
 """
 
 from __future__ import annotations
@@ -28,6 +28,19 @@ class LineReader:
             self.buf += data
         line, _, self.buf = self.buf.partition(b"\r\n")
         return line
+
+
+def piped(hub, listener: str, session: bytes) -> bytes:
+    """
+    C{printf SESSION | nc -N 127.0.0.1 PORT} to the hub's listener C{listener}:
+    send all of C{session} (bytes), shut down the sending side, and return
+    all the hub said (bytes) until it closed (as L{read_until_closed}).
+    """
+    s = socket.create_connection(("127.0.0.1", hub.ports[listener]), timeout=20)
+    s.sendall(session)
+    s.shutdown(socket.SHUT_WR)
+    with s:
+        return read_until_closed(s)
 
 
 def read_until_closed(s: socket.socket, limit: float = 20) -> bytes:

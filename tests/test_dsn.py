@@ -13,10 +13,10 @@ import json
 import os
 
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.test_queue import MESSAGE, FakeRelay, SyncWriter, temp_dir
+from tests.test_queue import MESSAGE, FakeRelay, QueueCase, SyncWriter
 from tests.test_queue_client import Session as ClientSession, job
 from tests.test_smtp_server import Relay as HeldRelay
 from tests.test_smtp_server import connect, cram_md5_login, hub, said  # noqa: F401 - hub is a fixture
@@ -309,19 +309,7 @@ def _relay_keeps_kwargs(monkeypatch):
 # -- the queue -------------------------------------------------------------------
 
 
-class QueueTests(unittest.TestCase):
-    def setUp(self):
-        self.clock = task.Clock()
-        self.clock.advance(1_700_000_000)
-        self.dir = temp_dir(self)
-        self.storage = QueueStorage(self.dir, writer=SyncWriter())
-
-    def relay(self, replies, **kw):
-        relay = FakeRelay(self.storage, self.clock, replies, **kw)
-        relay.startService()
-        self.addCleanup(relay.stopService)
-        return relay
-
+class QueueTests(QueueCase):
     def enqueue(self, relay, notify, ret="", envid="", recipients=("bob@b.test",)):
         qid = self.successResultOf(relay.enqueue("alice@a.test", list(recipients), MESSAGE, ret=ret, envid=envid, notify=notify))
         self.clock.advance(0)

@@ -10,6 +10,7 @@ import os
 import socket
 import time
 
+from tests.test_e2e_imap import Raw
 from tests.test_e2e_lines import Typist, ftp_user  # noqa: F401  (fixture)
 
 
@@ -48,22 +49,11 @@ def test_ftp_restart_marker_in_type_a_is_refused_not_taken_as_a_file_offset(ftp_
     assert t.reply().startswith(b"226")
 
 
-class _Imap:
+class _Imap(Raw):
     """An IMAP session typed over a raw socket; C{say} returns the lines up to one that starts with C{until}."""
 
     def __init__(self, hub):
-        self.sock = socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=20)
-        self.buf = b""
-        self.greeting = self.line()
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed; had {self.buf!r}")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
+        Raw.__init__(self, hub.ports["imap"], timeout=20)
 
     def say(self, line: bytes, until: bytes | tuple[bytes, ...]) -> list[bytes]:
         self.sock.sendall(line + b"\r\n")

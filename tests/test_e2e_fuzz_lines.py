@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from tests.rawclient import LineReader
+
 SECONDS = 6  # per protocol: the run stops there even if cases remain
 
 # A Python repr or an exception's name leaking into a reply (issue 8 item 9).
@@ -54,22 +56,13 @@ def shapes(example: bytes) -> list[bytes]:
     return list(dict.fromkeys(out))
 
 
-class Session:
+class Session(LineReader):
     """A plain socket that reads replies line by line."""
 
     def __init__(self, port: int):
         self.port = port
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
         self.buf = b""
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed by the server")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
 
     def send(self, line: bytes) -> None:
         self.sock.sendall(line + b"\r\n")

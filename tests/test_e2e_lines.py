@@ -10,22 +10,13 @@ import socket
 import time
 
 import pytest
-from tests.rawclient import read_until_closed
+from tests.rawclient import LineReader, piped, read_until_closed
 
 
 def connect(hub, listener: str) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", hub.ports[listener]), timeout=20)
     s.settimeout(20)
     return s
-
-
-def piped(hub, listener: str, session: bytes) -> bytes:
-    """`printf SESSION | nc -N 127.0.0.1 PORT`: send all, shut down the sending side, read to the end."""
-    s = connect(hub, listener)
-    s.sendall(session)
-    s.shutdown(socket.SHUT_WR)
-    with s:
-        return read_until_closed(s)
 
 
 # -- FTP time limits (issue 8 item 26) -----------------------------------------------
@@ -83,7 +74,7 @@ def test_ftp_session_piped_with_nc_is_answered_in_full(hub):
 # -- a person typing: one reply at a time ----------------------------------------------
 
 
-class Typist:
+class Typist(LineReader):
     """A session typed over a plain socket; C{ask} returns one whole reply."""
 
     def __init__(self, hub, listener: str):
@@ -91,15 +82,6 @@ class Typist:
         self.sock = connect(hub, listener)
         self.buf = b""
         self.banner = self.reply()
-
-    def line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed; had {self.buf!r}")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
 
     def reply(self) -> bytes:
         """SMTP/FTP: up to the line 'NNN text'; POP3: one line."""

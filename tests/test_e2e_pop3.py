@@ -25,7 +25,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from tests.rawclient import LineReader
+from tests.rawclient import LineReader, piped
 from tests.hubprocess import HubProcess
 
 USERS = ["bob:hungry"] + [f"user{i}:pw{i}" for i in range(14)] + [f"curl{i}:pw" for i in range(4)]
@@ -494,16 +494,7 @@ def test_session_piped_in_whole_and_half_closed_is_answered_in_full(start_hub):
     """
     hub = start_hub()
     put(hub, "bob@localhost", b"Subject: piped\r\n\r\nhello\r\n")
-    s = socket.create_connection(("127.0.0.1", hub.ports["pop3"]), timeout=10)
-    s.sendall(b"user bob\npass hungry\nlist\nretr 1\ndele 1\nquit\n")
-    s.shutdown(socket.SHUT_WR)
-    received = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        received += chunk
-    s.close()
+    received = piped(hub, "pop3", b"user bob\npass hungry\nlist\nretr 1\ndele 1\nquit\n")
     assert b"Subject: piped" in received
     assert received.rstrip().endswith(b"(1 message deleted)")
     assert list(os.scandir(os.path.join(hub.maildir("bob@localhost"), "cur"))) == []

@@ -22,6 +22,7 @@ from email.message import EmailMessage
 import pytest
 
 from tests.hubprocess import HubProcess, client_context
+from tests.rawclient import piped
 from tests.smtp_helpers import RawSMTP, stored_with, strip_trace
 
 MAX_SIZE = 200_000
@@ -81,21 +82,10 @@ def test_session_piped_in_whole_and_half_closed_is_answered_in_full(hub, line_en
     one go, then the client shuts down its sending side. Every command is
     answered (the 250 comes after the disk flush) and the message stored.
     """
-    import socket
-
     t = token()
     session = [b"helo me", b"mail from: <student@example.org>", b"rcpt to: <bob@localhost>", b"data",
                b"Subject: piped " + t, b"", b"hello", b".", b"quit"]
-    s = socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10)
-    s.sendall(line_end.join(session) + line_end)
-    s.shutdown(socket.SHUT_WR)
-    received = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        received += chunk
-    s.close()
+    received = piped(hub, "smtp", line_end.join(session) + line_end)
     replies = received.split(b"\r\n")
     assert [r[:3] for r in replies if r] == [b"220", b"250", b"250", b"250", b"354", b"250", b"221"], received
     assert len(stored_with(hub, "bob@localhost", b"piped " + t)) == 1
@@ -118,15 +108,8 @@ def test_postmaster_is_always_accepted(hub):
 
 
 def test_message_cut_off_by_the_client_closing_is_not_stored(hub):
-    import socket
-
     t = token()
-    s = socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10)
-    s.sendall(b"helo me\r\nmail from: <a@example.org>\r\nrcpt to: <bob@localhost>\r\ndata\r\nSubject: cut " + t + b"\r\n\r\nno end")
-    s.shutdown(socket.SHUT_WR)
-    while s.recv(65536):
-        pass
-    s.close()
+    piped(hub, "smtp", b"helo me\r\nmail from: <a@example.org>\r\nrcpt to: <bob@localhost>\r\ndata\r\nSubject: cut " + t + b"\r\n\r\nno end")
     assert stored_with(hub, "bob@localhost", b"cut " + t) == []
 
 

@@ -96,42 +96,18 @@ def test_connections_refused_over_a_limit_are_recorded_sessions(start_hub):
 def test_an_ftp_session_nobody_watched_shows_the_same_on_the_console_live_and_exported(start_hub):
     # No --transcript: nobody watches the session's lines while it runs, so
     # its record keeps the bytes and makes them lines when the console asks.
-    import urllib.parse
-
-    from tests.web_helpers import LiveSocket, WebClient
+    from tests.web_helpers import WatchedSession
 
     hub = start_hub()
     c = Control(hub.ports["ftp"])
     greeting = c.line()
     said = [("USER alice", c.ask("USER alice")), ("PASS secret", c.ask("PASS secret")), ("PWD", c.ask("PWD"))]
-    browser = WebClient(hub)
-    browser.login("alice", "secret")
-    [session_id] = re.findall(r'data-id="(ftp#\d+)"', browser.get("/console").text)
-    quoted = urllib.parse.quote(session_id, safe="")
-    watching = LiveSocket(browser, "?session=" + quoted)
-    assert watching.accepted
-    live = []  # what the console streams: the session so far, then each new event
-
-    def streamed(update):
-        if update["type"] == "event":
-            live.append((update["seq"], update["kind"], update["text"]))
-        return update["type"] == "session" or update.get("kind") == "end"
-
-    first = watching.wait_for(streamed)  # the session's facts follow what happened before it watched
-    assert first["session"]["account"] == "alice@localhost"
+    watched = WatchedSession(hub, "ftp")
+    assert watched.first["session"]["account"] == "alice@localhost"
     said += [("CWD \x1bnowhere", c.ask("CWD \x1bnowhere")), ("QUIT", c.ask("QUIT"))]
-    while not live or live[-1][1] != "end":
-        watching.wait_for(streamed)
-    watching.close()
+    watched.until_closed()
     expected = [("S:", greeting), ("C:", "USER alice"), ("S:", said[0][1]), ("C:", "PASS ****"), ("auth", "alice@localhost"), ("S:", said[1][1]),
                 ("C:", "PWD"), ("S:", said[2][1]), ("C:", "CWD \\x1bnowhere"), ("S:", said[3][1]), ("C:", "QUIT"), ("S:", said[4][1]), ("--", "closed")]
-    text = browser.get("/console/session/" + quoted + "/transcript.txt").text
-    shown = re.findall(r"^\+ *[\d.]+s (\S+) +(.*)$", text, re.M)
-    assert shown[1:] == expected
-    assert re.fullmatch(r"127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+", shown[0][1])
-    page = browser.get("/console/session/" + quoted).text
-    seqs = [int(n) for n in re.findall(r'data-seq="(\d+)"', page)]
-    assert seqs == list(range(1, len(expected) + 2))
     labels = {"C": "C:", "S": "S:", "login": "auth", "end": "--", "start": "--"}
-    assert [(seq, labels[kind], text) for seq, kind, text in live] == [(n + 1, label, line) for n, (label, line) in enumerate(shown)]
+    text, page = watched.assert_exported_as_streamed(expected, labels)
     assert "secret" not in text and "secret" not in page

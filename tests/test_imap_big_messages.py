@@ -29,13 +29,23 @@ def answered_meanwhile(hub, command):
     alice = imaplib.IMAP4(hub.host, hub.ports["imap"], timeout=120)
     alice.login("alice", "secret")
     alice.select("INBOX")
+    answered = noops_while(hub, lambda: command(alice))
+    alice.logout()
+    return answered
+
+
+def noops_while(hub, work):
+    """
+    Run C{work()} in a thread while bob's imaplib session sends NOOP after
+    NOOP; returns (its result, its seconds, the slowest NOOP's seconds).
+    """
     bob = imaplib.IMAP4(hub.host, hub.ports["imap"], timeout=120)
     bob.login("bob", "hungry")
     result = {}
 
     def run():
         started = time.monotonic()
-        result["answer"] = command(alice)
+        result["answer"] = work()
         result["seconds"] = time.monotonic() - started
 
     worker = threading.Thread(target=run)
@@ -47,7 +57,6 @@ def answered_meanwhile(hub, command):
         slowest = max(slowest, time.monotonic() - started)
         time.sleep(0.005)
     worker.join()
-    alice.logout()
     bob.logout()
     return result["answer"], result["seconds"], slowest
 

@@ -8,41 +8,12 @@ and what the client gets is what it got before.
 
 from __future__ import annotations
 
-import imaplib
 import re
 import smtplib
-import threading
-import time
 
 from tests.test_e2e_imap_rfc import raw_login
+from tests.test_imap_big_messages import noops_while
 from tests.test_web_big_messages import many_parts
-
-
-def noops_while(hub, work):
-    """
-    Run C{work()} in a thread while bob's imaplib session sends NOOP after
-    NOOP; returns (its result, its seconds, the slowest NOOP's seconds).
-    """
-    bob = imaplib.IMAP4(hub.host, hub.ports["imap"], timeout=120)
-    bob.login("bob", "hungry")
-    result = {}
-
-    def run():
-        started = time.monotonic()
-        result["answer"] = work()
-        result["seconds"] = time.monotonic() - started
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    slowest = 0.0
-    while worker.is_alive():
-        started = time.monotonic()
-        assert bob.noop()[0] == "OK"
-        slowest = max(slowest, time.monotonic() - started)
-        time.sleep(0.005)
-    worker.join()
-    bob.logout()
-    return result["answer"], result["seconds"], slowest
 
 
 def deliver(hub, raw: bytes) -> None:

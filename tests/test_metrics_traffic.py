@@ -8,26 +8,11 @@ from __future__ import annotations
 
 import io
 import socket
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.test_metrics import scrape, value
 from twisted_mailhub.metrics import rejection_reason
-
-
-def scrape(hub) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{hub.ports['web']}/metrics", timeout=10) as reply:
-        text = reply.read().decode("utf-8")
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples
-
-
-def value(samples, name, **labels) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def smtp_session(hub, lines: list[bytes]) -> tuple[int, int]:

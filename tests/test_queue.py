@@ -248,7 +248,13 @@ class FakeRelay(Relay):
         return jobs
 
 
-class RelayTests(unittest.TestCase):
+class QueueCase(unittest.TestCase):
+    """
+    A queue in a temp folder (C{self.storage}, its writes synchronous), a
+    clock at 1,700,000,000 s, and C{relay(replies)}: a started L{FakeRelay}
+    over them that stops with the test. No tests of its own.
+    """
+
     def setUp(self):
         self.clock = task.Clock()
         self.clock.advance(1_700_000_000)
@@ -261,6 +267,8 @@ class RelayTests(unittest.TestCase):
         self.addCleanup(relay.stopService)
         return relay
 
+
+class RelayTests(QueueCase):
     def enqueue(self, relay, sender="alice@a.test", recipients=("bob@b.test",)):
         d = relay.enqueue(sender, list(recipients), MESSAGE)
         qid = self.successResultOf(d)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import re
 import smtplib
-import urllib.parse
 
 from tests.hubprocess import client_context
 from tests.smtp_helpers import RawSMTP
@@ -92,39 +91,17 @@ def test_an_smtp_session_nobody_watched_shows_the_same_on_the_console_live_and_e
     # No --transcript: nobody watches the session's lines while it runs, so
     # its record keeps the bytes (and the message as its count) and makes
     # them lines when the console asks.
-    from tests.web_helpers import LiveSocket, WebClient
+    from tests.web_helpers import WatchedSession
 
     hub = start_hub()
     c = RawSMTP(hub.ports["smtp"])
     said = _message(c)
-    browser = WebClient(hub)
-    browser.login("alice", "secret")
-    [session_id] = re.findall(r'data-id="(smtp#\d+)"', browser.get("/console").text)
-    quoted = urllib.parse.quote(session_id, safe="")
-    watching = LiveSocket(browser, "?session=" + quoted)
-    assert watching.accepted
-    live = []  # what the console streams: the session so far, then each new event
-
-    def streamed(update):
-        if update["type"] == "event":
-            live.append((update["seq"], update["kind"], update["text"]))
-        return update["type"] == "session" or update.get("kind") == "end"
-
-    watching.wait_for(streamed)
+    watched = WatchedSession(hub, "smtp")
     said += _ending(c)
-    while not live or live[-1][1] != "end":
-        watching.wait_for(streamed)
-    watching.close()
+    watched.until_closed()
     c.close()
     labels = {"C": "C:", "S": "S:", "end": "--"}
     expected = [(labels[who], text) for who, text in _expected(c.greeting.decode(), said)] + [("--", "closed")]
-    text = browser.get("/console/session/" + quoted + "/transcript.txt").text
-    shown = re.findall(r"^\+ *[\d.]+s (\S+) +(.*)$", text, re.M)
-    assert shown[1:] == expected
-    assert re.fullmatch(r"127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+", shown[0][1])
-    page = browser.get("/console/session/" + quoted).text
-    seqs = [int(n) for n in re.findall(r'data-seq="(\d+)"', page)]
-    assert seqs == list(range(1, len(expected) + 2))
     labels["start"] = "--"
-    assert [(seq, labels[kind], line) for seq, kind, line in live] == [(n + 1, label, line) for n, (label, line) in enumerate(shown)]
+    text, page = watched.assert_exported_as_streamed(expected, labels)
     assert "not in the log" not in text and "stuffed" not in page

@@ -178,3 +178,51 @@ class LiveSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class WatchedSession:
+    """
+    The live console watching the one session of C{protocol} (C{"smtp"},
+    C{"ftp"}, ...) open on C{hub}, in the browser of C{user} (a teacher):
+    C{first} is the first update (the session's facts), C{live} gathers
+    (seq, kind, text) of each event streamed after it, C{quoted} is the
+    session's id as it stands in the console's URLs.
+    """
+
+    def __init__(self, hub, protocol: str, user: str = "alice", password: str = "secret"):
+        self.browser = WebClient(hub)
+        self.browser.login(user, password)
+        [session_id] = re.findall(rf'data-id="({protocol}#\d+)"', self.browser.get("/console").text)
+        self.quoted = urllib.parse.quote(session_id, safe="")
+        self.watching = LiveSocket(self.browser, "?session=" + self.quoted)
+        assert self.watching.accepted
+        self.live: list = []  # what the console streams: the session so far, then each new event
+        self.first = self.watching.wait_for(self._streamed)  # the session's facts follow what happened before it watched
+
+    def _streamed(self, update) -> bool:
+        if update["type"] == "event":
+            self.live.append((update["seq"], update["kind"], update["text"]))
+        return update["type"] == "session" or update.get("kind") == "end"
+
+    def until_closed(self) -> None:
+        """Read what is streamed until the session's end, then stop watching."""
+        while not self.live or self.live[-1][1] != "end":
+            self.watching.wait_for(self._streamed)
+        self.watching.close()
+
+    def assert_exported_as_streamed(self, expected: list, labels: dict) -> tuple[str, str]:
+        """
+        The session's exported transcript shows C{expected} ((label, text)
+        pairs) after its connection line, its page numbers every line, and
+        the events streamed live were the same lines (each kind shown by
+        its label in C{labels}); returns (the transcript's text, the page).
+        """
+        text = self.browser.get("/console/session/" + self.quoted + "/transcript.txt").text
+        shown = re.findall(r"^\+ *[\d.]+s (\S+) +(.*)$", text, re.M)
+        assert shown[1:] == expected
+        assert re.fullmatch(r"127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+", shown[0][1])
+        page = self.browser.get("/console/session/" + self.quoted).text
+        seqs = [int(n) for n in re.findall(r'data-seq="(\d+)"', page)]
+        assert seqs == list(range(1, len(expected) + 2))
+        assert [(seq, labels[kind], line) for seq, kind, line in self.live] == [(n + 1, label, line) for n, (label, line) in enumerate(shown)]
+        return text, page
