@@ -97,3 +97,12 @@ def test_a_bare_lf_dot_is_the_end_in_a_session_typed_with_bare_lf(start_hub):
     shown = shown_lines(hub)
     assert shown[-6:-3] == ["S:   354 End data with a line holding only a dot (.)", "C:   [message: 3 lines, 24 octets]", "C:   ."], shown
     assert shown[-3].startswith("S:   250 2.0.0 Ok: queued as") and shown[-2:] == ["C:   QUIT", "S:   221 2.0.0 Bye"], shown
+
+
+def test_a_line_with_a_cr_before_its_crlf_is_shown_with_it(start_hub):
+    """A CR typed before the line end (a terminal's Enter sending CR CR LF under nc -C): the hub refuses the line for it, so the console shows it, as \\x0d."""
+    hub = start_hub()
+    answer = typed(hub, [b"HELO student\r\r\n", b"NOOP\r\r\n", b"QUIT\r\n"])
+    assert answer.count(b"500 5.5.2 Error: bad syntax (the line contained a control character: ^M, a carriage return)") == 2, answer
+    shown = shown_lines(hub)
+    assert "C:   HELO student\\x0d" in shown and "C:   NOOP\\x0d" in shown and "C:   QUIT" in shown, shown

@@ -656,12 +656,12 @@ class Transcriber:
                 if upper.find(b"AUTH") < 0 and upper.find(b"PASS") < 0 and upper.find(b"LOGIN") < 0 and upper.find(b"USER", 0, 12) < 0:
                     bus = self._bus
                     if not self._inline or bus.watchers or bus.session_watchers:
-                        self.record.add_line("C", data[:-2].rstrip(b"\r"))
+                        self.record.add_line("C", data[:-2])
                     else:
                         # What add_line does with nobody watching, inline.
                         record = self.record
                         seq = record._seq = record._seq + 1
-                        record._events.append((seq, bus.clock(), "C", data[:-2].rstrip(b"\r")))
+                        record._events.append((seq, bus.clock(), "C", data[:-2]))
                     return
             self._client_line(data[:-1])
             return
@@ -725,7 +725,9 @@ class Transcriber:
             self._client = rest
 
     def _client_line(self, line: bytes) -> None:
-        bare = line.rstrip(b"\r")
+        # One CR is the line end's; another one is the line's (shown as
+        # \x0d: the server refuses such a line for it).
+        bare = line[:-1] if line[-1:] == b"\r" else line
         pending = self._pop3
         if pending is not None and not (self._in_sasl or self._login_rest):
             # A POP3 line of a pipelined batch, "RETR 12": no mask, no
