@@ -665,3 +665,36 @@ def test_twisteds_connect_error_texts_in_a_log_line_are_a_plain_sentence():
         "relay: the host name was not found (mx.b.test)",
         "relay: the host name was not found (mx.b.test) (then)",
     ], lines
+
+
+def test_a_log_file_that_cannot_be_opened_again_after_logrotate_goes_on_in_the_moved_file(tmp_path):
+    # A hub run as another user (--uid, systemd's User=) cannot create its
+    # log file in /var/log again after logrotate moved it (a directory in
+    # its place stands for that here: root may create files anywhere).
+    # Before: the file was closed, its reopening failed, and no line was
+    # ever written again (standard error got "log not written:
+    # 'FollowedLogFile' object has no attribute '_file'").
+    path = tmp_path / "hub.log"
+    process, _ = _start_twistd(tmp_path, f"--logfile={path}")
+    try:
+        ports = json.loads(_wait_for(path, r"mailhub ready (\{.*\})").group(1))
+        moved = tmp_path / "hub.log.1"
+        os.rename(path, moved)
+        path.mkdir()
+        process.send_signal(signal.SIGUSR1)
+        _wait_for(moved, r"the log file .*hub\.log could not be opened again after it was moved away \(Is a directory\): the log goes on in the file it was moved to")
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as client:
+            client.sendmail("kim@example.org", ["alice@localhost"], b"Subject: after\r\n\r\nlogrotate\r\n")
+        _wait_for(moved, r"delivered \w+ from=<kim@example.org>")
+        # once the name can be opened, the next SIGUSR1 logs there again
+        path.rmdir()
+        process.send_signal(signal.SIGUSR1)
+        _wait_for(path, r"")
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as client:
+            client.sendmail("lee@example.org", ["alice@localhost"], b"Subject: later\r\n\r\nback\r\n")
+        _wait_for(path, r"delivered \w+ from=<lee@example.org>")
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=30)
+    assert b"log not written" not in out and b"attribute" not in out, out
+    assert "Traceback" not in moved.read_text() + path.read_text()

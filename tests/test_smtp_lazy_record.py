@@ -137,6 +137,19 @@ SESSIONS = {
         ("s", b"221 2.0.0 Bye\r\n"),
     ],
     "a bare LF dot line inside a CRLF message": HELLO + _envelope(b"a\r\n.\nb\r\n.\r\n"),
+    "typed: a bare LF dot line in a CRLF session is message text, to a CRLF dot": HELLO
+    + _envelope(b"Subject: x\r\n\r\nhi\n")[:-1]
+    + [
+        ("c", b".\n"),
+        ("c", b"QUIT\r\n"),
+        ("c", b"y" * 5000),
+        ("c", b"\n"),
+        ("c", b".\r\n"),
+        ("c", b"z" * 5000 + b"\r"),
+        ("c", b"\n.\r\n"),
+        ("s", b"550 5.5.2 Error: message refused: bare <CR> or <LF> in data (lines must end with <CR><LF>)\r\n"),
+    ]
+    + QUIT,
     "a whole session piped in one read": [
         ("s", b"220 mail.test ESMTP\r\n"),
         ("c", b"helo me\nmail from:<a@b>\nrcpt to:<alice@localhost>\ndata\nHello\n.\nquit\n"),
@@ -395,3 +408,12 @@ def test_a_long_session_a_watcher_joins_late_sees_what_it_saw_before(name, how, 
             assert len(lazy._events) <= 7 + 4 + 16  # (lines made together are trimmed together)
         assert told["lazy"] == told["eager"], f"watching from step {cut}"
         _same(lazy, eager)
+
+
+def test_a_bare_lf_dot_line_in_a_crlf_session_is_counted_as_message_text():
+    """RFC 5321 4.1.1.4: after "354 End data with <CR><LF>.<CR><LF>" only CRLF "." CRLF ends the message, as the hub reads it."""
+    for record, feed in ((r, f) for _bus, _clock, r, f in _pair()):
+        for step in SESSIONS["typed: a bare LF dot line in a CRLF session is message text, to a CRLF dot"]:
+            _play(step, record, feed)
+        said = [text for _seq, _when, kind, text in record.events if kind == "C"]
+        assert said[-4:] == ["DATA", "[message: 8 lines, 10031 octets]", ".", "QUIT"], said

@@ -568,3 +568,37 @@ def test_the_hubs_command_line_run_by_hand_with_no_stdin_runs_on(tmp_path):
         process.kill()
         process.wait()
         process.stdout.close()
+
+
+_DIES_AT_ONCE = """
+import json, os, sys
+from twisted_mailhub.testing import Mailhub, bytecode_cache_folder
+hub = Mailhub().start()
+print(json.dumps({"pid": hub.pid, "data": hub.data_dir, "cache": bytecode_cache_folder()}), flush=True)
+os._exit(3)  # as a SIGKILL or a CI timeout: no __exit__, no exit handlers
+"""
+
+
+def test_a_process_that_dies_at_once_outside_pytest_leaves_no_temp_folder(tmp_path):
+    # Before: the hub ended (it watches its stdin) but its data folder
+    # (/tmp/mailhub-XXXX) and the bytecode cache (/tmp/mailhub-bytecode-XXXX)
+    # stayed in the temp folder, one pair per killed test run.
+    import subprocess
+    import sys
+    import time
+
+    from twisted_mailhub.testing import PACKAGE_ROOT
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=PACKAGE_ROOT, TMPDIR=str(temp))
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    out = subprocess.run([sys.executable, "-c", _DIES_AT_ONCE], env=env, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert out.returncode == 3, out.stderr
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    assert record["data"].startswith(str(temp)) and record["cache"].startswith(str(temp))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (os.path.exists(f"/proc/{record['pid']}") or os.listdir(temp)):
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{record['pid']}")
+    assert os.listdir(temp) == []

@@ -230,7 +230,7 @@ def test_an_smtp_session_one_line_per_write_nobody_watched_reads_as_one_watched_
         ("C", b"mail from:<\x1bodd>\r\n"),
         ("S", b"501 5.1.7 Bad sender address syntax\r\n"),
         ("C", b"NOOP\r\r\n"),
-        ("S", b"250 2.0.0 Ok\r\n"),
+        ("S", b"500 5.5.2 Error: bad syntax (the line contained a control character: ^M, a carriage return)\r\n"),
         ("C", b"QUIT\r\n"),
         ("S", b"221 2.0.0 Bye\r\n"),
     ]
@@ -263,8 +263,8 @@ def test_an_smtp_session_one_line_per_write_nobody_watched_reads_as_one_watched_
         "S: 535 5.7.8 Error: authentication failed",
         "C: mail from:<\\x1bodd>",
         "S: 501 5.1.7 Bad sender address syntax",
-        "C: NOOP",
-        "S: 250 2.0.0 Ok",
+        "C: NOOP\\x0d",
+        "S: 500 5.5.2 Error: bad syntax (the line contained a control character: ^M, a carriage return)",
         "C: QUIT",
         "S: 221 2.0.0 Bye",
     ]

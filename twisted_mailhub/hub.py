@@ -471,9 +471,10 @@ class Hub:
         The server's TLS options (self-signed certificate made on first use).
         """
         if self._tls is None:
-            from twisted_mailhub.tls import ReloadableTLS
+            from twisted_mailhub.tls import ReloadableTLS, drop_unfinished_handshakes
 
             self._tls = ReloadableTLS(self._load_tls())
+            drop_unfinished_handshakes(self.reactor)
         return self._tls
 
     def _load_tls(self):

@@ -441,6 +441,28 @@ class FollowedLogFile(LogFile):
         else:
             super().rotate()
 
+    def reopen(self) -> None:
+        """
+        Open C{NAME} anew and close the file written so far; when C{NAME}
+        cannot be opened (a hub run as another user (C{--uid}, systemd's
+        C{User=}) may not create files in C{/var/log}; logrotate's
+        C{create} made it for root), the log goes on in the old file, with
+        a line saying why, as L{LogFile.rotate} goes on when it cannot
+        rotate. Before, the file was closed first and then no line was
+        ever written again.
+        """
+        old = self._file
+        try:
+            self._openFile()
+        except OSError as e:
+            self._file = old
+            self.closed = False
+            reason = f"{e.strerror or e}"
+            line = f"{formatTime(time(), timeFormatRFC3339)} [twisted_mailhub.logobserver#warn] the log file {self.path} could not be opened again after it was moved away ({reason}): the log goes on in the file it was moved to\n"
+            old.write(line.encode("utf-8", "backslashreplace"))
+            return
+        old.close()
+
 
 def for_twistd(options: Any, reactor: Any = None) -> HubLogObserver | None:
     """

@@ -75,15 +75,30 @@ _READY = re.compile(r"mailhub ready (\{.*\})")
 # writer is the test process, and sends the hub SIGTERM when that ends
 # (the command line alone, L{Mailhub.command}, run with another stdin, does
 # not): a test process killed (SIGKILL, a CI timeout, an
-# xdist worker ended at once) leaves no hub behind holding its ports.
+# xdist worker ended at once) leaves no hub behind holding its ports. The
+# temp folders the test process would have removed at its end (a data
+# folder the kit made, the bytecode cache: MAILHUB_ORPHAN_FOLDERS) the hub
+# removes as it exits then, so none is left in the temp folder either.
 # argv[0] is "twistd", so its usage errors read "twistd -n: ...", not "-c -n: ...".
 _HUB_BOOTSTRAP = """\
 import os, signal, sys, threading
+_orphan_folders = [f for f in os.environ.pop("MAILHUB_ORPHAN_FOLDERS", "").split(os.pathsep) if f]
 def _end_with_the_test_process():
     try:
         while os.read(0, 512):
             pass
     except OSError:
+        return
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if _orphan_folders and reactor is not None:
+        # (After the reactor's shutdown: twistd then ends by the signal,
+        # and exit handlers do not run.)
+        def _end():
+            import shutil
+            for folder in _orphan_folders:
+                reactor.addSystemEventTrigger("after", "shutdown", shutil.rmtree, folder, True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        reactor.callFromThread(_end)
         return
     os.kill(os.getpid(), signal.SIGTERM)
 if os.environ.pop("MAILHUB_END_WITH_STDIN", ""):
@@ -557,6 +572,10 @@ class Mailhub:
             if cache:
                 env["PYTHONPYCACHEPREFIX"] = cache
                 del env["PYTHONDONTWRITEBYTECODE"]
+        orphans = [self.data_dir] if self._own_data_dir else []
+        if _BYTECODE_CACHE and env.get("PYTHONPYCACHEPREFIX") == _BYTECODE_CACHE[0]:
+            orphans.append(_BYTECODE_CACHE[0])
+        env["MAILHUB_ORPHAN_FOLDERS"] = os.pathsep.join(orphans)
         self._ready.clear()
         self._said_ready = False
         from twisted_mailhub import sighup

@@ -216,3 +216,49 @@ class ReloadableTLS:
         if name.startswith("__"):  # not the options' interface declarations
             raise AttributeError(name)
         return getattr(self.current, name)
+
+
+# Seconds a TLS connection closed before its handshake is done is given to
+# finish it (and so to receive what was written before: a greeting, a time
+# limit's reply) before it is dropped.
+UNFINISHED_HANDSHAKE_GRACE = 15.0
+
+
+def drop_unfinished_handshakes(reactor) -> None:
+    """
+    Make every TLS connection of this process that is closed
+    (C{loseConnection}) before its handshake is done drop its TCP
+    connection after L{UNFINISHED_HANDSHAKE_GRACE} seconds if the handshake
+    has not finished by then. Installed once per process (later calls do
+    nothing); C{reactor} gives the timer.
+
+    Why: Twisted's C{TLSMemoryBIOProtocol.loseConnection} waits for the
+    handshake when application data was written before it (the greeting of
+    an implicit-TLS listener, RFC 8314 §3.3; a time limit's reply after
+    STARTTLS), so that data can be sent. A client that never finishes the
+    handshake (connects to 993 and sends nothing, or half a ClientHello)
+    was then never closed: every time limit closes with C{loseConnection},
+    and the connection counted against C{--max-connections} and
+    C{--max-connections-per-ip} for good (a slowloris: a hundred such
+    connections lock one address out, twenty addresses the whole hub).
+    """
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    if getattr(TLSMemoryBIOProtocol.loseConnection, "drops_unfinished_handshakes", False):
+        return
+    close = TLSMemoryBIOProtocol.loseConnection
+
+    def drop(protocol: TLSMemoryBIOProtocol) -> None:
+        transport = protocol.transport
+        if not protocol._handshakeDone and not protocol._lostTLSConnection and transport is not None:
+            log.info("a TLS client closed before its handshake did not finish it in {grace:g} s: dropped", grace=UNFINISHED_HANDSHAKE_GRACE)
+            transport.abortConnection()
+
+    def loseConnection(self: TLSMemoryBIOProtocol) -> None:
+        unfinished = self.connected and not self.disconnecting and not self._handshakeDone
+        close(self)
+        if unfinished and not self._lostTLSConnection:
+            reactor.callLater(UNFINISHED_HANDSHAKE_GRACE, drop, self)
+
+    loseConnection.drops_unfinished_handshakes = True  # type: ignore[attr-defined]
+    TLSMemoryBIOProtocol.loseConnection = loseConnection  # type: ignore[method-assign]

@@ -656,12 +656,12 @@ class Transcriber:
                 if upper.find(b"AUTH") < 0 and upper.find(b"PASS") < 0 and upper.find(b"LOGIN") < 0 and upper.find(b"USER", 0, 12) < 0:
                     bus = self._bus
                     if not self._inline or bus.watchers or bus.session_watchers:
-                        self.record.add_line("C", data[:-2].rstrip(b"\r"))
+                        self.record.add_line("C", data[:-2])
                     else:
                         # What add_line does with nobody watching, inline.
                         record = self.record
                         seq = record._seq = record._seq + 1
-                        record._events.append((seq, bus.clock(), "C", data[:-2].rstrip(b"\r")))
+                        record._events.append((seq, bus.clock(), "C", data[:-2]))
                     return
             self._client_line(data[:-1])
             return
@@ -725,7 +725,9 @@ class Transcriber:
             self._client = rest
 
     def _client_line(self, line: bytes) -> None:
-        bare = line.rstrip(b"\r")
+        # One CR is the line end's; another one is the line's (shown as
+        # \x0d: the server refuses such a line for it).
+        bare = line[:-1] if line[-1:] == b"\r" else line
         pending = self._pop3
         if pending is not None and not (self._in_sasl or self._login_rest):
             # A POP3 line of a pipelined batch, "RETR 12": no mask, no
@@ -843,7 +845,7 @@ class Transcriber:
                     seq = record._seq = record._seq + 1
                     record._events.append((seq, bus.clock(), "S", data[:-2]))
                 if data.startswith(b"354"):
-                    self._in_data = _MessageLines()  # SMTP's go-ahead for DATA (RFC 5321 §4.2.2)
+                    self._in_data = go_ahead_lines(data)  # SMTP's go-ahead for DATA (RFC 5321 §4.2.2)
                 return
         if (
             self._plain
@@ -857,12 +859,14 @@ class Transcriber:
             if data.find(b"\n") == len(data) - 1:
                 self.record.add_line("S", data[:-2])
                 if data.startswith(b"354"):
-                    self._in_data = _MessageLines()  # SMTP's go-ahead for DATA (RFC 5321 §4.2.2)
+                    self._in_data = go_ahead_lines(data)  # SMTP's go-ahead for DATA (RFC 5321 §4.2.2)
                 return
             lines = data[:-2].split(b"\r\n")
             self.record.add_lines("S", lines)
-            if data.find(b"354") >= 0 and any(line.startswith(b"354") for line in lines):
-                self._in_data = _MessageLines()
+            if data.find(b"354") >= 0:
+                for line in lines:
+                    if line.startswith(b"354"):
+                        self._in_data = go_ahead_lines(line)
             return
         if (
             self._imap
@@ -977,7 +981,7 @@ class Transcriber:
         if bare.startswith(b"354") and self._pop3 is None and not self._imap:
             # SMTP's go-ahead for DATA (RFC 5321 §4.2.2); in POP3 a UIDL or
             # LIST line of message 354, in IMAP a reply to the tag "354".
-            self._in_data = _MessageLines()
+            self._in_data = go_ahead_lines(bare)
         if self._in_sasl is _ECHOED:
             self._in_sasl = False
             if bare.startswith(self._echo):
@@ -1013,18 +1017,30 @@ class _MessageLines:
     Counts the lines of a message going by (SMTP DATA, a POP3 RETR) up to
     the "." line that ends it, a chunk at a time, with C{bytes.find} and
     C{bytes.count}: no Python work per line.
+
+    C{crlf}: only a "." line between CRLFs ends it (the SMTP server said
+    "354 End data with <CR><LF>.<CR><LF>": a session whose commands end in
+    CRLF, where a bare LF "." line is message text, RFC 5321 §4.1.1.4 and
+    CVE-2023-51764), so the count ends where the server's reading does.
+    Otherwise a "." line ended by LF or CRLF after any line end does.
     """
 
-    __slots__ = ("lines", "octets", "ended", "_mid_line")
+    __slots__ = ("lines", "octets", "ended", "_mid_line", "crlf", "_after_crlf", "_last_cr")
 
     # A line of a message longer than this is counted and let go, not kept.
     LONGEST = 4096
 
-    def __init__(self):
+    def __init__(self, crlf: bool = False):
         self.lines = 0
         self.octets = 0
         self.ended = False
         self._mid_line = False
+        self.crlf = crlf
+        # (crlf only) whether the line end before the next line start was
+        # a CRLF (the DATA command's is), and whether a long line let go
+        # ended in a CR.
+        self._after_crlf = True
+        self._last_cr = False
 
     def take(self, data: bytes, pos: int) -> tuple[int, bytes]:
         """
@@ -1038,12 +1054,17 @@ class _MessageLines:
             i = data.find(b"\n", pos)
             if i < 0:
                 self.octets += end - pos
+                self._last_cr = data[-1:] == b"\r"
                 return end, b""
             self.lines += 1
             self.octets += i + 1 - pos
             self._mid_line = False
+            self._after_crlf = data[i - 1] == 13 if i > pos else self._last_cr
             pos = i + 1
-        stop = _end_of_message(data, pos)
+        if self.crlf:
+            stop = _end_of_crlf_message(data, pos, self._after_crlf)
+        else:
+            stop = _end_of_message(data, pos)
         if stop is not None:
             start, after = stop
             self.lines += data.count(b"\n", pos, start)
@@ -1054,15 +1075,27 @@ class _MessageLines:
         if last >= 0:
             self.lines += data.count(b"\n", pos, last + 1)
             self.octets += last + 1 - pos
+            self._after_crlf = last > pos and data[last - 1] == 13
             pos = last + 1
         if end - pos > self.LONGEST:
             self.octets += end - pos
             self._mid_line = True
+            self._last_cr = data[-1:] == b"\r"
             return end, b""
         return end, data[pos:] if pos < end else b""
 
     def summary(self) -> bytes:
         return b"[message: %d lines, %d octets]" % (self.lines, self.octets)
+
+
+def go_ahead_lines(reply: bytes) -> _MessageLines:
+    """
+    The counter of the message an SMTP server's 354 reply C{reply} asks
+    for: CRLF-only (L{_MessageLines} C{crlf}) when the reply says the
+    message ends with C{<CR><LF>.<CR><LF>}, as the hub's does in a session
+    whose commands end in CRLF.
+    """
+    return _MessageLines(crlf=reply.find(b"<CR><LF>.<CR><LF>") >= 0)
 
 
 def _end_of_message(data: bytes, pos: int) -> tuple[int, int] | None:
@@ -1080,6 +1113,19 @@ def _end_of_message(data: bytes, pos: int) -> tuple[int, int] | None:
         return b + 1, b + 3
     if a >= 0:
         return a + 1, a + 4
+    return None
+
+
+def _end_of_crlf_message(data: bytes, pos: int, after_crlf: bool) -> tuple[int, int] | None:
+    """
+    L{_end_of_message} where only CRLF "." CRLF ends a message (RFC 5321
+    §4.1.1.4); C{after_crlf}: the line end before C{pos} was a CRLF.
+    """
+    if after_crlf and data.startswith(b".\r\n", pos):
+        return pos, pos + 3
+    a = data.find(b"\r\n.\r\n", pos)
+    if a >= 0:
+        return a + 2, a + 5
     return None
 
 

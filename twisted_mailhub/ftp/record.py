@@ -157,7 +157,7 @@ class ControlRecord(SessionRecord):
         if self._rest and data[-1:] == b"\n" and not self._watched() and data.find(b"\n") == len(data) - 1:
             upper = data.upper()
             if upper.find(b"AUTH") < 0 and upper.find(b"LOGIN") < 0:
-                bare = data[:-1].rstrip(b"\r")
+                bare = data[:-2] if data[-2:-1] == b"\r" else data[:-1]
                 if upper.find(b"PASS", 0, 16) >= 0 and _PASS.match(bare) is not None:
                     # One PASS line: kept masked as the Transcriber masks it
                     # (it makes the same line again of the masked one).

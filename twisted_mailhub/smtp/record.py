@@ -41,7 +41,7 @@ read.
 from __future__ import annotations
 
 from twisted_mailhub.ftp.record import _MAYBE_SECRET, _SLACK, ControlRecord
-from twisted_mailhub.transcript import HELD_MOST, _MessageLines, after_data_line, final_reply_lines
+from twisted_mailhub.transcript import HELD_MOST, _MessageLines, after_data_line, final_reply_lines, go_ahead_lines
 
 # The kind of a kept entry that is a message's count, (lines, octets) (made:
 # two C: lines, as _MessageLines.summary() and "."); and the message being
@@ -78,7 +78,7 @@ class MailRecord(ControlRecord):
     every read (L{client_bytes}) and every reply (L{server_bytes}).
     """
 
-    __slots__ = ("_message", "_unfinished", "_stash", "_stash_time", "_held", "_held_replies")
+    __slots__ = ("_message", "_unfinished", "_stash", "_stash_time", "_held", "_held_replies", "_go_ahead")
 
     _PAIR_KIND = _MESSAGE  # a message's count: two C: lines
 
@@ -88,6 +88,8 @@ class MailRecord(ControlRecord):
         # line of what it was given so far.
         self._message = None
         self._unfinished = b""
+        # The kept 354 that started the message (go_ahead_lines: how it ends).
+        self._go_ahead = b""
         # The read after a kept 354, and its time, until the connection
         # tells its count (message_read) or anything else is recorded.
         self._stash = None
@@ -200,7 +202,7 @@ class MailRecord(ControlRecord):
                 self._stash = data
                 self._stash_time = when
                 return
-            message = _MessageLines()
+            message = go_ahead_lines(self._go_ahead)
         self._take(message, data, when)
 
     def reader(self, take):
@@ -318,7 +320,7 @@ class MailRecord(ControlRecord):
             self._message = None
             self._keep((_MESSAGE, (data.count(b"\n") - 1, len(data) - 3)), when)
             return
-        self._take(_MessageLines(), data, when, past=True)
+        self._take(go_ahead_lines(self._go_ahead), data, when, past=True)
 
     def _take(self, message: _MessageLines, data: bytes, when: float, past: bool = False) -> None:
         """
@@ -410,6 +412,7 @@ class MailRecord(ControlRecord):
                 # before it is kept: keeping it may make the kept entries
                 # events (max_lines), and then the Transcriber counts it.
                 self._message = _STARTED
+                self._go_ahead = data
                 self._keep(data, -bus.clock())
                 return
         self._transcribed().server_bytes(data)
@@ -425,7 +428,7 @@ class MailRecord(ControlRecord):
             # The kept 354 was played just now (it is kept whenever a
             # message is counted here): the Transcriber reads a message.
             transcriber = self._transcriber
-            transcriber._in_data = _MessageLines() if message is _STARTED else message
+            transcriber._in_data = go_ahead_lines(self._go_ahead) if message is _STARTED else message
             transcriber._client = self._unfinished
             self._message = None
             self._unfinished = b""

@@ -87,6 +87,10 @@ def event_explanation(record: Any, kind: str, text: str, command: str | None = N
 # How far back the command a reply answers is looked for (a reply of many
 # lines, an FTP transfer's events): further, it is explained without it.
 COMMAND_LOOKBACK = 200
+
+# What Answering gives for the server's first line, said before any client
+# line: the greeting (RFC 5321 §4.2, RFC 1939 §4, RFC 3501 §7.1, RFC 959 §5.4).
+GREETING = "[greeting]"
 _LOOK = object()
 
 
@@ -104,12 +108,19 @@ class Answering:
     def __init__(self, protocol: str):
         self.paired = FAMILY.get(protocol) in ("smtp", "ftp")
         self.waiting: list[str] = []
+        # Whether a line was said yet: a server line before any is the
+        # greeting (L{GREETING}), which answers no command.
+        self.spoken = False
 
     def feed(self, event: tuple) -> str | None:
-        """The command C{event} (a reply line) answers, or None; and remember it if it is a command."""
+        """The command C{event} (a reply line) answers (L{GREETING}: none, it is the greeting), or None; and remember it if it is a command."""
+        kind, text = event[2], event[3]
+        if not self.spoken and kind in ("C", "S"):
+            self.spoken = True
+            if kind == "S":
+                return GREETING
         if not self.paired:
             return None
-        kind, text = event[2], event[3]
         if kind == "C":
             if text == "." and self.waiting and self.waiting[-1].startswith("[message"):
                 # The line that ends a message: with its summary, one thing
@@ -131,8 +142,11 @@ class Answering:
     def before(cls, record: Any, seq: int) -> "Answering":
         """The state after C{record}'s kept events before C{seq} (at most L{COMMAND_LOOKBACK} of them)."""
         state = cls(record.protocol)
+        events = list(record.events)
+        # (Lines dropped from the record's start were said: the greeting among them.)
+        state.spoken = record.dropped > 0 or any(e[0] < seq and e[2] in ("C", "S") for e in events)
         if state.paired:
-            earlier = [e for e in list(record.events) if e[0] < seq][-COMMAND_LOOKBACK:]
+            earlier = [e for e in events if e[0] < seq][-COMMAND_LOOKBACK:]
             for event in earlier:
                 state.feed(event)
         return state

@@ -138,12 +138,15 @@ def answered(protocol: str, command: str | None) -> str | None:
     """
     What a reply after the client line C{command} answers, as a reply
     table's context word: the command's name, C{MESSAGE} after a
-    message's text (the transcript's C{[message: ...]} line), else None.
+    message's text (the transcript's C{[message: ...]} line), C{GREETING}
+    for the server's first line (the console's C{[greeting]}), else None.
     """
     if not command:
         return None
     if command.startswith("[message"):
         return "MESSAGE"
+    if command == "[greeting]":
+        return "GREETING"
     return command_key(protocol, command)
 
 
@@ -182,7 +185,7 @@ def explain_reply(protocol: str, line: str, command: str | None = None) -> dict[
             result = _join(result, _entry(found))
     reason = refusal(protocol, line)
     if result is not None and reason is not None:
-        what = f"refused {context}" if context and context != "MESSAGE" else ("refused the message" if context else "refused")
+        what = f"refused {context}" if context and context not in ("MESSAGE", "GREETING") else ("refused the message" if context == "MESSAGE" else "refused")
         said = f" ('{reason}')" if reason else ""
         result = {**result, "text": f"{what}{said}; {result['text']}"}
     return result
