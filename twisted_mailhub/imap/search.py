@@ -26,7 +26,7 @@ import re
 import time
 import weakref
 from array import array
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from twisted.internet import defer
 from twisted.mail import imap4
@@ -148,6 +148,10 @@ class FieldValues:
                 return None
         self.next = i + 1
         return self.distinct[self.numbers[i]]
+
+    def items(self) -> Iterator[tuple[int, bytes]]:
+        """Every C{(uid, value)} kept, UIDs ascending."""
+        return zip(self.uids, map(self.distinct.__getitem__, self.numbers))
 
     def put(self, uid: int, value: bytes) -> None:
         """Keep C{value} for C{uid} (not yet kept)."""
@@ -615,7 +619,7 @@ def match_each_in_thread(
         for name, values in private.items():
             if few:
                 kept = shared.setdefault(name, FieldValues())
-                for u, value in zip(values.uids, values.values):
+                for u, value in values.items():
                     if len(kept) >= HeaderCache.limit:
                         break
                     if kept.get(u) is None:
