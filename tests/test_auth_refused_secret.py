@@ -116,3 +116,50 @@ def test_pop3_after_a_refused_auth_the_pasted_password_is_not_echoed_or_logged(s
     hub.wait_for_log(r"C: \*\*\*\* \(after a refused AUTH\)")
     assert SECRET not in hub.log
     assert not re.search(r"Traceback", hub.log)
+
+
+USER64 = base64.b64encode(b"alice@localhost").decode().rstrip("=")
+
+
+def test_auth_login_refused_then_both_its_lines_sent_neither_is_echoed_or_logged(start_hub):
+    # AUTH LOGIN's exchange is two lines, the user name then the password
+    # (each base64). Sent after the refusal, only the first was hidden:
+    # the second, the password, came back in "500 5.5.2 Error: command
+    # 'Y29ycmVjd...' not recognized" and stood in the transcript and the log.
+    hub = start_hub("--transcript")
+    s = RawSMTP(hub.ports["submission"])
+    assert s.command(b"EHLO student").startswith(b"250")
+    assert s.command(b"AUTH LOGIN").startswith(b"538 5.7.11")
+    assert s.command(USER64.encode()).startswith(b"500 5.5.2 Error: command not recognized (not shown")
+    reply = s.command(SECRET.encode())
+    assert reply.startswith(b"500 5.5.2 Error: command not recognized (not shown") and SECRET.encode() not in reply
+    assert b"'HEOL'" in s.command(b"HEOL x")  # a typo after a command is shown again
+    assert s.command(b"QUIT").startswith(b"221")
+    with socket.create_connection(("127.0.0.1", hub.ports["pop3"]), timeout=15) as c:
+        f = c.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        c.sendall(b"AUTH GSSAPI\r\n" + USER64.encode() + b"\r\n" + SECRET.encode() + b"\r\n")  # pipelined
+        assert f.readline().startswith(b"-ERR")
+        assert f.readline().startswith(b"-ERR unknown command (not shown")
+        reply = f.readline()
+        assert reply.startswith(b"-ERR unknown command (not shown") and SECRET.encode() not in reply
+        c.sendall(b"QUIT\r\n")
+        assert f.readline().startswith(b"+OK")
+    hub.wait_for_log(r"S: \+OK .*\n(.|\n)*S: \+OK ")
+    hub.wait_for_log(r"S: 221 ")
+    assert SECRET not in hub.log
+
+
+def test_the_words_sent_after_a_refused_auth_are_masked_pipelined_or_not():
+    for pipelined in (False, True):
+        exchange = [("C", b"AUTH LOGIN\r\n"), ("S", b"538 5.7.11 Encryption required\r\n")]
+        lines = [USER64.encode() + b"\r\n", SECRET.encode() + b"\r\n"]
+        replies = [b"500 5.5.2 Error: command not recognized\r\n"] * 2
+        if pipelined:
+            exchange += [("C", b"".join(lines))] + [("S", r) for r in replies]
+        else:
+            exchange += [x for pair in zip([("C", l) for l in lines], [("S", r) for r in replies]) for x in pair]
+        exchange += [("C", b"QUIT\r\n"), ("S", b"221 2.0.0 Bye\r\n")]
+        got = _transcribed("smtp", exchange)
+        assert SECRET not in "\n".join(got), (pipelined, got)
+        assert got.count("C: **** (after a refused AUTH)") == 2 and "C: QUIT" in got, (pipelined, got)

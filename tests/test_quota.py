@@ -238,3 +238,28 @@ def test_the_shared_count_of_workers_takes_removals_off(tmp_path):
     assert SharedUsage(str(tmp_path)).read(60) == 800
     usage.forget()
     assert SharedUsage(str(tmp_path)).read(60) is None  # the next reader counts again
+
+
+def test_an_expunge_of_many_messages_takes_their_sizes_off_in_one_walk(tmp_path):
+    # More than 16 UIDs: the sizes come from one messages() walk (one query
+    # on PostgreSQL), not one info() a message; the count is exact either way.
+    from twisted_mailhub.accounts import AccountBook
+    from twisted_mailhub.quota import Quotas, QuotaStore
+    from twisted_mailhub.store.memory import MemoryStore
+
+    real = MemoryStore()
+    accounts = AccountBook(["localhost"])
+    accounts.add("carol@localhost", "pw")
+    quotas = Quotas(real, 10 * 1024 * 1024, accounts)
+    store = QuotaStore(real, quotas)
+    inbox = store.account("carol@localhost").folder("INBOX")
+    for n in range(40):
+        inbox.append(message(f"m{n}", 1000))
+    assert quotas.usage("carol@localhost") == 40_000
+    looked_up = []
+    real_info = inbox._real.info
+    inbox._real.info = lambda uid: looked_up.append(uid) or real_info(uid)
+    inbox.expunge(range(1, 31))
+    assert quotas.usage("carol@localhost") == 10_000 and looked_up == []
+    inbox.expunge([31, 32])
+    assert quotas.usage("carol@localhost") == 8_000 and sorted(looked_up) == [31, 32]

@@ -82,6 +82,7 @@ from twisted_mailhub.lines import LineEngine, control_note, has_control, quote, 
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.store.outage import refused
 from twisted_mailhub.store.wireform import LENGTH_MASK, LINES_SHIFT, WireForms
+from twisted_mailhub.transcript import looks_like_a_secret
 
 log = Logger()
 
@@ -636,7 +637,7 @@ class MailhubPOP3(_pop3.POP3):
     max_held = 4096
     implementation = b"twisted-mailhub " + __version__.encode("ascii")
     # The last command was AUTH: an unknown one now is not echoed.
-    _after_auth = False
+    _after_auth: bool | str = False  # True right after AUTH; "secret" after a base64 word hidden so
     _after_user = False
 
     def __init__(self, hub: Any = None):
@@ -906,7 +907,12 @@ class MailhubPOP3(_pop3.POP3):
         after_auth, self._after_auth = self._after_auth, name == "AUTH"
         after_user, self._after_user = self._after_user, name == "USER"
         if name not in _KNOWN:
-            if after_auth:
+            secret = after_auth and looks_like_a_secret(line, following=after_auth == "secret")
+            if secret:
+                # One base64 word after another (a user name, then its
+                # password): each is hidden, not only the first.
+                self._after_auth = "secret"
+            if after_auth is True or secret:
                 # Right after an AUTH that ended (refused, say, before STLS):
                 # this may be the password the client sent anyway; not shown.
                 self.reply_err(b"unknown command (not shown: after AUTH it may be a password); try CAPA for the list of commands")

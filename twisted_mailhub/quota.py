@@ -246,6 +246,12 @@ class Quotas:
 
         return defer.maybeDeferred(write).addBoth(release).addCallback(stored)
 
+    def remembers(self, address: str) -> bool:
+        """Whether a count of C{address} is kept (so a removal must be taken off it)."""
+        if self.limit(address) is None:
+            return False
+        return address in self._usage or self._shared(address) is not None
+
     def freed(self, address: str, octets: int) -> None:
         """C{octets} of C{address}'s mail were removed (an expunge, a deleted folder)."""
         if octets > 0:
@@ -418,12 +424,19 @@ class QuotaFolder(_Passing):
     def expunge(self, uids, origin: Any = None) -> list[int]:
         """The real C{expunge}; what it removed is taken off the account's count."""
         uids = list(uids)
-        sizes = {}
-        for uid in set(uids):
-            try:
-                sizes[uid] = self._real.info(uid).size
-            except Exception:  # gone already
-                continue
+        sizes: dict[int, int] = {}
+        if self._quotas.remembers(self._address):
+            # (nothing remembered: nothing to take off, no size looked up)
+            wanted = set(uids)
+            if len(wanted) > 16:
+                # one walk (one query on PostgreSQL), not one look-up a message
+                sizes = {info.uid: info.size for info in self._real.messages() if info.uid in wanted}
+            else:
+                for uid in wanted:
+                    try:
+                        sizes[uid] = self._real.info(uid).size
+                    except Exception:  # gone already
+                        continue
         gone = self._real.expunge(uids, origin=origin)
         self._quotas.freed(self._address, sum(sizes.get(uid, 0) for uid in gone or ()))
         return gone
@@ -457,10 +470,12 @@ class QuotaAccount(_Passing):
 
     def delete_folder(self, name: str) -> None:
         """The real C{delete_folder}; its messages are taken off the account's count."""
-        try:
-            octets = sum(info.size for info in self._real.folder(name).messages())
-        except Exception:  # no such folder: the real one says so
-            octets = 0
+        octets = 0
+        if self._quotas.remembers(self._address):
+            try:
+                octets = sum(info.size for info in self._real.folder(name).messages())
+            except Exception:  # no such folder: the real one says so
+                octets = 0
         self._real.delete_folder(name)
         self._quotas.freed(self._address, octets)
 

@@ -60,6 +60,7 @@ _AUTH_INITIAL = re.compile(rb"^([ \t]*(?:\S+[ \t]+)?(?:AUTH|AUTHENTICATE)[ \t]+\
 # is the credential the client sent without reading the refusal.
 _REFUSED = "refused"
 _ECHOED = "echoed"  # a word masked so: the next server line may start with it
+_FOLLOWING = "following"  # a word masked so and answered: one more may follow (AUTH LOGIN's password)
 _TAGGED_REFUSAL = re.compile(rb"^\S+ (?:NO|BAD)\b")
 _BASE64_WORD = re.compile(rb"^[ \t]*[A-Za-z0-9+/]{4,}={0,2}[ \t]*$")
 _COMMAND_WORDS = frozenset(
@@ -90,14 +91,23 @@ def _looks_like_a_password(bare: bytes) -> bool:
     return bool(word) and len(word.split()) == 1 and word.upper() not in _AFTER_USER_COMMANDS
 
 
-def _looks_like_a_secret(bare: bytes) -> bool:
+def looks_like_a_secret(bare: bytes, following: bool = False) -> bool:
     """
-    Whether C{bare}, a client line right after a refused AUTH, is one
-    base64 word (RFC 4648 §4 alphabet, 4 characters or more) that is not
-    a command of SMTP or POP3: a SASL response (RFC 4954 §4, RFC 5034 §4)
-    sent to a server that had already said no.
+    Whether C{bare}, a client line right after a refused AUTH (or right
+    after such a line), is one base64 word (RFC 4648 §4 alphabet, 4
+    characters or more) that is not a command of SMTP or POP3: a SASL
+    response (RFC 4954 §4, RFC 5034 §4) sent to a server that had already
+    said no. AUTH LOGIN's are two lines, the user name and the password:
+    the SMTP and POP3 servers and the transcript hide every such line in a
+    row, not only the first. C{following}: a line after one hidden so,
+    which must be 8 characters or more (a base64 name or password of 4
+    octets or more), so that a short typo ("FROB") is shown again.
     """
-    return _BASE64_WORD.match(bare) is not None and bare.strip().upper() not in _COMMAND_WORDS
+    word = bare.strip()
+    return _BASE64_WORD.match(bare) is not None and word.upper() not in _COMMAND_WORDS and (not following or len(word) >= 8)
+
+
+_looks_like_a_secret = looks_like_a_secret
 
 
 _PASS = re.compile(rb"^([ \t]*PASS)\b.*", re.I)
@@ -749,7 +759,7 @@ class Transcriber:
             # anyway; one word that is no command is masked as they would be,
             # and so is its echo as an IMAP tag in the reply (_server_line).
             self._in_sasl = False
-            if state is _REFUSED and _looks_like_a_secret(bare):
+            if state in (_REFUSED, _ECHOED, _FOLLOWING) and _looks_like_a_secret(bare, following=state is not _REFUSED):
                 self._echo = bare.strip() + b" "
                 self._in_sasl = _ECHOED
                 self._emit("C", b"**** (after a refused AUTH)")
@@ -983,13 +993,14 @@ class Transcriber:
             # LIST line of message 354, in IMAP a reply to the tag "354".
             self._in_data = go_ahead_lines(bare)
         if self._in_sasl is _ECHOED:
-            self._in_sasl = False
+            # (still after the refusal: AUTH LOGIN's second line may follow)
+            self._in_sasl = _FOLLOWING
             if bare.startswith(self._echo):
                 bare = b"**** " + bare[len(self._echo) :]
         if self._in_sasl and not (bare.startswith(b"334") or bare.startswith(b"+ ") or bare == b"+"):
             # The exchange is over: refused (4xx/5xx, -ERR, NO/BAD) leaves a
             # mark for the client's next line (_client_line), success none.
-            if self._in_sasl is not _REFUSED:
+            if self._in_sasl is not _REFUSED and self._in_sasl is not _FOLLOWING:
                 refused = bare[:1] in (b"4", b"5", b"-") or _TAGGED_REFUSAL.match(bare) is not None
                 self._in_sasl = _REFUSED if refused else False
         if self._pop3 is not None and bare[:1] in (b"+", b"-") and bare[:2] != b"+ " and bare != b"+":

@@ -81,7 +81,7 @@ from twisted_mailhub.smtp.record import MailRecord
 from twisted_mailhub.filters import Reject
 from twisted_mailhub.quota import QuotaExceeded
 from twisted_mailhub.store.interfaces import is_out_of_space
-from twisted_mailhub.transcript import RecordingPortal, record_read
+from twisted_mailhub.transcript import RecordingPortal, looks_like_a_secret, record_read
 
 log = Logger()
 
@@ -231,7 +231,7 @@ class MailhubSMTP(smtp.ESMTP):
     data_timeout = 1800
     login_timeout = 300
     # The last command was AUTH: an unknown one now is not echoed.
-    _after_auth = False
+    _after_auth: bool | str = False  # True right after AUTH; "secret" after a base64 word hidden so
     # The session's record on the hub's event bus (with the console or
     # --transcript: hub.record_sessions), fed the connection's bytes by the
     # connection itself (smtp/record.py makes them C:/S: lines when someone
@@ -501,7 +501,12 @@ class MailhubSMTP(smtp.ESMTP):
         handler = getattr(self, "smtp_" + upper, None)
         after_auth, self._after_auth = self._after_auth, upper == "AUTH"
         if handler is None:
-            if after_auth:
+            secret = after_auth and looks_like_a_secret(line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line, following=after_auth == "secret")
+            if secret:
+                # One base64 word after another (AUTH LOGIN's user name,
+                # then its password): each is hidden, not only the first.
+                self._after_auth = "secret"
+            if after_auth is True or secret:
                 # Right after an AUTH that ended (refused before STARTTLS,
                 # say): this may be the password the client sent anyway.
                 return self.reply(500, "5.5.2 Error: command not recognized (not shown: after AUTH it may be a password); try HELP")
