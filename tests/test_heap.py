@@ -60,3 +60,32 @@ def test_a_small_walk_does_not_trim(monkeypatch):
     assert not heap.after_walk(heap.WALK - 1)
     assert heap.after_walk(heap.WALK)
     assert calls == [1]
+
+
+ARENAS = r"""
+import ctypes, sys, threading
+sys.path.insert(0, sys.argv[1])
+from twisted_mailhub import heap
+if sys.argv[2] == "one":
+    assert heap.one_arena()
+def work():
+    kept = [bytes(300_000) for _ in range(20)]  # (large allocations in a thread)
+t = threading.Thread(target=work)
+t.start(); t.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.open_memstream.restype = ctypes.c_void_p
+buf, size = ctypes.c_char_p(), ctypes.c_size_t()
+stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+libc.malloc_info(0, ctypes.c_void_p(stream))
+libc.fclose(ctypes.c_void_p(stream))
+print(buf.value.count(b"<heap nr="))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_info(3)")
+def test_one_arena_keeps_a_threads_allocations_in_the_main_arena():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    count = {how: int(subprocess.run([sys.executable, "-c", ARENAS, root, how], capture_output=True, text=True, check=True).stdout) for how in ("one", "default")}
+    # (the default: the thread took an arena of its own, whose heap glibc
+    # shrank and faulted in again for each large buffer)
+    assert count == {"one": 1, "default": 2}, count

@@ -47,3 +47,26 @@ def after_walk(messages: int) -> bool:
     7 MB of response buffers in the heap). True if it was given back.
     """
     return messages >= WALK and give_back_memory()
+
+
+M_ARENA_MAX = -8  # glibc's mallopt(3) parameter number
+
+
+def one_arena() -> bool:
+    """
+    Let every thread allocate from glibc's main arena
+    (C{mallopt(M_ARENA_MAX, 1)}), for threads started after the call.
+    A thread of its own arena had its heap shrunk and faulted in again for
+    each large buffer: a PostgreSQL search's reads of 20,000 messages in
+    a parsing thread (libpq's results of a few MB, 8 KB bodies) cost the
+    hub 430-580 ms of CPU, 290-340 ms in the main arena, about what the
+    same reads cost in the reactor (bench/reactor_stall.py --store
+    postgresql). The GIL already lets one thread at a time allocate for
+    Python objects, so one arena adds little waiting. Returns False where
+    there is no glibc (nothing is done).
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_ARENA_MAX, 1))

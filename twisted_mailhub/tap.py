@@ -355,7 +355,10 @@ def makeService(options):
     from twisted.internet import reactor
 
     from twisted_mailhub.filters import filter_plugins
+    from twisted_mailhub.heap import one_arena
     from twisted_mailhub.store import make_store
+
+    one_arena()  # (before the hub starts a thread: twisted_mailhub/heap.py)
 
     try:
         accounts, extra_checkers = _accounts_and_checkers(options)
