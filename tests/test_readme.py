@@ -861,3 +861,184 @@ def test_the_plugin_examples_in_the_readme_run_as_printed(tmp_path):
             keep_log(log.read_text() if log.exists() else "")
         assert "Traceback" not in log.read_text()
     assert {"example_filter.py", "example_listener.py"} <= set(os.listdir(home / "mailhub-plugins" / "twisted_mailhub" / "plugins"))
+
+
+# -- which test runs each command ------------------------------------------------------
+
+
+def readme_commands() -> list[str]:
+    """
+    Every command the README gives to type: the lines of its ```sh blocks,
+    its indented blocks and C{$ } lines, and the code spans in its text
+    that start with a program's name and have more than one word (white
+    space folded).
+    """
+    text = open(README, encoding="utf-8").read()
+    found = [line for _, block in readme_blocks() for line in commands(block)]
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    found += [m.group(1) for m in re.finditer(r"^    (\S.*)$", prose, re.M) if not m.group(1).startswith(("#", "sftp#"))]
+    found += [m.group(1) for m in re.finditer(r"^\$ (.*)$", text, re.M)]
+    programs = ("curl", "lftp", "sftp", "scp", "swaks", "nc", "telnet", "openssl", "mailhub-admin", "twistd", "python3", "kill", "psql",
+                "systemctl", "tcpdump", "sudo", "printf", "ssh", "MAILHUB_SCREENSHOTS=1", "MAILHUB_DISPATCH=twisted")
+    for m in re.finditer(r"`([^`]+)`", prose):
+        span = " ".join(m.group(1).split())
+        if span.split()[0] in programs and " " in span:
+            found.append(span)
+    return [" ".join(c.split()) for c in dict.fromkeys(found)]
+
+
+_CLIENTS = "test_the_client_commands_in_the_readme_run_as_printed"
+_ADMIN = "test_every_admin_command_in_the_readme_runs_as_printed"
+_DEMO = "test_the_two_hub_classroom_demo_runs_as_printed"
+_PARSED = "test_every_twistd_mailhub_command_in_the_readme_parses"
+_TEXT = "test_the_twistd_commands_in_the_readmes_text_parse_and_its_help_lists_every_option"
+_BENCH = "test_every_bench_command_in_the_readme_takes_its_options_as_printed"
+_SMALL_BENCH = "test_a_bench_command_of_the_readme_runs_with_small_sizes"
+_SESSIONS = "test_the_sessions_typed_by_hand_in_the_readme_go_as_printed"
+_PLUGINS = "test_the_plugin_examples_in_the_readme_run_as_printed"
+
+# Each README command: the tests that run it as printed (or parse it, where
+# said), or why none does. A command the README gains without a line here
+# fails the test below; so does a test name that no longer exists.
+WHO_RUNS_IT = {
+    "python3 -m pip install . && twistd -n mailhub --user alice:secret": [_CLIENTS, "(the twistd part: the suite tests the checkout, not an install)"],
+    "python3 -m pip install '.[test]' && python3 -m pytest": ["not run: an install, then the whole suite"],
+    "python3 -m twisted_mailhub.queue --data mailhub-data list": [_ADMIN],
+    "python3 -m twisted_mailhub.queue --data mailhub-data flush": [_ADMIN],
+    "python3 -m twisted_mailhub.queue --data mailhub-data remove ID": [_ADMIN],
+    "mkdir -p alice-hub bob-hub": [_DEMO],
+    "(cd alice-hub && twistd mailhub --port-base 9000 --hostname mx.a.test --domain a.test --user alice:secret --mx-override b.test=127.0.0.1:10025 --retry-schedule 30s)": [_DEMO],
+    "(cd bob-hub && twistd mailhub --port-base 10000 --hostname mx.b.test --domain b.test --user bob:hungry --mx-override a.test=127.0.0.1:9025)": [_DEMO],
+    "printf 'QUIT\\r\\n' | nc -N 127.0.0.1 9025": [_DEMO],
+    "printf 'QUIT\\r\\n' | nc -N 127.0.0.1 10110": [_DEMO],
+    "swaks --server 127.0.0.1:9587 --tls --auth PLAIN --auth-user alice --auth-password secret --from alice@a.test --to bob@b.test --header \"Subject: hello Bob\" --body \"from Alice's hub\"": [_DEMO],
+    "curl -s --user bob:hungry pop3://127.0.0.1:10110/1": [_DEMO],
+    "kill $(cat alice-hub/twistd.pid) $(cat bob-hub/twistd.pid)": [_DEMO],
+    "mailhub-admin dkim show --data mailhub-data --hostname mail.example.org": [_ADMIN],
+    "curl -s http://127.0.0.1:8080/metrics | grep ^mailhub_": [_CLIENTS, _ADMIN],
+    "curl -s http://127.0.0.1:8080/healthz": [_CLIENTS, _ADMIN],
+    "sudo twistd --uid nobody --gid nogroup --pidfile /run/mailhub.pid --logfile /var/log/mailhub.log mailhub --data /var/lib/mailhub --port-base 0 --sftp tcp:2222 --auth file:/var/lib/mailhub/accounts":
+        [_PARSED, "(parsed only: root, the standard ports and a Python user nobody can read; --uid/--gid: tests/test_start.py)"],
+    "mailhub-admin user add alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
+    "echo 'tea for two' | mailhub-admin user add carol --accounts /var/lib/mailhub/accounts --password-stdin": [_ADMIN],
+    "mailhub-admin user passwd alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
+    "mailhub-admin user remove carol --accounts /var/lib/mailhub/accounts": [_ADMIN],
+    "mailhub-admin user list --accounts /var/lib/mailhub/accounts": [_ADMIN],
+    "mailhub-admin queue --data /var/lib/mailhub list": [_ADMIN],
+    "mailhub-admin dkim show --data /var/lib/mailhub": [_ADMIN],
+    "mailhub-admin check --data /var/lib/mailhub --auth file:/var/lib/mailhub/accounts --port-base 0 --sftp tcp:2222": [_PARSED, "(parsed only: it asks the real DNS)"],
+    "mailhub-admin status --data /var/lib/mailhub": [_ADMIN, "test_the_workers_command_in_the_readme_starts_one_worker_per_core"],
+    "mailhub-admin reload --data /var/lib/mailhub": [_ADMIN],
+    "python3 -m pip install '.[postgresql]'": ["not run: an install"],
+    "twistd -n mailhub --store 'postgresql:host=127.0.0.1 dbname=mailhub user=mailhub'": [_PARSED, "(parsed only: a database of that name)"],
+    "twistd -n mailhub --store postgresql:postgresql://mailhub@db.example.org/mailhub": [_PARSED, "(parsed only: a host that is no test's)"],
+    "twistd -n mailhub --store postgresql:$DSN --journal-retention 3600": [_PARSED],
+    "twistd -n mailhub --store postgresql:$DSN --auth postgresql:$DSN": [_PARSED],
+    "mailhub-admin user add carol --auth postgresql:$DSN --quota 500M": [_ADMIN],
+    "psql \"$DSN\" -c \"INSERT INTO user_account (address, password) VALUES ('dave@example.org', 'secret')\"": [_ADMIN],
+    "mailhub-admin user list --auth postgresql:$DSN": [_ADMIN],
+    "twistd -n mailhub --store postgresql:$DSN --auth postgresql:$DSN --ftp-filesystem postgresql": [_PARSED],
+    "mailhub-admin queue --queue postgresql:$DSN list": [_ADMIN],
+    "mailhub-admin migrate --from mailhub-data --to postgresql:$DSN --accounts mailhub-data/accounts --keys-to /srv/hub1/data --keys-to /srv/hub2/data": [_ADMIN],
+    "twistd -n mailhub --workers auto --user alice:secret": ["test_the_workers_command_in_the_readme_starts_one_worker_per_core"],
+    "curl -u alice@localhost:secret 'http://127.0.0.1:8080/api/v1/accounts/me/folders/INBOX/wait?timeout=30&search=SUBJECT%20Welcome'": ["test_the_json_apis_curl_line_in_the_readme_runs_as_printed_but_for_the_port"],
+    "mkdir -p ~/mailhub-plugins/twisted_mailhub/plugins": [_PLUGINS],
+    "cp etc/example_filter.py ~/mailhub-plugins/twisted_mailhub/plugins/": [_PLUGINS],
+    "PYTHONPATH=~/mailhub-plugins MAILHUB_BANNED_WORDS=lottery twistd -n mailhub --user alice:secret --filter subject-words": [_PLUGINS],
+    "cp etc/example_listener.py ~/mailhub-plugins/twisted_mailhub/plugins/": [_PLUGINS],
+    "PYTHONPATH=~/mailhub-plugins twistd -n mailhub --user alice:secret --finger tcp:8079": [_PLUGINS],
+    "sftp -P 8022 alice@localhost": [_CLIENTS],
+    "tcpdump -i lo -A 'port 2121 or port 8022'": ["not run: a capture for a person to read (tcpdump is not installed here)"],
+    "curl -T notes.txt ftp://alice:secret@localhost:2121/": [_CLIENTS],
+    "sftp -P 8022 alice@localhost <<< 'put notes.txt'": [_CLIENTS],
+    "openssl s_client -quiet -crlf -connect localhost:8993": [_CLIENTS, _SESSIONS],
+    "twistd -n mailhub --help": [_TEXT],
+    "twistd mailhub": ["a mention"],
+    "twistd -n": ["a mention"],
+    "mailhub-admin check": ["a mention"],
+    "mailhub-admin user add --quota": ["a mention: an option of the line above"],
+    "python3 -m twisted_mailhub.accounts hash": ["tests/test_admin.py (it reads a password: run with one on its input)"],
+    "mailhub-admin user add": ["a mention"],
+    "twistd --umask 027 mailhub ...": ["a mention: twistd's own option before the hub's"],
+    "python3 bench/smtp_pop3.py --case 32:1024 --neighbour 2048": [_BENCH],
+    "python3 bench/smtp_pop3.py --no-pipelining": [_BENCH],
+    "kill -9": ["a mention"],
+    "mailhub-admin queue": ["a mention"],
+    "systemctl restart": ["a mention: systemd"],
+    "python3 bench/log_cost.py": [_BENCH, _SMALL_BENCH],
+    "python3 bench/pop3_retr.py --callgrind 1000": [_BENCH],
+    "twistd --reactor ...": ["a mention"],
+    "python3 bench/smtp_cpu.py --dispatch-ab": [_BENCH, _SMALL_BENCH],
+    "sftp -P 2222": ["a mention: the port of the line above"],
+    "systemctl reload mailhub": ["not run: systemd (the unit: tests/test_start.py test_systemd_unit_verifies)"],
+    "mailhub-admin reload": ["a mention"],
+    "kill -HUP $(cat twistd.pid)": ["tests/test_sighup.py (a SIGHUP to the hub)"],
+    "python3 -m twisted_mailhub ARGS": ["a mention: tests/test_sighup.py runs it"],
+    "twistd ARGS": ["a mention"],
+    "python3 -m twisted_mailhub.admin": ["a mention: the admin tests run it"],
+    "mailhub-admin status": ["a mention"],
+    "mailhub-admin dkim show": ["a mention"],
+    "python3 bench/cluster.py": [_BENCH],
+    "mailhub-admin db upgrade --dsn DSN": ["tests/test_cluster.py"],
+    "mailhub-admin db version --dsn DSN": ["tests/test_cluster.py"],
+    "mailhub-admin queue --queue postgresql:DSN list|flush|remove ID": ["a mention: its list is in a block above"],
+    "python3 bench/pgqueue.py -n 400 -c 8": [_BENCH, _SMALL_BENCH],
+    "python3 bench/cluster.py --quick --only smtp,store": [_BENCH],
+    "python3 bench/cluster.py --only fetch": [_BENCH],
+    "python3 bench/cluster.py --quick --only smtp": [_BENCH],
+    "kill -TERM -- -PGID": ["a mention"],
+    "python3 bench/workers.py --pin-ab": [_BENCH, _SMALL_BENCH],
+    "python3 bench/workers.py --messages 3000 --rounds 3": [_BENCH],
+    "python3 bench/startup.py": [_BENCH, _SMALL_BENCH],
+    "twistd -n -y etc/mailhub.tac": ["tests/test_e2e_smtp_etc.py"],
+    "MAILHUB_SCREENSHOTS=1 python3 -m pytest tests/test_web_browser.py": ["not run: the browser tests themselves, with pictures"],
+    "twistd -n mailhub --hostname mail.example.edu --auth file:class.txt --teacher teacher": [_TEXT],
+    "nc -C mail.example.edu 8025": ["not run: a real domain"],
+    "telnet localhost 8025": ["not run: telnet is not installed; the session it opens: " + _SESSIONS],
+    "nc -C": ["a mention"],
+    "twistd -n mailhub --hostname mail.test --user bob:hungry": [_TEXT, _SESSIONS],
+    "printf 'helo me\\nmail from: <a@b>\\nrcpt to: <bob@localhost>\\ndata\\nSubject: hi\\n\\nhello\\n.\\nquit\\n' | nc -N localhost 8025": [_SESSIONS, "(its bytes, sent as nc -N would)"],
+    "nc -N": ["a mention"],
+    "telnet localhost 8110": ["not run: telnet is not installed; the session: " + _SESSIONS],
+    "nc localhost 8110": [_CLIENTS],
+    "python3 bench/pop3_retr.py --messages 10000 --stock-retrs 200": [_BENCH],
+    "python3 bench/pop3_retr.py --messages 10000 --rounds 5 --no-stock --tops 0 --sessions 0": [_BENCH],
+    "python3 bench/imap_compress.py": [_BENCH, _SMALL_BENCH],
+    "python3 bench/imap.py --sizes 100000": [_BENCH],
+    "python3 bench/imap.py --sizes 100000 --body-rounds 3": [_BENCH, _SMALL_BENCH],
+    "curl 'imap://alice:secret@localhost:8143/INBOX;UID=1'": [_CLIENTS],
+    "lftp mirror -R": ["a mention"],
+    "curl -R": ["a mention"],
+    "curl --ssl-reqd": ["a mention"],
+    "curl -C -": ["a mention"],
+    "python3 bench/ftp.py": [_BENCH],
+    "python3 bench/ftp.py --size-mb 512 --repeat 3": [_BENCH, _SMALL_BENCH],
+    "python3 bench/ftp_cost.py --sessions 500 --idle 300 --rounds 3": [_BENCH],
+    "nc -C 127.0.0.1 2121": [_CLIENTS],
+    "curl -T file ftp://alice:secret@localhost:2121/": [_CLIENTS],
+    "curl --ssl-reqd -k ftp://alice:secret@localhost:2121/file": [_CLIENTS],
+    "lftp -u alice,secret -p 2121 -e 'set ftp:ssl-force true; set ssl:verify-certificate no' localhost": [_CLIENTS],
+    "sftp host key ssh-ed25519 SHA256:...": ["a log line, not a command: " + _CLIENTS + " compares it with what sftp shows"],
+    "mailhub-admin user key alice ~/.ssh/id_ed25519.pub --data mailhub-data": [_CLIENTS],
+    "mailhub-admin user key": ["a mention"],
+    "scp -P 8022 file alice@localhost:": [_CLIENTS],
+    "scp -O": ["a mention"],
+    "scp -p": ["a mention"],
+    "sftp put -p": ["a mention"],
+    "sftp cp": ["a mention"],
+    "python3 bench/sftp.py": [_BENCH],
+    "sftp -b": ["a mention"],
+    "python3 bench/sftp.py --size-mb 1024 --clients 100 --idle 50 --same-cipher": [_BENCH, _SMALL_BENCH],
+}
+
+
+def test_every_command_in_the_readme_has_a_test_or_a_reason():
+    shown = readme_commands()
+    untold = [c for c in shown if c not in WHO_RUNS_IT]
+    assert not untold, f"README commands no test runs (add one, or say why not in WHO_RUNS_IT): {untold}"
+    gone = [c for c in WHO_RUNS_IT if c not in shown]
+    assert not gone, f"WHO_RUNS_IT names commands the README no longer shows: {gone}"
+    tests = "".join(open(os.path.join(ROOT, "tests", name), encoding="utf-8").read() for name in os.listdir(os.path.join(ROOT, "tests")) if name.endswith(".py"))
+    for command, who in WHO_RUNS_IT.items():
+        for name in re.findall(r"\btest_\w+", " ".join(who)):
+            assert f"def {name}(" in tests or os.path.exists(os.path.join(ROOT, "tests", name + ".py")), f"{command}: no {name} in tests/"
