@@ -918,7 +918,7 @@ WHO_RUNS_IT = {
     "curl -s http://127.0.0.1:8080/metrics | grep ^mailhub_": [_CLIENTS, _ADMIN],
     "curl -s http://127.0.0.1:8080/healthz": [_CLIENTS, _ADMIN],
     "sudo twistd --uid nobody --gid nogroup --pidfile /run/mailhub.pid --logfile /var/log/mailhub.log mailhub --data /var/lib/mailhub --port-base 0 --sftp tcp:2222 --auth file:/var/lib/mailhub/accounts":
-        [_PARSED, "(parsed only: root, the standard ports and a Python user nobody can read; --uid/--gid: tests/test_start.py)"],
+        ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed", _PARSED],
     "mailhub-admin user add alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
     "echo 'tea for two' | mailhub-admin user add carol --accounts /var/lib/mailhub/accounts --password-stdin": [_ADMIN],
     "mailhub-admin user passwd alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
@@ -1085,3 +1085,64 @@ def test_the_check_command_in_the_readme_runs_as_printed(tmp_path):
         assert done.returncode == 1 and done.stderr.startswith("dns: example.org has no DMARC record"), done
     finally:
         net.close()
+
+
+def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path):
+    # "Standard ports, way 1": the sudo twistd --uid nobody ... line as
+    # printed, in private namespaces where it is what it is on a server:
+    # /var/lib, /run and /var/log are empty tmpfs (the accounts file put in
+    # /var/lib/mailhub), twistd is in /usr/local/bin (sudo's secure_path:
+    # a script that runs this checkout's), and this 0700 /root is opened to
+    # user nobody as tests/test_start.py does (the Python lives there).
+    import json
+    import time
+
+    _needs("unshare", "nsenter", "mount", "ip", "nc", "sudo")
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("**Standard ports, way 1"):]
+    [line] = commands(re.search(r"```sh\n(.*?)```", section, re.S).group(1))
+    assert line.startswith("sudo twistd --uid nobody --gid nogroup --pidfile /run/mailhub.pid --logfile /var/log/mailhub.log"), line
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "root").mkdir()
+    net = _PrivateNetwork(home)
+    server = (
+        "set -e\n"
+        "mount -t tmpfs tmpfs /var/lib && mkdir /var/lib/mailhub && echo 'alice@example.org:secret' > /var/lib/mailhub/accounts\n"
+        "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/log && mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin\n"
+        f"printf '#!/bin/sh\\nPYTHONPATH=%s exec %s %s \"$@\"\\n' {shlex.quote(ROOT)} {shlex.quote(sys.executable)} {shlex.quote(shutil.which('twistd'))} > /usr/local/bin/twistd\n"
+        "chmod 755 /usr/local/bin/twistd\n"
+        f"mount --bind /root {tmp_path}/root && mount -t tmpfs -o mode=0755 tmpfs /root\n"
+        f"for d in {tmp_path}/root/.* {tmp_path}/root/*; do\n"
+        '  name=$(basename "$d"); [ "$name" = . ] || [ "$name" = .. ] || [ ! -e "$d" ] && continue\n'
+        '  if [ -d "$d" ]; then mkdir -p "/root/$name"; else touch "/root/$name"; fi\n'
+        '  mount --bind "$d" "/root/$name"\n'
+        "done\n"
+    )
+    env = dict(os.environ, HOME=str(home))
+
+    def inside(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(net.wrap(command, tmp_path), env=env, capture_output=True, text=True, timeout=60)
+
+    try:
+        made = inside(server)
+        assert made.returncode == 0, made
+        started = inside(line)
+        assert (started.returncode, started.stdout, started.stderr) == (0, "", ""), started  # twistd daemonizes, silent
+        deadline = time.monotonic() + 60
+        while "mailhub ready" not in (log := inside("cat /var/log/mailhub.log").stdout):
+            assert time.monotonic() < deadline, log
+            time.sleep(0.2)
+        ready = json.loads(re.search(r"mailhub ready (\{.*\})", log).group(1))
+        assert ready == {"ftp": 21, "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995, "sftp": 2222, "smtp": 25, "smtps": 465, "submission": 587, "web": 80, "webs": 443}, ready
+        pid = inside("cat /run/mailhub.pid").stdout.strip()
+        assert inside(f"ps -o user= -p {pid}").stdout.strip() == "nobody"
+        assert inside("stat -c %U:%G /var/lib/mailhub").stdout.strip() == "nobody:nogroup"
+        greeted = inside("printf 'QUIT\\r\\n' | nc -N 127.0.0.1 25").stdout
+        assert greeted.startswith("220 ") and "221 2.0.0 Bye" in greeted, greeted
+    finally:
+        inside("test -s /run/mailhub.pid && kill $(cat /run/mailhub.pid) && while kill -0 $(cat /run/mailhub.pid) 2>/dev/null; do sleep 0.1; done")
+        log = inside("cat /var/log/mailhub.log").stdout
+        net.close()
+        keep_log(log)
+    assert "Server Shut Down." in log and "Traceback" not in log, log
