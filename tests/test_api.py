@@ -524,15 +524,10 @@ def test_a_message_of_thousands_of_parts_does_not_stop_other_clients_while_the_a
 def test_a_message_nested_thousands_deep_is_shown_by_the_api_and_the_webmail_not_a_500(hub, kind):
     # 3,000 nested parts were a RecursionError in the standard library's
     # parser: a 500 and a traceback, for a message anyone can send.
+    from tests.test_imap_message import nested_deep
     from tests.web_helpers import WebClient
 
-    body = b"Subject: leaf\r\n\r\nleaf\r\n"
-    for i in range(3000):
-        if kind == "multipart":
-            b = b"b%d" % i
-            body = b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\n--" + b + b"\r\n" + body + b"\r\n--" + b + b"--\r\n"
-        else:
-            body = b"Content-Type: message/rfc822\r\n\r\n" + body
+    body = nested_deep(kind)
     with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
         s.sendmail("a@example.net", ["alice@localhost"], b"From: a@example.net\r\nSubject: deep " + kind.encode() + b"\r\n" + body)
     uid = hub.wait_for_message(to="alice@localhost", subject="deep", timeout=10).uid

@@ -72,17 +72,28 @@ def test_bodystructure_of_nested_multipart():
     assert b"BOUNDARY" not in non_extended
 
 
-@pytest.mark.parametrize("kind", ["message/rfc822", "multipart"])
-def test_parts_nested_thousands_deep_give_a_bodystructure_not_a_recursion_error(kind):
-    # 3,000 nested message/rfc822 parts raised RecursionError while the
-    # FETCH response was written: the connection dropped with no reply.
+def nested_deep(kind: str, depth: int = 3000) -> bytes:
+    """
+    Parts nested C{depth} levels deep around a C{Subject: leaf} message
+    (bytes, starting with the outermost part's Content-Type line): each
+    level a C{message/rfc822} part, or for C{kind="multipart"} a
+    multipart/mixed with one part. For a message, put a header before it.
+    """
     body = b"Subject: leaf\r\n\r\nleaf\r\n"
-    for i in range(3000):
+    for i in range(depth):
         if kind == "multipart":
             b = b"b%d" % i
             body = b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\n--" + b + b"\r\n" + body + b"\r\n--" + b + b"--\r\n"
         else:
             body = b"Content-Type: message/rfc822\r\n\r\n" + body
+    return body
+
+
+@pytest.mark.parametrize("kind", ["message/rfc822", "multipart"])
+def test_parts_nested_thousands_deep_give_a_bodystructure_not_a_recursion_error(kind):
+    # 3,000 nested message/rfc822 parts raised RecursionError while the
+    # FETCH response was written: the connection dropped with no reply.
+    body = nested_deep(kind)
     part = Part(b"Subject: deep\r\n" + body)
     structure = part.bodystructure(True)
     assert structure.count(b'"APPLICATION" "OCTET-STREAM"') == 1  # what is past 100 levels is one opaque part

@@ -918,7 +918,7 @@ WHO_RUNS_IT = {
     "curl -s http://127.0.0.1:8080/metrics | grep ^mailhub_": [_CLIENTS, _ADMIN],
     "curl -s http://127.0.0.1:8080/healthz": [_CLIENTS, _ADMIN],
     "sudo twistd --uid nobody --gid nogroup --pidfile /run/mailhub.pid --logfile /var/log/mailhub.log mailhub --data /var/lib/mailhub --port-base 0 --sftp tcp:2222 --auth file:/var/lib/mailhub/accounts":
-        [_PARSED, "(parsed only: root, the standard ports and a Python user nobody can read; --uid/--gid: tests/test_start.py)"],
+        ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed", _PARSED],
     "mailhub-admin user add alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
     "echo 'tea for two' | mailhub-admin user add carol --accounts /var/lib/mailhub/accounts --password-stdin": [_ADMIN],
     "mailhub-admin user passwd alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
@@ -926,7 +926,7 @@ WHO_RUNS_IT = {
     "mailhub-admin user list --accounts /var/lib/mailhub/accounts": [_ADMIN],
     "mailhub-admin queue --data /var/lib/mailhub list": [_ADMIN],
     "mailhub-admin dkim show --data /var/lib/mailhub": [_ADMIN],
-    "mailhub-admin check --data /var/lib/mailhub --auth file:/var/lib/mailhub/accounts --port-base 0 --sftp tcp:2222": [_PARSED, "(parsed only: it asks the real DNS)"],
+    "mailhub-admin check --data /var/lib/mailhub --auth file:/var/lib/mailhub/accounts --port-base 0 --sftp tcp:2222": ["test_the_check_command_in_the_readme_runs_as_printed", _PARSED],
     "mailhub-admin status --data /var/lib/mailhub": [_ADMIN, "test_the_workers_command_in_the_readme_starts_one_worker_per_core"],
     "mailhub-admin reload --data /var/lib/mailhub": [_ADMIN],
     "python3 -m pip install '.[postgresql]'": ["not run: an install"],
@@ -1042,3 +1042,107 @@ def test_every_command_in_the_readme_has_a_test_or_a_reason():
     for command, who in WHO_RUNS_IT.items():
         for name in re.findall(r"\btest_\w+", " ".join(who)):
             assert f"def {name}(" in tests or os.path.exists(os.path.join(ROOT, "tests", name + ".py")), f"{command}: no {name} in tests/"
+
+
+def test_the_check_command_in_the_readme_runs_as_printed(tmp_path):
+    # `mailhub-admin check --data /var/lib/mailhub ...` as printed, in
+    # private namespaces: /var/lib is an empty tmpfs there with the
+    # accounts file in /var/lib/mailhub, the standard ports are free, and
+    # the system's resolver is a DNS server on that namespace's loopback
+    # that holds example.org's records (MX naming this hub, SPF, DMARC):
+    # the one domain of the accounts. No question leaves the namespace.
+    import json
+
+    _needs("unshare", "nsenter", "mount", "ip")
+    line = "mailhub-admin check --data /var/lib/mailhub --auth file:/var/lib/mailhub/accounts --port-base 0 --sftp tcp:2222"
+    assert line in [ln.split(" #")[0].strip() for ln in open(README, encoding="utf-8").read().splitlines()]
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+    env = dict(os.environ, HOME=str(home), PYTHONPATH=ROOT, PATH=f"{_installed_commands(tmp_path / 'bin')}{os.pathsep}{os.environ.get('PATH', '')}")
+    net = _PrivateNetwork(home)
+    try:
+        subprocess.run(net.wrap(f"mount -t tmpfs tmpfs /var/lib && mkdir /var/lib/mailhub && echo 'alice@example.org:secret' > /var/lib/mailhub/accounts"
+                                f" && mount --bind {shlex.quote(str(tmp_path / 'resolv.conf'))} /etc/resolv.conf"), check=True, timeout=60)
+        fqdn = subprocess.run(net.wrap(f"{shlex.quote(sys.executable)} -c 'import socket; print(socket.getfqdn())'"), env=env, capture_output=True, text=True, timeout=60).stdout.strip()
+        zones = {"example.org": {"example.org": [["MX", 10, fqdn], ["TXT", "v=spf1 mx -all"]], "_dmarc.example.org": [["TXT", "v=DMARC1; p=reject"]]}}
+        serve = ("import json, sys\nfrom twisted.internet import reactor\nfrom twisted.names import dns, server\nfrom tests.test_queue_mx import TestZone\n"
+                 "factory = server.DNSServerFactory(authorities=[TestZone.make(d, r) for d, r in json.loads(sys.argv[1]).items()])\n"
+                 "reactor.listenUDP(53, dns.DNSDatagramProtocol(factory), interface='127.0.0.1')\nprint('dns ready', flush=True)\nreactor.run()\n")
+        dns = subprocess.Popen(net.wrap("exec " + shlex.join([sys.executable, "-c", serve, json.dumps(zones)]), ROOT), env=env, stdout=subprocess.PIPE, text=True)
+        net.hubs.append(dns)
+        assert dns.stdout.readline().strip() == "dns ready"
+        done = subprocess.run(net.wrap(line, tmp_path), env=env, capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "ok: the hub would start with these options\n", ""), done
+        # and it says what is wrong when something is: a record taken away
+        dns.kill()
+        dns.wait()
+        del zones["example.org"]["_dmarc.example.org"]
+        dns = subprocess.Popen(net.wrap("exec " + shlex.join([sys.executable, "-c", serve, json.dumps(zones)]), ROOT), env=env, stdout=subprocess.PIPE, text=True)
+        net.hubs.append(dns)
+        assert dns.stdout.readline().strip() == "dns ready"
+        done = subprocess.run(net.wrap(line, tmp_path), env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and done.stderr.startswith("dns: example.org has no DMARC record"), done
+    finally:
+        net.close()
+
+
+def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path):
+    # "Standard ports, way 1": the sudo twistd --uid nobody ... line as
+    # printed, in private namespaces where it is what it is on a server:
+    # /var/lib, /run and /var/log are empty tmpfs (the accounts file put in
+    # /var/lib/mailhub), twistd is in /usr/local/bin (sudo's secure_path:
+    # a script that runs this checkout's), and this 0700 /root is opened to
+    # user nobody as tests/test_start.py does (the Python lives there).
+    import json
+    import time
+
+    _needs("unshare", "nsenter", "mount", "ip", "nc", "sudo")
+    text = open(README, encoding="utf-8").read()
+    section = text[text.index("**Standard ports, way 1"):]
+    [line] = commands(re.search(r"```sh\n(.*?)```", section, re.S).group(1))
+    assert line.startswith("sudo twistd --uid nobody --gid nogroup --pidfile /run/mailhub.pid --logfile /var/log/mailhub.log"), line
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "root").mkdir()
+    net = _PrivateNetwork(home)
+    server = (
+        "set -e\n"
+        "mount -t tmpfs tmpfs /var/lib && mkdir /var/lib/mailhub && echo 'alice@example.org:secret' > /var/lib/mailhub/accounts\n"
+        "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/log && mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin\n"
+        f"printf '#!/bin/sh\\nPYTHONPATH=%s exec %s %s \"$@\"\\n' {shlex.quote(ROOT)} {shlex.quote(sys.executable)} {shlex.quote(shutil.which('twistd'))} > /usr/local/bin/twistd\n"
+        "chmod 755 /usr/local/bin/twistd\n"
+        f"mount --bind /root {tmp_path}/root && mount -t tmpfs -o mode=0755 tmpfs /root\n"
+        f"for d in {tmp_path}/root/.* {tmp_path}/root/*; do\n"
+        '  name=$(basename "$d"); [ "$name" = . ] || [ "$name" = .. ] || [ ! -e "$d" ] && continue\n'
+        '  if [ -d "$d" ]; then mkdir -p "/root/$name"; else touch "/root/$name"; fi\n'
+        '  mount --bind "$d" "/root/$name"\n'
+        "done\n"
+    )
+    env = dict(os.environ, HOME=str(home))
+
+    def inside(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(net.wrap(command, tmp_path), env=env, capture_output=True, text=True, timeout=60)
+
+    try:
+        made = inside(server)
+        assert made.returncode == 0, made
+        started = inside(line)
+        assert (started.returncode, started.stdout, started.stderr) == (0, "", ""), started  # twistd daemonizes, silent
+        deadline = time.monotonic() + 60
+        while "mailhub ready" not in (log := inside("cat /var/log/mailhub.log").stdout):
+            assert time.monotonic() < deadline, log
+            time.sleep(0.2)
+        ready = json.loads(re.search(r"mailhub ready (\{.*\})", log).group(1))
+        assert ready == {"ftp": 21, "imap": 143, "imaps": 993, "pop3": 110, "pop3s": 995, "sftp": 2222, "smtp": 25, "smtps": 465, "submission": 587, "web": 80, "webs": 443}, ready
+        pid = inside("cat /run/mailhub.pid").stdout.strip()
+        assert inside(f"ps -o user= -p {pid}").stdout.strip() == "nobody"
+        assert inside("stat -c %U:%G /var/lib/mailhub").stdout.strip() == "nobody:nogroup"
+        greeted = inside("printf 'QUIT\\r\\n' | nc -N 127.0.0.1 25").stdout
+        assert greeted.startswith("220 ") and "221 2.0.0 Bye" in greeted, greeted
+    finally:
+        inside("test -s /run/mailhub.pid && kill $(cat /run/mailhub.pid) && while kill -0 $(cat /run/mailhub.pid) 2>/dev/null; do sleep 0.1; done")
+        log = inside("cat /var/log/mailhub.log").stdout
+        net.close()
+        keep_log(log)
+    assert "Server Shut Down." in log and "Traceback" not in log, log
