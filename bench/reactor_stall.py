@@ -5,9 +5,10 @@ trust), on a slow disk: every fsync of the hub sleeps --fsync-delay
 seconds (a sitecustomize.py on its PYTHONPATH, as
 tests/test_e2e_slow_fsync.py does). Bob sends NOOP after NOOP; alice
 logs in, SELECTs her INBOX and asks FETCH 1:* (RFC822.SIZE), which needs
-every file made CRLF (tmp, fsync, rename). Reported: alice's SELECT and
-FETCH times, and the longest and median wait of bob's NOOPs meanwhile
-(milliseconds, wall). Run it from each tree to compare (the hub is the
+every file made CRLF (copies, one flush for them all, renames; before
+stop 18 an fsync per file; syncfs is slowed as fsync is). Reported:
+alice's SELECT and FETCH times, and the longest and median wait of bob's
+NOOPs meanwhile (milliseconds, wall). Run it from each tree to compare (the hub is the
 tree this script is in).
 
     python3 bench/reactor_stall.py

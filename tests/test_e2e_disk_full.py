@@ -425,6 +425,11 @@ def test_a_half_made_folder_is_read_on_a_full_disk_and_repaired_at_the_first_wri
         validity = imap.response("UIDVALIDITY")
         assert imap.select("Old", readonly=True) == ("OK", [b"1"])
         assert imap.status("Old", "(MESSAGES)") == ("OK", [b'"Old" (MESSAGES 1)'])
+        # Read-write too: \Seen and \Flagged are renames, which need no room.
+        assert imap.select("Old") == ("OK", [b"1"])
+        typ, data = imap.fetch("1", "(BODY[])")
+        assert typ == "OK" and data[0][1] == message, data
+        assert imap.store("1", "+FLAGS", "(\\Flagged)")[0] == "OK"
         pop = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=10)
         pop.user("alice")
         pop.pass_("secret")
@@ -449,6 +454,8 @@ def test_a_half_made_folder_is_read_on_a_full_disk_and_repaired_at_the_first_wri
     assert imap.select("Old", readonly=True) == ("OK", [b"2"])
     typ, data = imap.fetch("1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     assert [d[0].split(b" BODY")[0] for d in data if isinstance(d, tuple)] == [b"1 (UID 1", b"2 (UID 2"], data
+    typ, data = imap.fetch("1", "(FLAGS)")
+    assert b"\\Flagged" in data[0] and b"\\Seen" in data[0], data
     for folder in (os.path.join(inbox, ".Old"),):
         assert sorted(n for n in os.listdir(folder) if n in ("cur", "new", "tmp", "mailhub-uidlist")) == ["cur", "mailhub-uidlist", "new", "tmp"]
     imap.response("UIDVALIDITY")  # (the Old folder's, dropped)

@@ -425,3 +425,77 @@ def test_postgresql_queue_no_report_for_a_message_refused_after_its_report_was_m
             conn.execute("DROP TRIGGER refuse_marked ON queue_message")
 
     _refused_then_accepted(a, peer, 2, lift)
+
+
+def test_under_workers_a_client_gone_before_the_250_leaves_a_kept_message_and_its_one_report(start_hub, tmp_path, plain_peer):
+    # The other path where the client is not told: it hangs up before the
+    # 250 (every flush takes 0.5 s here, so it is gone before the reply).
+    # The message was kept, so its report is owed and goes once, with the
+    # relayed copy: neither a report without the message nor the message
+    # without its report. (A guard: this path was right before too.)
+    import socket
+
+    from tests.test_e2e_slow_fsync import SITECUSTOMIZE
+
+    port, peer = plain_peer
+    faults = tmp_path / "slow"
+    faults.mkdir()
+    (faults / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    a = start_hub(
+        "--domain", "a.test", "--hostname", "mx.a.test", "--workers", "2",
+        "--mx-override", f"c.test=127.0.0.1:{port}", "--mx-override", f"ext.test=127.0.0.1:{port}",
+        users=["alice@a.test:secret"], env={"PYTHONPATH": str(faults), "MAILHUB_TEST_FSYNC_DELAY": "0.5"},
+    )
+    with smtplib.SMTP("127.0.0.1", a.ports["submission"], timeout=10) as client:
+        client.login("alice@a.test", "secret")
+        client.mail("zed@ext.test", ["RET=HDRS"])
+        assert client.rcpt("alice@a.test", ["NOTIFY=SUCCESS"])[0] == 250
+        assert client.rcpt("carol@c.test", ["NOTIFY=FAILURE"])[0] == 250
+        assert client.docmd("DATA")[0] == 354
+        client.send(MARKED.replace(b"FAULT-IN-THE-QUEUE", b"gone before the reply") + b".\r\n")
+        client.sock.shutdown(socket.SHUT_RDWR)  # (no 250 read: gone)
+        client.sock.close()
+        client.sock = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(peer.envelopes) < 2:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    reports = [e for e in peer.envelopes if e[0] in ("", "<>")]
+    relayed = [e for e in peer.envelopes if e[0] == "zed@ext.test"]
+    assert len(relayed) == 1 and len(reports) == 1, peer.envelopes
+    assert len(wait_for(lambda: pop3_messages(a, "alice@a.test", "secret"), 1)) == 1
+
+
+def test_under_workers_a_message_a_dead_worker_did_not_hand_on_is_sent_with_its_report(start_hub, plain_peer):
+    # A worker killed between its message's durable write (told 250) and
+    # the notice that hands it to the worker running the queue left it in
+    # the queue's folder, unknown until that worker restarted: the message,
+    # and the success DSN owed in its envelope, waited for that. Here the
+    # files are what such a worker leaves; the runner now takes them up.
+    from twisted_mailhub.queue.storage import DELIVERED, Recipient, make_entry
+
+    port, peer = plain_peer
+    a = start_hub(
+        "--domain", "a.test", "--hostname", "mx.a.test", "--workers", "2",
+        "--mx-override", f"c.test=127.0.0.1:{port}", "--mx-override", f"ext.test=127.0.0.1:{port}",
+        users=["alice@a.test:secret"],
+    )
+    message = b"Received: from laptop\r\n" + MARKED.replace(b"FAULT-IN-THE-QUEUE", b"left by a dead worker")
+    owed = Recipient("alice@a.test", DELIVERED, 250, "2.0.0 delivered to maildrop", "mx.a.test", notify="SUCCESS", owed="delivered")
+    entry = make_entry("zed@ext.test", ["carol@c.test"], len(message), time.time() - 120, "HDRS", "", {"carol@c.test": ("FAILURE", "")}, [owed])
+    queue = os.path.join(a.data_dir, "queue")
+    with open(os.path.join(queue, entry.id + ".msg"), "wb") as f:
+        f.write(message)
+    with open(os.path.join(queue, entry.id + ".env"), "wb") as f:
+        f.write(entry.to_json())
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and len(peer.envelopes) < 2:
+        time.sleep(0.2)
+    # (before: nothing, until the runner's restart)
+    reports = [e for e in peer.envelopes if e[0] in ("", "<>")]
+    relayed = [e for e in peer.envelopes if e[0] == "zed@ext.test"]
+    assert len(relayed) == 1 and relayed[0][1] == ["carol@c.test"], peer.envelopes
+    assert len(reports) == 1, peer.envelopes
+    _, status, _ = report_of(reports[0][2])
+    assert "Action: delivered" in status and "Final-Recipient: rfc822; alice@a.test" in status
+    a.wait_for_log(r"queue: \S+ taken up from the queue's folder")

@@ -56,3 +56,22 @@ class SyncedRenameTests(unittest.TestCase):
         counter = os.path.join(account, UIDVALIDITY_FILE)
         maildir._remember_uid_validity(counter, 1700000000, sync=True)
         self.assert_rename_flushed(counter)
+
+    def test_a_file_made_crlf_in_place_has_its_rename_flushed(self):
+        # The reactor's fallback check (_check) and a script's store
+        # (_register without SmallFiles) make one file CRLF at a time.
+        folder = os.path.abspath(self.mktemp())
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(folder, sub))
+        path = os.path.join(folder, "cur", "1700000000.M1P1Q1.mda,S=9:2,S")
+        with open(path, "wb") as f:
+            f.write(b"a\nb\nc\n")
+        real_rename = os.rename
+
+        def rename(src, dst, *args, **kwargs):
+            self.events.append(("replace", os.path.abspath(dst)))
+            real_rename(src, dst, *args, **kwargs)
+
+        self.patch(os, "rename", rename)
+        self.assertEqual(maildir._to_crlf_in_place(path)[0], 9)
+        self.assert_rename_flushed(path)

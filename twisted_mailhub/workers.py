@@ -82,6 +82,12 @@ from twisted_mailhub.logobserver import OffersLogObserver
 
 log = Logger()
 
+# (the outbound queue under --workers: WorkerLink.adopt_queued) Seconds
+# between two looks for messages no notice handed on, and how old such a
+# message must be to be taken up: far longer than any durable write.
+ADOPT_EVERY = 10.0
+ADOPT_AFTER = 60.0
+
 ENV = "MAILHUB_WORKER"  # JSON: {"index": i, "count": N, "fds": {listener: fd}}
 FIRST_FD = 4
 # Listeners served by worker 0 alone: the web face keeps browser sessions
@@ -1041,6 +1047,71 @@ class WorkerLink:
             return qid
 
         relay.enqueue = lambda *a, **kw: enqueue(*a, **kw).addCallback(handed_on)
+        # A worker that dies between its message's durable write and the
+        # notice that hands it on (kill -9, the OOM killer) leaves it in
+        # the folder unknown to the runner until the runner restarts: the
+        # message, and a success DSN owed in its envelope, waited for
+        # that. The runner looks for such files now and then.
+        from twisted.internet import task
+
+        self._adopting = False
+        self._adopt_loop = task.LoopingCall(self.adopt_queued)
+        self._adopt_loop.clock = self.hub.reactor
+        self.hub.reactor.callWhenRunning(self._adopt_loop.start, ADOPT_EVERY, now=False)
+
+    def adopt_queued(self) -> defer.Deferred | None:
+        """
+        (The worker running the queue) Take up messages in the queue's
+        folder that no notice handed on: those queued more than
+        L{ADOPT_AFTER} seconds ago (a write on its way is never taken
+        twice) and not known yet. Their envelopes are read in a thread.
+        Returns the Deferred of the look, or None when there is none.
+        """
+        relay = getattr(self.hub, "relay", None)
+        if relay is None or not relay.owns_queue or not relay.running or self._adopting:
+            return None
+        directory = relay.storage.directory
+        known = set(relay.entries)
+        oldest = relay.now() - ADOPT_AFTER
+
+        def look() -> list:
+            from twisted_mailhub.queue.storage import QueuedMessage
+
+            names = set(os.listdir(directory))
+            found = []
+            for name in names:
+                if not name.endswith(".env") or name[:-4] in known or name[:-4] + ".msg" not in names:
+                    continue
+                try:
+                    with open(os.path.join(directory, name), "rb") as f:
+                        entry = QueuedMessage.from_json(f.read())
+                except (OSError, ValueError, TypeError, KeyError):
+                    continue  # (gone, or unreadable: the load says so at a restart)
+                if entry.created <= oldest:
+                    found.append(entry)
+            return found
+
+        def adopt(found: list) -> None:
+            taken = 0
+            for entry in sorted(found, key=lambda e: (e.created, e.id)):
+                if entry.id in relay.entries or not os.path.exists(os.path.join(directory, entry.id + ".env")):
+                    continue  # (handed on, or sent and removed, meanwhile)
+                relay.entries[entry.id] = entry
+                taken += 1
+                log.info("queue: {qid} taken up from the queue's folder: the worker that queued it did not hand it on", qid=entry.id)
+            if taken:
+                relay._reschedule()
+
+        def done(result: Any) -> Any:
+            self._adopting = False
+            return result
+
+        self._adopting = True
+        from twisted.internet import threads
+
+        d = threads.deferToThread(look).addCallback(adopt)
+        d.addErrback(lambda f: log.warn("queue: the queue's folder not looked at ({error})", error=f.getErrorMessage()))
+        return d.addBoth(done)
 
     def on_queued(self, notice: dict) -> None:
         from twisted_mailhub.queue.storage import QueuedMessage

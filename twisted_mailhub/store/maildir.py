@@ -3469,6 +3469,10 @@ def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
             os.fsync(f.fileno())
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
         os.rename(tmp, path)
+        # The rename durable before the caller records the finding (a size
+        # told, mailhub-unchecked): a crash must not bring the bare-LF file
+        # back under a finding that says it was made CRLF.
+        fsync_directory(os.path.dirname(path))
     return len(fixed), shown, st.st_mtime
 
 
