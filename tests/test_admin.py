@@ -299,3 +299,32 @@ def test_check_names_the_option_a_bad_user_came_from_once(tmp_path):
     [line] = [line for line in result.stderr.splitlines() if "accounts:" in line]
     assert line.split("accounts: ", 1)[1].startswith("--user: ")
     assert "--auth" not in line
+
+
+def test_accounts_added_at_once_by_several_runs_are_all_kept_and_can_log_in(start_hub, tmp_path):
+    # A class added in parallel (xargs -P, two admins at once): each run
+    # read the file before another's change was in place, and the last
+    # writer dropped the others' accounts, though every run said "added".
+    accounts = tmp_path / "accounts"
+    accounts.write_text("alice@localhost:secret\n")
+    hub = start_hub("--auth", f"file:{accounts}", users=())
+    names = [f"student{n}" for n in range(10)]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "twisted_mailhub.admin", "user", "add", name, "--accounts", str(accounts), "--password-stdin", "--data", hub.data_dir],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT),
+        )
+        for name in names
+    ]
+    for name, run in zip(names, runs):
+        out, err = run.communicate(f"pw-{name}\n", timeout=120)
+        assert run.returncode == 0 and f"added {name}" in out, err
+    book = AccountBook(["localhost"])
+    book.load_file(str(accounts))
+    assert sorted(a.address for a in book if a.address.startswith("student")) == sorted(f"{n}@localhost" for n in names)
+    result = mailhub_admin("reload", "--data", hub.data_dir)
+    assert result.returncode == 0, result.stderr
+    for name in names:
+        c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+        assert c.login(name, f"pw-{name}")[0] == "OK"
+        c.logout()

@@ -205,3 +205,15 @@ class HopTextTests(unittest.TestCase):
     def test_an_ipv4_address_and_a_named_host_are_written_as_before(self):
         self.assertEqual(str(Hop("127.0.0.1", "127.0.0.1", 2525)), "127.0.0.1:2525")
         self.assertEqual(str(Hop("mx1.b.test", "2001:db8::1", 25)), "mx1.b.test[2001:db8::1]:25")
+
+
+class UnencodableDomainTests(unittest.TestCase):
+    def test_a_domain_dns_cannot_encode_is_permanent_and_said_in_words(self):
+        # Before: "451 4.4.3 DNS lookup of MX localhost\ufffd failed:
+        # UnicodeError", retried for the queue's whole lifetime.
+        resolver = ScriptedResolver(fail={"localhost\ufffd": lambda: UnicodeError("label empty or too long")})
+        err = self.failureResultOf(Router(resolver).route("localhost\ufffd"), RouteError).value
+        self.assertTrue(err.permanent)
+        self.assertEqual(err.status, "5.1.2")
+        self.assertEqual(err.text, "domain localhost\ufffd is not a name DNS can look up")
+        self.assertNotIn("UnicodeError", str(err))

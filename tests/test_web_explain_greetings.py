@@ -44,3 +44,35 @@ def test_the_pop3_and_imap_greetings_are_explained_as_greetings(start_hub):
     imap = explained(hub, "imap")
     assert imap[0][0].startswith("* OK ") and imap[0][1].startswith("# the greeting: the server is ready, not logged in yet"), imap
     assert imap[1][0] == "a1 OK NOOP completed" and imap[1][1].startswith("# success"), imap
+
+
+def test_a_line_typed_while_imap_idle_runs_is_explained_as_no_command(start_hub):
+    # A student in IDLE types "a4 noop": the server answers "* BAD expected
+    # DONE" and idles on. The console explained the line as NOOP ("does
+    # nothing, but the server reports news").
+    hub = start_hub()
+    with socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        for line in (b"a1 login alice secret\r\n", b"a2 select inbox\r\n"):
+            sock.sendall(line)
+            while not reader.readline().startswith(line.split()[0]):
+                pass
+        sock.sendall(b"a3 idle\r\n")
+        assert reader.readline().startswith(b"+ ")
+        sock.sendall(b"a4 noop\r\n")
+        assert reader.readline().startswith(b"* BAD")
+        sock.sendall(b"done\r\n")
+        assert reader.readline().startswith(b"a3 OK")
+        sock.sendall(b"a5 noop\r\n")
+        assert reader.readline().startswith(b"a5 OK")
+        sock.sendall(b"a6 logout\r\n")
+        reader.read()
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    [session_id] = re.findall(r'data-id="(imap#\d+)"', browser.get("/console").text)
+    lines = browser.get("/console/session/" + urllib.parse.quote(session_id, safe="") + "/transcript.txt").text.splitlines()
+    meaning = {re.sub(r"^\+ +[\d.]+s C: +", "", line): lines[n + 1].strip() for n, line in enumerate(lines) if re.match(r"\+ +[\d.]+s C:", line)}
+    assert meaning["a4 noop"].startswith("# while IDLE runs the server reads only DONE: this line is no command"), meaning
+    assert meaning["done"].startswith("# ends IDLE"), meaning
+    assert meaning["a5 noop"].startswith("# does nothing"), meaning

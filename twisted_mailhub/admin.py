@@ -32,6 +32,8 @@ Exit status: 0 done, 1 failed (the reason on stderr), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import getpass
 import os
 import signal
@@ -185,10 +187,31 @@ def _entry(args, password: str, address: str | None = None) -> str:
     return f"{address}:{hash_password(password)}"
 
 
+@contextlib.contextmanager
+def accounts_locked(path: str):
+    """
+    Hold an exclusive C{flock(2)} on the folder of the accounts file
+    C{path} (the file a symbolic link names) while the file is read,
+    changed and replaced: two C{mailhub-admin} runs at once (a class added
+    with C{xargs -P}, two admins) each read the file before the other's
+    change was in place, and the last to write dropped the other's
+    account, though both said it was added. The folder, not the file: each
+    change replaces the file, and a lock file would be one more file there.
+    """
+    real = os.path.realpath(path)
+    directory = os.path.dirname(real)
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (and the lock with it)
+
+
 def user_add(args) -> str:
     _check_address(args.address)
-    lines = read_lines(args.accounts)
-    if _index(lines, args.address, args.domain) is not None:
+    if _index(read_lines(args.accounts), args.address, args.domain) is not None:
         raise AdminError(f"{args.address} already has an account in {args.accounts} (change its password with: user passwd)")
     quota = getattr(args, "quota", None)
     if quota is not None:
@@ -201,8 +224,14 @@ def user_add(args) -> str:
             parse_size(quota)
         except ValueError as e:
             raise AdminError(f"--quota {e}; nothing changed") from None
-    lines.append(_entry(args, _password(args), f"{args.address};quota={quota.strip()}" if quota else None))
-    write_lines(args.accounts, lines)
+    entry = _entry(args, _password(args), f"{args.address};quota={quota.strip()}" if quota else None)
+    with accounts_locked(args.accounts):
+        # (read again under the lock: another run may have changed it while the password was asked and hashed)
+        lines = read_lines(args.accounts)
+        if _index(lines, args.address, args.domain) is not None:
+            raise AdminError(f"{args.address} already has an account in {args.accounts} (change its password with: user passwd)")
+        lines.append(entry)
+        write_lines(args.accounts, lines)
     return f"added {args.address} to {args.accounts}"
 
 
@@ -222,15 +251,19 @@ def _account_line(args) -> tuple[list[str], int]:
 
 def user_passwd(args) -> str:
     lines, i = _account_line(args)
-    lines[i] = _entry(args, _password(args), _address_of(lines[i]))
-    write_lines(args.accounts, lines)
+    password = _password(args)
+    with accounts_locked(args.accounts):
+        lines, i = _account_line(args)
+        lines[i] = _entry(args, password, _address_of(lines[i]))
+        write_lines(args.accounts, lines)
     return f"changed the password of {args.address} in {args.accounts}"
 
 
 def user_remove(args) -> str:
-    lines, i = _account_line(args)
-    del lines[i]
-    write_lines(args.accounts, lines)
+    with accounts_locked(args.accounts):
+        lines, i = _account_line(args)
+        del lines[i]
+        write_lines(args.accounts, lines)
     return f"removed {args.address} from {args.accounts} (its mail stays in the data folder)"
 
 

@@ -40,6 +40,7 @@ L{twisted_mailhub.cluster.schema}):
 
 from __future__ import annotations
 
+import errno
 import posixpath
 import stat as statmod
 import time
@@ -65,6 +66,7 @@ from twisted_mailhub.ftp.vfs import (
     is_partial_name,
     kept_mode,
     partial_name,
+    error_words,
     partial_name_refused,
     not_utf8_refused,
     utf8_name,
@@ -560,7 +562,8 @@ class PostgresShell:
                         (parent.id, node.id),
                     ).fetchone()
                     if inside:
-                        raise _Trouble(FileActionError(f"{_shown(toPath)[:200]}: Invalid argument"))
+                        # (the disk's words and path: vfs._fail of rename(2)'s EINVAL)
+                        raise _Trouble(FileActionError(f"{_shown(fromPath)[:200]}: {error_words(OSError(errno.EINVAL, 'into itself'))}"))
                 target = _child(conn, parent.id, toPath[-1])
                 if target is not None and target.id != node.id:
                     if target.is_folder or node.is_folder:

@@ -161,6 +161,11 @@ class Router:
             answers, _, additional = yield self.resolver.lookupMailExchange(domain)
         except dns_error.DNSNameError:
             raise RouteError(550, "5.1.2", f"domain {domain} does not exist")
+        except UnicodeError:
+            # The name cannot even be put in a DNS query (a label IDNA
+            # refuses, RFC 5890): no retry will find it. (Queued before
+            # RCPT refused such domains: delivery.domain_problem.)
+            raise RouteError(550, "5.1.2", f"domain {domain} is not a name DNS can look up")
         except Exception as e:  # noqa: BLE001 - any DNS trouble is temporary
             raise RouteError(451, "4.4.3", f"DNS lookup of MX {domain} failed: {_dns_reason(e)}")
         exchanges = [

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import email.utils
 import itertools
+import ipaddress
 import os
 import re
 import time
@@ -219,9 +220,57 @@ class RecipientPolicy:
             return _local_verdict(account.address)
         if not authenticated:
             return Verdict(554, f"5.7.1 <{address}>: Relay access denied")
+        problem = domain_problem(domain)
+        if problem:
+            # Refused now, for good: queued, it was retried for days
+            # (--queue-lifetime) against a name no lookup can find.
+            return Verdict(553, f"5.1.3 <{address}>: Recipient address rejected: {problem}")
         if getattr(self.hub, "relay", None) is None:
             return Verdict(550, f"5.7.1 <{address}>: Relaying is not enabled on this hub")
         return Verdict(250, "2.1.5 Ok", "relay", address)
+
+
+# A label of a domain name (RFC 5321 §4.1.2 sub-domain, RFC 1035 §2.3.4:
+# letters, digits, hyphens inside, 1 to 63 octets).
+_LDH_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def domain_problem(domain: str) -> str | None:
+    """
+    Why mail cannot be relayed to C{domain} (the part of a recipient
+    address after its C{@}), in words for a C{553 5.1.3} reply, or
+    L{None}: a domain name of labels of letters, digits and hyphens, 1 to
+    63 octets each and at most 253 in all (RFC 5321 §4.1.2, §4.5.3.1.2;
+    a label of other characters, RFC 6531, must have an IDNA A-label,
+    RFC 5890), or an address literal of an IPv4 or IPv6 address (RFC 5321
+    §4.1.3).
+    """
+    if domain.startswith("["):
+        inside = domain[1:-1] if domain.endswith("]") else ""
+        try:
+            if inside[:5].lower() == "ipv6:":
+                ipaddress.IPv6Address(inside[5:])
+            else:
+                ipaddress.IPv4Address(inside)
+        except ValueError:
+            return "the address literal is not an IPv4 address or IPv6:address (RFC 5321 4.1.3)"
+        return None
+    labels = domain.split(".")
+    if not domain or "" in labels:
+        return "the domain has an empty label (RFC 5321 4.1.2)"
+    length = 0
+    for label in labels:
+        if not label.isascii():
+            try:
+                label = label.encode("idna").decode("ascii")
+            except UnicodeError:
+                return "the domain is not a domain name: a label has characters no IDNA name may have (RFC 5890)"
+        if not _LDH_LABEL.match(label):
+            return "the domain is not a domain name: labels are letters, digits and hyphens inside, 1 to 63 octets (RFC 5321 4.1.2)"
+        length += len(label) + 1
+    if length - 1 > 253:
+        return "the domain is longer than 253 octets (RFC 5321 4.5.3.1.2)"
+    return None
 
 
 _HEADER_END = re.compile(rb"\r\n\r\n")

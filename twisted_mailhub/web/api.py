@@ -1193,7 +1193,10 @@ def _ref(name: str) -> str:
 
 def _segments(path: list[str]) -> list[str]:
     for segment in path:
-        if segment in ("", ".", "..") or "/" in segment or "\\" in segment or any(ord(c) < 32 or ord(c) == 127 for c in segment) or len(segment) > 255:
+        # (A backslash is a character of a name like any other, as in FTP
+        # and SFTP, which store such names: refused here, a file they made
+        # was listed with a ref its GET refused.)
+        if segment in ("", ".", "..") or "/" in segment or any(ord(c) < 32 or ord(c) == 127 for c in segment) or len(segment) > 255:
             raise ApiError(400, "bad_path", "a file path is names separated by /, without empty, . or .. parts or control characters")
     return list(path)
 

@@ -81,6 +81,8 @@ def event_explanation(record: Any, kind: str, text: str, command: str | None = N
         return DATA_SUMMARY
     if kind == "S" and text.startswith("[message:"):
         return RETR_SUMMARY
+    if kind == "C" and command == IDLING:
+        return IDLING_NOTE
     return explain(record.protocol, kind, text, command)
 
 
@@ -91,6 +93,14 @@ COMMAND_LOOKBACK = 200
 # What Answering gives for the server's first line, said before any client
 # line: the greeting (RFC 5321 §4.2, RFC 1939 §4, RFC 3501 §7.1, RFC 959 §5.4).
 GREETING = "[greeting]"
+# What Answering gives for an IMAP client line sent while IDLE runs that is
+# not DONE: the server reads no command then (RFC 2177 §3).
+IDLING = "[idling]"
+IDLING_NOTE = {
+    "text": "while IDLE runs the server reads only DONE: this line is no command (it answers * BAD and goes on idling); send DONE first",
+    "ref": "RFC 2177 §3",
+    "url": "https://www.rfc-editor.org/rfc/rfc2177#section-3",
+}
 _LOOK = object()
 
 
@@ -101,12 +111,17 @@ class Answering:
     once and in order (RFC 5321 §4.2, RFC 959 §4.2), also when the client
     pipelines them (RFC 2920), with a reply of one or more lines
     (C{250-...} continues, C{250 ...} ends it); an FTP C{1yz} reply is
-    preliminary: the command's final reply follows. Fed a session's events
-    in order; other protocols get no context (None).
+    preliminary: the command's final reply follows. In IMAP a client line
+    sent while IDLE runs that is not DONE gets L{IDLING} (it is no command,
+    RFC 2177 §3). Fed a session's events in order; other lines get no
+    context (None), but a server's first line is its L{GREETING}.
     """
 
     def __init__(self, protocol: str):
         self.paired = FAMILY.get(protocol) in ("smtp", "ftp")
+        self.imap = FAMILY.get(protocol) == "imap"
+        # IMAP: the tag of the IDLE command running, with its space ("": none).
+        self.idle_tag = ""
         self.waiting: list[str] = []
         # Whether a line was said yet: a server line before any is the
         # greeting (L{GREETING}), which answers no command.
@@ -119,6 +134,8 @@ class Answering:
             self.spoken = True
             if kind == "S":
                 return GREETING
+        if self.imap:
+            return self._imap(kind, text)
         if not self.paired:
             return None
         if kind == "C":
@@ -138,6 +155,20 @@ class Answering:
             self.waiting.pop(0)
         return command
 
+    def _imap(self, kind: str, text: str) -> str | None:
+        """IMAP: L{IDLING} for a client line while IDLE runs that is not DONE (RFC 2177 §3); else None."""
+        if kind == "C":
+            if self.idle_tag:
+                if text.strip().upper() == "DONE":
+                    return None
+                return IDLING
+            words = text.split()
+            if len(words) == 2 and words[1].upper() == "IDLE":
+                self.idle_tag = words[0] + " "
+        elif kind == "S" and self.idle_tag and text.startswith(self.idle_tag):
+            self.idle_tag = ""  # its tagged answer: IDLE is over (DONE, or refused)
+        return None
+
     @classmethod
     def before(cls, record: Any, seq: int) -> "Answering":
         """The state after C{record}'s kept events before C{seq} (at most L{COMMAND_LOOKBACK} of them)."""
@@ -145,7 +176,7 @@ class Answering:
         events = list(record.events)
         # (Lines dropped from the record's start were said: the greeting among them.)
         state.spoken = record.dropped > 0 or any(e[0] < seq and e[2] in ("C", "S") for e in events)
-        if state.paired:
+        if state.paired or state.imap:
             earlier = [e for e in events if e[0] < seq][-COMMAND_LOOKBACK:]
             for event in earlier:
                 state.feed(event)

@@ -74,6 +74,16 @@ class DeadlineChannel(http.HTTPChannel):
     _deadline_kind = ""
     _abort_call: Any = None
 
+    def connectionMade(self):
+        http.HTTPChannel.connectionMade(self)
+        # The first request is due from the connection's start (as Apache's
+        # mod_reqtimeout counts): a client that connects and says nothing,
+        # or never finishes the TLS handshake on --webs (whose octets are
+        # no request yet), is cut at --web-header-timeout; it was kept for
+        # the idle limit (--web-idle-timeout, 120 s).
+        self._deadline_kind = "header fields"
+        self._deadline = self.callLater(self.factory.header_timeout, self._too_slow)
+
     def dataReceived(self, data):
         if self._deadline is None and not self._handlingRequest and data:
             # The first octet of a request: its header fields are now due.

@@ -72,8 +72,36 @@ def _join(first: dict[str, str] | None, second: dict[str, str] | None) -> dict[s
     return {"text": f"{first['text']}; {second['text']}", "ref": f"{first['ref']}, {second['ref']}", "url": first["url"]}
 
 
+# A line's first octets as the console shows them when they are no text
+# (line_text: \xff...).
+_ESCAPED_PREFIX = re.compile(r"^(?:\\x[0-9a-f]{2})+")
+_ESCAPE = re.compile(r"\\x([0-9a-f]{2})")
+TELNET_NOTE = {
+    "text": "first Telnet commands (what telnet sends when Ctrl-C is pressed: IAC IP, IAC DO TIMING-MARK), which the server skips",
+    "ref": "RFC 854",
+    "url": "https://www.rfc-editor.org/rfc/rfc854",
+}
+
+
+def after_telnet(line: str) -> str | None:
+    """
+    A client line as the console shows it (C{\\xff\\xf4...QUIT}) without
+    the Telnet commands in front of it, which the hub's servers skip
+    (L{twisted_mailhub.lines.telnet_prefix_text}); L{None} when it has none.
+    """
+    if not line.startswith("\\xff"):
+        return None
+    from twisted_mailhub.lines import telnet_prefix_text
+
+    shown = _ESCAPED_PREFIX.match(line).group()
+    raw = bytes(int(h, 16) for h in _ESCAPE.findall(shown))
+    skipped = len(raw) - len(telnet_prefix_text(raw))
+    return line[4 * skipped :] if skipped else None
+
+
 def command_key(protocol: str, line: str) -> str | None:
-    """The command name a client line starts with (IMAP: after the tag)."""
+    """The command name a client line starts with (IMAP: after the tag), after any Telnet commands in front (L{after_telnet})."""
+    line = after_telnet(line) or line
     words = line.split()
     if not words or words[0].startswith("****") or line.startswith("["):
         return None
@@ -88,6 +116,9 @@ def command_key(protocol: str, line: str) -> str | None:
 
 
 def explain_command(protocol: str, line: str) -> dict[str, str] | None:
+    rest = after_telnet(line)
+    if rest is not None:
+        return _join(TELNET_NOTE, explain_command(protocol, rest) if rest else None)
     key = command_key(protocol, line)
     if key is None:
         return None
