@@ -83,3 +83,25 @@ def test_catenate_of_a_section_of_a_3000_part_message_is_cut_while_others_are_an
     lines = a.cmd(b"d", b'APPEND Drafts CATENATE (URL "/INBOX/;UID=1/;SECTION=3001")')
     assert lines[-1].startswith(b'd NO [BADURL /INBOX/;UID=1/;SECTION=3001] the message has no such section'), lines
     a.close()
+
+
+def test_a_process_that_used_the_parsing_threads_ends_without_stopping_its_reactor():
+    # A test run (or a program using the package's parts) whose reactor is
+    # never shut down: the pool's threads must not keep the interpreter from
+    # ending (pytest hung at exit after an in-process web test read rows'
+    # headers in them).
+    import os
+    import subprocess
+    import sys
+
+    from tests.hubprocess import ROOT
+
+    script = (
+        "from twisted_mailhub import offload\n"
+        "got = []\n"
+        "offload.in_thread(lambda: 42).addCallback(got.append)\n"
+        "import time; time.sleep(0.2)\n"
+        "print('done')\n"
+    )
+    ended = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=30)
+    assert (ended.returncode, ended.stdout) == (0, "done\n"), ended.stderr

@@ -753,6 +753,11 @@ class WebFirstPageTests(unittest.TestCase):
         self.face = WebFace(self.hub)
         self.session = self.face.sessions.new(user=WebUser("alice@localhost", False, self.store))
         self.account_dir = os.path.realpath(self.store.account_path("alice@localhost"))
+        # The rows' headers are read in a parsing thread (search.heads_in_thread):
+        # here at once, so a page waits only for the flushes this test runs.
+        from twisted_mailhub.imap import search
+
+        self.patch(search, "in_thread", lambda function, *args: defer.maybeDeferred(function, *args))
 
     def get(self, name: str) -> defer.Deferred:
         """The page of folder C{name} as the browser gets it: a Deferred of its text (status 200)."""

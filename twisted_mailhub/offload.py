@@ -17,6 +17,8 @@ the reactor's shared pool, where the stores' group commits (fsync) run.
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Any, Callable
 
 from twisted.internet import defer, threads
@@ -27,10 +29,21 @@ THREADS = 2  # at most this many messages are parsed at once
 _pool: ThreadPool | None = None
 
 
+class _DaemonPool(ThreadPool):
+    """
+    A L{ThreadPool} of daemon threads. The hub stops it at the reactor's
+    shutdown; a process whose reactor never shuts down (a test run, a
+    program using the package's parts) still ends instead of waiting for
+    these threads forever.
+    """
+
+    threadFactory = staticmethod(functools.partial(threading.Thread, daemon=True))
+
+
 def _shared_pool(reactor: Any) -> ThreadPool:
     global _pool
     if _pool is None or _pool.joined:
-        pool = ThreadPool(minthreads=0, maxthreads=THREADS, name="mailhub-parse")
+        pool = _DaemonPool(minthreads=0, maxthreads=THREADS, name="mailhub-parse")
         pool.start()
         reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
         _pool = pool
