@@ -1094,6 +1094,10 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
     # /var/lib/mailhub), twistd is in /usr/local/bin (sudo's secure_path:
     # a script that runs this checkout's), and this 0700 /root is opened to
     # user nobody as tests/test_start.py does (the Python lives there).
+    # sudo drops PYTHONDONTWRITEBYTECODE: the stand-in twistd says it again,
+    # else root's start writes .pyc files beside this checkout's sources
+    # (and the kit's bytecode tests in tests/test_testing.py, later in the
+    # run, see a package that comes compiled).
     import json
     import time
 
@@ -1110,7 +1114,7 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
         "set -e\n"
         "mount -t tmpfs tmpfs /var/lib && mkdir /var/lib/mailhub && echo 'alice@example.org:secret' > /var/lib/mailhub/accounts\n"
         "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/log && mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin\n"
-        f"printf '#!/bin/sh\\nPYTHONPATH=%s exec %s %s \"$@\"\\n' {shlex.quote(ROOT)} {shlex.quote(sys.executable)} {shlex.quote(shutil.which('twistd'))} > /usr/local/bin/twistd\n"
+        f"printf '#!/bin/sh\\nPYTHONDONTWRITEBYTECODE=1 PYTHONPATH=%s exec %s %s \"$@\"\\n' {shlex.quote(ROOT)} {shlex.quote(sys.executable)} {shlex.quote(shutil.which('twistd'))} > /usr/local/bin/twistd\n"
         "chmod 755 /usr/local/bin/twistd\n"
         f"mount --bind /root {tmp_path}/root && mount -t tmpfs -o mode=0755 tmpfs /root\n"
         f"for d in {tmp_path}/root/.* {tmp_path}/root/*; do\n"
