@@ -352,6 +352,34 @@ class BlobReader:
             return b"".join(chunks)
         return self._fetch(n, self._bodies, "body", lambda conn, ids: blobs.get(conn, ids), READ_AHEAD_ONE)
 
+    def held(self, n: int) -> bytes | None:
+        """
+        (in the reactor) The whole message C{n} when an earlier round trip
+        already read it ahead (L{raw}), and forgets it; else L{None}. No
+        database call: a client that reads message after message (POP3
+        RETR, IMAP FETCH 1:* BODY[]) takes a thread hop per round trip,
+        not per message.
+        """
+        return self._bodies.pop(n, None)
+
+    def size(self, n: int) -> int:
+        """Message C{n}'s size in octets, as taken with its id."""
+        return self._sizes[n]
+
+    def slice(self, n: int, at: int, length: int) -> bytes:
+        """
+        (in a worker thread) Octets C{at} to C{at + length} of message C{n}
+        (fewer at its end), one round trip: a big message sent as the
+        client takes it, never held whole.
+
+        @raise NoSuchMessage: it is gone.
+        @raise StoreUnavailable: the database cannot be reached.
+        """
+        chunk = self._store.readers.run(self._store.blobs.read, self._ids[n], at, length)
+        if chunk is None:
+            raise NoSuchMessage(n)
+        return chunk
+
     def head(self, n: int, length: int) -> bytes:
         """
         The first C{length} octets of message C{n} (all of a shorter one).

@@ -1,0 +1,214 @@
+"""
+POP3 RETR/TOP and IMAP FETCH BODY[] over the PostgreSQL store
+(C{--store postgresql:DSN}), with a real hub, a real PostgreSQL and
+poplib/imaplib: the message bytes are read on the store's read
+connections in a worker thread, so another session is answered
+meanwhile however slow the database is, the bytes are those stored, and
+a database lost meanwhile gives a clear protocol error (-ERR [SYS/TEMP],
+NO [UNAVAILABLE]) and the session goes on.
+
+The database is slowed in the hub alone, as in
+L{tests.test_e2e_pg_search}: every read of message bytes sleeps
+L{DELAY} s.
+"""
+
+from __future__ import annotations
+
+import poplib
+import threading
+import time
+
+from tests.test_e2e_imap import append, login
+from tests.test_e2e_pg_search import DELAY, message, pings_while, slow_pg_hub  # noqa: F401 (a fixture)
+
+
+def fill(hub, count: int, make=message) -> list[bytes]:
+    """C{count} messages APPENDed to alice's INBOX; their bytes."""
+    c = login(hub)
+    sent = [make(n) for n in range(count)]
+    for m in sent:
+        append(c, message=m)
+    c.logout()
+    return sent
+
+
+def pop(hub) -> poplib.POP3:
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=60)
+    p.user("alice")
+    p.pass_("secret")
+    return p
+
+
+def retrieved(lines: list[bytes]) -> bytes:
+    """A message as poplib gives it back (lines, dot-unstuffed), as octets."""
+    return b"".join(line + b"\r\n" for line in lines)
+
+
+def fetched(data: list) -> list[bytes]:
+    """The literals of an imaplib FETCH answer, in order."""
+    return [item[1] for item in data if isinstance(item, tuple)]
+
+
+def test_pop3_retr_on_a_slow_postgresql_does_not_hold_another_session(slow_pg_hub):
+    hub = slow_pg_hub(DELAY)
+    sent = fill(hub, 8)
+    p = pop(hub)
+
+    def retr_all():
+        return [retrieved(p.retr(n)[1]) for n in range(1, 9)]
+
+    got, waits = pings_while(hub, retr_all)
+    assert got == sent  # the bytes stored, in order
+    # (before: each RETR's read was a round trip in the reactor; bob's NOOP
+    # waited for it, 0.4 s)
+    assert len(waits) >= 3 and max(waits) < DELAY / 2, waits
+    assert p.quit().startswith(b"+OK")
+
+
+def test_pop3_top_on_a_slow_postgresql_does_not_hold_another_session(slow_pg_hub):
+    hub = slow_pg_hub(DELAY)
+    sent = fill(hub, 3)
+
+    p = pop(hub)
+    got, waits = pings_while(hub, lambda: [p.top(n, 1)[1] for n in (1, 2, 3)])
+    for m, lines in zip(sent, got):
+        header, _, body = m.partition(b"\r\n\r\n")
+        assert lines == header.split(b"\r\n") + [b""] + body.split(b"\r\n")[:1], lines
+    assert len(waits) >= 3 and max(waits) < DELAY / 2, waits
+    p.quit()
+
+
+def test_imap_fetch_body_of_many_messages_on_a_slow_postgresql_does_not_hold_another_session(slow_pg_hub):
+    hub = slow_pg_hub(DELAY)
+    sent = fill(hub, 50)
+    c = login(hub)
+    c.select("INBOX")
+    (typ, data), waits = pings_while(hub, lambda: c.fetch("1:50", "(UID BODY[])"))
+    assert typ == "OK", data
+    assert fetched(data) == sent
+    assert [item[0].split(b" ")[0] for item in data if isinstance(item, tuple)] == [b"%d" % n for n in range(1, 51)]
+    # (before: the 4 batched reads, 1 + 3 + 12 + 34 messages, each held bob)
+    assert len(waits) >= 3 and max(waits) < DELAY / 2, waits
+    # BODY[] set \Seen (RFC 9051 §6.4.5), as before
+    typ, data = c.fetch("1,50", "FLAGS")
+    assert all(b"\\Seen" in d for d in data), data
+    c.logout()
+
+
+def test_imap_fetch_of_one_small_message_on_a_slow_postgresql_does_not_hold_another_session(slow_pg_hub):
+    hub = slow_pg_hub(DELAY)
+    sent = fill(hub, 3)
+    c = login(hub)
+    c.select("INBOX")
+
+    def fetch_each():
+        return [c.fetch(str(n), "(BODY.PEEK[] RFC822)") for n in (2, 3, 1)]
+
+    answers, waits = pings_while(hub, fetch_each)
+    for n, (typ, data) in zip((2, 3, 1), answers):
+        assert typ == "OK", data
+        assert fetched(data) == [sent[n - 1], sent[n - 1]]
+    assert len(waits) >= 3 and max(waits) < DELAY / 2, waits
+    c.logout()
+
+
+def big_message() -> bytes:
+    big = message(0) + b"a long line of words in a big message\r\n" * 40000
+    assert len(big) > 1024 * 1024  # (imap/fetch.py STREAM_OVER, pop3.py one_write_limit)
+    return big
+
+
+def test_a_big_message_streamed_from_a_slow_postgresql_does_not_hold_another_session(slow_pg_hub):
+    hub = slow_pg_hub(DELAY)
+    sent = fill(hub, 1, lambda n: big_message())
+    c = login(hub)
+    c.select("INBOX")
+    (typ, data), waits = pings_while(hub, lambda: c.fetch("1", "(BODY.PEEK[])"))
+    assert typ == "OK" and fetched(data) == sent
+    assert len(waits) >= 3 and max(waits) < DELAY / 2, waits
+    c.logout()
+    p = pop(hub)
+    (_, lines, _), waits = pings_while(hub, lambda: p.retr(1))
+    assert retrieved(lines) == sent[0]
+    assert len(waits) >= 3 and max(waits) < DELAY / 2, waits
+    p.quit()
+
+
+def test_a_database_lost_before_retr_and_fetch_gives_a_protocol_error_and_the_sessions_go_on(start_hub, pg_dsn, postgresql):
+    hub = start_hub("--store", f"postgresql:{pg_dsn}", "--no-ftp")
+    sent = fill(hub, 3) + fill(hub, 1, lambda n: big_message())
+    c = login(hub)
+    c.select("INBOX")
+    p = pop(hub)
+    postgresql.stop()
+    try:
+        for n in ("1", "4"):
+            try:
+                p.retr(int(n))
+                raise AssertionError("RETR answered +OK with the database down")
+            except poplib.error_proto as e:
+                assert e.args[0].startswith(b"-ERR [SYS/TEMP]"), e
+            try:
+                p.top(int(n), 0)
+                raise AssertionError("TOP answered +OK with the database down")
+            except poplib.error_proto as e:
+                assert e.args[0].startswith(b"-ERR [SYS/TEMP]"), e
+        assert p.noop().startswith(b"+OK")
+        for spec in ("1:3", "4"):
+            typ, data = c.fetch(spec, "(BODY.PEEK[])")
+            assert typ == "NO" and data[-1].startswith(b"[UNAVAILABLE]"), (spec, data)
+        assert c.noop()[0] == "OK"
+    finally:
+        postgresql.restart()
+    assert retrieved(p.retr(2)[1]) == sent[1]
+    assert retrieved(p.retr(4)[1]) == sent[3]
+    p.quit()
+    typ, data = c.fetch("1:4", "(BODY.PEEK[])")
+    assert typ == "OK" and fetched(data) == sent
+    c.logout()
+    assert "Traceback" not in hub.log
+
+
+def test_a_database_lost_during_a_slow_fetch_and_retr_gives_a_protocol_error(slow_pg_hub, postgresql):
+    hub = slow_pg_hub(DELAY)
+    sent = fill(hub, 30)
+    c = login(hub)
+    c.select("INBOX")
+    p = pop(hub)
+    outcome: dict = {}
+
+    def fetch():
+        outcome["fetch"] = c.fetch("1:30", "(BODY.PEEK[])")
+
+    def retr():
+        answers = []
+        for n in range(1, 31):
+            try:
+                answers.append(retrieved(p.retr(n)[1]))
+            except poplib.error_proto as e:
+                answers.append(e.args[0])
+        outcome["retr"] = answers
+
+    doers = [threading.Thread(target=fetch), threading.Thread(target=retr)]
+    for t in doers:
+        t.start()
+    time.sleep(2 * DELAY + 0.1)  # (a few reads done, more to come)
+    postgresql.stop()
+    try:
+        for t in doers:
+            t.join(60)
+        typ, data = outcome["fetch"]
+        assert typ == "NO" and data[-1].startswith(b"[UNAVAILABLE]"), data[-1:]
+        # the messages sent before are whole and in order
+        literals = fetched(data)
+        assert 0 < len(literals) < 30 and literals == sent[: len(literals)], len(literals)
+        answers = outcome["retr"]
+        assert answers[0] == sent[0]
+        assert answers[-1].startswith(b"-ERR [SYS/TEMP]"), answers[-1]
+        assert c.noop()[0] == "OK" and p.noop().startswith(b"+OK")
+    finally:
+        postgresql.restart()
+    assert retrieved(p.retr(30)[1]) == sent[29]
+    p.quit()
+    c.logout()
+    assert "Traceback" not in hub.log
