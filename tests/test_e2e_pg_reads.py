@@ -199,8 +199,9 @@ def test_a_database_lost_during_a_slow_fetch_and_retr_gives_a_protocol_error(slo
             t.join(60)
         typ, data = outcome["fetch"]
         assert typ == "NO" and data[-1].startswith(b"[UNAVAILABLE]"), data[-1:]
-        # the messages sent before are whole and in order
-        literals = fetched(data)
+        # the messages sent before are whole and in order (imaplib keeps
+        # the untagged answers of a NO)
+        literals = fetched(c.response("FETCH")[1])
         assert 0 < len(literals) < 30 and literals == sent[: len(literals)], len(literals)
         answers = outcome["retr"]
         assert answers[0] == sent[0]
@@ -212,3 +213,32 @@ def test_a_database_lost_during_a_slow_fetch_and_retr_gives_a_protocol_error(slo
     p.quit()
     c.logout()
     assert "Traceback" not in hub.log
+
+
+def test_notifys_new_message_fetch_of_its_body_on_a_slow_postgresql_does_not_hold_another_session(slow_pg_hub):
+    from tests.test_e2e_imap_rfc import raw_login
+
+    hub = slow_pg_hub(DELAY)
+    a = raw_login(hub)
+    a.cmd(b"s", b"SELECT INBOX")
+    assert a.cmd(b"N", b"NOTIFY SET (SELECTED (MessageNew (UID RFC822) MessageExpunge))")[-1].startswith(b"N OK")
+    m = message(5)
+    other = login(hub)
+
+    def arrive_and_be_told() -> list[bytes]:
+        append(other, message=m)
+        lines = [a.line()]
+        while lines[-1] != b")":
+            lines.append(a.line())
+        return lines
+
+    lines, waits = pings_while(hub, arrive_and_be_told)
+    other.logout()
+    # RFC 5465 §5.2: the new message's EXISTS, then its fetch attributes
+    assert lines[0] == b"* 1 EXISTS", lines
+    at = lines.index(b"* 1 FETCH (UID 1 RFC822 {%d}" % len(m))
+    assert b"".join(line + b"\r\n" for line in lines[at + 1 : -1]) == m
+    # (before: the body was read in the reactor when the change came)
+    assert waits and max(waits) < DELAY / 2, waits
+    assert a.cmd(b"n", b"NOOP")[-1].startswith(b"n OK")
+    a.close()
