@@ -242,3 +242,45 @@ def test_notifys_new_message_fetch_of_its_body_on_a_slow_postgresql_does_not_hol
     assert waits and max(waits) < DELAY / 2, waits
     assert a.cmd(b"n", b"NOOP")[-1].startswith(b"n OK")
     a.close()
+
+
+def catenate(r, url: bytes, tag: bytes = b"c") -> bytes:
+    """APPEND INBOX CATENATE (URL url): the tagged reply."""
+    r.send(b'%s APPEND INBOX CATENATE (URL "%s" TEXT {4+}\r\nend\n)\r\n' % (tag, url))
+    return r.until_tag(tag)[-1]
+
+
+def test_catenate_of_a_url_on_a_slow_postgresql_does_not_hold_another_session(slow_pg_hub):
+    from tests.test_e2e_imap_rfc import raw_login
+
+    hub = slow_pg_hub(DELAY)
+    sent = fill(hub, 2)
+    r = raw_login(hub)
+    r.cmd(b"s", b"SELECT INBOX")
+    reply, waits = pings_while(hub, lambda: catenate(r, b";UID=2/;SECTION=HEADER"))
+    assert reply.startswith(b"c OK [APPENDUID"), reply
+    lines = r.cmd(b"f", b"FETCH 3 BODY.PEEK[]")
+    header = sent[1][: sent[1].index(b"\r\n\r\n") + 4]
+    assert (b"\r\n".join(lines[1:-2]) + b"\r\n").startswith(header + b"end"), lines
+    # (before: the message was read in the reactor, 0.4 s)
+    assert waits and max(waits) < DELAY / 2, waits
+    r.close()
+
+
+def test_catenate_with_the_database_lost_says_unavailable(start_hub, pg_dsn, postgresql):
+    from tests.test_e2e_imap_rfc import raw_login
+
+    hub = start_hub("--store", f"postgresql:{pg_dsn}", "--no-ftp")
+    fill(hub, 1)
+    r = raw_login(hub)
+    r.cmd(b"s", b"SELECT INBOX")
+    postgresql.stop()
+    try:
+        reply = catenate(r, b";UID=1")
+        assert reply.startswith(b"c NO [UNAVAILABLE]"), reply
+        assert r.cmd(b"n", b"NOOP")[-1].startswith(b"n OK")
+    finally:
+        postgresql.restart()
+    assert catenate(r, b";UID=1", b"d").startswith(b"d OK [APPENDUID")
+    r.close()
+    assert "Traceback" not in hub.log
