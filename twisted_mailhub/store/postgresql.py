@@ -34,11 +34,14 @@ Rules:
 
 How psycopg meets the reactor: L{IFolder}'s reads and flag changes are
 synchronous calls, so they run on one connection in the reactor thread
-(a few hundred microseconds on loopback). What reads many messages in one
-go does not: a search (IMAP SEARCH, SORT, THREAD, a live search's new
-messages, the web's and the API's) and a whole big message for FETCH
-BODYSTRUCTURE or the web read their bytes in the hub's parsing threads
-through a L{BlobReader}, on L{ReadConnections} of their own. Deliveries, APPEND and COPY,
+(a few hundred microseconds on loopback). Message bytes are not read
+there by the protocols: a search (IMAP SEARCH, SORT, THREAD, a live
+search's new messages, the web's and the API's), a whole big message for
+FETCH BODYSTRUCTURE or the web, and the bodies of IMAP FETCH (and
+NOTIFY's), POP3 RETR and TOP and CATENATE's URLs
+(L{twisted_mailhub.offload.DetachedBodies}) read their bytes in the hub's
+parsing threads through a L{BlobReader}, on L{ReadConnections} of their
+own. Deliveries, APPEND and COPY,
 which wait for a disk flush, go to the group commit (L{GroupCommitter}):
 while a batch commits, new writes queue and the next batch takes all of
 them in one transaction (as L{twisted_mailhub.store.durable} does for
