@@ -284,3 +284,38 @@ def test_catenate_with_the_database_lost_says_unavailable(start_hub, pg_dsn, pos
     assert catenate(r, b";UID=1", b"d").startswith(b"d OK [APPENDUID")
     r.close()
     assert "Traceback" not in hub.log
+
+
+def test_retr_top_and_fetch_on_postgresql_give_the_octets_maildir_gives(start_hub, pg_dsn):
+    """Odd messages (dots at line starts, bare LF and CR, a UTF-8 header, small and over 1 MiB) read on both stores."""
+    dots = b"From: a@localhost\r\nSubject: dots\r\n\r\n.one\r\n..two\r\n.\r\nend\r\n"
+    bare = b"From: a@localhost\nSubject: bare\n\nline one\nline two\rthree\r\n"
+    utf8 = "From: a@localhost\r\nSubject: Grüße\r\n\r\nbody\r\n".encode("utf-8")
+    big_utf8 = utf8 + b"a long line of words in a big message\r\n" * 40000
+    big_dots = dots + b".a line with a dot\r\n" * 60000
+    messages = [dots, bare, utf8, big_utf8, big_dots, big_message()]
+    maildir = start_hub("--no-ftp")
+    postgres = start_hub("--store", f"postgresql:{pg_dsn}", "--no-ftp")
+    seen = []
+    for hub in (maildir, postgres):
+        c = login(hub)
+        for m in messages:
+            append(c, message=m)
+        c.select("INBOX")
+        typ, data = c.fetch("1:*", "(BODY.PEEK[] RFC822.SIZE)")
+        assert typ == "OK"
+        singles = [fetched(c.fetch(str(n), "(BODY.PEEK[])")[1]) for n in range(1, 7)]
+        c.logout()
+        p = pop(hub)
+        answers = []
+        for n in range(1, 7):
+            answers.append(p.retr(n)[:2])
+            answers.append(p.top(n, 2)[:2])
+        p.quit()
+        seen.append((fetched(data), singles, answers))
+    assert seen[1] == seen[0]
+    literals, singles, answers = seen[1]
+    assert literals[0] == dots and singles[5] == [messages[5]]
+    # (the UTF-8 header downgraded for a POP3 client that did not send UTF8, RFC 6856 §3)
+    assert b"subject: =?utf-8?" in b"\r\n".join(answers[6][1]).lower(), answers[6][1][:3]
+    assert answers[8][1][-1] == b".a line with a dot" and answers[8][0].startswith(b"+OK %d octets" % len(big_dots))
