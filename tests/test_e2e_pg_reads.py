@@ -319,3 +319,50 @@ def test_retr_top_and_fetch_on_postgresql_give_the_octets_maildir_gives(start_hu
     # (the UTF-8 header downgraded for a POP3 client that did not send UTF8, RFC 6856 §3)
     assert b"subject: =?utf-8?" in b"\r\n".join(answers[6][1]).lower(), answers[6][1][:3]
     assert answers[8][1][-1] == b".a line with a dot" and answers[8][0].startswith(b"+OK %d octets" % len(big_dots))
+
+
+def test_a_database_lost_while_a_big_message_is_sent_ends_the_fetch_no_and_the_retr_connection(slow_pg_hub, postgresql):
+    hub = slow_pg_hub(DELAY)
+    sent = fill(hub, 1, lambda n: big_message())
+    c = login(hub)
+    c.select("INBOX")
+    outcome: dict = {}
+    fetcher = threading.Thread(target=lambda: outcome.update(fetch=c.fetch("1", "(BODY.PEEK[])")))
+    fetcher.start()
+    time.sleep(2 * DELAY + 0.2)  # (its literal began: a few 256 KB slices read)
+    postgresql.stop()
+    try:
+        fetcher.join(60)
+        typ, data = outcome["fetch"]
+        # the literal was filled to its promised length, then NO, not OK
+        assert typ == "NO" and data[-1].startswith(b"[UNAVAILABLE]"), data[-1:]
+        literal = fetched(c.response("FETCH")[1])[0]
+        assert len(literal) == len(sent[0]) and literal != sent[0]
+        assert c.noop()[0] == "OK"
+    finally:
+        postgresql.restart()
+    assert fetched(c.fetch("1", "(BODY.PEEK[])")[1]) == sent
+    c.logout()
+    p = pop(hub)
+    retriever = threading.Thread(target=lambda: outcome.update(retr=_retr_or_error(p, 1)))
+    retriever.start()
+    time.sleep(2 * DELAY + 0.2)
+    postgresql.stop()
+    try:
+        retriever.join(60)
+        # the reply line was sent: the connection is closed, no terminating dot
+        assert isinstance(outcome["retr"], (poplib.error_proto, EOFError, OSError)), outcome["retr"]
+    finally:
+        postgresql.restart()
+    p.close()
+    p = pop(hub)  # (the maildrop was given up with the connection)
+    assert retrieved(p.retr(1)[1]) == sent[0]
+    p.quit()
+    assert "Traceback" not in hub.log
+
+
+def _retr_or_error(p: poplib.POP3, n: int):
+    try:
+        return p.retr(n)
+    except (poplib.error_proto, EOFError, OSError) as e:
+        return e

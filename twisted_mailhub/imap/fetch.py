@@ -472,6 +472,19 @@ class ResponseStream:
         self.stopped = True
 
 
+class _TargetUIDs:
+    """The UIDs of a FETCH's (seq, uid) targets as a sequence, without a copy (L{DetachedBodies} slices a window of them)."""
+
+    def __init__(self, targets: Any):
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, at: slice) -> list[int]:
+        return [uid for _, uid in self.targets[at]]
+
+
 class FetchCommands:
     """FETCH and STORE, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
 
@@ -660,7 +673,7 @@ class FetchCommands:
         bodies: DetachedBodies | None = None
         for position, (seq, uid) in enumerate(targets):
             if detached and bodies is None:
-                bodies = DetachedBodies(folder, [u for _, u in targets])
+                bodies = DetachedBodies(folder, _TargetUIDs(targets))
             try:
                 if summary is not None:
                     info = _Summary(*summary(uid))
