@@ -241,3 +241,22 @@ def test_a_delete_and_a_create_at_once_are_not_taken_for_a_rename(hub):
     assert told == [b'* LIST () "/" "Fresh"', b'* LIST (\\NonExistent) "/" "Gone"'], told
     a.close()
     b.close()
+
+
+def test_messagenews_fetch_attributes_may_name_a_section(hub):
+    # RFC 5465 §5.2: any fetch-att; BODY.PEEK[] and a section with a field
+    # list were refused (BAD unknown FETCH item "BODY.PEEK").
+    a = raw_login(hub)
+    a.cmd(b"s", b"SELECT INBOX")
+    notify(a, b"SET (SELECTED (MessageNew (UID BODY.PEEK[HEADER.FIELDS (Subject)] BODY.PEEK[]<0.4>) MessageExpunge))")
+    c = login(hub)
+    assert c.append("INBOX", None, None, MESSAGE)[0] == "OK"
+    assert a.line() == b"* 1 EXISTS"
+    assert a.line() == b"* 1 RECENT"
+    assert a.line() == b"* 1 FETCH (UID 1 BODY[HEADER.FIELDS (SUBJECT)] {17}"
+    assert a.line() == b"Subject: news"
+    assert a.line() == b""
+    assert a.line() == b" BODY[]<0> {4}"
+    assert a.line() == b"From)"
+    c.logout()
+    a.close()

@@ -94,3 +94,133 @@ def read_in_thread(folder: Any, uid: int, run: Callable[..., defer.Deferred] | N
 
         raise NoSuchMessage(uid)
     return (run or in_thread)(reader.raw, 0)
+
+
+class DetachedBodies:
+    """
+    Whole messages of a folder read in a parsing thread on the store's own
+    read connections (C{folder.detached_reader}: PostgreSQL's
+    L{BlobReader<twisted_mailhub.store.postgresql.BlobReader>}), for a
+    session that reads them one after another: POP3 RETR/TOP, IMAP FETCH
+    BODY[]. The reactor never waits for the database: it takes only the
+    message ids and sizes (from the folder's cache), L{WINDOW} messages at
+    a time, and each round trip, which also reads the next small messages
+    (4, 16, 64, then 256 at most, 4 MB at most), runs in a thread.
+
+    C{uids}: the session's messages by position (a POP3 maildrop's list,
+    a FETCH's targets); positions are what the methods take.
+    """
+
+    WINDOW = 1024  # messages whose ids one reader is made with
+
+    def __init__(self, folder: Any, uids: Any, run: Callable[..., defer.Deferred] | None = None):
+        self.folder = folder
+        self.uids = uids
+        self.run = run or in_thread
+        self._reader: Any = None
+        self._start = self._end = 0
+
+    @staticmethod
+    def possible(folder: Any) -> bool:
+        """Can C{folder}'s messages be read this way (a store with C{detached_reader})?"""
+        return getattr(folder, "detached_reader", None) is not None
+
+    def _at(self, i: int) -> tuple[Any, int]:
+        if not self._start <= i < self._end or self._reader is None:
+            end = min(i + self.WINDOW, len(self.uids))
+            self._reader = self.folder.detached_reader(list(self.uids[i:end]))
+            self._start, self._end = i, end
+        n = i - self._start
+        if not self._reader.present(n):
+            from twisted_mailhub.store.interfaces import NoSuchMessage
+
+            raise NoSuchMessage(self.uids[i])
+        return self._reader, n
+
+    def whole(self, i: int) -> bytes | defer.Deferred:
+        """
+        The whole message at position C{i}: its bytes when an earlier read
+        brought them, else a L{Deferred} of them (read in a thread).
+
+        @raise NoSuchMessage: (here or as the Deferred's failure) it is gone.
+        @raise StoreUnavailable: (as the Deferred's failure) the database
+            cannot be reached.
+        """
+        reader, n = self._at(i)
+        data = reader.held(n)
+        if data is not None:
+            return data
+        return self.run(reader.raw, n)
+
+    def size(self, i: int) -> int:
+        """The size in octets of the message at position C{i} (L{NoSuchMessage} if gone)."""
+        reader, n = self._at(i)
+        return reader.size(n)
+
+    def slice(self, i: int, at: int, length: int) -> defer.Deferred:
+        """A L{Deferred} of octets C{at} to C{at + length} of the message at position C{i}, read in a thread."""
+        reader, n = self._at(i)
+        return self.run(reader.slice, n, at, length)
+
+    def reader(self, i: int) -> "SliceFile":
+        """
+        A file of the message at position C{i} whose C{read(n)} returns a
+        L{Deferred} of its next octets (L{slice}), C{b""} at its end:
+        a big message sent as the client takes it (POP3 RETR).
+        """
+        return SliceFile(self, i)
+
+    def thread_file(self, i: int) -> "ThreadFile":
+        """
+        A file of the message at position C{i} to read in a worker
+        thread only (its C{read(n)} is a database round trip): POP3 TOP
+        of a big message reads its first lines there.
+        """
+        reader, n = self._at(i)
+        return ThreadFile(reader, n)
+
+
+class SliceFile:
+    """One message of L{DetachedBodies} read in slices, each in a thread: C{read(n)} gives a Deferred of octets, or C{b""} at the end."""
+
+    def __init__(self, bodies: DetachedBodies, i: int):
+        self.bodies, self.i = bodies, i
+        self.at = 0
+        self.size = bodies.size(i)
+
+    def read(self, n: int) -> bytes | defer.Deferred:
+        want = min(n, self.size - self.at)
+        if want <= 0:
+            return b""
+
+        def got(chunk: bytes) -> bytes:
+            self.at += len(chunk)
+            return chunk
+
+        return self.bodies.slice(self.i, self.at, want).addCallback(got)
+
+    def close(self) -> None:
+        self.size = self.at
+
+
+class ThreadFile:
+    """One message of a BlobReader, read in slices by blocking calls: for a worker thread only."""
+
+    def __init__(self, reader: Any, n: int):
+        self.reader, self.n = reader, n
+        self.at = 0
+        self.size = reader.size(n)
+
+    def read(self, length: int = -1) -> bytes:
+        want = self.size - self.at if length < 0 else min(length, self.size - self.at)
+        if want <= 0:
+            return b""
+        chunk = self.reader.slice(self.n, self.at, want)
+        self.at += len(chunk)
+        return chunk
+
+    def __enter__(self) -> "ThreadFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass

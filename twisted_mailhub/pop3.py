@@ -78,6 +78,7 @@ from twisted_mailhub import __version__
 from twisted_mailhub.accounts import challenge_response_offered
 from twisted_mailhub.errorwords import no_room
 from twisted_mailhub.hub import ListenerSpec, is_secure
+from twisted_mailhub.offload import DetachedBodies, in_thread
 from twisted_mailhub.lines import LineEngine, control_note, has_control, quote, telnet_prefix_text
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.store.outage import refused
@@ -211,6 +212,9 @@ class Maildrop:
         self._facts = self.wire_forms.known
         self.deleted: set[int] = set()
         self.retrieved: set[int] = set()
+        # A store that reads on connections of its own in a thread
+        # (PostgreSQL): RETR and TOP read there, never in the reactor.
+        self.detached = DetachedBodies(folder, self.uids) if DetachedBodies.possible(folder) else None
         self.count = len(self.uids)
         self.octets = sum(self.sizes)
 
@@ -314,11 +318,15 @@ class Maildrop:
         data = None if where is None else _read_file(where, self.sizes[i])
         if data is None:
             data = self.read(i)  # not found ahead yet, or renamed since
+        return data, self.lines_of(i, data)
+
+    def lines_of(self, i: int, data: bytes) -> int | None:
+        """L{wire_lines} of message C{i}, its facts looked up inline (RETR's common case)."""
         key = self.keys[i]
         fact = self._facts.get(key)
         if fact is not None and fact >= 0 and fact & LENGTH_MASK == len(data):
-            return data, fact >> LINES_SHIFT  # (WireForms.lines_of, inline)
-        return data, self.wire_forms.lines_of(key, data)
+            return fact >> LINES_SHIFT  # (WireForms.lines_of, inline)
+        return self.wire_forms.lines_of(key, data)
 
     def close(self) -> None:
         """The session is over: forget the files it found, close their directories."""
@@ -548,16 +556,29 @@ class _Outgoing:
 
     chunk_size = 256 * 1024
 
-    def __init__(self, f: Any):
+    def __init__(self, f: Any, first: bytes | None = None):
         self.f = f
         self.last = b"\n"
         self.carry = b""
+        self.first = first  # (octets already read from C{f})
 
-    def next_chunk(self) -> bytes | None:
-        """The next stuffed chunk, the terminator at the end, then L{None}."""
+    def next_chunk(self) -> bytes | defer.Deferred | None:
+        """
+        The next stuffed chunk, the terminator at the end, then L{None};
+        a L{Deferred} of it when C{f.read} gives one (a slice read in a
+        thread, L{twisted_mailhub.offload.SliceFile}).
+        """
         if self.f is None:
             return None
-        raw = self.f.read(self.chunk_size)
+        if self.first is not None:
+            raw, self.first = self.first, None
+        else:
+            raw = self.f.read(self.chunk_size)
+        if isinstance(raw, defer.Deferred):
+            return raw.addCallback(self._stuffed)
+        return self._stuffed(raw)
+
+    def _stuffed(self, raw: bytes) -> bytes:
         data, self.carry = self.carry + raw, b""
         if not data:
             self.close()
@@ -847,14 +868,47 @@ class MailhubPOP3(_pop3.POP3):
     def _send_more(self) -> None:
         # What was answered before goes first (and may pause us).
         self.lines.flush()
-        while self._outgoing is not None and not self.lines.writing_paused:
+        while self._outgoing is not None and not self.lines.writing_paused and not self._reading:
             chunk = self._outgoing.next_chunk()
+            if isinstance(chunk, defer.Deferred):
+                # (read in a thread: go on when it is here)
+                self._reading = True
+                chunk.addCallbacks(self._chunk_read, self._chunk_failed)
+                return
             if chunk is None:
                 self._outgoing = None
                 break
             self.transport.write(chunk)
             self.lines.touch()
         if self._outgoing is None and self._sending is not None:
+            d, self._sending = self._sending, None
+            d.callback(None)
+
+    _reading = False  # a chunk of a big message is being read in a thread
+
+    def _chunk_read(self, chunk: bytes) -> None:
+        self._reading = False
+        if self._closed or self._outgoing is None:
+            return
+        self.transport.write(chunk)
+        self.lines.touch()
+        self._send_more()
+
+    def _chunk_failed(self, reason: Failure) -> None:
+        """
+        A big message's slice could not be read after its reply line was
+        sent: the reply cannot be taken back, so the connection is closed
+        (the client sees no terminating dot) with one log line.
+        """
+        self._reading = False
+        if self._closed:
+            return
+        refused("pop3", "RETR", reason.value if reason.check(StoreUnavailable) else StoreUnavailable("the message could not be read"))
+        outgoing, self._outgoing = self._outgoing, None
+        if outgoing is not None:
+            outgoing.close()
+        self.transport.loseConnection()
+        if self._sending is not None:
             d, self._sending = self._sending, None
             d.callback(None)
 
@@ -1262,29 +1316,16 @@ class MailhubPOP3(_pop3.POP3):
         if size <= self.one_write_limit:
             # The common case: one read, one write (the reply line, the
             # byte-stuffed message and the terminator).
+            if drop.detached is not None:
+                # (PostgreSQL) read in a thread; later commands wait.
+                return self._read_detached(i, self._retr_answer)
             try:
                 data, lines = drop.wire_message(i)
             except (NoSuchMessage, FileNotFoundError):
                 return self._gone(i)
-            drop.retrieved.add(i)
-            if lines is not None:
-                # Stored as it is sent: no scan, no copy but the one write.
-                # (write_message, inline for the commonest answer.)
-                status = b"+OK %d octets" % len(data)
-                record = self._record_message
-                past = record(status, lines, len(data)) if record is not None else None
-                if past is not None and self.lines is not None:
-                    self.lines.write(b"".join((status, b"\r\n", data, b".\r\n")), past)
-                else:
-                    self._write_message(status, data, lines, past)
-                return None
-            if not self.utf8:
-                data = downgrade(data)
-            # The octets counted are those sent, before stuffing (RFC 1939 §11).
-            data = crlf_lines(data)
-            body = stuff(data)
-            self.write(b"+OK %d octets\r\n" % len(data) + body + terminator(body[-1:]))
-            return None
+            return self._retr_answer(i, data, lines)
+        if drop.detached is not None:
+            return self._retr_detached(i, size)
         f = self._open(i)
         if f is None:
             return
@@ -1308,6 +1349,103 @@ class MailhubPOP3(_pop3.POP3):
             return d
         with f:
             data = f.read()
+        self._retr_whole(data)
+
+    def _read_detached(self, i: int, answer: Callable[..., Any]) -> defer.Deferred | None:
+        """
+        Message C{i} read in a parsing thread (L{Maildrop.detached}), or
+        taken from what the last read brought; then C{answer(i, data)}.
+        A Deferred (later commands wait for it) when it was read there.
+        Gone: L{_gone}. A database that cannot be reached: the failure,
+        answered -ERR [SYS/TEMP] by L{command_failed}.
+        """
+        try:
+            got = self.mbox.detached.whole(i)
+        except NoSuchMessage:
+            return self._gone(i)
+        if not isinstance(got, defer.Deferred):
+            return answer(i, got)
+
+        def read(data: bytes) -> None:
+            if not self._closed:
+                answer(i, data)
+
+        def failed(reason: Failure) -> Any:
+            if reason.check(NoSuchMessage):
+                return self._gone(i)
+            return reason
+
+        return got.addCallbacks(read, failed)
+
+    def _retr_detached(self, i: int, size: int) -> defer.Deferred | None:
+        """
+        RETR of a big message of a store read in a thread (PostgreSQL):
+        sent in slices as the client takes them, each read in a thread
+        (L{DetachedBodies.reader}). Its first slice is read before the
+        reply line, so a database that cannot be reached is answered
+        -ERR [SYS/TEMP]; one lost after the message began closes the
+        connection (the reply cannot be taken back; the client sees no
+        terminator).
+        """
+        try:
+            f = self.mbox.detached.reader(i)
+        except NoSuchMessage:
+            return self._gone(i)
+        first = f.read(65536)
+
+        def begin(start: bytes) -> Any:
+            if self._closed:
+                return None
+            if not start and size:
+                return self._gone(i)
+            self.mbox.retrieved.add(i)
+            if not self.utf8:
+                m = _HEADER_END.search(start)
+                if not start[: m.start() if m else len(start)].isascii():
+                    # Rare: UTF-8 headers for a client that did not send
+                    # UTF8: downgraded whole, in one write.
+                    return self._read_detached(i, lambda i, data: self._retr_whole(data))
+            self.write(b"+OK %d octets\r\n" % size)
+            self._outgoing = _Outgoing(f, start)
+            self._sending = defer.Deferred()
+            d = self._sending
+            self._send_more()
+            return d
+
+        def failed(reason: Failure) -> Any:
+            if reason.check(NoSuchMessage):
+                return self._gone(i)
+            return reason
+
+        return first.addCallbacks(begin, failed)
+
+    def _retr_answer(self, i: int, data: bytes, lines: Any = False) -> None:
+        """RETR's answer of message C{i} whose bytes are C{data} (C{lines}: L{Maildrop.wire_message}'s, or False: looked up now)."""
+        drop = self.mbox
+        if lines is False:
+            lines = drop.lines_of(i, data)
+        drop.retrieved.add(i)
+        if lines is not None:
+            # Stored as it is sent: no scan, no copy but the one write.
+            # (write_message, inline for the commonest answer.)
+            status = b"+OK %d octets" % len(data)
+            record = self._record_message
+            past = record(status, lines, len(data)) if record is not None else None
+            if past is not None and self.lines is not None:
+                self.lines.write(b"".join((status, b"\r\n", data, b".\r\n")), past)
+            else:
+                self._write_message(status, data, lines, past)
+            return None
+        if not self.utf8:
+            data = downgrade(data)
+        # The octets counted are those sent, before stuffing (RFC 1939 §11).
+        data = crlf_lines(data)
+        body = stuff(data)
+        self.write(b"+OK %d octets\r\n" % len(data) + body + terminator(body[-1:]))
+        return None
+
+    def _retr_whole(self, data: bytes) -> None:
+        """RETR's answer of a big message held whole (downgraded, CRLF, stuffed): one write."""
         if not self.utf8:
             data = downgrade(data)
         data = crlf_lines(data)
@@ -1332,24 +1470,49 @@ class MailhubPOP3(_pop3.POP3):
             self.reply_err(b"TOP needs a line count of 0 or more, e.g. TOP 1 10")
             return
         drop = self.mbox
+        if drop.detached is not None:
+            # (PostgreSQL) read in a thread; later commands wait.
+            if drop.sizes[i] <= self.one_write_limit:
+                return self._read_detached(i, lambda i, data: self._top_answer(i, data, lines))
+            try:
+                f = drop.detached.thread_file(i)
+            except NoSuchMessage:
+                return self._gone(i)
+
+            def failed(reason: Failure) -> Any:
+                if reason.check(NoSuchMessage):
+                    return self._gone(i)
+                return reason
+
+            return in_thread(top_of, f, lines).addCallbacks(lambda top: None if self._closed else self._top_write(top), failed)
         if drop.sizes[i] <= self.one_write_limit:
             # One read, as RETR does.
             try:
                 data = drop.read(i)
             except (NoSuchMessage, FileNotFoundError):
                 return self._gone(i)
-            # Lines as RETR sends them: a bare CR ends one too.
-            top = top_of(io.BytesIO(crlf_lines(data)), lines)
-            if drop.wire_lines(i, data) is not None:
-                # Stored as it is sent: so are its first lines.
-                self.write_message(b"+OK top of message follows", top, top.count(b"\n"))
-                return
-        else:
-            f = self._open(i)
-            if f is None:
-                return
-            with f:
-                top = top_of(f, lines)
+            return self._top_answer(i, data, lines)
+        f = self._open(i)
+        if f is None:
+            return
+        with f:
+            top = top_of(f, lines)
+        self._top_write(top)
+
+    def _top_answer(self, i: int, data: bytes, lines: int) -> None:
+        """TOP's answer: the first C{lines} body lines of message C{i}, whose bytes are C{data}."""
+        if self._closed:
+            return
+        # Lines as RETR sends them: a bare CR ends one too.
+        top = top_of(io.BytesIO(crlf_lines(data)), lines)
+        if self.mbox.wire_lines(i, data) is not None:
+            # Stored as it is sent: so are its first lines.
+            self.write_message(b"+OK top of message follows", top, top.count(b"\n"))
+            return
+        self._top_write(top)
+
+    def _top_write(self, top: bytes) -> None:
+        """TOP's answer of C{top} (the header and first lines, as read): downgraded, stuffed, one write."""
         body = stuff(top if self.utf8 else downgrade(top))
         self.write(b"+OK top of message follows\r\n" + body + terminator(body[-1:]))
 

@@ -191,6 +191,9 @@ class AppendCommands:
             if isinstance(error, BadURL):
                 self._bad_url(tag, error)
                 return
+            if isinstance(error, StoreUnavailable):
+                self._store_unavailable(tag, b"APPEND", error)
+                return
             log.failure("APPEND: a CATENATE URL could not be read", reason)
             self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed: a URL's section could not be read; nothing appended")
 

@@ -41,7 +41,7 @@ from twisted_mailhub.imap.condstore import has_modseqs, modseq_value, split_modi
 from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.utf8 import shown_sizes
 from twisted_mailhub.imap.view import SelectedFolder
-from twisted_mailhub.offload import in_thread, read_in_thread
+from twisted_mailhub.offload import DetachedBodies, in_thread, read_in_thread
 from twisted_mailhub.imap.wire import client_flags, client_text, flags_text, shown, internal_date_text
 from twisted_mailhub.store.interfaces import SEEN, NoSuchMessage, StoreError, StoreUnavailable
 
@@ -472,6 +472,19 @@ class ResponseStream:
         self.stopped = True
 
 
+class _TargetUIDs:
+    """The UIDs of a FETCH's (seq, uid) targets as a sequence, without a copy (L{DetachedBodies} slices a window of them)."""
+
+    def __init__(self, targets: Any):
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, at: slice) -> list[int]:
+        return [uid for _, uid in self.targets[at]]
+
+
 class FetchCommands:
     """FETCH and STORE, mixed into L{twisted_mailhub.imap.server.IMAPServer}."""
 
@@ -653,7 +666,14 @@ class FetchCommands:
         # message's key), the columns give flags, size and date: no
         # MessageInfo made per message.
         summary = getattr(folder, "summary", None) if token is None else None
-        for seq, uid in targets:
+        # A store that reads on connections of its own in a thread
+        # (PostgreSQL): the bodies are read there, the next ones with
+        # each round trip, never in the reactor (made at the first body).
+        detached = offload and DetachedBodies.possible(folder)
+        bodies: DetachedBodies | None = None
+        for position, (seq, uid) in enumerate(targets):
+            if detached and bodies is None:
+                bodies = DetachedBodies(folder, _TargetUIDs(targets))
             try:
                 if summary is not None:
                     info = _Summary(*summary(uid))
@@ -667,7 +687,7 @@ class FetchCommands:
                     info = _Summary(*summary(uid)) if summary is not None else info_of(uid)
                     flags_changed = True
                 if streamable and info.size >= STREAM_OVER and not (ascii_sizes and uid in ascii_sizes):
-                    yield from self._streamed(folder, seq, uid, info, items, whole, recent, flags_changed, modseq)
+                    yield from self._streamed(folder, seq, uid, info, items, whole, recent, flags_changed, modseq, bodies, position)
                     continue
                 ready = None
                 if offload:
@@ -677,7 +697,7 @@ class FetchCommands:
                         and not (item.kind in _STRUCTURE_KINDS and token is not None and (token, info.key, info.size, item.kind, utf8) in _structures)
                     ]
                     if heavy and any(i.kind != b"ENVELOPE" and i.kind != b"RFC822.HEADER" for i in heavy):
-                        raw = yield from self._whole_message(folder, uid, info.size)  # imap/utf8.py
+                        raw = yield from self._whole_message(folder, uid, info.size, bodies, position)  # imap/utf8.py
                         if costly_to_parse(raw):
                             outcome: list = []
                             if token is not None:
@@ -715,14 +735,14 @@ class FetchCommands:
                             if value is None:
                                 if part is None:
                                     if raw is None:
-                                        raw = yield from self._whole_message(folder, uid, info.size)  # imap/utf8.py
+                                        raw = yield from self._whole_message(folder, uid, info.size, bodies, position)  # imap/utf8.py
                                     part = Part(raw)
                                 value = part.envelope() if kind == b"ENVELOPE" else part.bodystructure(kind == b"BODYSTRUCTURE")
                                 _remember(remembered, value)
                             fields.append(kind + b" " + value)
                             continue
                         if raw is None:
-                            raw = yield from self._whole_message(folder, uid, info.size)  # imap/utf8.py
+                            raw = yield from self._whole_message(folder, uid, info.size, bodies, position)  # imap/utf8.py
                         # (a literal: (its label, its octets); see described())
                         if kind == b"RFC822":
                             fields.append((b"RFC822", raw))
@@ -774,15 +794,28 @@ class FetchCommands:
             yield described(seq, fields)
 
 
-    def _whole_message(self, folder: Any, uid: int, size: int):
+    def _whole_message(self, folder: Any, uid: int, size: int, bodies: DetachedBodies | None = None, position: int = 0):
         """
         (a generator, for C{yield from} in a FETCH's) Message C{uid} of
         C{folder} as this session sees it (L{message_view}). One of
         L{STREAM_OVER} octets or more that the store keeps in a file is
         read in a parsing thread (the Deferred is yielded): a 46 MB
         message's BODYSTRUCTURE, ENVELOPE or part was read whole in the
-        reactor first, every other client waiting.
+        reactor first, every other client waiting. With C{bodies} (the
+        FETCH's L{DetachedBodies}; C{position}: the message's place in
+        it), any message is read in a parsing thread, or taken from what
+        the last read there brought.
         """
+        if bodies is not None and size < STREAM_OVER:
+            got = bodies.whole(position)
+            if isinstance(got, defer.Deferred):
+                outcome: list = []
+                got.addBoth(outcome.append)
+                yield got
+                if isinstance(outcome[0], Failure):
+                    outcome[0].raiseException()
+                got = outcome[0]
+            return self.message_view(got)
         if size >= STREAM_OVER:
             waited = read_in_thread(folder, uid, in_thread)  # (Maildir's file, PostgreSQL's blob)
             if waited is not None:
@@ -794,12 +827,25 @@ class FetchCommands:
                 return self.message_view(outcome[0])
         return self.message_view(folder.read(uid))
 
-    def _streamed(self, folder, seq, uid, info, items, whole, recent, flags_changed, modseq) -> Iterator[bytes]:
+    def _streamed(self, folder, seq, uid, info, items, whole, recent, flags_changed, modseq, bodies=None, position=0) -> Iterator[bytes]:
         """
         One FETCH response whose BODY[] / RFC822 literals are read from
         C{folder.open(uid)} in slices as the client takes them (a 25 MB
-        message is never held whole; pgstore lane).
+        message is never held whole; pgstore lane). With C{bodies} (a
+        L{DetachedBodies}), each slice is read in a parsing thread (the
+        Deferred is yielded). A database lost after a literal began: the
+        literal is filled (its length was promised) and the FETCH ends
+        NO [UNAVAILABLE].
         """
+        if bodies is not None:
+            yield from self._streamed_detached(seq, uid, info, items, whole, recent, flags_changed, modseq, bodies, position)
+            return
+        fields = self._streamed_fields(uid, info, items, whole, recent, flags_changed, modseq)
+        head = b"* %d FETCH (" % seq + b" ".join(fields)
+        yield from self._streamed_literals(folder, uid, items, whole, fields, head)
+
+    def _streamed_fields(self, uid, info, items, whole, recent, flags_changed, modseq) -> list[bytes]:
+        """The fields of a streamed FETCH response other than its BODY[] / RFC822 literals."""
         fields = []
         for item in items:
             if id(item) in whole:
@@ -817,7 +863,10 @@ class FetchCommands:
                 fields.append(b"MODSEQ (%d)" % modseq(uid))
         if flags_changed and not any(i.kind == b"FLAGS" for i in items):
             fields.append(b"FLAGS " + flags_text(info.flags, uid in recent))
-        head = b"* %d FETCH (" % seq + b" ".join(fields)
+        return fields
+
+    def _streamed_literals(self, folder, uid, items, whole, fields, head) -> Iterator[bytes]:
+        """The literals of L{_streamed} read from C{folder.open(uid)}, after C{head}."""
         for n, item in enumerate(i for i in items if id(i) in whole):
             with folder.open(uid) as f:
                 size = f.seek(0, 2)
@@ -846,6 +895,51 @@ class FetchCommands:
                         self._fetch_failed = self._fetch_failed or b"[SERVERBUG] a message changed or could not be read while it was sent; fetch it again"
                     left -= len(data)
                     yield data
+        yield b")\r\n"
+
+    def _streamed_detached(self, seq, uid, info, items, whole, recent, flags_changed, modseq, bodies, position) -> Iterator[Any]:
+        """L{_streamed} for a store read in a thread: each slice is a Deferred yielded, then its octets."""
+        folder = bodies.folder
+        fields = self._streamed_fields(uid, info, items, whole, recent, flags_changed, modseq)
+        head = b"* %d FETCH (" % seq + b" ".join(fields)
+        whole_size = bodies.size(position)
+        for n, item in enumerate(i for i in items if id(i) in whole):
+            size = whole_size
+            start = 0
+            if item.partial is not None:
+                start = min(item.partial[0], size)
+                size = min(item.partial[1], size - start)
+            label = b"RFC822" if item.kind == b"RFC822" else (item.label if item.partial is not None else b"BODY[]")
+            yield head + (b" " if fields or n else b"") + label + b" {%d}\r\n" % size
+            head = b""
+            at, left = start, size
+            while left > 0:
+                data = b""
+                if getattr(self, "_fetch_unavailable", None) is None:
+                    waited = bodies.slice(position, at, min(STREAM_SLICE, left))
+                    outcome: list = []
+                    waited.addBoth(outcome.append)
+                    yield waited
+                    if isinstance(outcome[0], Failure):
+                        if outcome[0].check(StoreUnavailable):
+                            self._fetch_unavailable = outcome[0].value
+                        else:
+                            if not outcome[0].check(NoSuchMessage):
+                                log.failure("FETCH of UID {uid} in {folder} failed after its literal began", outcome[0], uid=uid, folder=folder.name)
+                            self._fetch_failed = self._fetch_failed or b"[SERVERBUG] a message changed or could not be read while it was sent; fetch it again"
+                    else:
+                        data = outcome[0]
+                if not data:
+                    # (as _streamed: the promised length is filled, and the
+                    # command does not end OK)
+                    data = b" " * min(STREAM_SLICE, left)
+                    if getattr(self, "_fetch_unavailable", None) is None:
+                        self._fetch_failed = self._fetch_failed or b"[SERVERBUG] a message changed or could not be read while it was sent; fetch it again"
+                else:
+                    data = data[:left]
+                at += len(data)
+                left -= len(data)
+                yield data
         yield b")\r\n"
 
     def do_STORE(self, tag, messages, line, uid=0):

@@ -139,13 +139,32 @@ class EventGroup:
         return False
 
 
+# Fetch attributes that take a section (RFC 9051 §6.4.5): the list
+# Twisted's parser makes of "[...]" right after one is that section.
+_SECTIONED = frozenset({b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"})
+
+
 def _fetch_text(items: list) -> bytes:
-    """A parsed fetch-att list back as the text FETCH takes: C{(UID FLAGS BODY.PEEK[HEADER])}."""
-    parts = []
+    """
+    A parsed fetch-att list back as the text FETCH takes: C{(UID FLAGS
+    BODY.PEEK[HEADER])}. Twisted's C{parseNestedParens} makes a list of
+    a section's brackets as of parentheses (C{BODY.PEEK[]} is
+    C{b"BODY.PEEK", []}); one right after a word that takes a section is
+    put back in brackets, with its partial (C{<0.100>}), so MessageNew's
+    C{(UID BODY.PEEK[])} is fetched as it was sent, not refused.
+    """
+    parts: list[bytes] = []
     for item in items:
         if isinstance(item, list):
-            parts.append(b"(" + _fetch_text(item)[1:-1] + b")")
+            inner = _fetch_text(item)[1:-1]
+            if parts and parts[-1].upper() in _SECTIONED:
+                parts[-1] += b"[" + inner + b"]"
+                continue
+            parts.append(b"(" + inner + b")")
         elif isinstance(item, bytes):
+            if item.startswith(b"<") and parts and parts[-1].endswith(b"]"):
+                parts[-1] += item
+                continue
             parts.append(item)
         else:
             raise _bad("bad fetch attribute after MessageNew")

@@ -35,7 +35,7 @@ from twisted.mail import imap4
 from twisted_mailhub.imap.fetch import STREAM_OVER, costly_to_parse, parse_fetch_items, section_bytes
 from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.wire import mailbox_name
-from twisted_mailhub.offload import in_thread, read_in_thread
+from twisted_mailhub.offload import DetachedBodies, in_thread, read_in_thread
 from twisted_mailhub.store.interfaces import NoSuchMessage, StoreError
 
 _LOOPBACK = {"localhost", "127.0.0.1", "[::1]", "::1"}
@@ -179,13 +179,22 @@ def _message_of(server: Any, raw: bytes) -> tuple[bytes | defer.Deferred, ImapUR
     if url.uidvalidity is not None and url.uidvalidity != folder.uid_validity:
         raise BadURL(raw, "the mailbox's UIDVALIDITY is not the URL's")
     try:
-        if folder.info(url.uid).size >= STREAM_OVER:
-            waited = read_in_thread(folder, url.uid, in_thread)  # (Maildir's file, PostgreSQL's blob)
+        if folder.info(url.uid).size >= STREAM_OVER or DetachedBodies.possible(folder):
+            # (Maildir's big file; any PostgreSQL blob, read on the store's
+            # own connections: the reactor never waits for the database)
+            waited = read_in_thread(folder, url.uid, in_thread)
             if waited is not None:
-                return waited, url
+                return waited.addErrback(_gone, raw), url
         return folder.read(url.uid), url
     except (NoSuchMessage, StoreError, OSError):
         raise BadURL(raw, "no such message") from None
+
+
+def _gone(reason: Any, raw: bytes) -> Any:
+    """A message read in a thread was gone: L{BadURL}, as when it is found gone here (a database lost stays L{StoreUnavailable})."""
+    if reason.check(NoSuchMessage):
+        raise BadURL(raw, "no such message")
+    return reason
 
 
 def url_octets(raw: bytes, data: bytes, url: ImapURL) -> bytes:

@@ -34,11 +34,14 @@ Rules:
 
 How psycopg meets the reactor: L{IFolder}'s reads and flag changes are
 synchronous calls, so they run on one connection in the reactor thread
-(a few hundred microseconds on loopback). What reads many messages in one
-go does not: a search (IMAP SEARCH, SORT, THREAD, a live search's new
-messages, the web's and the API's) and a whole big message for FETCH
-BODYSTRUCTURE or the web read their bytes in the hub's parsing threads
-through a L{BlobReader}, on L{ReadConnections} of their own. Deliveries, APPEND and COPY,
+(a few hundred microseconds on loopback). Message bytes are not read
+there by the protocols: a search (IMAP SEARCH, SORT, THREAD, a live
+search's new messages, the web's and the API's), a whole big message for
+FETCH BODYSTRUCTURE or the web, and the bodies of IMAP FETCH (and
+NOTIFY's), POP3 RETR and TOP and CATENATE's URLs
+(L{twisted_mailhub.offload.DetachedBodies}) read their bytes in the hub's
+parsing threads through a L{BlobReader}, on L{ReadConnections} of their
+own. Deliveries, APPEND and COPY,
 which wait for a disk flush, go to the group commit (L{GroupCommitter}):
 while a batch commits, new writes queue and the next batch takes all of
 them in one transaction (as L{twisted_mailhub.store.durable} does for
@@ -351,6 +354,34 @@ class BlobReader:
                 at += len(chunk)
             return b"".join(chunks)
         return self._fetch(n, self._bodies, "body", lambda conn, ids: blobs.get(conn, ids), READ_AHEAD_ONE)
+
+    def held(self, n: int) -> bytes | None:
+        """
+        (in the reactor) The whole message C{n} when an earlier round trip
+        already read it ahead (L{raw}), and forgets it; else L{None}. No
+        database call: a client that reads message after message (POP3
+        RETR, IMAP FETCH 1:* BODY[]) takes a thread hop per round trip,
+        not per message.
+        """
+        return self._bodies.pop(n, None)
+
+    def size(self, n: int) -> int:
+        """Message C{n}'s size in octets, as taken with its id."""
+        return self._sizes[n]
+
+    def slice(self, n: int, at: int, length: int) -> bytes:
+        """
+        (in a worker thread) Octets C{at} to C{at + length} of message C{n}
+        (fewer at its end), one round trip: a big message sent as the
+        client takes it, never held whole.
+
+        @raise NoSuchMessage: it is gone.
+        @raise StoreUnavailable: the database cannot be reached.
+        """
+        chunk = self._store.readers.run(self._store.blobs.read, self._ids[n], at, length)
+        if chunk is None:
+            raise NoSuchMessage(n)
+        return chunk
 
     def head(self, n: int, length: int) -> bytes:
         """
