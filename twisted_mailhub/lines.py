@@ -128,6 +128,8 @@ def telnet_prefix_text(line: bytes) -> bytes:
     """
     while line[:1] == b"\xff" and line[1:2] != b"\xff":
         m = _TELNET_COMMAND.match(line)
+        if m is None:
+            break  # IAC before an octet that is no Telnet command: data (refused as not ASCII/UTF-8)
         line = line[m.end() :]
     return line
 
