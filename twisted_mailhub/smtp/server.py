@@ -81,7 +81,7 @@ from twisted_mailhub.smtp.record import MailRecord
 from twisted_mailhub.filters import Reject
 from twisted_mailhub.quota import QuotaExceeded
 from twisted_mailhub.store.interfaces import is_out_of_space
-from twisted_mailhub.transcript import RecordingPortal, looks_like_a_secret, record_read
+from twisted_mailhub.transcript import RecordingPortal, is_command_word, looks_like_a_secret, record_read
 
 log = Logger()
 
@@ -506,7 +506,7 @@ class MailhubSMTP(smtp.ESMTP):
                 # One base64 word after another (AUTH LOGIN's user name,
                 # then its password): each is hidden, not only the first.
                 self._after_auth = "secret"
-            if after_auth is True or secret:
+            if secret or (after_auth is True and not is_command_word(upper)):
                 # Right after an AUTH that ended (refused before STARTTLS,
                 # say): this may be the password the client sent anyway.
                 return self.reply(500, "5.5.2 Error: command not recognized (not shown: after AUTH it may be a password); try HELP")
