@@ -483,12 +483,14 @@ class MailhubSMTP(smtp.ESMTP):
             line = raw.decode("ascii")
         except UnicodeDecodeError:
             # RFC 6531 §3.3: UTF-8 only in the addresses of MAIL and RCPT,
-            # and only with SMTPUTF8 (checked there).
+            # and only with SMTPUTF8 (checked there); §3.7.4.2: in the
+            # String of VRFY and EXPN ("String may include Non-ASCII
+            # characters", SMTPUTF8 after it optional).
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
                 line = None
-            if line is None or line.lstrip()[:4].upper() not in ("MAIL", "RCPT"):
+            if line is None or line.lstrip()[:4].upper() not in ("MAIL", "RCPT", "VRFY", "EXPN"):
                 return self.reply(500, "5.5.2 Error: command contains non-ASCII characters")
         if "\r" in line or "\0" in line:
             return self.reply(500, "5.5.2 Error: bad syntax" + control_note(line))
@@ -573,9 +575,15 @@ class MailhubSMTP(smtp.ESMTP):
         self.close()
 
     def smtp_VRFY(self, rest: str):
-        # RFC 5321 §3.5.3: 252 rather than confirm or deny accounts.
-        if not rest:
-            return self.reply(501, "5.5.4 Syntax: VRFY address")
+        # RFC 5321 §3.5.3: 252 rather than confirm or deny accounts. RFC
+        # 6531 §3.7.4.2: "VRFY" SP String [ SP "SMTPUTF8" ], the String
+        # perhaps UTF-8; the reply names no mailbox, so it stays ASCII
+        # with or without the parameter.
+        words = rest.split()
+        if len(words) > 1 and words[-1].upper() == "SMTPUTF8":
+            words = words[:-1]
+        if not words:
+            return self.reply(501, "5.5.4 Syntax: VRFY address [SMTPUTF8]")
         self.reply(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
 
     def smtp_EXPN(self, rest: str):
