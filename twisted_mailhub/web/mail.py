@@ -1200,9 +1200,10 @@ def unsendable(fields: dict[str, str]) -> str:
     """
     Why the compose form's C{fields} cannot be sent as typed ('' if they
     can): a control character in To, Cc or Subject (RFC 5322 §2.2), or a
-    NUL in the message text (RFC 5322 §2.3). Names the field and the
-    characters, e.g. "The Subject has a control character, U+001B (ESC),
-    ...".
+    NUL in the message text (RFC 5322 §2.3), or octets that are not
+    UTF-8 in any of them (a L{FormFields}' C{not_utf8}). Names the field
+    and the characters, e.g. "The Subject has a control character, U+001B
+    (ESC), ...".
     """
     found = []
     for key, label, forbidden in _FIELDS:
@@ -1210,12 +1211,21 @@ def unsendable(fields: dict[str, str]) -> str:
         if chars:
             names = ", ".join(_control_name(c) for c in chars)
             found.append(f"the {label} has {'a control character' if len(chars) == 1 else 'control characters'}, {names}")
+    not_utf8 = [label for key, label, _ in _FIELDS if key in getattr(fields, "not_utf8", ())]
+    # (octets not UTF-8 come from a hand-made request or a page of another
+    # encoding: what they meant is unknown, so nothing is guessed and sent
+    # unseen)
+    encoding = (
+        f"the {' and the '.join(not_utf8)} came in octets that are not UTF-8, the form's encoding; "
+        "they are shown below as \ufffd: correct them and send it again."
+    )
     if not found:
-        return ""
+        return f"Not sent: {encoding[0].upper() + encoding[1:]}" if not_utf8 else ""
     text = "; ".join(found)
     return (
         f"Not sent: {text[0].upper() + text[1:]}. Mail cannot carry control characters in its header "
         "fields, nor NUL in its text (RFC 5322). They were taken out below: check the message and send it again."
+        + (f" Also, {encoding}" if not_utf8 else "")
     )
 
 
@@ -1258,12 +1268,14 @@ def _form_data(request) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
     which Twisted's C{request.args} drops).
     """
     content_type = request.getHeader(b"content-type") or b""
+    fields = FormFields()
     if not content_type.lower().startswith(b"multipart/form-data"):
-        return {k.decode(): v[0].decode("utf-8", "replace") for k, v in request.args.items()}, []
+        for k, v in request.args.items():
+            fields.take(k.decode("utf-8", "replace"), v[0])
+        return fields, []
     request.content.seek(0)
     body = request.content.read()
     parsed = email.message_from_bytes(b"Content-Type: " + content_type + b"\r\n\r\n" + body, policy=email.policy.HTTP)
-    fields: dict[str, str] = {}
     files = []
     parts = list(parsed.iter_parts())
     raw = _form_parts(body, parsed.get_boundary())
@@ -1284,8 +1296,30 @@ def _form_data(request) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
             if data:
                 files.append((msgparse.filename(part) or "attachment", part.get_content_type(), data))
         else:
-            fields[name] = data.decode("utf-8", "replace")
+            fields.take(name, data)
     return fields, files
+
+
+class FormFields(dict):
+    """
+    A posted form's fields, C{{name: text}}. A field whose octets are not
+    UTF-8 (what every browser sends, RFC 7578 §5.1.2 / HTML's form
+    encoding; a hand-made request may send Latin-1) is kept with U+FFFD in
+    their place, and its name is in L{not_utf8}, so that the form can say
+    so instead of sending the replacement characters unseen.
+    """
+
+    def __init__(self) -> None:
+        dict.__init__(self)
+        self.not_utf8: set[str] = set()
+
+    def take(self, name: str, octets: bytes) -> None:
+        """Keep field C{name} with its C{octets} decoded as UTF-8."""
+        try:
+            self[name] = octets.decode("utf-8")
+        except UnicodeDecodeError:
+            self[name] = octets.decode("utf-8", "replace")
+            self.not_utf8.add(name)
 
 
 def submit(hub: Any, sender: str, recipients: list[str], message: bytes, client_ip: str, tls: bool, notify: str = ""):
