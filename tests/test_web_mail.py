@@ -589,3 +589,18 @@ def test_compose_fields_that_are_not_utf8_are_a_form_error_not_replaced_unseen(h
     # Corrected (UTF-8), it goes.
     sent = browser.post("/compose", {"to": "bob", "subject": "Grüße", "body": "naïve"})
     assert sent.status == 303, sent.text[-2000:]
+
+
+def test_the_anatomy_says_why_a_header_line_typed_without_a_colon_and_what_follows_are_body(hub):
+    # Typed by hand in DATA: "To bob@localhost" (no colon), then "Subject: hi".
+    # The hub puts the header's empty line before the first line that is no
+    # header field (as Postfix does), so To and Subject are body text; the
+    # anatomy showed that without a word of why.
+    send(hub, "kim@example.org", ["alice@localhost"], b"From: kim@example.org\r\nTo alice@localhost\r\nSubject: typed\r\n\r\nhello\r\n")
+    send(hub, "kim@example.org", ["alice@localhost"], b"From: kim@example.org\r\nSubject: fine\r\n\r\nto be honest, hello\r\n")
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    page = browser.get("/mail/INBOX/1/anatomy").text
+    assert re.search(r"The header ends before the line <code>To alice@localhost</code>: it is no header field", page), page[-3000:]
+    assert "put one there, as Postfix does" in page and "RFC 5322 §2.2" in page
+    assert "The header ends before" not in browser.get("/mail/INBOX/2/anatomy").text

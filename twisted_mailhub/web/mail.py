@@ -189,6 +189,50 @@ def _opaque_note(msg: Any, here: str) -> Any:
     )
 
 
+# A header field line (RFC 5322 §2.2: a name of printable ASCII but ':',
+# then ':'), and the field names a person types first in a message.
+_FIELD_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
+_COMMON_FIELDS = frozenset(b"to from cc bcc subject date reply-to sender message-id".split())
+
+
+def header_ended_early(raw: bytes) -> str | None:
+    """
+    The first line of message C{raw}'s body when it looks like a header
+    field typed without its colon ("To bob@localhost"): its first word is a
+    common field name and it holds an address, or a header field line
+    ("Subject: hi") follows it before the next empty line. Such a line ended the header section (RFC
+    5322 §2.2), and the server put the empty line before it (the hub as
+    Postfix: L{twisted_mailhub.smtp.delivery.separate_body}). L{None} for
+    any other message. Text, octets that are not UTF-8 as U+FFFD.
+    """
+    end = 0 if raw.startswith(b"\r\n") else raw.find(b"\r\n\r\n") + 2
+    if end < 2 and not raw.startswith(b"\r\n"):
+        return None
+    body = raw[end + 2 :] if end else raw[2:]
+    first, _, rest = body.partition(b"\r\n")
+    if not first.strip() or _FIELD_LINE.match(first) or first[:1] in (b" ", b"\t"):
+        return None
+    word = first.split(None, 1)[0].lower()
+    following = rest.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[:20]
+    if (word.rstrip(b".;,") in _COMMON_FIELDS and b"@" in first) or any(_FIELD_LINE.match(line) for line in following):
+        return first.decode("utf-8", "replace")
+    return None
+
+
+def _header_end_note(raw: bytes) -> Any:
+    """What the Anatomy says of a header that ended early (L{header_ended_early}), or ''."""
+    line = header_ended_early(raw)
+    if line is None:
+        return ""
+    return tags.p(
+        "The header ends before the line ", tags.code(msgparse.visible(line[:120])), ": it is no header field (a field is a name, a colon, "
+        "then the value: RFC 5322 §2.2), so the header section ended there. The empty line that ends a header was missing before it, "
+        "and the server that took the message put one there, as Postfix does, so that line and every line after it (header "
+        "fields typed later, too) are the body.",
+        class_="note",
+    )
+
+
 def _attached(msg: Any) -> list[Any]:
     """The attachments of a parsed message (L{msgparse.is_attachment}), at most L{MAX_LISTED}."""
     return [p for p in msgparse.parts(msg) if msgparse.is_attachment(p)][:MAX_LISTED]
@@ -879,7 +923,7 @@ class FolderPages(resource.Resource):
             _opaque_note(msg, message_url(self.name, info.uid)),
             tags.h2("Envelope and header"), envelope,
             tags.h2("The path it took (Received:, oldest first)"), tags.ol(*hop_items, class_="hops") if hop_items else tags.p("No Received: lines."),
-            tags.h2("Header fields"), headers,
+            tags.h2("Header fields"), headers, _header_end_note(raw),
             tags.h2("MIME tree"),
             tags.table(tags.thead(tags.tr(tags.th("content type"), tags.th("transfer encoding"), tags.th("charset"), tags.th("size as sent"), tags.th("file name"))), tags.tbody(*mime_rows), class_="mime"),
             tags.h2("Parts: as sent and decoded"), *part_views,
