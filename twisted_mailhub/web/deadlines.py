@@ -15,7 +15,9 @@ ever. Here, on top of it:
                 within C{--web-header-timeout} seconds of the request's
                 first octet (20 s, as Apache's mod_reqtimeout).
  body           Once the headers are in, the body (Content-Length or
-                chunked) must be complete within C{--web-body-timeout}.
+                chunked) must be complete within C{--web-body-timeout},
+                or, for a Content-Length body, one second per
+                L{BODY_RATE} octets if that is longer.
  idle           C{--web-idle-timeout}: no octet at all, between requests
                 or within one (Twisted's C{timeOut}).
  body size      A body over L{max_body} octets (Content-Length, or
@@ -64,6 +66,24 @@ def check_options(options: Any) -> None:
             raise usage.UsageError(f"--{row[0]} must be a positive number of seconds")
 
 
+#: The slowest a body of known size may flow once its time is over
+#: --web-body-timeout, in octets per second (as an IMAP literal's,
+#: L{twisted_mailhub.imap.deadlines.LITERAL_RATE}: 32 kbit/s).
+BODY_RATE = 4096.0
+
+
+def body_seconds(length: int | None, body_timeout: float) -> float:
+    """
+    Seconds a request body may take: C{body_timeout}, or one second per
+    L{BODY_RATE} octets of its C{Content-Length} if that is longer (a
+    20 MB attachment on a slow uplink is not cut at 120 s); a chunked
+    body (C{length} L{None}) has C{body_timeout}.
+    """
+    if length is None:
+        return body_timeout
+    return max(body_timeout, length / BODY_RATE)
+
+
 class DeadlineChannel(http.HTTPChannel):
     """
     An L{http.HTTPChannel} with a deadline per request: its header fields,
@@ -72,6 +92,7 @@ class DeadlineChannel(http.HTTPChannel):
 
     _deadline: Any = None
     _deadline_kind = ""
+    _body_seconds = 0.0
     _abort_call: Any = None
 
     def connectionMade(self):
@@ -98,7 +119,8 @@ class DeadlineChannel(http.HTTPChannel):
         http.HTTPChannel.allHeadersReceived(self)
         if self._deadline is not None and self._deadline.active():
             self._deadline_kind = "body"
-            self._deadline.reset(self.factory.body_timeout)
+            self._body_seconds = body_seconds(self.length, self.factory.body_timeout)
+            self._deadline.reset(self._body_seconds)
 
     def allContentReceived(self):
         self._cancel_deadline()
@@ -113,7 +135,7 @@ class DeadlineChannel(http.HTTPChannel):
         self._deadline = None
         if self.transport is None or self.transport.disconnecting:
             return
-        seconds = self.factory.header_timeout if self._deadline_kind == "header fields" else self.factory.body_timeout
+        seconds = self.factory.header_timeout if self._deadline_kind == "header fields" else (self._body_seconds or self.factory.body_timeout)
         peer = getattr(self.transport.getPeer(), "host", "?")
         log.info("web: {peer} took over {seconds:g}s to send a request's {kind}, closing", peer=peer, seconds=seconds, kind=self._deadline_kind)
         self._refuse(b"408 Request Timeout", f"408 Request Timeout: the request's {self._deadline_kind} did not arrive within {seconds:g} seconds.\n")
