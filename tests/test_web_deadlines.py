@@ -53,22 +53,26 @@ class DeadlineChannelTests(unittest.TestCase):
         self.assertIn(b"header fields did not arrive within 20 seconds", transport.value())
         self.assertTrue(transport.disconnecting)
 
-    def test_a_big_body_gets_time_in_proportion_to_its_size(self):
+    def test_a_big_body_flowing_steadily_goes_on_past_the_body_deadline_and_a_trickled_one_does_not(self):
         from twisted_mailhub.web.deadlines import BODY_RATE
 
         channel, transport = self.connect()
-        size = int(BODY_RATE * 100)  # 100 s at the slowest rate taken: over the 60 s limit
+        size = int(BODY_RATE * 100)  # 100 s at the slowest rate let go on: over the 60 s limit
         channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
-        for _ in range(9):
+        for _ in range(8):  # a little faster than that rate: 80 s
+            channel.dataReceived(b"x" * int(BODY_RATE * 12))
             self.clock.advance(10)
-            channel.dataReceived(b"x" * int(BODY_RATE * 10))
         self.assertFalse(transport.disconnecting, transport.value())
-        channel.dataReceived(b"x" * (size - 9 * int(BODY_RATE * 10)))
+        channel.dataReceived(b"x" * (size - 8 * int(BODY_RATE * 12)))
         self.assertIn(b"got %d" % size, transport.value())
+        # The same size trickled: cut at the limit, as before.
         channel2, transport2 = self.connect()
         channel2.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\nabc" % size)
-        self.clock.advance(101)
-        self.assertIn(b"body did not arrive within 100 seconds", transport2.value())
+        for _ in range(6):
+            self.clock.advance(10)
+            channel2.dataReceived(b"d")
+        self.assertIn(b"body did not arrive within 60 seconds", transport2.value())
+        self.assertTrue(transport2.disconnecting)
 
     def test_body_never_finished_gets_408_at_the_body_deadline(self):
         channel, transport = self.connect()
