@@ -70,6 +70,7 @@ from twisted.protocols import policies
 from zope.interface import implementer
 
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable, FileSystemUnavailableWrite
+from twisted_mailhub.lines import MIN_TRANSFER_RATE
 
 log = Logger()
 
@@ -80,7 +81,7 @@ EARLY_LIMIT = 1024 * 1024  # bytes taken on a data connection before its command
 # 32 kbit/s): past that, octets that come slower no longer keep the data
 # connection alive, so a client trickling an octet every few seconds is cut
 # off instead of holding the transfer and the file for ever.
-UPLOAD_RATE = 4096.0
+UPLOAD_RATE = MIN_TRANSFER_RATE
 SENDFILE_SLICE = 8 * 1024 * 1024
 SENDFILE_BUDGET = 64 * 1024 * 1024  # per reactor turn, so others get a go
 PASSIVE_TRIES = 200  # ports tried for one PASV before giving up

@@ -44,6 +44,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from twisted_mailhub.lines import MIN_TRANSFER_RATE
+
 log = Logger()
 
 LOGIN_TIMEOUT = 300.0
@@ -51,7 +53,7 @@ COMMAND_TIMEOUT = 120.0
 IDLE_TIMEOUT = 1800.0
 #: The slowest a literal's octets may flow once its time is over the
 #: command-line limit, in octets per second (4 KiB/s: 32 kbit/s).
-LITERAL_RATE = 4096.0
+LITERAL_RATE = MIN_TRANSFER_RATE
 
 option_parameters = [
     ["imap-login-timeout", None, LOGIN_TIMEOUT, "Seconds an IMAP client may take, in all, to log in.", float],

@@ -42,6 +42,8 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.web import http, server
 
+from twisted_mailhub.lines import MIN_TRANSFER_RATE
+
 log = Logger()
 
 HEADER_TIMEOUT = 20.0
@@ -69,7 +71,7 @@ def check_options(options: Any) -> None:
 #: The slowest a body may flow on average to be let go on past
 #: --web-body-timeout, in octets per second (as an IMAP literal's,
 #: L{twisted_mailhub.imap.deadlines.LITERAL_RATE}: 32 kbit/s).
-BODY_RATE = 4096.0
+BODY_RATE = MIN_TRANSFER_RATE
 
 
 def keeping_up(octets: int, seconds: float) -> bool:
