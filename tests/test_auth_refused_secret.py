@@ -163,3 +163,75 @@ def test_the_words_sent_after_a_refused_auth_are_masked_pipelined_or_not():
         got = _transcribed("smtp", exchange)
         assert SECRET not in "\n".join(got), (pipelined, got)
         assert got.count("C: **** (after a refused AUTH)") == 2 and "C: QUIT" in got, (pipelined, got)
+
+
+def test_a_command_word_after_a_refused_auth_is_shown_and_other_words_are_masked():
+    got = _transcribed(
+        "smtp",
+        [
+            ("C", b"AUTH LOGIN\r\n"),
+            ("S", b"538 5.7.11 Encryption required\r\n"),
+            ("C", b"TURN\r\n"),
+            ("S", b"500 5.5.2 Error: command 'TURN' not recognized; try HELP\r\n"),
+            ("C", b"AUTH LOGIN\r\n"),
+            ("S", b"538 5.7.11 Encryption required\r\n"),
+            ("C", b"send\r\n"),
+            ("S", b"500 5.5.2 Error: command 'send' not recognized; try HELP\r\n"),
+            ("C", b"AUTH LOGIN\r\n"),
+            ("S", b"538 5.7.11 Encryption required\r\n"),
+            ("C", b"Ym9i\r\n"),  # base64 of "bob": a user name, masked
+            ("S", b"500 5.5.2 Error: command not recognized\r\n"),
+        ],
+    )
+    assert "C: TURN" in got and "C: send" in got, got
+    assert "Ym9i" not in "\n".join(got) and got.count("C: **** (after a refused AUTH)") == 1, got
+
+
+def test_turn_typed_after_a_refused_auth_is_echoed_and_logged_as_typed(start_hub):
+    import ftplib
+    import smtplib
+
+    hub = start_hub("--transcript")
+    s = smtplib.SMTP("127.0.0.1", hub.ports["submission"], timeout=15)
+    s.ehlo("student")
+    assert s.docmd("AUTH", "LOGIN")[0] == 538
+    code, text = s.docmd("TURN")
+    assert code == 500 and b"'TURN'" in text, (code, text)
+    assert s.docmd("AUTH", "LOGIN")[0] == 538
+    code, text = s.docmd(USER64)  # the user name, as AUTH LOGIN's first line: hidden still
+    assert code == 500 and USER64.encode() not in text and b"not shown" in text, text
+    s.quit()
+    with socket.create_connection(("127.0.0.1", hub.ports["pop3"]), timeout=15) as c:
+        f = c.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        c.sendall(b"AUTH GSSAPI\r\nLAST\r\nQUIT\r\n")
+        assert f.readline().startswith(b"-ERR")
+        reply = f.readline()
+        assert reply.startswith(b"-ERR unknown command 'LAST'"), reply
+        assert f.readline().startswith(b"+OK")
+    # FTP: no password follows its AUTH (RFC 2228: TLS), but a client may
+    # send one anyway; it was echoed upper-cased in the 500 reply.
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", hub.ports["ftp"], timeout=15)
+    for refused in ("AUTH BOGUS", "AUTH"):
+        try:
+            ftp.sendcmd(refused)
+        except ftplib.error_perm as e:
+            assert str(e)[:3] in ("504", "501"), e
+        try:
+            ftp.sendcmd(SECRET)
+        except ftplib.error_perm as e:
+            reply = str(e)
+        assert reply.startswith("500 Command not understood (not shown: after a refused AUTH"), reply
+        assert SECRET.upper()[:8] not in reply and SECRET[:8] not in reply
+    try:
+        ftp.sendcmd("AUTH BOGUS")
+    except ftplib.error_perm:
+        pass
+    assert ftp.sendcmd("NOOP").startswith("200")  # a command after it is a command
+    ftp.quit()
+    hub.wait_for_log(r"C: TURN")
+    hub.wait_for_log(r"C: LAST")
+    hub.wait_for_log(r"C: AUTH BOGUS\n.*\n.*C: NOOP")
+    hub.wait_for_log(r"S: 221 ")
+    assert SECRET not in hub.log and SECRET.upper()[:8] not in hub.log and USER64 not in hub.log

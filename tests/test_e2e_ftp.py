@@ -792,6 +792,36 @@ def test_stalled_upload_is_cut_off_after_the_data_timeout(start_hub):
     assert open(os.path.join(home(hub), "slow.bin"), "rb").read() == b"a little more"
 
 
+def test_an_upload_trickled_an_octet_at_a_time_is_cut_off(start_hub):
+    # Each octet reset the data timeout: an octet every 0.3 s kept the
+    # transfer (and the file) open for ever. Past --ftp-data-timeout an
+    # upload must average 4 KiB/s for its octets to keep it alive.
+    hub = start_hub("--ftp-data-timeout", "1")
+    f = login(hub)
+    f.voidcmd("TYPE I")
+    conn = f.transfercmd("STOR trickle.bin")
+    start = time.monotonic()
+    for _ in range(40):  # 12 s if let go on
+        try:
+            conn.sendall(b"x")
+        except OSError:
+            break
+        time.sleep(0.3)
+    f.sock.settimeout(15)
+    assert f.getline() == "426 The data arrived at under 4 KiB/s for over 1 second; transfer aborted."
+    assert time.monotonic() - start < 6
+    conn.close()
+    assert "trickle.bin" not in f.nlst()
+    # A steady upload of the same length of time is not cut.
+    conn = f.transfercmd("STOR steady.bin")
+    for _ in range(10):
+        conn.sendall(b"y" * 8192)
+        time.sleep(0.25)
+    conn.close()
+    assert f.voidresp().startswith("226")
+    assert os.path.getsize(os.path.join(home(hub), "steady.bin")) == 81920
+
+
 def test_passive_ports_address_and_banner_options(start_hub):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

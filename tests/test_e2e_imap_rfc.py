@@ -382,3 +382,31 @@ def test_a_nul_or_a_bare_cr_in_a_command_line_is_bad_and_named(hub):
     assert r.until_tag(b"z") == [b"z BAD LOGIN not allowed now: only before login"]
     assert r.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
     r.close()
+
+
+def test_eight_bit_and_control_octets_of_a_command_are_never_echoed_raw(hub):
+    # A header field name with an octet outside printable US-ASCII (RFC
+    # 5322 §3.6.8) was echoed raw in the FETCH response's section
+    # ("BODY[HEADER.FIELDS (\xff)]"), and SEARCH HEADER with one failed
+    # ("BAD [SERVERBUG]", a traceback in the log). Both are BAD now, the
+    # name shown as every reply shows input (<FF>, ^A); input quoted in
+    # other BAD replies too ("?" was all an 8-bit octet got).
+    r = raw_login(hub)
+    raw_append(r, b"INBOX", b"Subject: hi\r\nX-Y: z\r\n\r\nbody\r\n")
+    assert r.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK")
+    bad_name = b"t BAD a header field name is printable US-ASCII without ':' (RFC 5322 section 3.6.8): "
+    assert r.cmd(b"t", b"FETCH 1 (BODY.PEEK[HEADER.FIELDS (\xff)])") == [bad_name + b'"<FF>"']
+    assert r.cmd(b"t", b"UID FETCH 1 (BODY.PEEK[HEADER.FIELDS.NOT (X\xff\x01)])") == [bad_name + b'"X<FF>^A"']
+    assert r.cmd(b"t", b"SEARCH HEADER \xff x") == [bad_name + b'"<FF>"']
+    assert r.cmd(b"t", b"SEARCH HEADER X-\xc3\xa9 x") == [bad_name + b'"X-?"']
+    assert r.cmd(b"u", b"FETCH 1 (\xff)") == [b'u BAD bad FETCH item at "<FF>"']
+    assert r.cmd(b"u", b"SEARCH \xff") == [b'u BAD unknown search key "<FF>"']
+    assert r.cmd(b"u", b"FETCH 1 (BODY.PEEK[\xff])") == [b'u BAD bad section "[<FF>]"']
+    # The session goes on, and a right field name still works.
+    reply = r.cmd(b"v", b"FETCH 1 (BODY.PEEK[HEADER.FIELDS (X-Y)])")
+    assert reply[-1] == b"v OK FETCH completed", reply
+    assert reply[0] == b"* 1 FETCH (BODY[HEADER.FIELDS (X-Y)] {10}", reply
+    assert r.cmd(b"w", b"SEARCH HEADER X-Y z") == [b"* SEARCH 1", b"w OK SEARCH completed"]
+    for line in r.cmd(b"x", b"NOOP"):
+        assert not re.search(rb"[\x00-\x08\x0e-\x1f\x7f-\xff]", line)
+    r.close()

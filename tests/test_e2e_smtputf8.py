@@ -139,3 +139,29 @@ def test_pop3_stat_and_list_count_what_each_kind_of_session_is_sent(hub):
         if not utf8:
             legacy_first = sizes[0]
     assert legacy_first > sizes[0]  # the downgraded header is longer than the UTF-8 one as stored
+
+
+def test_vrfy_and_expn_take_a_utf8_string_and_the_smtputf8_parameter(hub):
+    # RFC 6531 §3.7.4.2: vrfy = "VRFY" SP String [ SP "SMTPUTF8" ] CRLF,
+    # "String may include Non-ASCII characters" (expn the same). It was
+    # "500 5.5.2 Error: command contains non-ASCII characters"; Postfix
+    # answers 252.
+    s = smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=15)
+    s.ehlo("client.example")
+    assert "smtputf8" in s.esmtp_features
+    for line in ("VRFY jöran SMTPUTF8", "VRFY jöran", "vrfy jöran@localhost smtputf8", "VRFY alice SMTPUTF8"):
+        s.send(line.encode("utf-8") + b"\r\n")
+        code, text = s.getreply()
+        assert code == 252 and text.isascii(), (line, code, text)
+    s.send("EXPN jöran-liste SMTPUTF8\r\n".encode("utf-8"))
+    assert s.getreply() == (502, b"5.5.1 Error: EXPN is not offered")
+    s.send(b"VRFY SMTPUTF8\r\n")  # (the String alone: a user of that name)
+    assert s.getreply()[0] == 252
+    s.send(b"VRFY\r\n")
+    assert s.getreply() == (501, b"5.5.4 Syntax: VRFY address [SMTPUTF8]")
+    s.send(b"VRFY j\xf6ran\r\n")  # Latin-1: not UTF-8, refused as before
+    assert s.getreply() == (500, b"5.5.2 Error: command contains non-ASCII characters")
+    s.send("NOOP jöran\r\n".encode("utf-8"))  # (RFC 6531 extends only MAIL, RCPT, VRFY, EXPN)
+    assert s.getreply()[0] == 500
+    assert s.noop()[0] == 250
+    s.quit()

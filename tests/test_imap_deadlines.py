@@ -21,7 +21,7 @@ from twisted_mailhub.hub import Hub
 from twisted_mailhub.imap.server import IMAPServer
 from twisted_mailhub.store.memory import MemoryStore
 
-from tests.rawclient import read_until_closed
+from tests.rawclient import LineReader, read_until_closed
 
 
 class DeadlineTests(unittest.TestCase):
@@ -72,12 +72,54 @@ class DeadlineTests(unittest.TestCase):
         server, transport = self.connect()
         server.dataReceived(b"a LOGIN alice secret\r\n")
         server.dataReceived(b"b APPEND INBOX {14}\r\n")
+        # 105 s for the literal (within its 120 s), 140 s for the command:
+        # the literal's time does not count against the line's.
         for chunk in (b"Subject: ", b"x\r\n", b"\r\n"):
-            self.clock.advance(100)
+            self.clock.advance(35)
             server.dataReceived(chunk)
-        self.clock.advance(100)
+        self.clock.advance(35)
         server.dataReceived(b"\r\n")
         self.assertIn(b"b OK", transport.value())
+        self.assertFalse(transport.disconnecting)
+
+    def test_a_literal_trickled_an_octet_at_a_time_is_cut_off_at_its_deadline(self):
+        server, transport = self.connect()
+        server.dataReceived(b"a LOGIN alice secret\r\n")
+        server.dataReceived(b"b APPEND INBOX {500}\r\n")
+        for _ in range(23):  # an octet every 5 s: each resets the idle limit
+            self.clock.advance(5)
+            server.dataReceived(b"x")
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(6)
+        self.assertIn(b"* BYE a literal of 500 octets took over 120 seconds to arrive; closing the connection", transport.value())
+        self.assertNotIn(b"b OK", transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_literal_plus_and_a_skipped_one_have_the_deadline_too(self):
+        server, transport = self.connect()
+        server.dataReceived(b"a LOGIN alice secret\r\n")
+        server.dataReceived(b"b APPEND NoSuchFolder {300+}\r\nxx")
+        self.clock.advance(121)
+        self.assertIn(b"* BYE a literal of 300 octets took over 120 seconds", transport.value())
+        server2, transport2 = self.connect()
+        server2.dataReceived(b"a LOGIN alice secret\r\n")
+        server2.dataReceived(b"b FROB {30+}\r\nxx")  # refused, its octets skipped
+        self.clock.advance(121)
+        self.assertIn(b"* BYE a literal of", transport2.value())
+        self.assertTrue(transport2.disconnecting)
+
+    def test_a_big_literal_gets_time_in_proportion_to_its_size(self):
+        from twisted_mailhub.imap.deadlines import LITERAL_RATE
+
+        server, transport = self.connect()
+        server.dataReceived(b"a LOGIN alice secret\r\n")
+        self.assertEqual(server.deadlines.literal_deadline(10), 120)
+        self.assertEqual(server.deadlines.literal_deadline(int(LITERAL_RATE * 1000)), 1000)
+        server.dataReceived(b"b APPEND INBOX {14}\r\n")
+        server.dataReceived(b"Subject: x\r\n\r\n\r\n")
+        self.assertIn(b"b OK", transport.value())
+        self.clock.advance(200)  # no timer of the literal is left behind
+        self.assertNotIn(b"BYE", transport.value())
         self.assertFalse(transport.disconnecting)
 
     def test_logged_in_client_is_logged_out_after_the_idle_limit(self):
@@ -138,3 +180,34 @@ def test_imap_client_trickling_a_command_line_is_cut_off(start_hub):
     out = read_until_closed(s)
     assert b"* BYE a command line took over 1 seconds to arrive" in out
     assert b"a OK" not in out
+
+
+def test_imap_client_trickling_an_append_literal_is_cut_off(start_hub):
+    """A logged-in client sending an APPEND literal's octets one every 0.4 s."""
+    hub = start_hub("--imap-command-timeout", "2")
+    s = socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=20)
+    r = LineReader()
+    r.sock = s
+    r.line()
+    s.sendall(b"a LOGIN alice secret\r\n")
+    while not r.line().startswith(b"a OK"):
+        pass
+    s.sendall(b"b APPEND INBOX {200}\r\n")
+    assert r.line().startswith(b"+ ")
+    start = time.monotonic()
+    for _ in range(40):  # 16 s if it were let go on
+        try:
+            s.sendall(b"x")
+        except OSError:
+            break
+        time.sleep(0.4)
+    out = r.buf + read_until_closed(s, 5)
+    assert b"* BYE a literal of 200 octets took over 2 seconds to arrive; closing the connection" in out
+    assert time.monotonic() - start < 8
+    # The server goes on, and nothing was stored.
+    import imaplib
+
+    m = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    m.login("alice", "secret")
+    assert m.select("INBOX")[1] == [b"0"]
+    m.logout()

@@ -698,3 +698,52 @@ def test_a_log_file_that_cannot_be_opened_again_after_logrotate_goes_on_in_the_m
         out, _ = process.communicate(timeout=30)
     assert b"log not written" not in out and b"attribute" not in out, out
     assert "Traceback" not in moved.read_text() + path.read_text()
+
+
+def test_the_line_said_when_the_log_cannot_be_written_is_plain_words_with_the_path():
+    def full(data):
+        raise OSError(28, "No space left on device")
+
+    buffer = LineBuffer(full, where="/var/log/mailhub.log")
+    assert buffer.failure_line(OSError(28, "No space left on device")) == (
+        "mailhub: the log cannot be written to /var/log/mailhub.log: the disk is full; log lines are lost until it can be\n"
+    )
+    assert buffer.failure_line(OSError(5, os.strerror(5))) == (
+        "mailhub: the log cannot be written to /var/log/mailhub.log: Input/output error; log lines are lost until it can be\n"
+    )
+
+
+def test_a_hub_logging_to_a_full_disk_says_so_once_in_plain_words_and_goes_on(tmp_path):
+    # /dev/full stands for a full disk: every write gets ENOSPC. Before,
+    # standard error got Python's text: "log not written: [Errno 28] No
+    # space left on device".
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = []
+    for name in listener_names():
+        args += [f"--{name}", f"tcp:{port}:interface=127.0.0.1" if name == "smtp" else "tcp:0:interface=127.0.0.1"]
+    command = [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "--logfile=/dev/full",
+        "mailhub", "--data", str(tmp_path / "d"), "--user", "alice:secret", *args,
+    ]
+    process = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                    assert client.sendmail("kim@example.org", ["alice@localhost"], b"Subject: full\r\n\r\nlog\r\n") == {}
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the hub did not start"
+                time.sleep(0.1)
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=30)
+    text = out.decode("utf-8", "replace")
+    assert text.count("mailhub: the log cannot be written to /dev/full: the disk is full; log lines are lost until it can be\n") == 1, text
+    assert "Errno" not in text and "Traceback" not in text, text
+    assert len(os.listdir(tmp_path / "d" / "mail" / "localhost" / "alice" / "new")) == 1  # the mail went on

@@ -106,3 +106,27 @@ def test_a_line_with_a_cr_before_its_crlf_is_shown_with_it(start_hub):
     assert answer.count(b"500 5.5.2 Error: bad syntax (the line contained a control character: ^M, a carriage return)") == 2, answer
     shown = shown_lines(hub)
     assert "C:   HELO student\\x0d" in shown and "C:   NOOP\\x0d" in shown and "C:   QUIT" in shown, shown
+
+
+def explained(hub) -> dict[str, str]:
+    """Each client line of the console's export, with the explanation under it."""
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    [session_id] = re.findall(r'data-id="(smtp#\d+)"', browser.get("/console").text)
+    lines = browser.get("/console/session/" + urllib.parse.quote(session_id, safe="") + "/transcript.txt").text.splitlines()
+    return {re.sub(r"^\+ +[\d.]+s C: +", "", line): lines[n + 1].strip() for n, line in enumerate(lines) if re.match(r"\+ +[\d.]+s C:", line)}
+
+
+def test_the_message_summary_says_what_ends_the_message_in_this_session(start_hub):
+    # It said "a line with a lone '.' ends it" in every session, also where
+    # a "." ending in a bare LF did not end it (a CRLF session).
+    hub = start_hub()
+    typed(hub, STEPS)
+    meaning = explained(hub)
+    note = meaning["[message: 5 lines, 34 octets]"]
+    assert note.startswith("# the message itself (headers, blank line, body), summarized here; it ends at a line of only '.' sent with CR LF"), note
+    assert "a '.' line that ends in a bare LF is message text here" in note and "lone" not in note, note
+    hub2 = start_hub()
+    typed(hub2, [step.replace(b"\r\n", b"\n") for step in STEPS[:7]])
+    note = explained(hub2)["[message: 3 lines, 24 octets]"]
+    assert note.startswith("# the message itself (headers, blank line, body), summarized here; a line of only '.' ends it, with or without its CR"), note

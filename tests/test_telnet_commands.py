@@ -108,3 +108,40 @@ def test_imap_authenticate_responses_lose_telnet_commands(hub):
         reply = _ask(s, CTRL_C + PLAIN, rb"^a1 .*\r\n")
         assert re.search(rb"^a1 OK", reply, re.M), reply
         assert re.search(rb"^a2 OK", _ask(s, b"a2 LOGOUT", rb"^a2 .*\r\n"), re.M)
+
+
+def test_a_line_starting_with_octet_255_before_no_telnet_command_is_refused_and_the_session_goes_on(hub):
+    """
+    IAC followed by an octet that is no Telnet command (a Latin-1 "ÿ"
+    typed first, or 255 alone) is data: the line is refused as not
+    ASCII/UTF-8 and named, and the next command works. Before, the
+    prefix reader found no command and raised: SMTP "451 local error",
+    POP3 "-ERR [SYS/TEMP] internal error", IMAP dropped the connection.
+    """
+    smtp_end = rb"^\d{3} .*\r\n\Z"
+    with socket.create_connection(("127.0.0.1", hub.ports["smtp"]), timeout=10) as s:
+        assert s.recv(4096).startswith(b"220")
+        for line in (b"\xff NOOP", b"\xff", b"\xffa NOOP"):
+            assert _ask(s, line, smtp_end) == b"500 5.5.2 Error: command contains non-ASCII characters\r\n"
+        assert _ask(s, b"NOOP", smtp_end).startswith(b"250")
+    with socket.create_connection(("127.0.0.1", hub.ports["pop3"]), timeout=10) as s:
+        assert s.recv(4096).startswith(b"+OK")
+        reply = _ask(s, b"\xff CAPA", rb"\r\n\Z")
+        assert reply.startswith(b"-ERR unknown command '<FF>'"), reply
+        assert _ask(s, b"\xff", rb"\r\n\Z").startswith(b"-ERR unknown command '<FF>'")
+        assert _ask(s, b"CAPA", rb"^\.\r\n\Z").startswith(b"+OK")
+    with socket.create_connection(("127.0.0.1", hub.ports["imap"]), timeout=10) as s:
+        assert s.recv(4096).startswith(b"* OK")
+        reply = _ask(s, b"\xff NOOP", rb"\r\n\Z")
+        assert reply.startswith(b'* BAD bad tag "<FF>"'), reply
+        assert _ask(s, b"\xff", rb"\r\n\Z").startswith(b'* BAD bad tag "<FF>"')
+        assert _ask(s, b"b NOOP", rb"^b .*\r\n\Z").startswith(b"b OK")
+
+
+def test_telnet_prefix_text_keeps_octet_255_before_no_telnet_command():
+    from twisted_mailhub.lines import telnet_prefix_text
+
+    assert telnet_prefix_text(b"\xff NOOP") == b"\xff NOOP"
+    assert telnet_prefix_text(b"\xff") == b"\xff"
+    assert telnet_prefix_text(CTRL_C + b"\xffa") == b"\xffa"
+    assert telnet_prefix_text(CTRL_C + b"QUIT") == b"QUIT"

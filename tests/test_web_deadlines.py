@@ -53,6 +53,27 @@ class DeadlineChannelTests(unittest.TestCase):
         self.assertIn(b"header fields did not arrive within 20 seconds", transport.value())
         self.assertTrue(transport.disconnecting)
 
+    def test_a_big_body_flowing_steadily_goes_on_past_the_body_deadline_and_a_trickled_one_does_not(self):
+        from twisted_mailhub.web.deadlines import BODY_RATE
+
+        channel, transport = self.connect()
+        size = int(BODY_RATE * 100)  # 100 s at the slowest rate let go on: over the 60 s limit
+        channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(8):  # a little faster than that rate: 80 s
+            channel.dataReceived(b"x" * int(BODY_RATE * 12))
+            self.clock.advance(10)
+        self.assertFalse(transport.disconnecting, transport.value())
+        channel.dataReceived(b"x" * (size - 8 * int(BODY_RATE * 12)))
+        self.assertIn(b"got %d" % size, transport.value())
+        # The same size trickled: cut at the limit, as before.
+        channel2, transport2 = self.connect()
+        channel2.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\nabc" % size)
+        for _ in range(6):
+            self.clock.advance(10)
+            channel2.dataReceived(b"d")
+        self.assertIn(b"body did not arrive within 60 seconds", transport2.value())
+        self.assertTrue(transport2.disconnecting)
+
     def test_body_never_finished_gets_408_at_the_body_deadline(self):
         channel, transport = self.connect()
         channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
@@ -175,3 +196,18 @@ def test_web_slowloris_headers_and_unfinished_body_are_cut_off(start_hub):
     ok = socket.create_connection(("127.0.0.1", hub.ports["web"]), timeout=20)
     ok.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert read_until_closed(ok).startswith(b"HTTP/1.1 200")
+
+
+def test_a_big_body_sent_slowly_but_steadily_is_not_cut_at_the_body_timeout(start_hub):
+    # A 16 KiB form on a slow uplink, 2 s in all, with --web-body-timeout 1:
+    # it was 408 after 1 s; now its time is 1 s per 4 KiB (4 s).
+    hub = start_hub("--web-body-timeout", "1")
+    size = 16384
+    s = socket.create_connection(("127.0.0.1", hub.ports["web"]), timeout=20)
+    s.sendall(b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % size)
+    body = b"username=alice&password=wrong&x=" + b"y" * (size - 32)
+    for n in range(4):
+        time.sleep(0.5)
+        s.sendall(body[n * 4096 : (n + 1) * 4096])
+    out = read_until_closed(s)
+    assert out.startswith(b"HTTP/1.1 ") and not out.startswith(b"HTTP/1.1 408"), out[:300]

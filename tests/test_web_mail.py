@@ -557,3 +557,50 @@ def test_compose_can_ask_for_a_delivery_report_and_it_arrives_over_imap(start_hu
     _, status, headers = parsed.get_payload()
     assert "Final-Recipient: rfc822; bob@localhost" in status.as_string() and "Action: delivered" in status.as_string()
     assert "Subject: with report" in headers.as_string()
+
+
+def test_compose_fields_that_are_not_utf8_are_a_form_error_not_replaced_unseen(hub):
+    # A hand-made request (curl, a script, a page of another encoding)
+    # with Latin-1 octets: they were turned into U+FFFD and sent without a
+    # word ("Subject: Gr\ufffd\ufffde"). Now the form comes back saying so.
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    browser.get("/compose")
+    boundary = "XyZ"
+    parts = []
+    for name, value in (("csrf", browser.csrf.encode()), ("to", b"bob"), ("subject", b"Gr\xfc\xdfe"), ("body", "caf\u00e9 ok".encode("utf-8"))):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + value + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    page = browser.request("POST", "/compose", body=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert page.status == 400, page.status
+    assert "Not sent: The Subject came in octets that are not UTF-8, the form&#x27;s encoding" in page.text or (
+        "Not sent: The Subject came in octets that are not UTF-8, the form's encoding" in page.text
+    ), page.text[-2000:]
+    assert 'value="Gr\ufffd\ufffde"' in page.text and "café ok" in page.text  # shown, to correct
+    # urlencoded the same; nothing reached bob
+    page = browser.post("/compose", {"to": "bob", "subject": "hi", "body": b"na\xefve"})
+    assert page.status == 400 and "The message text came in octets that are not UTF-8" in page.text, page.text[-2000:]
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("bob", "hungry")
+        assert imap.select("INBOX")[1] == [b"0"]
+    finally:
+        imap.logout()
+    # Corrected (UTF-8), it goes.
+    sent = browser.post("/compose", {"to": "bob", "subject": "Grüße", "body": "naïve"})
+    assert sent.status == 303, sent.text[-2000:]
+
+
+def test_the_anatomy_says_why_a_header_line_typed_without_a_colon_and_what_follows_are_body(hub):
+    # Typed by hand in DATA: "To bob@localhost" (no colon), then "Subject: hi".
+    # The hub puts the header's empty line before the first line that is no
+    # header field (as Postfix does), so To and Subject are body text; the
+    # anatomy showed that without a word of why.
+    send(hub, "kim@example.org", ["alice@localhost"], b"From: kim@example.org\r\nTo alice@localhost\r\nSubject: typed\r\n\r\nhello\r\n")
+    send(hub, "kim@example.org", ["alice@localhost"], b"From: kim@example.org\r\nSubject: fine\r\n\r\nto be honest, hello\r\n")
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    page = browser.get("/mail/INBOX/1/anatomy").text
+    assert re.search(r"The header ends before the line <code>To alice@localhost</code>: it is no header field", page), page[-3000:]
+    assert "put one there, as Postfix does" in page and "RFC 5322 §2.2" in page
+    assert "The header ends before" not in browser.get("/mail/INBOX/2/anatomy").text

@@ -128,11 +128,19 @@ def telnet_prefix_text(line: bytes) -> bytes:
     """
     while line[:1] == b"\xff" and line[1:2] != b"\xff":
         m = _TELNET_COMMAND.match(line)
+        if m is None:
+            break  # IAC before an octet that is no Telnet command: data (refused as not ASCII/UTF-8)
         line = line[m.end() :]
     return line
 
 
 log = Logger()
+
+#: The slowest a transfer of octets (an IMAP literal, a web request body,
+#: an FTP upload) may flow on average once it has had its protocol's time
+#: limit, in octets per second: 4 KiB/s, 32 kbit/s. Slower, it no longer
+#: holds the connection (a client trickling an octet every few seconds).
+MIN_TRANSFER_RATE = 4096.0
 
 __all__ = ["LineEngine", "TOO_LONG", "quote", "control_note", "has_control", "send_now", "flush_now", "telnet_text", "telnet_prefix_text"]
 

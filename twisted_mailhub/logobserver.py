@@ -231,8 +231,13 @@ class LineBuffer:
     once, after any that wait.
     """
 
-    def __init__(self, write: Callable[[bytes], Any], flush: Callable[[], Any] | None = None, reactor: Any = None, delay: float = 0.0) -> None:
+    def __init__(
+        self, write: Callable[[bytes], Any], flush: Callable[[], Any] | None = None, reactor: Any = None, delay: float = 0.0, where: str | None = None
+    ) -> None:
         self._write = write
+        #: What the lines are written to, for the one line on standard
+        #: error if that fails: a file's path, "standard output".
+        self.where = where
         self._flush = flush
         self.reactor = reactor
         self.delay = delay
@@ -304,11 +309,24 @@ class LineBuffer:
                 if self.broken is None:
                     self.broken = e
                     try:
-                        sys.__stderr__.write(f"mailhub: log not written: {e}\n")
+                        sys.__stderr__.write(self.failure_line(e))
+                        sys.__stderr__.flush()
                     except Exception:
                         pass
             finally:
                 self._flushing = False
+
+
+    def failure_line(self, error: BaseException) -> str:
+        """
+        The line said on standard error, once, when the log cannot be
+        written: where to, and why in plain words (the C library's for an
+        C{OSError}, L{twisted_mailhub.errorwords}), never Python's text.
+        """
+        from twisted_mailhub.errorwords import error_words
+
+        where = self.where or "its destination"
+        return f"mailhub: the log cannot be written to {where}: {error_words(error, paths=False)}; log lines are lost until it can be\n"
 
 
 @implementer(ILogObserver)
@@ -489,10 +507,10 @@ def for_twistd(options: Any, reactor: Any = None) -> HubLogObserver | None:
             fd = sys.stdout.fileno() if flush is None else None
         except (AttributeError, OSError, ValueError):
             fd = None
-        observer = HubLogObserver(LineBuffer(write, flush), fd=fd)
+        observer = HubLogObserver(LineBuffer(write, flush, where="standard output"), fd=fd)
     else:
         logfile = FollowedLogFile.fromFullPath(logfile_name or "twistd.log")
-        observer = HubLogObserver(LineBuffer(logfile.write, logfile.flush), logfile=logfile)
+        observer = HubLogObserver(LineBuffer(logfile.write, logfile.flush, where=logfile.path), logfile=logfile)
         if not signal.getsignal(signal.SIGUSR1):
             # As UnixAppLogger: rotate on SIGUSR1, in the reactor (or
             # reopen, when logrotate has moved the file away).

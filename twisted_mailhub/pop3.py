@@ -83,7 +83,7 @@ from twisted_mailhub.lines import LineEngine, control_note, has_control, quote, 
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.store.outage import refused
 from twisted_mailhub.store.wireform import LENGTH_MASK, LINES_SHIFT, WireForms
-from twisted_mailhub.transcript import looks_like_a_secret
+from twisted_mailhub.transcript import is_command_word, looks_like_a_secret
 
 log = Logger()
 
@@ -966,7 +966,7 @@ class MailhubPOP3(_pop3.POP3):
                 # One base64 word after another (a user name, then its
                 # password): each is hidden, not only the first.
                 self._after_auth = "secret"
-            if after_auth is True or secret:
+            if secret or (after_auth is True and not is_command_word(command)):
                 # Right after an AUTH that ended (refused, say, before STLS):
                 # this may be the password the client sent anyway; not shown.
                 self.reply_err(b"unknown command (not shown: after AUTH it may be a password); try CAPA for the list of commands")

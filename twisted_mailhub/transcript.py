@@ -63,9 +63,14 @@ _ECHOED = "echoed"  # a word masked so: the next server line may start with it
 _FOLLOWING = "following"  # a word masked so and answered: one more may follow (AUTH LOGIN's password)
 _TAGGED_REFUSAL = re.compile(rb"^\S+ (?:NO|BAD)\b")
 _BASE64_WORD = re.compile(rb"^[ \t]*[A-Za-z0-9+/]{4,}={0,2}[ \t]*$")
+# SMTP (RFC 5321, and the older or rarer ones a student finds in a book:
+# TURN, SEND, SOML, SAML of RFC 821, ATRN of RFC 2645, VERB, ONEX, XCLIENT,
+# XFORWARD of Sendmail and Postfix) and POP3 (RFC 1939, 2449, 6856; LAST
+# and RPOP of RFC 1460/1081) command words: never taken for a credential.
 _COMMAND_WORDS = frozenset(
-    b"HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN HELP STARTTLS AUTH ETRN "
-    b"USER PASS APOP STAT LIST RETR DELE TOP UIDL CAPA STLS UTF8 LANG".split()
+    b"HELO EHLO LHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN HELP STARTTLS AUTH ETRN "
+    b"TURN ATRN SEND SOML SAML VERB ONEX XCLIENT XFORWARD "
+    b"USER PASS APOP STAT LIST RETR DELE TOP UIDL CAPA STLS UTF8 LANG LAST RPOP".split()
 )
 
 
@@ -95,16 +100,29 @@ def looks_like_a_secret(bare: bytes, following: bool = False) -> bool:
     """
     Whether C{bare}, a client line right after a refused AUTH (or right
     after such a line), is one base64 word (RFC 4648 §4 alphabet, 4
-    characters or more) that is not a command of SMTP or POP3: a SASL
+    characters or more) that is not a command of SMTP, POP3 or FTP: a SASL
     response (RFC 4954 §4, RFC 5034 §4) sent to a server that had already
-    said no. AUTH LOGIN's are two lines, the user name and the password:
+    said no (or, in FTP, whatever follows a refused RFC 2228 AUTH): a
+    command word (L{is_command_word}: "TURN") is never one. AUTH LOGIN's are two lines, the user name and the password:
     the SMTP and POP3 servers and the transcript hide every such line in a
     row, not only the first. C{following}: a line after one hidden so,
     which must be 8 characters or more (a base64 name or password of 4
     octets or more), so that a short typo ("FROB") is shown again.
     """
     word = bare.strip()
-    return _BASE64_WORD.match(bare) is not None and word.upper() not in _COMMAND_WORDS and (not following or len(word) >= 8)
+    return _BASE64_WORD.match(bare) is not None and not is_command_word(word) and (not following or len(word) >= 8)
+
+
+def is_command_word(word: bytes | str) -> bool:
+    """
+    Whether C{word} (a line's first word, any case) is a command of SMTP,
+    POP3 or FTP, however old or rare (C{TURN}, C{LAST}, C{XCUP}): typed
+    right after a refused AUTH it is a command, never taken for a
+    credential and hidden.
+    """
+    if isinstance(word, str):
+        word = word.encode("utf-8", "surrogateescape")
+    return word.strip().upper() in _AFTER_USER_COMMANDS
 
 
 _looks_like_a_secret = looks_like_a_secret
@@ -752,7 +770,12 @@ class Transcriber:
         if self._in_sasl:
             state = self._in_sasl
             if state is True:
-                self._emit("C", b"**** (SASL response)")
+                if not is_command_word(bare):
+                    self._emit("C", b"**** (SASL response)")
+                    return
+                # A command word ("QUIT", "LAST") is no SASL response: sent
+                # pipelined behind the AUTH before its answer, it is shown.
+                self._emit("C", bare)
                 return
             # The line after a refused AUTH: a client (or a student typing
             # by hand) that did not read the refusal sends its credentials

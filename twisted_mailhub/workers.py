@@ -1320,7 +1320,7 @@ def run_worker(argv: list[str]) -> None:
         # supervisor gave it that (log_fd), else sent to the supervisor.
         lines = ClassicLines(system=f"worker {spec['index']}")
         if spec.get("log_fd") is not None:
-            out.log_buffer = LineBuffer(whole_lines_writer(int(spec["log_fd"])), delay=LOG_DELAY)
+            out.log_buffer = LineBuffer(whole_lines_writer(int(spec["log_fd"])), delay=LOG_DELAY, where="the hub's standard output")
             observer: Any = HubLogObserver(out.log_buffer, lines)
         else:
             observer = HubLogObserver(out, lines)

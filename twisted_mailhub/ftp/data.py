@@ -70,11 +70,18 @@ from twisted.protocols import policies
 from zope.interface import implementer
 
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable, FileSystemUnavailableWrite
+from twisted_mailhub.lines import MIN_TRANSFER_RATE
 
 log = Logger()
 
 CHUNK = 256 * 1024
 EARLY_LIMIT = 1024 * 1024  # bytes taken on a data connection before its command
+# The slowest an upload may arrive on average, in octets per second, once
+# it has run for --ftp-data-timeout (as an IMAP literal's and a web body's,
+# 32 kbit/s): past that, octets that come slower no longer keep the data
+# connection alive, so a client trickling an octet every few seconds is cut
+# off instead of holding the transfer and the file for ever.
+UPLOAD_RATE = MIN_TRANSFER_RATE
 SENDFILE_SLICE = 8 * 1024 * 1024
 SENDFILE_BUDGET = 64 * 1024 * 1024  # per reactor turn, so others get a go
 PASSIVE_TRIES = 200  # ports tried for one PASV before giving up
@@ -344,6 +351,9 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         self._finished = False
         self._lost = False
         self._handshaken = False
+        self._received = 0  # octets the client sent on this connection
+        self._opened = channel.reactor.seconds()  # (again at connectionMade)
+        self._trickling = False  # octets came slower than UPLOAD_RATE and no longer reset the timer
 
     # -- connection --------------------------------------------------------
 
@@ -387,12 +397,22 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
         self.channel._connected(self)
 
     def timeoutConnection(self):
-        log.info("ftp data connection idle for {t}s; closing", t=self.channel.timeout)
-        self._fail(TransferFailed(f"the data connection was idle for {_seconds(self.channel.timeout)}"))
+        if self._trickling:
+            log.info("ftp data connection slower than {rate} octets/s; closing", rate=int(UPLOAD_RATE))
+            self._fail(TransferFailed(f"the data arrived at under {int(UPLOAD_RATE) // 1024} KiB/s for over {_seconds(self.channel.timeout)}"))
+        else:
+            log.info("ftp data connection idle for {t}s; closing", t=self.channel.timeout)
+            self._fail(TransferFailed(f"the data connection was idle for {_seconds(self.channel.timeout)}"))
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes):
-        self.resetTimeout()
+        self._received += len(data)
+        elapsed = self.channel.reactor.seconds() - self._opened
+        if elapsed <= self.channel.timeout or self._received >= elapsed * UPLOAD_RATE:
+            self.resetTimeout()
+            self._trickling = False
+        else:
+            self._trickling = True  # (the timer runs on: see timeoutConnection)
         if self._writer is None:
             # Bytes before the STOR that will take them (or junk on a
             # download): kept, but the client is held back past EARLY_LIMIT.

@@ -66,7 +66,7 @@ from twisted_mailhub.lines import LineEngine, control_note, quote, send_now, tel
 from twisted_mailhub.clientkey import client_key
 from twisted_mailhub.proxyheader import socket_host
 from twisted_mailhub.store.interfaces import is_out_of_space
-from twisted_mailhub.transcript import record_login, record_read
+from twisted_mailhub.transcript import looks_like_a_secret, record_login, record_read
 
 log = Logger()
 
@@ -310,6 +310,9 @@ class MailhubFTP(ftp.FTP):
     # connection until one selects others).
     mlst_facts = MLST_DEFAULT
     _tls_pending = False
+    # After a refused AUTH (RFC 2228): "refused" for the next line, "secret"
+    # after a line hidden so (a second credential may follow), else None.
+    _after_auth: str | None = None
 
     def __init__(self):
         self._current = None  # (verb, path, connection) of the running transfer
@@ -472,10 +475,23 @@ class MailhubFTP(ftp.FTP):
         verb = verb.upper()
         if not verb:
             return None
+        after_auth = self._after_auth
+        if after_auth is not None:
+            self._after_auth = None
+            if not arg and looks_like_a_secret(line, following=after_auth == "secret"):
+                # A client (or a student) that sent credentials after an
+                # AUTH this server refused: never echoed (nor upper-cased).
+                self._after_auth = "secret"
+                self.sendLine("500 Command not understood (not shown: after a refused AUTH it may be a credential); AUTH TLS starts TLS, then USER and PASS.")
+                return None
         try:
             result = self.processCommand(verb, arg)
         except Exception:
             result = failure.Failure()
+        if verb == "AUTH" and isinstance(result, str) and result[:1] in ("4", "5"):
+            # A refused AUTH (RFC 2228 security data may follow it): the
+            # next line, if no command, is not echoed.
+            self._after_auth = "refused"
         if isinstance(result, defer.Deferred):
             result.addCallbacks(self._succeeded, self._failed, errbackArgs=(verb,))
             return result.addBoth(self._after)

@@ -17,6 +17,14 @@ doing what a session is for.
                 literal do not count while they flow (RFC 3501 §4.3: an
                 APPEND of a big message may take long), the line around
                 it starts again after the literal.
+ literal        the octets of a literal must all arrive within
+                C{--imap-command-timeout} seconds or one second per
+                L{LITERAL_RATE} octets of its size, whichever is longer
+                (counted from the moment the hub waits for them: its
+                C{+}, or a LITERAL+'s line): a client trickling an
+                APPEND an octet at a time gets C{* BYE} and is closed
+                instead of holding the connection for ever, while a
+                25 MiB message on a 32 kbit/s link still fits.
  idle           no complete command for 60 seconds before login
                 (Twisted's C{timeOut}) or C{--imap-idle-timeout} seconds
                 after it (C{POSTAUTH_TIMEOUT}; RFC 3501 §5.4: at least 30
@@ -36,11 +44,16 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from twisted_mailhub.lines import MIN_TRANSFER_RATE
+
 log = Logger()
 
 LOGIN_TIMEOUT = 300.0
 COMMAND_TIMEOUT = 120.0
 IDLE_TIMEOUT = 1800.0
+#: The slowest a literal's octets may flow once its time is over the
+#: command-line limit, in octets per second (4 KiB/s: 32 kbit/s).
+LITERAL_RATE = MIN_TRANSFER_RATE
 
 option_parameters = [
     ["imap-login-timeout", None, LOGIN_TIMEOUT, "Seconds an IMAP client may take, in all, to log in.", float],
@@ -78,6 +91,12 @@ class SessionDeadlines:
         self.closed = False
         self._login_call: Any = None
         self._line_started: float | None = None
+        # While a literal's octets flow: the timer for its deadline.
+        self._literal_call: Any = None
+
+    def literal_deadline(self, size: int) -> float:
+        """Seconds a literal of C{size} octets may take to arrive (see the module's table)."""
+        return max(self.command_timeout, size / LITERAL_RATE)
 
     def start(self) -> None:
         """The greeting is out: the login deadline runs."""
@@ -88,6 +107,33 @@ class SessionDeadlines:
         if self._login_call is not None and self._login_call.active():
             self._login_call.cancel()
         self._login_call = None
+        self.literal_done()
+
+    def literal_done(self) -> None:
+        """Line mode again: no literal deadline runs."""
+        if self._literal_call is not None and self._literal_call.active():
+            self._literal_call.cancel()
+        self._literal_call = None
+
+    def literal_started(self) -> None:
+        """Raw mode began (the server's C{_pendingLiteral} is set): the literal's deadline runs from now."""
+        self.literal_done()
+        if self.closed:
+            return
+        pending = self.server._pendingLiteral
+        size = getattr(pending, "size", None)
+        if size is None:
+            size = getattr(pending, "left", 0)  # (a refused LITERAL+'s octets, skipped)
+        size = max(0, size)
+        seconds = self.literal_deadline(size)
+        self._literal_call = self.clock.callLater(seconds, self._literal_expired, size, seconds)
+
+    def _literal_expired(self, size: int, seconds: float) -> None:
+        self._literal_call = None
+        server = self.server
+        if self.closed or server.line_mode or server.transport is None or server.transport.disconnecting:
+            return
+        self._close_for(b"a literal of %d octets took over %g seconds to arrive" % (size, seconds), "literal")
 
     def _login_expired(self) -> None:
         self._login_call = None

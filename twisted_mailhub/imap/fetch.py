@@ -42,7 +42,7 @@ from twisted_mailhub.imap.message import Part
 from twisted_mailhub.imap.utf8 import shown_sizes
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.offload import DetachedBodies, in_thread, read_in_thread
-from twisted_mailhub.imap.wire import client_flags, client_text, flags_text, shown, internal_date_text
+from twisted_mailhub.imap.wire import client_flags, client_text, flags_text, internal_date_text, is_field_name, shown
 from twisted_mailhub.store.interfaces import SEEN, NoSuchMessage, StoreError, StoreUnavailable
 
 log = Logger()
@@ -242,6 +242,13 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
             if fields is None or not fields.strip():
                 raise imap4.IllegalClientResponse(f"{spec.decode()} wants a list of field names, e.g. (From Subject)")
             field_list = [f.strip(b'"') for f in fields.split()]
+            for f in field_list:
+                if not is_field_name(f):
+                    # Never echoed raw in the FETCH response's label: no
+                    # header field could have such a name.
+                    raise imap4.IllegalClientResponse(
+                        "a header field name is printable US-ASCII without ':' (RFC 5322 section 3.6.8): " + shown(f, 30)
+                    )
         elif fields is not None:
             raise imap4.IllegalClientResponse("only HEADER.FIELDS takes a list")
         else:

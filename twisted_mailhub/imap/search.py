@@ -38,7 +38,7 @@ from twisted_mailhub.imap.address import searchable
 from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.message import has_broken_base64_word, split_header
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
-from twisted_mailhub.imap.wire import client_text, sequence_set, shown
+from twisted_mailhub.imap.wire import client_text, is_field_name, sequence_set, shown
 from twisted_mailhub.offload import in_thread
 from twisted_mailhub.store.interfaces import ANSWERED, DELETED, DRAFT, FLAGGED, SEEN, NoSuchMessage, StoreUnavailable
 
@@ -845,7 +845,10 @@ def compile_search(keys: list, last_seq: int, last_uid: int, depth: int = 0) -> 
         if key in _ADDRESS_HEADERS:
             return _contains_address(_ADDRESS_HEADERS[key], take_string(f"a string after {key.decode()}"))
         if key == b"HEADER":
-            name = take_string("a header field name after HEADER").decode("ascii", "replace").lower()
+            field = take_string("a header field name after HEADER")
+            if field and not is_field_name(field):
+                raise BadSearch("a header field name is printable US-ASCII without ':' (RFC 5322 section 3.6.8): " + shown(field, 30))
+            name = field.decode("ascii").lower()
             value = take_string("a string after HEADER field")
             return _has_header(name) if not value else _contains_header(name, value)
         if key in (b"KEYWORD", b"UNKEYWORD"):

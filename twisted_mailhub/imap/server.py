@@ -383,6 +383,19 @@ class IMAPServer(
                 self._hold_input()
                 self.callLater(OUTPUT_POLL, self._output_taken)
 
+    def setRawMode(self):
+        # A literal's octets follow: they have a deadline of their own.
+        imap4.IMAP4Server.setRawMode(self)
+        deadlines = getattr(self, "deadlines", None)
+        if deadlines is not None:
+            deadlines.literal_started()
+
+    def setLineMode(self, extra=b""):
+        deadlines = getattr(self, "deadlines", None)
+        if deadlines is not None:
+            deadlines.literal_done()
+        return imap4.IMAP4Server.setLineMode(self, extra)
+
     def _output_taken(self) -> None:
         """Read commands again once the client took most of its answers."""
         if self.transport is None or self.transport.disconnecting or self._lost:

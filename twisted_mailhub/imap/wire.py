@@ -220,24 +220,22 @@ def literal(data: bytes) -> bytes:
 def shown(value: bytes | str, limit: int = 60) -> str:
     """
     Client input as a reply may quote it: in double quotes, cut at
-    C{limit} characters, a control character shown as C{^H} (and C{^?} for
-    DEL), anything outside printable ASCII as C{?}. Never a Python repr,
-    never a raw control byte (the terminal of a person typing would act
-    on it).
+    C{limit} characters, shown as every protocol's replies show input
+    (L{twisted_mailhub.lines.quote}): a control character as C{^H} (C{^?}
+    for DEL), an octet that is not UTF-8 as C{<FF>}, other non-ASCII
+    characters as C{?}. Never a Python repr, never a raw control byte (the
+    terminal of a person typing would act on it).
     """
-    if isinstance(value, str):
-        value = value.encode("utf-8", "replace")
-    out = []
-    for c in value[:limit]:
-        if c < 32:
-            out.append("^" + chr(c + 64))
-        elif c == 127:
-            out.append("^?")
-        elif c > 126:
-            out.append("?")
-        else:
-            out.append(chr(c))
-    return '"' + "".join(out) + ('..."' if len(value) > limit else '"')
+    return '"' + shown_octets(value, limit=limit, ascii=True) + '"'
+
+
+#: A header field name (RFC 5322 §3.6.8 ftext: printable US-ASCII but ":").
+_FIELD_NAME = re.compile(rb"[!-9;-~]+")
+
+
+def is_field_name(name: bytes) -> bool:
+    """Whether C{name} (octets) can name a header field (RFC 5322 §3.6.8); a name that cannot is refused, never echoed."""
+    return _FIELD_NAME.fullmatch(name) is not None
 
 
 _PY_BYTES = re.compile(r"""\bb(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")

@@ -81,7 +81,7 @@ from twisted_mailhub.smtp.record import MailRecord
 from twisted_mailhub.filters import Reject
 from twisted_mailhub.quota import QuotaExceeded
 from twisted_mailhub.store.interfaces import is_out_of_space
-from twisted_mailhub.transcript import RecordingPortal, looks_like_a_secret, record_read
+from twisted_mailhub.transcript import RecordingPortal, is_command_word, looks_like_a_secret, record_read
 
 log = Logger()
 
@@ -483,12 +483,14 @@ class MailhubSMTP(smtp.ESMTP):
             line = raw.decode("ascii")
         except UnicodeDecodeError:
             # RFC 6531 §3.3: UTF-8 only in the addresses of MAIL and RCPT,
-            # and only with SMTPUTF8 (checked there).
+            # and only with SMTPUTF8 (checked there); §3.7.4.2: in the
+            # String of VRFY and EXPN ("String may include Non-ASCII
+            # characters", SMTPUTF8 after it optional).
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
                 line = None
-            if line is None or line.lstrip()[:4].upper() not in ("MAIL", "RCPT"):
+            if line is None or line.lstrip()[:4].upper() not in ("MAIL", "RCPT", "VRFY", "EXPN"):
                 return self.reply(500, "5.5.2 Error: command contains non-ASCII characters")
         if "\r" in line or "\0" in line:
             return self.reply(500, "5.5.2 Error: bad syntax" + control_note(line))
@@ -506,7 +508,7 @@ class MailhubSMTP(smtp.ESMTP):
                 # One base64 word after another (AUTH LOGIN's user name,
                 # then its password): each is hidden, not only the first.
                 self._after_auth = "secret"
-            if after_auth is True or secret:
+            if secret or (after_auth is True and not is_command_word(upper)):
                 # Right after an AUTH that ended (refused before STARTTLS,
                 # say): this may be the password the client sent anyway.
                 return self.reply(500, "5.5.2 Error: command not recognized (not shown: after AUTH it may be a password); try HELP")
@@ -573,9 +575,15 @@ class MailhubSMTP(smtp.ESMTP):
         self.close()
 
     def smtp_VRFY(self, rest: str):
-        # RFC 5321 §3.5.3: 252 rather than confirm or deny accounts.
-        if not rest:
-            return self.reply(501, "5.5.4 Syntax: VRFY address")
+        # RFC 5321 §3.5.3: 252 rather than confirm or deny accounts. RFC
+        # 6531 §3.7.4.2: "VRFY" SP String [ SP "SMTPUTF8" ], the String
+        # perhaps UTF-8; the reply names no mailbox, so it stays ASCII
+        # with or without the parameter.
+        words = rest.split()
+        if len(words) > 1 and words[-1].upper() == "SMTPUTF8":
+            words = words[:-1]
+        if not words:
+            return self.reply(501, "5.5.4 Syntax: VRFY address [SMTPUTF8]")
         self.reply(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
 
     def smtp_EXPN(self, rest: str):

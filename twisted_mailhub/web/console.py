@@ -60,7 +60,32 @@ EVENT_NOTES = {
     "data": {"text": "an FTP data connection: separate from the control connection, one per transfer (active: the server connects from port L-1; passive: the client connects to the port the server gave)", "ref": "RFC 959 §3.2", "url": "https://www.rfc-editor.org/rfc/rfc959#section-3.2"},
     "end": {"text": "the TCP connection closed", "ref": "RFC 9293 §3.6", "url": "https://www.rfc-editor.org/rfc/rfc9293#section-3.6"},
 }
-DATA_SUMMARY = {"text": "the message itself (headers, blank line, body), summarized here; a line with a lone '.' ends it", "ref": "RFC 5321 §4.5.2", "url": "https://www.rfc-editor.org/rfc/rfc5321#section-4.5.2"}
+# What ends an SMTP message depends on what the 354 asked for (the hub
+# says so in it): in a session whose commands end in CRLF only CR LF "."
+# CR LF does, and a "." line ending in a bare LF is message text (RFC 5321
+# §4.1.1.4; the SMTP smuggling rule, CVE-2023-51764); in a session typed
+# with bare LF (nc without -C) a line of "." ends it, however it ends.
+DATA_SUMMARY_CRLF = {
+    "text": "the message itself (headers, blank line, body), summarized here; it ends at a line of only '.' sent with CR LF, as the 354 asked "
+    "(<CR><LF>.<CR><LF>): a '.' line that ends in a bare LF is message text here, and the message goes on",
+    "ref": "RFC 5321 §4.1.1.4",
+    "url": "https://www.rfc-editor.org/rfc/rfc5321#section-4.1.1.4",
+}
+DATA_SUMMARY_BARE_LF = {
+    "text": "the message itself (headers, blank line, body), summarized here; a line of only '.' ends it, with or without its CR: this session "
+    "was typed with bare LF line ends (nc without -C), and the 354 said so",
+    "ref": "RFC 5321 §4.1.1.4",
+    "url": "https://www.rfc-editor.org/rfc/rfc5321#section-4.1.1.4",
+}
+DATA_SUMMARY = {
+    "text": "the message itself (headers, blank line, body), summarized here; it ends at a line of only '.' (<CR><LF>.<CR><LF>)",
+    "ref": "RFC 5321 §4.1.1.4",
+    "url": "https://www.rfc-editor.org/rfc/rfc5321#section-4.1.1.4",
+}
+# What Answering gives for a message summary (the "command" of a C event
+# "[message: ...]"): what the 354 before it asked for.
+MESSAGE_AFTER_CRLF_354 = "[message after 354 <CR><LF>.<CR><LF>]"
+MESSAGE_AFTER_LF_354 = "[message after 354 a line holding only a dot]"
 # A POP3 RETR or TOP answer, summarised the same way by the transcript.
 RETR_SUMMARY = {"text": "the message itself (headers, blank line, body), byte-stuffed, summarized here; a line with a lone '.' ends it", "ref": "RFC 1939 §3", "url": "https://www.rfc-editor.org/rfc/rfc1939#section-3"}
 
@@ -78,6 +103,10 @@ def event_explanation(record: Any, kind: str, text: str, command: str | None = N
     if kind in EVENT_NOTES:
         return EVENT_NOTES[kind]
     if kind == "C" and text.startswith("[message:"):
+        if command == MESSAGE_AFTER_CRLF_354:
+            return DATA_SUMMARY_CRLF
+        if command == MESSAGE_AFTER_LF_354:
+            return DATA_SUMMARY_BARE_LF
         return DATA_SUMMARY
     if kind == "S" and text.startswith("[message:"):
         return RETR_SUMMARY
@@ -126,6 +155,9 @@ class Answering:
         # Whether a line was said yet: a server line before any is the
         # greeting (L{GREETING}), which answers no command.
         self.spoken = False
+        # SMTP: what the last 354 asked the message to end with (one of
+        # MESSAGE_AFTER_*_354), for the message summary that follows.
+        self.go_ahead: str | None = None
 
     def feed(self, event: tuple) -> str | None:
         """The command C{event} (a reply line) answers (L{GREETING}: none, it is the greeting), or None; and remember it if it is a command."""
@@ -139,6 +171,11 @@ class Answering:
         if not self.paired:
             return None
         if kind == "C":
+            if text.startswith("[message:") and self.go_ahead is not None:
+                go_ahead, self.go_ahead = self.go_ahead, None
+                if len(self.waiting) < COMMAND_LOOKBACK:
+                    self.waiting.append(text)
+                return go_ahead
             if text == "." and self.waiting and self.waiting[-1].startswith("[message"):
                 # The line that ends a message: with its summary, one thing
                 # the server answers once (not a command of its own, which
@@ -149,6 +186,8 @@ class Answering:
             return None
         if kind != "S" or not self.waiting:
             return None
+        if text.startswith("354 "):
+            self.go_ahead = MESSAGE_AFTER_CRLF_354 if "<CR><LF>.<CR><LF>" in text else MESSAGE_AFTER_LF_354
         command = self.waiting[0]
         final = len(text) < 4 or text[3] != "-"
         if final and not text.startswith("1"):

@@ -15,7 +15,9 @@ ever. Here, on top of it:
                 within C{--web-header-timeout} seconds of the request's
                 first octet (20 s, as Apache's mod_reqtimeout).
  body           Once the headers are in, the body (Content-Length or
-                chunked) must be complete within C{--web-body-timeout}.
+                chunked) must be complete within C{--web-body-timeout},
+                or keep arriving at L{BODY_RATE} on average, checked
+                each C{--web-body-timeout}.
  idle           C{--web-idle-timeout}: no octet at all, between requests
                 or within one (Twisted's C{timeOut}).
  body size      A body over L{max_body} octets (Content-Length, or
@@ -39,6 +41,8 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.web import http, server
+
+from twisted_mailhub.lines import MIN_TRANSFER_RATE
 
 log = Logger()
 
@@ -64,6 +68,22 @@ def check_options(options: Any) -> None:
             raise usage.UsageError(f"--{row[0]} must be a positive number of seconds")
 
 
+#: The slowest a body may flow on average to be let go on past
+#: --web-body-timeout, in octets per second (as an IMAP literal's,
+#: L{twisted_mailhub.imap.deadlines.LITERAL_RATE}: 32 kbit/s).
+BODY_RATE = MIN_TRANSFER_RATE
+
+
+def keeping_up(octets: int, seconds: float) -> bool:
+    """
+    Whether a body of which C{octets} arrived in C{seconds} flows at
+    L{BODY_RATE} or faster: past C{--web-body-timeout} it may go on only
+    so (a 20 MB attachment on a slow uplink is not cut at 120 s; a client
+    trickling a big Content-Length still is).
+    """
+    return octets >= seconds * BODY_RATE
+
+
 class DeadlineChannel(http.HTTPChannel):
     """
     An L{http.HTTPChannel} with a deadline per request: its header fields,
@@ -72,6 +92,8 @@ class DeadlineChannel(http.HTTPChannel):
 
     _deadline: Any = None
     _deadline_kind = ""
+    _body_started = 0.0
+    _body_octets = 0
     _abort_call: Any = None
 
     def connectionMade(self):
@@ -85,6 +107,8 @@ class DeadlineChannel(http.HTTPChannel):
         self._deadline = self.callLater(self.factory.header_timeout, self._too_slow)
 
     def dataReceived(self, data):
+        if self._deadline_kind == "body":
+            self._body_octets += len(data)
         if self._deadline is None and not self._handlingRequest and data:
             # The first octet of a request: its header fields are now due.
             self._deadline_kind = "header fields"
@@ -98,7 +122,13 @@ class DeadlineChannel(http.HTTPChannel):
         http.HTTPChannel.allHeadersReceived(self)
         if self._deadline is not None and self._deadline.active():
             self._deadline_kind = "body"
+            self._body_started = self._clock_seconds()
+            self._body_octets = 0
             self._deadline.reset(self.factory.body_timeout)
+
+    def _clock_seconds(self) -> float:
+        """Now, on the clock the deadlines use (the site's reactor)."""
+        return self.factory.reactor.seconds()
 
     def allContentReceived(self):
         self._cancel_deadline()
@@ -113,6 +143,12 @@ class DeadlineChannel(http.HTTPChannel):
         self._deadline = None
         if self.transport is None or self.transport.disconnecting:
             return
+        if self._deadline_kind == "body":
+            elapsed = self._clock_seconds() - self._body_started
+            if keeping_up(self._body_octets, elapsed):
+                # A big body flowing steadily: asked again a limit later.
+                self._deadline = self.callLater(self.factory.body_timeout, self._too_slow)
+                return
         seconds = self.factory.header_timeout if self._deadline_kind == "header fields" else self.factory.body_timeout
         peer = getattr(self.transport.getPeer(), "host", "?")
         log.info("web: {peer} took over {seconds:g}s to send a request's {kind}, closing", peer=peer, seconds=seconds, kind=self._deadline_kind)

@@ -189,6 +189,50 @@ def _opaque_note(msg: Any, here: str) -> Any:
     )
 
 
+# A header field line (RFC 5322 §2.2: a name of printable ASCII but ':',
+# then ':'), and the field names a person types first in a message.
+_FIELD_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
+_COMMON_FIELDS = frozenset(b"to from cc bcc subject date reply-to sender message-id".split())
+
+
+def header_ended_early(raw: bytes) -> str | None:
+    """
+    The first line of message C{raw}'s body when it looks like a header
+    field typed without its colon ("To bob@localhost"): its first word is a
+    common field name and it holds an address, or a header field line
+    ("Subject: hi") follows it before the next empty line. Such a line ended the header section (RFC
+    5322 §2.2), and the server put the empty line before it (the hub as
+    Postfix: L{twisted_mailhub.smtp.delivery.separate_body}). L{None} for
+    any other message. Text, octets that are not UTF-8 as U+FFFD.
+    """
+    end = 0 if raw.startswith(b"\r\n") else raw.find(b"\r\n\r\n") + 2
+    if end < 2 and not raw.startswith(b"\r\n"):
+        return None
+    body = raw[end + 2 :] if end else raw[2:]
+    first, _, rest = body.partition(b"\r\n")
+    if not first.strip() or _FIELD_LINE.match(first) or first[:1] in (b" ", b"\t"):
+        return None
+    word = first.split(None, 1)[0].lower()
+    following = rest.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[:20]
+    if (word.rstrip(b".;,") in _COMMON_FIELDS and b"@" in first) or any(_FIELD_LINE.match(line) for line in following):
+        return first.decode("utf-8", "replace")
+    return None
+
+
+def _header_end_note(raw: bytes) -> Any:
+    """What the Anatomy says of a header that ended early (L{header_ended_early}), or ''."""
+    line = header_ended_early(raw)
+    if line is None:
+        return ""
+    return tags.p(
+        "The header ends before the line ", tags.code(msgparse.visible(line[:120])), ": it is no header field (a field is a name, a colon, "
+        "then the value: RFC 5322 §2.2), so the header section ended there. The empty line that ends a header was missing before it, "
+        "and the server that took the message put one there, as Postfix does, so that line and every line after it (header "
+        "fields typed later, too) are the body.",
+        class_="note",
+    )
+
+
 def _attached(msg: Any) -> list[Any]:
     """The attachments of a parsed message (L{msgparse.is_attachment}), at most L{MAX_LISTED}."""
     return [p for p in msgparse.parts(msg) if msgparse.is_attachment(p)][:MAX_LISTED]
@@ -879,7 +923,7 @@ class FolderPages(resource.Resource):
             _opaque_note(msg, message_url(self.name, info.uid)),
             tags.h2("Envelope and header"), envelope,
             tags.h2("The path it took (Received:, oldest first)"), tags.ol(*hop_items, class_="hops") if hop_items else tags.p("No Received: lines."),
-            tags.h2("Header fields"), headers,
+            tags.h2("Header fields"), headers, _header_end_note(raw),
             tags.h2("MIME tree"),
             tags.table(tags.thead(tags.tr(tags.th("content type"), tags.th("transfer encoding"), tags.th("charset"), tags.th("size as sent"), tags.th("file name"))), tags.tbody(*mime_rows), class_="mime"),
             tags.h2("Parts: as sent and decoded"), *part_views,
@@ -1200,9 +1244,10 @@ def unsendable(fields: dict[str, str]) -> str:
     """
     Why the compose form's C{fields} cannot be sent as typed ('' if they
     can): a control character in To, Cc or Subject (RFC 5322 §2.2), or a
-    NUL in the message text (RFC 5322 §2.3). Names the field and the
-    characters, e.g. "The Subject has a control character, U+001B (ESC),
-    ...".
+    NUL in the message text (RFC 5322 §2.3), or octets that are not
+    UTF-8 in any of them (a L{FormFields}' C{not_utf8}). Names the field
+    and the characters, e.g. "The Subject has a control character, U+001B
+    (ESC), ...".
     """
     found = []
     for key, label, forbidden in _FIELDS:
@@ -1210,12 +1255,21 @@ def unsendable(fields: dict[str, str]) -> str:
         if chars:
             names = ", ".join(_control_name(c) for c in chars)
             found.append(f"the {label} has {'a control character' if len(chars) == 1 else 'control characters'}, {names}")
+    not_utf8 = [label for key, label, _ in _FIELDS if key in getattr(fields, "not_utf8", ())]
+    # (octets not UTF-8 come from a hand-made request or a page of another
+    # encoding: what they meant is unknown, so nothing is guessed and sent
+    # unseen)
+    encoding = (
+        f"the {' and the '.join(not_utf8)} came in octets that are not UTF-8, the form's encoding; "
+        "they are shown below as \ufffd: correct them and send it again."
+    )
     if not found:
-        return ""
+        return f"Not sent: {encoding[0].upper() + encoding[1:]}" if not_utf8 else ""
     text = "; ".join(found)
     return (
         f"Not sent: {text[0].upper() + text[1:]}. Mail cannot carry control characters in its header "
         "fields, nor NUL in its text (RFC 5322). They were taken out below: check the message and send it again."
+        + (f" Also, {encoding}" if not_utf8 else "")
     )
 
 
@@ -1258,12 +1312,14 @@ def _form_data(request) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
     which Twisted's C{request.args} drops).
     """
     content_type = request.getHeader(b"content-type") or b""
+    fields = FormFields()
     if not content_type.lower().startswith(b"multipart/form-data"):
-        return {k.decode(): v[0].decode("utf-8", "replace") for k, v in request.args.items()}, []
+        for k, v in request.args.items():
+            fields.take(k.decode("utf-8", "replace"), v[0])
+        return fields, []
     request.content.seek(0)
     body = request.content.read()
     parsed = email.message_from_bytes(b"Content-Type: " + content_type + b"\r\n\r\n" + body, policy=email.policy.HTTP)
-    fields: dict[str, str] = {}
     files = []
     parts = list(parsed.iter_parts())
     raw = _form_parts(body, parsed.get_boundary())
@@ -1284,8 +1340,30 @@ def _form_data(request) -> tuple[dict[str, str], list[tuple[str, str, bytes]]]:
             if data:
                 files.append((msgparse.filename(part) or "attachment", part.get_content_type(), data))
         else:
-            fields[name] = data.decode("utf-8", "replace")
+            fields.take(name, data)
     return fields, files
+
+
+class FormFields(dict):
+    """
+    A posted form's fields, C{{name: text}}. A field whose octets are not
+    UTF-8 (what every browser sends, RFC 7578 §5.1.2 / HTML's form
+    encoding; a hand-made request may send Latin-1) is kept with U+FFFD in
+    their place, and its name is in L{not_utf8}, so that the form can say
+    so instead of sending the replacement characters unseen.
+    """
+
+    def __init__(self) -> None:
+        dict.__init__(self)
+        self.not_utf8: set[str] = set()
+
+    def take(self, name: str, octets: bytes) -> None:
+        """Keep field C{name} with its C{octets} decoded as UTF-8."""
+        try:
+            self[name] = octets.decode("utf-8")
+        except UnicodeDecodeError:
+            self[name] = octets.decode("utf-8", "replace")
+            self.not_utf8.add(name)
 
 
 def submit(hub: Any, sender: str, recipients: list[str], message: bytes, client_ip: str, tls: bool, notify: str = ""):
