@@ -19,7 +19,7 @@ import time
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from twisted_mailhub.store.interfaces import InsufficientStorage
+from twisted_mailhub.store.interfaces import InsufficientStorage, StoreError
 from twisted_mailhub.store.maildir import UIDLIST, MaildirStore
 from twisted_mailhub.store.smallfiles import SmallFiles
 
@@ -151,3 +151,102 @@ class HalfMadeFolderTests(unittest.TestCase):
         account = self.store.account("alice@example.org")
         self.assertRaises(InsufficientStorage, account.create_folder, "Fresh")
         self.assertFalse(os.path.exists(account._folder_path("Fresh")))
+
+
+class HalfMadeFolderUnderWorkersTests(HalfMadeFolderTests):
+    """
+    Under --workers (shared.ENABLED), each process reads the half-made
+    folder as it is on a full disk and shows the same UIDVALIDITY and
+    UIDs; the first write with room repairs it under the folder's lock,
+    and another process's write then takes that list (store/maildir.py:
+    _agreed_uid_validity, _repair_shared). Two MaildirStore objects stand
+    for two worker processes (their folder locks are flocks on their own
+    descriptors, which exclude each other as two processes' would). Every
+    test of HalfMadeFolderTests runs here too.
+    """
+
+    def setUp(self):
+        from twisted_mailhub.store import shared
+
+        self.patch(shared, "ENABLED", True)
+        super().setUp()
+
+    def test_two_workers_read_it_on_a_full_disk_with_the_same_uidvalidity_and_uids(self):
+        self.full = True
+        one = self.folder()  # (before: InsufficientStorage at the load)
+        two = self.folder(self.open_store())
+        self.assertEqual(one.uid_validity, two.uid_validity)
+        self.assertEqual([(m.uid, m.key) for m in one.messages()], [(m.uid, m.key) for m in two.messages()])
+        self.assertEqual([m.uid for m in two.messages()], [1, 2])
+        self.assertEqual(sorted(os.listdir(self.path)), ["cur"])  # (not even the lock file)
+        # The UIDVALIDITY names a second the folder had not changed by.
+        self.assertGreater(one.uid_validity, int(os.stat(os.path.join(self.path, "cur")).st_ctime))
+
+    @defer.inlineCallbacks
+    def test_one_worker_repairs_it_and_the_other_takes_its_list_without_a_uid_twice(self):
+        self.full = True
+        one = self.folder()
+        two = self.folder(self.open_store())
+        self.full = False
+        self.assertEqual((yield one.append(b"Subject: one\r\n\r\nfrom one\r\n")), 3)
+        uid = yield two.append(b"Subject: two\r\n\r\nfrom two\r\n")
+        self.assertEqual(uid, 4)
+        self.assertEqual([m.uid for m in two.messages()], [1, 2, 3, 4])
+        with open(os.path.join(self.path, UIDLIST), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(int(lines[0].split()[2]), one.uid_validity)
+        self.assertEqual(sorted(int(line.split()[0]) for line in lines[1:]), [1, 2, 3, 4])
+
+    def test_a_load_in_the_second_the_folder_changed_waits_for_the_next_one(self):
+        # A file renamed (another process set a flag) in second T: a load
+        # then must not give UIDVALIDITY T, or T+1 before T+1 has begun,
+        # since a load a moment later in that second, after one more
+        # change, could give the same with other files.
+        self.full = True
+        cur = os.path.join(self.path, "cur")
+        name = sorted(os.listdir(cur))[0]
+        os.rename(os.path.join(cur, name), os.path.join(cur, name.replace(":2,S", ":2,FS")))
+        changed = int(os.stat(cur).st_ctime)
+        clock = [changed + 0.5]
+        slept = []
+
+        def sleep(seconds):
+            slept.append(seconds)
+            clock[0] += seconds
+
+        self.patch(time, "time", lambda: clock[0])
+        self.patch(time, "sleep", sleep)
+        folder = self.folder()
+        self.assertEqual(folder.uid_validity, changed + 1)
+        self.assertEqual(slept, [0.5])  # (to the next second, once)
+        self.assertEqual([m.uid for m in folder.messages()], [1, 2])
+
+    def test_a_load_that_sees_a_change_in_the_second_its_uidvalidity_names_is_refused_for_now(self):
+        self.full = True
+        cur = os.path.join(self.path, "cur")
+        changed = int(os.stat(cur).st_ctime)
+        # The folder changes while it is listed, in the very second chosen.
+        real_listdir = os.listdir
+
+        def listdir(path):
+            names = real_listdir(path)
+            if path == cur and names and not listdir.done:
+                listdir.done = True
+                self.patch(time, "time", lambda: float(changed + 5))
+                os.utime(cur)
+                os.rename(os.path.join(cur, names[0]), os.path.join(cur, names[0] + "T"))
+                self.patch(os, "stat", lambda p, *a, _real=os.stat, **k: _stat_at(_real(p, *a, **k), changed + 5) if p == cur else _real(p, *a, **k))
+            return names
+
+        listdir.done = False
+        self.patch(time, "time", lambda: float(changed + 4))
+        self.patch(time, "sleep", lambda s: None)
+        self.patch(os, "listdir", listdir)
+        self.assertRaises(StoreError, self.folder)
+
+
+def _stat_at(st, ctime):
+    """C{st} with its ctime set to C{ctime} (seconds)."""
+    fields = list(st)
+    fields[9] = int(ctime)
+    return os.stat_result(fields, {"st_ctime": float(ctime), "st_mtime_ns": st.st_mtime_ns, "st_ctime_ns": int(ctime) * 10**9, "st_atime_ns": st.st_atime_ns})

@@ -613,7 +613,9 @@ class MaildirFolder:
             self._modseq_pending: dict[int, int] = {}
             with self._uidlist_lock:
                 self._load()
-                if self._settling is None:
+                if self._unrepaired is not None:
+                    self._check_agreed()
+                elif self._settling is None:
                     self._settle_unflushed()
                 self._list_position = shared.ListPosition.now(self._uidlist_path())
                 self._modseq_position = shared.ListPosition.now(self._modseq_path())
@@ -835,15 +837,13 @@ class MaildirFolder:
         Whether a folder whose load could not write what it lacks (C{error}:
         a full disk or quota, a read-only file system) is read as it is,
         its UIDs kept in memory until a write can repair it (L{_repair}):
-        only when the folder is there (its cur/ or new/), and not under
-        --workers (the UIDs of a folder are numbered through its list
-        there).
+        only when the folder is there (its cur/ or new/). Under --workers
+        too: see L{_agreed_uid_validity} for how the processes agree.
         """
         error = error.__cause__ if isinstance(error, StoreError) and isinstance(error.__cause__, OSError) else error
         return (
             isinstance(error, OSError)
             and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-            and not self._shared
             and any(os.path.isdir(os.path.join(self.directory, sub)) for sub in ("cur", "new"))
         )
 
@@ -863,12 +863,81 @@ class MaildirFolder:
                 raise
             self._unrepaired = e.__cause__ if isinstance(e, StoreError) and isinstance(e.__cause__, OSError) else e
             self.uid_next = 1
+            if self._shared:
+                self._agreed_uid_validity()
             self._settling = None
             self.creation_flush = None
             log.warn(
                 "{path}: its UID list cannot be written ({error}): read as it is, UIDVALIDITY {validity} kept in memory until a write can repair it",
                 path=self.directory, error=error_words(self._unrepaired), validity=self.uid_validity,
             )
+
+    def _repair_shared(self, quietly: bool) -> None:
+        """
+        (--workers, under the folder's lock) L{_repair}: the lock file is
+        made first (it excludes the other processes from here on). When
+        another process repaired the folder meanwhile, its list is taken
+        (the same UIDs: L{_agreed_uid_validity}; another UIDVALIDITY ends
+        this folder object, L{made_again}) and nothing is written.
+        """
+        try:
+            self._uidlist_lock.require()
+            if os.path.exists(self._uidlist_path()):
+                self._unrepaired = None
+                self._list_position = shared.ListPosition()  # (read whole)
+                self._dir_mtimes = None
+                self._scan_folder(True)
+                return
+            for sub in ("cur", "new", "tmp"):
+                os.makedirs(os.path.join(self.directory, sub), exist_ok=True)
+            _remember_uid_validity(self.validity_path, max(self.uid_validity, _last_uid_validity(self.validity_path)), sync=True)
+            self._write_uidlist(sync=True)
+            fsync_directory(self.directory)
+        except (OSError, StoreError) as e:
+            if isinstance(e, NoSuchFolder) or not quietly:
+                raise storage_error(e) if not isinstance(e, StoreError) else e
+            return
+        self._list_position = shared.ListPosition.now(self._uidlist_path())
+        self._unrepaired = None
+        self._dir_mtimes = None
+        self._save_unchecked()
+        log.info("{path}: repaired (UID list written, UIDVALIDITY {validity})", path=self.directory, validity=self.uid_validity)
+
+    def _agreed_uid_validity(self) -> None:
+        """
+        (--workers) The UIDVALIDITY of a folder read as it is, chosen so
+        that every process that shows it shows the same UIDs: nothing is
+        written to agree on, so each numbers the files of its load in the
+        same order (arrival, then name), and the UIDVALIDITY is a second
+        in which the folder did not change (its directories' ctime before
+        it, waited for when the folder changed this very second: at most a
+        second, once). Two processes whose loads saw different files saw
+        a change between them, at or after that second, and the later one
+        finds it (L{_check_agreed}). Files found after the load are not
+        numbered here (another process could number them otherwise): they
+        are shown once the folder is repaired (L{_repair}).
+        """
+        subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur") if os.path.isdir(os.path.join(self.directory, sub))]
+        changed = int(max((os.stat(d).st_ctime for d in subdirs), default=0))
+        now = time.time()
+        if self.uid_validity > int(now) and self.uid_validity - now < 2:
+            time.sleep(self.uid_validity - now)  # (the second it names has begun before the listing)
+        elif changed >= self.uid_validity:
+            time.sleep(changed + 1 - now if changed + 1 > now else 0)
+            self.uid_validity = max(self.uid_validity, changed + 1)
+
+    def _check_agreed(self) -> None:
+        """
+        (--workers, after the load of a folder read as it is) Raises a
+        temporary L{StoreError} when the folder changed at or after the
+        second its UIDVALIDITY names, or that second had not begun: another
+        process could show that UIDVALIDITY with other UIDs. The next open
+        reads it again.
+        """
+        subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur") if os.path.isdir(os.path.join(self.directory, sub))]
+        changed = int(max((os.stat(d).st_ctime for d in subdirs), default=0))
+        if changed >= self.uid_validity or time.time() < self.uid_validity:
+            raise StoreError(f"{self.name} changed while it was read; try again")
 
     def _repair(self, quietly: bool = False) -> None:
         """
@@ -881,6 +950,9 @@ class MaildirFolder:
         """
         if self._unrepaired is None:
             return
+        if self._shared:
+            with self._uidlist_lock:
+                return self._repair_shared(quietly)
         try:
             for sub in ("cur", "new", "tmp"):
                 os.makedirs(os.path.join(self.directory, sub), exist_ok=True)
@@ -1404,6 +1476,8 @@ class MaildirFolder:
                         if first:
                             self._look_mtimes = None  # (nor trusted by the index)
             fresh = self._claim_listed(fresh, flagged)
+            if fresh and self._unrepaired is not None and not first:
+                fresh = []  # (numbered once repaired: L{_agreed_uid_validity})
         added: list[int] = []
         offered: list[int] = []
         # Files we have never seen: UIDs in order of arrival.
@@ -1421,7 +1495,7 @@ class MaildirFolder:
             added.append(uid)
             if not self._shared:
                 self._recent.add(uid)
-            elif sub == "cur":
+            elif sub == "cur" and self._unrepaired is None:
                 offered.append(uid)  # (one in new/ is claimed by its rename)
         if added and self._unrepaired is not None:
             pass  # (numbered in memory: the repair lists them, L{_repair})
@@ -1900,7 +1974,7 @@ class MaildirFolder:
 
     def _next_uid(self) -> int:
         """A new UID: this process's counter, or under --workers the folder's."""
-        if self._shared:
+        if self._shared and self._unrepaired is None:
             uid = self._uidlist_lock.take_uid(self.uid_next)
         else:
             uid = self.uid_next
@@ -3162,7 +3236,9 @@ class MaildirFolder:
     def _bump_now(self, uids: list[int], gone: Iterable[int] = ()) -> None:
         self._changes += 1
         value = max(self.highest_modseq + 1, _now_us())
-        if self._shared:
+        if self._shared and self._unrepaired is None:
+            # (a folder read as it is has no counter to take from: its
+            # mod-sequences are this process's clock, as one process's are)
             value = self._uidlist_lock.take_modseq(value)
         self.highest_modseq = value
         table = self._table
