@@ -250,3 +250,72 @@ def _stat_at(st, ctime):
     fields = list(st)
     fields[9] = int(ctime)
     return os.stat_result(fields, {"st_ctime": float(ctime), "st_mtime_ns": st.st_mtime_ns, "st_ctime_ns": int(ctime) * 10**9, "st_atime_ns": st.st_atime_ns})
+
+
+class FolderTheHubMayNotWriteTests(unittest.TestCase):
+    """
+    A folder the hub may not write (EACCES: restored from a backup with
+    other owners; EROFS: tests/test_e2e_read_only_store.py does a real
+    read-only mount) is read as it is, one log line says why nothing in
+    it can be changed, and a write fails with L{NotWritable} (IMAP
+    NO [NOPERM], POP3 -ERR [SYS/PERM]).
+    """
+
+    def setUp(self):
+        HalfMadeFolderTests.setUp(self)
+
+    open_store = HalfMadeFolderTests.open_store
+    folder = HalfMadeFolderTests.folder
+
+    def refuse_writes(self) -> None:
+        HalfMadeFolderTests.refuse_writes(self)
+        real = os.open, builtins.open, os.makedirs
+
+        def as_eacces(function):
+            def call(*args, **kwargs):
+                try:
+                    return function(*args, **kwargs)
+                except OSError as e:
+                    if e.errno == errno.ENOSPC:
+                        raise OSError(errno.EACCES, "Permission denied", e.filename) from None
+                    raise
+            return call
+
+        self.patch(os, "open", as_eacces(os.open))
+        self.patch(builtins, "open", as_eacces(builtins.open))
+        self.patch(os, "makedirs", as_eacces(os.makedirs))
+        del real
+
+    def test_a_half_made_folder_the_hub_may_not_write_is_read_and_its_writes_are_not_writable(self):
+        from twisted.logger import globalLogPublisher
+
+        from twisted_mailhub.store.interfaces import NotWritable
+
+        said = []
+        globalLogPublisher.addObserver(said.append)
+        self.addCleanup(globalLogPublisher.removeObserver, said.append)
+        self.full = True
+        folder = self.folder()  # (before: PermissionError at the load)
+        self.assertEqual([m.uid for m in folder.messages()], [1, 2])
+        self.assertEqual(folder.read(1), OLDER)
+        lines = [e["log_format"] for e in said if "may not write" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1, lines)
+        self.failureResultOf(folder.append(b"Subject: new\r\n\r\nx\r\n"), NotWritable)
+        self.assertRaises(NotWritable, folder.expunge, [1])
+        self.assertEqual(sorted(os.listdir(self.path)), ["cur"])
+
+    def test_a_whole_folder_the_hub_may_not_write_is_said_once_at_its_load(self):
+        from twisted.logger import globalLogPublisher
+
+        said = []
+        globalLogPublisher.addObserver(said.append)
+        self.addCleanup(globalLogPublisher.removeObserver, said.append)
+        folder = self.folder()  # (made whole: the hub may write it)
+        self.assertEqual([e for e in said if "may not write" in e.get("log_format", "")], [])
+        real_access = os.access
+        self.patch(os, "access", lambda path, mode, *a, **k: False if path == self.path and mode == os.W_OK else real_access(path, mode, *a, **k))
+        self.folder(self.open_store())
+        lines = [e for e in said if "may not write" in e.get("log_format", "")]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["why"], "permission denied")
+        del folder

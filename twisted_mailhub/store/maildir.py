@@ -140,6 +140,8 @@ from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_line
 from twisted_mailhub.store.smallfiles import SmallFiles, write_temporary
 from twisted_mailhub.store.wireform import WireForms
 from twisted_mailhub.store.interfaces import (
+    is_not_writable,
+    not_writable_reason,
     DELETED,
     DRAFT,
     FLAGGED,
@@ -590,6 +592,11 @@ class MaildirFolder:
         # tmp/, no UID list) is repaired here when it can be written, else
         # read as it is and repaired at its first write (L{_repair}).
         self._unrepaired: OSError | None = None
+        # A folder the hub may not write (EACCES, EPERM, EROFS): said once
+        # in the log (L{_say_not_writable}); the UIDs in new/ given as
+        # \Recent to a session already (L{take_new} cannot move them).
+        self._said_not_writable = False
+        self._given_in_new: set[int] = set()
         for sub in ("cur", "new", "tmp"):
             try:
                 os.makedirs(os.path.join(path, sub), exist_ok=True)
@@ -622,6 +629,8 @@ class MaildirFolder:
             shared.opened(self)
         else:
             self._load()
+        if self._unrepaired is None and not os.access(self.directory, os.W_OK):
+            self._say_not_writable(OSError(errno.EROFS if _read_only_mount(self.directory) else errno.EACCES, "", self.directory))
         if self._unchecked and self._flusher is not None:
             self._check_in_thread()
         if len(self._table) >= INDEX_MIN_LINES:
@@ -832,6 +841,21 @@ class MaildirFolder:
         except (OSError, ValueError) as e:
             log.debug("index of {path} not written: {error}", path=self.directory, error=e)
 
+    def _say_not_writable(self, error: OSError) -> None:
+        """
+        One log line for a folder the hub may not write (C{error}: EACCES,
+        EPERM or EROFS), at its load: it is read as it is, and every
+        write to it is refused (L{NotWritable}: IMAP NO [NOPERM], POP3
+        -ERR [SYS/PERM], FTP 550).
+        """
+        if self._said_not_writable:
+            return
+        self._said_not_writable = True
+        log.warn(
+            "{path}: the hub may not write this folder ({why}): read as it is; nothing in it can be changed (no delivery, APPEND, flag, EXPUNGE) until its owner or mount lets the hub write",
+            path=self.directory, why=not_writable_reason(error),
+        )
+
     def _may_read_unrepaired(self, error: BaseException) -> bool:
         """
         Whether a folder whose load could not write what it lacks (C{error}:
@@ -843,7 +867,7 @@ class MaildirFolder:
         error = error.__cause__ if isinstance(error, StoreError) and isinstance(error.__cause__, OSError) else error
         return (
             isinstance(error, OSError)
-            and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+            and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
             and any(os.path.isdir(os.path.join(self.directory, sub)) for sub in ("cur", "new"))
         )
 
@@ -867,10 +891,17 @@ class MaildirFolder:
                 self._agreed_uid_validity()
             self._settling = None
             self.creation_flush = None
-            log.warn(
-                "{path}: its UID list cannot be written ({error}): read as it is, UIDVALIDITY {validity} kept in memory until a write can repair it",
-                path=self.directory, error=error_words(self._unrepaired), validity=self.uid_validity,
-            )
+            if is_not_writable(self._unrepaired):
+                self._said_not_writable = True
+                log.warn(
+                    "{path}: the hub may not write this folder ({error}): read as it is, UIDVALIDITY {validity} kept in memory; nothing in it can be changed (no delivery, APPEND, flag, EXPUNGE) until its owner or mount lets the hub write",
+                    path=self.directory, error=error_words(self._unrepaired), validity=self.uid_validity,
+                )
+            else:
+                log.warn(
+                    "{path}: its UID list cannot be written ({error}): read as it is, UIDVALIDITY {validity} kept in memory until a write can repair it",
+                    path=self.directory, error=error_words(self._unrepaired), validity=self.uid_validity,
+                )
 
     def _repair_shared(self, quietly: bool) -> None:
         """
@@ -2980,13 +3011,27 @@ class MaildirFolder:
         was_current = self._before_own_change()
         taken = []
         table = self._table
-        for i in self._in_new():
+        in_new = self._in_new()
+        for n, i in enumerate(in_new):
             system = table.bits[i] & SYSTEM_MASK
             filename = table.names[i] + SUFFIXES[system]
             try:
                 os.rename(os.path.join(self.directory, "new", table.filename(i)), os.path.join(self.directory, "cur", filename))
             except FileNotFoundError:
                 continue
+            except OSError as e:
+                if not is_not_writable(e):
+                    raise
+                # A folder the hub may not write (read as it is): the
+                # messages stay in new/, recent to the first session of
+                # this process that takes them (a set in memory).
+                self._say_not_writable(e)
+                given = self._given_in_new
+                for j in in_new[n:]:
+                    if table.uids[j] not in given:
+                        given.add(table.uids[j])
+                        taken.append(table.uids[j])
+                break
             table.set_file(i, "cur", filename, system)
             taken.append(table.uids[i])
         if taken:
@@ -3469,6 +3514,14 @@ def _remember_uid_validity(path: str | None, value: int, sync: bool = True) -> N
         # (a full disk: no empty .tmp is left in the account's folder)
         _unlink_quietly(tmp)
         raise
+
+
+def _read_only_mount(path: str) -> bool:
+    """Whether C{path} is on a file system mounted read-only (statvfs's ST_RDONLY)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _mtime_or_zero(path: str) -> int:
