@@ -319,3 +319,112 @@ class FolderTheHubMayNotWriteTests(unittest.TestCase):
         self.assertEqual(len(lines), 1)
         self.assertEqual(lines[0]["why"], "permission denied")
         del folder
+
+
+class RepairOffTheReactorTests(unittest.TestCase):
+    """
+    The one-time repair of a folder read as it is (store/maildir.py:
+    _write_repair) flushes its UIDVALIDITY counter, its UID list and the
+    folder's directory in a worker thread (SmallFiles), not in the
+    reactor, and the write that needed it starts only once that flush is
+    done: the repair is durable before the write that depends on it.
+    Before, its three fsyncs (and new/'s) ran in the reactor.
+    """
+
+    def setUp(self):
+        import threading
+
+        self.jobs: list[tuple] = []
+        self.events: list[tuple] = []
+        self.in_thread = False
+        HalfMadeFolderTests.setUp(self)
+        real_fsync, real_os_open = os.fsync, os.open
+        main = threading.main_thread()
+
+        def where() -> str:
+            return "thread" if self.in_thread or threading.current_thread() is not main else "reactor"
+
+        def fsync(fd):
+            self.events.append((where(), "fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+            return real_fsync(fd)
+
+        def os_open(path, flags, *args, **kwargs):
+            if str(path).startswith(os.path.join(self.path, "tmp") + os.sep) and flags & os.O_CREAT:
+                self.events.append((where(), "write", "message"))
+            return real_os_open(path, flags, *args, **kwargs)
+
+        self.patch(os, "fsync", fsync)
+        self.patch(os, "open", os_open)
+
+    refuse_writes = HalfMadeFolderTests.refuse_writes
+    folder = HalfMadeFolderTests.folder
+
+    def open_store(self):
+        store = MaildirStore(self.root, hostname="test")
+        store.small_files = SmallFiles(run=self.thread, fsync=lambda fd: os.fsync(fd))  # (os.fsync as patched now)
+        return store
+
+    def thread(self, function, *args):
+        d = defer.Deferred()
+        self.jobs.append((function, args, d))
+        return d
+
+    def run_jobs(self) -> None:
+        self.in_thread = True
+        try:
+            while self.jobs:
+                function, args, d = self.jobs.pop(0)
+                try:
+                    result = function(*args)
+                except Exception:
+                    d.errback()
+                else:
+                    d.callback(result)
+        finally:
+            self.in_thread = False
+
+    @defer.inlineCallbacks
+    def test_the_repair_is_flushed_off_the_reactor_before_the_write_that_needs_it(self):
+        self.full = True
+        folder = self.folder()
+        shown = folder.uid_validity
+        self.full = False
+        self.events.clear()
+        d = folder.append(b"Subject: new\r\n\r\nafter\r\n")
+        # Nothing flushed in the reactor, and the message not begun.
+        self.assertEqual([e for e in self.events if e[0] == "reactor" and e[1] == "fsync"], [])
+        self.assertNotIn(("reactor", "write", "message"), self.events)
+        self.assertNoResult(d)
+        self.run_jobs()
+        uid = yield d
+        self.assertEqual(uid, 3)
+        flushed = [e[2] for e in self.events if e[1] == "fsync"]
+        for name in (UIDLIST, "mailhub-uidvalidity", os.path.basename(self.path)):
+            self.assertIn(name, flushed)
+        first_write = self.events.index(next(e for e in self.events if e[1] == "write"))
+        self.assertEqual(
+            sorted(e[2] for e in self.events[:first_write] if e[1] == "fsync"),
+            sorted([UIDLIST, "mailhub-uidvalidity", os.path.basename(self.path), os.path.basename(os.path.dirname(self.path))]),
+            self.events,
+        )
+        self.assertEqual([e for e in self.events if e[0] == "reactor" and e[1] == "fsync"], [])
+        with open(os.path.join(self.path, UIDLIST), encoding="utf-8") as f:
+            self.assertEqual(int(f.readline().split()[2]), shown)
+
+    def test_a_failed_flush_of_the_repair_fails_the_write_and_writes_no_message(self):
+        self.full = True
+        folder = self.folder()
+        self.full = False
+        d = folder.append(b"Subject: new\r\n\r\nafter\r\n")
+        patched = os.fsync
+
+        def fsync(fd):
+            if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == UIDLIST:
+                raise OSError(errno.EIO, "Input/output error")
+            return patched(fd)
+
+        self.patch(os, "fsync", fsync)
+        self.run_jobs()
+        self.failureResultOf(d)
+        self.assertNotIn("write", [e[1] for e in self.events])
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])

@@ -597,6 +597,7 @@ class MaildirFolder:
         # \Recent to a session already (L{take_new} cannot move them).
         self._said_not_writable = False
         self._given_in_new: set[int] = set()
+        self._repair_flush: defer.Deferred | None = None  # (L{_write_repair}'s, while on its way)
         for sub in ("cur", "new", "tmp"):
             try:
                 os.makedirs(os.path.join(path, sub), exist_ok=True)
@@ -919,11 +920,7 @@ class MaildirFolder:
                 self._dir_mtimes = None
                 self._scan_folder(True)
                 return
-            for sub in ("cur", "new", "tmp"):
-                os.makedirs(os.path.join(self.directory, sub), exist_ok=True)
-            _remember_uid_validity(self.validity_path, max(self.uid_validity, _last_uid_validity(self.validity_path)), sync=True)
-            self._write_uidlist(sync=True)
-            fsync_directory(self.directory)
+            self._write_repair()
         except (OSError, StoreError) as e:
             if isinstance(e, NoSuchFolder) or not quietly:
                 raise storage_error(e) if not isinstance(e, StoreError) else e
@@ -970,6 +967,56 @@ class MaildirFolder:
         if changed >= self.uid_validity or time.time() < self.uid_validity:
             raise StoreError(f"{self.name} changed while it was read; try again")
 
+    def _write_repair(self) -> None:
+        """
+        The writes of L{_repair}: new/ and tmp/, the account's UIDVALIDITY
+        counter, the UID list. With the store's SmallFiles (a running hub)
+        they are flushed in a worker thread, not in the reactor: the
+        counter and the list, then the folder's directory; the folder is
+        settling meanwhile (L{unsettled}, L{_settle_with}; under --workers
+        the other processes are told, L{UNFLUSHED}), and every write that
+        depends on it waits for that flush before it starts
+        (L{_after_repair}). Without (a script), each is fsynced here.
+        Raises C{OSError} or L{StoreError}.
+        """
+        later = self._flusher
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(self.directory, sub), exist_ok=True)
+        _remember_uid_validity(self.validity_path, max(self.uid_validity, _last_uid_validity(self.validity_path)), sync=later is None)
+        self._write_uidlist(sync=later is None)
+        if later is None:
+            fsync_directory(self.directory)
+            return
+        flush = later.sync_files([p for p in (self.validity_path, self._uidlist_path()) if p], [self.directory])
+        self._repair_flush = flush
+
+        def flushed(result: Any) -> Any:
+            if self._repair_flush is flush:
+                self._repair_flush = None
+            return result
+
+        flush.addBoth(flushed)
+        # (_settle_with marks the list for the other workers through the
+        # load's SmallFiles, which a loaded folder lets go: lent back here)
+        kept, self._sync_later = self._sync_later, later
+        try:
+            self._settle_with(flush, mark=self._shared)
+        finally:
+            self._sync_later = kept
+
+    def _after_repair(self, write: Any, *args: Any) -> defer.Deferred | None:
+        """
+        None when no repair's flush is on its way (L{_write_repair}); else
+        a Deferred of C{write(*args)} called once it is done (the repair
+        durable before the write that depends on it), or failing with the
+        flush's error (and C{write} never called).
+        """
+        if self._repair_flush is None or self._settling is None:
+            return None
+        waiter = defer.Deferred()
+        self._settling.append(waiter)
+        return waiter.addCallback(lambda _: write(*args))
+
     def _repair(self, quietly: bool = False) -> None:
         """
         Write what a folder read as it is lacks (L{_unrepaired}): new/ and
@@ -985,11 +1032,7 @@ class MaildirFolder:
             with self._uidlist_lock:
                 return self._repair_shared(quietly)
         try:
-            for sub in ("cur", "new", "tmp"):
-                os.makedirs(os.path.join(self.directory, sub), exist_ok=True)
-            _remember_uid_validity(self.validity_path, max(self.uid_validity, _last_uid_validity(self.validity_path)), sync=True)
-            self._write_uidlist(sync=True)
-            fsync_directory(self.directory)
+            self._write_repair()
         except (OSError, StoreError) as e:
             if quietly:
                 return
@@ -2517,6 +2560,9 @@ class MaildirFolder:
                 self._repair()
             except (OSError, StoreError) as e:
                 return defer.fail(e)
+        waiting = self._after_repair(self.deliver, message)
+        if waiting is not None:
+            return waiting
         size = len(message)
         now = time.time()
         base = unique_name(size, self.hostname, now) + _shown_size_field(message)
@@ -2646,6 +2692,9 @@ class MaildirFolder:
                 self._repair()
             except (OSError, StoreError) as e:
                 return defer.fail(e)
+        waiting = self._after_repair(self.append, message, flags, internal_date)
+        if waiting is not None:
+            return waiting
         entry, write = self._append_write(message, flags, internal_date)
         d = self.writer.write(*write[:4], rename=write[4], arrived=write[5])
         d.addCallbacks(lambda _: entry.info.uid, self._not_stored, errbackArgs=(entry,))
@@ -2685,6 +2734,9 @@ class MaildirFolder:
                 self._repair()
             except (OSError, StoreError) as e:
                 return defer.fail(e)
+        waiting = self._after_repair(self.append_many, messages)
+        if waiting is not None:
+            return waiting
         prepared = [self._append_write(message, flags, date) for message, flags, date in messages]
         deferreds = self.writer.write_group([write for _, write in prepared])
         for d, (entry, _) in zip(deferreds, prepared):
@@ -2936,6 +2988,17 @@ class MaildirFolder:
                 for fd, *_rest in copies:
                     os.close(fd)
                 return defer.fail(e)
+        called = []
+        waiting = self._after_repair(lambda: (called.append(True), self._append_copies(copies))[1])
+        if waiting is not None:
+
+            def not_called(failure: Failure) -> Failure:
+                if not called:  # (the repair's flush failed: the copies were never written)
+                    for fd, *_rest in copies:
+                        os.close(fd)
+                return failure
+
+            return waiting.addErrback(not_called)
         prepared = []
         for fd, size, field, flags, date in copies:
             system, keywords = split_flags(flags)
@@ -2985,6 +3048,10 @@ class MaildirFolder:
                 fsync_directory(directory)
 
         reactor = self.writer.reactor
+        # (a repair's flush on its way, L{_write_repair}: waited for first)
+        waiting = self._after_repair(lambda: threads.deferToThreadPool(reactor, reactor.getThreadPool(), sync))
+        if waiting is not None:
+            return waiting
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), sync)
 
     def _in_new(self) -> list[int]:
