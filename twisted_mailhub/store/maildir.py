@@ -2208,6 +2208,19 @@ class MaildirFolder:
             self._legacy = False
             match = _OWN_NAME.match
             self._unchecked.update(name for name in table.names if not match(name))
+            # A name shaped like the hub's own is not proof: Dovecot's LDA
+            # without ,W= (and other MDAs) name bare-LF files the same way.
+            # Only after a crash cut the unchecked file (or before it
+            # existed), so each such file's first octets are read: one with
+            # a bare LF there is checked whole (L{_check}) before its size
+            # is told. Its first 4 KiB: a header block of another program
+            # is LF-ended from its first line; the hub's own files are CRLF.
+            directory, names, bits = self.directory, table.names, table.bits
+            self._unchecked.update(
+                names[i]
+                for i in range(len(table))
+                if match(names[i]) and names[i] not in self._kept and _bare_lf_at_start(directory + ("/new/" if bits[i] & NEW else "/cur/") + table.filename(i))
+            )
             self._save_unchecked()
         elif self._checks_unsaved:
             self._save_unchecked()
@@ -3581,6 +3594,22 @@ def _remember_uid_validity(path: str | None, value: int, sync: bool = True) -> N
         # (a full disk: no empty .tmp is left in the account's folder)
         _unlink_quietly(tmp)
         raise
+
+
+def _bare_lf_at_start(path: str, octets: int = 4096) -> bool:
+    """
+    Whether the first C{octets} of the file at C{path} hold an LF not
+    after a CR (a message another program wrote with bare LFs). A file
+    that cannot be read counts as one (it is checked, and that says why).
+    """
+    try:
+        with open(path, "rb", buffering=0) as f:
+            head = f.read(octets)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return head.count(b"\n") != head.count(b"\r\n")
 
 
 def _read_only_mount(path: str) -> bool:
