@@ -4241,9 +4241,16 @@ def clean_tmp(root: str, hostname: str, now: float | None = None, max_age: float
     (C{hostname}) that no longer runs, and files older than C{max_age}
     seconds. Returns (files of dead processes, old files) removed.
     Runs in a worker thread: it lists every Maildir.
+
+    A file named as this hub names its own but owned by another user is
+    another program's (an MDA such as Dovecot's LDA, which runs as the
+    user, names its files the same way, and its process id may mean
+    nothing here: another PID namespace): it is left to the 36-hour rule
+    of the Maildir convention, never taken for a dead process's.
     """
     now = time.time() if now is None else now
     host = _safe_hostname(hostname)
+    me = os.geteuid()
     dead = old = 0
     for tmp in _tmp_folders(root):
         try:
@@ -4254,10 +4261,11 @@ def clean_tmp(root: str, hostname: str, now: float | None = None, max_age: float
             path = os.path.join(tmp, name)
             m = _TMP_NAME.match(name)
             try:
-                if m and m.group(2) == host and _process_is_gone(int(m.group(1))):
+                st = os.lstat(path)
+                if m and m.group(2) == host and st.st_uid == me and _process_is_gone(int(m.group(1))):
                     os.unlink(path)
                     dead += 1
-                elif now - os.lstat(path).st_mtime > max_age:
+                elif now - st.st_mtime > max_age:
                     os.unlink(path)
                     old += 1
             except OSError:
