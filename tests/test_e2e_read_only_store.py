@@ -93,6 +93,12 @@ def test_a_maildir_the_hub_may_not_write_is_read_and_every_write_is_refused_as_p
         s.sendmail("x@ext.test", ["alice@localhost"], b"Subject: two\r\n\r\nbody\r\n")
     assert refused.value.smtp_code == 450 and refused.value.smtp_error.startswith(b"4.2.0 Mailbox unavailable: the server may not write it (a read-only file system)"), refused.value
     s.quit()
+    # The JSON API: 403 with the reason (before: 500 and a traceback).
+    import urllib.error
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        hub.api("alice", "PUT", "/accounts/me/folders/INBOX/messages/1/flags", {"flags": ["\\Flagged"]})
+    assert refused.value.code == 403 and "may not write this mailbox (a read-only file system)" in str(refused.value), refused.value
     log = hub.log
     assert "Traceback" not in log
     for folder in ("alice:", "alice/.Whole:", "alice/.Half:"):
