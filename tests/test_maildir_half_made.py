@@ -19,7 +19,7 @@ import time
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from twisted_mailhub.store.interfaces import InsufficientStorage, StoreError
+from twisted_mailhub.store.interfaces import InsufficientStorage, StoreUnavailable
 from twisted_mailhub.store.maildir import UIDLIST, MaildirStore
 from twisted_mailhub.store.smallfiles import SmallFiles
 
@@ -242,7 +242,7 @@ class HalfMadeFolderUnderWorkersTests(HalfMadeFolderTests):
         self.patch(time, "time", lambda: float(changed + 4))
         self.patch(time, "sleep", lambda s: None)
         self.patch(os, "listdir", listdir)
-        self.assertRaises(StoreError, self.folder)
+        self.assertRaises(StoreUnavailable, self.folder)
 
 
 def _stat_at(st, ctime):

@@ -159,6 +159,7 @@ from twisted_mailhub.store.interfaces import (
     NoSuchFolder,
     NoSuchMessage,
     StoreError,
+    StoreUnavailable,
     storage_error,
 )
 
@@ -965,7 +966,9 @@ class MaildirFolder:
         subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur") if os.path.isdir(os.path.join(self.directory, sub))]
         changed = int(max((os.stat(d).st_ctime for d in subdirs), default=0))
         if changed >= self.uid_validity or time.time() < self.uid_validity:
-            raise StoreError(f"{self.name} changed while it was read; try again")
+            # (StoreUnavailable: a temporary refusal, IMAP NO [UNAVAILABLE],
+            # POP3 -ERR [SYS/TEMP], the web 503)
+            raise StoreUnavailable(f"{self.name} changed while it was read; try again")
 
     def _write_repair(self) -> None:
         """
