@@ -1006,6 +1006,8 @@ class MaildirFolder:
             self._settle_with(flush, mark=self._shared)
         finally:
             self._sync_later = kept
+        # (the writes that waited were told; this is the one log line)
+        flush.addErrback(lambda failure: log.warn("{path}: its repair was not flushed ({error}): the writes that needed it failed", path=self.directory, error=error_words(failure.value)))
 
     def _after_repair(self, write: Any, *args: Any) -> defer.Deferred | None:
         """
