@@ -403,7 +403,7 @@ class RepairOffTheReactorTests(unittest.TestCase):
             self.assertIn(name, flushed)
         first_write = self.events.index(next(e for e in self.events if e[1] == "write"))
         self.assertEqual(
-            sorted(e[2] for e in self.events[:first_write] if e[1] == "fsync"),
+            sorted({e[2] for e in self.events[:first_write] if e[1] == "fsync"}),
             sorted([UIDLIST, "mailhub-uidvalidity", os.path.basename(self.path), os.path.basename(os.path.dirname(self.path))]),
             self.events,
         )
@@ -428,3 +428,41 @@ class RepairOffTheReactorTests(unittest.TestCase):
         self.failureResultOf(d)
         self.assertNotIn("write", [e[1] for e in self.events])
         self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
+
+
+class RepairTakenFromAnotherWorkerTests(RepairOffTheReactorTests):
+    """
+    Under --workers: worker one repairs the folder and its flush is still
+    on its way (its UNFLUSHED marker is there); worker two, writing next,
+    takes that list and must not begin its write before the list is
+    durable: it flushes it too, off its reactor, and waits.
+    """
+
+    def setUp(self):
+        from twisted_mailhub.store import shared
+
+        self.patch(shared, "ENABLED", True)
+        super().setUp()
+
+    @defer.inlineCallbacks
+    def test_the_second_worker_waits_for_the_list_the_first_has_not_flushed(self):
+        self.full = True
+        one = self.folder()
+        two = self.folder(self.open_store())
+        self.full = False
+        first = one.append(b"Subject: one\r\n\r\nfrom one\r\n")
+        self.assertNoResult(first)  # (its flush held: the list is not durable yet)
+        self.assertTrue(os.path.exists(os.path.join(self.path, UIDLIST)))
+        self.events.clear()
+        second = two.append(b"Subject: two\r\n\r\nfrom two\r\n")
+        from twisted.internet import reactor, task
+
+        yield task.deferLater(reactor, 0.2, lambda: None)  # (the group commit's turns)
+        # Before: worker two wrote its message meanwhile (and could tell its
+        # UID before the list's name was on disk).
+        self.assertNotIn("write", [e[1] for e in self.events])
+        self.assertNoResult(second)
+        self.run_jobs()
+        self.assertEqual(sorted([(yield first), (yield second)]), [3, 4])
+        first_write = self.events.index(next(e for e in self.events if e[1] == "write"))
+        self.assertIn(UIDLIST, [e[2] for e in self.events[:first_write] if e[1] == "fsync"])

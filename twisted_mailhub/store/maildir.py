@@ -920,6 +920,23 @@ class MaildirFolder:
                 self._list_position = shared.ListPosition()  # (read whole)
                 self._dir_mtimes = None
                 self._scan_folder(True)
+                # The other worker's list may not be flushed yet (its
+                # UNFLUSHED marker): flushed from here too, off the
+                # reactor, and the write that needed it waits for that.
+                kept, self._sync_later = self._sync_later, self._flusher
+                try:
+                    self._settle_unflushed()
+                finally:
+                    self._sync_later = kept
+                if self._settling is not None and self.creation_flush is not None:
+                    flush = self._repair_flush = self.creation_flush
+
+                    def flushed(result: Any) -> Any:
+                        if self._repair_flush is flush:
+                            self._repair_flush = None
+                        return result
+
+                    flush.addBoth(flushed)
                 return
             self._write_repair()
         except (OSError, StoreError) as e:
