@@ -464,3 +464,60 @@ def test_a_half_made_folder_is_read_on_a_full_disk_and_repaired_at_the_first_wri
     assert imap.response("UIDVALIDITY")[1][-1] == validity[1][-1], validity
     imap.logout()
     assert "Traceback" not in hub.log
+
+
+def test_under_workers_a_half_made_folder_is_read_alike_on_a_full_disk_and_repaired_once(small_disk, start_hub):
+    # The same under --workers 2: before, every worker failed the load
+    # (the folder lock file could not be made): EXAMINE NO [UNAVAILABLE].
+    # Now each worker reads it as it is with the same UIDVALIDITY and UIDs,
+    # and the first write with room repairs it once.
+    hub = start_hub("--workers", "2", data=small_disk)
+    inbox = hub.maildir("alice@localhost")
+    message = b"From: old@example.org\r\nSubject: left by an older version\r\n\r\nstill here\r\n"
+    os.makedirs(os.path.join(inbox, "cur"))
+    for n in (1, 2):
+        with open(os.path.join(inbox, "cur", f"160000000{n}.M{n}P1Q{n}.old,S={len(message)}:2,S"), "wb") as f:
+            f.write(message)
+    filler = Filler(small_disk)
+    filler.fill()
+    st = os.statvfs(small_disk)
+    subprocess.run(["mount", "-o", f"remount,nr_inodes={st.f_files - st.f_ffree}", small_disk], check=True)
+    seen = set()
+    try:
+        # Several sessions: the kernel spreads them over both workers.
+        for _ in range(6):
+            imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+            imap.login("alice", "secret")
+            assert imap.select("INBOX", readonly=True) == ("OK", [b"2"]), hub.log[-3000:]
+            typ, data = imap.fetch("1:*", "(UID)")
+            seen.add((imap.response("UIDVALIDITY")[1][-1], tuple(data)))
+            assert imap.append("INBOX", None, None, b"Subject: x\r\n\r\ny\r\n")[0] == "NO"
+            imap.logout()
+        assert len(seen) == 1, seen  # (one UIDVALIDITY, the same UIDs, in every worker)
+        pop = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=10)
+        pop.user("alice")
+        pop.pass_("secret")
+        assert pop.stat() == (2, 2 * len(message))
+        pop.quit()
+        assert not os.path.exists(os.path.join(inbox, "mailhub-uidlist"))
+    finally:
+        subprocess.run(["mount", "-o", "remount,nr_inodes=100000", small_disk], check=True)
+        os.unlink(filler.path)
+    appended = set()
+    for n in range(4):
+        imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+        imap.login("alice", "secret")
+        typ, data = imap.append("INBOX", None, None, b"Subject: new %d\r\n\r\nafter the repair\r\n" % n)
+        assert typ == "OK", data
+        appended.add(data[0].split(b"APPENDUID ")[1].split(b"]")[0])
+        imap.logout()
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    imap.login("alice", "secret")
+    assert imap.select("INBOX", readonly=True) == ("OK", [b"6"])
+    validity, uids = list(seen)[0]
+    assert imap.response("UIDVALIDITY")[1][-1] == validity
+    typ, data = imap.uid("FETCH", "1:*", "(FLAGS)")
+    assert [d.split(b" ")[2] for d in data] == [b"1", b"2", b"3", b"4", b"5", b"6"], data
+    assert appended == {validity + b" %d" % uid for uid in (3, 4, 5, 6)}, appended
+    imap.logout()
+    assert "Traceback" not in hub.log

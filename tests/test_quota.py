@@ -8,6 +8,7 @@ message at 90% and space freed by deletions found again.
 from __future__ import annotations
 
 import imaplib
+import os
 import re
 import smtplib
 import time
@@ -263,3 +264,52 @@ def test_an_expunge_of_many_messages_takes_their_sizes_off_in_one_walk(tmp_path)
     assert quotas.usage("carol@localhost") == 10_000 and looked_up == []
     inbox.expunge([31, 32])
     assert quotas.usage("carol@localhost") == 8_000 and sorted(looked_up) == [31, 32]
+
+
+def _getquota_used(imap) -> int:
+    typ, data = imap.getquota('""')
+    assert typ == "OK", data
+    return int(re.match(rb'"" \(STORAGE (\d+) 1024\)', data[0]).group(1))
+
+
+def test_getquota_is_current_after_a_maildir_is_edited_by_hand(start_hub, tmp_path):
+    # A message removed from the Maildir by hand (a user's script, an admin)
+    # was in GETQUOTA's count for up to quota.RECOUNT (60 s): the usage is
+    # now counted when it is reported (Quotas.reported).
+    accounts = tmp_path / "accounts"
+    accounts.write_text("carol@localhost;quota=1m:pw\n")
+    hub = start_hub("--auth", f"file:{accounts}", users=())
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    imap.login("carol", "pw")
+    for n in range(3):
+        assert imap.append("INBOX", None, None, message(f"m{n}", 100 * 1024))[0] == "OK"
+    assert _getquota_used(imap) == 300
+    cur = os.path.join(hub.maildir("carol@localhost"), "cur")
+    os.unlink(os.path.join(cur, sorted(os.listdir(cur))[0]))
+    assert _getquota_used(imap) == 200  # (before: 300 for a minute)
+    assert imap.getquotaroot("INBOX")[1][1][0] == b'"" (STORAGE 200 1024)'
+    imap.logout()
+
+
+def test_getquota_is_current_across_workers_on_postgresql(start_hub, tmp_path, pg_dsn):
+    # PostgreSQL under --workers has no shared count file: a worker's count
+    # did not see an EXPUNGE made in the other worker for up to 60 s. Every
+    # session (spread over both workers) now reports the usage after it.
+    accounts = tmp_path / "accounts"
+    accounts.write_text("carol@localhost;quota=1m:pw\n")
+    hub = start_hub("--workers", "2", "--store", f"postgresql:{pg_dsn}", "--auth", f"file:{accounts}", users=())
+    sessions = []
+    for _ in range(8):
+        imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+        imap.login("carol", "pw")
+        sessions.append(imap)
+    for n in range(3):
+        assert sessions[0].append("INBOX", None, None, message(f"m{n}", 100 * 1024))[0] == "OK"
+    assert [_getquota_used(imap) for imap in sessions] == [300] * 8  # (each worker remembers a count)
+    sessions[0].select("INBOX")
+    sessions[0].store("1", "+FLAGS", "\\Deleted")
+    sessions[0].expunge()
+    assert [_getquota_used(imap) for imap in sessions] == [200] * 8
+    for imap in sessions:
+        imap.logout()
+    assert len(set(re.findall(r"\[worker (\d)\] imap login carol", hub.log))) == 2, "the sessions did not reach both workers"

@@ -291,6 +291,21 @@ class TmpCleaningTests(unittest.TestCase):
         self.assertFalse(os.path.exists(dead) or os.path.exists(in_folder))
         self.assertTrue(os.path.exists(mine) and os.path.exists(other_host))
 
+    def test_a_file_named_as_the_hubs_own_but_owned_by_another_user_is_left_to_the_36_hour_rule(self):
+        # Dovecot's LDA runs as the user and names its tmp/ files as the hub
+        # does (time.MnPnQn.host,S=n); its process id may mean nothing here
+        # (another PID namespace). Before, clean_tmp removed it at the hub's
+        # start, in the middle of its write.
+        theirs = self.leave(self.inbox, f"1700000000.M1P{self.dead_pid()}Q1.mail.test,S=7")
+        real_geteuid = os.geteuid
+        self.patch(os, "geteuid", lambda: real_geteuid() + 1)  # (the hub runs as another user than the file's)
+        self.assertEqual(clean_tmp(self.root, "mail.test"), (0, 0))
+        self.assertTrue(os.path.exists(theirs))
+        then = time.time() - 37 * 3600
+        os.utime(theirs, (then, then))
+        self.assertEqual(clean_tmp(self.root, "mail.test"), (0, 1))
+        self.assertFalse(os.path.exists(theirs))
+
     def test_anything_older_than_36_hours_goes(self):
         old = self.leave(self.inbox, "whatever.crlf", age=37 * 3600)
         young = self.leave(self.inbox, "recent.crlf", age=35 * 3600)

@@ -179,6 +179,19 @@ def no_room(error: BaseException) -> str:
     return said_once("insufficient system storage", error_words(cause))
 
 
+def not_writable_words(error: BaseException) -> bytes:
+    """
+    What a reply says of a write refused because the hub may not write
+    where the store keeps it (C{store.interfaces.is_not_writable}: EACCES,
+    EPERM, EROFS): C{the server may not write this mailbox (a read-only
+    file system)}, UTF-8, no path. IMAP puts C{[NOPERM]} (RFC 5530 §3)
+    before it, POP3 C{[SYS/PERM]} (RFC 3206 §4).
+    """
+    from twisted_mailhub.store.interfaces import not_writable_reason
+
+    return b"the server may not write this mailbox (" + not_writable_reason(error).encode("utf-8") + b"); nothing was changed"
+
+
 def out_of_space_code(error: BaseException) -> bytes:
     """
     The IMAP response code (RFC 5530 §3, RFC 9051 §7.1) for a write

@@ -76,11 +76,11 @@ from zope.interface import implementer
 
 from twisted_mailhub import __version__
 from twisted_mailhub.accounts import challenge_response_offered
-from twisted_mailhub.errorwords import no_room
+from twisted_mailhub.errorwords import error_words, no_room, not_writable_words
 from twisted_mailhub.hub import ListenerSpec, is_secure
 from twisted_mailhub.offload import DetachedBodies, in_thread
 from twisted_mailhub.lines import LineEngine, control_note, has_control, quote, telnet_prefix_text
-from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
+from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, StoreUnavailable, is_not_writable, is_out_of_space
 from twisted_mailhub.store.outage import refused
 from twisted_mailhub.store.wireform import LENGTH_MASK, LINES_SHIFT, WireForms
 from twisted_mailhub.transcript import is_command_word, looks_like_a_secret
@@ -211,6 +211,7 @@ class Maildrop:
         # The facts themselves, for RETR's look-up (lines_of, inline).
         self._facts = self.wire_forms.known
         self.deleted: set[int] = set()
+        self.sync_error: BaseException | None = None  # (why the deletions at UPDATE were not made)
         self.retrieved: set[int] = set()
         # A store that reads on connections of its own in a thread
         # (PostgreSQL): RETR and TOP read there, never in the reactor.
@@ -388,18 +389,26 @@ class Maildrop:
         if seen:
             try:
                 self.folder.set_flags(seen, [SEEN], "add", origin=self)
-            except (OSError, StoreError):
-                log.failure("POP3 could not mark retrieved messages seen in {address}", address=self.address)
+            except (OSError, StoreError) as e:
+                if is_not_writable(e):
+                    log.warn("POP3 could not mark retrieved messages seen in {address}: {why}", address=self.address, why=error_words(e))
+                else:
+                    log.failure("POP3 could not mark retrieved messages seen in {address}", address=self.address)
         if not self.deleted:
             return []
         uids = {self.uids[i]: i for i in self.deleted}
         try:
             gone = set(self.folder.expunge(sorted(uids), origin=self))
         except (OSError, StoreError) as e:
+            self.sync_error = e
             if is_out_of_space(e):
                 # (a maildrop read as it is, whose UID list a full disk
                 # keeps from being written: one line, the client is told)
                 log.warn("POP3 could not expunge from {address}: insufficient system storage", address=self.address)
+            elif is_not_writable(e):
+                # (a maildrop the hub may not write: one line; the client
+                # is told it is permanent, RFC 3206 §4 SYS/PERM)
+                log.warn("POP3 could not expunge from {address}: {why}", address=self.address, why=error_words(e))
             else:
                 log.failure("POP3 could not expunge from {address}", address=self.address)
             gone = set()
@@ -1546,7 +1555,10 @@ class MailhubPOP3(_pop3.POP3):
             d = defer.maybeDeferred(drop.folder.flush) if removed else defer.succeed(None)
 
             def answer(_):
-                if left:
+                if left and getattr(drop, "sync_error", None) is not None and is_not_writable(drop.sync_error):
+                    # RFC 3206 §4: SYS/PERM, a retry will not help.
+                    self.reply_err(b"[SYS/PERM] some deleted messages not removed: %s: %s" % (b" ".join(b"%d" % (i + 1) for i in left), not_writable_words(drop.sync_error)))
+                elif left:
                     self.reply_err(b"[SYS/TEMP] some deleted messages not removed: %s" % b" ".join(b"%d" % (i + 1) for i in left))
                 else:
                     self.reply_ok(f"{self.hostname} POP3 server signing off ({messages(removed)} deleted)")

@@ -1262,16 +1262,20 @@ def _adopt(reactor: Any, fds: dict[str, int], table: Any = None):
 def maildrop_locker(store: Any):
     """
     POP3's one session per maildrop (RFC 1939 §8) across the workers: an
-    exclusive C{flock} on C{mailhub-pop3.lock} in the account's Maildir,
-    held while the session lasts (the kernel lets it go if the worker
-    dies). C{lock(address)} returns the function that releases it, or
-    L{None} when another session holds it.
+    exclusive C{flock} on the account's Maildir directory itself, held
+    while the session lasts (the kernel lets it go if the worker dies).
+    C{lock(address)} returns the function that releases it, or L{None}
+    when another session holds it. (It was a file, C{mailhub-pop3.lock},
+    which a full disk or a folder the hub may not write kept from being
+    made: no login then, though the maildrop can be read. A directory is
+    opened read-only and locked all the same.)
     """
 
     def lock(address: str):
         directory = store.account_path(address)
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(os.path.join(directory, "mailhub-pop3.lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

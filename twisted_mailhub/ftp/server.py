@@ -48,7 +48,7 @@ from twisted.protocols import ftp
 from twisted.python import failure
 from zope.interface import implementer
 
-from twisted_mailhub.errorwords import no_room
+from twisted_mailhub.errorwords import error_words, no_room
 from twisted_mailhub.ftp.data import (
     DataChannel,
     DataState,
@@ -65,7 +65,7 @@ from twisted_mailhub.ftp.vfs import NOT_UTF8, FileSystemUnavailable, NameNotAllo
 from twisted_mailhub.lines import LineEngine, control_note, quote, send_now, telnet_text
 from twisted_mailhub.clientkey import client_key
 from twisted_mailhub.proxyheader import socket_host
-from twisted_mailhub.store.interfaces import is_out_of_space
+from twisted_mailhub.store.interfaces import is_not_writable, is_out_of_space, not_writable_reason
 from twisted_mailhub.transcript import looks_like_a_secret, record_login, record_read
 
 log = Logger()
@@ -462,6 +462,11 @@ class MailhubFTP(ftp.FTP):
             # RFC 959 §4.2: 452, insufficient storage; one log line, no traceback.
             log.warn("ftp: {why}", why=no_room(reason.value))
             self.sendLine("452 Requested action not taken: insufficient storage space.")
+            return True
+        if is_not_writable(reason.value):
+            # RFC 959 §4.2: 550, file unavailable (no access); one log line.
+            log.warn("ftp: refused: {why}", why=error_words(reason.value))
+            self.sendLine(f"550 Requested action not taken: the server may not write here ({not_writable_reason(reason.value)}).")
             return True
         self.sendLine("451 Requested action aborted: local error in processing.")
         return False

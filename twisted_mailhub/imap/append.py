@@ -55,12 +55,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from twisted_mailhub.errorwords import no_room, out_of_space_code, out_of_space_words
+from twisted_mailhub.errorwords import error_words, no_room, not_writable_words, out_of_space_code, out_of_space_words
 from twisted_mailhub.imap.arguments import Atom, String, arg_everything
 from twisted_mailhub.imap.condstore import uid_set_text
 from twisted_mailhub.imap.urls import BadURL, read_url
 from twisted_mailhub.imap.wire import client_flags, client_text, parse_internal_date, shown
-from twisted_mailhub.store.interfaces import StoreUnavailable, is_out_of_space
+from twisted_mailhub.store.interfaces import StoreUnavailable, is_not_writable, is_out_of_space
 from twisted_mailhub.store.maildir import crlf
 
 log = Logger()
@@ -262,6 +262,11 @@ class AppendCommands:
             # for a full disk (the server's, as CREATE and SELECT say it).
             log.warn("APPEND not stored: {why}", why=no_room(reason.value))
             self.sendNegativeResponse(tag, out_of_space_code(reason.value) + b" APPEND failed: " + out_of_space_words(reason.value) + (b"; message not stored" if len(results) == 1 else b"; nothing appended"))
+            return
+        if is_not_writable(reason.value):
+            # RFC 5530 §3: NOPERM, retrying will not help.
+            log.warn("APPEND not stored: {why}", why=error_words(reason.value))
+            self.sendNegativeResponse(tag, b"[NOPERM] APPEND failed: " + not_writable_words(reason.value))
             return
         if isinstance(reason.value, StoreUnavailable):
             # RFC 5530 §3: the store is down for now (pgstore lane).

@@ -20,10 +20,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from twisted_mailhub.errorwords import no_room, out_of_space_code, out_of_space_words
+from twisted_mailhub.errorwords import error_words, no_room, not_writable_words, out_of_space_code, out_of_space_words
 from twisted_mailhub.imap.condstore import uid_runs_text, uid_set_text
 from twisted_mailhub.imap.wire import arg_finalastring, client_text, missing_argument, opt_rest
-from twisted_mailhub.store.interfaces import NoSuchMessage, is_out_of_space
+from twisted_mailhub.store.interfaces import NoSuchMessage, is_not_writable, is_out_of_space
 
 log = Logger()
 
@@ -131,6 +131,10 @@ class ChangeCommands:
                 # RFC 5530 §3; the store took back the copies it had made.
                 log.warn("{command} not done: {why}", command=command.decode(), why=no_room(reason.value))
                 self.sendNegativeResponse(tag, out_of_space_code(reason.value) + b" " + command + b" failed: " + out_of_space_words(reason.value) + b"; nothing was copied")
+                return
+            if is_not_writable(reason.value):
+                log.warn("{command} not done: {why}", command=command.decode(), why=error_words(reason.value))
+                self.sendNegativeResponse(tag, b"[NOPERM] " + command + b" failed: " + not_writable_words(reason.value))
                 return
             log.failure("{command} failed", reason, command=command.decode())
             self.sendNegativeResponse(tag, b"[SERVERBUG] " + command + b" failed; nothing was removed")

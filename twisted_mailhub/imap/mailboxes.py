@@ -40,7 +40,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from twisted_mailhub.errorwords import error_words, no_room, out_of_space_code, out_of_space_words
+from twisted_mailhub.errorwords import error_words, no_room, not_writable_words, out_of_space_code, out_of_space_words
 from twisted_mailhub.imap.condstore import has_modseqs
 from twisted_mailhub.imap.listing import SPECIAL_USE  # noqa: F401 (imap/__init__ makes them)
 from twisted_mailhub.imap.settling import settled_folder, when_settled
@@ -56,6 +56,7 @@ from twisted_mailhub.store.interfaces import (
     NoSuchFolder,
     StoreError,
     StoreUnavailable,
+    is_not_writable,
     is_out_of_space,
 )
 
@@ -124,6 +125,9 @@ class MailboxCommands:
             self.sendNegativeResponse(tag, b"[CANNOT] " + client_text(text))
         elif isinstance(error, StoreUnavailable):
             self._store_unavailable(tag, getattr(self, "_command", b"") or b"command", error)
+        elif is_not_writable(error):
+            log.warn("IMAP folder operation refused: {why}", why=error_words(error))
+            self.sendNegativeResponse(tag, b"[NOPERM] " + not_writable_words(error))
         elif is_out_of_space(error):
             # Opening a folder the first time writes its UID list: a full
             # disk is a temporary condition (RFC 5530 §3), one log line.

@@ -34,7 +34,7 @@ class QuotaCommands:
         limit = quotas.limit(address)
         if limit is None:
             return None
-        return (quotas.usage(address) + 1023) // 1024, limit // 1024
+        return (quotas.reported(address) + 1023) // 1024, limit // 1024
 
     def _send_quota(self, quota) -> None:
         used, limit = quota

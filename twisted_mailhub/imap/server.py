@@ -88,7 +88,8 @@ from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.imap.wire import LITERAL as _LITERAL
 from twisted_mailhub.imap.wire import LITERAL_SIZE as _LITERAL_SIZE
 from twisted_mailhub.lines import control_note, flush_now, has_control, quote, telnet_prefix_text
-from twisted_mailhub.store.interfaces import NoSuchFolder, StoreUnavailable
+from twisted_mailhub.errorwords import error_words, not_writable_words
+from twisted_mailhub.store.interfaces import NoSuchFolder, StoreUnavailable, is_not_writable
 
 log = Logger()
 
@@ -605,7 +606,10 @@ class IMAPServer(
                 # RFC 5530 §3: a temporary failure; the client may retry.
                 self._store_unavailable(tag, cmd, e)
                 return None
-            except Exception:
+            except Exception as e:
+                if is_not_writable(e):
+                    self._not_writable(tag, cmd, e)
+                    return None
                 # Twisted would answer "* BAD" with no tag and the client
                 # would wait for its tagged reply for ever.
                 log.failure("IMAP {command} failed", command=cmd)
@@ -685,9 +689,21 @@ class IMAPServer(
         refused("imap", "".join(c for c in name if c.isalnum() or c in "-.")[:20].upper() or "a command", e)
         self.sendNegativeResponse(tag, b"[UNAVAILABLE] the mail store cannot be reached now; try again")
 
+    def _not_writable(self, tag: bytes, cmd: bytes, e: BaseException) -> None:
+        """
+        C{NO [NOPERM]} (RFC 5530 §3: the client cannot cure it by
+        retrying) for a write to a folder the hub may not write, and one
+        log line, no traceback (store.interfaces.NotWritable).
+        """
+        name = bytes(c for c in (cmd if isinstance(cmd, bytes) else str(cmd).encode("ascii", "replace")).upper() if 0x21 <= c < 0x7F)[:20] or b"command"
+        log.warn("IMAP {command} refused: {why}", command=name.decode("ascii"), why=error_words(e))
+        self.sendNegativeResponse(tag, b"[NOPERM] " + name + b" failed: " + not_writable_words(e))
+
     def _command_failed(self, e: BaseException, tag: bytes, cmd: bytes) -> None:
         if isinstance(e, StoreUnavailable):
             self._store_unavailable(tag, cmd, e)
+        elif is_not_writable(e):
+            self._not_writable(tag, cmd, e)
         elif isinstance(e, imap4.IllegalClientResponse):
             self.sendBadResponse(tag, wire.client_text(str(e)))
         elif isinstance(e, imap4.IllegalMailboxEncoding):
@@ -716,7 +732,7 @@ class IMAPServer(
     def _IMAP4Server__ebDispatch(self, failure, tag):
         # Errors of argument parsers and handlers that ran after a literal
         # (Twisted's private errback, overridden by its mangled name).
-        if not failure.check(imap4.IllegalClientResponse, imap4.IllegalMailboxEncoding, imap4.IllegalOperation, StoreUnavailable):
+        if not failure.check(imap4.IllegalClientResponse, imap4.IllegalMailboxEncoding, imap4.IllegalOperation, StoreUnavailable) and not is_not_writable(failure.value):
             log.failure("IMAP {command} failed", failure, command=self._command)
             self.sendBadResponse(tag, b"[SERVERBUG] " + wire.client_text(wire.shown(self._command, 20)) + b" failed; see the server log")
             return

@@ -349,7 +349,7 @@ class SFTPUser(avatar.ConchUser):
         limit = quotas.limit(self.address) if quotas is not None else None
         if not limit:
             return None
-        return (limit, quotas.count(self.address) if fresh else quotas.usage(self.address))
+        return (limit, quotas.reported(self.address) if fresh else quotas.usage(self.address))
 
 
 class SSHClientPortal(ClientPortal):

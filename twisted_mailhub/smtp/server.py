@@ -63,7 +63,7 @@ from zope.interface import implementer
 from twisted.mail._cred import PLAINCredentials
 
 from twisted_mailhub.accounts import challenge_response_offered
-from twisted_mailhub.errorwords import no_room
+from twisted_mailhub.errorwords import error_words, no_room
 from twisted_mailhub.hub import is_secure, peer_host
 from twisted_mailhub.lines import LineEngine, control_note, has_control, quote, telnet_prefix_text
 from twisted_mailhub.smtp.delivery import (
@@ -80,7 +80,7 @@ from twisted_mailhub.smtp.dsn import DSNSyntaxError, parse_envid, parse_notify, 
 from twisted_mailhub.smtp.record import MailRecord
 from twisted_mailhub.filters import Reject
 from twisted_mailhub.quota import QuotaExceeded
-from twisted_mailhub.store.interfaces import is_out_of_space
+from twisted_mailhub.store.interfaces import is_not_writable, is_out_of_space, not_writable_reason
 from twisted_mailhub.transcript import RecordingPortal, is_command_word, looks_like_a_secret, record_read
 
 log = Logger()
@@ -1150,6 +1150,12 @@ class MailhubSMTP(smtp.ESMTP):
             # RFC 3463 §3.4 (X.3.1): one line, no traceback; nothing was kept.
             log.warn("{cid}: message not stored: {why}", cid=self.connection_id, why=no_room(reason.value))
             return self.reply(452, "4.3.1 Insufficient system storage")
+        if is_not_writable(reason.value):
+            # RFC 3463 §3.3 (X.2.0, mailbox status): the hub may not write
+            # the mailbox (its owner, a read-only mount); one line, no
+            # traceback; the message waits in the sender's queue.
+            log.warn("{cid}: message not stored: the mailbox cannot be written ({why})", cid=self.connection_id, why=error_words(reason.value))
+            return self.reply(450, f"4.2.0 Mailbox unavailable: the server may not write it ({not_writable_reason(reason.value)}); message not stored, try again later")
         from twisted_mailhub.store.interfaces import StoreUnavailable
 
         if reason.check(StoreUnavailable):

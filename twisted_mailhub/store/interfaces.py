@@ -69,6 +69,19 @@ class InsufficientStorage(StoreError):
     """
 
 
+class NotWritable(StoreError):
+    """
+    The hub may not write where the store keeps this (permission denied:
+    a folder restored from a backup with other owners; a read-only file
+    system): nothing was changed, and nothing will be until an
+    administrator changes the owners or the mount. What is there is
+    still read. Protocols answer it as a refusal the client cannot cure
+    by retrying: IMAP C{NO [NOPERM]} (RFC 5530 §3), POP3
+    C{-ERR [SYS/PERM]} (RFC 3206 §4), FTP C{550} (RFC 959), SMTP
+    C{450 4.2.0} (RFC 3463 X.2.0: the mail waits in the sender's queue).
+    """
+
+
 class StoreUnavailable(StoreError):
     """
     The store cannot be reached now (its database is down or restarting):
@@ -88,6 +101,22 @@ def is_out_of_space(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS
 
 
+_NOT_WRITABLE_ERRNOS = frozenset((errno.EACCES, errno.EPERM, errno.EROFS))
+
+
+def is_not_writable(error: BaseException) -> bool:
+    """
+    True for L{NotWritable} and for C{OSError} EACCES, EPERM, EROFS (the
+    hub may not write there), also when it is the C{__cause__} of a
+    L{StoreError}.
+    """
+    if isinstance(error, NotWritable):
+        return True
+    if isinstance(error, StoreError) and isinstance(error.__cause__, OSError):
+        error = error.__cause__
+    return isinstance(error, OSError) and error.errno in _NOT_WRITABLE_ERRNOS
+
+
 def is_quota(error: BaseException) -> bool:
     """
     True when C{error} is the hub's quota of an account (L{quota.QuotaExceeded},
@@ -101,12 +130,32 @@ def is_quota(error: BaseException) -> bool:
 
 
 def storage_error(error: BaseException) -> BaseException:
-    """C{error} as the store reports it: ENOSPC / EDQUOT become L{InsufficientStorage}."""
+    """
+    C{error} as the store reports it: ENOSPC / EDQUOT become
+    L{InsufficientStorage}; EACCES, EPERM, EROFS become L{NotWritable}.
+    """
     if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
-        new = InsufficientStorage("Insufficient system storage")
+        new: StoreError = InsufficientStorage("Insufficient system storage")
+        new.__cause__ = error
+        return new
+    if isinstance(error, OSError) and error.errno in _NOT_WRITABLE_ERRNOS:
+        new = NotWritable(not_writable_reason(error))
         new.__cause__ = error
         return new
     return error
+
+
+def not_writable_reason(error: BaseException) -> str:
+    """
+    Why the hub may not write (words for a log line or a reply, no path):
+    C{a read-only file system} or C{permission denied}.
+    """
+    if isinstance(error, NotWritable) and error.args:
+        return str(error.args[0])
+    cause = error.__cause__ if isinstance(error, StoreError) and isinstance(error.__cause__, OSError) else error
+    if isinstance(cause, OSError) and cause.errno == errno.EROFS:
+        return "a read-only file system"
+    return "permission denied"
 
 
 @attr.s(auto_attribs=True, frozen=True, slots=True)

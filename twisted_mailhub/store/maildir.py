@@ -140,6 +140,8 @@ from twisted_mailhub.store.durable import GroupCommitWriter, Record, append_line
 from twisted_mailhub.store.smallfiles import SmallFiles, write_temporary
 from twisted_mailhub.store.wireform import WireForms
 from twisted_mailhub.store.interfaces import (
+    is_not_writable,
+    not_writable_reason,
     DELETED,
     DRAFT,
     FLAGGED,
@@ -157,6 +159,7 @@ from twisted_mailhub.store.interfaces import (
     NoSuchFolder,
     NoSuchMessage,
     StoreError,
+    StoreUnavailable,
     storage_error,
 )
 
@@ -590,6 +593,12 @@ class MaildirFolder:
         # tmp/, no UID list) is repaired here when it can be written, else
         # read as it is and repaired at its first write (L{_repair}).
         self._unrepaired: OSError | None = None
+        # A folder the hub may not write (EACCES, EPERM, EROFS): said once
+        # in the log (L{_say_not_writable}); the UIDs in new/ given as
+        # \Recent to a session already (L{take_new} cannot move them).
+        self._said_not_writable = False
+        self._given_in_new: set[int] = set()
+        self._repair_flush: defer.Deferred | None = None  # (L{_write_repair}'s, while on its way)
         for sub in ("cur", "new", "tmp"):
             try:
                 os.makedirs(os.path.join(path, sub), exist_ok=True)
@@ -613,13 +622,17 @@ class MaildirFolder:
             self._modseq_pending: dict[int, int] = {}
             with self._uidlist_lock:
                 self._load()
-                if self._settling is None:
+                if self._unrepaired is not None:
+                    self._check_agreed()
+                elif self._settling is None:
                     self._settle_unflushed()
                 self._list_position = shared.ListPosition.now(self._uidlist_path())
                 self._modseq_position = shared.ListPosition.now(self._modseq_path())
             shared.opened(self)
         else:
             self._load()
+        if self._unrepaired is None and not os.access(self.directory, os.W_OK):
+            self._say_not_writable(OSError(errno.EROFS if _read_only_mount(self.directory) else errno.EACCES, "", self.directory))
         if self._unchecked and self._flusher is not None:
             self._check_in_thread()
         if len(self._table) >= INDEX_MIN_LINES:
@@ -830,20 +843,33 @@ class MaildirFolder:
         except (OSError, ValueError) as e:
             log.debug("index of {path} not written: {error}", path=self.directory, error=e)
 
+    def _say_not_writable(self, error: OSError) -> None:
+        """
+        One log line for a folder the hub may not write (C{error}: EACCES,
+        EPERM or EROFS), at its load: it is read as it is, and every
+        write to it is refused (L{NotWritable}: IMAP NO [NOPERM], POP3
+        -ERR [SYS/PERM], FTP 550).
+        """
+        if self._said_not_writable:
+            return
+        self._said_not_writable = True
+        log.warn(
+            "{path}: the hub may not write this folder ({why}): read as it is; nothing in it can be changed (no delivery, APPEND, flag, EXPUNGE) until its owner or mount lets the hub write",
+            path=self.directory, why=not_writable_reason(error),
+        )
+
     def _may_read_unrepaired(self, error: BaseException) -> bool:
         """
         Whether a folder whose load could not write what it lacks (C{error}:
         a full disk or quota, a read-only file system) is read as it is,
         its UIDs kept in memory until a write can repair it (L{_repair}):
-        only when the folder is there (its cur/ or new/), and not under
-        --workers (the UIDs of a folder are numbered through its list
-        there).
+        only when the folder is there (its cur/ or new/). Under --workers
+        too: see L{_agreed_uid_validity} for how the processes agree.
         """
         error = error.__cause__ if isinstance(error, StoreError) and isinstance(error.__cause__, OSError) else error
         return (
             isinstance(error, OSError)
-            and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-            and not self._shared
+            and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
             and any(os.path.isdir(os.path.join(self.directory, sub)) for sub in ("cur", "new"))
         )
 
@@ -863,12 +889,155 @@ class MaildirFolder:
                 raise
             self._unrepaired = e.__cause__ if isinstance(e, StoreError) and isinstance(e.__cause__, OSError) else e
             self.uid_next = 1
+            if self._shared:
+                self._agreed_uid_validity()
             self._settling = None
             self.creation_flush = None
-            log.warn(
-                "{path}: its UID list cannot be written ({error}): read as it is, UIDVALIDITY {validity} kept in memory until a write can repair it",
-                path=self.directory, error=error_words(self._unrepaired), validity=self.uid_validity,
-            )
+            if is_not_writable(self._unrepaired):
+                self._said_not_writable = True
+                log.warn(
+                    "{path}: the hub may not write this folder ({error}): read as it is, UIDVALIDITY {validity} kept in memory; nothing in it can be changed (no delivery, APPEND, flag, EXPUNGE) until its owner or mount lets the hub write",
+                    path=self.directory, error=error_words(self._unrepaired), validity=self.uid_validity,
+                )
+            else:
+                log.warn(
+                    "{path}: its UID list cannot be written ({error}): read as it is, UIDVALIDITY {validity} kept in memory until a write can repair it",
+                    path=self.directory, error=error_words(self._unrepaired), validity=self.uid_validity,
+                )
+
+    def _repair_shared(self, quietly: bool) -> None:
+        """
+        (--workers, under the folder's lock) L{_repair}: the lock file is
+        made first (it excludes the other processes from here on). When
+        another process repaired the folder meanwhile, its list is taken
+        (the same UIDs: L{_agreed_uid_validity}; another UIDVALIDITY ends
+        this folder object, L{made_again}) and nothing is written.
+        """
+        try:
+            self._uidlist_lock.require()
+            if os.path.exists(self._uidlist_path()):
+                self._unrepaired = None
+                self._list_position = shared.ListPosition()  # (read whole)
+                self._dir_mtimes = None
+                self._scan_folder(True)
+                # The other worker's list may not be flushed yet (its
+                # UNFLUSHED marker): flushed from here too, off the
+                # reactor, and the write that needed it waits for that.
+                kept, self._sync_later = self._sync_later, self._flusher
+                try:
+                    self._settle_unflushed()
+                finally:
+                    self._sync_later = kept
+                if self._settling is not None and self.creation_flush is not None:
+                    flush = self._repair_flush = self.creation_flush
+
+                    def flushed(result: Any) -> Any:
+                        if self._repair_flush is flush:
+                            self._repair_flush = None
+                        return result
+
+                    flush.addBoth(flushed)
+                return
+            self._write_repair()
+        except (OSError, StoreError) as e:
+            if isinstance(e, NoSuchFolder) or not quietly:
+                raise storage_error(e) if not isinstance(e, StoreError) else e
+            return
+        self._list_position = shared.ListPosition.now(self._uidlist_path())
+        self._unrepaired = None
+        self._dir_mtimes = None
+        self._save_unchecked()
+        log.info("{path}: repaired (UID list written, UIDVALIDITY {validity})", path=self.directory, validity=self.uid_validity)
+
+    def _agreed_uid_validity(self) -> None:
+        """
+        (--workers) The UIDVALIDITY of a folder read as it is, chosen so
+        that every process that shows it shows the same UIDs: nothing is
+        written to agree on, so each numbers the files of its load in the
+        same order (arrival, then name), and the UIDVALIDITY is a second
+        in which the folder did not change (its directories' ctime before
+        it, waited for when the folder changed this very second: at most a
+        second, once). Two processes whose loads saw different files saw
+        a change between them, at or after that second, and the later one
+        finds it (L{_check_agreed}). Files found after the load are not
+        numbered here (another process could number them otherwise): they
+        are shown once the folder is repaired (L{_repair}).
+        """
+        subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur") if os.path.isdir(os.path.join(self.directory, sub))]
+        changed = int(max((os.stat(d).st_ctime for d in subdirs), default=0))
+        now = time.time()
+        if self.uid_validity > int(now) and self.uid_validity - now < 2:
+            time.sleep(self.uid_validity - now)  # (the second it names has begun before the listing)
+        elif changed >= self.uid_validity:
+            time.sleep(changed + 1 - now if changed + 1 > now else 0)
+            self.uid_validity = max(self.uid_validity, changed + 1)
+
+    def _check_agreed(self) -> None:
+        """
+        (--workers, after the load of a folder read as it is) Raises a
+        temporary L{StoreError} when the folder changed at or after the
+        second its UIDVALIDITY names, or that second had not begun: another
+        process could show that UIDVALIDITY with other UIDs. The next open
+        reads it again.
+        """
+        subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur") if os.path.isdir(os.path.join(self.directory, sub))]
+        changed = int(max((os.stat(d).st_ctime for d in subdirs), default=0))
+        if changed >= self.uid_validity or time.time() < self.uid_validity:
+            # (StoreUnavailable: a temporary refusal, IMAP NO [UNAVAILABLE],
+            # POP3 -ERR [SYS/TEMP], the web 503)
+            raise StoreUnavailable(f"{self.name} changed while it was read; try again")
+
+    def _write_repair(self) -> None:
+        """
+        The writes of L{_repair}: new/ and tmp/, the account's UIDVALIDITY
+        counter, the UID list. With the store's SmallFiles (a running hub)
+        they are flushed in a worker thread, not in the reactor: the
+        counter and the list, then the folder's directory; the folder is
+        settling meanwhile (L{unsettled}, L{_settle_with}; under --workers
+        the other processes are told, L{UNFLUSHED}), and every write that
+        depends on it waits for that flush before it starts
+        (L{_after_repair}). Without (a script), each is fsynced here.
+        Raises C{OSError} or L{StoreError}.
+        """
+        later = self._flusher
+        for sub in ("cur", "new", "tmp"):
+            os.makedirs(os.path.join(self.directory, sub), exist_ok=True)
+        _remember_uid_validity(self.validity_path, max(self.uid_validity, _last_uid_validity(self.validity_path)), sync=later is None)
+        self._write_uidlist(sync=later is None)
+        if later is None:
+            fsync_directory(self.directory)
+            return
+        flush = later.sync_files([p for p in (self.validity_path, self._uidlist_path()) if p], [self.directory])
+        self._repair_flush = flush
+
+        def flushed(result: Any) -> Any:
+            if self._repair_flush is flush:
+                self._repair_flush = None
+            return result
+
+        flush.addBoth(flushed)
+        # (_settle_with marks the list for the other workers through the
+        # load's SmallFiles, which a loaded folder lets go: lent back here)
+        kept, self._sync_later = self._sync_later, later
+        try:
+            self._settle_with(flush, mark=self._shared)
+        finally:
+            self._sync_later = kept
+        # (the writes that waited were told; this is the one log line)
+        flush.addErrback(lambda failure: log.warn("{path}: its repair was not flushed ({error}): the writes that needed it failed", path=self.directory, error=error_words(failure.value)))
+
+    def _after_repair(self, write: Any, *args: Any) -> defer.Deferred | None:
+        """
+        None when no repair's flush is on its way (L{_write_repair}); else
+        a Deferred of C{write(*args)} called once it is done (the repair
+        durable before the write that depends on it), or failing with the
+        flush's error (and C{write} never called).
+        """
+        if self._repair_flush is None or self._settling is None:
+            return None
+        waiter = defer.Deferred()
+        self._settling.append(waiter)
+        return waiter.addCallback(lambda _: write(*args))
 
     def _repair(self, quietly: bool = False) -> None:
         """
@@ -881,12 +1050,11 @@ class MaildirFolder:
         """
         if self._unrepaired is None:
             return
+        if self._shared:
+            with self._uidlist_lock:
+                return self._repair_shared(quietly)
         try:
-            for sub in ("cur", "new", "tmp"):
-                os.makedirs(os.path.join(self.directory, sub), exist_ok=True)
-            _remember_uid_validity(self.validity_path, max(self.uid_validity, _last_uid_validity(self.validity_path)), sync=True)
-            self._write_uidlist(sync=True)
-            fsync_directory(self.directory)
+            self._write_repair()
         except (OSError, StoreError) as e:
             if quietly:
                 return
@@ -1404,6 +1572,8 @@ class MaildirFolder:
                         if first:
                             self._look_mtimes = None  # (nor trusted by the index)
             fresh = self._claim_listed(fresh, flagged)
+            if fresh and self._unrepaired is not None and not first:
+                fresh = []  # (numbered once repaired: L{_agreed_uid_validity})
         added: list[int] = []
         offered: list[int] = []
         # Files we have never seen: UIDs in order of arrival.
@@ -1421,7 +1591,7 @@ class MaildirFolder:
             added.append(uid)
             if not self._shared:
                 self._recent.add(uid)
-            elif sub == "cur":
+            elif sub == "cur" and self._unrepaired is None:
                 offered.append(uid)  # (one in new/ is claimed by its rename)
         if added and self._unrepaired is not None:
             pass  # (numbered in memory: the repair lists them, L{_repair})
@@ -1900,7 +2070,7 @@ class MaildirFolder:
 
     def _next_uid(self) -> int:
         """A new UID: this process's counter, or under --workers the folder's."""
-        if self._shared:
+        if self._shared and self._unrepaired is None:
             uid = self._uidlist_lock.take_uid(self.uid_next)
         else:
             uid = self.uid_next
@@ -2060,6 +2230,19 @@ class MaildirFolder:
             self._legacy = False
             match = _OWN_NAME.match
             self._unchecked.update(name for name in table.names if not match(name))
+            # A name shaped like the hub's own is not proof: Dovecot's LDA
+            # without ,W= (and other MDAs) name bare-LF files the same way.
+            # Only after a crash cut the unchecked file (or before it
+            # existed), so each such file's first octets are read: one with
+            # a bare LF there is checked whole (L{_check}) before its size
+            # is told. Its first 4 KiB: a header block of another program
+            # is LF-ended from its first line; the hub's own files are CRLF.
+            directory, names, bits = self.directory, table.names, table.bits
+            self._unchecked.update(
+                names[i]
+                for i in range(len(table))
+                if match(names[i]) and names[i] not in self._kept and _bare_lf_at_start(directory + ("/new/" if bits[i] & NEW else "/cur/") + table.filename(i))
+            )
             self._save_unchecked()
         elif self._checks_unsaved:
             self._save_unchecked()
@@ -2412,6 +2595,9 @@ class MaildirFolder:
                 self._repair()
             except (OSError, StoreError) as e:
                 return defer.fail(e)
+        waiting = self._after_repair(self.deliver, message)
+        if waiting is not None:
+            return waiting
         size = len(message)
         now = time.time()
         base = unique_name(size, self.hostname, now) + _shown_size_field(message)
@@ -2541,6 +2727,9 @@ class MaildirFolder:
                 self._repair()
             except (OSError, StoreError) as e:
                 return defer.fail(e)
+        waiting = self._after_repair(self.append, message, flags, internal_date)
+        if waiting is not None:
+            return waiting
         entry, write = self._append_write(message, flags, internal_date)
         d = self.writer.write(*write[:4], rename=write[4], arrived=write[5])
         d.addCallbacks(lambda _: entry.info.uid, self._not_stored, errbackArgs=(entry,))
@@ -2580,6 +2769,9 @@ class MaildirFolder:
                 self._repair()
             except (OSError, StoreError) as e:
                 return defer.fail(e)
+        waiting = self._after_repair(self.append_many, messages)
+        if waiting is not None:
+            return waiting
         prepared = [self._append_write(message, flags, date) for message, flags, date in messages]
         deferreds = self.writer.write_group([write for _, write in prepared])
         for d, (entry, _) in zip(deferreds, prepared):
@@ -2831,6 +3023,17 @@ class MaildirFolder:
                 for fd, *_rest in copies:
                     os.close(fd)
                 return defer.fail(e)
+        called = []
+        waiting = self._after_repair(lambda: (called.append(True), self._append_copies(copies))[1])
+        if waiting is not None:
+
+            def not_called(failure: Failure) -> Failure:
+                if not called:  # (the repair's flush failed: the copies were never written)
+                    for fd, *_rest in copies:
+                        os.close(fd)
+                return failure
+
+            return waiting.addErrback(not_called)
         prepared = []
         for fd, size, field, flags, date in copies:
             system, keywords = split_flags(flags)
@@ -2880,6 +3083,10 @@ class MaildirFolder:
                 fsync_directory(directory)
 
         reactor = self.writer.reactor
+        # (a repair's flush on its way, L{_write_repair}: waited for first)
+        waiting = self._after_repair(lambda: threads.deferToThreadPool(reactor, reactor.getThreadPool(), sync))
+        if waiting is not None:
+            return waiting
         return threads.deferToThreadPool(reactor, reactor.getThreadPool(), sync)
 
     def _in_new(self) -> list[int]:
@@ -2906,13 +3113,27 @@ class MaildirFolder:
         was_current = self._before_own_change()
         taken = []
         table = self._table
-        for i in self._in_new():
+        in_new = self._in_new()
+        for n, i in enumerate(in_new):
             system = table.bits[i] & SYSTEM_MASK
             filename = table.names[i] + SUFFIXES[system]
             try:
                 os.rename(os.path.join(self.directory, "new", table.filename(i)), os.path.join(self.directory, "cur", filename))
             except FileNotFoundError:
                 continue
+            except OSError as e:
+                if not is_not_writable(e):
+                    raise
+                # A folder the hub may not write (read as it is): the
+                # messages stay in new/, recent to the first session of
+                # this process that takes them (a set in memory).
+                self._say_not_writable(e)
+                given = self._given_in_new
+                for j in in_new[n:]:
+                    if table.uids[j] not in given:
+                        given.add(table.uids[j])
+                        taken.append(table.uids[j])
+                break
             table.set_file(i, "cur", filename, system)
             taken.append(table.uids[i])
         if taken:
@@ -3162,7 +3383,9 @@ class MaildirFolder:
     def _bump_now(self, uids: list[int], gone: Iterable[int] = ()) -> None:
         self._changes += 1
         value = max(self.highest_modseq + 1, _now_us())
-        if self._shared:
+        if self._shared and self._unrepaired is None:
+            # (a folder read as it is has no counter to take from: its
+            # mod-sequences are this process's clock, as one process's are)
             value = self._uidlist_lock.take_modseq(value)
         self.highest_modseq = value
         table = self._table
@@ -3393,6 +3616,30 @@ def _remember_uid_validity(path: str | None, value: int, sync: bool = True) -> N
         # (a full disk: no empty .tmp is left in the account's folder)
         _unlink_quietly(tmp)
         raise
+
+
+def _bare_lf_at_start(path: str, octets: int = 4096) -> bool:
+    """
+    Whether the first C{octets} of the file at C{path} hold an LF not
+    after a CR (a message another program wrote with bare LFs). A file
+    that cannot be read counts as one (it is checked, and that says why).
+    """
+    try:
+        with open(path, "rb", buffering=0) as f:
+            head = f.read(octets)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return head.count(b"\n") != head.count(b"\r\n")
+
+
+def _read_only_mount(path: str) -> bool:
+    """Whether C{path} is on a file system mounted read-only (statvfs's ST_RDONLY)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _mtime_or_zero(path: str) -> int:
@@ -4016,9 +4263,16 @@ def clean_tmp(root: str, hostname: str, now: float | None = None, max_age: float
     (C{hostname}) that no longer runs, and files older than C{max_age}
     seconds. Returns (files of dead processes, old files) removed.
     Runs in a worker thread: it lists every Maildir.
+
+    A file named as this hub names its own but owned by another user is
+    another program's (an MDA such as Dovecot's LDA, which runs as the
+    user, names its files the same way, and its process id may mean
+    nothing here: another PID namespace): it is left to the 36-hour rule
+    of the Maildir convention, never taken for a dead process's.
     """
     now = time.time() if now is None else now
     host = _safe_hostname(hostname)
+    me = os.geteuid()
     dead = old = 0
     for tmp in _tmp_folders(root):
         try:
@@ -4029,10 +4283,11 @@ def clean_tmp(root: str, hostname: str, now: float | None = None, max_age: float
             path = os.path.join(tmp, name)
             m = _TMP_NAME.match(name)
             try:
-                if m and m.group(2) == host and _process_is_gone(int(m.group(1))):
+                st = os.lstat(path)
+                if m and m.group(2) == host and st.st_uid == me and _process_is_gone(int(m.group(1))):
                     os.unlink(path)
                     dead += 1
-                elif now - os.lstat(path).st_mtime > max_age:
+                elif now - st.st_mtime > max_age:
                     os.unlink(path)
                     old += 1
             except OSError:

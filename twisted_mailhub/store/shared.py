@@ -80,6 +80,7 @@ Rules:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -96,6 +97,9 @@ log = Logger()
 # Set by the worker processes of --workers N (twisted_mailhub.workers).
 ENABLED = False
 LOCK_FILE = "mailhub-uidlist.lock"
+# errno values of a lock file that cannot be made or written: a full disk
+# or quota, a read-only file system, a folder the hub may not write.
+UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 RECENT_NS = 100_000_000  # ns: a directory changed this recently is listed again (a few clock ticks)
 
 # Called with a folder's directory after this process changed it; set by
@@ -125,19 +129,60 @@ class FolderLock:
         self._thread = threading.RLock()
         self._depth = 0
         self._fd: int | None = None
+        # Why the lock file could not be made (a full disk, a read-only
+        # or foreign-owned folder), or None: the folder is then only
+        # read (a half-made one, store/maildir.py _unrepaired) and the
+        # lock is this process's thread lock alone. No process has written
+        # the folder's list then (each writer makes the file first), and
+        # the file is tried again at each hold: a writer holds it for real
+        # or fails (L{require}).
+        self.missing: OSError | None = None
 
     def __enter__(self) -> "FolderLock":
         self._thread.acquire()
         try:
             if self._depth == 0:
                 if self._fd is None:
-                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                    self._open()
+                if self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX)
         except BaseException:
             self._thread.release()
             raise
         self._depth += 1
         return self
+
+    def _open(self) -> None:
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+            self.missing = None
+        except OSError as e:
+            if e.errno not in UNWRITABLE:
+                raise
+            try:
+                # (there but not writable: its flock still excludes)
+                self._fd = os.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+            except FileNotFoundError:
+                self._fd = None
+            self.missing = e
+
+    def require(self) -> None:
+        """
+        Raises the C{OSError} that keeps the lock file from being made or
+        written (L{missing}): call with the lock held, before a write that
+        needs the folder's counters.
+        """
+        if self.missing is not None:
+            if self._fd is not None and self._depth == 1:
+                # (a file opened read-only: tried again for writing)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+                self._fd = None
+                self._open()
+                if self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX)
+            if self.missing is not None:
+                raise self.missing
 
     def __exit__(self, *exc: Any) -> None:
         self._depth -= 1
@@ -147,6 +192,8 @@ class FolderLock:
 
     def _counters(self) -> tuple[int, int]:
         """(next UID, highest modseq given) as the lock file holds them."""
+        if self._fd is None:
+            return 0, 0
         fields = os.pread(self._fd, 64, 0).split()
         uid = int(fields[0]) if fields and fields[0].isdigit() else 0
         modseq = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
@@ -156,6 +203,7 @@ class FolderLock:
         return self._counters()[0]
 
     def _write(self, uid: int, modseq: int) -> None:
+        self.require()
         # Same length or longer each time (both only grow): no stale tail.
         os.pwrite(self._fd, b"%d %d\n" % (uid, modseq), 0)
 

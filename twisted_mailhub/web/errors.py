@@ -126,7 +126,7 @@ def refusal(request: Any, error: BaseException) -> Refused:
     operator needs (one line for a known condition, the traceback for a
     fault of the hub: the caller logs that one, with the failure).
     """
-    from twisted_mailhub.store.interfaces import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, is_out_of_space
+    from twisted_mailhub.store.interfaces import BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, is_not_writable, is_out_of_space, not_writable_reason
     from twisted_mailhub.store.outage import refused, unavailable
 
     error = _cause(error)
@@ -146,6 +146,10 @@ def refusal(request: Any, error: BaseException) -> Refused:
                 return Refused(507, f"That is too large for your mailbox: {error.detail}. Nothing was changed.")
             return Refused(507, f"Your mailbox is full ({error.detail}): nothing was changed. Delete some mail (empty the Trash) and try again.")
         return Refused(507)
+    if is_not_writable(error):
+        # (a Maildir the hub may not write: a read-only mount, other owners)
+        log.warn("web: {method} {path}: the mailbox cannot be written ({why})", method=method, path=_path(request), why=not_writable_reason(error))
+        return Refused(403, f"The server may not write this mailbox ({not_writable_reason(error)}): nothing was changed. Its administrator can let it.")
     if isinstance(error, NoSuchMessage):
         return Refused(404, "That message is not here (any more): another mail program may have deleted or moved it meanwhile. Nothing was changed.", back=_folder_of(request))
     if isinstance(error, (NoSuchFolder, BadFolderName)):
