@@ -1374,12 +1374,6 @@ class MailhubFTP(ftp.FTP):
             when = time.strftime("%b %d  %Y", time.gmtime(modified))
         return f"{statmod.filemode(mode)} {links:3d} ftp      ftp      {size:12d} {when} {name}"
 
-    def _perm(self, directory: bool) -> str:
-        readonly = getattr(self.shell, "readonly", False)
-        if directory:
-            return "el" if readonly else "eflcdmp"
-        return "r" if readonly else "adfrw"
-
     def _mlst_keys(self) -> tuple:
         """The shell's facts (C{stat}, C{list} keys) the selected MLST facts are made of."""
         if "unique" in self.mlst_facts:
