@@ -158,7 +158,14 @@ class CutUncheckedFileTests(unittest.TestCase):
     and the files another program put in are checked again.
     """
 
-    def test_a_cut_unchecked_file_has_the_outside_files_checked_again(self):
+    def assert_checked_again_after_a_cut(self, name: str) -> None:
+        """
+        Put a bare-LF file named C{name} in a new store's INBOX/cur, have a
+        second store list it on trust and die before its check, then cut
+        mailhub-unchecked (to nothing, then to its header line alone) and
+        load the folder again: the file must be checked again, told at its
+        CRLF size and read with CRLFs.
+        """
         jobs: list = []
 
         def never(function, *args):
@@ -169,8 +176,7 @@ class CutUncheckedFileTests(unittest.TestCase):
         store = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
         store.small_files = SmallFiles(fsync=lambda fd: None, run=lambda f, *a: defer.maybeDeferred(f, *a))
         inbox = store.account("alice@example.org").folder("INBOX")
-        # (named as Dovecot's LDA names them: ,W= is the size with CRLFs)
-        path = os.path.join(inbox.directory, "cur", f"1700000000.M1P1Q1.mda,S={len(BARE)},W={len(BARE) + 4}:2,S")
+        path = os.path.join(inbox.directory, "cur", name)
         with open(path, "wb") as f:
             f.write(BARE)
         crashed = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
@@ -192,41 +198,15 @@ class CutUncheckedFileTests(unittest.TestCase):
             self.assertEqual([m.size for m in folder.messages()], [len(BARE) + 4])
             with open(path, "rb") as f:
                 self.assertEqual(f.read(), BARE.replace(b"\n", b"\r\n"))
+
+    def test_a_cut_unchecked_file_has_the_outside_files_checked_again(self):
+        # (named as Dovecot's LDA names them: ,W= is the size with CRLFs)
+        self.assert_checked_again_after_a_cut(f"1700000000.M1P1Q1.mda,S={len(BARE)},W={len(BARE) + 4}:2,S")
 
     def test_a_cut_unchecked_file_has_an_outside_file_named_as_the_hubs_own_checked_again(self):
         # Dovecot's LDA without ,W= names a bare-LF file exactly as the hub
         # names its own (time.MnPnQn.host,S=n): such names were trusted
         # after the cut, the file told at its bare-LF size and read as is.
-        jobs: list = []
-
-        def never(function, *args):
-            jobs.append(function)  # (the process dies before the check runs)
-            return defer.Deferred()
-
-        root = self.mktemp()
-        store = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
-        store.small_files = SmallFiles(fsync=lambda fd: None, run=lambda f, *a: defer.maybeDeferred(f, *a))
-        inbox = store.account("alice@example.org").folder("INBOX")
-        path = os.path.join(inbox.directory, "cur", f"1700000000.M1P1Q1.mda,S={len(BARE)}:2,S")
-        self.assertTrue(maildir._OWN_NAME.match(os.path.basename(path).split(":")[0]))
-        with open(path, "wb") as f:
-            f.write(BARE)
-        crashed = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
-        crashed.small_files = SmallFiles(fsync=lambda fd: None, run=never)
-        crashed.account("alice@example.org").folder("INBOX")  # (lists it on trust, then dies)
-        unchecked = os.path.join(inbox.directory, maildir.UNCHECKED)
-        with open(unchecked, encoding="utf-8") as f:
-            self.assertIn(f"? {os.path.basename(path).split(':')[0]}\n", f.read())
-        for cut in (0, len(maildir._UNCHECKED_HEADER)):
-            # The crash: the file's rename reached the disk, its data did not (all or part).
-            with open(unchecked, "r+b") as f:
-                f.truncate(cut)
-            with open(path, "wb") as f:
-                f.write(BARE)
-            after = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
-            after.small_files = SmallFiles(fsync=lambda fd: None, run=lambda f, *a: defer.maybeDeferred(f, *a))
-            folder = after.account("alice@example.org").folder("INBOX")
-            # (before: taken as checked, told at its bare-LF size and read with bare LFs)
-            self.assertEqual([m.size for m in folder.messages()], [len(BARE) + 4])
-            with open(path, "rb") as f:
-                self.assertEqual(f.read(), BARE.replace(b"\n", b"\r\n"))
+        name = f"1700000000.M1P1Q1.mda,S={len(BARE)}:2,S"
+        self.assertTrue(maildir._OWN_NAME.match(name.split(":")[0]))
+        self.assert_checked_again_after_a_cut(name)
