@@ -21,11 +21,13 @@ from twisted_mailhub.store.durable import GroupCommitWriter
 from twisted_mailhub.store.maildir import MaildirFolder, MaildirStore
 from twisted_mailhub.store.smallfiles import SmallFiles
 
+from tests.thread_helpers import HeldThread
+
 BARE = b"Subject: bare LF\n\nbody\nmore\n"
 COUNT = 5
 
 
-class CRLFBatchTests(unittest.TestCase):
+class CRLFBatchTests(HeldThread, unittest.TestCase):
     def setUp(self):
         self.events: list[tuple] = []
         self.jobs: list[tuple] = []
@@ -65,21 +67,6 @@ class CRLFBatchTests(unittest.TestCase):
             return real_save(folder, sync)
 
         self.patch(MaildirFolder, "_save_unchecked", save_unchecked)
-
-    def thread(self, function, *args):
-        d = defer.Deferred()
-        self.jobs.append((function, args, d))
-        return d
-
-    def run_jobs(self) -> None:
-        while self.jobs:
-            function, args, d = self.jobs.pop(0)
-            try:
-                result = function(*args)
-            except Exception:
-                d.errback()
-            else:
-                d.callback(result)
 
     def load_and_check(self):
         folder = self.account.folder("INBOX")

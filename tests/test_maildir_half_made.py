@@ -23,6 +23,8 @@ from twisted_mailhub.store.interfaces import InsufficientStorage, StoreUnavailab
 from twisted_mailhub.store.maildir import UIDLIST, MaildirStore
 from twisted_mailhub.store.smallfiles import SmallFiles
 
+from tests.thread_helpers import HeldThread
+
 OLD = b"Subject: left by an older version\r\n\r\nstill here\r\n"
 OLDER = b"Subject: older still\r\n\r\nfirst\r\n"
 
@@ -321,7 +323,7 @@ class FolderTheHubMayNotWriteTests(unittest.TestCase):
         del folder
 
 
-class RepairOffTheReactorTests(unittest.TestCase):
+class RepairOffTheReactorTests(HeldThread, unittest.TestCase):
     """
     The one-time repair of a folder read as it is (store/maildir.py:
     _write_repair) flushes its UIDVALIDITY counter, its UID list and the
@@ -363,25 +365,6 @@ class RepairOffTheReactorTests(unittest.TestCase):
         store = MaildirStore(self.root, hostname="test")
         store.small_files = SmallFiles(run=self.thread, fsync=lambda fd: os.fsync(fd))  # (os.fsync as patched now)
         return store
-
-    def thread(self, function, *args):
-        d = defer.Deferred()
-        self.jobs.append((function, args, d))
-        return d
-
-    def run_jobs(self) -> None:
-        self.in_thread = True
-        try:
-            while self.jobs:
-                function, args, d = self.jobs.pop(0)
-                try:
-                    result = function(*args)
-                except Exception:
-                    d.errback()
-                else:
-                    d.callback(result)
-        finally:
-            self.in_thread = False
 
     @defer.inlineCallbacks
     def test_the_repair_is_flushed_off_the_reactor_before_the_write_that_needs_it(self):

@@ -22,10 +22,12 @@ from twisted_mailhub.store.durable import GroupCommitWriter
 from twisted_mailhub.store.maildir import MODSEQ_LOG, MaildirStore
 from twisted_mailhub.store.smallfiles import SmallFiles
 
+from tests.thread_helpers import HeldThread
+
 MESSAGE = b"Subject: x\r\n\r\nbody\r\n"
 
 
-class ModseqCompactionTests(unittest.TestCase):
+class ModseqCompactionTests(HeldThread, unittest.TestCase):
     def setUp(self):
         self.root = os.path.abspath(self.mktemp())
         self.jobs: list[tuple] = []
@@ -47,25 +49,6 @@ class ModseqCompactionTests(unittest.TestCase):
         store = MaildirStore(self.root, GroupCommitWriter(task.Clock()), hostname="test")
         store.small_files = SmallFiles(run=run)
         return store
-
-    def thread(self, function, *args):
-        d = defer.Deferred()
-        self.jobs.append((function, args, d))
-        return d
-
-    def run_jobs(self) -> None:
-        self.in_thread = True
-        try:
-            while self.jobs:
-                function, args, d = self.jobs.pop(0)
-                try:
-                    result = function(*args)
-                except Exception:
-                    d.errback()
-                else:
-                    d.callback(result)
-        finally:
-            self.in_thread = False
 
     def record(self) -> None:
         real_fsync, real_replace = os.fsync, os.replace

@@ -26,8 +26,10 @@ from twisted_mailhub.store.durable import GroupCommitWriter
 from twisted_mailhub.store.maildir import MaildirStore
 from twisted_mailhub.store.smallfiles import SmallFiles
 
+from tests.thread_helpers import HeldThread
 
-class Journal:
+
+class Journal(HeldThread):
     """
     One list of what happened, in order: ("fsync", path) for every flush,
     ("reply", line) for every reply; the "thread" is run when the test says.
@@ -44,19 +46,7 @@ class Journal:
         self.real_fsync(fd)
 
     def run(self, function, *args):
-        d = defer.Deferred()
-        self.jobs.append((function, args, d))
-        return d
-
-    def run_jobs(self) -> None:
-        while self.jobs:
-            function, args, d = self.jobs.pop(0)
-            try:
-                result = function(*args)
-            except Exception:
-                d.errback()
-            else:
-                d.callback(result)
+        return self.thread(function, *args)
 
     def flushed(self) -> list[str]:
         return [what for kind, what in self.events if kind == "fsync"]
