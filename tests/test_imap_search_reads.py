@@ -48,6 +48,21 @@ class SearchReadsTests(ThreadedImapCase):
         self.reads_in_reactor.clear()
         return server, transport
 
+    def slice_sizes(self) -> list[int]:
+        """
+        Watch the slices a search gives its thread (search._walk_detached):
+        the list, filled as they are walked, of how many messages each held.
+        """
+        sizes: list[int] = []
+        real = search._walk_detached
+
+        def walk(predicate, entries, *rest):
+            sizes.append(len(entries))
+            return real(predicate, entries, *rest)
+
+        self.patch(search, "_walk_detached", walk)
+        return sizes
+
     def test_search_body_text_and_header_keys_read_the_messages_in_a_worker_thread(self):
         server, transport = self.logged_in()
         self.assertIn(b"* SEARCH 2 4 5\r\nc OK", self.talk(server, transport, b"c SEARCH BODY needle\r\n"))
@@ -65,14 +80,7 @@ class SearchReadsTests(ThreadedImapCase):
         # (bench/imap.py): the thread now takes MATCH_SLICE at a time,
         # and the answer is the same.
         self.patch(search, "MATCH_SLICE", 2)
-        sizes = []
-        real = search._walk_detached
-
-        def walk(predicate, entries, *rest):
-            sizes.append(len(entries))
-            return real(predicate, entries, *rest)
-
-        self.patch(search, "_walk_detached", walk)
+        sizes = self.slice_sizes()
         server, transport = self.logged_in()
         self.assertIn(b"* SEARCH 2 4 5\r\nc OK", self.talk(server, transport, b"c SEARCH BODY needle\r\n"))
         self.assertIn(b"* SEARCH 1 3\r\nd OK", self.talk(server, transport, b"d SEARCH NOT BODY needle\r\n"))
@@ -107,14 +115,7 @@ class SearchReadsTests(ThreadedImapCase):
         # messages was up to 1,024 times their size. Each slice ends at the
         # message that passes MATCH_SLICE_OCTETS.
         self.patch(search, "MATCH_SLICE_OCTETS", 150)
-        sizes = []
-        real = search._walk_detached
-
-        def walk(predicate, entries, *rest):
-            sizes.append(len(entries))
-            return real(predicate, entries, *rest)
-
-        self.patch(search, "_walk_detached", walk)
+        sizes = self.slice_sizes()
         server, transport = self.logged_in()
         self.assertIn(b"* SEARCH 2 4 5\r\nc OK", self.talk(server, transport, b"c SEARCH BODY needle\r\n"))
         self.assertEqual(sizes, [2, 2, 1])  # (messages of about 90 octets, then one of 20,000)
