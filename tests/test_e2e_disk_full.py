@@ -8,6 +8,7 @@ one line and no traceback, and never keeps a copy it did not acknowledge
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import imaplib
 import os
@@ -70,6 +71,24 @@ class Filler:
         """Give back C{free} octets (rounded to pages)."""
         size = os.path.getsize(self.path)
         os.truncate(self.path, max(0, size - free))
+
+
+@contextlib.contextmanager
+def full_disk(directory: str):
+    """
+    With the filesystem of C{directory} (a L{small_disk}) full: no free
+    block (a L{Filler} takes them) and no free inode (it is remounted
+    with as many as are in use); both given back on leaving.
+    """
+    filler = Filler(directory)
+    filler.fill()
+    st = os.statvfs(directory)
+    subprocess.run(["mount", "-o", f"remount,nr_inodes={st.f_files - st.f_ffree}", directory], check=True)
+    try:
+        yield filler
+    finally:
+        subprocess.run(["mount", "-o", "remount,nr_inodes=100000", directory], check=True)
+        os.unlink(filler.path)
 
 
 def message(size: int) -> bytes:
@@ -412,11 +431,7 @@ def test_a_half_made_folder_is_read_on_a_full_disk_and_repaired_at_the_first_wri
         os.makedirs(os.path.join(folder, "cur"))
         with open(os.path.join(folder, "cur", f"1600000000.M1P1Q1.old,S={len(message)}:2,S"), "wb") as f:
             f.write(message)
-    filler = Filler(small_disk)
-    filler.fill()
-    st = os.statvfs(small_disk)
-    subprocess.run(["mount", "-o", f"remount,nr_inodes={st.f_files - st.f_ffree}", small_disk], check=True)
-    try:
+    with full_disk(small_disk):
         imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
         imap.login("alice", "secret")
         assert imap.select("INBOX", readonly=True) == ("OK", [b"1"]), hub.log[-3000:]  # (before: NO [UNAVAILABLE])
@@ -445,9 +460,6 @@ def test_a_half_made_folder_is_read_on_a_full_disk_and_repaired_at_the_first_wri
         page = browser.get("/mail/INBOX")
         assert page.status == 200 and "left by an older version" in page.text, page.status
         assert not os.path.exists(os.path.join(inbox, "mailhub-uidlist"))  # (nothing could be written)
-    finally:
-        subprocess.run(["mount", "-o", "remount,nr_inodes=100000", small_disk], check=True)
-        os.unlink(filler.path)
     # Room again: the first write repairs the folder, with the UIDs shown.
     status, data = imap.append("Old", None, None, b"Subject: new\r\n\r\nafter the repair\r\n")
     assert status == "OK", data
@@ -478,12 +490,8 @@ def test_under_workers_a_half_made_folder_is_read_alike_on_a_full_disk_and_repai
     for n in (1, 2):
         with open(os.path.join(inbox, "cur", f"160000000{n}.M{n}P1Q{n}.old,S={len(message)}:2,S"), "wb") as f:
             f.write(message)
-    filler = Filler(small_disk)
-    filler.fill()
-    st = os.statvfs(small_disk)
-    subprocess.run(["mount", "-o", f"remount,nr_inodes={st.f_files - st.f_ffree}", small_disk], check=True)
     seen = set()
-    try:
+    with full_disk(small_disk):
         # Several sessions: the kernel spreads them over both workers.
         for _ in range(6):
             imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
@@ -500,9 +508,6 @@ def test_under_workers_a_half_made_folder_is_read_alike_on_a_full_disk_and_repai
         assert pop.stat() == (2, 2 * len(message))
         pop.quit()
         assert not os.path.exists(os.path.join(inbox, "mailhub-uidlist"))
-    finally:
-        subprocess.run(["mount", "-o", "remount,nr_inodes=100000", small_disk], check=True)
-        os.unlink(filler.path)
     appended = set()
     for n in range(4):
         imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
