@@ -92,6 +92,12 @@ def test_smtp_refuses_what_does_not_fit_then_refuses_at_rcpt_once_full(start_hub
         assert client.sendmail("judy@jbc.test", ["alice@localhost"], message("after cleanup", 1000)) == {}
 
 
+def _getquota_used(imap) -> int:
+    typ, data = imap.getquota('""')
+    assert typ == "OK", data
+    return int(re.match(rb'"" \(STORAGE (\d+) 1024\)', data[0]).group(1))
+
+
 def test_imap_append_and_copy_over_quota_get_overquota(start_hub, tmp_path):
     accounts = tmp_path / "accounts"
     accounts.write_text("carol@localhost;quota=6k:pw\n")
@@ -193,9 +199,7 @@ def test_getquota_is_current_after_expunge_pop3_dele_delete_and_ftp_dele(start_h
     imap.login("carol", "pw")
 
     def used() -> int:
-        typ, data = imap.getquota('""')
-        assert typ == "OK", data
-        return int(re.match(rb'"" \(STORAGE (\d+) 1024\)', data[0]).group(1))
+        return _getquota_used(imap)
 
     for n in range(3):
         assert imap.append("INBOX", None, None, message(f"m{n}", 100 * 1024))[0] == "OK"
@@ -264,12 +268,6 @@ def test_an_expunge_of_many_messages_takes_their_sizes_off_in_one_walk(tmp_path)
     assert quotas.usage("carol@localhost") == 10_000 and looked_up == []
     inbox.expunge([31, 32])
     assert quotas.usage("carol@localhost") == 8_000 and sorted(looked_up) == [31, 32]
-
-
-def _getquota_used(imap) -> int:
-    typ, data = imap.getquota('""')
-    assert typ == "OK", data
-    return int(re.match(rb'"" \(STORAGE (\d+) 1024\)', data[0]).group(1))
 
 
 def test_getquota_is_current_after_a_maildir_is_edited_by_hand(start_hub, tmp_path):
