@@ -92,6 +92,20 @@ def test_smtp_refuses_what_does_not_fit_then_refuses_at_rcpt_once_full(start_hub
         assert client.sendmail("judy@jbc.test", ["alice@localhost"], message("after cleanup", 1000)) == {}
 
 
+def carol_hub(start_hub, tmp_path, accounts: str):
+    """
+    Start a hub whose accounts file (under C{tmp_path}) holds C{accounts}
+    (lines of C{address;quota=N:password}): (the hub, an IMAP session
+    logged in as carol with password "pw").
+    """
+    path = tmp_path / "accounts"
+    path.write_text(accounts)
+    hub = start_hub("--auth", f"file:{path}", users=())
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+    imap.login("carol", "pw")
+    return hub, imap
+
+
 def _getquota_used(imap) -> int:
     typ, data = imap.getquota('""')
     assert typ == "OK", data
@@ -99,11 +113,7 @@ def _getquota_used(imap) -> int:
 
 
 def test_imap_append_and_copy_over_quota_get_overquota(start_hub, tmp_path):
-    accounts = tmp_path / "accounts"
-    accounts.write_text("carol@localhost;quota=6k:pw\n")
-    hub = start_hub("--auth", f"file:{accounts}", users=())
-    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
-    imap.login("carol", "pw")
+    hub, imap = carol_hub(start_hub, tmp_path, "carol@localhost;quota=6k:pw\n")
     assert imap.append("INBOX", None, None, message("kept", 3500))[0] == "OK"
     typ, data = imap.append("INBOX", None, None, message("no room", 4000))
     assert typ == "NO" and data[0].startswith(b"[OVERQUOTA]") and b"mailbox full" in data[0], data
@@ -117,11 +127,7 @@ def test_imap_append_and_copy_over_quota_get_overquota(start_hub, tmp_path):
 
 
 def test_imap_quota_extension_reports_the_storage_root(start_hub, tmp_path):
-    accounts = tmp_path / "accounts"
-    accounts.write_text("carol@localhost;quota=64k:pw\ndave@localhost:pw\n")
-    hub = start_hub("--auth", f"file:{accounts}", users=())
-    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
-    imap.login("carol", "pw")
+    hub, imap = carol_hub(start_hub, tmp_path, "carol@localhost;quota=64k:pw\ndave@localhost:pw\n")
     assert "QUOTA" in imap.capabilities and "QUOTA=RES-STORAGE" in imap.capabilities
     imap.append("INBOX", None, None, message("some", 3000))
     typ, data = imap.getquotaroot("INBOX")
@@ -192,11 +198,7 @@ def test_getquota_is_current_after_expunge_pop3_dele_delete_and_ftp_dele(start_h
     import io
     import poplib
 
-    accounts = tmp_path / "accounts"
-    accounts.write_text("carol@localhost;quota=1m:pw\n")
-    hub = start_hub("--auth", f"file:{accounts}", users=())
-    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
-    imap.login("carol", "pw")
+    hub, imap = carol_hub(start_hub, tmp_path, "carol@localhost;quota=1m:pw\n")
 
     def used() -> int:
         return _getquota_used(imap)
@@ -274,11 +276,7 @@ def test_getquota_is_current_after_a_maildir_is_edited_by_hand(start_hub, tmp_pa
     # A message removed from the Maildir by hand (a user's script, an admin)
     # was in GETQUOTA's count for up to quota.RECOUNT (60 s): the usage is
     # now counted when it is reported (Quotas.reported).
-    accounts = tmp_path / "accounts"
-    accounts.write_text("carol@localhost;quota=1m:pw\n")
-    hub = start_hub("--auth", f"file:{accounts}", users=())
-    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
-    imap.login("carol", "pw")
+    hub, imap = carol_hub(start_hub, tmp_path, "carol@localhost;quota=1m:pw\n")
     for n in range(3):
         assert imap.append("INBOX", None, None, message(f"m{n}", 100 * 1024))[0] == "OK"
     assert _getquota_used(imap) == 300
