@@ -640,6 +640,39 @@ def match_each_in_thread(
     return walk(0)
 
 
+def _each_in_thread(folder: Any, infos: list[Any], here: Callable[[Any], Any], there: Callable[[Any, int, Any], Any], gone: Any) -> defer.Deferred:
+    """
+    A L{Deferred} of what is read of each message of C{infos}
+    (L{MessageInfo}s of C{folder}), in their order: C{there(reader, n,
+    info)} in a worker thread, C{reader} the folder's L{detached_reader}
+    and C{n} the message's place in C{infos}; C{gone} for a message gone
+    meanwhile; C{here(info)}, in the reactor, for a message renamed
+    meanwhile (a flag change) and for every message of a store whose
+    messages no thread can read (memory). Fails with what making the
+    reader raised.
+    """
+    if not infos or not reads_detached(folder):
+        return defer.succeed([here(i) for i in infos])
+    try:
+        reader = detached_reader(folder, [i.uid for i in infos])
+    except Exception:
+        return defer.fail()
+    moved = object()
+
+    def read() -> list:
+        out: list = []
+        for n, info in enumerate(infos):
+            try:
+                out.append(there(reader, n, info) if reader.present(n) else gone)
+            except _Moved:
+                out.append(moved)  # (renamed by a flag change: looked for again here)
+            except (NoSuchMessage, FileNotFoundError):
+                out.append(gone)
+        return out
+
+    return in_thread(read).addCallback(lambda out: [here(i) if h is moved else h for i, h in zip(infos, out)])
+
+
 def heads_in_thread(folder: Any, infos: list[Any], length: int) -> defer.Deferred:
     """
     A L{Deferred} of the first C{length} octets of each message of
@@ -656,26 +689,7 @@ def heads_in_thread(folder: Any, infos: list[Any], length: int) -> defer.Deferre
         except (NoSuchMessage, FileNotFoundError):
             return None
 
-    if not infos or not reads_detached(folder):
-        return defer.succeed([here(i) for i in infos])
-    try:
-        reader = detached_reader(folder, [i.uid for i in infos])
-    except Exception:
-        return defer.fail()
-    moved = object()
-
-    def read() -> list:
-        out: list = []
-        for n in range(len(infos)):
-            try:
-                out.append(reader.head(n, length) if reader.present(n) else None)
-            except _Moved:
-                out.append(moved)  # (renamed by a flag change: looked for again here)
-            except (NoSuchMessage, FileNotFoundError):
-                out.append(None)
-        return out
-
-    return in_thread(read).addCallback(lambda out: [here(i) if h is moved else h for i, h in zip(infos, out)])
+    return _each_in_thread(folder, infos, here, lambda reader, n, info: reader.head(n, length), None)
 
 
 def headers_in_thread(folder: Any, infos: list[Any]) -> defer.Deferred:
@@ -694,25 +708,10 @@ def headers_in_thread(folder: Any, infos: list[Any]) -> defer.Deferred:
         except (NoSuchMessage, FileNotFoundError):
             return b""
 
-    if not infos or not reads_detached(folder):
-        return defer.succeed([here(i) for i in infos])
-    try:
-        reader = detached_reader(folder, [i.uid for i in infos])
-    except Exception:
-        return defer.fail()
+    def there(reader: Any, n: int, info: Any) -> bytes:
+        return DetachedCandidate(0, info, False, reader, n, 0, {}).header()
 
-    def read() -> list[bytes | None]:
-        out: list[bytes | None] = []
-        for n, info in enumerate(infos):
-            try:
-                out.append(DetachedCandidate(0, info, False, reader, n, 0, {}).header() if reader.present(n) else b"")
-            except _Moved:
-                out.append(None)  # (renamed by a flag change: looked for again here)
-            except (NoSuchMessage, FileNotFoundError):
-                out.append(b"")
-        return out
-
-    return in_thread(read).addCallback(lambda out: [here(i) if h is None else h for i, h in zip(infos, out)])
+    return _each_in_thread(folder, infos, here, there, b"")
 
 
 def _flag(flag: str, present: bool = True) -> Predicate:
