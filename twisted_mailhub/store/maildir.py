@@ -1039,6 +1039,21 @@ class MaildirFolder:
         self._settling.append(waiter)
         return waiter.addCallback(lambda _: write(*args))
 
+    def _repaired_then(self, write: Any, *args: Any) -> defer.Deferred | None:
+        """
+        Before a write that needs the folder whole: repair it (L{_repair})
+        if it was read as it is. None when the write may go on now; else a
+        Deferred failing with the repair's error (L{InsufficientStorage},
+        C{OSError}, L{StoreError}), or of C{write(*args)} called once the
+        repair's flush is done (L{_after_repair}).
+        """
+        if self._unrepaired is not None:
+            try:
+                self._repair()
+            except (OSError, StoreError) as e:
+                return defer.fail(e)
+        return self._after_repair(write, *args)
+
     def _repair(self, quietly: bool = False) -> None:
         """
         Write what a folder read as it is lacks (L{_unrepaired}): new/ and
@@ -2590,12 +2605,7 @@ class MaildirFolder:
         message and its UID are durable. Fails with L{InsufficientStorage}
         when the disk is full, and then nothing was stored.
         """
-        if self._unrepaired is not None:
-            try:
-                self._repair()
-            except (OSError, StoreError) as e:
-                return defer.fail(e)
-        waiting = self._after_repair(self.deliver, message)
+        waiting = self._repaired_then(self.deliver, message)
         if waiting is not None:
             return waiting
         size = len(message)
@@ -2722,12 +2732,7 @@ class MaildirFolder:
         return failure
 
     def append(self, message: bytes, flags: Iterable[str] = (), internal_date: float | None = None):
-        if self._unrepaired is not None:
-            try:
-                self._repair()
-            except (OSError, StoreError) as e:
-                return defer.fail(e)
-        waiting = self._after_repair(self.append, message, flags, internal_date)
+        waiting = self._repaired_then(self.append, message, flags, internal_date)
         if waiting is not None:
             return waiting
         entry, write = self._append_write(message, flags, internal_date)
@@ -2764,12 +2769,7 @@ class MaildirFolder:
         sees a part of a set that failed. Fires with one C{(True, uid)} or
         C{(False, Failure)} per message, as L{defer.DeferredList} does.
         """
-        if self._unrepaired is not None:
-            try:
-                self._repair()
-            except (OSError, StoreError) as e:
-                return defer.fail(e)
-        waiting = self._after_repair(self.append_many, messages)
+        waiting = self._repaired_then(self.append_many, messages)
         if waiting is not None:
             return waiting
         prepared = [self._append_write(message, flags, date) for message, flags, date in messages]
