@@ -13,9 +13,8 @@ from __future__ import annotations
 import re
 import socket
 import time
-import urllib.parse
 
-from tests.web_helpers import WebClient
+from tests.web_helpers import smtp_transcript
 
 PASTED = (
     b"helo student\r\nmail from:<s@example.org>\r\nrcpt to:<alice@localhost>\r\ndata\r\n"
@@ -36,10 +35,7 @@ def paste(hub, text: bytes) -> bytes:
 
 
 def transcript_lines(hub) -> list[str]:
-    browser = WebClient(hub)
-    browser.login("alice", "secret")
-    [session_id] = re.findall(r'data-id="(smtp#\d+)"', browser.get("/console").text)
-    text = browser.get("/console/session/" + urllib.parse.quote(session_id, safe="") + "/transcript.txt").text
+    text = smtp_transcript(hub)
     return [line for line in text.splitlines() if re.match(r"\+ +[\d.]+s [CS]:", line) or line.strip().startswith("#")]
 
 

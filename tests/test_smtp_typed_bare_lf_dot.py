@@ -15,9 +15,8 @@ from __future__ import annotations
 import re
 import socket
 import time
-import urllib.parse
 
-from tests.web_helpers import WebClient
+from tests.web_helpers import smtp_transcript
 
 
 def typed(hub, steps: list[bytes]) -> bytes:
@@ -45,10 +44,7 @@ def typed(hub, steps: list[bytes]) -> bytes:
 
 
 def shown_lines(hub) -> list[str]:
-    browser = WebClient(hub)
-    browser.login("alice", "secret")
-    [session_id] = re.findall(r'data-id="(smtp#\d+)"', browser.get("/console").text)
-    text = browser.get("/console/session/" + urllib.parse.quote(session_id, safe="") + "/transcript.txt").text
+    text = smtp_transcript(hub)
     return [re.sub(r"^\+ +[\d.]+s ", "", line) for line in text.splitlines() if re.match(r"\+ +[\d.]+s [CS]:", line)]
 
 
@@ -110,10 +106,7 @@ def test_a_line_with_a_cr_before_its_crlf_is_shown_with_it(start_hub):
 
 def explained(hub) -> dict[str, str]:
     """Each client line of the console's export, with the explanation under it."""
-    browser = WebClient(hub)
-    browser.login("alice", "secret")
-    [session_id] = re.findall(r'data-id="(smtp#\d+)"', browser.get("/console").text)
-    lines = browser.get("/console/session/" + urllib.parse.quote(session_id, safe="") + "/transcript.txt").text.splitlines()
+    lines = smtp_transcript(hub).splitlines()
     return {re.sub(r"^\+ +[\d.]+s C: +", "", line): lines[n + 1].strip() for n, line in enumerate(lines) if re.match(r"\+ +[\d.]+s C:", line)}
 
 

@@ -226,3 +226,14 @@ class WatchedSession:
         assert seqs == list(range(1, len(expected) + 2))
         assert [(seq, labels[kind], line) for seq, kind, line in self.live] == [(n + 1, label, line) for n, (label, line) in enumerate(shown)]
         return text, page
+
+
+def smtp_transcript(hub) -> str:
+    """
+    The exported transcript (C{transcript.txt}) of the one SMTP session
+    the live console lists, as alice (password "secret") is given it.
+    """
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    [session_id] = re.findall(r'data-id="(smtp#\d+)"', browser.get("/console").text)
+    return browser.get("/console/session/" + urllib.parse.quote(session_id, safe="") + "/transcript.txt").text
