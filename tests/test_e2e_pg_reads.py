@@ -366,3 +366,38 @@ def _retr_or_error(p: poplib.POP3, n: int):
         return p.retr(n)
     except (poplib.error_proto, EOFError, OSError) as e:
         return e
+
+
+def test_reads_right_after_the_database_dropped_every_connection_are_answered(slow_pg_hub, pg_dsn):
+    # The read connections kept idle (store.postgresql.ReadConnections)
+    # all died with the server's end of them (a restart, a failover,
+    # pg_terminate_backend). Before, a read took a dead idle one, then on
+    # its connection error another dead idle one, and answered -ERR
+    # [SYS/TEMP] / NO [UNAVAILABLE] with the database back and well.
+    import psycopg
+
+    hub = slow_pg_hub(DELAY)
+    sent = fill(hub, 6)
+    sessions = [login(hub) for _ in range(2)]
+    for c in sessions:
+        c.select("INBOX")
+    # Two reads at once in the two parsing threads: two read connections,
+    # both kept idle afterwards.
+    doers = [threading.Thread(target=c.fetch, args=("1:6", "(BODY.PEEK[])")) for c in sessions]
+    for t in doers:
+        t.start()
+    for t in doers:
+        t.join(60)
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+    assert ended >= 3  # (the reactor's connection and the two readers)
+    p = pop(hub)
+    assert retrieved(p.retr(1)[1]) == sent[0]
+    typ, data = sessions[0].fetch("2", "(BODY.PEEK[])")
+    assert typ == "OK" and fetched(data) == [sent[1]], data
+    p.quit()
+    for c in sessions:
+        c.logout()
+    assert "Traceback" not in hub.log

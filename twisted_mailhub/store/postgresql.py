@@ -267,6 +267,12 @@ class ReadConnections:
                     conn.close()
                 except Exception:
                     pass
+                # The idle ones went with it (a restart, a failover,
+                # pg_terminate_backend), unknown to the driver until used:
+                # the second try is on a new connection, not another
+                # dead one (which answered "unavailable" with the
+                # database back).
+                self._drop_idle()
                 if attempt == 2:
                     raise StoreUnavailable(f"lost the mail database: {_reason(e)}") from None
                 continue
@@ -294,16 +300,21 @@ class ReadConnections:
                 return
         conn.close()
 
-    def close(self) -> None:
-        """Close the idle connections; those in use are closed when given back."""
+    def _drop_idle(self) -> None:
+        """Close the idle connections (those in use are given back or closed by their thread)."""
         with self._lock:
-            self._closed = True
             idle, self._idle = self._idle, []
         for conn in idle:
             try:
                 conn.close()
             except Exception:
                 pass
+
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when given back."""
+        with self._lock:
+            self._closed = True
+        self._drop_idle()
 
 
 class BlobReader:
