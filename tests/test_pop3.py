@@ -738,3 +738,73 @@ class UTF8Tests(POP3TestCase):
         self.say(proto, t, b"utf8\r\n")
         self.assertEqual(self.say(proto, t, "user jöran\r\n".encode()), "+OK now send PASS for jöran\r\n".encode())
         self.assertEqual(self.say(proto, t, b"pass geheim\r\n"), "+OK jöran@localhost has 0 messages (0 octets)\r\n".encode())
+
+
+class _GoneAfterFirstSlice:
+    """
+    A store's detached reader (as PostgreSQL's BlobReader) of one big
+    message whose first slice reads and whose next ones find it gone
+    (expunged by another session meanwhile), or fail as C{fault} says.
+    """
+
+    def __init__(self, data: bytes, fault: BaseException):
+        self.data, self.fault = data, fault
+        self.slices = 0
+
+    def present(self, n):
+        return True
+
+    def size(self, n):
+        return len(self.data)
+
+    def held(self, n):
+        return None
+
+    def raw(self, n, size=0):
+        return self.data
+
+    def slice(self, n, at, length):
+        self.slices += 1
+        if self.slices > 1:
+            raise self.fault
+        return self.data[at : at + length]
+
+
+class DetachedRetrCutShortTests(POP3TestCase):
+    """A big RETR read slice by slice in a thread (offload.DetachedBodies) that cannot go on: the log line says why."""
+
+    def _retr_cut_short(self, fault: BaseException) -> tuple[bytes, StringTransport, list]:
+        from twisted.internet import defer
+        from twisted.logger import capturedLogs
+
+        from twisted_mailhub.offload import DetachedBodies
+
+        big = b"Subject: big\r\n\r\n" + b"x" * 70 * 4000 + b"\r\n"
+        self.put(big)
+        proto, t = self.login()
+        reader = _GoneAfterFirstSlice(big, fault)
+        holder = type("Folder", (), {"detached_reader": lambda self, uids: reader})()
+        proto.mbox.detached = DetachedBodies(holder, proto.mbox.uids, run=lambda f, *a: defer.maybeDeferred(f, *a))
+        proto.one_write_limit = 1024  # (sent in slices as the client takes them)
+        with capturedLogs() as events:
+            out = self.say(proto, t, b"retr 1\r\n")
+        return out, t, [e.get("log_format", "") for e in events]
+
+    def test_a_message_removed_while_it_is_sent_is_logged_as_removed_not_as_an_outage(self):
+        from twisted_mailhub.store.interfaces import NoSuchMessage
+
+        out, t, lines = self._retr_cut_short(NoSuchMessage(1))
+        self.assertTrue(out.startswith(b"+OK %d octets\r\n" % (16 + 70 * 4000 + 2)), out[:40])
+        self.assertFalse(out.endswith(b"\r\n.\r\n"))  # (no terminator: the client knows it was cut)
+        self.assertTrue(t.disconnecting)
+        # Before: "... refused with a temporary error: the store cannot be
+        # reached (the message could not be read)", with the database well.
+        self.assertFalse([line for line in lines if "cannot be reached" in line], lines)
+        self.assertTrue([line for line in lines if "removed by another session" in line], lines)
+
+    def test_a_fault_of_ours_while_a_message_is_sent_is_logged_with_its_cause(self):
+        out, t, lines = self._retr_cut_short(RuntimeError("a fault of ours"))
+        self.assertTrue(t.disconnecting)
+        self.assertFalse([line for line in lines if "cannot be reached" in line], lines)
+        self.assertTrue([line for line in lines if "could not be read" in line], lines)
+        self.flushLoggedErrors(RuntimeError)

@@ -907,12 +907,20 @@ class MailhubPOP3(_pop3.POP3):
         """
         A big message's slice could not be read after its reply line was
         sent: the reply cannot be taken back, so the connection is closed
-        (the client sees no terminating dot) with one log line.
+        (the client sees no terminating dot) with one log line that says
+        why: the database lost (L{refused}), the message removed by
+        another session meanwhile, or a fault of ours (with its
+        traceback, as IMAP's FETCH logs one).
         """
         self._reading = False
         if self._closed:
             return
-        refused("pop3", "RETR", reason.value if reason.check(StoreUnavailable) else StoreUnavailable("the message could not be read"))
+        if reason.check(StoreUnavailable):
+            refused("pop3", "RETR", reason.value)
+        elif reason.check(NoSuchMessage):
+            log.info("pop3: RETR cut short: the message was removed by another session while it was sent; connection closed")
+        else:
+            log.failure("pop3: RETR cut short: a slice of the message could not be read; connection closed", reason)
         outgoing, self._outgoing = self._outgoing, None
         if outgoing is not None:
             outgoing.close()
