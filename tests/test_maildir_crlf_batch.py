@@ -137,6 +137,49 @@ class CRLFBatchTests(HeldThread, unittest.TestCase):
         self.assertEqual(len(self.copies_flushed(events)), 1)
 
 
+    def test_a_file_another_program_removes_or_renames_during_the_flush_is_not_brought_back(self):
+        # Another program (a second MUA on the Maildir) expunges one file
+        # and sets a flag on another (a rename) while the copies are
+        # flushed. Before, each copy was renamed to the old name all the
+        # same: the expunged message came back, the flagged one was there
+        # twice.
+        self.patch(durable, "choose_flush", lambda: "syncfs")
+        flagged = self.paths[1].replace(":2,S", ":2,FS")
+
+        def meanwhile(path, watch=None):
+            os.unlink(self.paths[0])
+            os.rename(self.paths[1], flagged)
+
+        self.patch(durable, "_sync_filesystem", meanwhile)
+        self.account.folder("INBOX")
+        self.run_jobs()
+        self.assertFalse(os.path.exists(self.paths[0]))
+        self.assertFalse(os.path.exists(self.paths[1]))
+        with open(flagged, "rb") as f:
+            self.assertEqual(f.read(), BARE)  # (its own, untouched: checked when next needed)
+        for path in self.paths[2:]:
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), BARE.replace(b"\n", b"\r\n"))
+        tmp = os.path.join(os.path.dirname(os.path.dirname(self.paths[0])), "tmp")
+        self.assertEqual([n for n in os.listdir(tmp) if n.endswith(".crlf")], [])
+
+    def test_one_file_made_crlf_alone_is_not_brought_back_if_removed_meanwhile(self):
+        real_utime = os.utime
+        path = self.paths[0]
+
+        def utime(target, *a, **kw):
+            if str(target).endswith(".crlf") and os.path.exists(path):
+                os.unlink(path)  # (expunged by another program just now)
+            return real_utime(target, *a, **kw)
+
+        self.patch(os, "utime", utime)
+        with self.assertRaises(FileNotFoundError):
+            maildir._to_crlf_in_place(path)
+        self.assertFalse(os.path.exists(path))
+        tmp = os.path.join(os.path.dirname(os.path.dirname(path)), "tmp")
+        self.assertEqual([n for n in os.listdir(tmp) if n.endswith(".crlf")], [])
+
+
 class CutUncheckedFileTests(unittest.TestCase):
     """
     mailhub-unchecked is written without a flush (a finding lost is made

@@ -3715,12 +3715,34 @@ def _to_crlf_in_place(path: str) -> tuple[int, str, float]:
             f.flush()
             os.fsync(f.fileno())
         os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        if not _still_the_file(path, st):
+            # Renamed (a flag another program set), removed or replaced
+            # while the copy was made: the copy must not take its name
+            # (a removed message would come back, a renamed one twice).
+            _unlink_quietly(tmp)
+            raise FileNotFoundError(errno.ENOENT, "changed while it was made CRLF", path)
         os.rename(tmp, path)
         # The rename durable before the caller records the finding (a size
         # told, mailhub-unchecked): a crash must not bring the bare-LF file
         # back under a finding that says it was made CRLF.
         fsync_directory(os.path.dirname(path))
     return len(fixed), shown, st.st_mtime
+
+
+def _still_the_file(path: str, st: os.stat_result) -> bool:
+    """
+    Whether C{path} is still the file C{st} was taken of (same device,
+    inode, size and mtime), just before a CRLF copy is renamed over it:
+    a Maildir file another program renamed (a flag), removed (an
+    expunge) or rewrote meanwhile is not. Not atomic with the rename
+    (nothing is, in POSIX), but it narrows the window from the copy's
+    write and flush (seconds, for a batch) to one system call.
+    """
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 # Files made CRLF together (L{_to_crlf_many}): one flush for their copies,
@@ -3803,6 +3825,11 @@ def _to_crlf_batch(paths: list[str]) -> list:
                 continue
             try:
                 os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+                if not _still_the_file(path, st):
+                    # (renamed, removed or replaced during the copies and
+                    # their flush: as _to_crlf_in_place, left to the next look)
+                    _unlink_quietly(tmp)
+                    continue
                 os.rename(tmp, path)
             except OSError:
                 _unlink_quietly(tmp)
