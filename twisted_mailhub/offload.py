@@ -189,6 +189,13 @@ class SliceFile:
         self.size = bodies.size(i)
 
     def read(self, n: int) -> bytes | defer.Deferred:
+        """
+        A L{Deferred} of the next octets (at most C{n}, fewer at the end),
+        read in a thread; C{b""} (not a Deferred) once C{size} octets were
+        read. One read at a time: the next starts where this one ends.
+        The Deferred fails with L{NoSuchMessage} (the message was removed
+        meanwhile) or L{StoreUnavailable} (the database is lost).
+        """
         want = min(n, self.size - self.at)
         if want <= 0:
             return b""
@@ -200,6 +207,7 @@ class SliceFile:
         return self.bodies.slice(self.i, self.at, want).addCallback(got)
 
     def close(self) -> None:
+        """No more is read: L{read} gives C{b""} from now on (nothing to let go: no descriptor is held)."""
         self.size = self.at
 
 
@@ -212,6 +220,13 @@ class ThreadFile:
         self.size = reader.size(n)
 
     def read(self, length: int = -1) -> bytes:
+        """
+        (in a worker thread) The next C{length} octets (all the rest for
+        -1; fewer at the end, C{b""} past it), one database round trip.
+
+        @raise NoSuchMessage: the message was removed meanwhile.
+        @raise StoreUnavailable: the database cannot be reached.
+        """
         want = self.size - self.at if length < 0 else min(length, self.size - self.at)
         if want <= 0:
             return b""

@@ -125,8 +125,6 @@ def is_command_word(word: bytes | str) -> bool:
     return word.strip().upper() in _AFTER_USER_COMMANDS
 
 
-_looks_like_a_secret = looks_like_a_secret
-
 
 _PASS = re.compile(rb"^([ \t]*PASS)\b.*", re.I)
 _LOGIN = re.compile(rb"^([ \t]*\S+[ \t]+(?:UID[ \t]+)?LOGIN[ \t]+\S+)[ \t].*", re.I)
@@ -782,7 +780,7 @@ class Transcriber:
             # anyway; one word that is no command is masked as they would be,
             # and so is its echo as an IMAP tag in the reply (_server_line).
             self._in_sasl = False
-            if state in (_REFUSED, _ECHOED, _FOLLOWING) and _looks_like_a_secret(bare, following=state is not _REFUSED):
+            if state in (_REFUSED, _ECHOED, _FOLLOWING) and looks_like_a_secret(bare, following=state is not _REFUSED):
                 self._echo = bare.strip() + b" "
                 self._in_sasl = _ECHOED
                 self._emit("C", b"**** (after a refused AUTH)")
