@@ -275,3 +275,31 @@ def test_an_sftp_write_far_past_the_end_is_refused_not_a_huge_sparse_file(start_
     home = os.path.join(hub.data_dir, "ftp", "localhost", "alice")
     assert all(os.path.getsize(os.path.join(home, n)) < 10**6 for n in os.listdir(home))
     assert "Traceback" not in hub.log
+
+
+def test_a_message_file_replaced_by_a_fifo_does_not_hold_a_search_thread(hub):
+    # Another program replaced a listed message file with a FIFO. A
+    # search reads the files in a parsing thread (imap/search.FileReader):
+    # its open(2) waited for a writer for ever, so the SEARCH was never
+    # answered and the thread was lost to every later search and big read
+    # (two such and the hub's parsing threads were all gone).
+    deliver(hub, "first")
+    deliver(hub, "second")
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("alice", "secret")
+        assert imap.select("INBOX")[0] == "OK"
+        typ, data = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert b"first" in data[0][1]
+        home = hub.maildir("alice@localhost")
+        files = [os.path.join(home, sub, n) for sub in ("cur", "new") for n in os.listdir(os.path.join(home, sub))]
+        [path] = [p for p in files if b"Subject: first" in open(p, "rb").read()]
+        os.unlink(path)
+        os.mkfifo(path)
+        for _ in range(3):  # (more searches than parsing threads)
+            typ, data = imap.search(None, "BODY", "hello")
+            assert (typ, data) == ("OK", [b"2"]), (typ, data)
+        assert imap.noop()[0] == "OK"
+    finally:
+        imap.logout()
+    smtp_still_answers(hub)

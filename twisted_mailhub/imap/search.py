@@ -23,6 +23,7 @@ import email.header
 import email.utils
 import os
 import re
+import stat
 import time
 import weakref
 from array import array
@@ -272,6 +273,10 @@ READING_KEYS = frozenset(
 )
 
 
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_NOCTTY = getattr(os, "O_NOCTTY", 0)
+
+
 class _Moved(Exception):
     """A message's file was renamed (a flag change) after its path was taken."""
 
@@ -292,10 +297,21 @@ class FileReader:
         return self._paths[n] is not None
 
     def _open(self, n: int) -> int:
+        # O_NONBLOCK: a listed file another program replaced by a FIFO
+        # would hold this thread in open(2) for ever (and with it every
+        # later search and big read); it is no message (NoSuchMessage),
+        # as the scan says of one it finds (store/maildir.py).
         try:
-            return os.open(self._paths[n], os.O_RDONLY)
+            fd = os.open(self._paths[n], os.O_RDONLY | _O_NONBLOCK | _O_NOCTTY)
         except FileNotFoundError:
             raise _Moved() from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise NoSuchMessage(n)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def raw(self, n: int, size: int = 0) -> bytes:
         """The whole file of message C{n} (C{size}: its size as the store knows it, a hint for the read)."""
