@@ -240,3 +240,25 @@ class CutUncheckedFileTests(unittest.TestCase):
         name = f"1700000000.M1P1Q1.mda,S={len(BARE)}:2,S"
         self.assertTrue(maildir._OWN_NAME.match(name.split(":")[0]))
         self.assert_checked_again_after_a_cut(name)
+
+    def test_an_unreadable_unchecked_file_is_said_in_words_not_as_python_prints_an_error(self):
+        from twisted.logger import capturedLogs, formatEvent
+
+        root = self.mktemp()
+        store = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
+        store.small_files = SmallFiles(fsync=lambda fd: None, run=lambda f, *a: defer.maybeDeferred(f, *a))
+        inbox = store.account("alice@example.org").folder("INBOX")
+        unchecked = os.path.join(inbox.directory, maildir.UNCHECKED)
+        if os.path.exists(unchecked):
+            os.unlink(unchecked)
+        os.mkdir(unchecked)  # (not a file another program could have left: open(2) fails, EISDIR)
+        after = MaildirStore(root, GroupCommitWriter(task.Clock()), hostname="test")
+        after.small_files = SmallFiles(fsync=lambda fd: None, run=lambda f, *a: defer.maybeDeferred(f, *a))
+        with capturedLogs() as events:
+            after.account("alice@example.org").folder("INBOX")
+        said = [formatEvent(e) for e in events if "unreadable" in e.get("log_format", "")]
+        self.assertEqual(len(said), 1, said)
+        # (before: "[Errno 21] Is a directory: '/.../mailhub-unchecked'")
+        self.assertIn("Is a directory", said[0])
+        self.assertNotIn("[Errno", said[0])
+

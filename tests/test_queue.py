@@ -283,6 +283,20 @@ class RelayTests(QueueCase):
         self.assertEqual(os.listdir(self.dir), [])
         self.assertEqual(relay.delivered_here, [])
 
+    def test_a_message_file_gone_is_logged_in_words_not_as_python_prints_an_error(self):
+        from twisted.logger import capturedLogs, formatEvent
+
+        relay = self.relay({"bob@b.test": [(451, "4.3.0 try later")]}, schedule=RetrySchedule([300]))
+        qid = self.enqueue(relay)
+        os.unlink(os.path.join(self.dir, qid + ".msg"))  # (removed by hand, a disk fault)
+        with capturedLogs() as events:
+            self.clock.advance(300)
+        [said] = [formatEvent(e) for e in events if "cannot read its message" in e.get("log_format", "")]
+        # (before: "[Errno 2] No such file or directory: '/...msg'")
+        self.assertIn("No such file or directory", said)
+        self.assertNotIn("[Errno", said)
+        self.assertIn(qid, relay.entries)  # (kept, tried again later)
+
     def test_temporary_failure_retries_on_the_schedule(self):
         relay = self.relay({"bob@b.test": [(451, "4.3.0 try later")] * 3 + [(250, "ok")]}, schedule=RetrySchedule([300, 1800]))
         qid = self.enqueue(relay)

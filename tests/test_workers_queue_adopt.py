@@ -91,3 +91,19 @@ class AdoptTests(unittest.TestCase):
         self.put(age=workers.ADOPT_AFTER + 60)
         self.assertIsNone(workers.WorkerLink.adopt_queued(self.link))
         self.assertEqual(self.relay.entries, {})
+
+    @defer.inlineCallbacks
+    def test_a_folder_that_cannot_be_read_is_said_in_words(self):
+        from twisted.logger import capturedLogs, formatEvent
+
+        os.rmdir(self.dir)
+        with open(self.dir, "wb"):
+            pass  # (the queue's folder is a file now: listdir fails, ENOTDIR)
+        with capturedLogs() as events:
+            yield workers.WorkerLink.adopt_queued(self.link)
+        said = [formatEvent(e) for e in events if "not looked at" in e.get("log_format", "")]
+        self.assertEqual(len(said), 1, said)
+        # (before: "[Errno 20] Not a directory: '/...'", Python's text)
+        self.assertIn("Not a directory", said[0])
+        self.assertNotIn("[Errno", said[0])
+        self.assertFalse(self.link._adopting)

@@ -52,6 +52,7 @@ from twisted.logger import Logger
 from zope.interface import alsoProvides, providedBy
 
 from twisted_mailhub.store.interfaces import InsufficientStorage, StoreUnavailable
+from twisted_mailhub.errorwords import error_words
 
 log = Logger()
 
@@ -327,7 +328,7 @@ class Quotas:
         # Past the quota check on purpose: the warning must arrive.
         d = defer.maybeDeferred(self.store.deliver, address, text)
         d.addCallback(lambda _: self._added(address, len(text)))
-        d.addErrback(lambda f: log.info("quota: the warning to {address} was not stored: {why}", address=address, why=f.getErrorMessage()))
+        d.addErrback(lambda f: log.info("quota: the warning to {address} was not stored: {why}", address=address, why=error_words(f.value)))
 
 
 class SharedUsage:

@@ -1110,7 +1110,13 @@ class WorkerLink:
         from twisted.internet import threads
 
         d = threads.deferToThread(look).addCallback(adopt)
-        d.addErrback(lambda f: log.warn("queue: the queue's folder not looked at ({error})", error=f.getErrorMessage()))
+        def failed(reason: Any) -> None:
+            from twisted_mailhub.errorwords import error_words
+
+            # (the C library's words and the path, never Python's "[Errno n] ...")
+            log.warn("queue: the queue's folder not looked at ({error})", error=error_words(reason.value))
+
+        d.addErrback(failed)
         return d.addBoth(done)
 
     def on_queued(self, notice: dict) -> None:
@@ -1126,7 +1132,9 @@ class WorkerLink:
             with open(os.path.join(relay.storage.directory, qid + ".env"), "rb") as f:
                 entry = QueuedMessage.from_json(f.read())
         except (OSError, ValueError, TypeError, KeyError) as e:
-            log.error("queue: {qid} from another worker cannot be read: {error}", qid=qid, error=e)
+            from twisted_mailhub.errorwords import error_words
+
+            log.error("queue: {qid} from another worker cannot be read: {error}", qid=qid, error=error_words(e))
             return
         relay.entries[qid] = entry
         relay._reschedule()

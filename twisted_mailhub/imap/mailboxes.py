@@ -382,7 +382,7 @@ class MailboxCommands:
                 for name in sorted(renamed_subscriptions(store.subscriptions(), INBOX, destination.name)[1]):
                     store.subscribe(name)
             except (StoreError, OSError) as e:
-                log.warn("RENAME INBOX: {name} not subscribed ({error})", name=destination.name, error=e)
+                log.warn("RENAME INBOX: {name} not subscribed ({error})", name=destination.name, error=error_words(e, paths=False))
             # (input is held until this answer: _when_durable holds it once more)
             self._when_durable(tag, lambda: self.sendPositiveResponse(tag, b"RENAME completed: INBOX's messages moved, INBOX is empty"))
 

@@ -30,6 +30,7 @@ from twisted.internet import task
 from twisted.logger import Logger
 
 from twisted_mailhub.queue.schedule import format_duration
+from twisted_mailhub.errorwords import error_words
 from twisted_mailhub.queue.storage import DELIVERED, FAILED, PENDING, scan
 
 log = Logger(namespace="mailhub.relay")
@@ -132,7 +133,7 @@ class QueueControl(service.Service):
             try:
                 _write_atomically(path[:-4] + ".done", answer.encode("utf-8"))
             except OSError as e:
-                log.error("queue: cannot answer {name}: {error}", name=name, error=e)
+                log.error("queue: cannot answer {name}: {error}", name=name, error=error_words(e))
 
 
 # -- the command -------------------------------------------------------------

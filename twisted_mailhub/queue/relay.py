@@ -266,7 +266,7 @@ class Relay(service.Service):
             try:
                 messages[entry.id] = self.storage.read_message(entry.id)
             except OSError as e:
-                log.error("queue: {qid} cannot read its message: {error}", qid=entry.id, error=e)
+                log.error("queue: {qid} cannot read its message: {error}", qid=entry.id, error=error_words(e))
                 entry.next_attempt = self.now() + self.schedule.delay(max(entry.attempts, 1))
                 self.in_flight.discard(entry.id)
                 continue
@@ -500,7 +500,7 @@ class Relay(service.Service):
                 notice = build_dsn(entry, recipients, self.storage.read_message(entry.id), self.hostname, self.now(), action=action)
                 await self._notify(entry.sender, notice)
             except Exception as e:  # noqa: BLE001 - kept owed: tried again
-                log.error("queue: {qid} success DSN to <{sender}> not stored ({error}); trying again later", qid=entry.id, sender=entry.sender, error=e)
+                log.error("queue: {qid} success DSN to <{sender}> not stored ({error}); trying again later", qid=entry.id, sender=entry.sender, error=error_words(e))
                 continue
             for r in recipients:
                 r.owed = ""
@@ -524,7 +524,7 @@ class Relay(service.Service):
             await self._notify(entry.sender, notice)
             log.info("queue: {qid} delayed, warning sent to <{sender}>", qid=entry.id, sender=entry.sender)
         except Exception as e:  # noqa: BLE001 - a lost warning is not worth a retry
-            log.error("queue: {qid} delay warning failed: {error}", qid=entry.id, error=e)
+            log.error("queue: {qid} delay warning failed: {error}", qid=entry.id, error=error_words(e))
 
     async def _bounce_failed_now(self, entry: QueuedMessage) -> None:
         """
@@ -547,7 +547,7 @@ class Relay(service.Service):
             notice = build_dsn(entry, failed, self.storage.read_message(entry.id), self.hostname, self.now())
             await self._notify(entry.sender, notice)
         except Exception as e:  # noqa: BLE001 - the store or the disk failed: _finish tries again
-            log.error("queue: {qid} bounce to <{sender}> not stored ({error}); it goes with the last recipient's outcome", qid=entry.id, sender=entry.sender, error=e)
+            log.error("queue: {qid} bounce to <{sender}> not stored ({error}); it goes with the last recipient's outcome", qid=entry.id, sender=entry.sender, error=error_words(e))
             return
         log.info("queue: {qid} bounced to <{sender}> for {rcpts}; {n} still pending", qid=entry.id, sender=entry.sender, rcpts=", ".join(f"<{r.address}>" for r in failed), n=len(entry.pending))
         for r in failed:
@@ -580,7 +580,7 @@ class Relay(service.Service):
                         # Keep the message (and its outcomes) and try the
                         # bounce again on the retry schedule.
                         entry.next_attempt = self.now() + self.schedule.delay(max(entry.attempts, 1))
-                        log.error("queue: {qid} bounce to <{sender}> not stored ({error}); trying again later", qid=entry.id, sender=entry.sender, error=e)
+                        log.error("queue: {qid} bounce to <{sender}> not stored ({error}); trying again later", qid=entry.id, sender=entry.sender, error=error_words(e))
                         return
                     log.info("queue: {qid} bounced to <{sender}> for {rcpts}", qid=entry.id, sender=entry.sender, rcpts=", ".join(f"<{r.address}>" for r in unreported))
                     # Removing files is not fsynced; should the envelope come

@@ -36,6 +36,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from twisted_mailhub.store.durable import GroupCommitWriter
+from twisted_mailhub.errorwords import error_words
 from twisted_mailhub.store.interfaces import storage_error
 
 log = Logger()
@@ -267,7 +268,7 @@ def scan(directory: str, clean: bool = False) -> list[QueuedMessage]:
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, TypeError, KeyError) as e:
-                log.error("queue: cannot read {name}: {error}; left in place", name=name, error=e)
+                log.error("queue: cannot read {name}: {error}; left in place", name=name, error=error_words(e))
     entries.sort(key=lambda e: (e.created, e.id))
     return entries
 

@@ -772,7 +772,7 @@ def _report_delivered(hub: Any, qid: str, sender: str, recipients: list[Verdict]
     try:
         notice = build_dsn(entry, reported, message, hub.hostname, now, action="delivered")
     except Exception as e:  # noqa: BLE001 - a report is never worth the message
-        log.error("{qid}: success DSN to <{sender}> not made ({error})", qid=qid, sender=sender, error=e)
+        log.error("{qid}: success DSN to <{sender}> not made ({error})", qid=qid, sender=sender, error=error_words(e, paths=False))
         return defer.succeed(None)
     if account is not None:
         d = defer.maybeDeferred(hub.store.deliver, account.address, notice).addCallback(lambda key: (account.address, key))
@@ -795,7 +795,7 @@ async def _withdraw(hub: Any, stored: list[tuple[str, str]], qid: str) -> None:
             folder.expunge(uids)
             await defer.maybeDeferred(folder.flush)
         except Exception as e:
-            log.error("{qid}: copy for <{address}> could not be removed after another copy failed ({error})", qid=qid, address=address, error=e)
+            log.error("{qid}: copy for <{address}> could not be removed after another copy failed ({error})", qid=qid, address=address, error=error_words(e, paths=False))
 
 
 # The store's name as the delivery line shows it, by --store value (one or two in a process).

@@ -841,7 +841,7 @@ class MaildirFolder:
                 _unlink_quietly(tmp)  # (a full disk: a partial index would keep it full)
                 raise
         except (OSError, ValueError) as e:
-            log.debug("index of {path} not written: {error}", path=self.directory, error=e)
+            log.debug("index of {path} not written: {error}", path=self.directory, error=error_words(e, paths=False))
 
     def _say_not_writable(self, error: OSError) -> None:
         """
@@ -1637,7 +1637,7 @@ class MaildirFolder:
                 self._append_uidlist([table.position(uid) for uid in added])
             except OSError as e:
                 # Not listed, so not shown: the next look tries again.
-                log.warn("UID list of {path}: {n} new message(s) not listed yet ({error})", path=self.directory, n=len(added), error=e)
+                log.warn("UID list of {path}: {n} new message(s) not listed yet ({error})", path=self.directory, n=len(added), error=error_words(e, paths=False))
                 table.remove(table.position(uid) for uid in added)
                 self._changes += 1
                 self._dir_mtimes = None
@@ -2177,7 +2177,7 @@ class MaildirFolder:
             self._legacy = True
             return
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            log.warn("{path} unreadable ({error}): its outside files are checked again", path=self._unchecked_path(), error=e)
+            log.warn("{path} unreadable ({error}): its outside files are checked again", path=self._unchecked_path(), error=error_words(e, paths=False))
             self._legacy = True
             return
         self._unchecked.update(unchecked)
@@ -3574,7 +3574,7 @@ def _unlink_later(reactor: Any, paths: list[str]) -> defer.Deferred:
                 pass
 
     d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), unlink)
-    d.addErrback(lambda f: log.warn("expunged files not removed from tmp/ ({error}); clean_tmp will", error=f.getErrorMessage()))
+    d.addErrback(lambda f: log.warn("expunged files not removed from tmp/ ({error}); clean_tmp will", error=error_words(f.value)))
     return d
 
 
@@ -4179,7 +4179,7 @@ class MaildirAccount:
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, StoreError) as e:
-            log.warn("{path}: unreadable record of a RENAME under way ({error}); removed", path=journal, error=e)
+            log.warn("{path}: unreadable record of a RENAME under way ({error}); removed", path=journal, error=error_words(e, paths=False))
             self._flushed(self.small_files.remove(journal))
             return
         if record.get("boot") == _boot_id() and not _process_is_gone(int(record.get("pid") or 0)):
@@ -4192,7 +4192,7 @@ class MaildirAccount:
             if gone or made - subscribed:
                 self._write_subscriptions((subscribed - gone) | made)
         except (OSError, StoreError) as e:
-            log.warn("{path}: the RENAME of {old} to {new} could not be finished yet ({error})", path=self.path, old=old, new=new, error=e)
+            log.warn("{path}: the RENAME of {old} to {new} could not be finished yet ({error})", path=self.path, old=old, new=new, error=error_words(e))
             return
         # Flushed in a worker thread, as a RENAME's own (an fsync in the
         # reactor stalls every session): the account's directory, then the
