@@ -87,6 +87,34 @@ class SearchReadsTests(ThreadedImapCase):
         self.assertEqual(sizes, [2, 2, 1, 2, 2, 1])
         self.assertEqual(self.reads_in_reactor, [])
 
+    def test_a_search_whose_client_went_away_reads_no_further_slice(self):
+        # A SEARCH BODY over a big folder whose client disconnects went on
+        # reading every slice for nobody, holding one of the two parsing
+        # threads (and so later searches, big FETCHes and web reads).
+        self.patch(search, "MATCH_SLICE", 2)
+        sizes = self.slice_sizes()
+        server, transport = self.logged_in()
+        self.talk(server, transport, b"c SEARCH BODY needle\r\n", run=False)
+        transport.loseConnection()
+        server.connectionLost(None)
+        self.run_threads()
+        self.assertEqual(sizes, [2])  # (before: [2, 2, 1], the whole folder)
+
+        # SORT (and THREAD) read the same way.
+        del sizes[:]
+        server, transport = self.logged_in()
+        self.talk(server, transport, b"c SORT (ARRIVAL) UTF-8 BODY needle\r\n", run=False)
+        transport.loseConnection()
+        server.connectionLost(None)
+        self.run_threads()
+        self.assertEqual(sizes, [2])
+
+        # A client still there gets the whole answer.
+        del sizes[:]
+        server, transport = self.logged_in()
+        self.assertIn(b"* SEARCH 2 4 5\r\nd OK", self.talk(server, transport, b"d SEARCH BODY needle\r\n"))
+        self.assertEqual(sizes, [2, 2, 1])
+
     def test_search_and_sort_give_their_thread_the_uids_as_an_array_not_a_list(self):
         # A list of a 100,000-message folder's UIDs is 3.6 MB of integers
         # held for the whole search (an array('I') copy: 0.4 MB), and

@@ -519,7 +519,9 @@ MATCH_SLICE_OCTETS = 16 * 1024 * 1024
 """And how many octets of them at most (the thread pool is shared: L{twisted_mailhub.offload})."""
 
 
-def match_in_thread(folder: Any, predicate: Predicate, uids: list[int], recent: Any, by_modseq: bool, fields: tuple = ()) -> defer.Deferred | None:
+def match_in_thread(
+    folder: Any, predicate: Predicate, uids: list[int], recent: Any, by_modseq: bool, fields: tuple = (), wanted: Callable[[], bool] | None = None
+) -> defer.Deferred | None:
     """
     Match C{predicate} against messages C{uids} (ascending, sequence
     numbers from 1) of C{folder} in a worker thread
@@ -531,6 +533,9 @@ def match_in_thread(folder: Any, predicate: Predicate, uids: list[int], recent: 
     L{HeaderCache} values are copied for the thread and kept afterwards
     if no other search added to them meanwhile; the header C{fields}
     (lowered names: SORT's keys) of the messages found are read there too.
+    C{wanted}: asked before each slice after the first; once it says
+    False (the client went away) no further slice is read, and what was
+    found so far is the answer (nobody reads it).
 
     @return: a L{Deferred} firing with C{(found, top)}: the matching
         C{(seq, uid)} pairs ascending and the highest MODSEQ among them
@@ -539,19 +544,26 @@ def match_in_thread(folder: Any, predicate: Predicate, uids: list[int], recent: 
         reactor). It fails with the store's L{StoreUnavailable} if the
         database cannot be reached.
     """
-    waited = match_each_in_thread(folder, [predicate], uids, None, recent, by_modseq, fields)
+    waited = match_each_in_thread(folder, [predicate], uids, None, recent, by_modseq, fields, wanted)
     if waited is None:
         return None
     return waited.addCallback(lambda outcome: ([(seq, u) for seq, u, _ in outcome[0]], outcome[1]))
 
 
 def match_each_in_thread(
-    folder: Any, predicates: list, uids: list[int], seqs: list[int] | None, recent: Any, by_modseq: bool, fields: tuple = ()
+    folder: Any,
+    predicates: list,
+    uids: list[int],
+    seqs: list[int] | None,
+    recent: Any,
+    by_modseq: bool,
+    fields: tuple = (),
+    wanted: Callable[[], bool] | None = None,
 ) -> defer.Deferred | None:
     """
     L{match_in_thread} for several C{predicates} at once (each message is
     read once): messages C{uids} (ascending) of C{folder}, their sequence
-    numbers C{seqs} (None: 1, 2, ...).
+    numbers C{seqs} (None: 1, 2, ...); C{wanted} as there.
 
     @return: a L{Deferred} firing with C{(found, top)}: C{(seq, uid,
         mask)} ascending for each message one of C{predicates} takes
@@ -631,6 +643,11 @@ def match_each_in_thread(
             except (NoSuchMessage, FileNotFoundError):
                 continue
         if following < len(uids):
+            if wanted is not None and not wanted():
+                # (the client went away: the rest is not read for nobody,
+                # and the partial look is kept out of the shared cache)
+                found_all.sort()
+                return found_all, tops[0]
             return walk(following)
         for name, values in private.items():
             if few:
@@ -1079,7 +1096,7 @@ class SearchCommands:
             # session reads no further command until it is answered.
             # (the UIDs as they are now, in the view's own kind: an
             # array('I') copy is 4 octets a message; a list of them, 36)
-            waited = match_in_thread(folder, predicate, view.uids[:], view.recent, by_modseq)
+            waited = match_in_thread(folder, predicate, view.uids[:], view.recent, by_modseq, (), self._still_connected)
             if waited is not None:
                 self._hold_input()
 

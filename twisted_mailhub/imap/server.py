@@ -397,6 +397,10 @@ class IMAPServer(
             deadlines.literal_done()
         return imap4.IMAP4Server.setLineMode(self, extra)
 
+    def _still_connected(self) -> bool:
+        """Is the client still there (a long command's work in a thread goes on only for one that is)?"""
+        return not self._lost and self.transport is not None and not self.transport.disconnecting
+
     def _output_taken(self) -> None:
         """Read commands again once the client took most of its answers."""
         if self.transport is None or self.transport.disconnecting or self._lost:

@@ -366,7 +366,7 @@ class SortCommands:
                 keep.append(predicate)
             # (the UIDs as they are now, in the view's own kind: an
             # array('I') copy is 4 octets a message; a list of them, 36)
-            waited = match_in_thread(folder, predicate, view.uids[:], view.recent, False, fields)
+            waited = match_in_thread(folder, predicate, view.uids[:], view.recent, False, fields, self._still_connected)
             if waited is not None:
                 self._hold_input()
 
