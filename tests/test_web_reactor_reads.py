@@ -209,6 +209,40 @@ class MessageReadsTests(unittest.TestCase):
         self.assertEqual(self.reads_in_reactor, [])
         self.assertEqual(opened, [])
 
+    def test_a_folder_search_whose_browser_went_away_reads_no_further_slice(self):
+        # A search of a big folder went on reading every slice after the
+        # browser had gone (a tab closed, a page left), holding one of the
+        # two parsing threads (IMAP's SEARCH likewise, imap/search.py).
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from twisted_mailhub.imap import search
+        from twisted_mailhub.web.errors import MethodGuard
+        from twisted_mailhub.web.mail import FolderPages
+
+        folder = self.store.account("alice@localhost").folder("INBOX")
+        for n in range(2, 6):
+            with open(os.path.join(folder.directory, "cur", f"170000000{n}.M{n}P1Q1.test,S={len(MESSAGE)}:2,S"), "wb") as f:
+                f.write(MESSAGE)
+        self.watch_search()
+        self.patch(search, "MATCH_SLICE", 2)
+        slices: list[int] = []
+        real = search._walk_detached
+        self.patch(search, "_walk_detached", lambda predicates, entries, *rest: (slices.append(len(entries)), real(predicates, entries, *rest))[1])
+        request = DummyRequest([b""])
+        request.method = b"GET"
+        request.path = b"/mail/INBOX/"
+        request.addArg(b"q", b"hello")
+        MethodGuard(FolderPages(self.face, self.session, "INBOX")).render(request)
+        while not self.threads and self.journal.jobs:
+            self.journal.run_jobs()  # (the new files settled: the search starts)
+        self.assertEqual(len(self.threads), 1)  # (its first slice waits for the thread)
+        DummyRequest.processingFailed(request, Failure(ConnectionLost()))  # (the browser went away)
+        self.run_threads()
+        self.assertEqual(slices, [2])  # (before: [2, 2, 1], the whole folder)
+        self.flushLoggedErrors(ConnectionLost)
+
     def test_a_folder_pages_rows_read_their_headers_in_a_worker_thread(self):
         opened = self.watch_search()
         page = self.get("")
@@ -233,3 +267,28 @@ class MessageReadsTests(unittest.TestCase):
         # (before: read whole in the reactor)
         self.assertEqual(self.reads_in_reactor, [])
         self.assertEqual(opened, [])
+
+    def test_the_json_apis_search_reads_no_further_slice_once_its_client_is_gone(self):
+        from twisted_mailhub.imap import search
+        from twisted_mailhub.imap.search import compile_query
+        from twisted_mailhub.web.api import ApiResource
+
+        folder = self.store.account("alice@localhost").folder("INBOX")
+        for n in range(2, 6):
+            with open(os.path.join(folder.directory, "cur", f"170000000{n}.M{n}P1Q1.test,S={len(MESSAGE)}:2,S"), "wb") as f:
+                f.write(MESSAGE)
+        folder.unsettled()
+        self.journal.run_jobs()
+        self.watch_search()
+        self.patch(search, "MATCH_SLICE", 2)
+        slices: list[int] = []
+        real = search._walk_detached
+        self.patch(search, "_walk_detached", lambda predicates, entries, *rest: (slices.append(len(entries)), real(predicates, entries, *rest))[1])
+        api = ApiResource.__new__(ApiResource)
+        there = [True]
+        found = api._matching(folder, compile_query(folder, "BODY hello", words=False), folder.messages(), lambda: there[0])
+        there[0] = False  # (the client went away while the first slice was read)
+        self.run_threads()
+        self.successResultOf(found)
+        self.assertEqual(slices, [2])  # (before: [2, 2, 1])
+

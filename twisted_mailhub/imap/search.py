@@ -1019,32 +1019,33 @@ def search_messages(folder: Any, query: str) -> list[Any]:
     return matching(folder, predicate, folder.messages())
 
 
-def matching_in_thread(folder: Any, predicate: Predicate | None, infos: list[Any]) -> defer.Deferred:
+def matching_in_thread(folder: Any, predicate: Predicate | None, infos: list[Any], wanted: Callable[[], bool] | None = None) -> defer.Deferred:
     """
     L{matching}, as a L{Deferred} of the L{MessageInfo}s of C{infos}
     (ascending UIDs) that C{predicate} takes: the files of a store that
     keeps them are read and matched in a worker thread
-    (L{match_in_thread}); other stores are matched at once.
+    (L{match_in_thread}, C{wanted} as there); other stores are matched
+    at once.
     """
     if predicate is None:
         return defer.succeed(list(infos))
-    waited = match_in_thread(folder, predicate, [i.uid for i in infos], (), False)
+    waited = match_in_thread(folder, predicate, [i.uid for i in infos], (), False, (), wanted)
     if waited is None:
         return defer.maybeDeferred(matching, folder, predicate, infos)
     by_uid = {i.uid: i for i in infos}
     return waited.addCallback(lambda outcome: [by_uid[u] for _, u in outcome[0]])
 
 
-def search_messages_in_thread(folder: Any, query: str) -> defer.Deferred:
+def search_messages_in_thread(folder: Any, query: str, wanted: Callable[[], bool] | None = None) -> defer.Deferred:
     """
     L{search_messages}, its matching in a worker thread
-    (L{matching_in_thread}): a L{Deferred} of the matching
-    L{MessageInfo}s in UID order.
+    (L{matching_in_thread}; C{wanted} as L{match_in_thread}'s): a
+    L{Deferred} of the matching L{MessageInfo}s in UID order.
 
     @raise BadSearch: the query does not parse (raised at once).
     """
     predicate = compile_query(folder, query)
-    return matching_in_thread(folder, predicate, folder.messages())
+    return matching_in_thread(folder, predicate, folder.messages(), wanted)
 
 
 class SearchCommands:

@@ -622,9 +622,14 @@ class ApiResource(resource.Resource):
         except BadSearch as e:
             raise ApiError(400, "bad_search", str(e)) from None
 
-    def _matching(self, folder: Any, predicate, infos) -> defer.Deferred:
-        """The L{MessageInfo}s of C{infos} that C{predicate} takes (all for None), read and matched in a worker thread: a Deferred."""
-        return matching_in_thread(folder, predicate, infos)
+    def _matching(self, folder: Any, predicate, infos, wanted=None) -> defer.Deferred:
+        """
+        The L{MessageInfo}s of C{infos} that C{predicate} takes (all for
+        None), read and matched in a worker thread: a Deferred. C{wanted}:
+        as L{match_in_thread<twisted_mailhub.imap.search.match_in_thread>}'s
+        (L{offload.still_waiting}: no further than the client waits).
+        """
+        return matching_in_thread(folder, predicate, infos, wanted)
 
     def _summaries(self, folder: Any, infos: list, name: str) -> defer.Deferred:
         """A Deferred of the summaries of C{infos}, their headers read in a worker thread (L{headers_in_thread})."""
@@ -652,7 +657,7 @@ class ApiResource(resource.Resource):
         order = _arg(request, "order") or "asc"
         if order not in ("asc", "desc"):
             raise ApiError(400, "bad_order", "order is asc (oldest first) or desc")
-        found = await self._matching(box, self._search(request, box), box.messages())
+        found = await self._matching(box, self._search(request, box), box.messages(), offload.still_waiting(request))
         if order == "desc":
             found.reverse()
         page = found[offset : offset + limit]

@@ -580,8 +580,9 @@ class FolderPages(resource.Resource):
         infos = all_infos
         if query:
             try:
-                # (the files are read and matched in a worker thread)
-                searched = search_messages_in_thread(folder, query)
+                # (the files are read and matched in a worker thread,
+                # no further than the browser waits for the page)
+                searched = search_messages_in_thread(folder, query, offload.still_waiting(request))
             except BadSearch as e:
                 infos, problem = [], str(e)
             else:

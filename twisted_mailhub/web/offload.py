@@ -7,13 +7,13 @@ takes, whichever protocol asks).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer
 
 from twisted_mailhub.offload import THREADS, in_thread, read_in_thread
 
-__all__ = ["THREADS", "in_thread", "read_message"]
+__all__ = ["THREADS", "in_thread", "read_message", "still_waiting"]
 
 
 def read_message(folder: Any, uid: int) -> defer.Deferred:
@@ -30,3 +30,16 @@ def read_message(folder: Any, uid: int) -> defer.Deferred:
     if waited is None:
         return defer.succeed(folder.read(uid))
     return waited
+
+
+def still_waiting(request: Any) -> Callable[[], bool]:
+    """
+    A function telling whether C{request}'s client still waits for its
+    answer: False once its connection is lost (C{request.notifyFinish()}
+    fails). A long search in a worker thread
+    (L{twisted_mailhub.imap.search.match_in_thread}'s C{wanted}) stops
+    reading then.
+    """
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+    return lambda: not gone
