@@ -10,6 +10,7 @@ the message and its UID are fsynced).
     python3 bench/workers.py --client asyncio      # the Python client instead of bench/smtpload.c
     python3 bench/workers.py --log-ab              # and --workers N logging through Twisted's observer (the old log relay)
     python3 bench/workers.py --pin-ab              # and --workers N --no-pin-workers (no core of its own per worker)
+    python3 bench/workers.py --settle 60           # before each round, sync and wait (up to 60 s) for a quiet disk and CPUs
 
 Both hubs get the same load from the same client: C{bench/smtpload.c}
 (compiled here with C{cc}; C{--client asyncio}: an asyncio client in this
@@ -45,12 +46,31 @@ socket's C{status}): writes a batch, syncfs calls a message, of those
 the ones for a batch's links alone (no next batch's flush served them),
 and the batches fsynced file by file.
 
+With C{--settle SECONDS}, before each round (of every hub alike):
+C{sync()}, then a wait (at most SECONDS) until the disk creates files at
+its quiet cost again and at least C{--idle} of the CPUs are idle
+(bench/quiet_disk.py: on this ext4 without a journal, files created in the
+30 s after many deletions, the neighbours' included, cost 10x the kernel
+CPU, and such a round says nothing about the hub); the round's line says
+what the disk and CPUs were like when it began.
+
 At the end it says whether the comparison was fair: for each hub, the
 cores it kept busy, the µs per message it and the client waited for a
 core while runnable (/proc/PID/schedstat: a starved client or hub shows
 there, not in CPU time), and the flush mode of its rounds (a comparison
 across a change of mode is flagged). The hubs' data folders are removed
 at the end (C{--keep} keeps them).
+
+Each round also says where all the cores' time went, in µs a message
+(/proc/stat, and every process on the machine looked at before and after
+the round): the hub, the client, the kernel's writeback threads (a
+syncfs hands the writing of dirty pages to the flusher kworkers: the
+hub's flush, charged to no process of it), other kernel threads (e.g.
+ext4's kworkers that convert written extents), this script, the other
+processes (the neighbours), busy time no process seen after the round
+was charged with, and idle time (of which waiting for I/O); and, at the end,
+the medians of each part per hub. A core the hub did not use shows there,
+with what used it instead.
 
 At the end the script predicts each hub's rate from the CPU it used,
 for 2, 3 and 4 cores given to the hub alone: one process cannot go
@@ -80,6 +100,7 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.quiet_disk import settle  # noqa: E402
 from bench.twisted_log import twisted_log_hub  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 from twisted_mailhub.store.durable import QUIET_DIRTY_BYTES  # noqa: E402
@@ -347,6 +368,109 @@ def hub_pids(hub: HubProcess) -> list[int]:
     return pids
 
 
+# The first line of /proc/stat, in the order of its fields (proc(5)).
+_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+_PF_KTHREAD = 0x00200000  # /proc/PID/stat's flags: a kernel thread (linux/sched.h)
+
+
+def machine_cpu() -> dict[str, float]:
+    """
+    Every CPU's time so far, in seconds, by what it did (the first line of
+    /proc/stat: user, nice, system, idle, iowait, irq, softirq, steal);
+    empty where /proc/stat cannot be read.
+    """
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(n) for n in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    return {name: value / tick for name, value in zip(_CPU_FIELDS, ticks)}
+
+
+def every_process() -> dict[int, tuple[str, bool, float]]:
+    """
+    Every process on the machine now, kernel threads included: pid ->
+    (its name, whether it is a kernel thread, CPU seconds so far of all
+    its threads, those that ended too, user + system), from
+    /proc/PID/stat. Processes that end meanwhile are left out.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    seen: dict[int, tuple[str, bool, float]] = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        name = text[text.find("(") + 1 : text.rfind(")")]
+        fields = text[text.rfind(")") + 2 :].split()
+        try:
+            seen[int(pid)] = (name, bool(int(fields[6]) & _PF_KTHREAD), (int(fields[11]) + int(fields[12])) / tick)
+        except (IndexError, ValueError):
+            continue
+    return seen
+
+
+# What the cores did during a round, in the order printed.
+MACHINE_PARTS = ("hub", "client", "writeback", "kernel", "script", "others", "unseen", "idle")
+
+
+def machine_split(cpu_before: dict[str, float], cpu_after: dict[str, float], processes_before: dict, processes_after: dict, hub: list[int], client: float) -> dict[str, float]:
+    """
+    Where every core's time went between two looks (L{machine_cpu},
+    L{every_process}), in seconds: C{hub} (the processes C{hub}),
+    C{client} (its CPU seconds, given: it has ended by the second look),
+    C{writeback} (the kernel's flusher threads, C{kworker/...flush-*}: a
+    syncfs hands the writing of dirty pages to them, so that CPU is the
+    hub's flush but charged to no process of it), C{kernel} (every other
+    kernel thread: other kworkers, e.g. ext4's conversion of written
+    extents, ksoftirqd), C{script} (this process), C{others} (every other
+    process: the neighbours), C{unseen} (busy time no process seen at
+    the second look was charged with: processes that ended between the
+    looks, softirq work that interrupted an idle core), C{idle} (idle and
+    waiting for I/O); also C{iowait} and C{softirq} (/proc/stat's, the
+    latter already inside the parts above), and C{total} (every core's
+    time between the looks). Empty if /proc/stat cannot be read.
+    """
+    if not cpu_before or not cpu_after:
+        return {}
+    spent = {name: cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0) for name in _CPU_FIELDS}
+    total = sum(spent.values())
+    idle = spent["idle"] + spent["iowait"]
+    parts = dict.fromkeys(MACHINE_PARTS, 0.0)
+    parts["client"] = client
+    hub_pids, me = set(hub), os.getpid()
+    for pid, (name, kernel, seconds) in processes_after.items():
+        used = seconds - (processes_before[pid][2] if pid in processes_before else 0.0)  # (one started between the looks: all of it)
+        if used <= 0:
+            continue
+        if pid in hub_pids:
+            parts["hub"] += used
+        elif pid == me:
+            parts["script"] += used
+        elif kernel:
+            parts["writeback" if name.startswith("kworker") and "flush-" in name else "kernel"] += used
+        else:
+            parts["others"] += used
+    parts["idle"] = idle
+    parts["unseen"] = max(0.0, total - idle - sum(parts[name] for name in MACHINE_PARTS if name not in ("unseen", "idle")))
+    return {**parts, "iowait": spent["iowait"], "softirq": spent["softirq"], "total": total}
+
+
+def machine_text(parts: dict[str, float], messages: int) -> str:
+    """L{machine_split}'s seconds as µs a message, one line."""
+    if not parts:
+        return "cannot be read (/proc/stat)"
+    each = {name: value / messages * 1e6 for name, value in parts.items()}
+    return (f"{each['total']:.0f} µs a message of all the cores = hub {each['hub']:.0f} + client {each['client']:.0f}"
+            f" + kernel writeback threads {each['writeback']:.0f} + other kernel threads {each['kernel']:.0f} + this script {each['script']:.0f}"
+            f" + other processes {each['others']:.0f} + not seen {each['unseen']:.0f} + idle {each['idle']:.0f} (of which waiting for I/O {each['iowait']:.0f});"
+            f" softirq {each['softirq']:.0f} (inside those)")
+
+
 def cpu_seconds(pids: list[int], system_only: bool = False) -> float:
     """CPU seconds (user + system, or system only) of the processes C{pids}."""
     total = 0.0
@@ -373,6 +497,9 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="where to put the data (default: a temp dir under /var/tmp); removed at the end unless --keep")
     parser.add_argument("--keep", action="store_true", help="keep the hubs' data folders (and logs) at the end")
     parser.add_argument("--log-ab", action="store_true", help="a third hub: --workers N logging through Twisted's text observer (twistd --logger: the workers' log events relayed and formatted by the supervisor, as before the hub's own observer)")
+    parser.add_argument("--settle", type=float, default=0.0, metavar="SECONDS", help="before each round: sync, then wait (at most SECONDS) until creating a file costs at most --quiet-us of CPU and --idle of the CPUs are idle (bench/quiet_disk.py, as bench/smtp_pop3.py does); default 0: no wait")
+    parser.add_argument("--quiet-us", type=float, default=150.0, metavar="US", help="a quiet disk for --settle: a 1 KB file created for at most US microseconds of CPU")
+    parser.add_argument("--idle", type=float, default=0.7, metavar="SHARE", help="a quiet machine for --settle: at least SHARE (0-1) of all CPUs idle over 2 s")
     parser.add_argument("--pin-ab", action="store_true", help="one more hub: --workers N --no-pin-workers (the workers left to the scheduler instead of a core each)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="mailhub-bench-workers-", dir=args.dir or "/var/tmp")
@@ -404,6 +531,8 @@ def main() -> None:
     # The group commit: writes per batch and syncfs calls per message.
     per_batch: dict[str, list[float]] = {name: [] for name in hubs}
     syncfs_each: dict[str, list[float]] = {name: [] for name in hubs}
+    # Where every core's time went, per round, µs a message (machine_split).
+    machines: dict[str, list[dict[str, float]]] = {name: [] for name in hubs}
     # How the client's connections were spread over the workers, per round.
     spreads = {name: ConnectionSpread(hub.data_dir) for name, hub in hubs.items() if "--workers" in hub.args}
     try:
@@ -415,6 +544,11 @@ def main() -> None:
         for r in range(args.rounds):
             for s, (name, hub) in enumerate(hubs.items()):
                 rcpt = f"r{r}s{s}@localhost"
+                quiet = ""
+                if args.settle > 0:
+                    # The same quiet disk and CPUs before every hub's round (bench/quiet_disk.py).
+                    cost, share, waited = settle(os.path.join(work, "probe"), args.quiet_us, args.settle, idle=args.idle)
+                    quiet = f"; before it: file creation {cost:.0f} µs CPU, CPUs {share:.0%} idle, after {waited:.0f} s{' (NOT quiet: --settle ran out)' if cost > args.quiet_us or share < args.idle else ''}"
                 pids = hub_pids(hub)
                 commits_before = commit_counts(hub.data_dir)
                 before = [cpu_seconds([p]) for p in pids]
@@ -424,12 +558,16 @@ def main() -> None:
                 dirty_before = dirty_megabytes()
                 queued_before = sum(runqueue_wait(p) for p in pids)
                 client_queued: list[float] = []
+                processes_before = every_process()
+                machine_before = machine_cpu()
                 if program is not None:
                     elapsed, accepted, client = c_run(program, body_path, hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, not args.no_pipelining, client_queued, spreads.get(name))
                 else:
                     client_before = time.process_time()
                     elapsed, accepted = asyncio.run(smtp_run(hub.ports["smtp"], rcpt.encode(), args.clients, args.messages, args.size, not args.no_pipelining))
                     client = time.process_time() - client_before
+                machine_after = machine_cpu()
+                machine = machine_split(machine_before, machine_after, processes_before, every_process(), pids, client if program is not None else 0.0)  # (the asyncio client is this script)
                 each = [cpu_seconds([p]) - b for p, b in zip(pids, before)]
                 split = [tuple(a - b for a, b in zip(thread_split(p), sb)) for p, sb in zip(pids, split_before)]
                 switched = [tuple(a - b for a, b in zip(switches(p), sb)) for p, sb in zip(pids, switched_before)]
@@ -471,7 +609,10 @@ def main() -> None:
                       f" (system {system / len(accepted) * 1e6:.0f}; reactor+other threads per process {threads};"
                       f" context switches voluntary/preempted per process {waits}; waited for a core: hub {queued / len(accepted) * 1e6:.0f}"
                       f"{f', client {client_queued[0] / len(accepted) * 1e6:.0f}' if client_queued else ''}; the client used {client / len(accepted) * 1e6:.0f};"
-                      f" dirty {dirty:.0f} MB: {'per-file fsync' if dirty * 2**20 >= QUIET_DIRTY_BYTES else 'syncfs'}{committed})")
+                      f" dirty {dirty:.0f} MB: {'per-file fsync' if dirty * 2**20 >= QUIET_DIRTY_BYTES else 'syncfs'}{committed}{quiet})")
+                print(f"      where the cores went: {machine_text(machine, len(accepted))}")
+                if machine:
+                    machines[name].append({part: value / len(accepted) * 1e6 for part, value in machine.items()})
         spread = {}
         many = list(hubs.values())[1]
         for index in re.findall(r"\[worker (\d+)\] delivered ", many.log):
@@ -506,6 +647,13 @@ def main() -> None:
         modes = ", ".join(f"{mode} {flushes[name].count(mode)}" for mode in sorted(set(flushes[name])))
         commit = f"; {statistics.median(per_batch[name]):.1f} writes a batch, {statistics.median(syncfs_each[name]):.3f} syncfs a message" if per_batch[name] else ""
         print(f"  {name:>12}: {statistics.median(busy[name]):.2f} cores busy; waited: the hub {statistics.median(hub_waited[name]):.0f}{client_part}; rounds {modes}{commit}")
+    if any(machines.values()):
+        print()
+        print("where the cores went, per hub, medians of each part, µs a message (all the cores' time over the round; the parts' medians need not add up):")
+        for name in hubs:
+            if machines[name]:
+                median = {part: statistics.median(m[part] for m in machines[name]) for part in machines[name][0]}
+                print(f"  {name:>12}: {machine_text({k: v / 1e6 for k, v in median.items()}, 1)}")
     if len({mode for modes in flushes.values() for mode in modes}) > 1:
         print("  NOT comparable as it stands: the flush mode changed between rounds (the neighbours' dirty data); compare the rounds of one mode")
     print()
