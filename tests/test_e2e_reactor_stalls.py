@@ -1,0 +1,124 @@
+"""
+Work whose cost grows with a mailbox runs off the reactor thread: while
+one session's command does it, another session's NOOP is answered at
+once (a real hub, real clients). The slow part is made slow on purpose
+in the hub alone: a C{sitecustomize.py} on its PYTHONPATH
+(L{SITECUSTOMIZE}), as tests/test_e2e_pg_search.py does for the database.
+
+ - the memory store's SEARCH/SORT BODY over a big folder (its messages
+   are matched in a parsing thread, as a Maildir's and PostgreSQL's
+   are): reading a body (C{split_header} in imap/search.py) of a message
+   holding C{slow-to-search} sleeps MAILHUB_TEST_SEARCH_DELAY seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.test_e2e_imap import append, login
+
+SITECUSTOMIZE = '''
+import os, time
+_delay = float(os.environ.get("MAILHUB_TEST_SEARCH_DELAY", "0"))
+if _delay:
+    from twisted_mailhub.imap import search as _search
+
+    def _slow(real):
+        def split_header(data, *args, **kwargs):
+            if b"slow-to-search" in data:
+                time.sleep(_delay)
+            return real(data, *args, **kwargs)
+        return split_header
+
+    _search.split_header = _slow(_search.split_header)
+'''
+
+SEARCH_DELAY = 0.04
+MESSAGES = 80  # (more than the memory store matches in the reactor: READ_HERE_MESSAGES)
+
+
+def pings_while(hub, action) -> tuple[object, list[float]]:
+    """Run C{action()} in a thread while bob sends NOOP after NOOP: (its result, bob's waits in seconds)."""
+    bob = login(hub, "bob", "hungry")
+    bob.select("INBOX")
+    result: dict = {}
+
+    def run() -> None:
+        result["value"] = action()
+
+    doer = threading.Thread(target=run)
+    doer.start()
+    waits = []
+    while doer.is_alive():
+        began = time.monotonic()
+        typ, _ = bob.noop()
+        assert typ == "OK"
+        waits.append(time.monotonic() - began)
+        time.sleep(0.02)
+    doer.join()
+    bob.logout()
+    return result["value"], waits
+
+
+@pytest.fixture
+def slow_hub(start_hub, tmp_path):
+    """C{slow_hub(*args, **env)}: a hub whose slowed parts (L{SITECUSTOMIZE}) sleep as C{env} says."""
+
+    def start(*args: str, **env: str):
+        faults = tmp_path / "faults"
+        faults.mkdir(exist_ok=True)
+        (faults / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        return start_hub("--no-ftp", *args, env={"PYTHONPATH": str(faults), **env})
+
+    return start
+
+
+def search_message(n: int) -> bytes:
+    word = "needle" if n % 10 == 3 else "hay"
+    return (f"From: someone{n}@example.org\r\nSubject: message {n:03d}\r\n\r\nslow-to-search: the {word} word\r\n").encode()
+
+
+@pytest.mark.parametrize("command", ["SEARCH", "SORT"])
+def test_a_search_body_over_a_big_memory_folder_does_not_hold_another_session(slow_hub, command):
+    hub = slow_hub("--store", "memory", MAILHUB_TEST_SEARCH_DELAY=str(SEARCH_DELAY))
+    alice = login(hub)
+    for n in range(MESSAGES):
+        append(alice, message=search_message(n))
+    alice.select("INBOX")
+    result: dict = {}
+
+    def search() -> None:
+        began = time.monotonic()
+        if command == "SEARCH":
+            result["answer"] = alice.search(None, "BODY", "needle")
+        else:
+            result["answer"] = alice.sort("(REVERSE SUBJECT)", "UTF-8", "BODY", "needle")
+        result["wall"] = time.monotonic() - began
+
+    _, waits = pings_while(hub, search)
+    found = [n + 1 for n in range(MESSAGES) if n % 10 == 3]
+    if command == "SORT":
+        found.reverse()
+    assert result["answer"] == ("OK", [b" ".join(b"%d" % n for n in found)])
+    # Every body was read, slowly; bob was answered meanwhile (before:
+    # the memory store matched in the reactor, and each NOOP waited for
+    # the whole search, some 3 s).
+    assert result["wall"] >= MESSAGES * SEARCH_DELAY * 0.9, result
+    assert len(waits) >= 5, waits
+    assert max(waits) < 0.5, (max(waits), result)
+    alice.logout()
+
+
+def test_a_search_over_a_few_small_memory_messages_answers_as_before(slow_hub):
+    # (matched in the reactor: fewer than READ_HERE_MESSAGES, no thread's round trip)
+    hub = slow_hub("--store", "memory")
+    alice = login(hub)
+    for n in range(12):
+        append(alice, message=search_message(n))
+    alice.select("INBOX")
+    assert alice.search(None, "BODY", "needle") == ("OK", [b"4"])
+    assert alice.search(None, "NOT", "BODY", "needle") == ("OK", [b" ".join(b"%d" % n for n in range(1, 13) if n != 4)])
+    alice.logout()
