@@ -585,6 +585,9 @@ class MaildirFolder:
         self._kept: dict[str, tuple[int, int]] = {}
         self._checks_unsaved = 0
         self._legacy = False  # a list from before mailhub-unchecked: its outside names get checked
+        # (of those, names shaped like the hub's own: only their first
+        # 4 KiB are read first, in _check_in_thread's thread)
+        self._suspects: set[str] = set()
         self._unchecked_elsewhere: set[str] = set()  # (--workers) read by _reread_unchecked
         self._checked_here: set[str] = set()  # (--workers) names this process checked
         self.uid_validity = 0
@@ -1714,7 +1717,7 @@ class MaildirFolder:
                 if self._shared:
                     self._checked_here.add(base)
                 if result is False:
-                    continue  # (a FIFO now: told as listed)
+                    continue  # (a FIFO now, or CRLF-clean at its start: told as listed)
                 size, shown, _ = result
                 downgraded = int(shown[len(",D=") :]) if shown else 0
                 if size != entry.info.size or downgraded:
@@ -2253,11 +2256,20 @@ class MaildirFolder:
             # is told. Its first 4 KiB: a header block of another program
             # is LF-ended from its first line; the hub's own files are CRLF.
             directory, names, bits = self.directory, table.names, table.bits
-            self._unchecked.update(
-                names[i]
-                for i in range(len(table))
-                if match(names[i]) and names[i] not in self._kept and _bare_lf_at_start(directory + ("/new/" if bits[i] & NEW else "/cur/") + table.filename(i))
-            )
+            if self._flusher is not None:
+                # (a running hub: read in the check's worker thread, not
+                # here, L{_check_in_thread}; 20,000 files were some 280 ms
+                # of the reactor. Listed on trust until then: a row needed
+                # before that is checked whole, L{_check})
+                suspects = {name for name in names if match(name) and name not in self._kept}
+                self._unchecked.update(suspects)
+                self._suspects = suspects
+            else:
+                self._unchecked.update(
+                    names[i]
+                    for i in range(len(table))
+                    if match(names[i]) and names[i] not in self._kept and _bare_lf_at_start(directory + ("/new/" if bits[i] & NEW else "/cur/") + table.filename(i))
+                )
             self._save_unchecked()
         elif self._checks_unsaved:
             self._save_unchecked()
@@ -2320,6 +2332,7 @@ class MaildirFolder:
         """
         table = self._table
         unchecked = self._unchecked
+        suspects, self._suspects = self._suspects, set()
         names = table.names
         directory = self.directory
         # (uid, base, path) in the reactor: the thread touches no table.
@@ -2332,8 +2345,14 @@ class MaildirFolder:
             return
 
         def check() -> list:
+            # A name shaped like the hub's own, marked after a crash cut
+            # mailhub-unchecked (L{_after_load_checks}): its first 4 KiB
+            # first; only one with a bare LF there is read whole. One
+            # found CRLF-clean is told as listed (False, as for a FIFO).
+            whole = [base not in suspects or _bare_lf_at_start(path) for _, base, path in trusted]
             # (one flush for every copy: _to_crlf_many)
-            return _to_crlf_many([path for _, _, path in trusted])
+            found = iter(_to_crlf_many([path for (_, _, path), read in zip(trusted, whole) if read]))
+            return [next(found) if read else False for read in whole]
 
         def checked(found: list) -> None:
             table = self._table
@@ -2348,7 +2367,7 @@ class MaildirFolder:
                 if self._shared:
                     self._checked_here.add(base)
                 if result is False:
-                    continue  # (a FIFO now: told as listed)
+                    continue  # (a FIFO now, or CRLF-clean at its start: told as listed)
                 size, shown, _ = result
                 downgraded = int(shown[len(",D=") :]) if shown else 0
                 if size != table.sizes[i] or downgraded:
