@@ -9,10 +9,15 @@ in the hub alone: a C{sitecustomize.py} on its PYTHONPATH
    are matched in a parsing thread, as a Maildir's and PostgreSQL's
    are): reading a body (C{split_header} in imap/search.py) of a message
    holding C{slow-to-search} sleeps MAILHUB_TEST_SEARCH_DELAY seconds.
+ - an FTP listing of a big folder (ftp/vfs.py's C{list}, SFTP READDIR's
+   too, runs in the reactor's thread pool): a stat of a file named
+   C{slow-to-list...} sleeps MAILHUB_TEST_STAT_DELAY seconds.
 """
 
 from __future__ import annotations
 
+import ftplib
+import io
 import threading
 import time
 
@@ -34,6 +39,16 @@ if _delay:
         return split_header
 
     _search.split_header = _slow(_search.split_header)
+_stat_delay = float(os.environ.get("MAILHUB_TEST_STAT_DELAY", "0"))
+if _stat_delay:
+    _real_stat = os.stat
+
+    def _slow_stat(path, *args, **kwargs):
+        if os.path.basename(os.fsdecode(path)).startswith("slow-to-list"):
+            time.sleep(_stat_delay)
+        return _real_stat(path, *args, **kwargs)
+
+    os.stat = _slow_stat
 '''
 
 SEARCH_DELAY = 0.04
@@ -71,7 +86,7 @@ def slow_hub(start_hub, tmp_path):
         faults = tmp_path / "faults"
         faults.mkdir(exist_ok=True)
         (faults / "sitecustomize.py").write_text(SITECUSTOMIZE)
-        return start_hub("--no-ftp", *args, env={"PYTHONPATH": str(faults), **env})
+        return start_hub(*args, env={"PYTHONPATH": str(faults), **env})
 
     return start
 
@@ -83,7 +98,7 @@ def search_message(n: int) -> bytes:
 
 @pytest.mark.parametrize("command", ["SEARCH", "SORT"])
 def test_a_search_body_over_a_big_memory_folder_does_not_hold_another_session(slow_hub, command):
-    hub = slow_hub("--store", "memory", MAILHUB_TEST_SEARCH_DELAY=str(SEARCH_DELAY))
+    hub = slow_hub("--no-ftp", "--store", "memory", MAILHUB_TEST_SEARCH_DELAY=str(SEARCH_DELAY))
     alice = login(hub)
     for n in range(MESSAGES):
         append(alice, message=search_message(n))
@@ -114,7 +129,7 @@ def test_a_search_body_over_a_big_memory_folder_does_not_hold_another_session(sl
 
 def test_a_search_over_a_few_small_memory_messages_answers_as_before(slow_hub):
     # (matched in the reactor: fewer than READ_HERE_MESSAGES, no thread's round trip)
-    hub = slow_hub("--store", "memory")
+    hub = slow_hub("--no-ftp", "--store", "memory")
     alice = login(hub)
     for n in range(12):
         append(alice, message=search_message(n))
@@ -122,3 +137,36 @@ def test_a_search_over_a_few_small_memory_messages_answers_as_before(slow_hub):
     assert alice.search(None, "BODY", "needle") == ("OK", [b"4"])
     assert alice.search(None, "NOT", "BODY", "needle") == ("OK", [b" ".join(b"%d" % n for n in range(1, 13) if n != 4)])
     alice.logout()
+
+
+def test_an_ftp_listing_of_a_big_folder_on_a_slow_disk_does_not_hold_another_session(slow_hub):
+    delay = 0.1
+    hub = slow_hub(MAILHUB_TEST_STAT_DELAY=str(delay))
+    f = ftplib.FTP()
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login("alice", "secret")
+    f.mkd("big")
+    f.cwd("big")
+    names = [f"slow-to-list-{n:02d}.txt" for n in range(20)]
+    for name in names:
+        f.storbinary(f"STOR {name}", io.BytesIO(b"x" * 10))
+    result: dict = {}
+
+    def listing() -> None:
+        began = time.monotonic()
+        result["nlst"] = f.nlst()
+        lines: list = []
+        f.retrlines("LIST", lines.append)
+        result["list"] = lines
+        result["wall"] = time.monotonic() - began
+
+    _, waits = pings_while(hub, listing)
+    assert result["nlst"] == names
+    assert [line.split()[-1] for line in result["list"]] == names
+    assert all(line.split()[4] == "10" for line in result["list"]), result["list"]
+    # 40 slowed stats; bob was answered meanwhile (before: each NOOP
+    # waited for the whole listing, some 2 s each).
+    assert result["wall"] >= 2 * len(names) * delay * 0.9, result
+    assert len(waits) >= 5, waits
+    assert max(waits) < 0.5, (max(waits), result["wall"])
+    f.quit()
