@@ -12,6 +12,9 @@ in the hub alone: a C{sitecustomize.py} on its PYTHONPATH
  - an FTP listing of a big folder (ftp/vfs.py's C{list}, SFTP READDIR's
    too, runs in the reactor's thread pool): a stat of a file named
    C{slow-to-list...} sleeps MAILHUB_TEST_STAT_DELAY seconds.
+ - IMAP GETQUOTA and GETQUOTAROOT with --quota, which count the
+   account's uploaded files on disk (filequota.tree_size walks them, in a
+   worker thread): each walk sleeps MAILHUB_TEST_TREE_DELAY seconds.
 """
 
 from __future__ import annotations
@@ -49,6 +52,17 @@ if _stat_delay:
         return _real_stat(path, *args, **kwargs)
 
     os.stat = _slow_stat
+_tree_delay = float(os.environ.get("MAILHUB_TEST_TREE_DELAY", "0"))
+if _tree_delay:
+    from twisted_mailhub import filequota as _filequota
+
+    _real_tree_size = _filequota.tree_size
+
+    def _slow_tree_size(root):
+        time.sleep(_tree_delay)
+        return _real_tree_size(root)
+
+    _filequota.tree_size = _slow_tree_size
 '''
 
 SEARCH_DELAY = 0.04
@@ -170,3 +184,33 @@ def test_an_ftp_listing_of_a_big_folder_on_a_slow_disk_does_not_hold_another_ses
     assert len(waits) >= 5, waits
     assert max(waits) < 0.5, (max(waits), result["wall"])
     f.quit()
+
+
+def test_getquota_counting_many_uploaded_files_on_a_slow_disk_does_not_hold_another_session(slow_hub):
+    delay = 1.0
+    hub = slow_hub("--quota", "10M", MAILHUB_TEST_TREE_DELAY=str(delay))
+    f = ftplib.FTP()
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login("alice", "secret")
+    f.storbinary("STOR upload.bin", io.BytesIO(b"x" * 5000))
+    f.quit()
+    alice = login(hub)
+    append(alice, message=b"Subject: one\r\n\r\n" + b"y" * 3000 + b"\r\n")
+    result: dict = {}
+
+    def getquota() -> None:
+        result["quota"] = alice._simple_command("GETQUOTA", '""')
+        result["quota data"] = alice._untagged_response(*result["quota"], "QUOTA")[1]
+        result["root"] = alice._simple_command("GETQUOTAROOT", "INBOX")
+        result["root data"] = alice._untagged_response(*result["root"], "QUOTA")[1]
+
+    _, waits = pings_while(hub, getquota)
+    # 5000 octets of files and a message of some 3 KB: 8 KiB used, rounded up.
+    assert result["quota"][0] == "OK" and result["root"][0] == "OK", result
+    assert result["quota data"] == [b'"" (STORAGE 8 10240)'], result
+    assert result["root data"] == [b'"" (STORAGE 8 10240)'], result
+    # Two slowed walks of alice's files; bob was answered meanwhile
+    # (before: a NOOP waited a whole walk, 1 s).
+    assert len(waits) >= 5, waits
+    assert max(waits) < delay / 2, (max(waits), waits)
+    alice.logout()
