@@ -214,3 +214,21 @@ def test_getquota_counting_many_uploaded_files_on_a_slow_disk_does_not_hold_anot
     assert len(waits) >= 5, waits
     assert max(waits) < delay / 2, (max(waits), waits)
     alice.logout()
+
+
+def test_sftp_df_counting_the_uploaded_files_on_a_slow_disk_does_not_hold_another_session(slow_hub):
+    from tests.test_sftp_df import df  # (OpenSSH's sftp, its df)
+
+    delay = 1.0
+    hub = slow_hub("--quota", "2M", MAILHUB_TEST_TREE_DELAY=str(delay))
+    f = ftplib.FTP()
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login("alice", "secret")
+    f.storbinary("STOR up.bin", io.BytesIO(b"x" * 300_000))
+    f.quit()
+    shown, waits = pings_while(hub, lambda: df(hub))
+    size, used, avail = shown
+    assert size == 2048 and used >= 292 and avail == size - used, shown
+    # One slowed walk of alice's files; bob was answered meanwhile
+    # (before: a NOOP waited the whole walk, 1 s).
+    assert max(waits) < delay / 2, (max(waits), waits)
