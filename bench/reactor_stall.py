@@ -35,6 +35,11 @@ the tests' fixture does; the messages put in with COPY before the hub
 starts).
 
     python3 bench/reactor_stall.py --search-count 20000 --views 3 --store postgresql
+
+With --store memory, they are in the hub's memory store instead (put in
+with IMAP APPEND after the hub starts, so fewer make a quick run).
+
+    python3 bench/reactor_stall.py --search-count 5000 --views 3 --store memory
 """
 
 from __future__ import annotations
@@ -213,6 +218,8 @@ def search_body(count: int, searches: int, store: str = "maildir") -> None:
             dsn = server.create_database()
             fill_postgresql(dsn, count)
             hub = HubProcess(os.path.join(data, "hub"), ["--no-ftp", "--store", f"postgresql:{dsn}"])
+        elif store == "memory":
+            hub = HubProcess(os.path.join(data, "hub"), ["--no-ftp", "--store", "memory"])
         else:
             hub = HubProcess(os.path.join(data, "hub"), ["--no-ftp"])
             maildir = hub.maildir("alice@localhost")
@@ -225,6 +232,12 @@ def search_body(count: int, searches: int, store: str = "maildir") -> None:
                     f.write(body)
         hub.start()
         try:
+            if store == "memory":
+                filler = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
+                filler.login("alice", "secret")
+                for i in range(count):
+                    assert filler.append("INBOX", "(\\Seen)", None, search_message(i))[0] == "OK"
+                filler.logout()
             bob = imaplib.IMAP4("127.0.0.1", hub.ports["imap"])
             bob.login("bob", "hungry")
             bob.select("INBOX")
@@ -272,7 +285,7 @@ def main() -> None:
     parser.add_argument("--anatomy-mb", type=int, default=0)
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--search-count", type=int, default=0)
-    parser.add_argument("--store", choices=("maildir", "postgresql"), default="maildir", help="--search-count's store (postgresql: a private server, tests/pgserver.py)")
+    parser.add_argument("--store", choices=("maildir", "postgresql", "memory"), default="maildir", help="--search-count's store (postgresql: a private server, tests/pgserver.py; memory: filled with APPEND)")
     args = parser.parse_args()
     if args.search_count:
         for _ in range(args.rounds):

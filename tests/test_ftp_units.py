@@ -600,6 +600,8 @@ def test_a_big_file_removed_is_gone_at_once_and_its_blocks_are_freed_off_the_rea
     jobs = []
 
     def later(function):
+        if function.__name__ == "listing":
+            return defer.maybeDeferred(function)  # (a listing, off the reactor too: run at once here; the unlink is held)
         d = defer.Deferred()
         jobs.append((function, d))
         return d
@@ -620,3 +622,15 @@ def test_a_big_file_removed_is_gone_at_once_and_its_blocks_are_freed_off_the_rea
     assert sorted(os.listdir(tmp_path)) == ["small"]
     result_of(shell.removeFile(["small"]))  # (a small one: unlinked at once)
     assert os.listdir(tmp_path) == [] and len(jobs) == 1
+
+
+def test_cwd_into_a_big_folder_does_not_list_it_in_the_reactor(tmp_path, monkeypatch):
+    # CWD's check (DiskShell.access) runs in the reactor: it opens the
+    # folder (EACCES shows there) and does not read its 20,000 names.
+    (tmp_path / "big").mkdir()
+    listed = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p=".": listed.append(p) or real_listdir(p))
+    shell = DiskShell(str(tmp_path))
+    assert result_of(shell.access(["big"])) is None
+    assert listed == []  # (before: os.listdir of the whole folder)

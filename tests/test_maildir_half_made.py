@@ -16,10 +16,11 @@ import errno
 import os
 import time
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from twisted_mailhub.store.interfaces import InsufficientStorage, StoreUnavailable
+from twisted_mailhub.store.durable import GroupCommitWriter
 from twisted_mailhub.store.maildir import UIDLIST, MaildirStore
 from twisted_mailhub.store.smallfiles import SmallFiles
 
@@ -222,6 +223,72 @@ class HalfMadeFolderUnderWorkersTests(HalfMadeFolderTests):
         self.assertEqual(folder.uid_validity, changed + 1)
         self.assertEqual(slept, [0.5])  # (to the next second, once)
         self.assertEqual([m.uid for m in folder.messages()], [1, 2])
+
+    def running_hub_store(self):
+        """A store as a running hub has it: its reactor turns (a L{task.Clock}), its thread's jobs held (L{HeldThread})."""
+        self.clock = task.Clock()
+        self.clock.running = True
+        self.held = HeldThread()
+        self.held.jobs = []
+        store = MaildirStore(self.root, GroupCommitWriter(self.clock), hostname="test")
+        store.small_files = SmallFiles(fsync=lambda fd: None, run=self.held.thread)
+        return store
+
+    def changed_this_second(self) -> tuple[str, int]:
+        """A file of the folder renamed (another process set a flag): (cur/, the second of that change)."""
+        cur = os.path.join(self.path, "cur")
+        name = sorted(os.listdir(cur))[0]
+        os.rename(os.path.join(cur, name), os.path.join(cur, name.replace(":2,S", ":2,FS")))
+        return cur, int(os.stat(cur).st_ctime)
+
+    def test_in_a_running_hub_a_load_in_the_second_the_folder_changed_does_not_sleep_in_the_reactor(self):
+        self.full = True
+        _, changed = self.changed_this_second()
+        clock = [changed + 0.5]
+        self.patch(time, "time", lambda: clock[0])
+        self.patch(time, "sleep", lambda seconds: self.fail(f"slept {seconds} s in the reactor"))
+        store = self.running_hub_store()
+        folder = self.folder(store)  # (before: time.sleep(0.5) here, every session of the hub waiting)
+        self.assertEqual(folder.uid_validity, changed + 1)
+        self.assertEqual([m.uid for m in folder.messages()], [1, 2])
+        # Nothing shows its UIDs, and no write starts, before the files
+        # are listed again in the second it names (off the reactor).
+        waiting = folder.unsettled()
+        self.assertNoResult(waiting)
+        write = folder.append(b"Subject: new\r\n\r\nx\r\n")
+        self.assertNoResult(write)
+        clock[0] = changed + 1.02
+        self.clock.advance(0.52)
+        self.assertNoResult(waiting)  # (listed again in the thread: its job held)
+        self.held.run_jobs()
+        self.successResultOf(waiting)
+        self.assertIsNone(folder.unsettled())
+        self.failureResultOf(write, InsufficientStorage)  # (the disk is still full: as before)
+        self.assertIs(self.folder(store), folder)
+        # Another process's load now shows the same UIDVALIDITY and UIDs.
+        two = self.folder(self.open_store())
+        self.assertEqual((two.uid_validity, [(m.uid, m.key) for m in two.messages()]), (folder.uid_validity, [(m.uid, m.key) for m in folder.messages()]))
+
+    def test_in_a_running_hub_a_message_that_comes_before_that_second_begins_has_the_load_refused_for_now(self):
+        self.full = True
+        cur, changed = self.changed_this_second()
+        clock = [changed + 0.5]
+        self.patch(time, "time", lambda: clock[0])
+        self.patch(time, "sleep", lambda seconds: self.fail(f"slept {seconds} s in the reactor"))
+        store = self.running_hub_store()
+        folder = self.folder(store)
+        waiting = folder.unsettled()
+        # Another MDA drops a message in, still in the second of the change:
+        # a process loading later shows the same UIDVALIDITY with 3 UIDs.
+        self.full = False
+        with open(os.path.join(cur, "1600000200.M3P1Q3.mda:2,"), "wb") as f:
+            f.write(OLD)
+        self.full = True
+        clock[0] = changed + 1.02
+        self.clock.advance(0.52)
+        self.held.run_jobs()
+        self.failureResultOf(waiting, StoreUnavailable)  # (IMAP NO [UNAVAILABLE]: try again)
+        self.assertIsNot(self.folder(store), folder)  # (opened afresh)
 
     def test_a_load_that_sees_a_change_in_the_second_its_uidvalidity_names_is_refused_for_now(self):
         self.full = True

@@ -101,6 +101,15 @@ def tree_size(root: str) -> int:
     return total
 
 
+def off_reactor(function: Any) -> Any:
+    """A L{Deferred} of C{function()} called in the reactor's thread pool; at once when no reactor turns (a script, a unit test)."""
+    from twisted.internet import defer, reactor, threads
+
+    if not getattr(reactor, "running", False):
+        return defer.maybeDeferred(function)
+    return threads.deferToThread(function)
+
+
 def register_files(hub: Any, filesystem: Any) -> None:
     """
     Let the hub's quotas count C{filesystem}'s files of each account: a
@@ -116,6 +125,12 @@ def register_files(hub: Any, filesystem: Any) -> None:
     if usage is None:
         def usage(account):
             return tree_size(home(account))
+
+        def file_home(address: str) -> str | None:
+            account = hub.accounts.find(address)
+            return home(account) if account is not None else None
+
+        quotas.file_home = file_home
 
     def file_usage(address: str) -> int:
         account = hub.accounts.find(address)

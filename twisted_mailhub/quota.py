@@ -138,6 +138,10 @@ class Quotas:
         #: Octets of an account's files (FTP/SFTP uploads), set by
         #: L{twisted_mailhub.filequota.register_files}; None: mail only.
         self.file_usage: Any = None
+        #: For files on disk: C{file_home(address)}, the folder that
+        #: L{twisted_mailhub.filequota.tree_size} walks (L{count_later}
+        #: walks it in a worker thread); None otherwise.
+        self.file_home: Any = None
 
     def limit(self, address: str) -> int | None:
         """The account's quota in octets, or None."""
@@ -156,8 +160,8 @@ class Quotas:
         except Exception:  # a name no Maildir is made for
             return None
 
-    def count(self, address: str) -> int:
-        """Count C{address}'s octets now (every folder) and remember it."""
+    def _mail_octets(self, address: str) -> int:
+        """Octets of C{address}'s messages, every folder."""
         account = self.store.account(address)
         total = 0
         for name in account.folders():
@@ -169,6 +173,11 @@ class Quotas:
                 total += sum(listing()[1]) if listing is not None else sum(info.size for info in folder.messages())
             except Exception:  # a folder deleted while counting
                 continue
+        return total
+
+    def count(self, address: str) -> int:
+        """Count C{address}'s octets now (every folder) and remember it."""
+        total = self._mail_octets(address)
         usage = self._shared(address)
         if self.file_usage is not None:
             try:
@@ -183,10 +192,34 @@ class Quotas:
                 if known is None:
                     raise
                 return known
+        return self._remember(address, total, usage)
+
+    def _remember(self, address: str, total: int, usage: "SharedUsage | None") -> int:
         self._usage[address] = (total, self.clock())
         if usage is not None:
             usage.write(total)
         return total
+
+    def count_later(self, address: str) -> defer.Deferred:
+        """
+        L{count}, as a L{Deferred} of octets: the files of an account on
+        disk (C{file_home}) are walked in the reactor's thread pool
+        (L{twisted_mailhub.filequota.tree_size}: a scandir and a stat of
+        every file, 20,000 uploads held every session while GETQUOTA
+        counted them in the reactor); other counts are made at once.
+        """
+        home = self.file_home(address) if self.file_home is not None else None
+        if home is None:
+            return defer.maybeDeferred(self.count, address)
+        from twisted_mailhub import filequota
+
+        mail = self._mail_octets(address)
+        walked = filequota.off_reactor(lambda: filequota.tree_size(home))
+        return walked.addCallback(lambda files: self._remember(address, mail + files, self._shared(address)))
+
+    def reported_later(self, address: str) -> defer.Deferred:
+        """L{reported}, as a L{Deferred} of octets (L{count_later})."""
+        return self.count_later(address)
 
     def usage(self, address: str) -> int:
         """Octets C{address} uses (the remembered count while it is fresh)."""

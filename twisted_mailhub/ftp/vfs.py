@@ -718,7 +718,10 @@ class DiskShell:
                 return defer.fail(ftp.FileNotFoundError("/" + "/".join(path)))
             if not os.path.isdir(p):
                 return defer.fail(ftp.IsNotADirectoryError("/" + "/".join(path)))
-            os.listdir(p)
+            # Opened, not read: EACCES shows here, and a folder of
+            # 20,000 names is not listed in the reactor for a CWD.
+            with os.scandir(p):
+                pass
         except OSError as e:
             return _fail(e, path)
         return defer.succeed(None)
@@ -742,27 +745,40 @@ class DiskShell:
         return defer.succeed([self._fact(st, k) for k in keys])
 
     def list(self, path, keys=()):
+        """
+        A L{Deferred} of C{[(name, [fact for each of keys])]} for the
+        directory C{path} (segments), or of the one entry of a file (FTP
+        LIST, NLST, MLSD; SFTP READDIR). The listing and a stat of each
+        entry run in the reactor's thread pool (L{_off_reactor}): a folder
+        of 20,000 files, or a slow disk, holds no other session. Fails
+        with the FTP error of an C{OSError} (L{_fail}).
+        """
         p, err = self._guard(path)
         if err:
             return err
-        try:
+
+        def listing() -> list:
             if not os.path.isdir(p):
                 st = os.stat(p)
-                return defer.succeed([(path[-1] if path else "/", [self._fact(st, k) for k in keys])])
+                return [(path[-1] if path else "/", [self._fact(st, k) for k in keys])]
             names = sorted(n for n in os.listdir(p) if is_listed_name(n))
-        except OSError as e:
-            return _fail(e, path)
-        out = []
-        for name in names:
-            try:
-                # Links are shown as what they point to only when that is
-                # inside the root; others are left out of listings.
-                self.real_path(path + [name])
-                st = os.stat(os.path.join(p, name))
-            except (OSError, ftp.FTPCmdError):
-                continue
-            out.append((name, [self._fact(st, k) for k in keys]))
-        return defer.succeed(out)
+            out = []
+            for name in names:
+                try:
+                    # Links are shown as what they point to only when that is
+                    # inside the root; others are left out of listings.
+                    self.real_path(path + [name])
+                    st = os.stat(os.path.join(p, name))
+                except (OSError, ftp.FTPCmdError):
+                    continue
+                out.append((name, [self._fact(st, k) for k in keys]))
+            return out
+
+        def failed(reason):
+            reason.trap(OSError)
+            return _fail(reason.value, path)
+
+        return _off_reactor(listing).addErrback(failed)
 
     def openForReading(self, path):
         return self.openForReadingAt(path, 0)

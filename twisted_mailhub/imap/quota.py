@@ -14,6 +14,7 @@ C{QUOTASET} is not advertised (RFC 9208 §4.1.4).
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.mail import imap4
 
 from twisted_mailhub.imap.wire import arg_astring
@@ -26,15 +27,36 @@ class QuotaCommands:
     """GETQUOTAROOT, GETQUOTA and SETQUOTA, mixed into the IMAP server."""
 
     def _quota_of_account(self):
-        """(used KiB, limit KiB) of the logged-in account, or None without a limit."""
+        """
+        A L{Deferred} of (used KiB, limit KiB) of the logged-in account, or
+        None without a limit (the files on disk are counted in a worker
+        thread: L{twisted_mailhub.quota.Quotas.reported_later}).
+        """
         quotas = getattr(self.hub, "quotas", None)
         address = getattr(self.account, "address", None)
         if quotas is None or address is None:
-            return None
+            return defer.succeed(None)
         limit = quotas.limit(address)
         if limit is None:
-            return None
-        return (quotas.reported(address) + 1023) // 1024, limit // 1024
+            return defer.succeed(None)
+        return quotas.reported_later(address).addCallback(lambda used: ((used + 1023) // 1024, limit // 1024))
+
+    def _with_quota(self, tag, command: bytes, answer) -> None:
+        """C{answer(quota)} once it is counted; this session reads no further command meanwhile, the others are served."""
+        self._hold_input()
+
+        def failed(reason):
+            if self.transport is None or self.transport.disconnecting:
+                return
+            self._command_failed(reason.value, tag, command)  # (as a command's exception: NO [UNAVAILABLE], [SERVERBUG] and a log line)
+
+        def answered(quota):
+            if self.transport is None or self.transport.disconnecting:
+                return
+            answer(quota)
+
+        d = self._quota_of_account().addCallbacks(answered, failed)
+        d.addBoth(lambda _: self._release_input())
 
     def _send_quota(self, quota) -> None:
         used, limit = quota
@@ -45,24 +67,29 @@ class QuotaCommands:
             self._folder(name)
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
             return self._folder_error(tag, e)
-        quota = self._quota_of_account()
         # the name as the client gave it (modified UTF-7), quoted
         encoded = b'"' + name.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-        if quota is None:
-            self.sendUntaggedResponse(b"QUOTAROOT " + encoded)
-        else:
-            self.sendUntaggedResponse(b"QUOTAROOT " + encoded + b" " + ROOT)
-            self._send_quota(quota)
-        self.sendPositiveResponse(tag, b"GETQUOTAROOT completed")
+
+        def answer(quota):
+            if quota is None:
+                self.sendUntaggedResponse(b"QUOTAROOT " + encoded)
+            else:
+                self.sendUntaggedResponse(b"QUOTAROOT " + encoded + b" " + ROOT)
+                self._send_quota(quota)
+            self.sendPositiveResponse(tag, b"GETQUOTAROOT completed")
+
+        self._with_quota(tag, b"GETQUOTAROOT", answer)
 
     auth_GETQUOTAROOT = select_GETQUOTAROOT = (do_GETQUOTAROOT, arg_astring)
 
     def do_GETQUOTA(self, tag, root):
-        quota = self._quota_of_account()
-        if root != b"" or quota is None:
-            return self.sendNegativeResponse(tag, b"[NONEXISTENT] no such quota root: this account's root is \"\"" if quota else b"[NONEXISTENT] this account has no quota")
-        self._send_quota(quota)
-        self.sendPositiveResponse(tag, b"GETQUOTA completed")
+        def answer(quota):
+            if root != b"" or quota is None:
+                return self.sendNegativeResponse(tag, b"[NONEXISTENT] no such quota root: this account's root is \"\"" if quota else b"[NONEXISTENT] this account has no quota")
+            self._send_quota(quota)
+            self.sendPositiveResponse(tag, b"GETQUOTA completed")
+
+        self._with_quota(tag, b"GETQUOTA", answer)
 
     auth_GETQUOTA = select_GETQUOTA = (do_GETQUOTA, arg_astring)
 

@@ -344,19 +344,32 @@ def detached_reader(folder: Any, uids: list[int]) -> Any:
     length)}), made in the reactor from what the store gives: a
     L{FileReader} of a Maildir's paths, or the store's own
     (C{folder.detached_reader}: PostgreSQL's reads on connections of its
-    own). None for a store that has neither (memory: its bytes are in
-    the reactor's hands already).
+    own; C{folder.held_reader}: the memory store's bytes, immutable). None
+    for a store that has none of these.
     """
     paths_of = getattr(folder, "paths", None)
     if paths_of is not None:
         return FileReader(paths_of(uids))
-    make = getattr(folder, "detached_reader", None)
+    make = getattr(folder, "detached_reader", None) or getattr(folder, "held_reader", None)
     return make(uids) if make is not None else None
 
 
 def reads_detached(folder: Any) -> bool:
     """Can L{detached_reader} read C{folder}'s messages in a worker thread?"""
-    return getattr(folder, "paths", None) is not None or getattr(folder, "detached_reader", None) is not None
+    return any(getattr(folder, name, None) is not None for name in ("paths", "detached_reader", "held_reader"))
+
+
+def _reads_here(folder: Any, uids: list[int]) -> bool:
+    """
+    Is matching messages C{uids} of C{folder} in the reactor the better
+    choice: a store whose messages no thread can read, or one that holds
+    them in memory and says these are few and small (C{reads_here}:
+    L{MemoryFolder<twisted_mailhub.store.memory.MemoryFolder>}).
+    """
+    if not reads_detached(folder):
+        return True
+    here = getattr(folder, "reads_here", None)
+    return here is not None and here(uids)
 
 
 class DetachedCandidate(Candidate):
@@ -539,9 +552,10 @@ def match_in_thread(
 
     @return: a L{Deferred} firing with C{(found, top)}: the matching
         C{(seq, uid)} pairs ascending and the highest MODSEQ among them
-        (0 without C{by_modseq}); or None for a store whose messages no
-        thread can read (memory: its own L{Candidate}s are used in the
-        reactor). It fails with the store's L{StoreUnavailable} if the
+        (0 without C{by_modseq}); or None when they are better matched in
+        the reactor (L{_reads_here}: a store whose messages no thread can
+        read, or a few small messages held in memory): the caller's own
+        L{Candidate}s are used there. It fails with the store's L{StoreUnavailable} if the
         database cannot be reached.
     """
     waited = match_each_in_thread(folder, [predicate], uids, None, recent, by_modseq, fields, wanted)
@@ -570,7 +584,7 @@ def match_each_in_thread(
         (C{mask}: a bit for each that takes it, 1 for the first), and the
         highest MODSEQ among them; or None (see L{match_in_thread}).
     """
-    if not reads_detached(folder):
+    if _reads_here(folder, uids):
         return None
     info_of = getattr(folder, "row", None) or folder.info
     shared = HeaderCache.of(folder)
@@ -680,11 +694,12 @@ def _each_in_thread(folder: Any, infos: list[Any], here: Callable[[Any], Any], t
     info)} in a worker thread, C{reader} the folder's L{detached_reader}
     and C{n} the message's place in C{infos}; C{gone} for a message gone
     meanwhile; C{here(info)}, in the reactor, for a message renamed
-    meanwhile (a flag change) and for every message of a store whose
-    messages no thread can read (memory). Fails with what making the
+    meanwhile (a flag change) and for every message when L{_reads_here}
+    (a store whose messages no thread can read; a few small ones held in
+    memory). Fails with what making the
     reader raised.
     """
-    if not infos or not reads_detached(folder):
+    if not infos or _reads_here(folder, [i.uid for i in infos]):
         return defer.succeed([here(i) for i in infos])
     try:
         reader = detached_reader(folder, [i.uid for i in infos])
@@ -711,8 +726,8 @@ def heads_in_thread(folder: Any, infos: list[Any], length: int) -> defer.Deferre
     A L{Deferred} of the first C{length} octets of each message of
     C{infos} (L{MessageInfo}s of C{folder}), in their order, read in a
     worker thread (L{detached_reader}); None for a message gone
-    meanwhile. A store whose messages no thread can read (memory) is
-    read here.
+    meanwhile. Few small messages held in memory are read here
+    (L{_reads_here}).
     """
 
     def here(info: Any) -> bytes | None:
@@ -730,8 +745,8 @@ def headers_in_thread(folder: Any, infos: list[Any]) -> defer.Deferred:
     A L{Deferred} of the header (up to and with its empty line) of each
     message of C{infos} (L{MessageInfo}s of C{folder}), in their order,
     read in a worker thread (L{detached_reader}); C{b""} for a message
-    gone meanwhile. A store whose messages no thread can read (memory)
-    is read here.
+    gone meanwhile. Few small messages held in memory are read here
+    (L{_reads_here}).
     """
     cache = HeaderCache.of(folder)
 

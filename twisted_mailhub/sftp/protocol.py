@@ -409,6 +409,8 @@ class SFTPServer(protocol.Protocol):
         # (fresh=False) -> (quota limit, octets used) of the account, or
         # None (statvfs, SETSTAT size); fresh: counted again now
         self.quota_space: Callable[..., tuple[int, int] | None] | None = None
+        # (a Deferred of quota_space(fresh=True): the count made off the reactor, for df)
+        self.quota_space_later: Callable[[], defer.Deferred] | None = None
 
     # -- the byte stream -------------------------------------------------------
 
@@ -1229,20 +1231,28 @@ class SFTPServer(protocol.Protocol):
             raise SFTPError(FX_FAILURE, f"{shown}: {error_words(e)}")
         flag = (1 if st.f_flag & os.ST_RDONLY else 0) | (2 if st.f_flag & os.ST_NOSUID else 0)
         frsize = st.f_frsize or 512
-        blocks, bfree, bavail = st.f_blocks, st.f_bfree, st.f_bavail
-        # Counted now: df right after a REMOVE shows the room it made.
+
+        def answer(space) -> str:
+            blocks, bfree, bavail = st.f_blocks, st.f_bfree, st.f_bavail
+            if space is not None:
+                # The account's quota is its disk (as FTP's 552 and the upload
+                # rules count it): df showed the server's whole disk (its size
+                # and others' use) and room the account could never write.
+                limit, used = space
+                blocks = limit // frsize
+                bfree = bavail = min(bavail, max(0, limit - used) // frsize)
+            payload = struct.pack(
+                ">I11Q", rid, st.f_bsize, frsize, blocks, bfree, bavail,
+                st.f_files, st.f_ffree, st.f_favail, 0, flag, st.f_namemax,
+            )
+            self._send(FXP_EXTENDED_REPLY, payload)
+            return f"{bavail * frsize} bytes free" + (" (the account's quota)" if space is not None else "")
+
+        # Counted now: df right after a REMOVE shows the room it made; the
+        # files on disk are walked in a worker thread (quota_space_later).
+        later = self.quota_space_later
+        if later is not None:
+            return self._run(f"STATVFS {shown}", rid, shown, later(), answer)
         space = self.quota_space(fresh=True) if self.quota_space is not None else None
-        if space is not None:
-            # The account's quota is its disk (as FTP's 552 and the upload
-            # rules count it): df showed the server's whole disk (its size
-            # and others' use) and room the account could never write.
-            limit, used = space
-            blocks = limit // frsize
-            bfree = bavail = min(bavail, max(0, limit - used) // frsize)
-        payload = struct.pack(
-            ">I11Q", rid, st.f_bsize, frsize, blocks, bfree, bavail,
-            st.f_files, st.f_ffree, st.f_favail, 0, flag, st.f_namemax,
-        )
-        self._send(FXP_EXTENDED_REPLY, payload)
-        self._observe(f"STATVFS {shown}", f"{bavail * frsize} bytes free" + (" (the account's quota)" if space is not None else ""))
+        self._observe(f"STATVFS {shown}", answer(space))
         return None

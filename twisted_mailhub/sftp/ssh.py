@@ -336,6 +336,7 @@ class SFTPUser(avatar.ConchUser):
         )
         server.metrics = getattr(self.settings.hub, "metrics", None)
         server.quota_space = self.quota_space
+        server.quota_space_later = self.quota_space_later
         return server
 
     def quota_space(self, fresh: bool = False) -> tuple[int, int] | None:
@@ -350,6 +351,19 @@ class SFTPUser(avatar.ConchUser):
         if not limit:
             return None
         return (limit, quotas.reported(self.address) if fresh else quotas.usage(self.address))
+
+
+    def quota_space_later(self) -> defer.Deferred:
+        """
+        A L{Deferred} of L{quota_space}C{(fresh=True)}: the count made now,
+        the account's files on disk walked in a worker thread
+        (L{twisted_mailhub.quota.Quotas.reported_later}).
+        """
+        quotas = getattr(self.settings.hub, "quotas", None)
+        limit = quotas.limit(self.address) if quotas is not None else None
+        if not limit:
+            return defer.succeed(None)
+        return quotas.reported_later(self.address).addCallback(lambda used: (limit, used))
 
 
 class SSHClientPortal(ClientPortal):

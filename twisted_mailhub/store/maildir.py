@@ -105,7 +105,7 @@ from collections import deque
 from functools import partial
 from typing import Any, Iterable, Iterator, NamedTuple
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -585,6 +585,9 @@ class MaildirFolder:
         self._kept: dict[str, tuple[int, int]] = {}
         self._checks_unsaved = 0
         self._legacy = False  # a list from before mailhub-unchecked: its outside names get checked
+        # (of those, names shaped like the hub's own: only their first
+        # 4 KiB are read first, in _check_in_thread's thread)
+        self._suspects: set[str] = set()
         self._unchecked_elsewhere: set[str] = set()  # (--workers) read by _reread_unchecked
         self._checked_here: set[str] = set()  # (--workers) names this process checked
         self.uid_validity = 0
@@ -599,6 +602,13 @@ class MaildirFolder:
         self._said_not_writable = False
         self._given_in_new: set[int] = set()
         self._repair_flush: defer.Deferred | None = None  # (L{_write_repair}'s, while on its way)
+        # (--workers, a folder read as it is) Seconds until the second its
+        # UIDVALIDITY names begins, when the load came before it
+        # (L{_agreed_uid_validity}); then, until the look that agrees
+        # (L{_agree_later}), the writes waiting for it.
+        self._agree_in = 0.0
+        self._agreeing: list[defer.Deferred] | None = None
+        self._refused = False  # (that look refused the load: the account opens the folder afresh)
         for sub in ("cur", "new", "tmp"):
             try:
                 os.makedirs(os.path.join(path, sub), exist_ok=True)
@@ -622,7 +632,9 @@ class MaildirFolder:
             self._modseq_pending: dict[int, int] = {}
             with self._uidlist_lock:
                 self._load()
-                if self._unrepaired is not None:
+                if self._unrepaired is not None and self._agree_in:
+                    self._agree_later(self._agree_in)
+                elif self._unrepaired is not None:
                     self._check_agreed()
                 elif self._settling is None:
                     self._settle_unflushed()
@@ -956,21 +968,37 @@ class MaildirFolder:
         written to agree on, so each numbers the files of its load in the
         same order (arrival, then name), and the UIDVALIDITY is a second
         in which the folder did not change (its directories' ctime before
-        it, waited for when the folder changed this very second: at most a
-        second, once). Two processes whose loads saw different files saw
-        a change between them, at or after that second, and the later one
-        finds it (L{_check_agreed}). Files found after the load are not
-        numbered here (another process could number them otherwise): they
-        are shown once the folder is repaired (L{_repair}).
+        it). Two processes whose loads saw different files saw a change
+        between them, at or after that second, and the later one finds it
+        (L{_check_agreed}). When the folder changed this very second, the
+        files must be listed once the second it names has begun: in a
+        running hub the load lists them now and L{_agree_later} lists them
+        again then, off the reactor (C{_agree_in}: the seconds to wait);
+        without a reactor (a script) this waits here, at most a second.
+        Files found after the load are not numbered here (another process
+        could number them otherwise): they are shown once the folder is
+        repaired (L{_repair}).
         """
-        subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur") if os.path.isdir(os.path.join(self.directory, sub))]
-        changed = int(max((os.stat(d).st_ctime for d in subdirs), default=0))
+        changed = self._newest_change()
         now = time.time()
+        wait = 0.0
         if self.uid_validity > int(now) and self.uid_validity - now < 2:
-            time.sleep(self.uid_validity - now)  # (the second it names has begun before the listing)
+            wait = self.uid_validity - now  # (the second it names must begin before the listing)
         elif changed >= self.uid_validity:
-            time.sleep(changed + 1 - now if changed + 1 > now else 0)
+            wait = changed + 1 - now if changed + 1 > now else 0
             self.uid_validity = max(self.uid_validity, changed + 1)
+        if wait <= 0:
+            return
+        reactor = getattr(self.writer, "reactor", None)
+        if self._flusher is not None and getattr(reactor, "running", False):
+            self._agree_in = wait
+        else:
+            time.sleep(wait)  # (no reactor turns: no other session waits)
+
+    def _newest_change(self) -> int:
+        """The second of the newest change to the folder's new/ and cur/ (their directories' ctime); 0 without either."""
+        subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur") if os.path.isdir(os.path.join(self.directory, sub))]
+        return int(max((os.stat(d).st_ctime for d in subdirs), default=0))
 
     def _check_agreed(self) -> None:
         """
@@ -980,12 +1008,60 @@ class MaildirFolder:
         process could show that UIDVALIDITY with other UIDs. The next open
         reads it again.
         """
-        subdirs = [os.path.join(self.directory, sub) for sub in ("new", "cur") if os.path.isdir(os.path.join(self.directory, sub))]
-        changed = int(max((os.stat(d).st_ctime for d in subdirs), default=0))
-        if changed >= self.uid_validity or time.time() < self.uid_validity:
+        if self._newest_change() >= self.uid_validity or time.time() < self.uid_validity:
             # (StoreUnavailable: a temporary refusal, IMAP NO [UNAVAILABLE],
             # POP3 -ERR [SYS/TEMP], the web 503)
             raise StoreUnavailable(f"{self.name} changed while it was read; try again")
+
+    def _agree_later(self, wait: float) -> None:
+        """
+        (--workers, a folder read as it is, loaded before the second its
+        UIDVALIDITY names: L{_agreed_uid_validity}) In C{wait} seconds,
+        list new/ and cur/ again in a worker thread: the same messages as
+        the load's and no change since that second began
+        (L{_check_agreed}), so the UIDs shown agree with every other
+        process's. Meanwhile the folder is unsettled (L{unsettled}:
+        SELECT, STATUS, a POP3 login and the web wait) and a write waits
+        (L{_repaired_then}); the reactor goes on. Otherwise they fail with
+        L{StoreUnavailable} (IMAP NO [UNAVAILABLE]), and the account opens
+        the folder afresh at its next use (C{_refused}).
+        """
+        self._agree_in = 0.0
+        self._agreeing = waiting = []
+        reactor = self.writer.reactor
+        directory = self.directory
+        listed = set(self._table.names) | {_split(f)[0] for f in self._not_files}
+
+        def look() -> tuple[set[str], int]:
+            names: set[str] = set()
+            for sub in ("new", "cur"):
+                try:
+                    names.update(_split(f)[0] for f in os.listdir(os.path.join(directory, sub)) if not f.startswith("."))
+                except FileNotFoundError:
+                    pass
+            return names, self._newest_change()
+
+        def agreed(found: tuple[set[str], int]) -> None:
+            names, changed = found
+            if names != listed or changed >= self.uid_validity or time.time() < self.uid_validity:
+                raise StoreUnavailable(f"{self.name} changed while it was read; try again")
+
+        def done(result: Any) -> Any:
+            self._agreeing = None
+            if isinstance(result, Failure):
+                self._refused = True
+                log.info("{path}: changed while it was read as it is: opened again at its next use", path=directory)
+            for d in waiting:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(None)
+            return result
+
+        # (a hundredth more: the reactor's clock and time.time() agree that the second has begun)
+        checked = task.deferLater(reactor, wait + 0.01, self._flusher.in_thread, look).addCallback(agreed).addBoth(done)
+        self._hold(checked)
+        checked.addErrback(lambda _: None)  # (told to every waiter, and logged once)
 
     def _write_repair(self) -> None:
         """
@@ -1047,6 +1123,11 @@ class MaildirFolder:
         C{OSError}, L{StoreError}), or of C{write(*args)} called once the
         repair's flush is done (L{_after_repair}).
         """
+        if self._agreeing is not None:
+            # (the processes agree on its UIDs first: under a second)
+            agreed = defer.Deferred()
+            self._agreeing.append(agreed)
+            return agreed.addCallback(lambda _: write(*args))
         if self._unrepaired is not None:
             try:
                 self._repair()
@@ -1061,10 +1142,16 @@ class MaildirFolder:
         UIDVALIDITY and UIDs already shown, each durable before the write
         that needed it goes on. Raises L{InsufficientStorage} or
         C{OSError} when it still cannot be written (unless C{quietly}:
-        then the folder stays read as it is).
+        then the folder stays read as it is); L{StoreUnavailable} while
+        the processes have not agreed on its UIDs yet (L{_agree_later}:
+        under a second).
         """
         if self._unrepaired is None:
             return
+        if self._agreeing is not None:
+            if quietly:
+                return
+            raise StoreUnavailable(f"{self.name} is being read; try again")
         if self._shared:
             with self._uidlist_lock:
                 return self._repair_shared(quietly)
@@ -1714,7 +1801,7 @@ class MaildirFolder:
                 if self._shared:
                     self._checked_here.add(base)
                 if result is False:
-                    continue  # (a FIFO now: told as listed)
+                    continue  # (a FIFO now, or CRLF-clean at its start: told as listed)
                 size, shown, _ = result
                 downgraded = int(shown[len(",D=") :]) if shown else 0
                 if size != entry.info.size or downgraded:
@@ -2253,11 +2340,20 @@ class MaildirFolder:
             # is told. Its first 4 KiB: a header block of another program
             # is LF-ended from its first line; the hub's own files are CRLF.
             directory, names, bits = self.directory, table.names, table.bits
-            self._unchecked.update(
-                names[i]
-                for i in range(len(table))
-                if match(names[i]) and names[i] not in self._kept and _bare_lf_at_start(directory + ("/new/" if bits[i] & NEW else "/cur/") + table.filename(i))
-            )
+            if self._flusher is not None:
+                # (a running hub: read in the check's worker thread, not
+                # here, L{_check_in_thread}; 20,000 files were some 280 ms
+                # of the reactor. Listed on trust until then: a row needed
+                # before that is checked whole, L{_check})
+                suspects = {name for name in names if match(name) and name not in self._kept}
+                self._unchecked.update(suspects)
+                self._suspects = suspects
+            else:
+                self._unchecked.update(
+                    names[i]
+                    for i in range(len(table))
+                    if match(names[i]) and names[i] not in self._kept and _bare_lf_at_start(directory + ("/new/" if bits[i] & NEW else "/cur/") + table.filename(i))
+                )
             self._save_unchecked()
         elif self._checks_unsaved:
             self._save_unchecked()
@@ -2320,6 +2416,7 @@ class MaildirFolder:
         """
         table = self._table
         unchecked = self._unchecked
+        suspects, self._suspects = self._suspects, set()
         names = table.names
         directory = self.directory
         # (uid, base, path) in the reactor: the thread touches no table.
@@ -2332,8 +2429,14 @@ class MaildirFolder:
             return
 
         def check() -> list:
+            # A name shaped like the hub's own, marked after a crash cut
+            # mailhub-unchecked (L{_after_load_checks}): its first 4 KiB
+            # first; only one with a bare LF there is read whole. One
+            # found CRLF-clean is told as listed (False, as for a FIFO).
+            whole = [base not in suspects or _bare_lf_at_start(path) for _, base, path in trusted]
             # (one flush for every copy: _to_crlf_many)
-            return _to_crlf_many([path for _, _, path in trusted])
+            found = iter(_to_crlf_many([path for (_, _, path), read in zip(trusted, whole) if read]))
+            return [next(found) if read else False for read in whole]
 
         def checked(found: list) -> None:
             table = self._table
@@ -2348,7 +2451,7 @@ class MaildirFolder:
                 if self._shared:
                     self._checked_here.add(base)
                 if result is False:
-                    continue  # (a FIFO now: told as listed)
+                    continue  # (a FIFO now, or CRLF-clean at its start: told as listed)
                 size, shown, _ = result
                 downgraded = int(shown[len(",D=") :]) if shown else 0
                 if size != table.sizes[i] or downgraded:
@@ -3938,10 +4041,12 @@ class MaildirAccount:
     def folder(self, name: str) -> MaildirFolder:
         if name == INBOX:  # every delivery: the canonical name, looked up at once
             folder = self._folders.get(INBOX)
-            if folder is not None and not folder.made_again_elsewhere:
+            if folder is not None and not folder.made_again_elsewhere and not folder._refused:
                 return folder
         name = normalize_folder_name(name)
         folder = self._folders.get(name)
+        if folder is not None and folder._refused:
+            folder = self._folders.pop(name) and None  # (changed while read as it is: L{MaildirFolder._agree_later})
         if folder is not None and folder._shared:
             # --workers: another worker may have deleted it and made it
             # again (a look reads its list's new header: made_again).

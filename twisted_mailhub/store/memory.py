@@ -52,6 +52,44 @@ class _Watchers(set):
             callback()
 
 
+READ_HERE_MESSAGES = 64
+"""A search over at most this many messages (and L{READ_HERE_OCTETS}) is matched in the reactor: cheaper than a thread's round trip."""
+
+READ_HERE_OCTETS = 1024 * 1024
+"""...and of at most this many octets in all."""
+
+
+class HeldMessages:
+    """
+    The bytes of some messages of a L{MemoryFolder} (by position in the
+    list of UIDs it was made with), for a worker thread that searches them
+    (L{twisted_mailhub.imap.search.match_in_thread}): the same reader
+    shape as a Maildir's L{FileReader<twisted_mailhub.imap.search.FileReader>}
+    and PostgreSQL's L{BlobReader<twisted_mailhub.store.postgresql.BlobReader>}.
+    The folder keeps each message as one immutable C{bytes}; the reactor
+    took the references, and an EXPUNGE meanwhile only drops the
+    folder's own, so the thread touches no folder object.
+    """
+
+    def __init__(self, bodies: list[bytes | None]):
+        self._bodies = bodies
+
+    def present(self, n: int) -> bool:
+        """Was message C{n} in the folder when the references were taken?"""
+        return self._bodies[n] is not None
+
+    def raw(self, n: int, size: int = 0) -> bytes:
+        """The whole message C{n} (C{size}: a hint, not needed here)."""
+        body = self._bodies[n]
+        if body is None:
+            raise NoSuchMessage(n)
+        return body
+
+    def head(self, n: int, length: int) -> bytes:
+        """The first C{length} octets of message C{n}."""
+        return self.raw(n)[:length]
+
+
 @implementer(IFolder, IModSeqFolder)
 class MemoryFolder:
     def __init__(self, name: str, clock: Any = None, uid_validity: int | None = None):
@@ -112,6 +150,28 @@ class MemoryFolder:
 
     def path(self, uid: int) -> None:
         return None
+
+    def held_reader(self, uids: list[int]) -> HeldMessages:
+        """
+        A L{HeldMessages} of messages C{uids} (by their position in it;
+        a UID not in the folder is not L{HeldMessages.present}), for a
+        worker thread: a SEARCH BODY over a big folder is matched there,
+        not in the reactor, as a Maildir's or PostgreSQL's is
+        (twisted_mailhub/imap/search.py).
+        """
+        bodies = self._bodies
+        return HeldMessages([bodies.get(uid) for uid in uids])
+
+    def reads_here(self, uids: list[int]) -> bool:
+        """
+        Whether a search that reads messages C{uids} is cheaper matched in
+        the reactor than in a thread: at most L{READ_HERE_MESSAGES}
+        messages of at most L{READ_HERE_OCTETS} in all.
+        """
+        if len(uids) > READ_HERE_MESSAGES:
+            return False
+        bodies = self._bodies
+        return sum(len(bodies.get(uid, b"")) for uid in uids) <= READ_HERE_OCTETS
 
     def _add(self, message: bytes, flags, internal_date) -> int:
         uid = self.uid_next
