@@ -1,0 +1,303 @@
+"""
+A peer that reads what it asked for a few octets a second (the slow-read
+form of slowloris) is cut off once it has kept the hub waiting at under
+4 KiB/s for --slow-transfer-window seconds (twisted_mailhub/pace.py); a
+peer reading at more than that is never cut.
+
+Unit tests drive L{SlowReaders} with a task.Clock; the end-to-end tests
+start the real hub and read with a socket whose receive buffer is small.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import os
+import socket
+import ssl
+import time
+
+import pytest
+from twisted.internet import task, tcp
+
+from tests.hubprocess import client_context
+from twisted_mailhub import pace
+
+MB = 1024 * 1024
+
+
+# -- unit: the rule, with a clock -------------------------------------------
+
+
+class _Reactor(task.Clock):
+    def __init__(self):
+        task.Clock.__init__(self)
+        self.readers: list = []
+
+    def getReaders(self):
+        return list(self.readers)
+
+    def getWriters(self):
+        return []
+
+
+class _Peer(tcp.Server):
+    """A tcp.Server as far as the watch looks: a socket, a protocol, a buffer."""
+
+    def __init__(self, protocol=None):  # no socket: the probe stands in
+        self.socket = object()
+        self.protocol = protocol
+        self.connected = True
+        self.disconnected = False
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataLen = 0
+        self.aborted = False
+
+    def abortConnection(self):
+        self.aborted = True
+        self.disconnected = True
+
+    def getPeer(self):
+        class _A:
+            host = "192.0.2.7"
+
+        return _A()
+
+
+def _watch(reactor, readings, window=60.0, tick=10.0):
+    return pace.SlowReaders(reactor, window=window, tick=tick, probe=lambda sock: readings[sock])
+
+
+def test_a_peer_taking_under_the_rate_while_octets_wait_is_cut_after_the_window():
+    reactor = _Reactor()
+    peer = _Peer()
+    reactor.readers.append(peer)
+    readings = {peer.socket: (0, 3 * MB)}  # (acknowledged, still queued)
+    watch = _watch(reactor, readings)
+    watch.start()
+    for second in range(10, 61, 10):
+        readings[peer.socket] = (second * 1000, 3 * MB)  # 1000 octets/s: under 4096
+        reactor.advance(10)
+        assert not peer.aborted, second  # (the window began at 10 s)
+    reactor.advance(10)  # 70 s: 60 s of waiting at 1000 octets/s
+    assert peer.aborted
+
+
+def test_a_peer_taking_at_the_rate_or_more_is_never_cut():
+    reactor = _Reactor()
+    peer = _Peer()
+    reactor.readers.append(peer)
+    readings = {peer.socket: (0, 3 * MB)}
+    watch = _watch(reactor, readings)
+    watch.start()
+    for second in range(10, 3601, 10):
+        readings[peer.socket] = (second * 4200, 3 * MB)
+        reactor.advance(10)
+    assert not peer.aborted
+
+
+def test_a_peer_with_nothing_waiting_is_not_judged_however_little_it_takes():
+    reactor = _Reactor()
+    peer = _Peer()
+    reactor.readers.append(peer)
+    readings = {peer.socket: (100, 0)}
+    watch = _watch(reactor, readings)
+    watch.start()
+    reactor.advance(3600)
+    assert not peer.aborted
+    # Octets the transport holds (the kernel took none yet) are waiting too.
+    peer._tempDataLen = 10
+    for _ in range(8):
+        reactor.advance(10)
+    assert peer.aborted
+
+
+def test_a_pause_in_the_waiting_starts_the_window_again():
+    reactor = _Reactor()
+    peer = _Peer()
+    reactor.readers.append(peer)
+    readings = {peer.socket: (0, 1000)}
+    watch = _watch(reactor, readings)
+    watch.start()
+    reactor.pump([10] * 5)
+    readings[peer.socket] = (1000, 0)  # it took everything: nothing waits
+    reactor.advance(10)
+    readings[peer.socket] = (1000, 1000)  # a new answer waits
+    reactor.pump([10] * 5)
+    assert not peer.aborted
+    reactor.pump([10] * 2)
+    assert peer.aborted
+
+
+def test_the_protocol_says_how_it_is_cut_off():
+    class Inner:
+        seen = None
+
+        def slow_reader(self, seconds, octets):
+            Inner.seen = (seconds, octets)
+
+    reactor = _Reactor()
+    peer = _Peer(Inner())
+    reactor.readers.append(peer)
+    readings = {peer.socket: (0, 5000)}
+    watch = _watch(reactor, readings, window=20, tick=5)
+    watch.start()
+    reactor.advance(5)  # the window starts at 0 octets acknowledged
+    readings[peer.socket] = (700, 5000)
+    reactor.pump([5] * 5)
+    assert Inner.seen == (20, 700)  # 20 s, 700 octets
+    assert peer.aborted  # (closed after, if the hook did not)
+
+
+def test_tcp_progress_counts_what_the_peer_acknowledged_not_what_was_written():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(server.getsockname())
+        peer, _ = server.accept()
+        with client, peer:
+            peer.setblocking(False)
+            written = 0
+            try:
+                while True:
+                    written += peer.send(b"x" * 65536)
+            except BlockingIOError:
+                pass
+            acked, queued = pace.tcp_progress(peer)
+            assert written > 200_000 and queued > 200_000  # the kernel took it all; the peer did not
+            assert acked < 20_000
+            got = 0
+            while got < 50_000:
+                got += len(client.recv(65536))
+            for _ in range(100):
+                later, _queued = pace.tcp_progress(peer)
+                if later - acked >= 40_000:
+                    break
+                time.sleep(0.01)
+            assert later - acked >= 40_000
+
+
+# -- end to end ---------------------------------------------------------------
+
+
+def small_window_socket(rcvbuf: int = 4096) -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(30)
+    return s
+
+
+def read_slowly(conn, octets_per_second: float, seconds: float, piece: int = 64) -> tuple[int, bool]:
+    """Read C{octets_per_second} for up to C{seconds}; (octets read, whether the hub ended it)."""
+    got = 0
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        try:
+            data = conn.recv(piece)
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            return got, True
+        if not data:
+            return got, True
+        got += len(data)
+        time.sleep(len(data) / octets_per_second)
+    return got, False
+
+
+def data_ended(conn, most: int = 64 * MB) -> bool:
+    """Does C{conn} end (reset or closed) once what it holds is read at full speed?"""
+    conn.settimeout(10)
+    got = 0
+    while got < most:
+        try:
+            data = conn.recv(65536)
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            return True
+        if not data:
+            return True
+        got += len(data)
+    return False
+
+
+def ftp_login(hub, tls=False):
+    if tls:
+        f = ftplib.FTP_TLS(timeout=30, context=client_context())
+    else:
+        f = ftplib.FTP(timeout=30)
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login("alice", "secret")
+    if tls:
+        f.prot_p()
+    return f
+
+
+def ftp_data(f, command: str, tls: bool, rcvbuf: int = 4096):
+    """Open a passive data connection with a small receive buffer, then send C{command}; returns the data socket."""
+    host, port = ftplib.parse227(f.sendcmd("PASV"))
+    conn = small_window_socket(rcvbuf)
+    conn.connect((host, port))
+    f.putcmd(command)
+    reply = f.getresp()
+    assert reply[:3] in ("125", "150"), reply
+    if tls:
+        conn = f.context.wrap_socket(conn, server_hostname=f.host, session=f.sock.session)
+    return conn
+
+
+@pytest.mark.parametrize("mode", ["I", "A", "TLS"])  # sendfile; a producer; TLS
+def test_an_ftp_download_read_a_few_octets_a_second_is_426(start_hub, mode):
+    # Before: each octet the client took let the hub write one more, and
+    # every write reset the data timeout: the transfer never ended.
+    hub = start_hub("--slow-transfer-window", "2")
+    f = ftp_login(hub, tls=mode == "TLS")
+    f.storbinary("STOR big", __import__("io").BytesIO(os.urandom(8 * MB)))
+    f.voidcmd("TYPE A" if mode == "A" else "TYPE I")
+    conn = ftp_data(f, "RETR big", tls=mode == "TLS")
+    start = time.monotonic()
+    read_slowly(conn, 200, 6)
+    f.sock.settimeout(10)
+    assert f.getline() == "426 The client read the data at under 4 KiB/s for 2 seconds; transfer aborted."
+    assert time.monotonic() - start < 10
+    assert data_ended(conn)
+    conn.close()
+    assert "under 4 KiB/s; closing" in hub.log
+    assert f.pwd() == "/"  # the control connection goes on
+
+
+def test_an_ftp_listing_read_a_few_octets_a_second_is_426(start_hub):
+    hub = start_hub("--slow-transfer-window", "2")
+    f = ftp_login(hub)
+    folder = os.path.join(hub.data_dir, "ftp", "localhost", "alice")
+    os.makedirs(folder, exist_ok=True)
+    # Larger than the kernel's send buffer (4 MiB at most here) even for
+    # NLST: a listing that fits is all in the kernel at once, and then
+    # the transfer is over for the hub (226) whatever the client reads.
+    name = "a-rather-long-file-name-to-make-the-listing-bigger-than-the-kernel-send-buffer-" * 2
+    for i in range(32000):
+        open(os.path.join(folder, f"{name}{i:05d}"), "w").close()
+    for command in ("LIST", "MLSD", "NLST"):
+        conn = ftp_data(f, command, tls=False)
+        read_slowly(conn, 200, 4)
+        f.sock.settimeout(10)
+        assert f.getline().startswith("426 The client read the data at under 4 KiB/s"), command
+        assert data_ended(conn)
+        conn.close()
+
+
+def test_an_ftp_download_read_steadily_above_the_rate_is_not_cut(start_hub):
+    hub = start_hub("--slow-transfer-window", "1")
+    f = ftp_login(hub)
+    body = os.urandom(200 * 1024)
+    f.storbinary("STOR steady", __import__("io").BytesIO(body))
+    f.voidcmd("TYPE I")
+    conn = ftp_data(f, "RETR steady", tls=False)
+    got = b""
+    start = time.monotonic()
+    while True:
+        data = conn.recv(8192)
+        if not data:
+            break
+        got += data
+        time.sleep(len(data) / (24 * 1024))  # 24 KiB/s: 8 s, eight windows
+    assert time.monotonic() - start > 5
+    assert got == body
+    assert f.voidresp().startswith("226")
