@@ -333,6 +333,7 @@ class SFTPUser(avatar.ConchUser):
             observer=observer,
             max_packet=self.settings.max_packet,
             max_handles=self.settings.max_handles,
+            slow_window=float(getattr(self.settings.hub, "slow_transfer_window", 60.0)),
         )
         server.metrics = getattr(self.settings.hub, "metrics", None)
         server.quota_space = self.quota_space
