@@ -427,3 +427,63 @@ def test_a_web_download_at_a_slow_but_honest_rate_is_whole(start_hub):
     assert out.returncode == 0, out.stderr
     assert out.stdout.replace(b"\r\n", b"\n").count(b"0123456789abcdef") == message.count(b"0123456789abcdef")
     assert "under 4 KiB/s; closing" not in hub.log
+
+
+def test_a_remote_mx_reading_the_message_a_few_octets_a_second_frees_the_queue_slot_and_keeps_the_message(start_hub):
+    # A loopback smarthost that answers every command and then reads the
+    # DATA at 200 octets/s with a 4 KiB receive buffer.
+    import re
+    import smtplib
+    import threading
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (inherited by the accepted socket)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    done = threading.Event()
+
+    def slow_mx():
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(30)
+            conn.sendall(b"220 slow.test ESMTP\r\n")
+            buf = b""
+            while b"\r\nDATA\r\n" not in b"\r\n" + buf:
+                data = conn.recv(1024)
+                if not data:
+                    return
+                buf += data
+                while b"\r\n" in buf and not buf.startswith(b"DATA\r\n"):
+                    line, buf = buf.split(b"\r\n", 1)
+                    conn.sendall(b"250-slow.test\r\n250 8BITMIME\r\n" if line.upper().startswith(b"EHLO") else b"250 ok\r\n")
+            conn.sendall(b"354 go on\r\n")
+            while not done.is_set():
+                try:
+                    data = conn.recv(64)
+                except OSError:
+                    return
+                if not data:
+                    return
+                time.sleep(len(data) / 200)
+
+    server = threading.Thread(target=slow_mx, daemon=True)
+    server.start()
+    try:
+        a = start_hub("--domain", "a.test", "--hostname", "mx.a.test", "--smarthost", f"127.0.0.1:{port}", "--retry-schedule", "1h",
+                      "--slow-transfer-window", "2", users=["alice@a.test:secret"])
+        message = b"Subject: big\r\n\r\n" + (b"z" * 78 + b"\r\n") * 80_000  # 6.3 MB
+        with smtplib.SMTP("127.0.0.1", a.ports["submission"], timeout=30) as client:
+            client.login("alice@a.test", "secret")
+            client.sendmail("alice@a.test", ["bob@b.test"], message)
+        start = time.monotonic()
+        line = a.wait_for_log(r"<bob@b.test> [^\n]*took the message at under 4 KiB/s for \d+ seconds[^\n]*", timeout=30).group(0)
+        assert time.monotonic() - start < 15, line
+        assert re.search(r"127\.0\.0\.1:\d+ took the message at under 4 KiB/s", line)
+        import glob
+
+        assert len(glob.glob(os.path.join(a.data_dir, "queue", "*.env"))) == 1  # kept, to be tried again
+    finally:
+        done.set()
+        server.join(10)
+        listener.close()

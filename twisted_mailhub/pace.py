@@ -98,10 +98,17 @@ def held_in_transport(transport: Any) -> int:
 
 
 def innermost(protocol: Any) -> Any:
-    """The protocol under every wrapper (PROXY header, TLS, transcript)."""
-    from twisted_mailhub.goodbye import innermost as inner
-
-    return inner(protocol)
+    """
+    The protocol under every wrapper: PROXY header, TLS, transcript (each
+    keeps the one it wraps as C{wrappedProtocol}) and a client endpoint's
+    C{_WrappingProtocol} (as C{_wrappedProtocol}: the relay's).
+    """
+    for _ in range(16):
+        inner = getattr(protocol, "wrappedProtocol", None) or getattr(protocol, "_wrappedProtocol", None)
+        if inner is None:
+            break
+        protocol = inner
+    return protocol
 
 
 def _watched(transport: Any) -> bool:
