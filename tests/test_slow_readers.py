@@ -487,3 +487,24 @@ def test_a_remote_mx_reading_the_message_a_few_octets_a_second_frees_the_queue_s
         done.set()
         server.join(10)
         listener.close()
+
+
+def test_an_ftp_append_trickled_an_octet_at_a_time_is_426_and_leaves_the_file_as_it_was(start_hub):
+    # STOR's trickle is tests/test_e2e_ftp.py's; APPE goes through the
+    # same data connection, and what it had taken must not be appended.
+    hub = start_hub("--ftp-data-timeout", "1")
+    f = ftp_login(hub)
+    f.voidcmd("TYPE I")
+    f.storbinary("STOR log.txt", __import__("io").BytesIO(b"first line\n"))
+    conn = f.transfercmd("APPE log.txt")
+    for _ in range(40):
+        try:
+            conn.sendall(b"x")
+        except OSError:
+            break
+        time.sleep(0.3)
+    f.sock.settimeout(15)
+    assert f.getline() == "426 The data arrived at under 4 KiB/s for over 1 second; transfer aborted."
+    conn.close()
+    with open(os.path.join(hub.data_dir, "ftp", "localhost", "alice", "log.txt"), "rb") as file:
+        assert file.read() == b"first line\n"
