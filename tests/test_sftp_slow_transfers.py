@@ -126,3 +126,25 @@ def test_openssh_sftp_slowed_under_the_floor_fails_and_above_it_is_whole(start_h
     got = os.path.join(home(hub), "up.bin") if way == "put" else str(tmp_path / "down.bin")
     with open(got, "rb") as f:
         assert f.read() == data
+
+
+def test_openssh_sftp_get_read_a_few_octets_a_second_by_tcp_is_cut_off(start_hub, tmp_path):
+    # The client asks for the file at full speed but its TCP takes the
+    # answers at 200 octets/s (a ProxyCommand with a 4 KiB receive buffer
+    # reading slowly once logged in): the SSH connection is reset by the
+    # slow-reader watch (pace.py), and the session's handles go with it.
+    import subprocess
+    import sys
+
+    from tests.hubprocess import ROOT
+    from tests.test_e2e_sftp import home, sftp_batch
+
+    hub = start_hub("--slow-transfer-window", "2")
+    os.makedirs(home(hub), exist_ok=True)
+    with open(os.path.join(home(hub), "big.bin"), "wb") as f:
+        f.write(os.urandom(4 * 1024 * 1024))
+    pipe = f"{sys.executable} {os.path.join(ROOT, 'tests', 'slowpipe.py')} 127.0.0.1 {hub.ports['sftp']} 20000 200"
+    done = sftp_batch(hub, "get big.bin got.bin\n", extra=("-o", f"ProxyCommand={pipe}"), check=False, cwd=tmp_path)
+    assert done.returncode != 0  # (it sees the reset once it has read, slowly, what its buffers held)
+    lines = [line for line in hub.log.splitlines() if "under 4 KiB/s; closing" in line]
+    assert len(lines) == 1 and "sftp" in lines[0], lines
