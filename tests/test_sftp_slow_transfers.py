@@ -55,7 +55,10 @@ def test_an_upload_trickled_an_octet_every_few_seconds_fails_and_is_not_stored(s
         rid += 1
         clock.advance(5)
     # 65 s, 13 octets: far under 4 KiB/s.
+    counted = []
+    server.metrics = type("Metrics", (), {"slow_transfer": lambda self, listener: counted.append(listener)})()
     _rid, code, message = write(server, stub, rid, handle, 13, b"x")
+    assert counted == ["sftp"]
     assert code == p.FX_FAILURE
     assert message == "/trickle.bin: the transfer ran at under 4 KiB/s for 65 seconds; the upload is not stored"
     assert write(server, stub, rid + 1, handle, 14, b"x")[2] == "no such open handle"

@@ -150,6 +150,30 @@ def test_the_protocol_says_how_it_is_cut_off():
     assert peer.aborted  # (closed after, if the hook did not)
 
 
+def test_each_cut_is_counted_for_its_listener():
+    class Metrics:
+        def __init__(self):
+            self.counted = []
+
+        def slow_transfer(self, listener):
+            self.counted.append(listener)
+
+    class Factory:
+        protocol_name = "pop3s"
+
+    class Inner:
+        factory = Factory()
+
+    reactor = _Reactor()
+    peer = _Peer(Inner())
+    reactor.readers.append(peer)
+    metrics = Metrics()
+    watch = pace.SlowReaders(reactor, window=20, tick=5, probe=lambda sock: (0, 100), metrics=metrics)
+    watch.start()
+    reactor.pump([5] * 6)
+    assert metrics.counted == ["pop3s"]
+
+
 def test_tcp_progress_counts_what_the_peer_acknowledged_not_what_was_written():
     with socket.create_server(("127.0.0.1", 0)) as server:
         client = socket.socket()
@@ -362,6 +386,10 @@ def test_an_imap_fetch_read_a_few_octets_a_second_is_cut_off_and_the_next_sessio
     read_slowly(s, 200, 6)
     assert data_ended(s)
     assert_one_line(hub)
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{hub.ports['web']}/metrics", timeout=15) as page:
+        assert 'mailhub_slow_transfers_total{listener="imap"} 1.0' in page.read().decode()
     import imaplib
 
     m = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=30)

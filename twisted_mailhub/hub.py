@@ -621,7 +621,7 @@ class HubService(OffersLogObserver, service.MultiService):
         self._goodbye = self.hub.reactor.addSystemEventTrigger("before", "shutdown", self._say_goodbye)
         window = getattr(self.hub, "slow_transfer_window", pace.WINDOW)
         if window > 0:
-            self._slow_readers = pace.SlowReaders(self.hub.reactor, window=window, tick=min(pace.TICK, window / 4))
+            self._slow_readers = pace.SlowReaders(self.hub.reactor, window=window, tick=min(pace.TICK, window / 4), metrics=getattr(self.hub, "metrics", None))
             self._slow_readers.start()
         if self._pending:
             defer.gatherResults(self._pending, consumeErrors=True).addCallback(self._ready)

@@ -144,8 +144,9 @@ class SlowReaders:
     """
 
     def __init__(self, reactor: Any, window: float = WINDOW, tick: float = TICK, rate: float = MIN_TRANSFER_RATE,
-                 probe: Callable[[Any], tuple[int, int] | None] = tcp_progress):
+                 probe: Callable[[Any], tuple[int, int] | None] = tcp_progress, metrics: Any = None):
         self.reactor = reactor
+        self.metrics = metrics  # L{twisted_mailhub.metrics.HubMetrics}, or None
         self.window = window
         self.tick = tick
         self.rate = rate
@@ -207,6 +208,8 @@ class SlowReaders:
         """Close a slow reader's connection, in its protocol's way if it has one."""
         reset_on_close(transport)
         inner = innermost(getattr(transport, "protocol", None))
+        if self.metrics is not None:
+            self.metrics.slow_transfer(listener_of(inner))
         hook = getattr(inner, "slow_reader", None)
         if hook is not None:
             try:
@@ -223,6 +226,19 @@ class SlowReaders:
             who=who, peer=peer, octets=octets, seconds=seconds, rate=int(self.rate) // 1024,
         )
         transport.abortConnection()
+
+
+def listener_of(protocol: Any) -> str:
+    """
+    The listener a connection's innermost C{protocol} came from (its
+    factory's C{protocol_name}, L{twisted_mailhub.hub.Hub.listen}), or its
+    own C{listener_name} (an FTP data connection: C{ftp}; the relay's
+    client: C{relay}); else C{other}.
+    """
+    name = getattr(getattr(protocol, "factory", None), "protocol_name", None)
+    if not isinstance(name, str):
+        name = getattr(protocol, "listener_name", None)
+    return name if isinstance(name, str) else "other"
 
 
 def reset_on_close(transport: Any) -> None:

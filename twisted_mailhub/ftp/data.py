@@ -379,6 +379,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
     # An active-mode data connection is the hub's own client connection:
     # the slow-reader watch (pace.py) judges it as it does a passive one.
     paced = True
+    listener_name = "ftp"  # (for /metrics: no factory of the FTP listener made it)
 
     def slow_reader(self, seconds: float, octets: int) -> None:
         """

@@ -407,6 +407,7 @@ class RelayClient(smtp.ESMTPClient):
     # server that takes the message at under 4 KiB/s does not hold a queue
     # slot for ever.
     paced = True
+    listener_name = "relay"
 
     def slow_reader(self, seconds: float, octets: int) -> None:
         """

@@ -779,6 +779,9 @@ class SFTPServer(protocol.Protocol):
         else:
             handle.close()
         rate = int(MIN_TRANSFER_RATE) // 1024
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.slow_transfer("sftp")
         log.info(
             "sftp: {path}: {octets} octets {way} in {seconds:.0f} s, under {rate} KiB/s; the file is closed",
             path=printable(handle.path), octets=handle.bytes, way="written" if upload else "read", seconds=elapsed, rate=rate,
