@@ -412,6 +412,16 @@ def test_a_pop3_retr_or_top_read_a_few_octets_a_second_is_cut_off_and_the_messag
     read_slowly(s, 200, 6)
     assert data_ended(s)
     assert_one_line(hub)
+    # The live console's record of the session says why it ended.
+    import urllib.parse
+
+    from tests.web_helpers import WebClient
+
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    [session] = re.findall(r'data-id="(pop3#\d+)"', browser.get("/console").text)
+    transcript = browser.get("/console/session/" + urllib.parse.quote(session, safe="") + "/transcript.txt").text
+    assert re.search(r"S: +\[closed: the client took \d+ octets in \d+ s while the server had more for it, under 4 KiB/s\]", transcript), transcript
     import poplib
 
     p = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=30)

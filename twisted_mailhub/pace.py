@@ -210,6 +210,7 @@ class SlowReaders:
         inner = innermost(getattr(transport, "protocol", None))
         if self.metrics is not None:
             self.metrics.slow_transfer(listener_of(inner))
+        note_in_session(getattr(transport, "protocol", None), f"[closed: the client took {octets} octets in {seconds:.0f} s while the server had more for it, under {int(self.rate) // 1024} KiB/s]")
         hook = getattr(inner, "slow_reader", None)
         if hook is not None:
             try:
@@ -239,6 +240,24 @@ def listener_of(protocol: Any) -> str:
     if not isinstance(name, str):
         name = getattr(protocol, "listener_name", None)
     return name if isinstance(name, str) else "other"
+
+
+def note_in_session(protocol: Any, text: str) -> None:
+    """
+    Put C{text} in the session's record (the live console and its
+    transcript, design rule 9) as a bracketed server note, as the relay
+    does for its "[connection closed]": the session's C{TranscriptProtocol}
+    is found among the wrappers from C{protocol} in. No record (not
+    recording, an FTP data connection): nothing.
+    """
+    for _ in range(16):
+        if protocol is None:
+            return
+        record = getattr(protocol, "record", None)
+        if record is not None and callable(getattr(record, "add_line", None)):
+            record.add_line("S", text.encode("utf-8"))
+            return
+        protocol = getattr(protocol, "wrappedProtocol", None) or getattr(protocol, "_wrappedProtocol", None)
 
 
 def reset_on_close(transport: Any) -> None:
