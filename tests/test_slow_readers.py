@@ -567,3 +567,13 @@ def test_an_imaps_fetch_read_a_few_octets_a_second_is_cut_off_too(start_hub):
     read_slowly(s, 200, 6)
     assert data_ended(s)
     assert_one_line(hub)
+
+
+def test_a_clock_without_descriptors_has_nothing_to_watch():
+    # (a hub started on a test's task.Clock: the sweep must not fail)
+    clock = task.Clock()
+    watch = pace.SlowReaders(clock, window=20, tick=5)
+    watch.start()
+    clock.pump([5] * 10)
+    assert watch.sweep() == []
+    watch.stop()
