@@ -577,3 +577,29 @@ def test_a_clock_without_descriptors_has_nothing_to_watch():
     clock.pump([5] * 10)
     assert watch.sweep() == []
     watch.stop()
+
+
+def test_an_active_mode_ftp_download_read_a_few_octets_a_second_is_426(start_hub):
+    # PORT: the hub connects to the client (a tcp.Client on its side, which
+    # the watch judges because the data connection asks for it).
+    hub = start_hub("--slow-transfer-window", "2")
+    f = ftp_login(hub)
+    f.storbinary("STOR big", __import__("io").BytesIO(os.urandom(8 * MB)))
+    f.voidcmd("TYPE I")
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (the accepted socket inherits it)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        f.voidcmd(f"PORT 127,0,0,1,{port // 256},{port % 256}")
+        f.putcmd("RETR big")
+        assert f.getresp()[:3] in ("125", "150")
+        listener.settimeout(15)
+        conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(30)
+        read_slowly(conn, 200, 6)
+        f.sock.settimeout(10)
+        assert re.fullmatch(r"426 The client read the data at under 4 KiB/s for [234] seconds; transfer aborted\.", f.getline())
+        assert data_ended(conn)
+    assert f.pwd() == "/"
