@@ -279,3 +279,53 @@ class SMTPUTF8Tests(unittest.TestCase):
         s = Session([j])
         s.greet()
         self.assertEqual(s.sent(), b"MAIL FROM:<alice@a.test> SIZE=%d BODY=8BITMIME\r\n" % len(j.message))
+
+
+class SlowRemoteServerTests(unittest.TestCase):
+    """
+    The DATA payload of a big message goes in pieces, each resetting the
+    reply timer, so a remote server taking it at an honest rate is not
+    cut at 300 s; one taking it at under 4 KiB/s is cut by the
+    slow-reader watch (pace.py) as a temporary failure.
+    """
+
+    def _at_data(self, message):
+        j = job(message=message)
+        s = Session([j])
+        s.greet(b"250-mx.b.test\r\n250 8BITMIME\r\n")  # (no SIZE limit)
+        s.sent()
+        s.reply(b"250 ok\r\n")
+        s.reply(b"250 ok\r\n")
+        s.sent()
+        s.reply(b"354 go\r\n")
+        return j, s
+
+    def test_a_big_message_taken_steadily_for_longer_than_the_reply_timer_is_delivered(self):
+        message = b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 40_000  # 3.1 MiB
+        j, s = self._at_data(message)
+        sent = s.sent()
+        producer = s.transport.producer
+        self.assertIsNotNone(producer)  # not written at once
+        pieces = 1
+        while s.transport.producer is not None:
+            # Each 256 KiB piece taken in 290 s (900 octets/s would be cut
+            # by the watch; here only the reply timer is under test).
+            s.clock.advance(RelayClient.timeout - 10)
+            self.assertFalse(s.transport.disconnecting)
+            producer.resumeProducing()
+            sent += s.sent()
+            pieces += 1
+        self.assertGreater(pieces * (RelayClient.timeout - 10), RelayClient.timeout * 3)
+        self.assertEqual(sent, dot_stuff(message))
+        s.reply(b"250 2.0.0 queued\r\n")
+        self.assertEqual(j.outcomes["bob@b.test"].code, 250)
+
+    def test_a_remote_server_reading_too_slowly_is_a_temporary_failure_that_names_it(self):
+        j, s = self._at_data(b"Subject: x\r\n\r\n" + b"z" * 1_000_000)
+        s.client.slow_reader(60.0, 1234)
+        self.assertTrue(s.transport.disconnecting)
+        s.client.connectionLost(failure.Failure(error.ConnectionAborted()))
+        outcome = j.outcomes["bob@b.test"]
+        self.assertEqual(outcome.code, -1)
+        self.assertFalse(outcome.permanent or outcome.delivered)
+        self.assertEqual(outcome.reply, "mx.b.test[127.0.0.1]:25 took the message at under 4 KiB/s for 60 seconds (1234 octets)")

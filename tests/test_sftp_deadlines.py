@@ -85,3 +85,30 @@ def test_sftp_client_that_does_not_log_in_is_cut_off_and_one_that_did_stays(star
     sftp.putfo(io.BytesIO(b"still here\n"), "after.txt")
     assert "after.txt" in sftp.listdir(".")
     client.close()
+
+
+class TrickledPacketTests(unittest.TestCase):
+    """
+    Octets of one SSH packet trickled a few every few seconds are not
+    activity: the idle timer runs on from the last whole packet.
+    """
+
+    def setUp(self):
+        LoginGraceTests.setUp(self)
+
+    connect = LoginGraceTests.connect
+
+    def test_a_packet_trickled_an_octet_at_a_time_does_not_hold_the_connection_past_the_idle_time(self):
+        proto, transport = self.connect()
+        proto.avatar = object()  # logged in: the grace time is not what ends it
+        proto.logoutFunction = lambda: None
+        # The first block of a 1024-octet packet (length 1020, padding 4),
+        # then its body an octet at a time.
+        proto.dataReceived(b"SSH-2.0-slow\r\n" + b"\x00\x00\x03\xfc\x04" + b"\x14\x00\x00")
+        for _ in range(70):  # 700 s, one octet of a packet every 10 s
+            if transport.disconnecting:
+                break
+            self.clock.advance(10)
+            proto.dataReceived(b"\x00")
+        self.assertIn(b"idle timeout", transport.value())
+        self.assertTrue(transport.disconnecting)

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python import failure
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from twisted_mailhub import clientkey, dispatch, proxyheader
+from twisted_mailhub import clientkey, dispatch, pace, proxyheader
 from twisted_mailhub.clientkey import client_key
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.login import ClientPortal, LoginThrottle
@@ -431,6 +431,9 @@ class Hub:
         # Per-client counts take an IPv6 host as its network (clientkey.py).
         clientkey.configure(int(options.get("ipv6-prefix") or clientkey.DEFAULT_PREFIX))
         self.transcript = bool(options.get("transcript"))
+        # A peer that reads what it asked for a few octets a second (pace.py).
+        window = options.get("slow-transfer-window")
+        self.slow_transfer_window = float(60 if window is None else window)
         # Session events (transcript.py): recorded for every listener when
         # --transcript logs them or a component (the web console) reads them.
         self.events = SessionEvents()
@@ -616,6 +619,10 @@ class HubService(OffersLogObserver, service.MultiService):
         # At a stop each client hears its protocol's goodbye (421, BYE...)
         # before its connection closes (twisted_mailhub/goodbye.py).
         self._goodbye = self.hub.reactor.addSystemEventTrigger("before", "shutdown", self._say_goodbye)
+        window = getattr(self.hub, "slow_transfer_window", pace.WINDOW)
+        if window > 0:
+            self._slow_readers = pace.SlowReaders(self.hub.reactor, window=window, tick=min(pace.TICK, window / 4), metrics=getattr(self.hub, "metrics", None))
+            self._slow_readers.start()
         if self._pending:
             defer.gatherResults(self._pending, consumeErrors=True).addCallback(self._ready)
         else:
@@ -797,6 +804,9 @@ class HubService(OffersLogObserver, service.MultiService):
             self._previous_sighup = None
         if getattr(self, "_dispatch", False):
             dispatch.uninstall(self.hub.reactor)
+        slow_readers, self._slow_readers = getattr(self, "_slow_readers", None), None
+        if slow_readers is not None:
+            slow_readers.stop()
         ports, self.ports = self.ports, []
         d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports], consumeErrors=True)
         d.addBoth(lambda _: service.MultiService.stopService(self))

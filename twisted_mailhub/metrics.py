@@ -93,6 +93,12 @@ class HubMetrics:
         self.ftp_octets = Counter("mailhub_ftp_octets", "Octets moved over FTP data connections, by direction.", ["direction"], registry=registry)
         self.sftp_transfers = Counter("mailhub_sftp_transfers", "SFTP files closed after a transfer, by direction (download, upload).", ["direction"], registry=registry)
         self.sftp_octets = Counter("mailhub_sftp_octets", "Octets of files read or written over SFTP, by direction.", ["direction"], registry=registry)
+        self.slow_transfers = Counter(
+            "mailhub_slow_transfers",
+            "Transfers cut off for moving under 4 KiB/s for --slow-transfer-window (a slow reader, an SFTP file trickled), per listener (relay: a remote MX).",
+            ["listener"],
+            registry=registry,
+        )
         self.rejections = Counter(
             "mailhub_rejections",
             "SMTP commands refused for good (5xx), by reason: relay_denied, unknown_user, quota, dmarc, syntax, too_big, policy.",
@@ -115,6 +121,10 @@ class HubMetrics:
         """One SFTP file closed: C{direction} is download or upload."""
         self.sftp_transfers.labels(direction).inc()
         self.sftp_octets.labels(direction).inc(max(0, int(octets)))
+
+    def slow_transfer(self, listener: str) -> None:
+        """A transfer cut off for moving under 4 KiB/s (twisted_mailhub/pace.py, an SFTP file)."""
+        self.slow_transfers.labels(listener).inc()
 
     def smtp_refused(self, listener: str, code: int, text: str) -> None:
         """An SMTP 5xx reply: counted by its reason when it has one of ours."""

@@ -94,6 +94,7 @@ class Options(usage.Options, strcred.AuthOptionMixin):
         ["max-connections", None, 2000, "Most client connections open at once, every listener together (0: no limit).", int],
         ["port-base", None, None, "Move every listener's default port at once: BASE + the protocol's standard port (SMTP BASE+25, submission BASE+587, POP3 BASE+110, IMAP BASE+143, FTP BASE+21, ...); for several hubs on one machine.", int],
         ["max-connections-per-ip", None, 100, "Most client connections open at once from one address, every listener together (0: no limit).", int],
+        ["slow-transfer-window", None, 60, "Seconds a peer may take what the hub sends it at under 4 KiB/s (a download read a few octets a second) before its connection is closed.", float],
         ["ipv6-prefix", None, 64, "Bits of an IPv6 address that name one client for per-address limits, the login throttle and the console (64: a host's /64; 128: each address).", prefix_length],
         ["workers", None, "1", "Hub processes sharing the listeners and the store: a number, or auto (one per core); see the README's --workers section."],
     ] + _PARAMETERS

@@ -237,6 +237,9 @@ class _SendfileWriter:
         self.connection = connection
         self.reader = reader
         self.sock_fd = connection.transport.getHandle().fileno()
+        # The connection the slow-reader watch (pace.py) judges while this
+        # writer stands in for it with the reactor.
+        self.paced_transport = connection.transport
         self.file_fd = reader.fileno()
         self.offset = reader.offset
         self.sent = 0
@@ -372,6 +375,25 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
             self._watch_tcp_end()
             return
         self.channel._connected(self)
+
+    # An active-mode data connection is the hub's own client connection:
+    # the slow-reader watch (pace.py) judges it as it does a passive one.
+    paced = True
+    listener_name = "ftp"  # (for /metrics: no factory of the FTP listener made it)
+
+    def slow_reader(self, seconds: float, octets: int) -> None:
+        """
+        The client took the download at under 4 KiB/s for C{seconds} while
+        more was waiting for it (L{twisted_mailhub.pace}): the transfer
+        fails with 426 on the control connection (RFC 959 §4.2) and the
+        data connection is aborted; the file is closed.
+        """
+        log.info(
+            "ftp data connection: the client took {octets} octets in {seconds:.0f} s, under {rate} KiB/s; closing",
+            octets=octets, seconds=seconds, rate=int(MIN_TRANSFER_RATE) // 1024,
+        )
+        self._fail(TransferFailed(f"the client read the data at under {int(MIN_TRANSFER_RATE) // 1024} KiB/s for {_seconds(round(seconds))}"))
+        self.abort()
 
     def _watch_tcp_end(self) -> None:
         """

@@ -41,6 +41,8 @@ from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.python import failure
 
+from twisted_mailhub.lines import MIN_TRANSFER_RATE
+
 log = Logger()
 
 # Packet types (filexfer-02 §3).
@@ -238,6 +240,8 @@ class Handle:
     """An open file or directory: what an SFTP handle string names."""
 
     kind = "file"
+    bytes = 0
+    started: float | None = None  # when its first READ or WRITE came (reactor seconds)
 
     def __init__(self, path: str, segments: list[str]):
         self.path = path
@@ -387,8 +391,13 @@ class SFTPServer(protocol.Protocol):
         max_handles: int = MAX_HANDLES,
         max_read: int = MAX_READ,
         max_backlog: int = MAX_BACKLOG,
+        slow_window: float = 60.0,
     ):
         self.shell = shell
+        # A READ or WRITE of a file whose transfer, once it has run this
+        # many seconds, averages under lines.MIN_TRANSFER_RATE ends it
+        # (L{_keeping_up}); 0: never.
+        self.slow_window = slow_window
         self.observer = observer
         self.max_packet = max_packet
         self.max_handles = max_handles
@@ -744,11 +753,50 @@ class SFTPServer(protocol.Protocol):
 
         return self._run(request, rid, handle.path, handle.close(), closed)
 
+    def _keeping_up(self, key: bytes, handle: Handle) -> None:
+        """
+        The slow-transfer floor for one open file: once its first READ or
+        WRITE is C{slow_window} seconds old, its reads or writes must
+        average L{MIN_TRANSFER_RATE} (4 KiB/s) since then, as an FTP
+        upload must (ftp/data.py) and a download's reader must
+        (L{twisted_mailhub.pace}). A client asking for a few octets every
+        few seconds kept the session (each request resets the idle timer),
+        the handle and its file open for ever. Past that, the handle is
+        closed (an upload abandoned: nothing is stored under its name) and
+        the request fails.
+
+        @raise SFTPError: C{SSH_FX_FAILURE} with the reason.
+        """
+        now = self._clock.seconds()
+        if handle.started is None:
+            handle.started = now
+            return
+        elapsed = now - handle.started
+        if not self.slow_window or elapsed <= self.slow_window or handle.bytes >= elapsed * MIN_TRANSFER_RATE:
+            return
+        self.handles.pop(key, None)
+        upload = isinstance(handle, WriteHandle)
+        if upload:
+            handle.abandon()
+        else:
+            handle.close()
+        rate = int(MIN_TRANSFER_RATE) // 1024
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.slow_transfer("sftp")
+        log.info(
+            "sftp: {path}: {octets} octets {way} in {seconds:.0f} s, under {rate} KiB/s; the file is closed",
+            path=printable(handle.path), octets=handle.bytes, way="written" if upload else "read", seconds=elapsed, rate=rate,
+        )
+        outcome = "the upload is not stored" if upload else "the file is closed"
+        raise SFTPError(FX_FAILURE, f"{handle.path}: the transfer ran at under {rate} KiB/s for {elapsed:.0f} seconds; {outcome}")
+
     def fxp_READ(self, rid, reader):
         key, handle = self._handle(reader, ReadHandle)
         offset = reader.u64()
         length = reader.u32()
         request = f"READ handle {key.decode()} offset {offset} len {length}"
+        self._keeping_up(key, handle)
         if length == 0:
             # Nothing asked, nothing read: no end of file was met (EOF is
             # for "EOF encountered before reading any data", filexfer-02
@@ -797,6 +845,7 @@ class SFTPServer(protocol.Protocol):
         offset = reader.u64()
         data = reader.string()
         request = f"WRITE handle {key.decode()} offset {offset} len {len(data)}"
+        self._keeping_up(key, handle)
 
         def written(_):
             self._status(rid, FX_OK)

@@ -333,6 +333,7 @@ class SFTPUser(avatar.ConchUser):
             observer=observer,
             max_packet=self.settings.max_packet,
             max_handles=self.settings.max_handles,
+            slow_window=float(getattr(self.settings.hub, "slow_transfer_window", 60.0)),
         )
         server.metrics = getattr(self.settings.hub, "metrics", None)
         server.quota_space = self.quota_space
@@ -484,8 +485,14 @@ class MailhubSSHTransport(transport.SSHServerTransport, TimeoutMixin):
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, b"not logged in after %g seconds" % seconds)
 
     def dataReceived(self, data):
-        self.resetTimeout()
         transport.SSHServerTransport.dataReceived(self, data)
+
+    def dispatchMessage(self, messageNum, payload):
+        # A whole packet is activity; an octet is not: a client trickling
+        # one packet's octets, a few every few seconds, reset the idle
+        # timer with each and held the connection for ever (slowloris).
+        self.resetTimeout()
+        transport.SSHServerTransport.dispatchMessage(self, messageNum, payload)
 
     def _newKeys(self):
         transport.SSHServerTransport._newKeys(self)
