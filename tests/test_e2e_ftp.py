@@ -794,9 +794,10 @@ def test_stalled_upload_is_cut_off_after_the_data_timeout(start_hub):
 
 def test_an_upload_trickled_an_octet_at_a_time_is_cut_off(start_hub):
     # Each octet reset the data timeout: an octet every 0.3 s kept the
-    # transfer (and the file) open for ever. Past --ftp-data-timeout an
-    # upload must average 4 KiB/s for its octets to keep it alive.
-    hub = start_hub("--ftp-data-timeout", "1")
+    # transfer (and the file) open for ever. Past the longer of
+    # --ftp-data-timeout and --ftp-idle-timeout an upload must average
+    # 4 KiB/s for its octets to keep it alive.
+    hub = start_hub("--ftp-data-timeout", "1", "--ftp-idle-timeout", "2")
     f = login(hub)
     f.voidcmd("TYPE I")
     conn = f.transfercmd("STOR trickle.bin")
@@ -808,8 +809,8 @@ def test_an_upload_trickled_an_octet_at_a_time_is_cut_off(start_hub):
             break
         time.sleep(0.3)
     f.sock.settimeout(15)
-    assert f.getline() == "426 The data arrived at under 4 KiB/s for over 1 second; transfer aborted."
-    assert time.monotonic() - start < 6
+    assert f.getline() == "426 The data arrived at under 4 KiB/s for over 2 seconds; transfer aborted."
+    assert time.monotonic() - start < 7
     conn.close()
     assert "trickle.bin" not in f.nlst()
     # A steady upload of the same length of time is not cut.
@@ -820,6 +821,27 @@ def test_an_upload_trickled_an_octet_at_a_time_is_cut_off(start_hub):
     conn.close()
     assert f.voidresp().startswith("226")
     assert os.path.getsize(os.path.join(home(hub), "steady.bin")) == 81920
+
+
+def test_an_upload_typed_by_hand_is_not_cut_within_the_control_connections_idle_time(start_hub):
+    # A student types a file into nc on the data connection: a line every
+    # half second, far under 4 KiB/s. It used to be cut --ftp-data-timeout
+    # after the data connection opened (60 s by default: 1 here); it now
+    # has the control connection's idle time (--ftp-idle-timeout, 300 s by
+    # default: 10 here) before the average applies, as long as no pause
+    # is longer than the data timeout.
+    hub = start_hub("--ftp-data-timeout", "2", "--ftp-idle-timeout", "10")
+    f = login(hub)
+    f.voidcmd("TYPE A")
+    conn = f.transfercmd("STOR typed.txt")
+    lines = [f"line {i} typed by hand".encode() for i in range(9)]
+    for line in lines:  # 4.5 s: past the data timeout, within the idle time
+        conn.sendall(line + b"\r\n")
+        time.sleep(0.5)
+    conn.close()
+    f.sock.settimeout(15)
+    assert f.voidresp().startswith("226")
+    assert open(os.path.join(home(hub), "typed.txt"), "rb").read() == b"".join(line + b"\n" for line in lines)
 
 
 def test_passive_ports_address_and_banner_options(start_hub):

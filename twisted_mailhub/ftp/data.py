@@ -421,7 +421,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
     def timeoutConnection(self):
         if self._trickling:
             log.info("ftp data connection slower than {rate} octets/s; closing", rate=int(UPLOAD_RATE))
-            self._fail(TransferFailed(f"the data arrived at under {int(UPLOAD_RATE) // 1024} KiB/s for over {_seconds(self.channel.timeout)}"))
+            self._fail(TransferFailed(f"the data arrived at under {int(UPLOAD_RATE) // 1024} KiB/s for over {_seconds(self.channel.upload_grace)}"))
         else:
             log.info("ftp data connection idle for {t}s; closing", t=self.channel.timeout)
             self._fail(TransferFailed(f"the data connection was idle for {_seconds(self.channel.timeout)}"))
@@ -430,7 +430,7 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
     def dataReceived(self, data: bytes):
         self._received += len(data)
         elapsed = self.channel.reactor.seconds() - self._opened
-        if elapsed <= self.channel.timeout or self._received >= elapsed * UPLOAD_RATE:
+        if elapsed <= self.channel.upload_grace or self._received >= elapsed * UPLOAD_RATE:
             self.resetTimeout()
             self._trickling = False
         else:
@@ -865,10 +865,21 @@ class DataChannel:
     __slots__ = (
         "reactor", "local_host", "peer_host", "data_port", "timeout", "tls", "protect", "on_data_connection",
         "balancers", "state", "active_mode", "connection", "pending", "_port", "_address", "_waiting", "_timer",
+        "upload_grace",
     )
 
-    def __init__(self, reactor, local_host: str, peer_host: str, data_port: int, timeout: float, tls=None, balancers=None):
+    def __init__(self, reactor, local_host: str, peer_host: str, data_port: int, timeout: float, tls=None, balancers=None,
+                 upload_grace: float | None = None):
         """
+        @param timeout: seconds to wait for a data connection, or on a
+            stalled one (C{--ftp-data-timeout}).
+        @param upload_grace: seconds an upload may run before its octets
+            must average L{UPLOAD_RATE} to keep it alive (L{None}: the
+            same as C{timeout}). The hub gives the control connection's
+            idle time (C{--ftp-idle-timeout}, 300 s) when that is longer,
+            so a student typing a file into nc on the data connection is
+            not cut after a minute, while an octet every few seconds
+            cannot hold a transfer for ever.
         @param balancers: L{None}: passive data connections come straight
             from the client. Else they come through a balancer in this
             container of addresses (C{--proxy-from}), each with a PROXY
@@ -880,6 +891,7 @@ class DataChannel:
         self.peer_host = peer_host
         self.data_port = data_port
         self.timeout = timeout
+        self.upload_grace = timeout if upload_grace is None else max(timeout, upload_grace)
         self.tls = tls
         self.protect = False
         # Called with ("data", text) as data connections open and close:

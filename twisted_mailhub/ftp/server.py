@@ -372,7 +372,8 @@ class MailhubFTP(ftp.FTP):
         local = socket_host(transport)
         data_port = factory.data_port if factory.data_port is not None else local.port - 1
         balancers = hub.proxy_from if factory.passive_balanced else None
-        self.data = DataChannel(hub.reactor, local.host, self.address, data_port, factory.data_timeout, None, balancers)
+        self.data = DataChannel(hub.reactor, local.host, self.address, data_port, factory.data_timeout, None, balancers,
+                                upload_grace=factory.idle_timeout)
         if self.record is not None:
             self.data.on_data_connection = self.record.add  # data connections become events
         self.lines = LineEngine(
