@@ -243,21 +243,27 @@ def test_the_sessions_typed_by_hand_in_the_readme_go_as_printed(start_hub):
         turns = _turns(blocks["session-ftp"], lambda line: not line[:3].isdigit())
         reader = s.makefile("rb")
 
-        def data_connection(line):
-            if line == "list":
-                nums = [int(n) for n in re.search(r"\((\d+,\d+,\d+,\d+,\d+,\d+)\)", passive[-1]).group(1).split(",")]
-                with socket.create_connection(("127.0.0.1", nums[4] * 256 + nums[5]), timeout=10) as d:
-                    while d.recv(65536):
-                        pass
+        def data_connection():
+            # As the README's student does: the second nc connects once the
+            # 150 for LIST is on the screen (connected before it, the hub
+            # may answer 125 "already open": RFC 959 allows both).
+            nums = [int(n) for n in re.search(r"\((\d+,\d+,\d+,\d+,\d+,\d+)\)", passive[-2]).group(1).split(",")]
+            with socket.create_connection(("127.0.0.1", nums[4] * 256 + nums[5]), timeout=10) as d:
+                while d.recv(65536):
+                    pass
 
+        listing = False
         for who, line in turns:
             if who == "C":
                 s.sendall(line.encode() + b"\r\n")
-                data_connection(line)
+                listing = line == "list"
                 continue
             got = reader.readline().decode("utf-8", "replace").rstrip("\r\n")
             passive.append(got)
             assert _steady(got) == _steady(line), f"README block 'session-ftp': the README shows {line!r}, the hub says {got!r}"
+            if listing and got.startswith("1"):
+                data_connection()
+                listing = False
 
 
 # -- the admin commands --------------------------------------------------------------

@@ -532,7 +532,7 @@ def test_a_remote_mx_reading_the_message_a_few_octets_a_second_frees_the_queue_s
 def test_an_ftp_append_trickled_an_octet_at_a_time_is_426_and_leaves_the_file_as_it_was(start_hub):
     # STOR's trickle is tests/test_e2e_ftp.py's; APPE goes through the
     # same data connection, and what it had taken must not be appended.
-    hub = start_hub("--ftp-data-timeout", "1")
+    hub = start_hub("--ftp-data-timeout", "1", "--ftp-idle-timeout", "1")
     f = ftp_login(hub)
     f.voidcmd("TYPE I")
     f.storbinary("STOR log.txt", __import__("io").BytesIO(b"first line\n"))
