@@ -360,6 +360,14 @@ class ByListener(dict):
         raise KeyError(f"this hub has no {name} listener (--no-{name}?); it runs: {', '.join(sorted(self)) or 'none, it is not running'}")
 
 
+# The options with which a test routes outbound mail itself (see command).
+_OWN_ROUTE_OPTIONS = ("--smarthost", "--dns-server")
+# Where a kit hub's outbound mail goes unless a test routes it: loopback
+# port 1 (tcpmux, RFC 1078, which nothing runs), so the connection is
+# refused at once and the mail waits in the queue.
+_NOWHERE = "127.0.0.1:1"
+
+
 _LIST_LINE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"(?:[^"\\]|\\.)*"|NIL) (?P<name>.+)$')
 
 
@@ -529,6 +537,17 @@ class Mailhub:
         else:
             for spec in self._account_specs:
                 args += ["--user", spec]
+        if not any(self._given(o) for o in _OWN_ROUTE_OPTIONS):
+            # Mail a logged-in sender addresses to another domain would be
+            # looked up in the system's DNS and sent to the world's MX
+            # hosts: a test of "the welcome mail goes to jane@gmail.com"
+            # sent it. Every such domain goes to a loopback port nothing
+            # listens on instead, so the mail waits in the queue
+            # (DATA/queue, "cannot connect to 127.0.0.1:1" in the log) and
+            # is removed with the data. The options' own --mx-override *=
+            # comes later and wins; --smarthost and --dns-server are a
+            # test's choice to send.
+            args += ["--mx-override", f"*={_NOWHERE}"]
         return args + self.options
 
     def _accounts_path(self) -> str:
