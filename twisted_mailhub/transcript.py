@@ -537,6 +537,9 @@ class Transcriber:
         self.record = record
         self._client = b""
         self._server = b""
+        # The start of an over-long client line was shown: what follows
+        # up to its LF is the rest of it, not a line of its own.
+        self._overlong = False
         self._in_sasl: bool | str = False  # True in a SASL exchange; _REFUSED, _ECHOED after a refused one
         self._echo = b""
         # The client is sending a message (SMTP DATA) up to a "." line.
@@ -593,7 +596,7 @@ class Transcriber:
         such lines and gives them later).
         """
         return not (
-            self._client or self._server or self._in_sasl or self._login_rest or self._in_data or self._out_data
+            self._client or self._server or self._overlong or self._in_sasl or self._login_rest or self._in_data or self._out_data
             or self._in_literal or self._out_literal or self._client_sync or self._held is not None
         )
 
@@ -631,6 +634,14 @@ class Transcriber:
             self._transcribe_client(held)
 
     def _transcribe_client(self, data: bytes) -> None:
+        if self._overlong:
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            self._overlong = False
+            data = data[end + 1:]
+            if not data:
+                return
         pending = self._pop3
         if pending is not None and data.find(b"\n") == len(data) - 1 and not (self._client or self._in_sasl or self._login_rest):
             # One POP3 line; the commonest, "RETR 12", without a mask or an
@@ -748,9 +759,28 @@ class Transcriber:
         if pos < end:
             rest = data[pos:] if pos else data
             if len(rest) > 4096:
-                self._emit("C", rest[:80] + b"... [over-long line]")
+                self._overlong_line(rest[:80])
                 rest = b""
             self._client = rest
+
+    def _overlong_line(self, start: bytes) -> None:
+        """
+        A client line past 4096 octets with no LF yet (the server drops
+        it: lines.py): shown by its first octets, masked as the whole line
+        would be (a password, a SASL response), with a note; the rest of
+        it, up to its LF, is skipped (L{_transcribe_client}).
+        """
+        self._overlong = True
+        emit = self._emit
+
+        def noted(who: bytes, line: bytes) -> None:
+            emit(who, line + (b"" if line.endswith(b"...") else b"...") + b" [over-long line]")
+
+        self._emit = noted  # type: ignore[method-assign]
+        try:
+            self._client_line(start)
+        finally:
+            del self._emit
 
     def _client_line(self, line: bytes) -> None:
         # One CR is the line end's; another one is the line's (shown as
