@@ -1218,9 +1218,36 @@ class Compose(resource.Resource):
             for name, value in said.headers.items():
                 request.setHeader(name, value)
             text = said.message or ("The server's disk is full: the message was not sent. Try again later." if said.code == 507 else "")
+            full = _recipients_full_mailbox(reason.value, user.address)
+            if full is not None:
+                # A recipient's mailbox, not the sender's ("Your mailbox is
+                # full" gave bob's figures as alice's): SMTP's 552 5.2.2 at
+                # the end of DATA, which names the recipient, sent to no one.
+                text = full
             return self._again(request, fields, text.replace("nothing was changed", "the message was not sent"), code=said.code)
 
         return d.addCallbacks(sent, failed).addErrback(not_copied)
+
+
+def _recipients_full_mailbox(error: BaseException, sender: str) -> str | None:
+    """
+    What the compose form says when C{error} (a failed L{submit}) is the
+    quota of a recipient other than C{sender}: the message fit none of
+    its recipients at once (as SMTP's C{552 5.2.2} at the end of DATA) and
+    was sent to no one; L{None} for any other error.
+    """
+    from twisted_mailhub.quota import QuotaExceeded
+    from twisted_mailhub.web.errors import _cause
+
+    error = _cause(error)
+    if not isinstance(error, QuotaExceeded) or error.address.lower() == sender.lower():
+        return None
+    if error.incoming > error.limit:
+        return f"Not sent: {error.detail} of {error.address}, so it cannot be delivered there; the message was not sent to anyone. Send it without that recipient."
+    return (
+        f"The mailbox of {error.address} is full ({error.detail}): the message was not sent to anyone. "
+        "Send it without that recipient, or later, once its owner has made room."
+    )
 
 
 # What a header field of a message the webmail writes cannot carry (RFC
