@@ -159,6 +159,32 @@ def test_purge_empties_mail_and_files_and_drops_made_folders(hub):
     assert hub.files(ALICE) == {}
 
 
+def test_purge_leaves_the_subscriptions_of_a_new_account(hub):
+    # Found by breaker2: the folders a test made were deleted, but their
+    # names stayed subscribed (RFC 9051 §6.3.9: DELETE leaves them), so
+    # the next test's LSUB listed "Projects" (\Noselect), and a folder the
+    # test unsubscribed stayed unsubscribed.
+    def subscribed(client):
+        return sorted(line.rsplit(b' "/" ', 1)[1].strip(b'"').decode() for line in client.lsub()[1])
+
+    client = hub.imap(ALICE)
+    try:
+        fresh = subscribed(client)
+        client.create("Projects/2026")
+        client.subscribe("Projects/2026")
+        client.subscribe("Projects")
+        client.subscribe("Nowhere")
+        client.unsubscribe("Trash")
+    finally:
+        client.logout()
+    hub.purge()
+    client = hub.imap(ALICE)
+    try:
+        assert subscribed(client) == fresh and "Trash" in fresh
+    finally:
+        client.logout()
+
+
 def test_add_account_takes_effect_without_a_restart(tmp_path):
     with Mailhub(accounts=["alice:secret"], data_dir=str(tmp_path / "d")) as hub:
         with smtplib.SMTP(hub.host, hub.ports["smtp"], timeout=10) as s:
