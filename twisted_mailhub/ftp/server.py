@@ -956,6 +956,7 @@ class MailhubFTP(ftp.FTP):
         self.lines.discard_pending()
         self.transport.startTLS(self.factory.hub.tls)
         self._tls = True
+        self.data.control_tls = True  # (the console says PROT P or PROT C of each data connection)
         self._tls_pending = self.record is not None  # the handshake's end is recorded
         # RFC 4217 §6: a new login is needed after AUTH.
         if self.state != self.AUTHED:
