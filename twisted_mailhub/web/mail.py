@@ -644,7 +644,7 @@ class FolderPages(resource.Resource):
         if problem:
             found.append(tags.p(f"That search could not be read: {problem}", class_="error"))
         elif query:
-            found.append(tags.p(f"{len(infos)} message{'s' if len(infos) != 1 else ''} match ", tags.code(query), "."))
+            found.append(tags.p(f"{len(infos)} message{'s match' if len(infos) != 1 else ' matches'} ", tags.code(query), "."))
         content = [
             self.folder_list(account),
             tags.section(
