@@ -522,3 +522,21 @@ def test_the_start_shown_of_an_over_long_line_is_masked_and_its_rest_is_no_line(
     assert sum("[over-long line]" in line for line in lines) == 1, lines
     if protocol != "imap":
         assert lines[-1] == "C: NOOP", lines
+
+
+@pytest.mark.parametrize("split", [0, 1, 3])
+def test_an_over_long_imap_line_ending_in_a_literal_shows_the_literal_as_one_line(split):
+    # An IMAP line of 4 KiB to 64 KiB is the server's to take (a long UID
+    # set); one ending in a literal ({5+}) has the literal's octets next.
+    # Shown by its start (breaker2), its literal was then read as lines
+    # ("C: hello"): an APPEND's message line by line.
+    _, record, t = _record("imap")
+    line = b"a1 UID SEARCH UID " + b"1," * 2500 + b"2 TEXT {5+}"
+    cut = len(line) - split
+    t.client_bytes(line[:cut])
+    t.client_bytes(line[cut:] + b"\r\nhel")
+    t.client_bytes(b"lo\r\n")
+    t.client_bytes(b"a2 NOOP\r\n")
+    lines = _lines(record)
+    assert lines[0].startswith("C: a1 UID SEARCH UID 1,1,") and lines[0].endswith("... [over-long line]"), lines
+    assert lines[1:] == ["C: [literal: 5 octets]", "C: ", "C: a2 NOOP"], lines

@@ -135,6 +135,9 @@ _LOGIN = re.compile(rb"^([ \t]*\S+[ \t]+(?:UID[ \t]+)?LOGIN[ \t]+\S+)[ \t].*", r
 _LOGIN_LITERAL = re.compile(rb"^[ \t]*\S+[ \t]+LOGIN[ \t]+~?\{\d{1,20}\+?\}$", re.I)
 # An IMAP line that ends in a literal's size (RFC 3501 §4.3, LITERAL+ RFC 7888, literal8 RFC 3516).
 _IMAP_LITERAL = re.compile(rb"~?\{(\d{1,20})(\+?)\}$")
+# The octets of an over-long IMAP line kept to find a literal at its end
+# ("~{" 20 digits "+}\r").
+_TAIL_KEPT = 26
 # Control bytes other than tab are shown as \xNN, never raw.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -540,6 +543,8 @@ class Transcriber:
         # The start of an over-long client line was shown: what follows
         # up to its LF is the rest of it, not a line of its own.
         self._overlong = False
+        self._overlong_tag = b""  # (IMAP) the over-long line's tag
+        self._overlong_tail = b""  # (IMAP) its last octets so far: a literal's {N}
         self._in_sasl: bool | str = False  # True in a SASL exchange; _REFUSED, _ECHOED after a refused one
         self._echo = b""
         # The client is sending a message (SMTP DATA) up to a "." line.
@@ -637,8 +642,14 @@ class Transcriber:
         if self._overlong:
             end = data.find(b"\n")
             if end < 0:
+                if self._imap:
+                    self._overlong_tail = (self._overlong_tail + data)[-_TAIL_KEPT:]
                 return
             self._overlong = False
+            if self._imap:
+                # An IMAP line ending in a literal ({N} or {N+}): its
+                # octets come next, not lines (RFC 3501 §4.3).
+                self._client_literal(self._overlong_tag + b" " + (self._overlong_tail + data[:end])[-_TAIL_KEPT:])
             data = data[end + 1:]
             if not data:
                 return
@@ -760,6 +771,8 @@ class Transcriber:
             rest = data[pos:] if pos else data
             if len(rest) > 4096:
                 self._overlong_line(rest[:80])
+                if self._imap:
+                    self._overlong_tail = rest[-_TAIL_KEPT:]
                 rest = b""
             self._client = rest
 
@@ -771,6 +784,9 @@ class Transcriber:
         it, up to its LF, is skipped (L{_transcribe_client}).
         """
         self._overlong = True
+        if self._imap:
+            self._overlong_tag = start.split(b" ", 1)[0]
+            self._overlong_tail = b""
         emit = self._emit
 
         def noted(who: bytes, line: bytes) -> None:
