@@ -961,7 +961,7 @@ class ComposePage(resource.Resource):
 
 
 #: The compose form's fields a draft keeps across a login (L{draft_of}).
-DRAFT_FIELDS = ("to", "cc", "subject", "body", "in-reply-to", "forward-of")
+DRAFT_FIELDS = ("to", "cc", "subject", "body", "in-reply-to", "references", "forward-of")
 
 
 def draft_of(fields: dict[str, str]) -> dict[str, str]:
@@ -1034,7 +1034,7 @@ class Compose(resource.Resource):
     def _answering(self, mode: str, raw: bytes, ref: str = ""):
         """The form filled in to reply to, reply to all or forward C{raw} (C{ref}: FOLDER/UID; in a parsing thread)."""
         to = cc = ""
-        reference = ""
+        reference = references = ""
         forwarded: list[str] = []
         msg = msgparse.parse(raw)
         old_subject = msgparse.decoded(msgparse.field(msg, "Subject"))
@@ -1060,12 +1060,16 @@ class Compose(resource.Resource):
                 cc = msgparse.typed_mailboxes(others, leave_out={me, *(a.lower() for _, a in senders)})
             body = "\n\n" + "\n".join("> " + line for line in quoted_text.splitlines())
             reference = (msgparse.field(msg, "Message-ID") or "").strip()
-        return "Compose", self.form(to, cc, subject, body, reference, forward_of=ref if mode == "forward" else "", forwarded=forwarded), {}
+            # RFC 5322 §3.6.4: the parent's References (else its
+            # In-Reply-To), then its Message-ID
+            references = " ".join(thread_references(msgparse.field(msg, "References") or msgparse.field(msg, "In-Reply-To") or "", reference))
+        return "Compose", self.form(to, cc, subject, body, reference, forward_of=ref if mode == "forward" else "", forwarded=forwarded, references=references), {}
 
-    def form(self, to: str = "", cc: str = "", subject: str = "", body: str = "", reference: str = "", problem: Any = None, forward_of: str = "", forwarded: Any = None, report: bool = False):
+    def form(self, to: str = "", cc: str = "", subject: str = "", body: str = "", reference: str = "", problem: Any = None, forward_of: str = "", forwarded: Any = None, report: bool = False, references: str = ""):
         """
         The compose form with these values (and C{problem}, what stopped
-        sending, above it). C{forward_of}: the FOLDER/UID of a message
+        sending, above it). C{reference}: the Message-ID a reply answers;
+        C{references}: its thread, sent as C{References:}. C{forward_of}: the FOLDER/UID of a message
         forwarded, whose attachments go with it (C{forwarded}: their names,
         when known). C{report}: "ask for a delivery report" is ticked
         (the field C{dsn}; RFC 3461 NOTIFY=SUCCESS,FAILURE).
@@ -1080,6 +1084,7 @@ class Compose(resource.Resource):
                 COMPOSE,
                 self.session,
                 tags.input(type="hidden", name="in-reply-to", value=reference),
+                tags.input(type="hidden", name="references", value=references),
                 tags.input(type="hidden", name="forward-of", value=forward_of),
                 going,
                 tags.label("To ", tags.input(type="text", name="to", value=to, size="60")),
@@ -1105,7 +1110,8 @@ class Compose(resource.Resource):
         if _FORBIDDEN_IN_HEADER.search(reference):
             reference = ""
         forward_of = f.get("forward-of", "") if not _FORBIDDEN_IN_HEADER.search(f.get("forward-of", "")) else ""
-        form = self.form(f.get("to", ""), f.get("cc", ""), f.get("subject", ""), f.get("body", "").replace("\r\n", "\n"), reference, problem=problem, forward_of=forward_of, report=f.get("dsn") == "yes")
+        references = " ".join(thread_references(f.get("references", ""), reference)) if reference else ""
+        form = self.form(f.get("to", ""), f.get("cc", ""), f.get("subject", ""), f.get("body", "").replace("\r\n", "\n"), reference, problem=problem, forward_of=forward_of, report=f.get("dsn") == "yes", references=references)
         return render_page(request, "Compose", form, self.session, code=code)
 
     def render_POST(self, request):
@@ -1140,7 +1146,7 @@ class Compose(resource.Resource):
         reply_to = fields.get("in-reply-to", "").strip()
         if reply_to and not _FORBIDDEN_IN_HEADER.search(reply_to) and "\r" not in reply_to and "\n" not in reply_to:
             message["In-Reply-To"] = reply_to
-            message["References"] = reply_to
+            message["References"] = " ".join(thread_references(fields.get("references", ""), reply_to))
         message.set_content(fields.get("body", "").replace("\r\n", "\n"))
         forward_of = fields.get("forward-of", "").strip()
         if not forward_of:
@@ -1227,6 +1233,34 @@ class Compose(resource.Resource):
             return self._again(request, fields, text.replace("nothing was changed", "the message was not sent"), code=said.code)
 
         return d.addCallbacks(sent, failed).addErrback(not_copied)
+
+
+# A msg-id as a References field can carry it: printable US-ASCII between
+# < and > (RFC 5322 §3.6.4); a control, a blank or a non-ASCII character
+# is no part of one.
+_MSG_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,250}>")
+# The most message ids a reply's References keeps: the thread's first and
+# the latest (RFC 5537 §3.4.4 trims the same way; Thunderbird keeps about
+# as many).
+_MOST_REFERENCES = 20
+
+
+def thread_references(references: str, parent: str) -> list[str]:
+    """
+    The C{References:} ids of a reply (RFC 5322 §3.6.4): the msg-ids of
+    C{references} (the parent's own References, or what the compose form
+    carried; anything else in it is dropped), then C{parent}, the
+    Message-ID it answers, unless it is last already; at most
+    L{_MOST_REFERENCES}, the first kept. C{[parent]} when C{references}
+    holds none; C{[]} when there is no parent either.
+    """
+    ids = _MSG_ID.findall(references)
+    parent = parent.strip()
+    if parent and (not ids or ids[-1] != parent):
+        ids.append(parent)
+    if len(ids) > _MOST_REFERENCES:
+        ids = ids[:1] + ids[-(_MOST_REFERENCES - 1):]
+    return ids
 
 
 def _recipients_full_mailbox(error: BaseException, sender: str) -> str | None:
