@@ -697,3 +697,11 @@ def test_a_smarthost_given_to_a_kit_hub_is_used():
             peer.close()
     finally:
         sink.close()
+
+
+def test_a_kit_hub_says_where_its_outbound_mail_goes():
+    # Its log said "queue: outbound mail by MX lookup" while every domain
+    # went to the kit's --mx-override (breaker2).
+    with Mailhub(accounts=[f"{ALICE}:secret"], domains=["example.com"]) as hub:
+        [line] = [x for x in hub.log.splitlines() if "queue: outbound mail" in x]
+        assert "outbound mail for every domain to 127.0.0.1:1 (--mx-override), retries" in line, line
