@@ -68,10 +68,28 @@ def test_an_ftps_session_records_the_handshake_and_its_data_connection(start_hub
     assert lines[auth + 3 : auth + 7] == ["C: USER alice", "S: 331 Password required for alice.", "C: PASS ****", "login: alice@localhost"]
     opened = [line for line in lines if line.startswith("data: open: ")]
     closed = [line for line in lines if line.startswith("data: closed: ")]
-    assert len(opened) == 1 and re.search(r"\(passive mode\)$", opened[0])
+    # (the data connection said "(passive mode)" only: a class watching
+    # the console took the file for one sent in the clear; breaker2)
+    assert len(opened) == 1 and re.search(r"\(passive mode, TLS: PROT P\)$", opened[0]), opened
     assert len(closed) == 1 and ", 6 bytes in " in closed[0]
     assert lines.index(closed[0]) < lines.index("S: 226 Transfer complete.") < lines.index("C: QUIT")
     assert lines[-2:] == ["S: 221 Goodbye.", "closed"]
+
+
+def test_a_data_connection_in_the_clear_after_auth_tls_says_so(start_hub):
+    # PROT C (the default after AUTH TLS): the control connection is TLS,
+    # the data connection is not, and the console says which.
+    hub = start_hub("--transcript")
+    f = ftplib.FTP_TLS(timeout=10, context=client_context())
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.auth()
+    f.login("alice", "secret")
+    f.set_pasv(False)
+    f.storbinary("STOR note.txt", io.BytesIO(b"seven\n"))
+    f.quit()
+    m = hub.wait_for_log(r"(ftp#\d+) C: AUTH TLS")
+    opened = [line for line in _session(hub, m.group(1)) if line.startswith("data: open: ")]
+    assert len(opened) == 1 and re.search(r"\(active mode, in the clear: PROT C\)$", opened[0]), opened
 
 
 def test_connections_refused_over_a_limit_are_recorded_sessions(start_hub):

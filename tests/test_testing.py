@@ -16,6 +16,7 @@ import signal
 import smtplib
 import socket
 import ssl
+import time
 from email.message import EmailMessage
 
 import attr
@@ -156,6 +157,32 @@ def test_purge_empties_mail_and_files_and_drops_made_folders(hub):
     assert hub.messages(ALICE) == []
     assert "Projects" not in hub.folders(ALICE) and "Sent" in hub.folders(ALICE)
     assert hub.files(ALICE) == {}
+
+
+def test_purge_leaves_the_subscriptions_of_a_new_account(hub):
+    # Found by breaker2: the folders a test made were deleted, but their
+    # names stayed subscribed (RFC 9051 §6.3.9: DELETE leaves them), so
+    # the next test's LSUB listed "Projects" (\Noselect), and a folder the
+    # test unsubscribed stayed unsubscribed.
+    def subscribed(client):
+        return sorted(line.rsplit(b' "/" ', 1)[1].strip(b'"').decode() for line in client.lsub()[1])
+
+    client = hub.imap(ALICE)
+    try:
+        fresh = subscribed(client)
+        client.create("Projects/2026")
+        client.subscribe("Projects/2026")
+        client.subscribe("Projects")
+        client.subscribe("Nowhere")
+        client.unsubscribe("Trash")
+    finally:
+        client.logout()
+    hub.purge()
+    client = hub.imap(ALICE)
+    try:
+        assert subscribed(client) == fresh and "Trash" in fresh
+    finally:
+        client.logout()
 
 
 def test_add_account_takes_effect_without_a_restart(tmp_path):
@@ -602,3 +629,79 @@ def test_a_process_that_dies_at_once_outside_pytest_leaves_no_temp_folder(tmp_pa
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{record['pid']}")
     assert os.listdir(temp) == []
+
+
+def _listening_socket() -> socket.socket:
+    """A loopback TCP socket that listens and never answers: an MX host stand-in."""
+    sink = socket.socket()
+    sink.bind(("127.0.0.1", 0))
+    sink.listen(8)
+    sink.settimeout(0)
+    return sink
+
+
+def _relay_attempted(hub: Mailhub, mx_host: socket.socket, timeout: float = 20.0) -> str:
+    """
+    The hub's log line of its first delivery attempt of queued mail; an
+    L{AssertionError} if it connected to C{mx_host} instead.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            peer, _ = mx_host.accept()
+        except BlockingIOError:
+            pass
+        else:
+            peer.close()
+            raise AssertionError(f"the hub connected to the MX host:\n{hub.log[-3000:]}")
+        for line in hub.log.splitlines():
+            if "relay " in line and " via " in line:
+                return line
+        time.sleep(0.05)
+    raise AssertionError(f"no delivery attempt in the log:\n{hub.log[-3000:]}")
+
+
+def test_mail_a_logged_in_sender_sends_to_another_domain_never_leaves_the_machine():
+    # A kit hub relayed such mail to the real world (an MX lookup in the
+    # system's DNS, then port 25 of the MX host): a test of "the welcome
+    # mail goes to jane@customer.example" sent it. The recipient here is an
+    # address literal (no DNS), with --relay-port at a loopback socket that
+    # stands for its MX host: it must never be connected to.
+    sink = _listening_socket()
+    try:
+        with Mailhub("--relay-port", str(sink.getsockname()[1]), accounts=[f"{ALICE}:secret"], domains=["example.com"]) as hub:
+            submit(hub, message("welcome", to="jane@[127.0.0.1]"))
+            line = _relay_attempted(hub, sink)
+            assert "127.0.0.1:1" in line, line
+            assert os.listdir(os.path.join(hub.data_dir, "queue")), "the message is kept in the queue"
+    finally:
+        sink.close()
+
+
+def test_a_smarthost_given_to_a_kit_hub_is_used():
+    # The guard above must not stand in the way of a test that wants its
+    # outbound mail: --smarthost (as --mx-override and --dns-server) is
+    # the test's own choice.
+    sink = _listening_socket()
+    try:
+        with Mailhub("--smarthost", f"127.0.0.1:{sink.getsockname()[1]}", accounts=[f"{ALICE}:secret"], domains=["example.com"]) as hub:
+            submit(hub, message("welcome", to="jane@[127.0.0.1]"))
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    peer, _ = sink.accept()
+                    break
+                except BlockingIOError:
+                    assert time.monotonic() < deadline, hub.log[-3000:]
+                    time.sleep(0.05)
+            peer.close()
+    finally:
+        sink.close()
+
+
+def test_a_kit_hub_says_where_its_outbound_mail_goes():
+    # Its log said "queue: outbound mail by MX lookup" while every domain
+    # went to the kit's --mx-override (breaker2).
+    with Mailhub(accounts=[f"{ALICE}:secret"], domains=["example.com"]) as hub:
+        [line] = [x for x in hub.log.splitlines() if "queue: outbound mail" in x]
+        assert "outbound mail for every domain to 127.0.0.1:1 (--mx-override), retries" in line, line

@@ -5,6 +5,7 @@ Session transcripts: C:/S: lines with a connection id, secrets masked.
 
 from __future__ import annotations
 
+import pytest
 import base64
 import re
 import smtplib
@@ -478,3 +479,64 @@ def test_one_line_writes_recorded_on_an_ftp_control_record_read_as_on_a_session_
 
     assert lines(ControlRecord) == lines(None)
     assert ("C", "PASS ****") in lines(ControlRecord) and ("S", "230 in") in lines(ControlRecord)
+
+
+@pytest.mark.parametrize("protocol, first, then", [
+    ("imap", b"a1 LOGIN alice s3cretA", []),
+    ("imap", b"a1 AUTHENTICATE PLAIN czNjcmV0QQ", []),
+    ("imap", b"s3cretA", [b"a1 LOGIN alice"]),
+    ("pop3", b"PASS s3cretA", [b"USER alice"]),
+    ("pop3", b"AUTH PLAIN czNjcmV0QQ", []),
+    ("smtp", b"AUTH PLAIN czNjcmV0QQ", []),
+    ("smtp", b"czNjcmV0QQ", [b"AUTH LOGIN"]),
+    ("ftp", b"PASS s3cretA", [b"USER alice"]),
+])
+def test_the_start_shown_of_an_over_long_line_is_masked_and_its_rest_is_no_line(protocol, first, then):
+    # Found by breaker2: a line longer than 4096 octets that arrived in
+    # parts (over TLS, or any line past one read) was shown by its first
+    # 80 octets, unmasked: "a1 LOGIN alice s3cretA..." in the console, its
+    # export and --transcript's log; and the rest of it, up to its LF, was
+    # shown as a client line of its own.
+    _, record, t = _record(protocol)
+    prompts = {"imap": b"+ \r\n", "pop3": b"+ \r\n", "smtp": b"334 VXNlcm5hbWU6\r\n", "ftp": b"331 Password required for alice.\r\n"}
+    for line in then:
+        t.client_bytes(line + b"\r\n")
+        t.server_bytes(prompts[protocol] if protocol != "pop3" else b"+OK now send PASS\r\n")
+    t.client_bytes(first + b"x" * 5000)
+    t.client_bytes(b"x" * 5000)
+    t.client_bytes(b"x" * 100 + b"\r\n")
+    # the hub's answer to the over-long line (IMAP ends the session)
+    t.server_bytes({
+        "imap": b"* BYE line too long: at most 65536 octets per line\r\n",
+        "pop3": b"-ERR command line too long (at most 1024 octets)\r\n",
+        "smtp": b"500 5.5.2 Error: line too long\r\n",
+        "ftp": b"500 Command line too long (at most 4096 octets).\r\n",
+    }[protocol])
+    if protocol != "imap":
+        t.client_bytes(b"NOOP\r\n")
+    lines = _lines(record)
+    assert not any("s3cret" in line or "czNjcmV0" in line for line in lines), lines
+    assert not any(line.startswith("C: xxx") for line in lines), lines
+    shown = [line for line in lines if line.startswith("C:")][len(then)]
+    assert "****" in shown and shown.endswith("... [over-long line]"), lines
+    assert sum("[over-long line]" in line for line in lines) == 1, lines
+    if protocol != "imap":
+        assert lines[-1] == "C: NOOP", lines
+
+
+@pytest.mark.parametrize("split", [0, 1, 3])
+def test_an_over_long_imap_line_ending_in_a_literal_shows_the_literal_as_one_line(split):
+    # An IMAP line of 4 KiB to 64 KiB is the server's to take (a long UID
+    # set); one ending in a literal ({5+}) has the literal's octets next.
+    # Shown by its start (breaker2), its literal was then read as lines
+    # ("C: hello"): an APPEND's message line by line.
+    _, record, t = _record("imap")
+    line = b"a1 UID SEARCH UID " + b"1," * 2500 + b"2 TEXT {5+}"
+    cut = len(line) - split
+    t.client_bytes(line[:cut])
+    t.client_bytes(line[cut:] + b"\r\nhel")
+    t.client_bytes(b"lo\r\n")
+    t.client_bytes(b"a2 NOOP\r\n")
+    lines = _lines(record)
+    assert lines[0].startswith("C: a1 UID SEARCH UID 1,1,") and lines[0].endswith("... [over-long line]"), lines
+    assert lines[1:] == ["C: [literal: 5 octets]", "C: ", "C: a2 NOOP"], lines

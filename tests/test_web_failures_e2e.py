@@ -252,3 +252,22 @@ def test_the_log_says_a_bare_insufficient_storage_once():
     assert said_once("cannot write", "Cannot write!") == "cannot write"
     assert said_once("closed", "the data connection was closed") == "the data connection was closed"
     assert said_once("426 Transfer aborted", "the data connection broke") == "426 Transfer aborted (the data connection broke)"
+
+
+def test_a_message_composed_to_an_account_whose_mailbox_is_full_names_that_account(start_hub):
+    # Found by breaker2: alice sent to bob, whose mailbox had no room for
+    # the message, and the compose form came back with "Your mailbox is
+    # full (2.5 KiB of its 3.0 KiB quota used)": bob's figures, said to be
+    # alice's, who then emptied her own Trash for nothing.
+    hub = start_hub(users=("alice:secret", "bob;quota=3K:hungry"))
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("carol@example.org", ["bob@localhost"], MESSAGE + (b"x" * 60 + b"\r\n") * 30)
+    browser = signed_in(hub)
+    browser.get("/compose")
+    page = browser.post("/compose", {"to": "bob@localhost", "subject": "long", "body": "y" * 1500})
+    text = page.text.replace("&#x27;", "'")
+    assert page.status == 507, (page.status, text[:3000])
+    assert "Your mailbox" not in text, text[:3000]
+    assert re.search(r"The mailbox of bob@localhost is full \([\d.]+ KiB of its 3\.0 KiB quota used\)", text), text[:3000]
+    assert "the message was not sent" in text and 'value="bob@localhost"' in text, text[:3000]
+    assert imap_uids(hub, "Sent") == []

@@ -279,7 +279,7 @@ def test_webmail_search_takes_words_and_imap_search_keys(hub):
     browser = WebClient(hub)
     browser.login("alice", "secret")
     words = browser.get("/mail/INBOX?q=" + urllib.parse.quote("usual place")).text
-    assert re.findall(r'data-uid="(\d+)"', words) == ["1"] and "1 message match" in words
+    assert re.findall(r'data-uid="(\d+)"', words) == ["1"] and "1 message matches <code>" in words  # (it said "1 message match"; breaker2)
     keys = browser.get("/mail/INBOX?q=" + urllib.parse.quote('FROM dave SUBJECT "exam"')).text
     assert re.findall(r'data-uid="(\d+)"', keys) == ["2"]
     both = browser.get("/mail/INBOX?q=" + urllib.parse.quote("OR FROM carol FROM dave")).text
@@ -604,3 +604,30 @@ def test_the_anatomy_says_why_a_header_line_typed_without_a_colon_and_what_follo
     assert re.search(r"The header ends before the line <code>To alice@localhost</code>: it is no header field", page), page[-3000:]
     assert "put one there, as Postfix does" in page and "RFC 5322 §2.2" in page
     assert "The header ends before" not in browser.get("/mail/INBOX/2/anatomy").text
+
+
+def test_a_reply_carries_the_references_of_the_message_it_answers(hub):
+    # Found by breaker2: a webmail reply said "References: <m2@...>" only,
+    # the parent's own Message-ID, dropping the thread before it; RFC 5322
+    # §3.6.4: the parent's References followed by its Message-ID, or a
+    # reader (and IMAP THREAD=REFERENCES) loses the thread.
+    send(hub, "carol@example.org", ["alice@localhost"], (
+        b"From: Carol <carol@example.org>\r\nSubject: Re: plan\r\nMessage-ID: <m2@example.org>\r\n"
+        b"In-Reply-To: <m1@example.org>\r\nReferences: <m0@example.org>\r\n <m1@example.org>\r\n\r\nsecond\r\n"))
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    uid = max(int(u) for u in re.findall(r'href="/mail/INBOX/(\d+)"', browser.get("/mail/INBOX").text))
+    form = browser.get(f"/compose?reply=INBOX/{uid}").text
+    fields = {name: _field_value(form, name) for name in ("to", "subject", "in-reply-to", "references")}
+    sent = browser.post("/compose", dict(fields, body="third"))
+    assert sent.status == 303, sent.text[:3000]
+    imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=10)
+    try:
+        imap.login("alice", "secret")
+        imap.select("Sent")
+        data = imap.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (In-Reply-To References)])")[1]
+        header = email.message_from_bytes(data[-2][1], policy=email.policy.default)
+    finally:
+        imap.logout()
+    assert header["In-Reply-To"] == "<m2@example.org>"
+    assert header["References"].split() == ["<m0@example.org>", "<m1@example.org>", "<m2@example.org>"]

@@ -1268,10 +1268,9 @@ class MailhubPOP3(_pop3.POP3):
         if len(words) != 1:
             self.reply_err(f"{name} needs one message number, e.g. {name} 1")
             return None
-        try:
-            number = int(words[0])
-        except ValueError:
-            number = 0
+        # ASCII digits only (RFC 1939 §3): int() would also read "0_1"
+        # and "+1" (and "DELE 0_1" deleted message 1).
+        number = int(words[0]) if words[0].isdigit() and len(words[0]) <= 20 else 0
         drop = self.mbox
         if not 1 <= number <= len(drop):
             shown = quote(words[0], 20, ascii=True)
@@ -1479,13 +1478,11 @@ class MailhubPOP3(_pop3.POP3):
         i = self._number("TOP", words[0])
         if i is None:
             return
-        try:
-            lines = int(words[1])
-            if lines < 0:
-                raise ValueError
-        except ValueError:
+        if not words[1].isdigit():
+            # ASCII digits only, as for message numbers (_number)
             self.reply_err(b"TOP needs a line count of 0 or more, e.g. TOP 1 10")
             return
+        lines = int(words[1])
         drop = self.mbox
         if drop.detached is not None:
             # (PostgreSQL) read in a thread; later commands wait.

@@ -360,6 +360,14 @@ class ByListener(dict):
         raise KeyError(f"this hub has no {name} listener (--no-{name}?); it runs: {', '.join(sorted(self)) or 'none, it is not running'}")
 
 
+# The options with which a test routes outbound mail itself (see command).
+_OWN_ROUTE_OPTIONS = ("--smarthost", "--dns-server")
+# Where a kit hub's outbound mail goes unless a test routes it: loopback
+# port 1 (tcpmux, RFC 1078, which nothing runs), so the connection is
+# refused at once and the mail waits in the queue.
+_NOWHERE = "127.0.0.1:1"
+
+
 _LIST_LINE = re.compile(rb'^\((?P<flags>[^)]*)\) (?:"(?:[^"\\]|\\.)*"|NIL) (?P<name>.+)$')
 
 
@@ -529,6 +537,17 @@ class Mailhub:
         else:
             for spec in self._account_specs:
                 args += ["--user", spec]
+        if not any(self._given(o) for o in _OWN_ROUTE_OPTIONS):
+            # Mail a logged-in sender addresses to another domain would be
+            # looked up in the system's DNS and sent to the world's MX
+            # hosts: a test of "the welcome mail goes to jane@gmail.com"
+            # sent it. Every such domain goes to a loopback port nothing
+            # listens on instead, so the mail waits in the queue
+            # (DATA/queue, "cannot connect to 127.0.0.1:1" in the log) and
+            # is removed with the data. The options' own --mx-override *=
+            # comes later and wins; --smarthost and --dns-server are a
+            # test's choice to send.
+            args += ["--mx-override", f"*={_NOWHERE}"]
         return args + self.options
 
     def _accounts_path(self) -> str:
@@ -1036,23 +1055,35 @@ class Mailhub:
     def purge(self) -> None:
         """
         Empty every account this object knows: all messages expunged,
-        folders other than INBOX and the special-use ones deleted, FTP
-        homes emptied (over the C{imap} and C{ftp} listeners; a part whose
-        listener is off is left as it is). Accounts stay.
+        folders other than INBOX and the special-use ones deleted, the
+        subscriptions made as a new account's (those folders, no other
+        name), FTP homes emptied (over the C{imap} and C{ftp} listeners; a
+        part whose listener is off is left as it is). Accounts stay.
         """
         for account in self.accounts:
             if "imap" in self.listeners:
                 client = self._utf8_imap(account)
                 try:
+                    kept = []
                     for folder, flags in sorted(_list_folders(client), key=lambda f: len(f[0]), reverse=True):
                         if folder.upper() == "INBOX" or flags & _SPECIAL_USE:
                             # INBOX and the RFC 6154 folders the hub makes stay, empty.
+                            kept.append(folder)
                             if client.select(_imap_quote(folder))[0] == "OK":
                                 client.store("1:*", "+FLAGS.SILENT", r"(\Deleted)")
                                 client.expunge()
                                 client.close()
                         else:
                             client.delete(_imap_quote(folder))
+                    # A deleted folder's name stays subscribed (RFC 9051
+                    # §6.3.9): the next test's LSUB listed it.
+                    subscribed = [name for name, _ in _list_folders(client, "LSUB", selectable_only=False)]
+                    for name in subscribed:
+                        if name not in kept:
+                            client.unsubscribe(_imap_quote(name))
+                    for name in kept:
+                        if name not in subscribed:
+                            client.subscribe(_imap_quote(name))
                 finally:
                     _logout(client)
             if "ftp" in self.listeners:
@@ -1135,9 +1166,13 @@ def _matches(m: HubMessage, to: str | None, subject: str | re.Pattern | None) ->
 _SPECIAL_USE = frozenset(["\\archive", "\\drafts", "\\junk", "\\sent", "\\trash", "\\all", "\\flagged"])
 
 
-def _list_folders(client: imaplib.IMAP4) -> list[tuple[str, frozenset]]:
-    """(name, lowercased LIST flags) of every selectable folder."""
-    typ, data = client.list()
+def _list_folders(client: imaplib.IMAP4, command: str = "LIST", selectable_only: bool = True) -> list[tuple[str, frozenset]]:
+    """
+    (name, lowercased flags) of every folder C{LIST "" *} names (every
+    subscribed name for C{command="LSUB"}), those that are C{\\Noselect}
+    left out unless C{selectable_only} is false.
+    """
+    typ, data = client.lsub() if command == "LSUB" else client.list()
     found = []
     for line in data:
         if isinstance(line, tuple):  # a literal name: (head, name)
@@ -1154,7 +1189,7 @@ def _list_folders(client: imaplib.IMAP4) -> list[tuple[str, frozenset]]:
             if name.startswith('"'):
                 name = re.sub(r"\\(.)", r"\1", name[1:-1])
         flag_set = frozenset(flags.decode("ascii", "replace").lower().split())
-        if "\\noselect" not in flag_set:
+        if not selectable_only or "\\noselect" not in flag_set:
             found.append((name, flag_set))
     return found
 

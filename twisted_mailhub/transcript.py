@@ -133,6 +133,9 @@ _LOGIN = re.compile(rb"^([ \t]*\S+[ \t]+(?:UID[ \t]+)?LOGIN[ \t]+\S+)[ \t].*", r
 _LOGIN_LITERAL = re.compile(rb"^[ \t]*\S+[ \t]+LOGIN[ \t]+~?\{\d{1,20}\+?\}$", re.I)
 # An IMAP line that ends in a literal's size (RFC 3501 §4.3, LITERAL+ RFC 7888, literal8 RFC 3516).
 _IMAP_LITERAL = re.compile(rb"~?\{(\d{1,20})(\+?)\}$")
+# The octets of an over-long IMAP line kept to find a literal at its end
+# ("~{" 20 digits "+}\r").
+_TAIL_KEPT = 26
 # Control bytes other than tab are shown as \xNN, never raw.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -535,6 +538,11 @@ class Transcriber:
         self.record = record
         self._client = b""
         self._server = b""
+        # The start of an over-long client line was shown: what follows
+        # up to its LF is the rest of it, not a line of its own.
+        self._overlong = False
+        self._overlong_tag = b""  # (IMAP) the over-long line's tag
+        self._overlong_tail = b""  # (IMAP) its last octets so far: a literal's {N}
         self._in_sasl: bool | str = False  # True in a SASL exchange; _REFUSED, _ECHOED after a refused one
         self._echo = b""
         # The client is sending a message (SMTP DATA) up to a "." line.
@@ -591,7 +599,7 @@ class Transcriber:
         such lines and gives them later).
         """
         return not (
-            self._client or self._server or self._in_sasl or self._login_rest or self._in_data or self._out_data
+            self._client or self._server or self._overlong or self._in_sasl or self._login_rest or self._in_data or self._out_data
             or self._in_literal or self._out_literal or self._client_sync or self._held is not None
         )
 
@@ -629,6 +637,20 @@ class Transcriber:
             self._transcribe_client(held)
 
     def _transcribe_client(self, data: bytes) -> None:
+        if self._overlong:
+            end = data.find(b"\n")
+            if end < 0:
+                if self._imap:
+                    self._overlong_tail = (self._overlong_tail + data)[-_TAIL_KEPT:]
+                return
+            self._overlong = False
+            if self._imap:
+                # An IMAP line ending in a literal ({N} or {N+}): its
+                # octets come next, not lines (RFC 3501 §4.3).
+                self._client_literal(self._overlong_tag + b" " + (self._overlong_tail + data[:end])[-_TAIL_KEPT:])
+            data = data[end + 1:]
+            if not data:
+                return
         pending = self._pop3
         if pending is not None and data.find(b"\n") == len(data) - 1 and not (self._client or self._in_sasl or self._login_rest):
             # One POP3 line; the commonest, "RETR 12", without a mask or an
@@ -746,9 +768,33 @@ class Transcriber:
         if pos < end:
             rest = data[pos:] if pos else data
             if len(rest) > 4096:
-                self._emit("C", rest[:80] + b"... [over-long line]")
+                self._overlong_line(rest[:80])
+                if self._imap:
+                    self._overlong_tail = rest[-_TAIL_KEPT:]
                 rest = b""
             self._client = rest
+
+    def _overlong_line(self, start: bytes) -> None:
+        """
+        A client line past 4096 octets with no LF yet (the server drops
+        it: lines.py): shown by its first octets, masked as the whole line
+        would be (a password, a SASL response), with a note; the rest of
+        it, up to its LF, is skipped (L{_transcribe_client}).
+        """
+        self._overlong = True
+        if self._imap:
+            self._overlong_tag = start.split(b" ", 1)[0]
+            self._overlong_tail = b""
+        emit = self._emit
+
+        def noted(who: bytes, line: bytes) -> None:
+            emit(who, line + (b"" if line.endswith(b"...") else b"...") + b" [over-long line]")
+
+        self._emit = noted  # type: ignore[method-assign]
+        try:
+            self._client_line(start)
+        finally:
+            del self._emit
 
     def _client_line(self, line: bytes) -> None:
         # One CR is the line end's; another one is the line's (shown as

@@ -486,10 +486,17 @@ class DataConnection(protocol.Protocol, policies.TimeoutMixin):
             )
         server, client = getattr(self, "_ends", ("?", "?"))
         if phase == "open":
-            if self.channel.active_mode:
-                report("data", f"open: server {server} connected to client {client} (active mode)")
+            channel = self.channel
+            mode = "active mode" if channel.active_mode else "passive mode"
+            if channel.protect:
+                mode += ", TLS: PROT P"
+            elif channel.control_tls:
+                # (FTPS whose data goes in the clear: the class should see it)
+                mode += ", in the clear: PROT C"
+            if channel.active_mode:
+                report("data", f"open: server {server} connected to client {client} ({mode})")
             else:
-                report("data", f"open: client {client} connected to server {server} (passive mode)")
+                report("data", f"open: client {client} connected to server {server} ({mode})")
         else:
             seconds = self.channel.reactor.seconds() - self._opened
             report("data", f"closed: server {server}, client {client}, {self.progress()} bytes in {seconds:.3f} s")
@@ -863,7 +870,7 @@ class DataChannel:
 
     # One per control connection, idle most of its life: slots keep it small.
     __slots__ = (
-        "reactor", "local_host", "peer_host", "data_port", "timeout", "tls", "protect", "on_data_connection",
+        "reactor", "local_host", "peer_host", "data_port", "timeout", "tls", "protect", "control_tls", "on_data_connection",
         "balancers", "state", "active_mode", "connection", "pending", "_port", "_address", "_waiting", "_timer",
         "upload_grace",
     )
@@ -894,6 +901,9 @@ class DataChannel:
         self.upload_grace = timeout if upload_grace is None else max(timeout, upload_grace)
         self.tls = tls
         self.protect = False
+        # The control connection runs over TLS (AUTH TLS, RFC 4217): a data
+        # connection is then said to be protected (PROT P) or not (PROT C).
+        self.control_tls = False
         # Called with ("data", text) as data connections open and close:
         # the session-event bus sets it (transcript.py); None costs nothing.
         self.on_data_connection = None

@@ -198,6 +198,47 @@ def ftp_time(text: str, minutes: bool = False) -> float | None:
     return when.timestamp() + (int(fraction) / 10 ** len(fraction) if dot else 0)
 
 
+
+def decode_host_port(address: str) -> tuple[str, int]:
+    """
+    PORT's argument C{h1,h2,h3,h4,p1,p2} (RFC 959 §4.1.2: six decimal
+    numbers of 0-255; blanks around the commas allowed) as C{("h1.h2.h3.h4",
+    p1 * 256 + p2)}.
+
+    Twisted's C{decodeHostPort} drops every character that is not a digit,
+    comma or blank, and C{int()} reads "1_9" and "+1": "PORT 12x7,0,0,1,
+    1_9,1" was port 4865 of 127.0.0.1.
+
+    @raise ValueError: anything else.
+    """
+    parts = [p.strip(" ") for p in address.split(",")]
+    if len(parts) != 6 or not all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
+        raise ValueError(address)
+    numbers = [int(p) for p in parts]
+    if max(numbers) > 255:
+        raise ValueError(address)
+    return ".".join(map(str, numbers[:4])), numbers[4] * 256 + numbers[5]
+
+
+def decode_extended_address(address: str) -> tuple[str, str, int]:
+    """
+    EPRT's argument C{<d>proto<d>address<d>port<d>} (RFC 2428 §2) as
+    C{(proto, address, port)}, the port in ASCII digits (C{int()} would
+    also read "5_0000", "+50000" and " 50000").
+
+    @raise ValueError: not four fields between one delimiter, or a port
+        that is no decimal number.
+    """
+    if not address:
+        raise ValueError(address)
+    fields = address[1:].split(address[0])
+    if len(fields) != 4 or fields[3]:
+        raise ValueError(address)
+    protocol, host, port = fields[:3]
+    if not (port.isascii() and port.isdigit()) or len(port) > 5:
+        raise ValueError(address)
+    return protocol, host, int(port)
+
 class Refused(Exception):
     """A command cannot go on; C{reply} is the whole reply line, worded already."""
 
@@ -916,6 +957,7 @@ class MailhubFTP(ftp.FTP):
         self.lines.discard_pending()
         self.transport.startTLS(self.factory.hub.tls)
         self._tls = True
+        self.data.control_tls = True  # (the console says PROT P or PROT C of each data connection)
         self._tls_pending = self.record is not None  # the handshake's end is recorded
         # RFC 4217 §6: a new login is needed after AUTH.
         if self.state != self.AUTHED:
@@ -1017,7 +1059,7 @@ class MailhubFTP(ftp.FTP):
         if self._epsvAll:
             return "503 EPSV ALL was given: use EPSV."
         try:
-            host, port = ftp.decodeHostPort(address)
+            host, port = decode_host_port(address)
         except ValueError:
             return "501 PORT wants h1,h2,h3,h4,p1,p2."
         if self._network_protocol() != "1":
@@ -1032,8 +1074,8 @@ class MailhubFTP(ftp.FTP):
         if self._epsvAll:
             return "503 EPSV ALL was given: use EPSV."
         try:
-            family, host, port = ftp.decodeExtendedAddress(address)
-        except (ValueError, IndexError):
+            family, host, port = decode_extended_address(address)
+        except ValueError:
             return "501 EPRT wants |1|h.o.s.t|port| or |2|::1|port|."
         if family not in ("1", "2"):
             return "522 Network protocol not supported, use (1,2)."

@@ -906,10 +906,12 @@ def compile_search(keys: list, last_seq: int, last_uid: int, depth: int = 0) -> 
                 return lambda c: needle in split_header(c.raw())[1].lower()
             return lambda c: needle in c.raw().lower()
         if key in (b"LARGER", b"SMALLER"):
-            try:
-                n = int(take_string(f"a number after {key.decode()}"))
-            except ValueError:
-                raise BadSearch(f"{key.decode()} wants a number") from None
+            value = take_string(f"a number after {key.decode()}")
+            # RFC 3501 §9 number: ASCII digits (int() would also read
+            # "1_0" and "+1")
+            if not value.isdigit() or len(value) > 20:
+                raise BadSearch(f"{key.decode()} wants a number")
+            n = int(value)
             return (lambda c: c.info.size > n) if key == b"LARGER" else (lambda c: c.info.size < n)
         if key in (b"SINCE", b"BEFORE", b"ON"):
             day = parse_date(take_string(f"a date after {key.decode()}"))

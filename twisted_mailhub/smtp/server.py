@@ -771,6 +771,10 @@ class MailhubSMTP(smtp.ESMTP):
 
     def smtp_MAIL(self, rest: str):
         if self.require_auth and not self.authenticated:
+            # (STARTTLS named only where it is still to come: not on smtps,
+            # nor after it)
+            if self.startedTLS or self._implicit_tls:
+                return self.reply(530, "5.7.0 Authentication required; AUTH first")
             return self.reply(530, "5.7.0 Authentication required; AUTH first (after STARTTLS)")
         if self.sender is not None:
             return self.reply(503, "5.5.1 Error: nested MAIL command; RSET first")

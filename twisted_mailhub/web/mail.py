@@ -645,7 +645,7 @@ class FolderPages(resource.Resource):
         if problem:
             found.append(tags.p(f"That search could not be read: {problem}", class_="error"))
         elif query:
-            found.append(tags.p(f"{len(infos)} message{'s' if len(infos) != 1 else ''} match ", tags.code(query), "."))
+            found.append(tags.p(f"{len(infos)} message{'s match' if len(infos) != 1 else ' matches'} ", tags.code(query), "."))
         content = [
             self.folder_list(account),
             tags.section(
@@ -962,7 +962,7 @@ class ComposePage(resource.Resource):
 
 
 #: The compose form's fields a draft keeps across a login (L{draft_of}).
-DRAFT_FIELDS = ("to", "cc", "subject", "body", "in-reply-to", "forward-of")
+DRAFT_FIELDS = ("to", "cc", "subject", "body", "in-reply-to", "references", "forward-of")
 
 
 def draft_of(fields: dict[str, str]) -> dict[str, str]:
@@ -1035,7 +1035,7 @@ class Compose(resource.Resource):
     def _answering(self, mode: str, raw: bytes, ref: str = ""):
         """The form filled in to reply to, reply to all or forward C{raw} (C{ref}: FOLDER/UID; in a parsing thread)."""
         to = cc = ""
-        reference = ""
+        reference = references = ""
         forwarded: list[str] = []
         msg = msgparse.parse(raw)
         old_subject = msgparse.decoded(msgparse.field(msg, "Subject"))
@@ -1061,12 +1061,16 @@ class Compose(resource.Resource):
                 cc = msgparse.typed_mailboxes(others, leave_out={me, *(a.lower() for _, a in senders)})
             body = "\n\n" + "\n".join("> " + line for line in quoted_text.splitlines())
             reference = (msgparse.field(msg, "Message-ID") or "").strip()
-        return "Compose", self.form(to, cc, subject, body, reference, forward_of=ref if mode == "forward" else "", forwarded=forwarded), {}
+            # RFC 5322 §3.6.4: the parent's References (else its
+            # In-Reply-To), then its Message-ID
+            references = " ".join(thread_references(msgparse.field(msg, "References") or msgparse.field(msg, "In-Reply-To") or "", reference))
+        return "Compose", self.form(to, cc, subject, body, reference, forward_of=ref if mode == "forward" else "", forwarded=forwarded, references=references), {}
 
-    def form(self, to: str = "", cc: str = "", subject: str = "", body: str = "", reference: str = "", problem: Any = None, forward_of: str = "", forwarded: Any = None, report: bool = False):
+    def form(self, to: str = "", cc: str = "", subject: str = "", body: str = "", reference: str = "", problem: Any = None, forward_of: str = "", forwarded: Any = None, report: bool = False, references: str = ""):
         """
         The compose form with these values (and C{problem}, what stopped
-        sending, above it). C{forward_of}: the FOLDER/UID of a message
+        sending, above it). C{reference}: the Message-ID a reply answers;
+        C{references}: its thread, sent as C{References:}. C{forward_of}: the FOLDER/UID of a message
         forwarded, whose attachments go with it (C{forwarded}: their names,
         when known). C{report}: "ask for a delivery report" is ticked
         (the field C{dsn}; RFC 3461 NOTIFY=SUCCESS,FAILURE).
@@ -1081,6 +1085,7 @@ class Compose(resource.Resource):
                 COMPOSE,
                 self.session,
                 tags.input(type="hidden", name="in-reply-to", value=reference),
+                tags.input(type="hidden", name="references", value=references),
                 tags.input(type="hidden", name="forward-of", value=forward_of),
                 going,
                 tags.label("To ", tags.input(type="text", name="to", value=to, size="60")),
@@ -1106,7 +1111,8 @@ class Compose(resource.Resource):
         if _FORBIDDEN_IN_HEADER.search(reference):
             reference = ""
         forward_of = f.get("forward-of", "") if not _FORBIDDEN_IN_HEADER.search(f.get("forward-of", "")) else ""
-        form = self.form(f.get("to", ""), f.get("cc", ""), f.get("subject", ""), f.get("body", "").replace("\r\n", "\n"), reference, problem=problem, forward_of=forward_of, report=f.get("dsn") == "yes")
+        references = " ".join(thread_references(f.get("references", ""), reference)) if reference else ""
+        form = self.form(f.get("to", ""), f.get("cc", ""), f.get("subject", ""), f.get("body", "").replace("\r\n", "\n"), reference, problem=problem, forward_of=forward_of, report=f.get("dsn") == "yes", references=references)
         return render_page(request, "Compose", form, self.session, code=code)
 
     def render_POST(self, request):
@@ -1141,7 +1147,7 @@ class Compose(resource.Resource):
         reply_to = fields.get("in-reply-to", "").strip()
         if reply_to and not _FORBIDDEN_IN_HEADER.search(reply_to) and "\r" not in reply_to and "\n" not in reply_to:
             message["In-Reply-To"] = reply_to
-            message["References"] = reply_to
+            message["References"] = " ".join(thread_references(fields.get("references", ""), reply_to))
         message.set_content(fields.get("body", "").replace("\r\n", "\n"))
         forward_of = fields.get("forward-of", "").strip()
         if not forward_of:
@@ -1219,9 +1225,64 @@ class Compose(resource.Resource):
             for name, value in said.headers.items():
                 request.setHeader(name, value)
             text = said.message or ("The server's disk is full: the message was not sent. Try again later." if said.code == 507 else "")
+            full = _recipients_full_mailbox(reason.value, user.address)
+            if full is not None:
+                # A recipient's mailbox, not the sender's ("Your mailbox is
+                # full" gave bob's figures as alice's): SMTP's 552 5.2.2 at
+                # the end of DATA, which names the recipient, sent to no one.
+                text = full
             return self._again(request, fields, text.replace("nothing was changed", "the message was not sent"), code=said.code)
 
         return d.addCallbacks(sent, failed).addErrback(not_copied)
+
+
+# A msg-id as a References field can carry it: printable US-ASCII between
+# < and > (RFC 5322 §3.6.4); a control, a blank or a non-ASCII character
+# is no part of one.
+_MSG_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,250}>")
+# The most message ids a reply's References keeps: the thread's first and
+# the latest (RFC 5537 §3.4.4 trims the same way; Thunderbird keeps about
+# as many).
+_MOST_REFERENCES = 20
+
+
+def thread_references(references: str, parent: str) -> list[str]:
+    """
+    The C{References:} ids of a reply (RFC 5322 §3.6.4): the msg-ids of
+    C{references} (the parent's own References, or what the compose form
+    carried; anything else in it is dropped), then C{parent}, the
+    Message-ID it answers, unless it is last already; at most
+    L{_MOST_REFERENCES}, the first kept. C{[parent]} when C{references}
+    holds none; C{[]} when there is no parent either.
+    """
+    ids = _MSG_ID.findall(references)
+    parent = parent.strip()
+    if parent and (not ids or ids[-1] != parent):
+        ids.append(parent)
+    if len(ids) > _MOST_REFERENCES:
+        ids = ids[:1] + ids[-(_MOST_REFERENCES - 1):]
+    return ids
+
+
+def _recipients_full_mailbox(error: BaseException, sender: str) -> str | None:
+    """
+    What the compose form says when C{error} (a failed L{submit}) is the
+    quota of a recipient other than C{sender}: the message fit none of
+    its recipients at once (as SMTP's C{552 5.2.2} at the end of DATA) and
+    was sent to no one; L{None} for any other error.
+    """
+    from twisted_mailhub.quota import QuotaExceeded
+    from twisted_mailhub.web.errors import _cause
+
+    error = _cause(error)
+    if not isinstance(error, QuotaExceeded) or error.address.lower() == sender.lower():
+        return None
+    if error.incoming > error.limit:
+        return f"Not sent: {error.detail} of {error.address}, so it cannot be delivered there; the message was not sent to anyone. Send it without that recipient."
+    return (
+        f"The mailbox of {error.address} is full ({error.detail}): the message was not sent to anyone. "
+        "Send it without that recipient, or later, once its owner has made room."
+    )
 
 
 # What a header field of a message the webmail writes cannot carry (RFC
