@@ -35,7 +35,6 @@ from twisted_mailhub.clientkey import client_key
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.login import ClientPortal, LoginThrottle
 from twisted_mailhub.logobserver import OffersLogObserver
-from twisted_mailhub.metrics import HealthPage, HubMetrics, MetricsPage, count_socket
 from twisted_mailhub.realm import MailhubRealm
 from twisted_mailhub.transcript import SessionEvents, TranscriptFactory, log_event, next_connection_id
 
@@ -395,6 +394,24 @@ class ListenerFactory(protocol.Factory):
         return built
 
 
+# The listeners that serve /metrics and /healthz (twisted_mailhub.web).
+METRICS_LISTENERS = ("web", "webs")
+
+
+def serves_metrics(options: Any) -> bool:
+    """
+    Whether a hub started with C{options} (a mapping of the command line)
+    counts for C{/metrics}: L{False} only when C{--no-web} and
+    C{--no-webs} turn off every listener that serves it. A C{--workers}
+    process other than worker 0 has no web listener, but counts when
+    worker 0 serves C{/metrics} (C{metrics-served-by-another-worker}, set
+    by L{twisted_mailhub.workers.run_worker}).
+    """
+    if options.get("metrics-served-by-another-worker"):
+        return True
+    return not all(options.get(f"no-{name}") for name in METRICS_LISTENERS)
+
+
 class Hub:
     """
     Everything the listeners share. Built by L{twisted_mailhub.tap.makeService}.
@@ -444,9 +461,16 @@ class Hub:
         # (e.g. "api/v1"); see twisted_mailhub.web.site.
         self.web_resources: dict[str, Any] = {}
         # Counters every part adds to; /metrics and /healthz for operators.
-        self.metrics = HubMetrics(self)
-        self.web_resources["metrics"] = MetricsPage(self)
-        self.web_resources["healthz"] = HealthPage(self)
+        # Only where a web listener can serve them: a hub without one
+        # counts nothing and never imports prometheus_client (about 1.1 MB
+        # per hub); every part takes hub.metrics None as "not counted".
+        self.metrics: Any = None
+        if serves_metrics(options):
+            from twisted_mailhub.metrics import HealthPage, HubMetrics, MetricsPage
+
+            self.metrics = HubMetrics(self)
+            self.web_resources["metrics"] = MetricsPage(self)
+            self.web_resources["healthz"] = HealthPage(self)
         self._listeners: list[tuple[str, str, Any, str]] = []
         self._tls: Any = None
         self.services = service.MultiService()
@@ -634,8 +658,13 @@ class HubService(OffersLogObserver, service.MultiService):
             if tls == "implicit":
                 wrapped = TLSMemoryBIOFactory(hub.tls, False, wrapped)
             # TCP_NODELAY, and octets in and out per listener (/metrics).
-            counts = hub.metrics.listener_bytes(name)
-            wrapped = ListenerFactory(wrapped, set_nodelay, lambda transport, counts=counts: count_socket(transport, counts))
+            if hub.metrics is None:
+                wrapped = ListenerFactory(wrapped, set_nodelay)
+            else:
+                from twisted_mailhub.metrics import count_socket
+
+                counts = hub.metrics.listener_bytes(name)
+                wrapped = ListenerFactory(wrapped, set_nodelay, lambda transport, counts=counts: count_socket(transport, counts))
             # haproxy:INNER: the PROXY header is read before any of the
             # above sees the connection (twisted_mailhub/proxyheader.py).
             proxied, inner = proxyheader.split(description)

@@ -922,7 +922,7 @@ class WorkerLink:
         if question == "reload":
             return hub.reload()
         if question == "metrics":
-            return hub.metrics.exposition().decode("utf-8")
+            return hub.metrics.exposition().decode("utf-8") if hub.metrics is not None else None
         if question.startswith("account "):
             return control.account(hub, question[len("account ") :])
         return None
@@ -1347,6 +1347,11 @@ def run_worker(argv: list[str]) -> None:
     options = tap.Options()
     options.parseOptions(argv)
     if spec["index"]:
+        from twisted_mailhub.hub import serves_metrics
+
+        # Worker 0's /metrics adds up this worker's counters too: it counts
+        # when the hub serves /metrics at all, with no web listener of its own.
+        options["metrics-served-by-another-worker"] = serves_metrics(options)
         for name in ONE_WORKER_LISTENERS:
             options[f"no-{name}"] = True
     if not options["no-pin-workers"]:

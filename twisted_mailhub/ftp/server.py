@@ -1097,7 +1097,9 @@ class MailhubFTP(ftp.FTP):
             self.data.finished()
             connection = progress["connected"] and self.data.connection
             octets = result if isinstance(result, int) else (connection.progress() if connection else 0)
-            self.factory.hub.metrics.ftp_transfer(verb, octets)
+            metrics = self.factory.hub.metrics
+            if metrics is not None:
+                metrics.ftp_transfer(verb, octets)
             return result if isinstance(result, str) else "226 Transfer complete."
 
         def failed(reason):
