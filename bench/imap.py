@@ -43,6 +43,7 @@ from bench.cpu import cpu_seconds  # noqa: E402
 from bench.dovecot import Dovecot  # noqa: E402
 from bench.dovecot import available as dovecot_available  # noqa: E402
 from bench.dovecot import memory_once_mb  # noqa: E402
+from bench.paths import file_to_write  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 SENDERS = ["alice@example.org", "bob@example.net", "carol@example.com", "dave@example.org", "erin@example.net"]
@@ -283,7 +284,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="--mix: py-spy the hub during its first run")
     parser.add_argument("--body-rounds", type=int, default=3, help="rounds of FETCH BODY[] (the median is shown)")
     parser.add_argument("--body-only", action="store_true", help="only the FETCH BODY[] rounds (no restarts, SEARCH or memory)")
-    parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub with py-spy during its FETCH BODY[] rounds (collapsed stacks)")
+    parser.add_argument("--py-spy", type=file_to_write, default=None, metavar="FILE", help="record the hub with py-spy during its FETCH BODY[] rounds (collapsed stacks)")
     args = parser.parse_args()
     if args.mix:
         from bench.imap_mix import main as mix

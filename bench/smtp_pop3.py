@@ -95,6 +95,7 @@ sys.path.insert(0, ROOT)
 from bench.postfix import Postfix  # noqa: E402
 from bench.postfix import available as postfix_available  # noqa: E402
 from bench.quiet_disk import settle  # noqa: E402
+from bench.paths import file_to_write, folder  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 AIOSMTPD_SERVER = r'''
@@ -414,7 +415,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs per server and case, alternating; the median is reported")
     parser.add_argument("--case", action="append", default=None, metavar="CLIENTS:SIZE", help="only this case (repeatable), e.g. 32:1024")
     parser.add_argument("--neighbour", type=int, default=0, metavar="MB", help="a dd writing MB MiB unsynced, over and over, beside the servers")
-    parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub with py-spy during its measured runs: collapsed stacks of the thread holding the GIL (its Python work)")
+    parser.add_argument("--py-spy", type=file_to_write, default=None, metavar="FILE", help="record the hub with py-spy during its measured runs: collapsed stacks of the thread holding the GIL (its Python work)")
     parser.add_argument(
         "--settle", type=float, default=60.0, metavar="SECONDS",
         help="before each round: sync, then wait (at most SECONDS) until creating a file costs at most --quiet-us of CPU and --idle of the CPUs are idle (bench/quiet_disk.py); 0: sync and measure only",
@@ -423,7 +424,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=0.7, metavar="SHARE", help="a quiet machine for --settle: at least SHARE (0-1) of all CPUs idle over 2 s")
     parser.add_argument("--no-settle", action="store_true", help="no sync and no wait between rounds (as before stop 16)")
     parser.add_argument("--each-round", action="store_true", help="print each round as it ends: rate, CPU, load, the disk's file creation cost")
-    parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir on the same disk as /var/tmp)")
+    parser.add_argument("--dir", type=folder, default=None, help="where to keep the data (default: a temp dir on the same disk as /var/tmp)")
     parser.add_argument(
         "--client", choices=("asyncio", "c", "smtp-source"), default="asyncio",
         help="the load generator: this script's asyncio client (default), bench/smtpload.c (C, little CPU), or Postfix's C smtp-source (no pipelining)",

@@ -81,6 +81,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.twisted_log import twisted_log_hub  # noqa: E402
+from bench.paths import folder  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 from twisted_mailhub.store.durable import QUIET_DIRTY_BYTES  # noqa: E402
 
@@ -370,7 +371,7 @@ def main() -> None:
     parser.add_argument("--no-pipelining", action="store_true")
     parser.add_argument("--client", choices=("c", "asyncio"), default="c", help="the load generator: bench/smtpload.c (default; built with cc) or the asyncio client in this process")
     parser.add_argument("--hub-arg", action="append", default=[], help="one more option for both hubs (repeatable), e.g. --hub-arg=--no-web")
-    parser.add_argument("--dir", default=None, help="where to put the data (default: a temp dir under /var/tmp); removed at the end unless --keep")
+    parser.add_argument("--dir", type=folder, default=None, help="where to put the data (default: a temp dir under /var/tmp); removed at the end unless --keep")
     parser.add_argument("--keep", action="store_true", help="keep the hubs' data folders (and logs) at the end")
     parser.add_argument("--log-ab", action="store_true", help="a third hub: --workers N logging through Twisted's text observer (twistd --logger: the workers' log events relayed and formatted by the supervisor, as before the hub's own observer)")
     parser.add_argument("--pin-ab", action="store_true", help="one more hub: --workers N --no-pin-workers (the workers left to the scheduler instead of a core each)")
