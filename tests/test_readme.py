@@ -1144,9 +1144,17 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
         assert inside("stat -c %U:%G /var/lib/mailhub").stdout.strip() == "nobody:nogroup"
         greeted = inside("printf 'QUIT\\r\\n' | nc -N 127.0.0.1 25").stdout
         assert greeted.startswith("220 ") and "221 2.0.0 Bye" in greeted, greeted
+        # The stop: the hub ends and its pidfile goes with it (nobody
+        # cannot remove a file in /run: a root helper does), so the next
+        # start or a service manager finds no stale pidfile.
+        stopped = inside(f"kill {pid} && while kill -0 {pid} 2>/dev/null; do sleep 0.1; done; for i in $(seq 50); do test -e /run/mailhub.pid || break; sleep 0.1; done; ls /run/mailhub.pid")
+        assert (stopped.returncode, stopped.stdout) == (2, ""), stopped
+        helper = re.search(r"a root helper \(pid (\d+)\) removes it", inside("cat /var/log/mailhub.log").stdout).group(1)
+        assert inside(f"for i in $(seq 50); do kill -0 {helper} 2>/dev/null || exit 0; sleep 0.1; done; exit 1").returncode == 0  # and the helper is gone
     finally:
         inside("test -s /run/mailhub.pid && kill $(cat /run/mailhub.pid) && while kill -0 $(cat /run/mailhub.pid) 2>/dev/null; do sleep 0.1; done")
         log = inside("cat /var/log/mailhub.log").stdout
         net.close()
         keep_log(log)
     assert "Server Shut Down." in log and "Traceback" not in log, log
+    assert "pid file" not in log, log  # (twistd's "Warning: No permission to delete pid file")

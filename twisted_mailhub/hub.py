@@ -627,7 +627,33 @@ class HubService(OffersLogObserver, service.MultiService):
 
             self.hub.tls  # made now, while the files may still be written as root
             give_data_to(self.hub.data_dir, *run_as)
+            self._pidfile_removed_by_root(*run_as)
         service.MultiService.privilegedStartService(self)
+
+    def _pidfile_removed_by_root(self, uid: int, gid: int) -> None:
+        """
+        twistd's C{--pidfile} in a folder the C{--uid} user cannot write
+        (C{/run}): twistd would fail to remove it at the end ("No
+        permission to delete pid file") and leave it stale, so a root
+        helper removes it instead (L{remove_pidfile_at_end}) and twistd is
+        told it has none to remove.
+        """
+        from twisted_mailhub.privileges import remove_pidfile_at_end
+
+        twistd = getattr(self.hub.options, "parent", None)
+        pidfile = twistd.get("pidfile") if twistd is not None else None
+        try:
+            helper = remove_pidfile_at_end(pidfile, uid, gid)
+        except OSError as e:
+            log.warn("the pidfile {pidfile} will be left behind at the end: no helper to remove it ({why})", pidfile=pidfile, why=e.strerror or e)
+            return
+        if helper is not None:
+            twistd["pidfile"] = ""
+            log.info(
+                "the pidfile {pidfile} is in a folder the hub's user cannot write: a root helper (pid {helper}) removes it when the hub ends",
+                pidfile=pidfile,
+                helper=helper,
+            )
 
     def startService(self):
         if not self._bound:  # started without twistd (a .tac, a test)
