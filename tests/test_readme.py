@@ -1151,6 +1151,17 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
         assert (stopped.returncode, stopped.stdout) == (2, ""), stopped
         helper = re.search(r"a root helper \(pid (\d+)\) removes it", inside("cat /var/log/mailhub.log").stdout).group(1)
         assert inside(f"for i in $(seq 50); do kill -0 {helper} 2>/dev/null || exit 0; sleep 0.1; done; exit 1").returncode == 0  # and the helper is gone
+        # The next start finds no stale pidfile; under --workers the supervisor's goes the same way.
+        # (started from /: in these namespaces a worker's spawn as nobody cannot read the test's 0700 working folder)
+        started = inside("cd / && " + line + " --workers 2")
+        assert (started.returncode, started.stdout, started.stderr) == (0, "", ""), started
+        deadline = time.monotonic() + 60
+        while len(re.findall(r"a root helper \(pid \d+\) removes it", log := inside("cat /var/log/mailhub.log").stdout)) < 2 or not inside("cat /run/mailhub.pid").stdout.strip():
+            assert time.monotonic() < deadline, log
+            time.sleep(0.2)
+        pid = inside("cat /run/mailhub.pid").stdout.strip()
+        stopped = inside(f"kill {pid} && while kill -0 {pid} 2>/dev/null; do sleep 0.1; done; for i in $(seq 50); do test -e /run/mailhub.pid || break; sleep 0.1; done; ls /run/mailhub.pid")
+        assert (stopped.returncode, stopped.stdout) == (2, ""), stopped
     finally:
         inside("test -s /run/mailhub.pid && kill $(cat /run/mailhub.pid) && while kill -0 $(cat /run/mailhub.pid) 2>/dev/null; do sleep 0.1; done")
         log = inside("cat /var/log/mailhub.log").stdout
