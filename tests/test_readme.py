@@ -919,6 +919,7 @@ WHO_RUNS_IT = {
     "curl -s http://127.0.0.1:8080/healthz": [_CLIENTS, _ADMIN],
     "sudo twistd --uid nobody --gid nogroup --pidfile /run/mailhub.pid --logfile /var/log/mailhub.log mailhub --data /var/lib/mailhub --port-base 0 --sftp tcp:2222 --auth file:/var/lib/mailhub/accounts":
         ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed", _PARSED],
+    "sudo cp etc/mailhub.logrotate /etc/logrotate.d/mailhub": ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed"],
     "mailhub-admin user add alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
     "echo 'tea for two' | mailhub-admin user add carol --accounts /var/lib/mailhub/accounts --password-stdin": [_ADMIN],
     "mailhub-admin user passwd alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
@@ -1101,10 +1102,11 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
     import json
     import time
 
-    _needs("unshare", "nsenter", "mount", "ip", "nc", "sudo")
+    _needs("unshare", "nsenter", "mount", "ip", "nc", "sudo", "logrotate")
     text = open(README, encoding="utf-8").read()
     section = text[text.index("**Standard ports, way 1"):]
-    [line] = commands(re.search(r"```sh\n(.*?)```", section, re.S).group(1))
+    [line], [copy] = (list(commands(block)) for block in re.findall(r"```sh\n(.*?)```", section, re.S)[:2])
+    assert copy == "sudo cp etc/mailhub.logrotate /etc/logrotate.d/mailhub", copy
     assert line.startswith("sudo twistd --uid nobody --gid nogroup --pidfile /run/mailhub.pid --logfile /var/log/mailhub.log"), line
     home = tmp_path / "home"
     home.mkdir()
@@ -1113,7 +1115,8 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
     server = (
         "set -e\n"
         "mount -t tmpfs tmpfs /var/lib && mkdir /var/lib/mailhub && echo 'alice@example.org:secret' > /var/lib/mailhub/accounts\n"
-        "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/log && mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin\n"
+        "mount -t tmpfs tmpfs /run && mount -t tmpfs -o mode=0755 tmpfs /var/log && mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin\n"
+        "mount -t tmpfs -o mode=0755 tmpfs /etc/logrotate.d\n"
         f"printf '#!/bin/sh\\nPYTHONDONTWRITEBYTECODE=1 PYTHONPATH=%s exec %s %s \"$@\"\\n' {shlex.quote(ROOT)} {shlex.quote(sys.executable)} {shlex.quote(shutil.which('twistd'))} > /usr/local/bin/twistd\n"
         "chmod 755 /usr/local/bin/twistd\n"
         f"mount --bind /root {tmp_path}/root && mount -t tmpfs -o mode=0755 tmpfs /root\n"
@@ -1144,19 +1147,36 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
         assert inside("stat -c %U:%G /var/lib/mailhub").stdout.strip() == "nobody:nogroup"
         greeted = inside("printf 'QUIT\\r\\n' | nc -N 127.0.0.1 25").stdout
         assert greeted.startswith("220 ") and "221 2.0.0 Bye" in greeted, greeted
+        # The log's rotation: the README's logrotate file copied as printed
+        # and run (forced): the old lines stay in mailhub.log.1, a new file
+        # for nobody is made, and the hub writes on in it.
+        copied = subprocess.run(net.wrap(copy, ROOT), env=env, capture_output=True, text=True, timeout=60)
+        assert copied.returncode == 0, copied
+        rotated = inside(f"logrotate --force --state {tmp_path}/logrotate.state /etc/logrotate.d/mailhub")
+        assert (rotated.returncode, rotated.stderr) == (0, ""), rotated
+        assert "mailhub ready" in inside("cat /var/log/mailhub.log.1").stdout
+        assert inside("stat -c '%U:%G %a' /var/log/mailhub.log").stdout.strip() == "nobody:nogroup 600"
+        send = f"import smtplib; smtplib.SMTP('127.0.0.1', 25).sendmail('judy@jbc.test', ['alice@example.org'], b'Subject: after the rotation\\r\\n\\r\\nhi\\r\\n')"
+        assert inside(f"{shlex.quote(sys.executable)} -c {shlex.quote(send)}").returncode == 0
+        deadline = time.monotonic() + 30
+        while "delivered " not in (new := inside("cat /var/log/mailhub.log").stdout):
+            assert time.monotonic() < deadline, (new, inside("tail -5 /var/log/mailhub.log.1").stdout)
+            time.sleep(0.2)
+        assert "delivered " not in inside("cat /var/log/mailhub.log.1").stdout
+        log = inside("cat /var/log/mailhub.log.1 /var/log/mailhub.log").stdout
         # The stop: the hub ends and its pidfile goes with it (nobody
         # cannot remove a file in /run: a root helper does), so the next
         # start or a service manager finds no stale pidfile.
         stopped = inside(f"kill {pid} && while kill -0 {pid} 2>/dev/null; do sleep 0.1; done; for i in $(seq 50); do test -e /run/mailhub.pid || break; sleep 0.1; done; ls /run/mailhub.pid")
         assert (stopped.returncode, stopped.stdout) == (2, ""), stopped
-        helper = re.search(r"a root helper \(pid (\d+)\) removes it", inside("cat /var/log/mailhub.log").stdout).group(1)
+        helper = re.search(r"a root helper \(pid (\d+)\) removes it", log).group(1)
         assert inside(f"for i in $(seq 50); do kill -0 {helper} 2>/dev/null || exit 0; sleep 0.1; done; exit 1").returncode == 0  # and the helper is gone
         # The next start finds no stale pidfile; under --workers the supervisor's goes the same way.
         # (started from /: in these namespaces a worker's spawn as nobody cannot read the test's 0700 working folder)
         started = inside("cd / && " + line + " --workers 2")
         assert (started.returncode, started.stdout, started.stderr) == (0, "", ""), started
         deadline = time.monotonic() + 60
-        while len(re.findall(r"a root helper \(pid \d+\) removes it", log := inside("cat /var/log/mailhub.log").stdout)) < 2 or not inside("cat /run/mailhub.pid").stdout.strip():
+        while len(re.findall(r"a root helper \(pid \d+\) removes it", log := inside("cat /var/log/mailhub.log*").stdout)) < 2 or not inside("cat /run/mailhub.pid").stdout.strip():
             assert time.monotonic() < deadline, log
             time.sleep(0.2)
         pid = inside("cat /run/mailhub.pid").stdout.strip()
@@ -1164,7 +1184,7 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
         assert (stopped.returncode, stopped.stdout) == (2, ""), stopped
     finally:
         inside("test -s /run/mailhub.pid && kill $(cat /run/mailhub.pid) && while kill -0 $(cat /run/mailhub.pid) 2>/dev/null; do sleep 0.1; done")
-        log = inside("cat /var/log/mailhub.log").stdout
+        log = inside("cat /var/log/mailhub.log*").stdout
         net.close()
         keep_log(log)
     assert "Server Shut Down." in log and "Traceback" not in log, log
