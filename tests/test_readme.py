@@ -920,6 +920,11 @@ WHO_RUNS_IT = {
     "sudo twistd --uid nobody --gid nogroup --pidfile /run/mailhub.pid --logfile /var/log/mailhub.log mailhub --data /var/lib/mailhub --port-base 0 --sftp tcp:2222 --auth file:/var/lib/mailhub/accounts":
         ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed", _PARSED],
     "sudo cp etc/mailhub.logrotate /etc/logrotate.d/mailhub": ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed"],
+    "sudo kill $(cat /run/mailhub.pid); while test -e /run/mailhub.pid; do sleep 0.2; done": ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed"],
+    "sudo tar -C /var/lib -czf mailhub-backup.tar.gz mailhub": ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed"],
+    "sudo rm -rf /var/lib/mailhub && sudo tar -C /var/lib -xpzf mailhub-backup.tar.gz": ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed"],
+    "systemctl stop mailhub": ["not run: systemctl (no systemd in the test machine; the unit is checked with systemd-analyze verify)"],
+    "systemctl start mailhub": ["not run: systemctl (no systemd in the test machine; the unit is checked with systemd-analyze verify)"],
     "mailhub-admin user add alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
     "echo 'tea for two' | mailhub-admin user add carol --accounts /var/lib/mailhub/accounts --password-stdin": [_ADMIN],
     "mailhub-admin user passwd alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
@@ -1107,6 +1112,8 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
     section = text[text.index("**Standard ports, way 1"):]
     [line], [copy] = (list(commands(block)) for block in re.findall(r"```sh\n(.*?)```", section, re.S)[:2])
     assert copy == "sudo cp etc/mailhub.logrotate /etc/logrotate.d/mailhub", copy
+    backups = section[section.index("**Backup and restore.**"):]
+    [stop, backup], [restore] = (list(commands(block)) for block in re.findall(r"```sh\n(.*?)```", backups, re.S)[:2])
     assert line.startswith("sudo twistd --uid nobody --gid nogroup --pidfile /run/mailhub.pid --logfile /var/log/mailhub.log"), line
     home = tmp_path / "home"
     home.mkdir()
@@ -1167,8 +1174,20 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
         # The stop: the hub ends and its pidfile goes with it (nobody
         # cannot remove a file in /run: a root helper does), so the next
         # start or a service manager finds no stale pidfile.
-        stopped = inside(f"kill {pid} && while kill -0 {pid} 2>/dev/null; do sleep 0.1; done; for i in $(seq 50); do test -e /run/mailhub.pid || break; sleep 0.1; done; ls /run/mailhub.pid")
+        read = (
+            "import imaplib, sys; m = imaplib.IMAP4('127.0.0.1', 143); m.login('alice@example.org', 'secret'); m.select('INBOX');"
+            " print(m.response('UIDVALIDITY')[1][0].decode(), m.uid('SEARCH', 'SUBJECT', 'rotation')[1][0].decode()); m.logout()"
+        )
+        before = inside(f"{shlex.quote(sys.executable)} -c {shlex.quote(read)}")
+        assert before.returncode == 0 and before.stdout.split()[1] == "1", before
+        # The README's stop (for a backup) returns once the hub has ended: its pidfile is gone.
+        # (kill -0 still finds the ended hub until its parent, init, reaps it)
+        stopped = inside(f"timeout 30 sh -c {shlex.quote(stop)} && for i in $(seq 50); do kill -0 {pid} 2>/dev/null || break; sleep 0.1; done; ! kill -0 {pid} 2>/dev/null && ls /run/mailhub.pid")
         assert (stopped.returncode, stopped.stdout) == (2, ""), stopped
+        # The backup and the restore as printed; the hub then finds its mail as it was.
+        for command in (backup, restore):
+            done = inside(command)
+            assert (done.returncode, done.stderr) == (0, ""), done
         helper = re.search(r"a root helper \(pid (\d+)\) removes it", log).group(1)
         assert inside(f"for i in $(seq 50); do kill -0 {helper} 2>/dev/null || exit 0; sleep 0.1; done; exit 1").returncode == 0  # and the helper is gone
         # The next start finds no stale pidfile; under --workers the supervisor's goes the same way.
@@ -1180,6 +1199,11 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
             assert time.monotonic() < deadline, log
             time.sleep(0.2)
         pid = inside("cat /run/mailhub.pid").stdout.strip()
+        deadline = time.monotonic() + 60
+        while (after := inside(f"{shlex.quote(sys.executable)} -c {shlex.quote(read)}")).returncode != 0:
+            assert time.monotonic() < deadline, after
+            time.sleep(0.2)
+        assert after.stdout == before.stdout, (before, after)  # the same UIDVALIDITY and UID after the restore
         stopped = inside(f"kill {pid} && while kill -0 {pid} 2>/dev/null; do sleep 0.1; done; for i in $(seq 50); do test -e /run/mailhub.pid || break; sleep 0.1; done; ls /run/mailhub.pid")
         assert (stopped.returncode, stopped.stdout) == (2, ""), stopped
     finally:
