@@ -54,6 +54,7 @@ only it ever writes the file it rotates. See L{twisted_mailhub.workers}.
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import select
 import signal
@@ -509,7 +510,14 @@ def for_twistd(options: Any, reactor: Any = None) -> HubLogObserver | None:
             fd = None
         observer = HubLogObserver(LineBuffer(write, flush, where="standard output"), fd=fd)
     else:
-        logfile = FollowedLogFile.fromFullPath(logfile_name or "twistd.log")
+        try:
+            logfile = FollowedLogFile.fromFullPath(logfile_name or "twistd.log")
+        except OSError as e:
+            # (before anything is bound or the process daemonizes: the
+            # line goes to the terminal; exit 2 as for another unusable option)
+            hint = " (make its folder first)" if e.errno == errno.ENOENT else ""
+            sys.stderr.write(f"mailhub: --logfile {logfile_name or 'twistd.log'}: cannot open it: {e.strerror or e}{hint}\n")
+            raise SystemExit(2) from None
         observer = HubLogObserver(LineBuffer(logfile.write, logfile.flush, where=logfile.path), logfile=logfile)
         if not signal.getsignal(signal.SIGUSR1):
             # As UnixAppLogger: rotate on SIGUSR1, in the reactor (or
