@@ -923,6 +923,8 @@ WHO_RUNS_IT = {
     "sudo kill $(cat /run/mailhub.pid); while test -e /run/mailhub.pid; do sleep 0.2; done": ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed"],
     "sudo tar -C /var/lib -czf mailhub-backup.tar.gz mailhub": ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed"],
     "sudo rm -rf /var/lib/mailhub && sudo tar -C /var/lib -xpzf mailhub-backup.tar.gz": ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed"],
+    "sudo certbot renew --deploy-hook 'install -m 0600 -o nobody -g nogroup \"$RENEWED_LINEAGE/fullchain.pem\" /var/lib/mailhub/tls/cert.pem && install -m 0600 -o nobody -g nogroup \"$RENEWED_LINEAGE/privkey.pem\" /var/lib/mailhub/tls/key.pem && mailhub-admin reload --data /var/lib/mailhub'":
+        ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed (certbot a stand-in that makes the new pair with openssl: no ACME server is asked)"],
     "systemctl stop mailhub": ["not run: systemctl (no systemd in the test machine; the unit is checked with systemd-analyze verify)"],
     "systemctl start mailhub": ["not run: systemctl (no systemd in the test machine; the unit is checked with systemd-analyze verify)"],
     "mailhub-admin user add alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
@@ -1113,6 +1115,7 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
     [line], [copy] = (list(commands(block)) for block in re.findall(r"```sh\n(.*?)```", section, re.S)[:2])
     assert copy == "sudo cp etc/mailhub.logrotate /etc/logrotate.d/mailhub", copy
     backups = section[section.index("**Backup and restore.**"):]
+    [renew] = commands(re.search(r"```sh\n(.*?)```", section[section.index("**A renewed certificate**"):], re.S).group(1))
     [stop, backup], [restore] = (list(commands(block)) for block in re.findall(r"```sh\n(.*?)```", backups, re.S)[:2])
     assert line.startswith("sudo twistd --uid nobody --gid nogroup --pidfile /run/mailhub.pid --logfile /var/log/mailhub.log"), line
     home = tmp_path / "home"
@@ -1126,6 +1129,13 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
         "mount -t tmpfs -o mode=0755 tmpfs /etc/logrotate.d\n"
         f"printf '#!/bin/sh\\nPYTHONDONTWRITEBYTECODE=1 PYTHONPATH=%s exec %s %s \"$@\"\\n' {shlex.quote(ROOT)} {shlex.quote(sys.executable)} {shlex.quote(shutil.which('twistd'))} > /usr/local/bin/twistd\n"
         "chmod 755 /usr/local/bin/twistd\n"
+        f"printf '#!/bin/sh\\nPYTHONDONTWRITEBYTECODE=1 PYTHONPATH=%s exec %s -m twisted_mailhub.admin \"$@\"\\n' {shlex.quote(ROOT)} {shlex.quote(sys.executable)} > /usr/local/bin/mailhub-admin\n"
+        # certbot renew, but for the ACME server (none may be asked): a new
+        # pair for mail.renewed.test in a lineage folder, then the deploy hook.
+        "printf '%s\\n' '#!/bin/sh' '[ \"$1 $2\" = \"renew --deploy-hook\" ] || exit 2' 'lineage=$(mktemp -d /run/lineage.XXXXXX)'"
+        " 'openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 90 -subj /CN=mail.renewed.test -keyout $lineage/privkey.pem -out $lineage/fullchain.pem 2>/dev/null || exit 1'"
+        " 'RENEWED_LINEAGE=$lineage exec sh -c \"$3\"' > /usr/local/bin/certbot\n"
+        "chmod 755 /usr/local/bin/mailhub-admin /usr/local/bin/certbot\n"
         f"mount --bind /root {tmp_path}/root && mount -t tmpfs -o mode=0755 tmpfs /root\n"
         f"for d in {tmp_path}/root/.* {tmp_path}/root/*; do\n"
         '  name=$(basename "$d"); [ "$name" = . ] || [ "$name" = .. ] || [ ! -e "$d" ] && continue\n'
@@ -1204,6 +1214,16 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
             assert time.monotonic() < deadline, after
             time.sleep(0.2)
         assert after.stdout == before.stdout, (before, after)  # the same UIDVALIDITY and UID after the restore
+        # A renewed certificate: certbot's deploy hook as printed (its
+        # certbot a stand-in, above); every worker serves the new one.
+        subject = "openssl s_client -connect 127.0.0.1:993 </dev/null 2>/dev/null | openssl x509 -noout -subject"
+        assert "mail.renewed.test" not in inside(subject).stdout
+        renewed = inside(renew)
+        assert (renewed.returncode, renewed.stderr) == (0, ""), renewed
+        assert "TLS certificate reloaded" in renewed.stdout, renewed
+        assert inside("stat -c '%U:%G %a' /var/lib/mailhub/tls/cert.pem /var/lib/mailhub/tls/key.pem").stdout.split("\n")[:2] == ["nobody:nogroup 600"] * 2
+        for _ in range(4):  # (connections spread over the two workers)
+            assert inside(subject).stdout.strip() == "subject=CN = mail.renewed.test"
         stopped = inside(f"kill {pid} && while kill -0 {pid} 2>/dev/null; do sleep 0.1; done; for i in $(seq 50); do test -e /run/mailhub.pid || break; sleep 0.1; done; ls /run/mailhub.pid")
         assert (stopped.returncode, stopped.stdout) == (2, ""), stopped
     finally:
