@@ -114,3 +114,13 @@ def test_a_hub_without_metrics_serves_every_protocol_that_counts(start_hub):
     ftp.quit()
     assert hub.process.poll() is None
     assert "Traceback" not in hub.log
+
+
+def test_a_hub_without_a_web_listener_loads_no_web_face(modules_of):
+    # No browser can reach the webmail or the console: their code is not
+    # loaded, and sessions are not recorded for a console. (The JSON API's
+    # module is read for the command line's options; it mounts nothing.)
+    loaded = modules_of("--no-web", "--no-webs")
+    assert "twisted_mailhub.imap.search" in loaded  # (the listing is the hub's)
+    face = ("twisted_mailhub.web.site", "twisted_mailhub.web.console", "twisted_mailhub.web.mail", "twisted_mailhub.web.sanitize", "twisted_mailhub.web.avatar")
+    assert sorted(name for name in loaded if name.startswith(face)) == []

@@ -394,22 +394,24 @@ class ListenerFactory(protocol.Factory):
         return built
 
 
-# The listeners that serve /metrics and /healthz (twisted_mailhub.web).
-METRICS_LISTENERS = ("web", "webs")
+# The listeners of the web face: webmail, the console, the JSON API,
+# /metrics and /healthz (twisted_mailhub.web).
+WEB_LISTENERS = ("web", "webs")
 
 
-def serves_metrics(options: Any) -> bool:
+def has_web_face(options: Any) -> bool:
     """
     Whether a hub started with C{options} (a mapping of the command line)
-    counts for C{/metrics}: L{False} only when C{--no-web} and
-    C{--no-webs} turn off every listener that serves it. A C{--workers}
-    process other than worker 0 has no web listener, but counts when
-    worker 0 serves C{/metrics} (C{metrics-served-by-another-worker}, set
-    by L{twisted_mailhub.workers.run_worker}).
+    has a web face, and so counts for C{/metrics} and records sessions
+    for the console: L{False} only when C{--no-web} and C{--no-webs} turn
+    off every web listener. A C{--workers} process other than worker 0
+    has no web listener, but is part of worker 0's web face when there is
+    one (C{web-face-in-another-worker}, set by
+    L{twisted_mailhub.workers.run_worker}).
     """
-    if options.get("metrics-served-by-another-worker"):
+    if options.get("web-face-in-another-worker"):
         return True
-    return not all(options.get(f"no-{name}") for name in METRICS_LISTENERS)
+    return not all(options.get(f"no-{name}") for name in WEB_LISTENERS)
 
 
 class Hub:
@@ -465,7 +467,7 @@ class Hub:
         # counts nothing and never imports prometheus_client (about 1.1 MB
         # per hub); every part takes hub.metrics None as "not counted".
         self.metrics: Any = None
-        if serves_metrics(options):
+        if has_web_face(options):
             from twisted_mailhub.metrics import HealthPage, HubMetrics, MetricsPage
 
             self.metrics = HubMetrics(self)

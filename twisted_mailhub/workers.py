@@ -1348,11 +1348,12 @@ def run_worker(argv: list[str]) -> None:
     options = tap.Options()
     options.parseOptions(argv)
     if spec["index"]:
-        from twisted_mailhub.hub import serves_metrics
+        from twisted_mailhub.hub import has_web_face
 
-        # Worker 0's /metrics adds up this worker's counters too: it counts
-        # when the hub serves /metrics at all, with no web listener of its own.
-        options["metrics-served-by-another-worker"] = serves_metrics(options)
+        # Worker 0's web face shows this worker too (/metrics adds up its
+        # counters, the console its sessions): without a web listener of
+        # its own, it counts and records when the hub has a web face at all.
+        options["web-face-in-another-worker"] = has_web_face(options)
         for name in ONE_WORKER_LISTENERS:
             options[f"no-{name}"] = True
     if not options["no-pin-workers"]:
