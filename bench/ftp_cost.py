@@ -46,7 +46,7 @@ sys.path.insert(0, HERE)
 
 from cpu import cpu_seconds  # noqa: E402
 from ftp import PYFTPDLIB_SERVER, rss_kb  # noqa: E402
-from paths import source_tree  # noqa: E402
+from arguments import source_tree  # noqa: E402
 
 # Run in the hub's process before twistd: on SIGUSR2, write the Python
 # memory tracemalloc traces now to the file named in the environment.

@@ -43,7 +43,7 @@ from bench.cpu import cpu_seconds  # noqa: E402
 from bench.dovecot import Dovecot  # noqa: E402
 from bench.dovecot import available as dovecot_available  # noqa: E402
 from bench.dovecot import memory_once_mb  # noqa: E402
-from bench.paths import file_to_write  # noqa: E402
+from bench.arguments import file_to_write, numbers  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 SENDERS = ["alice@example.org", "bob@example.net", "carol@example.com", "dave@example.org", "erin@example.net"]
@@ -276,7 +276,7 @@ def run(count: int, peer: bool, rounds: int = 3, body_only: bool = False, py_spy
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--sizes", type=numbers(","), default="10000,100000")
     parser.add_argument("--no-dovecot", action="store_true", help="do not run Dovecot beside the hub")
     parser.add_argument("--mix", action="store_true", help="the mixed workload beside Dovecot instead")
     parser.add_argument("--clients", type=int, default=10, help="--mix: client processes")
@@ -295,7 +295,7 @@ def main() -> None:
     if not args.no_dovecot and not peer:
         print("Dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d): the hub alone")
     print("load:", open("/proc/loadavg").read().strip())
-    for count in [int(s) for s in args.sizes.split(",")]:
+    for count in args.sizes:
         results = run(count, peer, args.body_rounds, args.body_only, args.py_spy)
         names = list(results)
         print(f"{count} messages".ljust(45) + "".join(f"{name:>12s}" for name in names))

@@ -31,7 +31,7 @@ from bench.cpu import cpu_seconds  # noqa: E402
 from bench.dovecot import Dovecot  # noqa: E402
 from bench.dovecot import available as dovecot_available  # noqa: E402
 from bench.imap import Client, make_maildir  # noqa: E402
-from bench.paths import file_to_write  # noqa: E402
+from bench.arguments import file_to_write  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 

@@ -48,7 +48,7 @@ sys.path.insert(0, ROOT)
 from bench.dovecot import Dovecot  # noqa: E402
 from bench.dovecot import available as dovecot_available  # noqa: E402
 from bench.smtp_pop3 import cpu_seconds  # noqa: E402
-from bench.paths import folder  # noqa: E402
+from bench.arguments import folder  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 STOCK_SERVER = r'''

@@ -39,7 +39,7 @@ sys.path.insert(0, ROOT)
 
 from bench.smtp_pop3 import smtp_run  # noqa: E402
 from bench.twisted_log import twisted_log_hub  # noqa: E402
-from bench.paths import file_to_write, folder  # noqa: E402
+from bench.arguments import file_to_write, folder  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 

@@ -95,7 +95,7 @@ sys.path.insert(0, ROOT)
 from bench.postfix import Postfix  # noqa: E402
 from bench.postfix import available as postfix_available  # noqa: E402
 from bench.quiet_disk import settle  # noqa: E402
-from bench.paths import file_to_write, folder  # noqa: E402
+from bench.arguments import file_to_write, folder, numbers  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 AIOSMTPD_SERVER = r'''
@@ -413,7 +413,7 @@ def main() -> None:
     parser.add_argument("--no-postfix", action="store_true", help="do not run Postfix beside the hub")
     parser.add_argument("--no-pop3", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="runs per server and case, alternating; the median is reported")
-    parser.add_argument("--case", action="append", default=None, metavar="CLIENTS:SIZE", help="only this case (repeatable), e.g. 32:1024")
+    parser.add_argument("--case", type=numbers(":", 2), action="append", default=None, metavar="CLIENTS:SIZE", help="only this case (repeatable), e.g. 32:1024")
     parser.add_argument("--neighbour", type=int, default=0, metavar="MB", help="a dd writing MB MiB unsynced, over and over, beside the servers")
     parser.add_argument("--py-spy", type=file_to_write, default=None, metavar="FILE", help="record the hub with py-spy during its measured runs: collapsed stacks of the thread holding the GIL (its Python work)")
     parser.add_argument(
@@ -443,7 +443,7 @@ def main() -> None:
         (32, 100 * 1024, int(1600 * scale)),
     ]
     if args.case:
-        wanted = {tuple(int(x) for x in c.split(":")) for c in args.case}
+        wanted = set(args.case)
         cases = [c for c in cases if (c[0], c[1]) in wanted]
     pipelining = not args.no_pipelining
     work = tempfile.mkdtemp(prefix="mailhub-bench-", dir=args.dir or "/var/tmp")

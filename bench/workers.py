@@ -81,7 +81,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.twisted_log import twisted_log_hub  # noqa: E402
-from bench.paths import folder  # noqa: E402
+from bench.arguments import folder  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 from twisted_mailhub.store.durable import QUIET_DIRTY_BYTES  # noqa: E402
 

@@ -1,12 +1,16 @@
 """
-argparse types for the bench scripts' folder and file options: a path
-that cannot be used is refused while the command line is read, in
-argparse's words (the usage, then C{error: argument --dir: ...}, exit
-status 2), before a server starts, never as a Python traceback from
-deep in the run.
+argparse types for the bench scripts' options: a value that cannot be
+used (a folder that does not exist, "32:abc" for a case, a part that is
+not one) is refused while the command line is read, in argparse's words
+(the usage, then C{error: argument --dir: ...}, exit status 2), before a
+server starts, never as a Python traceback from deep in the run or a run
+that measures something else.
 
     parser.add_argument("--dir", type=folder)
     parser.add_argument("--py-spy", type=file_to_write, metavar="FILE")
+    parser.add_argument("--case", type=numbers(":", 2), action="append")
+    parser.add_argument("--sizes", type=numbers(","), default="10000,100000")
+    parser.add_argument("--only", type=names_of("smtp", "store"), default="smtp,store")
 """
 
 from __future__ import annotations
@@ -56,3 +60,32 @@ def source_tree(path: str) -> str:
     if not os.path.isfile(os.path.join(path, "twisted_mailhub", "__init__.py")):
         raise argparse.ArgumentTypeError(f"{path} holds no twisted_mailhub/ (give a checkout's root)")
     return path
+
+
+def numbers(separator: str, count: int | None = None):
+    """
+    An argparse type: whole numbers of 1 or more joined by C{separator}
+    (C{count} of them when given), as a tuple of ints.
+    """
+
+    def parse(text: str) -> tuple[int, ...]:
+        parts = text.split(separator)
+        form = separator.join(["N"] * count) if count else f"N{separator}N..."
+        if (count is not None and len(parts) != count) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise argparse.ArgumentTypeError(f"{text!s} is not {form} (whole numbers of 1 or more)")
+        return tuple(int(p) for p in parts)
+
+    return parse
+
+
+def names_of(*known: str):
+    """An argparse type: some of C{known}, joined by commas, as a tuple in the order given (each once)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"{', '.join(unknown) or text!s}: not one of {', '.join(known)}")
+        return names
+
+    return parse

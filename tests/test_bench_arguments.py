@@ -1,5 +1,5 @@
 """
-The bench scripts' folder and file options, run as a user runs them: a
+The bench scripts' options, run as a user runs them: a
 folder that does not exist, a file, or one that cannot be written is
 said in words on one line (argparse's usage and C{error:} line, exit
 status 2), before anything starts, never a Python traceback.
@@ -68,3 +68,18 @@ def test_another_tree_that_is_not_one_is_said_in_words(tmp_path):
     line = said_in_words(run("bench/ftp_cost.py", "--old", str(tmp_path / "gone")), "--old", "is not a folder")
     assert str(tmp_path / "gone") in line
     said_in_words(run("bench/ftp_cost.py", "--old", str(tmp_path)), "--old", "holds no twisted_mailhub/")
+
+
+@pytest.mark.parametrize(
+    "script, option, value, says",
+    [
+        ("bench/smtp_pop3.py", "--case", "32:abc", "32:abc is not N:N"),
+        ("bench/smtp_pop3.py", "--case", "32", "32 is not N:N"),
+        ("bench/imap.py", "--sizes", "10000,lots", "10000,lots is not N,N..."),
+        ("bench/cluster.py", "--only", "smtp,nosuch", "nosuch: not one of smtp, store, idle, fetch"),
+    ],
+)
+def test_a_value_that_is_not_one_is_said_in_words(script, option, value, says):
+    # Before: a ValueError traceback (--case, --sizes), or a run of
+    # nothing after PostgreSQL was started (--only with a misspelt part).
+    said_in_words(run(script, option, value), option, says)
