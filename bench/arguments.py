@@ -41,11 +41,7 @@ def file_to_write(path: str) -> str:
     """
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{path} is a folder; name a file in it")
-    parent = os.path.dirname(path) or "."
-    if not os.path.isdir(parent):
-        raise argparse.ArgumentTypeError(f"the folder {parent} does not exist (make it first)")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"cannot write in {parent} (permission denied)")
+    folder(os.path.dirname(path) or ".")
     return path
 
 
