@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from twisted_mailhub.privileges import may_remove
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,3 +100,62 @@ def test_may_remove_reads_the_folders_bits(tmp_path):
     os.chmod(folder, 0o777)
     assert may_remove(str(path), NOBODY, NOBODY)
     os.chmod(folder, 0o700)
+
+
+
+@pytest.mark.parametrize("readable", [False, True])
+def test_a_root_start_warns_of_a_certificate_its_user_cannot_read(readable, tmp_path, request):
+    # certbot keeps its keys where only root reads (/etc/letsencrypt/live,
+    # 0700): read at the root start, a reload as nobody after a renewal
+    # would keep the old certificate. Said at the start.
+    from twisted.logger import globalLogPublisher
+
+    from tests.test_start import loopback_args
+    from twisted_mailhub import tap
+    from twisted_mailhub.tls import make_self_signed
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a start that switches to --uid")
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    # (pytest's own folder is root's alone: a place nobody can reach, but for "live")
+    top = Path(tempfile.mkdtemp(prefix="mailhub-tls-"))
+    os.chmod(top, 0o755)
+    request.addfinalizer(lambda: shutil.rmtree(top, ignore_errors=True))
+    live = top / "live"
+    live.mkdir(mode=0o755 if readable else 0o700)
+    make_self_signed("mail.example.org", str(live / "fullchain.pem"), str(live / "privkey.pem"))
+    if readable:
+        os.chown(live / "privkey.pem", NOBODY, NOBODY)
+    options = tap.Options()
+    options.parseOptions(["--data", str(tmp_path / "d"), "--store", "memory", "--user", "alice:secret", "--tls-cert", str(live / "fullchain.pem"), "--tls-key", str(live / "privkey.pem"), *loopback_args()])
+    umask = os.umask(0o022)
+    try:
+        hub_service = tap.makeService(options)
+    finally:
+        os.umask(umask)
+    hub_service.hub.run_as = (NOBODY, NOBODY)
+    said = []
+
+    def heard(event):
+        if event.get("log_level") is not None and event["log_level"].name == "warn":
+            said.append(event)
+
+    globalLogPublisher.addObserver(heard)
+    try:
+        hub_service.privilegedStartService()
+    finally:
+        globalLogPublisher.removeObserver(heard)
+        for port in hub_service.ports:
+            port.stopListening()
+    assert (os.geteuid(), os.getegid()) == (0, 0)  # root again after the tries
+    warned = [e for e in said if e.get("option") in ("tls-cert", "tls-key")]
+    if readable:
+        assert warned == []
+    else:
+        assert [(e["option"], e["path"], e["why"]) for e in warned] == [
+            ("tls-cert", str(live / "fullchain.pem"), "Permission denied"),
+            ("tls-key", str(live / "privkey.pem"), "Permission denied"),
+        ]

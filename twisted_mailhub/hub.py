@@ -629,8 +629,39 @@ class HubService(OffersLogObserver, service.MultiService):
 
             self.hub.tls  # made now, while the files may still be written as root
             give_data_to(self.hub.data_dir, *run_as)
-            self._pidfile_removed_by_root(*run_as)
+            self.before_the_switch(*run_as)
         service.MultiService.privilegedStartService(self)
+
+    def before_the_switch(self, uid: int, gid: int) -> None:
+        """
+        As root, just before C{twistd} switches to C{--uid/--gid}: what the
+        hub will not be able to do as that user is arranged or said now
+        (the pidfile's removal; a certificate a reload could not read).
+        """
+        self._pidfile_removed_by_root(uid, gid)
+        self._warn_of_unreadable_tls(uid, gid)
+
+    def _warn_of_unreadable_tls(self, uid: int, gid: int) -> None:
+        """
+        A C{--tls-cert} or C{--tls-key} the C{--uid} user cannot read (in
+        certbot's root-only C{/etc/letsencrypt}) was read now, as root,
+        but a reload (SIGHUP, C{mailhub-admin reload}) after a renewal
+        would keep the old certificate: said at the start, not two months
+        later.
+        """
+        from twisted_mailhub.privileges import unreadable_for
+
+        for option in ("tls-cert", "tls-key"):
+            path = self.hub.options.get(option)
+            why = unreadable_for(path, uid, gid) if path else None
+            if why is not None:
+                log.warn(
+                    "--{option} {path}: the hub's user cannot read it ({why}): it was read now, as root, but a reload"
+                    " (a renewed certificate) will keep the one in use; give the hub a copy it can read (README: A renewed certificate)",
+                    option=option,
+                    path=path,
+                    why=why,
+                )
 
     def _pidfile_removed_by_root(self, uid: int, gid: int) -> None:
         """

@@ -160,3 +160,25 @@ def remove_pidfile_at_end(pidfile: str, uid: int, gid: int) -> int | None:
 
 
 _HELD: list[int] = []
+
+
+def unreadable_for(path: str, uid: int, gid: int) -> str | None:
+    """
+    Why user C{uid} (group C{gid}, no other group) could not read the
+    file C{path}, in the C library's words, or L{None} when it could.
+    Called as root before the switch: tried with that effective user and
+    group for the time of one C{open}, then root's again.
+    """
+    groups = os.getgroups()
+    os.setgroups([gid])
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(groups)

@@ -440,7 +440,7 @@ class WorkersService(OffersLogObserver, service.Service):
             from twisted_mailhub.privileges import give_data_to
 
             give_data_to(self.hub.data_dir, *run_as)
-            hub_service._pidfile_removed_by_root(*run_as)
+            hub_service.before_the_switch(*run_as)
         service.Service.privilegedStartService(self)
 
     def startService(self) -> None:
