@@ -1,0 +1,45 @@
+"""
+The data folder moved or removed under a running hub (an admin's mv, a
+restore into place while it runs): every client gets a temporary error
+it retries later, /healthz says what is wrong, and the log says it in
+one line each, with the path: no traceback, no Python repr.
+"""
+
+from __future__ import annotations
+
+import os
+import poplib
+import smtplib
+import urllib.error
+import urllib.request
+
+import pytest
+
+
+def test_a_data_folder_moved_away_under_the_hub_is_a_temporary_error_said_in_one_line(start_hub):
+    hub = start_hub()
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=30) as smtp:
+        smtp.sendmail("judy@jbc.test", ["alice@localhost"], b"Subject: before\r\n\r\nhello\r\n")
+    os.rename(hub.data_dir, hub.data_dir + "-moved")
+    try:
+        with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=30) as smtp:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                smtp.sendmail("judy@jbc.test", ["alice@localhost"], b"Subject: after\r\n\r\nhello\r\n")
+        assert refused.value.smtp_code == 451
+        pop = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=30)
+        pop.user("alice")
+        with pytest.raises(poplib.error_proto) as told:
+            pop.pass_("secret")
+        assert told.value.args[0].startswith(b"-ERR [SYS/TEMP]")
+        pop.quit()
+        with pytest.raises(urllib.error.HTTPError) as health:
+            urllib.request.urlopen(f"http://127.0.0.1:{hub.ports['web']}/healthz", timeout=30)
+        assert health.value.code == 503
+        assert health.value.read() == b"the data folder takes no write (No such file or directory)\n"
+        missing = os.path.join(hub.data_dir, "mail", "localhost")
+        hub.wait_for_log(r"message not stored: No such file or directory \(" + missing)
+        hub.wait_for_log(r"POP3 login for alice failed: INBOX no longer exists")
+        assert "Traceback" not in hub.log and "b'alice'" not in hub.log, hub.log
+    finally:
+        if not os.path.exists(hub.data_dir):
+            os.rename(hub.data_dir + "-moved", hub.data_dir)
