@@ -7,6 +7,7 @@ one line each, with the path: no traceback, no Python repr.
 
 from __future__ import annotations
 
+import imaplib
 import os
 import poplib
 import smtplib
@@ -32,6 +33,11 @@ def test_a_data_folder_moved_away_under_the_hub_is_a_temporary_error_said_in_one
             pop.pass_("secret")
         assert told.value.args[0].startswith(b"-ERR [SYS/TEMP]")
         pop.quit()
+        imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=30)
+        imap.login("alice", "secret")
+        answer = imap.select("INBOX")
+        imap.logout()
+        assert answer == ("NO", [b"[NONEXISTENT] no such mailbox: INBOX no longer exists"])
         with pytest.raises(urllib.error.HTTPError) as health:
             urllib.request.urlopen(f"http://127.0.0.1:{hub.ports['web']}/healthz", timeout=30)
         assert health.value.code == 503
