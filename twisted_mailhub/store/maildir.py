@@ -4339,6 +4339,12 @@ class MaildirStore:
         key = address.lower()
         account = self._accounts.get(key)
         if account is None:
+            data = os.path.dirname(os.path.abspath(self.root))
+            if not os.path.isdir(data):
+                # The data folder was moved or removed under the hub: an
+                # account opened now must not make it again (mail would be
+                # split between the old place and the new).
+                raise FileNotFoundError(errno.ENOENT, "the data folder is gone (moved or removed while the hub runs)", data)
             account = self._accounts[key] = MaildirAccount(address, self.account_path(address), self.writer, self.hostname, self.small_files)
         return account
 
