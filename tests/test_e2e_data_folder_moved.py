@@ -57,6 +57,15 @@ def test_a_data_folder_moved_away_under_the_hub_is_a_temporary_error_said_in_one
             with pytest.raises(smtplib.SMTPDataError) as refused:
                 smtp.sendmail("judy@jbc.test", ["bob@localhost"], b"Subject: after\r\n\r\nhello\r\n")
         assert refused.value.smtp_code == 451
+        import ftplib
+
+        ftp = ftplib.FTP()
+        ftp.connect("127.0.0.1", hub.ports["ftp"], timeout=30)
+        with pytest.raises(ftplib.error_perm) as ftp_told:
+            ftp.login("bob", "hungry")
+        ftp.close()
+        assert str(ftp_told.value) == "530 Login failed for a server problem, not your password; try again later."
+        hub.wait_for_log(r"FTP login for bob failed: the data folder is gone")
         assert not os.path.exists(hub.data_dir), os.listdir(hub.data_dir)
         hub.wait_for_log(r"POP3 login for bob failed: the data folder is gone \(moved or removed while the hub runs\) \(" + hub.data_dir + r"\)")
         assert "Traceback" not in hub.log and "b'alice'" not in hub.log and "b'bob'" not in hub.log, hub.log

@@ -4339,12 +4339,10 @@ class MaildirStore:
         key = address.lower()
         account = self._accounts.get(key)
         if account is None:
-            data = os.path.dirname(os.path.abspath(self.root))
-            if not os.path.isdir(data):
-                # The data folder was moved or removed under the hub: an
-                # account opened now must not make it again (mail would be
-                # split between the old place and the new).
-                raise FileNotFoundError(errno.ENOENT, "the data folder is gone (moved or removed while the hub runs)", data)
+            from twisted_mailhub.datafolder import must_exist
+
+            # (not made again at the old place if it was moved or removed)
+            must_exist(self.root)
             account = self._accounts[key] = MaildirAccount(address, self.account_path(address), self.writer, self.hostname, self.small_files)
         return account
 
