@@ -17,6 +17,16 @@ import urllib.request
 import pytest
 
 
+def pop3_login_refused(hub, user: str, password: str) -> bytes:
+    """The -ERR line a POP3 login of C{user} gets (it must not succeed)."""
+    pop = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=30)
+    pop.user(user)
+    with pytest.raises(poplib.error_proto) as told:
+        pop.pass_(password)
+    pop.quit()
+    return told.value.args[0]
+
+
 def test_a_data_folder_moved_away_under_the_hub_is_a_temporary_error_said_in_one_line(start_hub):
     hub = start_hub()
     with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=30) as smtp:
@@ -27,12 +37,7 @@ def test_a_data_folder_moved_away_under_the_hub_is_a_temporary_error_said_in_one
             with pytest.raises(smtplib.SMTPDataError) as refused:
                 smtp.sendmail("judy@jbc.test", ["alice@localhost"], b"Subject: after\r\n\r\nhello\r\n")
         assert refused.value.smtp_code == 451
-        pop = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=30)
-        pop.user("alice")
-        with pytest.raises(poplib.error_proto) as told:
-            pop.pass_("secret")
-        assert told.value.args[0].startswith(b"-ERR [SYS/TEMP]")
-        pop.quit()
+        assert pop3_login_refused(hub, "alice", "secret").startswith(b"-ERR [SYS/TEMP]")
         imap = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=30)
         imap.login("alice", "secret")
         answer = imap.select("INBOX")
@@ -47,12 +52,7 @@ def test_a_data_folder_moved_away_under_the_hub_is_a_temporary_error_said_in_one
         hub.wait_for_log(r"POP3 login for alice failed: INBOX no longer exists")
         # An account not opened before the move: no new folder is made at
         # the old place (its mail would be split between two folders).
-        pop = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=30)
-        pop.user("bob")
-        with pytest.raises(poplib.error_proto) as told:
-            pop.pass_("hungry")
-        assert told.value.args[0].startswith(b"-ERR [SYS/TEMP]")
-        pop.quit()
+        assert pop3_login_refused(hub, "bob", "hungry").startswith(b"-ERR [SYS/TEMP]")
         with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=30) as smtp:
             with pytest.raises(smtplib.SMTPDataError) as refused:
                 smtp.sendmail("judy@jbc.test", ["bob@localhost"], b"Subject: after\r\n\r\nhello\r\n")
