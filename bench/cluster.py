@@ -56,6 +56,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
+from arguments import names_of  # noqa: E402
 from smtp_pop3 import cpu_seconds, smtp_run  # noqa: E402
 
 from tests.hubprocess import HubProcess  # noqa: E402
@@ -440,7 +441,7 @@ def fetch_part(hub: HubProcess, dsn: str, count: int, bodies: int, pg: PostgresC
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="smtp,store,idle,fetch")
+    parser.add_argument("--only", type=names_of("smtp", "store", "idle", "fetch"), default="smtp,store,idle,fetch", help="the parts to run, of smtp,store,idle,fetch")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=1, help="SMTP: measure each case this many times")
     parser.add_argument("--clients-per-hub", action="store_true",
@@ -455,7 +456,7 @@ def main() -> None:
     if args.store_load:
         store_load(args.store_load, args.clients, count)
         return
-    parts = set(args.only.split(","))
+    parts = args.only
     mailbox = 20000 if args.quick else 100000
     bindir = find_bindir()
     if bindir is None:

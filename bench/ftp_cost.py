@@ -46,6 +46,7 @@ sys.path.insert(0, HERE)
 
 from cpu import cpu_seconds  # noqa: E402
 from ftp import PYFTPDLIB_SERVER, rss_kb  # noqa: E402
+from arguments import source_tree  # noqa: E402
 
 # Run in the hub's process before twistd: on SIGUSR2, write the Python
 # memory tracemalloc traces now to the file named in the environment.
@@ -259,7 +260,7 @@ def callgrind(servers: list, sessions: int, size: int, out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--old", help="another tree's root (e.g. a worktree of an older commit): its hub runs beside this one")
+    parser.add_argument("--old", type=source_tree, help="another tree's root (e.g. a worktree of an older commit): its hub runs beside this one")
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--idle", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)

@@ -43,6 +43,7 @@ from bench.cpu import cpu_seconds  # noqa: E402
 from bench.dovecot import Dovecot  # noqa: E402
 from bench.dovecot import available as dovecot_available  # noqa: E402
 from bench.dovecot import memory_once_mb  # noqa: E402
+from bench.arguments import file_to_write, numbers  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 SENDERS = ["alice@example.org", "bob@example.net", "carol@example.com", "dave@example.org", "erin@example.net"]
@@ -275,7 +276,7 @@ def run(count: int, peer: bool, rounds: int = 3, body_only: bool = False, py_spy
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--sizes", type=numbers(","), default="10000,100000")
     parser.add_argument("--no-dovecot", action="store_true", help="do not run Dovecot beside the hub")
     parser.add_argument("--mix", action="store_true", help="the mixed workload beside Dovecot instead")
     parser.add_argument("--clients", type=int, default=10, help="--mix: client processes")
@@ -283,7 +284,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="--mix: py-spy the hub during its first run")
     parser.add_argument("--body-rounds", type=int, default=3, help="rounds of FETCH BODY[] (the median is shown)")
     parser.add_argument("--body-only", action="store_true", help="only the FETCH BODY[] rounds (no restarts, SEARCH or memory)")
-    parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub with py-spy during its FETCH BODY[] rounds (collapsed stacks)")
+    parser.add_argument("--py-spy", type=file_to_write, default=None, metavar="FILE", help="record the hub with py-spy during its FETCH BODY[] rounds (collapsed stacks)")
     args = parser.parse_args()
     if args.mix:
         from bench.imap_mix import main as mix
@@ -294,7 +295,7 @@ def main() -> None:
     if not args.no_dovecot and not peer:
         print("Dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d): the hub alone")
     print("load:", open("/proc/loadavg").read().strip())
-    for count in [int(s) for s in args.sizes.split(",")]:
+    for count in args.sizes:
         results = run(count, peer, args.body_rounds, args.body_only, args.py_spy)
         names = list(results)
         print(f"{count} messages".ljust(45) + "".join(f"{name:>12s}" for name in names))

@@ -31,6 +31,7 @@ from bench.cpu import cpu_seconds  # noqa: E402
 from bench.dovecot import Dovecot  # noqa: E402
 from bench.dovecot import available as dovecot_available  # noqa: E402
 from bench.imap import Client, make_maildir  # noqa: E402
+from bench.arguments import file_to_write  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5, help="FETCH rounds per server after the cold one")
     parser.add_argument("--no-dovecot", action="store_true")
-    parser.add_argument("--py-spy", default=None, metavar="FILE")
+    parser.add_argument("--py-spy", type=file_to_write, default=None, metavar="FILE")
     args = parser.parse_args()
     data = tempfile.mkdtemp(prefix="imap-envelope-", dir=os.environ.get("TMPDIR", "/tmp"))
     servers = {}

@@ -48,6 +48,7 @@ sys.path.insert(0, ROOT)
 from bench.dovecot import Dovecot  # noqa: E402
 from bench.dovecot import available as dovecot_available  # noqa: E402
 from bench.smtp_pop3 import cpu_seconds  # noqa: E402
+from bench.arguments import folder  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 STOCK_SERVER = r'''
@@ -435,7 +436,7 @@ def main() -> None:
     parser.add_argument("--stock-nagle", action="store_true", help="also time stock Twisted without TCP_NODELAY (about 23 RETR/s: 100 RETRs)")
     parser.add_argument("--tops", type=int, default=2000, help="TOP n 5 commands, one at a time, after the RETR passes")
     parser.add_argument("--sessions", type=int, default=300, help="connections of login, one RETR, QUIT")
-    parser.add_argument("--dir", default=None)
+    parser.add_argument("--dir", type=folder, default=None)
     parser.add_argument("--no-dovecot", action="store_true", help="do not run Dovecot beside the hub")
     parser.add_argument("--no-stock", action="store_true", help="do not run stock Twisted")
     parser.add_argument(

@@ -39,6 +39,7 @@ sys.path.insert(0, ROOT)
 
 from bench.smtp_pop3 import smtp_run  # noqa: E402
 from bench.twisted_log import twisted_log_hub  # noqa: E402
+from bench.arguments import file_to_write, folder  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 
@@ -62,8 +63,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000, help="messages per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-pipelining", action="store_true", help="one command per round trip, as smtplib sends")
-    parser.add_argument("--dir", default="/var/tmp", help="where the hub's data folder goes (default /var/tmp; /dev/shm: tmpfs)")
-    parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub's threads with py-spy (raw stacks, the GIL holder's) during the rounds")
+    parser.add_argument("--dir", type=folder, default="/var/tmp", help="where the hub's data folder goes (default /var/tmp; /dev/shm: tmpfs)")
+    parser.add_argument("--py-spy", type=file_to_write, default=None, metavar="FILE", help="record the hub's threads with py-spy (raw stacks, the GIL holder's) during the rounds")
     parser.add_argument("--log-ab", action="store_true", help="also a hub logging through Twisted's text observer and one logging nothing (twistd --logger), rounds alternating; medians of each")
     parser.add_argument(
         "--dispatch-ab", action="store_true",

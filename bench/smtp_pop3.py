@@ -95,6 +95,7 @@ sys.path.insert(0, ROOT)
 from bench.postfix import Postfix  # noqa: E402
 from bench.postfix import available as postfix_available  # noqa: E402
 from bench.quiet_disk import settle  # noqa: E402
+from bench.arguments import file_to_write, folder, numbers  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 
 AIOSMTPD_SERVER = r'''
@@ -412,9 +413,9 @@ def main() -> None:
     parser.add_argument("--no-postfix", action="store_true", help="do not run Postfix beside the hub")
     parser.add_argument("--no-pop3", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="runs per server and case, alternating; the median is reported")
-    parser.add_argument("--case", action="append", default=None, metavar="CLIENTS:SIZE", help="only this case (repeatable), e.g. 32:1024")
+    parser.add_argument("--case", type=numbers(":", 2), action="append", default=None, metavar="CLIENTS:SIZE", help="only this case (repeatable), e.g. 32:1024")
     parser.add_argument("--neighbour", type=int, default=0, metavar="MB", help="a dd writing MB MiB unsynced, over and over, beside the servers")
-    parser.add_argument("--py-spy", default=None, metavar="FILE", help="record the hub with py-spy during its measured runs: collapsed stacks of the thread holding the GIL (its Python work)")
+    parser.add_argument("--py-spy", type=file_to_write, default=None, metavar="FILE", help="record the hub with py-spy during its measured runs: collapsed stacks of the thread holding the GIL (its Python work)")
     parser.add_argument(
         "--settle", type=float, default=60.0, metavar="SECONDS",
         help="before each round: sync, then wait (at most SECONDS) until creating a file costs at most --quiet-us of CPU and --idle of the CPUs are idle (bench/quiet_disk.py); 0: sync and measure only",
@@ -423,7 +424,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=0.7, metavar="SHARE", help="a quiet machine for --settle: at least SHARE (0-1) of all CPUs idle over 2 s")
     parser.add_argument("--no-settle", action="store_true", help="no sync and no wait between rounds (as before stop 16)")
     parser.add_argument("--each-round", action="store_true", help="print each round as it ends: rate, CPU, load, the disk's file creation cost")
-    parser.add_argument("--dir", default=None, help="where to keep the data (default: a temp dir on the same disk as /var/tmp)")
+    parser.add_argument("--dir", type=folder, default=None, help="where to keep the data (default: a temp dir on the same disk as /var/tmp)")
     parser.add_argument(
         "--client", choices=("asyncio", "c", "smtp-source"), default="asyncio",
         help="the load generator: this script's asyncio client (default), bench/smtpload.c (C, little CPU), or Postfix's C smtp-source (no pipelining)",
@@ -442,7 +443,7 @@ def main() -> None:
         (32, 100 * 1024, int(1600 * scale)),
     ]
     if args.case:
-        wanted = {tuple(int(x) for x in c.split(":")) for c in args.case}
+        wanted = set(args.case)
         cases = [c for c in cases if (c[0], c[1]) in wanted]
     pipelining = not args.no_pipelining
     work = tempfile.mkdtemp(prefix="mailhub-bench-", dir=args.dir or "/var/tmp")

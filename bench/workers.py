@@ -102,6 +102,7 @@ sys.path.insert(0, ROOT)
 
 from bench.quiet_disk import settle  # noqa: E402
 from bench.twisted_log import twisted_log_hub  # noqa: E402
+from bench.arguments import folder  # noqa: E402
 from tests.hubprocess import HubProcess  # noqa: E402
 from twisted_mailhub.store.durable import QUIET_DIRTY_BYTES  # noqa: E402
 
@@ -494,7 +495,7 @@ def main() -> None:
     parser.add_argument("--no-pipelining", action="store_true")
     parser.add_argument("--client", choices=("c", "asyncio"), default="c", help="the load generator: bench/smtpload.c (default; built with cc) or the asyncio client in this process")
     parser.add_argument("--hub-arg", action="append", default=[], help="one more option for both hubs (repeatable), e.g. --hub-arg=--no-web")
-    parser.add_argument("--dir", default=None, help="where to put the data (default: a temp dir under /var/tmp); removed at the end unless --keep")
+    parser.add_argument("--dir", type=folder, default=None, help="where to put the data (default: a temp dir under /var/tmp); removed at the end unless --keep")
     parser.add_argument("--keep", action="store_true", help="keep the hubs' data folders (and logs) at the end")
     parser.add_argument("--log-ab", action="store_true", help="a third hub: --workers N logging through Twisted's text observer (twistd --logger: the workers' log events relayed and formatted by the supervisor, as before the hub's own observer)")
     parser.add_argument("--settle", type=float, default=0.0, metavar="SECONDS", help="before each round: sync, then wait (at most SECONDS) until creating a file costs at most --quiet-us of CPU and --idle of the CPUs are idle (bench/quiet_disk.py, as bench/smtp_pop3.py does); default 0: no wait")

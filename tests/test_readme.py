@@ -43,12 +43,25 @@ def commands(block):
             yield line
 
 
+def _shell_parts(line: str) -> list[list[str]]:
+    """The words of each command of a shell line, split at &&, ||, ; and | outside quotes (a deploy hook's quoted && stays in its word)."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    parts: list[list[str]] = [[]]
+    for token in lexer:
+        if token in ("&&", "||", ";", "|", "(", ")", "&"):
+            parts.append([])
+        else:
+            parts[-1].append(token)
+    return [words for words in parts if words]
+
+
 def test_every_twistd_mailhub_command_in_the_readme_parses():
     seen = 0
     for _, block in readme_blocks():
         for line in commands(block):
-            for part in re.split(r"&&|\|\||;|\|", line.strip("()& ")):
-                words = shlex.split(part)
+            for words in _shell_parts(line):
+                part = shlex.join(words)
                 if any(w.startswith("PYTHONPATH=") for w in words):
                     continue  # plugin examples: tests/test_components.py, test_filters.py
                 if "twistd" in words and "mailhub" in words:
@@ -763,6 +776,16 @@ raise SystemExit("the script ran to its end without parsing its options")
 """
 
 
+def _as_typed(got) -> list[str]:
+    """The ways an option's parsed value (JSON) may have been typed: 3000; a list's items; 32:1024 or a,b for a value parsed into parts (bench/arguments.py)."""
+    if not isinstance(got, list):
+        return [str(got)]
+    shown = [sep.join(str(x) for x in got) for sep in (",", ":")]
+    for item in got:
+        shown += _as_typed(item) if isinstance(item, list) else [str(item)]
+    return shown
+
+
 def test_every_bench_command_in_the_readme_takes_its_options_as_printed():
     # The scripts' own parsers read each command's options (stopped right
     # after, so nothing is measured): an option the README names that a
@@ -779,7 +802,7 @@ def test_every_bench_command_in_the_readme_takes_its_options_as_printed():
         for word, value in zip(words, words[1:]):
             if word.startswith("--") and not value.startswith("-"):
                 got = parsed[word[2:].replace("-", "_")]
-                assert value in ([str(v) for v in got] if isinstance(got, list) else [str(got)]), f"README: {command}: {word} came to {parsed}"
+                assert value in _as_typed(got), f"README: {command}: {word} came to {parsed}"
 
 
 # The README's command for each script with the sizes made small (a later
@@ -925,6 +948,14 @@ WHO_RUNS_IT = {
     "curl -s http://127.0.0.1:8080/healthz": [_CLIENTS, _ADMIN],
     "sudo twistd --uid nobody --gid nogroup --pidfile /run/mailhub.pid --logfile /var/log/mailhub.log mailhub --data /var/lib/mailhub --port-base 0 --sftp tcp:2222 --auth file:/var/lib/mailhub/accounts":
         ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed", _PARSED],
+    "sudo cp etc/mailhub.logrotate /etc/logrotate.d/mailhub": ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed"],
+    "sudo kill $(cat /run/mailhub.pid); while test -e /run/mailhub.pid; do sleep 0.2; done": ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed"],
+    "sudo tar -C /var/lib -czf mailhub-backup.tar.gz mailhub": ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed"],
+    "sudo rm -rf /var/lib/mailhub && sudo tar -C /var/lib -xpzf mailhub-backup.tar.gz": ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed"],
+    "sudo certbot renew --deploy-hook 'install -m 0600 -o nobody -g nogroup \"$RENEWED_LINEAGE/fullchain.pem\" /var/lib/mailhub/tls/cert.pem && install -m 0600 -o nobody -g nogroup \"$RENEWED_LINEAGE/privkey.pem\" /var/lib/mailhub/tls/key.pem && mailhub-admin reload --data /var/lib/mailhub'":
+        ["test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed (certbot a stand-in that makes the new pair with openssl: no ACME server is asked)"],
+    "systemctl stop mailhub": ["not run: systemctl (no systemd in the test machine; the unit is checked with systemd-analyze verify)"],
+    "systemctl start mailhub": ["not run: systemctl (no systemd in the test machine; the unit is checked with systemd-analyze verify)"],
     "mailhub-admin user add alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
     "echo 'tea for two' | mailhub-admin user add carol --accounts /var/lib/mailhub/accounts --password-stdin": [_ADMIN],
     "mailhub-admin user passwd alice@example.org --accounts /var/lib/mailhub/accounts": [_ADMIN],
@@ -1107,10 +1138,14 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
     import json
     import time
 
-    _needs("unshare", "nsenter", "mount", "ip", "nc", "sudo")
+    _needs("unshare", "nsenter", "mount", "ip", "nc", "sudo", "logrotate")
     text = open(README, encoding="utf-8").read()
     section = text[text.index("**Standard ports, way 1"):]
-    [line] = commands(re.search(r"```sh\n(.*?)```", section, re.S).group(1))
+    [line], [copy] = (list(commands(block)) for block in re.findall(r"```sh\n(.*?)```", section, re.S)[:2])
+    assert copy == "sudo cp etc/mailhub.logrotate /etc/logrotate.d/mailhub", copy
+    backups = section[section.index("**Backup and restore.**"):]
+    [renew] = commands(re.search(r"```sh\n(.*?)```", section[section.index("**A renewed certificate**"):], re.S).group(1))
+    [stop, backup], [restore] = (list(commands(block)) for block in re.findall(r"```sh\n(.*?)```", backups, re.S)[:2])
     assert line.startswith("sudo twistd --uid nobody --gid nogroup --pidfile /run/mailhub.pid --logfile /var/log/mailhub.log"), line
     home = tmp_path / "home"
     home.mkdir()
@@ -1119,9 +1154,17 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
     server = (
         "set -e\n"
         "mount -t tmpfs tmpfs /var/lib && mkdir /var/lib/mailhub && echo 'alice@example.org:secret' > /var/lib/mailhub/accounts\n"
-        "mount -t tmpfs tmpfs /run && mount -t tmpfs tmpfs /var/log && mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin\n"
+        "mount -t tmpfs tmpfs /run && mount -t tmpfs -o mode=0755 tmpfs /var/log && mount -t tmpfs -o mode=0755 tmpfs /usr/local/bin\n"
+        "mount -t tmpfs -o mode=0755 tmpfs /etc/logrotate.d\n"
         f"printf '#!/bin/sh\\nPYTHONDONTWRITEBYTECODE=1 PYTHONPATH=%s exec %s %s \"$@\"\\n' {shlex.quote(ROOT)} {shlex.quote(sys.executable)} {shlex.quote(shutil.which('twistd'))} > /usr/local/bin/twistd\n"
         "chmod 755 /usr/local/bin/twistd\n"
+        f"printf '#!/bin/sh\\nPYTHONDONTWRITEBYTECODE=1 PYTHONPATH=%s exec %s -m twisted_mailhub.admin \"$@\"\\n' {shlex.quote(ROOT)} {shlex.quote(sys.executable)} > /usr/local/bin/mailhub-admin\n"
+        # certbot renew, but for the ACME server (none may be asked): a new
+        # pair for mail.renewed.test in a lineage folder, then the deploy hook.
+        "printf '%s\\n' '#!/bin/sh' '[ \"$1 $2\" = \"renew --deploy-hook\" ] || exit 2' 'lineage=$(mktemp -d /run/lineage.XXXXXX)'"
+        " 'openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 90 -subj /CN=mail.renewed.test -keyout $lineage/privkey.pem -out $lineage/fullchain.pem 2>/dev/null || exit 1'"
+        " 'RENEWED_LINEAGE=$lineage exec sh -c \"$3\"' > /usr/local/bin/certbot\n"
+        "chmod 755 /usr/local/bin/mailhub-admin /usr/local/bin/certbot\n"
         f"mount --bind /root {tmp_path}/root && mount -t tmpfs -o mode=0755 tmpfs /root\n"
         f"for d in {tmp_path}/root/.* {tmp_path}/root/*; do\n"
         '  name=$(basename "$d"); [ "$name" = . ] || [ "$name" = .. ] || [ ! -e "$d" ] && continue\n'
@@ -1150,9 +1193,72 @@ def test_the_root_start_with_uid_and_gid_in_the_readme_runs_as_printed(tmp_path)
         assert inside("stat -c %U:%G /var/lib/mailhub").stdout.strip() == "nobody:nogroup"
         greeted = inside("printf 'QUIT\\r\\n' | nc -N 127.0.0.1 25").stdout
         assert greeted.startswith("220 ") and "221 2.0.0 Bye" in greeted, greeted
+        # The log's rotation: the README's logrotate file copied as printed
+        # and run (forced): the old lines stay in mailhub.log.1, a new file
+        # for nobody is made, and the hub writes on in it.
+        copied = subprocess.run(net.wrap(copy, ROOT), env=env, capture_output=True, text=True, timeout=60)
+        assert copied.returncode == 0, copied
+        rotated = inside(f"logrotate --force --state {tmp_path}/logrotate.state /etc/logrotate.d/mailhub")
+        assert (rotated.returncode, rotated.stderr) == (0, ""), rotated
+        assert "mailhub ready" in inside("cat /var/log/mailhub.log.1").stdout
+        assert inside("stat -c '%U:%G %a' /var/log/mailhub.log").stdout.strip() == "nobody:nogroup 600"
+        send = f"import smtplib; smtplib.SMTP('127.0.0.1', 25).sendmail('judy@jbc.test', ['alice@example.org'], b'Subject: after the rotation\\r\\n\\r\\nhi\\r\\n')"
+        assert inside(f"{shlex.quote(sys.executable)} -c {shlex.quote(send)}").returncode == 0
+        deadline = time.monotonic() + 30
+        while "delivered " not in (new := inside("cat /var/log/mailhub.log").stdout):
+            assert time.monotonic() < deadline, (new, inside("tail -5 /var/log/mailhub.log.1").stdout)
+            time.sleep(0.2)
+        assert "delivered " not in inside("cat /var/log/mailhub.log.1").stdout
+        log = inside("cat /var/log/mailhub.log.1 /var/log/mailhub.log").stdout
+        # The stop: the hub ends and its pidfile goes with it (nobody
+        # cannot remove a file in /run: a root helper does), so the next
+        # start or a service manager finds no stale pidfile.
+        read = (
+            "import imaplib, sys; m = imaplib.IMAP4('127.0.0.1', 143); m.login('alice@example.org', 'secret'); m.select('INBOX');"
+            " print(m.response('UIDVALIDITY')[1][0].decode(), m.uid('SEARCH', 'SUBJECT', 'rotation')[1][0].decode()); m.logout()"
+        )
+        before = inside(f"{shlex.quote(sys.executable)} -c {shlex.quote(read)}")
+        assert before.returncode == 0 and before.stdout.split()[1] == "1", before
+        # The README's stop (for a backup) returns once the hub has ended: its pidfile is gone.
+        # (kill -0 still finds the ended hub until its parent, init, reaps it)
+        stopped = inside(f"timeout 30 sh -c {shlex.quote(stop)} && for i in $(seq 50); do kill -0 {pid} 2>/dev/null || break; sleep 0.1; done; ! kill -0 {pid} 2>/dev/null && ls /run/mailhub.pid")
+        assert (stopped.returncode, stopped.stdout) == (2, ""), stopped
+        # The backup and the restore as printed; the hub then finds its mail as it was.
+        for command in (backup, restore):
+            done = inside(command)
+            assert (done.returncode, done.stderr) == (0, ""), done
+        helper = re.search(r"a root helper \(pid (\d+)\) removes it", log).group(1)
+        assert inside(f"for i in $(seq 50); do kill -0 {helper} 2>/dev/null || exit 0; sleep 0.1; done; exit 1").returncode == 0  # and the helper is gone
+        # The next start finds no stale pidfile; under --workers the supervisor's goes the same way.
+        # (started from /: in these namespaces a worker's spawn as nobody cannot read the test's 0700 working folder)
+        started = inside("cd / && " + line + " --workers 2")
+        assert (started.returncode, started.stdout, started.stderr) == (0, "", ""), started
+        deadline = time.monotonic() + 60
+        while len(re.findall(r"a root helper \(pid \d+\) removes it", log := inside("cat /var/log/mailhub.log*").stdout)) < 2 or not inside("cat /run/mailhub.pid").stdout.strip():
+            assert time.monotonic() < deadline, log
+            time.sleep(0.2)
+        pid = inside("cat /run/mailhub.pid").stdout.strip()
+        deadline = time.monotonic() + 60
+        while (after := inside(f"{shlex.quote(sys.executable)} -c {shlex.quote(read)}")).returncode != 0:
+            assert time.monotonic() < deadline, after
+            time.sleep(0.2)
+        assert after.stdout == before.stdout, (before, after)  # the same UIDVALIDITY and UID after the restore
+        # A renewed certificate: certbot's deploy hook as printed (its
+        # certbot a stand-in, above); every worker serves the new one.
+        subject = "openssl s_client -connect 127.0.0.1:993 </dev/null 2>/dev/null | openssl x509 -noout -subject"
+        assert "mail.renewed.test" not in inside(subject).stdout
+        renewed = inside(renew)
+        assert (renewed.returncode, renewed.stderr) == (0, ""), renewed
+        assert "TLS certificate reloaded" in renewed.stdout, renewed
+        assert inside("stat -c '%U:%G %a' /var/lib/mailhub/tls/cert.pem /var/lib/mailhub/tls/key.pem").stdout.split("\n")[:2] == ["nobody:nogroup 600"] * 2
+        for _ in range(4):  # (connections spread over the two workers)
+            assert inside(subject).stdout.strip() == "subject=CN = mail.renewed.test"
+        stopped = inside(f"kill {pid} && while kill -0 {pid} 2>/dev/null; do sleep 0.1; done; for i in $(seq 50); do test -e /run/mailhub.pid || break; sleep 0.1; done; ls /run/mailhub.pid")
+        assert (stopped.returncode, stopped.stdout) == (2, ""), stopped
     finally:
         inside("test -s /run/mailhub.pid && kill $(cat /run/mailhub.pid) && while kill -0 $(cat /run/mailhub.pid) 2>/dev/null; do sleep 0.1; done")
-        log = inside("cat /var/log/mailhub.log").stdout
+        log = inside("cat /var/log/mailhub.log*").stdout
         net.close()
         keep_log(log)
     assert "Server Shut Down." in log and "Traceback" not in log, log
+    assert "pid file" not in log, log  # (twistd's "Warning: No permission to delete pid file")

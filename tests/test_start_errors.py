@@ -59,3 +59,26 @@ def test_mailhub_admin_check_reports_a_catch_all_that_is_no_account(tmp_path):
     assert result.returncode == 1
     assert "options: --catch-all nobody@example.org: no such account" in result.stderr
     assert mailhub_admin("check", "--data", str(tmp_path / "d"), "--user", "alice:pw", "--catch-all", "alice", "--no-dns", *sum(([f"--{n}", "tcp:0:interface=127.0.0.1"] for n in listener_names()), [])).returncode == 0
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+@pytest.mark.parametrize("where, says", [("nodir/hub.log", "No such file or directory (make its folder first)"), ("afile/hub.log", "Not a directory")])
+def test_a_logfile_that_cannot_be_opened_is_one_line_and_exit_2(where, says, daemon, tmp_path):
+    # twistd --logfile in a folder that does not exist (a typo, /var/log/mailhub/
+    # not made yet): the hub's log observer opens it, and said so in a traceback.
+    (tmp_path / "afile").write_text("")
+    logfile = str(tmp_path / where)
+    result = twistd(*([] if daemon else ["-n"]), "--pidfile=", "--logfile", logfile, "mailhub", "--data", str(tmp_path / "data"), "--user", "alice:pw", "--port-base", "17000", data=str(tmp_path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == f"mailhub: --logfile {logfile}: cannot open it: {says}\n", result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_a_pidfile_in_a_folder_that_does_not_exist_is_one_line_and_exit_2(daemon, tmp_path):
+    # twistd writes it after the hub is built: a traceback and
+    # 'An error has occurred: b"FileNotFoundError: ..."' before.
+    pidfile = str(tmp_path / "nodir" / "mailhub.pid")
+    result = twistd(*([] if daemon else ["-n"]), "--pidfile", pidfile, "--logfile", str(tmp_path / "hub.log"), "mailhub", "--data", str(tmp_path / "data"), "--user", "alice:pw", "--port-base", "17000", data=str(tmp_path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == f"mailhub: --pidfile {pidfile}: its folder {tmp_path / 'nodir'} does not exist (make it first)\n", result.stderr

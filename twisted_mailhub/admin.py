@@ -74,6 +74,32 @@ def must_exist(path: str) -> None:
         raise AdminError(f"there is no accounts file {path} (give --accounts FILE or set MAILHUB_ACCOUNTS; user add creates it)")
 
 
+def _accounts_folder(path: str) -> str:
+    """
+    The folder of the accounts file C{path}, made (mode 0700, as the hub
+    makes its data folder: the file holds password hashes) when missing.
+
+    @raise AdminError: a part of that folder's path is a file.
+    """
+    directory = os.path.dirname(path)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise AdminError(f"cannot keep the accounts file {path}: {_not_a_folder(directory)} is not a folder") from None
+    return directory
+
+
+def _not_a_folder(directory: str) -> str:
+    """The part of C{directory}'s path that exists and is not a folder (C{directory} if none is)."""
+    part = directory
+    while part != os.path.dirname(part):
+        if os.path.lexists(part) and not os.path.isdir(part):
+            return part
+        part = os.path.dirname(part)
+    return directory
+
+
+
 def write_lines(path: str, lines: list[str]) -> None:
     """
     Replace the accounts file atomically: mode 0600, the old file's owner
@@ -83,8 +109,7 @@ def write_lines(path: str, lines: list[str]) -> None:
     target by another name, never saw).
     """
     path = os.path.realpath(path)
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
+    directory = _accounts_folder(path)
     try:
         old = os.stat(path)
     except FileNotFoundError:
@@ -199,8 +224,7 @@ def accounts_locked(path: str):
     change replaces the file, and a lock file would be one more file there.
     """
     real = os.path.realpath(path)
-    directory = os.path.dirname(real)
-    os.makedirs(directory, exist_ok=True)
+    directory = _accounts_folder(real)
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -570,9 +594,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """
-    C{mailhub-admin COMMAND ...}; returns the exit status.
+    C{mailhub-admin COMMAND ...}; returns the exit status. An error no
+    command words itself (a file it cannot read or write, Ctrl-C) is one
+    line, never a traceback (L{run_command_line_tool}).
     """
-    argv = sys.argv[1:] if argv is None else argv
+    from twisted_mailhub.errorwords import run_command_line_tool
+
+    return run_command_line_tool("mailhub-admin", _main, sys.argv[1:] if argv is None else argv)
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["queue"]:
         from twisted_mailhub.queue.admin import main as queue_main
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
+from typing import Any
 
 # What "no space" means for whoever reads it: a full disk, or the quota
 # of the user the hub runs as.
@@ -227,3 +229,22 @@ def _text(value: object) -> str:
         return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     except Exception:
         return ""
+
+
+def run_command_line_tool(prog: str, command: Any, *args: Any) -> int:
+    """
+    Run C{command(*args)}, one of the hub's command-line tools
+    (C{mailhub-admin}, C{mailhub-queue}), returning its exit status; what
+    it did not catch itself is said on standard error in one line,
+    never a traceback: an C{OSError} as C{PROG: words (file)}, exit
+    status 1; Ctrl-C (at a password prompt, say) as C{PROG: interrupted},
+    exit status 130 (the shell's for SIGINT).
+    """
+    try:
+        return command(*args)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{prog}: interrupted\n")
+        return 130
+    except OSError as e:
+        sys.stderr.write(f"{prog}: {error_words(e)}\n")
+        return 1

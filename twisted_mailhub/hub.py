@@ -35,7 +35,6 @@ from twisted_mailhub.clientkey import client_key
 from twisted_mailhub.accounts import AccountBook
 from twisted_mailhub.login import ClientPortal, LoginThrottle
 from twisted_mailhub.logobserver import OffersLogObserver
-from twisted_mailhub.metrics import HealthPage, HubMetrics, MetricsPage, count_socket
 from twisted_mailhub.realm import MailhubRealm
 from twisted_mailhub.transcript import SessionEvents, TranscriptFactory, log_event, next_connection_id
 
@@ -395,6 +394,26 @@ class ListenerFactory(protocol.Factory):
         return built
 
 
+# The listeners of the web face: webmail, the console, the JSON API,
+# /metrics and /healthz (twisted_mailhub.web).
+WEB_LISTENERS = ("web", "webs")
+
+
+def has_web_face(options: Any) -> bool:
+    """
+    Whether a hub started with C{options} (a mapping of the command line)
+    has a web face, and so counts for C{/metrics} and records sessions
+    for the console: L{False} only when C{--no-web} and C{--no-webs} turn
+    off every web listener. A C{--workers} process other than worker 0
+    has no web listener, but is part of worker 0's web face when there is
+    one (C{web-face-in-another-worker}, set by
+    L{twisted_mailhub.workers.run_worker}).
+    """
+    if options.get("web-face-in-another-worker"):
+        return True
+    return not all(options.get(f"no-{name}") for name in WEB_LISTENERS)
+
+
 class Hub:
     """
     Everything the listeners share. Built by L{twisted_mailhub.tap.makeService}.
@@ -447,9 +466,16 @@ class Hub:
         # (e.g. "api/v1"); see twisted_mailhub.web.site.
         self.web_resources: dict[str, Any] = {}
         # Counters every part adds to; /metrics and /healthz for operators.
-        self.metrics = HubMetrics(self)
-        self.web_resources["metrics"] = MetricsPage(self)
-        self.web_resources["healthz"] = HealthPage(self)
+        # Only where a web listener can serve them: a hub without one
+        # counts nothing and never imports prometheus_client (about 1.1 MB
+        # per hub); every part takes hub.metrics None as "not counted".
+        self.metrics: Any = None
+        if has_web_face(options):
+            from twisted_mailhub.metrics import HealthPage, HubMetrics, MetricsPage
+
+            self.metrics = HubMetrics(self)
+            self.web_resources["metrics"] = MetricsPage(self)
+            self.web_resources["healthz"] = HealthPage(self)
         self._listeners: list[tuple[str, str, Any, str]] = []
         self._tls: Any = None
         self.services = service.MultiService()
@@ -606,7 +632,64 @@ class HubService(OffersLogObserver, service.MultiService):
 
             self.hub.tls  # made now, while the files may still be written as root
             give_data_to(self.hub.data_dir, *run_as)
+            self.before_the_switch(*run_as)
         service.MultiService.privilegedStartService(self)
+
+    def before_the_switch(self, uid: int, gid: int) -> None:
+        """
+        As root, just before C{twistd} switches to C{--uid/--gid}: what the
+        hub will not be able to do as that user is arranged or said now
+        (the pidfile's removal; a certificate a reload could not read).
+        """
+        self._pidfile_removed_by_root(uid, gid)
+        self._warn_of_unreadable_tls(uid, gid)
+
+    def _warn_of_unreadable_tls(self, uid: int, gid: int) -> None:
+        """
+        A C{--tls-cert} or C{--tls-key} the C{--uid} user cannot read (in
+        certbot's root-only C{/etc/letsencrypt}) was read now, as root,
+        but a reload (SIGHUP, C{mailhub-admin reload}) after a renewal
+        would keep the old certificate: said at the start, not two months
+        later.
+        """
+        from twisted_mailhub.privileges import unreadable_for
+
+        for option in ("tls-cert", "tls-key"):
+            path = self.hub.options.get(option)
+            why = unreadable_for(path, uid, gid) if path else None
+            if why is not None:
+                log.warn(
+                    "--{option} {path}: the hub's user cannot read it ({why}): it was read now, as root, but a reload"
+                    " (a renewed certificate) will keep the one in use; give the hub a copy it can read (README: A renewed certificate)",
+                    option=option,
+                    path=path,
+                    why=why,
+                )
+
+    def _pidfile_removed_by_root(self, uid: int, gid: int) -> None:
+        """
+        twistd's C{--pidfile} in a folder the C{--uid} user cannot write
+        (C{/run}): twistd would fail to remove it at the end ("No
+        permission to delete pid file") and leave it stale, so a root
+        helper removes it instead (L{remove_pidfile_at_end}) and twistd is
+        told it has none to remove.
+        """
+        from twisted_mailhub.privileges import remove_pidfile_at_end
+
+        twistd = getattr(self.hub.options, "parent", None)
+        pidfile = twistd.get("pidfile") if twistd is not None else None
+        try:
+            helper = remove_pidfile_at_end(pidfile, uid, gid)
+        except OSError as e:
+            log.warn("the pidfile {pidfile} will be left behind at the end: no helper to remove it ({why})", pidfile=pidfile, why=e.strerror or e)
+            return
+        if helper is not None:
+            twistd["pidfile"] = ""
+            log.info(
+                "the pidfile {pidfile} is in a folder the hub's user cannot write: a root helper (pid {helper}) removes it when the hub ends",
+                pidfile=pidfile,
+                helper=helper,
+            )
 
     def startService(self):
         if not self._bound:  # started without twistd (a .tac, a test)
@@ -641,8 +724,13 @@ class HubService(OffersLogObserver, service.MultiService):
             if tls == "implicit":
                 wrapped = TLSMemoryBIOFactory(hub.tls, False, wrapped)
             # TCP_NODELAY, and octets in and out per listener (/metrics).
-            counts = hub.metrics.listener_bytes(name)
-            wrapped = ListenerFactory(wrapped, set_nodelay, lambda transport, counts=counts: count_socket(transport, counts))
+            if hub.metrics is None:
+                wrapped = ListenerFactory(wrapped, set_nodelay)
+            else:
+                from twisted_mailhub.metrics import count_socket
+
+                counts = hub.metrics.listener_bytes(name)
+                wrapped = ListenerFactory(wrapped, set_nodelay, lambda transport, counts=counts: count_socket(transport, counts))
             # haproxy:INNER: the PROXY header is read before any of the
             # above sees the connection (twisted_mailhub/proxyheader.py).
             proxied, inner = proxyheader.split(description)

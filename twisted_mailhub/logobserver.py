@@ -54,6 +54,7 @@ only it ever writes the file it rotates. See L{twisted_mailhub.workers}.
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import select
 import signal
@@ -249,6 +250,9 @@ class LineBuffer:
         self._flushing = False
         self._main = threading.main_thread().ident
         self.broken: BaseException | None = None
+        #: Lines not written since the last write that was (a full disk):
+        #: the next one that is begins with a line saying how many.
+        self.lost = 0
 
     def add(self, line: str) -> None:
         """Write C{line} (text) with the next batch."""
@@ -301,10 +305,16 @@ class LineBuffer:
             waiting, self._waiting = self._waiting, []
             try:
                 if waiting:
-                    self._write(waiting[0] if len(waiting) == 1 else b"".join(waiting))
+                    data = waiting[0] if len(waiting) == 1 else b"".join(waiting)
+                    if self.lost:
+                        data = self._lost_line() + data
+                    self._write(data)
                     if self._flush is not None:
                         self._flush()
+                    self.lost = 0
+                    self.broken = None  # (a later failure is said again)
             except Exception as e:
+                self.lost += sum(line.count(b"\n") for line in waiting)
                 # Where would we say so? Standard error, once.
                 if self.broken is None:
                     self.broken = e
@@ -316,6 +326,15 @@ class LineBuffer:
             finally:
                 self._flushing = False
 
+
+    def _lost_line(self) -> bytes:
+        """The line that says how many lines were lost, and why, in the log's own form."""
+        from twisted_mailhub.errorwords import error_words
+
+        why = error_words(self.broken, paths=False) if self.broken is not None else "they could not be written"
+        count = f"{self.lost} log line{'s' if self.lost != 1 else ''} {'were' if self.lost != 1 else 'was'}"
+        line = f"{formatTime(time(), timeFormatRFC3339)} [twisted_mailhub.logobserver#warn] {count} lost here: {why}\n"
+        return line.encode("utf-8", "backslashreplace")
 
     def failure_line(self, error: BaseException) -> str:
         """
@@ -452,6 +471,40 @@ class FollowedLogFile(LogFile):
     compresses or removes.
     """
 
+    def write(self, data: bytes | str) -> None:
+        """
+        As L{LogFile.write}, but whole or not at all: a short write (the
+        disk filled up midway: Python's unbuffered file returns the count
+        and raises nothing) is written on, and when the rest cannot be,
+        the file is cut back to where this write began, so no torn line
+        is left for the next one to run into.
+
+        @raise OSError: the data could not be written (C{ENOSPC}...);
+            nothing of it is in the file.
+        """
+        if self.shouldRotate():
+            self.flush()
+            self.rotate()
+        if isinstance(data, str):
+            data = data.encode("utf8")
+        fd = self._file.fileno()
+        start = os.lseek(fd, 0, os.SEEK_CUR)
+        view = memoryview(data)
+        try:
+            while view:
+                written = self._file.write(view)
+                if not written:
+                    raise OSError(errno.EIO, "the log file took no octet")
+                view = view[written:]
+        except OSError:
+            try:
+                os.ftruncate(fd, start)  # (takes no room)
+                os.lseek(fd, start, os.SEEK_SET)
+            except OSError:
+                pass
+            raise
+        self.size += len(data)
+
     def rotate(self) -> None:
         """Rotate as L{LogFile} does, or reopen C{NAME} if the file was moved away."""
         if _moved_away(self.path, self._file.fileno()):
@@ -509,7 +562,14 @@ def for_twistd(options: Any, reactor: Any = None) -> HubLogObserver | None:
             fd = None
         observer = HubLogObserver(LineBuffer(write, flush, where="standard output"), fd=fd)
     else:
-        logfile = FollowedLogFile.fromFullPath(logfile_name or "twistd.log")
+        try:
+            logfile = FollowedLogFile.fromFullPath(logfile_name or "twistd.log")
+        except OSError as e:
+            # (before anything is bound or the process daemonizes: the
+            # line goes to the terminal; exit 2 as for another unusable option)
+            hint = " (make its folder first)" if e.errno == errno.ENOENT else ""
+            sys.stderr.write(f"mailhub: --logfile {logfile_name or 'twistd.log'}: cannot open it: {e.strerror or e}{hint}\n")
+            raise SystemExit(2) from None
         observer = HubLogObserver(LineBuffer(logfile.write, logfile.flush, where=logfile.path), logfile=logfile)
         if not signal.getsignal(signal.SIGUSR1):
             # As UnixAppLogger: rotate on SIGUSR1, in the reactor (or

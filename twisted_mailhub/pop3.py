@@ -1252,7 +1252,14 @@ class MailhubPOP3(_pop3.POP3):
                 refused("pop3", command, reason.value)
                 self.reply_err(b"[SYS/TEMP] the mail store cannot be reached now; try again")
             else:
-                log.failure("POP3 login for {user!r} failed", reason, user=user)
+                from twisted_mailhub.store.interfaces import NoSuchFolder
+
+                if isinstance(reason.value, (OSError, NoSuchFolder)):
+                    # (the disk or the data folder failed, or the maildrop's
+                    # folder went from under the hub: one line, as SMTP says it)
+                    log.error("POP3 login for {user} failed: {why}", user=quote(user), why=error_words(reason.value))
+                else:
+                    log.failure("POP3 login for {user} failed", reason, user=quote(user))
                 self.reply_err(b"[SYS/TEMP] login failed for a server problem; try again")
 
         return d.addCallbacks(ok, failed)

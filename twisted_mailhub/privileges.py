@@ -86,3 +86,99 @@ def keep_data_private(umask_given: int | None) -> int:
     old = os.umask(0o077)
     os.umask(old | 0o077)
     return old | 0o077
+
+
+# The root helper of remove_pidfile_at_end: it reads its standard input
+# (the hub's end of a pipe) until the hub's process ends, however it ends,
+# then removes the pidfile if it still names that process. It ignores the
+# signals a terminal or "kill -- -PGID" sends the hub's group, so it is
+# there to clean up after the hub; it lives exactly as long as the hub.
+_PIDFILE_HELPER = 'trap "" HUP INT TERM QUIT; while read -r _line; do :; done; [ "$(cat "$1" 2>/dev/null)" = "$2" ] && rm -f -- "$1"; exit 0'
+
+
+def may_remove(path: str, uid: int, gid: int) -> bool:
+    """
+    Whether user C{uid} (group C{gid}) may remove the file C{path}: its
+    folder is writable and searchable for that user (owner, group or
+    other bits; supplementary groups are not counted) and, in a sticky
+    folder (C{/tmp}), the file or the folder is the user's.
+    """
+    if uid == 0:
+        return True
+    folder = os.stat(os.path.dirname(os.path.abspath(path)))
+    if folder.st_uid == uid:
+        bits = (folder.st_mode >> 6) & 0o7
+    elif folder.st_gid == gid:
+        bits = (folder.st_mode >> 3) & 0o7
+    else:
+        bits = folder.st_mode & 0o7
+    if bits & 0o3 != 0o3:
+        return False
+    if folder.st_mode & 0o1000 and folder.st_uid != uid:
+        try:
+            return os.stat(path).st_uid == uid
+        except OSError:
+            return False
+    return True
+
+
+def remove_pidfile_at_end(pidfile: str, uid: int, gid: int) -> int | None:
+    """
+    Called as root, after C{twistd} wrote C{pidfile} and before it
+    switches to C{uid:gid}: when that user could not remove the pidfile
+    at the hub's end (C{/run/mailhub.pid}: only root writes C{/run}),
+    start a small root helper (C{/bin/sh}) that removes it once this
+    process has ended, by a stop or a crash alike, so no stale pidfile
+    misleads the next start or a service manager. The helper holds no
+    privilege the hub can use: it only reads the end of a pipe.
+
+    @return: the helper's process id, or L{None} when the user can remove
+        the pidfile itself (no helper needed) or there is no pidfile.
+    @raise OSError: the helper cannot be started.
+    """
+    import subprocess
+
+    if not pidfile or not os.path.exists(pidfile) or may_remove(pidfile, uid, gid):
+        return None
+    path = os.path.abspath(pidfile)
+    read_end, write_end = os.pipe()  # neither is inherited by later children
+    try:
+        helper = subprocess.Popen(
+            ["/bin/sh", "-c", _PIDFILE_HELPER, "mailhub-pidfile", path, str(os.getpid())],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
+        )
+    finally:
+        os.close(read_end)
+    # Kept open (never written) for the life of the process: its end is
+    # what the helper waits for.
+    _HELD.append(write_end)
+    return helper.pid
+
+
+_HELD: list[int] = []
+
+
+def unreadable_for(path: str, uid: int, gid: int) -> str | None:
+    """
+    Why user C{uid} (group C{gid}, no other group) could not read the
+    file C{path}, in the C library's words, or L{None} when it could.
+    Called as root before the switch: tried with that effective user and
+    group for the time of one C{open}, then root's again.
+    """
+    groups = os.getgroups()
+    os.setgroups([gid])
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups(groups)

@@ -329,6 +329,27 @@ def _twistd_option(options, name: str):
     return None if parent is None else parent.get(name)
 
 
+def pidfile_problem(pidfile: str | None) -> str | None:
+    """
+    Why C{twistd} could not write C{pidfile} (its C{--pidfile}), in one
+    phrase, or L{None} when it can (or there is none). twistd writes it
+    after the hub is built, and a folder that does not exist ended the
+    start in a traceback and a Python repr (C{b"FileNotFoundError: ..."}).
+    """
+    if not pidfile:
+        return None
+    folder = os.path.dirname(os.path.abspath(pidfile))
+    if os.path.isdir(pidfile):
+        return "is a folder; name a file in it"
+    if not os.path.exists(folder):
+        return f"its folder {folder} does not exist (make it first)"
+    if not os.path.isdir(folder):
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write in {folder} (permission denied)"
+    return None
+
+
 def _run_as(options) -> tuple[int, int] | None:
     """
     The (uid, gid) C{twistd --uid/--gid} will switch to, or L{None}.
@@ -361,6 +382,11 @@ def makeService(options):
 
     one_arena()  # (before the hub starts a thread: twisted_mailhub/heap.py)
 
+    pidfile = _twistd_option(options, "pidfile")
+    why = pidfile_problem(pidfile)
+    if why is not None:
+        sys.stderr.write(f"mailhub: --pidfile {pidfile}: {why}\n")
+        raise SystemExit(2)
     try:
         accounts, extra_checkers = _accounts_and_checkers(options)
     except AccountsFileError as e:

@@ -440,6 +440,7 @@ class WorkersService(OffersLogObserver, service.Service):
             from twisted_mailhub.privileges import give_data_to
 
             give_data_to(self.hub.data_dir, *run_as)
+            hub_service.before_the_switch(*run_as)
         service.Service.privilegedStartService(self)
 
     def startService(self) -> None:
@@ -922,7 +923,7 @@ class WorkerLink:
         if question == "reload":
             return hub.reload()
         if question == "metrics":
-            return hub.metrics.exposition().decode("utf-8")
+            return hub.metrics.exposition().decode("utf-8") if hub.metrics is not None else None
         if question.startswith("account "):
             return control.account(hub, question[len("account ") :])
         return None
@@ -1355,6 +1356,12 @@ def run_worker(argv: list[str]) -> None:
     options = tap.Options()
     options.parseOptions(argv)
     if spec["index"]:
+        from twisted_mailhub.hub import has_web_face
+
+        # Worker 0's web face shows this worker too (/metrics adds up its
+        # counters, the console its sessions): without a web listener of
+        # its own, it counts and records when the hub has a web face at all.
+        options["web-face-in-another-worker"] = has_web_face(options)
         for name in ONE_WORKER_LISTENERS:
             options[f"no-{name}"] = True
     if not options["no-pin-workers"]:

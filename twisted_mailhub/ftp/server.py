@@ -682,8 +682,19 @@ class MailhubFTP(ftp.FTP):
             return f"230 User {quote(user)} logged in; your home is /."
 
         def failed(reason):
+            from twisted.cred import error as cred_error
+
             reason.trap(Exception)
             self.state = self.UNAUTH
+            if not reason.check(cred_error.UnauthorizedLogin, cred_error.UnhandledCredentials):
+                # Not the password: the server could not open the account
+                # (its data folder moved away, a disk error). One log line;
+                # the client is not told its password was wrong.
+                if isinstance(reason.value, OSError):
+                    log.error("FTP login for {user} failed: {why}", user=quote(user), why=error_words(reason.value))
+                else:
+                    log.failure("FTP login for {user} failed", reason, user=quote(user))
+                return "530 Login failed for a server problem, not your password; try again later."
             return "530 Login incorrect; try USER again."
 
         return self.portal.login(creds, None, ftp.IFTPShell).addCallbacks(ok, failed)
@@ -1140,7 +1151,9 @@ class MailhubFTP(ftp.FTP):
             self.data.finished()
             connection = progress["connected"] and self.data.connection
             octets = result if isinstance(result, int) else (connection.progress() if connection else 0)
-            self.factory.hub.metrics.ftp_transfer(verb, octets)
+            metrics = self.factory.hub.metrics
+            if metrics is not None:
+                metrics.ftp_transfer(verb, octets)
             return result if isinstance(result, str) else "226 Transfer complete."
 
         def failed(reason):

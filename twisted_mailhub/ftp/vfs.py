@@ -983,10 +983,17 @@ class DiskFileSystem:
     def shell_for(self, account) -> DiskShell:
         if account is None:
             public = os.path.join(self.root, "public")
-            os.makedirs(public, exist_ok=True)
+            if not os.path.isdir(public):
+                from twisted_mailhub.datafolder import must_exist
+
+                must_exist(self.root)
+                os.makedirs(public, exist_ok=True)
             return DiskShell(public, readonly=True)
         home = self.home(account)
         if not os.path.isdir(home):
+            from twisted_mailhub.datafolder import must_exist
+
+            must_exist(self.root)  # (not made again at the old place if it was moved or removed)
             os.makedirs(home, exist_ok=True)
         if self._real_root is None:
             self._real_root = os.path.realpath(self.root)

@@ -233,6 +233,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """
     if prog is None:
         prog = "mailhub-queue" if os.path.basename(sys.argv[0] or "") == "mailhub-queue" else "python -m twisted_mailhub.queue"
+    from twisted_mailhub.errorwords import run_command_line_tool
+
+    return run_command_line_tool(prog, _main, argv, prog)
+
+
+def _main(argv: list[str] | None, prog: str) -> int:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Show and manage the outbound mail queue of a mailhub (running or not).",

@@ -1167,7 +1167,13 @@ class MailhubSMTP(smtp.ESMTP):
             # temporary): one line, no traceback; nothing was kept.
             log.warn("{cid}: message not stored: {why}", cid=self.connection_id, why=str(reason.value))
             return self.reply(451, "4.3.0 Mail system temporarily unavailable; message not stored, try again later")
-        log.failure("{cid}: delivery failed", reason, cid=self.connection_id)
+        if isinstance(reason.value, OSError):
+            # The disk or the data folder failed (an I/O error; the folder
+            # moved or removed under the hub): an operator's matter, one
+            # line with the path, no traceback; the sender retries.
+            log.error("{cid}: message not stored: {why}", cid=self.connection_id, why=error_words(reason.value))
+        else:
+            log.failure("{cid}: delivery failed", reason, cid=self.connection_id)
         self.reply(451, "4.3.0 Error: local error in processing; message not stored")
 
 

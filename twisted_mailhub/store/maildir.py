@@ -4471,6 +4471,10 @@ class MaildirStore:
         key = address.lower()
         account = self._accounts.get(key)
         if account is None:
+            from twisted_mailhub.datafolder import must_exist
+
+            # (not made again at the old place if it was moved or removed)
+            must_exist(self.root)
             account = self._accounts[key] = MaildirAccount(address, self.account_path(address), self.writer, self.hostname, self.small_files)
         return account
 

@@ -50,6 +50,12 @@ def check_options(options: Any) -> None:
 
 
 def install(hub: Any) -> None:
+    from twisted_mailhub.hub import has_web_face
+
+    if not has_web_face(hub.options):
+        # --no-web --no-webs: no browser can reach a page, so none of it
+        # is loaded and no session is recorded for a console.
+        return
     from twisted_mailhub.web.avatar import IWebUser, avatar_factory, teacher_addresses
     from twisted_mailhub.web.site import WebFace
 

@@ -1207,7 +1207,11 @@ def _segments(path: list[str]) -> list[str]:
 
 
 def install(hub: Any) -> None:
-    """Mount the API at C{api/v1} on the web listeners (see L{twisted_mailhub.web.site})."""
+    """Mount the API at C{api/v1} on the web listeners (see L{twisted_mailhub.web.site}); none without a web listener."""
+    from twisted_mailhub.hub import has_web_face
+
+    if not has_web_face(getattr(hub, "options", {})):
+        return
     if not hasattr(hub, "web_resources"):
         hub.web_resources = {}
     hub.api = ApiResource(hub)
