@@ -441,6 +441,26 @@ class QuotaFolder(_Passing):
     def expunge(self, uids, origin: Any = None) -> list[int]:
         """The real C{expunge}; what it removed is taken off the account's count."""
         uids = list(uids)
+        sizes = self._sizes(uids)
+        gone = self._real.expunge(uids, origin=origin)
+        self._quotas.freed(self._address, sum(sizes.get(uid, 0) for uid in gone or ()))
+        return gone
+
+    def expunge_later(self, uids, origin: Any = None) -> defer.Deferred:
+        """The real folder's C{expunge_later} (L{store.base.expunge_later}); what it removed is taken off the account's count."""
+        from twisted_mailhub.store.base import expunge_later
+
+        uids = list(uids)
+        sizes = self._sizes(uids)
+
+        def freed(gone: list[int]) -> list[int]:
+            self._quotas.freed(self._address, sum(sizes.get(uid, 0) for uid in gone or ()))
+            return gone
+
+        return expunge_later(self._real, uids, origin=origin).addCallback(freed)
+
+    def _sizes(self, uids: list[int]) -> dict[int, int]:
+        """UID -> size of those of C{uids} still here, when the account's usage is remembered (else nothing is looked up)."""
         sizes: dict[int, int] = {}
         if self._quotas.remembers(self._address):
             # (nothing remembered: nothing to take off, no size looked up)
@@ -454,9 +474,7 @@ class QuotaFolder(_Passing):
                         sizes[uid] = self._real.info(uid).size
                     except Exception:  # gone already
                         continue
-        gone = self._real.expunge(uids, origin=origin)
-        self._quotas.freed(self._address, sum(sizes.get(uid, 0) for uid in gone or ()))
-        return gone
+        return sizes
 
     def copy_for_move(self, uids, destination: Any) -> defer.Deferred:
         """

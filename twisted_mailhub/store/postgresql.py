@@ -306,6 +306,53 @@ class ReadConnections:
                 pass
 
 
+class MetaConnection:
+    """
+    The connection on which the reactor's metadata writes and reads run
+    instead of its own (L{PostgresFolder.set_flags_later},
+    L{PostgresFolder.expunge_later}, L{PostgresAccount.select_later}): one
+    worker thread, so the calls run, and their L{Deferred}s fire in the
+    reactor, in the order they were asked, and the reactor never waits for
+    the database meanwhile. A database that cannot be reached fails the
+    Deferred with L{StoreUnavailable} (as L{Database.run} raises it).
+    """
+
+    def __init__(self, dsn: str, reactor: Any):
+        self.db = Database(dsn)
+        self.reactor = reactor
+        self._pool: ThreadPool | None = None
+        self._closed = False
+
+    def run(self, function, *args) -> defer.Deferred:
+        """
+        A L{Deferred} of C{function(conn, *args)}, called in the worker
+        thread on this connection (reconnecting once, as L{Database.run}).
+        C{function} must touch no folder object: only the connection and
+        values it was given.
+        """
+        if self._closed:
+            return defer.fail(StoreUnavailable("the mail store is closing"))
+        if self._pool is None:
+            pool = ThreadPool(1, 1, "mailhub-postgresql-meta")
+            # (daemon: a process whose reactor never stops still ends)
+            pool.threadFactory = lambda *a, **k: threading.Thread(*a, daemon=True, **k)
+            pool.start()
+            self._pool = pool
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(self.reactor, self._pool, self.db.run, function, *args)
+
+    def close(self) -> None:
+        """Close the connection after the calls already asked; later calls fail."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.callInThread(self.db.close)
+            self._pool.stop()
+            self._pool = None
+        else:
+            self.db.close()
+
+
 class BlobReader:
     """
     The bytes of some messages (by position in the list it was made
@@ -1106,6 +1153,8 @@ class PostgresFolder:
         self._last_read = 0
         self._ahead = 1
         self._shown: tuple[int, dict[int, int]] | None = None  # (last UID asked, downgraded_sizes())
+        self._writing = 0  # writes of this folder on the MetaConnection not yet back (_later)
+        self._behind = 0  # the highest modseq whose catch-up was put off meanwhile (0: none)
 
     def _run(self, function, *args):
         return self.store.db.run(function, *args)
@@ -1164,6 +1213,11 @@ class PostgresFolder:
         if modseq <= self._watermark or modseq in self._announced:
             return
         self._announced.add(modseq)
+        # (every modseq up to the watermark is told: move it up, so a
+        # NOTIFY of this change is seen as told, with no journal read)
+        while self._watermark + 1 in self._announced:
+            self._watermark += 1
+            self._announced.discard(self._watermark)
         self._listeners.notify(change)
 
     def catch_up(self, below: int | None = None) -> None:
@@ -1268,7 +1322,10 @@ class PostgresFolder:
             self._watermark, self._announced, self._table = row[0], set(), None
             self._load()
         elif row[0] > self._watermark and any(m not in self._announced for m in range(self._watermark + 1, row[0] + 1)):
-            self.catch_up()
+            if self._writing:
+                self._behind = max(self._behind, row[0])  # (after that write: _later)
+            else:
+                self.catch_up()
 
     def refresh(self) -> None:
         if self.gone:
@@ -1518,16 +1575,19 @@ class PostgresFolder:
         apply()
         self.announce(modseq, change)
 
-    def set_flags(self, uids, flags, mode="replace", origin=None):
-        wanted = sorted(set(uids))
-        if not wanted:
-            return {}
+    def _flag_change(self, wanted: list[int], flags, mode: str):
+        """
+        The transaction of a flag change of UIDs C{wanted} (C{conn} ->
+        (UID -> new flags, the modseq taken or None, the UIDs changed)):
+        touches no folder object, so it may run in a thread.
+        """
+        mailbox_id = self.mailbox_id
 
         def change(conn):
             with conn.transaction():
                 rows = conn.execute(
                     "SELECT uid, flags, keywords FROM mailbox_message WHERE mailbox_id = %s AND uid = ANY(%s) ORDER BY uid FOR UPDATE",
-                    (self.mailbox_id, wanted),
+                    (mailbox_id, wanted),
                 ).fetchall()
                 result = {}
                 updates = []
@@ -1540,19 +1600,23 @@ class PostgresFolder:
                         updates.append((sorted(system), sorted(keywords), uid))
                 if not updates:
                     return result, None, ()
-                _, modseq = _bump(conn, self.mailbox_id, "flags", [u[2] for u in updates])
+                _, modseq = _bump(conn, mailbox_id, "flags", [u[2] for u in updates])
                 with conn.cursor() as cursor:
                     cursor.executemany(
                         "UPDATE mailbox_message SET flags = %s, keywords = %s, modseq = "
                         + str(int(modseq))
                         + " WHERE mailbox_id = "
-                        + str(int(self.mailbox_id))
+                        + str(int(mailbox_id))
                         + " AND uid = %s",
                         updates,
                     )
                 return result, modseq, tuple(u[2] for u in updates)
 
-        result, modseq, changed = self._run(change)
+        return change
+
+    def _flags_changed(self, outcome: tuple, origin: Any) -> dict[int, frozenset[str]]:
+        """(in the reactor) A committed flag change (L{_flag_change}'s outcome): applied to the cache and told."""
+        result, modseq, changed = outcome
         if modseq is not None:
 
             def apply():
@@ -1567,28 +1631,101 @@ class PostgresFolder:
             self._local(modseq, apply, FolderChange(flags=changed, origin=origin))
         return result
 
-    def expunge(self, uids, origin=None):
+    def set_flags(self, uids, flags, mode="replace", origin=None):
         wanted = sorted(set(uids))
         if not wanted:
-            return []
+            return {}
+        return self._flags_changed(self._run(self._flag_change(wanted, flags, mode)), origin)
+
+    def set_flags_later(self, uids, flags, mode="replace", origin=None) -> defer.Deferred:
+        """
+        L{set_flags} with the transaction run on the store's
+        L{MetaConnection} (a worker thread), so the reactor does not wait
+        for the database: a L{Deferred} of UID -> the message's flags
+        now, firing after COMMIT, once the change is in the cache and told
+        to the listeners. Fails with L{StoreUnavailable} if the database
+        cannot be reached (nothing changed then, or all of it).
+        """
+        wanted = sorted(set(uids))
+        if not wanted:
+            return defer.succeed({})
+        return self._later(self._flag_change(wanted, flags, mode), lambda outcome: self._flags_changed(outcome, origin))
+
+    def _removal(self, wanted: list[int]):
+        """The transaction of an expunge of UIDs C{wanted} (C{conn} -> (UIDs removed, the modseq taken or None)): no folder object touched."""
+        mailbox_id = self.mailbox_id
+        blobs = self.store.blobs
 
         def remove(conn):
             with conn.transaction():
                 gone = conn.execute(
                     "DELETE FROM mailbox_message WHERE mailbox_id = %s AND uid = ANY(%s) RETURNING uid, message_id",
-                    (self.mailbox_id, wanted),
+                    (mailbox_id, wanted),
                 ).fetchall()
                 if not gone:
                     return [], None
                 removed = sorted(uid for uid, _ in gone)
-                _, modseq = _bump(conn, self.mailbox_id, "expunged", removed)
-                self.store.blobs.drop(conn, [m for _, m in gone])
+                _, modseq = _bump(conn, mailbox_id, "expunged", removed)
+                blobs.drop(conn, [m for _, m in gone])
                 return removed, modseq
 
-        removed, modseq = self._run(remove)
+        return remove
+
+    def _removed(self, outcome: tuple, origin: Any) -> list[int]:
+        """(in the reactor) A committed expunge (L{_removal}'s outcome): applied to the cache and told."""
+        removed, modseq = outcome
         if modseq is not None:
             self._local(modseq, lambda: self._drop(removed), FolderChange(expunged=tuple(removed), origin=origin))
         return removed
+
+    def expunge(self, uids, origin=None):
+        wanted = sorted(set(uids))
+        if not wanted:
+            return []
+        return self._removed(self._run(self._removal(wanted)), origin)
+
+    def expunge_later(self, uids, origin=None) -> defer.Deferred:
+        """
+        L{expunge} with the transaction run on the store's
+        L{MetaConnection}: a L{Deferred} of the UIDs removed (ascending),
+        firing after COMMIT, once they are out of the cache and told.
+        Fails with L{StoreUnavailable} if the database cannot be reached.
+        """
+        wanted = sorted(set(uids))
+        if not wanted:
+            return defer.succeed([])
+        return self._later(self._removal(wanted), lambda outcome: self._removed(outcome, origin))
+
+    def _later(self, transaction, then) -> defer.Deferred:
+        """
+        Run C{transaction(conn)} on the L{MetaConnection}, then
+        C{then(outcome)} in the reactor. Meanwhile the folder does not
+        catch up from the journal (L{_sync}, a C{NOTIFY}): that would tell
+        this change before its own command could, without its origin; it
+        catches up once the last such write is back.
+        """
+        self._writing += 1
+
+        def back(result):
+            self._writing -= 1
+            return result
+
+        def caught_up(result):
+            if not self._writing and self._behind:
+                behind, self._behind = self._behind, 0
+                # (a NOTIFY of this very change is told already: no read)
+                if any(m not in self._announced for m in range(self._watermark + 1, behind + 1)):
+                    try:
+                        self.catch_up()
+                    except StoreError:
+                        pass  # caught up at its next read
+            return result
+
+        d = self.store.meta.run(transaction)
+        d.addBoth(back)
+        d.addCallback(then)
+        d.addBoth(caught_up)
+        return d
 
     def flush(self):
         # Every change above committed before it returned.
@@ -1902,6 +2039,7 @@ class PostgresStore:
         self.db = Database(dsn)
         self.locks = Database(dsn)  # holds POP3's advisory locks
         self.readers = ReadConnections(dsn)  # worker threads' reads (BlobReader)
+        self.meta = MetaConnection(dsn, reactor)  # a worker thread's writes for the reactor (set_flags_later ...)
         self.db.run(lambda conn: pgschema.check(conn, create))
         self.blobs: IMessageBlobs = blobs if blobs is not None else ByteaBlobs()
         self.committer = GroupCommitter(self, reactor)
@@ -1932,6 +2070,7 @@ class PostgresStore:
         self.db.close()
         self.locks.close()
         self.readers.close()
+        self.meta.close()
 
     def lock_maildrop(self, address: str):
         """
@@ -2066,8 +2205,13 @@ class PostgresStore:
         if folder is None or not folder._listeners.count():
             return
         try:
-            if int(what) > folder._watermark:
-                folder.catch_up()
+            modseq = int(what)
+            if modseq <= folder._watermark or modseq in folder._announced:
+                return  # told already (a change this hub made)
+            if folder._writing:
+                folder._behind = max(folder._behind, modseq)  # caught up after that write (PostgresFolder._later)
+                return
+            folder.catch_up()
         except (ValueError, StoreError):
             pass
 

@@ -1,0 +1,146 @@
+"""
+Flag changes, expunges and SELECT over the PostgreSQL store
+(C{--store postgresql:DSN}), with a real hub, a real PostgreSQL and real
+clients: their transactions run on the store's own connection in a worker
+thread (L{twisted_mailhub.store.postgresql.MetaConnection}), so another
+session is answered meanwhile however slow the database is; the tagged OK
+still comes after COMMIT, and two sessions writing one folder still get
+unique, increasing modseqs.
+
+The database is slowed in the hub alone: a C{sitecustomize.py} on its
+PYTHONPATH (L{SITECUSTOMIZE}) sleeps before every call on a
+L{Database<twisted_mailhub.store.postgresql.Database>} connection (the
+reactor's, and the worker thread's), for as many seconds as the file
+named by MAILHUB_TEST_DB_DELAY_FILE says while it exists: the test fills
+the folders at full speed, then slows the database.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import threading
+
+import pytest
+
+from tests.test_e2e_imap import append, login
+from tests.test_e2e_pg_search import message, pings_while
+
+SITECUSTOMIZE = '''
+import os, time
+_file = os.environ.get("MAILHUB_TEST_DB_DELAY_FILE")
+if _file:
+    from twisted_mailhub.store import postgresql as _pg
+
+    _real = _pg.Database.run
+
+    def run(self, function, *args):
+        try:
+            with open(_file) as f:
+                time.sleep(float(f.read() or "0"))
+        except FileNotFoundError:
+            pass
+        return _real(self, function, *args)
+
+    _pg.Database.run = run
+'''
+
+DELAY = 0.4
+
+
+@pytest.fixture
+def slow_db_hub(start_hub, pg_dsn, tmp_path):
+    """
+    A hub on a new PostgreSQL database, and C{slow(seconds)}: from then on
+    every call on its L{Database} connections sleeps that long first.
+    """
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    switch = tmp_path / "db-delay"
+    hub = start_hub("--store", f"postgresql:{pg_dsn}", "--no-ftp", env={"PYTHONPATH": str(faults), "MAILHUB_TEST_DB_DELAY_FILE": str(switch)})
+
+    def slow(seconds: float) -> None:
+        switch.write_text(str(seconds))
+
+    return hub, slow
+
+
+def filled(hub, count: int, folder: str = "INBOX") -> imaplib.IMAP4:
+    """Alice's session after APPENDing C{count} messages to C{folder}."""
+    c = login(hub)
+    for n in range(count):
+        append(c, folder=folder, message=message(n))
+    return c
+
+
+def test_store_on_a_slow_postgresql_does_not_hold_another_session(slow_db_hub):
+    hub, slow = slow_db_hub
+    alice = filled(hub, 10)
+    alice.select("INBOX")
+    slow(DELAY)
+    answer, waits = pings_while(hub, lambda: alice.store("2:9", "+FLAGS", "(\\Flagged)"))
+    typ, data = answer
+    assert typ == "OK", answer
+    assert [d.split(b" ")[0] for d in data] == [b"%d" % n for n in range(2, 10)], data
+    assert all(b"\\Flagged" in d for d in data), data
+    # Bob was answered while the slowed transaction ran (before: his one
+    # NOOP waited for it, 0.4 s).
+    assert max(waits) < DELAY / 2, waits
+    slow(0)
+    # Committed when OK came: another session sees it.
+    other = login(hub)
+    other.select("INBOX")
+    assert other.search(None, "FLAGGED") == ("OK", [b"2 3 4 5 6 7 8 9"])
+    other.logout()
+    alice.logout()
+
+
+def test_expunge_on_a_slow_postgresql_does_not_hold_another_session(slow_db_hub):
+    hub, slow = slow_db_hub
+    alice = filled(hub, 10)
+    alice.select("INBOX")
+    assert alice.store("2,4,6", "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+    slow(DELAY)
+    answer, waits = pings_while(hub, alice.expunge)
+    assert answer == ("OK", [b"2", b"3", b"4"]), answer
+    assert max(waits) < DELAY / 2, waits
+    slow(0)
+    other = login(hub)
+    assert other.select("INBOX") == ("OK", [b"7"])
+    other.logout()
+    alice.logout()
+
+
+def test_two_sessions_storing_in_one_folder_get_unique_increasing_modseqs(start_hub, pg_dsn):
+    hub = start_hub("--store", f"postgresql:{pg_dsn}", "--no-ftp")
+    filled(hub, 20).logout()
+    seen: dict[str, list[int]] = {}
+
+    def store_each(name: str, numbers: range) -> None:
+        c = login(hub)
+        c.enable("CONDSTORE")
+        c.select("INBOX")
+        got = []
+        for n in numbers:
+            typ, data = c.store(str(n), "+FLAGS", "(\\Flagged)")
+            assert typ == "OK", data
+            got.append(int(re.search(rb"MODSEQ \((\d+)\)", data[0]).group(1)))
+        seen[name] = got
+        c.logout()
+
+    sessions = [threading.Thread(target=store_each, args=(name, numbers)) for name, numbers in (("one", range(1, 11)), ("two", range(11, 21)))]
+    for t in sessions:
+        t.start()
+    for t in sessions:
+        t.join()
+    everything = seen["one"] + seen["two"]
+    assert len(set(everything)) == 20, seen
+    assert seen["one"] == sorted(seen["one"]) and seen["two"] == sorted(seen["two"]), seen
+    # What a new session reads back is what each STORE said.
+    c = login(hub)
+    c.enable("CONDSTORE")
+    c.select("INBOX")
+    typ, data = c.fetch("1:20", "(MODSEQ)")
+    assert sorted(int(re.search(rb"MODSEQ \((\d+)\)", d).group(1)) for d in data) == sorted(everything), (data, seen)
+    c.logout()
