@@ -125,7 +125,9 @@ def test_two_sessions_storing_in_one_folder_get_unique_increasing_modseqs(start_
         for n in numbers:
             typ, data = c.store(str(n), "+FLAGS", "(\\Flagged)")
             assert typ == "OK", data
-            got.append(int(re.search(rb"MODSEQ \((\d+)\)", data[0]).group(1)))
+            # (the other session's changes come as FETCH responses too)
+            own = [d for d in data if d.startswith(b"%d (" % n)]
+            got.append(int(re.search(rb"MODSEQ \((\d+)\)", own[-1]).group(1)))
         seen[name] = got
         c.logout()
 
@@ -144,3 +146,31 @@ def test_two_sessions_storing_in_one_folder_get_unique_increasing_modseqs(start_
     typ, data = c.fetch("1:20", "(MODSEQ)")
     assert sorted(int(re.search(rb"MODSEQ \((\d+)\)", d).group(1)) for d in data) == sorted(everything), (data, seen)
     c.logout()
+
+
+@pytest.mark.parametrize("command", ["SELECT", "EXAMINE"])
+def test_select_of_a_folder_on_a_slow_postgresql_does_not_hold_another_session(slow_db_hub, command):
+    hub, slow = slow_db_hub
+    alice = filled(hub, 6, folder="Archive")
+    alice.select("INBOX")
+    slow(DELAY)
+
+    def select() -> dict:
+        typ, data = alice.select("Archive", readonly=command == "EXAMINE")
+        assert typ == "OK", data
+        return dict(alice.untagged_responses)
+
+    answer, waits = pings_while(hub, select)
+    assert answer["EXISTS"][-1] == b"6", answer
+    assert answer["RECENT"][-1] == b"6", answer
+    assert answer["UIDNEXT"][-1] == b"7", answer
+    # (before: 5 reads on the reactor's connection, 2.0 s)
+    assert max(waits) < DELAY / 2, waits
+    slow(0)
+    # SELECT took \Recent, EXAMINE left it (RFC 3501 §6.3.2).
+    other = login(hub)
+    other.select("Archive", readonly=True)
+    assert other.untagged_responses["RECENT"][-1] == (b"0" if command == "SELECT" else b"6")
+    other.logout()
+    alice.logout()
+

@@ -1289,11 +1289,20 @@ class PostgresFolder:
             "mailbox {mailbox}: the change journal was pruned past modseq {modseq}; read the folder again",
             mailbox=self.mailbox_id, modseq=self._watermark,
         )
+        self._replace(row)
+
+    def _replace(self, row: tuple) -> None:
+        """
+        Put a L{pgcache.SUMMARY} row (mark first) in place of the cache,
+        and tell the listeners what differs from it (added, flags,
+        expunged), as a full resync would.
+        """
+        before = self._table
         self._bodies.clear()
         self._table = table = FolderCache.from_summary(row[1:])
         self._mark = row[0]
         self._version += 1
-        self._watermark, self._announced = max(self._watermark, row[0]), set()
+        self._watermark, self._announced = max(self._watermark, row[0]), {m for m in self._announced if m > row[0]}
         if before is None:
             return
         old = dict(zip(before.uids, before.modseqs))
@@ -1326,6 +1335,27 @@ class PostgresFolder:
                 self._behind = max(self._behind, row[0])  # (after that write: _later)
             else:
                 self.catch_up()
+
+    def _opened(self, summary: tuple | None, modseq: int) -> None:
+        """
+        (in the reactor) What L{PostgresAccount.select_later} read in its
+        thread: the folder's C{highest_modseq} then, and a
+        L{pgcache.SUMMARY} row when the cache was not loaded or was behind
+        it. The cache takes it when that changes nothing told since;
+        otherwise (a write of this hub in between) it looks as
+        L{messages} does.
+        """
+        self.store._touch(self)
+        if summary is None:
+            if self._table is not None and modseq <= self._watermark:
+                return  # (the cache was current)
+        elif summary[0] >= self._watermark and all(m <= summary[0] for m in self._announced) and not self._writing:
+            if self._table is None and self._listeners.count() and summary[0] > self._watermark:
+                pass  # (changes nobody was told: the journal tells them, below)
+            else:
+                self._replace(summary)
+                return
+        self._cache()
 
     def refresh(self) -> None:
         if self.gone:
@@ -1370,6 +1400,10 @@ class PostgresFolder:
                 raise NoSuchFolder(self.name)
             return row[0] + 1
         self._sync()
+        return self.told_modseq()
+
+    def told_modseq(self) -> int:
+        """L{highest_modseq} as this hub has told it, without a look at the database."""
         told = self._watermark
         while told + 1 in self._announced:
             told += 1
@@ -1438,16 +1472,17 @@ class PostgresFolder:
             known = self._shown = (last, sizes)
         return known[1]
 
-    def selection(self) -> tuple[array, int, frozenset[str]]:
+    def selection(self, look: bool = True) -> tuple[array, int, frozenset[str]]:
         """
         What an IMAP SELECT tells (RFC 3501 §6.3.1), from the cache's
         columns: (the UIDs ascending, as a new C{array('I')} the caller may
         change; the UID of the first message without C{\\Seen}, 0 if none;
-        the keywords in use). Catches up first, as L{messages} does.
+        the keywords in use). Catches up first, as L{messages} does, unless
+        not C{look} (L{PostgresAccount.select_later} just did, in a thread).
         """
         if self.gone:
             return array("I"), 0, frozenset()
-        table = self._cache()
+        table = self._cache() if look or self._table is None else self._table
         cached = self._selection
         if cached is None or cached[0] != self._version:
             cached = self._selection = (self._version, table.first_unseen(), table.keywords_in_use())
@@ -1796,6 +1831,23 @@ class PostgresFolder:
         return sorted(uid for (uid,) in rows)
 
 
+class Opened:
+    """
+    What L{PostgresAccount.select_later} read for a SELECT: C{recent}
+    (the \\Recent UIDs, ascending), C{selection} (as
+    L{PostgresFolder.selection}), C{uid_next} (UIDNEXT) and
+    C{highest_modseq} (HIGHESTMODSEQ), so the reply needs no database.
+    """
+
+    __slots__ = ("recent", "selection", "uid_next", "highest_modseq")
+
+    def __init__(self, recent: list[int], selection: tuple, uid_next: int, highest_modseq: int):
+        self.recent = recent
+        self.selection = selection
+        self.uid_next = uid_next
+        self.highest_modseq = highest_modseq
+
+
 @implementer(IMailAccount)
 class PostgresAccount:
     def __init__(self, store: "PostgresStore", address: str, account_id: int):
@@ -1817,6 +1869,57 @@ class PostgresAccount:
         if row is None:
             raise NoSuchFolder(name)
         return self.store._folder(self, row[0], name, row[1], row[2])
+
+    def select_later(self, name: str, readonly: bool = False) -> defer.Deferred:
+        """
+        Open folder C{name} for IMAP SELECT (EXAMINE when C{readonly}, RFC
+        3501 §6.3.1-2) with its reads on the store's L{MetaConnection} (a
+        worker thread), so the reactor does not wait for the database: the
+        mailbox row, the cache's rows when this hub has not loaded them or
+        they are behind, and the \\Recent messages this session takes
+        (SELECT) or sees (EXAMINE). A L{Deferred} of (the folder, an
+        L{Opened}).
+
+        @raise NoSuchFolder: (as the failure) there is no such folder.
+        @raise StoreUnavailable: (as the failure) the database cannot be
+            reached.
+        """
+        name = normalize_folder_name(name)
+        account_id = self.account_id
+        known = self.store._known_folder(account_id, name)
+        known_id = known.mailbox_id if known is not None and known._table is not None else None
+        watermark = known._watermark if known_id is not None else -1
+
+        def read(conn):
+            row = conn.execute(
+                "SELECT id, uid_validity, highest_modseq, uid_next FROM mailbox WHERE account_id = %s AND name = %s", (account_id, name)
+            ).fetchone()
+            if row is None:
+                return None
+            summary = None
+            if row[0] != known_id or row[2] > watermark:
+                summary = conn.execute(pgcache.SUMMARY, (row[0],), binary=True).fetchone()
+                if summary is None:
+                    return None  # (deleted meanwhile)
+            if readonly:
+                recent = conn.execute("SELECT uid FROM mailbox_message WHERE mailbox_id = %s AND recent", (row[0],)).fetchall()
+            else:
+                recent = conn.execute(
+                    "UPDATE mailbox_message SET recent = false WHERE mailbox_id = %s AND recent RETURNING uid", (row[0],)
+                ).fetchall()
+            return row, summary, sorted(uid for (uid,) in recent)
+
+        def opened(got):
+            if got is None:
+                raise NoSuchFolder(name)
+            (mailbox_id, uid_validity, modseq, uid_next), summary, recent = got
+            folder = self.store._folder(self, mailbox_id, name, uid_validity, modseq)
+            folder._opened(summary, modseq)
+            selection = folder.selection(look=False)
+            last = selection[0][-1] if len(selection[0]) else 0
+            return folder, Opened(recent, selection, max(uid_next, last + 1), folder.told_modseq())
+
+        return self.store.meta.run(read).addCallback(opened)
 
     def folders(self) -> list[str]:
         rows = self._run(lambda c: c.execute("SELECT name FROM mailbox WHERE account_id = %s", (self.account_id,)).fetchall())
@@ -2117,6 +2220,13 @@ class PostgresStore:
             folder = PostgresFolder(self, account, mailbox_id, name, uid_validity, modseq)
             self._folders[mailbox_id] = folder
         return folder
+
+    def _known_folder(self, account_id: int, name: str) -> PostgresFolder | None:
+        """This hub's folder object of that account and name, if it has one (no database read)."""
+        for folder in list(self._folders.values()):
+            if folder.account.account_id == account_id and folder.name == name and not folder.gone:
+                return folder
+        return None
 
     def _gone(self, mailbox_id: int) -> None:
         folder = self._folders.pop(mailbox_id, None)
