@@ -17,9 +17,12 @@ the folders at full speed, then slows the database.
 
 from __future__ import annotations
 
+import base64
 import imaplib
+import json
 import re
 import threading
+import urllib.request
 
 import pytest
 
@@ -173,4 +176,33 @@ def test_select_of_a_folder_on_a_slow_postgresql_does_not_hold_another_session(s
     assert other.untagged_responses["RECENT"][-1] == (b"0" if command == "SELECT" else b"6")
     other.logout()
     alice.logout()
+
+
+def api_get(hub, path: str) -> dict:
+    """GET /api/v1/C{path} as alice (HTTP basic): the JSON answer."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{hub.ports['web']}/api/v1/{path}", headers={"Authorization": "Basic " + base64.b64encode(b"alice:secret").decode()}
+    )
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        assert reply.status == 200
+        return json.loads(reply.read())
+
+
+def test_the_apis_folder_list_on_a_slow_postgresql_does_not_hold_another_session(slow_db_hub):
+    hub, slow = slow_db_hub
+    alice = filled(hub, 5)
+    for n in range(3):
+        append(alice, folder="Archive", message=message(n))
+    alice.select("INBOX")
+    alice.store("1,2", "+FLAGS", "(\\Seen)")
+    alice.logout()
+    api_get(hub, "accounts/me/folders")  # (the account is known to the web face)
+    slow(DELAY)
+    answer, waits = pings_while(hub, lambda: api_get(hub, "accounts/me/folders"))
+    folders = {f["name"]: (f["messages"], f["unseen"]) for f in answer["folders"]}
+    assert answer["folders"][0]["name"] == "INBOX", answer
+    assert folders["INBOX"] == (5, 3) and folders["Archive"] == (3, 3), answer
+    assert [f["name"] for f in answer["folders"][1:]] == sorted(folders.keys() - {"INBOX"}), answer
+    # (before: three reads a folder on the reactor's connection, 6.0 s)
+    assert max(waits) < DELAY / 2, waits
 

@@ -92,6 +92,7 @@ from twisted_mailhub.store.base import (
 )
 from twisted_mailhub.store.interfaces import (
     INBOX,
+    SEEN,
     FolderChange,
     FolderExists,
     IMailAccount,
@@ -1920,6 +1921,31 @@ class PostgresAccount:
             return folder, Opened(recent, selection, max(uid_next, last + 1), folder.told_modseq())
 
         return self.store.meta.run(read).addCallback(opened)
+
+    def counts_later(self) -> defer.Deferred:
+        """
+        Each folder's message count and how many lack C{\\Seen}, in one
+        query on the store's L{MetaConnection} (a worker thread), so the
+        reactor does not wait for the database: a L{Deferred} of a list of
+        (name, messages, unseen), INBOX first, then by name (as
+        L{folders}). Fails with L{StoreUnavailable} if the database cannot
+        be reached.
+        """
+        account_id = self.account_id
+
+        def count(conn):
+            return conn.execute(
+                "SELECT m.name, count(mm.uid), count(mm.uid) FILTER (WHERE NOT %s = ANY(mm.flags))"
+                " FROM mailbox m LEFT JOIN mailbox_message mm ON mm.mailbox_id = m.id"
+                " WHERE m.account_id = %s GROUP BY m.name",
+                (SEEN, account_id),
+            ).fetchall()
+
+        def ordered(rows):
+            found = {name: (name, int(messages), int(unseen)) for name, messages, unseen in rows}
+            return [found[INBOX]] * (INBOX in found) + [found[n] for n in sorted(found) if n != INBOX]
+
+        return self.store.meta.run(count).addCallback(ordered)
 
     def folders(self) -> list[str]:
         rows = self._run(lambda c: c.execute("SELECT name FROM mailbox WHERE account_id = %s", (self.account_id,)).fetchall())

@@ -633,6 +633,12 @@ class ApiResource(resource.Resource):
     async def api_folders(self, request, caller, account):
         address = self._account(caller, account)
         mail = self.hub.store.account(address)
+        counts_later = getattr(mail, "counts_later", None)
+        if counts_later is not None:
+            # PostgreSQL: one query in a worker thread, not three a folder
+            # on the reactor's connection.
+            rows = await counts_later()
+            return {"account": address, "folders": [{"name": n, "messages": c, "unseen": u} for n, c, u in rows]}
         out = []
         for name in mail.folders():
             box = mail.folder(name)
