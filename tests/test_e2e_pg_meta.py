@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import imaplib
 import json
+import poplib
 import re
 import threading
 import urllib.request
@@ -206,3 +207,25 @@ def test_the_apis_folder_list_on_a_slow_postgresql_does_not_hold_another_session
     # (before: three reads a folder on the reactor's connection, 6.0 s)
     assert max(waits) < DELAY / 2, waits
 
+
+def test_pop3_quit_on_a_slow_postgresql_does_not_hold_another_session(slow_db_hub):
+    hub, slow = slow_db_hub
+    filled(hub, 5).logout()
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=60)
+    p.user("alice")
+    p.pass_("secret")
+    p.retr(3)
+    p.dele(1)
+    p.dele(2)
+    slow(DELAY)
+    answer, waits = pings_while(hub, p.quit)
+    assert answer.startswith(b"+OK") and b"2 messages deleted" in answer, answer
+    # (before: the \Seen and the expunge on the reactor's connection, 0.8 s)
+    assert max(waits) < DELAY / 2, waits
+    slow(0)
+    # Done when +OK came: the rest are there, the one retrieved is \Seen.
+    c = login(hub)
+    c.select("INBOX")
+    flags = c.fetch("1:*", "(FLAGS)")[1]
+    assert len(flags) == 3 and [b"\\Seen" in f for f in flags] == [True, False, False], flags
+    c.logout()
