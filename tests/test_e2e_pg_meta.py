@@ -23,6 +23,7 @@ import json
 import poplib
 import re
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -229,3 +230,44 @@ def test_pop3_quit_on_a_slow_postgresql_does_not_hold_another_session(slow_db_hu
     flags = c.fetch("1:*", "(FLAGS)")[1]
     assert len(flags) == 3 and [b"\\Seen" in f for f in flags] == [True, False, False], flags
     c.logout()
+
+
+def test_a_database_lost_during_a_slow_store_select_or_quit_gives_a_protocol_error_and_the_session_goes_on(slow_db_hub, postgresql):
+    hub, slow = slow_db_hub
+    alice = filled(hub, 4)
+    alice.select("INBOX")
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=60)
+    p.user("alice")
+    p.pass_("secret")
+    p.dele(4)
+    before = len(hub.log)
+    slow(1.0)
+    answers: dict = {}
+
+    def store() -> None:
+        answers["STORE"] = alice._simple_command("STORE", "1", "+FLAGS", "(\\Flagged)")
+        answers["SELECT"] = alice._simple_command("SELECT", "Archive")
+
+    doer = threading.Thread(target=store)
+    doer.start()
+    try:
+        # (each call sleeps 1 s first; the server goes during the STORE's)
+        time.sleep(0.3)
+        postgresql.stop()
+        doer.join()
+        with pytest.raises(poplib.error_proto, match=r"^b.-ERR \[SYS/TEMP\] "):
+            p.quit()
+    finally:
+        slow(0)
+        postgresql.restart()
+    for command in ("STORE", "SELECT"):
+        typ, data = answers[command]
+        assert typ == "NO" and data[-1].startswith(b"[UNAVAILABLE]"), (command, answers)
+    during = hub.log[before:]
+    assert "Traceback" not in during and " at 0x" not in during, during
+    # The session goes on, and the store works again.
+    assert alice.noop()[0] == "OK"
+    assert alice.select("INBOX")[0] == "OK"
+    typ, data = alice.store("1", "+FLAGS", "(\\Flagged)")
+    assert typ == "OK" and b"\\Flagged" in data[0], data
+    alice.logout()

@@ -395,7 +395,7 @@ class Maildrop:
             e = reason.value
             if not isinstance(e, (OSError, StoreError)):
                 return reason
-            if is_not_writable(e):
+            if is_not_writable(e) or isinstance(e, StoreUnavailable):
                 log.warn("POP3 could not mark retrieved messages seen in {address}: {why}", address=self.address, why=error_words(e))
             else:
                 log.failure("POP3 could not mark retrieved messages seen in {address}", reason, address=self.address)
@@ -419,9 +419,10 @@ class Maildrop:
                 # (a maildrop read as it is, whose UID list a full disk
                 # keeps from being written: one line, the client is told)
                 log.warn("POP3 could not expunge from {address}: insufficient system storage", address=self.address)
-            elif is_not_writable(e):
+            elif is_not_writable(e) or isinstance(e, StoreUnavailable):
                 # (a maildrop the hub may not write: one line; the client
-                # is told it is permanent, RFC 3206 §4 SYS/PERM)
+                # is told it is permanent, RFC 3206 §4 SYS/PERM. A database
+                # lost meanwhile: one line, and SYS/TEMP.)
                 log.warn("POP3 could not expunge from {address}: {why}", address=self.address, why=error_words(e))
             else:
                 log.failure("POP3 could not expunge from {address}", reason, address=self.address)
@@ -431,6 +432,8 @@ class Maildrop:
             gone = set(gone)
             if all(uid in gone for uid in uids):
                 return []
+            if self.sync_error is not None:
+                return sorted(uids.values())  # (not removed: the store said why)
             # A message someone else removed first is gone all the same.
             present = {info.uid for info in self.folder.messages()}
             return sorted(i for uid, i in uids.items() if uid not in gone and uid in present)
