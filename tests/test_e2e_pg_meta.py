@@ -271,3 +271,45 @@ def test_a_database_lost_during_a_slow_store_select_or_quit_gives_a_protocol_err
     typ, data = alice.store("1", "+FLAGS", "(\\Flagged)")
     assert typ == "OK" and b"\\Flagged" in data[0], data
     alice.logout()
+
+
+def test_a_pop3_login_on_a_slow_postgresql_does_not_hold_another_session(slow_db_hub):
+    hub, slow = slow_db_hub
+    c = filled(hub, 4)
+    # One message whose 8-bit header a session without UTF8 is sent
+    # downgraded (RFC 6856 §3): STAT counts it as sent.
+    eight_bit = "From: Zoë <zoe@example.org>\r\nSubject: café\r\n\r\nhi\r\n".encode("utf-8")
+    append(c, message=eight_bit)
+    c.logout()
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=60)
+    p.user("alice")
+    p.pass_("secret")
+    expected = p.stat()
+    listed = p.list()[1]
+    p.quit()
+    # (its encoded words are longer than the raw UTF-8)
+    assert int(listed[4].split()[1]) > len(eight_bit), listed
+    slow(DELAY)
+
+    def login_and_stat():
+        p = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=60)
+        p.user("alice")
+        p.pass_("secret")
+        return p, p.stat(), p.list()[1]
+
+    (p, stat, listing), waits = pings_while(hub, login_and_stat)
+    assert stat == expected and listing == listed, (stat, expected, listing, listed)
+    # (before: the lock, the INBOX and its sizes on the reactor's connection, 2.0 s)
+    assert max(waits) < DELAY / 2, waits
+    slow(0)
+    # One session per maildrop (RFC 1939 §8) still holds, and QUIT gives it back.
+    other = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=60)
+    other.user("alice")
+    with pytest.raises(poplib.error_proto, match="in use"):
+        other.pass_("secret")
+    p.quit()
+    other = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=60)
+    other.user("alice")
+    other.pass_("secret")
+    assert other.stat() == expected
+    other.quit()

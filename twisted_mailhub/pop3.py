@@ -458,6 +458,9 @@ class Maildrops:
         key = account.address.lower()
         if key in self.in_use:
             raise MaildropInUse(f"maildrop of {account.address} is in use by another session")
+        lock_later = getattr(self.store, "lock_maildrop_later", None)
+        if lock_later is not None:
+            return self._avatar_later(account, key, lock_later)
         # A store shared by several hubs (PostgreSQL) locks across them too.
         lock_elsewhere = getattr(self.store, "lock_maildrop", None)
         unlock = lock_elsewhere(key) if lock_elsewhere is not None else (lambda: None)
@@ -493,16 +496,44 @@ class Maildrops:
 
         return pending.addCallbacks(taken, not_settled)
 
+    def _avatar_later(self, account: Any, key: str, lock_later: Callable[[str], defer.Deferred]) -> defer.Deferred:
+        """
+        A Deferred of (the maildrop, its logout) for a store that locks and
+        reads in a worker thread (PostgreSQL: C{lock_maildrop_later}, then
+        the INBOX's rows and downgraded sizes by C{select_later}), so the
+        reactor does not wait for the database at a login.
+        """
+        self.in_use.add(key)
+        held: list[Callable[[], None]] = []
+
+        def locked(unlock: Callable[[], None] | None) -> defer.Deferred:
+            if unlock is None:
+                raise MaildropInUse(f"maildrop of {account.address} is in use by a session on another hub")
+            held.append(unlock)
+            return self.store.account(account.address).select_later(INBOX, readonly=True, shown=True)
+
+        def failed(reason: Any) -> Any:
+            self.in_use.discard(key)
+            if held:
+                held[0]()
+            return reason
+
+        d = lock_later(key).addCallback(locked)
+        d.addCallback(lambda got: self._avatar(got[0], account, key, held[0]))
+        return d.addErrback(failed)
+
     def _avatar(self, folder: Any, account: Any, key: str, unlock: Callable[[], None]) -> tuple[Maildrop, Callable[[], None]]:
         drop = Maildrop(folder, account.address)
         released = []
 
-        def logout() -> None:
+        def logout() -> Any:
+            """Give the maildrop back; a L{Deferred} when the store gives its lock back later (PostgreSQL), else None."""
             if not released:
                 released.append(True)
                 drop.close()
                 self.in_use.discard(key)
-                unlock()
+                return unlock()
+            return None
 
         return drop, logout
 
@@ -1572,13 +1603,18 @@ class MailhubPOP3(_pop3.POP3):
             def synced(left: list[int]):
                 outcome.append(left)
                 # The lock goes now, not when the socket closes: a client that
-                # reconnects at once must not find its own session in the way.
+                # reconnects at once must not find its own session in the way
+                # (the +OK waits for a lock the store gives back later).
+                released = None
                 if self._onLogout is not None:
-                    self._onLogout()
+                    released = self._onLogout()
                     self._onLogout = None
                 # The +OK promises the deletions happened (RFC 1939 §6): answer
                 # only once they are on disk.
-                return defer.maybeDeferred(drop.folder.flush) if len(drop.deleted) > len(left) else None
+                flushed = defer.maybeDeferred(drop.folder.flush) if len(drop.deleted) > len(left) else None
+                if isinstance(released, defer.Deferred):
+                    return released.addCallback(lambda _: flushed)
+                return flushed
 
             d = drop.sync().addCallback(synced)
 

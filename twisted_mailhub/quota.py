@@ -505,9 +505,9 @@ class QuotaAccount(_Passing):
     def create_folder(self, name: str) -> Any:
         return self._store._folder(self._real.create_folder(name), self._address)
 
-    def _select_later(self, name: str, readonly: bool = False) -> defer.Deferred:
+    def _select_later(self, name: str, readonly: bool = False, **options: Any) -> defer.Deferred:
         """The real account's C{select_later} (PostgreSQL), its folder checked against the quota as L{folder}'s is."""
-        return self._real.select_later(name, readonly).addCallback(lambda got: (self._store._folder(got[0], self._address), got[1]))
+        return self._real.select_later(name, readonly, **options).addCallback(lambda got: (self._store._folder(got[0], self._address), got[1]))
 
     def delete_folder(self, name: str) -> None:
         """The real C{delete_folder}; its messages are taken off the account's count."""

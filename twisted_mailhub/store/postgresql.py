@@ -324,12 +324,13 @@ class MetaConnection:
         self._pool: ThreadPool | None = None
         self._closed = False
 
-    def run(self, function, *args) -> defer.Deferred:
+    def run(self, function, *args, on: Database | None = None) -> defer.Deferred:
         """
         A L{Deferred} of C{function(conn, *args)}, called in the worker
-        thread on this connection (reconnecting once, as L{Database.run}).
-        C{function} must touch no folder object: only the connection and
-        values it was given.
+        thread on this connection (or on C{on}'s, which the reactor then
+        must not use), reconnecting once, as L{Database.run}. C{function}
+        must touch no folder object: only the connection and values it was
+        given.
         """
         if self._closed:
             return defer.fail(StoreUnavailable("the mail store is closing"))
@@ -341,7 +342,7 @@ class MetaConnection:
             self._pool = pool
         from twisted.internet.threads import deferToThreadPool
 
-        return deferToThreadPool(self.reactor, self._pool, self.db.run, function, *args)
+        return deferToThreadPool(self.reactor, self._pool, (on or self.db).run, function, *args)
 
     def close(self) -> None:
         """Close the connection after the calls already asked; later calls fail."""
@@ -1156,6 +1157,7 @@ class PostgresFolder:
         self._shown: tuple[int, dict[int, int]] | None = None  # (last UID asked, downgraded_sizes())
         self._writing = 0  # writes of this folder on the MetaConnection not yet back (_later)
         self._behind = 0  # the highest modseq whose catch-up was put off meanwhile (0: none)
+        self._looked = False  # read in a thread this reactor turn (_just_looked)
 
     def _run(self, function, *args):
         return self.store.db.run(function, *args)
@@ -1424,9 +1426,20 @@ class PostgresFolder:
         self.store._touch(self)
         if self._table is None:
             self._load()
-        else:
+        elif not self._looked:
             self._sync()
         return self._table if self._table is not None else FolderCache()
+
+    def _just_looked(self) -> None:
+        """
+        A worker thread has just read this folder's rows and modseq for
+        the command being answered (L{PostgresAccount.select_later}): the
+        rest of this reactor turn takes the cache as current, with no look
+        of its own (L{_sync}) on the reactor's connection.
+        """
+        if not self._looked:
+            self._looked = True
+            self.store.reactor.callLater(0, setattr, self, "_looked", False)
 
     def messages(self) -> list[MessageInfo]:
         if self.gone:
@@ -1871,7 +1884,7 @@ class PostgresAccount:
             raise NoSuchFolder(name)
         return self.store._folder(self, row[0], name, row[1], row[2])
 
-    def select_later(self, name: str, readonly: bool = False) -> defer.Deferred:
+    def select_later(self, name: str, readonly: bool = False, shown: bool = False) -> defer.Deferred:
         """
         Open folder C{name} for IMAP SELECT (EXAMINE when C{readonly}, RFC
         3501 §6.3.1-2) with its reads on the store's L{MetaConnection} (a
@@ -1879,7 +1892,11 @@ class PostgresAccount:
         mailbox row, the cache's rows when this hub has not loaded them or
         they are behind, and the \\Recent messages this session takes
         (SELECT) or sees (EXAMINE). A L{Deferred} of (the folder, an
-        L{Opened}).
+        L{Opened}). With C{shown}, the sizes of the messages a session
+        without UTF8 is sent downgraded are read too
+        (L{PostgresFolder.downgraded_sizes}, for a POP3 login). For the
+        rest of the reactor turn the folder's calls take its cache as
+        current (L{PostgresFolder._just_looked}).
 
         @raise NoSuchFolder: (as the failure) there is no such folder.
         @raise StoreUnavailable: (as the failure) the database cannot be
@@ -1908,14 +1925,24 @@ class PostgresAccount:
                 recent = conn.execute(
                     "UPDATE mailbox_message SET recent = false WHERE mailbox_id = %s AND recent RETURNING uid", (row[0],)
                 ).fetchall()
-            return row, summary, sorted(uid for (uid,) in recent)
+            sizes = None
+            if shown:
+                sizes = conn.execute(
+                    "SELECT uid, shown_size FROM mailbox_message WHERE mailbox_id = %s AND shown_size IS NOT NULL", (row[0],)
+                ).fetchall()
+            return row, summary, sorted(uid for (uid,) in recent), sizes
 
         def opened(got):
             if got is None:
                 raise NoSuchFolder(name)
-            (mailbox_id, uid_validity, modseq, uid_next), summary, recent = got
+            (mailbox_id, uid_validity, modseq, uid_next), summary, recent, sizes = got
             folder = self.store._folder(self, mailbox_id, name, uid_validity, modseq)
             folder._opened(summary, modseq)
+            folder._just_looked()
+            if sizes is not None and folder._table is not None:
+                # (every UID of the cache was there when they were read)
+                table = folder._table
+                folder._shown = (table.uids[-1] if len(table) else 0, dict(sizes))
             selection = folder.selection(look=False)
             last = selection[0][-1] if len(selection[0]) else 0
             return folder, Opened(recent, selection, max(uid_next, last + 1), folder.told_modseq())
@@ -2200,6 +2227,39 @@ class PostgresStore:
         self.locks.close()
         self.readers.close()
         self.meta.close()
+
+    def lock_maildrop_later(self, address: str) -> defer.Deferred:
+        """
+        L{lock_maildrop} with the lock taken, and later given back, by the
+        L{MetaConnection}'s worker thread on the lock connection (which
+        the reactor then does not use): a L{Deferred} of the function that
+        releases it, or of L{None} if another hub holds it; it fails with
+        L{StoreUnavailable} if the database cannot be reached.
+        """
+        key = address.lower()
+        locks = self.locks
+
+        def lock(conn):
+            return conn.execute("SELECT pg_try_advisory_lock(1, hashtext(%s))", (key,)).fetchone()[0], conn
+
+        def taken(got):
+            ok, held = got
+            if not ok:
+                return None
+
+            def unlocked(conn):
+                # (a lost lock connection took the lock with it: nothing to give back)
+                if conn is held and not held.closed:
+                    conn.execute("SELECT pg_advisory_unlock(1, hashtext(%s))", (key,))
+
+            def unlock() -> defer.Deferred:
+                # (fires once it is given back: a client that logs in again
+                # at once after QUIT's +OK must find it free)
+                return self.meta.run(unlocked, on=locks).addErrback(lambda _: None)
+
+            return unlock
+
+        return self.meta.run(lock, on=locks).addCallback(taken)
 
     def lock_maildrop(self, address: str):
         """
