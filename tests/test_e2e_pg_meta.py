@@ -313,3 +313,37 @@ def test_a_pop3_login_on_a_slow_postgresql_does_not_hold_another_session(slow_db
     other.pass_("secret")
     assert other.stat() == expected
     other.quit()
+
+
+def api_call(hub, method: str, path: str, body: dict | None = None) -> dict:
+    """C{method} /api/v1/C{path} as alice with a JSON body: the JSON answer."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{hub.ports['web']}/api/v1/{path}", method=method, data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": "Basic " + base64.b64encode(b"alice:secret").decode(), "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        assert reply.status == 200
+        return json.loads(reply.read())
+
+
+def test_the_apis_flag_change_message_list_and_delete_on_a_slow_postgresql_do_not_hold_another_session(slow_db_hub):
+    hub, slow = slow_db_hub
+    filled(hub, 4).logout()
+    api_get(hub, "accounts/me/folders")
+    slow(DELAY)
+    box = "accounts/me/folders/INBOX/messages"
+    flagged, waits = pings_while(hub, lambda: api_call(hub, "POST", f"{box}/2/flags", {"add": ["\\Flagged"]}))
+    assert "\\Flagged" in json.dumps(flagged), flagged
+    assert max(waits) < DELAY / 2, ("flags", waits)  # (before: 1.2 s)
+    listed, waits = pings_while(hub, lambda: api_get(hub, box))
+    assert listed["total"] == 4, listed
+    assert max(waits) < DELAY / 2, ("messages", waits)  # (before: 0.8 s)
+    deleted, waits = pings_while(hub, lambda: api_call(hub, "DELETE", f"{box}/3"))
+    assert deleted == {"deleted": 3}, deleted
+    assert max(waits) < DELAY / 2, ("delete", waits)  # (before: 0.8 s)
+    slow(0)
+    c = login(hub)
+    c.select("INBOX")
+    assert c.uid("SEARCH", None, "ALL") == ("OK", [b"1 2 4"])
+    assert c.uid("SEARCH", None, "FLAGGED") == ("OK", [b"2"])
+    c.logout()
