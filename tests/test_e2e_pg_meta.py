@@ -347,3 +347,20 @@ def test_the_apis_flag_change_message_list_and_delete_on_a_slow_postgresql_do_no
     assert c.uid("SEARCH", None, "ALL") == ("OK", [b"1 2 4"])
     assert c.uid("SEARCH", None, "FLAGGED") == ("OK", [b"2"])
     c.logout()
+
+
+def test_status_on_a_slow_postgresql_does_not_hold_another_session(slow_db_hub):
+    hub, slow = slow_db_hub
+    alice = filled(hub, 3, folder="Archive")
+    append(alice, folder="Archive", message=message(7), flags="\\Seen")
+    alice.select("INBOX")
+    slow(DELAY)
+    answer, waits = pings_while(hub, lambda: alice.status("Archive", "(MESSAGES RECENT UIDNEXT UNSEEN HIGHESTMODSEQ)"))
+    typ, data = answer
+    assert typ == "OK" and re.search(rb"MESSAGES 4 RECENT 4 UIDNEXT 5 UNSEEN 3 HIGHESTMODSEQ \d+\)", data[0]), answer
+    # (before: the folder, its cache, \Recent, UIDNEXT and HIGHESTMODSEQ on the reactor's connection, 1.2 s)
+    assert max(waits) < DELAY / 2, waits
+    slow(0)
+    # STATUS changed nothing: a SELECT still takes the 4 \Recent.
+    assert alice.select("Archive")[0] == "OK" and alice.untagged_responses["RECENT"][-1] == b"4"
+    alice.logout()

@@ -454,6 +454,34 @@ class MailboxCommands:
         except imap4.IllegalClientResponse as e:
             self.sendBadResponse(tag, client_text(str(e)))
             return
+        opener = getattr(self._store(), "select_later", None)
+        if opener is not None:
+            # PostgreSQL: the folder is read in a worker thread, as for
+            # EXAMINE (nothing changes); the session's input waits.
+            try:
+                d = opener(self.name_from_wire(name), True)
+            except (StoreError, imap4.IllegalMailboxEncoding) as e:
+                self._folder_error(tag, e)
+                return
+            self._hold_input()
+
+            def opened(got) -> None:
+                try:
+                    response = self.status_response(got[0], keys, got[1])
+                except StoreError as e:
+                    self._folder_error(tag, e)
+                    return
+                self.sendUntaggedResponse(response)
+                self.sendPositiveResponse(tag, b"STATUS completed")
+
+            def failed(reason) -> None:
+                if self.transport is not None:
+                    self._folder_error(tag, reason.value)
+
+            d.addCallbacks(opened, failed)
+            d.addErrback(lambda f: log.failure("IMAP STATUS reply failed", f))
+            d.addBoth(lambda _: self._release_input())
+            return
         try:
             response = self.status_response(self._folder(name, settled=True), keys)
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
@@ -473,21 +501,26 @@ class MailboxCommands:
                 known = [k.decode() for k in STATUS_ITEMS if not (k == b"RECENT" and self.rev2)]
                 raise imap4.IllegalClientResponse("unknown STATUS item " + shown(key, 30) + ": use " + " ".join(known))
 
-    def status_response(self, folder, keys: list[bytes]) -> bytes:
-        """C{STATUS name (item value ...)} for STATUS and LIST-STATUS (RFC 5819)."""
+    def status_response(self, folder, keys: list[bytes], opened=None) -> bytes:
+        """
+        C{STATUS name (item value ...)} for STATUS and LIST-STATUS (RFC
+        5819). C{opened}: what the store read in a worker thread
+        (PostgreSQL's L{Opened<twisted_mailhub.store.postgresql.Opened>}:
+        \\Recent, UIDNEXT, HIGHESTMODSEQ), else asked of the folder.
+        """
         infos = folder.messages()
         out = []
         for key in keys:
             if key == b"MESSAGES":
                 value = len(infos)
             elif key == b"RECENT" and not self.rev2:
-                recent = set(folder.recent())
+                recent = set(opened.recent if opened is not None else folder.recent())
                 if self.selected is not None and self.selected.folder is folder:
                     recent |= self.selected.recent
                     recent |= self.selected.recent_untold
                 value = len(recent)
             elif key == b"UIDNEXT":
-                value = folder.uid_next
+                value = opened.uid_next if opened is not None else folder.uid_next
             elif key == b"UIDVALIDITY":
                 value = folder.uid_validity
             elif key == b"UNSEEN":
@@ -499,7 +532,7 @@ class MailboxCommands:
             elif key == b"HIGHESTMODSEQ":
                 if not has_modseqs(folder):
                     continue
-                value = folder.highest_modseq
+                value = opened.highest_modseq if opened is not None else folder.highest_modseq
                 self.condstore_used()
             else:
                 continue
