@@ -34,7 +34,15 @@ Rules:
 
 How psycopg meets the reactor: L{IFolder}'s reads and flag changes are
 synchronous calls, so they run on one connection in the reactor thread
-(a few hundred microseconds on loopback). Message bytes are not read
+(a few hundred microseconds on loopback). The protocols' busiest ones do
+not: IMAP STORE, EXPUNGE, CLOSE and MOVE's expunge, SELECT, EXAMINE and
+STATUS, a POP3 login and QUIT, and the web's and the API's flag changes,
+deletions, folder opening and folder counts run their statements on the
+L{MetaConnection}, one worker thread with its own connection, in the
+order asked (L{PostgresFolder.set_flags_later}, L{expunge_later},
+L{PostgresAccount.select_later}, L{counts_later},
+L{PostgresStore.lock_maildrop_later}); the reactor applies the outcome
+to the cache and answers after COMMIT. Message bytes are not read
 there by the protocols: a search (IMAP SEARCH, SORT, THREAD, a live
 search's new messages, the web's and the API's), a whole big message for
 FETCH BODYSTRUCTURE or the web, and the bodies of IMAP FETCH (and
