@@ -80,6 +80,7 @@ from twisted_mailhub.errorwords import error_words, no_room, not_writable_words
 from twisted_mailhub.hub import ListenerSpec, is_secure
 from twisted_mailhub.offload import DetachedBodies, in_thread
 from twisted_mailhub.lines import LineEngine, control_note, has_control, quote, telnet_prefix_text
+from twisted_mailhub.store.base import expunge_later, set_flags_later
 from twisted_mailhub.store.interfaces import INBOX, SEEN, NoSuchMessage, StoreError, StoreUnavailable, is_not_writable, is_out_of_space
 from twisted_mailhub.store.outage import refused
 from twisted_mailhub.store.wireform import LENGTH_MASK, LINES_SHIFT, WireForms
@@ -377,44 +378,67 @@ class Maildrop:
         self.count = len(self.uids)
         self.octets = sum(self.sizes)
 
-    def sync(self) -> list[int]:
+    def sync(self) -> defer.Deferred:
         """
         The UPDATE state (RFC 1939 §6): mark what was retrieved C{\\Seen} in
         one batch (never clearing it), then expunge what was deleted.
-        Returns the indexes that could not be removed.
+        A L{Deferred} of the indexes that could not be removed, firing
+        once the store answered (PostgreSQL: its transactions run in a
+        worker thread, L{store.base.set_flags_later}; other stores at
+        once).
         """
         keys = self.keys
         self.wire_forms.save(keys[i] for i in range(len(keys)) if i not in self.deleted)
         seen = [self.uids[i] for i in sorted(self.retrieved - self.deleted)]
-        if seen:
-            try:
-                self.folder.set_flags(seen, [SEEN], "add", origin=self)
-            except (OSError, StoreError) as e:
-                if is_not_writable(e):
-                    log.warn("POP3 could not mark retrieved messages seen in {address}: {why}", address=self.address, why=error_words(e))
-                else:
-                    log.failure("POP3 could not mark retrieved messages seen in {address}", address=self.address)
+
+        def not_seen(reason) -> None:
+            e = reason.value
+            if not isinstance(e, (OSError, StoreError)):
+                return reason
+            if is_not_writable(e) or isinstance(e, StoreUnavailable):
+                log.warn("POP3 could not mark retrieved messages seen in {address}: {why}", address=self.address, why=error_words(e))
+            else:
+                log.failure("POP3 could not mark retrieved messages seen in {address}", reason, address=self.address)
+
+        d = set_flags_later(self.folder, seen, [SEEN], "add", origin=self) if seen else defer.succeed(None)
+        d.addErrback(not_seen)
+        return d.addCallback(lambda _: self._expunge_deleted())
+
+    def _expunge_deleted(self) -> defer.Deferred:
+        """L{sync}'s expunge: a L{Deferred} of the indexes of deleted messages still there."""
         if not self.deleted:
-            return []
+            return defer.succeed([])
         uids = {self.uids[i]: i for i in self.deleted}
-        try:
-            gone = set(self.folder.expunge(sorted(uids), origin=self))
-        except (OSError, StoreError) as e:
+
+        def not_removed(reason) -> set:
+            e = reason.value
+            if not isinstance(e, (OSError, StoreError)):
+                return reason
             self.sync_error = e
             if is_out_of_space(e):
                 # (a maildrop read as it is, whose UID list a full disk
                 # keeps from being written: one line, the client is told)
                 log.warn("POP3 could not expunge from {address}: insufficient system storage", address=self.address)
-            elif is_not_writable(e):
+            elif is_not_writable(e) or isinstance(e, StoreUnavailable):
                 # (a maildrop the hub may not write: one line; the client
-                # is told it is permanent, RFC 3206 §4 SYS/PERM)
+                # is told it is permanent, RFC 3206 §4 SYS/PERM. A database
+                # lost meanwhile: one line, and SYS/TEMP.)
                 log.warn("POP3 could not expunge from {address}: {why}", address=self.address, why=error_words(e))
             else:
-                log.failure("POP3 could not expunge from {address}", address=self.address)
-            gone = set()
-        # A message someone else removed first is gone all the same.
-        present = {info.uid for info in self.folder.messages()}
-        return sorted(i for uid, i in uids.items() if uid not in gone and uid in present)
+                log.failure("POP3 could not expunge from {address}", reason, address=self.address)
+            return set()
+
+        def left(gone) -> list[int]:
+            gone = set(gone)
+            if all(uid in gone for uid in uids):
+                return []
+            if self.sync_error is not None:
+                return sorted(uids.values())  # (not removed: the store said why)
+            # A message someone else removed first is gone all the same.
+            present = {info.uid for info in self.folder.messages()}
+            return sorted(i for uid, i in uids.items() if uid not in gone and uid in present)
+
+        return expunge_later(self.folder, sorted(uids), origin=self).addCallbacks(list, not_removed).addCallback(left)
 
 
 class Maildrops:
@@ -434,6 +458,9 @@ class Maildrops:
         key = account.address.lower()
         if key in self.in_use:
             raise MaildropInUse(f"maildrop of {account.address} is in use by another session")
+        lock_later = getattr(self.store, "lock_maildrop_later", None)
+        if lock_later is not None:
+            return self._avatar_later(account, key, lock_later)
         # A store shared by several hubs (PostgreSQL) locks across them too.
         lock_elsewhere = getattr(self.store, "lock_maildrop", None)
         unlock = lock_elsewhere(key) if lock_elsewhere is not None else (lambda: None)
@@ -469,16 +496,44 @@ class Maildrops:
 
         return pending.addCallbacks(taken, not_settled)
 
+    def _avatar_later(self, account: Any, key: str, lock_later: Callable[[str], defer.Deferred]) -> defer.Deferred:
+        """
+        A Deferred of (the maildrop, its logout) for a store that locks and
+        reads in a worker thread (PostgreSQL: C{lock_maildrop_later}, then
+        the INBOX's rows and downgraded sizes by C{select_later}), so the
+        reactor does not wait for the database at a login.
+        """
+        self.in_use.add(key)
+        held: list[Callable[[], None]] = []
+
+        def locked(unlock: Callable[[], None] | None) -> defer.Deferred:
+            if unlock is None:
+                raise MaildropInUse(f"maildrop of {account.address} is in use by a session on another hub")
+            held.append(unlock)
+            return self.store.account(account.address).select_later(INBOX, readonly=True, shown=True)
+
+        def failed(reason: Any) -> Any:
+            self.in_use.discard(key)
+            if held:
+                held[0]()
+            return reason
+
+        d = lock_later(key).addCallback(locked)
+        d.addCallback(lambda got: self._avatar(got[0], account, key, held[0]))
+        return d.addErrback(failed)
+
     def _avatar(self, folder: Any, account: Any, key: str, unlock: Callable[[], None]) -> tuple[Maildrop, Callable[[], None]]:
         drop = Maildrop(folder, account.address)
         released = []
 
-        def logout() -> None:
+        def logout() -> Any:
+            """Give the maildrop back; a L{Deferred} when the store gives its lock back later (PostgreSQL), else None."""
             if not released:
                 released.append(True)
                 drop.close()
                 self.in_use.discard(key)
-                unlock()
+                return unlock()
+            return None
 
         return drop, logout
 
@@ -1555,18 +1610,29 @@ class MailhubPOP3(_pop3.POP3):
         if self.state is State.TRANSACTION:
             self._enter_update()
             drop = self.mbox
-            left = drop.sync()
-            removed = len(drop.deleted) - len(left)
-            # The lock goes now, not when the socket closes: a client that
-            # reconnects at once must not find its own session in the way.
-            if self._onLogout is not None:
-                self._onLogout()
-                self._onLogout = None
-            # The +OK promises the deletions happened (RFC 1939 §6): answer
-            # only once they are on disk.
-            d = defer.maybeDeferred(drop.folder.flush) if removed else defer.succeed(None)
+            outcome: list = []
+
+            def synced(left: list[int]):
+                outcome.append(left)
+                # The lock goes now, not when the socket closes: a client that
+                # reconnects at once must not find its own session in the way
+                # (the +OK waits for a lock the store gives back later).
+                released = None
+                if self._onLogout is not None:
+                    released = self._onLogout()
+                    self._onLogout = None
+                # The +OK promises the deletions happened (RFC 1939 §6): answer
+                # only once they are on disk.
+                flushed = defer.maybeDeferred(drop.folder.flush) if len(drop.deleted) > len(left) else None
+                if isinstance(released, defer.Deferred):
+                    return released.addCallback(lambda _: flushed)
+                return flushed
+
+            d = drop.sync().addCallback(synced)
 
             def answer(_):
+                left = outcome[0]
+                removed = len(drop.deleted) - len(left)
                 if left and getattr(drop, "sync_error", None) is not None and is_not_writable(drop.sync_error):
                     # RFC 3206 §4: SYS/PERM, a retry will not help.
                     self.reply_err(b"[SYS/PERM] some deleted messages not removed: %s: %s" % (b" ".join(b"%d" % (i + 1) for i in left), not_writable_words(drop.sync_error)))

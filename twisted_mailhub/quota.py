@@ -475,6 +475,26 @@ class QuotaFolder(_Passing):
     def expunge(self, uids, origin: Any = None) -> list[int]:
         """The real C{expunge}; what it removed is taken off the account's count."""
         uids = list(uids)
+        sizes = self._sizes(uids)
+        gone = self._real.expunge(uids, origin=origin)
+        self._quotas.freed(self._address, sum(sizes.get(uid, 0) for uid in gone or ()))
+        return gone
+
+    def expunge_later(self, uids, origin: Any = None) -> defer.Deferred:
+        """The real folder's C{expunge_later} (L{store.base.expunge_later}); what it removed is taken off the account's count."""
+        from twisted_mailhub.store.base import expunge_later
+
+        uids = list(uids)
+        sizes = self._sizes(uids)
+
+        def freed(gone: list[int]) -> list[int]:
+            self._quotas.freed(self._address, sum(sizes.get(uid, 0) for uid in gone or ()))
+            return gone
+
+        return expunge_later(self._real, uids, origin=origin).addCallback(freed)
+
+    def _sizes(self, uids: list[int]) -> dict[int, int]:
+        """UID -> size of those of C{uids} still here, when the account's usage is remembered (else nothing is looked up)."""
         sizes: dict[int, int] = {}
         if self._quotas.remembers(self._address):
             # (nothing remembered: nothing to take off, no size looked up)
@@ -488,9 +508,7 @@ class QuotaFolder(_Passing):
                         sizes[uid] = self._real.info(uid).size
                     except Exception:  # gone already
                         continue
-        gone = self._real.expunge(uids, origin=origin)
-        self._quotas.freed(self._address, sum(sizes.get(uid, 0) for uid in gone or ()))
-        return gone
+        return sizes
 
     def copy_for_move(self, uids, destination: Any) -> defer.Deferred:
         """
@@ -512,12 +530,18 @@ class QuotaAccount(_Passing):
         self._quotas = quotas
         self._address = address
         self._store = store
+        if getattr(real, "select_later", None) is not None:
+            self.select_later = self._select_later  # (only where the real account has one)
 
     def folder(self, name: str) -> Any:
         return self._store._folder(self._real.folder(name), self._address)
 
     def create_folder(self, name: str) -> Any:
         return self._store._folder(self._real.create_folder(name), self._address)
+
+    def _select_later(self, name: str, readonly: bool = False, **options: Any) -> defer.Deferred:
+        """The real account's C{select_later} (PostgreSQL), its folder checked against the quota as L{folder}'s is."""
+        return self._real.select_later(name, readonly, **options).addCallback(lambda got: (self._store._folder(got[0], self._address), got[1]))
 
     def delete_folder(self, name: str) -> None:
         """The real C{delete_folder}; its messages are taken off the account's count."""

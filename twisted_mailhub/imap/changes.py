@@ -23,6 +23,7 @@ from twisted.mail import imap4
 from twisted_mailhub.errorwords import error_words, no_room, not_writable_words, out_of_space_code, out_of_space_words
 from twisted_mailhub.imap.condstore import uid_runs_text, uid_set_text
 from twisted_mailhub.imap.wire import arg_finalastring, client_text, missing_argument, opt_rest
+from twisted_mailhub.store.base import expunge_later
 from twisted_mailhub.store.interfaces import NoSuchMessage, is_not_writable, is_out_of_space
 
 log = Logger()
@@ -36,17 +37,41 @@ class ChangeCommands:
         if not view.readonly:
             deleted = _deleted(view)
             if deleted:
-                view.folder.expunge(deleted, origin=self)
-                self._unselect()
-                return self._after_flush(view.folder, tag, b"CLOSE completed")
+
+                def removed(_):
+                    if self.selected is view:
+                        self._unselect()
+                    self._after_flush(view.folder, tag, b"CLOSE completed")
+
+                # (the mailbox stays selected until the expunge is
+                # committed: a failure leaves it selected, as before CLOSE)
+                return self._in_store_command(expunge_later(view.folder, deleted, origin=self), removed, tag, b"CLOSE")
         self._unselect()
         self.sendPositiveResponse(tag, b"CLOSE completed")
 
     select_CLOSE = (do_CLOSE,)
 
-    def _expunge(self, uids: list[int]) -> list[bytes]:
+    def _expunge(self, uids: list[int], tag: bytes, command: bytes, then) -> defer.Deferred:
+        """
+        Expunge C{uids} of the selected mailbox (PostgreSQL: in a worker
+        thread, store.base.expunge_later); once committed, send their
+        EXPUNGE (or VANISHED) responses and call C{then()}, which answers
+        C{tag} (and may return a L{Deferred} to wait for). A failure
+        answers it NO (NO [UNAVAILABLE] for a lost database). Input waits
+        meanwhile; the L{Deferred} returned fires when it is answered.
+        """
         view = self.selected
-        gone = view.folder.expunge(uids, origin=self)
+
+        def removed(gone: list[int]) -> None:
+            if self.transport is None or self.selected is not view:
+                return
+            self.write_lines(self._expunged_lines(view, gone))
+            return then()
+
+        return self._in_store_command(expunge_later(view.folder, uids, origin=self), removed, tag, command)
+
+    def _expunged_lines(self, view, gone: list[int]) -> list[bytes]:
+        """The EXPUNGE responses (VANISHED with QRESYNC) of UIDs C{gone}, each dropped from C{view}."""
         if self.qresync:
             # RFC 7162 §3.2.10: VANISHED instead of EXPUNGE.
             told = [u for u in gone if view.forget(u)]
@@ -64,10 +89,9 @@ class ChangeCommands:
             deleted = [u for u in marked if u in chosen]
         else:
             deleted = marked
-        self.write_lines(self._expunge(deleted))
         if not deleted:
             return self.sendPositiveResponse(tag, b"EXPUNGE completed")
-        self._after_flush(view.folder, tag, b"EXPUNGE completed")
+        self._expunge(deleted, tag, b"EXPUNGE", lambda: self._after_flush(view.folder, tag, b"EXPUNGE completed"))
 
     def _after_flush(self, folder, tag, text: bytes) -> None:
         """
@@ -118,10 +142,12 @@ class ChangeCommands:
                 if code:
                     # resp-text needs text after the code (RFC 3501 §9).
                     self.sendUntaggedResponse(b"OK " + code + b"moved")
-                self.write_lines(self._expunge([s for s, _ in pairs]))
-                return view.folder.flush().addCallbacks(
-                    lambda _: self.sendPositiveResponse(tag, b"MOVE completed"),
-                    lambda _: self.sendNegativeResponse(tag, b"[SERVERBUG] removal may not have reached the disk"),
+                return self._expunge(
+                    [s for s, _ in pairs], tag, b"MOVE",
+                    lambda: view.folder.flush().addCallbacks(
+                        lambda _: self.sendPositiveResponse(tag, b"MOVE completed"),
+                        lambda _: self.sendNegativeResponse(tag, b"[SERVERBUG] removal may not have reached the disk"),
+                    ),
                 )
             else:
                 self.sendPositiveResponse(tag, code + b"COPY completed")

@@ -43,6 +43,7 @@ from twisted_mailhub.imap.utf8 import shown_sizes
 from twisted_mailhub.imap.view import SelectedFolder
 from twisted_mailhub.offload import DetachedBodies, in_thread, read_in_thread
 from twisted_mailhub.imap.wire import client_flags, client_text, flags_text, internal_date_text, is_field_name, shown
+from twisted_mailhub.store.base import set_flags_later
 from twisted_mailhub.store.interfaces import SEEN, NoSuchMessage, StoreError, StoreUnavailable
 
 log = Logger()
@@ -986,23 +987,31 @@ class FetchCommands:
                     continue
             uids = kept
         before = {u: view.folder.modseq(u) for u in uids} if silent and self.condstore and has_modseqs(view.folder) else {}
-        result = view.folder.set_flags(uids, flags, how, origin=self)
-        lines = []
-        if any([view.note_keywords(f) for f in result.values()]):
-            lines.extend(view.flag_lines())
-        for u in sorted(result):
-            prefix = b"* %d FETCH (" % seq_of[u] + (b"UID %d " % u if uid else b"")
-            if not silent:
-                lines.append(prefix + b"FLAGS " + flags_text(result[u], u in view.recent) + view.modseq_text(u) + b")\r\n")
-            elif before and view.folder.modseq(u) != before[u]:
-                # .SILENT still tells the new MODSEQ (RFC 7162 §3.1.3)
-                lines.append(prefix + view.modseq_text(u).strip() + b")\r\n")
-        self.write_lines(lines)
-        if modified:
-            numbers = modified if uid else [seq_of[u] for u in modified]
-            self.sendPositiveResponse(tag, b"[MODIFIED " + uid_set_text(numbers) + b"] conditional STORE failed for some messages")
-            return
-        self.sendPositiveResponse(tag, b"STORE completed")
+
+        def stored(result: dict) -> None:
+            if self.transport is None or self.selected is not view:
+                return  # (the connection or the mailbox went meanwhile)
+            lines = []
+            if any([view.note_keywords(f) for f in result.values()]):
+                lines.extend(view.flag_lines())
+            for u in sorted(result):
+                prefix = b"* %d FETCH (" % seq_of[u] + (b"UID %d " % u if uid else b"")
+                if not silent:
+                    lines.append(prefix + b"FLAGS " + flags_text(result[u], u in view.recent) + view.modseq_text(u) + b")\r\n")
+                elif before and view.folder.modseq(u) != before[u]:
+                    # .SILENT still tells the new MODSEQ (RFC 7162 §3.1.3)
+                    lines.append(prefix + view.modseq_text(u).strip() + b")\r\n")
+            self.write_lines(lines)
+            if modified:
+                numbers = modified if uid else [seq_of[u] for u in modified]
+                self.sendPositiveResponse(tag, b"[MODIFIED " + uid_set_text(numbers) + b"] conditional STORE failed for some messages")
+                return
+            self.sendPositiveResponse(tag, b"STORE completed")
+
+        # The tagged OK once the change is committed (PostgreSQL: in a
+        # worker thread, store.base.set_flags_later); the session reads no
+        # further command meanwhile, other sessions are served.
+        self._in_store_command(set_flags_later(view.folder, uids, flags, how, origin=self), stored, tag, b"STORE")
 
     def _store_arguments(self, line: bytes) -> tuple[int | None, bytes, list]:
         """STORE's [(UNCHANGEDSINCE n)] mode flag-list (RFC 3501 §6.4.6, RFC 7162 §3.1.3); the flags checked by L{client_flags}."""

@@ -171,6 +171,35 @@ class MailboxCommands:
             # RFC 7162 §7: the old mailbox is closed before the new one's
             # responses, so a client knows which they belong to.
             self.sendUntaggedResponse(b"OK [CLOSED] previous mailbox closed")
+        opener = getattr(self._store(), "select_later", None)
+        if opener is not None:
+            # PostgreSQL: the folder's rows are read in a worker thread
+            # (PostgresAccount.select_later); the session reads no further
+            # command meanwhile, other sessions are served.
+            try:
+                d = opener(self.name_from_wire(name), bool(readonly))
+            except imap4.IllegalMailboxEncoding as e:
+                self._folder_error(tag, e)
+                return
+            self._hold_input()
+
+            def opened(got) -> None:
+                folder, values = got
+                try:
+                    view = self.view_class()(self, folder, bool(readonly), values)  # imap/rev2.py
+                except StoreError as e:
+                    self._folder_error(tag, e)
+                    return
+                self._selected_now(tag, folder, view, readonly, command, condstore, qresync, values)
+
+            def failed(reason) -> None:
+                if self.transport is not None:
+                    self._folder_error(tag, reason.value)
+
+            d.addCallbacks(opened, failed)
+            d.addErrback(lambda f: log.failure("IMAP {command} reply failed", f, command=command))
+            d.addBoth(lambda _: self._release_input())
+            return
         try:
             folder = self._folder(name, settled=True)
             view = self.view_class()(self, folder, bool(readonly))  # imap/rev2.py
@@ -179,6 +208,13 @@ class MailboxCommands:
             return
         except OSError as e:
             self._folder_error(tag, e)
+            return
+        self._selected_now(tag, folder, view, readonly, command, condstore, qresync)
+
+    def _selected_now(self, tag, folder, view, readonly, command, condstore, qresync, opened=None) -> None:
+        """SELECT's (EXAMINE's) responses and tagged OK for C{view}, now made; C{opened}: its values read in a thread (else asked of the folder)."""
+        if self.transport is None:
+            view.close()
             return
         first_unseen = view.first_unseen
         lines = view.flag_lines() + [
@@ -189,13 +225,13 @@ class MailboxCommands:
         if first_unseen:
             lines.append(b"* OK [UNSEEN %d] first unseen\r\n" % first_unseen)
         lines.append(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % folder.uid_validity)
-        lines.append(b"* OK [UIDNEXT %d] predicted next UID\r\n" % folder.uid_next)
+        lines.append(b"* OK [UIDNEXT %d] predicted next UID\r\n" % (opened.uid_next if opened is not None else folder.uid_next))
         if self.rev2:
             # RFC 9051 §6.3.2: SELECT/EXAMINE MUST return a LIST response
             # with the mailbox name (its attributes MAY be left out).
             lines.append(b'* LIST () "' + DELIMITER.encode() + b'" ' + self.name_to_wire(folder.name) + b"\r\n")
         if has_modseqs(folder):
-            lines.append(b"* OK [HIGHESTMODSEQ %d] modseqs are kept\r\n" % folder.highest_modseq)
+            lines.append(b"* OK [HIGHESTMODSEQ %d] modseqs are kept\r\n" % (opened.highest_modseq if opened is not None else folder.highest_modseq))
             if condstore:
                 self.condstore_used()
             if qresync is not None:
@@ -418,6 +454,34 @@ class MailboxCommands:
         except imap4.IllegalClientResponse as e:
             self.sendBadResponse(tag, client_text(str(e)))
             return
+        opener = getattr(self._store(), "select_later", None)
+        if opener is not None:
+            # PostgreSQL: the folder is read in a worker thread, as for
+            # EXAMINE (nothing changes); the session's input waits.
+            try:
+                d = opener(self.name_from_wire(name), True)
+            except (StoreError, imap4.IllegalMailboxEncoding) as e:
+                self._folder_error(tag, e)
+                return
+            self._hold_input()
+
+            def opened(got) -> None:
+                try:
+                    response = self.status_response(got[0], keys, got[1])
+                except StoreError as e:
+                    self._folder_error(tag, e)
+                    return
+                self.sendUntaggedResponse(response)
+                self.sendPositiveResponse(tag, b"STATUS completed")
+
+            def failed(reason) -> None:
+                if self.transport is not None:
+                    self._folder_error(tag, reason.value)
+
+            d.addCallbacks(opened, failed)
+            d.addErrback(lambda f: log.failure("IMAP STATUS reply failed", f))
+            d.addBoth(lambda _: self._release_input())
+            return
         try:
             response = self.status_response(self._folder(name, settled=True), keys)
         except (StoreError, imap4.IllegalMailboxEncoding, OSError) as e:
@@ -437,21 +501,26 @@ class MailboxCommands:
                 known = [k.decode() for k in STATUS_ITEMS if not (k == b"RECENT" and self.rev2)]
                 raise imap4.IllegalClientResponse("unknown STATUS item " + shown(key, 30) + ": use " + " ".join(known))
 
-    def status_response(self, folder, keys: list[bytes]) -> bytes:
-        """C{STATUS name (item value ...)} for STATUS and LIST-STATUS (RFC 5819)."""
+    def status_response(self, folder, keys: list[bytes], opened=None) -> bytes:
+        """
+        C{STATUS name (item value ...)} for STATUS and LIST-STATUS (RFC
+        5819). C{opened}: what the store read in a worker thread
+        (PostgreSQL's L{Opened<twisted_mailhub.store.postgresql.Opened>}:
+        \\Recent, UIDNEXT, HIGHESTMODSEQ), else asked of the folder.
+        """
         infos = folder.messages()
         out = []
         for key in keys:
             if key == b"MESSAGES":
                 value = len(infos)
             elif key == b"RECENT" and not self.rev2:
-                recent = set(folder.recent())
+                recent = set(opened.recent if opened is not None else folder.recent())
                 if self.selected is not None and self.selected.folder is folder:
                     recent |= self.selected.recent
                     recent |= self.selected.recent_untold
                 value = len(recent)
             elif key == b"UIDNEXT":
-                value = folder.uid_next
+                value = opened.uid_next if opened is not None else folder.uid_next
             elif key == b"UIDVALIDITY":
                 value = folder.uid_validity
             elif key == b"UNSEEN":
@@ -463,7 +532,7 @@ class MailboxCommands:
             elif key == b"HIGHESTMODSEQ":
                 if not has_modseqs(folder):
                     continue
-                value = folder.highest_modseq
+                value = opened.highest_modseq if opened is not None else folder.highest_modseq
                 self.condstore_used()
             else:
                 continue

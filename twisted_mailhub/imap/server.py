@@ -897,6 +897,25 @@ class IMAPServer(
         if self._held == 0 and self.transport is not None and not self.transport.disconnecting:
             basic.LineReceiver.resumeProducing(self)
 
+    def _in_store_command(self, d, done, tag: bytes, command: bytes) -> defer.Deferred:
+        """
+        Hold this session's input until C{d} (a store call's L{Deferred})
+        has fired and C{done(result)} answered (C{done} may return a
+        L{Deferred} to wait for too); a failure is answered as the
+        command's (NO [UNAVAILABLE] for a database lost meanwhile).
+        Returns a L{Deferred} that fires (with None) once answered.
+        """
+        self._hold_input()
+
+        def failed(reason):
+            if self.transport is not None:
+                self._command_failed(reason.value, tag, command)
+
+        d.addCallbacks(done, failed)
+        d.addErrback(lambda f: log.failure("IMAP {command} reply failed", f, command=command))
+        d.addBoth(lambda _: self._release_input())
+        return d
+
 
 
 wire.guard_command_tables(IMAPServer)

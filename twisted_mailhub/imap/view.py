@@ -35,13 +35,22 @@ class SelectedFolder:
     What one session has been told about its selected folder.
     """
 
-    def __init__(self, session: Any, folder: Any, readonly: bool):
+    def __init__(self, session: Any, folder: Any, readonly: bool, opened: Any = None):
+        """
+        C{opened}: what the store already read for this SELECT in a worker
+        thread (PostgreSQL's L{Opened<twisted_mailhub.store.postgresql.Opened>}:
+        the \\Recent UIDs and the selection), so making the view reads
+        nothing from the database; None to ask the folder.
+        """
         self.session = session
         self.folder = folder
         self.readonly = readonly
         # EXAMINE shows \Recent but leaves it for the next SELECT (RFC 3501
         # §6.3.2: no change to the mailbox's state).
-        self.recent: set[int] = set(folder.take_new() if not readonly else folder.recent())
+        if opened is not None:
+            self.recent: set[int] = set(opened.recent)
+        else:
+            self.recent = set(folder.take_new() if not readonly else folder.recent())
         # \Recent claimed for messages not told yet (a store that tells its
         # listeners one message after another: PostgreSQL's push); moved to
         # C{recent} with their EXISTS, so RECENT never counts more than told.
@@ -53,8 +62,8 @@ class SelectedFolder:
         #: the sequence number of the first message without \Seen (0: none)
         self.first_unseen = 0
         selection = getattr(folder, "selection", None)
-        if selection is not None:
-            self.uids, first_unseen, keywords = selection()
+        if opened is not None or selection is not None:
+            self.uids, first_unseen, keywords = opened.selection if opened is not None else selection()
             self.keywords.update(keywords)
             if first_unseen:
                 self.first_unseen = self.seq_of(first_unseen)

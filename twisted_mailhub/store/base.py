@@ -5,8 +5,9 @@ What the store backends share: folder-name rules and listener bookkeeping.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from twisted_mailhub.lines import quote
@@ -109,6 +110,32 @@ def apply_flags(current: frozenset[str], flags, mode: str) -> frozenset[str]:
     if mode == "remove":
         return current - given
     raise ValueError(f"flag mode {mode!r}")
+
+
+def set_flags_later(folder: Any, uids, flags, mode: str = "replace", origin: Any = None) -> defer.Deferred:
+    """
+    A L{Deferred} of C{folder.set_flags(...)}'s answer (UID -> flags now):
+    the store's C{set_flags_later} where it has one (PostgreSQL: the
+    transaction runs in a worker thread, so the reactor does not wait for
+    the database), else C{set_flags} called now (its error as the
+    Deferred's failure). A protocol acknowledges the change when it fires.
+    """
+    later = getattr(folder, "set_flags_later", None)
+    if later is not None:
+        return later(uids, flags, mode, origin=origin)
+    return defer.maybeDeferred(folder.set_flags, uids, flags, mode, origin=origin)
+
+
+def expunge_later(folder: Any, uids, origin: Any = None) -> defer.Deferred:
+    """
+    A L{Deferred} of C{folder.expunge(...)}'s answer (the UIDs removed):
+    the store's C{expunge_later} where it has one (PostgreSQL, as
+    L{set_flags_later}), else C{expunge} called now.
+    """
+    later = getattr(folder, "expunge_later", None)
+    if later is not None:
+        return later(uids, origin=origin)
+    return defer.maybeDeferred(folder.expunge, uids, origin=origin)
 
 
 class Listeners:

@@ -34,7 +34,15 @@ Rules:
 
 How psycopg meets the reactor: L{IFolder}'s reads and flag changes are
 synchronous calls, so they run on one connection in the reactor thread
-(a few hundred microseconds on loopback). Message bytes are not read
+(a few hundred microseconds on loopback). The protocols' busiest ones do
+not: IMAP STORE, EXPUNGE, CLOSE and MOVE's expunge, SELECT, EXAMINE and
+STATUS, a POP3 login and QUIT, and the web's and the API's flag changes,
+deletions, folder opening and folder counts run their statements on the
+L{MetaConnection}, one worker thread with its own connection, in the
+order asked (L{PostgresFolder.set_flags_later}, L{expunge_later},
+L{PostgresAccount.select_later}, L{counts_later},
+L{PostgresStore.lock_maildrop_later}); the reactor applies the outcome
+to the cache and answers after COMMIT. Message bytes are not read
 there by the protocols: a search (IMAP SEARCH, SORT, THREAD, a live
 search's new messages, the web's and the API's), a whole big message for
 FETCH BODYSTRUCTURE or the web, and the bodies of IMAP FETCH (and
@@ -92,6 +100,7 @@ from twisted_mailhub.store.base import (
 )
 from twisted_mailhub.store.interfaces import (
     INBOX,
+    SEEN,
     FolderChange,
     FolderExists,
     IMailAccount,
@@ -315,6 +324,54 @@ class ReadConnections:
         with self._lock:
             self._closed = True
         self._drop_idle()
+
+
+class MetaConnection:
+    """
+    The connection on which the reactor's metadata writes and reads run
+    instead of its own (L{PostgresFolder.set_flags_later},
+    L{PostgresFolder.expunge_later}, L{PostgresAccount.select_later}): one
+    worker thread, so the calls run, and their L{Deferred}s fire in the
+    reactor, in the order they were asked, and the reactor never waits for
+    the database meanwhile. A database that cannot be reached fails the
+    Deferred with L{StoreUnavailable} (as L{Database.run} raises it).
+    """
+
+    def __init__(self, dsn: str, reactor: Any):
+        self.db = Database(dsn)
+        self.reactor = reactor
+        self._pool: ThreadPool | None = None
+        self._closed = False
+
+    def run(self, function, *args, on: Database | None = None) -> defer.Deferred:
+        """
+        A L{Deferred} of C{function(conn, *args)}, called in the worker
+        thread on this connection (or on C{on}'s, which the reactor then
+        must not use), reconnecting once, as L{Database.run}. C{function}
+        must touch no folder object: only the connection and values it was
+        given.
+        """
+        if self._closed:
+            return defer.fail(StoreUnavailable("the mail store is closing"))
+        if self._pool is None:
+            pool = ThreadPool(1, 1, "mailhub-postgresql-meta")
+            # (daemon: a process whose reactor never stops still ends)
+            pool.threadFactory = lambda *a, **k: threading.Thread(*a, daemon=True, **k)
+            pool.start()
+            self._pool = pool
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(self.reactor, self._pool, (on or self.db).run, function, *args)
+
+    def close(self) -> None:
+        """Close the connection after the calls already asked; later calls fail."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.callInThread(self.db.close)
+            self._pool.stop()
+            self._pool = None
+        else:
+            self.db.close()
 
 
 class BlobReader:
@@ -1117,6 +1174,9 @@ class PostgresFolder:
         self._last_read = 0
         self._ahead = 1
         self._shown: tuple[int, dict[int, int]] | None = None  # (last UID asked, downgraded_sizes())
+        self._writing = 0  # writes of this folder on the MetaConnection not yet back (_later)
+        self._behind = 0  # the highest modseq whose catch-up was put off meanwhile (0: none)
+        self._looked = False  # read in a thread this reactor turn (_just_looked)
 
     def _run(self, function, *args):
         return self.store.db.run(function, *args)
@@ -1175,6 +1235,11 @@ class PostgresFolder:
         if modseq <= self._watermark or modseq in self._announced:
             return
         self._announced.add(modseq)
+        # (every modseq up to the watermark is told: move it up, so a
+        # NOTIFY of this change is seen as told, with no journal read)
+        while self._watermark + 1 in self._announced:
+            self._watermark += 1
+            self._announced.discard(self._watermark)
         self._listeners.notify(change)
 
     def catch_up(self, below: int | None = None) -> None:
@@ -1246,11 +1311,20 @@ class PostgresFolder:
             "mailbox {mailbox}: the change journal was pruned past modseq {modseq}; read the folder again",
             mailbox=self.mailbox_id, modseq=self._watermark,
         )
+        self._replace(row)
+
+    def _replace(self, row: tuple) -> None:
+        """
+        Put a L{pgcache.SUMMARY} row (mark first) in place of the cache,
+        and tell the listeners what differs from it (added, flags,
+        expunged), as a full resync would.
+        """
+        before = self._table
         self._bodies.clear()
         self._table = table = FolderCache.from_summary(row[1:])
         self._mark = row[0]
         self._version += 1
-        self._watermark, self._announced = max(self._watermark, row[0]), set()
+        self._watermark, self._announced = max(self._watermark, row[0]), {m for m in self._announced if m > row[0]}
         if before is None:
             return
         old = dict(zip(before.uids, before.modseqs))
@@ -1279,7 +1353,31 @@ class PostgresFolder:
             self._watermark, self._announced, self._table = row[0], set(), None
             self._load()
         elif row[0] > self._watermark and any(m not in self._announced for m in range(self._watermark + 1, row[0] + 1)):
-            self.catch_up()
+            if self._writing:
+                self._behind = max(self._behind, row[0])  # (after that write: _later)
+            else:
+                self.catch_up()
+
+    def _opened(self, summary: tuple | None, modseq: int) -> None:
+        """
+        (in the reactor) What L{PostgresAccount.select_later} read in its
+        thread: the folder's C{highest_modseq} then, and a
+        L{pgcache.SUMMARY} row when the cache was not loaded or was behind
+        it. The cache takes it when that changes nothing told since;
+        otherwise (a write of this hub in between) it looks as
+        L{messages} does.
+        """
+        self.store._touch(self)
+        if summary is None:
+            if self._table is not None and modseq <= self._watermark:
+                return  # (the cache was current)
+        elif summary[0] >= self._watermark and all(m <= summary[0] for m in self._announced) and not self._writing:
+            if self._table is None and self._listeners.count() and summary[0] > self._watermark:
+                pass  # (changes nobody was told: the journal tells them, below)
+            else:
+                self._replace(summary)
+                return
+        self._cache()
 
     def refresh(self) -> None:
         if self.gone:
@@ -1324,6 +1422,10 @@ class PostgresFolder:
                 raise NoSuchFolder(self.name)
             return row[0] + 1
         self._sync()
+        return self.told_modseq()
+
+    def told_modseq(self) -> int:
+        """L{highest_modseq} as this hub has told it, without a look at the database."""
         told = self._watermark
         while told + 1 in self._announced:
             told += 1
@@ -1343,9 +1445,20 @@ class PostgresFolder:
         self.store._touch(self)
         if self._table is None:
             self._load()
-        else:
+        elif not self._looked:
             self._sync()
         return self._table if self._table is not None else FolderCache()
+
+    def _just_looked(self) -> None:
+        """
+        A worker thread has just read this folder's rows and modseq for
+        the command being answered (L{PostgresAccount.select_later}): the
+        rest of this reactor turn takes the cache as current, with no look
+        of its own (L{_sync}) on the reactor's connection.
+        """
+        if not self._looked:
+            self._looked = True
+            self.store.reactor.callLater(0, setattr, self, "_looked", False)
 
     def messages(self) -> list[MessageInfo]:
         if self.gone:
@@ -1392,16 +1505,17 @@ class PostgresFolder:
             known = self._shown = (last, sizes)
         return known[1]
 
-    def selection(self) -> tuple[array, int, frozenset[str]]:
+    def selection(self, look: bool = True) -> tuple[array, int, frozenset[str]]:
         """
         What an IMAP SELECT tells (RFC 3501 §6.3.1), from the cache's
         columns: (the UIDs ascending, as a new C{array('I')} the caller may
         change; the UID of the first message without C{\\Seen}, 0 if none;
-        the keywords in use). Catches up first, as L{messages} does.
+        the keywords in use). Catches up first, as L{messages} does, unless
+        not C{look} (L{PostgresAccount.select_later} just did, in a thread).
         """
         if self.gone:
             return array("I"), 0, frozenset()
-        table = self._cache()
+        table = self._cache() if look or self._table is None else self._table
         cached = self._selection
         if cached is None or cached[0] != self._version:
             cached = self._selection = (self._version, table.first_unseen(), table.keywords_in_use())
@@ -1529,16 +1643,19 @@ class PostgresFolder:
         apply()
         self.announce(modseq, change)
 
-    def set_flags(self, uids, flags, mode="replace", origin=None):
-        wanted = sorted(set(uids))
-        if not wanted:
-            return {}
+    def _flag_change(self, wanted: list[int], flags, mode: str):
+        """
+        The transaction of a flag change of UIDs C{wanted} (C{conn} ->
+        (UID -> new flags, the modseq taken or None, the UIDs changed)):
+        touches no folder object, so it may run in a thread.
+        """
+        mailbox_id = self.mailbox_id
 
         def change(conn):
             with conn.transaction():
                 rows = conn.execute(
                     "SELECT uid, flags, keywords FROM mailbox_message WHERE mailbox_id = %s AND uid = ANY(%s) ORDER BY uid FOR UPDATE",
-                    (self.mailbox_id, wanted),
+                    (mailbox_id, wanted),
                 ).fetchall()
                 result = {}
                 updates = []
@@ -1551,19 +1668,23 @@ class PostgresFolder:
                         updates.append((sorted(system), sorted(keywords), uid))
                 if not updates:
                     return result, None, ()
-                _, modseq = _bump(conn, self.mailbox_id, "flags", [u[2] for u in updates])
+                _, modseq = _bump(conn, mailbox_id, "flags", [u[2] for u in updates])
                 with conn.cursor() as cursor:
                     cursor.executemany(
                         "UPDATE mailbox_message SET flags = %s, keywords = %s, modseq = "
                         + str(int(modseq))
                         + " WHERE mailbox_id = "
-                        + str(int(self.mailbox_id))
+                        + str(int(mailbox_id))
                         + " AND uid = %s",
                         updates,
                     )
                 return result, modseq, tuple(u[2] for u in updates)
 
-        result, modseq, changed = self._run(change)
+        return change
+
+    def _flags_changed(self, outcome: tuple, origin: Any) -> dict[int, frozenset[str]]:
+        """(in the reactor) A committed flag change (L{_flag_change}'s outcome): applied to the cache and told."""
+        result, modseq, changed = outcome
         if modseq is not None:
 
             def apply():
@@ -1578,28 +1699,101 @@ class PostgresFolder:
             self._local(modseq, apply, FolderChange(flags=changed, origin=origin))
         return result
 
-    def expunge(self, uids, origin=None):
+    def set_flags(self, uids, flags, mode="replace", origin=None):
         wanted = sorted(set(uids))
         if not wanted:
-            return []
+            return {}
+        return self._flags_changed(self._run(self._flag_change(wanted, flags, mode)), origin)
+
+    def set_flags_later(self, uids, flags, mode="replace", origin=None) -> defer.Deferred:
+        """
+        L{set_flags} with the transaction run on the store's
+        L{MetaConnection} (a worker thread), so the reactor does not wait
+        for the database: a L{Deferred} of UID -> the message's flags
+        now, firing after COMMIT, once the change is in the cache and told
+        to the listeners. Fails with L{StoreUnavailable} if the database
+        cannot be reached (nothing changed then, or all of it).
+        """
+        wanted = sorted(set(uids))
+        if not wanted:
+            return defer.succeed({})
+        return self._later(self._flag_change(wanted, flags, mode), lambda outcome: self._flags_changed(outcome, origin))
+
+    def _removal(self, wanted: list[int]):
+        """The transaction of an expunge of UIDs C{wanted} (C{conn} -> (UIDs removed, the modseq taken or None)): no folder object touched."""
+        mailbox_id = self.mailbox_id
+        blobs = self.store.blobs
 
         def remove(conn):
             with conn.transaction():
                 gone = conn.execute(
                     "DELETE FROM mailbox_message WHERE mailbox_id = %s AND uid = ANY(%s) RETURNING uid, message_id",
-                    (self.mailbox_id, wanted),
+                    (mailbox_id, wanted),
                 ).fetchall()
                 if not gone:
                     return [], None
                 removed = sorted(uid for uid, _ in gone)
-                _, modseq = _bump(conn, self.mailbox_id, "expunged", removed)
-                self.store.blobs.drop(conn, [m for _, m in gone])
+                _, modseq = _bump(conn, mailbox_id, "expunged", removed)
+                blobs.drop(conn, [m for _, m in gone])
                 return removed, modseq
 
-        removed, modseq = self._run(remove)
+        return remove
+
+    def _removed(self, outcome: tuple, origin: Any) -> list[int]:
+        """(in the reactor) A committed expunge (L{_removal}'s outcome): applied to the cache and told."""
+        removed, modseq = outcome
         if modseq is not None:
             self._local(modseq, lambda: self._drop(removed), FolderChange(expunged=tuple(removed), origin=origin))
         return removed
+
+    def expunge(self, uids, origin=None):
+        wanted = sorted(set(uids))
+        if not wanted:
+            return []
+        return self._removed(self._run(self._removal(wanted)), origin)
+
+    def expunge_later(self, uids, origin=None) -> defer.Deferred:
+        """
+        L{expunge} with the transaction run on the store's
+        L{MetaConnection}: a L{Deferred} of the UIDs removed (ascending),
+        firing after COMMIT, once they are out of the cache and told.
+        Fails with L{StoreUnavailable} if the database cannot be reached.
+        """
+        wanted = sorted(set(uids))
+        if not wanted:
+            return defer.succeed([])
+        return self._later(self._removal(wanted), lambda outcome: self._removed(outcome, origin))
+
+    def _later(self, transaction, then) -> defer.Deferred:
+        """
+        Run C{transaction(conn)} on the L{MetaConnection}, then
+        C{then(outcome)} in the reactor. Meanwhile the folder does not
+        catch up from the journal (L{_sync}, a C{NOTIFY}): that would tell
+        this change before its own command could, without its origin; it
+        catches up once the last such write is back.
+        """
+        self._writing += 1
+
+        def back(result):
+            self._writing -= 1
+            return result
+
+        def caught_up(result):
+            if not self._writing and self._behind:
+                behind, self._behind = self._behind, 0
+                # (a NOTIFY of this very change is told already: no read)
+                if any(m not in self._announced for m in range(self._watermark + 1, behind + 1)):
+                    try:
+                        self.catch_up()
+                    except StoreError:
+                        pass  # caught up at its next read
+            return result
+
+        d = self.store.meta.run(transaction)
+        d.addBoth(back)
+        d.addCallback(then)
+        d.addBoth(caught_up)
+        return d
 
     def flush(self):
         # Every change above committed before it returned.
@@ -1670,6 +1864,23 @@ class PostgresFolder:
         return sorted(uid for (uid,) in rows)
 
 
+class Opened:
+    """
+    What L{PostgresAccount.select_later} read for a SELECT: C{recent}
+    (the \\Recent UIDs, ascending), C{selection} (as
+    L{PostgresFolder.selection}), C{uid_next} (UIDNEXT) and
+    C{highest_modseq} (HIGHESTMODSEQ), so the reply needs no database.
+    """
+
+    __slots__ = ("recent", "selection", "uid_next", "highest_modseq")
+
+    def __init__(self, recent: list[int], selection: tuple, uid_next: int, highest_modseq: int):
+        self.recent = recent
+        self.selection = selection
+        self.uid_next = uid_next
+        self.highest_modseq = highest_modseq
+
+
 @implementer(IMailAccount)
 class PostgresAccount:
     def __init__(self, store: "PostgresStore", address: str, account_id: int):
@@ -1691,6 +1902,96 @@ class PostgresAccount:
         if row is None:
             raise NoSuchFolder(name)
         return self.store._folder(self, row[0], name, row[1], row[2])
+
+    def select_later(self, name: str, readonly: bool = False, shown: bool = False) -> defer.Deferred:
+        """
+        Open folder C{name} for IMAP SELECT (EXAMINE when C{readonly}, RFC
+        3501 §6.3.1-2) with its reads on the store's L{MetaConnection} (a
+        worker thread), so the reactor does not wait for the database: the
+        mailbox row, the cache's rows when this hub has not loaded them or
+        they are behind, and the \\Recent messages this session takes
+        (SELECT) or sees (EXAMINE). A L{Deferred} of (the folder, an
+        L{Opened}). With C{shown}, the sizes of the messages a session
+        without UTF8 is sent downgraded are read too
+        (L{PostgresFolder.downgraded_sizes}, for a POP3 login). For the
+        rest of the reactor turn the folder's calls take its cache as
+        current (L{PostgresFolder._just_looked}).
+
+        @raise NoSuchFolder: (as the failure) there is no such folder.
+        @raise StoreUnavailable: (as the failure) the database cannot be
+            reached.
+        """
+        name = normalize_folder_name(name)
+        account_id = self.account_id
+        known = self.store._known_folder(account_id, name)
+        known_id = known.mailbox_id if known is not None and known._table is not None else None
+        watermark = known._watermark if known_id is not None else -1
+
+        def read(conn):
+            row = conn.execute(
+                "SELECT id, uid_validity, highest_modseq, uid_next FROM mailbox WHERE account_id = %s AND name = %s", (account_id, name)
+            ).fetchone()
+            if row is None:
+                return None
+            summary = None
+            if row[0] != known_id or row[2] > watermark:
+                summary = conn.execute(pgcache.SUMMARY, (row[0],), binary=True).fetchone()
+                if summary is None:
+                    return None  # (deleted meanwhile)
+            if readonly:
+                recent = conn.execute("SELECT uid FROM mailbox_message WHERE mailbox_id = %s AND recent", (row[0],)).fetchall()
+            else:
+                recent = conn.execute(
+                    "UPDATE mailbox_message SET recent = false WHERE mailbox_id = %s AND recent RETURNING uid", (row[0],)
+                ).fetchall()
+            sizes = None
+            if shown:
+                sizes = conn.execute(
+                    "SELECT uid, shown_size FROM mailbox_message WHERE mailbox_id = %s AND shown_size IS NOT NULL", (row[0],)
+                ).fetchall()
+            return row, summary, sorted(uid for (uid,) in recent), sizes
+
+        def opened(got):
+            if got is None:
+                raise NoSuchFolder(name)
+            (mailbox_id, uid_validity, modseq, uid_next), summary, recent, sizes = got
+            folder = self.store._folder(self, mailbox_id, name, uid_validity, modseq)
+            folder._opened(summary, modseq)
+            folder._just_looked()
+            if sizes is not None and folder._table is not None:
+                # (every UID of the cache was there when they were read)
+                table = folder._table
+                folder._shown = (table.uids[-1] if len(table) else 0, dict(sizes))
+            selection = folder.selection(look=False)
+            last = selection[0][-1] if len(selection[0]) else 0
+            return folder, Opened(recent, selection, max(uid_next, last + 1), folder.told_modseq())
+
+        return self.store.meta.run(read).addCallback(opened)
+
+    def counts_later(self) -> defer.Deferred:
+        """
+        Each folder's message count and how many lack C{\\Seen}, in one
+        query on the store's L{MetaConnection} (a worker thread), so the
+        reactor does not wait for the database: a L{Deferred} of a list of
+        (name, messages, unseen), INBOX first, then by name (as
+        L{folders}). Fails with L{StoreUnavailable} if the database cannot
+        be reached.
+        """
+        account_id = self.account_id
+
+        def count(conn):
+            return conn.execute(
+                "SELECT m.name, count(mm.uid), count(mm.uid) FILTER (WHERE NOT %s = ANY(mm.flags))"
+                " FROM mailbox m LEFT JOIN mailbox_message mm ON mm.mailbox_id = m.id"
+                " WHERE m.account_id = %s GROUP BY m.name",
+                (SEEN, account_id),
+            ).fetchall()
+
+        def ordered(rows):
+            found = {name: (name, int(messages), int(unseen)) for name, messages, unseen in rows}
+            return [found[INBOX]] * (INBOX in found) + [found[n] for n in sorted(found) if n != INBOX]
+
+        return self.store.meta.run(count).addCallback(ordered)
 
     def folders(self) -> list[str]:
         rows = self._run(lambda c: c.execute("SELECT name FROM mailbox WHERE account_id = %s", (self.account_id,)).fetchall())
@@ -1913,6 +2214,7 @@ class PostgresStore:
         self.db = Database(dsn)
         self.locks = Database(dsn)  # holds POP3's advisory locks
         self.readers = ReadConnections(dsn)  # worker threads' reads (BlobReader)
+        self.meta = MetaConnection(dsn, reactor)  # a worker thread's writes for the reactor (set_flags_later ...)
         self.db.run(lambda conn: pgschema.check(conn, create))
         self.blobs: IMessageBlobs = blobs if blobs is not None else ByteaBlobs()
         self.committer = GroupCommitter(self, reactor)
@@ -1943,6 +2245,40 @@ class PostgresStore:
         self.db.close()
         self.locks.close()
         self.readers.close()
+        self.meta.close()
+
+    def lock_maildrop_later(self, address: str) -> defer.Deferred:
+        """
+        L{lock_maildrop} with the lock taken, and later given back, by the
+        L{MetaConnection}'s worker thread on the lock connection (which
+        the reactor then does not use): a L{Deferred} of the function that
+        releases it, or of L{None} if another hub holds it; it fails with
+        L{StoreUnavailable} if the database cannot be reached.
+        """
+        key = address.lower()
+        locks = self.locks
+
+        def lock(conn):
+            return conn.execute("SELECT pg_try_advisory_lock(1, hashtext(%s))", (key,)).fetchone()[0], conn
+
+        def taken(got):
+            ok, held = got
+            if not ok:
+                return None
+
+            def unlocked(conn):
+                # (a lost lock connection took the lock with it: nothing to give back)
+                if conn is held and not held.closed:
+                    conn.execute("SELECT pg_advisory_unlock(1, hashtext(%s))", (key,))
+
+            def unlock() -> defer.Deferred:
+                # (fires once it is given back: a client that logs in again
+                # at once after QUIT's +OK must find it free)
+                return self.meta.run(unlocked, on=locks).addErrback(lambda _: None)
+
+            return unlock
+
+        return self.meta.run(lock, on=locks).addCallback(taken)
 
     def lock_maildrop(self, address: str):
         """
@@ -1989,6 +2325,13 @@ class PostgresStore:
             folder = PostgresFolder(self, account, mailbox_id, name, uid_validity, modseq)
             self._folders[mailbox_id] = folder
         return folder
+
+    def _known_folder(self, account_id: int, name: str) -> PostgresFolder | None:
+        """This hub's folder object of that account and name, if it has one (no database read)."""
+        for folder in list(self._folders.values()):
+            if folder.account.account_id == account_id and folder.name == name and not folder.gone:
+                return folder
+        return None
 
     def _gone(self, mailbox_id: int) -> None:
         folder = self._folders.pop(mailbox_id, None)
@@ -2077,8 +2420,13 @@ class PostgresStore:
         if folder is None or not folder._listeners.count():
             return
         try:
-            if int(what) > folder._watermark:
-                folder.catch_up()
+            modseq = int(what)
+            if modseq <= folder._watermark or modseq in folder._announced:
+                return  # told already (a change this hub made)
+            if folder._writing:
+                folder._behind = max(folder._behind, modseq)  # caught up after that write (PostgresFolder._later)
+                return
+            folder.catch_up()
         except (ValueError, StoreError):
             pass
 

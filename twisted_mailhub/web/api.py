@@ -52,6 +52,7 @@ from twisted_mailhub.imap.message import split_header
 from twisted_mailhub.imap.search import BadSearch, Candidate, compile_query, headers_in_thread, matching_in_thread
 from twisted_mailhub.login import ClientPortal
 from twisted_mailhub.ftp.vfs import FileSystemUnavailable, StorageFullError
+from twisted_mailhub.store.base import expunge_later, set_flags_later
 from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, InsufficientStorage, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.web import offload
 from twisted_mailhub.web.message import decoded, field
@@ -574,7 +575,7 @@ class ApiResource(resource.Resource):
                 folder = mail.folder(name)
                 uids = [m.uid for m in folder.messages()]
                 if uids:
-                    messages += len(folder.expunge(uids))
+                    messages += len(await expunge_later(folder, uids))
                     await defer.maybeDeferred(folder.flush)
             shell = self._shell(account.address, required=False)
             if shell is not None:
@@ -587,7 +588,15 @@ class ApiResource(resource.Resource):
     async def _folder(self, caller: Caller, account: str, folder: str) -> tuple[str, Any]:
         address = self._account(caller, account)
         try:
-            box = self.hub.store.account(address).folder(folder)
+            mail = self.hub.store.account(address)
+            opener = getattr(mail, "select_later", None)
+            if opener is not None:
+                # PostgreSQL: the folder's row and cache are read in a
+                # worker thread (as EXAMINE's: \Recent is left alone), and
+                # this request's calls take the cache as current.
+                box = (await opener(folder, True))[0]
+            else:
+                box = mail.folder(folder)
         except (StoreUnavailable, InsufficientStorage):
             raise  # 503 / 507 by the error path (_respond), not "no such folder"
         except (NoSuchFolder, StoreError):
@@ -638,6 +647,12 @@ class ApiResource(resource.Resource):
     async def api_folders(self, request, caller, account):
         address = self._account(caller, account)
         mail = self.hub.store.account(address)
+        counts_later = getattr(mail, "counts_later", None)
+        if counts_later is not None:
+            # PostgreSQL: one query in a worker thread, not three a folder
+            # on the reactor's connection.
+            rows = await counts_later()
+            return {"account": address, "folders": [{"name": n, "messages": c, "unseen": u} for n, c, u in rows]}
         out = []
         for name in mail.folders():
             box = mail.folder(name)
@@ -713,7 +728,7 @@ class ApiResource(resource.Resource):
         address, box = await self._folder(caller, account, folder)
         n = self._uid(uid)
         self._info(box, n)
-        box.expunge([n])
+        await expunge_later(box, [n])  # (PostgreSQL: in a worker thread)
         await defer.maybeDeferred(box.flush)
         return {"deleted": n}
 
@@ -725,7 +740,7 @@ class ApiResource(resource.Resource):
         changes = mode_of(body)
         result = None
         for mode, flags in changes:
-            result = box.set_flags([n], flags, mode)
+            result = await set_flags_later(box, [n], flags, mode)  # (PostgreSQL: in a worker thread)
         await defer.maybeDeferred(box.flush)
         flags = result.get(n) if result else self._info(box, n).flags
         return {"uid": n, "flags": sorted(flags or ())}

@@ -52,6 +52,7 @@ from twisted.web.template import tags
 
 from twisted_mailhub.errorwords import error_words
 from twisted_mailhub.imap.search import BadSearch, heads_in_thread, search_messages_in_thread
+from twisted_mailhub.store.base import expunge_later, set_flags_later
 from twisted_mailhub.store.interfaces import FLAGGED, INBOX, SEEN, BadFolderName, FolderExists, NoSuchFolder, NoSuchMessage, StoreError, is_out_of_space
 from twisted_mailhub.web import message as msgparse
 from twisted_mailhub.web import offload
@@ -488,17 +489,19 @@ class FolderPages(resource.Resource):
         # Each answers once the change is durable (its flush), so a full
         # disk or an outage meanwhile is the one error path's page, never
         # a redirect as if done.
+        # (PostgreSQL: the flag change or expunge runs in a worker thread,
+        # store.base.set_flags_later / expunge_later)
         if action in ("flag", "unflag"):
-            folder.set_flags([uid], [FLAGGED], "add" if action == "flag" else "remove", origin=self)
-            return folder.flush().addCallback(lambda _: redirect(request, message_url(self.name, uid)))
+            d = set_flags_later(folder, [uid], [FLAGGED], "add" if action == "flag" else "remove", origin=self)
+            return d.addCallback(lambda _: folder.flush()).addCallback(lambda _: redirect(request, message_url(self.name, uid)))
         if action in ("unread",):
-            folder.set_flags([uid], [SEEN], "remove", origin=self)
-            return folder.flush().addCallback(lambda _: redirect(request, back))
+            d = set_flags_later(folder, [uid], [SEEN], "remove", origin=self)
+            return d.addCallback(lambda _: folder.flush()).addCallback(lambda _: redirect(request, back))
         if action in ("delete", "move"):
             target_name = TRASH if action == "delete" else form_value(request, "target")
             if action == "delete" and self.name == TRASH:
-                folder.expunge([uid], origin=self)
-                return folder.flush().addCallback(lambda _: redirect(request, back))
+                d = expunge_later(folder, [uid], origin=self)
+                return d.addCallback(lambda _: folder.flush()).addCallback(lambda _: redirect(request, back))
             try:
                 target = account.folder(target_name)
             except NoSuchFolder:
@@ -517,8 +520,7 @@ class FolderPages(resource.Resource):
                 if isinstance(pairs, list) and not pairs:
                     # (gone between the look above and the copy: nothing to move)
                     raise NoSuchMessage(uid)
-                folder.expunge([uid], origin=self)
-                return folder.flush()
+                return expunge_later(folder, [uid], origin=self).addCallback(lambda _: folder.flush())
 
             return d.addCallback(copied).addCallback(lambda _: redirect(request, back))
         raise Refused(400, "That form asks for nothing this page does (delete, move, flag, unflag, unread); nothing was changed.", back=message_url(self.name, uid))
@@ -538,14 +540,13 @@ class FolderPages(resource.Resource):
         # another client moved here since the page was made)
         below = number_value(request, "below", 1, 1, 2**32, clamp=False)
         uids = [i.uid for i in folder.messages() if i.uid < below]
-        if uids:
-            folder.expunge(uids, origin=self)
+        removed = expunge_later(folder, uids, origin=self) if uids else defer.succeed([])
 
         def done(_):
             self.session.notice = f"{msgparse.visible(self.name)} emptied: {len(uids)} message{'s' if len(uids) != 1 else ''} deleted for ever."
             return redirect(request, folder_url(self.name))
 
-        return folder.flush().addCallback(done)
+        return removed.addCallback(lambda _: folder.flush()).addCallback(done)
 
     # -- pages -------------------------------------------------------------
 
@@ -682,8 +683,7 @@ class FolderPages(resource.Resource):
         flushed = None
         if SEEN not in info.flags:
             # \Seen for IMAP and POP3 too: the same store.
-            folder.set_flags([info.uid], [SEEN], "add", origin=self)
-            flushed = folder.flush()
+            flushed = set_flags_later(folder, [info.uid], [SEEN], "add", origin=self).addCallback(lambda _: folder.flush())
         allow_remote = form_value(request, "remote-images") == "1"
         if allow_remote:
             request.setHeader(b"content-security-policy", request.responseHeaders.getRawHeaders(b"content-security-policy")[0].replace(b"img-src 'self' data:", b"img-src 'self' data: https: http:"))
