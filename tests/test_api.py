@@ -573,3 +573,38 @@ def test_a_file_name_that_is_not_utf8_is_listed_fetched_and_deleted_by_its_ref(h
     assert [e["ref"] for e in call(hub, "GET", "/accounts/me/files").json()["entries"]] == ["caf%C3%A9.txt"]
     error_of(call(hub, "GET", "/accounts/me/folders/caf%E9/messages"), 400, "bad_path")
     error_of(call(hub, "GET", "/accounts/me/caf%E9"), 400, "bad_path")
+
+
+def _from_page(hub, method: str, path: str, body: bytes, headers: dict[str, str], auth=ADMIN) -> Reply:
+    """A request as a browser sends it from a page: with the Basic credentials it cached, and C{headers}."""
+    connection = http.client.HTTPConnection(hub.host, hub.ports["web"], timeout=30)
+    all_headers = {"Authorization": "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode(), "Content-Type": "text/plain", **headers}
+    try:
+        connection.request(method, "/api/v1" + path, body=body, headers=all_headers)
+        response = connection.getresponse()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+def test_a_page_of_another_site_cannot_use_the_browsers_cached_basic_credentials(hub):
+    # <form enctype="text/plain" method="post" action="http://hub/api/v1/accounts">
+    # with <input name='{"address":"mallory@localhost","password":"pw","x":"' value='"}'>:
+    # the body is JSON, and the browser adds the Basic credentials it cached.
+    body = b'{"address":"mallory@localhost","password":"pw","x":"="}'
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site", "Origin": f"http://{hub.host}:{hub.ports['web']}"}, {"Sec-Fetch-Site": "same-site"}):
+        refused = _from_page(hub, "POST", "/accounts", body, headers)
+        assert error_of(refused, 403, "cross_site")["message"].startswith("a page of another site may not change anything")
+    send(hub, "keep me")
+    uid = call(hub, "GET", "/accounts/me/folders/INBOX/messages").json()["messages"][0]["uid"]
+    flags = f"/accounts/me/folders/INBOX/messages/{uid}/flags"
+    for method, path in (("POST", "/purge"), ("DELETE", "/accounts/alice@localhost"), ("POST", flags), ("DELETE", f"/accounts/me/folders/INBOX/messages/{uid}")):
+        error_of(_from_page(hub, method, path, b'{"add":["\\\\Deleted"]}', {"Origin": "http://evil.example"}), 403, "cross_site")
+    accounts = call(hub, "GET", "/accounts", auth=ADMIN).json()["accounts"]
+    assert "mallory@localhost" not in accounts and "alice@localhost" in accounts
+    assert len(call(hub, "GET", "/accounts/me/folders/INBOX/messages").json()["messages"]) == 1
+    # The hub's own pages, and programs (no Origin at all), still may.
+    same = _from_page(hub, "POST", "/accounts", b'{"address":"carol@localhost","password":"pw"}', {"Origin": f"http://{hub.host}:{hub.ports['web']}", "Sec-Fetch-Site": "same-origin"})
+    assert same.status == 201, same.body
+    assert call(hub, "DELETE", "/accounts/carol@localhost", auth=ADMIN).status == 200
+    assert call(hub, "POST", flags, json_body={"add": ["\\Flagged"]}).status == 200

@@ -12,7 +12,10 @@ Rules:
  - A caller authenticates on every request with HTTP Basic (the account's
    address and password, through the hub's portal and login throttle like
    every protocol) or with a bearer token from C{POST /api/v1/tokens}. No
-   cookies: the API needs no CSRF token. Plain HTTP from outside
+   cookies; but a browser sends the Basic credentials it cached with any
+   page's form, so a POST, PUT or DELETE that a browser says came from
+   another origin (C{Origin}, C{Sec-Fetch-Site}: L{site.cross_site}) is
+   refused 403 C{cross_site}. Plain HTTP from outside
    C{--trusted-networks} is sent to HTTPS by the web root before it gets
    here.
  - An account sees its own mail and files (C{me} names it in paths); a
@@ -55,6 +58,7 @@ from twisted_mailhub.ftp.vfs import FileSystemUnavailable, StorageFullError
 from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, InsufficientStorage, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.web import offload
 from twisted_mailhub.web.message import decoded, field
+from twisted_mailhub.web.site import cross_site
 
 log = Logger()
 
@@ -415,6 +419,11 @@ class ApiResource(resource.Resource):
             if route.method != method:
                 allowed.append(route.method)
                 continue
+            if method != "GET" and cross_site(request):
+                # A page of another site posting with the Basic credentials
+                # the browser cached for this one (a form's text/plain body
+                # can be JSON): refused before any login is tried.
+                raise ApiError(403, "cross_site", "a page of another site may not change anything here: send the request yourself (no Origin header), or from this site's own pages")
             caller = None
             if route.auth != "none":
                 caller = await self._authenticate(request)
