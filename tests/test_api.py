@@ -608,3 +608,26 @@ def test_a_page_of_another_site_cannot_use_the_browsers_cached_basic_credentials
     assert same.status == 201, same.body
     assert call(hub, "DELETE", "/accounts/carol@localhost", auth=ADMIN).status == 200
     assert call(hub, "POST", flags, json_body={"add": ["\\Flagged"]}).status == 200
+
+
+def test_a_senders_script_or_style_sheet_part_is_served_as_octets_not_as_script(hub):
+    # With CSP script-src 'self', a part served as text/javascript at a URL
+    # of the hub's own origin is a script any page of the hub could load.
+    m = EmailMessage()
+    m["From"] = "sender@example.net"
+    m["To"] = "alice@localhost"
+    m["Subject"] = "runnable parts"
+    m.set_content("see the attachments\n")
+    m.add_attachment(b"alert(document.domain)\n", maintype="text", subtype="javascript", filename="a.js")
+    m.add_attachment(b"alert(1)\n", maintype="application", subtype="x-javascript", filename="b.js")
+    m.add_attachment(b"body{background:url(//evil.example/)}\n", maintype="text", subtype="css", filename="c.css")
+    m.add_attachment(b"\0asm\1\0\0\0", maintype="application", subtype="wasm", filename="d.wasm")
+    m.add_attachment(b"a,b\r\n", maintype="text", subtype="csv", filename="e.csv")
+    send(hub, "", message=m)
+    uid = call(hub, "GET", "/accounts/me/folders/INBOX/messages").json()["messages"][0]["uid"]
+    types = []
+    for n in range(2, 7):
+        reply = call(hub, "GET", f"/accounts/me/folders/INBOX/messages/{uid}/parts/{n}")
+        assert reply.status == 200 and reply.headers["x-content-type-options"] == "nosniff"
+        types.append(reply.headers["content-type"])
+    assert types == ["application/octet-stream"] * 4 + ["text/csv"]

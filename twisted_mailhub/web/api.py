@@ -74,6 +74,20 @@ MAX_OFFSET = 10**9
 MAX_JSON_BODY = 1024 * 1024
 
 
+#: Types a page loads and runs or applies from a URL whatever its
+#: Content-Disposition (the JavaScript MIME types of WHATWG MIME Sniffing
+#: §4.6, CSS, WebAssembly): a message part of one of these is served by
+#: the API as application/octet-stream (with nosniff, nothing runs it).
+RUNNABLE_TYPES = frozenset(
+    {
+        "application/ecmascript", "application/javascript", "application/x-ecmascript", "application/x-javascript",
+        "text/ecmascript", "text/javascript", "text/javascript1.0", "text/javascript1.1", "text/javascript1.2",
+        "text/javascript1.3", "text/javascript1.4", "text/javascript1.5", "text/jscript", "text/livescript",
+        "text/x-ecmascript", "text/x-javascript", "text/css", "application/wasm",
+    }
+)
+
+
 _FLAG = re.compile(r"^\\?[!#$&'+\-.0-9:<>?@A-Z^_`a-z|~]{1,64}$")
 def _usable_name(name: str) -> bool:
     """Whether C{name} can name an account: the hub's one rule (L{accounts.account_name_problem})."""
@@ -709,7 +723,9 @@ class ApiResource(resource.Resource):
             filename = f"part-{part}"
         safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename)[:100] or f"part-{part}"
         content_type = chosen.get_content_type()
-        if not re.match(r"^[a-z0-9.+-]+/[a-z0-9.+-]+$", content_type):
+        if not re.match(r"^[a-z0-9.+-]+/[a-z0-9.+-]+$", content_type) or content_type in RUNNABLE_TYPES:
+            # (a sender's script or style sheet at a URL of this origin is
+            # one a page here could load: CSP's 'self' would let it run)
             content_type = "application/octet-stream"
         return Raw(
             200,

@@ -144,7 +144,7 @@ def document() -> dict[str, Any]:
         msg + "/parts/{part}": {
             "get": _op(
                 "One leaf part, decoded (an attachment download)",
-                {"200": {"description": "The part's content, with its own content type", "content": {"*/*": {"schema": {"type": "string"}}}}, **_errors(400, 401, 403, 404)},
+                {"200": {"description": "The part's content, with its own content type (a script, style sheet or WebAssembly type: application/octet-stream)", "content": {"*/*": {"schema": {"type": "string"}}}}, **_errors(400, 401, 403, 404)},
                 mp + [{"name": "part", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": 999999}}],
             ),
         },
