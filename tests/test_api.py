@@ -631,3 +631,25 @@ def test_a_senders_script_or_style_sheet_part_is_served_as_octets_not_as_script(
         assert reply.status == 200 and reply.headers["x-content-type-options"] == "nosniff"
         types.append(reply.headers["content-type"])
     assert types == ["application/octet-stream"] * 4 + ["text/csv"]
+
+
+def test_many_passwords_at_once_are_checked_one_after_another(hub):
+    # Eight wrong passwords in eight requests at once, then the right one:
+    # it is checked only once the eight are answered (held 0.1 s, 0.2 s,
+    # ... 0.8 s one after another: 3.6 s), not found at once beside them.
+    results: dict[int, tuple[int, float]] = {}
+
+    def attempt(n: int, password: str) -> None:
+        reply = call(hub, "GET", "/accounts/me/folders", auth=("alice@localhost", password))
+        results[n] = (reply.status, time.monotonic())
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=attempt, args=(n, f"guess{n}")) for n in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    attempt(8, "secret")
+    for t in threads:
+        t.join(30)
+    assert [results[n][0] for n in range(9)] == [401] * 8 + [200]
+    assert results[8][1] - started >= 3.0
