@@ -15,7 +15,7 @@ class Marker:
 class ThrottleTests(SynchronousTestCase):
     def setUp(self):
         self.clock = task.Clock()
-        book = AccountBook(["example.org"])
+        self.book = book = AccountBook(["example.org"])
         book.add("alice", "secret")
         realm = MailhubRealm(book)
         realm.register(Marker, lambda account, mind: (account, lambda: None))
@@ -83,5 +83,10 @@ class ThrottleTests(SynchronousTestCase):
         other = ClientPortal(self.portal.portal, self.portal.throttle, "192.0.2.2", "test")
         wrong = self.login(b"wrong")
         self.assertEqual(other.login(credentials.UsernamePassword(b"alice", b"secret"), None, Marker).result[1].address, "alice@example.org")
+        # Another account from the same address (a classroom behind one
+        # NAT) is not held up behind it either.
+        self.book.add("bob", "hungry")
+        bob = self.portal.login(credentials.UsernamePassword(b"bob", b"hungry"), None, Marker)
+        self.assertEqual(self.successResultOf(bob)[1].address, "bob@example.org")
         self.clock.advance(10)
         self.failureResultOf(wrong, error.UnauthorizedLogin)

@@ -14,12 +14,16 @@ passwords in a row take at least C{step * 55} seconds in all. A success resets
 the counters for that address and account, so the right password still works.
 Counters are forgotten after C{forget_after} seconds without a failure.
 
-One client logs in one attempt at a time: an attempt is checked only once
-the client's attempts before it are answered (L{ClientPortal}; a failure's
-answer is held as above). Held answers alone would let a client with many
-connections or HTTP requests at once (the web login, the JSON API's Basic
-credentials) try as many passwords at once, the right one answered at
-once. A success is answered at once and lets the next attempt go.
+One client tries one password at a time for an account: an attempt is
+checked only once that client's attempts before it for the same login
+name are answered (L{ClientPortal}; a failure's answer is held as above).
+Held answers alone would let a client with many connections or HTTP
+requests at once (the web login, the JSON API's Basic credentials) try as
+many passwords at once, the right one answered at once. A success is
+answered at once and lets the next attempt go. (Per client and name, not
+per client: a mail program retrying an old password from one address
+does not hold up the other accounts logging in from that address, a
+classroom behind one NAT.)
 """
 
 from __future__ import annotations
@@ -87,12 +91,13 @@ class LoginThrottle:
         self._failures.pop(("user", username.lower()), None)
 
 
-# Per throttle: client key -> the attempts of that client in order, each a
-# Deferred that fires once it is answered (the first is being checked).
-_turns: "weakref.WeakKeyDictionary[Any, dict[str, list[defer.Deferred]]]" = weakref.WeakKeyDictionary()
+# Per throttle: (client key, login name in lower case) -> the attempts in
+# order, each a Deferred that fires once it is answered (the first is
+# being checked).
+_turns: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str], list[defer.Deferred]]]" = weakref.WeakKeyDictionary()
 
 
-def _take_turn(throttle: Any, key: str) -> tuple[defer.Deferred, defer.Deferred]:
+def _take_turn(throttle: Any, key: tuple[str, str]) -> tuple[defer.Deferred, defer.Deferred]:
     """
     A place in C{key}'s line of login attempts on C{throttle}: (a Deferred
     that fires with None when the attempts before it are answered, the
@@ -121,8 +126,9 @@ def _take_turn(throttle: Any, key: str) -> tuple[defer.Deferred, defer.Deferred]
 class ClientPortal:
     """
     The portal as one connection sees it: L{Portal.login} with throttling,
-    and with the client's address for the log. A client's attempts are
-    checked one at a time, each once those before it are answered.
+    and with the client's address for the log. A client's attempts for one
+    login name are checked one at a time, each once those before it are
+    answered.
     """
 
     def __init__(self, portal: Portal, throttle: LoginThrottle, client_address: str, protocol: str, metrics: Any = None):
@@ -137,7 +143,7 @@ class ClientPortal:
         if isinstance(username, bytes):
             username = username.decode("utf-8", "replace")
         key = client_key(self.client_address)
-        go, done = _take_turn(self.throttle, key)
+        go, done = _take_turn(self.throttle, (key, username.lower()))
         d = go.addCallback(lambda _: self.portal.login(credentials, mind, *interfaces))
 
         def answered(result):
