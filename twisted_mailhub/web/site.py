@@ -258,8 +258,20 @@ class WebFace:
             return cached
         name = COOKIE_HTTPS if request_secure(request) else COOKIE_HTTP
         found = self.sessions.get(request.getCookie(name))
+        if found is not None and found.user is not None and not self._account_exists(found.user):
+            # The account was removed (the API, mailhub-admin and a
+            # SIGHUP): its sessions end, as its API tokens do.
+            self.sessions.end(found)
+            found = None
         request._mailhub_session = found
         return found
+
+    def _account_exists(self, user: Any) -> bool:
+        """Is the account of the signed-in L{IWebUser} C{user} still one of the hub's?"""
+        accounts = getattr(self.hub, "accounts", None)
+        if accounts is None or not hasattr(accounts, "find"):
+            return True
+        return accounts.find(user.address) is not None
 
     def user(self, request: Any):
         """The signed-in L{IWebUser} of C{request}, or L{None}."""
