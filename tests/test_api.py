@@ -573,3 +573,83 @@ def test_a_file_name_that_is_not_utf8_is_listed_fetched_and_deleted_by_its_ref(h
     assert [e["ref"] for e in call(hub, "GET", "/accounts/me/files").json()["entries"]] == ["caf%C3%A9.txt"]
     error_of(call(hub, "GET", "/accounts/me/folders/caf%E9/messages"), 400, "bad_path")
     error_of(call(hub, "GET", "/accounts/me/caf%E9"), 400, "bad_path")
+
+
+def _from_page(hub, method: str, path: str, body: bytes, headers: dict[str, str], auth=ADMIN) -> Reply:
+    """A request as a browser sends it from a page: with the Basic credentials it cached, and C{headers}."""
+    connection = http.client.HTTPConnection(hub.host, hub.ports["web"], timeout=30)
+    all_headers = {"Authorization": "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode(), "Content-Type": "text/plain", **headers}
+    try:
+        connection.request(method, "/api/v1" + path, body=body, headers=all_headers)
+        response = connection.getresponse()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+def test_a_page_of_another_site_cannot_use_the_browsers_cached_basic_credentials(hub):
+    # <form enctype="text/plain" method="post" action="http://hub/api/v1/accounts">
+    # with <input name='{"address":"mallory@localhost","password":"pw","x":"' value='"}'>:
+    # the body is JSON, and the browser adds the Basic credentials it cached.
+    body = b'{"address":"mallory@localhost","password":"pw","x":"="}'
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site", "Origin": f"http://{hub.host}:{hub.ports['web']}"}, {"Sec-Fetch-Site": "same-site"}):
+        refused = _from_page(hub, "POST", "/accounts", body, headers)
+        assert error_of(refused, 403, "cross_site")["message"].startswith("a page of another site may not change anything")
+    send(hub, "keep me")
+    uid = call(hub, "GET", "/accounts/me/folders/INBOX/messages").json()["messages"][0]["uid"]
+    flags = f"/accounts/me/folders/INBOX/messages/{uid}/flags"
+    for method, path in (("POST", "/purge"), ("DELETE", "/accounts/alice@localhost"), ("POST", flags), ("DELETE", f"/accounts/me/folders/INBOX/messages/{uid}")):
+        error_of(_from_page(hub, method, path, b'{"add":["\\\\Deleted"]}', {"Origin": "http://evil.example"}), 403, "cross_site")
+    accounts = call(hub, "GET", "/accounts", auth=ADMIN).json()["accounts"]
+    assert "mallory@localhost" not in accounts and "alice@localhost" in accounts
+    assert len(call(hub, "GET", "/accounts/me/folders/INBOX/messages").json()["messages"]) == 1
+    # The hub's own pages, and programs (no Origin at all), still may.
+    same = _from_page(hub, "POST", "/accounts", b'{"address":"carol@localhost","password":"pw"}', {"Origin": f"http://{hub.host}:{hub.ports['web']}", "Sec-Fetch-Site": "same-origin"})
+    assert same.status == 201, same.body
+    assert call(hub, "DELETE", "/accounts/carol@localhost", auth=ADMIN).status == 200
+    assert call(hub, "POST", flags, json_body={"add": ["\\Flagged"]}).status == 200
+
+
+def test_a_senders_script_or_style_sheet_part_is_served_as_octets_not_as_script(hub):
+    # With CSP script-src 'self', a part served as text/javascript at a URL
+    # of the hub's own origin is a script any page of the hub could load.
+    m = EmailMessage()
+    m["From"] = "sender@example.net"
+    m["To"] = "alice@localhost"
+    m["Subject"] = "runnable parts"
+    m.set_content("see the attachments\n")
+    m.add_attachment(b"alert(document.domain)\n", maintype="text", subtype="javascript", filename="a.js")
+    m.add_attachment(b"alert(1)\n", maintype="application", subtype="x-javascript", filename="b.js")
+    m.add_attachment(b"body{background:url(//evil.example/)}\n", maintype="text", subtype="css", filename="c.css")
+    m.add_attachment(b"\0asm\1\0\0\0", maintype="application", subtype="wasm", filename="d.wasm")
+    m.add_attachment(b"a,b\r\n", maintype="text", subtype="csv", filename="e.csv")
+    send(hub, "", message=m)
+    uid = call(hub, "GET", "/accounts/me/folders/INBOX/messages").json()["messages"][0]["uid"]
+    types = []
+    for n in range(2, 7):
+        reply = call(hub, "GET", f"/accounts/me/folders/INBOX/messages/{uid}/parts/{n}")
+        assert reply.status == 200 and reply.headers["x-content-type-options"] == "nosniff"
+        types.append(reply.headers["content-type"])
+    assert types == ["application/octet-stream"] * 4 + ["text/csv"]
+
+
+def test_many_passwords_at_once_are_checked_one_after_another(hub):
+    # Eight wrong passwords in eight requests at once, then the right one:
+    # it is checked only once the eight are answered (held 0.1 s, 0.2 s,
+    # ... 0.8 s one after another: 3.6 s), not found at once beside them.
+    results: dict[int, tuple[int, float]] = {}
+
+    def attempt(n: int, password: str) -> None:
+        reply = call(hub, "GET", "/accounts/me/folders", auth=("alice@localhost", password))
+        results[n] = (reply.status, time.monotonic())
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=attempt, args=(n, f"guess{n}")) for n in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    attempt(8, "secret")
+    for t in threads:
+        t.join(30)
+    assert [results[n][0] for n in range(9)] == [401] * 8 + [200]
+    assert results[8][1] - started >= 3.0

@@ -15,7 +15,7 @@ class Marker:
 class ThrottleTests(SynchronousTestCase):
     def setUp(self):
         self.clock = task.Clock()
-        book = AccountBook(["example.org"])
+        self.book = book = AccountBook(["example.org"])
         book.add("alice", "secret")
         realm = MailhubRealm(book)
         realm.register(Marker, lambda account, mind: (account, lambda: None))
@@ -50,3 +50,43 @@ class ThrottleTests(SynchronousTestCase):
         d = self.login(b"wrong")
         self.clock.advance(0.1)
         self.failureResultOf(d)
+
+    def test_one_client_tries_one_password_at_a_time(self):
+        # Twenty wrong passwords and the right one all at once (twenty-one
+        # HTTP requests, or connections): each is checked only once the
+        # attempts before it are answered, so the right one is not found
+        # at once, and two seconds let five guesses through, not twenty.
+        wrong = [self.login(b"guess%d" % n) for n in range(20)]
+        right = self.login(b"secret")
+        self.assertNoResult(right)
+        self.clock.advance(0)
+        answered = 0
+        for _ in range(20):
+            self.clock.advance(0.1)
+        for d in wrong:
+            result = []
+            d.addBoth(lambda r, result=result: (result.append(r), r)[1])
+            answered += len(result)
+        self.assertEqual(answered, 5)  # held 0.1 + 0.2 + 0.3 + 0.4 + 0.5 = 1.5 s; the sixth 2.1 s
+        self.assertNoResult(right)
+        for _ in range(30):
+            self.clock.advance(10)  # (the cap: each hold is at most 10 s)
+        for d in wrong:
+            self.failureResultOf(d, error.UnauthorizedLogin)
+        iface, account, logout = self.successResultOf(right)
+        self.assertEqual(account.address, "alice@example.org")
+
+    def test_a_client_after_a_success_and_other_clients_are_not_held(self):
+        first, second = self.login(b"secret"), self.login(b"secret")
+        self.successResultOf(first)
+        self.successResultOf(second)
+        other = ClientPortal(self.portal.portal, self.portal.throttle, "192.0.2.2", "test")
+        wrong = self.login(b"wrong")
+        self.assertEqual(other.login(credentials.UsernamePassword(b"alice", b"secret"), None, Marker).result[1].address, "alice@example.org")
+        # Another account from the same address (a classroom behind one
+        # NAT) is not held up behind it either.
+        self.book.add("bob", "hungry")
+        bob = self.portal.login(credentials.UsernamePassword(b"bob", b"hungry"), None, Marker)
+        self.assertEqual(self.successResultOf(bob)[1].address, "bob@example.org")
+        self.clock.advance(10)
+        self.failureResultOf(wrong, error.UnauthorizedLogin)

@@ -124,3 +124,23 @@ def test_static_files_are_served_but_never_outside_their_folder(hub):
         status = answer.split(b"\r\n", 1)[0]
         assert b" 200 " not in status, (path, answer[:300])
         assert b"import" not in answer
+
+
+def test_the_sessions_of_a_removed_account_end_with_it(start_hub):
+    from tests.test_api import call
+
+    hub = start_hub("--teacher", "bob")
+    teacher = ("bob@localhost", "hungry")
+    assert call(hub, "POST", "/accounts", auth=teacher, json_body={"address": "dave@localhost", "password": "pw"}).status == 201
+    dave = WebClient(hub)
+    dave.login("dave@localhost", "pw")
+    assert dave.get("/mail/INBOX").status == 200
+    alice = WebClient(hub)
+    alice.login("alice", "secret")
+    assert call(hub, "DELETE", "/accounts/dave@localhost", auth=teacher).status == 200
+    # The next request of the removed account's browser is a stranger's:
+    # no mail read, none sent under its name.
+    gone = dave.get("/mail/INBOX")
+    assert gone.status == 303 and gone.header("Location").startswith("/login"), (gone.status, gone.header("Location"))
+    assert dave.get("/").header("Location") == "/login"
+    assert alice.get("/mail/INBOX").status == 200

@@ -13,10 +13,22 @@ account, is answered only after C{step * n} seconds (capped), so ten wrong
 passwords in a row take at least C{step * 55} seconds in all. A success resets
 the counters for that address and account, so the right password still works.
 Counters are forgotten after C{forget_after} seconds without a failure.
+
+One client tries one password at a time for an account: an attempt is
+checked only once that client's attempts before it for the same login
+name are answered (L{ClientPortal}; a failure's answer is held as above).
+Held answers alone would let a client with many connections or HTTP
+requests at once (the web login, the JSON API's Basic credentials) try as
+many passwords at once, the right one answered at once. A success is
+answered at once and lets the next attempt go. (Per client and name, not
+per client: a mail program retrying an old password from one address
+does not hold up the other accounts logging in from that address, a
+classroom behind one NAT.)
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from twisted.cred import error
@@ -79,10 +91,44 @@ class LoginThrottle:
         self._failures.pop(("user", username.lower()), None)
 
 
+# Per throttle: (client key, login name in lower case) -> the attempts in
+# order, each a Deferred that fires once it is answered (the first is
+# being checked).
+_turns: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str], list[defer.Deferred]]]" = weakref.WeakKeyDictionary()
+
+
+def _take_turn(throttle: Any, key: tuple[str, str]) -> tuple[defer.Deferred, defer.Deferred]:
+    """
+    A place in C{key}'s line of login attempts on C{throttle}: (a Deferred
+    that fires with None when the attempts before it are answered, the
+    Deferred to fire when this one is answered).
+    """
+    lines = _turns.setdefault(throttle, {})
+    line = lines.setdefault(key, [])
+    done: defer.Deferred = defer.Deferred()
+    before = line[-1] if line else None
+    line.append(done)
+
+    def answered(result: Any) -> Any:
+        line.remove(done)
+        if not line:
+            lines.pop(key, None)
+        return result
+
+    done.addBoth(answered)
+    if before is None:
+        return defer.succeed(None), done
+    go: defer.Deferred = defer.Deferred()
+    before.addBoth(lambda result: (go.callback(None), result)[1])
+    return go, done
+
+
 class ClientPortal:
     """
     The portal as one connection sees it: L{Portal.login} with throttling,
-    and with the client's address for the log.
+    and with the client's address for the log. A client's attempts for one
+    login name are checked one at a time, each once those before it are
+    answered.
     """
 
     def __init__(self, portal: Portal, throttle: LoginThrottle, client_address: str, protocol: str, metrics: Any = None):
@@ -96,10 +142,16 @@ class ClientPortal:
         username = getattr(credentials, "username", b"")
         if isinstance(username, bytes):
             username = username.decode("utf-8", "replace")
-        d = self.portal.login(credentials, mind, *interfaces)
+        key = client_key(self.client_address)
+        go, done = _take_turn(self.throttle, (key, username.lower()))
+        d = go.addCallback(lambda _: self.portal.login(credentials, mind, *interfaces))
+
+        def answered(result):
+            done.callback(None)
+            return result
 
         def ok(result):
-            self.throttle.succeeded(client_key(self.client_address), username)
+            self.throttle.succeeded(key, username)
             if self.metrics is not None:
                 self.metrics.logins.labels(self.protocol, "ok").inc()
             log.info(
@@ -112,7 +164,7 @@ class ClientPortal:
 
         def failed(reason):
             reason.trap(error.UnauthorizedLogin, error.UnhandledCredentials)
-            delay = self.throttle.failed(client_key(self.client_address), username)
+            delay = self.throttle.failed(key, username)
             if self.metrics is not None:
                 self.metrics.logins.labels(self.protocol, "failed").inc()
             log.info(
@@ -124,7 +176,7 @@ class ClientPortal:
             )
             return task.deferLater(self.throttle.clock, delay, lambda: reason)
 
-        return d.addCallbacks(ok, failed)
+        return d.addCallbacks(ok, failed).addBoth(answered)
 
     def listCredentialsInterfaces(self):
         return self.portal.listCredentialsInterfaces()

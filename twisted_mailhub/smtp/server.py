@@ -85,6 +85,11 @@ from twisted_mailhub.transcript import RecordingPortal, is_command_word, looks_l
 
 log = Logger()
 
+#: An HTTP request line (RFC 9112 §3), as a browser sends one to any port
+#: a page names: closes an SMTP session at once, as Postfix's
+#: smtpd_forbidden_commands does.
+_HTTP_REQUEST_LINE = re.compile(r"^(?:GET|POST|PUT|HEAD|OPTIONS|CONNECT|DELETE|PATCH) \S+ HTTP/\d(?:\.\d)?$")
+
 COMMAND = "COMMAND"
 AUTH = "AUTH"
 DATA = "DATA"
@@ -502,6 +507,12 @@ class MailhubSMTP(smtp.ESMTP):
         upper = verb.upper()
         handler = getattr(self, "smtp_" + upper, None)
         after_auth, self._after_auth = self._after_auth, upper == "AUTH"
+        if handler is None and _HTTP_REQUEST_LINE.match(line):
+            # A web page's form posted to this port (the "HTML form
+            # protocol attack"): the request's body would be read as
+            # commands, from the browser's address. Its first line ends it.
+            self.reply(421, f"4.7.0 {self.hub.hostname} Error: this is an SMTP server, and that was an HTTP request (RFC 9112 §3): closing")
+            return self.close()
         if handler is None:
             secret = after_auth and looks_like_a_secret(line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line, following=after_auth == "secret")
             if secret:

@@ -12,7 +12,10 @@ Rules:
  - A caller authenticates on every request with HTTP Basic (the account's
    address and password, through the hub's portal and login throttle like
    every protocol) or with a bearer token from C{POST /api/v1/tokens}. No
-   cookies: the API needs no CSRF token. Plain HTTP from outside
+   cookies; but a browser sends the Basic credentials it cached with any
+   page's form, so a POST, PUT or DELETE that a browser says came from
+   another origin (C{Origin}, C{Sec-Fetch-Site}: L{site.cross_site}) is
+   refused 403 C{cross_site}. Plain HTTP from outside
    C{--trusted-networks} is sent to HTTPS by the web root before it gets
    here.
  - An account sees its own mail and files (C{me} names it in paths); a
@@ -56,6 +59,7 @@ from twisted_mailhub.store.base import expunge_later, set_flags_later
 from twisted_mailhub.store.interfaces import INBOX, SYSTEM_FLAGS, InsufficientStorage, NoSuchFolder, NoSuchMessage, StoreError, StoreUnavailable, is_out_of_space
 from twisted_mailhub.web import offload
 from twisted_mailhub.web.message import decoded, field
+from twisted_mailhub.web.site import cross_site
 
 log = Logger()
 
@@ -69,6 +73,20 @@ MAX_UID = 2**32 - 1
 MAX_PART = 999_999
 MAX_OFFSET = 10**9
 MAX_JSON_BODY = 1024 * 1024
+
+
+#: Types a page loads and runs or applies from a URL whatever its
+#: Content-Disposition (the JavaScript MIME types of WHATWG MIME Sniffing
+#: §4.6, CSS, WebAssembly): a message part of one of these is served by
+#: the API as application/octet-stream (with nosniff, nothing runs it).
+RUNNABLE_TYPES = frozenset(
+    {
+        "application/ecmascript", "application/javascript", "application/x-ecmascript", "application/x-javascript",
+        "text/ecmascript", "text/javascript", "text/javascript1.0", "text/javascript1.1", "text/javascript1.2",
+        "text/javascript1.3", "text/javascript1.4", "text/javascript1.5", "text/jscript", "text/livescript",
+        "text/x-ecmascript", "text/x-javascript", "text/css", "application/wasm",
+    }
+)
 
 
 _FLAG = re.compile(r"^\\?[!#$&'+\-.0-9:<>?@A-Z^_`a-z|~]{1,64}$")
@@ -416,6 +434,11 @@ class ApiResource(resource.Resource):
             if route.method != method:
                 allowed.append(route.method)
                 continue
+            if method != "GET" and cross_site(request):
+                # A page of another site posting with the Basic credentials
+                # the browser cached for this one (a form's text/plain body
+                # can be JSON): refused before any login is tried.
+                raise ApiError(403, "cross_site", "a page of another site may not change anything here: send the request yourself (no Origin header), or from this site's own pages")
             caller = None
             if route.auth != "none":
                 caller = await self._authenticate(request)
@@ -715,7 +738,9 @@ class ApiResource(resource.Resource):
             filename = f"part-{part}"
         safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", filename)[:100] or f"part-{part}"
         content_type = chosen.get_content_type()
-        if not re.match(r"^[a-z0-9.+-]+/[a-z0-9.+-]+$", content_type):
+        if not re.match(r"^[a-z0-9.+-]+/[a-z0-9.+-]+$", content_type) or content_type in RUNNABLE_TYPES:
+            # (a sender's script or style sheet at a URL of this origin is
+            # one a page here could load: CSP's 'self' would let it run)
             content_type = "application/octet-stream"
         return Raw(
             200,

@@ -23,7 +23,7 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    words = {400: "Bad input", 401: "Not logged in", 403: "Not allowed", 404: "Not found", 405: "Wrong method", 409: "Conflict", 413: "Too large", 503: "The accounts database cannot be reached now (--auth postgresql); nothing changed, try again"}
+    words = {400: "Bad input", 401: "Not logged in", 403: "Not allowed (or, with code cross_site, sent by a page of another site)", 404: "Not found", 405: "Wrong method", 409: "Conflict", 413: "Too large", 503: "The accounts database cannot be reached now (--auth postgresql); nothing changed, try again"}
     return {str(c): _json(_ERROR, words[c]) for c in codes}
 
 
@@ -94,8 +94,8 @@ def document() -> dict[str, Any]:
         "/": {"get": _op("What this API is, and where its OpenAPI document is", {"200": _json(_obj(["name", "version", "openapi"], name=_STR, version=_INT, openapi=_STR))}, auth=False, tag="meta")},
         "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})}, auth=False, tag="meta")},
         "/tokens": {
-            "post": _op("A bearer token for the account that logs in (kept until revoked or the hub restarts)", {"201": _json(_obj(["token", "account", "admin"], token=_STR, account=_STR, admin=_BOOL)), **_errors(401)}, tag="auth"),
-            "delete": _op("Revoke the bearer token this request carries", {"200": _json(_obj(["revoked"], revoked=_BOOL)), **_errors(400, 401)}, tag="auth"),
+            "post": _op("A bearer token for the account that logs in (kept until revoked or the hub restarts)", {"201": _json(_obj(["token", "account", "admin"], token=_STR, account=_STR, admin=_BOOL)), **_errors(401, 403)}, tag="auth"),
+            "delete": _op("Revoke the bearer token this request carries", {"200": _json(_obj(["revoked"], revoked=_BOOL)), **_errors(400, 401, 403)}, tag="auth"),
         },
         "/accounts": {
             "get": _op("Every account (admin)", {"200": _json(_obj(["accounts"], accounts={"type": "array", "items": _STR})), **_errors(401, 403)}, tag="admin"),
@@ -144,7 +144,7 @@ def document() -> dict[str, Any]:
         msg + "/parts/{part}": {
             "get": _op(
                 "One leaf part, decoded (an attachment download)",
-                {"200": {"description": "The part's content, with its own content type", "content": {"*/*": {"schema": {"type": "string"}}}}, **_errors(400, 401, 403, 404)},
+                {"200": {"description": "The part's content, with its own content type (a script, style sheet or WebAssembly type: application/octet-stream)", "content": {"*/*": {"schema": {"type": "string"}}}}, **_errors(400, 401, 403, 404)},
                 mp + [{"name": "part", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": 999999}}],
             ),
         },

@@ -13,6 +13,9 @@ Rules (OWASP's session and CSRF cheat sheets, RFC 6265bis):
  - Every session, logged in or not, has its own CSRF token; every request
    that changes anything (every POST) must carry it in the C{csrf} form
    field or the C{X-CSRF-Token} header, compared in constant time.
+ - A session whose account was removed ends at its next request
+   (L{twisted_mailhub.web.site.WebFace.session}), as the account's API
+   tokens stop working.
  - Sessions end after C{idle_timeout} seconds without a request, and at most
    C{max_sessions} are kept (the least recently used goes first).
 """

@@ -174,6 +174,28 @@ def redirect(request: Any, location: str, code: int = 303) -> bytes:
     return b"See " + location.encode("utf-8") + b"\n"
 
 
+def cross_site(request: Any) -> bool:
+    """
+    Did a browser send C{request} from a page of another origin? True when
+    its Fetch Metadata says so (C{Sec-Fetch-Site: cross-site} or
+    C{same-site}: W3C Fetch Metadata Request Headers §2.1) or when its
+    C{Origin} (RFC 6454 §7) is C{null} or is not this origin, the scheme of
+    the listener and the C{Host} the request names. A request with neither
+    header (curl, a program, a link typed into the address bar) is not.
+    A browser sends credentials it has cached (HTTP Basic, RFC 7617 §2.2)
+    with such a request whatever page sent it: this is how to tell.
+    """
+    site = (request.getHeader(b"sec-fetch-site") or b"").strip().lower()
+    if site in (b"cross-site", b"same-site"):
+        return True
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return False
+    scheme = b"https" if request_secure(request) else b"http"
+    host = (request.getHeader(b"host") or b"").strip().lower()
+    return origin.strip().lower() != scheme + b"://" + host
+
+
 def local_path(target: str, default: str = "/") -> str:
     """C{target} if it is a path on this site (no scheme, no other host), else C{default}."""
     if target.startswith("/") and not target.startswith("//") and "\\" not in target and not any(c < " " for c in target):
@@ -236,8 +258,20 @@ class WebFace:
             return cached
         name = COOKIE_HTTPS if request_secure(request) else COOKIE_HTTP
         found = self.sessions.get(request.getCookie(name))
+        if found is not None and found.user is not None and not self._account_exists(found.user):
+            # The account was removed (the API, mailhub-admin and a
+            # SIGHUP): its sessions end, as its API tokens do.
+            self.sessions.end(found)
+            found = None
         request._mailhub_session = found
         return found
+
+    def _account_exists(self, user: Any) -> bool:
+        """Is the account of the signed-in L{IWebUser} C{user} still one of the hub's?"""
+        accounts = getattr(self.hub, "accounts", None)
+        if accounts is None or not hasattr(accounts, "find"):
+            return True
+        return accounts.find(user.address) is not None
 
     def user(self, request: Any):
         """The signed-in L{IWebUser} of C{request}, or L{None}."""

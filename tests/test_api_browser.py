@@ -1,0 +1,106 @@
+"""
+The JSON API in a real browser (Debian's headless Chromium via Selenium):
+a page of another site cannot use the HTTP Basic credentials the browser
+cached for the hub's API to change anything there.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import http.server
+import json
+import shutil
+import tempfile
+import threading
+
+import pytest
+
+from tests.test_web_browser import CHROMIUM, DRIVER  # (skips, or fails in CI, without chromium)
+from twisted_mailhub.testing import Mailhub
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+ADMIN = ("teacher@localhost", "chalk")
+
+# What a page of another site can post: a form whose text/plain body is
+# JSON (NAME=VALUE with the "=" inside a string), sent as soon as it loads.
+ATTACK = """<!doctype html><title>cute cats</title>
+<form id="f" method="post" enctype="text/plain" action="{action}">
+<input type="hidden" name='{{"address":"mallory@localhost","password":"pw","x":"' value='"}}'>
+</form><script>document.getElementById("f").submit();</script>"""
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with Mailhub("--teacher", "teacher", accounts=["alice:secret", "teacher:chalk"]) as running:
+        yield running
+
+
+@pytest.fixture
+def other_site(hub):
+    """A site of its own (http://localhost:PORT, not 127.0.0.1: another site) serving ATTACK."""
+    page = ATTACK.format(action=f"http://127.0.0.1:{hub.ports['web']}/api/v1/accounts").encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://localhost:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def browser():
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="mailhub-chromium-")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def accounts(hub) -> list[str]:
+    connection = http.client.HTTPConnection("127.0.0.1", hub.ports["web"], timeout=15)
+    try:
+        token = base64.b64encode(f"{ADMIN[0]}:{ADMIN[1]}".encode()).decode()
+        connection.request("GET", "/api/v1/accounts", headers={"Authorization": "Basic " + token})
+        return json.loads(connection.getresponse().read())["accounts"]
+    finally:
+        connection.close()
+
+
+def test_a_page_of_another_site_cannot_add_an_account_with_the_cached_credentials(hub, other_site, browser):
+    # The teacher looks at the API in this browser: it asks for and caches
+    # the Basic credentials (here given in the address, as a user may).
+    browser.get(f"http://teacher%40localhost:chalk@127.0.0.1:{hub.ports['web']}/api/v1/accounts")
+    assert "alice@localhost" in browser.find_element(By.TAG_NAME, "body").text
+    browser.get(other_site)
+    WebDriverWait(browser, 15).until(lambda d: d.current_url.startswith(f"http://127.0.0.1:{hub.ports['web']}/api/v1/accounts"))
+    answer = browser.find_element(By.TAG_NAME, "body").text
+    assert "cross_site" in answer, answer
+    assert "mallory@localhost" not in accounts(hub)
