@@ -98,6 +98,8 @@ class Database:
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
+            if conn is not None:
+                self._let_go(conn)
             conn = connect(self.dsn, self.what)
             self._local.conn = conn
             with self._all_lock:
@@ -108,9 +110,18 @@ class Database:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
+            self._let_go(conn)
             try:
                 conn.close()
             except Exception:  # noqa: BLE001 - already broken
+                pass
+
+    def _let_go(self, conn: Any) -> None:
+        """No longer hold C{conn} for L{close} (it is closed or being closed): one outage, one connection kept, not one more each time."""
+        with self._all_lock:
+            try:
+                self._all.remove(conn)
+            except ValueError:
                 pass
 
     def run_here(self, function: Callable[..., Any], *args: Any) -> Any:
