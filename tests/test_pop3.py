@@ -224,6 +224,36 @@ class AuthorizationTests(POP3TestCase):
         self.assertTrue(t.disconnecting)
         self.assertIsNone(proto._outgoing)
 
+    def _stuck_mid_message(self):
+        """A session whose RETR of a big message waits for a client that stopped reading: (protocol, transport, what its Deferred gave)."""
+        self.put(b"x\r\n" * 1000)
+        transport = PausingTransport(peerAddress=TRUSTED)
+        proto, t = self.connect(transport=transport)
+        proto.one_write_limit = 100
+        for line in (b"user bob\r\n", b"pass hungry\r\n", b"retr 1\r\n", b"noop\r\n"):
+            proto.resumeProducing()
+            proto.dataReceived(line)
+        self.assertIsNotNone(proto._outgoing)
+        fired = []
+        proto._sending.addBoth(fired.append)
+        t.clear()
+        return proto, t, fired
+
+    def test_a_retr_cut_at_the_idle_limit_fires_its_deferred_and_answers_nothing_more(self):
+        proto, t, fired = self._stuck_mid_message()
+        self.clock.advance(601)
+        # Before: the RETR's Deferred never fired (its waiters waited for ever).
+        self.assertEqual(fired, [None])
+        self.assertTrue(t.disconnecting)
+        self.assertEqual(t.value(), b"")  # (the NOOP behind it is not answered)
+
+    def test_a_retr_whose_client_went_away_fires_its_deferred(self):
+        proto, t, fired = self._stuck_mid_message()
+        proto.connectionLost(None)
+        self.assertEqual(fired, [None])
+        self.assertIsNone(proto._outgoing)
+        self.assertEqual(t.value(), b"")
+
     def test_stls_unavailable_without_tls_transport_and_refused_after_login(self):
         proto, t = self.connect()
         self.assertEqual(self.say(proto, t, b"stls\r\n"), b"-ERR STLS is not available here\r\n")

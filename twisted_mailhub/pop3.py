@@ -748,8 +748,8 @@ class MailhubPOP3(_pop3.POP3):
         elif self.lines.writing_paused or self._outgoing is not None:
             # The client stopped reading (mid-message, perhaps): nothing more
             # can be said to it, and a graceful close would wait forever.
-            self._stop_sending()
             self.lines.abort()
+            self._stop_sending()
             return
         elif kind == "idle":
             self.reply_err(b"autologout: idle for %d seconds, closing" % self.timeOut)
@@ -773,13 +773,22 @@ class MailhubPOP3(_pop3.POP3):
         _pop3.POP3.connectionLost(self, reason)
 
     def _close(self) -> None:
-        self._stop_sending()
         self.lines.close()
+        self._stop_sending()
 
     def _stop_sending(self) -> None:
+        """
+        A big message being sent goes no further (the connection is lost
+        or cut): its file is closed, and the Deferred its RETR returned
+        (L{_sending}) fires, so that nothing waits on it for ever. Called
+        once the line engine is stopped: no later command is answered.
+        """
         if self._outgoing is not None:
             self._outgoing.close()
             self._outgoing = None
+        if self._sending is not None:
+            d, self._sending = self._sending, None
+            d.callback(None)
 
     # -- replies -------------------------------------------------------------
 
@@ -863,8 +872,8 @@ class MailhubPOP3(_pop3.POP3):
         self.lines.resumeProducing()
 
     def stopProducing(self):
-        self._stop_sending()
         self.lines.stopProducing()
+        self._stop_sending()
 
     @property
     def _paused(self) -> bool:
