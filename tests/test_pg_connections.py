@@ -6,9 +6,16 @@ with (TCP keepalives, C{tcp_user_timeout}) and what the cluster parts
 
 from __future__ import annotations
 
+import os
+import poplib
+import signal
+import smtplib
+import socket
 import threading
+import time
 
 import psycopg
+import pytest
 
 from twisted_mailhub.cluster.database import Database
 
@@ -69,3 +76,187 @@ def test_a_cluster_part_holds_one_connection_per_thread_after_several_outages(pg
         database.close()
     assert database._all == []
     assert sessions(pg_dsn) == 0
+
+
+# -- time limits (store/pgtimeouts.py) ------------------------------------------
+
+SITECUSTOMIZE = """
+import os
+if os.environ.get("MAILHUB_TEST_PG_DEADLINE"):
+    from twisted_mailhub.store import pgtimeouts
+    pgtimeouts.CALL_DEADLINE = float(os.environ["MAILHUB_TEST_PG_DEADLINE"])
+"""
+DEADLINE = 2.0
+
+
+def test_every_kind_of_connection_is_opened_with_keepalives_and_a_user_timeout(pg_dsn):
+    from twisted_mailhub.cluster.database import connect
+    from twisted_mailhub.store.postgresql import ChangeListener, _connect
+
+    # the store's (reactor, POP3 locks, reads, group commit), its LISTEN one, the cluster parts'
+    conns = [_connect(pg_dsn), ChangeListener._connect(pg_dsn), connect(pg_dsn, "the queue database")]
+    try:
+        for conn in conns:
+            s = socket.socket(fileno=os.dup(conn.pgconn.socket))
+            try:
+                # Before: connect_timeout alone; a frozen host held a read for many minutes.
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30000
+            finally:
+                s.close()
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+@pytest.fixture
+def deadline_hub(start_hub, pg_dsn, tmp_path):
+    """A hub on a new PostgreSQL database whose calls on it are cut after L{DEADLINE} s."""
+    faults = tmp_path / "faults"
+    faults.mkdir(exist_ok=True)
+    (faults / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    return start_hub("--store", f"postgresql:{pg_dsn}", "--no-ftp", env={"PYTHONPATH": str(faults), "MAILHUB_TEST_PG_DEADLINE": str(DEADLINE)})
+
+
+def big(n: int) -> bytes:
+    """A message over READ_AHEAD_ONE (read alone, in slices) and under POP3's one-write limit."""
+    return f"From: bob@localhost\r\nSubject: big {n}\r\n\r\n".encode() + b"a line of the big message\r\n" * 12000
+
+
+def readers(dsn: str) -> list[int]:
+    """The backends of the hub's read connections (ReadConnections): the sessions whose last query read message bytes."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'SELECT substring(body %'"
+        )]
+
+
+def server_processes(postgresql) -> list[int]:
+    """The postmaster and every process it started."""
+    with open(os.path.join(postgresql.data, "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+    children = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == postmaster:
+                        children.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return [postmaster, *children]
+
+
+def pop(hub, user: str = "alice", password: str = "secret") -> poplib.POP3:
+    p = poplib.POP3("127.0.0.1", hub.ports["pop3"], timeout=40)
+    p.user(user)
+    p.pass_(password)
+    return p
+
+
+def retr_in_a_thread(p: poplib.POP3, n: int) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def run() -> None:
+        began = time.monotonic()
+        try:
+            result["lines"] = p.retr(n)[1]
+        except poplib.error_proto as e:
+            result["error"] = e.args[0]
+        except OSError as e:  # (before: the client's own time limit)
+            result["error"] = b"no answer: " + repr(e).encode()
+        result["wall"] = time.monotonic() - began
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+def noops_while(p: poplib.POP3, thread: threading.Thread) -> list[float]:
+    waits = []
+    while thread.is_alive():
+        began = time.monotonic()
+        assert p.noop().startswith(b"+OK")
+        waits.append(time.monotonic() - began)
+        thread.join(0.1)
+    return waits
+
+
+def fill_big(hub, count: int) -> list[bytes]:
+    with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=30) as s:
+        sent = [big(n) for n in range(count)]
+        for m in sent:
+            s.sendmail("bob@localhost", ["alice@localhost"], m)
+    return sent
+
+
+def test_a_read_on_a_frozen_database_backend_is_made_again_on_a_new_connection(deadline_hub, pg_dsn):
+    hub = deadline_hub
+    sent = fill_big(hub, 3)
+    alice, bob = pop(hub), pop(hub, "bob", "hungry")
+    assert b"".join(line + b"\r\n" for line in alice.retr(1)[1]).endswith(sent[0])  # (after Return-Path and Received)
+    (reader,) = readers(pg_dsn)
+    os.kill(reader, signal.SIGSTOP)  # (its kernel still ACKs: no TCP timer fires)
+    try:
+        thread, result = retr_in_a_thread(alice, 2)
+        waits = noops_while(bob, thread)
+        thread.join()
+    finally:
+        os.kill(reader, signal.SIGCONT)
+    # Before: no answer (the client's 40 s limit); the parsing thread held.
+    assert "error" not in result, result
+    assert b"".join(line + b"\r\n" for line in result["lines"]).endswith(sent[1])
+    assert DEADLINE <= result["wall"] < DEADLINE + 6, result
+    assert waits and max(waits) < 1.0, waits  # (another session answered meanwhile)
+    assert alice.quit().startswith(b"+OK")
+    bob.quit()
+
+
+def test_a_read_on_a_frozen_database_is_answered_sys_temp_and_the_session_goes_on(deadline_hub, pg_dsn, postgresql):
+    hub = deadline_hub
+    sent = fill_big(hub, 3)
+    alice, bob = pop(hub), pop(hub, "bob", "hungry")
+    assert b"".join(line + b"\r\n" for line in alice.retr(1)[1]).endswith(sent[0])  # (after Return-Path and Received)
+    frozen = server_processes(postgresql)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        thread, result = retr_in_a_thread(alice, 2)
+        waits = noops_while(bob, thread)
+        thread.join()
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    # Before: no answer; now the deadline, then a new connection that
+    # cannot be opened (connect_timeout, 5 s).
+    assert result.get("error", "").startswith(b"-ERR [SYS/TEMP]"), result
+    assert result["wall"] < DEADLINE + 10, result
+    assert waits and max(waits) < 1.0, waits
+    # The database is back: the same session goes on.
+    assert b"".join(line + b"\r\n" for line in alice.retr(2)[1]).endswith(sent[1])
+    assert alice.quit().startswith(b"+OK")
+    bob.quit()
+    assert "Traceback" not in hub.log
+
+
+def test_the_hub_stops_in_bounded_time_while_a_read_waits_on_a_frozen_backend(deadline_hub, pg_dsn):
+    hub = deadline_hub
+    fill_big(hub, 2)
+    alice = pop(hub)
+    alice.retr(1)
+    (reader,) = readers(pg_dsn)
+    os.kill(reader, signal.SIGSTOP)
+    try:
+        thread, result = retr_in_a_thread(alice, 2)
+        time.sleep(0.3)  # (the RETR is in the parsing thread, waiting)
+        began = time.monotonic()
+        code = hub.stop()
+        stopped_in = time.monotonic() - began
+        thread.join(30)
+    finally:
+        os.kill(reader, signal.SIGCONT)
+    # Before: the reactor's shutdown joined the waiting thread; the hub
+    # was killed (SIGKILL) after 15 s.
+    assert code != -signal.SIGKILL, code
+    assert stopped_in < DEADLINE + 6, stopped_in

@@ -20,10 +20,11 @@ from typing import Any, Callable
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
+from twisted_mailhub.store import pgtimeouts
 from twisted_mailhub.store.interfaces import StoreUnavailable
+from twisted_mailhub.store.pgtimeouts import NoAnswer, connection_options, watchdog
 from twisted_mailhub.store.postgresql import libpq_dsn
 
-CONNECT_TIMEOUT = 5
 
 
 def driver() -> Any:
@@ -49,7 +50,7 @@ def reason(e: BaseException) -> str:
 def is_connection_error(e: BaseException) -> bool:
     """Was C{e} a lost or refused connection (worth one more try)?"""
     psycopg = driver()
-    return isinstance(e, psycopg.OperationalError) or (
+    return isinstance(e, (psycopg.OperationalError, NoAnswer)) or (
         isinstance(e, psycopg.Error) and str(getattr(e, "sqlstate", "") or "").startswith(("08", "57P"))
     )
 
@@ -57,16 +58,22 @@ def is_connection_error(e: BaseException) -> bool:
 def connect(dsn: str, what: str = "the database") -> Any:
     """
     An autocommit connection with C{synchronous_commit} on (what is
-    acknowledged is on the server's disk); L{StoreUnavailable} when it
-    cannot be opened.
+    acknowledged is on the server's disk), TCP keepalives and
+    C{tcp_user_timeout} (L{pgtimeouts.connection_options});
+    L{StoreUnavailable} when it cannot be opened.
     """
     psycopg = driver()
     try:
-        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, **connection_options(libpq_dsn(dsn), _application_name(what)))
     except psycopg.Error as e:
         raise StoreUnavailable(f"cannot reach {what}: {reason(e)}") from None
     conn.execute("SET synchronous_commit = on")
     return conn
+
+
+def _application_name(what: str) -> str:
+    """C{"mailhub queue"} for "the queue database": a connection's name in C{pg_stat_activity}."""
+    return "mailhub " + what.removeprefix("the ").removesuffix(" database")
 
 
 class Database:
@@ -124,17 +131,24 @@ class Database:
             except ValueError:
                 pass
 
-    def run_here(self, function: Callable[..., Any], *args: Any) -> Any:
+    def run_here(self, function: Callable[..., Any], *args: Any, deadline: Any = "call") -> Any:
         """
         C{function(conn, *args)} in this thread; L{StoreUnavailable} when
-        the database cannot be reached twice in a row.
+        the database cannot be reached twice in a row. A call it does not
+        answer in C{deadline} seconds (L{pgtimeouts.CALL_DEADLINE} unless
+        given; L{None}: no limit, for a migration) counts as a lost
+        connection (L{pgtimeouts.Watchdog}).
         """
         psycopg = driver()
+        if deadline == "call":
+            deadline = pgtimeouts.CALL_DEADLINE
         for attempt in (1, 2):
             conn = self._connection()
             try:
-                return function(conn, *args)
-            except psycopg.Error as e:
+                if deadline is None:
+                    return function(conn, *args)
+                return watchdog.call(conn, deadline, function, *args)
+            except (psycopg.Error, NoAnswer) as e:
                 if not is_connection_error(e):
                     raise
                 self._forget()
@@ -181,7 +195,7 @@ def listen_forever(dsn: str, channel: str, on_notice: Callable[[Any], None], on_
     while not stopping.is_set():
         conn = None
         try:
-            conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+            conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, **connection_options(libpq_dsn(dsn), "mailhub listen"))
             conn.execute(f"LISTEN {channel}")
             if down:
                 log.info("{channel}: listening again", channel=channel)

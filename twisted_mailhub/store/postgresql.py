@@ -78,9 +78,10 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from twisted_mailhub.store import pgcache, pgschema
+from twisted_mailhub.store import pgcache, pgschema, pgtimeouts
 from twisted_mailhub.store.blobs import ByteaBlobs, IMessageBlobs
 from twisted_mailhub.store.pgcache import FolderCache, flag_set
+from twisted_mailhub.store.pgtimeouts import NoAnswer, connection_options, watchdog
 from twisted_mailhub.store.base import (
     DELIMITER,
     Listeners,
@@ -157,14 +158,15 @@ def libpq_dsn(dsn: str) -> str:
     return "postgresql:" + dsn if dsn.startswith("//") else dsn
 
 
-def _connect(dsn: str) -> Any:
+def _connect(dsn: str, application_name: str = "mailhub") -> Any:
     try:
         import psycopg
     except ImportError:
         raise SystemExit("mailhub: --store postgresql needs the PostgreSQL driver: python3 -m pip install 'twisted-mailhub[postgresql]' (psycopg 3)")
 
     try:
-        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, connect_timeout=5)
+        # (connect_timeout, TCP keepalives, tcp_user_timeout: pgtimeouts)
+        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, **connection_options(libpq_dsn(dsn), application_name))
     except psycopg.Error as e:
         raise StoreUnavailable(f"cannot reach the mail database: {_reason(e)}") from None
     # Acknowledged means committed to disk on the server (RFC 5321 §6.1).
@@ -183,7 +185,7 @@ def _reason(e: BaseException) -> str:
 def _is_connection_error(e: BaseException) -> bool:
     import psycopg
 
-    return isinstance(e, psycopg.OperationalError) or (
+    return isinstance(e, (psycopg.OperationalError, NoAnswer)) or (
         isinstance(e, psycopg.Error) and getattr(e, "sqlstate", None) and str(e.sqlstate).startswith(("08", "57P"))
     )
 
@@ -192,26 +194,41 @@ class Database:
     """
     The reactor thread's connection: C{run(function)} calls
     C{function(conn)}, reconnecting once if the connection was lost before,
-    and turns a database it cannot reach into L{StoreUnavailable}.
+    and turns a database it cannot reach into L{StoreUnavailable}. A call
+    the database does not answer in L{pgtimeouts.CALL_DEADLINE} s counts
+    as a lost connection (L{pgtimeouts.Watchdog}).
     """
 
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, application_name: str = "mailhub"):
         self.dsn = dsn
+        self.application_name = application_name
         self._conn: Any = None
 
     def connection(self) -> Any:
         if self._conn is None or self._conn.closed:
-            self._conn = _connect(self.dsn)
+            self._conn = _connect(self.dsn, self.application_name)
         return self._conn
 
-    def run(self, function, *args) -> Any:
+    def run(self, function, *args, deadline: Any = "call") -> Any:
+        """
+        C{function(conn, *args)} on this connection, once more on a new one
+        if it was lost or did not answer in C{deadline} seconds
+        (L{pgtimeouts.CALL_DEADLINE} unless given; L{None}: no limit, for
+        a schema migration that may wait for another hub's).
+
+        @raise StoreUnavailable: the database cannot be reached, twice.
+        """
         import psycopg
 
+        if deadline == "call":
+            deadline = pgtimeouts.CALL_DEADLINE
         for attempt in (1, 2):
             conn = self.connection()
             try:
-                return function(conn, *args)
-            except psycopg.Error as e:
+                if deadline is None:
+                    return function(conn, *args)
+                return watchdog.call(conn, deadline, function, *args)
+            except (psycopg.Error, NoAnswer) as e:
                 if not _is_connection_error(e):
                     raise
                 # Lost (a restarted server, a broken network): try once on a
@@ -258,8 +275,9 @@ class ReadConnections:
         for attempt in (1, 2):
             conn = self._take()
             try:
-                result = function(conn, *args)
-            except psycopg.Error as e:
+                # (a database that does not answer: cut past the deadline)
+                result = watchdog.call(conn, pgtimeouts.CALL_DEADLINE, function, *args)
+            except (psycopg.Error, NoAnswer) as e:
                 if not _is_connection_error(e):
                     self._give(conn)
                     raise
@@ -291,7 +309,7 @@ class ReadConnections:
                 conn = self._idle.pop()
                 if not conn.closed:
                     return conn
-        return _connect(self.dsn)
+        return _connect(self.dsn, "mailhub read")
 
     def _give(self, conn: Any) -> None:
         with self._lock:
@@ -732,7 +750,7 @@ class GroupCommitter:
             self._pool.start()
         from twisted.internet.threads import deferToThreadPool
 
-        return deferToThreadPool(self.reactor, self._pool, _connect, self.store.dsn)
+        return deferToThreadPool(self.reactor, self._pool, _connect, self.store.dsn, "mailhub commit")
 
     def close(self) -> None:
         self._closed = True
@@ -1911,9 +1929,10 @@ class PostgresStore:
         self.dsn = dsn
         self.reactor = reactor
         self.db = Database(dsn)
-        self.locks = Database(dsn)  # holds POP3's advisory locks
+        self.locks = Database(dsn, "mailhub pop3 locks")  # holds POP3's advisory locks
         self.readers = ReadConnections(dsn)  # worker threads' reads (BlobReader)
-        self.db.run(lambda conn: pgschema.check(conn, create))
+        # (no deadline: a migration may wait for another hub's)
+        self.db.run(lambda conn: pgschema.check(conn, create), deadline=None)
         self.blobs: IMessageBlobs = blobs if blobs is not None else ByteaBlobs()
         self.committer = GroupCommitter(self, reactor)
         self.listening = False
@@ -2146,7 +2165,7 @@ class ChangeListener:
         """(In a thread.) A connection that listens for every hub's changes."""
         import psycopg
 
-        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, connect_timeout=5)
+        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, **connection_options(libpq_dsn(dsn), "mailhub listen"))
         try:
             conn.execute(f"LISTEN {pgschema.CHANNEL}")
         except BaseException:
