@@ -260,3 +260,44 @@ def test_the_hub_stops_in_bounded_time_while_a_read_waits_on_a_frozen_backend(de
     # was killed (SIGKILL) after 15 s.
     assert code != -signal.SIGKILL, code
     assert stopped_in < DEADLINE + 6, stopped_in
+
+
+def test_a_delivery_on_a_frozen_commit_connection_gets_451_in_bounded_time_and_the_next_is_stored(deadline_hub, pg_dsn):
+    hub = deadline_hub
+    fill_big(hub, 1)  # (the group commit's connection is made)
+    frozen = writers(pg_dsn)
+    assert frozen
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with smtplib.SMTP("127.0.0.1", hub.ports["smtp"], timeout=40) as s:
+            s.mail("bob@localhost")
+            s.rcpt("alice@localhost")
+            began = time.monotonic()
+            try:
+                code, text = s.data(big(1))
+            except (smtplib.SMTPDataError, OSError) as e:  # (before: no answer in the client's 40 s)
+                code, text = getattr(e, "smtp_code", 0), repr(e).encode()
+            wall = time.monotonic() - began
+            # Before: no answer (the batch waited on the frozen backend for ever).
+            assert code == 451, (code, text)
+            assert wall < DEADLINE + 4, wall
+            # The next message goes on a new connection, the frozen one given up.
+            s.mail("bob@localhost")
+            s.rcpt("alice@localhost")
+            code, text = s.data(big(2))
+            assert code == 250, (code, text)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    p = pop(hub)
+    assert any(b"Subject: big 2" in b"\r\n".join(p.retr(n)[1]) for n in range(1, p.stat()[0] + 1))
+    p.quit()
+
+
+def writers(dsn: str) -> list[int]:
+    """The backends of the hub's group commit connections (their last statement placed messages)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%INSERT INTO mailbox_message%'"
+        )]

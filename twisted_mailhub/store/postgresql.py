@@ -789,6 +789,7 @@ class CommitConnection:
         self._attempt = 0
         self._prepared: dict[str, bytes] = {}
         self._expect: list[bool] = []  # per reply awaited: is it a statement's (else a Parse's)
+        self._deadline: Any = None  # the batch's pgtimeouts.CALL_DEADLINE (a reactor call)
 
     # -- IReadDescriptor / IWriteDescriptor --------------------------------
 
@@ -837,12 +838,28 @@ class CommitConnection:
     def start(self, batch: list[PendingWrite], now: float) -> None:
         """Commit C{batch} on this connection, making it first if needed."""
         self.batch, self.started, self._attempt = batch, now, 1
+        self._deadline = self.committer.reactor.callLater(pgtimeouts.CALL_DEADLINE, self._no_answer)
         if self.conn is not None and not self._quiet():
             self._drop()
         if self.conn is None:
             self.committer.connect().addCallbacks(self._made, self._not_made)
         else:
             self._send()
+
+    def _no_answer(self) -> None:
+        """
+        The batch had no answer in L{pgtimeouts.CALL_DEADLINE} s (a frozen
+        database host or server process: the kernel still acknowledges, so
+        no TCP timer fires): its writes fail with L{StoreUnavailable} (a
+        temporary error: whether it committed is unknown, as for a lost
+        connection) and the connection goes. One still being made is left
+        to its C{connect_timeout}.
+        """
+        self._deadline = None
+        if self.batch is None or self.conn is None:
+            return
+        self._drop()
+        self._finish(Failure(StoreUnavailable(f"the mail database did not answer in {pgtimeouts.CALL_DEADLINE:g} s")))
 
     def _quiet(self) -> bool:
         """
@@ -942,6 +959,7 @@ class CommitConnection:
         """The Sync's reply: the batch committed, or was rolled back whole by its first error."""
         from psycopg import pq
 
+        self._answered()
         batch, statements = self.batch, self._statements
         replies = self._replies
         failed = next((r for r in replies if r is not None and r.status == pq.ExecStatus.FATAL_ERROR), None)
@@ -983,7 +1001,14 @@ class CommitConnection:
         self._next()
         self.committer._done([r for _, r in kept], [w for w, _ in kept])
 
+    def _answered(self) -> None:
+        """The batch is over (committed, refused or lost): its deadline goes."""
+        call, self._deadline = self._deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
     def _finish(self, result: Any) -> None:
+        self._answered()
         batch, self.batch = self.batch, None
         if batch:
             self.committer._done(result, batch)
@@ -1020,6 +1045,7 @@ class CommitConnection:
         self._fd = -1
 
     def close(self) -> None:
+        self._answered()
         self._drop()
 
 
