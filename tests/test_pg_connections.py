@@ -301,3 +301,39 @@ def writers(dsn: str) -> list[int]:
         return [r[0] for r in conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%INSERT INTO mailbox_message%'"
         )]
+
+
+def backends(dsn: str, application_name: str) -> list[int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s", (application_name,)
+        )]
+
+
+def test_a_pop3_quit_whose_lock_connection_is_frozen_holds_the_hub_only_until_the_deadline(deadline_hub, pg_dsn):
+    hub = deadline_hub
+    fill_big(hub, 1)
+    alice, bob = pop(hub), pop(hub, "bob", "hungry")
+    (locks,) = backends(pg_dsn, "mailhub pop3 locks")
+    os.kill(locks, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        assert alice.quit().startswith(b"+OK")  # (its maildrop lock is let go in the reactor)
+        assert bob.noop().startswith(b"+OK")
+        # Before: the unlock waited for the frozen backend for ever, and the
+        # reactor with it: bob had no answer.
+        assert time.monotonic() - began < DEADLINE + 4
+    finally:
+        os.kill(locks, signal.SIGCONT)
+    bob.quit()
+    # The lock went with its backend once that ran again: alice logs in.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            again = pop(hub)
+            break
+        except poplib.error_proto as e:
+            assert b"IN-USE" in e.args[0] and time.monotonic() < deadline, e
+            time.sleep(0.2)
+    assert again.stat()[0] == 1
+    again.quit()

@@ -2008,7 +2008,8 @@ class PostgresStore:
         def unlock() -> None:
             if held is self.locks._conn and not held.closed:
                 try:
-                    held.execute("SELECT pg_advisory_unlock(1, hashtext(%s))", (key,))
+                    # (in the reactor: a database that does not answer is cut, as in Database.run)
+                    watchdog.call(held, pgtimeouts.CALL_DEADLINE, lambda c: c.execute("SELECT pg_advisory_unlock(1, hashtext(%s))", (key,)))
                 except Exception:
                     self.locks.close()
 
