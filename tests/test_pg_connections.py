@@ -337,3 +337,63 @@ def test_a_pop3_quit_whose_lock_connection_is_frozen_holds_the_hub_only_until_th
             time.sleep(0.2)
     assert again.stat()[0] == 1
     again.quit()
+
+
+class _SocketConnection:
+    """A stand-in for a psycopg connection on one end of a socket pair (pgconn.socket, close())."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.pgconn = self
+        self.socket = sock.fileno()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_watchdog_cuts_a_call_past_its_deadline_and_leaves_a_quick_one_alone():
+    from twisted_mailhub.store.pgtimeouts import NoAnswer, Watchdog
+
+    dog = Watchdog(tick=0.05)
+    ours, server = socket.socketpair()
+    try:
+        conn = _SocketConnection(ours)
+        server.sendall(b"answer")
+        assert dog.call(conn, 1.0, lambda c: c.sock.recv(10)) == b"answer"
+        assert not conn.closed
+
+        def wait_for_an_answer(c):
+            got = c.sock.recv(10)  # (the server never answers: b"" once cut)
+            raise OSError(f"the connection ended ({got!r})")
+
+        began = time.monotonic()
+        with pytest.raises(NoAnswer) as caught:
+            dog.call(conn, 0.2, wait_for_an_answer)
+        assert 0.2 <= time.monotonic() - began < 1.0
+        assert str(caught.value) == "no answer from the database in 0.2 s"
+        assert conn.closed  # (the caller makes a new one)
+        assert dog._calls == {}
+    finally:
+        ours.close()
+        server.close()
+
+
+def test_a_call_answered_as_it_is_cut_keeps_its_answer_and_its_connection_goes():
+    from twisted_mailhub.store.pgtimeouts import Watchdog
+
+    dog = Watchdog(tick=0.05)
+    ours, server = socket.socketpair()
+    try:
+        conn = _SocketConnection(ours)
+
+        def slow_but_answered(c):
+            time.sleep(0.4)  # (past the deadline; the answer was already read)
+            return "rows"
+
+        assert dog.call(conn, 0.1, slow_but_answered) == "rows"
+        assert conn.closed
+        assert server.recv(1) == b""  # (the socket was shut down)
+    finally:
+        ours.close()
+        server.close()
