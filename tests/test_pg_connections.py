@@ -397,3 +397,39 @@ def test_a_call_answered_as_it_is_cut_keeps_its_answer_and_its_connection_goes()
     finally:
         ours.close()
         server.close()
+
+
+def test_a_process_forked_after_the_watchdog_started_still_cuts_calls():
+    # twistd daemonizes (forks) after makeService, where the store's first
+    # calls started the watchdog thread; threads do not survive a fork.
+    from twisted_mailhub.store.pgtimeouts import NoAnswer, watchdog
+
+    ours, server = socket.socketpair()
+    try:
+        conn = _SocketConnection(ours)
+        server.sendall(b"x")
+        assert watchdog.call(conn, 5.0, lambda c: c.sock.recv(1)) == b"x"  # (the thread runs now)
+        pid = os.fork()
+        if pid == 0:  # the child: a call the server never answers
+            code = 1
+            try:
+                watchdog.call(conn, 0.2, lambda c: c.sock.recv(1) or (_ for _ in ()).throw(OSError("ended")))
+            except NoAnswer:
+                code = 0
+            except BaseException:
+                code = 2
+            os._exit(code)
+        # (before: the child waited for ever; it is killed after 10 s)
+        deadline = time.monotonic() + 10
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert done and os.waitstatus_to_exitcode(status) == 0, "the child's call was not cut"
+    finally:
+        ours.close()
+        server.close()

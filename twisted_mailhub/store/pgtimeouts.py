@@ -126,6 +126,16 @@ class Watchdog:
             _close(conn)
         return result
 
+    def after_fork(self) -> None:
+        """
+        (In a child process just forked: twistd's daemonizing fork comes
+        after the store was made.) The watchdog thread did not come with
+        the fork: the next call starts one for this process.
+        """
+        self._lock = threading.Lock()
+        self._calls = {}
+        self._thread = None
+
     def _watch(self) -> None:
         while True:
             time.sleep(self.tick)
@@ -164,3 +174,4 @@ def _close(conn: Any) -> None:
 
 # The hub's one watchdog (every store and cluster part shares it).
 watchdog = Watchdog()
+os.register_at_fork(after_in_child=watchdog.after_fork)
