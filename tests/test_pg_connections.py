@@ -433,3 +433,37 @@ def test_a_process_forked_after_the_watchdog_started_still_cuts_calls():
     finally:
         ours.close()
         server.close()
+
+
+def test_an_imap_fetch_on_a_frozen_database_is_answered_unavailable_and_the_session_goes_on(deadline_hub, pg_dsn, postgresql):
+    import imaplib
+
+    hub = deadline_hub
+    sent = fill_big(hub, 2)
+    c = imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=40)
+    c.login("alice", "secret")
+    c.select("INBOX")
+    typ, data = c.fetch("1", "(BODY.PEEK[])")
+    assert typ == "OK" and data[0][1].endswith(sent[0])
+    frozen = server_processes(postgresql)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        try:
+            typ, data = c.fetch("2", "(BODY.PEEK[])")
+        except imaplib.IMAP4.error as e:  # (imaplib raises on NO)
+            typ, data = "NO", [str(e).encode()]
+        except OSError as e:  # (before: no answer in the client's 40 s)
+            typ, data = "none", [repr(e).encode()]
+        wall = time.monotonic() - began
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert typ == "NO" and b"[UNAVAILABLE]" in data[0], (typ, data)
+    # (the reactor's own call: its deadline, then a new connection that cannot be made in 5 s)
+    assert wall < DEADLINE + 10, wall
+    typ, data = c.fetch("2", "(BODY.PEEK[])")
+    assert typ == "OK" and data[0][1].endswith(sent[1])
+    c.logout()
+    assert "Traceback" not in hub.log
