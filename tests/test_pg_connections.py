@@ -467,3 +467,22 @@ def test_an_imap_fetch_on_a_frozen_database_is_answered_unavailable_and_the_sess
     assert typ == "OK" and data[0][1].endswith(sent[1])
     c.logout()
     assert "Traceback" not in hub.log
+
+
+def test_a_cluster_call_on_a_frozen_backend_is_made_again_on_a_new_connection(pg_dsn):
+    database = Database(pg_dsn, what="the queue database")
+    try:
+        frozen = database.run_here(lambda conn: conn.info.backend_pid)
+        assert backends(pg_dsn, "mailhub queue") == [frozen]  # (its name in pg_stat_activity)
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            again = database.run_here(lambda conn: conn.info.backend_pid, deadline=0.5)
+            wall = time.monotonic() - began
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        assert again != frozen
+        assert 0.5 <= wall < 3, wall
+        assert database._all and len(database._all) == 1
+    finally:
+        database.close()
