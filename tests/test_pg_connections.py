@@ -477,7 +477,7 @@ def test_a_cluster_call_on_a_frozen_backend_is_made_again_on_a_new_connection(pg
         os.kill(frozen, signal.SIGSTOP)
         try:
             began = time.monotonic()
-            again = database.run_here(lambda conn: conn.info.backend_pid, deadline=0.5)
+            again = database.run_here(lambda conn: conn.execute("SELECT pg_backend_pid()").fetchone()[0], deadline=0.5)
             wall = time.monotonic() - began
         finally:
             os.kill(frozen, signal.SIGCONT)
