@@ -26,7 +26,6 @@ from twisted_mailhub.store.pgtimeouts import NoAnswer, connection_options, watch
 from twisted_mailhub.store.postgresql import libpq_dsn
 
 
-
 def driver() -> Any:
     """
     The psycopg module; L{SystemExit} with the install command when the

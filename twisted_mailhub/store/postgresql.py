@@ -853,10 +853,13 @@ class CommitConnection:
         no TCP timer fires): its writes fail with L{StoreUnavailable} (a
         temporary error: whether it committed is unknown, as for a lost
         connection) and the connection goes. One still being made is left
-        to its C{connect_timeout}.
+        to its C{connect_timeout}, and the batch given another deadline.
         """
         self._deadline = None
-        if self.batch is None or self.conn is None:
+        if self.batch is None:
+            return
+        if self.conn is None:
+            self._deadline = self.committer.reactor.callLater(pgtimeouts.CALL_DEADLINE, self._no_answer)
             return
         self._drop()
         self._finish(Failure(StoreUnavailable(f"the mail database did not answer in {pgtimeouts.CALL_DEADLINE:g} s")))
