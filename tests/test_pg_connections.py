@@ -85,6 +85,9 @@ import os
 if os.environ.get("MAILHUB_TEST_PG_DEADLINE"):
     from twisted_mailhub.store import pgtimeouts
     pgtimeouts.CALL_DEADLINE = float(os.environ["MAILHUB_TEST_PG_DEADLINE"])
+if os.environ.get("MAILHUB_TEST_PG_LISTEN_PING"):
+    from twisted_mailhub.store import pgtimeouts
+    pgtimeouts.LISTEN_PING = float(os.environ["MAILHUB_TEST_PG_LISTEN_PING"])
 """
 DEADLINE = 2.0
 
@@ -117,6 +120,16 @@ def deadline_hub(start_hub, pg_dsn, tmp_path):
     faults.mkdir(exist_ok=True)
     (faults / "sitecustomize.py").write_text(SITECUSTOMIZE)
     return start_hub("--store", f"postgresql:{pg_dsn}", "--no-ftp", env={"PYTHONPATH": str(faults), "MAILHUB_TEST_PG_DEADLINE": str(DEADLINE)})
+
+
+@pytest.fixture
+def two_pinging_hubs(start_hub, pg_dsn, tmp_path):
+    """Two hubs on one new database whose LISTEN connections ping every 0.5 s, unanswered after L{DEADLINE} s."""
+    faults = tmp_path / "faults"
+    faults.mkdir(exist_ok=True)
+    (faults / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {"PYTHONPATH": str(faults), "MAILHUB_TEST_PG_DEADLINE": str(DEADLINE), "MAILHUB_TEST_PG_LISTEN_PING": "0.5"}
+    return [start_hub("--store", f"postgresql:{pg_dsn}", "--no-ftp", env=env) for _ in range(2)]
 
 
 def big(n: int) -> bytes:
@@ -486,3 +499,38 @@ def test_a_cluster_call_on_a_frozen_backend_is_made_again_on_a_new_connection(pg
         assert database._all and len(database._all) == 1
     finally:
         database.close()
+
+
+def test_idle_on_a_hub_whose_listen_backend_is_frozen_still_hears_of_a_delivery_on_another(two_pinging_hubs, pg_dsn):
+    from tests.test_e2e_imap import Raw
+
+    a, b = two_pinging_hubs
+    r = Raw(b.ports["imap"])
+    r.cmd(b"a", b"login alice secret")
+    r.cmd(b"b", b"select INBOX")
+    r.send(b"c idle\r\n")
+    assert r.line().startswith(b"+")
+    frozen = backends(pg_dsn, "mailhub listen")
+    assert len(frozen) == 2  # (one per hub)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        with smtplib.SMTP("127.0.0.1", a.ports["smtp"], timeout=30) as s:
+            s.sendmail("bob@localhost", ["alice@localhost"], b"Subject: while deaf\r\n\r\nhello\r\n")
+        sent = time.monotonic()
+        r.sock.settimeout(15)
+        # Before: the NOTIFY went to a frozen backend, and hub b, its
+        # connection alive to the kernel, never heard it (no EXISTS in 15 s).
+        line = r.line()
+        while not line.endswith(b"EXISTS"):
+            line = r.line()
+        heard_in = time.monotonic() - sent
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert line == b"* 1 EXISTS"
+    assert heard_in < 0.5 + DEADLINE + 4, heard_in
+    r.send(b"DONE\r\n")
+    assert r.until_tag(b"c")[-1].startswith(b"c OK")
+    r.close()
+    assert "Traceback" not in b.log

@@ -45,6 +45,9 @@ USER_TIMEOUT = 30
 # of message bytes is at most READ_AHEAD_BYTES (4 MB) or one CHUNK: well
 # under a second on a working database.
 CALL_DEADLINE = 30.0
+# Seconds between two empty queries on a connection that only listens
+# (LISTEN): one unanswered in CALL_DEADLINE s ends it, and it is made again.
+LISTEN_PING = 10.0
 # How often (seconds) the watchdog looks at the calls in progress: a call
 # is cut between its deadline and TICK later.
 TICK = 0.5

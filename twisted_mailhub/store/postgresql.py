@@ -2167,6 +2167,9 @@ class ChangeListener:
         self._stopping = False
         self._retry: Any = None
         self._pool: ThreadPool | None = None
+        # Is the server still there? (_ping: the next ping; _pinged: its deadline)
+        self._ping_call: Any = None
+        self._pinged: Any = None
 
     def start(self) -> None:
         self._pool = ThreadPool(0, 1, "mailhub-postgresql-listen")
@@ -2214,8 +2217,48 @@ class ChangeListener:
         self._socket = socket.socket(fileno=os.dup(self.pgconn.socket))
         self.store.reactor.addReader(self)
         self._pause = 0.1
+        self._ping_call = self.store.reactor.callLater(pgtimeouts.LISTEN_PING, self._ping)
         self.store._listening(True)
         self.doRead()  # what came while it was handed over
+
+    def _ping(self) -> None:
+        """
+        Every L{pgtimeouts.LISTEN_PING} s, an empty query: a connection that
+        only listens has nothing else to find a frozen server by (its
+        kernel answers TCP keepalives). No answer in
+        L{pgtimeouts.CALL_DEADLINE} s: L{_no_answer}.
+        """
+        import psycopg
+
+        self._ping_call = None
+        if self.pgconn is None:
+            return
+        try:
+            self.pgconn.send_query(b"")
+            self.pgconn.flush()
+        except psycopg.Error as e:
+            self._drop()
+            self._failed(Failure(e))
+            return
+        self._pinged = self.store.reactor.callLater(pgtimeouts.CALL_DEADLINE, self._no_answer)
+
+    def _no_answer(self) -> None:
+        """The ping had no answer: the connection is made again, and the store polls meanwhile (L{PostgresStore._listening})."""
+        self._pinged = None
+        if self.pgconn is None:
+            return
+        self._drop()
+        self._failed(Failure(NoAnswer(f"no answer from the database in {pgtimeouts.CALL_DEADLINE:g} s")))
+
+    def _ponged(self, pgconn: Any) -> None:
+        """(In L{doRead}.) Take the ping's answer if it has all come, and ask again later."""
+        while not pgconn.is_busy():
+            if pgconn.get_result() is None:
+                call, self._pinged = self._pinged, None
+                if call.active():
+                    call.cancel()
+                self._ping_call = self.store.reactor.callLater(pgtimeouts.LISTEN_PING, self._ping)
+                return
 
     def _failed(self, reason) -> None:
         error = reason.value
@@ -2239,6 +2282,8 @@ class ChangeListener:
         pgconn = self.pgconn
         try:
             pgconn.consume_input()
+            if self._pinged is not None:
+                self._ponged(pgconn)
             while True:
                 notify = pgconn.notifies()
                 if notify is None:
@@ -2260,6 +2305,10 @@ class ChangeListener:
         self._failed(reason)
 
     def _drop(self) -> None:
+        for call in (self._ping_call, self._pinged):
+            if call is not None and call.active():
+                call.cancel()
+        self._ping_call = self._pinged = None
         if self.conn is None:
             return
         self.store.reactor.removeReader(self)
