@@ -534,3 +534,41 @@ def test_idle_on_a_hub_whose_listen_backend_is_frozen_still_hears_of_a_delivery_
     assert r.until_tag(b"c")[-1].startswith(b"c OK")
     r.close()
     assert "Traceback" not in b.log
+
+
+def test_an_account_removed_while_the_accounts_listen_backend_is_frozen_stops_logging_in(start_hub, pg_dsn, tmp_path):
+    from twisted_mailhub.accounts import hash_password
+
+    faults = tmp_path / "faults"
+    faults.mkdir(exist_ok=True)
+    (faults / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {"PYTHONPATH": str(faults), "MAILHUB_TEST_PG_DEADLINE": str(DEADLINE), "MAILHUB_TEST_PG_LISTEN_PING": "0.5"}
+    hub = start_hub("--auth", f"postgresql:{pg_dsn}", "--no-ftp", users=(), env=env)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO user_account (address, password) VALUES ('dave@localhost', %s)", (hash_password("pw1"),))
+
+    def logs_in() -> bool:
+        try:
+            pop(hub, "dave", "pw1").quit()
+            return True
+        except poplib.error_proto:
+            return False
+
+    deadline = time.monotonic() + 10
+    while not logs_in():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    (frozen,) = backends(pg_dsn, "mailhub listen")  # (the accounts' LISTEN: the store is Maildir)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM user_account WHERE address = 'dave@localhost'")
+        removed = time.monotonic()
+        # Before: the NOTIFY went to the frozen backend, and dave went on
+        # logging in (for as long as the backend stayed frozen).
+        while logs_in() and time.monotonic() - removed < 15:
+            time.sleep(0.2)
+        refused_in = time.monotonic() - removed
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    assert refused_in < 0.5 + DEADLINE + 5, refused_in

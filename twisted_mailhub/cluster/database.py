@@ -187,8 +187,13 @@ def listen_forever(dsn: str, channel: str, on_notice: Callable[[Any], None], on_
     C{on_connect(conn)} after each (re)connection (to catch up on what was
     missed), then C{on_notice(conn)} for every burst of notifications, in
     this thread, until C{stopping} is set. A lost connection is opened
-    again after a second.
+    again after a second, and so is one that does not answer a
+    C{SELECT 1} sent every L{pgtimeouts.LISTEN_PING} s within
+    L{pgtimeouts.CALL_DEADLINE} s (a frozen server: its kernel answers
+    TCP keepalives, so nothing else finds it).
     """
+    import time
+
     psycopg = driver()
     down = False
     while not stopping.is_set():
@@ -200,13 +205,17 @@ def listen_forever(dsn: str, channel: str, on_notice: Callable[[Any], None], on_
                 log.info("{channel}: listening again", channel=channel)
                 down = False
             on_connect(conn)
+            pinged = time.monotonic()
             while not stopping.is_set():
                 if any(True for _ in conn.notifies(timeout=0.5, stop_after=1)):
                     # Drain the burst: one reload for many notices.
                     for _ in conn.notifies(timeout=0.01):
                         pass
                     on_notice(conn)
-        except psycopg.Error as e:
+                if time.monotonic() - pinged >= pgtimeouts.LISTEN_PING:
+                    watchdog.call(conn, pgtimeouts.CALL_DEADLINE, lambda c: c.execute("SELECT 1"))
+                    pinged = time.monotonic()
+        except (psycopg.Error, NoAnswer) as e:
             if not down:
                 log.warn("{channel}: lost the database ({why}); trying again every second", channel=channel, why=reason(e))
                 down = True
