@@ -572,3 +572,26 @@ def test_an_account_removed_while_the_accounts_listen_backend_is_frozen_stops_lo
     finally:
         os.kill(frozen, signal.SIGCONT)
     assert refused_in < 0.5 + DEADLINE + 5, refused_in
+
+
+def test_the_hub_stops_at_once_while_a_read_waits_on_a_frozen_backend_with_the_default_deadline(start_hub, pg_dsn):
+    # (no sitecustomize: CALL_DEADLINE is its 30 s)
+    hub = start_hub("--store", f"postgresql:{pg_dsn}", "--no-ftp")
+    fill_big(hub, 2)
+    alice = pop(hub)
+    alice.retr(1)
+    (reader,) = readers(pg_dsn)
+    os.kill(reader, signal.SIGSTOP)
+    try:
+        thread, result = retr_in_a_thread(alice, 2)
+        time.sleep(0.3)  # (the RETR is in the parsing thread, waiting)
+        began = time.monotonic()
+        code = hub.stop()
+        stopped_in = time.monotonic() - began
+        thread.join(30)
+    finally:
+        os.kill(reader, signal.SIGCONT)
+    # Before: the shutdown waited for the thread, up to the 30 s deadline
+    # (the hub was killed with SIGKILL after 15 s).
+    assert code != -signal.SIGKILL, code
+    assert stopped_in < 5, stopped_in

@@ -48,6 +48,10 @@ CALL_DEADLINE = 30.0
 # Seconds between two empty queries on a connection that only listens
 # (LISTEN): one unanswered in CALL_DEADLINE s ends it, and it is made again.
 LISTEN_PING = 10.0
+# Seconds a call may wait once the reactor is shutting down (Watchdog.hurry):
+# a thread waiting on a frozen database does not hold the shutdown for
+# CALL_DEADLINE.
+SHUTDOWN_GRACE = 1.0
 # How often (seconds) the watchdog looks at the calls in progress: a call
 # is cut between its deadline and TICK later.
 TICK = 0.5
@@ -97,6 +101,8 @@ class Watchdog:
         self._calls: dict[int, list] = {}
         self._next = 0
         self._thread: threading.Thread | None = None
+        self._hurry = False
+        self._reactors: set[int] = set()  # (ids of those that call hurry at their shutdown)
 
     def call(self, conn: Any, seconds: float, function: Callable[..., Any], *args: Any) -> Any:
         """
@@ -109,6 +115,8 @@ class Watchdog:
         with self._lock:
             self._next += 1
             token = self._next
+            if self._hurry:
+                seconds = min(seconds, SHUTDOWN_GRACE)
             entry = self._calls[token] = [time.monotonic() + seconds, conn, False]
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="mailhub-postgresql-watchdog", daemon=True)
@@ -129,6 +137,26 @@ class Watchdog:
             _close(conn)
         return result
 
+    def hurry(self) -> None:
+        """
+        (At the reactor's shutdown.) Every call, running or to come, may
+        wait at most L{SHUTDOWN_GRACE} more seconds: the reactor's thread
+        pools join their threads, and one waiting on a frozen database
+        would hold the shutdown for up to its whole deadline.
+        """
+        with self._lock:
+            self._hurry = True
+            at_most = time.monotonic() + SHUTDOWN_GRACE
+            for entry in self._calls.values():
+                entry[0] = min(entry[0], at_most)
+
+    def hurry_at_shutdown(self, reactor: Any) -> None:
+        """(In the reactor thread.) Call L{hurry} when C{reactor} begins to shut down (once per reactor)."""
+        if id(reactor) in self._reactors:
+            return
+        self._reactors.add(id(reactor))
+        reactor.addSystemEventTrigger("before", "shutdown", self.hurry)
+
     def after_fork(self) -> None:
         """
         (In a child process just forked: twistd's daemonizing fork comes
@@ -138,6 +166,7 @@ class Watchdog:
         self._lock = threading.Lock()
         self._calls = {}
         self._thread = None
+        self._hurry = False
 
     def _watch(self) -> None:
         while True:

@@ -1977,6 +1977,7 @@ class PostgresStore:
 
     def start(self) -> None:
         """Listen for changes made by other hubs."""
+        watchdog.hurry_at_shutdown(self.reactor)  # (a read waiting on a frozen database does not hold the shutdown)
         if self._listener is None:
             self._listener = ChangeListener(self)
             self._listener.start()
