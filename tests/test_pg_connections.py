@@ -595,3 +595,28 @@ def test_the_hub_stops_at_once_while_a_read_waits_on_a_frozen_backend_with_the_d
     # (the hub was killed with SIGKILL after 15 s).
     assert code != -signal.SIGKILL, code
     assert stopped_in < 5, stopped_in
+
+
+def test_a_hub_with_its_queue_in_postgresql_stops_at_once_while_the_queues_backend_is_frozen(start_hub, pg_dsn):
+    # (a Maildir store: only the cluster part hurries the shutdown)
+    hub = start_hub("--queue", f"postgresql:{pg_dsn}", "--no-ftp")
+    frozen = []
+    deadline = time.monotonic() + 10
+    while not frozen and time.monotonic() < deadline:
+        frozen = backends(pg_dsn, "mailhub queue")
+        time.sleep(0.1)
+    assert frozen
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(2.5)  # (the queue's next look, every second, now waits in its thread)
+        began = time.monotonic()
+        code = hub.stop()
+        stopped_in = time.monotonic() - began
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    # Before: the queue's thread pool was joined with the look waiting up
+    # to the 30 s deadline (killed with SIGKILL after 15 s).
+    assert code != -signal.SIGKILL, code
+    assert stopped_in < 5, stopped_in

@@ -164,6 +164,8 @@ class Database:
             self._pool = ThreadPool(1, self._workers, name=f"mailhub-pg-{self.what}")
             self._pool.start()
             self.reactor.addSystemEventTrigger("after", "shutdown", self.close)
+            # (a thread waiting on a frozen database does not hold the shutdown)
+            watchdog.hurry_at_shutdown(self.reactor)
         return threads.deferToThreadPool(self.reactor, self._pool, self.run_here, function, *args)
 
     def close(self) -> None:
