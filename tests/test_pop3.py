@@ -224,6 +224,36 @@ class AuthorizationTests(POP3TestCase):
         self.assertTrue(t.disconnecting)
         self.assertIsNone(proto._outgoing)
 
+    def _stuck_mid_message(self):
+        """A session whose RETR of a big message waits for a client that stopped reading: (protocol, transport, what its Deferred gave)."""
+        self.put(b"x\r\n" * 1000)
+        transport = PausingTransport(peerAddress=TRUSTED)
+        proto, t = self.connect(transport=transport)
+        proto.one_write_limit = 100
+        for line in (b"user bob\r\n", b"pass hungry\r\n", b"retr 1\r\n", b"noop\r\n"):
+            proto.resumeProducing()
+            proto.dataReceived(line)
+        self.assertIsNotNone(proto._outgoing)
+        fired = []
+        proto._sending.addBoth(fired.append)
+        t.clear()
+        return proto, t, fired
+
+    def test_a_retr_cut_at_the_idle_limit_fires_its_deferred_and_answers_nothing_more(self):
+        proto, t, fired = self._stuck_mid_message()
+        self.clock.advance(601)
+        # Before: the RETR's Deferred never fired (its waiters waited for ever).
+        self.assertEqual(fired, [None])
+        self.assertTrue(t.disconnecting)
+        self.assertEqual(t.value(), b"")  # (the NOOP behind it is not answered)
+
+    def test_a_retr_whose_client_went_away_fires_its_deferred(self):
+        proto, t, fired = self._stuck_mid_message()
+        proto.connectionLost(None)
+        self.assertEqual(fired, [None])
+        self.assertIsNone(proto._outgoing)
+        self.assertEqual(t.value(), b"")
+
     def test_stls_unavailable_without_tls_transport_and_refused_after_login(self):
         proto, t = self.connect()
         self.assertEqual(self.say(proto, t, b"stls\r\n"), b"-ERR STLS is not available here\r\n")
@@ -808,3 +838,81 @@ class DetachedRetrCutShortTests(POP3TestCase):
         self.assertFalse([line for line in lines if "cannot be reached" in line], lines)
         self.assertTrue([line for line in lines if "could not be read" in line], lines)
         self.flushLoggedErrors(RuntimeError)
+
+
+class _BlobsInMemory:
+    """What PostgreSQL's BlobReader reads through (store.readers.run, store.blobs), from a dict: id -> bytes."""
+
+    def __init__(self, bodies: dict):
+        self.bodies = bodies
+        self.readers = self
+        self.blobs = self
+        self.round_trips = 0
+
+    def run(self, function, *args):
+        self.round_trips += 1
+        return function(None, *args)
+
+    def get(self, conn, ids):
+        return {i: self.bodies[i] for i in ids if i in self.bodies}
+
+
+class DetachedReadAheadTests(POP3TestCase):
+    """The messages a RETR read ahead on PostgreSQL (BlobReader) are let go when the session stops reading them."""
+
+    def _session(self, count=8):
+        from twisted.internet import defer
+
+        from twisted_mailhub.offload import DetachedBodies
+        from twisted_mailhub.store.postgresql import BlobReader
+
+        bodies = {n: b"Subject: %d\r\n\r\n" % n + b"x" * 100_000 + b"\r\n" for n in range(1, count + 1)}
+        self.put(*bodies.values())
+        self.assertEqual([m.uid for m in self.inbox.messages()], list(bodies))
+        proto, t = self.login()
+        blobs = _BlobsInMemory(bodies)
+        made = []
+
+        def detached_reader(folder, uids):
+            # (ids: the UIDs, 1 to count, as the bodies are keyed)
+            made.append(BlobReader(blobs, list(uids), [len(bodies[uid]) for uid in uids]))
+            return made[-1]
+
+        holder = type("Folder", (), {"detached_reader": detached_reader})()
+        proto.mbox.detached = DetachedBodies(holder, proto.mbox.uids, run=lambda f, *a: defer.maybeDeferred(f, *a))
+        return proto, t, blobs, made
+
+    @staticmethod
+    def held(proto) -> int:
+        """Octets of message bodies the session's reader holds, read ahead and not yet sent."""
+        reader = proto.mbox.detached._reader
+        return sum(len(b) for b in reader._bodies.values()) if reader is not None else 0
+
+    def test_a_session_that_idles_after_a_retr_lets_its_read_ahead_go(self):
+        proto, t, blobs, made = self._session()
+        self.assertTrue(self.say(proto, t, b"retr 1\r\n").startswith(b"+OK 100016 octets\r\n"))
+        self.assertEqual(self.held(proto), 3 * 100_016)  # (messages 2-4, read with 1)
+        self.clock.advance(3)  # (read_ahead_kept: 2 s)
+        # Before: held until the session ended (the idle limit: 10 minutes).
+        self.assertEqual(self.held(proto), 0)
+        self.assertTrue(self.say(proto, t, b"retr 2\r\n").startswith(b"+OK 100016 octets\r\nSubject: 2\r\n"))
+        self.assertEqual(len(made), 2)  # (a new reader, from the folder's cache)
+
+    def test_a_client_reading_message_after_message_keeps_its_read_ahead(self):
+        proto, t, blobs, made = self._session()
+        for n in range(1, 9):
+            out = self.say(proto, t, b"retr %d\r\n" % n)
+            self.assertTrue(out.startswith(b"+OK 100016 octets\r\nSubject: %d\r\n" % n), out[:40])
+            self.say(proto, t, b"dele %d\r\n" % n)
+            self.clock.advance(proto.read_ahead_kept / 2)
+        # 8 messages in 2 round trips (1 + 3 read ahead, then 4 + 12 asked; 4 there)
+        self.assertEqual(blobs.round_trips, 2)
+        self.assertEqual(len(made), 1)
+
+    def test_a_session_that_ends_lets_its_read_ahead_go(self):
+        proto, t, blobs, made = self._session()
+        self.say(proto, t, b"retr 1\r\n")
+        self.assertGreater(self.held(proto), 0)
+        proto.connectionLost(None)
+        self.assertEqual(self.held(proto), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

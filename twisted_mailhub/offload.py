@@ -152,6 +152,17 @@ class DetachedBodies:
             return data
         return self.run(reader.raw, n)
 
+    def forget_read_ahead(self) -> None:
+        """
+        Let go of the messages read ahead and not yet taken (up to
+        L{READ_AHEAD_BYTES<twisted_mailhub.store.postgresql.READ_AHEAD_BYTES>},
+        4 MB): the reader goes, and the next read makes a new one (from
+        the folder's cache: no database call in the reactor). For a
+        session that stopped reading message after message.
+        """
+        self._reader = None
+        self._start = self._end = 0
+
     def size(self, i: int) -> int:
         """The size in octets of the message at position C{i} (L{NoSuchMessage} if gone)."""
         reader, n = self._at(i)

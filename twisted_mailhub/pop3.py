@@ -803,8 +803,8 @@ class MailhubPOP3(_pop3.POP3):
         elif self.lines.writing_paused or self._outgoing is not None:
             # The client stopped reading (mid-message, perhaps): nothing more
             # can be said to it, and a graceful close would wait forever.
-            self._stop_sending()
             self.lines.abort()
+            self._stop_sending()
             return
         elif kind == "idle":
             self.reply_err(b"autologout: idle for %d seconds, closing" % self.timeOut)
@@ -823,18 +823,29 @@ class MailhubPOP3(_pop3.POP3):
         if self.lines is not None:
             self.lines.connection_lost()
         self._stop_sending()
+        if self._read_ahead_call is not None:
+            self._forget_read_ahead()
         # A dropped connection does not enter UPDATE (RFC 1939 §6): nothing
         # deleted, nothing marked; Twisted's connectionLost releases the lock.
         _pop3.POP3.connectionLost(self, reason)
 
     def _close(self) -> None:
-        self._stop_sending()
         self.lines.close()
+        self._stop_sending()
 
     def _stop_sending(self) -> None:
+        """
+        A big message being sent goes no further (the connection is lost
+        or cut): its file is closed, and the Deferred its RETR returned
+        (L{_sending}) fires, so that nothing waits on it for ever. Called
+        once the line engine is stopped: no later command is answered.
+        """
         if self._outgoing is not None:
             self._outgoing.close()
             self._outgoing = None
+        if self._sending is not None:
+            d, self._sending = self._sending, None
+            d.callback(None)
 
     # -- replies -------------------------------------------------------------
 
@@ -918,8 +929,8 @@ class MailhubPOP3(_pop3.POP3):
         self.lines.resumeProducing()
 
     def stopProducing(self):
-        self._stop_sending()
         self.lines.stopProducing()
+        self._stop_sending()
 
     @property
     def _paused(self) -> bool:
@@ -1442,10 +1453,12 @@ class MailhubPOP3(_pop3.POP3):
         except NoSuchMessage:
             return self._gone(i)
         if not isinstance(got, defer.Deferred):
+            self._keep_read_ahead()
             return answer(i, got)
 
         def read(data: bytes) -> None:
             if not self._closed:
+                self._keep_read_ahead()
                 answer(i, data)
 
         def failed(reason: Failure) -> Any:
@@ -1454,6 +1467,29 @@ class MailhubPOP3(_pop3.POP3):
             return reason
 
         return got.addCallbacks(read, failed)
+
+    # Seconds the messages read ahead with a RETR (or TOP) are kept for
+    # the next one: a client that reads message after message asks within
+    # a round trip; one that stopped (or idles) holds no bodies (up to
+    # 4 MB) until its session ends.
+    read_ahead_kept = 2.0
+    _read_ahead_call: Any = None
+
+    def _keep_read_ahead(self) -> None:
+        """(Re)start the time L{read_ahead_kept}, after which the read-ahead is let go."""
+        call = self._read_ahead_call
+        if call is not None and call.active():
+            call.reset(self.read_ahead_kept)
+        else:
+            self._read_ahead_call = self.lines.clock.callLater(self.read_ahead_kept, self._forget_read_ahead)
+
+    def _forget_read_ahead(self) -> None:
+        call, self._read_ahead_call = self._read_ahead_call, None
+        if call is not None and call.active():
+            call.cancel()
+        drop = getattr(self, "mbox", None)
+        if drop is not None and getattr(drop, "detached", None) is not None:
+            drop.detached.forget_read_ahead()
 
     def _retr_detached(self, i: int, size: int) -> defer.Deferred | None:
         """

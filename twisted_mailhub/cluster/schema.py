@@ -157,7 +157,7 @@ def ready(database: Any) -> None:
     """
     if database.dsn in _checked:
         return
-    database.run_here(check)
+    database.run_here(check, deadline=None)  # (no deadline: it may wait for another hub's migration)
     _checked.add(database.dsn)
 
 

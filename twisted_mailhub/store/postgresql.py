@@ -86,9 +86,10 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from twisted_mailhub.store import pgcache, pgschema
+from twisted_mailhub.store import pgcache, pgschema, pgtimeouts
 from twisted_mailhub.store.blobs import ByteaBlobs, IMessageBlobs
 from twisted_mailhub.store.pgcache import FolderCache, flag_set
+from twisted_mailhub.store.pgtimeouts import NoAnswer, connection_options, watchdog
 from twisted_mailhub.store.base import (
     DELIMITER,
     Listeners,
@@ -166,14 +167,15 @@ def libpq_dsn(dsn: str) -> str:
     return "postgresql:" + dsn if dsn.startswith("//") else dsn
 
 
-def _connect(dsn: str) -> Any:
+def _connect(dsn: str, application_name: str = "mailhub") -> Any:
     try:
         import psycopg
     except ImportError:
         raise SystemExit("mailhub: --store postgresql needs the PostgreSQL driver: python3 -m pip install 'twisted-mailhub[postgresql]' (psycopg 3)")
 
     try:
-        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, connect_timeout=5)
+        # (connect_timeout, TCP keepalives, tcp_user_timeout: pgtimeouts)
+        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, **connection_options(libpq_dsn(dsn), application_name))
     except psycopg.Error as e:
         raise StoreUnavailable(f"cannot reach the mail database: {_reason(e)}") from None
     # Acknowledged means committed to disk on the server (RFC 5321 §6.1).
@@ -192,7 +194,7 @@ def _reason(e: BaseException) -> str:
 def _is_connection_error(e: BaseException) -> bool:
     import psycopg
 
-    return isinstance(e, psycopg.OperationalError) or (
+    return isinstance(e, (psycopg.OperationalError, NoAnswer)) or (
         isinstance(e, psycopg.Error) and getattr(e, "sqlstate", None) and str(e.sqlstate).startswith(("08", "57P"))
     )
 
@@ -201,26 +203,41 @@ class Database:
     """
     The reactor thread's connection: C{run(function)} calls
     C{function(conn)}, reconnecting once if the connection was lost before,
-    and turns a database it cannot reach into L{StoreUnavailable}.
+    and turns a database it cannot reach into L{StoreUnavailable}. A call
+    the database does not answer in L{pgtimeouts.CALL_DEADLINE} s counts
+    as a lost connection (L{pgtimeouts.Watchdog}).
     """
 
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, application_name: str = "mailhub"):
         self.dsn = dsn
+        self.application_name = application_name
         self._conn: Any = None
 
     def connection(self) -> Any:
         if self._conn is None or self._conn.closed:
-            self._conn = _connect(self.dsn)
+            self._conn = _connect(self.dsn, self.application_name)
         return self._conn
 
-    def run(self, function, *args) -> Any:
+    def run(self, function, *args, deadline: Any = "call") -> Any:
+        """
+        C{function(conn, *args)} on this connection, once more on a new one
+        if it was lost or did not answer in C{deadline} seconds
+        (L{pgtimeouts.CALL_DEADLINE} unless given; L{None}: no limit, for
+        a schema migration that may wait for another hub's).
+
+        @raise StoreUnavailable: the database cannot be reached, twice.
+        """
         import psycopg
 
+        if deadline == "call":
+            deadline = pgtimeouts.CALL_DEADLINE
         for attempt in (1, 2):
             conn = self.connection()
             try:
-                return function(conn, *args)
-            except psycopg.Error as e:
+                if deadline is None:
+                    return function(conn, *args)
+                return watchdog.call(conn, deadline, function, *args)
+            except (psycopg.Error, NoAnswer) as e:
                 if not _is_connection_error(e):
                     raise
                 # Lost (a restarted server, a broken network): try once on a
@@ -267,8 +284,9 @@ class ReadConnections:
         for attempt in (1, 2):
             conn = self._take()
             try:
-                result = function(conn, *args)
-            except psycopg.Error as e:
+                # (a database that does not answer: cut past the deadline)
+                result = watchdog.call(conn, pgtimeouts.CALL_DEADLINE, function, *args)
+            except (psycopg.Error, NoAnswer) as e:
                 if not _is_connection_error(e):
                     self._give(conn)
                     raise
@@ -300,7 +318,7 @@ class ReadConnections:
                 conn = self._idle.pop()
                 if not conn.closed:
                     return conn
-        return _connect(self.dsn)
+        return _connect(self.dsn, "mailhub read")
 
     def _give(self, conn: Any) -> None:
         with self._lock:
@@ -338,7 +356,7 @@ class MetaConnection:
     """
 
     def __init__(self, dsn: str, reactor: Any):
-        self.db = Database(dsn)
+        self.db = Database(dsn, "mailhub meta")
         self.reactor = reactor
         self._pool: ThreadPool | None = None
         self._closed = False
@@ -789,7 +807,7 @@ class GroupCommitter:
             self._pool.start()
         from twisted.internet.threads import deferToThreadPool
 
-        return deferToThreadPool(self.reactor, self._pool, _connect, self.store.dsn)
+        return deferToThreadPool(self.reactor, self._pool, _connect, self.store.dsn, "mailhub commit")
 
     def close(self) -> None:
         self._closed = True
@@ -828,6 +846,7 @@ class CommitConnection:
         self._attempt = 0
         self._prepared: dict[str, bytes] = {}
         self._expect: list[bool] = []  # per reply awaited: is it a statement's (else a Parse's)
+        self._deadline: Any = None  # the batch's pgtimeouts.CALL_DEADLINE (a reactor call)
 
     # -- IReadDescriptor / IWriteDescriptor --------------------------------
 
@@ -876,12 +895,31 @@ class CommitConnection:
     def start(self, batch: list[PendingWrite], now: float) -> None:
         """Commit C{batch} on this connection, making it first if needed."""
         self.batch, self.started, self._attempt = batch, now, 1
+        self._deadline = self.committer.reactor.callLater(pgtimeouts.CALL_DEADLINE, self._no_answer)
         if self.conn is not None and not self._quiet():
             self._drop()
         if self.conn is None:
             self.committer.connect().addCallbacks(self._made, self._not_made)
         else:
             self._send()
+
+    def _no_answer(self) -> None:
+        """
+        The batch had no answer in L{pgtimeouts.CALL_DEADLINE} s (a frozen
+        database host or server process: the kernel still acknowledges, so
+        no TCP timer fires): its writes fail with L{StoreUnavailable} (a
+        temporary error: whether it committed is unknown, as for a lost
+        connection) and the connection goes. One still being made is left
+        to its C{connect_timeout}, and the batch given another deadline.
+        """
+        self._deadline = None
+        if self.batch is None:
+            return
+        if self.conn is None:
+            self._deadline = self.committer.reactor.callLater(pgtimeouts.CALL_DEADLINE, self._no_answer)
+            return
+        self._drop()
+        self._finish(Failure(StoreUnavailable(f"the mail database did not answer in {pgtimeouts.CALL_DEADLINE:g} s")))
 
     def _quiet(self) -> bool:
         """
@@ -981,6 +1019,7 @@ class CommitConnection:
         """The Sync's reply: the batch committed, or was rolled back whole by its first error."""
         from psycopg import pq
 
+        self._answered()
         batch, statements = self.batch, self._statements
         replies = self._replies
         failed = next((r for r in replies if r is not None and r.status == pq.ExecStatus.FATAL_ERROR), None)
@@ -1022,7 +1061,14 @@ class CommitConnection:
         self._next()
         self.committer._done([r for _, r in kept], [w for w, _ in kept])
 
+    def _answered(self) -> None:
+        """The batch is over (committed, refused or lost): its deadline goes."""
+        call, self._deadline = self._deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
     def _finish(self, result: Any) -> None:
+        self._answered()
         batch, self.batch = self.batch, None
         if batch:
             self.committer._done(result, batch)
@@ -1059,6 +1105,7 @@ class CommitConnection:
         self._fd = -1
 
     def close(self) -> None:
+        self._answered()
         self._drop()
 
 
@@ -2212,10 +2259,11 @@ class PostgresStore:
         self.dsn = dsn
         self.reactor = reactor
         self.db = Database(dsn)
-        self.locks = Database(dsn)  # holds POP3's advisory locks
+        self.locks = Database(dsn, "mailhub pop3 locks")  # holds POP3's advisory locks
         self.readers = ReadConnections(dsn)  # worker threads' reads (BlobReader)
         self.meta = MetaConnection(dsn, reactor)  # a worker thread's writes for the reactor (set_flags_later ...)
-        self.db.run(lambda conn: pgschema.check(conn, create))
+        # (no deadline: a migration may wait for another hub's)
+        self.db.run(lambda conn: pgschema.check(conn, create), deadline=None)
         self.blobs: IMessageBlobs = blobs if blobs is not None else ByteaBlobs()
         self.committer = GroupCommitter(self, reactor)
         self.listening = False
@@ -2231,6 +2279,7 @@ class PostgresStore:
 
     def start(self) -> None:
         """Listen for changes made by other hubs."""
+        watchdog.hurry_at_shutdown(self.reactor)  # (a read waiting on a frozen database does not hold the shutdown)
         if self._listener is None:
             self._listener = ChangeListener(self)
             self._listener.start()
@@ -2299,7 +2348,8 @@ class PostgresStore:
         def unlock() -> None:
             if held is self.locks._conn and not held.closed:
                 try:
-                    held.execute("SELECT pg_advisory_unlock(1, hashtext(%s))", (key,))
+                    # (in the reactor: a database that does not answer is cut, as in Database.run)
+                    watchdog.call(held, pgtimeouts.CALL_DEADLINE, lambda c: c.execute("SELECT pg_advisory_unlock(1, hashtext(%s))", (key,)))
                 except Exception:
                     self.locks.close()
 
@@ -2466,6 +2516,9 @@ class ChangeListener:
         self._stopping = False
         self._retry: Any = None
         self._pool: ThreadPool | None = None
+        # Is the server still there? (_ping: the next ping; _pinged: its deadline)
+        self._ping_call: Any = None
+        self._pinged: Any = None
 
     def start(self) -> None:
         self._pool = ThreadPool(0, 1, "mailhub-postgresql-listen")
@@ -2494,7 +2547,7 @@ class ChangeListener:
         """(In a thread.) A connection that listens for every hub's changes."""
         import psycopg
 
-        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, connect_timeout=5)
+        conn = psycopg.connect(libpq_dsn(dsn), autocommit=True, **connection_options(libpq_dsn(dsn), "mailhub listen"))
         try:
             conn.execute(f"LISTEN {pgschema.CHANNEL}")
         except BaseException:
@@ -2513,8 +2566,48 @@ class ChangeListener:
         self._socket = socket.socket(fileno=os.dup(self.pgconn.socket))
         self.store.reactor.addReader(self)
         self._pause = 0.1
+        self._ping_call = self.store.reactor.callLater(pgtimeouts.LISTEN_PING, self._ping)
         self.store._listening(True)
         self.doRead()  # what came while it was handed over
+
+    def _ping(self) -> None:
+        """
+        Every L{pgtimeouts.LISTEN_PING} s, an empty query: a connection that
+        only listens has nothing else to find a frozen server by (its
+        kernel answers TCP keepalives). No answer in
+        L{pgtimeouts.CALL_DEADLINE} s: L{_no_answer}.
+        """
+        import psycopg
+
+        self._ping_call = None
+        if self.pgconn is None:
+            return
+        try:
+            self.pgconn.send_query(b"")
+            self.pgconn.flush()
+        except psycopg.Error as e:
+            self._drop()
+            self._failed(Failure(e))
+            return
+        self._pinged = self.store.reactor.callLater(pgtimeouts.CALL_DEADLINE, self._no_answer)
+
+    def _no_answer(self) -> None:
+        """The ping had no answer: the connection is made again, and the store polls meanwhile (L{PostgresStore._listening})."""
+        self._pinged = None
+        if self.pgconn is None:
+            return
+        self._drop()
+        self._failed(Failure(NoAnswer(f"no answer from the database in {pgtimeouts.CALL_DEADLINE:g} s")))
+
+    def _ponged(self, pgconn: Any) -> None:
+        """(In L{doRead}.) Take the ping's answer if it has all come, and ask again later."""
+        while not pgconn.is_busy():
+            if pgconn.get_result() is None:
+                call, self._pinged = self._pinged, None
+                if call.active():
+                    call.cancel()
+                self._ping_call = self.store.reactor.callLater(pgtimeouts.LISTEN_PING, self._ping)
+                return
 
     def _failed(self, reason) -> None:
         error = reason.value
@@ -2538,6 +2631,8 @@ class ChangeListener:
         pgconn = self.pgconn
         try:
             pgconn.consume_input()
+            if self._pinged is not None:
+                self._ponged(pgconn)
             while True:
                 notify = pgconn.notifies()
                 if notify is None:
@@ -2559,6 +2654,10 @@ class ChangeListener:
         self._failed(reason)
 
     def _drop(self) -> None:
+        for call in (self._ping_call, self._pinged):
+            if call is not None and call.active():
+                call.cancel()
+        self._ping_call = self._pinged = None
         if self.conn is None:
             return
         self.store.reactor.removeReader(self)
