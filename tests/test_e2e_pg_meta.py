@@ -39,13 +39,13 @@ if _file:
 
     _real = _pg.Database.run
 
-    def run(self, function, *args):
+    def run(self, function, *args, **options):
         try:
             with open(_file) as f:
                 time.sleep(float(f.read() or "0"))
         except FileNotFoundError:
             pass
-        return _real(self, function, *args)
+        return _real(self, function, *args, **options)
 
     _pg.Database.run = run
 '''
