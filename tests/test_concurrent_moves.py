@@ -94,3 +94,48 @@ def test_two_sessions_moving_the_same_messages_at_once_move_each_exactly_once(st
     finally:
         setup.logout()
     assert "Traceback" not in hub.log
+
+
+def test_webmail_delete_and_an_imap_move_of_one_message_at_once_move_it_once(start_hub):
+    from tests.web_helpers import WebClient
+
+    hub = start_hub()
+    setup = _session(hub)
+    browser = WebClient(hub)
+    browser.login("alice", "secret")
+    try:
+        assert setup.create("F1")[0] == "OK"
+        for round_ in range(ROUNDS):
+            subject = f"w{round_}"
+            assert setup.append("INBOX", None, None, f"Subject: {subject}\r\n\r\nbody\r\n".encode())[0] == "OK"
+            setup.select("INBOX")
+            uid = setup.uid("SEARCH", None, "SUBJECT", subject)[1][0].decode()
+            page = browser.get(f"/mail/INBOX/{uid}")
+            token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+            imap = _session(hub)
+            assert imap.select("INBOX")[0] == "OK"
+            barrier = threading.Barrier(2)
+            answers: dict = {}
+
+            def by_imap() -> None:
+                barrier.wait()
+                answers["imap"] = imap.uid("MOVE", uid, "F1")
+
+            def by_web() -> None:
+                barrier.wait()
+                answers["web"] = browser.post(f"/mail/INBOX/{uid}/action", {"action": "delete", "csrf": token})
+
+            threads = [threading.Thread(target=by_imap), threading.Thread(target=by_web)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            imap.logout()
+            places = [f for f in ("F1", "Trash", "INBOX") for s in _subjects(setup, f) if s == subject]
+            assert len(places) == 1 and places[0] != "INBOX", f"round {round_}: {subject} in {places}; {answers}"
+            web = answers["web"]
+            assert web.status in (303, 404), (web.status, web.text)
+            assert answers["imap"][0] == ("OK" if places == ["F1"] else "NO"), answers
+    finally:
+        setup.logout()
+    assert "Traceback" not in hub.log
