@@ -309,6 +309,22 @@ class MoveClaimTests(FolderCase):
         self.assertEqual([n for n in os.listdir(os.path.join(self.folder.directory, "tmp")) if n.startswith(".moving-")], [])
 
 
+class CopyOfAMessageGoneTests(FolderCase):
+    @defer.inlineCallbacks
+    def test_a_copy_leaves_out_a_message_another_process_expunged_since(self):
+        # Before, the copy failed (NoSuchMessage): IMAP answered COPY with
+        # NO [SERVERBUG] and logged a traceback, for an ordinary race.
+        uids = []
+        for _ in range(3):
+            uids.append((yield self.folder.append(MESSAGE)))
+        self.folder.messages()
+        os.unlink(self.folder.path(uids[1]))  # (another process's expunge)
+        destination = self.store.account(ADDRESS).create_folder("Archive")
+        pairs = yield self.folder.copy_to(uids, destination)
+        self.assertEqual([s for s, _ in pairs], [uids[0], uids[2]])
+        self.assertEqual(len(destination.messages()), 2)
+
+
 class TmpCleaningTests(unittest.TestCase):
     def setUp(self):
         self.root = self.mktemp()

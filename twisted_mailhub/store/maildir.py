@@ -3054,7 +3054,9 @@ class MaildirFolder:
     def copy_to(self, uids, destination):
         """
         Copy messages to C{destination}; fires with (source UID, new UID)
-        pairs once every copy is durable. All or nothing (RFC 3501 §6.4.7):
+        pairs once every copy is durable. A message that is gone (expunged,
+        or moved by another session, here or in another process) is left
+        out. All or nothing (RFC 3501 §6.4.7):
         a Maildir destination takes the copies as one write group
         (L{append_many}), so none appears unless all do; elsewhere, if one
         copy fails (a full disk), the copies made are expunged from
@@ -3070,11 +3072,17 @@ class MaildirFolder:
             for uid in sorted(set(uids)):
                 if table.position(uid) < 0:
                     continue
-                if by_file:
-                    copies.append(self._copy_source(uid))
-                else:
-                    info = table.info(table.position(uid))
-                    copies.append((self.read(uid), info.flags, info.internal_date))
+                try:
+                    if by_file:
+                        copies.append(self._copy_source(uid))
+                    else:
+                        info = table.info(table.position(uid))
+                        copies.append((self.read(uid), info.flags, info.internal_date))
+                except NoSuchMessage:
+                    # Expunged (or moved) by another process since this one
+                    # looked: not copied, as one expunged here is not.
+                    table = self._table
+                    continue
                 sources.append(uid)
         except BaseException:
             for copy in copies if by_file else ():
