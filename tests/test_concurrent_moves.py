@@ -45,9 +45,24 @@ def _moved_uids(text: bytes) -> int:
     return count
 
 
+def _movers(hub, workers: str) -> list[imaplib.IMAP4]:
+    """Two logged-in sessions: under --workers 2, one on each worker (tests.test_workers.on_worker)."""
+    if workers == "1":
+        return [_session(hub), _session(hub)]
+    from tests.test_workers import on_worker
+
+    movers = [on_worker(hub, k, lambda timeout: imaplib.IMAP4("127.0.0.1", hub.ports["imap"], timeout=timeout)) for k in (0, 1)]
+    for imap in movers:
+        imap.login("alice", "secret")
+    return movers
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_two_sessions_moving_the_same_messages_at_once_move_each_exactly_once(start_hub, workers):
-    hub = start_hub("--workers", workers)
+    _race(start_hub("--workers", workers), workers)
+
+
+def _race(hub, workers: str) -> None:
     setup = _session(hub)
     try:
         for name in ("F1", "F2"):
@@ -56,7 +71,7 @@ def test_two_sessions_moving_the_same_messages_at_once_move_each_exactly_once(st
             for i in range(MESSAGES):
                 message = f"Subject: r{round_}m{i}\r\n\r\nbody {i}\r\n".encode()
                 assert setup.append("INBOX", None, None, message)[0] == "OK"
-            movers = [_session(hub), _session(hub)]
+            movers = _movers(hub, workers)
             for imap in movers:
                 assert imap.select("INBOX")[0] == "OK"
             barrier = threading.Barrier(2)
