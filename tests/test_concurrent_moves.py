@@ -81,7 +81,7 @@ def _race(hub, workers: str) -> None:
                 imap = movers[k]
                 barrier.wait()
                 typ, data = imap.uid("MOVE", "1:*", f"F{k + 1}")
-                answers[k] = (typ, data, imap.untagged_responses.get("OK", []))
+                answers[k] = (typ, data, imap.untagged_responses.get("OK", []), imap.untagged_responses.get("EXPUNGE", []))
 
             threads = [threading.Thread(target=move, args=(k,)) for k in range(2)]
             for t in threads:
@@ -99,11 +99,14 @@ def _race(hub, workers: str) -> None:
             # Each session's COPYUID names only what it moved; a session
             # that moved nothing answers NO, not OK.
             moved = 0
-            for k, (typ, data, untagged) in enumerate(answers):
+            for k, (typ, data, untagged, expunged) in enumerate(answers):
                 said = b" ".join(x for x in untagged + list(data) if isinstance(x, bytes))
                 n = _moved_uids(said)
                 assert n == len(in_f1 if k == 0 else in_f2), f"round {round_}: session {k + 1} said {said!r}"
                 assert typ == ("OK" if n else "NO"), f"round {round_}: session {k + 1}: {typ} {data}"
+                # Both sessions are told every message left INBOX, the
+                # loser too (RFC 6851 §3.3), before the tagged answer.
+                assert len(expunged) == MESSAGES, f"round {round_}: session {k + 1} got EXPUNGE {expunged}"
                 moved += n
             assert moved == MESSAGES
     finally:

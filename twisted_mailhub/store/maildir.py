@@ -560,6 +560,8 @@ class MaildirFolder:
         # Messages a move of this process has claimed (L{copy_for_move}):
         # UID -> (the file's place before, its claimed name in tmp/).
         self._moving: dict[int, tuple[str, str]] = {}
+        # Moves waiting for those claims to end: UID -> Deferreds.
+        self._claim_waiters: dict[int, list[defer.Deferred]] = {}
         # Messages being written: UID reserved, line on its way to the list.
         self._pending: dict[str, _Entry] = {}
         # (mtimes before, mtimes after) of each of our own renames into
@@ -3008,6 +3010,7 @@ class MaildirFolder:
 
     def _expunge(self, uids, origin=None):
         gone = []
+        ended: list[int] = []
         at = []
         trash = []
         was_current = self._before_own_change()
@@ -3024,6 +3027,8 @@ class MaildirFolder:
             # journal behind other fsyncs. The unlink follows in a worker
             # thread; after a crash, clean_tmp removes what it left.
             claim = self._moving.pop(uid, None) if self._moving else None
+            if claim:
+                ended.append(uid)
             path = claim[1] if claim else os.path.join(self.directory, table.subdir(i), table.filename(i))
             away = os.path.join(tmp, unique_name(table.sizes[i], self.hostname))
             try:
@@ -3040,6 +3045,8 @@ class MaildirFolder:
             at.append(i)
         if trash:
             _unlink_later(self.writer.reactor, trash)
+        if ended:
+            self._claims_ended(ended)
         if gone:
             table.remove(at)
             self._changes += 1
@@ -3124,6 +3131,15 @@ class MaildirFolder:
         their names) and the failure is passed on: nothing is lost. A
         claim a crash left behind is given back by L{clean_tmp}.
         """
+        uids = sorted(set(uids))
+        busy = [uid for uid in uids if uid in self._moving]
+        if busy:
+            # Being moved by another session of this process: wait for that
+            # move to end, then claim what is still here (its expunge has
+            # then told this session's view, so the EXPUNGE responses come
+            # before this move's answer).
+            waits = [self._claim_ended(uid) for uid in busy]
+            return defer.gatherResults(waits).addCallback(lambda _: self.copy_for_move(uids, destination))
         claimed = self._claim(uids)
         if not claimed:
             return defer.succeed([])
@@ -3169,6 +3185,18 @@ class MaildirFolder:
                 break
         return claimed
 
+    def _claim_ended(self, uid: int) -> defer.Deferred:
+        """A Deferred firing (in a later turn) once the move that claimed C{uid} has expunged it or given it back."""
+        d: defer.Deferred = defer.Deferred()
+        self._claim_waiters.setdefault(uid, []).append(d)
+        return d
+
+    def _claims_ended(self, uids: Iterable[int]) -> None:
+        """Wake the moves waiting for the claims of C{uids} (L{_claim_ended}), in a later turn of the reactor."""
+        waiting = [d for uid in uids for d in self._claim_waiters.pop(uid, ())]
+        if waiting:
+            self.writer.reactor.callLater(0, lambda: [d.callback(None) for d in waiting])
+
     def _unclaim(self, claimed: dict[int, tuple[str, str]]) -> None:
         """Give back the claims of a move whose copy failed: each file back under its former name."""
         for uid, (path, away) in claimed.items():
@@ -3179,6 +3207,7 @@ class MaildirFolder:
                 os.rename(away, path)
             except OSError as e:
                 log.warn("{path}: a claimed message could not be given back ({error}); clean_tmp will", path=away, error=error_words(e))
+        self._claims_ended(claimed)
 
     def _copy_source(self, uid: int) -> tuple[int, int, str, frozenset[str], float]:
         """
