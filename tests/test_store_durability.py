@@ -260,6 +260,72 @@ class AllOrNothingCopyTests(FolderCase):
         self.assertEqual(os.listdir(os.path.join(destination.directory, "cur")), [])
 
 
+class MoveClaimTests(FolderCase):
+    """L{MaildirFolder.copy_for_move}: each message's file is claimed before it is copied."""
+
+    @defer.inlineCallbacks
+    def test_a_move_that_runs_out_of_space_gives_its_messages_back(self):
+        uids = []
+        for _ in range(3):
+            uids.append((yield self.folder.append(MESSAGE)))
+        before = self.listing("cur")
+        destination = self.store.account(ADDRESS).create_folder("Archive")
+        real = durable._create_file
+
+        def create(path, data, *unnamed_in):
+            if path.startswith(destination.directory):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(path, data, *unnamed_in)
+
+        self.patch(durable, "_create_file", create)
+        yield self.assertFailure(self.folder.copy_for_move(uids, destination), InsufficientStorage)
+        self.assertEqual(self.listing("cur"), before)
+        self.assertEqual([i.uid for i in self.folder.messages()], uids)
+        self.assertEqual(self.folder.read(uids[0]), MESSAGE)
+        self.assertEqual(destination.messages(), [])
+        # and a move after it moves them
+        self.patch(durable, "_create_file", real)
+        pairs = yield self.folder.copy_for_move(uids, destination)
+        self.assertEqual([s for s, _ in pairs], uids)
+
+    @defer.inlineCallbacks
+    def test_a_message_claimed_by_one_move_is_not_moved_by_another(self):
+        uids = []
+        for _ in range(2):
+            uids.append((yield self.folder.append(MESSAGE)))
+        first = self.store.account(ADDRESS).create_folder("F1")
+        second = self.store.account(ADDRESS).create_folder("F2")
+        one = self.folder.copy_for_move(uids, first)
+        two = self.folder.copy_for_move(uids, second)
+        # (claimed, not yet expunged: still read, still listed)
+        self.assertEqual(self.folder.read(uids[1]), MESSAGE)
+        self.assertEqual([i.uid for i in self.folder.messages()], uids)
+        pairs_one = yield one
+        self.assertEqual([s for s, _ in pairs_one], uids)
+        self.assertFalse(two.called)  # (it waits for the first move's expunge)
+        self.assertEqual(self.folder.expunge(uids), uids)
+        yield self.folder.flush()
+        self.assertEqual((yield two), [])
+        self.assertEqual((len(first.messages()), len(second.messages()), self.folder.messages()), (2, 0, []))
+        self.assertEqual([n for n in os.listdir(os.path.join(self.folder.directory, "tmp")) if n.startswith(".moving-")], [])
+
+
+class CopyOfAMessageGoneTests(FolderCase):
+    @defer.inlineCallbacks
+    def test_a_copy_leaves_out_a_message_another_process_expunged_since(self):
+        # Before, the copy failed (NoSuchMessage): IMAP answered COPY with
+        # NO [SERVERBUG] and logged a traceback, for an ordinary race.
+        uids = []
+        for _ in range(3):
+            uids.append((yield self.folder.append(MESSAGE)))
+        self.folder.messages()
+        os.unlink(self.folder.path(uids[1]))  # (another process's expunge)
+        destination = self.store.account(ADDRESS).create_folder("Archive")
+        pairs = yield self.folder.copy_to(uids, destination)
+        self.assertEqual([s for s, _ in pairs], [uids[0], uids[2]])
+        self.assertEqual(len(destination.messages()), 2)
+
+
 class TmpCleaningTests(unittest.TestCase):
     def setUp(self):
         self.root = self.mktemp()
@@ -305,6 +371,18 @@ class TmpCleaningTests(unittest.TestCase):
         os.utime(theirs, (then, then))
         self.assertEqual(clean_tmp(self.root, "mail.test"), (0, 1))
         self.assertFalse(os.path.exists(theirs))
+
+    def test_a_message_a_stopped_process_claimed_for_a_move_goes_back_to_cur(self):
+        # A crash between a move's claim and its expunge: the message may
+        # already be in the destination too, but is never lost.
+        name = "1700000000.M9P1Q1.mail.test,S=7:2,S"
+        dead = self.leave(self.inbox, f".moving-{self.dead_pid()}-{name}", age=40 * 3600)
+        live = self.leave(self.folder, f".moving-{os.getpid()}-{name}")
+        self.assertEqual(clean_tmp(self.root, "mail.test"), (0, 0))
+        self.assertFalse(os.path.exists(dead))
+        with open(os.path.join(self.inbox, "cur", name), "rb") as f:
+            self.assertEqual(f.read(), b"partial")
+        self.assertTrue(os.path.exists(live))  # (its move is still running)
 
     def test_anything_older_than_36_hours_goes(self):
         old = self.leave(self.inbox, "whatever.crlf", age=37 * 3600)

@@ -460,8 +460,10 @@ class QuotaFolder(_Passing):
     def append(self, message: bytes, *args: Any, **kwargs: Any) -> defer.Deferred:
         return self._checked(len(message), lambda: self._real.append(message, *args, **kwargs))
 
-    def copy_to(self, uids, destination: Any) -> defer.Deferred:
+    def copy_to(self, uids, destination: Any, copy: Any = None) -> defer.Deferred:
+        """The real C{copy_to} (or C{copy}, taking the same arguments) once the destination's account has room."""
         uids = list(uids)
+        copy = copy or self._real.copy_to
         octets = 0
         for uid in uids:
             try:
@@ -470,7 +472,7 @@ class QuotaFolder(_Passing):
                 continue
         target = getattr(destination, "_real", destination)
         address = getattr(destination, "_address", self._address)
-        return self._quotas.reserve(address, octets, lambda: self._real.copy_to(uids, target))
+        return self._quotas.reserve(address, octets, lambda: copy(uids, target))
 
     def expunge(self, uids, origin: Any = None) -> list[int]:
         """The real C{expunge}; what it removed is taken off the account's count."""
@@ -517,9 +519,11 @@ class QuotaFolder(_Passing):
         nothing grows and the quota is not asked (a full mailbox can still
         move its mail to Trash to free space, as with Dovecot).
         """
+        move = getattr(self._real, "copy_for_move", self._real.copy_to)  # (Maildir: claims each message first)
+        target = getattr(destination, "_real", destination)
         if getattr(destination, "_address", self._address) == self._address:
-            return defer.maybeDeferred(self._real.copy_to, list(uids), getattr(destination, "_real", destination))
-        return self.copy_to(uids, destination)
+            return defer.maybeDeferred(move, list(uids), target)
+        return self.copy_to(uids, destination, copy=move)
 
 
 class QuotaAccount(_Passing):

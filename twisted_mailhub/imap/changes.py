@@ -138,6 +138,12 @@ class ChangeCommands:
                     uid_runs_text(s for s, _ in pairs),
                     uid_runs_text(n for _, n in pairs),
                 )
+            if move and uids and not pairs:
+                # Every one was moved or expunged by another session
+                # meanwhile (RFC 5530 §3; Dovecot answers the same): its
+                # EXPUNGE responses come before this.
+                self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] MOVE failed: the messages were moved or expunged by another session meanwhile")
+                return
             if move:
                 if code:
                     # resp-text needs text after the code (RFC 3501 §9).

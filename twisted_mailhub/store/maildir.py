@@ -557,6 +557,11 @@ class MaildirFolder:
         self._dir_mtimes: tuple[int, int] | None = None
         # Entries of new/ and cur/ found not to be files (a FIFO): logged once.
         self._not_files: set[str] = set()
+        # Messages a move of this process has claimed (L{copy_for_move}):
+        # UID -> (the file's place before, its claimed name in tmp/).
+        self._moving: dict[int, tuple[str, str]] = {}
+        # Moves waiting for those claims to end: UID -> Deferreds.
+        self._claim_waiters: dict[int, list[defer.Deferred]] = {}
         # Messages being written: UID reserved, line on its way to the list.
         self._pending: dict[str, _Entry] = {}
         # (mtimes before, mtimes after) of each of our own renames into
@@ -2095,6 +2100,8 @@ class MaildirFolder:
             in_new = bits[i] & NEW
             where = seen.get(table.names[i])
             if where is None:
+                if self._moving and table.uids[i] in self._moving:
+                    continue  # (claimed by a move here: expunged by it once copied)
                 gone.append(table.uids[i])
                 gone_at.append(i)
                 continue
@@ -2640,6 +2647,11 @@ class MaildirFolder:
         return self._table.summary(self._check_uid(uid) if self._unchecked else self._position(uid))
 
     def _file(self, uid: int) -> str:
+        if self._moving:
+            claim = self._moving.get(uid)
+            if claim is not None:
+                self._position(uid)  # (NoSuchMessage if gone)
+                return claim[1]
         table = self._table
         i = self._check_uid(uid) if self._unchecked else self._position(uid)
         return self.directory + ("/new/" if table.bits[i] & NEW else "/cur/") + table.filename(i)
@@ -2662,6 +2674,8 @@ class MaildirFolder:
         table = self._table
         i = self._check_uid(uid) if self._unchecked else self._position(uid)
         try:
+            if self._moving and uid in self._moving:
+                raise FileNotFoundError  # (claimed by a move: read under its claimed name)
             fd = os.open(self.directory + ("/new/" if table.bits[i] & NEW else "/cur/") + table.filename(i), os.O_RDONLY)
         except FileNotFoundError:
             self._scan(force=True)  # renamed by someone else: look again
@@ -2996,6 +3010,7 @@ class MaildirFolder:
 
     def _expunge(self, uids, origin=None):
         gone = []
+        ended: list[int] = []
         at = []
         trash = []
         was_current = self._before_own_change()
@@ -3011,7 +3026,10 @@ class MaildirFolder:
             # on a journaling file system can wait a millisecond for the
             # journal behind other fsyncs. The unlink follows in a worker
             # thread; after a crash, clean_tmp removes what it left.
-            path = os.path.join(self.directory, table.subdir(i), table.filename(i))
+            claim = self._moving.pop(uid, None) if self._moving else None
+            if claim:
+                ended.append(uid)
+            path = claim[1] if claim else os.path.join(self.directory, table.subdir(i), table.filename(i))
             away = os.path.join(tmp, unique_name(table.sizes[i], self.hostname))
             try:
                 os.rename(path, away)
@@ -3027,6 +3045,8 @@ class MaildirFolder:
             at.append(i)
         if trash:
             _unlink_later(self.writer.reactor, trash)
+        if ended:
+            self._claims_ended(ended)
         if gone:
             table.remove(at)
             self._changes += 1
@@ -3041,7 +3061,9 @@ class MaildirFolder:
     def copy_to(self, uids, destination):
         """
         Copy messages to C{destination}; fires with (source UID, new UID)
-        pairs once every copy is durable. All or nothing (RFC 3501 §6.4.7):
+        pairs once every copy is durable. A message that is gone (expunged,
+        or moved by another session, here or in another process) is left
+        out. All or nothing (RFC 3501 §6.4.7):
         a Maildir destination takes the copies as one write group
         (L{append_many}), so none appears unless all do; elsewhere, if one
         copy fails (a full disk), the copies made are expunged from
@@ -3057,11 +3079,17 @@ class MaildirFolder:
             for uid in sorted(set(uids)):
                 if table.position(uid) < 0:
                     continue
-                if by_file:
-                    copies.append(self._copy_source(uid))
-                else:
-                    info = table.info(table.position(uid))
-                    copies.append((self.read(uid), info.flags, info.internal_date))
+                try:
+                    if by_file:
+                        copies.append(self._copy_source(uid))
+                    else:
+                        info = table.info(table.position(uid))
+                        copies.append((self.read(uid), info.flags, info.internal_date))
+                except NoSuchMessage:
+                    # Expunged (or moved) by another process since this one
+                    # looked: not copied, as one expunged here is not.
+                    table = self._table
+                    continue
                 sources.append(uid)
         except BaseException:
             for copy in copies if by_file else ():
@@ -3087,6 +3115,99 @@ class MaildirFolder:
             return failures[0]
 
         return d.addCallback(settled)
+
+    def copy_for_move(self, uids, destination):
+        """
+        L{copy_to} for a move (IMAP MOVE, RFC 6851; webmail's move and
+        delete to Trash; RENAME INBOX): each message's file is first
+        claimed, by renaming it into C{tmp/} under a claimed name (atomic: of
+        two sessions, or two processes under C{--workers}, moving the same
+        message at once, one rename wins; for the other the message is
+        gone, as if expunged). Only the claimed messages are copied; fires
+        with their (source UID, new UID) pairs, ascending, once the copies
+        are durable (an empty list if another move took them all). The
+        caller expunges the sources next, which removes the claimed files.
+        If the copy fails, the claims are given back (the files return to
+        their names) and the failure is passed on: nothing is lost. A
+        claim a crash left behind is given back by L{clean_tmp}.
+        """
+        uids = sorted(set(uids))
+        busy = [uid for uid in uids if uid in self._moving]
+        if busy:
+            # Being moved by another session of this process: wait for that
+            # move to end, then claim what is still here (its expunge has
+            # then told this session's view, so the EXPUNGE responses come
+            # before this move's answer).
+            waits = [self._claim_ended(uid) for uid in busy]
+            return defer.gatherResults(waits).addCallback(lambda _: self.copy_for_move(uids, destination))
+        claimed = self._claim(uids)
+        if not claimed:
+            return defer.succeed([])
+        try:
+            d = self.copy_to(sorted(claimed), destination)
+        except BaseException:
+            self._unclaim(claimed)
+            raise
+
+        def not_copied(failure: Failure) -> Failure:
+            self._unclaim(claimed)
+            return failure
+
+        return d.addErrback(not_copied)
+
+    def _claim(self, uids) -> dict[int, tuple[str, str]]:
+        """
+        Claim the files of C{uids} for a move (L{copy_for_move}): each
+        renamed to C{tmp/.moving-<pid>-<file name>}. Returns UID ->
+        (former path, claimed path) of those this call claimed; a message
+        gone, or claimed already by another move, is left out.
+        """
+        claimed: dict[int, tuple[str, str]] = {}
+        for uid in sorted(set(uids)):
+            if uid in self._moving:
+                continue  # (another session of this process is moving it)
+            for attempt in (0, 1):
+                try:
+                    path = self._file(uid)
+                except NoSuchMessage:
+                    break
+                away = os.path.join(self.directory, "tmp", f"{MOVING_PREFIX}{_pid[0]}-{os.path.basename(path)}")
+                try:
+                    os.rename(path, away)
+                except FileNotFoundError:
+                    if attempt:
+                        break
+                    # Renamed since (its flags) or claimed by another process:
+                    # look again, then try once more.
+                    self._scan(force=True)
+                    continue
+                claimed[uid] = self._moving[uid] = (path, away)
+                break
+        return claimed
+
+    def _claim_ended(self, uid: int) -> defer.Deferred:
+        """A Deferred firing (in a later turn) once the move that claimed C{uid} has expunged it or given it back."""
+        d: defer.Deferred = defer.Deferred()
+        self._claim_waiters.setdefault(uid, []).append(d)
+        return d
+
+    def _claims_ended(self, uids: Iterable[int]) -> None:
+        """Wake the moves waiting for the claims of C{uids} (L{_claim_ended}), in a later turn of the reactor."""
+        waiting = [d for uid in uids for d in self._claim_waiters.pop(uid, ())]
+        if waiting:
+            self.writer.reactor.callLater(0, lambda: [d.callback(None) for d in waiting])
+
+    def _unclaim(self, claimed: dict[int, tuple[str, str]]) -> None:
+        """Give back the claims of a move whose copy failed: each file back under its former name."""
+        for uid, (path, away) in claimed.items():
+            if self._moving.get(uid) != (path, away):
+                continue  # (expunged meanwhile: the expunge removed it)
+            del self._moving[uid]
+            try:
+                os.rename(away, path)
+            except OSError as e:
+                log.warn("{path}: a claimed message could not be given back ({error}); clean_tmp will", path=away, error=error_words(e))
+        self._claims_ended(claimed)
 
     def _copy_source(self, uid: int) -> tuple[int, int, str, frozenset[str], float]:
         """
@@ -4364,6 +4485,14 @@ class MaildirAccount:
 
 
 TMP_MAX_AGE = 36 * 3600  # seconds: the Maildir convention's limit for tmp/
+# A message's file claimed by a move (L{MaildirFolder.copy_for_move}):
+# tmp/.moving-<pid>-<its file name in cur/ or new/>. Out of cur/ and new/,
+# so gone for every reader; given back into cur/ by L{clean_tmp} if the
+# process that claimed it is gone (a crash between the claim and the
+# expunge: the message may then be in both folders, never in none).
+MOVING_PREFIX = ".moving-"
+_MOVING_NAME = re.compile(r"^\.moving-(\d+)-(.+)$")
+
 _TMP_NAME = re.compile(r"^\d+\.M\d+P(\d+)Q\d+\.(.+?),S=\d+")
 
 
@@ -4393,7 +4522,9 @@ def clean_tmp(root: str, hostname: str, now: float | None = None, max_age: float
     Remove leftovers from the C{tmp/} folder of every Maildir under
     C{root} (C{DATA/mail}): files written by a process of this host
     (C{hostname}) that no longer runs, and files older than C{max_age}
-    seconds. Returns (files of dead processes, old files) removed.
+    seconds. Returns (files of dead processes, old files) removed. A
+    message a move claimed (C{tmp/.moving-<pid>-<name>}, L{MOVING_PREFIX})
+    is never removed: once its process is gone it goes back into C{cur/}.
     Runs in a worker thread: it lists every Maildir.
 
     A file named as this hub names its own but owned by another user is
@@ -4405,7 +4536,7 @@ def clean_tmp(root: str, hostname: str, now: float | None = None, max_age: float
     now = time.time() if now is None else now
     host = _safe_hostname(hostname)
     me = os.geteuid()
-    dead = old = 0
+    dead = old = given_back = 0
     for tmp in _tmp_folders(root):
         try:
             names = os.listdir(tmp)
@@ -4413,6 +4544,17 @@ def clean_tmp(root: str, hostname: str, now: float | None = None, max_age: float
             continue
         for name in names:
             path = os.path.join(tmp, name)
+            claim = _MOVING_NAME.match(name)
+            if claim:
+                # A move's claim: never removed; given back once its
+                # process is gone (the copy may not have been made).
+                try:
+                    if os.lstat(path).st_uid == me and _process_is_gone(int(claim.group(1))):
+                        os.rename(path, os.path.join(os.path.dirname(tmp), "cur", claim.group(2)))
+                        given_back += 1
+                except OSError:
+                    pass
+                continue
             m = _TMP_NAME.match(name)
             try:
                 st = os.lstat(path)
@@ -4424,6 +4566,8 @@ def clean_tmp(root: str, hostname: str, now: float | None = None, max_age: float
                     old += 1
             except OSError:
                 continue  # gone already, or not ours to remove
+    if given_back:
+        log.info("maildir tmp/: gave back {n} message(s) a stopped process had claimed for a move", n=given_back)
     return dead, old
 
 
