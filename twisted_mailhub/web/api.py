@@ -50,7 +50,6 @@ from twisted.logger import Logger
 from twisted.protocols import ftp
 from twisted.web import resource, server
 
-from twisted_mailhub.ftp.vfs import FileSystemUnavailable
 from twisted_mailhub.imap.message import split_header
 from twisted_mailhub.imap.search import BadSearch, Candidate, compile_query, headers_in_thread, matching_in_thread
 from twisted_mailhub.login import ClientPortal
