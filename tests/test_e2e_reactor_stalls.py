@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import ftplib
 import io
-import threading
 import time
 
 import pytest
 
 from tests.test_e2e_imap import append, login
+from tests.thread_helpers import pings_while
 
 SITECUSTOMIZE = '''
 import os, time
@@ -67,29 +67,6 @@ if _tree_delay:
 
 SEARCH_DELAY = 0.04
 MESSAGES = 80  # (more than the memory store matches in the reactor: READ_HERE_MESSAGES)
-
-
-def pings_while(hub, action) -> tuple[object, list[float]]:
-    """Run C{action()} in a thread while bob sends NOOP after NOOP: (its result, bob's waits in seconds)."""
-    bob = login(hub, "bob", "hungry")
-    bob.select("INBOX")
-    result: dict = {}
-
-    def run() -> None:
-        result["value"] = action()
-
-    doer = threading.Thread(target=run)
-    doer.start()
-    waits = []
-    while doer.is_alive():
-        began = time.monotonic()
-        typ, _ = bob.noop()
-        assert typ == "OK"
-        waits.append(time.monotonic() - began)
-        time.sleep(0.02)
-    doer.join()
-    bob.logout()
-    return result["value"], waits
 
 
 @pytest.fixture
