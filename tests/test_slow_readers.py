@@ -370,10 +370,12 @@ def cut_within(conn, seconds: float) -> float:
     return time.monotonic() - start
 
 
-def test_an_imap_fetch_read_a_few_octets_a_second_is_cut_off_and_the_next_session_works(start_hub):
-    hub = start_hub("--slow-transfer-window", "2")
-    deliver_big(hub)
-    s = line_socket(hub, "imap")
+def ask_for_the_big_message(s: socket.socket) -> None:
+    """
+    On a fresh IMAP connection C{s}: read the greeting, log in as alice,
+    SELECT INBOX and send C{c FETCH 1 BODY.PEEK[]} (RFC 9051), reading
+    none of its answer.
+    """
     s.recv(4096)
     ask_line(s, b"a LOGIN alice secret\r\n", b"\r\n")
     reply = b""
@@ -381,6 +383,13 @@ def test_an_imap_fetch_read_a_few_octets_a_second_is_cut_off_and_the_next_sessio
     while b"b OK" not in reply:
         reply += s.recv(65536)
     s.sendall(b"c FETCH 1 BODY.PEEK[]\r\n")
+
+
+def test_an_imap_fetch_read_a_few_octets_a_second_is_cut_off_and_the_next_session_works(start_hub):
+    hub = start_hub("--slow-transfer-window", "2")
+    deliver_big(hub)
+    s = line_socket(hub, "imap")
+    ask_for_the_big_message(s)
     # A client with a 4 KiB receive buffer: it holds at most that much;
     # what it read before the reset plus that is all it ever sees.
     read_slowly(s, 200, 6)
@@ -557,13 +566,7 @@ def test_an_imaps_fetch_read_a_few_octets_a_second_is_cut_off_too(start_hub):
     deliver_big(hub)
     raw = line_socket(hub, "imaps")
     s = client_context().wrap_socket(raw, server_hostname="127.0.0.1")
-    s.recv(4096)
-    ask_line(s, b"a LOGIN alice secret\r\n", b"\r\n")
-    reply = b""
-    s.sendall(b"b SELECT INBOX\r\n")
-    while b"b OK" not in reply:
-        reply += s.recv(65536)
-    s.sendall(b"c FETCH 1 BODY.PEEK[]\r\n")
+    ask_for_the_big_message(s)
     read_slowly(s, 200, 6)
     assert data_ended(s)
     assert_one_line(hub)
