@@ -39,6 +39,7 @@ class MessageReadsTests(unittest.TestCase):
         accounts = AccountBook(["localhost"])
         accounts.add("alice", "secret")
         data = self.mktemp()
+        os.makedirs(data)  # (the store makes an account's folder only in a data folder that is there: datafolder.must_exist)
         self.store = MaildirStore(os.path.join(data, "mail"), GroupCommitWriter(task.Clock()))
         self.store.small_files = SmallFiles(fsync=self.journal.fsync, run=self.journal.run)
         self.hub = Hub(task.Clock(), {"max-message-size": 10000}, accounts, self.store, data, "mail.test")
