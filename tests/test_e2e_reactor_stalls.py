@@ -69,6 +69,15 @@ SEARCH_DELAY = 0.04
 MESSAGES = 80  # (more than the memory store matches in the reactor: READ_HERE_MESSAGES)
 
 
+def ftp_upload(hub, name: str, octets: bytes) -> None:
+    """Log in to C{hub}'s FTP as alice and store C{octets} as the file C{name} (STOR, RFC 959)."""
+    f = ftplib.FTP()
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login("alice", "secret")
+    f.storbinary(f"STOR {name}", io.BytesIO(octets))
+    f.quit()
+
+
 @pytest.fixture
 def slow_hub(start_hub, tmp_path):
     """C{slow_hub(*args, **env)}: a hub whose slowed parts (L{SITECUSTOMIZE}) sleep as C{env} says."""
@@ -166,11 +175,7 @@ def test_an_ftp_listing_of_a_big_folder_on_a_slow_disk_does_not_hold_another_ses
 def test_getquota_counting_many_uploaded_files_on_a_slow_disk_does_not_hold_another_session(slow_hub):
     delay = 1.0
     hub = slow_hub("--quota", "10M", MAILHUB_TEST_TREE_DELAY=str(delay))
-    f = ftplib.FTP()
-    f.connect("127.0.0.1", hub.ports["ftp"])
-    f.login("alice", "secret")
-    f.storbinary("STOR upload.bin", io.BytesIO(b"x" * 5000))
-    f.quit()
+    ftp_upload(hub, "upload.bin", b"x" * 5000)
     alice = login(hub)
     append(alice, message=b"Subject: one\r\n\r\n" + b"y" * 3000 + b"\r\n")
     result: dict = {}
@@ -198,11 +203,7 @@ def test_sftp_df_counting_the_uploaded_files_on_a_slow_disk_does_not_hold_anothe
 
     delay = 1.0
     hub = slow_hub("--quota", "2M", MAILHUB_TEST_TREE_DELAY=str(delay))
-    f = ftplib.FTP()
-    f.connect("127.0.0.1", hub.ports["ftp"])
-    f.login("alice", "secret")
-    f.storbinary("STOR up.bin", io.BytesIO(b"x" * 300_000))
-    f.quit()
+    ftp_upload(hub, "up.bin", b"x" * 300_000)
     shown, waits = pings_while(hub, lambda: df(hub))
     size, used, avail = shown
     assert size == 2048 and used >= 292 and avail == size - used, shown
