@@ -9,12 +9,10 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import shutil
-import tempfile
 
 import pytest
 
-from tests.test_web_browser import CHROMIUM, DRIVER  # (skips, or fails in CI, without chromium)
+from tests.test_web_browser import chromium_driver  # (skips, or fails in CI, without chromium)
 from tests.web_helpers import serve_page
 from twisted_mailhub.testing import Mailhub
 
@@ -51,23 +49,8 @@ def other_site(hub):
 
 @pytest.fixture
 def browser():
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="mailhub-chromium-")
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with chromium_driver() as driver:
+        yield driver
 
 
 def accounts(hub) -> list[str]:
