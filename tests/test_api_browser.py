@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import base64
 import http.client
-import http.server
 import json
-import shutil
-import tempfile
-import threading
 
 import pytest
 
-from tests.test_web_browser import CHROMIUM, DRIVER  # (skips, or fails in CI, without chromium)
+from tests.test_web_browser import chromium_driver  # (skips, or fails in CI, without chromium)
+from tests.web_helpers import serve_page
 from twisted_mailhub.testing import Mailhub
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -44,20 +41,7 @@ def other_site(hub):
     """A site of its own (http://localhost:PORT, not 127.0.0.1: another site) serving ATTACK."""
     page = ATTACK.format(action=f"http://127.0.0.1:{hub.ports['web']}/api/v1/accounts").encode()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = serve_page(page)
     yield f"http://localhost:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
@@ -65,23 +49,8 @@ def other_site(hub):
 
 @pytest.fixture
 def browser():
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="mailhub-chromium-")
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with chromium_driver() as driver:
+        yield driver
 
 
 def accounts(hub) -> list[str]:

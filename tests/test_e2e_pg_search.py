@@ -18,7 +18,6 @@ import concurrent.futures
 import imaplib
 import json
 import re
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -26,6 +25,7 @@ import urllib.request
 import pytest
 
 from tests.test_e2e_imap import Raw, append, login
+from tests.thread_helpers import pings_while
 
 SITECUSTOMIZE = '''
 import os, time
@@ -177,29 +177,6 @@ def test_a_long_search_body_on_a_slow_postgresql_does_not_hold_another_session(s
     assert len(waits) >= 3, waits
     assert max(waits) < DELAY / 2, (waits, result)
     alice.logout()
-
-
-def pings_while(hub, action) -> tuple[object, list[float]]:
-    """Run C{action()} in a thread while bob sends NOOP after NOOP: (its result, bob's waits in seconds)."""
-    bob = login(hub, "bob", "hungry")
-    bob.select("INBOX")
-    result: dict = {}
-
-    def run() -> None:
-        result["value"] = action()
-
-    doer = threading.Thread(target=run)
-    doer.start()
-    waits = []
-    while doer.is_alive():
-        began = time.monotonic()
-        typ, _ = bob.noop()
-        assert typ == "OK"
-        waits.append(time.monotonic() - began)
-        time.sleep(0.02)
-    doer.join()
-    bob.logout()
-    return result["value"], waits
 
 
 def test_a_live_search_on_a_slow_postgresql_matches_a_new_message_without_holding_another_session(slow_pg_hub):

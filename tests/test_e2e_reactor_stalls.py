@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import ftplib
 import io
-import threading
 import time
 
 import pytest
 
 from tests.test_e2e_imap import append, login
+from tests.thread_helpers import pings_while
 
 SITECUSTOMIZE = '''
 import os, time
@@ -69,27 +69,13 @@ SEARCH_DELAY = 0.04
 MESSAGES = 80  # (more than the memory store matches in the reactor: READ_HERE_MESSAGES)
 
 
-def pings_while(hub, action) -> tuple[object, list[float]]:
-    """Run C{action()} in a thread while bob sends NOOP after NOOP: (its result, bob's waits in seconds)."""
-    bob = login(hub, "bob", "hungry")
-    bob.select("INBOX")
-    result: dict = {}
-
-    def run() -> None:
-        result["value"] = action()
-
-    doer = threading.Thread(target=run)
-    doer.start()
-    waits = []
-    while doer.is_alive():
-        began = time.monotonic()
-        typ, _ = bob.noop()
-        assert typ == "OK"
-        waits.append(time.monotonic() - began)
-        time.sleep(0.02)
-    doer.join()
-    bob.logout()
-    return result["value"], waits
+def ftp_upload(hub, name: str, octets: bytes) -> None:
+    """Log in to C{hub}'s FTP as alice and store C{octets} as the file C{name} (STOR, RFC 959)."""
+    f = ftplib.FTP()
+    f.connect("127.0.0.1", hub.ports["ftp"])
+    f.login("alice", "secret")
+    f.storbinary(f"STOR {name}", io.BytesIO(octets))
+    f.quit()
 
 
 @pytest.fixture
@@ -189,11 +175,7 @@ def test_an_ftp_listing_of_a_big_folder_on_a_slow_disk_does_not_hold_another_ses
 def test_getquota_counting_many_uploaded_files_on_a_slow_disk_does_not_hold_another_session(slow_hub):
     delay = 1.0
     hub = slow_hub("--quota", "10M", MAILHUB_TEST_TREE_DELAY=str(delay))
-    f = ftplib.FTP()
-    f.connect("127.0.0.1", hub.ports["ftp"])
-    f.login("alice", "secret")
-    f.storbinary("STOR upload.bin", io.BytesIO(b"x" * 5000))
-    f.quit()
+    ftp_upload(hub, "upload.bin", b"x" * 5000)
     alice = login(hub)
     append(alice, message=b"Subject: one\r\n\r\n" + b"y" * 3000 + b"\r\n")
     result: dict = {}
@@ -221,11 +203,7 @@ def test_sftp_df_counting_the_uploaded_files_on_a_slow_disk_does_not_hold_anothe
 
     delay = 1.0
     hub = slow_hub("--quota", "2M", MAILHUB_TEST_TREE_DELAY=str(delay))
-    f = ftplib.FTP()
-    f.connect("127.0.0.1", hub.ports["ftp"])
-    f.login("alice", "secret")
-    f.storbinary("STOR up.bin", io.BytesIO(b"x" * 300_000))
-    f.quit()
+    ftp_upload(hub, "up.bin", b"x" * 300_000)
     shown, waits = pings_while(hub, lambda: df(hub))
     size, used, avail = shown
     assert size == 2048 and used >= 292 and avail == size - used, shown

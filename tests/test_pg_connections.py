@@ -253,15 +253,18 @@ def test_a_read_on_a_frozen_database_is_answered_sys_temp_and_the_session_goes_o
     assert "Traceback" not in hub.log
 
 
-def test_the_hub_stops_in_bounded_time_while_a_read_waits_on_a_frozen_backend(deadline_hub, pg_dsn):
-    hub = deadline_hub
+def stop_while_a_retr_waits(hub, pg_dsn: str) -> tuple[int, float]:
+    """
+    Stop C{hub} while a POP3 RETR waits on its frozen (SIGSTOP) read
+    backend: (twistd's exit code, the seconds C{hub.stop()} took).
+    """
     fill_big(hub, 2)
     alice = pop(hub)
     alice.retr(1)
     (reader,) = readers(pg_dsn)
     os.kill(reader, signal.SIGSTOP)
     try:
-        thread, result = retr_in_a_thread(alice, 2)
+        thread, _ = retr_in_a_thread(alice, 2)
         time.sleep(0.3)  # (the RETR is in the parsing thread, waiting)
         began = time.monotonic()
         code = hub.stop()
@@ -269,6 +272,12 @@ def test_the_hub_stops_in_bounded_time_while_a_read_waits_on_a_frozen_backend(de
         thread.join(30)
     finally:
         os.kill(reader, signal.SIGCONT)
+    return code, stopped_in
+
+
+def test_the_hub_stops_in_bounded_time_while_a_read_waits_on_a_frozen_backend(deadline_hub, pg_dsn):
+    hub = deadline_hub
+    code, stopped_in = stop_while_a_retr_waits(hub, pg_dsn)
     # Before: the reactor's shutdown joined the waiting thread; the hub
     # was killed (SIGKILL) after 15 s.
     assert code != -signal.SIGKILL, code
@@ -577,20 +586,7 @@ def test_an_account_removed_while_the_accounts_listen_backend_is_frozen_stops_lo
 def test_the_hub_stops_at_once_while_a_read_waits_on_a_frozen_backend_with_the_default_deadline(start_hub, pg_dsn):
     # (no sitecustomize: CALL_DEADLINE is its 30 s)
     hub = start_hub("--store", f"postgresql:{pg_dsn}", "--no-ftp")
-    fill_big(hub, 2)
-    alice = pop(hub)
-    alice.retr(1)
-    (reader,) = readers(pg_dsn)
-    os.kill(reader, signal.SIGSTOP)
-    try:
-        thread, result = retr_in_a_thread(alice, 2)
-        time.sleep(0.3)  # (the RETR is in the parsing thread, waiting)
-        began = time.monotonic()
-        code = hub.stop()
-        stopped_in = time.monotonic() - began
-        thread.join(30)
-    finally:
-        os.kill(reader, signal.SIGCONT)
+    code, stopped_in = stop_while_a_retr_waits(hub, pg_dsn)
     # Before: the shutdown waited for the thread, up to the 30 s deadline
     # (the hub was killed with SIGKILL after 15 s).
     assert code != -signal.SIGKILL, code

@@ -69,13 +69,23 @@ def _watch(reactor, readings, window=60.0, tick=10.0):
     return pace.SlowReaders(reactor, window=window, tick=tick, probe=lambda sock: readings[sock])
 
 
-def test_a_peer_taking_under_the_rate_while_octets_wait_is_cut_after_the_window():
+def _one_watched_peer(reading: tuple[int, int]):
+    """
+    A fake reactor with one peer under a started L{_watch} whose probe
+    first says C{reading} (octets acknowledged, octets still queued):
+    (reactor, peer, readings); set C{readings[peer.socket]} for what the
+    probe says next.
+    """
     reactor = _Reactor()
     peer = _Peer()
     reactor.readers.append(peer)
-    readings = {peer.socket: (0, 3 * MB)}  # (acknowledged, still queued)
-    watch = _watch(reactor, readings)
-    watch.start()
+    readings = {peer.socket: reading}
+    _watch(reactor, readings).start()
+    return reactor, peer, readings
+
+
+def test_a_peer_taking_under_the_rate_while_octets_wait_is_cut_after_the_window():
+    reactor, peer, readings = _one_watched_peer((0, 3 * MB))  # (acknowledged, still queued)
     for second in range(10, 61, 10):
         readings[peer.socket] = (second * 1000, 3 * MB)  # 1000 octets/s: under 4096
         reactor.advance(10)
@@ -85,12 +95,7 @@ def test_a_peer_taking_under_the_rate_while_octets_wait_is_cut_after_the_window(
 
 
 def test_a_peer_taking_at_the_rate_or_more_is_never_cut():
-    reactor = _Reactor()
-    peer = _Peer()
-    reactor.readers.append(peer)
-    readings = {peer.socket: (0, 3 * MB)}
-    watch = _watch(reactor, readings)
-    watch.start()
+    reactor, peer, readings = _one_watched_peer((0, 3 * MB))
     for second in range(10, 3601, 10):
         readings[peer.socket] = (second * 4200, 3 * MB)
         reactor.advance(10)
@@ -98,12 +103,7 @@ def test_a_peer_taking_at_the_rate_or_more_is_never_cut():
 
 
 def test_a_peer_with_nothing_waiting_is_not_judged_however_little_it_takes():
-    reactor = _Reactor()
-    peer = _Peer()
-    reactor.readers.append(peer)
-    readings = {peer.socket: (100, 0)}
-    watch = _watch(reactor, readings)
-    watch.start()
+    reactor, peer, readings = _one_watched_peer((100, 0))
     reactor.advance(3600)
     assert not peer.aborted
     # Octets the transport holds (the kernel took none yet) are waiting too.
@@ -114,12 +114,7 @@ def test_a_peer_with_nothing_waiting_is_not_judged_however_little_it_takes():
 
 
 def test_a_pause_in_the_waiting_starts_the_window_again():
-    reactor = _Reactor()
-    peer = _Peer()
-    reactor.readers.append(peer)
-    readings = {peer.socket: (0, 1000)}
-    watch = _watch(reactor, readings)
-    watch.start()
+    reactor, peer, readings = _one_watched_peer((0, 1000))
     reactor.pump([10] * 5)
     readings[peer.socket] = (1000, 0)  # it took everything: nothing waits
     reactor.advance(10)
@@ -370,10 +365,12 @@ def cut_within(conn, seconds: float) -> float:
     return time.monotonic() - start
 
 
-def test_an_imap_fetch_read_a_few_octets_a_second_is_cut_off_and_the_next_session_works(start_hub):
-    hub = start_hub("--slow-transfer-window", "2")
-    deliver_big(hub)
-    s = line_socket(hub, "imap")
+def ask_for_the_big_message(s: socket.socket) -> None:
+    """
+    On a fresh IMAP connection C{s}: read the greeting, log in as alice,
+    SELECT INBOX and send C{c FETCH 1 BODY.PEEK[]} (RFC 9051), reading
+    none of its answer.
+    """
     s.recv(4096)
     ask_line(s, b"a LOGIN alice secret\r\n", b"\r\n")
     reply = b""
@@ -381,6 +378,13 @@ def test_an_imap_fetch_read_a_few_octets_a_second_is_cut_off_and_the_next_sessio
     while b"b OK" not in reply:
         reply += s.recv(65536)
     s.sendall(b"c FETCH 1 BODY.PEEK[]\r\n")
+
+
+def test_an_imap_fetch_read_a_few_octets_a_second_is_cut_off_and_the_next_session_works(start_hub):
+    hub = start_hub("--slow-transfer-window", "2")
+    deliver_big(hub)
+    s = line_socket(hub, "imap")
+    ask_for_the_big_message(s)
     # A client with a 4 KiB receive buffer: it holds at most that much;
     # what it read before the reset plus that is all it ever sees.
     read_slowly(s, 200, 6)
@@ -557,13 +561,7 @@ def test_an_imaps_fetch_read_a_few_octets_a_second_is_cut_off_too(start_hub):
     deliver_big(hub)
     raw = line_socket(hub, "imaps")
     s = client_context().wrap_socket(raw, server_hostname="127.0.0.1")
-    s.recv(4096)
-    ask_line(s, b"a LOGIN alice secret\r\n", b"\r\n")
-    reply = b""
-    s.sendall(b"b SELECT INBOX\r\n")
-    while b"b OK" not in reply:
-        reply += s.recv(65536)
-    s.sendall(b"c FETCH 1 BODY.PEEK[]\r\n")
+    ask_for_the_big_message(s)
     read_slowly(s, 200, 6)
     assert data_ended(s)
     assert_one_line(hub)

@@ -8,15 +8,14 @@ raw socket.
 
 from __future__ import annotations
 
-import http.server
 import imaplib
 import socket
-import threading
 import time
 
 import pytest
 
 from tests.test_api_browser import browser  # noqa: F401 (the fixture; skips, or fails in CI, without chromium)
+from tests.web_helpers import serve_page
 from twisted_mailhub.testing import Mailhub
 
 SMTP_IN_A_FORM = (
@@ -77,19 +76,7 @@ def test_a_web_pages_form_posted_to_the_smtp_port_sends_no_mail(hub, browser):  
         '<script>window.onload = function () { document.getElementById("f").submit(); document.title = "sent"; };</script>'
     ).encode()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_page(page)
     try:
         browser.get(f"http://localhost:{server.server_address[1]}/")
         assert browser.title == "sent"

@@ -9,6 +9,7 @@ another's session or message. Saves the README's screenshots in docs/.
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import os
 import shutil
@@ -60,8 +61,13 @@ def hub(tmp_path_factory):
     process.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
+@contextlib.contextmanager
+def chromium_driver(*flags: str):
+    """
+    A headless chromium under selenium with a fresh profile folder and
+    C{flags} added (e.g. C{"--window-size=1280,900"}), pages given 30
+    seconds to load: the driver; quit and the profile deleted on exit.
+    """
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
@@ -71,14 +77,22 @@ def browser():
     for flag in (
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}", "--window-size=1280,900",
+        f"--user-data-dir={profile}", *flags,
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    try:
+        driver.set_page_load_timeout(30)
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium_driver("--window-size=1280,900") as driver:
+        yield driver
 
 
 def base(hub) -> str:

@@ -39,6 +39,7 @@ class MessageReadsTests(unittest.TestCase):
         accounts = AccountBook(["localhost"])
         accounts.add("alice", "secret")
         data = self.mktemp()
+        os.makedirs(data)  # (the store makes an account's folder only in a data folder that is there: datafolder.must_exist)
         self.store = MaildirStore(os.path.join(data, "mail"), GroupCommitWriter(task.Clock()))
         self.store.small_files = SmallFiles(fsync=self.journal.fsync, run=self.journal.run)
         self.hub = Hub(task.Clock(), {"max-message-size": 10000}, accounts, self.store, data, "mail.test")
@@ -173,6 +174,12 @@ class MessageReadsTests(unittest.TestCase):
         # (before: each read the whole message in the reactor)
         self.assertEqual(self.reads_in_reactor, [])
 
+    def add_four_messages(self, folder) -> None:
+        """Write four more copies of MESSAGE, seen, into C{folder}'s cur/ (Maildir names 2 to 5)."""
+        for n in range(2, 6):
+            with open(os.path.join(folder.directory, "cur", f"170000000{n}.M{n}P1Q1.test,S={len(MESSAGE)}:2,S"), "wb") as f:
+                f.write(MESSAGE)
+
     def watch_search(self) -> list:
         """The search's worker thread queued as the parsing thread is; the message files os.open()ed in the reactor."""
         from twisted_mailhub.imap import search
@@ -222,9 +229,7 @@ class MessageReadsTests(unittest.TestCase):
         from twisted_mailhub.web.mail import FolderPages
 
         folder = self.store.account("alice@localhost").folder("INBOX")
-        for n in range(2, 6):
-            with open(os.path.join(folder.directory, "cur", f"170000000{n}.M{n}P1Q1.test,S={len(MESSAGE)}:2,S"), "wb") as f:
-                f.write(MESSAGE)
+        self.add_four_messages(folder)
         self.watch_search()
         self.patch(search, "MATCH_SLICE", 2)
         slices: list[int] = []
@@ -274,9 +279,7 @@ class MessageReadsTests(unittest.TestCase):
         from twisted_mailhub.web.api import ApiResource
 
         folder = self.store.account("alice@localhost").folder("INBOX")
-        for n in range(2, 6):
-            with open(os.path.join(folder.directory, "cur", f"170000000{n}.M{n}P1Q1.test,S={len(MESSAGE)}:2,S"), "wb") as f:
-                f.write(MESSAGE)
+        self.add_four_messages(folder)
         folder.unsettled()
         self.journal.run_jobs()
         self.watch_search()

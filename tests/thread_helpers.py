@@ -2,10 +2,15 @@
 Helpers shared by the tests of work done off the reactor
 (tests/test_small_files_durable.py, tests/test_maildir_crlf_batch.py,
 tests/test_maildir_half_made.py, tests/test_maildir_modseq_compaction.py):
-a worker "thread" that holds each job until the test runs it.
+a worker "thread" that holds each job until the test runs it; and
+(tests/test_e2e_reactor_stalls.py, tests/test_e2e_pg_search.py) an IMAP
+session that pings a hub while another thread works on it.
 """
 
 from __future__ import annotations
+
+import threading
+import time
 
 from twisted.internet import defer
 
@@ -45,3 +50,28 @@ class HeldThread:
                     d.callback(result)
         finally:
             self.in_thread = False
+
+
+def pings_while(hub, action) -> tuple[object, list[float]]:
+    """Run C{action()} in a thread while bob sends NOOP after NOOP: (its result, bob's waits in seconds)."""
+    from tests.test_e2e_imap import login
+
+    bob = login(hub, "bob", "hungry")
+    bob.select("INBOX")
+    result: dict = {}
+
+    def run() -> None:
+        result["value"] = action()
+
+    doer = threading.Thread(target=run)
+    doer.start()
+    waits = []
+    while doer.is_alive():
+        began = time.monotonic()
+        typ, _ = bob.noop()
+        assert typ == "OK"
+        waits.append(time.monotonic() - began)
+        time.sleep(0.02)
+    doer.join()
+    bob.logout()
+    return result["value"], waits

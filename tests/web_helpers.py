@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import html
 import http.client
+import http.server
 import re
+import threading
 import urllib.parse
 from http.cookies import SimpleCookie
 
@@ -237,3 +239,27 @@ def smtp_transcript(hub) -> str:
     browser.login("alice", "secret")
     [session_id] = re.findall(r'data-id="(smtp#\d+)"', browser.get("/console").text)
     return browser.get("/console/session/" + urllib.parse.quote(session_id, safe="") + "/transcript.txt").text
+
+
+def serve_page(page: bytes) -> http.server.HTTPServer:
+    """
+    Serve C{page} (UTF-8 HTML) as the answer to every GET on 127.0.0.1, on
+    a free port, from a daemon thread: the server (its port is
+    C{server.server_address[1]}; call C{shutdown()} and C{server_close()}
+    when done). A page of "another site" for browser tests.
+    """
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
