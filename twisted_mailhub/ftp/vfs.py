@@ -960,8 +960,11 @@ class DiskFileSystem:
     """
 
     def __init__(self, root: str):
+        from twisted_mailhub.datafolder import DataFolder
+
         self.root = root
         self._real_root: str | None = None
+        self._data = DataFolder(root)
 
     def clean_now(self, reactor: Any) -> defer.Deferred:
         """
@@ -984,16 +987,12 @@ class DiskFileSystem:
         if account is None:
             public = os.path.join(self.root, "public")
             if not os.path.isdir(public):
-                from twisted_mailhub.datafolder import must_exist
-
-                must_exist(self.root)
+                self._data.check()
                 os.makedirs(public, exist_ok=True)
             return DiskShell(public, readonly=True)
         home = self.home(account)
         if not os.path.isdir(home):
-            from twisted_mailhub.datafolder import must_exist
-
-            must_exist(self.root)  # (not made again at the old place if it was moved or removed)
+            self._data.check()  # (not made again at the old place if it was moved or removed)
             os.makedirs(home, exist_ok=True)
         if self._real_root is None:
             self._real_root = os.path.realpath(self.root)

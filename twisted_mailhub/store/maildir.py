@@ -4603,6 +4603,9 @@ class MaildirStore:
         # Folder changes and subscriptions of every account, made durable
         # in batches off the reactor.
         self.small_files = SmallFiles(getattr(self.writer, "reactor", None))
+        from twisted_mailhub.datafolder import DataFolder
+
+        self._data = DataFolder(root)
 
     def account_path(self, address: str) -> str:
         local, _, domain = address.rpartition("@")
@@ -4615,10 +4618,7 @@ class MaildirStore:
         key = address.lower()
         account = self._accounts.get(key)
         if account is None:
-            from twisted_mailhub.datafolder import must_exist
-
-            # (not made again at the old place if it was moved or removed)
-            must_exist(self.root)
+            self._data.check()  # (not made again at the old place if it was moved or removed)
             account = self._accounts[key] = MaildirAccount(address, self.account_path(address), self.writer, self.hostname, self.small_files)
         return account
 
