@@ -59,3 +59,13 @@ def read_until_closed(s: socket.socket, limit: float = 20) -> bytes:
             break
         out += chunk
     return out
+
+
+def trickle(conn: socket.socket, octets: int = 40, every: float = 0.3) -> None:
+    """Send C{octets} single octets C{every} seconds apart (a slowloris upload), stopping early when the peer breaks the connection."""
+    for _ in range(octets):
+        try:
+            conn.sendall(b"x")
+        except OSError:
+            return
+        time.sleep(every)

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests.rawclient import trickle
 from tests.hubprocess import client_context
 
 MB = 1024 * 1024
@@ -802,12 +803,7 @@ def test_an_upload_trickled_an_octet_at_a_time_is_cut_off(start_hub):
     f.voidcmd("TYPE I")
     conn = f.transfercmd("STOR trickle.bin")
     start = time.monotonic()
-    for _ in range(40):  # 12 s if let go on
-        try:
-            conn.sendall(b"x")
-        except OSError:
-            break
-        time.sleep(0.3)
+    trickle(conn)  # (12 s if let go on)
     f.sock.settimeout(15)
     assert f.getline() == "426 The data arrived at under 4 KiB/s for over 2 seconds; transfer aborted."
     assert time.monotonic() - start < 7

@@ -20,6 +20,7 @@ import time
 import pytest
 from twisted.internet import task, tcp
 
+from tests.rawclient import trickle
 from tests.hubprocess import client_context
 from twisted_mailhub import pace
 
@@ -541,12 +542,7 @@ def test_an_ftp_append_trickled_an_octet_at_a_time_is_426_and_leaves_the_file_as
     f.voidcmd("TYPE I")
     f.storbinary("STOR log.txt", __import__("io").BytesIO(b"first line\n"))
     conn = f.transfercmd("APPE log.txt")
-    for _ in range(40):
-        try:
-            conn.sendall(b"x")
-        except OSError:
-            break
-        time.sleep(0.3)
+    trickle(conn)
     f.sock.settimeout(15)
     assert f.getline() == "426 The data arrived at under 4 KiB/s for over 1 second; transfer aborted."
     conn.close()
